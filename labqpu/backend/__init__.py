@@ -1,0 +1,1 @@
+"""The Qiskit side: provider, backend, Target, pulse compiler, jobs."""

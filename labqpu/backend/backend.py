@@ -1,0 +1,195 @@
+"""``LabBackend``: a Qiskit ``BackendV2`` for one lab device."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from collections.abc import Sequence
+
+from qiskit.circuit import QuantumCircuit
+from qiskit.exceptions import QiskitError
+from qiskit.providers import BackendV2, Options
+
+from labqpu.backend.compiler import SCHEDULING_METHODS, CompilationError, compile_circuit
+from labqpu.backend.config import LabConfig
+from labqpu.backend.hardware import HardwareQueue
+from labqpu.backend.job import LabJob
+from labqpu.backend.program import PulseProgram
+from labqpu.backend.target import LabTarget, build_target
+from labqpu.calibration.store import CalibrationStore, Snapshot
+
+MAX_SHOTS = 100_000
+MAX_CIRCUITS = 300
+#: Instructions that never need a Target entry: they only order or label the circuit.
+_DIRECTIVES = ("barrier",)
+
+
+class InvalidRunInputError(QiskitError):
+    """A circuit or option given to ``run()`` cannot run on this backend; nothing was sent."""
+
+
+class LabBackend(BackendV2):
+    """A lab device as a Qiskit backend.
+
+    The Target comes from the newest calibration snapshot in the store and is rebuilt when a
+    newer snapshot appears; jobs already compiled keep the snapshot they were compiled with.
+    """
+
+    backend_version = "0.1.0"
+
+    def __init__(self, provider, config: LabConfig, store: CalibrationStore,
+                 queue: HardwareQueue) -> None:
+        super().__init__(provider=provider, name=config.device_name,
+                         description=f"labqpu backend for {config.device_name}",
+                         backend_version=self.backend_version)
+        self.config = config
+        self.store = store
+        self._queue = queue
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._target: LabTarget | None = None
+        self._refresh()
+
+    @classmethod
+    def _default_options(cls) -> Options:
+        opts = Options(
+            shots=1024, memory=False, meas_level=2, meas_return="single", rep_delay=100e-6,
+            seed_simulator=None, sync=False, scheduling_method="alap", timeout=300.0,
+            job_tags=None,
+        )
+        opts.set_validator("shots", (1, MAX_SHOTS))
+        opts.set_validator("memory", bool)
+        opts.set_validator("meas_level", [1, 2])
+        opts.set_validator("meas_return", ["single", "avg"])
+        opts.set_validator("rep_delay", (0.0, 1.0))
+        opts.set_validator("sync", bool)
+        opts.set_validator("scheduling_method", list(SCHEDULING_METHODS))
+        opts.set_validator("timeout", (0.001, 86_400.0))
+        return opts
+
+    def _refresh(self) -> None:
+        latest = self.store.latest_id()
+        with self._lock:
+            current = self._snapshot.snapshot_id if self._snapshot else None
+            if self._target is not None and latest == current:
+                return
+            if latest is None:
+                snapshot = Snapshot.from_document({"device": self.config.device_name,
+                                                   "qubits": {}, "pairs": {}, "gates": {}})
+            else:
+                snapshot = self.store.get(latest)
+            self._target = build_target(snapshot, self.config)
+            self._snapshot = snapshot
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The calibration snapshot the current Target was built from."""
+        self._refresh()
+        return self._snapshot
+
+    @property
+    def target(self) -> LabTarget:
+        """The Target of the newest calibration snapshot."""
+        self._refresh()
+        return self._target
+
+    @property
+    def max_circuits(self) -> int:
+        """Most circuits one job accepts."""
+        return MAX_CIRCUITS
+
+    @property
+    def dtm(self) -> float:
+        """Sampling interval of the acquisition inputs (s)."""
+        return 1.0 / self.config.controllers[0].sample_rate_hz
+
+    @property
+    def meas_map(self) -> list[list[int]]:
+        """Qubits that can be measured independently: each on its own (one readout line
+        per qubit, frequency-multiplexed on one LO)."""
+        return [[q] for q in range(self.config.num_qubits)]
+
+    def _run_options(self, kwargs: dict) -> dict:
+        unknown = sorted(set(kwargs) - set(self.options.__dict__))
+        if unknown:
+            raise InvalidRunInputError(
+                f"unknown run option(s) {unknown}; known: {sorted(self.options.__dict__)}")
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        opts = copy.deepcopy(self.options)
+        try:
+            opts.update_options(**given)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRunInputError(f"invalid run option: {exc}") from exc
+        out = dict(opts.__dict__)
+        seed = out["seed_simulator"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise InvalidRunInputError(f"seed_simulator must be a non-negative int, got {seed!r}")
+        return out
+
+    def _check_circuit(self, circuit: QuantumCircuit, target: LabTarget) -> None:
+        if circuit.num_qubits > target.num_qubits:
+            raise InvalidRunInputError(
+                f"circuit {circuit.name!r} uses {circuit.num_qubits} qubits; {self.name} has "
+                f"{target.num_qubits}")
+        for inst in circuit.data:
+            name = inst.operation.name
+            if name in _DIRECTIVES:
+                continue
+            qargs = tuple(circuit.find_bit(q).index for q in inst.qubits)
+            if not target.instruction_supported(name, qargs):
+                where = "on qubits " + str(qargs) if qargs else ""
+                offered = sorted(target.operation_names)
+                raise InvalidRunInputError(
+                    f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
+                    f"{self.name} (calibration snapshot {target.snapshot_id}; it offers "
+                    f"{offered}); transpile the circuit for this backend")
+
+    def run(self, run_input: QuantumCircuit | PulseProgram
+            | Sequence[QuantumCircuit | PulseProgram], **options) -> LabJob:
+        """Validate, compile and queue circuits (or ready ``PulseProgram``s).
+
+        Everything is checked and compiled before anything is sent: a bad circuit or option
+        raises ``InvalidRunInputError`` naming the problem, and no job is created. Options:
+        ``shots`` (1..100000), ``memory``, ``meas_level`` (1: IQ, 2: counts), ``meas_return``,
+        ``rep_delay`` (s), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
+        ``timeout`` (s, per program on the controller), ``sync`` (wait before returning).
+        """
+        items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
+            else list(run_input)
+        if not items:
+            raise InvalidRunInputError("run() needs at least one circuit or program")
+        if len(items) > self.max_circuits:
+            raise InvalidRunInputError(
+                f"{len(items)} circuits in one job; {self.name} takes at most "
+                f"{self.max_circuits}")
+        opts = self._run_options(options)
+        self._refresh()
+        with self._lock:
+            snapshot, target = self._snapshot, self._target
+        programs = []
+        for item in items:
+            if isinstance(item, PulseProgram):
+                programs.append(item)
+                continue
+            if not isinstance(item, QuantumCircuit):
+                raise InvalidRunInputError(
+                    f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
+            self._check_circuit(item, target)
+            try:
+                programs.append(compile_circuit(item, snapshot, self.config,
+                                                scheduling_method=opts["scheduling_method"]))
+            except CompilationError as exc:
+                raise InvalidRunInputError(str(exc)) from exc
+        if opts["meas_level"] == 2:
+            for program in programs:
+                for q in set(program.acq_qubit.tolist()):
+                    if "discriminator" not in snapshot.qubits.get(q, {}):
+                        raise InvalidRunInputError(
+                            f"qubit {q} has no calibrated discriminator in snapshot "
+                            f"{snapshot.snapshot_id}; use meas_level=1 for raw IQ")
+        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot)
+        job.submit()
+        if opts["sync"]:
+            job.result()
+        return job

@@ -1,0 +1,227 @@
+"""Pulse compiler: a transpiled circuit and a calibration snapshot in, a ``PulseProgram`` out.
+
+* Timing: ALAP (default) or ASAP from the calibrated durations, in samples; barriers
+  synchronise their qubits.
+* ``rz`` is virtual: it shifts the phase of the qubit's drive frame for every later pulse.
+* ``sx`` / ``x``: one DRAG pulse shape per qubit, played at the pi/2 or pi amplitude, at the
+  calibrated IF on the drive LO.
+* ``cz``: a flat-top flux pulse on the pair's tunable qubit, then the calibrated single-qubit
+  phase corrections as frame changes on both qubits.
+* ``measure``: a readout pulse and an acquisition window over the same samples.
+* ``delay`` plays nothing; ``reset`` is passive: the qubit is left idle for the calibrated
+  thermalisation time (several T1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from qiskit.circuit import QuantumCircuit
+from qiskit.exceptions import QiskitError
+
+from labqpu.backend.config import LabConfig
+from labqpu.backend.kernels import flat_top, gaussian_drag
+from labqpu.backend.program import ProgramBuilder, PulseProgram
+from labqpu.backend.target import DRIVE_PARAMETERS
+from labqpu.calibration.store import Snapshot
+
+#: Rise/fall of readout pulses (s).
+READOUT_RISE_S = 20e-9
+SCHEDULING_METHODS = ("alap", "asap")
+
+
+class CompilationError(QiskitError):
+    """A circuit cannot be compiled for this device (the message names the qubit and gate)."""
+
+
+@dataclass
+class _Op:
+    name: str
+    qubits: tuple[int, ...]
+    clbits: tuple[int, ...]
+    params: tuple
+    duration: int
+    start: int = 0
+
+
+def _samples(seconds: float, fs: float, what: str) -> int:
+    n = round(seconds * fs)
+    if abs(n - seconds * fs) > 1e-6 * max(1.0, abs(n)):
+        raise CompilationError(f"{what}: {seconds} s is not a whole number of samples at {fs} Hz")
+    return int(n)
+
+
+class _Calibration:
+    """Typed access to what the compiler reads from a snapshot; errors name what is missing."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def qubit(self, q: int, name: str) -> float:
+        params = self.snapshot.qubits.get(q, {})
+        if name not in params:
+            raise CompilationError(
+                f"qubit {q} has no calibrated {name!r} in snapshot {self.snapshot.snapshot_id}")
+        return params[name].value
+
+    def pair(self, a: int, b: int, name: str):
+        params = self.snapshot.pairs.get((min(a, b), max(a, b)), {})
+        if name not in params:
+            raise CompilationError(
+                f"edge ({a}, {b}) has no calibrated {name!r} in snapshot "
+                f"{self.snapshot.snapshot_id}")
+        return params[name].value
+
+
+def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: float,
+                      circuit: QuantumCircuit) -> int:
+    name = inst.operation.name
+    if name in ("sx", "x"):
+        return _samples(cal.qubit(qubits[0], "pulse_duration_s"), fs, f"{name} on {qubits}")
+    if name == "cz":
+        return _samples(cal.pair(*qubits, "cz_duration_s"), fs, f"cz on {qubits}")
+    if name == "measure":
+        return _samples(cal.qubit(qubits[0], "readout_duration_s"), fs, f"measure on {qubits}")
+    if name == "reset":
+        return _samples(cal.qubit(qubits[0], "reset_duration_s"), fs, f"reset on {qubits}")
+    if name == "delay":
+        value, unit = inst.operation.duration, inst.operation.unit
+        if unit == "dt":
+            return int(value)
+        if unit == "expr":
+            raise CompilationError("delay: symbolic durations must be bound before run()")
+        scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
+        if unit not in scale:
+            raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}")
+        return round(float(value) * scale[unit] * fs)
+    if name in ("rz", "barrier"):
+        return 0
+    raise CompilationError(
+        f"circuit {circuit.name!r}: instruction {name!r} on qubits {qubits} is not a native "
+        "operation of this device; transpile the circuit for this backend first")
+
+
+def _schedule(ops: list[_Op], num_qubits: int, method: str) -> int:
+    """Assign start samples in place; returns the total duration (samples)."""
+    seq = ops if method == "asap" else list(reversed(ops))
+    avail = np.zeros(num_qubits, dtype=np.int64)
+    for op in seq:
+        start = int(max((avail[q] for q in op.qubits), default=0))
+        op.start = start
+        for q in op.qubits:
+            avail[q] = start + op.duration
+    total = int(avail.max()) if num_qubits else 0
+    if method == "alap":
+        for op in ops:
+            op.start = total - op.start - op.duration
+    return total
+
+
+def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConfig, *,
+                    scheduling_method: str = "alap") -> PulseProgram:
+    """Compile one transpiled circuit (physical qubits = device qubits) into a PulseProgram."""
+    if scheduling_method not in SCHEDULING_METHODS:
+        raise CompilationError(
+            f"scheduling_method must be one of {SCHEDULING_METHODS}, got {scheduling_method!r}")
+    if circuit.num_qubits > config.num_qubits:
+        raise CompilationError(
+            f"circuit {circuit.name!r} has {circuit.num_qubits} qubits; "
+            f"{config.device_name} has {config.num_qubits}")
+    if len(config.controllers) != 1:
+        raise CompilationError("programs spanning several controllers are not supported yet")
+    ctrl = config.controllers[0]
+    fs = ctrl.sample_rate_hz
+    cal = _Calibration(snapshot)
+    ops = []
+    for inst in circuit.data:
+        qubits = tuple(circuit.find_bit(q).index for q in inst.qubits)
+        clbits = tuple(circuit.find_bit(c).index for c in inst.clbits)
+        if inst.operation.name == "barrier":
+            ops.append(_Op("barrier", qubits, (), (), 0))
+            continue
+        if inst.operation.name == "delay":
+            params = ()
+        else:
+            try:
+                params = tuple(float(p) for p in inst.operation.params)
+            except TypeError as exc:
+                raise CompilationError(
+                    f"circuit {circuit.name!r}: {inst.operation.name} on {qubits} has an unbound "
+                    "parameter; bind all parameters before run()") from exc
+        ops.append(_Op(inst.operation.name, qubits, clbits, params,
+                       _duration_samples(inst, qubits, cal, fs, circuit)))
+    total = _schedule(ops, circuit.num_qubits, scheduling_method)
+
+    b = ProgramBuilder(ctrl.name, fs)
+    frame = np.zeros(config.num_qubits)
+    used: set[int] = set()
+    measured: set[int] = set()
+
+    def drive(q: int, start: int, amplitude_name: str) -> None:
+        dur = _samples(cal.qubit(q, "pulse_duration_s"), fs, f"qubit {q} pulse")
+        sigma = cal.qubit(q, "pulse_sigma_s") * fs
+        beta = cal.qubit(q, "drag_beta")
+        wid = b.waves.add(("drag", dur, sigma, beta), lambda: gaussian_drag(dur, sigma, beta))
+        if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
+        b.play(config.qubits[q].drive[1], start, wid, cal.qubit(q, amplitude_name), frame[q],
+               if_hz)
+
+    def flat(duration: int, rise: float) -> int:
+        return b.waves.add(("flat_top", duration, rise), lambda: flat_top(duration, rise))
+
+    for op in ops:
+        used.update(op.qubits)
+        if op.name == "rz":
+            frame[op.qubits[0]] -= op.params[0]
+        elif op.name == "sx":
+            drive(op.qubits[0], op.start, "pi2_amplitude")
+        elif op.name == "x":
+            drive(op.qubits[0], op.start, "pi_amplitude")
+        elif op.name == "cz":
+            a, c = sorted(op.qubits)
+            fq = int(cal.pair(a, c, "cz_flux_qubit"))
+            if fq not in (a, c):
+                raise CompilationError(f"edge ({a}, {c}): cz_flux_qubit {fq} is not on the edge")
+            wid = flat(op.duration, cal.pair(a, c, "cz_rise_s") * fs)
+            b.play(config.qubits[fq].flux[1], op.start, wid, cal.pair(a, c, "cz_amplitude"))
+            frame[a] -= cal.pair(a, c, "cz_phase_a_rad")
+            frame[c] -= cal.pair(a, c, "cz_phase_b_rad")
+        elif op.name == "measure":
+            q, clbit = op.qubits[0], op.clbits[0]
+            if q in measured:
+                raise CompilationError(
+                    f"circuit {circuit.name!r}: qubit {q} is measured twice; mid-circuit "
+                    "measurement is not supported yet")
+            measured.add(q)
+            wid = flat(op.duration, READOUT_RISE_S * fs)
+            if_hz = (cal.qubit(q, "readout_frequency_hz")
+                     - cal.qubit(q, "readout_lo_frequency_hz"))
+            b.play(config.qubits[q].readout[1], op.start, wid,
+                   cal.qubit(q, "readout_amplitude"), 0.0, if_hz)
+            b.acquire(config.qubits[q].acquire[1], op.start, op.duration, if_hz, q, clbit)
+
+    for q in range(config.num_qubits):
+        wiring = config.qubits[q]
+        p = snapshot.qubits.get(q, {})
+        if all(n in p for n in DRIVE_PARAMETERS):
+            b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
+        wanted = []
+        if q in used and all(n in p for n in DRIVE_PARAMETERS):
+            wanted.append((wiring.drive_lo, "drive_lo_frequency_hz", "drive_lo_power_dbm"))
+        if q in measured:
+            wanted.append((wiring.readout_lo, "readout_lo_frequency_hz", "readout_lo_power_dbm"))
+        for lo, f_name, p_name in wanted:
+            try:
+                b.set_lo(lo, cal.qubit(q, f_name), cal.qubit(q, p_name))
+            except ValueError as exc:
+                raise CompilationError(
+                    f"qubit {q}: snapshot {snapshot.snapshot_id} asks for incompatible settings "
+                    f"of a shared LO: {exc}") from exc
+    creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
+    return b.build(
+        duration_samples=total, num_clbits=circuit.num_clbits,
+        header={"name": circuit.name, "creg_sizes": creg_sizes,
+                "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
+        snapshot_id=snapshot.snapshot_id,
+    )

@@ -1,0 +1,120 @@
+"""``LabJob``: one submission of compiled programs to the hardware queue."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import threading
+from typing import TYPE_CHECKING
+
+from qiskit.providers import JobError, JobStatus, JobTimeoutError, JobV1
+from qiskit.result import Result
+
+from labqpu.backend.hardware import HardwareQueue, JobCancelledError, RunRequest
+from labqpu.backend.program import PulseProgram
+from labqpu.backend.results import experiment_result
+from labqpu.drivers.errors import InstrumentError
+
+if TYPE_CHECKING:
+    from labqpu.backend.backend import LabBackend
+
+
+class LabJob(JobV1):
+    """A job on a lab backend. Asynchronous: ``submit()`` queues it and returns at once.
+
+    ``result(timeout=...)`` waits at most ``timeout`` seconds (``None``: until done) and raises
+    ``JobTimeoutError`` past it; a failure on the hardware path raises ``JobError`` carrying the
+    instrument's message.
+    """
+
+    def __init__(self, backend: LabBackend, job_id: str, programs: list[PulseProgram],
+                 options: dict, queue: HardwareQueue, snapshot) -> None:
+        super().__init__(backend, job_id)
+        self._programs = programs
+        self._options = options
+        self._queue = queue
+        self._snapshot = snapshot
+        self._future: concurrent.futures.Future | None = None
+        self._cancelled = threading.Event()
+        self._result: Result | None = None
+        self._result_lock = threading.Lock()
+
+    @property
+    def programs(self) -> list[PulseProgram]:
+        """The compiled programs this job runs (one per circuit)."""
+        return list(self._programs)
+
+    def submit(self) -> None:
+        """Queue the job on the hardware (once)."""
+        if self._future is not None:
+            raise JobError(f"job {self.job_id} was already submitted")
+        self._future = self._queue.submit(self.job_id, self._work())
+
+    def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
+        opts = self._options
+        seed = opts["seed_simulator"]
+        return [(program, RunRequest(
+            shots=opts["shots"], seed=None if seed is None else seed + i,
+            rep_delay_s=opts["rep_delay"], timeout_s=opts["timeout"], key=f"{self.job_id}:{i}",
+        )) for i, program in enumerate(self._programs)]
+
+    def _build_result(self, iqs: list) -> Result:
+        opts = self._options
+        backend = self.backend()
+        experiments = [
+            experiment_result(program, iq, shots=opts["shots"], meas_level=opts["meas_level"],
+                              meas_return=opts["meas_return"], memory=opts["memory"],
+                              snapshot=self._snapshot)
+            for program, iq in zip(self._programs, iqs, strict=True)
+        ]
+        return Result.from_dict({
+            "backend_name": backend.name, "backend_version": backend.backend_version,
+            "job_id": self.job_id, "qobj_id": self.job_id, "success": True,
+            "date": dt.datetime.now(dt.UTC).isoformat(), "results": experiments,
+            "header": {"backend_name": backend.name,
+                       "calibration_snapshot_id": self._snapshot.snapshot_id},
+            "calibration_snapshot_id": self._snapshot.snapshot_id,
+        })
+
+    def result(self, timeout: float | None = None) -> Result:
+        """The job's ``Result``; waits at most ``timeout`` seconds (None: no bound)."""
+        if self._future is None:
+            raise JobError(f"job {self.job_id} was never submitted")
+        with self._result_lock:
+            if self._result is not None:
+                return self._result
+            try:
+                iqs = self._future.result(timeout=timeout)
+            except concurrent.futures.TimeoutError as exc:
+                raise JobTimeoutError(
+                    f"job {self.job_id} did not finish within {timeout} s "
+                    f"(status {self.status().name})") from exc
+            except (concurrent.futures.CancelledError, JobCancelledError) as exc:
+                raise JobError(f"job {self.job_id} was cancelled") from exc
+            except InstrumentError as exc:
+                raise JobError(f"job {self.job_id} failed on the hardware: {exc}") from exc
+            try:
+                self._result = self._build_result(iqs)
+            except (ValueError, KeyError) as exc:
+                raise JobError(f"job {self.job_id}: results could not be built: {exc}") from exc
+            return self._result
+
+    def cancel(self) -> bool:
+        """Cancel a queued job, or abort a running one; True if it will not complete."""
+        if self._future is None or self._future.done():
+            return False
+        self._cancelled.set()
+        return self._queue.cancel(self.job_id)
+
+    def status(self) -> JobStatus:
+        """QUEUED, RUNNING, DONE, ERROR or CANCELLED."""
+        f = self._future
+        if f is None:
+            return JobStatus.INITIALIZING
+        if f.cancelled() or (f.done() and self._cancelled.is_set()):
+            return JobStatus.CANCELLED
+        if f.running():
+            return JobStatus.RUNNING
+        if f.done():
+            return JobStatus.ERROR if f.exception() is not None else JobStatus.DONE
+        return JobStatus.QUEUED

@@ -1,0 +1,233 @@
+"""``PulseProgram``: the compiled, plain-data form of one circuit (or one pulse-level experiment).
+
+A program is a struct of arrays: every play is a row (output port, start sample, waveform id,
+amplitude, phase, NCO frequency), sorted by port then start; waveforms are stored once each in
+a table (complex64, peak 1.0); acquisitions are rows (input port, start, duration, demodulation
+frequency, qubit, classical bit). A play's amplitude may instead refer to an entry of the
+parameter table (``play_amp_ref`` >= 0), so that a sweep can later be one uploaded program.
+The VISA settings the program assumes (LO frequencies and powers, flux-bias currents) travel
+with it: its meaning depends on them.
+
+The program is what the controller runs; ``to_wire`` gives the arrays and the JSON metadata
+of an ``upload`` (see ``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PLAY_FIELDS = ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
+               "play_phase_rad", "play_freq_hz")
+ACQ_FIELDS = ("acq_port", "acq_start", "acq_duration", "acq_freq_hz")
+_DTYPES = {
+    "play_port": np.int32, "play_start": np.int64, "play_wave": np.int32,
+    "play_amp": np.float64, "play_amp_ref": np.int32, "play_phase_rad": np.float64,
+    "play_freq_hz": np.float64, "wave_offset": np.int64, "wave_data": np.complex64,
+    "acq_port": np.int32, "acq_start": np.int64, "acq_duration": np.int64,
+    "acq_freq_hz": np.float64, "acq_qubit": np.int32, "acq_clbit": np.int32,
+    "param_values": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class LoSetting:
+    """What one LO source must output while the program runs."""
+
+    frequency_hz: float
+    power_dbm: float
+
+
+@dataclass(frozen=True, eq=False)
+class PulseProgram:
+    """One compiled program for one controller. All times in samples at ``sample_rate_hz``."""
+
+    controller: str
+    sample_rate_hz: float
+    duration_samples: int
+    play_port: np.ndarray
+    play_start: np.ndarray
+    play_wave: np.ndarray
+    play_amp: np.ndarray
+    play_amp_ref: np.ndarray
+    play_phase_rad: np.ndarray
+    play_freq_hz: np.ndarray
+    wave_offset: np.ndarray
+    wave_data: np.ndarray
+    acq_port: np.ndarray
+    acq_start: np.ndarray
+    acq_duration: np.ndarray
+    acq_freq_hz: np.ndarray
+    acq_qubit: np.ndarray
+    acq_clbit: np.ndarray
+    param_names: tuple[str, ...] = ()
+    param_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lo_settings: dict[str, LoSetting] = field(default_factory=dict)
+    flux_bias_a: dict[tuple[str, int], float] = field(default_factory=dict)
+    num_clbits: int = 0
+    header: dict = field(default_factory=dict)
+    snapshot_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, dtype in _DTYPES.items():
+            arr = np.ascontiguousarray(getattr(self, name), dtype=dtype)
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+        n_play = self.play_port.shape[0]
+        if any(getattr(self, f).shape != (n_play,) for f in PLAY_FIELDS):
+            raise ValueError("PulseProgram: play arrays must all have the same length")
+        n_acq = self.acq_port.shape[0]
+        if any(getattr(self, f).shape != (n_acq,) for f in (*ACQ_FIELDS, "acq_qubit",
+                                                            "acq_clbit")):
+            raise ValueError("PulseProgram: acquisition arrays must all have the same length")
+        if len(self.param_names) != self.param_values.shape[0]:
+            raise ValueError("PulseProgram: parameter names and values differ in length")
+
+    @property
+    def num_waveforms(self) -> int:
+        """Number of unique waveforms in the table."""
+        return self.wave_offset.shape[0] - 1
+
+    def waveform(self, wave_id: int) -> np.ndarray:
+        """Samples (complex64) of waveform ``wave_id``."""
+        return self.wave_data[self.wave_offset[wave_id]:self.wave_offset[wave_id + 1]]
+
+    def to_wire(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and metadata of the ``upload`` op (parameter references resolved by the
+        controller from ``param_values``)."""
+        arrays = {name: getattr(self, name) for name in (
+            *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values")}
+        meta = {"sample_rate_hz": self.sample_rate_hz, "duration_samples": self.duration_samples,
+                "param_names": list(self.param_names)}
+        return arrays, meta
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 over every array and setting: equal hashes mean the same experiment."""
+        h = hashlib.sha256()
+        for name in sorted(_DTYPES):
+            arr = getattr(self, name)
+            h.update(name.encode())
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        h.update(json.dumps({
+            "controller": self.controller, "fs": self.sample_rate_hz,
+            "duration": self.duration_samples, "params": list(self.param_names),
+            "lo": {k: [v.frequency_hz, v.power_dbm] for k, v in sorted(self.lo_settings.items())},
+            "flux": sorted([f"{s}:{c}", v] for (s, c), v in self.flux_bias_a.items()),
+        }, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PulseProgram) and self.content_hash == other.content_hash
+
+    def __hash__(self) -> int:
+        return hash(self.content_hash)
+
+
+class WaveformTable:
+    """Collects unique waveforms while compiling: the same key is synthesised and stored once."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple, int] = {}
+        self._waves: list[np.ndarray] = []
+
+    def add(self, key: tuple, synthesize) -> int:
+        """Id of the waveform ``key``; ``synthesize()`` is called only the first time."""
+        wid = self._ids.get(key)
+        if wid is None:
+            wid = len(self._waves)
+            self._waves.append(np.asarray(synthesize(), dtype=np.complex64))
+            self._ids[key] = wid
+        return wid
+
+    def waveform(self, wave_id: int) -> np.ndarray:
+        """Samples of waveform ``wave_id``."""
+        return self._waves[wave_id]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, data): waveform i is data[offsets[i]:offsets[i + 1]]."""
+        lengths = [w.shape[0] for w in self._waves]
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        data = np.concatenate(self._waves) if self._waves else np.zeros(0, np.complex64)
+        return offsets, data
+
+
+class ProgramBuilder:
+    """Assembles a ``PulseProgram`` play by play; the compiler and calibration experiments use it.
+
+    Ports are the controller's port numbers; times and durations are in samples; amplitudes are
+    fractions of DAC full scale; phases in rad; NCO and demodulation frequencies in Hz.
+    """
+
+    def __init__(self, controller: str, sample_rate_hz: float) -> None:
+        self.controller = controller
+        self.sample_rate_hz = sample_rate_hz
+        self.waves = WaveformTable()
+        self._plays: list[tuple[int, int, int, float, int, float, float]] = []
+        self._acqs: list[tuple[int, int, int, float, int, int]] = []
+        self._params: dict[str, float] = {}
+        self.lo_settings: dict[str, LoSetting] = {}
+        self.flux_bias_a: dict[tuple[str, int], float] = {}
+        self._end = 0
+
+    def parameter(self, name: str, value: float) -> int:
+        """Index of parameter ``name`` in the program's table (added with ``value`` if new)."""
+        if name not in self._params:
+            self._params[name] = float(value)
+        return list(self._params).index(name)
+
+    def play(self, port: int, start: int, wave_id: int, amplitude: float | str = 1.0,
+             phase_rad: float = 0.0, frequency_hz: float = 0.0) -> None:
+        """Play waveform ``wave_id`` on ``port`` from sample ``start``; a string amplitude names
+        an entry of the parameter table."""
+        ref = -1
+        amp = 0.0
+        if isinstance(amplitude, str):
+            if amplitude not in self._params:
+                raise ValueError(f"unknown parameter {amplitude!r}; declare it with parameter()")
+            ref = list(self._params).index(amplitude)
+        else:
+            amp = float(amplitude)
+        length = len(self.waves.waveform(wave_id))
+        self._plays.append((port, start, wave_id, amp, ref, phase_rad, frequency_hz))
+        self._end = max(self._end, start + length)
+
+    def acquire(self, port: int, start: int, duration: int, frequency_hz: float, qubit: int,
+                clbit: int) -> None:
+        """Integrate input ``port`` over [start, start + duration) demodulated at
+        ``frequency_hz``; the result belongs to ``qubit`` and lands in classical bit ``clbit``."""
+        self._acqs.append((port, start, duration, frequency_hz, qubit, clbit))
+        self._end = max(self._end, start + duration)
+
+    def set_lo(self, name: str, frequency_hz: float, power_dbm: float) -> None:
+        """Require LO source ``name`` at ``frequency_hz`` / ``power_dbm`` (output on)."""
+        setting = LoSetting(float(frequency_hz), float(power_dbm))
+        if self.lo_settings.get(name, setting) != setting:
+            raise ValueError(f"LO {name} is asked for two settings: {self.lo_settings[name]} "
+                             f"and {setting}")
+        self.lo_settings[name] = setting
+
+    def build(self, *, duration_samples: int | None = None, num_clbits: int = 0,
+              header: dict | None = None, snapshot_id: int | None = None) -> PulseProgram:
+        """The finished program; plays sorted by (port, start)."""
+        plays = sorted(self._plays, key=lambda r: (r[0], r[1]))
+        cols = list(zip(*plays, strict=True)) if plays else [()] * 7
+        acols = list(zip(*self._acqs, strict=True)) if self._acqs else [()] * 6
+        offsets, data = self.waves.arrays()
+        return PulseProgram(
+            controller=self.controller, sample_rate_hz=self.sample_rate_hz,
+            duration_samples=max(duration_samples or self._end, self._end, 1),
+            play_port=cols[0], play_start=cols[1], play_wave=cols[2], play_amp=cols[3],
+            play_amp_ref=cols[4], play_phase_rad=cols[5], play_freq_hz=cols[6],
+            wave_offset=offsets, wave_data=data,
+            acq_port=acols[0], acq_start=acols[1], acq_duration=acols[2], acq_freq_hz=acols[3],
+            acq_qubit=acols[4], acq_clbit=acols[5],
+            param_names=tuple(self._params), param_values=np.array(list(self._params.values())),
+            lo_settings=dict(self.lo_settings), flux_bias_a=dict(self.flux_bias_a),
+            num_clbits=num_clbits, header=dict(header or {}), snapshot_id=snapshot_id,
+        )

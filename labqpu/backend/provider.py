@@ -1,0 +1,184 @@
+"""``LabProvider``: the entry point. Reads the wiring, opens the calibration store, and, with no
+argument, starts the embedded firmware simulator of the default device in its own process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from importlib import resources
+from pathlib import Path
+
+from qiskit.providers import QiskitBackendNotFoundError
+
+from labqpu.backend.backend import LabBackend
+from labqpu.backend.config import ConfigurationError, LabConfig, default_config_path, load_config
+from labqpu.backend.hardware import LocalHardwareQueue, RackConnection
+from labqpu.calibration.store import CalibrationStore
+
+log = logging.getLogger(__name__)
+
+#: Bound on the simulator's start-up (s): first start compiles its numba kernels.
+SIMULATOR_START_TIMEOUT_S = 180.0
+SIMULATOR_STOP_TIMEOUT_S = 10.0
+
+
+class SimulatorProcess:
+    """The firmware simulator running as a child process, stopped by :meth:`stop`."""
+
+    def __init__(self, lab_toml: Path, *, timeout_s: float = SIMULATOR_START_TIMEOUT_S) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="labqpu-sim-")
+        announce = Path(self._dir.name) / "endpoints.json"
+        self._log = open(Path(self._dir.name) / "sim.log", "w+b")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "labqpu.firmware_sim", str(lab_toml),
+             "--announce", str(announce), "--parent-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+        )
+        try:
+            self.endpoints = self._wait_for(announce, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        """Process id of the simulator."""
+        return self.process.pid
+
+    def _wait_for(self, announce: Path, timeout_s: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if announce.exists():
+                return json.loads(announce.read_text())["endpoints"]
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the firmware simulator exited with code "
+                                   f"{self.process.returncode}: {self._stderr()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"the firmware simulator did not come up within {timeout_s} s: "
+                           f"{self._stderr()}")
+
+    def _stderr(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-2000:].strip()
+
+    def stop(self) -> None:
+        """Terminate the simulator and wait for it (kill after a bound); idempotent."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=SIMULATOR_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=SIMULATOR_STOP_TIMEOUT_S)
+        if not self._log.closed:
+            self._log.close()
+        self._dir.cleanup()
+
+
+def _seed_store(store: CalibrationStore, config: LabConfig) -> None:
+    """Import the snapshot shipped with the package into an empty store."""
+    if store.latest_id() is not None or not config.seed_snapshot:
+        return
+    candidates = []
+    if config.path is not None:
+        candidates.append(config.path.parent / config.seed_snapshot)
+    candidates.append(Path(str(resources.files("labqpu") / "data" / config.seed_snapshot)))
+    for path in candidates:
+        if path.is_file():
+            store.import_json(json.loads(path.read_text()))
+            log.info("seeded calibration store %s from %s", config.store_path, path)
+            return
+    raise ConfigurationError(f"seed snapshot {config.seed_snapshot!r} not found "
+                             f"(looked in {[str(c) for c in candidates]})")
+
+
+def _close_all(resources_: list) -> None:
+    while resources_:
+        item = resources_.pop()
+        try:
+            item()
+        except Exception:
+            log.exception("shutting down labqpu provider")
+
+
+class LabProvider:
+    """Backends of one lab rack.
+
+    ``LabProvider()`` starts the embedded firmware simulator of the default device ("lab5")
+    and connects to it; ``LabProvider("lab.toml")`` connects to the rack the file describes.
+    Close it (or use it as a context manager) to stop the simulator and close every
+    instrument session; anything still open is closed at interpreter exit.
+    """
+
+    def __init__(self, config: str | os.PathLike | None = None, *,
+                 simulator: bool | None = None) -> None:
+        path = default_config_path() if config is None else Path(config)
+        self.config = load_config(path)
+        start_sim = (config is None) if simulator is None else simulator
+        self._closers: list = []
+        self._closed = False
+        self.simulator: SimulatorProcess | None = None
+        try:
+            if start_sim:
+                self.simulator = SimulatorProcess(path)
+                self._closers.append(self.simulator.stop)
+                self.config = self.config.with_endpoints(self.simulator.endpoints)
+            self.store = CalibrationStore(self.config.store_path)
+            self._closers.append(self.store.close)
+            _seed_store(self.store, self.config)
+            self._queue = LocalHardwareQueue(RackConnection(self.config))
+            self._closers.append(self._queue.close)
+            self._backends = {self.config.device_name: LabBackend(self, self.config, self.store,
+                                                                  self._queue)}
+        except BaseException:
+            _close_all(self._closers)
+            raise
+        self._finalizer = weakref.finalize(self, _close_all, self._closers)
+        self._lock = threading.Lock()
+
+    def backends(self, name: str | None = None, **filters) -> list[LabBackend]:
+        """Backends of this rack, optionally filtered by ``name`` and attribute values."""
+        out = []
+        for backend in self._backends.values():
+            if name is not None and backend.name != name:
+                continue
+            if all(getattr(backend, k, None) == v for k, v in filters.items()):
+                out.append(backend)
+        return out
+
+    def backend(self, name: str | None = None) -> LabBackend:
+        """The backend called ``name`` (the only one when ``name`` is None)."""
+        if name is None and len(self._backends) == 1:
+            return next(iter(self._backends.values()))
+        if name not in self._backends:
+            raise QiskitBackendNotFoundError(
+                f"no backend named {name!r}; this provider has {sorted(self._backends)}")
+        return self._backends[name]
+
+    get_backend = backend
+
+    def close(self) -> None:
+        """Stop the simulator (if this provider started it) and close every session."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> LabProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        sim = f", simulator pid {self.simulator.pid}" if self.simulator else ""
+        return f"LabProvider({self.config.device_name!r}{sim})"

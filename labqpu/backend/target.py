@@ -1,0 +1,111 @@
+"""``build_target(snapshot, config) -> Target``: the Qiskit view of one calibration snapshot.
+
+A pure function: the same snapshot and wiring give the same Target. Nothing is invented: an
+instruction appears on a qubit or an edge only when the snapshot holds everything needed to
+play it, and a duration or error the snapshot lacks is left ``None``.
+"""
+
+from __future__ import annotations
+
+from qiskit.circuit import Delay, Measure, Parameter, Reset
+from qiskit.circuit.library import CZGate, RZGate, SXGate, XGate
+from qiskit.providers import QubitProperties
+from qiskit.transpiler import InstructionProperties, Target
+
+from labqpu.backend.config import LabConfig
+from labqpu.calibration.store import Snapshot
+
+#: What a qubit needs in the snapshot before sx and x are offered on it.
+DRIVE_PARAMETERS = ("frequency_hz", "drive_lo_frequency_hz", "drive_lo_power_dbm",
+                    "pi_amplitude", "pi2_amplitude", "drag_beta", "pulse_duration_s",
+                    "pulse_sigma_s", "flux_bias_a")
+#: What a qubit needs before measure is offered on it.
+READOUT_PARAMETERS = ("readout_frequency_hz", "readout_lo_frequency_hz", "readout_lo_power_dbm",
+                      "readout_amplitude", "readout_duration_s", "discriminator")
+#: What an edge needs before cz is offered on it (both directions).
+CZ_PARAMETERS = ("cz_flux_qubit", "cz_amplitude", "cz_duration_s", "cz_rise_s",
+                 "cz_phase_a_rad", "cz_phase_b_rad")
+
+
+class LabTarget(Target):
+    """A ``Target`` that remembers the calibration snapshot it was built from."""
+
+    def __new__(cls, *args, snapshot_id: int | None = None, **kwargs):
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, snapshot_id: int | None = None, **kwargs) -> None:
+        # Target is built entirely in __new__; only our own attribute is set here.
+        self.snapshot_id = snapshot_id
+
+
+def has_all(params: dict, names: tuple[str, ...]) -> bool:
+    """True when every name in ``names`` is in ``params``."""
+    return all(n in params for n in names)
+
+
+def _value(params: dict, name: str) -> float | None:
+    p = params.get(name)
+    return None if p is None else p.value
+
+
+def _gate_props(snapshot: Snapshot, key: str, duration_s: float | None) -> InstructionProperties:
+    gate = snapshot.gates.get(key, {})
+    return InstructionProperties(duration=duration_s, error=_value(gate, "error"))
+
+
+def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
+    """The Target of ``config``'s device as calibrated in ``snapshot``.
+
+    Qubit i is on the Target's qubit i. sx and x need :data:`DRIVE_PARAMETERS`, measure needs
+    :data:`READOUT_PARAMETERS`, reset needs ``reset_duration_s``, cz on an edge of the coupling
+    map needs :data:`CZ_PARAMETERS` and sx on both qubits. rz is virtual (a frame change): zero
+    duration and zero error wherever sx is calibrated. Durations are in seconds.
+    """
+    n = config.num_qubits
+    fs = config.controllers[0].sample_rate_hz
+    qprops = []
+    for q in range(n):
+        params = snapshot.qubits.get(q, {})
+        qprops.append(QubitProperties(t1=_value(params, "t1_s"), t2=_value(params, "t2_s"),
+                                      frequency=_value(params, "frequency_hz")))
+    target = LabTarget(
+        description=f"{config.device_name} calibration snapshot {snapshot.snapshot_id}",
+        num_qubits=n, dt=1.0 / fs, qubit_properties=qprops, snapshot_id=snapshot.snapshot_id,
+    )
+    driven = [q for q in range(n) if has_all(snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
+    one_q = {
+        "sx": (SXGate(), driven),
+        "x": (XGate(), driven),
+    }
+    target.add_instruction(RZGate(Parameter("lambda")), {
+        (q,): InstructionProperties(duration=0.0, error=0.0) for q in driven})
+    for name, (gate, qubits) in one_q.items():
+        target.add_instruction(gate, {
+            (q,): _gate_props(snapshot, f"{name}:{q}",
+                              _value(snapshot.qubits[q], "pulse_duration_s"))
+            for q in qubits})
+    edges = {}
+    for a, b in config.coupling_map:
+        pair = snapshot.pairs.get((min(a, b), max(a, b)), {})
+        if a in driven and b in driven and has_all(pair, CZ_PARAMETERS):
+            key = f"cz:{min(a, b)}-{max(a, b)}"
+            props = _gate_props(snapshot, key, _value(pair, "cz_duration_s"))
+            edges[(a, b)] = props
+            edges[(b, a)] = props
+    if edges:
+        target.add_instruction(CZGate(), edges)
+    readable = [q for q in range(n) if has_all(snapshot.qubits.get(q, {}), READOUT_PARAMETERS)]
+    measure = {}
+    for q in readable:
+        params = snapshot.qubits[q]
+        fidelity = _value(params, "readout_assignment_fidelity")
+        measure[(q,)] = InstructionProperties(
+            duration=_value(params, "readout_duration_s"),
+            error=None if fidelity is None else 1.0 - fidelity)
+    target.add_instruction(Measure(), measure)
+    resettable = [q for q in range(n) if "reset_duration_s" in snapshot.qubits.get(q, {})]
+    target.add_instruction(Reset(), {
+        (q,): InstructionProperties(duration=_value(snapshot.qubits[q], "reset_duration_s"))
+        for q in resettable})
+    target.add_instruction(Delay(Parameter("t")), {(q,): None for q in range(n)})
+    return target

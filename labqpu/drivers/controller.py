@@ -1,0 +1,363 @@
+"""``ControllerClient``: the host side of the controller wire protocol.
+
+The client speaks ``labqpu.drivers.protocol`` over a ZeroMQ DEALER socket and recovers
+from a silent or restarted controller with the Lazy Pirate pattern: when no reply arrives
+within ``timeout_s`` it closes the socket, opens a fresh one and resends the very same
+request (same request id, same idempotency key), at most ``retries`` times. Because a
+retried ``run`` may reach the controller twice, every ``run`` carries an idempotency key
+and the controller executes a key once.
+
+Typical use::
+
+    with ControllerClient("tcp://127.0.0.1:5555", timeout_s=2.0) as ctrl:
+        ctrl.hello()
+        program_id = ctrl.upload({"waveforms": table}, {"channels": ["d0"]})
+        run_id = ctrl.run(program_id, shots=1000)
+        result, arrays = ctrl.wait(run_id, timeout_s=30.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import zmq
+
+from labqpu.drivers.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentTimeoutError,
+    ProtocolError,
+)
+from labqpu.drivers.protocol import (
+    OP_ABORT,
+    OP_FETCH,
+    OP_HELLO,
+    OP_RUN,
+    OP_STATUS,
+    OP_UPLOAD,
+    PROTOCOL_VERSION,
+    Frame,
+    Reply,
+    decode_reply,
+    encode_request,
+)
+
+__all__ = ["ControllerClient"]
+
+logger = logging.getLogger(__name__)
+
+_WAIT_FIRST_BACKOFF_S = 0.002
+_WAIT_MAX_BACKOFF_S = 0.1
+
+
+class ControllerClient:
+    """Client of one controller (real firmware or ``firmware_sim``) at a ZeroMQ endpoint.
+
+    Thread-safe: a lock serialises requests, so one request is outstanding at a time.
+
+    Args:
+        endpoint: ZeroMQ endpoint of the controller, e.g. ``"tcp://10.0.0.5:5555"``.
+        timeout_s: bound on the wait for each reply attempt, in seconds.
+        retries: resends after a timed-out attempt, each on a fresh socket; a request
+            therefore fails after at most ``(retries + 1) * timeout_s`` seconds.
+        context: ZeroMQ context to use; when None the client creates one and terminates
+            it on ``close()``.
+
+    Raises:
+        ValueError: ``timeout_s`` not positive or ``retries`` negative.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 s, got {timeout_s!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self._own_context = context is None
+        self._context: zmq.Context = zmq.Context() if context is None else context
+        self._socket: zmq.Socket | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ControllerClient({self.endpoint!r}, timeout_s={self.timeout_s})"
+
+    def __enter__(self) -> ControllerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket and, if the client created it, terminate the context.
+
+        Idempotent. Waits for a request in flight to finish (bounded by its timeouts).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._drop_socket()
+            if self._own_context:
+                self._context.term()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    # -- operations -----------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        """Greet the controller and check that it speaks ``PROTOCOL_VERSION``.
+
+        Returns:
+            the controller's description: ``protocol_versions``, ``server``,
+            ``firmware`` and ``capabilities`` (channels, sample_rate_hz, ...).
+
+        Raises:
+            ProtocolError: the controller does not speak this protocol version.
+        """
+        result = self._request(OP_HELLO, {}).result
+        versions = result.get("protocol_versions")
+        if not isinstance(versions, list) or PROTOCOL_VERSION not in versions:
+            raise ProtocolError(
+                f"controller speaks protocol versions {versions!r}, "
+                f"this client speaks {PROTOCOL_VERSION}",
+                instrument=self.endpoint,
+                command=OP_HELLO,
+            )
+        return result
+
+    def upload(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
+        """Upload a program; uploading the same program again is harmless.
+
+        Args:
+            arrays: the program's arrays (waveform table, per-channel event arrays, ...).
+            meta: JSON-able description the controller needs to interpret the arrays.
+
+        Returns:
+            the program id (derived from the content by the controller).
+
+        Raises:
+            InstrumentCommandError: the controller rejected the program
+                (``remote_type == "InvalidProgram"``).
+        """
+        reply = self._request(OP_UPLOAD, {"meta": dict(meta)}, arrays)
+        return self._result_str(reply, "program_id", OP_UPLOAD)
+
+    def run(
+        self,
+        program_id: str,
+        shots: int,
+        *,
+        params: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Queue a run of an uploaded program; returns without waiting for it.
+
+        Args:
+            program_id: id returned by ``upload``.
+            shots: number of repetitions, >= 1.
+            params: run-time parameters passed to the controller's executor.
+            key: idempotency key; the controller executes a key once, so sending the same
+                key again returns the first run's id. Defaults to a fresh uuid.
+
+        Returns:
+            the run id.
+
+        Raises:
+            ValueError: ``shots`` < 1; nothing is sent.
+            InstrumentCommandError: unknown program or refused parameters.
+        """
+        shots = operator.index(shots)
+        if shots < 1:
+            raise ValueError(f"shots must be >= 1, got {shots}")
+        request_params = {"program_id": program_id, "shots": shots, "params": dict(params or {})}
+        reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
+        return self._result_str(reply, "run_id", OP_RUN)
+
+    def fetch(self, run_id: str) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        """Ask for a run's state and, once done, its results.
+
+        Returns:
+            (state, result, arrays): state is ``queued``, ``running``, ``done``, ``error``
+            or ``aborted``; result holds ``elapsed_s`` (seconds since the run was
+            accepted) and, on error, ``error`` and ``error_type``; arrays are the run's
+            results when done (views on the received message, no copy).
+        """
+        reply = self._request(OP_FETCH, {"run_id": run_id})
+        state = self._result_str(reply, "state", OP_FETCH)
+        return state, reply.result, reply.arrays
+
+    def wait(self, run_id: str, timeout_s: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Poll ``fetch`` with a growing backoff until the run is done.
+
+        Args:
+            run_id: id returned by ``run``.
+            timeout_s: deadline for the run to finish, in seconds. A fetch started before
+                the deadline may overrun it by at most one request bound.
+
+        Returns:
+            (result, arrays) of the finished run.
+
+        Raises:
+            InstrumentCommandError: the run failed (the executor's message and error
+                type) or was aborted.
+            InstrumentTimeoutError: the run had not finished by the deadline.
+        """
+        deadline = time.monotonic() + timeout_s
+        backoff_s = _WAIT_FIRST_BACKOFF_S
+        while True:
+            state, result, arrays = self.fetch(run_id)
+            if state == "done":
+                return result, arrays
+            if state == "error":
+                raise InstrumentCommandError(
+                    f"run {run_id} failed: {result.get('error', 'no message')}",
+                    instrument=self.endpoint,
+                    command=OP_RUN,
+                    remote_type=str(result.get("error_type", "")),
+                )
+            if state == "aborted":
+                raise InstrumentCommandError(
+                    f"run {run_id} was aborted",
+                    instrument=self.endpoint,
+                    command=OP_RUN,
+                    remote_type="aborted",
+                )
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise InstrumentTimeoutError(
+                    f"run {run_id} still {state} after {timeout_s} s",
+                    instrument=self.endpoint,
+                    command=OP_FETCH,
+                )
+            time.sleep(min(backoff_s, remaining_s))
+            backoff_s = min(2 * backoff_s, _WAIT_MAX_BACKOFF_S)
+
+    def abort(self, run_id: str) -> str:
+        """Abort a run: a queued run never starts, a running one is asked to stop.
+
+        Returns:
+            the run's state after the request (``aborted``, or ``running`` while the
+            controller winds it down, or its final state if it had already finished).
+        """
+        reply = self._request(OP_ABORT, {"run_id": run_id})
+        return self._result_str(reply, "state", OP_ABORT)
+
+    def status(self) -> dict[str, Any]:
+        """Heartbeat: ``state`` (``idle``/``busy``), ``queued``, ``uptime_s``, ``programs``."""
+        return self._request(OP_STATUS, {}).result
+
+    # -- transport --------------------------------------------------------------------
+
+    def _result_str(self, reply: Reply, name: str, op: str) -> str:
+        value = reply.result.get(name)
+        if not isinstance(value, str):
+            raise ProtocolError(
+                f"reply lacks string field {name!r}: {reply.result!r}",
+                instrument=self.endpoint,
+                command=op,
+            )
+        return value
+
+    def _open_socket(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1000)))
+        socket.connect(self.endpoint)
+        return socket
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _request(
+        self,
+        op: str,
+        params: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray] | None = None,
+        key: str | None = None,
+    ) -> Reply:
+        """Send one request, Lazy Pirate style, and return its successful reply."""
+        request_id, frames = encode_request(op, params, arrays, key=key)
+        with self._lock:
+            if self._closed:
+                raise InstrumentError("client is closed", instrument=self.endpoint, command=op)
+            reply = None
+            for attempt in range(self.retries + 1):
+                if self._socket is None:
+                    self._socket = self._open_socket()
+                reply = self._attempt(self._socket, request_id, frames, op)
+                if reply is not None:
+                    break
+                logger.warning(
+                    "%s: no reply to %s within %.3g s (attempt %d of %d); reconnecting",
+                    self.endpoint,
+                    op,
+                    self.timeout_s,
+                    attempt + 1,
+                    self.retries + 1,
+                )
+                self._drop_socket()
+            if reply is None:
+                raise InstrumentTimeoutError(
+                    f"no reply after {self.retries + 1} attempts of {self.timeout_s} s",
+                    instrument=self.endpoint,
+                    command=op,
+                )
+        if not reply.ok:
+            error = reply.error or {}
+            raise InstrumentCommandError(
+                error.get("message", ""),
+                instrument=self.endpoint,
+                command=op,
+                remote_type=error.get("type", ""),
+            )
+        return reply
+
+    def _attempt(
+        self, socket: zmq.Socket, request_id: str, frames: list[Frame], op: str
+    ) -> Reply | None:
+        """Send once and wait up to ``timeout_s`` for the matching reply; None on timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            socket.send_multipart(frames, copy=False)
+        except zmq.Again:
+            return None
+        while True:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or not socket.poll(max(1, round(remaining_ms)), zmq.POLLIN):
+                return None
+            received = socket.recv_multipart(copy=False)
+            try:
+                reply = decode_reply(received)
+            except ProtocolError as exc:
+                raise ProtocolError(str(exc), instrument=self.endpoint, command=op) from exc
+            if reply.id == request_id:
+                return reply
+            logger.debug("%s: discarding reply to stale request %s", self.endpoint, reply.id)

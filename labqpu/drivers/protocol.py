@@ -1,0 +1,432 @@
+"""The wire format spoken between the host (``ControllerClient``) and a controller.
+
+A message is one ZeroMQ multipart message:
+
+* frame 0: a UTF-8 JSON header (an object; strict JSON, no NaN or Infinity);
+* frames 1..n: the raw bytes of C-contiguous numpy arrays, one frame per entry of the
+  header's ``arrays`` list, in the same order.
+
+Request header::
+
+    {"v": 1, "op": "run", "id": "<uuid4 hex>", "key": "<idempotency key>" | null,
+     "params": {...}, "arrays": [{"name": "a", "dtype": "<c8", "shape": [2, 160]}, ...]}
+
+Reply header::
+
+    {"v": 1, "id": "<request id>", "ok": true, "result": {...},
+     "error": {"type": "UnknownProgram", "message": "..."} | null, "arrays": [...]}
+
+The host talks through a DEALER socket and the controller answers through a ROUTER
+socket, so no empty delimiter frame precedes the header. Only plain numeric dtypes cross
+the wire (see ``ALLOWED_DTYPES``); objects are never pickled. Arrays are sent without
+copies and received as views on the ZeroMQ frames (``np.frombuffer``).
+
+Every violation of this format raises ``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labqpu.drivers.errors import ProtocolError
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "ERR_BAD_PARAMS",
+    "ERR_INTERNAL",
+    "ERR_INVALID_PROGRAM",
+    "ERR_PROTOCOL",
+    "ERR_RUN_EXPIRED",
+    "ERR_UNKNOWN_OP",
+    "ERR_UNKNOWN_PROGRAM",
+    "ERR_UNKNOWN_RUN",
+    "MAX_HEADER_BYTES",
+    "OPS",
+    "OP_ABORT",
+    "OP_FETCH",
+    "OP_HELLO",
+    "OP_RUN",
+    "OP_STATUS",
+    "OP_UPLOAD",
+    "PROTOCOL_VERSION",
+    "Frame",
+    "Reply",
+    "Request",
+    "as_wire_arrays",
+    "decode_reply",
+    "decode_request",
+    "encode_error",
+    "encode_reply",
+    "encode_request",
+    "salvage_request_id",
+]
+
+PROTOCOL_VERSION = 1
+
+OP_HELLO = "hello"
+OP_UPLOAD = "upload"
+OP_RUN = "run"
+OP_FETCH = "fetch"
+OP_STATUS = "status"
+OP_ABORT = "abort"
+OPS = frozenset({OP_HELLO, OP_UPLOAD, OP_RUN, OP_FETCH, OP_STATUS, OP_ABORT})
+
+# Error types a controller puts in ``error.type`` of a reply.
+ERR_PROTOCOL = "ProtocolError"  # the request could not be decoded
+ERR_UNKNOWN_OP = "UnknownOp"  # the op is not one of ``OPS``
+ERR_BAD_PARAMS = "BadParams"  # missing or ill-typed parameters
+ERR_INVALID_PROGRAM = "InvalidProgram"  # the controller rejected an uploaded program
+ERR_UNKNOWN_PROGRAM = "UnknownProgram"  # run of a program id the controller does not hold
+ERR_UNKNOWN_RUN = "UnknownRun"  # fetch/abort of a run id the controller does not hold
+ERR_RUN_EXPIRED = "RunExpired"  # idempotency key seen before; its run's record is gone
+ERR_INTERNAL = "InternalError"  # the controller failed while handling the request
+
+MAX_HEADER_BYTES = 1 << 20
+"""Largest JSON header accepted, in bytes; array data travels in the other frames."""
+
+_MAX_NDIM = 32
+
+_ALLOWED_TYPES = (
+    np.bool_,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.float32,
+    np.float64,
+    np.complex64,
+    np.complex128,
+)
+
+ALLOWED_DTYPES: frozenset[str] = frozenset(
+    np.dtype(t).newbyteorder(order).str for t in _ALLOWED_TYPES for order in "<>"
+)
+"""Dtype strings (``numpy.dtype.str``, either byte order) that may appear on the wire."""
+
+Frame = bytes | bytearray | memoryview
+"""One frame of a multipart message: anything exposing the buffer protocol (including
+the ``zmq.Frame`` objects returned by ``recv_multipart(copy=False)``)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request.
+
+    Attributes:
+        op: the operation, normally one of ``OPS`` (a controller answers others with
+            ``UnknownOp``).
+        id: request id (uuid4 hex); the reply carries it back.
+        key: idempotency key, or None; a controller executes a keyed ``run`` once.
+        params: JSON parameters of the operation.
+        arrays: named arrays, views on the received frames (no copy).
+    """
+
+    op: str
+    id: str
+    key: str | None
+    params: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded reply.
+
+    Attributes:
+        id: the id of the request this reply answers.
+        ok: True on success; False when ``error`` describes a refusal.
+        result: JSON result of the operation (empty on error).
+        error: ``{"type": str, "message": str}`` when ``ok`` is False, else None.
+        arrays: named result arrays, views on the received frames.
+    """
+
+    id: str
+    ok: bool
+    result: dict[str, Any]
+    error: dict[str, str] | None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def as_wire_arrays(arrays: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    """Check and convert arrays so they can be sent: C-contiguous, of an allowed dtype.
+
+    Args:
+        arrays: name → array-like; None means no arrays.
+
+    Returns:
+        name → C-contiguous ``np.ndarray`` (the input itself when already conforming).
+
+    Raises:
+        ProtocolError: a name is not a non-empty string, or a dtype is not in
+            ``ALLOWED_DTYPES`` (object, string, float16, ... arrays never cross the wire).
+    """
+    if arrays is None:
+        return {}
+    if not isinstance(arrays, Mapping):
+        raise ProtocolError(f"arrays must be a mapping of name to array, got {type(arrays)}")
+    wire: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"array names must be non-empty strings, got {name!r}")
+        array = np.asarray(value)
+        if array.dtype.str not in ALLOWED_DTYPES:
+            raise ProtocolError(
+                f"array {name!r} has dtype {array.dtype!r}, which cannot be sent; "
+                "allowed: bool, (u)int8..64, float32/64, complex64/128"
+            )
+        if array.ndim > _MAX_NDIM:
+            raise ProtocolError(f"array {name!r} has {array.ndim} dimensions (max {_MAX_NDIM})")
+        wire[name] = array if array.flags.c_contiguous else array.copy(order="C")
+    return wire
+
+
+def _dump_header(header: dict[str, Any]) -> bytes:
+    try:
+        text = json.dumps(header, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"header is not strict JSON: {exc}") from exc
+    data = text.encode("utf-8")
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES} bytes")
+    return data
+
+
+def _encode(header: dict[str, Any], arrays: Mapping[str, Any] | None) -> list[Frame]:
+    wire = as_wire_arrays(arrays)
+    header["arrays"] = [
+        {"name": name, "dtype": array.dtype.str, "shape": list(array.shape)}
+        for name, array in wire.items()
+    ]
+    frames: list[Frame] = [_dump_header(header)]
+    frames.extend(memoryview(array.reshape(-1).view(np.uint8)) for array in wire.values())
+    return frames
+
+
+def encode_request(
+    op: str,
+    params: Mapping[str, Any] | None,
+    arrays: Mapping[str, Any] | None = None,
+    key: str | None = None,
+) -> tuple[str, list[Frame]]:
+    """Build the frames of a request with a fresh request id.
+
+    Send the frames with ``socket.send_multipart(frames, copy=False)``; the array frames
+    are views on the arrays' memory, so do not modify the arrays until the reply arrived.
+
+    Args:
+        op: operation name (one of ``OPS``).
+        params: JSON-able parameters; None means ``{}``.
+        arrays: name → array to send after the header (made C-contiguous if needed).
+        key: idempotency key, or None.
+
+    Returns:
+        (request id, frames).
+
+    Raises:
+        ProtocolError: params not strict JSON, or an array cannot be sent.
+    """
+    if not isinstance(op, str) or not op:
+        raise ProtocolError(f"op must be a non-empty string, got {op!r}")
+    if key is not None and not isinstance(key, str):
+        raise ProtocolError(f"idempotency key must be a string or None, got {key!r}")
+    request_id = uuid.uuid4().hex
+    header = {
+        "v": PROTOCOL_VERSION,
+        "op": op,
+        "id": request_id,
+        "key": key,
+        "params": dict(params or {}),
+    }
+    return request_id, _encode(header, arrays)
+
+
+def encode_reply(
+    request_id: str, result: Mapping[str, Any], arrays: Mapping[str, Any] | None = None
+) -> list[Frame]:
+    """Build the frames of a successful reply.
+
+    Args:
+        request_id: id of the request answered.
+        result: JSON-able result.
+        arrays: name → result array.
+
+    Raises:
+        ProtocolError: result not strict JSON, or an array cannot be sent.
+    """
+    header = {
+        "v": PROTOCOL_VERSION,
+        "id": request_id,
+        "ok": True,
+        "result": dict(result),
+        "error": None,
+    }
+    return _encode(header, arrays)
+
+
+def encode_error(request_id: str, type: str, message: str) -> list[Frame]:
+    """Build the frames of an error reply.
+
+    Args:
+        request_id: id of the request answered ("" if it could not be read).
+        type: error type, e.g. ``ERR_UNKNOWN_OP``.
+        message: human-readable explanation.
+    """
+    header = {
+        "v": PROTOCOL_VERSION,
+        "id": request_id,
+        "ok": False,
+        "result": {},
+        "error": {"type": str(type), "message": str(message)},
+    }
+    return _encode(header, None)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_header(frame: Frame) -> dict[str, Any]:
+    view = memoryview(frame)
+    if view.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES} bytes")
+    try:
+        header = json.loads(view.tobytes().decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}"
+        )
+    return header
+
+
+def _field(header: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in header:
+        raise ProtocolError(f"header lacks field {name!r}")
+    value = header[name]
+    if not isinstance(value, kind):
+        raise ProtocolError(f"header field {name!r} has the wrong type: {value!r}")
+    return value
+
+
+def _decode_arrays(descriptors: Any, frames: Sequence[Frame]) -> dict[str, np.ndarray]:
+    if not isinstance(descriptors, list):
+        raise ProtocolError(f"header field 'arrays' must be a list, got {descriptors!r}")
+    if len(descriptors) != len(frames):
+        raise ProtocolError(
+            f"header describes {len(descriptors)} arrays but {len(frames)} array frames arrived"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for descriptor, frame in zip(descriptors, frames, strict=True):
+        if not isinstance(descriptor, dict):
+            raise ProtocolError(f"array descriptor must be an object, got {descriptor!r}")
+        name = descriptor.get("name")
+        dtype_str = descriptor.get("dtype")
+        shape = descriptor.get("shape")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"array name must be a non-empty string, got {name!r}")
+        if name in arrays:
+            raise ProtocolError(f"array {name!r} appears twice")
+        if not isinstance(dtype_str, str) or dtype_str not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array {name!r}: dtype {dtype_str!r} is not allowed on the wire")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(type(n) is int and n >= 0 for n in shape)
+        ):
+            raise ProtocolError(f"array {name!r}: shape {shape!r} is not a list of sizes >= 0")
+        dtype = np.dtype(dtype_str)
+        buffer = memoryview(frame)
+        expected = math.prod(shape) * dtype.itemsize
+        if buffer.nbytes != expected:
+            raise ProtocolError(
+                f"array {name!r}: {dtype_str} {shape} needs {expected} bytes, "
+                f"frame holds {buffer.nbytes}"
+            )
+        array = np.frombuffer(buffer.cast("B"), dtype=dtype).reshape(shape)
+        if not array.flags.aligned:
+            array = array.copy()
+        arrays[name] = array
+    return arrays
+
+
+def decode_request(frames: Sequence[Frame]) -> Request:
+    """Decode and validate the frames of a request (without any routing identity).
+
+    Raises:
+        ProtocolError: wrong version, bad JSON, missing or ill-typed fields, disallowed
+            dtype, shape/byte-length mismatch, or frame count ≠ array descriptor count.
+    """
+    if len(frames) == 0:
+        raise ProtocolError("empty message: no header frame")
+    header = _load_header(frames[0])
+    op = _field(header, "op", str)
+    request_id = _field(header, "id", str)
+    if not op or not request_id:
+        raise ProtocolError("header fields 'op' and 'id' must be non-empty")
+    key = header.get("key")
+    if key is not None and not isinstance(key, str):
+        raise ProtocolError(f"header field 'key' must be a string or null, got {key!r}")
+    params = _field(header, "params", dict)
+    arrays = _decode_arrays(header.get("arrays"), frames[1:])
+    return Request(op=op, id=request_id, key=key, params=params, arrays=arrays)
+
+
+def decode_reply(frames: Sequence[Frame]) -> Reply:
+    """Decode and validate the frames of a reply.
+
+    Raises:
+        ProtocolError: as ``decode_request``; also a failed reply without an error
+            ``{"type": str, "message": str}``.
+    """
+    if len(frames) == 0:
+        raise ProtocolError("empty message: no header frame")
+    header = _load_header(frames[0])
+    request_id = _field(header, "id", str)
+    ok = _field(header, "ok", bool)
+    result = _field(header, "result", dict)
+    error = header.get("error")
+    if not ok and not (
+        isinstance(error, dict)
+        and isinstance(error.get("type"), str)
+        and isinstance(error.get("message"), str)
+    ):
+        raise ProtocolError(f"failed reply needs error {{type, message}}, got {error!r}")
+    arrays = _decode_arrays(header.get("arrays"), frames[1:])
+    return Reply(
+        id=request_id,
+        ok=ok,
+        result=result,
+        error=None if ok else {"type": error["type"], "message": error["message"]},
+        arrays=arrays,
+    )
+
+
+def salvage_request_id(frame: Frame) -> str:
+    """Best-effort request id from a header that failed validation; "" if none.
+
+    A controller uses it to address an error reply to a request it could not decode.
+    """
+    try:
+        view = memoryview(frame)
+        if view.nbytes > MAX_HEADER_BYTES:
+            return ""
+        header = json.loads(view.tobytes().decode("utf-8"))
+    except (TypeError, UnicodeDecodeError, ValueError):
+        return ""
+    request_id = header.get("id") if isinstance(header, dict) else None
+    return request_id if isinstance(request_id, str) else ""

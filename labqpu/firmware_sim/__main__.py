@@ -1,0 +1,61 @@
+"""``python -m labqpu.firmware_sim LAB_TOML``: run a simulated rack until told to stop.
+
+With ``--announce FILE`` the endpoints are written there as JSON (atomically) once every
+server listens; with ``--parent-pid PID`` the simulator exits when that process is gone, so a
+crashed client never leaves it running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from labqpu.firmware_sim.rack import SimulatedRack
+
+
+def _parent_alive(pid: int) -> bool:
+    """True while ``pid`` is still this process's parent (a dead parent means re-parenting)."""
+    return os.getppid() == pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="labqpu sim", description=__doc__)
+    parser.add_argument("lab_toml", help="wiring file (lab.toml)")
+    parser.add_argument("--announce", help="write the endpoints as JSON to this file")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    parser.add_argument("--device", help="simulator device file or name (overrides lab.toml)")
+    parser.add_argument("--seed", type=int, help="simulator seed (overrides lab.toml)")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        rack = SimulatedRack(args.lab_toml, device=args.device, seed=args.seed)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"labqpu sim: {exc}", file=sys.stderr)
+        return 2
+    with rack:
+        endpoints = rack.endpoints()
+        if args.announce:
+            tmp = Path(args.announce + ".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": endpoints}))
+            tmp.replace(args.announce)
+        print(json.dumps(endpoints), flush=True)
+        while not stop.wait(0.5):
+            if args.parent_pid is not None and not _parent_alive(args.parent_pid):
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""``ControllerServer``: the simulator's controller, served over a real ZeroMQ ROUTER socket.
+
+The server speaks ``labqpu.drivers.protocol`` exactly as controller firmware would and
+delegates the physics to an ``Executor``. Two threads:
+
+* the serving thread owns the ROUTER socket (and the server's ZeroMQ context): it
+  decodes each request, answers it at once and never blocks on a run;
+* the worker thread executes queued runs one at a time, in FIFO order, and records their
+  outcome in a lock-protected table that the serving thread reads.
+
+Every request gets a reply: malformed messages, unknown ops and bad parameters get typed
+error replies (``protocol.ERR_*``), and a failure inside a handler becomes an
+``InternalError`` reply instead of a dead loop. A ``run`` carrying an idempotency key
+already seen returns the first run's id and is never executed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from labqpu.drivers.errors import ProtocolError
+from labqpu.drivers.protocol import (
+    ERR_BAD_PARAMS,
+    ERR_INTERNAL,
+    ERR_INVALID_PROGRAM,
+    ERR_PROTOCOL,
+    ERR_RUN_EXPIRED,
+    ERR_UNKNOWN_OP,
+    ERR_UNKNOWN_PROGRAM,
+    ERR_UNKNOWN_RUN,
+    OP_ABORT,
+    OP_FETCH,
+    OP_HELLO,
+    OP_RUN,
+    OP_STATUS,
+    OP_UPLOAD,
+    PROTOCOL_VERSION,
+    Frame,
+    Request,
+    as_wire_arrays,
+    decode_request,
+    encode_error,
+    encode_reply,
+    salvage_request_id,
+)
+
+__all__ = ["ControllerServer", "Executor", "program_id_of"]
+
+logger = logging.getLogger(__name__)
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+ERROR = "error"
+ABORTED = "aborted"
+_ACTIVE = (QUEUED, RUNNING)
+
+_POLL_INTERVAL_MS = 50
+_MAX_KEYS = 4096
+
+try:
+    _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
+except importlib.metadata.PackageNotFoundError:
+    _FIRMWARE = "labqpu-sim (not installed)"
+
+
+class Executor(Protocol):
+    """What the simulator plugs into a ``ControllerServer``: the device behind the wire."""
+
+    def capabilities(self) -> dict:
+        """JSON-able description: channels, sample_rate_hz, waveform_memory_samples, ..."""
+        ...
+
+    def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Validate a program; raise ``ValueError`` with a clear message if it is bad.
+
+        The arrays are read-only: a program is immutable once uploaded, and every run of
+        it receives the same arrays.
+        """
+        ...
+
+    def execute(
+        self,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        shots: int,
+        params: dict,
+        cancel: threading.Event,
+    ) -> dict[str, np.ndarray]:
+        """Run a loaded program ``shots`` times (blocking) and return the result arrays.
+
+        Should return early once ``cancel`` is set; any exception marks the run ``error``
+        with the exception's type name and message.
+        """
+        ...
+
+
+class _RequestError(Exception):
+    """A request the server refuses with a typed error reply."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass
+class _Program:
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    run_id: str
+    key: str | None
+    program: _Program
+    shots: int
+    params: dict[str, Any]
+    accepted_at: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    state: str = QUEUED
+    finished_at: float | None = None
+    results: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str = ""
+    error_type: str = ""
+
+    def elapsed_s(self, now: float) -> float:
+        """Seconds since the run was accepted, frozen once it finished."""
+        end = now if self.finished_at is None else self.finished_at
+        return end - self.accepted_at
+
+
+def program_id_of(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """Content id of a program: first 16 hex digits of a SHA-256 over meta and arrays.
+
+    The digest covers the canonical JSON of ``meta`` and, in name order, every array's
+    name, dtype, shape and bytes, so the same program always gets the same id.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name]).reshape(-1)
+        descriptor = {"name": name, "dtype": arrays[name].dtype.str, "shape": arrays[name].shape}
+        digest.update(b"\0" + json.dumps(descriptor, separators=(",", ":")).encode("utf-8"))
+        digest.update(array.view(np.uint8).data)
+    return digest.hexdigest()[:16]
+
+
+def _param(params: dict[str, Any], name: str, kind: type, *, op: str) -> Any:
+    value = params.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _RequestError(
+            ERR_BAD_PARAMS, f"{op}: parameter {name!r} must be {kind.__name__}, got {value!r}"
+        )
+    return value
+
+
+class ControllerServer:
+    """A controller on a ROUTER socket at ``tcp://host:port``, backed by an ``Executor``.
+
+    Args:
+        executor: the simulated device that validates and executes programs.
+        host: interface to bind.
+        port: TCP port; 0 binds a random free port (see ``endpoint`` after ``start``).
+        name: server name reported by ``hello``.
+        max_programs: programs kept; the least recently uploaded are evicted beyond it.
+        max_runs: finished runs whose results are kept; older ones are forgotten.
+
+    Use as a context manager (``with ControllerServer(ex) as srv: srv.endpoint``) or
+    call ``start()`` and ``stop()``. A server starts once.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "ctrl0",
+        max_programs: int = 64,
+        max_runs: int = 64,
+    ) -> None:
+        if max_programs < 1 or max_runs < 1:
+            raise ValueError("max_programs and max_runs must be >= 1")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.endpoint = ""
+        self._executor = executor
+        self._max_programs = max_programs
+        self._max_runs = max_runs
+        self._programs: OrderedDict[str, _Program] = OrderedDict()
+        self._runs: dict[str, _Run] = {}
+        self._keys: OrderedDict[str, str] = OrderedDict()
+        self._finished: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._started_at = 0.0
+        self._serve_thread: threading.Thread | None = None
+        self._worker_thread: threading.Thread | None = None
+        self._handlers: dict[str, Callable[[Request], tuple[dict, dict | None]]] = {
+            OP_HELLO: self._hello,
+            OP_UPLOAD: self._upload,
+            OP_RUN: self._run,
+            OP_FETCH: self._fetch,
+            OP_ABORT: self._abort,
+            OP_STATUS: self._status,
+        }
+
+    def __repr__(self) -> str:
+        return f"ControllerServer({self.name!r}, endpoint={self.endpoint!r})"
+
+    def __enter__(self) -> ControllerServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Bind the ROUTER socket and start the serving and worker threads.
+
+        Raises:
+            RuntimeError: the server was started before.
+            zmq.ZMQError: the address cannot be bound (e.g. the port is in use).
+        """
+        if self._serve_thread is not None:
+            raise RuntimeError(f"{self!r} was already started")
+        context = zmq.Context()
+        socket = context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        try:
+            if self.port == 0:
+                self.port = socket.bind_to_random_port(f"tcp://{self.host}")
+            else:
+                socket.bind(f"tcp://{self.host}:{self.port}")
+        except zmq.ZMQError:
+            socket.close(linger=0)
+            context.term()
+            raise
+        connect_host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
+        self.endpoint = f"tcp://{connect_host}:{self.port}"
+        self._started_at = time.monotonic()
+        self._serve_thread = threading.Thread(
+            target=self._serve, args=(context, socket), name=f"{self.name}-serve", daemon=True
+        )
+        self._worker_thread = threading.Thread(
+            target=self._work, name=f"{self.name}-worker", daemon=True
+        )
+        self._worker_thread.start()
+        self._serve_thread.start()
+        logger.info("%s serving on %s", self.name, self.endpoint)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop serving: abort active runs, join both threads, release the port.
+
+        Idempotent. The serving thread closes its socket (linger 0) and terminates its
+        context on the way out, so once this returns the port can be bound again.
+
+        Args:
+            timeout_s: bound on the wait for each thread to finish, in seconds.
+        """
+        if self._serve_thread is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        with self._lock:
+            for run in list(self._runs.values()):
+                if run.state in _ACTIVE:
+                    run.cancel.set()
+                if run.state == QUEUED:
+                    self._finish(run, ABORTED)
+        self._queue.put(None)
+        for thread in (self._serve_thread, self._worker_thread):
+            if thread is not None:
+                thread.join(timeout_s)
+                if thread.is_alive():
+                    logger.error("%s: thread %s did not stop within %s s", self, thread, timeout_s)
+        logger.info("%s stopped", self.name)
+
+    # -- serving thread ---------------------------------------------------------------
+
+    def _serve(self, context: zmq.Context, socket: zmq.Socket) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not socket.poll(_POLL_INTERVAL_MS, zmq.POLLIN):
+                    continue
+                frames = socket.recv_multipart(copy=False)
+                reply = self._handle(frames[1:])
+                try:
+                    socket.send_multipart([frames[0], *reply], copy=False)
+                except zmq.ZMQError as exc:
+                    logger.warning("%s: could not send a reply: %s", self.name, exc)
+        finally:
+            socket.close(linger=0)
+            context.term()
+
+    def _handle(self, frames: list[Frame]) -> list[Frame]:
+        """Turn one request (without its identity frame) into reply frames; never raises."""
+        try:
+            request = decode_request(frames)
+        except ProtocolError as exc:
+            logger.warning("%s: malformed request: %s", self.name, exc)
+            request_id = salvage_request_id(frames[0]) if frames else ""
+            return encode_error(request_id, ERR_PROTOCOL, str(exc))
+        handler = self._handlers.get(request.op)
+        if handler is None:
+            known = ", ".join(sorted(self._handlers))
+            return encode_error(
+                request.id, ERR_UNKNOWN_OP, f"unknown op {request.op!r}; known ops: {known}"
+            )
+        try:
+            result, arrays = handler(request)
+            return encode_reply(request.id, result, arrays)
+        except _RequestError as exc:
+            return encode_error(request.id, exc.error_type, exc.message)
+        except Exception as exc:  # a handler failure must become a reply, not a dead loop
+            logger.exception("%s: %s failed", self.name, request.op)
+            return encode_error(request.id, ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def _hello(self, request: Request) -> tuple[dict, None]:
+        return {
+            "protocol_versions": [PROTOCOL_VERSION],
+            "server": self.name,
+            "firmware": _FIRMWARE,
+            "capabilities": self._executor.capabilities(),
+        }, None
+
+    def _upload(self, request: Request) -> tuple[dict, None]:
+        meta = request.params.get("meta", {})
+        if not isinstance(meta, dict):
+            raise _RequestError(ERR_BAD_PARAMS, f"upload: 'meta' must be an object, got {meta!r}")
+        for array in request.arrays.values():
+            array.flags.writeable = False
+        program_id = program_id_of(request.arrays, meta)
+        with self._lock:
+            if program_id in self._programs:
+                self._programs.move_to_end(program_id)
+                return {"program_id": program_id}, None
+        try:
+            self._executor.load(request.arrays, meta)
+        except ValueError as exc:
+            raise _RequestError(ERR_INVALID_PROGRAM, str(exc)) from exc
+        with self._lock:
+            self._programs[program_id] = _Program(request.arrays, meta)
+            while len(self._programs) > self._max_programs:
+                evicted, _ = self._programs.popitem(last=False)
+                logger.debug("%s: evicted program %s", self.name, evicted)
+        return {"program_id": program_id}, None
+
+    def _run(self, request: Request) -> tuple[dict, None]:
+        program_id = _param(request.params, "program_id", str, op=OP_RUN)
+        shots = _param(request.params, "shots", int, op=OP_RUN)
+        if shots < 1:
+            raise _RequestError(ERR_BAD_PARAMS, f"run: shots must be >= 1, got {shots}")
+        run_params = request.params.get("params", {})
+        if not isinstance(run_params, dict):
+            raise _RequestError(ERR_BAD_PARAMS, f"run: 'params' must be an object: {run_params!r}")
+        key = request.key
+        with self._lock:
+            if key is not None and key in self._keys:
+                run_id = self._keys[key]
+                previous = self._runs.get(run_id)
+                if previous is None:
+                    raise _RequestError(
+                        ERR_RUN_EXPIRED,
+                        f"idempotency key {key!r} already ran as {run_id}, whose record is gone",
+                    )
+                logger.info("%s: repeated key %s returns run %s", self.name, key, run_id)
+                return {"run_id": run_id, "state": previous.state}, None
+            program = self._programs.get(program_id)
+            if program is None:
+                raise _RequestError(ERR_UNKNOWN_PROGRAM, f"no program {program_id!r} loaded")
+            if self._stopping.is_set():
+                raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
+            run = _Run(
+                run_id=uuid.uuid4().hex,
+                key=key,
+                program=program,
+                shots=shots,
+                params=run_params,
+                accepted_at=time.monotonic(),
+            )
+            self._runs[run.run_id] = run
+            if key is not None:
+                self._keys[key] = run.run_id
+                while len(self._keys) > _MAX_KEYS:
+                    self._keys.popitem(last=False)
+        self._queue.put(run.run_id)
+        return {"run_id": run.run_id, "state": QUEUED}, None
+
+    def _lookup(self, request: Request) -> _Run:
+        """The run named by the ``run_id`` parameter; call with the lock held."""
+        run_id = _param(request.params, "run_id", str, op=request.op)
+        run = self._runs.get(run_id)
+        if run is None:
+            raise _RequestError(ERR_UNKNOWN_RUN, f"no run {run_id!r} (unknown or forgotten)")
+        return run
+
+    def _fetch(self, request: Request) -> tuple[dict, dict | None]:
+        with self._lock:
+            run = self._lookup(request)
+            result: dict[str, Any] = {
+                "state": run.state,
+                "elapsed_s": run.elapsed_s(time.monotonic()),
+            }
+            if run.state == ERROR:
+                result["error"] = run.error
+                result["error_type"] = run.error_type
+            return result, run.results if run.state == DONE else None
+
+    def _abort(self, request: Request) -> tuple[dict, None]:
+        with self._lock:
+            run = self._lookup(request)
+            if run.state in _ACTIVE:
+                run.cancel.set()
+            if run.state == QUEUED:
+                self._finish(run, ABORTED)
+            return {"run_id": run.run_id, "state": run.state}, None
+
+    def _status(self, request: Request) -> tuple[dict, None]:
+        with self._lock:
+            active = [run.state for run in self._runs.values() if run.state in _ACTIVE]
+            programs = len(self._programs)
+        return {
+            "state": "busy" if active else "idle",
+            "queued": active.count(QUEUED),
+            "uptime_s": time.monotonic() - self._started_at,
+            "programs": programs,
+        }, None
+
+    # -- worker thread ----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            run_id = self._queue.get()
+            if run_id is None:
+                return
+            with self._lock:
+                run = self._runs.get(run_id)
+                if run is None or run.state != QUEUED:
+                    continue
+                run.state = RUNNING
+            self._execute(run)
+
+    def _execute(self, run: _Run) -> None:
+        program = run.program
+        try:
+            results = self._executor.execute(
+                program.arrays, program.meta, run.shots, run.params, run.cancel
+            )
+            results = as_wire_arrays(results)
+        except Exception as exc:  # the executor's failure is the run's outcome
+            logger.info("%s: run %s failed: %s: %s", self.name, run.run_id, type(exc).__name__, exc)
+            with self._lock:
+                if run.cancel.is_set():
+                    self._finish(run, ABORTED)
+                else:
+                    run.error, run.error_type = str(exc), type(exc).__name__
+                    self._finish(run, ERROR)
+            return
+        with self._lock:
+            if run.cancel.is_set():
+                self._finish(run, ABORTED)
+            else:
+                run.results = results
+                self._finish(run, DONE)
+
+    def _finish(self, run: _Run, state: str) -> None:
+        """Record a final state and forget the oldest finished runs; lock held."""
+        run.state = state
+        run.finished_at = time.monotonic()
+        self._finished.append(run.run_id)
+        while len(self._finished) > self._max_runs:
+            del self._runs[self._finished.popleft()]

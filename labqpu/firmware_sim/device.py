@@ -1,0 +1,228 @@
+"""The simulator's truth: physical device parameters and the rack's cabling.
+
+The device file (``devices/<name>.toml`` or a path) holds what the hardware *is*; the wiring
+file (``lab.toml``) says which controller port and which VISA source reaches which qubit.
+The simulator reads both; the backend reads only the wiring and what calibration measured.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEVICES_DIR = Path(__file__).parent / "devices"
+
+
+@dataclass(frozen=True)
+class QubitTruth:
+    """True parameters of one flux-tunable transmon and its readout resonator.
+
+    Frequencies in Hz, times in s, currents in A. ``rabi_hz_per_amplitude`` is the Rabi
+    frequency produced by a drive sample of amplitude 1.0 with the mixer's LO at nominal power.
+    """
+
+    index: int
+    max_frequency_hz: float
+    anharmonicity_hz: float
+    t1_s: float
+    t2_s: float
+    rabi_hz_per_amplitude: float
+    sweet_spot_current_a: float
+    phi0_per_ampere: float
+    resonator_hz: float
+    dispersive_shift_hz: float
+    resonator_linewidth_hz: float
+    readout_gain: float
+    readout_noise_per_sample: float
+
+    def frequency_hz(self, flux_phi0: float) -> float:
+        """0-1 transition frequency (Hz) at a flux of ``flux_phi0`` flux quanta from the sweet spot.
+
+        Transmon with a symmetric SQUID: E_J scales as |cos(pi * flux)|, f01 = sqrt(8 E_J E_C) - E_C
+        with E_C = -anharmonicity.
+        """
+        ec = -self.anharmonicity_hz
+        plasma = (self.max_frequency_hz + ec) * math.sqrt(abs(math.cos(math.pi * flux_phi0)))
+        return plasma - ec
+
+    @property
+    def t_phi_s(self) -> float:
+        """Pure-dephasing time (s) from 1/T2 = 1/(2 T1) + 1/T_phi; ``inf`` when T2 = 2 T1."""
+        rate = 1.0 / self.t2_s - 0.5 / self.t1_s
+        return math.inf if rate <= 0 else 1.0 / rate
+
+
+@dataclass(frozen=True)
+class DeviceTruth:
+    """The whole simulated device: qubits, couplings and shared settings."""
+
+    name: str
+    sample_rate_hz: float
+    seed: int
+    thermal_population: float
+    mixer_nominal_lo_power_dbm: float
+    flux_line_phi0_per_amplitude: float
+    qubits: tuple[QubitTruth, ...]
+    couplings: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    def neighbours(self, q: int) -> list[int]:
+        """Qubits coupled to ``q``."""
+        return sorted({b if a == q else a for (a, b) in self.couplings if q in (a, b)})
+
+    def coupling_hz(self, a: int, b: int) -> float:
+        """Exchange coupling g (Hz) between ``a`` and ``b``; 0 when they are not coupled."""
+        return self.couplings.get((min(a, b), max(a, b)), 0.0)
+
+
+def load_device(name_or_path: str | Path) -> DeviceTruth:
+    """Load a device file by name (shipped in ``devices/``) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = DEVICES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"simulator device file not found: {path}")
+    with path.open("rb") as f:
+        doc = tomllib.load(f)
+    dev = doc["device"]
+    qubits = tuple(
+        sorted((QubitTruth(**{k: q[k] for k in QubitTruth.__dataclass_fields__}) for q in doc["qubit"]),
+               key=lambda q: q.index)
+    )
+    if [q.index for q in qubits] != list(range(len(qubits))):
+        raise ValueError(f"{path}: qubit indices must be 0..n-1, got {[q.index for q in qubits]}")
+    couplings = {}
+    for c in doc.get("coupling", []):
+        a, b = c["qubits"]
+        couplings[(min(a, b), max(a, b))] = float(c["g_hz"])
+    return DeviceTruth(
+        name=dev["name"],
+        sample_rate_hz=float(dev["sample_rate_hz"]),
+        seed=int(dev.get("seed", 0)),
+        thermal_population=float(dev.get("thermal_population", 0.0)),
+        mixer_nominal_lo_power_dbm=float(dev["mixer_nominal_lo_power_dbm"]),
+        flux_line_phi0_per_amplitude=float(dev["flux_line_phi0_per_amplitude"]),
+        qubits=qubits,
+        couplings=couplings,
+    )
+
+
+@dataclass(frozen=True)
+class QubitCabling:
+    """Which controller ports and VISA sources physically reach one qubit."""
+
+    drive_port: int
+    flux_port: int
+    readout_port: int
+    acquire_port: int
+    drive_lo: str
+    readout_lo: str
+    flux_source: str
+    flux_channel: int
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """One controller of the rack as the simulator stands it up."""
+
+    name: str
+    host: str
+    port: int
+    sample_rate_hz: float
+    outputs: int
+    inputs: int
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """One VISA instrument of the rack as the simulator stands it up."""
+
+    name: str
+    kind: str
+    host: str
+    port: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class Rack:
+    """The wiring as the simulator needs it (parsed from ``lab.toml``)."""
+
+    device_name: str
+    controllers: tuple[ControllerSpec, ...]
+    instruments: tuple[InstrumentSpec, ...]
+    cabling: dict[int, QubitCabling]
+    simulator_device: str
+    simulator_seed: int | None
+
+
+def _split_port(value: str, what: str) -> tuple[str, int]:
+    name, sep, port = value.partition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"wiring: {what} must look like 'name:port', got {value!r}")
+    return name, int(port)
+
+
+def _host_port_from_tcp(endpoint: str) -> tuple[str, int]:
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"wiring: controller endpoint must be tcp://host:port, got {endpoint!r}")
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    return host, int(port)
+
+
+def _host_port_from_visa(resource: str) -> tuple[str, int]:
+    parts = resource.split("::")
+    if len(parts) != 4 or not parts[0].upper().startswith("TCPIP") or parts[3].upper() != "SOCKET":
+        raise ValueError(
+            f"wiring: the simulator serves TCPIP::host::port::SOCKET resources, got {resource!r}"
+        )
+    return parts[1], int(parts[2])
+
+
+def load_rack(path: str | Path) -> Rack:
+    """Parse the parts of a ``lab.toml`` the simulator needs; ``path`` may also be relative."""
+    path = Path(path)
+    with path.open("rb") as f:
+        doc = tomllib.load(f)
+    controllers = []
+    for c in doc.get("controllers", []):
+        host, port = _host_port_from_tcp(c["endpoint"])
+        controllers.append(ControllerSpec(c["name"], host, port, float(c["sample_rate_hz"]),
+                                          int(c["outputs"]), int(c["inputs"])))
+    if len(controllers) != 1:
+        raise ValueError(
+            f"{path}: the simulator models one controller holding every channel; "
+            f"found {len(controllers)}"
+        )
+    instruments = []
+    for i in doc.get("instruments", []):
+        host, port = _host_port_from_visa(i["resource"])
+        instruments.append(InstrumentSpec(i["name"], i["kind"], host, port,
+                                          int(i.get("channels", 1))))
+    cabling = {}
+    for key, q in doc.get("qubits", {}).items():
+        ports = {}
+        for role in ("drive", "flux", "readout", "acquire"):
+            ctrl, port = _split_port(q[role], f"qubit {key} {role}")
+            if ctrl != controllers[0].name:
+                raise ValueError(f"{path}: qubit {key} {role} names unknown controller {ctrl!r}")
+            ports[role] = port
+        source, channel = _split_port(q["flux_bias"], f"qubit {key} flux_bias")
+        cabling[int(key)] = QubitCabling(
+            drive_port=ports["drive"], flux_port=ports["flux"], readout_port=ports["readout"],
+            acquire_port=ports["acquire"], drive_lo=q["drive_lo"], readout_lo=q["readout_lo"],
+            flux_source=source, flux_channel=channel,
+        )
+    sim = doc.get("simulator", {})
+    device_ref = sim.get("device", doc["device"]["name"])
+    if Path(device_ref).suffix:
+        device_ref = str((path.parent / device_ref).resolve())
+    return Rack(
+        device_name=doc["device"]["name"],
+        controllers=tuple(controllers),
+        instruments=tuple(instruments),
+        cabling=cabling,
+        simulator_device=device_ref,
+        simulator_seed=sim.get("seed"),
+    )

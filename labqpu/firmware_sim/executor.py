@@ -1,0 +1,169 @@
+"""The simulated controller firmware: validates uploaded programs and executes them.
+
+It sees exactly what a real controller would: play rows (port, start sample, waveform id,
+amplitude, phase, NCO frequency), a waveform table, acquisition windows and a parameter table.
+Execution renders the plays and hands the samples to the physics model, together with the LO
+and flux-bias settings the VISA servers hold at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from labqpu.firmware_sim.device import ControllerSpec
+from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
+
+log = logging.getLogger(__name__)
+
+#: Waveform memory of the simulated controller (samples) and the longest program (samples).
+WAVEFORM_MEMORY_SAMPLES = 16 * 1024 * 1024
+MAX_PROGRAM_SAMPLES = 50_000_000
+MAX_SHOTS = 1_000_000
+FULL_SCALE = 1.0 + 1e-6
+
+_REQUIRED = {
+    "play_port": "int32", "play_start": "int64", "play_wave": "int32", "play_amp": "float64",
+    "play_amp_ref": "int32", "play_phase_rad": "float64", "play_freq_hz": "float64",
+    "wave_offset": "int64", "wave_data": "complex64", "acq_port": "int32", "acq_start": "int64",
+    "acq_duration": "int64", "acq_freq_hz": "float64", "param_values": "float64",
+}
+
+
+class SimulatedController:
+    """The ``Executor`` behind the simulator's ``ControllerServer``."""
+
+    def __init__(self, spec: ControllerSpec, engine: PhysicsEngine,
+                 settings: Callable[[], Settings], seed: int) -> None:
+        self.spec = spec
+        self.engine = engine
+        self._settings = settings
+        self._seeds = np.random.SeedSequence(seed)
+        self._seed_lock = threading.Lock()
+
+    def capabilities(self) -> dict:
+        """Channels, sample rate (Hz), waveform memory (samples) and limits."""
+        return {
+            "outputs": self.spec.outputs,
+            "inputs": self.spec.inputs,
+            "sample_rate_hz": self.spec.sample_rate_hz,
+            "waveform_memory_samples": WAVEFORM_MEMORY_SAMPLES,
+            "max_program_samples": MAX_PROGRAM_SAMPLES,
+            "max_shots": MAX_SHOTS,
+            "amplitude_full_scale": 1.0,
+            "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window"},
+        }
+
+    def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Validate a program; raises ``ValueError`` naming the first problem found."""
+        self._parse(arrays, meta)
+
+    def _parse(self, arrays: dict[str, np.ndarray], meta: dict) -> WireProgram:
+        for name, dtype in _REQUIRED.items():
+            if name not in arrays:
+                raise ValueError(f"program lacks array {name!r}")
+            if arrays[name].dtype != np.dtype(dtype) or arrays[name].ndim != 1:
+                raise ValueError(f"array {name!r} must be 1-d {dtype}, got "
+                                 f"{arrays[name].ndim}-d {arrays[name].dtype}")
+        fs = meta.get("sample_rate_hz")
+        if fs != self.spec.sample_rate_hz:
+            raise ValueError(f"program is for {fs} Hz; this controller runs at "
+                             f"{self.spec.sample_rate_hz} Hz")
+        duration = meta.get("duration_samples")
+        if not isinstance(duration, int) or not 0 < duration <= MAX_PROGRAM_SAMPLES:
+            raise ValueError(f"duration_samples must be an int in 1..{MAX_PROGRAM_SAMPLES}, "
+                             f"got {duration!r}")
+        port, start, wave = arrays["play_port"], arrays["play_start"], arrays["play_wave"]
+        n_play = port.shape[0]
+        for name in ("play_start", "play_wave", "play_amp", "play_amp_ref", "play_phase_rad",
+                     "play_freq_hz"):
+            if arrays[name].shape[0] != n_play:
+                raise ValueError(f"array {name!r} has {arrays[name].shape[0]} rows, "
+                                 f"play_port has {n_play}")
+        offsets, data = arrays["wave_offset"], arrays["wave_data"]
+        n_wave = offsets.shape[0] - 1
+        if n_wave < 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+                or offsets[-1] != data.shape[0]:
+            raise ValueError("wave_offset must rise from 0 to len(wave_data)")
+        if data.shape[0] > WAVEFORM_MEMORY_SAMPLES:
+            raise ValueError(f"waveforms need {data.shape[0]} samples; memory holds "
+                             f"{WAVEFORM_MEMORY_SAMPLES}")
+        if not np.all(np.isfinite(data)):
+            raise ValueError("waveform table holds non-finite samples")
+        bad = np.flatnonzero((port < 0) | (port >= self.spec.outputs))
+        if bad.size:
+            raise ValueError(f"play {bad[0]} targets output port {port[bad[0]]}; "
+                             f"ports are 0..{self.spec.outputs - 1}")
+        bad = np.flatnonzero((wave < 0) | (wave >= n_wave))
+        if bad.size:
+            raise ValueError(f"play {bad[0]} uses waveform {wave[bad[0]]}; table has {n_wave}")
+        params = arrays["param_values"]
+        refs = arrays["play_amp_ref"]
+        if np.any(refs >= params.shape[0]) or np.any(refs < -1):
+            raise ValueError("play_amp_ref points outside the parameter table")
+        amp = np.where(refs >= 0, params[np.maximum(refs, 0)] if params.size else 0.0,
+                       arrays["play_amp"])
+        for name, values in (("amplitude", amp), ("phase", arrays["play_phase_rad"]),
+                             ("frequency", arrays["play_freq_hz"])):
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"a play has a non-finite {name}")
+        if np.any(np.abs(arrays["play_freq_hz"]) > self.spec.sample_rate_hz / 2):
+            raise ValueError("a play's NCO frequency exceeds the Nyquist frequency")
+        lengths = np.diff(offsets)[wave] if n_play else np.zeros(0, dtype=np.int64)
+        bad = np.flatnonzero((start < 0) | (start + lengths > duration))
+        if bad.size:
+            raise ValueError(f"play {bad[0]} (port {port[bad[0]]}, start {start[bad[0]]}) lies "
+                             f"outside the program's {duration} samples")
+        peak = np.array([np.max(np.abs(data[offsets[w]:offsets[w + 1]]), initial=0.0)
+                         for w in range(n_wave)])
+        over = np.flatnonzero(np.abs(amp) * (peak[wave] if n_play else 0.0) > FULL_SCALE)
+        if over.size:
+            i = over[0]
+            raise ValueError(f"play {i} on port {port[i]} exceeds DAC full scale: amplitude "
+                             f"{amp[i]:.4g} x waveform peak {peak[wave[i]]:.4g} > 1")
+        acq_port, acq_start, acq_dur = arrays["acq_port"], arrays["acq_start"], \
+            arrays["acq_duration"]
+        n_acq = acq_port.shape[0]
+        if any(arrays[n].shape[0] != n_acq for n in ("acq_start", "acq_duration", "acq_freq_hz")):
+            raise ValueError("acquisition arrays differ in length")
+        bad = np.flatnonzero((acq_port < 0) | (acq_port >= self.spec.inputs))
+        if bad.size:
+            raise ValueError(f"acquisition {bad[0]} uses input {acq_port[bad[0]]}; inputs are "
+                             f"0..{self.spec.inputs - 1}")
+        bad = np.flatnonzero((acq_dur < 1) | (acq_start < 0) | (acq_start + acq_dur > duration))
+        if bad.size:
+            raise ValueError(f"acquisition {bad[0]} window lies outside the program")
+        return WireProgram(
+            play_port=port, play_start=start, play_wave=wave, play_amp=amp.astype(np.float64),
+            play_phase_rad=arrays["play_phase_rad"], play_freq_hz=arrays["play_freq_hz"],
+            wave_offset=offsets, wave_data=data.astype(np.complex128), acq_port=acq_port,
+            acq_start=acq_start, acq_duration=acq_dur, acq_freq_hz=arrays["acq_freq_hz"],
+            duration_samples=duration,
+        )
+
+    def execute(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
+                cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Run the program ``shots`` times; params: ``seed`` (int, optional),
+        ``rep_delay_s`` (s, optional, >= 0). Returns ``{"iq": complex64 (shots, n_acq)}``."""
+        if not 1 <= shots <= MAX_SHOTS:
+            raise ValueError(f"shots must be in 1..{MAX_SHOTS}, got {shots}")
+        rep_delay = params.get("rep_delay_s", 0.0)
+        if not isinstance(rep_delay, int | float) or rep_delay < 0:
+            raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
+        seed = params.get("seed")
+        if seed is None:
+            with self._seed_lock:
+                rng = np.random.default_rng(self._seeds.spawn(1)[0])
+        elif isinstance(seed, int) and seed >= 0:
+            rng = np.random.default_rng(seed)
+        else:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        prog = self._parse(arrays, meta)
+        if cancel.is_set():
+            raise RuntimeError("aborted before start")
+        iq = self.engine.run(prog, self._settings(), shots, rng)
+        log.debug("executed %d shots, %d acquisitions", shots, iq.shape[1])
+        return {"iq": iq}

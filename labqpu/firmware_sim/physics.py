@@ -1,0 +1,423 @@
+"""Pulse-level physics of the simulated device.
+
+The controller renders what it was told to play (waveform x amplitude x NCO) into samples per
+output port. This module turns those samples, the LO frequencies and powers set over VISA, and
+the DC flux bias into the qubits' evolution, then into IQ points on the acquisition inputs.
+It never sees gate names.
+
+Model (spine level; issue "physics" deepens it):
+
+* Each transmon has three levels: H/h = (f(Phi) - f_idle) n + (alpha / 2) n (n - 1) in the frame
+  rotating at its idle frequency f_idle = f(Phi_dc). Frequencies follow the symmetric-SQUID
+  transmon law of :meth:`QubitTruth.frequency_hz`.
+* Drive (rotating-wave): (R / 2) (z a^dag + z* a) with z_k = g_mix s_k exp(i 2 pi (f_LO - f_idle) t_k),
+  s_k the rendered drive sample, R the Rabi frequency per unit amplitude and g_mix the mixer's
+  conversion gain for the LO power it gets (0 when the LO output is off). A detuned LO leaves a
+  residual rotation of z, so the pulse rotates about a wandering axis, as on hardware.
+* Flux pulses move a qubit's frequency; while one plays, the qubit and its coupled neighbours
+  evolve jointly under g (a^dag b + a b^dag), exactly (piecewise-constant samples, zero-order hold),
+  in a common rotating frame; the result is transformed back into each qubit's idle frame. The
+  |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Coupling outside flux pulses
+  (static ZZ) is not modelled yet.
+* Every sample is propagated exactly: U_k = exp(-i 2 pi H_k dt) from the eigendecomposition.
+* T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit through the
+  exact solution of its Lindblad equation over each interval, applied after the unitary of a pulse.
+* Readout: the qubit populations at the start of an acquisition are sampled per shot; the
+  resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
+  state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
+  is averaged over the window. The tone frequency is estimated from the played samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.linalg
+from numba import njit
+
+from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
+
+LEVELS = 3
+
+
+class SimulationError(RuntimeError):
+    """The simulator cannot execute a program as given (the message says why)."""
+
+
+@njit(cache=True)
+def _render_kernel(n_ports, n_samples, play_port, play_start, play_wave, play_amp, play_phase_rad,
+                   play_freq_hz, wave_offset, wave_data, sample_rate_hz):
+    """Render plays into per-port complex samples: amp * w[k] * exp(i (2 pi f t + phase)).
+
+    ``t`` is the absolute sample time (start + k) / sample_rate_hz, so NCO phase is continuous
+    across plays at the same frequency. Overlapping plays on one port add.
+    """
+    out = np.zeros((n_ports, n_samples), dtype=np.complex128)
+    two_pi_over_fs = 2.0 * np.pi / sample_rate_hz
+    for i in range(play_port.shape[0]):
+        w0 = wave_offset[play_wave[i]]
+        w1 = wave_offset[play_wave[i] + 1]
+        start = play_start[i]
+        step = two_pi_over_fs * play_freq_hz[i]
+        rot = np.exp(1j * step)
+        ph = play_amp[i] * np.exp(1j * (step * start + play_phase_rad[i]))
+        p = play_port[i]
+        for k in range(w1 - w0):
+            out[p, start + k] += wave_data[w0 + k] * ph
+            ph *= rot
+            if (k & 63) == 63:
+                ph = play_amp[i] * np.exp(1j * (step * (start + k + 1) + play_phase_rad[i]))
+    return out
+
+
+@njit(cache=True)
+def _propagate_kernel(h_stack_hz, dt_s):
+    """Product of exact per-sample propagators exp(-i 2 pi H_k dt), last sample leftmost.
+
+    ``h_stack_hz`` has shape (n_samples, d, d), Hermitian, in Hz.
+    """
+    d = h_stack_hz.shape[1]
+    u = np.eye(d, dtype=np.complex128)
+    for k in range(h_stack_hz.shape[0]):
+        evals, evecs = np.linalg.eigh(h_stack_hz[k])
+        phases = np.exp(-2j * np.pi * evals * dt_s)
+        uk = (evecs * phases) @ evecs.conj().T
+        u = uk @ u
+    return u
+
+
+def _ladder(levels: int = LEVELS) -> np.ndarray:
+    return np.diag(np.sqrt(np.arange(1, levels, dtype=float)), 1).astype(complex)
+
+
+def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
+    out = np.ones((1, 1), dtype=complex)
+    for i in range(n):
+        out = np.kron(out, op if i == pos else np.eye(LEVELS))
+    return out
+
+
+@lru_cache(maxsize=256)
+def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float) -> np.ndarray:
+    """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
+
+    Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
+    a 0-1 coherence decays as exp(-t/T_phi)).
+    """
+    a = _ladder()
+    n = a.conj().T @ a
+    eye = np.eye(LEVELS)
+    jumps = [np.sqrt(1.0 / t1_s) * a]
+    if np.isfinite(t_phi_s):
+        jumps.append(np.sqrt(2.0 / t_phi_s) * n)
+    liouv = np.zeros((LEVELS**2, LEVELS**2), dtype=complex)
+    for op in jumps:
+        opd = op.conj().T @ op
+        liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
+    return scipy.linalg.expm(liouv * duration_s)
+
+
+class DensityMatrix:
+    """Density matrix of ``n`` three-level qubits as a tensor with 2n axes (rows, then columns)."""
+
+    def __init__(self, populations: list[np.ndarray]) -> None:
+        self.n = len(populations)
+        rho = np.ones((1, 1), dtype=complex)
+        for p in populations:
+            rho = np.kron(rho, np.diag(p).astype(complex))
+        self.tensor = rho.reshape([LEVELS] * (2 * self.n))
+
+    def _left(self, op: np.ndarray, axes: list[int]) -> None:
+        k = len(axes)
+        opt = op.reshape([LEVELS] * (2 * k))
+        t = np.tensordot(opt, self.tensor, axes=(list(range(k, 2 * k)), axes))
+        self.tensor = np.moveaxis(t, list(range(k)), axes)
+
+    def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
+        """rho -> U rho U^dag with U acting on ``targets`` (positions, first is most significant)."""
+        self._left(u, targets)
+        self._left(u.conj(), [self.n + t for t in targets])
+
+    def apply_superop(self, superop: np.ndarray, target: int) -> None:
+        """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
+        s = superop.reshape([LEVELS] * 4)
+        t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
+        self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
+
+    def populations(self) -> np.ndarray:
+        """Joint level probabilities, shape (3,)*n, clipped at 0 and renormalised."""
+        d = LEVELS**self.n
+        p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
+        return (p / p.sum()).reshape([LEVELS] * self.n)
+
+
+@dataclass(frozen=True)
+class WireProgram:
+    """A program as the controller holds it (flat arrays; see ``drivers.protocol`` docs)."""
+
+    play_port: np.ndarray
+    play_start: np.ndarray
+    play_wave: np.ndarray
+    play_amp: np.ndarray
+    play_phase_rad: np.ndarray
+    play_freq_hz: np.ndarray
+    wave_offset: np.ndarray
+    wave_data: np.ndarray
+    acq_port: np.ndarray
+    acq_start: np.ndarray
+    acq_duration: np.ndarray
+    acq_freq_hz: np.ndarray
+    duration_samples: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Instrument settings as the VISA servers hold them when a run starts.
+
+    ``los`` maps LO name to (frequency_hz, power_dbm, output_on); ``currents`` maps
+    (source name, channel) to the current (A) actually flowing (0 when the output is off).
+    """
+
+    los: dict[str, tuple[float, float, bool]]
+    currents: dict[tuple[str, int], float]
+
+
+class PhysicsEngine:
+    """Evolves the device under a rendered program and produces IQ points per shot."""
+
+    def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
+        self.device = device
+        self.cabling = cabling
+        self._a = _ladder()
+        self._n = self._a.conj().T @ self._a
+        self._lock = threading.Lock()
+
+    def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
+        """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""
+        _, power_dbm, on = lo
+        if not on:
+            return 0.0
+        deficit_db = min(0.0, power_dbm - self.device.mixer_nominal_lo_power_dbm)
+        return 10.0 ** (deficit_db / 20.0)
+
+    def _flux_dc_phi0(self, q: int, settings: Settings) -> float:
+        cab = self.cabling[q]
+        truth = self.device.qubits[q]
+        current = settings.currents.get((cab.flux_source, cab.flux_channel), 0.0)
+        return (current - truth.sweet_spot_current_a) * truth.phi0_per_ampere
+
+    def _lo(self, name: str, settings: Settings) -> tuple[float, float, bool]:
+        if name not in settings.los:
+            raise SimulationError(f"LO source {name!r} is not part of this rack")
+        return settings.los[name]
+
+    def run(self, prog: WireProgram, settings: Settings, shots: int,
+            rng: np.random.Generator) -> np.ndarray:
+        """Execute ``prog`` for ``shots`` shots; returns complex IQ of shape (shots, n_acq)."""
+        fs = self.device.sample_rate_hz
+        n_ports = int(max(
+            [0] + [c.drive_port for c in self.cabling.values()]
+            + [c.flux_port for c in self.cabling.values()]
+            + [c.readout_port for c in self.cabling.values()]
+        )) + 1
+        samples = _render_kernel(
+            n_ports, int(prog.duration_samples), prog.play_port, prog.play_start, prog.play_wave,
+            prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
+            prog.wave_data, fs,
+        )
+        port_role = {}
+        for q, cab in self.cabling.items():
+            port_role[cab.drive_port] = (q, "drive")
+            port_role[cab.flux_port] = (q, "flux")
+            port_role[cab.readout_port] = (q, "readout")
+        acq_qubit = {cab.acquire_port: q for q, cab in self.cabling.items()}
+
+        drive_iv: dict[int, list[tuple[int, int]]] = {}
+        flux_iv: dict[int, list[tuple[int, int]]] = {}
+        for i in range(prog.play_port.shape[0]):
+            port = int(prog.play_port[i])
+            if port not in port_role:
+                continue
+            q, role = port_role[port]
+            start = int(prog.play_start[i])
+            w = int(prog.play_wave[i])
+            end = start + int(prog.wave_offset[w + 1] - prog.wave_offset[w])
+            if role == "drive":
+                drive_iv.setdefault(q, []).append((start, end))
+            elif role == "flux":
+                flux_iv.setdefault(q, []).append((start, end))
+
+        acq = [(i, acq_qubit[int(p)]) for i, p in enumerate(prog.acq_port)]
+        measured = [q for _, q in acq]
+        if len(set(measured)) != len(measured):
+            raise SimulationError(
+                "two acquisitions on one qubit in one program (mid-circuit measurement) are not "
+                "supported by this simulator version"
+            )
+        active = set(drive_iv) | set(flux_iv) | set(measured)
+        for q in flux_iv:
+            active |= set(self.device.neighbours(q))
+        order = sorted(active)
+        pos = {q: i for i, q in enumerate(order)}
+
+        acq_time = {q: int(prog.acq_start[i]) for i, q in acq}
+        for q, t_acq in acq_time.items():
+            touching = drive_iv.get(q, []) + [
+                iv for f in flux_iv if f == q or q in self.device.neighbours(f) for iv in flux_iv[f]
+            ]
+            if any(end > t_acq for _, end in touching):
+                raise SimulationError(
+                    f"a pulse reaching qubit {q} plays after its acquisition at sample {t_acq}: "
+                    "mid-circuit measurement is not supported by this simulator version"
+                )
+
+        phi_dc = {q: self._flux_dc_phi0(q, settings) for q in order}
+        f_idle = {q: self.device.qubits[q].frequency_hz(phi_dc[q]) for q in order}
+        p_th = self.device.thermal_population
+        rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
+        last_t = dict.fromkeys(order, 0)
+
+        def relax(q: int, until: int) -> None:
+            if until > last_t[q]:
+                t = self.device.qubits[q]
+                rho.apply_superop(
+                    relaxation_superop(t.t1_s, t.t_phi_s, (until - last_t[q]) / fs), pos[q]
+                )
+                last_t[q] = until
+
+        bounds = sorted({b for ivs in (*drive_iv.values(), *flux_iv.values())
+                         for iv in ivs for b in iv})
+        for b0, b1 in itertools.pairwise(bounds):
+            driven = [q for q, ivs in drive_iv.items() if any(s < b1 and e > b0 for s, e in ivs)]
+            fluxed = [q for q, ivs in flux_iv.items() if any(s < b1 and e > b0 for s, e in ivs)]
+            for cluster in self._clusters(driven, fluxed):
+                u = self._segment_unitary(cluster, fluxed, b0, b1, samples, settings, phi_dc,
+                                          f_idle)
+                for q in cluster:
+                    relax(q, b0)
+                rho.apply_unitary(u, [pos[q] for q in cluster])
+                for q in cluster:
+                    relax(q, b1)
+
+        for q in measured:
+            relax(q, acq_time[q])
+        pops = rho.populations()
+        keep = tuple(pos[q] for q in measured)
+        drop = tuple(i for i in range(len(order)) if i not in keep)
+        marginal = pops.sum(axis=drop) if drop else pops
+        marginal = np.transpose(marginal, [sorted(keep).index(k) for k in keep])
+        flat = marginal.reshape(-1)
+        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
+        levels = np.stack(np.unravel_index(outcome, (LEVELS,) * len(measured)), axis=1) \
+            if measured else np.zeros((shots, 0), dtype=int)
+        iq = np.zeros((shots, len(acq)), dtype=np.complex64)
+        for j, (i, q) in enumerate(acq):
+            iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
+        return iq
+
+    def _clusters(self, driven: list[int], fluxed: list[int]) -> list[list[int]]:
+        parent: dict[int, int] = {}
+
+        def find(x: int) -> int:
+            while parent.setdefault(x, x) != x:
+                x = parent[x]
+            return x
+
+        for q in driven:
+            find(q)
+        for q in fluxed:
+            for nb in self.device.neighbours(q):
+                parent[find(nb)] = find(q)
+        groups: dict[int, list[int]] = {}
+        for q in list(parent):
+            groups.setdefault(find(q), []).append(q)
+        return [sorted(g) for g in groups.values()]
+
+    def _segment_unitary(self, cluster: list[int], fluxed: list[int], b0: int, b1: int,
+                         samples: np.ndarray, settings: Settings, phi_dc: dict[int, float],
+                         f_idle: dict[int, float]) -> np.ndarray:
+        """Propagator over samples [b0, b1) of ``cluster``, in each qubit's idle rotating frame."""
+        fs = self.device.sample_rate_hz
+        n = len(cluster)
+        d = LEVELS**n
+        t = np.arange(b0, b1) / fs
+        a_ops = [_embed(self._a, i, n) for i in range(n)]
+        n_ops = [a.conj().T @ a for a in a_ops]
+        f_ref = f_idle[cluster[0]]
+        h = np.zeros((b1 - b0, d, d), dtype=complex)
+        for i, q in enumerate(cluster):
+            truth = self.device.qubits[q]
+            cab = self.cabling[q]
+            h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
+            phi = np.full(b1 - b0, phi_dc[q])
+            if q in fluxed:
+                phi = phi + self.device.flux_line_phi0_per_amplitude * samples[cab.flux_port,
+                                                                                b0:b1].real
+            f_q = np.array([truth.frequency_hz(p) for p in phi])
+            h += (f_q - f_ref)[:, None, None] * n_ops[i]
+            lo = self._lo(cab.drive_lo, settings)
+            s = samples[cab.drive_port, b0:b1]
+            if np.any(s):
+                rabi = truth.rabi_hz_per_amplitude * self.mixer_gain(lo)
+                z = rabi * s * np.exp(2j * np.pi * (lo[0] - f_ref) * t)
+                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T + z.conj()[:, None, None]
+                            * a_ops[i])
+        for i, qa in enumerate(cluster):
+            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
+                g = self.device.coupling_hz(qa, qb)
+                if g:
+                    h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
+        u = _propagate_kernel(h, 1.0 / fs)
+        offsets = np.array([f_idle[q] - f_ref for q in cluster])
+        if np.any(offsets):
+            diag_n = np.stack([np.real(np.diagonal(op)) for op in n_ops])
+            energy = offsets @ diag_n
+            r1 = np.exp(2j * np.pi * energy * b1 / fs)
+            r0 = np.exp(2j * np.pi * energy * b0 / fs)
+            u = (r1[:, None] * u) * r0.conj()[None, :]
+        return u
+
+    def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
+                 settings: Settings, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """IQ points (one per shot) of acquisition ``i`` on qubit ``q`` whose level per shot is
+        ``levels`` at the window's start."""
+        fs = self.device.sample_rate_hz
+        truth = self.device.qubits[q]
+        cab = self.cabling[q]
+        start = int(prog.acq_start[i])
+        dur = int(prog.acq_duration[i])
+        window = samples[cab.readout_port, start:start + dur]
+        lo = self._lo(cab.readout_lo, settings)
+        t = np.arange(start, start + dur) / fs
+        demod = np.exp(-2j * np.pi * float(prog.acq_freq_hz[i]) * t)
+        a_eff = self.mixer_gain(lo) * truth.readout_gain * np.mean(window * demod)
+        if window.size > 1 and np.any(window):
+            step = np.angle(np.sum(window[1:] * window[:-1].conj()))
+            f_tone = lo[0] + step * fs / (2 * np.pi)
+        else:
+            f_tone = lo[0]
+        chi = truth.dispersive_shift_hz
+        kappa = truth.resonator_linewidth_hz
+        resp = np.array([
+            1.0 / (1.0 + 2j * (f_tone - (truth.resonator_hz + chi * (2 * lvl - 1))) / kappa)
+            for lvl in range(LEVELS)
+        ])
+        window_s = dur / fs
+        frac = np.zeros((levels.size, LEVELS))
+        cur = levels.copy()
+        elapsed = np.zeros(levels.size)
+        for lvl in (2, 1):
+            at = cur == lvl
+            tau = rng.exponential(truth.t1_s / lvl, size=levels.size)
+            stay = np.where(at, np.minimum(tau, window_s - elapsed), 0.0)
+            frac[:, lvl] += stay / window_s
+            elapsed += stay
+            cur = np.where(at & (elapsed < window_s), lvl - 1, cur)
+        frac[:, 0] += np.clip(1.0 - frac.sum(axis=1), 0.0, 1.0)
+        sigma = truth.readout_noise_per_sample / np.sqrt(max(dur, 1))
+        noise = rng.normal(0.0, sigma, size=(levels.size, 2)) @ np.array([1.0, 1j])
+        return a_eff * (frac @ resp) + noise

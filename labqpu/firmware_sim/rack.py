@@ -1,0 +1,100 @@
+"""A whole simulated rack: one controller on ZeroMQ and every VISA instrument on TCP.
+
+Started from the same ``lab.toml`` the backend reads. Ports given as 0 are chosen free at
+start; :meth:`SimulatedRack.endpoints` tells where everything actually listens.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from labqpu.firmware_sim.controller_server import ControllerServer
+from labqpu.firmware_sim.device import Rack, load_device, load_rack
+from labqpu.firmware_sim.executor import SimulatedController
+from labqpu.firmware_sim.physics import PhysicsEngine, Settings
+from labqpu.firmware_sim.scpi_server import ScpiServer
+
+log = logging.getLogger(__name__)
+
+
+class SimulatedRack:
+    """Controller server + SCPI servers + physics for one ``lab.toml``.
+
+    Args:
+        lab_toml: the wiring file.
+        device: override of the simulator device (name in ``devices/`` or a path).
+        seed: override of the simulator seed.
+    """
+
+    def __init__(self, lab_toml: str | Path, *, device: str | None = None,
+                 seed: int | None = None) -> None:
+        self.rack: Rack = load_rack(lab_toml)
+        self.device = load_device(device or self.rack.simulator_device)
+        if self.device.name != self.rack.device_name:
+            raise ValueError(f"device file is for {self.device.name!r}, wiring is for "
+                             f"{self.rack.device_name!r}")
+        missing = sorted(set(range(len(self.device.qubits))) - set(self.rack.cabling))
+        if missing:
+            raise ValueError(f"wiring has no cabling for qubit(s) {missing}")
+        self.instruments: dict[str, ScpiServer] = {
+            spec.name: ScpiServer(spec.kind, name=spec.name, host=spec.host, port=spec.port,
+                                  channels=spec.channels)
+            for spec in self.rack.instruments
+        }
+        ctrl = self.rack.controllers[0]
+        if ctrl.sample_rate_hz != self.device.sample_rate_hz:
+            raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz, device "
+                             f"file says {self.device.sample_rate_hz} Hz")
+        engine = PhysicsEngine(self.device, self.rack.cabling)
+        run_seed = seed if seed is not None else (self.rack.simulator_seed or self.device.seed)
+        self.executor = SimulatedController(ctrl, engine, self.settings, int(run_seed))
+        self.controller = ControllerServer(self.executor, host=ctrl.host, port=ctrl.port,
+                                           name=ctrl.name)
+        self._started: list = []
+
+    def settings(self) -> Settings:
+        """What the VISA instruments output right now (LOs, flux-bias currents)."""
+        los = {}
+        currents = {}
+        for name, server in self.instruments.items():
+            snap = server.state.snapshot()
+            if "frequency_hz" in snap:
+                los[name] = (float(snap["frequency_hz"]), float(snap["power_dbm"]),
+                             bool(snap["output_on"]))
+            else:
+                for ch, amps in snap["current_a"].items():
+                    currents[(name, int(ch))] = float(amps) if snap["output_on"][ch] else 0.0
+        return Settings(los=los, currents=currents)
+
+    def start(self) -> None:
+        """Start every server; on failure, stop the ones already started and re-raise."""
+        try:
+            for server in self.instruments.values():
+                server.start()
+                self._started.append(server)
+            self.controller.start()
+            self._started.append(self.controller)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("simulated rack %s up: %s", self.rack.device_name, self.endpoints())
+
+    def stop(self) -> None:
+        """Stop every server that was started (idempotent)."""
+        while self._started:
+            self._started.pop().stop()
+
+    def endpoints(self) -> dict[str, str]:
+        """Where each controller and instrument listens, by name."""
+        out = {self.controller.name: self.controller.endpoint}
+        for name, server in self.instruments.items():
+            out[name] = server.resource
+        return out
+
+    def __enter__(self) -> SimulatedRack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

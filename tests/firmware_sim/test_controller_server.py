@@ -1,0 +1,625 @@
+"""ControllerClient against ControllerServer over real ZeroMQ tcp sockets on 127.0.0.1.
+
+The executor below is a small real device stand-in (it adds and multiplies the uploaded
+arrays); the transport, the protocol and both ends are the production code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import zmq
+
+from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentTimeoutError,
+    ProtocolError,
+)
+from labqpu.drivers.protocol import (
+    ERR_BAD_PARAMS,
+    ERR_INTERNAL,
+    ERR_INVALID_PROGRAM,
+    ERR_PROTOCOL,
+    ERR_UNKNOWN_OP,
+    ERR_UNKNOWN_PROGRAM,
+    ERR_UNKNOWN_RUN,
+    OP_FETCH,
+    OP_RUN,
+    OP_UPLOAD,
+    PROTOCOL_VERSION,
+    Reply,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    salvage_request_id,
+)
+from labqpu.firmware_sim.controller_server import ControllerServer
+
+BOUND_S = 5.0  # generous bound on any wait that should end quickly
+
+
+class SumExecutor:
+    """Adds and multiplies arrays 'a' and 'b'; can sleep (cancellable) or fail on request."""
+
+    def __init__(self) -> None:
+        self.executions = 0
+        self.started = threading.Event()
+        self.fail_capabilities = False
+        self._lock = threading.Lock()
+
+    def capabilities(self) -> dict:
+        if self.fail_capabilities:
+            raise KeyError("capabilities table missing")
+        return {"channels": ["d0", "r0"], "sample_rate_hz": 1e9, "waveform_memory_samples": 4096}
+
+    def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        if set(arrays) != {"a", "b"}:
+            raise ValueError(f"program needs arrays 'a' and 'b', got {sorted(arrays)}")
+        if arrays["a"].shape != arrays["b"].shape:
+            raise ValueError("arrays 'a' and 'b' differ in shape")
+
+    def execute(
+        self,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        shots: int,
+        params: dict,
+        cancel: threading.Event,
+    ) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.executions += 1
+        self.started.set()
+        cancel.wait(params.get("sleep_s", 0.0))
+        if "fail" in params:
+            raise RuntimeError(params["fail"])
+        if params.get("mutate"):
+            arrays["a"][0] = 0
+        return {"sum": arrays["a"] + arrays["b"], "prod": arrays["a"] * arrays["b"] * shots}
+
+
+def _program(n: int = 8) -> dict[str, np.ndarray]:
+    a = (np.arange(n) * (1 + 0.5j)).astype(np.complex64)
+    return {"a": a, "b": (a * 2j).astype(np.complex64)}
+
+
+def _wait_until(predicate: Callable[[], bool], timeout_s: float = BOUND_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def executor() -> SumExecutor:
+    return SumExecutor()
+
+
+@pytest.fixture
+def server(executor: SumExecutor) -> Iterator[ControllerServer]:
+    with ControllerServer(executor, name="sim0") as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: ControllerServer) -> Iterator[ControllerClient]:
+    with ControllerClient(server.endpoint, timeout_s=0.5, retries=1) as ctrl:
+        yield ctrl
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def _raw_request(context: zmq.Context, endpoint: str, frames: list) -> Reply:
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(endpoint)
+        socket.send_multipart(frames, copy=False)
+        assert socket.poll(int(BOUND_S * 1000), zmq.POLLIN), "server sent no reply"
+        return decode_reply(socket.recv_multipart(copy=False))
+    finally:
+        socket.close(linger=0)
+
+
+class FakeController:
+    """A ROUTER on a random port answering each request with frames built by ``respond``."""
+
+    def __init__(
+        self, context: zmq.Context, respond: Callable[[str], list[list]] | None = None
+    ) -> None:
+        self.requests: list = []
+        self.identities: list[bytes] = []
+        self._respond = respond
+        self._socket = context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self.port = self._socket.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._socket.poll(20, zmq.POLLIN):
+                    continue
+                identity, *frames = self._socket.recv_multipart()
+                request = decode_request(frames)
+                self.requests.append(request)
+                self.identities.append(identity)
+                if self._respond is not None:
+                    for reply in self._respond(request.id):
+                        self._socket.send_multipart([identity, *reply])
+        finally:
+            self._socket.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(BOUND_S)
+        assert not self._thread.is_alive()
+
+
+class LossyRelay:
+    """Forwards requests to a server and drops the server's first reply to a ``run``."""
+
+    def __init__(self, context: zmq.Context, server_endpoint: str) -> None:
+        self.dropped: list[Reply] = []
+        self.run_requests: list = []
+        self._frontend = context.socket(zmq.ROUTER)
+        self._backend = context.socket(zmq.DEALER)
+        for socket in (self._frontend, self._backend):
+            socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self._frontend.bind_to_random_port('tcp://127.0.0.1')}"
+        self._backend.connect(server_endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+        self._thread.start()
+
+    def _relay(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._frontend, zmq.POLLIN)
+        poller.register(self._backend, zmq.POLLIN)
+        senders: dict[str, bytes] = {}
+        ops: dict[str, str] = {}
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(20))
+                if self._frontend in ready:
+                    identity, *frames = self._frontend.recv_multipart()
+                    request = decode_request(frames)
+                    senders[request.id], ops[request.id] = identity, request.op
+                    if request.op == OP_RUN:
+                        self.run_requests.append(request)
+                    self._backend.send_multipart(frames)
+                if self._backend in ready:
+                    frames = self._backend.recv_multipart()
+                    reply = decode_reply(frames)
+                    if ops[reply.id] == OP_RUN and not self.dropped:
+                        self.dropped.append(reply)
+                        continue
+                    self._frontend.send_multipart([senders[reply.id], *frames])
+        finally:
+            self._frontend.close(linger=0)
+            self._backend.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(BOUND_S)
+        assert not self._thread.is_alive()
+
+
+# -- round trips -------------------------------------------------------------------------
+
+
+def test_hello_reports_version_server_and_capabilities(client: ControllerClient) -> None:
+    info = client.hello()
+    assert PROTOCOL_VERSION in info["protocol_versions"]
+    assert info["server"] == "sim0"
+    assert info["firmware"].startswith("labqpu-sim ")
+    assert info["capabilities"]["channels"] == ["d0", "r0"]
+
+
+def test_upload_run_wait_fetch_round_trip(client: ControllerClient) -> None:
+    program = _program()
+    program_id = client.upload(program, {"name": "sum"})
+    run_id = client.run(program_id, shots=3)
+    result, arrays = client.wait(run_id, timeout_s=BOUND_S)
+    assert result["state"] == "done"
+    assert result["elapsed_s"] >= 0
+    expected_sum = program["a"] + program["b"]
+    expected_prod = program["a"] * program["b"] * 3
+    np.testing.assert_array_equal(arrays["sum"], expected_sum, strict=True)
+    np.testing.assert_array_equal(arrays["prod"], expected_prod, strict=True)
+    state, fetched, again = client.fetch(run_id)
+    assert state == "done"
+    assert fetched["elapsed_s"] == result["elapsed_s"]
+    np.testing.assert_array_equal(again["sum"], expected_sum, strict=True)
+
+
+def test_large_non_contiguous_arrays_round_trip(client: ControllerClient) -> None:
+    rng = np.random.default_rng(3)
+    wide = (rng.standard_normal((400, 2000)) + 1j).astype(np.complex128)
+    program = {"a": wide[:, ::2], "b": wide[:, 1::2]}
+    run_id = client.run(client.upload(program, {}), shots=1)
+    _, arrays = client.wait(run_id, timeout_s=BOUND_S)
+    np.testing.assert_array_equal(arrays["sum"], program["a"] + program["b"], strict=True)
+
+
+def test_same_program_uploaded_twice_is_stored_once(
+    client: ControllerClient, executor: SumExecutor
+) -> None:
+    first = client.upload(_program(), {"name": "p", "x": [1, 2]})
+    second = client.upload(_program(), {"x": [1, 2], "name": "p"})
+    assert first == second
+    assert len(first) == 16 and int(first, 16) >= 0
+    assert client.status()["programs"] == 1
+    assert client.upload(_program(9), {"name": "p", "x": [1, 2]}) != first
+    assert client.upload(_program(), {"name": "q", "x": [1, 2]}) != first
+    assert client.status()["programs"] == 3
+
+
+def test_program_store_is_bounded(executor: SumExecutor) -> None:
+    with (
+        ControllerServer(executor, max_programs=2) as srv,
+        ControllerClient(srv.endpoint, timeout_s=0.5) as ctrl,
+    ):
+        oldest = ctrl.upload(_program(1), {})
+        for n in (2, 3):
+            ctrl.upload(_program(n), {})
+        assert ctrl.status()["programs"] == 2
+        with pytest.raises(InstrumentCommandError) as info:
+            ctrl.run(oldest, shots=1)
+        assert info.value.remote_type == ERR_UNKNOWN_PROGRAM
+
+
+def test_finished_runs_are_bounded(executor: SumExecutor) -> None:
+    with (
+        ControllerServer(executor, max_runs=2) as srv,
+        ControllerClient(srv.endpoint, timeout_s=0.5) as ctrl,
+    ):
+        program_id = ctrl.upload(_program(), {})
+        run_ids = [ctrl.run(program_id, shots=1) for _ in range(3)]
+        ctrl.wait(run_ids[-1], timeout_s=BOUND_S)
+        with pytest.raises(InstrumentCommandError) as info:
+            ctrl.fetch(run_ids[0])
+        assert info.value.remote_type == ERR_UNKNOWN_RUN
+        assert ctrl.fetch(run_ids[1])[0] == "done"
+
+
+def test_invalid_program_is_refused_with_the_executor_message(client: ControllerClient) -> None:
+    with pytest.raises(InstrumentCommandError, match="needs arrays 'a' and 'b'") as info:
+        client.upload({"a": np.zeros(3)}, {})
+    assert info.value.remote_type == ERR_INVALID_PROGRAM
+    assert info.value.instrument == client.endpoint
+    assert info.value.command == OP_UPLOAD
+    assert client.status()["programs"] == 0
+
+
+def test_run_of_unknown_program_is_refused(client: ControllerClient) -> None:
+    with pytest.raises(InstrumentCommandError) as info:
+        client.run("0123456789abcdef", shots=1)
+    assert info.value.remote_type == ERR_UNKNOWN_PROGRAM
+
+
+def test_client_refuses_zero_shots_without_sending(client: ControllerClient) -> None:
+    with pytest.raises(ValueError, match="shots"):
+        client.run("0123456789abcdef", shots=0)
+
+
+# -- idempotency and Lazy Pirate -------------------------------------------------------------
+
+
+def test_same_idempotency_key_executes_once(
+    client: ControllerClient, executor: SumExecutor
+) -> None:
+    program_id = client.upload(_program(), {})
+    first = client.run(program_id, shots=1, key="job-42")
+    second = client.run(program_id, shots=1, key="job-42")
+    assert first == second
+    client.wait(first, timeout_s=BOUND_S)
+    assert client.run(program_id, shots=1, key="job-42") == first
+    other = client.run(program_id, shots=1)
+    assert other != first
+    client.wait(other, timeout_s=BOUND_S)
+    assert executor.executions == 2
+
+
+def test_retry_after_a_lost_reply_does_not_execute_twice(
+    server: ControllerServer, executor: SumExecutor, context: zmq.Context
+) -> None:
+    relay = LossyRelay(context, server.endpoint)
+    try:
+        with ControllerClient(relay.endpoint, timeout_s=0.3, retries=2) as ctrl:
+            program_id = ctrl.upload(_program(), {})
+            run_id = ctrl.run(program_id, shots=2)
+            ctrl.wait(run_id, timeout_s=BOUND_S)
+    finally:
+        relay.close()
+    assert len(relay.dropped) == 1
+    assert relay.dropped[0].result["run_id"] == run_id
+    assert len(relay.run_requests) == 2
+    first, retry = relay.run_requests
+    assert (first.id, first.key) == (retry.id, retry.key)
+    assert first.key
+    assert executor.executions == 1
+
+
+def test_silent_controller_times_out_after_all_retries_then_recovers(
+    context: zmq.Context, executor: SumExecutor
+) -> None:
+    silent = FakeController(context)
+    timeout_s, retries = 0.2, 2
+    try:
+        with ControllerClient(silent.endpoint, timeout_s=timeout_s, retries=retries) as ctrl:
+            start = time.monotonic()
+            with pytest.raises(InstrumentTimeoutError) as info:
+                ctrl.run("0123456789abcdef", shots=1, key="K")
+            elapsed = time.monotonic() - start
+            bound = (retries + 1) * timeout_s
+            assert bound * 0.95 <= elapsed < bound + 1.0
+            assert info.value.instrument == silent.endpoint
+            assert info.value.command == OP_RUN
+            _wait_until(lambda: len(silent.requests) == retries + 1)
+            assert {(r.id, r.key) for r in silent.requests} == {(silent.requests[0].id, "K")}
+            assert len(set(silent.identities)) == retries + 1, "each attempt on a fresh socket"
+            silent.close()
+            with ControllerServer(executor, port=silent.port) as srv:
+                assert srv.endpoint == silent.endpoint
+                assert ctrl.status()["state"] == "idle"
+    finally:
+        silent.close()
+
+
+def test_stopped_server_times_out_and_a_restart_on_the_same_port_answers(
+    executor: SumExecutor,
+) -> None:
+    first = ControllerServer(executor)
+    first.start()
+    with ControllerClient(first.endpoint, timeout_s=0.2, retries=1) as ctrl:
+        assert ctrl.status()["state"] == "idle"
+        first.stop()
+        with pytest.raises(InstrumentTimeoutError):
+            ctrl.status()
+        with ControllerServer(executor, port=first.port):
+            assert ctrl.hello()["server"] == "ctrl0"
+
+
+def test_stop_releases_the_port(executor: SumExecutor, context: zmq.Context) -> None:
+    server = ControllerServer(executor)
+    server.start()
+    server.stop()
+    server.stop()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.bind(f"tcp://127.0.0.1:{server.port}")
+    socket.close(linger=0)
+
+
+def test_server_starts_once(server: ControllerServer) -> None:
+    with pytest.raises(RuntimeError, match="already started"):
+        server.start()
+
+
+def test_stale_reply_with_another_id_is_discarded(context: zmq.Context) -> None:
+    def respond(request_id: str) -> list[list]:
+        stale = encode_reply("stale-request", {"protocol_versions": [99]})
+        fresh = encode_reply(request_id, {"protocol_versions": [PROTOCOL_VERSION]})
+        return [stale, fresh]
+
+    fake = FakeController(context, respond)
+    try:
+        with ControllerClient(fake.endpoint, timeout_s=0.5, retries=0) as ctrl:
+            assert ctrl.hello()["protocol_versions"] == [PROTOCOL_VERSION]
+    finally:
+        fake.close()
+
+
+def test_hello_refuses_a_controller_of_another_version(context: zmq.Context) -> None:
+    fake = FakeController(context, lambda rid: [encode_reply(rid, {"protocol_versions": [2]})])
+    try:
+        with (
+            ControllerClient(fake.endpoint, timeout_s=0.5, retries=0) as ctrl,
+            pytest.raises(ProtocolError, match="versions \\[2\\]"),
+        ):
+            ctrl.hello()
+    finally:
+        fake.close()
+
+
+# -- run outcomes ------------------------------------------------------------------------
+
+
+def test_executor_exception_becomes_command_error_with_its_message(
+    client: ControllerClient,
+) -> None:
+    run_id = client.run(client.upload(_program(), {}), shots=1, params={"fail": "pulse clipped"})
+    with pytest.raises(InstrumentCommandError, match="pulse clipped") as info:
+        client.wait(run_id, timeout_s=BOUND_S)
+    assert info.value.remote_type == "RuntimeError"
+    state, result, arrays = client.fetch(run_id)
+    assert (state, result["error"], result["error_type"]) == (
+        "error",
+        "pulse clipped",
+        "RuntimeError",
+    )
+    assert arrays == {}
+
+
+def test_uploaded_program_is_immutable(client: ControllerClient) -> None:
+    program = _program()
+    program_id = client.upload(program, {})
+    run_id = client.run(program_id, shots=1, params={"mutate": True})
+    with pytest.raises(InstrumentCommandError, match="read-only") as info:
+        client.wait(run_id, timeout_s=BOUND_S)
+    assert info.value.remote_type == "ValueError"
+    _, arrays = client.wait(client.run(program_id, shots=1), timeout_s=BOUND_S)
+    np.testing.assert_array_equal(arrays["sum"], program["a"] + program["b"], strict=True)
+
+
+def test_abort_of_a_running_run(client: ControllerClient, executor: SumExecutor) -> None:
+    run_id = client.run(client.upload(_program(), {}), shots=1, params={"sleep_s": 30.0})
+    assert executor.started.wait(BOUND_S)
+    start = time.monotonic()
+    assert client.abort(run_id) in ("running", "aborted")
+    with pytest.raises(InstrumentCommandError, match="aborted"):
+        client.wait(run_id, timeout_s=BOUND_S)
+    assert time.monotonic() - start < BOUND_S
+    assert client.fetch(run_id)[0] == "aborted"
+
+
+def test_aborted_queued_run_never_starts(client: ControllerClient, executor: SumExecutor) -> None:
+    program_id = client.upload(_program(), {})
+    running = client.run(program_id, shots=1, params={"sleep_s": 30.0})
+    queued = client.run(program_id, shots=1)
+    assert executor.started.wait(BOUND_S)
+    status = client.status()
+    assert (status["state"], status["queued"]) == ("busy", 1)
+    assert client.abort(queued) == "aborted"
+    client.abort(running)
+    with pytest.raises(InstrumentCommandError, match="aborted"):
+        client.wait(running, timeout_s=BOUND_S)
+    assert client.fetch(queued)[0] == "aborted"
+    assert executor.executions == 1
+    assert client.status()["state"] == "idle"
+
+
+def test_wait_deadline_raises_timeout(client: ControllerClient, executor: SumExecutor) -> None:
+    run_id = client.run(client.upload(_program(), {}), shots=1, params={"sleep_s": 30.0})
+    start = time.monotonic()
+    with pytest.raises(InstrumentTimeoutError, match=r"still (running|queued)") as info:
+        client.wait(run_id, timeout_s=0.2)
+    assert 0.2 <= time.monotonic() - start < 0.2 + 1.0
+    assert info.value.command == OP_FETCH
+    client.abort(run_id)
+
+
+# -- typed errors for bad requests -------------------------------------------------------
+
+
+def test_unknown_op_gets_a_typed_error(server: ControllerServer, context: zmq.Context) -> None:
+    request_id, frames = encode_request("reboot", {})
+    reply = _raw_request(context, server.endpoint, frames)
+    assert (reply.id, reply.ok) == (request_id, False)
+    assert reply.error is not None
+    assert reply.error["type"] == ERR_UNKNOWN_OP
+    assert "reboot" in reply.error["message"]
+
+
+@pytest.mark.parametrize(
+    ("op", "params", "error_type"),
+    [
+        (OP_RUN, {"program_id": "p", "shots": 0}, ERR_BAD_PARAMS),
+        (OP_RUN, {"program_id": "p", "shots": "3"}, ERR_BAD_PARAMS),
+        (OP_RUN, {"program_id": "p", "shots": True}, ERR_BAD_PARAMS),
+        (OP_RUN, {"shots": 3}, ERR_BAD_PARAMS),
+        (OP_RUN, {"program_id": "p", "shots": 3, "params": [1]}, ERR_BAD_PARAMS),
+        (OP_FETCH, {"run_id": 7}, ERR_BAD_PARAMS),
+        (OP_FETCH, {"run_id": "nope"}, ERR_UNKNOWN_RUN),
+        ("abort", {"run_id": "nope"}, ERR_UNKNOWN_RUN),
+        (OP_UPLOAD, {"meta": [1]}, ERR_BAD_PARAMS),
+    ],
+)
+def test_bad_params_get_typed_errors(
+    server: ControllerServer, context: zmq.Context, op: str, params: dict, error_type: str
+) -> None:
+    request_id, frames = encode_request(op, params)
+    reply = _raw_request(context, server.endpoint, frames)
+    assert (reply.id, reply.ok) == (request_id, False)
+    assert reply.error is not None and reply.error["type"] == error_type
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected_id"),
+    [
+        ([b"not json"], ""),
+        ([b""], ""),
+        ([b'{"v": 2, "op": "hello", "id": "abc", "params": {}, "arrays": []}'], "abc"),
+        ([b'{"v": 1, "op": "hello", "id": "abd", "params": {}, "arrays": []}', b"x"], "abd"),
+    ],
+    ids=["garbage", "empty", "version 2", "extra frame"],
+)
+def test_malformed_message_gets_an_error_reply_and_the_loop_survives(
+    server: ControllerServer,
+    client: ControllerClient,
+    context: zmq.Context,
+    frames: list,
+    expected_id: str,
+) -> None:
+    reply = _raw_request(context, server.endpoint, frames)
+    assert (reply.id, reply.ok) == (expected_id, False)
+    assert reply.error is not None and reply.error["type"] == ERR_PROTOCOL
+    assert salvage_request_id(frames[0]) == expected_id
+    assert client.status()["state"] == "idle"
+
+
+def test_handler_failure_becomes_internal_error(
+    client: ControllerClient, executor: SumExecutor
+) -> None:
+    executor.fail_capabilities = True
+    with pytest.raises(InstrumentCommandError, match="capabilities table missing") as info:
+        client.hello()
+    assert info.value.remote_type == ERR_INTERNAL
+    assert client.status()["state"] == "idle"
+
+
+# -- client lifecycle ----------------------------------------------------------------------
+
+
+def test_client_close_is_idempotent_and_terminates_its_own_context(
+    server: ControllerServer,
+) -> None:
+    ctrl = ControllerClient(server.endpoint, timeout_s=0.5)
+    ctrl.status()
+    own_context = ctrl._context
+    ctrl.close()
+    ctrl.close()
+    assert ctrl.closed and own_context.closed
+    with pytest.raises(InstrumentError, match="closed"):
+        ctrl.status()
+
+
+def test_client_leaves_a_given_context_open(server: ControllerServer, context: zmq.Context) -> None:
+    with ControllerClient(server.endpoint, timeout_s=0.5, context=context) as ctrl:
+        ctrl.status()
+    assert not context.closed
+
+
+def test_client_validates_its_bounds() -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        ControllerClient("tcp://127.0.0.1:1", timeout_s=0)
+    with pytest.raises(ValueError, match="retries"):
+        ControllerClient("tcp://127.0.0.1:1", retries=-1)
+
+
+def test_requests_from_several_threads_are_serialised(client: ControllerClient) -> None:
+    program_id = client.upload(_program(), {})
+    errors: list[BaseException] = []
+    run_ids: list[str] = []
+
+    def submit() -> None:
+        try:
+            for _ in range(5):
+                run_ids.append(client.run(program_id, shots=1))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(BOUND_S)
+    assert not errors
+    assert len(set(run_ids)) == 20
+    for run_id in run_ids:
+        client.wait(run_id, timeout_s=BOUND_S)
