@@ -55,12 +55,14 @@ def gaussian_drag(duration_samples: int, sigma_samples: float, beta_samples: flo
 
 
 def flat_top(duration_samples: int, rise_samples: float) -> np.ndarray:
-    """Flat-top envelope (complex64, real, peak 1) with raised-cosine edges of ``rise_samples``."""
+    """Flat-top envelope (complex64, real, peak 1) with raised-cosine edges of ``rise_samples``;
+    at least one sample of the flat top remains, so the peak is exactly 1."""
     if duration_samples < 1:
         raise ValueError(f"pulse duration must be >= 1 sample, got {duration_samples}")
-    if not 0 <= 2 * rise_samples <= duration_samples:
+    if not 0 <= 2 * rise_samples <= duration_samples - 1:
         raise ValueError(
-            f"rise time {rise_samples} samples does not fit twice in {duration_samples} samples"
+            f"rise time {rise_samples} samples: two edges must leave at least one flat sample "
+            f"of the {duration_samples}-sample pulse"
         )
     return _flat_top_kernel(int(duration_samples), float(rise_samples))
 
@@ -85,6 +87,8 @@ def discriminate(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np
     """Assign each IQ point of ``iq`` (shots x acquisitions, complex) to the nearer of its
     column's two calibrated centres; returns uint8 states of the same shape."""
     iq = np.ascontiguousarray(iq, dtype=np.complex128)
+    center0 = np.asarray(center0)
+    center1 = np.asarray(center1)
     if iq.ndim != 2 or center0.shape != (iq.shape[1],) or center1.shape != (iq.shape[1],):
         raise ValueError(f"need (shots, n) IQ and n centres per state; got {iq.shape}, "
                          f"{center0.shape}, {center1.shape}")

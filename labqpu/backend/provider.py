@@ -18,7 +18,7 @@ from pathlib import Path
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu.backend.backend import LabBackend
-from labqpu.backend.config import ConfigurationError, LabConfig, default_config_path, load_config
+from labqpu.backend.config import LabConfig, default_config_path, load_config
 from labqpu.backend.hardware import LocalHardwareQueue, RackConnection
 from labqpu.calibration.store import CalibrationStore
 
@@ -96,8 +96,8 @@ def _seed_store(store: CalibrationStore, config: LabConfig) -> None:
             store.import_json(json.loads(path.read_text()))
             log.info("seeded calibration store %s from %s", config.store_path, path)
             return
-    raise ConfigurationError(f"seed snapshot {config.seed_snapshot!r} not found "
-                             f"(looked in {[str(c) for c in candidates]})")
+    log.warning("seed snapshot %r not found (looked in %s): the store stays empty until a "
+                "calibration commits one", config.seed_snapshot, [str(c) for c in candidates])
 
 
 def _close_all(resources_: list) -> None:

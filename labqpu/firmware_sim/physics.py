@@ -10,10 +10,14 @@ Model (spine level; issue "physics" deepens it):
 * Each transmon has three levels: H/h = (f(Phi) - f_idle) n + (alpha / 2) n (n - 1) in the frame
   rotating at its idle frequency f_idle = f(Phi_dc). Frequencies follow the symmetric-SQUID
   transmon law of :meth:`QubitTruth.frequency_hz`.
-* Drive (rotating-wave): (R / 2) (z a^dag + z* a) with z_k = g_mix s_k exp(i 2 pi (f_LO - f_idle) t_k),
-  s_k the rendered drive sample, R the Rabi frequency per unit amplitude and g_mix the mixer's
-  conversion gain for the LO power it gets (0 when the LO output is off). A detuned LO leaves a
-  residual rotation of z, so the pulse rotates about a wandering axis, as on hardware.
+* Drive: an IQ mixer outputs Re[s(t) exp(i 2 pi f_LO t)] (upper sideband at f_LO + IF for a
+  sample stream rotating at +IF). In a frame rotating at f_frame, with the rotating-wave
+  approximation, the drive is (R / 2) (z a^dag + z* a) with
+  z_k = g_mix conj(s_k) exp(-i 2 pi (f_LO - f_frame) t_k), s_k the rendered drive sample, R the
+  Rabi frequency per unit amplitude and g_mix the mixer's conversion gain for the LO power it
+  gets (0 when the LO output is off). A detuned LO leaves a residual rotation of z, so the pulse
+  rotates about a wandering axis, as on hardware. A play phase phi turns the rotation axis by
+  -phi.
 * Flux pulses move a qubit's frequency; while one plays, the qubit and its coupled neighbours
   evolve jointly under g (a^dag b + a b^dag), exactly (piecewise-constant samples, zero-order hold),
   in a common rotating frame; the result is transformed back into each qubit's idle frame. The
@@ -340,38 +344,52 @@ class PhysicsEngine:
     def _segment_unitary(self, cluster: list[int], fluxed: list[int], b0: int, b1: int,
                          samples: np.ndarray, settings: Settings, phi_dc: dict[int, float],
                          f_idle: dict[int, float]) -> np.ndarray:
-        """Propagator over samples [b0, b1) of ``cluster``, in each qubit's idle rotating frame."""
+        """Propagator over samples [b0, b1) of ``cluster``, in each qubit's idle rotating frame.
+
+        Flux and coupling are piecewise constant per sample (zero-order hold). A drive is held
+        constant per sample in its own qubit's idle frame; in the common frame of a coupled
+        cluster it then rotates within a sample, so samples are split into sub-steps fine
+        enough for that rotation (at least 20 per turn).
+        """
         fs = self.device.sample_rate_hz
         n = len(cluster)
         d = LEVELS**n
-        t = np.arange(b0, b1) / fs
         a_ops = [_embed(self._a, i, n) for i in range(n)]
         n_ops = [a.conj().T @ a for a in a_ops]
         f_ref = f_idle[cluster[0]]
-        h = np.zeros((b1 - b0, d, d), dtype=complex)
+        drives = {}
+        for q in cluster:
+            cab = self.cabling[q]
+            s = samples[cab.drive_port, b0:b1]
+            if np.any(s):
+                lo = self._lo(cab.drive_lo, settings)
+                rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
+                t = np.arange(b0, b1) / fs
+                drives[q] = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - f_idle[q]) * t)
+        fastest = max([abs(f_idle[q] - f_ref) for q in drives] + [0.0])
+        sub = max(1, int(np.ceil(20.0 * fastest / fs)))
+        n_steps = (b1 - b0) * sub
+        t_sub = (b0 + (np.arange(n_steps) + 0.5) / sub) / fs
+        h = np.zeros((n_steps, d, d), dtype=complex)
         for i, q in enumerate(cluster):
             truth = self.device.qubits[q]
-            cab = self.cabling[q]
             h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
             phi = np.full(b1 - b0, phi_dc[q])
             if q in fluxed:
-                phi = phi + self.device.flux_line_phi0_per_amplitude * samples[cab.flux_port,
-                                                                                b0:b1].real
-            f_q = np.array([truth.frequency_hz(p) for p in phi])
+                flux = samples[self.cabling[q].flux_port, b0:b1].real
+                phi = phi + self.device.flux_line_phi0_per_amplitude * flux
+            f_q = np.repeat([truth.frequency_hz(p) for p in phi], sub)
             h += (f_q - f_ref)[:, None, None] * n_ops[i]
-            lo = self._lo(cab.drive_lo, settings)
-            s = samples[cab.drive_port, b0:b1]
-            if np.any(s):
-                rabi = truth.rabi_hz_per_amplitude * self.mixer_gain(lo)
-                z = rabi * s * np.exp(2j * np.pi * (lo[0] - f_ref) * t)
-                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T + z.conj()[:, None, None]
-                            * a_ops[i])
+            if q in drives:
+                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_idle[q] - f_ref) * t_sub)
+                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
+                            + z.conj()[:, None, None] * a_ops[i])
         for i, qa in enumerate(cluster):
             for j, qb in enumerate(cluster[i + 1:], start=i + 1):
                 g = self.device.coupling_hz(qa, qb)
                 if g:
                     h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
-        u = _propagate_kernel(h, 1.0 / fs)
+        u = _propagate_kernel(h, 1.0 / (fs * sub))
         offsets = np.array([f_idle[q] - f_ref for q in cluster])
         if np.any(offsets):
             diag_n = np.stack([np.real(np.diagonal(op)) for op in n_ops])

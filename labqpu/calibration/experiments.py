@@ -1,0 +1,274 @@
+"""Calibration experiments of the bootstrap: acquire (pulse programs through the public backend
+API) -> pure analysis (fits, no side effects) -> explicit update of a working parameter set.
+
+Every acquisition builds ``PulseProgram``s with ``ProgramBuilder`` from the parameters known so
+far (``Working``) and runs them with ``backend.run(programs, meas_level=1)``. Analyses are plain
+functions of arrays; they raise ``FitError`` when the data do not support a result, so a bad
+fit stops the calibration instead of writing a wrong number.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+from labqpu.backend.kernels import flat_top, gaussian_drag
+from labqpu.backend.program import ProgramBuilder, PulseProgram
+
+log = logging.getLogger(__name__)
+
+READOUT_RISE_S = 20e-9
+
+
+class FitError(RuntimeError):
+    """The data of an experiment do not support the fitted model (message says which)."""
+
+
+@dataclass
+class Working:
+    """Parameters known so far, per qubit (``q[name]``) and device-wide (``device[name]``);
+    ``records`` remembers which experiment produced each value."""
+
+    device: dict[str, float]
+    qubits: dict[int, dict[str, float]]
+    pairs: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
+    records: dict[tuple, str] = field(default_factory=dict)
+
+    def set(self, q: int, name: str, value, experiment: str) -> None:
+        """Record qubit ``q``'s ``name`` as measured by ``experiment``."""
+        self.qubits[q][name] = value
+        self.records[(q, name)] = experiment
+
+    def set_pair(self, pair: tuple[int, int], name: str, value, experiment: str) -> None:
+        """Record edge ``pair``'s ``name`` as measured by ``experiment``."""
+        self.pairs.setdefault(pair, {})[name] = value
+        self.records[(pair, name)] = experiment
+
+
+class Kit:
+    """Builds programs for one backend from a ``Working`` parameter set."""
+
+    def __init__(self, backend, work: Working) -> None:
+        self.backend = backend
+        self.config = backend.config
+        self.work = work
+        self.fs = self.config.controllers[0].sample_rate_hz
+
+    def samples(self, seconds: float) -> int:
+        """``seconds`` in whole samples."""
+        return round(seconds * self.fs)
+
+    def builder(self, qubits: Sequence[int]) -> ProgramBuilder:
+        """A builder with the LOs and flux biases of ``qubits`` set from the working values."""
+        b = ProgramBuilder(self.config.controllers[0].name, self.fs)
+        dev = self.work.device
+        for q in qubits:
+            w = self.config.qubits[q]
+            p = self.work.qubits[q]
+            b.set_lo(w.drive_lo, p["drive_lo_frequency_hz"], dev["drive_lo_power_dbm"])
+            b.set_lo(w.readout_lo, dev["readout_lo_frequency_hz"], dev["readout_lo_power_dbm"])
+            b.flux_bias_a[w.flux_bias] = p["flux_bias_a"]
+        return b
+
+    def drive(self, b: ProgramBuilder, q: int, start: int, amplitude: float,
+              phase_rad: float = 0.0, *, beta: float | None = None,
+              frequency_hz: float | None = None) -> int:
+        """DRAG pulse on ``q`` from ``start``; returns the sample after it."""
+        p = self.work.qubits[q]
+        dur = self.samples(self.work.device["pulse_duration_s"])
+        sigma = self.work.device["pulse_sigma_s"] * self.fs
+        beta = p.get("drag_beta", 0.0) if beta is None else beta
+        wid = b.waves.add(("drag", dur, sigma, beta), lambda: gaussian_drag(dur, sigma, beta))
+        f = p["frequency_hz"] if frequency_hz is None else frequency_hz
+        b.play(self.config.qubits[q].drive[1], start, wid, amplitude, phase_rad,
+               f - p["drive_lo_frequency_hz"])
+        return start + dur
+
+    def square_drive(self, b: ProgramBuilder, q: int, start: int, duration_s: float,
+                     amplitude: float, frequency_hz: float) -> int:
+        """Flat-top drive of ``duration_s`` at ``frequency_hz`` (spectroscopy)."""
+        dur = self.samples(duration_s)
+        rise = min(10.0, (dur - 1) / 2)
+        wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
+        b.play(self.config.qubits[q].drive[1], start, wid, amplitude, 0.0,
+               frequency_hz - self.work.qubits[q]["drive_lo_frequency_hz"])
+        return start + dur
+
+    def flux(self, b: ProgramBuilder, q: int, start: int, duration: int, rise: float,
+             amplitude: float) -> int:
+        """Flat-top fast-flux pulse on ``q``."""
+        wid = b.waves.add(("flat", duration, rise), lambda: flat_top(duration, rise))
+        b.play(self.config.qubits[q].flux[1], start, wid, amplitude)
+        return start + duration
+
+    def readout(self, b: ProgramBuilder, q: int, start: int, clbit: int,
+                frequency_hz: float | None = None) -> int:
+        """Readout pulse and acquisition on ``q`` into ``clbit``."""
+        dev = self.work.device
+        dur = self.samples(dev["readout_duration_s"])
+        rise = READOUT_RISE_S * self.fs
+        wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
+        f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
+        if_hz = f - dev["readout_lo_frequency_hz"]
+        b.play(self.config.qubits[q].readout[1], start, wid, dev["readout_amplitude"], 0.0, if_hz)
+        b.acquire(self.config.qubits[q].acquire[1], start, dur, if_hz, q, clbit)
+        return start + dur
+
+    def run_iq(self, programs: list[PulseProgram], shots: int, *,
+               single: bool = False) -> np.ndarray:
+        """Run ``programs`` (split into jobs of at most ``max_circuits``) and return IQ:
+        (n_programs, n_clbits) averaged, or (n_programs, shots, n_clbits) single-shot."""
+        out = []
+        step = self.backend.max_circuits
+        for i in range(0, len(programs), step):
+            chunk = programs[i:i + step]
+            result = self.backend.run(chunk, shots=shots, meas_level=1,
+                                      meas_return="single" if single else "avg").result()
+            out.extend(np.asarray(result.get_memory(j)) for j in range(len(chunk)))
+        return np.array(out)
+
+    def run_bits(self, programs: list[PulseProgram], shots: int,
+                 centres: dict[int, tuple[complex, complex]]) -> np.ndarray:
+        """Single-shot states (n_programs, shots, n_clbits) by nearest calibrated centre; the
+        qubit of each clbit is read from the program's acquisitions."""
+        iq = self.run_iq(programs, shots, single=True)
+        bits = np.zeros(iq.shape, dtype=np.uint8)
+        for i, prog in enumerate(programs):
+            for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):
+                c0, c1 = centres[int(q)]
+                bits[i, :, c] = np.abs(iq[i, :, c] - c1) < np.abs(iq[i, :, c] - c0)
+        return bits
+
+
+# ---------------------------------------------------------------- pure analyses
+
+
+def _lorentzian(f, f0, width, amp, offset):
+    return offset + amp / (1.0 + ((f - f0) / width) ** 2)
+
+
+def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float, float]:
+    """Centre and half width (Hz) of the single peak in ``signal``; FitError if none stands
+    out of the noise (peak < 8 x the point-to-point noise)."""
+    base = np.median(signal)
+    noise = np.std(np.diff(signal)) / np.sqrt(2) + 1e-15
+    k = int(np.argmax(signal))
+    if signal[k] - base < 8 * noise:
+        raise FitError(f"{what}: no peak above the noise between {freqs_hz[0]:.6g} and "
+                       f"{freqs_hz[-1]:.6g} Hz")
+    step = abs(freqs_hz[1] - freqs_hz[0])
+    p0 = [freqs_hz[k], 2 * step, signal[k] - base, base]
+    try:
+        popt, _ = curve_fit(_lorentzian, freqs_hz, signal, p0=p0, maxfev=20000)
+    except RuntimeError as exc:
+        raise FitError(f"{what}: Lorentzian fit failed: {exc}") from exc
+    if not freqs_hz.min() <= popt[0] <= freqs_hz.max():
+        raise FitError(f"{what}: fitted peak {popt[0]:.6g} Hz lies outside the sweep")
+    return float(popt[0]), float(abs(popt[1]))
+
+
+def project(iq: np.ndarray) -> np.ndarray:
+    """Project complex points onto their principal axis (real values, arbitrary sign/offset)."""
+    centred = iq - iq.mean()
+    pts = np.stack([centred.real, centred.imag])
+    _, vecs = np.linalg.eigh(pts @ pts.T)
+    axis = vecs[:, -1]
+    return axis[0] * centred.real + axis[1] * centred.imag
+
+
+def fit_rabi(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
+    """Amplitude of a pi rotation from a Rabi oscillation ``signal(amps)``."""
+    def model(a, period, amp, offset):
+        return offset + amp * np.cos(2 * np.pi * a / period)
+
+    spec = np.abs(np.fft.rfft(signal - signal.mean()))
+    k = max(1, int(np.argmax(spec[1:])) + 1)
+    period0 = (amps[-1] - amps[0]) * len(amps) / (len(amps) - 1) / k
+    amp0 = signal[0] - signal.mean()
+    try:
+        popt, _ = curve_fit(model, amps, signal, p0=[period0, amp0, signal.mean()], maxfev=20000)
+    except RuntimeError as exc:
+        raise FitError(f"{what}: Rabi fit failed: {exc}") from exc
+    period = abs(popt[0])
+    if not 0 < period / 2 < 1.0:
+        raise FitError(f"{what}: pi amplitude {period / 2:.4g} is outside full scale")
+    return period / 2
+
+
+def fit_damped_cosine(t_s: np.ndarray, y: np.ndarray, what: str) -> tuple[float, float]:
+    """Frequency (Hz, >= 0) and 1/e decay time (s) of a damped cosine ``y(t)``."""
+    def model(t, f, tau, amp, phase, offset):
+        return offset + amp * np.exp(-t / tau) * np.cos(2 * np.pi * f * t + phase)
+
+    dt = t_s[1] - t_s[0]
+    spec = np.abs(np.fft.rfft(y - y.mean()))
+    freqs = np.fft.rfftfreq(len(y), dt)
+    f0 = freqs[max(1, int(np.argmax(spec[1:])) + 1)]
+    p0 = [f0, t_s[-1], (y.max() - y.min()) / 2, 0.0, y.mean()]
+    try:
+        popt, _ = curve_fit(model, t_s, y, p0=p0, maxfev=50000)
+    except RuntimeError as exc:
+        raise FitError(f"{what}: damped-cosine fit failed: {exc}") from exc
+    return abs(float(popt[0])), abs(float(popt[1]))
+
+
+def fit_exponential(t_s: np.ndarray, y: np.ndarray, what: str) -> float:
+    """1/e time (s) of ``y = a exp(-t/tau) + b``."""
+    def model(t, tau, a, b):
+        return a * np.exp(-t / tau) + b
+
+    p0 = [t_s[-1] / 3, y[0] - y[-1], y[-1]]
+    try:
+        popt, _ = curve_fit(model, t_s, y, p0=p0, maxfev=20000)
+    except RuntimeError as exc:
+        raise FitError(f"{what}: exponential fit failed: {exc}") from exc
+    if not 0 < popt[0] < 10 * t_s[-1]:
+        raise FitError(f"{what}: decay time {popt[0]:.3g} s is outside the measured range")
+    return float(popt[0])
+
+
+def fit_parabola_vertex(x: np.ndarray, y: np.ndarray, what: str) -> tuple[float, float]:
+    """(x, y) of the maximum of a downward parabola through the points."""
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if c2 >= 0:
+        raise FitError(f"{what}: data have no maximum (curvature {c2:.3g})")
+    xv = -c1 / (2 * c2)
+    return float(xv), float(c0 - c1**2 / (4 * c2))
+
+
+def zero_crossing(x: np.ndarray, y: np.ndarray, what: str) -> float:
+    """x where a straight-line fit of y(x) crosses zero."""
+    slope, intercept = np.polyfit(x, y, 1)
+    if slope == 0:
+        raise FitError(f"{what}: no dependence on the swept parameter")
+    x0 = -intercept / slope
+    if not x.min() <= x0 <= x.max():
+        raise FitError(f"{what}: zero crossing {x0:.4g} lies outside the sweep")
+    return float(x0)
+
+
+def phase_from_quadratures(p_x: np.ndarray, p_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phase (rad) and contrast of a qubit from P(1) after X90 and Y90 analysis pulses."""
+    c = 2 * np.asarray(p_x) - 1
+    s = 2 * np.asarray(p_y) - 1
+    return np.arctan2(s, c), np.hypot(s, c)
+
+
+# ---------------------------------------------------------------- experiments
+
+
+def sweep(kit: Kit, q: int, values: Sequence[float],
+          body: Callable[[ProgramBuilder, float], int]) -> list[PulseProgram]:
+    """One program per value: ``body(builder, value)`` plays from sample 0 and returns where
+    the readout of ``q`` starts."""
+    progs = []
+    for v in values:
+        b = kit.builder([q])
+        end = body(b, v)
+        kit.readout(b, q, end, 0)
+        progs.append(b.build(num_clbits=1))
+    return progs

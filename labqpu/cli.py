@@ -1,0 +1,168 @@
+"""The ``labqpu`` command.
+
+    labqpu run --demo                  Bell circuit on the embedded simulator, counts printed
+    labqpu run examples/bell.py        run a script (it uses LabProvider itself)
+    labqpu sim [lab.toml]              run the firmware simulator in the foreground
+    labqpu status [--config lab.toml]  instruments, controller and calibration at a glance
+    labqpu calibrate --bootstrap       measure a complete snapshot from design values
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import runpy
+import sys
+import time
+from pathlib import Path
+
+
+def _demo(config: str | None, shots: int, seed: int | None) -> int:
+    from qiskit import QuantumCircuit, transpile
+
+    from labqpu import LabProvider
+
+    qc = QuantumCircuit(2, 2, name="bell")
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    t0 = time.perf_counter()
+    with LabProvider(config) as provider:
+        backend = provider.backend()
+        started = time.perf_counter()
+        print(f"backend {backend.name}: {backend.num_qubits} qubits, calibration snapshot "
+              f"{backend.target.snapshot_id}"
+              + (f", simulator pid {provider.simulator.pid}" if provider.simulator else "")
+              + f" (up in {started - t0:.1f} s)")
+        native = transpile(qc, backend, optimization_level=1, seed_transpiler=1)
+        print(f"transpiled: {dict(native.count_ops())}")
+        job = backend.run(native, shots=shots, seed_simulator=seed)
+        result = job.result(timeout=120)
+        counts = result.get_counts()
+        elapsed = time.perf_counter() - started
+    total = sum(counts.values())
+    print(f"counts ({shots} shots): {dict(sorted(counts.items()))}")
+    good = counts.get("00", 0) + counts.get("11", 0)
+    print(f"P(00) + P(11) = {good / total:.3f}   (job {job.job_id[:8]}, {elapsed:.2f} s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.demo:
+        return _demo(args.config, args.shots, args.seed)
+    if not args.script:
+        print("labqpu run: give a script or --demo", file=sys.stderr)
+        return 2
+    script = Path(args.script)
+    if not script.is_file():
+        print(f"labqpu run: no such script: {script}", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *args.script_args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from labqpu.backend.config import default_config_path
+    from labqpu.firmware_sim.__main__ import main as sim_main
+
+    argv = [str(args.lab_toml or default_config_path())]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    return sim_main(argv + ["--log-level", args.log_level])
+
+
+def _status(args: argparse.Namespace) -> int:
+    from labqpu import LabProvider
+
+    with LabProvider(args.config) as provider:
+        backend = provider.backend()
+        rack = backend._queue.rack
+        ctrl = backend.config.controllers[0]
+        report = {
+            "device": backend.name,
+            "calibration_snapshot": backend.target.snapshot_id,
+            "store": str(backend.config.store_path),
+            "controller": {"name": ctrl.name, "endpoint": ctrl.endpoint,
+                           "capabilities": rack.capabilities(ctrl.name)},
+            "instruments": {},
+        }
+        for inst in backend.config.instruments:
+            if inst.kind == "signal_generator":
+                report["instruments"][inst.name] = rack.signal_generator(inst.name).identity
+            else:
+                report["instruments"][inst.name] = rack.current_source(inst.name).identity
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from labqpu import LabProvider
+    from labqpu.calibration.bootstrap import bootstrap, load_design
+
+    if not args.bootstrap:
+        print("labqpu calibrate: only --bootstrap is available so far", file=sys.stderr)
+        return 2
+    with LabProvider(args.config) as provider:
+        backend = provider.backend()
+        design_path = args.design or Path(
+            str(resources.files("labqpu") / "data" / f"{backend.name}_design.toml"))
+        t0 = time.perf_counter()
+        document = bootstrap(backend, load_design(design_path), shots=args.shots,
+                             progress=lambda msg: print(f"[{time.perf_counter() - t0:7.1f} s] "
+                                                        f"{msg}", flush=True))
+        snapshot = backend.store.commit(document)
+        print(f"committed calibration snapshot {snapshot.snapshot_id} to "
+              f"{backend.config.store_path}")
+        if args.export:
+            Path(args.export).write_text(
+                json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
+            print(f"exported to {args.export}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``labqpu`` command; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="labqpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the demo or a script")
+    run.add_argument("script", nargs="?", help="Python script to run")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+    run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
+    run.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    run.add_argument("--shots", type=int, default=2000)
+    run.add_argument("--seed", type=int, default=None, help="simulator seed")
+    run.set_defaults(func=_run)
+
+    sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")
+    sim.add_argument("lab_toml", nargs="?", help="wiring file (default: lab5)")
+    sim.add_argument("--seed", type=int, default=None)
+    sim.set_defaults(func=_sim)
+
+    status = sub.add_parser("status", help="show instruments, controller and calibration")
+    status.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    status.set_defaults(func=_status)
+
+    cal = sub.add_parser("calibrate", help="calibrate the device")
+    cal.add_argument("--bootstrap", action="store_true",
+                     help="measure everything from the design values")
+    cal.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    cal.add_argument("--design", help="design values (default: the device's shipped file)")
+    cal.add_argument("--shots", type=int, default=400)
+    cal.add_argument("--export", help="also write the snapshot as JSON to this file")
+    cal.set_defaults(func=_calibrate)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

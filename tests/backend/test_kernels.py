@@ -1,0 +1,286 @@
+"""Waveform and discrimination kernels against plain-numpy twins written from their docstrings.
+
+Conventions taken from ``labqpu.backend.kernels`` (not from its code):
+
+* ``gaussian_drag(N, sigma, beta)``: samples k = 0..N-1, centre c = (N - 1) / 2. The Gaussian
+  exp(-(k - c)^2 / (2 sigma^2)) is lifted so that it vanishes one sample outside the window
+  (k = -1 and k = N) and rescaled so that the continuous curve peaks at 1. Q = beta x dI/dk.
+* ``flat_top(N, rise)``: sample k stands for the time k + 1/2 (samples) in a window [0, N];
+  raised-cosine edges sin^2(pi tau / (2 rise)) of ``rise`` samples at both ends, 1 in between.
+* ``discriminate``: per column, state 1 iff the point is strictly nearer to ``center1``.
+
+The kernels compute in float64 and store complex64, so the tolerance is rtol = 1e-6 with an
+absolute floor of 1e-7 (complex64 resolution near 1.0 is 6e-8).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from labqpu.backend.kernels import discriminate, flat_top, gaussian_drag
+
+RTOL = 1e-6
+ATOL = 1e-7
+
+
+def drag_reference(n: int, sigma: float, beta: float) -> np.ndarray:
+    """Per-sample DRAG envelope, written with math (no vectorisation shared with the kernel)."""
+    c = (n - 1) / 2.0
+
+    def gauss(x: float) -> float:
+        return math.exp(-0.5 * (x / sigma) ** 2)
+
+    floor = gauss(c + 1.0)  # value one sample outside the window, on both sides
+    out = np.empty(n, dtype=complex)
+    for k in range(n):
+        x = k - c
+        i_val = (gauss(x) - floor) / (1.0 - floor)
+        di_dk = -x / sigma**2 * gauss(x) / (1.0 - floor)
+        out[k] = complex(i_val, beta * di_dk)
+    return out
+
+
+def flat_top_reference(n: int, rise: float) -> np.ndarray:
+    """Per-sample flat top: sample k at tau = k + 1/2, sin^2 edges of ``rise`` samples."""
+    out = np.empty(n, dtype=complex)
+    for k in range(n):
+        tau = k + 0.5
+        d_edge = min(tau, n - tau)  # distance to the nearer end of the window
+        out[k] = math.sin(math.pi * d_edge / (2 * rise)) ** 2 if d_edge < rise else 1.0
+    return out
+
+
+def nearest_reference(iq: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    d0 = np.abs(iq - c0[None, :])
+    d1 = np.abs(iq - c1[None, :])
+    return (d1 < d0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- gaussian_drag
+
+
+@pytest.mark.parametrize(
+    ("n", "sigma", "beta"),
+    [
+        (1, 0.5, 0.0),
+        (2, 0.5, 0.0),
+        (2, 3.0, 1.5),
+        (3, 1.0, -0.7),
+        (40, 10.0, 0.0),
+        (41, 10.0, 0.0),
+        (40, 10.0, 2.3),
+        (41, 10.0, -2.3),
+        (64, 4.0, 0.9),  # narrow: edges deep in the tail
+        (101, 80.0, 0.4),  # wide: the lift is large
+        (257, 64.25, -1.1),  # long, non-integer sigma
+    ],
+)
+def test_gaussian_drag_matches_reference(n: int, sigma: float, beta: float) -> None:
+    """Kernel vs per-sample formula, rtol 1e-6 / atol 1e-7 (complex64 output)."""
+    got = gaussian_drag(n, sigma, beta)
+    assert got.dtype == np.complex64
+    assert got.shape == (n,)
+    assert_allclose(got, drag_reference(n, sigma, beta), rtol=RTOL, atol=ATOL)
+
+
+def test_gaussian_drag_q_is_beta_times_derivative_of_i() -> None:
+    """Q equals beta x dI/dk, checked by a central finite difference of the lifted Gaussian
+    evaluated off-grid (independent of the analytic derivative); tolerance 1e-6."""
+    n, sigma, beta = 48, 9.0, 1.7
+    c = (n - 1) / 2.0
+    floor = math.exp(-((c + 1.0) ** 2) / (2 * sigma**2))
+
+    def lifted(x: float) -> float:
+        return (math.exp(-(x - c) ** 2 / (2 * sigma**2)) - floor) / (1 - floor)
+
+    h = 1e-4
+    fd = np.array([(lifted(k + h) - lifted(k - h)) / (2 * h) for k in range(n)])
+    got = gaussian_drag(n, sigma, beta)
+    assert_allclose(got.imag, beta * fd, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 5, 40, 41, 160])
+def test_gaussian_drag_symmetries_and_lifted_edges(n: int) -> None:
+    """I symmetric and Q antisymmetric about the centre (up to 1e-7); the lifted Gaussian
+    extrapolated one sample outside is 0, so for sigma = N/4 and N >= 40 the edge samples are
+    small (< 0.05) and well below the unlifted Gaussian there."""
+    sigma = n / 4
+    w = gaussian_drag(n, sigma, 1.3)
+    assert_allclose(w.real, w.real[::-1], rtol=0, atol=ATOL)
+    assert_allclose(w.imag, -w.imag[::-1], rtol=0, atol=ATOL)
+    unlifted_edge = math.exp(-(((n - 1) / 2) ** 2) / (2 * sigma**2))
+    assert 0 < w.real[0] < unlifted_edge
+    if n >= 40:
+        assert w.real[0] < 0.05
+        assert w.real[0] < 0.5 * unlifted_edge
+    # Centre of the window: Q vanishes there for odd lengths.
+    if n % 2:
+        assert abs(w.imag[n // 2]) < ATOL
+
+
+@pytest.mark.parametrize("n", [1, 3, 41, 161])
+def test_gaussian_drag_odd_length_peaks_at_one(n: int) -> None:
+    """Odd lengths sample the centre: I peaks at exactly 1 (within complex64 resolution)."""
+    w = gaussian_drag(n, max(n / 5, 0.3), 0.8)
+    assert int(np.argmax(w.real)) == n // 2
+    assert_allclose(w.real.max(), 1.0, rtol=0, atol=ATOL)
+
+
+def test_gaussian_drag_beta_zero_has_no_q_and_beta_scales_q_linearly() -> None:
+    """beta = 0 gives Q = 0 exactly and the same I as any other beta; Q is linear in beta."""
+    w0 = gaussian_drag(60, 12.0, 0.0)
+    w1 = gaussian_drag(60, 12.0, 1.0)
+    w3 = gaussian_drag(60, 12.0, -3.0)
+    assert np.all(w0.imag == 0)
+    assert_array_equal(w0.real, w1.real)
+    assert_allclose(w3.imag, -3.0 * w1.imag, rtol=RTOL, atol=ATOL)
+
+
+def test_gaussian_drag_accepts_numpy_scalars() -> None:
+    got = gaussian_drag(np.int64(20), np.float32(5.0), np.float64(0.5))
+    assert_allclose(got, drag_reference(20, 5.0, 0.5), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        ((0, 5.0, 0.0), "duration"),
+        ((-3, 5.0, 0.0), "duration"),
+        ((10, 0.0, 0.0), "sigma"),
+        ((10, -1.0, 0.0), "sigma"),
+        ((10, float("nan"), 0.0), "sigma"),
+        ((10, 2.0, float("nan")), "beta"),
+        ((10, 2.0, float("inf")), "beta"),
+        ((10, 2.0, -float("inf")), "beta"),
+    ],
+)
+def test_gaussian_drag_rejects_bad_input(args: tuple, word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        gaussian_drag(*args)
+
+
+# --------------------------------------------------------------------------- flat_top
+
+
+@pytest.mark.parametrize(
+    ("n", "rise"),
+    [
+        (1, 0.0),
+        (2, 0.0),
+        (2, 0.5),  # max rise, even
+        (7, 3.0),  # max rise, odd
+        (10, 4.5),  # max rise, even
+        (10, 4.2),
+        (100, 0.0),
+        (100, 10.0),
+        (101, 10.0),
+        (101, 12.3),  # fractional rise
+        (1000, 37.5),
+    ],
+)
+def test_flat_top_matches_reference(n: int, rise: float) -> None:
+    """Kernel vs per-sample sin^2-edge formula, rtol 1e-6 / atol 1e-7; purely real."""
+    got = flat_top(n, rise)
+    assert got.dtype == np.complex64
+    assert got.shape == (n,)
+    assert np.all(got.imag == 0)
+    ref = flat_top_reference(n, rise) if rise > 0 else np.ones(n, dtype=complex)
+    assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(("n", "rise"), [(1, 0.0), (9, 0.0), (9, 4.0), (100, 10.0),
+                                         (101, 12.3), (64, 31.0)])
+def test_flat_top_symmetric_with_peak_one(n: int, rise: float) -> None:
+    """Symmetric under k -> N-1-k (1e-7) and peak 1 whenever a sample falls in the flat part."""
+    w = flat_top(n, rise).real
+    assert_allclose(w, w[::-1], rtol=0, atol=ATOL)
+    assert_allclose(w.max(), 1.0, rtol=0, atol=ATOL)
+    assert np.all(w > 0)
+    assert np.all(w <= 1.0 + ATOL)
+    # Edges rise monotonically towards the middle.
+    half = w[: (n + 1) // 2]
+    assert np.all(np.diff(half) >= -ATOL)
+
+
+def test_flat_top_rise_zero_is_all_ones() -> None:
+    assert_array_equal(flat_top(33, 0.0), np.ones(33, dtype=np.complex64))
+
+
+@pytest.mark.parametrize(("n", "rise"), [(10, 4.5), (3, 1.0), (11, 5.0)])
+def test_flat_top_peak_one_at_maximal_rise(n: int, rise: float) -> None:
+    """The longest allowed edges still leave one flat sample, so the peak is exactly 1."""
+    assert_allclose(flat_top(n, rise).real.max(), 1.0, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize(("n", "rise"), [(10, 5.0), (2, 1.0), (10, 4.8), (7, 3.5)])
+def test_flat_top_rejects_edges_without_a_flat_sample(n: int, rise: float) -> None:
+    with pytest.raises(ValueError, match="rise"):
+        flat_top(n, rise)
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        ((0, 0.0), "duration"),
+        ((-1, 0.0), "duration"),
+        ((10, 5.01), "rise"),
+        ((10, 20.0), "rise"),
+        ((10, -0.1), "rise"),
+        ((10, float("nan")), "rise"),
+    ],
+)
+def test_flat_top_rejects_bad_input(args: tuple, word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        flat_top(*args)
+
+
+# --------------------------------------------------------------------------- discriminate
+
+
+@pytest.mark.parametrize(("shots", "n_acq"), [(1, 1), (7, 3), (1000, 5), (4, 0)])
+def test_discriminate_matches_reference(shots: int, n_acq: int) -> None:
+    """Random IQ clouds around per-column centres: exact agreement with numpy argmin."""
+    rng = np.random.default_rng(shots * 31 + n_acq)
+    c0 = rng.normal(size=n_acq) + 1j * rng.normal(size=n_acq)
+    c1 = rng.normal(size=n_acq) + 1j * rng.normal(size=n_acq)
+    iq = (rng.normal(size=(shots, n_acq)) + 1j * rng.normal(size=(shots, n_acq))) * 1.5
+    got = discriminate(iq.astype(np.complex64), c0, c1)
+    assert got.dtype == np.uint8
+    assert got.shape == (shots, n_acq)
+    ref = nearest_reference(iq.astype(np.complex64).astype(complex), c0, c1)
+    assert_array_equal(got, ref)
+
+
+def test_discriminate_uses_each_columns_own_centres() -> None:
+    """The same IQ point is 0 in one column and 1 in the other when the centres swap."""
+    c0 = np.array([0.0 + 0j, 1.0 + 1j])
+    c1 = np.array([1.0 + 1j, 0.0 + 0j])
+    iq = np.array([[0.1 + 0.1j, 0.1 + 0.1j], [0.9 + 0.8j, 0.9 + 0.8j],
+                   [-5 - 5j, -5 - 5j]])
+    assert_array_equal(discriminate(iq, c0, c1), [[0, 1], [1, 0], [0, 1]])
+
+
+def test_discriminate_tie_goes_to_zero_and_accepts_complex64_centres() -> None:
+    c0 = np.array([-1.0 + 0j], dtype=np.complex64)
+    c1 = np.array([1.0 + 0j], dtype=np.complex64)
+    iq = np.array([[0.0 + 3j], [1e-3 + 0j], [-1e-3 + 0j]])
+    assert_array_equal(discriminate(iq, c0, c1), [[0], [1], [0]])
+
+
+@pytest.mark.parametrize(
+    ("iq_shape", "n0", "n1"),
+    [
+        ((10, 2), 3, 2),
+        ((10, 2), 2, 1),
+        ((10,), 1, 1),
+        ((2, 3, 4), 3, 3),
+    ],
+)
+def test_discriminate_rejects_mismatched_shapes(iq_shape: tuple, n0: int, n1: int) -> None:
+    iq = np.zeros(iq_shape, dtype=complex)
+    with pytest.raises(ValueError, match="centres"):
+        discriminate(iq, np.zeros(n0, dtype=complex), np.zeros(n1, dtype=complex))
