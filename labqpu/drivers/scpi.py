@@ -1,0 +1,434 @@
+"""SCPI instrument drivers over pyvisa (pyvisa-py backend by default).
+
+    ScpiInstrument      one VISA session: bounded queries, error-queue checks, locking
+    ├── SignalGenerator     microwave LO source (R&S SGS100A command subset)
+    └── CurrentSource       multi-channel DC current source for flux bias (Keysight B2900 style)
+
+Every instrument is addressed by a VISA resource string such as
+``TCPIP0::127.0.0.1::5025::SOCKET``. Each query is bounded by ``timeout_s``; after a timeout or
+a broken connection the session is closed and reopened on the next call, so a reply that
+arrives late can never be read as the answer to a later query. After every setting command
+the driver reads the instrument's error queue (``SYST:ERR?``), so a refused command raises
+:class:`~labqpu.drivers.errors.InstrumentCommandError` instead of passing silently. Values
+outside the driver's limits raise :class:`~labqpu.drivers.errors.InstrumentLimitError` and
+nothing is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import pyvisa
+import pyvisa.constants
+import pyvisa.errors
+import pyvisa.resources
+
+from labqpu.drivers.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentLimitError,
+    InstrumentTimeoutError,
+    ProtocolError,
+)
+
+logger = logging.getLogger(__name__)
+
+_TERMINATION = "\n"
+_ERROR_QUERY = "SYST:ERR?"
+#: Upper bound on ``SYST:ERR?`` reads in one check, in case an instrument never reports empty.
+_MAX_ERROR_QUEUE_READS = 100
+
+
+class ScpiInstrument:
+    """A SCPI instrument behind one VISA session.
+
+    Args:
+        resource: VISA resource string, e.g. ``TCPIP0::192.168.1.20::5025::SOCKET``.
+        timeout_s: bound on connecting and on every reply, in seconds.
+        resource_manager: pyvisa resource manager to open the session with; by default the
+            pyvisa-py one (``pyvisa.ResourceManager("@py")``). It is shared, never closed here.
+
+    The constructor opens the session and reads ``*IDN?`` (kept as :attr:`identity`), so an
+    unreachable or silent instrument fails here; on any failure the session is closed
+    again. One lock serialises all traffic, so the instrument can be shared between threads.
+
+    Raises:
+        InstrumentTimeoutError: the instrument did not answer ``*IDN?`` within ``timeout_s``.
+        InstrumentError: the resource could not be opened.
+    """
+
+    def __init__(
+        self,
+        resource: str,
+        *,
+        timeout_s: float = 2.0,
+        resource_manager: pyvisa.ResourceManager | None = None,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        self.resource = resource
+        self.timeout_s = float(timeout_s)
+        self._resource_manager = (
+            resource_manager if resource_manager is not None else pyvisa.ResourceManager("@py")
+        )
+        self._lock = threading.Lock()
+        self._session: pyvisa.resources.MessageBasedResource | None = None
+        self._closed = False
+        try:
+            with self._lock:
+                self.identity = self._transact("*IDN?")
+        except BaseException:
+            self.close()
+            raise
+        logger.info("opened %s: %s", resource, self.identity)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.resource!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the VISA session. Safe to call more than once and from any state."""
+        with self._lock:
+            self._closed = True
+            self._drop_session()
+
+    def write(self, command: str) -> None:
+        """Send a setting command, then check the error queue.
+
+        The command and the first ``SYST:ERR?`` leave in one write, as two messages: two
+        small writes in a row would wait for the instrument's delayed ACK (Nagle's
+        algorithm, which pyvisa-py cannot switch off on SOCKET resources), ~40 ms each.
+
+        Raises:
+            InstrumentCommandError: the instrument reported an error for the command.
+            InstrumentTimeoutError: the error queue could not be read within the timeout.
+        """
+        with self._lock:
+            first_entry = self._transact(f"{command}{_TERMINATION}{_ERROR_QUERY}", command)
+            self._check_errors(command, first_entry)
+
+    def query(self, command: str) -> str:
+        """Send a query and return its reply without the termination character.
+
+        Raises:
+            InstrumentTimeoutError: no reply within ``timeout_s``.
+        """
+        with self._lock:
+            return self._transact(command)
+
+    def idn(self) -> str:
+        """Return the instrument's ``*IDN?`` string (manufacturer, model, serial, firmware)."""
+        return self.query("*IDN?")
+
+    def reset(self) -> None:
+        """Reset the instrument to its factory settings (``*RST``)."""
+        self.write("*RST")
+
+    def check_errors(self) -> None:
+        """Read ``SYST:ERR?`` until the queue is empty.
+
+        Raises:
+            InstrumentCommandError: the queue held errors; ``remote_type`` is the first code.
+        """
+        with self._lock:
+            self._check_errors("", self._transact(_ERROR_QUERY))
+
+    def _query_float(self, command: str) -> float:
+        reply = self.query(command)
+        try:
+            return float(reply)
+        except ValueError as exc:
+            raise ProtocolError(
+                f"expected a number, got {reply!r}", instrument=self.resource, command=command
+            ) from exc
+
+    def _query_bool(self, command: str) -> bool:
+        reply = self.query(command).upper()
+        if reply in ("1", "ON"):
+            return True
+        if reply in ("0", "OFF"):
+            return False
+        raise ProtocolError(
+            f"expected a boolean, got {reply!r}", instrument=self.resource, command=command
+        )
+
+    def _check_limit(self, quantity: str, value: float, low: float, high: float) -> float:
+        """Return ``value`` as a float if ``low <= value <= high``, else raise."""
+        number = float(value)
+        if not low <= number <= high:
+            raise InstrumentLimitError(
+                f"{quantity}={number!r} is outside the allowed range [{low!r}, {high!r}]",
+                instrument=self.resource,
+            )
+        return number
+
+    def _check_errors(self, command: str, first_entry: str) -> None:
+        """Read the error queue from its already read ``first_entry``; caller holds the lock."""
+        errors: list[tuple[int, str]] = []
+        entry = first_entry
+        while (parsed := self._parse_error(entry))[0] != 0:
+            errors.append(parsed)
+            if len(errors) == _MAX_ERROR_QUEUE_READS:
+                logger.warning(
+                    "%s: error queue not empty after %d reads", self.resource, len(errors)
+                )
+                break
+            entry = self._transact(_ERROR_QUERY)
+        if errors:
+            text = "; ".join(f"{code},{message!r}" for code, message in errors)
+            raise InstrumentCommandError(
+                f"instrument reported {text}",
+                instrument=self.resource,
+                command=command,
+                remote_type=str(errors[0][0]),
+            )
+
+    def _parse_error(self, reply: str) -> tuple[int, str]:
+        code_text, _, message = reply.partition(",")
+        try:
+            code = int(code_text)
+        except ValueError as exc:
+            raise ProtocolError(
+                f"malformed error queue entry {reply!r}",
+                instrument=self.resource,
+                command=_ERROR_QUERY,
+            ) from exc
+        message = message.strip()
+        if len(message) >= 2 and message[0] == message[-1] == '"':
+            message = message[1:-1].replace('""', '"')
+        return code, message
+
+    def _transact(self, message: str, command: str = "") -> str:
+        """Send ``message`` and return one reply; the caller holds the lock.
+
+        Errors name ``command`` (default: the message). On a timeout, a broken connection or
+        an undecodable reply the session is closed, so a late reply cannot answer a later
+        query; the next transaction reopens it.
+        """
+        command = command or message
+        session = self._open_session()
+        logger.debug("%s <- %r", self.resource, message)
+        try:
+            reply = session.query(message).strip()
+        except pyvisa.errors.VisaIOError as exc:
+            self._drop_session()
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                raise InstrumentTimeoutError(
+                    f"no reply within {self.timeout_s} s",
+                    instrument=self.resource,
+                    command=command,
+                ) from exc
+            raise InstrumentError(
+                f"VISA I/O error: {exc}", instrument=self.resource, command=command
+            ) from exc
+        except OSError as exc:
+            self._drop_session()
+            raise InstrumentError(
+                f"connection failed: {exc}", instrument=self.resource, command=command
+            ) from exc
+        except UnicodeDecodeError as exc:
+            self._drop_session()
+            raise ProtocolError(
+                f"reply is not ASCII: {exc}", instrument=self.resource, command=command
+            ) from exc
+        logger.debug("%s -> %r", self.resource, reply)
+        return reply
+
+    def _open_session(self) -> pyvisa.resources.MessageBasedResource:
+        """Return the open session, opening it if needed; the caller holds the lock."""
+        if self._closed:
+            raise InstrumentError("instrument is closed", instrument=self.resource)
+        if self._session is not None:
+            return self._session
+        timeout_ms = max(1, round(self.timeout_s * 1000))
+        try:
+            session = self._resource_manager.open_resource(self.resource, open_timeout=timeout_ms)
+        # pyvisa-py reports a failed connect as a bare Exception; it is re-raised with context.
+        except Exception as exc:
+            raise InstrumentError(f"cannot open resource: {exc}", instrument=self.resource) from exc
+        try:
+            if not isinstance(session, pyvisa.resources.MessageBasedResource):
+                raise InstrumentError(
+                    f"{type(session).__name__} is not a message-based resource",
+                    instrument=self.resource,
+                )
+            session.timeout = timeout_ms
+            session.read_termination = _TERMINATION
+            session.write_termination = _TERMINATION
+        except BaseException:
+            session.close()
+            raise
+        self._session = session
+        return session
+
+    def _drop_session(self) -> None:
+        """Close the session (if any); the next transaction reopens it. Caller holds the lock."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            session.close()
+        except (pyvisa.errors.Error, OSError) as exc:
+            logger.warning("%s: error while closing the session: %s", self.resource, exc)
+
+
+class SignalGenerator(ScpiInstrument):
+    """Microwave LO source speaking the R&S SGS100A command subset.
+
+    Commands used: ``FREQ <Hz>``, ``FREQ?``, ``POW <dBm>``, ``POW?``, ``OUTP ON|OFF``,
+    ``OUTP?``.
+
+    Args:
+        resource: VISA resource string.
+        timeout_s: bound on every reply, in seconds.
+        resource_manager: pyvisa resource manager (default: pyvisa-py).
+        min_frequency_hz, max_frequency_hz: allowed CW frequency range, in Hz.
+        min_power_dbm, max_power_dbm: allowed output power range, in dBm.
+    """
+
+    def __init__(
+        self,
+        resource: str,
+        *,
+        timeout_s: float = 2.0,
+        resource_manager: pyvisa.ResourceManager | None = None,
+        min_frequency_hz: float = 1e6,
+        max_frequency_hz: float = 12.75e9,
+        min_power_dbm: float = -120.0,
+        max_power_dbm: float = 25.0,
+    ) -> None:
+        if not min_frequency_hz < max_frequency_hz:
+            raise ValueError("min_frequency_hz must be below max_frequency_hz")
+        if not min_power_dbm < max_power_dbm:
+            raise ValueError("min_power_dbm must be below max_power_dbm")
+        self.frequency_range_hz = (float(min_frequency_hz), float(max_frequency_hz))
+        self.power_range_dbm = (float(min_power_dbm), float(max_power_dbm))
+        super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager)
+
+    @property
+    def frequency_hz(self) -> float:
+        """CW output frequency, in Hz."""
+        return self._query_float("FREQ?")
+
+    @frequency_hz.setter
+    def frequency_hz(self, value: float) -> None:
+        self.write(f"FREQ {self._frequency(value)!r}")
+
+    @property
+    def power_dbm(self) -> float:
+        """Output power level, in dBm."""
+        return self._query_float("POW?")
+
+    @power_dbm.setter
+    def power_dbm(self, value: float) -> None:
+        self.write(f"POW {self._power(value)!r}")
+
+    @property
+    def output_on(self) -> bool:
+        """Whether the RF output is switched on."""
+        return self._query_bool("OUTP?")
+
+    @output_on.setter
+    def output_on(self, on: bool) -> None:
+        self.write(f"OUTP {_on_off(on)}")
+
+    def configure(self, frequency_hz: float, power_dbm: float, output_on: bool = True) -> None:
+        """Set frequency (Hz), power (dBm) and output state in one message.
+
+        All values are checked before anything is sent.
+        """
+        command = (
+            f"FREQ {self._frequency(frequency_hz)!r};POW {self._power(power_dbm)!r};"
+            f"OUTP {_on_off(output_on)}"
+        )
+        self.write(command)
+
+    def _frequency(self, value: float) -> float:
+        return self._check_limit("frequency_hz", value, *self.frequency_range_hz)
+
+    def _power(self, value: float) -> float:
+        return self._check_limit("power_dbm", value, *self.power_range_dbm)
+
+
+class CurrentSource(ScpiInstrument):
+    """Multi-channel DC current source for flux bias (Keysight B2900 command style).
+
+    Commands used: ``SOUR<ch>:FUNC:MODE CURR``, ``SOUR<ch>:CURR <A>``, ``SOUR<ch>:CURR?``,
+    ``OUTP<ch> ON|OFF``, ``OUTP<ch>?``; channels are numbered from 1.
+
+    Args:
+        resource: VISA resource string.
+        channels: number of output channels.
+        max_current_a: allowed output current magnitude, in A (the range is symmetric).
+        timeout_s: bound on every reply, in seconds.
+        resource_manager: pyvisa resource manager (default: pyvisa-py).
+    """
+
+    def __init__(
+        self,
+        resource: str,
+        *,
+        channels: int = 5,
+        max_current_a: float = 10e-3,
+        timeout_s: float = 2.0,
+        resource_manager: pyvisa.ResourceManager | None = None,
+    ) -> None:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        if not max_current_a > 0:
+            raise ValueError(f"max_current_a must be positive, got {max_current_a!r}")
+        self.channels = channels
+        self.max_current_a = float(max_current_a)
+        super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager)
+
+    def set_current_a(self, channel: int, current_a: float) -> None:
+        """Put ``channel`` in current mode and set its output current, in A."""
+        ch = self._channel(channel)
+        value = self._check_limit(
+            f"current_a (channel {ch})", current_a, -self.max_current_a, self.max_current_a
+        )
+        self.write(f"SOUR{ch}:FUNC:MODE CURR;:SOUR{ch}:CURR {value!r}")
+
+    def current_a(self, channel: int) -> float:
+        """Return the programmed output current of ``channel``, in A."""
+        return self._query_float(f"SOUR{self._channel(channel)}:CURR?")
+
+    def set_output(self, channel: int, on: bool) -> None:
+        """Switch the output of ``channel`` on or off."""
+        self.write(f"OUTP{self._channel(channel)} {_on_off(on)}")
+
+    def output_on(self, channel: int) -> bool:
+        """Return whether the output of ``channel`` is switched on."""
+        return self._query_bool(f"OUTP{self._channel(channel)}?")
+
+    def _channel(self, channel: int) -> int:
+        if (
+            isinstance(channel, bool)
+            or not isinstance(channel, int | np.integer)
+            or not 1 <= channel <= self.channels
+        ):
+            raise InstrumentLimitError(
+                f"channel {channel!r} is outside the allowed range [1, {self.channels}]",
+                instrument=self.resource,
+            )
+        return int(channel)
+
+
+def _on_off(on: bool) -> str:
+    if not isinstance(on, bool | np.bool_):
+        raise TypeError(f"expected a bool, got {on!r}")
+    return "ON" if on else "OFF"

@@ -1,0 +1,737 @@
+"""Simulated SCPI instruments on real TCP sockets.
+
+    ScpiServer              TCP server speaking line-based SCPI (raw socket, like port 5025)
+    SignalGeneratorState    settings of a microwave LO source (R&S SGS100A command subset)
+    CurrentSourceState      per-channel settings of a DC current source (Keysight B2900 style)
+
+The physics model reads the state objects (``snapshot()``), never the socket. Each instrument
+model is a command table: SCPI header patterns written as in instrument manuals
+(``[SOURce]:FREQuency[:CW]`` — lower-case letters may be omitted, bracketed nodes are
+optional, ``#`` takes a channel suffix) mapped to small handlers. Each ``;``-separated command
+of a line is resolved from the root of the command tree. A refused command is pushed onto the
+instrument's error queue (read with ``SYST:ERR?``) and the rest of its line is discarded;
+nothing a client sends can stop the server or close another connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import selectors
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import TracebackType
+from typing import Literal, Self
+
+from labqpu.drivers.errors import InstrumentLimitError
+
+logger = logging.getLogger(__name__)
+
+_MAX_LINE_BYTES = 64 * 1024
+_MAX_PENDING_REPLY_BYTES = 1024 * 1024
+_ERROR_QUEUE_LENGTH = 10
+_FIRMWARE_VERSION = "1.0"
+_NO_ERROR = '0,"No error"'
+
+
+class _ScpiError(Exception):
+    """A command error to push onto the instrument's error queue."""
+
+    def __init__(self, code: int, message: str, detail: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.detail = detail
+        super().__init__(f"{code},{message};{detail}")
+
+    def queue_entry(self) -> str:
+        text = f"{self.message};{self.detail}" if self.detail else self.message
+        quoted = text.replace('"', '""')
+        return f'{self.code},"{quoted}"'
+
+
+def _undefined_header(header: str) -> _ScpiError:
+    return _ScpiError(-113, "Undefined header", header)
+
+
+class _ErrorQueue:
+    """An instrument's SCPI error queue: bounded, oldest first, thread-safe."""
+
+    def __init__(self, length: int = _ERROR_QUEUE_LENGTH) -> None:
+        self._length = length
+        self._entries: deque[str] = deque()
+        self._lock = threading.Lock()
+
+    def push(self, error: _ScpiError) -> None:
+        """Append ``error``; a full queue ends with -350 Queue overflow instead."""
+        with self._lock:
+            if len(self._entries) >= self._length:
+                self._entries[-1] = _ScpiError(-350, "Queue overflow").queue_entry()
+            else:
+                self._entries.append(error.queue_entry())
+
+    def pop(self) -> str:
+        """Remove and return the oldest entry, or ``0,"No error"``."""
+        with self._lock:
+            return self._entries.popleft() if self._entries else _NO_ERROR
+
+    def clear(self) -> None:
+        """Empty the queue (``*CLS``)."""
+        with self._lock:
+            self._entries.clear()
+
+
+# --- instrument state --------------------------------------------------------------------
+
+
+class _ChannelState:
+    """Thread-safe per-channel settings: ``values[channel][quantity]``, channels from 1."""
+
+    def __init__(
+        self,
+        channels: int,
+        factory: Mapping[str, float | bool],
+        limits: Mapping[str, tuple[float, float]],
+    ) -> None:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        self.channels = channels
+        self.limits = dict(limits)
+        self._factory = dict(factory)
+        self._lock = threading.Lock()
+        self._values = {ch: dict(self._factory) for ch in range(1, channels + 1)}
+
+    def get(self, quantity: str, channel: int = 1) -> float | bool:
+        """Return the setting ``quantity`` of ``channel``."""
+        with self._lock:
+            return self._values[channel][quantity]
+
+    def set(self, quantity: str, value: float | bool, channel: int = 1) -> None:
+        """Change the setting ``quantity`` of ``channel``.
+
+        Raises:
+            InstrumentLimitError: ``value`` is outside the instrument's limits.
+        """
+        if channel not in self._values:
+            raise InstrumentLimitError(f"channel {channel} does not exist", command=quantity)
+        if quantity not in self._factory:
+            raise KeyError(quantity)
+        if quantity in self.limits:
+            low, high = self.limits[quantity]
+            if not low <= value <= high:
+                raise InstrumentLimitError(
+                    f"{quantity}={value!r} is outside [{low!r}, {high!r}]", command=quantity
+                )
+        with self._lock:
+            self._values[channel][quantity] = value
+
+    def reset(self) -> None:
+        """Restore the factory settings (``*RST``)."""
+        with self._lock:
+            for values in self._values.values():
+                values.update(self._factory)
+
+
+class SignalGeneratorState(_ChannelState):
+    """Settings of a simulated microwave LO source.
+
+    Args:
+        frequency_hz: initial CW frequency, in Hz.
+        power_dbm: initial output power, in dBm.
+        output_on: initial RF output state.
+        min_frequency_hz, max_frequency_hz: accepted frequency range, in Hz.
+        min_power_dbm, max_power_dbm: accepted power range, in dBm.
+
+    ``*RST`` restores 1 GHz, -30 dBm, output off.
+    """
+
+    def __init__(
+        self,
+        *,
+        frequency_hz: float = 1e9,
+        power_dbm: float = -30.0,
+        output_on: bool = False,
+        min_frequency_hz: float = 1e6,
+        max_frequency_hz: float = 12.75e9,
+        min_power_dbm: float = -120.0,
+        max_power_dbm: float = 25.0,
+    ) -> None:
+        super().__init__(
+            1,
+            {"frequency_hz": 1e9, "power_dbm": -30.0, "output_on": False},
+            {
+                "frequency_hz": (min_frequency_hz, max_frequency_hz),
+                "power_dbm": (min_power_dbm, max_power_dbm),
+            },
+        )
+        self.set("frequency_hz", float(frequency_hz))
+        self.set("power_dbm", float(power_dbm))
+        self.set("output_on", bool(output_on))
+
+    def snapshot(self) -> dict[str, float | bool]:
+        """Return ``{"frequency_hz", "power_dbm", "output_on"}`` read atomically."""
+        with self._lock:
+            return dict(self._values[1])
+
+
+class CurrentSourceState(_ChannelState):
+    """Per-channel settings of a simulated DC current source.
+
+    Args:
+        channels: number of output channels, numbered from 1.
+        current_a: initial output current per channel number, in A (missing channels: 0 A).
+        output_on: initial output state per channel number (missing channels: off).
+        max_current_a: accepted current magnitude, in A.
+
+    ``*RST`` restores 0 A with every output off.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int = 5,
+        current_a: Mapping[int, float] | None = None,
+        output_on: Mapping[int, bool] | None = None,
+        max_current_a: float = 10e-3,
+    ) -> None:
+        super().__init__(
+            channels,
+            {"current_a": 0.0, "output_on": False},
+            {"current_a": (-max_current_a, max_current_a)},
+        )
+        for channel, value in (current_a or {}).items():
+            self.set("current_a", float(value), channel)
+        for channel, on in (output_on or {}).items():
+            self.set("output_on", bool(on), channel)
+
+    def snapshot(self) -> dict[str, object]:
+        """Return ``{"channels": n, "current_a": {ch: A}, "output_on": {ch: bool}}`` atomically."""
+        with self._lock:
+            return {
+                "channels": self.channels,
+                "current_a": {ch: v["current_a"] for ch, v in self._values.items()},
+                "output_on": {ch: v["output_on"] for ch, v in self._values.items()},
+            }
+
+
+# --- parameters ----------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)")
+
+
+@dataclass(frozen=True)
+class _Number:
+    """A numeric parameter; ``units`` maps each allowed suffix to its power of ten."""
+
+    units: Mapping[str, int]
+
+    def parse(self, text: str) -> float:
+        match = _NUMBER.fullmatch(text)
+        if match is None:
+            raise _ScpiError(-104, "Data type error", text)
+        unit = match.group(2).upper()
+        if unit not in self.units:
+            raise _ScpiError(-131, "Invalid suffix", text)
+        value = float(Decimal(match.group(1)).scaleb(self.units[unit]))
+        if not math.isfinite(value):
+            raise _ScpiError(-222, "Data out of range", text)
+        return value
+
+    @staticmethod
+    def format(value: float | bool) -> str:
+        return repr(float(value))
+
+
+@dataclass(frozen=True)
+class _Boolean:
+    """An ``ON|OFF|1|0`` parameter; queries answer ``1`` or ``0``."""
+
+    def parse(self, text: str) -> bool:
+        word = text.upper()
+        if word in ("ON", "1"):
+            return True
+        if word in ("OFF", "0"):
+            return False
+        raise _ScpiError(-224, "Illegal parameter value", text)
+
+    @staticmethod
+    def format(value: float | bool) -> str:
+        return "1" if value else "0"
+
+
+_QUANTITIES: dict[str, _Number | _Boolean] = {
+    "frequency_hz": _Number({"": 0, "HZ": 0, "KHZ": 3, "MHZ": 6, "GHZ": 9}),
+    "power_dbm": _Number({"": 0, "DBM": 0}),
+    "current_a": _Number({"": 0, "A": 0, "MA": -3, "UA": -6, "NA": -9}),
+    "output_on": _Boolean(),
+}
+
+
+# --- command tree ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One parsed command handed to a handler: the instrument's parts and the arguments."""
+
+    state: SignalGeneratorState | CurrentSourceState
+    errors: _ErrorQueue
+    identity: str
+    channel: int
+    argument: str
+
+
+_Handler = Callable[[_Request], "str | None"]
+
+_PATTERN_NODE = re.compile(r"(\[)?:?(\*?[A-Za-z]+)(#)?\]?")
+_HEADER_TOKEN = re.compile(r"(\*?[A-Za-z]+)(\d*)")
+
+
+@dataclass(frozen=True)
+class _Node:
+    short: str
+    long: str
+    optional: bool
+    numbered: bool
+
+    def match(self, token: str) -> tuple[bool, int | None]:
+        """Return (matched, channel suffix) for one header token."""
+        parsed = _HEADER_TOKEN.fullmatch(token)
+        if parsed is None or parsed.group(1).upper() not in (self.short, self.long):
+            return False, None
+        digits = parsed.group(2)
+        if not digits:
+            return True, None
+        return (True, int(digits)) if self.numbered else (False, None)
+
+
+def _compile(pattern: str) -> tuple[_Node, ...]:
+    return tuple(
+        _Node(
+            short="".join(c for c in m.group(2) if not c.islower()),
+            long=m.group(2).upper(),
+            optional=m.group(1) is not None,
+            numbered=m.group(3) is not None,
+        )
+        for m in _PATTERN_NODE.finditer(pattern)
+    )
+
+
+def _match(nodes: tuple[_Node, ...], tokens: list[str]) -> tuple[bool, int | None]:
+    """Match header tokens against pattern nodes (optional nodes may be skipped)."""
+    if not nodes:
+        return not tokens, None
+    node, rest = nodes[0], nodes[1:]
+    if tokens:
+        matched, suffix = node.match(tokens[0])
+        if matched:
+            rest_matched, rest_suffix = _match(rest, tokens[1:])
+            if rest_matched:
+                return True, suffix if suffix is not None else rest_suffix
+    if node.optional:
+        return _match(rest, tokens)
+    return False, None
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One entry of an instrument's command table."""
+
+    pattern: str
+    on_set: _Handler | None = None
+    on_query: _Handler | None = None
+    takes_argument: bool = True
+    nodes: tuple[_Node, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", _compile(self.pattern))
+
+
+def _setting(pattern: str, quantity: str) -> _Command:
+    """A command that sets and queries one state quantity of the addressed channel."""
+    kind = _QUANTITIES[quantity]
+
+    def on_set(request: _Request) -> None:
+        value = kind.parse(request.argument)
+        try:
+            request.state.set(quantity, value, request.channel)
+        except InstrumentLimitError as exc:
+            raise _ScpiError(-222, "Data out of range", request.argument) from exc
+
+    def on_query(request: _Request) -> str:
+        return kind.format(request.state.get(quantity, request.channel))
+
+    return _Command(pattern, on_set=on_set, on_query=on_query)
+
+
+def _reset(request: _Request) -> None:
+    request.state.reset()
+
+
+def _clear_status(request: _Request) -> None:
+    request.errors.clear()
+
+
+def _next_error(request: _Request) -> str:
+    return request.errors.pop()
+
+
+def _identify(request: _Request) -> str:
+    return request.identity
+
+
+def _operation_complete(request: _Request) -> str:
+    return "1"
+
+
+def _no_operation(request: _Request) -> None:
+    return None
+
+
+def _set_function_mode(request: _Request) -> None:
+    if request.argument.upper() not in ("CURR", "CURRENT"):
+        raise _ScpiError(-224, "Illegal parameter value", f"{request.argument} (only CURRent)")
+
+
+def _function_mode(request: _Request) -> str:
+    return "CURR"
+
+
+_COMMON_COMMANDS = (
+    _Command("*IDN", on_query=_identify),
+    _Command("*RST", on_set=_reset, takes_argument=False),
+    _Command("*CLS", on_set=_clear_status, takes_argument=False),
+    _Command("*OPC", on_set=_no_operation, on_query=_operation_complete, takes_argument=False),
+    _Command("SYSTem:ERRor[:NEXT]", on_query=_next_error),
+)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """An instrument model: its name in ``*IDN?``, its state and its command table."""
+
+    model: str
+    make_state: Callable[..., SignalGeneratorState | CurrentSourceState]
+    commands: tuple[_Command, ...]
+
+
+_MODELS: dict[str, _Model] = {
+    "signal_generator": _Model(
+        model="SGS100A",
+        make_state=lambda channels, **kwargs: SignalGeneratorState(**kwargs),
+        commands=(
+            *_COMMON_COMMANDS,
+            _setting("[SOURce]:FREQuency[:CW]", "frequency_hz"),
+            _setting("[SOURce]:POWer[:LEVel][:IMMediate][:AMPLitude]", "power_dbm"),
+            _setting("OUTPut[:STATe]", "output_on"),
+        ),
+    ),
+    "current_source": _Model(
+        model="B2900",
+        make_state=lambda channels, **kwargs: CurrentSourceState(channels=channels, **kwargs),
+        commands=(
+            *_COMMON_COMMANDS,
+            _Command("[SOURce#]:FUNCtion:MODE", on_set=_set_function_mode, on_query=_function_mode),
+            _setting("[SOURce#]:CURRent[:LEVel][:IMMediate][:AMPLitude]", "current_a"),
+            _setting("OUTPut#[:STATe]", "output_on"),
+        ),
+    ),
+}
+
+_HEADER = re.compile(r":?(\*?[A-Za-z]+\d*(?::[A-Za-z]+\d*)*)(\?)?")
+_WHITESPACE = re.compile(r"\s+")
+
+
+# --- server -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Connection:
+    sock: socket.socket
+    peer: str
+    received: bytearray = field(default_factory=bytearray)
+    pending: bytearray = field(default_factory=bytearray)
+    discarding: bool = False
+    watching_write: bool = False
+
+
+class ScpiServer:
+    """A simulated SCPI instrument on a TCP socket (``\\n``-terminated lines, raw socket).
+
+    Args:
+        model: ``"signal_generator"`` (SGS100A subset) or ``"current_source"`` (B2900 style).
+        name: instance name, reported as the serial number in ``*IDN?``.
+        host: address to listen on.
+        port: TCP port; 0 picks a free one (read :attr:`port` after :meth:`start`).
+        channels: number of output channels (current source only).
+        **state: initial settings and limits passed to :class:`SignalGeneratorState` or
+            :class:`CurrentSourceState`.
+
+    One thread serves every connection through a selector; :meth:`stop` wakes it, closes
+    the listening socket and all connections, and joins it.
+    """
+
+    def __init__(
+        self,
+        model: Literal["signal_generator", "current_source"],
+        *,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        channels: int = 5,
+        **state: object,
+    ) -> None:
+        if model not in _MODELS:
+            raise ValueError(f"unknown model {model!r}; expected one of {sorted(_MODELS)}")
+        self._model = _MODELS[model]
+        self.name = name
+        self.host = host
+        self._requested_port = port
+        self.state: SignalGeneratorState | CurrentSourceState = self._model.make_state(
+            channels, **state
+        )
+        serial = re.sub(r"[,;\s]", "_", name)
+        self.identity = f"labqpu simulator,{self._model.model},{serial},{_FIRMWARE_VERSION}"
+        self._errors = _ErrorQueue()
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wakeup: socket.socket | None = None
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self._port}" if self._port is not None else "not started"
+        return f"ScpiServer({self._model.model!r}, name={self.name!r}, {where})"
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        if self._port is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    @property
+    def resource(self) -> str:
+        """VISA resource string of this instrument, e.g. ``TCPIP0::127.0.0.1::5025::SOCKET``."""
+        return f"TCPIP0::{self.host}::{self.port}::SOCKET"
+
+    def start(self) -> None:
+        """Bind, listen and start serving in a background thread."""
+        if self._thread is not None or self._stopping.is_set():
+            raise RuntimeError("a server can be started once")
+        listener = socket.create_server((self.host, self._requested_port))
+        wake_reader, wake_writer = socket.socketpair()
+        selector = selectors.DefaultSelector()
+        try:
+            listener.setblocking(False)
+            wake_reader.setblocking(False)
+            selector.register(listener, selectors.EVENT_READ, None)
+            selector.register(wake_reader, selectors.EVENT_READ, None)
+        except BaseException:
+            for item in (selector, listener, wake_reader, wake_writer):
+                item.close()
+            raise
+        self._port = listener.getsockname()[1]
+        self._wakeup = wake_writer
+        self._thread = threading.Thread(
+            target=self._serve,
+            args=(selector, listener, wake_reader),
+            name=f"scpi-server-{self.name}",
+            daemon=True,
+        )
+        self._thread.start()
+        logger.info("%r listening", self)
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Close the listening socket and every connection; join the thread (``timeout_s``)."""
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            try:
+                wakeup.send(b"\0")
+            except OSError as exc:
+                logger.debug("%r: wakeup failed: %s", self, exc)
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                logger.warning("%r: server thread did not stop within %s s", self, timeout_s)
+        if wakeup is not None:
+            wakeup.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def execute(self, line: str) -> str | None:
+        """Execute one message line; return the reply (queries joined by ``;``) or None."""
+        replies: list[str] = []
+        for part in line.split(";"):
+            command = part.strip()
+            if not command:
+                continue
+            try:
+                reply = self._execute_command(command)
+            except _ScpiError as error:
+                logger.debug("%r: %r refused: %s", self, command, error)
+                self._errors.push(error)
+                break
+            if reply is not None:
+                replies.append(reply)
+        return ";".join(replies) if replies else None
+
+    def _execute_command(self, command: str) -> str | None:
+        header_text, _, argument = _WHITESPACE.sub(" ", command).partition(" ")
+        parsed = _HEADER.fullmatch(header_text)
+        if parsed is None:
+            raise _ScpiError(-102, "Syntax error", header_text)
+        header, is_query = parsed.group(1), parsed.group(2) is not None
+        entry, channel = self._lookup(header)
+        if is_query:
+            if entry.on_query is None:
+                raise _undefined_header(header_text)
+            if argument:
+                raise _ScpiError(-108, "Parameter not allowed", command)
+            return entry.on_query(_Request(self.state, self._errors, self.identity, channel, ""))
+        if entry.on_set is None:
+            raise _undefined_header(header_text)
+        if entry.takes_argument and not argument:
+            raise _ScpiError(-109, "Missing parameter", command)
+        if not entry.takes_argument and argument:
+            raise _ScpiError(-108, "Parameter not allowed", command)
+        entry.on_set(_Request(self.state, self._errors, self.identity, channel, argument))
+        return None
+
+    def _lookup(self, header: str) -> tuple[_Command, int]:
+        tokens = header.split(":")
+        for entry in self._model.commands:
+            matched, suffix = _match(entry.nodes, tokens)
+            if matched:
+                channel = 1 if suffix is None else suffix
+                if not 1 <= channel <= self.state.channels:
+                    raise _ScpiError(-114, "Header suffix out of range", header)
+                return entry, channel
+        raise _undefined_header(header)
+
+    def _serve(
+        self,
+        selector: selectors.BaseSelector,
+        listener: socket.socket,
+        wake_reader: socket.socket,
+    ) -> None:
+        connections: dict[socket.socket, _Connection] = {}
+        try:
+            while not self._stopping.is_set():
+                for key, events in selector.select():
+                    sock = key.fileobj
+                    if sock is wake_reader:
+                        return
+                    if sock is listener:
+                        self._accept(selector, listener, connections)
+                        continue
+                    connection: _Connection = key.data
+                    alive = (
+                        self._receive(selector, connection)
+                        if events & selectors.EVENT_READ
+                        else self._flush(selector, connection)
+                    )
+                    if not alive:
+                        self._drop(selector, connections, connection)
+        finally:
+            for connection in list(connections.values()):
+                self._drop(selector, connections, connection)
+            for sock in (listener, wake_reader):
+                selector.unregister(sock)
+                sock.close()
+            selector.close()
+            logger.info("%r stopped", self)
+
+    def _accept(
+        self,
+        selector: selectors.BaseSelector,
+        listener: socket.socket,
+        connections: dict[socket.socket, _Connection],
+    ) -> None:
+        try:
+            sock, address = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            logger.warning("%r: accept failed: %s", self, exc)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(sock, f"{address[0]}:{address[1]}")
+        connections[sock] = connection
+        selector.register(sock, selectors.EVENT_READ, connection)
+        logger.debug("%r: connection from %s", self, connection.peer)
+
+    def _receive(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+        """Read and execute complete lines; False when the connection is finished."""
+        try:
+            data = connection.sock.recv(4096)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            logger.debug("%r: %s: %s", self, connection.peer, exc)
+            return False
+        if not data:
+            return False
+        connection.received.extend(data)
+        while (end := connection.received.find(b"\n")) >= 0:
+            raw = bytes(connection.received[:end])
+            del connection.received[: end + 1]
+            if connection.discarding:
+                connection.discarding = False
+                continue
+            reply = self.execute(raw.decode("ascii", errors="replace").rstrip("\r"))
+            if reply is not None:
+                connection.pending.extend(reply.encode("ascii", errors="replace") + b"\n")
+        if len(connection.received) > _MAX_LINE_BYTES:
+            connection.received.clear()
+            connection.discarding = True
+            self._errors.push(_ScpiError(-223, "Too much data"))
+        if len(connection.pending) > _MAX_PENDING_REPLY_BYTES:
+            logger.warning("%r: %s does not read its replies; closing", self, connection.peer)
+            return False
+        return self._flush(selector, connection)
+
+    def _flush(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+        """Send pending replies; watch for writability while some remain."""
+        if connection.pending:
+            try:
+                sent = connection.sock.send(connection.pending)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                logger.debug("%r: %s: %s", self, connection.peer, exc)
+                return False
+            del connection.pending[:sent]
+        wants_write = bool(connection.pending)
+        if wants_write != connection.watching_write:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants_write else 0)
+            selector.modify(connection.sock, events, connection)
+            connection.watching_write = wants_write
+        return True
+
+    def _drop(
+        self,
+        selector: selectors.BaseSelector,
+        connections: dict[socket.socket, _Connection],
+        connection: _Connection,
+    ) -> None:
+        connections.pop(connection.sock, None)
+        selector.unregister(connection.sock)
+        connection.sock.close()
+        logger.debug("%r: closed connection from %s", self, connection.peer)

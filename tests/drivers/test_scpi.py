@@ -1,0 +1,513 @@
+"""SCPI drivers against the simulator's SCPI servers, over real TCP sessions through pyvisa-py."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import pyvisa
+import pyvisa.errors
+
+from labqpu.drivers.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentLimitError,
+    InstrumentTimeoutError,
+    ProtocolError,
+)
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.firmware_sim.scpi_server import ScpiServer
+
+TIMEOUT_S = 0.3
+#: Slack allowed on top of TIMEOUT_S for a timed-out call to return.
+SLACK_S = 0.5
+
+
+class _ScriptedInstrument:
+    """A raw TCP peer answering known commands (optionally late) and ignoring the rest."""
+
+    def __init__(self, replies: Mapping[str, str], delays_s: Mapping[str, float] | None = None):
+        self._replies = dict(replies)
+        self._delays_s = dict(delays_s or {})
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.resource = f"TCPIP0::127.0.0.1::{self._listener.getsockname()[1]}::SOCKET"
+        self._threads = [threading.Thread(target=self._accept_loop)]
+        self._threads[0].start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._threads[0].join(2.0)
+        for thread in self._threads[1:]:
+            thread.join(2.0)
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,))
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.05)
+        buffer = b""
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    command = line.decode().strip()
+                    if command not in self._replies:
+                        continue
+                    if self._stop.wait(self._delays_s.get(command, 0.0)):
+                        return
+                    try:
+                        conn.sendall(self._replies[command].encode("latin-1") + b"\n")
+                    except OSError:
+                        return
+
+
+class _RawClient:
+    """A plain socket client for talking SCPI to a server directly."""
+
+    def __init__(self, server: ScpiServer) -> None:
+        self.sock = socket.create_connection((server.host, server.port), timeout=2.0)
+        self._buffer = b""
+
+    def send(self, line: bytes) -> None:
+        self.sock.sendall(line + b"\n")
+
+    def ask(self, line: str) -> str:
+        self.send(line.encode())
+        while b"\n" not in self._buffer:
+            data = self.sock.recv(4096)
+            assert data, "server closed the connection"
+            self._buffer += data
+        reply, self._buffer = self._buffer.split(b"\n", 1)
+        return reply.decode()
+
+    def errors(self) -> list[str]:
+        entries = []
+        while (entry := self.ask("SYST:ERR?")) != '0,"No error"':
+            entries.append(entry)
+        return entries
+
+
+def _opened(resource: str) -> list[str]:
+    return [
+        r.resource_name
+        for r in pyvisa.ResourceManager("@py").list_opened_resources()
+        if r.resource_name == resource
+    ]
+
+
+@pytest.fixture
+def sg_server() -> Iterator[ScpiServer]:
+    with ScpiServer("signal_generator", name="lo-test") as server:
+        yield server
+
+
+@pytest.fixture
+def cs_server() -> Iterator[ScpiServer]:
+    with ScpiServer("current_source", name="flux-test", channels=5) as server:
+        yield server
+
+
+@pytest.fixture
+def sg(sg_server: ScpiServer) -> Iterator[SignalGenerator]:
+    with SignalGenerator(sg_server.resource, timeout_s=TIMEOUT_S) as instrument:
+        yield instrument
+
+
+@pytest.fixture
+def cs(cs_server: ScpiServer) -> Iterator[CurrentSource]:
+    with CurrentSource(cs_server.resource, channels=5, timeout_s=TIMEOUT_S) as instrument:
+        yield instrument
+
+
+@pytest.fixture
+def client(sg_server: ScpiServer) -> Iterator[_RawClient]:
+    raw = _RawClient(sg_server)
+    yield raw
+    raw.sock.close()
+
+
+# --- drivers against the simulator ----------------------------------------------------------
+
+
+def test_identity_names_simulator_model_and_serial(sg: SignalGenerator) -> None:
+    manufacturer, model, serial, _ = sg.idn().split(",")
+    assert manufacturer == "labqpu simulator"
+    assert model == "SGS100A"
+    assert serial == "lo-test"
+    assert sg.identity == sg.idn()
+
+
+def test_signal_generator_settings_round_trip(sg: SignalGenerator, sg_server: ScpiServer) -> None:
+    sg.frequency_hz = 5.123456789e9
+    sg.power_dbm = -12.5
+    sg.output_on = True
+    assert sg.frequency_hz == 5.123456789e9
+    assert sg.power_dbm == -12.5
+    assert sg.output_on is True
+    assert sg_server.state.snapshot() == {
+        "frequency_hz": 5.123456789e9,
+        "power_dbm": -12.5,
+        "output_on": True,
+    }
+    sg.output_on = False
+    assert sg_server.state.snapshot()["output_on"] is False
+
+
+def test_configure_sets_everything(sg: SignalGenerator, sg_server: ScpiServer) -> None:
+    sg.configure(frequency_hz=6.2e9, power_dbm=3.0)
+    assert sg_server.state.snapshot() == {
+        "frequency_hz": 6.2e9,
+        "power_dbm": 3.0,
+        "output_on": True,
+    }
+
+
+def test_reset_restores_factory_settings(sg: SignalGenerator, sg_server: ScpiServer) -> None:
+    sg.configure(frequency_hz=6.2e9, power_dbm=3.0)
+    sg.reset()
+    assert sg_server.state.snapshot() == {
+        "frequency_hz": 1e9,
+        "power_dbm": -30.0,
+        "output_on": False,
+    }
+
+
+def test_current_source_channels_are_independent(cs: CurrentSource, cs_server: ScpiServer) -> None:
+    cs.set_current_a(3, -2.5e-3)
+    cs.set_output(3, True)
+    cs.set_current_a(5, 7e-3)
+    assert cs.current_a(3) == -2.5e-3
+    assert cs.output_on(3) is True
+    assert cs.current_a(5) == 7e-3
+    assert cs.output_on(5) is False
+    snapshot = cs_server.state.snapshot()
+    assert snapshot["current_a"] == {1: 0.0, 2: 0.0, 3: -2.5e-3, 4: 0.0, 5: 7e-3}
+    assert snapshot["output_on"] == {1: False, 2: False, 3: True, 4: False, 5: False}
+
+
+def test_driver_limits_send_nothing(sg_server: ScpiServer) -> None:
+    # The driver's limits are narrower than the server's: had anything been sent, the
+    # server would have accepted it.
+    before = sg_server.state.snapshot()
+    with SignalGenerator(
+        sg_server.resource, timeout_s=TIMEOUT_S, max_frequency_hz=6e9, max_power_dbm=10.0
+    ) as sg:
+        with pytest.raises(InstrumentLimitError, match=r"frequency_hz.*6000000000\.0") as info:
+            sg.frequency_hz = 8e9
+        assert info.value.instrument == sg_server.resource
+        with pytest.raises(InstrumentLimitError, match="power_dbm"):
+            sg.power_dbm = 15.0
+        with pytest.raises(InstrumentLimitError, match="power_dbm"):
+            sg.configure(frequency_hz=5e9, power_dbm=15.0)
+        with pytest.raises(InstrumentLimitError):
+            sg.frequency_hz = float("nan")
+        with pytest.raises(TypeError):
+            sg.output_on = "OFF"  # type: ignore[assignment]
+    assert sg_server.state.snapshot() == before
+
+
+def test_current_limits_and_channels_send_nothing(cs_server: ScpiServer) -> None:
+    before = cs_server.state.snapshot()
+    with CurrentSource(
+        cs_server.resource, channels=5, max_current_a=1e-3, timeout_s=TIMEOUT_S
+    ) as cs:
+        for current_a in (2e-3, -2e-3):
+            with pytest.raises(InstrumentLimitError, match=r"current_a.*0\.001"):
+                cs.set_current_a(1, current_a)
+        for channel in (0, 6, True):
+            with pytest.raises(InstrumentLimitError, match="channel"):
+                cs.set_current_a(channel, 0.5e-3)
+            with pytest.raises(InstrumentLimitError, match="channel"):
+                cs.set_output(channel, True)
+    assert cs_server.state.snapshot() == before
+
+
+def test_server_limits_refuse_with_data_out_of_range(
+    sg_server: ScpiServer, cs_server: ScpiServer
+) -> None:
+    before_sg, before_cs = sg_server.state.snapshot(), cs_server.state.snapshot()
+    with SignalGenerator(sg_server.resource, timeout_s=TIMEOUT_S, max_frequency_hz=20e9) as sg:
+        with pytest.raises(InstrumentCommandError, match="Data out of range") as info:
+            sg.frequency_hz = 15e9
+        assert info.value.remote_type == "-222"
+        assert info.value.command == "FREQ 15000000000.0"
+    with (
+        CurrentSource(cs_server.resource, max_current_a=1.0, timeout_s=TIMEOUT_S) as cs,
+        pytest.raises(InstrumentCommandError, match="Data out of range"),
+    ):
+        cs.set_current_a(2, 0.5)
+    assert sg_server.state.snapshot() == before_sg
+    assert cs_server.state.snapshot() == before_cs
+
+
+def test_undefined_command_raises_with_instrument_message(
+    sg: SignalGenerator, sg_server: ScpiServer
+) -> None:
+    with pytest.raises(InstrumentCommandError, match="Undefined header") as info:
+        sg.write("FOO:BAR 1")
+    assert info.value.remote_type == "-113"
+    assert info.value.command == "FOO:BAR 1"
+    assert info.value.instrument == sg_server.resource
+    sg.check_errors()
+    assert sg.power_dbm == -30.0
+
+
+def test_check_errors_reports_every_queued_error(sg: SignalGenerator, client: _RawClient) -> None:
+    client.send(b"FREQ abc")
+    client.send(b"NOPE")
+    assert client.ask("*OPC?") == "1"  # both lines processed before the driver asks
+    with pytest.raises(InstrumentCommandError, match=r"Data type error.*Undefined header") as info:
+        sg.check_errors()
+    assert info.value.remote_type == "-104"
+    sg.check_errors()
+
+
+def test_query_timeout_then_no_stale_reply() -> None:
+    # SLOW? is answered late: after the driver gave up, before its next query is answered.
+    peer = _ScriptedInstrument(
+        {"*IDN?": "scripted", "SLOW?": "slow", "FAST?": "fast"},
+        delays_s={"SLOW?": 1.5 * TIMEOUT_S},
+    )
+    try:
+        with SignalGenerator(peer.resource, timeout_s=TIMEOUT_S) as sg:
+            start = time.monotonic()
+            with pytest.raises(InstrumentTimeoutError) as info:
+                sg.query("SLOW?")
+            assert time.monotonic() - start < TIMEOUT_S + SLACK_S
+            assert info.value.command == "SLOW?"
+            assert info.value.instrument == peer.resource
+            assert isinstance(info.value.__cause__, pyvisa.errors.VisaIOError)
+            assert sg.query("FAST?") == "fast"
+            assert sg.query("FAST?") == "fast"
+    finally:
+        peer.close()
+
+
+def test_silent_instrument_times_out_on_open_and_leaves_no_session() -> None:
+    peer = _ScriptedInstrument({})
+    try:
+        start = time.monotonic()
+        with pytest.raises(InstrumentTimeoutError) as info:
+            SignalGenerator(peer.resource, timeout_s=TIMEOUT_S)
+        assert time.monotonic() - start < TIMEOUT_S + SLACK_S
+        assert info.value.command == "*IDN?"
+        assert _opened(peer.resource) == []
+    finally:
+        peer.close()
+
+
+def test_garbage_reply_is_a_protocol_error_and_leaves_no_session() -> None:
+    peer = _ScriptedInstrument({"*IDN?": "\xff\xfe"})
+    try:
+        with pytest.raises(ProtocolError) as info:
+            SignalGenerator(peer.resource, timeout_s=TIMEOUT_S)
+        assert info.value.command == "*IDN?"
+        assert _opened(peer.resource) == []
+    finally:
+        peer.close()
+
+
+def test_refused_connection_leaves_no_session() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    resource = f"TCPIP0::127.0.0.1::{port}::SOCKET"
+    with pytest.raises(InstrumentError, match=re.escape(resource)):
+        CurrentSource(resource, timeout_s=TIMEOUT_S)
+    assert _opened(resource) == []
+
+
+def test_close_is_idempotent_and_final(sg_server: ScpiServer) -> None:
+    sg = SignalGenerator(sg_server.resource, timeout_s=TIMEOUT_S)
+    assert _opened(sg_server.resource) == [sg_server.resource]
+    sg.close()
+    sg.close()
+    assert _opened(sg_server.resource) == []
+    with pytest.raises(InstrumentError, match="closed"):
+        sg.idn()
+
+
+def test_context_manager_closes_when_body_raises(sg_server: ScpiServer) -> None:
+    with (
+        pytest.raises(InstrumentLimitError),
+        SignalGenerator(sg_server.resource, timeout_s=TIMEOUT_S) as sg,
+    ):
+        sg.frequency_hz = 1e12
+    assert _opened(sg_server.resource) == []
+
+
+def test_one_instrument_shared_by_two_threads(sg: SignalGenerator) -> None:
+    identity = sg.identity
+    frequencies_hz = [4e9 + i * 1e6 for i in range(40)]
+
+    def set_and_read_frequencies() -> list[float]:
+        readings = []
+        for frequency_hz in frequencies_hz:
+            sg.frequency_hz = frequency_hz
+            readings.append(sg.frequency_hz)
+        return readings
+
+    def read_identity() -> list[str]:
+        return [sg.idn() for _ in frequencies_hz]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        setter = pool.submit(set_and_read_frequencies)
+        reader = pool.submit(read_identity)
+        assert setter.result() == frequencies_hz
+        assert reader.result() == [identity] * len(frequencies_hz)
+
+
+def test_two_clients_on_one_server(cs_server: ScpiServer) -> None:
+    def drive(channel: int) -> list[float]:
+        with CurrentSource(cs_server.resource, timeout_s=TIMEOUT_S) as cs:
+            readings = []
+            for step in range(30):
+                cs.set_current_a(channel, channel * 1e-4 + step * 1e-6)
+                readings.append(cs.current_a(channel))
+            return readings
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = {channel: pool.submit(drive, channel) for channel in (1, 2)}
+        for channel, future in results.items():
+            assert future.result() == [channel * 1e-4 + step * 1e-6 for step in range(30)]
+    assert cs_server.state.snapshot()["current_a"][2] == 2e-4 + 29e-6
+
+
+# --- the simulated servers -----------------------------------------------------------------
+
+
+def test_server_stop_closes_connections_and_joins_thread() -> None:
+    server = ScpiServer("signal_generator", name="stop-test")
+    server.start()
+    client = _RawClient(server)
+    sg = SignalGenerator(server.resource, timeout_s=TIMEOUT_S)
+    try:
+        assert client.ask("*OPC?") == "1"
+        start = time.monotonic()
+        server.stop()
+        assert time.monotonic() - start < 1.0
+        assert client.sock.recv(4096) == b""
+        assert "scpi-server-stop-test" not in [t.name for t in threading.enumerate()]
+        with pytest.raises(InstrumentError):
+            sg.idn()
+        with pytest.raises(OSError):
+            socket.create_connection((server.host, server.port), timeout=1.0).close()
+    finally:
+        sg.close()
+        client.sock.close()
+        server.stop()
+
+
+def test_header_forms_case_and_line_endings(client: _RawClient, sg_server: ScpiServer) -> None:
+    client.send(b"FREQ\t3e9")
+    assert client.ask("SOURce:FREQuency:CW?") == "3000000000.0"
+    client.send(b"sour:freq:cw 2.5GHz\r")
+    assert client.ask("FREQuency?") == "2500000000.0"
+    assert client.ask(":SOURce:FREQ:CW?") == "2500000000.0"
+    client.send(b"POWer:LEVel:IMMediate:AMPLitude -7.25 dBm;outp:stat on")
+    assert client.ask("pow?;OUTPut?;*OPC?") == "-7.25;1;1"
+    assert client.errors() == []
+    assert sg_server.state.snapshot() == {
+        "frequency_hz": 2.5e9,
+        "power_dbm": -7.25,
+        "output_on": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("FOO:BAR 1", -113),
+        ("FREQ:BOGUS 1", -113),
+        ("FREQu 1e9", -113),
+        ("FREQ2 1e9", -113),
+        ("FREQ abc", -104),
+        ("FREQ 5 furlongs", -131),
+        ("FREQ 1e20", -222),
+        ("POW 30", -222),
+        ("FREQ", -109),
+        ("*RST 1", -108),
+        ("OUTP maybe", -224),
+        ("FREQ!! 1", -102),
+    ],
+)
+def test_malformed_commands_queue_errors(
+    client: _RawClient, sg_server: ScpiServer, line: str, code: int
+) -> None:
+    before = sg_server.state.snapshot()
+    client.send(line.encode())
+    errors = client.errors()
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{code},")
+    assert sg_server.state.snapshot() == before
+    assert client.ask("*OPC?") == "1"
+
+
+def test_garbage_and_overlong_lines_keep_server_alive(client: _RawClient) -> None:
+    client.send(b"\xff\xfe\x00\x01")
+    client.send(b"X" * 100_000)
+    assert client.ask("*IDN?").startswith("labqpu simulator,SGS100A")
+    codes = [entry.split(",")[0] for entry in client.errors()]
+    assert codes == ["-102", "-223"]
+
+
+def test_error_queue_overflow_and_clear(client: _RawClient) -> None:
+    for _ in range(12):
+        client.send(b"NOPE")
+    errors = client.errors()
+    assert len(errors) == 10
+    assert errors[-1] == '-350,"Queue overflow"'
+    client.send(b"NOPE;*CLS")
+    client.send(b"NOPE")
+    client.send(b"*CLS")
+    assert client.errors() == []
+
+
+def test_current_source_channel_suffix(cs_server: ScpiServer) -> None:
+    raw = _RawClient(cs_server)
+    try:
+        raw.send(b"SOUR:CURR 1mA;:SOURce4:FUNCtion:MODE CURR;:SOUR4:CURR:LEV -20uA;OUTP4 1")
+        assert raw.ask("SOUR1:CURR?;SOUR4:CURR?;OUTP4:STAT?;SOUR4:FUNC:MODE?") == (
+            "0.001;-2e-05;1;CURR"
+        )
+        raw.send(b"SOUR6:CURR 1e-3")
+        raw.send(b"SOUR2:FUNC:MODE VOLT")
+        codes = [entry.split(",")[0] for entry in raw.errors()]
+        assert codes == ["-114", "-224"]
+    finally:
+        raw.sock.close()
+    snapshot = cs_server.state.snapshot()
+    assert snapshot["current_a"] == {1: 1e-3, 2: 0.0, 3: 0.0, 4: -2e-5, 5: 0.0}
+    assert snapshot["output_on"][4] is True
+
+
+def test_server_rejects_unknown_model_and_reports_port_only_when_started() -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        ScpiServer("oscilloscope", name="x")  # type: ignore[arg-type]
+    server = ScpiServer("current_source", name="idle")
+    with pytest.raises(RuntimeError):
+        _ = server.port
+    server.stop()
