@@ -44,7 +44,7 @@ def _demo(config: str | None, shots: int, seed: int | None) -> int:
     total = sum(counts.values())
     print(f"counts ({shots} shots): {dict(sorted(counts.items()))}")
     good = counts.get("00", 0) + counts.get("11", 0)
-    print(f"P(00) + P(11) = {good / total:.3f}   (job {job.job_id[:8]}, {elapsed:.2f} s)")
+    print(f"P(00) + P(11) = {good / total:.3f}   (job {job.job_id()[:8]}, {elapsed:.2f} s)")
     return 0
 
 
@@ -70,7 +70,7 @@ def _sim(args: argparse.Namespace) -> int:
     argv = [str(args.lab_toml or default_config_path())]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
-    return sim_main(argv + ["--log-level", args.log_level])
+    return sim_main([*argv, "--log-level", args.log_level])
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -107,27 +107,11 @@ class RackConnection:
         if request.seed is not None:
             params["seed"] = int(request.seed)
         run_id = client.run(program_id, request.shots, params=params, key=request.key)
-        done = threading.Event()
-        watcher = threading.Thread(target=self._abort_on_cancel,
-                                   args=(client, run_id, cancel, done), daemon=True)
-        watcher.start()
-        try:
-            _, result = client.wait(run_id, timeout_s=request.timeout_s)
-        finally:
-            done.set()
-            watcher.join(timeout=1.0)
-        if "iq" not in result:
+        _, arrays = client.wait(run_id, timeout_s=request.timeout_s, cancel=cancel)
+        if "iq" not in arrays:
             raise InstrumentCommandError("controller returned no 'iq' array",
                                          instrument=client.endpoint, command="fetch")
-        return result["iq"]
-
-    @staticmethod
-    def _abort_on_cancel(client: ControllerClient, run_id: str, cancel: threading.Event,
-                         done: threading.Event) -> None:
-        while not done.is_set():
-            if cancel.wait(0.05):
-                client.abort(run_id)
-                return
+        return arrays["iq"]
 
     def close(self) -> None:
         """Close every session (idempotent); errors while closing are logged, not raised."""

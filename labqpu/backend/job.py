@@ -47,15 +47,15 @@ class LabJob(JobV1):
     def submit(self) -> None:
         """Queue the job on the hardware (once)."""
         if self._future is not None:
-            raise JobError(f"job {self.job_id} was already submitted")
-        self._future = self._queue.submit(self.job_id, self._work())
+            raise JobError(f"job {self.job_id()} was already submitted")
+        self._future = self._queue.submit(self.job_id(), self._work())
 
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
         opts = self._options
         seed = opts["seed_simulator"]
         return [(program, RunRequest(
             shots=opts["shots"], seed=None if seed is None else seed + i,
-            rep_delay_s=opts["rep_delay"], timeout_s=opts["timeout"], key=f"{self.job_id}:{i}",
+            rep_delay_s=opts["rep_delay"], timeout_s=opts["timeout"], key=f"{self.job_id()}:{i}",
         )) for i, program in enumerate(self._programs)]
 
     def _build_result(self, iqs: list) -> Result:
@@ -69,7 +69,7 @@ class LabJob(JobV1):
         ]
         return Result.from_dict({
             "backend_name": backend.name, "backend_version": backend.backend_version,
-            "job_id": self.job_id, "qobj_id": self.job_id, "success": True,
+            "job_id": self.job_id(), "qobj_id": self.job_id(), "success": True,
             "date": dt.datetime.now(dt.UTC).isoformat(), "results": experiments,
             "header": {"backend_name": backend.name,
                        "calibration_snapshot_id": self._snapshot.snapshot_id},
@@ -79,7 +79,7 @@ class LabJob(JobV1):
     def result(self, timeout: float | None = None) -> Result:
         """The job's ``Result``; waits at most ``timeout`` seconds (None: no bound)."""
         if self._future is None:
-            raise JobError(f"job {self.job_id} was never submitted")
+            raise JobError(f"job {self.job_id()} was never submitted")
         with self._result_lock:
             if self._result is not None:
                 return self._result
@@ -87,16 +87,16 @@ class LabJob(JobV1):
                 iqs = self._future.result(timeout=timeout)
             except concurrent.futures.TimeoutError as exc:
                 raise JobTimeoutError(
-                    f"job {self.job_id} did not finish within {timeout} s "
+                    f"job {self.job_id()} did not finish within {timeout} s "
                     f"(status {self.status().name})") from exc
             except (concurrent.futures.CancelledError, JobCancelledError) as exc:
-                raise JobError(f"job {self.job_id} was cancelled") from exc
+                raise JobError(f"job {self.job_id()} was cancelled") from exc
             except InstrumentError as exc:
-                raise JobError(f"job {self.job_id} failed on the hardware: {exc}") from exc
+                raise JobError(f"job {self.job_id()} failed on the hardware: {exc}") from exc
             try:
                 self._result = self._build_result(iqs)
             except (ValueError, KeyError) as exc:
-                raise JobError(f"job {self.job_id}: results could not be built: {exc}") from exc
+                raise JobError(f"job {self.job_id()}: results could not be built: {exc}") from exc
             return self._result
 
     def cancel(self) -> bool:
@@ -104,7 +104,7 @@ class LabJob(JobV1):
         if self._future is None or self._future.done():
             return False
         self._cancelled.set()
-        return self._queue.cancel(self.job_id)
+        return self._queue.cancel(self.job_id())
 
     def status(self) -> JobStatus:
         """QUEUED, RUNNING, DONE, ERROR or CANCELLED."""

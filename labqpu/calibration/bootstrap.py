@@ -21,6 +21,7 @@ from labqpu.calibration.experiments import (
     FitError,
     Kit,
     Working,
+    complex_median,
     fit_damped_cosine,
     fit_exponential,
     fit_parabola_vertex,
@@ -80,7 +81,7 @@ def qubit_spectroscopy(kit: Kit, q: int, shots: int, centre_hz: float,
     freqs = centre_hz + np.arange(span_hz[0], span_hz[1], 1.0e6)
     progs = sweep(kit, q, freqs, lambda b, f: kit.square_drive(b, q, 0, duration, amp, f))
     iq = kit.run_iq(progs, shots)[:, 0]
-    signal = np.abs(iq - np.median(iq))
+    signal = np.abs(iq - complex_median(iq))
     f0, _ = fit_peak(freqs, signal, f"qubit {q} spectroscopy")
     return f0
 
@@ -183,7 +184,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
             progs.append(b.build(num_clbits=1))
         iq = kit.run_iq(progs, shots // 4, single=True)[:, :, 0]
         sigma = np.sqrt(0.5 * (iq[0].std() ** 2 + iq[1].std() ** 2))
-        snr.append(abs(np.median(iq[1]) - np.median(iq[0])) / sigma)
+        snr.append(abs(complex_median(iq[1]) - complex_median(iq[0])) / sigma)
     best = float(freqs[int(np.argmax(snr))])
     kit.work.set(q, "readout_frequency_hz", best, "readout_optimisation")
     progs = []
@@ -193,7 +194,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         kit.readout(b, q, end, 0)
         progs.append(b.build(num_clbits=1))
     iq = kit.run_iq(progs, shots * 4, single=True)[:, :, 0]
-    c0, c1 = np.median(iq[0]), np.median(iq[1])
+    c0, c1 = complex_median(iq[0]), complex_median(iq[1])
     states = [np.abs(iq[k] - c1) < np.abs(iq[k] - c0) for k in (0, 1)]
     p1_given0, p1_given1 = states[0].mean(), states[1].mean()
     matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
@@ -218,7 +219,7 @@ def _p1(kit: Kit, progs, shots: int) -> np.ndarray:
     out = np.empty_like(raw)
     for i, prog in enumerate(progs):
         for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):
-            (a00, a01), (a10, a11) = kit.work.qubits[int(q)]["assignment_matrix"]
+            (_, a01), (_, a11) = kit.work.qubits[int(q)]["assignment_matrix"]
             out[i, c] = np.clip((raw[i, c] - a01) / (a11 - a01), 0, 1)
     return out
 

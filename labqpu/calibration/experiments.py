@@ -171,6 +171,12 @@ def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float
     return float(popt[0]), float(abs(popt[1]))
 
 
+def complex_median(z: np.ndarray) -> complex:
+    """Component-wise median of complex points (numpy's median of complex numbers orders them
+    lexicographically, which is not a centre)."""
+    return complex(np.median(z.real), np.median(z.imag))
+
+
 def project(iq: np.ndarray) -> np.ndarray:
     """Project complex points onto their principal axis (real values, arbitrary sign/offset)."""
     centred = iq - iq.mean()

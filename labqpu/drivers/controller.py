@@ -212,13 +212,17 @@ class ControllerClient:
         state = self._result_str(reply, "state", OP_FETCH)
         return state, reply.result, reply.arrays
 
-    def wait(self, run_id: str, timeout_s: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def wait(
+        self, run_id: str, timeout_s: float, *, cancel: threading.Event | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Poll ``fetch`` with a growing backoff until the run is done.
 
         Args:
             run_id: id returned by ``run``.
             timeout_s: deadline for the run to finish, in seconds. A fetch started before
                 the deadline may overrun it by at most one request bound.
+            cancel: when this event is set, the run is aborted and the wait ends with the
+                run's ``aborted`` state.
 
         Returns:
             (result, arrays) of the finished run.
@@ -255,7 +259,11 @@ class ControllerClient:
                     instrument=self.endpoint,
                     command=OP_FETCH,
                 )
-            time.sleep(min(backoff_s, remaining_s))
+            if cancel is None:
+                time.sleep(min(backoff_s, remaining_s))
+            elif cancel.wait(min(backoff_s, remaining_s)):
+                self.abort(run_id)
+                cancel = None
             backoff_s = min(2 * backoff_s, _WAIT_MAX_BACKOFF_S)
 
     def abort(self, run_id: str) -> str:

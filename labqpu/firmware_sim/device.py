@@ -86,10 +86,9 @@ def load_device(name_or_path: str | Path) -> DeviceTruth:
     with path.open("rb") as f:
         doc = tomllib.load(f)
     dev = doc["device"]
-    qubits = tuple(
-        sorted((QubitTruth(**{k: q[k] for k in QubitTruth.__dataclass_fields__}) for q in doc["qubit"]),
-               key=lambda q: q.index)
-    )
+    fields = QubitTruth.__dataclass_fields__
+    qubits = tuple(sorted((QubitTruth(**{k: q[k] for k in fields}) for q in doc["qubit"]),
+                          key=lambda q: q.index))
     if [q.index for q in qubits] != list(range(len(qubits))):
         raise ValueError(f"{path}: qubit indices must be 0..n-1, got {[q.index for q in qubits]}")
     couplings = {}

@@ -142,7 +142,7 @@ class DensityMatrix:
         self.tensor = np.moveaxis(t, list(range(k)), axes)
 
     def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
-        """rho -> U rho U^dag with U acting on ``targets`` (positions, first is most significant)."""
+        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first)."""
         self._left(u, targets)
         self._left(u.conj(), [self.n + t for t in targets])
 
