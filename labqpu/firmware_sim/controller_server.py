@@ -206,6 +206,8 @@ class ControllerServer:
         self._max_programs = max_programs
         self._max_runs = max_runs
         self._programs: OrderedDict[str, _Program] = OrderedDict()
+        self._uploads_total = 0
+        self._runs_total = 0
         self._runs: dict[str, _Run] = {}
         self._keys: OrderedDict[str, str] = OrderedDict()
         self._finished: deque[str] = deque()
@@ -363,6 +365,7 @@ class ControllerServer:
         except ValueError as exc:
             raise _RequestError(ERR_INVALID_PROGRAM, str(exc)) from exc
         with self._lock:
+            self._uploads_total += 1
             self._programs[program_id] = _Program(request.arrays, meta)
             while len(self._programs) > self._max_programs:
                 evicted, _ = self._programs.popitem(last=False)
@@ -394,6 +397,7 @@ class ControllerServer:
                 raise _RequestError(ERR_UNKNOWN_PROGRAM, f"no program {program_id!r} loaded")
             if self._stopping.is_set():
                 raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
+            self._runs_total += 1
             run = _Run(
                 run_id=uuid.uuid4().hex,
                 key=key,
@@ -443,11 +447,14 @@ class ControllerServer:
         with self._lock:
             active = [run.state for run in self._runs.values() if run.state in _ACTIVE]
             programs = len(self._programs)
+            uploads, runs = self._uploads_total, self._runs_total
         return {
             "state": "busy" if active else "idle",
             "queued": active.count(QUEUED),
             "uptime_s": time.monotonic() - self._started_at,
             "programs": programs,
+            "uploads_total": uploads,
+            "runs_total": runs,
         }, None
 
     # -- worker thread ----------------------------------------------------------------

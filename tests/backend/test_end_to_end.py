@@ -1,0 +1,296 @@
+"""Circuits through the whole stack: transpile -> compile -> VISA + ZeroMQ -> simulator process.
+
+Every test here talks to the real firmware simulator over real sockets (one process for the
+session, started by the ``lab_provider`` fixture of ``labqpu.testing``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import ClassicalRegister, Parameter
+from qiskit.primitives import BackendSamplerV2
+from qiskit.providers import JobError, JobStatus, JobTimeoutError
+
+from labqpu.backend.backend import InvalidRunInputError
+from labqpu.backend.program import LoSetting
+from labqpu.drivers.controller import ControllerClient
+
+SHOTS = 2000
+
+
+def bell(a: int = 0, b: int = 1) -> QuantumCircuit:
+    qc = QuantumCircuit(5, 2, name=f"bell_{a}{b}")
+    qc.h(a)
+    qc.cx(a, b)
+    qc.measure([a, b], [0, 1])
+    return qc
+
+
+def controller_status(backend) -> dict:
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=2.0) as client:
+        return client.status()
+
+
+@pytest.mark.parametrize("edge", [(0, 1), (1, 2), (2, 3), (3, 4)])
+def test_bell_state_on_every_edge(lab_backend, edge) -> None:
+    """P(00) + P(11) >= 0.90 at 2000 shots on each calibrated edge."""
+    native = transpile(bell(*edge), lab_backend, optimization_level=1, seed_transpiler=7)
+    counts = lab_backend.run(native, shots=SHOTS, seed_simulator=11).result().get_counts()
+    assert sum(counts.values()) == SHOTS
+    assert (counts.get("00", 0) + counts.get("11", 0)) / SHOTS >= 0.90, counts
+
+
+def test_bell_state_is_coherent(lab_backend) -> None:
+    """Undoing the Bell preparation returns |00>: the correlations are entanglement, not a
+    classical mixture of 00 and 11 (which would give 25 % each here)."""
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(0, 1)
+    qc.h(0)
+    qc.measure([0, 1], [0, 1])
+    native = transpile(qc, lab_backend, optimization_level=0)
+    counts = lab_backend.run(native, shots=SHOTS, seed_simulator=3).result().get_counts()
+    assert counts.get("00", 0) / SHOTS >= 0.85, counts
+
+
+@pytest.mark.parametrize("qubit", range(5))
+def test_x_flips_each_qubit(lab_backend, qubit) -> None:
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[qubit])
+    counts = lab_backend.run(native, shots=SHOTS, seed_simulator=5).result().get_counts()
+    assert counts.get("1", 0) / SHOTS >= 0.9, counts
+
+
+def test_ghz_through_backend_sampler(lab_backend) -> None:
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.measure_all()
+    native = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=1)
+    result = BackendSamplerV2(backend=lab_backend).run([native], shots=SHOTS).result()
+    counts = result[0].data.meas.get_counts()
+    assert sum(counts.values()) == SHOTS
+    assert (counts.get("000", 0) + counts.get("111", 0)) / SHOTS >= 0.8, counts
+
+
+def test_registers_split_and_memory_per_shot(lab_backend) -> None:
+    qc = QuantumCircuit(2)
+    a, b = ClassicalRegister(1, "a"), ClassicalRegister(2, "b")
+    qc.add_register(a)
+    qc.add_register(b)
+    qc.x(1)
+    qc.measure(0, a[0])
+    qc.measure(1, b[1])
+    native = transpile(qc, lab_backend)
+    result = lab_backend.run(native, shots=200, memory=True, seed_simulator=2).result()
+    counts = result.get_counts()
+    assert max(counts, key=counts.get) == "10 0"
+    memory = result.get_memory()
+    assert len(memory) == 200
+    assert memory.count("10 0") == counts["10 0"]
+    assert result.results[0].header["creg_sizes"] == [["a", 1], ["b", 2]]
+
+
+def test_result_records_the_calibration_snapshot(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    result = lab_backend.run(native, shots=100).result()
+    assert result.to_dict()["calibration_snapshot_id"] == lab_backend.target.snapshot_id
+    assert result.backend_name == "lab5"
+
+
+def test_meas_level_1_returns_iq_per_shot_and_averaged(lab_backend) -> None:
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    single = lab_backend.run(native, shots=300, meas_level=1, seed_simulator=1).result()
+    iq = single.get_memory(0)
+    assert iq.shape == (300, 1)
+    assert np.iscomplexobj(iq)
+    avg = lab_backend.run(native, shots=300, meas_level=1, meas_return="avg",
+                          seed_simulator=1).result().get_memory(0)
+    assert avg.shape == (1,)
+    np.testing.assert_allclose(avg[0], iq[:, 0].mean(), rtol=1e-6)
+    centers = lab_backend.snapshot.qubits[0]["discriminator"].value["centers"]
+    c1 = complex(*centers[1])
+    c0 = complex(*centers[0])
+    assert abs(avg[0] - c1) < abs(avg[0] - c0)
+
+
+def test_seed_makes_runs_repeatable(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    first = lab_backend.run(native, shots=500, memory=True, seed_simulator=99).result()
+    second = lab_backend.run(native, shots=500, memory=True, seed_simulator=99).result()
+    assert first.get_memory() == second.get_memory()
+
+
+def test_several_circuits_in_one_job(lab_backend) -> None:
+    theta = Parameter("t")
+    qc = QuantumCircuit(1, 1)
+    qc.rx(theta, 0)
+    qc.measure(0, 0)
+    circuits = [transpile(qc.assign_parameters({theta: t}), lab_backend)
+                for t in np.linspace(0, np.pi, 5)]
+    result = lab_backend.run(circuits, shots=1000, seed_simulator=4).result()
+    p1 = [result.get_counts(i).get("1", 0) / 1000 for i in range(5)]
+    assert p1[0] < 0.1
+    assert p1[-1] > 0.9
+    assert all(b >= a - 0.05 for a, b in itertools.pairwise(p1))
+
+
+# ----------------------------------------------------------------------- bad input
+
+
+def _nothing_sent(backend, action) -> str:
+    """Run ``action``, expect InvalidRunInputError, check the controller saw no upload or run."""
+    before = controller_status(backend)
+    with pytest.raises(InvalidRunInputError) as info:
+        action()
+    after = controller_status(backend)
+    assert after["uploads_total"] == before["uploads_total"]
+    assert after["runs_total"] == before["runs_total"]
+    return str(info.value)
+
+
+def test_six_qubit_circuit_is_rejected_before_sending(lab_backend) -> None:
+    qc = QuantumCircuit(6, 6)
+    qc.measure(range(6), range(6))
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert "6 qubits" in message
+    assert "5" in message
+
+
+def test_gate_not_in_target_is_rejected_before_sending(lab_backend) -> None:
+    qc = QuantumCircuit(1, 1)
+    qc.h(0)
+    qc.measure(0, 0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert "'h'" in message
+    assert "transpile" in message
+
+
+def test_cz_on_an_uncoupled_pair_is_rejected(lab_backend) -> None:
+    qc = QuantumCircuit(5)
+    qc.cz(0, 2)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert "'cz'" in message
+    assert "(0, 2)" in message
+
+
+@pytest.mark.parametrize("shots", [0, -5, 10**7])
+def test_shots_out_of_range_are_rejected(lab_backend, shots) -> None:
+    native = transpile(bell(), lab_backend)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, shots=shots))
+    assert "shots" in message
+
+
+def test_unknown_option_is_rejected(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, shotz=10))
+    assert "shotz" in message
+
+
+def test_bad_option_values_are_rejected(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    assert "meas_level" in _nothing_sent(lab_backend,
+                                         lambda: lab_backend.run(native, meas_level=0))
+    assert "seed_simulator" in _nothing_sent(
+        lab_backend, lambda: lab_backend.run(native, seed_simulator=-1))
+
+
+# ----------------------------------------------------------------------- jobs
+
+
+def test_job_is_asynchronous_and_finishes(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    job = lab_backend.run([native] * 20, shots=2000)
+    assert job.status() in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE)
+    with pytest.raises(JobTimeoutError, match="did not finish within"):
+        job.result(timeout=1e-4)
+    result = job.result(timeout=120)
+    assert job.status() is JobStatus.DONE
+    assert len(result.results) == 20
+
+
+def test_sync_run_returns_a_finished_job(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    job = lab_backend.run(native, shots=100, sync=True)
+    assert job.status() is JobStatus.DONE
+
+
+def test_instrument_error_reaches_the_user(lab_backend) -> None:
+    """A program the controller refuses (beyond DAC full scale) fails the job with the
+    controller's own message."""
+    native = transpile(bell(), lab_backend)
+    program = lab_backend.run(native, shots=10).programs[0]
+    too_loud = dataclasses.replace(program, play_amp=program.play_amp * 50)
+    job = lab_backend.run(too_loud, shots=10)
+    with pytest.raises(JobError, match="full scale"):
+        job.result(timeout=60)
+    assert job.status() is JobStatus.ERROR
+    # The hardware path is still usable afterwards.
+    assert lab_backend.run(native, shots=10).result(timeout=60).success
+
+
+def test_cancel_a_queued_job(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    blocker = lab_backend.run([native] * 30, shots=2000)
+    queued = lab_backend.run(native, shots=100)
+    assert queued.cancel()
+    assert queued.status() is JobStatus.CANCELLED
+    with pytest.raises(JobError, match="cancelled"):
+        queued.result(timeout=60)
+    assert blocker.result(timeout=120).success
+
+
+# ----------------------------------------------------------------------- physics via VISA
+
+
+def _p1_of_x(backend, program) -> float:
+    result = backend.run(program, shots=SHOTS, seed_simulator=21).result(timeout=60)
+    return result.get_counts().get("1", 0) / SHOTS
+
+
+@pytest.mark.parametrize(("repeats", "min_drop"), [(1, 0.05), (5, 0.2)])
+def test_detuned_drive_lo_degrades_x(lab_backend, repeats, min_drop) -> None:
+    """The LO frequency travels over VISA to the simulated source; 5 MHz off, X gates no
+    longer flip the qubit cleanly (the error grows with the number of gates). The next job
+    sets the calibrated LO again."""
+    qc = QuantumCircuit(1, 1)
+    for _ in range(repeats):
+        qc.x(0)
+    qc.measure(0, 0)
+    program = lab_backend.run(transpile(qc, lab_backend, initial_layout=[0],
+                                        optimization_level=0), shots=10).programs[0]
+    lo_name = lab_backend.config.qubits[0].drive_lo
+    good = program.lo_settings[lo_name]
+    detuned = dataclasses.replace(program, lo_settings={
+        **program.lo_settings, lo_name: LoSetting(good.frequency_hz + 5e6, good.power_dbm)})
+    p_good = _p1_of_x(lab_backend, program)
+    p_bad = _p1_of_x(lab_backend, detuned)
+    assert p_good >= 0.9
+    assert p_bad <= p_good - min_drop, (p_good, p_bad)
+    assert _p1_of_x(lab_backend, program) >= 0.9
+
+
+def test_starved_lo_power_means_no_drive(lab_backend) -> None:
+    """The LO power also travels over VISA: at -40 dBm the mixer hardly converts."""
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    program = lab_backend.run(transpile(qc, lab_backend, initial_layout=[0]),
+                              shots=10).programs[0]
+    lo_name = lab_backend.config.qubits[0].drive_lo
+    starved = dataclasses.replace(program, lo_settings={
+        **program.lo_settings,
+        lo_name: LoSetting(program.lo_settings[lo_name].frequency_hz, -40.0)})
+    assert _p1_of_x(lab_backend, starved) < 0.1
