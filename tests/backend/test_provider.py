@@ -1,0 +1,163 @@
+"""Provider lifecycle: the simulator process it starts, wiring files, backend lookup."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.providers import QiskitBackendNotFoundError
+
+from labqpu import LabProvider
+from labqpu.backend.config import default_config_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def _wait_dead(pid: int, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().split()[3]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    return out
+
+
+def test_unknown_backend_lists_the_existing_names(lab_provider) -> None:
+    with pytest.raises(QiskitBackendNotFoundError, match="lab5"):
+        lab_provider.backend("lab7")
+    assert lab_provider.get_backend("lab5") is lab_provider.backend("lab5")
+    assert [b.name for b in lab_provider.backends()] == ["lab5"]
+    assert lab_provider.backends(name="nope") == []
+
+
+def test_backend_interface(lab_backend) -> None:
+    assert lab_backend.num_qubits == 5
+    assert lab_backend.dtm == pytest.approx(1e-9)
+    assert lab_backend.meas_map == [[0], [1], [2], [3], [4]]
+    assert lab_backend.max_circuits >= 1
+    assert lab_backend.target.dt == pytest.approx(1e-9)
+
+
+def test_import_starts_nothing() -> None:
+    code = ("import os, labqpu, time; time.sleep(0.3); "
+            "print(len([p for p in os.listdir('/proc') if p.isdigit() and "
+            "open(f'/proc/{p}/stat').read().split()[3] == str(os.getpid())]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "0"
+
+
+def test_close_stops_the_simulator(lab_home) -> None:
+    with LabProvider() as provider:
+        pid = provider.simulator.pid
+        assert _alive(pid)
+        assert pid in _children(os.getpid())
+    assert _wait_dead(pid)
+    provider.close()
+
+
+def test_simulator_stops_when_the_client_process_dies(tmp_path) -> None:
+    """A client killed without closing anything never leaves the simulator running."""
+    code = ("import os, sys; os.environ['LABQPU_HOME'] = sys.argv[1]; "
+            "from labqpu import LabProvider; p = LabProvider(); "
+            "print(p.simulator.pid, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=180, check=True)
+    sim_pid = int(out.stdout.split()[-1])
+    assert _wait_dead(sim_pid, timeout_s=20)
+
+
+def test_interpreter_exit_stops_the_simulator(tmp_path) -> None:
+    code = ("import os, sys; os.environ['LABQPU_HOME'] = sys.argv[1]; "
+            "from labqpu import LabProvider; p = LabProvider(); "
+            "print(p.simulator.pid, flush=True)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=180, check=True)
+    assert _wait_dead(int(out.stdout.split()[-1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wiring_file_and_labqpu_sim(tmp_path) -> None:
+    """``labqpu sim lab.toml`` stands up the rack a wiring file describes; ``LabProvider(path)``
+    connects to it without starting anything itself."""
+    text = default_config_path().read_text()
+    text = text.replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{_free_port()}")
+    while "::0::SOCKET" in text:
+        text = text.replace("::0::SOCKET", f"::{_free_port()}::SOCKET", 1)
+    text = text.replace('store = ""', 'store = "cal/calibration.sqlite"')
+    lab = tmp_path / "lab.toml"
+    lab.write_text(text)
+    sim = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "sim", str(lab)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoints = json.loads(sim.stdout.readline())
+        assert set(endpoints) == {"ctrl0", "lo_drive_a", "lo_drive_b", "lo_readout", "flux_bias"}
+        with LabProvider(lab) as provider:
+            assert provider.simulator is None
+            backend = provider.backend("lab5")
+            assert (tmp_path / "cal" / "calibration.sqlite").exists()
+            qc = QuantumCircuit(1, 1)
+            qc.x(0)
+            qc.measure(0, 0)
+            counts = backend.run(transpile(qc, backend), shots=500).result(timeout=60).get_counts()
+            assert counts.get("1", 0) > 450
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(timeout=15)
+        sim.stdout.close()
+        sim.stderr.close()
+    assert sim.returncode == 0
+
+
+def test_missing_wiring_file_names_it(tmp_path) -> None:
+    from labqpu.backend.config import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"nothere\.toml"):
+        LabProvider(tmp_path / "nothere.toml")
+
+
+def test_cli_demo_prints_counts(tmp_path) -> None:
+    env = {**os.environ, "LABQPU_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "labqpu.cli", "run", "--demo", "--shots", "1000"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "counts (1000 shots)" in out.stdout
+    line = next(x for x in out.stdout.splitlines() if x.startswith("P(00) + P(11)"))
+    assert float(line.split("=")[1].split()[0]) >= 0.9
