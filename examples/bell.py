@@ -1,0 +1,32 @@
+"""A Bell pair on the lab device.
+
+    labqpu run examples/bell.py                 # embedded simulator of lab5
+    labqpu run examples/bell.py --config lab.toml
+"""
+
+import argparse
+
+from qiskit import QuantumCircuit, transpile
+
+from labqpu import LabProvider
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--config", help="lab.toml of the rack (default: embedded simulator)")
+parser.add_argument("--shots", type=int, default=2000)
+args = parser.parse_args()
+
+qc = QuantumCircuit(2, 2)
+qc.h(0)
+qc.cx(0, 1)
+qc.measure([0, 1], [0, 1])
+
+with LabProvider(args.config) as provider:
+    backend = provider.backend("lab5")
+    native = transpile(qc, backend, optimization_level=1)
+    job = backend.run(native, shots=args.shots)
+    counts = job.result(timeout=120).get_counts()
+    snapshot = job.result().to_dict()["calibration_snapshot_id"]
+
+print(f"counts: {dict(sorted(counts.items()))}")
+print(f"P(00) + P(11) = {(counts.get('00', 0) + counts.get('11', 0)) / args.shots:.3f} "
+      f"(calibration snapshot {snapshot})")
