@@ -78,21 +78,12 @@ def _status(args: argparse.Namespace) -> int:
 
     with LabProvider(args.config) as provider:
         backend = provider.backend()
-        rack = backend._queue.rack
-        ctrl = backend.config.controllers[0]
         report = {
             "device": backend.name,
             "calibration_snapshot": backend.target.snapshot_id,
             "store": str(backend.config.store_path),
-            "controller": {"name": ctrl.name, "endpoint": ctrl.endpoint,
-                           "capabilities": rack.capabilities(ctrl.name)},
-            "instruments": {},
+            **backend.hardware_status(timeout_s=30.0),
         }
-        for inst in backend.config.instruments:
-            if inst.kind == "signal_generator":
-                report["instruments"][inst.name] = rack.signal_generator(inst.name).identity
-            else:
-                report["instruments"][inst.name] = rack.current_source(inst.name).identity
     print(json.dumps(report, indent=2))
     return 0
 

@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Sequence
 
 from qiskit.circuit import QuantumCircuit
-from qiskit.exceptions import QiskitError
 from qiskit.providers import BackendV2, Options
 
-from labqpu.backend.compiler import SCHEDULING_METHODS, CompilationError, compile_circuit
+from labqpu.backend.compiler import SCHEDULING_METHODS, compile_circuit
 from labqpu.backend.config import LabConfig
+from labqpu.backend.errors import CompilationError, InvalidRunInputError
 from labqpu.backend.hardware import HardwareQueue
 from labqpu.backend.job import LabJob
 from labqpu.backend.program import PulseProgram
@@ -23,10 +23,6 @@ MAX_SHOTS = 100_000
 MAX_CIRCUITS = 300
 #: Instructions that never need a Target entry: they only order or label the circuit.
 _DIRECTIVES = ("barrier",)
-
-
-class InvalidRunInputError(QiskitError):
-    """A circuit or option given to ``run()`` cannot run on this backend; nothing was sent."""
 
 
 class LabBackend(BackendV2):
@@ -109,6 +105,19 @@ class LabBackend(BackendV2):
         """Qubits that can be measured independently: each on its own (one readout line
         per qubit, frequency-multiplexed on one LO)."""
         return [[q] for q in range(self.config.num_qubits)]
+
+    def hardware_status(self, timeout_s: float = 30.0) -> dict:
+        """Controller capabilities and instrument identities, asked in queue order (waits for
+        the jobs ahead, at most ``timeout_s``)."""
+        return self._queue.describe(timeout_s)
+
+    def __deepcopy__(self, memo: dict) -> LabBackend:
+        """A copy with its own options that shares the hardware queue, store and Target
+        (qiskit-experiments deep-copies backends; sockets cannot be copied)."""
+        new = copy.copy(self)
+        new._options = copy.deepcopy(self._options, memo)
+        memo[id(self)] = new
+        return new
 
     def _run_options(self, kwargs: dict) -> dict:
         unknown = sorted(set(kwargs) - set(self.options.__dict__))

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from qiskit.circuit import QuantumCircuit
-from qiskit.exceptions import QiskitError
+from qiskit.circuit import ParameterExpression, QuantumCircuit
 
 from labqpu.backend.config import LabConfig
+from labqpu.backend.errors import CompilationError
 from labqpu.backend.kernels import flat_top, gaussian_drag
 from labqpu.backend.program import ProgramBuilder, PulseProgram
 from labqpu.backend.target import DRIVE_PARAMETERS
@@ -29,10 +29,6 @@ from labqpu.calibration.store import Snapshot
 #: Rise/fall of readout pulses (s).
 READOUT_RISE_S = 20e-9
 SCHEDULING_METHODS = ("alap", "asap")
-
-
-class CompilationError(QiskitError):
-    """A circuit cannot be compiled for this device (the message names the qubit and gate)."""
 
 
 @dataclass
@@ -87,10 +83,12 @@ def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: floa
         return _samples(cal.qubit(qubits[0], "reset_duration_s"), fs, f"reset on {qubits}")
     if name == "delay":
         value, unit = inst.operation.duration, inst.operation.unit
+        if unit == "expr" or isinstance(value, ParameterExpression):
+            raise CompilationError(
+                f"circuit {circuit.name!r}: delay on qubits {qubits} has an unbound duration; "
+                "bind all parameters before run()")
         if unit == "dt":
             return int(value)
-        if unit == "expr":
-            raise CompilationError("delay: symbolic durations must be bound before run()")
         scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
         if unit not in scale:
             raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}")

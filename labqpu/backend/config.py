@@ -12,14 +12,10 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from qiskit.exceptions import QiskitError
+from labqpu.backend.errors import ConfigurationError
 
 ROLES = ("drive", "flux", "readout", "acquire")
 INSTRUMENT_KINDS = ("signal_generator", "current_source")
-
-
-class ConfigurationError(QiskitError):
-    """The lab configuration file is missing something or contradicts itself."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +117,21 @@ def _require(table: dict, key: str, where: str) -> object:
     return table[key]
 
 
+def _number(table: dict, key: str, where: str, kind: type, *, minimum: float | None = None,
+            default: object = None) -> int | float:
+    """``table[key]`` as ``kind`` (int or float), checked against ``minimum`` (exclusive for
+    floats, inclusive for ints); a missing key takes ``default`` when one is given."""
+    value = table.get(key, default) if default is not None else _require(table, key, where)
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigurationError(f"{where}: {key} must be {what}, got {value!r}")
+    if minimum is not None and (value < minimum if kind is int else value <= minimum):
+        bound = f">= {minimum}" if kind is int else f"> {minimum}"
+        raise ConfigurationError(f"{where}: {key} must be {bound}, got {value!r}")
+    return kind(value)
+
+
 def load_config(path: str | Path) -> LabConfig:
     """Read and validate a ``lab.toml``; errors name the section and key at fault."""
     path = Path(path)
@@ -139,20 +150,28 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     where = str(path) if path else "lab configuration"
     dev = _require(doc, "device", where)
     name = str(_require(dev, "name", f"{where} [device]"))
-    n = int(_require(dev, "num_qubits", f"{where} [device]"))
-    cmap = tuple((int(a), int(b)) for a, b in dev.get("coupling_map", []))
-    for a, b in cmap:
+    n = _number(dev, "num_qubits", f"{where} [device]", int, minimum=1)
+    cmap = []
+    for edge in dev.get("coupling_map", []):
+        if (not isinstance(edge, list) or len(edge) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in edge)):
+            raise ConfigurationError(
+                f"{where} [device] coupling_map: each edge must be [a, b], got {edge!r}")
+        a, b = edge
         if not (0 <= a < n and 0 <= b < n) or a == b:
             raise ConfigurationError(f"{where} [device] coupling_map has a bad edge ({a}, {b})")
+        cmap.append((a, b))
+    cmap = tuple(cmap)
 
     controllers = []
     for c in doc.get("controllers", []):
         w = f"{where} [[controllers]] {c.get('name', '?')}"
         controllers.append(ControllerConfig(
             name=str(_require(c, "name", w)), endpoint=str(_require(c, "endpoint", w)),
-            sample_rate_hz=float(_require(c, "sample_rate_hz", w)),
-            outputs=int(_require(c, "outputs", w)), inputs=int(_require(c, "inputs", w)),
-            timeout_s=float(c.get("timeout_s", 10.0)),
+            sample_rate_hz=_number(c, "sample_rate_hz", w, float, minimum=0.0),
+            outputs=_number(c, "outputs", w, int, minimum=1),
+            inputs=_number(c, "inputs", w, int, minimum=1),
+            timeout_s=_number(c, "timeout_s", w, float, minimum=0.0, default=10.0),
         ))
     if not controllers:
         raise ConfigurationError(f"{where}: no [[controllers]] defined")
@@ -167,7 +186,8 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
             raise ConfigurationError(f"{w}: kind must be one of {INSTRUMENT_KINDS}, got {kind!r}")
         instruments.append(InstrumentConfig(
             name=str(_require(i, "name", w)), kind=kind, resource=str(_require(i, "resource", w)),
-            channels=int(i.get("channels", 1)), timeout_s=float(i.get("timeout_s", 2.0)),
+            channels=_number(i, "channels", w, int, minimum=1, default=1),
+            timeout_s=_number(i, "timeout_s", w, float, minimum=0.0, default=2.0),
         ))
     names = [c.name for c in controllers] + [i.name for i in instruments]
     if len(set(names)) != len(names):
@@ -207,9 +227,22 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     if sorted(qubits) != list(range(n)):
         missing = sorted(set(range(n)) - set(qubits))
         raise ConfigurationError(f"{where}: no wiring for qubit(s) {missing}")
-    used = [p for w in qubits.values() for p in (w.drive, w.flux, w.readout)]
-    if len(set(used)) != len(used):
-        raise ConfigurationError(f"{where}: two qubit signals share one controller output")
+    owners: dict[tuple[str, int], str] = {}
+    for q, wiring in sorted(qubits.items()):
+        for role in ("drive", "flux", "readout"):
+            port = getattr(wiring, role)
+            if port in owners:
+                raise ConfigurationError(
+                    f"{where} [qubits.{q}] {role}: output {port[0]}:{port[1]} is already the "
+                    f"{owners[port]}")
+            owners[port] = f"{role} of qubit {q}"
+    acquire_owners: dict[tuple[str, int], int] = {}
+    for q, wiring in sorted(qubits.items()):
+        if wiring.acquire in acquire_owners:
+            raise ConfigurationError(
+                f"{where} [qubits.{q}] acquire: input {wiring.acquire[0]}:{wiring.acquire[1]} "
+                f"is already the acquire input of qubit {acquire_owners[wiring.acquire]}")
+        acquire_owners[wiring.acquire] = q
 
     cal = doc.get("calibration", {})
     store = str(cal.get("store", ""))

@@ -85,6 +85,19 @@ class RackConnection:
                                                  timeout_s=spec.timeout_s)
         return self._currents[name]
 
+    def describe(self) -> dict:
+        """Controller capabilities (from ``hello``) and ``*IDN?`` of every VISA instrument."""
+        out: dict = {"controllers": {}, "instruments": {}}
+        for ctrl in self.config.controllers:
+            out["controllers"][ctrl.name] = {"endpoint": ctrl.endpoint,
+                                             "capabilities": self.capabilities(ctrl.name)}
+        for inst in self.config.instruments:
+            session = (self.signal_generator(inst.name) if inst.kind == "signal_generator"
+                       else self.current_source(inst.name))
+            out["instruments"][inst.name] = {"resource": inst.resource,
+                                             "identity": session.identity}
+        return out
+
     def apply_settings(self, program: PulseProgram) -> None:
         """Set every LO and flux-bias current ``program`` assumes (sent every time, so a source
         that someone else changed is put back)."""
@@ -140,6 +153,10 @@ class HardwareQueue(Protocol):
         """Cancel a queued job, or ask a running one to abort; True if it will not complete."""
         ...
 
+    def describe(self, timeout_s: float) -> dict:
+        """What the hardware says about itself: controller capabilities, instrument identities."""
+        ...
+
     def close(self) -> None:
         """Accept nothing new; cancel what is queued; release the hardware."""
         ...
@@ -185,6 +202,10 @@ class LocalHardwareQueue:
         future, cancel = entry
         cancel.set()
         return future.cancel() or future.running()
+
+    def describe(self, timeout_s: float) -> dict:
+        """Ask every controller and instrument who it is, on the worker (in queue order)."""
+        return self._pool.submit(self.rack.describe).result(timeout=timeout_s)
 
     def close(self) -> None:
         """Cancel queued work, wait for the running task, close the rack's sessions."""

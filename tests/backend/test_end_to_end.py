@@ -16,7 +16,7 @@ from qiskit.circuit import ClassicalRegister, Parameter
 from qiskit.primitives import BackendSamplerV2
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
-from labqpu.backend.backend import InvalidRunInputError
+from labqpu.backend.errors import InvalidRunInputError
 from labqpu.backend.program import LoSetting
 from labqpu.drivers.controller import ControllerClient
 

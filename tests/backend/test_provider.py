@@ -147,7 +147,7 @@ def test_wiring_file_and_labqpu_sim(tmp_path) -> None:
 
 
 def test_missing_wiring_file_names_it(tmp_path) -> None:
-    from labqpu.backend.config import ConfigurationError
+    from labqpu.backend.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=r"nothere\.toml"):
         LabProvider(tmp_path / "nothere.toml")
@@ -161,3 +161,27 @@ def test_cli_demo_prints_counts(tmp_path) -> None:
     assert "counts (1000 shots)" in out.stdout
     line = next(x for x in out.stdout.splitlines() if x.startswith("P(00) + P(11)"))
     assert float(line.split("=")[1].split()[0]) >= 0.9
+
+
+def test_deepcopy_shares_the_hardware_but_not_the_options(lab_backend) -> None:
+    import copy
+
+    clone = copy.deepcopy(lab_backend)
+    clone.set_options(shots=77)
+    assert lab_backend.options.shots != 77
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    result = clone.run(transpile(qc, clone)).result(timeout=60)
+    assert sum(result.get_counts().values()) == 77
+
+
+def test_hardware_status_names_every_instrument(lab_backend) -> None:
+    status = lab_backend.hardware_status(timeout_s=30)
+    caps = status["controllers"]["ctrl0"]["capabilities"]
+    assert caps["sample_rate_hz"] == 1e9
+    assert caps["outputs"] == 15
+    assert caps["waveform_memory_samples"] > 0
+    idents = {name: v["identity"] for name, v in status["instruments"].items()}
+    assert set(idents) == {"lo_drive_a", "lo_drive_b", "lo_readout", "flux_bias"}
+    assert all("labqpu simulator" in ident for ident in idents.values())

@@ -1,0 +1,498 @@
+"""``compile_circuit(circuit, snapshot, config)``: timing, frames, waveforms and the program's data.
+
+Expected numbers are computed by hand from the shipped snapshot (read as plain JSON) and the
+shipped wiring: qubit q drives on controller port q, its flux line is port 5 + q, its readout
+port 10 + q, its acquisition input q; flux-bias channel q + 1 of ``flux_bias``. At 1 GS/s the
+shipped durations are 40 samples (sx/x), 32 (cz 0-1), 34 (other edges), 1000 (readout).
+
+Virtual-Z sign convention (read from ``labqpu/backend/compiler.py``): ``rz(theta)`` on qubit q
+*subtracts* theta from q's drive frame, so every later drive play on q carries phase
+``-sum(theta)`` (Qiskit's ``ShiftPhase(-theta)`` convention). A cz on pair (a, b), a < b,
+subtracts ``cz_phase_a_rad`` from a's frame and ``cz_phase_b_rad`` from b's frame, i.e. it
+acts like ``rz(cz_phase_a_rad)`` on a and ``rz(cz_phase_b_rad)`` on b after the flux pulse.
+Phases are compared modulo 2 pi.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+from qiskit.circuit import Parameter
+
+from labqpu.backend.compiler import compile_circuit
+from labqpu.backend.config import default_config_path, load_config
+from labqpu.backend.errors import CompilationError
+from labqpu.backend.kernels import flat_top, gaussian_drag
+from labqpu.calibration.store import CalibrationStore, SnapshotBuilder
+
+FS = 1.0e9
+
+#: What the simulated controller requires of an ``upload`` (firmware_sim/executor.py).
+WIRE_DTYPES = {
+    "play_port": np.int32, "play_start": np.int64, "play_wave": np.int32,
+    "play_amp": np.float64, "play_amp_ref": np.int32, "play_phase_rad": np.float64,
+    "play_freq_hz": np.float64, "wave_offset": np.int64, "wave_data": np.complex64,
+    "acq_port": np.int32, "acq_start": np.int64, "acq_duration": np.int64,
+    "acq_freq_hz": np.float64, "param_values": np.float64,
+}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(default_config_path())
+
+
+@pytest.fixture(scope="module")
+def export():
+    text = (resources.files("labqpu") / "data" / "lab5_calibration.json").read_text()
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, export):
+    s = CalibrationStore(tmp_path_factory.mktemp("compiler") / "s.sqlite")
+    s.import_json(export)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def snapshot(store):
+    return store.get(1)
+
+
+def rq(export, q: int, name: str):
+    return export["document"]["qubits"][str(q)][name]["value"]
+
+
+def rp(export, a: int, b: int, name: str):
+    return export["document"]["pairs"][f"{a}-{b}"][name]["value"]
+
+
+def samples(seconds: float) -> int:
+    return round(seconds * FS)
+
+
+def derived(store, snapshot, edit):
+    return store.commit(edit(SnapshotBuilder.from_snapshot(snapshot)).build_document())
+
+
+def plays(prog, port: int) -> list[tuple]:
+    """(start, wave, amp, phase, freq) of every play on ``port``, in program order."""
+    idx = np.flatnonzero(prog.play_port == port)
+    return [(int(prog.play_start[i]), int(prog.play_wave[i]), float(prog.play_amp[i]),
+             float(prog.play_phase_rad[i]), float(prog.play_freq_hz[i])) for i in idx]
+
+
+def starts(prog, port: int) -> list[int]:
+    return [p[0] for p in plays(prog, port)]
+
+
+def same_angle(a: float, b: float) -> bool:
+    return abs(np.exp(1j * a) - np.exp(1j * b)) < 1e-9
+
+
+# ----------------------------------------------------------------- timing
+
+
+def timing_circuit() -> QuantumCircuit:
+    qc = QuantumCircuit(3, 2)
+    qc.sx(2)
+    qc.x(0)
+    qc.cz(0, 1)
+    qc.measure(0, 0)
+    qc.measure(1, 1)
+    return qc
+
+
+def test_asap_start_samples(snapshot, config, export):
+    P = samples(rq(export, 0, "pulse_duration_s"))
+    CZ = samples(rp(export, 0, 1, "cz_duration_s"))
+    R = samples(rq(export, 0, "readout_duration_s"))
+    assert (P, CZ, R) == (40, 32, 1000)
+    prog = compile_circuit(timing_circuit(), snapshot, config, scheduling_method="asap")
+    assert starts(prog, 2) == [0]            # sx q2
+    assert starts(prog, 0) == [0]            # x q0
+    assert starts(prog, 5) == [P]            # cz flux pulse on qubit 0 (cz_flux_qubit = 0)
+    assert starts(prog, 10) == [P + CZ]      # readout q0
+    assert starts(prog, 11) == [P + CZ]      # readout q1 waits for the cz
+    assert sorted(prog.acq_start.tolist()) == [P + CZ, P + CZ]
+    assert prog.acq_duration.tolist() == [R, R]
+    assert prog.duration_samples == P + CZ + R
+
+
+def test_alap_start_samples(snapshot, config):
+    P, CZ, R = 40, 32, 1000
+    prog = compile_circuit(timing_circuit(), snapshot, config, scheduling_method="alap")
+    assert starts(prog, 2) == [P + CZ + R - P]   # sx q2 pushed to the end
+    assert starts(prog, 0) == [0]
+    assert starts(prog, 5) == [P]
+    assert starts(prog, 10) == [P + CZ]
+    assert starts(prog, 11) == [P + CZ]
+    assert prog.duration_samples == P + CZ + R
+
+
+def test_alap_is_the_default(snapshot, config):
+    qc = QuantumCircuit(2)
+    qc.x(0)
+    qc.x(0)
+    qc.x(1)
+    default = compile_circuit(qc, snapshot, config)
+    assert starts(default, 1) == [40]
+    assert starts(compile_circuit(qc, snapshot, config, scheduling_method="asap"), 1) == [0]
+
+
+@pytest.mark.parametrize(("method", "with_barrier", "expected_q1"), [
+    ("asap", False, 0), ("asap", True, 40), ("alap", True, 40), ("alap", False, 0),
+])
+def test_barrier_synchronises(snapshot, config, method, with_barrier, expected_q1):
+    qc = QuantumCircuit(2)
+    qc.x(0)
+    if with_barrier:
+        qc.barrier(0, 1)
+    qc.x(1)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method=method)
+    assert starts(prog, 1) == [expected_q1]
+    assert starts(prog, 0) == [0]
+    assert prog.duration_samples == (80 if with_barrier else 40)
+
+
+@pytest.mark.parametrize(("duration", "unit", "expected"), [
+    (100, "dt", 100), (2e-7, "s", 200), (50, "ns", 50), (0.25, "us", 250),
+])
+def test_delay_units(snapshot, config, duration, unit, expected):
+    qc = QuantumCircuit(1)
+    qc.delay(duration, 0, unit=unit)
+    qc.x(0)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    assert starts(prog, 0) == [expected]
+    assert prog.duration_samples == expected + 40
+
+
+def test_trailing_delay_counts_in_total_duration(snapshot, config):
+    qc = QuantumCircuit(2)
+    qc.x(0)
+    qc.delay(300, 1)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method="alap")
+    assert prog.duration_samples == 300
+    assert starts(prog, 0) == [260]
+
+
+def test_reset_is_passive_wait(snapshot, config, export):
+    qc = QuantumCircuit(1)
+    qc.reset(0)
+    qc.x(0)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    wait = samples(rq(export, 0, "reset_duration_s"))
+    assert starts(prog, 0) == [wait]
+    assert len(prog.play_port) == 1
+    assert prog.duration_samples == wait + 40
+
+
+# ----------------------------------------------------------------- virtual Z
+
+
+def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, config):
+    theta = 0.7
+    qc = QuantumCircuit(2)
+    qc.sx(0)
+    qc.sx(1)
+    qc.rz(theta, 0)
+    qc.sx(0)
+    qc.sx(1)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    q0, q1 = plays(prog, 0), plays(prog, 1)
+    assert [p[0] for p in q0] == [0, 40]
+    assert same_angle(q0[0][3], 0.0)
+    assert same_angle(q0[1][3], -theta)
+    assert not same_angle(q0[1][3], theta)
+    assert all(same_angle(p[3], 0.0) for p in q1)
+
+
+def test_two_rz_add(snapshot, config):
+    qc = QuantumCircuit(1)
+    qc.rz(0.3, 0)
+    qc.rz(1.1, 0)
+    qc.x(0)
+    prog = compile_circuit(qc, snapshot, config)
+    (play,) = plays(prog, 0)
+    assert same_angle(play[3], -1.4)
+
+
+def test_cz_phase_corrections_on_both_qubits(snapshot, config, export):
+    pa = rp(export, 0, 1, "cz_phase_a_rad")
+    pb = rp(export, 0, 1, "cz_phase_b_rad")
+    qc = QuantumCircuit(3)
+    qc.sx(0)
+    qc.sx(1)
+    qc.sx(2)
+    qc.cz(1, 0)  # argument order must not matter: a is the lower qubit of the pair
+    qc.sx(0)
+    qc.sx(1)
+    qc.sx(2)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    q0, q1, q2 = plays(prog, 0), plays(prog, 1), plays(prog, 2)
+    assert same_angle(q0[0][3], 0.0) and same_angle(q1[0][3], 0.0)
+    assert same_angle(q0[1][3], -pa)
+    assert same_angle(q1[1][3], -pb)
+    assert not same_angle(pa, pb)
+    assert all(same_angle(p[3], 0.0) for p in q2)
+
+
+def test_cz_flux_pulse_on_the_flux_qubit(snapshot, config, export):
+    assert rp(export, 1, 2, "cz_flux_qubit") == 2
+    qc = QuantumCircuit(3)
+    qc.cz(1, 2)
+    prog = compile_circuit(qc, snapshot, config)
+    assert prog.play_port.tolist() == [7]           # flux line of qubit 2
+    dur = samples(rp(export, 1, 2, "cz_duration_s"))
+    assert prog.play_amp[0] == pytest.approx(rp(export, 1, 2, "cz_amplitude"))
+    wave = prog.waveform(int(prog.play_wave[0]))
+    assert_allclose(wave, flat_top(dur, rp(export, 1, 2, "cz_rise_s") * FS), atol=1e-7)
+
+
+# ----------------------------------------------------------------- waveforms
+
+
+def test_one_drag_waveform_for_many_sx_and_x(snapshot, config, export):
+    qc = QuantumCircuit(1)
+    for k in range(20):
+        (qc.sx if k % 2 else qc.x)(0)
+    prog = compile_circuit(qc, snapshot, config)
+    assert prog.num_waveforms == 1
+    assert len(prog.play_port) == 20
+    assert set(prog.play_wave.tolist()) == {0}
+    pi, pi2 = rq(export, 0, "pi_amplitude"), rq(export, 0, "pi2_amplitude")
+    assert_allclose(prog.play_amp, [pi2 if k % 2 else pi for k in range(20)], rtol=1e-12)
+    expected = gaussian_drag(40, rq(export, 0, "pulse_sigma_s") * FS, rq(export, 0, "drag_beta"))
+    wave = prog.waveform(0)
+    assert wave.dtype == np.complex64 and wave.shape == (40,)
+    assert_allclose(wave, expected, atol=1e-7)
+    # 40 samples: no sample sits on the centre, so the sampled peak is just under 1
+    assert 0.99 < np.abs(wave.real).max() <= 1.0 + 1e-6
+    if_hz = rq(export, 0, "frequency_hz") - rq(export, 0, "drive_lo_frequency_hz")
+    assert_allclose(prog.play_freq_hz, if_hz, rtol=1e-12)
+
+
+def test_different_shapes_per_qubit_get_different_ids(store, snapshot, config, export):
+    qc = QuantumCircuit(2)
+    qc.sx(0)
+    qc.sx(1)
+    prog = compile_circuit(qc, snapshot, config)
+    assert rq(export, 0, "drag_beta") != rq(export, 1, "drag_beta")
+    assert prog.num_waveforms == 2
+    assert plays(prog, 0)[0][1] != plays(prog, 1)[0][1]
+    # the same shape on two qubits is stored once
+    beta0 = rq(export, 0, "drag_beta")
+    same = derived(store, snapshot, lambda b: b.set_qubit(1, "drag_beta", beta0, "manual"))
+    shared = compile_circuit(qc, same, config)
+    assert shared.num_waveforms == 1
+    assert plays(shared, 0)[0][1] == plays(shared, 1)[0][1]
+
+
+def test_readout_waveform_shared_across_qubits(store, snapshot, config):
+    qc = QuantumCircuit(5, 5)
+    qc.measure(range(5), range(5))
+    prog = compile_circuit(qc, snapshot, config)
+    assert prog.num_waveforms == 1
+    assert prog.waveform(0).shape == (1000,)
+    longer = derived(store, snapshot, lambda b: b.set_qubit(1, "readout_duration_s", 2e-6,
+                                                            "manual"))
+    prog2 = compile_circuit(qc, longer, config)
+    assert prog2.num_waveforms == 2
+    assert sorted(prog2.waveform(i).shape[0] for i in range(2)) == [1000, 2000]
+
+
+# ----------------------------------------------------------------- program data
+
+
+def busy_circuit(angle: float = 0.4) -> QuantumCircuit:
+    qc = QuantumCircuit(5, 5)
+    qc.x(3)
+    qc.sx(0)
+    qc.rz(angle, 1)
+    qc.sx(1)
+    qc.cz(0, 1)
+    qc.cz(3, 2)
+    qc.sx(2)
+    qc.x(0)
+    qc.cz(3, 4)
+    qc.sx(1)
+    qc.measure(range(5), range(5))
+    return qc
+
+
+def test_plays_sorted_by_port_then_start(snapshot, config):
+    prog = compile_circuit(busy_circuit(), snapshot, config)
+    keys = list(zip(prog.play_port.tolist(), prog.play_start.tolist(), strict=True))
+    assert len(keys) == 9 + 5
+    assert keys == sorted(keys)
+    wired = {p for q in range(5) for p in (q, 5 + q, 10 + q)}
+    assert set(prog.play_port.tolist()) <= wired
+
+
+def test_acquisitions_map_qubit_to_clbit(snapshot, config, export):
+    qc = QuantumCircuit(5, 3)
+    qc.measure(2, 0)
+    qc.measure(0, 2)
+    qc.measure(4, 1)
+    prog = compile_circuit(qc, snapshot, config)
+    rows = {int(q): (int(c), int(port), int(start), float(f)) for q, c, port, start, f in zip(
+        prog.acq_qubit, prog.acq_clbit, prog.acq_port, prog.acq_start, prog.acq_freq_hz,
+        strict=True)}
+    assert {q: r[0] for q, r in rows.items()} == {2: 0, 0: 2, 4: 1}
+    for q, (_, port, start, freq) in rows.items():
+        assert port == q
+        if_hz = rq(export, q, "readout_frequency_hz") - rq(export, q, "readout_lo_frequency_hz")
+        assert freq == pytest.approx(if_hz, rel=1e-12)
+        (readout,) = plays(prog, 10 + q)
+        assert readout[0] == start
+        assert readout[2] == pytest.approx(rq(export, q, "readout_amplitude"))
+        assert readout[4] == pytest.approx(if_hz, rel=1e-12)
+    assert prog.num_clbits == 3
+
+
+def test_header(snapshot, config):
+    qr = QuantumRegister(2, "q")
+    a, b = ClassicalRegister(2, "a"), ClassicalRegister(3, "b")
+    qc = QuantumCircuit(qr, a, b, name="bell", metadata={"run": 7})
+    qc.measure(0, a[1])
+    qc.measure(1, b[2])
+    prog = compile_circuit(qc, snapshot, config)
+    assert prog.header["name"] == "bell"
+    assert prog.header["creg_sizes"] == [["a", 2], ["b", 3]]
+    assert prog.header["memory_slots"] == 5
+    assert prog.header["metadata"] == {"run": 7}
+    assert sorted(zip(prog.acq_qubit.tolist(), prog.acq_clbit.tolist(), strict=True)) == [
+        (0, 1), (1, 4)]
+    assert prog.snapshot_id == snapshot.snapshot_id
+
+
+def test_lo_settings_and_flux_bias_from_snapshot(snapshot, config, export):
+    qc = QuantumCircuit(2, 1)
+    qc.x(1)
+    qc.measure(1, 0)
+    prog = compile_circuit(qc, snapshot, config)
+    assert set(prog.lo_settings) == {"lo_drive_b", "lo_readout"}
+    drive = prog.lo_settings["lo_drive_b"]
+    assert drive.frequency_hz == rq(export, 1, "drive_lo_frequency_hz")
+    assert drive.power_dbm == rq(export, 1, "drive_lo_power_dbm")
+    ro = prog.lo_settings["lo_readout"]
+    assert ro.frequency_hz == rq(export, 1, "readout_lo_frequency_hz")
+    assert ro.power_dbm == rq(export, 1, "readout_lo_power_dbm")
+    assert prog.flux_bias_a == {("flux_bias", q + 1): rq(export, q, "flux_bias_a")
+                                for q in range(5)}
+
+
+def test_conflicting_shared_lo_is_an_error(store, snapshot, config):
+    # qubits 0 and 2 share lo_drive_a
+    bad = derived(store, snapshot, lambda b: b.set_qubit(2, "drive_lo_frequency_hz", 5.8e9,
+                                                         "manual"))
+    qc = QuantumCircuit(3)
+    qc.x(0)
+    qc.x(2)
+    with pytest.raises(CompilationError, match=r"qubit 2.*lo_drive_a"):
+        compile_circuit(qc, bad, config)
+
+
+def test_content_hash(snapshot, config, store):
+    a = compile_circuit(busy_circuit(0.4), snapshot, config)
+    b = compile_circuit(busy_circuit(0.4), snapshot, config)
+    assert a.content_hash == b.content_hash
+    assert a == b
+    c = compile_circuit(busy_circuit(0.4000001), snapshot, config)
+    assert c.content_hash != a.content_hash
+    assert c != a
+    other = derived(store, snapshot, lambda s: s.set_qubit(3, "pi_amplitude", 0.45, "rabi"))
+    assert compile_circuit(busy_circuit(0.4), other, config).content_hash != a.content_hash
+
+
+def test_to_wire_dtypes(snapshot, config):
+    prog = compile_circuit(busy_circuit(), snapshot, config)
+    arrays, meta = prog.to_wire()
+    assert set(arrays) == set(WIRE_DTYPES)
+    for name, dtype in WIRE_DTYPES.items():
+        assert arrays[name].dtype == np.dtype(dtype), name
+        assert arrays[name].flags.c_contiguous, name
+    assert arrays["wave_offset"][0] == 0
+    assert arrays["wave_offset"][-1] == arrays["wave_data"].shape[0]
+    assert meta["sample_rate_hz"] == FS
+    assert meta["duration_samples"] == prog.duration_samples
+    assert meta["param_names"] == []
+    assert (arrays["play_amp_ref"] == -1).all()
+
+
+# ----------------------------------------------------------------- errors
+
+
+def test_non_native_gate(snapshot, config):
+    qc = QuantumCircuit(2)
+    qc.h(1)
+    with pytest.raises(CompilationError, match=r"'h'.*\(1,\).*transpile"):
+        compile_circuit(qc, snapshot, config)
+
+
+def test_unbound_rz_parameter(snapshot, config):
+    qc = QuantumCircuit(1)
+    qc.rz(Parameter("phi"), 0)
+    with pytest.raises(CompilationError, match=r"rz on \(0,\).*unbound"):
+        compile_circuit(qc, snapshot, config)
+
+
+def test_unbound_delay_parameter(snapshot, config):
+    qc = QuantumCircuit(1)
+    qc.delay(Parameter("t"), 0)
+    with pytest.raises(CompilationError, match=r"delay"):
+        compile_circuit(qc, snapshot, config)
+
+
+def test_measured_twice(snapshot, config):
+    qc = QuantumCircuit(2, 2)
+    qc.measure(1, 0)
+    qc.measure(1, 1)
+    with pytest.raises(CompilationError, match=r"qubit 1 is measured twice"):
+        compile_circuit(qc, snapshot, config)
+
+
+def test_too_many_qubits(snapshot, config):
+    qc = QuantumCircuit(6)
+    with pytest.raises(CompilationError, match=r"6 qubits.*lab5 has 5"):
+        compile_circuit(qc, snapshot, config)
+
+
+def test_unknown_scheduling_method(snapshot, config):
+    qc = QuantumCircuit(1)
+    qc.x(0)
+    with pytest.raises(CompilationError, match=r"scheduling_method.*'sooner'"):
+        compile_circuit(qc, snapshot, config, scheduling_method="sooner")
+
+
+def test_missing_calibration_parameter(store, snapshot, config):
+    snap = derived(store, snapshot, lambda b: b.remove_qubit(1, "pulse_sigma_s"))
+    qc = QuantumCircuit(2)
+    qc.sx(0)
+    compile_circuit(qc, snap, config)  # qubit 0 is untouched
+    qc.sx(1)
+    with pytest.raises(CompilationError, match=r"qubit 1 .*'pulse_sigma_s'"):
+        compile_circuit(qc, snap, config)
+
+
+def test_cz_on_uncalibrated_edge(snapshot, config):
+    qc = QuantumCircuit(3)
+    qc.cz(0, 2)
+    with pytest.raises(CompilationError, match=r"edge \(0, 2\).*'cz_duration_s'"):
+        compile_circuit(qc, snapshot, config)
+
+
+def test_duration_not_whole_samples(store, snapshot, config):
+    snap = derived(store, snapshot, lambda b: b.set_qubit(0, "pulse_duration_s", 40.5e-9,
+                                                          "manual"))
+    qc = QuantumCircuit(1)
+    qc.x(0)
+    with pytest.raises(CompilationError, match=r"x on \(0,\).*whole number of samples"):
+        compile_circuit(qc, snap, config)

@@ -1,0 +1,248 @@
+"""``load_config`` / ``parse_config``: the shipped wiring parses; every bad input is a
+``ConfigurationError`` naming the section and key at fault."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from labqpu.backend.config import (
+    ConfigurationError,
+    LabConfig,
+    default_config_path,
+    load_config,
+    parse_config,
+)
+
+
+@pytest.fixture(scope="module")
+def shipped_text() -> str:
+    return default_config_path().read_text()
+
+
+@pytest.fixture
+def doc(shipped_text) -> dict:
+    """A fresh, mutable copy of the shipped document."""
+    return copy.deepcopy(tomllib.loads(shipped_text))
+
+
+def write(tmp_path: Path, text: str, name: str = "lab.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------- the shipped file
+
+
+def test_shipped_lab5_parses():
+    cfg = load_config(default_config_path())
+    assert isinstance(cfg, LabConfig)
+    assert cfg.device_name == "lab5"
+    assert cfg.num_qubits == 5
+    assert cfg.coupling_map == ((0, 1), (1, 2), (2, 3), (3, 4))
+    assert len(cfg.controllers) == 1
+    ctrl = cfg.controllers[0]
+    assert (ctrl.name, ctrl.sample_rate_hz, ctrl.outputs, ctrl.inputs) == ("ctrl0", 1e9, 15, 5)
+    assert ctrl.timeout_s == 10.0
+    assert len(cfg.instruments) == 4
+    kinds = {i.name: (i.kind, i.channels) for i in cfg.instruments}
+    assert kinds == {"lo_drive_a": ("signal_generator", 1), "lo_drive_b": ("signal_generator", 1),
+                     "lo_readout": ("signal_generator", 1), "flux_bias": ("current_source", 5)}
+    assert sorted(cfg.qubits) == [0, 1, 2, 3, 4]
+    for q, w in cfg.qubits.items():
+        assert w.drive == ("ctrl0", q)
+        assert w.flux == ("ctrl0", 5 + q)
+        assert w.readout == ("ctrl0", 10 + q)
+        assert w.acquire == ("ctrl0", q)
+        assert w.drive_lo == ("lo_drive_a" if q % 2 == 0 else "lo_drive_b")
+        assert w.readout_lo == "lo_readout"
+        assert w.flux_bias == ("flux_bias", q + 1)
+    assert cfg.seed_snapshot == "lab5_calibration.json"
+    assert cfg.controller("ctrl0") is ctrl
+    assert cfg.instrument("flux_bias").kind == "current_source"
+
+
+def test_lookup_of_unknown_names(doc):
+    cfg = parse_config(doc)
+    with pytest.raises(ConfigurationError, match="'ctrl9'"):
+        cfg.controller("ctrl9")
+    with pytest.raises(ConfigurationError, match="'lo_x'"):
+        cfg.instrument("lo_x")
+
+
+# ----------------------------------------------------------------- bad files
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigurationError, match=r"not found.*nope\.toml"):
+        load_config(missing)
+
+
+def test_invalid_toml(tmp_path):
+    path = write(tmp_path, "[device\nname = 'lab5'\n")
+    with pytest.raises(ConfigurationError, match=r"lab\.toml.*not valid TOML"):
+        load_config(path)
+
+
+def test_load_config_validates(tmp_path, shipped_text):
+    path = write(tmp_path, shipped_text.replace('drive = "ctrl0:3"', 'drive = "ctrl7:3"'))
+    with pytest.raises(ConfigurationError, match=r"lab\.toml \[qubits\.3\] drive: .*'ctrl7'"):
+        load_config(path)
+
+
+# ----------------------------------------------------------------- bad contents
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(d):
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+def _del(*keys):
+    def edit(d):
+        for k in keys[:-1]:
+            d = d[k]
+        del d[keys[-1]]
+    return edit
+
+
+BAD = {
+    "unknown controller in a port": (
+        _set("qubits", "1", "drive", "ctrlX:1"),
+        r"\[qubits\.1\] drive: unknown controller 'ctrlX'"),
+    "output port beyond the controller": (
+        _set("qubits", "2", "flux", "ctrl0:15"),
+        r"\[qubits\.2\] flux: port 15 does not exist on ctrl0"),
+    "acquire port beyond the inputs": (
+        _set("qubits", "0", "acquire", "ctrl0:5"),
+        r"\[qubits\.0\] acquire: port 5 does not exist on ctrl0"),
+    "port not name:port": (
+        _set("qubits", "4", "readout", "ctrl0-14"), r"\[qubits\.4\] readout must be 'name:port'"),
+    "port not a number": (
+        _set("qubits", "4", "readout", "ctrl0:x"), r"\[qubits\.4\] readout port must be"),
+    "flux_bias channel beyond the source": (
+        _set("qubits", "4", "flux_bias", "flux_bias:6"), r"\[qubits\.4\] flux_bias"),
+    "flux_bias channel 0 (channels count from 1)": (
+        _set("qubits", "0", "flux_bias", "flux_bias:0"), r"\[qubits\.0\] flux_bias"),
+    "flux_bias on a signal generator": (
+        _set("qubits", "1", "flux_bias", "lo_drive_a:1"), r"\[qubits\.1\] flux_bias"),
+    "drive_lo names a current source": (
+        _set("qubits", "0", "drive_lo", "flux_bias"),
+        r"\[qubits\.0\] drive_lo: 'flux_bias' is not a signal_generator"),
+    "readout_lo names no instrument": (
+        _set("qubits", "3", "readout_lo", "lo_nowhere"),
+        r"\[qubits\.3\] readout_lo: 'lo_nowhere'"),
+    "duplicated output": (
+        _set("qubits", "1", "readout", "ctrl0:10"),
+        r"\[qubits\.1\] readout: output ctrl0:10 is already the readout of qubit 0"),
+    "missing qubit wiring": (_del("qubits", "3"), r"no wiring for qubit\(s\) \[3\]"),
+    "qubit index out of range": (
+        lambda d: d["qubits"].__setitem__("5", dict(d["qubits"]["4"])), r"\[qubits\.5\]"),
+    "missing wiring key": (_del("qubits", "2", "acquire"), r"\[qubits\.2\].*'acquire'"),
+    "coupling edge to a missing qubit": (
+        _set("device", "coupling_map", [[0, 1], [3, 5]]), r"\[device\] coupling_map.*\(3, 5\)"),
+    "coupling self-edge": (
+        _set("device", "coupling_map", [[2, 2]]), r"\[device\] coupling_map.*\(2, 2\)"),
+    "unknown instrument kind": (
+        _set("instruments", 1, "kind", "oscilloscope"),
+        r"\[\[instruments\]\] lo_drive_b: kind must be one of.*'oscilloscope'"),
+    "missing controller key": (
+        _del("controllers", 0, "sample_rate_hz"),
+        r"\[\[controllers\]\] ctrl0: missing required key 'sample_rate_hz'"),
+    "no controllers": (_set("controllers", []), r"no \[\[controllers\]\]"),
+    "missing device name": (_del("device", "name"), r"\[device\]: missing required key 'name'"),
+    "instrument named like the controller": (
+        _set("instruments", 0, "name", "ctrl0"), r"names must be unique"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_names_the_fault(doc, case):
+    edit, pattern = BAD[case]
+    edit(doc)
+    with pytest.raises(ConfigurationError, match=pattern):
+        parse_config(doc, Path("/racks/lab.toml"))
+
+
+def test_errors_name_the_file(doc):
+    _set("qubits", "1", "drive", "ctrlX:1")(doc)
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(doc, Path("/racks/lab.toml"))
+    assert str(info.value).startswith("/racks/lab.toml [qubits.1] drive")
+
+
+def test_duplicated_output_names_port_and_qubit(doc):
+    _set("qubits", "1", "readout", "ctrl0:10")(doc)
+    with pytest.raises(ConfigurationError, match=r"ctrl0:10|\('ctrl0', 10\)") as info:
+        parse_config(doc)
+    assert "qubits.1" in str(info.value) or "qubits.0" in str(info.value)
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (_set("device", "num_qubits", "five"), "num_qubits"),
+    (_set("device", "coupling_map", [[0, 1, 2]]), "coupling_map"),
+    (_set("controllers", 0, "outputs", "many"), "outputs"),
+    (_set("controllers", 0, "sample_rate_hz", 0.0), "sample_rate_hz"),
+], ids=["num_qubits-not-int", "edge-of-three", "outputs-not-int", "sample-rate-zero"])
+def test_malformed_values_are_configuration_errors(doc, edit, key):
+    edit(doc)
+    with pytest.raises(ConfigurationError, match=key):
+        parse_config(doc)
+
+
+# ----------------------------------------------------------------- endpoints and store path
+
+
+def test_with_endpoints_replaces_by_name(doc):
+    cfg = parse_config(doc)
+    new = cfg.with_endpoints({"ctrl0": "tcp://10.0.0.5:5555",
+                              "lo_readout": "TCPIP0::10.0.0.9::5025::SOCKET",
+                              "not_there": "tcp://x:1"})
+    assert new.controller("ctrl0").endpoint == "tcp://10.0.0.5:5555"
+    assert new.instrument("lo_readout").resource == "TCPIP0::10.0.0.9::5025::SOCKET"
+    assert new.instrument("lo_drive_a").resource == cfg.instrument("lo_drive_a").resource
+    assert new.controller("ctrl0").sample_rate_hz == 1e9
+    assert new.qubits == cfg.qubits
+    # the original is unchanged
+    assert cfg.controller("ctrl0").endpoint == "tcp://127.0.0.1:0"
+    assert cfg.instrument("lo_readout").resource == "TCPIP0::127.0.0.1::0::SOCKET"
+
+
+def test_default_store_path_under_labqpu_home(tmp_path, monkeypatch, shipped_text):
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path / "home"))
+    cfg = load_config(write(tmp_path, shipped_text))
+    assert cfg.store_path == tmp_path / "home" / "lab5" / "calibration.sqlite"
+
+
+def test_default_store_path_uses_device_name(tmp_path, monkeypatch, doc):
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    doc["device"]["name"] = "rack_b"
+    assert parse_config(doc).store_path == tmp_path / "rack_b" / "calibration.sqlite"
+
+
+def test_relative_store_resolves_against_file_folder(tmp_path, monkeypatch, shipped_text):
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "racks" / "b"
+    folder.mkdir(parents=True)
+    text = shipped_text.replace('store = ""', 'store = "state/cal.sqlite"')
+    cfg = load_config(write(folder, text))
+    assert cfg.store_path == folder / "state" / "cal.sqlite"
+
+
+def test_absolute_store_kept(tmp_path, shipped_text):
+    target = tmp_path / "abs" / "c.sqlite"
+    folder = tmp_path / "racks"
+    folder.mkdir()
+    text = shipped_text.replace('store = ""', f'store = "{target.as_posix()}"')
+    assert load_config(write(folder, text)).store_path == target
