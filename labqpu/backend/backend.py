@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 import threading
 import uuid
 from collections.abc import Sequence
@@ -21,6 +22,13 @@ from labqpu.calibration.store import CalibrationStore, Snapshot
 
 MAX_SHOTS = 100_000
 MAX_CIRCUITS = 300
+#: Run options whose type is checked before the range validators see them.
+_OPTION_TYPES = {
+    "shots": (numbers.Integral, "an integer"),
+    "seed_simulator": (numbers.Integral, "a non-negative integer"),
+    "rep_delay": (numbers.Real, "a number of seconds"),
+    "timeout": (numbers.Real, "a number of seconds"),
+}
 #: Instructions that never need a Target entry: they only order or label the circuit.
 _DIRECTIVES = ("barrier",)
 
@@ -120,20 +128,31 @@ class LabBackend(BackendV2):
         return new
 
     def _run_options(self, kwargs: dict) -> dict:
+        """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
+        type-checked, then range-checked by the same validators as ``set_options``."""
         unknown = sorted(set(kwargs) - set(self.options.__dict__))
         if unknown:
             raise InvalidRunInputError(
                 f"unknown run option(s) {unknown}; known: {sorted(self.options.__dict__)}")
         given = {k: v for k, v in kwargs.items() if v is not None}
+        for name, value in given.items():
+            kind = _OPTION_TYPES.get(name)
+            if kind and (isinstance(value, bool) or not isinstance(value, kind[0])):
+                raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}")
         opts = copy.deepcopy(self.options)
         try:
             opts.update_options(**given)
         except (ValueError, TypeError) as exc:
             raise InvalidRunInputError(f"invalid run option: {exc}") from exc
         out = dict(opts.__dict__)
-        seed = out["seed_simulator"]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise InvalidRunInputError(f"seed_simulator must be a non-negative int, got {seed!r}")
+        out["shots"] = int(out["shots"])
+        out["rep_delay"] = float(out["rep_delay"])
+        out["timeout"] = float(out["timeout"])
+        if out["seed_simulator"] is not None:
+            if out["seed_simulator"] < 0:
+                raise InvalidRunInputError(
+                    f"run option seed_simulator must be >= 0, got {out['seed_simulator']!r}")
+            out["seed_simulator"] = int(out["seed_simulator"])
         return out
 
     def _check_circuit(self, circuit: QuantumCircuit, target: LabTarget) -> None:

@@ -186,7 +186,7 @@ def test_cz_on_an_uncoupled_pair_is_rejected(lab_backend) -> None:
     assert "(0, 2)" in message
 
 
-@pytest.mark.parametrize("shots", [0, -5, 10**7])
+@pytest.mark.parametrize("shots", [0, -5, 10**7, 2.5, "100"])
 def test_shots_out_of_range_are_rejected(lab_backend, shots) -> None:
     native = transpile(bell(), lab_backend)
     message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, shots=shots))
