@@ -21,7 +21,7 @@ qc.cx(0, 1)
 qc.measure([0, 1], [0, 1])
 
 with LabProvider(args.config) as provider:
-    backend = provider.backend("lab5")
+    backend = provider.backend()
     native = transpile(qc, backend, optimization_level=1)
     job = backend.run(native, shots=args.shots)
     counts = job.result(timeout=120).get_counts()

@@ -18,7 +18,7 @@ import numpy as np
 from labqpu.backend.config import LabConfig
 from labqpu.backend.program import PulseProgram
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.errors import InstrumentCommandError
+from labqpu.drivers.errors import InstrumentCommandError, ProtocolError
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ class RackConnection:
             spec = self.config.controller(name)
             client = ControllerClient(spec.endpoint, timeout_s=spec.timeout_s)
             try:
-                self._capabilities[name] = client.hello()["capabilities"]
+                hello = client.hello()
+                if not isinstance(hello.get("capabilities"), dict):
+                    raise ProtocolError("hello reply carries no capabilities",
+                                        instrument=spec.endpoint, command="hello")
+                self._capabilities[name] = hello["capabilities"]
             except BaseException:
                 client.close()
                 raise

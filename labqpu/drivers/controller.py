@@ -254,6 +254,7 @@ class ControllerClient:
                 )
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
+                self._abort_quietly(run_id)
                 raise InstrumentTimeoutError(
                     f"run {run_id} still {state} after {timeout_s} s",
                     instrument=self.endpoint,
@@ -265,6 +266,14 @@ class ControllerClient:
                 self.abort(run_id)
                 cancel = None
             backoff_s = min(2 * backoff_s, _WAIT_MAX_BACKOFF_S)
+
+    def _abort_quietly(self, run_id: str) -> None:
+        """Best-effort abort of a run we stop waiting for, so it does not hold the controller."""
+        try:
+            self.abort(run_id)
+        except InstrumentError as exc:
+            logger.warning("%s: could not abort run %s after its deadline: %s",
+                           self.endpoint, run_id, exc)
 
     def abort(self, run_id: str) -> str:
         """Abort a run: a queued run never starts, a running one is asked to stop.

@@ -16,6 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
+import zmq
+
 from labqpu.firmware_sim.rack import SimulatedRack
 
 
@@ -44,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"labqpu sim: {exc}", file=sys.stderr)
         return 2
-    with rack:
+    try:
+        rack.start()
+    except (OSError, zmq.ZMQError) as exc:
+        print(f"labqpu sim: cannot start the simulated rack: {exc}", file=sys.stderr)
+        return 2
+    try:
         endpoints = rack.endpoints()
         if args.announce:
             tmp = Path(args.announce + ".tmp")
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(0.5):
             if args.parent_pid is not None and not _parent_alive(args.parent_pid):
                 break
+    finally:
+        rack.stop()
     return 0
 
 

@@ -9,6 +9,7 @@ and flux-bias settings the VISA servers hold at that moment.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -69,7 +70,8 @@ class SimulatedController:
                 raise ValueError(f"array {name!r} must be 1-d {dtype}, got "
                                  f"{arrays[name].ndim}-d {arrays[name].dtype}")
         fs = meta.get("sample_rate_hz")
-        if fs != self.spec.sample_rate_hz:
+        if not isinstance(fs, int | float) or not math.isclose(fs, self.spec.sample_rate_hz,
+                                                              rel_tol=1e-12):
             raise ValueError(f"program is for {fs} Hz; this controller runs at "
                              f"{self.spec.sample_rate_hz} Hz")
         duration = meta.get("duration_samples")
@@ -136,6 +138,11 @@ class SimulatedController:
         bad = np.flatnonzero((acq_dur < 1) | (acq_start < 0) | (acq_start + acq_dur > duration))
         if bad.size:
             raise ValueError(f"acquisition {bad[0]} window lies outside the program")
+        freq = arrays["acq_freq_hz"]
+        bad = np.flatnonzero(~np.isfinite(freq) | (np.abs(freq) > self.spec.sample_rate_hz / 2))
+        if bad.size:
+            raise ValueError(f"acquisition {bad[0]} demodulates at {freq[bad[0]]} Hz, beyond "
+                             "the Nyquist frequency")
         return WireProgram(
             play_port=port, play_start=start, play_wave=wave, play_amp=amp.astype(np.float64),
             play_phase_rad=arrays["play_phase_rad"], play_freq_hz=arrays["play_freq_hz"],

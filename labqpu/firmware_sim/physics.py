@@ -233,6 +233,13 @@ class PhysicsEngine:
             prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
             prog.wave_data, fs,
         )
+        peak = np.abs(samples).max(axis=1) if samples.size else np.zeros(n_ports)
+        over = np.flatnonzero(peak > 1.0 + 1e-6)
+        if over.size:
+            port = int(over[0])
+            k = int(np.argmax(np.abs(samples[port])))
+            raise SimulationError(f"output port {port} exceeds DAC full scale at sample {k} "
+                                  f"(|{peak[port]:.4g}| > 1): overlapping plays add")
         port_role = {}
         for q, cab in self.cabling.items():
             port_role[cab.drive_port] = (q, "drive")

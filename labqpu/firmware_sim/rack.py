@@ -47,7 +47,12 @@ class SimulatedRack:
             raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz, device "
                              f"file says {self.device.sample_rate_hz} Hz")
         engine = PhysicsEngine(self.device, self.rack.cabling)
-        run_seed = seed if seed is not None else (self.rack.simulator_seed or self.device.seed)
+        if seed is not None:
+            run_seed = seed
+        elif self.rack.simulator_seed is not None:
+            run_seed = self.rack.simulator_seed
+        else:
+            run_seed = self.device.seed
         self.executor = SimulatedController(ctrl, engine, self.settings, int(run_seed))
         self.controller = ControllerServer(self.executor, host=ctrl.host, port=ctrl.port,
                                            name=ctrl.name)

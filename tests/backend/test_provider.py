@@ -185,3 +185,23 @@ def test_hardware_status_names_every_instrument(lab_backend) -> None:
     idents = {name: v["identity"] for name, v in status["instruments"].items()}
     assert set(idents) == {"lo_drive_a", "lo_drive_b", "lo_readout", "flux_bias"}
     assert all("labqpu simulator" in ident for ident in idents.values())
+
+
+@pytest.mark.parametrize("what", ["controller", "instrument"])
+def test_labqpu_sim_reports_a_port_in_use(tmp_path, what) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = default_config_path().read_text()
+        if what == "controller":
+            text = text.replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}")
+        else:
+            text = text.replace("::0::SOCKET", f"::{port}::SOCKET", 1)
+        (tmp_path / "lab.toml").write_text(text)
+        out = subprocess.run([sys.executable, "-m", "labqpu.cli", "sim",
+                              str(tmp_path / "lab.toml")],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "cannot start the simulated rack" in out.stderr
+    assert str(port) in out.stderr
