@@ -25,24 +25,20 @@ def discriminator_centres(snapshot, qubits: np.ndarray) -> tuple[np.ndarray, np.
     return c0, c1
 
 
-def _memory_values(bits: np.ndarray, clbits: np.ndarray) -> list[int]:
+def _register_values(bits: np.ndarray, clbits: np.ndarray) -> np.ndarray:
     """Integer value of the classical register per shot (clbit i is bit i); later
-    acquisitions into the same clbit overwrite earlier ones."""
-    values = [0] * bits.shape[0]
-    if bits.shape[1] == 0:
-        return values
-    if clbits.max() < 63:
-        acc = np.zeros(bits.shape[0], dtype=np.uint64)
-        for j, c in enumerate(clbits):
+    acquisitions into the same clbit overwrite earlier ones. uint64 up to 64 clbits, Python
+    ints (object array) beyond."""
+    wide = bits.shape[1] > 0 and int(clbits.max()) >= 64
+    acc = np.zeros(bits.shape[0], dtype=object if wide else np.uint64)
+    for j, c in enumerate(clbits):
+        if wide:
+            mask = 1 << int(c)
+            acc = (acc & ~mask) | (bits[:, j].astype(object) << int(c))
+        else:
             mask = np.uint64(1) << np.uint64(c)
             acc = (acc & ~mask) | (bits[:, j].astype(np.uint64) << np.uint64(c))
-        return [int(v) for v in acc]
-    for s in range(bits.shape[0]):
-        v = 0
-        for j, c in enumerate(clbits):
-            v = (v & ~(1 << int(c))) | (int(bits[s, j]) << int(c))
-        values[s] = v
-    return values
+    return acc
 
 
 def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,
@@ -60,11 +56,12 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     if meas_level == 2:
         c0, c1 = discriminator_centres(snapshot, program.acq_qubit)
         bits = discriminate(iq, c0, c1)
-        values = _memory_values(bits, program.acq_clbit)
-        uniq, counts = np.unique(np.array(values, dtype=object), return_counts=True)
-        data["counts"] = {hex(int(v)): int(n) for v, n in zip(uniq, counts, strict=True)}
+        values = _register_values(bits, program.acq_clbit)
+        uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        keys = [hex(int(v)) for v in uniq]
+        data["counts"] = dict(zip(keys, (int(n) for n in counts), strict=True))
         if memory:
-            data["memory"] = [hex(v) for v in values]
+            data["memory"] = [keys[i] for i in inverse.reshape(-1)]
     else:
         slots = np.zeros((shots, program.num_clbits), dtype=np.complex128)
         for j, c in enumerate(program.acq_clbit):

@@ -54,8 +54,8 @@ __all__ = ["ControllerClient"]
 
 logger = logging.getLogger(__name__)
 
-_WAIT_FIRST_BACKOFF_S = 0.002
-_WAIT_MAX_BACKOFF_S = 0.1
+_WAIT_FIRST_BACKOFF_S = 0.001
+_WAIT_MAX_BACKOFF_S = 0.02
 
 
 class ControllerClient:
@@ -265,7 +265,7 @@ class ControllerClient:
             elif cancel.wait(min(backoff_s, remaining_s)):
                 self.abort(run_id)
                 cancel = None
-            backoff_s = min(2 * backoff_s, _WAIT_MAX_BACKOFF_S)
+            backoff_s = min(1.5 * backoff_s, _WAIT_MAX_BACKOFF_S)
 
     def _abort_quietly(self, run_id: str) -> None:
         """Best-effort abort of a run we stop waiting for, so it does not hold the controller."""
