@@ -13,7 +13,7 @@ from qiskit.providers import BackendV2, Options
 
 from labqpu.backend.compiler import SCHEDULING_METHODS, compile_circuit
 from labqpu.backend.config import LabConfig
-from labqpu.backend.errors import CompilationError, InvalidRunInputError
+from labqpu.backend.errors import CompilationError, InvalidRunInputError, LabQpuError
 from labqpu.backend.hardware import HardwareQueue
 from labqpu.backend.job import LabJob
 from labqpu.backend.program import PulseProgram
@@ -73,8 +73,8 @@ class LabBackend(BackendV2):
         return opts
 
     def _refresh(self) -> None:
-        latest = self.store.latest_id()
         with self._lock:
+            latest = self.store.latest_id()
             current = self._snapshot.snapshot_id if self._snapshot else None
             if self._target is not None and latest == current:
                 return
@@ -183,6 +183,9 @@ class LabBackend(BackendV2):
         ``rep_delay`` (s), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning).
         """
+        if self._queue.closed:
+            raise LabQpuError(f"backend {self.name}: its provider was closed; open a new "
+                              "LabProvider")
         items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
             else list(run_input)
         if not items:

@@ -101,19 +101,45 @@ def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: floa
 
 
 def _schedule(ops: list[_Op], num_qubits: int, method: str) -> int:
-    """Assign start samples in place; returns the total duration (samples)."""
-    seq = ops if method == "asap" else list(reversed(ops))
+    """Assign start samples in place; returns the total duration (samples).
+
+    Gates are scheduled ALAP or ASAP; then every measurement starts at the same sample, when
+    the last gate has ended (simultaneous readout, so that no pulse reaches a qubit, or its
+    coupled neighbours, while it is being read out).
+    """
+    gates = [op for op in ops if op.name != "measure"]
+    seq = gates if method == "asap" else list(reversed(gates))
     avail = np.zeros(num_qubits, dtype=np.int64)
     for op in seq:
         start = int(max((avail[q] for q in op.qubits), default=0))
         op.start = start
         for q in op.qubits:
             avail[q] = start + op.duration
-    total = int(avail.max()) if num_qubits else 0
+    gates_end = int(avail.max()) if num_qubits else 0
     if method == "alap":
-        for op in ops:
-            op.start = total - op.start - op.duration
+        for op in gates:
+            op.start = gates_end - op.start - op.duration
+    total = gates_end
+    for op in ops:
+        if op.name == "measure":
+            op.start = gates_end
+            total = max(total, gates_end + op.duration)
     return total
+
+
+def _check_terminal_measurements(ops: list[_Op], circuit: QuantumCircuit) -> None:
+    """Measurements must be the last operation on their qubit (barriers aside)."""
+    measured: set[int] = set()
+    for op in ops:
+        if op.name == "barrier":
+            continue
+        late = measured.intersection(op.qubits)
+        if late:
+            raise CompilationError(
+                f"circuit {circuit.name!r}: {op.name!r} on qubit {min(late)} follows its "
+                "measurement; mid-circuit measurement is not supported yet")
+        if op.name == "measure":
+            measured.update(op.qubits)
 
 
 def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConfig, *,
@@ -149,6 +175,7 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
                     "parameter; bind all parameters before run()") from exc
         ops.append(_Op(inst.operation.name, qubits, clbits, params,
                        _duration_samples(inst, qubits, cal, fs, circuit)))
+    _check_terminal_measurements(ops, circuit)
     total = _schedule(ops, circuit.num_qubits, scheduling_method)
 
     b = ProgramBuilder(ctrl.name, fs)
@@ -187,10 +214,6 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
             frame[c] -= cal.pair(a, c, "cz_phase_b_rad")
         elif op.name == "measure":
             q, clbit = op.qubits[0], op.clbits[0]
-            if q in measured:
-                raise CompilationError(
-                    f"circuit {circuit.name!r}: qubit {q} is measured twice; mid-circuit "
-                    "measurement is not supported yet")
             measured.add(q)
             wid = flat(op.duration, READOUT_RISE_S * fs)
             if_hz = (cal.qubit(q, "readout_frequency_hz")

@@ -8,8 +8,11 @@ later stand behind the same interface without ``LabJob`` changing.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +21,12 @@ import numpy as np
 from labqpu.backend.config import LabConfig
 from labqpu.backend.program import PulseProgram
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.errors import InstrumentCommandError, ProtocolError
+from labqpu.drivers.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentTimeoutError,
+    ProtocolError,
+)
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 
 log = logging.getLogger(__name__)
@@ -148,6 +156,11 @@ class HardwareQueue(Protocol):
     process (a device server) without the jobs changing.
     """
 
+    @property
+    def closed(self) -> bool:
+        """True once the queue accepts no more work."""
+        ...
+
     def submit(self, job_id: str, work: list[tuple[PulseProgram, RunRequest]]) -> Future:
         """Queue ``work``; the Future resolves to one IQ array (shots x acquisitions) per
         program, or to the exception that stopped it."""
@@ -166,23 +179,66 @@ class HardwareQueue(Protocol):
         ...
 
 
-class LocalHardwareQueue:
-    """A ``HardwareQueue`` in this process: one worker thread that owns a ``RackConnection``."""
+class HardwareUnavailableError(InstrumentError):
+    """The rack cannot take work: the queue is closed or the simulator process is gone."""
 
-    def __init__(self, rack: RackConnection) -> None:
+
+class LocalHardwareQueue:
+    """A ``HardwareQueue`` in this process: one daemon worker thread owns a ``RackConnection``.
+
+    ``health`` (optional) returns why the rack is unusable (e.g. "the simulator exited"), or
+    None; it is asked before each job and when a job fails on the hardware, so the user reads
+    the cause rather than a string of timeouts. The worker is a daemon so that interpreter exit
+    does not run abandoned jobs to completion; ``close()`` (also called at exit by the
+    provider) cancels them and waits at most for the program on the controller.
+    """
+
+    def __init__(self, rack: RackConnection,
+                 health: Callable[[], str | None] | None = None) -> None:
         self.rack = rack
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labqpu-hw")
+        self._health = health or (lambda: None)
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, tuple[Future, threading.Event]] = {}
         self._lock = threading.Lock()
+        self._closed = False
+        self._worker = threading.Thread(target=self._serve, name="labqpu-hw", daemon=True)
+        self._worker.start()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called."""
+        return self._closed
+
+    def _enqueue(self, function: Callable[[threading.Event], object],
+                 job_id: str | None = None) -> Future:
+        future: Future = Future()
+        cancel = threading.Event()
+        with self._lock:
+            if self._closed:
+                raise HardwareUnavailableError("the hardware queue is closed "
+                                               "(the provider was closed)")
+            if job_id is not None:
+                self._jobs[job_id] = (future, cancel)
+                future.add_done_callback(lambda _f: self._forget(job_id))
+            self._tasks.put((future, function, cancel))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                return
+            future, function, cancel = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(cancel))
+            except BaseException as exc:  # delivered to whoever waits on the future
+                future.set_exception(exc)
 
     def submit(self, job_id: str, work: list[tuple[PulseProgram, RunRequest]]) -> Future:
         """Queue ``work``; it runs on the worker thread with its own cancel event."""
-        cancel = threading.Event()
-        future = self._pool.submit(self._run, work, cancel)
-        with self._lock:
-            self._jobs[job_id] = (future, cancel)
-        future.add_done_callback(lambda _f: self._forget(job_id))
-        return future
+        return self._enqueue(lambda cancel: self._run(work, cancel), job_id)
 
     def _run(self, work: list[tuple[PulseProgram, RunRequest]],
              cancel: threading.Event) -> list[np.ndarray]:
@@ -190,7 +246,16 @@ class LocalHardwareQueue:
         for program, request in work:
             if cancel.is_set():
                 raise JobCancelledError("cancelled before it finished")
-            out.append(self.rack.execute(program, request, cancel))
+            reason = self._health()
+            if reason:
+                raise HardwareUnavailableError(reason)
+            try:
+                out.append(self.rack.execute(program, request, cancel))
+            except InstrumentError as exc:
+                reason = self._health()
+                if reason:
+                    raise HardwareUnavailableError(f"{reason} ({exc})") from exc
+                raise
         return out
 
     def _forget(self, job_id: str) -> None:
@@ -209,14 +274,29 @@ class LocalHardwareQueue:
 
     def describe(self, timeout_s: float) -> dict:
         """Ask every controller and instrument who it is, on the worker (in queue order)."""
-        return self._pool.submit(self.rack.describe).result(timeout=timeout_s)
+        future = self._enqueue(lambda _cancel: self.rack.describe())
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeoutError as exc:
+            future.cancel()
+            raise InstrumentTimeoutError(
+                f"the hardware did not describe itself within {timeout_s} s (jobs ahead in "
+                "the queue, or an instrument not answering)", command="describe") from exc
 
-    def close(self) -> None:
-        """Cancel queued work, wait for the running task, close the rack's sessions."""
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Cancel queued work, abort the running program, wait for the worker (bounded by
+        ``timeout_s``), close the rack's sessions. Idempotent."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             entries = list(self._jobs.values())
+            self._tasks.put(None)
         for future, cancel in entries:
             cancel.set()
             future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._worker.join(timeout=timeout_s)
+        if self._worker.is_alive():
+            log.warning("hardware worker still busy after %s s; closing sessions anyway",
+                        timeout_s)
         self.rack.close()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from qiskit.providers import JobError, JobStatus, JobTimeoutError, JobV1
 from qiskit.result import Result
 
-from labqpu.backend.hardware import HardwareQueue, JobCancelledError, RunRequest
+from labqpu.backend.hardware import HardwareQueue, RunRequest
 from labqpu.backend.program import PulseProgram
 from labqpu.backend.results import experiment_result
 from labqpu.drivers.errors import InstrumentError
@@ -77,26 +77,33 @@ class LabJob(JobV1):
         })
 
     def result(self, timeout: float | None = None) -> Result:
-        """The job's ``Result``; waits at most ``timeout`` seconds (None: no bound)."""
+        """The job's ``Result``; waits at most ``timeout`` seconds (None: no bound).
+
+        Raises ``JobTimeoutError`` when the job is still queued or running at the deadline and
+        ``JobError`` when it failed (with the instrument's message) or was cancelled.
+        """
         if self._future is None:
             raise JobError(f"job {self.job_id()} was never submitted")
-        with self._result_lock:
-            if self._result is not None:
-                return self._result
-            try:
-                iqs = self._future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError as exc:
-                raise JobTimeoutError(
-                    f"job {self.job_id()} did not finish within {timeout} s "
-                    f"(status {self.status().name})") from exc
-            except (concurrent.futures.CancelledError, JobCancelledError) as exc:
+        try:
+            iqs = self._future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise JobTimeoutError(
+                f"job {self.job_id()} did not finish within {timeout} s "
+                f"(status {self.status().name})") from exc
+        except concurrent.futures.CancelledError as exc:
+            raise JobError(f"job {self.job_id()} was cancelled") from exc
+        except Exception as exc:  # the job boundary: every failure reaches the user as JobError
+            if self._cancelled.is_set():
                 raise JobError(f"job {self.job_id()} was cancelled") from exc
-            except InstrumentError as exc:
-                raise JobError(f"job {self.job_id()} failed on the hardware: {exc}") from exc
-            try:
-                self._result = self._build_result(iqs)
-            except (ValueError, KeyError) as exc:
-                raise JobError(f"job {self.job_id()}: results could not be built: {exc}") from exc
+            where = "on the hardware" if isinstance(exc, InstrumentError) else "before it ran"
+            raise JobError(f"job {self.job_id()} failed {where}: {exc}") from exc
+        with self._result_lock:
+            if self._result is None:
+                try:
+                    self._result = self._build_result(iqs)
+                except (ValueError, KeyError) as exc:
+                    raise JobError(f"job {self.job_id()}: results could not be built: "
+                                   f"{exc}") from exc
             return self._result
 
     def cancel(self) -> bool:
@@ -111,10 +118,12 @@ class LabJob(JobV1):
         f = self._future
         if f is None:
             return JobStatus.INITIALIZING
-        if f.cancelled() or (f.done() and self._cancelled.is_set()):
+        if f.cancelled():
             return JobStatus.CANCELLED
         if f.running():
             return JobStatus.RUNNING
         if f.done():
-            return JobStatus.ERROR if f.exception() is not None else JobStatus.DONE
+            if f.exception() is None:
+                return JobStatus.DONE
+            return JobStatus.CANCELLED if self._cancelled.is_set() else JobStatus.ERROR
         return JobStatus.QUEUED

@@ -47,6 +47,14 @@ class SimulatorProcess:
             self.stop()
             raise
 
+    def failure(self) -> str | None:
+        """Why the simulator cannot serve (it exited), or None while it runs."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        return (f"the firmware simulator (pid {self.process.pid}) exited with code {code}: "
+                f"{self._stderr() or 'no message'}")
+
     @property
     def pid(self) -> int:
         """Process id of the simulator."""
@@ -134,7 +142,9 @@ class LabProvider:
             self.store = CalibrationStore(self.config.store_path)
             self._closers.append(self.store.close)
             _seed_store(self.store, self.config)
-            self._queue = LocalHardwareQueue(RackConnection(self.config))
+            self._queue = LocalHardwareQueue(
+                RackConnection(self.config),
+                health=self.simulator.failure if self.simulator else None)
             self._closers.append(self._queue.close)
             self._backends = {self.config.device_name: LabBackend(self, self.config, self.store,
                                                                   self._queue)}

@@ -303,9 +303,15 @@ class ControllerClient:
 
     def _open_socket(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1000)))
-        socket.connect(self.endpoint)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1000)))
+            socket.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            raise InstrumentError(
+                f"cannot connect: {exc}", instrument=self.endpoint, command="connect"
+            ) from exc
         return socket
 
     def _drop_socket(self) -> None:

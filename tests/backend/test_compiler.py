@@ -129,12 +129,38 @@ def test_asap_start_samples(snapshot, config, export):
 def test_alap_start_samples(snapshot, config):
     P, CZ, R = 40, 32, 1000
     prog = compile_circuit(timing_circuit(), snapshot, config, scheduling_method="alap")
-    assert starts(prog, 2) == [P + CZ + R - P]   # sx q2 pushed to the end
+    assert starts(prog, 2) == [P + CZ - P]   # sx q2 pushed to the end of the gates
     assert starts(prog, 0) == [0]
     assert starts(prog, 5) == [P]
     assert starts(prog, 10) == [P + CZ]
     assert starts(prog, 11) == [P + CZ]
     assert prog.duration_samples == P + CZ + R
+
+
+@pytest.mark.parametrize("method", ["alap", "asap"])
+def test_readout_starts_after_every_gate(snapshot, config, method):
+    """All measurements start together once the last gate has ended, so no pulse (not even a
+    neighbour's flux pulse) overlaps a readout window."""
+    qc = QuantumCircuit(4, 1)
+    qc.x(1)
+    qc.cz(2, 3)
+    qc.measure(1, 0)
+    prog = compile_circuit(qc, snapshot, config, scheduling_method=method)
+    flux = [s + len(prog.waveform(w)) for p, s, w in zip(prog.play_port, prog.play_start,
+                                                         prog.play_wave, strict=True) if p < 10]
+    assert prog.acq_start.tolist() == [max(flux)]
+
+
+def test_gate_after_measurement_is_refused(snapshot, config):
+    qc = QuantumCircuit(2, 1)
+    qc.measure(0, 0)
+    qc.x(0)
+    with pytest.raises(CompilationError, match=r"'x' on qubit 0 follows its measurement"):
+        compile_circuit(qc, snapshot, config)
+    other = QuantumCircuit(2, 1)
+    other.measure(0, 0)
+    other.x(1)
+    compile_circuit(other, snapshot, config)
 
 
 def test_alap_is_the_default(snapshot, config):
@@ -455,7 +481,7 @@ def test_measured_twice(snapshot, config):
     qc = QuantumCircuit(2, 2)
     qc.measure(1, 0)
     qc.measure(1, 1)
-    with pytest.raises(CompilationError, match=r"qubit 1 is measured twice"):
+    with pytest.raises(CompilationError, match=r"'measure' on qubit 1 follows its measurement"):
         compile_circuit(qc, snapshot, config)
 
 

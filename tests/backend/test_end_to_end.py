@@ -294,3 +294,43 @@ def test_starved_lo_power_means_no_drive(lab_backend) -> None:
         **program.lo_settings,
         lo_name: LoSetting(program.lo_settings[lo_name].frequency_hz, -40.0)})
     assert _p1_of_x(lab_backend, starved) < 0.1
+
+
+def test_gate_on_a_neighbour_during_readout_runs(lab_backend) -> None:
+    """A CZ on (2, 3) next to a measured qubit 1 is scheduled before the readout, so the
+    circuit runs instead of tripping the simulator's mid-circuit check."""
+    qc = QuantumCircuit(5, 1)
+    qc.x(1)
+    qc.cz(2, 3)
+    qc.measure(1, 0)
+    counts = lab_backend.run(qc, shots=500, seed_simulator=8).result(timeout=60).get_counts()
+    assert counts.get("1", 0) > 450
+
+
+def test_provider_closed_is_a_clear_error(lab_home) -> None:
+    from labqpu import LabProvider
+    from labqpu.backend.errors import LabQpuError
+
+    provider = LabProvider()
+    backend = provider.backend()
+    native = transpile(bell(), backend)
+    provider.close()
+    with pytest.raises(LabQpuError, match="provider was closed"):
+        backend.run(native)
+
+
+def test_simulator_death_is_named_in_the_job_error(lab_home) -> None:
+    import os
+    import signal
+
+    from labqpu import LabProvider
+
+    with LabProvider() as provider:
+        backend = provider.backend()
+        native = transpile(bell(), backend)
+        assert backend.run(native, shots=10).result(timeout=60).success
+        os.kill(provider.simulator.pid, signal.SIGKILL)
+        provider.simulator.process.wait(timeout=10)
+        job = backend.run(native, shots=10)
+        with pytest.raises(JobError, match=r"firmware simulator .* exited"):
+            job.result(timeout=60)

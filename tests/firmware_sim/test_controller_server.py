@@ -623,3 +623,14 @@ def test_requests_from_several_threads_are_serialised(client: ControllerClient) 
     assert len(set(run_ids)) == 20
     for run_id in run_ids:
         client.wait(run_id, timeout_s=BOUND_S)
+
+
+def test_malformed_endpoint_fails_fast_and_close_is_bounded() -> None:
+    """A mistyped endpoint is an InstrumentError naming it; no socket is left behind, so
+    closing the client (which terminates its context) returns at once."""
+    client = ControllerClient("tcp://127.0.0.1:abc", timeout_s=0.5, retries=0)
+    with pytest.raises(InstrumentError, match="cannot connect"):
+        client.hello()
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 2.0
