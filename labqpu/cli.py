@@ -48,11 +48,29 @@ def _demo(config: str | None, shots: int, seed: int | None) -> int:
     return 0
 
 
+DEMO_SHOTS = 2000
+
+
 def _run(args: argparse.Namespace) -> int:
+    demo_only = [f"--{name}" for name in ("config", "shots", "seed")
+                 if getattr(args, name) is not None]
+    if args.demo and args.script:
+        print(f"labqpu run: give either a script or --demo, not both (got {args.script})",
+              file=sys.stderr)
+        return 2
     if args.demo:
-        return _demo(args.config, args.shots, args.seed)
+        shots = DEMO_SHOTS if args.shots is None else args.shots
+        return _demo(args.config, shots, args.seed)
     if not args.script:
         print("labqpu run: give a script or --demo", file=sys.stderr)
+        return 2
+    if demo_only:
+        # The script builds its own LabProvider: these would be silently ignored.
+        example = " ".join(f"{opt} {getattr(args, opt[2:])}" for opt in demo_only)
+        verb = "is" if len(demo_only) == 1 else "are"
+        print(f"labqpu run: {'/'.join(demo_only)} {verb} only for --demo; pass options to the "
+              f"script after its path, e.g. labqpu run {args.script} {example}",
+              file=sys.stderr)
         return 2
     script = Path(args.script)
     if not script.is_file():
@@ -115,6 +133,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ``main`` reports as one line (exit code 2) instead of a traceback."""
+    from qiskit.exceptions import QiskitError
+
+    from labqpu.backend.errors import LabQpuError
+    from labqpu.drivers.errors import InstrumentError
+
+    return (LabQpuError, QiskitError, InstrumentError, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labqpu`` command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="labqpu", description=__doc__,
@@ -126,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("script", nargs="?", help="Python script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
-    run.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
-    run.add_argument("--shots", type=int, default=2000)
-    run.add_argument("--seed", type=int, default=None, help="simulator seed")
+    run.add_argument("--config", help="with --demo: lab.toml (default: embedded simulator of "
+                     "lab5). A script takes its own options after its path")
+    run.add_argument("--shots", type=int, default=None,
+                     help=f"with --demo: shots (default {DEMO_SHOTS})")
+    run.add_argument("--seed", type=int, default=None, help="with --demo: simulator seed")
     run.set_defaults(func=_run)
 
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")
@@ -152,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return args.func(args)
+    # User errors (bad configuration, option or circuit, unreachable instrument, missing
+    # file) are one line on stderr, not a traceback; anything else is a bug and keeps its.
+    # The except clause is evaluated only when something is raised, so `labqpu sim` does
+    # not pay for importing Qiskit.
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        message = getattr(exc, "message", None) or str(exc)  # QiskitError's str() quotes it
+        print(f"labqpu: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

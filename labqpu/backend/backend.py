@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import threading
 import uuid
@@ -13,7 +14,12 @@ from qiskit.providers import BackendV2, Options
 
 from labqpu.backend.compiler import SCHEDULING_METHODS, compile_circuit
 from labqpu.backend.config import LabConfig
-from labqpu.backend.errors import CompilationError, InvalidRunInputError, LabQpuError
+from labqpu.backend.errors import (
+    CompilationError,
+    ConfigurationError,
+    InvalidRunInputError,
+    LabQpuError,
+)
 from labqpu.backend.hardware import HardwareQueue
 from labqpu.backend.job import LabJob
 from labqpu.backend.program import PulseProgram
@@ -26,9 +32,20 @@ MAX_CIRCUITS = 300
 _OPTION_TYPES = {
     "shots": (numbers.Integral, "an integer"),
     "seed_simulator": (numbers.Integral, "a non-negative integer"),
-    "rep_delay": (numbers.Real, "a number of seconds"),
-    "timeout": (numbers.Real, "a number of seconds"),
+    "rep_delay": (numbers.Real, "a finite number of seconds"),
+    "timeout": (numbers.Real, "a finite number of seconds"),
 }
+def _check_option_types(options: dict) -> None:
+    """Type (and finiteness) checks that must precede the range validators."""
+    for name, value in options.items():
+        kind = _OPTION_TYPES.get(name)
+        if kind is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind[0]) or (
+                isinstance(value, numbers.Real) and not math.isfinite(value)):
+            raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}")
+
+
 #: Instructions that never need a Target entry: they only order or label the circuit.
 _DIRECTIVES = ("barrier",)
 
@@ -114,6 +131,15 @@ class LabBackend(BackendV2):
         per qubit, frequency-multiplexed on one LO)."""
         return [[q] for q in range(self.config.num_qubits)]
 
+    def set_options(self, **fields) -> None:
+        """Change default run options; the same type and range checks as ``run()`` apply."""
+        unknown = sorted(set(fields) - set(self.options.__dict__))
+        if unknown:
+            raise InvalidRunInputError(
+                f"unknown option(s) {unknown}; known: {sorted(self.options.__dict__)}")
+        _check_option_types({k: v for k, v in fields.items() if v is not None})
+        super().set_options(**fields)
+
     def hardware_status(self, timeout_s: float = 30.0) -> dict:
         """Controller capabilities and instrument identities, asked in queue order (waits for
         the jobs ahead, at most ``timeout_s``)."""
@@ -135,10 +161,7 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"unknown run option(s) {unknown}; known: {sorted(self.options.__dict__)}")
         given = {k: v for k, v in kwargs.items() if v is not None}
-        for name, value in given.items():
-            kind = _OPTION_TYPES.get(name)
-            if kind and (isinstance(value, bool) or not isinstance(value, kind[0])):
-                raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}")
+        _check_option_types(given)
         opts = copy.deepcopy(self.options)
         try:
             opts.update_options(**given)
@@ -173,6 +196,38 @@ class LabBackend(BackendV2):
                     f"{self.name} (calibration snapshot {target.snapshot_id}; it offers "
                     f"{offered}); transpile the circuit for this backend")
 
+    def _check_program(self, program: PulseProgram) -> None:
+        """A pulse-level program must fit this rack: controller, sample rate, ports, VISA
+        sources, classical bits."""
+        where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+        try:
+            ctrl = self.config.controller(program.controller)
+            for name in program.lo_settings:
+                if self.config.instrument(name).kind != "signal_generator":
+                    raise InvalidRunInputError(f"{where}: {name!r} is not an LO source")
+            for source, channel in program.flux_bias_a:
+                inst = self.config.instrument(source)
+                if inst.kind != "current_source" or not 1 <= channel <= inst.channels:
+                    raise InvalidRunInputError(
+                        f"{where}: flux bias {source}:{channel} is not a current-source channel")
+        except ConfigurationError as exc:
+            raise InvalidRunInputError(f"{where}: {exc}") from exc
+        if not math.isclose(program.sample_rate_hz, ctrl.sample_rate_hz):
+            raise InvalidRunInputError(f"{where}: built for {program.sample_rate_hz} Hz; "
+                                       f"{ctrl.name} runs at {ctrl.sample_rate_hz} Hz")
+        if program.play_port.size and not 0 <= program.play_port.min() <= \
+                program.play_port.max() < ctrl.outputs:
+            raise InvalidRunInputError(f"{where}: plays use ports outside 0..{ctrl.outputs - 1}")
+        if program.acq_port.size and not 0 <= program.acq_port.min() <= \
+                program.acq_port.max() < ctrl.inputs:
+            raise InvalidRunInputError(
+                f"{where}: acquisitions use inputs outside 0..{ctrl.inputs - 1}")
+        if program.acq_clbit.size and not 0 <= program.acq_clbit.min() <= \
+                program.acq_clbit.max() < program.num_clbits:
+            raise InvalidRunInputError(
+                f"{where}: acquisitions write classical bits outside 0..{program.num_clbits - 1}"
+                f" (build it with num_clbits={int(program.acq_clbit.max()) + 1})")
+
     def run(self, run_input: QuantumCircuit | PulseProgram
             | Sequence[QuantumCircuit | PulseProgram], **options) -> LabJob:
         """Validate, compile and queue circuits (or ready ``PulseProgram``s).
@@ -201,6 +256,7 @@ class LabBackend(BackendV2):
         programs = []
         for item in items:
             if isinstance(item, PulseProgram):
+                self._check_program(item)
                 programs.append(item)
                 continue
             if not isinstance(item, QuantumCircuit):

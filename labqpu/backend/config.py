@@ -6,7 +6,9 @@ One file describes one rack. See ``labqpu/data/lab5.toml`` for an annotated exam
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -102,6 +104,108 @@ def default_config_path() -> Path:
     return Path(str(resources.files("labqpu") / "data" / "lab5.toml"))
 
 
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
+_VISA_PREFIXES = ("TCPIP", "GPIB", "USB", "ASRL")
+
+
+def _type_name(value: object) -> str:
+    """How TOML would call the type of ``value``, for error messages."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+def _table(value: object, where: str, what: str = "a table") -> dict:
+    """``value`` if it is a table, else a ConfigurationError naming ``where``."""
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{where} must be {what}, got {_type_name(value)}: {value!r}")
+    return value
+
+
+def _array_of_tables(doc: dict, key: str, where: str) -> list[dict]:
+    """``doc[key]`` (default ``[]``) checked to be an array of tables (``[[key]]`` entries)."""
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigurationError(
+            f"{where} [[{key}]] must be an array of tables (one [[{key}]] header per entry), "
+            f"got {_type_name(value)}")
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise ConfigurationError(
+                f"{where} [[{key}]] entry {index}: must be a table, got {_type_name(entry)}: "
+                f"{entry!r}")
+    return value
+
+
+def _string(table: dict, key: str, where: str, *, default: str | None = None,
+            nonempty: bool = True) -> str:
+    """``table[key]`` checked to be a string (non-empty unless ``nonempty`` is False); a
+    missing key takes ``default`` when one is given."""
+    value = table.get(key, default) if default is not None else _require(table, key, where)
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{where}: {key} must be a string, got {_type_name(value)}: {value!r}")
+    if nonempty and not value.strip():
+        raise ConfigurationError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _check_endpoint(endpoint: str, where: str) -> None:
+    """A ZeroMQ endpoint the host can connect to: ``tcp://host:port`` or ``ipc://path``."""
+    hint = "must be 'tcp://host:port' or 'ipc://path'"
+    if endpoint.startswith("ipc://"):
+        if not endpoint[len("ipc://"):].strip():
+            raise ConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r} (no path)")
+        return
+    if not endpoint.startswith("tcp://"):
+        raise ConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
+    host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+    if not sep or not _HOST.fullmatch(host):
+        raise ConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
+    # Port 0 means "pick a free port"; only the simulator can honour it.
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ConfigurationError(
+            f"{where}: endpoint port must be 0..65535 (0: any free port, simulator only), "
+            f"got {endpoint!r}")
+
+
+def _check_resource(resource: str, where: str) -> None:
+    """A VISA resource string.
+
+    ``TCPIP[n]::host::port::SOCKET`` and ``TCPIP[n]::host[::device]::INSTR`` are checked in
+    full; for ``GPIB…``, ``USB…`` and ``ASRL…`` only the non-empty ``::``-separated parts are.
+    """
+    hint = ("must be a VISA resource such as 'TCPIP0::host::port::SOCKET', "
+            "'TCPIP0::host::INSTR', 'GPIB0::12::INSTR' or 'USB0::…::INSTR'")
+    parts = resource.split("::")
+    first = parts[0].upper()
+    if (len(parts) < 2 or not all(p.strip() for p in parts)
+            or not first.startswith(_VISA_PREFIXES)):
+        raise ConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+    if not first.startswith("TCPIP"):
+        return
+    suffix = parts[-1].upper()
+    if (not first[len("TCPIP"):].isdigit() and first != "TCPIP") or not _HOST.fullmatch(parts[1]):
+        raise ConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+    if suffix == "SOCKET":
+        port = parts[2] if len(parts) == 4 else ""
+        if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            raise ConfigurationError(
+                f"{where}: resource must be 'TCPIP[n]::host::port::SOCKET' with port "
+                f"0..65535, got {resource!r}")
+    elif suffix != "INSTR" or len(parts) not in (3, 4):
+        raise ConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+
+
 def _port(value: object, where: str) -> tuple[str, int]:
     if not isinstance(value, str) or value.count(":") != 1:
         raise ConfigurationError(f"{where} must be 'name:port', got {value!r}")
@@ -126,6 +230,8 @@ def _number(table: dict, key: str, where: str, kind: type, *, minimum: float | N
     if isinstance(value, bool) or not isinstance(value, ok_types):
         what = "an integer" if kind is int else "a number"
         raise ConfigurationError(f"{where}: {key} must be {what}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"{where}: {key} must be a finite number, got {value!r}")
     if minimum is not None and (value < minimum if kind is int else value <= minimum):
         bound = f">= {minimum}" if kind is int else f"> {minimum}"
         raise ConfigurationError(f"{where}: {key} must be {bound}, got {value!r}")
@@ -148,11 +254,20 @@ def load_config(path: str | Path) -> LabConfig:
 def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     """Validate a configuration document already parsed from TOML."""
     where = str(path) if path else "lab configuration"
-    dev = _require(doc, "device", where)
-    name = str(_require(dev, "name", f"{where} [device]"))
+    dev = _table(_require(doc, "device", where), f"{where} [device]")
+    name = _string(dev, "name", f"{where} [device]")
+    if not _DEVICE_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigurationError(
+            f"{where} [device]: name must be letters, digits, '_', '.' or '-' (it names the "
+            f"calibration store folder), got {name!r}")
     n = _number(dev, "num_qubits", f"{where} [device]", int, minimum=1)
+    edges = dev.get("coupling_map", [])
+    if not isinstance(edges, list):
+        raise ConfigurationError(
+            f"{where} [device] coupling_map must be an array of [a, b] edges, "
+            f"got {_type_name(edges)}: {edges!r}")
     cmap = []
-    for edge in dev.get("coupling_map", []):
+    for edge in edges:
         if (not isinstance(edge, list) or len(edge) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in edge)):
             raise ConfigurationError(
@@ -164,10 +279,13 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     cmap = tuple(cmap)
 
     controllers = []
-    for c in doc.get("controllers", []):
+    for c in _array_of_tables(doc, "controllers", where):
         w = f"{where} [[controllers]] {c.get('name', '?')}"
+        ctrl_name = _string(c, "name", w)
+        endpoint = _string(c, "endpoint", w)
+        _check_endpoint(endpoint, w)
         controllers.append(ControllerConfig(
-            name=str(_require(c, "name", w)), endpoint=str(_require(c, "endpoint", w)),
+            name=ctrl_name, endpoint=endpoint,
             sample_rate_hz=_number(c, "sample_rate_hz", w, float, minimum=0.0),
             outputs=_number(c, "outputs", w, int, minimum=1),
             inputs=_number(c, "inputs", w, int, minimum=1),
@@ -179,13 +297,16 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
         raise ConfigurationError(f"{where}: all controllers must share one sample rate")
 
     instruments = []
-    for i in doc.get("instruments", []):
+    for i in _array_of_tables(doc, "instruments", where):
         w = f"{where} [[instruments]] {i.get('name', '?')}"
-        kind = str(_require(i, "kind", w))
+        inst_name = _string(i, "name", w)
+        kind = _string(i, "kind", w)
         if kind not in INSTRUMENT_KINDS:
             raise ConfigurationError(f"{w}: kind must be one of {INSTRUMENT_KINDS}, got {kind!r}")
+        resource = _string(i, "resource", w)
+        _check_resource(resource, w)
         instruments.append(InstrumentConfig(
-            name=str(_require(i, "name", w)), kind=kind, resource=str(_require(i, "resource", w)),
+            name=inst_name, kind=kind, resource=resource,
             channels=_number(i, "channels", w, int, minimum=1, default=1),
             timeout_s=_number(i, "timeout_s", w, float, minimum=0.0, default=2.0),
         ))
@@ -196,10 +317,13 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     inst_by_name = {i.name: i for i in instruments}
 
     qubits: dict[int, QubitWiring] = {}
-    for key, q in doc.get("qubits", {}).items():
+    qubit_tables = _table(doc.get("qubits", {}), f"{where} [qubits]",
+                          "a table of [qubits.N] tables")
+    for key, q in qubit_tables.items():
         if not key.isdigit() or int(key) >= n:
             raise ConfigurationError(f"{where} [qubits.{key}]: qubit index must be 0..{n - 1}")
         w = f"{where} [qubits.{key}]"
+        _table(q, w)
         ports = {}
         for role in ROLES:
             ctrl, port = _port(_require(q, role, w), f"{w} {role}")
@@ -211,7 +335,7 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
                     f"{w} {role}: port {port} does not exist on {ctrl} (it has {limit})")
             ports[role] = (ctrl, port)
         for role, kind in (("drive_lo", "signal_generator"), ("readout_lo", "signal_generator")):
-            src = str(_require(q, role, w))
+            src = _string(q, role, w)
             if src not in inst_by_name or inst_by_name[src].kind != kind:
                 raise ConfigurationError(f"{w} {role}: {src!r} is not a {kind} of this rack")
         flux_src, flux_ch = _port(_require(q, "flux_bias", w), f"{w} flux_bias")
@@ -244,8 +368,10 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
                 f"is already the acquire input of qubit {acquire_owners[wiring.acquire]}")
         acquire_owners[wiring.acquire] = q
 
-    cal = doc.get("calibration", {})
-    store = str(cal.get("store", ""))
+    cal = _table(doc.get("calibration", {}), f"{where} [calibration]")
+    store = _string(cal, "store", f"{where} [calibration]", default="", nonempty=False)
+    seed_snapshot = _string(cal, "seed_snapshot", f"{where} [calibration]", default="",
+                            nonempty=False)
     if store:
         store_path = Path(store)
         if not store_path.is_absolute() and path is not None:
@@ -255,5 +381,5 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     return LabConfig(
         path=path, device_name=name, num_qubits=n, coupling_map=cmap,
         controllers=tuple(controllers), instruments=tuple(instruments), qubits=qubits,
-        store_path=store_path, seed_snapshot=cal.get("seed_snapshot") or None, raw=doc,
+        store_path=store_path, seed_snapshot=seed_snapshot or None, raw=doc,
     )

@@ -246,3 +246,142 @@ def test_absolute_store_kept(tmp_path, shipped_text):
     folder.mkdir()
     text = shipped_text.replace('store = ""', f'store = "{target.as_posix()}"')
     assert load_config(write(folder, text)).store_path == target
+
+
+# ----------------------------------------------------------------- sections of the wrong type
+
+
+@pytest.mark.parametrize(("edit", "pattern"), [
+    (_set("controllers", {"name": "ctrl0"}), r"\[\[controllers\]\] must be an array of tables"),
+    (_set("controllers", [1]), r"\[\[controllers\]\] entry 0: must be a table"),
+    (_set("instruments", {"name": "lo"}), r"\[\[instruments\]\] must be an array of tables"),
+    (_set("instruments", 0, "x"), r"\[\[instruments\]\] entry 0: must be a table"),
+    (_set("qubits", [1]), r"\[qubits\] must be a table of \[qubits\.N\] tables, got an array"),
+    (_set("qubits", "0", "x"), r"\[qubits\.0\] must be a table, got a string"),
+    (_set("calibration", "x"), r"\[calibration\] must be a table, got a string"),
+    (_set("device", "lab5"), r"\[device\] must be a table, got a string"),
+    (_set("device", 5), r"\[device\] must be a table, got a number"),
+    (_set("device", "coupling_map", 3), r"\[device\] coupling_map must be an array"),
+], ids=["controllers-table", "controller-entry-int", "instruments-table",
+        "instrument-entry-string", "qubits-list", "qubit-entry-string", "calibration-string",
+        "device-string", "device-int", "coupling-map-int"])
+def test_section_of_wrong_type(doc, edit, pattern):
+    edit(doc)
+    with pytest.raises(ConfigurationError, match=pattern):
+        parse_config(doc, Path("/racks/lab.toml"))
+
+
+# ----------------------------------------------------------------- finite numbers
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("controllers", "sample_rate_hz", float("nan")),
+    ("controllers", "sample_rate_hz", float("inf")),
+    ("controllers", "timeout_s", float("inf")),
+    ("controllers", "timeout_s", float("nan")),
+    ("instruments", "timeout_s", float("inf")),
+])
+def test_non_finite_numbers_rejected(doc, section, key, value):
+    doc[section][0][key] = value
+    with pytest.raises(ConfigurationError,
+                       match=rf"\[\[{section}\]\] \w+: {key} must be a finite number"):
+        parse_config(doc)
+
+
+def test_non_finite_from_toml_text(tmp_path, shipped_text):
+    path = write(tmp_path, shipped_text.replace("sample_rate_hz = 1.0e9", "sample_rate_hz = nan"))
+    with pytest.raises(ConfigurationError, match=r"ctrl0: sample_rate_hz must be a finite"):
+        load_config(path)
+
+
+# ----------------------------------------------------------------- device name
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "/abs", ".", "..", "", "with space",
+                                  "back\\slash", "lab5\n"])
+def test_device_name_must_be_a_safe_path_component(doc, name):
+    doc["device"]["name"] = name
+    with pytest.raises(ConfigurationError, match=r"\[device\]: name must be"):
+        parse_config(doc)
+
+
+def test_device_name_must_be_a_string(doc):
+    doc["device"]["name"] = 5
+    with pytest.raises(ConfigurationError, match=r"\[device\]: name must be a string"):
+        parse_config(doc)
+
+
+@pytest.mark.parametrize("name", ["lab5", "rack_b", "fridge-2.v1", "..x", "A.B"])
+def test_device_name_accepted(tmp_path, monkeypatch, doc, name):
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    doc["device"]["name"] = name
+    assert parse_config(doc).store_path == tmp_path / name / "calibration.sqlite"
+
+
+# ----------------------------------------------------------------- calibration keys
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("seed_snapshot", 5), ("seed_snapshot", ["a.json"]), ("seed_snapshot", True),
+    ("store", 0), ("store", {"path": "x"}),
+])
+def test_calibration_keys_must_be_strings(doc, key, value):
+    doc["calibration"][key] = value
+    with pytest.raises(ConfigurationError, match=rf"\[calibration\]: {key} must be a string"):
+        parse_config(doc)
+
+
+def test_empty_or_missing_seed_snapshot_is_none(doc):
+    doc["calibration"]["seed_snapshot"] = ""
+    assert parse_config(doc).seed_snapshot is None
+    del doc["calibration"]["seed_snapshot"]
+    assert parse_config(doc).seed_snapshot is None
+    del doc["calibration"]
+    assert parse_config(doc).seed_snapshot is None
+
+
+# ----------------------------------------------------------------- endpoints and resources
+
+
+@pytest.mark.parametrize("endpoint", [
+    "tcp://127.0.0.1:0", "tcp://10.0.0.5:5555", "tcp://ctrl0.lab:65535", "tcp://[::1]:5555",
+    "ipc:///tmp/ctrl0.sock",
+])
+def test_good_endpoints(doc, endpoint):
+    doc["controllers"][0]["endpoint"] = endpoint
+    assert parse_config(doc).controller("ctrl0").endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", [
+    "no such host", "abc", "10.0.0.5:5555", "udp://10.0.0.5:5555", "tcp://10.0.0.5",
+    "tcp://:5555", "tcp://10.0.0.5:", "tcp://10.0.0.5:65536", "tcp://10.0.0.5:-1",
+    "tcp://10.0.0.5:http", "tcp://a b:1", "ipc://", "", 5555,
+])
+def test_bad_endpoints(doc, endpoint):
+    doc["controllers"][0]["endpoint"] = endpoint
+    with pytest.raises(ConfigurationError, match=r"\[\[controllers\]\] ctrl0: endpoint"):
+        parse_config(doc)
+
+
+@pytest.mark.parametrize("resource", [
+    "TCPIP0::127.0.0.1::0::SOCKET", "TCPIP::10.0.0.21::5025::SOCKET",
+    "tcpip1::lo.lab::5025::socket", "TCPIP0::10.0.0.21::INSTR",
+    "TCPIP0::10.0.0.21::hislip0::INSTR", "GPIB0::12::INSTR",
+    "USB0::0x0957::0x8B18::MY123::INSTR", "ASRL/dev/ttyUSB0::INSTR",
+])
+def test_good_resources(doc, resource):
+    doc["instruments"][0]["resource"] = resource
+    assert parse_config(doc).instrument("lo_drive_a").resource == resource
+
+
+@pytest.mark.parametrize("resource", [
+    "abc", "tcp://x", "tcp://10.0.0.21:5025", "", "   ", "TCPIP0", "TCPIP0::",
+    "TCPIP0::10.0.0.21", "TCPIP0::10.0.0.21::5025", "TCPIP0::10.0.0.21::5025::SOCKET::x",
+    "TCPIP0::10.0.0.21::99999::SOCKET", "TCPIP0::10.0.0.21::port::SOCKET",
+    "TCPIP0::::5025::SOCKET", "TCPIPX::10.0.0.21::5025::SOCKET", "GPIB0::::INSTR",
+    "VXI0::1::INSTR", 5025, ["TCPIP0::h::1::SOCKET"],
+])
+def test_bad_resources(doc, resource):
+    doc["instruments"][0]["resource"] = resource
+    with pytest.raises(ConfigurationError, match=r"\[\[instruments\]\] lo_drive_a: resource"):
+        parse_config(doc)

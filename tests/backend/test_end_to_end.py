@@ -334,3 +334,30 @@ def test_simulator_death_is_named_in_the_job_error(lab_home) -> None:
         job = backend.run(native, shots=10)
         with pytest.raises(JobError, match=r"firmware simulator .* exited"):
             job.result(timeout=60)
+
+
+@pytest.mark.parametrize(("option", "value"), [("shots", 2.5), ("shots", True),
+                                                ("rep_delay", float("nan")),
+                                                ("timeout", float("inf")), ("shots", "100")])
+def test_set_options_and_run_share_the_checks(lab_backend, option, value) -> None:
+    before = getattr(lab_backend.options, option)
+    with pytest.raises(InvalidRunInputError, match=option):
+        lab_backend.set_options(**{option: value})
+    assert getattr(lab_backend.options, option) == before
+    native = transpile(bell(), lab_backend)
+    assert option in _nothing_sent(lab_backend, lambda: lab_backend.run(native,
+                                                                         **{option: value}))
+
+
+def test_pulse_program_is_checked_against_the_rack(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    program = lab_backend.run(native, shots=10, sync=True).programs[0]
+    bad = [
+        (dataclasses.replace(program, controller="ctrl9"), "ctrl9"),
+        (dataclasses.replace(program, num_clbits=0), "num_clbits=2"),
+        (dataclasses.replace(program, lo_settings={"flux_bias": LoSetting(5e9, 10.0)}),
+         "not an LO source"),
+        (dataclasses.replace(program, sample_rate_hz=2e9), "Hz"),
+    ]
+    for candidate, needle in bad:
+        assert needle in _nothing_sent(lab_backend, lambda c=candidate: lab_backend.run(c))
