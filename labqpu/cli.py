@@ -143,11 +143,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (LabQpuError, QiskitError, InstrumentError, FileNotFoundError)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labqpu`` command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="labqpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
+                        help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the demo or a script")

@@ -90,6 +90,9 @@ class LabBackend(BackendV2):
         return opts
 
     def _refresh(self) -> None:
+        if self._queue.closed:
+            raise LabQpuError(f"backend {self.name}: its provider was closed; open a new "
+                              "LabProvider")
         with self._lock:
             latest = self.store.latest_id()
             current = self._snapshot.snapshot_id if self._snapshot else None
@@ -236,11 +239,9 @@ class LabBackend(BackendV2):
         raises ``InvalidRunInputError`` naming the problem, and no job is created. Options:
         ``shots`` (1..100000), ``memory``, ``meas_level`` (1: IQ, 2: counts), ``meas_return``,
         ``rep_delay`` (s), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
-        ``timeout`` (s, per program on the controller), ``sync`` (wait before returning).
+        ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
+        ``job_tags`` (kept in the result header; mthree passes them).
         """
-        if self._queue.closed:
-            raise LabQpuError(f"backend {self.name}: its provider was closed; open a new "
-                              "LabProvider")
         items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
             else list(run_input)
         if not items:

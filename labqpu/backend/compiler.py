@@ -23,10 +23,10 @@ from labqpu.backend.config import LabConfig
 from labqpu.backend.errors import CompilationError
 from labqpu.backend.kernels import flat_top, gaussian_drag
 from labqpu.backend.program import ProgramBuilder, PulseProgram
-from labqpu.backend.target import DRIVE_PARAMETERS
+from labqpu.backend.target import DRIVE_PARAMETERS, has_all
 from labqpu.calibration.store import Snapshot
 
-#: Rise/fall of readout pulses (s).
+#: Rise and fall of readout pulses (s); calibration experiments use the same shape.
 READOUT_RISE_S = 20e-9
 SCHEDULING_METHODS = ("alap", "asap")
 
@@ -225,10 +225,10 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
     for q in range(config.num_qubits):
         wiring = config.qubits[q]
         p = snapshot.qubits.get(q, {})
-        if all(n in p for n in DRIVE_PARAMETERS):
+        if has_all(p, DRIVE_PARAMETERS):
             b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
         wanted = []
-        if q in used and all(n in p for n in DRIVE_PARAMETERS):
+        if q in used and has_all(p, DRIVE_PARAMETERS):
             wanted.append((wiring.drive_lo, "drive_lo_frequency_hz", "drive_lo_power_dbm"))
         if q in measured:
             wanted.append((wiring.readout_lo, "readout_lo_frequency_hz", "readout_lo_power_dbm"))

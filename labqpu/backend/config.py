@@ -275,6 +275,10 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
         a, b = edge
         if not (0 <= a < n and 0 <= b < n) or a == b:
             raise ConfigurationError(f"{where} [device] coupling_map has a bad edge ({a}, {b})")
+        if (a, b) in cmap or (b, a) in cmap:
+            raise ConfigurationError(
+                f"{where} [device] coupling_map lists the edge ({a}, {b}) twice (edges are "
+                "undirected)")
         cmap.append((a, b))
     cmap = tuple(cmap)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import pyvisa
+import zmq
 
 from labqpu.backend.config import LabConfig
 from labqpu.backend.program import PulseProgram
@@ -139,14 +141,16 @@ class RackConnection:
         return arrays["iq"]
 
     def close(self) -> None:
-        """Close every session (idempotent); errors while closing are logged, not raised."""
+        """Close every session (idempotent); errors while closing are logged, not raised, so
+        every session gets its turn. pyvisa's resource manager is process-wide (one per
+        backend library) and stays open for other providers."""
         for group in (self._controllers, self._los, self._currents):
             while group:
                 name, session = group.popitem()
                 try:
                     session.close()
-                except Exception:
-                    log.exception("closing %s failed", name)
+                except (InstrumentError, OSError, zmq.ZMQError, pyvisa.Error) as exc:
+                    log.warning("closing %s failed: %s", name, exc)
 
 
 class HardwareQueue(Protocol):

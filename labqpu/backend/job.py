@@ -72,7 +72,8 @@ class LabJob(JobV1):
             "job_id": self.job_id(), "qobj_id": self.job_id(), "success": True,
             "date": dt.datetime.now(dt.UTC).isoformat(), "results": experiments,
             "header": {"backend_name": backend.name,
-                       "calibration_snapshot_id": self._snapshot.snapshot_id},
+                       "calibration_snapshot_id": self._snapshot.snapshot_id,
+                       "job_tags": list(opts["job_tags"] or [])},
             "calibration_snapshot_id": self._snapshot.snapshot_id,
         })
 

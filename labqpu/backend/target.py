@@ -37,6 +37,13 @@ class LabTarget(Target):
         # Target is built entirely in __new__; only our own attribute is set here.
         self.snapshot_id = snapshot_id
 
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "snapshot_id": self.snapshot_id}
+
+    def __setstate__(self, state: dict) -> None:
+        self.snapshot_id = state.get("snapshot_id")
+        super().__setstate__(state)
+
 
 def has_all(params: dict, names: tuple[str, ...]) -> bool:
     """True when every name in ``names`` is in ``params``."""

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import curve_fit
 
+from labqpu.backend.compiler import READOUT_RISE_S
 from labqpu.backend.kernels import flat_top, gaussian_drag
 from labqpu.backend.program import ProgramBuilder, PulseProgram
 
 log = logging.getLogger(__name__)
-
-READOUT_RISE_S = 20e-9
-
 
 class FitError(RuntimeError):
     """The data of an experiment do not support the fitted model (message says which)."""

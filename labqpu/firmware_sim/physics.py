@@ -35,7 +35,6 @@ Model (spine level; issue "physics" deepens it):
 from __future__ import annotations
 
 import itertools
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -198,7 +197,6 @@ class PhysicsEngine:
         self.cabling = cabling
         self._a = _ladder()
         self._n = self._a.conj().T @ self._a
-        self._lock = threading.Lock()
 
     def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
         """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""

@@ -385,3 +385,9 @@ def test_bad_resources(doc, resource):
     doc["instruments"][0]["resource"] = resource
     with pytest.raises(ConfigurationError, match=r"\[\[instruments\]\] lo_drive_a: resource"):
         parse_config(doc)
+
+
+def test_duplicate_coupling_edge_is_refused(doc):
+    doc["device"]["coupling_map"] = [[0, 1], [1, 2], [1, 0]]
+    with pytest.raises(ConfigurationError, match=r"coupling_map lists the edge \(1, 0\) twice"):
+        parse_config(doc)

@@ -266,3 +266,13 @@ def test_transpiled_bell_uses_only_target_operations(snapshot, config):
                                                                           qargs)
         if inst.operation.name == "rz":
             assert math.isfinite(float(inst.operation.params[0]))
+
+
+def test_snapshot_id_survives_copy_and_pickle(snapshot, config):
+    import copy
+    import pickle
+
+    target = build_target(snapshot, config)
+    for clone in (copy.copy(target), copy.deepcopy(target), pickle.loads(pickle.dumps(target))):
+        assert clone.snapshot_id == snapshot.snapshot_id
+        assert clone.operation_names == target.operation_names
