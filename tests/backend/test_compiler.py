@@ -15,9 +15,6 @@ Phases are compared modulo 2 pi.
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -25,10 +22,9 @@ from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 
 from labqpu.backend.compiler import compile_circuit
-from labqpu.backend.config import default_config_path, load_config
 from labqpu.backend.errors import CompilationError
 from labqpu.backend.kernels import flat_top, gaussian_drag
-from labqpu.calibration.store import CalibrationStore, SnapshotBuilder
+from labqpu.calibration.store import SnapshotBuilder
 
 FS = 1.0e9
 
@@ -40,30 +36,6 @@ WIRE_DTYPES = {
     "acq_port": np.int32, "acq_start": np.int64, "acq_duration": np.int64,
     "acq_freq_hz": np.float64, "param_values": np.float64,
 }
-
-
-@pytest.fixture(scope="module")
-def config():
-    return load_config(default_config_path())
-
-
-@pytest.fixture(scope="module")
-def export():
-    text = (resources.files("labqpu") / "data" / "lab5_calibration.json").read_text()
-    return json.loads(text)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, export):
-    s = CalibrationStore(tmp_path_factory.mktemp("compiler") / "s.sqlite")
-    s.import_json(export)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def snapshot(store):
-    return store.get(1)
 
 
 def rq(export, q: int, name: str):

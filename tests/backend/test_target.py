@@ -7,43 +7,15 @@ seconds; ``dt`` is 1 / the controller sample rate.
 
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
 
 import pytest
 from qiskit import QuantumCircuit, transpile
 
-from labqpu.backend.config import default_config_path, load_config
 from labqpu.backend.target import build_target
-from labqpu.calibration.store import CalibrationStore, SnapshotBuilder
+from labqpu.calibration.store import SnapshotBuilder
 
 ONE_Q = ("rz", "sx", "x", "measure", "reset", "delay")
-
-
-@pytest.fixture(scope="module")
-def config():
-    return load_config(default_config_path())
-
-
-@pytest.fixture(scope="module")
-def export():
-    """The shipped export envelope, parsed as plain JSON (independent of the store)."""
-    text = (resources.files("labqpu") / "data" / "lab5_calibration.json").read_text()
-    return json.loads(text)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, export):
-    s = CalibrationStore(tmp_path_factory.mktemp("target") / "s.sqlite")
-    s.import_json(export)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def snapshot(store):
-    return store.get(1)
 
 
 def raw_q(export, q: int, name: str):
