@@ -47,7 +47,7 @@ def test_shipped_lab5_parses():
     assert len(cfg.controllers) == 1
     ctrl = cfg.controllers[0]
     assert (ctrl.name, ctrl.sample_rate_hz, ctrl.outputs, ctrl.inputs) == ("ctrl0", 1e9, 15, 5)
-    assert ctrl.timeout_s == 10.0
+    assert ctrl.timeout_s == 5.0
     assert len(cfg.instruments) == 4
     kinds = {i.name: (i.kind, i.channels) for i in cfg.instruments}
     assert kinds == {"lo_drive_a": ("signal_generator", 1), "lo_drive_b": ("signal_generator", 1),
