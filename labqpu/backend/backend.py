@@ -42,7 +42,8 @@ def _check_option_types(options: dict) -> None:
         if kind is None:
             continue
         if isinstance(value, bool) or not isinstance(value, kind[0]) or (
-                isinstance(value, numbers.Real) and not math.isfinite(value)):
+                isinstance(value, numbers.Real) and not math.isfinite(value)) or (
+                name == "seed_simulator" and value < 0):
             raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}")
 
 
@@ -141,7 +142,10 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"unknown option(s) {unknown}; known: {sorted(self.options.__dict__)}")
         _check_option_types({k: v for k, v in fields.items() if v is not None})
-        super().set_options(**fields)
+        try:
+            super().set_options(**fields)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRunInputError(f"invalid option: {exc}") from exc
 
     def hardware_status(self, timeout_s: float = 30.0) -> dict:
         """Controller capabilities and instrument identities, asked in queue order (waits for
@@ -175,9 +179,6 @@ class LabBackend(BackendV2):
         out["rep_delay"] = float(out["rep_delay"])
         out["timeout"] = float(out["timeout"])
         if out["seed_simulator"] is not None:
-            if out["seed_simulator"] < 0:
-                raise InvalidRunInputError(
-                    f"run option seed_simulator must be >= 0, got {out['seed_simulator']!r}")
             out["seed_simulator"] = int(out["seed_simulator"])
         return out
 

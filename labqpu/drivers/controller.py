@@ -286,7 +286,8 @@ class ControllerClient:
         return self._result_str(reply, "state", OP_ABORT)
 
     def status(self) -> dict[str, Any]:
-        """Heartbeat: ``state`` (``idle``/``busy``), ``queued``, ``uptime_s``, ``programs``."""
+        """Heartbeat: ``state`` (``idle``/``busy``), ``queued``, ``uptime_s``, ``programs``
+        (held now), ``uploads_total`` and ``runs_total`` (since start)."""
         return self._request(OP_STATUS, {}).result
 
     # -- transport --------------------------------------------------------------------

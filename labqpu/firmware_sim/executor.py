@@ -158,13 +158,14 @@ class SimulatedController:
         if not 1 <= shots <= MAX_SHOTS:
             raise ValueError(f"shots must be in 1..{MAX_SHOTS}, got {shots}")
         rep_delay = params.get("rep_delay_s", 0.0)
-        if not isinstance(rep_delay, int | float) or rep_delay < 0:
+        if isinstance(rep_delay, bool) or not isinstance(rep_delay, int | float) \
+                or not 0 <= rep_delay < math.inf:
             raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
         seed = params.get("seed")
         if seed is None:
             with self._seed_lock:
                 rng = np.random.default_rng(self._seeds.spawn(1)[0])
-        elif isinstance(seed, int) and seed >= 0:
+        elif isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
             rng = np.random.default_rng(seed)
         else:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")

@@ -222,7 +222,8 @@ class PhysicsEngine:
         """Execute ``prog`` for ``shots`` shots; returns complex IQ of shape (shots, n_acq)."""
         fs = self.device.sample_rate_hz
         n_ports = int(max(
-            [0] + [c.drive_port for c in self.cabling.values()]
+            [int(prog.play_port.max()) if prog.play_port.size else 0]
+            + [c.drive_port for c in self.cabling.values()]
             + [c.flux_port for c in self.cabling.values()]
             + [c.readout_port for c in self.cabling.values()]
         )) + 1

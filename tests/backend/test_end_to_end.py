@@ -361,3 +361,11 @@ def test_pulse_program_is_checked_against_the_rack(lab_backend) -> None:
     ]
     for candidate, needle in bad:
         assert needle in _nothing_sent(lab_backend, lambda c=candidate: lab_backend.run(c))
+
+
+def test_set_options_range_errors_are_run_input_errors(lab_backend) -> None:
+    with pytest.raises(InvalidRunInputError, match="shots"):
+        lab_backend.set_options(shots=0)
+    with pytest.raises(InvalidRunInputError, match="seed_simulator"):
+        lab_backend.set_options(seed_simulator=-1)
+    assert lab_backend.options.seed_simulator is None

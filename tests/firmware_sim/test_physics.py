@@ -726,3 +726,14 @@ def test_pulse_on_uncoupled_qubit_after_acquisition_is_allowed() -> None:
     iq = engine().run(wire_program(plays, waves, acqs, 300), settings(), 10,
                       np.random.default_rng(0))
     assert iq.shape == (10, 1)
+
+
+def test_play_on_an_uncabled_port_renders_inside_the_buffer() -> None:
+    """A controller may have more outputs than the cabling uses; a play there is rendered
+    (and plays no role in the physics) instead of writing past the buffer."""
+    n_cabled = 1 + max(max(c.drive_port, c.flux_port, c.readout_port)
+                       for c in RACK.cabling.values())
+    waves = [np.ones(8)]
+    prog = wire_program([(n_cabled + 4, 0, 0, 2.0, 0.0, 0.0)], waves, [], 16)
+    with pytest.raises(SimulationError, match=f"port {n_cabled + 4} exceeds DAC full scale"):
+        engine().run(prog, settings(), 10, np.random.default_rng(0))
