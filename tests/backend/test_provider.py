@@ -84,24 +84,16 @@ def test_close_stops_the_simulator(lab_home) -> None:
     provider.close()
 
 
-def test_simulator_stops_when_the_client_process_dies(tmp_path) -> None:
-    """A client killed without closing anything never leaves the simulator running."""
+@pytest.mark.parametrize("ending", ["", "os._exit(0)"], ids=["interpreter-exit", "hard-exit"])
+def test_simulator_stops_with_its_client_process(tmp_path, ending) -> None:
+    """Whether the client's interpreter exits normally (finalizers run) or is cut short
+    without closing anything, the simulator it started does not outlive it."""
     code = ("import os, sys; os.environ['LABQPU_HOME'] = sys.argv[1]; "
             "from labqpu import LabProvider; p = LabProvider(); "
-            "print(p.simulator.pid, flush=True); os._exit(0)")
+            f"print(p.simulator.pid, flush=True); {ending}")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, timeout=180, check=True)
-    sim_pid = int(out.stdout.split()[-1])
-    assert _wait_dead(sim_pid, timeout_s=20)
-
-
-def test_interpreter_exit_stops_the_simulator(tmp_path) -> None:
-    code = ("import os, sys; os.environ['LABQPU_HOME'] = sys.argv[1]; "
-            "from labqpu import LabProvider; p = LabProvider(); "
-            "print(p.simulator.pid, flush=True)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, timeout=180, check=True)
-    assert _wait_dead(int(out.stdout.split()[-1]))
+    assert _wait_dead(int(out.stdout.split()[-1]), timeout_s=20)
 
 
 def _free_port() -> int:
