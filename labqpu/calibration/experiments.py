@@ -10,11 +10,12 @@ fit stops the calibration instead of writing a wrong number.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 
 from labqpu.backend.compiler import READOUT_RISE_S
 from labqpu.backend.kernels import flat_top, gaussian_drag
@@ -145,6 +146,14 @@ class Kit:
 # ---------------------------------------------------------------- pure analyses
 
 
+def _curve_fit(model, x, y, p0, maxfev):
+    """scipy's curve_fit; parameter covariances are not used, so their warning is muted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        popt, _ = curve_fit(model, x, y, p0=p0, maxfev=maxfev)
+    return popt
+
+
 def _lorentzian(f, f0, width, amp, offset):
     return offset + amp / (1.0 + ((f - f0) / width) ** 2)
 
@@ -161,7 +170,7 @@ def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float
     step = abs(freqs_hz[1] - freqs_hz[0])
     p0 = [freqs_hz[k], 2 * step, signal[k] - base, base]
     try:
-        popt, _ = curve_fit(_lorentzian, freqs_hz, signal, p0=p0, maxfev=20000)
+        popt = _curve_fit(_lorentzian, freqs_hz, signal, p0, 20000)
     except RuntimeError as exc:
         raise FitError(f"{what}: Lorentzian fit failed: {exc}") from exc
     if not freqs_hz.min() <= popt[0] <= freqs_hz.max():
@@ -194,12 +203,15 @@ def fit_rabi(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
     period0 = (amps[-1] - amps[0]) * len(amps) / (len(amps) - 1) / k
     amp0 = signal[0] - signal.mean()
     try:
-        popt, _ = curve_fit(model, amps, signal, p0=[period0, amp0, signal.mean()], maxfev=20000)
+        popt = _curve_fit(model, amps, signal, [period0, amp0, signal.mean()], 20000)
     except RuntimeError as exc:
         raise FitError(f"{what}: Rabi fit failed: {exc}") from exc
     period = abs(popt[0])
     if not 0 < period / 2 < 1.0:
         raise FitError(f"{what}: pi amplitude {period / 2:.4g} is outside full scale")
+    if period / 2 > amps.max():
+        raise FitError(f"{what}: pi amplitude {period / 2:.4g} lies beyond the sweep "
+                       f"(up to {amps.max():.4g}); extend it")
     return period / 2
 
 
@@ -214,7 +226,7 @@ def fit_damped_cosine(t_s: np.ndarray, y: np.ndarray, what: str) -> tuple[float,
     f0 = freqs[max(1, int(np.argmax(spec[1:])) + 1)]
     p0 = [f0, t_s[-1], (y.max() - y.min()) / 2, 0.0, y.mean()]
     try:
-        popt, _ = curve_fit(model, t_s, y, p0=p0, maxfev=50000)
+        popt = _curve_fit(model, t_s, y, p0, 50000)
     except RuntimeError as exc:
         raise FitError(f"{what}: damped-cosine fit failed: {exc}") from exc
     return abs(float(popt[0])), abs(float(popt[1]))
@@ -227,7 +239,7 @@ def fit_exponential(t_s: np.ndarray, y: np.ndarray, what: str) -> float:
 
     p0 = [t_s[-1] / 3, y[0] - y[-1], y[-1]]
     try:
-        popt, _ = curve_fit(model, t_s, y, p0=p0, maxfev=20000)
+        popt = _curve_fit(model, t_s, y, p0, 20000)
     except RuntimeError as exc:
         raise FitError(f"{what}: exponential fit failed: {exc}") from exc
     if not 0 < popt[0] < 10 * t_s[-1]:

@@ -1,0 +1,92 @@
+"""The pure analyses of the calibration experiments, on synthetic data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labqpu.calibration.experiments import (
+    FitError,
+    complex_median,
+    fit_damped_cosine,
+    fit_exponential,
+    fit_parabola_vertex,
+    fit_peak,
+    fit_rabi,
+    phase_from_quadratures,
+    project,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def test_fit_peak_finds_a_lorentzian_centre() -> None:
+    f = np.linspace(7.034e9, 7.046e9, 61)
+    signal = 0.05 + 0.25 / (1 + ((f - 7.04212e9) / 1.05e6) ** 2) + RNG.normal(0, 0.003, f.size)
+    centre, width = fit_peak(f, signal, "test")
+    assert abs(centre - 7.04212e9) < 30e3
+    assert abs(width - 1.05e6) < 0.1e6
+
+
+def test_fit_peak_refuses_pure_noise() -> None:
+    f = np.linspace(5.0e9, 5.1e9, 101)
+    with pytest.raises(FitError, match="no peak above the noise"):
+        fit_peak(f, RNG.normal(0, 1, f.size), "qubit 3 spectroscopy")
+
+
+def test_fit_rabi_returns_half_the_period() -> None:
+    amps = np.linspace(0, 0.9, 46)
+    signal = 0.4 * np.cos(np.pi * amps / 0.447) + 0.1 + RNG.normal(0, 0.01, amps.size)
+    assert abs(fit_rabi(amps, signal, "test") - 0.447) < 0.005
+
+
+@pytest.mark.parametrize(("top", "pi_amp", "words"), [(0.9, 1.6, "full scale"),
+                                                      (0.3, 0.8, "beyond the sweep")])
+def test_fit_rabi_refuses_what_the_sweep_cannot_support(top, pi_amp, words) -> None:
+    amps = np.linspace(0, top, 31)
+    with pytest.raises(FitError, match=words):
+        fit_rabi(amps, np.cos(np.pi * amps / pi_amp), "test")
+
+
+def test_fit_damped_cosine_frequency_and_decay() -> None:
+    t = np.linspace(0, 6e-6, 61)
+    y = 0.5 + 0.4 * np.exp(-t / 30e-6) * np.cos(2 * np.pi * 1.3e6 * t + 0.3)
+    f, tau = fit_damped_cosine(t, y + RNG.normal(0, 0.005, t.size), "test")
+    assert abs(f - 1.3e6) < 5e3
+    assert 20e-6 < tau < 45e-6
+
+
+def test_fit_exponential_t1() -> None:
+    t = np.linspace(0, 200e-6, 21)
+    y = 0.97 * np.exp(-t / 42e-6) + 0.01 + RNG.normal(0, 0.005, t.size)
+    assert abs(fit_exponential(t, y, "test") - 42e-6) < 2e-6
+
+
+def test_fit_parabola_vertex_and_no_maximum() -> None:
+    x = np.linspace(-0.25e-3, 0.25e-3, 5)
+    y = 5.8213e9 - 4e14 * (x - 0.21e-3) ** 2
+    xv, yv = fit_parabola_vertex(x, y, "test")
+    assert abs(xv - 0.21e-3) < 1e-9
+    assert abs(yv - 5.8213e9) < 1.0
+    with pytest.raises(FitError, match="no maximum"):
+        fit_parabola_vertex(x, -y, "test")
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.7, np.pi / 2, 3.0, -2.0])
+def test_phase_from_quadratures(theta: float) -> None:
+    phase, contrast = phase_from_quadratures((1 + np.cos(theta)) / 2, (1 + np.sin(theta)) / 2)
+    assert abs(np.angle(np.exp(1j * (phase - theta)))) < 1e-12
+    assert abs(contrast - 1) < 1e-12
+
+
+def test_complex_median_is_componentwise() -> None:
+    z = np.array([0 + 10j, 1 + 0j, 2 + 5j])
+    assert complex_median(z) == 1 + 5j
+
+
+def test_project_orders_points_along_their_line() -> None:
+    t = np.linspace(0, 1, 11)
+    points = (0.2 + 0.1j) + t * (0.3 - 0.4j)
+    p = project(points)
+    assert np.all(np.diff(p) > 0) or np.all(np.diff(p) < 0)
+    assert abs(abs(p[-1] - p[0]) - abs(0.3 - 0.4j)) < 1e-12
