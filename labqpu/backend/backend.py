@@ -23,6 +23,7 @@ from labqpu.backend.errors import (
 from labqpu.backend.hardware import HardwareQueue
 from labqpu.backend.job import LabJob
 from labqpu.backend.program import PulseProgram
+from labqpu.backend.results import discriminator_centres
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.calibration.store import CalibrationStore, Snapshot
 
@@ -272,11 +273,10 @@ class LabBackend(BackendV2):
                 raise InvalidRunInputError(str(exc)) from exc
         if opts["meas_level"] == 2:
             for program in programs:
-                for q in set(program.acq_qubit.tolist()):
-                    if "discriminator" not in snapshot.qubits.get(q, {}):
-                        raise InvalidRunInputError(
-                            f"qubit {q} has no calibrated discriminator in snapshot "
-                            f"{snapshot.snapshot_id}; use meas_level=1 for raw IQ")
+                try:
+                    discriminator_centres(snapshot, program.acq_qubit)
+                except KeyError as exc:
+                    raise InvalidRunInputError(exc.args[0]) from exc
         job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot)
         job.submit()
         if opts["sync"]:

@@ -168,6 +168,18 @@ def drag(kit: Kit, q: int, shots: int) -> None:
     kit.work.set(q, "drag_beta", float(beta), "drag")
 
 
+def _prepared_readouts(kit: Kit, q: int, pi_amplitude: float,
+                       frequency_hz: float | None) -> list:
+    """Two programs: read qubit ``q`` after preparing |0> and after a pi pulse (|1>)."""
+    progs = []
+    for prep in (0.0, pi_amplitude):
+        b = kit.builder([q])
+        end = kit.drive(b, q, 0, prep)
+        kit.readout(b, q, end, 0, frequency_hz=frequency_hz)
+        progs.append(b.build(num_clbits=1))
+    return progs
+
+
 def readout(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency with the best |0>/|1> separation, then discriminator centres,
     assignment matrix and fidelity from single shots."""
@@ -176,24 +188,12 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     freqs = centre + np.linspace(-2e6, 2e6, 21)
     snr = []
     for f in freqs:
-        progs = []
-        for prep in (0.0, pi):
-            b = kit.builder([q])
-            end = kit.drive(b, q, 0, prep)
-            kit.readout(b, q, end, 0, frequency_hz=f)
-            progs.append(b.build(num_clbits=1))
-        iq = kit.run_iq(progs, shots // 4, single=True)[:, :, 0]
+        iq = kit.run_iq(_prepared_readouts(kit, q, pi, f), shots // 4, single=True)[:, :, 0]
         sigma = np.sqrt(0.5 * (iq[0].std() ** 2 + iq[1].std() ** 2))
         snr.append(abs(complex_median(iq[1]) - complex_median(iq[0])) / sigma)
     best = float(freqs[int(np.argmax(snr))])
     kit.work.set(q, "readout_frequency_hz", best, "readout_optimisation")
-    progs = []
-    for prep in (0.0, pi):
-        b = kit.builder([q])
-        end = kit.drive(b, q, 0, prep)
-        kit.readout(b, q, end, 0)
-        progs.append(b.build(num_clbits=1))
-    iq = kit.run_iq(progs, shots * 4, single=True)[:, :, 0]
+    iq = kit.run_iq(_prepared_readouts(kit, q, pi, None), shots * 4, single=True)[:, :, 0]
     c0, c1 = complex_median(iq[0]), complex_median(iq[1])
     states = [np.abs(iq[k] - c1) < np.abs(iq[k] - c0) for k in (0, 1)]
     p1_given0, p1_given1 = states[0].mean(), states[1].mean()
