@@ -271,7 +271,7 @@ def _check(ok: bool, what: str) -> None:
 
 
 def bench_synthesis(budget: Budget, out: list[dict]) -> None:
-    from labqpu.backend.kernels import (
+    from labqpu.pulse.kernels import (
         _flat_top_kernel,
         _gaussian_drag_kernel,
         flat_top,
@@ -317,8 +317,8 @@ def bench_synthesis(budget: Budget, out: list[dict]) -> None:
 
 
 def bench_discrimination(budget: Budget, out: list[dict]) -> None:
-    from labqpu.backend.kernels import discriminate
     from labqpu.backend.results import discriminator_centres, experiment_result
+    from labqpu.pulse.kernels import discriminate
 
     shots, n_acq = 100_000, 5
     points = shots * n_acq
@@ -374,8 +374,8 @@ def bench_discrimination(budget: Budget, out: list[dict]) -> None:
 
 def _calibrated() -> tuple[object, object]:
     """(snapshot, config) of the shipped lab5 calibration, via a throw-away store."""
-    from labqpu.backend.config import default_config_path, load_config
-    from labqpu.calibration.store import CalibrationStore
+    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.store import CalibrationStore
 
     with tempfile.TemporaryDirectory(prefix="labqpu-bench-") as tmp:
         store = CalibrationStore(Path(tmp) / "calibration.sqlite")
@@ -418,21 +418,21 @@ class Workload:
 def _workload() -> Workload:
     from qiskit import transpile
 
-    from labqpu.backend.compiler import compile_circuit
     from labqpu.backend.target import build_target
+    from labqpu.pulse.compiler import compile_circuit
 
     snapshot, config = _calibrated()
     target = build_target(snapshot, config)
     circuit = random_native_circuit()
     tqc = transpile(circuit, target=target, seed_transpiler=1)
     return Workload(snapshot, config, target, circuit, tqc,
-                    compile_circuit(tqc, snapshot, config))
+                    compile_circuit(tqc, snapshot, config.channels))
 
 
 def bench_compile(budget: Budget, out: list[dict]) -> None:
     from qiskit import transpile
 
-    from labqpu.backend.compiler import compile_circuit
+    from labqpu.pulse.compiler import compile_circuit
 
     w = _workload()
     snapshot, config, target, circuit, tqc, program = (
@@ -442,7 +442,7 @@ def bench_compile(budget: Budget, out: list[dict]) -> None:
     print(f"\n[3] compilation (5 qubits, {ops} native ops after transpile: "
           f"{dict(tqc.count_ops())}; {program.play_port.shape[0]} plays, "
           f"{program.num_waveforms} unique waveforms)")
-    t_ours = seconds_per_call(lambda: compile_circuit(tqc, snapshot, config), budget)
+    t_ours = seconds_per_call(lambda: compile_circuit(tqc, snapshot, config.channels), budget)
     t_tr = seconds_per_call(lambda: transpile(circuit, target=target, seed_transpiler=1), budget)
     lo, hi = LEGACY_PULSE_MS
     emit([
@@ -490,9 +490,9 @@ def bench_propagation(budget: Budget, out: list[dict]) -> None:
 
 def _job_phases(provider, backend, circuit, shots: int, jobs: int) -> dict[str, float]:
     """Median time of each step of a job, driven by hand through a second rack connection."""
-    from labqpu.backend.compiler import compile_circuit
-    from labqpu.backend.hardware import RackConnection
     from labqpu.backend.results import experiment_result
+    from labqpu.pulse.compiler import compile_circuit
+    from labqpu.rack.hardware import RackConnection
 
     snapshot, config = backend.snapshot, provider.config
     rack = RackConnection(config)
@@ -514,7 +514,8 @@ def _job_phases(provider, backend, circuit, shots: int, jobs: int) -> dict[str, 
 
     try:
         for i in range(jobs + 1):
-            program = timed("compile_circuit", lambda: compile_circuit(circuit, snapshot, config))
+            program = timed("compile_circuit",
+                            lambda: compile_circuit(circuit, snapshot, config.channels))
             client = rack.controller(program.controller)
             timed("LO + flux-bias settings over VISA (apply_settings)",
                   lambda p=program: rack.apply_settings(p))

@@ -82,8 +82,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from labqpu.backend.config import default_config_path
     from labqpu.firmware_sim.__main__ import main as sim_main
+    from labqpu.rack.config import default_config_path
 
     argv = [str(args.lab_toml or default_config_path())]
     if args.seed is not None:
@@ -134,13 +134,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions ``main`` reports as one line (exit code 2) instead of a traceback."""
+    """The exceptions ``main`` reports as one line (exit code 2) instead of a traceback.
+
+    Every labqpu error (``labqpu.errors``) is a ``QiskitError``.
+    """
     from qiskit.exceptions import QiskitError
 
-    from labqpu.backend.errors import LabQpuError
-    from labqpu.drivers.errors import InstrumentError
-
-    return (LabQpuError, QiskitError, InstrumentError, FileNotFoundError)
+    return (QiskitError, FileNotFoundError)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -1,1 +1,1 @@
-"""The Qiskit side: provider, backend, Target, pulse compiler, jobs."""
+"""The Qiskit face of labqpu: provider, backend, jobs, Target builder and results."""

@@ -12,20 +12,20 @@ from collections.abc import Sequence
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import BackendV2, Options
 
-from labqpu.backend.compiler import SCHEDULING_METHODS, compile_circuit
-from labqpu.backend.config import LabConfig
-from labqpu.backend.errors import (
+from labqpu.backend.job import LabJob
+from labqpu.backend.results import discriminator_centres
+from labqpu.backend.target import LabTarget, build_target
+from labqpu.errors import (
     CompilationError,
     ConfigurationError,
     InvalidRunInputError,
     LabQpuError,
 )
-from labqpu.backend.hardware import HardwareQueue
-from labqpu.backend.job import LabJob
-from labqpu.backend.program import PulseProgram
-from labqpu.backend.results import discriminator_centres
-from labqpu.backend.target import LabTarget, build_target
-from labqpu.calibration.store import CalibrationStore, Snapshot
+from labqpu.pulse.compiler import SCHEDULING_METHODS, compile_circuit
+from labqpu.pulse.program import PulseProgram
+from labqpu.rack.config import LabConfig
+from labqpu.rack.hardware import HardwareQueue
+from labqpu.store import CalibrationStore, Snapshot
 
 MAX_SHOTS = 100_000
 MAX_CIRCUITS = 300
@@ -45,7 +45,8 @@ def _check_option_types(options: dict) -> None:
         if isinstance(value, bool) or not isinstance(value, kind[0]) or (
                 isinstance(value, numbers.Real) and not math.isfinite(value)) or (
                 name == "seed_simulator" and value < 0):
-            raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}")
+            raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
+                                       option=name)
 
 
 #: Instructions that never need a Target entry: they only order or label the circuit.
@@ -141,12 +142,16 @@ class LabBackend(BackendV2):
         unknown = sorted(set(fields) - set(self.options.__dict__))
         if unknown:
             raise InvalidRunInputError(
-                f"unknown option(s) {unknown}; known: {sorted(self.options.__dict__)}")
+                f"unknown option(s) {unknown}; known: {sorted(self.options.__dict__)}",
+                option=unknown[0])
         _check_option_types({k: v for k, v in fields.items() if v is not None})
-        try:
-            super().set_options(**fields)
-        except (ValueError, TypeError) as exc:
-            raise InvalidRunInputError(f"invalid option: {exc}") from exc
+        checked = copy.deepcopy(self.options)
+        for name, value in fields.items():
+            try:
+                checked.update_options(**{name: value})
+            except (ValueError, TypeError) as exc:
+                raise InvalidRunInputError(f"invalid option: {exc}", option=name) from exc
+        super().set_options(**fields)
 
     def hardware_status(self, timeout_s: float = 30.0) -> dict:
         """Controller capabilities and instrument identities, asked in queue order (waits for
@@ -167,14 +172,16 @@ class LabBackend(BackendV2):
         unknown = sorted(set(kwargs) - set(self.options.__dict__))
         if unknown:
             raise InvalidRunInputError(
-                f"unknown run option(s) {unknown}; known: {sorted(self.options.__dict__)}")
+                f"unknown run option(s) {unknown}; known: {sorted(self.options.__dict__)}",
+                option=unknown[0])
         given = {k: v for k, v in kwargs.items() if v is not None}
         _check_option_types(given)
         opts = copy.deepcopy(self.options)
-        try:
-            opts.update_options(**given)
-        except (ValueError, TypeError) as exc:
-            raise InvalidRunInputError(f"invalid run option: {exc}") from exc
+        for name, value in given.items():
+            try:
+                opts.update_options(**{name: value})
+            except (ValueError, TypeError) as exc:
+                raise InvalidRunInputError(f"invalid run option: {exc}", option=name) from exc
         out = dict(opts.__dict__)
         out["shots"] = int(out["shots"])
         out["rep_delay"] = float(out["rep_delay"])
@@ -267,7 +274,7 @@ class LabBackend(BackendV2):
                     f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
             self._check_circuit(item, target)
             try:
-                programs.append(compile_circuit(item, snapshot, self.config,
+                programs.append(compile_circuit(item, snapshot, self.config.channels,
                                                 scheduling_method=opts["scheduling_method"]))
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc

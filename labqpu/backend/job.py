@@ -5,18 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import threading
-from typing import TYPE_CHECKING
 
-from qiskit.providers import JobError, JobStatus, JobTimeoutError, JobV1
+from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, JobV1
 from qiskit.result import Result
 
-from labqpu.backend.hardware import HardwareQueue, RunRequest
-from labqpu.backend.program import PulseProgram
 from labqpu.backend.results import experiment_result
-from labqpu.drivers.errors import InstrumentError
-
-if TYPE_CHECKING:
-    from labqpu.backend.backend import LabBackend
+from labqpu.errors import InstrumentError
+from labqpu.pulse.program import PulseProgram
+from labqpu.rack.hardware import HardwareQueue, RunRequest
 
 
 class LabJob(JobV1):
@@ -27,7 +23,7 @@ class LabJob(JobV1):
     instrument's message.
     """
 
-    def __init__(self, backend: LabBackend, job_id: str, programs: list[PulseProgram],
+    def __init__(self, backend: BackendV2, job_id: str, programs: list[PulseProgram],
                  options: dict, queue: HardwareQueue, snapshot) -> None:
         super().__init__(backend, job_id)
         self._programs = programs

@@ -18,9 +18,9 @@ from pathlib import Path
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu.backend.backend import LabBackend
-from labqpu.backend.config import LabConfig, default_config_path, load_config
-from labqpu.backend.hardware import LocalHardwareQueue, RackConnection
-from labqpu.calibration.store import CalibrationStore
+from labqpu.rack.config import LabConfig, default_config_path, load_config
+from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
+from labqpu.store import CalibrationStore
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from labqpu.backend.kernels import discriminate
-from labqpu.backend.program import PulseProgram
+from labqpu.pulse.kernels import discriminate
+from labqpu.pulse.program import PulseProgram
 
 
 def discriminator_centres(snapshot, qubits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,19 +12,8 @@ from qiskit.circuit.library import CZGate, RZGate, SXGate, XGate
 from qiskit.providers import QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
-from labqpu.backend.config import LabConfig
-from labqpu.calibration.store import Snapshot
-
-#: What a qubit needs in the snapshot before sx and x are offered on it.
-DRIVE_PARAMETERS = ("frequency_hz", "drive_lo_frequency_hz", "drive_lo_power_dbm",
-                    "pi_amplitude", "pi2_amplitude", "drag_beta", "pulse_duration_s",
-                    "pulse_sigma_s", "flux_bias_a")
-#: What a qubit needs before measure is offered on it.
-READOUT_PARAMETERS = ("readout_frequency_hz", "readout_lo_frequency_hz", "readout_lo_power_dbm",
-                      "readout_amplitude", "readout_duration_s", "discriminator")
-#: What an edge needs before cz is offered on it (both directions).
-CZ_PARAMETERS = ("cz_flux_qubit", "cz_amplitude", "cz_duration_s", "cz_rise_s",
-                 "cz_phase_a_rad", "cz_phase_b_rad")
+from labqpu.rack.config import LabConfig
+from labqpu.store import CZ_PARAMETERS, DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
 
 
 class LabTarget(Target):
@@ -43,11 +32,6 @@ class LabTarget(Target):
     def __setstate__(self, state: dict) -> None:
         self.snapshot_id = state.get("snapshot_id")
         super().__setstate__(state)
-
-
-def has_all(params: dict, names: tuple[str, ...]) -> bool:
-    """True when every name in ``names`` is in ``params``."""
-    return all(n in params for n in names)
 
 
 def _value(params: dict, name: str) -> float | None:

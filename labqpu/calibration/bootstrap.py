@@ -31,7 +31,7 @@ from labqpu.calibration.experiments import (
     project,
     sweep,
 )
-from labqpu.calibration.store import SnapshotBuilder
+from labqpu.store import SnapshotBuilder
 
 log = logging.getLogger(__name__)
 

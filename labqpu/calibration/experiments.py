@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from labqpu.backend.compiler import READOUT_RISE_S
-from labqpu.backend.kernels import flat_top, gaussian_drag
-from labqpu.backend.program import ProgramBuilder, PulseProgram
+from labqpu.errors import FitError
+from labqpu.pulse.compiler import READOUT_RISE_S
+from labqpu.pulse.kernels import flat_top, gaussian_drag
+from labqpu.pulse.program import ProgramBuilder, PulseProgram
 
 log = logging.getLogger(__name__)
-
-class FitError(RuntimeError):
-    """The data of an experiment do not support the fitted model (message says which)."""
-
 
 @dataclass
 class Working:

@@ -30,12 +30,6 @@ from typing import Any
 import numpy as np
 import zmq
 
-from labqpu.drivers.errors import (
-    InstrumentCommandError,
-    InstrumentError,
-    InstrumentTimeoutError,
-    ProtocolError,
-)
 from labqpu.drivers.protocol import (
     OP_ABORT,
     OP_FETCH,
@@ -48,6 +42,12 @@ from labqpu.drivers.protocol import (
     Reply,
     decode_reply,
     encode_request,
+)
+from labqpu.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentTimeoutError,
+    ProtocolError,
 )
 
 __all__ = ["ControllerClient"]

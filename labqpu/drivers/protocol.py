@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from labqpu.drivers.errors import ProtocolError
+from labqpu.errors import ProtocolError
 
 __all__ = [
     "ALLOWED_DTYPES",

@@ -9,8 +9,8 @@ Every instrument is addressed by a VISA resource string such as
 a broken connection the session is closed and reopened on the next call, so a reply that
 arrives late can never be read as the answer to a later query. After every setting command
 the driver reads the instrument's error queue (``SYST:ERR?``), so a refused command raises
-:class:`~labqpu.drivers.errors.InstrumentCommandError` instead of passing silently. Values
-outside the driver's limits raise :class:`~labqpu.drivers.errors.InstrumentLimitError` and
+:class:`~labqpu.errors.InstrumentCommandError` instead of passing silently. Values
+outside the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and
 nothing is sent.
 """
 
@@ -27,7 +27,7 @@ import pyvisa.constants
 import pyvisa.errors
 import pyvisa.resources
 
-from labqpu.drivers.errors import (
+from labqpu.errors import (
     InstrumentCommandError,
     InstrumentError,
     InstrumentLimitError,

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from labqpu.drivers.errors import ProtocolError
 from labqpu.drivers.protocol import (
     ERR_BAD_PARAMS,
     ERR_INTERNAL,
@@ -58,6 +57,7 @@ from labqpu.drivers.protocol import (
     encode_reply,
     salvage_request_id,
 )
+from labqpu.errors import ProtocolError
 
 __all__ = ["ControllerServer", "Executor", "program_id_of"]
 

@@ -28,7 +28,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Literal, Self
 
-from labqpu.drivers.errors import InstrumentLimitError
+from labqpu.errors import InstrumentLimitError
 
 logger = logging.getLogger(__name__)
 

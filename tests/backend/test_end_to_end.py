@@ -16,9 +16,9 @@ from qiskit.circuit import ClassicalRegister, Parameter
 from qiskit.primitives import BackendSamplerV2
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
-from labqpu.backend.errors import InvalidRunInputError
-from labqpu.backend.program import LoSetting
 from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InvalidRunInputError
+from labqpu.pulse.program import LoSetting
 
 SHOTS = 2000
 
@@ -207,6 +207,18 @@ def test_bad_option_values_are_rejected(lab_backend) -> None:
         lab_backend, lambda: lab_backend.run(native, seed_simulator=-1))
 
 
+def test_rejections_name_the_option(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    for options, option in (({"shots": 0}, "shots"), ({"meas_level": 0}, "meas_level"),
+                            ({"shotz": 1}, "shotz"), ({"timeout": float("nan")}, "timeout")):
+        with pytest.raises(InvalidRunInputError) as info:
+            lab_backend.run(native, **options)
+        assert info.value.option == option, options
+    with pytest.raises(InvalidRunInputError) as info:
+        lab_backend.set_options(rep_delay=-1.0)
+    assert info.value.option == "rep_delay"
+
+
 # ----------------------------------------------------------------------- jobs
 
 
@@ -309,7 +321,7 @@ def test_gate_on_a_neighbour_during_readout_runs(lab_backend) -> None:
 
 def test_provider_closed_is_a_clear_error(lab_home) -> None:
     from labqpu import LabProvider
-    from labqpu.backend.errors import LabQpuError
+    from labqpu.errors import LabQpuError
 
     provider = LabProvider()
     backend = provider.backend()

@@ -15,7 +15,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu import LabProvider
-from labqpu.backend.config import default_config_path
+from labqpu.rack.config import default_config_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +139,7 @@ def test_wiring_file_and_labqpu_sim(tmp_path) -> None:
 
 
 def test_missing_wiring_file_names_it(tmp_path) -> None:
-    from labqpu.backend.errors import ConfigurationError
+    from labqpu.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=r"nothere\.toml"):
         LabProvider(tmp_path / "nothere.toml")

@@ -13,7 +13,7 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 
 from labqpu.backend.target import build_target
-from labqpu.calibration.store import SnapshotBuilder
+from labqpu.store import SnapshotBuilder
 
 ONE_Q = ("rz", "sx", "x", "measure", "reset", "delay")
 

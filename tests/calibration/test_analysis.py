@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from labqpu.calibration.experiments import (
-    FitError,
     complex_median,
     fit_damped_cosine,
     fit_exponential,
@@ -16,6 +15,7 @@ from labqpu.calibration.experiments import (
     phase_from_quadratures,
     project,
 )
+from labqpu.errors import FitError
 
 RNG = np.random.default_rng(7)
 

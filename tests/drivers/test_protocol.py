@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zmq
 
-from labqpu.drivers.errors import ProtocolError
 from labqpu.drivers.protocol import (
     ALLOWED_DTYPES,
     OP_RUN,
@@ -22,6 +21,7 @@ from labqpu.drivers.protocol import (
     encode_request,
     salvage_request_id,
 )
+from labqpu.errors import ProtocolError
 
 DTYPES = [
     np.bool_,

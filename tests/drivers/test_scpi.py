@@ -13,14 +13,14 @@ import pytest
 import pyvisa
 import pyvisa.errors
 
-from labqpu.drivers.errors import (
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.errors import (
     InstrumentCommandError,
     InstrumentError,
     InstrumentLimitError,
     InstrumentTimeoutError,
     ProtocolError,
 )
-from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 from labqpu.firmware_sim.scpi_server import ScpiServer
 
 TIMEOUT_S = 0.3

@@ -15,12 +15,6 @@ import pytest
 import zmq
 
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.errors import (
-    InstrumentCommandError,
-    InstrumentError,
-    InstrumentTimeoutError,
-    ProtocolError,
-)
 from labqpu.drivers.protocol import (
     ERR_BAD_PARAMS,
     ERR_INTERNAL,
@@ -39,6 +33,12 @@ from labqpu.drivers.protocol import (
     encode_reply,
     encode_request,
     salvage_request_id,
+)
+from labqpu.errors import (
+    InstrumentCommandError,
+    InstrumentError,
+    InstrumentTimeoutError,
+    ProtocolError,
 )
 from labqpu.firmware_sim.controller_server import ControllerServer
 

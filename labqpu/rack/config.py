@@ -11,10 +11,12 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
-from labqpu.backend.errors import ConfigurationError
+from labqpu.errors import ConfigurationError
+from labqpu.pulse.channels import ChannelMap, QubitChannels
 
 ROLES = ("drive", "flux", "readout", "acquire")
 INSTRUMENT_KINDS = ("signal_generator", "current_source")
@@ -44,19 +46,6 @@ class InstrumentConfig:
 
 
 @dataclass(frozen=True)
-class QubitWiring:
-    """Where one qubit's signals go: controller ports and VISA sources."""
-
-    drive: tuple[str, int]
-    flux: tuple[str, int]
-    readout: tuple[str, int]
-    acquire: tuple[str, int]
-    drive_lo: str
-    readout_lo: str
-    flux_bias: tuple[str, int]
-
-
-@dataclass(frozen=True)
 class LabConfig:
     """A parsed, validated ``lab.toml``."""
 
@@ -66,10 +55,17 @@ class LabConfig:
     coupling_map: tuple[tuple[int, int], ...]
     controllers: tuple[ControllerConfig, ...]
     instruments: tuple[InstrumentConfig, ...]
-    qubits: dict[int, QubitWiring]
+    qubits: dict[int, QubitChannels]
     store_path: Path
     seed_snapshot: str | None
     raw: dict = field(repr=False, default_factory=dict)
+
+    @cached_property
+    def channels(self) -> ChannelMap:
+        """What the pulse compiler needs of this wiring: ports, LOs and the sample rate."""
+        return ChannelMap(device_name=self.device_name,
+                          controllers=tuple(c.name for c in self.controllers),
+                          sample_rate_hz=self.controllers[0].sample_rate_hz, qubits=self.qubits)
 
     def controller(self, name: str) -> ControllerConfig:
         """The controller called ``name``."""
@@ -153,9 +149,11 @@ def _string(table: dict, key: str, where: str, *, default: str | None = None,
     value = table.get(key, default) if default is not None else _require(table, key, where)
     if not isinstance(value, str):
         raise ConfigurationError(
-            f"{where}: {key} must be a string, got {_type_name(value)}: {value!r}")
+            f"{where}: {key} must be a string, got {_type_name(value)}: {value!r}",
+            field=_field(where, key))
     if nonempty and not value.strip():
-        raise ConfigurationError(f"{where}: {key} must be a non-empty string")
+        raise ConfigurationError(f"{where}: {key} must be a non-empty string",
+                                 field=_field(where, key))
     return value
 
 
@@ -215,9 +213,19 @@ def _port(value: object, where: str) -> tuple[str, int]:
     return name, int(port)
 
 
+_SECTION = re.compile(r"\[+([^\]]+)\]+")
+
+
+def _field(where: str, key: str) -> str:
+    """The dotted field of ``key`` in the section ``where`` names (``"qubits.3.drive"``)."""
+    section = _SECTION.search(where)
+    return f"{section[1]}.{key}" if section else key
+
+
 def _require(table: dict, key: str, where: str) -> object:
     if key not in table:
-        raise ConfigurationError(f"{where}: missing required key {key!r}")
+        raise ConfigurationError(f"{where}: missing required key {key!r}",
+                                 field=_field(where, key))
     return table[key]
 
 
@@ -229,12 +237,15 @@ def _number(table: dict, key: str, where: str, kind: type, *, minimum: float | N
     ok_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
         what = "an integer" if kind is int else "a number"
-        raise ConfigurationError(f"{where}: {key} must be {what}, got {value!r}")
+        raise ConfigurationError(f"{where}: {key} must be {what}, got {value!r}",
+                                 field=_field(where, key))
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigurationError(f"{where}: {key} must be a finite number, got {value!r}")
+        raise ConfigurationError(f"{where}: {key} must be a finite number, got {value!r}",
+                                 field=_field(where, key))
     if minimum is not None and (value < minimum if kind is int else value <= minimum):
         bound = f">= {minimum}" if kind is int else f"> {minimum}"
-        raise ConfigurationError(f"{where}: {key} must be {bound}, got {value!r}")
+        raise ConfigurationError(f"{where}: {key} must be {bound}, got {value!r}",
+                                 field=_field(where, key))
     return kind(value)
 
 
@@ -242,17 +253,30 @@ def load_config(path: str | Path) -> LabConfig:
     """Read and validate a ``lab.toml``; errors name the section and key at fault."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigurationError(f"lab configuration file not found: {path}")
+        raise ConfigurationError(f"lab configuration file not found: {path}", path=path)
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}", path=path) from exc
     return parse_config(doc, path)
 
 
 def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
-    """Validate a configuration document already parsed from TOML."""
+    """Validate a configuration document already parsed from TOML.
+
+    Every ``ConfigurationError`` names ``path`` (when given) in its message and its ``path``
+    attribute, and the dotted ``field`` at fault where a single key is.
+    """
+    try:
+        return _parse_config(doc, path)
+    except ConfigurationError as exc:
+        if path is not None and not exc.path:
+            exc.path = str(path)
+        raise
+
+
+def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     where = str(path) if path else "lab configuration"
     dev = _table(_require(doc, "device", where), f"{where} [device]")
     name = _string(dev, "name", f"{where} [device]")
@@ -320,7 +344,7 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     ctrl_by_name = {c.name: c for c in controllers}
     inst_by_name = {i.name: i for i in instruments}
 
-    qubits: dict[int, QubitWiring] = {}
+    qubits: dict[int, QubitChannels] = {}
     qubit_tables = _table(doc.get("qubits", {}), f"{where} [qubits]",
                           "a table of [qubits.N] tables")
     for key, q in qubit_tables.items():
@@ -347,7 +371,7 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
         if inst is None or inst.kind != "current_source" or not 1 <= flux_ch <= inst.channels:
             raise ConfigurationError(
                 f"{w} flux_bias: {q['flux_bias']!r} is not a channel of a current_source")
-        qubits[int(key)] = QubitWiring(
+        qubits[int(key)] = QubitChannels(
             drive=ports["drive"], flux=ports["flux"], readout=ports["readout"],
             acquire=ports["acquire"], drive_lo=q["drive_lo"], readout_lo=q["readout_lo"],
             flux_bias=(flux_src, flux_ch),

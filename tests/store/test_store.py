@@ -1,4 +1,4 @@
-"""Tests of labqpu.calibration.store: snapshots, the builder, the SQLite store, its crash
+"""Tests of labqpu.store: snapshots, the builder, the SQLite store, its crash
 and concurrency behaviour, and the BackendProperties translation."""
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ from typing import Any
 
 import pytest
 
-from labqpu.calibration.store import (
-    EXPORT_FORMAT,
+from labqpu.errors import (
     CalibrationError,
     CalibrationMissingError,
-    CalibrationStore,
     InvalidSnapshotError,
+    StaleSnapshotError,
+)
+from labqpu.store import (
+    EXPORT_FORMAT,
+    CalibrationStore,
     Parameter,
     Snapshot,
     SnapshotBuilder,
-    StaleSnapshotError,
     document_from_backend_properties,
     export_backend_properties,
 )
@@ -370,7 +372,7 @@ def test_missing_parameters_name_the_qubit_or_pair(store: CalibrationStore) -> N
 
 _CRASHING_WRITER = """
 import json, os, sys
-from labqpu.calibration.store import CalibrationStore
+from labqpu.store import CalibrationStore
 
 store = CalibrationStore(sys.argv[1])
 inserted = False

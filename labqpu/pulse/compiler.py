@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from qiskit.circuit import ParameterExpression, QuantumCircuit
 
-from labqpu.backend.config import LabConfig
-from labqpu.backend.errors import CompilationError
-from labqpu.backend.kernels import flat_top, gaussian_drag
-from labqpu.backend.program import ProgramBuilder, PulseProgram
-from labqpu.backend.target import DRIVE_PARAMETERS, has_all
-from labqpu.calibration.store import Snapshot
+from labqpu.errors import CompilationError
+from labqpu.pulse.channels import ChannelMap
+from labqpu.pulse.kernels import flat_top, gaussian_drag
+from labqpu.pulse.program import ProgramBuilder, PulseProgram
+from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of readout pulses (s); calibration experiments use the same shape.
 READOUT_RISE_S = 20e-9
@@ -58,7 +57,8 @@ class _Calibration:
         params = self.snapshot.qubits.get(q, {})
         if name not in params:
             raise CompilationError(
-                f"qubit {q} has no calibrated {name!r} in snapshot {self.snapshot.snapshot_id}")
+                f"qubit {q} has no calibrated {name!r} in snapshot {self.snapshot.snapshot_id}",
+                qubits=(q,), instruction=name)
         return params[name].value
 
     def pair(self, a: int, b: int, name: str):
@@ -66,7 +66,7 @@ class _Calibration:
         if name not in params:
             raise CompilationError(
                 f"edge ({a}, {b}) has no calibrated {name!r} in snapshot "
-                f"{self.snapshot.snapshot_id}")
+                f"{self.snapshot.snapshot_id}", qubits=(a, b), instruction=name)
         return params[name].value
 
 
@@ -86,18 +86,21 @@ def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: floa
         if unit == "expr" or isinstance(value, ParameterExpression):
             raise CompilationError(
                 f"circuit {circuit.name!r}: delay on qubits {qubits} has an unbound duration; "
-                "bind all parameters before run()")
+                "bind all parameters before run()", circuit=circuit.name, qubits=qubits,
+                instruction="delay")
         if unit == "dt":
             return int(value)
         scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
         if unit not in scale:
-            raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}")
+            raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
+                                   circuit=circuit.name, qubits=qubits, instruction="delay")
         return round(float(value) * scale[unit] * fs)
     if name in ("rz", "barrier"):
         return 0
     raise CompilationError(
         f"circuit {circuit.name!r}: instruction {name!r} on qubits {qubits} is not a native "
-        "operation of this device; transpile the circuit for this backend first")
+        "operation of this device; transpile the circuit for this backend first",
+        circuit=circuit.name, qubits=qubits, instruction=name)
 
 
 def _schedule(ops: list[_Op], num_qubits: int, method: str) -> int:
@@ -137,25 +140,29 @@ def _check_terminal_measurements(ops: list[_Op], circuit: QuantumCircuit) -> Non
         if late:
             raise CompilationError(
                 f"circuit {circuit.name!r}: {op.name!r} on qubit {min(late)} follows its "
-                "measurement; mid-circuit measurement is not supported yet")
+                "measurement; mid-circuit measurement is not supported yet",
+                circuit=circuit.name, qubits=(min(late),), instruction=op.name)
         if op.name == "measure":
             measured.update(op.qubits)
 
 
-def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConfig, *,
+def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: ChannelMap, *,
                     scheduling_method: str = "alap") -> PulseProgram:
-    """Compile one transpiled circuit (physical qubits = device qubits) into a PulseProgram."""
+    """Compile one transpiled circuit (physical qubits = device qubits) into a PulseProgram.
+
+    ``channels`` says where each qubit's pulses are played (``LabConfig.channels`` of the
+    rack's wiring file); ``snapshot`` supplies every pulse parameter.
+    """
     if scheduling_method not in SCHEDULING_METHODS:
         raise CompilationError(
             f"scheduling_method must be one of {SCHEDULING_METHODS}, got {scheduling_method!r}")
-    if circuit.num_qubits > config.num_qubits:
+    if circuit.num_qubits > channels.num_qubits:
         raise CompilationError(
             f"circuit {circuit.name!r} has {circuit.num_qubits} qubits; "
-            f"{config.device_name} has {config.num_qubits}")
-    if len(config.controllers) != 1:
+            f"{channels.device_name} has {channels.num_qubits}", circuit=circuit.name)
+    if len(channels.controllers) != 1:
         raise CompilationError("programs spanning several controllers are not supported yet")
-    ctrl = config.controllers[0]
-    fs = ctrl.sample_rate_hz
+    fs = channels.sample_rate_hz
     cal = _Calibration(snapshot)
     ops = []
     for inst in circuit.data:
@@ -172,14 +179,15 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
             except TypeError as exc:
                 raise CompilationError(
                     f"circuit {circuit.name!r}: {inst.operation.name} on {qubits} has an unbound "
-                    "parameter; bind all parameters before run()") from exc
+                    "parameter; bind all parameters before run()", circuit=circuit.name,
+                    qubits=qubits, instruction=inst.operation.name) from exc
         ops.append(_Op(inst.operation.name, qubits, clbits, params,
                        _duration_samples(inst, qubits, cal, fs, circuit)))
     _check_terminal_measurements(ops, circuit)
     total = _schedule(ops, circuit.num_qubits, scheduling_method)
 
-    b = ProgramBuilder(ctrl.name, fs)
-    frame = np.zeros(config.num_qubits)
+    b = ProgramBuilder(channels.controllers[0], fs)
+    frame = np.zeros(channels.num_qubits)
     used: set[int] = set()
     measured: set[int] = set()
 
@@ -189,7 +197,7 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
         beta = cal.qubit(q, "drag_beta")
         wid = b.waves.add(("drag", dur, sigma, beta), lambda: gaussian_drag(dur, sigma, beta))
         if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
-        b.play(config.qubits[q].drive[1], start, wid, cal.qubit(q, amplitude_name), frame[q],
+        b.play(channels.qubits[q].drive[1], start, wid, cal.qubit(q, amplitude_name), frame[q],
                if_hz)
 
     def flat(duration: int, rise: float) -> int:
@@ -207,9 +215,11 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
             a, c = sorted(op.qubits)
             fq = int(cal.pair(a, c, "cz_flux_qubit"))
             if fq not in (a, c):
-                raise CompilationError(f"edge ({a}, {c}): cz_flux_qubit {fq} is not on the edge")
+                raise CompilationError(f"edge ({a}, {c}): cz_flux_qubit {fq} is not on the edge",
+                                       circuit=circuit.name, qubits=(a, c),
+                                       instruction="cz_flux_qubit")
             wid = flat(op.duration, cal.pair(a, c, "cz_rise_s") * fs)
-            b.play(config.qubits[fq].flux[1], op.start, wid, cal.pair(a, c, "cz_amplitude"))
+            b.play(channels.qubits[fq].flux[1], op.start, wid, cal.pair(a, c, "cz_amplitude"))
             frame[a] -= cal.pair(a, c, "cz_phase_a_rad")
             frame[c] -= cal.pair(a, c, "cz_phase_b_rad")
         elif op.name == "measure":
@@ -218,12 +228,12 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
             wid = flat(op.duration, READOUT_RISE_S * fs)
             if_hz = (cal.qubit(q, "readout_frequency_hz")
                      - cal.qubit(q, "readout_lo_frequency_hz"))
-            b.play(config.qubits[q].readout[1], op.start, wid,
+            b.play(channels.qubits[q].readout[1], op.start, wid,
                    cal.qubit(q, "readout_amplitude"), 0.0, if_hz)
-            b.acquire(config.qubits[q].acquire[1], op.start, op.duration, if_hz, q, clbit)
+            b.acquire(channels.qubits[q].acquire[1], op.start, op.duration, if_hz, q, clbit)
 
-    for q in range(config.num_qubits):
-        wiring = config.qubits[q]
+    for q in range(channels.num_qubits):
+        wiring = channels.qubits[q]
         p = snapshot.qubits.get(q, {})
         if has_all(p, DRIVE_PARAMETERS):
             b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
@@ -238,7 +248,8 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, config: LabConf
             except ValueError as exc:
                 raise CompilationError(
                     f"qubit {q}: snapshot {snapshot.snapshot_id} asks for incompatible settings "
-                    f"of a shared LO: {exc}") from exc
+                    f"of a shared LO: {exc}", circuit=circuit.name, qubits=(q,),
+                    instruction=f_name) from exc
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
     return b.build(
         duration_samples=total, num_clbits=circuit.num_clbits,

@@ -20,16 +20,18 @@ import numpy as np
 import pyvisa
 import zmq
 
-from labqpu.backend.config import LabConfig
-from labqpu.backend.program import PulseProgram
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.errors import (
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.errors import (
+    HardwareUnavailableError,
     InstrumentCommandError,
     InstrumentError,
     InstrumentTimeoutError,
+    JobCancelledError,
     ProtocolError,
 )
-from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.pulse.program import PulseProgram
+from labqpu.rack.config import LabConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,6 @@ class RunRequest:
     rep_delay_s: float
     timeout_s: float
     key: str
-
-
-class JobCancelledError(RuntimeError):
-    """The job was cancelled while it held the hardware."""
 
 
 class RackConnection:
@@ -181,10 +179,6 @@ class HardwareQueue(Protocol):
     def close(self) -> None:
         """Accept nothing new; cancel what is queued; release the hardware."""
         ...
-
-
-class HardwareUnavailableError(InstrumentError):
-    """The rack cannot take work: the queue is closed or the simulator process is gone."""
 
 
 class LocalHardwareQueue:

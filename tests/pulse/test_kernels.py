@@ -1,6 +1,6 @@
 """Waveform and discrimination kernels against plain-numpy twins written from their docstrings.
 
-Conventions taken from ``labqpu.backend.kernels`` (not from its code):
+Conventions taken from ``labqpu.pulse.kernels`` (not from its code):
 
 * ``gaussian_drag(N, sigma, beta)``: samples k = 0..N-1, centre c = (N - 1) / 2. The Gaussian
   exp(-(k - c)^2 / (2 sigma^2)) is lifted so that it vanishes one sample outside the window
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from labqpu.backend.kernels import discriminate, flat_top, gaussian_drag
+from labqpu.pulse.kernels import discriminate, flat_top, gaussian_drag
 
 RTOL = 1e-6
 ATOL = 1e-7

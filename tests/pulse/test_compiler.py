@@ -1,11 +1,11 @@
-"""``compile_circuit(circuit, snapshot, config)``: timing, frames, waveforms and the program's data.
+"""``compile_circuit(circuit, snapshot, channels)``: timing, frames, waveforms, program data.
 
 Expected numbers are computed by hand from the shipped snapshot (read as plain JSON) and the
 shipped wiring: qubit q drives on controller port q, its flux line is port 5 + q, its readout
 port 10 + q, its acquisition input q; flux-bias channel q + 1 of ``flux_bias``. At 1 GS/s the
 shipped durations are 40 samples (sx/x), 32 (cz 0-1), 34 (other edges), 1000 (readout).
 
-Virtual-Z sign convention (read from ``labqpu/backend/compiler.py``): ``rz(theta)`` on qubit q
+Virtual-Z sign convention (read from ``labqpu/pulse/compiler.py``): ``rz(theta)`` on qubit q
 *subtracts* theta from q's drive frame, so every later drive play on q carries phase
 ``-sum(theta)`` (Qiskit's ``ShiftPhase(-theta)`` convention). A cz on pair (a, b), a < b,
 subtracts ``cz_phase_a_rad`` from a's frame and ``cz_phase_b_rad`` from b's frame, i.e. it
@@ -21,10 +21,10 @@ from numpy.testing import assert_allclose
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 
-from labqpu.backend.compiler import compile_circuit
-from labqpu.backend.errors import CompilationError
-from labqpu.backend.kernels import flat_top, gaussian_drag
-from labqpu.calibration.store import SnapshotBuilder
+from labqpu.errors import CompilationError
+from labqpu.pulse.compiler import compile_circuit
+from labqpu.pulse.kernels import flat_top, gaussian_drag
+from labqpu.store import SnapshotBuilder
 
 FS = 1.0e9
 
@@ -82,12 +82,12 @@ def timing_circuit() -> QuantumCircuit:
     return qc
 
 
-def test_asap_start_samples(snapshot, config, export):
+def test_asap_start_samples(snapshot, channels, export):
     P = samples(rq(export, 0, "pulse_duration_s"))
     CZ = samples(rp(export, 0, 1, "cz_duration_s"))
     R = samples(rq(export, 0, "readout_duration_s"))
     assert (P, CZ, R) == (40, 32, 1000)
-    prog = compile_circuit(timing_circuit(), snapshot, config, scheduling_method="asap")
+    prog = compile_circuit(timing_circuit(), snapshot, channels, scheduling_method="asap")
     assert starts(prog, 2) == [0]            # sx q2
     assert starts(prog, 0) == [0]            # x q0
     assert starts(prog, 5) == [P]            # cz flux pulse on qubit 0 (cz_flux_qubit = 0)
@@ -98,9 +98,9 @@ def test_asap_start_samples(snapshot, config, export):
     assert prog.duration_samples == P + CZ + R
 
 
-def test_alap_start_samples(snapshot, config):
+def test_alap_start_samples(snapshot, channels):
     P, CZ, R = 40, 32, 1000
-    prog = compile_circuit(timing_circuit(), snapshot, config, scheduling_method="alap")
+    prog = compile_circuit(timing_circuit(), snapshot, channels, scheduling_method="alap")
     assert starts(prog, 2) == [P + CZ - P]   # sx q2 pushed to the end of the gates
     assert starts(prog, 0) == [0]
     assert starts(prog, 5) == [P]
@@ -110,51 +110,51 @@ def test_alap_start_samples(snapshot, config):
 
 
 @pytest.mark.parametrize("method", ["alap", "asap"])
-def test_readout_starts_after_every_gate(snapshot, config, method):
+def test_readout_starts_after_every_gate(snapshot, channels, method):
     """All measurements start together once the last gate has ended, so no pulse (not even a
     neighbour's flux pulse) overlaps a readout window."""
     qc = QuantumCircuit(4, 1)
     qc.x(1)
     qc.cz(2, 3)
     qc.measure(1, 0)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method=method)
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method=method)
     flux = [s + len(prog.waveform(w)) for p, s, w in zip(prog.play_port, prog.play_start,
                                                          prog.play_wave, strict=True) if p < 10]
     assert prog.acq_start.tolist() == [max(flux)]
 
 
-def test_gate_after_measurement_is_refused(snapshot, config):
+def test_gate_after_measurement_is_refused(snapshot, channels):
     qc = QuantumCircuit(2, 1)
     qc.measure(0, 0)
     qc.x(0)
     with pytest.raises(CompilationError, match=r"'x' on qubit 0 follows its measurement"):
-        compile_circuit(qc, snapshot, config)
+        compile_circuit(qc, snapshot, channels)
     other = QuantumCircuit(2, 1)
     other.measure(0, 0)
     other.x(1)
-    compile_circuit(other, snapshot, config)
+    compile_circuit(other, snapshot, channels)
 
 
-def test_alap_is_the_default(snapshot, config):
+def test_alap_is_the_default(snapshot, channels):
     qc = QuantumCircuit(2)
     qc.x(0)
     qc.x(0)
     qc.x(1)
-    default = compile_circuit(qc, snapshot, config)
+    default = compile_circuit(qc, snapshot, channels)
     assert starts(default, 1) == [40]
-    assert starts(compile_circuit(qc, snapshot, config, scheduling_method="asap"), 1) == [0]
+    assert starts(compile_circuit(qc, snapshot, channels, scheduling_method="asap"), 1) == [0]
 
 
 @pytest.mark.parametrize(("method", "with_barrier", "expected_q1"), [
     ("asap", False, 0), ("asap", True, 40), ("alap", True, 40), ("alap", False, 0),
 ])
-def test_barrier_synchronises(snapshot, config, method, with_barrier, expected_q1):
+def test_barrier_synchronises(snapshot, channels, method, with_barrier, expected_q1):
     qc = QuantumCircuit(2)
     qc.x(0)
     if with_barrier:
         qc.barrier(0, 1)
     qc.x(1)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method=method)
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method=method)
     assert starts(prog, 1) == [expected_q1]
     assert starts(prog, 0) == [0]
     assert prog.duration_samples == (80 if with_barrier else 40)
@@ -163,29 +163,29 @@ def test_barrier_synchronises(snapshot, config, method, with_barrier, expected_q
 @pytest.mark.parametrize(("duration", "unit", "expected"), [
     (100, "dt", 100), (2e-7, "s", 200), (50, "ns", 50), (0.25, "us", 250),
 ])
-def test_delay_units(snapshot, config, duration, unit, expected):
+def test_delay_units(snapshot, channels, duration, unit, expected):
     qc = QuantumCircuit(1)
     qc.delay(duration, 0, unit=unit)
     qc.x(0)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
     assert starts(prog, 0) == [expected]
     assert prog.duration_samples == expected + 40
 
 
-def test_trailing_delay_counts_in_total_duration(snapshot, config):
+def test_trailing_delay_counts_in_total_duration(snapshot, channels):
     qc = QuantumCircuit(2)
     qc.x(0)
     qc.delay(300, 1)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method="alap")
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method="alap")
     assert prog.duration_samples == 300
     assert starts(prog, 0) == [260]
 
 
-def test_reset_is_passive_wait(snapshot, config, export):
+def test_reset_is_passive_wait(snapshot, channels, export):
     qc = QuantumCircuit(1)
     qc.reset(0)
     qc.x(0)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
     wait = samples(rq(export, 0, "reset_duration_s"))
     assert starts(prog, 0) == [wait]
     assert len(prog.play_port) == 1
@@ -195,7 +195,7 @@ def test_reset_is_passive_wait(snapshot, config, export):
 # ----------------------------------------------------------------- virtual Z
 
 
-def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, config):
+def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, channels):
     theta = 0.7
     qc = QuantumCircuit(2)
     qc.sx(0)
@@ -203,7 +203,7 @@ def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, config):
     qc.rz(theta, 0)
     qc.sx(0)
     qc.sx(1)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
     q0, q1 = plays(prog, 0), plays(prog, 1)
     assert [p[0] for p in q0] == [0, 40]
     assert same_angle(q0[0][3], 0.0)
@@ -212,17 +212,17 @@ def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, config):
     assert all(same_angle(p[3], 0.0) for p in q1)
 
 
-def test_two_rz_add(snapshot, config):
+def test_two_rz_add(snapshot, channels):
     qc = QuantumCircuit(1)
     qc.rz(0.3, 0)
     qc.rz(1.1, 0)
     qc.x(0)
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     (play,) = plays(prog, 0)
     assert same_angle(play[3], -1.4)
 
 
-def test_cz_phase_corrections_on_both_qubits(snapshot, config, export):
+def test_cz_phase_corrections_on_both_qubits(snapshot, channels, export):
     pa = rp(export, 0, 1, "cz_phase_a_rad")
     pb = rp(export, 0, 1, "cz_phase_b_rad")
     qc = QuantumCircuit(3)
@@ -233,7 +233,7 @@ def test_cz_phase_corrections_on_both_qubits(snapshot, config, export):
     qc.sx(0)
     qc.sx(1)
     qc.sx(2)
-    prog = compile_circuit(qc, snapshot, config, scheduling_method="asap")
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
     q0, q1, q2 = plays(prog, 0), plays(prog, 1), plays(prog, 2)
     assert same_angle(q0[0][3], 0.0) and same_angle(q1[0][3], 0.0)
     assert same_angle(q0[1][3], -pa)
@@ -242,11 +242,11 @@ def test_cz_phase_corrections_on_both_qubits(snapshot, config, export):
     assert all(same_angle(p[3], 0.0) for p in q2)
 
 
-def test_cz_flux_pulse_on_the_flux_qubit(snapshot, config, export):
+def test_cz_flux_pulse_on_the_flux_qubit(snapshot, channels, export):
     assert rp(export, 1, 2, "cz_flux_qubit") == 2
     qc = QuantumCircuit(3)
     qc.cz(1, 2)
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     assert prog.play_port.tolist() == [7]           # flux line of qubit 2
     dur = samples(rp(export, 1, 2, "cz_duration_s"))
     assert prog.play_amp[0] == pytest.approx(rp(export, 1, 2, "cz_amplitude"))
@@ -257,11 +257,11 @@ def test_cz_flux_pulse_on_the_flux_qubit(snapshot, config, export):
 # ----------------------------------------------------------------- waveforms
 
 
-def test_one_drag_waveform_for_many_sx_and_x(snapshot, config, export):
+def test_one_drag_waveform_for_many_sx_and_x(snapshot, channels, export):
     qc = QuantumCircuit(1)
     for k in range(20):
         (qc.sx if k % 2 else qc.x)(0)
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     assert prog.num_waveforms == 1
     assert len(prog.play_port) == 20
     assert set(prog.play_wave.tolist()) == {0}
@@ -277,31 +277,31 @@ def test_one_drag_waveform_for_many_sx_and_x(snapshot, config, export):
     assert_allclose(prog.play_freq_hz, if_hz, rtol=1e-12)
 
 
-def test_different_shapes_per_qubit_get_different_ids(store, snapshot, config, export):
+def test_different_shapes_per_qubit_get_different_ids(store, snapshot, channels, export):
     qc = QuantumCircuit(2)
     qc.sx(0)
     qc.sx(1)
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     assert rq(export, 0, "drag_beta") != rq(export, 1, "drag_beta")
     assert prog.num_waveforms == 2
     assert plays(prog, 0)[0][1] != plays(prog, 1)[0][1]
     # the same shape on two qubits is stored once
     beta0 = rq(export, 0, "drag_beta")
     same = derived(store, snapshot, lambda b: b.set_qubit(1, "drag_beta", beta0, "manual"))
-    shared = compile_circuit(qc, same, config)
+    shared = compile_circuit(qc, same, channels)
     assert shared.num_waveforms == 1
     assert plays(shared, 0)[0][1] == plays(shared, 1)[0][1]
 
 
-def test_readout_waveform_shared_across_qubits(store, snapshot, config):
+def test_readout_waveform_shared_across_qubits(store, snapshot, channels):
     qc = QuantumCircuit(5, 5)
     qc.measure(range(5), range(5))
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     assert prog.num_waveforms == 1
     assert prog.waveform(0).shape == (1000,)
     longer = derived(store, snapshot, lambda b: b.set_qubit(1, "readout_duration_s", 2e-6,
                                                             "manual"))
-    prog2 = compile_circuit(qc, longer, config)
+    prog2 = compile_circuit(qc, longer, channels)
     assert prog2.num_waveforms == 2
     assert sorted(prog2.waveform(i).shape[0] for i in range(2)) == [1000, 2000]
 
@@ -325,8 +325,8 @@ def busy_circuit(angle: float = 0.4) -> QuantumCircuit:
     return qc
 
 
-def test_plays_sorted_by_port_then_start(snapshot, config):
-    prog = compile_circuit(busy_circuit(), snapshot, config)
+def test_plays_sorted_by_port_then_start(snapshot, channels):
+    prog = compile_circuit(busy_circuit(), snapshot, channels)
     keys = list(zip(prog.play_port.tolist(), prog.play_start.tolist(), strict=True))
     assert len(keys) == 9 + 5
     assert keys == sorted(keys)
@@ -334,12 +334,12 @@ def test_plays_sorted_by_port_then_start(snapshot, config):
     assert set(prog.play_port.tolist()) <= wired
 
 
-def test_acquisitions_map_qubit_to_clbit(snapshot, config, export):
+def test_acquisitions_map_qubit_to_clbit(snapshot, channels, export):
     qc = QuantumCircuit(5, 3)
     qc.measure(2, 0)
     qc.measure(0, 2)
     qc.measure(4, 1)
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     rows = {int(q): (int(c), int(port), int(start), float(f)) for q, c, port, start, f in zip(
         prog.acq_qubit, prog.acq_clbit, prog.acq_port, prog.acq_start, prog.acq_freq_hz,
         strict=True)}
@@ -355,13 +355,13 @@ def test_acquisitions_map_qubit_to_clbit(snapshot, config, export):
     assert prog.num_clbits == 3
 
 
-def test_header(snapshot, config):
+def test_header(snapshot, channels):
     qr = QuantumRegister(2, "q")
     a, b = ClassicalRegister(2, "a"), ClassicalRegister(3, "b")
     qc = QuantumCircuit(qr, a, b, name="bell", metadata={"run": 7})
     qc.measure(0, a[1])
     qc.measure(1, b[2])
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     assert prog.header["name"] == "bell"
     assert prog.header["creg_sizes"] == [["a", 2], ["b", 3]]
     assert prog.header["memory_slots"] == 5
@@ -371,11 +371,11 @@ def test_header(snapshot, config):
     assert prog.snapshot_id == snapshot.snapshot_id
 
 
-def test_lo_settings_and_flux_bias_from_snapshot(snapshot, config, export):
+def test_lo_settings_and_flux_bias_from_snapshot(snapshot, channels, export):
     qc = QuantumCircuit(2, 1)
     qc.x(1)
     qc.measure(1, 0)
-    prog = compile_circuit(qc, snapshot, config)
+    prog = compile_circuit(qc, snapshot, channels)
     assert set(prog.lo_settings) == {"lo_drive_b", "lo_readout"}
     drive = prog.lo_settings["lo_drive_b"]
     assert drive.frequency_hz == rq(export, 1, "drive_lo_frequency_hz")
@@ -387,7 +387,7 @@ def test_lo_settings_and_flux_bias_from_snapshot(snapshot, config, export):
                                 for q in range(5)}
 
 
-def test_conflicting_shared_lo_is_an_error(store, snapshot, config):
+def test_conflicting_shared_lo_is_an_error(store, snapshot, channels):
     # qubits 0 and 2 share lo_drive_a
     bad = derived(store, snapshot, lambda b: b.set_qubit(2, "drive_lo_frequency_hz", 5.8e9,
                                                          "manual"))
@@ -395,23 +395,23 @@ def test_conflicting_shared_lo_is_an_error(store, snapshot, config):
     qc.x(0)
     qc.x(2)
     with pytest.raises(CompilationError, match=r"qubit 2.*lo_drive_a"):
-        compile_circuit(qc, bad, config)
+        compile_circuit(qc, bad, channels)
 
 
-def test_content_hash(snapshot, config, store):
-    a = compile_circuit(busy_circuit(0.4), snapshot, config)
-    b = compile_circuit(busy_circuit(0.4), snapshot, config)
+def test_content_hash(snapshot, channels, store):
+    a = compile_circuit(busy_circuit(0.4), snapshot, channels)
+    b = compile_circuit(busy_circuit(0.4), snapshot, channels)
     assert a.content_hash == b.content_hash
     assert a == b
-    c = compile_circuit(busy_circuit(0.4000001), snapshot, config)
+    c = compile_circuit(busy_circuit(0.4000001), snapshot, channels)
     assert c.content_hash != a.content_hash
     assert c != a
     other = derived(store, snapshot, lambda s: s.set_qubit(3, "pi_amplitude", 0.45, "rabi"))
-    assert compile_circuit(busy_circuit(0.4), other, config).content_hash != a.content_hash
+    assert compile_circuit(busy_circuit(0.4), other, channels).content_hash != a.content_hash
 
 
-def test_to_wire_dtypes(snapshot, config):
-    prog = compile_circuit(busy_circuit(), snapshot, config)
+def test_to_wire_dtypes(snapshot, channels):
+    prog = compile_circuit(busy_circuit(), snapshot, channels)
     arrays, meta = prog.to_wire()
     assert set(arrays) == set(WIRE_DTYPES)
     for name, dtype in WIRE_DTYPES.items():
@@ -428,69 +428,72 @@ def test_to_wire_dtypes(snapshot, config):
 # ----------------------------------------------------------------- errors
 
 
-def test_non_native_gate(snapshot, config):
-    qc = QuantumCircuit(2)
+def test_non_native_gate(snapshot, channels):
+    qc = QuantumCircuit(2, name="hadamard")
     qc.h(1)
-    with pytest.raises(CompilationError, match=r"'h'.*\(1,\).*transpile"):
-        compile_circuit(qc, snapshot, config)
+    with pytest.raises(CompilationError, match=r"'h'.*\(1,\).*transpile") as info:
+        compile_circuit(qc, snapshot, channels)
+    assert (info.value.circuit, info.value.qubits, info.value.instruction) == ("hadamard", (1,),
+                                                                                "h")
 
 
-def test_unbound_rz_parameter(snapshot, config):
+def test_unbound_rz_parameter(snapshot, channels):
     qc = QuantumCircuit(1)
     qc.rz(Parameter("phi"), 0)
     with pytest.raises(CompilationError, match=r"rz on \(0,\).*unbound"):
-        compile_circuit(qc, snapshot, config)
+        compile_circuit(qc, snapshot, channels)
 
 
-def test_unbound_delay_parameter(snapshot, config):
+def test_unbound_delay_parameter(snapshot, channels):
     qc = QuantumCircuit(1)
     qc.delay(Parameter("t"), 0)
     with pytest.raises(CompilationError, match=r"delay"):
-        compile_circuit(qc, snapshot, config)
+        compile_circuit(qc, snapshot, channels)
 
 
-def test_measured_twice(snapshot, config):
+def test_measured_twice(snapshot, channels):
     qc = QuantumCircuit(2, 2)
     qc.measure(1, 0)
     qc.measure(1, 1)
     with pytest.raises(CompilationError, match=r"'measure' on qubit 1 follows its measurement"):
-        compile_circuit(qc, snapshot, config)
+        compile_circuit(qc, snapshot, channels)
 
 
-def test_too_many_qubits(snapshot, config):
+def test_too_many_qubits(snapshot, channels):
     qc = QuantumCircuit(6)
     with pytest.raises(CompilationError, match=r"6 qubits.*lab5 has 5"):
-        compile_circuit(qc, snapshot, config)
+        compile_circuit(qc, snapshot, channels)
 
 
-def test_unknown_scheduling_method(snapshot, config):
+def test_unknown_scheduling_method(snapshot, channels):
     qc = QuantumCircuit(1)
     qc.x(0)
     with pytest.raises(CompilationError, match=r"scheduling_method.*'sooner'"):
-        compile_circuit(qc, snapshot, config, scheduling_method="sooner")
+        compile_circuit(qc, snapshot, channels, scheduling_method="sooner")
 
 
-def test_missing_calibration_parameter(store, snapshot, config):
+def test_missing_calibration_parameter(store, snapshot, channels):
     snap = derived(store, snapshot, lambda b: b.remove_qubit(1, "pulse_sigma_s"))
     qc = QuantumCircuit(2)
     qc.sx(0)
-    compile_circuit(qc, snap, config)  # qubit 0 is untouched
+    compile_circuit(qc, snap, channels)  # qubit 0 is untouched
     qc.sx(1)
-    with pytest.raises(CompilationError, match=r"qubit 1 .*'pulse_sigma_s'"):
-        compile_circuit(qc, snap, config)
+    with pytest.raises(CompilationError, match=r"qubit 1 .*'pulse_sigma_s'") as info:
+        compile_circuit(qc, snap, channels)
+    assert (info.value.qubits, info.value.instruction) == ((1,), "pulse_sigma_s")
 
 
-def test_cz_on_uncalibrated_edge(snapshot, config):
+def test_cz_on_uncalibrated_edge(snapshot, channels):
     qc = QuantumCircuit(3)
     qc.cz(0, 2)
     with pytest.raises(CompilationError, match=r"edge \(0, 2\).*'cz_duration_s'"):
-        compile_circuit(qc, snapshot, config)
+        compile_circuit(qc, snapshot, channels)
 
 
-def test_duration_not_whole_samples(store, snapshot, config):
+def test_duration_not_whole_samples(store, snapshot, channels):
     snap = derived(store, snapshot, lambda b: b.set_qubit(0, "pulse_duration_s", 40.5e-9,
                                                           "manual"))
     qc = QuantumCircuit(1)
     qc.x(0)
     with pytest.raises(CompilationError, match=r"x on \(0,\).*whole number of samples"):
-        compile_circuit(qc, snap, config)
+        compile_circuit(qc, snap, channels)

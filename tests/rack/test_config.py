@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labqpu.backend.config import (
-    ConfigurationError,
+from labqpu.errors import ConfigurationError
+from labqpu.rack.config import (
     LabConfig,
     default_config_path,
     load_config,
@@ -74,7 +74,30 @@ def test_lookup_of_unknown_names(doc):
         cfg.instrument("lo_x")
 
 
+def test_channel_map_is_the_wiring_the_compiler_sees():
+    cfg = load_config(default_config_path())
+    channels = cfg.channels
+    assert channels.device_name == "lab5"
+    assert channels.controllers == ("ctrl0",)
+    assert channels.sample_rate_hz == 1e9
+    assert channels.num_qubits == 5
+    assert channels.qubits[3] is cfg.qubits[3]
+
+
 # ----------------------------------------------------------------- bad files
+
+
+def test_errors_carry_file_and_field(tmp_path, doc):
+    del doc["device"]["num_qubits"]
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(doc, tmp_path / "lab.toml")
+    assert info.value.path == str(tmp_path / "lab.toml")
+    assert info.value.field == "device.num_qubits"
+    doc = tomllib.loads(default_config_path().read_text())
+    doc["controllers"][0]["sample_rate_hz"] = -1.0
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(doc)
+    assert (info.value.path, info.value.field) == ("", "controllers.sample_rate_hz")
 
 
 def test_missing_file(tmp_path):

@@ -1,0 +1,179 @@
+"""Every exception labqpu raises, in one tree.
+
+    LabQpuError (QiskitError)        base; ``str()`` is the plain message
+    ├── ConfigurationError           a lab.toml is missing something or contradicts itself
+    │                                (file, field)
+    ├── CompilationError             a circuit cannot be compiled for the device
+    │                                (circuit, qubit, instruction)
+    ├── InvalidRunInputError         run() refused a circuit or option; nothing was sent (option)
+    ├── JobCancelledError            a job was cancelled while it held the hardware
+    ├── CalibrationError             calibration data or the calibration store (subject, parameter)
+    │   ├── CalibrationMissingError  (also KeyError) no such snapshot, or a parameter is absent
+    │   ├── StaleSnapshotError       another writer committed since the snapshot a run started from
+    │   ├── InvalidSnapshotError     (also ValueError) a document or value is malformed; nothing
+    │   │                            was written
+    │   └── FitError                 an experiment's data do not support its model; nothing is
+    │                                written from it
+    └── InstrumentError              talking to an instrument failed (instrument, command)
+        ├── InstrumentTimeoutError   an instrument did not answer within its bound
+        ├── InstrumentCommandError   an instrument refused a command (SCPI error queue, typed
+        │                            error reply from a controller; remote_type)
+        ├── InstrumentLimitError     (also ValueError) a value is outside the instrument's limits;
+        │                            nothing was sent
+        ├── ProtocolError            a malformed or incompatible message on the wire
+        └── HardwareUnavailableError the rack takes no work: its queue is closed or the
+                                     simulator process is gone
+
+Everything is a ``QiskitError``, so ``except QiskitError`` in Qiskit code catches labqpu's
+errors too. Jobs report instrument failures as Qiskit's ``JobError`` carrying the instrument's
+message, raised ``from`` the ``InstrumentError``. The context of an error is kept in attributes
+as well as in the message, so code can react to it without parsing text.
+
+This module is the ground floor of labqpu: it imports nothing of labqpu.
+"""
+
+from __future__ import annotations
+
+from qiskit.exceptions import QiskitError
+
+
+class LabQpuError(QiskitError):
+    """Base class of every labqpu error; ``str()`` is the plain message (QiskitError quotes it)."""
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple:
+        # Keyword-only context (instrument, qubits, ...) survives pickling, which the default
+        # (re-calling __init__ with the formatted message) would drop.
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[LabQpuError], args: tuple, state: dict) -> LabQpuError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class ConfigurationError(LabQpuError):
+    """A lab configuration file is missing something or contradicts itself.
+
+    Attributes:
+        path: the file concerned, or ``""`` when the configuration did not come from a file.
+        field: the dotted key concerned (``"qubits.3.drive"``), or ``""``.
+    """
+
+    def __init__(self, message: str, *, path: str = "", field: str = "") -> None:
+        self.path = str(path) if path else ""
+        self.field = field
+        super().__init__(message)
+
+
+class CompilationError(LabQpuError):
+    """A circuit cannot be compiled for this device; the message names the qubit and gate.
+
+    Attributes:
+        circuit: the circuit's name, or ``""``.
+        qubits: the device qubits concerned (one qubit, or an edge), or ``()``.
+        instruction: the instruction or calibrated parameter concerned, or ``""``.
+    """
+
+    def __init__(self, message: str, *, circuit: str = "", qubits: tuple[int, ...] = (),
+                 instruction: str = "") -> None:
+        self.circuit = circuit
+        self.qubits = tuple(qubits)
+        self.instruction = instruction
+        super().__init__(message)
+
+
+class InvalidRunInputError(LabQpuError):
+    """A circuit or option given to ``run()`` cannot run on this backend; nothing was sent.
+
+    Attributes:
+        option: the run option at fault (``"shots"``), or ``""`` when it is a circuit.
+    """
+
+    def __init__(self, message: str, *, option: str = "") -> None:
+        self.option = option
+        super().__init__(message)
+
+
+class JobCancelledError(LabQpuError):
+    """A job was cancelled while it held the hardware; ``LabJob`` reports it as cancelled."""
+
+
+class CalibrationError(LabQpuError):
+    """Something is wrong with calibration data or the calibration store.
+
+    Attributes:
+        subject: what the error concerns (``"qubit 3"``, ``"pair 0-1"``, ``"gate 'sx:0'"``),
+            or ``""``.
+        parameter: the parameter name concerned, or ``""``.
+    """
+
+    def __init__(self, message: str, *, subject: str = "", parameter: str = "") -> None:
+        self.subject = subject
+        self.parameter = parameter
+        where = ", ".join(
+            part for part in (subject, f"parameter {parameter!r}" if parameter else "") if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class CalibrationMissingError(CalibrationError, KeyError):
+    """A snapshot or a calibrated parameter does not exist."""
+
+
+class StaleSnapshotError(CalibrationError):
+    """A commit expected a parent snapshot that is no longer the newest one."""
+
+
+class InvalidSnapshotError(CalibrationError, ValueError):
+    """A calibration document or value is malformed; nothing was written."""
+
+
+class FitError(CalibrationError):
+    """The data of an experiment do not support the fitted model (the message says which)."""
+
+
+class InstrumentError(LabQpuError):
+    """Something went wrong talking to an instrument.
+
+    Attributes:
+        instrument: resource string or endpoint of the instrument concerned.
+        command: the SCPI command or protocol op that failed, if any.
+    """
+
+    def __init__(self, message: str, *, instrument: str = "", command: str = "") -> None:
+        self.instrument = instrument
+        self.command = command
+        where = f"[{instrument}] " if instrument else ""
+        what = f" (command {command!r})" if command else ""
+        super().__init__(f"{where}{message}{what}")
+
+
+class InstrumentTimeoutError(InstrumentError):
+    """The instrument did not answer within the configured timeout."""
+
+
+class InstrumentCommandError(InstrumentError):
+    """The instrument refused a command; ``remote_type`` is its own error class or code."""
+
+    def __init__(
+        self, message: str, *, instrument: str = "", command: str = "", remote_type: str = ""
+    ) -> None:
+        self.remote_type = remote_type
+        super().__init__(message, instrument=instrument, command=command)
+
+
+class InstrumentLimitError(InstrumentError, ValueError):
+    """A requested value lies outside the instrument's limits; nothing was sent."""
+
+
+class ProtocolError(InstrumentError):
+    """A message on the wire was malformed or spoke an unsupported protocol version."""
+
+
+class HardwareUnavailableError(InstrumentError):
+    """The rack cannot take work: the queue is closed or the simulator process is gone."""

@@ -1,0 +1,451 @@
+"""``CalibrationStore``: every calibration snapshot of one device in one crash-safe SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labqpu.errors import (
+    CalibrationError,
+    CalibrationMissingError,
+    InvalidSnapshotError,
+    StaleSnapshotError,
+)
+from labqpu.store.properties import document_from_backend_properties, export_backend_properties
+from labqpu.store.snapshot import Snapshot, diff_snapshots
+from labqpu.store.validation import canonical_json, is_id, utc_now
+
+SCHEMA_VERSION = 1
+"""Version of the SQLite schema this module reads and writes."""
+
+EXPORT_FORMAT = "labqpu.calibration.snapshot/1"
+"""Value of the ``format`` field of :meth:`CalibrationStore.export_json` documents."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """Summary of one stored snapshot, as listed by :meth:`CalibrationStore.history`."""
+
+    snapshot_id: int
+    device: str
+    created: str
+    parent_id: int | None
+    content_hash: str
+    notes: str
+
+
+_SNAPSHOTS_TABLE = """
+CREATE TABLE snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    created TEXT NOT NULL,
+    parent_id INTEGER REFERENCES snapshots (id),
+    content_hash TEXT NOT NULL,
+    document TEXT NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0 CHECK (complete IN (0, 1))
+)
+"""
+_SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
+
+
+class CalibrationStore:
+    """Every calibration snapshot of one device, kept in one SQLite file.
+
+    The file is in WAL mode with ``synchronous=FULL``; each commit is one ``BEGIN IMMEDIATE``
+    transaction, so a writer that crashes leaves nothing visible, concurrent writers (threads
+    or processes) queue for at most ``timeout_s`` seconds, and readers never wait for writers.
+    Readers only ever see complete snapshots (``complete = 1``). The first committed snapshot
+    fixes the store's device.
+
+    The store is thread-safe: each thread gets its own connection (also after ``fork``).
+    ``close()`` (or leaving a ``with`` block) closes them all. A missing parent directory of
+    ``path`` is created.
+
+    Raises:
+        CalibrationError: the file is not a calibration store, or has a newer schema.
+    """
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 10.0) -> None:
+        if str(path) == ":memory:":
+            raise ValueError(
+                "a calibration store needs a file: ':memory:' is private to one "
+                "connection and the store opens one per thread"
+            )
+        self._path = Path(path)
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._inherited: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._closed = False
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._initialise()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"CalibrationStore({str(self._path)!r})"
+
+    def __enter__(self) -> CalibrationStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection of this store; further use raises CalibrationError."""
+        with self._lock:
+            self._closed = True
+            self._set_aside_after_fork()
+            connections, self._connections = self._connections, []
+        for _, conn in connections:
+            conn.close()
+
+    # ------------------------------------------------------------------ connections
+
+    def _initialise(self) -> None:
+        """Switch the file to WAL; create the schema if it has none (the only time opening a
+        store takes the write lock); check the schema version."""
+        conn = self._connection()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise CalibrationError(f"cannot open calibration store {self._path}: {exc}") from exc
+        if exists is None:
+            with self._transaction() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                if conn.execute("SELECT 1 FROM schema_version").fetchone() is None:
+                    conn.execute(_SNAPSHOTS_TABLE)
+                    conn.execute(
+                        "INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
+                    )
+        (version,) = self._query("SELECT max(version) FROM schema_version")[0]
+        if version != SCHEMA_VERSION:
+            raise CalibrationError(
+                f"calibration store {self._path} has schema version {version}; "
+                f"this labqpu reads version {SCHEMA_VERSION}"
+            )
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            # check_same_thread=False only so that close() may close the connections of other
+            # threads; otherwise each connection is used by the thread that opened it.
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise CalibrationError(f"cannot open calibration store {self._path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise CalibrationError(f"cannot open calibration store {self._path}: {exc}") from exc
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        local = self._local
+        pid = os.getpid()
+        if not self._closed and getattr(local, "pid", None) == pid:
+            return local.conn
+        with self._lock:
+            if self._closed:
+                raise CalibrationError(f"calibration store {self._path} is closed")
+            self._set_aside_after_fork()
+            alive = []
+            for thread, conn in self._connections:
+                if thread.is_alive():
+                    alive.append((thread, conn))
+                else:
+                    conn.close()
+            conn = self._open()
+            alive.append((threading.current_thread(), conn))
+            self._connections = alive
+        local.conn, local.pid = conn, pid
+        return conn
+
+    def _set_aside_after_fork(self) -> None:
+        """In a forked child (called under the lock): set the parent's connections aside,
+        neither used nor closed, as SQLite requires; holding them stops the garbage collector
+        from closing them."""
+        pid = os.getpid()
+        if self._pid != pid:
+            self._inherited.extend(conn for _, conn in self._connections)
+            self._connections = []
+            self._pid = pid
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` write transaction, rolled back on any exception."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise CalibrationError(
+                f"cannot lock calibration store {self._path} for writing: {exc}"
+            ) from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise CalibrationError(
+                    f"writing calibration store {self._path} failed: {exc}"
+                ) from exc
+            raise
+
+    def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._connection().execute(sql, parameters).fetchall()
+        except sqlite3.Error as exc:
+            raise CalibrationError(f"reading calibration store {self._path} failed: {exc}") from exc
+
+    def _snapshot(self, row: tuple[Any, ...]) -> Snapshot:
+        snapshot_id, created, parent_id, content_hash, document = row
+        try:
+            snapshot = Snapshot(json.loads(document), snapshot_id, created, parent_id)
+        except ValueError as exc:
+            raise CalibrationError(
+                f"snapshot {snapshot_id} in {self._path} is corrupt: {exc}"
+            ) from exc
+        if snapshot.content_hash != content_hash:
+            raise CalibrationError(
+                f"snapshot {snapshot_id} in {self._path} is corrupt: its document hashes to "
+                f"{snapshot.content_hash}, not the stored {content_hash}"
+            )
+        return snapshot
+
+    @staticmethod
+    def _device_clause(device: str | None) -> tuple[str, tuple[Any, ...]]:
+        return ("", ()) if device is None else (" AND device = ?", (device,))
+
+    # ------------------------------------------------------------------ writing
+
+    def commit(
+        self,
+        document: Mapping[str, Any],
+        *,
+        parent_id: int | None = None,
+        expect_parent: bool = False,
+    ) -> Snapshot:
+        """Validate ``document`` and store it as the newest snapshot.
+
+        Args:
+            document: the JSON layout of the module docstring (e.g. from
+                :meth:`SnapshotBuilder.build_document`).
+            parent_id: the snapshot this one derives from; default: the newest snapshot.
+            expect_parent: optimistic concurrency for calibration runs: refuse to commit
+                unless ``parent_id`` (``None``: no snapshot at all) is still the newest one.
+
+        Returns:
+            The stored snapshot, with its new id and creation time.
+
+        Raises:
+            InvalidSnapshotError: the document is malformed, is for another device than the
+                store holds, or ``parent_id`` does not exist. Nothing was written.
+            StaleSnapshotError: ``expect_parent`` and another snapshot was committed since
+                ``parent_id``. Nothing was written.
+        """
+        if parent_id is not None and not is_id(parent_id):
+            raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
+        draft = Snapshot(document)
+        canonical = canonical_json(draft.to_document())
+        created = utc_now()
+        with self._transaction() as conn:
+            first = conn.execute(
+                "SELECT device FROM snapshots WHERE complete = 1 ORDER BY id LIMIT 1"
+            ).fetchone()
+            if first is not None and first[0] != draft.device:
+                raise InvalidSnapshotError(
+                    f"the document is for device {draft.device!r}, but {self._path} holds "
+                    f"calibrations of device {first[0]!r}"
+                )
+            row = conn.execute(
+                "SELECT id FROM snapshots WHERE complete = 1 ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            newest = None if row is None else row[0]
+            if expect_parent and newest != parent_id:
+                raise StaleSnapshotError(
+                    f"expected snapshot {parent_id} to be the newest in {self._path}, but "
+                    f"snapshot {newest} is: another calibration committed first; re-read the "
+                    "latest snapshot and redo the update"
+                )
+            if (
+                parent_id is not None
+                and conn.execute(
+                    "SELECT 1 FROM snapshots WHERE id = ? AND complete = 1", (parent_id,)
+                ).fetchone()
+                is None
+            ):
+                raise InvalidSnapshotError(
+                    f"parent snapshot {parent_id} does not exist in {self._path}"
+                )
+            parent = newest if parent_id is None else parent_id
+            cursor = conn.execute(
+                "INSERT INTO snapshots (device, created, parent_id, content_hash, document, "
+                "complete) VALUES (?, ?, ?, ?, ?, 1)",
+                (draft.device, created, parent, draft.content_hash, canonical),
+            )
+            snapshot_id = cursor.lastrowid
+        return Snapshot(draft.to_document(), snapshot_id, created, parent)
+
+    def import_json(self, document: Mapping[str, Any]) -> Snapshot:
+        """Commit an :meth:`export_json` envelope (checking its content hash) or a bare
+        document as the newest snapshot.
+
+        Raises:
+            InvalidSnapshotError: unknown format, altered export, or an invalid document.
+        """
+        if isinstance(document, Mapping) and "format" in document:
+            if document["format"] != EXPORT_FORMAT:
+                raise InvalidSnapshotError(
+                    f"unknown export format {document['format']!r}; expected {EXPORT_FORMAT!r}"
+                )
+            draft = Snapshot(document.get("document"))
+            expected = document.get("content_hash")
+            if expected is not None and expected != draft.content_hash:
+                raise InvalidSnapshotError(
+                    f"the export's document hashes to {draft.content_hash}, not the "
+                    f"{expected} it records: it was altered or corrupted"
+                )
+            return self.commit(draft.to_document())
+        return self.commit(document)
+
+    def import_backend_properties(
+        self, properties: Mapping[str, Any], *, experiment: str = "backend_properties"
+    ) -> Snapshot:
+        """Commit a snapshot converted from a Qiskit BackendProperties JSON dict (see
+        :func:`document_from_backend_properties`)."""
+        return self.commit(document_from_backend_properties(properties, experiment=experiment))
+
+    # ------------------------------------------------------------------ reading
+
+    def latest(self, device: str | None = None) -> Snapshot:
+        """The newest complete snapshot (of ``device``, if given).
+
+        Raises:
+            CalibrationMissingError: there is none.
+        """
+        clause, parameters = self._device_clause(device)
+        rows = self._query(
+            f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE complete = 1{clause} "
+            "ORDER BY id DESC LIMIT 1",
+            parameters,
+        )
+        if not rows:
+            of_device = "" if device is None else f" of device {device!r}"
+            raise CalibrationMissingError(
+                f"calibration store {self._path} holds no snapshot{of_device}; "
+                "run a calibration or import one"
+            )
+        return self._snapshot(rows[0])
+
+    def latest_id(self, device: str | None = None) -> int | None:
+        """Id of the newest complete snapshot, or ``None``: one cheap query, for polling."""
+        clause, parameters = self._device_clause(device)
+        rows = self._query(
+            f"SELECT id FROM snapshots WHERE complete = 1{clause} ORDER BY id DESC LIMIT 1",
+            parameters,
+        )
+        return rows[0][0] if rows else None
+
+    def get(self, snapshot_id: int) -> Snapshot:
+        """The complete snapshot with this id.
+
+        Raises:
+            CalibrationMissingError: there is none.
+        """
+        rows = self._query(
+            f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND complete = 1",
+            (snapshot_id,),
+        )
+        if not rows:
+            raise CalibrationMissingError(
+                f"calibration store {self._path} has no snapshot {snapshot_id}"
+            )
+        return self._snapshot(rows[0])
+
+    def history(self, limit: int = 50) -> list[SnapshotInfo]:
+        """The newest ``limit`` complete snapshots, newest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        rows = self._query(
+            "SELECT id, device, created, parent_id, content_hash, document FROM snapshots "
+            "WHERE complete = 1 ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            SnapshotInfo(
+                snapshot_id,
+                device,
+                created,
+                parent_id,
+                content_hash,
+                json.loads(document).get("notes", ""),
+            )
+            for snapshot_id, device, created, parent_id, content_hash, document in rows
+        ]
+
+    def diff(self, a_id: int, b_id: int) -> dict[str, Any]:
+        """Parameters added, removed and changed from snapshot ``a_id`` to ``b_id``
+        (see :func:`diff_snapshots`).
+
+        Raises:
+            CalibrationMissingError: either snapshot does not exist.
+        """
+        return diff_snapshots(self.get(a_id), self.get(b_id))
+
+    def export_json(self, snapshot_id: int) -> dict[str, Any]:
+        """Snapshot ``snapshot_id`` as a JSON-ready envelope for :meth:`import_json`::
+
+            {"format": EXPORT_FORMAT, "snapshot_id", "device", "created", "parent_id",
+             "content_hash", "document"}
+
+        Raises:
+            CalibrationMissingError: the snapshot does not exist.
+        """
+        snapshot = self.get(snapshot_id)
+        return {
+            "format": EXPORT_FORMAT,
+            "snapshot_id": snapshot.snapshot_id,
+            "device": snapshot.device,
+            "created": snapshot.created,
+            "parent_id": snapshot.parent_id,
+            "content_hash": snapshot.content_hash,
+            "document": snapshot.to_document(),
+        }
+
+    def export_backend_properties(
+        self, snapshot: Snapshot | int | None = None, *, backend_version: str | None = None
+    ) -> dict[str, Any]:
+        """A snapshot (default: the latest; or by id) in the Qiskit BackendProperties JSON
+        layout (see :func:`export_backend_properties`)."""
+        if snapshot is None:
+            snapshot = self.latest()
+        elif not isinstance(snapshot, Snapshot):
+            snapshot = self.get(snapshot)
+        return export_backend_properties(snapshot, backend_version=backend_version)

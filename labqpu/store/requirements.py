@@ -1,0 +1,26 @@
+"""What a snapshot must hold before each native instruction can be played.
+
+The Target builder offers an instruction on a qubit or an edge only when these parameters are
+all present; the compiler reads the same names. Units are in the names (``_hz``, ``_s``,
+``_dbm``, ``_a``, ``_rad``); amplitudes are fractions of full scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: What a qubit needs in the snapshot before sx and x are offered on it.
+DRIVE_PARAMETERS = ("frequency_hz", "drive_lo_frequency_hz", "drive_lo_power_dbm",
+                    "pi_amplitude", "pi2_amplitude", "drag_beta", "pulse_duration_s",
+                    "pulse_sigma_s", "flux_bias_a")
+#: What a qubit needs before measure is offered on it.
+READOUT_PARAMETERS = ("readout_frequency_hz", "readout_lo_frequency_hz", "readout_lo_power_dbm",
+                      "readout_amplitude", "readout_duration_s", "discriminator")
+#: What an edge needs before cz is offered on it (both directions).
+CZ_PARAMETERS = ("cz_flux_qubit", "cz_amplitude", "cz_duration_s", "cz_rise_s",
+                 "cz_phase_a_rad", "cz_phase_b_rad")
+
+
+def has_all(params: Mapping[str, object], names: tuple[str, ...]) -> bool:
+    """True when every name in ``names`` is in ``params``."""
+    return all(n in params for n in names)
