@@ -1,7 +1,7 @@
 """Every exception labqpu raises, in one tree.
 
     LabQpuError (QiskitError)        base; ``str()`` is the plain message
-    ├── ConfigurationError           a lab.toml is missing something or contradicts itself
+    ├── BackendConfigurationError    a lab.toml is missing something or contradicts itself
     │                                (file, field)
     ├── CompilationError             a circuit cannot be compiled for the device
     │                                (circuit, qubit, instruction)
@@ -9,6 +9,7 @@
     ├── JobCancelledError            a job was cancelled while it held the hardware
     ├── CalibrationError             calibration data or the calibration store (subject, parameter)
     │   ├── CalibrationMissingError  (also KeyError) no such snapshot, or a parameter is absent
+    │   │   └── BackendPropertyError a calibrated property of a qubit, pair or gate is absent
     │   ├── StaleSnapshotError       another writer committed since the snapshot a run started from
     │   ├── InvalidSnapshotError     (also ValueError) a document or value is malformed; nothing
     │   │                            was written
@@ -24,10 +25,12 @@
         └── HardwareUnavailableError the rack takes no work: its queue is closed or the
                                      simulator process is gone
 
-Everything is a ``QiskitError``, so ``except QiskitError`` in Qiskit code catches labqpu's
-errors too. Jobs report instrument failures as Qiskit's ``JobError`` carrying the instrument's
-message, raised ``from`` the ``InstrumentError``. The context of an error is kept in attributes
-as well as in the message, so code can react to it without parsing text.
+``BackendConfigurationError`` and ``BackendPropertyError`` keep the names of the Qiskit 1.x
+exceptions that Qiskit 2.0 removed. Everything is a ``QiskitError``, so ``except QiskitError``
+in Qiskit code catches labqpu's errors too. Jobs report instrument failures as Qiskit's
+``JobError`` carrying the instrument's message, raised ``from`` the ``InstrumentError``. The
+context of an error is kept in attributes as well as in the message, so code can react to it
+without parsing text.
 
 This module is the ground floor of labqpu: it imports nothing of labqpu.
 """
@@ -56,7 +59,7 @@ def _restore(cls: type[LabQpuError], args: tuple, state: dict) -> LabQpuError:
     return exc
 
 
-class ConfigurationError(LabQpuError):
+class BackendConfigurationError(LabQpuError):
     """A lab configuration file is missing something or contradicts itself.
 
     Attributes:
@@ -123,6 +126,14 @@ class CalibrationError(LabQpuError):
 
 class CalibrationMissingError(CalibrationError, KeyError):
     """A snapshot or a calibrated parameter does not exist."""
+
+
+class BackendPropertyError(CalibrationMissingError):
+    """A calibrated property of a qubit, pair or gate is absent from the snapshot.
+
+    The Qiskit 1.x name for this error (``qiskit.providers.exceptions.BackendPropertyError``
+    was removed in Qiskit 2.0); ``subject`` and ``parameter`` say which property.
+    """
 
 
 class StaleSnapshotError(CalibrationError):

@@ -59,7 +59,7 @@ def test_instrument_errors_name_instrument_and_command() -> None:
 
 
 @pytest.mark.parametrize("exc", [
-    errors.ConfigurationError("bad", path="lab.toml", field="device.num_qubits"),
+    errors.BackendConfigurationError("bad", path="lab.toml", field="device.num_qubits"),
     errors.CompilationError("bad", circuit="c", qubits=(0, 1), instruction="cz"),
     errors.InvalidRunInputError("bad", option="shots"),
 ])
@@ -78,3 +78,21 @@ def test_errors_survive_pickling_with_their_message() -> None:
     assert (back.instrument, back.command) == ("lo", "FREQ?")
     compile_error = errors.CompilationError("bad", circuit="c", qubits=(0, 1), instruction="cz")
     assert pickle.loads(pickle.dumps(compile_error)).qubits == (0, 1)
+
+
+def test_qiskit_1_names_are_importable_from_labqpu_and_raised(tmp_path) -> None:
+    import labqpu
+    from labqpu.rack.config import load_config
+    from labqpu.store import Snapshot, SnapshotBuilder
+
+    assert issubclass(labqpu.BackendPropertyError, QiskitError)
+    assert issubclass(labqpu.BackendConfigurationError, QiskitError)
+    bad = tmp_path / "lab.toml"
+    bad.write_text("[device]\nname = 'x'\n")
+    with pytest.raises(labqpu.BackendConfigurationError, match="num_qubits"):
+        load_config(bad)
+    snapshot = Snapshot(SnapshotBuilder("lab5").set_qubit(0, "t1_s", 5e-5, "t1")
+                        .build_document())
+    with pytest.raises(labqpu.BackendPropertyError, match="qubit 0, parameter 't2_s'") as info:
+        snapshot.qubit_value(0, "t2_s")
+    assert (info.value.subject, info.value.parameter) == ("qubit 0", "t2_s")

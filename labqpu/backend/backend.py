@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import BackendV2, Options
 
+from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import LabJob
 from labqpu.backend.results import discriminator_centres
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.errors import (
+    BackendConfigurationError,
     CompilationError,
-    ConfigurationError,
     InvalidRunInputError,
     LabQpuError,
 )
@@ -137,6 +138,21 @@ class LabBackend(BackendV2):
         per qubit, frequency-multiplexed on one LO)."""
         return [[q] for q in range(self.config.num_qubits)]
 
+    def configuration(self) -> BackendConfiguration:
+        """A Qiskit 1.x style configuration summary, for clients that still call it (mthree).
+
+        Derived from the wiring and the current Target; BackendV2 code should read
+        ``backend.target`` instead.
+        """
+        target = self.target
+        edges = (tuple(sorted(target.qargs_for_operation_name("cz")))
+                 if "cz" in target.operation_names else ())
+        return BackendConfiguration(
+            backend_name=self.name, backend_version=self.backend_version,
+            n_qubits=self.num_qubits, basis_gates=tuple(sorted(target.operation_names)),
+            coupling_map=edges, dt=self.dtm, max_shots=MAX_SHOTS,
+            max_experiments=self.max_circuits)
+
     def set_options(self, **fields) -> None:
         """Change default run options; the same type and range checks as ``run()`` apply."""
         unknown = sorted(set(fields) - set(self.options.__dict__))
@@ -222,7 +238,7 @@ class LabBackend(BackendV2):
                 if inst.kind != "current_source" or not 1 <= channel <= inst.channels:
                     raise InvalidRunInputError(
                         f"{where}: flux bias {source}:{channel} is not a current-source channel")
-        except ConfigurationError as exc:
+        except BackendConfigurationError as exc:
             raise InvalidRunInputError(f"{where}: {exc}") from exc
         if not math.isclose(program.sample_rate_hz, ctrl.sample_rate_hz):
             raise InvalidRunInputError(f"{where}: built for {program.sample_rate_hz} Hz; "

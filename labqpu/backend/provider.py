@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -154,13 +155,27 @@ class LabProvider:
         self._finalizer = weakref.finalize(self, _close_all, self._closers)
         self._lock = threading.Lock()
 
-    def backends(self, name: str | None = None, **filters) -> list[LabBackend]:
-        """Backends of this rack, optionally filtered by ``name`` and attribute values."""
+    def backends(self, name: str | None = None, filters: Callable[[LabBackend], bool] | None = None,
+                 **kwargs) -> list[LabBackend]:
+        """Backends of this rack, optionally filtered.
+
+        ``name`` keeps the backend of that name; ``filters`` is a callable that keeps a backend
+        when it returns True (``filters=lambda b: b.num_qubits >= 5``); every other keyword
+        keeps backends whose attribute of that name equals the value (``num_qubits=5``). An
+        attribute no backend has is an error, not an empty list.
+        """
+        if filters is not None and not callable(filters):
+            raise TypeError(f"filters must be a callable taking a backend, got {filters!r}")
         out = []
         for backend in self._backends.values():
             if name is not None and backend.name != name:
                 continue
-            if all(getattr(backend, k, None) == v for k, v in filters.items()):
+            for key in kwargs:
+                if not hasattr(backend, key):
+                    raise AttributeError(f"backends(): backend {backend.name!r} has no attribute "
+                                         f"{key!r} to filter on")
+            if all(getattr(backend, k) == v for k, v in kwargs.items()) and (
+                    filters is None or filters(backend)):
                 out.append(backend)
         return out
 

@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from qiskit.circuit import ParameterExpression, QuantumCircuit
 
-from labqpu.errors import CompilationError
+from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
@@ -56,18 +57,21 @@ class _Calibration:
     def qubit(self, q: int, name: str) -> float:
         params = self.snapshot.qubits.get(q, {})
         if name not in params:
-            raise CompilationError(
-                f"qubit {q} has no calibrated {name!r} in snapshot {self.snapshot.snapshot_id}",
-                qubits=(q,), instruction=name)
+            self._missing(f"qubit {q}", (q,), name)
         return params[name].value
 
     def pair(self, a: int, b: int, name: str):
         params = self.snapshot.pairs.get((min(a, b), max(a, b)), {})
         if name not in params:
-            raise CompilationError(
-                f"edge ({a}, {b}) has no calibrated {name!r} in snapshot "
-                f"{self.snapshot.snapshot_id}", qubits=(a, b), instruction=name)
+            self._missing(f"edge ({a}, {b})", (a, b), name)
         return params[name].value
+
+    def _missing(self, subject: str, qubits: tuple[int, ...], name: str) -> NoReturn:
+        cause = BackendPropertyError(f"not in calibration snapshot {self.snapshot.snapshot_id}",
+                                     subject=subject, parameter=name)
+        raise CompilationError(
+            f"{subject} has no calibrated {name!r} in snapshot {self.snapshot.snapshot_id}",
+            qubits=qubits, instruction=name) from cause
 
 
 def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: float,

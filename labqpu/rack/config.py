@@ -15,7 +15,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
-from labqpu.errors import ConfigurationError
+from labqpu.errors import BackendConfigurationError
 from labqpu.pulse.channels import ChannelMap, QubitChannels
 
 ROLES = ("drive", "flux", "readout", "acquire")
@@ -72,14 +72,14 @@ class LabConfig:
         for c in self.controllers:
             if c.name == name:
                 return c
-        raise ConfigurationError(f"no controller named {name!r} in the lab configuration")
+        raise BackendConfigurationError(f"no controller named {name!r} in the lab configuration")
 
     def instrument(self, name: str) -> InstrumentConfig:
         """The VISA instrument called ``name``."""
         for i in self.instruments:
             if i.name == name:
                 return i
-        raise ConfigurationError(f"no instrument named {name!r} in the lab configuration")
+        raise BackendConfigurationError(f"no instrument named {name!r} in the lab configuration")
 
     def with_endpoints(self, endpoints: dict[str, str]) -> LabConfig:
         """A copy with controller endpoints / VISA resources replaced by ``endpoints`` (by name)."""
@@ -121,9 +121,10 @@ def _type_name(value: object) -> str:
 
 
 def _table(value: object, where: str, what: str = "a table") -> dict:
-    """``value`` if it is a table, else a ConfigurationError naming ``where``."""
+    """``value`` if it is a table, else a BackendConfigurationError naming ``where``."""
     if not isinstance(value, dict):
-        raise ConfigurationError(f"{where} must be {what}, got {_type_name(value)}: {value!r}")
+        raise BackendConfigurationError(
+            f"{where} must be {what}, got {_type_name(value)}: {value!r}")
     return value
 
 
@@ -131,12 +132,12 @@ def _array_of_tables(doc: dict, key: str, where: str) -> list[dict]:
     """``doc[key]`` (default ``[]``) checked to be an array of tables (``[[key]]`` entries)."""
     value = doc.get(key, [])
     if not isinstance(value, list):
-        raise ConfigurationError(
+        raise BackendConfigurationError(
             f"{where} [[{key}]] must be an array of tables (one [[{key}]] header per entry), "
             f"got {_type_name(value)}")
     for index, entry in enumerate(value):
         if not isinstance(entry, dict):
-            raise ConfigurationError(
+            raise BackendConfigurationError(
                 f"{where} [[{key}]] entry {index}: must be a table, got {_type_name(entry)}: "
                 f"{entry!r}")
     return value
@@ -148,11 +149,11 @@ def _string(table: dict, key: str, where: str, *, default: str | None = None,
     missing key takes ``default`` when one is given."""
     value = table.get(key, default) if default is not None else _require(table, key, where)
     if not isinstance(value, str):
-        raise ConfigurationError(
+        raise BackendConfigurationError(
             f"{where}: {key} must be a string, got {_type_name(value)}: {value!r}",
             field=_field(where, key))
     if nonempty and not value.strip():
-        raise ConfigurationError(f"{where}: {key} must be a non-empty string",
+        raise BackendConfigurationError(f"{where}: {key} must be a non-empty string",
                                  field=_field(where, key))
     return value
 
@@ -162,16 +163,16 @@ def _check_endpoint(endpoint: str, where: str) -> None:
     hint = "must be 'tcp://host:port' or 'ipc://path'"
     if endpoint.startswith("ipc://"):
         if not endpoint[len("ipc://"):].strip():
-            raise ConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r} (no path)")
+            raise BackendConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r} (no path)")
         return
     if not endpoint.startswith("tcp://"):
-        raise ConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
+        raise BackendConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
     host, sep, port = endpoint[len("tcp://"):].rpartition(":")
     if not sep or not _HOST.fullmatch(host):
-        raise ConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
+        raise BackendConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
     # Port 0 means "pick a free port"; only the simulator can honour it.
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ConfigurationError(
+        raise BackendConfigurationError(
             f"{where}: endpoint port must be 0..65535 (0: any free port, simulator only), "
             f"got {endpoint!r}")
 
@@ -188,28 +189,29 @@ def _check_resource(resource: str, where: str) -> None:
     first = parts[0].upper()
     if (len(parts) < 2 or not all(p.strip() for p in parts)
             or not first.startswith(_VISA_PREFIXES)):
-        raise ConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+        raise BackendConfigurationError(f"{where}: resource {hint}, got {resource!r}")
     if not first.startswith("TCPIP"):
         return
     suffix = parts[-1].upper()
     if (not first[len("TCPIP"):].isdigit() and first != "TCPIP") or not _HOST.fullmatch(parts[1]):
-        raise ConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+        raise BackendConfigurationError(f"{where}: resource {hint}, got {resource!r}")
     if suffix == "SOCKET":
         port = parts[2] if len(parts) == 4 else ""
         if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-            raise ConfigurationError(
+            raise BackendConfigurationError(
                 f"{where}: resource must be 'TCPIP[n]::host::port::SOCKET' with port "
                 f"0..65535, got {resource!r}")
     elif suffix != "INSTR" or len(parts) not in (3, 4):
-        raise ConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+        raise BackendConfigurationError(f"{where}: resource {hint}, got {resource!r}")
 
 
 def _port(value: object, where: str) -> tuple[str, int]:
     if not isinstance(value, str) or value.count(":") != 1:
-        raise ConfigurationError(f"{where} must be 'name:port', got {value!r}")
+        raise BackendConfigurationError(f"{where} must be 'name:port', got {value!r}")
     name, port = value.split(":")
     if not port.isdigit():
-        raise ConfigurationError(f"{where} port must be a non-negative integer, got {value!r}")
+        raise BackendConfigurationError(
+            f"{where} port must be a non-negative integer, got {value!r}")
     return name, int(port)
 
 
@@ -224,7 +226,7 @@ def _field(where: str, key: str) -> str:
 
 def _require(table: dict, key: str, where: str) -> object:
     if key not in table:
-        raise ConfigurationError(f"{where}: missing required key {key!r}",
+        raise BackendConfigurationError(f"{where}: missing required key {key!r}",
                                  field=_field(where, key))
     return table[key]
 
@@ -237,14 +239,14 @@ def _number(table: dict, key: str, where: str, kind: type, *, minimum: float | N
     ok_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
         what = "an integer" if kind is int else "a number"
-        raise ConfigurationError(f"{where}: {key} must be {what}, got {value!r}",
+        raise BackendConfigurationError(f"{where}: {key} must be {what}, got {value!r}",
                                  field=_field(where, key))
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigurationError(f"{where}: {key} must be a finite number, got {value!r}",
+        raise BackendConfigurationError(f"{where}: {key} must be a finite number, got {value!r}",
                                  field=_field(where, key))
     if minimum is not None and (value < minimum if kind is int else value <= minimum):
         bound = f">= {minimum}" if kind is int else f"> {minimum}"
-        raise ConfigurationError(f"{where}: {key} must be {bound}, got {value!r}",
+        raise BackendConfigurationError(f"{where}: {key} must be {bound}, got {value!r}",
                                  field=_field(where, key))
     return kind(value)
 
@@ -253,24 +255,24 @@ def load_config(path: str | Path) -> LabConfig:
     """Read and validate a ``lab.toml``; errors name the section and key at fault."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigurationError(f"lab configuration file not found: {path}", path=path)
+        raise BackendConfigurationError(f"lab configuration file not found: {path}", path=path)
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{path}: not valid TOML: {exc}", path=path) from exc
+        raise BackendConfigurationError(f"{path}: not valid TOML: {exc}", path=path) from exc
     return parse_config(doc, path)
 
 
 def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
     """Validate a configuration document already parsed from TOML.
 
-    Every ``ConfigurationError`` names ``path`` (when given) in its message and its ``path``
+    Every ``BackendConfigurationError`` names ``path`` (when given) in its message and its ``path``
     attribute, and the dotted ``field`` at fault where a single key is.
     """
     try:
         return _parse_config(doc, path)
-    except ConfigurationError as exc:
+    except BackendConfigurationError as exc:
         if path is not None and not exc.path:
             exc.path = str(path)
         raise
@@ -281,26 +283,27 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     dev = _table(_require(doc, "device", where), f"{where} [device]")
     name = _string(dev, "name", f"{where} [device]")
     if not _DEVICE_NAME.fullmatch(name) or name in (".", ".."):
-        raise ConfigurationError(
+        raise BackendConfigurationError(
             f"{where} [device]: name must be letters, digits, '_', '.' or '-' (it names the "
             f"calibration store folder), got {name!r}")
     n = _number(dev, "num_qubits", f"{where} [device]", int, minimum=1)
     edges = dev.get("coupling_map", [])
     if not isinstance(edges, list):
-        raise ConfigurationError(
+        raise BackendConfigurationError(
             f"{where} [device] coupling_map must be an array of [a, b] edges, "
             f"got {_type_name(edges)}: {edges!r}")
     cmap = []
     for edge in edges:
         if (not isinstance(edge, list) or len(edge) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in edge)):
-            raise ConfigurationError(
+            raise BackendConfigurationError(
                 f"{where} [device] coupling_map: each edge must be [a, b], got {edge!r}")
         a, b = edge
         if not (0 <= a < n and 0 <= b < n) or a == b:
-            raise ConfigurationError(f"{where} [device] coupling_map has a bad edge ({a}, {b})")
+            raise BackendConfigurationError(
+                f"{where} [device] coupling_map has a bad edge ({a}, {b})")
         if (a, b) in cmap or (b, a) in cmap:
-            raise ConfigurationError(
+            raise BackendConfigurationError(
                 f"{where} [device] coupling_map lists the edge ({a}, {b}) twice (edges are "
                 "undirected)")
         cmap.append((a, b))
@@ -320,9 +323,9 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
             timeout_s=_number(c, "timeout_s", w, float, minimum=0.0, default=10.0),
         ))
     if not controllers:
-        raise ConfigurationError(f"{where}: no [[controllers]] defined")
+        raise BackendConfigurationError(f"{where}: no [[controllers]] defined")
     if len({c.sample_rate_hz for c in controllers}) != 1:
-        raise ConfigurationError(f"{where}: all controllers must share one sample rate")
+        raise BackendConfigurationError(f"{where}: all controllers must share one sample rate")
 
     instruments = []
     for i in _array_of_tables(doc, "instruments", where):
@@ -330,7 +333,8 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         inst_name = _string(i, "name", w)
         kind = _string(i, "kind", w)
         if kind not in INSTRUMENT_KINDS:
-            raise ConfigurationError(f"{w}: kind must be one of {INSTRUMENT_KINDS}, got {kind!r}")
+            raise BackendConfigurationError(
+                f"{w}: kind must be one of {INSTRUMENT_KINDS}, got {kind!r}")
         resource = _string(i, "resource", w)
         _check_resource(resource, w)
         instruments.append(InstrumentConfig(
@@ -340,7 +344,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         ))
     names = [c.name for c in controllers] + [i.name for i in instruments]
     if len(set(names)) != len(names):
-        raise ConfigurationError(f"{where}: controller and instrument names must be unique")
+        raise BackendConfigurationError(f"{where}: controller and instrument names must be unique")
     ctrl_by_name = {c.name: c for c in controllers}
     inst_by_name = {i.name: i for i in instruments}
 
@@ -349,27 +353,28 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
                           "a table of [qubits.N] tables")
     for key, q in qubit_tables.items():
         if not key.isdigit() or int(key) >= n:
-            raise ConfigurationError(f"{where} [qubits.{key}]: qubit index must be 0..{n - 1}")
+            raise BackendConfigurationError(
+                f"{where} [qubits.{key}]: qubit index must be 0..{n - 1}")
         w = f"{where} [qubits.{key}]"
         _table(q, w)
         ports = {}
         for role in ROLES:
             ctrl, port = _port(_require(q, role, w), f"{w} {role}")
             if ctrl not in ctrl_by_name:
-                raise ConfigurationError(f"{w} {role}: unknown controller {ctrl!r}")
+                raise BackendConfigurationError(f"{w} {role}: unknown controller {ctrl!r}")
             limit = ctrl_by_name[ctrl].inputs if role == "acquire" else ctrl_by_name[ctrl].outputs
             if port >= limit:
-                raise ConfigurationError(
+                raise BackendConfigurationError(
                     f"{w} {role}: port {port} does not exist on {ctrl} (it has {limit})")
             ports[role] = (ctrl, port)
         for role, kind in (("drive_lo", "signal_generator"), ("readout_lo", "signal_generator")):
             src = _string(q, role, w)
             if src not in inst_by_name or inst_by_name[src].kind != kind:
-                raise ConfigurationError(f"{w} {role}: {src!r} is not a {kind} of this rack")
+                raise BackendConfigurationError(f"{w} {role}: {src!r} is not a {kind} of this rack")
         flux_src, flux_ch = _port(_require(q, "flux_bias", w), f"{w} flux_bias")
         inst = inst_by_name.get(flux_src)
         if inst is None or inst.kind != "current_source" or not 1 <= flux_ch <= inst.channels:
-            raise ConfigurationError(
+            raise BackendConfigurationError(
                 f"{w} flux_bias: {q['flux_bias']!r} is not a channel of a current_source")
         qubits[int(key)] = QubitChannels(
             drive=ports["drive"], flux=ports["flux"], readout=ports["readout"],
@@ -378,20 +383,20 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         )
     if sorted(qubits) != list(range(n)):
         missing = sorted(set(range(n)) - set(qubits))
-        raise ConfigurationError(f"{where}: no wiring for qubit(s) {missing}")
+        raise BackendConfigurationError(f"{where}: no wiring for qubit(s) {missing}")
     owners: dict[tuple[str, int], str] = {}
     for q, wiring in sorted(qubits.items()):
         for role in ("drive", "flux", "readout"):
             port = getattr(wiring, role)
             if port in owners:
-                raise ConfigurationError(
+                raise BackendConfigurationError(
                     f"{where} [qubits.{q}] {role}: output {port[0]}:{port[1]} is already the "
                     f"{owners[port]}")
             owners[port] = f"{role} of qubit {q}"
     acquire_owners: dict[tuple[str, int], int] = {}
     for q, wiring in sorted(qubits.items()):
         if wiring.acquire in acquire_owners:
-            raise ConfigurationError(
+            raise BackendConfigurationError(
                 f"{where} [qubits.{q}] acquire: input {wiring.acquire[0]}:{wiring.acquire[1]} "
                 f"is already the acquire input of qubit {acquire_owners[wiring.acquire]}")
         acquire_owners[wiring.acquire] = q

@@ -8,7 +8,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from labqpu.errors import CalibrationMissingError, InvalidSnapshotError
+from labqpu.errors import BackendPropertyError, InvalidSnapshotError
 from labqpu.store.parameter import MISSING, Parameter, freeze
 from labqpu.store.validation import (
     SECTIONS,
@@ -177,7 +177,7 @@ class Snapshot:
         """The value of parameter ``name`` of ``qubit``, in the unit its name states.
 
         Raises:
-            CalibrationMissingError: the parameter is absent and no ``default`` was given.
+            BackendPropertyError: the parameter is absent and no ``default`` was given.
         """
         return self._value(self._qubits.get(qubit), f"qubit {qubit}", name, default)
 
@@ -185,7 +185,7 @@ class Snapshot:
         """The value of parameter ``name`` of ``pair`` (either order), in its named unit.
 
         Raises:
-            CalibrationMissingError: the parameter is absent and no ``default`` was given.
+            BackendPropertyError: the parameter is absent and no ``default`` was given.
         """
         key = parse_pair(pair)
         return self._value(self._pairs.get(key), f"pair {pair_key(key)}", name, default)
@@ -194,7 +194,7 @@ class Snapshot:
         """The value of parameter ``name`` of ``gate`` (``"sx:0"``), in its named unit.
 
         Raises:
-            CalibrationMissingError: the parameter is absent and no ``default`` was given.
+            BackendPropertyError: the parameter is absent and no ``default`` was given.
         """
         return self._value(self._gates.get(gate), f"gate {gate!r}", name, default)
 
@@ -206,7 +206,7 @@ class Snapshot:
         if default is not MISSING:
             return default
         hint = f"; {subject} has no calibration at all" if params is None else ""
-        raise CalibrationMissingError(
+        raise BackendPropertyError(
             f"not in calibration snapshot {self._snapshot_id} of device {self.device!r}{hint}",
             subject=subject,
             parameter=name,

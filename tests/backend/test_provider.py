@@ -58,6 +58,18 @@ def test_unknown_backend_lists_the_existing_names(lab_provider) -> None:
     assert lab_provider.backends(name="nope") == []
 
 
+def test_backends_filters_by_callable_and_attributes(lab_provider) -> None:
+    assert [b.name for b in lab_provider.backends(filters=lambda b: True)] == ["lab5"]
+    assert lab_provider.backends(filters=lambda b: b.num_qubits > 5) == []
+    assert [b.name for b in lab_provider.backends(num_qubits=5)] == ["lab5"]
+    assert lab_provider.backends(num_qubits=7) == []
+    assert lab_provider.backends(name="lab5", filters=lambda b: b.num_qubits == 5)
+    with pytest.raises(AttributeError, match="no attribute 'qubit_count'"):
+        lab_provider.backends(qubit_count=5)
+    with pytest.raises(TypeError, match="callable"):
+        lab_provider.backends(filters={"num_qubits": 5})
+
+
 def test_backend_interface(lab_backend) -> None:
     assert lab_backend.num_qubits == 5
     assert lab_backend.dtm == pytest.approx(1e-9)
@@ -139,9 +151,9 @@ def test_wiring_file_and_labqpu_sim(tmp_path) -> None:
 
 
 def test_missing_wiring_file_names_it(tmp_path) -> None:
-    from labqpu.errors import ConfigurationError
+    from labqpu.errors import BackendConfigurationError
 
-    with pytest.raises(ConfigurationError, match=r"nothere\.toml"):
+    with pytest.raises(BackendConfigurationError, match=r"nothere\.toml"):
         LabProvider(tmp_path / "nothere.toml")
 
 

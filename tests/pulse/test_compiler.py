@@ -21,7 +21,7 @@ from numpy.testing import assert_allclose
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 
-from labqpu.errors import CompilationError
+from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.store import SnapshotBuilder
@@ -481,6 +481,7 @@ def test_missing_calibration_parameter(store, snapshot, channels):
     with pytest.raises(CompilationError, match=r"qubit 1 .*'pulse_sigma_s'") as info:
         compile_circuit(qc, snap, channels)
     assert (info.value.qubits, info.value.instruction) == ((1,), "pulse_sigma_s")
+    assert isinstance(info.value.__cause__, BackendPropertyError)
 
 
 def test_cz_on_uncalibrated_edge(snapshot, channels):

@@ -1,5 +1,5 @@
 """``load_config`` / ``parse_config``: the shipped wiring parses; every bad input is a
-``ConfigurationError`` naming the section and key at fault."""
+``BackendConfigurationError`` naming the section and key at fault."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labqpu.errors import ConfigurationError
+from labqpu.errors import BackendConfigurationError
 from labqpu.rack.config import (
     LabConfig,
     default_config_path,
@@ -68,9 +68,9 @@ def test_shipped_lab5_parses():
 
 def test_lookup_of_unknown_names(doc):
     cfg = parse_config(doc)
-    with pytest.raises(ConfigurationError, match="'ctrl9'"):
+    with pytest.raises(BackendConfigurationError, match="'ctrl9'"):
         cfg.controller("ctrl9")
-    with pytest.raises(ConfigurationError, match="'lo_x'"):
+    with pytest.raises(BackendConfigurationError, match="'lo_x'"):
         cfg.instrument("lo_x")
 
 
@@ -89,32 +89,33 @@ def test_channel_map_is_the_wiring_the_compiler_sees():
 
 def test_errors_carry_file_and_field(tmp_path, doc):
     del doc["device"]["num_qubits"]
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(BackendConfigurationError) as info:
         parse_config(doc, tmp_path / "lab.toml")
     assert info.value.path == str(tmp_path / "lab.toml")
     assert info.value.field == "device.num_qubits"
     doc = tomllib.loads(default_config_path().read_text())
     doc["controllers"][0]["sample_rate_hz"] = -1.0
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(BackendConfigurationError) as info:
         parse_config(doc)
     assert (info.value.path, info.value.field) == ("", "controllers.sample_rate_hz")
 
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.toml"
-    with pytest.raises(ConfigurationError, match=r"not found.*nope\.toml"):
+    with pytest.raises(BackendConfigurationError, match=r"not found.*nope\.toml"):
         load_config(missing)
 
 
 def test_invalid_toml(tmp_path):
     path = write(tmp_path, "[device\nname = 'lab5'\n")
-    with pytest.raises(ConfigurationError, match=r"lab\.toml.*not valid TOML"):
+    with pytest.raises(BackendConfigurationError, match=r"lab\.toml.*not valid TOML"):
         load_config(path)
 
 
 def test_load_config_validates(tmp_path, shipped_text):
     path = write(tmp_path, shipped_text.replace('drive = "ctrl0:3"', 'drive = "ctrl7:3"'))
-    with pytest.raises(ConfigurationError, match=r"lab\.toml \[qubits\.3\] drive: .*'ctrl7'"):
+    with pytest.raises(BackendConfigurationError,
+                       match=r"lab\.toml \[qubits\.3\] drive: .*'ctrl7'"):
         load_config(path)
 
 
@@ -193,20 +194,20 @@ BAD = {
 def test_bad_input_names_the_fault(doc, case):
     edit, pattern = BAD[case]
     edit(doc)
-    with pytest.raises(ConfigurationError, match=pattern):
+    with pytest.raises(BackendConfigurationError, match=pattern):
         parse_config(doc, Path("/racks/lab.toml"))
 
 
 def test_errors_name_the_file(doc):
     _set("qubits", "1", "drive", "ctrlX:1")(doc)
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(BackendConfigurationError) as info:
         parse_config(doc, Path("/racks/lab.toml"))
     assert str(info.value).startswith("/racks/lab.toml [qubits.1] drive")
 
 
 def test_duplicated_output_names_port_and_qubit(doc):
     _set("qubits", "1", "readout", "ctrl0:10")(doc)
-    with pytest.raises(ConfigurationError, match=r"ctrl0:10|\('ctrl0', 10\)") as info:
+    with pytest.raises(BackendConfigurationError, match=r"ctrl0:10|\('ctrl0', 10\)") as info:
         parse_config(doc)
     assert "qubits.1" in str(info.value) or "qubits.0" in str(info.value)
 
@@ -219,7 +220,7 @@ def test_duplicated_output_names_port_and_qubit(doc):
 ], ids=["num_qubits-not-int", "edge-of-three", "outputs-not-int", "sample-rate-zero"])
 def test_malformed_values_are_configuration_errors(doc, edit, key):
     edit(doc)
-    with pytest.raises(ConfigurationError, match=key):
+    with pytest.raises(BackendConfigurationError, match=key):
         parse_config(doc)
 
 
@@ -290,7 +291,7 @@ def test_absolute_store_kept(tmp_path, shipped_text):
         "device-string", "device-int", "coupling-map-int"])
 def test_section_of_wrong_type(doc, edit, pattern):
     edit(doc)
-    with pytest.raises(ConfigurationError, match=pattern):
+    with pytest.raises(BackendConfigurationError, match=pattern):
         parse_config(doc, Path("/racks/lab.toml"))
 
 
@@ -306,14 +307,14 @@ def test_section_of_wrong_type(doc, edit, pattern):
 ])
 def test_non_finite_numbers_rejected(doc, section, key, value):
     doc[section][0][key] = value
-    with pytest.raises(ConfigurationError,
+    with pytest.raises(BackendConfigurationError,
                        match=rf"\[\[{section}\]\] \w+: {key} must be a finite number"):
         parse_config(doc)
 
 
 def test_non_finite_from_toml_text(tmp_path, shipped_text):
     path = write(tmp_path, shipped_text.replace("sample_rate_hz = 1.0e9", "sample_rate_hz = nan"))
-    with pytest.raises(ConfigurationError, match=r"ctrl0: sample_rate_hz must be a finite"):
+    with pytest.raises(BackendConfigurationError, match=r"ctrl0: sample_rate_hz must be a finite"):
         load_config(path)
 
 
@@ -324,13 +325,13 @@ def test_non_finite_from_toml_text(tmp_path, shipped_text):
                                   "back\\slash", "lab5\n"])
 def test_device_name_must_be_a_safe_path_component(doc, name):
     doc["device"]["name"] = name
-    with pytest.raises(ConfigurationError, match=r"\[device\]: name must be"):
+    with pytest.raises(BackendConfigurationError, match=r"\[device\]: name must be"):
         parse_config(doc)
 
 
 def test_device_name_must_be_a_string(doc):
     doc["device"]["name"] = 5
-    with pytest.raises(ConfigurationError, match=r"\[device\]: name must be a string"):
+    with pytest.raises(BackendConfigurationError, match=r"\[device\]: name must be a string"):
         parse_config(doc)
 
 
@@ -350,7 +351,8 @@ def test_device_name_accepted(tmp_path, monkeypatch, doc, name):
 ])
 def test_calibration_keys_must_be_strings(doc, key, value):
     doc["calibration"][key] = value
-    with pytest.raises(ConfigurationError, match=rf"\[calibration\]: {key} must be a string"):
+    with pytest.raises(BackendConfigurationError,
+                       match=rf"\[calibration\]: {key} must be a string"):
         parse_config(doc)
 
 
@@ -382,7 +384,7 @@ def test_good_endpoints(doc, endpoint):
 ])
 def test_bad_endpoints(doc, endpoint):
     doc["controllers"][0]["endpoint"] = endpoint
-    with pytest.raises(ConfigurationError, match=r"\[\[controllers\]\] ctrl0: endpoint"):
+    with pytest.raises(BackendConfigurationError, match=r"\[\[controllers\]\] ctrl0: endpoint"):
         parse_config(doc)
 
 
@@ -406,11 +408,13 @@ def test_good_resources(doc, resource):
 ])
 def test_bad_resources(doc, resource):
     doc["instruments"][0]["resource"] = resource
-    with pytest.raises(ConfigurationError, match=r"\[\[instruments\]\] lo_drive_a: resource"):
+    with pytest.raises(BackendConfigurationError,
+                       match=r"\[\[instruments\]\] lo_drive_a: resource"):
         parse_config(doc)
 
 
 def test_duplicate_coupling_edge_is_refused(doc):
     doc["device"]["coupling_map"] = [[0, 1], [1, 2], [1, 0]]
-    with pytest.raises(ConfigurationError, match=r"coupling_map lists the edge \(1, 0\) twice"):
+    with pytest.raises(BackendConfigurationError,
+                       match=r"coupling_map lists the edge \(1, 0\) twice"):
         parse_config(doc)

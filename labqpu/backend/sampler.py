@@ -1,0 +1,149 @@
+"""``Sampler``: a SamplerV2 on a lab backend, with readout mitigation from the calibration store.
+
+It runs pubs exactly as Qiskit's ``BackendSamplerV2`` does (the samples in each pub result are
+the raw measured bits) and adds, per pub, readout-mitigated quasi-probabilities computed by
+mthree from the assignment matrices the calibration store already holds. No calibration shots
+are spent. Each pub result's ``metadata["readout_mitigation"]`` says what was applied, to which
+qubits, and from which calibration snapshot.
+
+Assignment matrices are stored as ``matrix[prepared][measured]`` (each row sums to 1); mthree
+wants ``P(measured | prepared)`` with the prepared state as the column, so they are transposed
+on the way in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import mthree
+import numpy as np
+from qiskit.circuit import QuantumCircuit
+from qiskit.primitives import (
+    BackendSamplerV2,
+    BaseSamplerV2,
+    PrimitiveJob,
+    PrimitiveResult,
+    SamplerPubResult,
+)
+from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
+
+from labqpu.backend.backend import LabBackend
+from labqpu.errors import BackendPropertyError
+from labqpu.store import Snapshot
+
+DEFAULT_SHOTS = 4096
+
+
+def measured_qubits(circuit: QuantumCircuit) -> dict[str, list[int | None]]:
+    """For each classical register: the device qubit each of its bits last measured (None for
+    a bit no measurement writes). The circuit must be transpiled (qubit i = device qubit i)."""
+    source: dict[int, int] = {}
+    for inst in circuit.data:
+        if inst.operation.name == "measure":
+            source[circuit.find_bit(inst.clbits[0]).index] = circuit.find_bit(inst.qubits[0]).index
+    return {reg.name: [source.get(circuit.find_bit(bit).index) for bit in reg]
+            for reg in circuit.cregs}
+
+
+def _m3_matrices(snapshot: Snapshot, num_qubits: int) -> list[np.ndarray | None]:
+    """mthree's per-qubit calibration matrices (column = prepared state), None where the
+    snapshot has none."""
+    out: list[np.ndarray | None] = []
+    for q in range(num_qubits):
+        matrix = snapshot.qubit_value(q, "assignment_matrix", None)
+        out.append(None if matrix is None else np.asarray(matrix, dtype=np.float32).T.copy())
+    return out
+
+
+class Sampler(BaseSamplerV2):
+    """SamplerV2 on a ``LabBackend`` with readout mitigation from stored assignment matrices.
+
+    ``Sampler(backend).run(pubs, shots=...)`` returns the same data as ``BackendSamplerV2``
+    (raw bits per classical register). With ``mitigate=True`` (default) every pub result's
+    metadata also carries ``"readout_mitigation"``::
+
+        {"applied": True, "method": "mthree", "snapshot_id": 7,
+         "qubits": {"meas": [0, 1, 2]},                   # device qubit of each bit
+         "quasi_dists": {"meas": {"000": 0.49, ...}}}     # one dict per parameter point,
+                                                          # nested like the pub's shape
+
+    A register with a bit that no measurement writes is left unmitigated and listed under
+    ``"skipped"`` with the reason. A measured qubit without a stored assignment matrix raises
+    ``BackendPropertyError`` before anything runs: mitigation never takes calibration shots.
+
+    Args:
+        backend: the lab backend to run on.
+        default_shots: shots of a pub that does not set its own.
+        mitigate: compute the mitigated quasi-probabilities.
+    """
+
+    def __init__(self, backend: LabBackend, *, default_shots: int = DEFAULT_SHOTS,
+                 mitigate: bool = True) -> None:
+        if not isinstance(backend, LabBackend):
+            raise TypeError(f"Sampler needs a LabBackend, got {type(backend).__name__}")
+        self._backend = backend
+        self._default_shots = default_shots
+        self._mitigate = mitigate
+        self._inner = BackendSamplerV2(backend=backend, options={"default_shots": default_shots})
+
+    @property
+    def backend(self) -> LabBackend:
+        """The backend the pubs run on."""
+        return self._backend
+
+    def run(self, pubs: Iterable[SamplerPubLike], *,
+            shots: int | None = None) -> PrimitiveJob[PrimitiveResult[SamplerPubResult]]:
+        """Run ``pubs``; every check (pub shapes, parameter bindings, assignment matrices of
+        the measured qubits) happens before anything is sent."""
+        coerced = [SamplerPub.coerce(pub, shots or self._default_shots) for pub in pubs]
+        snapshot = self._backend.snapshot
+        if self._mitigate:
+            self._check_matrices(coerced, snapshot)
+        job = PrimitiveJob(self._run, coerced, snapshot)
+        job._submit()
+        return job
+
+    def _check_matrices(self, pubs: list[SamplerPub], snapshot: Snapshot) -> None:
+        for index, pub in enumerate(pubs):
+            for register, qubits in measured_qubits(pub.circuit).items():
+                for q in qubits:
+                    if q is not None and snapshot.qubit_value(q, "assignment_matrix",
+                                                              None) is None:
+                        raise BackendPropertyError(
+                            f"pub {index}, register {register!r}: no assignment matrix for "
+                            f"qubit {q} in calibration snapshot {snapshot.snapshot_id}; run "
+                            "the readout calibration or use Sampler(..., mitigate=False)",
+                            subject=f"qubit {q}", parameter="assignment_matrix")
+
+    def _run(self, pubs: list[SamplerPub],
+             snapshot: Snapshot) -> PrimitiveResult[SamplerPubResult]:
+        raw = self._inner.run(pubs).result()
+        if not self._mitigate:
+            return raw
+        mitigator = mthree.M3Mitigation(self._backend)
+        mitigator.cals_from_matrices(_m3_matrices(snapshot, self._backend.num_qubits))
+        results = [self._mitigated(pub, result, mitigator, snapshot)
+                   for pub, result in zip(pubs, raw, strict=True)]
+        return PrimitiveResult(results, metadata=raw.metadata)
+
+    @staticmethod
+    def _mitigated(pub: SamplerPub, result: SamplerPubResult, mitigator: mthree.M3Mitigation,
+                   snapshot: Snapshot) -> SamplerPubResult:
+        info: dict = {"applied": True, "method": "mthree", "snapshot_id": snapshot.snapshot_id,
+                      "qubits": {}, "quasi_dists": {}, "skipped": {}}
+        for register, qubits in measured_qubits(pub.circuit).items():
+            if not qubits:
+                continue
+            if None in qubits:
+                info["skipped"][register] = (
+                    f"bit {qubits.index(None)} of {register!r} is never measured")
+                continue
+            bits = getattr(result.data, register)
+            dists = np.empty(bits.shape, dtype=object)
+            for loc in np.ndindex(*bits.shape):
+                quasi = mitigator.apply_correction(bits.get_counts(loc=loc or None), qubits)
+                dists[loc] = {key: float(value) for key, value in quasi.items()}
+            info["qubits"][register] = list(qubits)
+            info["quasi_dists"][register] = dists.tolist() if dists.shape else dists.item()
+        return SamplerPubResult(result.data, metadata={**result.metadata,
+                                                       "readout_mitigation": info})

@@ -1,0 +1,106 @@
+"""``labqpu.Sampler``: SamplerV2 with readout mitigation from the stored assignment matrices."""
+
+from __future__ import annotations
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import Parameter
+
+from labqpu import BackendPropertyError, LabProvider, Sampler
+from labqpu.drivers.controller import ControllerClient
+from labqpu.store import SnapshotBuilder
+
+IDEAL_GHZ = {"000": 0.5, "111": 0.5}
+
+
+def ghz3() -> QuantumCircuit:
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.measure_all()
+    return qc
+
+
+def distance_to_ideal(dist: dict[str, float]) -> float:
+    """Total variation distance from the ideal GHZ-3 distribution."""
+    keys = set(dist) | set(IDEAL_GHZ)
+    return 0.5 * sum(abs(dist.get(k, 0.0) - IDEAL_GHZ.get(k, 0.0)) for k in keys)
+
+
+def test_mitigated_ghz_is_closer_to_ideal(lab_backend) -> None:
+    native = transpile(ghz3(), lab_backend, seed_transpiler=5)  # Qiskit's default level
+    result = Sampler(lab_backend).run([native], shots=4000).result()[0]
+    raw = result.data.meas.get_counts()
+    assert sum(raw.values()) == 4000
+    info = result.metadata["readout_mitigation"]
+    assert info["applied"] and info["method"] == "mthree"
+    assert info["snapshot_id"] == lab_backend.snapshot.snapshot_id
+    layout = native.layout.final_index_layout()
+    assert sorted(info["qubits"]["meas"]) == sorted(layout)
+    mitigated = info["quasi_dists"]["meas"]
+    assert sum(mitigated.values()) == pytest.approx(1.0, abs=1e-6)
+    raw_distance = distance_to_ideal({k: v / 4000 for k, v in raw.items()})
+    assert distance_to_ideal(mitigated) < raw_distance - 0.02, (raw_distance, mitigated)
+
+
+def test_parameter_sweep_gives_one_distribution_per_point(lab_backend) -> None:
+    theta = Parameter("theta")
+    qc = QuantumCircuit(1, 1)
+    qc.rx(theta, 0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[0])
+    result = Sampler(lab_backend).run([(native, [[0.0], [3.14159]])], shots=1000).result()[0]
+    dists = result.metadata["readout_mitigation"]["quasi_dists"]["c"]
+    assert len(dists) == 2
+    assert dists[0].get("0", 0) > 0.95
+    assert dists[1].get("1", 0) > 0.95
+
+
+def test_unmitigated_sampler_is_backend_sampler(lab_backend) -> None:
+    native = transpile(ghz3(), lab_backend, seed_transpiler=5)
+    result = Sampler(lab_backend, mitigate=False).run([native], shots=100).result()[0]
+    assert "readout_mitigation" not in result.metadata
+    assert result.data.meas.num_shots == 100
+
+
+def test_missing_assignment_matrix_is_refused_before_running(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        document = (SnapshotBuilder.from_snapshot(backend.snapshot)
+                    .remove_qubit(1, "assignment_matrix").build_document())
+        backend.store.commit(document)
+        native = transpile(ghz3(), backend, initial_layout=[0, 1, 2])
+        endpoint = backend.config.controllers[0].endpoint
+        with ControllerClient(endpoint, timeout_s=2.0) as client:
+            before = client.status()
+            with pytest.raises(BackendPropertyError, match="qubit 1") as info:
+                Sampler(backend).run([native])
+            assert info.value.parameter == "assignment_matrix"
+            after = client.status()
+        assert (after["uploads_total"], after["runs_total"]) == (before["uploads_total"],
+                                                                 before["runs_total"])
+
+
+def test_sampler_needs_a_lab_backend() -> None:
+    with pytest.raises(TypeError, match="LabBackend"):
+        Sampler(object())
+
+
+def test_mthree_calibrates_and_mitigates_through_the_backend(lab_backend) -> None:
+    """mthree's own path: configuration(), calibration circuits through run(), correction."""
+    import mthree
+    from mthree.utils import final_measurement_mapping
+
+    native = transpile(ghz3(), lab_backend, initial_layout=[0, 1, 2])
+    counts = lab_backend.run(native, shots=4000).result().get_counts()
+    mapping = final_measurement_mapping(native)
+    mitigator = mthree.M3Mitigation(lab_backend)
+    mitigator.cals_from_system(mapping, shots=2000)
+    quasi = mitigator.apply_correction(counts, mapping)
+    assert distance_to_ideal(quasi.nearest_probability_distribution()) < \
+        distance_to_ideal({k: v / 4000 for k, v in counts.items()})
+    for q in (0, 1, 2):  # measured fidelities agree with the stored matrices
+        stored = lab_backend.snapshot.qubit_value(q, "assignment_matrix")
+        assert mitigator.single_qubit_cals[q][0, 0] == pytest.approx(stored[0][0], abs=0.03)
