@@ -2,6 +2,7 @@
 
     labqpu run --demo                  Bell circuit on the embedded simulator, counts printed
     labqpu run examples/bell.py        run a script (it uses LabProvider itself)
+    labqpu run circuit.qasm            an OpenQASM 2/3 file, transpiled and run, counts printed
     labqpu sim [lab.toml]              run the firmware simulator in the foreground
     labqpu status [--config lab.toml]  instruments, controller and calibration at a glance
     labqpu calibrate --bootstrap       measure a complete snapshot from design values
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import runpy
@@ -18,15 +21,51 @@ import time
 from pathlib import Path
 
 
-def _demo(config: str | None, shots: int, seed: int | None) -> int:
-    from qiskit import QuantumCircuit, transpile
-
-    from labqpu import LabProvider
+def _bell():
+    from qiskit import QuantumCircuit
 
     qc = QuantumCircuit(2, 2, name="bell")
     qc.h(0)
     qc.cx(0, 1)
     qc.measure([0, 1], [0, 1])
+    return qc
+
+
+def load_circuit(path: Path):
+    """The circuit of an OpenQASM 2 or 3 file (the version line decides); a file that does not
+    parse raises ``QiskitError`` with the parser's message and the file name."""
+    import qiskit.qasm2
+    import qiskit.qasm3
+    from openqasm3.parser import QASM3ParsingError
+    from qiskit.exceptions import QiskitError
+
+    text = path.read_text()
+    version = next((line.split()[1].rstrip(";") for line in text.splitlines()
+                    if line.strip().startswith("OPENQASM")), None)
+    parser_output = io.StringIO()  # the OpenQASM 3 parser prints its syntax errors
+    try:
+        with contextlib.redirect_stderr(parser_output):
+            if version is not None and version.startswith("2"):
+                circuit = qiskit.qasm2.loads(
+                    text, custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+            else:
+                circuit = qiskit.qasm3.loads(text)
+    except (QiskitError, QASM3ParsingError) as exc:
+        reason = getattr(exc, "message", None) or parser_output.getvalue() or "syntax error"
+        raise QiskitError(f"{path}: not a valid OpenQASM {version or 3} program: "
+                          f"{' '.join(reason.split())}") from exc
+    circuit.name = path.stem
+    return circuit
+
+
+def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
+                 optimization_level: int | None = None) -> tuple[dict[str, int], str]:
+    """Transpile ``qc`` for the device, run it and print the counts; returns them with a
+    ``"job <id>, <s> s"`` note."""
+    from qiskit import transpile
+
+    from labqpu import LabProvider
+
     t0 = time.perf_counter()
     with LabProvider(config) as provider:
         backend = provider.backend()
@@ -35,16 +74,20 @@ def _demo(config: str | None, shots: int, seed: int | None) -> int:
               f"{backend.target.snapshot_id}"
               + (f", simulator pid {provider.simulator.pid}" if provider.simulator else "")
               + f" (up in {started - t0:.1f} s)")
-        native = transpile(qc, backend, optimization_level=1, seed_transpiler=1)
+        native = transpile(qc, backend, optimization_level=optimization_level,
+                           seed_transpiler=1)
         print(f"transpiled: {dict(native.count_ops())}")
         job = backend.run(native, shots=shots, seed_simulator=seed)
-        result = job.result(timeout=120)
-        counts = result.get_counts()
+        counts = job.result(timeout=120).get_counts()
         elapsed = time.perf_counter() - started
-    total = sum(counts.values())
     print(f"counts ({shots} shots): {dict(sorted(counts.items()))}")
+    return counts, f"job {job.job_id()[:8]}, {elapsed:.2f} s"
+
+
+def _demo(config: str | None, shots: int, seed: int | None) -> int:
+    counts, note = _run_circuit(_bell(), config, shots, seed, optimization_level=1)
     good = counts.get("00", 0) + counts.get("11", 0)
-    print(f"P(00) + P(11) = {good / total:.3f}   (job {job.job_id()[:8]}, {elapsed:.2f} s)")
+    print(f"P(00) + P(11) = {good / sum(counts.values()):.3f}   ({note})")
     return 0
 
 
@@ -52,29 +95,39 @@ DEMO_SHOTS = 2000
 
 
 def _run(args: argparse.Namespace) -> int:
-    demo_only = [f"--{name}" for name in ("config", "shots", "seed")
-                 if getattr(args, name) is not None]
+    shared = [f"--{name}" for name in ("config", "shots", "seed")
+              if getattr(args, name) is not None]
     if args.demo and args.script:
         print(f"labqpu run: give either a script or --demo, not both (got {args.script})",
               file=sys.stderr)
         return 2
+    shots = DEMO_SHOTS if args.shots is None else args.shots
     if args.demo:
-        shots = DEMO_SHOTS if args.shots is None else args.shots
         return _demo(args.config, shots, args.seed)
     if not args.script:
-        print("labqpu run: give a script or --demo", file=sys.stderr)
-        return 2
-    if demo_only:
-        # The script builds its own LabProvider: these would be silently ignored.
-        example = " ".join(f"{opt} {getattr(args, opt[2:])}" for opt in demo_only)
-        verb = "is" if len(demo_only) == 1 else "are"
-        print(f"labqpu run: {'/'.join(demo_only)} {verb} only for --demo; pass options to the "
-              f"script after its path, e.g. labqpu run {args.script} {example}",
-              file=sys.stderr)
+        print("labqpu run: give a script, an OpenQASM file or --demo", file=sys.stderr)
         return 2
     script = Path(args.script)
     if not script.is_file():
-        print(f"labqpu run: no such script: {script}", file=sys.stderr)
+        print(f"labqpu run: no such file: {script}", file=sys.stderr)
+        return 2
+    if script.suffix == ".qasm":
+        # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
+        qasm = argparse.ArgumentParser(prog=f"labqpu run {script}")
+        qasm.add_argument("--config", default=args.config)
+        qasm.add_argument("--shots", type=int, default=shots)
+        qasm.add_argument("--seed", type=int, default=args.seed)
+        opts = qasm.parse_args(args.script_args)
+        _, note = _run_circuit(load_circuit(script), opts.config, opts.shots, opts.seed)
+        print(f"({note})")
+        return 0
+    if shared:
+        # The script builds its own LabProvider: these would be silently ignored.
+        example = " ".join(f"{opt} {getattr(args, opt[2:])}" for opt in shared)
+        verb = "is" if len(shared) == 1 else "are"
+        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; pass "
+              f"options to the script after its path, e.g. labqpu run {args.script} {example}",
+              file=sys.stderr)
         return 2
     sys.argv = [str(script), *args.script_args]
     runpy.run_path(str(script), run_name="__main__")
@@ -154,15 +207,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the demo or a script")
-    run.add_argument("script", nargs="?", help="Python script to run")
+    run = sub.add_parser("run", help="run the demo, an OpenQASM file or a script")
+    run.add_argument("script", nargs="?",
+                     help="OpenQASM 2/3 file (.qasm: transpiled for the device, counts "
+                          "printed) or Python script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
-    run.add_argument("--config", help="with --demo: lab.toml (default: embedded simulator of "
-                     "lab5). A script takes its own options after its path")
+    run.add_argument("--config", help="with --demo or a .qasm file: lab.toml (default: "
+                     "embedded simulator of lab5). A script takes its own options after its "
+                     "path")
     run.add_argument("--shots", type=int, default=None,
-                     help=f"with --demo: shots (default {DEMO_SHOTS})")
-    run.add_argument("--seed", type=int, default=None, help="with --demo: simulator seed")
+                     help=f"with --demo or a .qasm file: shots (default {DEMO_SHOTS})")
+    run.add_argument("--seed", type=int, default=None,
+                     help="with --demo or a .qasm file: simulator seed (default: fresh)")
     run.set_defaults(func=_run)
 
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")

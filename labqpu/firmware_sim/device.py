@@ -60,7 +60,6 @@ class DeviceTruth:
 
     name: str
     sample_rate_hz: float
-    seed: int
     thermal_population: float
     mixer_nominal_lo_power_dbm: float
     flux_line_phi0_per_amplitude: float
@@ -98,7 +97,6 @@ def load_device(name_or_path: str | Path) -> DeviceTruth:
     return DeviceTruth(
         name=dev["name"],
         sample_rate_hz=float(dev["sample_rate_hz"]),
-        seed=int(dev.get("seed", 0)),
         thermal_population=float(dev.get("thermal_population", 0.0)),
         mixer_nominal_lo_power_dbm=float(dev["mixer_nominal_lo_power_dbm"]),
         flux_line_phi0_per_amplitude=float(dev["flux_line_phi0_per_amplitude"]),

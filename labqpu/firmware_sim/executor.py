@@ -38,7 +38,7 @@ class SimulatedController:
     """The ``Executor`` behind the simulator's ``ControllerServer``."""
 
     def __init__(self, spec: ControllerSpec, engine: PhysicsEngine,
-                 settings: Callable[[], Settings], seed: int) -> None:
+                 settings: Callable[[], Settings], seed: int | None) -> None:
         self.spec = spec
         self.engine = engine
         self._settings = settings

@@ -24,7 +24,8 @@ class SimulatedRack:
     Args:
         lab_toml: the wiring file.
         device: override of the simulator device (name in ``devices/`` or a path).
-        seed: override of the simulator seed.
+        seed: seed of the runs that carry none (overrides ``[simulator] seed``); without
+            either, those runs draw fresh OS entropy.
     """
 
     def __init__(self, lab_toml: str | Path, *, device: str | None = None,
@@ -47,13 +48,10 @@ class SimulatedRack:
             raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz, device "
                              f"file says {self.device.sample_rate_hz} Hz")
         engine = PhysicsEngine(self.device, self.rack.cabling)
-        if seed is not None:
-            run_seed = seed
-        elif self.rack.simulator_seed is not None:
-            run_seed = self.rack.simulator_seed
-        else:
-            run_seed = self.device.seed
-        self.executor = SimulatedController(ctrl, engine, self.settings, int(run_seed))
+        # Runs that carry no seed draw from this sequence: fresh OS entropy unless a seed is
+        # configured, so an unseeded experiment repeated in a new session gives new data.
+        run_seed = seed if seed is not None else self.rack.simulator_seed
+        self.executor = SimulatedController(ctrl, engine, self.settings, run_seed)
         self.controller = ControllerServer(self.executor, host=ctrl.host, port=ctrl.port,
                                            name=ctrl.name)
         self._started: list = []

@@ -209,3 +209,22 @@ def test_labqpu_sim_reports_a_port_in_use(tmp_path, what) -> None:
     assert out.returncode == 2
     assert "cannot start the simulated rack" in out.stderr
     assert str(port) in out.stderr
+
+
+def _memory_of_one_session(seed: int | None) -> list[str]:
+    with LabProvider() as provider:
+        backend = provider.backend()
+        qc = QuantumCircuit(1, 1)
+        qc.sx(0)
+        qc.measure(0, 0)
+        result = backend.run(qc, shots=200, memory=True, seed_simulator=seed).result()
+        return result.get_memory()
+
+
+def test_unseeded_runs_draw_fresh_entropy_in_each_session(lab_home) -> None:
+    first, second = _memory_of_one_session(None), _memory_of_one_session(None)
+    assert first != second  # 200 shots of a 50/50 outcome: equal by chance with p = 2**-200
+
+
+def test_seeded_runs_repeat_across_sessions(lab_home) -> None:
+    assert _memory_of_one_session(17) == _memory_of_one_session(17)
