@@ -26,6 +26,8 @@ Model (spine level; issue "physics" deepens it):
 * Every sample is propagated exactly: U_k = exp(-i 2 pi H_k dt) from the eigendecomposition.
 * T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit through the
   exact solution of its Lindblad equation over each interval, applied after the unitary of a pulse.
+  Between pulses that solution includes the idle Hamiltonian (alpha / 2) n (n - 1), so |2> gains
+  phase exp(-i 2 pi alpha t) while a qubit idles and leakage interferes correctly between pulses.
 * Readout: the qubit populations at the start of an acquisition are sampled per shot; the
   resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
   state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
@@ -105,11 +107,15 @@ def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float) -> np.ndarray:
+def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
+                       anharmonicity_hz: float = 0.0) -> np.ndarray:
     """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
 
     Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
-    a 0-1 coherence decays as exp(-t/T_phi)).
+    a 0-1 coherence decays as exp(-t/T_phi)). With ``anharmonicity_hz`` = alpha the channel
+    also carries the idle Hamiltonian H/h = (alpha / 2) n (n - 1) of the transmon's idle
+    rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
+    already holds that evolution.
     """
     a = _ladder()
     n = a.conj().T @ a
@@ -117,7 +123,8 @@ def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float) -> np.nda
     jumps = [np.sqrt(1.0 / t1_s) * a]
     if np.isfinite(t_phi_s):
         jumps.append(np.sqrt(2.0 / t_phi_s) * n)
-    liouv = np.zeros((LEVELS**2, LEVELS**2), dtype=complex)
+    h = 0.5 * anharmonicity_hz * (n @ n - n)
+    liouv = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
     for op in jumps:
         opd = op.conj().T @ op
         liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
@@ -189,6 +196,21 @@ class Settings:
     currents: dict[tuple[str, int], float]
 
 
+@dataclass(frozen=True)
+class Evolution:
+    """The device state after :meth:`PhysicsEngine.evolve`.
+
+    ``rho`` holds the evolved qubits in the order of ``position`` (qubit -> tensor axis);
+    ``samples`` are the rendered port samples (ports x samples); ``acquisitions`` lists
+    (acquisition index, qubit) in program order.
+    """
+
+    rho: DensityMatrix
+    position: dict[int, int]
+    samples: np.ndarray
+    acquisitions: list[tuple[int, int]]
+
+
 class PhysicsEngine:
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
@@ -220,6 +242,30 @@ class PhysicsEngine:
     def run(self, prog: WireProgram, settings: Settings, shots: int,
             rng: np.random.Generator) -> np.ndarray:
         """Execute ``prog`` for ``shots`` shots; returns complex IQ of shape (shots, n_acq)."""
+        ev = self.evolve(prog, settings)
+        rho, pos, samples, acq = ev.rho, ev.position, ev.samples, ev.acquisitions
+        measured = [q for _, q in acq]
+        pops = rho.populations()
+        keep = tuple(pos[q] for q in measured)
+        drop = tuple(i for i in range(rho.n) if i not in keep)
+        marginal = pops.sum(axis=drop) if drop else pops
+        marginal = np.transpose(marginal, [sorted(keep).index(k) for k in keep])
+        flat = marginal.reshape(-1)
+        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
+        levels = np.stack(np.unravel_index(outcome, (LEVELS,) * len(measured)), axis=1) \
+            if measured else np.zeros((shots, 0), dtype=int)
+        iq = np.zeros((shots, len(acq)), dtype=np.complex64)
+        for j, (i, q) in enumerate(acq):
+            iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
+        return iq
+
+    def evolve(self, prog: WireProgram, settings: Settings) -> Evolution:
+        """Render ``prog`` and evolve the device's density matrix under it (no readout).
+
+        Every qubit the program touches is evolved; a measured qubit up to the start of its
+        acquisition, any other qubit up to the end of its last pulse. Raises
+        ``SimulationError`` for programs this simulator cannot execute.
+        """
         fs = self.device.sample_rate_hz
         n_ports = int(max(
             [int(prog.play_port.max()) if prog.play_port.size else 0]
@@ -291,11 +337,15 @@ class PhysicsEngine:
         rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
         last_t = dict.fromkeys(order, 0)
 
-        def relax(q: int, until: int) -> None:
+        def relax(q: int, until: int, idle: bool) -> None:
+            """Decoherence of ``q`` from its last time to ``until``; ``idle`` adds the idle
+            Hamiltonian (alpha on |2>), which a pulse's unitary already holds otherwise."""
             if until > last_t[q]:
                 t = self.device.qubits[q]
+                alpha = t.anharmonicity_hz if idle else 0.0
                 rho.apply_superop(
-                    relaxation_superop(t.t1_s, t.t_phi_s, (until - last_t[q]) / fs), pos[q]
+                    relaxation_superop(t.t1_s, t.t_phi_s, (until - last_t[q]) / fs, alpha),
+                    pos[q],
                 )
                 last_t[q] = until
 
@@ -308,26 +358,14 @@ class PhysicsEngine:
                 u = self._segment_unitary(cluster, fluxed, b0, b1, samples, settings, phi_dc,
                                           f_idle)
                 for q in cluster:
-                    relax(q, b0)
+                    relax(q, b0, idle=True)
                 rho.apply_unitary(u, [pos[q] for q in cluster])
                 for q in cluster:
-                    relax(q, b1)
+                    relax(q, b1, idle=False)
 
         for q in measured:
-            relax(q, acq_time[q])
-        pops = rho.populations()
-        keep = tuple(pos[q] for q in measured)
-        drop = tuple(i for i in range(len(order)) if i not in keep)
-        marginal = pops.sum(axis=drop) if drop else pops
-        marginal = np.transpose(marginal, [sorted(keep).index(k) for k in keep])
-        flat = marginal.reshape(-1)
-        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
-        levels = np.stack(np.unravel_index(outcome, (LEVELS,) * len(measured)), axis=1) \
-            if measured else np.zeros((shots, 0), dtype=int)
-        iq = np.zeros((shots, len(acq)), dtype=np.complex64)
-        for j, (i, q) in enumerate(acq):
-            iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
-        return iq
+            relax(q, acq_time[q], idle=True)
+        return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
 
     def _clusters(self, driven: list[int], fluxed: list[int]) -> list[list[int]]:
         parent: dict[int, int] = {}
