@@ -141,6 +141,48 @@ def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
     return scipy.linalg.expm(liouv * duration_s)
 
 
+@lru_cache(maxsize=16)
+def _level_numbers(k: int) -> np.ndarray:
+    """Level of each of ``k`` transmons (rows, first most significant) in each basis state
+    (columns): the diagonals of n_1 ... n_k."""
+    return np.indices((LEVELS,) * k).reshape(k, -1)
+
+
+@lru_cache(maxsize=16)
+def _excitation_numbers(k: int) -> np.ndarray:
+    """Total excitation number of each basis state of ``k`` transmons (first most significant)."""
+    return _level_numbers(k).sum(axis=0)
+
+
+@lru_cache(maxsize=16)
+def _excitation_mask(k: int) -> np.ndarray:
+    """True where row and column of a 3^k x 3^k operator have equal excitation number."""
+    e = _excitation_numbers(k)
+    return e[:, None] == e[None, :]
+
+
+@lru_cache(maxsize=16)
+def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
+    """Basis indices of ``k`` transmons grouped by total excitation number."""
+    e = _excitation_numbers(k)
+    return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
+
+
+def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
+                   ) -> np.ndarray:
+    """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
+    diagonal blocks of u (u must be block-diagonal on them)."""
+    if blocks is None:
+        return np.matmul(u, x)
+    out = np.empty_like(x)
+    for idx in blocks:
+        if idx.size == 1:
+            out[:, idx, :] = u[idx[0], idx[0]] * x[:, idx, :]
+        else:
+            out[:, idx, :] = np.matmul(u[np.ix_(idx, idx)], x[:, idx, :])
+    return out
+
+
 class DensityMatrix:
     """Density matrix of ``n`` three-level qubits as a tensor with 2n axes (rows, then columns)."""
 
@@ -158,9 +200,27 @@ class DensityMatrix:
         self.tensor = np.moveaxis(t, list(range(k)), axes)
 
     def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
-        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first)."""
-        self._left(u, targets)
-        self._left(u.conj(), [self.n + t for t in targets])
+        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first).
+
+        For consecutive ascending targets rho is Hermitian-updated as U (U rho)^dag: two
+        left multiplications on a reshaped matrix, each restricted to the blocks of equal
+        excitation number when U conserves it (a flux pulse without drives does).
+        """
+        k = len(targets)
+        p = targets[0]
+        if list(targets) != list(range(p, p + k)):
+            self._left(u, targets)
+            self._left(u.conj(), [self.n + t for t in targets])
+            return
+        d = LEVELS**self.n
+        m = LEVELS**k
+        blocks = _excitation_blocks(k)
+        off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
+        use = blocks if off < 1e-13 else None
+        x = _left_multiply(u, self.tensor.reshape(LEVELS**p, m, -1), use)
+        x = x.reshape(d, d).conj().T
+        x = _left_multiply(u, np.ascontiguousarray(x).reshape(LEVELS**p, m, -1), use)
+        self.tensor = x.reshape([LEVELS] * (2 * self.n))
 
     def apply_superop(self, superop: np.ndarray, target: int) -> None:
         """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
@@ -521,11 +581,9 @@ class PhysicsEngine:
             u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_idle)
             if key is not None:
                 u = self.cache_nq.put(key, u)
-        n_ops = [np.real(np.diagonal(_embed(self._n, i, len(cluster))))
-                 for i in range(len(cluster))]
         offsets = np.array([f_idle[q] - f_idle[cluster[0]] for q in cluster])
         if np.any(offsets):
-            energy = offsets @ np.stack(n_ops)
+            energy = offsets @ _level_numbers(len(cluster))
             r1 = np.exp(2j * np.pi * energy * b1 / fs)
             r0 = np.exp(2j * np.pi * energy * b0 / fs)
             u = (r1[:, None] * u) * r0.conj()[None, :]
