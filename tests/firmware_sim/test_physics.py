@@ -388,6 +388,31 @@ def test_apply_unitary_matches_dense_kronecker(n: int, targets: list[int]) -> No
     assert_allclose(_dense(dm), full @ rho @ full.conj().T, rtol=0, atol=1e-12)
 
 
+def excitation_conserving_unitary(k: int, rng: np.random.Generator) -> np.ndarray:
+    """A random unitary on ``k`` three-level sites that maps each subspace of fixed total
+    excitation number onto itself (as a flux pulse without drives does)."""
+    levels = np.array(list(np.ndindex(*(3,) * k))).sum(axis=1)
+    u = np.zeros((3**k, 3**k), dtype=complex)
+    for n in np.unique(levels):
+        idx = np.flatnonzero(levels == n)
+        u[np.ix_(idx, idx)] = random_unitary(idx.size, rng)
+    return u
+
+
+@pytest.mark.parametrize(("n", "targets"), [(2, [0, 1]), (3, [1, 2]), (4, [0, 1, 2]),
+                                            (4, [1, 2, 3]), (3, [0])])
+def test_apply_unitary_excitation_conserving_matches_dense(n: int, targets: list[int]) -> None:
+    """An excitation-conserving U (applied block by block inside apply_unitary) on
+    consecutive targets vs the dense operator: tolerance 1e-12."""
+    rng = np.random.default_rng(7 * n + targets[0])
+    rho = random_density_matrix(3**n, rng)
+    u = excitation_conserving_unitary(len(targets), rng)
+    dm = _dm(rho, n)
+    dm.apply_unitary(u, targets)
+    full = embed_dense(u, targets, n)
+    assert_allclose(_dense(dm), full @ rho @ full.conj().T, rtol=0, atol=1e-12)
+
+
 def test_apply_unitary_two_targets_is_kron_with_identity() -> None:
     """Cross-check of the reference itself: targets [0, 1] of 3 sites is U (x) I (1e-12)."""
     rng = np.random.default_rng(42)
