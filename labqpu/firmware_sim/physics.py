@@ -24,6 +24,9 @@ Model (spine level; issue "physics" deepens it):
   |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Coupling outside flux pulses
   (static ZZ) is not modelled yet.
 * Every sample is propagated exactly: U_k = exp(-i 2 pi H_k dt) from the eigendecomposition.
+  Propagators are cached by their inputs, a drive's phase is applied to a cached unitary as a
+  frame change, and single-qubit channels are composed per qubit before they touch the
+  density matrix (``propagation`` module; docs/simulator.md, "Propagation and caching").
 * T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit through the
   exact solution of its Lindblad equation over each interval, applied after the unitary of a pulse.
   Between pulses that solution includes the idle Hamiltonian (alpha / 2) n (n - 1), so |2> gains
