@@ -24,8 +24,13 @@ Model (spine level; issue "physics" deepens it):
   |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Coupling outside flux pulses
   (static ZZ) is not modelled yet.
 * Every sample is propagated exactly: U_k = exp(-i 2 pi H_k dt) from the eigendecomposition.
+  Propagators are cached by their inputs, a drive's phase is applied to a cached unitary as a
+  frame change, and single-qubit channels are composed per qubit before they touch the
+  density matrix (``propagation`` module; docs/simulator.md, "Propagation and caching").
 * T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit through the
   exact solution of its Lindblad equation over each interval, applied after the unitary of a pulse.
+  Between pulses that solution includes the idle Hamiltonian (alpha / 2) n (n - 1), so |2> gains
+  phase exp(-i 2 pi alpha t) while a qubit idles and leakage interferes correctly between pulses.
 * Readout: the qubit populations at the start of an acquisition are sampled per shot; the
   resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
   state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
@@ -43,8 +48,18 @@ import scipy.linalg
 from numba import njit
 
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
+from labqpu.firmware_sim.propagation import (
+    PropagatorCache,
+    _transmon_propagate_kernel,
+    drive_phase_key,
+    rotate_drive_phase,
+)
 
 LEVELS = 3
+#: Bounds of the propagator caches (entries): a 3x3 unitary is 144 bytes, a cluster's up to
+#: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
+CACHE_1Q_ENTRIES = 8192
+CACHE_NQ_ENTRIES = 256
 
 
 class SimulationError(RuntimeError):
@@ -105,11 +120,15 @@ def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float) -> np.ndarray:
+def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
+                       anharmonicity_hz: float = 0.0) -> np.ndarray:
     """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
 
     Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
-    a 0-1 coherence decays as exp(-t/T_phi)).
+    a 0-1 coherence decays as exp(-t/T_phi)). With ``anharmonicity_hz`` = alpha the channel
+    also carries the idle Hamiltonian H/h = (alpha / 2) n (n - 1) of the transmon's idle
+    rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
+    already holds that evolution.
     """
     a = _ladder()
     n = a.conj().T @ a
@@ -117,11 +136,54 @@ def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float) -> np.nda
     jumps = [np.sqrt(1.0 / t1_s) * a]
     if np.isfinite(t_phi_s):
         jumps.append(np.sqrt(2.0 / t_phi_s) * n)
-    liouv = np.zeros((LEVELS**2, LEVELS**2), dtype=complex)
+    h = 0.5 * anharmonicity_hz * (n @ n - n)
+    liouv = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
     for op in jumps:
         opd = op.conj().T @ op
         liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
     return scipy.linalg.expm(liouv * duration_s)
+
+
+@lru_cache(maxsize=16)
+def _level_numbers(k: int) -> np.ndarray:
+    """Level of each of ``k`` transmons (rows, first most significant) in each basis state
+    (columns): the diagonals of n_1 ... n_k."""
+    return np.indices((LEVELS,) * k).reshape(k, -1)
+
+
+@lru_cache(maxsize=16)
+def _excitation_numbers(k: int) -> np.ndarray:
+    """Total excitation number of each basis state of ``k`` transmons (first most significant)."""
+    return _level_numbers(k).sum(axis=0)
+
+
+@lru_cache(maxsize=16)
+def _excitation_mask(k: int) -> np.ndarray:
+    """True where row and column of a 3^k x 3^k operator have equal excitation number."""
+    e = _excitation_numbers(k)
+    return e[:, None] == e[None, :]
+
+
+@lru_cache(maxsize=16)
+def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
+    """Basis indices of ``k`` transmons grouped by total excitation number."""
+    e = _excitation_numbers(k)
+    return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
+
+
+def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
+                   ) -> np.ndarray:
+    """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
+    diagonal blocks of u (u must be block-diagonal on them)."""
+    if blocks is None:
+        return np.matmul(u, x)
+    out = np.empty_like(x)
+    for idx in blocks:
+        if idx.size == 1:
+            out[:, idx, :] = u[idx[0], idx[0]] * x[:, idx, :]
+        else:
+            out[:, idx, :] = np.matmul(u[np.ix_(idx, idx)], x[:, idx, :])
+    return out
 
 
 class DensityMatrix:
@@ -141,9 +203,27 @@ class DensityMatrix:
         self.tensor = np.moveaxis(t, list(range(k)), axes)
 
     def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
-        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first)."""
-        self._left(u, targets)
-        self._left(u.conj(), [self.n + t for t in targets])
+        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first).
+
+        For consecutive ascending targets rho is Hermitian-updated as U (U rho)^dag: two
+        left multiplications on a reshaped matrix, each restricted to the blocks of equal
+        excitation number when U conserves it (a flux pulse without drives does).
+        """
+        k = len(targets)
+        p = targets[0]
+        if list(targets) != list(range(p, p + k)):
+            self._left(u, targets)
+            self._left(u.conj(), [self.n + t for t in targets])
+            return
+        d = LEVELS**self.n
+        m = LEVELS**k
+        blocks = _excitation_blocks(k)
+        off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
+        use = blocks if off < 1e-13 else None
+        x = _left_multiply(u, self.tensor.reshape(LEVELS**p, m, -1), use)
+        x = x.reshape(d, d).conj().T
+        x = _left_multiply(u, np.ascontiguousarray(x).reshape(LEVELS**p, m, -1), use)
+        self.tensor = x.reshape([LEVELS] * (2 * self.n))
 
     def apply_superop(self, superop: np.ndarray, target: int) -> None:
         """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
@@ -156,6 +236,56 @@ class DensityMatrix:
         d = LEVELS**self.n
         p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
         return (p / p.sum()).reshape([LEVELS] * self.n)
+
+
+class _LocalChannels:
+    """Single-qubit evolution held back per qubit and applied to the density matrix at once.
+
+    Channels on different qubits commute, so each qubit's idle evolution, single-qubit pulses
+    and decoherence are composed into one pending 9x9 superoperator (row-major vec, latest
+    leftmost) and applied only when a multi-qubit unitary or the readout needs that qubit.
+    ``time`` is the sample up to which each qubit's evolution is accounted for.
+    """
+
+    def __init__(self, device: DeviceTruth, rho: DensityMatrix, position: dict[int, int],
+                 sample_rate_hz: float) -> None:
+        self.device = device
+        self.rho = rho
+        self.position = position
+        self.fs = sample_rate_hz
+        self.time = dict.fromkeys(position, 0)
+        self.pending: dict[int, np.ndarray] = {}
+
+    def _compose(self, q: int, superop: np.ndarray) -> None:
+        prev = self.pending.get(q)
+        self.pending[q] = superop if prev is None else superop @ prev
+
+    def _relax(self, q: int, until: int, alpha_hz: float) -> None:
+        if until > self.time[q]:
+            t = self.device.qubits[q]
+            self._compose(q, relaxation_superop(t.t1_s, t.t_phi_s,
+                                                (until - self.time[q]) / self.fs, alpha_hz))
+            self.time[q] = until
+
+    def idle(self, q: int, until: int) -> None:
+        """Idle ``q`` up to sample ``until``: decoherence and the idle Hamiltonian (alpha on
+        |2>), exactly."""
+        self._relax(q, until, self.device.qubits[q].anharmonicity_hz)
+
+    def decohere(self, q: int, until: int) -> None:
+        """Decoherence of ``q`` up to ``until`` after a pulse whose unitary (already applied)
+        holds the Hamiltonian of that interval."""
+        self._relax(q, until, 0.0)
+
+    def unitary(self, q: int, u: np.ndarray) -> None:
+        """rho -> u rho u^dag on ``q`` (3x3)."""
+        self._compose(q, np.kron(u, u.conj()))
+
+    def flush(self, q: int) -> None:
+        """Apply ``q``'s pending channel to the density matrix."""
+        superop = self.pending.pop(q, None)
+        if superop is not None:
+            self.rho.apply_superop(superop, self.position[q])
 
 
 @dataclass(frozen=True)
@@ -189,6 +319,21 @@ class Settings:
     currents: dict[tuple[str, int], float]
 
 
+@dataclass(frozen=True)
+class Evolution:
+    """The device state after :meth:`PhysicsEngine.evolve`.
+
+    ``rho`` holds the evolved qubits in the order of ``position`` (qubit -> tensor axis);
+    ``samples`` are the rendered port samples (ports x samples); ``acquisitions`` lists
+    (acquisition index, qubit) in program order.
+    """
+
+    rho: DensityMatrix
+    position: dict[int, int]
+    samples: np.ndarray
+    acquisitions: list[tuple[int, int]]
+
+
 class PhysicsEngine:
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
@@ -197,6 +342,9 @@ class PhysicsEngine:
         self.cabling = cabling
         self._a = _ladder()
         self._n = self._a.conj().T @ self._a
+        #: Propagators of single transmons and of coupled clusters, reused across runs.
+        self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
+        self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
 
     def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
         """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""
@@ -220,6 +368,30 @@ class PhysicsEngine:
     def run(self, prog: WireProgram, settings: Settings, shots: int,
             rng: np.random.Generator) -> np.ndarray:
         """Execute ``prog`` for ``shots`` shots; returns complex IQ of shape (shots, n_acq)."""
+        ev = self.evolve(prog, settings)
+        rho, pos, samples, acq = ev.rho, ev.position, ev.samples, ev.acquisitions
+        measured = [q for _, q in acq]
+        pops = rho.populations()
+        keep = tuple(pos[q] for q in measured)
+        drop = tuple(i for i in range(rho.n) if i not in keep)
+        marginal = pops.sum(axis=drop) if drop else pops
+        marginal = np.transpose(marginal, [sorted(keep).index(k) for k in keep])
+        flat = marginal.reshape(-1)
+        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
+        levels = np.stack(np.unravel_index(outcome, (LEVELS,) * len(measured)), axis=1) \
+            if measured else np.zeros((shots, 0), dtype=int)
+        iq = np.zeros((shots, len(acq)), dtype=np.complex64)
+        for j, (i, q) in enumerate(acq):
+            iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
+        return iq
+
+    def evolve(self, prog: WireProgram, settings: Settings) -> Evolution:
+        """Render ``prog`` and evolve the device's density matrix under it (no readout).
+
+        Every qubit the program touches is evolved; a measured qubit up to the start of its
+        acquisition, any other qubit up to the end of its last pulse. Raises
+        ``SimulationError`` for programs this simulator cannot execute.
+        """
         fs = self.device.sample_rate_hz
         n_ports = int(max(
             [int(prog.play_port.max()) if prog.play_port.size else 0]
@@ -289,45 +461,66 @@ class PhysicsEngine:
         f_idle = {q: self.device.qubits[q].frequency_hz(phi_dc[q]) for q in order}
         p_th = self.device.thermal_population
         rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
-        last_t = dict.fromkeys(order, 0)
+        local = _LocalChannels(self.device, rho, pos, fs)
+        for b0, b1, cluster, fluxed in self._blocks(drive_iv, flux_iv):
+            u = self._segment_unitary(cluster, fluxed, b0, b1, samples, settings, phi_dc, f_idle)
+            for q in cluster:
+                local.idle(q, b0)
+            if len(cluster) == 1:
+                local.unitary(cluster[0], u)
+            else:
+                for q in cluster:
+                    local.flush(q)
+                rho.apply_unitary(u, [pos[q] for q in cluster])
+            for q in cluster:
+                local.decohere(q, b1)
+        for q in measured:
+            local.idle(q, acq_time[q])
+        for q in order:
+            local.flush(q)
+        return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
 
-        def relax(q: int, until: int) -> None:
-            if until > last_t[q]:
-                t = self.device.qubits[q]
-                rho.apply_superop(
-                    relaxation_superop(t.t1_s, t.t_phi_s, (until - last_t[q]) / fs), pos[q]
-                )
-                last_t[q] = until
+    def _blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
+                flux_iv: dict[int, list[tuple[int, int]]]
+                ) -> list[tuple[int, int, list[int], list[int]]]:
+        """Split the program into blocks (start, end, cluster, fluxed qubits), sorted by start.
 
-        bounds = sorted({b for ivs in (*drive_iv.values(), *flux_iv.values())
+        A drive interval (overlapping drive plays merged) on a qubit that no flux pulse
+        reaches meanwhile is one single-qubit block over its whole length, so a repeated pulse
+        is one repeated block. Flux pulses, and drives that overlap a flux pulse reaching
+        their qubit, are cut at every start and end among them; each piece is split into
+        clusters of qubits that interact during it. Blocks on one qubit never overlap, and
+        blocks on different qubits commute, so applying them in start order is exact.
+        """
+        reach: dict[int, list[tuple[int, int]]] = {}
+        for f, ivs in flux_iv.items():
+            for q in (f, *self.device.neighbours(f)):
+                reach.setdefault(q, []).extend(ivs)
+        blocks: list[tuple[int, int, list[int], list[int]]] = []
+        joint_drive: dict[int, list[tuple[int, int]]] = {}
+        for q, ivs in drive_iv.items():
+            merged: list[list[int]] = []
+            for s0, e0 in sorted(ivs):
+                if merged and s0 < merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], e0)
+                else:
+                    merged.append([s0, e0])
+            for s0, e0 in merged:
+                if any(fs < e0 and fe > s0 for fs, fe in reach.get(q, [])):
+                    joint_drive.setdefault(q, []).append((s0, e0))
+                else:
+                    blocks.append((s0, e0, [q], []))
+        bounds = sorted({b for ivs in (*joint_drive.values(), *flux_iv.values())
                          for iv in ivs for b in iv})
         for b0, b1 in itertools.pairwise(bounds):
-            driven = [q for q, ivs in drive_iv.items() if any(s < b1 and e > b0 for s, e in ivs)]
-            fluxed = [q for q, ivs in flux_iv.items() if any(s < b1 and e > b0 for s, e in ivs)]
+            driven = [q for q, ivs in joint_drive.items()
+                      if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
+            fluxed = [q for q, ivs in flux_iv.items()
+                      if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
             for cluster in self._clusters(driven, fluxed):
-                u = self._segment_unitary(cluster, fluxed, b0, b1, samples, settings, phi_dc,
-                                          f_idle)
-                for q in cluster:
-                    relax(q, b0)
-                rho.apply_unitary(u, [pos[q] for q in cluster])
-                for q in cluster:
-                    relax(q, b1)
-
-        for q in measured:
-            relax(q, acq_time[q])
-        pops = rho.populations()
-        keep = tuple(pos[q] for q in measured)
-        drop = tuple(i for i in range(len(order)) if i not in keep)
-        marginal = pops.sum(axis=drop) if drop else pops
-        marginal = np.transpose(marginal, [sorted(keep).index(k) for k in keep])
-        flat = marginal.reshape(-1)
-        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
-        levels = np.stack(np.unravel_index(outcome, (LEVELS,) * len(measured)), axis=1) \
-            if measured else np.zeros((shots, 0), dtype=int)
-        iq = np.zeros((shots, len(acq)), dtype=np.complex64)
-        for j, (i, q) in enumerate(acq):
-            iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
-        return iq
+                blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
+        blocks.sort(key=lambda blk: blk[0])
+        return blocks
 
     def _clusters(self, driven: list[int], fluxed: list[int]) -> list[list[int]]:
         parent: dict[int, int] = {}
@@ -356,13 +549,13 @@ class PhysicsEngine:
         constant per sample in its own qubit's idle frame; in the common frame of a coupled
         cluster it then rotates within a sample, so samples are split into sub-steps fine
         enough for that rotation (at least 20 per turn).
+
+        Propagators are cached (``self.cache_1q``, ``self.cache_nq``): a single transmon's by
+        its phase-normalised drive and flux detuning per sample (the drive's phase is applied
+        as a frame change), a coupled cluster's common-frame propagator by its flux samples
+        and DC flux context when no drive plays in it.
         """
         fs = self.device.sample_rate_hz
-        n = len(cluster)
-        d = LEVELS**n
-        a_ops = [_embed(self._a, i, n) for i in range(n)]
-        n_ops = [a.conj().T @ a for a in a_ops]
-        f_ref = f_idle[cluster[0]]
         drives = {}
         for q in cluster:
             cab = self.cabling[q]
@@ -372,6 +565,64 @@ class PhysicsEngine:
                 rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
                 t = np.arange(b0, b1) / fs
                 drives[q] = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - f_idle[q]) * t)
+        flux_phi = {}
+        for q in cluster:
+            phi = np.full(b1 - b0, phi_dc[q])
+            if q in fluxed:
+                flux = samples[self.cabling[q].flux_port, b0:b1].real
+                phi = phi + self.device.flux_line_phi0_per_amplitude * flux
+            flux_phi[q] = phi
+        if len(cluster) == 1:
+            return self._transmon_unitary(cluster[0], drives.get(cluster[0]), flux_phi[cluster[0]],
+                                          f_idle[cluster[0]])
+        key = None
+        if not drives:
+            key = (tuple(cluster), b1 - b0, *(flux_phi[q].tobytes() for q in cluster),
+                   *(f_idle[q] for q in cluster))
+            u = self.cache_nq.get(key)
+        if key is None or u is None:
+            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_idle)
+            if key is not None:
+                u = self.cache_nq.put(key, u)
+        offsets = np.array([f_idle[q] - f_idle[cluster[0]] for q in cluster])
+        if np.any(offsets):
+            energy = offsets @ _level_numbers(len(cluster))
+            r1 = np.exp(2j * np.pi * energy * b1 / fs)
+            r0 = np.exp(2j * np.pi * energy * b0 / fs)
+            u = (r1[:, None] * u) * r0.conj()[None, :]
+        return u
+
+    def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
+                          f_idle_hz: float) -> np.ndarray:
+        """Propagator of one transmon in its idle frame under ``drive_hz`` (z per sample, Hz;
+        None for no drive) at flux ``flux_phi0`` per sample (flux quanta); cached by the
+        phase-normalised drive, the drive's phase applied as a frame change."""
+        truth = self.device.qubits[q]
+        n = flux_phi0.size
+        z = np.zeros(n, dtype=np.complex128) if drive_hz is None else drive_hz
+        if np.all(flux_phi0 == flux_phi0[0]):
+            detuning = np.full(n, truth.frequency_hz(float(flux_phi0[0])) - f_idle_hz)
+        else:
+            detuning = np.array([truth.frequency_hz(p) for p in flux_phi0]) - f_idle_hz
+        phi, z0, zkey = drive_phase_key(z)
+        key = (q, n, zkey, detuning.tobytes())
+        u = self.cache_1q.get(key)
+        if u is None:
+            u = self.cache_1q.put(key, _transmon_propagate_kernel(
+                z0, detuning, truth.anharmonicity_hz, 1.0 / self.device.sample_rate_hz))
+        return rotate_drive_phase(u, phi)
+
+    def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
+                                      flux_phi: dict[int, np.ndarray], b0: int, b1: int,
+                                      f_idle: dict[int, float]) -> np.ndarray:
+        """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
+        qubit's idle frequency for every qubit (per-sample eigendecomposition)."""
+        fs = self.device.sample_rate_hz
+        n = len(cluster)
+        d = LEVELS**n
+        a_ops = [_embed(self._a, i, n) for i in range(n)]
+        n_ops = [a.conj().T @ a for a in a_ops]
+        f_ref = f_idle[cluster[0]]
         fastest = max([abs(f_idle[q] - f_ref) for q in drives] + [0.0])
         sub = max(1, int(np.ceil(20.0 * fastest / fs)))
         n_steps = (b1 - b0) * sub
@@ -380,11 +631,7 @@ class PhysicsEngine:
         for i, q in enumerate(cluster):
             truth = self.device.qubits[q]
             h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
-            phi = np.full(b1 - b0, phi_dc[q])
-            if q in fluxed:
-                flux = samples[self.cabling[q].flux_port, b0:b1].real
-                phi = phi + self.device.flux_line_phi0_per_amplitude * flux
-            f_q = np.repeat([truth.frequency_hz(p) for p in phi], sub)
+            f_q = np.repeat([truth.frequency_hz(p) for p in flux_phi[q]], sub)
             h += (f_q - f_ref)[:, None, None] * n_ops[i]
             if q in drives:
                 z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_idle[q] - f_ref) * t_sub)
@@ -395,15 +642,7 @@ class PhysicsEngine:
                 g = self.device.coupling_hz(qa, qb)
                 if g:
                     h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
-        u = _propagate_kernel(h, 1.0 / (fs * sub))
-        offsets = np.array([f_idle[q] - f_ref for q in cluster])
-        if np.any(offsets):
-            diag_n = np.stack([np.real(np.diagonal(op)) for op in n_ops])
-            energy = offsets @ diag_n
-            r1 = np.exp(2j * np.pi * energy * b1 / fs)
-            r0 = np.exp(2j * np.pi * energy * b0 / fs)
-            u = (r1[:, None] * u) * r0.conj()[None, :]
-        return u
+        return _propagate_kernel(h, 1.0 / (fs * sub))
 
     def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
                  settings: Settings, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

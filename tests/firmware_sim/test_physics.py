@@ -16,6 +16,7 @@ calls the code under test. Tolerances are stated per test.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -280,15 +281,18 @@ def test_propagate_kernel_empty_stack_is_identity() -> None:
 # --------------------------------------------------------------------------- relaxation
 
 
-def lindblad_solution(rho0: np.ndarray, t1_s: float, t_phi_s: float, t_s: float) -> np.ndarray:
-    """Integrate d rho/dt = sum_L L rho L^+ - {L^+ L, rho}/2 with solve_ivp (time in us)."""
+def lindblad_solution(rho0: np.ndarray, t1_s: float, t_phi_s: float, t_s: float,
+                      h_hz: np.ndarray | None = None) -> np.ndarray:
+    """Integrate d rho/dt = -i 2 pi [H, rho] + sum_L L rho L^+ - {L^+ L, rho}/2 with solve_ivp
+    (time in us; H in Hz, 0 when ``h_hz`` is None)."""
+    h = np.zeros((3, 3), dtype=complex) if h_hz is None else h_hz
     jumps = [math.sqrt(1.0 / t1_s) * A3]
     if math.isfinite(t_phi_s):
         jumps.append(math.sqrt(2.0 / t_phi_s) * N3)
 
     def rhs(_t, y):
         rho = (y[:9] + 1j * y[9:]).reshape(3, 3)
-        drho = np.zeros((3, 3), dtype=complex)
+        drho = -2j * np.pi * (h @ rho - rho @ h)
         for L in jumps:
             ld = L.conj().T
             drho += L @ rho @ ld - 0.5 * (ld @ L @ rho + rho @ ld @ L)
@@ -378,6 +382,31 @@ def test_apply_unitary_matches_dense_kronecker(n: int, targets: list[int]) -> No
     rng = np.random.default_rng(10 * n + sum(targets) + 3 * targets[0])
     rho = random_density_matrix(3**n, rng)
     u = random_unitary(3 ** len(targets), rng)
+    dm = _dm(rho, n)
+    dm.apply_unitary(u, targets)
+    full = embed_dense(u, targets, n)
+    assert_allclose(_dense(dm), full @ rho @ full.conj().T, rtol=0, atol=1e-12)
+
+
+def excitation_conserving_unitary(k: int, rng: np.random.Generator) -> np.ndarray:
+    """A random unitary on ``k`` three-level sites that maps each subspace of fixed total
+    excitation number onto itself (as a flux pulse without drives does)."""
+    levels = np.array(list(np.ndindex(*(3,) * k))).sum(axis=1)
+    u = np.zeros((3**k, 3**k), dtype=complex)
+    for n in np.unique(levels):
+        idx = np.flatnonzero(levels == n)
+        u[np.ix_(idx, idx)] = random_unitary(idx.size, rng)
+    return u
+
+
+@pytest.mark.parametrize(("n", "targets"), [(2, [0, 1]), (3, [1, 2]), (4, [0, 1, 2]),
+                                            (4, [1, 2, 3]), (3, [0])])
+def test_apply_unitary_excitation_conserving_matches_dense(n: int, targets: list[int]) -> None:
+    """An excitation-conserving U (applied block by block inside apply_unitary) on
+    consecutive targets vs the dense operator: tolerance 1e-12."""
+    rng = np.random.default_rng(7 * n + targets[0])
+    rho = random_density_matrix(3**n, rng)
+    u = excitation_conserving_unitary(len(targets), rng)
     dm = _dm(rho, n)
     dm.apply_unitary(u, targets)
     full = embed_dense(u, targets, n)
@@ -737,3 +766,87 @@ def test_play_on_an_uncabled_port_renders_inside_the_buffer() -> None:
     prog = wire_program([(n_cabled + 4, 0, 0, 2.0, 0.0, 0.0)], waves, [], 16)
     with pytest.raises(SimulationError, match=f"port {n_cabled + 4} exceeds DAC full scale"):
         engine().run(prog, settings(), 10, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- idle gaps
+
+
+def _lossless_device() -> DeviceTruth:
+    """lab5 with T1 = T2 = 1e3 s and no thermal population: over a microsecond decoherence
+    changes the state by < 1e-8, so the evolution can be compared with a pure-state
+    reference."""
+    qubits = tuple(dataclasses.replace(q, t1_s=1e3, t2_s=1e3) for q in DEVICE.qubits)
+    return dataclasses.replace(DEVICE, qubits=qubits, thermal_population=0.0)
+
+
+LEAKY_SAMPLES = 24
+#: LO at the two-photon 0-2 resonance, f01 + alpha/2: a strong Gaussian leaks into |2>.
+LEAKY_LO_HZ = IDLE_F[0] - NCO_HZ + DEVICE.qubits[0].anharmonicity_hz / 2
+
+
+def leaky_settings() -> Settings:
+    return settings({"lo_drive_a": LEAKY_LO_HZ})
+
+
+def _pulse_gap_pulse(gap: int) -> tuple[WireProgram, np.ndarray]:
+    """Two identical Gaussians (24 samples, sigma 6, amplitude 0.9) on qubit 0 separated by
+    ``gap`` idle samples, LO at the two-photon resonance; returns the program and its
+    rendered samples (reference renderer)."""
+    env = gaussian(LEAKY_SAMPLES, 6.0)
+    plays = [(RACK.cabling[0].drive_port, 0, 0, 0.9, 0.0, NCO_HZ),
+             (RACK.cabling[0].drive_port, LEAKY_SAMPLES + gap, 0, 0.9, 0.0, NCO_HZ)]
+    n = 2 * LEAKY_SAMPLES + gap
+    return wire_program(plays, [env], [], n), render_reference(N_PORTS, n, plays, [env])
+
+
+def _pulse_gap_pulse_reference(gap: int, samples: np.ndarray, idle_phase: bool) -> np.ndarray:
+    """|psi> after pulse - gap - pulse from |0>: per-sample expm of the full three-level
+    Hamiltonian in the idle frame during each pulse, and expm(-i 2 pi H0 t_gap) with
+    H0 = (alpha/2) n (n - 1) over the gap (H0 = 0 when ``idle_phase`` is False, which is what
+    the simulator did before the fix)."""
+    drive = samples[RACK.cabling[0].drive_port]
+    lo = LEAKY_LO_HZ
+    first = drive_reference_unitary(0, drive[:LEAKY_SAMPLES], 0, lo)
+    start2 = LEAKY_SAMPLES + gap
+    second = drive_reference_unitary(0, drive[start2:start2 + LEAKY_SAMPLES], start2, lo)
+    h0 = 0.5 * DEVICE.qubits[0].anharmonicity_hz * (N3 @ N3 - N3)
+    gap_u = scipy.linalg.expm(-2j * np.pi * h0 * gap * DT) if idle_phase else I3
+    return second @ gap_u @ first @ np.array([1.0, 0.0, 0.0], dtype=complex)
+
+
+@pytest.mark.parametrize("gap", [3, 7, 13])
+def test_idle_gap_gives_level_two_its_phase(gap: int) -> None:
+    """Pulse - idle gap - pulse on qubit 0 with ~13 % leakage to |2> after the first pulse:
+    the engine's final density matrix equals |psi><psi| of a per-sample expm reference of the
+    full three-level Hamiltonian (including exp(-i 2 pi alpha t) on |2> during the gap), state
+    fidelity >= 1 - 1e-8 and elementwise tolerance 1e-7 (decoherence of the lossless device
+    contributes < 1e-8). Without the idle phase the reference differs by > 0.01 in fidelity,
+    so the comparison can fail."""
+    prog, samples = _pulse_gap_pulse(gap)
+    ev = PhysicsEngine(_lossless_device(), RACK.cabling).evolve(prog, leaky_settings())
+    assert list(ev.position) == [0]
+    rho = ev.rho.tensor.reshape(3, 3)
+    psi = _pulse_gap_pulse_reference(gap, samples, idle_phase=True)
+    first = drive_reference_unitary(0, samples[RACK.cabling[0].drive_port, :LEAKY_SAMPLES], 0,
+                                    LEAKY_LO_HZ)
+    assert abs(first[2, 0]) ** 2 > 0.1  # the first pulse leaks: the gap phase matters
+    assert np.real(psi.conj() @ rho @ psi) >= 1 - 1e-8
+    assert_allclose(rho, np.outer(psi, psi.conj()), rtol=0, atol=1e-7)
+    wrong = _pulse_gap_pulse_reference(gap, samples, idle_phase=False)
+    assert abs(np.vdot(wrong, psi)) ** 2 < 1 - 1e-2
+
+
+def test_relaxation_superop_with_idle_hamiltonian_matches_lindblad() -> None:
+    """The channel with the idle Hamiltonian (alpha/2) n (n - 1) equals solve_ivp of the
+    Lindblad equation with that Hamiltonian, elementwise tolerance 1e-8; the 0-2 coherence
+    really rotates (by 2 pi alpha t)."""
+    q = DEVICE.qubits[2]
+    t_s = 0.37e-6
+    rho0 = random_density_matrix(3, np.random.default_rng(11))
+    h0 = 0.5 * q.anharmonicity_hz * (N3 @ N3 - N3)
+    got = (relaxation_superop(q.t1_s, q.t_phi_s, t_s, q.anharmonicity_hz)
+           @ rho0.reshape(-1)).reshape(3, 3)
+    ref = lindblad_solution(rho0, q.t1_s, q.t_phi_s, t_s, h0)
+    assert_allclose(got, ref, rtol=0, atol=1e-8)
+    without = (relaxation_superop(q.t1_s, q.t_phi_s, t_s) @ rho0.reshape(-1)).reshape(3, 3)
+    assert abs(without[0, 2] - got[0, 2]) > 0.01

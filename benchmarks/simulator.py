@@ -1,0 +1,236 @@
+"""Simulator benchmarks: labqpu's pulse-level physics against qiskit-aer and plain references.
+
+Two comparisons, each measured in the same run on the same machine, single-threaded on both
+sides (threadpoolctl limits BLAS to one thread; Aer gets ``max_parallel_threads=1``, and is
+also shown with its default threads as context):
+
+(a) the 5-qubit random-layer circuit of ``run.py`` at depth ~50 (17 layers: 85 rz, 85 sx,
+    ~32 cz after transpiling), 1000 shots. labqpu: the firmware simulator's
+    ``PhysicsEngine.run`` on the compiled program (3 levels per transmon, exchange coupling
+    during flux pulses, exact per-sample propagation, T1/T_phi Lindblad channels, readout IQ
+    per shot). Shown cold (a new engine: every unique propagator is computed) and warm (the
+    engine's propagator cache already holds them, as in a long-running simulator serving
+    repeated jobs). Reference: ``AerSimulator(method="density_matrix")`` on the same
+    transpiled circuit with thermal relaxation (T1, T2 and gate durations from the calibrated
+    Target) after every gate and readout errors. The two models differ (Aer's gates are ideal
+    qubit gates); the Hellinger fidelity of their counts is printed as a sanity check.
+(b) one 160-sample DRAG drive pulse on a three-level transmon: labqpu's numba propagator
+    (``_transmon_propagate_kernel``) against one batched ``numpy.linalg.eigh`` over the
+    samples (then the ordered product) and against a per-sample ``scipy.linalg.expm`` loop;
+    both references receive the Hamiltonian stack ready-made. A context line shows the
+    engine's cached look-up for the same pulse.
+
+    python benchmarks/simulator.py            # full: 7 repeats per figure
+    python benchmarks/simulator.py --quick    # 3 repeats
+
+Ratios are labqpu time / reference time (below 1: labqpu faster). Nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # run.py sits next to this file
+    FULL,
+    QUICK,
+    Budget,
+    Row,
+    _calibrated,
+    _check,
+    _dur,
+    _fmt,
+    _versions,
+    info,
+    propagate_eigh_batched,
+    propagate_expm,
+    random_native_circuit,
+    seconds_per_call,
+)
+
+SHOTS = 1000
+LAYERS = 17  # depth ~50 after transpiling
+PULSE_SAMPLES = 160
+
+
+def _lab5_engine():
+    """A fresh PhysicsEngine of the shipped lab5 device and wiring, and its controller."""
+    import labqpu
+    from labqpu.firmware_sim.device import load_device, load_rack
+    from labqpu.firmware_sim.physics import PhysicsEngine
+
+    rack = load_rack(Path(labqpu.__file__).parent / "data" / "lab5.toml")
+    engine = PhysicsEngine(load_device(rack.simulator_device), rack.cabling)
+    return engine, rack
+
+
+def _aer_noise_model(target, num_qubits: int):
+    """Thermal relaxation (T1, T2 of the Target, each gate's duration) after every rz/sx/cz,
+    and a symmetric readout error equal to the Target's measure error."""
+    from qiskit_aer.noise import NoiseModel, ReadoutError, thermal_relaxation_error
+
+    nm = NoiseModel(basis_gates=["rz", "sx", "x", "cz"])
+    props = target.qubit_properties
+    for q in range(num_qubits):
+        t1, t2 = props[q].t1, min(props[q].t2, 2 * props[q].t1)
+        for gate in ("sx", "x"):
+            if gate in target and (q,) in target[gate]:
+                dur = target[gate][(q,)].duration or 0.0
+                nm.add_quantum_error(thermal_relaxation_error(t1, t2, dur), gate, [q])
+        err = target["measure"][(q,)].error or 0.0
+        nm.add_readout_error(ReadoutError([[1 - err, err], [err, 1 - err]]), [q])
+    for (a, b), inst in target["cz"].items():
+        dur = inst.duration or 0.0
+        e = [thermal_relaxation_error(props[x].t1, min(props[x].t2, 2 * props[x].t1), dur)
+             for x in (a, b)]
+        nm.add_quantum_error(e[0].expand(e[1]), "cz", [a, b])
+    return nm
+
+
+def bench_circuit(budget: Budget) -> None:
+    from qiskit import transpile
+    from qiskit.quantum_info import hellinger_fidelity
+    from qiskit_aer import AerSimulator
+
+    from labqpu.backend.compiler import compile_circuit
+    from labqpu.backend.results import experiment_result
+    from labqpu.backend.target import build_target
+    from labqpu.firmware_sim.executor import SimulatedController
+    from labqpu.firmware_sim.physics import Settings
+
+    snapshot, config = _calibrated()
+    target = build_target(snapshot, config)
+    circuit = random_native_circuit(num_qubits=5, layers=LAYERS)
+    tqc = transpile(circuit, target=target, seed_transpiler=1)
+    program = compile_circuit(tqc, snapshot, config)
+    engine, rack = _lab5_engine()
+    settings = Settings(
+        los={k: (v.frequency_hz, v.power_dbm, True) for k, v in program.lo_settings.items()},
+        currents=dict(program.flux_bias_a))
+    controller = SimulatedController(rack.controllers[0], engine, lambda: settings, 1)
+    wire = controller._parse(*program.to_wire())  # the controller's own upload check
+    ops = dict(tqc.count_ops())
+    print(f"\n[a] 5-qubit circuit, depth {tqc.depth()}, {ops}, {SHOTS} shots; "
+          f"{program.play_port.shape[0]} plays, {program.duration_samples} samples")
+
+    def labqpu_cold():
+        fresh, _ = _lab5_engine()
+        return fresh.run(wire, settings, SHOTS, np.random.default_rng(7))
+
+    def labqpu_warm():
+        return engine.run(wire, settings, SHOTS, np.random.default_rng(7))
+
+    noise = _aer_noise_model(target, 5)
+    aer_1 = AerSimulator(method="density_matrix", noise_model=noise, max_parallel_threads=1)
+    aer_n = AerSimulator(method="density_matrix", noise_model=noise)
+
+    def aer(sim):
+        return sim.run(tqc, shots=SHOTS, seed_simulator=7).result().get_counts()
+
+    t_cold = seconds_per_call(labqpu_cold, budget)
+    t_warm = seconds_per_call(labqpu_warm, budget)
+    t_aer = seconds_per_call(lambda: aer(aer_1), budget)
+    t_aer_n = seconds_per_call(lambda: aer(aer_n), budget)
+
+    iq = labqpu_warm()
+    res = experiment_result(program, iq, shots=SHOTS, meas_level=2, meas_return="single",
+                            memory=False, snapshot=snapshot)
+    ours = {format(int(k, 16), "05b"): v for k, v in res["data"]["counts"].items()}
+    fid = hellinger_fidelity(ours, aer(aer_1))
+    ref = f"{_dur(t_aer)}/circuit (AerSimulator density_matrix, T1/T2 + readout, 1 thread)"
+    for label, t in (("cold: new engine, every propagator computed", t_cold),
+                     ("warm: propagator cache filled by an earlier run", t_warm)):
+        print(Row(f"simulator circuit ({label}) vs qiskit-aer", t, t_aer,
+                  f"{_dur(t)}/circuit", ref).line(), flush=True)
+    info(f"qiskit-aer with its default threads: {_dur(t_aer_n)}/circuit; labqpu warm / that "
+         f"= {_fmt(t_warm / t_aer_n)}")
+    info(f"engine cache after the runs: {len(engine.cache_1q)} single-transmon and "
+         f"{len(engine.cache_nq)} cluster propagators; hits/misses "
+         f"{engine.cache_1q.hits}/{engine.cache_1q.misses} and "
+         f"{engine.cache_nq.hits}/{engine.cache_nq.misses}")
+    info(f"Hellinger fidelity of labqpu's counts to Aer's (different models, same circuit): "
+         f"{fid:.3f}")
+
+
+def _drag_hamiltonians(n: int, alpha_hz: float, rabi_hz: float):
+    """z per sample (Hz) of a DRAG pulse near a pi pulse, and its Hamiltonian stack (Hz)."""
+    x = np.arange(n) - (n - 1) / 2
+    sigma = n / 4
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    env = g - 0.4j * x / sigma**2 * g
+    env *= 0.5 / (env.real.sum() * 1e-9 * rabi_hz)  # area of a pi pulse
+    z = rabi_hz * np.conj(env) * np.exp(-2j * np.pi * 0.7e6 * np.arange(n) * 1e-9)
+    a = np.diag(np.sqrt([1.0, 2.0]), 1).astype(complex)
+    h0 = np.diag([0.0, 0.0, alpha_hz]).astype(complex)
+    h = np.array([h0 + 0.5 * (zk * a.conj().T + np.conj(zk) * a) for zk in z])
+    return z, h
+
+
+def bench_pulse(budget: Budget) -> None:
+    from labqpu.firmware_sim.propagation import _transmon_propagate_kernel
+
+    engine, _ = _lab5_engine()
+    q = engine.device.qubits[0]
+    dt_s = 1.0 / engine.device.sample_rate_hz
+    z, h = _drag_hamiltonians(PULSE_SAMPLES, q.anharmonicity_hz, q.rabi_hz_per_amplitude)
+    detuning = np.zeros(PULSE_SAMPLES)
+    print(f"\n[b] one {PULSE_SAMPLES}-sample DRAG pulse on a 3-level transmon (alpha "
+          f"{q.anharmonicity_hz / 1e6:.1f} MHz)")
+    u = _transmon_propagate_kernel(z, detuning, q.anharmonicity_hz, dt_s)
+    _check(np.allclose(u, propagate_expm(h, dt_s), rtol=0, atol=1e-11), "expm 160-sample pulse")
+    _check(np.allclose(u, propagate_eigh_batched(h, dt_s), rtol=0, atol=1e-11),
+           "eigh 160-sample pulse")
+    info(f"P(|1>) after the pulse {abs(u[1, 0]) ** 2:.4f}, leakage {abs(u[2, 0]) ** 2:.1e}")
+    t_ours = seconds_per_call(
+        lambda: _transmon_propagate_kernel(z, detuning, q.anharmonicity_hz, dt_s), budget)
+    t_eigh = seconds_per_call(lambda: propagate_eigh_batched(h, dt_s), budget)
+    t_expm = seconds_per_call(lambda: propagate_expm(h, dt_s), budget)
+    us = 1e6 / PULSE_SAMPLES
+    for label, t_ref in (("numpy batched eigh", t_eigh),
+                         ("scipy.linalg.expm per-sample loop", t_expm)):
+        print(Row(f"_transmon_propagate_kernel vs {label}", t_ours, t_ref,
+                  f"{_dur(t_ours)}/pulse ({_fmt(t_ours * us)} µs/sample)",
+                  f"{_dur(t_ref)}/pulse ({_fmt(t_ref * us)} µs/sample, {label})").line(),
+              flush=True)
+    phi = np.full(PULSE_SAMPLES, 0.0)
+    f_idle = q.frequency_hz(0.0)
+    engine._transmon_unitary(0, z, phi, f_idle)
+    t_hit = seconds_per_call(lambda: engine._transmon_unitary(0, z * np.exp(0.3j), phi, f_idle),
+                             budget)
+    info(f"the same pulse at another phase through the engine's cache (key, look-up, frame "
+         f"change): {_dur(t_hit)}/pulse, {_fmt(t_eigh / t_hit)}x faster than batched eigh")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats per figure")
+    parser.add_argument("--only", choices=["circuit", "pulse"], default=None)
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    print(f"labqpu simulator benchmarks ({'quick' if args.quick else 'full'}), "
+          f"{dt.datetime.now().isoformat(timespec='seconds')}")
+    print(f"{platform.platform()}, {os.cpu_count()} CPUs; {_versions()}")
+    print(f"BLAS limited to 1 thread (threadpoolctl); load average at start "
+          f"{os.getloadavg()[0]:.2f}")
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=1):
+        if args.only in (None, "circuit"):
+            bench_circuit(budget)
+        if args.only in (None, "pulse"):
+            bench_pulse(budget)
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s; load average at end "
+          f"{os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
