@@ -101,17 +101,17 @@ def bench_circuit(budget: Budget) -> None:
     from qiskit.quantum_info import hellinger_fidelity
     from qiskit_aer import AerSimulator
 
-    from labqpu.backend.compiler import compile_circuit
     from labqpu.backend.results import experiment_result
     from labqpu.backend.target import build_target
     from labqpu.firmware_sim.executor import SimulatedController
     from labqpu.firmware_sim.physics import Settings
+    from labqpu.pulse.compiler import compile_circuit
 
     snapshot, config = _calibrated()
     target = build_target(snapshot, config)
     circuit = random_native_circuit(num_qubits=5, layers=LAYERS)
     tqc = transpile(circuit, target=target, seed_transpiler=1)
-    program = compile_circuit(tqc, snapshot, config)
+    program = compile_circuit(tqc, snapshot, config.channels)
     engine, rack = _lab5_engine()
     settings = Settings(
         los={k: (v.frequency_hz, v.power_dbm, True) for k, v in program.lo_settings.items()},
