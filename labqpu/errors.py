@@ -7,6 +7,7 @@
     │                                (circuit, qubit, instruction)
     ├── InvalidRunInputError         run() refused a circuit or option; nothing was sent (option)
     ├── JobCancelledError            a job was cancelled while it held the hardware
+    ├── SimulationError              the firmware simulator cannot execute a program as given
     ├── CalibrationError             calibration data or the calibration store (subject, parameter)
     │   ├── CalibrationMissingError  (also KeyError) no such snapshot, or a parameter is absent
     │   │   └── BackendPropertyError a calibrated property of a qubit, pair or gate is absent
@@ -104,6 +105,13 @@ class InvalidRunInputError(LabQpuError):
 
 class JobCancelledError(LabQpuError):
     """A job was cancelled while it held the hardware; ``LabJob`` reports it as cancelled."""
+
+
+class SimulationError(LabQpuError):
+    """The firmware simulator cannot execute a program as given (the message says why).
+
+    Raised inside the simulator process; a client sees it as the run's typed error reply.
+    """
 
 
 class CalibrationError(LabQpuError):

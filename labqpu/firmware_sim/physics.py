@@ -47,6 +47,7 @@ import numpy as np
 import scipy.linalg
 from numba import njit
 
+from labqpu.errors import SimulationError
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
@@ -60,10 +61,6 @@ LEVELS = 3
 #: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
 CACHE_1Q_ENTRIES = 8192
 CACHE_NQ_ENTRIES = 256
-
-
-class SimulationError(RuntimeError):
-    """The simulator cannot execute a program as given (the message says why)."""
 
 
 @njit(cache=True)

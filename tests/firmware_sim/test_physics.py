@@ -28,12 +28,12 @@ import scipy.optimize
 from numpy.testing import assert_allclose
 
 import labqpu
+from labqpu.errors import SimulationError
 from labqpu.firmware_sim.device import DeviceTruth, QubitTruth, load_device, load_rack
 from labqpu.firmware_sim.physics import (
     DensityMatrix,
     PhysicsEngine,
     Settings,
-    SimulationError,
     WireProgram,
     _propagate_kernel,
     _render_kernel,
