@@ -4,7 +4,7 @@
     ├── BackendConfigurationError    a lab.toml is missing something or contradicts itself
     │                                (file, field)
     ├── CompilationError             a circuit cannot be compiled for the device
-    │                                (circuit, qubit, instruction)
+    │                                (circuit, qubits, instruction)
     ├── InvalidRunInputError         run() refused a circuit or option; nothing was sent (option)
     ├── JobCancelledError            a job was cancelled while it held the hardware
     ├── SimulationError              the firmware simulator cannot execute a program as given

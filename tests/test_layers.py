@@ -42,6 +42,9 @@ VIOLATIONS = {
     "layers": ("store/validation.py", "import labqpu.backend.target"),
     "simulator-imports": ("firmware_sim/physics.py", "import labqpu.store"),
     "simulator-apart": ("backend/results.py", "import labqpu.firmware_sim.device"),
+    "pulse-below-drivers": ("pulse/program.py", "import labqpu.drivers.scpi"),
+    "calibration-through-the-backend": ("calibration/experiments.py",
+                                        "import labqpu.rack.hardware"),
     "no-cycles": ("store/parameter.py", "import labqpu.store.snapshot"),
 }
 

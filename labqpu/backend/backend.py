@@ -18,6 +18,7 @@ from labqpu.backend.results import discriminator_centres
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.errors import (
     BackendConfigurationError,
+    BackendPropertyError,
     CompilationError,
     InvalidRunInputError,
     LabQpuError,
@@ -298,8 +299,8 @@ class LabBackend(BackendV2):
             for program in programs:
                 try:
                     discriminator_centres(snapshot, program.acq_qubit)
-                except KeyError as exc:
-                    raise InvalidRunInputError(exc.args[0]) from exc
+                except BackendPropertyError as exc:
+                    raise InvalidRunInputError(str(exc)) from exc
         job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot)
         job.submit()
         if opts["sync"]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu.backend.backend import LabBackend
+from labqpu.errors import HardwareUnavailableError
 from labqpu.rack.config import LabConfig, default_config_path, load_config
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 from labqpu.store import CalibrationStore
@@ -67,11 +68,13 @@ class SimulatorProcess:
             if announce.exists():
                 return json.loads(announce.read_text())["endpoints"]
             if self.process.poll() is not None:
-                raise RuntimeError(f"the firmware simulator exited with code "
-                                   f"{self.process.returncode}: {self._stderr()}")
+                raise HardwareUnavailableError(
+                    f"the firmware simulator exited with code {self.process.returncode}: "
+                    f"{self._stderr()}", instrument="firmware simulator")
             time.sleep(0.05)
-        raise TimeoutError(f"the firmware simulator did not come up within {timeout_s} s: "
-                           f"{self._stderr()}")
+        raise HardwareUnavailableError(
+            f"the firmware simulator did not come up within {timeout_s} s: {self._stderr()}",
+            instrument="firmware simulator")
 
     def _stderr(self) -> str:
         self._log.flush()

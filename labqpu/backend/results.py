@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from labqpu.errors import BackendPropertyError
 from labqpu.pulse.kernels import discriminate
 from labqpu.pulse.program import PulseProgram
 
@@ -11,15 +12,16 @@ from labqpu.pulse.program import PulseProgram
 def discriminator_centres(snapshot, qubits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The calibrated |0> and |1> IQ centres for each qubit in ``qubits``.
 
-    Raises ``KeyError`` naming the first qubit without a discriminator.
+    Raises ``BackendPropertyError`` (a ``KeyError``) naming the first qubit without one.
     """
     c0 = np.zeros(len(qubits), dtype=np.complex128)
     c1 = np.zeros(len(qubits), dtype=np.complex128)
     for i, q in enumerate(qubits):
         params = snapshot.qubits.get(int(q), {})
         if "discriminator" not in params:
-            raise KeyError(f"qubit {q} has no calibrated discriminator in snapshot "
-                           f"{snapshot.snapshot_id}; use meas_level=1 for raw IQ")
+            raise BackendPropertyError(
+                f"no calibrated discriminator in snapshot {snapshot.snapshot_id}; use "
+                "meas_level=1 for raw IQ", subject=f"qubit {q}", parameter="discriminator")
         (i0, q0), (i1, q1) = params["discriminator"].value["centers"]
         c0[i], c1[i] = complex(i0, q0), complex(i1, q1)
     return c0, c1

@@ -97,7 +97,8 @@ def sweet_spot(kit: Kit, q: int, shots: int) -> None:
         freqs.append(qubit_spectroscopy(kit, q, shots, design, (-260e6, 60e6)))
     i0, f_max = fit_parabola_vertex(currents, np.array(freqs), f"qubit {q} sweet spot")
     if abs(i0) > 2 * search:
-        raise FitError(f"qubit {q} sweet spot: vertex at {i0:.3g} A is far outside the search")
+        raise FitError(f"sweet spot: vertex at {i0:.3g} A is far outside the search",
+                       subject=f"qubit {q}")
     kit.work.set(q, "flux_bias_a", i0, "flux_sweet_spot")
     kit.work.set(q, "frequency_hz",
                  qubit_spectroscopy(kit, q, shots, f_max, (-20e6, 20e6)), "qubit_spectroscopy")
@@ -164,7 +165,7 @@ def drag(kit: Kit, q: int, shots: int) -> None:
     slope, intercept = np.polyfit(betas, diff, 1)
     beta = -intercept / slope
     if not betas.min() <= beta <= betas.max():
-        raise FitError(f"qubit {q} DRAG: beta {beta:.3g} outside the sweep")
+        raise FitError(f"DRAG: beta {beta:.3g} outside the sweep", subject=f"qubit {q}")
     kit.work.set(q, "drag_beta", float(beta), "drag")
 
 
@@ -291,7 +292,8 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
                     best = (c, duration, float(x))
         progress(f"  cz {pair}: {duration} samples scanned, best so far {best}")
     if best is None:
-        raise FitError(f"edge {pair} CZ: no amplitude gives a conditional phase of pi")
+        raise FitError("CZ: no amplitude gives a conditional phase of pi",
+                       subject=f"edge {pair}")
     contrast, duration, amp = best
     amps = amp + np.linspace(-0.002, 0.002, 9)
     results = [_cz_phases(kit, flux_q, other, duration, rise, x, shots * 2) for x in amps]

@@ -162,16 +162,16 @@ def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float
     noise = np.std(np.diff(signal)) / np.sqrt(2) + 1e-15
     k = int(np.argmax(signal))
     if signal[k] - base < 8 * noise:
-        raise FitError(f"{what}: no peak above the noise between {freqs_hz[0]:.6g} and "
-                       f"{freqs_hz[-1]:.6g} Hz")
+        raise FitError(f"no peak above the noise between {freqs_hz[0]:.6g} and "
+                       f"{freqs_hz[-1]:.6g} Hz", subject=what)
     step = abs(freqs_hz[1] - freqs_hz[0])
     p0 = [freqs_hz[k], 2 * step, signal[k] - base, base]
     try:
         popt = _curve_fit(_lorentzian, freqs_hz, signal, p0, 20000)
     except RuntimeError as exc:
-        raise FitError(f"{what}: Lorentzian fit failed: {exc}") from exc
+        raise FitError(f"Lorentzian fit failed: {exc}", subject=what) from exc
     if not freqs_hz.min() <= popt[0] <= freqs_hz.max():
-        raise FitError(f"{what}: fitted peak {popt[0]:.6g} Hz lies outside the sweep")
+        raise FitError(f"fitted peak {popt[0]:.6g} Hz lies outside the sweep", subject=what)
     return float(popt[0]), float(abs(popt[1]))
 
 
@@ -202,13 +202,13 @@ def fit_rabi(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
     try:
         popt = _curve_fit(model, amps, signal, [period0, amp0, signal.mean()], 20000)
     except RuntimeError as exc:
-        raise FitError(f"{what}: Rabi fit failed: {exc}") from exc
+        raise FitError(f"Rabi fit failed: {exc}", subject=what) from exc
     period = abs(popt[0])
     if not 0 < period / 2 < 1.0:
-        raise FitError(f"{what}: pi amplitude {period / 2:.4g} is outside full scale")
+        raise FitError(f"pi amplitude {period / 2:.4g} is outside full scale", subject=what)
     if period / 2 > amps.max():
-        raise FitError(f"{what}: pi amplitude {period / 2:.4g} lies beyond the sweep "
-                       f"(up to {amps.max():.4g}); extend it")
+        raise FitError(f"pi amplitude {period / 2:.4g} lies beyond the sweep "
+                       f"(up to {amps.max():.4g}); extend it", subject=what)
     return period / 2
 
 
@@ -225,7 +225,7 @@ def fit_damped_cosine(t_s: np.ndarray, y: np.ndarray, what: str) -> tuple[float,
     try:
         popt = _curve_fit(model, t_s, y, p0, 50000)
     except RuntimeError as exc:
-        raise FitError(f"{what}: damped-cosine fit failed: {exc}") from exc
+        raise FitError(f"damped-cosine fit failed: {exc}", subject=what) from exc
     return abs(float(popt[0])), abs(float(popt[1]))
 
 
@@ -238,9 +238,9 @@ def fit_exponential(t_s: np.ndarray, y: np.ndarray, what: str) -> float:
     try:
         popt = _curve_fit(model, t_s, y, p0, 20000)
     except RuntimeError as exc:
-        raise FitError(f"{what}: exponential fit failed: {exc}") from exc
+        raise FitError(f"exponential fit failed: {exc}", subject=what) from exc
     if not 0 < popt[0] < 10 * t_s[-1]:
-        raise FitError(f"{what}: decay time {popt[0]:.3g} s is outside the measured range")
+        raise FitError(f"decay time {popt[0]:.3g} s is outside the measured range", subject=what)
     return float(popt[0])
 
 
@@ -248,7 +248,7 @@ def fit_parabola_vertex(x: np.ndarray, y: np.ndarray, what: str) -> tuple[float,
     """(x, y) of the maximum of a downward parabola through the points."""
     c2, c1, c0 = np.polyfit(x, y, 2)
     if c2 >= 0:
-        raise FitError(f"{what}: data have no maximum (curvature {c2:.3g})")
+        raise FitError(f"data have no maximum (curvature {c2:.3g})", subject=what)
     xv = -c1 / (2 * c2)
     return float(xv), float(c0 - c1**2 / (4 * c2))
 
@@ -257,10 +257,10 @@ def zero_crossing(x: np.ndarray, y: np.ndarray, what: str) -> float:
     """x where a straight-line fit of y(x) crosses zero."""
     slope, intercept = np.polyfit(x, y, 1)
     if slope == 0:
-        raise FitError(f"{what}: no dependence on the swept parameter")
+        raise FitError("no dependence on the swept parameter", subject=what)
     x0 = -intercept / slope
     if not x.min() <= x0 <= x.max():
-        raise FitError(f"{what}: zero crossing {x0:.4g} lies outside the sweep")
+        raise FitError(f"zero crossing {x0:.4g} lies outside the sweep", subject=what)
     return float(x0)
 
 

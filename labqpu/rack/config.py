@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 from labqpu.errors import BackendConfigurationError
 from labqpu.pulse.channels import ChannelMap, QubitChannels
@@ -65,7 +66,8 @@ class LabConfig:
         """What the pulse compiler needs of this wiring: ports, LOs and the sample rate."""
         return ChannelMap(device_name=self.device_name,
                           controllers=tuple(c.name for c in self.controllers),
-                          sample_rate_hz=self.controllers[0].sample_rate_hz, qubits=self.qubits)
+                          sample_rate_hz=self.controllers[0].sample_rate_hz,
+                          qubits=MappingProxyType(dict(self.qubits)))
 
     def controller(self, name: str) -> ControllerConfig:
         """The controller called ``name``."""
@@ -120,64 +122,88 @@ def _type_name(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def _table(value: object, where: str, what: str = "a table") -> dict:
-    """``value`` if it is a table, else a BackendConfigurationError naming ``where``."""
+@dataclass(frozen=True)
+class _Where:
+    """A place in the wiring file: how messages name it, and its dotted field for errors.
+
+    ``str()`` is the message prefix (``"lab.toml [qubits.3]"``); ``field(key)`` is the
+    ``field`` attribute of the error (``"qubits.3.drive"``).
+    """
+
+    file: str
+    section: str = ""
+    label: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.label}" if self.label else self.file
+
+    def at(self, section: str, label: str) -> _Where:
+        """The sub-section ``section`` (dotted), shown as ``label`` in messages."""
+        return _Where(self.file, section, label)
+
+    def field(self, key: str = "") -> str:
+        """The dotted field of ``key`` in this section (the section itself for ``""``)."""
+        return ".".join(part for part in (self.section, key) if part)
+
+    def error(self, message: str, key: str = "") -> BackendConfigurationError:
+        """An error whose message starts with this place and whose field is ``key`` here."""
+        return BackendConfigurationError(f"{self}{message}", field=self.field(key))
+
+
+def _table(value: object, where: _Where, what: str = "a table", key: str = "") -> dict:
+    """``value`` if it is a table, else an error naming ``where``."""
     if not isinstance(value, dict):
-        raise BackendConfigurationError(
-            f"{where} must be {what}, got {_type_name(value)}: {value!r}")
+        raise where.error(f" must be {what}, got {_type_name(value)}: {value!r}", key)
     return value
 
 
-def _array_of_tables(doc: dict, key: str, where: str) -> list[dict]:
+def _array_of_tables(doc: dict, key: str, where: _Where) -> list[dict]:
     """``doc[key]`` (default ``[]``) checked to be an array of tables (``[[key]]`` entries)."""
     value = doc.get(key, [])
     if not isinstance(value, list):
-        raise BackendConfigurationError(
-            f"{where} [[{key}]] must be an array of tables (one [[{key}]] header per entry), "
-            f"got {_type_name(value)}")
+        raise where.error(
+            f" [[{key}]] must be an array of tables (one [[{key}]] header per entry), "
+            f"got {_type_name(value)}", key)
     for index, entry in enumerate(value):
         if not isinstance(entry, dict):
-            raise BackendConfigurationError(
-                f"{where} [[{key}]] entry {index}: must be a table, got {_type_name(entry)}: "
-                f"{entry!r}")
+            raise where.error(
+                f" [[{key}]] entry {index}: must be a table, got {_type_name(entry)}: "
+                f"{entry!r}", f"{key}[{index}]")
     return value
 
 
-def _string(table: dict, key: str, where: str, *, default: str | None = None,
+def _string(table: dict, key: str, where: _Where, *, default: str | None = None,
             nonempty: bool = True) -> str:
     """``table[key]`` checked to be a string (non-empty unless ``nonempty`` is False); a
     missing key takes ``default`` when one is given."""
     value = table.get(key, default) if default is not None else _require(table, key, where)
     if not isinstance(value, str):
-        raise BackendConfigurationError(
-            f"{where}: {key} must be a string, got {_type_name(value)}: {value!r}",
-            field=_field(where, key))
+        raise where.error(f": {key} must be a string, got {_type_name(value)}: {value!r}", key)
     if nonempty and not value.strip():
-        raise BackendConfigurationError(f"{where}: {key} must be a non-empty string",
-                                 field=_field(where, key))
+        raise where.error(f": {key} must be a non-empty string", key)
     return value
 
 
-def _check_endpoint(endpoint: str, where: str) -> None:
+def _check_endpoint(endpoint: str, where: _Where) -> None:
     """A ZeroMQ endpoint the host can connect to: ``tcp://host:port`` or ``ipc://path``."""
     hint = "must be 'tcp://host:port' or 'ipc://path'"
     if endpoint.startswith("ipc://"):
         if not endpoint[len("ipc://"):].strip():
-            raise BackendConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r} (no path)")
+            raise where.error(f": endpoint {hint}, got {endpoint!r} (no path)", "endpoint")
         return
     if not endpoint.startswith("tcp://"):
-        raise BackendConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
+        raise where.error(f": endpoint {hint}, got {endpoint!r}", "endpoint")
     host, sep, port = endpoint[len("tcp://"):].rpartition(":")
     if not sep or not _HOST.fullmatch(host):
-        raise BackendConfigurationError(f"{where}: endpoint {hint}, got {endpoint!r}")
+        raise where.error(f": endpoint {hint}, got {endpoint!r}", "endpoint")
     # Port 0 means "pick a free port"; only the simulator can honour it.
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise BackendConfigurationError(
-            f"{where}: endpoint port must be 0..65535 (0: any free port, simulator only), "
-            f"got {endpoint!r}")
+        raise where.error(
+            f": endpoint port must be 0..65535 (0: any free port, simulator only), "
+            f"got {endpoint!r}", "endpoint")
 
 
-def _check_resource(resource: str, where: str) -> None:
+def _check_resource(resource: str, where: _Where) -> None:
     """A VISA resource string.
 
     ``TCPIP[n]::host::port::SOCKET`` and ``TCPIP[n]::host[::device]::INSTR`` are checked in
@@ -187,67 +213,55 @@ def _check_resource(resource: str, where: str) -> None:
             "'TCPIP0::host::INSTR', 'GPIB0::12::INSTR' or 'USB0::…::INSTR'")
     parts = resource.split("::")
     first = parts[0].upper()
+    bad = where.error(f": resource {hint}, got {resource!r}", "resource")
     if (len(parts) < 2 or not all(p.strip() for p in parts)
             or not first.startswith(_VISA_PREFIXES)):
-        raise BackendConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+        raise bad
     if not first.startswith("TCPIP"):
         return
     suffix = parts[-1].upper()
     if (not first[len("TCPIP"):].isdigit() and first != "TCPIP") or not _HOST.fullmatch(parts[1]):
-        raise BackendConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+        raise bad
     if suffix == "SOCKET":
         port = parts[2] if len(parts) == 4 else ""
         if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-            raise BackendConfigurationError(
-                f"{where}: resource must be 'TCPIP[n]::host::port::SOCKET' with port "
-                f"0..65535, got {resource!r}")
+            raise where.error(
+                f": resource must be 'TCPIP[n]::host::port::SOCKET' with port "
+                f"0..65535, got {resource!r}", "resource")
     elif suffix != "INSTR" or len(parts) not in (3, 4):
-        raise BackendConfigurationError(f"{where}: resource {hint}, got {resource!r}")
+        raise bad
 
 
-def _port(value: object, where: str) -> tuple[str, int]:
+def _port(value: object, where: _Where, key: str) -> tuple[str, int]:
+    """A ``"name:port"`` value (``key`` of ``where``) as ``(name, port)``."""
     if not isinstance(value, str) or value.count(":") != 1:
-        raise BackendConfigurationError(f"{where} must be 'name:port', got {value!r}")
+        raise where.error(f" {key} must be 'name:port', got {value!r}", key)
     name, port = value.split(":")
     if not port.isdigit():
-        raise BackendConfigurationError(
-            f"{where} port must be a non-negative integer, got {value!r}")
+        raise where.error(f" {key} port must be a non-negative integer, got {value!r}", key)
     return name, int(port)
 
 
-_SECTION = re.compile(r"\[+([^\]]+)\]+")
-
-
-def _field(where: str, key: str) -> str:
-    """The dotted field of ``key`` in the section ``where`` names (``"qubits.3.drive"``)."""
-    section = _SECTION.search(where)
-    return f"{section[1]}.{key}" if section else key
-
-
-def _require(table: dict, key: str, where: str) -> object:
+def _require(table: dict, key: str, where: _Where) -> object:
     if key not in table:
-        raise BackendConfigurationError(f"{where}: missing required key {key!r}",
-                                 field=_field(where, key))
+        raise where.error(f": missing required key {key!r}", key)
     return table[key]
 
 
-def _number(table: dict, key: str, where: str, kind: type, *, minimum: float | None = None,
-            default: object = None) -> int | float:
+def _number(table: dict, key: str, where: _Where, kind: type, *,
+            minimum: float | None = None, default: object = None) -> int | float:
     """``table[key]`` as ``kind`` (int or float), checked against ``minimum`` (exclusive for
     floats, inclusive for ints); a missing key takes ``default`` when one is given."""
     value = table.get(key, default) if default is not None else _require(table, key, where)
     ok_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
         what = "an integer" if kind is int else "a number"
-        raise BackendConfigurationError(f"{where}: {key} must be {what}, got {value!r}",
-                                 field=_field(where, key))
+        raise where.error(f": {key} must be {what}, got {value!r}", key)
     if isinstance(value, float) and not math.isfinite(value):
-        raise BackendConfigurationError(f"{where}: {key} must be a finite number, got {value!r}",
-                                 field=_field(where, key))
+        raise where.error(f": {key} must be a finite number, got {value!r}", key)
     if minimum is not None and (value < minimum if kind is int else value <= minimum):
         bound = f">= {minimum}" if kind is int else f"> {minimum}"
-        raise BackendConfigurationError(f"{where}: {key} must be {bound}, got {value!r}",
-                                 field=_field(where, key))
+        raise where.error(f": {key} must be {bound}, got {value!r}", key)
     return kind(value)
 
 
@@ -279,39 +293,37 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
 
 
 def _parse_config(doc: dict, path: Path | None) -> LabConfig:
-    where = str(path) if path else "lab configuration"
-    dev = _table(_require(doc, "device", where), f"{where} [device]")
-    name = _string(dev, "name", f"{where} [device]")
+    top = _Where(str(path) if path else "lab configuration")
+    device = top.at("device", "[device]")
+    dev = _table(_require(doc, "device", top), device)
+    name = _string(dev, "name", device)
     if not _DEVICE_NAME.fullmatch(name) or name in (".", ".."):
-        raise BackendConfigurationError(
-            f"{where} [device]: name must be letters, digits, '_', '.' or '-' (it names the "
-            f"calibration store folder), got {name!r}")
-    n = _number(dev, "num_qubits", f"{where} [device]", int, minimum=1)
+        raise device.error(
+            f": name must be letters, digits, '_', '.' or '-' (it names the calibration store "
+            f"folder), got {name!r}", "name")
+    n = _number(dev, "num_qubits", device, int, minimum=1)
     edges = dev.get("coupling_map", [])
     if not isinstance(edges, list):
-        raise BackendConfigurationError(
-            f"{where} [device] coupling_map must be an array of [a, b] edges, "
-            f"got {_type_name(edges)}: {edges!r}")
+        raise device.error(f" coupling_map must be an array of [a, b] edges, got "
+                           f"{_type_name(edges)}: {edges!r}", "coupling_map")
     cmap = []
     for edge in edges:
         if (not isinstance(edge, list) or len(edge) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in edge)):
-            raise BackendConfigurationError(
-                f"{where} [device] coupling_map: each edge must be [a, b], got {edge!r}")
+            raise device.error(f" coupling_map: each edge must be [a, b], got {edge!r}",
+                               "coupling_map")
         a, b = edge
         if not (0 <= a < n and 0 <= b < n) or a == b:
-            raise BackendConfigurationError(
-                f"{where} [device] coupling_map has a bad edge ({a}, {b})")
+            raise device.error(f" coupling_map has a bad edge ({a}, {b})", "coupling_map")
         if (a, b) in cmap or (b, a) in cmap:
-            raise BackendConfigurationError(
-                f"{where} [device] coupling_map lists the edge ({a}, {b}) twice (edges are "
-                "undirected)")
+            raise device.error(f" coupling_map lists the edge ({a}, {b}) twice (edges are "
+                               "undirected)", "coupling_map")
         cmap.append((a, b))
     cmap = tuple(cmap)
 
     controllers = []
-    for c in _array_of_tables(doc, "controllers", where):
-        w = f"{where} [[controllers]] {c.get('name', '?')}"
+    for index, c in enumerate(_array_of_tables(doc, "controllers", top)):
+        w = top.at(f"controllers[{index}]", f"[[controllers]] {c.get('name', '?')}")
         ctrl_name = _string(c, "name", w)
         endpoint = _string(c, "endpoint", w)
         _check_endpoint(endpoint, w)
@@ -323,18 +335,17 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
             timeout_s=_number(c, "timeout_s", w, float, minimum=0.0, default=10.0),
         ))
     if not controllers:
-        raise BackendConfigurationError(f"{where}: no [[controllers]] defined")
+        raise top.error(": no [[controllers]] defined", "controllers")
     if len({c.sample_rate_hz for c in controllers}) != 1:
-        raise BackendConfigurationError(f"{where}: all controllers must share one sample rate")
+        raise top.error(": all controllers must share one sample rate", "controllers")
 
     instruments = []
-    for i in _array_of_tables(doc, "instruments", where):
-        w = f"{where} [[instruments]] {i.get('name', '?')}"
+    for index, i in enumerate(_array_of_tables(doc, "instruments", top)):
+        w = top.at(f"instruments[{index}]", f"[[instruments]] {i.get('name', '?')}")
         inst_name = _string(i, "name", w)
         kind = _string(i, "kind", w)
         if kind not in INSTRUMENT_KINDS:
-            raise BackendConfigurationError(
-                f"{w}: kind must be one of {INSTRUMENT_KINDS}, got {kind!r}")
+            raise w.error(f": kind must be one of {INSTRUMENT_KINDS}, got {kind!r}", "kind")
         resource = _string(i, "resource", w)
         _check_resource(resource, w)
         instruments.append(InstrumentConfig(
@@ -344,38 +355,37 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         ))
     names = [c.name for c in controllers] + [i.name for i in instruments]
     if len(set(names)) != len(names):
-        raise BackendConfigurationError(f"{where}: controller and instrument names must be unique")
+        raise top.error(": controller and instrument names must be unique", "instruments")
     ctrl_by_name = {c.name: c for c in controllers}
     inst_by_name = {i.name: i for i in instruments}
 
     qubits: dict[int, QubitChannels] = {}
-    qubit_tables = _table(doc.get("qubits", {}), f"{where} [qubits]",
+    qubit_tables = _table(doc.get("qubits", {}), top.at("qubits", "[qubits]"),
                           "a table of [qubits.N] tables")
     for key, q in qubit_tables.items():
+        w = top.at(f"qubits.{key}", f"[qubits.{key}]")
         if not key.isdigit() or int(key) >= n:
-            raise BackendConfigurationError(
-                f"{where} [qubits.{key}]: qubit index must be 0..{n - 1}")
-        w = f"{where} [qubits.{key}]"
+            raise w.error(f": qubit index must be 0..{n - 1}")
         _table(q, w)
         ports = {}
         for role in ROLES:
-            ctrl, port = _port(_require(q, role, w), f"{w} {role}")
+            ctrl, port = _port(_require(q, role, w), w, role)
             if ctrl not in ctrl_by_name:
-                raise BackendConfigurationError(f"{w} {role}: unknown controller {ctrl!r}")
+                raise w.error(f" {role}: unknown controller {ctrl!r}", role)
             limit = ctrl_by_name[ctrl].inputs if role == "acquire" else ctrl_by_name[ctrl].outputs
             if port >= limit:
-                raise BackendConfigurationError(
-                    f"{w} {role}: port {port} does not exist on {ctrl} (it has {limit})")
+                raise w.error(f" {role}: port {port} does not exist on {ctrl} (it has {limit})",
+                              role)
             ports[role] = (ctrl, port)
         for role, kind in (("drive_lo", "signal_generator"), ("readout_lo", "signal_generator")):
             src = _string(q, role, w)
             if src not in inst_by_name or inst_by_name[src].kind != kind:
-                raise BackendConfigurationError(f"{w} {role}: {src!r} is not a {kind} of this rack")
-        flux_src, flux_ch = _port(_require(q, "flux_bias", w), f"{w} flux_bias")
+                raise w.error(f" {role}: {src!r} is not a {kind} of this rack", role)
+        flux_src, flux_ch = _port(_require(q, "flux_bias", w), w, "flux_bias")
         inst = inst_by_name.get(flux_src)
         if inst is None or inst.kind != "current_source" or not 1 <= flux_ch <= inst.channels:
-            raise BackendConfigurationError(
-                f"{w} flux_bias: {q['flux_bias']!r} is not a channel of a current_source")
+            raise w.error(f" flux_bias: {q['flux_bias']!r} is not a channel of a current_source",
+                          "flux_bias")
         qubits[int(key)] = QubitChannels(
             drive=ports["drive"], flux=ports["flux"], readout=ports["readout"],
             acquire=ports["acquire"], drive_lo=q["drive_lo"], readout_lo=q["readout_lo"],
@@ -383,28 +393,27 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         )
     if sorted(qubits) != list(range(n)):
         missing = sorted(set(range(n)) - set(qubits))
-        raise BackendConfigurationError(f"{where}: no wiring for qubit(s) {missing}")
+        raise top.error(f": no wiring for qubit(s) {missing}", f"qubits.{missing[0]}")
     owners: dict[tuple[str, int], str] = {}
     for q, wiring in sorted(qubits.items()):
         for role in ("drive", "flux", "readout"):
             port = getattr(wiring, role)
             if port in owners:
-                raise BackendConfigurationError(
-                    f"{where} [qubits.{q}] {role}: output {port[0]}:{port[1]} is already the "
-                    f"{owners[port]}")
+                raise top.at(f"qubits.{q}", f"[qubits.{q}]").error(
+                    f" {role}: output {port[0]}:{port[1]} is already the {owners[port]}", role)
             owners[port] = f"{role} of qubit {q}"
     acquire_owners: dict[tuple[str, int], int] = {}
     for q, wiring in sorted(qubits.items()):
         if wiring.acquire in acquire_owners:
-            raise BackendConfigurationError(
-                f"{where} [qubits.{q}] acquire: input {wiring.acquire[0]}:{wiring.acquire[1]} "
-                f"is already the acquire input of qubit {acquire_owners[wiring.acquire]}")
+            raise top.at(f"qubits.{q}", f"[qubits.{q}]").error(
+                f" acquire: input {wiring.acquire[0]}:{wiring.acquire[1]} is already the "
+                f"acquire input of qubit {acquire_owners[wiring.acquire]}", "acquire")
         acquire_owners[wiring.acquire] = q
 
-    cal = _table(doc.get("calibration", {}), f"{where} [calibration]")
-    store = _string(cal, "store", f"{where} [calibration]", default="", nonempty=False)
-    seed_snapshot = _string(cal, "seed_snapshot", f"{where} [calibration]", default="",
-                            nonempty=False)
+    calibration = top.at("calibration", "[calibration]")
+    cal = _table(doc.get("calibration", {}), calibration)
+    store = _string(cal, "store", calibration, default="", nonempty=False)
+    seed_snapshot = _string(cal, "seed_snapshot", calibration, default="", nonempty=False)
     if store:
         store_path = Path(store)
         if not store_path.is_absolute() and path is not None:

@@ -27,15 +27,9 @@ parameter by parameter; :func:`export_backend_properties` and
 :func:`document_from_backend_properties` translate to and from the Qiskit BackendProperties
 JSON layout.
 
-This package is the ground floor of labqpu: it imports nothing of labqpu but ``labqpu.errors``.
-
-    CalibrationError
-    ├── CalibrationMissingError   (also KeyError) no such snapshot, or a parameter is absent
-    ├── StaleSnapshotError        another writer committed since the snapshot a run started from
-    └── InvalidSnapshotError      (also ValueError) a document or value is malformed; nothing
-                                  was written
+This package is the ground floor of labqpu: it imports nothing of labqpu but ``labqpu.errors``,
+and its errors are the ``CalibrationError`` branch of that tree.
 """
-
 
 from labqpu.store.builder import SnapshotBuilder
 from labqpu.store.database import EXPORT_FORMAT, SCHEMA_VERSION, CalibrationStore, SnapshotInfo

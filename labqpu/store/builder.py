@@ -197,5 +197,3 @@ def _remove_where(section: dict[Any, Any], predicate: Callable[[Any], bool]) -> 
     for key in doomed:
         del section[key]
     return bool(doomed)
-
-

@@ -61,13 +61,9 @@ class _FrozenDict(dict):
 
 
 def freeze(value: Any) -> Any:
+    """``value`` with every list and dict replaced by a read-only copy, recursively."""
     if isinstance(value, list):
         return _FrozenList(freeze(item) for item in value)
     if isinstance(value, dict):
         return _FrozenDict((key, freeze(item)) for key, item in value.items())
     return value
-
-
-
-
-

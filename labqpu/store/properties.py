@@ -219,5 +219,3 @@ def document_from_backend_properties(
             ),
         }
     )
-
-

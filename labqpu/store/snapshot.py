@@ -231,9 +231,6 @@ def _frozen_section(
     )
 
 
-
-
-
 def _natural_order(section: str, key: str) -> tuple[Any, ...]:
     if section == "qubits":
         return (int(key),)
@@ -282,5 +279,3 @@ def diff_snapshots(a: Snapshot, b: Snapshot) -> dict[str, Any]:
                         {**item, "old": old_params[name], "new": new_params[name]}
                     )
     return result
-
-

@@ -1,7 +1,9 @@
 """Validation of calibration documents: keys, parameter names, JSON values and timestamps.
 
 Every check raises :class:`~labqpu.errors.InvalidSnapshotError` naming the qubit, pair or gate
-and the parameter at fault; nothing here has side effects.
+and the parameter at fault. The module also holds the key and hashing helpers the checks share
+(``pair_key``, ``gate_key``, ``canonical_json``, ``sha256_hex``) and ``utc_now``, the clock
+of default timestamps; nothing here writes anything.
 """
 
 from __future__ import annotations
@@ -293,5 +295,3 @@ def _add_unique(section: dict[Any, Any], key: Any, params: dict[str, Any], subje
     if key in section:
         raise InvalidSnapshotError("appears twice in the document", subject=subject)
     section[key] = params
-
-

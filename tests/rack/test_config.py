@@ -88,16 +88,31 @@ def test_channel_map_is_the_wiring_the_compiler_sees():
 
 
 def test_errors_carry_file_and_field(tmp_path, doc):
+    path = tmp_path / "odd [name].toml"  # brackets in the path do not confuse the field
     del doc["device"]["num_qubits"]
     with pytest.raises(BackendConfigurationError) as info:
-        parse_config(doc, tmp_path / "lab.toml")
-    assert info.value.path == str(tmp_path / "lab.toml")
+        parse_config(doc, path)
+    assert info.value.path == str(path)
     assert info.value.field == "device.num_qubits"
-    doc = tomllib.loads(default_config_path().read_text())
-    doc["controllers"][0]["sample_rate_hz"] = -1.0
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda d: d["controllers"][0].update(sample_rate_hz=-1.0), "controllers[0].sample_rate_hz"),
+    (lambda d: d["instruments"][2].update(resource="nowhere"), "instruments[2].resource"),
+    (lambda d: d["qubits"]["3"].update(drive="ctrl0:99"), "qubits.3.drive"),
+    (lambda d: d["qubits"]["3"].update(drive="ctrl7:3"), "qubits.3.drive"),
+    (lambda d: d["qubits"]["2"].update(flux_bias="flux_bias:9"), "qubits.2.flux_bias"),
+    (lambda d: d["qubits"]["1"].update(readout_lo="lo_drive_x"), "qubits.1.readout_lo"),
+    (lambda d: d["qubits"]["4"].update(acquire="ctrl0:0"), "qubits.4.acquire"),
+    (lambda d: d["device"].update(coupling_map=[[0, 9]]), "device.coupling_map"),
+    (lambda d: d["calibration"].update(store=3), "calibration.store"),
+    (lambda d: d["qubits"].pop("0"), "qubits.0"),
+])
+def test_every_kind_of_error_names_its_field(doc, edit, field):
+    edit(doc)
     with pytest.raises(BackendConfigurationError) as info:
         parse_config(doc)
-    assert (info.value.path, info.value.field) == ("", "controllers.sample_rate_hz")
+    assert info.value.field == field, str(info.value)
 
 
 def test_missing_file(tmp_path):
