@@ -6,6 +6,8 @@
     labqpu sim [lab.toml]              run the firmware simulator in the foreground
     labqpu status [--config lab.toml]  instruments, controller and calibration at a glance
     labqpu calibrate --bootstrap       measure a complete snapshot from design values
+    labqpu draw bell.py -o bell.png    draw the compiled pulse program of a circuit
+                                       (a .py defining `circuit` or `qc`, or a .qasm file)
 """
 
 from __future__ import annotations
@@ -186,6 +188,48 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_circuit(path: Path):
+    """The circuit a .py file defines (as ``circuit`` or ``qc``) or a .qasm file holds."""
+    from qiskit import QuantumCircuit
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".qasm":
+        return load_circuit(path)
+    if path.suffix != ".py":
+        raise ValueError(f"labqpu draw: give a .py or .qasm file, got {path}")
+    namespace = runpy.run_path(str(path), run_name="labqpu_draw")
+    for name in ("circuit", "qc"):
+        if isinstance(namespace.get(name), QuantumCircuit):
+            return namespace[name]
+    raise ValueError(f"labqpu draw: {path} defines no QuantumCircuit named `circuit` or `qc`")
+
+
+def _draw(args: argparse.Namespace) -> int:
+    from qiskit import transpile
+
+    from labqpu import LabProvider
+    from labqpu.pulse.compiler import compile_circuit
+
+    try:
+        circuit = _load_circuit(Path(args.file))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    out = Path(args.output or Path(args.file).with_suffix(".png").name)
+    with LabProvider(args.config) as provider:
+        backend = provider.backend()
+        native = transpile(circuit, backend, optimization_level=args.optimization_level,
+                           seed_transpiler=1)
+        program = compile_circuit(native, backend.snapshot, backend.config.channels)
+        time_range = tuple(args.time_range_ns) if args.time_range_ns else None
+        fig = program.draw(channels=backend.config.channels, time_range_ns=time_range)
+        fig.savefig(out, dpi=args.dpi)
+    print(f"{out}: {program.header.get('name')} on {backend.name}, {program.duration_samples} "
+          f"samples, {len(program.play_port)} plays, {len(program.acq_port)} acquisitions")
+    return 0
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions ``main`` reports as one line (exit code 2) instead of a traceback.
 
@@ -239,6 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--shots", type=int, default=400)
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
     cal.set_defaults(func=_calibrate)
+
+    draw = sub.add_parser("draw", help="draw the pulse program a circuit compiles to")
+    draw.add_argument("file", help="a .py file defining `circuit` or `qc`, or a .qasm file")
+    draw.add_argument("-o", "--output", help="image file (default: FILE's name with .png)")
+    draw.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    draw.add_argument("--optimization-level", type=int, default=None, choices=range(4),
+                      help="transpiler level (default: Qiskit's default)")
+    draw.add_argument("--time-range-ns", type=float, nargs=2, metavar=("START", "STOP"),
+                      help="draw only this window (ns)")
+    draw.add_argument("--dpi", type=int, default=130)
+    draw.set_defaults(func=_draw)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),

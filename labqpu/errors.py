@@ -4,7 +4,10 @@
     ├── BackendConfigurationError    a lab.toml is missing something or contradicts itself
     │                                (file, field)
     ├── CompilationError             a circuit cannot be compiled for the device
-    │                                (circuit, qubits, instruction)
+    │   │                            (circuit, qubits, instruction)
+    │   └── PulseError               (also ValueError) a pulse-level program or shape is
+    │                                malformed: unbound or non-finite parameter, duration off
+    │                                the sample grid (parameter)
     ├── InvalidRunInputError         run() refused a circuit or option; nothing was sent (option)
     ├── JobCancelledError            a job was cancelled while it held the hardware
     ├── SimulationError              the firmware simulator cannot execute a program as given
@@ -89,6 +92,19 @@ class CompilationError(LabQpuError):
         self.qubits = tuple(qubits)
         self.instruction = instruction
         super().__init__(message)
+
+
+class PulseError(CompilationError, ValueError):
+    """A pulse-level program or pulse shape is malformed; nothing was built or sent.
+
+    Attributes:
+        parameter: the name of the parameter or shape field at fault (``"amp"``), or ``""``.
+    """
+
+    def __init__(self, message: str, *, parameter: str = "", circuit: str = "",
+                 qubits: tuple[int, ...] = (), instruction: str = "") -> None:
+        self.parameter = parameter
+        super().__init__(message, circuit=circuit, qubits=qubits, instruction=instruction)
 
 
 class InvalidRunInputError(LabQpuError):

@@ -1,8 +1,19 @@
-"""Waveform synthesis kernels (numba) and the validating wrappers the compiler calls.
+"""Waveform synthesis kernels (numba) and the validating wrappers the compiler and the pulse
+shapes (``labqpu.pulse.shapes``) call.
 
-Every kernel takes and returns flat arrays; lengths and widths are in samples. Envelopes are
-normalised to a peak of 1.0: the controller applies amplitude, phase and NCO frequency at play
-time, so one waveform serves every amplitude (sx and x share their shape).
+Every kernel fills a flat output array whose length is the pulse duration; lengths, widths and
+DRAG betas are in samples. Envelopes are normalised so that the continuous curve peaks at 1.0:
+the controller applies amplitude, phase and NCO frequency at play time, so one waveform serves
+every amplitude (sx and x share their shape). The kernels compute in float64 and store into
+the dtype of ``out``: complex64 for the waveform table, complex128 for full precision.
+
+Conventions (k = 0 .. N-1 is the sample index):
+
+* Gaussian family (``gaussian_drag``, ``gaussian_square``): sample k sits at position k; the
+  window centre is c = (N - 1) / 2; the Gaussian is lifted to vanish one sample outside the
+  window (k = -1 and k = N) and rescaled by 1 / (1 - lift).
+* Cosine family (``flat_top``, ``cosine``): sample k stands for the time k + 1/2 in [0, N].
+* DRAG: Q = beta x dI/dk with the analytic derivative.
 """
 
 from __future__ import annotations
@@ -12,13 +23,14 @@ from numba import njit
 
 
 @njit(cache=True)
-def _gaussian_drag_kernel(duration_samples, sigma_samples, beta_samples):
-    """Lifted Gaussian centred in the window plus i * beta * d/dt (per sample) on Q."""
-    out = np.empty(duration_samples, dtype=np.complex64)
-    centre = (duration_samples - 1) / 2.0
+def _gaussian_drag_kernel(sigma_samples, beta_samples, out):
+    """Fill ``out`` (length N): Gaussian centred at (N - 1) / 2, lifted to vanish one sample
+    outside the window and rescaled to a continuous peak of 1, on I; Q = beta * dI/dk."""
+    n = out.shape[0]
+    centre = (n - 1) / 2.0
     edge = np.exp(-((centre + 1.0) ** 2) / (2.0 * sigma_samples**2))
     norm = 1.0 / (1.0 - edge)
-    for k in range(duration_samples):
+    for k in range(n):
         x = k - centre
         g = np.exp(-(x * x) / (2.0 * sigma_samples**2))
         dg = -x / (sigma_samples**2) * g
@@ -27,44 +39,124 @@ def _gaussian_drag_kernel(duration_samples, sigma_samples, beta_samples):
 
 
 @njit(cache=True)
-def _flat_top_kernel(duration_samples, rise_samples):
-    """Flat top of height 1 with Gaussian-error-function-like cosine edges of ``rise_samples``."""
-    out = np.empty(duration_samples, dtype=np.complex64)
-    for k in range(duration_samples):
-        t = k + 0.5
-        if rise_samples > 0 and t < rise_samples:
-            v = 0.5 * (1.0 - np.cos(np.pi * t / rise_samples))
-        elif rise_samples > 0 and t > duration_samples - rise_samples:
-            v = 0.5 * (1.0 - np.cos(np.pi * (duration_samples - t) / rise_samples))
+def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
+    """Fill ``out`` (length N): 1 on the flat part [c - w/2, c + w/2] around c = (N - 1) / 2,
+    Gaussian flanks of ``sigma_samples`` outside it, lifted to vanish one sample outside the
+    window; Q = beta * dI/dk. ``width_samples`` = 0 gives ``_gaussian_drag_kernel`` exactly."""
+    n = out.shape[0]
+    centre = (n - 1) / 2.0
+    left = centre - width_samples / 2.0
+    right = centre + width_samples / 2.0
+    edge = np.exp(-((left + 1.0) ** 2) / (2.0 * sigma_samples**2))
+    norm = 1.0 / (1.0 - edge)
+    for k in range(n):
+        if k < left:
+            x = k - left
+        elif k > right:
+            x = k - right
         else:
-            v = 1.0
-        out[k] = complex(v, 0.0)
+            out[k] = complex(1.0, 0.0)
+            continue
+        g = np.exp(-(x * x) / (2.0 * sigma_samples**2))
+        dg = -x / (sigma_samples**2) * g
+        out[k] = complex((g - edge) * norm, beta_samples * dg * norm)
     return out
 
 
-def gaussian_drag(duration_samples: int, sigma_samples: float, beta_samples: float) -> np.ndarray:
-    """DRAG envelope (complex64, peak 1 on I): Gaussian of width ``sigma_samples`` lifted to
-    zero at the edges; Q = ``beta_samples`` x dI/dk, k in samples."""
-    if duration_samples < 1:
+@njit(cache=True)
+def _flat_top_kernel(rise_samples, beta_samples, out):
+    """Fill ``out`` (length N): sample k at time t = k + 1/2 (samples); raised-cosine edges
+    0.5 (1 - cos(pi t / rise)) of ``rise_samples`` at both ends, 1 between; Q = beta * dI/dk."""
+    n = out.shape[0]
+    for k in range(n):
+        t = k + 0.5
+        if rise_samples > 0 and t < rise_samples:
+            v = 0.5 * (1.0 - np.cos(np.pi * t / rise_samples))
+            dv = 0.5 * np.pi / rise_samples * np.sin(np.pi * t / rise_samples)
+        elif rise_samples > 0 and t > n - rise_samples:
+            v = 0.5 * (1.0 - np.cos(np.pi * (n - t) / rise_samples))
+            dv = -0.5 * np.pi / rise_samples * np.sin(np.pi * (n - t) / rise_samples)
+        else:
+            v = 1.0
+            dv = 0.0
+        out[k] = complex(v, beta_samples * dv)
+    return out
+
+
+@njit(cache=True)
+def _cosine_kernel(beta_samples, out):
+    """Fill ``out`` (length N): raised cosine (Hann) 0.5 (1 - cos(2 pi t / N)) at t = k + 1/2
+    (samples), continuous peak 1 at the centre of the window; Q = beta * dI/dk."""
+    n = out.shape[0]
+    w = 2.0 * np.pi / n
+    for k in range(n):
+        t = k + 0.5
+        out[k] = complex(0.5 * (1.0 - np.cos(w * t)), beta_samples * 0.5 * w * np.sin(w * t))
+    return out
+
+
+def _out(duration_samples: int, dtype) -> np.ndarray:
+    if not duration_samples >= 1:
         raise ValueError(f"pulse duration must be >= 1 sample, got {duration_samples}")
+    return np.empty(int(duration_samples), dtype=dtype)
+
+
+def _check_sigma(sigma_samples: float) -> float:
     if not sigma_samples > 0:
         raise ValueError(f"Gaussian sigma must be > 0 samples, got {sigma_samples}")
+    return float(sigma_samples)
+
+
+def _check_beta(beta_samples: float) -> float:
     if not np.isfinite(beta_samples):
         raise ValueError(f"DRAG beta must be finite, got {beta_samples}")
-    return _gaussian_drag_kernel(int(duration_samples), float(sigma_samples), float(beta_samples))
+    return float(beta_samples)
 
 
-def flat_top(duration_samples: int, rise_samples: float) -> np.ndarray:
-    """Flat-top envelope (complex64, real, peak 1) with raised-cosine edges of ``rise_samples``;
-    at least one sample of the flat top remains, so the peak is exactly 1."""
-    if duration_samples < 1:
-        raise ValueError(f"pulse duration must be >= 1 sample, got {duration_samples}")
+def gaussian_drag(duration_samples: int, sigma_samples: float, beta_samples: float,
+                  dtype: type = np.complex64) -> np.ndarray:
+    """DRAG envelope (peak 1 on I): Gaussian of width ``sigma_samples`` lifted to zero one sample
+    outside the window; Q = ``beta_samples`` x dI/dk, k in samples. ``dtype``: complex64 (the
+    waveform table's) or complex128 (full precision)."""
+    out = _out(duration_samples, dtype)
+    return _gaussian_drag_kernel(_check_sigma(sigma_samples), _check_beta(beta_samples), out)
+
+
+def gaussian_square(duration_samples: int, width_samples: float, sigma_samples: float,
+                    beta_samples: float = 0.0, dtype: type = np.complex64) -> np.ndarray:
+    """Gaussian-square envelope (peak 1 on I): a flat part of ``width_samples`` in the middle of
+    the window, Gaussian flanks of ``sigma_samples`` lifted to zero one sample outside it,
+    optional DRAG Q = ``beta_samples`` x dI/dk. Width 0 is ``gaussian_drag``."""
+    out = _out(duration_samples, dtype)
+    sigma = _check_sigma(sigma_samples)
+    if not 0 <= width_samples <= duration_samples - 1:
+        raise ValueError(f"flat width {width_samples} samples must lie in 0..{duration_samples - 1}"
+                         f" for a {duration_samples}-sample pulse")
+    return _gaussian_square_kernel(float(width_samples), sigma, _check_beta(beta_samples), out)
+
+
+def flat_top(duration_samples: int, rise_samples: float, beta_samples: float = 0.0,
+             dtype: type = np.complex64) -> np.ndarray:
+    """Flat-top envelope (peak 1) with raised-cosine edges of ``rise_samples``; at least one
+    sample of the flat top remains, so the peak is exactly 1. Optional DRAG
+    Q = ``beta_samples`` x dI/dk (0 gives a real envelope)."""
+    out = _out(duration_samples, dtype)
     if not 0 <= 2 * rise_samples <= duration_samples - 1:
         raise ValueError(
             f"rise time {rise_samples} samples: two edges must leave at least one flat sample "
             f"of the {duration_samples}-sample pulse"
         )
-    return _flat_top_kernel(int(duration_samples), float(rise_samples))
+    return _flat_top_kernel(float(rise_samples), _check_beta(beta_samples), out)
+
+
+def cosine(duration_samples: int, beta_samples: float = 0.0,
+           dtype: type = np.complex64) -> np.ndarray:
+    """Raised-cosine (Hann) envelope over the whole window, continuous peak 1 at its centre;
+    optional DRAG Q = ``beta_samples`` x dI/dk."""
+    out = _out(duration_samples, dtype)
+    return _cosine_kernel(_check_beta(beta_samples), out)
+
+
 
 
 @njit(cache=True)

@@ -9,16 +9,23 @@ The VISA settings the program assumes (LO frequencies and powers, flux-bias curr
 with it: its meaning depends on them.
 
 The program is what the controller runs; ``to_wire`` gives the arrays and the JSON metadata
-of an ``upload`` (see ``docs/protocol.md``).
+of an ``upload`` (see ``docs/protocol.md``). ``to_bytes`` / ``from_bytes`` store the whole
+program losslessly, without pickle: the magic ``LQPP``, a little-endian uint32 format version
+and uint32 header length, a UTF-8 JSON header (settings, header, and per array its name, dtype,
+length and byte offset), then the raw little-endian array bytes. ``draw()`` plots it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from labqpu.errors import PulseError
 
 PLAY_FIELDS = ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
                "play_phase_rad", "play_freq_hz")
@@ -31,6 +38,10 @@ _DTYPES = {
     "acq_freq_hz": np.float64, "acq_qubit": np.int32, "acq_clbit": np.int32,
     "param_values": np.float64,
 }
+
+
+_MAGIC = b"LQPP"
+_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,85 @@ class PulseProgram:
             "flux": sorted([f"{s}:{c}", v] for (s, c), v in self.flux_bias_a.items()),
         }, sort_keys=True).encode())
         return h.hexdigest()
+
+    def to_bytes(self) -> bytes:
+        """The whole program, losslessly (see the module docstring for the layout)."""
+        arrays = []
+        blobs = []
+        offset = 0
+        for name in sorted(_DTYPES):
+            raw = getattr(self, name).astype(np.dtype(_DTYPES[name]).newbyteorder("<"),
+                                             copy=False).tobytes()
+            arrays.append({"name": name, "length": int(getattr(self, name).shape[0]),
+                           "offset": offset, "nbytes": len(raw)})
+            blobs.append(raw)
+            offset += len(raw)
+        meta = {
+            "controller": self.controller, "sample_rate_hz": self.sample_rate_hz,
+            "duration_samples": self.duration_samples, "param_names": list(self.param_names),
+            "lo_settings": {k: [v.frequency_hz, v.power_dbm] for k, v in self.lo_settings.items()},
+            "flux_bias_a": [[s, c, v] for (s, c), v in self.flux_bias_a.items()],
+            "num_clbits": self.num_clbits, "header": self.header,
+            "snapshot_id": self.snapshot_id, "arrays": arrays,
+        }
+        try:
+            text = json.dumps(meta, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise PulseError(f"program {self.header.get('name', '')!r}: its header or settings "
+                             f"cannot be stored as JSON ({exc})", parameter="header") from exc
+        return b"".join([_MAGIC, struct.pack("<II", _FORMAT_VERSION, len(text)), text, *blobs])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PulseProgram:
+        """The program ``to_bytes`` stored; ``PulseError`` if ``data`` is not one."""
+        view = memoryview(data)
+        if len(view) < 12 or bytes(view[:4]) != _MAGIC:
+            raise PulseError("not a stored PulseProgram (magic 'LQPP' missing)",
+                             parameter="magic")
+        version, length = struct.unpack("<II", view[4:12])
+        if version != _FORMAT_VERSION:
+            raise PulseError(f"stored PulseProgram has format version {version}; this labqpu "
+                             f"reads version {_FORMAT_VERSION}", parameter="version")
+        try:
+            meta: dict[str, Any] = json.loads(bytes(view[12:12 + length]))
+            body = view[12 + length:]
+            values = {}
+            for entry in meta["arrays"]:
+                name = entry["name"]
+                if name not in _DTYPES:
+                    raise PulseError(f"stored PulseProgram has an unknown array {name!r}",
+                                     parameter=name)
+                dtype = np.dtype(_DTYPES[name]).newbyteorder("<")
+                start, nbytes = int(entry["offset"]), int(entry["nbytes"])
+                if nbytes != entry["length"] * dtype.itemsize or start + nbytes > len(body):
+                    raise PulseError(f"stored PulseProgram: array {name!r} is truncated",
+                                     parameter=name)
+                values[name] = np.frombuffer(body[start:start + nbytes], dtype=dtype)
+            missing = sorted(set(_DTYPES) - set(values))
+            if missing:
+                raise PulseError(f"stored PulseProgram lacks array(s) {', '.join(missing)}",
+                                 parameter=missing[0])
+            return cls(
+                controller=meta["controller"], sample_rate_hz=meta["sample_rate_hz"],
+                duration_samples=meta["duration_samples"],
+                param_names=tuple(meta["param_names"]),
+                lo_settings={k: LoSetting(f, p) for k, (f, p) in meta["lo_settings"].items()},
+                flux_bias_a={(s, c): v for s, c, v in meta["flux_bias_a"]},
+                num_clbits=meta["num_clbits"], header=meta["header"],
+                snapshot_id=meta["snapshot_id"], **values)
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            if isinstance(exc, PulseError):
+                raise
+            raise PulseError(f"stored PulseProgram is malformed: {exc!r}",
+                             parameter="header") from exc
+
+    def draw(self, **options: Any):
+        """A matplotlib ``Figure`` of the program: one row per output port and acquisition input,
+        amplitude (I, Q and |amp|) against time in ns, phase and frequency changes marked,
+        acquisition windows shaded. Options: see ``labqpu.pulse.drawing.draw_program``."""
+        from labqpu.pulse.drawing import draw_program
+
+        return draw_program(self, **options)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PulseProgram) and self.content_hash == other.content_hash

@@ -1,0 +1,650 @@
+"""A pulse-level builder on qubit-relative channels, in the style of the old ``qiskit.pulse``.
+
+::
+
+    from qiskit.circuit import Parameter
+    from labqpu import pulse
+
+    amp = Parameter("amp")
+    with pulse.build(backend, name="rabi") as rabi:
+        pulse.play(pulse.Drag(duration_samples=40, sigma_samples=10, beta_samples=0.3, amp=amp),
+                   pulse.drive(0))
+        pulse.measure(0, clbit=0)
+    programs = [rabi.assign_parameters({amp: a}) for a in (0.1, 0.2, 0.3)]
+    backend.run(programs, shots=500)
+
+The model:
+
+* **Channels** are qubit-relative: ``drive(q)``, ``flux(q)``, ``readout(q)`` (outputs) and
+  ``acquire_channel(q)`` (the digitiser input). The device's ``ChannelMap`` resolves them to
+  controller ports when the program is built.
+* **Time** is in samples at the controller's sample rate. Instructions are placed by their
+  enclosing alignment block: ``align_left`` (the default: each instruction as early as its
+  channels allow), ``align_right`` (as late as possible, flush with the block's end) and
+  ``align_sequential`` (one after another, whatever their channels). A block is placed as one
+  rigid unit on the channels it uses. ``barrier(*channels)`` lines its channels up (all the
+  block's channels when none are given).
+* **Frames**: each output channel has a frequency (Hz, the IF relative to the channel's LO: the
+  signal leaves the mixer at f_LO + f) and a phase (rad). ``drive(q)`` starts at the calibrated
+  qubit IF, ``readout(q)`` at the calibrated readout IF, ``flux(q)`` at 0 Hz. ``shift_phase`` /
+  ``set_phase`` and ``shift_frequency`` / ``set_frequency`` change them from their place in
+  time on. The carrier stays phase-continuous across a frequency change (as in qiskit.pulse):
+  the controller's NCO runs on absolute sample time, so the builder adds
+  2 pi (f_old - f_new) t to the phase of later plays. An acquisition demodulates at the
+  frequency of its qubit's ``readout`` frame.
+* **Parameters**: any number (shape fields, amplitudes, phases, frequencies, durations, delays)
+  may be a ``qiskit.circuit.Parameter`` or an expression of parameters. ``assign_parameters``
+  binds them all and returns a concrete ``PulseProgram``; an unbound parameter, a NaN or
+  infinite value, or a duration that is not a whole number of samples is a ``PulseError``
+  naming it.
+* **Instrument settings**: the program carries the LO settings of every qubit whose drive or
+  readout it uses, and the flux bias of every calibrated qubit, from the calibration snapshot,
+  exactly as compiled circuits do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qiskit.circuit import Parameter, ParameterExpression
+
+from labqpu.errors import PulseError
+from labqpu.pulse.channels import ChannelMap
+from labqpu.pulse.program import ProgramBuilder, PulseProgram
+from labqpu.pulse.shapes import (
+    Bindings,
+    Drag,
+    FlatTop,
+    Shape,
+    Value,
+    bind_value,
+    require_number,
+    whole_samples,
+)
+from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
+
+#: Rise and fall of the calibrated readout pulse of ``measure`` (s), as in the compiler.
+READOUT_RISE_S = 20e-9
+CHANNEL_KINDS = ("drive", "flux", "readout", "acquire")
+ALIGNMENTS = ("left", "right", "sequential")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A qubit-relative channel: ``kind`` is one of ``CHANNEL_KINDS``."""
+
+    kind: str
+    qubit: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHANNEL_KINDS:
+            raise PulseError(f"unknown channel kind {self.kind!r}; known: {CHANNEL_KINDS}",
+                             parameter="channel")
+        if isinstance(self.qubit, bool) or not isinstance(self.qubit, int | np.integer) \
+                or self.qubit < 0:
+            raise PulseError(f"{self.kind} channel: qubit must be an int >= 0, got "
+                             f"{self.qubit!r}", parameter="channel")
+        object.__setattr__(self, "qubit", int(self.qubit))
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.qubit})"
+
+
+def drive(qubit: int) -> Channel:
+    """The drive channel of ``qubit`` (microwave, on the drive LO)."""
+    return Channel("drive", qubit)
+
+
+def flux(qubit: int) -> Channel:
+    """The fast-flux channel of ``qubit`` (baseband)."""
+    return Channel("flux", qubit)
+
+
+def readout(qubit: int) -> Channel:
+    """The readout-tone channel of ``qubit`` (on the readout LO)."""
+    return Channel("readout", qubit)
+
+
+def acquire_channel(qubit: int) -> Channel:
+    """The digitiser input ``qubit`` is read on (the target of ``acquire``)."""
+    return Channel("acquire", qubit)
+
+
+# ------------------------------------------------------------------------ instructions
+
+
+@dataclass
+class _Play:
+    channel: Channel
+    shape: Shape
+
+
+@dataclass
+class _Delay:
+    channel: Channel
+    duration: Value
+
+
+@dataclass
+class _Frame:
+    channel: Channel
+    op: str  # shift_phase, set_phase, shift_frequency, set_frequency
+    value: Value
+
+
+@dataclass
+class _Acquire:
+    qubit: int
+    duration: Value
+    clbit: int
+
+
+@dataclass
+class _Barrier:
+    channels: tuple[Channel, ...]  # () = every channel of the enclosing block
+
+
+@dataclass
+class _Block:
+    alignment: str
+    children: list = field(default_factory=list)
+
+
+def _channels_of(node) -> set[Channel]:
+    if isinstance(node, _Block):
+        out: set[Channel] = set()
+        for child in node.children:
+            out |= _channels_of(child)
+        return out
+    if isinstance(node, _Acquire):
+        return {acquire_channel(node.qubit)}
+    if isinstance(node, _Barrier):
+        return set(node.channels)
+    return {node.channel}
+
+
+# ------------------------------------------------------------------------ binding
+
+
+def _bind_node(node, bindings: Bindings):
+    """A copy of ``node`` with ``bindings`` substituted in every value."""
+    if isinstance(node, _Block):
+        return _Block(node.alignment, [_bind_node(c, bindings) for c in node.children])
+    if isinstance(node, _Play):
+        return _Play(node.channel, node.shape.assign_parameters(bindings))
+    if isinstance(node, _Delay):
+        return _Delay(node.channel, bind_value(node.duration, bindings, f"delay on {node.channel}"))
+    if isinstance(node, _Frame):
+        return _Frame(node.channel, node.op,
+                      bind_value(node.value, bindings, f"{node.op} on {node.channel}"))
+    if isinstance(node, _Acquire):
+        return _Acquire(node.qubit, bind_value(node.duration, bindings,
+                                               f"acquire on qubit {node.qubit}"), node.clbit)
+    return node
+
+
+def _parameters_of(node) -> set[Parameter]:
+    if isinstance(node, _Block):
+        out: set[Parameter] = set()
+        for child in node.children:
+            out |= _parameters_of(child)
+        return out
+    if isinstance(node, _Play):
+        return set(node.shape.parameters)
+    value = getattr(node, "value", getattr(node, "duration", None))
+    return set(value.parameters) if isinstance(value, ParameterExpression) else set()
+
+
+# ------------------------------------------------------------------------ scheduling
+
+
+def _duration(node) -> int:
+    """Duration (samples) of a bound leaf instruction."""
+    if isinstance(node, _Play):
+        return int(node.shape.duration_samples)
+    if isinstance(node, _Delay):
+        return whole_samples(node.duration, f"delay on {node.channel}")
+    if isinstance(node, _Acquire):
+        return whole_samples(node.duration, f"acquire on qubit {node.qubit}", minimum=1)
+    return 0
+
+
+def _schedule(block: _Block) -> tuple[int, list[tuple[int, Any]]]:
+    """(duration, [(start, leaf)]) of a bound block, starts relative to the block's start.
+
+    Leaves keep the order in which they were written; among events at the same sample that
+    order decides (a phase shift written before a play at the same time applies to it).
+    """
+    placed: list[tuple[int, Any, int]] = []  # (start, leaf, order in the block)
+    ends: dict[Channel, int] = {}
+    every = _channels_of(block)
+    units = []
+    for child in block.children:
+        if isinstance(child, _Block):
+            duration, inner = _schedule(child)
+            units.append((child, _channels_of(child), duration, inner))
+        else:
+            chans = set(every) if isinstance(child, _Barrier) and not child.channels \
+                else _channels_of(child)
+            units.append((child, chans, _duration(child), [(0, child)]))
+    order = list(enumerate(units))
+    if block.alignment == "right":
+        order.reverse()
+    cursor = 0
+    for index, (_node, chans, duration, inner) in order:
+        if block.alignment == "sequential":
+            start = cursor
+        else:
+            start = max((ends.get(c, 0) for c in chans), default=0)
+        for c in chans:
+            ends[c] = start + duration
+        cursor = max(cursor, start + duration)
+        for offset, leaf in inner:
+            placed.append((start, (offset, leaf), index))
+    total = max([cursor, *ends.values()])
+    out = []
+    for start, (offset, leaf), index in placed:
+        if block.alignment == "right":
+            # ``start`` counted from the end: the unit occupies [total - start - d, total - start)
+            unit_duration = units[index][2]
+            begin = total - start - unit_duration
+        else:
+            begin = start
+        out.append((begin + offset, leaf, index))
+    # Stable order: by the unit's place in the block, then its own inner order.
+    out.sort(key=lambda r: r[2])
+    return total, [(t, leaf) for t, leaf, _ in out]
+
+
+# ------------------------------------------------------------------------ the builder
+
+
+class PulseBuilder:
+    """Collects pulse instructions in alignment blocks; ``assign_parameters`` makes a program.
+
+    Args:
+        channels: the device's channel map (``backend.config.channels``).
+        snapshot: the calibration snapshot that supplies LO settings, flux biases, default
+            frame frequencies and the ``measure`` readout pulse (``backend.snapshot``).
+        name: the program's name (its Result header's ``name``).
+    """
+
+    def __init__(self, channels: ChannelMap, snapshot: Snapshot, name: str = "pulse_program"
+                 ) -> None:
+        if len(channels.controllers) != 1:
+            raise PulseError("programs spanning several controllers are not supported yet")
+        self.channels = channels
+        self.snapshot = snapshot
+        self.name = name
+        self._root = _Block("left")
+        self._stack = [self._root]
+
+    @classmethod
+    def for_backend(cls, backend, name: str = "pulse_program") -> PulseBuilder:
+        """A builder on ``backend``'s wiring and current calibration snapshot."""
+        return cls(backend.config.channels, backend.snapshot, name)
+
+    @property
+    def sample_rate_hz(self) -> float:
+        """Sample rate of the controller (Hz)."""
+        return self.channels.sample_rate_hz
+
+    # -------------------------------------------------------------- instructions
+
+    def _check_channel(self, channel: Channel, kinds: tuple[str, ...]) -> Channel:
+        if not isinstance(channel, Channel) or channel.kind not in kinds:
+            raise PulseError(f"expected a {' or '.join(kinds)} channel, got {channel!r}",
+                             parameter="channel")
+        if channel.qubit not in self.channels.qubits:
+            raise PulseError(f"{channel}: {self.channels.device_name} has qubits "
+                             f"0..{self.channels.num_qubits - 1}", qubits=(channel.qubit,),
+                             parameter="channel")
+        return channel
+
+    def _add(self, node) -> None:
+        self._stack[-1].children.append(node)
+
+    def play(self, shape: Shape, channel: Channel) -> None:
+        """Play ``shape`` on an output ``channel`` (drive, flux or readout)."""
+        if not isinstance(shape, Shape):
+            raise PulseError(f"play needs a pulse shape, got {shape!r}", parameter="shape")
+        self._add(_Play(self._check_channel(channel, ("drive", "flux", "readout")), shape))
+
+    def delay(self, duration_samples: Value, channel: Channel) -> None:
+        """Keep ``channel`` idle for ``duration_samples`` (samples, whole, >= 0)."""
+        self._add(_Delay(self._check_channel(channel, CHANNEL_KINDS), duration_samples))
+
+    def shift_phase(self, phase_rad: Value, channel: Channel) -> None:
+        """Add ``phase_rad`` (rad) to the frame of ``channel`` from here on."""
+        self._frame(channel, "shift_phase", phase_rad)
+
+    def set_phase(self, phase_rad: Value, channel: Channel) -> None:
+        """Set the phase of the frame of ``channel`` to ``phase_rad`` (rad) from here on."""
+        self._frame(channel, "set_phase", phase_rad)
+
+    def shift_frequency(self, frequency_hz: Value, channel: Channel) -> None:
+        """Add ``frequency_hz`` (Hz) to the frame frequency (IF) of ``channel`` from here on."""
+        self._frame(channel, "shift_frequency", frequency_hz)
+
+    def set_frequency(self, frequency_hz: Value, channel: Channel) -> None:
+        """Set the frame frequency of ``channel`` to ``frequency_hz`` (Hz, IF relative to the
+        channel's LO) from here on."""
+        self._frame(channel, "set_frequency", frequency_hz)
+
+    def _frame(self, channel: Channel, op: str, value: Value) -> None:
+        self._add(_Frame(self._check_channel(channel, ("drive", "flux", "readout")), op, value))
+
+    def acquire(self, duration_samples: Value, qubit: int | Channel, clbit: int) -> None:
+        """Integrate ``qubit``'s digitiser input for ``duration_samples`` (samples), demodulated
+        at its readout frame frequency; the result lands in classical bit ``clbit``."""
+        channel = qubit if isinstance(qubit, Channel) else acquire_channel(qubit)
+        self._check_channel(channel, ("acquire",))
+        if isinstance(clbit, bool) or not isinstance(clbit, int | np.integer) or clbit < 0:
+            raise PulseError(f"acquire on qubit {channel.qubit}: clbit must be an int >= 0, got "
+                             f"{clbit!r}", qubits=(channel.qubit,), parameter="clbit")
+        self._add(_Acquire(channel.qubit, duration_samples, int(clbit)))
+
+    def measure(self, qubit: int, clbit: int) -> None:
+        """The calibrated readout of ``qubit``: its readout pulse and an acquisition over the same
+        samples, into ``clbit``. It occupies all of the qubit's channels, so it starts after
+        every earlier pulse on the qubit and nothing later on the qubit overlaps it."""
+        fs = self.sample_rate_hz
+        duration = self._samples_of(self._cal(qubit, "readout_duration_s"), qubit,
+                                    "readout_duration_s")
+        rise = min(READOUT_RISE_S * fs, (duration - 1) / 2)
+        tone = FlatTop(duration_samples=duration, rise_samples=rise,
+                       amp=self._cal(qubit, "readout_amplitude"))
+        with self.align_left():
+            self.barrier(drive(qubit), flux(qubit), readout(qubit), acquire_channel(qubit))
+            self.play(tone, readout(qubit))
+            self.acquire(duration, qubit, clbit)
+
+    def calibrated_drag(self, qubit: int, *, amp: Value | None = None,
+                        angle_rad: Value = 0.0) -> Drag:
+        """The calibrated DRAG pulse of ``qubit`` (duration, sigma and beta from the snapshot);
+        ``amp`` defaults to its calibrated pi amplitude."""
+        return Drag(duration_samples=self._samples_of(self._cal(qubit, "pulse_duration_s"), qubit,
+                                                      "pulse_duration_s"),
+                    sigma_samples=self._cal(qubit, "pulse_sigma_s") * self.sample_rate_hz,
+                    beta_samples=self._cal(qubit, "drag_beta"),
+                    amp=self._cal(qubit, "pi_amplitude") if amp is None else amp,
+                    angle_rad=angle_rad)
+
+    def barrier(self, *channels: Channel) -> None:
+        """Line up ``channels`` (every channel of the enclosing block if none): what follows on
+        any of them starts after everything before on all of them."""
+        for c in channels:
+            self._check_channel(c, CHANNEL_KINDS)
+        self._add(_Barrier(tuple(channels)))
+
+    @contextlib.contextmanager
+    def _align(self, alignment: str) -> Iterator[None]:
+        block = _Block(alignment)
+        self._add(block)
+        self._stack.append(block)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+
+    def align_left(self) -> contextlib.AbstractContextManager[None]:
+        """Block whose instructions start as early as their channels allow."""
+        return self._align("left")
+
+    def align_right(self) -> contextlib.AbstractContextManager[None]:
+        """Block whose instructions end as late as possible, flush with the block's end."""
+        return self._align("right")
+
+    def align_sequential(self) -> contextlib.AbstractContextManager[None]:
+        """Block whose instructions follow one another, whatever their channels."""
+        return self._align("sequential")
+
+    # -------------------------------------------------------------- calibration access
+
+    def _cal(self, qubit: int, name: str) -> float:
+        params = self.snapshot.qubits.get(qubit, {})
+        if name not in params:
+            raise PulseError(f"qubit {qubit} has no calibrated {name!r} in snapshot "
+                             f"{self.snapshot.snapshot_id}", qubits=(qubit,), parameter=name)
+        return params[name].value
+
+    def _samples_of(self, seconds: float, qubit: int, name: str) -> int:
+        n = seconds * self.sample_rate_hz
+        if abs(n - round(n)) > 1e-6:
+            raise PulseError(f"qubit {qubit}: {name} = {seconds} s is not a whole number of "
+                             "samples", qubits=(qubit,), parameter=name)
+        return round(n)
+
+    def default_frequency_hz(self, channel: Channel) -> float:
+        """The frame frequency ``channel`` starts at (Hz, IF relative to its LO)."""
+        q = channel.qubit
+        if channel.kind == "drive":
+            return self._cal(q, "frequency_hz") - self._cal(q, "drive_lo_frequency_hz")
+        if channel.kind in ("readout", "acquire"):
+            return self._cal(q, "readout_frequency_hz") - self._cal(q, "readout_lo_frequency_hz")
+        return 0.0
+
+    # -------------------------------------------------------------- the program
+
+    @property
+    def parameters(self) -> frozenset[Parameter]:
+        """Every unbound parameter of the instructions so far."""
+        return frozenset(_parameters_of(self._root))
+
+    def assign_parameters(self, bindings: Bindings | None = None, *, strict: bool = True
+                          ) -> PulseProgram:
+        """The concrete ``PulseProgram`` with ``bindings`` (values by ``Parameter`` or name).
+
+        Raises ``PulseError`` for a parameter left unbound, a value that is NaN or infinite, a
+        name that is no parameter of the program (when ``strict``), a duration that is not a
+        whole number of samples, or a play over DAC full scale or beyond Nyquist.
+        """
+        bindings = dict(bindings or {})
+        if strict:
+            known = {p.name for p in self.parameters}
+            unknown = sorted(str(getattr(k, "name", k)) for k in bindings
+                             if str(getattr(k, "name", k)) not in known)
+            if unknown:
+                raise PulseError(f"program {self.name!r} has no parameter(s) "
+                                 f"{', '.join(unknown)}; it has {sorted(known) or 'none'}",
+                                 parameter=unknown[0])
+        root = _bind_node(self._root, bindings)
+        left = sorted(p.name for p in _parameters_of(root))
+        if left:
+            raise PulseError(f"program {self.name!r}: parameter(s) {', '.join(left)} left "
+                             "unbound; give them to assign_parameters()", parameter=left[0])
+        return self._emit(root, {str(getattr(k, "name", k)): float(v)
+                                 for k, v in bindings.items()})
+
+    def build(self) -> PulseProgram:
+        """The program of a builder without parameters (``assign_parameters({})``)."""
+        return self.assign_parameters({})
+
+    def _emit(self, root: _Block, values: Mapping[str, float]) -> PulseProgram:
+        total, leaves = _schedule(root)
+        fs = self.sample_rate_hz
+        controller = self.channels.controllers[0]
+        b = ProgramBuilder(controller, fs)
+        frames: dict[Channel, list[float]] = {}  # channel -> [frequency, phase, continuity]
+
+        def frame(channel: Channel) -> list[float]:
+            if channel not in frames:
+                frames[channel] = [self.default_frequency_hz(channel), 0.0, 0.0]
+            return frames[channel]
+
+        events = sorted(enumerate(leaves), key=lambda r: (r[1][0], r[0]))
+        drive_qubits: set[int] = set()
+        readout_qubits: set[int] = set()
+        clbits = [-1]
+        for _, (start, leaf) in events:
+            if isinstance(leaf, _Frame):
+                f = frame(leaf.channel)
+                value = require_number(leaf.value, f"{leaf.op} on {leaf.channel}")
+                if leaf.op == "shift_phase":
+                    f[1] += value
+                elif leaf.op == "set_phase":
+                    f[1] = value
+                else:
+                    new = f[0] + value if leaf.op == "shift_frequency" else value
+                    f[2] += 2.0 * math.pi * (f[0] - new) * start / fs
+                    f[0] = new
+            elif isinstance(leaf, _Play):
+                self._emit_play(b, leaf, start, frame(leaf.channel))
+                if leaf.channel.kind == "drive":
+                    drive_qubits.add(leaf.channel.qubit)
+                elif leaf.channel.kind == "readout":
+                    readout_qubits.add(leaf.channel.qubit)
+            elif isinstance(leaf, _Acquire):
+                q = leaf.qubit
+                freq = frame(readout(q))[0]
+                self._check_nyquist(freq, f"acquire on qubit {q}", q)
+                b.acquire(self.channels.qubits[q].acquire[1], start, _duration(leaf), freq, q,
+                          leaf.clbit)
+                readout_qubits.add(q)
+                clbits.append(leaf.clbit)
+        self._settings(b, drive_qubits, readout_qubits)
+        num_clbits = max(clbits) + 1
+        return b.build(
+            duration_samples=max(total, 1), num_clbits=num_clbits,
+            header={"name": self.name, "creg_sizes": [["c", num_clbits]] if num_clbits else [],
+                    "memory_slots": num_clbits,
+                    "metadata": {"parameters": dict(sorted(values.items()))}},
+            snapshot_id=self.snapshot.snapshot_id)
+
+    def _check_nyquist(self, frequency_hz: float, what: str, qubit: int) -> None:
+        if not abs(frequency_hz) <= self.sample_rate_hz / 2:
+            raise PulseError(f"{what}: frequency {frequency_hz} Hz is beyond the Nyquist "
+                             f"frequency {self.sample_rate_hz / 2} Hz", qubits=(qubit,),
+                             parameter="frequency_hz")
+
+    def _emit_play(self, b: ProgramBuilder, leaf: _Play, start: int, f: list[float]) -> None:
+        shape, channel = leaf.shape, leaf.channel
+        q = channel.qubit
+        wid = b.waves.add(shape.envelope_key(), lambda: shape.envelope(np.complex64))
+        amp = require_number(shape.amp, f"{shape.kind} amp on {channel}")
+        peak = float(np.max(np.abs(b.waves.waveform(wid)))) * abs(amp)
+        if peak > 1.0 + 1e-6:
+            raise PulseError(f"{shape.kind} on {channel} at sample {start}: amplitude {amp:.4g} x "
+                             f"envelope peak reaches {peak:.4g} of DAC full scale (max 1)",
+                             qubits=(q,), parameter="amp")
+        self._check_nyquist(f[0], f"{shape.kind} on {channel}", q)
+        phase = f[1] + f[2] + require_number(shape.angle_rad, f"{shape.kind} angle_rad")
+        port = getattr(self.channels.qubits[q], channel.kind)[1]
+        b.play(port, start, wid, amp, phase, f[0])
+
+    def _settings(self, b: ProgramBuilder, drive_qubits: Iterable[int],
+                  readout_qubits: Iterable[int]) -> None:
+        """LO settings of the used channels and every calibrated flux bias, from the snapshot."""
+        for q in sorted(drive_qubits):
+            b.set_lo(self.channels.qubits[q].drive_lo, self._cal(q, "drive_lo_frequency_hz"),
+                     self._cal(q, "drive_lo_power_dbm"))
+        for q in sorted(readout_qubits):
+            b.set_lo(self.channels.qubits[q].readout_lo,
+                     self._cal(q, "readout_lo_frequency_hz"),
+                     self._cal(q, "readout_lo_power_dbm"))
+        for q, wiring in self.channels.qubits.items():
+            p = self.snapshot.qubits.get(q, {})
+            if has_all(p, DRIVE_PARAMETERS):
+                b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
+
+
+# ------------------------------------------------------------------------ module-level API
+
+_ACTIVE: ContextVar[PulseBuilder | None] = ContextVar("labqpu_pulse_builder", default=None)
+
+
+@contextlib.contextmanager
+def build(backend=None, *, channels: ChannelMap | None = None, snapshot: Snapshot | None = None,
+          name: str = "pulse_program") -> Iterator[PulseBuilder]:
+    """``with build(backend) as b:`` makes ``b`` the builder that the module-level functions
+    (``play``, ``delay``, ``align_right`` ...) add to. Give a backend, or ``channels`` and
+    ``snapshot``."""
+    if backend is not None:
+        builder = PulseBuilder.for_backend(backend, name)
+    elif channels is not None and snapshot is not None:
+        builder = PulseBuilder(channels, snapshot, name)
+    else:
+        raise PulseError("build() needs a backend, or both channels and snapshot")
+    token = _ACTIVE.set(builder)
+    try:
+        yield builder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _active() -> PulseBuilder:
+    builder = _ACTIVE.get()
+    if builder is None:
+        raise PulseError("no active pulse builder: call this inside `with pulse.build(...):`")
+    return builder
+
+
+def play(shape: Shape, channel: Channel) -> None:
+    """``PulseBuilder.play`` on the active builder."""
+    _active().play(shape, channel)
+
+
+def delay(duration_samples: Value, channel: Channel) -> None:
+    """``PulseBuilder.delay`` on the active builder."""
+    _active().delay(duration_samples, channel)
+
+
+def shift_phase(phase_rad: Value, channel: Channel) -> None:
+    """``PulseBuilder.shift_phase`` on the active builder."""
+    _active().shift_phase(phase_rad, channel)
+
+
+def set_phase(phase_rad: Value, channel: Channel) -> None:
+    """``PulseBuilder.set_phase`` on the active builder."""
+    _active().set_phase(phase_rad, channel)
+
+
+def shift_frequency(frequency_hz: Value, channel: Channel) -> None:
+    """``PulseBuilder.shift_frequency`` on the active builder."""
+    _active().shift_frequency(frequency_hz, channel)
+
+
+def set_frequency(frequency_hz: Value, channel: Channel) -> None:
+    """``PulseBuilder.set_frequency`` on the active builder."""
+    _active().set_frequency(frequency_hz, channel)
+
+
+def acquire(duration_samples: Value, qubit: int | Channel, clbit: int) -> None:
+    """``PulseBuilder.acquire`` on the active builder."""
+    _active().acquire(duration_samples, qubit, clbit)
+
+
+def measure(qubit: int, clbit: int) -> None:
+    """``PulseBuilder.measure`` on the active builder."""
+    _active().measure(qubit, clbit)
+
+
+def barrier(*channels: Channel) -> None:
+    """``PulseBuilder.barrier`` on the active builder."""
+    _active().barrier(*channels)
+
+
+def align_left() -> contextlib.AbstractContextManager[None]:
+    """``PulseBuilder.align_left`` on the active builder."""
+    return _active().align_left()
+
+
+def align_right() -> contextlib.AbstractContextManager[None]:
+    """``PulseBuilder.align_right`` on the active builder."""
+    return _active().align_right()
+
+
+def align_sequential() -> contextlib.AbstractContextManager[None]:
+    """``PulseBuilder.align_sequential`` on the active builder."""
+    return _active().align_sequential()
+
+
+def calibrated_drag(qubit: int, *, amp: Value | None = None, angle_rad: Value = 0.0) -> Shape:
+    """``PulseBuilder.calibrated_drag`` on the active builder."""
+    return _active().calibrated_drag(qubit, amp=amp, angle_rad=angle_rad)

@@ -1,0 +1,186 @@
+"""``draw_program``: a matplotlib figure of a ``PulseProgram``.
+
+One row per output port that plays something and one per acquisition input. Each output row
+shows the played baseband amp x w[k] x exp(i phase) (I filled, Q as a line, |.| dotted) against
+time in ns; the NCO carrier is not drawn: the row label gives the port's first IF (relative to
+its LO) and later changes are marked. Triangles mark where a port's frame phase changes
+between plays (value in rad) and where its frequency changes (IF in MHz). Acquisition windows
+are shaded on their input row (with qubit and classical bit) and, lightly, across every row.
+
+matplotlib is imported here only, so ``labqpu.pulse`` imports without it; the figure is a
+plain ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from labqpu.errors import PulseError
+from labqpu.pulse.channels import ChannelMap
+
+#: Longest stretch that is drawn sample by sample (samples); crop longer programs.
+MAX_DRAWN_SAMPLES = 2_000_000
+_I_COLOUR, _Q_COLOUR, _ACQ_COLOUR, _MARK_COLOUR = "#1f5fa8", "#d9731a", "#5a9e4b", "#8e2c8e"
+
+
+def port_labels(channels: ChannelMap) -> tuple[dict[int, str], dict[int, str]]:
+    """Row labels from the wiring: ({output port: "drive q0"}, {input port: "acquire q0"})."""
+    outputs: dict[int, str] = {}
+    inputs: dict[int, str] = {}
+    for q, wiring in sorted(channels.qubits.items()):
+        for kind in ("drive", "flux", "readout"):
+            outputs[getattr(wiring, kind)[1]] = f"{kind} q{q}"
+        inputs[wiring.acquire[1]] = f"acquire q{q}"
+    return outputs, inputs
+
+
+def _wrap(phase: float) -> float:
+    return math.remainder(phase, 2 * math.pi)
+
+
+def draw_program(program: Any, *, channels: ChannelMap | None = None,
+                 time_range_ns: tuple[float, float] | None = None,
+                 title: str | None = None, width_in: float = 11.0):
+    """Draw ``program`` (a ``PulseProgram``); returns a ``matplotlib.figure.Figure``.
+
+    Args:
+        channels: the device's channel map, to label rows ``drive q0`` instead of ``out 0``.
+        time_range_ns: (start, stop) to draw, in ns; default the whole program.
+        title: figure title; default the program's name, duration and snapshot.
+        width_in: figure width (inches); the height grows with the number of rows.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fs = float(program.sample_rate_hz)
+    ns_per_sample = 1e9 / fs
+    lo, hi = 0, int(program.duration_samples)
+    if time_range_ns is not None:
+        lo = max(0, math.floor(time_range_ns[0] / ns_per_sample))
+        hi = min(hi, math.ceil(time_range_ns[1] / ns_per_sample))
+        if hi <= lo:
+            raise PulseError(f"time range {time_range_ns} ns holds no sample of the program",
+                             parameter="time_range_ns")
+    if hi - lo > MAX_DRAWN_SAMPLES:
+        raise PulseError(f"program spans {hi - lo} samples; draw at most {MAX_DRAWN_SAMPLES} "
+                         "at a time with time_range_ns=(start, stop)", parameter="time_range_ns")
+    out_names, in_names = port_labels(channels) if channels is not None else ({}, {})
+    out_ports = sorted({int(p) for p in program.play_port})
+    in_ports = sorted({int(p) for p in program.acq_port})
+    rows = [("out", p) for p in out_ports] + [("in", p) for p in in_ports]
+    ratios = [1.0 if kind == "out" else 0.45 for kind, _ in rows] or [1.0]
+    fig = Figure(figsize=(width_in, 0.9 + 1.15 * sum(ratios)), layout="constrained")
+    axes = fig.subplots(len(ratios), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": ratios})[:, 0]
+    t_ns = np.arange(lo, hi) * ns_per_sample
+    amps = program.play_amp.copy()
+    refs = program.play_amp_ref
+    if np.any(refs >= 0):
+        amps[refs >= 0] = program.param_values[refs[refs >= 0]]
+    windows = [(int(s), int(d)) for s, d in zip(program.acq_start, program.acq_duration,
+                                               strict=True)]
+
+    for ax, (kind, port) in zip(axes, rows, strict=False):
+        for s, d in windows:
+            if s < hi and s + d > lo:
+                ax.axvspan(max(s, lo) * ns_per_sample, min(s + d, hi) * ns_per_sample,
+                           color=_ACQ_COLOUR, alpha=0.06 if kind == "out" else 0.35, lw=0)
+        ax.axhline(0.0, color="0.6", lw=0.5)
+        ax.grid(True, axis="x", color="0.9", lw=0.5)
+        if kind == "out":
+            first_if = _draw_port(ax, program, port, amps, lo, hi, t_ns, ns_per_sample)
+            label = f"{out_names.get(port, f'out {port}')}\nIF {first_if}"
+        else:
+            label = in_names.get(port, f"in {port}")
+            _draw_acquisitions(ax, program, port, lo, hi, ns_per_sample)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[-1].set_xlabel("time (ns)")
+    axes[-1].set_xlim(lo * ns_per_sample, hi * ns_per_sample)
+    name = program.header.get("name", "pulse program")
+    snap = f", calibration snapshot {program.snapshot_id}" if program.snapshot_id else ""
+    fig.suptitle(title or f"{name}: {program.duration_samples} samples at {fs / 1e9:g} GS/s"
+                 f"{snap}", fontsize=10)
+    fig.legend(handles=[Patch(color=_I_COLOUR, alpha=0.5, label="I"),
+                        Patch(color=_Q_COLOUR, label="Q"),
+                        Patch(color=_ACQ_COLOUR, alpha=0.35, label="acquisition"),
+                        Patch(color=_MARK_COLOUR, label="phase / frequency change")],
+               loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    if not rows:
+        axes[0].text(0.5, 0.5, "empty program", ha="center", va="center",
+                     transform=axes[0].transAxes)
+    return fig
+
+
+def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
+               t_ns: np.ndarray, ns_per_sample: float) -> str:
+    """Baseband of every play on ``port`` in [lo, hi), plus frame-change markers; returns the
+    port's first IF as text."""
+    signal = np.zeros(hi - lo, dtype=np.complex128)
+    idx = np.flatnonzero(program.play_port == port)
+    idx = idx[np.argsort(program.play_start[idx], kind="stable")]
+    prev_phase = prev_freq = None
+    peak = 0.0
+    marks: list[tuple[float, str]] = []
+    for i in idx:
+        start = int(program.play_start[i])
+        w = program.waveform(int(program.play_wave[i])).astype(np.complex128)
+        phase, freq = float(program.play_phase_rad[i]), float(program.play_freq_hz[i])
+        base = amps[i] * np.exp(1j * phase) * w
+        peak = max(peak, float(np.max(np.abs(base), initial=0.0)))
+        a, b = max(start, lo), min(start + len(w), hi)
+        if a < b:
+            signal[a - lo:b - lo] += base[a - start:b - start]
+        notes = []
+        if prev_freq is not None and freq != prev_freq:
+            notes.append(f"{freq / 1e6:+.2f} MHz")
+        if prev_phase is not None and abs(_wrap(phase - prev_phase)) > 1e-9:
+            notes.append(f"φ {_wrap(phase):+.2f}")
+        if notes and lo <= start < hi:
+            marks.append((start * ns_per_sample, ", ".join(notes)))
+        prev_phase, prev_freq = phase, freq
+    ax.fill_between(t_ns, signal.real, step="mid", color=_I_COLOUR, alpha=0.5, lw=0)
+    ax.plot(t_ns, signal.real, color=_I_COLOUR, lw=0.7, drawstyle="steps-mid")
+    ax.plot(t_ns, signal.imag, color=_Q_COLOUR, lw=0.9, drawstyle="steps-mid")
+    ax.plot(t_ns, np.abs(signal), color="0.25", lw=0.5, ls=":")
+    top = max(peak, 1e-3) * 1.35
+    ax.set_ylim(-top, top)
+    # Marks closer than 7 % of the axis stack on three levels so their labels stay readable.
+    span = max((hi - lo) * ns_per_sample, 1e-9)
+    last_x, level = -math.inf, 0
+    for x, text in marks:
+        level = (level + 1) % 3 if x - last_x < 0.07 * span else 0
+        y = top * (0.82 - 0.3 * level)
+        ax.plot([x], [y], marker="v", color=_MARK_COLOUR, ms=5, clip_on=False)
+        ax.annotate(text, (x, y), xytext=(4, -1), textcoords="offset points",
+                    fontsize=7, color=_MARK_COLOUR, va="center")
+        last_x = x
+    if idx.size == 0:
+        return ""
+    return f"{float(program.play_freq_hz[idx[0]]) / 1e6:+.2f} MHz"
+
+
+def _draw_acquisitions(ax, program: Any, port: int, lo: int, hi: int,
+                       ns_per_sample: float) -> None:
+    """Label each acquisition window of input ``port``: qubit, classical bit, demod IF."""
+    ax.set_ylim(-1, 1)
+    ax.set_yticks([])
+    for i in np.flatnonzero(program.acq_port == port):
+        s, d = int(program.acq_start[i]), int(program.acq_duration[i])
+        if s >= hi or s + d <= lo:
+            continue
+        x = (max(s, lo) + min(s + d, hi)) / 2 * ns_per_sample
+        ax.text(x, 0, f"q{int(program.acq_qubit[i])} → c{int(program.acq_clbit[i])}  "
+                f"({float(program.acq_freq_hz[i]) / 1e6:+.2f} MHz)", ha="center", va="center",
+                fontsize=8)
+
+
+def save_program_figure(program: Any, path: str, *, dpi: int = 130,
+                        **options: Mapping[str, Any]) -> None:
+    """Draw ``program`` and write the image to ``path`` (format from its suffix)."""
+    fig = draw_program(program, **options)
+    fig.savefig(path, dpi=dpi)

@@ -1,0 +1,141 @@
+"""PulseProgram: lossless bytes, content hashes, and drawing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+
+from labqpu.errors import PulseError
+from labqpu.pulse import Constant, PulseBuilder, PulseProgram, drive, readout
+from labqpu.pulse.compiler import compile_circuit
+
+
+def bell() -> QuantumCircuit:
+    qc = QuantumCircuit(2, 2, name="bell")
+    qc.sx(0)
+    qc.rz(1.2, 0)
+    qc.sx(1)
+    qc.cz(0, 1)
+    qc.sx(1)
+    qc.measure([0, 1], [0, 1])
+    return qc
+
+
+def builder_program(channels, snapshot) -> PulseProgram:
+    b = PulseBuilder(channels, snapshot, name="echo")
+    amp = Parameter("amp")
+    with b.align_sequential():
+        b.play(b.calibrated_drag(0, amp=amp), drive(0))
+        b.delay(100, drive(0))
+        b.shift_phase(1.0, drive(0))
+        b.shift_frequency(2e6, drive(0))
+        b.play(b.calibrated_drag(0), drive(0))
+        b.measure(0, 1)
+    return b.assign_parameters({amp: 0.25})
+
+
+def assert_identical(a: PulseProgram, b: PulseProgram) -> None:
+    assert a == b
+    assert a.content_hash == b.content_hash
+    for name in ("controller", "sample_rate_hz", "duration_samples", "param_names",
+                 "lo_settings", "flux_bias_a", "num_clbits", "header", "snapshot_id"):
+        assert getattr(a, name) == getattr(b, name), name
+    for name in ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
+                 "play_phase_rad", "play_freq_hz", "wave_offset", "wave_data", "acq_port",
+                 "acq_start", "acq_duration", "acq_freq_hz", "acq_qubit", "acq_clbit",
+                 "param_values"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def test_compiled_program_round_trips_through_bytes(snapshot, channels) -> None:
+    program = compile_circuit(bell(), snapshot, channels)
+    data = program.to_bytes()
+    assert data[:4] == b"LQPP" and b"pickle" not in data
+    assert_identical(PulseProgram.from_bytes(data), program)
+
+
+def test_builder_program_with_parameter_table_round_trips(snapshot, channels) -> None:
+    program = builder_program(channels, snapshot)
+    assert_identical(PulseProgram.from_bytes(program.to_bytes()), program)
+    # A parameter table (a play amplitude referring to it) survives too.
+    from labqpu.pulse import ProgramBuilder
+    pb = ProgramBuilder("ctrl0", 1e9)
+    wid = pb.waves.add(("c", 4), lambda: np.full(4, 0.5 + 0.25j))
+    pb.parameter("a", 0.125)
+    pb.play(3, 10, wid, "a", 0.3, -1e6)
+    table = pb.build(num_clbits=0, header={"name": "t"})
+    back = PulseProgram.from_bytes(table.to_bytes())
+    assert_identical(back, table)
+    assert back.play_amp_ref.tolist() == [0]
+
+
+def test_identical_compilations_share_a_hash_and_differences_change_it(snapshot,
+                                                                      channels) -> None:
+    a = compile_circuit(bell(), snapshot, channels)
+    b = compile_circuit(bell(), snapshot, channels)
+    assert a is not b and a.content_hash == b.content_hash
+    changed = QuantumCircuit(2, 2, name="bell")
+    changed.sx(0)
+    changed.rz(1.2, 0)
+    changed.x(1)
+    changed.cz(0, 1)
+    changed.sx(1)
+    changed.measure([0, 1], [0, 1])
+    assert compile_circuit(changed, snapshot, channels).content_hash != a.content_hash
+    assert builder_program(channels, snapshot).content_hash == \
+        builder_program(channels, snapshot).content_hash
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: b"XXXX" + d[4:],
+    lambda d: d[:4] + (7).to_bytes(4, "little") + d[8:],
+    lambda d: d[:-3],
+    lambda d: d[:12] + b"[" + d[13:],
+])
+def test_damaged_bytes_are_refused(snapshot, channels, mutate) -> None:
+    data = compile_circuit(bell(), snapshot, channels).to_bytes()
+    with pytest.raises(PulseError):
+        PulseProgram.from_bytes(mutate(data))
+
+
+def test_header_that_is_not_json_is_refused_on_save(snapshot, channels) -> None:
+    b = PulseBuilder(channels, snapshot)
+    b.play(Constant(duration_samples=4, amp=0.1), drive(0))
+    p = b.build()
+    p.header["metadata"] = {"when": object()}
+    with pytest.raises(PulseError, match="JSON"):
+        p.to_bytes()
+
+
+def test_draw_has_a_row_per_port_and_input_and_marks_changes(snapshot, channels,
+                                                             tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    program = builder_program(channels, snapshot)
+    fig = program.draw(channels=channels)
+    assert isinstance(fig, Figure)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels[0].startswith("drive q0") and labels[1].startswith("readout q0")
+    assert labels[2] == "acquire q0"
+    assert fig.axes[-1].get_xlabel() == "time (ns)"
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("φ" in t for t in texts)  # the phase shift
+    assert any("MHz" in t for t in texts)  # the frequency shift
+    assert fig.axes[2].texts[0].get_text().startswith("q0 → c1")
+    # The time axis is in ns: the program's end at 1 GS/s.
+    assert fig.axes[-1].get_xlim()[1] == pytest.approx(program.duration_samples)
+    out = tmp_path / "p.png"
+    fig.savefig(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_draw_refuses_an_empty_time_range(snapshot, channels) -> None:
+    pytest.importorskip("matplotlib")
+    b = PulseBuilder(channels, snapshot)
+    b.play(Constant(duration_samples=4, amp=0.1), readout(0))
+    with pytest.raises(PulseError, match="time range"):
+        b.build().draw(time_range_ns=(100.0, 200.0))
