@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+#: Version of labqpu's public interface (docs/interface.md); it changes only when something
+#: public is removed or changes meaning, after its deprecation period.
+INTERFACE_VERSION = 1
 
 #: Public names of the top-level package and the module each one lives in.
 _EXPORTS = {
@@ -24,7 +27,7 @@ _EXPORTS = {
     "InstrumentError": "labqpu.errors",
     "InvalidRunInputError": "labqpu.errors",
 }
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, "INTERFACE_VERSION", "__version__"]
 
 
 def __getattr__(name: str):

@@ -175,6 +175,12 @@ class LabBackend(BackendV2):
         the jobs ahead, at most ``timeout_s``)."""
         return self._queue.describe(timeout_s)
 
+    def __copy__(self) -> LabBackend:
+        """A shallow copy: shares options, hardware queue, store and Target."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __deepcopy__(self, memo: dict) -> LabBackend:
         """A copy with its own options that shares the hardware queue, store and Target
         (qiskit-experiments deep-copies backends; sockets cannot be copied)."""
@@ -182,6 +188,13 @@ class LabBackend(BackendV2):
         new._options = copy.deepcopy(self._options, memo)
         memo[id(self)] = new
         return new
+
+    def __reduce__(self) -> tuple:
+        raise TypeError(
+            f"backend {self.name!r} cannot be pickled: it holds live instrument sessions and "
+            "the hardware queue of its provider. Pickle backend.target (or the results) "
+            "instead, and in another process reconnect with "
+            f"LabProvider({str(self.config.path)!r}).backend({self.name!r})")
 
     def _run_options(self, kwargs: dict) -> dict:
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),

@@ -228,3 +228,14 @@ def test_unseeded_runs_draw_fresh_entropy_in_each_session(lab_home) -> None:
 
 def test_seeded_runs_repeat_across_sessions(lab_home) -> None:
     assert _memory_of_one_session(17) == _memory_of_one_session(17)
+
+
+def test_backend_refuses_pickling_with_advice_and_the_target_pickles(lab_backend) -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match=r"cannot be pickled.*backend\.target.*LabProvider\("):
+        pickle.dumps(lab_backend)
+    target = pickle.loads(pickle.dumps(lab_backend.target))
+    assert target.snapshot_id == lab_backend.target.snapshot_id
+    assert target.operation_names == lab_backend.target.operation_names
+    assert target["sx"][(0,)].duration == lab_backend.target["sx"][(0,)].duration
