@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ __all__ = [
     "ERR_UNKNOWN_OP",
     "ERR_UNKNOWN_PROGRAM",
     "ERR_UNKNOWN_RUN",
+    "MAX_FRAMES",
+    "MAX_FRAME_BYTES",
     "MAX_HEADER_BYTES",
+    "MAX_JSON_DEPTH",
     "OPS",
     "OP_ABORT",
     "OP_FETCH",
@@ -90,6 +94,16 @@ ERR_INTERNAL = "InternalError"  # the controller failed while handling the reque
 
 MAX_HEADER_BYTES = 1 << 20
 """Largest JSON header accepted, in bytes; array data travels in the other frames."""
+
+MAX_FRAMES = 64
+"""Most frames in one message: the header and at most 63 arrays."""
+
+MAX_FRAME_BYTES = 256 << 20
+"""Largest frame accepted, in bytes. A controller also sets it as the ZeroMQ socket's
+``MAXMSGSIZE``, so a larger frame disconnects its sender instead of being buffered."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays accepted in a header."""
 
 _MAX_NDIM = 32
 
@@ -296,13 +310,46 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _bytes_to_text(view: memoryview) -> str:
+    try:
+        return view.tobytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
+
+
+# An escape pair (consumed whole, so an escaped quote never ends a string), or a quote or
+# bracket.
+_JSON_TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+
+
+def _check_depth(text: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_JSON_DEPTH`` before parsing it (the parser would
+    recurse once per level); one linear scan over quotes, brackets and escapes."""
+    depth = 0
+    in_string = False
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or len(token) == 2:
+            continue
+        elif token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ProtocolError(f"header nests deeper than {MAX_JSON_DEPTH} levels")
+        else:
+            depth -= 1
+
+
 def _load_header(frame: Frame) -> dict[str, Any]:
     view = memoryview(frame)
     if view.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES} bytes")
+    text = _bytes_to_text(view)
+    _check_depth(text)
     try:
-        header = json.loads(view.tobytes().decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
@@ -364,6 +411,17 @@ def _decode_arrays(descriptors: Any, frames: Sequence[Frame]) -> dict[str, np.nd
     return arrays
 
 
+def _check_frames(frames: Sequence[Frame]) -> None:
+    if len(frames) == 0:
+        raise ProtocolError("empty message: no header frame")
+    if len(frames) > MAX_FRAMES:
+        raise ProtocolError(f"message of {len(frames)} frames exceeds {MAX_FRAMES} frames")
+    for index, frame in enumerate(frames):
+        size = memoryview(frame).nbytes
+        if size > MAX_FRAME_BYTES:
+            raise ProtocolError(f"frame {index} of {size} bytes exceeds {MAX_FRAME_BYTES} bytes")
+
+
 def decode_request(frames: Sequence[Frame]) -> Request:
     """Decode and validate the frames of a request (without any routing identity).
 
@@ -371,8 +429,7 @@ def decode_request(frames: Sequence[Frame]) -> Request:
         ProtocolError: wrong version, bad JSON, missing or ill-typed fields, disallowed
             dtype, shape/byte-length mismatch, or frame count ≠ array descriptor count.
     """
-    if len(frames) == 0:
-        raise ProtocolError("empty message: no header frame")
+    _check_frames(frames)
     header = _load_header(frames[0])
     op = _field(header, "op", str)
     request_id = _field(header, "id", str)
@@ -393,8 +450,7 @@ def decode_reply(frames: Sequence[Frame]) -> Reply:
         ProtocolError: as ``decode_request``; also a failed reply without an error
             ``{"type": str, "message": str}``.
     """
-    if len(frames) == 0:
-        raise ProtocolError("empty message: no header frame")
+    _check_frames(frames)
     header = _load_header(frames[0])
     request_id = _field(header, "id", str)
     ok = _field(header, "ok", bool)
@@ -425,8 +481,10 @@ def salvage_request_id(frame: Frame) -> str:
         view = memoryview(frame)
         if view.nbytes > MAX_HEADER_BYTES:
             return ""
-        header = json.loads(view.tobytes().decode("utf-8"))
-    except (TypeError, UnicodeDecodeError, ValueError):
+        text = view.tobytes().decode("utf-8")
+        _check_depth(text)
+        header = json.loads(text)
+    except (TypeError, UnicodeDecodeError, ValueError, ProtocolError):
         return ""
     request_id = header.get("id") if isinstance(header, dict) else None
     return request_id if isinstance(request_id, str) else ""

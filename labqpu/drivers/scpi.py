@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 _TERMINATION = "\n"
 _ERROR_QUERY = "SYST:ERR?"
+_CLEAR_STATUS = "*CLS"
 #: Upper bound on ``SYST:ERR?`` reads in one check, in case an instrument never reports empty.
 _MAX_ERROR_QUEUE_READS = 100
 
@@ -109,16 +110,20 @@ class ScpiInstrument:
     def write(self, command: str) -> None:
         """Send a setting command, then check the error queue.
 
-        The command and the first ``SYST:ERR?`` leave in one write, as two messages: two
-        small writes in a row would wait for the instrument's delayed ACK (Nagle's
-        algorithm, which pyvisa-py cannot switch off on SOCKET resources), ~40 ms each.
+        ``*CLS``, the command and the first ``SYST:ERR?`` leave in one write, as three
+        messages, so the errors checked are the command's own: an error another client left
+        in the instrument's shared queue is cleared first, not blamed on this command. (Two
+        small writes in a row would also wait for the instrument's delayed ACK: Nagle's
+        algorithm, which pyvisa-py cannot switch off on SOCKET resources, ~40 ms each.)
 
         Raises:
             InstrumentCommandError: the instrument reported an error for the command.
             InstrumentTimeoutError: the error queue could not be read within the timeout.
         """
+        self._check_single_line(command)
         with self._lock:
-            first_entry = self._transact(f"{command}{_TERMINATION}{_ERROR_QUERY}", command)
+            first_entry = self._transact(
+                f"{_CLEAR_STATUS}{_TERMINATION}{command}{_TERMINATION}{_ERROR_QUERY}", command)
             self._check_errors(command, first_entry)
 
     def query(self, command: str) -> str:
@@ -126,9 +131,17 @@ class ScpiInstrument:
 
         Raises:
             InstrumentTimeoutError: no reply within ``timeout_s``.
+            ProtocolError: ``command`` holds a line break (nothing is sent).
         """
+        self._check_single_line(command)
         with self._lock:
             return self._transact(command)
+
+    def _check_single_line(self, command: str) -> None:
+        """Refuse a command with a line break: its extra replies would answer later queries."""
+        if "\n" in command or "\r" in command:
+            raise ProtocolError("a command must be one line; send one command per call",
+                                instrument=self.resource, command=command)
 
     def idn(self) -> str:
         """Return the instrument's ``*IDN?`` string (manufacturer, model, serial, firmware)."""

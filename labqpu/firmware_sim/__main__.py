@@ -21,6 +21,9 @@ from threadpoolctl import threadpool_limits
 
 from labqpu.firmware_sim.rack import SimulatedRack
 
+#: Exit code when a server thread died: the provider reports the simulator as gone at once.
+EXIT_SERVER_DIED = 70
+
 
 def _parent_alive(pid: int) -> bool:
     """True while ``pid`` is still this process's parent (a dead parent means re-parenting)."""
@@ -66,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(0.5):
             if args.parent_pid is not None and not _parent_alive(args.parent_pid):
                 break
+            failure = rack.failure()
+            if failure is not None:
+                # A process that looks alive but answers nothing is worse than a dead one.
+                print(f"labqpu sim: {failure}; exiting", file=sys.stderr, flush=True)
+                return EXIT_SERVER_DIED
     finally:
         rack.stop()
     return 0

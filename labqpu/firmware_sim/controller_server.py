@@ -42,6 +42,10 @@ from labqpu.drivers.protocol import (
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
+    MAX_FRAME_BYTES,
+    MAX_FRAMES,
+    MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
     OP_ABORT,
     OP_FETCH,
     OP_HELLO,
@@ -253,6 +257,8 @@ class ControllerServer:
         context = zmq.Context()
         socket = context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
+        # A frame over the limit disconnects its sender inside libzmq; it is never buffered.
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         try:
             if self.port == 0:
                 self.port = socket.bind_to_random_port(f"tcp://{self.host}")
@@ -303,17 +309,30 @@ class ControllerServer:
 
     # -- serving thread ---------------------------------------------------------------
 
+    @property
+    def serving(self) -> bool:
+        """True while the serving and worker threads run (False before start and after stop)."""
+        threads = (self._serve_thread, self._worker_thread)
+        return all(thread is not None and thread.is_alive() for thread in threads)
+
     def _serve(self, context: zmq.Context, socket: zmq.Socket) -> None:
         try:
             while not self._stopping.is_set():
                 if not socket.poll(_POLL_INTERVAL_MS, zmq.POLLIN):
                     continue
                 frames = socket.recv_multipart(copy=False)
-                reply = self._handle(frames[1:])
+                try:
+                    reply = self._handle(frames[1:])
+                except Exception as exc:  # _handle should not raise; the loop must outlive it
+                    logger.exception("%s: request handling failed", self.name)
+                    reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
                 try:
                     socket.send_multipart([frames[0], *reply], copy=False)
                 except zmq.ZMQError as exc:
                     logger.warning("%s: could not send a reply: %s", self.name, exc)
+        except BaseException:
+            logger.critical("%s: serving thread died", self.name, exc_info=True)
+            raise
         finally:
             socket.close(linger=0)
             context.term()
@@ -322,7 +341,7 @@ class ControllerServer:
         """Turn one request (without its identity frame) into reply frames; never raises."""
         try:
             request = decode_request(frames)
-        except ProtocolError as exc:
+        except (ProtocolError, RecursionError, MemoryError) as exc:
             logger.warning("%s: malformed request: %s", self.name, exc)
             request_id = salvage_request_id(frames[0]) if frames else ""
             return encode_error(request_id, ERR_PROTOCOL, str(exc))
@@ -347,6 +366,9 @@ class ControllerServer:
             "server": self.name,
             "firmware": _FIRMWARE,
             "capabilities": self._executor.capabilities(),
+            "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
+                       "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
+                       "max_programs": self._max_programs, "max_runs": self._max_runs},
         }, None
 
     def _upload(self, request: Request) -> tuple[dict, None]:

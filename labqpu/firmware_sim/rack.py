@@ -88,6 +88,13 @@ class SimulatedRack:
         while self._started:
             self._started.pop().stop()
 
+    def failure(self) -> str | None:
+        """Which started server stopped serving (its thread died), or None if all serve."""
+        for server in self._started:
+            if not server.serving:
+                return f"{server!r} stopped serving"
+        return None
+
     def endpoints(self) -> dict[str, str]:
         """Where each controller and instrument listens, by name."""
         out = {self.controller.name: self.controller.endpoint}

@@ -49,7 +49,8 @@ class _ScpiError(Exception):
         super().__init__(f"{code},{message};{detail}")
 
     def queue_entry(self) -> str:
-        text = f"{self.message};{self.detail}" if self.detail else self.message
+        detail = self.detail if len(self.detail) <= 80 else f"{self.detail[:77]}..."
+        text = f"{self.message};{detail}" if detail else self.message
         quoted = text.replace('"', '""')
         return f'{self.code},"{quoted}"'
 
@@ -220,7 +221,10 @@ class CurrentSourceState(_ChannelState):
 
 # --- parameters ----------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)")
+# Possessive quantifiers: no backtracking, so matching is linear in the text's length.
+_NUMBER = re.compile(r"([+-]?(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][+-]?\d++)?)\s*+([A-Za-z]*+)")
+#: Longest numeric parameter accepted (characters); longer ones are a numeric data error.
+_MAX_NUMBER_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -230,13 +234,18 @@ class _Number:
     units: Mapping[str, int]
 
     def parse(self, text: str) -> float:
+        if len(text) > _MAX_NUMBER_CHARS:
+            raise _ScpiError(-120, "Numeric data error", f"{len(text)} characters")
         match = _NUMBER.fullmatch(text)
         if match is None:
             raise _ScpiError(-104, "Data type error", text)
         unit = match.group(2).upper()
         if unit not in self.units:
             raise _ScpiError(-131, "Invalid suffix", text)
-        value = float(Decimal(match.group(1)).scaleb(self.units[unit]))
+        try:
+            value = float(Decimal(match.group(1)).scaleb(self.units[unit]))
+        except ArithmeticError as exc:  # decimal.Overflow on exponents like 1e999999999
+            raise _ScpiError(-222, "Data out of range", text) from exc
         if not math.isfinite(value):
             raise _ScpiError(-222, "Data out of range", text)
         return value
@@ -545,6 +554,11 @@ class ScpiServer:
         self._thread.start()
         logger.info("%r listening", self)
 
+    @property
+    def serving(self) -> bool:
+        """True while the serving thread runs (False before start and after stop)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout_s: float = 2.0) -> None:
         """Close the listening socket and every connection; join the thread (``timeout_s``)."""
         self._stopping.set()
@@ -586,6 +600,10 @@ class ScpiServer:
             except _ScpiError as error:
                 logger.debug("%r: %r refused: %s", self, command, error)
                 self._errors.push(error)
+                break
+            except Exception:  # a bug must cost one command, never the instrument
+                logger.exception("%r: %r failed", self, command)
+                self._errors.push(_ScpiError(-300, "Device-specific error", command[:40]))
                 break
             if reply is not None:
                 replies.append(reply)
@@ -641,11 +659,15 @@ class ScpiServer:
                         self._accept(selector, listener, connections)
                         continue
                     connection: _Connection = key.data
-                    alive = (
-                        self._receive(selector, connection)
-                        if events & selectors.EVENT_READ
-                        else self._flush(selector, connection)
-                    )
+                    try:
+                        alive = (
+                            self._receive(selector, connection)
+                            if events & selectors.EVENT_READ
+                            else self._flush(selector, connection)
+                        )
+                    except Exception:  # one client's failure costs that client only
+                        logger.exception("%r: dropping %s", self, connection.peer)
+                        alive = False
                     if not alive:
                         self._drop(selector, connections, connection)
         finally:

@@ -286,6 +286,27 @@ def test_check_errors_reports_every_queued_error(sg: SignalGenerator, client: _R
     sg.check_errors()
 
 
+def test_another_clients_error_is_not_blamed_on_a_setting(sg: SignalGenerator,
+                                                          client: _RawClient) -> None:
+    client.send(b"FREQ abc")  # a neighbour's mistake lands in the shared error queue
+    assert client.ask("*OPC?") == "1"
+    sg.frequency_hz = 5.1e9  # does not raise: the queue is cleared before our command
+    assert sg.frequency_hz == 5.1e9
+    with pytest.raises(InstrumentCommandError, match="Data out of range"):
+        sg.write("FREQ 1e99")  # our own error is still reported
+
+
+@pytest.mark.parametrize("command", ["FREQ?\nPOW?", "FREQ?\r\nPOW?", "*RST\nFREQ 1"])
+def test_multi_line_commands_are_refused_before_sending(sg: SignalGenerator, command: str,
+                                                        client: _RawClient) -> None:
+    before = sg.frequency_hz
+    call = sg.query if command.endswith("?") else sg.write
+    with pytest.raises(ProtocolError, match="one line"):
+        call(command)
+    assert sg.frequency_hz == before  # and the replies that follow are still in step
+    assert client.ask("*OPC?") == "1"
+
+
 def test_query_timeout_then_no_stale_reply() -> None:
     # SLOW? is answered late: after the driver gave up, before its next query is answered.
     peer = _ScriptedInstrument(
