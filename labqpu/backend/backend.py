@@ -40,6 +40,11 @@ _OPTION_TYPES = {
 }
 def _check_option_types(options: dict) -> None:
     """Type (and finiteness) checks that must precede the range validators."""
+    tags = options.get("job_tags")
+    if tags is not None and (isinstance(tags, str) or not isinstance(tags, Sequence)
+                             or not all(isinstance(tag, str) for tag in tags)):
+        raise InvalidRunInputError(f"run option job_tags must be a list of strings, got "
+                                   f"{tags!r}", option="job_tags")
     for name, value in options.items():
         kind = _OPTION_TYPES.get(name)
         if kind is None:
@@ -76,6 +81,10 @@ class LabBackend(BackendV2):
         self._snapshot: Snapshot | None = None
         self._target: LabTarget | None = None
         self._refresh()
+        self._max_program_samples: dict[str, int] = {
+            name: int(caps["max_program_samples"])
+            for name, caps in queue.capabilities(timeout_s=30.0).items()
+            if "max_program_samples" in caps}
 
     @classmethod
     def _default_options(cls) -> Options:
@@ -237,6 +246,27 @@ class LabBackend(BackendV2):
                     f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
                     f"{self.name} (calibration snapshot {target.snapshot_id}; it offers "
                     f"{offered}); transpile the circuit for this backend")
+            for param in inst.operation.params:
+                if isinstance(param, numbers.Real) and not math.isfinite(param):
+                    raise InvalidRunInputError(
+                        f"circuit {circuit.name!r}: {name} on qubits {qargs} has the "
+                        f"non-finite parameter {param}; nothing was sent")
+                if name == "delay" and isinstance(param, numbers.Real) and param < 0:
+                    raise InvalidRunInputError(
+                        f"circuit {circuit.name!r}: delay on qubits {qargs} is negative "
+                        f"({param} {inst.operation.unit})")
+
+    def _check_length(self, program: PulseProgram) -> None:
+        """A program may not outlast what its controller can play (``max_program_samples``
+        from the controller's ``hello``, asked once when the backend was created)."""
+        limit = self._max_program_samples.get(program.controller)
+        if limit is not None and program.duration_samples > limit:
+            fs = self.config.controller(program.controller).sample_rate_hz
+            raise InvalidRunInputError(
+                f"program {program.header.get('name', program.content_hash[:12])!r} lasts "
+                f"{program.duration_samples} samples ({program.duration_samples / fs:.3g} s); "
+                f"controller {program.controller} plays at most {limit} samples "
+                f"({limit / fs:.3g} s); nothing was sent")
 
     def _check_program(self, program: PulseProgram) -> None:
         """A pulse-level program must fit this rack: controller, sample rate, ports, VISA
@@ -308,6 +338,8 @@ class LabBackend(BackendV2):
                                                 scheduling_method=opts["scheduling_method"]))
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc
+        for program in programs:
+            self._check_length(program)
         if opts["meas_level"] == 2:
             for program in programs:
                 try:

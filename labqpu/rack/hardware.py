@@ -176,6 +176,10 @@ class HardwareQueue(Protocol):
         """What the hardware says about itself: controller capabilities, instrument identities."""
         ...
 
+    def capabilities(self, timeout_s: float) -> dict[str, dict]:
+        """Each controller's capabilities from its ``hello``, by controller name."""
+        ...
+
     def close(self) -> None:
         """Accept nothing new; cancel what is queued; release the hardware."""
         ...
@@ -272,14 +276,23 @@ class LocalHardwareQueue:
 
     def describe(self, timeout_s: float) -> dict:
         """Ask every controller and instrument who it is, on the worker (in queue order)."""
-        future = self._enqueue(lambda _cancel: self.rack.describe())
+        return self._ask(self.rack.describe, timeout_s, "describe")
+
+    def capabilities(self, timeout_s: float) -> dict[str, dict]:
+        """Each controller's ``hello`` capabilities, asked on the worker (in queue order)."""
+        return self._ask(lambda: {ctrl.name: self.rack.capabilities(ctrl.name)
+                                  for ctrl in self.rack.config.controllers},
+                         timeout_s, "hello")
+
+    def _ask(self, question: Callable[[], object], timeout_s: float, command: str):
+        future = self._enqueue(lambda _cancel: question())
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeoutError as exc:
             future.cancel()
             raise InstrumentTimeoutError(
-                f"the hardware did not describe itself within {timeout_s} s (jobs ahead in "
-                "the queue, or an instrument not answering)", command="describe") from exc
+                f"the hardware did not answer {command} within {timeout_s} s (jobs ahead in "
+                "the queue, or an instrument not answering)", command=command) from exc
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Cancel queued work, abort the running program, wait for the worker (bounded by

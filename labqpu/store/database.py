@@ -18,6 +18,7 @@ from labqpu.errors import (
     InvalidSnapshotError,
     StaleSnapshotError,
 )
+from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.snapshot import Snapshot, diff_snapshots
 from labqpu.store.validation import canonical_json, is_id, utc_now
@@ -69,7 +70,8 @@ class CalibrationStore:
     ``path`` is created.
 
     Raises:
-        CalibrationError: the file is not a calibration store, or has a newer schema.
+        CalibrationError: the file is empty (0 bytes), is not a calibration store, or has a
+            newer schema. Such a file is never overwritten or reseeded.
     """
 
     def __init__(self, path: str | Path, *, timeout_s: float = 10.0) -> None:
@@ -87,6 +89,12 @@ class CalibrationStore:
         self._pid = os.getpid()
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        if self._path.is_file() and self._path.stat().st_size == 0:
+            # SQLite would take a 0-byte file for a new database, and the provider would then
+            # seed it with the factory snapshot: the history it once held would be lost.
+            raise CalibrationError(
+                f"calibration store {self._path} is an empty file (0 bytes), not a calibration "
+                "store; restore it from a backup, or delete it to start a new store")
         try:
             self._initialise()
         except BaseException:
@@ -130,6 +138,12 @@ class CalibrationStore:
         except sqlite3.Error as exc:
             raise CalibrationError(f"cannot open calibration store {self._path}: {exc}") from exc
         if exists is None:
+            others = self._query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if others:
+                raise CalibrationError(
+                    f"{self._path} is an SQLite file with tables "
+                    f"{sorted(name for (name,) in others)} but no calibration schema; it is not "
+                    "a calibration store")
             with self._transaction() as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 if conn.execute("SELECT 1 FROM schema_version").fetchone() is None:
@@ -265,14 +279,17 @@ class CalibrationStore:
             The stored snapshot, with its new id and creation time.
 
         Raises:
-            InvalidSnapshotError: the document is malformed, is for another device than the
-                store holds, or ``parent_id`` does not exist. Nothing was written.
+            InvalidSnapshotError: the document is malformed, holds a value no device can have
+                (``labqpu.store.physics``: negative T1, T2 > 2 T1, fidelity above 1, a string
+                where a number belongs ...), is for another device than the store holds, or
+                ``parent_id`` does not exist. Nothing was written.
             StaleSnapshotError: ``expect_parent`` and another snapshot was committed since
                 ``parent_id``. Nothing was written.
         """
         if parent_id is not None and not is_id(parent_id):
             raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
         draft = Snapshot(document)
+        check_physics(draft.to_document())
         canonical = canonical_json(draft.to_document())
         created = utc_now()
         with self._transaction() as conn:

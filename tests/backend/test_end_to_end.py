@@ -161,6 +161,31 @@ def _nothing_sent(backend, action) -> str:
     return str(info.value)
 
 
+@pytest.mark.parametrize("angle", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_angles_are_rejected_before_sending(lab_backend, angle) -> None:
+    qc = QuantumCircuit(1, 1)
+    qc.rz(angle, 0)
+    qc.sx(0)
+    qc.measure(0, 0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert "non-finite parameter" in message and "rz" in message
+
+
+def test_a_delay_beyond_the_controllers_memory_is_rejected_before_sending(lab_backend) -> None:
+    qc = QuantumCircuit(1, 1)
+    qc.delay(1.0, 0, unit="s")
+    qc.measure(0, 0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert "plays at most" in message
+
+
+@pytest.mark.parametrize("tags", [5, "tag", [1, 2], {"a": 1}])
+def test_mistyped_job_tags_are_rejected_before_sending(lab_backend, tags) -> None:
+    native = transpile(bell(), lab_backend)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, job_tags=tags))
+    assert "job_tags must be a list of strings" in message
+
+
 def test_six_qubit_circuit_is_rejected_before_sending(lab_backend) -> None:
     qc = QuantumCircuit(6, 6)
     qc.measure(range(6), range(6))

@@ -1,0 +1,134 @@
+"""Physical validation of calibration values, applied when a snapshot is committed.
+
+``validation.py`` checks that a document is well-formed JSON in the snapshot layout. This
+module checks that the values it holds can be true of a device, for the parameter names labqpu
+knows:
+- times are positive seconds, and T2 ≤ 2·T1;
+- frequencies are finite and positive (anharmonicities may be negative);
+- amplitudes are fractions of full scale, at most 1 in magnitude;
+- fidelities and errors lie in [0, 1];
+- an assignment matrix is 2 x 2 with rows that sum to 1;
+- a discriminator holds two finite IQ centres;
+- the flux qubit of a CZ is on its edge.
+
+Names labqpu does not know get the JSON checks only, so experiments can add parameters.
+
+It runs on commit and import, not when a stored snapshot is read back: a store that already
+holds a bad value can still be opened, inspected and rolled back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from labqpu.errors import InvalidSnapshotError
+
+Check = Callable[[Any], str | None]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> str | None:
+    return None if _number(value) and value > 0 else "must be a finite number > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if _number(value) and value >= 0 else "must be a finite number >= 0"
+
+
+def _finite(value: Any) -> str | None:
+    return None if _number(value) else "must be a finite number"
+
+
+def _unit_interval(value: Any) -> str | None:
+    return None if _number(value) and 0 <= value <= 1 else "must be a number in [0, 1]"
+
+
+def _full_scale(value: Any) -> str | None:
+    return None if _number(value) and abs(value) <= 1 else \
+        "must be a fraction of full scale, |value| <= 1"
+
+
+def _assignment_matrix(value: Any) -> str | None:
+    rows_ok = (isinstance(value, list) and len(value) == 2
+               and all(isinstance(row, list) and len(row) == 2 for row in value))
+    if not rows_ok or not all(_number(p) and 0 <= p <= 1 for row in value for p in row):
+        return "must be [[P(0|0), P(1|0)], [P(0|1), P(1|1)]] with probabilities in [0, 1]"
+    if any(abs(sum(row) - 1) > 1e-6 for row in value):
+        return "rows must sum to 1 (row = prepared state, column = measured outcome)"
+    return None
+
+
+def _discriminator(value: Any) -> str | None:
+    centers = value.get("centers") if isinstance(value, Mapping) else None
+    if not (isinstance(centers, list) and len(centers) == 2
+            and all(isinstance(c, list) and len(c) == 2 and all(map(_number, c))
+                    for c in centers)):
+        return 'must be {"centers": [[I0, Q0], [I1, Q1]]} with finite numbers'
+    return None
+
+
+def _qubit_index(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return None if ok else "must be a qubit index (integer >= 0)"
+
+
+#: Checks by parameter name, for qubits, pairs and gates.
+QUBIT_CHECKS: dict[str, Check] = {
+    "frequency_hz": _positive, "drive_lo_frequency_hz": _positive,
+    "readout_frequency_hz": _positive, "readout_lo_frequency_hz": _positive,
+    "resonator_hz": _positive, "anharmonicity_hz": _finite,
+    "drive_lo_power_dbm": _finite, "readout_lo_power_dbm": _finite,
+    "pi_amplitude": _full_scale, "pi2_amplitude": _full_scale, "readout_amplitude": _full_scale,
+    "drag_beta": _finite, "flux_bias_a": _finite,
+    "pulse_duration_s": _positive, "pulse_sigma_s": _positive, "readout_duration_s": _positive,
+    "reset_duration_s": _non_negative, "t1_s": _positive, "t2_s": _positive,
+    "t2_echo_s": _positive, "readout_assignment_fidelity": _unit_interval,
+    "assignment_matrix": _assignment_matrix, "discriminator": _discriminator,
+}
+PAIR_CHECKS: dict[str, Check] = {
+    "cz_flux_qubit": _qubit_index, "cz_amplitude": _full_scale,
+    "cz_duration_s": _positive, "cz_rise_s": _non_negative,
+    "cz_phase_a_rad": _finite, "cz_phase_b_rad": _finite, "zz_hz": _finite,
+}
+GATE_CHECKS: dict[str, Check] = {"error": _unit_interval, "duration_s": _non_negative}
+
+
+def _value(params: Mapping[str, Any], name: str) -> Any:
+    return params[name]["value"]
+
+
+def check_physics(document: Mapping[str, Any]) -> None:
+    """Refuse a normalised document with a value no device can have.
+
+    Raises:
+        InvalidSnapshotError: naming the qubit, pair or gate, the parameter and the rule.
+    """
+    sections = (("qubits", "qubit {}", QUBIT_CHECKS), ("pairs", "pair {}", PAIR_CHECKS),
+                ("gates", "gate {!r}", GATE_CHECKS))
+    for section, subject_format, checks in sections:
+        for key, params in document.get(section, {}).items():
+            subject = subject_format.format(key)
+            for name, entry in params.items():
+                check = checks.get(name)
+                problem = check(entry["value"]) if check else None
+                if problem:
+                    raise InvalidSnapshotError(f"{problem}, got {entry['value']!r}",
+                                               subject=subject, parameter=name)
+    for key, params in document.get("qubits", {}).items():
+        if "t1_s" in params and "t2_s" in params:
+            t1, t2 = _value(params, "t1_s"), _value(params, "t2_s")
+            if t2 > 2 * t1:
+                raise InvalidSnapshotError(
+                    f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can reach",
+                    subject=f"qubit {key}", parameter="t2_s")
+    for key, params in document.get("pairs", {}).items():
+        if "cz_flux_qubit" in params:
+            qubit = _value(params, "cz_flux_qubit")
+            if str(qubit) not in key.split("-"):
+                raise InvalidSnapshotError(f"flux qubit {qubit} is not on the edge",
+                                           subject=f"pair {key}", parameter="cz_flux_qubit")

@@ -1,0 +1,76 @@
+"""Values no device can have are refused on commit, naming qubit and parameter; nothing is
+written. An empty or foreign store file is an error, never silently replaced."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from labqpu.errors import CalibrationError, InvalidSnapshotError
+from labqpu.store import CalibrationStore, SnapshotBuilder
+
+
+@pytest.fixture
+def writable(tmp_path, snapshot):
+    with CalibrationStore(tmp_path / "s.sqlite") as s:
+        s.commit(snapshot.to_document())
+        yield s
+
+
+@pytest.mark.parametrize(("section", "key", "name", "value", "words"), [
+    ("qubit", 2, "t1_s", -5e-5, "> 0"),
+    ("qubit", 2, "t1_s", "50 us", "finite number"),
+    ("qubit", 2, "t1_s", True, "finite number"),
+    ("qubit", 2, "t2_s", 1.0, "exceeds 2 T1"),
+    ("qubit", 1, "readout_assignment_fidelity", 1.5, "[0, 1]"),
+    ("qubit", 1, "frequency_hz", 0.0, "> 0"),
+    ("qubit", 1, "pi_amplitude", 1.2, "full scale"),
+    ("qubit", 1, "assignment_matrix", [[0.9, 0.2], [0.1, 0.9]], "sum to 1"),
+    ("qubit", 1, "assignment_matrix", [[1.0]], "P(0|0)"),
+    ("qubit", 1, "discriminator", {"centers": [[0, 1]]}, "centers"),
+    ("pair", (1, 2), "cz_flux_qubit", 4, "not on the edge"),
+    ("pair", (1, 2), "cz_duration_s", -1e-8, "> 0"),
+    ("gate", "sx:0", "error", -0.01, "[0, 1]"),
+])
+def test_unphysical_values_are_refused_and_nothing_is_written(writable, section, key, name,
+                                                              value, words) -> None:
+    latest = writable.latest_id()
+    builder = SnapshotBuilder.from_snapshot(writable.latest())
+    getattr(builder, f"set_{section}")(key, name, value, "manual")
+    with pytest.raises(InvalidSnapshotError, match=words.replace("(", r"\(").replace(
+            ")", r"\)").replace("[", r"\[").replace("]", r"\]")) as info:
+        writable.commit(builder.build_document())
+    assert info.value.parameter == name
+    assert writable.latest_id() == latest
+
+
+def test_unknown_parameters_are_kept_with_json_checks_only(writable) -> None:
+    builder = SnapshotBuilder.from_snapshot(writable.latest())
+    builder.set_qubit(0, "my_experiment_score", "good", "mine")
+    snapshot = writable.commit(builder.build_document())
+    assert snapshot.qubit_value(0, "my_experiment_score") == "good"
+
+
+def test_empty_store_file_is_an_error_not_a_reseed(tmp_path) -> None:
+    path = tmp_path / "calibration.sqlite"
+    path.touch()
+    with pytest.raises(CalibrationError, match="empty file"):
+        CalibrationStore(path)
+    assert path.stat().st_size == 0
+
+
+def test_foreign_sqlite_file_is_not_taken_over(tmp_path) -> None:
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    with pytest.raises(CalibrationError, match=r"no calibration schema"):
+        CalibrationStore(path)
+
+
+def test_garbage_file_is_an_error_naming_it(tmp_path) -> None:
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CalibrationError, match=str(path.name)):
+        CalibrationStore(path)
