@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import numbers
 import threading
@@ -28,6 +29,8 @@ from labqpu.pulse.program import PulseProgram
 from labqpu.rack.config import LabConfig
 from labqpu.rack.hardware import HardwareQueue
 from labqpu.store import CalibrationStore, Snapshot
+
+log = logging.getLogger(__name__)
 
 MAX_SHOTS = 100_000
 MAX_CIRCUITS = 300
@@ -80,6 +83,7 @@ class LabBackend(BackendV2):
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._target: LabTarget | None = None
+        self._rejected_snapshot: int | None = None
         self._refresh()
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
@@ -117,7 +121,18 @@ class LabBackend(BackendV2):
                                                    "qubits": {}, "pairs": {}, "gates": {}})
             else:
                 snapshot = self.store.get(latest)
-            self._target = build_target(snapshot, self.config)
+            try:
+                target = build_target(snapshot, self.config)
+            except (LabQpuError, ValueError, TypeError, KeyError) as exc:
+                if self._target is None:
+                    raise
+                if latest != self._rejected_snapshot:
+                    self._rejected_snapshot = latest
+                    log.warning("backend %s: calibration snapshot %s cannot build a Target "
+                                "(%s); jobs keep using snapshot %s", self.name, latest, exc,
+                                current)
+                return
+            self._target = target
             self._snapshot = snapshot
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -35,16 +36,16 @@ class SimulatorProcess:
     """The firmware simulator running as a child process, stopped by :meth:`stop`."""
 
     def __init__(self, lab_toml: Path, *, timeout_s: float = SIMULATOR_START_TIMEOUT_S) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="labqpu-sim-")
-        announce = Path(self._dir.name) / "endpoints.json"
-        self._log = open(Path(self._dir.name) / "sim.log", "w+b")  # noqa: SIM115
+        # Its stderr goes to an unlinked temporary file and its endpoints come back on its
+        # stdout, so nothing is left on disk however this process ends (even by SIGKILL).
+        self._log = tempfile.TemporaryFile(prefix="labqpu-sim-")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "labqpu.firmware_sim", str(lab_toml),
-             "--announce", str(announce), "--parent-pid", str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+             "--parent-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
         )
         try:
-            self.endpoints = self._wait_for(announce, timeout_s)
+            self.endpoints = self._wait_for(timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -62,19 +63,33 @@ class SimulatorProcess:
         """Process id of the simulator."""
         return self.process.pid
 
-    def _wait_for(self, announce: Path, timeout_s: float) -> dict[str, str]:
+    def _wait_for(self, timeout_s: float) -> dict[str, str]:
+        """The endpoints the simulator prints on its stdout once every server listens."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if announce.exists():
-                return json.loads(announce.read_text())["endpoints"]
-            if self.process.poll() is not None:
-                raise HardwareUnavailableError(
-                    f"the firmware simulator exited with code {self.process.returncode}: "
-                    f"{self._stderr()}", instrument="firmware simulator")
-            time.sleep(0.05)
-        raise HardwareUnavailableError(
-            f"the firmware simulator did not come up within {timeout_s} s: {self._stderr()}",
-            instrument="firmware simulator")
+        line = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while not line.endswith(b"\n"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HardwareUnavailableError(
+                        f"the firmware simulator did not come up within {timeout_s} s: "
+                        f"{self._stderr()}", instrument="firmware simulator")
+                if not selector.select(timeout=min(remaining, 0.5)):
+                    continue
+                chunk = os.read(self.process.stdout.fileno(), 65536)
+                if not chunk:
+                    self.process.wait(timeout=SIMULATOR_STOP_TIMEOUT_S)
+                    raise HardwareUnavailableError(
+                        f"the firmware simulator exited with code {self.process.returncode}: "
+                        f"{self._stderr()}", instrument="firmware simulator")
+                line += chunk
+        try:
+            return json.loads(line)
+        except ValueError as exc:
+            raise HardwareUnavailableError(
+                f"the firmware simulator announced {line[:200]!r}, not its endpoints",
+                instrument="firmware simulator") from exc
 
     def _stderr(self) -> str:
         self._log.flush()
@@ -90,9 +105,9 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=SIMULATOR_STOP_TIMEOUT_S)
-        if not self._log.closed:
-            self._log.close()
-        self._dir.cleanup()
+        for stream in (self.process.stdout, self._log):
+            if stream is not None and not stream.closed:
+                stream.close()
 
 
 def _seed_store(store: CalibrationStore, config: LabConfig) -> None:

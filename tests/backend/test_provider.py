@@ -239,3 +239,63 @@ def test_backend_refuses_pickling_with_advice_and_the_target_pickles(lab_backend
     assert target.snapshot_id == lab_backend.target.snapshot_id
     assert target.operation_names == lab_backend.target.operation_names
     assert target["sx"][(0,)].duration == lab_backend.target["sx"][(0,)].duration
+
+
+def test_a_killed_client_leaves_no_simulator_and_no_files(tmp_path) -> None:
+    """SIGKILL the process that owns a LabProvider: its simulator exits on its own and no
+    temporary file or directory of labqpu's is left behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import os, sys\nfrom labqpu import LabProvider\np = LabProvider()\n"
+            "print(p.simulator.pid, flush=True)\nsys.stdin.read()\n")
+    env = {**os.environ, "TMPDIR": str(tmp), "LABQPU_HOME": str(tmp_path / "home")}
+    client = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        simulator_pid = int(client.stdout.readline())
+        assert _alive(simulator_pid)
+        client.kill()
+        client.wait(timeout=30)
+        assert _wait_dead(simulator_pid), "the simulator outlived its client"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=30)
+        client.stdin.close()
+        client.stdout.close()
+    leftovers = [p.name for p in tmp.iterdir() if p.name.startswith("labqpu")]
+    assert leftovers == []
+
+
+def test_a_snapshot_that_cannot_build_a_target_leaves_the_last_good_one(tmp_path, monkeypatch,
+                                                                       caplog) -> None:
+    """A value committed before validation existed (a string T1, written straight into the
+    SQLite file here) must not take the backend down: it keeps its last good Target."""
+    import sqlite3
+
+    from labqpu.store.validation import canonical_json, sha256_hex
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        good = backend.target.snapshot_id
+        document = backend.snapshot.to_document()
+        document["qubits"]["2"]["t1_s"]["value"] = "50 us"
+        text = canonical_json(document)
+        with sqlite3.connect(backend.config.store_path) as conn:
+            conn.execute("INSERT INTO snapshots (device, created, parent_id, content_hash, "
+                         "document, complete) VALUES (?, ?, ?, ?, ?, 1)",
+                         ("lab5", "2026-11-29T00:00:00+00:00", good, sha256_hex(text), text))
+        conn.close()
+        assert backend.store.latest_id() == good + 1
+        with caplog.at_level("WARNING", logger="labqpu.backend.backend"):
+            assert backend.target.snapshot_id == good
+            assert backend.target.snapshot_id == good
+        warnings = [r for r in caplog.records if "cannot build a Target" in r.getMessage()]
+        assert len(warnings) == 1, "warned once, not on every access"
+        assert f"snapshot {good + 1}" in warnings[0].getMessage()
+        qc = QuantumCircuit(1, 1)
+        qc.x(0)
+        qc.measure(0, 0)
+        counts = backend.run(transpile(qc, backend), shots=100).result().get_counts()
+        assert counts.get("1", 0) > 80
