@@ -12,7 +12,7 @@ from qiskit.result import Result
 from labqpu.backend.results import experiment_result
 from labqpu.errors import InstrumentError
 from labqpu.pulse.program import PulseProgram
-from labqpu.rack.hardware import HardwareQueue, RunRequest
+from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
 
 
 class LabJob(JobV1):
@@ -54,14 +54,15 @@ class LabJob(JobV1):
             rep_delay_s=opts["rep_delay"], timeout_s=opts["timeout"], key=f"{self.job_id()}:{i}",
         )) for i, program in enumerate(self._programs)]
 
-    def _build_result(self, iqs: list) -> Result:
+    def _build_result(self, records: list[RunRecord]) -> Result:
         opts = self._options
         backend = self.backend()
         experiments = [
-            experiment_result(program, iq, shots=opts["shots"], meas_level=opts["meas_level"],
-                              meas_return=opts["meas_return"], memory=opts["memory"],
-                              snapshot=self._snapshot)
-            for program, iq in zip(self._programs, iqs, strict=True)
+            experiment_result(program, record.iq, shots=opts["shots"],
+                              meas_level=opts["meas_level"], meas_return=opts["meas_return"],
+                              memory=opts["memory"], snapshot=self._snapshot,
+                              provenance=record.provenance)
+            for program, record in zip(self._programs, records, strict=True)
         ]
         return Result.from_dict({
             "backend_name": backend.name, "backend_version": backend.backend_version,
@@ -82,7 +83,7 @@ class LabJob(JobV1):
         if self._future is None:
             raise JobError(f"job {self.job_id()} was never submitted")
         try:
-            iqs = self._future.result(timeout=timeout)
+            records = self._future.result(timeout=timeout)
         except concurrent.futures.TimeoutError as exc:
             raise JobTimeoutError(
                 f"job {self.job_id()} did not finish within {timeout} s "
@@ -97,7 +98,7 @@ class LabJob(JobV1):
         with self._result_lock:
             if self._result is None:
                 try:
-                    self._result = self._build_result(iqs)
+                    self._result = self._build_result(records)
                 except (ValueError, KeyError) as exc:
                     raise JobError(f"job {self.job_id()}: results could not be built: "
                                    f"{exc}") from exc

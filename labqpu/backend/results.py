@@ -44,8 +44,13 @@ def _register_values(bits: np.ndarray, clbits: np.ndarray) -> np.ndarray:
 
 
 def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,
-                      meas_return: str, memory: bool, snapshot) -> dict:
-    """One experiment's entry of ``Result.from_dict``."""
+                      meas_return: str, memory: bool, snapshot,
+                      provenance: dict | None = None) -> dict:
+    """One experiment's entry of ``Result.from_dict``.
+
+    ``provenance`` (the rack's reproducibility bundle) goes into the experiment's header as
+    ``"reproducibility"``, together with the calibration snapshot id.
+    """
     if iq.shape != (shots, program.acq_port.shape[0]):
         raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
                          f"({shots}, {program.acq_port.shape[0]})")
@@ -54,6 +59,9 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     header.setdefault("memory_slots", program.num_clbits)
     header.setdefault("creg_sizes", [["c", program.num_clbits]] if program.num_clbits else [])
     header.setdefault("metadata", {})
+    if provenance is not None:
+        header["reproducibility"] = {**provenance,
+                                     "calibration_snapshot_id": snapshot.snapshot_id}
     data: dict = {}
     if meas_level == 2:
         c0, c1 = discriminator_centres(snapshot, program.acq_qubit)

@@ -161,7 +161,12 @@ class ScpiInstrument:
             self._check_errors("", self._transact(_ERROR_QUERY))
 
     def _query_float(self, command: str) -> float:
-        reply = self.query(command)
+        return self._number(self.query(command), command)
+
+    def _query_bool(self, command: str) -> bool:
+        return self._boolean(self.query(command), command)
+
+    def _number(self, reply: str, command: str) -> float:
         try:
             return float(reply)
         except ValueError as exc:
@@ -169,11 +174,11 @@ class ScpiInstrument:
                 f"expected a number, got {reply!r}", instrument=self.resource, command=command
             ) from exc
 
-    def _query_bool(self, command: str) -> bool:
-        reply = self.query(command).upper()
-        if reply in ("1", "ON"):
+    def _boolean(self, reply: str, command: str) -> bool:
+        word = reply.strip().upper()
+        if word in ("1", "ON"):
             return True
-        if reply in ("0", "OFF"):
+        if word in ("0", "OFF"):
             return False
         raise ProtocolError(
             f"expected a boolean, got {reply!r}", instrument=self.resource, command=command
@@ -359,6 +364,16 @@ class SignalGenerator(ScpiInstrument):
     def output_on(self, on: bool) -> None:
         self.write(f"OUTP {_on_off(on)}")
 
+    def state(self) -> tuple[float, float, bool]:
+        """Frequency (Hz), power (dBm) and output state, read in one round trip."""
+        command = "FREQ?;POW?;OUTP?"
+        parts = self.query(command).split(";")
+        if len(parts) != 3:
+            raise ProtocolError(f"expected three replies, got {parts!r}",
+                                instrument=self.resource, command=command)
+        return (self._number(parts[0], command), self._number(parts[1], command),
+                self._boolean(parts[2], command))
+
     def configure(self, frequency_hz: float, power_dbm: float, output_on: bool = True) -> None:
         """Set frequency (Hz), power (dBm) and output state in one message.
 
@@ -419,6 +434,16 @@ class CurrentSource(ScpiInstrument):
     def current_a(self, channel: int) -> float:
         """Return the programmed output current of ``channel``, in A."""
         return self._query_float(f"SOUR{self._channel(channel)}:CURR?")
+
+    def state(self, channel: int) -> tuple[float, bool]:
+        """Programmed current (A) and output state of ``channel``, read in one round trip."""
+        ch = self._channel(channel)
+        command = f"SOUR{ch}:CURR?;:OUTP{ch}?"
+        parts = self.query(command).split(";")
+        if len(parts) != 2:
+            raise ProtocolError(f"expected two replies, got {parts!r}",
+                                instrument=self.resource, command=command)
+        return self._number(parts[0], command), self._boolean(parts[1], command)
 
     def set_output(self, channel: int, on: bool) -> None:
         """Switch the output of ``channel`` on or off."""

@@ -506,6 +506,9 @@ class ScpiServer:
         serial = re.sub(r"[,;\s]", "_", name)
         self.identity = f"labqpu simulator,{self._model.model},{serial},{_FIRMWARE_VERSION}"
         self._errors = _ErrorQueue()
+        #: Setting commands executed so far (queries and refused commands not counted), so a
+        #: test can see whether a client re-sent a setting.
+        self.settings_total = 0
         self._port: int | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -629,6 +632,7 @@ class ScpiServer:
         if not entry.takes_argument and argument:
             raise _ScpiError(-108, "Parameter not allowed", command)
         entry.on_set(_Request(self.state, self._errors, self.identity, channel, argument))
+        self.settings_total += 1
         return None
 
     def _lookup(self, header: str) -> tuple[_Command, int]:

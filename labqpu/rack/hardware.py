@@ -7,6 +7,7 @@ later stand behind the same interface without ``LabJob`` changing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ import pyvisa
 import zmq
 
 from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.protocol import PROTOCOL_VERSION
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 from labqpu.errors import (
     HardwareUnavailableError,
@@ -31,6 +33,7 @@ from labqpu.errors import (
     ProtocolError,
 )
 from labqpu.pulse.program import PulseProgram
+from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,21 @@ class RunRequest:
     key: str
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What one program's run returned: IQ points and where they came from.
+
+    Attributes:
+        iq: shots x acquisitions, complex64.
+        provenance: the reproducibility bundle: program and waveform hashes (SHA-256), the
+            controller's identity and protocol version, and every instrument setting read
+            back (with the instrument's identity) before and after the run.
+    """
+
+    iq: np.ndarray
+    provenance: dict
+
+
 class RackConnection:
     """Driver sessions of one rack, opened on first use and closed by :meth:`close`.
 
@@ -59,6 +77,7 @@ class RackConnection:
         self._currents: dict[str, CurrentSource] = {}
         self._controllers: dict[str, ControllerClient] = {}
         self._capabilities: dict[str, dict] = {}
+        self._hellos: dict[str, dict] = {}
 
     def controller(self, name: str) -> ControllerClient:
         """The (connected, version-checked) client of controller ``name``."""
@@ -71,6 +90,7 @@ class RackConnection:
                     raise ProtocolError("hello reply carries no capabilities",
                                         instrument=spec.endpoint, command="hello")
                 self._capabilities[name] = hello["capabilities"]
+                self._hellos[name] = hello
             except BaseException:
                 client.close()
                 raise
@@ -110,21 +130,20 @@ class RackConnection:
                                              "identity": session.identity}
         return out
 
-    def apply_settings(self, program: PulseProgram) -> None:
-        """Set every LO and flux-bias current ``program`` assumes (sent every time, so a source
-        that someone else changed is put back)."""
-        for name, lo in sorted(program.lo_settings.items()):
-            self.signal_generator(name).configure(lo.frequency_hz, lo.power_dbm, output_on=True)
-        for (name, channel), current in sorted(program.flux_bias_a.items()):
-            source = self.current_source(name)
-            source.set_current_a(channel, current)
-            if not source.output_on(channel):
-                source.set_output(channel, True)
+    def apply_settings(self, program: PulseProgram) -> list[dict]:
+        """Bring every LO and flux-bias current ``program`` assumes to its setting, sending
+        only what differs, and verify it by reading back (``labqpu.rack.settings``); returns
+        the readback."""
+        return settings.prepare(self, program)
 
     def execute(self, program: PulseProgram, request: RunRequest,
-                cancel: threading.Event) -> np.ndarray:
-        """Run ``program``; returns IQ points (shots x acquisitions, complex64)."""
-        self.apply_settings(program)
+                cancel: threading.Event) -> RunRecord:
+        """Run ``program``: settings read back before and after, then upload, run, fetch.
+
+        Returns the IQ points (shots x acquisitions, complex64) and the run's provenance.
+        Raises ``InstrumentCommandError`` if an instrument setting changed during the run.
+        """
+        before = self.apply_settings(program)
         client = self.controller(program.controller)
         arrays, meta = program.to_wire()
         program_id = client.upload(arrays, meta)
@@ -136,7 +155,18 @@ class RackConnection:
         if "iq" not in arrays:
             raise InstrumentCommandError("controller returned no 'iq' array",
                                          instrument=client.endpoint, command="fetch")
-        return arrays["iq"]
+        after = settings.verify(self, program)
+        hello = self._hellos[program.controller]
+        return RunRecord(arrays["iq"], {
+            "program_hash": program.content_hash,
+            "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()
+                                for i in range(program.num_waveforms)],
+            "controller": {"name": program.controller, "endpoint": client.endpoint,
+                           "server": hello.get("server"), "firmware": hello.get("firmware"),
+                           "protocol_version": PROTOCOL_VERSION, "run_id": run_id},
+            "instruments_before": before,
+            "instruments_after": after,
+        })
 
     def close(self) -> None:
         """Close every session (idempotent); errors while closing are logged, not raised, so
@@ -164,8 +194,8 @@ class HardwareQueue(Protocol):
         ...
 
     def submit(self, job_id: str, work: list[tuple[PulseProgram, RunRequest]]) -> Future:
-        """Queue ``work``; the Future resolves to one IQ array (shots x acquisitions) per
-        program, or to the exception that stopped it."""
+        """Queue ``work``; the Future resolves to one ``RunRecord`` (IQ points and provenance)
+        per program, or to the exception that stopped it."""
         ...
 
     def cancel(self, job_id: str) -> bool:
@@ -243,7 +273,7 @@ class LocalHardwareQueue:
         return self._enqueue(lambda cancel: self._run(work, cancel), job_id)
 
     def _run(self, work: list[tuple[PulseProgram, RunRequest]],
-             cancel: threading.Event) -> list[np.ndarray]:
+             cancel: threading.Event) -> list[RunRecord]:
         out = []
         for program, request in work:
             if cancel.is_set():

@@ -406,3 +406,19 @@ def test_set_options_range_errors_are_run_input_errors(lab_backend) -> None:
     with pytest.raises(InvalidRunInputError, match="seed_simulator"):
         lab_backend.set_options(seed_simulator=-1)
     assert lab_backend.options.seed_simulator is None
+
+
+def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    job = lab_backend.run(native, shots=100)
+    result = job.result(timeout=60)
+    bundle = result.to_dict()["results"][0]["header"]["reproducibility"]
+    program = job.programs[0]
+    assert bundle["program_hash"] == program.content_hash
+    assert len(bundle["waveform_hashes"]) == program.num_waveforms
+    assert bundle["calibration_snapshot_id"] == lab_backend.snapshot.snapshot_id
+    assert bundle["controller"]["protocol_version"] == 1
+    assert bundle["controller"]["firmware"]
+    los = {r["instrument"] for r in bundle["instruments_before"] if "frequency_hz" in r}
+    assert los == set(program.lo_settings)
+    assert all(r["identity"] for r in bundle["instruments_after"])

@@ -1,0 +1,134 @@
+"""Instrument state a program relies on: read it, set only what differs, verify it held.
+
+Before a run, every LO source and flux-bias channel the program names is read back in one
+round trip each. A setting that already matches is not sent again. A setting that differs is
+sent, then read back, and the job fails if the instrument still disagrees. After the run, the
+same settings are read again. If another process changed an LO or a bias current during the
+run, the job fails, naming the instrument and the setting, and its counts are discarded: they
+were measured on a device other than the one calibrated.
+
+Tolerances are the instruments' resolutions: 1 mHz (or 1e-9 relative) in frequency, 0.005 dB
+in power, 1 nA (or 1e-6 relative) in current.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.errors import InstrumentCommandError
+from labqpu.pulse.program import PulseProgram
+
+
+class Instruments(Protocol):
+    """The driver sessions of a rack, by instrument name."""
+
+    def signal_generator(self, name: str) -> SignalGenerator: ...
+
+    def current_source(self, name: str) -> CurrentSource: ...
+
+
+def _close(value: float, wanted: float, absolute: float, relative: float) -> bool:
+    return abs(value - wanted) <= max(absolute, relative * abs(wanted))
+
+
+def _lo_differences(state: tuple[float, float, bool], frequency_hz: float,
+                    power_dbm: float) -> list[str]:
+    frequency, power, on = state
+    out = []
+    if not _close(frequency, frequency_hz, 1e-3, 1e-9):
+        out.append(f"frequency {frequency!r} Hz (expected {frequency_hz!r} Hz)")
+    if not _close(power, power_dbm, 0.005, 0.0):
+        out.append(f"power {power!r} dBm (expected {power_dbm!r} dBm)")
+    if not on:
+        out.append("output OFF (expected ON)")
+    return out
+
+
+def _bias_differences(state: tuple[float, bool], current_a: float) -> list[str]:
+    current, on = state
+    out = []
+    if not _close(current, current_a, 1e-9, 1e-6):
+        out.append(f"current {current!r} A (expected {current_a!r} A)")
+    if not on:
+        out.append("output OFF (expected ON)")
+    return out
+
+
+def _lo_record(name: str, source: SignalGenerator, state: tuple[float, float, bool]) -> dict:
+    return {"instrument": name, "resource": source.resource, "identity": source.identity,
+            "frequency_hz": state[0], "power_dbm": state[1], "output_on": state[2]}
+
+
+def _bias_record(name: str, channel: int, source: CurrentSource,
+                 state: tuple[float, bool]) -> dict:
+    return {"instrument": name, "channel": channel, "resource": source.resource,
+            "identity": source.identity, "current_a": state[0], "output_on": state[1]}
+
+
+def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
+    """Bring every LO and bias channel of ``program`` to its setting; returns what each
+    instrument reads back afterwards (with its identity), for the result's provenance.
+
+    Raises:
+        InstrumentCommandError: an instrument still disagrees after being set.
+    """
+    readback = []
+    for name, lo in sorted(program.lo_settings.items()):
+        source = instruments.signal_generator(name)
+        state = source.state()
+        if _lo_differences(state, lo.frequency_hz, lo.power_dbm):
+            source.configure(lo.frequency_hz, lo.power_dbm, output_on=True)
+            state = source.state()
+            wrong = _lo_differences(state, lo.frequency_hz, lo.power_dbm)
+            if wrong:
+                raise InstrumentCommandError(
+                    f"LO {name} reads {', '.join(wrong)} after being set; nothing was run",
+                    instrument=source.resource, command="readback")
+        readback.append(_lo_record(name, source, state))
+    for (name, channel), current in sorted(program.flux_bias_a.items()):
+        source = instruments.current_source(name)
+        state = source.state(channel)
+        if _bias_differences(state, current):
+            if not _close(state[0], current, 1e-9, 1e-6):
+                source.set_current_a(channel, current)
+            if not state[1]:
+                source.set_output(channel, True)
+            state = source.state(channel)
+            wrong = _bias_differences(state, current)
+            if wrong:
+                raise InstrumentCommandError(
+                    f"flux bias {name} channel {channel} reads {', '.join(wrong)} after being "
+                    "set; nothing was run", instrument=source.resource, command="readback")
+        readback.append(_bias_record(name, channel, source, state))
+    return readback
+
+
+def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
+    """Read every LO and bias channel of ``program`` again after its run; returns the readback.
+
+    Raises:
+        InstrumentCommandError: a setting changed during the run (the message names the
+            instrument and the setting); the run's results must be discarded.
+    """
+    readback = []
+    for name, lo in sorted(program.lo_settings.items()):
+        source = instruments.signal_generator(name)
+        state = source.state()
+        wrong = _lo_differences(state, lo.frequency_hz, lo.power_dbm)
+        if wrong:
+            raise InstrumentCommandError(
+                f"LO {name} changed during the run: it now reads {', '.join(wrong)}; the "
+                "results are discarded", instrument=source.resource, command="readback")
+        readback.append(_lo_record(name, source, state))
+    for (name, channel), current in sorted(program.flux_bias_a.items()):
+        source = instruments.current_source(name)
+        state = source.state(channel)
+        wrong = _bias_differences(state, current)
+        if wrong:
+            raise InstrumentCommandError(
+                f"flux bias {name} channel {channel} changed during the run: it now reads "
+                f"{', '.join(wrong)}; the results are discarded", instrument=source.resource,
+                command="readback")
+        readback.append(_bias_record(name, channel, source, state))
+    return readback

@@ -1,0 +1,133 @@
+"""Instrument state is verified, not assumed: read back before and after each run, sent only
+when it differs, and a change behind labqpu's back fails the job instead of giving counts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.providers import JobError
+
+from labqpu.errors import InstrumentCommandError
+from labqpu.firmware_sim.rack import SimulatedRack
+from labqpu.pulse.compiler import compile_circuit
+from labqpu.rack import settings
+from labqpu.rack.config import default_config_path, load_config
+from labqpu.rack.hardware import RackConnection
+
+
+@pytest.fixture(scope="module")
+def simulated() -> Iterator[SimulatedRack]:
+    with SimulatedRack(default_config_path(), seed=3) as rack:
+        yield rack
+
+
+@pytest.fixture
+def rack(simulated: SimulatedRack) -> Iterator[RackConnection]:
+    connection = RackConnection(load_config(default_config_path())
+                                .with_endpoints(simulated.endpoints()))
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def program(snapshot, channels):
+    qc = QuantumCircuit(2, 2)
+    qc.x(0)
+    qc.cz(0, 1)
+    qc.measure([0, 1], [0, 1])
+    return compile_circuit(qc, snapshot, channels)
+
+
+def scpi(server, line: str) -> None:
+    with socket.create_connection((server.host, server.port), timeout=5) as conn:
+        conn.sendall(f"{line}\n*OPC?\n".encode())
+        assert conn.recv(100).strip().endswith(b"1")
+
+
+def test_settings_in_place_are_not_sent_again(simulated, rack, program) -> None:
+    first = settings.prepare(rack, program)
+    counts = {name: server.settings_total for name, server in simulated.instruments.items()}
+    second = settings.prepare(rack, program)
+    assert second == first
+    assert {name: s.settings_total for name, s in simulated.instruments.items()} == counts
+
+
+def test_readback_names_instruments_with_their_identity(simulated, rack, program) -> None:
+    readback = settings.prepare(rack, program)
+    los = {r["instrument"]: r for r in readback if "frequency_hz" in r}
+    assert set(los) == set(program.lo_settings)
+    for name, record in los.items():
+        assert record["frequency_hz"] == pytest.approx(program.lo_settings[name].frequency_hz)
+        assert record["output_on"] is True
+        assert record["identity"].startswith("labqpu simulator,SGS100A")
+    biases = [r for r in readback if "current_a" in r]
+    assert {(r["instrument"], r["channel"]) for r in biases} == set(program.flux_bias_a)
+
+
+@pytest.mark.parametrize(("line", "words"), [("OUTP OFF", "output OFF"),
+                                             ("FREQ 5.9e9", "frequency 5900000000.0"),
+                                             ("POW -20", "power -20.0")])
+def test_an_lo_changed_during_the_run_fails_verification(simulated, rack, program, line,
+                                                          words) -> None:
+    settings.prepare(rack, program)
+    name = sorted(program.lo_settings)[0]
+    scpi(simulated.instruments[name], line)  # another process, behind labqpu's back
+    with pytest.raises(InstrumentCommandError, match=f"LO {name} changed during the run.*"
+                                                     f"{words}") as info:
+        settings.verify(rack, program)
+    assert info.value.command == "readback"
+    settings.prepare(rack, program)  # the next job puts it back
+    settings.verify(rack, program)
+
+
+def test_a_bias_changed_during_the_run_fails_verification(simulated, rack, program) -> None:
+    settings.prepare(rack, program)
+    (name, channel), _ = sorted(program.flux_bias_a.items())[0]
+    scpi(simulated.instruments[name], f"SOUR{channel}:CURR 0.001")
+    with pytest.raises(InstrumentCommandError,
+                       match=f"flux bias {name} channel {channel} changed during the run"):
+        settings.verify(rack, program)
+
+
+def test_jobs_never_return_counts_while_a_neighbour_toggles_the_lo(lab_backend) -> None:
+    """The issue's case: another process toggles the drive LO's output during jobs. Each job
+    either fails naming that LO, or ran with the output verified ON before and after."""
+    lo_name = lab_backend.config.qubits[0].drive_lo
+    resource = lab_backend.config.instrument(lo_name).resource
+    host, port = resource.split("::")[1:3]
+    stop = threading.Event()
+
+    def toggle() -> None:
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            while not stop.is_set():
+                conn.sendall(b"OUTP OFF\n")
+                stop.wait(0.002)
+
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[0])
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    failed = 0
+    try:
+        for _ in range(10):
+            try:
+                result = lab_backend.run(native, shots=200).result(timeout=60)
+            except JobError as exc:
+                assert lo_name in str(exc), exc
+                failed += 1
+                continue
+            bundle = result.results[0].header.reproducibility
+            for side in ("instruments_before", "instruments_after"):
+                assert all(r["output_on"] for r in bundle[side] if r["instrument"] == lo_name)
+    finally:
+        stop.set()
+        toggler.join(10)
+    assert failed >= 1
+    # with the neighbour gone, jobs run again
+    assert lab_backend.run(native, shots=200).result(timeout=60).get_counts().get("1", 0) > 150
