@@ -178,11 +178,13 @@ class InstrumentError(LabQpuError):
     Attributes:
         instrument: resource string or endpoint of the instrument concerned.
         command: the SCPI command or protocol op that failed, if any.
+        detail: the message without the instrument and command around it.
     """
 
     def __init__(self, message: str, *, instrument: str = "", command: str = "") -> None:
         self.instrument = instrument
         self.command = command
+        self.detail = message
         where = f"[{instrument}] " if instrument else ""
         what = f" (command {command!r})" if command else ""
         super().__init__(f"{where}{message}{what}")

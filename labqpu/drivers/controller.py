@@ -235,7 +235,14 @@ class ControllerClient:
         deadline = time.monotonic() + timeout_s
         backoff_s = _WAIT_FIRST_BACKOFF_S
         while True:
-            state, result, arrays = self.fetch(run_id)
+            try:
+                state, result, arrays = self.fetch(run_id)
+            except InstrumentError as exc:
+                # The transport failed while the run may still be playing: stop it, and say
+                # whether the controller confirmed that.
+                outcome = self._abort_quietly(run_id)
+                raise type(exc)(f"{exc.detail}; {outcome}", instrument=exc.instrument,
+                                command=exc.command) from exc
             if state == "done":
                 return result, arrays
             if state == "error":
@@ -254,9 +261,9 @@ class ControllerClient:
                 )
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
-                self._abort_quietly(run_id)
+                outcome = self._abort_quietly(run_id)
                 raise InstrumentTimeoutError(
-                    f"run {run_id} still {state} after {timeout_s} s",
+                    f"run {run_id} still {state} after {timeout_s} s; {outcome}",
                     instrument=self.endpoint,
                     command=OP_FETCH,
                 )
@@ -267,13 +274,15 @@ class ControllerClient:
                 cancel = None
             backoff_s = min(1.5 * backoff_s, _WAIT_MAX_BACKOFF_S)
 
-    def _abort_quietly(self, run_id: str) -> None:
-        """Best-effort abort of a run we stop waiting for, so it does not hold the controller."""
+    def _abort_quietly(self, run_id: str) -> str:
+        """Best-effort abort of a run we stop waiting for, so it does not keep playing; returns
+        what happened, for the error the caller raises."""
         try:
-            self.abort(run_id)
+            state = self.abort(run_id)
         except InstrumentError as exc:
-            logger.warning("%s: could not abort run %s after its deadline: %s",
-                           self.endpoint, run_id, exc)
+            logger.warning("%s: could not abort run %s: %s", self.endpoint, run_id, exc)
+            return f"the abort of run {run_id} could not be confirmed ({exc}): it may still play"
+        return f"run {run_id} aborted (controller reports {state!r})"
 
     def abort(self, run_id: str) -> str:
         """Abort a run: a queued run never starts, a running one is asked to stop.

@@ -634,3 +634,63 @@ def test_malformed_endpoint_fails_fast_and_close_is_bounded() -> None:
     started = time.monotonic()
     client.close()
     assert time.monotonic() - started < 2.0
+
+
+class FetchBlackHole:
+    """Relays requests to a server but swallows every reply to ``fetch``: the transport to a
+    running run fails while the run keeps playing on the controller."""
+
+    def __init__(self, context: zmq.Context, server_endpoint: str) -> None:
+        self._frontend = context.socket(zmq.ROUTER)
+        self._backend = context.socket(zmq.DEALER)
+        for socket in (self._frontend, self._backend):
+            socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self._frontend.bind_to_random_port('tcp://127.0.0.1')}"
+        self._backend.connect(server_endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+        self._thread.start()
+
+    def _relay(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._frontend, zmq.POLLIN)
+        poller.register(self._backend, zmq.POLLIN)
+        senders: dict[str, tuple[bytes, str]] = {}
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(20))
+                if self._frontend in ready:
+                    identity, *frames = self._frontend.recv_multipart()
+                    request = decode_request(frames)
+                    senders[request.id] = (identity, request.op)
+                    self._backend.send_multipart(frames)
+                if self._backend in ready:
+                    frames = self._backend.recv_multipart()
+                    identity, op = senders.pop(decode_reply(frames).id)
+                    if op != OP_FETCH:
+                        self._frontend.send_multipart([identity, *frames])
+        finally:
+            self._frontend.close(linger=0)
+            self._backend.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(BOUND_S)
+
+
+def test_a_run_whose_transport_fails_is_aborted_and_the_error_says_so(
+    context: zmq.Context, server: ControllerServer, executor: SumExecutor
+) -> None:
+    relay = FetchBlackHole(context, server.endpoint)
+    try:
+        with ControllerClient(relay.endpoint, timeout_s=0.3, retries=1) as ctrl:
+            program_id = ctrl.upload(_program(), {})
+            run_id = ctrl.run(program_id, shots=1, params={"sleep_s": 30.0}, key="T")
+            with pytest.raises(InstrumentTimeoutError, match=f"run {run_id} aborted") as info:
+                ctrl.wait(run_id, timeout_s=60.0)
+            assert info.value.command == OP_FETCH
+            assert str(info.value).count(relay.endpoint) == 1
+        with ControllerClient(server.endpoint, timeout_s=BOUND_S) as direct:
+            _wait_until(lambda: direct.fetch(run_id)[0] == "aborted")
+    finally:
+        relay.close()
