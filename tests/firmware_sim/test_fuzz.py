@@ -228,3 +228,12 @@ def test_a_long_compound_query_is_answered_in_one_line(rack, scpi) -> None:
 def test_servers_still_serve_after_all_that(rack, scpi) -> None:
     still_serves(rack)
     scpi_still_serves(scpi)
+
+
+def test_a_server_that_stops_serving_is_reported() -> None:
+    """The simulator's main loop exits non-zero when ``failure()`` names a server: a process
+    that looks alive but answers nothing is never left behind."""
+    with SimulatedRack(default_config_path(), seed=2) as rack:
+        assert rack.failure() is None
+        rack.instruments["lo_readout"].stop()
+        assert "lo_readout" in rack.failure()
