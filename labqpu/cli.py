@@ -6,6 +6,7 @@
     labqpu sim [lab.toml]              run the firmware simulator in the foreground
     labqpu status [--config lab.toml]  instruments, controller and calibration at a glance
     labqpu calibrate --bootstrap       measure a complete snapshot from design values
+    labqpu calibrate history|diff|rollback   the calibration store's history
     labqpu draw bell.py -o bell.png    draw the compiled pulse program of a circuit
                                        (a .py defining `circuit` or `qc`, or a .qasm file)
 """
@@ -167,8 +168,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
     from labqpu.calibration.bootstrap import bootstrap, load_design
 
+    if args.action is not None:
+        return _calibration_store_command(args)
     if not args.bootstrap:
-        print("labqpu calibrate: only --bootstrap is available so far", file=sys.stderr)
+        print("labqpu calibrate: give --bootstrap, or one of history, diff, rollback",
+              file=sys.stderr)
         return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
@@ -185,6 +189,40 @@ def _calibrate(args: argparse.Namespace) -> int:
             Path(args.export).write_text(
                 json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
             print(f"exported to {args.export}")
+    return 0
+
+
+def _calibration_store_command(args: argparse.Namespace) -> int:
+    """``labqpu calibrate history|diff|rollback``: the store alone, no instrument touched."""
+    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.store import CalibrationStore
+
+    config = load_config(args.config or default_config_path())
+    with CalibrationStore(config.store_path) as store:
+        if args.action == "rollback":
+            snapshot = store.rollback(args.snapshot_id)
+            print(f"committed snapshot {snapshot.snapshot_id}: the calibration of snapshot "
+                  f"{args.snapshot_id} is the newest again ({config.store_path})")
+        elif args.action == "diff":
+            print(json.dumps(store.diff(args.a, args.b), indent=1))
+        elif args.param is None:
+            for info in store.history(limit=args.limit):
+                parent = "-" if info.parent_id is None else info.parent_id
+                print(f"{info.snapshot_id:>5}  {info.created}  parent {parent:>5}  "
+                      f"{info.notes}")
+        else:
+            subjects = {"qubit": args.qubit, "pair": args.pair, "gate": args.gate}
+            chosen = {k: v for k, v in subjects.items() if v is not None}
+            if len(chosen) != 1:
+                print("labqpu calibrate history: --param needs exactly one of --qubit, --pair, "
+                      "--gate", file=sys.stderr)
+                return 2
+            records = store.parameter_history(args.param, since=args.since, **chosen)
+            (kind, key), = chosen.items()
+            print(f"{args.param} of {kind} {key}: {len(records)} measurement(s), newest first")
+            for record in records[:args.limit]:
+                print(f"{record.timestamp}  snapshot {record.snapshot_id:>5}  "
+                      f"{record.experiment:<24} {record.value!r}")
     return 0
 
 
@@ -282,7 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
-    cal.set_defaults(func=_calibrate)
+    cal.set_defaults(func=_calibrate, action=None)
+    actions = cal.add_subparsers(dest="action", metavar="{history,diff,rollback}")
+    history = actions.add_parser("history", help="snapshots, or one parameter's measurements")
+    history.add_argument("--config", default=argparse.SUPPRESS, help="lab.toml (default: lab5)")
+    history.add_argument("--param", help="a parameter name (e.g. t1_s)")
+    history.add_argument("--qubit", type=int, help="with --param: the qubit")
+    history.add_argument("--pair", type=lambda text: tuple(int(q) for q in text.split("-")),
+                         help="with --param: the edge, as A-B")
+    history.add_argument("--gate", help="with --param: the gate key, e.g. sx:0")
+    history.add_argument("--since", help="with --param: ISO-8601 time, e.g. 2026-11-22T00:00Z")
+    history.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    diff = actions.add_parser("diff", help="what changed between two snapshots (JSON)")
+    diff.add_argument("a", type=int)
+    diff.add_argument("b", type=int)
+    diff.add_argument("--config", default=argparse.SUPPRESS, help="lab.toml (default: lab5)")
+    rollback = actions.add_parser("rollback", help="make an earlier snapshot the newest again")
+    rollback.add_argument("snapshot_id", type=int)
+    rollback.add_argument("--config", default=argparse.SUPPRESS, help="lab.toml (default: lab5)")
 
     draw = sub.add_parser("draw", help="draw the pulse program a circuit compiles to")
     draw.add_argument("file", help="a .py file defining `circuit` or `qc`, or a .qasm file")

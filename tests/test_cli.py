@@ -3,6 +3,7 @@ line on stderr with exit code 2, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -151,3 +152,41 @@ def test_openqasm_that_does_not_parse_is_one_line(tmp_path, text):
     assert proc.stderr.startswith(f"labqpu: {path}: not a valid OpenQASM"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _seeded_home(tmp_path: Path, export: dict) -> None:
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+
+    with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
+        first = store.import_json(export)
+        builder = SnapshotBuilder.from_snapshot(first)
+        builder.set_qubit(2, "t1_s", 20e-6, "t1", timestamp="2026-11-28T10:00:00+00:00")
+        store.commit(builder.build_document())
+
+
+def test_calibrate_history_diff_and_rollback(tmp_path, export):
+    _seeded_home(tmp_path, export)
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["2", "1"]
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1_s", "--qubit", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 measurement(s)" in proc.stdout
+    assert proc.stdout.splitlines()[1].startswith("2026-11-28T10:00:00+00:00  snapshot     2")
+    proc = labqpu(tmp_path, "calibrate", "diff", "1", "2")
+    changed = json.loads(proc.stdout)["changed"]
+    assert [(c["key"], c["name"]) for c in changed] == [("2", "t1_s")]
+    proc = labqpu(tmp_path, "calibrate", "rollback", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "committed snapshot 3" in proc.stdout
+    proc = labqpu(tmp_path, "calibrate", "diff", "1", "3")
+    assert json.loads(proc.stdout)["changed"] == []
+
+
+def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, export):
+    _seeded_home(tmp_path, export)
+    for args in (["rollback", "9"], ["history", "--param", "t1_s"], ["diff", "1", "7"]):
+        proc = labqpu(tmp_path, "calibrate", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -32,7 +32,13 @@ and its errors are the ``CalibrationError`` branch of that tree.
 """
 
 from labqpu.store.builder import SnapshotBuilder
-from labqpu.store.database import EXPORT_FORMAT, SCHEMA_VERSION, CalibrationStore, SnapshotInfo
+from labqpu.store.database import (
+    EXPORT_FORMAT,
+    SCHEMA_VERSION,
+    CalibrationStore,
+    ParameterRecord,
+    SnapshotInfo,
+)
 from labqpu.store.parameter import MISSING, Parameter
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.requirements import (
@@ -52,6 +58,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CalibrationStore",
     "Parameter",
+    "ParameterRecord",
     "Snapshot",
     "SnapshotBuilder",
     "SnapshotInfo",

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,38 @@ from labqpu.errors import (
 from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.snapshot import Snapshot, diff_snapshots
-from labqpu.store.validation import canonical_json, is_id, utc_now
+from labqpu.store.validation import (
+    canonical_json,
+    check_timestamp,
+    is_id,
+    pair_key,
+    parse_pair,
+    qubit_index,
+    utc_now,
+)
 
 SCHEMA_VERSION = 1
 """Version of the SQLite schema this module reads and writes."""
 
 EXPORT_FORMAT = "labqpu.calibration.snapshot/1"
 """Value of the ``format`` field of :meth:`CalibrationStore.export_json` documents."""
+
+
+@dataclass(frozen=True)
+class ParameterRecord:
+    """One measurement of one parameter, as :meth:`CalibrationStore.parameter_history` lists.
+
+    Attributes:
+        snapshot_id: the first snapshot that held this measurement.
+        value: the value, in the unit the parameter's name states.
+        timestamp: when it was measured, ISO-8601 UTC.
+        experiment: the experiment that measured it.
+    """
+
+    snapshot_id: int
+    value: Any
+    timestamp: str
+    experiment: str
 
 
 @dataclass(frozen=True)
@@ -435,6 +461,60 @@ class CalibrationStore:
             CalibrationMissingError: either snapshot does not exist.
         """
         return diff_snapshots(self.get(a_id), self.get(b_id))
+
+    def parameter_history(self, name: str, *, qubit: int | None = None,
+                          pair: tuple[int, int] | None = None, gate: str | None = None,
+                          since: str | datetime | None = None) -> list[ParameterRecord]:
+        """Every distinct measurement of one parameter, newest first.
+
+        Name exactly one of ``qubit``, ``pair`` (either order) or ``gate`` (``"sx:0"``).
+        A value that several snapshots carry unchanged (same value, timestamp and
+        experiment) appears once, with the first snapshot that held it. ``since`` keeps
+        measurements taken at or after that time (aware ``datetime`` or ISO-8601), e.g.
+        "T1 of qubit 2 over the last week"::
+
+            store.parameter_history("t1_s", qubit=2,
+                                    since=datetime.now(UTC) - timedelta(days=7))
+
+        Raises:
+            ValueError: not exactly one of ``qubit``, ``pair``, ``gate``.
+        """
+        chosen = [(section, key) for section, key in
+                  (("qubits", None if qubit is None else str(qubit_index(qubit))),
+                   ("pairs", None if pair is None else pair_key(parse_pair(pair))),
+                   ("gates", gate)) if key is not None]
+        if len(chosen) != 1:
+            raise ValueError("name exactly one of qubit=, pair=, gate=")
+        section, key = chosen[0]
+        cutoff = None if since is None else datetime.fromisoformat(check_timestamp(since))
+        rows = self._query("SELECT id, document FROM snapshots WHERE complete = 1 ORDER BY id")
+        records: dict[tuple, ParameterRecord] = {}
+        for snapshot_id, document in rows:
+            entry = json.loads(document)[section].get(key, {}).get(name)
+            if entry is None:
+                continue
+            identity = (canonical_json(entry["value"]), entry["timestamp"], entry["experiment"])
+            if identity not in records:
+                records[identity] = ParameterRecord(snapshot_id, entry["value"],
+                                                    entry["timestamp"], entry["experiment"])
+        out = [r for r in records.values()
+               if cutoff is None or datetime.fromisoformat(r.timestamp) >= cutoff]
+        return sorted(out, key=lambda r: (r.timestamp, r.snapshot_id), reverse=True)
+
+    def rollback(self, snapshot_id: int) -> Snapshot:
+        """Make the calibration of snapshot ``snapshot_id`` the newest again.
+
+        Nothing is deleted: a new snapshot with the same content is committed on top of the
+        newest one, with a note saying where it came from; the history keeps everything.
+
+        Raises:
+            CalibrationMissingError: there is no snapshot ``snapshot_id``.
+        """
+        document = self.get(snapshot_id).to_document()
+        newest = self.latest_id()
+        document["notes"] = (f"rollback to snapshot {snapshot_id} (newest was {newest})"
+                             + (f"; {document['notes']}" if document.get("notes") else ""))
+        return self.commit(document)
 
     def export_json(self, snapshot_id: int) -> dict[str, Any]:
         """Snapshot ``snapshot_id`` as a JSON-ready envelope for :meth:`import_json`::

@@ -662,3 +662,43 @@ def test_corrupted_row_is_reported_not_returned(store: CalibrationStore) -> None
         conn.execute("UPDATE snapshots SET document = ?", (json.dumps(altered),))
     with pytest.raises(CalibrationError, match=f"snapshot {snapshot.snapshot_id} .* corrupt"):
         store.latest()
+
+
+# --------------------------------------------------------------------------- history, rollback
+
+
+def test_parameter_history_lists_each_measurement_once_newest_first(tmp_path) -> None:
+    with CalibrationStore(tmp_path / "h.sqlite") as store:
+        builder = SnapshotBuilder("lab5")
+        builder.set_qubit(2, "t1_s", 50e-6, "t1", timestamp=T0)
+        builder.set_qubit(2, "t2_s", 40e-6, "ramsey", timestamp=T0)
+        first = store.commit(builder.build_document())
+        builder.set_qubit(2, "t2_s", 41e-6, "ramsey", timestamp=T1)  # t1_s carried unchanged
+        store.commit(builder.build_document())
+        builder.set_qubit(2, "t1_s", 55e-6, "t1", timestamp="2026-11-23T08:00:00+00:00")
+        third = store.commit(builder.build_document())
+        history = store.parameter_history("t1_s", qubit=2)
+        assert [(r.value, r.snapshot_id) for r in history] == [
+            (55e-6, third.snapshot_id), (50e-6, first.snapshot_id)]
+        assert history[0].experiment == "t1"
+        recent = store.parameter_history("t1_s", qubit=2, since="2026-11-22T12:00:00+00:00")
+        assert [r.value for r in recent] == [55e-6]
+        assert store.parameter_history("t1_s", qubit=3) == []
+        with pytest.raises(ValueError, match="exactly one"):
+            store.parameter_history("t1_s", qubit=2, gate="sx:2")
+
+
+def test_rollback_commits_the_old_content_and_keeps_the_history(tmp_path) -> None:
+    with CalibrationStore(tmp_path / "r.sqlite") as store:
+        builder = SnapshotBuilder("lab5").set_qubit(0, "t1_s", 50e-6, "t1", timestamp=T0)
+        first = store.commit(builder.build_document())
+        builder.set_qubit(0, "t1_s", 20e-6, "t1", timestamp=T1)
+        second = store.commit(builder.build_document())
+        back = store.rollback(first.snapshot_id)
+        assert back.snapshot_id == second.snapshot_id + 1
+        assert back.parent_id == second.snapshot_id
+        assert back.qubit_value(0, "t1_s") == 50e-6
+        assert f"rollback to snapshot {first.snapshot_id}" in back.notes
+        assert [info.snapshot_id for info in store.history()] == [3, 2, 1]
+        with pytest.raises(CalibrationMissingError, match="no snapshot 9"):
+            store.rollback(9)
