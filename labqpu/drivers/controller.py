@@ -31,6 +31,7 @@ import numpy as np
 import zmq
 
 from labqpu.drivers.protocol import (
+    ERR_UNKNOWN_SESSION,
     OP_ABORT,
     OP_FETCH,
     OP_HELLO,
@@ -38,6 +39,7 @@ from labqpu.drivers.protocol import (
     OP_STATUS,
     OP_UPLOAD,
     PROTOCOL_VERSION,
+    SESSION_OPS,
     Frame,
     Reply,
     decode_reply,
@@ -95,6 +97,8 @@ class ControllerClient:
         self._socket: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._session: str | None = None
+        self._session_lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"ControllerClient({self.endpoint!r}, timeout_s={self.timeout_s})"
@@ -133,6 +137,10 @@ class ControllerClient:
     def hello(self) -> dict[str, Any]:
         """Greet the controller and check that it speaks ``PROTOCOL_VERSION``.
 
+        The first ``hello`` opens this client's session; later ones keep it (the controller
+        returns the same session while it knows it). Runs belong to the session that started
+        them: only this client can fetch or abort them.
+
         Returns:
             the controller's description: ``protocol_versions``, ``server``,
             ``firmware`` and ``capabilities`` (channels, sample_rate_hz, ...).
@@ -149,6 +157,11 @@ class ControllerClient:
                 instrument=self.endpoint,
                 command=OP_HELLO,
             )
+        session = result.get("session")
+        if not isinstance(session, str) or not session:
+            raise ProtocolError("hello reply carries no session", instrument=self.endpoint,
+                                command=OP_HELLO)
+        self._session = session
         return result
 
     def upload(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
@@ -336,8 +349,35 @@ class ControllerClient:
         arrays: Mapping[str, np.ndarray] | None = None,
         key: str | None = None,
     ) -> Reply:
-        """Send one request, Lazy Pirate style, and return its successful reply."""
-        request_id, frames = encode_request(op, params, arrays, key=key)
+        """Send one request, Lazy Pirate style, and return its successful reply.
+
+        Ops on runs carry this client's session, opened by ``hello`` on first need. If the
+        controller no longer knows the session (it restarted), a new one is opened and the
+        request is sent once more.
+        """
+        if op == OP_HELLO:
+            return self._send(op, params, arrays, key, self._session)
+        if op not in SESSION_OPS:
+            return self._send(op, params, arrays, key, None)
+        with self._session_lock:
+            if self._session is None:
+                self.hello()
+        try:
+            return self._send(op, params, arrays, key, self._session)
+        except InstrumentCommandError as exc:
+            if exc.remote_type != ERR_UNKNOWN_SESSION:
+                raise
+            logger.warning("%s: session unknown to the controller (restarted?); opening a "
+                           "new one", self.endpoint)
+            with self._session_lock:
+                self._session = None
+                self.hello()
+            return self._send(op, params, arrays, key, self._session)
+
+    def _send(self, op: str, params: Mapping[str, Any],
+              arrays: Mapping[str, np.ndarray] | None, key: str | None,
+              session: str | None) -> Reply:
+        request_id, frames = encode_request(op, params, arrays, key=key, session=session)
         with self._lock:
             if self._closed:
                 raise InstrumentError("client is closed", instrument=self.endpoint, command=op)

@@ -41,6 +41,7 @@ from labqpu.errors import ProtocolError
 __all__ = [
     "ALLOWED_DTYPES",
     "ERR_BAD_PARAMS",
+    "ERR_FORBIDDEN",
     "ERR_INTERNAL",
     "ERR_INVALID_PROGRAM",
     "ERR_PROTOCOL",
@@ -48,6 +49,7 @@ __all__ = [
     "ERR_UNKNOWN_OP",
     "ERR_UNKNOWN_PROGRAM",
     "ERR_UNKNOWN_RUN",
+    "ERR_UNKNOWN_SESSION",
     "MAX_FRAMES",
     "MAX_FRAME_BYTES",
     "MAX_HEADER_BYTES",
@@ -60,6 +62,7 @@ __all__ = [
     "OP_STATUS",
     "OP_UPLOAD",
     "PROTOCOL_VERSION",
+    "SESSION_OPS",
     "Frame",
     "Reply",
     "Request",
@@ -72,7 +75,7 @@ __all__ = [
     "salvage_request_id",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 OP_HELLO = "hello"
 OP_UPLOAD = "upload"
@@ -91,6 +94,11 @@ ERR_UNKNOWN_PROGRAM = "UnknownProgram"  # run of a program id the controller doe
 ERR_UNKNOWN_RUN = "UnknownRun"  # fetch/abort of a run id the controller does not hold
 ERR_RUN_EXPIRED = "RunExpired"  # idempotency key seen before; its run's record is gone
 ERR_INTERNAL = "InternalError"  # the controller failed while handling the request
+ERR_UNKNOWN_SESSION = "UnknownSession"  # no session, or one the controller does not hold
+ERR_FORBIDDEN = "Forbidden"  # the run belongs to another session
+
+#: Ops that need the session ``hello`` opened: they act on runs, which belong to a session.
+SESSION_OPS = frozenset({OP_RUN, OP_FETCH, OP_ABORT})
 
 MAX_HEADER_BYTES = 1 << 20
 """Largest JSON header accepted, in bytes; array data travels in the other frames."""
@@ -144,6 +152,8 @@ class Request:
         key: idempotency key, or None; a controller executes a keyed ``run`` once.
         params: JSON parameters of the operation.
         arrays: named arrays, views on the received frames (no copy).
+        session: the session ``hello`` opened, or None; runs belong to the session that
+            started them.
     """
 
     op: str
@@ -151,6 +161,7 @@ class Request:
     key: str | None
     params: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +243,7 @@ def encode_request(
     params: Mapping[str, Any] | None,
     arrays: Mapping[str, Any] | None = None,
     key: str | None = None,
+    session: str | None = None,
 ) -> tuple[str, list[Frame]]:
     """Build the frames of a request with a fresh request id.
 
@@ -243,6 +255,7 @@ def encode_request(
         params: JSON-able parameters; None means ``{}``.
         arrays: name → array to send after the header (made C-contiguous if needed).
         key: idempotency key, or None.
+        session: the session ``hello`` opened (needed by ``run``, ``fetch`` and ``abort``).
 
     Returns:
         (request id, frames).
@@ -254,12 +267,15 @@ def encode_request(
         raise ProtocolError(f"op must be a non-empty string, got {op!r}")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"idempotency key must be a string or None, got {key!r}")
+    if session is not None and not isinstance(session, str):
+        raise ProtocolError(f"session must be a string or None, got {session!r}")
     request_id = uuid.uuid4().hex
     header = {
         "v": PROTOCOL_VERSION,
         "op": op,
         "id": request_id,
         "key": key,
+        "session": session,
         "params": dict(params or {}),
     }
     return request_id, _encode(header, arrays)
@@ -438,9 +454,13 @@ def decode_request(frames: Sequence[Frame]) -> Request:
     key = header.get("key")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"header field 'key' must be a string or null, got {key!r}")
+    session = header.get("session")
+    if session is not None and not isinstance(session, str):
+        raise ProtocolError(f"header field 'session' must be a string or null, got {session!r}")
     params = _field(header, "params", dict)
     arrays = _decode_arrays(header.get("arrays"), frames[1:])
-    return Request(op=op, id=request_id, key=key, params=params, arrays=arrays)
+    return Request(op=op, id=request_id, key=key, params=params, arrays=arrays,
+                   session=session)
 
 
 def decode_reply(frames: Sequence[Frame]) -> Reply:

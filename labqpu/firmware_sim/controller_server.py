@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ import zmq
 
 from labqpu.drivers.protocol import (
     ERR_BAD_PARAMS,
+    ERR_FORBIDDEN,
     ERR_INTERNAL,
     ERR_INVALID_PROGRAM,
     ERR_PROTOCOL,
@@ -42,6 +44,7 @@ from labqpu.drivers.protocol import (
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
+    ERR_UNKNOWN_SESSION,
     MAX_FRAME_BYTES,
     MAX_FRAMES,
     MAX_HEADER_BYTES,
@@ -75,7 +78,10 @@ ABORTED = "aborted"
 _ACTIVE = (QUEUED, RUNNING)
 
 _POLL_INTERVAL_MS = 50
-_MAX_KEYS = 4096
+#: How long an idempotency key is remembered after its run was accepted (s).
+KEY_RETENTION_S = 3600.0
+#: A session unused this long is forgotten when the next one opens (s).
+SESSION_IDLE_S = 24 * 3600.0
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -137,6 +143,7 @@ class _Run:
     shots: int
     params: dict[str, Any]
     accepted_at: float
+    session: str
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = QUEUED
     finished_at: float | None = None
@@ -148,6 +155,21 @@ class _Run:
         """Seconds since the run was accepted, frozen once it finished."""
         end = now if self.finished_at is None else self.finished_at
         return end - self.accepted_at
+
+
+@dataclass(frozen=True)
+class _KeyRecord:
+    """What an idempotency key ran: the run, a digest of the request, when (monotonic s)."""
+
+    run_id: str
+    content: str
+    seen_at: float
+
+
+def _request_digest(program_id: str, shots: int, params: dict[str, Any]) -> str:
+    """Digest of what a ``run`` asks for, so a reused key with other content is refused."""
+    text = json.dumps([program_id, shots, params], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def program_id_of(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
@@ -213,7 +235,8 @@ class ControllerServer:
         self._uploads_total = 0
         self._runs_total = 0
         self._runs: dict[str, _Run] = {}
-        self._keys: OrderedDict[str, str] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, str], _KeyRecord] = OrderedDict()
+        self._sessions: dict[str, float] = {}
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -361,14 +384,25 @@ class ControllerServer:
             return encode_error(request.id, ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
 
     def _hello(self, request: Request) -> tuple[dict, None]:
+        with self._lock:
+            now = time.monotonic()
+            for stale in [s for s, seen in self._sessions.items()
+                          if seen < now - SESSION_IDLE_S]:
+                del self._sessions[stale]
+            # A client that already holds a session keeps it; otherwise it gets a new one.
+            session = (request.session if request.session in self._sessions
+                       else secrets.token_hex(16))
+            self._sessions[session] = now
         return {
+            "session": session,
             "protocol_versions": [PROTOCOL_VERSION],
             "server": self.name,
             "firmware": _FIRMWARE,
             "capabilities": self._executor.capabilities(),
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
                        "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
-                       "max_programs": self._max_programs, "max_runs": self._max_runs},
+                       "max_programs": self._max_programs, "max_runs": self._max_runs,
+                       "key_retention_s": KEY_RETENTION_S, "session_idle_s": SESSION_IDLE_S},
         }, None
 
     def _upload(self, request: Request) -> tuple[dict, None]:
@@ -403,17 +437,28 @@ class ControllerServer:
         if not isinstance(run_params, dict):
             raise _RequestError(ERR_BAD_PARAMS, f"run: 'params' must be an object: {run_params!r}")
         key = request.key
+        content = _request_digest(program_id, shots, run_params)
         with self._lock:
-            if key is not None and key in self._keys:
-                run_id = self._keys[key]
-                previous = self._runs.get(run_id)
+            session = self._session_of(request)
+            now = time.monotonic()
+            while self._keys and next(iter(self._keys.values())).seen_at < now - KEY_RETENTION_S:
+                self._keys.popitem(last=False)
+            previous_key = None if key is None else self._keys.get((session, key))
+            if previous_key is not None:
+                if previous_key.content != content:
+                    raise _RequestError(
+                        ERR_BAD_PARAMS,
+                        f"idempotency key {key!r} was used for a different request (another "
+                        "program, shot count or parameters); use a new key")
+                previous = self._runs.get(previous_key.run_id)
                 if previous is None:
                     raise _RequestError(
                         ERR_RUN_EXPIRED,
-                        f"idempotency key {key!r} already ran as {run_id}, whose record is gone",
-                    )
-                logger.info("%s: repeated key %s returns run %s", self.name, key, run_id)
-                return {"run_id": run_id, "state": previous.state}, None
+                        f"idempotency key {key!r} already ran as {previous_key.run_id}, whose "
+                        "record is gone")
+                logger.info("%s: repeated key %s returns run %s", self.name, key,
+                            previous_key.run_id)
+                return {"run_id": previous.run_id, "state": previous.state}, None
             program = self._programs.get(program_id)
             if program is None:
                 raise _RequestError(ERR_UNKNOWN_PROGRAM, f"no program {program_id!r} loaded")
@@ -426,23 +471,37 @@ class ControllerServer:
                 program=program,
                 shots=shots,
                 params=run_params,
-                accepted_at=time.monotonic(),
+                accepted_at=now,
+                session=session,
             )
             self._runs[run.run_id] = run
             if key is not None:
-                self._keys[key] = run.run_id
-                while len(self._keys) > _MAX_KEYS:
-                    self._keys.popitem(last=False)
+                self._keys[(session, key)] = _KeyRecord(run.run_id, content, now)
         self._queue.put(run.run_id)
         return {"run_id": run.run_id, "state": QUEUED}, None
 
     def _lookup(self, request: Request) -> _Run:
-        """The run named by the ``run_id`` parameter; call with the lock held."""
+        """The run named by the ``run_id`` parameter, if it belongs to the request's session;
+        call with the lock held."""
+        session = self._session_of(request)
         run_id = _param(request.params, "run_id", str, op=request.op)
         run = self._runs.get(run_id)
         if run is None:
             raise _RequestError(ERR_UNKNOWN_RUN, f"no run {run_id!r} (unknown or forgotten)")
+        if run.session != session:
+            raise _RequestError(ERR_FORBIDDEN, f"run {run_id} belongs to another session")
         return run
+
+    def _session_of(self, request: Request) -> str:
+        """The request's session, which ``hello`` must have opened; call with the lock held."""
+        if request.session is None or request.session not in self._sessions:
+            raise _RequestError(
+                ERR_UNKNOWN_SESSION,
+                f"{request.op} needs a session: send hello first"
+                + ("" if request.session is None else
+                   f" (session {request.session[:8]}... is not one of {self.name}'s)"))
+        self._sessions[request.session] = time.monotonic()
+        return request.session
 
     def _fetch(self, request: Request) -> tuple[dict, dict | None]:
         with self._lock:

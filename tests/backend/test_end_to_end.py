@@ -17,6 +17,7 @@ from qiskit.primitives import BackendSamplerV2
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
 from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.protocol import PROTOCOL_VERSION
 from labqpu.errors import InvalidRunInputError
 from labqpu.pulse.program import LoSetting
 
@@ -417,7 +418,7 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
     assert bundle["program_hash"] == program.content_hash
     assert len(bundle["waveform_hashes"]) == program.num_waveforms
     assert bundle["calibration_snapshot_id"] == lab_backend.snapshot.snapshot_id
-    assert bundle["controller"]["protocol_version"] == 1
+    assert bundle["controller"]["protocol_version"] == PROTOCOL_VERSION
     assert bundle["controller"]["firmware"]
     los = {r["instrument"] for r in bundle["instruments_before"] if "frequency_hz" in r}
     assert los == set(program.lo_settings)

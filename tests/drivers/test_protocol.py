@@ -99,13 +99,15 @@ def test_reply_round_trip_with_arrays_and_error() -> None:
 
 
 def test_header_is_versioned_json_describing_arrays() -> None:
-    request_id, frames = encode_request(OP_RUN, {"shots": 3}, {"w": np.zeros((2, 4), "<c8")})
+    request_id, frames = encode_request(OP_RUN, {"shots": 3}, {"w": np.zeros((2, 4), "<c8")},
+                                        session="s1")
     header = _header(frames)
     assert header == {
         "v": PROTOCOL_VERSION,
         "op": OP_RUN,
         "id": request_id,
         "key": None,
+        "session": "s1",
         "params": {"shots": 3},
         "arrays": [{"name": "w", "dtype": "<c8", "shape": [2, 4]}],
     }
@@ -204,7 +206,7 @@ MALFORMED_REQUESTS = {
     "not json": lambda f: [b"{nope", *f[1:]],
     "not an object": lambda f: [b"[1, 2]", *f[1:]],
     "nan constant": lambda f: [_header_bytes(f).replace(b'"meta"', b'"x": NaN, "meta"'), *f[1:]],
-    "wrong version": lambda f: _with_header(f, v=2),
+    "wrong version": lambda f: _with_header(f, v=99),
     "version as string": lambda f: _with_header(f, v="1"),
     "version as bool": lambda f: _with_header(f, v=True),
     "no version": lambda f: _with_header(f, v=None),
@@ -266,8 +268,8 @@ def test_good_request_used_by_malformed_cases_decodes() -> None:
 
 
 def test_protocol_error_messages_are_clear() -> None:
-    with pytest.raises(ProtocolError, match="unsupported protocol version 2"):
-        decode_request(_with_header(_good_request(), v=2))
+    with pytest.raises(ProtocolError, match="unsupported protocol version 99"):
+        decode_request(_with_header(_good_request(), v=99))
     with pytest.raises(ProtocolError, match="needs 16 bytes, frame holds 20"):
         decode_request([_good_request()[0], b"\0" * 20])
     with pytest.raises(ProtocolError, match="describes 1 arrays but 2 array frames"):

@@ -17,17 +17,21 @@ import zmq
 from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import (
     ERR_BAD_PARAMS,
+    ERR_FORBIDDEN,
     ERR_INTERNAL,
     ERR_INVALID_PROGRAM,
     ERR_PROTOCOL,
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
+    ERR_UNKNOWN_SESSION,
     OP_FETCH,
+    OP_HELLO,
     OP_RUN,
     OP_UPLOAD,
     PROTOCOL_VERSION,
     Reply,
+    Request,
     decode_reply,
     decode_request,
     encode_reply,
@@ -136,7 +140,7 @@ class FakeController:
     """A ROUTER on a random port answering each request with frames built by ``respond``."""
 
     def __init__(
-        self, context: zmq.Context, respond: Callable[[str], list[list]] | None = None
+        self, context: zmq.Context, respond: Callable[[Request], list[list]] | None = None
     ) -> None:
         self.requests: list = []
         self.identities: list[bytes] = []
@@ -159,7 +163,7 @@ class FakeController:
                 self.requests.append(request)
                 self.identities.append(identity)
                 if self._respond is not None:
-                    for reply in self._respond(request.id):
+                    for reply in self._respond(request):
                         self._socket.send_multipart([identity, *reply])
         finally:
             self._socket.close(linger=0)
@@ -358,10 +362,17 @@ def test_retry_after_a_lost_reply_does_not_execute_twice(
 def test_silent_controller_times_out_after_all_retries_then_recovers(
     context: zmq.Context, executor: SumExecutor
 ) -> None:
-    silent = FakeController(context)
+    def answer_hello_only(request: Request) -> list[list]:
+        if request.op != OP_HELLO:
+            return []
+        return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
+                                          "session": "s1"})]
+
+    silent = FakeController(context, answer_hello_only)
     timeout_s, retries = 0.2, 2
     try:
         with ControllerClient(silent.endpoint, timeout_s=timeout_s, retries=retries) as ctrl:
+            ctrl.hello()  # opens the session the run needs
             start = time.monotonic()
             with pytest.raises(InstrumentTimeoutError) as info:
                 ctrl.run("0123456789abcdef", shots=1, key="K")
@@ -370,9 +381,11 @@ def test_silent_controller_times_out_after_all_retries_then_recovers(
             assert bound * 0.95 <= elapsed < bound + 1.0
             assert info.value.instrument == silent.endpoint
             assert info.value.command == OP_RUN
-            _wait_until(lambda: len(silent.requests) == retries + 1)
-            assert {(r.id, r.key) for r in silent.requests} == {(silent.requests[0].id, "K")}
-            assert len(set(silent.identities)) == retries + 1, "each attempt on a fresh socket"
+            _wait_until(lambda: len(silent.requests) == retries + 2)
+            runs = [(r, i) for r, i in zip(silent.requests, silent.identities, strict=True)
+                    if r.op == OP_RUN]
+            assert {(r.id, r.key, r.session) for r, _ in runs} == {(runs[0][0].id, "K", "s1")}
+            assert len({i for _, i in runs}) == retries + 1, "each attempt on a fresh socket"
             silent.close()
             with ControllerServer(executor, port=silent.port) as srv:
                 assert srv.endpoint == silent.endpoint
@@ -412,9 +425,10 @@ def test_server_starts_once(server: ControllerServer) -> None:
 
 
 def test_stale_reply_with_another_id_is_discarded(context: zmq.Context) -> None:
-    def respond(request_id: str) -> list[list]:
+    def respond(request: Request) -> list[list]:
         stale = encode_reply("stale-request", {"protocol_versions": [99]})
-        fresh = encode_reply(request_id, {"protocol_versions": [PROTOCOL_VERSION]})
+        fresh = encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
+                                          "session": "s1"})
         return [stale, fresh]
 
     fake = FakeController(context, respond)
@@ -426,11 +440,12 @@ def test_stale_reply_with_another_id_is_discarded(context: zmq.Context) -> None:
 
 
 def test_hello_refuses_a_controller_of_another_version(context: zmq.Context) -> None:
-    fake = FakeController(context, lambda rid: [encode_reply(rid, {"protocol_versions": [2]})])
+    fake = FakeController(context,
+                          lambda req: [encode_reply(req.id, {"protocol_versions": [1]})])
     try:
         with (
             ControllerClient(fake.endpoint, timeout_s=0.5, retries=0) as ctrl,
-            pytest.raises(ProtocolError, match="versions \\[2\\]"),
+            pytest.raises(ProtocolError, match="versions \\[1\\]"),
         ):
             ctrl.hello()
     finally:
@@ -531,9 +546,11 @@ def test_unknown_op_gets_a_typed_error(server: ControllerServer, context: zmq.Co
     ],
 )
 def test_bad_params_get_typed_errors(
-    server: ControllerServer, context: zmq.Context, op: str, params: dict, error_type: str
+    server: ControllerServer, client: ControllerClient, context: zmq.Context, op: str,
+    params: dict, error_type: str
 ) -> None:
-    request_id, frames = encode_request(op, params)
+    session = client.hello()["session"]
+    request_id, frames = encode_request(op, params, session=session)
     reply = _raw_request(context, server.endpoint, frames)
     assert (reply.id, reply.ok) == (request_id, False)
     assert reply.error is not None and reply.error["type"] == error_type
@@ -544,10 +561,10 @@ def test_bad_params_get_typed_errors(
     [
         ([b"not json"], ""),
         ([b""], ""),
-        ([b'{"v": 2, "op": "hello", "id": "abc", "params": {}, "arrays": []}'], "abc"),
-        ([b'{"v": 1, "op": "hello", "id": "abd", "params": {}, "arrays": []}', b"x"], "abd"),
+        ([b'{"v": 99, "op": "hello", "id": "abc", "params": {}, "arrays": []}'], "abc"),
+        ([b'{"v": 2, "op": "hello", "id": "abd", "params": {}, "arrays": []}', b"x"], "abd"),
     ],
-    ids=["garbage", "empty", "version 2", "extra frame"],
+    ids=["garbage", "empty", "version 99", "extra frame"],
 )
 def test_malformed_message_gets_an_error_reply_and_the_loop_survives(
     server: ControllerServer,
@@ -691,6 +708,58 @@ def test_a_run_whose_transport_fails_is_aborted_and_the_error_says_so(
             assert info.value.command == OP_FETCH
             assert str(info.value).count(relay.endpoint) == 1
         with ControllerClient(server.endpoint, timeout_s=BOUND_S) as direct:
-            _wait_until(lambda: direct.fetch(run_id)[0] == "aborted")
+            # The 30 s run stopped: the controller is idle long before it would have ended.
+            _wait_until(lambda: direct.status()["state"] == "idle")
     finally:
         relay.close()
+
+
+# -- sessions: runs belong to the client that started them ------------------------------
+
+
+def test_only_the_session_that_started_a_run_can_fetch_or_abort_it(
+    server: ControllerServer, client: ControllerClient
+) -> None:
+    program_id = client.upload(_program(), {})
+    run_id = client.run(program_id, shots=1, params={"sleep_s": 0.2})
+    with ControllerClient(server.endpoint, timeout_s=BOUND_S) as neighbour:
+        for call in (lambda: neighbour.fetch(run_id), lambda: neighbour.abort(run_id)):
+            with pytest.raises(InstrumentCommandError, match="belongs to another session") as e:
+                call()
+            assert e.value.remote_type == ERR_FORBIDDEN
+    client.wait(run_id, timeout_s=BOUND_S)  # the neighbour did not stop it
+    assert client.fetch(run_id)[0] == "done"
+
+
+def test_a_run_without_a_session_is_refused(server: ControllerServer,
+                                            context: zmq.Context) -> None:
+    for session in (None, "not-a-session"):
+        request_id, frames = encode_request(OP_RUN, {"program_id": "p", "shots": 1},
+                                            session=session)
+        reply = _raw_request(context, server.endpoint, frames)
+        assert (reply.id, reply.ok) == (request_id, False)
+        assert reply.error["type"] == ERR_UNKNOWN_SESSION
+        assert "send hello first" in reply.error["message"]
+
+
+def test_hello_keeps_the_session_and_states_the_key_retention(client: ControllerClient) -> None:
+    first = client.hello()
+    assert client.hello()["session"] == first["session"]
+    assert first["limits"]["key_retention_s"] >= 3600
+
+
+def test_a_key_is_bound_to_its_session_and_its_request(
+    server: ControllerServer, client: ControllerClient, executor: SumExecutor
+) -> None:
+    program_id = client.upload(_program(), {})
+    run_id = client.run(program_id, shots=2, key="job-7:0")
+    assert client.run(program_id, shots=2, key="job-7:0") == run_id  # a retry: the same run
+    with pytest.raises(InstrumentCommandError, match="used for a different request") as info:
+        client.run(program_id, shots=3, key="job-7:0")
+    assert info.value.remote_type == ERR_BAD_PARAMS
+    with ControllerClient(server.endpoint, timeout_s=BOUND_S) as neighbour:
+        other = neighbour.run(program_id, shots=2, key="job-7:0")
+        assert other != run_id  # the same key in another session is another run
+        neighbour.wait(other, timeout_s=BOUND_S)
+    client.wait(run_id, timeout_s=BOUND_S)
+    assert executor.executions == 2
