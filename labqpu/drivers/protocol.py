@@ -45,6 +45,7 @@ __all__ = [
     "ERR_INTERNAL",
     "ERR_INVALID_PROGRAM",
     "ERR_PROTOCOL",
+    "ERR_QUEUE_FULL",
     "ERR_RUN_EXPIRED",
     "ERR_UNKNOWN_OP",
     "ERR_UNKNOWN_PROGRAM",
@@ -96,6 +97,7 @@ ERR_RUN_EXPIRED = "RunExpired"  # idempotency key seen before; its run's record 
 ERR_INTERNAL = "InternalError"  # the controller failed while handling the request
 ERR_UNKNOWN_SESSION = "UnknownSession"  # no session, or one the controller does not hold
 ERR_FORBIDDEN = "Forbidden"  # the run belongs to another session
+ERR_QUEUE_FULL = "QueueFull"  # the session has as many runs queued as the controller allows
 
 #: Ops that need the session ``hello`` opened: they act on runs, which belong to a session.
 SESSION_OPS = frozenset({OP_RUN, OP_FETCH, OP_ABORT})

@@ -40,6 +40,7 @@ from labqpu.drivers.protocol import (
     ERR_INTERNAL,
     ERR_INVALID_PROGRAM,
     ERR_PROTOCOL,
+    ERR_QUEUE_FULL,
     ERR_RUN_EXPIRED,
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
@@ -207,6 +208,8 @@ class ControllerServer:
         name: server name reported by ``hello``.
         max_programs: programs kept; the least recently uploaded are evicted beyond it.
         max_runs: finished runs whose results are kept; older ones are forgotten.
+        max_queued_per_session: most runs one session may have queued or running; a ``run``
+            beyond it is refused with ``QueueFull``, so no client can fill the queue.
 
     Use as a context manager (``with ControllerServer(ex) as srv: srv.endpoint``) or
     call ``start()`` and ``stop()``. A server starts once.
@@ -221,6 +224,7 @@ class ControllerServer:
         name: str = "ctrl0",
         max_programs: int = 64,
         max_runs: int = 64,
+        max_queued_per_session: int = 256,
     ) -> None:
         if max_programs < 1 or max_runs < 1:
             raise ValueError("max_programs and max_runs must be >= 1")
@@ -231,6 +235,7 @@ class ControllerServer:
         self._executor = executor
         self._max_programs = max_programs
         self._max_runs = max_runs
+        self._max_queued = max_queued_per_session
         self._programs: OrderedDict[str, _Program] = OrderedDict()
         self._uploads_total = 0
         self._runs_total = 0
@@ -402,6 +407,7 @@ class ControllerServer:
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
                        "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
                        "max_programs": self._max_programs, "max_runs": self._max_runs,
+                       "max_queued_per_session": self._max_queued,
                        "key_retention_s": KEY_RETENTION_S, "session_idle_s": SESSION_IDLE_S},
         }, None
 
@@ -464,6 +470,13 @@ class ControllerServer:
                 raise _RequestError(ERR_UNKNOWN_PROGRAM, f"no program {program_id!r} loaded")
             if self._stopping.is_set():
                 raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
+            pending = sum(1 for r in self._runs.values()
+                          if r.session == session and r.state in _ACTIVE)
+            if pending >= self._max_queued:
+                raise _RequestError(
+                    ERR_QUEUE_FULL,
+                    f"this session already has {pending} runs queued or running (limit "
+                    f"{self._max_queued}); wait for some to finish")
             self._runs_total += 1
             run = _Run(
                 run_id=uuid.uuid4().hex,

@@ -21,6 +21,7 @@ from labqpu.drivers.protocol import (
     ERR_INTERNAL,
     ERR_INVALID_PROGRAM,
     ERR_PROTOCOL,
+    ERR_QUEUE_FULL,
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
@@ -763,3 +764,20 @@ def test_a_key_is_bound_to_its_session_and_its_request(
         neighbour.wait(other, timeout_s=BOUND_S)
     client.wait(run_id, timeout_s=BOUND_S)
     assert executor.executions == 2
+
+
+def test_a_session_cannot_fill_the_queue(executor: SumExecutor) -> None:
+    with (ControllerServer(executor, max_queued_per_session=3) as srv,
+          ControllerClient(srv.endpoint, timeout_s=BOUND_S) as greedy,
+          ControllerClient(srv.endpoint, timeout_s=BOUND_S) as polite):
+        program_id = greedy.upload(_program(), {})
+        runs = [greedy.run(program_id, shots=1, params={"sleep_s": 0.3}) for _ in range(3)]
+        with pytest.raises(InstrumentCommandError, match="limit 3") as info:
+            greedy.run(program_id, shots=1)
+        assert info.value.remote_type == ERR_QUEUE_FULL
+        assert greedy.hello()["limits"]["max_queued_per_session"] == 3
+        other = polite.run(program_id, shots=1)  # another client is not refused
+        for run_id in runs:
+            greedy.wait(run_id, timeout_s=BOUND_S)
+        polite.wait(other, timeout_s=BOUND_S)
+        greedy.wait(greedy.run(program_id, shots=1), timeout_s=BOUND_S)  # room again
