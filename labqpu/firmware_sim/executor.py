@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 #: Waveform memory of the simulated controller (samples) and the longest program (samples).
 WAVEFORM_MEMORY_SAMPLES = 16 * 1024 * 1024
-MAX_PROGRAM_SAMPLES = 50_000_000
+#: Longest shot (samples): 2 ms at 1 GS/s. The physics renders every output port over the
+#: whole shot (16 B per sample and port), so this bounds the simulator's memory (~0.5 GB).
+MAX_PROGRAM_SAMPLES = 2_000_000
+#: Most waveforms in a program's table and most plays: a program is validated as one upload.
+MAX_WAVEFORMS = 65_536
+MAX_PLAYS = 1_000_000
 MAX_SHOTS = 1_000_000
 FULL_SCALE = 1.0 + 1e-6
 
@@ -53,6 +58,8 @@ class SimulatedController:
             "sample_rate_hz": self.spec.sample_rate_hz,
             "waveform_memory_samples": WAVEFORM_MEMORY_SAMPLES,
             "max_program_samples": MAX_PROGRAM_SAMPLES,
+            "max_waveforms": MAX_WAVEFORMS,
+            "max_plays": MAX_PLAYS,
             "max_shots": MAX_SHOTS,
             "amplitude_full_scale": 1.0,
             "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window"},
@@ -85,8 +92,13 @@ class SimulatedController:
             if arrays[name].shape[0] != n_play:
                 raise ValueError(f"array {name!r} has {arrays[name].shape[0]} rows, "
                                  f"play_port has {n_play}")
+        if n_play > MAX_PLAYS:
+            raise ValueError(f"program has {n_play} plays; this controller takes {MAX_PLAYS}")
         offsets, data = arrays["wave_offset"], arrays["wave_data"]
         n_wave = offsets.shape[0] - 1
+        if n_wave > MAX_WAVEFORMS:
+            raise ValueError(f"program has {n_wave} waveforms; this controller takes "
+                             f"{MAX_WAVEFORMS}")
         if n_wave < 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
                 or offsets[-1] != data.shape[0]:
             raise ValueError("wave_offset must rise from 0 to len(wave_data)")
@@ -119,8 +131,10 @@ class SimulatedController:
         if bad.size:
             raise ValueError(f"play {bad[0]} (port {port[bad[0]]}, start {start[bad[0]]}) lies "
                              f"outside the program's {duration} samples")
-        peak = np.array([np.max(np.abs(data[offsets[w]:offsets[w + 1]]), initial=0.0)
-                         for w in range(n_wave)])
+        peak = np.zeros(n_wave)
+        filled = np.diff(offsets) > 0
+        if filled.any():  # per-waveform maximum in one pass; empty waveforms peak at 0
+            peak[filled] = np.maximum.reduceat(np.abs(data), offsets[:-1][filled])
         over = np.flatnonzero(np.abs(amp) * (peak[wave] if n_play else 0.0) > FULL_SCALE)
         if over.size:
             i = over[0]

@@ -12,6 +12,7 @@ import json
 import socket
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,7 @@ from labqpu.drivers.protocol import (
     decode_reply,
     encode_request,
 )
+from labqpu.errors import InstrumentCommandError
 from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.rack.config import default_config_path
 
@@ -237,3 +239,23 @@ def test_a_server_that_stops_serving_is_reported() -> None:
         assert rack.failure() is None
         rack.instruments["lo_readout"].stop()
         assert "lo_readout" in rack.failure()
+
+
+def test_an_oversized_waveform_table_is_refused_by_its_size(rack) -> None:
+    """2 M empty waveforms (16 MB) once kept the serving loop busy for 10 s: the table size
+    is checked first now, and validation is vectorised."""
+    n = 2_000_000
+    arrays = {"play_port": np.zeros(1, np.int32), "play_start": np.zeros(1, np.int64),
+              "play_wave": np.zeros(1, np.int32), "play_amp": np.ones(1),
+              "play_amp_ref": -np.ones(1, np.int32), "play_phase_rad": np.zeros(1),
+              "play_freq_hz": np.zeros(1), "wave_offset": np.zeros(n + 1, np.int64),
+              "wave_data": np.zeros(0, np.complex64), "acq_port": np.zeros(0, np.int32),
+              "acq_start": np.zeros(0, np.int64), "acq_duration": np.zeros(0, np.int64),
+              "acq_freq_hz": np.zeros(0), "param_values": np.zeros(0)}
+    with ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client:
+        with pytest.raises(InstrumentCommandError, match="2000000 waveforms") as info:
+            client.upload(arrays, {"sample_rate_hz": 1e9, "duration_samples": 100})
+        assert info.value.remote_type == "InvalidProgram"
+        limits = client.hello()["capabilities"]
+        assert (limits["max_waveforms"], limits["max_plays"]) == (65_536, 1_000_000)
+    still_serves(rack)
