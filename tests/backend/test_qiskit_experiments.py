@@ -5,13 +5,14 @@ samples through ``BackendSamplerV2``) and with ``backend_run=True`` (``backend.r
 are compared with the simulator's device file (``labqpu/firmware_sim/devices/lab5.toml``),
 which only this test reads, with these tolerances (docs/transpilation.md, "qiskit-experiments"):
 
-* T1, T2* (T2Ramsey), T2 echo (T2Hahn): within 25 % of the device's t1_s / t2_s (400 shots,
-  12-16 delays; the simulator's dephasing is Markovian, so T2* and T2 echo share the truth);
+* T1, T2* (T2Ramsey), T2 echo (T2Hahn): within 25 % of the device's t1_s / t2_s (400-800
+  shots, 12-61 delays; the simulator's dephasing is Markovian, so T2* and T2 echo share the truth);
   the Ramsey frequency within 5 kHz of the programmed detuning.
 * RB: the error per Clifford (EPC) lies between 0.5x and 6x the coherence limit computed from
-  the true T1 / T2 and the calibrated pulse durations, because the simulated gates carry
-  coherence errors plus small calibration and leakage errors. InterleavedRB's EPC of x lies in
-  [0, 6x the coherence limit of one x pulse].
+  the true T1 / T2 and the calibrated pulse durations (1q: 20/24 pulses per Clifford; 2q: 1.5
+  cz and 3.5 pulses per qubit), because the simulated gates carry coherence errors plus small
+  calibration and leakage errors; InterleavedRB's EPC of x, the same band around the
+  coherence limit of one x pulse.
 * LocalReadoutError: the assignment matrix of every qubit within 0.03 of the one the
   calibration store holds, and P(1|0) at least the device's thermal population.
 """
@@ -40,6 +41,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The SamplerV2 class is deprecated:DeprecationWarning"),
 ]
 
+#: RB lengths for one qubit: long enough that the decay (EPC ~ 5e-4) is well resolved; with
+#: 400 Cliffords at most, the fitted EPC scattered over a factor of 10 between runs.
+LONG = [1, 200, 500, 1000, 1600]
 MODES = [pytest.param({}, id="sampler"), pytest.param({"backend_run": True}, id="backend_run")]
 
 
@@ -78,7 +82,8 @@ def test_t1(lab_backend, truth, mode) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_t2_ramsey(lab_backend, truth, mode) -> None:
     q = 1
-    exp = T2Ramsey(physical_qubits=[q], delays=np.linspace(0, 60e-6, 16), osc_freq=1e5)
+    # 1 µs steps: well above Nyquist for the 100 kHz fringe, so the fit cannot alias
+    exp = T2Ramsey(physical_qubits=[q], delays=np.linspace(0, 60e-6, 61), osc_freq=1e5)
     res = _results(exp, lab_backend, 400, mode)
     assert _value(res["T2star"]) == pytest.approx(truth["qubits"][q]["t2_s"], rel=0.25)
     assert abs(_value(res["Frequency"]) - 1e5) < 5e3
@@ -87,8 +92,9 @@ def test_t2_ramsey(lab_backend, truth, mode) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_t2_hahn(lab_backend, truth, mode) -> None:
     q = 1
-    exp = T2Hahn(physical_qubits=[q], delays=np.linspace(0, 80e-6, 12))
-    t2 = _value(_results(exp, lab_backend, 400, mode)["T2"])
+    # 26 delays x 800 shots: with 12 x 400 the fit scattered by up to 40 %
+    exp = T2Hahn(physical_qubits=[q], delays=np.linspace(0, 100e-6, 26))
+    t2 = _value(_results(exp, lab_backend, 800, mode)["T2"])
     assert t2 == pytest.approx(truth["qubits"][q]["t2_s"], rel=0.25)
 
 
@@ -99,19 +105,20 @@ def _pulse_s(backend, q: int) -> float:
 @pytest.mark.parametrize("mode", MODES)
 def test_standard_rb_one_qubit(lab_backend, truth, mode) -> None:
     q = 2
-    exp = StandardRB(physical_qubits=[q], lengths=[1, 50, 100, 200, 400], num_samples=4,
-                     seed=3)
+    exp = StandardRB(physical_qubits=[q], lengths=LONG, num_samples=4, seed=3)
     epc = _value(_results(exp, lab_backend, 200, mode)["EPC"])
     t = truth["qubits"][q]
-    # a 1q Clifford averages 1.5 physical pulses in rz/sx/x (rz is free)
-    limit = _coherence_limit(1.5 * _pulse_s(lab_backend, q), t["t1_s"], t["t2_s"])
+    # of the 24 single-qubit Cliffords, 4 are diagonal (rz only, no pulse) and 20 take one
+    # pulse (sx, sy or x between frame changes): 20/24 pulses per Clifford at best
+    limit = _coherence_limit(20 / 24 * _pulse_s(lab_backend, q), t["t1_s"], t["t2_s"])
     assert 0.5 * limit <= epc <= 6 * limit, (epc, limit)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_standard_rb_two_qubits(lab_backend, truth, mode) -> None:
     a, b = 0, 1
-    exp = StandardRB(physical_qubits=[a, b], lengths=[1, 5, 10, 20, 30], num_samples=4, seed=3)
+    exp = StandardRB(physical_qubits=[a, b], lengths=[1, 10, 30, 60, 100], num_samples=4,
+                     seed=3)
     epc = _value(_results(exp, lab_backend, 200, mode)["EPC"])
     # a 2q Clifford averages 1.5 cz and ~3.5 single-qubit pulses per qubit in sequence
     dur = 1.5 * lab_backend.target["cz"][(a, b)].duration + 3.5 * _pulse_s(lab_backend, a)
@@ -123,12 +130,11 @@ def test_standard_rb_two_qubits(lab_backend, truth, mode) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_interleaved_rb_x(lab_backend, truth, mode) -> None:
     q = 3
-    exp = InterleavedRB(XGate(), physical_qubits=[q], lengths=[1, 50, 100, 200, 400],
-                        num_samples=4, seed=3)
+    exp = InterleavedRB(XGate(), physical_qubits=[q], lengths=LONG, num_samples=4, seed=3)
     epc = _value(_results(exp, lab_backend, 200, mode)["EPC"])
     t = truth["qubits"][q]
     limit = _coherence_limit(_pulse_s(lab_backend, q), t["t1_s"], t["t2_s"])
-    assert -limit <= epc <= 6 * limit, (epc, limit)
+    assert 0.5 * limit <= epc <= 6 * limit, (epc, limit)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -306,3 +306,13 @@ def test_other_plugins_can_be_chosen_by_name(target):
     out = transpile(qc, target=target, optimization_level=1, seed_transpiler=2,
                     translation_method="translator", scheduling_method="alap")
     assert out.count_ops().get("x", 0) == 0  # Qiskit's alap pads with delays only
+
+
+def test_pulse_pass_keeps_the_global_phase_exactly(target):
+    for i, qc in enumerate(RANDOM[:10]):
+        native = transpile(padded(qc, 5), target=target, optimization_level=1,
+                           translation_method="translator", seed_transpiler=i)
+        native = native.remove_final_measurements(inplace=False)
+        out = PulseEfficient1q(target)(native)
+        assert count_pulses(out) <= count_pulses(native), i
+        assert np.allclose(Operator(out).data, Operator(native).data), i
