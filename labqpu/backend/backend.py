@@ -194,6 +194,18 @@ class LabBackend(BackendV2):
                 raise InvalidRunInputError(f"invalid option: {exc}", option=name) from exc
         super().set_options(**fields)
 
+    def get_translation_stage_plugin(self) -> str:
+        """Name of the translation stage plugin ``transpile`` uses by default: ``"labqpu"``
+        (basis translation with the sy rules, then pulse-count-minimal single-qubit runs;
+        :mod:`labqpu.backend.plugins`). Pass ``translation_method=`` to choose another."""
+        return "labqpu"
+
+    def get_scheduling_stage_plugin(self) -> str:
+        """Name of the scheduling stage plugin ``transpile`` uses by default: ``"labqpu"``
+        (ALAP with the calibrated durations, X-X dynamical decoupling on idle qubits).
+        Pass ``scheduling_method=`` to choose another."""
+        return "labqpu"
+
     def hardware_status(self, timeout_s: float = 30.0) -> dict:
         """Controller capabilities and instrument identities, asked in queue order (waits for
         the jobs ahead, at most ``timeout_s``)."""

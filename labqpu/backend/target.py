@@ -12,6 +12,7 @@ from qiskit.circuit.library import CZGate, RZGate, SXGate, XGate
 from qiskit.providers import QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
+from labqpu.backend.gates import SYGate
 from labqpu.rack.config import LabConfig
 from labqpu.store import CZ_PARAMETERS, DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
 
@@ -39,17 +40,22 @@ def _value(params: dict, name: str) -> float | None:
     return None if p is None else p.value
 
 
-def _gate_props(snapshot: Snapshot, key: str, duration_s: float | None) -> InstructionProperties:
+def _gate_props(snapshot: Snapshot, key: str, duration_s: float | None,
+               fallback_key: str | None = None) -> InstructionProperties:
     gate = snapshot.gates.get(key, {})
+    if "error" not in gate and fallback_key is not None:
+        gate = snapshot.gates.get(fallback_key, {})
     return InstructionProperties(duration=duration_s, error=_value(gate, "error"))
 
 
 def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
     """The Target of ``config``'s device as calibrated in ``snapshot``.
 
-    Qubit i is on the Target's qubit i. sx and x need :data:`DRIVE_PARAMETERS`, measure needs
+    Qubit i is on the Target's qubit i. sx, sy and x need :data:`DRIVE_PARAMETERS`, measure needs
     :data:`READOUT_PARAMETERS`, reset needs ``reset_duration_s``, cz on an edge of the coupling
-    map needs :data:`CZ_PARAMETERS` and sx on both qubits. rz is virtual (a frame change): zero
+    map needs :data:`CZ_PARAMETERS` and sx on both qubits. sy is sx's pulse a quarter turn
+    ahead in phase: the same calibration, duration and error (a measured ``sy:q`` error, when
+    the snapshot has one, takes precedence over ``sx:q``'s). rz is virtual (a frame change): zero
     duration and zero error wherever sx is calibrated. Durations are in seconds.
     """
     n = config.num_qubits
@@ -65,15 +71,17 @@ def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
     )
     driven = [q for q in range(n) if has_all(snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
     one_q = {
-        "sx": (SXGate(), driven),
-        "x": (XGate(), driven),
+        "sx": (SXGate(), driven, None),
+        "sy": (SYGate(), driven, "sx"),
+        "x": (XGate(), driven, None),
     }
     target.add_instruction(RZGate(Parameter("lambda")), {
         (q,): InstructionProperties(duration=0.0, error=0.0) for q in driven})
-    for name, (gate, qubits) in one_q.items():
+    for name, (gate, qubits, like) in one_q.items():
         target.add_instruction(gate, {
             (q,): _gate_props(snapshot, f"{name}:{q}",
-                              _value(snapshot.qubits[q], "pulse_duration_s"))
+                              _value(snapshot.qubits[q], "pulse_duration_s"),
+                              None if like is None else f"{like}:{q}")
             for q in qubits})
     edges = {}
     for a, b in config.coupling_map:

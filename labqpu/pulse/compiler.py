@@ -5,6 +5,10 @@
 * ``rz`` is virtual: it shifts the phase of the qubit's drive frame for every later pulse.
 * ``sx`` / ``x``: one DRAG pulse shape per qubit, played at the pi/2 or pi amplitude, at the
   calibrated IF on the drive LO.
+* ``sy`` (sqrt(Y) = RY(pi/2)): the same DRAG pulse at the pi/2 amplitude, played a quarter turn
+  ahead of the frame (phase + pi/2). With the frame convention of ``rz`` below (``rz(t)`` adds
+  ``-t`` to the frame), a play at frame phase ``f`` rotates about cos(f) X + sin(f) Y, so
+  ``sy`` = ``rz(-pi/2); sx; rz(pi/2)`` exactly, and costs what sx costs.
 * ``cz``: a flat-top flux pulse on the pair's tunable qubit, then the calibrated single-qubit
   phase corrections as frame changes on both qubits.
 * ``measure``: a readout pulse and an acquisition window over the same samples.
@@ -28,6 +32,8 @@ from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of readout pulses (s); calibration experiments use the same shape.
 READOUT_RISE_S = 20e-9
+#: Phase (rad) added to the frame when ``sy`` is played: a quarter turn, X axis -> Y axis.
+SY_PHASE_RAD = np.pi / 2
 SCHEDULING_METHODS = ("alap", "asap")
 
 
@@ -77,7 +83,7 @@ class _Calibration:
 def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: float,
                       circuit: QuantumCircuit) -> int:
     name = inst.operation.name
-    if name in ("sx", "x"):
+    if name in ("sx", "sy", "x"):
         return _samples(cal.qubit(qubits[0], "pulse_duration_s"), fs, f"{name} on {qubits}")
     if name == "cz":
         return _samples(cal.pair(*qubits, "cz_duration_s"), fs, f"cz on {qubits}")
@@ -195,24 +201,27 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     used: set[int] = set()
     measured: set[int] = set()
 
-    def drive(q: int, start: int, amplitude_name: str) -> None:
+    def drive(q: int, start: int, amplitude_name: str, phase: float = 0.0) -> None:
         dur = _samples(cal.qubit(q, "pulse_duration_s"), fs, f"qubit {q} pulse")
         sigma = cal.qubit(q, "pulse_sigma_s") * fs
         beta = cal.qubit(q, "drag_beta")
         wid = b.waves.add(("drag", dur, sigma, beta), lambda: gaussian_drag(dur, sigma, beta))
         if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
-        b.play(channels.qubits[q].drive[1], start, wid, cal.qubit(q, amplitude_name), frame[q],
-               if_hz)
+        b.play(channels.qubits[q].drive[1], start, wid, cal.qubit(q, amplitude_name),
+               frame[q] + phase, if_hz)
 
     def flat(duration: int, rise: float) -> int:
         return b.waves.add(("flat_top", duration, rise), lambda: flat_top(duration, rise))
 
     for op in ops:
-        used.update(op.qubits)
+        if op.name not in ("delay", "barrier"):
+            used.update(op.qubits)  # a qubit that only waits needs no drive LO
         if op.name == "rz":
             frame[op.qubits[0]] -= op.params[0]
         elif op.name == "sx":
             drive(op.qubits[0], op.start, "pi2_amplitude")
+        elif op.name == "sy":
+            drive(op.qubits[0], op.start, "pi2_amplitude", SY_PHASE_RAD)
         elif op.name == "x":
             drive(op.qubits[0], op.start, "pi_amplitude")
         elif op.name == "cz":

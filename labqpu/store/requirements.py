@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-#: What a qubit needs in the snapshot before sx and x are offered on it.
+#: What a qubit needs in the snapshot before sx, sy and x are offered on it (one DRAG pulse;
+#: sy is sx a quarter turn ahead in phase).
 DRIVE_PARAMETERS = ("frequency_hz", "drive_lo_frequency_hz", "drive_lo_power_dbm",
                     "pi_amplitude", "pi2_amplitude", "drag_beta", "pulse_duration_s",
                     "pulse_sigma_s", "flux_bias_a")

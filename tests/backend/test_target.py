@@ -15,7 +15,7 @@ from qiskit import QuantumCircuit, transpile
 from labqpu.backend.target import build_target
 from labqpu.store import SnapshotBuilder
 
-ONE_Q = ("rz", "sx", "x", "measure", "reset", "delay")
+ONE_Q = ("rz", "sx", "sy", "x", "measure", "reset", "delay")
 
 
 def raw_q(export, q: int, name: str):

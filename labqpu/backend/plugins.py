@@ -1,0 +1,354 @@
+"""labqpu's transpiler stage plugins: pulse-aware translation and ALAP scheduling with DD.
+
+Both are registered as entry points named ``labqpu`` (groups ``qiskit.transpiler.translation``
+and ``qiskit.transpiler.scheduling``, see ``pyproject.toml``) and ``LabBackend`` names them in
+``get_translation_stage_plugin()`` / ``get_scheduling_stage_plugin()``, so
+``transpile(qc, backend)`` uses them. Any other plugin is still chosen by name:
+``transpile(qc, backend, translation_method="translator", scheduling_method="alap")``.
+
+Translation (:class:`LabTranslationPlugin`): Qiskit's own translation (unitary and high-level
+synthesis, then ``BasisTranslator`` with the ``SessionEquivalenceLibrary``, which holds the sy
+rules of :mod:`labqpu.backend.gates`), followed by :class:`PulseEfficient1q`. That pass
+re-synthesises every single-qubit run into rz/sx/sy/x with the fewest *physical* pulses (rz is a
+frame change: free) and carries Pauli-X-like runs through ``cz`` (``cz (X (x) I) =
+(X (x) Z) cz``), so that they merge with the next run on the qubit instead of costing a pulse of
+their own. docs/transpilation.md has the pulse counts against Qiskit's default translation.
+
+Scheduling (:class:`LabSchedulingPlugin`): time-unit conversion, ALAP analysis with the
+calibrated durations of the Target, alignment to the Target's timing constraints, then
+:class:`IdleDynamicalDecoupling`, which fills idle windows with an X-X echo (the calibrated x
+pulse, spacing 1/4 : 1/2 : 1/4) and leaves delays the circuit itself contains alone: a ``delay``
+written by the user (a T1 or Ramsey wait) is physics, not idle time.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+
+import numpy as np
+from qiskit.circuit import Delay, Gate
+from qiskit.circuit.library import RZGate, SXGate, XGate
+from qiskit.dagcircuit import DAGCircuit
+from qiskit.synthesis import OneQubitEulerDecomposer
+from qiskit.transpiler import PassManager, Target
+from qiskit.transpiler.basepasses import TransformationPass
+from qiskit.transpiler.passes import (
+    ALAPScheduleAnalysis,
+    ConstrainedReschedule,
+    InstructionDurationCheck,
+    PadDynamicalDecoupling,
+    TimeUnitConversion,
+)
+from qiskit.transpiler.passmanager_config import PassManagerConfig
+from qiskit.transpiler.preset_passmanagers import common
+from qiskit.transpiler.preset_passmanagers.plugin import PassManagerStagePlugin
+
+from labqpu.backend.gates import SYGate
+from labqpu.errors import CompilationError
+
+#: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
+PULSE_GATES = frozenset({"sx", "sy", "x", "cz"})
+#: Tolerance on Euler angles and matrix entries when classifying a single-qubit unitary.
+_ATOL = 1e-9
+_Z = np.diag([1.0, -1.0]).astype(complex)
+_ZYZ = OneQubitEulerDecomposer("ZYZ")
+
+
+def count_pulses(circuit) -> int:
+    """Physical pulses a native circuit plays: one per sx, sy, x and cz (rz is virtual;
+    measure, reset, delay and barrier are not counted)."""
+    ops = circuit.count_ops()
+    return int(sum(n for name, n in ops.items() if name in PULSE_GATES))
+
+
+def _wrap(angle: float) -> float:
+    """``angle`` in (-pi, pi]."""
+    a = math.remainder(angle, 2 * math.pi)
+    return math.pi if math.isclose(a, -math.pi, abs_tol=_ATOL) else a
+
+
+def _matrix(seq: list[tuple[str, float]]) -> np.ndarray:
+    m = np.eye(2, dtype=complex)
+    for name, angle in seq:
+        if name == "rz":
+            g = RZGate(angle).to_matrix()
+        elif name == "sx":
+            g = SXGate().to_matrix()
+        elif name == "sy":
+            g = np.asarray(SYGate())
+        else:
+            g = XGate().to_matrix()
+        m = g @ m
+    return m
+
+
+def _clean(seq: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Wrap rz angles and drop the ones that do nothing."""
+    out = []
+    for name, angle in seq:
+        if name == "rz":
+            angle = _wrap(angle)
+            if abs(angle) < _ATOL:
+                continue
+        out.append((name, angle))
+    return out
+
+
+def synthesize_1q(unitary: np.ndarray, available: frozenset[str],
+                  errors: dict[str, float] | None = None) -> tuple[list[tuple[str, float]], float]:
+    """A circuit for ``unitary`` in rz/sx/sy/x with the fewest physical pulses.
+
+    Returns ``(sequence, global_phase)``: ``sequence`` is a list of ``(name, angle)`` in circuit
+    order (the angle matters for rz only) and ``unitary = exp(i global_phase) * product``.
+    0 pulses when the unitary is diagonal, 1 when its ZYZ polar angle is pi/2 (sx or sy, the
+    fewer frame changes first, then the smaller error in ``errors``) or pi (x), 2 otherwise.
+    ``available`` must contain rz and sx.
+    """
+    theta, phi, lam, _ = _ZYZ.angles_and_phase(unitary)
+    errors = errors or {}
+    candidates: list[list[tuple[str, float]]] = []
+    if abs(theta) < _ATOL:
+        candidates.append([("rz", phi + lam)])
+    elif abs(theta - math.pi) < _ATOL and "x" in available:
+        # RY(pi) = RZ(pi/2) X RZ(-pi/2); X RZ(t) = RZ(-t) X moves both frame changes after x.
+        candidates.append([("x", 0.0), ("rz", phi - lam + math.pi)])
+    elif abs(theta - math.pi / 2) < _ATOL:
+        if "sy" in available:
+            candidates.append([("rz", lam), ("sy", 0.0), ("rz", phi)])
+        candidates.append([("rz", lam - math.pi / 2), ("sx", 0.0), ("rz", phi + math.pi / 2)])
+    if not candidates:
+        # U = RZ(phi + pi) SX RZ(theta + pi) SX RZ(lam), up to a global phase.
+        candidates.append([("rz", lam), ("sx", 0.0), ("rz", theta + math.pi), ("sx", 0.0),
+                           ("rz", phi + math.pi)])
+
+    def cost(seq: list[tuple[str, float]]) -> tuple:
+        pulses = [n for n, _ in seq if n != "rz"]
+        err = sum(errors.get(n) or 0.0 for n in pulses)
+        return (len(pulses), len(seq), err)
+
+    best = min((_clean(c) for c in candidates), key=cost)
+    m = _matrix(best)
+    overlap = np.trace(m.conj().T @ unitary)
+    return best, cmath.phase(overlap)
+
+
+def _gate(name: str, angle: float) -> Gate:
+    return {"rz": lambda: RZGate(angle), "sx": SXGate, "sy": SYGate, "x": XGate}[name]()
+
+
+class PulseEfficient1q(TransformationPass):
+    """Re-synthesise single-qubit runs with the fewest physical pulses, across ``cz``.
+
+    Walks the circuit once, keeping per qubit the not-yet-emitted product of its single-qubit
+    gates. At a ``cz``, a pending product that is diagonal (rz-like) or anti-diagonal
+    (x-like) is carried through, using ``cz (A (x) B) = (-1)^(a b) (A Z^b (x) B Z^a) cz`` where
+    ``a``/``b`` say whether A/B are x-like; any other pending product is emitted before the
+    ``cz`` by :func:`synthesize_1q`. Everything else (measure, reset, delay, barrier, gates with
+    unbound parameters, control flow) emits the pending products of its qubits first and is
+    kept as it is. The circuit's unitary is unchanged (global phase included).
+    Qubits where the Target lacks ``rz`` or ``sx`` are left untouched.
+    """
+
+    def __init__(self, target: Target, *, merge: bool = True) -> None:
+        """``merge=False`` synthesises every single-qubit gate on its own (no merging of
+        neighbours, nothing carried through cz): what optimization level 0 asks for, where a
+        circuit of five x gates must still play five pulses."""
+        super().__init__()
+        self.target = target
+        self.merge = merge
+
+    def _basis(self, q: int) -> frozenset[str] | None:
+        names = frozenset(n for n in ("rz", "sx", "sy", "x")
+                          if self.target.instruction_supported(n, (q,)))
+        return names if {"rz", "sx"} <= names else None
+
+    def _errors(self, q: int, names: frozenset[str]) -> dict[str, float]:
+        out = {}
+        for n in names:
+            props = self.target[n].get((q,))
+            if props is not None and props.error is not None:
+                out[n] = props.error
+        return out
+
+    def run(self, dag: DAGCircuit) -> DAGCircuit:
+        """Return the re-synthesised DAG: one sweep forward, then one backward (x-like runs
+        that reached a measurement or the end move back into the run before them)."""
+        index = {q: dag.find_bit(q).index for q in dag.qubits}
+        basis = {q: self._basis(index[q]) for q in dag.qubits}
+        errors = {q: self._errors(index[q], b) for q, b in basis.items() if b is not None}
+        items = [(node.op, node.qargs, node.cargs) for node in dag.topological_op_nodes()]
+        items, phase1 = self._sweep(items, basis, errors, forward=True)
+        phase2 = 0.0
+        if self.merge:
+            items, phase2 = self._sweep(items, basis, errors, forward=False)
+        new = dag.copy_empty_like()
+        for op, qargs, cargs in items:
+            new.apply_operation_back(op, qargs, cargs, check=False)
+        new.global_phase = dag.global_phase + phase1 + phase2
+        return new
+
+    def _sweep(self, items: list, basis: dict, errors: dict, *, forward: bool
+               ) -> tuple[list, float]:
+        """One pass over ``items`` (op, qargs, cargs) in time order (``forward``) or against it.
+
+        ``pending[q]`` is the product of the single-qubit gates of q not yet emitted; it acts
+        after (forward) or before (backward) everything emitted on q so far. The identity
+        ``cz (A (x) B) = (-1)^(a b) (A Z^b (x) B Z^a) cz`` holds in both readings.
+        """
+        out: list = []
+        pending: dict = {}
+        phase = 0.0
+
+        def flush(q) -> None:
+            nonlocal phase
+            u = pending.pop(q, None)
+            if u is None:
+                return
+            seq, ph = synthesize_1q(u, basis[q], errors[q])
+            phase += ph
+            ops = [(_gate(name, angle), (q,), ()) for name, angle in seq]
+            out.extend(ops if forward else reversed(ops))
+
+        for op, qargs, cargs in (items if forward else reversed(items)):
+            matrix = self._unitary(op, qargs, cargs)
+            if matrix is not None and len(qargs) == 1 and basis[qargs[0]] is not None:
+                q = qargs[0]
+                u = pending.get(q, np.eye(2, dtype=complex))
+                pending[q] = matrix @ u if forward else u @ matrix
+                if not self.merge:
+                    flush(q)
+                continue
+            if self.merge and op.name == "cz" and not op.params and \
+                    all(basis[q] is not None for q in qargs):
+                kinds = []
+                for q in qargs:
+                    kind = _pauli_kind(pending.get(q))
+                    if kind is None:
+                        flush(q)
+                        kind = 0
+                    kinds.append(kind)
+                out.append((op, qargs, cargs))
+                for q, other_kind in zip(qargs, reversed(kinds), strict=True):
+                    if other_kind:
+                        pending[q] = pending[q] @ _Z if q in pending else _Z.copy()
+                if kinds[0] and kinds[1]:
+                    phase += math.pi
+                continue
+            for q in qargs:
+                flush(q)
+            out.append((op, qargs, cargs))
+        for q in list(pending):
+            flush(q)
+        return (out if forward else out[::-1]), phase
+
+    @staticmethod
+    def _unitary(op, qargs: tuple, cargs: tuple) -> np.ndarray | None:
+        """The 2x2 matrix of a parameter-free single-qubit gate, else None."""
+        if len(qargs) != 1 or cargs or not isinstance(op, Gate) or \
+                op.name in ("delay",) or getattr(op, "is_parameterized", lambda: False)():
+            return None
+        try:
+            m = np.asarray(op.to_matrix(), dtype=complex)
+        except Exception:  # a gate without a matrix (custom, opaque) is left as it is
+            return None
+        return m if m.shape == (2, 2) else None
+
+
+def _pauli_kind(u: np.ndarray | None) -> int | None:
+    """0 for no gate or a diagonal unitary, 1 for an anti-diagonal one, None otherwise."""
+    if u is None:
+        return 0
+    if abs(u[0, 1]) < _ATOL and abs(u[1, 0]) < _ATOL:
+        return 0
+    if abs(u[0, 0]) < _ATOL and abs(u[1, 1]) < _ATOL:
+        return 1
+    return None
+
+
+class LabTranslationPlugin(PassManagerStagePlugin):
+    """Translation stage ``labqpu``: Qiskit's translator and :class:`PulseEfficient1q`.
+
+    At optimization level 0 each single-qubit gate is synthesised on its own, before the
+    translator (the cheapest pulses for that gate; gates are neither merged nor moved). From
+    level 1 the pass runs after the translator and merges runs, carrying x-like runs through
+    cz. It never changes the circuit's unitary.
+    """
+
+    def pass_manager(self, pass_manager_config: PassManagerConfig,
+                     optimization_level: int | None = None) -> PassManager:
+        """The translation pass manager for ``pass_manager_config``."""
+        cfg = pass_manager_config
+        translate = common.generate_translation_passmanager(
+            cfg.target, basis_gates=cfg.basis_gates, method="translator",
+            approximation_degree=cfg.approximation_degree, coupling_map=cfg.coupling_map,
+            unitary_synthesis_method=cfg.unitary_synthesis_method,
+            unitary_synthesis_plugin_config=cfg.unitary_synthesis_plugin_config,
+            hls_config=cfg.hls_config, qubits_initially_zero=cfg.qubits_initially_zero)
+        if cfg.target is None:
+            return translate
+        if optimization_level == 0:
+            # Gate by gate, before the translator: each written gate keeps its own pulses.
+            return PassManager([PulseEfficient1q(cfg.target, merge=False),
+                                translate.to_flow_controller()])
+        translate.append(PulseEfficient1q(cfg.target))
+        return translate
+
+
+class IdleDynamicalDecoupling(PadDynamicalDecoupling):
+    """``PadDynamicalDecoupling`` that pads only idle time the scheduler created.
+
+    Qiskit's padding passes treat a ``delay`` in the circuit as idle time and would fill it with
+    the DD sequence, turning a T1 wait or a Ramsey free evolution into an echo. Here a window
+    that contains any delay of the input circuit is padded with a plain delay instead.
+    """
+
+    def run(self, dag: DAGCircuit) -> DAGCircuit:
+        """Remember where the circuit's own delays are, then pad."""
+        starts = self.property_set["node_start_time"]
+        self._user_delays: dict = {}
+        for node in dag.op_nodes(Delay):
+            if starts is not None and node in starts:
+                t0 = starts[node]
+                dur = self.get_duration(node, dag)
+                self._user_delays.setdefault(node.qargs[0], []).append((t0, t0 + dur))
+        return super().run(dag)
+
+    def _pad(self, dag, qubit, t_start, t_end, next_node, prev_node) -> None:
+        for d0, d1 in self._user_delays.get(qubit, ()):
+            if d0 < t_end and d1 > t_start:
+                self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
+                return
+        super()._pad(dag, qubit, t_start, t_end, next_node, prev_node)
+
+
+def dd_sequence() -> list[Gate]:
+    """The echo played on idle qubits: X then X (identity; refocuses static detuning)."""
+    return [XGate(), XGate()]
+
+
+class LabSchedulingPlugin(PassManagerStagePlugin):
+    """Scheduling stage ``labqpu``: ALAP with the Target's durations and timing constraints,
+    then X-X dynamical decoupling on idle windows long enough to hold it."""
+
+    def pass_manager(self, pass_manager_config: PassManagerConfig,
+                     optimization_level: int | None = None) -> PassManager:
+        """The scheduling pass manager for ``pass_manager_config``."""
+        target = pass_manager_config.target
+        if target is None:
+            raise CompilationError("the labqpu scheduling stage needs a Target (a backend)")
+        pm = PassManager([TimeUnitConversion(target=target),
+                          ALAPScheduleAnalysis(target=target)])
+        tc = target.timing_constraints()
+        if (tc.granularity, tc.min_length, tc.pulse_alignment, tc.acquire_alignment) != \
+                (1, 1, 1, 1):
+            pm.append(InstructionDurationCheck(acquire_alignment=tc.acquire_alignment,
+                                               pulse_alignment=tc.pulse_alignment,
+                                               target=target))
+            pm.append(ConstrainedReschedule(acquire_alignment=tc.acquire_alignment,
+                                            pulse_alignment=tc.pulse_alignment, target=target))
+        if "x" in target.operation_names:
+            qubits = sorted(q for (q,) in target.qargs_for_operation_name("x"))
+            pm.append(IdleDynamicalDecoupling(dd_sequence=dd_sequence(), qubits=qubits,
+                                              skip_reset_qubits=True, target=target))
+        return pm

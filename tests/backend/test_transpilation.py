@@ -1,0 +1,318 @@
+"""The sy gate, its equivalence rules and labqpu's stage plugins, checked on the Target alone.
+
+No simulator: unitaries are compared with ``Operator.from_circuit`` (which undoes the layout
+and the routing permutation), durations come from the shipped snapshot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import Parameter
+from qiskit.circuit.equivalence_library import SessionEquivalenceLibrary
+from qiskit.circuit.library import HGate, RXGate, RYGate, RZGate, SXGate, UnitaryGate, XGate
+from qiskit.circuit.random import random_circuit
+from qiskit.quantum_info import Operator, random_unitary
+from qiskit.transpiler.preset_passmanagers.plugin import list_stage_plugins
+
+from labqpu.backend import gates as gates_module
+from labqpu.backend.gates import SYGate, register_equivalences
+from labqpu.backend.plugins import PulseEfficient1q, count_pulses, synthesize_1q
+from labqpu.backend.target import build_target
+from labqpu.backend.transpile_benchmark import benchmark_circuits, main, pulse_counts
+
+NATIVE = {"rz", "sx", "sy", "x", "cz", "measure", "delay", "reset", "barrier"}
+
+
+@pytest.fixture(scope="module")
+def target(snapshot, config):
+    return build_target(snapshot, config)
+
+
+def padded(circuit: QuantumCircuit, n: int) -> QuantumCircuit:
+    """``circuit`` on the first qubits of an n-qubit register (ancillas idle)."""
+    wide = QuantumCircuit(n)
+    wide.compose(circuit, range(circuit.num_qubits), inplace=True)
+    return wide
+
+
+RANDOM = [random_circuit(2 + i % 4, 5, max_operands=2, seed=900 + i) for i in range(20)]
+
+
+# ------------------------------------------------------------------------------- sy gate
+
+
+def test_sy_is_ry_half_pi_and_squares_to_y_up_to_phase():
+    sy = Operator(SYGate())
+    assert np.allclose(sy.data, RYGate(math.pi / 2).to_matrix())
+    assert Operator(SYGate()).compose(SYGate()).equiv(Operator.from_label("Y"))
+    assert np.allclose(Operator(SYGate().inverse()).compose(sy).data, np.eye(2))
+
+
+def test_sy_is_in_the_target_wherever_sx_is_with_sx_calibration(target):
+    assert set(target["sy"]) == set(target["sx"]) == {(q,) for q in range(5)}
+    for qargs, props in target["sx"].items():
+        assert target["sy"][qargs].duration == props.duration
+        assert target["sy"][qargs].error == props.error
+
+
+def test_sy_takes_sx_error_and_its_own_when_measured(store, snapshot, config):
+    from labqpu.store import SnapshotBuilder
+
+    snap = store.commit(SnapshotBuilder.from_snapshot(snapshot)
+                        .set_gate("sx:2", "error", 1.1e-3, "rb")
+                        .set_gate("sx:3", "error", 1.0e-3, "rb")
+                        .set_gate("sy:3", "error", 1.4e-3, "rb").build_document())
+    t = build_target(snap, config)
+    assert t["sy"][(2,)].error == pytest.approx(1.1e-3)
+    assert t["sy"][(3,)].error == pytest.approx(1.4e-3)
+    assert t["sy"][(0,)].error is None
+
+
+# ------------------------------------------------------------------------ equivalences
+
+
+def _rule_counts() -> dict[str, int]:
+    return {g.name: len(SessionEquivalenceLibrary.get_entry(g))
+            for g in (SYGate(), SXGate(), HGate(), RXGate(Parameter("t")))}
+
+
+def test_rules_are_registered_once_even_when_asked_again():
+    before = _rule_counts()
+    assert before["sy"] == 2
+    assert register_equivalences() == 0
+    importlib.import_module("labqpu.backend")
+    importlib.import_module("labqpu")
+    assert gates_module.register_equivalences() == 0
+    assert _rule_counts() == before
+
+
+def test_rules_are_registered_once_in_a_fresh_process():
+    code = (
+        "import importlib, labqpu, labqpu.backend, labqpu.backend.gates as g\n"
+        "from qiskit.circuit.equivalence_library import SessionEquivalenceLibrary as L\n"
+        "n = len(L.get_entry(g.SYGate()))\n"
+        "importlib.reload(g); importlib.reload(labqpu.backend); import labqpu\n"
+        "print(n, len(L.get_entry(g.SYGate())), g.register_equivalences())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert out == ["2", "2", "0"]
+
+
+def test_each_rule_is_exact_including_global_phase():
+    for gate, circuit in gates_module._rules():
+        if gate.params:
+            circuit = circuit.assign_parameters({circuit.parameters[0]: 0.731})
+            gate = type(gate)(0.731)
+        assert np.allclose(Operator(gate).data, Operator(circuit).data), gate.name
+
+
+def test_sy_translates_to_other_bases():
+    qc = QuantumCircuit(1)
+    qc.append(SYGate(), [0])
+    out = transpile(qc, basis_gates=["rz", "sx", "cx"], optimization_level=0)
+    assert set(out.count_ops()) <= {"rz", "sx"}
+    assert Operator(out).equiv(Operator(qc))
+
+
+# ---------------------------------------------------------------- translation plugin
+
+
+def test_plugins_are_entry_points():
+    assert "labqpu" in list_stage_plugins("translation")
+    assert "labqpu" in list_stage_plugins("scheduling")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_random_circuits_translate_exactly_into_the_native_basis(target, level):
+    for i, qc in enumerate(RANDOM):
+        out = transpile(qc, target=target, optimization_level=level, seed_transpiler=i,
+                        translation_method="labqpu")
+        assert set(out.count_ops()) <= NATIVE, (i, out.count_ops())
+        assert Operator.from_circuit(out).equiv(Operator(padded(qc, target.num_qubits))), i
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_native_basis_with_the_default_translator_too(target, level):
+    qc = RANDOM[3]
+    out = transpile(qc, target=target, optimization_level=level, seed_transpiler=1,
+                    translation_method="translator", scheduling_method="alap")
+    assert set(out.count_ops()) <= NATIVE
+    assert Operator.from_circuit(out).equiv(Operator(padded(qc, target.num_qubits)))
+
+
+def test_synthesis_uses_the_fewest_pulses():
+    full = frozenset({"rz", "sx", "sy", "x"})
+    for u, pulses in [(np.eye(2), 0), (Operator.from_label("Z").data, 0),
+                      (Operator.from_label("Y").data, 1), (Operator(HGate()).data, 1),
+                      (RXGate(0.3).to_matrix(), 2), (random_unitary(2, seed=4).data, 2)]:
+        seq, phase = synthesize_1q(np.asarray(u), full)
+        assert sum(n != "rz" for n, _ in seq) == pulses
+        qc = QuantumCircuit(1, global_phase=phase)
+        for name, angle in seq:
+            gate = {"rz": RZGate(angle), "sx": SXGate(), "sy": SYGate(), "x": XGate()}[name]
+            qc.append(gate, [0])
+        assert np.allclose(Operator(qc).data, u)
+    seq, _ = synthesize_1q(Operator(HGate()).data, full)
+    assert [n for n, _ in seq] == ["rz", "sy"]  # one frame change fewer than rz sx rz
+
+
+def test_x_like_runs_are_carried_through_cz(target):
+    qc = QuantumCircuit(5)
+    qc.x(0)
+    qc.cz(0, 1)
+    qc.sx(0)
+    out = PulseEfficient1q(target)(qc)
+    assert count_pulses(out) == 2  # cz and one sx-like pulse; the x merged into it
+    assert Operator(out).equiv(Operator(qc))
+    assert np.allclose(Operator(out).data, Operator(qc).data)
+    both = QuantumCircuit(5)
+    both.x([0, 1])
+    both.cz(0, 1)
+    both.h([0, 1])
+    out = PulseEfficient1q(target)(both)
+    assert count_pulses(out) == 3
+    assert np.allclose(Operator(out).data, Operator(both).data)
+
+
+def test_level_0_keeps_every_written_gate(target):
+    qc = QuantumCircuit(1)
+    for _ in range(5):
+        qc.x(0)
+    qc.sx(0)
+    qc.append(SYGate(), [0])
+    out = transpile(qc, target=target, optimization_level=0, initial_layout=[0])
+    assert dict(out.count_ops()) == {"x": 5, "sx": 1, "sy": 1}
+
+
+def test_parameters_and_barriers_stop_merging(target):
+    t = Parameter("t")
+    qc = QuantumCircuit(1)
+    qc.h(0)
+    qc.rz(t, 0)
+    qc.h(0)
+    qc.barrier()
+    qc.x(0)
+    out = PulseEfficient1q(target)(qc)
+    assert out.parameters == {t}
+    bound = out.assign_parameters({t: 0.4})
+    assert np.allclose(Operator(bound).data, Operator(qc.assign_parameters({t: 0.4})).data)
+
+
+def test_unitary_gates_and_user_sy_survive(target):
+    qc = QuantumCircuit(2)
+    qc.append(UnitaryGate(random_unitary(4, seed=3)), [0, 1])
+    qc.append(SYGate(), [1])
+    for level in (0, 1, 2, 3):
+        out = transpile(qc, target=target, optimization_level=level, seed_transpiler=3)
+        assert set(out.count_ops()) <= NATIVE
+        assert Operator.from_circuit(out).equiv(Operator(padded(qc, 5)))
+
+
+def test_labqpu_translation_plays_fewer_pulses_from_level_1(target):
+    circuits = benchmark_circuits(num_random=4)
+    for level in (1, 2):
+        base = sum(pulse_counts(circuits, target, level, "translator"))
+        ours = sum(pulse_counts(circuits, target, level, "labqpu"))
+        assert ours < base, (level, ours, base)
+
+
+def test_benchmark_command_prints_the_table(capsys):
+    main(["--random", "1"])
+    out = capsys.readouterr().out
+    assert "| 3 |" in out and "labqpu" in out
+
+
+# ------------------------------------------------------------------ scheduling plugin
+
+
+def _idle_circuit() -> QuantumCircuit:
+    """Qubit 0 waits while qubits 1-2 run a long chain of cz."""
+    qc = QuantumCircuit(3, 3)
+    qc.h(0)
+    qc.cx(0, 1)
+    for _ in range(8):
+        qc.cz(1, 2)
+        qc.sx(1)
+        qc.sx(2)
+    qc.cx(0, 1)
+    qc.measure(range(3), range(3))
+    return qc
+
+
+def _duration_dt(target, name: str, qargs: tuple[int, ...], op) -> int:
+    if name == "delay":
+        return int(op.duration)
+    if name in ("barrier", "rz"):
+        return 0
+    return round(target[name][qargs].duration / target.dt)
+
+
+def test_dd_fills_idle_windows_with_calibrated_x_pulses(target):
+    out = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
+                    scheduling_method="labqpu")
+    plain = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
+                      scheduling_method="alap")
+    assert out.count_ops()["x"] > plain.count_ops().get("x", 0)
+    assert out.estimate_duration(target) == plain.estimate_duration(target)  # idle time only
+    per_qubit: dict[int, list] = {}
+    for inst, t0 in zip(out.data, out.op_start_times, strict=True):
+        qargs = tuple(out.find_bit(q).index for q in inst.qubits)
+        for q in qargs:
+            per_qubit.setdefault(q, []).append((t0, inst.operation, qargs))
+    dd_windows = 0
+    for q, ops in per_qubit.items():
+        end = 0
+        for t0, op, qargs in ops:  # contiguous: every op starts where the last one ended
+            if op.name == "barrier":
+                continue
+            assert t0 == end, (q, op.name, t0, end)
+            end = t0 + _duration_dt(target, op.name, qargs, op)
+        names = [op.name for _, op, _ in ops]
+        for i in range(len(names) - 4):
+            if names[i:i + 5] == ["delay", "x", "delay", "x", "delay"]:
+                dd_windows += 1
+                gap = [op for _, op, _ in ops[i:i + 5]]
+                x_dt = _duration_dt(target, "x", (q,), gap[1])
+                assert x_dt == round(target["x"][(q,)].duration / target.dt) == 40
+                # spacing 1/4 : 1/2 : 1/4 of the slack
+                slack = gap[0].duration + gap[2].duration + gap[4].duration
+                assert abs(gap[2].duration - slack / 2) <= 1
+    assert dd_windows >= 1, "no idle window got dynamical decoupling"
+    unitary = Operator.from_circuit(out.remove_final_measurements(inplace=False))
+    assert unitary.equiv(Operator.from_circuit(plain.remove_final_measurements(inplace=False)))
+
+
+def test_user_delays_are_not_filled_with_dd(target):
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.delay(20e-6, 0, unit="s")
+    qc.measure(0, 0)
+    out = transpile(qc, target=target, initial_layout=[2], scheduling_method="labqpu")
+    assert out.count_ops()["x"] == 1
+    delays = [i.operation for i in out.data if i.operation.name == "delay"
+              and out.find_bit(i.qubits[0]).index == 2]
+    assert sum(d.duration for d in delays) == round(20e-6 / target.dt)
+
+
+def test_other_plugins_can_be_chosen_by_name(target):
+    qc = _idle_circuit()
+    out = transpile(qc, target=target, optimization_level=1, seed_transpiler=2,
+                    translation_method="translator", scheduling_method="alap")
+    assert out.count_ops().get("x", 0) == 0  # Qiskit's alap pads with delays only
+
+
+def test_pulse_pass_keeps_the_global_phase_exactly(target):
+    for i, qc in enumerate(RANDOM[:10]):
+        native = transpile(padded(qc, 5), target=target, optimization_level=1,
+                           translation_method="translator", seed_transpiler=i)
+        native = native.remove_final_measurements(inplace=False)
+        out = PulseEfficient1q(target)(native)
+        assert count_pulses(out) <= count_pulses(native), i
+        assert np.allclose(Operator(out).data, Operator(native).data), i
