@@ -88,7 +88,7 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
 
 
 def _demo(config: str | None, shots: int, seed: int | None) -> int:
-    counts, note = _run_circuit(_bell(), config, shots, seed, optimization_level=1)
+    counts, note = _run_circuit(_bell(), config, shots, seed)
     good = counts.get("00", 0) + counts.get("11", 0)
     print(f"P(00) + P(11) = {good / sum(counts.values()):.3f}   ({note})")
     return 0

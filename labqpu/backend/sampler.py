@@ -14,8 +14,8 @@ on the way in.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-import mthree
 import numpy as np
 from qiskit.circuit import QuantumCircuit
 from qiskit.primitives import (
@@ -32,6 +32,17 @@ from labqpu.errors import BackendPropertyError
 from labqpu.store import Snapshot
 
 DEFAULT_SHOTS = 4096
+
+
+def _mthree() -> Any:
+    """The mthree module, imported on first use (it is the ``mitigation`` extra)."""
+    try:
+        import mthree
+    except ImportError as exc:
+        raise ImportError("labqpu.Sampler mitigates readout with mthree, which is not "
+                          "installed: pip install 'labqpu[mitigation]', or pass "
+                          "mitigate=False") from exc
+    return mthree
 
 
 def measured_qubits(circuit: QuantumCircuit) -> dict[str, list[int | None]]:
@@ -98,6 +109,7 @@ class Sampler(BaseSamplerV2):
         coerced = [SamplerPub.coerce(pub, shots or self._default_shots) for pub in pubs]
         snapshot = self._backend.snapshot
         if self._mitigate:
+            _mthree()
             self._check_matrices(coerced, snapshot)
         job = PrimitiveJob(self._run, coerced, snapshot)
         job._submit()
@@ -120,14 +132,14 @@ class Sampler(BaseSamplerV2):
         raw = self._inner.run(pubs).result()
         if not self._mitigate:
             return raw
-        mitigator = mthree.M3Mitigation(self._backend)
+        mitigator = _mthree().M3Mitigation(self._backend)
         mitigator.cals_from_matrices(_m3_matrices(snapshot, self._backend.num_qubits))
         results = [self._mitigated(pub, result, mitigator, snapshot)
                    for pub, result in zip(pubs, raw, strict=True)]
         return PrimitiveResult(results, metadata=raw.metadata)
 
     @staticmethod
-    def _mitigated(pub: SamplerPub, result: SamplerPubResult, mitigator: mthree.M3Mitigation,
+    def _mitigated(pub: SamplerPub, result: SamplerPubResult, mitigator: Any,
                    snapshot: Snapshot) -> SamplerPubResult:
         info: dict = {"applied": True, "method": "mthree", "snapshot_id": snapshot.snapshot_id,
                       "qubits": {}, "quasi_dists": {}, "skipped": {}}

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import ClassicalRegister, Parameter
-from qiskit.primitives import BackendSamplerV2
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
 from labqpu.drivers.controller import ControllerClient
@@ -40,7 +39,10 @@ def controller_status(backend) -> dict:
 @pytest.mark.parametrize("edge", [(0, 1), (1, 2), (2, 3), (3, 4)])
 def test_bell_state_on_every_edge(lab_backend, edge) -> None:
     """P(00) + P(11) >= 0.90 at 2000 shots on each calibrated edge."""
-    native = transpile(bell(*edge), lab_backend, optimization_level=1, seed_transpiler=7)
+    # At Qiskit's default optimization level, as a user calls it; the layout is pinned so
+    # that each edge is the one measured.
+    native = transpile(bell(*edge), lab_backend, initial_layout=list(range(5)),
+                       seed_transpiler=7)
     counts = lab_backend.run(native, shots=SHOTS, seed_simulator=11).result().get_counts()
     assert sum(counts.values()) == SHOTS
     assert (counts.get("00", 0) + counts.get("11", 0)) / SHOTS >= 0.90, counts
@@ -68,19 +70,6 @@ def test_x_flips_each_qubit(lab_backend, qubit) -> None:
     native = transpile(qc, lab_backend, initial_layout=[qubit])
     counts = lab_backend.run(native, shots=SHOTS, seed_simulator=5).result().get_counts()
     assert counts.get("1", 0) / SHOTS >= 0.9, counts
-
-
-def test_ghz_through_backend_sampler(lab_backend) -> None:
-    qc = QuantumCircuit(3)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.cx(1, 2)
-    qc.measure_all()
-    native = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=1)
-    result = BackendSamplerV2(backend=lab_backend).run([native], shots=SHOTS).result()
-    counts = result[0].data.meas.get_counts()
-    assert sum(counts.values()) == SHOTS
-    assert (counts.get("000", 0) + counts.get("111", 0)) / SHOTS >= 0.8, counts
 
 
 def test_registers_split_and_memory_per_shot(lab_backend) -> None:

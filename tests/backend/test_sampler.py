@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
@@ -104,3 +106,13 @@ def test_mthree_calibrates_and_mitigates_through_the_backend(lab_backend) -> Non
     for q in (0, 1, 2):  # measured fidelities agree with the stored matrices
         stored = lab_backend.snapshot.qubit_value(q, "assignment_matrix")
         assert mitigator.single_qubit_cals[q][0, 0] == pytest.approx(stored[0][0], abs=0.03)
+
+
+def test_without_mthree_the_sampler_says_which_extra_to_install(lab_backend,
+                                                                monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "mthree", None)  # as if the extra were not installed
+    native = transpile(ghz3(), lab_backend, seed_transpiler=5)
+    with pytest.raises(ImportError, match=r"labqpu\[mitigation\]"):
+        Sampler(lab_backend).run([native])
+    result = Sampler(lab_backend, mitigate=False).run([native], shots=50).result()[0]
+    assert result.data.meas.num_shots == 50
