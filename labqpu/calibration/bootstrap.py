@@ -357,8 +357,10 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
         for name, value in design.qubits[q].items():
             if name == "resonator_hz":
                 continue
-            builder.set_qubit(q, name, value, design.records.get((q, name), "design"))
+            builder.set_qubit(q, name, value, design.records.get((q, name), "design"),
+                              timestamp=design.measured_at.get((q, name)))
     for pair, params in design.pairs.items():
         for name, value in params.items():
-            builder.set_pair(pair, name, value, design.records[(pair, name)])
+            builder.set_pair(pair, name, value, design.records[(pair, name)],
+                             timestamp=design.measured_at.get((pair, name)))
     return builder.build_document()

@@ -13,6 +13,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
@@ -27,22 +28,26 @@ log = logging.getLogger(__name__)
 @dataclass
 class Working:
     """Parameters known so far, per qubit (``q[name]``) and device-wide (``device[name]``);
-    ``records`` remembers which experiment produced each value."""
+    ``records`` remembers which experiment produced each value and ``measured_at`` when
+    (ISO-8601 UTC), so the snapshot carries the time of the measurement, not of the commit."""
 
     device: dict[str, float]
     qubits: dict[int, dict[str, float]]
     pairs: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
     records: dict[tuple, str] = field(default_factory=dict)
+    measured_at: dict[tuple, str] = field(default_factory=dict)
 
     def set(self, q: int, name: str, value, experiment: str) -> None:
-        """Record qubit ``q``'s ``name`` as measured by ``experiment``."""
+        """Record qubit ``q``'s ``name`` as measured by ``experiment``, now."""
         self.qubits[q][name] = value
         self.records[(q, name)] = experiment
+        self.measured_at[(q, name)] = datetime.now(UTC).isoformat()
 
     def set_pair(self, pair: tuple[int, int], name: str, value, experiment: str) -> None:
-        """Record edge ``pair``'s ``name`` as measured by ``experiment``."""
+        """Record edge ``pair``'s ``name`` as measured by ``experiment``, now."""
         self.pairs.setdefault(pair, {})[name] = value
         self.records[(pair, name)] = experiment
+        self.measured_at[(pair, name)] = datetime.now(UTC).isoformat()
 
 
 class Kit:

@@ -90,3 +90,19 @@ def test_project_orders_points_along_their_line() -> None:
     p = project(points)
     assert np.all(np.diff(p) > 0) or np.all(np.diff(p) < 0)
     assert abs(abs(p[-1] - p[0]) - abs(0.3 - 0.4j)) < 1e-12
+
+
+def test_working_values_remember_when_they_were_measured() -> None:
+    from datetime import datetime
+
+    from labqpu.calibration.experiments import Working
+
+    work = Working(device={}, qubits={0: {}})
+    work.set(0, "t1_s", 5e-5, "t1")
+    work.set_pair((0, 1), "cz_amplitude", 0.3, "cz")
+    first = datetime.fromisoformat(work.measured_at[(0, "t1_s")])
+    assert first.tzinfo is not None
+    work.set(0, "t1_s", 6e-5, "t1")
+    assert datetime.fromisoformat(work.measured_at[(0, "t1_s")]) >= first
+    assert work.records[((0, 1), "cz_amplitude")] == "cz"
+    assert ((0, 1), "cz_amplitude") in work.measured_at
