@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 _WAIT_FIRST_BACKOFF_S = 0.001
 _WAIT_MAX_BACKOFF_S = 0.02
+#: Longest the client asks the controller to hold a fetch (s); it bounds how late a cancel
+#: between two fetches is noticed.
+_HOLD_S = 0.25
 
 
 class ControllerClient:
@@ -212,8 +215,12 @@ class ControllerClient:
         reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
         return self._result_str(reply, "run_id", OP_RUN)
 
-    def fetch(self, run_id: str) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    def fetch(self, run_id: str, *,
+              wait_s: float = 0.0) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         """Ask for a run's state and, once done, its results.
+
+        With ``wait_s`` > 0 (s, at most 1) the controller holds its reply until the run ends
+        or ``wait_s`` passes, so a waiting client hears of the end at once, without polling.
 
         Returns:
             (state, result, arrays): state is ``queued``, ``running``, ``done``, ``error``
@@ -221,14 +228,21 @@ class ControllerClient:
             accepted) and, on error, ``error`` and ``error_type``; arrays are the run's
             results when done (views on the received message, no copy).
         """
-        reply = self._request(OP_FETCH, {"run_id": run_id})
+        params: dict[str, Any] = {"run_id": run_id}
+        if wait_s > 0:
+            params["wait_s"] = float(wait_s)
+        reply = self._request(OP_FETCH, params)
         state = self._result_str(reply, "state", OP_FETCH)
         return state, reply.result, reply.arrays
 
     def wait(
         self, run_id: str, timeout_s: float, *, cancel: threading.Event | None = None
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Poll ``fetch`` with a growing backoff until the run is done.
+        """Wait for a run to end and return its results.
+
+        Each ``fetch`` asks the controller to hold its reply until the run ends (at most
+        0.25 s, and half the request timeout), so the end is heard at once, without polling.
+        A controller that answers at once instead is asked again after a growing backoff.
 
         Args:
             run_id: id returned by ``run``.
@@ -248,8 +262,10 @@ class ControllerClient:
         deadline = time.monotonic() + timeout_s
         backoff_s = _WAIT_FIRST_BACKOFF_S
         while True:
+            hold_s = min(max(deadline - time.monotonic(), 0.0), self.timeout_s / 2, _HOLD_S)
+            asked = time.monotonic()
             try:
-                state, result, arrays = self.fetch(run_id)
+                state, result, arrays = self.fetch(run_id, wait_s=hold_s)
             except InstrumentError as exc:
                 # The transport failed while the run may still be playing: stop it, and say
                 # whether the controller confirmed that.
@@ -280,9 +296,13 @@ class ControllerClient:
                     instrument=self.endpoint,
                     command=OP_FETCH,
                 )
+            # A controller that held the fetch answered when the run ended or the hold expired;
+            # one that answered at once (it does not hold fetches) gets a growing backoff.
+            held = time.monotonic() - asked >= hold_s / 2
+            pause_s = 0.0 if held else min(backoff_s, remaining_s)
             if cancel is None:
-                time.sleep(min(backoff_s, remaining_s))
-            elif cancel.wait(min(backoff_s, remaining_s)):
+                time.sleep(pause_s)
+            elif cancel.is_set() or cancel.wait(pause_s):
                 self.abort(run_id)
                 cancel = None
             backoff_s = min(1.5 * backoff_s, _WAIT_MAX_BACKOFF_S)

@@ -16,6 +16,7 @@ already seen returns the first run's id and is never executed twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -79,6 +80,8 @@ ABORTED = "aborted"
 _ACTIVE = (QUEUED, RUNNING)
 
 _POLL_INTERVAL_MS = 50
+#: Longest a ``fetch`` may ask the controller to hold its reply for a run to end (s).
+MAX_FETCH_WAIT_S = 1.0
 #: How long an idempotency key is remembered after its run was accepted (s).
 KEY_RETENTION_S = 3600.0
 #: A session unused this long is forgotten when the next one opens (s).
@@ -242,6 +245,7 @@ class ControllerServer:
         self._runs: dict[str, _Run] = {}
         self._keys: OrderedDict[tuple[str, str], _KeyRecord] = OrderedDict()
         self._sessions: dict[str, float] = {}
+        self._held: list[tuple[Frame, str, _Run, float]] = []
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -299,8 +303,16 @@ class ControllerServer:
         connect_host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
         self.endpoint = f"tcp://{connect_host}:{self.port}"
         self._started_at = time.monotonic()
+        # The worker says "a run ended" on this inproc pair, so held fetches are answered at
+        # once instead of on the next poll tick.
+        wake = context.socket(zmq.PULL)
+        wake.setsockopt(zmq.LINGER, 0)
+        self._wake_endpoint = f"inproc://{self.name}-{id(self)}-ended"
+        wake.bind(self._wake_endpoint)
+        self._context = context
         self._serve_thread = threading.Thread(
-            target=self._serve, args=(context, socket), name=f"{self.name}-serve", daemon=True
+            target=self._serve, args=(context, socket, wake), name=f"{self.name}-serve",
+            daemon=True
         )
         self._worker_thread = threading.Thread(
             target=self._work, name=f"{self.name}-worker", daemon=True
@@ -343,30 +355,67 @@ class ControllerServer:
         threads = (self._serve_thread, self._worker_thread)
         return all(thread is not None and thread.is_alive() for thread in threads)
 
-    def _serve(self, context: zmq.Context, socket: zmq.Socket) -> None:
+    def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
-                if not socket.poll(_POLL_INTERVAL_MS, zmq.POLLIN):
-                    continue
-                frames = socket.recv_multipart(copy=False)
-                try:
-                    reply = self._handle(frames[1:])
-                except Exception as exc:  # _handle should not raise; the loop must outlive it
-                    logger.exception("%s: request handling failed", self.name)
-                    reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
-                try:
-                    socket.send_multipart([frames[0], *reply], copy=False)
-                except zmq.ZMQError as exc:
-                    logger.warning("%s: could not send a reply: %s", self.name, exc)
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if wake in events:
+                    while wake.poll(0):
+                        wake.recv()
+                if socket in events:
+                    frames = socket.recv_multipart(copy=False)
+                    try:
+                        reply = self._handle(frames[1:], frames[0])
+                    except Exception as exc:  # _handle should not raise; the loop outlives it
+                        logger.exception("%s: request handling failed", self.name)
+                        reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
+                    if reply is not None:
+                        self._send(socket, frames[0], reply)
+                for identity, reply in self._due_fetches():
+                    self._send(socket, identity, reply)
         except BaseException:
             logger.critical("%s: serving thread died", self.name, exc_info=True)
             raise
         finally:
             socket.close(linger=0)
+            wake.close(linger=0)
             context.term()
 
-    def _handle(self, frames: list[Frame]) -> list[Frame]:
-        """Turn one request (without its identity frame) into reply frames; never raises."""
+    def _send(self, socket: zmq.Socket, identity: Frame, reply: list[Frame]) -> None:
+        try:
+            socket.send_multipart([identity, *reply], copy=False)
+        except zmq.ZMQError as exc:
+            logger.warning("%s: could not send a reply: %s", self.name, exc)
+
+    def _poll_timeout_ms(self) -> int:
+        """Until the next held fetch's deadline, at most one poll interval (ms)."""
+        with self._lock:
+            if not self._held:
+                return _POLL_INTERVAL_MS
+            soonest = min(deadline for _, _, _, deadline in self._held)
+        return max(0, min(_POLL_INTERVAL_MS, round((soonest - time.monotonic()) * 1000)))
+
+    def _due_fetches(self) -> list[tuple[Frame, list[Frame]]]:
+        """Replies to held fetches whose run ended or whose wait expired."""
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            keep = []
+            for identity, request_id, run, deadline in self._held:
+                if run.state in _ACTIVE and deadline > now and not self._stopping.is_set():
+                    keep.append((identity, request_id, run, deadline))
+                    continue
+                result, arrays = self._fetch_result(run)
+                out.append((identity, encode_reply(request_id, result, arrays)))
+            self._held = keep
+        return out
+
+    def _handle(self, frames: list[Frame], identity: Frame) -> list[Frame] | None:
+        """Turn one request (without its identity frame) into reply frames, or None for a
+        ``fetch`` held until its run ends; never raises."""
         try:
             request = decode_request(frames)
         except (ProtocolError, RecursionError, MemoryError) as exc:
@@ -380,6 +429,8 @@ class ControllerServer:
                 request.id, ERR_UNKNOWN_OP, f"unknown op {request.op!r}; known ops: {known}"
             )
         try:
+            if request.op == OP_FETCH and self._hold(request, identity):
+                return None
             result, arrays = handler(request)
             return encode_reply(request.id, result, arrays)
         except _RequestError as exc:
@@ -518,15 +569,35 @@ class ControllerServer:
 
     def _fetch(self, request: Request) -> tuple[dict, dict | None]:
         with self._lock:
+            return self._fetch_result(self._lookup(request))
+
+    def _fetch_result(self, run: _Run) -> tuple[dict, dict | None]:
+        """A fetch's reply for ``run``; lock held."""
+        result: dict[str, Any] = {
+            "state": run.state,
+            "elapsed_s": run.elapsed_s(time.monotonic()),
+        }
+        if run.state == ERROR:
+            result["error"] = run.error
+            result["error_type"] = run.error_type
+        return result, run.results if run.state == DONE else None
+
+    def _hold(self, request: Request, identity: Frame) -> bool:
+        """Hold a ``fetch`` with ``wait_s`` > 0 of a run still active, to be answered when
+        the run ends or the wait expires (``_due_fetches``); True if held."""
+        wait_s = request.params.get("wait_s", 0)
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) \
+                or not 0 <= wait_s <= MAX_FETCH_WAIT_S:
+            raise _RequestError(ERR_BAD_PARAMS, f"fetch: wait_s must be a number in 0.."
+                                                f"{MAX_FETCH_WAIT_S} s, got {wait_s!r}")
+        if wait_s == 0:
+            return False
+        with self._lock:
             run = self._lookup(request)
-            result: dict[str, Any] = {
-                "state": run.state,
-                "elapsed_s": run.elapsed_s(time.monotonic()),
-            }
-            if run.state == ERROR:
-                result["error"] = run.error
-                result["error_type"] = run.error_type
-            return result, run.results if run.state == DONE else None
+            if run.state not in _ACTIVE:
+                return False
+            self._held.append((identity, request.id, run, time.monotonic() + wait_s))
+        return True
 
     def _abort(self, request: Request) -> tuple[dict, None]:
         with self._lock:
@@ -554,16 +625,24 @@ class ControllerServer:
     # -- worker thread ----------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            run_id = self._queue.get()
-            if run_id is None:
-                return
-            with self._lock:
-                run = self._runs.get(run_id)
-                if run is None or run.state != QUEUED:
-                    continue
-                run.state = RUNNING
-            self._execute(run)
+        ended = self._context.socket(zmq.PUSH)
+        ended.setsockopt(zmq.LINGER, 0)
+        ended.connect(self._wake_endpoint)
+        try:
+            while True:
+                run_id = self._queue.get()
+                if run_id is None:
+                    return
+                with self._lock:
+                    run = self._runs.get(run_id)
+                    if run is None or run.state != QUEUED:
+                        continue
+                    run.state = RUNNING
+                self._execute(run)
+                with contextlib.suppress(zmq.Again):  # the serving loop is awake already
+                    ended.send(b"", zmq.NOBLOCK)
+        finally:
+            ended.close(linger=0)
 
     def _execute(self, run: _Run) -> None:
         program = run.program

@@ -781,3 +781,30 @@ def test_a_session_cannot_fill_the_queue(executor: SumExecutor) -> None:
             greedy.wait(run_id, timeout_s=BOUND_S)
         polite.wait(other, timeout_s=BOUND_S)
         greedy.wait(greedy.run(program_id, shots=1), timeout_s=BOUND_S)  # room again
+
+
+def test_a_held_fetch_is_answered_when_the_run_ends(client: ControllerClient) -> None:
+    program_id = client.upload(_program(), {})
+    run_id = client.run(program_id, shots=1, params={"sleep_s": 0.2})
+    state, _, arrays = client.fetch(run_id, wait_s=1.0)
+    assert state == "done"  # not "running": the reply waited for the end of the run
+    assert set(arrays) == {"sum", "prod"}
+    quick = client.run(program_id, shots=1, params={"sleep_s": 0.5})
+    assert client.fetch(quick, wait_s=0.05)[0] in ("queued", "running")  # the hold expired
+    client.wait(quick, timeout_s=BOUND_S)
+    with pytest.raises(InstrumentCommandError, match="wait_s must be") as info:
+        client.fetch(quick, wait_s=5.0)
+    assert info.value.remote_type == ERR_BAD_PARAMS
+
+
+def test_other_clients_are_served_while_a_fetch_is_held(server: ControllerServer,
+                                                       client: ControllerClient) -> None:
+    program_id = client.upload(_program(), {})
+    run_id = client.run(program_id, shots=1, params={"sleep_s": 0.5})
+    holder = threading.Thread(target=lambda: client.fetch(run_id, wait_s=1.0))
+    holder.start()
+    try:
+        with ControllerClient(server.endpoint, timeout_s=0.2, retries=0) as other:
+            assert other.status()["state"] == "busy"  # answered within 0.2 s
+    finally:
+        holder.join(BOUND_S)
