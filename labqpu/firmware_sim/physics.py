@@ -41,26 +41,49 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import scipy.linalg
 from numba import njit
 
 from labqpu.errors import SimulationError
+from labqpu.firmware_sim.coupling import (
+    DressedModel,
+    build_dressed_model,
+    dressed_basis,
+    magnus_conditional_generator,
+    magnus_pair_generator,
+    toggled_projectors,
+    trapezoid_weights,
+)
+from labqpu.firmware_sim.density import (
+    LEVELS,
+    DensityMatrix,
+    _ladder,
+    _level_numbers,
+    _LocalChannels,
+    relaxation_superop,
+)
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
+    _transmon_path_kernel,
     _transmon_propagate_kernel,
     drive_phase_key,
     rotate_drive_phase,
+    rotate_drive_phase_stack,
 )
 
-LEVELS = 3
+__all__ = ["DensityMatrix", "Evolution", "PhysicsEngine", "Settings", "WireProgram",
+           "relaxation_superop"]
+
 #: Bounds of the propagator caches (entries): a 3x3 unitary is 144 bytes, a cluster's up to
 #: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
 CACHE_1Q_ENTRIES = 8192
 CACHE_NQ_ENTRIES = 256
+#: The deferred ZZ frame of :meth:`PhysicsEngine.evolve` is moved forward once a block starts
+#: this many samples after it.
+REANCHOR_SAMPLES = 64
 
 
 @njit(cache=True)
@@ -105,8 +128,13 @@ def _propagate_kernel(h_stack_hz, dt_s):
     return u
 
 
-def _ladder(levels: int = LEVELS) -> np.ndarray:
-    return np.diag(np.sqrt(np.arange(1, levels, dtype=float)), 1).astype(complex)
+def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) -> np.ndarray:
+    """exp(+i 2 pi Z t1 / fs) u exp(-i 2 pi Z t0 / fs) for a diagonal Z given as ``zz_hz``
+    (shape (..., d), matching ``u`` (..., d, d)): a block's operator in the deferred ZZ frame
+    anchored ``t0`` samples before its start and ``t1`` samples before its end."""
+    left = np.exp(2j * np.pi * zz_hz * (t1 / fs))
+    right = np.exp(-2j * np.pi * zz_hz * (t0 / fs))
+    return left[..., :, None] * u * right[..., None, :]
 
 
 def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
@@ -114,175 +142,6 @@ def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
     for i in range(n):
         out = np.kron(out, op if i == pos else np.eye(LEVELS))
     return out
-
-
-@lru_cache(maxsize=256)
-def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
-                       anharmonicity_hz: float = 0.0) -> np.ndarray:
-    """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
-
-    Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
-    a 0-1 coherence decays as exp(-t/T_phi)). With ``anharmonicity_hz`` = alpha the channel
-    also carries the idle Hamiltonian H/h = (alpha / 2) n (n - 1) of the transmon's idle
-    rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
-    already holds that evolution.
-    """
-    a = _ladder()
-    n = a.conj().T @ a
-    eye = np.eye(LEVELS)
-    jumps = [np.sqrt(1.0 / t1_s) * a]
-    if np.isfinite(t_phi_s):
-        jumps.append(np.sqrt(2.0 / t_phi_s) * n)
-    h = 0.5 * anharmonicity_hz * (n @ n - n)
-    liouv = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
-    for op in jumps:
-        opd = op.conj().T @ op
-        liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
-    return scipy.linalg.expm(liouv * duration_s)
-
-
-@lru_cache(maxsize=16)
-def _level_numbers(k: int) -> np.ndarray:
-    """Level of each of ``k`` transmons (rows, first most significant) in each basis state
-    (columns): the diagonals of n_1 ... n_k."""
-    return np.indices((LEVELS,) * k).reshape(k, -1)
-
-
-@lru_cache(maxsize=16)
-def _excitation_numbers(k: int) -> np.ndarray:
-    """Total excitation number of each basis state of ``k`` transmons (first most significant)."""
-    return _level_numbers(k).sum(axis=0)
-
-
-@lru_cache(maxsize=16)
-def _excitation_mask(k: int) -> np.ndarray:
-    """True where row and column of a 3^k x 3^k operator have equal excitation number."""
-    e = _excitation_numbers(k)
-    return e[:, None] == e[None, :]
-
-
-@lru_cache(maxsize=16)
-def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
-    """Basis indices of ``k`` transmons grouped by total excitation number."""
-    e = _excitation_numbers(k)
-    return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
-
-
-def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
-                   ) -> np.ndarray:
-    """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
-    diagonal blocks of u (u must be block-diagonal on them)."""
-    if blocks is None:
-        return np.matmul(u, x)
-    out = np.empty_like(x)
-    for idx in blocks:
-        if idx.size == 1:
-            out[:, idx, :] = u[idx[0], idx[0]] * x[:, idx, :]
-        else:
-            out[:, idx, :] = np.matmul(u[np.ix_(idx, idx)], x[:, idx, :])
-    return out
-
-
-class DensityMatrix:
-    """Density matrix of ``n`` three-level qubits as a tensor with 2n axes (rows, then columns)."""
-
-    def __init__(self, populations: list[np.ndarray]) -> None:
-        self.n = len(populations)
-        rho = np.ones((1, 1), dtype=complex)
-        for p in populations:
-            rho = np.kron(rho, np.diag(p).astype(complex))
-        self.tensor = rho.reshape([LEVELS] * (2 * self.n))
-
-    def _left(self, op: np.ndarray, axes: list[int]) -> None:
-        k = len(axes)
-        opt = op.reshape([LEVELS] * (2 * k))
-        t = np.tensordot(opt, self.tensor, axes=(list(range(k, 2 * k)), axes))
-        self.tensor = np.moveaxis(t, list(range(k)), axes)
-
-    def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
-        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first).
-
-        For consecutive ascending targets rho is Hermitian-updated as U (U rho)^dag: two
-        left multiplications on a reshaped matrix, each restricted to the blocks of equal
-        excitation number when U conserves it (a flux pulse without drives does).
-        """
-        k = len(targets)
-        p = targets[0]
-        if list(targets) != list(range(p, p + k)):
-            self._left(u, targets)
-            self._left(u.conj(), [self.n + t for t in targets])
-            return
-        d = LEVELS**self.n
-        m = LEVELS**k
-        blocks = _excitation_blocks(k)
-        off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
-        use = blocks if off < 1e-13 else None
-        x = _left_multiply(u, self.tensor.reshape(LEVELS**p, m, -1), use)
-        x = x.reshape(d, d).conj().T
-        x = _left_multiply(u, np.ascontiguousarray(x).reshape(LEVELS**p, m, -1), use)
-        self.tensor = x.reshape([LEVELS] * (2 * self.n))
-
-    def apply_superop(self, superop: np.ndarray, target: int) -> None:
-        """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
-        s = superop.reshape([LEVELS] * 4)
-        t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
-        self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
-
-    def populations(self) -> np.ndarray:
-        """Joint level probabilities, shape (3,)*n, clipped at 0 and renormalised."""
-        d = LEVELS**self.n
-        p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
-        return (p / p.sum()).reshape([LEVELS] * self.n)
-
-
-class _LocalChannels:
-    """Single-qubit evolution held back per qubit and applied to the density matrix at once.
-
-    Channels on different qubits commute, so each qubit's idle evolution, single-qubit pulses
-    and decoherence are composed into one pending 9x9 superoperator (row-major vec, latest
-    leftmost) and applied only when a multi-qubit unitary or the readout needs that qubit.
-    ``time`` is the sample up to which each qubit's evolution is accounted for.
-    """
-
-    def __init__(self, device: DeviceTruth, rho: DensityMatrix, position: dict[int, int],
-                 sample_rate_hz: float) -> None:
-        self.device = device
-        self.rho = rho
-        self.position = position
-        self.fs = sample_rate_hz
-        self.time = dict.fromkeys(position, 0)
-        self.pending: dict[int, np.ndarray] = {}
-
-    def _compose(self, q: int, superop: np.ndarray) -> None:
-        prev = self.pending.get(q)
-        self.pending[q] = superop if prev is None else superop @ prev
-
-    def _relax(self, q: int, until: int, alpha_hz: float) -> None:
-        if until > self.time[q]:
-            t = self.device.qubits[q]
-            self._compose(q, relaxation_superop(t.t1_s, t.t_phi_s,
-                                                (until - self.time[q]) / self.fs, alpha_hz))
-            self.time[q] = until
-
-    def idle(self, q: int, until: int) -> None:
-        """Idle ``q`` up to sample ``until``: decoherence and the idle Hamiltonian (alpha on
-        |2>), exactly."""
-        self._relax(q, until, self.device.qubits[q].anharmonicity_hz)
-
-    def decohere(self, q: int, until: int) -> None:
-        """Decoherence of ``q`` up to ``until`` after a pulse whose unitary (already applied)
-        holds the Hamiltonian of that interval."""
-        self._relax(q, until, 0.0)
-
-    def unitary(self, q: int, u: np.ndarray) -> None:
-        """rho -> u rho u^dag on ``q`` (3x3)."""
-        self._compose(q, np.kron(u, u.conj()))
-
-    def flush(self, q: int) -> None:
-        """Apply ``q``'s pending channel to the density matrix."""
-        superop = self.pending.pop(q, None)
-        if superop is not None:
-            self.rho.apply_superop(superop, self.position[q])
 
 
 @dataclass(frozen=True)
@@ -316,6 +175,22 @@ class Settings:
     currents: dict[tuple[str, int], float]
 
 
+@dataclass
+class _RunContext:
+    """What the block operations of one :meth:`PhysicsEngine.evolve` call share."""
+
+    samples: np.ndarray
+    settings: Settings
+    phi_dc: dict[int, float]
+    model: DressedModel
+    order: list[int]
+    pos: dict[int, int]
+    local: _LocalChannels
+    stop: dict[int, int]
+    zz_all: np.ndarray
+    anchor: int
+
+
 @dataclass(frozen=True)
 class Evolution:
     """The device state after :meth:`PhysicsEngine.evolve`.
@@ -342,6 +217,12 @@ class PhysicsEngine:
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
         self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
+        #: Dressed models per set of bare idle frequencies, and cluster dressings.
+        self._models: dict[tuple[float, ...], DressedModel] = {}
+        self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._joint_cache: dict[tuple, list] = {}
+        #: Look-ups of joint drive blocks answered from ``_joint_cache``.
+        self.joint_cache_hits = 0
 
     def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
         """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""
@@ -385,8 +266,9 @@ class PhysicsEngine:
     def evolve(self, prog: WireProgram, settings: Settings) -> Evolution:
         """Render ``prog`` and evolve the device's density matrix under it (no readout).
 
-        Every qubit the program touches is evolved; a measured qubit up to the start of its
-        acquisition, any other qubit up to the end of its last pulse. Raises
+        Every qubit the program touches, and every neighbour of one, is evolved; a measured
+        qubit up to the start of its acquisition, any other qubit up to the end of the last
+        pulse (or the last acquisition start, if later). Raises
         ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
@@ -437,8 +319,13 @@ class PhysicsEngine:
                 "two acquisitions on one qubit in one program (mid-circuit measurement) are not "
                 "supported by this simulator version"
             )
-        active = set(drive_iv) | set(flux_iv) | set(measured)
+        touched = set(drive_iv) | set(flux_iv) | set(measured)
         for q in flux_iv:
+            touched |= set(self.device.neighbours(q))
+        # Spectators: an untouched neighbour of a touched qubit shifts it through static ZZ
+        # by its (thermal) level. Qubits farther away stay diagonal and do not matter.
+        active = set(touched)
+        for q in touched:
             active |= set(self.device.neighbours(q))
         order = sorted(active)
         pos = {q: i for i, q in enumerate(order)}
@@ -454,26 +341,39 @@ class PhysicsEngine:
                     "mid-circuit measurement is not supported by this simulator version"
                 )
 
-        phi_dc = {q: self._flux_dc_phi0(q, settings) for q in order}
-        f_idle = {q: self.device.qubits[q].frequency_hz(phi_dc[q]) for q in order}
+        phi_dc = {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
+                  for q in range(len(self.device.qubits))}
+        model = self.dressed_model(phi_dc)
         p_th = self.device.thermal_population
         rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
-        local = _LocalChannels(self.device, rho, pos, fs)
+        local = _LocalChannels(self.device, rho, pos, fs,
+                               {q: float(model.local_hz[q][2]) for q in order})
+        zz_all = model.energies(order) - model.local_energies(order)
+        has_zz = bool(np.any(zz_all))
+        stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
+        ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0)
+        # Static ZZ is applied in a deferred frame: the stored density matrix carries the pair
+        # phases exp(-i 2 pi Z t) of the whole register only up to sample ``ctx.anchor``; each
+        # block's operator is conjugated into that frame (exact), and the anchor is moved
+        # forward (one diagonal pass) once it lags a block by REANCHOR_SAMPLES, which bounds
+        # the timing error of decoherence relative to ZZ.
+        t_last = 0
         for b0, b1, cluster, fluxed in self._blocks(drive_iv, flux_iv):
-            u = self._segment_unitary(cluster, fluxed, b0, b1, samples, settings, phi_dc, f_idle)
-            for q in cluster:
-                local.idle(q, b0)
-            if len(cluster) == 1:
-                local.unitary(cluster[0], u)
+            if has_zz and b0 - ctx.anchor >= REANCHOR_SAMPLES:
+                rho.apply_diagonal(np.exp(-2j * np.pi * zz_all * (b0 - ctx.anchor) / fs))
+                ctx.anchor = b0
+            if fluxed:
+                self._apply_cluster(ctx, cluster, fluxed, b0, b1)
+            elif len(cluster) == 1:
+                self._apply_drive(ctx, cluster[0], b0, b1)
             else:
-                for q in cluster:
-                    local.flush(q)
-                rho.apply_unitary(u, [pos[q] for q in cluster])
-            for q in cluster:
-                local.decohere(q, b1)
-        for q in measured:
-            local.idle(q, acq_time[q])
+                self._apply_joint_drive(ctx, cluster, b0, b1)
+            t_last = max(t_last, b1)
+        t_end = max([t_last, *acq_time.values()])
+        if has_zz and t_end != ctx.anchor:
+            rho.apply_diagonal(np.exp(-2j * np.pi * zz_all * (t_end - ctx.anchor) / fs))
         for q in order:
+            local.idle(q, acq_time.get(q, t_end))
             local.flush(q)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
 
@@ -507,6 +407,7 @@ class PhysicsEngine:
                     joint_drive.setdefault(q, []).append((s0, e0))
                 else:
                     blocks.append((s0, e0, [q], []))
+        blocks = self._join_adjacent(blocks)
         bounds = sorted({b for ivs in (*joint_drive.values(), *flux_iv.values())
                          for iv in ivs for b in iv})
         for b0, b1 in itertools.pairwise(bounds):
@@ -518,6 +419,35 @@ class PhysicsEngine:
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
         blocks.sort(key=lambda blk: blk[0])
         return blocks
+
+    def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
+                       ) -> list[tuple[int, int, list[int], list[int]]]:
+        """Merge single-qubit drive blocks on coupled qubits that overlap in time into joint
+        blocks (start, end, qubits, []): their static ZZ acts while both are driven."""
+        blocks = sorted(blocks)
+        parent = list(range(len(blocks)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for i, (_s0, e0, (q0,), _) in enumerate(blocks):
+            for j in range(i + 1, len(blocks)):
+                s1, _e1, (q1,), _ = blocks[j]
+                if s1 >= e0:
+                    break
+                if self.device.coupling_hz(q0, q1):
+                    parent[find(j)] = find(i)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(blocks)):
+            groups.setdefault(find(i), []).append(i)
+        out = []
+        for members in groups.values():
+            qubits = sorted({blocks[i][2][0] for i in members})
+            out.append((min(blocks[i][0] for i in members), max(blocks[i][1] for i in members),
+                        qubits, []))
+        return out
 
     def _clusters(self, driven: list[int], fluxed: list[int]) -> list[list[int]]:
         parent: dict[int, int] = {}
@@ -537,57 +467,290 @@ class PhysicsEngine:
             groups.setdefault(find(q), []).append(q)
         return [sorted(g) for g in groups.values()]
 
-    def _segment_unitary(self, cluster: list[int], fluxed: list[int], b0: int, b1: int,
-                         samples: np.ndarray, settings: Settings, phi_dc: dict[int, float],
-                         f_idle: dict[int, float]) -> np.ndarray:
-        """Propagator over samples [b0, b1) of ``cluster``, in each qubit's idle rotating frame.
+    def dressed_model(self, phi_dc: dict[int, float]) -> DressedModel:
+        """The :class:`DressedModel` of the whole device at DC flux ``phi_dc`` (qubit -> flux
+        quanta from the sweet spot), cached per set of bare idle frequencies."""
+        freqs = tuple(t.frequency_hz(phi_dc.get(t.index, 0.0)) for t in self.device.qubits)
+        model = self._models.get(freqs)
+        if model is None:
+            model, _ = build_dressed_model(list(freqs),
+                                           [t.anharmonicity_hz for t in self.device.qubits],
+                                           self.device.couplings)
+            if len(self._models) >= 64:
+                self._models.clear()
+            self._models[freqs] = model
+        return model
 
-        Flux and coupling are piecewise constant per sample (zero-order hold). A drive is held
-        constant per sample in its own qubit's idle frame; in the common frame of a coupled
-        cluster it then rotates within a sample, so samples are split into sub-steps fine
-        enough for that rotation (at least 20 per turn).
+    def segment_unitary(self, cluster: list[int], b0: int, b1: int, samples: np.ndarray,
+                        settings: Settings, fluxed: tuple[int, ...] = ()) -> np.ndarray:
+        """Propagator (Schroedinger picture) of ``cluster`` over samples [b0, b1) of rendered
+        ``samples``, in the dressed basis and each qubit's dressed frame (first qubit most
+        significant), with every qubit outside the cluster in |0>.
 
-        Propagators are cached (``self.cache_1q``, ``self.cache_nq``): a single transmon's by
-        its phase-normalised drive and flux detuning per sample (the drive's phase is applied
-        as a frame change), a coupled cluster's common-frame propagator by its flux samples
-        and DC flux context when no drive plays in it.
+        One qubit without flux: its drive propagator (exact). Otherwise the coupled cluster
+        with flux pulses on ``fluxed`` (:meth:`_segment_unitary`). For tests and tools; runs
+        go through :meth:`evolve`.
+        """
+        phi_dc = {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
+                  for q in range(len(self.device.qubits))}
+        model = self.dressed_model(phi_dc)
+        ctx = _RunContext(samples, settings, phi_dc, model, list(cluster),
+                          {q: i for i, q in enumerate(cluster)}, None, {}, np.zeros(1), b0)
+        if len(cluster) == 1 and not fluxed:
+            q = cluster[0]
+            return self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1),
+                                           np.zeros((1, LEVELS)), model.local_hz[q][2])[0]
+        u = self._segment_unitary(ctx, list(cluster), list(fluxed), b0, b1)
+        zz = model.energies(list(cluster)) - model.local_energies(list(cluster))
+        fs = self.device.sample_rate_hz
+        return np.exp(-2j * np.pi * zz * (b1 - b0) / fs)[:, None] * u
+
+    def _drive_hz(self, ctx: _RunContext, q: int, b0: int, b1: int) -> np.ndarray:
+        """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
+        dressed frequency (zeros when nothing plays)."""
+        fs = self.device.sample_rate_hz
+        cab = self.cabling[q]
+        s = ctx.samples[cab.drive_port, b0:b1]
+        if not np.any(s):
+            return np.zeros(b1 - b0, dtype=np.complex128)
+        lo = self._lo(cab.drive_lo, ctx.settings)
+        rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
+        t = np.arange(b0, b1) / fs
+        return rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+
+    def _prepare(self, ctx: _RunContext, qubits: list[int], b0: int) -> None:
+        """Bring ``qubits`` up to sample ``b0`` (never past their acquisition) and apply their
+        pending local channels, so that a multi-qubit operation can follow."""
+        for q in qubits:
+            ctx.local.idle(q, min(b0, ctx.stop[q]))
+            ctx.local.flush(q)
+
+    def _conditional_stack(self, q: int, z: np.ndarray, shifts_hz: np.ndarray, alpha_hz: float
+                           ) -> np.ndarray:
+        """Propagators of transmon ``q`` under drive ``z`` for each neighbour configuration,
+        shape (configs, 3, 3).
+
+        ``shifts_hz[c, n]`` is the pair energy sum_p Z_qp(n, c_p) of level n of ``q`` with
+        its neighbours in configuration c; the levels are L_q(n) + shifts[c, n] (Schroedinger
+        picture). Cached by the phase-normalised drive; the drive phase is applied as a frame
+        change.
+        """
+        dt = 1.0 / self.device.sample_rate_hz
+        alpha = float(alpha_hz)
+        phi, z0, zkey = drive_phase_key(z)
+        key = ("cond", q, z.size, zkey, shifts_hz.tobytes(), alpha)
+        stack = self.cache_1q.get(key)
+        if stack is None:
+            uniq, inverse = np.unique(shifts_hz, axis=0, return_inverse=True)
+            us = np.empty((uniq.shape[0], LEVELS, LEVELS), dtype=np.complex128)
+            for i, sh in enumerate(uniq):
+                us[i] = _transmon_propagate_kernel(z0, np.full(z.size, sh[1]),
+                                                   alpha + sh[2] - 2.0 * sh[1], dt)
+            stack = self.cache_1q.put(key, us[inverse.reshape(-1)])
+        return rotate_drive_phase_stack(stack, phi)
+
+    def _local_path(self, q: int, z: np.ndarray, alpha_hz: float) -> np.ndarray:
+        """Cumulative local propagators of ``q`` (dressed levels, no pair terms) at every
+        sample boundary, shape (n + 1, 3, 3); cached, drive phase as a frame change."""
+        phi, z0, zkey = drive_phase_key(z)
+        alpha = float(alpha_hz)
+        key = ("path", q, z.size, zkey, alpha)
+        path = self.cache_1q.get(key)
+        if path is None:
+            path = self.cache_1q.put(key, _transmon_path_kernel(
+                z0, np.zeros(z.size), alpha, 1.0 / self.device.sample_rate_hz))
+        return rotate_drive_phase_stack(path, phi)
+
+    def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
+        """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
+        basis, as a unitary on ``q`` conditioned on the neighbours' levels (static ZZ shifts
+        the transmon's levels)."""
+        model, pos = ctx.model, ctx.pos
+        controls = [p for p in model.neighbours(q) if p in pos]
+        shifts = np.zeros((LEVELS ** len(controls), LEVELS))
+        for ci, c in enumerate(itertools.product(range(LEVELS), repeat=len(controls))):
+            for p, m in zip(controls, c, strict=True):
+                shifts[ci] += model.pair(q, p)[:, m]
+        stack = self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1), shifts,
+                                        model.local_hz[q][2])
+        if controls:
+            stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
+                                 self.device.sample_rate_hz)
+            # The controls' pending channels (idle decoherence and diagonal phases) are left
+            # pending: only their relaxation fails to commute with the conditioning, an error
+            # of (idle time / T1) x (ZZ x pulse length).
+            ctx.local.idle(q, b0)
+            ctx.local.rho.apply_controlled_channel(stack, ctx.local.take(q),
+                                                   [pos[p] for p in controls], pos[q])
+        else:
+            ctx.local.idle(q, b0)
+            ctx.local.unitary(q, stack[0])
+        ctx.local.decohere(q, b1)
+
+    def _apply_joint_drive(self, ctx: _RunContext, qubits: list[int], b0: int, b1: int
+                           ) -> None:
+        """Overlapping drives on coupled transmons: each transmon's local propagator, with the
+        pair terms touching them to first order in the toggling frame of the drives (Magnus,
+        error of order (2 pi ZZ T)^2 / 2, and of the same order for taking the product of the
+        pair terms' exponentials). The deferred ZZ frame is moved to the block's end first
+        (one diagonal pass that also carries the block's own pair phases)."""
+        model, pos, rho = ctx.model, ctx.pos, ctx.local.rho
+        fs = self.device.sample_rate_hz
+        inner = [(p, q) for p in qubits for q in qubits if p < q and (p, q) in model.zz_hz]
+        outer = [(q, p) for q in qubits for p in model.neighbours(q)
+                 if p in pos and p not in qubits]
+        phases, ops = self._joint_ops(ctx, qubits, inner, outer, b0, b1)
+        self._prepare(ctx, qubits, b0)
+        levels = _level_numbers(len(ctx.order))
+        touch = np.zeros(LEVELS ** len(ctx.order))
+        for a, b in inner + outer:
+            touch += model.pair(a, b)[levels[pos[a]], levels[pos[b]]]
+        zz_all = ctx.zz_all
+        rho.apply_diagonal(np.exp(-2j * np.pi * (zz_all * (b1 - ctx.anchor) - touch * (b1 - b0))
+                                  / fs))
+        ctx.anchor = b1
+        r = {q: np.exp(1j * phases[q] * np.arange(LEVELS)) for q in qubits}
+        for u, controls, targets in ops:
+            rot = r[targets[0]] if len(targets) == 1 else np.kron(r[targets[0]], r[targets[1]])
+            u = (rot[:, None] * u) * rot.conj()[None, :]
+            rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
+        for q in qubits:
+            ctx.local.decohere(q, b1)
+
+    def _joint_ops(self, ctx: _RunContext, qubits: list[int], inner: list[tuple[int, int]],
+                   outer: list[tuple[int, int]], b0: int, b1: int
+                   ) -> tuple[dict[int, float], list[tuple[np.ndarray, list[int], list[int]]]]:
+        """The operators of a joint drive block in application order, (u, controls, targets),
+        for phase-normalised drives (cached), and the drive phase of each qubit: turn each
+        operator by R(phase) on its targets."""
+        model = ctx.model
+        n = b1 - b0
+        split = {q: drive_phase_key(self._drive_hz(ctx, q, b0, b1)) for q in qubits}
+        key = ("joint", tuple(qubits), n, tuple(split[q][2] for q in qubits), tuple(inner),
+               tuple(outer), model.freq_hz)
+        phases = {q: split[q][0] for q in qubits}
+        hit = self._joint_cache.get(key)
+        if hit is not None:
+            self.joint_cache_hits += 1
+            return phases, hit
+        w = trapezoid_weights(n, 1.0 / self.device.sample_rate_hz)
+        paths = {q: self._local_path(q, split[q][1], model.local_hz[q][2]) for q in qubits}
+        proj = {q: toggled_projectors(paths[q]) for q in qubits}
+        ops: list[list] = []
+        for p, q in inner:
+            gen = magnus_pair_generator(model.pair(p, q), proj[p], proj[q], w)
+            ops.append([scipy.linalg.expm(-2j * np.pi * gen)[None], [], [p, q]])
+        for q, p in outer:
+            gen = magnus_conditional_generator(model.pair(q, p), proj[q], w)
+            ops.append([np.array([scipy.linalg.expm(-2j * np.pi * g) for g in gen]), [p], [q]])
+        for q in qubits:  # the local propagator joins the last operator acting on q
+            last = max(i for i, op in enumerate(ops) if q in op[2])
+            u_q = paths[q][-1]
+            targets = ops[last][2]
+            full = u_q if len(targets) == 1 else (
+                np.kron(u_q, np.eye(LEVELS)) if targets[0] == q else np.kron(np.eye(LEVELS), u_q))
+            ops[last][0] = np.matmul(full, ops[last][0])
+        result = [(u, c, t) for u, c, t in ops]
+        if len(self._joint_cache) >= CACHE_NQ_ENTRIES:
+            self._joint_cache.clear()
+        self._joint_cache[key] = result
+        return phases, result
+
+    def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
+                       b1: int) -> None:
+        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits."""
+        if len(cluster) == 1:
+            q = cluster[0]
+            flux = self._flux_phi(ctx, q, fluxed, b0, b1)
+            u = self._transmon_unitary(q, self._drive_hz(ctx, q, b0, b1), flux,
+                                       ctx.model.freq_hz[q])
+            ctx.local.idle(q, b0)
+            ctx.local.unitary(q, u)
+            ctx.local.decohere(q, b1)
+            return
+        u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+        self._prepare(ctx, cluster, b0)
+        ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
+        for q in cluster:
+            ctx.local.decohere(q, b1)
+
+    def _flux_phi(self, ctx: _RunContext, q: int, fluxed: list[int], b0: int, b1: int
+                  ) -> np.ndarray:
+        """Flux (flux quanta from the sweet spot) of ``q`` per sample over [b0, b1)."""
+        phi = np.full(b1 - b0, ctx.phi_dc[q])
+        if q in fluxed:
+            flux = ctx.samples[self.cabling[q].flux_port, b0:b1].real
+            phi = phi + self.device.flux_line_phi0_per_amplitude * flux
+        return phi
+
+    def _segment_unitary(self, ctx: _RunContext, cluster: list[int], fluxed: list[int],
+                         b0: int, b1: int) -> np.ndarray:
+        """Propagator over samples [b0, b1) of a coupled ``cluster`` with flux pulses, in the
+        dressed basis and each qubit's dressed frame, in the deferred ZZ frame of
+        :meth:`evolve` (conjugated by exp(+i 2 pi Z_cluster (t - anchor))).
+
+        The cluster's bare Hamiltonian (exchange coupling, flux per sample, drives) plus a
+        constant correction V diag(delta) V^dag is propagated exactly per sample in a common
+        frame. The correction makes the cluster's idle energies those of the whole device's
+        dressed model (the dressing by neighbours outside the cluster), so the block starts and
+        ends in the dressed idle eigenstates V: a flux pulse has no switch-on artefact. Pair
+        terms to qubits outside the cluster are diagonal and treated as commuting with the
+        block. Cached by flux samples and DC flux context when no drive plays in it.
         """
         fs = self.device.sample_rate_hz
+        model = ctx.model
+        k = len(cluster)
         drives = {}
         for q in cluster:
-            cab = self.cabling[q]
-            s = samples[cab.drive_port, b0:b1]
-            if np.any(s):
-                lo = self._lo(cab.drive_lo, settings)
-                rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
-                t = np.arange(b0, b1) / fs
-                drives[q] = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - f_idle[q]) * t)
-        flux_phi = {}
-        for q in cluster:
-            phi = np.full(b1 - b0, phi_dc[q])
-            if q in fluxed:
-                flux = samples[self.cabling[q].flux_port, b0:b1].real
-                phi = phi + self.device.flux_line_phi0_per_amplitude * flux
-            flux_phi[q] = phi
-        if len(cluster) == 1:
-            return self._transmon_unitary(cluster[0], drives.get(cluster[0]), flux_phi[cluster[0]],
-                                          f_idle[cluster[0]])
+            z = self._drive_hz(ctx, q, b0, b1)
+            if np.any(z):
+                drives[q] = z
+        flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
+        f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
+        f_ref = f_bare[0]
+        v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
         key = None
         if not drives:
             key = (tuple(cluster), b1 - b0, *(flux_phi[q].tobytes() for q in cluster),
-                   *(f_idle[q] for q in cluster))
+                   tuple(f_bare), model.freq_hz)
             u = self.cache_nq.get(key)
         if key is None or u is None:
-            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_idle)
+            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_bare,
+                                                   [model.freq_hz[q] for q in cluster], h_corr)
+            u = v.T @ u @ v
             if key is not None:
                 u = self.cache_nq.put(key, u)
-        offsets = np.array([f_idle[q] - f_idle[cluster[0]] for q in cluster])
-        if np.any(offsets):
-            energy = offsets @ _level_numbers(len(cluster))
-            r1 = np.exp(2j * np.pi * energy * b1 / fs)
-            r0 = np.exp(2j * np.pi * energy * b0 / fs)
-            u = (r1[:, None] * u) * r0.conj()[None, :]
-        return u
+        levels = _level_numbers(k)
+        frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
+        zz = model.energies(cluster) - model.local_energies(cluster)
+        a = ctx.anchor
+        r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
+        r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)
+        return (r1[:, None] * u) * r0[None, :]
+
+    def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
+                          model: DressedModel) -> tuple[np.ndarray, np.ndarray]:
+        """(V, H_corr) of a cluster in the common frame of its first qubit: V its labelled
+        dressed idle basis, H_corr the correction that makes its idle energies the device's."""
+        key = ("dressing", tuple(cluster), f_bare, model.freq_hz)
+        hit = self._dressings.get(key)
+        if hit is not None:
+            return hit
+        truths = [self.device.qubits[q] for q in cluster]
+        couplings = {(i, j): self.device.coupling_hz(cluster[i], cluster[j])
+                     for i in range(len(cluster)) for j in range(i + 1, len(cluster))
+                     if self.device.coupling_hz(cluster[i], cluster[j])}
+        v, e = dressed_basis([f - f_bare[0] for f in f_bare],
+                             [t.anharmonicity_hz for t in truths], couplings)
+        levels = _level_numbers(len(cluster))
+        target = (np.array([model.freq_hz[q] - f_bare[0] for q in cluster]) @ levels
+                  + model.energies(cluster))
+        delta = target - (e - e[0])
+        h_corr = (v * delta[None, :]) @ v.T
+        if len(self._dressings) >= 64:
+            self._dressings.clear()
+        self._dressings[key] = (v, h_corr)
+        return v, h_corr
 
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
                           f_idle_hz: float) -> np.ndarray:
@@ -611,27 +774,32 @@ class PhysicsEngine:
 
     def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
                                       flux_phi: dict[int, np.ndarray], b0: int, b1: int,
-                                      f_idle: dict[int, float]) -> np.ndarray:
+                                      f_bare: list[float], f_frame: list[float],
+                                      h_corr: np.ndarray) -> np.ndarray:
         """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
-        qubit's idle frequency for every qubit (per-sample eigendecomposition)."""
+        qubit's bare idle frequency ``f_bare[0]`` for every qubit, bare basis (per-sample
+        eigendecomposition). Drives are given in each qubit's frame ``f_frame`` (Hz);
+        ``h_corr`` (Hz) is added at every sample."""
         fs = self.device.sample_rate_hz
         n = len(cluster)
         d = LEVELS**n
         a_ops = [_embed(self._a, i, n) for i in range(n)]
         n_ops = [a.conj().T @ a for a in a_ops]
-        f_ref = f_idle[cluster[0]]
-        fastest = max([abs(f_idle[q] - f_ref) for q in drives] + [0.0])
+        f_ref = f_bare[0]
+        fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
+                      + [0.0])
         sub = max(1, int(np.ceil(20.0 * fastest / fs)))
         n_steps = (b1 - b0) * sub
         t_sub = (b0 + (np.arange(n_steps) + 0.5) / sub) / fs
         h = np.zeros((n_steps, d, d), dtype=complex)
+        h += h_corr
         for i, q in enumerate(cluster):
             truth = self.device.qubits[q]
             h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
             f_q = np.repeat([truth.frequency_hz(p) for p in flux_phi[q]], sub)
             h += (f_q - f_ref)[:, None, None] * n_ops[i]
             if q in drives:
-                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_idle[q] - f_ref) * t_sub)
+                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_sub)
                 h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
                             + z.conj()[:, None, None] * a_ops[i])
         for i, qa in enumerate(cluster):
