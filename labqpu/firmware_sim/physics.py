@@ -5,11 +5,17 @@ output port. This module turns those samples, the LO frequencies and powers set 
 the DC flux bias into the qubits' evolution, then into IQ points on the acquisition inputs.
 It never sees gate names.
 
-Model (spine level; issue "physics" deepens it):
+Model (issue "physics" deepens it; item 1, always-on coupling, 2026-11-29):
 
-* Each transmon has three levels: H/h = (f(Phi) - f_idle) n + (alpha / 2) n (n - 1) in the frame
-  rotating at its idle frequency f_idle = f(Phi_dc). Frequencies follow the symmetric-SQUID
-  transmon law of :meth:`QubitTruth.frequency_hz`.
+* Transmons have three levels each; bare frequencies follow the symmetric-SQUID law of
+  :meth:`QubitTruth.frequency_hz` at the DC flux. Capacitive coupling g (a^dag b + a b^dag)
+  between the device file's neighbours acts at all times (``coupling`` module). The simulator's
+  basis is the dressed eigenbasis of the whole idle coupled Hamiltonian (labelled by bare
+  states), and each qubit's frame rotates at its dressed frequency f~_q = E(1_q) - E(0), which
+  is what spectroscopy and Ramsey measure. In that frame the idle evolution is diagonal:
+  H/h = sum_q L_q(n_q) + sum_pairs Z_pq(n_p, n_q), L_q = [0, 0, dressed alpha], Z the exact
+  pair energies (Z(1, 1) = E11 - E10 - E01 + E00, the static ZZ, -270 to -440 kHz on lab5).
+  Static ZZ is therefore not an added term: it is these dressed energies.
 * Drive: an IQ mixer outputs Re[s(t) exp(i 2 pi f_LO t)] (upper sideband at f_LO + IF for a
   sample stream rotating at +IF). In a frame rotating at f_frame, with the rotating-wave
   approximation, the drive is (R / 2) (z a^dag + z* a) with
@@ -17,20 +23,35 @@ Model (spine level; issue "physics" deepens it):
   Rabi frequency per unit amplitude and g_mix the mixer's conversion gain for the LO power it
   gets (0 when the LO output is off). A detuned LO leaves a residual rotation of z, so the pulse
   rotates about a wandering axis, as on hardware. A play phase phi turns the rotation axis by
-  -phi.
-* Flux pulses move a qubit's frequency; while one plays, the qubit and its coupled neighbours
-  evolve jointly under g (a^dag b + a b^dag), exactly (piecewise-constant samples, zero-order hold),
-  in a common rotating frame; the result is transformed back into each qubit's idle frame. The
-  |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Coupling outside flux pulses
-  (static ZZ) is not modelled yet.
+  -phi. The drive acts on the dressed ladder of its qubit (matrix elements sqrt(n); the
+  hybridised part of a_q, of order g / detuning on a neighbour ~800 MHz away, is dropped).
+* A drive on one qubit whose neighbours idle is exact in this model: its propagator is
+  computed for every configuration of the neighbours' levels (ZZ shifts its levels), and
+  applied conditioned on them. Overlapping drives on coupled qubits (simultaneous gates) get
+  their local propagators exactly and the pair terms between them to first order in the
+  toggling frame of the drives (Magnus; error ~ (2 pi ZZ T)^2 / 2, about 1e-5 for 40 ns).
+* Flux pulses move a qubit's frequency; while one plays, the qubit and its neighbours (a
+  cluster) evolve under their bare Hamiltonian plus a constant correction that makes the
+  cluster's idle energies the whole device's dressed ones, exactly per sample (zero-order hold)
+  in a common frame, and the result is expressed in the dressed basis and frames. A flux pulse
+  therefore starts and ends in the dressed idle eigenstates (no switch-on artefact), and the
+  |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Pair terms between the
+  cluster and qubits outside it are treated as commuting with the pulse (diagonal phases).
+* Spectators: every neighbour of a touched qubit is evolved too (it starts thermal), so its
+  level shifts its neighbour through ZZ. Not modelled: couplings not in the device file,
+  three-body and next-nearest-neighbour energies (fourth order in g / detuning; <= 6 kHz on
+  lab5's computational states, <= 15 kHz with a |2>), the flux dependence of g.
 * Every sample is propagated exactly: U_k = exp(-i 2 pi H_k dt) from the eigendecomposition.
   Propagators are cached by their inputs, a drive's phase is applied to a cached unitary as a
   frame change, and single-qubit channels are composed per qubit before they touch the
   density matrix (``propagation`` module; docs/simulator.md, "Propagation and caching").
-* T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit through the
-  exact solution of its Lindblad equation over each interval, applied after the unitary of a pulse.
-  Between pulses that solution includes the idle Hamiltonian (alpha / 2) n (n - 1), so |2> gains
-  phase exp(-i 2 pi alpha t) while a qubit idles and leakage interferes correctly between pulses.
+* T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit (on its
+  dressed levels) through the exact solution of its Lindblad equation over each interval,
+  applied after the unitary of a pulse. Between pulses that solution includes the local idle
+  Hamiltonian (dressed alpha on |2>), so |2> gains its phase while a qubit idles and leakage
+  interferes correctly between pulses. The pair (ZZ) phases are applied to the whole register
+  as a diagonal, in chunks of at most 256 samples after the decoherence up to each chunk's
+  midpoint: decoherence and ZZ are split symmetrically (``PhysicsEngine._advance_zz``).
 * Readout: the qubit populations at the start of an acquisition are sampled per shot; the
   resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
   state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
@@ -43,18 +64,14 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 from numba import njit
 
 from labqpu.errors import SimulationError
+from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext
 from labqpu.firmware_sim.coupling import (
     DressedModel,
     build_dressed_model,
     dressed_basis,
-    magnus_conditional_generator,
-    magnus_pair_generator,
-    toggled_projectors,
-    trapezoid_weights,
 )
 from labqpu.firmware_sim.density import (
     LEVELS,
@@ -67,11 +84,9 @@ from labqpu.firmware_sim.density import (
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
-    _transmon_path_kernel,
     _transmon_propagate_kernel,
     drive_phase_key,
     rotate_drive_phase,
-    rotate_drive_phase_stack,
 )
 
 __all__ = ["DensityMatrix", "Evolution", "PhysicsEngine", "Settings", "WireProgram",
@@ -84,6 +99,9 @@ CACHE_NQ_ENTRIES = 256
 #: The deferred ZZ frame of :meth:`PhysicsEngine.evolve` is moved forward once a block starts
 #: this many samples after it.
 REANCHOR_SAMPLES = 64
+#: Longest stretch of static ZZ applied as one diagonal after the decoherence up to its
+#: midpoint (:meth:`PhysicsEngine._advance_zz`).
+ZZ_CHUNK_SAMPLES = 256
 
 
 @njit(cache=True)
@@ -128,15 +146,6 @@ def _propagate_kernel(h_stack_hz, dt_s):
     return u
 
 
-def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) -> np.ndarray:
-    """exp(+i 2 pi Z t1 / fs) u exp(-i 2 pi Z t0 / fs) for a diagonal Z given as ``zz_hz``
-    (shape (..., d), matching ``u`` (..., d, d)): a block's operator in the deferred ZZ frame
-    anchored ``t0`` samples before its start and ``t1`` samples before its end."""
-    left = np.exp(2j * np.pi * zz_hz * (t1 / fs))
-    right = np.exp(-2j * np.pi * zz_hz * (t0 / fs))
-    return left[..., :, None] * u * right[..., None, :]
-
-
 def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
     out = np.ones((1, 1), dtype=complex)
     for i in range(n):
@@ -175,22 +184,6 @@ class Settings:
     currents: dict[tuple[str, int], float]
 
 
-@dataclass
-class _RunContext:
-    """What the block operations of one :meth:`PhysicsEngine.evolve` call share."""
-
-    samples: np.ndarray
-    settings: Settings
-    phi_dc: dict[int, float]
-    model: DressedModel
-    order: list[int]
-    pos: dict[int, int]
-    local: _LocalChannels
-    stop: dict[int, int]
-    zz_all: np.ndarray
-    anchor: int
-
-
 @dataclass(frozen=True)
 class Evolution:
     """The device state after :meth:`PhysicsEngine.evolve`.
@@ -206,7 +199,7 @@ class Evolution:
     acquisitions: list[tuple[int, int]]
 
 
-class PhysicsEngine:
+class PhysicsEngine(DriveBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
     def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
@@ -355,13 +348,11 @@ class PhysicsEngine:
         # Static ZZ is applied in a deferred frame: the stored density matrix carries the pair
         # phases exp(-i 2 pi Z t) of the whole register only up to sample ``ctx.anchor``; each
         # block's operator is conjugated into that frame (exact), and the anchor is moved
-        # forward (one diagonal pass) once it lags a block by REANCHOR_SAMPLES, which bounds
-        # the timing error of decoherence relative to ZZ.
+        # forward once it lags a block by REANCHOR_SAMPLES (:meth:`_advance_zz`).
         t_last = 0
         for b0, b1, cluster, fluxed in self._blocks(drive_iv, flux_iv):
             if has_zz and b0 - ctx.anchor >= REANCHOR_SAMPLES:
-                rho.apply_diagonal(np.exp(-2j * np.pi * zz_all * (b0 - ctx.anchor) / fs))
-                ctx.anchor = b0
+                self._advance_zz(ctx, b0)
             if fluxed:
                 self._apply_cluster(ctx, cluster, fluxed, b0, b1)
             elif len(cluster) == 1:
@@ -370,12 +361,35 @@ class PhysicsEngine:
                 self._apply_joint_drive(ctx, cluster, b0, b1)
             t_last = max(t_last, b1)
         t_end = max([t_last, *acq_time.values()])
-        if has_zz and t_end != ctx.anchor:
-            rho.apply_diagonal(np.exp(-2j * np.pi * zz_all * (t_end - ctx.anchor) / fs))
+        if has_zz and t_end > ctx.anchor:
+            self._advance_zz(ctx, t_end)
         for q in order:
             local.idle(q, acq_time.get(q, t_end))
             local.flush(q)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
+
+    def _advance_zz(self, ctx: _RunContext, until: int) -> None:
+        """Apply the register's pair phases from ``ctx.anchor`` up to sample ``until``.
+
+        Decoherence is applied per qubit and ZZ as one diagonal, so the two are split. Over
+        long stretches the split is symmetric: in chunks of at most ZZ_CHUNK_SAMPLES, every
+        qubit's channel is brought to the chunk's midpoint and applied before the chunk's
+        phase, so a decay in the chunk carries on average the right ZZ phase (error of
+        order (chunk / T1) x (2 pi ZZ x chunk / 2) per chunk, instead of a bias that grows
+        with the idle time: with the phase applied after a 4 us idle, ZZ Ramsey read 2 % high).
+        """
+        fs = self.device.sample_rate_hz
+        a = ctx.anchor
+        while a < until:
+            c1 = min(until, a + ZZ_CHUNK_SAMPLES)
+            if c1 - a > REANCHOR_SAMPLES:
+                mid = (a + c1) // 2
+                for q in ctx.order:
+                    ctx.local.idle(q, min(mid, ctx.stop[q]))
+                    ctx.local.flush(q)
+            ctx.local.rho.apply_diagonal(np.exp(-2j * np.pi * ctx.zz_all * (c1 - a) / fs))
+            a = c1
+        ctx.anchor = max(ctx.anchor, until)
 
     def _blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
                 flux_iv: dict[int, list[tuple[int, int]]]
@@ -517,144 +531,6 @@ class PhysicsEngine:
         rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
         t = np.arange(b0, b1) / fs
         return rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
-
-    def _prepare(self, ctx: _RunContext, qubits: list[int], b0: int) -> None:
-        """Bring ``qubits`` up to sample ``b0`` (never past their acquisition) and apply their
-        pending local channels, so that a multi-qubit operation can follow."""
-        for q in qubits:
-            ctx.local.idle(q, min(b0, ctx.stop[q]))
-            ctx.local.flush(q)
-
-    def _conditional_stack(self, q: int, z: np.ndarray, shifts_hz: np.ndarray, alpha_hz: float
-                           ) -> np.ndarray:
-        """Propagators of transmon ``q`` under drive ``z`` for each neighbour configuration,
-        shape (configs, 3, 3).
-
-        ``shifts_hz[c, n]`` is the pair energy sum_p Z_qp(n, c_p) of level n of ``q`` with
-        its neighbours in configuration c; the levels are L_q(n) + shifts[c, n] (Schroedinger
-        picture). Cached by the phase-normalised drive; the drive phase is applied as a frame
-        change.
-        """
-        dt = 1.0 / self.device.sample_rate_hz
-        alpha = float(alpha_hz)
-        phi, z0, zkey = drive_phase_key(z)
-        key = ("cond", q, z.size, zkey, shifts_hz.tobytes(), alpha)
-        stack = self.cache_1q.get(key)
-        if stack is None:
-            uniq, inverse = np.unique(shifts_hz, axis=0, return_inverse=True)
-            us = np.empty((uniq.shape[0], LEVELS, LEVELS), dtype=np.complex128)
-            for i, sh in enumerate(uniq):
-                us[i] = _transmon_propagate_kernel(z0, np.full(z.size, sh[1]),
-                                                   alpha + sh[2] - 2.0 * sh[1], dt)
-            stack = self.cache_1q.put(key, us[inverse.reshape(-1)])
-        return rotate_drive_phase_stack(stack, phi)
-
-    def _local_path(self, q: int, z: np.ndarray, alpha_hz: float) -> np.ndarray:
-        """Cumulative local propagators of ``q`` (dressed levels, no pair terms) at every
-        sample boundary, shape (n + 1, 3, 3); cached, drive phase as a frame change."""
-        phi, z0, zkey = drive_phase_key(z)
-        alpha = float(alpha_hz)
-        key = ("path", q, z.size, zkey, alpha)
-        path = self.cache_1q.get(key)
-        if path is None:
-            path = self.cache_1q.put(key, _transmon_path_kernel(
-                z0, np.zeros(z.size), alpha, 1.0 / self.device.sample_rate_hz))
-        return rotate_drive_phase_stack(path, phi)
-
-    def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
-        """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
-        basis, as a unitary on ``q`` conditioned on the neighbours' levels (static ZZ shifts
-        the transmon's levels)."""
-        model, pos = ctx.model, ctx.pos
-        controls = [p for p in model.neighbours(q) if p in pos]
-        shifts = np.zeros((LEVELS ** len(controls), LEVELS))
-        for ci, c in enumerate(itertools.product(range(LEVELS), repeat=len(controls))):
-            for p, m in zip(controls, c, strict=True):
-                shifts[ci] += model.pair(q, p)[:, m]
-        stack = self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1), shifts,
-                                        model.local_hz[q][2])
-        if controls:
-            stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
-                                 self.device.sample_rate_hz)
-            # The controls' pending channels (idle decoherence and diagonal phases) are left
-            # pending: only their relaxation fails to commute with the conditioning, an error
-            # of (idle time / T1) x (ZZ x pulse length).
-            ctx.local.idle(q, b0)
-            ctx.local.rho.apply_controlled_channel(stack, ctx.local.take(q),
-                                                   [pos[p] for p in controls], pos[q])
-        else:
-            ctx.local.idle(q, b0)
-            ctx.local.unitary(q, stack[0])
-        ctx.local.decohere(q, b1)
-
-    def _apply_joint_drive(self, ctx: _RunContext, qubits: list[int], b0: int, b1: int
-                           ) -> None:
-        """Overlapping drives on coupled transmons: each transmon's local propagator, with the
-        pair terms touching them to first order in the toggling frame of the drives (Magnus,
-        error of order (2 pi ZZ T)^2 / 2, and of the same order for taking the product of the
-        pair terms' exponentials). The deferred ZZ frame is moved to the block's end first
-        (one diagonal pass that also carries the block's own pair phases)."""
-        model, pos, rho = ctx.model, ctx.pos, ctx.local.rho
-        fs = self.device.sample_rate_hz
-        inner = [(p, q) for p in qubits for q in qubits if p < q and (p, q) in model.zz_hz]
-        outer = [(q, p) for q in qubits for p in model.neighbours(q)
-                 if p in pos and p not in qubits]
-        phases, ops = self._joint_ops(ctx, qubits, inner, outer, b0, b1)
-        self._prepare(ctx, qubits, b0)
-        levels = _level_numbers(len(ctx.order))
-        touch = np.zeros(LEVELS ** len(ctx.order))
-        for a, b in inner + outer:
-            touch += model.pair(a, b)[levels[pos[a]], levels[pos[b]]]
-        zz_all = ctx.zz_all
-        rho.apply_diagonal(np.exp(-2j * np.pi * (zz_all * (b1 - ctx.anchor) - touch * (b1 - b0))
-                                  / fs))
-        ctx.anchor = b1
-        r = {q: np.exp(1j * phases[q] * np.arange(LEVELS)) for q in qubits}
-        for u, controls, targets in ops:
-            rot = r[targets[0]] if len(targets) == 1 else np.kron(r[targets[0]], r[targets[1]])
-            u = (rot[:, None] * u) * rot.conj()[None, :]
-            rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
-        for q in qubits:
-            ctx.local.decohere(q, b1)
-
-    def _joint_ops(self, ctx: _RunContext, qubits: list[int], inner: list[tuple[int, int]],
-                   outer: list[tuple[int, int]], b0: int, b1: int
-                   ) -> tuple[dict[int, float], list[tuple[np.ndarray, list[int], list[int]]]]:
-        """The operators of a joint drive block in application order, (u, controls, targets),
-        for phase-normalised drives (cached), and the drive phase of each qubit: turn each
-        operator by R(phase) on its targets."""
-        model = ctx.model
-        n = b1 - b0
-        split = {q: drive_phase_key(self._drive_hz(ctx, q, b0, b1)) for q in qubits}
-        key = ("joint", tuple(qubits), n, tuple(split[q][2] for q in qubits), tuple(inner),
-               tuple(outer), model.freq_hz)
-        phases = {q: split[q][0] for q in qubits}
-        hit = self._joint_cache.get(key)
-        if hit is not None:
-            self.joint_cache_hits += 1
-            return phases, hit
-        w = trapezoid_weights(n, 1.0 / self.device.sample_rate_hz)
-        paths = {q: self._local_path(q, split[q][1], model.local_hz[q][2]) for q in qubits}
-        proj = {q: toggled_projectors(paths[q]) for q in qubits}
-        ops: list[list] = []
-        for p, q in inner:
-            gen = magnus_pair_generator(model.pair(p, q), proj[p], proj[q], w)
-            ops.append([scipy.linalg.expm(-2j * np.pi * gen)[None], [], [p, q]])
-        for q, p in outer:
-            gen = magnus_conditional_generator(model.pair(q, p), proj[q], w)
-            ops.append([np.array([scipy.linalg.expm(-2j * np.pi * g) for g in gen]), [p], [q]])
-        for q in qubits:  # the local propagator joins the last operator acting on q
-            last = max(i for i, op in enumerate(ops) if q in op[2])
-            u_q = paths[q][-1]
-            targets = ops[last][2]
-            full = u_q if len(targets) == 1 else (
-                np.kron(u_q, np.eye(LEVELS)) if targets[0] == q else np.kron(np.eye(LEVELS), u_q))
-            ops[last][0] = np.matmul(full, ops[last][0])
-        result = [(u, c, t) for u, c, t in ops]
-        if len(self._joint_cache) >= CACHE_NQ_ENTRIES:
-            self._joint_cache.clear()
-        self._joint_cache[key] = result
-        return phases, result
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
                        b1: int) -> None:
