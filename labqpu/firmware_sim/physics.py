@@ -50,8 +50,9 @@ Model (issue "physics" deepens it; item 1, always-on coupling, 2026-11-29):
   applied after the unitary of a pulse. Between pulses that solution includes the local idle
   Hamiltonian (dressed alpha on |2>), so |2> gains its phase while a qubit idles and leakage
   interferes correctly between pulses. The pair (ZZ) phases are applied to the whole register
-  as a diagonal, in chunks of at most 256 samples after the decoherence up to each chunk's
-  midpoint: decoherence and ZZ are split symmetrically (``PhysicsEngine._advance_zz``).
+  as a diagonal, in chunks (256 samples, at most 16 per stretch) after the decoherence up to
+  each chunk's midpoint: decoherence and ZZ are split symmetrically
+  (``PhysicsEngine._advance_zz``).
 * Readout: the qubit populations at the start of an acquisition are sampled per shot; the
   resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
   state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
@@ -102,6 +103,8 @@ REANCHOR_SAMPLES = 64
 #: Longest stretch of static ZZ applied as one diagonal after the decoherence up to its
 #: midpoint (:meth:`PhysicsEngine._advance_zz`).
 ZZ_CHUNK_SAMPLES = 256
+#: Most chunks one advance of the ZZ frame is cut into (longer idles use longer chunks).
+ZZ_MAX_CHUNKS = 16
 
 
 @njit(cache=True)
@@ -374,14 +377,18 @@ class PhysicsEngine(DriveBlocks):
         Decoherence is applied per qubit and ZZ as one diagonal, so the two are split. Over
         long stretches the split is symmetric: in chunks of at most ZZ_CHUNK_SAMPLES, every
         qubit's channel is brought to the chunk's midpoint and applied before the chunk's
-        phase, so a decay in the chunk carries on average the right ZZ phase (error of
-        order (chunk / T1) x (2 pi ZZ x chunk / 2) per chunk, instead of a bias that grows
-        with the idle time: with the phase applied after a 4 us idle, ZZ Ramsey read 2 % high).
+        phase, so a decay in the chunk carries on average the right ZZ phase: what remains is
+        the spread of that phase within a chunk, an error of order
+        (chunk / T1) (pi ZZ chunk)^2 / 6 per chunk (1e-4 for 256 ns), instead of a bias that
+        grows with the idle time. Idles longer than ZZ_MAX_CHUNKS x 256 samples use longer
+        chunks (a 10 us idle: 16 chunks of 625 ns, about 2e-3 each), so a long idle costs at
+        most 16 passes per qubit.
         """
         fs = self.device.sample_rate_hz
         a = ctx.anchor
+        chunk = max(ZZ_CHUNK_SAMPLES, -(-(until - a) // ZZ_MAX_CHUNKS))
         while a < until:
-            c1 = min(until, a + ZZ_CHUNK_SAMPLES)
+            c1 = min(until, a + chunk)
             if c1 - a > REANCHOR_SAMPLES:
                 mid = (a + c1) // 2
                 for q in ctx.order:
