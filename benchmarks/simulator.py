@@ -6,14 +6,15 @@ also shown with its default threads as context):
 
 (a) the 5-qubit random-layer circuit of ``run.py`` at depth ~50 (17 layers: 85 rz, 85 sx,
     ~32 cz after transpiling), 1000 shots. labqpu: the firmware simulator's
-    ``PhysicsEngine.run`` on the compiled program (3 levels per transmon, exchange coupling
-    during flux pulses, exact per-sample propagation, T1/T_phi Lindblad channels, readout IQ
-    per shot). Shown cold (a new engine: every unique propagator is computed) and warm (the
-    engine's propagator cache already holds them, as in a long-running simulator serving
-    repeated jobs). Reference: ``AerSimulator(method="density_matrix")`` on the same
-    transpiled circuit with thermal relaxation (T1, T2 and gate durations from the calibrated
-    Target) after every gate and readout errors. The two models differ (Aer's gates are ideal
-    qubit gates); the Hellinger fidelity of their counts is printed as a sanity check.
+    ``PhysicsEngine.run`` on the compiled program (3 levels per transmon, always-on exchange
+    coupling in the dressed basis with static ZZ, exact per-sample propagation, T1/T_phi
+    Lindblad channels, readout IQ per shot). Shown cold (a new engine: every unique
+    propagator is computed) and warm (the engine's propagator cache already holds them, as in
+    a long-running simulator serving repeated jobs). Reference:
+    ``AerSimulator(method="density_matrix")`` on the same transpiled circuit with thermal
+    relaxation (T1, T2 and gate durations from the calibrated Target) after every gate and
+    readout errors. The two models differ (Aer's gates are ideal qubit gates); the Hellinger
+    fidelity of their counts is printed as a sanity check.
 (b) one 160-sample DRAG drive pulse on a three-level transmon: labqpu's numba propagator
     (``_transmon_propagate_kernel``) against one batched ``numpy.linalg.eigh`` over the
     samples (then the ordered product) and against a per-sample ``scipy.linalg.expm`` loop;

@@ -154,13 +154,17 @@ def test_openqasm_that_does_not_parse_is_one_line(tmp_path, text):
     assert "Traceback" not in proc.stderr
 
 
+#: A measurement time later than any in the shipped snapshot.
+LATER = "2099-01-01T00:00:00+00:00"
+
+
 def _seeded_home(tmp_path: Path, export: dict) -> None:
     from labqpu.store import CalibrationStore, SnapshotBuilder
 
     with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
         first = store.import_json(export)
         builder = SnapshotBuilder.from_snapshot(first)
-        builder.set_qubit(2, "t1_s", 20e-6, "t1", timestamp="2026-11-28T10:00:00+00:00")
+        builder.set_qubit(2, "t1_s", 20e-6, "t1", timestamp=LATER)
         store.commit(builder.build_document())
 
 
@@ -172,7 +176,7 @@ def test_calibrate_history_diff_and_rollback(tmp_path, export):
     proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1_s", "--qubit", "2")
     assert proc.returncode == 0, proc.stderr
     assert "2 measurement(s)" in proc.stdout
-    assert proc.stdout.splitlines()[1].startswith("2026-11-28T10:00:00+00:00  snapshot     2")
+    assert proc.stdout.splitlines()[1].startswith(f"{LATER}  snapshot     2")
     proc = labqpu(tmp_path, "calibrate", "diff", "1", "2")
     changed = json.loads(proc.stdout)["changed"]
     assert [(c["key"], c["name"]) for c in changed] == [("2", "t1_s")]

@@ -202,8 +202,9 @@ class LabBackend(BackendV2):
 
     def get_scheduling_stage_plugin(self) -> str:
         """Name of the scheduling stage plugin ``transpile`` uses by default: ``"labqpu"``
-        (ALAP with the calibrated durations, X-X dynamical decoupling on idle qubits).
-        Pass ``scheduling_method=`` to choose another."""
+        (ALAP with the calibrated durations and the timing constraints). Pass
+        ``scheduling_method="labqpu_dd"`` for X-X dynamical decoupling on idle qubits, or any
+        other plugin's name."""
         return "labqpu"
 
     def hardware_status(self, timeout_s: float = 30.0) -> dict:

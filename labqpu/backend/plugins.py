@@ -328,8 +328,16 @@ def dd_sequence() -> list[Gate]:
 
 
 class LabSchedulingPlugin(PassManagerStagePlugin):
-    """Scheduling stage ``labqpu``: ALAP with the Target's durations and timing constraints,
-    then X-X dynamical decoupling on idle windows long enough to hold it."""
+    """Scheduling stage ``labqpu``: ALAP with the Target's durations and timing constraints.
+
+    ``labqpu_dd`` (:class:`LabDDSchedulingPlugin`) adds X-X dynamical decoupling on idle
+    windows. It is not the backend's default: an echo on an idle control qubit refocuses the
+    very ZZ that experiments such as ``ZZRamsey`` measure, and with always-on coupling the
+    echoed circuits do not yet give the outcomes of the ideal circuit (see
+    docs/transpilation.md).
+    """
+
+    dynamical_decoupling = False
 
     def pass_manager(self, pass_manager_config: PassManagerConfig,
                      optimization_level: int | None = None) -> PassManager:
@@ -347,8 +355,15 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
                                                target=target))
             pm.append(ConstrainedReschedule(acquire_alignment=tc.acquire_alignment,
                                             pulse_alignment=tc.pulse_alignment, target=target))
-        if "x" in target.operation_names:
+        if self.dynamical_decoupling and "x" in target.operation_names:
             qubits = sorted(q for (q,) in target.qargs_for_operation_name("x"))
             pm.append(IdleDynamicalDecoupling(dd_sequence=dd_sequence(), qubits=qubits,
                                               skip_reset_qubits=True, target=target))
         return pm
+
+
+class LabDDSchedulingPlugin(LabSchedulingPlugin):
+    """Scheduling stage ``labqpu_dd``: as ``labqpu``, then X-X dynamical decoupling on idle
+    windows long enough to hold it, with the calibrated x duration."""
+
+    dynamical_decoupling = True

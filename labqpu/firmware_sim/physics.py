@@ -5,11 +5,17 @@ output port. This module turns those samples, the LO frequencies and powers set 
 the DC flux bias into the qubits' evolution, then into IQ points on the acquisition inputs.
 It never sees gate names.
 
-Model (spine level; issue "physics" deepens it):
+Model (issue "physics" deepens it; item 1, always-on coupling, 2026-11-29):
 
-* Each transmon has three levels: H/h = (f(Phi) - f_idle) n + (alpha / 2) n (n - 1) in the frame
-  rotating at its idle frequency f_idle = f(Phi_dc). Frequencies follow the symmetric-SQUID
-  transmon law of :meth:`QubitTruth.frequency_hz`.
+* Transmons have three levels each; bare frequencies follow the symmetric-SQUID law of
+  :meth:`QubitTruth.frequency_hz` at the DC flux. Capacitive coupling g (a^dag b + a b^dag)
+  between the device file's neighbours acts at all times (``coupling`` module). The simulator's
+  basis is the dressed eigenbasis of the whole idle coupled Hamiltonian (labelled by bare
+  states), and each qubit's frame rotates at its dressed frequency f~_q = E(1_q) - E(0), which
+  is what spectroscopy and Ramsey measure. In that frame the idle evolution is diagonal:
+  H/h = sum_q L_q(n_q) + sum_pairs Z_pq(n_p, n_q), L_q = [0, 0, dressed alpha], Z the exact
+  pair energies (Z(1, 1) = E11 - E10 - E01 + E00, the static ZZ, -270 to -440 kHz on lab5).
+  Static ZZ is therefore not an added term: it is these dressed energies.
 * Drive: an IQ mixer outputs Re[s(t) exp(i 2 pi f_LO t)] (upper sideband at f_LO + IF for a
   sample stream rotating at +IF). In a frame rotating at f_frame, with the rotating-wave
   approximation, the drive is (R / 2) (z a^dag + z* a) with
@@ -17,20 +23,36 @@ Model (spine level; issue "physics" deepens it):
   Rabi frequency per unit amplitude and g_mix the mixer's conversion gain for the LO power it
   gets (0 when the LO output is off). A detuned LO leaves a residual rotation of z, so the pulse
   rotates about a wandering axis, as on hardware. A play phase phi turns the rotation axis by
-  -phi.
-* Flux pulses move a qubit's frequency; while one plays, the qubit and its coupled neighbours
-  evolve jointly under g (a^dag b + a b^dag), exactly (piecewise-constant samples, zero-order hold),
-  in a common rotating frame; the result is transformed back into each qubit's idle frame. The
-  |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Coupling outside flux pulses
-  (static ZZ) is not modelled yet.
+  -phi. The drive acts on the dressed ladder of its qubit (matrix elements sqrt(n); the
+  hybridised part of a_q, of order g / detuning on a neighbour ~800 MHz away, is dropped).
+* A drive on one qubit whose neighbours idle is exact in this model: its propagator is
+  computed for every configuration of the neighbours' levels (ZZ shifts its levels), and
+  applied conditioned on them. Overlapping drives on coupled qubits (simultaneous gates) get
+  their local propagators exactly and the pair terms between them to first order in the
+  toggling frame of the drives (Magnus; error ~ (2 pi ZZ T)^2 / 2, about 1e-5 for 40 ns).
+* Flux pulses move a qubit's frequency; while one plays, the qubit and its neighbours (a
+  cluster) evolve under their bare Hamiltonian plus a constant correction that makes the
+  cluster's idle energies the whole device's dressed ones, exactly per sample (zero-order hold)
+  in a common frame, and the result is expressed in the dressed basis and frames. A flux pulse
+  therefore starts and ends in the dressed idle eigenstates (no switch-on artefact), and the
+  |11>-|20> avoided crossing makes a suitably shaped flux pulse a CZ. Pair terms between the
+  cluster and qubits outside it are treated as commuting with the pulse (diagonal phases).
+* Spectators: every neighbour of a touched qubit is evolved too (it starts thermal), so its
+  level shifts its neighbour through ZZ. Not modelled: couplings not in the device file,
+  three-body and next-nearest-neighbour energies (fourth order in g / detuning; <= 6 kHz on
+  lab5's computational states, <= 15 kHz with a |2>), the flux dependence of g.
 * Every sample is propagated exactly: U_k = exp(-i 2 pi H_k dt) from the eigendecomposition.
   Propagators are cached by their inputs, a drive's phase is applied to a cached unitary as a
   frame change, and single-qubit channels are composed per qubit before they touch the
   density matrix (``propagation`` module; docs/simulator.md, "Propagation and caching").
-* T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit through the
-  exact solution of its Lindblad equation over each interval, applied after the unitary of a pulse.
-  Between pulses that solution includes the idle Hamiltonian (alpha / 2) n (n - 1), so |2> gains
-  phase exp(-i 2 pi alpha t) while a qubit idles and leakage interferes correctly between pulses.
+* T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit (on its
+  dressed levels) through the exact solution of its Lindblad equation over each interval,
+  applied after the unitary of a pulse. Between pulses that solution includes the local idle
+  Hamiltonian (dressed alpha on |2>), so |2> gains its phase while a qubit idles and leakage
+  interferes correctly between pulses. The pair (ZZ) phases are applied to the whole register
+  as a diagonal, in chunks (256 samples, at most 16 per stretch) after the decoherence up to
+  each chunk's midpoint: decoherence and ZZ are split symmetrically
+  (``PhysicsEngine._advance_zz``).
 * Readout: the qubit populations at the start of an acquisition are sampled per shot; the
   resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
   state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
@@ -41,13 +63,25 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-import scipy.linalg
 from numba import njit
 
 from labqpu.errors import SimulationError
+from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext
+from labqpu.firmware_sim.coupling import (
+    DressedModel,
+    build_dressed_model,
+    dressed_basis,
+)
+from labqpu.firmware_sim.density import (
+    LEVELS,
+    DensityMatrix,
+    _ladder,
+    _level_numbers,
+    _LocalChannels,
+    relaxation_superop,
+)
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
@@ -56,11 +90,21 @@ from labqpu.firmware_sim.propagation import (
     rotate_drive_phase,
 )
 
-LEVELS = 3
+__all__ = ["DensityMatrix", "Evolution", "PhysicsEngine", "Settings", "WireProgram",
+           "relaxation_superop"]
+
 #: Bounds of the propagator caches (entries): a 3x3 unitary is 144 bytes, a cluster's up to
 #: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
 CACHE_1Q_ENTRIES = 8192
 CACHE_NQ_ENTRIES = 256
+#: The deferred ZZ frame of :meth:`PhysicsEngine.evolve` is moved forward once a block starts
+#: this many samples after it.
+REANCHOR_SAMPLES = 64
+#: Longest stretch of static ZZ applied as one diagonal after the decoherence up to its
+#: midpoint (:meth:`PhysicsEngine._advance_zz`).
+ZZ_CHUNK_SAMPLES = 256
+#: Most chunks one advance of the ZZ frame is cut into (longer idles use longer chunks).
+ZZ_MAX_CHUNKS = 16
 
 
 @njit(cache=True)
@@ -105,184 +149,11 @@ def _propagate_kernel(h_stack_hz, dt_s):
     return u
 
 
-def _ladder(levels: int = LEVELS) -> np.ndarray:
-    return np.diag(np.sqrt(np.arange(1, levels, dtype=float)), 1).astype(complex)
-
-
 def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
     out = np.ones((1, 1), dtype=complex)
     for i in range(n):
         out = np.kron(out, op if i == pos else np.eye(LEVELS))
     return out
-
-
-@lru_cache(maxsize=256)
-def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
-                       anharmonicity_hz: float = 0.0) -> np.ndarray:
-    """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
-
-    Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
-    a 0-1 coherence decays as exp(-t/T_phi)). With ``anharmonicity_hz`` = alpha the channel
-    also carries the idle Hamiltonian H/h = (alpha / 2) n (n - 1) of the transmon's idle
-    rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
-    already holds that evolution.
-    """
-    a = _ladder()
-    n = a.conj().T @ a
-    eye = np.eye(LEVELS)
-    jumps = [np.sqrt(1.0 / t1_s) * a]
-    if np.isfinite(t_phi_s):
-        jumps.append(np.sqrt(2.0 / t_phi_s) * n)
-    h = 0.5 * anharmonicity_hz * (n @ n - n)
-    liouv = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
-    for op in jumps:
-        opd = op.conj().T @ op
-        liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
-    return scipy.linalg.expm(liouv * duration_s)
-
-
-@lru_cache(maxsize=16)
-def _level_numbers(k: int) -> np.ndarray:
-    """Level of each of ``k`` transmons (rows, first most significant) in each basis state
-    (columns): the diagonals of n_1 ... n_k."""
-    return np.indices((LEVELS,) * k).reshape(k, -1)
-
-
-@lru_cache(maxsize=16)
-def _excitation_numbers(k: int) -> np.ndarray:
-    """Total excitation number of each basis state of ``k`` transmons (first most significant)."""
-    return _level_numbers(k).sum(axis=0)
-
-
-@lru_cache(maxsize=16)
-def _excitation_mask(k: int) -> np.ndarray:
-    """True where row and column of a 3^k x 3^k operator have equal excitation number."""
-    e = _excitation_numbers(k)
-    return e[:, None] == e[None, :]
-
-
-@lru_cache(maxsize=16)
-def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
-    """Basis indices of ``k`` transmons grouped by total excitation number."""
-    e = _excitation_numbers(k)
-    return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
-
-
-def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
-                   ) -> np.ndarray:
-    """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
-    diagonal blocks of u (u must be block-diagonal on them)."""
-    if blocks is None:
-        return np.matmul(u, x)
-    out = np.empty_like(x)
-    for idx in blocks:
-        if idx.size == 1:
-            out[:, idx, :] = u[idx[0], idx[0]] * x[:, idx, :]
-        else:
-            out[:, idx, :] = np.matmul(u[np.ix_(idx, idx)], x[:, idx, :])
-    return out
-
-
-class DensityMatrix:
-    """Density matrix of ``n`` three-level qubits as a tensor with 2n axes (rows, then columns)."""
-
-    def __init__(self, populations: list[np.ndarray]) -> None:
-        self.n = len(populations)
-        rho = np.ones((1, 1), dtype=complex)
-        for p in populations:
-            rho = np.kron(rho, np.diag(p).astype(complex))
-        self.tensor = rho.reshape([LEVELS] * (2 * self.n))
-
-    def _left(self, op: np.ndarray, axes: list[int]) -> None:
-        k = len(axes)
-        opt = op.reshape([LEVELS] * (2 * k))
-        t = np.tensordot(opt, self.tensor, axes=(list(range(k, 2 * k)), axes))
-        self.tensor = np.moveaxis(t, list(range(k)), axes)
-
-    def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
-        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first).
-
-        For consecutive ascending targets rho is Hermitian-updated as U (U rho)^dag: two
-        left multiplications on a reshaped matrix, each restricted to the blocks of equal
-        excitation number when U conserves it (a flux pulse without drives does).
-        """
-        k = len(targets)
-        p = targets[0]
-        if list(targets) != list(range(p, p + k)):
-            self._left(u, targets)
-            self._left(u.conj(), [self.n + t for t in targets])
-            return
-        d = LEVELS**self.n
-        m = LEVELS**k
-        blocks = _excitation_blocks(k)
-        off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
-        use = blocks if off < 1e-13 else None
-        x = _left_multiply(u, self.tensor.reshape(LEVELS**p, m, -1), use)
-        x = x.reshape(d, d).conj().T
-        x = _left_multiply(u, np.ascontiguousarray(x).reshape(LEVELS**p, m, -1), use)
-        self.tensor = x.reshape([LEVELS] * (2 * self.n))
-
-    def apply_superop(self, superop: np.ndarray, target: int) -> None:
-        """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
-        s = superop.reshape([LEVELS] * 4)
-        t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
-        self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
-
-    def populations(self) -> np.ndarray:
-        """Joint level probabilities, shape (3,)*n, clipped at 0 and renormalised."""
-        d = LEVELS**self.n
-        p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
-        return (p / p.sum()).reshape([LEVELS] * self.n)
-
-
-class _LocalChannels:
-    """Single-qubit evolution held back per qubit and applied to the density matrix at once.
-
-    Channels on different qubits commute, so each qubit's idle evolution, single-qubit pulses
-    and decoherence are composed into one pending 9x9 superoperator (row-major vec, latest
-    leftmost) and applied only when a multi-qubit unitary or the readout needs that qubit.
-    ``time`` is the sample up to which each qubit's evolution is accounted for.
-    """
-
-    def __init__(self, device: DeviceTruth, rho: DensityMatrix, position: dict[int, int],
-                 sample_rate_hz: float) -> None:
-        self.device = device
-        self.rho = rho
-        self.position = position
-        self.fs = sample_rate_hz
-        self.time = dict.fromkeys(position, 0)
-        self.pending: dict[int, np.ndarray] = {}
-
-    def _compose(self, q: int, superop: np.ndarray) -> None:
-        prev = self.pending.get(q)
-        self.pending[q] = superop if prev is None else superop @ prev
-
-    def _relax(self, q: int, until: int, alpha_hz: float) -> None:
-        if until > self.time[q]:
-            t = self.device.qubits[q]
-            self._compose(q, relaxation_superop(t.t1_s, t.t_phi_s,
-                                                (until - self.time[q]) / self.fs, alpha_hz))
-            self.time[q] = until
-
-    def idle(self, q: int, until: int) -> None:
-        """Idle ``q`` up to sample ``until``: decoherence and the idle Hamiltonian (alpha on
-        |2>), exactly."""
-        self._relax(q, until, self.device.qubits[q].anharmonicity_hz)
-
-    def decohere(self, q: int, until: int) -> None:
-        """Decoherence of ``q`` up to ``until`` after a pulse whose unitary (already applied)
-        holds the Hamiltonian of that interval."""
-        self._relax(q, until, 0.0)
-
-    def unitary(self, q: int, u: np.ndarray) -> None:
-        """rho -> u rho u^dag on ``q`` (3x3)."""
-        self._compose(q, np.kron(u, u.conj()))
-
-    def flush(self, q: int) -> None:
-        """Apply ``q``'s pending channel to the density matrix."""
-        superop = self.pending.pop(q, None)
-        if superop is not None:
-            self.rho.apply_superop(superop, self.position[q])
 
 
 @dataclass(frozen=True)
@@ -331,7 +202,7 @@ class Evolution:
     acquisitions: list[tuple[int, int]]
 
 
-class PhysicsEngine:
+class PhysicsEngine(DriveBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
     def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
@@ -342,6 +213,12 @@ class PhysicsEngine:
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
         self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
+        #: Dressed models per set of bare idle frequencies, and cluster dressings.
+        self._models: dict[tuple[float, ...], DressedModel] = {}
+        self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._joint_cache: dict[tuple, list] = {}
+        #: Look-ups of joint drive blocks answered from ``_joint_cache``.
+        self.joint_cache_hits = 0
 
     def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
         """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""
@@ -385,8 +262,9 @@ class PhysicsEngine:
     def evolve(self, prog: WireProgram, settings: Settings) -> Evolution:
         """Render ``prog`` and evolve the device's density matrix under it (no readout).
 
-        Every qubit the program touches is evolved; a measured qubit up to the start of its
-        acquisition, any other qubit up to the end of its last pulse. Raises
+        Every qubit the program touches, and every neighbour of one, is evolved; a measured
+        qubit up to the start of its acquisition, any other qubit up to the end of the last
+        pulse (or the last acquisition start, if later). Raises
         ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
@@ -437,8 +315,13 @@ class PhysicsEngine:
                 "two acquisitions on one qubit in one program (mid-circuit measurement) are not "
                 "supported by this simulator version"
             )
-        active = set(drive_iv) | set(flux_iv) | set(measured)
+        touched = set(drive_iv) | set(flux_iv) | set(measured)
         for q in flux_iv:
+            touched |= set(self.device.neighbours(q))
+        # Spectators: an untouched neighbour of a touched qubit shifts it through static ZZ
+        # by its (thermal) level. Qubits farther away stay diagonal and do not matter.
+        active = set(touched)
+        for q in touched:
             active |= set(self.device.neighbours(q))
         order = sorted(active)
         pos = {q: i for i, q in enumerate(order)}
@@ -454,28 +337,66 @@ class PhysicsEngine:
                     "mid-circuit measurement is not supported by this simulator version"
                 )
 
-        phi_dc = {q: self._flux_dc_phi0(q, settings) for q in order}
-        f_idle = {q: self.device.qubits[q].frequency_hz(phi_dc[q]) for q in order}
+        phi_dc = {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
+                  for q in range(len(self.device.qubits))}
+        model = self.dressed_model(phi_dc)
         p_th = self.device.thermal_population
         rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
-        local = _LocalChannels(self.device, rho, pos, fs)
+        local = _LocalChannels(self.device, rho, pos, fs,
+                               {q: float(model.local_hz[q][2]) for q in order})
+        zz_all = model.energies(order) - model.local_energies(order)
+        has_zz = bool(np.any(zz_all))
+        stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
+        ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0)
+        # Static ZZ is applied in a deferred frame: the stored density matrix carries the pair
+        # phases exp(-i 2 pi Z t) of the whole register only up to sample ``ctx.anchor``; each
+        # block's operator is conjugated into that frame (exact), and the anchor is moved
+        # forward once it lags a block by REANCHOR_SAMPLES (:meth:`_advance_zz`).
+        t_last = 0
         for b0, b1, cluster, fluxed in self._blocks(drive_iv, flux_iv):
-            u = self._segment_unitary(cluster, fluxed, b0, b1, samples, settings, phi_dc, f_idle)
-            for q in cluster:
-                local.idle(q, b0)
-            if len(cluster) == 1:
-                local.unitary(cluster[0], u)
+            if has_zz and b0 - ctx.anchor >= REANCHOR_SAMPLES:
+                self._advance_zz(ctx, b0)
+            if fluxed:
+                self._apply_cluster(ctx, cluster, fluxed, b0, b1)
+            elif len(cluster) == 1:
+                self._apply_drive(ctx, cluster[0], b0, b1)
             else:
-                for q in cluster:
-                    local.flush(q)
-                rho.apply_unitary(u, [pos[q] for q in cluster])
-            for q in cluster:
-                local.decohere(q, b1)
-        for q in measured:
-            local.idle(q, acq_time[q])
+                self._apply_joint_drive(ctx, cluster, b0, b1)
+            t_last = max(t_last, b1)
+        t_end = max([t_last, *acq_time.values()])
+        if has_zz and t_end > ctx.anchor:
+            self._advance_zz(ctx, t_end)
         for q in order:
+            local.idle(q, acq_time.get(q, t_end))
             local.flush(q)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
+
+    def _advance_zz(self, ctx: _RunContext, until: int) -> None:
+        """Apply the register's pair phases from ``ctx.anchor`` up to sample ``until``.
+
+        Decoherence is applied per qubit and ZZ as one diagonal, so the two are split. Over
+        long stretches the split is symmetric: in chunks of at most ZZ_CHUNK_SAMPLES, every
+        qubit's channel is brought to the chunk's midpoint and applied before the chunk's
+        phase, so a decay in the chunk carries on average the right ZZ phase: what remains is
+        the spread of that phase within a chunk, an error of order
+        (chunk / T1) (pi ZZ chunk)^2 / 6 per chunk (1e-4 for 256 ns), instead of a bias that
+        grows with the idle time. Idles longer than ZZ_MAX_CHUNKS x 256 samples use longer
+        chunks (a 10 us idle: 16 chunks of 625 ns, about 2e-3 each), so a long idle costs at
+        most 16 passes per qubit.
+        """
+        fs = self.device.sample_rate_hz
+        a = ctx.anchor
+        chunk = max(ZZ_CHUNK_SAMPLES, -(-(until - a) // ZZ_MAX_CHUNKS))
+        while a < until:
+            c1 = min(until, a + chunk)
+            if c1 - a > REANCHOR_SAMPLES:
+                mid = (a + c1) // 2
+                for q in ctx.order:
+                    ctx.local.idle(q, min(mid, ctx.stop[q]))
+                    ctx.local.flush(q)
+            ctx.local.rho.apply_diagonal(np.exp(-2j * np.pi * ctx.zz_all * (c1 - a) / fs))
+            a = c1
+        ctx.anchor = max(ctx.anchor, until)
 
     def _blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
                 flux_iv: dict[int, list[tuple[int, int]]]
@@ -507,6 +428,7 @@ class PhysicsEngine:
                     joint_drive.setdefault(q, []).append((s0, e0))
                 else:
                     blocks.append((s0, e0, [q], []))
+        blocks = self._join_adjacent(blocks)
         bounds = sorted({b for ivs in (*joint_drive.values(), *flux_iv.values())
                          for iv in ivs for b in iv})
         for b0, b1 in itertools.pairwise(bounds):
@@ -518,6 +440,35 @@ class PhysicsEngine:
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
         blocks.sort(key=lambda blk: blk[0])
         return blocks
+
+    def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
+                       ) -> list[tuple[int, int, list[int], list[int]]]:
+        """Merge single-qubit drive blocks on coupled qubits that overlap in time into joint
+        blocks (start, end, qubits, []): their static ZZ acts while both are driven."""
+        blocks = sorted(blocks)
+        parent = list(range(len(blocks)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for i, (_s0, e0, (q0,), _) in enumerate(blocks):
+            for j in range(i + 1, len(blocks)):
+                s1, _e1, (q1,), _ = blocks[j]
+                if s1 >= e0:
+                    break
+                if self.device.coupling_hz(q0, q1):
+                    parent[find(j)] = find(i)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(blocks)):
+            groups.setdefault(find(i), []).append(i)
+        out = []
+        for members in groups.values():
+            qubits = sorted({blocks[i][2][0] for i in members})
+            out.append((min(blocks[i][0] for i in members), max(blocks[i][1] for i in members),
+                        qubits, []))
+        return out
 
     def _clusters(self, driven: list[int], fluxed: list[int]) -> list[list[int]]:
         parent: dict[int, int] = {}
@@ -537,57 +488,152 @@ class PhysicsEngine:
             groups.setdefault(find(q), []).append(q)
         return [sorted(g) for g in groups.values()]
 
-    def _segment_unitary(self, cluster: list[int], fluxed: list[int], b0: int, b1: int,
-                         samples: np.ndarray, settings: Settings, phi_dc: dict[int, float],
-                         f_idle: dict[int, float]) -> np.ndarray:
-        """Propagator over samples [b0, b1) of ``cluster``, in each qubit's idle rotating frame.
+    def dressed_model(self, phi_dc: dict[int, float]) -> DressedModel:
+        """The :class:`DressedModel` of the whole device at DC flux ``phi_dc`` (qubit -> flux
+        quanta from the sweet spot), cached per set of bare idle frequencies."""
+        freqs = tuple(t.frequency_hz(phi_dc.get(t.index, 0.0)) for t in self.device.qubits)
+        model = self._models.get(freqs)
+        if model is None:
+            model, _ = build_dressed_model(list(freqs),
+                                           [t.anharmonicity_hz for t in self.device.qubits],
+                                           self.device.couplings)
+            if len(self._models) >= 64:
+                self._models.clear()
+            self._models[freqs] = model
+        return model
 
-        Flux and coupling are piecewise constant per sample (zero-order hold). A drive is held
-        constant per sample in its own qubit's idle frame; in the common frame of a coupled
-        cluster it then rotates within a sample, so samples are split into sub-steps fine
-        enough for that rotation (at least 20 per turn).
+    def segment_unitary(self, cluster: list[int], b0: int, b1: int, samples: np.ndarray,
+                        settings: Settings, fluxed: tuple[int, ...] = ()) -> np.ndarray:
+        """Propagator (Schroedinger picture) of ``cluster`` over samples [b0, b1) of rendered
+        ``samples``, in the dressed basis and each qubit's dressed frame (first qubit most
+        significant), with every qubit outside the cluster in |0>.
 
-        Propagators are cached (``self.cache_1q``, ``self.cache_nq``): a single transmon's by
-        its phase-normalised drive and flux detuning per sample (the drive's phase is applied
-        as a frame change), a coupled cluster's common-frame propagator by its flux samples
-        and DC flux context when no drive plays in it.
+        One qubit without flux: its drive propagator (exact). Otherwise the coupled cluster
+        with flux pulses on ``fluxed`` (:meth:`_segment_unitary`). For tests and tools; runs
+        go through :meth:`evolve`.
+        """
+        phi_dc = {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
+                  for q in range(len(self.device.qubits))}
+        model = self.dressed_model(phi_dc)
+        ctx = _RunContext(samples, settings, phi_dc, model, list(cluster),
+                          {q: i for i, q in enumerate(cluster)}, None, {}, np.zeros(1), b0)
+        if len(cluster) == 1 and not fluxed:
+            q = cluster[0]
+            return self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1),
+                                           np.zeros((1, LEVELS)), model.local_hz[q][2])[0]
+        u = self._segment_unitary(ctx, list(cluster), list(fluxed), b0, b1)
+        zz = model.energies(list(cluster)) - model.local_energies(list(cluster))
+        fs = self.device.sample_rate_hz
+        return np.exp(-2j * np.pi * zz * (b1 - b0) / fs)[:, None] * u
+
+    def _drive_hz(self, ctx: _RunContext, q: int, b0: int, b1: int) -> np.ndarray:
+        """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
+        dressed frequency (zeros when nothing plays)."""
+        fs = self.device.sample_rate_hz
+        cab = self.cabling[q]
+        s = ctx.samples[cab.drive_port, b0:b1]
+        if not np.any(s):
+            return np.zeros(b1 - b0, dtype=np.complex128)
+        lo = self._lo(cab.drive_lo, ctx.settings)
+        rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
+        t = np.arange(b0, b1) / fs
+        return rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+
+    def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
+                       b1: int) -> None:
+        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits."""
+        if len(cluster) == 1:
+            q = cluster[0]
+            flux = self._flux_phi(ctx, q, fluxed, b0, b1)
+            u = self._transmon_unitary(q, self._drive_hz(ctx, q, b0, b1), flux,
+                                       ctx.model.freq_hz[q])
+            ctx.local.idle(q, b0)
+            ctx.local.unitary(q, u)
+            ctx.local.decohere(q, b1)
+            return
+        u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+        self._prepare(ctx, cluster, b0)
+        ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
+        for q in cluster:
+            ctx.local.decohere(q, b1)
+
+    def _flux_phi(self, ctx: _RunContext, q: int, fluxed: list[int], b0: int, b1: int
+                  ) -> np.ndarray:
+        """Flux (flux quanta from the sweet spot) of ``q`` per sample over [b0, b1)."""
+        phi = np.full(b1 - b0, ctx.phi_dc[q])
+        if q in fluxed:
+            flux = ctx.samples[self.cabling[q].flux_port, b0:b1].real
+            phi = phi + self.device.flux_line_phi0_per_amplitude * flux
+        return phi
+
+    def _segment_unitary(self, ctx: _RunContext, cluster: list[int], fluxed: list[int],
+                         b0: int, b1: int) -> np.ndarray:
+        """Propagator over samples [b0, b1) of a coupled ``cluster`` with flux pulses, in the
+        dressed basis and each qubit's dressed frame, in the deferred ZZ frame of
+        :meth:`evolve` (conjugated by exp(+i 2 pi Z_cluster (t - anchor))).
+
+        The cluster's bare Hamiltonian (exchange coupling, flux per sample, drives) plus a
+        constant correction V diag(delta) V^dag is propagated exactly per sample in a common
+        frame. The correction makes the cluster's idle energies those of the whole device's
+        dressed model (the dressing by neighbours outside the cluster), so the block starts and
+        ends in the dressed idle eigenstates V: a flux pulse has no switch-on artefact. Pair
+        terms to qubits outside the cluster are diagonal and treated as commuting with the
+        block. Cached by flux samples and DC flux context when no drive plays in it.
         """
         fs = self.device.sample_rate_hz
+        model = ctx.model
+        k = len(cluster)
         drives = {}
         for q in cluster:
-            cab = self.cabling[q]
-            s = samples[cab.drive_port, b0:b1]
-            if np.any(s):
-                lo = self._lo(cab.drive_lo, settings)
-                rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
-                t = np.arange(b0, b1) / fs
-                drives[q] = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - f_idle[q]) * t)
-        flux_phi = {}
-        for q in cluster:
-            phi = np.full(b1 - b0, phi_dc[q])
-            if q in fluxed:
-                flux = samples[self.cabling[q].flux_port, b0:b1].real
-                phi = phi + self.device.flux_line_phi0_per_amplitude * flux
-            flux_phi[q] = phi
-        if len(cluster) == 1:
-            return self._transmon_unitary(cluster[0], drives.get(cluster[0]), flux_phi[cluster[0]],
-                                          f_idle[cluster[0]])
+            z = self._drive_hz(ctx, q, b0, b1)
+            if np.any(z):
+                drives[q] = z
+        flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
+        f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
+        f_ref = f_bare[0]
+        v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
         key = None
         if not drives:
             key = (tuple(cluster), b1 - b0, *(flux_phi[q].tobytes() for q in cluster),
-                   *(f_idle[q] for q in cluster))
+                   tuple(f_bare), model.freq_hz)
             u = self.cache_nq.get(key)
         if key is None or u is None:
-            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_idle)
+            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_bare,
+                                                   [model.freq_hz[q] for q in cluster], h_corr)
+            u = v.T @ u @ v
             if key is not None:
                 u = self.cache_nq.put(key, u)
-        offsets = np.array([f_idle[q] - f_idle[cluster[0]] for q in cluster])
-        if np.any(offsets):
-            energy = offsets @ _level_numbers(len(cluster))
-            r1 = np.exp(2j * np.pi * energy * b1 / fs)
-            r0 = np.exp(2j * np.pi * energy * b0 / fs)
-            u = (r1[:, None] * u) * r0.conj()[None, :]
-        return u
+        levels = _level_numbers(k)
+        frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
+        zz = model.energies(cluster) - model.local_energies(cluster)
+        a = ctx.anchor
+        r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
+        r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)
+        return (r1[:, None] * u) * r0[None, :]
+
+    def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
+                          model: DressedModel) -> tuple[np.ndarray, np.ndarray]:
+        """(V, H_corr) of a cluster in the common frame of its first qubit: V its labelled
+        dressed idle basis, H_corr the correction that makes its idle energies the device's."""
+        key = ("dressing", tuple(cluster), f_bare, model.freq_hz)
+        hit = self._dressings.get(key)
+        if hit is not None:
+            return hit
+        truths = [self.device.qubits[q] for q in cluster]
+        couplings = {(i, j): self.device.coupling_hz(cluster[i], cluster[j])
+                     for i in range(len(cluster)) for j in range(i + 1, len(cluster))
+                     if self.device.coupling_hz(cluster[i], cluster[j])}
+        v, e = dressed_basis([f - f_bare[0] for f in f_bare],
+                             [t.anharmonicity_hz for t in truths], couplings)
+        levels = _level_numbers(len(cluster))
+        target = (np.array([model.freq_hz[q] - f_bare[0] for q in cluster]) @ levels
+                  + model.energies(cluster))
+        delta = target - (e - e[0])
+        h_corr = (v * delta[None, :]) @ v.T
+        if len(self._dressings) >= 64:
+            self._dressings.clear()
+        self._dressings[key] = (v, h_corr)
+        return v, h_corr
 
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
                           f_idle_hz: float) -> np.ndarray:
@@ -611,27 +657,32 @@ class PhysicsEngine:
 
     def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
                                       flux_phi: dict[int, np.ndarray], b0: int, b1: int,
-                                      f_idle: dict[int, float]) -> np.ndarray:
+                                      f_bare: list[float], f_frame: list[float],
+                                      h_corr: np.ndarray) -> np.ndarray:
         """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
-        qubit's idle frequency for every qubit (per-sample eigendecomposition)."""
+        qubit's bare idle frequency ``f_bare[0]`` for every qubit, bare basis (per-sample
+        eigendecomposition). Drives are given in each qubit's frame ``f_frame`` (Hz);
+        ``h_corr`` (Hz) is added at every sample."""
         fs = self.device.sample_rate_hz
         n = len(cluster)
         d = LEVELS**n
         a_ops = [_embed(self._a, i, n) for i in range(n)]
         n_ops = [a.conj().T @ a for a in a_ops]
-        f_ref = f_idle[cluster[0]]
-        fastest = max([abs(f_idle[q] - f_ref) for q in drives] + [0.0])
+        f_ref = f_bare[0]
+        fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
+                      + [0.0])
         sub = max(1, int(np.ceil(20.0 * fastest / fs)))
         n_steps = (b1 - b0) * sub
         t_sub = (b0 + (np.arange(n_steps) + 0.5) / sub) / fs
         h = np.zeros((n_steps, d, d), dtype=complex)
+        h += h_corr
         for i, q in enumerate(cluster):
             truth = self.device.qubits[q]
             h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
             f_q = np.repeat([truth.frequency_hz(p) for p in flux_phi[q]], sub)
             h += (f_q - f_ref)[:, None, None] * n_ops[i]
             if q in drives:
-                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_idle[q] - f_ref) * t_sub)
+                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_sub)
                 h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
                             + z.conj()[:, None, None] * a_ops[i])
         for i, qa in enumerate(cluster):

@@ -194,3 +194,30 @@ class PropagatorCache:
         with self._lock:
             self._data.clear()
             self.hits = self.misses = 0
+
+
+@njit(cache=True)
+def _transmon_path_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
+    """Cumulative propagators of one transmon at every sample boundary, shape (n + 1, 3, 3).
+
+    Entry k is the product of the first k per-sample propagators of
+    ``_transmon_propagate_kernel`` (entry 0 the identity, entry n the whole pulse); same
+    Hamiltonian and units.
+    """
+    n = z_hz.shape[0]
+    out = np.empty((n + 1, 3, 3), dtype=np.complex128)
+    out[0] = np.eye(3, dtype=np.complex128)
+    for k in range(n):
+        uk = _transmon_propagate_kernel(z_hz[k:k + 1], detuning_hz[k:k + 1], anharmonicity_hz,
+                                        dt_s)
+        for i in range(3):
+            for j in range(3):
+                out[k + 1, i, j] = (uk[i, 0] * out[k, 0, j] + uk[i, 1] * out[k, 1, j]
+                                    + uk[i, 2] * out[k, 2, j])
+    return out
+
+
+def rotate_drive_phase_stack(u: np.ndarray, phi_rad: float) -> np.ndarray:
+    """:func:`rotate_drive_phase` applied to every 3x3 matrix of ``u`` (shape (..., 3, 3))."""
+    r = np.exp(1j * phi_rad * np.arange(u.shape[-1]))
+    return (r[:, None] * u) * r.conj()[None, :]

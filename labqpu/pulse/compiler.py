@@ -12,8 +12,9 @@
 * ``cz``: a flat-top flux pulse on the pair's tunable qubit, then the calibrated single-qubit
   phase corrections as frame changes on both qubits.
 * ``measure``: a readout pulse and an acquisition window over the same samples.
-* ``delay`` plays nothing; ``reset`` is passive: the qubit is left idle for the calibrated
-  thermalisation time (several T1).
+* ``delay`` plays nothing; a delay after which its qubit does nothing more (a scheduler's
+  padding) is dropped, so it cannot hold back the readout. ``reset`` is passive: the qubit
+  is left idle for the calibrated thermalisation time (several T1).
 """
 
 from __future__ import annotations
@@ -140,6 +141,19 @@ def _schedule(ops: list[_Op], num_qubits: int, method: str) -> int:
     return total
 
 
+def _without_trailing_delays(ops: list[_Op]) -> list[_Op]:
+    """Drop delays after which their qubit does nothing more (a scheduler's padding of idle
+    qubits): they play nothing, and counting them would hold back the readout of the others.
+    A delay before a measurement (the wait of a T1 experiment) is kept."""
+    last_used: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        if op.name not in ("delay", "barrier"):
+            for q in op.qubits:
+                last_used[q] = i
+    return [op for i, op in enumerate(ops)
+            if op.name != "delay" or any(last_used.get(q, -1) > i for q in op.qubits)]
+
+
 def _check_terminal_measurements(ops: list[_Op], circuit: QuantumCircuit) -> None:
     """Measurements must be the last operation on their qubit (barriers aside)."""
     measured: set[int] = set()
@@ -193,6 +207,7 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
                     qubits=qubits, instruction=inst.operation.name) from exc
         ops.append(_Op(inst.operation.name, qubits, clbits, params,
                        _duration_samples(inst, qubits, cal, fs, circuit)))
+    ops = _without_trailing_delays(ops)
     _check_terminal_measurements(ops, circuit)
     total = _schedule(ops, circuit.num_qubits, scheduling_method)
 

@@ -256,7 +256,7 @@ def _duration_dt(target, name: str, qargs: tuple[int, ...], op) -> int:
 
 def test_dd_fills_idle_windows_with_calibrated_x_pulses(target):
     out = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
-                    scheduling_method="labqpu")
+                    scheduling_method="labqpu_dd")
     plain = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
                       scheduling_method="alap")
     assert out.count_ops()["x"] > plain.count_ops().get("x", 0)
@@ -294,11 +294,20 @@ def test_user_delays_are_not_filled_with_dd(target):
     qc.x(0)
     qc.delay(20e-6, 0, unit="s")
     qc.measure(0, 0)
-    out = transpile(qc, target=target, initial_layout=[2], scheduling_method="labqpu")
+    out = transpile(qc, target=target, initial_layout=[2], scheduling_method="labqpu_dd")
     assert out.count_ops()["x"] == 1
     delays = [i.operation for i in out.data if i.operation.name == "delay"
               and out.find_bit(i.qubits[0]).index == 2]
     assert sum(d.duration for d in delays) == round(20e-6 / target.dt)
+
+
+def test_the_default_scheduling_inserts_no_echo(target):
+    """An echo on an idle qubit refocuses the ZZ that experiments measure: DD is opt-in."""
+    out = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
+                    scheduling_method="labqpu")
+    dd = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
+                   scheduling_method="labqpu_dd")
+    assert out.count_ops().get("x", 0) < dd.count_ops().get("x", 0)
 
 
 def test_other_plugins_can_be_chosen_by_name(target):

@@ -6,8 +6,8 @@ The conventions are those of the ``labqpu.firmware_sim.physics`` module docstrin
 * each transmon has 3 levels; in the frame rotating at its idle frequency f_idle
   H/h = (f(Phi) - f_idle) n + (alpha/2) n (n - 1) + (R/2) (z a^dag + z* a),
   z_k = g_mix s_k exp(i 2 pi (f_LO - f_idle) t_k), t_k = k / fs (zero-order hold per sample);
-* coupled qubits exchange as g (a^dag b + a b^dag); multi-qubit unitaries are returned in each
-  qubit's idle frame, first qubit of a cluster most significant;
+* single-transmon physics is checked here on lab5 without its couplings (dressed = bare); the
+  always-on coupling, static ZZ and CZ are checked in test_coupling.py;
 * relaxation: jump operators sqrt(1/T1) a and sqrt(2/T_phi) n, row-major vectorisation.
 
 References use scipy.linalg.expm, scipy.integrate.solve_ivp and dense Kronecker products; none
@@ -114,11 +114,15 @@ def settings(drive_lo_hz: dict[str, float] | None = None, power_dbm: float = 13.
     return Settings(los=los, currents=currents)
 
 
+#: lab5 without its couplings: single-transmon physics is checked on it against single-transmon
+#: references (dressed = bare). The coupled physics is checked in test_coupling.py.
+UNCOUPLED: DeviceTruth = dataclasses.replace(DEVICE, couplings={})
+
+
 def engine() -> PhysicsEngine:
-    return PhysicsEngine(DEVICE, RACK.cabling)
+    return PhysicsEngine(UNCOUPLED, RACK.cabling)
 
 
-IDLE_PHI = dict.fromkeys(range(len(DEVICE.qubits)), 0.0)  # sweet spot
 IDLE_F = {q: transmon_frequency_hz(DEVICE.qubits[q], 0.0) for q in range(len(DEVICE.qubits))}
 
 
@@ -479,7 +483,7 @@ def test_segment_unitary_drive_matches_expm_reference(detuning_hz, beta, phase_r
     plays = [(RACK.cabling[0].drive_port, start, 0, 0.4, phase_rad, NCO_HZ)]
     samples = render_reference(N_PORTS, start + n + 5, plays, [env])
     st = settings({"lo_drive_a": lo})
-    u = engine()._segment_unitary([0], [], start, start + n, samples, st, IDLE_PHI, IDLE_F)
+    u = engine().segment_unitary([0], start, start + n, samples, st)
     ref = drive_reference_unitary(0, samples[RACK.cabling[0].drive_port, start:start + n],
                                   start, lo)
     assert_unitary_close_up_to_phase(u, ref, atol=1e-8)
@@ -492,7 +496,7 @@ def square_drive_population(amplitude: float, n: int, lo_hz: float, power_dbm: f
     plays = [(RACK.cabling[0].drive_port, 0, 0, amplitude, 0.0, NCO_HZ)]
     samples = render_reference(N_PORTS, n, plays, [np.ones(n)])
     st = settings({"lo_drive_a": lo_hz}, power_dbm=power_dbm, on=on)
-    u = engine()._segment_unitary([0], [], 0, n, samples, st, IDLE_PHI, IDLE_F)
+    u = engine().segment_unitary([0], 0, n, samples, st)
     return float(abs(u[1, 0]) ** 2)
 
 
@@ -614,103 +618,6 @@ def test_run_reports_acquisitions_in_program_order() -> None:
     assert abs(a[:, 0].mean() - ground0[:, 0].mean()) > 0.2  # qubit 0 really was flipped
 
 
-# --------------------------------------------------------------------------- CZ
-
-
-def _cz_amplitude() -> float:
-    """Flux amplitude moving qubit 0 to f1 - alpha0 (|11> resonant with |20>)."""
-    q0 = DEVICE.qubits[0]
-    phi = flux_for_frequency(q0, IDLE_F[1] - q0.anharmonicity_hz)
-    return phi / DEVICE.flux_line_phi0_per_amplitude
-
-
-def _cz_samples(env: np.ndarray, start: int) -> np.ndarray:
-    plays = [(RACK.cabling[0].flux_port, start, 0, _cz_amplitude(), 0.0, 0.0)]
-    return render_reference(N_PORTS, start + env.size + 3, plays, [env])
-
-
-def _cz_lab_frame_reference(flux_samples: np.ndarray, start: int) -> np.ndarray:
-    """Qubits 0 and 1 (0 most significant) in the lab frame with RWA exchange coupling,
-    per-sample expm, then moved into each qubit's idle rotating frame."""
-    q0, q1 = DEVICE.qubits[0], DEVICE.qubits[1]
-    n0, n1 = np.kron(N3, I3), np.kron(I3, N3)
-    a0, a1 = np.kron(A3, I3), np.kron(I3, A3)
-    g = DEVICE.couplings[(0, 1)]
-    static = (0.5 * q0.anharmonicity_hz * (n0 @ n0 - n0) + IDLE_F[1] * n1
-              + 0.5 * q1.anharmonicity_hz * (n1 @ n1 - n1)
-              + g * (a0.conj().T @ a1 + a0 @ a1.conj().T))
-    hs = np.array([static + transmon_frequency_hz(
-        q0, DEVICE.flux_line_phi0_per_amplitude * s.real) * n0 for s in flux_samples])
-    u_lab = expm_product(hs, DT)
-    t0, t1 = start * DT, (start + flux_samples.size) * DT
-    idle = IDLE_F[0] * n0 + IDLE_F[1] * n1  # diagonal
-    r1 = np.diag(np.exp(2j * np.pi * np.diagonal(idle) * t1))
-    r0 = np.diag(np.exp(-2j * np.pi * np.diagonal(idle) * t0))
-    return r1 @ u_lab @ r0
-
-
-def _sin2_edges(n: int, rise: int) -> np.ndarray:
-    tau = np.arange(n) + 0.5
-    d = np.minimum(tau, n - tau)
-    return np.where(d < rise, np.sin(np.pi * d / (2 * rise)) ** 2, 1.0)
-
-
-@pytest.mark.parametrize(("shape", "start"), [("square", 7), ("rounded", 30)])
-def test_cz_segment_unitary_matches_lab_frame_reference(shape: str, start: int) -> None:
-    """Flux pulse on qubit 0 (square, or with 5-sample sin^2 edges) coupling (0, 1): the 9x9
-    segment unitary equals a lab-frame expm reference transformed into the idle frames,
-    elementwise tolerance 1e-8 (no global phase freedom)."""
-    n = 25 if shape == "square" else 35
-    env = np.ones(n) if shape == "square" else _sin2_edges(n, 5)
-    samples = _cz_samples(env, start)
-    u = engine()._segment_unitary([0, 1], [0], start, start + n, samples, settings(), IDLE_PHI,
-                                  IDLE_F)
-    ref = _cz_lab_frame_reference(samples[RACK.cabling[0].flux_port, start:start + n], start)
-    assert_allclose(u, ref, rtol=0, atol=1e-8)
-
-
-def test_cz_square_flux_pulse_gives_conditional_phase_pi() -> None:
-    """Square flux pulse to the |11>-|20> resonance for 1/(2 sqrt 2 g) = 24.9 ns (25 samples):
-    conditional phase phi11 - phi10 - phi01 + phi00 = pi within 0.15 rad, leakage of |11> out
-    of the computational subspace < 1e-2, |01> and |10> stay put (> 0.99)."""
-    g = DEVICE.couplings[(0, 1)]
-    n = round(FS / (2 * math.sqrt(2) * g))
-    assert n == 25
-    samples = _cz_samples(np.ones(n), 0)
-    u = engine()._segment_unitary([0, 1], [0], 0, n, samples, settings(), IDLE_PHI, IDLE_F)
-    idx = {"00": 0, "01": 1, "10": 3, "11": 4}
-    ph = {k: np.angle(u[i, i]) for k, i in idx.items()}
-    cphase = ph["11"] - ph["10"] - ph["01"] + ph["00"]
-    assert abs(np.angle(np.exp(1j * (cphase - np.pi)))) < 0.15
-    comp = list(idx.values())
-    assert 1 - np.sum(np.abs(u[comp, idx["11"]]) ** 2) < 1e-2
-    assert abs(u[idx["01"], idx["01"]]) ** 2 > 0.99
-    assert abs(u[idx["10"], idx["10"]]) ** 2 > 0.99
-    # Without the flux pulse nothing happens conditionally (the 1e-2 leakage above is physics).
-    idle = engine()._segment_unitary([0, 1], [0], 0, n, np.zeros_like(samples), settings(),
-                                     IDLE_PHI, IDLE_F)
-    ph0 = np.angle(np.diagonal(idle))
-    assert abs(ph0[4] - ph0[3] - ph0[1] + ph0[0]) < 0.15
-
-
-def test_drive_on_neighbour_during_flux_pulse_still_rotates_it() -> None:
-    """Qubit 1 gets a resonant 40-sample square pi pulse; qubit 0 carries a zero-amplitude flux
-    play over the same samples (so both join one cluster). Qubit 1 is still flipped: its
-    excited population matches the pulse alone within 0.05 (the idle coupling to a qubit
-    774 MHz away perturbs it by far less)."""
-    n = 40
-    amp = 1.0 / (2 * DEVICE.qubits[1].rabi_hz_per_amplitude * n * DT)
-    plays = [(RACK.cabling[1].drive_port, 0, 0, amp, 0.0, NCO_HZ),
-             (RACK.cabling[0].flux_port, 0, 0, 0.0, 0.0, 0.0)]
-    samples = render_reference(N_PORTS, n, plays, [np.ones(n)])
-    eng, st = engine(), settings()
-    alone = eng._segment_unitary([1], [], 0, n, samples, st, IDLE_PHI, IDLE_F)
-    assert abs(alone[1, 0]) ** 2 > 0.99
-    joint = eng._segment_unitary([0, 1], [0], 0, n, samples, st, IDLE_PHI, IDLE_F)
-    p1 = sum(abs(joint[3 * a + 1, 0]) ** 2 for a in range(3))
-    assert abs(p1 - abs(alone[1, 0]) ** 2) < 0.05
-
-
 # --------------------------------------------------------------------------- SimulationError
 
 
@@ -742,7 +649,7 @@ def test_pulse_after_acquisition_raises(late: str) -> None:
     acqs = [(RACK.cabling[0].acquire_port, 100, 100, _readout_if(0))]
     prog = wire_program(plays, waves, acqs, 300)
     with pytest.raises(SimulationError, match="after its acquisition"):
-        engine().run(prog, settings(), 10, np.random.default_rng(0))
+        PhysicsEngine(DEVICE, RACK.cabling).run(prog, settings(), 10, np.random.default_rng(0))
 
 
 def test_pulse_on_uncoupled_qubit_after_acquisition_is_allowed() -> None:
@@ -752,8 +659,8 @@ def test_pulse_on_uncoupled_qubit_after_acquisition_is_allowed() -> None:
     plays = [(RACK.cabling[0].readout_port, 100, 0, 0.5, 0.0, _readout_if(0)),
              (RACK.cabling[2].drive_port, 250, 1, 0.3, 0.0, NCO_HZ)]
     acqs = [(RACK.cabling[0].acquire_port, 100, 100, _readout_if(0))]
-    iq = engine().run(wire_program(plays, waves, acqs, 300), settings(), 10,
-                      np.random.default_rng(0))
+    iq = PhysicsEngine(DEVICE, RACK.cabling).run(wire_program(plays, waves, acqs, 300),
+                                                 settings(), 10, np.random.default_rng(0))
     assert iq.shape == (10, 1)
 
 
@@ -772,11 +679,11 @@ def test_play_on_an_uncabled_port_renders_inside_the_buffer() -> None:
 
 
 def _lossless_device() -> DeviceTruth:
-    """lab5 with T1 = T2 = 1e3 s and no thermal population: over a microsecond decoherence
-    changes the state by < 1e-8, so the evolution can be compared with a pure-state
-    reference."""
+    """lab5 without couplings, with T1 = T2 = 1e3 s and no thermal population: over a
+    microsecond decoherence changes the state by < 1e-8, so the evolution can be compared
+    with a pure-state reference."""
     qubits = tuple(dataclasses.replace(q, t1_s=1e3, t2_s=1e3) for q in DEVICE.qubits)
-    return dataclasses.replace(DEVICE, qubits=qubits, thermal_population=0.0)
+    return dataclasses.replace(UNCOUPLED, qubits=qubits, thermal_population=0.0)
 
 
 LEAKY_SAMPLES = 24

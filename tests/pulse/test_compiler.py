@@ -172,13 +172,15 @@ def test_delay_units(snapshot, channels, duration, unit, expected):
     assert prog.duration_samples == expected + 40
 
 
-def test_trailing_delay_counts_in_total_duration(snapshot, channels):
+def test_a_delay_with_nothing_after_it_plays_nothing(snapshot, channels):
+    """A trailing delay is a scheduler's padding: dropped, it neither lengthens the program
+    nor moves the gates (the repetition delay spaces the shots)."""
     qc = QuantumCircuit(2)
     qc.x(0)
     qc.delay(300, 1)
     prog = compile_circuit(qc, snapshot, channels, scheduling_method="alap")
-    assert prog.duration_samples == 300
-    assert starts(prog, 0) == [260]
+    assert prog.duration_samples == 40
+    assert starts(prog, 0) == [0]
 
 
 def test_reset_is_passive_wait(snapshot, channels, export):
@@ -498,3 +500,24 @@ def test_duration_not_whole_samples(store, snapshot, channels):
     qc.x(0)
     with pytest.raises(CompilationError, match=r"x on \(0,\).*whole number of samples"):
         compile_circuit(qc, snap, channels)
+
+
+def test_padding_delays_do_not_hold_back_the_readout(snapshot, channels):
+    """A scheduler pads idle qubits with delays to the end of the circuit; they play nothing
+    and must not push the readout (which starts when the last gate ends) later."""
+    qc = QuantumCircuit(3, 1)
+    qc.x(0)
+    qc.delay(5000, 2, unit="dt")  # qubit 2 only idles: padding
+    qc.measure(0, 0)
+    qc.delay(1000, 0, unit="dt")  # after the measurement: padding too
+    prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
+    assert prog.acq_start.tolist() == [40]
+
+
+def test_a_delay_before_a_measurement_is_kept(snapshot, channels):
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.delay(5000, 0, unit="dt")  # the wait of a T1 experiment
+    qc.measure(0, 0)
+    prog = compile_circuit(qc, snapshot, channels)
+    assert prog.acq_start.tolist() == [5040]

@@ -1,0 +1,212 @@
+"""Drive blocks on coupled transmons: the part of ``PhysicsEngine`` that applies drives.
+
+A block is a stretch of samples in which some transmons are driven and no flux pulse reaches
+them (``PhysicsEngine._blocks``). With always-on coupling the transmons are never independent:
+
+* one driven transmon whose neighbours idle: its propagator for each configuration of the
+  neighbours' levels (static ZZ shifts its levels), exact, applied conditioned on them
+  (``_apply_drive``);
+* overlapping drives on coupled transmons: local propagators exactly, the pair terms between
+  them and towards idle neighbours to first order in the toggling frame of the drives
+  (``_apply_joint_drive``, Magnus; error ~ (2 pi ZZ T)^2 / 2).
+
+Operators are expressed in the deferred ZZ frame of :meth:`PhysicsEngine.evolve`: the stored
+density matrix carries the register's pair phases only up to ``ctx.anchor``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from labqpu.firmware_sim.coupling import (
+    magnus_conditional_generator,
+    magnus_pair_generator,
+    toggled_projectors,
+    trapezoid_weights,
+)
+from labqpu.firmware_sim.density import LEVELS, _level_numbers
+from labqpu.firmware_sim.propagation import (
+    _transmon_path_kernel,
+    _transmon_propagate_kernel,
+    drive_phase_key,
+    rotate_drive_phase_stack,
+)
+
+#: Bound of the cache of joint drive blocks (entries).
+CACHE_JOINT_ENTRIES = 256
+
+
+def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) -> np.ndarray:
+    """exp(+i 2 pi Z t1 / fs) u exp(-i 2 pi Z t0 / fs) for a diagonal Z given as ``zz_hz``
+    (shape (..., d), matching ``u`` (..., d, d)): a block's operator in the deferred ZZ frame
+    anchored ``t0`` samples before its start and ``t1`` samples before its end."""
+    left = np.exp(2j * np.pi * zz_hz * (t1 / fs))
+    right = np.exp(-2j * np.pi * zz_hz * (t0 / fs))
+    return left[..., :, None] * u * right[..., None, :]
+
+
+@dataclass
+class _RunContext:
+    """What the block operations of one :meth:`PhysicsEngine.evolve` call share."""
+
+    samples: np.ndarray
+    settings: Any  # physics.Settings
+    phi_dc: dict[int, float]
+    model: Any  # coupling.DressedModel
+    order: list[int]
+    pos: dict[int, int]
+    local: Any  # density._LocalChannels
+    stop: dict[int, int]
+    zz_all: np.ndarray
+    anchor: int
+
+
+class DriveBlocks:
+    """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: drive blocks (needs the
+    engine's ``device``, ``cache_1q``, ``_joint_cache``, ``joint_cache_hits`` and
+    ``_drive_hz``)."""
+
+    def _prepare(self, ctx: _RunContext, qubits: list[int], b0: int) -> None:
+        """Bring ``qubits`` up to sample ``b0`` (never past their acquisition) and apply their
+        pending local channels, so that a multi-qubit operation can follow."""
+        for q in qubits:
+            ctx.local.idle(q, min(b0, ctx.stop[q]))
+            ctx.local.flush(q)
+
+    def _conditional_stack(self, q: int, z: np.ndarray, shifts_hz: np.ndarray, alpha_hz: float
+                           ) -> np.ndarray:
+        """Propagators of transmon ``q`` under drive ``z`` for each neighbour configuration,
+        shape (configs, 3, 3).
+
+        ``shifts_hz[c, n]`` is the pair energy sum_p Z_qp(n, c_p) of level n of ``q`` with
+        its neighbours in configuration c; the levels are L_q(n) + shifts[c, n] (Schroedinger
+        picture). Cached by the phase-normalised drive; the drive phase is applied as a frame
+        change.
+        """
+        dt = 1.0 / self.device.sample_rate_hz
+        alpha = float(alpha_hz)
+        phi, z0, zkey = drive_phase_key(z)
+        key = ("cond", q, z.size, zkey, shifts_hz.tobytes(), alpha)
+        stack = self.cache_1q.get(key)
+        if stack is None:
+            uniq, inverse = np.unique(shifts_hz, axis=0, return_inverse=True)
+            us = np.empty((uniq.shape[0], LEVELS, LEVELS), dtype=np.complex128)
+            for i, sh in enumerate(uniq):
+                us[i] = _transmon_propagate_kernel(z0, np.full(z.size, sh[1]),
+                                                   alpha + sh[2] - 2.0 * sh[1], dt)
+            stack = self.cache_1q.put(key, us[inverse.reshape(-1)])
+        return rotate_drive_phase_stack(stack, phi)
+
+    def _local_path(self, q: int, z: np.ndarray, alpha_hz: float) -> np.ndarray:
+        """Cumulative local propagators of ``q`` (dressed levels, no pair terms) at every
+        sample boundary, shape (n + 1, 3, 3); cached, drive phase as a frame change."""
+        phi, z0, zkey = drive_phase_key(z)
+        alpha = float(alpha_hz)
+        key = ("path", q, z.size, zkey, alpha)
+        path = self.cache_1q.get(key)
+        if path is None:
+            path = self.cache_1q.put(key, _transmon_path_kernel(
+                z0, np.zeros(z.size), alpha, 1.0 / self.device.sample_rate_hz))
+        return rotate_drive_phase_stack(path, phi)
+
+    def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
+        """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
+        basis, as a unitary on ``q`` conditioned on the neighbours' levels (static ZZ shifts
+        the transmon's levels)."""
+        model, pos = ctx.model, ctx.pos
+        controls = [p for p in model.neighbours(q) if p in pos]
+        shifts = np.zeros((LEVELS ** len(controls), LEVELS))
+        for ci, c in enumerate(itertools.product(range(LEVELS), repeat=len(controls))):
+            for p, m in zip(controls, c, strict=True):
+                shifts[ci] += model.pair(q, p)[:, m]
+        stack = self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1), shifts,
+                                        model.local_hz[q][2])
+        if controls:
+            stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
+                                 self.device.sample_rate_hz)
+            # The controls' pending channels (idle decoherence and diagonal phases) are left
+            # pending: only their relaxation fails to commute with the conditioning, an error
+            # of (idle time / T1) x (ZZ x pulse length).
+            ctx.local.idle(q, b0)
+            ctx.local.rho.apply_controlled_channel(stack, ctx.local.take(q),
+                                                   [pos[p] for p in controls], pos[q])
+        else:
+            ctx.local.idle(q, b0)
+            ctx.local.unitary(q, stack[0])
+        ctx.local.decohere(q, b1)
+
+    def _apply_joint_drive(self, ctx: _RunContext, qubits: list[int], b0: int, b1: int
+                           ) -> None:
+        """Overlapping drives on coupled transmons: each transmon's local propagator, with the
+        pair terms touching them to first order in the toggling frame of the drives (Magnus,
+        error of order (2 pi ZZ T)^2 / 2, and of the same order for taking the product of the
+        pair terms' exponentials). The deferred ZZ frame is moved to the block's end first
+        (one diagonal pass that also carries the block's own pair phases)."""
+        model, pos, rho = ctx.model, ctx.pos, ctx.local.rho
+        fs = self.device.sample_rate_hz
+        inner = [(p, q) for p in qubits for q in qubits if p < q and (p, q) in model.zz_hz]
+        outer = [(q, p) for q in qubits for p in model.neighbours(q)
+                 if p in pos and p not in qubits]
+        phases, ops = self._joint_ops(ctx, qubits, inner, outer, b0, b1)
+        if b0 > ctx.anchor:
+            self._advance_zz(ctx, b0)
+        self._prepare(ctx, qubits, b0)
+        levels = _level_numbers(len(ctx.order))
+        touch = np.zeros(LEVELS ** len(ctx.order))
+        for a, b in inner + outer:
+            touch += model.pair(a, b)[levels[pos[a]], levels[pos[b]]]
+        zz_all = ctx.zz_all
+        rho.apply_diagonal(np.exp(-2j * np.pi * (zz_all * (b1 - ctx.anchor) - touch * (b1 - b0))
+                                  / fs))
+        ctx.anchor = b1
+        r = {q: np.exp(1j * phases[q] * np.arange(LEVELS)) for q in qubits}
+        for u, controls, targets in ops:
+            rot = r[targets[0]] if len(targets) == 1 else np.kron(r[targets[0]], r[targets[1]])
+            u = (rot[:, None] * u) * rot.conj()[None, :]
+            rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
+        for q in qubits:
+            ctx.local.decohere(q, b1)
+
+    def _joint_ops(self, ctx: _RunContext, qubits: list[int], inner: list[tuple[int, int]],
+                   outer: list[tuple[int, int]], b0: int, b1: int
+                   ) -> tuple[dict[int, float], list[tuple[np.ndarray, list[int], list[int]]]]:
+        """The operators of a joint drive block in application order, (u, controls, targets),
+        for phase-normalised drives (cached), and the drive phase of each qubit: turn each
+        operator by R(phase) on its targets."""
+        model = ctx.model
+        n = b1 - b0
+        split = {q: drive_phase_key(self._drive_hz(ctx, q, b0, b1)) for q in qubits}
+        key = ("joint", tuple(qubits), n, tuple(split[q][2] for q in qubits), tuple(inner),
+               tuple(outer), model.freq_hz)
+        phases = {q: split[q][0] for q in qubits}
+        hit = self._joint_cache.get(key)
+        if hit is not None:
+            self.joint_cache_hits += 1
+            return phases, hit
+        w = trapezoid_weights(n, 1.0 / self.device.sample_rate_hz)
+        paths = {q: self._local_path(q, split[q][1], model.local_hz[q][2]) for q in qubits}
+        proj = {q: toggled_projectors(paths[q]) for q in qubits}
+        ops: list[list] = []
+        for p, q in inner:
+            gen = magnus_pair_generator(model.pair(p, q), proj[p], proj[q], w)
+            ops.append([scipy.linalg.expm(-2j * np.pi * gen)[None], [], [p, q]])
+        for q, p in outer:
+            gen = magnus_conditional_generator(model.pair(q, p), proj[q], w)
+            ops.append([np.array([scipy.linalg.expm(-2j * np.pi * g) for g in gen]), [p], [q]])
+        for q in qubits:  # the local propagator joins the last operator acting on q
+            last = max(i for i, op in enumerate(ops) if q in op[2])
+            u_q = paths[q][-1]
+            targets = ops[last][2]
+            full = u_q if len(targets) == 1 else (
+                np.kron(u_q, np.eye(LEVELS)) if targets[0] == q else np.kron(np.eye(LEVELS), u_q))
+            ops[last][0] = np.matmul(full, ops[last][0])
+        result = [(u, c, t) for u, c, t in ops]
+        if len(self._joint_cache) >= CACHE_JOINT_ENTRIES:
+            self._joint_cache.clear()
+        self._joint_cache[key] = result
+        return phases, result

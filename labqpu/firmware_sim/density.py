@@ -1,0 +1,283 @@
+"""The simulator's quantum state: density matrix of three-level transmons and its updates.
+
+``DensityMatrix`` holds the evolved qubits as a tensor with 2n axes (rows, then columns; first
+qubit most significant). Operators reach it as local channels (9x9 row-major superoperators),
+k-qubit unitaries, unitaries conditioned on other qubits' levels, and diagonal phases. Small
+conditioned operators go through a numba kernel that updates rows in place of numpy's axis
+moves (``_left_apply_kernel``); ``_LocalChannels`` composes each qubit's local evolution and
+applies it only when needed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import scipy.linalg
+from numba import njit
+
+from labqpu.firmware_sim.device import DeviceTruth
+
+LEVELS = 3
+
+
+def _ladder(levels: int = LEVELS) -> np.ndarray:
+    return np.diag(np.sqrt(np.arange(1, levels, dtype=float)), 1).astype(complex)
+
+
+@njit(cache=True)
+def _left_apply_kernel(x, u, row_ctrl, row_tgt, row_base, tgt_off):
+    """Rows of u x for a conditioned operator: out[r] = sum_j u[ctrl(r), tgt(r), j]
+    x[base(r) + off[j]] (x (d, e) complex, u (C, m, m)); ``row_*`` give each row's control
+    index, target index and index with its target digits zeroed, ``tgt_off`` the row offset
+    of each target index."""
+    d, e = x.shape
+    m = u.shape[1]
+    out = np.zeros((d, e), dtype=np.complex128)
+    for r in range(d):
+        c = row_ctrl[r]
+        t = row_tgt[r]
+        b = row_base[r]
+        for j in range(m):
+            coef = u[c, t, j]
+            if coef != 0:
+                src = b + tgt_off[j]
+                for k in range(e):
+                    out[r, k] += coef * x[src, k]
+    return out
+
+
+@lru_cache(maxsize=256)
+def _row_indices(n: int, controls: tuple[int, ...], targets: tuple[int, ...]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Index tables of :func:`_left_apply_kernel` for ``n`` transmons (positions)."""
+    digits = np.indices((LEVELS,) * n).reshape(n, -1)
+    strides = LEVELS ** np.arange(n - 1, -1, -1)
+
+    def ravel(axes: tuple[int, ...]) -> np.ndarray:
+        out = np.zeros(digits.shape[1], dtype=np.int64)
+        for a in axes:
+            out = out * LEVELS + digits[a]
+        return out
+
+    base = np.arange(digits.shape[1], dtype=np.int64)
+    for t in targets:
+        base = base - digits[t] * strides[t]
+    sub = np.indices((LEVELS,) * len(targets)).reshape(len(targets), -1)
+    off = (strides[list(targets)][:, None] * sub).sum(axis=0).astype(np.int64)
+    return ravel(controls), ravel(targets), base, off
+
+
+@lru_cache(maxsize=256)
+def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
+                       anharmonicity_hz: float = 0.0) -> np.ndarray:
+    """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
+
+    Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
+    a 0-1 coherence decays as exp(-t/T_phi)). With ``anharmonicity_hz`` = alpha the channel
+    also carries the idle Hamiltonian H/h = (alpha / 2) n (n - 1) of the transmon's idle
+    rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
+    already holds that evolution.
+    """
+    a = _ladder()
+    n = a.conj().T @ a
+    eye = np.eye(LEVELS)
+    jumps = [np.sqrt(1.0 / t1_s) * a]
+    if np.isfinite(t_phi_s):
+        jumps.append(np.sqrt(2.0 / t_phi_s) * n)
+    h = 0.5 * anharmonicity_hz * (n @ n - n)
+    liouv = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
+    for op in jumps:
+        opd = op.conj().T @ op
+        liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
+    return scipy.linalg.expm(liouv * duration_s)
+
+
+@lru_cache(maxsize=16)
+def _level_numbers(k: int) -> np.ndarray:
+    """Level of each of ``k`` transmons (rows, first most significant) in each basis state
+    (columns): the diagonals of n_1 ... n_k."""
+    return np.indices((LEVELS,) * k).reshape(k, -1)
+
+
+@lru_cache(maxsize=16)
+def _excitation_numbers(k: int) -> np.ndarray:
+    """Total excitation number of each basis state of ``k`` transmons (first most significant)."""
+    return _level_numbers(k).sum(axis=0)
+
+
+@lru_cache(maxsize=16)
+def _excitation_mask(k: int) -> np.ndarray:
+    """True where row and column of a 3^k x 3^k operator have equal excitation number."""
+    e = _excitation_numbers(k)
+    return e[:, None] == e[None, :]
+
+
+@lru_cache(maxsize=16)
+def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
+    """Basis indices of ``k`` transmons grouped by total excitation number."""
+    e = _excitation_numbers(k)
+    return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
+
+
+def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
+                   ) -> np.ndarray:
+    """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
+    diagonal blocks of u (u must be block-diagonal on them)."""
+    if blocks is None:
+        return np.matmul(u, x)
+    out = np.empty_like(x)
+    for idx in blocks:
+        if idx.size == 1:
+            out[:, idx, :] = u[idx[0], idx[0]] * x[:, idx, :]
+        else:
+            out[:, idx, :] = np.matmul(u[np.ix_(idx, idx)], x[:, idx, :])
+    return out
+
+
+class DensityMatrix:
+    """Density matrix of ``n`` three-level qubits as a tensor with 2n axes (rows, then columns)."""
+
+    def __init__(self, populations: list[np.ndarray]) -> None:
+        self.n = len(populations)
+        rho = np.ones((1, 1), dtype=complex)
+        for p in populations:
+            rho = np.kron(rho, np.diag(p).astype(complex))
+        self.tensor = rho.reshape([LEVELS] * (2 * self.n))
+
+    def _left(self, op: np.ndarray, axes: list[int]) -> None:
+        k = len(axes)
+        opt = op.reshape([LEVELS] * (2 * k))
+        t = np.tensordot(opt, self.tensor, axes=(list(range(k, 2 * k)), axes))
+        self.tensor = np.moveaxis(t, list(range(k)), axes)
+
+    def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
+        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first).
+
+        For consecutive ascending targets rho is Hermitian-updated as U (U rho)^dag: two
+        left multiplications on a reshaped matrix, each restricted to the blocks of equal
+        excitation number when U conserves it (a flux pulse without drives does).
+        """
+        k = len(targets)
+        p = targets[0]
+        if list(targets) != list(range(p, p + k)):
+            self._left(u, targets)
+            self._left(u.conj(), [self.n + t for t in targets])
+            return
+        d = LEVELS**self.n
+        m = LEVELS**k
+        blocks = _excitation_blocks(k)
+        off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
+        use = blocks if off < 1e-13 else None
+        x = _left_multiply(u, self.tensor.reshape(LEVELS**p, m, -1), use)
+        x = x.reshape(d, d).conj().T
+        x = _left_multiply(u, np.ascontiguousarray(x).reshape(LEVELS**p, m, -1), use)
+        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+
+    def apply_controlled(self, u_stack: np.ndarray, controls: list[int],
+                         targets: list[int]) -> None:
+        """rho -> U rho U^dag with U = sum_c |c><c| (x) u_stack[c]: ``u_stack`` (3^len(controls),
+        3^len(targets), 3^len(targets)) acts on ``targets``, chosen by the levels of
+        ``controls`` (positions, first most significant; either list may be empty).
+
+        Two row passes of ``_left_apply_kernel``, rho Hermitian: U (U rho)^dag."""
+        d = LEVELS**self.n
+        idx = _row_indices(self.n, tuple(controls), tuple(targets))
+        u = np.ascontiguousarray(u_stack, dtype=np.complex128)
+        x = _left_apply_kernel(self.tensor.reshape(d, d), u, *idx)
+        x = _left_apply_kernel(np.ascontiguousarray(x.conj().T), u, *idx)
+        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+
+    def apply_controlled_channel(self, u_stack: np.ndarray, superop: np.ndarray | None,
+                                 controls: list[int], target: int) -> None:
+        """rho -> U S(rho) U^dag in one pass: ``superop`` S (9x9 row-major, or None) on
+        ``target``, then U = sum_c |c><c| (x) u_stack[c] (``u_stack`` (3^len(controls), 3, 3))
+        on ``target`` chosen by the levels of ``controls`` (positions)."""
+        c = u_stack.shape[0]
+        k = np.einsum("aij,bkl->abikjl", u_stack, u_stack.conj()).reshape(c, c, 9, 9)
+        if superop is not None:
+            k = np.matmul(k, superop)
+        axes = ([*controls, *(self.n + p for p in controls), target, self.n + target])
+        x = np.moveaxis(self.tensor, axes, range(len(axes)))
+        shape = x.shape
+        x = np.matmul(k, x.reshape(c, c, 9, -1))
+        self.tensor = np.moveaxis(x.reshape(shape), range(len(axes)), axes)
+
+    def apply_diagonal(self, phases: np.ndarray) -> None:
+        """rho -> D rho D^dag with D = diag(``phases``) over all qubits (3^n values)."""
+        d = LEVELS**self.n
+        x = self.tensor.reshape(d, d) * phases[:, None]
+        x *= phases.conj()[None, :]
+        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+
+    def apply_superop(self, superop: np.ndarray, target: int) -> None:
+        """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
+        s = superop.reshape([LEVELS] * 4)
+        t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
+        self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
+
+    def populations(self) -> np.ndarray:
+        """Joint level probabilities, shape (3,)*n, clipped at 0 and renormalised."""
+        d = LEVELS**self.n
+        p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
+        return (p / p.sum()).reshape([LEVELS] * self.n)
+
+
+class _LocalChannels:
+    """Single-qubit evolution held back per qubit and applied to the density matrix at once.
+
+    Channels on different qubits commute, so each qubit's idle evolution, single-qubit pulses
+    and decoherence are composed into one pending 9x9 superoperator (row-major vec, latest
+    leftmost) and applied only when a multi-qubit unitary or the readout needs that qubit.
+    ``time`` is the sample up to which each qubit's evolution is accounted for.
+    """
+
+    def __init__(self, device: DeviceTruth, rho: DensityMatrix, position: dict[int, int],
+                 sample_rate_hz: float, anharmonicity_hz: dict[int, float] | None = None
+                 ) -> None:
+        self.device = device
+        #: Idle anharmonicity per qubit (Hz): the dressed one when coupling is modelled.
+        self.alpha = anharmonicity_hz or {q: device.qubits[q].anharmonicity_hz for q in position}
+        self.rho = rho
+        self.position = position
+        self.fs = sample_rate_hz
+        self.time = dict.fromkeys(position, 0)
+        self.pending: dict[int, np.ndarray] = {}
+
+    def _compose(self, q: int, superop: np.ndarray) -> None:
+        prev = self.pending.get(q)
+        self.pending[q] = superop if prev is None else superop @ prev
+
+    def _relax(self, q: int, until: int, alpha_hz: float) -> None:
+        if until > self.time[q]:
+            t = self.device.qubits[q]
+            self._compose(q, relaxation_superop(t.t1_s, t.t_phi_s,
+                                                (until - self.time[q]) / self.fs, alpha_hz))
+            self.time[q] = until
+
+    def idle(self, q: int, until: int) -> None:
+        """Idle ``q`` up to sample ``until``: decoherence and the local idle Hamiltonian
+        (dressed alpha on |2>), exactly; pair (ZZ) phases are applied by the engine."""
+        self._relax(q, until, self.alpha[q])
+
+    def decohere(self, q: int, until: int) -> None:
+        """Decoherence of ``q`` up to ``until`` after a pulse whose unitary (already applied)
+        holds the Hamiltonian of that interval."""
+        self._relax(q, until, 0.0)
+
+    def unitary(self, q: int, u: np.ndarray) -> None:
+        """rho -> u rho u^dag on ``q`` (3x3)."""
+        self._compose(q, np.kron(u, u.conj()))
+
+    def take(self, q: int) -> np.ndarray | None:
+        """Remove and return ``q``'s pending channel (None when there is none): the caller
+        applies it."""
+        return self.pending.pop(q, None)
+
+    def flush(self, q: int) -> None:
+        """Apply ``q``'s pending channel to the density matrix."""
+        superop = self.pending.pop(q, None)
+        if superop is not None:
+            self.rho.apply_superop(superop, self.position[q])
+
+

@@ -1,0 +1,129 @@
+"""qiskit-experiments' ZZRamsey on the backend measures the static ZZ of the device file.
+
+The reference diagonalises the full five-transmon Hamiltonian of lab5 (3 levels each, exchange
+coupling g, 243 states) with ``numpy.linalg.eigh``: ZZ = E11 - E10 - E01 + E00 with the other
+transmons in 0. The backend knows nothing of it: it runs transpiled circuits with the shipped
+calibration through the firmware simulator.
+
+Two findings the tests pin down:
+
+* ZZRamseyAnalysis fits both control preparations with one shared phase. The gates are 40 ns
+  long and ZZ acts during them too, so the two preparations start with phases 0.08-0.14 rad
+  apart; the shared-phase fit absorbs that into the frequency and reads |ZZ| about 1 % high
+  over a 10 us span (2 % over 4 us). A fit of the same data with a phase per preparation
+  recovers ZZ within its 1-sigma-sized uncertainty.
+* The sign comes out opposite to E11 - E10 - E01 + E00 (qiskit-experiments' own test backend,
+  H = (f_ZZ / 4) ZZ, returns f_ZZ with its sign). The compiler applies rz(theta) as a frame
+  change of -theta, and the simulated IQ mixer turns a play phase phi into a drive axis -phi,
+  so the stack implements Rz(-theta): the complex conjugate (times Z) of the ideal gate set.
+  Circuits of gates alone cannot tell; physical precession against rz can. The fix belongs to
+  the pulse compiler (a drive-handedness sign per qubit, measured by calibration); the sign
+  test is a strict xfail until then.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+from labqpu.firmware_sim.device import load_device
+
+qiskit_experiments = pytest.importorskip("qiskit_experiments.library")
+
+#: qiskit-experiments 0.14 touches qiskit-ibm-runtime's deprecated SamplerV2 when it runs.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The SamplerV2 class is deprecated:DeprecationWarning")
+
+EDGES = [(0, 1), (1, 2), (2, 3), (3, 4)]
+SHOTS = 1000
+OPTIONS = {"min_delay": 0.0, "max_delay": 10e-6, "num_delays": 50, "num_rotations": 5}
+
+
+def exact_static_zz(p: int, q: int) -> float:
+    """E11 - E10 - E01 + E00 (Hz) of lab5 qubits p and q from the full 5-transmon
+    Hamiltonian (dressed states labelled by their largest bare component)."""
+    dev = load_device("lab5")
+    k = len(dev.qubits)
+    a3 = np.diag(np.sqrt([1.0, 2.0]), 1)
+    ladders = []
+    for i in range(k):
+        op = np.ones((1, 1))
+        for j in range(k):
+            op = np.kron(op, a3 if j == i else np.eye(3))
+        ladders.append(op)
+    h = np.zeros((3**k, 3**k))
+    for i, t in enumerate(dev.qubits):
+        n = ladders[i].T @ ladders[i]
+        h += t.max_frequency_hz * n + 0.5 * t.anharmonicity_hz * (n @ n - n)
+    for (i, j), g in dev.couplings.items():
+        h += g * (ladders[i].T @ ladders[j] + ladders[j].T @ ladders[i])
+    e, v = np.linalg.eigh(h)
+    energy = np.empty_like(e)
+    energy[np.argmax(v**2, axis=0)] = e
+
+    def level(levels: dict[int, int]) -> float:
+        return energy[np.ravel_multi_index(tuple(levels.get(j, 0) for j in range(k)),
+                                           (3,) * k)]
+
+    return level({p: 1, q: 1}) - level({p: 1}) - level({q: 1}) + level({})
+
+
+def per_preparation_phase_fit(data, guess_zz: float, frequency: float) -> tuple[float, float]:
+    """ZZ and its standard error from the experiment's counts, fitted with the analysis's
+    model but one phase per control preparation."""
+    x, y, branch = [], [], []
+    for row in data.data():
+        counts = row["counts"]
+        x.append(row["metadata"]["xval"])
+        y.append(counts.get("1", 0) / sum(counts.values()))
+        branch.append(int(row["metadata"]["series"]))
+    x, y, branch = np.array(x), np.array(y), np.array(branch)
+
+    def model(xb, amp, tau, base, f, zz, phase0, phase1):
+        xx, b = xb
+        phase = np.where(b == 1, phase1, phase0)
+        return base - amp * np.exp(-xx / tau) * np.cos(
+            2 * np.pi * (f + (2 * b - 1) * zz / 2) * xx + phase)
+
+    p, cov = scipy.optimize.curve_fit(model, (x, branch), y,
+                                      p0=[0.45, 30e-6, 0.5, frequency, guess_zz, 0.0, 0.0])
+    return float(p[4]), float(math.sqrt(cov[4, 4]))
+
+
+@pytest.fixture(scope="module")
+def zz_measurements(lab_backend) -> dict[tuple[int, int], tuple[float, float, float, float]]:
+    """Per edge: (analysis ZZ, its stderr, per-preparation-phase ZZ, its stderr)."""
+    out = {}
+    for edge in EDGES:
+        exp = qiskit_experiments.ZZRamsey(edge, lab_backend, **OPTIONS)
+        data = exp.run(lab_backend, shots=SHOTS, seed_simulator=5).block_for_results()
+        value = data.analysis_results("zz", dataframe=True).iloc[0]["value"]
+        out[edge] = (value.n, value.s, *per_preparation_phase_fit(data, value.n,
+                                                                  exp.frequency()))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edge", EDGES)
+def test_zz_ramsey_measures_the_exact_static_zz(zz_measurements, edge) -> None:
+    """|ZZ| from ZZRamsey (10 us span, 50 delays, 1000 shots) is within 3 % of the exact
+    diagonalisation (the analysis's shared phase reads about 1 % high, see the module
+    docstring), and the per-preparation-phase fit of the same data is within 3 sigma (its
+    sigma is 0.5-0.6 kHz on 270-440 kHz)."""
+    zz, _, zz_free, sigma = zz_measurements[edge]
+    exact = exact_static_zz(*edge)
+    assert -4.5e5 < exact < -2.5e5
+    assert abs(abs(zz) - abs(exact)) <= 0.03 * abs(exact), (zz, exact)
+    assert abs(abs(zz_free) - abs(exact)) <= 3 * sigma, (zz_free, sigma, exact)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the compiler's virtual Z and the simulated mixer "
+                   "together implement Rz(-theta): ZZRamsey reads the sign of ZZ inverted "
+                   "(module docstring); the fix belongs to the pulse compiler")
+def test_zz_ramsey_sign_follows_the_energy_convention(zz_measurements) -> None:
+    """ZZ = E11 - E10 - E01 + E00 is negative on every lab5 edge; ZZRamsey should say so."""
+    assert all(zz_measurements[edge][0] < 0 for edge in EDGES)
