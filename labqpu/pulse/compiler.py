@@ -14,7 +14,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
 from typing import NoReturn
 
 import numpy as np
@@ -29,16 +30,6 @@ from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 #: Rise and fall of readout pulses (s); calibration experiments use the same shape.
 READOUT_RISE_S = 20e-9
 SCHEDULING_METHODS = ("alap", "asap")
-
-
-@dataclass
-class _Op:
-    name: str
-    qubits: tuple[int, ...]
-    clbits: tuple[int, ...]
-    params: tuple
-    duration: int
-    start: int = 0
 
 
 def _samples(seconds: float, fs: float, what: str) -> int:
@@ -107,47 +98,244 @@ def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: floa
         circuit=circuit.name, qubits=qubits, instruction=name)
 
 
-def _schedule(ops: list[_Op], num_qubits: int, method: str) -> int:
-    """Assign start samples in place; returns the total duration (samples).
+def _schedule(ops: list[tuple], num_qubits: int, method: str) -> tuple[list[int], int]:
+    """Start sample of every op of ``ops`` (``(name, qubits, clbits, params, duration)``) and
+    the total duration (samples).
 
     Gates are scheduled ALAP or ASAP; then every measurement starts at the same sample, when
     the last gate has ended (simultaneous readout, so that no pulse reaches a qubit, or its
     coupled neighbours, while it is being read out).
     """
-    gates = [op for op in ops if op.name != "measure"]
-    seq = gates if method == "asap" else list(reversed(gates))
-    avail = np.zeros(num_qubits, dtype=np.int64)
-    for op in seq:
-        start = int(max((avail[q] for q in op.qubits), default=0))
-        op.start = start
-        for q in op.qubits:
-            avail[q] = start + op.duration
-    gates_end = int(avail.max()) if num_qubits else 0
-    if method == "alap":
-        for op in gates:
-            op.start = gates_end - op.start - op.duration
-    total = gates_end
-    for op in ops:
-        if op.name == "measure":
-            op.start = gates_end
-            total = max(total, gates_end + op.duration)
-    return total
-
-
-def _check_terminal_measurements(ops: list[_Op], circuit: QuantumCircuit) -> None:
-    """Measurements must be the last operation on their qubit (barriers aside)."""
-    measured: set[int] = set()
-    for op in ops:
-        if op.name == "barrier":
+    n = len(ops)
+    starts = [0] * n
+    avail = [0] * num_qubits
+    order = range(n) if method == "asap" else range(n - 1, -1, -1)
+    for i in order:
+        name, qubits, _, _, duration = ops[i]
+        if name == "measure":
             continue
-        late = measured.intersection(op.qubits)
-        if late:
-            raise CompilationError(
-                f"circuit {circuit.name!r}: {op.name!r} on qubit {min(late)} follows its "
-                "measurement; mid-circuit measurement is not supported yet",
-                circuit=circuit.name, qubits=(min(late),), instruction=op.name)
-        if op.name == "measure":
-            measured.update(op.qubits)
+        if len(qubits) == 1:
+            q = qubits[0]
+            start = avail[q]
+            avail[q] = start + duration
+        else:
+            start = max([avail[q] for q in qubits], default=0)
+            end = start + duration
+            for q in qubits:
+                avail[q] = end
+        starts[i] = start
+    gates_end = max(avail, default=0)
+    total = gates_end
+    if method == "alap":
+        for i in range(n):
+            name, _, _, _, duration = ops[i]
+            if name != "measure":
+                starts[i] = gates_end - starts[i] - duration
+    for i in range(n):
+        name, _, _, _, duration = ops[i]
+        if name == "measure":
+            starts[i] = gates_end
+            total = max(total, gates_end + duration)
+    return starts, total
+
+
+# ------------------------------------------------------------------ caches
+#
+# Compiling the same gates against the same snapshot gives the same durations, pulse
+# parameters and waveforms every time, so they are computed once per (snapshot, channel map)
+# and reused; a compilation then costs little more than reading the circuit. Only successful
+# look-ups are cached, so an error is raised again, at the same point, on every compilation.
+
+#: Synthesised waveforms by shape key (shared across snapshots: same shape, same samples).
+_WAVEFORMS: dict[tuple, np.ndarray] = {}
+_MAX_WAVEFORMS = 4096
+_MAX_TABLES = 16
+_TABLES: OrderedDict[tuple, _Tables] = OrderedDict()
+_TABLES_LOCK = threading.Lock()
+
+
+def _waveform(key: tuple, synthesize) -> np.ndarray:
+    """The samples of waveform ``key`` (read-only complex64), synthesised on first use."""
+    wave = _WAVEFORMS.get(key)
+    if wave is None:
+        wave = np.asarray(synthesize(), dtype=np.complex64)
+        wave.setflags(write=False)
+        if len(_WAVEFORMS) >= _MAX_WAVEFORMS:
+            _WAVEFORMS.clear()
+        _WAVEFORMS[key] = wave
+    return wave
+
+
+class _Tables:
+    """What compilation derives from one snapshot and channel map, filled on first use.
+
+    ``durations`` maps ``(gate, qubits)`` to samples; ``drives``, ``czs`` and ``readouts``
+    hold each gate's play (port, waveform key, amplitude, frequency...); ``settings`` the LO
+    and flux-bias settings for a set of used and measured qubits.
+    """
+
+    def __init__(self, snapshot: Snapshot, channels: ChannelMap) -> None:
+        self.snapshot = snapshot
+        self.channels = channels
+        self.cal = _Calibration(snapshot)
+        self.fs = channels.sample_rate_hz
+        self.durations: dict[tuple, int] = {}
+        self.drives: dict[tuple, tuple] = {}
+        self.czs: dict[tuple, tuple] = {}
+        self.readouts: dict[tuple, tuple] = {}
+        self.settings: dict[tuple, tuple] = {}
+
+    def drive(self, q: int, amplitude_name: str) -> tuple:
+        """(port, waveform key, samples, amplitude, IF) of a DRAG pulse on qubit ``q``."""
+        entry = self.drives.get((q, amplitude_name))
+        if entry is None:
+            cal, fs = self.cal, self.fs
+            dur = _samples(cal.qubit(q, "pulse_duration_s"), fs, f"qubit {q} pulse")
+            sigma = cal.qubit(q, "pulse_sigma_s") * fs
+            beta = cal.qubit(q, "drag_beta")
+            key = ("drag", dur, sigma, beta)
+            wave = _waveform(key, lambda: gaussian_drag(dur, sigma, beta))
+            if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
+            entry = (self.channels.qubits[q].drive[1], key, wave,
+                     float(cal.qubit(q, amplitude_name)), if_hz)
+            self.drives[(q, amplitude_name)] = entry
+        return entry
+
+    def cz(self, a: int, c: int, duration: int, circuit: QuantumCircuit) -> tuple:
+        """(port, waveform key, samples, amplitude, phase on a, phase on c) of cz (a < c)."""
+        entry = self.czs.get((a, c, duration))
+        if entry is None:
+            cal, fs = self.cal, self.fs
+            fq = int(cal.pair(a, c, "cz_flux_qubit"))
+            if fq not in (a, c):
+                raise CompilationError(f"edge ({a}, {c}): cz_flux_qubit {fq} is not on the edge",
+                                       circuit=circuit.name, qubits=(a, c),
+                                       instruction="cz_flux_qubit")
+            rise = cal.pair(a, c, "cz_rise_s") * fs
+            key = ("flat_top", duration, rise)
+            wave = _waveform(key, lambda: flat_top(duration, rise))
+            entry = (self.channels.qubits[fq].flux[1], key, wave,
+                     float(cal.pair(a, c, "cz_amplitude")), cal.pair(a, c, "cz_phase_a_rad"),
+                     cal.pair(a, c, "cz_phase_b_rad"))
+            self.czs[(a, c, duration)] = entry
+        return entry
+
+    def readout(self, q: int, duration: int) -> tuple:
+        """(readout port, waveform key, samples, amplitude, IF, acquire port) of measure."""
+        entry = self.readouts.get((q, duration))
+        if entry is None:
+            cal, fs = self.cal, self.fs
+            rise = READOUT_RISE_S * fs
+            key = ("flat_top", duration, rise)
+            wave = _waveform(key, lambda: flat_top(duration, rise))
+            if_hz = (cal.qubit(q, "readout_frequency_hz")
+                     - cal.qubit(q, "readout_lo_frequency_hz"))
+            wiring = self.channels.qubits[q]
+            entry = (wiring.readout[1], key, wave, float(cal.qubit(q, "readout_amplitude")),
+                     if_hz, wiring.acquire[1])
+            self.readouts[(q, duration)] = entry
+        return entry
+
+    def lo_and_flux(self, used: frozenset, measured: frozenset,
+                    circuit: QuantumCircuit) -> tuple[dict, dict]:
+        """(LO settings, flux-bias currents) a program on these qubits assumes."""
+        entry = self.settings.get((used, measured))
+        if entry is None:
+            snapshot, cal, channels = self.snapshot, self.cal, self.channels
+            b = ProgramBuilder(channels.controllers[0], self.fs)
+            for q in range(channels.num_qubits):
+                wiring = channels.qubits[q]
+                p = snapshot.qubits.get(q, {})
+                if has_all(p, DRIVE_PARAMETERS):
+                    b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
+                wanted = []
+                if q in used and has_all(p, DRIVE_PARAMETERS):
+                    wanted.append((wiring.drive_lo, "drive_lo_frequency_hz",
+                                   "drive_lo_power_dbm"))
+                if q in measured:
+                    wanted.append((wiring.readout_lo, "readout_lo_frequency_hz",
+                                   "readout_lo_power_dbm"))
+                for lo, f_name, p_name in wanted:
+                    try:
+                        b.set_lo(lo, cal.qubit(q, f_name), cal.qubit(q, p_name))
+                    except ValueError as exc:
+                        raise CompilationError(
+                            f"qubit {q}: snapshot {snapshot.snapshot_id} asks for incompatible "
+                            f"settings of a shared LO: {exc}", circuit=circuit.name,
+                            qubits=(q,), instruction=f_name) from exc
+            lo_settings, flux_bias_a = b.lo_settings, b.flux_bias_a
+            entry = (lo_settings, flux_bias_a)
+            self.settings[(used, measured)] = entry
+        return entry
+
+
+def _tables(snapshot: Snapshot, channels: ChannelMap) -> _Tables:
+    """The cached tables of (``snapshot``, ``channels``); snapshots are immutable and compare
+    by id, creation time and content hash; channel maps by identity."""
+    key = (snapshot, id(channels))
+    with _TABLES_LOCK:
+        tables = _TABLES.get(key)
+        if tables is not None and tables.channels is channels:
+            _TABLES.move_to_end(key)
+            return tables
+        tables = _Tables(snapshot, channels)
+        _TABLES[key] = tables
+        if len(_TABLES) > _MAX_TABLES:
+            _TABLES.popitem(last=False)
+        return tables
+
+
+def _lower(circuit: QuantumCircuit, tables: _Tables) -> tuple[list[tuple], set[int]]:
+    """The circuit's instructions as ``(name, qubits, clbits, params, duration)`` tuples
+    (qubits and clbits as indices), and the set of qubits any instruction touches."""
+    qindex = {bit: i for i, bit in enumerate(circuit.qubits)}
+    cindex = {bit: i for i, bit in enumerate(circuit.clbits)}
+    durations = tables.durations
+    cal, fs = tables.cal, tables.fs
+    ops = []
+    used: set[int] = set()
+    measured: set[int] = set()
+    late = None  # first instruction that follows a measurement of one of its qubits
+    qubit_of = qindex.__getitem__
+    for inst in circuit.data:
+        name = inst.name
+        qargs = inst.qubits
+        qubits = (qubit_of(qargs[0]),) if len(qargs) == 1 else tuple(map(qubit_of, qargs))
+        used.update(qubits)
+        if name == "barrier":
+            ops.append(("barrier", qubits, (), (), 0))
+            continue
+        cargs = inst.clbits
+        clbits = tuple(map(cindex.__getitem__, cargs)) if cargs else ()
+        params = ()
+        if name != "delay":
+            raw = inst.params
+            if raw:
+                try:
+                    params = tuple(map(float, raw))
+                except TypeError as exc:
+                    raise CompilationError(
+                        f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
+                        "parameter; bind all parameters before run()", circuit=circuit.name,
+                        qubits=qubits, instruction=name) from exc
+            duration = durations.get((name, qubits))
+            if duration is None:
+                duration = _duration_samples(inst, qubits, cal, fs, circuit)
+                durations[(name, qubits)] = duration
+        else:
+            duration = _duration_samples(inst, qubits, cal, fs, circuit)
+        if late is None and measured and not measured.isdisjoint(qubits):
+            late = (name, min(measured.intersection(qubits)))
+        if name == "measure":
+            measured.update(qubits)
+        ops.append((name, qubits, clbits, params, duration))
+    if late is not None:
+        name, q = late
+        raise CompilationError(
+            f"circuit {circuit.name!r}: {name!r} on qubit {q} follows its "
+            "measurement; mid-circuit measurement is not supported yet",
+            circuit=circuit.name, qubits=(q,), instruction=name)
+    return ops, used
 
 
 def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: ChannelMap, *,
@@ -166,98 +354,99 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
             f"{channels.device_name} has {channels.num_qubits}", circuit=circuit.name)
     if len(channels.controllers) != 1:
         raise CompilationError("programs spanning several controllers are not supported yet")
-    fs = channels.sample_rate_hz
-    cal = _Calibration(snapshot)
-    ops = []
-    for inst in circuit.data:
-        qubits = tuple(circuit.find_bit(q).index for q in inst.qubits)
-        clbits = tuple(circuit.find_bit(c).index for c in inst.clbits)
-        if inst.operation.name == "barrier":
-            ops.append(_Op("barrier", qubits, (), (), 0))
-            continue
-        if inst.operation.name == "delay":
-            params = ()
-        else:
-            try:
-                params = tuple(float(p) for p in inst.operation.params)
-            except TypeError as exc:
-                raise CompilationError(
-                    f"circuit {circuit.name!r}: {inst.operation.name} on {qubits} has an unbound "
-                    "parameter; bind all parameters before run()", circuit=circuit.name,
-                    qubits=qubits, instruction=inst.operation.name) from exc
-        ops.append(_Op(inst.operation.name, qubits, clbits, params,
-                       _duration_samples(inst, qubits, cal, fs, circuit)))
-    _check_terminal_measurements(ops, circuit)
-    total = _schedule(ops, circuit.num_qubits, scheduling_method)
+    tables = _tables(snapshot, channels)
+    ops, used = _lower(circuit, tables)
+    starts, total = _schedule(ops, circuit.num_qubits, scheduling_method)
 
-    b = ProgramBuilder(channels.controllers[0], fs)
-    frame = np.zeros(channels.num_qubits)
-    used: set[int] = set()
+    frame = [0.0] * channels.num_qubits
     measured: set[int] = set()
+    # Play and acquisition rows, column by column; waveform ids in order of first use.
+    p_port: list[int] = []
+    p_start: list[int] = []
+    p_wave: list[int] = []
+    p_amp: list[float] = []
+    p_phase: list[float] = []
+    p_freq: list[float] = []
+    p_len: list[int] = []
+    acqs: list[tuple] = []
+    wave_ids: dict[tuple, int] = {}
+    waves: list[np.ndarray] = []
+
+    def play(port: int, start: int, key: tuple, wave: np.ndarray, amplitude: float,
+             phase_rad: float, frequency_hz: float) -> None:
+        wid = wave_ids.get(key)
+        if wid is None:
+            wid = wave_ids[key] = len(waves)
+            waves.append(wave)
+        p_port.append(port)
+        p_start.append(start)
+        p_wave.append(wid)
+        p_amp.append(amplitude)
+        p_phase.append(phase_rad)
+        p_freq.append(frequency_hz)
+        p_len.append(wave.shape[0])
 
     def drive(q: int, start: int, amplitude_name: str) -> None:
-        dur = _samples(cal.qubit(q, "pulse_duration_s"), fs, f"qubit {q} pulse")
-        sigma = cal.qubit(q, "pulse_sigma_s") * fs
-        beta = cal.qubit(q, "drag_beta")
-        wid = b.waves.add(("drag", dur, sigma, beta), lambda: gaussian_drag(dur, sigma, beta))
-        if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
-        b.play(channels.qubits[q].drive[1], start, wid, cal.qubit(q, amplitude_name), frame[q],
-               if_hz)
+        port, key, wave, amp, if_hz = tables.drive(q, amplitude_name)
+        play(port, start, key, wave, amp, frame[q], if_hz)
 
-    def flat(duration: int, rise: float) -> int:
-        return b.waves.add(("flat_top", duration, rise), lambda: flat_top(duration, rise))
-
-    for op in ops:
-        used.update(op.qubits)
-        if op.name == "rz":
-            frame[op.qubits[0]] -= op.params[0]
-        elif op.name == "sx":
-            drive(op.qubits[0], op.start, "pi2_amplitude")
-        elif op.name == "x":
-            drive(op.qubits[0], op.start, "pi_amplitude")
-        elif op.name == "cz":
-            a, c = sorted(op.qubits)
-            fq = int(cal.pair(a, c, "cz_flux_qubit"))
-            if fq not in (a, c):
-                raise CompilationError(f"edge ({a}, {c}): cz_flux_qubit {fq} is not on the edge",
-                                       circuit=circuit.name, qubits=(a, c),
-                                       instruction="cz_flux_qubit")
-            wid = flat(op.duration, cal.pair(a, c, "cz_rise_s") * fs)
-            b.play(channels.qubits[fq].flux[1], op.start, wid, cal.pair(a, c, "cz_amplitude"))
-            frame[a] -= cal.pair(a, c, "cz_phase_a_rad")
-            frame[c] -= cal.pair(a, c, "cz_phase_b_rad")
-        elif op.name == "measure":
-            q, clbit = op.qubits[0], op.clbits[0]
+    for (name, qubits, clbits, params, duration), start in zip(ops, starts, strict=True):
+        if name == "rz":
+            frame[qubits[0]] -= params[0]
+        elif name == "sx":
+            drive(qubits[0], start, "pi2_amplitude")
+        elif name == "x":
+            drive(qubits[0], start, "pi_amplitude")
+        elif name == "cz":
+            a, c = sorted(qubits)
+            port, key, wave, amp, phase_a, phase_c = tables.cz(a, c, duration, circuit)
+            play(port, start, key, wave, amp, 0.0, 0.0)
+            frame[a] -= phase_a
+            frame[c] -= phase_c
+        elif name == "measure":
+            q, clbit = qubits[0], clbits[0]
             measured.add(q)
-            wid = flat(op.duration, READOUT_RISE_S * fs)
-            if_hz = (cal.qubit(q, "readout_frequency_hz")
-                     - cal.qubit(q, "readout_lo_frequency_hz"))
-            b.play(channels.qubits[q].readout[1], op.start, wid,
-                   cal.qubit(q, "readout_amplitude"), 0.0, if_hz)
-            b.acquire(channels.qubits[q].acquire[1], op.start, op.duration, if_hz, q, clbit)
+            port, key, wave, amp, if_hz, acq_port = tables.readout(q, duration)
+            play(port, start, key, wave, amp, 0.0, if_hz)
+            acqs.append((acq_port, start, duration, if_hz, q, clbit))
 
-    for q in range(channels.num_qubits):
-        wiring = channels.qubits[q]
-        p = snapshot.qubits.get(q, {})
-        if has_all(p, DRIVE_PARAMETERS):
-            b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
-        wanted = []
-        if q in used and has_all(p, DRIVE_PARAMETERS):
-            wanted.append((wiring.drive_lo, "drive_lo_frequency_hz", "drive_lo_power_dbm"))
-        if q in measured:
-            wanted.append((wiring.readout_lo, "readout_lo_frequency_hz", "readout_lo_power_dbm"))
-        for lo, f_name, p_name in wanted:
-            try:
-                b.set_lo(lo, cal.qubit(q, f_name), cal.qubit(q, p_name))
-            except ValueError as exc:
-                raise CompilationError(
-                    f"qubit {q}: snapshot {snapshot.snapshot_id} asks for incompatible settings "
-                    f"of a shared LO: {exc}", circuit=circuit.name, qubits=(q,),
-                    instruction=f_name) from exc
+    lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
+    return _assemble(channels, p_port, p_start, p_wave, p_amp, p_phase, p_freq, p_len, acqs,
+                     waves, total, circuit, lo_settings, flux_bias_a, snapshot.snapshot_id)
+
+
+def _assemble(channels: ChannelMap, p_port, p_start, p_wave, p_amp, p_phase, p_freq, p_len,
+              acqs, waves, total, circuit, lo_settings, flux_bias_a, snapshot_id) -> PulseProgram:
+    """The program from its play columns (sorted here by port, then start; stable) and rows."""
+    port = np.array(p_port, dtype=np.int32)
+    start = np.array(p_start, dtype=np.int64)
+    order = np.lexsort((start, port))
+    end = int((start + np.array(p_len, dtype=np.int64)).max()) if p_port else 0
+    if acqs:
+        acols = list(zip(*acqs, strict=True))
+        end = max(end, max(s + d for _, s, d, _, _, _ in acqs))
+    else:
+        acols = [()] * 6
+    lengths = [w.shape[0] for w in waves]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
-    return b.build(
-        duration_samples=total, num_clbits=circuit.num_clbits,
+    return PulseProgram(
+        controller=channels.controllers[0], sample_rate_hz=channels.sample_rate_hz,
+        duration_samples=max(total or end, end, 1),
+        play_port=port[order], play_start=start[order],
+        play_wave=np.array(p_wave, dtype=np.int32)[order],
+        play_amp=np.array(p_amp, dtype=np.float64)[order],
+        play_amp_ref=np.full(len(p_port), -1, dtype=np.int32),
+        play_phase_rad=np.array(p_phase, dtype=np.float64)[order],
+        play_freq_hz=np.array(p_freq, dtype=np.float64)[order],
+        wave_offset=offsets, wave_data=data,
+        acq_port=acols[0], acq_start=acols[1], acq_duration=acols[2], acq_freq_hz=acols[3],
+        acq_qubit=acols[4], acq_clbit=acols[5],
+        lo_settings=dict(lo_settings), flux_bias_a=dict(flux_bias_a),
+        num_clbits=circuit.num_clbits,
         header={"name": circuit.name, "creg_sizes": creg_sizes,
                 "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
-        snapshot_id=snapshot.snapshot_id,
+        snapshot_id=snapshot_id,
     )
