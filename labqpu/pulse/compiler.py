@@ -360,35 +360,28 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
 
     frame = [0.0] * channels.num_qubits
     measured: set[int] = set()
-    # Play and acquisition rows, column by column; waveform ids in order of first use.
-    p_port: list[int] = []
-    p_start: list[int] = []
-    p_wave: list[int] = []
-    p_amp: list[float] = []
-    p_phase: list[float] = []
-    p_freq: list[float] = []
-    p_len: list[int] = []
-    acqs: list[tuple] = []
-    wave_ids: dict[tuple, int] = {}
+    plays: list[tuple] = []  # (port, start, wave id, amplitude, phase, frequency, length)
+    acqs: list[tuple] = []  # (port, start, duration, frequency, qubit, clbit)
+    wave_ids: dict[tuple, int] = {}  # waveform key -> id, in order of first use
     waves: list[np.ndarray] = []
+    add_play = plays.append
 
-    def play(port: int, start: int, key: tuple, wave: np.ndarray, amplitude: float,
-             phase_rad: float, frequency_hz: float) -> None:
+    def wave_id(key: tuple, wave: np.ndarray) -> int:
         wid = wave_ids.get(key)
         if wid is None:
             wid = wave_ids[key] = len(waves)
             waves.append(wave)
-        p_port.append(port)
-        p_start.append(start)
-        p_wave.append(wid)
-        p_amp.append(amplitude)
-        p_phase.append(phase_rad)
-        p_freq.append(frequency_hz)
-        p_len.append(wave.shape[0])
+        return wid
+
+    drives: dict[tuple, tuple] = {}  # (qubit, amplitude) -> play fields, this program's ids
 
     def drive(q: int, start: int, amplitude_name: str) -> None:
-        port, key, wave, amp, if_hz = tables.drive(q, amplitude_name)
-        play(port, start, key, wave, amp, frame[q], if_hz)
+        d = drives.get((q, amplitude_name))
+        if d is None:
+            port, key, wave, amp, if_hz = tables.drive(q, amplitude_name)
+            d = drives[(q, amplitude_name)] = (port, wave_id(key, wave), amp, if_hz,
+                                               wave.shape[0])
+        add_play((d[0], start, d[1], d[2], frame[q], d[3], d[4]))
 
     for (name, qubits, clbits, params, duration), start in zip(ops, starts, strict=True):
         if name == "rz":
@@ -400,28 +393,34 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         elif name == "cz":
             a, c = sorted(qubits)
             port, key, wave, amp, phase_a, phase_c = tables.cz(a, c, duration, circuit)
-            play(port, start, key, wave, amp, 0.0, 0.0)
+            add_play((port, start, wave_id(key, wave), amp, 0.0, 0.0, wave.shape[0]))
             frame[a] -= phase_a
             frame[c] -= phase_c
         elif name == "measure":
             q, clbit = qubits[0], clbits[0]
             measured.add(q)
             port, key, wave, amp, if_hz, acq_port = tables.readout(q, duration)
-            play(port, start, key, wave, amp, 0.0, if_hz)
+            add_play((port, start, wave_id(key, wave), amp, 0.0, if_hz, wave.shape[0]))
             acqs.append((acq_port, start, duration, if_hz, q, clbit))
 
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
-    return _assemble(channels, p_port, p_start, p_wave, p_amp, p_phase, p_freq, p_len, acqs,
-                     waves, total, circuit, lo_settings, flux_bias_a, snapshot.snapshot_id)
+    return _assemble(channels, plays, acqs, waves, total, circuit, lo_settings, flux_bias_a,
+                     snapshot.snapshot_id)
 
 
-def _assemble(channels: ChannelMap, p_port, p_start, p_wave, p_amp, p_phase, p_freq, p_len,
-              acqs, waves, total, circuit, lo_settings, flux_bias_a, snapshot_id) -> PulseProgram:
-    """The program from its play columns (sorted here by port, then start; stable) and rows."""
-    port = np.array(p_port, dtype=np.int32)
-    start = np.array(p_start, dtype=np.int64)
+def _assemble(channels: ChannelMap, plays: list[tuple], acqs: list[tuple],
+              waves: list[np.ndarray], total: int, circuit: QuantumCircuit, lo_settings: dict,
+              flux_bias_a: dict, snapshot_id: int | None) -> PulseProgram:
+    """The program from its rows: plays sorted by port, then start (stable)."""
+    if plays:
+        port, start, wave, amp, phase, freq, length = zip(*plays, strict=True)
+        port = np.array(port, dtype=np.int32)
+        start = np.array(start, dtype=np.int64)
+        end = int((start + np.array(length, dtype=np.int64)).max())
+    else:
+        port = start = wave = amp = phase = freq = np.zeros(0)
+        end = 0
     order = np.lexsort((start, port))
-    end = int((start + np.array(p_len, dtype=np.int64)).max()) if p_port else 0
     if acqs:
         acols = list(zip(*acqs, strict=True))
         end = max(end, max(s + d for _, s, d, _, _, _ in acqs))
@@ -436,11 +435,11 @@ def _assemble(channels: ChannelMap, p_port, p_start, p_wave, p_amp, p_phase, p_f
         controller=channels.controllers[0], sample_rate_hz=channels.sample_rate_hz,
         duration_samples=max(total or end, end, 1),
         play_port=port[order], play_start=start[order],
-        play_wave=np.array(p_wave, dtype=np.int32)[order],
-        play_amp=np.array(p_amp, dtype=np.float64)[order],
-        play_amp_ref=np.full(len(p_port), -1, dtype=np.int32),
-        play_phase_rad=np.array(p_phase, dtype=np.float64)[order],
-        play_freq_hz=np.array(p_freq, dtype=np.float64)[order],
+        play_wave=np.array(wave, dtype=np.int32)[order],
+        play_amp=np.array(amp, dtype=np.float64)[order],
+        play_amp_ref=np.full(len(plays), -1, dtype=np.int32),
+        play_phase_rad=np.array(phase, dtype=np.float64)[order],
+        play_freq_hz=np.array(freq, dtype=np.float64)[order],
         wave_offset=offsets, wave_data=data,
         acq_port=acols[0], acq_start=acols[1], acq_duration=acols[2], acq_freq_hz=acols[3],
         acq_qubit=acols[4], acq_clbit=acols[5],
