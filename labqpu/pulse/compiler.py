@@ -449,3 +449,11 @@ def _assemble(channels: ChannelMap, plays: list[tuple], acqs: list[tuple],
                 "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
         snapshot_id=snapshot_id,
     )
+
+
+def clear_caches() -> None:
+    """Forget every cached duration, pulse parameter, LO setting and synthesised waveform, so
+    that the next compilation starts cold (benchmarks; after editing calibration in place)."""
+    with _TABLES_LOCK:
+        _TABLES.clear()
+    _WAVEFORMS.clear()
