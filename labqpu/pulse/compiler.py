@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from itertools import accumulate, chain
 from typing import NoReturn
 
 import numpy as np
@@ -23,7 +24,7 @@ from qiskit.circuit import ParameterExpression, QuantumCircuit
 
 from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.channels import ChannelMap
-from labqpu.pulse.kernels import flat_top, gaussian_drag
+from labqpu.pulse.kernels import EFFECT_FIELDS, flat_top, gaussian_drag, layout_kernel
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
 from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
@@ -98,47 +99,6 @@ def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: floa
         circuit=circuit.name, qubits=qubits, instruction=name)
 
 
-def _schedule(ops: list[tuple], num_qubits: int, method: str) -> tuple[list[int], int]:
-    """Start sample of every op of ``ops`` (``(name, qubits, clbits, params, duration)``) and
-    the total duration (samples).
-
-    Gates are scheduled ALAP or ASAP; then every measurement starts at the same sample, when
-    the last gate has ended (simultaneous readout, so that no pulse reaches a qubit, or its
-    coupled neighbours, while it is being read out).
-    """
-    n = len(ops)
-    starts = [0] * n
-    avail = [0] * num_qubits
-    order = range(n) if method == "asap" else range(n - 1, -1, -1)
-    for i in order:
-        name, qubits, _, _, duration = ops[i]
-        if name == "measure":
-            continue
-        if len(qubits) == 1:
-            q = qubits[0]
-            start = avail[q]
-            avail[q] = start + duration
-        else:
-            start = max([avail[q] for q in qubits], default=0)
-            end = start + duration
-            for q in qubits:
-                avail[q] = end
-        starts[i] = start
-    gates_end = max(avail, default=0)
-    total = gates_end
-    if method == "alap":
-        for i in range(n):
-            name, _, _, _, duration = ops[i]
-            if name != "measure":
-                starts[i] = gates_end - starts[i] - duration
-    for i in range(n):
-        name, _, _, _, duration = ops[i]
-        if name == "measure":
-            starts[i] = gates_end
-            total = max(total, gates_end + duration)
-    return starts, total
-
-
 # ------------------------------------------------------------------ caches
 #
 # Compiling the same gates against the same snapshot gives the same durations, pulse
@@ -166,6 +126,19 @@ def _waveform(key: tuple, synthesize) -> np.ndarray:
     return wave
 
 
+def _effect(*, play_port: int = -1, wave: int = -1, amp: float = 0.0, freq: float = 0.0,
+            length: int = 0, phase_qubit: int = -1, param_qubit: int = -1,
+            shift_qubit_a: int = -1, shift_a: float = 0.0, shift_qubit_b: int = -1,
+            shift_b: float = 0.0, acq_port: int = -1, measure: int = 0) -> tuple:
+    """One row of the effect table, in the order of ``kernels.EFFECT_FIELDS``."""
+    return (play_port, wave, amp, freq, length, phase_qubit, param_qubit, shift_qubit_a,
+            shift_a, shift_qubit_b, shift_b, acq_port, measure)
+
+
+_NO_EFFECT = _effect()
+assert len(_NO_EFFECT) == len(EFFECT_FIELDS)
+
+
 class _Tables:
     """What compilation derives from one snapshot and channel map, filled on first use.
 
@@ -184,6 +157,63 @@ class _Tables:
         self.czs: dict[tuple, tuple] = {}
         self.readouts: dict[tuple, tuple] = {}
         self.settings: dict[tuple, tuple] = {}
+        # effects: one row (``kernels.EFFECT_FIELDS``) per distinct (gate, qubits); row 0 is
+        # "nothing" (barrier, delay, reset); waves: the waveforms rows refer to, by global id
+        self.effect_ids: dict[tuple, int] = {}
+        self.known: dict[tuple, tuple[int, int]] = {}  # (gate, qubits) -> (duration, effect)
+        self.effect_rows: list[tuple] = [_NO_EFFECT]
+        self.wave_ids: dict[tuple, int] = {}
+        self.waves: list[np.ndarray] = []
+        self._effects = np.array(self.effect_rows, dtype=np.float64)
+
+    def effects(self) -> np.ndarray:
+        """The effect table as a float64 (rows x fields) array."""
+        if self._effects.shape[0] != len(self.effect_rows):
+            self._effects = np.array(self.effect_rows, dtype=np.float64)
+        return self._effects
+
+    def wave(self, key: tuple, wave: np.ndarray) -> int:
+        """Global id of waveform ``key``."""
+        gid = self.wave_ids.get(key)
+        if gid is None:
+            gid = self.wave_ids[key] = len(self.waves)
+            self.waves.append(wave)
+        return gid
+
+    def effect(self, name: str, qubits: tuple, duration: int, circuit: QuantumCircuit) -> int:
+        """Row of the effect table for gate ``name`` on ``qubits``: what it plays, which
+        frames it reads and shifts, what it acquires. This is the per-gate dispatch."""
+        eid = self.effect_ids.get((name, qubits))
+        if eid is not None:
+            return eid
+        row = _NO_EFFECT
+        if name == "rz":
+            row = _effect(param_qubit=qubits[0])
+        elif name == "sx":
+            row = self.drive_effect(qubits[0], "pi2_amplitude")
+        elif name == "x":
+            row = self.drive_effect(qubits[0], "pi_amplitude")
+        elif name == "cz":
+            a, c = sorted(qubits)
+            port, key, wave, amp, phase_a, phase_c = self.cz(a, c, duration, circuit)
+            row = _effect(play_port=port, wave=self.wave(key, wave), amp=amp,
+                          length=wave.shape[0], shift_qubit_a=a, shift_a=phase_a,
+                          shift_qubit_b=c, shift_b=phase_c)
+        elif name == "measure":
+            q = qubits[0]
+            port, key, wave, amp, if_hz, acq_port = self.readout(q, duration)
+            row = _effect(play_port=port, wave=self.wave(key, wave), amp=amp, freq=if_hz,
+                          length=wave.shape[0], acq_port=acq_port, measure=1)
+        eid = len(self.effect_rows)
+        self.effect_rows.append(row)
+        self.effect_ids[(name, qubits)] = eid
+        return eid
+
+    def drive_effect(self, q: int, amplitude_name: str) -> tuple:
+        """A DRAG pulse on qubit ``q`` at the phase of its frame."""
+        port, key, wave, amp, if_hz = self.drive(q, amplitude_name)
+        return _effect(play_port=port, wave=self.wave(key, wave), amp=amp, freq=if_hz,
+                       length=wave.shape[0], phase_qubit=q)
 
     def drive(self, q: int, amplitude_name: str) -> tuple:
         """(port, waveform key, samples, amplitude, IF) of a DRAG pulse on qubit ``q``."""
@@ -285,57 +315,88 @@ def _tables(snapshot: Snapshot, channels: ChannelMap) -> _Tables:
         return tables
 
 
-def _lower(circuit: QuantumCircuit, tables: _Tables) -> tuple[list[tuple], set[int]]:
-    """The circuit's instructions as ``(name, qubits, clbits, params, duration)`` tuples
-    (qubits and clbits as indices), and the set of qubits any instruction touches."""
+def _lower(circuit: QuantumCircuit, tables: _Tables):
+    """Read the circuit once: per op its effect row, duration, first parameter, clbit and
+    qubits (as arrays for ``layout_kernel``), and the qubits used and measured.
+
+    Errors come in the order of a plain per-op compiler: reading errors (unbound parameters,
+    durations, non-native gates) in circuit order, then a gate after a measurement, then
+    pulse-parameter errors of the ops in circuit order. The effect of a gate already compiled
+    against these tables is known and cannot fail; the others are resolved after the whole
+    circuit has been read.
+    """
     qindex = {bit: i for i, bit in enumerate(circuit.qubits)}
     cindex = {bit: i for i, bit in enumerate(circuit.clbits)}
+    known = tables.known  # (gate, qubits) -> (duration, effect), once both are known
     durations = tables.durations
+    effect_ids = tables.effect_ids
     cal, fs = tables.cal, tables.fs
-    ops = []
-    used: set[int] = set()
+    rows: list[tuple] = []  # (effect, duration, parameter, clbit) per op
+    op_qubits: list[tuple] = []
+    pending: list[tuple] = []  # (op, name, qubits) whose effect is not known yet
     measured: set[int] = set()
     late = None  # first instruction that follows a measurement of one of its qubits
     qubit_of = qindex.__getitem__
+    add_row = rows.append
+    add_qubits = op_qubits.append
     for inst in circuit.data:
         name = inst.name
         qargs = inst.qubits
         qubits = (qubit_of(qargs[0]),) if len(qargs) == 1 else tuple(map(qubit_of, qargs))
-        used.update(qubits)
+        add_qubits(qubits)
         if name == "barrier":
-            ops.append(("barrier", qubits, (), (), 0))
+            add_row((0, 0, 0.0, -1))
             continue
-        cargs = inst.clbits
-        clbits = tuple(map(cindex.__getitem__, cargs)) if cargs else ()
-        params = ()
+        param = 0.0
         if name != "delay":
             raw = inst.params
             if raw:
                 try:
-                    params = tuple(map(float, raw))
+                    values = tuple(map(float, raw))  # every parameter must be bound
                 except TypeError as exc:
                     raise CompilationError(
                         f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
                         "parameter; bind all parameters before run()", circuit=circuit.name,
                         qubits=qubits, instruction=name) from exc
-            duration = durations.get((name, qubits))
-            if duration is None:
-                duration = _duration_samples(inst, qubits, cal, fs, circuit)
-                durations[(name, qubits)] = duration
+                param = values[0]
+            key = (name, qubits)
+            hit = known.get(key)
+            if hit is not None:
+                duration, eid = hit
+            else:
+                duration = durations.get(key)
+                if duration is None:
+                    duration = _duration_samples(inst, qubits, cal, fs, circuit)
+                    durations[key] = duration
+                eid = effect_ids.get(key)
         else:
             duration = _duration_samples(inst, qubits, cal, fs, circuit)
-        if late is None and measured and not measured.isdisjoint(qubits):
+            eid = 0  # a delay plays nothing
+        if measured and late is None and not measured.isdisjoint(qubits):
             late = (name, min(measured.intersection(qubits)))
+        clbit = -1
         if name == "measure":
             measured.update(qubits)
-        ops.append((name, qubits, clbits, params, duration))
+            clbit = cindex[inst.clbits[0]]
+        if eid is None:
+            pending.append((len(rows), name, qubits))
+            eid = 0
+        add_row((eid, duration, param, clbit))
     if late is not None:
         name, q = late
         raise CompilationError(
             f"circuit {circuit.name!r}: {name!r} on qubit {q} follows its "
             "measurement; mid-circuit measurement is not supported yet",
             circuit=circuit.name, qubits=(q,), instruction=name)
-    return ops, used
+    for i, name, qubits in pending:
+        _, duration, param, clbit = rows[i]
+        eid = tables.effect(name, qubits, duration, circuit)
+        known[(name, qubits)] = (duration, eid)
+        rows[i] = (eid, duration, param, clbit)
+    qptr = [0]
+    qptr.extend(accumulate(map(len, op_qubits)))
+    qflat = list(chain.from_iterable(op_qubits))
+    return rows, qptr, qflat, set(qflat), measured
 
 
 def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: ChannelMap, *,
@@ -355,94 +416,45 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     if len(channels.controllers) != 1:
         raise CompilationError("programs spanning several controllers are not supported yet")
     tables = _tables(snapshot, channels)
-    ops, used = _lower(circuit, tables)
-    starts, total = _schedule(ops, circuit.num_qubits, scheduling_method)
-
-    frame = [0.0] * channels.num_qubits
-    measured: set[int] = set()
-    plays: list[tuple] = []  # (port, start, wave id, amplitude, phase, frequency, length)
-    acqs: list[tuple] = []  # (port, start, duration, frequency, qubit, clbit)
-    wave_ids: dict[tuple, int] = {}  # waveform key -> id, in order of first use
-    waves: list[np.ndarray] = []
-    add_play = plays.append
-
-    def wave_id(key: tuple, wave: np.ndarray) -> int:
-        wid = wave_ids.get(key)
-        if wid is None:
-            wid = wave_ids[key] = len(waves)
-            waves.append(wave)
-        return wid
-
-    drives: dict[tuple, tuple] = {}  # (qubit, amplitude) -> play fields, this program's ids
-
-    def drive(q: int, start: int, amplitude_name: str) -> None:
-        d = drives.get((q, amplitude_name))
-        if d is None:
-            port, key, wave, amp, if_hz = tables.drive(q, amplitude_name)
-            d = drives[(q, amplitude_name)] = (port, wave_id(key, wave), amp, if_hz,
-                                               wave.shape[0])
-        add_play((d[0], start, d[1], d[2], frame[q], d[3], d[4]))
-
-    for (name, qubits, clbits, params, duration), start in zip(ops, starts, strict=True):
-        if name == "rz":
-            frame[qubits[0]] -= params[0]
-        elif name == "sx":
-            drive(qubits[0], start, "pi2_amplitude")
-        elif name == "x":
-            drive(qubits[0], start, "pi_amplitude")
-        elif name == "cz":
-            a, c = sorted(qubits)
-            port, key, wave, amp, phase_a, phase_c = tables.cz(a, c, duration, circuit)
-            add_play((port, start, wave_id(key, wave), amp, 0.0, 0.0, wave.shape[0]))
-            frame[a] -= phase_a
-            frame[c] -= phase_c
-        elif name == "measure":
-            q, clbit = qubits[0], clbits[0]
-            measured.add(q)
-            port, key, wave, amp, if_hz, acq_port = tables.readout(q, duration)
-            add_play((port, start, wave_id(key, wave), amp, 0.0, if_hz, wave.shape[0]))
-            acqs.append((acq_port, start, duration, if_hz, q, clbit))
-
+    rows, qptr, qflat, used, measured = _lower(circuit, tables)
+    if rows:
+        effect, duration, param, clbit = zip(*rows, strict=True)
+    else:
+        effect = duration = param = clbit = ()
+    _, total, plays, acqs, waves = layout_kernel(
+        np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
+        np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
+        np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64),
+        circuit.num_qubits, channels.num_qubits, scheduling_method == "alap",
+        tables.effects(), len(tables.waves))
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
-    return _assemble(channels, plays, acqs, waves, total, circuit, lo_settings, flux_bias_a,
-                     snapshot.snapshot_id)
+    return _assemble(channels, plays, acqs, [tables.waves[g] for g in waves.tolist()], total,
+                     circuit, lo_settings, flux_bias_a, snapshot.snapshot_id)
 
 
-def _assemble(channels: ChannelMap, plays: list[tuple], acqs: list[tuple],
-              waves: list[np.ndarray], total: int, circuit: QuantumCircuit, lo_settings: dict,
-              flux_bias_a: dict, snapshot_id: int | None) -> PulseProgram:
-    """The program from its rows: plays sorted by port, then start (stable)."""
-    if plays:
-        port, start, wave, amp, phase, freq, length = zip(*plays, strict=True)
-        port = np.array(port, dtype=np.int32)
-        start = np.array(start, dtype=np.int64)
-        end = int((start + np.array(length, dtype=np.int64)).max())
-    else:
-        port = start = wave = amp = phase = freq = np.zeros(0)
-        end = 0
+def _assemble(channels: ChannelMap, plays: tuple, acqs: tuple, waves: list[np.ndarray],
+              total: int, circuit: QuantumCircuit, lo_settings: dict, flux_bias_a: dict,
+              snapshot_id: int | None) -> PulseProgram:
+    """The program from the kernel's columns: plays sorted by port, then start (stable)."""
+    start, port, wave, amp, phase, freq, length = plays
+    a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = acqs
+    end = int((start + length).max()) if start.shape[0] else 0
+    if a_start.shape[0]:
+        end = max(end, int((a_start + a_duration).max()))
     order = np.lexsort((start, port))
-    if acqs:
-        acols = list(zip(*acqs, strict=True))
-        end = max(end, max(s + d for _, s, d, _, _, _ in acqs))
-    else:
-        acols = [()] * 6
-    lengths = [w.shape[0] for w in waves]
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = np.zeros(len(waves) + 1, dtype=np.int64)
+    np.cumsum([w.shape[0] for w in waves], out=offsets[1:])
     data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
     return PulseProgram(
         controller=channels.controllers[0], sample_rate_hz=channels.sample_rate_hz,
         duration_samples=max(total or end, end, 1),
-        play_port=port[order], play_start=start[order],
-        play_wave=np.array(wave, dtype=np.int32)[order],
-        play_amp=np.array(amp, dtype=np.float64)[order],
-        play_amp_ref=np.full(len(plays), -1, dtype=np.int32),
-        play_phase_rad=np.array(phase, dtype=np.float64)[order],
-        play_freq_hz=np.array(freq, dtype=np.float64)[order],
+        play_port=port[order], play_start=start[order], play_wave=wave[order],
+        play_amp=amp[order], play_amp_ref=np.full(start.shape[0], -1, dtype=np.int32),
+        play_phase_rad=phase[order], play_freq_hz=freq[order],
         wave_offset=offsets, wave_data=data,
-        acq_port=acols[0], acq_start=acols[1], acq_duration=acols[2], acq_freq_hz=acols[3],
-        acq_qubit=acols[4], acq_clbit=acols[5],
+        acq_port=a_port, acq_start=a_start, acq_duration=a_duration, acq_freq_hz=a_freq,
+        acq_qubit=a_qubit, acq_clbit=a_clbit,
         lo_settings=dict(lo_settings), flux_bias_a=dict(flux_bias_a),
         num_clbits=circuit.num_clbits,
         header={"name": circuit.name, "creg_sizes": creg_sizes,

@@ -275,3 +275,123 @@ def discriminate(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np
     flat = _nearest_center_kernel(iq.reshape(-1), center0.astype(np.complex128),
                                   center1.astype(np.complex128), max(iq.shape[1], 1))
     return flat.reshape(iq.shape)
+
+
+# --------------------------------------------------------------------------- compiler layout
+
+#: Columns of the compiler's effect table (one row per distinct gate on distinct qubits):
+#: what an op does, whatever its gate. See ``layout_kernel``.
+EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "param_qubit",
+                 "shift_qubit_a", "shift_a", "shift_qubit_b", "shift_b", "acq_port",
+                 "measure")
+
+
+@njit(cache=True)
+def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
+                  num_circuit_qubits, num_device_qubits, alap, effects, num_waves):
+    """Schedule the ops of one circuit and emit their plays and acquisitions.
+
+    ``op_*`` (one entry per op, in circuit order): effect row, duration (samples), first
+    parameter (0 if none), classical bit (-1 if none); the qubits of op i are
+    ``op_qubits[op_qptr[i]:op_qptr[i + 1]]``. ``effects`` is a float64 (rows x 13) table with
+    the columns of ``EFFECT_FIELDS``: a play on ``play_port`` (< 0: none) of global waveform
+    ``wave`` at ``amp`` and ``freq`` whose phase is the frame of ``phase_qubit`` (< 0: 0.0);
+    before it, the frame of ``param_qubit`` (>= 0) is shifted by minus the op's parameter
+    (virtual Z); after it, the frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` /
+    ``_b``; an acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure``
+    marks readouts, which all start when the last gate has ended.
+
+    Timing: gates ALAP (``alap``) or ASAP from their durations, per qubit; then every
+    measurement starts at the same sample, the end of the gates. Frames change in circuit
+    order with the same float64 operations as a per-op loop.
+
+    Returns (starts, total, play columns (start, port, local wave id, amp, phase, freq,
+    length),
+    acquisition columns (start, port, duration, freq, qubit, clbit), local -> global waveform
+    ids), plays and waveform ids in circuit order of first use.
+    """
+    n = op_effect.shape[0]
+    starts = np.zeros(n, dtype=np.int64)
+    avail = np.zeros(num_circuit_qubits, dtype=np.int64)
+    for step in range(n):
+        i = n - 1 - step if alap else step
+        if effects[op_effect[i], 12] != 0.0:
+            continue
+        start = 0
+        for j in range(op_qptr[i], op_qptr[i + 1]):
+            if avail[op_qubits[j]] > start:
+                start = avail[op_qubits[j]]
+        end = start + op_duration[i]
+        for j in range(op_qptr[i], op_qptr[i + 1]):
+            avail[op_qubits[j]] = end
+        starts[i] = start
+    gates_end = 0
+    for q in range(num_circuit_qubits):
+        if avail[q] > gates_end:
+            gates_end = avail[q]
+    total = gates_end
+    for i in range(n):
+        if effects[op_effect[i], 12] != 0.0:
+            starts[i] = gates_end
+            if gates_end + op_duration[i] > total:
+                total = gates_end + op_duration[i]
+        elif alap:
+            starts[i] = gates_end - starts[i] - op_duration[i]
+
+    frame = np.zeros(num_device_qubits)
+    local = np.full(num_waves, -1, dtype=np.int64)
+    order = np.empty(num_waves, dtype=np.int64)
+    n_local = 0
+    p_start = np.empty(n, dtype=np.int64)
+    p_port = np.empty(n, dtype=np.int32)
+    p_wave = np.empty(n, dtype=np.int32)
+    p_amp = np.empty(n)
+    p_phase = np.empty(n)
+    p_freq = np.empty(n)
+    p_len = np.empty(n, dtype=np.int64)
+    a_start = np.empty(n, dtype=np.int64)
+    a_port = np.empty(n, dtype=np.int32)
+    a_dur = np.empty(n, dtype=np.int64)
+    a_freq = np.empty(n)
+    a_qubit = np.empty(n, dtype=np.int32)
+    a_clbit = np.empty(n, dtype=np.int32)
+    n_play = 0
+    n_acq = 0
+    for i in range(n):
+        e = op_effect[i]
+        param_qubit = int(effects[e, 6])
+        if param_qubit >= 0:
+            frame[param_qubit] -= op_param[i]
+        if effects[e, 0] >= 0:
+            g = int(effects[e, 1])
+            if local[g] < 0:
+                local[g] = n_local
+                order[n_local] = g
+                n_local += 1
+            phase_qubit = int(effects[e, 5])
+            p_start[n_play] = starts[i]
+            p_port[n_play] = int(effects[e, 0])
+            p_wave[n_play] = local[g]
+            p_amp[n_play] = effects[e, 2]
+            p_phase[n_play] = frame[phase_qubit] if phase_qubit >= 0 else 0.0
+            p_freq[n_play] = effects[e, 3]
+            p_len[n_play] = int(effects[e, 4])
+            n_play += 1
+        if effects[e, 7] >= 0:
+            frame[int(effects[e, 7])] -= effects[e, 8]
+        if effects[e, 9] >= 0:
+            frame[int(effects[e, 9])] -= effects[e, 10]
+        if effects[e, 11] >= 0:
+            a_start[n_acq] = starts[i]
+            a_port[n_acq] = int(effects[e, 11])
+            a_dur[n_acq] = op_duration[i]
+            a_freq[n_acq] = effects[e, 3]
+            a_qubit[n_acq] = op_qubits[op_qptr[i]]
+            a_clbit[n_acq] = op_clbit[i]
+            n_acq += 1
+    return (starts, total,
+            (p_start[:n_play], p_port[:n_play], p_wave[:n_play], p_amp[:n_play],
+             p_phase[:n_play], p_freq[:n_play], p_len[:n_play]),
+            (a_start[:n_acq], a_port[:n_acq], a_dur[:n_acq], a_freq[:n_acq],
+             a_qubit[:n_acq], a_clbit[:n_acq]),
+            order[:n_local])
