@@ -190,19 +190,34 @@ class Labqpu:
                 qc.measure(op[1], op[1])
         return qc
 
-    def compile_fn(self, circuits: list, cold: bool) -> Callable[[], object]:
-        compile_circuit, clear = self.compiler.compile_circuit, self.compiler.clear_caches
+    def compile_fn(self, circuits: list, mode: str) -> Callable[[], object]:
+        """A call compiling ``circuits``: ``warm`` (caches hold this calibration), ``synth``
+        (warm, plus synthesising every distinct waveform of the programs again, i.e. a
+        compilation without the waveform cache) or ``cold`` (all caches cleared first)."""
+        compiler = self.compiler
+        compile_circuit, clear = compiler.compile_circuit, compiler.clear_caches
         snapshot, channels = self.snapshot, self.channels
-        if cold:
-            def run() -> None:
-                for qc in circuits:
-                    clear()
-                    compile_circuit(qc, snapshot, channels)
-        else:
-            def run() -> None:
-                for qc in circuits:
-                    compile_circuit(qc, snapshot, channels)
-        return run
+        for qc in circuits[:1]:
+            compile_circuit(qc, snapshot, channels)
+        keys = compiler._tables(snapshot, channels).program_waveforms()
+        synthesize = compiler.synthesize
+
+        def warm() -> None:
+            for qc in circuits:
+                compile_circuit(qc, snapshot, channels)
+
+        def synth() -> None:
+            for qc in circuits:
+                compile_circuit(qc, snapshot, channels)
+                for key in keys:
+                    synthesize(key)
+
+        def cold() -> None:
+            for qc in circuits:
+                clear()
+                compile_circuit(qc, snapshot, channels)
+
+        return {"warm": warm, "synth": synth, "cold": cold}[mode]
 
 
 def ops_of(layers: int, seeds: list[int]) -> int:
@@ -230,32 +245,37 @@ def per_circuit(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict]) 
         if isinstance(workers.get("legacy"), Worker):
             row["legacy"] = workers["legacy"].call("time", layers=layers, seeds=seeds,
                                                    repeats=3)
-        row["warm"] = tm.seconds_per_call(lab.compile_fn(circuits, cold=False), budget)
-        row["cold"] = tm.seconds_per_call(lab.compile_fn(circuits, cold=True), budget)
+        row["warm"] = tm.seconds_per_call(lab.compile_fn(circuits, "warm"), budget)
+        row["synth"] = tm.seconds_per_call(lab.compile_fn(circuits, "synth"), budget)
+        row["cold"] = tm.seconds_per_call(lab.compile_fn(circuits, "cold"), budget)
         if isinstance(workers.get("quantify"), Worker):
             row["quantify"] = workers["quantify"].call("time", layers=layers, seeds=seeds,
                                                        repeats=5)
-        row["warm2"] = tm.seconds_per_call(lab.compile_fn(circuits, cold=False), budget)
+        row["warm2"] = tm.seconds_per_call(lab.compile_fn(circuits, "warm"), budget)
         rounds.append(row)
         tm.info(f"round {r + 1}: labqpu warm {per_op(row['warm'], ops)} / "
-               f"{per_op(row['warm2'], ops)}, cold {per_op(row['cold'], ops)}"
+               f"{per_op(row['warm2'], ops)}, + synthesis {per_op(row['synth'], ops)}, cold "
+               f"{per_op(row['cold'], ops)}"
                + (f"; legacy schedule {tm.dur(statistics.median(row['legacy']['schedule_s']))}"
                   f" + sample every Play {tm.dur(statistics.median(row['legacy']['sample_all_s']))}"
                   if "legacy" in row else "")
                + (f"; quantify compile {tm.dur(statistics.median(row['quantify']['compile_s']))}"
                   if "quantify" in row else ""))
     warm = [min(r["warm"], r["warm2"]) for r in rounds]
-    cold = [r["cold"] for r in rounds]
-    _reference_lines("one circuit", ops, rounds, warm, cold, workers, out)
+    flavours = [("warm", warm, "warm caches"),
+                ("+ synthesis", [r["synth"] for r in rounds],
+                 f"warm + synthesising its {program.num_waveforms} distinct waveforms again"),
+                ("cold", [r["cold"] for r in rounds],
+                 "cold: all caches cleared, as after a recalibration")]
+    _reference_lines("one circuit", ops, rounds, flavours, workers, out)
 
 
 def _median_sum(reply: dict, *keys: str) -> float:
     return statistics.median(sum(reply[k][i] for k in keys) for i in range(len(reply[keys[0]])))
 
 
-def _reference_lines(what: str, ops: int, rounds: list[dict], warm: list[float],
-                     cold: list[float], workers: dict, out: list[dict],
-                     show_cold: bool = True) -> None:
+def _reference_lines(what: str, ops: int, rounds: list[dict], flavours: list[tuple],
+                     workers: dict, out: list[dict]) -> None:
     """Print labqpu against each reference: ranges over rounds, speed-up range per round."""
     def line(name: str, lab: list[float], ref: list[float], lab_what: str, ref_what: str,
              note: str = "") -> None:
@@ -268,9 +288,6 @@ def _reference_lines(what: str, ops: int, rounds: list[dict], warm: list[float],
                       else "") + note)
         tm.emit([row], out)
 
-    flavours = [("warm", warm, "warm caches")]
-    if show_cold:
-        flavours.append(("cold", cold, "cold: caches cleared, every waveform synthesised"))
     legacy = workers.get("legacy")
     if isinstance(legacy, Worker):
         for key, lab, lab_what in flavours:
@@ -314,7 +331,7 @@ def batch(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict], n_lab:
             row["legacy"] = workers["legacy"].call("time", layers=layers,
                                                    seeds=list(range(1, n_legacy + 1)),
                                                    repeats=2)
-        row["warm"] = tm.seconds_per_call(lab.compile_fn(circuits, cold=False), one_repeat)
+        row["warm"] = tm.seconds_per_call(lab.compile_fn(circuits, "warm"), one_repeat)
         if isinstance(workers.get("quantify"), Worker):
             row["quantify"] = workers["quantify"].call("time", layers=layers,
                                                        seeds=list(range(1, n_quantify + 1)),
@@ -332,8 +349,8 @@ def batch(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict], n_lab:
                 for key in [k for k in r[name] if k.endswith("_s")]:
                     r[name][key] = [t * ops_lab / ops_ref for t in r[name][key]]
     _reference_lines(f"batch ({n_lab} circuits; references {n_legacy} legacy / {n_quantify} "
-                     "quantify, per op)", ops_lab, rounds, warm, warm, workers, out,
-                     show_cold=False)
+                     "quantify, per op)", ops_lab, rounds, [("warm", warm, "warm caches")],
+                     workers, out)
 
 
 def scaling(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict],
@@ -350,21 +367,22 @@ def scaling(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict],
             if use_refs and isinstance(workers.get("legacy"), Worker):
                 row["legacy"] = workers["legacy"].call("time", layers=layers, seeds=[1],
                                                        repeats=2 if ops > 101 else 3)
-            row["warm"] = tm.seconds_per_call(lab.compile_fn(circuits, cold=False), budget)
-            row["cold"] = tm.seconds_per_call(lab.compile_fn(circuits, cold=True), budget)
+            row["warm"] = tm.seconds_per_call(lab.compile_fn(circuits, "warm"), budget)
+            row["synth"] = tm.seconds_per_call(lab.compile_fn(circuits, "synth"), budget)
+            row["cold"] = tm.seconds_per_call(lab.compile_fn(circuits, "cold"), budget)
             if use_refs and isinstance(workers.get("quantify"), Worker):
                 row["quantify"] = workers["quantify"].call("time", layers=layers, seeds=[1],
                                                            repeats=2 if ops > 101 else 3)
             rounds.append(row)
-        warm = [r["warm"] for r in rounds]
-        cold = [r["cold"] for r in rounds]
-        tm.info(f"{ops} ops: labqpu warm {tm.span(warm, tm.dur)}/circuit = "
-               f"{tm.span([w / ops for w in warm], tm.dur)}/op; cold "
-               f"{tm.span(cold, tm.dur)}/circuit = {tm.span([c / ops for c in cold], tm.dur)}/op")
+        flavours = [("warm", [r["warm"] for r in rounds], "warm caches"),
+                     ("+ synthesis", [r["synth"] for r in rounds],
+                      "warm + every distinct waveform synthesised again")]
+        for key, times, _ in [*flavours, ("cold", [r["cold"] for r in rounds], "")]:
+            tm.info(f"{ops} ops: labqpu {key} {tm.span(times, tm.dur)}/circuit = "
+                    f"{tm.span([t / ops for t in times], tm.dur)}/op")
         if ops <= ref_max_ops:
             refs = {k: v for k, v in workers.items() if all(k in r for r in rounds)}
-            _reference_lines(f"scaling {ops} ops", ops, rounds, warm, cold, refs, out,
-                             show_cold=False)
+            _reference_lines(f"scaling {ops} ops", ops, rounds, flavours, refs, out)
 
 
 def main(argv: list[str] | None = None, out: list[dict] | None = None) -> int:

@@ -181,11 +181,11 @@ def bench_synthesis(budget: Budget, out: list[dict]) -> None:
             f"{rate(n / t_fill, 'samples')}", "numpy vectorised"))
     emit(rows, out)
 
-    # The compiler does not call the kernels for a waveform it has seen: compiler._waveform
+    # The compiler does not call the kernels for a waveform it has seen: compiler.waveform
     # returns the cached read-only array of that shape key. Not synthesis; reported apart.
     key = ("drag", 40, sigma, beta)
-    compiler._waveform(key, lambda: gaussian_drag(40, sigma, beta))
-    t_hit = seconds_per_call(lambda: compiler._waveform(key, None), budget)
+    _check(np.array_equal(compiler.waveform(key), gaussian_drag(40, sigma, beta)), "cache")
+    t_hit = seconds_per_call(lambda: compiler.waveform(key), budget)
     t_ref = seconds_per_call(lambda: gaussian_drag_numpy(40, sigma, beta), budget)
     emit([throughput_line("waveform cache hit, 40-sample DRAG (NOT synthesis) vs numpy", 40,
                           "samples", t_hit, t_ref, "compiler's shape-keyed cache, effective",

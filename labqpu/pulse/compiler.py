@@ -114,11 +114,22 @@ _TABLES: OrderedDict[tuple, _Tables] = OrderedDict()
 _TABLES_LOCK = threading.Lock()
 
 
-def _waveform(key: tuple, synthesize) -> np.ndarray:
-    """The samples of waveform ``key`` (read-only complex64), synthesised on first use."""
+def synthesize(key: tuple) -> np.ndarray:
+    """The samples (complex64) of the waveform with shape key ``key``, freshly synthesised:
+    ``("drag", samples, sigma, beta)`` or ``("flat_top", samples, rise)`` (samples units)."""
+    if key[0] == "drag":
+        return gaussian_drag(key[1], key[2], key[3])
+    if key[0] == "flat_top":
+        return flat_top(key[1], key[2])
+    raise ValueError(f"unknown waveform key {key!r}")
+
+
+def waveform(key: tuple) -> np.ndarray:
+    """The samples of waveform ``key`` (read-only complex64): synthesised on first use, then
+    served from a cache shared by every snapshot (same shape, same samples)."""
     wave = _WAVEFORMS.get(key)
     if wave is None:
-        wave = np.asarray(synthesize(), dtype=np.complex64)
+        wave = synthesize(key)
         wave.setflags(write=False)
         if len(_WAVEFORMS) >= _MAX_WAVEFORMS:
             _WAVEFORMS.clear()
@@ -172,6 +183,10 @@ class _Tables:
             self._effects = np.array(self.effect_rows, dtype=np.float64)
         return self._effects
 
+    def program_waveforms(self) -> list[tuple]:
+        """Shape keys of every waveform compiled against these tables so far."""
+        return list(self.wave_ids)
+
     def wave(self, key: tuple, wave: np.ndarray) -> int:
         """Global id of waveform ``key``."""
         gid = self.wave_ids.get(key)
@@ -224,7 +239,7 @@ class _Tables:
             sigma = cal.qubit(q, "pulse_sigma_s") * fs
             beta = cal.qubit(q, "drag_beta")
             key = ("drag", dur, sigma, beta)
-            wave = _waveform(key, lambda: gaussian_drag(dur, sigma, beta))
+            wave = waveform(key)
             if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
             entry = (self.channels.qubits[q].drive[1], key, wave,
                      float(cal.qubit(q, amplitude_name)), if_hz)
@@ -243,7 +258,7 @@ class _Tables:
                                        instruction="cz_flux_qubit")
             rise = cal.pair(a, c, "cz_rise_s") * fs
             key = ("flat_top", duration, rise)
-            wave = _waveform(key, lambda: flat_top(duration, rise))
+            wave = waveform(key)
             entry = (self.channels.qubits[fq].flux[1], key, wave,
                      float(cal.pair(a, c, "cz_amplitude")), cal.pair(a, c, "cz_phase_a_rad"),
                      cal.pair(a, c, "cz_phase_b_rad"))
@@ -257,7 +272,7 @@ class _Tables:
             cal, fs = self.cal, self.fs
             rise = READOUT_RISE_S * fs
             key = ("flat_top", duration, rise)
-            wave = _waveform(key, lambda: flat_top(duration, rise))
+            wave = waveform(key)
             if_hz = (cal.qubit(q, "readout_frequency_hz")
                      - cal.qubit(q, "readout_lo_frequency_hz"))
             wiring = self.channels.qubits[q]
