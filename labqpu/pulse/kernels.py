@@ -179,6 +179,9 @@ def _cosine_kernel(beta_samples, out):
     return out
 
 
+_COMPLEX64 = np.dtype(np.complex64)
+
+
 def _out(duration_samples: int, dtype) -> np.ndarray:
     if not duration_samples >= 1:
         raise ValueError(f"pulse duration must be >= 1 sample, got {duration_samples}")
@@ -205,8 +208,7 @@ def gaussian_drag(duration_samples: int, sigma_samples: float, beta_samples: flo
     out = _out(duration_samples, dtype)
     # the recurrence's rounding guard is for float32 storage; full precision takes the direct
     # formula, so both dtypes give exactly the samples of one exp per sample
-    kernel = (_gaussian_drag_kernel if out.dtype == np.complex64
-              else _gaussian_drag_direct_kernel)
+    kernel = _gaussian_drag_kernel if out.dtype is _COMPLEX64 else _gaussian_drag_direct_kernel
     return kernel(_check_sigma(sigma_samples), _check_beta(beta_samples), out)
 
 
