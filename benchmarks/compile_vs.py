@@ -284,8 +284,9 @@ def _reference_lines(what: str, ops: int, rounds: list[dict], flavours: list[tup
         row = tm.Line(name, lab[mid], ref[mid],
                      f"{tm.span([t / ops for t in lab], tm.dur)}/op ({lab_what})",
                      f"{tm.span([t / ops for t in ref], tm.dur)}/op ({ref_what})",
-                     (f"per round {', '.join(tm.fmt(s) for s in speedups)}; " if len(lab) > 1
-                      else "") + note)
+                     "; ".join(x for x in (
+                         f"per round {', '.join(tm.fmt(s) for s in speedups)}"
+                         if len(lab) > 1 else "", note) if x))
         tm.emit([row], out)
 
     legacy = workers.get("legacy")

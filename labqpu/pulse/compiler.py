@@ -436,45 +436,39 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         effect, duration, param, clbit = zip(*rows, strict=True)
     else:
         effect = duration = param = clbit = ()
-    _, total, plays, acqs, waves = layout_kernel(
+    n = len(rows)
+    plays = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32),
+             np.empty(n), np.empty(n), np.empty(n))
+    acqs = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n),
+            np.empty(n, np.int32), np.empty(n, np.int32))
+    wave_order = np.empty(max(n, 1), np.int64)
+    total, n_play, n_acq, n_waves, end = layout_kernel(
         np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
         np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
         np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64),
         circuit.num_qubits, channels.num_qubits, scheduling_method == "alap",
-        tables.effects(), len(tables.waves))
+        tables.effects(), len(tables.waves), *plays, *acqs, wave_order)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
-    return _assemble(channels, plays, acqs, [tables.waves[g] for g in waves.tolist()], total,
-                     circuit, lo_settings, flux_bias_a, snapshot.snapshot_id)
-
-
-def _assemble(channels: ChannelMap, plays: tuple, acqs: tuple, waves: list[np.ndarray],
-              total: int, circuit: QuantumCircuit, lo_settings: dict, flux_bias_a: dict,
-              snapshot_id: int | None) -> PulseProgram:
-    """The program from the kernel's columns: plays sorted by port, then start (stable)."""
-    start, port, wave, amp, phase, freq, length = plays
-    a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = acqs
-    end = int((start + length).max()) if start.shape[0] else 0
-    if a_start.shape[0]:
-        end = max(end, int((a_start + a_duration).max()))
-    order = np.lexsort((start, port))
-    offsets = np.zeros(len(waves) + 1, dtype=np.int64)
-    np.cumsum([w.shape[0] for w in waves], out=offsets[1:])
-    data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
+    waves = [tables.waves[g] for g in wave_order[:n_waves].tolist()]
+    offsets = np.zeros(n_waves + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.array([w.shape[0] for w in waves], dtype=np.int64))
+    start, port, wave, amp, phase, freq = (c[:n_play] for c in plays)
+    a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = (c[:n_acq] for c in acqs)
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
     return PulseProgram(
         controller=channels.controllers[0], sample_rate_hz=channels.sample_rate_hz,
         duration_samples=max(total or end, end, 1),
-        play_port=port[order], play_start=start[order], play_wave=wave[order],
-        play_amp=amp[order], play_amp_ref=np.full(start.shape[0], -1, dtype=np.int32),
-        play_phase_rad=phase[order], play_freq_hz=freq[order],
-        wave_offset=offsets, wave_data=data,
+        play_port=port, play_start=start, play_wave=wave, play_amp=amp,
+        play_amp_ref=np.full(n_play, -1, dtype=np.int32), play_phase_rad=phase,
+        play_freq_hz=freq, wave_offset=offsets,
+        wave_data=np.concatenate(waves) if waves else np.zeros(0, np.complex64),
         acq_port=a_port, acq_start=a_start, acq_duration=a_duration, acq_freq_hz=a_freq,
         acq_qubit=a_qubit, acq_clbit=a_clbit,
         lo_settings=dict(lo_settings), flux_bias_a=dict(flux_bias_a),
         num_clbits=circuit.num_clbits,
         header={"name": circuit.name, "creg_sizes": creg_sizes,
                 "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
-        snapshot_id=snapshot_id,
+        snapshot_id=snapshot.snapshot_id,
     )
 
 

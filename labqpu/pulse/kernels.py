@@ -290,7 +290,9 @@ EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "p
 
 @njit(cache=True)
 def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
-                  num_circuit_qubits, num_device_qubits, alap, effects, num_waves):
+                  num_circuit_qubits, num_device_qubits, alap, effects, num_waves,
+                  p_start, p_port, p_wave, p_amp, p_phase, p_freq,
+                  a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order):
     """Schedule the ops of one circuit and emit their plays and acquisitions.
 
     ``op_*`` (one entry per op, in circuit order): effect row, duration (samples), first
@@ -307,10 +309,11 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     measurement starts at the same sample, the end of the gates. Frames change in circuit
     order with the same float64 operations as a per-op loop.
 
-    Returns (starts, total, play columns (start, port, local wave id, amp, phase, freq,
-    length),
-    acquisition columns (start, port, duration, freq, qubit, clbit), local -> global waveform
-    ids), plays and waveform ids in circuit order of first use.
+    Fills the play columns ``p_*`` (sorted by port, then start; stable), the acquisition
+    columns ``a_*`` (circuit order) and ``wave_order`` (local waveform id -> global id, in
+    order of first use), each at least as long as the number of ops. Returns (total duration
+    of the schedule, plays, acquisitions, local waveforms, end of the last play or
+    acquisition).
     """
     n = op_effect.shape[0]
     starts = np.zeros(n, dtype=np.int64)
@@ -342,23 +345,12 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
 
     frame = np.zeros(num_device_qubits)
     local = np.full(num_waves, -1, dtype=np.int64)
-    order = np.empty(num_waves, dtype=np.int64)
     n_local = 0
-    p_start = np.empty(n, dtype=np.int64)
-    p_port = np.empty(n, dtype=np.int32)
-    p_wave = np.empty(n, dtype=np.int32)
-    p_amp = np.empty(n)
-    p_phase = np.empty(n)
-    p_freq = np.empty(n)
-    p_len = np.empty(n, dtype=np.int64)
-    a_start = np.empty(n, dtype=np.int64)
-    a_port = np.empty(n, dtype=np.int32)
-    a_dur = np.empty(n, dtype=np.int64)
-    a_freq = np.empty(n)
-    a_qubit = np.empty(n, dtype=np.int32)
-    a_clbit = np.empty(n, dtype=np.int32)
+    play_op = np.empty(n, dtype=np.int64)
+    play_phase = np.empty(n)
     n_play = 0
     n_acq = 0
+    last = 0
     for i in range(n):
         e = op_effect[i]
         param_qubit = int(effects[e, 6])
@@ -368,16 +360,13 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             g = int(effects[e, 1])
             if local[g] < 0:
                 local[g] = n_local
-                order[n_local] = g
+                wave_order[n_local] = g
                 n_local += 1
             phase_qubit = int(effects[e, 5])
-            p_start[n_play] = starts[i]
-            p_port[n_play] = int(effects[e, 0])
-            p_wave[n_play] = local[g]
-            p_amp[n_play] = effects[e, 2]
-            p_phase[n_play] = frame[phase_qubit] if phase_qubit >= 0 else 0.0
-            p_freq[n_play] = effects[e, 3]
-            p_len[n_play] = int(effects[e, 4])
+            play_op[n_play] = i
+            play_phase[n_play] = frame[phase_qubit] if phase_qubit >= 0 else 0.0
+            if starts[i] + int(effects[e, 4]) > last:
+                last = starts[i] + int(effects[e, 4])
             n_play += 1
         if effects[e, 7] >= 0:
             frame[int(effects[e, 7])] -= effects[e, 8]
@@ -390,10 +379,24 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             a_freq[n_acq] = effects[e, 3]
             a_qubit[n_acq] = op_qubits[op_qptr[i]]
             a_clbit[n_acq] = op_clbit[i]
+            if starts[i] + op_duration[i] > last:
+                last = starts[i] + op_duration[i]
             n_acq += 1
-    return (starts, total,
-            (p_start[:n_play], p_port[:n_play], p_wave[:n_play], p_amp[:n_play],
-             p_phase[:n_play], p_freq[:n_play], p_len[:n_play]),
-            (a_start[:n_acq], a_port[:n_acq], a_dur[:n_acq], a_freq[:n_acq],
-             a_qubit[:n_acq], a_clbit[:n_acq]),
-            order[:n_local])
+    # plays sorted by (port, start), ties in circuit order
+    key = np.empty(n_play, dtype=np.int64)
+    span = total + 1
+    for k in range(n_play):
+        i = play_op[k]
+        key[k] = int(effects[op_effect[i], 0]) * span + starts[i]
+    order = np.argsort(key, kind="mergesort")
+    for k in range(n_play):
+        src = order[k]
+        i = play_op[src]
+        e = op_effect[i]
+        p_start[k] = starts[i]
+        p_port[k] = int(effects[e, 0])
+        p_wave[k] = local[int(effects[e, 1])]
+        p_amp[k] = effects[e, 2]
+        p_phase[k] = play_phase[src]
+        p_freq[k] = effects[e, 3]
+    return total, n_play, n_acq, n_local, last
