@@ -140,10 +140,11 @@ def waveform(key: tuple) -> np.ndarray:
 def _effect(*, play_port: int = -1, wave: int = -1, amp: float = 0.0, freq: float = 0.0,
             length: int = 0, phase_qubit: int = -1, param_qubit: int = -1,
             shift_qubit_a: int = -1, shift_a: float = 0.0, shift_qubit_b: int = -1,
-            shift_b: float = 0.0, acq_port: int = -1, measure: int = 0) -> tuple:
+            shift_b: float = 0.0, acq_port: int = -1, measure: int = 0,
+            phase_offset: float = 0.0) -> tuple:
     """One row of the effect table, in the order of ``kernels.EFFECT_FIELDS``."""
     return (play_port, wave, amp, freq, length, phase_qubit, param_qubit, shift_qubit_a,
-            shift_a, shift_qubit_b, shift_b, acq_port, measure)
+            shift_a, shift_qubit_b, shift_b, acq_port, measure, phase_offset)
 
 
 _NO_EFFECT = _effect()
@@ -224,11 +225,11 @@ class _Tables:
         self.effect_ids[(name, qubits)] = eid
         return eid
 
-    def drive_effect(self, q: int, amplitude_name: str) -> tuple:
-        """A DRAG pulse on qubit ``q`` at the phase of its frame."""
+    def drive_effect(self, q: int, amplitude_name: str, phase_offset: float = 0.0) -> tuple:
+        """A DRAG pulse on qubit ``q`` at the phase of its frame (+ ``phase_offset`` rad)."""
         port, key, wave, amp, if_hz = self.drive(q, amplitude_name)
         return _effect(play_port=port, wave=self.wave(key, wave), amp=amp, freq=if_hz,
-                       length=wave.shape[0], phase_qubit=q)
+                       length=wave.shape[0], phase_qubit=q, phase_offset=phase_offset)
 
     def drive(self, q: int, amplitude_name: str) -> tuple:
         """(port, waveform key, samples, amplitude, IF) of a DRAG pulse on qubit ``q``."""

@@ -285,7 +285,7 @@ def discriminate(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np
 #: what an op does, whatever its gate. See ``layout_kernel``.
 EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "param_qubit",
                  "shift_qubit_a", "shift_a", "shift_qubit_b", "shift_b", "acq_port",
-                 "measure")
+                 "measure", "phase_offset")
 
 
 @njit(cache=True)
@@ -299,7 +299,8 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     parameter (0 if none), classical bit (-1 if none); the qubits of op i are
     ``op_qubits[op_qptr[i]:op_qptr[i + 1]]``. ``effects`` is a float64 (rows x 13) table with
     the columns of ``EFFECT_FIELDS``: a play on ``play_port`` (< 0: none) of global waveform
-    ``wave`` at ``amp`` and ``freq`` whose phase is the frame of ``phase_qubit`` (< 0: 0.0);
+    ``wave`` at ``amp`` and ``freq`` whose phase is the frame of ``phase_qubit`` (< 0: 0.0)
+    plus ``phase_offset`` (added only when non-zero);
     before it, the frame of ``param_qubit`` (>= 0) is shifted by minus the op's parameter
     (virtual Z); after it, the frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` /
     ``_b``; an acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure``
@@ -364,7 +365,10 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
                 n_local += 1
             phase_qubit = int(effects[e, 5])
             play_op[n_play] = i
-            play_phase[n_play] = frame[phase_qubit] if phase_qubit >= 0 else 0.0
+            phase = frame[phase_qubit] if phase_qubit >= 0 else 0.0
+            if effects[e, 13] != 0.0:
+                phase += effects[e, 13]
+            play_phase[n_play] = phase
             if starts[i] + int(effects[e, 4]) > last:
                 last = starts[i] + int(effects[e, 4])
             n_play += 1
