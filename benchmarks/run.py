@@ -2,21 +2,22 @@
 
 Usage::
 
-    python benchmarks/run.py            # full run (30-55 s on 2 cores)
-    python benchmarks/run.py --quick    # fewer repeats, smaller end-to-end run (< ~30 s)
+    python benchmarks/run.py            # full run (a few minutes; creates the reference venvs once)
+    python benchmarks/run.py --quick    # fewer repeats, one round, smaller batches
     python benchmarks/run.py --only synthesis,compile
     OPENBLAS_NUM_THREADS=1 python benchmarks/run.py   # see README: small-matrix BLAS threads
 
-Every result line reads::
+References are only what a user would otherwise run: legacy Qiskit 1.4 Pulse and
+quantify-scheduler (each in its own virtual environment, see ``compile_vs.py``), numpy
+vectorised code, and qiskit-aer. Every result line reads::
 
-    name: labqpu X (unit) | reference Y (unit) | ratio Z [plain words]
+    name: labqpu X (what) | reference Y (what) | speed-up Z [labqpu Zx faster]
 
-``ratio`` is always labqpu's time divided by the reference's time for the same work (for
-throughputs: reference rate / labqpu rate), so below 1 labqpu is faster, above 1 it is slower.
-Figures are medians over several repeats; numba compilation, first-call caches and the
-simulator's start-up are excluded (one untimed warm-up call each). Nothing here asserts on
-time: the numbers are for people to read. Correctness of each reference is checked against
-labqpu's output before it is timed, so the two sides compute the same thing.
+``speed-up`` is always the reference's time divided by labqpu's time for the same work, so
+above 1 labqpu is faster, below 1 it is slower. Figures are medians over several repeats;
+numba compilation, first-call caches and the simulator's start-up are excluded (one untimed
+warm-up call each). Lines starting with ``  .`` are context, not comparisons. Nothing here
+asserts on time. Each reference's output is checked against labqpu's before it is timed.
 """
 
 from __future__ import annotations
@@ -38,131 +39,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import _timing as tm
 import numpy as np
 import scipy.linalg
+from _timing import FULL, QUICK, Budget, Line, dur, emit, fmt, info, rate, seconds_per_call
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_JSON = REPO / "labqpu" / "data" / "lab5_calibration.json"
 
-#: FACTS.md, "Figures measured on a CI-like machine": legacy Qiskit 1.4 Pulse, 7-qubit circuit
-#: of ~100 native ops (~200 Plays): schedule() 68-86 ms plus sampling every waveform 56-65 ms.
-LEGACY_PULSE_MS = (68.0 + 56.0, 86.0 + 65.0)
-LEGACY_PULSE_OPS = 100
 
-
-# --------------------------------------------------------------------------- timing
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How hard to measure: repeats per figure and the minimum duration of one repeat."""
-
-    repeats: int
-    min_repeat_s: float
-    e2e_jobs: int
-    rtt_calls: int
-
-
-FULL = Budget(repeats=7, min_repeat_s=0.1, e2e_jobs=20, rtt_calls=300)
-QUICK = Budget(repeats=3, min_repeat_s=0.02, e2e_jobs=5, rtt_calls=100)
-
-
-def seconds_per_call(fn: Callable[[], object], budget: Budget) -> float:
-    """Median wall time (s) of one ``fn()`` call, after one untimed warm-up call.
-
-    Each repeat runs ``fn`` enough times in a row to last at least ``budget.min_repeat_s``,
-    so that timer resolution and loop overhead do not matter for microsecond calls.
-    """
-    fn()  # warm-up: numba dispatch/compilation, caches, lazy imports
-    number = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= budget.min_repeat_s:
-            break
-        number = max(number * 2, int(number * budget.min_repeat_s / max(elapsed, 1e-9) * 1.2))
-    samples = [elapsed / number]
-    for _ in range(budget.repeats - 1):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) / number)
-    return statistics.median(samples)
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-@dataclass(frozen=True)
-class Row:
-    """One printed comparison; ``*_s`` are seconds for the same unit of work."""
-
-    name: str
-    labqpu_s: float
-    reference_s: float
-    labqpu_text: str
-    reference_text: str
-    note: str = ""
-    words: str = ""  # replaces "labqpu Nx faster/slower" when that reading does not fit
-
-    @property
-    def ratio(self) -> float:
-        return self.labqpu_s / self.reference_s
-
-    def line(self) -> str:
-        r = self.ratio
-        words = self.words or (
-            f"labqpu {1 / r:.1f}x faster" if r < 1 else f"labqpu {r:.1f}x slower")
-        note = f"; {self.note}" if self.note else ""
-        return (f"{self.name}: labqpu {self.labqpu_text} | reference {self.reference_text} | "
-                f"ratio {_fmt(r)} [{words}{note}]")
-
-
-def _fmt(x: float) -> str:
-    """Three significant figures, no scientific notation for ordinary magnitudes."""
-    if x == 0 or not math.isfinite(x):
-        return str(x)
-    digits = max(0, 2 - math.floor(math.log10(abs(x))))
-    return f"{x:,.{digits}f}"
-
-
-def _rate(per_s: float, unit: str) -> str:
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if per_s >= scale:
-            return f"{_fmt(per_s / scale)} {prefix}{unit}/s"
-    return f"{_fmt(per_s)} {unit}/s"
-
-
-def _dur(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{_fmt(seconds)} s"
-    if seconds >= 1e-3:
-        return f"{_fmt(seconds * 1e3)} ms"
-    return f"{_fmt(seconds * 1e6)} µs"
-
-
-def throughput_row(name: str, items: int, unit: str, labqpu_s: float, reference_s: float,
-                   reference_label: str, note: str = "") -> Row:
+def throughput_line(name: str, items: int, unit: str, labqpu_s: float, reference_s: float,
+                    labqpu_label: str, reference_label: str, note: str = "") -> Line:
     """Compare two timings of a call processing ``items`` ``unit``s, shown as rates."""
-    return Row(name, labqpu_s, reference_s,
-               f"{_rate(items / labqpu_s, unit)} ({_dur(labqpu_s)}/call)",
-               f"{_rate(items / reference_s, unit)} ({_dur(reference_s)}/call, "
-               f"{reference_label})", note)
-
-
-def emit(rows: list[Row], out: list[dict]) -> None:
-    for row in rows:
-        print(row.line(), flush=True)
-        out.append({"name": row.name, "labqpu_s": row.labqpu_s, "reference_s": row.reference_s,
-                    "labqpu": row.labqpu_text, "reference": row.reference_text,
-                    "ratio": row.ratio, "note": row.note})
-
-
-def info(text: str) -> None:
-    """A context line (not a comparison)."""
-    print(f"  . {text}", flush=True)
+    return Line(name, labqpu_s, reference_s,
+                f"{rate(items / labqpu_s, unit)} ({dur(labqpu_s)}/call, {labqpu_label})",
+                f"{rate(items / reference_s, unit)} ({dur(reference_s)}/call, "
+                f"{reference_label})", note)
 
 
 # --------------------------------------------------------------------------- references
@@ -182,45 +74,16 @@ def gaussian_drag_numpy(n: int, sigma: float, beta: float) -> np.ndarray:
     return out
 
 
-def gaussian_drag_python(n: int, sigma: float, beta: float) -> np.ndarray:
-    """Per-sample pure-Python loop (math module), the naive way to write it."""
-    centre = (n - 1) / 2.0
-    two_s2 = 2.0 * sigma * sigma
-    edge = math.exp(-((centre + 1.0) ** 2) / two_s2)
-    norm = 1.0 / (1.0 - edge)
-    vals = []
-    for k in range(n):
-        x = k - centre
-        g = math.exp(-(x * x) / two_s2)
-        vals.append(complex((g - edge) * norm, beta * (-x / (sigma * sigma)) * g * norm))
-    return np.array(vals, dtype=np.complex64)
-
-
 def flat_top_numpy(n: int, rise: float) -> np.ndarray:
-    """Vectorised twin of ``kernels._flat_top_kernel``."""
-    t = np.arange(n) + 0.5
-    v = np.ones(n)
+    """Vectorised twin of ``kernels._flat_top_kernel`` (cosine only on the edges)."""
+    out = np.ones(n, dtype=np.complex64)
     if rise > 0:
-        lo = t < rise
-        hi = t > n - rise
-        v[lo] = 0.5 * (1.0 - np.cos(np.pi * t[lo] / rise))
-        v[hi] = 0.5 * (1.0 - np.cos(np.pi * (n - t[hi]) / rise))
-    return v.astype(np.complex64)
-
-
-def flat_top_python(n: int, rise: float) -> np.ndarray:
-    """Per-sample pure-Python loop."""
-    vals = []
-    for k in range(n):
-        t = k + 0.5
-        if rise > 0 and t < rise:
-            v = 0.5 * (1.0 - math.cos(math.pi * t / rise))
-        elif rise > 0 and t > n - rise:
-            v = 0.5 * (1.0 - math.cos(math.pi * (n - t) / rise))
-        else:
-            v = 1.0
-        vals.append(v)
-    return np.array(vals, dtype=np.float64).astype(np.complex64)
+        m = math.ceil(rise - 0.5)  # samples whose centre k + 1/2 lies within the rise
+        t = np.arange(m) + 0.5
+        edge = 0.5 * (1.0 - np.cos(np.pi * t / rise))
+        out[:m] = edge
+        out[n - m:] = edge[::-1]
+    return out
 
 
 def discriminate_numpy(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np.ndarray:
@@ -243,14 +106,6 @@ def counts_numpy(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray,
     return {hex(int(v)): int(k) for v, k in zip(uniq, n, strict=True)}
 
 
-def propagate_expm(h_stack_hz: np.ndarray, dt_s: float) -> np.ndarray:
-    """Per-sample ``scipy.linalg.expm`` loop, last sample leftmost."""
-    u = np.eye(h_stack_hz.shape[1], dtype=np.complex128)
-    for h in h_stack_hz:
-        u = scipy.linalg.expm(-2j * np.pi * dt_s * h) @ u
-    return u
-
-
 def propagate_eigh_batched(h_stack_hz: np.ndarray, dt_s: float) -> np.ndarray:
     """One batched ``numpy.linalg.eigh`` over all samples, then the ordered product."""
     evals, evecs = np.linalg.eigh(h_stack_hz)
@@ -270,7 +125,29 @@ def _check(ok: bool, what: str) -> None:
 # --------------------------------------------------------------------------- benchmarks
 
 
+@functools.cache
+def _looped(kernel):
+    """A numba loop calling ``kernel`` ``reps`` times on one preallocated output: the kernel's
+    own rate on short pulses, without the Python-to-numba call of every real call."""
+    from numba import njit
+
+    @njit(cache=False)
+    def loop(reps, a, b, out):
+        for _ in range(reps):
+            kernel(a, b, out)
+        return out
+
+    return loop
+
+
+def _fill_rate_s(n: int, budget: Budget) -> float:
+    """Seconds to fill an ``n``-sample complex64 array with numpy (the memory-write floor)."""
+    buf = np.empty(n, dtype=np.complex64)
+    return seconds_per_call(lambda: buf.fill(1.0 + 0.5j), budget)
+
+
 def bench_synthesis(budget: Budget, out: list[dict]) -> None:
+    from labqpu.pulse import compiler
     from labqpu.pulse.kernels import (
         _flat_top_kernel,
         _gaussian_drag_kernel,
@@ -278,42 +155,58 @@ def bench_synthesis(budget: Budget, out: list[dict]) -> None:
         gaussian_drag,
     )
 
-    print("\n[1] waveform synthesis (samples/s; labqpu = the wrapper the compiler calls)")
-    for n in (160, 100_000):
-        sigma, beta, rise = n / 4.0, 0.5, n / 8.0
-        _check(np.allclose(gaussian_drag(n, sigma, beta), gaussian_drag_numpy(n, sigma, beta),
-                           rtol=1e-5, atol=1e-6), f"gaussian_drag n={n}")
-        _check(np.allclose(gaussian_drag(n, sigma, beta), gaussian_drag_python(n, sigma, beta),
-                           rtol=1e-5, atol=1e-6), f"gaussian_drag python n={n}")
-        _check(np.allclose(flat_top(n, rise), flat_top_numpy(n, rise), atol=1e-6),
-               f"flat_top n={n}")
-        _check(np.allclose(flat_top(n, rise), flat_top_python(n, rise), atol=1e-6),
-               f"flat_top python n={n}")
-        cases = [
-            ("gaussian_drag", lambda n=n, s=sigma, b=beta: gaussian_drag(n, s, b),
-             lambda n=n, s=sigma, b=beta: gaussian_drag_numpy(n, s, b),
-             lambda n=n, s=sigma, b=beta: gaussian_drag_python(n, s, b)),
-            ("flat_top", lambda n=n, r=rise: flat_top(n, r),
-             lambda n=n, r=rise: flat_top_numpy(n, r),
-             lambda n=n, r=rise: flat_top_python(n, r)),
-        ]
-        for name, ours, ref_np, ref_py in cases:
-            t_ours = seconds_per_call(ours, budget)
-            t_np = seconds_per_call(ref_np, budget)
-            t_py = seconds_per_call(ref_py, budget)
-            emit([
-                throughput_row(f"{name} n={n} vs numpy", n, "samples", t_ours, t_np,
-                               "numpy vectorised"),
-                throughput_row(f"{name} n={n} vs python loop", n, "samples", t_ours, t_py,
-                               "pure-Python per-sample loop"),
-            ], out)
-        if n == 160:
-            # How much of a short call is the wrapper (validation + numba dispatch)?
-            t_k = seconds_per_call(lambda n=n, s=sigma, b=beta: _gaussian_drag_kernel(n, s, b),
-                                   budget)
-            t_f = seconds_per_call(lambda n=n, r=rise: _flat_top_kernel(n, r), budget)
-            info(f"n=160 kernel alone (no validation): gaussian_drag {_dur(t_k)}/call, "
-                 f"flat_top {_dur(t_f)}/call")
+    big = 8 << 20  # 64 MiB of complex64: beyond every cache, i.e. memory bandwidth
+    t_big = _fill_rate_s(big, Budget(repeats=budget.repeats, min_repeat_s=budget.min_repeat_s))
+    print("\n[1] waveform synthesis, one core (labqpu = the call the compiler makes: validation, "
+          "numba kernel, complex64 out)")
+    info(f"memory fill, numpy complex64 .fill() of {big >> 20} Mi samples (beyond cache): "
+         f"{rate(big / t_big, 'samples')} = {fmt(big * 8 / t_big / 1e9)} GB/s")
+    sigma, beta = 10.0, -0.388  # the shipped calibration's DRAG (40 samples, sigma 10 ns)
+    cases = [
+        ("gaussian_drag", 40, "40-sample DRAG (sx/x)",
+         lambda n: gaussian_drag(n, sigma, beta), lambda n: gaussian_drag_numpy(n, sigma, beta),
+         _gaussian_drag_kernel, (sigma, beta)),
+        ("flat_top", 32, "32-sample CZ flat top, 5-sample rise",
+         lambda n: flat_top(n, 5.0), lambda n: flat_top_numpy(n, 5.0),
+         _flat_top_kernel, (5.0, 0.0)),
+        ("flat_top", 1000, "1000-sample readout, 20-sample rise",
+         lambda n: flat_top(n, 20.0), lambda n: flat_top_numpy(n, 20.0),
+         _flat_top_kernel, (20.0, 0.0)),
+        ("gaussian_drag", 160, "160-sample DRAG, sigma 40",
+         lambda n: gaussian_drag(n, 40.0, beta), lambda n: gaussian_drag_numpy(n, 40.0, beta),
+         _gaussian_drag_kernel, (40.0, beta)),
+        ("gaussian_drag", 100_000, "long Gaussian, sigma n/4",
+         lambda n: gaussian_drag(n, n / 4, beta), lambda n: gaussian_drag_numpy(n, n / 4, beta),
+         _gaussian_drag_kernel, (25_000.0, beta)),
+        ("flat_top", 100_000, "long flat top, 20-sample rise",
+         lambda n: flat_top(n, 20.0), lambda n: flat_top_numpy(n, 20.0),
+         _flat_top_kernel, (20.0, 0.0)),
+    ]
+    rows = []
+    for name, n, what, ours, ref, kernel, args in cases:
+        _check(np.allclose(ours(n), ref(n), rtol=1e-5, atol=1e-6), f"{name} n={n}")
+        t_ours = seconds_per_call(lambda f=ours, n=n: f(n), budget)
+        t_ref = seconds_per_call(lambda f=ref, n=n: f(n), budget)
+        o = np.empty(n, dtype=np.complex64)
+        reps = max(1, 100_000 // n)
+        loop = _looped(kernel)
+        t_loop = seconds_per_call(lambda r=reps, a=args, o=o, f=loop: f(r, *a, o), budget) / reps
+        t_fill = _fill_rate_s(n, budget)
+        rows.append(throughput_line(
+            f"{name} n={n} ({what}) vs numpy", n, "samples", t_ours, t_ref,
+            f"kernel in a numba loop, no Python call {rate(n / t_loop, 'samples')}; numpy fill "
+            f"of the same array {rate(n / t_fill, 'samples')}", "numpy vectorised"))
+    emit(rows, out)
+
+    # The compiler does not call the kernels for a waveform it has seen: compiler.waveform
+    # returns the cached read-only array of that shape key. Not synthesis; reported apart.
+    key = ("drag", 40, sigma, beta)
+    _check(np.array_equal(compiler.waveform(key), gaussian_drag(40, sigma, beta)), "cache")
+    t_hit = seconds_per_call(lambda: compiler.waveform(key), budget)
+    t_ref = seconds_per_call(lambda: gaussian_drag_numpy(40, sigma, beta), budget)
+    emit([throughput_line("waveform cache hit, 40-sample DRAG (NOT synthesis) vs numpy", 40,
+                          "samples", t_hit, t_ref, "compiler's shape-keyed cache, effective",
+                          "numpy vectorised synthesis")], out)
 
 
 def bench_discrimination(budget: Budget, out: list[dict]) -> None:
@@ -340,8 +233,8 @@ def bench_discrimination(budget: Budget, out: list[dict]) -> None:
         c0r, c1r = c0.astype(iq.dtype), c1.astype(iq.dtype)
         t_ref = seconds_per_call(lambda iq=iq, a=c0r, b=c1r: discriminate_numpy(iq, a, b),
                                  budget)
-        rows.append(throughput_row(f"discriminate {label} vs numpy", points, "points", t_ours,
-                                   t_ref, "numpy broadcasting"))
+        rows.append(throughput_line(f"discriminate {label} vs numpy", points, "points", t_ours,
+                                    t_ref, "kernels.discriminate", "numpy broadcasting"))
     emit(rows, out)
 
     # The step after discrimination: IQ -> counts as a job builds them (experiment_result),
@@ -367,9 +260,9 @@ def bench_discrimination(budget: Budget, out: list[dict]) -> None:
            "counts")
     t_ours = seconds_per_call(ours, budget)
     t_ref = seconds_per_call(ref, budget)
-    emit([throughput_row(f"IQ->counts (experiment_result, {shots:,} shots x {c0.size}) vs numpy",
-                         shots, "shots", t_ours, t_ref, "numpy integer packing + np.unique")],
-         out)
+    emit([throughput_line(f"IQ->counts ({shots:,} shots x {c0.size}) vs numpy", shots, "shots",
+                          t_ours, t_ref, "results.experiment_result",
+                          "numpy integer packing + np.unique")], out)
 
 
 def _calibrated() -> tuple[object, object]:
@@ -429,38 +322,23 @@ def _workload() -> Workload:
                     compile_circuit(tqc, snapshot, config.channels))
 
 
-def bench_compile(budget: Budget, out: list[dict]) -> None:
+def bench_compile(budget: Budget, out: list[dict], quick: bool = False) -> None:
+    """labqpu's compiler against legacy Pulse and quantify-scheduler: see compile_vs.py."""
+    import compile_vs
     from qiskit import transpile
 
     from labqpu.pulse.compiler import compile_circuit
 
+    compile_vs.main(["--quick"] if quick else [], out=out)
     w = _workload()
-    snapshot, config, target, circuit, tqc, program = (
-        w.snapshot, w.config, w.target, w.circuit, w.transpiled, w.program)
-    ops = sum(1 for inst in tqc.data if inst.operation.name != "barrier")
-
-    print(f"\n[3] compilation (5 qubits, {ops} native ops after transpile: "
-          f"{dict(tqc.count_ops())}; {program.play_port.shape[0]} plays, "
-          f"{program.num_waveforms} unique waveforms)")
-    t_ours = seconds_per_call(lambda: compile_circuit(tqc, snapshot, config.channels), budget)
-    t_tr = seconds_per_call(lambda: transpile(circuit, target=target, seed_transpiler=1), budget)
-    lo, hi = LEGACY_PULSE_MS
-    emit([
-        Row("compile_circuit vs qiskit.transpile (same circuit)", t_ours, t_tr,
-            f"{_dur(t_ours)}/circuit, {_dur(t_ours / ops)}/op",
-            f"{_dur(t_tr)}/circuit, {_dur(t_tr / ops)}/op (qiskit.transpile, level 2)",
-            "the cost the user already pays"),
-    ], out)
-    quoted = Row("compile_circuit vs legacy Qiskit Pulse [QUOTED from FACTS.md, NOT measured "
-                 "in this run]", t_ours, (lo + hi) / 2e3,
-                 f"{_dur(t_ours)}/circuit ({ops} ops)",
-                 f"{lo:.0f}-{hi:.0f} ms/circuit (~{LEGACY_PULSE_OPS} ops, 7 qubits, "
-                 f"schedule() + waveform sampling, Qiskit 1.4, other machine)",
-                 f"range {_fmt(t_ours / (hi / 1e3))}-{_fmt(t_ours / (lo / 1e3))}")
-    print(quoted.line(), flush=True)
-    out.append({"name": quoted.name, "labqpu_s": t_ours, "reference_s": None,
-                "labqpu": quoted.labqpu_text, "reference": quoted.reference_text,
-                "ratio": quoted.ratio, "note": "quoted, not measured"})
+    ops = len(w.transpiled.data)
+    t_ours = seconds_per_call(lambda: compile_circuit(w.transpiled, w.snapshot,
+                                                      w.config.channels), budget)
+    t_tr = seconds_per_call(lambda: transpile(w.circuit, target=w.target, seed_transpiler=1),
+                            budget)
+    info(f"for scale, not a reference (other work): qiskit.transpile of the same circuit "
+         f"(level 2) {dur(t_tr)} = {dur(t_tr / ops)}/op; compile_circuit of its output "
+         f"{dur(t_ours)} = {dur(t_ours / ops)}/op")
 
 
 def bench_propagation(budget: Budget, out: list[dict]) -> None:
@@ -474,18 +352,16 @@ def bench_propagation(budget: Budget, out: list[dict]) -> None:
         a = rng.normal(size=(n_samples, d, d)) + 1j * rng.normal(size=(n_samples, d, d))
         h = 0.5 * (a + a.conj().transpose(0, 2, 1)) * 5e7  # ~50 MHz scale: phases ~0.3 rad
         u = _propagate_kernel(h, dt_s)
-        _check(np.allclose(u, propagate_expm(h, dt_s), atol=1e-9), f"expm d={d}")
         _check(np.allclose(u, propagate_eigh_batched(h, dt_s), atol=1e-9), f"eigh d={d}")
         t_ours = seconds_per_call(lambda h=h: _propagate_kernel(h, dt_s), budget)
-        t_expm = seconds_per_call(lambda h=h: propagate_expm(h, dt_s), budget)
         t_eigh = seconds_per_call(lambda h=h: propagate_eigh_batched(h, dt_s), budget)
         us = 1e6 / n_samples
-        for label, t_ref in (("scipy.linalg.expm per-sample loop", t_expm),
-                             ("numpy batched eigh", t_eigh)):
-            rows.append(Row(f"_propagate_kernel {d}x{d} vs {label.split(' per')[0]}",
-                            t_ours, t_ref, f"{_fmt(t_ours * us)} µs/sample",
-                            f"{_fmt(t_ref * us)} µs/sample ({label})"))
+        rows.append(Line(f"_propagate_kernel {d}x{d} vs numpy batched eigh", t_ours, t_eigh,
+                         f"{fmt(t_ours * us)} µs/sample (physics._propagate_kernel)",
+                         f"{fmt(t_eigh * us)} µs/sample (one batched numpy.linalg.eigh, then "
+                         "the ordered product)"))
     emit(rows, out)
+    info("the simulator's own comparison with qiskit-aer: benchmarks/simulator.py")
 
 
 def _job_phases(provider, backend, circuit, shots: int, jobs: int) -> dict[str, float]:
@@ -555,7 +431,8 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
     from labqpu.backend.provider import LabProvider
     from labqpu.drivers.controller import ControllerClient
 
-    jobs, shots = budget.e2e_jobs, 2000
+    jobs, shots = (20, 2000) if budget.repeats >= 7 else (5, 2000)
+    rtt_calls = 300 if budget.repeats >= 7 else 100
     print(f"\n[5] end-to-end job on the firmware simulator (Bell circuit, {shots} shots, "
           f"{jobs} jobs)")
     with tempfile.TemporaryDirectory(prefix="labqpu-bench-home-") as home, \
@@ -564,7 +441,7 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
         provider = LabProvider()
         try:
             info(f"LabProvider() start-up (simulator process, not in any figure): "
-                 f"{_dur(time.perf_counter() - t0)}")
+                 f"{dur(time.perf_counter() - t0)}")
             backend = provider.backend()
             bell = QuantumCircuit(2, 2, name="bell")
             bell.h(0)
@@ -590,7 +467,7 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
             with ControllerClient(endpoint) as client:
                 client.status()
                 rtt = []
-                for _ in range(budget.rtt_calls):
+                for _ in range(rtt_calls):
                     t0 = time.perf_counter()
                     client.status()
                     rtt.append(time.perf_counter() - t0)
@@ -598,16 +475,29 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
         finally:
             provider.close()
 
-    emit([Row("job latency vs bare ZeroMQ round trip", t_job, t_rtt,
-              f"{_dur(t_job)}/job median, {1 / t_job:.1f} jobs/s",
-              f"{_dur(t_rtt)}/round trip (ControllerClient.status(), same controller)",
-              words=f"a job costs {t_job / t_rtt:,.0f} bare round trips")], out)
-    info(f"job latency min {_dur(min(total))}, max {_dur(max(total))}; backend.run() "
-         f"(validate + compile + queue) {_dur(t_submit)} median; last counts {counts}")
+    from qiskit_aer import AerSimulator
+
+    aer = AerSimulator()
+    _check(set(aer.run(tbell, shots=shots, seed_simulator=1).result().get_counts())
+           <= {"00", "01", "10", "11"}, "aer bell")
+    t_aer = seconds_per_call(
+        lambda: aer.run(tbell, shots=shots, seed_simulator=1).result().get_counts(),
+        Budget(repeats=budget.repeats, min_repeat_s=budget.min_repeat_s))
+    emit([Line("Bell job, 2000 shots, vs qiskit-aer", t_job, t_aer,
+               f"{dur(t_job)}/job median, {1 / t_job:.1f} jobs/s (backend.run() to "
+               "get_counts(): compile, VISA settings, upload, pulse-level simulation over "
+               "ZeroMQ, IQ -> counts)",
+               f"{dur(t_aer)}/job (AerSimulator(), ideal, same transpiled circuit, in "
+               "process)", "different physics: Aer applies ideal gates; labqpu simulates the "
+               "pulses on 3-level transmons")], out)
+    info(f"bare ZeroMQ round trip to the same controller (ControllerClient.status()): "
+         f"{dur(t_rtt)}; a job costs {t_job / t_rtt:,.0f} of them")
+    info(f"job latency min {dur(min(total))}, max {dur(max(total))}; backend.run() "
+         f"(validate + compile + queue) {dur(t_submit)} median; last counts {counts}")
     info("where a job's time goes (median of each step, same simulator, driven step by step;"
          " not additive with the figure above):")
     for step, seconds in phases.items():
-        info(f"  {step:<58} {_dur(seconds):>10}")
+        info(f"  {step:<58} {dur(seconds):>10}")
 
 
 BENCHMARKS: dict[str, Callable[[Budget, list[dict]], None]] = {
@@ -639,7 +529,7 @@ def _blas_threads() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats and end-to-end jobs (total under ~30 s)")
+                        help="fewer repeats, one interleaved round, smaller batches")
     parser.add_argument("--only", default="",
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--json", type=Path, default=None,
@@ -653,20 +543,24 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"labqpu benchmarks ({'quick' if args.quick else 'full'}), "
           f"{dt.datetime.now().isoformat(timespec='seconds')}")
-    print(f"{platform.platform()}, {os.cpu_count()} CPUs; {_versions()}")
-    print(f"BLAS threads: {_blas_threads()}; load average at start "
-          f"{os.getloadavg()[0]:.2f} (other processes on the machine add noise)")
-    print("ratio = labqpu time / reference time for the same work (<1: labqpu faster); "
+    print(f"{tm.machine()}, {os.cpu_count()} CPUs; {_versions()}")
+    print(f"BLAS threads: {_blas_threads()}; load average at start {tm.load_average()} "
+          "(other processes on the machine add noise)")
+    print("speed-up = reference time / labqpu time for the same work (> 1: labqpu faster); "
           f"median of {budget.repeats} repeats, warm-up excluded")
     out: list[dict] = []
     t0 = time.perf_counter()
     for name in names:
-        BENCHMARKS[name](budget, out)
+        if name == "compile":
+            bench_compile(budget, out, quick=args.quick)
+        else:
+            BENCHMARKS[name](budget, out)
     total = time.perf_counter() - t0
-    print(f"\ntotal {total:.1f} s; load average at end {os.getloadavg()[0]:.2f}")
+    print(f"\ntotal {total:.1f} s; load average at end {tm.load_average()}")
     if args.json is not None:
         args.json.write_text(json.dumps({"mode": "quick" if args.quick else "full",
                                          "versions": _versions(), "total_s": total,
+                                         "load_average_end": os.getloadavg(),
                                          "results": out}, indent=2))
     return 0
 

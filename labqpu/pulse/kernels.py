@@ -18,14 +18,90 @@ Conventions (k = 0 .. N-1 is the sample index):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
+
+#: Samples between exact ``exp`` anchors of the Gaussian recurrence (see below).
+_ANCHOR_EVERY = 16
+#: Bound on the relative error of a recurrence value against the direct formula (about 30x
+#: the worst case of 16 steps: r_j carries j roundings, g_j their sum, ~j^2 / 2 ulp; Q's
+#: multiplication by 1 / s^2 instead of a division adds one more).
+_RECURRENCE_REL_ERR = 1e-12
+
+
+@njit(cache=True, inline="always")
+def _safe_f32(value, err):
+    """True when every float64 within ``err`` of ``value`` rounds to the same float32 and sign,
+    so ``value`` stored as float32 is bit-identical to the exact value it approximates."""
+    return abs(value) > err and np.float32(value - err) == np.float32(value + err)
 
 
 @njit(cache=True)
 def _gaussian_drag_kernel(sigma_samples, beta_samples, out):
-    """Fill ``out`` (length N): Gaussian centred at (N - 1) / 2, lifted to vanish one sample
-    outside the window and rescaled to a continuous peak of 1, on I; Q = beta * dI/dk."""
+    """Fill ``out`` (length N, complex64): Gaussian centred at (N - 1) / 2, lifted to vanish one
+    sample outside the window and rescaled to a continuous peak of 1, on I; Q = beta * dI/dk.
+
+    The stored samples are exactly (bit for bit) those of the direct formula evaluated with one
+    ``exp`` per sample, ``g = exp(-x^2 / (2 sigma^2))`` at x = k - (N - 1) / 2, but computed
+    faster:
+
+    * the envelope is even and Q odd, so only half the window is evaluated and mirrored (x and
+      -x give the same float64 g and the exact negative of Q);
+    * between anchors every ``_ANCHOR_EVERY`` samples, where ``exp`` is called, g follows the
+      exact recurrence g(x + 1) = g(x) r(x), r(x + 1) = r(x) q with r = exp(-(2x + 1) / 2s^2)
+      and q = exp(-1 / s^2): two multiplications instead of an ``exp``;
+    * a recurrence value is stored only if every float64 within ``_RECURRENCE_REL_ERR`` of it
+      rounds to the same float32 as the value itself: then the direct formula's value, which
+      lies within that distance, rounds to it too. Otherwise (a chance of about 1e-4 per
+      sample) the sample is computed with the direct formula.
+    """
+    n = out.shape[0]
+    centre = (n - 1) / 2.0
+    s2 = sigma_samples**2
+    two_s2 = 2.0 * s2
+    inv_s2 = 1.0 / s2
+    edge = np.exp(-((centre + 1.0) ** 2) / (2.0 * sigma_samples**2))
+    norm = 1.0 / (1.0 - edge)
+    q = np.exp(-1.0 / s2)
+    half = (n + 1) // 2
+    k = 0
+    while k < half:
+        # anchor: the direct formula
+        x = k - centre
+        g = np.exp(-(x * x) / two_s2)
+        r = np.exp(-(2.0 * x + 1.0) / two_s2)
+        re = (g - edge) * norm
+        im = beta_samples * (-x / s2 * g) * norm
+        out[k] = complex(re, im)
+        if n - 1 - k != k:
+            out[n - 1 - k] = complex(re, -im)
+        stop = min(k + _ANCHOR_EVERY, half)
+        # the exponents' own rounding scales the error bound by their size (sigma < 1 sample)
+        err = _RECURRENCE_REL_ERR * (1.0 + (abs(x) + _ANCHOR_EVERY + 1.0) * inv_s2)
+        for j in range(k + 1, stop):
+            g = g * r
+            r = r * q
+            x = j - centre
+            re = (g - edge) * norm
+            im = beta_samples * (-x * inv_s2 * g) * norm
+            if not (_safe_f32(re, err * g * norm)
+                    and (im == 0.0 or _safe_f32(im, 2.0 * err * abs(im)))):
+                ge = np.exp(-(x * x) / two_s2)  # the direct formula
+                re = (ge - edge) * norm
+                im = beta_samples * (-x / s2 * ge) * norm
+            out[j] = complex(re, im)
+            if n - 1 - j != j:
+                out[n - 1 - j] = complex(re, -im)
+        k = stop
+    return out
+
+
+@njit(cache=True)
+def _gaussian_drag_direct_kernel(sigma_samples, beta_samples, out):
+    """The direct formula of ``_gaussian_drag_kernel``, one ``exp`` per sample: what
+    ``gaussian_drag`` uses for complex128 output, and the reference of the fast kernel."""
     n = out.shape[0]
     centre = (n - 1) / 2.0
     edge = np.exp(-((centre + 1.0) ** 2) / (2.0 * sigma_samples**2))
@@ -66,20 +142,28 @@ def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
 @njit(cache=True)
 def _flat_top_kernel(rise_samples, beta_samples, out):
     """Fill ``out`` (length N): sample k at time t = k + 1/2 (samples); raised-cosine edges
-    0.5 (1 - cos(pi t / rise)) of ``rise_samples`` at both ends, 1 between; Q = beta * dI/dk."""
+    0.5 (1 - cos(pi t / rise)) of ``rise_samples`` at both ends, 1 between; Q = beta * dI/dk.
+
+    Only the edge samples evaluate cos and sin; the flat part is a plain fill."""
     n = out.shape[0]
-    for k in range(n):
-        t = k + 0.5
-        if rise_samples > 0 and t < rise_samples:
+    lo = 0  # samples [0, lo) are the rising edge
+    hi = n  # samples [hi, n) the falling edge
+    if rise_samples > 0:
+        while lo < n and lo + 0.5 < rise_samples:
+            t = lo + 0.5
             v = 0.5 * (1.0 - np.cos(np.pi * t / rise_samples))
             dv = 0.5 * np.pi / rise_samples * np.sin(np.pi * t / rise_samples)
-        elif rise_samples > 0 and t > n - rise_samples:
+            out[lo] = complex(v, beta_samples * dv)
+            lo += 1
+        while hi > lo and (hi - 1) + 0.5 > n - rise_samples:
+            hi -= 1
+            t = hi + 0.5
             v = 0.5 * (1.0 - np.cos(np.pi * (n - t) / rise_samples))
             dv = -0.5 * np.pi / rise_samples * np.sin(np.pi * (n - t) / rise_samples)
-        else:
-            v = 1.0
-            dv = 0.0
-        out[k] = complex(v, beta_samples * dv)
+            out[hi] = complex(v, beta_samples * dv)
+    flat = complex(1.0, beta_samples * 0.0)
+    for k in range(lo, hi):
+        out[k] = flat
     return out
 
 
@@ -95,6 +179,9 @@ def _cosine_kernel(beta_samples, out):
     return out
 
 
+_COMPLEX64 = np.dtype(np.complex64)
+
+
 def _out(duration_samples: int, dtype) -> np.ndarray:
     if not duration_samples >= 1:
         raise ValueError(f"pulse duration must be >= 1 sample, got {duration_samples}")
@@ -108,7 +195,7 @@ def _check_sigma(sigma_samples: float) -> float:
 
 
 def _check_beta(beta_samples: float) -> float:
-    if not np.isfinite(beta_samples):
+    if not math.isfinite(beta_samples):
         raise ValueError(f"DRAG beta must be finite, got {beta_samples}")
     return float(beta_samples)
 
@@ -119,7 +206,10 @@ def gaussian_drag(duration_samples: int, sigma_samples: float, beta_samples: flo
     outside the window; Q = ``beta_samples`` x dI/dk, k in samples. ``dtype``: complex64 (the
     waveform table's) or complex128 (full precision)."""
     out = _out(duration_samples, dtype)
-    return _gaussian_drag_kernel(_check_sigma(sigma_samples), _check_beta(beta_samples), out)
+    # the recurrence's rounding guard is for float32 storage; full precision takes the direct
+    # formula, so both dtypes give exactly the samples of one exp per sample
+    kernel = _gaussian_drag_kernel if out.dtype is _COMPLEX64 else _gaussian_drag_direct_kernel
+    return kernel(_check_sigma(sigma_samples), _check_beta(beta_samples), out)
 
 
 def gaussian_square(duration_samples: int, width_samples: float, sigma_samples: float,
@@ -187,3 +277,130 @@ def discriminate(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np
     flat = _nearest_center_kernel(iq.reshape(-1), center0.astype(np.complex128),
                                   center1.astype(np.complex128), max(iq.shape[1], 1))
     return flat.reshape(iq.shape)
+
+
+# --------------------------------------------------------------------------- compiler layout
+
+#: Columns of the compiler's effect table (one row per distinct gate on distinct qubits):
+#: what an op does, whatever its gate. See ``layout_kernel``.
+EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "param_qubit",
+                 "shift_qubit_a", "shift_a", "shift_qubit_b", "shift_b", "acq_port",
+                 "measure", "phase_offset")
+
+
+@njit(cache=True)
+def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
+                  num_circuit_qubits, num_device_qubits, alap, effects, num_waves,
+                  p_start, p_port, p_wave, p_amp, p_phase, p_freq,
+                  a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order):
+    """Schedule the ops of one circuit and emit their plays and acquisitions.
+
+    ``op_*`` (one entry per op, in circuit order): effect row, duration (samples), first
+    parameter (0 if none), classical bit (-1 if none); the qubits of op i are
+    ``op_qubits[op_qptr[i]:op_qptr[i + 1]]``. ``effects`` is a float64 (rows x 13) table with
+    the columns of ``EFFECT_FIELDS``: a play on ``play_port`` (< 0: none) of global waveform
+    ``wave`` at ``amp`` and ``freq`` whose phase is the frame of ``phase_qubit`` (< 0: 0.0)
+    plus ``phase_offset`` (added only when non-zero);
+    before it, the frame of ``param_qubit`` (>= 0) is shifted by minus the op's parameter
+    (virtual Z); after it, the frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` /
+    ``_b``; an acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure``
+    marks readouts, which all start when the last gate has ended.
+
+    Timing: gates ALAP (``alap``) or ASAP from their durations, per qubit; then every
+    measurement starts at the same sample, the end of the gates. Frames change in circuit
+    order with the same float64 operations as a per-op loop.
+
+    Fills the play columns ``p_*`` (sorted by port, then start; stable), the acquisition
+    columns ``a_*`` (circuit order) and ``wave_order`` (local waveform id -> global id, in
+    order of first use), each at least as long as the number of ops. Returns (total duration
+    of the schedule, plays, acquisitions, local waveforms, end of the last play or
+    acquisition).
+    """
+    n = op_effect.shape[0]
+    starts = np.zeros(n, dtype=np.int64)
+    avail = np.zeros(num_circuit_qubits, dtype=np.int64)
+    for step in range(n):
+        i = n - 1 - step if alap else step
+        if effects[op_effect[i], 12] != 0.0:
+            continue
+        start = 0
+        for j in range(op_qptr[i], op_qptr[i + 1]):
+            if avail[op_qubits[j]] > start:
+                start = avail[op_qubits[j]]
+        end = start + op_duration[i]
+        for j in range(op_qptr[i], op_qptr[i + 1]):
+            avail[op_qubits[j]] = end
+        starts[i] = start
+    gates_end = 0
+    for q in range(num_circuit_qubits):
+        if avail[q] > gates_end:
+            gates_end = avail[q]
+    total = gates_end
+    for i in range(n):
+        if effects[op_effect[i], 12] != 0.0:
+            starts[i] = gates_end
+            if gates_end + op_duration[i] > total:
+                total = gates_end + op_duration[i]
+        elif alap:
+            starts[i] = gates_end - starts[i] - op_duration[i]
+
+    frame = np.zeros(num_device_qubits)
+    local = np.full(num_waves, -1, dtype=np.int64)
+    n_local = 0
+    play_op = np.empty(n, dtype=np.int64)
+    play_phase = np.empty(n)
+    n_play = 0
+    n_acq = 0
+    last = 0
+    for i in range(n):
+        e = op_effect[i]
+        param_qubit = int(effects[e, 6])
+        if param_qubit >= 0:
+            frame[param_qubit] -= op_param[i]
+        if effects[e, 0] >= 0:
+            g = int(effects[e, 1])
+            if local[g] < 0:
+                local[g] = n_local
+                wave_order[n_local] = g
+                n_local += 1
+            phase_qubit = int(effects[e, 5])
+            play_op[n_play] = i
+            phase = frame[phase_qubit] if phase_qubit >= 0 else 0.0
+            if effects[e, 13] != 0.0:
+                phase += effects[e, 13]
+            play_phase[n_play] = phase
+            if starts[i] + int(effects[e, 4]) > last:
+                last = starts[i] + int(effects[e, 4])
+            n_play += 1
+        if effects[e, 7] >= 0:
+            frame[int(effects[e, 7])] -= effects[e, 8]
+        if effects[e, 9] >= 0:
+            frame[int(effects[e, 9])] -= effects[e, 10]
+        if effects[e, 11] >= 0:
+            a_start[n_acq] = starts[i]
+            a_port[n_acq] = int(effects[e, 11])
+            a_dur[n_acq] = op_duration[i]
+            a_freq[n_acq] = effects[e, 3]
+            a_qubit[n_acq] = op_qubits[op_qptr[i]]
+            a_clbit[n_acq] = op_clbit[i]
+            if starts[i] + op_duration[i] > last:
+                last = starts[i] + op_duration[i]
+            n_acq += 1
+    # plays sorted by (port, start), ties in circuit order
+    key = np.empty(n_play, dtype=np.int64)
+    span = total + 1
+    for k in range(n_play):
+        i = play_op[k]
+        key[k] = int(effects[op_effect[i], 0]) * span + starts[i]
+    order = np.argsort(key, kind="mergesort")
+    for k in range(n_play):
+        src = order[k]
+        i = play_op[src]
+        e = op_effect[i]
+        p_start[k] = starts[i]
+        p_port[k] = int(effects[e, 0])
+        p_wave[k] = local[int(effects[e, 1])]
+        p_amp[k] = effects[e, 2]
+        p_phase[k] = play_phase[src]
+        p_freq[k] = effects[e, 3]
+    return total, n_play, n_acq, n_local, last

@@ -40,6 +40,10 @@ _DTYPES = {
 }
 
 
+_DTYPE_OBJECTS = tuple((name, np.dtype(dtype)) for name, dtype in _DTYPES.items())
+_ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit")
+
+
 _MAGIC = b"LQPP"
 _FORMAT_VERSION = 1
 
@@ -83,16 +87,19 @@ class PulseProgram:
     snapshot_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name, dtype in _DTYPES.items():
-            arr = np.ascontiguousarray(getattr(self, name), dtype=dtype)
+        shapes = {}
+        for name, dtype in _DTYPE_OBJECTS:
+            arr = getattr(self, name)
+            if not (type(arr) is np.ndarray and arr.dtype is dtype and arr.flags.c_contiguous):
+                arr = np.ascontiguousarray(arr, dtype=dtype)
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
-        n_play = self.play_port.shape[0]
-        if any(getattr(self, f).shape != (n_play,) for f in PLAY_FIELDS):
+            shapes[name] = arr.shape
+        n_play = shapes["play_port"]
+        if len(n_play) != 1 or any(shapes[f] != n_play for f in PLAY_FIELDS):
             raise ValueError("PulseProgram: play arrays must all have the same length")
-        n_acq = self.acq_port.shape[0]
-        if any(getattr(self, f).shape != (n_acq,) for f in (*ACQ_FIELDS, "acq_qubit",
-                                                            "acq_clbit")):
+        n_acq = shapes["acq_port"]
+        if len(n_acq) != 1 or any(shapes[f] != n_acq for f in _ACQ_ALL):
             raise ValueError("PulseProgram: acquisition arrays must all have the same length")
         if len(self.param_names) != self.param_values.shape[0]:
             raise ValueError("PulseProgram: parameter names and values differ in length")

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import pytest
+from numba import njit
 from numpy.testing import assert_allclose, assert_array_equal
 
 from labqpu.pulse.kernels import discriminate, flat_top, gaussian_drag
@@ -284,3 +285,66 @@ def test_discriminate_rejects_mismatched_shapes(iq_shape: tuple, n0: int, n1: in
     iq = np.zeros(iq_shape, dtype=complex)
     with pytest.raises(ValueError, match="centres"):
         discriminate(iq, np.zeros(n0, dtype=complex), np.zeros(n1, dtype=complex))
+
+
+# --------------------------------------------------------------------------- bit-exact speed-ups
+
+
+@njit(cache=True)
+def _flat_top_per_sample(rise_samples, beta_samples, out):
+    """The flat-top kernel as first written (one branch per sample): the bit-exact reference."""
+    n = out.shape[0]
+    for k in range(n):
+        t = k + 0.5
+        if rise_samples > 0 and t < rise_samples:
+            v = 0.5 * (1.0 - np.cos(np.pi * t / rise_samples))
+            dv = 0.5 * np.pi / rise_samples * np.sin(np.pi * t / rise_samples)
+        elif rise_samples > 0 and t > n - rise_samples:
+            v = 0.5 * (1.0 - np.cos(np.pi * (n - t) / rise_samples))
+            dv = -0.5 * np.pi / rise_samples * np.sin(np.pi * (n - t) / rise_samples)
+        else:
+            v = 1.0
+            dv = 0.0
+        out[k] = complex(v, beta_samples * dv)
+    return out
+
+
+def _random_drag_cases(count: int, seed: int) -> list[tuple[int, float, float]]:
+    rng = np.random.default_rng(seed)
+    cases = [(40, 10.0, 0.5), (40, 10.0, -0.3), (1, 1.0, 1.0), (2, 0.3, 1.0), (31, 7.5, 0.0),
+             (1000, 250.0, 0.2), (100_000, 25_000.0, 0.5), (65_537, 900.0, -1.5)]
+    for _ in range(count):
+        n = int(rng.integers(1, 400))
+        cases.append((n, float(rng.uniform(0.2, n)), float(rng.uniform(-3, 3))))
+    return cases
+
+
+def test_gaussian_drag_recurrence_is_bit_identical_to_one_exp_per_sample() -> None:
+    """The fast kernel (half window, exp anchors + recurrence, guarded rounding) stores exactly
+    the bits of the direct formula, so compiled programs keep their content hash; complex128
+    output takes the direct formula itself."""
+    from labqpu.pulse.kernels import _gaussian_drag_direct_kernel, _gaussian_drag_kernel
+
+    for n, sigma, beta in _random_drag_cases(500, seed=11):
+        fast = _gaussian_drag_kernel(sigma, beta, np.empty(n, np.complex64))
+        direct = _gaussian_drag_direct_kernel(sigma, beta, np.empty(n, np.complex64))
+        assert fast.tobytes() == direct.tobytes(), (n, sigma, beta)
+        assert gaussian_drag(n, sigma, beta).tobytes() == direct.tobytes()
+        full = _gaussian_drag_direct_kernel(sigma, beta, np.empty(n, np.complex128))
+        assert gaussian_drag(n, sigma, beta, dtype=np.complex128).tobytes() == full.tobytes()
+
+
+def test_flat_top_edge_loops_are_bit_identical_to_the_per_sample_kernel() -> None:
+    from labqpu.pulse.kernels import _flat_top_kernel
+
+    rng = np.random.default_rng(12)
+    cases = [(1, 0.0, 0.0), (2, 0.5, 0.0), (7, 3.0, 1.0), (10, 4.5, -1.0), (1000, 20.0, 0.0),
+             (32, 4.0, 0.0), (5, 10.0, 0.3), (4, -1.0, 0.2), (12, 3.0, -0.0)]
+    for _ in range(1000):
+        n = int(rng.integers(1, 300))
+        rise = float(rng.choice([0.0, float(rng.integers(0, n + 1)), rng.uniform(0, n)]))
+        cases.append((n, rise, float(rng.choice([0.0, -0.0, rng.uniform(-2, 2)]))))
+    for n, rise, beta in cases:
+        fast = _flat_top_kernel(rise, beta, np.empty(n, np.complex64))
+        ref = _flat_top_per_sample(rise, beta, np.empty(n, np.complex64))
+        assert fast.tobytes() == ref.tobytes(), (n, rise, beta)
