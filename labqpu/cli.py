@@ -42,9 +42,18 @@ def load_circuit(path: Path):
     from openqasm3.parser import QASM3ParsingError
     from qiskit.exceptions import QiskitError
 
-    text = path.read_text()
-    version = next((line.split()[1].rstrip(";") for line in text.splitlines()
-                    if line.strip().startswith("OPENQASM")), None)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise QiskitError(f"{path}: not a valid OpenQASM program: not UTF-8 text") from exc
+    version = next((words[1].rstrip(";") for words in map(str.split, text.splitlines())
+                    if len(words) > 1 and words[0] == "OPENQASM"), None)
+    code = [line for line in text.splitlines() if line.strip() and
+            not line.strip().startswith("//")]
+    if not code:
+        raise QiskitError(f"{path}: not a valid OpenQASM program: it holds no statement")
+    if version is not None and not version.startswith(("2", "3")):
+        raise QiskitError(f"{path}: OpenQASM {version} is not supported (2 and 3 are)")
     parser_output = io.StringIO()  # the OpenQASM 3 parser prints its syntax errors
     try:
         with contextlib.redirect_stderr(parser_output):
@@ -53,8 +62,11 @@ def load_circuit(path: Path):
                     text, custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
             else:
                 circuit = qiskit.qasm3.loads(text)
-    except (QiskitError, QASM3ParsingError) as exc:
-        reason = getattr(exc, "message", None) or parser_output.getvalue() or "syntax error"
+    except (QiskitError, QASM3ParsingError, AttributeError, ValueError, TypeError) as exc:
+        # The OpenQASM 3 importer fails on some inputs (empty, comments only) with plain
+        # Python errors: each is still a file that does not parse.
+        reason = (getattr(exc, "message", None) or parser_output.getvalue() or str(exc)
+                  or "syntax error")
         raise QiskitError(f"{path}: not a valid OpenQASM {version or 3} program: "
                           f"{' '.join(reason.split())}") from exc
     circuit.name = path.stem

@@ -227,11 +227,13 @@ class LabBackend(BackendV2):
         return new
 
     def __reduce__(self) -> tuple:
+        embedded = getattr(self.provider, "simulator", None) is not None
+        reconnect = ("LabProvider()" if embedded  # its own simulator: a new one starts
+                     else f"LabProvider({str(self.config.path)!r})")
         raise TypeError(
             f"backend {self.name!r} cannot be pickled: it holds live instrument sessions and "
             "the hardware queue of its provider. Pickle backend.target (or the results) "
-            "instead, and in another process reconnect with "
-            f"LabProvider({str(self.config.path)!r}).backend({self.name!r})")
+            f"instead, and in another process reconnect with {reconnect}.backend({self.name!r})")
 
     def _run_options(self, kwargs: dict) -> dict:
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),

@@ -298,6 +298,8 @@ _Handler = Callable[[_Request], "str | None"]
 
 _PATTERN_NODE = re.compile(r"(\[)?:?(\*?[A-Za-z]+)(#)?\]?")
 _HEADER_TOKEN = re.compile(r"(\*?[A-Za-z]+)(\d*)")
+#: A header suffix (channel number) longer than this is out of range without being read.
+_MAX_SUFFIX_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,8 @@ class _Node:
         digits = parsed.group(2)
         if not digits:
             return True, None
+        if len(digits) > _MAX_SUFFIX_DIGITS:  # out of range anyway; int() would refuse it
+            return (True, 0) if self.numbered else (False, None)
         return (True, int(digits)) if self.numbered else (False, None)
 
 
@@ -726,8 +730,9 @@ class ScpiServer:
                 connection.pending.extend(reply.encode("ascii", errors="replace") + b"\n")
         if len(connection.received) > _MAX_LINE_BYTES:
             connection.received.clear()
+            if not connection.discarding:  # one error per overlong line, however long
+                self._errors.push(_ScpiError(-223, "Too much data"))
             connection.discarding = True
-            self._errors.push(_ScpiError(-223, "Too much data"))
         if len(connection.pending) > _MAX_PENDING_REPLY_BYTES:
             logger.warning("%r: %s does not read its replies; closing", self, connection.peer)
             return False

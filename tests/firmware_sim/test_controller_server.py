@@ -137,6 +137,22 @@ def _raw_request(context: zmq.Context, endpoint: str, frames: list) -> Reply:
         socket.close(linger=0)
 
 
+def _server_on_port(executor: SumExecutor, port: int) -> ControllerServer:
+    """A started server on ``port``, which a socket closed a moment ago: ZeroMQ releases a
+    closed socket's port asynchronously, so binding is retried for up to BOUND_S. The caller
+    stops it."""
+    deadline = time.monotonic() + BOUND_S
+    while True:
+        server = ControllerServer(executor, port=port)
+        try:
+            server.start()
+            return server
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class FakeController:
     """A ROUTER on a random port answering each request with frames built by ``respond``."""
 
@@ -388,9 +404,12 @@ def test_silent_controller_times_out_after_all_retries_then_recovers(
             assert {(r.id, r.key, r.session) for r, _ in runs} == {(runs[0][0].id, "K", "s1")}
             assert len({i for _, i in runs}) == retries + 1, "each attempt on a fresh socket"
             silent.close()
-            with ControllerServer(executor, port=silent.port) as srv:
+            srv = _server_on_port(executor, silent.port)
+            try:
                 assert srv.endpoint == silent.endpoint
                 assert ctrl.status()["state"] == "idle"
+            finally:
+                srv.stop()
     finally:
         silent.close()
 

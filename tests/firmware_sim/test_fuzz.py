@@ -259,3 +259,16 @@ def test_an_oversized_waveform_table_is_refused_by_its_size(rack) -> None:
         limits = client.hello()["capabilities"]
         assert (limits["max_waveforms"], limits["max_plays"]) == (65_536, 1_000_000)
     still_serves(rack)
+
+
+def test_an_overlong_line_is_one_error_and_a_huge_suffix_is_out_of_range(rack, scpi) -> None:
+    scpi_still_serves(scpi)  # an empty error queue to start from
+    scpi.sendall(b"A" * 2_000_000 + b"\n")
+    assert scpi_ask(scpi, b"SYST:ERR?").startswith(b"-223,")
+    assert scpi_ask(scpi, b"SYST:ERR?").startswith(b"0,")
+    scpi_still_serves(scpi)
+    source = rack.instruments["flux_bias"]  # numbered outputs: OUTP1 .. OUTP5
+    with socket.create_connection((source.host, source.port), timeout=BOUND_S) as conn:
+        conn.sendall(b"OUTP" + b"9" * 5000 + b" ON\n")
+        assert scpi_ask(conn, b"SYST:ERR?").startswith(b"-114,")  # suffix out of range
+        assert scpi_ask(conn, b"OUTP1?") in (b"0", b"1")
