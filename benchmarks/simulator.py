@@ -41,22 +41,25 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # run.py sits next to this file
-    FULL,
-    QUICK,
-    Budget,
-    Row,
+from _timing import FULL, QUICK, Budget, Line, dur, fmt, info, seconds_per_call
+from run import (
     _calibrated,
     _check,
-    _dur,
-    _fmt,
     _versions,
-    info,
     propagate_eigh_batched,
-    propagate_expm,
     random_native_circuit,
-    seconds_per_call,
 )
+
+
+def propagate_expm(h_stack_hz: np.ndarray, dt_s: float) -> np.ndarray:
+    """Per-sample ``scipy.linalg.expm`` loop, last sample leftmost (the reference a user would
+    write with scipy)."""
+    import scipy.linalg
+
+    u = np.eye(h_stack_hz.shape[1], dtype=np.complex128)
+    for h in h_stack_hz:
+        u = scipy.linalg.expm(-2j * np.pi * dt_s * h) @ u
+    return u
 
 SHOTS = 1000
 LAYERS = 17  # depth ~50 after transpiling
@@ -147,13 +150,13 @@ def bench_circuit(budget: Budget) -> None:
                             memory=False, snapshot=snapshot)
     ours = {format(int(k, 16), "05b"): v for k, v in res["data"]["counts"].items()}
     fid = hellinger_fidelity(ours, aer(aer_1))
-    ref = f"{_dur(t_aer)}/circuit (AerSimulator density_matrix, T1/T2 + readout, 1 thread)"
+    ref = f"{dur(t_aer)}/circuit (AerSimulator density_matrix, T1/T2 + readout, 1 thread)"
     for label, t in (("cold: new engine, every propagator computed", t_cold),
                      ("warm: propagator cache filled by an earlier run", t_warm)):
-        print(Row(f"simulator circuit ({label}) vs qiskit-aer", t, t_aer,
-                  f"{_dur(t)}/circuit", ref).line(), flush=True)
-    info(f"qiskit-aer with its default threads: {_dur(t_aer_n)}/circuit; labqpu warm / that "
-         f"= {_fmt(t_warm / t_aer_n)}")
+        print(Line(f"simulator circuit ({label}) vs qiskit-aer", t, t_aer,
+                   f"{dur(t)}/circuit", ref).text(), flush=True)
+    info(f"qiskit-aer with its default threads: {dur(t_aer_n)}/circuit; labqpu warm / that "
+         f"= {fmt(t_warm / t_aer_n)}")
     info(f"engine cache after the runs: {len(engine.cache_1q)} single-transmon and "
          f"{len(engine.cache_nq)} cluster propagators; hits/misses "
          f"{engine.cache_1q.hits}/{engine.cache_1q.misses} and "
@@ -198,9 +201,9 @@ def bench_pulse(budget: Budget) -> None:
     us = 1e6 / PULSE_SAMPLES
     for label, t_ref in (("numpy batched eigh", t_eigh),
                          ("scipy.linalg.expm per-sample loop", t_expm)):
-        print(Row(f"_transmon_propagate_kernel vs {label}", t_ours, t_ref,
-                  f"{_dur(t_ours)}/pulse ({_fmt(t_ours * us)} µs/sample)",
-                  f"{_dur(t_ref)}/pulse ({_fmt(t_ref * us)} µs/sample, {label})").line(),
+        print(Line(f"_transmon_propagate_kernel vs {label}", t_ours, t_ref,
+                  f"{dur(t_ours)}/pulse ({fmt(t_ours * us)} µs/sample)",
+                  f"{dur(t_ref)}/pulse ({fmt(t_ref * us)} µs/sample, {label})").text(),
               flush=True)
     phi = np.full(PULSE_SAMPLES, 0.0)
     f_idle = q.frequency_hz(0.0)
@@ -208,7 +211,7 @@ def bench_pulse(budget: Budget) -> None:
     t_hit = seconds_per_call(lambda: engine._transmon_unitary(0, z * np.exp(0.3j), phi, f_idle),
                              budget)
     info(f"the same pulse at another phase through the engine's cache (key, look-up, frame "
-         f"change): {_dur(t_hit)}/pulse, {_fmt(t_eigh / t_hit)}x faster than batched eigh")
+         f"change): {dur(t_hit)}/pulse, {fmt(t_eigh / t_hit)}x faster than batched eigh")
 
 
 def main(argv: list[str] | None = None) -> int:
