@@ -180,19 +180,28 @@ class LabBackend(BackendV2):
 
     def set_options(self, **fields) -> None:
         """Change default run options; the same type and range checks as ``run()`` apply."""
+        self._checked_options(fields, "option", none_keeps_default=False)
+        super().set_options(**fields)
+
+    def _checked_options(self, fields: dict, what: str, *, none_keeps_default: bool) -> Options:
+        """A copy of the options updated with ``fields``, after the name, type and range
+        checks (the range validators of ``_default_options``). With ``none_keeps_default``
+        a None value leaves the option as it is (run options); otherwise None is a value too.
+        ``what`` names the options in errors ("option", "run option")."""
         unknown = sorted(set(fields) - set(self.options.__dict__))
         if unknown:
             raise InvalidRunInputError(
-                f"unknown option(s) {unknown}; known: {sorted(self.options.__dict__)}",
+                f"unknown {what}(s) {unknown}; known: {sorted(self.options.__dict__)}",
                 option=unknown[0])
-        _check_option_types({k: v for k, v in fields.items() if v is not None})
-        checked = copy.deepcopy(self.options)
-        for name, value in fields.items():
+        given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
+        _check_option_types({k: v for k, v in given.items() if v is not None})
+        opts = copy.deepcopy(self.options)
+        for name, value in given.items():
             try:
-                checked.update_options(**{name: value})
+                opts.update_options(**{name: value})
             except (ValueError, TypeError) as exc:
-                raise InvalidRunInputError(f"invalid option: {exc}", option=name) from exc
-        super().set_options(**fields)
+                raise InvalidRunInputError(f"invalid {what}: {exc}", option=name) from exc
+        return opts
 
     def get_translation_stage_plugin(self) -> str:
         """Name of the translation stage plugin ``transpile`` uses by default: ``"labqpu"``
@@ -238,19 +247,7 @@ class LabBackend(BackendV2):
     def _run_options(self, kwargs: dict) -> dict:
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
         type-checked, then range-checked by the same validators as ``set_options``."""
-        unknown = sorted(set(kwargs) - set(self.options.__dict__))
-        if unknown:
-            raise InvalidRunInputError(
-                f"unknown run option(s) {unknown}; known: {sorted(self.options.__dict__)}",
-                option=unknown[0])
-        given = {k: v for k, v in kwargs.items() if v is not None}
-        _check_option_types(given)
-        opts = copy.deepcopy(self.options)
-        for name, value in given.items():
-            try:
-                opts.update_options(**{name: value})
-            except (ValueError, TypeError) as exc:
-                raise InvalidRunInputError(f"invalid run option: {exc}", option=name) from exc
+        opts = self._checked_options(kwargs, "run option", none_keeps_default=True)
         out = dict(opts.__dict__)
         out["shots"] = int(out["shots"])
         out["rep_delay"] = float(out["rep_delay"])
