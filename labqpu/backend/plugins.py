@@ -332,9 +332,7 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
 
     ``labqpu_dd`` (:class:`LabDDSchedulingPlugin`) adds X-X dynamical decoupling on idle
     windows. It is not the backend's default: an echo on an idle control qubit refocuses the
-    very ZZ that experiments such as ``ZZRamsey`` measure, and with always-on coupling the
-    echoed circuits do not yet give the outcomes of the ideal circuit (see
-    docs/transpilation.md).
+    very ZZ that experiments such as ``ZZRamsey`` measure (see docs/transpilation.md).
     """
 
     dynamical_decoupling = False

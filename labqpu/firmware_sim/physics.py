@@ -414,8 +414,7 @@ class PhysicsEngine(DriveBlocks):
         for f, ivs in flux_iv.items():
             for q in (f, *self.device.neighbours(f)):
                 reach.setdefault(q, []).extend(ivs)
-        blocks: list[tuple[int, int, list[int], list[int]]] = []
-        joint_drive: dict[int, list[tuple[int, int]]] = {}
+        singles: list[tuple[int, int, list[int], list[int]]] = []
         for q, ivs in drive_iv.items():
             merged: list[list[int]] = []
             for s0, e0 in sorted(ivs):
@@ -423,12 +422,20 @@ class PhysicsEngine(DriveBlocks):
                     merged[-1][1] = max(merged[-1][1], e0)
                 else:
                     merged.append([s0, e0])
-            for s0, e0 in merged:
-                if any(fs < e0 and fe > s0 for fs, fe in reach.get(q, [])):
-                    joint_drive.setdefault(q, []).append((s0, e0))
-                else:
-                    blocks.append((s0, e0, [q], []))
-        blocks = self._join_adjacent(blocks)
+            singles.extend((s0, e0, [q], []) for s0, e0 in merged)
+        # Drives on coupled qubits that overlap are joined first; a joined block that a flux
+        # pulse reaches on any of its qubits is cut with the flux pulses instead (as a whole:
+        # otherwise a drive after a cz on one qubit would be applied, in the joined block,
+        # before the cz).
+        blocks: list[tuple[int, int, list[int], list[int]]] = []
+        joint_drive: dict[int, list[tuple[int, int]]] = {}
+        for s0, e0, qubits, _ in self._join_adjacent(singles):
+            if any(fs < e0 and fe > s0 for q in qubits for fs, fe in reach.get(q, [])):
+                for b0, b1, (q,), _ in singles:
+                    if q in qubits and s0 <= b0 and b1 <= e0:
+                        joint_drive.setdefault(q, []).append((b0, b1))
+            else:
+                blocks.append((s0, e0, qubits, []))
         bounds = sorted({b for ivs in (*joint_drive.values(), *flux_iv.values())
                          for iv in ivs for b in iv})
         for b0, b1 in itertools.pairwise(bounds):
@@ -480,6 +487,10 @@ class PhysicsEngine(DriveBlocks):
 
         for q in driven:
             find(q)
+        for i, p in enumerate(driven):  # simultaneous drives on coupled qubits: one block
+            for q in driven[i + 1:]:
+                if self.device.coupling_hz(p, q):
+                    parent[find(q)] = find(p)
         for q in fluxed:
             for nb in self.device.neighbours(q):
                 parent[find(nb)] = find(q)

@@ -106,11 +106,6 @@ def _tvd(p: dict, q: dict) -> float:
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with always-on coupling, a circuit with X-X echoes gives the outcomes of the circuit with "
-    "negated rotation angles (TVD 0.35 to the ideal, 0.10 to the negated one), while the same "
-    "circuit without echoes matches the ideal; the rz sign convention of compiler and "
-    "simulator (see test_zz_ramsey's sign xfail) is the suspect. DD is opt-in until fixed."))
 def test_dd_circuit_gives_the_outcomes_of_the_unitary(lab_backend) -> None:
     qc = QuantumCircuit(3, 3)
     qc.h(0)

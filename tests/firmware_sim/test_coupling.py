@@ -378,3 +378,20 @@ def test_flux_pulse_of_zero_amplitude_is_the_dressed_idle() -> None:
     idle = np.exp(-2j * np.pi * (e - e[0] - f @ levels) * n * DT)
     assert np.abs(u - np.diag(idle)).max() < 1e-9
     assert abs(v[1, 3]) > 0.01  # the bare and dressed bases really differ
+
+
+def test_blocks_on_one_qubit_never_overlap_when_joined_drives_meet_a_flux_pulse() -> None:
+    """The intervals of a DD circuit on qubits 0-2 (x echo on 0 over a cz(1, 2) on flux
+    qubit 2): overlapping drives chain 2 -> 1 -> 0 -> 1 across the cz, and were once joined
+    into one drive block (304-420 on 0, 1, 2) applied before the cz, so q1's sx after the cz
+    ran before it. Every qubit's blocks must be disjoint, in time order."""
+    drive = {0: [(0, 40), (149, 189), (343, 383)],
+             1: [(0, 40), (72, 112), (148, 188), (304, 344), (380, 420), (420, 460)],
+             2: [(148, 188), (304, 344)]}
+    flux = {0: [(40, 72)], 2: [(112, 148), (188, 224), (228, 264), (344, 380)]}
+    blocks = PhysicsEngine(DEVICE, RACK.cabling)._blocks(drive, flux)
+    last_end: dict[int, int] = {}
+    for b0, b1, cluster, _fluxed in blocks:
+        for q in cluster:
+            assert b0 >= last_end.get(q, 0), (q, (b0, b1, cluster), blocks)
+            last_end[q] = b1
