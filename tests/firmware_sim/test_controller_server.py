@@ -191,11 +191,18 @@ class FakeController:
         assert not self._thread.is_alive()
 
 
-class LossyRelay:
-    """Forwards requests to a server and drops the server's first reply to a ``run``."""
+def _first_run_reply(op: str, dropped: list[Reply]) -> bool:
+    return op == OP_RUN and not dropped
 
-    def __init__(self, context: zmq.Context, server_endpoint: str) -> None:
+
+class LossyRelay:
+    """Forwards requests to a server and drops the replies ``drops(op, dropped so far)``
+    selects: by default the server's first reply to a ``run``."""
+
+    def __init__(self, context: zmq.Context, server_endpoint: str,
+                 drops: Callable[[str, list[Reply]], bool] = _first_run_reply) -> None:
         self.dropped: list[Reply] = []
+        self._drops = drops
         self.run_requests: list = []
         self._frontend = context.socket(zmq.ROUTER)
         self._backend = context.socket(zmq.DEALER)
@@ -226,7 +233,7 @@ class LossyRelay:
                 if self._backend in ready:
                     frames = self._backend.recv_multipart()
                     reply = decode_reply(frames)
-                    if ops[reply.id] == OP_RUN and not self.dropped:
+                    if self._drops(ops.pop(reply.id), self.dropped):
                         self.dropped.append(reply)
                         continue
                     self._frontend.send_multipart([senders[reply.id], *frames])
@@ -673,52 +680,11 @@ def test_malformed_endpoint_fails_fast_and_close_is_bounded() -> None:
     assert time.monotonic() - started < 2.0
 
 
-class FetchBlackHole:
-    """Relays requests to a server but swallows every reply to ``fetch``: the transport to a
-    running run fails while the run keeps playing on the controller."""
-
-    def __init__(self, context: zmq.Context, server_endpoint: str) -> None:
-        self._frontend = context.socket(zmq.ROUTER)
-        self._backend = context.socket(zmq.DEALER)
-        for socket in (self._frontend, self._backend):
-            socket.setsockopt(zmq.LINGER, 0)
-        self.endpoint = f"tcp://127.0.0.1:{self._frontend.bind_to_random_port('tcp://127.0.0.1')}"
-        self._backend.connect(server_endpoint)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._relay, daemon=True)
-        self._thread.start()
-
-    def _relay(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._frontend, zmq.POLLIN)
-        poller.register(self._backend, zmq.POLLIN)
-        senders: dict[str, tuple[bytes, str]] = {}
-        try:
-            while not self._stop.is_set():
-                ready = dict(poller.poll(20))
-                if self._frontend in ready:
-                    identity, *frames = self._frontend.recv_multipart()
-                    request = decode_request(frames)
-                    senders[request.id] = (identity, request.op)
-                    self._backend.send_multipart(frames)
-                if self._backend in ready:
-                    frames = self._backend.recv_multipart()
-                    identity, op = senders.pop(decode_reply(frames).id)
-                    if op != OP_FETCH:
-                        self._frontend.send_multipart([identity, *frames])
-        finally:
-            self._frontend.close(linger=0)
-            self._backend.close(linger=0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(BOUND_S)
-
-
 def test_a_run_whose_transport_fails_is_aborted_and_the_error_says_so(
     context: zmq.Context, server: ControllerServer, executor: SumExecutor
 ) -> None:
-    relay = FetchBlackHole(context, server.endpoint)
+    # Every reply to a fetch is lost: the transport fails while the run keeps playing.
+    relay = LossyRelay(context, server.endpoint, drops=lambda op, _dropped: op == OP_FETCH)
     try:
         with ControllerClient(relay.endpoint, timeout_s=0.3, retries=1) as ctrl:
             program_id = ctrl.upload(_program(), {})
