@@ -111,24 +111,32 @@ def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
         InstrumentCommandError: a setting changed during the run (the message names the
             instrument and the setting); the run's results must be discarded.
     """
-    readback = []
+    return [_read_back(record, "changed during the run: it now reads {}; the results are "
+                               "discarded") for record in _readings(instruments, program)]
+
+
+def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
+    """(what, source, state, differences, record) for every LO and bias channel of
+    ``program``, each read in one round trip."""
+    out = []
     for name, lo in sorted(program.lo_settings.items()):
         source = instruments.signal_generator(name)
         state = source.state()
-        wrong = _lo_differences(state, lo.frequency_hz, lo.power_dbm)
-        if wrong:
-            raise InstrumentCommandError(
-                f"LO {name} changed during the run: it now reads {', '.join(wrong)}; the "
-                "results are discarded", instrument=source.resource, command="readback")
-        readback.append(_lo_record(name, source, state))
+        out.append((f"LO {name}", source, _lo_differences(state, lo.frequency_hz, lo.power_dbm),
+                    _lo_record(name, source, state)))
     for (name, channel), current in sorted(program.flux_bias_a.items()):
         source = instruments.current_source(name)
         state = source.state(channel)
-        wrong = _bias_differences(state, current)
-        if wrong:
-            raise InstrumentCommandError(
-                f"flux bias {name} channel {channel} changed during the run: it now reads "
-                f"{', '.join(wrong)}; the results are discarded", instrument=source.resource,
-                command="readback")
-        readback.append(_bias_record(name, channel, source, state))
-    return readback
+        out.append((f"flux bias {name} channel {channel}", source,
+                    _bias_differences(state, current), _bias_record(name, channel, source, state)))
+    return out
+
+
+def _read_back(reading: tuple, problem: str) -> dict:
+    """The reading's record, or an error naming the instrument and ``problem`` (a format
+    string for the differences) if the instrument disagrees with the program."""
+    what, source, wrong, record = reading
+    if wrong:
+        raise InstrumentCommandError(f"{what} {problem.format(', '.join(wrong))}",
+                                     instrument=source.resource, command="readback")
+    return record
