@@ -108,16 +108,18 @@ class Sampler(BaseSamplerV2):
         the measured qubits) happens before anything is sent."""
         coerced = [SamplerPub.coerce(pub, shots or self._default_shots) for pub in pubs]
         snapshot = self._backend.snapshot
+        mappings = [measured_qubits(pub.circuit) for pub in coerced]
         if self._mitigate:
             _mthree()
-            self._check_matrices(coerced, snapshot)
-        job = PrimitiveJob(self._run, coerced, snapshot)
+            self._check_matrices(mappings, snapshot)
+        job = PrimitiveJob(self._run, coerced, mappings, snapshot)
         job._submit()
         return job
 
-    def _check_matrices(self, pubs: list[SamplerPub], snapshot: Snapshot) -> None:
-        for index, pub in enumerate(pubs):
-            for register, qubits in measured_qubits(pub.circuit).items():
+    def _check_matrices(self, mappings: list[dict[str, list[int | None]]],
+                        snapshot: Snapshot) -> None:
+        for index, mapping in enumerate(mappings):
+            for register, qubits in mapping.items():
                 for q in qubits:
                     if q is not None and snapshot.qubit_value(q, "assignment_matrix",
                                                               None) is None:
@@ -127,23 +129,23 @@ class Sampler(BaseSamplerV2):
                             "the readout calibration or use Sampler(..., mitigate=False)",
                             subject=f"qubit {q}", parameter="assignment_matrix")
 
-    def _run(self, pubs: list[SamplerPub],
+    def _run(self, pubs: list[SamplerPub], mappings: list[dict[str, list[int | None]]],
              snapshot: Snapshot) -> PrimitiveResult[SamplerPubResult]:
         raw = self._inner.run(pubs).result()
         if not self._mitigate:
             return raw
         mitigator = _mthree().M3Mitigation(self._backend)
         mitigator.cals_from_matrices(_m3_matrices(snapshot, self._backend.num_qubits))
-        results = [self._mitigated(pub, result, mitigator, snapshot)
-                   for pub, result in zip(pubs, raw, strict=True)]
+        results = [self._mitigated(mapping, result, mitigator, snapshot)
+                   for mapping, result in zip(mappings, raw, strict=True)]
         return PrimitiveResult(results, metadata=raw.metadata)
 
     @staticmethod
-    def _mitigated(pub: SamplerPub, result: SamplerPubResult, mitigator: Any,
-                   snapshot: Snapshot) -> SamplerPubResult:
+    def _mitigated(mapping: dict[str, list[int | None]], result: SamplerPubResult,
+                   mitigator: Any, snapshot: Snapshot) -> SamplerPubResult:
         info: dict = {"applied": True, "method": "mthree", "snapshot_id": snapshot.snapshot_id,
                       "qubits": {}, "quasi_dists": {}, "skipped": {}}
-        for register, qubits in measured_qubits(pub.circuit).items():
+        for register, qubits in mapping.items():
             if not qubits:
                 continue
             if None in qubits:
