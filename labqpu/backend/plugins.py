@@ -17,8 +17,9 @@ their own. docs/transpilation.md has the pulse counts against Qiskit's default t
 Scheduling (:class:`LabSchedulingPlugin`): time-unit conversion, ALAP analysis with the
 calibrated durations of the Target, alignment to the Target's timing constraints, then
 :class:`IdleDynamicalDecoupling`, which fills idle windows with an X-X echo (the calibrated x
-pulse, spacing 1/4 : 1/2 : 1/4) and leaves delays the circuit itself contains alone: a ``delay``
-written by the user (a T1 or Ramsey wait) is physics, not idle time.
+pulse, spacing 1/4 : 1/2 : 1/4) and leaves free evolution alone: a ``delay`` written by the user
+(a T1, Ramsey or ZZRamsey wait) is physics, not idle time, for its qubit and for the qubits
+coupled to it.
 """
 
 from __future__ import annotations
@@ -299,23 +300,39 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     """``PadDynamicalDecoupling`` that pads only idle time the scheduler created.
 
     Qiskit's padding passes treat a ``delay`` in the circuit as idle time and would fill it with
-    the DD sequence, turning a T1 wait or a Ramsey free evolution into an echo. Here a window
-    that contains any delay of the input circuit is padded with a plain delay instead.
+    the DD sequence, turning a T1 wait or a Ramsey free evolution into an echo. Here a delay the
+    circuit itself contains marks free evolution: an idle window on that qubit, or on a qubit
+    coupled to it in the Target, that overlaps the delay in time is padded with a plain delay.
+    An echo on a coupled neighbour would refocus the ZZ the waiting qubit feels, which is what
+    ``ZZRamsey`` (control idle while the target waits) measures.
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
         """Remember where the circuit's own delays are, then pad."""
         starts = self.property_set["node_start_time"]
-        self._user_delays: dict = {}
+        own: dict = {}
         for node in dag.op_nodes(Delay):
             if starts is not None and node in starts:
                 t0 = starts[node]
-                dur = self.get_duration(node, dag)
-                self._user_delays.setdefault(node.qargs[0], []).append((t0, t0 + dur))
+                own.setdefault(node.qargs[0], []).append((t0, t0 + self.get_duration(node, dag)))
+        neighbours = self._neighbours(dag)
+        self._free: dict = {
+            qubit: [w for q in (qubit, *neighbours.get(qubit, ())) for w in own.get(q, ())]
+            for qubit in dag.qubits}
         return super().run(dag)
 
+    def _neighbours(self, dag: DAGCircuit) -> dict:
+        """Circuit qubits coupled to each circuit qubit by a two-qubit Target instruction."""
+        target = self.target
+        if target is None:
+            return {}
+        index = {q: i for i, q in enumerate(dag.qubits)}
+        pairs = {frozenset(qargs) for qargs in target.qargs or () if len(qargs) == 2}
+        return {a: [b for b in dag.qubits if frozenset((index[a], index[b])) in pairs]
+                for a in dag.qubits}
+
     def _pad(self, dag, qubit, t_start, t_end, next_node, prev_node) -> None:
-        for d0, d1 in self._user_delays.get(qubit, ()):
+        for d0, d1 in self._free.get(qubit, ()):
             if d0 < t_end and d1 > t_start:
                 self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
                 return
@@ -328,14 +345,12 @@ def dd_sequence() -> list[Gate]:
 
 
 class LabSchedulingPlugin(PassManagerStagePlugin):
-    """Scheduling stage ``labqpu``: ALAP with the Target's durations and timing constraints.
+    """Scheduling stage ``labqpu`` (the backend's default): ALAP with the Target's durations and
+    timing constraints, then X-X dynamical decoupling on idle windows long enough to hold it,
+    with the calibrated x pulse. ``labqpu_dd`` is the same stage under its older name;
+    ``labqpu_nodd`` (:class:`LabPlainSchedulingPlugin`) leaves idle windows as delays."""
 
-    ``labqpu_dd`` (:class:`LabDDSchedulingPlugin`) adds X-X dynamical decoupling on idle
-    windows. It is not the backend's default: an echo on an idle control qubit refocuses the
-    very ZZ that experiments such as ``ZZRamsey`` measure (see docs/transpilation.md).
-    """
-
-    dynamical_decoupling = False
+    dynamical_decoupling = True
 
     def pass_manager(self, pass_manager_config: PassManagerConfig,
                      optimization_level: int | None = None) -> PassManager:
@@ -360,8 +375,7 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
         return pm
 
 
-class LabDDSchedulingPlugin(LabSchedulingPlugin):
-    """Scheduling stage ``labqpu_dd``: as ``labqpu``, then X-X dynamical decoupling on idle
-    windows long enough to hold it, with the calibrated x duration."""
+class LabPlainSchedulingPlugin(LabSchedulingPlugin):
+    """Scheduling stage ``labqpu_nodd``: as ``labqpu``, without dynamical decoupling."""
 
-    dynamical_decoupling = True
+    dynamical_decoupling = False

@@ -90,8 +90,7 @@ def test_backend_names_its_plugins_and_transpile_uses_them(lab_backend) -> None:
         qc.sx(1)
     qc.cx(0, 1)
     qc.measure(range(3), range(3))
-    ours = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4,
-                     scheduling_method="labqpu_dd")
+    ours = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4)
     theirs = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4,
                        translation_method="translator", scheduling_method="alap")
     assert ours.count_ops().get("x", 0) > theirs.count_ops().get("x", 0)  # DD pulses
@@ -117,8 +116,7 @@ def test_dd_circuit_gives_the_outcomes_of_the_unitary(lab_backend) -> None:
     qc.cx(0, 1)
     qc.measure(range(3), range(3))
     ideal = Statevector(qc.remove_final_measurements(inplace=False)).probabilities_dict()
-    with_dd = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4,
-                        scheduling_method="labqpu_dd")
+    with_dd = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4)
     without = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4,
                         scheduling_method="alap")
     assert with_dd.count_ops().get("x", 0) > without.count_ops().get("x", 0)

@@ -256,7 +256,7 @@ def _duration_dt(target, name: str, qargs: tuple[int, ...], op) -> int:
 
 def test_dd_fills_idle_windows_with_calibrated_x_pulses(target):
     out = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
-                    scheduling_method="labqpu_dd")
+                    scheduling_method="labqpu")
     plain = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
                       scheduling_method="alap")
     assert out.count_ops()["x"] > plain.count_ops().get("x", 0)
@@ -294,20 +294,53 @@ def test_user_delays_are_not_filled_with_dd(target):
     qc.x(0)
     qc.delay(20e-6, 0, unit="s")
     qc.measure(0, 0)
-    out = transpile(qc, target=target, initial_layout=[2], scheduling_method="labqpu_dd")
+    out = transpile(qc, target=target, initial_layout=[2], scheduling_method="labqpu")
     assert out.count_ops()["x"] == 1
     delays = [i.operation for i in out.data if i.operation.name == "delay"
               and out.find_bit(i.qubits[0]).index == 2]
     assert sum(d.duration for d in delays) == round(20e-6 / target.dt)
 
 
-def test_the_default_scheduling_inserts_no_echo(target):
-    """An echo on an idle qubit refocuses the ZZ that experiments measure: DD is opt-in."""
-    out = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
-                    scheduling_method="labqpu")
-    dd = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
-                   scheduling_method="labqpu_dd")
-    assert out.count_ops().get("x", 0) < dd.count_ops().get("x", 0)
+def test_the_default_scheduling_decouples_idle_qubits(target):
+    """The backend's default stage (``labqpu``, checked by name in
+    test_native_gates_on_simulator) inserts the echo; ``labqpu_nodd`` leaves the windows
+    empty."""
+    default = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
+                        scheduling_method="labqpu")
+    plain = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
+                      scheduling_method="labqpu_nodd")
+    assert default.count_ops().get("x", 0) > plain.count_ops().get("x", 0)
+    assert default.estimate_duration(target, unit="dt") == plain.estimate_duration(target, unit="dt")
+
+
+def test_zz_ramsey_control_is_not_echoed(target):
+    """While the target of qiskit-experiments' ZZRamsey waits, its control idles. An echo on
+    the control would refocus the ZZ being measured, so the default scheduling leaves a qubit
+    coupled to a waiting qubit alone; an uncoupled idle qubit is still decoupled."""
+    from qiskit_experiments.library import ZZRamsey
+
+    exp = ZZRamsey((1, 2), min_delay=0.0, max_delay=4e-6, num_delays=5)
+    for circuit in exp.circuits():
+        wide = QuantumCircuit(4, 3)
+        wide.x(0)  # coupled to 1, which waits: left alone
+        wide.x(3)  # coupled only to 2, the control, which never waits: decoupled
+        wide.barrier()
+        wide.compose(circuit, qubits=[1, 2], clbits=[0], inplace=True)
+        wide.measure(0, 1)
+        wide.measure(3, 2)
+        out = transpile(wide, target=target, initial_layout=[0, 1, 2, 3],
+                        scheduling_method="labqpu")
+        ops = [(t0, i.operation.name, out.find_bit(i.qubits[0]).index)
+               for i, t0 in zip(out.data, out.op_start_times, strict=True)]
+        pulses = sorted(t0 for t0, name, q in ops if q == 1 and name in ("sx", "sy", "x"))
+        wait = (pulses[0] + 40, pulses[-1])  # from the first pi/2 to the last
+        inside = {q: sum(1 for t0, name, qq in ops
+                         if qq == q and name == "x" and wait[0] <= t0 < wait[1])
+                  for q in (0, 2, 3)}
+        assert inside[2] == 1, (circuit.metadata, inside)  # the echo ZZRamsey wrote
+        assert inside[0] == 0, (circuit.metadata, inside)
+        if circuit.metadata["xval"] > 1e-6:
+            assert inside[3] > 0, (circuit.metadata, inside)
 
 
 def test_other_plugins_can_be_chosen_by_name(target):
