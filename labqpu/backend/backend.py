@@ -211,9 +211,9 @@ class LabBackend(BackendV2):
 
     def get_scheduling_stage_plugin(self) -> str:
         """Name of the scheduling stage plugin ``transpile`` uses by default: ``"labqpu"``
-        (ALAP with the calibrated durations and the timing constraints). Pass
-        ``scheduling_method="labqpu_dd"`` for X-X dynamical decoupling on idle qubits, or any
-        other plugin's name."""
+        (ALAP with the calibrated durations and the timing constraints, then X-X dynamical
+        decoupling on idle qubits; a delay written in the circuit stays free evolution). Pass
+        ``scheduling_method="labqpu_nodd"`` for no decoupling, or any other plugin's name."""
         return "labqpu"
 
     def hardware_status(self, timeout_s: float = 30.0) -> dict:
