@@ -310,7 +310,8 @@ def test_the_default_scheduling_decouples_idle_qubits(target):
     plain = transpile(_idle_circuit(), target=target, optimization_level=1, seed_transpiler=2,
                       scheduling_method="labqpu_nodd")
     assert default.count_ops().get("x", 0) > plain.count_ops().get("x", 0)
-    assert default.estimate_duration(target, unit="dt") == plain.estimate_duration(target, unit="dt")
+    assert (default.estimate_duration(target, unit="dt")
+            == plain.estimate_duration(target, unit="dt"))
 
 
 def test_zz_ramsey_control_is_not_echoed(target):
