@@ -182,26 +182,55 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.action is not None:
         return _calibration_store_command(args)
-    if not args.bootstrap:
-        print("labqpu calibrate: give --bootstrap, or one of history, diff, rollback",
+    if not (args.bootstrap or args.rb):
+        print("labqpu calibrate: give --bootstrap or --rb, or one of history, diff, rollback",
               file=sys.stderr)
         return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
-        design_path = args.design or Path(
-            str(resources.files("labqpu") / "data" / f"{backend.name}_design.toml"))
         t0 = time.perf_counter()
-        document = bootstrap(backend, load_design(design_path), shots=args.shots,
-                             progress=lambda msg: print(f"[{time.perf_counter() - t0:7.1f} s] "
-                                                        f"{msg}", flush=True))
-        snapshot = backend.store.commit(document)
-        print(f"committed calibration snapshot {snapshot.snapshot_id} to "
-              f"{backend.config.store_path}")
-        if args.export:
+
+        def progress(msg: str) -> None:
+            print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
+
+        snapshot = None
+        if args.bootstrap:
+            design_path = args.design or Path(
+                str(resources.files("labqpu") / "data" / f"{backend.name}_design.toml"))
+            document = bootstrap(backend, load_design(design_path), shots=args.shots,
+                                 progress=progress)
+            snapshot = backend.store.commit(document)
+            print(f"committed calibration snapshot {snapshot.snapshot_id} to "
+                  f"{backend.config.store_path}")
+        if args.rb or not args.no_rb:
+            snapshot = _randomized_benchmarking(backend, progress)
+        if args.export and snapshot is not None:
             Path(args.export).write_text(
                 json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
             print(f"exported to {args.export}")
     return 0
+
+
+def _randomized_benchmarking(backend, progress):
+    """RB of every qubit and cz edge of the backend's newest snapshot; commits the gate errors
+    as a new snapshot (its parent the one measured) and returns it."""
+    from labqpu.calibration.rb import benchmark_gates, rb_update
+    from labqpu.store import SnapshotBuilder
+
+    measured = backend.snapshot
+    outcomes = benchmark_gates(backend, progress=progress)
+    builder = SnapshotBuilder.from_snapshot(measured)
+    builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
+    for outcome in outcomes:
+        rb_update(builder, outcome)
+        for gate, error in outcome.errors.items():
+            progress(f"{gate}: error {error:.2e} (EPC {outcome.fit.epc:.2e} "
+                     f"+- {outcome.fit.epc_stderr:.1e})")
+    snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
+                                    expect_parent=True)
+    print(f"committed calibration snapshot {snapshot.snapshot_id} (gate errors from "
+          f"randomized benchmarking) to {backend.config.store_path}")
+    return snapshot
 
 
 def _calibration_store_command(args: argparse.Namespace) -> int:
@@ -327,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cal = sub.add_parser("calibrate", help="calibrate the device")
     cal.add_argument("--bootstrap", action="store_true",
-                     help="measure everything from the design values")
+                     help="measure everything from the design values, then the gate errors")
+    cal.add_argument("--rb", action="store_true",
+                     help="measure the gate errors (randomized benchmarking) of the newest "
+                          "snapshot and commit them")
+    cal.add_argument("--no-rb", action="store_true",
+                     help="with --bootstrap: skip randomized benchmarking")
     cal.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)

@@ -199,3 +199,9 @@ def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, expor
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_calibrate_without_a_task_names_the_choices(tmp_path):
+    proc = labqpu(tmp_path, "calibrate")
+    assert proc.returncode == 2
+    assert "--bootstrap or --rb" in proc.stderr

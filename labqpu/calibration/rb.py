@@ -1,0 +1,342 @@
+"""Randomized benchmarking: the gate errors of the Target.
+
+Three parts, as for every calibration experiment:
+
+* **acquire** (:func:`acquire_rb`): random Clifford sequences on the chosen qubits (1-qubit
+  sequences run simultaneously on qubits that share no coupler, 2-qubit sequences on one edge),
+  each Clifford fenced by a barrier so the transpiler cannot merge neighbours, and the sequence
+  closed by the inverse of its product. The circuits go through ``transpile(qc, backend)`` with
+  the layout pinned and run with ``backend.run``; the transpiled circuits also say how many
+  physical pulses an average Clifford costs.
+* **a pure analysis** (:func:`fit_rb`, :func:`errors_per_gate`): ``scipy.optimize.curve_fit``
+  of the survival probability P(m) = A alpha^m + B, the error per Clifford
+  EPC = (1 - alpha)(d - 1) / d, and from it the error per physical gate.
+* **an explicit update** (:func:`rb_update`): the errors go into a ``SnapshotBuilder`` as the
+  ``error`` of gates ``sx:q``, ``sy:q``, ``x:q`` and ``cz:a-b``, with the experiment id and the
+  time of the measurement; from there the Target carries them.
+
+Error per gate. sx, sy and x each play one DRAG pulse of the same duration, so the
+single-qubit EPC is shared equally among the pulses of an average Clifford:
+EPG_1q = EPC_1q / n_pulses (rz is a frame change and plays nothing). For an edge, the 2-qubit
+EPC is, to first order, the sum of the errors of its gates, so
+EPG_cz = (EPC_2q - sum_q n_pulses_q EPG_1q(q)) / n_cz. The usual first-order caveats of RB
+apply: the errors are averages over the Clifford group, and leakage shows up as a lower
+asymptote B rather than in alpha.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from qiskit import QuantumCircuit, transpile
+from qiskit.quantum_info import Clifford, random_clifford
+from scipy.optimize import OptimizeWarning, curve_fit
+
+from labqpu.errors import FitError
+from labqpu.store.builder import SnapshotBuilder
+
+#: Native gates that play one drive pulse (rz plays nothing).
+ONE_QUBIT_PULSES = ("sx", "sy", "x")
+
+
+@dataclass(frozen=True)
+class RBData:
+    """What :func:`acquire_rb` measured on ``qubits`` (one qubit, or one edge).
+
+    ``lengths`` (Cliffords per sequence) and ``survival`` (P(all measured qubits back in 0),
+    shape (len(lengths), seeds)); ``pulses_per_clifford`` and ``cz_per_clifford`` are averages
+    over the transpiled sequences (pulses counted per qubit); ``experiment`` is the run's id.
+    """
+
+    qubits: tuple[int, ...]
+    lengths: np.ndarray
+    survival: np.ndarray
+    pulses_per_clifford: dict[int, float]
+    cz_per_clifford: float
+    shots: int
+    experiment: str
+    measured_at: str
+
+
+@dataclass(frozen=True)
+class RBFit:
+    """Decay ``alpha`` (per Clifford) with its standard error, the fit's ``amplitude`` A and
+    ``baseline`` B, the error per Clifford and its standard error, and the reduced chi-square."""
+
+    alpha: float
+    alpha_stderr: float
+    amplitude: float
+    baseline: float
+    epc: float
+    epc_stderr: float
+    reduced_chi2: float
+
+
+def _sequence(width: int, length: int, rng: np.random.Generator
+              ) -> tuple[QuantumCircuit, int]:
+    """``length`` random Cliffords on ``width`` qubits and the inverse of their product."""
+    qc = QuantumCircuit(width)
+    total = Clifford(QuantumCircuit(width))
+    for _ in range(length):
+        c = random_clifford(width, seed=rng)
+        qc.compose(c.to_circuit(), inplace=True)
+        qc.barrier()
+        total = total.compose(c)
+    qc.compose(total.adjoint().to_circuit(), inplace=True)
+    return qc, length + 1
+
+
+def acquire_rb(backend, groups: Sequence[Sequence[int]], lengths: Sequence[int], *,
+               seeds: int = 6, shots: int = 400, seed: int | None = None,
+               experiment: str | None = None) -> list[RBData]:
+    """Run RB on ``backend``: every group of ``groups`` is one benchmark (a single qubit, or
+    the two qubits of an edge); the groups of one call run simultaneously, so give together
+    only groups that share no coupler. ``lengths`` are numbers of Cliffords; ``seeds`` random
+    sequences per length; ``shots`` per circuit. Returns one :class:`RBData` per group."""
+    groups = [tuple(int(q) for q in g) for g in groups]
+    if not groups or any(len(g) not in (1, 2) for g in groups):
+        raise ValueError(f"RB groups must be single qubits or edges, got {groups}")
+    used = [q for g in groups for q in g]
+    if len(set(used)) != len(used):
+        raise ValueError(f"RB groups overlap: {groups}")
+    n = backend.num_qubits
+    bad = [q for q in used if not 0 <= q < n]
+    if bad:
+        raise ValueError(f"RB qubits {bad} are not on {backend.name} ({n} qubits)")
+    lengths = [int(m) for m in lengths]
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"RB lengths must be positive numbers of Cliffords, got {lengths}")
+    rng = np.random.default_rng(seed)
+    experiment = experiment or f"rb-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    circuits = []
+    for m in lengths:
+        for _ in range(seeds):
+            qc = QuantumCircuit(n, len(used))
+            for g in groups:
+                seq, _ = _sequence(len(g), m, rng)
+                qc.compose(seq, qubits=list(g), inplace=True)
+            qc.barrier()
+            qc.measure(used, range(len(used)))
+            circuits.append(qc)
+    isa = transpile(circuits, backend, initial_layout=list(range(n)))
+    result = backend.run(isa, shots=shots).result()
+    counts = result.get_counts()
+    counts = counts if isinstance(counts, list) else [counts]
+    measured_at = datetime.now(UTC).isoformat()
+    out = []
+    offset = 0
+    for g in groups:
+        bits = range(offset, offset + len(g))
+        offset += len(g)
+        survival = np.empty(len(circuits))
+        for i, c in enumerate(counts):
+            ok = sum(v for k, v in c.items()
+                     if all(k.zfill(len(used))[::-1][b] == "0" for b in bits))
+            survival[i] = ok / shots
+        cliffords = sum((m + 1) * seeds for m in lengths)
+        pulses = {q: sum(_count(circ, q, ONE_QUBIT_PULSES) for circ in isa) / cliffords
+                  for q in g}
+        cz = (sum(_count(circ, g[0], ("cz",)) for circ in isa) / cliffords
+              if len(g) == 2 else 0.0)
+        out.append(RBData(qubits=g, lengths=np.array(lengths),
+                          survival=survival.reshape(len(lengths), seeds),
+                          pulses_per_clifford=pulses, cz_per_clifford=cz, shots=shots,
+                          experiment=experiment, measured_at=measured_at))
+    return out
+
+
+def _count(circuit: QuantumCircuit, qubit: int, names: tuple[str, ...]) -> int:
+    """Operations named in ``names`` that act on physical ``qubit`` of a transpiled circuit."""
+    return sum(1 for inst in circuit.data if inst.operation.name in names
+               and any(circuit.find_bit(b).index == qubit for b in inst.qubits))
+
+
+def rb_baseline(assignment_matrices: Sequence[Sequence[Sequence[float]]]) -> float:
+    """The survival a fully depolarised register reads: the asymptote B of the RB decay.
+
+    ``assignment_matrices`` holds one 2x2 matrix per measured qubit, rows the prepared state
+    and columns the read one ([[P(0|0), P(1|0)], [P(0|1), P(1|1)]]), as the snapshot stores
+    them. B = prod_q (P(0|0) + P(0|1)) / 2.
+    """
+    b = 1.0
+    for m in assignment_matrices:
+        m = np.asarray(m, dtype=float)
+        if m.shape != (2, 2):
+            raise ValueError(f"an assignment matrix must be 2x2, got shape {m.shape}")
+        b *= 0.5 * (m[0, 0] + m[1, 0])
+    return float(b)
+
+
+def fit_rb(lengths: np.ndarray, survival: np.ndarray, num_qubits: int,
+           baseline: float | None = None) -> RBFit:
+    """Fit P(m) = A alpha^m + B to the mean survival over seeds at each length ``m``.
+
+    ``baseline`` fixes B (see :func:`rb_baseline`: the readout of a depolarised register);
+    sequences short enough to simulate or to run quickly do not decay far enough to pin B by
+    themselves. With ``None`` B is fitted too. Pure: no side effects. The uncertainty of each
+    mean is the standard error over seeds (at least a binomial floor of 0.005), so
+    ``reduced_chi2`` near 1 means the model fits. Raises ``FitError`` if the decay cannot be
+    fitted or alpha is not in (0, 1].
+    """
+    lengths = np.asarray(lengths, dtype=float)
+    survival = np.asarray(survival, dtype=float)
+    mean = survival.mean(axis=1)
+    seeds = survival.shape[1]
+    sem = survival.std(axis=1, ddof=1) / math.sqrt(seeds) if seeds > 1 else np.zeros_like(mean)
+    sem = np.maximum(sem, 0.005)
+    d = 2 ** num_qubits
+    b_guess = 1.0 / d if baseline is None else baseline
+
+    if baseline is None:
+        def model(m, a, alpha, b):
+            return a * alpha ** m + b
+        p0 = (max(mean[0] - b_guess, 0.1), 0.99, b_guess)
+        bounds = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    else:
+        def model(m, a, alpha):
+            return a * alpha ** m + baseline
+        p0 = (max(mean[0] - b_guess, 0.1), 0.99)
+        bounds = ([0.0, 0.0], [1.0, 1.0])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OptimizeWarning)
+            popt, pcov = curve_fit(model, lengths, mean, p0=p0, sigma=sem, absolute_sigma=True,
+                                   bounds=bounds, maxfev=10_000)
+    except (RuntimeError, ValueError, OptimizeWarning) as exc:
+        raise FitError(f"randomized benchmarking: the decay does not fit ({exc})") from exc
+    a, alpha = float(popt[0]), float(popt[1])
+    b = float(popt[2]) if baseline is None else float(baseline)
+    err = np.sqrt(np.clip(np.diag(pcov), 0.0, None))
+    if not 0.0 < alpha <= 1.0 or not np.all(np.isfinite(err)):
+        raise FitError(f"randomized benchmarking: decay alpha = {alpha} is not in (0, 1]")
+    resid = (mean - model(lengths, *popt)) / sem
+    dof = max(len(lengths) - len(popt), 1)
+    scale = (d - 1) / d
+    return RBFit(alpha=alpha, alpha_stderr=float(err[1]), amplitude=a, baseline=b,
+                 epc=scale * (1.0 - alpha), epc_stderr=scale * float(err[1]),
+                 reduced_chi2=float(np.sum(resid ** 2) / dof))
+
+
+def errors_per_gate(data: RBData, fit: RBFit,
+                    one_qubit_epg: dict[int, float] | None = None) -> dict[str, float]:
+    """Error per physical gate from an RB fit (pure).
+
+    One qubit q: ``{"sx:q", "sy:q", "x:q"}`` all EPC / pulses per Clifford. An edge (a, b):
+    ``{"cz:a-b"}``, the 2-qubit EPC less the single-qubit pulses' share (``one_qubit_epg``, from
+    a 1-qubit RB of a and b), divided by the cz gates per Clifford; never below 0.
+    """
+    if len(data.qubits) == 1:
+        (q,) = data.qubits
+        per = data.pulses_per_clifford[q]
+        if per <= 0:
+            raise FitError(f"qubit {q}: the RB sequences played no pulses")
+        epg = fit.epc / per
+        return {f"{g}:{q}": epg for g in ONE_QUBIT_PULSES}
+    a, b = sorted(data.qubits)
+    if data.cz_per_clifford <= 0:
+        raise FitError(f"edge ({a}, {b}): the RB sequences played no cz")
+    known = one_qubit_epg or {}
+    missing = [q for q in (a, b) if q not in known]
+    if missing:
+        raise FitError(f"edge ({a}, {b}): 1-qubit errors of qubits {missing} are needed "
+                       "to separate the cz error; run 1-qubit RB first")
+    share = sum(data.pulses_per_clifford[q] * known[q] for q in (a, b))
+    return {f"cz:{a}-{b}": max(fit.epc - share, 0.0) / data.cz_per_clifford}
+
+
+@dataclass(frozen=True)
+class RBOutcome:
+    """One benchmark: its data, its fit, and the gate errors it gives (gate key -> error)."""
+
+    data: RBData
+    fit: RBFit
+    errors: dict[str, float]
+
+
+def rb_update(builder: SnapshotBuilder, outcome: RBOutcome) -> None:
+    """Write ``outcome``'s gate errors into ``builder``, with the run's experiment id and the
+    time of the measurement."""
+    for gate, value in outcome.errors.items():
+        builder.set_gate(gate, "error", float(value), outcome.data.experiment,
+                         timestamp=outcome.data.measured_at)
+
+
+def independent_sets(items: Sequence[tuple[int, ...]],
+                     coupling_map: Sequence[Sequence[int]]) -> list[list[tuple[int, ...]]]:
+    """Split ``items`` (qubits as 1-tuples, or edges) into rounds that can run simultaneously:
+    within a round no two items share a qubit or are coupled by an edge of ``coupling_map``.
+    Greedy, in the order given."""
+    coupled = {frozenset(e) for e in coupling_map}
+
+    def clash(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+        return bool(set(a) & set(b)) or any(frozenset((p, q)) in coupled for p in a for q in b)
+
+    rounds: list[list[tuple[int, ...]]] = []
+    for item in items:
+        for r in rounds:
+            if not any(clash(item, other) for other in r):
+                r.append(item)
+                break
+        else:
+            rounds.append([item])
+    return rounds
+
+
+@dataclass(frozen=True)
+class RBSettings:
+    """Sequence lengths (Cliffords), random sequences per length and shots per circuit."""
+
+    lengths_1q: tuple[int, ...] = (1, 50, 150, 300, 600)
+    lengths_2q: tuple[int, ...] = (1, 10, 30, 60, 100)
+    seeds: int = 4
+    shots: int = 300
+
+
+def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
+                    settings: RBSettings = RBSettings(), seed: int | None = None,
+                    progress=None) -> list[RBOutcome]:
+    """1-qubit RB of every qubit with sx in the Target, then 2-qubit RB of ``edges`` (default:
+    every cz edge), in rounds of non-interfering groups. The decay asymptote comes from the
+    snapshot's assignment matrices. Returns one :class:`RBOutcome` per qubit and edge; pass
+    each to :func:`rb_update`. Raises ``FitError`` naming the qubit or edge whose decay does
+    not fit, before anything is returned."""
+    snapshot = backend.snapshot
+    target = backend.target
+    qubits = sorted(q for (q,) in target.qargs_for_operation_name("sx"))
+    coupling = [tuple(e) for e in backend.config.coupling_map]
+    if edges is None:
+        edges = sorted({tuple(sorted(e)) for e in target.qargs_for_operation_name("cz")}
+                       if "cz" in target.operation_names else set())
+    matrices = {q: snapshot.qubits[q]["assignment_matrix"].value for q in qubits
+                if "assignment_matrix" in snapshot.qubits.get(q, {})}
+    missing = [q for q in {q for e in edges for q in e} | set(qubits) if q not in matrices]
+    if missing:
+        raise FitError(f"qubits {sorted(missing)}: RB needs their assignment matrices "
+                       "(readout calibration) for the decay asymptote")
+    errors: dict[str, float] = {}
+    outcomes: list[RBOutcome] = []
+    say = progress or (lambda msg: None)
+    for i, (settings_lengths, items) in enumerate(
+            ((settings.lengths_1q, [(q,) for q in qubits]),
+             (settings.lengths_2q, [tuple(e) for e in edges]))):
+        for group in independent_sets(items, coupling):
+            say(f"randomized benchmarking of {', '.join(map(str, group))}")
+            data = acquire_rb(backend, group, settings_lengths, seeds=settings.seeds,
+                              shots=settings.shots,
+                              seed=None if seed is None else seed + len(outcomes))
+            for d in data:
+                try:
+                    fit = fit_rb(d.lengths, d.survival, len(d.qubits),
+                                 rb_baseline([matrices[q] for q in d.qubits]))
+                except FitError as exc:
+                    raise FitError(f"RB of {d.qubits}: {exc}") from exc
+                one_q = {q: errors[f"sx:{q}"] for q in qubits if f"sx:{q}" in errors}
+                epg = errors_per_gate(d, fit, one_q if i else None)
+                errors.update(epg)
+                outcomes.append(RBOutcome(d, fit, epg))
+    return outcomes

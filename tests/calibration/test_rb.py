@@ -1,0 +1,144 @@
+"""Randomized benchmarking: the pure analysis against synthetic decays, the sequences against
+their ideal unitary, and the gate errors it measures on the simulator against the coherence
+limit of the device file, through the store into the Target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit.quantum_info import Operator
+
+from labqpu.calibration.rb import (
+    RBData,
+    RBFit,
+    RBSettings,
+    _sequence,
+    benchmark_gates,
+    errors_per_gate,
+    fit_rb,
+    independent_sets,
+    rb_baseline,
+    rb_update,
+)
+from labqpu.errors import FitError
+from labqpu.firmware_sim.device import load_device
+from labqpu.store import SnapshotBuilder
+
+LAB5_COUPLING = [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def synthetic(alpha: float, a: float, b: float, lengths, seeds: int, shots: int,
+              seed: int) -> np.ndarray:
+    """Survival per (length, seed): binomial shots around A alpha^m + B, plus a seed-to-seed
+    spread of 0.5 %."""
+    rng = np.random.default_rng(seed)
+    p = a * alpha ** np.asarray(lengths, dtype=float)[:, None] + b
+    p = np.clip(p + rng.normal(0.0, 0.005, (len(lengths), seeds)), 0.0, 1.0)
+    return rng.binomial(shots, p) / shots
+
+
+@pytest.mark.parametrize("alpha", [0.999, 0.995, 0.98])
+def test_fit_recovers_the_decay_with_the_asymptote_fixed(alpha):
+    lengths = np.array([1, 20, 60, 150, 300])
+    survival = synthetic(alpha, 0.47, 0.505, lengths, seeds=6, shots=400, seed=3)
+    fit = fit_rb(lengths, survival, 1, baseline=0.505)
+    assert abs(fit.alpha - alpha) < 4 * fit.alpha_stderr + 2e-5
+    assert fit.epc == pytest.approx(0.5 * (1 - fit.alpha))
+    assert fit.reduced_chi2 < 4.0
+
+
+def test_fit_with_a_free_asymptote_needs_the_decay_to_reach_it():
+    lengths = np.array([1, 50, 150, 400, 1000, 2000])
+    survival = synthetic(0.997, 0.7, 0.25, lengths, seeds=6, shots=400, seed=5)
+    fit = fit_rb(lengths, survival, 2)
+    assert fit.baseline == pytest.approx(0.25, abs=0.03)
+    assert fit.epc == pytest.approx(0.75 * 0.003, rel=0.15)
+
+
+def test_fit_refuses_data_that_is_not_a_decay():
+    with pytest.raises(FitError, match="randomized benchmarking"):
+        fit_rb(np.array([1, 10, 100]), np.full((3, 4), np.nan), 1, baseline=0.5)
+
+
+def test_baseline_is_the_readout_of_a_depolarised_register():
+    m0 = [[0.98, 0.02], [0.03, 0.97]]
+    m1 = [[0.96, 0.04], [0.05, 0.95]]
+    assert rb_baseline([m0]) == pytest.approx((0.98 + 0.03) / 2)
+    assert rb_baseline([m0, m1]) == pytest.approx((0.98 + 0.03) / 2 * (0.96 + 0.05) / 2)
+    with pytest.raises(ValueError, match="2x2"):
+        rb_baseline([[0.9, 0.1]])
+
+
+def _data(qubits, pulses, cz=0.0) -> RBData:
+    return RBData(qubits=qubits, lengths=np.array([1]), survival=np.ones((1, 1)),
+                  pulses_per_clifford=pulses, cz_per_clifford=cz, shots=1,
+                  experiment="rb-test", measured_at="2026-11-29T00:00:00+00:00")
+
+
+def _fit(epc: float) -> RBFit:
+    return RBFit(alpha=1 - 2 * epc, alpha_stderr=0.0, amplitude=0.5, baseline=0.5, epc=epc,
+                 epc_stderr=0.0, reduced_chi2=1.0)
+
+
+def test_errors_per_gate_share_the_epc_among_pulses_and_separate_the_cz():
+    one = errors_per_gate(_data((2,), {2: 0.8}), _fit(4e-4))
+    assert one == {"sx:2": pytest.approx(5e-4), "sy:2": pytest.approx(5e-4),
+                   "x:2": pytest.approx(5e-4)}
+    two = errors_per_gate(_data((3, 2), {2: 1.7, 3: 1.8}, cz=1.5), _fit(9e-3),
+                          {2: 5e-4, 3: 4e-4})
+    assert two == {"cz:2-3": pytest.approx((9e-3 - 1.7 * 5e-4 - 1.8 * 4e-4) / 1.5)}
+    with pytest.raises(FitError, match=r"qubits \[3\]"):
+        errors_per_gate(_data((2, 3), {2: 1.7, 3: 1.8}, cz=1.5), _fit(9e-3), {2: 5e-4})
+
+
+def test_rounds_never_pair_coupled_qubits_or_edges():
+    qubits = independent_sets([(q,) for q in range(5)], LAB5_COUPLING)
+    assert qubits == [[(0,), (2,), (4,)], [(1,), (3,)]]
+    edges = independent_sets(LAB5_COUPLING, LAB5_COUPLING)
+    assert edges == [[(0, 1), (3, 4)], [(1, 2)], [(2, 3)]]
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_a_sequence_with_its_inverse_is_the_identity(width):
+    qc, cliffords = _sequence(width, 12, np.random.default_rng(7))
+    assert cliffords == 13
+    assert Operator(qc.remove_final_measurements(inplace=False)).equiv(
+        Operator(np.eye(2 ** width)))
+
+
+def coherence_limit(t_s: float, t1_s: float, t2_s: float) -> float:
+    """Average gate infidelity of amplitude damping and dephasing over ``t_s``."""
+    return (3 - np.exp(-t_s / t1_s) - 2 * np.exp(-t_s / t2_s)) / 6
+
+
+@pytest.mark.slow
+def test_rb_gate_errors_reach_the_target(lab_provider, lab_backend):
+    """1-qubit RB of every qubit and 2-qubit RB of edge (0, 1) on the simulator. The 1-qubit
+    errors lie between 0.8 and 2.5 times the coherence limit of a 40 ns pulse with the device
+    file's T1 and T2 (the simulated pulses are limited by decoherence, plus the static ZZ of
+    neighbours); the cz error is positive and below 3 %. Committed, they appear in the
+    Target."""
+    settings = RBSettings(lengths_1q=(1, 100, 300, 600), lengths_2q=(1, 10, 30, 60), seeds=3,
+                          shots=300)
+    outcomes = benchmark_gates(lab_backend, edges=[(0, 1)], settings=settings, seed=11)
+    errors = {k: v for o in outcomes for k, v in o.errors.items()}
+    device = load_device("lab5")
+    for q, truth in enumerate(device.qubits):
+        limit = coherence_limit(40e-9, truth.t1_s, truth.t2_s)
+        assert 0.8 * limit < errors[f"sx:{q}"] < 2.5 * limit, (q, errors[f"sx:{q}"], limit)
+        assert errors[f"x:{q}"] == errors[f"sy:{q}"] == errors[f"sx:{q}"]
+    assert 5e-4 < errors["cz:0-1"] < 0.03, errors["cz:0-1"]
+
+    measured = lab_backend.snapshot
+    builder = SnapshotBuilder.from_snapshot(measured)
+    for outcome in outcomes:
+        rb_update(builder, outcome)
+    committed = lab_backend.store.commit(builder.build_document(),
+                                         parent_id=measured.snapshot_id, expect_parent=True)
+    try:
+        assert committed.gates["sx:2"]["error"].experiment.startswith("rb-")
+        target = lab_provider.backend("lab5").target
+        assert target["sx"][(2,)].error == pytest.approx(errors["sx:2"])
+        assert target["cz"][(1, 0)].error == pytest.approx(errors["cz:0-1"])
+    finally:
+        lab_backend.store.rollback(measured.snapshot_id)
