@@ -212,20 +212,31 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _randomized_benchmarking(backend, progress):
-    """RB of every qubit and cz edge of the backend's newest snapshot; commits the gate errors
-    as a new snapshot (its parent the one measured) and returns it."""
-    from labqpu.calibration.rb import benchmark_gates, rb_update
+    """RB of every qubit and cz edge of the backend's newest snapshot; writes each benchmark's
+    record and plot next to the store, commits the gate errors as a new snapshot (its parent
+    the one measured) and returns it."""
+    from labqpu.calibration.plots import save_plot
+    from labqpu.calibration.rb import benchmark_gates, rb_record, rb_update
+    from labqpu.calibration.records import experiments_directory
     from labqpu.store import SnapshotBuilder
 
     measured = backend.snapshot
     outcomes = benchmark_gates(backend, progress=progress)
     builder = SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
+    directory = experiments_directory(backend.config.store_path)
     for outcome in outcomes:
+        old = {}
+        for gate in outcome.errors:
+            previous = measured.gates.get(gate, {}).get("error")
+            old[gate] = None if previous is None else previous.value
+        record = rb_record(outcome, old)
+        record.save(directory)
+        png = save_plot(record, directory)
         rb_update(builder, outcome)
         for gate, error in outcome.errors.items():
             progress(f"{gate}: error {error:.2e} (EPC {outcome.fit.epc:.2e} "
-                     f"+- {outcome.fit.epc_stderr:.1e})")
+                     f"+- {outcome.fit.epc_stderr:.1e}); plot {png}")
     snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
                                     expect_parent=True)
     print(f"committed calibration snapshot {snapshot.snapshot_id} (gate errors from "

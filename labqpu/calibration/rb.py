@@ -37,6 +37,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.quantum_info import Clifford, random_clifford
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from labqpu.calibration.records import ExperimentRecord
 from labqpu.errors import FitError
 from labqpu.store.builder import SnapshotBuilder
 
@@ -340,3 +341,36 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                 errors.update(epg)
                 outcomes.append(RBOutcome(d, fit, epg))
     return outcomes
+
+
+def rb_record(outcome: RBOutcome, old_errors: dict[str, float | None]) -> ExperimentRecord:
+    """The :class:`ExperimentRecord` of one benchmark: EPC and gate errors with their
+    uncertainties, the old gate errors, the fit quality, and the survival per sequence (the raw
+    data :func:`refit` needs)."""
+    d, f = outcome.data, outcome.fit
+    scale = f.epc_stderr / f.epc if f.epc > 0 else 0.0
+    values = {"epc": [f.epc, f.epc_stderr], "alpha": [f.alpha, f.alpha_stderr]}
+    for gate, error in outcome.errors.items():
+        values[f"{gate}.error"] = [error, error * scale]
+    subject = (f"qubit {d.qubits[0]}" if len(d.qubits) == 1
+               else f"edge ({d.qubits[0]}, {d.qubits[1]})")
+    tag = "-".join(str(q) for q in d.qubits)
+    return ExperimentRecord(
+        experiment=f"{d.experiment}-q{tag}", kind=f"rb_{len(d.qubits)}q", subject=subject,
+        measured_at=d.measured_at, values=values,
+        old_values={f"{gate}.error": old_errors.get(gate) for gate in outcome.errors},
+        fit={"reduced_chi2": f.reduced_chi2, "amplitude": f.amplitude, "baseline": f.baseline},
+        raw={"qubits": list(d.qubits), "lengths": d.lengths.tolist(),
+             "survival": d.survival.tolist(),
+             "pulses_per_clifford": {str(q): v for q, v in d.pulses_per_clifford.items()},
+             "cz_per_clifford": d.cz_per_clifford},
+        settings={"shots": d.shots, "seeds": int(d.survival.shape[1]),
+                  "run": d.experiment},
+    )
+
+
+def refit(record: ExperimentRecord) -> RBFit:
+    """Redo the fit of an RB record from its raw data, with the asymptote it used (pure)."""
+    raw = record.raw
+    return fit_rb(np.array(raw["lengths"]), np.array(raw["survival"]), len(raw["qubits"]),
+                  baseline=record.fit["baseline"])

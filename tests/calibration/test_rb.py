@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from qiskit.quantum_info import Operator
 
+from labqpu.calibration.plots import save_plot
 from labqpu.calibration.rb import (
     RBData,
     RBFit,
+    RBOutcome,
     RBSettings,
     _sequence,
     benchmark_gates,
@@ -18,8 +20,11 @@ from labqpu.calibration.rb import (
     fit_rb,
     independent_sets,
     rb_baseline,
+    rb_record,
     rb_update,
+    refit,
 )
+from labqpu.calibration.records import load_record
 from labqpu.errors import FitError
 from labqpu.firmware_sim.device import load_device
 from labqpu.store import SnapshotBuilder
@@ -142,3 +147,24 @@ def test_rb_gate_errors_reach_the_target(lab_provider, lab_backend):
         assert target["cz"][(1, 0)].error == pytest.approx(errors["cz:0-1"])
     finally:
         lab_backend.store.rollback(measured.snapshot_id)
+
+
+def test_a_record_keeps_what_the_fit_needs_and_plots(tmp_path):
+    lengths = np.array([1, 50, 150, 300, 600])
+    survival = synthetic(0.999, 0.47, 0.505, lengths, seeds=4, shots=300, seed=9)
+    fit = fit_rb(lengths, survival, 1, baseline=0.505)
+    data = RBData(qubits=(2,), lengths=lengths, survival=survival,
+                  pulses_per_clifford={2: 0.83}, cz_per_clifford=0.0, shots=300,
+                  experiment="rb-20261129T000000", measured_at="2026-11-29T00:00:00+00:00")
+    outcome = RBOutcome(data, fit, errors_per_gate(data, fit))
+    record = rb_record(outcome, {"sx:2": 7e-4})
+    path = record.save(tmp_path)
+    again = load_record(path)
+    assert again == record
+    assert again.old_values["sx:2.error"] == 7e-4 and again.old_values["x:2.error"] is None
+    assert refit(again) == fit
+    png = save_plot(again, tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    (tmp_path / "broken.json").write_text('{"format": 1, "kind": "rb_1q"}')
+    with pytest.raises(ValueError, match=r"broken\.json: missing field 'experiment'"):
+        load_record(tmp_path / "broken.json")

@@ -1,0 +1,95 @@
+"""Experiment records: what a calibration experiment measured, kept so the fit can be redone.
+
+Every experiment run leaves, next to the calibration store
+(``<store directory>/experiments/``), two files named by its experiment id:
+
+* ``<id>.json``, an :class:`ExperimentRecord`:
+  - what was measured (``kind``, ``subject``);
+  - when (``measured_at``, ISO-8601 UTC);
+  - the values with their standard errors, and the values they replace;
+  - the fit quality;
+  - the raw sweep data, so that the fit can be redone later with the same pure analysis
+    (:func:`labqpu.calibration.rb.refit` for RB);
+* ``<id>.png``, its plot: data, fit, the chosen value, and the old value for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Format version of the JSON record.
+RECORD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """One experiment's result.
+
+    ``values`` maps a parameter (``"sx:2.error"``, ``"epc"``) to ``[value, stderr]`` (stderr
+    ``None`` when the analysis gives none); ``old_values`` the same parameters' values before
+    the run (``None``: there was none); ``fit`` the fit's quality figures
+    (``reduced_chi2`` ...); ``raw`` the sweep data as plain lists; ``settings`` what the
+    acquisition was asked for (lengths, shots ...).
+    """
+
+    experiment: str
+    kind: str
+    subject: str
+    measured_at: str
+    values: dict[str, list]
+    old_values: dict[str, float | None]
+    fit: dict[str, float]
+    raw: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The record as JSON (non-finite numbers as ``null``)."""
+        doc = {"format": RECORD_FORMAT, **asdict(self)}
+        return json.dumps(_finite(doc), indent=1) + "\n"
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<directory>/<experiment>.json`` atomically; returns its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.experiment}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def load_record(path: str | Path) -> ExperimentRecord:
+    """Read a record written by :meth:`ExperimentRecord.save`; ``ValueError`` names the file
+    and the field when it is not one."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable experiment record ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path}: field 'format' must be {RECORD_FORMAT}")
+    names = [f for f in ExperimentRecord.__dataclass_fields__]
+    missing = [n for n in names if n not in doc and n != "settings"]
+    if missing:
+        raise ValueError(f"{path}: missing field {missing[0]!r}")
+    return ExperimentRecord(**{n: doc[n] for n in names if n in doc})
+
+
+def experiments_directory(store_path: str | Path) -> Path:
+    """Where the records of the calibration store at ``store_path`` go."""
+    return Path(store_path).parent / "experiments"
