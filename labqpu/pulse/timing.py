@@ -1,0 +1,137 @@
+"""Timing constraints of a controller: granularity, minimum length, pulse and acquire alignment.
+
+A controller states them in its ``hello`` capabilities (``"timing"``, in samples); a
+controller that states none has no constraint (all 1). The backend declares them in the
+Target, so Qiskit's scheduling passes honour them, and the compiler enforces them:
+
+* every waveform it plays is a whole number of ``granularity`` samples and at least
+  ``min_length`` long (a calibrated pulse is zero-padded at its end: the same pulse, then
+  idle);
+* every duration it schedules (pulses, readout, reset, delays) is a multiple of the common
+  grid ``lcm(granularity, pulse_alignment, acquire_alignment)``, so every play starts on
+  ``pulse_alignment`` and every acquisition on ``acquire_alignment`` without rescheduling. A
+  ``delay`` off that grid is refused, naming it. The Target's ``granularity`` is this grid,
+  which is what makes ``transpile`` and qiskit-experiments round delays onto it.
+
+:meth:`TimingConstraints.check_program` checks a ready ``PulseProgram`` (from the builder)
+against the same rules before anything is sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from labqpu.errors import CompilationError
+
+#: Keys of the ``timing`` capability, all in samples.
+TIMING_FIELDS = ("granularity", "min_length", "pulse_alignment", "acquire_alignment")
+
+
+@dataclass(frozen=True)
+class TimingConstraints:
+    """A controller's timing rules, in samples (all 1: none)."""
+
+    granularity: int = 1
+    min_length: int = 1
+    pulse_alignment: int = 1
+    acquire_alignment: int = 1
+
+    def __post_init__(self) -> None:
+        for name in TIMING_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"timing constraint {name} must be a positive whole number "
+                                 f"of samples, got {value!r}")
+
+    @classmethod
+    def from_capabilities(cls, capabilities: Mapping, controller: str = "controller"
+                          ) -> TimingConstraints:
+        """The constraints a controller's ``hello`` capabilities state (``"timing"``)."""
+        timing = capabilities.get("timing", {})
+        if not isinstance(timing, Mapping):
+            raise ValueError(f"{controller}: capability 'timing' must be a table, got "
+                             f"{type(timing).__name__}")
+        unknown = sorted(set(timing) - set(TIMING_FIELDS))
+        if unknown:
+            raise ValueError(f"{controller}: unknown timing capability {unknown[0]!r}")
+        try:
+            return cls(**{k: timing[k] for k in TIMING_FIELDS if k in timing})
+        except ValueError as exc:
+            raise ValueError(f"{controller}: {exc}") from exc
+
+    def combine(self, other: TimingConstraints) -> TimingConstraints:
+        """Constraints that satisfy both (programs spanning both controllers)."""
+        return TimingConstraints(
+            granularity=math.lcm(self.granularity, other.granularity),
+            min_length=max(self.min_length, other.min_length),
+            pulse_alignment=math.lcm(self.pulse_alignment, other.pulse_alignment),
+            acquire_alignment=math.lcm(self.acquire_alignment, other.acquire_alignment))
+
+    @property
+    def grid(self) -> int:
+        """The common grid of every scheduled duration (samples)."""
+        return math.lcm(self.granularity, self.pulse_alignment, self.acquire_alignment)
+
+    @property
+    def trivial(self) -> bool:
+        """True when nothing is constrained."""
+        return (self.granularity, self.min_length, self.pulse_alignment,
+                self.acquire_alignment) == (1, 1, 1, 1)
+
+    def pad(self, samples: int) -> int:
+        """``samples`` rounded up onto the grid and to at least ``min_length``."""
+        g = self.grid
+        return max(-(-int(samples) // g) * g, -(-self.min_length // g) * g)
+
+    def check_delay(self, samples: int, where: str) -> None:
+        """A delay of ``samples`` must lie on the grid (``CompilationError`` naming it)."""
+        if samples % self.grid:
+            raise CompilationError(
+                f"{where}: delay of {samples} samples is not a multiple of the controller's "
+                f"timing grid ({self.grid} samples: granularity {self.granularity}, pulse "
+                f"alignment {self.pulse_alignment}, acquire alignment "
+                f"{self.acquire_alignment}); round it (the Target's granularity is "
+                f"{self.grid})", instruction="delay")
+
+    def check_program(self, program) -> None:
+        """Refuse a ``PulseProgram`` that breaks these rules, naming the first play or
+        acquisition at fault (``CompilationError``)."""
+        if self.trivial:
+            return
+        where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+        lengths = np.diff(program.wave_offset)[program.play_wave] if program.play_wave.size \
+            else np.zeros(0, dtype=np.int64)
+        rules = (
+            (program.play_start % self.pulse_alignment != 0,
+             f"starts off the pulse alignment of {self.pulse_alignment} samples"),
+            (lengths % self.granularity != 0,
+             f"has a waveform length off the granularity of {self.granularity} samples"),
+            (lengths < self.min_length,
+             f"is shorter than the minimum length of {self.min_length} samples"),
+        )
+        for bad, what in rules:
+            hit = np.flatnonzero(bad)
+            if hit.size:
+                i = int(hit[0])
+                raise CompilationError(
+                    f"{where}: play {i} (port {int(program.play_port[i])}, start "
+                    f"{int(program.play_start[i])}, {int(lengths[i])} samples) {what}",
+                    instruction="play")
+        rules = (
+            (program.acq_start % self.acquire_alignment != 0,
+             f"starts off the acquire alignment of {self.acquire_alignment} samples"),
+            (program.acq_duration % self.granularity != 0,
+             f"lasts a duration off the granularity of {self.granularity} samples"),
+        )
+        for bad, what in rules:
+            hit = np.flatnonzero(bad)
+            if hit.size:
+                i = int(hit[0])
+                raise CompilationError(
+                    f"{where}: acquisition {i} (input {int(program.acq_port[i])}, start "
+                    f"{int(program.acq_start[i])}, {int(program.acq_duration[i])} samples) "
+                    f"{what}", instruction="acquire")
