@@ -304,7 +304,7 @@ class _Tree:
         for key in np.unique(keys):
             level, bit = divmod(int(key), 2)
             child, _ = project(state.rho, axis, level)
-            nxt = dict(known, **{j: bit}) if read else known
+            nxt = {**known, j: bit} if read else known
             self.descend(k + 1, EvolutionStart(child, state.position, t), nxt,
                          shots[keys == key])
 

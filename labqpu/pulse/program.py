@@ -375,9 +375,10 @@ class ProgramBuilder:
     @contextlib.contextmanager
     def if_result(self, acquisition: int, value: int) -> Iterator[int]:
         """Plays and phase shifts added in this block run only in shots whose acquisition
-        ``acquisition`` was discriminated as ``value`` (0 or 1); yields the block's index.
-        Blocks do not nest. The controller refuses a block member that starts earlier than the
-        acquisition's end plus its feed-forward latency."""
+        ``acquisition`` was discriminated as ``value`` (0 or 1); yields the block's index (one
+        block per acquisition and value: entering it again adds to it). Blocks do not nest.
+        The controller refuses a block member that starts earlier than the acquisition's end
+        plus its feed-forward latency."""
         if self._block >= 0:
             raise ValueError("if_result blocks do not nest")
         if not 0 <= acquisition < len(self._acqs):
@@ -388,8 +389,10 @@ class ProgramBuilder:
                              "one to acquire()")
         if value not in (0, 1):
             raise ValueError(f"if_result: value must be 0 or 1, got {value!r}")
-        self._blocks.append((acquisition, int(value)))
-        self._block = len(self._blocks) - 1
+        key = (acquisition, int(value))
+        if key not in self._blocks:
+            self._blocks.append(key)
+        self._block = self._blocks.index(key)
         try:
             yield self._block
         finally:
