@@ -13,13 +13,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import scipy.linalg
 from qiskit import QuantumCircuit, transpile
 
 from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, ERR_INVALID_PROGRAM
 from labqpu.errors import InstrumentCommandError, PulseError
 from labqpu.firmware_sim.density import DensityMatrix
+from labqpu.firmware_sim.device import load_device, load_rack
 from labqpu.firmware_sim.feedforward import branch_probabilities, project
+from labqpu.firmware_sim.physics import EvolutionStart, PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.pulse import PulseBuilder, PulseProgram, drive, readout
 from labqpu.pulse.compiler import compile_circuit
@@ -81,6 +84,73 @@ def test_branch_probabilities_and_projection_match_a_dense_reference() -> None:
             np.testing.assert_allclose(child.tensor.reshape(d, d), rho_ref, atol=1e-12)
         assert abs(probs.sum() - 1.0) < 1e-12
     assert np.array_equal(dm.tensor.reshape(d, d), rho)  # the input is untouched
+
+
+def _pulse_reference(amp: float, phase_rad: float, n: int, sigma: float, rabi_hz: float,
+                     alpha_hz: float) -> np.ndarray:
+    """Propagator of a resonant Gaussian (``n`` samples at 1 GS/s) on one three-level transmon
+    in its rotating frame: per sample expm(-2 pi i H dt), H = (alpha/2) n(n-1) + (R/2)(z a^dag
+    + z* a), z = amp w e^{-i phase} (the NCO cancels the LO detuning)."""
+    a = np.diag(np.sqrt([1.0, 2.0]), 1).astype(complex)
+    num = np.diag([0.0, 1.0, 2.0])
+    w = np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / sigma) ** 2)
+    u = np.eye(3, dtype=complex)
+    for wk in w:
+        z = amp * wk * np.exp(-1j * phase_rad)
+        h = 0.5 * alpha_hz * (num @ num - num) + 0.5 * rabi_hz * (z * a.conj().T
+                                                                   + np.conj(z) * a)
+        u = scipy.linalg.expm(-2j * np.pi * h * 1e-9) @ u
+    return u
+
+
+def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> None:
+    """lab5's qubit 0 alone (no couplings, no thermal population, T1 and T2 of 1000 s): a
+    Gaussian, a projective measurement, a second Gaussian with another phase. The branch
+    probabilities after the first pulse and the populations after the second, evolved from each
+    projected state through ``evolve(resume=...)``, match the expm reference within 1e-8."""
+    device = load_device("lab5")
+    qubits = list(device.qubits)
+    qubits[0] = dataclasses.replace(qubits[0], t1_s=1e3, t2_s=1e3)
+    device = dataclasses.replace(device, couplings={}, thermal_population=0.0, qubits=qubits)
+    cabling = load_rack(default_config_path()).cabling
+    engine = PhysicsEngine(device, cabling)
+    truth, cab = device.qubits[0], cabling[0]
+    nco = -80e6
+    los = {"lo_drive_a": (truth.frequency_hz(0.0) - nco, 13.0, True),
+           "lo_drive_b": (6e9, 13.0, True), "lo_readout": (7e9, 13.0, True)}
+    currents = {(c.flux_source, c.flux_channel): device.qubits[q].sweet_spot_current_a
+                for q, c in cabling.items()}
+    settings = Settings(los=los, currents=currents)
+    n, sigma = 40, 10.0
+    wave = np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / sigma) ** 2)
+
+    def pulse(start: int, amp: float, phase: float) -> WireProgram:
+        z = np.zeros(0)
+        return WireProgram(
+            play_port=np.array([cab.drive_port], np.int32), play_start=np.array([start]),
+            play_wave=np.zeros(1, np.int32), play_amp=np.array([amp]),
+            play_phase_rad=np.array([phase]), play_freq_hz=np.array([nco]),
+            wave_offset=np.array([0, n]), wave_data=wave.astype(complex),
+            acq_port=np.zeros(0, np.int32), acq_start=z.astype(np.int64),
+            acq_duration=z.astype(np.int64), acq_freq_hz=z, duration_samples=start + n + 60)
+
+    ground = DensityMatrix([np.array([1.0, 0.0, 0.0])])
+    first = engine.evolve(pulse(0, 0.23, 0.0), settings,
+                          resume=EvolutionStart(ground, {0: 0}, 0))
+    assert first.position == {0: 0}
+    rabi, alpha = truth.rabi_hz_per_amplitude, truth.anharmonicity_hz
+    u1 = _pulse_reference(0.23, 0.0, n, sigma, rabi, alpha)
+    probs = branch_probabilities(first.rho, 0)
+    np.testing.assert_allclose(probs, np.abs(u1[:, 0]) ** 2, atol=1e-8)
+    u2 = _pulse_reference(0.31, 1.1, n, sigma, rabi, alpha)
+    t1 = n + 60
+    for level in (0, 1):
+        child, p = project(first.rho, 0, level)
+        assert abs(p - probs[level]) < 1e-12
+        second = engine.evolve(pulse(t1 + 500, 0.31, 1.1), settings,
+                               resume=EvolutionStart(child, {0: 0}, t1))
+        np.testing.assert_allclose(second.rho.populations().reshape(-1),
+                                   np.abs(u2[:, level]) ** 2, atol=1e-8)
 
 
 # --------------------------------------------------------------------------- physics
