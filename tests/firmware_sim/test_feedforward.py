@@ -171,6 +171,9 @@ def test_measure_x_measure_gives_anti_correlated_outcomes(lab_backend) -> None:
     bits = per_shot_bits(result, 2)
     assert 0.4 < bits[:, 0].mean() < 0.6
     assert np.mean(bits[:, 0] != bits[:, 1]) >= 0.93
+    iq = np.array(lab_backend.run(program, shots=50, meas_level=1,
+                                  seed_simulator=11).result().get_memory(0))
+    assert iq.shape == (50, 2)  # one memory slot per acquisition of the one qubit
 
 
 def test_feedforward_reset_leaves_the_qubit_in_ground(lab_backend) -> None:
