@@ -72,14 +72,6 @@ class FeedForward:
     disc_axis: np.ndarray
     disc_threshold: np.ndarray
 
-    @classmethod
-    def none(cls, n_plays: int, n_acq: int) -> FeedForward:
-        """No blocks, no shifts, no discriminators."""
-        empty_i = np.zeros(0, dtype=np.int32)
-        return cls(np.full(n_plays, -1, dtype=np.int32), empty_i, empty_i, empty_i,
-                   np.zeros(0, dtype=np.int64), np.zeros(0), empty_i,
-                   np.zeros(n_acq, dtype=np.complex128), np.zeros(n_acq))
-
     def discriminate(self, j: int, iq: np.ndarray) -> np.ndarray:
         """Results (uint8, 0 or 1) of acquisition ``j`` for IQ points ``iq``; zeros when ``j``
         has no discriminator."""

@@ -364,3 +364,17 @@ def test_builder_refuses_foreign_references_and_conditional_acquisitions(lab_bac
         a.acquire(100, 0, 1)
     with pytest.raises(PulseError, match="only shift_phase"), a.if_result(own, 0):
         a.set_phase(0.1, readout(0))
+
+
+def test_a_conditional_program_round_trips_and_its_blocks_change_its_hash() -> None:
+    program = _conditional_program(300)
+    again = PulseProgram.from_bytes(program.to_bytes())
+    assert again == program
+    for name in ("play_block", "block_acq", "block_value", "acq_disc_axis",
+                 "acq_disc_threshold"):
+        assert np.array_equal(getattr(again, name), getattr(program, name)), name
+    flipped = dataclasses.replace(program, block_value=np.array([0], np.int32))
+    assert flipped.content_hash != program.content_hash
+    arrays, _ = program.to_wire()
+    assert arrays["play_block"].tolist() == [0, -1]  # sorted by port: the drive play is first
+    assert arrays["acq_disc_axis"].dtype == np.complex128
