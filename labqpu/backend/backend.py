@@ -85,10 +85,10 @@ class LabBackend(BackendV2):
         self._target: LabTarget | None = None
         self._rejected_snapshot: int | None = None
         self._refresh()
+        self._capabilities: dict[str, dict] = queue.capabilities(timeout_s=30.0)
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
-            for name, caps in queue.capabilities(timeout_s=30.0).items()
-            if "max_program_samples" in caps}
+            for name, caps in self._capabilities.items() if "max_program_samples" in caps}
 
     @classmethod
     def _default_options(cls) -> Options:
@@ -215,6 +215,11 @@ class LabBackend(BackendV2):
         decoupling on idle qubits; a delay written in the circuit stays free evolution). Pass
         ``scheduling_method="labqpu_nodd"`` for no decoupling, or any other plugin's name."""
         return "labqpu"
+
+    def controller_capabilities(self, name: str) -> dict:
+        """What controller ``name`` stated in its ``hello`` when the backend was made (sample
+        rate, limits, ``feedforward`` latency ...); ``KeyError`` for an unknown controller."""
+        return self._capabilities[name]
 
     def hardware_status(self, timeout_s: float = 30.0) -> dict:
         """Controller capabilities and instrument identities, asked in queue order (waits for

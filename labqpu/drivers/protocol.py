@@ -8,12 +8,12 @@ A message is one ZeroMQ multipart message:
 
 Request header::
 
-    {"v": 1, "op": "run", "id": "<uuid4 hex>", "key": "<idempotency key>" | null,
+    {"v": 3, "op": "run", "id": "<uuid4 hex>", "key": "<idempotency key>" | null,
      "params": {...}, "arrays": [{"name": "a", "dtype": "<c8", "shape": [2, 160]}, ...]}
 
 Reply header::
 
-    {"v": 1, "id": "<request id>", "ok": true, "result": {...},
+    {"v": 3, "id": "<request id>", "ok": true, "result": {...},
      "error": {"type": "UnknownProgram", "message": "..."} | null, "arrays": [...]}
 
 The host talks through a DEALER socket and the controller answers through a ROUTER
@@ -41,6 +41,7 @@ from labqpu.errors import ProtocolError
 __all__ = [
     "ALLOWED_DTYPES",
     "ERR_BAD_PARAMS",
+    "ERR_FEEDFORWARD_LATENCY",
     "ERR_FORBIDDEN",
     "ERR_INTERNAL",
     "ERR_INVALID_PROGRAM",
@@ -76,7 +77,7 @@ __all__ = [
     "salvage_request_id",
 ]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 OP_HELLO = "hello"
 OP_UPLOAD = "upload"
@@ -91,6 +92,8 @@ ERR_PROTOCOL = "ProtocolError"  # the request could not be decoded
 ERR_UNKNOWN_OP = "UnknownOp"  # the op is not one of ``OPS``
 ERR_BAD_PARAMS = "BadParams"  # missing or ill-typed parameters
 ERR_INVALID_PROGRAM = "InvalidProgram"  # the controller rejected an uploaded program
+# a conditional play or phase shift starts before its acquisition's result can be known
+ERR_FEEDFORWARD_LATENCY = "FeedForwardLatency"
 ERR_UNKNOWN_PROGRAM = "UnknownProgram"  # run of a program id the controller does not hold
 ERR_UNKNOWN_RUN = "UnknownRun"  # fetch/abort of a run id the controller does not hold
 ERR_RUN_EXPIRED = "RunExpired"  # idempotency key seen before; its run's record is gone

@@ -68,7 +68,7 @@ from labqpu.drivers.protocol import (
 )
 from labqpu.errors import ProtocolError
 
-__all__ = ["ControllerServer", "Executor", "program_id_of"]
+__all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ class Executor(Protocol):
         ...
 
     def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Validate a program; raise ``ValueError`` with a clear message if it is bad.
+        """Validate a program; raise ``ValueError`` with a clear message if it is bad (the
+        reply's error type is the exception's ``error_type`` attribute when it has one, e.g.
+        ``ProgramRefusedError``, else ``InvalidProgram``).
 
         The arrays are read-only: a program is immutable once uploaded, and every run of
         it receives the same arrays.
@@ -122,6 +124,14 @@ class Executor(Protocol):
         with the exception's type name and message.
         """
         ...
+
+
+class ProgramRefusedError(ValueError):
+    """A program an executor refuses with a specific protocol error type (``ERR_*``)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class _RequestError(Exception):
@@ -476,7 +486,8 @@ class ControllerServer:
         try:
             self._executor.load(request.arrays, meta)
         except ValueError as exc:
-            raise _RequestError(ERR_INVALID_PROGRAM, str(exc)) from exc
+            raise _RequestError(getattr(exc, "error_type", ERR_INVALID_PROGRAM), str(exc)
+                                ) from exc
         with self._lock:
             self._uploads_total += 1
             self._programs[program_id] = _Program(request.arrays, meta)

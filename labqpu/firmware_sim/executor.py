@@ -1,9 +1,11 @@
 """The simulated controller firmware: validates uploaded programs and executes them.
 
 It sees exactly what a real controller would: play rows (port, start sample, waveform id,
-amplitude, phase, NCO frequency), a waveform table, acquisition windows and a parameter table.
-Execution renders the plays and hands the samples to the physics model, together with the LO
-and flux-bias settings the VISA servers hold at that moment.
+amplitude, phase, NCO frequency), a waveform table, acquisition windows and a parameter table,
+and the feed-forward tables (conditional blocks, phase shifts, a linear discriminator per
+acquisition). Execution renders the plays and hands the samples to the physics model, together
+with the LO and flux-bias settings the VISA servers hold at that moment; programs with
+mid-circuit measurement or conditional blocks go through ``feedforward``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY
+from labqpu.firmware_sim.controller_server import ProgramRefusedError
 from labqpu.firmware_sim.device import ControllerSpec
+from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 
 log = logging.getLogger(__name__)
@@ -30,12 +35,21 @@ MAX_WAVEFORMS = 65_536
 MAX_PLAYS = 1_000_000
 MAX_SHOTS = 1_000_000
 FULL_SCALE = 1.0 + 1e-6
+#: Time from the end of an acquisition window until a play may depend on its result (s):
+#: demodulation, discrimination and the decision on the sequencer.
+FEEDFORWARD_LATENCY_S = 200e-9
+#: Most conditional blocks and phase shifts in a program.
+MAX_BLOCKS = 65_536
+MAX_SHIFTS = 65_536
 
 _REQUIRED = {
     "play_port": "int32", "play_start": "int64", "play_wave": "int32", "play_amp": "float64",
     "play_amp_ref": "int32", "play_phase_rad": "float64", "play_freq_hz": "float64",
     "wave_offset": "int64", "wave_data": "complex64", "acq_port": "int32", "acq_start": "int64",
     "acq_duration": "int64", "acq_freq_hz": "float64", "param_values": "float64",
+    "play_block": "int32", "block_acq": "int32", "block_value": "int32", "shift_port": "int32",
+    "shift_start": "int64", "shift_phase_rad": "float64", "shift_block": "int32",
+    "acq_disc_axis": "complex128", "acq_disc_threshold": "float64",
 }
 
 
@@ -62,14 +76,24 @@ class SimulatedController:
             "max_plays": MAX_PLAYS,
             "max_shots": MAX_SHOTS,
             "amplitude_full_scale": 1.0,
-            "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window"},
+            "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window",
+                        "bits": "uint8 (shots, acquisitions), discriminated results"},
+            "feedforward": {"latency_s": FEEDFORWARD_LATENCY_S,
+                            "latency_samples": self._latency_samples(),
+                            "max_blocks": MAX_BLOCKS, "max_shifts": MAX_SHIFTS,
+                            "discriminator": "linear: 1 iff Re(conj(axis) * iq) > threshold"},
         }
+
+    def _latency_samples(self) -> int:
+        """The feed-forward latency in whole samples (rounded up)."""
+        return math.ceil(FEEDFORWARD_LATENCY_S * self.spec.sample_rate_hz - 1e-9)
 
     def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         """Validate a program; raises ``ValueError`` naming the first problem found."""
         self._parse(arrays, meta)
 
-    def _parse(self, arrays: dict[str, np.ndarray], meta: dict) -> WireProgram:
+    def _parse(self, arrays: dict[str, np.ndarray], meta: dict
+               ) -> tuple[WireProgram, FeedForward]:
         for name, dtype in _REQUIRED.items():
             if name not in arrays:
                 raise ValueError(f"program lacks array {name!r}")
@@ -157,18 +181,93 @@ class SimulatedController:
         if bad.size:
             raise ValueError(f"acquisition {bad[0]} demodulates at {freq[bad[0]]} Hz, beyond "
                              "the Nyquist frequency")
-        return WireProgram(
+        prog = WireProgram(
             play_port=port, play_start=start, play_wave=wave, play_amp=amp.astype(np.float64),
             play_phase_rad=arrays["play_phase_rad"], play_freq_hz=arrays["play_freq_hz"],
             wave_offset=offsets, wave_data=data.astype(np.complex128), acq_port=acq_port,
             acq_start=acq_start, acq_duration=acq_dur, acq_freq_hz=arrays["acq_freq_hz"],
             duration_samples=duration,
         )
+        return prog, self._parse_feedforward(arrays, prog)
+
+    def _parse_feedforward(self, arrays: dict[str, np.ndarray], prog: WireProgram
+                           ) -> FeedForward:
+        """Validate the conditional blocks, phase shifts and discriminators of a program."""
+        n_play, n_acq = prog.play_port.shape[0], prog.acq_port.shape[0]
+        play_block, block_acq, block_value = (arrays[n] for n in ("play_block", "block_acq",
+                                                                   "block_value"))
+        n_block = block_acq.shape[0]
+        if play_block.shape[0] != n_play:
+            raise ValueError(f"array 'play_block' has {play_block.shape[0]} rows, play_port "
+                             f"has {n_play}")
+        if block_value.shape[0] != n_block:
+            raise ValueError("arrays 'block_acq' and 'block_value' differ in length")
+        if n_block > MAX_BLOCKS:
+            raise ValueError(f"program has {n_block} blocks; this controller takes {MAX_BLOCKS}")
+        axis, threshold = arrays["acq_disc_axis"], arrays["acq_disc_threshold"]
+        if axis.shape[0] != n_acq or threshold.shape[0] != n_acq:
+            raise ValueError(f"discriminator arrays need one row per acquisition ({n_acq})")
+        if not (np.all(np.isfinite(axis)) and np.all(np.isfinite(threshold))):
+            raise ValueError("a discriminator is not finite")
+        bad = np.flatnonzero((axis != 0) & (np.abs(np.abs(axis) - 1.0) > 1e-6))
+        if bad.size:
+            raise ValueError(f"acquisition {bad[0]}: discriminator axis {axis[bad[0]]} is "
+                             "neither 0 nor a unit vector")
+        for b in range(n_block):
+            j, v = int(block_acq[b]), int(block_value[b])
+            if not 0 <= j < n_acq:
+                raise ValueError(f"block {b} reads acquisition {j}; the program has {n_acq}")
+            if v not in (0, 1):
+                raise ValueError(f"block {b} runs on result {v}; a result is 0 or 1")
+            if axis[j] == 0:
+                raise ValueError(f"block {b} reads acquisition {j}, which has no "
+                                 "discriminator (acq_disc_axis is 0)")
+        bad = np.flatnonzero((play_block < -1) | (play_block >= n_block))
+        if bad.size:
+            raise ValueError(f"play {bad[0]} belongs to block {play_block[bad[0]]}; the "
+                             f"program has {n_block} blocks")
+        s_port, s_start, s_phase, s_block = (arrays[n] for n in (
+            "shift_port", "shift_start", "shift_phase_rad", "shift_block"))
+        n_shift = s_port.shape[0]
+        if any(a.shape[0] != n_shift for a in (s_start, s_phase, s_block)):
+            raise ValueError("phase-shift arrays differ in length")
+        if n_shift > MAX_SHIFTS:
+            raise ValueError(f"program has {n_shift} phase shifts; this controller takes "
+                             f"{MAX_SHIFTS}")
+        bad = np.flatnonzero((s_port < 0) | (s_port >= self.spec.outputs))
+        if bad.size:
+            raise ValueError(f"phase shift {bad[0]} targets output port {s_port[bad[0]]}; "
+                             f"ports are 0..{self.spec.outputs - 1}")
+        bad = np.flatnonzero((s_start < 0) | (s_start > prog.duration_samples)
+                             | ~np.isfinite(s_phase) | (s_block < -1) | (s_block >= n_block))
+        if bad.size:
+            raise ValueError(f"phase shift {bad[0]} has a start outside the program, a "
+                             "non-finite phase or an unknown block")
+        latency = self._latency_samples()
+        acq_end = prog.acq_start + prog.acq_duration
+        for what, starts, blocks in (("play", prog.play_start, play_block),
+                                     ("phase shift", s_start, s_block)):
+            for i in np.flatnonzero(blocks >= 0):
+                j = int(block_acq[blocks[i]])
+                earliest = int(acq_end[j]) + latency
+                if starts[i] < earliest:
+                    port = prog.play_port[i] if what == "play" else s_port[i]
+                    raise ProgramRefusedError(
+                        ERR_FEEDFORWARD_LATENCY,
+                        f"{what} {i} (port {port}, start {starts[i]}) in block {blocks[i]} "
+                        f"starts before the result of acquisition {j} is known: its window ends "
+                        f"at sample {acq_end[j]}, feed-forward latency is {latency} samples, "
+                        f"so the earliest start is {earliest}")
+        return FeedForward(play_block=play_block, block_acq=block_acq, block_value=block_value,
+                           shift_port=s_port, shift_start=s_start, shift_phase_rad=s_phase,
+                           shift_block=s_block, disc_axis=axis, disc_threshold=threshold)
 
     def execute(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
                 cancel: threading.Event) -> dict[str, np.ndarray]:
         """Run the program ``shots`` times; params: ``seed`` (int, optional),
-        ``rep_delay_s`` (s, optional, >= 0). Returns ``{"iq": complex64 (shots, n_acq)}``."""
+        ``rep_delay_s`` (s, optional, >= 0). Returns ``{"iq": complex64 (shots, n_acq),
+        "bits": uint8 (shots, n_acq)}`` (the discriminated results; 0 without a
+        discriminator)."""
         if not 1 <= shots <= MAX_SHOTS:
             raise ValueError(f"shots must be in 1..{MAX_SHOTS}, got {shots}")
         rep_delay = params.get("rep_delay_s", 0.0)
@@ -183,9 +282,9 @@ class SimulatedController:
             rng = np.random.default_rng(seed)
         else:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        prog = self._parse(arrays, meta)
+        prog, ff = self._parse(arrays, meta)
         if cancel.is_set():
             raise RuntimeError("aborted before start")
-        iq = self.engine.run(prog, self._settings(), shots, rng)
+        iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng)
         log.debug("executed %d shots, %d acquisitions", shots, iq.shape[1])
-        return {"iq": iq}
+        return {"iq": iq, "bits": bits}

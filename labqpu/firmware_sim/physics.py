@@ -90,8 +90,8 @@ from labqpu.firmware_sim.propagation import (
     rotate_drive_phase,
 )
 
-__all__ = ["DensityMatrix", "Evolution", "PhysicsEngine", "Settings", "WireProgram",
-           "relaxation_superop"]
+__all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Settings",
+           "WireProgram", "relaxation_superop"]
 
 #: Bounds of the propagator caches (entries): a 3x3 unitary is 144 bytes, a cluster's up to
 #: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
@@ -202,6 +202,31 @@ class Evolution:
     acquisitions: list[tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class EvolutionStart:
+    """A state to resume :meth:`PhysicsEngine.evolve` from (mid-circuit measurement).
+
+    ``rho`` holds the qubits of ``position`` (qubit -> tensor axis) with every qubit's evolution,
+    static ZZ included, accounted for up to sample ``time_samples``; the program's plays must
+    not start before it. ``rho`` is not modified.
+    """
+
+    rho: DensityMatrix
+    position: dict[int, int]
+    time_samples: int
+
+
+def _resume_qubits(start: EvolutionStart, needed: set[int]) -> set[int]:
+    """The qubits of ``start``, checked to hold every qubit in ``needed`` in axis order."""
+    missing = sorted(needed - set(start.position))
+    if missing:
+        raise SimulationError(f"cannot resume evolution: qubits {missing} are not in the state")
+    order = sorted(start.position, key=start.position.get)
+    if order != sorted(order) or start.rho.n != len(order):
+        raise SimulationError("cannot resume evolution: the state's axes are not in qubit order")
+    return set(order)
+
+
 class PhysicsEngine(DriveBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
@@ -259,13 +284,16 @@ class PhysicsEngine(DriveBlocks):
             iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
         return iq
 
-    def evolve(self, prog: WireProgram, settings: Settings) -> Evolution:
+    def evolve(self, prog: WireProgram, settings: Settings,
+               resume: EvolutionStart | None = None) -> Evolution:
         """Render ``prog`` and evolve the device's density matrix under it (no readout).
 
         Every qubit the program touches, and every neighbour of one, is evolved; a measured
         qubit up to the start of its acquisition, any other qubit up to the end of the last
-        pulse (or the last acquisition start, if later). Raises
-        ``SimulationError`` for programs this simulator cannot execute.
+        pulse (or the last acquisition start, if later). With ``resume`` the evolution resumes
+        from its state and time on its qubits (which must include every qubit evolved here),
+        and every qubit that is not acquired is evolved up to ``prog.duration_samples``.
+        Raises ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
         n_ports = int(max(
@@ -323,6 +351,8 @@ class PhysicsEngine(DriveBlocks):
         active = set(touched)
         for q in touched:
             active |= set(self.device.neighbours(q))
+        if resume is not None:
+            active, t0 = _resume_qubits(resume, active), resume.time_samples
         order = sorted(active)
         pos = {q: i for i, q in enumerate(order)}
 
@@ -342,12 +372,17 @@ class PhysicsEngine(DriveBlocks):
         model = self.dressed_model(phi_dc)
         p_th = self.device.thermal_population
         rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
+        if resume is not None:
+            rho.tensor = resume.rho.tensor.copy()
         local = _LocalChannels(self.device, rho, pos, fs,
                                {q: float(model.local_hz[q][2]) for q in order})
         zz_all = model.energies(order) - model.local_energies(order)
         has_zz = bool(np.any(zz_all))
         stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
         ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0)
+        if resume is not None:
+            local.time = dict.fromkeys(order, t0)
+            ctx.anchor = t0
         # Static ZZ is applied in a deferred frame: the stored density matrix carries the pair
         # phases exp(-i 2 pi Z t) of the whole register only up to sample ``ctx.anchor``; each
         # block's operator is conjugated into that frame (exact), and the anchor is moved
@@ -363,7 +398,7 @@ class PhysicsEngine(DriveBlocks):
             else:
                 self._apply_joint_drive(ctx, cluster, b0, b1)
             t_last = max(t_last, b1)
-        t_end = max([t_last, *acq_time.values()])
+        t_end = max([t_last, *acq_time.values()]) if resume is None else prog.duration_samples
         if has_zz and t_end > ctx.anchor:
             self._advance_zz(ctx, t_end)
         for q in order:

@@ -16,6 +16,7 @@ one, on the channels a ``ChannelMap`` names. This package imports nothing of lab
 from __future__ import annotations
 
 from labqpu.pulse.builder import (
+    AcquisitionRef,
     Channel,
     PulseBuilder,
     acquire,
@@ -29,6 +30,7 @@ from labqpu.pulse.builder import (
     delay,
     drive,
     flux,
+    if_result,
     measure,
     play,
     readout,
@@ -53,6 +55,7 @@ from labqpu.pulse.shapes import (
 )
 
 __all__ = [
+    "AcquisitionRef",
     "Channel",
     "ChannelMap",
     "Constant",
@@ -81,6 +84,7 @@ __all__ = [
     "delay",
     "drive",
     "flux",
+    "if_result",
     "measure",
     "play",
     "readout",

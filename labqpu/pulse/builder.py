@@ -37,6 +37,12 @@ The model:
   binds them all and returns a concrete ``PulseProgram``; an unbound parameter, a NaN or
   infinite value, or a duration that is not a whole number of samples is a ``PulseError``
   naming it.
+* **Feed-forward**: ``acquire`` and ``measure`` return an ``AcquisitionRef``;
+  ``with b.if_result(ref, 1):`` opens a block whose plays and ``shift_phase`` run only in shots
+  where that acquisition was discriminated as 1 (or 0), by the controller, with the qubit's
+  calibrated discriminator. The block starts no earlier than the acquisition's end plus the
+  controller's feed-forward latency (its ``hello`` capabilities); acquisitions, ``set_phase``
+  and frequency changes cannot be conditional.
 * **Instrument settings**: the program carries the LO settings of every qubit whose drive or
   readout it uses, and the flux bias of every calibrated qubit, from the calibration snapshot,
   exactly as compiled circuits do.
@@ -119,10 +125,26 @@ def acquire_channel(qubit: int) -> Channel:
 # ------------------------------------------------------------------------ instructions
 
 
+@dataclass(frozen=True)
+class AcquisitionRef:
+    """An acquisition of a builder, for ``if_result``: its qubit, classical bit, its number in
+    the builder and the builder's identity."""
+
+    qubit: int
+    clbit: int
+    ident: int
+    owner: int
+
+
+#: A leaf's condition: (acquisition ident, value) or None.
+_Cond = tuple[int, int] | None
+
+
 @dataclass
 class _Play:
     channel: Channel
     shape: Shape
+    cond: _Cond = None
 
 
 @dataclass
@@ -136,6 +158,7 @@ class _Frame:
     channel: Channel
     op: str  # shift_phase, set_phase, shift_frequency, set_frequency
     value: Value
+    cond: _Cond = None
 
 
 @dataclass
@@ -143,6 +166,7 @@ class _Acquire:
     qubit: int
     duration: Value
     clbit: int
+    ident: int = -1
 
 
 @dataclass
@@ -177,15 +201,16 @@ def _bind_node(node, bindings: Bindings):
     if isinstance(node, _Block):
         return _Block(node.alignment, [_bind_node(c, bindings) for c in node.children])
     if isinstance(node, _Play):
-        return _Play(node.channel, node.shape.assign_parameters(bindings))
+        return _Play(node.channel, node.shape.assign_parameters(bindings), node.cond)
     if isinstance(node, _Delay):
         return _Delay(node.channel, bind_value(node.duration, bindings, f"delay on {node.channel}"))
     if isinstance(node, _Frame):
         return _Frame(node.channel, node.op,
-                      bind_value(node.value, bindings, f"{node.op} on {node.channel}"))
+                      bind_value(node.value, bindings, f"{node.op} on {node.channel}"), node.cond)
     if isinstance(node, _Acquire):
         return _Acquire(node.qubit, bind_value(node.duration, bindings,
-                                               f"acquire on qubit {node.qubit}"), node.clbit)
+                                               f"acquire on qubit {node.qubit}"), node.clbit,
+                        node.ident)
     return node
 
 
@@ -275,20 +300,30 @@ class PulseBuilder:
         name: the program's name (its Result header's ``name``).
     """
 
-    def __init__(self, channels: ChannelMap, snapshot: Snapshot, name: str = "pulse_program"
-                 ) -> None:
+    def __init__(self, channels: ChannelMap, snapshot: Snapshot, name: str = "pulse_program",
+                 *, feedforward_latency_samples: int | None = None) -> None:
         if len(channels.controllers) != 1:
             raise PulseError("programs spanning several controllers are not supported yet")
         self.channels = channels
         self.snapshot = snapshot
         self.name = name
+        #: Samples from an acquisition's end until a play may depend on its result (the
+        #: controller's ``feedforward.latency_samples``); None: no feed-forward.
+        self.feedforward_latency_samples = feedforward_latency_samples
         self._root = _Block("left")
         self._stack = [self._root]
+        self._cond: _Cond = None
+        self._acquisitions = 0
 
     @classmethod
     def for_backend(cls, backend, name: str = "pulse_program") -> PulseBuilder:
-        """A builder on ``backend``'s wiring and current calibration snapshot."""
-        return cls(backend.config.channels, backend.snapshot, name)
+        """A builder on ``backend``'s wiring, current calibration snapshot and its controller's
+        feed-forward latency."""
+        channels = backend.config.channels
+        caps = backend.controller_capabilities(channels.controllers[0])
+        latency = caps.get("feedforward", {}).get("latency_samples")
+        return cls(channels, backend.snapshot, name,
+                   feedforward_latency_samples=None if latency is None else int(latency))
 
     @property
     def sample_rate_hz(self) -> float:
@@ -314,7 +349,8 @@ class PulseBuilder:
         """Play ``shape`` on an output ``channel`` (drive, flux or readout)."""
         if not isinstance(shape, Shape):
             raise PulseError(f"play needs a pulse shape, got {shape!r}", parameter="shape")
-        self._add(_Play(self._check_channel(channel, ("drive", "flux", "readout")), shape))
+        self._add(_Play(self._check_channel(channel, ("drive", "flux", "readout")), shape,
+                        self._cond))
 
     def delay(self, duration_samples: Value, channel: Channel) -> None:
         """Keep ``channel`` idle for ``duration_samples`` (samples, whole, >= 0)."""
@@ -338,19 +374,61 @@ class PulseBuilder:
         self._frame(channel, "set_frequency", frequency_hz)
 
     def _frame(self, channel: Channel, op: str, value: Value) -> None:
-        self._add(_Frame(self._check_channel(channel, ("drive", "flux", "readout")), op, value))
+        if self._cond is not None and op != "shift_phase":
+            raise PulseError(f"{op} on {channel} inside if_result: only shift_phase can be "
+                             "conditional", parameter="op")
+        self._add(_Frame(self._check_channel(channel, ("drive", "flux", "readout")), op, value,
+                         self._cond))
 
-    def acquire(self, duration_samples: Value, qubit: int | Channel, clbit: int) -> None:
+    def acquire(self, duration_samples: Value, qubit: int | Channel, clbit: int
+                ) -> AcquisitionRef:
         """Integrate ``qubit``'s digitiser input for ``duration_samples`` (samples), demodulated
-        at its readout frame frequency; the result lands in classical bit ``clbit``."""
+        at its readout frame frequency; the result lands in classical bit ``clbit``. Returns
+        a reference for ``if_result``."""
         channel = qubit if isinstance(qubit, Channel) else acquire_channel(qubit)
         self._check_channel(channel, ("acquire",))
         if isinstance(clbit, bool) or not isinstance(clbit, int | np.integer) or clbit < 0:
             raise PulseError(f"acquire on qubit {channel.qubit}: clbit must be an int >= 0, got "
                              f"{clbit!r}", qubits=(channel.qubit,), parameter="clbit")
-        self._add(_Acquire(channel.qubit, duration_samples, int(clbit)))
+        if self._cond is not None:
+            raise PulseError(f"acquire on qubit {channel.qubit} inside if_result: acquisitions "
+                             "cannot be conditional", qubits=(channel.qubit,),
+                             parameter="acquire")
+        self._acquisitions += 1
+        node = _Acquire(channel.qubit, duration_samples, int(clbit), self._acquisitions)
+        self._add(node)
+        return AcquisitionRef(node.qubit, node.clbit, node.ident, id(self))
 
-    def measure(self, qubit: int, clbit: int) -> None:
+    @contextlib.contextmanager
+    def if_result(self, acquisition: AcquisitionRef, value: int) -> Iterator[None]:
+        """A left-aligned block whose plays and ``shift_phase`` run only in shots where
+        ``acquisition`` (from ``acquire`` or ``measure`` of this builder) was discriminated as
+        ``value`` (0 or 1). The block starts no earlier than the acquisition's end plus the
+        controller's feed-forward latency; it uses the acquired qubit's acquire channel, so
+        later acquisitions of that qubit follow it. Blocks do not nest."""
+        if self.feedforward_latency_samples is None:
+            raise PulseError("if_result: the controller states no feed-forward latency, so it "
+                             "cannot run conditional blocks", parameter="feedforward")
+        if not (isinstance(acquisition, AcquisitionRef) and acquisition.owner == id(self)
+                and 0 < acquisition.ident <= self._acquisitions):
+            raise PulseError(f"if_result needs an acquisition of this builder (the value "
+                             f"acquire() or measure() returned), got {acquisition!r}",
+                             parameter="acquisition")
+        if isinstance(value, bool) or value not in (0, 1):
+            raise PulseError(f"if_result: value must be 0 or 1, got {value!r}",
+                             parameter="value")
+        if self._cond is not None:
+            raise PulseError("if_result blocks do not nest", parameter="if_result")
+        with self._align("left"):
+            self.delay(self.feedforward_latency_samples, acquire_channel(acquisition.qubit))
+            self.barrier()
+            self._cond = (acquisition.ident, int(value))
+            try:
+                yield
+            finally:
+                self._cond = None
+
+    def measure(self, qubit: int, clbit: int) -> AcquisitionRef:
         """The calibrated readout of ``qubit``: its readout pulse and an acquisition over the same
         samples, into ``clbit``. It occupies all of the qubit's channels, so it starts after
         every earlier pulse on the qubit and nothing later on the qubit overlaps it."""
@@ -363,7 +441,7 @@ class PulseBuilder:
         with self.align_left():
             self.barrier(drive(qubit), flux(qubit), readout(qubit), acquire_channel(qubit))
             self.play(tone, readout(qubit))
-            self.acquire(duration, qubit, clbit)
+            return self.acquire(duration, qubit, clbit)
 
     def calibrated_drag(self, qubit: int, *, amp: Value | None = None,
                         angle_rad: Value = 0.0) -> Drag:
@@ -482,8 +560,22 @@ class PulseBuilder:
         drive_qubits: set[int] = set()
         readout_qubits: set[int] = set()
         clbits = [-1]
+        read = {leaf.cond[0] for _, leaf in leaves if getattr(leaf, "cond", None)}
+        acq_index: dict[int, int] = {}
         for _, (start, leaf) in events:
-            if isinstance(leaf, _Frame):
+            cond = getattr(leaf, "cond", None)
+            if cond is not None and isinstance(leaf, _Frame):
+                port = getattr(self.channels.qubits[leaf.channel.qubit], leaf.channel.kind)[1]
+                with b.if_result(acq_index[cond[0]], cond[1]):
+                    b.shift_phase(port, start, require_number(leaf.value,
+                                                              f"{leaf.op} on {leaf.channel}"))
+            elif cond is not None:
+                with b.if_result(acq_index[cond[0]], cond[1]):
+                    self._emit_play(b, leaf, start, frame(leaf.channel))
+                if leaf.channel.kind in ("drive", "readout"):
+                    (drive_qubits if leaf.channel.kind == "drive" else readout_qubits).add(
+                        leaf.channel.qubit)
+            elif isinstance(leaf, _Frame):
                 f = frame(leaf.channel)
                 value = require_number(leaf.value, f"{leaf.op} on {leaf.channel}")
                 if leaf.op == "shift_phase":
@@ -504,8 +596,9 @@ class PulseBuilder:
                 q = leaf.qubit
                 freq = frame(readout(q))[0]
                 self._check_nyquist(freq, f"acquire on qubit {q}", q)
-                b.acquire(self.channels.qubits[q].acquire[1], start, _duration(leaf), freq, q,
-                          leaf.clbit)
+                acq_index[leaf.ident] = b.acquire(
+                    self.channels.qubits[q].acquire[1], start, _duration(leaf), freq, q,
+                    leaf.clbit, self._discriminator(q) if leaf.ident in read else None)
                 readout_qubits.add(q)
                 clbits.append(leaf.clbit)
         self._settings(b, drive_qubits, readout_qubits)
@@ -516,6 +609,23 @@ class PulseBuilder:
                     "memory_slots": num_clbits,
                     "metadata": {"parameters": dict(sorted(values.items()))}},
             snapshot_id=self.snapshot.snapshot_id)
+
+    def _discriminator(self, qubit: int) -> tuple[complex, float]:
+        """(axis, threshold) of the linear discriminator equivalent to the snapshot's
+        nearest-centre one for ``qubit``: the axis points from the |0> to the |1> centre, the
+        threshold is the midpoint's projection."""
+        params = self.snapshot.qubits.get(qubit, {})
+        if "discriminator" not in params:
+            raise PulseError(f"qubit {qubit} has no calibrated discriminator in snapshot "
+                             f"{self.snapshot.snapshot_id}: if_result needs one",
+                             qubits=(qubit,), parameter="discriminator")
+        (i0, q0), (i1, q1) = params["discriminator"].value["centers"]
+        c0, c1 = complex(i0, q0), complex(i1, q1)
+        if c1 == c0:
+            raise PulseError(f"qubit {qubit}: the discriminator's centres coincide",
+                             qubits=(qubit,), parameter="discriminator")
+        axis = (c1 - c0) / abs(c1 - c0)
+        return axis, float(np.real(np.conj(axis) * (c0 + c1) / 2))
 
     def _check_nyquist(self, frequency_hz: float, what: str, qubit: int) -> None:
         if not abs(frequency_hz) <= self.sample_rate_hz / 2:
@@ -615,14 +725,20 @@ def set_frequency(frequency_hz: Value, channel: Channel) -> None:
     _active().set_frequency(frequency_hz, channel)
 
 
-def acquire(duration_samples: Value, qubit: int | Channel, clbit: int) -> None:
+def acquire(duration_samples: Value, qubit: int | Channel, clbit: int) -> AcquisitionRef:
     """``PulseBuilder.acquire`` on the active builder."""
-    _active().acquire(duration_samples, qubit, clbit)
+    return _active().acquire(duration_samples, qubit, clbit)
 
 
-def measure(qubit: int, clbit: int) -> None:
+def measure(qubit: int, clbit: int) -> AcquisitionRef:
     """``PulseBuilder.measure`` on the active builder."""
-    _active().measure(qubit, clbit)
+    return _active().measure(qubit, clbit)
+
+
+def if_result(acquisition: AcquisitionRef, value: int
+              ) -> contextlib.AbstractContextManager[None]:
+    """``PulseBuilder.if_result`` on the active builder."""
+    return _active().if_result(acquisition, value)
 
 
 def barrier(*channels: Channel) -> None:

@@ -5,6 +5,12 @@ amplitude, phase, NCO frequency), sorted by port then start; waveforms are store
 a table (complex64, peak 1.0); acquisitions are rows (input port, start, duration, demodulation
 frequency, qubit, classical bit). A play's amplitude may instead refer to an entry of the
 parameter table (``play_amp_ref`` >= 0), so that a sweep can later be one uploaded program.
+Feed-forward: a play may belong to a conditional block (``play_block`` >= 0) that runs only
+when the discriminated result of an earlier acquisition equals the block's value
+(``block_acq``, ``block_value``); phase shifts (``shift_*``) add a phase to the later plays of
+a port, always or when their block runs; each acquisition carries the linear discriminator the
+controller applies (``acq_disc_axis``, a unit vector in the IQ plane or 0 for none, and
+``acq_disc_threshold``: result 1 iff Re(conj(axis) iq) > threshold).
 The VISA settings the program assumes (LO frequencies and powers, flux-bias currents) travel
 with it: its meaning depends on them.
 
@@ -17,9 +23,11 @@ length and byte offset), then the raw little-endian array bytes. ``draw()`` plot
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +36,7 @@ import numpy as np
 from labqpu.errors import PulseError
 
 PLAY_FIELDS = ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
-               "play_phase_rad", "play_freq_hz")
+               "play_phase_rad", "play_freq_hz", "play_block")
 ACQ_FIELDS = ("acq_port", "acq_start", "acq_duration", "acq_freq_hz")
 _DTYPES = {
     "play_port": np.int32, "play_start": np.int64, "play_wave": np.int32,
@@ -37,15 +45,23 @@ _DTYPES = {
     "acq_port": np.int32, "acq_start": np.int64, "acq_duration": np.int64,
     "acq_freq_hz": np.float64, "acq_qubit": np.int32, "acq_clbit": np.int32,
     "param_values": np.float64,
+    "play_block": np.int32, "block_acq": np.int32, "block_value": np.int32,
+    "shift_port": np.int32, "shift_start": np.int64, "shift_phase_rad": np.float64,
+    "shift_block": np.int32, "acq_disc_axis": np.complex128, "acq_disc_threshold": np.float64,
 }
+#: The feed-forward arrays (wire protocol 3); a program without blocks, shifts and
+#: discriminators hashes as before they existed.
+FEEDFORWARD_FIELDS = ("play_block", "block_acq", "block_value", "shift_port", "shift_start",
+                      "shift_phase_rad", "shift_block", "acq_disc_axis", "acq_disc_threshold")
 
 
 _DTYPE_OBJECTS = tuple((name, np.dtype(dtype)) for name, dtype in _DTYPES.items())
-_ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit")
+_ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit", "acq_disc_axis", "acq_disc_threshold")
 
 
 _MAGIC = b"LQPP"
-_FORMAT_VERSION = 1
+#: Version 2 added the feed-forward arrays; version 1 files read as programs without them.
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -85,8 +101,22 @@ class PulseProgram:
     num_clbits: int = 0
     header: dict = field(default_factory=dict)
     snapshot_id: int | None = None
+    play_block: np.ndarray | None = None
+    block_acq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    block_value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    shift_port: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    shift_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    shift_phase_rad: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    shift_block: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    acq_disc_axis: np.ndarray | None = None
+    acq_disc_threshold: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.play_block is None:
+            object.__setattr__(self, "play_block", np.full(np.shape(self.play_port), -1))
+        for name in ("acq_disc_axis", "acq_disc_threshold"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(np.shape(self.acq_port)))
         shapes = {}
         for name, dtype in _DTYPE_OBJECTS:
             arr = getattr(self, name)
@@ -103,6 +133,16 @@ class PulseProgram:
             raise ValueError("PulseProgram: acquisition arrays must all have the same length")
         if len(self.param_names) != self.param_values.shape[0]:
             raise ValueError("PulseProgram: parameter names and values differ in length")
+        if shapes["block_value"] != shapes["block_acq"] or any(
+                shapes[f] != shapes["shift_port"] for f in ("shift_start", "shift_phase_rad",
+                                                            "shift_block")):
+            raise ValueError("PulseProgram: block or phase-shift arrays differ in length")
+
+    @property
+    def has_feedforward(self) -> bool:
+        """True when the program has conditional blocks, phase shifts or discriminators."""
+        return bool(self.block_acq.size or self.shift_port.size
+                    or np.any(self.acq_disc_axis != 0))
 
     @property
     def num_waveforms(self) -> int:
@@ -117,7 +157,8 @@ class PulseProgram:
         """Arrays and metadata of the ``upload`` op (parameter references resolved by the
         controller from ``param_values``)."""
         arrays = {name: getattr(self, name) for name in (
-            *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values")}
+            *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values",
+            *(f for f in FEEDFORWARD_FIELDS if f != "play_block"))}
         meta = {"sample_rate_hz": self.sample_rate_hz, "duration_samples": self.duration_samples,
                 "param_names": list(self.param_names)}
         return arrays, meta
@@ -126,7 +167,8 @@ class PulseProgram:
     def content_hash(self) -> str:
         """SHA-256 over every array and setting: equal hashes mean the same experiment."""
         h = hashlib.sha256()
-        for name in sorted(_DTYPES):
+        skip = () if self.has_feedforward else FEEDFORWARD_FIELDS
+        for name in sorted(set(_DTYPES) - set(skip)):
             arr = getattr(self, name)
             h.update(name.encode())
             h.update(str(arr.shape).encode())
@@ -174,7 +216,7 @@ class PulseProgram:
             raise PulseError("not a stored PulseProgram (magic 'LQPP' missing)",
                              parameter="magic")
         version, length = struct.unpack("<II", view[4:12])
-        if version != _FORMAT_VERSION:
+        if version not in (1, _FORMAT_VERSION):
             raise PulseError(f"stored PulseProgram has format version {version}; this labqpu "
                              f"reads version {_FORMAT_VERSION}", parameter="version")
         try:
@@ -192,7 +234,8 @@ class PulseProgram:
                     raise PulseError(f"stored PulseProgram: array {name!r} is truncated",
                                      parameter=name)
                 values[name] = np.frombuffer(body[start:start + nbytes], dtype=dtype)
-            missing = sorted(set(_DTYPES) - set(values))
+            optional = set(FEEDFORWARD_FIELDS) if version == 1 else set()
+            missing = sorted(set(_DTYPES) - set(values) - optional)
             if missing:
                 raise PulseError(f"stored PulseProgram lacks array(s) {', '.join(missing)}",
                                  parameter=missing[0])
@@ -259,14 +302,21 @@ class ProgramBuilder:
 
     Ports are the controller's port numbers; times and durations are in samples; amplitudes are
     fractions of DAC full scale; phases in rad; NCO and demodulation frequencies in Hz.
+    Plays and phase shifts added inside ``with b.if_result(acq, value):`` form a conditional
+    block: the controller executes them only in shots where acquisition ``acq`` (the index
+    ``acquire`` returned) was discriminated as ``value``.
     """
 
     def __init__(self, controller: str, sample_rate_hz: float) -> None:
         self.controller = controller
         self.sample_rate_hz = sample_rate_hz
         self.waves = WaveformTable()
-        self._plays: list[tuple[int, int, int, float, int, float, float]] = []
+        self._plays: list[tuple[int, int, int, float, int, float, float, int]] = []
         self._acqs: list[tuple[int, int, int, float, int, int]] = []
+        self._discs: dict[int, tuple[complex, float]] = {}
+        self._blocks: list[tuple[int, int]] = []
+        self._shifts: list[tuple[int, int, float, int]] = []
+        self._block = -1
         self._params: dict[str, float] = {}
         self.lo_settings: dict[str, LoSetting] = {}
         self.flux_bias_a: dict[tuple[str, int], float] = {}
@@ -291,15 +341,62 @@ class ProgramBuilder:
         else:
             amp = float(amplitude)
         length = len(self.waves.waveform(wave_id))
-        self._plays.append((port, start, wave_id, amp, ref, phase_rad, frequency_hz))
+        self._plays.append((port, start, wave_id, amp, ref, phase_rad, frequency_hz,
+                            self._block))
         self._end = max(self._end, start + length)
 
+    def shift_phase(self, port: int, start: int, phase_rad: float) -> None:
+        """Add ``phase_rad`` (rad) to every play on ``port`` that starts at sample ``start`` or
+        later, as the controller executes them (inside ``if_result``: only when its block
+        runs)."""
+        self._shifts.append((port, start, float(phase_rad), self._block))
+
     def acquire(self, port: int, start: int, duration: int, frequency_hz: float, qubit: int,
-                clbit: int) -> None:
+                clbit: int, discriminator: tuple[complex, float] | None = None) -> int:
         """Integrate input ``port`` over [start, start + duration) demodulated at
-        ``frequency_hz``; the result belongs to ``qubit`` and lands in classical bit ``clbit``."""
+        ``frequency_hz``; the result belongs to ``qubit`` and lands in classical bit ``clbit``.
+
+        ``discriminator`` = (axis, threshold) lets the controller discriminate the result (1 iff
+        Re(conj(axis) iq) > threshold, axis a unit complex number); conditional blocks need
+        it. Returns the acquisition's index (its column in the results).
+        """
+        index = len(self._acqs)
+        if discriminator is not None:
+            axis, threshold = complex(discriminator[0]), float(discriminator[1])
+            if not (abs(abs(axis) - 1.0) <= 1e-6 and np.isfinite(threshold)):
+                raise ValueError(f"acquisition {index} on qubit {qubit}: discriminator axis must "
+                                 f"be a unit complex number and the threshold finite, got "
+                                 f"{discriminator!r}")
+            self._discs[index] = (axis, threshold)
         self._acqs.append((port, start, duration, frequency_hz, qubit, clbit))
         self._end = max(self._end, start + duration)
+        return index
+
+    @contextlib.contextmanager
+    def if_result(self, acquisition: int, value: int) -> Iterator[int]:
+        """Plays and phase shifts added in this block run only in shots whose acquisition
+        ``acquisition`` was discriminated as ``value`` (0 or 1); yields the block's index (one
+        block per acquisition and value: entering it again adds to it). Blocks do not nest.
+        The controller refuses a block member that starts earlier than the acquisition's end
+        plus its feed-forward latency."""
+        if self._block >= 0:
+            raise ValueError("if_result blocks do not nest")
+        if not 0 <= acquisition < len(self._acqs):
+            raise ValueError(f"if_result: no acquisition {acquisition} (the program has "
+                             f"{len(self._acqs)})")
+        if acquisition not in self._discs:
+            raise ValueError(f"if_result: acquisition {acquisition} has no discriminator; give "
+                             "one to acquire()")
+        if value not in (0, 1):
+            raise ValueError(f"if_result: value must be 0 or 1, got {value!r}")
+        key = (acquisition, int(value))
+        if key not in self._blocks:
+            self._blocks.append(key)
+        self._block = self._blocks.index(key)
+        try:
+            yield self._block
+        finally:
+            self._block = -1
 
     def set_lo(self, name: str, frequency_hz: float, power_dbm: float) -> None:
         """Require LO source ``name`` at ``frequency_hz`` / ``power_dbm`` (output on)."""
@@ -313,17 +410,23 @@ class ProgramBuilder:
               header: dict | None = None, snapshot_id: int | None = None) -> PulseProgram:
         """The finished program; plays sorted by (port, start)."""
         plays = sorted(self._plays, key=lambda r: (r[0], r[1]))
-        cols = list(zip(*plays, strict=True)) if plays else [()] * 7
+        cols = list(zip(*plays, strict=True)) if plays else [()] * 8
         acols = list(zip(*self._acqs, strict=True)) if self._acqs else [()] * 6
+        scols = list(zip(*self._shifts, strict=True)) if self._shifts else [()] * 4
+        bcols = list(zip(*self._blocks, strict=True)) if self._blocks else [()] * 2
+        discs = [self._discs.get(j, (0j, 0.0)) for j in range(len(self._acqs))]
         offsets, data = self.waves.arrays()
         return PulseProgram(
             controller=self.controller, sample_rate_hz=self.sample_rate_hz,
             duration_samples=max(duration_samples or self._end, self._end, 1),
             play_port=cols[0], play_start=cols[1], play_wave=cols[2], play_amp=cols[3],
             play_amp_ref=cols[4], play_phase_rad=cols[5], play_freq_hz=cols[6],
-            wave_offset=offsets, wave_data=data,
+            play_block=cols[7], wave_offset=offsets, wave_data=data,
             acq_port=acols[0], acq_start=acols[1], acq_duration=acols[2], acq_freq_hz=acols[3],
             acq_qubit=acols[4], acq_clbit=acols[5],
+            acq_disc_axis=[a for a, _ in discs], acq_disc_threshold=[t for _, t in discs],
+            block_acq=bcols[0], block_value=bcols[1], shift_port=scols[0],
+            shift_start=scols[1], shift_phase_rad=scols[2], shift_block=scols[3],
             param_names=tuple(self._params), param_values=np.array(list(self._params.values())),
             lo_settings=dict(self.lo_settings), flux_bias_a=dict(self.flux_bias_a),
             num_clbits=num_clbits, header=dict(header or {}), snapshot_id=snapshot_id,

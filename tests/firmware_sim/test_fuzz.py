@@ -251,7 +251,12 @@ def test_an_oversized_waveform_table_is_refused_by_its_size(rack) -> None:
               "play_freq_hz": np.zeros(1), "wave_offset": np.zeros(n + 1, np.int64),
               "wave_data": np.zeros(0, np.complex64), "acq_port": np.zeros(0, np.int32),
               "acq_start": np.zeros(0, np.int64), "acq_duration": np.zeros(0, np.int64),
-              "acq_freq_hz": np.zeros(0), "param_values": np.zeros(0)}
+              "acq_freq_hz": np.zeros(0), "param_values": np.zeros(0),
+              "play_block": -np.ones(1, np.int32), "block_acq": np.zeros(0, np.int32),
+              "block_value": np.zeros(0, np.int32), "shift_port": np.zeros(0, np.int32),
+              "shift_start": np.zeros(0, np.int64), "shift_phase_rad": np.zeros(0),
+              "shift_block": np.zeros(0, np.int32), "acq_disc_axis": np.zeros(0, complex),
+              "acq_disc_threshold": np.zeros(0)}
     with ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client:
         with pytest.raises(InstrumentCommandError, match="2000000 waveforms") as info:
             client.upload(arrays, {"sample_rate_hz": 1e9, "duration_samples": 100})

@@ -35,6 +35,10 @@ WIRE_DTYPES = {
     "play_freq_hz": np.float64, "wave_offset": np.int64, "wave_data": np.complex64,
     "acq_port": np.int32, "acq_start": np.int64, "acq_duration": np.int64,
     "acq_freq_hz": np.float64, "param_values": np.float64,
+    # wire protocol 3: feed-forward (empty or neutral for a compiled circuit)
+    "play_block": np.int32, "block_acq": np.int32, "block_value": np.int32,
+    "shift_port": np.int32, "shift_start": np.int64, "shift_phase_rad": np.float64,
+    "shift_block": np.int32, "acq_disc_axis": np.complex128, "acq_disc_threshold": np.float64,
 }
 
 

@@ -1,0 +1,322 @@
+"""Mid-circuit measurement and feed-forward: the simulated controller's conditional playback.
+
+The model, in the notation of ``physics``:
+
+* **Collapse.** An acquisition on qubit q that is followed by further evolution of q (a pulse
+  reaching q after its window, another acquisition of q) or read by a conditional block is a
+  *branch point*. At the start of its window, sample T, the density matrix rho(T) is split by
+  the projectors P_l = |l><l|_q on q's dressed levels l = 0, 1, 2: branch l has probability
+  p_l = Tr(P_l rho) and state P_l rho P_l / p_l. Every acquisition that starts no later than
+  the last branch point is a branch point too, so that all collapses happen in time order.
+* **Record.** A shot in branch l gets its IQ point from the readout model of
+  ``PhysicsEngine._acquire`` for level l at the window's start (resonator response, T1 during
+  the window, white noise), and the controller discriminates it with the acquisition's linear
+  discriminator: result 1 iff Re(conj(axis) iq) > threshold. The result therefore carries the
+  assignment error of the IQ model. The post-measurement state is the projected state evolved
+  on (T1 and dephasing act during the window as at any other time); it does not depend on the
+  noise of the record.
+* **Feed-forward.** A conditional block (plays and phase shifts) runs in a shot iff the result
+  of the acquisition it reads equals its value. Each branch continues with the plays its
+  results select: the program is cut at the branch times, and each piece is evolved from the
+  branch's state by ``PhysicsEngine.evolve`` (``EvolutionStart``), plays that straddle a cut
+  split into two exact pieces.
+* **Sampling.** Shots descend the branch tree: at each branch point a shot draws its level from
+  p_l, then its record; the children a shot reaches are evolved once, lazily, and shared by every
+  shot that reaches them. Acquisitions after the last branch point are sampled jointly from the
+  leaf's populations as in ``PhysicsEngine.run``. The cost is one evolution per visited node:
+  at most 6 children per branch point (3 levels x 2 results when a block reads it).
+
+Programs without conditional blocks and without branch points run through
+``PhysicsEngine.run`` unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from labqpu.errors import SimulationError
+from labqpu.firmware_sim.density import LEVELS, DensityMatrix
+from labqpu.firmware_sim.physics import (
+    EvolutionStart,
+    PhysicsEngine,
+    Settings,
+    WireProgram,
+    _render_kernel,
+)
+
+__all__ = ["FeedForward", "branch_probabilities", "project", "run_with_feedforward"]
+
+
+@dataclass(frozen=True)
+class FeedForward:
+    """The conditional part of a program, as uploaded (see docs/protocol.md, section 4.5).
+
+    ``play_block`` gives each play of the ``WireProgram`` its block (-1: unconditional).
+    Block b runs iff the discriminated result of acquisition ``block_acq[b]`` equals
+    ``block_value[b]`` (0 or 1). A phase shift s adds ``shift_phase_rad[s]`` (rad) to every
+    play on output ``shift_port[s]`` that starts at or after sample ``shift_start[s]``, when
+    its block ``shift_block[s]`` runs (-1: always). Acquisition j is discriminated as
+    Re(conj(``disc_axis[j]``) iq) > ``disc_threshold[j]`` (axis 0: not discriminated).
+    """
+
+    play_block: np.ndarray
+    block_acq: np.ndarray
+    block_value: np.ndarray
+    shift_port: np.ndarray
+    shift_start: np.ndarray
+    shift_phase_rad: np.ndarray
+    shift_block: np.ndarray
+    disc_axis: np.ndarray
+    disc_threshold: np.ndarray
+
+    def discriminate(self, j: int, iq: np.ndarray) -> np.ndarray:
+        """Results (uint8, 0 or 1) of acquisition ``j`` for IQ points ``iq``; zeros when ``j``
+        has no discriminator."""
+        axis = complex(self.disc_axis[j])
+        if axis == 0:
+            return np.zeros(iq.shape, dtype=np.uint8)
+        return (np.real(np.conj(axis) * iq) > self.disc_threshold[j]).astype(np.uint8)
+
+    def block_runs(self, b: int, results: dict[int, int]) -> bool | None:
+        """Whether block ``b`` runs given ``results`` (acquisition -> result); None while its
+        acquisition's result is not in ``results``."""
+        j = int(self.block_acq[b])
+        if j not in results:
+            return None
+        return results[j] == int(self.block_value[b])
+
+
+def effective_program(prog: WireProgram, ff: FeedForward, results: dict[int, int]
+                      ) -> WireProgram:
+    """The plays a shot with ``results`` (acquisition -> result) executes, with its phase
+    shifts added; plays of blocks whose acquisition is not in ``results`` are left out."""
+    runs = [ff.block_runs(b, results) for b in range(ff.block_acq.shape[0])]
+    keep = np.array([b < 0 or bool(runs[b]) for b in ff.play_block], dtype=bool)
+    phase = prog.play_phase_rad.copy()
+    for s in range(ff.shift_port.shape[0]):
+        b = int(ff.shift_block[s])
+        if b >= 0 and not runs[b]:
+            continue
+        hit = (prog.play_port == ff.shift_port[s]) & (prog.play_start >= ff.shift_start[s])
+        phase[hit] += ff.shift_phase_rad[s]
+    return replace(prog, play_port=prog.play_port[keep], play_start=prog.play_start[keep],
+                   play_wave=prog.play_wave[keep], play_amp=prog.play_amp[keep],
+                   play_phase_rad=phase[keep], play_freq_hz=prog.play_freq_hz[keep])
+
+
+def _window(prog: WireProgram, t0: int, t1: int, acquisitions: list[int]) -> WireProgram:
+    """The plays of ``prog`` within samples [t0, t1) (a play that straddles a bound is cut to
+    its part inside, rendering the same samples there), the acquisitions ``acquisitions``,
+    and duration ``t1``."""
+    lengths = np.diff(prog.wave_offset)[prog.play_wave]
+    start, end = prog.play_start, prog.play_start + lengths
+    inside = (end > t0) & (start < t1)
+    offsets = list(prog.wave_offset)
+    extra = []
+    waves, starts = [], []
+    for i in np.flatnonzero(inside):
+        s, e, w = int(start[i]), int(end[i]), int(prog.play_wave[i])
+        if s >= t0 and e <= t1:
+            waves.append(w)
+            starts.append(s)
+            continue
+        lo, hi = max(s, t0), min(e, t1)
+        base = int(prog.wave_offset[w]) + lo - s
+        extra.append(prog.wave_data[base:base + hi - lo])
+        offsets.append(offsets[-1] + hi - lo)
+        waves.append(len(offsets) - 2)
+        starts.append(lo)
+    idx = np.flatnonzero(inside)
+    acq = np.array(acquisitions, dtype=np.int64)
+    return replace(
+        prog, play_port=prog.play_port[idx], play_start=np.array(starts, dtype=np.int64),
+        play_wave=np.array(waves, dtype=np.int32), play_amp=prog.play_amp[idx],
+        play_phase_rad=prog.play_phase_rad[idx], play_freq_hz=prog.play_freq_hz[idx],
+        wave_offset=np.array(offsets, dtype=np.int64),
+        wave_data=np.concatenate([prog.wave_data, *extra]) if extra else prog.wave_data,
+        acq_port=prog.acq_port[acq], acq_start=prog.acq_start[acq],
+        acq_duration=prog.acq_duration[acq], acq_freq_hz=prog.acq_freq_hz[acq],
+        duration_samples=int(t1))
+
+
+def project(rho: DensityMatrix, axis: int, level: int) -> tuple[DensityMatrix, float]:
+    """(P rho P / p, p) for P = |level><level| on tensor ``axis`` of ``rho``; p = Tr(P rho).
+    ``rho`` is not modified."""
+    t = np.zeros_like(rho.tensor)
+    sel = [slice(None)] * (2 * rho.n)
+    sel[axis] = level
+    sel[rho.n + axis] = level
+    t[tuple(sel)] = rho.tensor[tuple(sel)]
+    d = LEVELS**rho.n
+    p = float(np.real(np.trace(t.reshape(d, d))))
+    out = copy.copy(rho)
+    out.tensor = t / p if p > 0 else t
+    return out, p
+
+
+def branch_probabilities(rho: DensityMatrix, axis: int) -> np.ndarray:
+    """p_l = Tr(P_l rho) for the levels l of tensor ``axis`` (clipped at 0, summing to 1)."""
+    pops = rho.populations()
+    return pops.sum(axis=tuple(a for a in range(rho.n) if a != axis))
+
+
+class _Plan:
+    """Which acquisitions are branch points, the qubits to evolve, and the acquisition order."""
+
+    def __init__(self, engine: PhysicsEngine, prog: WireProgram, ff: FeedForward) -> None:
+        role = {}
+        for q, cab in engine.cabling.items():
+            role[cab.drive_port] = (q, "drive")
+            role[cab.flux_port] = (q, "flux")
+        acq_qubit = {cab.acquire_port: q for q, cab in engine.cabling.items()}
+        self.qubit = []
+        for j, port in enumerate(prog.acq_port):
+            if int(port) not in acq_qubit:
+                raise SimulationError(f"acquisition {j} reads input {int(port)}, which no qubit "
+                                      "is cabled to")
+            self.qubit.append(acq_qubit[int(port)])
+        reach: dict[int, list[tuple[int, int]]] = {}
+        touched = set(self.qubit)
+        lengths = np.diff(prog.wave_offset)[prog.play_wave]
+        for i, port in enumerate(prog.play_port):
+            if int(port) not in role:
+                continue
+            q, kind = role[int(port)]
+            iv = (int(prog.play_start[i]), int(prog.play_start[i] + lengths[i]))
+            hit = [q, *engine.device.neighbours(q)] if kind == "flux" else [q]
+            for r in hit:
+                reach.setdefault(r, []).append(iv)
+            touched |= set(hit)
+        self.active = set(touched)
+        for q in touched:
+            self.active |= set(engine.device.neighbours(q))
+        start, end = prog.acq_start, prog.acq_start + prog.acq_duration
+        needed = set(int(j) for j in ff.block_acq)
+        for j, q in enumerate(self.qubit):
+            s, e = int(start[j]), int(end[j])
+            for ps, pe in reach.get(q, []):
+                if ps < e and pe > s:
+                    raise SimulationError(f"a pulse reaching qubit {q} plays during its "
+                                          f"acquisition {j} (samples {s}..{e})")
+                if ps >= e:
+                    needed.add(j)
+            for k, r in enumerate(self.qubit):
+                if k != j and r == q and start[k] < e and end[k] > s:
+                    raise SimulationError(f"acquisitions {j} and {k} of qubit {q} overlap")
+                if k != j and r == q and start[k] >= e:
+                    needed.add(j)
+        last = max((int(start[j]) for j in needed), default=-1)
+        order = sorted(range(len(self.qubit)), key=lambda j: (int(start[j]), j))
+        #: Branch points in time order, then the acquisitions sampled at the leaves.
+        self.branches = [j for j in order if start[j] <= last]
+        self.leaves = [j for j in order if start[j] > last]
+        self.read = {int(j) for j in ff.block_acq}
+
+
+def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
+                         settings: Settings, shots: int, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Execute ``prog`` with its conditional part ``ff`` for ``shots`` shots.
+
+    Returns (iq, results): complex64 IQ points and uint8 discriminated results, both of shape
+    (shots, acquisitions), columns in acquisition order (results 0 for acquisitions without a
+    discriminator). Raises ``SimulationError`` for programs the simulator cannot execute.
+    """
+    plan = _Plan(engine, prog, ff)
+    n_acq = prog.acq_port.shape[0]
+    iq = np.zeros((shots, n_acq), dtype=np.complex64)
+    results = np.zeros((shots, n_acq), dtype=np.uint8)
+    if not plan.branches:
+        iq[:] = engine.run(effective_program(prog, ff, {}), settings, shots, rng)
+        for j in range(n_acq):
+            results[:, j] = ff.discriminate(j, iq[:, j])
+        return iq, results
+    tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results)
+    p_th = engine.device.thermal_population
+    order = sorted(plan.active)
+    rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
+    start = EvolutionStart(rho, {q: i for i, q in enumerate(order)}, 0)
+    tree.descend(0, start, {}, np.arange(shots))
+    return iq, results
+
+
+class _Tree:
+    """The branch tree of one run: evolves the nodes shots reach and writes their records."""
+
+    def __init__(self, engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
+                 settings: Settings, plan: _Plan, rng: np.random.Generator, iq: np.ndarray,
+                 results: np.ndarray) -> None:
+        self.engine, self.prog, self.ff, self.settings = engine, prog, ff, settings
+        self.plan, self.rng, self.iq, self.results = plan, rng, iq, results
+        self.n_ports = int(max([int(prog.play_port.max()) if prog.play_port.size else 0]
+                               + [c.readout_port for c in engine.cabling.values()])) + 1
+
+    def _segment(self, state: EvolutionStart, known: dict[int, int], t1: int,
+                 leaves: list[int]) -> tuple[EvolutionStart, object]:
+        """Evolve ``state`` up to ``t1`` under the plays ``known`` selects."""
+        eff = effective_program(self.prog, self.ff, known)
+        ev = self.engine.evolve(_window(eff, state.time_samples, t1, leaves), self.settings,
+                                resume=state)
+        return EvolutionStart(ev.rho, ev.position, t1), ev
+
+    def _samples(self, known: dict[int, int]) -> tuple[WireProgram, np.ndarray]:
+        eff = effective_program(self.prog, self.ff, known)
+        fs = self.engine.device.sample_rate_hz
+        return eff, _render_kernel(
+            self.n_ports, int(eff.duration_samples), eff.play_port, eff.play_start,
+            eff.play_wave, eff.play_amp, eff.play_phase_rad, eff.play_freq_hz, eff.wave_offset,
+            eff.wave_data, fs)
+
+    def descend(self, k: int, state: EvolutionStart, known: dict[int, int],
+                shots: np.ndarray) -> None:
+        """Evolve ``state`` to branch point ``k`` (the leaves after the last one) and handle
+        the ``shots`` that reach it."""
+        branches, prog = self.plan.branches, self.prog
+        if k == len(branches):
+            self._leaf(state, known, shots)
+            return
+        j = branches[k]
+        t = int(prog.acq_start[j])
+        if t > state.time_samples:
+            state, _ = self._segment(state, known, t, [])
+        q = self.plan.qubit[j]
+        axis = state.position[q]
+        p = branch_probabilities(state.rho, axis)
+        levels = self.rng.choice(LEVELS, size=shots.size, p=p / p.sum())
+        eff, samples = self._samples(known)
+        iq = self.engine._acquire(j, q, eff, samples, self.settings, levels, self.rng)
+        bits = self.ff.discriminate(j, iq)
+        self.iq[shots, j] = iq
+        self.results[shots, j] = bits
+        read = j in self.plan.read
+        keys = levels * 2 + bits if read else levels * 2
+        for key in np.unique(keys):
+            level, bit = divmod(int(key), 2)
+            child, _ = project(state.rho, axis, level)
+            nxt = {**known, j: bit} if read else known
+            self.descend(k + 1, EvolutionStart(child, state.position, t), nxt,
+                         shots[keys == key])
+
+    def _leaf(self, state: EvolutionStart, known: dict[int, int], shots: np.ndarray) -> None:
+        """Evolve to the end with the leaf acquisitions and sample them jointly."""
+        leaves, prog = self.plan.leaves, self.prog
+        end = int(prog.duration_samples)
+        if not leaves:
+            return
+        _, ev = self._segment(state, known, end, leaves)
+        eff, samples = self._samples(known)
+        pops = ev.rho.populations()
+        keep = [ev.position[self.plan.qubit[j]] for j in leaves]
+        drop = tuple(a for a in range(ev.rho.n) if a not in keep)
+        marginal = pops.sum(axis=drop) if drop else pops
+        marginal = np.transpose(marginal, [sorted(keep).index(a) for a in keep]).reshape(-1)
+        outcome = self.rng.choice(marginal.size, size=shots.size, p=marginal / marginal.sum())
+        levels = np.unravel_index(outcome, (LEVELS,) * len(leaves))
+        for n, j in enumerate(leaves):
+            iq = self.engine._acquire(j, self.plan.qubit[j], eff, samples, self.settings,
+                                      levels[n], self.rng)
+            self.iq[shots, j] = iq
+            self.results[shots, j] = self.ff.discriminate(j, iq)

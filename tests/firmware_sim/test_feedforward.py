@@ -1,0 +1,380 @@
+"""Mid-circuit measurement and feed-forward, through the real simulator.
+
+Physics tests run pulse programs on ``lab_backend`` (the simulator process, real ZeroMQ) and
+read per-shot memory; the protocol tests talk to a ``SimulatedRack``'s controller over real
+ZeroMQ. The branch probabilities and projections are checked against a dense numpy reference
+of a projective measurement written here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import scipy.linalg
+from qiskit import QuantumCircuit, transpile
+
+from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, ERR_INVALID_PROGRAM
+from labqpu.errors import InstrumentCommandError, PulseError
+from labqpu.firmware_sim.density import DensityMatrix
+from labqpu.firmware_sim.device import load_device, load_rack
+from labqpu.firmware_sim.feedforward import branch_probabilities, project
+from labqpu.firmware_sim.physics import EvolutionStart, PhysicsEngine, Settings, WireProgram
+from labqpu.firmware_sim.rack import SimulatedRack
+from labqpu.pulse import PulseBuilder, PulseProgram, drive, readout
+from labqpu.pulse.compiler import compile_circuit
+from labqpu.pulse.program import ProgramBuilder
+from labqpu.rack.config import default_config_path
+
+BOUND_S = 10.0
+SHOTS = 2000
+
+
+def per_shot_bits(result, n_clbits: int) -> np.ndarray:
+    """(shots, n_clbits) array of 0/1 from a result's memory (clbit i = column i)."""
+    memory = result.get_memory(0)
+    return np.array([[int(s.replace(" ", "")[::-1][i]) for i in range(n_clbits)]
+                     for s in memory])
+
+
+def builder(backend, name: str) -> PulseBuilder:
+    return PulseBuilder.for_backend(backend, name)
+
+
+def sx_amp(backend, q: int) -> float:
+    return backend.snapshot.qubits[q]["pi2_amplitude"].value
+
+
+# --------------------------------------------------------------------------- numpy reference
+
+
+def reference_measurement(rho: np.ndarray, n: int, site: int, level: int
+                          ) -> tuple[float, np.ndarray]:
+    """(p, P rho P / p) for P = |level><level| on ``site`` of ``n`` qutrits (site 0 most
+    significant), by dense Kronecker products."""
+    ops = [np.eye(3)] * n
+    ops[site] = np.diag([1.0 if k == level else 0.0 for k in range(3)])
+    proj = ops[0]
+    for op in ops[1:]:
+        proj = np.kron(proj, op)
+    p = float(np.real(np.trace(proj @ rho)))
+    return p, proj @ rho @ proj / p
+
+
+def test_branch_probabilities_and_projection_match_a_dense_reference() -> None:
+    """A random 3-qutrit density matrix: p_l and the projected states of every site and level
+    agree with dense projectors within 1e-12."""
+    rng = np.random.default_rng(5)
+    n, d = 3, 27
+    x = rng.normal(size=(d, d)) + 1j * rng.normal(size=(d, d))
+    rho = x @ x.conj().T
+    rho /= np.trace(rho)
+    dm = DensityMatrix([np.array([1.0, 0, 0])] * n)
+    dm.tensor = rho.reshape([3] * (2 * n))
+    for site in range(n):
+        probs = branch_probabilities(dm, site)
+        for level in range(3):
+            p_ref, rho_ref = reference_measurement(rho, n, site, level)
+            child, p = project(dm, site, level)
+            assert abs(p - p_ref) < 1e-12
+            assert abs(probs[level] - p_ref) < 1e-12
+            np.testing.assert_allclose(child.tensor.reshape(d, d), rho_ref, atol=1e-12)
+        assert abs(probs.sum() - 1.0) < 1e-12
+    assert np.array_equal(dm.tensor.reshape(d, d), rho)  # the input is untouched
+
+
+def _pulse_reference(amp: float, phase_rad: float, n: int, sigma: float, rabi_hz: float,
+                     alpha_hz: float) -> np.ndarray:
+    """Propagator of a resonant Gaussian (``n`` samples at 1 GS/s) on one three-level transmon
+    in its rotating frame: per sample expm(-2 pi i H dt), H = (alpha/2) n(n-1) + (R/2)(z a^dag
+    + z* a), z = amp w e^{-i phase} (the NCO cancels the LO detuning)."""
+    a = np.diag(np.sqrt([1.0, 2.0]), 1).astype(complex)
+    num = np.diag([0.0, 1.0, 2.0])
+    w = np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / sigma) ** 2)
+    u = np.eye(3, dtype=complex)
+    for wk in w:
+        z = amp * wk * np.exp(-1j * phase_rad)
+        h = 0.5 * alpha_hz * (num @ num - num) + 0.5 * rabi_hz * (z * a.conj().T
+                                                                   + np.conj(z) * a)
+        u = scipy.linalg.expm(-2j * np.pi * h * 1e-9) @ u
+    return u
+
+
+def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> None:
+    """lab5's qubit 0 alone (no couplings, no thermal population, T1 and T2 of 1000 s): a
+    Gaussian, a projective measurement, a second Gaussian with another phase. The branch
+    probabilities after the first pulse and the populations after the second, evolved from each
+    projected state through ``evolve(resume=...)``, match the expm reference within 1e-8."""
+    device = load_device("lab5")
+    qubits = list(device.qubits)
+    qubits[0] = dataclasses.replace(qubits[0], t1_s=1e3, t2_s=1e3)
+    device = dataclasses.replace(device, couplings={}, thermal_population=0.0, qubits=qubits)
+    cabling = load_rack(default_config_path()).cabling
+    engine = PhysicsEngine(device, cabling)
+    truth, cab = device.qubits[0], cabling[0]
+    nco = -80e6
+    los = {"lo_drive_a": (truth.frequency_hz(0.0) - nco, 13.0, True),
+           "lo_drive_b": (6e9, 13.0, True), "lo_readout": (7e9, 13.0, True)}
+    currents = {(c.flux_source, c.flux_channel): device.qubits[q].sweet_spot_current_a
+                for q, c in cabling.items()}
+    settings = Settings(los=los, currents=currents)
+    n, sigma = 40, 10.0
+    wave = np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / sigma) ** 2)
+
+    def pulse(start: int, amp: float, phase: float) -> WireProgram:
+        z = np.zeros(0)
+        return WireProgram(
+            play_port=np.array([cab.drive_port], np.int32), play_start=np.array([start]),
+            play_wave=np.zeros(1, np.int32), play_amp=np.array([amp]),
+            play_phase_rad=np.array([phase]), play_freq_hz=np.array([nco]),
+            wave_offset=np.array([0, n]), wave_data=wave.astype(complex),
+            acq_port=np.zeros(0, np.int32), acq_start=z.astype(np.int64),
+            acq_duration=z.astype(np.int64), acq_freq_hz=z, duration_samples=start + n + 60)
+
+    ground = DensityMatrix([np.array([1.0, 0.0, 0.0])])
+    first = engine.evolve(pulse(0, 0.23, 0.0), settings,
+                          resume=EvolutionStart(ground, {0: 0}, 0))
+    assert first.position == {0: 0}
+    rabi, alpha = truth.rabi_hz_per_amplitude, truth.anharmonicity_hz
+    u1 = _pulse_reference(0.23, 0.0, n, sigma, rabi, alpha)
+    probs = branch_probabilities(first.rho, 0)
+    np.testing.assert_allclose(probs, np.abs(u1[:, 0]) ** 2, atol=1e-8)
+    u2 = _pulse_reference(0.31, 1.1, n, sigma, rabi, alpha)
+    t1 = n + 60
+    for level in (0, 1):
+        child, p = project(first.rho, 0, level)
+        assert abs(p - probs[level]) < 1e-12
+        second = engine.evolve(pulse(t1 + 500, 0.31, 1.1), settings,
+                               resume=EvolutionStart(child, {0: 0}, t1))
+        np.testing.assert_allclose(second.rho.populations().reshape(-1),
+                                   np.abs(u2[:, level]) ** 2, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- physics
+
+
+def test_measure_x_measure_gives_anti_correlated_outcomes(lab_backend) -> None:
+    """sx, measure, x, measure on qubit 0: each outcome is ~50/50, and per shot the second
+    is the opposite of the first (>= 0.93; readout assignment and T1 over the 2 us cost a few
+    percent). Without collapse the second outcome would not follow the first."""
+    b = builder(lab_backend, "mxm")
+    b.play(b.calibrated_drag(0, amp=sx_amp(lab_backend, 0)), drive(0))
+    b.measure(0, 0)
+    b.play(b.calibrated_drag(0), drive(0))
+    b.measure(0, 1)
+    program = b.build()
+    assert program.acq_port.shape[0] == 2 and not program.block_acq.size
+    result = lab_backend.run(program, shots=SHOTS, memory=True, seed_simulator=11).result()
+    bits = per_shot_bits(result, 2)
+    assert 0.4 < bits[:, 0].mean() < 0.6
+    assert np.mean(bits[:, 0] != bits[:, 1]) >= 0.93
+    iq = np.array(lab_backend.run(program, shots=50, meas_level=1,
+                                  seed_simulator=11).result().get_memory(0))
+    assert iq.shape == (50, 2)  # one memory slot per acquisition of the one qubit
+
+
+def test_feedforward_reset_leaves_the_qubit_in_ground(lab_backend) -> None:
+    """sx, measure, x if the result was 1, measure: P(0) >= 0.95 on the second measurement,
+    while the first is ~50/50; the control without the conditional pulse stays ~50/50."""
+    b = builder(lab_backend, "reset")
+    b.play(b.calibrated_drag(0, amp=sx_amp(lab_backend, 0)), drive(0))
+    first = b.measure(0, 0)
+    with b.if_result(first, 1):
+        b.play(b.calibrated_drag(0), drive(0))
+    b.measure(0, 1)
+    program = b.build()
+    assert program.block_acq.tolist() == [0] and program.block_value.tolist() == [1]
+    latency = lab_backend.controller_capabilities("ctrl0")["feedforward"]["latency_samples"]
+    conditional = np.flatnonzero(program.play_block == 0)
+    assert conditional.size == 1
+    acq_end = program.acq_start[0] + program.acq_duration[0]
+    assert program.play_start[conditional[0]] >= acq_end + latency
+    bits = per_shot_bits(lab_backend.run(program, shots=SHOTS, memory=True,
+                                         seed_simulator=12).result(), 2)
+    assert 0.4 < bits[:, 0].mean() < 0.6
+    assert np.mean(bits[:, 1] == 0) >= 0.95
+
+
+def _longest_idle(program: PulseProgram, ports: set[int]) -> tuple[int, int]:
+    """(start, end) samples of the longest stretch before the first acquisition in which no
+    play on ``ports`` runs."""
+    lengths = np.diff(program.wave_offset)[program.play_wave]
+    spans = sorted((int(s), int(s + n)) for p, s, n in zip(
+        program.play_port, program.play_start, lengths, strict=True) if int(p) in ports)
+    spans.append((int(program.acq_start.min()), int(program.acq_start.min())))
+    best, reach = (0, 0), 0
+    for start, end in spans:
+        if start - reach > best[1] - best[0]:
+            best = (reach, start)
+        reach = max(reach, end)
+    return best
+
+
+def _with_mid_measurement(program: PulseProgram, qubit: int, readout_port: int, start: int,
+                          clbit: int) -> PulseProgram:
+    """``program`` plus a copy of its final readout of ``qubit`` (the last play on
+    ``readout_port`` and the last acquisition of ``qubit``) at sample ``start``, writing
+    classical bit ``clbit``."""
+    j = int(np.flatnonzero(program.acq_qubit == qubit)[-1])
+    tone = int(np.flatnonzero(program.play_port == readout_port)[-1])
+    plays = {f: np.append(getattr(program, f), getattr(program, f)[tone])
+             for f in ("play_port", "play_wave", "play_amp", "play_amp_ref", "play_phase_rad",
+                       "play_freq_hz", "play_block")}
+    plays["play_start"] = np.append(program.play_start, start)
+    acqs = {f: np.append(getattr(program, f), getattr(program, f)[j])
+            for f in ("acq_port", "acq_duration", "acq_freq_hz", "acq_qubit",
+                      "acq_disc_axis", "acq_disc_threshold")}
+    acqs["acq_start"] = np.append(program.acq_start, start)
+    acqs["acq_clbit"] = np.append(program.acq_clbit, clbit)
+    n = max(program.num_clbits, clbit + 1)
+    header = dict(program.header, memory_slots=n, creg_sizes=[["c", n]])
+    return dataclasses.replace(program, **plays, **acqs, num_clbits=n, header=header)
+
+
+def test_mid_circuit_measurement_of_a_bell_pair_collapses_the_partner(lab_backend) -> None:
+    """Bell pair, a 1.6 us wait, sx on both qubits, final measurement. Without a measurement in
+    the wait the final outcomes stay correlated (|<Z0 Z1>| >= 0.6); with qubit 0 measured in
+    the wait the pair collapses to |00> or |11>, and the final outcomes decorrelate
+    (|<Z0 Z1>| <= 0.12). Without the final sx, per shot the mid-circuit result of qubit 0
+    predicts qubit 1's final outcome (agreement >= 0.9)."""
+    snapshot, channels = lab_backend.snapshot, lab_backend.config.channels
+    ports = {getattr(channels.qubits[q], kind)[1] for q in (0, 1) for kind in ("drive", "flux")}
+    readout_port = channels.qubits[0].readout[1]
+    readout_samples = round(snapshot.qubits[0]["readout_duration_s"].value * 1e9)
+
+    def program(final_sx: bool) -> PulseProgram:
+        qc = QuantumCircuit(2, 2)
+        qc.h(0)
+        qc.cx(0, 1)
+        qc.barrier()
+        qc.delay(1.6e-6, [0, 1], unit="s")
+        qc.barrier()
+        if final_sx:
+            qc.sx([0, 1])
+        qc.measure([0, 1], [0, 1])
+        return compile_circuit(transpile(qc, lab_backend, optimization_level=0), snapshot,
+                               channels)
+
+    def measured(prog: PulseProgram) -> PulseProgram:
+        idle = _longest_idle(prog, ports)
+        assert idle[1] - idle[0] >= readout_samples + 200
+        return _with_mid_measurement(prog, 0, readout_port, idle[0] + 100, 2)
+
+    def run(prog: PulseProgram, seed: int) -> np.ndarray:
+        result = lab_backend.run(prog, shots=SHOTS, memory=True, seed_simulator=seed).result()
+        return per_shot_bits(result, prog.num_clbits)
+
+    def zz(bits: np.ndarray) -> float:
+        return float(np.mean((1 - 2 * bits[:, 0]) * (1 - 2 * bits[:, 1])))
+
+    control = program(True)
+    assert abs(zz(run(control, 21))) >= 0.6
+    bits = run(measured(control), 22)
+    assert abs(zz(bits)) <= 0.12
+    assert 0.4 < bits[:, 2].mean() < 0.6
+    bits = run(measured(program(False)), 23)
+    assert np.mean(bits[:, 2] == bits[:, 1]) >= 0.9
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+@pytest.fixture(scope="module")
+def rack() -> Iterator[SimulatedRack]:
+    with SimulatedRack(default_config_path(), seed=3) as simulated:
+        yield simulated
+
+
+def _conditional_program(gap_samples: int) -> PulseProgram:
+    """Readout of qubit 0 (acquisition 0, discriminated), then a drive play on qubit 0 in a
+    block on result 1, starting ``gap_samples`` after the acquisition window ends."""
+    b = ProgramBuilder("ctrl0", 1e9)
+    tone = b.waves.add(("flat", 1000), lambda: np.ones(1000))
+    pulse = b.waves.add(("gauss", 40), lambda: np.exp(-0.5 * ((np.arange(40) - 19.5) / 10)**2))
+    b.play(10, 0, tone, 0.3, 0.0, 50e6)
+    acq = b.acquire(0, 0, 1000, 50e6, 0, 0, discriminator=(1j, 0.0))
+    with b.if_result(acq, 1):
+        b.play(0, 1000 + gap_samples, pulse, 0.2, 0.0, -80e6)
+    return b.build()
+
+
+def test_hello_states_the_feedforward_latency(rack) -> None:
+    with ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client:
+        caps = client.hello()["capabilities"]["feedforward"]
+    assert caps["latency_s"] > 0
+    assert caps["latency_samples"] == round(caps["latency_s"] * 1e9)
+
+
+def test_a_conditional_play_before_the_latency_is_refused_naming_the_play(rack) -> None:
+    with ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client:
+        latency = client.hello()["capabilities"]["feedforward"]["latency_samples"]
+        before = client.status()["uploads_total"]
+        early = _conditional_program(latency - 1)
+        with pytest.raises(InstrumentCommandError, match=r"play 0 .*block 0") as info:
+            client.upload(*early.to_wire())
+        assert info.value.remote_type == ERR_FEEDFORWARD_LATENCY
+        assert client.status()["uploads_total"] == before
+        program_id = client.upload(*_conditional_program(latency).to_wire())
+        run_id = client.run(program_id, 200, params={"seed": 1}, key="ff-1")
+        _, arrays = client.wait(run_id, timeout_s=60.0)
+    assert arrays["iq"].shape == (200, 1) and arrays["bits"].shape == (200, 1)
+    assert set(np.unique(arrays["bits"])) <= {0, 1}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("block_acq", np.array([3], np.int32), "block 0 reads acquisition 3"),
+    ("block_value", np.array([2], np.int32), "block 0 runs on result 2"),
+    ("play_block", np.array([-1, 5], np.int32), "play 1 belongs to block 5"),
+    ("acq_disc_axis", np.array([0j]), "has no discriminator"),
+    ("acq_disc_axis", np.array([2 + 0j]), "neither 0 nor a unit vector"),
+    ("shift_port", None, "lacks array 'shift_port'"),
+])
+def test_bad_feedforward_fields_are_refused(rack, field, value, message) -> None:
+    arrays, meta = _conditional_program(500).to_wire()
+    arrays = dict(arrays)
+    if value is None:
+        del arrays[field]
+    else:
+        arrays[field] = value
+    with (ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client,
+          pytest.raises(InstrumentCommandError, match=message) as info):
+        client.upload(arrays, meta)
+    assert info.value.remote_type == ERR_INVALID_PROGRAM
+
+
+def test_bad_references_are_refused_on_the_host() -> None:
+    b = ProgramBuilder("ctrl0", 1e9)
+    plain = b.acquire(0, 0, 100, 0.0, 0, 0)
+    with pytest.raises(ValueError, match="no acquisition 4"), b.if_result(4, 1):
+        pass
+    with pytest.raises(ValueError, match="has no discriminator"), b.if_result(plain, 1):
+        pass
+
+
+def test_builder_refuses_foreign_references_and_conditional_acquisitions(lab_backend) -> None:
+    a, other = builder(lab_backend, "a"), builder(lab_backend, "b")
+    ref = other.measure(0, 0)
+    with pytest.raises(PulseError, match="acquisition of this builder"), a.if_result(ref, 1):
+        pass
+    own = a.measure(0, 0)
+    with pytest.raises(PulseError, match="cannot be conditional"), a.if_result(own, 1):
+        a.acquire(100, 0, 1)
+    with pytest.raises(PulseError, match="only shift_phase"), a.if_result(own, 0):
+        a.set_phase(0.1, readout(0))
+
+
+def test_a_conditional_program_round_trips_and_its_blocks_change_its_hash() -> None:
+    program = _conditional_program(300)
+    again = PulseProgram.from_bytes(program.to_bytes())
+    assert again == program
+    for name in ("play_block", "block_acq", "block_value", "acq_disc_axis",
+                 "acq_disc_threshold"):
+        assert np.array_equal(getattr(again, name), getattr(program, name)), name
+    flipped = dataclasses.replace(program, block_value=np.array([0], np.int32))
+    assert flipped.content_hash != program.content_hash
+    arrays, _ = program.to_wire()
+    assert arrays["play_block"].tolist() == [0, -1]  # sorted by port: the drive play is first
+    assert arrays["acq_disc_axis"].dtype == np.complex128
