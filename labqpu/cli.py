@@ -311,9 +311,9 @@ def _draw(args: argparse.Namespace) -> int:
         backend = provider.backend()
         native = transpile(circuit, backend, optimization_level=args.optimization_level,
                            seed_transpiler=1)
-        program = compile_circuit(native, backend.snapshot, backend.config.channels)
+        program = compile_circuit(native, backend.snapshot, backend.channels)
         time_range = tuple(args.time_range_ns) if args.time_range_ns else None
-        fig = program.draw(channels=backend.config.channels, time_range_ns=time_range)
+        fig = program.draw(channels=backend.channels, time_range_ns=time_range)
         fig.savefig(out, dpi=args.dpi)
     print(f"{out}: {program.header.get('name')} on {backend.name}, {program.duration_samples} "
           f"samples, {len(program.play_port)} plays, {len(program.acq_port)} acquisitions")

@@ -9,6 +9,7 @@ import numbers
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import BackendV2, Options
@@ -24,8 +25,10 @@ from labqpu.errors import (
     InvalidRunInputError,
     LabQpuError,
 )
+from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.compiler import SCHEDULING_METHODS, compile_circuit
 from labqpu.pulse.program import PulseProgram
+from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
 from labqpu.rack.hardware import HardwareQueue
 from labqpu.store import CalibrationStore, Snapshot
@@ -84,11 +87,20 @@ class LabBackend(BackendV2):
         self._snapshot: Snapshot | None = None
         self._target: LabTarget | None = None
         self._rejected_snapshot: int | None = None
-        self._refresh()
         self._capabilities: dict[str, dict] = queue.capabilities(timeout_s=30.0)
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
             for name, caps in self._capabilities.items() if "max_program_samples" in caps}
+        timing = TimingConstraints()
+        for name, caps in self._capabilities.items():
+            try:
+                timing = timing.combine(TimingConstraints.from_capabilities(caps, name))
+            except ValueError as exc:
+                raise LabQpuError(f"backend {self.name}: controller {exc}") from exc
+        #: What the pulse compiler needs of the rack: the wiring's channels and the
+        #: controllers' timing constraints (from their ``hello``).
+        self.channels: ChannelMap = replace(config.channels, timing=timing)
+        self._refresh()
 
     @classmethod
     def _default_options(cls) -> Options:
@@ -122,7 +134,7 @@ class LabBackend(BackendV2):
             else:
                 snapshot = self.store.get(latest)
             try:
-                target = build_target(snapshot, self.config)
+                target = build_target(snapshot, self.config, self.channels.timing)
             except (LabQpuError, ValueError, TypeError, KeyError) as exc:
                 if self._target is None:
                     raise
@@ -331,6 +343,10 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"{where}: acquisitions write classical bits outside 0..{program.num_clbits - 1}"
                 f" (build it with num_clbits={int(program.acq_clbit.max()) + 1})")
+        try:
+            self.channels.timing.check_program(program)
+        except CompilationError as exc:
+            raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
 
     def run(self, run_input: QuantumCircuit | PulseProgram
             | Sequence[QuantumCircuit | PulseProgram], **options) -> LabJob:
@@ -366,7 +382,7 @@ class LabBackend(BackendV2):
                     f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
             self._check_circuit(item, target)
             try:
-                programs.append(compile_circuit(item, snapshot, self.config.channels,
+                programs.append(compile_circuit(item, snapshot, self.channels,
                                                 scheduling_method=opts["scheduling_method"]))
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc

@@ -13,6 +13,7 @@ from qiskit.providers import QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
 from labqpu.backend.gates import SYGate
+from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
 from labqpu.store import CZ_PARAMETERS, DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
 
@@ -48,7 +49,8 @@ def _gate_props(snapshot: Snapshot, key: str, duration_s: float | None,
     return InstructionProperties(duration=duration_s, error=_value(gate, "error"))
 
 
-def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
+def build_target(snapshot: Snapshot, config: LabConfig,
+                 timing: TimingConstraints | None = None) -> LabTarget:
     """The Target of ``config``'s device as calibrated in ``snapshot``.
 
     Qubit i is on the Target's qubit i. sx, sy and x need :data:`DRIVE_PARAMETERS`, measure needs
@@ -56,10 +58,22 @@ def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
     map needs :data:`CZ_PARAMETERS` and sx on both qubits. sy is sx's pulse a quarter turn
     ahead in phase: the same calibration, duration and error (a measured ``sy:q`` error, when
     the snapshot has one, takes precedence over ``sx:q``'s). rz is virtual (a frame change): zero
-    duration and zero error wherever sx is calibrated. Durations are in seconds.
+    duration and zero error wherever sx is calibrated. Durations are in seconds, each the
+    calibrated one padded onto the controllers' ``timing`` grid as the compiler plays it; the
+    Target's granularity is that grid (``TimingConstraints.grid``), and its minimum length and
+    pulse and acquire alignment are the controllers' own.
     """
     n = config.num_qubits
     fs = config.controllers[0].sample_rate_hz
+    timing = timing or TimingConstraints()
+
+    def on_grid(seconds: float | None) -> float | None:
+        if seconds is None:
+            return None
+        samples = round(seconds * fs)
+        padded = timing.pad(samples)
+        return seconds if padded == samples else padded / fs
+
     qprops = []
     for q in range(n):
         params = snapshot.qubits.get(q, {})
@@ -68,6 +82,8 @@ def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
     target = LabTarget(
         description=f"{config.device_name} calibration snapshot {snapshot.snapshot_id}",
         num_qubits=n, dt=1.0 / fs, qubit_properties=qprops, snapshot_id=snapshot.snapshot_id,
+        granularity=timing.grid, min_length=timing.min_length,
+        pulse_alignment=timing.pulse_alignment, acquire_alignment=timing.acquire_alignment,
     )
     driven = [q for q in range(n) if has_all(snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
     one_q = {
@@ -80,7 +96,7 @@ def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
     for name, (gate, qubits, like) in one_q.items():
         target.add_instruction(gate, {
             (q,): _gate_props(snapshot, f"{name}:{q}",
-                              _value(snapshot.qubits[q], "pulse_duration_s"),
+                              on_grid(_value(snapshot.qubits[q], "pulse_duration_s")),
                               None if like is None else f"{like}:{q}")
             for q in qubits})
     edges = {}
@@ -88,7 +104,7 @@ def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
         pair = snapshot.pairs.get((min(a, b), max(a, b)), {})
         if a in driven and b in driven and has_all(pair, CZ_PARAMETERS):
             key = f"cz:{min(a, b)}-{max(a, b)}"
-            props = _gate_props(snapshot, key, _value(pair, "cz_duration_s"))
+            props = _gate_props(snapshot, key, on_grid(_value(pair, "cz_duration_s")))
             edges[(a, b)] = props
             edges[(b, a)] = props
     if edges:
@@ -99,12 +115,13 @@ def build_target(snapshot: Snapshot, config: LabConfig) -> LabTarget:
         params = snapshot.qubits[q]
         fidelity = _value(params, "readout_assignment_fidelity")
         measure[(q,)] = InstructionProperties(
-            duration=_value(params, "readout_duration_s"),
+            duration=on_grid(_value(params, "readout_duration_s")),
             error=None if fidelity is None else 1.0 - fidelity)
     target.add_instruction(Measure(), measure)
     resettable = [q for q in range(n) if "reset_duration_s" in snapshot.qubits.get(q, {})]
     target.add_instruction(Reset(), {
-        (q,): InstructionProperties(duration=_value(snapshot.qubits[q], "reset_duration_s"))
+        (q,): InstructionProperties(duration=on_grid(_value(snapshot.qubits[q],
+                                                            "reset_duration_s")))
         for q in resettable})
     target.add_instruction(Delay(Parameter("t")), {(q,): None for q in range(n)})
     return target

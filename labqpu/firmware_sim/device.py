@@ -129,6 +129,27 @@ class ControllerSpec:
     sample_rate_hz: float
     outputs: int
     inputs: int
+    timing: tuple[tuple[str, int], ...] = ()
+
+
+#: Timing rules a simulated controller can be told to state and enforce (samples).
+TIMING_FIELDS = ("granularity", "min_length", "pulse_alignment", "acquire_alignment")
+
+
+def _timing(sim: dict, name: str, path: Path) -> tuple[tuple[str, int], ...]:
+    """``[simulator.timing.<controller>]``: the timing rules the simulated controller states
+    in ``hello`` and enforces on upload (a real controller states its own)."""
+    table = sim.get("timing", {}).get(name, {})
+    out = []
+    for key, value in table.items():
+        if key not in TIMING_FIELDS:
+            raise ValueError(f"{path}: [simulator.timing.{name}] has unknown key {key!r}; "
+                             f"known: {', '.join(TIMING_FIELDS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{path}: [simulator.timing.{name}] {key} must be a positive "
+                             f"whole number of samples, got {value!r}")
+        out.append((key, value))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -183,10 +204,12 @@ def load_rack(path: str | Path) -> Rack:
     with path.open("rb") as f:
         doc = tomllib.load(f)
     controllers = []
+    sim = doc.get("simulator", {})
     for c in doc.get("controllers", []):
         host, port = _host_port_from_tcp(c["endpoint"])
         controllers.append(ControllerSpec(c["name"], host, port, float(c["sample_rate_hz"]),
-                                          int(c["outputs"]), int(c["inputs"])))
+                                          int(c["outputs"]), int(c["inputs"]),
+                                          _timing(sim, c["name"], path)))
     if len(controllers) != 1:
         raise ValueError(
             f"{path}: the simulator models one controller holding every channel; "
@@ -211,7 +234,6 @@ def load_rack(path: str | Path) -> Rack:
             acquire_port=ports["acquire"], drive_lo=q["drive_lo"], readout_lo=q["readout_lo"],
             flux_source=source, flux_channel=channel,
         )
-    sim = doc.get("simulator", {})
     device_ref = sim.get("device", doc["device"]["name"])
     if Path(device_ref).suffix:
         device_ref = str((path.parent / device_ref).resolve())

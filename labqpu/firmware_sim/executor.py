@@ -78,6 +78,7 @@ class SimulatedController:
             "amplitude_full_scale": 1.0,
             "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window",
                         "bits": "uint8 (shots, acquisitions), discriminated results"},
+            "timing": dict(self.spec.timing),
             "feedforward": {"latency_s": FEEDFORWARD_LATENCY_S,
                             "latency_samples": self._latency_samples(),
                             "max_blocks": MAX_BLOCKS, "max_shifts": MAX_SHIFTS,
@@ -181,6 +182,7 @@ class SimulatedController:
         if bad.size:
             raise ValueError(f"acquisition {bad[0]} demodulates at {freq[bad[0]]} Hz, beyond "
                              "the Nyquist frequency")
+        self._check_timing(port, start, lengths, acq_port, acq_start, acq_dur)
         prog = WireProgram(
             play_port=port, play_start=start, play_wave=wave, play_amp=amp.astype(np.float64),
             play_phase_rad=arrays["play_phase_rad"], play_freq_hz=arrays["play_freq_hz"],
@@ -189,6 +191,33 @@ class SimulatedController:
             duration_samples=duration,
         )
         return prog, self._parse_feedforward(arrays, prog)
+
+    def _check_timing(self, port: np.ndarray, start: np.ndarray, lengths: np.ndarray,
+                      acq_port: np.ndarray, acq_start: np.ndarray, acq_dur: np.ndarray) -> None:
+        """The timing rules this controller states in ``hello`` (``capabilities()["timing"]``):
+        plays start on the pulse alignment, waveforms are whole granules and at least the
+        minimum length, acquisitions start on the acquire alignment and last whole granules."""
+        timing = dict(self.spec.timing)
+        gran = timing.get("granularity", 1)
+        checks = (
+            ("play", start % timing.get("pulse_alignment", 1) != 0, port, start, lengths,
+             f"starts off the pulse alignment of {timing.get('pulse_alignment', 1)} samples"),
+            ("play", lengths % gran != 0, port, start, lengths,
+             f"has a waveform off the granularity of {gran} samples"),
+            ("play", lengths < timing.get("min_length", 1), port, start, lengths,
+             f"is shorter than the minimum length of {timing.get('min_length', 1)} samples"),
+            ("acquisition", acq_start % timing.get("acquire_alignment", 1) != 0, acq_port,
+             acq_start, acq_dur, "starts off the acquire alignment of "
+             f"{timing.get('acquire_alignment', 1)} samples"),
+            ("acquisition", acq_dur % gran != 0, acq_port, acq_start, acq_dur,
+             f"lasts a duration off the granularity of {gran} samples"),
+        )
+        for kind, bad, where, at, length, what in checks:
+            hit = np.flatnonzero(bad)
+            if hit.size:
+                i = int(hit[0])
+                raise ValueError(f"{kind} {i} (port {int(where[i])}, start {int(at[i])}, "
+                                 f"{int(length[i])} samples) {what}")
 
     def _parse_feedforward(self, arrays: dict[str, np.ndarray], prog: WireProgram
                            ) -> FeedForward:

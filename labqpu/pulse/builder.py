@@ -294,7 +294,7 @@ class PulseBuilder:
     """Collects pulse instructions in alignment blocks; ``assign_parameters`` makes a program.
 
     Args:
-        channels: the device's channel map (``backend.config.channels``).
+        channels: the device's channel map (``backend.channels``).
         snapshot: the calibration snapshot that supplies LO settings, flux biases, default
             frame frequencies and the ``measure`` readout pulse (``backend.snapshot``).
         name: the program's name (its Result header's ``name``).
@@ -319,7 +319,7 @@ class PulseBuilder:
     def for_backend(cls, backend, name: str = "pulse_program") -> PulseBuilder:
         """A builder on ``backend``'s wiring, current calibration snapshot and its controller's
         feed-forward latency."""
-        channels = backend.config.channels
+        channels = backend.channels
         caps = backend.controller_capabilities(channels.controllers[0])
         latency = caps.get("feedforward", {}).get("latency_samples")
         return cls(channels, backend.snapshot, name,

@@ -8,7 +8,9 @@ program configures; it learns both from a :class:`ChannelMap`. The rack's wiring
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from labqpu.pulse.timing import TimingConstraints
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,14 @@ class ChannelMap:
         controllers: names of the controllers, in wiring-file order.
         sample_rate_hz: the sample rate all controllers share (Hz).
         qubits: ``{qubit: QubitChannels}`` for qubits ``0 .. num_qubits - 1``.
+        timing: the controllers' timing constraints (from their ``hello``; none by default).
     """
 
     device_name: str
     controllers: tuple[str, ...]
     sample_rate_hz: float
     qubits: Mapping[int, QubitChannels]
+    timing: TimingConstraints = field(default_factory=TimingConstraints)
 
     @property
     def num_qubits(self) -> int:

@@ -31,6 +31,7 @@ from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.kernels import EFFECT_FIELDS, flat_top, gaussian_drag, layout_kernel
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
+from labqpu.pulse.timing import TimingConstraints
 from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of readout pulses (s); calibration experiments use the same shape.
@@ -74,16 +75,21 @@ class _Calibration:
 
 
 def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: float,
-                      circuit: QuantumCircuit) -> int:
+                      circuit: QuantumCircuit, timing: TimingConstraints) -> int:
+    """Samples ``inst`` occupies: calibrated durations padded onto the controller's timing grid
+    (``TimingConstraints.pad``); delays must already lie on it."""
     name = inst.operation.name
     if name in ("sx", "sy", "x"):
-        return _samples(cal.qubit(qubits[0], "pulse_duration_s"), fs, f"{name} on {qubits}")
+        return timing.pad(_samples(cal.qubit(qubits[0], "pulse_duration_s"), fs,
+                                   f"{name} on {qubits}"))
     if name == "cz":
-        return _samples(cal.pair(*qubits, "cz_duration_s"), fs, f"cz on {qubits}")
+        return timing.pad(_samples(cal.pair(*qubits, "cz_duration_s"), fs, f"cz on {qubits}"))
     if name == "measure":
-        return _samples(cal.qubit(qubits[0], "readout_duration_s"), fs, f"measure on {qubits}")
+        return timing.pad(_samples(cal.qubit(qubits[0], "readout_duration_s"), fs,
+                                   f"measure on {qubits}"))
     if name == "reset":
-        return _samples(cal.qubit(qubits[0], "reset_duration_s"), fs, f"reset on {qubits}")
+        return timing.pad(_samples(cal.qubit(qubits[0], "reset_duration_s"), fs,
+                                   f"reset on {qubits}"))
     if name == "delay":
         value, unit = inst.operation.duration, inst.operation.unit
         if unit == "expr" or isinstance(value, ParameterExpression):
@@ -92,12 +98,17 @@ def _duration_samples(inst, qubits: tuple[int, ...], cal: _Calibration, fs: floa
                 "bind all parameters before run()", circuit=circuit.name, qubits=qubits,
                 instruction="delay")
         if unit == "dt":
-            return int(value)
-        scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
-        if unit not in scale:
-            raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
-                                   circuit=circuit.name, qubits=qubits, instruction="delay")
-        return round(float(value) * scale[unit] * fs)
+            samples = int(value)
+        else:
+            scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
+            if unit not in scale:
+                raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
+                                       circuit=circuit.name, qubits=qubits,
+                                       instruction="delay")
+            samples = round(float(value) * scale[unit] * fs)
+        timing.check_delay(samples, f"circuit {circuit.name!r}: delay on qubits {qubits}",
+                           circuit=circuit.name, qubits=qubits)
+        return samples
     if name in ("rz", "barrier"):
         return 0
     raise CompilationError(
@@ -123,12 +134,23 @@ _TABLES_LOCK = threading.Lock()
 
 def synthesize(key: tuple) -> np.ndarray:
     """The samples (complex64) of the waveform with shape key ``key``, freshly synthesised:
-    ``("drag", samples, sigma, beta)`` or ``("flat_top", samples, rise)`` (samples units)."""
+    ``("drag", samples, sigma, beta)``, ``("flat_top", samples, rise)`` (samples units), or
+    ``("padded", inner_key, samples)``: ``inner_key``'s waveform followed by zeros up to
+    ``samples`` (a calibrated pulse on a controller's timing grid)."""
+    if key[0] == "padded":
+        inner = synthesize(key[1])
+        return np.concatenate([inner, np.zeros(key[2] - inner.shape[0], np.complex64)])
     if key[0] == "drag":
         return gaussian_drag(key[1], key[2], key[3])
     if key[0] == "flat_top":
         return flat_top(key[1], key[2])
     raise ValueError(f"unknown waveform key {key!r}")
+
+
+def _on_grid(key: tuple, samples: int, timing: TimingConstraints) -> tuple:
+    """Shape key of waveform ``key`` (``samples`` long) zero-padded onto the timing grid."""
+    padded = timing.pad(samples)
+    return key if padded == samples else ("padded", key, padded)
 
 
 def waveform(key: tuple) -> np.ndarray:
@@ -248,7 +270,7 @@ class _Tables:
             dur = _samples(cal.qubit(q, "pulse_duration_s"), fs, f"qubit {q} pulse")
             sigma = cal.qubit(q, "pulse_sigma_s") * fs
             beta = cal.qubit(q, "drag_beta")
-            key = ("drag", dur, sigma, beta)
+            key = _on_grid(("drag", dur, sigma, beta), dur, self.channels.timing)
             wave = waveform(key)
             if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
             entry = (self.channels.qubits[q].drive[1], key, wave,
@@ -267,7 +289,8 @@ class _Tables:
                                        circuit=circuit.name, qubits=(a, c),
                                        instruction="cz_flux_qubit")
             rise = cal.pair(a, c, "cz_rise_s") * fs
-            key = ("flat_top", duration, rise)
+            calibrated = _samples(cal.pair(a, c, "cz_duration_s"), fs, f"cz on ({a}, {c})")
+            key = _on_grid(("flat_top", calibrated, rise), calibrated, self.channels.timing)
             wave = waveform(key)
             entry = (self.channels.qubits[fq].flux[1], key, wave,
                      float(cal.pair(a, c, "cz_amplitude")), cal.pair(a, c, "cz_phase_a_rad"),
@@ -354,6 +377,7 @@ def _lower(circuit: QuantumCircuit, tables: _Tables):
     cindex = {bit: i for i, bit in enumerate(circuit.clbits)}
     known = tables.known  # (gate, qubits) -> (duration, effect), once both are known
     durations = tables.durations
+    timing = tables.channels.timing
     effect_ids = tables.effect_ids
     cal, fs = tables.cal, tables.fs
     rows: list[tuple] = []  # (effect, duration, parameter, clbit) per op
@@ -398,11 +422,11 @@ def _lower(circuit: QuantumCircuit, tables: _Tables):
             else:
                 duration = durations.get(key)
                 if duration is None:
-                    duration = _duration_samples(inst, qubits, cal, fs, circuit)
+                    duration = _duration_samples(inst, qubits, cal, fs, circuit, timing)
                     durations[key] = duration
                 eid = effect_ids.get(key)
         else:
-            duration = _duration_samples(inst, qubits, cal, fs, circuit)
+            duration = _duration_samples(inst, qubits, cal, fs, circuit, timing)
             eid = 0  # a delay plays nothing
         if (measured and late is None and name != "delay"
                 and not measured.isdisjoint(qubits)):

@@ -87,15 +87,17 @@ class TimingConstraints:
         g = self.grid
         return max(-(-int(samples) // g) * g, -(-self.min_length // g) * g)
 
-    def check_delay(self, samples: int, where: str) -> None:
-        """A delay of ``samples`` must lie on the grid (``CompilationError`` naming it)."""
+    def check_delay(self, samples: int, where: str, *, circuit: str = "",
+                    qubits: tuple[int, ...] = ()) -> None:
+        """A delay of ``samples`` must lie on the grid (``CompilationError`` naming it, with
+        ``circuit`` and ``qubits`` as context)."""
         if samples % self.grid:
             raise CompilationError(
                 f"{where}: delay of {samples} samples is not a multiple of the controller's "
                 f"timing grid ({self.grid} samples: granularity {self.granularity}, pulse "
                 f"alignment {self.pulse_alignment}, acquire alignment "
                 f"{self.acquire_alignment}); round it (the Target's granularity is "
-                f"{self.grid})", instruction="delay")
+                f"{self.grid})", circuit=circuit, qubits=qubits, instruction="delay")
 
     def check_program(self, program) -> None:
         """Refuse a ``PulseProgram`` that breaks these rules, naming the first play or

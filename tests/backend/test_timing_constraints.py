@@ -1,0 +1,121 @@
+"""Timing constraints from the controller's ``hello``: declared in the Target, honoured by
+``transpile``, enforced by the compiler, and refused by the (simulated) firmware.
+
+The rack is lab5's wiring with a simulated controller that states a 4-sample granularity and
+alignment and a 16-sample minimum (``[simulator.timing.ctrl0]``), served by a real
+``labqpu sim`` process over real ZeroMQ and TCP sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+from labqpu import LabProvider
+from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InstrumentCommandError, InvalidRunInputError
+from labqpu.pulse.program import ProgramBuilder
+from labqpu.rack.config import default_config_path
+
+TIMING = {"granularity": 4, "min_length": 16, "pulse_alignment": 4, "acquire_alignment": 4}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rack(tmp_path_factory) -> Iterator[tuple]:
+    tmp = tmp_path_factory.mktemp("timing-rack")
+    text = default_config_path().read_text()
+    text = text.replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{_free_port()}")
+    while "::0::SOCKET" in text:
+        text = text.replace("::0::SOCKET", f"::{_free_port()}::SOCKET", 1)
+    text = text.replace('store = ""', 'store = "cal/calibration.sqlite"')
+    text += "\n[simulator.timing.ctrl0]\n" + "".join(f"{k} = {v}\n" for k, v in TIMING.items())
+    lab = tmp / "lab.toml"
+    lab.write_text(text)
+    sim = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "sim", str(lab)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoints = json.loads(sim.stdout.readline())
+        with LabProvider(lab) as provider:
+            yield provider.backend("lab5"), endpoints["ctrl0"]
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(timeout=15)
+        sim.stdout.close()
+        sim.stderr.close()
+
+
+def test_the_target_declares_what_the_controller_states(rack):
+    backend, _ = rack
+    assert backend.controller_capabilities("ctrl0")["timing"] == TIMING
+    tc = backend.target.timing_constraints()
+    assert (tc.granularity, tc.min_length, tc.pulse_alignment, tc.acquire_alignment) == \
+        (4, 16, 4, 4)
+    dt = backend.target.dt
+    for name in ("sx", "x", "cz", "measure"):
+        for qargs, props in backend.target[name].items():
+            samples = props.duration / dt
+            assert abs(samples - round(samples)) < 1e-6 and round(samples) % 4 == 0, \
+                (name, qargs, samples)
+
+
+def test_bell_on_every_edge_compiles_onto_the_grid_and_runs(rack):
+    backend, _ = rack
+    for a, b in [(0, 1), (1, 2), (2, 3), (3, 4)]:
+        qc = QuantumCircuit(2, 2)
+        qc.h(0)
+        qc.cx(0, 1)
+        qc.measure([0, 1], [0, 1])
+        native = transpile(qc, backend, initial_layout=[a, b])
+        job = backend.run(native, shots=2000)
+        program = job.programs[0]
+        lengths = np.diff(program.wave_offset)[program.play_wave]
+        assert np.all(program.play_start % 4 == 0) and np.all(lengths % 4 == 0)
+        assert np.all(lengths >= 16) and np.all(program.acq_start % 4 == 0)
+        counts = job.result(timeout=120).get_counts()
+        assert (counts.get("00", 0) + counts.get("11", 0)) / 2000 >= 0.9, ((a, b), counts)
+
+
+def test_a_delay_off_the_grid_is_refused_before_anything_is_sent(rack):
+    backend, _ = rack
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.delay(1001, 0, unit="dt")
+    qc.measure(0, 0)
+    with pytest.raises(InvalidRunInputError, match=r"delay of 1001 samples .* grid \(4 samples"):
+        backend.run(qc)
+
+
+def _misaligned():
+    b = ProgramBuilder("ctrl0", 1e9)
+    wid = b.waves.add(("const", 34), lambda: np.full(34, 0.1, np.complex64))
+    b.play(0, 6, wid, 0.5)
+    b.acquire(0, 40, 400, 0.0, 0, 0)
+    return b.build(num_clbits=1, header={"name": "misaligned"})
+
+
+def test_a_misaligned_program_is_refused_by_the_backend_and_the_firmware(rack):
+    backend, endpoint = rack
+    with pytest.raises(InvalidRunInputError,
+                       match=r"program 'misaligned': play 0 .* pulse alignment of 4"):
+        backend.run(_misaligned())
+    arrays, meta = _misaligned().to_wire()
+    with ControllerClient(endpoint, timeout_s=10.0) as client, \
+            pytest.raises(InstrumentCommandError, match=r"play 0 .* pulse alignment of 4"):
+        client.upload(arrays, meta)
