@@ -301,16 +301,28 @@ class LabBackend(BackendV2):
                         f"({param} {inst.operation.unit})")
 
     def _check_length(self, program: PulseProgram) -> None:
-        """A program may not outlast what its controller can play (``max_program_samples``
-        from the controller's ``hello``, asked once when the backend was created)."""
+        """A program must fit its controller: no longer than ``max_program_samples``, and no
+        more waveform samples, waveforms or plays than ``waveform_memory_samples``,
+        ``max_waveforms`` and ``max_plays`` (the controller's ``hello``, asked once when the
+        backend was created)."""
+        caps = self._capabilities.get(program.controller, {})
+        fs = self.config.controller(program.controller).sample_rate_hz
+        where = f"program {program.header.get('name', program.content_hash[:12])!r}"
         limit = self._max_program_samples.get(program.controller)
         if limit is not None and program.duration_samples > limit:
-            fs = self.config.controller(program.controller).sample_rate_hz
             raise InvalidRunInputError(
-                f"program {program.header.get('name', program.content_hash[:12])!r} lasts "
-                f"{program.duration_samples} samples ({program.duration_samples / fs:.3g} s); "
-                f"controller {program.controller} plays at most {limit} samples "
-                f"({limit / fs:.3g} s); nothing was sent")
+                f"{where} lasts {program.duration_samples} samples "
+                f"({program.duration_samples / fs:.3g} s); controller {program.controller} "
+                f"plays at most {limit} samples ({limit / fs:.3g} s); nothing was sent")
+        for what, used, key in (
+                ("waveform samples", int(program.wave_data.shape[0]), "waveform_memory_samples"),
+                ("waveforms", int(program.wave_offset.shape[0]) - 1, "max_waveforms"),
+                ("plays", int(program.play_port.shape[0]), "max_plays")):
+            if key in caps and used > int(caps[key]):
+                raise InvalidRunInputError(
+                    f"{where} needs {used} {what}; controller {program.controller} holds at "
+                    f"most {int(caps[key])} ({key}); split it into several programs; nothing "
+                    "was sent")
 
     def _check_program(self, program: PulseProgram) -> None:
         """A pulse-level program must fit this rack: controller, sample rate, ports, VISA

@@ -169,6 +169,23 @@ def test_a_delay_beyond_the_controllers_memory_is_rejected_before_sending(lab_ba
     assert "plays at most" in message
 
 
+def test_a_program_over_the_controllers_waveform_table_is_rejected_before_sending(
+        lab_backend) -> None:
+    """65 537 distinct one-sample waveforms: one more than the controller's table holds."""
+    from labqpu.pulse.program import ProgramBuilder
+
+    limit = lab_backend.controller_capabilities("ctrl0")["max_waveforms"]
+    b = ProgramBuilder("ctrl0", 1e9)
+    for i in range(limit + 1):
+        wid = b.waves.add(("point", i), lambda i=i: np.full(1, i / (2 * limit), np.complex64))
+        b.play(0, i, wid, 1.0)
+    b.acquire(0, limit + 1, 100, 0.0, 0, 0)
+    program = b.build(num_clbits=1, header={"name": "many"})
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(program, meas_level=1))
+    assert f"program 'many' needs {limit + 1} waveforms" in message
+    assert f"holds at most {limit} (max_waveforms)" in message
+
+
 @pytest.mark.parametrize("tags", [5, "tag", [1, 2], {"a": 1}])
 def test_mistyped_job_tags_are_rejected_before_sending(lab_backend, tags) -> None:
     native = transpile(bell(), lab_backend)
