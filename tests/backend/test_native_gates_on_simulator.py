@@ -125,7 +125,10 @@ def test_dd_circuit_gives_the_outcomes_of_the_unitary(lab_backend) -> None:
     res = lab_backend.run([with_dd, without], shots=SHOTS, seed_simulator=9).result()
     p_dd, p_plain = ({k: v / SHOTS for k, v in c.items()} for c in res.get_counts())
     assert _tvd(p_dd, ideal) < 0.12, (p_dd, ideal)
-    assert _tvd(p_dd, p_plain) < 0.08
+    # DD echoes the idle ZZ, so the two differ by a TVD of 0.066 (20 000 shots; the same before
+    # and after the drive-handedness fix); 2000 shots add up to ~0.04 of sampling noise
+    # (seeds 1-9 gave 0.045-0.10).
+    assert _tvd(p_dd, p_plain) < 0.11
 
 
 def test_ghz3_through_backend_sampler_at_default_level(lab_backend) -> None:
