@@ -1,8 +1,9 @@
 """Bootstrap calibration: from design values to a complete snapshot, in dependency order.
 
-resonator spectroscopy -> qubit spectroscopy vs flux bias (sweet spot) -> Rabi -> Ramsey
-(frequency, T2*) -> Rabi again -> DRAG -> readout frequency and discriminator -> T1 -> CZ
-(amplitude x duration scan of the conditional phase, then single-qubit phase corrections).
+resonator spectroscopy -> qubit spectroscopy vs flux bias (sweet spot) -> Rabi -> drive
+handedness -> Ramsey (frequency, T2*) -> Rabi again -> DRAG -> readout frequency and
+discriminator -> T1 -> CZ (amplitude x duration scan of the conditional phase, then
+single-qubit phase corrections).
 
 Everything is measured through the public backend API on pulse programs; the snapshot is
 committed once, at the end, so a failure half way leaves the store as it was.
@@ -27,6 +28,7 @@ from labqpu.calibration.experiments import (
     fit_parabola_vertex,
     fit_peak,
     fit_rabi,
+    handedness_from_fringes,
     phase_from_quadratures,
     project,
     sweep,
@@ -114,6 +116,31 @@ def rabi(kit: Kit, q: int, shots: int, max_amp: float = 0.9) -> None:
     kit.work.set(q, "pi2_amplitude", pi_amp / 2, "rabi")
 
 
+def drive_handedness(kit: Kit, q: int, shots: int, detuning_hz: float = 1.0e6) -> None:
+    """Drive handedness (+1 or -1): the sense in which a play phase turns qubit ``q``'s drive
+    axis, against the qubit's own precession (``handedness_from_fringes``).
+
+    Two Ramsey fringes with the drive ``detuning_hz`` below the qubit, over 2 us; the second
+    pulse's play phase advances, then retards, by 2 pi detuning per unit delay. It needs the
+    frequency only to well within ``detuning_hz`` (spectroscopy suffices) and the pi/2
+    amplitude, and must come before anything that uses a phase against precession (Ramsey).
+    """
+    pi2 = kit.work.qubits[q]["pi2_amplitude"]
+    f_drive = kit.work.qubits[q]["frequency_hz"] - detuning_hz
+    delays = np.linspace(0, 2e-6, 41)
+    iq = []
+    for sense in (+1, -1):
+        def body(b, tau, sense=sense):
+            end = kit.drive(b, q, 0, pi2, frequency_hz=f_drive)
+            return kit.drive(b, q, end + kit.samples(tau), pi2,
+                             sense * 2 * np.pi * detuning_hz * tau, frequency_hz=f_drive)
+        iq.append(kit.run_iq(sweep(kit, q, delays, body), shots)[:, 0])
+    both = project(np.concatenate(iq))
+    sign = handedness_from_fringes(delays, both[:len(delays)], both[len(delays):], detuning_hz,
+                                   f"qubit {q}")
+    kit.work.set(q, "drive_handedness", sign, "drive_handedness")
+
+
 def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
                       delays_s: np.ndarray) -> tuple[float, float]:
     pi2 = kit.work.qubits[q]["pi2_amplitude"]
@@ -128,25 +155,31 @@ def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
 
 
 def ramsey(kit: Kit, q: int, shots: int) -> None:
-    """Qubit frequency (Hz) and T2* (s) from two Ramsey fringes with opposite detunings."""
+    """Qubit frequency (Hz) and T2* (s) from two Ramsey fringes with opposite detunings; the
+    measured drive handedness says which sign the frequency error has, and a third fringe at
+    the new frequency must come back at the set detuning."""
     delays = np.linspace(0, 6e-6, 61)
     d = 1.5e6
     f_plus, t2a = _ramsey_frequency(kit, q, shots, +d, delays)
     f_minus, t2b = _ramsey_frequency(kit, q, shots, -d, delays)
-    # The fringe runs at |d - delta| and |d + delta| for a drive detuned by delta.
-    candidates = [(abs(abs(d - s) - f_plus) + abs(abs(d + s) - f_minus), s)
+    # A drive delta below the qubit precesses by -2 pi delta t; the analysis pulse's axis
+    # turns by h 2 pi (+-d) t (h the drive handedness), so the fringes run at |delta + h d|
+    # (f_plus) and |delta - h d| (f_minus): s = h delta solves |s + d| = f_plus and
+    # |s - d| = f_minus.
+    candidates = [(abs(abs(s + d) - f_plus) + abs(abs(s - d) - f_minus), s)
                   for s in ((f_plus + f_minus) / 2, -(f_plus + f_minus) / 2,
                             (f_minus - f_plus) / 2, (f_plus - f_minus) / 2)]
-    _, delta = min(candidates)
-    # Which sign a detuning shows depends on the mixer convention: check both, keep the one
-    # whose fringe comes back at the set detuning.
+    _, s = min(candidates)
+    delta = kit.work.qubits[q]["drive_handedness"] * s
     f_now = kit.work.qubits[q]["frequency_hz"]
-    residual = {}
-    for sign in (+1, -1):
-        kit.work.qubits[q]["frequency_hz"] = f_now + sign * delta
-        residual[sign] = abs(_ramsey_frequency(kit, q, shots, d, delays)[0] - d)
-    sign = min(residual, key=residual.get)
-    kit.work.set(q, "frequency_hz", f_now + sign * delta, "ramsey")
+    kit.work.qubits[q]["frequency_hz"] = f_now + delta
+    check = _ramsey_frequency(kit, q, shots, d, delays)[0]
+    if abs(check - d) > 0.1 * d:
+        kit.work.qubits[q]["frequency_hz"] = f_now
+        raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
+                       f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
+                       subject=f"qubit {q}")
+    kit.work.set(q, "frequency_hz", f_now + delta, "ramsey")
     kit.work.set(q, "t2_s", float(np.mean([t2a, t2b])), "ramsey")
 
 
@@ -333,6 +366,7 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
     for q in qubits:
         progress(f"qubit {q}: Rabi, Ramsey, DRAG")
         rabi(kit, q, shots)
+        drive_handedness(kit, q, shots)
         ramsey(kit, q, shots)
         rabi(kit, q, shots)
         drag(kit, q, shots)

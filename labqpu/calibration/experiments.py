@@ -276,6 +276,44 @@ def phase_from_quadratures(p_x: np.ndarray, p_y: np.ndarray) -> tuple[np.ndarray
     return np.arctan2(s, c), np.hypot(s, c)
 
 
+def _band_amplitude(t_s: np.ndarray, y: np.ndarray, f_lo_hz: float, f_hi_hz: float) -> float:
+    """Largest amplitude of a sinusoid in ``y(t)`` with frequency in [f_lo, f_hi] (Hz): the
+    normalised Fourier sum of the mean-free signal on a fine frequency grid."""
+    freqs = np.linspace(f_lo_hz, f_hi_hz, 201)
+    centred = y - y.mean()
+    sums = np.exp(-2j * np.pi * np.outer(freqs, t_s)) @ centred
+    return float(2 * np.abs(sums).max() / len(t_s))
+
+
+def handedness_from_fringes(t_s: np.ndarray, with_phase_advance: np.ndarray,
+                            with_phase_retard: np.ndarray, detuning_hz: float,
+                            what: str) -> int:
+    """Drive handedness (+1 or -1) from two Ramsey fringes of a drive ``detuning_hz`` below
+    the qubit, whose second pulse's play phase advances (``+2 pi detuning t``) or retards
+    (``-2 pi detuning t``) with the delay ``t``.
+
+    The qubit precesses against the drive frame by -2 pi detuning t (Rz, |1> above |0>). A play
+    phase phi turns the drive axis to h phi: the sense that turns with the precession leaves a
+    fringe near 0 Hz; the other one runs at about twice the detuning. So h is the sense whose
+    fringe is fast. Both signals are real projections on one common axis (``project`` of both
+    together). Refuses (FitError) unless one fringe has 4x the other's amplitude between 1.5
+    and 2.5 times the detuning and stands 8x above the noise.
+    """
+    t_s = np.asarray(t_s, dtype=float)
+    band = (1.5 * detuning_hz, 2.5 * detuning_hz)
+    amp = {+1: _band_amplitude(t_s, np.asarray(with_phase_advance, dtype=float), *band),
+           -1: _band_amplitude(t_s, np.asarray(with_phase_retard, dtype=float), *band)}
+    fast = max(amp, key=amp.get)
+    slow = np.asarray(with_phase_retard if fast == +1 else with_phase_advance, dtype=float)
+    noise = np.std(np.diff(slow)) / np.sqrt(2) * 2 / np.sqrt(len(t_s)) + 1e-15
+    if amp[fast] < 4 * amp[-fast] or amp[fast] < 8 * noise:
+        raise FitError(
+            f"drive handedness: fringe amplitudes near {2 * detuning_hz:.4g} Hz are "
+            f"{amp[+1]:.3g} (phase advancing) and {amp[-1]:.3g} (retarding), noise "
+            f"{noise:.3g}; neither stands out", subject=what)
+    return fast
+
+
 # ---------------------------------------------------------------- experiments
 
 

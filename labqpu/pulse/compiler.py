@@ -3,14 +3,21 @@
 * Timing: ALAP (default) or ASAP from the calibrated durations, in samples; barriers
   synchronise their qubits.
 * ``rz`` is virtual: it shifts the phase of the qubit's drive frame for every later pulse.
+  The qubit's calibrated ``drive_handedness`` h (+1 or -1) says in which sense a play phase
+  phi turns the drive axis: to h phi, in the frame where free evolution at a detuning
+  delta = f_qubit - f_drive is Rz(-2 pi delta t) (Qiskit's convention, |1> above |0>). The
+  ideal ``rz(t)`` turns the axis of every later pulse by -t, so it adds ``-h t`` to the play
+  phase. rz then precesses the same way as the qubit does on its own: Ramsey detunings, ZZ
+  and T2Ramsey frequencies come out with their physical signs.
 * ``sx`` / ``x``: one DRAG pulse shape per qubit, played at the pi/2 or pi amplitude, at the
-  calibrated IF on the drive LO.
-* ``sy`` (sqrt(Y) = RY(pi/2)): the same DRAG pulse at the pi/2 amplitude, played a quarter turn
-  ahead of the frame (phase + pi/2). With the frame convention of ``rz`` below (``rz(t)`` adds
-  ``-t`` to the frame), a play at frame phase ``f`` rotates about cos(f) X + sin(f) Y, so
-  ``sy`` = ``rz(-pi/2); sx; rz(pi/2)`` exactly, and costs what sx costs.
+  calibrated IF on the drive LO, at the play phase of the frame.
+* ``sy`` (sqrt(Y) = RY(pi/2)): the same DRAG pulse at the pi/2 amplitude, with its axis a
+  quarter turn ahead of sx's (play phase + h pi/2), so ``sy`` = ``rz(-pi/2); sx; rz(pi/2)``
+  exactly, and costs what sx costs.
 * ``cz``: a flat-top flux pulse on the pair's tunable qubit, then the calibrated single-qubit
-  phase corrections as frame changes on both qubits.
+  phase corrections as frame changes on both qubits. ``cz_phase_*_rad`` are play-phase
+  shifts, measured as such by the calibration (its analysis pulses are play phases), so they
+  do not depend on the handedness.
 * ``measure``: a readout pulse and an acquisition window over the same samples.
 * ``delay`` plays nothing; a delay after which its qubit does nothing more (a scheduler's
   padding) is dropped, so it cannot hold back the readout. ``reset`` is passive: the qubit
@@ -36,7 +43,8 @@ from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of readout pulses (s); calibration experiments use the same shape.
 READOUT_RISE_S = 20e-9
-#: Play phase of ``sy`` relative to the qubit's frame (rad): a quarter turn ahead of ``sx``.
+#: Drive-axis angle of ``sy`` relative to ``sx`` (rad): a quarter turn ahead. Its play phase
+#: relative to the frame is ``drive_handedness * SY_PHASE_RAD``.
 SY_PHASE_RAD = np.pi / 2
 SCHEDULING_METHODS = ("alap", "asap")
 
@@ -170,10 +178,10 @@ def _effect(*, play_port: int = -1, wave: int = -1, amp: float = 0.0, freq: floa
             length: int = 0, phase_qubit: int = -1, param_qubit: int = -1,
             shift_qubit_a: int = -1, shift_a: float = 0.0, shift_qubit_b: int = -1,
             shift_b: float = 0.0, acq_port: int = -1, measure: int = 0,
-            phase_offset: float = 0.0) -> tuple:
+            phase_offset: float = 0.0, param_sign: float = 1.0) -> tuple:
     """One row of the effect table, in the order of ``kernels.EFFECT_FIELDS``."""
     return (play_port, wave, amp, freq, length, phase_qubit, param_qubit, shift_qubit_a,
-            shift_a, shift_qubit_b, shift_b, acq_port, measure, phase_offset)
+            shift_a, shift_qubit_b, shift_b, acq_port, measure, phase_offset, param_sign)
 
 
 _NO_EFFECT = _effect()
@@ -233,11 +241,12 @@ class _Tables:
             return eid
         row = _NO_EFFECT
         if name == "rz":
-            row = _effect(param_qubit=qubits[0])
+            row = _effect(param_qubit=qubits[0], param_sign=self.handedness(qubits[0]))
         elif name == "sx":
             row = self.drive_effect(qubits[0], "pi2_amplitude")
         elif name == "sy":
-            row = self.drive_effect(qubits[0], "pi2_amplitude", phase_offset=SY_PHASE_RAD)
+            row = self.drive_effect(qubits[0], "pi2_amplitude",
+                                    phase_offset=self.handedness(qubits[0]) * SY_PHASE_RAD)
         elif name == "x":
             row = self.drive_effect(qubits[0], "pi_amplitude")
         elif name == "cz":
@@ -255,6 +264,19 @@ class _Tables:
         self.effect_rows.append(row)
         self.effect_ids[(name, qubits)] = eid
         return eid
+
+    def handedness(self, q: int) -> float:
+        """Qubit ``q``'s calibrated drive handedness, +1.0 or -1.0 (a play phase phi turns its
+        drive axis to handedness * phi)."""
+        value = self.cal.qubit(q, "drive_handedness")
+        if isinstance(value, bool) or value not in (-1, 1):
+            cause = BackendPropertyError(f"{value!r} is not +1 or -1", subject=f"qubit {q}",
+                                         parameter="drive_handedness")
+            raise CompilationError(
+                f"qubit {q}: drive_handedness {value!r} in snapshot "
+                f"{self.snapshot.snapshot_id} is not +1 or -1", qubits=(q,),
+                instruction="drive_handedness") from cause
+        return float(value)
 
     def drive_effect(self, q: int, amplitude_name: str, phase_offset: float = 0.0) -> tuple:
         """A DRAG pulse on qubit ``q`` at the phase of its frame (+ ``phase_offset`` rad)."""

@@ -285,7 +285,7 @@ def discriminate(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np
 #: what an op does, whatever its gate. See ``layout_kernel``.
 EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "param_qubit",
                  "shift_qubit_a", "shift_a", "shift_qubit_b", "shift_b", "acq_port",
-                 "measure", "phase_offset")
+                 "measure", "phase_offset", "param_sign")
 
 
 @njit(cache=True)
@@ -297,12 +297,13 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
 
     ``op_*`` (one entry per op, in circuit order): effect row, duration (samples), first
     parameter (0 if none), classical bit (-1 if none); the qubits of op i are
-    ``op_qubits[op_qptr[i]:op_qptr[i + 1]]``. ``effects`` is a float64 (rows x 13) table with
+    ``op_qubits[op_qptr[i]:op_qptr[i + 1]]``. ``effects`` is a float64 (rows x 15) table with
     the columns of ``EFFECT_FIELDS``: a play on ``play_port`` (< 0: none) of global waveform
     ``wave`` at ``amp`` and ``freq`` whose phase is the frame of ``phase_qubit`` (< 0: 0.0)
     plus ``phase_offset`` (added only when non-zero);
-    before it, the frame of ``param_qubit`` (>= 0) is shifted by minus the op's parameter
-    (virtual Z); after it, the frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` /
+    before it, the frame of ``param_qubit`` (>= 0) is shifted by minus ``param_sign`` (+1 or
+    -1, the qubit's drive handedness) times the op's parameter (virtual Z); after it, the
+    frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` /
     ``_b``; an acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure``
     marks readouts, which all start when the last gate has ended.
 
@@ -356,7 +357,7 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
         e = op_effect[i]
         param_qubit = int(effects[e, 6])
         if param_qubit >= 0:
-            frame[param_qubit] -= op_param[i]
+            frame[param_qubit] -= effects[e, 14] * op_param[i]
         if effects[e, 0] >= 0:
             g = int(effects[e, 1])
             if local[g] < 0:

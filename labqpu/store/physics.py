@@ -6,6 +6,7 @@ knows:
 - times are positive seconds, and T2 ≤ 2·T1;
 - frequencies are finite and positive (anharmonicities may be negative);
 - amplitudes are fractions of full scale, at most 1 in magnitude;
+- a drive handedness is +1 or -1;
 - fidelities and errors lie in [0, 1];
 - an assignment matrix is 2 x 2 with rows that sum to 1;
 - a discriminator holds two finite IQ centres;
@@ -53,6 +54,10 @@ def _full_scale(value: Any) -> str | None:
         "must be a fraction of full scale, |value| <= 1"
 
 
+def _sign(value: Any) -> str | None:
+    return None if _number(value) and value in (-1, 1) else "must be +1 or -1"
+
+
 def _assignment_matrix(value: Any) -> str | None:
     rows_ok = (isinstance(value, list) and len(value) == 2
                and all(isinstance(row, list) and len(row) == 2 for row in value))
@@ -84,7 +89,7 @@ QUBIT_CHECKS: dict[str, Check] = {
     "resonator_hz": _positive, "anharmonicity_hz": _finite,
     "drive_lo_power_dbm": _finite, "readout_lo_power_dbm": _finite,
     "pi_amplitude": _full_scale, "pi2_amplitude": _full_scale, "readout_amplitude": _full_scale,
-    "drag_beta": _finite, "flux_bias_a": _finite,
+    "drag_beta": _finite, "flux_bias_a": _finite, "drive_handedness": _sign,
     "pulse_duration_s": _positive, "pulse_sigma_s": _positive, "readout_duration_s": _positive,
     "reset_duration_s": _non_negative, "t1_s": _positive, "t2_s": _positive,
     "t2_echo_s": _positive, "readout_assignment_fidelity": _unit_interval,

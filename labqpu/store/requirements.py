@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-#: What a qubit needs in the snapshot before sx, sy and x are offered on it (one DRAG pulse;
-#: sy is sx a quarter turn ahead in phase).
+#: What a qubit needs in the snapshot before sx, sy, x and rz are offered on it (one DRAG
+#: pulse; sy is sx a quarter turn ahead in phase). ``drive_handedness`` (+1 or -1) is the
+#: sense in which a play phase turns the qubit's drive axis: the compiler needs it to make
+#: rz (a frame change) turn the same way as the qubit's free precession.
 DRIVE_PARAMETERS = ("frequency_hz", "drive_lo_frequency_hz", "drive_lo_power_dbm",
                     "pi_amplitude", "pi2_amplitude", "drag_beta", "pulse_duration_s",
-                    "pulse_sigma_s", "flux_bias_a")
+                    "pulse_sigma_s", "flux_bias_a", "drive_handedness")
 #: What a qubit needs before measure is offered on it.
 READOUT_PARAMETERS = ("readout_frequency_hz", "readout_lo_frequency_hz", "readout_lo_power_dbm",
                       "readout_amplitude", "readout_duration_s", "discriminator")

@@ -132,7 +132,7 @@ def test_missing_drive_parameter_removes_qubit_gates_and_its_edges(store, snapsh
 
 
 @pytest.mark.parametrize("name", ["drag_beta", "flux_bias_a", "drive_lo_frequency_hz",
-                                  "pulse_sigma_s"])
+                                  "pulse_sigma_s", "drive_handedness"])
 def test_every_drive_parameter_is_required(store, snapshot, config, name):
     snap = derived(store, snapshot, lambda b: b.remove_qubit(0, name))
     target = build_target(snap, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.linalg import expm
 
 from labqpu.calibration.experiments import (
     complex_median,
@@ -12,6 +13,7 @@ from labqpu.calibration.experiments import (
     fit_parabola_vertex,
     fit_peak,
     fit_rabi,
+    handedness_from_fringes,
     phase_from_quadratures,
     project,
 )
@@ -106,3 +108,43 @@ def test_working_values_remember_when_they_were_measured() -> None:
     assert datetime.fromisoformat(work.measured_at[(0, "t1_s")]) >= first
     assert work.records[((0, 1), "cz_amplitude")] == "cz"
     assert ((0, 1), "cz_amplitude") in work.measured_at
+
+
+def _ramsey_p1(handedness: int, sense: int, detuning_hz: float, t_s: np.ndarray) -> np.ndarray:
+    """P(1) of X90(axis 0) - free precession - X90(axis h * sense * 2 pi d t), from 2x2
+    matrix exponentials: H = detuning |1><1| (|1> above |0>, drive frame below the qubit) and
+    a pulse about cos(a) X + sin(a) Y."""
+    x = np.array([[0, 1], [1, 0]], dtype=complex)
+    y = np.array([[0, -1j], [1j, 0]])
+    n = np.diag([0.0, 1.0])
+
+    def x90(axis_rad: float) -> np.ndarray:
+        return expm(-0.25j * np.pi * (np.cos(axis_rad) * x + np.sin(axis_rad) * y))
+
+    out = []
+    for t in t_s:
+        u = (x90(handedness * sense * 2 * np.pi * detuning_hz * t)
+             @ expm(-2j * np.pi * detuning_hz * t * n) @ x90(0.0))
+        out.append(abs(u[1, 0]) ** 2)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("handedness", [+1, -1])
+def test_handedness_is_the_sense_whose_fringe_runs_at_twice_the_detuning(handedness) -> None:
+    """Drive 1 MHz below the qubit (plus a 60 kHz frequency error, as after spectroscopy);
+    IQ-like scale and offset, 2 % noise."""
+    t = np.linspace(0, 2e-6, 41)
+    d = 1.0e6
+    advance, retard = (0.31 - 0.22 * _ramsey_p1(handedness, sense, d + 60e3, t)
+                       + RNG.normal(0, 0.02 * 0.22, t.size) for sense in (+1, -1))
+    assert handedness_from_fringes(t, advance, retard, d, "qubit 0") == handedness
+
+
+def test_handedness_refuses_fringes_that_do_not_tell() -> None:
+    t = np.linspace(0, 2e-6, 41)
+    with pytest.raises(FitError, match=r"drive handedness.*neither stands out"):
+        handedness_from_fringes(t, RNG.normal(0, 0.01, t.size), RNG.normal(0, 0.01, t.size),
+                                1.0e6, "qubit 2")
+    same = 0.5 + 0.4 * np.cos(2 * np.pi * 2e6 * t)
+    with pytest.raises(FitError, match="neither stands out"):
+        handedness_from_fringes(t, same, same, 1.0e6, "qubit 2")

@@ -6,11 +6,12 @@ port 10 + q, its acquisition input q; flux-bias channel q + 1 of ``flux_bias``. 
 shipped durations are 40 samples (sx/x), 32 (cz 0-1), 34 (other edges), 1000 (readout).
 
 Virtual-Z sign convention (read from ``labqpu/pulse/compiler.py``): ``rz(theta)`` on qubit q
-*subtracts* theta from q's drive frame, so every later drive play on q carries phase
-``-sum(theta)`` (Qiskit's ``ShiftPhase(-theta)`` convention). A cz on pair (a, b), a < b,
-subtracts ``cz_phase_a_rad`` from a's frame and ``cz_phase_b_rad`` from b's frame, i.e. it
-acts like ``rz(cz_phase_a_rad)`` on a and ``rz(cz_phase_b_rad)`` on b after the flux pulse.
-Phases are compared modulo 2 pi.
+turns the axis of every later drive pulse on q by ``-theta`` (Qiskit's ``ShiftPhase(-theta)``
+convention). A play phase phi turns the axis by ``h phi``, h = q's ``drive_handedness``, so
+later plays carry phase ``-h sum(theta)`` and sy plays a quarter turn ``h pi/2`` ahead of sx.
+The shipped snapshot measured h = -1 on every qubit. A cz on pair (a, b), a < b, subtracts
+``cz_phase_a_rad`` from a's play phase and ``cz_phase_b_rad`` from b's, whatever h (the
+calibration measures them as play phases). Phases are compared modulo 2 pi.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from numpy.testing import assert_allclose
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.circuit import Parameter
 
+from labqpu.backend.gates import SYGate
 from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
-from labqpu.store import SnapshotBuilder
+from labqpu.store import Snapshot, SnapshotBuilder
 
 FS = 1.0e9
 
@@ -201,7 +203,22 @@ def test_reset_is_passive_wait(snapshot, channels, export):
 # ----------------------------------------------------------------- virtual Z
 
 
-def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, channels):
+def with_handedness(store, snapshot, signs: dict[int, int]):
+    """A snapshot derived from ``snapshot`` with these qubits' drive handedness."""
+    def edit(b):
+        for q, h in signs.items():
+            b.set_qubit(q, "drive_handedness", h, "manual")
+        return b
+    return derived(store, snapshot, edit)
+
+
+def test_shipped_snapshot_measured_the_simulated_mixer_as_left_handed(export):
+    assert [rq(export, q, "drive_handedness") for q in range(5)] == [-1] * 5
+
+
+@pytest.mark.parametrize("h", [+1, -1])
+def test_rz_shifts_later_plays_on_its_qubit_only(store, snapshot, channels, h):
+    snap = with_handedness(store, snapshot, {0: h, 1: -h})
     theta = 0.7
     qc = QuantumCircuit(2)
     qc.sx(0)
@@ -209,26 +226,61 @@ def test_rz_shifts_later_plays_on_its_qubit_only(snapshot, channels):
     qc.rz(theta, 0)
     qc.sx(0)
     qc.sx(1)
-    prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
+    prog = compile_circuit(qc, snap, channels, scheduling_method="asap")
     q0, q1 = plays(prog, 0), plays(prog, 1)
     assert [p[0] for p in q0] == [0, 40]
     assert same_angle(q0[0][3], 0.0)
-    assert same_angle(q0[1][3], -theta)
-    assert not same_angle(q0[1][3], theta)
+    assert same_angle(q0[1][3], -h * theta)
+    assert not same_angle(q0[1][3], h * theta)
     assert all(same_angle(p[3], 0.0) for p in q1)
 
 
-def test_two_rz_add(snapshot, channels):
+@pytest.mark.parametrize("h", [+1, -1])
+def test_two_rz_add(store, snapshot, channels, h):
+    snap = with_handedness(store, snapshot, {0: h})
     qc = QuantumCircuit(1)
     qc.rz(0.3, 0)
     qc.rz(1.1, 0)
     qc.x(0)
-    prog = compile_circuit(qc, snapshot, channels)
+    prog = compile_circuit(qc, snap, channels)
     (play,) = plays(prog, 0)
-    assert same_angle(play[3], -1.4)
+    assert same_angle(play[3], -h * 1.4)
 
 
-def test_cz_phase_corrections_on_both_qubits(snapshot, channels, export):
+@pytest.mark.parametrize("h", [+1, -1])
+def test_sy_axis_is_a_quarter_turn_ahead_of_sx_in_either_handedness(store, snapshot, channels,
+                                                                     h):
+    """sy = rz(-pi/2) sx rz(pi/2): its play phase is sx's after rz(-pi/2), i.e. + h pi/2."""
+    snap = with_handedness(store, snapshot, {2: h})
+    sy, equivalent = QuantumCircuit(3), QuantumCircuit(3)
+    sy.rz(0.4, 2)
+    sy.append(SYGate(), [2])
+    equivalent.rz(0.4, 2)
+    equivalent.rz(-np.pi / 2, 2)
+    equivalent.sx(2)
+    (play_sy,) = plays(compile_circuit(sy, snap, channels), 2)
+    (play_eq,) = plays(compile_circuit(equivalent, snap, channels), 2)
+    assert same_angle(play_sy[3], h * (-0.4 + np.pi / 2))
+    assert same_angle(play_sy[3], play_eq[3])
+
+
+@pytest.mark.parametrize("value", [0, 2, -0.5, "left"])
+def test_a_handedness_other_than_plus_or_minus_one_is_refused_naming_it(snapshot, channels,
+                                                                        value):
+    """The store refuses such a value on commit; one already stored is refused at compile."""
+    document = SnapshotBuilder.from_snapshot(snapshot).build_document()
+    document["qubits"]["3"]["drive_handedness"]["value"] = value
+    bad = Snapshot.from_document(document, snapshot_id=99)
+    qc = QuantumCircuit(4)
+    qc.rz(0.1, 3)
+    with pytest.raises(CompilationError, match=r"qubit 3: drive_handedness") as caught:
+        compile_circuit(qc, bad, channels)
+    assert caught.value.qubits == (3,)
+
+
+@pytest.mark.parametrize("h", [+1, -1])
+def test_cz_phase_corrections_on_both_qubits(store, snapshot, channels, export, h):
+    snapshot = with_handedness(store, snapshot, {0: h, 1: h})
     pa = rp(export, 0, 1, "cz_phase_a_rad")
     pb = rp(export, 0, 1, "cz_phase_b_rad")
     qc = QuantumCircuit(3)
