@@ -127,7 +127,7 @@ def drive_handedness(kit: Kit, q: int, shots: int, detuning_hz: float = 1.0e6) -
     """
     pi2 = kit.work.qubits[q]["pi2_amplitude"]
     f_drive = kit.work.qubits[q]["frequency_hz"] - detuning_hz
-    delays = np.linspace(0, 2e-6, 41)
+    delays = kit.on_grid(np.linspace(0, 2e-6, 41))
     iq = []
     for sense in (+1, -1):
         def body(b, tau, sense=sense):
@@ -158,7 +158,7 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     """Qubit frequency (Hz) and T2* (s) from two Ramsey fringes with opposite detunings; the
     measured drive handedness says which sign the frequency error has, and a third fringe at
     the new frequency must come back at the set detuning."""
-    delays = np.linspace(0, 6e-6, 61)
+    delays = kit.on_grid(np.linspace(0, 6e-6, 61))
     d = 1.5e6
     f_plus, t2a = _ramsey_frequency(kit, q, shots, +d, delays)
     f_minus, t2b = _ramsey_frequency(kit, q, shots, -d, delays)
@@ -260,7 +260,7 @@ def _p1(kit: Kit, progs, shots: int) -> np.ndarray:
 
 def t1(kit: Kit, q: int, shots: int) -> None:
     """T1 (s) from the decay of |1>; passive reset waits 5 T1."""
-    delays = np.linspace(0, 200e-6, 21)
+    delays = kit.on_grid(np.linspace(0, 200e-6, 21))
     pi = kit.work.qubits[q]["pi_amplitude"]
     progs = sweep(kit, q, delays, lambda b, tau: kit.drive(b, q, 0, pi) + kit.samples(tau))
     p1 = _p1(kit, progs, shots)[:, 0]

@@ -58,10 +58,27 @@ class Kit:
         self.config = backend.config
         self.work = work
         self.fs = self.config.controllers[0].sample_rate_hz
+        #: The controllers' timing rules: every waveform is zero-padded onto their grid (as
+        #: the compiler pads calibrated pulses) and every wait is a whole number of grid steps.
+        self.timing = backend.channels.timing
 
     def samples(self, seconds: float) -> int:
         """``seconds`` in whole samples."""
         return round(seconds * self.fs)
+
+    def on_grid(self, seconds: np.ndarray) -> np.ndarray:
+        """Sweep times (s) moved to the nearest whole number of timing-grid steps, so that the
+        waits played are the times the analysis fits."""
+        step = self.timing.grid / self.fs
+        return np.round(np.asarray(seconds, dtype=float) / step) * step
+
+    def _wave(self, b: ProgramBuilder, key: tuple, length: int, make) -> tuple[int, int]:
+        """(waveform id, samples played) of shape ``key``: zero-padded onto the timing grid."""
+        total = self.timing.pad(length)
+        if total == length:
+            return b.waves.add(key, make), length
+        return b.waves.add(("padded", key, total), lambda: np.concatenate(
+            [make(), np.zeros(total - length, np.complex64)])), total
 
     def builder(self, qubits: Sequence[int]) -> ProgramBuilder:
         """A builder with the LOs and flux biases of ``qubits`` set from the working values."""
@@ -83,34 +100,36 @@ class Kit:
         dur = self.samples(self.work.device["pulse_duration_s"])
         sigma = self.work.device["pulse_sigma_s"] * self.fs
         beta = p.get("drag_beta", 0.0) if beta is None else beta
-        wid = b.waves.add(("drag", dur, sigma, beta), lambda: gaussian_drag(dur, sigma, beta))
+        wid, played = self._wave(b, ("drag", dur, sigma, beta), dur,
+                                 lambda: gaussian_drag(dur, sigma, beta))
         f = p["frequency_hz"] if frequency_hz is None else frequency_hz
         b.play(self.config.qubits[q].drive[1], start, wid, amplitude, phase_rad,
                f - p["drive_lo_frequency_hz"])
-        return start + dur
+        return start + played
 
     def square_drive(self, b: ProgramBuilder, q: int, start: int, duration_s: float,
                      amplitude: float, frequency_hz: float) -> int:
         """Flat-top drive of ``duration_s`` at ``frequency_hz`` (spectroscopy)."""
         dur = self.samples(duration_s)
         rise = min(10.0, (dur - 1) / 2)
-        wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
+        wid, played = self._wave(b, ("flat", dur, rise), dur, lambda: flat_top(dur, rise))
         b.play(self.config.qubits[q].drive[1], start, wid, amplitude, 0.0,
                frequency_hz - self.work.qubits[q]["drive_lo_frequency_hz"])
-        return start + dur
+        return start + played
 
     def flux(self, b: ProgramBuilder, q: int, start: int, duration: int, rise: float,
              amplitude: float) -> int:
         """Flat-top fast-flux pulse on ``q``."""
-        wid = b.waves.add(("flat", duration, rise), lambda: flat_top(duration, rise))
+        wid, played = self._wave(b, ("flat", duration, rise), duration,
+                                 lambda: flat_top(duration, rise))
         b.play(self.config.qubits[q].flux[1], start, wid, amplitude)
-        return start + duration
+        return start + played
 
     def readout(self, b: ProgramBuilder, q: int, start: int, clbit: int,
                 frequency_hz: float | None = None) -> int:
         """Readout pulse and acquisition on ``q`` into ``clbit``."""
         dev = self.work.device
-        dur = self.samples(dev["readout_duration_s"])
+        dur = self.timing.pad(self.samples(dev["readout_duration_s"]))  # as the compiler does
         rise = READOUT_RISE_S * self.fs
         wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
