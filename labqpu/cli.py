@@ -156,6 +156,8 @@ def _sim(args: argparse.Namespace) -> int:
     argv = [str(args.lab_toml or default_config_path())]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
+    if args.no_noise:
+        argv.append("--no-noise")
     return sim_main([*argv, "--log-level", args.log_level])
 
 
@@ -359,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")
     sim.add_argument("lab_toml", nargs="?", help="wiring file (default: lab5)")
     sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--no-noise", action="store_true",
+                     help="switch the device's flux noise, quasi-static noise and drift off")
     sim.set_defaults(func=_sim)
 
     status = sub.add_parser("status", help="show instruments, controller and calibration")

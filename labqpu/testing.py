@@ -18,6 +18,7 @@ import pytest
 
 from labqpu.backend.backend import LabBackend
 from labqpu.backend.provider import LabProvider
+from labqpu.rack.config import default_config_path
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,26 @@ def lab_provider(lab_home: str) -> Iterator[LabProvider]:
 def lab_backend(lab_provider: LabProvider) -> LabBackend:
     """The default device's backend ("lab5") on the simulator."""
     return lab_provider.backend("lab5")
+
+
+@pytest.fixture(scope="session")
+def quiet_lab_provider(lab_home: str, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[LabProvider]:
+    """A ``LabProvider`` on a simulator of the default device whose flux noise, quasi-static
+    noise and drift are off (``[simulator] noise = false``; thermal equilibrium stays)."""
+    text = default_config_path().read_text()
+    if "\n[simulator]\n" not in text:
+        raise RuntimeError(f"{default_config_path()} has no [simulator] table to switch noise off")
+    path = tmp_path_factory.mktemp("quiet-lab") / "lab.toml"
+    path.write_text(text.replace("\n[simulator]\n", "\n[simulator]\nnoise = false\n", 1))
+    provider = LabProvider(path, simulator=True)
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+@pytest.fixture(scope="session")
+def quiet_lab_backend(quiet_lab_provider: LabProvider) -> LabBackend:
+    """The default device's backend on a simulator without noise and drift."""
+    return quiet_lab_provider.backend("lab5")

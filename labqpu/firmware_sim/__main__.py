@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     parser.add_argument("--device", help="simulator device file or name (overrides lab.toml)")
     parser.add_argument("--seed", type=int, help="simulator seed (overrides lab.toml)")
+    parser.add_argument("--no-noise", action="store_true",
+                        help="switch the device file's flux noise, quasi-static noise and "
+                             "drift off (overrides [simulator] noise of lab.toml)")
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     args = parser.parse_args(argv)
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        rack = SimulatedRack(args.lab_toml, device=args.device, seed=args.seed)
+        rack = SimulatedRack(args.lab_toml, device=args.device, seed=args.seed,
+                             noise=False if args.no_noise else None)
     except (OSError, ValueError, KeyError) as exc:
         print(f"labqpu sim: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ density matrix carries the register's pair phases only up to ``ctx.anchor``.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,8 @@ class _RunContext:
     stop: dict[int, int]
     zz_all: np.ndarray
     anchor: int
+    #: Frequency offset (Hz) per qubit, applied as a frame at each block's centre (``noise``).
+    offset_hz: dict[int, float] = field(default_factory=dict)
 
 
 class DriveBlocks:

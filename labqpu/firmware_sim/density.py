@@ -70,11 +70,14 @@ def _row_indices(n: int, controls: tuple[int, ...], targets: tuple[int, ...]
 
 @lru_cache(maxsize=256)
 def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
-                       anharmonicity_hz: float = 0.0) -> np.ndarray:
+                       anharmonicity_hz: float = 0.0, thermal_ratio: float = 0.0) -> np.ndarray:
     """Exact Lindblad channel on one transmon for ``duration_s`` (row-major vec, 9x9).
 
-    Jump operators sqrt(1/T1) a (ladder decay) and sqrt(2/T_phi) n (pure dephasing, so that
-    a 0-1 coherence decays as exp(-t/T_phi)). With ``anharmonicity_hz`` = alpha the channel
+    Jump operators sqrt(G_down) a (ladder decay), sqrt(G_up) a^dag (thermal excitation) and
+    sqrt(2/T_phi) n (pure dephasing, so that a 0-1 coherence decays as exp(-t/T_phi)), with
+    G_down = 1 / (T1 (1 + r)), G_up = r G_down and r = ``thermal_ratio`` (exp(-h f / k T),
+    ``noise.thermal_ratio``): 1/T1 = G_down + G_up, and the ladder relaxes towards p_n ~ r^n,
+    not towards |0>. With ``anharmonicity_hz`` = alpha the channel
     also carries the idle Hamiltonian H/h = (alpha / 2) n (n - 1) of the transmon's idle
     rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
     already holds that evolution.
@@ -82,7 +85,10 @@ def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
     a = _ladder()
     n = a.conj().T @ a
     eye = np.eye(LEVELS)
-    jumps = [np.sqrt(1.0 / t1_s) * a]
+    down = 1.0 / (t1_s * (1.0 + thermal_ratio))
+    jumps = [np.sqrt(down) * a]
+    if thermal_ratio > 0.0:
+        jumps.append(np.sqrt(thermal_ratio * down) * a.conj().T)
     if np.isfinite(t_phi_s):
         jumps.append(np.sqrt(2.0 / t_phi_s) * n)
     h = 0.5 * anharmonicity_hz * (n @ n - n)
@@ -216,6 +222,20 @@ class DensityMatrix:
         t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
         self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
 
+    def sample_levels(self, positions: list[int], shots: int, rng: np.random.Generator
+                      ) -> np.ndarray:
+        """Levels of the qubits at ``positions`` drawn jointly for ``shots`` shots, shape
+        (shots, len(positions))."""
+        if not positions:
+            return np.zeros((shots, 0), dtype=int)
+        pops = self.populations()
+        drop = tuple(i for i in range(self.n) if i not in positions)
+        marginal = pops.sum(axis=drop) if drop else pops
+        keep = sorted(positions)
+        flat = np.transpose(marginal, [keep.index(p) for p in positions]).reshape(-1)
+        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
+        return np.stack(np.unravel_index(outcome, (LEVELS,) * len(positions)), axis=1)
+
     def populations(self) -> np.ndarray:
         """Joint level probabilities, shape (3,)*n, clipped at 0 and renormalised."""
         d = LEVELS**self.n
@@ -233,9 +253,13 @@ class _LocalChannels:
     """
 
     def __init__(self, device: DeviceTruth, rho: DensityMatrix, position: dict[int, int],
-                 sample_rate_hz: float, anharmonicity_hz: dict[int, float] | None = None
-                 ) -> None:
+                 sample_rate_hz: float, anharmonicity_hz: dict[int, float] | None = None,
+                 rates: dict[int, tuple[float, float, float]] | None = None) -> None:
         self.device = device
+        #: (T1 in s, T_phi in s, thermal ratio) per qubit; the device file's T1 and T_phi at
+        #: zero temperature when not given (``noise.QubitConditions``).
+        self.rates = rates or {q: (device.qubits[q].t1_s, device.qubits[q].t_phi_s, 0.0)
+                               for q in position}
         #: Idle anharmonicity per qubit (Hz): the dressed one when coupling is modelled.
         self.alpha = anharmonicity_hz or {q: device.qubits[q].anharmonicity_hz for q in position}
         self.rho = rho
@@ -250,9 +274,9 @@ class _LocalChannels:
 
     def _relax(self, q: int, until: int, alpha_hz: float) -> None:
         if until > self.time[q]:
-            t = self.device.qubits[q]
-            self._compose(q, relaxation_superop(t.t1_s, t.t_phi_s,
-                                                (until - self.time[q]) / self.fs, alpha_hz))
+            t1_s, t_phi_s, ratio = self.rates[q]
+            self._compose(q, relaxation_superop(t1_s, t_phi_s, (until - self.time[q]) / self.fs,
+                                                alpha_hz, ratio))
             self.time[q] = until
 
     def idle(self, q: int, until: int) -> None:

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labqpu.firmware_sim.noise import NoiseSpec
+
 DEVICES_DIR = Path(__file__).parent / "devices"
 
 
@@ -56,15 +58,15 @@ class QubitTruth:
 
 @dataclass(frozen=True)
 class DeviceTruth:
-    """The whole simulated device: qubits, couplings and shared settings."""
+    """The whole simulated device: qubits, couplings, noise and shared settings."""
 
     name: str
     sample_rate_hz: float
-    thermal_population: float
     mixer_nominal_lo_power_dbm: float
     flux_line_phi0_per_amplitude: float
     qubits: tuple[QubitTruth, ...]
     couplings: dict[tuple[int, int], float] = field(default_factory=dict)
+    noise: NoiseSpec = field(default_factory=NoiseSpec)
 
     def neighbours(self, q: int) -> list[int]:
         """Qubits coupled to ``q``."""
@@ -75,8 +77,11 @@ class DeviceTruth:
         return self.couplings.get((min(a, b), max(a, b)), 0.0)
 
 
-def load_device(name_or_path: str | Path) -> DeviceTruth:
-    """Load a device file by name (shipped in ``devices/``) or by path."""
+def load_device(name_or_path: str | Path, *, noise: bool = True) -> DeviceTruth:
+    """Load a device file by name (shipped in ``devices/``) or by path.
+
+    With ``noise=False`` the ``[noise]`` table's stochastic terms (flux noise, quasi-static
+    noise, drift) are off and its thermal equilibrium is kept (``NoiseSpec.quiet``)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = DEVICES_DIR / f"{name_or_path}.toml"
@@ -90,6 +95,10 @@ def load_device(name_or_path: str | Path) -> DeviceTruth:
                           key=lambda q: q.index))
     if [q.index for q in qubits] != list(range(len(qubits))):
         raise ValueError(f"{path}: qubit indices must be 0..n-1, got {[q.index for q in qubits]}")
+    if "thermal_population" in dev:
+        raise ValueError(f"{path}: [device] thermal_population is replaced by [noise] "
+                         "effective_temperature_k")
+    spec = NoiseSpec.from_table(doc.get("noise", {}), str(path))
     couplings = {}
     for c in doc.get("coupling", []):
         a, b = c["qubits"]
@@ -97,11 +106,11 @@ def load_device(name_or_path: str | Path) -> DeviceTruth:
     return DeviceTruth(
         name=dev["name"],
         sample_rate_hz=float(dev["sample_rate_hz"]),
-        thermal_population=float(dev.get("thermal_population", 0.0)),
         mixer_nominal_lo_power_dbm=float(dev["mixer_nominal_lo_power_dbm"]),
         flux_line_phi0_per_amplitude=float(dev["flux_line_phi0_per_amplitude"]),
         qubits=qubits,
         couplings=couplings,
+        noise=spec if noise else spec.quiet(),
     )
 
 
@@ -173,6 +182,9 @@ class Rack:
     cabling: dict[int, QubitCabling]
     simulator_device: str
     simulator_seed: int | None
+    #: ``[simulator] noise``: False switches the device file's flux noise, quasi-static
+    #: noise and drift off (``noise`` module); thermal equilibrium stays.
+    simulator_noise: bool = True
 
 
 def _split_port(value: str, what: str) -> tuple[str, int]:
@@ -234,6 +246,9 @@ def load_rack(path: str | Path) -> Rack:
             acquire_port=ports["acquire"], drive_lo=q["drive_lo"], readout_lo=q["readout_lo"],
             flux_source=source, flux_channel=channel,
         )
+    noise = sim.get("noise", True)
+    if not isinstance(noise, bool):
+        raise ValueError(f"{path}: [simulator] noise must be true or false, got {noise!r}")
     device_ref = sim.get("device", doc["device"]["name"])
     if Path(device_ref).suffix:
         device_ref = str((path.parent / device_ref).resolve())
@@ -244,4 +259,5 @@ def load_rack(path: str | Path) -> Rack:
         cabling=cabling,
         simulator_device=device_ref,
         simulator_seed=sim.get("seed"),
+        simulator_noise=noise,
     )

@@ -63,6 +63,9 @@ class SimulatedController:
         self._settings = settings
         self._seeds = np.random.SeedSequence(seed)
         self._seed_lock = threading.Lock()
+        #: Simulated time (s) over the controller's life: the sum of shots x (program duration
+        #: + rep_delay) of every run it executed; the device drifts against it.
+        self.sim_time_s = 0.0
 
     def capabilities(self) -> dict:
         """Channels, sample rate (Hz), waveform memory (samples) and limits."""
@@ -314,6 +317,11 @@ class SimulatedController:
         prog, ff = self._parse(arrays, meta)
         if cancel.is_set():
             raise RuntimeError("aborted before start")
-        iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng)
-        log.debug("executed %d shots, %d acquisitions", shots, iq.shape[1])
+        shot_s = prog.duration_samples / self.spec.sample_rate_hz + rep_delay
+        with self._seed_lock:  # the drift walk only moves forward: read it in run order
+            drift = self.engine.drift.at(self.sim_time_s)
+            self.sim_time_s += shots * shot_s
+        iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng,
+                                        drift)
+        log.debug("executed %d shots of %.3g s, %d acquisitions", shots, shot_s, iq.shape[1])
         return {"iq": iq, "bits": bits}

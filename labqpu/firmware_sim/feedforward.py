@@ -39,6 +39,13 @@ import numpy as np
 
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.density import LEVELS, DensityMatrix
+from labqpu.firmware_sim.noise import (
+    QubitConditions,
+    plan_chunks,
+    pulse_spans_s,
+    thermal_populations,
+    with_offsets,
+)
 from labqpu.firmware_sim.physics import (
     EvolutionStart,
     PhysicsEngine,
@@ -217,9 +224,12 @@ class _Plan:
 
 
 def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
-                         settings: Settings, shots: int, rng: np.random.Generator
+                         settings: Settings, shots: int, rng: np.random.Generator,
+                         drift: tuple[np.ndarray, np.ndarray] | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Execute ``prog`` with its conditional part ``ff`` for ``shots`` shots.
+    """Execute ``prog`` with its conditional part ``ff`` for ``shots`` shots under ``drift``
+    (``PhysicsEngine.conditions``). Shots are split into quasi-static noise chunks as in
+    ``PhysicsEngine.run``, each chunk one branch tree.
 
     Returns (iq, results): complex64 IQ points and uint8 discriminated results, both of shape
     (shots, acquisitions), columns in acquisition order (results 0 for acquisitions without a
@@ -230,16 +240,25 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     iq = np.zeros((shots, n_acq), dtype=np.complex64)
     results = np.zeros((shots, n_acq), dtype=np.uint8)
     if not plan.branches:
-        iq[:] = engine.run(effective_program(prog, ff, {}), settings, shots, rng)
+        iq[:] = engine.run(effective_program(prog, ff, {}), settings, shots, rng, drift)
         for j in range(n_acq):
             results[:, j] = ff.discriminate(j, iq[:, j])
         return iq, results
-    tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results)
-    p_th = engine.device.thermal_population
+    base, sigma = engine.conditions(settings, drift)
+    spans = pulse_spans_s(prog, engine.cabling, engine.device.sample_rate_hz)
+    chunks = plan_chunks(sigma, spans, shots, rng)
+    counts = rng.multinomial(shots, [w for w, _ in chunks])
     order = sorted(plan.active)
-    rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
-    start = EvolutionStart(rho, {q: i for i, q in enumerate(order)}, 0)
-    tree.descend(0, start, {}, np.arange(shots))
+    first = 0
+    for (_, offsets), n in zip(chunks, counts, strict=True):
+        if not n:
+            continue
+        cond = with_offsets(base, offsets)
+        tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond)
+        rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order])
+        start = EvolutionStart(rho, {q: i for i, q in enumerate(order)}, 0)
+        tree.descend(0, start, {}, np.arange(first, first + n))
+        first += n
     return iq, results
 
 
@@ -248,9 +267,10 @@ class _Tree:
 
     def __init__(self, engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
                  settings: Settings, plan: _Plan, rng: np.random.Generator, iq: np.ndarray,
-                 results: np.ndarray) -> None:
+                 results: np.ndarray, conditions: dict[int, QubitConditions]) -> None:
         self.engine, self.prog, self.ff, self.settings = engine, prog, ff, settings
         self.plan, self.rng, self.iq, self.results = plan, rng, iq, results
+        self.conditions = conditions
         self.n_ports = int(max([int(prog.play_port.max()) if prog.play_port.size else 0]
                                + [c.readout_port for c in engine.cabling.values()])) + 1
 
@@ -259,7 +279,7 @@ class _Tree:
         """Evolve ``state`` up to ``t1`` under the plays ``known`` selects."""
         eff = effective_program(self.prog, self.ff, known)
         ev = self.engine.evolve(_window(eff, state.time_samples, t1, leaves), self.settings,
-                                resume=state)
+                                resume=state, conditions=self.conditions)
         return EvolutionStart(ev.rho, ev.position, t1), ev
 
     def _samples(self, known: dict[int, int]) -> tuple[WireProgram, np.ndarray]:
@@ -287,7 +307,8 @@ class _Tree:
         p = branch_probabilities(state.rho, axis)
         levels = self.rng.choice(LEVELS, size=shots.size, p=p / p.sum())
         eff, samples = self._samples(known)
-        iq = self.engine._acquire(j, q, eff, samples, self.settings, levels, self.rng)
+        iq = self.engine._acquire(j, q, eff, samples, self.settings, levels, self.rng,
+                                  self.conditions[q].t1_s)
         bits = self.ff.discriminate(j, iq)
         self.iq[shots, j] = iq
         self.results[shots, j] = bits
@@ -316,7 +337,8 @@ class _Tree:
         outcome = self.rng.choice(marginal.size, size=shots.size, p=marginal / marginal.sum())
         levels = np.unravel_index(outcome, (LEVELS,) * len(leaves))
         for n, j in enumerate(leaves):
-            iq = self.engine._acquire(j, self.plan.qubit[j], eff, samples, self.settings,
-                                      levels[n], self.rng)
+            q = self.plan.qubit[j]
+            iq = self.engine._acquire(j, q, eff, samples, self.settings, levels[n], self.rng,
+                                      self.conditions[q].t1_s)
             self.iq[shots, j] = iq
             self.results[shots, j] = self.ff.discriminate(j, iq)

@@ -45,8 +45,9 @@ Model (issue "physics" deepens it; item 1, always-on coupling, 2026-11-29):
   Propagators are cached by their inputs, a drive's phase is applied to a cached unitary as a
   frame change, and single-qubit channels are composed per qubit before they touch the
   density matrix (``propagation`` module; docs/simulator.md, "Propagation and caching").
-* T1 (ladder decay, rate n / T1) and pure dephasing (T_phi from T2) act on each qubit (on its
-  dressed levels) through the exact solution of its Lindblad equation over each interval,
+* T1 (ladder decay towards the thermal state) and pure dephasing (T_phi from T2 and flux noise)
+  act on each qubit (on its dressed levels) through the exact solution of its Lindblad equation
+  over each interval (rates, quasi-static offsets and drift: ``noise`` module),
   applied after the unitary of a pulse. Between pulses that solution includes the local idle
   Hamiltonian (dressed alpha on |2>), so |2> gains its phase while a qubit idles and leakage
   interferes correctly between pulses. The pair (ZZ) phases are applied to the whole register
@@ -83,12 +84,23 @@ from labqpu.firmware_sim.density import (
     relaxation_superop,
 )
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
+from labqpu.firmware_sim.noise import (
+    DriftWalk,
+    QubitConditions,
+    frame_phase,
+    plan_chunks,
+    pulse_spans_s,
+    qubit_conditions,
+    thermal_populations,
+    with_offsets,
+)
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
     _transmon_propagate_kernel,
     drive_phase_key,
     rotate_drive_phase,
 )
+from labqpu.firmware_sim.readout import acquire_iq
 
 __all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Settings",
            "WireProgram", "relaxation_superop"]
@@ -244,6 +256,8 @@ class PhysicsEngine(DriveBlocks):
         self._joint_cache: dict[tuple, list] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
         self.joint_cache_hits = 0
+        #: The device's slow drift against simulated time (``noise`` module).
+        self.drift = DriftWalk(device.noise, len(device.qubits))
 
     def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
         """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""
@@ -259,34 +273,58 @@ class PhysicsEngine(DriveBlocks):
         current = settings.currents.get((cab.flux_source, cab.flux_channel), 0.0)
         return (current - truth.sweet_spot_current_a) * truth.phi0_per_ampere
 
+    def _phi_dc(self, settings: Settings) -> dict[int, float]:
+        """DC flux (flux quanta from the sweet spot) of every qubit."""
+        return {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
+                for q in range(len(self.device.qubits))}
+
     def _lo(self, name: str, settings: Settings) -> tuple[float, float, bool]:
         if name not in settings.los:
             raise SimulationError(f"LO source {name!r} is not part of this rack")
         return settings.los[name]
 
+    def conditions(self, settings: Settings,
+                   drift: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[dict[int, QubitConditions], dict[int, float]]:
+        """Per qubit the run's :class:`~labqpu.firmware_sim.noise.QubitConditions` under
+        ``drift`` (frequency offsets in Hz and T1 factors, from ``self.drift.at``; None: no
+        drift) and quasi-static sigma (Hz)."""
+        phi_dc = self._phi_dc(settings)
+        n = len(self.device.qubits)
+        drift_hz, t1_factor = (np.zeros(n), np.ones(n)) if drift is None else drift
+        return qubit_conditions(self.device.qubits, self.device.noise, phi_dc,
+                                self.dressed_model(phi_dc).freq_hz, drift_hz, t1_factor)
+
     def run(self, prog: WireProgram, settings: Settings, shots: int,
-            rng: np.random.Generator) -> np.ndarray:
-        """Execute ``prog`` for ``shots`` shots; returns complex IQ of shape (shots, n_acq)."""
-        ev = self.evolve(prog, settings)
-        rho, pos, samples, acq = ev.rho, ev.position, ev.samples, ev.acquisitions
-        measured = [q for _, q in acq]
-        pops = rho.populations()
-        keep = tuple(pos[q] for q in measured)
-        drop = tuple(i for i in range(rho.n) if i not in keep)
-        marginal = pops.sum(axis=drop) if drop else pops
-        marginal = np.transpose(marginal, [sorted(keep).index(k) for k in keep])
-        flat = marginal.reshape(-1)
-        outcome = rng.choice(flat.size, size=shots, p=flat / flat.sum())
-        levels = np.stack(np.unravel_index(outcome, (LEVELS,) * len(measured)), axis=1) \
-            if measured else np.zeros((shots, 0), dtype=int)
-        iq = np.zeros((shots, len(acq)), dtype=np.complex64)
-        for j, (i, q) in enumerate(acq):
-            iq[:, j] = self._acquire(i, q, prog, samples, settings, levels[:, j], rng)
+            rng: np.random.Generator, drift: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> np.ndarray:
+        """Execute ``prog`` for ``shots`` shots under ``drift`` (see :meth:`conditions`; the
+        controller reads it at its simulated time); returns complex IQ (shots, n_acq).
+
+        Shots are split into chunks of one quasi-static frequency offset each
+        (``noise.quasi_static_chunks``), each chunk one evolution."""
+        base, sigma = self.conditions(settings, drift)
+        spans = pulse_spans_s(prog, self.cabling, self.device.sample_rate_hz)
+        chunks = plan_chunks(sigma, spans, shots, rng)
+        counts = rng.multinomial(shots, [w for w, _ in chunks])
+        parts = []
+        for (_, offsets), n in zip(chunks, counts, strict=True):
+            if n:
+                ev = self.evolve(prog, settings, conditions=with_offsets(base, offsets))
+                parts.append(ev.rho.sample_levels([ev.position[q] for _, q in ev.acquisitions],
+                                                  int(n), rng))
+        levels = np.concatenate(parts)
+        iq = np.zeros((shots, len(ev.acquisitions)), dtype=np.complex64)
+        for j, (i, q) in enumerate(ev.acquisitions):
+            iq[:, j] = self._acquire(i, q, prog, ev.samples, settings, levels[:, j], rng,
+                                     base[q].t1_s)
         return iq
 
     def evolve(self, prog: WireProgram, settings: Settings,
-               resume: EvolutionStart | None = None) -> Evolution:
-        """Render ``prog`` and evolve the device's density matrix under it (no readout).
+               resume: EvolutionStart | None = None, *,
+               conditions: dict[int, QubitConditions] | None = None) -> Evolution:
+        """Render ``prog`` and evolve the device's density matrix under it (no readout), under
+        ``conditions`` per qubit (default: :meth:`conditions` without drift or offsets).
 
         Every qubit the program touches, and every neighbour of one, is evolved; a measured
         qubit up to the start of its acquisition, any other qubit up to the end of the last
@@ -367,19 +405,21 @@ class PhysicsEngine(DriveBlocks):
                     "mid-circuit measurement is not supported by this simulator version"
                 )
 
-        phi_dc = {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
-                  for q in range(len(self.device.qubits))}
+        phi_dc = self._phi_dc(settings)
         model = self.dressed_model(phi_dc)
-        p_th = self.device.thermal_population
-        rho = DensityMatrix([np.array([1.0 - p_th, p_th, 0.0]) for _ in order])
+        cond = conditions or self.conditions(settings)[0]
+        rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order])
         if resume is not None:
             rho.tensor = resume.rho.tensor.copy()
         local = _LocalChannels(self.device, rho, pos, fs,
-                               {q: float(model.local_hz[q][2]) for q in order})
+                               {q: float(model.local_hz[q][2]) for q in order},
+                               {q: (cond[q].t1_s, cond[q].t_phi_s, cond[q].thermal_ratio)
+                                for q in order})
         zz_all = model.energies(order) - model.local_energies(order)
         has_zz = bool(np.any(zz_all))
         stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
-        ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0)
+        ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0,
+                          {q: cond[q].offset_hz for q in order if cond[q].offset_hz})
         if resume is not None:
             local.time = dict.fromkeys(order, t0)
             ctx.anchor = t0
@@ -558,8 +598,7 @@ class PhysicsEngine(DriveBlocks):
         with flux pulses on ``fluxed`` (:meth:`_segment_unitary`). For tests and tools; runs
         go through :meth:`evolve`.
         """
-        phi_dc = {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
-                  for q in range(len(self.device.qubits))}
+        phi_dc = self._phi_dc(settings)
         model = self.dressed_model(phi_dc)
         ctx = _RunContext(samples, settings, phi_dc, model, list(cluster),
                           {q: i for i, q in enumerate(cluster)}, None, {}, np.zeros(1), b0)
@@ -572,9 +611,11 @@ class PhysicsEngine(DriveBlocks):
         fs = self.device.sample_rate_hz
         return np.exp(-2j * np.pi * zz * (b1 - b0) / fs)[:, None] * u
 
-    def _drive_hz(self, ctx: _RunContext, q: int, b0: int, b1: int) -> np.ndarray:
+    def _drive_hz(self, ctx: _RunContext, q: int, b0: int, b1: int, offset: bool = True
+                  ) -> np.ndarray:
         """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
-        dressed frequency (zeros when nothing plays)."""
+        dressed frequency (zeros when nothing plays); with ``offset`` turned by the phase
+        2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module)."""
         fs = self.device.sample_rate_hz
         cab = self.cabling[q]
         s = ctx.samples[cab.drive_port, b0:b1]
@@ -583,7 +624,10 @@ class PhysicsEngine(DriveBlocks):
         lo = self._lo(cab.drive_lo, ctx.settings)
         rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
         t = np.arange(b0, b1) / fs
-        return rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+        z = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+        if offset and ctx.offset_hz.get(q):
+            z *= np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
+        return z
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
                        b1: int) -> None:
@@ -598,6 +642,11 @@ class PhysicsEngine(DriveBlocks):
             ctx.local.decohere(q, b1)
             return
         u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+        offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
+        if offsets.any():  # the offsets' frame, split symmetrically about the block
+            d = frame_phase(offsets, _level_numbers(len(cluster)),
+                            0.5 * (b0 + b1) / self.device.sample_rate_hz)
+            u = (d[:, None] * u) * d.conj()[None, :]
         self._prepare(ctx, cluster, b0)
         ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
         for q in cluster:
@@ -631,7 +680,7 @@ class PhysicsEngine(DriveBlocks):
         k = len(cluster)
         drives = {}
         for q in cluster:
-            z = self._drive_hz(ctx, q, b0, b1)
+            z = self._drive_hz(ctx, q, b0, b1, offset=False)
             if np.any(z):
                 drives[q] = z
         flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
@@ -739,42 +788,12 @@ class PhysicsEngine(DriveBlocks):
         return _propagate_kernel(h, 1.0 / (fs * sub))
 
     def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
-                 settings: Settings, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+                 settings: Settings, levels: np.ndarray, rng: np.random.Generator,
+                 t1_s: float) -> np.ndarray:
         """IQ points (one per shot) of acquisition ``i`` on qubit ``q`` whose level per shot is
-        ``levels`` at the window's start."""
-        fs = self.device.sample_rate_hz
-        truth = self.device.qubits[q]
-        cab = self.cabling[q]
-        start = int(prog.acq_start[i])
-        dur = int(prog.acq_duration[i])
-        window = samples[cab.readout_port, start:start + dur]
-        lo = self._lo(cab.readout_lo, settings)
-        t = np.arange(start, start + dur) / fs
-        demod = np.exp(-2j * np.pi * float(prog.acq_freq_hz[i]) * t)
-        a_eff = self.mixer_gain(lo) * truth.readout_gain * np.mean(window * demod)
-        if window.size > 1 and np.any(window):
-            step = np.angle(np.sum(window[1:] * window[:-1].conj()))
-            f_tone = lo[0] + step * fs / (2 * np.pi)
-        else:
-            f_tone = lo[0]
-        chi = truth.dispersive_shift_hz
-        kappa = truth.resonator_linewidth_hz
-        resp = np.array([
-            1.0 / (1.0 + 2j * (f_tone - (truth.resonator_hz + chi * (2 * lvl - 1))) / kappa)
-            for lvl in range(LEVELS)
-        ])
-        window_s = dur / fs
-        frac = np.zeros((levels.size, LEVELS))
-        cur = levels.copy()
-        elapsed = np.zeros(levels.size)
-        for lvl in (2, 1):
-            at = cur == lvl
-            tau = rng.exponential(truth.t1_s / lvl, size=levels.size)
-            stay = np.where(at, np.minimum(tau, window_s - elapsed), 0.0)
-            frac[:, lvl] += stay / window_s
-            elapsed += stay
-            cur = np.where(at & (elapsed < window_s), lvl - 1, cur)
-        frac[:, 0] += np.clip(1.0 - frac.sum(axis=1), 0.0, 1.0)
-        sigma = truth.readout_noise_per_sample / np.sqrt(max(dur, 1))
-        noise = rng.normal(0.0, sigma, size=(levels.size, 2)) @ np.array([1.0, 1j])
-        return a_eff * (frac @ resp) + noise
+        ``levels`` at the window's start; ``t1_s`` its T1 during the window (``readout``)."""
+        cab, lo = self.cabling[q], self._lo(self.cabling[q].readout_lo, settings)
+        return acquire_iq(self.device.qubits[q], self.device.sample_rate_hz, lo,
+                          self.mixer_gain(lo), samples[cab.readout_port],
+                          int(prog.acq_start[i]), int(prog.acq_duration[i]),
+                          float(prog.acq_freq_hz[i]), levels, rng, t1_s)

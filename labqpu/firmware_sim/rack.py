@@ -26,12 +26,15 @@ class SimulatedRack:
         device: override of the simulator device (name in ``devices/`` or a path).
         seed: seed of the runs that carry none (overrides ``[simulator] seed``); without
             either, those runs draw fresh OS entropy.
+        noise: False switches the device's flux noise, quasi-static noise and drift off
+            (overrides ``[simulator] noise``, default true).
     """
 
     def __init__(self, lab_toml: str | Path, *, device: str | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, noise: bool | None = None) -> None:
         self.rack: Rack = load_rack(lab_toml)
-        self.device = load_device(device or self.rack.simulator_device)
+        self.device = load_device(device or self.rack.simulator_device,
+                                  noise=self.rack.simulator_noise if noise is None else noise)
         if self.device.name != self.rack.device_name:
             raise ValueError(f"device file is for {self.device.name!r}, wiring is for "
                              f"{self.rack.device_name!r}")

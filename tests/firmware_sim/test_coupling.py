@@ -20,6 +20,7 @@ import scipy.linalg
 
 import labqpu
 from labqpu.firmware_sim.device import DeviceTruth, load_device, load_rack
+from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 
 DEVICE = load_device("lab5")
@@ -40,7 +41,7 @@ def lossless(k: int) -> DeviceTruth:
     qubits = tuple(dataclasses.replace(q, t1_s=1e3, t2_s=1e3) for q in DEVICE.qubits[:k])
     couplings = {e: g for e, g in DEVICE.couplings.items() if max(e) < k}
     return dataclasses.replace(DEVICE, qubits=qubits, couplings=couplings,
-                               thermal_population=0.0)
+                               noise=NoiseSpec())
 
 
 def bare_frequency(q, flux_phi0: float = 0.0) -> float:

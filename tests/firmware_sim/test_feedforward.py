@@ -22,6 +22,7 @@ from labqpu.errors import InstrumentCommandError, PulseError
 from labqpu.firmware_sim.density import DensityMatrix
 from labqpu.firmware_sim.device import load_device, load_rack
 from labqpu.firmware_sim.feedforward import branch_probabilities, project
+from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import EvolutionStart, PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.pulse import PulseBuilder, PulseProgram, drive, readout
@@ -111,7 +112,7 @@ def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> Non
     device = load_device("lab5")
     qubits = list(device.qubits)
     qubits[0] = dataclasses.replace(qubits[0], t1_s=1e3, t2_s=1e3)
-    device = dataclasses.replace(device, couplings={}, thermal_population=0.0, qubits=qubits)
+    device = dataclasses.replace(device, couplings={}, noise=NoiseSpec(), qubits=qubits)
     cabling = load_rack(default_config_path()).cabling
     engine = PhysicsEngine(device, cabling)
     truth, cab = device.qubits[0], cabling[0]

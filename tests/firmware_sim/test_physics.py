@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.constants
 import scipy.integrate
 import scipy.linalg
 import scipy.optimize
@@ -30,6 +31,7 @@ from numpy.testing import assert_allclose
 import labqpu
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.device import DeviceTruth, QubitTruth, load_device, load_rack
+from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import (
     DensityMatrix,
     PhysicsEngine,
@@ -587,7 +589,11 @@ def test_run_end_to_end_population_matches_reference() -> None:
                                             options={"xatol": 1e-6}).x
     assert _reference_p1(pi_amp) > 0.99
     part_amp = 0.62 * pi_amp
-    p_th = DEVICE.thermal_population
+    # thermal equilibrium at the effective temperature: p_n ~ exp(-n h f / k T), 3 levels
+    r = math.exp(-scipy.constants.h * IDLE_F[0]
+                 / (scipy.constants.k * DEVICE.noise.effective_temperature_k))
+    p_th = r / (1 + r + r * r)
+    assert 0.004 < p_th < 0.02
     p_ref = [_reference_p1(a, p_th) for a in (0.0, pi_amp, part_amp)]
     assert 0.6 < p_ref[2] < 0.9
     eng, st, shots = engine(), settings(), 20000
@@ -683,7 +689,7 @@ def _lossless_device() -> DeviceTruth:
     microsecond decoherence changes the state by < 1e-8, so the evolution can be compared
     with a pure-state reference."""
     qubits = tuple(dataclasses.replace(q, t1_s=1e3, t2_s=1e3) for q in DEVICE.qubits)
-    return dataclasses.replace(UNCOUPLED, qubits=qubits, thermal_population=0.0)
+    return dataclasses.replace(UNCOUPLED, qubits=qubits, noise=NoiseSpec())
 
 
 LEAKY_SAMPLES = 24
