@@ -6,6 +6,9 @@ time in ns; the NCO carrier is not drawn: the row label gives the port's first I
 its LO) and later changes are marked. Triangles mark where a port's frame phase changes
 between plays (value in rad) and where its frequency changes (IF in MHz). Acquisition windows
 are shaded on their input row (with qubit and classical bit) and, lightly, across every row.
+Conditional plays (feed-forward blocks) are drawn apart from the unconditional baseband: their
+I as a dashed line over a hatched band, labelled with the condition (``if a0=1``: acquisition 0
+discriminated as 1); conditional phase shifts are marked with their condition too.
 
 matplotlib is imported here only, so ``labqpu.pulse`` imports without it; the figure is a
 plain ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state).
@@ -25,6 +28,12 @@ from labqpu.pulse.channels import ChannelMap
 #: Longest stretch that is drawn sample by sample (samples); crop longer programs.
 MAX_DRAWN_SAMPLES = 2_000_000
 _I_COLOUR, _Q_COLOUR, _ACQ_COLOUR, _MARK_COLOUR = "#1f5fa8", "#d9731a", "#5a9e4b", "#8e2c8e"
+_COND_COLOUR = "#b0232a"
+
+
+def _condition(program: Any, block: int) -> str:
+    """``if a<k>=<v>`` for conditional block ``block``."""
+    return f"if a{int(program.block_acq[block])}={int(program.block_value[block])}"
 
 
 def port_labels(channels: ChannelMap) -> tuple[dict[int, str], dict[int, str]]:
@@ -108,8 +117,10 @@ def draw_program(program: Any, *, channels: ChannelMap | None = None,
     fig.legend(handles=[Patch(color=_I_COLOUR, alpha=0.5, label="I"),
                         Patch(color=_Q_COLOUR, label="Q"),
                         Patch(color=_ACQ_COLOUR, alpha=0.35, label="acquisition"),
-                        Patch(color=_MARK_COLOUR, label="phase / frequency change")],
-               loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+                        Patch(color=_MARK_COLOUR, label="phase / frequency change"),
+                        Patch(facecolor="none", edgecolor=_COND_COLOUR, hatch="///",
+                              label="conditional play (feed-forward)")],
+               loc="outside lower center", ncol=5, fontsize=8, frameon=False)
     if not rows:
         axes[0].text(0.5, 0.5, "empty program", ha="center", va="center",
                      transform=axes[0].transAxes)
@@ -126,12 +137,17 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
     prev_phase = prev_freq = None
     peak = 0.0
     marks: list[tuple[float, str]] = []
+    conditional: list[tuple[int, np.ndarray, str]] = []
     for i in idx:
         start = int(program.play_start[i])
         w = program.waveform(int(program.play_wave[i])).astype(np.complex128)
         phase, freq = float(program.play_phase_rad[i]), float(program.play_freq_hz[i])
         base = amps[i] * np.exp(1j * phase) * w
         peak = max(peak, float(np.max(np.abs(base), initial=0.0)))
+        block = int(program.play_block[i])
+        if block >= 0:
+            conditional.append((start, base, _condition(program, block)))
+            continue
         a, b = max(start, lo), min(start + len(w), hi)
         if a < b:
             signal[a - lo:b - lo] += base[a - start:b - start]
@@ -143,12 +159,30 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
         if notes and lo <= start < hi:
             marks.append((start * ns_per_sample, ", ".join(notes)))
         prev_phase, prev_freq = phase, freq
+    for j in np.flatnonzero(program.shift_port == port):
+        start = int(program.shift_start[j])
+        if lo <= start < hi:
+            block = int(program.shift_block[j])
+            cond = f" {_condition(program, block)}" if block >= 0 else ""
+            marks.append((start * ns_per_sample,
+                          f"shift {float(program.shift_phase_rad[j]):+.2f}{cond}"))
+    marks.sort()
     ax.fill_between(t_ns, signal.real, step="mid", color=_I_COLOUR, alpha=0.5, lw=0)
     ax.plot(t_ns, signal.real, color=_I_COLOUR, lw=0.7, drawstyle="steps-mid")
     ax.plot(t_ns, signal.imag, color=_Q_COLOUR, lw=0.9, drawstyle="steps-mid")
     ax.plot(t_ns, np.abs(signal), color="0.25", lw=0.5, ls=":")
     top = max(peak, 1e-3) * 1.35
     ax.set_ylim(-top, top)
+    for start, base, cond in conditional:
+        a, b = max(start, lo), min(start + len(base), hi)
+        if a >= b:
+            continue
+        ax.axvspan(a * ns_per_sample, b * ns_per_sample, facecolor="none",
+                   edgecolor=_COND_COLOUR, hatch="///", alpha=0.35, lw=0)
+        ax.plot(np.arange(a, b) * ns_per_sample, base[a - start:b - start].real,
+                color=_COND_COLOUR, lw=0.9, ls="--", drawstyle="steps-mid")
+        ax.annotate(cond, (a * ns_per_sample, -top * 0.85), xytext=(2, 0),
+                    textcoords="offset points", fontsize=7, color=_COND_COLOUR, va="center")
     # Marks closer than 7 % of the axis stack on three levels so their labels stay readable.
     span = max((hi - lo) * ns_per_sample, 1e-9)
     last_x, level = -math.inf, 0

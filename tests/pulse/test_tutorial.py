@@ -36,3 +36,4 @@ def test_tutorial_runs(tmp_path, monkeypatch) -> None:
         if provider is not None:
             provider.close()
     assert (tmp_path / "echo_program.png").stat().st_size > 10_000
+    assert (tmp_path / "active_reset_program.png").stat().st_size > 10_000
