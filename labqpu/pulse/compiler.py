@@ -33,6 +33,7 @@ from qiskit.circuit import QuantumCircuit
 
 from labqpu.errors import CompilationError
 from labqpu.pulse.channels import ChannelMap
+from labqpu.pulse.dynamic import Lowered, lower_dynamic
 from labqpu.pulse.kernels import layout_kernel
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.tables import (
@@ -48,16 +49,18 @@ from labqpu.pulse.tables import (
 from labqpu.store import Snapshot
 
 SCHEDULING_METHODS = ("alap", "asap")
-__all__ = ["READOUT_RISE_S", "SCHEDULING_METHODS", "SY_PHASE_RAD", "clear_caches",
+__all__ = ["READOUT_RISE_S", "RESET_METHODS", "SCHEDULING_METHODS", "SY_PHASE_RAD", "clear_caches",
            "compile_circuit", "synthesize", "waveform"]
 
-def _lower(circuit: QuantumCircuit, tables: Tables):
-    """Read the circuit once: per op its effect row, duration, first parameter, clbit and
-    qubits (as arrays for ``layout_kernel``), and the qubits used and measured.
+def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str]):
+    """Read a plain circuit once: per op its effect row, duration, first parameter, clbit and
+    qubits (as arrays for ``layout_kernel``), and the qubits used and measured. Returns None
+    for a dynamic circuit (an instruction in ``dynamic_names``, or one after a measurement of
+    its qubit), which ``dynamic.lower_dynamic`` reads instead.
 
     Errors come in the order of a plain per-op compiler: reading errors (unbound parameters,
-    durations, non-native gates) in circuit order, then a gate after a measurement, then
-    pulse-parameter errors of the ops in circuit order. The effect of a gate already compiled
+    durations, non-native gates) in circuit order, then pulse-parameter errors of the ops in
+    circuit order. The effect of a gate already compiled
     against these tables is known and cannot fail; the others are resolved after the whole
     circuit has been read.
     """
@@ -72,7 +75,6 @@ def _lower(circuit: QuantumCircuit, tables: Tables):
     op_qubits: list[tuple] = []
     pending: list[tuple] = []  # (op, name, qubits) whose effect is not known yet
     measured: set[int] = set()
-    late = None  # first instruction that follows a measurement of one of its qubits
     qubit_of = qindex.__getitem__
     add_row = rows.append
     add_qubits = op_qubits.append
@@ -80,6 +82,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables):
     last_used: dict[int, int] = {}  # qubit -> last row that plays or measures on it
     for inst in circuit.data:
         name = inst.name
+        if name in dynamic_names:
+            return None
         qargs = inst.qubits
         qubits = (qubit_of(qargs[0]),) if len(qargs) == 1 else tuple(map(qubit_of, qargs))
         add_qubits(qubits)
@@ -116,9 +120,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables):
         else:
             duration = duration_samples(inst, qubits, cal, fs, circuit, timing)
             eid = 0  # a delay plays nothing
-        if (measured and late is None and name != "delay"
-                and not measured.isdisjoint(qubits)):
-            late = (name, min(measured.intersection(qubits)))
+        if measured and name != "delay" and not measured.isdisjoint(qubits):
+            return None  # mid-circuit measurement
         clbit = -1
         if name == "measure":
             measured.update(qubits)
@@ -127,12 +130,6 @@ def _lower(circuit: QuantumCircuit, tables: Tables):
             pending.append((len(rows), name, qubits))
             eid = 0
         add_row((eid, duration, param, clbit))
-    if late is not None:
-        name, q = late
-        raise CompilationError(
-            f"circuit {circuit.name!r}: {name!r} on qubit {q} follows its "
-            "measurement; mid-circuit measurement is not supported yet",
-            circuit=circuit.name, qubits=(q,), instruction=name)
     for i, name, qubits in pending:
         _, duration, param, clbit = rows[i]
         eid = tables.effect(name, qubits, duration, circuit)
@@ -151,16 +148,31 @@ def _lower(circuit: QuantumCircuit, tables: Tables):
     return rows, qptr, qflat, set(last_used), measured
 
 
+#: Instructions that make a circuit dynamic (read by ``dynamic.lower_dynamic``).
+_CONTROL_FLOW = frozenset({"if_else", "while_loop", "for_loop", "switch_case", "box",
+                           "break_loop", "continue_loop"})
+RESET_METHODS = ("active", "passive")
+
+
 def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: ChannelMap, *,
-                    scheduling_method: str = "alap") -> PulseProgram:
+                    scheduling_method: str = "alap", feedforward_latency_samples: int | None = None,
+                    reset_method: str = "active") -> PulseProgram:
     """Compile one transpiled circuit (physical qubits = device qubits) into a PulseProgram.
 
     ``channels`` says where each qubit's pulses are played (``LabConfig.channels`` of the
     rack's wiring file); ``snapshot`` supplies every pulse parameter.
+    ``feedforward_latency_samples`` is the controller's feed-forward latency (its ``hello``
+    capabilities; None: no feed-forward, so ``if_else`` is refused and ``reset`` is passive).
+    ``reset_method``: "active" (measure, then x when the result is 1, on qubits with drive and
+    readout calibration, given feed-forward; passive elsewhere) or "passive" (idle for the
+    calibrated ``reset_duration_s``).
     """
     if scheduling_method not in SCHEDULING_METHODS:
         raise CompilationError(
             f"scheduling_method must be one of {SCHEDULING_METHODS}, got {scheduling_method!r}")
+    if reset_method not in RESET_METHODS:
+        raise CompilationError(
+            f"reset_method must be one of {RESET_METHODS}, got {reset_method!r}")
     if circuit.num_qubits > channels.num_qubits:
         raise CompilationError(
             f"circuit {circuit.name!r} has {circuit.num_qubits} qubits; "
@@ -168,36 +180,61 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     if len(channels.controllers) != 1:
         raise CompilationError("programs spanning several controllers are not supported yet")
     tables = tables_for(snapshot, channels)
-    rows, qptr, qflat, used, measured = _lower(circuit, tables)
+    active = reset_method == "active" and feedforward_latency_samples is not None
+    lowered = _lower(circuit, tables, _CONTROL_FLOW | {"reset"} if active else _CONTROL_FLOW)
+    dynamic = None
+    if lowered is None:
+        dynamic = lower_dynamic(circuit, tables, latency_samples=feedforward_latency_samples,
+                                active_reset=active)
+        rows, used, measured = dynamic.rows, dynamic.used, dynamic.measured
+        qptr = [0]
+        qptr.extend(accumulate(map(len, dynamic.resources)))
+        qflat = list(chain.from_iterable(dynamic.resources))
+        num_resources = dynamic.num_resources
+    else:
+        rows, qptr, qflat, used, measured = lowered
+        num_resources = circuit.num_qubits
     if rows:
         effect, duration, param, clbit = zip(*rows, strict=True)
     else:
         effect = duration = param = clbit = ()
     n = len(rows)
+    if dynamic is None:
+        parent = block = np.full(n, -1, dtype=np.int64)
+        offset = np.zeros(n, dtype=np.int64)
+    else:
+        parent, offset, block = (np.array(a, dtype=np.int64)
+                                 for a in (dynamic.parent, dynamic.offset, dynamic.block))
     plays = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32),
-             np.empty(n), np.empty(n), np.empty(n))
+             np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.int32))
     acqs = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n),
             np.empty(n, np.int32), np.empty(n, np.int32))
+    shifts = (np.empty(2 * n, np.int32), np.empty(2 * n, np.int64), np.empty(2 * n),
+              np.empty(2 * n, np.int32))
     wave_order = np.empty(max(n, 1), np.int64)
-    total, n_play, n_acq, n_waves, end = layout_kernel(
+    total, n_play, n_acq, n_waves, end, n_shift = layout_kernel(
         np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
         np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
-        np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64),
-        circuit.num_qubits, channels.num_qubits, scheduling_method == "alap",
-        tables.effects(), len(tables.waves), *plays, *acqs, wave_order)
+        np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64), parent, offset, block,
+        num_resources, channels.num_qubits, scheduling_method == "alap",
+        tables.effects(), len(tables.waves), tables.drive_ports(), *plays, *acqs, wave_order,
+        *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
     waves = [tables.waves[g] for g in wave_order[:n_waves].tolist()]
     offsets = np.zeros(n_waves + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.array([w.shape[0] for w in waves], dtype=np.int64))
-    start, port, wave, amp, phase, freq = (c[:n_play] for c in plays)
+    start, port, wave, amp, phase, freq, play_block = (c[:n_play] for c in plays)
     a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = (c[:n_acq] for c in acqs)
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
+    feedforward = {}
+    if dynamic is not None:
+        feedforward = _feedforward(dynamic, tables, a_qubit, circuit, shifts, n_shift)
     return PulseProgram(
         controller=channels.controllers[0], sample_rate_hz=channels.sample_rate_hz,
         duration_samples=max(total or end, end, 1),
         play_port=port, play_start=start, play_wave=wave, play_amp=amp,
         play_amp_ref=np.full(n_play, -1, dtype=np.int32), play_phase_rad=phase,
-        play_freq_hz=freq, wave_offset=offsets,
+        play_freq_hz=freq, play_block=play_block, wave_offset=offsets,
         wave_data=np.concatenate(waves) if waves else np.zeros(0, np.complex64),
         acq_port=a_port, acq_start=a_start, acq_duration=a_duration, acq_freq_hz=a_freq,
         acq_qubit=a_qubit, acq_clbit=a_clbit,
@@ -205,6 +242,41 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         num_clbits=circuit.num_clbits,
         header={"name": circuit.name, "creg_sizes": creg_sizes,
                 "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
-        snapshot_id=snapshot.snapshot_id,
+        snapshot_id=snapshot.snapshot_id, **feedforward,
     )
 
+
+def _feedforward(dynamic: Lowered, tables: Tables, acq_qubit: np.ndarray,
+                 circuit: QuantumCircuit, shifts: tuple, n_shift: int) -> dict:
+    """The feed-forward arrays of a dynamic circuit's program: blocks, phase shifts and the
+    linear discriminator of every acquisition a block reads (required) or that is followed by
+    more of the circuit (when calibrated)."""
+    n_acq = acq_qubit.shape[0]
+    axis = np.zeros(n_acq, dtype=np.complex128)
+    threshold = np.zeros(n_acq)
+    for j, required in sorted(dynamic.discriminated.items()):
+        q = int(acq_qubit[j])
+        if not required and "discriminator" not in tables.snapshot.qubits.get(q, {}):
+            continue
+        try:
+            axis[j], threshold[j] = tables.discriminator(q)
+        except ValueError as exc:
+            raise CompilationError(f"circuit {circuit.name!r}: qubit {q}: {exc}; feed-forward "
+                                   "needs a discriminator", circuit=circuit.name, qubits=(q,),
+                                   instruction="discriminator") from exc
+    port, start, phase, block = (c[:n_shift] for c in shifts)
+    used_ports = set(port.tolist())
+    if used_ports:
+        ports = tables.drive_ports()
+        for p in used_ports:
+            sharing = np.flatnonzero(ports == p)
+            if sharing.shape[0] > 1:
+                raise CompilationError(
+                    f"circuit {circuit.name!r}: a conditional virtual Z on drive port {p} would "
+                    f"also turn the frame of qubits {sharing.tolist()}, which share the port",
+                    circuit=circuit.name, qubits=tuple(sharing.tolist()), instruction="rz")
+    blocks = dynamic.blocks
+    return {"acq_disc_axis": axis, "acq_disc_threshold": threshold,
+            "block_acq": [b[0] for b in blocks], "block_value": [b[1] for b in blocks],
+            "shift_port": port, "shift_start": start, "shift_phase_rad": phase,
+            "shift_block": block}

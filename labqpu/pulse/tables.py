@@ -28,7 +28,7 @@ from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.kernels import EFFECT_FIELDS, flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder
 from labqpu.pulse.timing import TimingConstraints
-from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
+from labqpu.store import DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of readout pulses (s); calibration experiments use the same shape.
 READOUT_RISE_S = 20e-9
@@ -80,7 +80,7 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                                    f"{name} on {qubits}"))
     if name == "cz":
         return timing.pad(samples_of(cal.pair(*qubits, "cz_duration_s"), fs, f"cz on {qubits}"))
-    if name == "measure":
+    if name in ("measure", "measure_mid"):
         return timing.pad(samples_of(cal.qubit(qubits[0], "readout_duration_s"), fs,
                                    f"measure on {qubits}"))
     if name == "reset":
@@ -197,6 +197,7 @@ class Tables:
         self.wave_ids: dict[tuple, int] = {}
         self.waves: list[np.ndarray] = []
         self._effects = np.array(self.effect_rows, dtype=np.float64)
+        self._drive_ports: np.ndarray | None = None
 
     def effects(self) -> np.ndarray:
         """The effect table as a float64 (rows x fields) array."""
@@ -238,11 +239,13 @@ class Tables:
             row = effect_row(play_port=port, wave=self.wave(key, wave), amp=amp,
                           length=wave.shape[0], shift_qubit_a=a, shift_a=phase_a,
                           shift_qubit_b=c, shift_b=phase_c)
-        elif name == "measure":
+        elif name in ("measure", "measure_mid"):
+            # a final readout waits for the end of the gates; a mid-circuit one is a gate
             q = qubits[0]
             port, key, wave, amp, if_hz, acq_port = self.readout(q, duration)
             row = effect_row(play_port=port, wave=self.wave(key, wave), amp=amp, freq=if_hz,
-                          length=wave.shape[0], acq_port=acq_port, measure=1)
+                             length=wave.shape[0], acq_port=acq_port,
+                             measure=int(name == "measure"))
         eid = len(self.effect_rows)
         self.effect_rows.append(row)
         self.effect_ids[(name, qubits)] = eid
@@ -319,6 +322,19 @@ class Tables:
             self.readouts[(q, duration)] = entry
         return entry
 
+    def discriminator(self, q: int) -> tuple[complex, float]:
+        """(axis, threshold) of the controller's linear discriminator for qubit ``q``,
+        equivalent to the snapshot's nearest-centre one (``linear_discriminator``)."""
+        return linear_discriminator(self.cal.qubit(q, "discriminator")["centers"])
+
+    def drive_ports(self) -> np.ndarray:
+        """Drive output port of every device qubit (int64), for conditional phase shifts."""
+        if self._drive_ports is None:
+            self._drive_ports = np.array(
+                [self.channels.qubits[q].drive[1] for q in range(self.channels.num_qubits)],
+                dtype=np.int64)
+        return self._drive_ports
+
     def lo_and_flux(self, used: frozenset, measured: frozenset,
                     circuit: QuantumCircuit) -> tuple[dict, dict]:
         """(LO settings, flux-bias currents) a program on these qubits assumes."""
@@ -374,3 +390,34 @@ def clear_caches() -> None:
     with _TABLES_LOCK:
         _TABLES.clear()
     _WAVEFORMS.clear()
+
+
+def linear_discriminator(centers) -> tuple[complex, float]:
+    """(axis, threshold) of the linear discriminator that decides as the nearest of the two
+    calibrated IQ centres ``centers`` = ((I0, Q0), (I1, Q1)) does: the axis (unit complex)
+    points from the |0> to the |1> centre, the threshold is the midpoint's projection; result
+    1 iff Re(conj(axis) iq) > threshold. ``ValueError`` if the centres coincide."""
+    (i0, q0), (i1, q1) = centers
+    c0, c1 = complex(i0, q0), complex(i1, q1)
+    if c1 == c0:
+        raise ValueError("the discriminator's centres coincide")
+    axis = (c1 - c0) / abs(c1 - c0)
+    return axis, float(np.real(np.conj(axis) * (c0 + c1) / 2))
+
+
+def active_reset_possible(snapshot: Snapshot, q: int) -> bool:
+    """Whether qubit ``q`` can be reset actively (measure, then an x pulse when the result is
+    1): the snapshot holds its drive, readout and discriminator calibration. The Target and
+    the compiler use the same rule, on a controller with feed-forward."""
+    params = snapshot.qubits.get(q, {})
+    return has_all(params, DRIVE_PARAMETERS) and has_all(params, READOUT_PARAMETERS)
+
+
+def active_reset_samples(snapshot: Snapshot, fs: float, q: int, latency_samples: int,
+                         timing: TimingConstraints) -> int:
+    """Samples an active reset of qubit ``q`` lasts: the readout, the feed-forward latency and
+    the x pulse, each on the timing grid."""
+    cal = Calibration(snapshot)
+    readout = timing.pad(samples_of(cal.qubit(q, "readout_duration_s"), fs, f"reset on {q}"))
+    pulse = timing.pad(samples_of(cal.qubit(q, "pulse_duration_s"), fs, f"reset on {q}"))
+    return readout + timing.pad(latency_samples) + pulse
