@@ -199,7 +199,7 @@ class Labqpu:
         snapshot, channels = self.snapshot, self.channels
         for qc in circuits[:1]:
             compile_circuit(qc, snapshot, channels)
-        keys = compiler._tables(snapshot, channels).program_waveforms()
+        keys = compiler.tables_for(snapshot, channels).program_waveforms()
         synthesize = compiler.synthesize
 
         def warm() -> None:

@@ -26,7 +26,7 @@ from labqpu.errors import (
     LabQpuError,
 )
 from labqpu.pulse.channels import ChannelMap
-from labqpu.pulse.compiler import SCHEDULING_METHODS, compile_circuit
+from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS, compile_circuit
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
@@ -97,6 +97,13 @@ class LabBackend(BackendV2):
                 timing = timing.combine(TimingConstraints.from_capabilities(caps, name))
             except ValueError as exc:
                 raise LabQpuError(f"backend {self.name}: controller {exc}") from exc
+        #: The controllers' feed-forward latency (samples; the largest stated), or None when
+        #: a controller states no feed-forward: then if_else is refused and reset is passive.
+        self.feedforward_latency_samples: int | None = None
+        latencies = [caps.get("feedforward", {}).get("latency_samples")
+                     for caps in self._capabilities.values()]
+        if latencies and None not in latencies:
+            self.feedforward_latency_samples = max(int(v) for v in latencies)
         #: What the pulse compiler needs of the rack: the wiring's channels and the
         #: controllers' timing constraints (from their ``hello``).
         self.channels: ChannelMap = replace(config.channels, timing=timing)
@@ -107,7 +114,7 @@ class LabBackend(BackendV2):
         opts = Options(
             shots=1024, memory=False, meas_level=2, meas_return="single", rep_delay=100e-6,
             seed_simulator=None, sync=False, scheduling_method="alap", timeout=300.0,
-            job_tags=None,
+            job_tags=None, reset_method="active",
         )
         opts.set_validator("shots", (1, MAX_SHOTS))
         opts.set_validator("memory", bool)
@@ -116,6 +123,7 @@ class LabBackend(BackendV2):
         opts.set_validator("rep_delay", (0.0, 1.0))
         opts.set_validator("sync", bool)
         opts.set_validator("scheduling_method", list(SCHEDULING_METHODS))
+        opts.set_validator("reset_method", list(RESET_METHODS))
         opts.set_validator("timeout", (0.001, 86_400.0))
         return opts
 
@@ -134,7 +142,9 @@ class LabBackend(BackendV2):
             else:
                 snapshot = self.store.get(latest)
             try:
-                target = build_target(snapshot, self.config, self.channels.timing)
+                target = build_target(
+                    snapshot, self.config, self.channels.timing,
+                    feedforward_latency_samples=self.feedforward_latency_samples)
             except (LabQpuError, ValueError, TypeError, KeyError) as exc:
                 if self._target is None:
                     raise
@@ -278,11 +288,17 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"circuit {circuit.name!r} uses {circuit.num_qubits} qubits; {self.name} has "
                 f"{target.num_qubits}")
-        for inst in circuit.data:
+        self._check_instructions(circuit, circuit, list(range(circuit.num_qubits)), target)
+
+    def _check_instructions(self, circuit: QuantumCircuit, body: QuantumCircuit,
+                            physical: list[int], target: LabTarget) -> None:
+        """Every instruction of ``body`` (``circuit`` itself, or a branch of one of its
+        if_else, whose qubit i is ``physical[i]``) is in the Target with finite parameters."""
+        for inst in body.data:
             name = inst.operation.name
             if name in _DIRECTIVES:
                 continue
-            qargs = tuple(circuit.find_bit(q).index for q in inst.qubits)
+            qargs = tuple(physical[body.find_bit(q).index] for q in inst.qubits)
             if not target.instruction_supported(name, qargs):
                 where = "on qubits " + str(qargs) if qargs else ""
                 offered = sorted(target.operation_names)
@@ -290,6 +306,10 @@ class LabBackend(BackendV2):
                     f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
                     f"{self.name} (calibration snapshot {target.snapshot_id}; it offers "
                     f"{offered}); transpile the circuit for this backend")
+            if name == "if_else":
+                for block in inst.operation.blocks:
+                    self._check_instructions(circuit, block, list(qargs), target)
+                continue
             for param in inst.operation.params:
                 if isinstance(param, numbers.Real) and not math.isfinite(param):
                     raise InvalidRunInputError(
@@ -350,7 +370,7 @@ class LabBackend(BackendV2):
                 program.acq_port.max() < ctrl.inputs:
             raise InvalidRunInputError(
                 f"{where}: acquisitions use inputs outside 0..{ctrl.inputs - 1}")
-        if program.acq_clbit.size and not 0 <= program.acq_clbit.min() <= \
+        if program.acq_clbit.size and not -1 <= program.acq_clbit.min() <= \
                 program.acq_clbit.max() < program.num_clbits:
             raise InvalidRunInputError(
                 f"{where}: acquisitions write classical bits outside 0..{program.num_clbits - 1}"
@@ -369,6 +389,8 @@ class LabBackend(BackendV2):
         ``shots`` (1..100000), ``memory``, ``meas_level`` (1: IQ, 2: counts), ``meas_return``,
         ``rep_delay`` (s), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
+        ``reset_method`` ("active": measure, then x when the result is 1, where the controller
+        has feed-forward; "passive": idle for the calibrated thermalisation time),
         ``job_tags`` (kept in the result header; mthree passes them).
         """
         items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
@@ -394,8 +416,10 @@ class LabBackend(BackendV2):
                     f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
             self._check_circuit(item, target)
             try:
-                programs.append(compile_circuit(item, snapshot, self.channels,
-                                                scheduling_method=opts["scheduling_method"]))
+                programs.append(compile_circuit(
+                    item, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
+                    feedforward_latency_samples=self.feedforward_latency_samples,
+                    reset_method=opts["reset_method"]))
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc
         for program in programs:

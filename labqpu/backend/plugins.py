@@ -19,7 +19,10 @@ calibrated durations of the Target, alignment to the Target's timing constraints
 :class:`IdleDynamicalDecoupling`, which fills idle windows with an X-X echo (the calibrated x
 pulse, spacing 1/4 : 1/2 : 1/4) and leaves free evolution alone: a ``delay`` written by the user
 (a T1, Ramsey or ZZRamsey wait) is physics, not idle time, for its qubit and for the qubits
-coupled to it.
+coupled to it. A circuit with control flow (``if_else``, ``reset`` is not control flow) skips
+this stage: Qiskit's scheduling passes cannot time a conditional block, and labqpu's pulse
+compiler schedules such circuits itself, honouring the controller's feed-forward latency
+(docs/transpilation.md, "Dynamic circuits"). Its idle windows stay unpadded.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ import cmath
 import math
 
 import numpy as np
-from qiskit.circuit import Delay, Gate
+from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate
 from qiskit.circuit.library import RZGate, SXGate, XGate
 from qiskit.dagcircuit import DAGCircuit
+from qiskit.passmanager import ConditionalController
 from qiskit.synthesis import OneQubitEulerDecomposer
 from qiskit.transpiler import PassManager, Target
 from qiskit.transpiler.basepasses import TransformationPass
 from qiskit.transpiler.passes import (
     ALAPScheduleAnalysis,
     ConstrainedReschedule,
+    ContainsInstruction,
     InstructionDurationCheck,
     PadDynamicalDecoupling,
     TimeUnitConversion,
@@ -358,21 +363,25 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
         target = pass_manager_config.target
         if target is None:
             raise CompilationError("the labqpu scheduling stage needs a Target (a backend)")
-        pm = PassManager([TimeUnitConversion(target=target),
-                          ALAPScheduleAnalysis(target=target)])
+        passes = [TimeUnitConversion(target=target), ALAPScheduleAnalysis(target=target)]
         tc = target.timing_constraints()
         if (tc.granularity, tc.min_length, tc.pulse_alignment, tc.acquire_alignment) != \
                 (1, 1, 1, 1):
-            pm.append(InstructionDurationCheck(acquire_alignment=tc.acquire_alignment,
-                                               pulse_alignment=tc.pulse_alignment,
-                                               target=target))
-            pm.append(ConstrainedReschedule(acquire_alignment=tc.acquire_alignment,
-                                            pulse_alignment=tc.pulse_alignment, target=target))
+            passes.append(InstructionDurationCheck(acquire_alignment=tc.acquire_alignment,
+                                                   pulse_alignment=tc.pulse_alignment,
+                                                   target=target))
+            passes.append(ConstrainedReschedule(acquire_alignment=tc.acquire_alignment,
+                                                pulse_alignment=tc.pulse_alignment,
+                                                target=target))
         if self.dynamical_decoupling and "x" in target.operation_names:
             qubits = sorted(q for (q,) in target.qargs_for_operation_name("x"))
-            pm.append(IdleDynamicalDecoupling(dd_sequence=dd_sequence(), qubits=qubits,
-                                              skip_reset_qubits=True, target=target))
-        return pm
+            passes.append(IdleDynamicalDecoupling(dd_sequence=dd_sequence(), qubits=qubits,
+                                                  skip_reset_qubits=True, target=target))
+        flow = sorted(CONTROL_FLOW_OP_NAMES)
+        return PassManager([
+            ContainsInstruction(flow, recurse=False),
+            ConditionalController(passes, condition=lambda props: not any(
+                props[f"contains_{name}"] for name in flow))])
 
 
 class LabPlainSchedulingPlugin(LabSchedulingPlugin):

@@ -29,11 +29,14 @@ def discriminator_centres(snapshot, qubits: np.ndarray) -> tuple[np.ndarray, np.
 
 def _register_values(bits: np.ndarray, clbits: np.ndarray) -> np.ndarray:
     """Integer value of the classical register per shot (clbit i is bit i); later
-    acquisitions into the same clbit overwrite earlier ones. uint64 up to 64 clbits, Python
-    ints (object array) beyond."""
+    acquisitions into the same clbit overwrite earlier ones; an acquisition into clbit -1 (an
+    active reset's) is not reported. uint64 up to 64 clbits, Python ints (object array)
+    beyond."""
     wide = bits.shape[1] > 0 and int(clbits.max()) >= 64
     acc = np.zeros(bits.shape[0], dtype=object if wide else np.uint64)
     for j, c in enumerate(clbits):
+        if c < 0:
+            continue
         if wide:
             mask = 1 << int(c)
             acc = (acc & ~mask) | (bits[:, j].astype(object) << int(c))
@@ -75,7 +78,8 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     else:
         slots = np.zeros((shots, program.num_clbits), dtype=np.complex128)
         for j, c in enumerate(program.acq_clbit):
-            slots[:, c] = iq[:, j]
+            if c >= 0:
+                slots[:, c] = iq[:, j]
         pairs = np.stack([slots.real, slots.imag], axis=-1)
         data["memory"] = pairs.mean(axis=0).tolist() if meas_return == "avg" else pairs.tolist()
     return {"shots": shots, "success": True, "meas_level": meas_level,

@@ -7,12 +7,13 @@ play it, and a duration or error the snapshot lacks is left ``None``.
 
 from __future__ import annotations
 
-from qiskit.circuit import Delay, Measure, Parameter, Reset
+from qiskit.circuit import Delay, IfElseOp, Measure, Parameter, Reset
 from qiskit.circuit.library import CZGate, RZGate, SXGate, XGate
 from qiskit.providers import QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
 from labqpu.backend.gates import SYGate
+from labqpu.pulse.tables import active_reset_possible, active_reset_samples
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
 from labqpu.store import CZ_PARAMETERS, DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
@@ -50,7 +51,9 @@ def _gate_props(snapshot: Snapshot, key: str, duration_s: float | None,
 
 
 def build_target(snapshot: Snapshot, config: LabConfig,
-                 timing: TimingConstraints | None = None) -> LabTarget:
+                 timing: TimingConstraints | None = None, *,
+                 feedforward_latency_samples: int | None = None,
+                 reset_method: str = "active") -> LabTarget:
     """The Target of ``config``'s device as calibrated in ``snapshot``.
 
     Qubit i is on the Target's qubit i. sx, sy and x need :data:`DRIVE_PARAMETERS`, measure needs
@@ -62,6 +65,12 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     calibrated one padded onto the controllers' ``timing`` grid as the compiler plays it; the
     Target's granularity is that grid (``TimingConstraints.grid``), and its minimum length and
     pulse and acquire alignment are the controllers' own.
+
+    With ``feedforward_latency_samples`` (the controllers' feed-forward latency, from their
+    ``hello``), the Target declares ``if_else``, so that ``transpile`` keeps dynamic circuits,
+    and ``reset`` is active where ``labqpu.pulse.tables.active_reset_possible`` allows it
+    (``reset_method`` "active"): its duration is then the readout, the latency and the x
+    pulse. Elsewhere reset is the passive wait of ``reset_duration_s``.
     """
     n = config.num_qubits
     fs = config.controllers[0].sample_rate_hz
@@ -118,10 +127,17 @@ def build_target(snapshot: Snapshot, config: LabConfig,
             duration=on_grid(_value(params, "readout_duration_s")),
             error=None if fidelity is None else 1.0 - fidelity)
     target.add_instruction(Measure(), measure)
-    resettable = [q for q in range(n) if "reset_duration_s" in snapshot.qubits.get(q, {})]
-    target.add_instruction(Reset(), {
-        (q,): InstructionProperties(duration=on_grid(_value(snapshot.qubits[q],
-                                                            "reset_duration_s")))
-        for q in resettable})
+    active = feedforward_latency_samples is not None and reset_method == "active"
+    reset = {}
+    for q in range(n):
+        if active and active_reset_possible(snapshot, q):
+            samples = active_reset_samples(snapshot, fs, q, feedforward_latency_samples, timing)
+            reset[(q,)] = InstructionProperties(duration=samples / fs)
+        elif "reset_duration_s" in snapshot.qubits.get(q, {}):
+            reset[(q,)] = InstructionProperties(
+                duration=on_grid(_value(snapshot.qubits[q], "reset_duration_s")))
+    target.add_instruction(Reset(), reset)
     target.add_instruction(Delay(Parameter("t")), {(q,): None for q in range(n)})
+    if feedforward_latency_samples is not None:
+        target.add_instruction(IfElseOp, name="if_else")
     return target

@@ -290,39 +290,52 @@ EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "p
 
 @njit(cache=True)
 def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
-                  num_circuit_qubits, num_device_qubits, alap, effects, num_waves,
-                  p_start, p_port, p_wave, p_amp, p_phase, p_freq,
-                  a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order):
-    """Schedule the ops of one circuit and emit their plays and acquisitions.
+                  op_parent, op_offset, op_block, num_resources, num_device_qubits, alap,
+                  effects, num_waves, drive_port,
+                  p_start, p_port, p_wave, p_amp, p_phase, p_freq, p_block,
+                  a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order,
+                  s_port, s_start, s_phase, s_block):
+    """Schedule the ops of one circuit and emit their plays, acquisitions and phase shifts.
 
     ``op_*`` (one entry per op, in circuit order): effect row, duration (samples), first
-    parameter (0 if none), classical bit (-1 if none); the qubits of op i are
-    ``op_qubits[op_qptr[i]:op_qptr[i + 1]]``. ``effects`` is a float64 (rows x 15) table with
-    the columns of ``EFFECT_FIELDS``: a play on ``play_port`` (< 0: none) of global waveform
-    ``wave`` at ``amp`` and ``freq`` whose phase is the frame of ``phase_qubit`` (< 0: 0.0)
-    plus ``phase_offset`` (added only when non-zero);
-    before it, the frame of ``param_qubit`` (>= 0) is shifted by minus ``param_sign`` (+1 or
-    -1, the qubit's drive handedness) times the op's parameter (virtual Z); after it, the
-    frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` /
-    ``_b``; an acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure``
-    marks readouts, which all start when the last gate has ended.
+    parameter (0 if none), classical bit (-1 if none); the resources of op i are
+    ``op_qubits[op_qptr[i]:op_qptr[i + 1]]`` (circuit qubits 0..n-1 first, the qubit of a
+    measurement first among its resources; dynamic circuits add one resource per classical
+    bit). ``effects`` is a float64 (rows x 15) table with the columns of ``EFFECT_FIELDS``: a
+    play on ``play_port`` (< 0: none) of global waveform ``wave`` at ``amp`` and ``freq`` whose
+    phase is the frame of ``phase_qubit`` (< 0: 0.0) plus ``phase_offset`` (added only when
+    non-zero); before it, the frame of ``param_qubit`` (>= 0) is shifted by minus
+    ``param_sign`` (+1 or -1, the qubit's drive handedness) times the op's parameter (virtual
+    Z); after it, the frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` / ``_b``; an
+    acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure`` marks
+    final readouts, which all start when the last gate has ended.
 
-    Timing: gates ALAP (``alap``) or ASAP from their durations, per qubit; then every
+    Conditional ops (feed-forward): ``op_parent[i]`` >= 0 makes op i a member of the block
+    container op ``op_parent[i]`` (an earlier op that occupies the block's resources for the
+    longest branch): it starts ``op_offset[i]`` samples after its container and belongs to
+    conditional block ``op_block[i]``. Its plays carry that block; its frame changes do not
+    touch the tracked (unconditional) frames but become phase shifts on the qubit's drive
+    port ``drive_port[q]`` in that block, from the op's start (virtual Z) or end (cz
+    corrections), which the controller adds to every later play on the port when the block
+    runs. Unconditional ops have ``op_parent`` -1 and ``op_block`` -1.
+
+    Timing: ops ALAP (``alap``) or ASAP from their durations, per resource; then every final
     measurement starts at the same sample, the end of the gates. Frames change in circuit
     order with the same float64 operations as a per-op loop.
 
     Fills the play columns ``p_*`` (sorted by port, then start; stable), the acquisition
-    columns ``a_*`` (circuit order) and ``wave_order`` (local waveform id -> global id, in
+    columns ``a_*`` (circuit order), the phase-shift columns ``s_*`` (circuit order; at least
+    twice as long as the number of ops) and ``wave_order`` (local waveform id -> global id, in
     order of first use), each at least as long as the number of ops. Returns (total duration
     of the schedule, plays, acquisitions, local waveforms, end of the last play or
-    acquisition).
+    acquisition, phase shifts).
     """
     n = op_effect.shape[0]
     starts = np.zeros(n, dtype=np.int64)
-    avail = np.zeros(num_circuit_qubits, dtype=np.int64)
+    avail = np.zeros(num_resources, dtype=np.int64)
     for step in range(n):
         i = n - 1 - step if alap else step
-        if effects[op_effect[i], 12] != 0.0:
+        if effects[op_effect[i], 12] != 0.0 or op_parent[i] >= 0:
             continue
         start = 0
         for j in range(op_qptr[i], op_qptr[i + 1]):
@@ -333,7 +346,7 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             avail[op_qubits[j]] = end
         starts[i] = start
     gates_end = 0
-    for q in range(num_circuit_qubits):
+    for q in range(num_resources):
         if avail[q] > gates_end:
             gates_end = avail[q]
     total = gates_end
@@ -342,6 +355,8 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             starts[i] = gates_end
             if gates_end + op_duration[i] > total:
                 total = gates_end + op_duration[i]
+        elif op_parent[i] >= 0:
+            starts[i] = starts[op_parent[i]] + op_offset[i]
         elif alap:
             starts[i] = gates_end - starts[i] - op_duration[i]
 
@@ -352,12 +367,21 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     play_phase = np.empty(n)
     n_play = 0
     n_acq = 0
+    n_shift = 0
     last = 0
     for i in range(n):
         e = op_effect[i]
+        block = op_block[i]
         param_qubit = int(effects[e, 6])
         if param_qubit >= 0:
-            frame[param_qubit] -= effects[e, 14] * op_param[i]
+            if block < 0:
+                frame[param_qubit] -= effects[e, 14] * op_param[i]
+            else:
+                s_port[n_shift] = drive_port[param_qubit]
+                s_start[n_shift] = starts[i]
+                s_phase[n_shift] = -(effects[e, 14] * op_param[i])
+                s_block[n_shift] = block
+                n_shift += 1
         if effects[e, 0] >= 0:
             g = int(effects[e, 1])
             if local[g] < 0:
@@ -373,10 +397,16 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             if starts[i] + int(effects[e, 4]) > last:
                 last = starts[i] + int(effects[e, 4])
             n_play += 1
-        if effects[e, 7] >= 0:
-            frame[int(effects[e, 7])] -= effects[e, 8]
-        if effects[e, 9] >= 0:
-            frame[int(effects[e, 9])] -= effects[e, 10]
+        for col in (7, 9):
+            if effects[e, col] >= 0:
+                if block < 0:
+                    frame[int(effects[e, col])] -= effects[e, col + 1]
+                else:
+                    s_port[n_shift] = drive_port[int(effects[e, col])]
+                    s_start[n_shift] = starts[i] + op_duration[i]
+                    s_phase[n_shift] = -effects[e, col + 1]
+                    s_block[n_shift] = block
+                    n_shift += 1
         if effects[e, 11] >= 0:
             a_start[n_acq] = starts[i]
             a_port[n_acq] = int(effects[e, 11])
@@ -404,4 +434,5 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
         p_amp[k] = effects[e, 2]
         p_phase[k] = play_phase[src]
         p_freq[k] = effects[e, 3]
-    return total, n_play, n_acq, n_local, last
+        p_block[k] = op_block[i]
+    return total, n_play, n_acq, n_local, last, n_shift

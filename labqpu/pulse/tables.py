@@ -1,0 +1,423 @@
+"""What the pulse compiler derives from one calibration snapshot and channel map, cached.
+
+* ``Calibration``: typed access to a snapshot; a missing value raises ``CompilationError``
+  naming qubit (or edge), parameter and snapshot id.
+* ``duration_samples``: how many samples a native instruction occupies, padded onto the
+  controller's timing grid.
+* ``Tables``: per (snapshot, channel map), the durations, pulse parameters, waveforms and the
+  effect table (``kernels.EFFECT_FIELDS``) that ``layout_kernel`` reads, filled on first use.
+* ``waveform`` / ``synthesize``: waveforms by shape key, synthesised once and shared.
+
+Compiling the same gates against the same snapshot gives the same durations, pulse
+parameters and waveforms every time, so they are computed once per (snapshot, channel map)
+and reused; a compilation then costs little more than reading the circuit. Only successful
+look-ups are cached, so an error is raised again, at the same point, on every compilation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import NoReturn
+
+import numpy as np
+from qiskit.circuit import ParameterExpression, QuantumCircuit
+
+from labqpu.errors import BackendPropertyError, CompilationError
+from labqpu.pulse.channels import ChannelMap
+from labqpu.pulse.kernels import EFFECT_FIELDS, flat_top, gaussian_drag
+from labqpu.pulse.program import ProgramBuilder
+from labqpu.pulse.timing import TimingConstraints
+from labqpu.store import DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
+
+#: Rise and fall of readout pulses (s); calibration experiments use the same shape.
+READOUT_RISE_S = 20e-9
+#: Drive-axis angle of ``sy`` relative to ``sx`` (rad): a quarter turn ahead. Its play phase
+#: relative to the frame is ``drive_handedness * SY_PHASE_RAD``.
+SY_PHASE_RAD = np.pi / 2
+
+
+def samples_of(seconds: float, fs: float, what: str) -> int:
+    n = round(seconds * fs)
+    if abs(n - seconds * fs) > 1e-6 * max(1.0, abs(n)):
+        raise CompilationError(f"{what}: {seconds} s is not a whole number of samples at {fs} Hz")
+    return int(n)
+
+
+class Calibration:
+    """Typed access to what the compiler reads from a snapshot; errors name what is missing."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def qubit(self, q: int, name: str) -> float:
+        params = self.snapshot.qubits.get(q, {})
+        if name not in params:
+            self._missing(f"qubit {q}", (q,), name)
+        return params[name].value
+
+    def pair(self, a: int, b: int, name: str):
+        params = self.snapshot.pairs.get((min(a, b), max(a, b)), {})
+        if name not in params:
+            self._missing(f"edge ({a}, {b})", (a, b), name)
+        return params[name].value
+
+    def _missing(self, subject: str, qubits: tuple[int, ...], name: str) -> NoReturn:
+        cause = BackendPropertyError(f"not in calibration snapshot {self.snapshot.snapshot_id}",
+                                     subject=subject, parameter=name)
+        raise CompilationError(
+            f"{subject} has no calibrated {name!r} in snapshot {self.snapshot.snapshot_id}",
+            qubits=qubits, instruction=name) from cause
+
+
+def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
+                      circuit: QuantumCircuit, timing: TimingConstraints) -> int:
+    """Samples ``inst`` occupies: calibrated durations padded onto the controller's timing grid
+    (``TimingConstraints.pad``); delays must already lie on it."""
+    name = inst.operation.name
+    if name in ("sx", "sy", "x"):
+        return timing.pad(samples_of(cal.qubit(qubits[0], "pulse_duration_s"), fs,
+                                   f"{name} on {qubits}"))
+    if name == "cz":
+        return timing.pad(samples_of(cal.pair(*qubits, "cz_duration_s"), fs, f"cz on {qubits}"))
+    if name in ("measure", "measure_mid"):
+        return timing.pad(samples_of(cal.qubit(qubits[0], "readout_duration_s"), fs,
+                                   f"measure on {qubits}"))
+    if name == "reset":
+        return timing.pad(samples_of(cal.qubit(qubits[0], "reset_duration_s"), fs,
+                                   f"reset on {qubits}"))
+    if name == "delay":
+        value, unit = inst.operation.duration, inst.operation.unit
+        if unit == "expr" or isinstance(value, ParameterExpression):
+            raise CompilationError(
+                f"circuit {circuit.name!r}: delay on qubits {qubits} has an unbound duration; "
+                "bind all parameters before run()", circuit=circuit.name, qubits=qubits,
+                instruction="delay")
+        if unit == "dt":
+            samples = int(value)
+        else:
+            scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
+            if unit not in scale:
+                raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
+                                       circuit=circuit.name, qubits=qubits,
+                                       instruction="delay")
+            samples = round(float(value) * scale[unit] * fs)
+        timing.check_delay(samples, f"circuit {circuit.name!r}: delay on qubits {qubits}",
+                           circuit=circuit.name, qubits=qubits)
+        return samples
+    if name in ("rz", "barrier"):
+        return 0
+    raise CompilationError(
+        f"circuit {circuit.name!r}: instruction {name!r} on qubits {qubits} is not a native "
+        "operation of this device; transpile the circuit for this backend first",
+        circuit=circuit.name, qubits=qubits, instruction=name)
+
+
+# ------------------------------------------------------------------ caches
+
+#: Synthesised waveforms by shape key (shared across snapshots: same shape, same samples).
+_WAVEFORMS: dict[tuple, np.ndarray] = {}
+_MAX_WAVEFORMS = 4096
+_MAX_TABLES = 16
+_TABLES: OrderedDict[tuple, Tables] = OrderedDict()
+_TABLES_LOCK = threading.Lock()
+
+
+def synthesize(key: tuple) -> np.ndarray:
+    """The samples (complex64) of the waveform with shape key ``key``, freshly synthesised:
+    ``("drag", samples, sigma, beta)``, ``("flat_top", samples, rise)`` (samples units), or
+    ``("padded", inner_key, samples)``: ``inner_key``'s waveform followed by zeros up to
+    ``samples`` (a calibrated pulse on a controller's timing grid)."""
+    if key[0] == "padded":
+        inner = synthesize(key[1])
+        return np.concatenate([inner, np.zeros(key[2] - inner.shape[0], np.complex64)])
+    if key[0] == "drag":
+        return gaussian_drag(key[1], key[2], key[3])
+    if key[0] == "flat_top":
+        return flat_top(key[1], key[2])
+    raise ValueError(f"unknown waveform key {key!r}")
+
+
+def _on_grid(key: tuple, samples: int, timing: TimingConstraints) -> tuple:
+    """Shape key of waveform ``key`` (``samples`` long) zero-padded onto the timing grid."""
+    padded = timing.pad(samples)
+    return key if padded == samples else ("padded", key, padded)
+
+
+def waveform(key: tuple) -> np.ndarray:
+    """The samples of waveform ``key`` (read-only complex64): synthesised on first use, then
+    served from a cache shared by every snapshot (same shape, same samples)."""
+    wave = _WAVEFORMS.get(key)
+    if wave is None:
+        wave = synthesize(key)
+        wave.setflags(write=False)
+        if len(_WAVEFORMS) >= _MAX_WAVEFORMS:
+            _WAVEFORMS.clear()
+        _WAVEFORMS[key] = wave
+    return wave
+
+
+def effect_row(*, play_port: int = -1, wave: int = -1, amp: float = 0.0, freq: float = 0.0,
+            length: int = 0, phase_qubit: int = -1, param_qubit: int = -1,
+            shift_qubit_a: int = -1, shift_a: float = 0.0, shift_qubit_b: int = -1,
+            shift_b: float = 0.0, acq_port: int = -1, measure: int = 0,
+            phase_offset: float = 0.0, param_sign: float = 1.0) -> tuple:
+    """One row of the effect table, in the order of ``kernels.EFFECT_FIELDS``."""
+    return (play_port, wave, amp, freq, length, phase_qubit, param_qubit, shift_qubit_a,
+            shift_a, shift_qubit_b, shift_b, acq_port, measure, phase_offset, param_sign)
+
+
+NO_EFFECT = effect_row()
+assert len(NO_EFFECT) == len(EFFECT_FIELDS)
+
+
+class Tables:
+    """What compilation derives from one snapshot and channel map, filled on first use.
+
+    ``durations`` maps ``(gate, qubits)`` to samples; ``drives``, ``czs`` and ``readouts``
+    hold each gate's play (port, waveform key, amplitude, frequency...); ``settings`` the LO
+    and flux-bias settings for a set of used and measured qubits.
+    """
+
+    def __init__(self, snapshot: Snapshot, channels: ChannelMap) -> None:
+        self.snapshot = snapshot
+        self.channels = channels
+        self.cal = Calibration(snapshot)
+        self.fs = channels.sample_rate_hz
+        self.durations: dict[tuple, int] = {}
+        self.drives: dict[tuple, tuple] = {}
+        self.czs: dict[tuple, tuple] = {}
+        self.readouts: dict[tuple, tuple] = {}
+        self.settings: dict[tuple, tuple] = {}
+        # effects: one row (``kernels.EFFECT_FIELDS``) per distinct (gate, qubits); row 0 is
+        # "nothing" (barrier, delay, reset); waves: the waveforms rows refer to, by global id
+        self.effect_ids: dict[tuple, int] = {}
+        self.known: dict[tuple, tuple[int, int]] = {}  # (gate, qubits) -> (duration, effect)
+        self.effect_rows: list[tuple] = [NO_EFFECT]
+        self.wave_ids: dict[tuple, int] = {}
+        self.waves: list[np.ndarray] = []
+        self._effects = np.array(self.effect_rows, dtype=np.float64)
+        self._drive_ports: np.ndarray | None = None
+
+    def effects(self) -> np.ndarray:
+        """The effect table as a float64 (rows x fields) array."""
+        if self._effects.shape[0] != len(self.effect_rows):
+            self._effects = np.array(self.effect_rows, dtype=np.float64)
+        return self._effects
+
+    def program_waveforms(self) -> list[tuple]:
+        """Shape keys of every waveform compiled against these tables so far."""
+        return list(self.wave_ids)
+
+    def wave(self, key: tuple, wave: np.ndarray) -> int:
+        """Global id of waveform ``key``."""
+        gid = self.wave_ids.get(key)
+        if gid is None:
+            gid = self.wave_ids[key] = len(self.waves)
+            self.waves.append(wave)
+        return gid
+
+    def effect(self, name: str, qubits: tuple, duration: int, circuit: QuantumCircuit) -> int:
+        """Row of the effect table for gate ``name`` on ``qubits``: what it plays, which
+        frames it reads and shifts, what it acquires. This is the per-gate dispatch."""
+        eid = self.effect_ids.get((name, qubits))
+        if eid is not None:
+            return eid
+        row = NO_EFFECT
+        if name == "rz":
+            row = effect_row(param_qubit=qubits[0], param_sign=self.handedness(qubits[0]))
+        elif name == "sx":
+            row = self.drive_effect(qubits[0], "pi2_amplitude")
+        elif name == "sy":
+            row = self.drive_effect(qubits[0], "pi2_amplitude",
+                                    phase_offset=self.handedness(qubits[0]) * SY_PHASE_RAD)
+        elif name == "x":
+            row = self.drive_effect(qubits[0], "pi_amplitude")
+        elif name == "cz":
+            a, c = sorted(qubits)
+            port, key, wave, amp, phase_a, phase_c = self.cz(a, c, duration, circuit)
+            row = effect_row(play_port=port, wave=self.wave(key, wave), amp=amp,
+                          length=wave.shape[0], shift_qubit_a=a, shift_a=phase_a,
+                          shift_qubit_b=c, shift_b=phase_c)
+        elif name in ("measure", "measure_mid"):
+            # a final readout waits for the end of the gates; a mid-circuit one is a gate
+            q = qubits[0]
+            port, key, wave, amp, if_hz, acq_port = self.readout(q, duration)
+            row = effect_row(play_port=port, wave=self.wave(key, wave), amp=amp, freq=if_hz,
+                             length=wave.shape[0], acq_port=acq_port,
+                             measure=int(name == "measure"))
+        eid = len(self.effect_rows)
+        self.effect_rows.append(row)
+        self.effect_ids[(name, qubits)] = eid
+        return eid
+
+    def handedness(self, q: int) -> float:
+        """Qubit ``q``'s calibrated drive handedness, +1.0 or -1.0 (a play phase phi turns its
+        drive axis to handedness * phi)."""
+        value = self.cal.qubit(q, "drive_handedness")
+        if isinstance(value, bool) or value not in (-1, 1):
+            cause = BackendPropertyError(f"{value!r} is not +1 or -1", subject=f"qubit {q}",
+                                         parameter="drive_handedness")
+            raise CompilationError(
+                f"qubit {q}: drive_handedness {value!r} in snapshot "
+                f"{self.snapshot.snapshot_id} is not +1 or -1", qubits=(q,),
+                instruction="drive_handedness") from cause
+        return float(value)
+
+    def drive_effect(self, q: int, amplitude_name: str, phase_offset: float = 0.0) -> tuple:
+        """A DRAG pulse on qubit ``q`` at the phase of its frame (+ ``phase_offset`` rad)."""
+        port, key, wave, amp, if_hz = self.drive(q, amplitude_name)
+        return effect_row(play_port=port, wave=self.wave(key, wave), amp=amp, freq=if_hz,
+                       length=wave.shape[0], phase_qubit=q, phase_offset=phase_offset)
+
+    def drive(self, q: int, amplitude_name: str) -> tuple:
+        """(port, waveform key, samples, amplitude, IF) of a DRAG pulse on qubit ``q``."""
+        entry = self.drives.get((q, amplitude_name))
+        if entry is None:
+            cal, fs = self.cal, self.fs
+            dur = samples_of(cal.qubit(q, "pulse_duration_s"), fs, f"qubit {q} pulse")
+            sigma = cal.qubit(q, "pulse_sigma_s") * fs
+            beta = cal.qubit(q, "drag_beta")
+            key = _on_grid(("drag", dur, sigma, beta), dur, self.channels.timing)
+            wave = waveform(key)
+            if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
+            entry = (self.channels.qubits[q].drive[1], key, wave,
+                     float(cal.qubit(q, amplitude_name)), if_hz)
+            self.drives[(q, amplitude_name)] = entry
+        return entry
+
+    def cz(self, a: int, c: int, duration: int, circuit: QuantumCircuit) -> tuple:
+        """(port, waveform key, samples, amplitude, phase on a, phase on c) of cz (a < c)."""
+        entry = self.czs.get((a, c, duration))
+        if entry is None:
+            cal, fs = self.cal, self.fs
+            fq = int(cal.pair(a, c, "cz_flux_qubit"))
+            if fq not in (a, c):
+                raise CompilationError(f"edge ({a}, {c}): cz_flux_qubit {fq} is not on the edge",
+                                       circuit=circuit.name, qubits=(a, c),
+                                       instruction="cz_flux_qubit")
+            rise = cal.pair(a, c, "cz_rise_s") * fs
+            calibrated = samples_of(cal.pair(a, c, "cz_duration_s"), fs, f"cz on ({a}, {c})")
+            key = _on_grid(("flat_top", calibrated, rise), calibrated, self.channels.timing)
+            wave = waveform(key)
+            entry = (self.channels.qubits[fq].flux[1], key, wave,
+                     float(cal.pair(a, c, "cz_amplitude")), cal.pair(a, c, "cz_phase_a_rad"),
+                     cal.pair(a, c, "cz_phase_b_rad"))
+            self.czs[(a, c, duration)] = entry
+        return entry
+
+    def readout(self, q: int, duration: int) -> tuple:
+        """(readout port, waveform key, samples, amplitude, IF, acquire port) of measure."""
+        entry = self.readouts.get((q, duration))
+        if entry is None:
+            cal, fs = self.cal, self.fs
+            rise = READOUT_RISE_S * fs
+            key = ("flat_top", duration, rise)
+            wave = waveform(key)
+            if_hz = (cal.qubit(q, "readout_frequency_hz")
+                     - cal.qubit(q, "readout_lo_frequency_hz"))
+            wiring = self.channels.qubits[q]
+            entry = (wiring.readout[1], key, wave, float(cal.qubit(q, "readout_amplitude")),
+                     if_hz, wiring.acquire[1])
+            self.readouts[(q, duration)] = entry
+        return entry
+
+    def discriminator(self, q: int) -> tuple[complex, float]:
+        """(axis, threshold) of the controller's linear discriminator for qubit ``q``,
+        equivalent to the snapshot's nearest-centre one (``linear_discriminator``)."""
+        return linear_discriminator(self.cal.qubit(q, "discriminator")["centers"])
+
+    def drive_ports(self) -> np.ndarray:
+        """Drive output port of every device qubit (int64), for conditional phase shifts."""
+        if self._drive_ports is None:
+            self._drive_ports = np.array(
+                [self.channels.qubits[q].drive[1] for q in range(self.channels.num_qubits)],
+                dtype=np.int64)
+        return self._drive_ports
+
+    def lo_and_flux(self, used: frozenset, measured: frozenset,
+                    circuit: QuantumCircuit) -> tuple[dict, dict]:
+        """(LO settings, flux-bias currents) a program on these qubits assumes."""
+        entry = self.settings.get((used, measured))
+        if entry is None:
+            snapshot, cal, channels = self.snapshot, self.cal, self.channels
+            b = ProgramBuilder(channels.controllers[0], self.fs)
+            for q in range(channels.num_qubits):
+                wiring = channels.qubits[q]
+                p = snapshot.qubits.get(q, {})
+                if has_all(p, DRIVE_PARAMETERS):
+                    b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
+                wanted = []
+                if q in used and has_all(p, DRIVE_PARAMETERS):
+                    wanted.append((wiring.drive_lo, "drive_lo_frequency_hz",
+                                   "drive_lo_power_dbm"))
+                if q in measured:
+                    wanted.append((wiring.readout_lo, "readout_lo_frequency_hz",
+                                   "readout_lo_power_dbm"))
+                for lo, f_name, p_name in wanted:
+                    try:
+                        b.set_lo(lo, cal.qubit(q, f_name), cal.qubit(q, p_name))
+                    except ValueError as exc:
+                        raise CompilationError(
+                            f"qubit {q}: snapshot {snapshot.snapshot_id} asks for incompatible "
+                            f"settings of a shared LO: {exc}", circuit=circuit.name,
+                            qubits=(q,), instruction=f_name) from exc
+            lo_settings, flux_bias_a = b.lo_settings, b.flux_bias_a
+            entry = (lo_settings, flux_bias_a)
+            self.settings[(used, measured)] = entry
+        return entry
+
+
+def tables_for(snapshot: Snapshot, channels: ChannelMap) -> Tables:
+    """The cached tables of (``snapshot``, ``channels``); snapshots are immutable and compare
+    by id, creation time and content hash; channel maps by identity."""
+    key = (snapshot, id(channels))
+    with _TABLES_LOCK:
+        tables = _TABLES.get(key)
+        if tables is not None and tables.channels is channels:
+            _TABLES.move_to_end(key)
+            return tables
+        tables = Tables(snapshot, channels)
+        _TABLES[key] = tables
+        if len(_TABLES) > _MAX_TABLES:
+            _TABLES.popitem(last=False)
+        return tables
+
+
+def clear_caches() -> None:
+    """Forget every cached duration, pulse parameter, LO setting and synthesised waveform, so
+    that the next compilation starts cold (benchmarks; after editing calibration in place)."""
+    with _TABLES_LOCK:
+        _TABLES.clear()
+    _WAVEFORMS.clear()
+
+
+def linear_discriminator(centers) -> tuple[complex, float]:
+    """(axis, threshold) of the linear discriminator that decides as the nearest of the two
+    calibrated IQ centres ``centers`` = ((I0, Q0), (I1, Q1)) does: the axis (unit complex)
+    points from the |0> to the |1> centre, the threshold is the midpoint's projection; result
+    1 iff Re(conj(axis) iq) > threshold. ``ValueError`` if the centres coincide."""
+    (i0, q0), (i1, q1) = centers
+    c0, c1 = complex(i0, q0), complex(i1, q1)
+    if c1 == c0:
+        raise ValueError("the discriminator's centres coincide")
+    axis = (c1 - c0) / abs(c1 - c0)
+    return axis, float(np.real(np.conj(axis) * (c0 + c1) / 2))
+
+
+def active_reset_possible(snapshot: Snapshot, q: int) -> bool:
+    """Whether qubit ``q`` can be reset actively (measure, then an x pulse when the result is
+    1): the snapshot holds its drive, readout and discriminator calibration. The Target and
+    the compiler use the same rule, on a controller with feed-forward."""
+    params = snapshot.qubits.get(q, {})
+    return has_all(params, DRIVE_PARAMETERS) and has_all(params, READOUT_PARAMETERS)
+
+
+def active_reset_samples(snapshot: Snapshot, fs: float, q: int, latency_samples: int,
+                         timing: TimingConstraints) -> int:
+    """Samples an active reset of qubit ``q`` lasts: the readout, the feed-forward latency and
+    the x pulse, each on the timing grid."""
+    cal = Calibration(snapshot)
+    readout = timing.pad(samples_of(cal.qubit(q, "readout_duration_s"), fs, f"reset on {q}"))
+    pulse = timing.pad(samples_of(cal.qubit(q, "pulse_duration_s"), fs, f"reset on {q}"))
+    return readout + timing.pad(latency_samples) + pulse

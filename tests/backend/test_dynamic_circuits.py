@@ -1,0 +1,220 @@
+"""Dynamic circuits on the real simulator process: mid-circuit measurement, if_else and active
+reset, transpiled at Qiskit's defaults and compiled onto the controller's feed-forward.
+
+References are exact: the ideal dynamic circuit evaluated branch by branch with statevectors
+(``_branches``), independent of labqpu. Tolerances allow for 2000-shot sampling noise
+(3 sigma of a probability is <= 0.034) plus the device's readout and gate errors (assignment
+fidelity ~0.97-0.99 per measurement, a few measurements per shot).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, transpile
+
+from labqpu.errors import InvalidRunInputError
+
+SHOTS = 2000
+
+
+def _ry(theta: float) -> np.ndarray:
+    c, s = np.cos(theta / 2), np.sin(theta / 2)
+    return np.array([[c, -s], [s, c]], dtype=complex)
+
+
+_X = np.array([[0, 1], [1, 0]], dtype=complex)
+
+
+def _branches(steps, n_clbits: int) -> dict[str, float]:
+    """Exact outcome distribution of a one-qubit dynamic circuit. ``steps``: ("u", 2x2
+    unitary), ("measure", clbit) or ("if", clbit, value, [2x2 unitaries]). Returns
+    {bitstring (clbit n-1 first): probability}."""
+    paths = [(np.array([1, 0], dtype=complex), [0] * n_clbits, 1.0)]
+    for step in steps:
+        new = []
+        for psi, bits, p in paths:
+            if step[0] == "u":
+                new.append((step[1] @ psi, bits, p))
+            elif step[0] == "measure":
+                for outcome in (0, 1):
+                    amp = psi[outcome]
+                    prob = abs(amp) ** 2
+                    if prob > 1e-15:
+                        post = np.zeros(2, dtype=complex)
+                        post[outcome] = amp / abs(amp)
+                        b = list(bits)
+                        b[step[1]] = outcome
+                        new.append((post, b, p * prob))
+            else:
+                _, c, value, gates = step
+                if bits[c] == value:
+                    for g in gates:
+                        psi = g @ psi
+                new.append((psi, bits, p))
+        paths = new
+    dist: dict[str, float] = {}
+    for _, bits, p in paths:
+        key = "".join(str(b) for b in reversed(bits))
+        dist[key] = dist.get(key, 0.0) + p
+    return dist
+
+
+def _tvd(counts: dict[str, int], reference: dict[str, float]) -> float:
+    total = sum(counts.values())
+    keys = set(counts) | set(reference)
+    return 0.5 * sum(abs(counts.get(k, 0) / total - reference.get(k, 0.0)) for k in keys)
+
+
+def _run(backend, qc, seed: int, **options):
+    native = transpile(qc, backend, initial_layout=list(range(qc.num_qubits)))
+    return backend.run(native, shots=SHOTS, seed_simulator=seed, **options).result(timeout=120)
+
+
+def test_target_declares_if_else_and_active_reset(lab_backend) -> None:
+    caps = lab_backend.controller_capabilities("ctrl0")
+    latency = caps["feedforward"]["latency_samples"]
+    target = lab_backend.target
+    assert "if_else" in target.operation_names
+    snap = lab_backend.snapshot.qubits[0]
+    fs = 1.0 / target.dt
+    expected = (round(snap["readout_duration_s"].value * fs) + latency
+                + round(snap["pulse_duration_s"].value * fs)) / fs
+    assert target["reset"][(0,)].duration == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("prepare", ["one", "plus"])
+def test_active_reset(lab_backend, prepare) -> None:
+    qc = QuantumCircuit(1, 1)
+    if prepare == "one":
+        qc.x(0)
+    else:
+        qc.h(0)
+    qc.reset(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    assert "reset" in native.count_ops()
+    result = lab_backend.run(native, shots=SHOTS, seed_simulator=11).result(timeout=120)
+    counts = result.get_counts()
+    assert counts.get("0", 0) / SHOTS >= 0.95, counts
+    program = lab_backend.run(native, shots=1).programs[0]
+    assert program.block_acq.size == 1 and program.acq_clbit.tolist() == [-1, 0]
+
+
+def test_passive_reset_on_request(lab_backend) -> None:
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.reset(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    program = lab_backend.run(native, shots=1, reset_method="passive").programs[0]
+    assert program.block_acq.size == 0 and program.acq_clbit.tolist() == [0]
+
+
+def test_measure_conditional_x_measure(lab_backend) -> None:
+    """sx, measure, x when the result is 1, measure again: the second result is 0 in every
+    branch (up to readout error); the first is 0 or 1 with probability 1/2."""
+    qc = QuantumCircuit(1, 2)
+    qc.sx(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(0)
+    qc.measure(0, 1)
+    counts = _run(lab_backend, qc, 12).get_counts()
+    sx = np.array([[1, -1j], [-1j, 1]]) / np.sqrt(2)
+    reference = _branches([("u", sx), ("measure", 0), ("if", 0, 1, [_X]), ("measure", 1)], 2)
+    assert _tvd(counts, reference) <= 0.06, (counts, reference)
+
+
+def test_repeat_until_success_two_rounds(lab_backend) -> None:
+    """Prepare ry(2 pi / 3) (P(1) = 3/4), measure; on failure (1) flip back and prepare
+    again, twice. The outcome distribution over three bits matches the exact branch sum."""
+    theta = 2 * np.pi / 3
+    qc = QuantumCircuit(1, 3)
+    qc.ry(theta, 0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(0)
+        qc.ry(theta, 0)
+    qc.measure(0, 1)
+    with qc.if_test((qc.clbits[1], 1)):
+        qc.x(0)
+        qc.ry(theta, 0)
+    qc.measure(0, 2)
+    counts = _run(lab_backend, qc, 13).get_counts()
+    reference = _branches([
+        ("u", _ry(theta)), ("measure", 0), ("if", 0, 1, [_X, _ry(theta)]), ("measure", 1),
+        ("if", 1, 1, [_X, _ry(theta)]), ("measure", 2)], 3)
+    assert _tvd(counts, reference) <= 0.08, (counts, reference)
+
+
+def test_teleportation_with_two_conditional_corrections(lab_backend) -> None:
+    """Teleport ry(pi/2)|0> = |+> from qubit 0 to qubit 2, correct with x (on m1) and z (on
+    m0, a conditional virtual Z), undo the preparation and measure: 0 in every branch. Without
+    the z correction half the branches would read 1."""
+    qr = QuantumRegister(3)
+    m0, m1, out = ClassicalRegister(1, "m0"), ClassicalRegister(1, "m1"), ClassicalRegister(1)
+    qc = QuantumCircuit(qr, m0, m1, out)
+    qc.ry(np.pi / 2, 0)
+    qc.h(1)
+    qc.cx(1, 2)
+    qc.cx(0, 1)
+    qc.h(0)
+    qc.measure(0, m0[0])
+    qc.measure(1, m1[0])
+    with qc.if_test((m1, 1)):
+        qc.x(2)
+    with qc.if_test((m0, 1)):
+        qc.z(2)
+    qc.ry(-np.pi / 2, 2)
+    qc.measure(2, out[0])
+    native = transpile(qc, lab_backend, initial_layout=[0, 1, 2])
+    result = lab_backend.run(native, shots=SHOTS, seed_simulator=14).result(timeout=180)
+    counts = result.get_counts()
+    p_out0 = sum(n for k, n in counts.items() if k.split()[0] == "0") / SHOTS
+    branch_m0 = sum(n for k, n in counts.items() if k.split()[2] == "1") / SHOTS
+    assert p_out0 >= 0.85, counts
+    assert 0.4 <= branch_m0 <= 0.6, counts
+    program = lab_backend.run(native, shots=1).programs[0]
+    assert program.shift_port.size >= 1  # the z correction is a conditional phase shift
+
+
+def test_sampler_v2_on_a_dynamic_circuit(lab_backend) -> None:
+    from qiskit.primitives import BackendSamplerV2
+
+    qc = QuantumCircuit(1, 2)
+    qc.x(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(0)
+    qc.measure(0, 1)
+    native = transpile(qc, lab_backend)
+    sampler = BackendSamplerV2(backend=lab_backend, options={"default_shots": 500,
+                                                             "seed_simulator": 15})
+    counts = sampler.run([native]).result()[0].data.c.get_counts()
+    assert counts.get("01", 0) / 500 >= 0.9, counts
+
+
+def test_if_else_on_an_unmeasured_bit_is_refused(lab_backend) -> None:
+    qc = QuantumCircuit(1, 2)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[1], 1)):
+        qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    with pytest.raises(InvalidRunInputError, match=r"c\[1\] \(clbit 1\), which no earlier "
+                                                   r"measurement writes"):
+        lab_backend.run(native, shots=10)
+
+
+def test_condition_on_a_multi_bit_register_is_refused(lab_backend) -> None:
+    creg = ClassicalRegister(2, "r")
+    qc = QuantumCircuit(QuantumRegister(2), creg)
+    qc.measure(0, creg[0])
+    qc.measure(1, creg[1])
+    with qc.if_test((creg, 3)):
+        qc.x(0)
+    native = transpile(qc, lab_backend)
+    with pytest.raises(InvalidRunInputError, match=r"register 'r' == 3.*2 bits cannot be "
+                                                   r"expressed exactly"):
+        lab_backend.run(native, shots=10)

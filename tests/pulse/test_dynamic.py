@@ -1,0 +1,135 @@
+"""The compiler's lowering of dynamic circuits onto feed-forward blocks (docs/protocol.md 4.5):
+the latency rule, branches of one length, conditional virtual Z, active reset, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+
+from labqpu.errors import CompilationError
+from labqpu.pulse.compiler import compile_circuit
+
+LATENCY = 200
+FS = 1.0e9
+
+
+def rq(export, q: int, name: str):
+    return export["document"]["qubits"][str(q)][name]["value"]
+
+
+def compiled(qc, snapshot, channels, method="asap"):
+    return compile_circuit(qc, snapshot, channels, scheduling_method=method,
+                           feedforward_latency_samples=LATENCY)
+
+
+@pytest.mark.parametrize("method", ["asap", "alap"])
+def test_block_starts_after_acquisition_plus_latency(snapshot, channels, method):
+    """x on qubit 1 conditioned on qubit 0's result: its play belongs to block (acq 0, 1) and
+    starts no earlier than the window's end plus the latency, in ASAP and ALAP."""
+    qc = QuantumCircuit(2, 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(1)
+    prog = compiled(qc, snapshot, channels, method)
+    window_end = int(prog.acq_start[0] + prog.acq_duration[0])
+    cond = np.flatnonzero(prog.play_block >= 0)
+    assert cond.size == 1 and prog.block_acq.tolist() == [0]
+    assert prog.block_value.tolist() == [1]
+    assert int(prog.play_start[cond[0]]) >= window_end + LATENCY
+    assert abs(prog.acq_disc_axis[0]) == pytest.approx(1.0)
+
+
+def test_branches_have_one_length(snapshot, channels):
+    """True branch x x (80 samples), false branch sx (40): the sx after the if_else starts
+    at the same sample whichever branch ran; the branches read one acquisition with opposite
+    values."""
+    qc = QuantumCircuit(1, 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 0)) as else_:
+        qc.x(0)
+        qc.x(0)
+    with else_:
+        qc.sx(0)
+    qc.sx(0)
+    prog = compiled(qc, snapshot, channels)
+    drive = prog.play_port == 0
+    block_start = int(prog.acq_start[0] + prog.acq_duration[0]) + LATENCY
+    assert prog.block_acq.tolist() == [0, 0] and sorted(prog.block_value.tolist()) == [0, 1]
+    assert prog.play_start[drive].tolist() == [block_start, block_start, block_start + 40,
+                                               block_start + 80]
+    assert prog.play_block[drive][-1] == -1
+
+
+def test_virtual_z_in_a_branch_is_a_conditional_phase_shift(snapshot, channels, export):
+    """rz(t) in a branch leaves the tracked frame alone and becomes one shift of
+    -h t on the qubit's drive port in the branch's block, from the rz's sample."""
+    theta = 0.7
+    qc = QuantumCircuit(1, 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.rz(theta, 0)
+        qc.sx(0)
+    qc.sx(0)
+    prog = compiled(qc, snapshot, channels)
+    h = rq(export, 0, "drive_handedness")
+    assert prog.shift_port.tolist() == [0] and prog.shift_block.tolist() == [0]
+    assert prog.shift_phase_rad[0] == pytest.approx(-h * theta)
+    assert prog.shift_start[0] == prog.play_start[prog.play_block == 0][0]
+    assert np.all(prog.play_phase_rad[prog.play_port == 0] == 0.0)
+
+
+def test_active_reset_is_measure_then_conditional_x(snapshot, channels, export):
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.reset(0)
+    qc.measure(0, 0)
+    prog = compiled(qc, snapshot, channels)
+    readout = round(rq(export, 0, "readout_duration_s") * FS)
+    assert prog.acq_clbit.tolist() == [-1, 0]
+    assert prog.acq_start.tolist() == [40, 40 + readout + LATENCY + 40]
+    assert prog.block_acq.tolist() == [0] and prog.block_value.tolist() == [1]
+    x = np.flatnonzero(prog.play_block == 0)
+    assert prog.play_start[x].tolist() == [40 + readout + LATENCY]
+    passive = compile_circuit(qc, snapshot, channels, feedforward_latency_samples=LATENCY,
+                              reset_method="passive")
+    assert passive.block_acq.size == 0 and passive.acq_clbit.tolist() == [0]
+
+
+def test_plain_circuit_program_has_no_feedforward(snapshot, channels):
+    qc = QuantumCircuit(2, 2)
+    qc.sx(0)
+    qc.cz(0, 1)
+    qc.measure([0, 1], [0, 1])
+    with_ff = compiled(qc, snapshot, channels)
+    assert not with_ff.has_feedforward
+    assert with_ff == compile_circuit(qc, snapshot, channels, scheduling_method="asap")
+
+
+def test_refusals(snapshot, channels):
+    unmeasured = QuantumCircuit(1, 2)
+    unmeasured.measure(0, 0)
+    with unmeasured.if_test((unmeasured.clbits[1], 1)):
+        unmeasured.x(0)
+    with pytest.raises(CompilationError, match=r"clbit 1.*no earlier measurement writes"):
+        compiled(unmeasured, snapshot, channels)
+    creg = ClassicalRegister(2, "r")
+    wide = QuantumCircuit(QuantumRegister(1), creg)
+    wide.measure(0, creg[0])
+    wide.measure(0, creg[1])
+    with wide.if_test((creg, 2)):
+        wide.x(0)
+    with pytest.raises(CompilationError, match=r"register 'r' == 2.*cannot be expressed"):
+        compiled(wide, snapshot, channels)
+    inner = QuantumCircuit(1, 1)
+    inner.measure(0, 0)
+    with inner.if_test((inner.clbits[0], 1)):
+        inner.measure(0, 0)
+    with pytest.raises(CompilationError, match=r"'measure' .* inside an if_else branch"):
+        compiled(inner, snapshot, channels)
+    ok = QuantumCircuit(1, 1)
+    ok.measure(0, 0)
+    with ok.if_test((ok.clbits[0], 1)):
+        ok.x(0)
+    with pytest.raises(CompilationError, match=r"if_else needs feed-forward"):
+        compile_circuit(ok, snapshot, channels)
