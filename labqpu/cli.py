@@ -5,6 +5,8 @@
     labqpu run circuit.qasm            an OpenQASM 2/3 file, transpiled and run, counts printed
     labqpu sim [lab.toml]              run the firmware simulator in the foreground
     labqpu status [--config lab.toml]  instruments, controller and calibration at a glance
+    labqpu calibrate --all             check every calibration, recalibrate what fails or aged
+    labqpu calibrate ramsey --qubits 2 run one node of the graph (and its prerequisites)
     labqpu calibrate --bootstrap       measure a complete snapshot from design values
     labqpu calibrate history|diff|rollback   the calibration store's history
     labqpu draw bell.py -o bell.png    draw the compiled pulse program of a circuit
@@ -177,17 +179,29 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from importlib import resources
-
     from labqpu import LabProvider
-    from labqpu.calibration.bootstrap import bootstrap, load_design
+    from labqpu.calibration.runner import bootstrap, default_design_path, load_design
 
-    if args.action is not None:
+    if args.nodes and args.nodes[0] in STORE_COMMANDS:
         return _calibration_store_command(args)
-    if not (args.bootstrap or args.rb):
-        print("labqpu calibrate: give --bootstrap or --rb, or one of history, diff, rollback",
+    nodes = args.nodes or None
+    if not (args.bootstrap or args.rb or args.all or nodes):
+        print("labqpu calibrate: give --all or node names, --bootstrap or --rb, or one of "
+              "history, diff, rollback", file=sys.stderr)
+        return 2
+    if args.all and nodes:
+        print(f"labqpu calibrate: give --all or node names ({' '.join(nodes)}), not both",
               file=sys.stderr)
         return 2
+    if args.bootstrap and (args.all or nodes or args.qubits or args.force):
+        print("labqpu calibrate: --bootstrap runs every node on every qubit; it takes no "
+              "--all, node names, --qubits or --force", file=sys.stderr)
+        return 2
+    if nodes:
+        from labqpu.calibration.graph import node
+
+        for name in nodes:
+            node(name)  # an unknown name is a one-line error before anything starts
     with LabProvider(args.config) as provider:
         backend = provider.backend()
         t0 = time.perf_counter()
@@ -197,20 +211,62 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         snapshot = None
         if args.bootstrap:
-            design_path = args.design or Path(
-                str(resources.files("labqpu") / "data" / f"{backend.name}_design.toml"))
+            design_path = args.design or default_design_path(backend.name)
             document = bootstrap(backend, load_design(design_path), shots=args.shots,
                                  progress=progress)
             snapshot = backend.store.commit(document)
             print(f"committed calibration snapshot {snapshot.snapshot_id} to "
                   f"{backend.config.store_path}")
-        if args.rb or not args.no_rb:
+        elif args.all or nodes:
+            report = _run_graph(backend, nodes, args, progress)
+            snapshot = report.snapshot
+            if not report.ok:
+                return 1
+        if args.rb or (args.bootstrap and not args.no_rb):
             snapshot = _randomized_benchmarking(backend, progress)
         if args.export and snapshot is not None:
             Path(args.export).write_text(
                 json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
             print(f"exported to {args.export}")
     return 0
+
+
+def _run_graph(backend, nodes, args: argparse.Namespace, progress):
+    """The graph runner with a progress bar on a terminal, plain lines otherwise; prints the
+    summary table and returns the report."""
+    from labqpu.calibration.runner import LineReporter, run_graph
+
+    reporter = _BarReporter() if sys.stdout.isatty() else LineReporter(progress)
+    report = run_graph(backend, nodes, qubits=args.qubits, force=args.force, shots=args.shots,
+                       design=args.design, reporter=reporter)
+    print(report.table())
+    return report
+
+
+class _BarReporter:
+    """The runner's progress as a tqdm bar; notes and finished steps printed above it."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def step(self, node: str, subject: str) -> None:
+        self.bar.set_description(f"{node} {subject}")
+
+    def done(self, outcome) -> None:
+        self.bar.write(f"{outcome.node} {outcome.subject}: {outcome.status} "
+                       f"({outcome.reason})")
+        self.bar.update(1)
+
+    def note(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _randomized_benchmarking(backend, progress):
@@ -246,19 +302,32 @@ def _randomized_benchmarking(backend, progress):
     return snapshot
 
 
+#: ``labqpu calibrate <command> ...`` that read or roll back the store, with their arguments.
+STORE_COMMANDS = {"history": (), "diff": ("A", "B"), "rollback": ("ID",)}
+
+
 def _calibration_store_command(args: argparse.Namespace) -> int:
-    """``labqpu calibrate history|diff|rollback``: the store alone, no instrument touched."""
+    """``labqpu calibrate history|diff A B|rollback ID``: the store alone, no instrument
+    touched."""
     from labqpu.rack.config import default_config_path, load_config
     from labqpu.store import CalibrationStore
 
+    action, *rest = args.nodes
+    wanted = STORE_COMMANDS[action]
+    if len(rest) != len(wanted) or not all(r.isdigit() for r in rest):
+        usage = " ".join([action, *wanted])
+        print(f"labqpu calibrate {action}: usage: labqpu calibrate {usage} (snapshot ids are "
+              f"whole numbers), got {' '.join(rest) or 'nothing'}", file=sys.stderr)
+        return 2
+    ids = [int(r) for r in rest]
     config = load_config(args.config or default_config_path())
     with CalibrationStore(config.store_path) as store:
-        if args.action == "rollback":
-            snapshot = store.rollback(args.snapshot_id)
+        if action == "rollback":
+            snapshot = store.rollback(ids[0])
             print(f"committed snapshot {snapshot.snapshot_id}: the calibration of snapshot "
-                  f"{args.snapshot_id} is the newest again ({config.store_path})")
-        elif args.action == "diff":
-            print(json.dumps(store.diff(args.a, args.b), indent=1))
+                  f"{ids[0]} is the newest again ({config.store_path})")
+        elif action == "diff":
+            print(json.dumps(store.diff(*ids), indent=1))
         elif args.param is None:
             for info in store.history(limit=args.limit):
                 parent = "-" if info.parent_id is None else info.parent_id
@@ -370,6 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     status.set_defaults(func=_status)
 
     cal = sub.add_parser("calibrate", help="calibrate the device")
+    cal.add_argument("nodes", nargs="*", metavar="NAME",
+                     help="nodes of the calibration graph to check and, where needed, "
+                          "recalibrate, with their prerequisites (rabi, ramsey, drag, readout, "
+                          "t1, cz ...); or a store command: history, diff A B, rollback ID")
+    cal.add_argument("--all", action="store_true", help="every node of the graph")
+    cal.add_argument("--qubits", type=int, nargs="+", help="only these qubits (and the edges "
+                     "between them); default all")
+    cal.add_argument("--force", action="store_true", help="recalibrate the named nodes (with "
+                     "--all: every node) without checking them first")
     cal.add_argument("--bootstrap", action="store_true",
                      help="measure everything from the design values, then the gate errors")
     cal.add_argument("--rb", action="store_true",
@@ -381,24 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
-    cal.set_defaults(func=_calibrate, action=None)
-    actions = cal.add_subparsers(dest="action", metavar="{history,diff,rollback}")
-    history = actions.add_parser("history", help="snapshots, or one parameter's measurements")
-    history.add_argument("--config", default=argparse.SUPPRESS, help="lab.toml (default: lab5)")
-    history.add_argument("--param", help="a parameter name (e.g. t1_s)")
-    history.add_argument("--qubit", type=int, help="with --param: the qubit")
-    history.add_argument("--pair", type=lambda text: tuple(int(q) for q in text.split("-")),
-                         help="with --param: the edge, as A-B")
-    history.add_argument("--gate", help="with --param: the gate key, e.g. sx:0")
-    history.add_argument("--since", help="with --param: ISO-8601 time, e.g. 2026-11-22T00:00Z")
-    history.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    diff = actions.add_parser("diff", help="what changed between two snapshots (JSON)")
-    diff.add_argument("a", type=int)
-    diff.add_argument("b", type=int)
-    diff.add_argument("--config", default=argparse.SUPPRESS, help="lab.toml (default: lab5)")
-    rollback = actions.add_parser("rollback", help="make an earlier snapshot the newest again")
-    rollback.add_argument("snapshot_id", type=int)
-    rollback.add_argument("--config", default=argparse.SUPPRESS, help="lab.toml (default: lab5)")
+    cal.add_argument("--param", help="history: a parameter name (e.g. t1_s)")
+    cal.add_argument("--qubit", type=int, help="history --param: the qubit")
+    cal.add_argument("--pair", type=lambda text: tuple(int(q) for q in text.split("-")),
+                     help="history --param: the edge, as A-B")
+    cal.add_argument("--gate", help="history --param: the gate key, e.g. sx:0")
+    cal.add_argument("--since", help="history --param: ISO-8601 time, e.g. 2026-11-22T00:00Z")
+    cal.add_argument("--limit", type=int, default=50, help="history: rows (default 50)")
+    cal.set_defaults(func=_calibrate)
 
     draw = sub.add_parser("draw", help="draw the pulse program a circuit compiles to")
     draw.add_argument("file", help="a .py file defining `circuit` or `qc`, or a .qasm file")

@@ -3,9 +3,29 @@
 A pure function: the same snapshot and wiring give the same Target. Nothing is invented: an
 instruction appears on a qubit or an edge only when the snapshot holds everything needed to
 play it, and a duration or error the snapshot lacks is left ``None``.
+
+Staleness. Every calibrated parameter has a *kind* (``labqpu.store.staleness``: frequency,
+amplitude, readout, coherence, flux, cz, gate_error), and each kind an age limit in hours.
+The lab sets the limits the Target enforces in its wiring file::
+
+    [calibration.max_age_h]
+    frequency = 24
+    coherence = 12
+
+A qubit whose drive or readout values are older than their kind's limit is left out of the
+Target (no sx, sy, x, rz, measure, reset on it, no cz on its edges), an edge whose cz values
+are, loses its cz, and a stale T1, T2 or gate error is reported as ``None``; each with a
+logged warning naming it. Kinds the wiring file does not name are not checked by the Target,
+so a lab without ``[calibration.max_age_h]`` (the shipped lab5) never loses a qubit to age.
+The calibration runner always judges age, with the defaults of ``labqpu.store.staleness``
+where the wiring file is silent.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from qiskit.circuit import Delay, IfElseOp, Measure, Parameter, Reset
 from qiskit.circuit.library import CZGate, RZGate, SXGate, XGate
@@ -16,7 +36,25 @@ from labqpu.backend.gates import SYGate
 from labqpu.pulse.tables import active_reset_possible, active_reset_samples
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
-from labqpu.store import CZ_PARAMETERS, DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
+from labqpu.store import (
+    CZ_PARAMETERS,
+    DRIVE_PARAMETERS,
+    READOUT_PARAMETERS,
+    Snapshot,
+    has_all,
+)
+from labqpu.store import Parameter as StoredValue
+from labqpu.store.staleness import parse_age_limits, stale_parameters
+
+log = logging.getLogger(__name__)
+
+
+def age_limits(config: LabConfig, *, defaults: bool) -> dict[str, float]:
+    """Age limit (hours) per parameter kind from the wiring file's
+    ``[calibration.max_age_h]``, over :data:`DEFAULT_MAX_AGE_H` when ``defaults`` is true
+    (:func:`labqpu.store.staleness.parse_age_limits`)."""
+    return parse_age_limits(config.raw.get("calibration", {}).get("max_age_h", {}),
+                            defaults=defaults)
 
 
 class LabTarget(Target):
@@ -42,18 +80,43 @@ def _value(params: dict, name: str) -> float | None:
     return None if p is None else p.value
 
 
-def _gate_props(snapshot: Snapshot, key: str, duration_s: float | None,
-               fallback_key: str | None = None) -> InstructionProperties:
-    gate = snapshot.gates.get(key, {})
-    if "error" not in gate and fallback_key is not None:
-        gate = snapshot.gates.get(fallback_key, {})
-    return InstructionProperties(duration=duration_s, error=_value(gate, "error"))
+class _Fresh:
+    """The snapshot's values as the Target may use them: stale ones count as absent."""
+
+    def __init__(self, snapshot: Snapshot, limits: Mapping[str, float], now: datetime) -> None:
+        self.snapshot = snapshot
+        self.limits = limits
+        self.now = now
+
+    def stale(self, params: Mapping[str, StoredValue], names: tuple[str, ...] | None,
+              what: str) -> bool:
+        """True (and a warning naming ``what``) when a value of ``names`` is stale."""
+        old = stale_parameters(params, names, self.limits, self.now)
+        if old:
+            log.warning("calibration snapshot %s: %s left out of the Target: stale %s",
+                        self.snapshot.snapshot_id, what, ", ".join(old))
+        return bool(old)
+
+    def value(self, params: Mapping[str, StoredValue], name: str, what: str) -> float | None:
+        """``params[name]``'s value, or None when it is absent or stale."""
+        if name not in params or self.stale(params, (name,), f"{what} {name}"):
+            return None
+        return params[name].value
+
+    def gate_props(self, key: str, duration_s: float | None,
+                   fallback_key: str | None = None) -> InstructionProperties:
+        gate = self.snapshot.gates.get(key, {})
+        if "error" not in gate and fallback_key is not None:
+            key, gate = fallback_key, self.snapshot.gates.get(fallback_key, {})
+        return InstructionProperties(duration=duration_s,
+                                     error=self.value(gate, "error", f"gate {key}"))
 
 
 def build_target(snapshot: Snapshot, config: LabConfig,
                  timing: TimingConstraints | None = None, *,
                  feedforward_latency_samples: int | None = None,
-                 reset_method: str = "active") -> LabTarget:
+                 reset_method: str = "active",
+                 now: datetime | None = None) -> LabTarget:
     """The Target of ``config``'s device as calibrated in ``snapshot``.
 
     Qubit i is on the Target's qubit i. sx, sy and x need :data:`DRIVE_PARAMETERS`, measure needs
@@ -71,8 +134,15 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     and ``reset`` is active where ``labqpu.pulse.tables.active_reset_possible`` allows it
     (``reset_method`` "active"): its duration is then the readout, the latency and the x
     pulse. Elsewhere reset is the passive wait of ``reset_duration_s``.
+
+    Values older than the wiring file's age limits (:func:`age_limits`, judged at ``now``,
+    default the current time) count as absent, as the module docstring says.
     """
     n = config.num_qubits
+    fresh = _Fresh(snapshot, age_limits(config, defaults=False), now or datetime.now(UTC))
+    left_out = {q for q in range(n) if fresh.stale(snapshot.qubits.get(q, {}),
+                                                    DRIVE_PARAMETERS + READOUT_PARAMETERS,
+                                                    f"qubit {q}")}
     fs = config.controllers[0].sample_rate_hz
     timing = timing or TimingConstraints()
 
@@ -86,7 +156,8 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     qprops = []
     for q in range(n):
         params = snapshot.qubits.get(q, {})
-        qprops.append(QubitProperties(t1=_value(params, "t1_s"), t2=_value(params, "t2_s"),
+        qprops.append(QubitProperties(t1=fresh.value(params, "t1_s", f"qubit {q}"),
+                                      t2=fresh.value(params, "t2_s", f"qubit {q}"),
                                       frequency=_value(params, "frequency_hz")))
     target = LabTarget(
         description=f"{config.device_name} calibration snapshot {snapshot.snapshot_id}",
@@ -94,7 +165,8 @@ def build_target(snapshot: Snapshot, config: LabConfig,
         granularity=timing.grid, min_length=timing.min_length,
         pulse_alignment=timing.pulse_alignment, acquire_alignment=timing.acquire_alignment,
     )
-    driven = [q for q in range(n) if has_all(snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
+    driven = [q for q in range(n) if q not in left_out
+              and has_all(snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
     one_q = {
         "sx": (SXGate(), driven, None),
         "sy": (SYGate(), driven, "sx"),
@@ -104,25 +176,28 @@ def build_target(snapshot: Snapshot, config: LabConfig,
         (q,): InstructionProperties(duration=0.0, error=0.0) for q in driven})
     for name, (gate, qubits, like) in one_q.items():
         target.add_instruction(gate, {
-            (q,): _gate_props(snapshot, f"{name}:{q}",
+            (q,): fresh.gate_props(f"{name}:{q}",
                               on_grid(_value(snapshot.qubits[q], "pulse_duration_s")),
                               None if like is None else f"{like}:{q}")
             for q in qubits})
     edges = {}
     for a, b in config.coupling_map:
         pair = snapshot.pairs.get((min(a, b), max(a, b)), {})
-        if a in driven and b in driven and has_all(pair, CZ_PARAMETERS):
-            key = f"cz:{min(a, b)}-{max(a, b)}"
-            props = _gate_props(snapshot, key, on_grid(_value(pair, "cz_duration_s")))
+        key = f"cz:{min(a, b)}-{max(a, b)}"
+        if (a in driven and b in driven and has_all(pair, CZ_PARAMETERS)
+                and (a, b) not in edges
+                and not fresh.stale(pair, CZ_PARAMETERS, f"edge {min(a, b)}-{max(a, b)}")):
+            props = fresh.gate_props(key, on_grid(_value(pair, "cz_duration_s")))
             edges[(a, b)] = props
             edges[(b, a)] = props
     if edges:
         target.add_instruction(CZGate(), edges)
-    readable = [q for q in range(n) if has_all(snapshot.qubits.get(q, {}), READOUT_PARAMETERS)]
+    readable = [q for q in range(n) if q not in left_out
+                and has_all(snapshot.qubits.get(q, {}), READOUT_PARAMETERS)]
     measure = {}
     for q in readable:
         params = snapshot.qubits[q]
-        fidelity = _value(params, "readout_assignment_fidelity")
+        fidelity = fresh.value(params, "readout_assignment_fidelity", f"qubit {q}")
         measure[(q,)] = InstructionProperties(
             duration=on_grid(_value(params, "readout_duration_s")),
             error=None if fidelity is None else 1.0 - fidelity)
@@ -130,10 +205,13 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     active = feedforward_latency_samples is not None and reset_method == "active"
     reset = {}
     for q in range(n):
+        if q in left_out:
+            continue
         if active and active_reset_possible(snapshot, q):
             samples = active_reset_samples(snapshot, fs, q, feedforward_latency_samples, timing)
             reset[(q,)] = InstructionProperties(duration=samples / fs)
-        elif "reset_duration_s" in snapshot.qubits.get(q, {}):
+        elif fresh.value(snapshot.qubits.get(q, {}), "reset_duration_s",
+                         f"qubit {q}") is not None:
             reset[(q,)] = InstructionProperties(
                 duration=on_grid(_value(snapshot.qubits[q], "reset_duration_s")))
     target.add_instruction(Reset(), reset)

@@ -1,12 +1,14 @@
-"""Bootstrap calibration: from design values to a complete snapshot, in dependency order.
+"""The calibration experiments the graph runs, and the design values they start from.
 
-resonator spectroscopy -> qubit spectroscopy vs flux bias (sweet spot) -> Rabi -> drive
-handedness -> Ramsey (frequency, T2*) -> Rabi again -> DRAG -> readout frequency and
+resonator spectroscopy -> qubit spectroscopy vs flux bias (sweet spot) -> drive LOs -> Rabi ->
+drive handedness -> Ramsey (frequency, T2*) -> Rabi again -> DRAG -> readout frequency and
 discriminator -> T1 -> CZ (amplitude x duration scan of the conditional phase, then
 single-qubit phase corrections).
 
-Everything is measured through the public backend API on pulse programs; the snapshot is
-committed once, at the end, so a failure half way leaves the store as it was.
+Each experiment acquires through the public backend API on pulse programs, analyses with the
+pure fits of :mod:`labqpu.calibration.experiments` and updates the ``Working`` set explicitly;
+:mod:`labqpu.calibration.graph` makes them nodes, and :mod:`labqpu.calibration.runner` walks
+them (``bootstrap`` there runs every node from the design values).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from labqpu.calibration.experiments import (
     project,
     sweep,
 )
-from labqpu.store import SnapshotBuilder
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,14 @@ def load_design(path: str | Path) -> Working:
     return Working(device=device, qubits=qubits)
 
 
-def _choose_drive_los(kit: Kit) -> None:
-    """One LO per drive group, 100 MHz below the group's lowest qubit (all IFs positive)."""
-    groups: dict[str, list[int]] = {}
-    for q in kit.work.qubits:
-        groups.setdefault(kit.config.qubits[q].drive_lo, []).append(q)
-    for qubits in groups.values():
-        lo = min(kit.work.qubits[q]["frequency_hz"] for q in qubits) - 100e6
-        for q in qubits:
-            kit.work.set(q, "drive_lo_frequency_hz", round(lo, -6), "lo_plan")
+def choose_drive_lo(kit: Kit, q: int) -> None:
+    """Drive LO of qubit ``q``'s group (Hz): 100 MHz below the group's lowest qubit, so every
+    IF is positive; set on every qubit the LO serves."""
+    source = kit.config.qubits[q].drive_lo
+    group = [p for p in kit.work.qubits if kit.config.qubits[p].drive_lo == source]
+    lo = min(kit.work.qubits[p]["frequency_hz"] for p in group) - 100e6
+    for p in group:
+        kit.work.set(p, "drive_lo_frequency_hz", round(lo, -6), "lo_plan")
 
 
 def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
@@ -160,8 +160,8 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     the new frequency must come back at the set detuning."""
     delays = kit.on_grid(np.linspace(0, 6e-6, 61))
     d = 1.5e6
-    f_plus, t2a = _ramsey_frequency(kit, q, shots, +d, delays)
-    f_minus, t2b = _ramsey_frequency(kit, q, shots, -d, delays)
+    f_plus, _ = _ramsey_frequency(kit, q, shots, +d, delays)
+    f_minus, _ = _ramsey_frequency(kit, q, shots, -d, delays)
     # A drive delta below the qubit precesses by -2 pi delta t; the analysis pulse's axis
     # turns by h 2 pi (+-d) t (h the drive handedness), so the fringes run at |delta + h d|
     # (f_plus) and |delta - h d| (f_minus): s = h delta solves |s + d| = f_plus and
@@ -173,14 +173,20 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     delta = kit.work.qubits[q]["drive_handedness"] * s
     f_now = kit.work.qubits[q]["frequency_hz"]
     kit.work.qubits[q]["frequency_hz"] = f_now + delta
-    check = _ramsey_frequency(kit, q, shots, d, delays)[0]
+    check, t2 = _ramsey_frequency(kit, q, shots, d, delays)
     if abs(check - d) > 0.1 * d:
         kit.work.qubits[q]["frequency_hz"] = f_now
         raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
                        f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
                        subject=f"qubit {q}")
+    if not 0 < t2 < 20 * delays[-1]:
+        kit.work.qubits[q]["frequency_hz"] = f_now
+        raise FitError(f"Ramsey: T2* {t2:.3g} s is beyond 20x the {delays[-1]:.3g} s window",
+                       subject=f"qubit {q}")
     kit.work.set(q, "frequency_hz", f_now + delta, "ramsey")
-    kit.work.set(q, "t2_s", float(np.mean([t2a, t2b])), "ramsey")
+    # T2* from the fringe at the corrected frequency: the first two may run slowly when the
+    # frequency was far off, and a slow fringe does not pin its decay within the window.
+    kit.work.set(q, "t2_s", t2, "ramsey")
 
 
 def drag(kit: Kit, q: int, shots: int) -> None:
@@ -345,56 +351,3 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     kit.work.set_pair((lo_q, hi_q), "cz_phase_a_rad", -phase[lo_q], exp)
     kit.work.set_pair((lo_q, hi_q), "cz_phase_b_rad", -phase[hi_q], exp)
     kit.work.set_pair((lo_q, hi_q), "cz_conditional_contrast", final[f"{other}|1"][1], exp)
-
-
-def bootstrap(backend, design: Working, *, shots: int = 400,
-              progress: Progress = log.info) -> dict:
-    """Run every experiment on ``backend`` starting from ``design``; returns the snapshot
-    document (not yet committed)."""
-    kit = Kit(backend, design)
-    dev = design.device
-    qubits = sorted(design.qubits)
-    for q in qubits:
-        design.qubits[q].setdefault("flux_bias_a", 0.0)
-    _choose_drive_los(kit)
-    for q in qubits:
-        progress(f"qubit {q}: resonator spectroscopy")
-        resonator_spectroscopy(kit, q, shots)
-        progress(f"qubit {q}: flux sweet spot")
-        sweet_spot(kit, q, shots)
-    _choose_drive_los(kit)
-    for q in qubits:
-        progress(f"qubit {q}: Rabi, Ramsey, DRAG")
-        rabi(kit, q, shots)
-        drive_handedness(kit, q, shots)
-        ramsey(kit, q, shots)
-        rabi(kit, q, shots)
-        drag(kit, q, shots)
-        rabi(kit, q, shots)
-        progress(f"qubit {q}: readout")
-        readout(kit, q, shots)
-        progress(f"qubit {q}: T1")
-        t1(kit, q, shots)
-    for a, b in backend.config.coupling_map:
-        progress(f"edge ({a}, {b}): CZ")
-        cz(kit, (a, b), shots, progress)
-
-    builder = SnapshotBuilder(backend.config.device_name,
-                              notes="bootstrap calibration (labqpu calibrate --bootstrap)")
-    shared = {"drive_lo_power_dbm": "design", "readout_lo_frequency_hz": "design",
-              "readout_lo_power_dbm": "design", "readout_amplitude": "design",
-              "readout_duration_s": "design", "pulse_duration_s": "design",
-              "pulse_sigma_s": "design"}
-    for q in qubits:
-        for name, source in shared.items():
-            builder.set_qubit(q, name, dev[name], source)
-        for name, value in design.qubits[q].items():
-            if name == "resonator_hz":
-                continue
-            builder.set_qubit(q, name, value, design.records.get((q, name), "design"),
-                              timestamp=design.measured_at.get((q, name)))
-    for pair, params in design.pairs.items():
-        for name, value in params.items():
-            builder.set_pair(pair, name, value, design.records[(pair, name)],
-                             timestamp=design.measured_at.get((pair, name)))
-    return builder.build_document()

@@ -1,0 +1,198 @@
+"""Cheap checks of calibrated values: a short measurement judged against a tolerance.
+
+Before the runner recalibrates a value that is not too old, it checks it (Google's Optimus
+"check data", QUAlibrate's check nodes): a few programs instead of a full sweep. Each check is
+an acquisition through the public backend API followed by a pure analysis, and returns a
+:class:`CheckResult`; it changes nothing. A check whose data do not fit raises ``FitError``,
+which the runner treats as a failed check.
+
+* pi amplitude: six amplitudes (0 and 0.8-1.2 x the calibrated pi amplitude); the fitted
+  Rabi maximum must be within the tolerance (relative) of the calibrated value;
+* frequency: one Ramsey fringe at a set detuning over 4 us; it must run at the detuning
+  within the tolerance (Hz);
+* T1: |1> after 0 and after T1, against |0>: the decay must be e^-1 within the tolerance,
+  expressed as the T1 it implies (relative);
+* readout: single shots of |0> and |1> with the calibrated discriminator; the assignment
+  fidelity must not fall more than the tolerance below the calibrated one;
+* CZ: the conditional phase and both single-qubit phases at the calibrated pulse must be pi
+  and zero (after the corrections) within the tolerance (rad);
+* drive LO: no measurement; every IF of the group must lie in the controllers' usable band.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit
+
+from labqpu.calibration.bootstrap import _cz_phases, _prepared_readouts, _ramsey_frequency
+from labqpu.calibration.experiments import Kit, project, sweep
+from labqpu.errors import FitError
+
+#: Drive IFs (Hz) the runner accepts without re-planning the LOs.
+DRIVE_IF_BAND_HZ = (20e6, 450e6)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check measured (``measured``) against the calibrated expectation
+    (``expected``), in ``unit``; ``passed`` when within ``tolerance``."""
+
+    passed: bool
+    measured: float
+    expected: float
+    tolerance: float
+    unit: str
+
+    def __str__(self) -> str:
+        verdict = "within" if self.passed else "outside"
+        return (f"measured {self.measured:.6g} {self.unit}, expected {self.expected:.6g}, "
+                f"{verdict} tolerance {self.tolerance:g}")
+
+
+def _judge(measured: float, expected: float, tolerance: float, unit: str, *,
+           relative: bool = False) -> CheckResult:
+    error = abs(measured / expected - 1) if relative else abs(measured - expected)
+    return CheckResult(bool(error <= tolerance), float(measured), float(expected), tolerance,
+                       unit)
+
+
+# ---------------------------------------------------------------- pure analyses
+
+
+def fit_pi_amplitude(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
+    """Amplitude of the Rabi maximum from a few points around it: ``signal = offset +
+    height sin^2(pi a / (2 a_pi))`` fitted with ``a_pi`` free (the sign of the signal is
+    arbitrary). FitError when the fit fails or ``a_pi`` leaves the measured range."""
+    amps = np.asarray(amps, dtype=float)
+    signal = np.asarray(signal, dtype=float)
+
+    def model(a, a_pi, height, offset):
+        return offset + height * np.sin(np.pi * a / (2 * a_pi)) ** 2
+
+    top = amps[int(np.argmax(np.abs(signal - signal[0])))]
+    p0 = [top, signal[np.argmax(np.abs(signal - signal[0]))] - signal[0], signal[0]]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, _ = curve_fit(model, amps, signal, p0=p0, maxfev=20000)
+    except RuntimeError as exc:
+        raise FitError(f"pi-amplitude fit failed: {exc}", subject=what) from exc
+    a_pi = abs(float(popt[0]))
+    nonzero = amps[amps > 0]
+    if not nonzero.min() <= a_pi <= nonzero.max():
+        raise FitError(f"Rabi maximum at {a_pi:.4g} lies outside the measured amplitudes "
+                       f"{nonzero.min():.4g}-{nonzero.max():.4g}", subject=what)
+    return a_pi
+
+
+def t1_from_decay(t1_s: float, ground: complex, excited: complex, decayed: complex,
+                  what: str) -> float:
+    """T1 (s) implied by the signal after a wait of ``t1_s``: ``decayed`` between the
+    ``excited`` (no wait) and ``ground`` signals, assuming an exponential decay."""
+    ratio = ((decayed - ground) / (excited - ground)).real
+    if not 0 < ratio < 1:
+        raise FitError(f"T1 check: the signal after {t1_s:.3g} s is at {ratio:.3g} of |1>, "
+                       "not between |0> and |1>", subject=what)
+    return t1_s / -math.log(ratio)
+
+
+def assignment_fidelity(iq0: np.ndarray, iq1: np.ndarray, centres: list) -> float:
+    """Assignment fidelity of single shots prepared in |0> (``iq0``) and |1> (``iq1``) with
+    the nearest of the two discriminator ``centres`` ([[I0, Q0], [I1, Q1]])."""
+    (i0, q0), (i1, q1) = centres
+    c0, c1 = complex(i0, q0), complex(i1, q1)
+    p1_given0 = np.mean(np.abs(iq0 - c1) < np.abs(iq0 - c0))
+    p1_given1 = np.mean(np.abs(iq1 - c1) < np.abs(iq1 - c0))
+    return float(1 - (p1_given0 + 1 - p1_given1) / 2)
+
+
+def wrap(phase_rad: float) -> float:
+    """``phase_rad`` in [-pi, pi)."""
+    return float(np.mod(phase_rad + np.pi, 2 * np.pi) - np.pi)
+
+
+# ---------------------------------------------------------------- acquisitions
+
+
+def measure_pi_amplitude(kit: Kit, q: int, shots: int) -> float:
+    """The Rabi maximum near the calibrated pi amplitude (:func:`fit_pi_amplitude` of six
+    amplitudes: 0 and 0.8-1.2 x ``pi_amplitude``)."""
+    pi = kit.work.qubits[q]["pi_amplitude"]
+    amps = pi * np.array([0.0, 0.8, 0.9, 1.0, 1.1, 1.2])
+    amps = amps[amps < 1.0]
+    iq = kit.run_iq(sweep(kit, q, amps, lambda b, a: kit.drive(b, q, 0, a)), shots)[:, 0]
+    return fit_pi_amplitude(amps, project(iq), f"qubit {q} pi amplitude")
+
+
+def check_pi_amplitude(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:
+    """The calibrated pi amplitude against the measured Rabi maximum (relative tolerance)."""
+    measured = measure_pi_amplitude(kit, q, shots)
+    return _judge(measured, kit.work.qubits[q]["pi_amplitude"], tolerance, "full scale",
+                  relative=True)
+
+
+def check_frequency(kit: Kit, q: int, shots: int, tolerance_hz: float,
+                    detuning_hz: float = 1.5e6) -> CheckResult:
+    """One Ramsey fringe at ``detuning_hz``: it runs at the detuning when the calibrated
+    frequency is right (Hz)."""
+    delays = kit.on_grid(np.linspace(0, 4e-6, 41))
+    fringe, _ = _ramsey_frequency(kit, q, shots, detuning_hz, delays)
+    return _judge(fringe, detuning_hz, tolerance_hz, "Hz")
+
+
+def check_t1(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:
+    """|1> after no wait and after the calibrated T1, against |0>: the T1 this implies
+    (relative tolerance)."""
+    t1_s = kit.work.qubits[q]["t1_s"]
+    pi = kit.work.qubits[q]["pi_amplitude"]
+    wait = float(kit.on_grid(np.array([t1_s]))[0])
+    progs = []
+    for amplitude, tau in ((0.0, 0.0), (pi, 0.0), (pi, wait)):
+        b = kit.builder([q])
+        kit.readout(b, q, kit.drive(b, q, 0, amplitude) + kit.samples(tau), 0)
+        progs.append(b.build(num_clbits=1))
+    iq = kit.run_iq(progs, shots)[:, 0]
+    measured = t1_from_decay(wait, iq[0], iq[1], iq[2], f"qubit {q}")
+    return _judge(measured, t1_s, tolerance, "s", relative=True)
+
+
+def check_readout(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:
+    """Assignment fidelity with the calibrated discriminator, against the calibrated one."""
+    p = kit.work.qubits[q]
+    iq = kit.run_iq(_prepared_readouts(kit, q, p["pi_amplitude"], None), shots,
+                    single=True)[:, :, 0]
+    measured = assignment_fidelity(iq[0], iq[1], p["discriminator"]["centers"])
+    expected = p["readout_assignment_fidelity"]
+    return CheckResult(bool(measured >= expected - tolerance), measured, expected, tolerance,
+                       "")
+
+
+def check_cz(kit: Kit, pair: tuple[int, int], shots: int, tolerance_rad: float) -> CheckResult:
+    """Conditional phase and both corrected single-qubit phases of the calibrated CZ; the
+    result's ``measured`` is the largest deviation (rad) from pi and from zero."""
+    lo, hi = pair
+    p = kit.work.pairs[pair]
+    flux_q = p["cz_flux_qubit"]
+    other = hi if flux_q == lo else lo
+    duration = kit.samples(p["cz_duration_s"])
+    phases = _cz_phases(kit, flux_q, other, duration, p["cz_rise_s"] * kit.fs,
+                        p["cz_amplitude"], shots)
+    conditional = phases[f"{other}|1"][0] - phases[f"{other}|0"][0]
+    deviations = [wrap(conditional - np.pi),
+                  wrap(phases[f"{lo}|0"][0] + p["cz_phase_a_rad"]),
+                  wrap(phases[f"{hi}|0"][0] + p["cz_phase_b_rad"])]
+    return _judge(max(abs(d) for d in deviations), 0.0, tolerance_rad, "rad")
+
+
+def check_drive_lo(kit: Kit, q: int) -> CheckResult:
+    """No measurement: qubit ``q``'s drive IF (Hz) must lie in :data:`DRIVE_IF_BAND_HZ`."""
+    p = kit.work.qubits[q]
+    if_hz = p["frequency_hz"] - p["drive_lo_frequency_hz"]
+    lo, hi = DRIVE_IF_BAND_HZ
+    middle = (lo + hi) / 2
+    return _judge(if_hz, middle, (hi - lo) / 2, "Hz")
+

@@ -1,0 +1,176 @@
+"""The calibration graph: every experiment as a node with prerequisites, a check and a
+calibration.
+
+A :class:`Node` runs on subjects of one kind (each qubit, or each coupled edge). Its
+``calibrate`` is an experiment of :mod:`labqpu.calibration.bootstrap` (acquire -> pure analysis
+-> explicit update of the working set); its ``check`` (optional) is a cheap measurement from
+:mod:`labqpu.calibration.checks` judged against a tolerance; ``watches`` names the parameters
+whose age decides whether the node's values are fresh (their kinds and age limits are in
+:mod:`labqpu.backend.target`). A qubit node's prerequisite is the named node on the same qubit;
+an edge node's, the named node on both of its qubits.
+
+The graph (arrows point from a prerequisite to what needs it)::
+
+    resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
+        -> drag -> readout -> t1
+                          \\-> cz (edge: readout on both qubits)
+
+To add an experiment, write its acquisition and analysis (and a check, if a cheap one exists),
+then add a ``Node`` to :data:`NODES` after its prerequisites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from labqpu.calibration.bootstrap import (
+    Progress,
+    choose_drive_lo,
+    cz,
+    drag,
+    drive_handedness,
+    rabi,
+    ramsey,
+    readout,
+    resonator_spectroscopy,
+    sweet_spot,
+    t1,
+)
+from labqpu.calibration.checks import (
+    CheckResult,
+    check_cz,
+    check_drive_lo,
+    check_frequency,
+    check_pi_amplitude,
+    check_readout,
+    check_t1,
+    measure_pi_amplitude,
+)
+from labqpu.calibration.experiments import Kit
+from labqpu.store import CZ_PARAMETERS
+
+Subject = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One experiment of the graph.
+
+    Attributes:
+        name: what the user types (``labqpu calibrate ramsey``).
+        scope: ``"qubit"`` or ``"edge"``.
+        requires: names of the prerequisite nodes.
+        watches: parameters whose presence and age say whether the node's values are fresh;
+            a node watching nothing is fresh unless forced or its check fails.
+        calibrate: ``(kit, subject, shots, progress)`` -> None; updates ``kit.work`` or
+            raises ``FitError``.
+        check: ``(kit, subject, shots)`` -> :class:`CheckResult`, or None when the node has
+            no cheap check.
+    """
+
+    name: str
+    scope: Literal["qubit", "edge"]
+    requires: tuple[str, ...]
+    watches: tuple[str, ...]
+    calibrate: Callable[[Kit, Subject, int, Progress], None]
+    check: Callable[[Kit, Subject, int], CheckResult] | None = None
+
+    def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
+        """(node name, subject) of each prerequisite of this node on ``subject``."""
+        qubits = (subject,) if self.scope == "qubit" else subject
+        return [(name, q) for name in self.requires for q in qubits]
+
+
+def describe(subject: Subject) -> str:
+    """``"qubit 2"`` or ``"edge 1-2"``."""
+    return f"qubit {subject}" if isinstance(subject, int) else f"edge {subject[0]}-{subject[1]}"
+
+
+def _drag_and_amplitude(kit: Kit, q: int, shots: int, progress: Progress) -> None:
+    """Rabi, DRAG, Rabi, then the pi amplitude refined by the Rabi maximum from many shots."""
+    rabi(kit, q, shots)
+    drag(kit, q, shots)
+    rabi(kit, q, shots)
+    pi = measure_pi_amplitude(kit, q, shots * 50)
+    kit.work.set(q, "pi_amplitude", pi, "rabi_fine")
+    kit.work.set(q, "pi2_amplitude", pi / 2, "rabi_fine")
+
+
+#: Tolerances of the checks: pi amplitude (relative) after Rabi and after DRAG, frequency (Hz),
+#: readout fidelity drop, T1 (relative), CZ phases (rad).
+TOLERANCES = {"rabi": 0.05, "drag": 0.01, "ramsey": 30e3, "readout": 0.03, "t1": 0.2,
+              "cz": 0.1}
+#: Shots of a check, in units of the run's shots.
+CHECK_SHOTS = 5
+#: Shots of the pi-amplitude checks, in units of the run's shots (their tolerance is tight).
+AMPLITUDE_CHECK_SHOTS = 20
+
+#: The calibration graph, prerequisites first.
+NODES: tuple[Node, ...] = (
+    Node("resonator_spectroscopy", "qubit", (), (),
+         lambda kit, q, shots, _: resonator_spectroscopy(kit, q, shots)),
+    Node("sweet_spot", "qubit", ("resonator_spectroscopy",), ("flux_bias_a",),
+         lambda kit, q, shots, _: sweet_spot(kit, q, shots)),
+    Node("drive_lo", "qubit", ("sweet_spot",), (),
+         lambda kit, q, shots, _: choose_drive_lo(kit, q),
+         lambda kit, q, shots: check_drive_lo(kit, q)),
+    Node("rabi", "qubit", ("drive_lo",), ("pi_amplitude", "pi2_amplitude"),
+         lambda kit, q, shots, _: rabi(kit, q, shots),
+         lambda kit, q, shots: check_pi_amplitude(kit, q, shots * AMPLITUDE_CHECK_SHOTS,
+                                                  TOLERANCES["rabi"])),
+    Node("drive_handedness", "qubit", ("rabi",), ("drive_handedness",),
+         lambda kit, q, shots, _: drive_handedness(kit, q, shots)),
+    Node("ramsey", "qubit", ("drive_handedness",), ("frequency_hz", "t2_s"),
+         lambda kit, q, shots, _: ramsey(kit, q, shots),
+         lambda kit, q, shots: check_frequency(kit, q, shots * CHECK_SHOTS,
+                                               TOLERANCES["ramsey"])),
+    Node("drag", "qubit", ("ramsey",), ("drag_beta", "pi_amplitude", "pi2_amplitude"),
+         _drag_and_amplitude,
+         lambda kit, q, shots: check_pi_amplitude(kit, q, shots * AMPLITUDE_CHECK_SHOTS,
+                                                  TOLERANCES["drag"])),
+    Node("readout", "qubit", ("drag",),
+         ("readout_frequency_hz", "discriminator", "assignment_matrix",
+          "readout_assignment_fidelity"),
+         lambda kit, q, shots, _: readout(kit, q, shots),
+         lambda kit, q, shots: check_readout(kit, q, shots * CHECK_SHOTS,
+                                             TOLERANCES["readout"])),
+    Node("t1", "qubit", ("readout",), ("t1_s", "reset_duration_s"),
+         lambda kit, q, shots, _: t1(kit, q, shots),
+         lambda kit, q, shots: check_t1(kit, q, shots * CHECK_SHOTS, TOLERANCES["t1"])),
+    Node("cz", "edge", ("readout",), CZ_PARAMETERS,
+         lambda kit, pair, shots, progress: cz(kit, pair, shots, progress),
+         lambda kit, pair, shots: check_cz(kit, pair, shots * CHECK_SHOTS, TOLERANCES["cz"])),
+)
+
+
+def node(name: str, nodes: Sequence[Node] = NODES) -> Node:
+    """The node called ``name``; ``ValueError`` naming the known ones otherwise."""
+    for n in nodes:
+        if n.name == name:
+            return n
+    raise ValueError(f"no calibration node {name!r} (known: {', '.join(n.name for n in nodes)})")
+
+
+def plan(names: Iterable[str] | None, qubits: Iterable[int],
+         edges: Iterable[tuple[int, int]], nodes: Sequence[Node] = NODES
+         ) -> list[tuple[Node, Subject]]:
+    """The steps to run, in dependency order: the nodes ``names`` (default: all) with every
+    prerequisite, on ``qubits`` and on the ``edges`` (normalised low-high) whose two qubits
+    are both among them."""
+    wanted = {n.name for n in nodes} if names is None else {node(n, nodes).name for n in names}
+    closure = set()
+    pending = list(wanted)
+    while pending:
+        name = pending.pop()
+        if name not in closure:
+            closure.add(name)
+            pending.extend(node(name, nodes).requires)
+    qubits = sorted(set(qubits))
+    edges = sorted({(min(e), max(e)) for e in edges if set(e) <= set(qubits)})
+    steps: list[tuple[Node, Subject]] = []
+    for n in nodes:
+        if n.name in closure:
+            steps.extend((n, s) for s in (qubits if n.scope == "qubit" else edges))
+    return steps

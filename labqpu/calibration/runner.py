@@ -1,0 +1,368 @@
+"""The calibration runner: walk the graph, check what is fresh, recalibrate what is not, commit
+one snapshot.
+
+For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in dependency order:
+
+* a prerequisite failed or was blocked: the step is **blocked** (nothing run);
+* forced, a watched value missing, or older than its kind's age limit: **calibrate**;
+* otherwise, run the node's check (if it has one): passed -> **fresh**, failed -> calibrate;
+* a calibration that raises ``FitError`` is **failed**: the working values it touched are
+  restored, so it changes nothing, and it is reported.
+
+Everything runs on a working copy of the newest snapshot (:func:`working_from_snapshot`);
+:func:`run_graph` commits the values measured in the run as one new snapshot whose parent is
+the one it started from (``expect_parent=True``: a snapshot committed meanwhile by someone
+else makes the commit fail instead of being silently overwritten). :func:`bootstrap` runs every
+node, forced, from the design values and returns the document.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from labqpu.calibration.bootstrap import choose_drive_lo, load_design
+from labqpu.calibration.checks import CheckResult
+from labqpu.calibration.experiments import Kit, Working
+from labqpu.calibration.graph import NODES, Node, Subject, describe, plan
+from labqpu.errors import FitError
+from labqpu.store import Snapshot, SnapshotBuilder
+from labqpu.store.staleness import PARAMETER_KINDS, age_h, parse_age_limits
+
+log = logging.getLogger(__name__)
+
+#: Device-wide values the experiments read from ``Working.device``; the snapshot keeps them per
+#: qubit (all equal), with the experiment "design".
+SHARED_VALUES = ("drive_lo_power_dbm", "readout_lo_frequency_hz", "readout_lo_power_dbm",
+                 "readout_amplitude", "readout_duration_s", "pulse_duration_s", "pulse_sigma_s")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A value the run measured anew: ``old`` (None: there was none) -> ``new``."""
+
+    subject: str
+    name: str
+    old: Any
+    new: Any
+
+
+@dataclass
+class Outcome:
+    """What happened to one step: ``status`` is ``"fresh"``, ``"calibrated"``, ``"failed"``
+    or ``"blocked"``; ``reason`` says why (the check, the age, the error)."""
+
+    node: str
+    subject: str
+    status: str
+    reason: str
+    check: CheckResult | None = None
+    changes: list[Change] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    """Every step's outcome, and the snapshot committed (None when nothing changed or when
+    the run did not commit)."""
+
+    outcomes: list[Outcome]
+    parent_id: int | None
+    snapshot: Snapshot | None = None
+
+    def with_status(self, status: str) -> list[Outcome]:
+        """The outcomes with ``status``."""
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def ok(self) -> bool:
+        """True when no step failed or was blocked."""
+        return not (self.with_status("failed") or self.with_status("blocked"))
+
+    def table(self) -> str:
+        """The summary: every value changed (old -> new), then what was fresh, failed or
+        blocked."""
+        lines = [f"{'node':<24}{'subject':<10}{'parameter':<30}{'old':>16}  ->  {'new':<16}"]
+        for o in self.with_status("calibrated"):
+            for c in o.changes:
+                lines.append(f"{o.node:<24}{o.subject:<10}{c.name:<30}{_show(c.old):>16}  ->  "
+                             f"{_show(c.new):<16}")
+        for status in ("calibrated", "fresh", "failed", "blocked"):
+            chosen = self.with_status(status)
+            if not chosen:
+                continue
+            lines.append(f"{status} ({len(chosen)}):")
+            for o in chosen:
+                lines.append(f"  {o.node:<24}{o.subject:<10}{o.reason}")
+        if self.snapshot is not None:
+            lines.append(f"committed snapshot {self.snapshot.snapshot_id} "
+                         f"(parent {self.parent_id})")
+        else:
+            lines.append(f"nothing committed; snapshot {self.parent_id} stays the newest")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    text = repr(value)
+    return text if len(text) <= 16 else text[:13] + "..."
+
+
+class LineReporter:
+    """Progress as plain lines through ``say`` (default: the module's logger at INFO)."""
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.say = say or log.info
+        self.total = 0
+        self.count = 0
+
+    def start(self, total: int) -> None:
+        """The run has ``total`` steps."""
+        self.total = total
+
+    def step(self, node: str, subject: str) -> None:
+        """A step begins."""
+        self.count += 1
+
+    def done(self, outcome: Outcome) -> None:
+        """A step ended."""
+        self.say(f"[{self.count}/{self.total}] {outcome.node} {outcome.subject}: "
+                 f"{outcome.status} ({outcome.reason}, {outcome.seconds:.1f} s)")
+
+    def note(self, message: str) -> None:
+        """Detail from inside a step."""
+        self.say(message)
+
+    def close(self) -> None:
+        """The run ended."""
+
+
+def default_design_path(device: str) -> Path:
+    """The design values shipped for ``device`` (``labqpu/data/<device>_design.toml``)."""
+    return Path(str(resources.files("labqpu") / "data" / f"{device}_design.toml"))
+
+
+def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
+    """A working set holding ``snapshot``'s values (with their experiment and time) over the
+    ``design`` values (which supply what a snapshot does not hold: resonator and Rabi-rate
+    estimates, the flux-line scale, the sweet-spot search range)."""
+    device = dict(design.device)
+    qubits = {q: dict(params) for q, params in design.qubits.items()}
+    work = Working(device=device, qubits=qubits)
+    for q, params in snapshot.qubits.items():
+        target = work.qubits.setdefault(q, {})
+        for name, p in params.items():
+            if name in SHARED_VALUES:
+                device[name] = p.value
+            target[name] = copy.deepcopy(p.value)
+            work.records[(q, name)] = p.experiment
+            work.measured_at[(q, name)] = p.timestamp
+    for pair, params in snapshot.pairs.items():
+        for name, p in params.items():
+            work.pairs.setdefault(pair, {})[name] = copy.deepcopy(p.value)
+            work.records[(pair, name)] = p.experiment
+            work.measured_at[(pair, name)] = p.timestamp
+    return work
+
+
+def _values(work: Working, subject: Subject) -> dict[str, Any]:
+    return work.qubits.get(subject, {}) if isinstance(subject, int) \
+        else work.pairs.get(subject, {})
+
+
+def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, float],
+                now: datetime) -> str | None:
+    """Why ``node``'s values on ``subject`` are not fresh (missing, too old), or None."""
+    values = _values(work, subject)
+    for name in node.watches:
+        if name not in values:
+            return f"{name} missing"
+        kind = PARAMETER_KINDS.get(name)
+        stamp = work.measured_at.get((subject, name))
+        if kind in limits and stamp is not None:
+            age = age_h(stamp, now)
+            if age > limits[kind]:
+                return f"{name} {age:.1f} h old > {limits[kind]:g} h"
+    return None
+
+
+def _state(work: Working) -> tuple:
+    return (copy.deepcopy(work.qubits), copy.deepcopy(work.pairs), dict(work.records),
+            dict(work.measured_at))
+
+
+def _restore(work: Working, state: tuple) -> None:
+    work.qubits, work.pairs, work.records, work.measured_at = copy.deepcopy(state)
+
+
+def _changes(work: Working, before: tuple) -> list[Change]:
+    """Values measured since ``before`` (a :func:`_state`), old -> new."""
+    qubits, pairs, _, stamps = before
+    out = []
+    for key, stamp in work.measured_at.items():
+        if stamps.get(key) == stamp:
+            continue
+        subject, name = key
+        if isinstance(subject, int):
+            old, new = qubits.get(subject, {}).get(name), work.qubits[subject][name]
+        else:
+            old, new = pairs.get(subject, {}).get(name), work.pairs[subject][name]
+        out.append(Change(describe(subject), name, old, new))
+    return sorted(out, key=lambda c: (c.subject, c.name))
+
+
+def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
+         forced: Iterable[str] = (), limits: dict[str, float] | None = None,
+         now: datetime | None = None, reporter: LineReporter | None = None) -> list[Outcome]:
+    """Run ``steps`` on ``kit.work`` as the module docstring says; returns their outcomes.
+    ``forced`` names nodes calibrated without looking at age or check; ages are judged at
+    ``now`` (default: the current time) against ``limits`` (hours per kind; none: age is not
+    judged)."""
+    forced = set(forced)
+    limits = limits or {}
+    now = now or datetime.now(UTC)
+    reporter = reporter or LineReporter()
+    status: dict[tuple[str, Subject], str] = {}
+    outcomes = []
+    reporter.start(len(steps))
+    for n, subject in steps:
+        label = describe(subject)
+        reporter.step(n.name, label)
+        t0 = time.perf_counter()
+        bad = [f"{name} on {describe(s)}" for name, s in n.prerequisites(subject)
+               if status.get((name, s)) in ("failed", "blocked")]
+        check = None
+        if bad:
+            outcome = Outcome(n.name, label, "blocked", f"prerequisite {bad[0]} did not pass")
+        else:
+            reason = "forced" if n.name in forced else _age_reason(kit.work, n, subject,
+                                                                     limits, now)
+            if reason is None and n.check is not None:
+                try:
+                    check = n.check(kit, subject, shots)
+                    reason = None if check.passed else f"check failed: {check}"
+                except FitError as exc:
+                    reason = f"check failed: {exc}"
+            if reason is None:
+                outcome = Outcome(n.name, label, "fresh",
+                                  f"check passed: {check}" if check else "fresh", check)
+            else:
+                outcome = _calibrate(kit, n, subject, shots, reason, check, reporter)
+        outcome.seconds = time.perf_counter() - t0
+        status[(n.name, subject)] = outcome.status
+        outcomes.append(outcome)
+        reporter.done(outcome)
+    reporter.close()
+    return outcomes
+
+
+def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
+               check: CheckResult | None, reporter: LineReporter) -> Outcome:
+    before = _state(kit.work)
+    label = describe(subject)
+    try:
+        n.calibrate(kit, subject, shots, reporter.note)
+    except FitError as exc:
+        _restore(kit.work, before)
+        return Outcome(n.name, label, "failed", f"{reason}; calibration failed: {exc}", check)
+    return Outcome(n.name, label, "calibrated", reason, check, _changes(kit.work, before))
+
+
+def run_graph(backend, nodes: Sequence[str] | None = None, *,
+              qubits: Sequence[int] | None = None, force: bool = False, shots: int = 400,
+              design: str | Path | None = None, now: datetime | None = None,
+              reporter: LineReporter | None = None, commit: bool = True) -> RunReport:
+    """Keep ``backend``'s device calibrated: walk the graph (``nodes``, default all, with
+    their prerequisites) on ``qubits`` (default all) and the edges between them, from the
+    newest snapshot; commit what was measured as one new snapshot (unless ``commit`` is
+    false or nothing changed). ``force`` recalibrates the named nodes (all, when ``nodes`` is
+    None) without checking them. Age limits are the wiring file's over the defaults
+    (:func:`labqpu.store.staleness.parse_age_limits`), judged at ``now`` (default: the current
+    time). ``design`` (default: the device's shipped design values) supplies what a snapshot
+    does not hold.
+
+    Returns the :class:`RunReport`; its ``table()`` is the summary."""
+    parent = backend.snapshot
+    n_qubits = backend.config.num_qubits
+    chosen = range(n_qubits) if qubits is None else list(qubits)
+    unknown = [q for q in chosen if not 0 <= q < n_qubits]
+    if unknown:
+        raise ValueError(f"qubit {unknown[0]} is not on device {backend.name} "
+                         f"(qubits 0-{n_qubits - 1})")
+    steps = plan(nodes, chosen, backend.config.coupling_map)
+    forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
+    design_work = load_design(design or default_design_path(backend.name))
+    kit = Kit(backend, working_from_snapshot(parent, design_work))
+    initial = dict(kit.work.measured_at)
+    outcomes = walk(kit, steps, shots=shots, forced=forced,
+                    limits=parse_age_limits(
+                        backend.config.raw.get("calibration", {}).get("max_age_h", {}),
+                        defaults=True),
+                    now=now,
+                    reporter=reporter)
+    report = RunReport(outcomes, parent.snapshot_id)
+    measured = [c for o in outcomes for c in o.changes]
+    if commit and measured:
+        builder = SnapshotBuilder.from_snapshot(parent)
+        names = sorted({o.node for o in outcomes if o.status == "calibrated"})
+        builder.notes = f"calibration runner: {', '.join(names)} recalibrated"
+        for (subject, name), stamp in kit.work.measured_at.items():
+            if initial.get((subject, name)) == stamp:
+                continue
+            if isinstance(subject, int):
+                builder.set_qubit(subject, name, kit.work.qubits[subject][name],
+                                  kit.work.records[(subject, name)], timestamp=stamp)
+            else:
+                builder.set_pair(subject, name, kit.work.pairs[subject][name],
+                                 kit.work.records[(subject, name)], timestamp=stamp)
+        report.snapshot = backend.store.commit(builder.build_document(),
+                                               parent_id=parent.snapshot_id,
+                                               expect_parent=True)
+    return report
+
+
+def bootstrap(backend, design: Working, *, shots: int = 400,
+              progress: Callable[[str], None] = log.info) -> dict:
+    """Run every node of the graph on ``backend``, forced, starting from ``design``; returns
+    the snapshot document (not yet committed). Raises ``FitError`` naming every step that
+    failed or was blocked, so a failure leaves the store as it was."""
+    kit = Kit(backend, design)
+    dev = design.device
+    qubits = sorted(design.qubits)
+    for q in qubits:
+        design.qubits[q].setdefault("flux_bias_a", 0.0)
+    for q in qubits:  # a first LO plan from the design frequencies, for spectroscopy
+        if "drive_lo_frequency_hz" not in design.qubits[q]:
+            choose_drive_lo(kit, q)
+    steps = plan(None, qubits, backend.config.coupling_map)
+    outcomes = walk(kit, steps, shots=shots, forced={n.name for n in NODES},
+                    reporter=LineReporter(progress))
+    bad = [o for o in outcomes if o.status in ("failed", "blocked")]
+    if bad:
+        raise FitError("bootstrap: " + "; ".join(f"{o.node} on {o.subject}: {o.reason}"
+                                                 for o in bad))
+    builder = SnapshotBuilder(backend.config.device_name,
+                              notes="bootstrap calibration (labqpu calibrate --bootstrap)")
+    for q in qubits:
+        for name in SHARED_VALUES:
+            builder.set_qubit(q, name, dev[name], "design")
+        for name, value in design.qubits[q].items():
+            if name == "resonator_hz":
+                continue
+            builder.set_qubit(q, name, value, design.records.get((q, name), "design"),
+                              timestamp=design.measured_at.get((q, name)))
+    for pair, params in design.pairs.items():
+        for name, value in params.items():
+            builder.set_pair(pair, name, value, design.records[(pair, name)],
+                             timestamp=design.measured_at.get((pair, name)))
+    return builder.build_document()

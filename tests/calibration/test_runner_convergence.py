@@ -1,0 +1,142 @@
+"""The graph runner brings a deliberately wrong snapshot back, on the simulator.
+
+Qubits 1 and 2 (and their edge) start with the frequency off by 2 MHz and the pi and pi/2
+amplitudes off by 20 %; everything else is the shipped calibration. ``run_graph`` on those
+qubits must find both errors by its checks and recalibrate until:
+
+* |f - f_true| < 50 kHz, with f_true the dressed 0-1 frequency of the device file's coupled
+  transmons at the snapshot's flux bias, by exact diagonalisation written here;
+* the pi amplitude within 1 % of the optimum, found here by an error-amplifying scan (seven
+  pi pulses in a row) independent of the runner's analysis;
+* Bell on the affected edge >= 0.95.
+
+The device file is read by this test only, for the truth.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from datetime import datetime, timedelta
+from importlib import resources
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+from labqpu import LabProvider
+from labqpu.calibration import run_graph
+from labqpu.calibration.bootstrap import load_design
+from labqpu.calibration.experiments import Kit, project, sweep
+from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.store import SnapshotBuilder
+
+pytestmark = pytest.mark.slow
+
+WRONG = {1: (+2.0e6, 1.2), 2: (-2.0e6, 0.8)}
+
+
+def dressed_frequencies(truth: dict, flux_bias_a: dict[int, float]) -> dict[int, float]:
+    """Dressed 0-1 frequencies (Hz): three-level transmons at their flux bias with exchange
+    couplings g (a+ b + a b+), exactly diagonalised; each dressed level is the eigenstate with
+    the largest overlap with its bare state."""
+    qubits = sorted(truth["qubit"], key=lambda q: q["index"])
+    n = len(qubits)
+    freqs, alphas = [], []
+    for q in qubits:
+        ec = -q["anharmonicity_hz"]
+        phi = (flux_bias_a[q["index"]] - q["sweet_spot_current_a"]) * q["phi0_per_ampere"]
+        freqs.append((q["max_frequency_hz"] + ec) * np.sqrt(abs(np.cos(np.pi * phi))) - ec)
+        alphas.append(q["anharmonicity_hz"])
+    states = list(itertools.product(range(3), repeat=n))
+    index = {s: i for i, s in enumerate(states)}
+    h = np.zeros((len(states), len(states)))
+    for s, i in index.items():
+        h[i, i] = sum(f * k + a / 2 * k * (k - 1) for f, a, k in zip(freqs, alphas, s,
+                                                                 strict=True))
+    for c in truth["coupling"]:
+        a, b = c["qubits"]
+        for s, i in index.items():
+            if s[a] < 2 and s[b] > 0:  # a+ b
+                t = list(s)
+                t[a] += 1
+                t[b] -= 1
+                j = index[tuple(t)]
+                amp = c["g_hz"] * np.sqrt(s[a] + 1) * np.sqrt(s[b])
+                h[j, i] += amp
+                h[i, j] += amp
+    energies, vectors = np.linalg.eigh(h)
+
+    def level(bare: tuple) -> float:
+        return float(energies[int(np.argmax(np.abs(vectors[index[bare]])))])
+
+    ground = level((0,) * n)
+    return {q: level(tuple(int(k == q) for k in range(n))) - ground for q in range(n)}
+
+
+def optimum_pi_amplitude(backend, snapshot, q: int) -> float:
+    """The pi amplitude that maximises |1> after seven pi pulses in a row: a parabola through
+    the projected signal of a +-3 % scan around the calibrated value."""
+    work = working_from_snapshot(snapshot, load_design(default_design_path(backend.name)))
+    kit = Kit(backend, work)
+    pi = work.qubits[q]["pi_amplitude"]
+    amps = pi * np.linspace(0.97, 1.03, 13)
+
+    def body(b, a):
+        t = 0
+        for _ in range(7):
+            t = kit.drive(b, q, t, a)
+        return t
+
+    iq = kit.run_iq(sweep(kit, q, np.concatenate([[0.0], amps]), body), 2000)[:, 0]
+    signal = project(iq)
+    signal = signal if signal[1:].mean() > signal[0] else -signal
+    c2, c1, _ = np.polyfit(amps / pi - 1, signal[1:], 2)
+    assert c2 < 0, "the scan does not bracket the maximum"
+    return float(pi * (1 - c1 / (2 * c2)))
+
+
+def bell(backend, pair: tuple[int, int]) -> float:
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    native = transpile(qc, backend, initial_layout=list(pair), seed_transpiler=1)
+    counts = backend.run(native, shots=2000, seed_simulator=7).result().get_counts()
+    return (counts.get("00", 0) + counts.get("11", 0)) / 2000
+
+
+def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    text = (resources.files("labqpu") / "firmware_sim" / "devices" / "lab5.toml").read_text()
+    truth = tomllib.loads(text)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        shipped = backend.snapshot
+        stamp = shipped.qubits[1]["frequency_hz"].timestamp
+        builder = SnapshotBuilder.from_snapshot(shipped)
+        for q, (df, scale) in WRONG.items():
+            p = shipped.qubits[q]
+            builder.set_qubit(q, "frequency_hz", p["frequency_hz"].value + df, "test", stamp)
+            for name in ("pi_amplitude", "pi2_amplitude"):
+                builder.set_qubit(q, name, p[name].value * scale, "test", stamp)
+        wrong = backend.store.commit(builder.build_document())
+        now = wrong.qubits[1]["frequency_hz"].timestamp
+        report = run_graph(backend, qubits=[1, 2],
+                           now=datetime.fromisoformat(now) + timedelta(hours=1))
+        print(report.table())
+        assert report.ok, report.table()
+        assert report.snapshot is not None and report.parent_id == wrong.snapshot_id
+        calibrated = {(o.node, o.subject) for o in report.with_status("calibrated")}
+        assert {("ramsey", "qubit 1"), ("ramsey", "qubit 2")} <= calibrated
+        final = backend.snapshot
+        assert final.snapshot_id == report.snapshot.snapshot_id
+        flux = {q: final.qubits[q]["flux_bias_a"].value for q in range(5)}
+        f_true = dressed_frequencies(truth, flux)
+        for q in WRONG:
+            f = final.qubits[q]["frequency_hz"].value
+            assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
+            pi = final.qubits[q]["pi_amplitude"].value
+            best = optimum_pi_amplitude(backend, final, q)
+            assert abs(pi / best - 1) < 0.01, (q, pi, best)
+        assert bell(backend, (1, 2)) >= 0.95
