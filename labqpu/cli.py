@@ -200,8 +200,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     if nodes:
         from labqpu.calibration.graph import node
 
-        for name in nodes:
-            node(name)  # an unknown name is a one-line error before anything starts
+        try:
+            for name in nodes:
+                node(name)  # an unknown name is a one-line error before anything starts
+        except ValueError as exc:
+            print(f"labqpu: {exc}", file=sys.stderr)
+            return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
         t0 = time.perf_counter()

@@ -205,3 +205,25 @@ def test_calibrate_without_a_task_names_the_choices(tmp_path):
     proc = labqpu(tmp_path, "calibrate")
     assert proc.returncode == 2
     assert "--bootstrap or --rb" in proc.stderr
+
+
+def test_calibrate_runs_the_graph_and_prints_the_summary(tmp_path):
+    proc = labqpu(tmp_path, "calibrate", "t1", "--qubits", "0", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "t1 qubit 0:" in out  # a plain line per step: stdout is not a terminal
+    assert "\r" not in out  # and no progress bar
+    summary = out[out.index("node "):]
+    assert "t1" in summary and ("committed snapshot 2 (parent 1)" in summary
+                                or "nothing committed; snapshot 1" in summary)
+    assert "cz" not in summary  # t1 needs no CZ
+
+
+def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
+    proc = labqpu(tmp_path, "calibrate", "ramsy")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("labqpu: no calibration node 'ramsy' (known: ")
+    proc = labqpu(tmp_path, "calibrate", "--all", "ramsey")
+    assert proc.returncode == 2 and "not both" in proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "diff", "1")
+    assert proc.returncode == 2 and "usage: labqpu calibrate diff A B" in proc.stderr

@@ -1,0 +1,121 @@
+"""The runner's rules on a small graph of experiments that measure nothing: fresh values that
+pass their check are skipped, old or failing ones recalibrated, a failed fit changes nothing
+and blocks its branch. And the Target leaves out what is older than the lab's age limits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from labqpu.backend.target import build_target
+from labqpu.calibration.checks import CheckResult
+from labqpu.calibration.experiments import Working
+from labqpu.calibration.graph import NODES, Node, plan
+from labqpu.calibration.runner import walk
+from labqpu.errors import FitError
+from labqpu.store import Snapshot, SnapshotBuilder
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+def _work() -> Working:
+    work = Working(device={}, qubits={0: {}, 1: {}})
+    for q in (0, 1):
+        work.set(q, "frequency_hz", 5e9, "ramsey")
+        work.measured_at[(q, "frequency_hz")] = (NOW - timedelta(hours=1)).isoformat()
+    return work
+
+
+def _check(passes: dict[int, bool]):
+    return lambda kit, q, shots: CheckResult(passes[q], 1.0, 1.0, 0.1, "")
+
+
+def _set(name, value):
+    def calibrate(kit, q, shots, progress):
+        kit.work.set(q, name, value, "test")
+    return calibrate
+
+
+def _fail(kit, q, shots, progress):
+    kit.work.set(q, "frequency_hz", -1.0, "test")  # touched, then the fit fails
+    raise FitError("no peak", subject=f"qubit {q}")
+
+
+def test_fresh_values_that_pass_are_skipped_and_failures_block_their_branch():
+    nodes = (
+        Node("freq", "qubit", (), ("frequency_hz",), _fail, _check({0: True, 1: False})),
+        Node("amp", "qubit", ("freq",), ("pi_amplitude",), _set("pi_amplitude", 0.5)),
+    )
+    kit = SimpleNamespace(work=_work())
+    outcomes = walk(kit, plan(None, [0, 1], [], nodes), shots=1, now=NOW,
+                    limits={"frequency": 24.0, "amplitude": 24.0})
+    got = {(o.node, o.subject): o.status for o in outcomes}
+    assert got == {("freq", "qubit 0"): "fresh", ("freq", "qubit 1"): "failed",
+                   ("amp", "qubit 0"): "calibrated", ("amp", "qubit 1"): "blocked"}
+    assert kit.work.qubits[1]["frequency_hz"] == 5e9  # the failed fit changed nothing
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert "check failed" in failed.reason and "no peak" in failed.reason
+    amp = next(o for o in outcomes if o.node == "amp" and o.status == "calibrated")
+    assert [(c.name, c.old, c.new) for c in amp.changes] == [("pi_amplitude", None, 0.5)]
+
+
+def test_old_values_are_recalibrated_without_a_check_and_force_skips_the_check():
+    def never(kit, q, shots):
+        raise AssertionError("an old or forced value is not checked")
+
+    nodes = (Node("freq", "qubit", (), ("frequency_hz",), _set("frequency_hz", 6e9), never),)
+    kit = SimpleNamespace(work=_work())
+    outcomes = walk(kit, plan(None, [0], [], nodes), shots=1, now=NOW + timedelta(hours=30),
+                    limits={"frequency": 24.0})
+    assert outcomes[0].status == "calibrated" and "h old > 24 h" in outcomes[0].reason
+    kit = SimpleNamespace(work=_work())
+    outcomes = walk(kit, plan(["freq"], [1], [], nodes), shots=1, now=NOW, forced={"freq"},
+                    limits={"frequency": 24.0})
+    assert outcomes[0].status == "calibrated" and outcomes[0].reason == "forced"
+
+
+def test_plan_adds_prerequisites_in_order_and_edges_within_the_qubits():
+    steps = plan(["cz"], [1, 2, 3], [(0, 1), (1, 2), (2, 3)])
+    names = [n.name for n, _ in steps]
+    assert names.index("ramsey") < names.index("drag") < names.index("cz")
+    assert [s for n, s in steps if n.name == "cz"] == [(1, 2), (2, 3)]
+    assert "t1" not in names  # not a prerequisite of cz
+    with pytest.raises(ValueError, match="no calibration node 'ramsy'"):
+        plan(["ramsy"], [0], [])
+    assert {n.name for n in NODES} >= {"rabi", "ramsey", "drag", "readout", "t1", "cz"}
+
+
+def _aged(snapshot: Snapshot, qubit: int, hours: float) -> Snapshot:
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    stamp = NOW - timedelta(hours=hours)
+    builder.set_qubit(qubit, "frequency_hz", snapshot.qubits[qubit]["frequency_hz"].value,
+                      "ramsey", timestamp=stamp)
+    for q in snapshot.qubits:
+        if q != qubit:
+            for name, p in snapshot.qubits[q].items():
+                builder.set_qubit(q, name, p.value, p.experiment, timestamp=NOW)
+    for pair, params in snapshot.pairs.items():
+        for name, p in params.items():
+            builder.set_pair(pair, name, p.value, p.experiment, timestamp=NOW)
+    return Snapshot.from_document(builder.build_document(), snapshot_id=9)
+
+
+def test_target_leaves_out_a_qubit_with_a_stale_frequency(snapshot, config, caplog):
+    aged = _aged(snapshot, 2, hours=30)
+    assert build_target(aged, config, now=NOW).instruction_supported("x", (2,))  # no limits
+    limited = replace(config, raw={**config.raw, "calibration": {
+        **config.raw["calibration"], "max_age_h": {"frequency": 24}}})
+    with caplog.at_level(logging.WARNING, logger="labqpu.backend.target"):
+        target = build_target(aged, limited, now=NOW)
+    assert not target.instruction_supported("x", (2,))
+    assert not target.instruction_supported("measure", (2,))
+    assert not target.instruction_supported("cz", (1, 2))
+    assert target.instruction_supported("x", (1,)) and target.instruction_supported("cz", (0, 1))
+    assert "qubit 2 left out of the Target: stale frequency_hz (30.0 h > 24 h)" in caplog.text
+    bad = replace(config, raw={**config.raw, "calibration": {"max_age_h": {"frequncy": 1}}})
+    with pytest.raises(ValueError, match="frequncy: unknown kind"):
+        build_target(aged, bad, now=NOW)
