@@ -1,17 +1,22 @@
 """``ControllerServer``: the simulator's controller, served over a real ZeroMQ ROUTER socket.
 
 The server speaks ``labqpu.drivers.protocol`` exactly as controller firmware would and
-delegates the physics to an ``Executor``. Two threads:
+delegates the physics to an ``Executor``. Three threads:
 
 * the serving thread owns the ROUTER socket (and the server's ZeroMQ context): it
   decodes each request, answers it at once and never blocks on a run;
 * the worker thread executes queued runs one at a time, in FIFO order, and records their
   outcome in a lock-protected table that the serving thread reads.
 
+* the validator thread checks uploaded programs (hash, ``Executor.load``), so a large
+  upload never keeps other clients' requests waiting.
+
 Every request gets a reply: malformed messages, unknown ops and bad parameters get typed
 error replies (``protocol.ERR_*``), and a failure inside a handler becomes an
 ``InternalError`` reply instead of a dead loop. A ``run`` carrying an idempotency key
-already seen returns the first run's id and is never executed twice.
+already seen returns the first run's id and is never executed twice. ``hello`` asks a
+pluggable ``Authenticator`` (``firmware_sim.auth``) who the client is. With a ``FaultPlan``
+(``firmware_sim.faults``, tests only) replies can be dropped, delayed, corrupted or held up.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from labqpu.drivers.protocol import (
     ERR_PROTOCOL,
     ERR_QUEUE_FULL,
     ERR_RUN_EXPIRED,
+    ERR_UNAUTHENTICATED,
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
@@ -67,6 +73,8 @@ from labqpu.drivers.protocol import (
     salvage_request_id,
 )
 from labqpu.errors import ProtocolError
+from labqpu.firmware_sim.auth import AuthenticationRefused, Authenticator, LocalAuthenticator
+from labqpu.firmware_sim.faults import REPLY_FAULTS, FaultPlan, corrupt
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
@@ -223,6 +231,10 @@ class ControllerServer:
         max_runs: finished runs whose results are kept; older ones are forgotten.
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
+        max_pending_uploads: most uploads waiting for validation; beyond it ``upload`` is
+            refused with ``QueueFull``.
+        authenticator: who a ``hello`` comes from (default: everyone, identity = session).
+        faults: armed faults to fire on replies (tests only; None in normal use).
 
     Use as a context manager (``with ControllerServer(ex) as srv: srv.endpoint``) or
     call ``start()`` and ``stop()``. A server starts once.
@@ -238,6 +250,9 @@ class ControllerServer:
         max_programs: int = 64,
         max_runs: int = 64,
         max_queued_per_session: int = 256,
+        max_pending_uploads: int = 16,
+        authenticator: Authenticator | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         if max_programs < 1 or max_runs < 1:
             raise ValueError("max_programs and max_runs must be >= 1")
@@ -249,6 +264,15 @@ class ControllerServer:
         self._max_programs = max_programs
         self._max_runs = max_runs
         self._max_queued = max_queued_per_session
+        self._max_pending_uploads = max_pending_uploads
+        self._authenticator: Authenticator = authenticator or LocalAuthenticator()
+        self._faults = faults
+        self._identities: dict[str, str] = {}
+        self._uploads: queue.SimpleQueue[tuple[Frame, Request] | None] = queue.SimpleQueue()
+        self._pending_uploads = 0
+        self._validated: list[tuple[Frame, list[Frame]]] = []
+        self._delayed: list[tuple[float, Frame, list[Frame]]] = []
+        self._validator_thread: threading.Thread | None = None
         self._programs: OrderedDict[str, _Program] = OrderedDict()
         self._uploads_total = 0
         self._runs_total = 0
@@ -327,7 +351,11 @@ class ControllerServer:
         self._worker_thread = threading.Thread(
             target=self._work, name=f"{self.name}-worker", daemon=True
         )
+        self._validator_thread = threading.Thread(
+            target=self._validate, name=f"{self.name}-validator", daemon=True
+        )
         self._worker_thread.start()
+        self._validator_thread.start()
         self._serve_thread.start()
         logger.info("%s serving on %s", self.name, self.endpoint)
 
@@ -350,7 +378,8 @@ class ControllerServer:
                 if run.state == QUEUED:
                     self._finish(run, ABORTED)
         self._queue.put(None)
-        for thread in (self._serve_thread, self._worker_thread):
+        self._uploads.put(None)
+        for thread in (self._serve_thread, self._worker_thread, self._validator_thread):
             if thread is not None:
                 thread.join(timeout_s)
                 if thread.is_alive():
@@ -361,8 +390,9 @@ class ControllerServer:
 
     @property
     def serving(self) -> bool:
-        """True while the serving and worker threads run (False before start and after stop)."""
-        threads = (self._serve_thread, self._worker_thread)
+        """True while the serving, worker and validator threads run (False before start and
+        after stop)."""
+        threads = (self._serve_thread, self._worker_thread, self._validator_thread)
         return all(thread is not None and thread.is_alive() for thread in threads)
 
     def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
@@ -378,13 +408,20 @@ class ControllerServer:
                 if socket in events:
                     frames = socket.recv_multipart(copy=False)
                     try:
-                        reply = self._handle(frames[1:], frames[0])
+                        op, reply = self._handle(frames[1:], frames[0])
                     except Exception as exc:  # _handle should not raise; the loop outlives it
                         logger.exception("%s: request handling failed", self.name)
+                        op = ""
                         reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
                     if reply is not None:
-                        self._send(socket, frames[0], reply)
+                        self._deliver(socket, frames[0], op, reply)
                 for identity, reply in self._due_fetches():
+                    self._deliver(socket, identity, OP_FETCH, reply)
+                with self._lock:
+                    validated, self._validated = self._validated, []
+                for identity, reply in validated:
+                    self._deliver(socket, identity, OP_UPLOAD, reply)
+                for identity, reply in self._due_delayed():
                     self._send(socket, identity, reply)
         except BaseException:
             logger.critical("%s: serving thread died", self.name, exc_info=True)
@@ -400,13 +437,36 @@ class ControllerServer:
         except zmq.ZMQError as exc:
             logger.warning("%s: could not send a reply: %s", self.name, exc)
 
+    def _deliver(self, socket: zmq.Socket, identity: Frame, op: str, reply: list[Frame]) -> None:
+        """Send a reply to ``op``, unless an armed fault drops, delays, corrupts or holds it."""
+        fault = None if self._faults is None else self._faults.take(REPLY_FAULTS, op)
+        if fault is None:
+            self._send(socket, identity, reply)
+        elif fault.kind == "delay":
+            self._delayed.append((time.monotonic() + fault.delay_s, identity, reply))
+        elif fault.kind == "corrupt":
+            self._send(socket, identity, corrupt(reply, fault.mode))
+        elif fault.kind == "hang":  # a wedged controller: nobody is answered meanwhile
+            self._stopping.wait(fault.duration_s)
+            self._send(socket, identity, reply)
+        # "drop": the reply is never sent
+
+    def _due_delayed(self) -> list[tuple[Frame, list[Frame]]]:
+        """Delayed replies whose time has come (serving thread only)."""
+        now = time.monotonic()
+        due = [(identity, reply) for at, identity, reply in self._delayed if at <= now]
+        self._delayed = [item for item in self._delayed if item[0] > now]
+        return due
+
     def _poll_timeout_ms(self) -> int:
-        """Until the next held fetch's deadline, at most one poll interval (ms)."""
+        """Until the next held fetch's or delayed reply's time, at most one poll interval
+        (ms)."""
         with self._lock:
-            if not self._held:
-                return _POLL_INTERVAL_MS
-            soonest = min(deadline for _, _, _, deadline in self._held)
-        return max(0, min(_POLL_INTERVAL_MS, round((soonest - time.monotonic()) * 1000)))
+            deadlines = [deadline for _, _, _, deadline in self._held]
+        deadlines += [at for at, _, _ in self._delayed]
+        if not deadlines:
+            return _POLL_INTERVAL_MS
+        return max(0, min(_POLL_INTERVAL_MS, round((min(deadlines) - time.monotonic()) * 1000)))
 
     def _due_fetches(self) -> list[tuple[Frame, list[Frame]]]:
         """Replies to held fetches whose run ended or whose wait expired."""
@@ -423,25 +483,40 @@ class ControllerServer:
             self._held = keep
         return out
 
-    def _handle(self, frames: list[Frame], identity: Frame) -> list[Frame] | None:
-        """Turn one request (without its identity frame) into reply frames, or None for a
-        ``fetch`` held until its run ends; never raises."""
+    def _handle(self, frames: list[Frame], identity: Frame) -> tuple[str, list[Frame] | None]:
+        """Turn one request (without its identity frame) into its op and reply frames; the
+        reply is None for a ``fetch`` held until its run ends and for an ``upload`` handed to
+        the validator. Never raises."""
         try:
             request = decode_request(frames)
         except (ProtocolError, RecursionError, MemoryError) as exc:
             logger.warning("%s: malformed request: %s", self.name, exc)
             request_id = salvage_request_id(frames[0]) if frames else ""
-            return encode_error(request_id, ERR_PROTOCOL, str(exc))
-        handler = self._handlers.get(request.op)
-        if handler is None:
+            return "", encode_error(request_id, ERR_PROTOCOL, str(exc))
+        if request.op not in self._handlers:
             known = ", ".join(sorted(self._handlers))
-            return encode_error(
+            return request.op, encode_error(
                 request.id, ERR_UNKNOWN_OP, f"unknown op {request.op!r}; known ops: {known}"
             )
+        if request.op == OP_UPLOAD:
+            with self._lock:
+                busy = self._pending_uploads >= self._max_pending_uploads
+                if not busy:
+                    self._pending_uploads += 1
+            if busy:
+                return request.op, encode_error(
+                    request.id, ERR_QUEUE_FULL,
+                    f"{self._max_pending_uploads} uploads are waiting for validation; retry")
+            self._uploads.put((identity, request))
+            return request.op, None
+        return request.op, self._reply_to(request, identity)
+
+    def _reply_to(self, request: Request, identity: Frame) -> list[Frame] | None:
+        """Run a decoded request's handler; every failure becomes a typed error reply."""
         try:
             if request.op == OP_FETCH and self._hold(request, identity):
                 return None
-            result, arrays = handler(request)
+            result, arrays = self._handlers[request.op](request)
             return encode_reply(request.id, result, arrays)
         except _RequestError as exc:
             return encode_error(request.id, exc.error_type, exc.message)
@@ -450,17 +525,32 @@ class ControllerServer:
             return encode_error(request.id, ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
 
     def _hello(self, request: Request) -> tuple[dict, None]:
+        credentials = request.params.get("credentials")
+        if credentials is not None and not isinstance(credentials, dict):
+            raise _RequestError(ERR_BAD_PARAMS,
+                                f"hello: 'credentials' must be an object, got {credentials!r}")
+        with self._lock:
+            # A client that already holds a session keeps it; otherwise it gets a new one.
+            session = (request.session if request.session in self._sessions
+                       else secrets.token_hex(16))
+        try:
+            identity = self._authenticator.authenticate(credentials, session)
+        except AuthenticationRefused as exc:
+            raise _RequestError(ERR_UNAUTHENTICATED, f"hello refused: {exc}") from exc
+        if not isinstance(identity, str) or not identity:
+            raise _RequestError(ERR_INTERNAL, f"the authenticator returned no identity: "
+                                              f"{identity!r}")
         with self._lock:
             now = time.monotonic()
             for stale in [s for s, seen in self._sessions.items()
                           if seen < now - SESSION_IDLE_S]:
                 del self._sessions[stale]
-            # A client that already holds a session keeps it; otherwise it gets a new one.
-            session = (request.session if request.session in self._sessions
-                       else secrets.token_hex(16))
+                self._identities.pop(stale, None)
             self._sessions[session] = now
+            self._identities[session] = identity
         return {
             "session": session,
+            "identity": identity,
             "protocol_versions": [PROTOCOL_VERSION],
             "server": self.name,
             "firmware": _FIRMWARE,
@@ -632,6 +722,26 @@ class ControllerServer:
             "uploads_total": uploads,
             "runs_total": runs,
         }, None
+
+    # -- validator thread -------------------------------------------------------------
+
+    def _validate(self) -> None:
+        """Answer uploads, one at a time, off the serving thread; wake it for each reply."""
+        ended = self._context.socket(zmq.PUSH)
+        ended.setsockopt(zmq.LINGER, 0)
+        ended.connect(self._wake_endpoint)
+        try:
+            while (item := self._uploads.get()) is not None:
+                identity, request = item
+                reply = self._reply_to(request, identity)
+                with self._lock:
+                    self._pending_uploads -= 1
+                    if reply is not None:
+                        self._validated.append((identity, reply))
+                with contextlib.suppress(zmq.Again):
+                    ended.send(b"", zmq.NOBLOCK)
+        finally:
+            ended.close(linger=0)
 
     # -- worker thread ----------------------------------------------------------------
 
