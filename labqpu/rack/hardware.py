@@ -264,9 +264,20 @@ class LocalHardwareQueue:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(function(cancel))
+                outcome: object = function(cancel)
+                failed = False
             except BaseException as exc:  # delivered to whoever waits on the future
-                future.set_exception(exc)
+                outcome, failed = exc, True
+            # The commit point: a cancel before it wins (the job ends cancelled, whatever the
+            # work returned), a cancel after it finds no job and returns False.
+            with self._lock:
+                self._jobs = {k: v for k, v in self._jobs.items() if v[0] is not future}
+                if cancel.is_set():
+                    outcome, failed = JobCancelledError("cancelled before it finished"), True
+            if failed:
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def submit(self, job_id: str, work: list[tuple[PulseProgram, RunRequest]]) -> Future:
         """Queue ``work``; it runs on the worker thread with its own cancel event."""
@@ -295,14 +306,17 @@ class LocalHardwareQueue:
             self._jobs.pop(job_id, None)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job outright; ask a running job's controller run to abort."""
+        """Cancel a queued job outright; ask a running job's controller run to abort. True
+        exactly when the job will end cancelled (``JobCancelledError``), False when it has
+        already ended or passed its commit point."""
         with self._lock:
             entry = self._jobs.get(job_id)
-        if entry is None:
-            return False
-        future, cancel = entry
-        cancel.set()
-        return future.cancel() or future.running()
+            if entry is None:
+                return False
+            future, cancel = entry
+            cancel.set()
+        future.cancel()
+        return True
 
     def describe(self, timeout_s: float) -> dict:
         """Ask every controller and instrument who it is, on the worker (in queue order)."""
