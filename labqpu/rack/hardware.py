@@ -66,7 +66,8 @@ class RunRecord:
 
 
 class RackConnection:
-    """Driver sessions of one rack, opened on first use and closed by :meth:`close`.
+    """Driver sessions of one rack, opened on first use and closed by :meth:`close` (a closed
+    connection opens its sessions again on next use).
 
     Not thread-safe by itself: exactly one worker (the hardware queue) uses it.
     """
@@ -295,6 +296,11 @@ class LocalHardwareQueue:
             try:
                 out.append(self.rack.execute(program, request, cancel))
             except InstrumentError as exc:
+                if not isinstance(exc, InstrumentCommandError):
+                    # A timeout or a broken transport may leave a session half-used (a late
+                    # reply on its way, a peer that restarted): the next job opens every
+                    # session afresh.
+                    self.rack.close()
                 reason = self._health()
                 if reason:
                     raise HardwareUnavailableError(f"{reason} ({exc})") from exc
