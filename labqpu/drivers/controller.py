@@ -200,6 +200,7 @@ class ControllerClient:
         *,
         params: Mapping[str, Any] | None = None,
         key: str | None = None,
+        time_limit_s: float | None = None,
     ) -> str:
         """Queue a run of an uploaded program; returns without waiting for it.
 
@@ -209,6 +210,8 @@ class ControllerClient:
             params: run-time parameters passed to the controller's executor.
             key: idempotency key; the controller executes a key once, so sending the same
                 key again returns the first run's id. Defaults to a fresh uuid.
+            time_limit_s: the controller stops the run once it has played this long (s) and
+                reports it failed (``TimeLimitExceeded``), even if this client is gone.
 
         Returns:
             the run id.
@@ -220,7 +223,10 @@ class ControllerClient:
         shots = operator.index(shots)
         if shots < 1:
             raise ValueError(f"shots must be >= 1, got {shots}")
-        request_params = {"program_id": program_id, "shots": shots, "params": dict(params or {})}
+        request_params: dict[str, Any] = {"program_id": program_id, "shots": shots,
+                                          "params": dict(params or {})}
+        if time_limit_s is not None:
+            request_params["time_limit_s"] = float(time_limit_s)
         reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
         return self._result_str(reply, "run_id", OP_RUN)
 

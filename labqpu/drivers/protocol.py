@@ -51,6 +51,7 @@ __all__ = [
     "ERR_PROTOCOL",
     "ERR_QUEUE_FULL",
     "ERR_RUN_EXPIRED",
+    "ERR_TIME_LIMIT",
     "ERR_UNAUTHENTICATED",
     "ERR_UNKNOWN_OP",
     "ERR_UNKNOWN_PROGRAM",
@@ -106,6 +107,7 @@ ERR_UNKNOWN_SESSION = "UnknownSession"  # no session, or one the controller does
 ERR_FORBIDDEN = "Forbidden"  # the run belongs to another session
 ERR_QUEUE_FULL = "QueueFull"  # the session has as many runs queued as the controller allows
 ERR_UNAUTHENTICATED = "Unauthenticated"  # hello refused by the controller's authenticator
+ERR_TIME_LIMIT = "TimeLimitExceeded"  # a run played past its time_limit_s and was stopped
 
 #: Ops that need the session ``hello`` opened: they act on runs, which belong to a session.
 SESSION_OPS = frozenset({OP_RUN, OP_FETCH, OP_ABORT})

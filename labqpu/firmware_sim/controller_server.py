@@ -22,9 +22,7 @@ pluggable ``Authenticator`` (``firmware_sim.auth``) who the client is. With a ``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
-import json
 import logging
 import queue
 import secrets
@@ -33,7 +31,6 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -48,6 +45,7 @@ from labqpu.drivers.protocol import (
     ERR_PROTOCOL,
     ERR_QUEUE_FULL,
     ERR_RUN_EXPIRED,
+    ERR_TIME_LIMIT,
     ERR_UNAUTHENTICATED,
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
@@ -75,21 +73,30 @@ from labqpu.drivers.protocol import (
 from labqpu.errors import ProtocolError
 from labqpu.firmware_sim.auth import AuthenticationRefused, Authenticator, LocalAuthenticator
 from labqpu.firmware_sim.faults import REPLY_FAULTS, FaultPlan, corrupt
+from labqpu.firmware_sim.runs import (
+    ABORTED,
+    ACTIVE,
+    DONE,
+    ERROR,
+    QUEUED,
+    RUNNING,
+    KeyRecord,
+    Program,
+    Run,
+    program_id_of,
+    request_digest,
+)
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
 logger = logging.getLogger(__name__)
 
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-ERROR = "error"
-ABORTED = "aborted"
-_ACTIVE = (QUEUED, RUNNING)
 
 _POLL_INTERVAL_MS = 50
 #: Longest a ``fetch`` may ask the controller to hold its reply for a run to end (s).
 MAX_FETCH_WAIT_S = 1.0
+#: Longest time limit a ``run`` may ask for (s).
+MAX_TIME_LIMIT_S = 86_400.0
 #: How long an idempotency key is remembered after its run was accepted (s).
 KEY_RETENTION_S = 3600.0
 #: A session unused this long is forgotten when the next one opens (s).
@@ -149,65 +156,6 @@ class _RequestError(Exception):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
-
-
-@dataclass
-class _Program:
-    arrays: dict[str, np.ndarray]
-    meta: dict[str, Any]
-
-
-@dataclass
-class _Run:
-    run_id: str
-    key: str | None
-    program: _Program
-    shots: int
-    params: dict[str, Any]
-    accepted_at: float
-    session: str
-    cancel: threading.Event = field(default_factory=threading.Event)
-    state: str = QUEUED
-    finished_at: float | None = None
-    results: dict[str, np.ndarray] = field(default_factory=dict)
-    error: str = ""
-    error_type: str = ""
-
-    def elapsed_s(self, now: float) -> float:
-        """Seconds since the run was accepted, frozen once it finished."""
-        end = now if self.finished_at is None else self.finished_at
-        return end - self.accepted_at
-
-
-@dataclass(frozen=True)
-class _KeyRecord:
-    """What an idempotency key ran: the run, a digest of the request, when (monotonic s)."""
-
-    run_id: str
-    content: str
-    seen_at: float
-
-
-def _request_digest(program_id: str, shots: int, params: dict[str, Any]) -> str:
-    """Digest of what a ``run`` asks for, so a reused key with other content is refused."""
-    text = json.dumps([program_id, shots, params], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def program_id_of(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
-    """Content id of a program: first 16 hex digits of a SHA-256 over meta and arrays.
-
-    The digest covers the canonical JSON of ``meta`` and, in name order, every array's
-    name, dtype, shape and bytes, so the same program always gets the same id.
-    """
-    digest = hashlib.sha256()
-    digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name]).reshape(-1)
-        descriptor = {"name": name, "dtype": arrays[name].dtype.str, "shape": arrays[name].shape}
-        digest.update(b"\0" + json.dumps(descriptor, separators=(",", ":")).encode("utf-8"))
-        digest.update(array.view(np.uint8).data)
-    return digest.hexdigest()[:16]
 
 
 def _param(params: dict[str, Any], name: str, kind: type, *, op: str) -> Any:
@@ -273,13 +221,14 @@ class ControllerServer:
         self._validated: list[tuple[Frame, list[Frame]]] = []
         self._delayed: list[tuple[float, Frame, list[Frame]]] = []
         self._validator_thread: threading.Thread | None = None
-        self._programs: OrderedDict[str, _Program] = OrderedDict()
+        self._running: Run | None = None
+        self._programs: OrderedDict[str, Program] = OrderedDict()
         self._uploads_total = 0
         self._runs_total = 0
-        self._runs: dict[str, _Run] = {}
-        self._keys: OrderedDict[tuple[str, str], _KeyRecord] = OrderedDict()
+        self._runs: dict[str, Run] = {}
+        self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
         self._sessions: dict[str, float] = {}
-        self._held: list[tuple[Frame, str, _Run, float]] = []
+        self._held: list[tuple[Frame, str, Run, float]] = []
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -373,7 +322,7 @@ class ControllerServer:
         self._stopping.set()
         with self._lock:
             for run in list(self._runs.values()):
-                if run.state in _ACTIVE:
+                if run.state in ACTIVE:
                     run.cancel.set()
                 if run.state == QUEUED:
                     self._finish(run, ABORTED)
@@ -415,6 +364,7 @@ class ControllerServer:
                         reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
                     if reply is not None:
                         self._deliver(socket, frames[0], op, reply)
+                self._expire_runs()
                 for identity, reply in self._due_fetches():
                     self._deliver(socket, identity, OP_FETCH, reply)
                 with self._lock:
@@ -475,7 +425,7 @@ class ControllerServer:
         with self._lock:
             keep = []
             for identity, request_id, run, deadline in self._held:
-                if run.state in _ACTIVE and deadline > now and not self._stopping.is_set():
+                if run.state in ACTIVE and deadline > now and not self._stopping.is_set():
                     keep.append((identity, request_id, run, deadline))
                     continue
                 result, arrays = self._fetch_result(run)
@@ -580,7 +530,7 @@ class ControllerServer:
                                 ) from exc
         with self._lock:
             self._uploads_total += 1
-            self._programs[program_id] = _Program(request.arrays, meta)
+            self._programs[program_id] = Program(request.arrays, meta)
             while len(self._programs) > self._max_programs:
                 evicted, _ = self._programs.popitem(last=False)
                 logger.debug("%s: evicted program %s", self.name, evicted)
@@ -591,11 +541,16 @@ class ControllerServer:
         shots = _param(request.params, "shots", int, op=OP_RUN)
         if shots < 1:
             raise _RequestError(ERR_BAD_PARAMS, f"run: shots must be >= 1, got {shots}")
+        limit = request.params.get("time_limit_s")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                                  or not 0 < limit <= MAX_TIME_LIMIT_S):
+            raise _RequestError(ERR_BAD_PARAMS, f"run: time_limit_s must be a number in "
+                                                f"(0, {MAX_TIME_LIMIT_S}] s, got {limit!r}")
         run_params = request.params.get("params", {})
         if not isinstance(run_params, dict):
             raise _RequestError(ERR_BAD_PARAMS, f"run: 'params' must be an object: {run_params!r}")
         key = request.key
-        content = _request_digest(program_id, shots, run_params)
+        content = request_digest(program_id, shots, run_params)
         with self._lock:
             session = self._session_of(request)
             now = time.monotonic()
@@ -623,14 +578,14 @@ class ControllerServer:
             if self._stopping.is_set():
                 raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
             pending = sum(1 for r in self._runs.values()
-                          if r.session == session and r.state in _ACTIVE)
+                          if r.session == session and r.state in ACTIVE)
             if pending >= self._max_queued:
                 raise _RequestError(
                     ERR_QUEUE_FULL,
                     f"this session already has {pending} runs queued or running (limit "
                     f"{self._max_queued}); wait for some to finish")
             self._runs_total += 1
-            run = _Run(
+            run = Run(
                 run_id=uuid.uuid4().hex,
                 key=key,
                 program=program,
@@ -638,14 +593,15 @@ class ControllerServer:
                 params=run_params,
                 accepted_at=now,
                 session=session,
+                time_limit_s=None if limit is None else float(limit),
             )
             self._runs[run.run_id] = run
             if key is not None:
-                self._keys[(session, key)] = _KeyRecord(run.run_id, content, now)
+                self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
         self._queue.put(run.run_id)
         return {"run_id": run.run_id, "state": QUEUED}, None
 
-    def _lookup(self, request: Request) -> _Run:
+    def _lookup(self, request: Request) -> Run:
         """The run named by the ``run_id`` parameter, if it belongs to the request's session;
         call with the lock held."""
         session = self._session_of(request)
@@ -672,7 +628,7 @@ class ControllerServer:
         with self._lock:
             return self._fetch_result(self._lookup(request))
 
-    def _fetch_result(self, run: _Run) -> tuple[dict, dict | None]:
+    def _fetch_result(self, run: Run) -> tuple[dict, dict | None]:
         """A fetch's reply for ``run``; lock held."""
         result: dict[str, Any] = {
             "state": run.state,
@@ -695,7 +651,7 @@ class ControllerServer:
             return False
         with self._lock:
             run = self._lookup(request)
-            if run.state not in _ACTIVE:
+            if run.state not in ACTIVE:
                 return False
             self._held.append((identity, request.id, run, time.monotonic() + wait_s))
         return True
@@ -703,7 +659,7 @@ class ControllerServer:
     def _abort(self, request: Request) -> tuple[dict, None]:
         with self._lock:
             run = self._lookup(request)
-            if run.state in _ACTIVE:
+            if run.state in ACTIVE:
                 run.cancel.set()
             if run.state == QUEUED:
                 self._finish(run, ABORTED)
@@ -711,7 +667,7 @@ class ControllerServer:
 
     def _status(self, request: Request) -> tuple[dict, None]:
         with self._lock:
-            active = [run.state for run in self._runs.values() if run.state in _ACTIVE]
+            active = [run.state for run in self._runs.values() if run.state in ACTIVE]
             programs = len(self._programs)
             uploads, runs = self._uploads_total, self._runs_total
         return {
@@ -759,13 +715,15 @@ class ControllerServer:
                     if run is None or run.state != QUEUED:
                         continue
                     run.state = RUNNING
+                    run.started_at = time.monotonic()
+                    self._running = run
                 self._execute(run)
                 with contextlib.suppress(zmq.Again):  # the serving loop is awake already
                     ended.send(b"", zmq.NOBLOCK)
         finally:
             ended.close(linger=0)
 
-    def _execute(self, run: _Run) -> None:
+    def _execute(self, run: Run) -> None:
         program = run.program
         try:
             results = self._executor.execute(
@@ -775,20 +733,44 @@ class ControllerServer:
         except Exception as exc:  # the executor's failure is the run's outcome
             logger.info("%s: run %s failed: %s: %s", self.name, run.run_id, type(exc).__name__, exc)
             with self._lock:
-                if run.cancel.is_set():
+                if run.expired:
+                    self._finish_expired(run)
+                elif run.cancel.is_set():
                     self._finish(run, ABORTED)
                 else:
                     run.error, run.error_type = str(exc), type(exc).__name__
                     self._finish(run, ERROR)
             return
         with self._lock:
-            if run.cancel.is_set():
+            if run.expired:
+                self._finish_expired(run)
+            elif run.cancel.is_set():
                 self._finish(run, ABORTED)
             else:
                 run.results = results
                 self._finish(run, DONE)
 
-    def _finish(self, run: _Run, state: str) -> None:
+    def _expire_runs(self) -> None:
+        """Stop the running run once it played past its time limit (serving thread, at every
+        poll, so within one poll interval of the limit)."""
+        with self._lock:
+            run = self._running
+            if run is None or run.state != RUNNING or run.time_limit_s is None \
+                    or run.cancel.is_set() or run.started_at is None \
+                    or time.monotonic() - run.started_at <= run.time_limit_s:
+                return
+            run.expired = True
+            run.cancel.set()
+        logger.warning("%s: run %s passed its time limit of %s s; stopping it", self.name,
+                       run.run_id, run.time_limit_s)
+
+    def _finish_expired(self, run: Run) -> None:
+        """Record a run stopped at its time limit; lock held."""
+        run.error = f"run {run.run_id} was stopped at its time limit of {run.time_limit_s} s"
+        run.error_type = ERR_TIME_LIMIT
+        self._finish(run, ERROR)
+
+    def _finish(self, run: Run, state: str) -> None:
         """Record a final state and forget the oldest finished runs; lock held."""
         run.state = state
         run.finished_at = time.monotonic()

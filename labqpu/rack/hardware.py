@@ -151,7 +151,10 @@ class RackConnection:
         params: dict = {"rep_delay_s": request.rep_delay_s}
         if request.seed is not None:
             params["seed"] = int(request.seed)
-        run_id = client.run(program_id, request.shots, params=params, key=request.key)
+        # The controller stops the run at the job's limit by itself, so a run whose abort is
+        # lost (the transport failed) cannot hold the controller beyond it.
+        run_id = client.run(program_id, request.shots, params=params, key=request.key,
+                            time_limit_s=request.timeout_s)
         _, arrays = client.wait(run_id, timeout_s=request.timeout_s, cancel=cancel)
         if "iq" not in arrays:
             raise InstrumentCommandError("controller returned no 'iq' array",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.protocol import ERR_UNAUTHENTICATED
+from labqpu.drivers.protocol import ERR_TIME_LIMIT, ERR_UNAUTHENTICATED
 from labqpu.errors import (
     AuthenticationError,
     InstrumentTimeoutError,
@@ -218,6 +218,23 @@ def test_a_run_that_never_finishes_is_stopped_by_its_time_limit(rack: Rack,
     state, _, _ = client.fetch(run_id, wait_s=1.0)
     assert state == "aborted"
     assert _sum_of_one_run(client)[1] == 3.0  # the next run plays
+
+
+def test_a_run_its_client_abandons_is_stopped_at_its_time_limit(rack: Rack,
+                                                                client: ControllerClient) -> None:
+    """The host gives up on a run and no abort arrives (the client died, or its abort was
+    lost): the controller stops the run at its own time limit, so it cannot hold the
+    controller for later runs."""
+    rack.control.arm("stall", "start")
+    program_id = client.upload(_program(), {})
+    run_id = client.run(program_id, 1, time_limit_s=0.5)
+    deadline = time.monotonic() + BOUND_S
+    while (reply := client.fetch(run_id, wait_s=1.0))[0] in ("queued", "running"):
+        assert time.monotonic() < deadline
+    state, result, _ = reply
+    assert (state, result["error_type"]) == ("error", ERR_TIME_LIMIT)
+    assert "time limit of 0.5 s" in result["error"]
+    assert _sum_of_one_run(client)[1] == 3.0
 
 
 def test_crash_and_lo_change_fire_at_their_run_point(rack: Rack,
