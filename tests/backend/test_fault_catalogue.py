@@ -376,7 +376,7 @@ def test_soak_random_faults_while_three_threads_submit(lab_home, tmp_path) -> No
                     status: JobStatus | str = job.status()
                 except JobError as exc:
                     status = job.status()
-                    errors.append(str(exc)[33:140])
+                    errors.append(str(exc)[:200])
                 except Exception as exc:
                     status = f"{type(exc).__name__}: {exc}"
                 with lock:
