@@ -22,7 +22,8 @@
     └── InstrumentError              talking to an instrument failed (instrument, command)
         ├── InstrumentTimeoutError   an instrument did not answer within its bound
         ├── InstrumentCommandError   an instrument refused a command (SCPI error queue, typed
-        │                            error reply from a controller; remote_type)
+        │   │                        error reply from a controller; remote_type)
+        │   └── AuthenticationError  a controller's authenticator refused this client's hello
         ├── InstrumentLimitError     (also ValueError) a value is outside the instrument's limits;
         │                            nothing was sent
         ├── ProtocolError            a malformed or incompatible message on the wire
@@ -202,6 +203,11 @@ class InstrumentCommandError(InstrumentError):
     ) -> None:
         self.remote_type = remote_type
         super().__init__(message, instrument=instrument, command=command)
+
+
+class AuthenticationError(InstrumentCommandError):
+    """A controller refused this client's ``hello``: its authenticator did not accept the
+    credentials. No session was opened."""
 
 
 class InstrumentLimitError(InstrumentError, ValueError):

@@ -10,7 +10,7 @@ from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, Jo
 from qiskit.result import Result
 
 from labqpu.backend.results import experiment_result
-from labqpu.errors import InstrumentError
+from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
 from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
 
@@ -31,7 +31,6 @@ class LabJob(JobV1):
         self._queue = queue
         self._snapshot = snapshot
         self._future: concurrent.futures.Future | None = None
-        self._cancelled = threading.Event()
         self._result: Result | None = None
         self._result_lock = threading.Lock()
 
@@ -88,11 +87,9 @@ class LabJob(JobV1):
             raise JobTimeoutError(
                 f"job {self.job_id()} did not finish within {timeout} s "
                 f"(status {self.status().name})") from exc
-        except concurrent.futures.CancelledError as exc:
+        except (concurrent.futures.CancelledError, JobCancelledError) as exc:
             raise JobError(f"job {self.job_id()} was cancelled") from exc
         except Exception as exc:  # the job boundary: every failure reaches the user as JobError
-            if self._cancelled.is_set():
-                raise JobError(f"job {self.job_id()} was cancelled") from exc
             where = "on the hardware" if isinstance(exc, InstrumentError) else "before it ran"
             raise JobError(f"job {self.job_id()} failed {where}: {exc}") from exc
         with self._result_lock:
@@ -105,10 +102,11 @@ class LabJob(JobV1):
             return self._result
 
     def cancel(self) -> bool:
-        """Cancel a queued job, or abort a running one; True if it will not complete."""
+        """Cancel a queued job, or abort a running one. True exactly when the job ends
+        CANCELLED; False when it had already finished (or was past the point of no return):
+        a cancel racing completion gives one final state, never both."""
         if self._future is None or self._future.done():
             return False
-        self._cancelled.set()
         return self._queue.cancel(self.job_id())
 
     def status(self) -> JobStatus:
@@ -121,7 +119,8 @@ class LabJob(JobV1):
         if f.running():
             return JobStatus.RUNNING
         if f.done():
-            if f.exception() is None:
+            exc = f.exception()
+            if exc is None:
                 return JobStatus.DONE
-            return JobStatus.CANCELLED if self._cancelled.is_set() else JobStatus.ERROR
+            return JobStatus.CANCELLED if isinstance(exc, JobCancelledError) else JobStatus.ERROR
         return JobStatus.QUEUED

@@ -31,6 +31,7 @@ import numpy as np
 import zmq
 
 from labqpu.drivers.protocol import (
+    ERR_UNAUTHENTICATED,
     ERR_UNKNOWN_SESSION,
     OP_ABORT,
     OP_FETCH,
@@ -46,6 +47,7 @@ from labqpu.drivers.protocol import (
     encode_request,
 )
 from labqpu.errors import (
+    AuthenticationError,
     InstrumentCommandError,
     InstrumentError,
     InstrumentTimeoutError,
@@ -75,6 +77,8 @@ class ControllerClient:
             therefore fails after at most ``(retries + 1) * timeout_s`` seconds.
         context: ZeroMQ context to use; when None the client creates one and terminates
             it on ``close()``.
+        credentials: JSON-able object sent with ``hello`` for the controller's authenticator
+            (the simulator's default allows everyone and needs none).
 
     Raises:
         ValueError: ``timeout_s`` not positive or ``retries`` negative.
@@ -87,6 +91,7 @@ class ControllerClient:
         timeout_s: float = 5.0,
         retries: int = 2,
         context: zmq.Context | None = None,
+        credentials: Mapping[str, Any] | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 s, got {timeout_s!r}")
@@ -95,6 +100,7 @@ class ControllerClient:
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
+        self._credentials = None if credentials is None else dict(credentials)
         self._own_context = context is None
         self._context: zmq.Context = zmq.Context() if context is None else context
         self._socket: zmq.Socket | None = None
@@ -146,12 +152,15 @@ class ControllerClient:
 
         Returns:
             the controller's description: ``protocol_versions``, ``server``,
-            ``firmware`` and ``capabilities`` (channels, sample_rate_hz, ...).
+            ``firmware``, ``capabilities`` (channels, sample_rate_hz, ...) and ``identity``
+            (who the controller's authenticator says this client is).
 
         Raises:
             ProtocolError: the controller does not speak this protocol version.
+            AuthenticationError: the controller refused the credentials; no session opened.
         """
-        result = self._request(OP_HELLO, {}).result
+        params = {} if self._credentials is None else {"credentials": self._credentials}
+        result = self._request(OP_HELLO, params).result
         versions = result.get("protocol_versions")
         if not isinstance(versions, list) or PROTOCOL_VERSION not in versions:
             raise ProtocolError(
@@ -191,6 +200,7 @@ class ControllerClient:
         *,
         params: Mapping[str, Any] | None = None,
         key: str | None = None,
+        time_limit_s: float | None = None,
     ) -> str:
         """Queue a run of an uploaded program; returns without waiting for it.
 
@@ -200,6 +210,8 @@ class ControllerClient:
             params: run-time parameters passed to the controller's executor.
             key: idempotency key; the controller executes a key once, so sending the same
                 key again returns the first run's id. Defaults to a fresh uuid.
+            time_limit_s: the controller stops the run once it has played this long (s) and
+                reports it failed (``TimeLimitExceeded``), even if this client is gone.
 
         Returns:
             the run id.
@@ -211,7 +223,10 @@ class ControllerClient:
         shots = operator.index(shots)
         if shots < 1:
             raise ValueError(f"shots must be >= 1, got {shots}")
-        request_params = {"program_id": program_id, "shots": shots, "params": dict(params or {})}
+        request_params: dict[str, Any] = {"program_id": program_id, "shots": shots,
+                                          "params": dict(params or {})}
+        if time_limit_s is not None:
+            request_params["time_limit_s"] = float(time_limit_s)
         reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
         return self._result_str(reply, "run_id", OP_RUN)
 
@@ -425,7 +440,9 @@ class ControllerClient:
                 )
         if not reply.ok:
             error = reply.error or {}
-            raise InstrumentCommandError(
+            kind = (AuthenticationError if error.get("type") == ERR_UNAUTHENTICATED
+                    else InstrumentCommandError)
+            raise kind(
                 error.get("message", ""),
                 instrument=self.endpoint,
                 command=op,

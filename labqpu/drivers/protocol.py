@@ -17,9 +17,11 @@ Reply header::
      "error": {"type": "UnknownProgram", "message": "..."} | null, "arrays": [...]}
 
 The host talks through a DEALER socket and the controller answers through a ROUTER
-socket, so no empty delimiter frame precedes the header. Only plain numeric dtypes cross
-the wire (see ``ALLOWED_DTYPES``); objects are never pickled. Arrays are sent without
-copies and received as views on the ZeroMQ frames (``np.frombuffer``).
+socket, so no empty delimiter frame precedes the header. A reply's array descriptors also
+carry ``"crc32"``, the CRC-32 (zlib) of the array's bytes; a decoder checks it whenever a
+descriptor has one, so a frame damaged on its way is an error, never a result. Only plain
+numeric dtypes cross the wire (see ``ALLOWED_DTYPES``); objects are never pickled. Arrays
+are sent without copies and received as views on the ZeroMQ frames (``np.frombuffer``).
 
 Every violation of this format raises ``ProtocolError``.
 """
@@ -30,6 +32,7 @@ import json
 import math
 import re
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +51,8 @@ __all__ = [
     "ERR_PROTOCOL",
     "ERR_QUEUE_FULL",
     "ERR_RUN_EXPIRED",
+    "ERR_TIME_LIMIT",
+    "ERR_UNAUTHENTICATED",
     "ERR_UNKNOWN_OP",
     "ERR_UNKNOWN_PROGRAM",
     "ERR_UNKNOWN_RUN",
@@ -101,6 +106,8 @@ ERR_INTERNAL = "InternalError"  # the controller failed while handling the reque
 ERR_UNKNOWN_SESSION = "UnknownSession"  # no session, or one the controller does not hold
 ERR_FORBIDDEN = "Forbidden"  # the run belongs to another session
 ERR_QUEUE_FULL = "QueueFull"  # the session has as many runs queued as the controller allows
+ERR_UNAUTHENTICATED = "Unauthenticated"  # hello refused by the controller's authenticator
+ERR_TIME_LIMIT = "TimeLimitExceeded"  # a run played past its time_limit_s and was stopped
 
 #: Ops that need the session ``hello`` opened: they act on runs, which belong to a session.
 SESSION_OPS = frozenset({OP_RUN, OP_FETCH, OP_ABORT})
@@ -232,14 +239,19 @@ def _dump_header(header: dict[str, Any]) -> bytes:
     return data
 
 
-def _encode(header: dict[str, Any], arrays: Mapping[str, Any] | None) -> list[Frame]:
+def _encode(header: dict[str, Any], arrays: Mapping[str, Any] | None, *,
+            checksum: bool = False) -> list[Frame]:
     wire = as_wire_arrays(arrays)
+    data = [memoryview(array.reshape(-1).view(np.uint8)) for array in wire.values()]
     header["arrays"] = [
         {"name": name, "dtype": array.dtype.str, "shape": list(array.shape)}
         for name, array in wire.items()
     ]
+    if checksum:
+        for descriptor, frame in zip(header["arrays"], data, strict=True):
+            descriptor["crc32"] = zlib.crc32(frame)
     frames: list[Frame] = [_dump_header(header)]
-    frames.extend(memoryview(array.reshape(-1).view(np.uint8)) for array in wire.values())
+    frames.extend(data)
     return frames
 
 
@@ -306,7 +318,7 @@ def encode_reply(
         "result": dict(result),
         "error": None,
     }
-    return _encode(header, arrays)
+    return _encode(header, arrays, checksum=True)
 
 
 def encode_error(request_id: str, type: str, message: str) -> list[Frame]:
@@ -425,6 +437,10 @@ def _decode_arrays(descriptors: Any, frames: Sequence[Frame]) -> dict[str, np.nd
                 f"array {name!r}: {dtype_str} {shape} needs {expected} bytes, "
                 f"frame holds {buffer.nbytes}"
             )
+        crc = descriptor.get("crc32")
+        if crc is not None and (type(crc) is not int or zlib.crc32(buffer.cast("B")) != crc):
+            raise ProtocolError(f"array {name!r}: its bytes do not match its crc32 {crc!r} "
+                                "(damaged in transit)")
         array = np.frombuffer(buffer.cast("B"), dtype=dtype).reshape(shape)
         if not array.flags.aligned:
             array = array.copy()

@@ -2,7 +2,9 @@
 
 With ``--announce FILE`` the endpoints are written there as JSON (atomically) once every
 server listens; with ``--parent-pid PID`` the simulator exits when that process is gone, so a
-crashed client never leaves it running.
+crashed client never leaves it running. With ``--fault-control`` (or ``[simulator.faults]
+control = true`` in the wiring file) a loopback control socket lets tests inject faults
+(``labqpu.firmware_sim.faults``); its endpoint is announced as ``"fault_control"``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import zmq
 from threadpoolctl import threadpool_limits
 
+from labqpu.firmware_sim.faults import FaultControlServer, FaultPlan, fault_control_enabled
 from labqpu.firmware_sim.rack import SimulatedRack
 
 #: Exit code when a server thread died: the provider reports the simulator as gone at once.
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-noise", action="store_true",
                         help="switch the device file's flux noise, quasi-static noise and "
                              "drift off (overrides [simulator] noise of lab.toml)")
+    parser.add_argument("--fault-control", action="store_true",
+                        help="open a loopback socket through which tests inject faults")
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     args = parser.parse_args(argv)
@@ -53,18 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        faults = (FaultPlan() if args.fault_control or fault_control_enabled(args.lab_toml)
+                  else None)
         rack = SimulatedRack(args.lab_toml, device=args.device, seed=args.seed,
-                             noise=False if args.no_noise else None)
+                             noise=False if args.no_noise else None, faults=faults)
     except (OSError, ValueError, KeyError) as exc:
         print(f"labqpu sim: {exc}", file=sys.stderr)
         return 2
+    control = None if faults is None else FaultControlServer(faults)
     try:
         rack.start()
+        if control is not None:
+            control.start()
     except (OSError, zmq.ZMQError) as exc:
+        rack.stop()
         print(f"labqpu sim: cannot start the simulated rack: {exc}", file=sys.stderr)
         return 2
     try:
         endpoints = rack.endpoints()
+        if control is not None:
+            endpoints["fault_control"] = control.endpoint
         if args.announce:
             tmp = Path(args.announce + ".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": endpoints}))
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_SERVER_DIED
     finally:
         rack.stop()
+        if control is not None:
+            control.stop()
     return 0
 
 

@@ -1,25 +1,28 @@
 """``ControllerServer``: the simulator's controller, served over a real ZeroMQ ROUTER socket.
 
 The server speaks ``labqpu.drivers.protocol`` exactly as controller firmware would and
-delegates the physics to an ``Executor``. Two threads:
+delegates the physics to an ``Executor``. Three threads:
 
 * the serving thread owns the ROUTER socket (and the server's ZeroMQ context): it
   decodes each request, answers it at once and never blocks on a run;
 * the worker thread executes queued runs one at a time, in FIFO order, and records their
   outcome in a lock-protected table that the serving thread reads.
 
+* the validator thread checks uploaded programs (hash, ``Executor.load``), so a large
+  upload never keeps other clients' requests waiting.
+
 Every request gets a reply: malformed messages, unknown ops and bad parameters get typed
 error replies (``protocol.ERR_*``), and a failure inside a handler becomes an
 ``InternalError`` reply instead of a dead loop. A ``run`` carrying an idempotency key
-already seen returns the first run's id and is never executed twice.
+already seen returns the first run's id and is never executed twice. ``hello`` asks a
+pluggable ``Authenticator`` (``firmware_sim.auth``) who the client is. With a ``FaultPlan``
+(``firmware_sim.faults``, tests only) replies can be dropped, delayed, corrupted or held up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
-import json
 import logging
 import queue
 import secrets
@@ -28,7 +31,6 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -43,6 +45,8 @@ from labqpu.drivers.protocol import (
     ERR_PROTOCOL,
     ERR_QUEUE_FULL,
     ERR_RUN_EXPIRED,
+    ERR_TIME_LIMIT,
+    ERR_UNAUTHENTICATED,
     ERR_UNKNOWN_OP,
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
@@ -67,21 +71,32 @@ from labqpu.drivers.protocol import (
     salvage_request_id,
 )
 from labqpu.errors import ProtocolError
+from labqpu.firmware_sim.auth import AuthenticationRefused, Authenticator, LocalAuthenticator
+from labqpu.firmware_sim.faults import REPLY_FAULTS, FaultPlan, corrupt
+from labqpu.firmware_sim.runs import (
+    ABORTED,
+    ACTIVE,
+    DONE,
+    ERROR,
+    QUEUED,
+    RUNNING,
+    KeyRecord,
+    Program,
+    Run,
+    program_id_of,
+    request_digest,
+)
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
 logger = logging.getLogger(__name__)
 
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-ERROR = "error"
-ABORTED = "aborted"
-_ACTIVE = (QUEUED, RUNNING)
 
 _POLL_INTERVAL_MS = 50
 #: Longest a ``fetch`` may ask the controller to hold its reply for a run to end (s).
 MAX_FETCH_WAIT_S = 1.0
+#: Longest time limit a ``run`` may ask for (s).
+MAX_TIME_LIMIT_S = 86_400.0
 #: How long an idempotency key is remembered after its run was accepted (s).
 KEY_RETENTION_S = 3600.0
 #: A session unused this long is forgotten when the next one opens (s).
@@ -143,65 +158,6 @@ class _RequestError(Exception):
         self.message = message
 
 
-@dataclass
-class _Program:
-    arrays: dict[str, np.ndarray]
-    meta: dict[str, Any]
-
-
-@dataclass
-class _Run:
-    run_id: str
-    key: str | None
-    program: _Program
-    shots: int
-    params: dict[str, Any]
-    accepted_at: float
-    session: str
-    cancel: threading.Event = field(default_factory=threading.Event)
-    state: str = QUEUED
-    finished_at: float | None = None
-    results: dict[str, np.ndarray] = field(default_factory=dict)
-    error: str = ""
-    error_type: str = ""
-
-    def elapsed_s(self, now: float) -> float:
-        """Seconds since the run was accepted, frozen once it finished."""
-        end = now if self.finished_at is None else self.finished_at
-        return end - self.accepted_at
-
-
-@dataclass(frozen=True)
-class _KeyRecord:
-    """What an idempotency key ran: the run, a digest of the request, when (monotonic s)."""
-
-    run_id: str
-    content: str
-    seen_at: float
-
-
-def _request_digest(program_id: str, shots: int, params: dict[str, Any]) -> str:
-    """Digest of what a ``run`` asks for, so a reused key with other content is refused."""
-    text = json.dumps([program_id, shots, params], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def program_id_of(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
-    """Content id of a program: first 16 hex digits of a SHA-256 over meta and arrays.
-
-    The digest covers the canonical JSON of ``meta`` and, in name order, every array's
-    name, dtype, shape and bytes, so the same program always gets the same id.
-    """
-    digest = hashlib.sha256()
-    digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name]).reshape(-1)
-        descriptor = {"name": name, "dtype": arrays[name].dtype.str, "shape": arrays[name].shape}
-        digest.update(b"\0" + json.dumps(descriptor, separators=(",", ":")).encode("utf-8"))
-        digest.update(array.view(np.uint8).data)
-    return digest.hexdigest()[:16]
-
-
 def _param(params: dict[str, Any], name: str, kind: type, *, op: str) -> Any:
     value = params.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
@@ -223,6 +179,10 @@ class ControllerServer:
         max_runs: finished runs whose results are kept; older ones are forgotten.
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
+        max_pending_uploads: most uploads waiting for validation; beyond it ``upload`` is
+            refused with ``QueueFull``.
+        authenticator: who a ``hello`` comes from (default: everyone, identity = session).
+        faults: armed faults to fire on replies (tests only; None in normal use).
 
     Use as a context manager (``with ControllerServer(ex) as srv: srv.endpoint``) or
     call ``start()`` and ``stop()``. A server starts once.
@@ -238,6 +198,9 @@ class ControllerServer:
         max_programs: int = 64,
         max_runs: int = 64,
         max_queued_per_session: int = 256,
+        max_pending_uploads: int = 16,
+        authenticator: Authenticator | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         if max_programs < 1 or max_runs < 1:
             raise ValueError("max_programs and max_runs must be >= 1")
@@ -249,13 +212,23 @@ class ControllerServer:
         self._max_programs = max_programs
         self._max_runs = max_runs
         self._max_queued = max_queued_per_session
-        self._programs: OrderedDict[str, _Program] = OrderedDict()
+        self._max_pending_uploads = max_pending_uploads
+        self._authenticator: Authenticator = authenticator or LocalAuthenticator()
+        self._faults = faults
+        self._identities: dict[str, str] = {}
+        self._uploads: queue.SimpleQueue[tuple[Frame, Request] | None] = queue.SimpleQueue()
+        self._pending_uploads = 0
+        self._validated: list[tuple[Frame, list[Frame]]] = []
+        self._delayed: list[tuple[float, Frame, list[Frame]]] = []
+        self._validator_thread: threading.Thread | None = None
+        self._running: Run | None = None
+        self._programs: OrderedDict[str, Program] = OrderedDict()
         self._uploads_total = 0
         self._runs_total = 0
-        self._runs: dict[str, _Run] = {}
-        self._keys: OrderedDict[tuple[str, str], _KeyRecord] = OrderedDict()
+        self._runs: dict[str, Run] = {}
+        self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
         self._sessions: dict[str, float] = {}
-        self._held: list[tuple[Frame, str, _Run, float]] = []
+        self._held: list[tuple[Frame, str, Run, float]] = []
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -327,7 +300,11 @@ class ControllerServer:
         self._worker_thread = threading.Thread(
             target=self._work, name=f"{self.name}-worker", daemon=True
         )
+        self._validator_thread = threading.Thread(
+            target=self._validate, name=f"{self.name}-validator", daemon=True
+        )
         self._worker_thread.start()
+        self._validator_thread.start()
         self._serve_thread.start()
         logger.info("%s serving on %s", self.name, self.endpoint)
 
@@ -345,12 +322,13 @@ class ControllerServer:
         self._stopping.set()
         with self._lock:
             for run in list(self._runs.values()):
-                if run.state in _ACTIVE:
+                if run.state in ACTIVE:
                     run.cancel.set()
                 if run.state == QUEUED:
                     self._finish(run, ABORTED)
         self._queue.put(None)
-        for thread in (self._serve_thread, self._worker_thread):
+        self._uploads.put(None)
+        for thread in (self._serve_thread, self._worker_thread, self._validator_thread):
             if thread is not None:
                 thread.join(timeout_s)
                 if thread.is_alive():
@@ -361,8 +339,9 @@ class ControllerServer:
 
     @property
     def serving(self) -> bool:
-        """True while the serving and worker threads run (False before start and after stop)."""
-        threads = (self._serve_thread, self._worker_thread)
+        """True while the serving, worker and validator threads run (False before start and
+        after stop)."""
+        threads = (self._serve_thread, self._worker_thread, self._validator_thread)
         return all(thread is not None and thread.is_alive() for thread in threads)
 
     def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
@@ -378,13 +357,21 @@ class ControllerServer:
                 if socket in events:
                     frames = socket.recv_multipart(copy=False)
                     try:
-                        reply = self._handle(frames[1:], frames[0])
+                        op, reply = self._handle(frames[1:], frames[0])
                     except Exception as exc:  # _handle should not raise; the loop outlives it
                         logger.exception("%s: request handling failed", self.name)
+                        op = ""
                         reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
                     if reply is not None:
-                        self._send(socket, frames[0], reply)
+                        self._deliver(socket, frames[0], op, reply)
+                self._expire_runs()
                 for identity, reply in self._due_fetches():
+                    self._deliver(socket, identity, OP_FETCH, reply)
+                with self._lock:
+                    validated, self._validated = self._validated, []
+                for identity, reply in validated:
+                    self._deliver(socket, identity, OP_UPLOAD, reply)
+                for identity, reply in self._due_delayed():
                     self._send(socket, identity, reply)
         except BaseException:
             logger.critical("%s: serving thread died", self.name, exc_info=True)
@@ -400,13 +387,36 @@ class ControllerServer:
         except zmq.ZMQError as exc:
             logger.warning("%s: could not send a reply: %s", self.name, exc)
 
+    def _deliver(self, socket: zmq.Socket, identity: Frame, op: str, reply: list[Frame]) -> None:
+        """Send a reply to ``op``, unless an armed fault drops, delays, corrupts or holds it."""
+        fault = None if self._faults is None else self._faults.take(REPLY_FAULTS, op)
+        if fault is None:
+            self._send(socket, identity, reply)
+        elif fault.kind == "delay":
+            self._delayed.append((time.monotonic() + fault.delay_s, identity, reply))
+        elif fault.kind == "corrupt":
+            self._send(socket, identity, corrupt(reply, fault.mode))
+        elif fault.kind == "hang":  # a wedged controller: nobody is answered meanwhile
+            self._stopping.wait(fault.duration_s)
+            self._send(socket, identity, reply)
+        # "drop": the reply is never sent
+
+    def _due_delayed(self) -> list[tuple[Frame, list[Frame]]]:
+        """Delayed replies whose time has come (serving thread only)."""
+        now = time.monotonic()
+        due = [(identity, reply) for at, identity, reply in self._delayed if at <= now]
+        self._delayed = [item for item in self._delayed if item[0] > now]
+        return due
+
     def _poll_timeout_ms(self) -> int:
-        """Until the next held fetch's deadline, at most one poll interval (ms)."""
+        """Until the next held fetch's or delayed reply's time, at most one poll interval
+        (ms)."""
         with self._lock:
-            if not self._held:
-                return _POLL_INTERVAL_MS
-            soonest = min(deadline for _, _, _, deadline in self._held)
-        return max(0, min(_POLL_INTERVAL_MS, round((soonest - time.monotonic()) * 1000)))
+            deadlines = [deadline for _, _, _, deadline in self._held]
+        deadlines += [at for at, _, _ in self._delayed]
+        if not deadlines:
+            return _POLL_INTERVAL_MS
+        return max(0, min(_POLL_INTERVAL_MS, round((min(deadlines) - time.monotonic()) * 1000)))
 
     def _due_fetches(self) -> list[tuple[Frame, list[Frame]]]:
         """Replies to held fetches whose run ended or whose wait expired."""
@@ -415,7 +425,7 @@ class ControllerServer:
         with self._lock:
             keep = []
             for identity, request_id, run, deadline in self._held:
-                if run.state in _ACTIVE and deadline > now and not self._stopping.is_set():
+                if run.state in ACTIVE and deadline > now and not self._stopping.is_set():
                     keep.append((identity, request_id, run, deadline))
                     continue
                 result, arrays = self._fetch_result(run)
@@ -423,25 +433,40 @@ class ControllerServer:
             self._held = keep
         return out
 
-    def _handle(self, frames: list[Frame], identity: Frame) -> list[Frame] | None:
-        """Turn one request (without its identity frame) into reply frames, or None for a
-        ``fetch`` held until its run ends; never raises."""
+    def _handle(self, frames: list[Frame], identity: Frame) -> tuple[str, list[Frame] | None]:
+        """Turn one request (without its identity frame) into its op and reply frames; the
+        reply is None for a ``fetch`` held until its run ends and for an ``upload`` handed to
+        the validator. Never raises."""
         try:
             request = decode_request(frames)
         except (ProtocolError, RecursionError, MemoryError) as exc:
             logger.warning("%s: malformed request: %s", self.name, exc)
             request_id = salvage_request_id(frames[0]) if frames else ""
-            return encode_error(request_id, ERR_PROTOCOL, str(exc))
-        handler = self._handlers.get(request.op)
-        if handler is None:
+            return "", encode_error(request_id, ERR_PROTOCOL, str(exc))
+        if request.op not in self._handlers:
             known = ", ".join(sorted(self._handlers))
-            return encode_error(
+            return request.op, encode_error(
                 request.id, ERR_UNKNOWN_OP, f"unknown op {request.op!r}; known ops: {known}"
             )
+        if request.op == OP_UPLOAD:
+            with self._lock:
+                busy = self._pending_uploads >= self._max_pending_uploads
+                if not busy:
+                    self._pending_uploads += 1
+            if busy:
+                return request.op, encode_error(
+                    request.id, ERR_QUEUE_FULL,
+                    f"{self._max_pending_uploads} uploads are waiting for validation; retry")
+            self._uploads.put((identity, request))
+            return request.op, None
+        return request.op, self._reply_to(request, identity)
+
+    def _reply_to(self, request: Request, identity: Frame) -> list[Frame] | None:
+        """Run a decoded request's handler; every failure becomes a typed error reply."""
         try:
             if request.op == OP_FETCH and self._hold(request, identity):
                 return None
-            result, arrays = handler(request)
+            result, arrays = self._handlers[request.op](request)
             return encode_reply(request.id, result, arrays)
         except _RequestError as exc:
             return encode_error(request.id, exc.error_type, exc.message)
@@ -450,17 +475,32 @@ class ControllerServer:
             return encode_error(request.id, ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
 
     def _hello(self, request: Request) -> tuple[dict, None]:
+        credentials = request.params.get("credentials")
+        if credentials is not None and not isinstance(credentials, dict):
+            raise _RequestError(ERR_BAD_PARAMS,
+                                f"hello: 'credentials' must be an object, got {credentials!r}")
+        with self._lock:
+            # A client that already holds a session keeps it; otherwise it gets a new one.
+            session = (request.session if request.session in self._sessions
+                       else secrets.token_hex(16))
+        try:
+            identity = self._authenticator.authenticate(credentials, session)
+        except AuthenticationRefused as exc:
+            raise _RequestError(ERR_UNAUTHENTICATED, f"hello refused: {exc}") from exc
+        if not isinstance(identity, str) or not identity:
+            raise _RequestError(ERR_INTERNAL, f"the authenticator returned no identity: "
+                                              f"{identity!r}")
         with self._lock:
             now = time.monotonic()
             for stale in [s for s, seen in self._sessions.items()
                           if seen < now - SESSION_IDLE_S]:
                 del self._sessions[stale]
-            # A client that already holds a session keeps it; otherwise it gets a new one.
-            session = (request.session if request.session in self._sessions
-                       else secrets.token_hex(16))
+                self._identities.pop(stale, None)
             self._sessions[session] = now
+            self._identities[session] = identity
         return {
             "session": session,
+            "identity": identity,
             "protocol_versions": [PROTOCOL_VERSION],
             "server": self.name,
             "firmware": _FIRMWARE,
@@ -490,7 +530,7 @@ class ControllerServer:
                                 ) from exc
         with self._lock:
             self._uploads_total += 1
-            self._programs[program_id] = _Program(request.arrays, meta)
+            self._programs[program_id] = Program(request.arrays, meta)
             while len(self._programs) > self._max_programs:
                 evicted, _ = self._programs.popitem(last=False)
                 logger.debug("%s: evicted program %s", self.name, evicted)
@@ -501,11 +541,16 @@ class ControllerServer:
         shots = _param(request.params, "shots", int, op=OP_RUN)
         if shots < 1:
             raise _RequestError(ERR_BAD_PARAMS, f"run: shots must be >= 1, got {shots}")
+        limit = request.params.get("time_limit_s")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                                  or not 0 < limit <= MAX_TIME_LIMIT_S):
+            raise _RequestError(ERR_BAD_PARAMS, f"run: time_limit_s must be a number in "
+                                                f"(0, {MAX_TIME_LIMIT_S}] s, got {limit!r}")
         run_params = request.params.get("params", {})
         if not isinstance(run_params, dict):
             raise _RequestError(ERR_BAD_PARAMS, f"run: 'params' must be an object: {run_params!r}")
         key = request.key
-        content = _request_digest(program_id, shots, run_params)
+        content = request_digest(program_id, shots, run_params)
         with self._lock:
             session = self._session_of(request)
             now = time.monotonic()
@@ -533,14 +578,14 @@ class ControllerServer:
             if self._stopping.is_set():
                 raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
             pending = sum(1 for r in self._runs.values()
-                          if r.session == session and r.state in _ACTIVE)
+                          if r.session == session and r.state in ACTIVE)
             if pending >= self._max_queued:
                 raise _RequestError(
                     ERR_QUEUE_FULL,
                     f"this session already has {pending} runs queued or running (limit "
                     f"{self._max_queued}); wait for some to finish")
             self._runs_total += 1
-            run = _Run(
+            run = Run(
                 run_id=uuid.uuid4().hex,
                 key=key,
                 program=program,
@@ -548,14 +593,15 @@ class ControllerServer:
                 params=run_params,
                 accepted_at=now,
                 session=session,
+                time_limit_s=None if limit is None else float(limit),
             )
             self._runs[run.run_id] = run
             if key is not None:
-                self._keys[(session, key)] = _KeyRecord(run.run_id, content, now)
+                self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
         self._queue.put(run.run_id)
         return {"run_id": run.run_id, "state": QUEUED}, None
 
-    def _lookup(self, request: Request) -> _Run:
+    def _lookup(self, request: Request) -> Run:
         """The run named by the ``run_id`` parameter, if it belongs to the request's session;
         call with the lock held."""
         session = self._session_of(request)
@@ -582,7 +628,7 @@ class ControllerServer:
         with self._lock:
             return self._fetch_result(self._lookup(request))
 
-    def _fetch_result(self, run: _Run) -> tuple[dict, dict | None]:
+    def _fetch_result(self, run: Run) -> tuple[dict, dict | None]:
         """A fetch's reply for ``run``; lock held."""
         result: dict[str, Any] = {
             "state": run.state,
@@ -605,7 +651,7 @@ class ControllerServer:
             return False
         with self._lock:
             run = self._lookup(request)
-            if run.state not in _ACTIVE:
+            if run.state not in ACTIVE:
                 return False
             self._held.append((identity, request.id, run, time.monotonic() + wait_s))
         return True
@@ -613,7 +659,7 @@ class ControllerServer:
     def _abort(self, request: Request) -> tuple[dict, None]:
         with self._lock:
             run = self._lookup(request)
-            if run.state in _ACTIVE:
+            if run.state in ACTIVE:
                 run.cancel.set()
             if run.state == QUEUED:
                 self._finish(run, ABORTED)
@@ -621,7 +667,7 @@ class ControllerServer:
 
     def _status(self, request: Request) -> tuple[dict, None]:
         with self._lock:
-            active = [run.state for run in self._runs.values() if run.state in _ACTIVE]
+            active = [run.state for run in self._runs.values() if run.state in ACTIVE]
             programs = len(self._programs)
             uploads, runs = self._uploads_total, self._runs_total
         return {
@@ -632,6 +678,26 @@ class ControllerServer:
             "uploads_total": uploads,
             "runs_total": runs,
         }, None
+
+    # -- validator thread -------------------------------------------------------------
+
+    def _validate(self) -> None:
+        """Answer uploads, one at a time, off the serving thread; wake it for each reply."""
+        ended = self._context.socket(zmq.PUSH)
+        ended.setsockopt(zmq.LINGER, 0)
+        ended.connect(self._wake_endpoint)
+        try:
+            while (item := self._uploads.get()) is not None:
+                identity, request = item
+                reply = self._reply_to(request, identity)
+                with self._lock:
+                    self._pending_uploads -= 1
+                    if reply is not None:
+                        self._validated.append((identity, reply))
+                with contextlib.suppress(zmq.Again):
+                    ended.send(b"", zmq.NOBLOCK)
+        finally:
+            ended.close(linger=0)
 
     # -- worker thread ----------------------------------------------------------------
 
@@ -649,13 +715,15 @@ class ControllerServer:
                     if run is None or run.state != QUEUED:
                         continue
                     run.state = RUNNING
+                    run.started_at = time.monotonic()
+                    self._running = run
                 self._execute(run)
                 with contextlib.suppress(zmq.Again):  # the serving loop is awake already
                     ended.send(b"", zmq.NOBLOCK)
         finally:
             ended.close(linger=0)
 
-    def _execute(self, run: _Run) -> None:
+    def _execute(self, run: Run) -> None:
         program = run.program
         try:
             results = self._executor.execute(
@@ -665,20 +733,44 @@ class ControllerServer:
         except Exception as exc:  # the executor's failure is the run's outcome
             logger.info("%s: run %s failed: %s: %s", self.name, run.run_id, type(exc).__name__, exc)
             with self._lock:
-                if run.cancel.is_set():
+                if run.expired:
+                    self._finish_expired(run)
+                elif run.cancel.is_set():
                     self._finish(run, ABORTED)
                 else:
                     run.error, run.error_type = str(exc), type(exc).__name__
                     self._finish(run, ERROR)
             return
         with self._lock:
-            if run.cancel.is_set():
+            if run.expired:
+                self._finish_expired(run)
+            elif run.cancel.is_set():
                 self._finish(run, ABORTED)
             else:
                 run.results = results
                 self._finish(run, DONE)
 
-    def _finish(self, run: _Run, state: str) -> None:
+    def _expire_runs(self) -> None:
+        """Stop the running run once it played past its time limit (serving thread, at every
+        poll, so within one poll interval of the limit)."""
+        with self._lock:
+            run = self._running
+            if run is None or run.state != RUNNING or run.time_limit_s is None \
+                    or run.cancel.is_set() or run.started_at is None \
+                    or time.monotonic() - run.started_at <= run.time_limit_s:
+                return
+            run.expired = True
+            run.cancel.set()
+        logger.warning("%s: run %s passed its time limit of %s s; stopping it", self.name,
+                       run.run_id, run.time_limit_s)
+
+    def _finish_expired(self, run: Run) -> None:
+        """Record a run stopped at its time limit; lock held."""
+        run.error = f"run {run.run_id} was stopped at its time limit of {run.time_limit_s} s"
+        run.error_type = ERR_TIME_LIMIT
+        self._finish(run, ERROR)
+
+    def _finish(self, run: Run, state: str) -> None:
         """Record a final state and forget the oldest finished runs; lock held."""
         run.state = state
         run.finished_at = time.monotonic()

@@ -12,6 +12,7 @@ from pathlib import Path
 from labqpu.firmware_sim.controller_server import ControllerServer
 from labqpu.firmware_sim.device import Rack, load_device, load_rack
 from labqpu.firmware_sim.executor import SimulatedController
+from labqpu.firmware_sim.faults import FaultPlan, FaultyExecutor
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings
 from labqpu.firmware_sim.scpi_server import ScpiServer
 
@@ -28,10 +29,12 @@ class SimulatedRack:
             either, those runs draw fresh OS entropy.
         noise: False switches the device's flux noise, quasi-static noise and drift off
             (overrides ``[simulator] noise``, default true).
+        faults: faults to fire on cue (tests only, ``firmware_sim.faults``); None in normal use.
     """
 
     def __init__(self, lab_toml: str | Path, *, device: str | None = None,
-                 seed: int | None = None, noise: bool | None = None) -> None:
+                 seed: int | None = None, noise: bool | None = None,
+                 faults: FaultPlan | None = None) -> None:
         self.rack: Rack = load_rack(lab_toml)
         self.device = load_device(device or self.rack.simulator_device,
                                   noise=self.rack.simulator_noise if noise is None else noise)
@@ -55,8 +58,10 @@ class SimulatedRack:
         # configured, so an unseeded experiment repeated in a new session gives new data.
         run_seed = seed if seed is not None else self.rack.simulator_seed
         self.executor = SimulatedController(ctrl, engine, self.settings, run_seed)
-        self.controller = ControllerServer(self.executor, host=ctrl.host, port=ctrl.port,
-                                           name=ctrl.name)
+        executor = (self.executor if faults is None
+                    else FaultyExecutor(self.executor, faults, self.change_setting))
+        self.controller = ControllerServer(executor, host=ctrl.host, port=ctrl.port,
+                                           name=ctrl.name, faults=faults)
         self._started: list = []
 
     def settings(self) -> Settings:
@@ -72,6 +77,17 @@ class SimulatedRack:
                 for ch, amps in snap["current_a"].items():
                     currents[(name, int(ch))] = float(amps) if snap["output_on"][ch] else 0.0
         return Settings(los=los, currents=currents)
+
+    def change_setting(self, instrument: str, setting: str, value: float | bool,
+                       channel: int = 1) -> None:
+        """Change an instrument's setting as its front panel would, behind the host's back
+        (fault ``lo_change``). ``setting``: ``frequency_hz`` (Hz), ``power_dbm`` (dBm),
+        ``output_on`` or ``current_a`` (A, of ``channel``)."""
+        server = self.instruments.get(instrument)
+        if server is None:
+            raise ValueError(f"no instrument {instrument!r}; the rack has "
+                             f"{sorted(self.instruments)}")
+        server.state.set(setting, value if setting == "output_on" else float(value), channel)
 
     def start(self) -> None:
         """Start every server; on failure, stop the ones already started and re-raise."""

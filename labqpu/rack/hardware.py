@@ -66,7 +66,8 @@ class RunRecord:
 
 
 class RackConnection:
-    """Driver sessions of one rack, opened on first use and closed by :meth:`close`.
+    """Driver sessions of one rack, opened on first use and closed by :meth:`close` (a closed
+    connection opens its sessions again on next use).
 
     Not thread-safe by itself: exactly one worker (the hardware queue) uses it.
     """
@@ -150,7 +151,10 @@ class RackConnection:
         params: dict = {"rep_delay_s": request.rep_delay_s}
         if request.seed is not None:
             params["seed"] = int(request.seed)
-        run_id = client.run(program_id, request.shots, params=params, key=request.key)
+        # The controller stops the run at the job's limit by itself, so a run whose abort is
+        # lost (the transport failed) cannot hold the controller beyond it.
+        run_id = client.run(program_id, request.shots, params=params, key=request.key,
+                            time_limit_s=request.timeout_s)
         _, arrays = client.wait(run_id, timeout_s=request.timeout_s, cancel=cancel)
         if "iq" not in arrays:
             raise InstrumentCommandError("controller returned no 'iq' array",
@@ -264,9 +268,20 @@ class LocalHardwareQueue:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(function(cancel))
+                outcome: object = function(cancel)
+                failed = False
             except BaseException as exc:  # delivered to whoever waits on the future
-                future.set_exception(exc)
+                outcome, failed = exc, True
+            # The commit point: a cancel before it wins (the job ends cancelled, whatever the
+            # work returned), a cancel after it finds no job and returns False.
+            with self._lock:
+                self._jobs = {k: v for k, v in self._jobs.items() if v[0] is not future}
+                if cancel.is_set():
+                    outcome, failed = JobCancelledError("cancelled before it finished"), True
+            if failed:
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def submit(self, job_id: str, work: list[tuple[PulseProgram, RunRequest]]) -> Future:
         """Queue ``work``; it runs on the worker thread with its own cancel event."""
@@ -284,6 +299,11 @@ class LocalHardwareQueue:
             try:
                 out.append(self.rack.execute(program, request, cancel))
             except InstrumentError as exc:
+                if not isinstance(exc, InstrumentCommandError):
+                    # A timeout or a broken transport may leave a session half-used (a late
+                    # reply on its way, a peer that restarted): the next job opens every
+                    # session afresh.
+                    self.rack.close()
                 reason = self._health()
                 if reason:
                     raise HardwareUnavailableError(f"{reason} ({exc})") from exc
@@ -295,14 +315,17 @@ class LocalHardwareQueue:
             self._jobs.pop(job_id, None)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job outright; ask a running job's controller run to abort."""
+        """Cancel a queued job outright; ask a running job's controller run to abort. True
+        exactly when the job will end cancelled (``JobCancelledError``), False when it has
+        already ended or passed its commit point."""
         with self._lock:
             entry = self._jobs.get(job_id)
-        if entry is None:
-            return False
-        future, cancel = entry
-        cancel.set()
-        return future.cancel() or future.running()
+            if entry is None:
+                return False
+            future, cancel = entry
+            cancel.set()
+        future.cancel()
+        return True
 
     def describe(self, timeout_s: float) -> dict:
         """Ask every controller and instrument who it is, on the worker (in queue order)."""

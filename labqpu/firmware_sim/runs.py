@@ -1,0 +1,89 @@
+"""The controller's records of programs and runs, and the content ids that name them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "KeyRecord", "Program",
+           "Run", "program_id_of", "request_digest"]
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+ERROR = "error"
+ABORTED = "aborted"
+ACTIVE = (QUEUED, RUNNING)
+
+
+@dataclass
+class Program:
+    """An uploaded program: its read-only arrays and its meta."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+@dataclass
+class Run:
+    """One accepted ``run`` and its outcome. Times are ``time.monotonic()`` seconds;
+    ``time_limit_s`` bounds how long it may play once started (None: no bound), and
+    ``expired`` says the controller stopped it at that bound."""
+
+    run_id: str
+    key: str | None
+    program: Program
+    shots: int
+    params: dict[str, Any]
+    accepted_at: float
+    session: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    state: str = QUEUED
+    finished_at: float | None = None
+    results: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str = ""
+    error_type: str = ""
+    time_limit_s: float | None = None
+    started_at: float | None = None
+    expired: bool = False
+
+    def elapsed_s(self, now: float) -> float:
+        """Seconds since the run was accepted, frozen once it finished."""
+        end = now if self.finished_at is None else self.finished_at
+        return end - self.accepted_at
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What an idempotency key ran: the run, a digest of the request, when (monotonic s)."""
+
+    run_id: str
+    content: str
+    seen_at: float
+
+
+def request_digest(program_id: str, shots: int, params: dict[str, Any]) -> str:
+    """Digest of what a ``run`` asks for, so a reused key with other content is refused."""
+    text = json.dumps([program_id, shots, params], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def program_id_of(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """Content id of a program: first 16 hex digits of a SHA-256 over meta and arrays.
+
+    The digest covers the canonical JSON of ``meta`` and, in name order, every array's
+    name, dtype, shape and bytes, so the same program always gets the same id.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name]).reshape(-1)
+        descriptor = {"name": name, "dtype": arrays[name].dtype.str, "shape": arrays[name].shape}
+        digest.update(b"\0" + json.dumps(descriptor, separators=(",", ":")).encode("utf-8"))
+        digest.update(array.view(np.uint8).data)
+    return digest.hexdigest()[:16]

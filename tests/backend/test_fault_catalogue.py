@@ -1,0 +1,418 @@
+"""The fault catalogue of issue "Hardening", through the whole stack.
+
+Each test names its case. Faults are injected into a real simulator process through its
+loopback fault-control socket (``[simulator.faults] control = true``); jobs go through the real
+backend, VISA sessions and ZeroMQ. After every fault the next job must run and be right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.providers import JobError, JobStatus
+
+from labqpu import LabProvider
+from labqpu.backend.backend import LabBackend
+from labqpu.drivers.controller import ControllerClient
+from labqpu.firmware_sim.faults import EXIT_CRASH, FaultControl
+from labqpu.rack.config import default_config_path
+
+#: The controller's bound on each reply attempt in these racks (s); with 2 retries a request
+#: fails after 3 s, and a job whose controller stops answering fails after its fetch and its
+#: abort both did: 6 s.
+REPLY_TIMEOUT_S = 1.0
+#: The promised bound on a job's ERROR once its controller dies or hangs (s): a fetch and an
+#: abort, each (retries + 1) attempts, plus the program's own run time and start-up slack.
+ERROR_BOUND_S = 2 * 3 * REPLY_TIMEOUT_S + 6.0
+SHOTS = 200
+
+
+def faulty_lab(directory: Path, *, fixed_ports: bool = False) -> Path:
+    """The shipped wiring with fault control on and a 1 s reply timeout (fixed free ports on
+    request, so a restarted simulator listens where the old one did)."""
+    text = default_config_path().read_text().replace("timeout_s = 5.0",
+                                                     f"timeout_s = {REPLY_TIMEOUT_S}")
+    if fixed_ports:
+        text = text.replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{_free_port()}")
+        while "::0::SOCKET" in text:
+            text = text.replace("::0::SOCKET", f"::{_free_port()}::SOCKET", 1)
+    lab = directory / "lab.toml"
+    lab.write_text(text + "\n[simulator.faults]\ncontrol = true\n")
+    return lab
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def x_on(qubit: int, flip: bool = True) -> QuantumCircuit:
+    """X (or nothing) on ``qubit``, measured: mostly '1' (or '0')."""
+    qc = QuantumCircuit(5, 1, name=f"{'x' if flip else 'id'}{qubit}")
+    if flip:
+        qc.x(qubit)
+    qc.measure(qubit, 0)
+    return qc
+
+
+def native(backend: LabBackend, qubit: int, flip: bool = True) -> QuantumCircuit:
+    """``x_on`` compiled with each circuit qubit on the physical qubit of its index."""
+    return transpile(x_on(qubit, flip), backend, initial_layout=list(range(5)))
+
+
+def assert_right(backend: LabBackend, qubit: int = 0, flip: bool = True) -> None:
+    """A job on ``backend`` finishes and its counts are those of X (or identity)."""
+    counts = backend.run(native(backend, qubit, flip), shots=SHOTS).result(
+        timeout=60).get_counts()
+    assert counts.get("1" if flip else "0", 0) > 0.85 * SHOTS, counts
+
+
+def error_within_bound(job, bound_s: float = ERROR_BOUND_S) -> str:
+    """The job ends ERROR within ``bound_s``; returns its message."""
+    start = time.monotonic()
+    with pytest.raises(JobError) as info:
+        job.result(timeout=bound_s)
+    assert time.monotonic() - start < bound_s
+    assert job.status() is JobStatus.ERROR
+    return str(info.value)
+
+
+@pytest.fixture(scope="module")
+def provider(lab_home, tmp_path_factory) -> Iterator[LabProvider]:
+    lab = faulty_lab(tmp_path_factory.mktemp("faulty-lab"))
+    with LabProvider(lab, simulator=True) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def backend(provider) -> LabBackend:
+    return provider.backend()
+
+
+@pytest.fixture
+def faults(provider) -> Iterator[FaultControl]:
+    control = FaultControl(provider.simulator.endpoints["fault_control"])
+    yield control
+    control.disarm()
+
+
+def controller_status(backend: LabBackend) -> dict:
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=2.0) as client:
+        return client.status()
+
+
+def test_controller_hung_mid_job_errors_within_bound_and_the_next_job_runs(backend,
+                                                                            faults) -> None:
+    assert_right(backend)
+    faults.arm("hang", "fetch", duration_s=4 * REPLY_TIMEOUT_S)
+    job = backend.run(native(backend, 1), shots=SHOTS)
+    message = error_within_bound(job)
+    assert "no reply" in message
+    assert_right(backend, qubit=1)
+
+
+def test_controller_killed_mid_job_errors_within_bound_and_the_next_job_runs(lab_home,
+                                                                             tmp_path) -> None:
+    """The controller process dies during a run (fault ``crash``); the job fails within the
+    bound; once the controller is back on its address, the next job runs, on fresh VISA
+    sessions and a new controller session."""
+    lab = faulty_lab(tmp_path, fixed_ports=True)
+
+    def start() -> tuple[subprocess.Popen, dict]:
+        sim = subprocess.Popen([sys.executable, "-m", "labqpu.firmware_sim", str(lab)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return sim, json.loads(sim.stdout.readline())
+
+    sim, endpoints = start()
+    try:
+        with LabProvider(lab) as provider:
+            backend = provider.backend()
+            assert_right(backend)
+            FaultControl(endpoints["fault_control"]).arm("crash", "start")
+            job = backend.run(native(backend, 0), shots=SHOTS)
+            error_within_bound(job)
+            assert sim.wait(timeout=10) == EXIT_CRASH
+            sim.stdout.close()
+            sim.stderr.close()
+            sim, _ = start()
+            assert_right(backend, qubit=2)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=15)
+        sim.stdout.close()
+        sim.stderr.close()
+
+
+def test_retried_run_after_a_lost_reply_executes_at_most_once(backend, faults) -> None:
+    before = controller_status(backend)["runs_total"]
+    faults.arm("drop", "run")
+    assert_right(backend, qubit=3)
+    assert controller_status(backend)["runs_total"] == before + 1
+    assert [f["kind"] for f in faults.fired()][-1] == "drop"
+
+
+def test_corrupted_result_frame_fails_the_job_and_never_returns_counts(backend,
+                                                                       faults) -> None:
+    faults.arm("corrupt", "fetch", mode="array", count=10)
+    job = backend.run(native(backend, 0), shots=SHOTS)
+    message = error_within_bound(job)
+    assert "crc32" in message or "header" in message, message
+    faults.disarm()
+    assert_right(backend)
+
+
+def test_lo_changed_mid_run_fails_the_job_naming_instrument_and_setting(backend,
+                                                                        faults) -> None:
+    faults.arm("lo_change", "start", instrument="lo_drive_a", setting="output_on", value=False)
+    job = backend.run(native(backend, 0), shots=SHOTS)
+    message = error_within_bound(job)
+    assert "lo_drive_a" in message and "output" in message
+    assert_right(backend)  # the next job puts the LO back and verifies it
+
+
+def test_a_program_that_never_finishes_is_stopped_by_its_time_limit(backend, faults) -> None:
+    faults.arm("stall", "start")
+    job = backend.run(native(backend, 4), shots=SHOTS, timeout=2.0)
+    message = error_within_bound(job, bound_s=2.0 + ERROR_BOUND_S)
+    # The host's deadline or the controller's own limit (the same 2 s, from the run's start)
+    assert "2.0 s" in message and ("aborted" in message or "time limit" in message)
+    assert controller_status(backend)["state"] == "idle"
+    assert_right(backend, qubit=4)
+
+
+def test_cancel_racing_completion_gives_exactly_one_final_state(backend) -> None:
+    """Cancel at random moments around a job's end: each job ends DONE or CANCELLED, the
+    state never changes afterwards, ``cancel()`` said True exactly for the cancelled ones,
+    and ``result()`` agrees."""
+    rng = random.Random(20261129)
+    program = native(backend, 0)
+    start = time.monotonic()
+    backend.run(program, shots=SHOTS).result(timeout=60)
+    job_s = time.monotonic() - start
+    outcomes = []
+    for _ in range(12):
+        job = backend.run(program, shots=SHOTS)
+        time.sleep(rng.uniform(0.0, 1.5 * job_s))
+        said = job.cancel()
+        try:
+            counts = job.result(timeout=60).get_counts()
+        except JobError as exc:
+            assert "cancelled" in str(exc)
+            counts = None
+        final = job.status()
+        assert final in (JobStatus.DONE, JobStatus.CANCELLED)
+        assert said == (final is JobStatus.CANCELLED)
+        assert (counts is None) == (final is JobStatus.CANCELLED)
+        if counts is not None:
+            assert counts.get("1", 0) > 0.85 * SHOTS
+        assert [job.status() for _ in range(3)] == [final] * 3
+        assert not job.cancel()
+        outcomes.append(final)
+    assert controller_status(backend)["state"] == "idle"
+
+
+def _own_sockets() -> int:
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+@contextlib.contextmanager
+def temp_dir_for_new_files(directory: Path) -> Iterator[None]:
+    """Temporary files created inside the block go to ``directory``."""
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(directory)
+    tempfile.tempdir = None
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = old
+        tempfile.tempdir = None
+
+
+def assert_nothing_left(threads: set, sockets: int, pid: int, tmp: Path) -> None:
+    """No thread or socket beyond those counted before, no simulator process ``pid``, no file
+    in ``tmp`` (waits up to 10 s for threads to end)."""
+    deadline = time.monotonic() + 10
+    while True:
+        extra = [t.name for t in threading.enumerate() if t.ident not in threads]
+        more_sockets = _own_sockets() - sockets
+        if not extra and more_sockets <= 0:
+            break
+        assert time.monotonic() < deadline, (extra, more_sockets)
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()
+    assert list(tmp.iterdir()) == []
+
+
+def test_shutdown_leaves_no_threads_sockets_or_files(lab_home, tmp_path) -> None:
+    """A provider that ran jobs and is closed leaves no thread, socket, process or file of its
+    own behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    threads = {t.ident for t in threading.enumerate()}
+    sockets = _own_sockets()
+    with temp_dir_for_new_files(tmp):
+        provider = LabProvider()
+    pid = provider.simulator.pid
+    assert_right(provider.backend())
+    provider.close()
+    assert_nothing_left(threads, sockets, pid, tmp)
+
+
+# ----------------------------------------------------------------------------- soak
+
+#: Length of the soak (s); LABQPU_SOAK_S shortens it for a quick local look.
+SOAK_S = float(os.environ.get("LABQPU_SOAK_S", "120"))
+#: Every job of the soak ends within this bound (s): its own run limit (5 s) and abort, plus
+#: the jobs of the other two submitters ahead of it, each as long, plus slack.
+SOAK_JOB_BOUND_S = 60.0
+SOAK_SHOTS = 100
+
+
+def random_fault(rng: random.Random) -> dict:
+    """One fault of every kind the simulator can fire except a crash, which would end the
+    provider's simulator for good (the killed-controller case above covers it)."""
+    kind = rng.choice(["drop", "delay", "corrupt", "hang", "stall", "lo_change"])
+    ops = ["hello", "upload", "run", "fetch", "status", "abort"]
+    if kind == "drop":
+        return {"kind": kind, "on": rng.choice(ops)}
+    if kind == "delay":
+        return {"kind": kind, "on": rng.choice(ops), "delay_s": round(rng.uniform(0.1, 2.5), 2)}
+    if kind == "corrupt":
+        return {"kind": kind, "on": rng.choice(["upload", "run", "fetch"]),
+                "mode": rng.choice(["header", "array"])}
+    if kind == "hang":
+        return {"kind": kind, "on": "*", "duration_s": round(rng.uniform(0.3, 2.5), 2)}
+    if kind == "stall":
+        return {"kind": kind, "on": "start"}
+    instrument, setting, value, channel = rng.choice([
+        ("lo_drive_a", "output_on", False, 1), ("lo_drive_b", "power_dbm", -100.0, 1),
+        ("lo_drive_a", "frequency_hz", 4.5e9, 1), ("lo_readout", "output_on", False, 1),
+        ("flux_bias", "current_a", 0.0, rng.randint(1, 5))])
+    return {"kind": kind, "on": "start", "instrument": instrument, "setting": setting,
+            "value": value, "channel": channel}
+
+
+def pattern_circuit(mask: int) -> QuantumCircuit:
+    """X on the qubits whose bit is set in ``mask``, every qubit measured: the most frequent
+    outcome must be ``mask`` itself. A result credited to another job, played with a wrong
+    LO or bias, or damaged on the wire would fail that."""
+    qc = QuantumCircuit(5, 5, name=f"pattern{mask:05b}")
+    for q in range(5):
+        if mask >> q & 1:
+            qc.x(q)
+    qc.measure(range(5), range(5))
+    return qc
+
+
+@pytest.mark.slow
+def test_soak_random_faults_while_three_threads_submit(lab_home, tmp_path) -> None:
+    """For SOAK_S seconds three threads submit jobs (and now and then cancel one) while random
+    faults fire at random, seeded times. Afterwards every job is DONE, ERROR or CANCELLED
+    within its bound, every DONE result is right, and nothing is left behind."""
+    seed = int(os.environ.get("LABQPU_SOAK_SEED", random.randrange(2**32)))
+    print(f"soak seed {seed} (LABQPU_SOAK_SEED={seed} replays the fault schedule)")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    threads = {t.ident for t in threading.enumerate()}
+    sockets = _own_sockets()
+    with temp_dir_for_new_files(tmp):
+        provider = LabProvider(faulty_lab(tmp_path), simulator=True)
+    pid = provider.simulator.pid
+    armed: list[tuple[float, dict]] = []
+    jobs: list[tuple[object, list[int], bool, JobStatus | str]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    try:
+        backend = provider.backend()
+        control = FaultControl(provider.simulator.endpoints["fault_control"])
+        programs = {mask: transpile(pattern_circuit(mask), backend,
+                                    initial_layout=list(range(5))) for mask in range(32)}
+        start = time.monotonic()
+        end = start + SOAK_S
+
+        def inject() -> None:
+            rng = random.Random(seed)
+            while time.monotonic() + 0.5 < end:
+                time.sleep(rng.uniform(0.3, 3.0))
+                fault = random_fault(rng)
+                control.arm(**fault)
+                armed.append((round(time.monotonic() - start, 2), fault))
+
+        def submit(worker: int) -> None:
+            rng = random.Random(seed * 7 + worker)
+            while time.monotonic() < end:
+                masks = [rng.randrange(32) for _ in range(rng.randint(1, 2))]
+                job = backend.run([programs[m] for m in masks], shots=SOAK_SHOTS, timeout=5.0)
+                cancelled = rng.random() < 0.1
+                if cancelled:
+                    time.sleep(rng.uniform(0.0, 0.5))
+                    job.cancel()
+                try:  # a JobTimeoutError leaves the job QUEUED or RUNNING: not final
+                    job.result(timeout=SOAK_JOB_BOUND_S)
+                    status: JobStatus | str = job.status()
+                except JobError as exc:
+                    status = job.status()
+                    errors.append(str(exc)[:200])
+                except Exception as exc:
+                    status = f"{type(exc).__name__}: {exc}"
+                with lock:
+                    jobs.append((job, masks, cancelled, status))
+
+        workers = [threading.Thread(target=submit, args=(i,), name=f"soak-{i}")
+                   for i in range(3)]
+        injector = threading.Thread(target=inject, name="soak-faults")
+        for thread in (*workers, injector):
+            thread.start()
+        for thread in (*workers, injector):
+            thread.join(SOAK_S + 2 * SOAK_JOB_BOUND_S)
+            assert not thread.is_alive(), f"{thread.name} still busy (seed {seed})"
+        control.disarm()
+        fired = control.fired()
+        log = f"seed {seed}; faults armed (s, fault): {armed}"
+        finals = [status for _, _, _, status in jobs]
+        assert all(s in (JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED)
+                   for s in finals), (finals, log)
+        wrong = []
+        for job, masks, _, status in jobs:
+            if status is not JobStatus.DONE:
+                continue
+            result = job.result()
+            for i, mask in enumerate(masks):
+                counts = result.get_counts(i)
+                best = max(counts, key=counts.get)
+                if int(best, 2) != mask or counts[best] < 0.5 * SOAK_SHOTS:
+                    wrong.append((job.job_id(), mask, counts))
+        assert wrong == [], (wrong, log)
+        done = finals.count(JobStatus.DONE)
+        print(f"soak: {len(jobs)} jobs, {done} done, {finals.count(JobStatus.ERROR)} error, "
+              f"{finals.count(JobStatus.CANCELLED)} cancelled; {len(fired)} faults fired; "
+              f"errors: {errors}")
+        assert done > 0 and fired, log
+        assert_right(backend)  # the rack is healthy afterwards
+    finally:
+        provider.close()
+    assert_nothing_left(threads, sockets, pid, tmp)
