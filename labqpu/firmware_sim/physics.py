@@ -69,16 +69,15 @@ from numba import njit
 
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext
+from labqpu.firmware_sim.clusters import ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
     build_dressed_model,
-    dressed_basis,
 )
 from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
     _ladder,
-    _level_numbers,
     _LocalChannels,
     relaxation_superop,
 )
@@ -133,29 +132,6 @@ def _render_kernel(n_ports, n_samples, play_port, play_start, play_wave, play_am
     return out
 
 
-@njit(cache=True)
-def _propagate_kernel(h_stack_hz, dt_s):
-    """Product of exact per-sample propagators exp(-i 2 pi H_k dt), last sample leftmost.
-
-    ``h_stack_hz`` has shape (n_samples, d, d), Hermitian, in Hz.
-    """
-    d = h_stack_hz.shape[1]
-    u = np.eye(d, dtype=np.complex128)
-    for k in range(h_stack_hz.shape[0]):
-        evals, evecs = np.linalg.eigh(h_stack_hz[k])
-        phases = np.exp(-2j * np.pi * evals * dt_s)
-        uk = (evecs * phases) @ evecs.conj().T
-        u = uk @ u
-    return u
-
-
-def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
-    out = np.ones((1, 1), dtype=complex)
-    for i in range(n):
-        out = np.kron(out, op if i == pos else np.eye(LEVELS))
-    return out
-
-
 @dataclass(frozen=True)
 class WireProgram:
     """A program as the controller holds it (flat arrays; see ``drivers.protocol`` docs)."""
@@ -202,7 +178,7 @@ class Evolution:
     acquisitions: list[tuple[int, int]]
 
 
-class PhysicsEngine(DriveBlocks):
+class PhysicsEngine(DriveBlocks, ClusterBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
     def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
@@ -550,102 +526,6 @@ class PhysicsEngine(DriveBlocks):
         t = np.arange(b0, b1) / fs
         return rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
 
-    def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
-                       b1: int) -> None:
-        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits."""
-        if len(cluster) == 1:
-            q = cluster[0]
-            flux = self._flux_phi(ctx, q, fluxed, b0, b1)
-            u = self._transmon_unitary(q, self._drive_hz(ctx, q, b0, b1), flux,
-                                       ctx.model.freq_hz[q])
-            ctx.local.idle(q, b0)
-            ctx.local.unitary(q, u)
-            ctx.local.decohere(q, b1)
-            return
-        u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
-        self._prepare(ctx, cluster, b0)
-        ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
-        for q in cluster:
-            ctx.local.decohere(q, b1)
-
-    def _flux_phi(self, ctx: _RunContext, q: int, fluxed: list[int], b0: int, b1: int
-                  ) -> np.ndarray:
-        """Flux (flux quanta from the sweet spot) of ``q`` per sample over [b0, b1)."""
-        phi = np.full(b1 - b0, ctx.phi_dc[q])
-        if q in fluxed:
-            flux = ctx.samples[self.cabling[q].flux_port, b0:b1].real
-            phi = phi + self.device.flux_line_phi0_per_amplitude * flux
-        return phi
-
-    def _segment_unitary(self, ctx: _RunContext, cluster: list[int], fluxed: list[int],
-                         b0: int, b1: int) -> np.ndarray:
-        """Propagator over samples [b0, b1) of a coupled ``cluster`` with flux pulses, in the
-        dressed basis and each qubit's dressed frame, in the deferred ZZ frame of
-        :meth:`evolve` (conjugated by exp(+i 2 pi Z_cluster (t - anchor))).
-
-        The cluster's bare Hamiltonian (exchange coupling, flux per sample, drives) plus a
-        constant correction V diag(delta) V^dag is propagated exactly per sample in a common
-        frame. The correction makes the cluster's idle energies those of the whole device's
-        dressed model (the dressing by neighbours outside the cluster), so the block starts and
-        ends in the dressed idle eigenstates V: a flux pulse has no switch-on artefact. Pair
-        terms to qubits outside the cluster are diagonal and treated as commuting with the
-        block. Cached by flux samples and DC flux context when no drive plays in it.
-        """
-        fs = self.device.sample_rate_hz
-        model = ctx.model
-        k = len(cluster)
-        drives = {}
-        for q in cluster:
-            z = self._drive_hz(ctx, q, b0, b1)
-            if np.any(z):
-                drives[q] = z
-        flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
-        f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
-        f_ref = f_bare[0]
-        v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
-        key = None
-        if not drives:
-            key = (tuple(cluster), b1 - b0, *(flux_phi[q].tobytes() for q in cluster),
-                   tuple(f_bare), model.freq_hz)
-            u = self.cache_nq.get(key)
-        if key is None or u is None:
-            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_bare,
-                                                   [model.freq_hz[q] for q in cluster], h_corr)
-            u = v.T @ u @ v
-            if key is not None:
-                u = self.cache_nq.put(key, u)
-        levels = _level_numbers(k)
-        frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
-        zz = model.energies(cluster) - model.local_energies(cluster)
-        a = ctx.anchor
-        r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
-        r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)
-        return (r1[:, None] * u) * r0[None, :]
-
-    def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
-                          model: DressedModel) -> tuple[np.ndarray, np.ndarray]:
-        """(V, H_corr) of a cluster in the common frame of its first qubit: V its labelled
-        dressed idle basis, H_corr the correction that makes its idle energies the device's."""
-        key = ("dressing", tuple(cluster), f_bare, model.freq_hz)
-        hit = self._dressings.get(key)
-        if hit is not None:
-            return hit
-        truths = [self.device.qubits[q] for q in cluster]
-        couplings = {(i, j): self.device.coupling_hz(cluster[i], cluster[j])
-                     for i in range(len(cluster)) for j in range(i + 1, len(cluster))
-                     if self.device.coupling_hz(cluster[i], cluster[j])}
-        v, e = dressed_basis([f - f_bare[0] for f in f_bare],
-                             [t.anharmonicity_hz for t in truths], couplings)
-        levels = _level_numbers(len(cluster))
-        target = (np.array([model.freq_hz[q] - f_bare[0] for q in cluster]) @ levels
-                  + model.energies(cluster))
-        delta = target - (e - e[0])
-        h_corr = (v * delta[None, :]) @ v.T
-        if len(self._dressings) >= 64:
-            self._dressings.clear()
-        self._dressings[key] = (v, h_corr)
-        return v, h_corr
-
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
                           f_idle_hz: float) -> np.ndarray:
         """Propagator of one transmon in its idle frame under ``drive_hz`` (z per sample, Hz;
@@ -665,43 +545,6 @@ class PhysicsEngine(DriveBlocks):
             u = self.cache_1q.put(key, _transmon_propagate_kernel(
                 z0, detuning, truth.anharmonicity_hz, 1.0 / self.device.sample_rate_hz))
         return rotate_drive_phase(u, phi)
-
-    def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
-                                      flux_phi: dict[int, np.ndarray], b0: int, b1: int,
-                                      f_bare: list[float], f_frame: list[float],
-                                      h_corr: np.ndarray) -> np.ndarray:
-        """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
-        qubit's bare idle frequency ``f_bare[0]`` for every qubit, bare basis (per-sample
-        eigendecomposition). Drives are given in each qubit's frame ``f_frame`` (Hz);
-        ``h_corr`` (Hz) is added at every sample."""
-        fs = self.device.sample_rate_hz
-        n = len(cluster)
-        d = LEVELS**n
-        a_ops = [_embed(self._a, i, n) for i in range(n)]
-        n_ops = [a.conj().T @ a for a in a_ops]
-        f_ref = f_bare[0]
-        fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
-                      + [0.0])
-        sub = max(1, int(np.ceil(20.0 * fastest / fs)))
-        n_steps = (b1 - b0) * sub
-        t_sub = (b0 + (np.arange(n_steps) + 0.5) / sub) / fs
-        h = np.zeros((n_steps, d, d), dtype=complex)
-        h += h_corr
-        for i, q in enumerate(cluster):
-            truth = self.device.qubits[q]
-            h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
-            f_q = np.repeat([truth.frequency_hz(p) for p in flux_phi[q]], sub)
-            h += (f_q - f_ref)[:, None, None] * n_ops[i]
-            if q in drives:
-                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_sub)
-                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
-                            + z.conj()[:, None, None] * a_ops[i])
-        for i, qa in enumerate(cluster):
-            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
-                g = self.device.coupling_hz(qa, qb)
-                if g:
-                    h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
-        return _propagate_kernel(h, 1.0 / (fs * sub))
 
     def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
                  settings: Settings, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

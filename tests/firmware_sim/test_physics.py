@@ -29,13 +29,13 @@ from numpy.testing import assert_allclose
 
 import labqpu
 from labqpu.errors import SimulationError
+from labqpu.firmware_sim.clusters import _propagate_kernel
 from labqpu.firmware_sim.device import DeviceTruth, QubitTruth, load_device, load_rack
 from labqpu.firmware_sim.physics import (
     DensityMatrix,
     PhysicsEngine,
     Settings,
     WireProgram,
-    _propagate_kernel,
     _render_kernel,
     relaxation_superop,
 )
