@@ -198,7 +198,12 @@ class ClusterBlocks:
         """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
         qubit's bare idle frequency ``f_bare[0]`` for every qubit, bare basis (per-sample
         eigendecomposition). Drives are given in each qubit's frame ``f_frame`` (Hz);
-        ``h_corr`` (Hz) is added at every sample."""
+        ``h_corr`` (Hz) is added at every sample.
+
+        A sample with a drive is cut into ``sub`` midpoint steps (the drive rotates at
+        f~_q - f_ref in the common frame); a run of samples without drive and with the same
+        flux has one constant Hamiltonian and is one step of that length (``_cluster_steps``).
+        """
         fs = self.device.sample_rate_hz
         n = len(cluster)
         d = LEVELS**n
@@ -208,17 +213,20 @@ class ClusterBlocks:
         fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
                       + [0.0])
         sub = max(1, int(np.ceil(20.0 * fastest / fs)))
-        n_steps = (b1 - b0) * sub
-        t_sub = (b0 + (np.arange(n_steps) + 0.5) / sub) / fs
-        h = np.zeros((n_steps, d, d), dtype=complex)
+        f_q = np.array([[truth.frequency_hz(p) for p in flux_phi[q]]
+                        for q, truth in ((q, self.device.qubits[q]) for q in cluster)]).T
+        driven = np.zeros(b1 - b0, dtype=bool)
+        for z in drives.values():
+            driven |= z != 0
+        sample, t_in, length = _cluster_steps(driven, f_q, sub)
+        t_step = (b0 + sample + t_in) / fs
+        h = np.zeros((sample.size, d, d), dtype=complex)
         h += h_corr
         for i, q in enumerate(cluster):
-            truth = self.device.qubits[q]
-            h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
-            f_q = np.repeat([truth.frequency_hz(p) for p in flux_phi[q]], sub)
-            h += (f_q - f_ref)[:, None, None] * n_ops[i]
+            h += 0.5 * self.device.qubits[q].anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
+            h += (f_q[sample, i] - f_ref)[:, None, None] * n_ops[i]
             if q in drives:
-                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_sub)
+                z = drives[q][sample] * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_step)
                 h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
                             + z.conj()[:, None, None] * a_ops[i])
         for i, qa in enumerate(cluster):
@@ -226,4 +234,30 @@ class ClusterBlocks:
                 g = self.device.coupling_hz(qa, qb)
                 if g:
                     h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
+        # exp(-i 2 pi H L dt) as a step of dt / sub with the Hamiltonian scaled by L sub.
+        h *= (length * sub)[:, None, None]
         return _propagate_kernel(h, 1.0 / (fs * sub))
+
+
+def _cluster_steps(driven: np.ndarray, f_hz: np.ndarray, sub: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time steps of a cluster block: (sample, offset, length) per step, in samples.
+
+    ``driven`` flags the samples with a drive, ``f_hz`` (samples x qubits) the bare
+    frequencies per sample. A driven sample gives ``sub`` steps of length 1 / sub at offsets
+    (m + 1/2) / sub (midpoints: the drive's phase is taken there); consecutive undriven
+    samples with equal frequencies give one step over their whole length.
+    """
+    n = driven.size
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = ~driven[1:] & ~driven[:-1] & np.all(f_hz[1:] == f_hz[:-1], axis=1)
+    first = np.flatnonzero(~same)
+    run = np.diff(np.append(first, n))
+    reps = np.where(driven[first], sub, 1)
+    sample = np.repeat(first, reps)
+    m = np.arange(sample.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    is_driven = np.repeat(driven[first], reps)
+    t_in = np.where(is_driven, (m + 0.5) / sub, 0.5)
+    length = np.where(is_driven, 1.0 / sub, np.repeat(run, reps).astype(float))
+    return sample, t_in, length

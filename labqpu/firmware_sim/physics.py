@@ -68,7 +68,7 @@ import numpy as np
 from numba import njit
 
 from labqpu.errors import SimulationError
-from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext
+from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext, merge_consecutive
 from labqpu.firmware_sim.clusters import ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
@@ -383,8 +383,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         reaches meanwhile is one single-qubit block over its whole length, so a repeated pulse
         is one repeated block. Flux pulses, and drives that overlap a flux pulse reaching
         their qubit, are cut at every start and end among them; each piece is split into
-        clusters of qubits that interact during it. Blocks on one qubit never overlap, and
-        blocks on different qubits commute, so applying them in start order is exact.
+        clusters of qubits that interact during it. Consecutive pieces on which nothing else
+        happens are joined again (:func:`~labqpu.firmware_sim.blocks.merge_consecutive`).
+        Blocks on one qubit never overlap, and blocks on different qubits commute, so applying
+        them in start order is exact.
         """
         reach: dict[int, list[tuple[int, int]]] = {}
         for f, ivs in flux_iv.items():
@@ -421,8 +423,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                       if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
             for cluster in self._clusters(driven, fluxed):
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
-        blocks.sort(key=lambda blk: blk[0])
-        return blocks
+        return merge_consecutive(blocks)
 
     def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
                        ) -> list[tuple[int, int, list[int], list[int]]]:
