@@ -168,7 +168,10 @@ class DriveBlocks:
         for u, controls, targets in ops:
             rot = r[targets[0]] if len(targets) == 1 else np.kron(r[targets[0]], r[targets[1]])
             u = (rot[:, None] * u) * rot.conj()[None, :]
-            rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
+            if controls:
+                rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
+            else:  # a pair term: as a two-transmon unitary (BLAS on adjacent positions)
+                rho.apply_unitary(u[0], [pos[q] for q in targets])
         for q in qubits:
             ctx.local.decohere(q, b1)
 

@@ -22,6 +22,8 @@ expensive step of the simulator, so its result is cached by everything it depend
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from numba import njit
 
@@ -132,8 +134,10 @@ class ClusterBlocks:
         dressed model (the dressing by neighbours outside the cluster), so the block starts and
         ends in the dressed idle eigenstates V: a flux pulse has no switch-on artefact. Pair
         terms to qubits outside the cluster are diagonal and treated as commuting with the
-        block. Cached by flux samples, DC flux context and the drives up to their time offset
-        and common phase, which are applied as frame changes (module docstring).
+        block. The stretch with drives and the drive-free stretches before and after it are
+        separate parts (:meth:`_cluster_part`), each cached by flux samples, DC flux context
+        and the drives up to their time offset and common phase, which are applied as frame
+        changes (module docstring).
         """
         fs = self.device.sample_rate_hz
         model = ctx.model
@@ -147,18 +151,20 @@ class ClusterBlocks:
         f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
         f_ref = f_bare[0]
         f_frame = [model.freq_hz[q] for q in cluster]
-        psi, rel, drive_key = cluster_drive_key(
-            drives, {q: f_frame[i] - f_ref for i, q in enumerate(cluster)}, b0, fs)
-        key = ("cluster", tuple(cluster), b1 - b0, *(flux_phi[q].tobytes() for q in cluster),
-               tuple(f_bare), model.freq_hz, drive_key)
-        u = self.cache_nq.get(key)
-        if u is None:
-            v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
-            u = self._cluster_common_frame_unitary(cluster, rel, flux_phi, 0, b1 - b0, f_bare,
-                                                   f_frame, h_corr)
-            u = self.cache_nq.put(key, v.T @ u @ v)
-        if rel:
-            u = rotate_excitation_phase(u, psi, k)
+        offsets = {q: f_frame[i] - f_ref for i, q in enumerate(cluster)}
+        driven = np.flatnonzero(np.any([z != 0 for z in drives.values()], axis=0)) \
+            if drives else np.zeros(0, dtype=np.int64)
+        # Drive-free stretches are separate parts, cached without the drives (they repeat
+        # whatever the drive phases); the product of the parts is the block's propagator.
+        cuts = sorted({0, b1 - b0, *((int(driven[0]), int(driven[-1]) + 1) if driven.size
+                                     else ())})
+        u = None
+        for c0, c1 in itertools.pairwise(cuts):
+            part = self._cluster_part(
+                cluster, {q: z[c0:c1] for q, z in drives.items() if np.any(z[c0:c1])},
+                {q: f[c0:c1] for q, f in flux_phi.items()}, b0 + c0, f_bare, f_frame, offsets,
+                model)
+            u = part if u is None else part @ u
         levels = _level_numbers(k)
         frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
         zz = model.energies(cluster) - model.local_energies(cluster)
@@ -166,6 +172,26 @@ class ClusterBlocks:
         r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
         r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)
         return (r1[:, None] * u) * r0[None, :]
+
+    def _cluster_part(self, cluster: list[int], drives: dict[int, np.ndarray],
+                      flux_phi: dict[int, np.ndarray], b0: int, f_bare: list[float],
+                      f_frame: list[float], offsets: dict[int, float], model: DressedModel
+                      ) -> np.ndarray:
+        """Propagator of ``cluster`` over the samples of ``flux_phi`` starting at ``b0`` in the
+        common frame of its first qubit, dressed basis: cached with the drives' time offset
+        and common phase split off (module docstring), which are applied here."""
+        fs = self.device.sample_rate_hz
+        n = next(iter(flux_phi.values())).size
+        psi, rel, drive_key = cluster_drive_key(drives, offsets, b0, fs)
+        key = ("cluster", tuple(cluster), n, *(flux_phi[q].tobytes() for q in cluster),
+               tuple(f_bare), model.freq_hz, drive_key)
+        u = self.cache_nq.get(key)
+        if u is None:
+            v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
+            u = self._cluster_common_frame_unitary(cluster, rel, flux_phi, 0, n, f_bare,
+                                                   f_frame, h_corr)
+            u = self.cache_nq.put(key, v.T @ u @ v)
+        return rotate_excitation_phase(u, psi, len(cluster)) if rel else u
 
     def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
                           model: DressedModel) -> tuple[np.ndarray, np.ndarray]:

@@ -109,9 +109,9 @@ def same_relative_phase(phases: dict[int, float], first: dict[int, float], st: S
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_cached_cluster_propagator_equals_uncached(case: str) -> None:
-    """The same flux + drive block at two start samples and drive phases: the second look-up
-    is answered from the cache (frame change of the first), and both propagators equal the
-    uncached computation within 1e-12 elementwise."""
+    """The same flux + drive block at two start samples and drive phases: the second block is
+    answered from the cache (frame change of the first), and both propagators equal the
+    uncached computation of the whole block in one product within 1e-12 elementwise."""
     cluster, phases = CASES[case]
     st = settings()
     phases = [phases[0], same_relative_phase(phases[1], phases[0], st)]
@@ -126,7 +126,9 @@ def test_cached_cluster_propagator_equals_uncached(case: str) -> None:
         ref = uncached(PhysicsEngine(DEVICE, RACK.cabling), ctx, cluster, b0, b1)
         assert np.abs(got - ref).max() < 1e-12
         assert np.abs(got.conj().T @ got - np.eye(got.shape[0])).max() < 1e-10
-    assert (engine.cache_nq.misses, engine.cache_nq.hits) == (1, 1)
+    # Each part of the first block (drive-free stretches and the driven stretch) is computed,
+    # every part of the second is a hit.
+    assert engine.cache_nq.misses == engine.cache_nq.hits >= 1
 
 
 def test_relative_phase_of_two_drives_is_part_of_the_key() -> None:
