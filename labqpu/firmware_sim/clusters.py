@@ -32,6 +32,10 @@ from labqpu.firmware_sim.coupling import DressedModel, dressed_basis
 from labqpu.firmware_sim.density import LEVELS, _excitation_numbers, _level_numbers
 from labqpu.firmware_sim.propagation import KEY_GRID_HZ, PEAK_TIE, phase_reference
 
+#: Sub-steps per cycle of the fastest drive rotation in a cluster's common frame (a drive
+#: sample rotates at f~_q - f_ref there and is sampled at sub-step midpoints).
+SUBSTEPS_PER_CYCLE = 20
+
 
 @njit(cache=True)
 def _propagate_kernel(h_stack_hz, dt_s):
@@ -182,16 +186,28 @@ class ClusterBlocks:
         and common phase split off (module docstring), which are applied here."""
         fs = self.device.sample_rate_hz
         n = next(iter(flux_phi.values())).size
-        psi, rel, drive_key = cluster_drive_key(drives, offsets, b0, fs)
+        f_ref = f_bare[0]
+        # With one driven qubit the part is propagated in that qubit's frame, where its drive
+        # is constant over each sample as the model says (no sub-steps), then moved to f_ref.
+        f_c = f_frame[cluster.index(next(iter(drives)))] if len(drives) == 1 else f_ref
+        psi, rel, drive_key = cluster_drive_key(
+            drives, {q: f_frame[i] - f_c for i, q in enumerate(cluster)}, b0, fs)
         key = ("cluster", tuple(cluster), n, *(flux_phi[q].tobytes() for q in cluster),
-               tuple(f_bare), model.freq_hz, drive_key)
+               tuple(f_bare), model.freq_hz, f_c, drive_key)
         u = self.cache_nq.get(key)
         if u is None:
             v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
             u = self._cluster_common_frame_unitary(cluster, rel, flux_phi, 0, n, f_bare,
-                                                   f_frame, h_corr)
+                                                   f_frame, h_corr, f_c)
             u = self.cache_nq.put(key, v.T @ u @ v)
-        return rotate_excitation_phase(u, psi, len(cluster)) if rel else u
+        if not rel:
+            return u
+        u = rotate_excitation_phase(u, psi, len(cluster))
+        # U_f(t1, t0) = exp(i 2 pi (f - f_c) N t1) U_fc(t1, t0) exp(-i 2 pi (f - f_c) N t0)
+        big_n = _excitation_numbers(len(cluster))
+        left = np.exp(2j * np.pi * (f_ref - f_c) * big_n * (b0 + n) / fs)
+        right = np.exp(-2j * np.pi * (f_ref - f_c) * big_n * b0 / fs)
+        return (left[:, None] * u) * right[None, :]
 
     def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
                           model: DressedModel) -> tuple[np.ndarray, np.ndarray]:
@@ -220,11 +236,13 @@ class ClusterBlocks:
     def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
                                       flux_phi: dict[int, np.ndarray], b0: int, b1: int,
                                       f_bare: list[float], f_frame: list[float],
-                                      h_corr: np.ndarray) -> np.ndarray:
-        """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
-        qubit's bare idle frequency ``f_bare[0]`` for every qubit, bare basis (per-sample
-        eigendecomposition). Drives are given in each qubit's frame ``f_frame`` (Hz);
-        ``h_corr`` (Hz) is added at every sample.
+                                      h_corr: np.ndarray, f_ref_hz: float | None = None
+                                      ) -> np.ndarray:
+        """Propagator of a coupled cluster over [b0, b1) in the frame rotating at ``f_ref_hz``
+        (default: the first qubit's bare idle frequency ``f_bare[0]``) for every qubit, bare
+        basis (per-sample eigendecomposition). Drives are given in each qubit's frame
+        ``f_frame`` (Hz); ``h_corr`` (Hz, the correction of :meth:`_cluster_dressing`, which
+        does not depend on the frame) is added at every sample.
 
         A sample with a drive is cut into ``sub`` midpoint steps (the drive rotates at
         f~_q - f_ref in the common frame); a run of samples without drive and with the same
@@ -235,10 +253,10 @@ class ClusterBlocks:
         d = LEVELS**n
         a_ops = [_embed(self._a, i, n) for i in range(n)]
         n_ops = [a.conj().T @ a for a in a_ops]
-        f_ref = f_bare[0]
+        f_ref = f_bare[0] if f_ref_hz is None else f_ref_hz
         fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
                       + [0.0])
-        sub = max(1, int(np.ceil(20.0 * fastest / fs)))
+        sub = max(1, int(np.ceil(SUBSTEPS_PER_CYCLE * fastest / fs)))
         f_q = np.array([[truth.frequency_hz(p) for p in flux_phi[q]]
                         for q, truth in ((q, self.device.qubits[q]) for q in cluster)]).T
         driven = np.zeros(b1 - b0, dtype=bool)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import labqpu
+from labqpu.firmware_sim import clusters
 from labqpu.firmware_sim.blocks import _RunContext
 from labqpu.firmware_sim.clusters import cluster_drive_key, rotate_excitation_phase
 from labqpu.firmware_sim.density import _level_numbers
@@ -78,8 +79,15 @@ def uncached(engine: PhysicsEngine, ctx: _RunContext, cluster: list[int], b0: in
     f_bare = [DEVICE.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
     f_frame = [model.freq_hz[q] for q in cluster]
     v, h_corr = engine._cluster_dressing(cluster, tuple(f_bare), model)
-    u = v.T @ engine._cluster_common_frame_unitary(cluster, drives, flux, b0, b1, f_bare,
-                                                   f_frame, h_corr) @ v
+    # One driven qubit: the engine propagates in its frame (no sub-steps); so does this
+    # reference, then it moves to the common frame f_bare[0] by exp(i 2 pi (f - f_c) N t).
+    f_c = f_frame[cluster.index(next(iter(drives)))] if len(drives) == 1 else f_bare[0]
+    u = engine._cluster_common_frame_unitary(cluster, drives, flux, b0, b1, f_bare, f_frame,
+                                             h_corr, f_c)
+    big_n = _level_numbers(len(cluster)).sum(axis=0)
+    u = (np.exp(2j * np.pi * (f_bare[0] - f_c) * big_n * b1 / FS)[:, None] * u) \
+        * np.exp(-2j * np.pi * (f_bare[0] - f_c) * big_n * b0 / FS)[None, :]
+    u = v.T @ u @ v
     frame = (np.array(f_frame) - f_bare[0]) @ _level_numbers(len(cluster))
     zz = model.energies(cluster) - model.local_energies(cluster)
     left = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - b0)) / FS)
@@ -159,3 +167,34 @@ def test_excitation_rotation_turns_every_drive_term() -> None:
     for op, factor in ((a0.conj().T, np.exp(1j * psi)), (a1.conj().T, np.exp(1j * psi)),
                        (exchange, 1.0), (diag, 1.0)):
         assert np.abs(rotate_excitation_phase(op, psi, 2) - factor * op).max() < 1e-12
+
+
+def test_one_driven_qubit_in_its_own_frame_matches_fine_sub_steps() -> None:
+    """A flux block with one driven neighbour is propagated in that neighbour's frame (its
+    drive constant per sample, as the model defines it). Against the common-frame computation
+    with 640 sub-steps per cycle of the drive's rotation (converged to the same model), it
+    agrees within 1e-5 elementwise (measured 1.6e-6); the common frame at 20 sub-steps per
+    cycle was off by ~1e-3."""
+    cluster, phases = CASES["one driven neighbour at two phases and times"]
+    st = settings()
+    samples = np.zeros((N_PORTS, 200), dtype=complex)
+    add_block(samples, STARTS[0], phases[0])
+    b0, b1 = STARTS[0], STARTS[0] + N_FLUX
+    engine = PhysicsEngine(DEVICE, RACK.cabling)
+    ctx = context(engine, samples, st, cluster, b0)
+    got = engine._segment_unitary(ctx, cluster, [2], b0, b1)
+    model = ctx.model
+    drives = {3: engine._drive_hz(ctx, 3, b0, b1)}
+    flux = {q: engine._flux_phi(ctx, q, [2], b0, b1) for q in cluster}
+    f_bare = [DEVICE.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
+    f_frame = [model.freq_hz[q] for q in cluster]
+    v, h_corr = engine._cluster_dressing(cluster, tuple(f_bare), model)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clusters, "SUBSTEPS_PER_CYCLE", 640)
+        u = v.T @ engine._cluster_common_frame_unitary(cluster, drives, flux, b0, b1, f_bare,
+                                                       f_frame, h_corr) @ v
+    frame = (np.array(f_frame) - f_bare[0]) @ _level_numbers(len(cluster))
+    zz = model.energies(cluster) - model.local_energies(cluster)
+    left = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - b0)) / FS)
+    fine = (left[:, None] * u) * np.exp(-2j * np.pi * frame * b0 / FS)[None, :]
+    assert np.abs(got - fine).max() < 1e-5
