@@ -218,9 +218,16 @@ class DriveBlocks:
 Block = tuple[int, int, list[int], list[int]]
 
 
-def merge_consecutive(blocks: list[Block]) -> list[Block]:
+def merge_consecutive(blocks: list[Block], pulses: list[dict[int, list[tuple[int, int]]]]
+                      ) -> list[Block]:
     """Join blocks (start, end, qubits, fluxed) that follow each other without a gap into one
     block when nothing else happens to their qubits meanwhile, sorted by start.
+
+    ``pulses`` lists interval maps (qubit -> [(start, end)], e.g. the drive intervals and the
+    flux intervals): a joined block may overlap at most one interval of each map per qubit.
+    So only pieces of the same pulses are joined, never two pulses of one qubit: decoherence
+    is applied after a block's unitary, and joining two pulses would move the first pulse's
+    decoherence after the second (back-to-back gates would lose their interleaved T1).
 
     Two drive blocks A = [a, b) and B = [b, c) that share a qubit become one drive block
     [a, c) on the union of their qubits if every qubit of B is free of other blocks over
@@ -249,6 +256,9 @@ def merge_consecutive(blocks: list[Block]) -> list[Block]:
                 continue
             if any(b0 <= s < b1 and k != i for q in a_qubits if q not in qubits
                    for s, k in starts[q]):
+                continue
+            if any(sum(s < b1 and e > a0 for s, e in ivs.get(q, ())) > 1
+                   for ivs in pulses for q in {*a_qubits, *qubits}):
                 continue
             union = sorted({*a_qubits, *qubits})
             out[j] = (a0, b1, union, sorted({*a_fluxed, *fluxed}))

@@ -383,8 +383,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         reaches meanwhile is one single-qubit block over its whole length, so a repeated pulse
         is one repeated block. Flux pulses, and drives that overlap a flux pulse reaching
         their qubit, are cut at every start and end among them; each piece is split into
-        clusters of qubits that interact during it. Consecutive pieces on which nothing else
-        happens are joined again (:func:`~labqpu.firmware_sim.blocks.merge_consecutive`).
+        clusters of qubits that interact during it. Consecutive pieces of the same pulses on
+        which nothing else happens are joined again
+        (:func:`~labqpu.firmware_sim.blocks.merge_consecutive`).
         Blocks on one qubit never overlap, and blocks on different qubits commute, so applying
         them in start order is exact.
         """
@@ -423,7 +424,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                       if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
             for cluster in self._clusters(driven, fluxed):
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
-        return merge_consecutive(blocks)
+        pulses: dict[int, list[tuple[int, int]]] = {}
+        for s0, e0, (q,), _ in singles:
+            pulses.setdefault(q, []).append((s0, e0))
+        return merge_consecutive(blocks, [pulses, flux_iv])
 
     def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
                        ) -> list[tuple[int, int, list[int], list[int]]]:

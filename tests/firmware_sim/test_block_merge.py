@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from labqpu.firmware_sim.blocks import merge_consecutive
 
+#: One pulse per qubit and kind over the pieces of these tests (so joining is allowed).
+PULSES: list[dict[int, list[tuple[int, int]]]] = []
+
 
 def assert_disjoint_per_qubit(blocks) -> None:
     last_end: dict[int, int] = {}
@@ -24,14 +27,14 @@ def test_pieces_of_one_drive_chain_are_joined() -> None:
     on all its qubits; a flux block that follows is left alone."""
     pieces = [(0, 4, [1, 2], []), (4, 36, [1, 2, 3, 4], []), (36, 40, [0, 1, 2, 3, 4], []),
               (40, 76, [1, 2, 3, 4], [2, 4])]
-    out = merge_consecutive(pieces)
+    out = merge_consecutive(pieces, PULSES)
     assert out == [(0, 40, [0, 1, 2, 3, 4], []), (40, 76, [1, 2, 3, 4], [2, 4])]
 
 
 def test_flux_pieces_on_one_cluster_are_joined_and_never_with_drives() -> None:
     pieces = [(40, 44, [1, 2, 3, 4], [2]), (44, 76, [1, 2, 3, 4], [2, 4]),
               (76, 80, [1, 2, 3, 4], []), (80, 90, [1, 2, 3], [2])]
-    out = merge_consecutive(pieces)
+    out = merge_consecutive(pieces, PULSES)
     assert out == [(40, 76, [1, 2, 3, 4], [2, 4]), (76, 80, [1, 2, 3, 4], []),
                    (80, 90, [1, 2, 3], [2])]
 
@@ -42,7 +45,7 @@ def test_no_join_over_another_block_on_a_qubit() -> None:
     (qubit, sample) pairs a block covers beyond the union, and blocks stay disjoint per qubit."""
     pieces = [(0, 4, [1, 2], []), (0, 4, [3], []), (4, 36, [1, 2, 3], []),
               (36, 40, [3], []), (36, 50, [0, 1], [0])]
-    out = merge_consecutive(pieces)
+    out = merge_consecutive(pieces, PULSES)
     assert (0, 4, [1, 2], []) in out and (0, 4, [3], []) in out
     assert (4, 36, [1, 2, 3], []) in out  # q3 continues alone, q1 is in a flux block
     assert_disjoint_per_qubit(out)
@@ -52,5 +55,15 @@ def test_no_join_over_another_block_on_a_qubit() -> None:
 def test_single_qubit_pieces_join_into_one_drive_block() -> None:
     pieces = [(40, 44, [0], []), (40, 44, [1, 2, 3], [2]), (44, 76, [0], []),
               (44, 76, [1, 2, 3], [2])]
-    out = merge_consecutive(pieces)
+    out = merge_consecutive(pieces, PULSES)
     assert out == [(40, 76, [0], []), (40, 76, [1, 2, 3], [2])]
+
+
+def test_two_pulses_of_one_qubit_are_never_joined() -> None:
+    """Back-to-back gates on one qubit stay separate blocks: each block's decoherence follows
+    its own unitary (joined, a sequence that returns to |0> would lose its T1 errors)."""
+    pieces = [(0, 40, [2], []), (40, 80, [2], []), (80, 120, [2], [])]
+    drives = {2: [(0, 40), (40, 80), (80, 120)]}
+    assert merge_consecutive(pieces, [drives]) == pieces
+    one_pulse = {2: [(0, 120)]}
+    assert merge_consecutive(pieces, [one_pulse]) == [(0, 120, [2], [])]
