@@ -170,7 +170,10 @@ class DriveBlocks:
         for u, controls, targets in ops:
             rot = r[targets[0]] if len(targets) == 1 else np.kron(r[targets[0]], r[targets[1]])
             u = (rot[:, None] * u) * rot.conj()[None, :]
-            rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
+            if controls:
+                rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
+            else:  # a pair term: as a two-transmon unitary (BLAS on adjacent positions)
+                rho.apply_unitary(u[0], [pos[q] for q in targets])
         for q in qubits:
             ctx.local.decohere(q, b1)
 
@@ -212,3 +215,60 @@ class DriveBlocks:
             self._joint_cache.clear()
         self._joint_cache[key] = result
         return phases, result
+
+
+Block = tuple[int, int, list[int], list[int]]
+
+
+def merge_consecutive(blocks: list[Block], pulses: list[dict[int, list[tuple[int, int]]]]
+                      ) -> list[Block]:
+    """Join blocks (start, end, qubits, fluxed) that follow each other without a gap into one
+    block when nothing else happens to their qubits meanwhile, sorted by start.
+
+    ``pulses`` lists interval maps (qubit -> [(start, end)], e.g. the drive intervals and the
+    flux intervals): a joined block may overlap at most one interval of each map per qubit.
+    So only pieces of the same pulses are joined, never two pulses of one qubit: decoherence
+    is applied after a block's unitary, and joining two pulses would move the first pulse's
+    decoherence after the second (back-to-back gates would lose their interleaved T1).
+
+    Two drive blocks A = [a, b) and B = [b, c) that share a qubit become one drive block
+    [a, c) on the union of their qubits if every qubit of B is free of other blocks over
+    [a, b) and every qubit of A over [b, c); two flux blocks on the same cluster likewise (the
+    fluxed qubits are joined). A drive block and a flux block are never joined. Per qubit the
+    blocks stay disjoint and in time order, so applying the result in start order is as exact
+    as before; the joined block is one block of the model instead of several (a joint drive
+    block: one first-order Magnus step over [a, c); a cluster: the same per-sample product).
+    """
+    order = sorted(blocks, key=lambda blk: blk[0])
+    starts: dict[int, list[tuple[int, int]]] = {}
+    for i, (b0, _b1, qubits, _) in enumerate(order):
+        for q in qubits:
+            starts.setdefault(q, []).append((b0, i))
+    out: list[Block] = []
+    last: dict[int, int] = {}
+    for i, blk in enumerate(order):
+        b0, b1, qubits, fluxed = blk
+        for j in sorted({last[q] for q in qubits if q in last}):
+            a0, a1, a_qubits, a_fluxed = out[j]
+            if a1 != b0 or bool(a_fluxed) != bool(fluxed):
+                continue
+            if fluxed and a_qubits != qubits:
+                continue
+            if any(q in last and out[last[q]][1] > a0 for q in qubits if q not in a_qubits):
+                continue
+            if any(b0 <= s < b1 and k != i for q in a_qubits if q not in qubits
+                   for s, k in starts[q]):
+                continue
+            if any(sum(s < b1 and e > a0 for s, e in ivs.get(q, ())) > 1
+                   for ivs in pulses for q in {*a_qubits, *qubits}):
+                continue
+            union = sorted({*a_qubits, *qubits})
+            out[j] = (a0, b1, union, sorted({*a_fluxed, *fluxed}))
+            for q in union:
+                last[q] = j
+            break
+        else:
+            out.append(blk)
+            for q in qubits:
+                last[q] = len(out) - 1
+    return out

@@ -69,17 +69,16 @@ import numpy as np
 from numba import njit
 
 from labqpu.errors import SimulationError
-from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext
+from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext, merge_consecutive
+from labqpu.firmware_sim.clusters import ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
     build_dressed_model,
-    dressed_basis,
 )
 from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
     _ladder,
-    _level_numbers,
     _LocalChannels,
     relaxation_superop,
 )
@@ -87,7 +86,6 @@ from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
 from labqpu.firmware_sim.noise import (
     DriftWalk,
     QubitConditions,
-    frame_phase,
     plan_chunks,
     pulse_spans_s,
     qubit_conditions,
@@ -142,29 +140,6 @@ def _render_kernel(n_ports, n_samples, play_port, play_start, play_wave, play_am
             ph *= rot
             if (k & 63) == 63:
                 ph = play_amp[i] * np.exp(1j * (step * (start + k + 1) + play_phase_rad[i]))
-    return out
-
-
-@njit(cache=True)
-def _propagate_kernel(h_stack_hz, dt_s):
-    """Product of exact per-sample propagators exp(-i 2 pi H_k dt), last sample leftmost.
-
-    ``h_stack_hz`` has shape (n_samples, d, d), Hermitian, in Hz.
-    """
-    d = h_stack_hz.shape[1]
-    u = np.eye(d, dtype=np.complex128)
-    for k in range(h_stack_hz.shape[0]):
-        evals, evecs = np.linalg.eigh(h_stack_hz[k])
-        phases = np.exp(-2j * np.pi * evals * dt_s)
-        uk = (evecs * phases) @ evecs.conj().T
-        u = uk @ u
-    return u
-
-
-def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
-    out = np.ones((1, 1), dtype=complex)
-    for i in range(n):
-        out = np.kron(out, op if i == pos else np.eye(LEVELS))
     return out
 
 
@@ -239,7 +214,7 @@ def _resume_qubits(start: EvolutionStart, needed: set[int]) -> set[int]:
     return set(order)
 
 
-class PhysicsEngine(DriveBlocks):
+class PhysicsEngine(DriveBlocks, ClusterBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
     def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
@@ -482,8 +457,11 @@ class PhysicsEngine(DriveBlocks):
         reaches meanwhile is one single-qubit block over its whole length, so a repeated pulse
         is one repeated block. Flux pulses, and drives that overlap a flux pulse reaching
         their qubit, are cut at every start and end among them; each piece is split into
-        clusters of qubits that interact during it. Blocks on one qubit never overlap, and
-        blocks on different qubits commute, so applying them in start order is exact.
+        clusters of qubits that interact during it. Consecutive pieces of the same pulses on
+        which nothing else happens are joined again
+        (:func:`~labqpu.firmware_sim.blocks.merge_consecutive`).
+        Blocks on one qubit never overlap, and blocks on different qubits commute, so applying
+        them in start order is exact.
         """
         reach: dict[int, list[tuple[int, int]]] = {}
         for f, ivs in flux_iv.items():
@@ -520,8 +498,10 @@ class PhysicsEngine(DriveBlocks):
                       if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
             for cluster in self._clusters(driven, fluxed):
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
-        blocks.sort(key=lambda blk: blk[0])
-        return blocks
+        pulses: dict[int, list[tuple[int, int]]] = {}
+        for s0, e0, (q,), _ in singles:
+            pulses.setdefault(q, []).append((s0, e0))
+        return merge_consecutive(blocks, [pulses, flux_iv])
 
     def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
                        ) -> list[tuple[int, int, list[int], list[int]]]:
@@ -629,107 +609,6 @@ class PhysicsEngine(DriveBlocks):
             z *= np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
         return z
 
-    def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
-                       b1: int) -> None:
-        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits."""
-        if len(cluster) == 1:
-            q = cluster[0]
-            flux = self._flux_phi(ctx, q, fluxed, b0, b1)
-            u = self._transmon_unitary(q, self._drive_hz(ctx, q, b0, b1), flux,
-                                       ctx.model.freq_hz[q])
-            ctx.local.idle(q, b0)
-            ctx.local.unitary(q, u)
-            ctx.local.decohere(q, b1)
-            return
-        u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
-        offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
-        if offsets.any():  # the offsets' frame, split symmetrically about the block
-            d = frame_phase(offsets, _level_numbers(len(cluster)),
-                            0.5 * (b0 + b1) / self.device.sample_rate_hz)
-            u = (d[:, None] * u) * d.conj()[None, :]
-        self._prepare(ctx, cluster, b0)
-        ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
-        for q in cluster:
-            ctx.local.decohere(q, b1)
-
-    def _flux_phi(self, ctx: _RunContext, q: int, fluxed: list[int], b0: int, b1: int
-                  ) -> np.ndarray:
-        """Flux (flux quanta from the sweet spot) of ``q`` per sample over [b0, b1)."""
-        phi = np.full(b1 - b0, ctx.phi_dc[q])
-        if q in fluxed:
-            flux = ctx.samples[self.cabling[q].flux_port, b0:b1].real
-            phi = phi + self.device.flux_line_phi0_per_amplitude * flux
-        return phi
-
-    def _segment_unitary(self, ctx: _RunContext, cluster: list[int], fluxed: list[int],
-                         b0: int, b1: int) -> np.ndarray:
-        """Propagator over samples [b0, b1) of a coupled ``cluster`` with flux pulses, in the
-        dressed basis and each qubit's dressed frame, in the deferred ZZ frame of
-        :meth:`evolve` (conjugated by exp(+i 2 pi Z_cluster (t - anchor))).
-
-        The cluster's bare Hamiltonian (exchange coupling, flux per sample, drives) plus a
-        constant correction V diag(delta) V^dag is propagated exactly per sample in a common
-        frame. The correction makes the cluster's idle energies those of the whole device's
-        dressed model (the dressing by neighbours outside the cluster), so the block starts and
-        ends in the dressed idle eigenstates V: a flux pulse has no switch-on artefact. Pair
-        terms to qubits outside the cluster are diagonal and treated as commuting with the
-        block. Cached by flux samples and DC flux context when no drive plays in it.
-        """
-        fs = self.device.sample_rate_hz
-        model = ctx.model
-        k = len(cluster)
-        drives = {}
-        for q in cluster:
-            z = self._drive_hz(ctx, q, b0, b1, offset=False)
-            if np.any(z):
-                drives[q] = z
-        flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
-        f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
-        f_ref = f_bare[0]
-        v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
-        key = None
-        if not drives:
-            key = (tuple(cluster), b1 - b0, *(flux_phi[q].tobytes() for q in cluster),
-                   tuple(f_bare), model.freq_hz)
-            u = self.cache_nq.get(key)
-        if key is None or u is None:
-            u = self._cluster_common_frame_unitary(cluster, drives, flux_phi, b0, b1, f_bare,
-                                                   [model.freq_hz[q] for q in cluster], h_corr)
-            u = v.T @ u @ v
-            if key is not None:
-                u = self.cache_nq.put(key, u)
-        levels = _level_numbers(k)
-        frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
-        zz = model.energies(cluster) - model.local_energies(cluster)
-        a = ctx.anchor
-        r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
-        r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)
-        return (r1[:, None] * u) * r0[None, :]
-
-    def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
-                          model: DressedModel) -> tuple[np.ndarray, np.ndarray]:
-        """(V, H_corr) of a cluster in the common frame of its first qubit: V its labelled
-        dressed idle basis, H_corr the correction that makes its idle energies the device's."""
-        key = ("dressing", tuple(cluster), f_bare, model.freq_hz)
-        hit = self._dressings.get(key)
-        if hit is not None:
-            return hit
-        truths = [self.device.qubits[q] for q in cluster]
-        couplings = {(i, j): self.device.coupling_hz(cluster[i], cluster[j])
-                     for i in range(len(cluster)) for j in range(i + 1, len(cluster))
-                     if self.device.coupling_hz(cluster[i], cluster[j])}
-        v, e = dressed_basis([f - f_bare[0] for f in f_bare],
-                             [t.anharmonicity_hz for t in truths], couplings)
-        levels = _level_numbers(len(cluster))
-        target = (np.array([model.freq_hz[q] - f_bare[0] for q in cluster]) @ levels
-                  + model.energies(cluster))
-        delta = target - (e - e[0])
-        h_corr = (v * delta[None, :]) @ v.T
-        if len(self._dressings) >= 64:
-            self._dressings.clear()
-        self._dressings[key] = (v, h_corr)
-        return v, h_corr
-
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
                           f_idle_hz: float) -> np.ndarray:
         """Propagator of one transmon in its idle frame under ``drive_hz`` (z per sample, Hz;
@@ -749,43 +628,6 @@ class PhysicsEngine(DriveBlocks):
             u = self.cache_1q.put(key, _transmon_propagate_kernel(
                 z0, detuning, truth.anharmonicity_hz, 1.0 / self.device.sample_rate_hz))
         return rotate_drive_phase(u, phi)
-
-    def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
-                                      flux_phi: dict[int, np.ndarray], b0: int, b1: int,
-                                      f_bare: list[float], f_frame: list[float],
-                                      h_corr: np.ndarray) -> np.ndarray:
-        """Propagator of a coupled cluster over [b0, b1) in the frame rotating at the first
-        qubit's bare idle frequency ``f_bare[0]`` for every qubit, bare basis (per-sample
-        eigendecomposition). Drives are given in each qubit's frame ``f_frame`` (Hz);
-        ``h_corr`` (Hz) is added at every sample."""
-        fs = self.device.sample_rate_hz
-        n = len(cluster)
-        d = LEVELS**n
-        a_ops = [_embed(self._a, i, n) for i in range(n)]
-        n_ops = [a.conj().T @ a for a in a_ops]
-        f_ref = f_bare[0]
-        fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
-                      + [0.0])
-        sub = max(1, int(np.ceil(20.0 * fastest / fs)))
-        n_steps = (b1 - b0) * sub
-        t_sub = (b0 + (np.arange(n_steps) + 0.5) / sub) / fs
-        h = np.zeros((n_steps, d, d), dtype=complex)
-        h += h_corr
-        for i, q in enumerate(cluster):
-            truth = self.device.qubits[q]
-            h += 0.5 * truth.anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
-            f_q = np.repeat([truth.frequency_hz(p) for p in flux_phi[q]], sub)
-            h += (f_q - f_ref)[:, None, None] * n_ops[i]
-            if q in drives:
-                z = np.repeat(drives[q], sub) * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_sub)
-                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
-                            + z.conj()[:, None, None] * a_ops[i])
-        for i, qa in enumerate(cluster):
-            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
-                g = self.device.coupling_hz(qa, qb)
-                if g:
-                    h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
-        return _propagate_kernel(h, 1.0 / (fs * sub))
 
     def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
                  settings: Settings, levels: np.ndarray, rng: np.random.Generator,

@@ -28,6 +28,9 @@ from numba import njit
 #: that share a key differ by less than half of it per sample, which moves the unitary of an
 #: n-sample pulse by at most ~pi * grid * n * dt (1e-10 for 160 samples at 1 GS/s).
 KEY_GRID_HZ = 1e-3
+#: Samples whose magnitudes differ by less than this fraction count as one peak
+#: (:func:`phase_reference`).
+PEAK_TIE = 1e-9
 
 
 @njit(cache=True)
@@ -131,17 +134,25 @@ def _transmon_propagate_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
 def drive_phase_key(z_hz: np.ndarray) -> tuple[float, np.ndarray, bytes]:
     """Split a drive into a phase and a phase-normalised drive, and key the latter.
 
-    Returns (phi_rad, z0_hz, key) with z_hz = z0_hz * exp(i phi_rad); phi is the phase of the
-    largest sample, so z0 is the same array for the same pulse played at any phase. ``key`` is
-    z0 quantised on ``KEY_GRID_HZ`` (bytes).
+    Returns (phi_rad, z0_hz, key) with z_hz = z0_hz * exp(i phi_rad); phi is
+    :func:`phase_reference`, so z0 is the same array for the same pulse played at any phase.
+    ``key`` is z0 quantised on ``KEY_GRID_HZ`` (bytes).
     """
     if z_hz.size == 0:
         return 0.0, z_hz, b""
-    j = int(np.argmax(np.abs(z_hz)))
-    phi = float(np.angle(z_hz[j]))
+    phi = phase_reference(z_hz)
     z0 = z_hz * np.exp(-1j * phi)
     key = np.rint(z0.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes()
     return phi, z0, key
+
+
+def phase_reference(z_hz: np.ndarray) -> float:
+    """Phase (rad) of the first sample of ``z_hz`` whose magnitude is within a relative 1e-9
+    of the largest: a symmetric pulse has two equal peaks, and rounding must not decide which
+    of them sets the phase (the key would then change with the time a pulse is played at)."""
+    mag = np.abs(z_hz)
+    j = int(np.argmax(mag >= (1.0 - PEAK_TIE) * mag.max()))
+    return float(np.angle(z_hz[j]))
 
 
 def rotate_drive_phase(u: np.ndarray, phi_rad: float) -> np.ndarray:

@@ -30,6 +30,7 @@ from numpy.testing import assert_allclose
 
 import labqpu
 from labqpu.errors import SimulationError
+from labqpu.firmware_sim.clusters import _propagate_kernel
 from labqpu.firmware_sim.device import DeviceTruth, QubitTruth, load_device, load_rack
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import (
@@ -37,7 +38,6 @@ from labqpu.firmware_sim.physics import (
     PhysicsEngine,
     Settings,
     WireProgram,
-    _propagate_kernel,
     _render_kernel,
     relaxation_superop,
 )

@@ -1,0 +1,313 @@
+"""Flux blocks on coupled clusters: the part of ``PhysicsEngine`` that applies flux pulses.
+
+While a flux pulse plays, the fluxed transmon and its neighbours (and any transmon driven
+meanwhile that couples to them) form a cluster whose bare Hamiltonian is propagated exactly per
+sample in a common frame (``ClusterBlocks._segment_unitary``; the model is in the docstring of
+``physics``). The per-sample diagonalisation of a 27- to 243-dimensional Hamiltonian is the most
+expensive step of the simulator, so its result is cached by everything it depends on:
+
+* the cluster, the block length, the flux per sample of every qubit, the bare idle
+  frequencies and the dressed frame frequencies;
+* the drives, after removing what a frame change can restore. In the common frame (every
+  qubit rotating at the first qubit's bare frequency f_ref) the drive of qubit q is
+  z_q(t) exp(-i 2 pi (f~_q - f_ref) t). Writing t = b0 / fs + tau splits off the constant
+  factor exp(-i 2 pi (f~_q - f_ref) b0 / fs), and a global phase psi (that of the largest
+  drive sample) is split off all drives together. The cluster's bare Hamiltonian conserves
+  the total excitation number N apart from the drives, and R(psi) = exp(i psi N) turns every
+  drive term by e^{i psi}: H(z e^{i psi}) = R H(z) R^dag, so U(z e^{i psi}) = R U(z) R^dag
+  (R is diagonal in the dressed basis, which is block-diagonal in N). The same pulses played
+  at another time or after a virtual Z therefore reuse one cached propagator whenever one
+  qubit is driven; with several driven qubits only their common phase is a frame change.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from numba import njit
+
+from labqpu.firmware_sim.blocks import _RunContext
+from labqpu.firmware_sim.coupling import DressedModel, dressed_basis
+from labqpu.firmware_sim.density import LEVELS, _excitation_numbers, _level_numbers
+from labqpu.firmware_sim.noise import frame_phase
+from labqpu.firmware_sim.propagation import KEY_GRID_HZ, PEAK_TIE, phase_reference
+
+#: Sub-steps per cycle of the fastest drive rotation in a cluster's common frame (a drive
+#: sample rotates at f~_q - f_ref there and is sampled at sub-step midpoints).
+SUBSTEPS_PER_CYCLE = 20
+
+
+@njit(cache=True)
+def _propagate_kernel(h_stack_hz, dt_s):
+    """Product of exact per-sample propagators exp(-i 2 pi H_k dt), last sample leftmost.
+
+    ``h_stack_hz`` has shape (n_samples, d, d), Hermitian, in Hz.
+    """
+    d = h_stack_hz.shape[1]
+    u = np.eye(d, dtype=np.complex128)
+    for k in range(h_stack_hz.shape[0]):
+        evals, evecs = np.linalg.eigh(h_stack_hz[k])
+        phases = np.exp(-2j * np.pi * evals * dt_s)
+        uk = (evecs * phases) @ evecs.conj().T
+        u = uk @ u
+    return u
+
+
+def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
+    out = np.ones((1, 1), dtype=complex)
+    for i in range(n):
+        out = np.kron(out, op if i == pos else np.eye(LEVELS))
+    return out
+
+
+def cluster_drive_key(drives_hz: dict[int, np.ndarray], offsets_hz: dict[int, float], b0: int,
+                      sample_rate_hz: float
+                      ) -> tuple[float, dict[int, np.ndarray], tuple[tuple[int, bytes], ...]]:
+    """Split the drives of a cluster block into a frame change and a cacheable remainder.
+
+    ``drives_hz`` maps qubit -> z per sample (Hz) in its dressed frame over a block starting at
+    sample ``b0``; ``offsets_hz`` maps qubit -> f~_q - f_ref, its frame's offset from the
+    common frame. Returns (psi_rad, rel_hz, key): ``rel_hz[q]`` is the drive of a block that
+    starts at sample 0, turned by -psi_rad (the :func:`phase_reference` of the strongest
+    drive; the first in qubit order among equals), so that the block's propagator is
+    R(psi) U(rel) R(psi)^dag with R(psi) = exp(i psi N) (:func:`rotate_excitation_phase`);
+    ``key`` holds ``rel_hz`` quantised on ``KEY_GRID_HZ``.
+    """
+    shifted = {q: z * np.exp(-2j * np.pi * offsets_hz[q] * b0 / sample_rate_hz)
+               for q, z in sorted(drives_hz.items())}
+    if not shifted:
+        return 0.0, {}, ()
+    peaks = {q: float(np.abs(z).max()) for q, z in shifted.items()}
+    top = max(peaks.values())
+    psi = phase_reference(shifted[next(q for q, p in peaks.items() if p >= (1 - PEAK_TIE) * top)])
+    turn = np.exp(-1j * psi)
+    rel = {q: y * turn for q, y in shifted.items()}
+    key = tuple((q, np.rint(y.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes())
+                for q, y in rel.items())
+    return psi, rel, key
+
+
+def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray:
+    """R u R^dag with R = exp(i psi N) on ``k`` transmons (N the total excitation number;
+    ``u`` 3^k x 3^k in a basis labelled by levels, first transmon most significant)."""
+    r = np.exp(1j * psi_rad * _excitation_numbers(k))
+    return (r[:, None] * u) * r.conj()[None, :]
+
+
+class ClusterBlocks:
+    """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: flux blocks on coupled
+    clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``_dressings``,
+    ``_a``, ``_drive_hz``, ``_transmon_unitary`` and ``_prepare``)."""
+
+    def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
+                       b1: int) -> None:
+        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits."""
+        if len(cluster) == 1:
+            q = cluster[0]
+            flux = self._flux_phi(ctx, q, fluxed, b0, b1)
+            u = self._transmon_unitary(q, self._drive_hz(ctx, q, b0, b1), flux,
+                                       ctx.model.freq_hz[q])
+            ctx.local.idle(q, b0)
+            ctx.local.unitary(q, u)
+            ctx.local.decohere(q, b1)
+            return
+        u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+        offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
+        if offsets.any():  # the quasi-static offsets' frame, split symmetrically about the block
+            d = frame_phase(offsets, _level_numbers(len(cluster)),
+                            0.5 * (b0 + b1) / self.device.sample_rate_hz)
+            u = (d[:, None] * u) * d.conj()[None, :]
+        self._prepare(ctx, cluster, b0)
+        ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
+        for q in cluster:
+            ctx.local.decohere(q, b1)
+
+    def _flux_phi(self, ctx: _RunContext, q: int, fluxed: list[int], b0: int, b1: int
+                  ) -> np.ndarray:
+        """Flux (flux quanta from the sweet spot) of ``q`` per sample over [b0, b1)."""
+        phi = np.full(b1 - b0, ctx.phi_dc[q])
+        if q in fluxed:
+            flux = ctx.samples[self.cabling[q].flux_port, b0:b1].real
+            phi = phi + self.device.flux_line_phi0_per_amplitude * flux
+        return phi
+
+    def _segment_unitary(self, ctx: _RunContext, cluster: list[int], fluxed: list[int],
+                         b0: int, b1: int) -> np.ndarray:
+        """Propagator over samples [b0, b1) of a coupled ``cluster`` with flux pulses, in the
+        dressed basis and each qubit's dressed frame, in the deferred ZZ frame of
+        :meth:`evolve` (conjugated by exp(+i 2 pi Z_cluster (t - anchor))).
+
+        The cluster's bare Hamiltonian (exchange coupling, flux per sample, drives) plus a
+        constant correction V diag(delta) V^dag is propagated exactly per sample in a common
+        frame. The correction makes the cluster's idle energies those of the whole device's
+        dressed model (the dressing by neighbours outside the cluster), so the block starts and
+        ends in the dressed idle eigenstates V: a flux pulse has no switch-on artefact. Pair
+        terms to qubits outside the cluster are diagonal and treated as commuting with the
+        block. The stretch with drives and the drive-free stretches before and after it are
+        separate parts (:meth:`_cluster_part`), each cached by flux samples, DC flux context
+        and the drives up to their time offset and common phase, which are applied as frame
+        changes (module docstring).
+        """
+        fs = self.device.sample_rate_hz
+        model = ctx.model
+        k = len(cluster)
+        drives = {}
+        for q in cluster:
+            z = self._drive_hz(ctx, q, b0, b1, offset=False)
+            if np.any(z):
+                drives[q] = z
+        flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
+        f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
+        f_ref = f_bare[0]
+        f_frame = [model.freq_hz[q] for q in cluster]
+        offsets = {q: f_frame[i] - f_ref for i, q in enumerate(cluster)}
+        driven = np.flatnonzero(np.any([z != 0 for z in drives.values()], axis=0)) \
+            if drives else np.zeros(0, dtype=np.int64)
+        # Drive-free stretches are separate parts, cached without the drives (they repeat
+        # whatever the drive phases); the product of the parts is the block's propagator.
+        cuts = sorted({0, b1 - b0, *((int(driven[0]), int(driven[-1]) + 1) if driven.size
+                                     else ())})
+        u = None
+        for c0, c1 in itertools.pairwise(cuts):
+            part = self._cluster_part(
+                cluster, {q: z[c0:c1] for q, z in drives.items() if np.any(z[c0:c1])},
+                {q: f[c0:c1] for q, f in flux_phi.items()}, b0 + c0, f_bare, f_frame, offsets,
+                model)
+            u = part if u is None else part @ u
+        levels = _level_numbers(k)
+        frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
+        zz = model.energies(cluster) - model.local_energies(cluster)
+        a = ctx.anchor
+        r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
+        r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)
+        return (r1[:, None] * u) * r0[None, :]
+
+    def _cluster_part(self, cluster: list[int], drives: dict[int, np.ndarray],
+                      flux_phi: dict[int, np.ndarray], b0: int, f_bare: list[float],
+                      f_frame: list[float], offsets: dict[int, float], model: DressedModel
+                      ) -> np.ndarray:
+        """Propagator of ``cluster`` over the samples of ``flux_phi`` starting at ``b0`` in the
+        common frame of its first qubit, dressed basis: cached with the drives' time offset
+        and common phase split off (module docstring), which are applied here."""
+        fs = self.device.sample_rate_hz
+        n = next(iter(flux_phi.values())).size
+        f_ref = f_bare[0]
+        # With one driven qubit the part is propagated in that qubit's frame, where its drive
+        # is constant over each sample as the model says (no sub-steps), then moved to f_ref.
+        f_c = f_frame[cluster.index(next(iter(drives)))] if len(drives) == 1 else f_ref
+        psi, rel, drive_key = cluster_drive_key(
+            drives, {q: f_frame[i] - f_c for i, q in enumerate(cluster)}, b0, fs)
+        key = ("cluster", tuple(cluster), n, *(flux_phi[q].tobytes() for q in cluster),
+               tuple(f_bare), model.freq_hz, f_c, drive_key)
+        u = self.cache_nq.get(key)
+        if u is None:
+            v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
+            u = self._cluster_common_frame_unitary(cluster, rel, flux_phi, 0, n, f_bare,
+                                                   f_frame, h_corr, f_c)
+            u = self.cache_nq.put(key, v.T @ u @ v)
+        if not rel:
+            return u
+        u = rotate_excitation_phase(u, psi, len(cluster))
+        # U_f(t1, t0) = exp(i 2 pi (f - f_c) N t1) U_fc(t1, t0) exp(-i 2 pi (f - f_c) N t0)
+        big_n = _excitation_numbers(len(cluster))
+        left = np.exp(2j * np.pi * (f_ref - f_c) * big_n * (b0 + n) / fs)
+        right = np.exp(-2j * np.pi * (f_ref - f_c) * big_n * b0 / fs)
+        return (left[:, None] * u) * right[None, :]
+
+    def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
+                          model: DressedModel) -> tuple[np.ndarray, np.ndarray]:
+        """(V, H_corr) of a cluster in the common frame of its first qubit: V its labelled
+        dressed idle basis, H_corr the correction that makes its idle energies the device's."""
+        key = ("dressing", tuple(cluster), f_bare, model.freq_hz)
+        hit = self._dressings.get(key)
+        if hit is not None:
+            return hit
+        truths = [self.device.qubits[q] for q in cluster]
+        couplings = {(i, j): self.device.coupling_hz(cluster[i], cluster[j])
+                     for i in range(len(cluster)) for j in range(i + 1, len(cluster))
+                     if self.device.coupling_hz(cluster[i], cluster[j])}
+        v, e = dressed_basis([f - f_bare[0] for f in f_bare],
+                             [t.anharmonicity_hz for t in truths], couplings)
+        levels = _level_numbers(len(cluster))
+        target = (np.array([model.freq_hz[q] - f_bare[0] for q in cluster]) @ levels
+                  + model.energies(cluster))
+        delta = target - (e - e[0])
+        h_corr = (v * delta[None, :]) @ v.T
+        if len(self._dressings) >= 64:
+            self._dressings.clear()
+        self._dressings[key] = (v, h_corr)
+        return v, h_corr
+
+    def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
+                                      flux_phi: dict[int, np.ndarray], b0: int, b1: int,
+                                      f_bare: list[float], f_frame: list[float],
+                                      h_corr: np.ndarray, f_ref_hz: float | None = None
+                                      ) -> np.ndarray:
+        """Propagator of a coupled cluster over [b0, b1) in the frame rotating at ``f_ref_hz``
+        (default: the first qubit's bare idle frequency ``f_bare[0]``) for every qubit, bare
+        basis (per-sample eigendecomposition). Drives are given in each qubit's frame
+        ``f_frame`` (Hz); ``h_corr`` (Hz, the correction of :meth:`_cluster_dressing`, which
+        does not depend on the frame) is added at every sample.
+
+        A sample with a drive is cut into ``sub`` midpoint steps (the drive rotates at
+        f~_q - f_ref in the common frame); a run of samples without drive and with the same
+        flux has one constant Hamiltonian and is one step of that length (``_cluster_steps``).
+        """
+        fs = self.device.sample_rate_hz
+        n = len(cluster)
+        d = LEVELS**n
+        a_ops = [_embed(self._a, i, n) for i in range(n)]
+        n_ops = [a.conj().T @ a for a in a_ops]
+        f_ref = f_bare[0] if f_ref_hz is None else f_ref_hz
+        fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
+                      + [0.0])
+        sub = max(1, int(np.ceil(SUBSTEPS_PER_CYCLE * fastest / fs)))
+        f_q = np.array([[truth.frequency_hz(p) for p in flux_phi[q]]
+                        for q, truth in ((q, self.device.qubits[q]) for q in cluster)]).T
+        driven = np.zeros(b1 - b0, dtype=bool)
+        for z in drives.values():
+            driven |= z != 0
+        sample, t_in, length = _cluster_steps(driven, f_q, sub)
+        t_step = (b0 + sample + t_in) / fs
+        h = np.zeros((sample.size, d, d), dtype=complex)
+        h += h_corr
+        for i, q in enumerate(cluster):
+            h += 0.5 * self.device.qubits[q].anharmonicity_hz * (n_ops[i] @ n_ops[i] - n_ops[i])
+            h += (f_q[sample, i] - f_ref)[:, None, None] * n_ops[i]
+            if q in drives:
+                z = drives[q][sample] * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_step)
+                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
+                            + z.conj()[:, None, None] * a_ops[i])
+        for i, qa in enumerate(cluster):
+            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
+                g = self.device.coupling_hz(qa, qb)
+                if g:
+                    h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
+        # exp(-i 2 pi H L dt) as a step of dt / sub with the Hamiltonian scaled by L sub.
+        h *= (length * sub)[:, None, None]
+        return _propagate_kernel(h, 1.0 / (fs * sub))
+
+
+def _cluster_steps(driven: np.ndarray, f_hz: np.ndarray, sub: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time steps of a cluster block: (sample, offset, length) per step, in samples.
+
+    ``driven`` flags the samples with a drive, ``f_hz`` (samples x qubits) the bare
+    frequencies per sample. A driven sample gives ``sub`` steps of length 1 / sub at offsets
+    (m + 1/2) / sub (midpoints: the drive's phase is taken there); consecutive undriven
+    samples with equal frequencies give one step over their whole length.
+    """
+    n = driven.size
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = ~driven[1:] & ~driven[:-1] & np.all(f_hz[1:] == f_hz[:-1], axis=1)
+    first = np.flatnonzero(~same)
+    run = np.diff(np.append(first, n))
+    reps = np.where(driven[first], sub, 1)
+    sample = np.repeat(first, reps)
+    m = np.arange(sample.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    is_driven = np.repeat(driven[first], reps)
+    t_in = np.where(is_driven, (m + 0.5) / sub, 0.5)
+    length = np.where(is_driven, 1.0 / sub, np.repeat(run, reps).astype(float))
+    return sample, t_in, length
