@@ -522,9 +522,21 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                     break
                 if self.device.coupling_hz(q0, q1):
                     parent[find(j)] = find(i)
-        groups: dict[int, list[int]] = {}
-        for i in range(len(blocks)):
-            groups.setdefault(find(i), []).append(i)
+        # A joined block spans its members' whole time range on each of its qubits, so a
+        # drive of one of those qubits inside that range joins it too (else the range would be
+        # applied twice on that qubit); repeat until no group's span overlaps another's on a
+        # shared qubit.
+        while True:
+            groups: dict[int, list[int]] = {}
+            for i in range(len(blocks)):
+                groups.setdefault(find(i), []).append(i)
+            spans = [(min(blocks[i][0] for i in m), max(blocks[i][1] for i in m),
+                      {blocks[i][2][0] for i in m}, root) for root, m in groups.items()]
+            pair = next(((a[3], b[3]) for k, a in enumerate(spans) for b in spans[k + 1:]
+                         if a[2] & b[2] and a[0] < b[1] and b[0] < a[1]), None)
+            if pair is None:
+                break
+            parent[find(pair[1])] = find(pair[0])
         out = []
         for members in groups.values():
             qubits = sorted({blocks[i][2][0] for i in members})
