@@ -78,6 +78,7 @@ from labqpu.firmware_sim.coupling import (
 from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
+    EvolutionStart,
     _ladder,
     _level_numbers,
     _LocalChannels,
@@ -210,20 +211,6 @@ class Evolution:
     position: dict[int, int]
     samples: np.ndarray
     acquisitions: list[tuple[int, int]]
-
-
-@dataclass(frozen=True)
-class EvolutionStart:
-    """A state to resume :meth:`PhysicsEngine.evolve` from (mid-circuit measurement).
-
-    ``rho`` holds the qubits of ``position`` (qubit -> tensor axis) with every qubit's evolution,
-    static ZZ included, accounted for up to sample ``time_samples``; the program's plays must
-    not start before it. ``rho`` is not modified.
-    """
-
-    rho: DensityMatrix
-    position: dict[int, int]
-    time_samples: int
 
 
 def _resume_qubits(start: EvolutionStart, needed: set[int]) -> set[int]:

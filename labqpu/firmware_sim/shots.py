@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labqpu.firmware_sim.density import LEVELS, DensityMatrix
+from labqpu.firmware_sim.density import LEVELS, DensityMatrix, EvolutionStart
 from labqpu.firmware_sim.noise import (
     plan_chunks,
     pulse_spans_s,
     thermal_populations,
     with_offsets,
 )
-
-if TYPE_CHECKING:
-    from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 
 #: Residual excitation exp(-gap / T1) below which shots are treated as independent.
 RESIDUAL_FLOOR = 1e-3
@@ -67,12 +63,14 @@ def cascade_level(level: int, gap_s: float, t1_s: float, draws: np.ndarray) -> i
     return level
 
 
-def run_shots(engine: PhysicsEngine, prog: WireProgram, settings: Settings, shots: int,
-              rng: np.random.Generator, drift: tuple[np.ndarray, np.ndarray] | None = None, *,
+def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
+              drift: tuple[np.ndarray, np.ndarray] | None = None, *,
               rep_delay_s: float | None = None, decimation: int | None = None) -> ShotRecords:
-    """Execute ``prog`` for ``shots`` shots under ``drift`` (``PhysicsEngine.conditions``),
-    ``rep_delay_s`` (s) between shots (None: shots are independent), with decimated traces
-    of ``decimation`` samples per point when given."""
+    """Execute ``prog`` (``physics.WireProgram``) on ``engine`` (``physics.PhysicsEngine``)
+    under ``settings`` (``physics.Settings``) for ``shots`` shots under ``drift``
+    (``PhysicsEngine.conditions``), ``rep_delay_s`` (s) between shots (None: independent
+    shots), with traces of ``decimation`` samples per point when given. (Not imported from
+    ``physics``, which calls this module.)"""
     base, sigma = engine.conditions(settings, drift)
     fs = engine.device.sample_rate_hz
     spans = pulse_spans_s(prog, engine.cabling, fs)
@@ -115,14 +113,11 @@ def run_shots(engine: PhysicsEngine, prog: WireProgram, settings: Settings, shot
     return ShotRecords(iq=iq, traces=traces)
 
 
-def _chain(engine: PhysicsEngine, prog: WireProgram, settings: Settings,
-           rng: np.random.Generator, counts: np.ndarray, conds: list,
+def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray, conds: list,
            states: dict[int, tuple[DensityMatrix, dict[int, int]]], measured: list[int],
            gaps: list[float], base: dict) -> np.ndarray:
     """Levels (shots, acquisitions) sampled shot after shot, each shot starting from where
     the previous one left the measured qubits (module docstring)."""
-    from labqpu.firmware_sim.physics import EvolutionStart
-
     chunk_of = rng.permutation(np.repeat(np.arange(counts.size), counts))
     shots = chunk_of.size
     picks = rng.random(shots)
