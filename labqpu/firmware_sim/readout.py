@@ -145,37 +145,79 @@ def _window_kernel(u, rot, gamma_start, levels, step_e, step_d, photons_per_fiel
     ``gamma_start`` (3,) field per level at the window's start, ``levels`` (shots,) levels at
     the start, ``step_e`` / ``step_d`` (3,) per-sample factors, ``expo`` / ``unif``
     (shots, MAX_JUMPS) unit exponential and uniform draws. Returns (bin sums (shots, n_bins)
-    of gamma_k rot_k, end levels (shots,))."""
+    of gamma_k rot_k, end levels (shots,)).
+
+    Until its first jump a shot follows its level's deterministic field, whose prefix sums
+    and cumulative hazard are computed once per level: the first jump is a binary search and
+    the bins are differences of prefix sums. Only after a jump is the shot stepped sample by
+    sample (the hazard of sample k uses the field at its start; the jump acts from the field
+    update of sample k on)."""
     n = u.shape[0]
     shots = levels.shape[0]
     n_bins = (n + bin_len - 1) // bin_len
     sums = np.zeros((shots, n_bins), dtype=np.complex128)
     end = np.empty(shots, dtype=np.int64)
     n_jumps = expo.shape[1]
+    traj = np.empty((LEVELS, n), dtype=np.complex128)
+    prefix = np.zeros((LEVELS, n + 1), dtype=np.complex128)
+    up_rate = np.zeros((LEVELS, n))
+    hazard = np.zeros((LEVELS, n))
+    for lv in range(LEVELS):
+        g = gamma_start[lv]
+        acc = 0.0j
+        h = 0.0
+        for k in range(n):
+            traj[lv, k] = g
+            acc += g * rot[k]
+            prefix[lv, k + 1] = acc
+            if lv < LEVELS - 1 and up_rate_at_crit_hz > 0.0:
+                photons = photons_per_field2 * (g.real * g.real + g.imag * g.imag)
+                up_rate[lv, k] = up_rate_at_crit_hz * (photons / n_crit) ** exponent
+            h += (lv / t1_s + up_rate[lv, k]) * dt_s
+            hazard[lv, k] = h
+            g = step_e[lv] * g + step_d[lv] * u[k]
     for s in range(shots):
         lvl = levels[s]
-        g = gamma_start[lvl]
-        used = 0
-        left = expo[s, 0]
-        for k in range(n):
-            sums[s, k // bin_len] += g * rot[k]
+        j = n
+        if n > 0 and n_jumps > 0 and hazard[lvl, n - 1] >= expo[s, 0]:
+            j = np.searchsorted(hazard[lvl], expo[s, 0])
+        upto = min(j + 1, n)
+        for b in range(n_bins):
+            k0 = b * bin_len
+            if k0 >= upto:
+                break
+            k1 = min(k0 + bin_len, upto)
+            sums[s, b] += prefix[lvl, k1] - prefix[lvl, k0]
+        if j < n:
             down = lvl / t1_s
-            up = 0.0
-            if lvl < LEVELS - 1 and up_rate_at_crit_hz > 0.0:
-                photons = photons_per_field2 * (g.real * g.real + g.imag * g.imag)
-                up = up_rate_at_crit_hz * (photons / n_crit) ** exponent
-            total = (down + up) * dt_s
-            if used < n_jumps and total > 0.0:
-                left -= total
-                if left <= 0.0:
-                    if unif[s, used] * (down + up) < up:
-                        lvl += 1
-                    else:
-                        lvl -= 1
-                    used += 1
-                    if used < n_jumps:
-                        left = expo[s, used]
-            g = step_e[lvl] * g + step_d[lvl] * u[k]
+            up = up_rate[lvl, j]
+            g = traj[lvl, j]
+            if unif[s, 0] * (down + up) < up:
+                lvl += 1
+            else:
+                lvl -= 1
+            used = 1
+            left = expo[s, 1] if used < n_jumps else 0.0
+            g = step_e[lvl] * g + step_d[lvl] * u[j]
+            for k in range(j + 1, n):
+                sums[s, k // bin_len] += g * rot[k]
+                down = lvl / t1_s
+                up = 0.0
+                if lvl < LEVELS - 1 and up_rate_at_crit_hz > 0.0:
+                    photons = photons_per_field2 * (g.real * g.real + g.imag * g.imag)
+                    up = up_rate_at_crit_hz * (photons / n_crit) ** exponent
+                total = (down + up) * dt_s
+                if used < n_jumps and total > 0.0:
+                    left -= total
+                    if left <= 0.0:
+                        if unif[s, used] * (down + up) < up:
+                            lvl += 1
+                        else:
+                            lvl -= 1
+                        used += 1
+                        if used < n_jumps:
+                            left = expo[s, used]
+                g = step_e[lvl] * g + step_d[lvl] * u[k]
         end[s] = lvl
     return sums, end
 
