@@ -43,7 +43,19 @@ _OPTION_TYPES = {
     "seed_simulator": (numbers.Integral, "a non-negative integer"),
     "rep_delay": (numbers.Real, "a finite number of seconds"),
     "timeout": (numbers.Real, "a finite number of seconds"),
+    "trace_decimation": (numbers.Integral, "a whole number of samples"),
 }
+#: ``rep_delay`` when the run does not give one: this many times the longest calibrated T1
+#: (residual excitation exp(-10) ~ 5e-5), or REP_DELAY_UNCALIBRATED_S without any T1.
+REP_DELAY_T1_FACTOR = 10.0
+REP_DELAY_UNCALIBRATED_S = 500e-6
+
+
+def default_rep_delay_s(snapshot: Snapshot) -> float:
+    """The repetition delay (s) of runs that do not set ``rep_delay``: REP_DELAY_T1_FACTOR x
+    the longest ``t1_s`` in ``snapshot`` (at most 1 s), REP_DELAY_UNCALIBRATED_S without one."""
+    t1 = [params["t1_s"].value for params in snapshot.qubits.values() if "t1_s" in params]
+    return min(1.0, REP_DELAY_T1_FACTOR * max(t1)) if t1 else REP_DELAY_UNCALIBRATED_S
 def _check_option_types(options: dict) -> None:
     """Type (and finiteness) checks that must precede the range validators."""
     tags = options.get("job_tags")
@@ -112,19 +124,20 @@ class LabBackend(BackendV2):
     @classmethod
     def _default_options(cls) -> Options:
         opts = Options(
-            shots=1024, memory=False, meas_level=2, meas_return="single", rep_delay=100e-6,
+            shots=1024, memory=False, meas_level=2, meas_return="single", rep_delay=None,
             seed_simulator=None, sync=False, scheduling_method="alap", timeout=300.0,
-            job_tags=None, reset_method="active",
+            job_tags=None, reset_method="active", trace_decimation=None,
         )
         opts.set_validator("shots", (1, MAX_SHOTS))
         opts.set_validator("memory", bool)
-        opts.set_validator("meas_level", [1, 2])
+        opts.set_validator("meas_level", [0, 1, 2])
         opts.set_validator("meas_return", ["single", "avg"])
         opts.set_validator("rep_delay", (0.0, 1.0))
         opts.set_validator("sync", bool)
         opts.set_validator("scheduling_method", list(SCHEDULING_METHODS))
         opts.set_validator("reset_method", list(RESET_METHODS))
         opts.set_validator("timeout", (0.001, 86_400.0))
+        opts.set_validator("trace_decimation", (1, 1 << 20))
         return opts
 
     def _refresh(self) -> None:
@@ -277,7 +290,10 @@ class LabBackend(BackendV2):
         opts = self._checked_options(kwargs, "run option", none_keeps_default=True)
         out = dict(opts.__dict__)
         out["shots"] = int(out["shots"])
-        out["rep_delay"] = float(out["rep_delay"])
+        if out["rep_delay"] is not None:
+            out["rep_delay"] = float(out["rep_delay"])
+        if out["trace_decimation"] is not None:
+            out["trace_decimation"] = int(out["trace_decimation"])
         out["timeout"] = float(out["timeout"])
         if out["seed_simulator"] is not None:
             out["seed_simulator"] = int(out["seed_simulator"])
@@ -344,6 +360,40 @@ class LabBackend(BackendV2):
                     f"most {int(caps[key])} ({key}); split it into several programs; nothing "
                     "was sent")
 
+    def _check_traces(self, programs: list[PulseProgram], opts: dict) -> int:
+        """The trace decimation of a meas_level 0 run, after checking that every program's
+        controller returns traces and that they fit its ``traces.max_points`` (shots x
+        acquisitions x points); raises ``InvalidRunInputError`` before anything is sent."""
+        decimations = set()
+        for program in programs:
+            where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+            caps = self._capabilities.get(program.controller, {}).get("traces")
+            if not isinstance(caps, dict):
+                raise InvalidRunInputError(
+                    f"meas_level=0: controller {program.controller} returns no raw traces (its "
+                    "hello states no 'traces' capability); nothing was sent",
+                    option="meas_level")
+            dec = opts["trace_decimation"] or int(caps["default_decimation"])
+            if dec > int(caps["max_decimation"]):
+                raise InvalidRunInputError(
+                    f"trace_decimation {dec} exceeds controller {program.controller}'s "
+                    f"{caps['max_decimation']}; nothing was sent", option="trace_decimation")
+            points = max((-(-int(d) // dec) for d in program.acq_duration), default=0)
+            size = opts["shots"] * program.acq_duration.shape[0] * points
+            if size > int(caps["max_points"]):
+                raise InvalidRunInputError(
+                    f"meas_level=0: {where} needs {opts['shots']} shots x "
+                    f"{program.acq_duration.shape[0]} acquisitions x {points} points = {size} "
+                    f"trace points; controller {program.controller} returns at most "
+                    f"{caps['max_points']}: use fewer shots or a larger trace_decimation; "
+                    "nothing was sent", option="shots")
+            decimations.add(dec)
+        if len(decimations) > 1:
+            raise InvalidRunInputError(
+                f"meas_level=0: the controllers' default trace decimations differ "
+                f"({sorted(decimations)}); set trace_decimation", option="trace_decimation")
+        return decimations.pop()
+
     def _check_program(self, program: PulseProgram) -> None:
         """A pulse-level program must fit this rack: controller, sample rate, ports, VISA
         sources, classical bits."""
@@ -386,8 +436,10 @@ class LabBackend(BackendV2):
 
         Everything is checked and compiled before anything is sent: a bad circuit or option
         raises ``InvalidRunInputError`` naming the problem, and no job is created. Options:
-        ``shots`` (1..100000), ``memory``, ``meas_level`` (1: IQ, 2: counts), ``meas_return``,
-        ``rep_delay`` (s), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
+        ``shots`` (1..100000), ``memory``, ``meas_level`` (0: raw traces, 1: IQ, 2: counts),
+        ``meas_return``, ``rep_delay`` (s; None: :func:`default_rep_delay_s` of the snapshot),
+        ``trace_decimation`` (samples per trace point with meas_level 0; None: the
+        controller's default), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
         ``reset_method`` ("active": measure, then x when the result is 1, where the controller
         has feed-forward; "passive": idle for the calibrated thermalisation time),
@@ -424,6 +476,10 @@ class LabBackend(BackendV2):
                 raise InvalidRunInputError(str(exc)) from exc
         for program in programs:
             self._check_length(program)
+        if opts["rep_delay"] is None:
+            opts["rep_delay"] = default_rep_delay_s(snapshot)
+        if opts["meas_level"] == 0:
+            opts["trace_decimation"] = self._check_traces(programs, opts)
         if opts["meas_level"] == 2:
             for program in programs:
                 try:

@@ -24,7 +24,7 @@ class BackendConfiguration:
         dt: sample interval of the controllers (s).
         max_shots: most shots one circuit may ask for.
         max_experiments: most circuits one job accepts (also as ``max_circuits``).
-        meas_levels: measurement levels ``run()`` returns (1: IQ, 2: counts).
+        meas_levels: measurement levels ``run()`` returns (0: raw traces, 1: IQ, 2: counts).
         simulator: False: the backend drives a rack (or the firmware simulator standing in for
             one) through the same instrument protocols; it is not a circuit simulator.
         memory: per-shot results are available.
@@ -39,7 +39,7 @@ class BackendConfiguration:
     dt: float
     max_shots: int
     max_experiments: int
-    meas_levels: tuple[int, ...] = (1, 2)
+    meas_levels: tuple[int, ...] = (0, 1, 2)
     simulator: bool = False
     memory: bool = True
     local: bool = True

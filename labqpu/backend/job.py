@@ -51,6 +51,9 @@ class LabJob(JobV1):
         return [(program, RunRequest(
             shots=opts["shots"], seed=None if seed is None else seed + i,
             rep_delay_s=opts["rep_delay"], timeout_s=opts["timeout"], key=f"{self.job_id()}:{i}",
+            traces=(("avg" if opts["meas_return"] == "avg" else "single")
+                    if opts["meas_level"] == 0 else None),
+            trace_decimation=opts["trace_decimation"] if opts["meas_level"] == 0 else None,
         )) for i, program in enumerate(self._programs)]
 
     def _build_result(self, records: list[RunRecord]) -> Result:
@@ -60,7 +63,8 @@ class LabJob(JobV1):
             experiment_result(program, record.iq, shots=opts["shots"],
                               meas_level=opts["meas_level"], meas_return=opts["meas_return"],
                               memory=opts["memory"], snapshot=self._snapshot,
-                              provenance=record.provenance)
+                              provenance=record.provenance, traces=record.traces,
+                              trace_decimation=record.trace_decimation)
             for program, record in zip(self._programs, records, strict=True)
         ]
         return Result.from_dict({

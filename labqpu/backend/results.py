@@ -48,11 +48,17 @@ def _register_values(bits: np.ndarray, clbits: np.ndarray) -> np.ndarray:
 
 def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,
                       meas_return: str, memory: bool, snapshot,
-                      provenance: dict | None = None) -> dict:
+                      provenance: dict | None = None, traces: np.ndarray | None = None,
+                      trace_decimation: int | None = None) -> dict:
     """One experiment's entry of ``Result.from_dict``.
 
     ``provenance`` (the rack's reproducibility bundle) goes into the experiment's header as
-    ``"reproducibility"``, together with the calibration snapshot id.
+    ``"reproducibility"``, together with the calibration snapshot id. With meas_level 0,
+    ``traces`` are the controller's (shots or 1, acquisitions, points) complex traces of
+    ``trace_decimation`` samples per point: ``memory`` holds per shot (or averaged, with
+    ``meas_return="avg"``) one list of [re, im] points per memory slot, as Qiskit's level-0
+    convention has it, and the header's ``trace`` states the decimation and the point
+    duration (s).
     """
     if iq.shape != (shots, program.acq_port.shape[0]):
         raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
@@ -75,6 +81,10 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
         data["counts"] = dict(zip(keys, (int(n) for n in counts), strict=True))
         if memory:
             data["memory"] = [keys[i] for i in inverse.reshape(-1)]
+    elif meas_level == 0:
+        data["memory"] = _trace_memory(program, traces, shots, meas_return)
+        header["trace"] = {"decimation": int(trace_decimation),
+                           "point_duration_s": trace_decimation / program.sample_rate_hz}
     else:
         slots = np.zeros((shots, program.num_clbits), dtype=np.complex128)
         for j, c in enumerate(program.acq_clbit):
@@ -84,3 +94,21 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
         data["memory"] = pairs.mean(axis=0).tolist() if meas_return == "avg" else pairs.tolist()
     return {"shots": shots, "success": True, "meas_level": meas_level,
             "meas_return": meas_return, "data": data, "header": header}
+
+
+def _trace_memory(program: PulseProgram, traces: np.ndarray | None, shots: int,
+                  meas_return: str) -> list:
+    """Level-0 ``memory``: [shot][slot][point] = [re, im] (``single``) or [slot][point] =
+    [re, im] (``avg``); a slot no acquisition writes holds zeros, a later acquisition into a
+    slot overwrites an earlier one."""
+    rows = 1 if meas_return == "avg" else shots
+    n_acq = program.acq_port.shape[0]
+    if traces is None or traces.ndim != 3 or traces.shape[:2] != (rows, n_acq):
+        got = None if traces is None else traces.shape
+        raise ValueError(f"controller returned traces of shape {got}, expected "
+                         f"({rows}, {n_acq}, points)")
+    slots = np.zeros((rows, program.num_clbits, traces.shape[2]), dtype=np.complex128)
+    for j, c in enumerate(program.acq_clbit):
+        slots[:, c] = traces[:, j]
+    pairs = np.stack([slots.real, slots.imag], axis=-1)
+    return pairs[0].tolist() if meas_return == "avg" else pairs.tolist()

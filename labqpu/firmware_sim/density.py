@@ -10,6 +10,7 @@ applies it only when needed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -241,6 +242,20 @@ class DensityMatrix:
         d = LEVELS**self.n
         p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
         return (p / p.sum()).reshape([LEVELS] * self.n)
+
+
+@dataclass(frozen=True)
+class EvolutionStart:
+    """A state to resume ``physics.PhysicsEngine.evolve`` from (mid-circuit measurement).
+
+    ``rho`` holds the qubits of ``position`` (qubit -> tensor axis) with every qubit's evolution,
+    static ZZ included, accounted for up to sample ``time_samples``; the program's plays must
+    not start before it. ``rho`` is not modified.
+    """
+
+    rho: DensityMatrix
+    position: dict[int, int]
+    time_samples: int
 
 
 class _LocalChannels:

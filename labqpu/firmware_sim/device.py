@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
 from labqpu.firmware_sim.noise import NoiseSpec
+from labqpu.firmware_sim.readout import ReadoutPhysics
 
 DEVICES_DIR = Path(__file__).parent / "devices"
 
@@ -23,6 +24,7 @@ class QubitTruth:
 
     Frequencies in Hz, times in s, currents in A. ``rabi_hz_per_amplitude`` is the Rabi
     frequency produced by a drive sample of amplitude 1.0 with the mixer's LO at nominal power.
+    The last two fields are optional in a device file (0 switches their terms off).
     """
 
     index: int
@@ -38,6 +40,11 @@ class QubitTruth:
     resonator_linewidth_hz: float
     readout_gain: float
     readout_noise_per_sample: float
+    #: Qubit-resonator coupling g (Hz): n_crit = ((f_q - f_r) / 2 g)^2 (``readout``); 0: no
+    #: measurement-induced transitions.
+    resonator_coupling_hz: float = 0.0
+    #: Intracavity photons of a full-scale tone on resonance at nominal LO power (``readout``).
+    resonator_photons_at_full_scale: float = 0.0
 
     def frequency_hz(self, flux_phi0: float) -> float:
         """0-1 transition frequency (Hz) at a flux of ``flux_phi0`` flux quanta from the sweet spot.
@@ -67,6 +74,7 @@ class DeviceTruth:
     qubits: tuple[QubitTruth, ...]
     couplings: dict[tuple[int, int], float] = field(default_factory=dict)
     noise: NoiseSpec = field(default_factory=NoiseSpec)
+    readout: ReadoutPhysics = field(default_factory=ReadoutPhysics)
 
     def neighbours(self, q: int) -> list[int]:
         """Qubits coupled to ``q``."""
@@ -90,9 +98,7 @@ def load_device(name_or_path: str | Path, *, noise: bool = True) -> DeviceTruth:
     with path.open("rb") as f:
         doc = tomllib.load(f)
     dev = doc["device"]
-    fields = QubitTruth.__dataclass_fields__
-    qubits = tuple(sorted((QubitTruth(**{k: q[k] for k in fields}) for q in doc["qubit"]),
-                          key=lambda q: q.index))
+    qubits = tuple(sorted((_qubit_truth(q, path) for q in doc["qubit"]), key=lambda q: q.index))
     if [q.index for q in qubits] != list(range(len(qubits))):
         raise ValueError(f"{path}: qubit indices must be 0..n-1, got {[q.index for q in qubits]}")
     if "thermal_population" in dev:
@@ -111,7 +117,29 @@ def load_device(name_or_path: str | Path, *, noise: bool = True) -> DeviceTruth:
         qubits=qubits,
         couplings=couplings,
         noise=spec if noise else spec.quiet(),
+        readout=ReadoutPhysics.from_table(doc.get("readout", {}), str(path)),
     )
+
+
+def _qubit_truth(table: dict, path: Path) -> QubitTruth:
+    """One ``[[qubit]]`` table; raises ``ValueError`` naming the file, qubit and field."""
+    fields = QubitTruth.__dataclass_fields__
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ValueError(f"{path}: qubit {table.get('index')} has unknown field(s) {unknown}")
+    values = {}
+    for name, f in fields.items():
+        if name in table:
+            values[name] = table[name]
+        elif f.default is MISSING:
+            raise ValueError(f"{path}: qubit {table.get('index')} lacks field {name!r}")
+    for name in ("resonator_coupling_hz", "resonator_photons_at_full_scale"):
+        value = values.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 <= value < math.inf:
+            raise ValueError(f"{path}: qubit {table.get('index')} {name} must be a finite "
+                             f"number >= 0, got {value!r}")
+    return QubitTruth(**values)
 
 
 @dataclass(frozen=True)

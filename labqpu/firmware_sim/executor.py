@@ -22,6 +22,7 @@ from labqpu.firmware_sim.controller_server import ProgramRefusedError
 from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
+from labqpu.firmware_sim.shots import trace_points
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ FEEDFORWARD_LATENCY_S = 200e-9
 #: Most conditional blocks and phase shifts in a program.
 MAX_BLOCKS = 65_536
 MAX_SHIFTS = 65_536
+#: Raw traces (meas_level 0): samples averaged per point, when the run does not say, and the
+#: largest decimation; most points computed per run (shots x acquisitions x points, also
+#: when the controller averages them: 64 MiB of complex64 on the wire).
+DEFAULT_TRACE_DECIMATION = 8
+MAX_TRACE_DECIMATION = 1024
+MAX_TRACE_POINTS = 8 * 1024 * 1024
 
 _REQUIRED = {
     "play_port": "int32", "play_start": "int64", "play_wave": "int32", "play_amp": "float64",
@@ -80,7 +87,15 @@ class SimulatedController:
             "max_shots": MAX_SHOTS,
             "amplitude_full_scale": 1.0,
             "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window",
-                        "bits": "uint8 (shots, acquisitions), discriminated results"},
+                        "bits": "uint8 (shots, acquisitions), discriminated results",
+                        "traces": "complex64 (shots, acquisitions, points), or (1, ...) "
+                                  "averaged over shots; on request (run params)",
+                        "trace_decimation": "int64 (1,), samples per trace point"},
+            "traces": {"default_decimation": DEFAULT_TRACE_DECIMATION,
+                       "max_decimation": MAX_TRACE_DECIMATION,
+                       "max_points": MAX_TRACE_POINTS,
+                       "point": "mean of `decimation` consecutive demodulated samples of the "
+                                "window from its start (the last point holds the rest)"},
             "timing": dict(self.spec.timing),
             "feedforward": {"latency_s": FEEDFORWARD_LATENCY_S,
                             "latency_samples": self._latency_samples(),
@@ -297,15 +312,20 @@ class SimulatedController:
     def execute(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
                 cancel: threading.Event) -> dict[str, np.ndarray]:
         """Run the program ``shots`` times; params: ``seed`` (int, optional),
-        ``rep_delay_s`` (s, optional, >= 0). Returns ``{"iq": complex64 (shots, n_acq),
-        "bits": uint8 (shots, n_acq)}`` (the discriminated results; 0 without a
-        discriminator)."""
+        ``rep_delay_s`` (s, optional, >= 0; shots without it are independent),
+        ``traces`` (optional: "single" or "avg") with ``trace_decimation`` (samples per point,
+        optional). Returns ``{"iq": complex64 (shots, n_acq), "bits": uint8 (shots, n_acq)}``
+        (the discriminated results; 0 without a discriminator), with traces also
+        ``"traces"`` complex64 (shots, n_acq, points) ((1, n_acq, points) averaged) and
+        ``"trace_decimation"`` int64 (1,)."""
         if not 1 <= shots <= MAX_SHOTS:
             raise ValueError(f"shots must be in 1..{MAX_SHOTS}, got {shots}")
-        rep_delay = params.get("rep_delay_s", 0.0)
-        if isinstance(rep_delay, bool) or not isinstance(rep_delay, int | float) \
-                or not 0 <= rep_delay < math.inf:
+        rep_delay = params.get("rep_delay_s")
+        if rep_delay is not None and (isinstance(rep_delay, bool)
+                                      or not isinstance(rep_delay, int | float)
+                                      or not 0 <= rep_delay < math.inf):
             raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
+        traces, decimation = self._trace_params(params)
         seed = params.get("seed")
         if seed is None:
             with self._seed_lock:
@@ -315,13 +335,42 @@ class SimulatedController:
         else:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         prog, ff = self._parse(arrays, meta)
+        out = None
+        if traces is not None:
+            points = trace_points(prog.acq_duration, decimation)
+            size = shots * prog.acq_port.shape[0] * points
+            if size > MAX_TRACE_POINTS:
+                raise ValueError(f"traces of {shots} shots x {prog.acq_port.shape[0]} "
+                                 f"acquisitions x {points} points ({size}) exceed this "
+                                 f"controller's {MAX_TRACE_POINTS}: fewer shots or a larger "
+                                 "trace_decimation")
+            out = np.zeros((shots, prog.acq_port.shape[0], points), dtype=np.complex64)
         if cancel.is_set():
             raise RuntimeError("aborted before start")
-        shot_s = prog.duration_samples / self.spec.sample_rate_hz + rep_delay
+        shot_s = prog.duration_samples / self.spec.sample_rate_hz + (rep_delay or 0.0)
         with self._seed_lock:  # the drift walk only moves forward: read it in run order
             drift = self.engine.drift.at(self.sim_time_s)
             self.sim_time_s += shots * shot_s
         iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng,
-                                        drift)
+                                        drift, rep_delay_s=rep_delay,
+                                        decimation=decimation if traces else None, traces=out)
         log.debug("executed %d shots of %.3g s, %d acquisitions", shots, shot_s, iq.shape[1])
-        return {"iq": iq, "bits": bits}
+        result = {"iq": iq, "bits": bits}
+        if out is not None:
+            result["traces"] = out.mean(axis=0, keepdims=True).astype(np.complex64) \
+                if traces == "avg" else out
+            result["trace_decimation"] = np.array([decimation], dtype=np.int64)
+        return result
+
+    @staticmethod
+    def _trace_params(params: dict) -> tuple[str | None, int]:
+        """(``traces`` mode or None, ``trace_decimation``) of run ``params``, checked."""
+        traces = params.get("traces")
+        if traces not in (None, "single", "avg"):
+            raise ValueError(f"traces must be 'single' or 'avg', got {traces!r}")
+        decimation = params.get("trace_decimation", DEFAULT_TRACE_DECIMATION)
+        if isinstance(decimation, bool) or not isinstance(decimation, int) \
+                or not 1 <= decimation <= MAX_TRACE_DECIMATION:
+            raise ValueError(f"trace_decimation must be an int in 1..{MAX_TRACE_DECIMATION}, "
+                             f"got {decimation!r}")
+        return traces, decimation

@@ -53,6 +53,7 @@ from labqpu.firmware_sim.physics import (
     WireProgram,
     _render_kernel,
 )
+from labqpu.firmware_sim.shots import run_shots
 
 __all__ = ["FeedForward", "branch_probabilities", "project", "run_with_feedforward"]
 
@@ -225,22 +226,31 @@ class _Plan:
 
 def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
                          settings: Settings, shots: int, rng: np.random.Generator,
-                         drift: tuple[np.ndarray, np.ndarray] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         drift: tuple[np.ndarray, np.ndarray] | None = None, *,
+                         rep_delay_s: float | None = None, decimation: int | None = None,
+                         traces: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Execute ``prog`` with its conditional part ``ff`` for ``shots`` shots under ``drift``
     (``PhysicsEngine.conditions``). Shots are split into quasi-static noise chunks as in
     ``PhysicsEngine.run``, each chunk one branch tree.
 
     Returns (iq, results): complex64 IQ points and uint8 discriminated results, both of shape
     (shots, acquisitions), columns in acquisition order (results 0 for acquisitions without a
-    discriminator). Raises ``SimulationError`` for programs the simulator cannot execute.
+    discriminator). With ``decimation`` (samples per point) the decimated traces are written
+    into ``traces``, complex64 (shots, acquisitions, ``shots.trace_points``). Shots follow
+    each other after ``rep_delay_s`` (s; residual excitation, ``shots`` module) in programs
+    without branch points; with branch points (and with None) every shot starts thermal.
+    Raises ``SimulationError`` for programs the simulator cannot execute.
     """
     plan = _Plan(engine, prog, ff)
     n_acq = prog.acq_port.shape[0]
     iq = np.zeros((shots, n_acq), dtype=np.complex64)
     results = np.zeros((shots, n_acq), dtype=np.uint8)
     if not plan.branches:
-        iq[:] = engine.run(effective_program(prog, ff, {}), settings, shots, rng, drift)
+        records = run_shots(engine, effective_program(prog, ff, {}), settings, shots, rng,
+                            drift, rep_delay_s=rep_delay_s, decimation=decimation)
+        iq[:] = records.iq
+        if decimation is not None:
+            traces[:] = records.traces
         for j in range(n_acq):
             results[:, j] = ff.discriminate(j, iq[:, j])
         return iq, results
@@ -254,7 +264,8 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
         if not n:
             continue
         cond = with_offsets(base, offsets)
-        tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond)
+        tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond,
+                     (decimation, traces))
         rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order])
         start = EvolutionStart(rho, {q: i for i, q in enumerate(order)}, 0)
         tree.descend(0, start, {}, np.arange(first, first + n))
@@ -267,9 +278,11 @@ class _Tree:
 
     def __init__(self, engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
                  settings: Settings, plan: _Plan, rng: np.random.Generator, iq: np.ndarray,
-                 results: np.ndarray, conditions: dict[int, QubitConditions]) -> None:
+                 results: np.ndarray, conditions: dict[int, QubitConditions],
+                 traces: tuple[int | None, np.ndarray | None] = (None, None)) -> None:
         self.engine, self.prog, self.ff, self.settings = engine, prog, ff, settings
         self.plan, self.rng, self.iq, self.results = plan, rng, iq, results
+        self.decimation, self.traces = traces
         self.conditions = conditions
         self.n_ports = int(max([int(prog.play_port.max()) if prog.play_port.size else 0]
                                + [c.readout_port for c in engine.cabling.values()])) + 1
@@ -307,10 +320,8 @@ class _Tree:
         p = branch_probabilities(state.rho, axis)
         levels = self.rng.choice(LEVELS, size=shots.size, p=p / p.sum())
         eff, samples = self._samples(known)
-        iq = self.engine._acquire(j, q, eff, samples, self.settings, levels, self.rng,
-                                  self.conditions[q].t1_s)
+        iq = self._record(j, q, eff, samples, levels, shots)
         bits = self.ff.discriminate(j, iq)
-        self.iq[shots, j] = iq
         self.results[shots, j] = bits
         read = j in self.plan.read
         keys = levels * 2 + bits if read else levels * 2
@@ -338,7 +349,15 @@ class _Tree:
         levels = np.unravel_index(outcome, (LEVELS,) * len(leaves))
         for n, j in enumerate(leaves):
             q = self.plan.qubit[j]
-            iq = self.engine._acquire(j, q, eff, samples, self.settings, levels[n], self.rng,
-                                      self.conditions[q].t1_s)
-            self.iq[shots, j] = iq
+            iq = self._record(j, q, eff, samples, levels[n], shots)
             self.results[shots, j] = self.ff.discriminate(j, iq)
+
+    def _record(self, j: int, q: int, prog: WireProgram, samples: np.ndarray,
+                levels: np.ndarray, shots: np.ndarray) -> np.ndarray:
+        """Acquire ``j`` (qubit ``q``) for ``shots`` at ``levels``; store and return its IQ."""
+        rec = self.engine._acquire(j, q, prog, samples, self.settings, levels, self.rng,
+                                   self.conditions[q].t1_s, self.decimation)
+        self.iq[shots, j] = rec.iq
+        if self.traces is not None:
+            self.traces[shots, j, :rec.trace.shape[1]] = rec.trace
+        return rec.iq

@@ -54,10 +54,10 @@ Model (issue "physics" deepens it; item 1, always-on coupling, 2026-11-29):
   as a diagonal, in chunks (256 samples, at most 16 per stretch) after the decoherence up to
   each chunk's midpoint: decoherence and ZZ are split symmetrically
   (``PhysicsEngine._advance_zz``).
-* Readout: the qubit populations at the start of an acquisition are sampled per shot; the
-  resonator (dispersive shift chi, linewidth kappa) transmits the readout tone with the
-  state-dependent Lorentzian response; relaxation during the window mixes responses; white noise
-  is averaged over the window. The tone frequency is estimated from the played samples.
+* Readout: the qubit populations at the start of an acquisition are sampled per shot (shots
+  follow each other: residual excitation, ``shots`` module); the resonator's field follows the
+  played readout samples per level (ring-up, ring-down), with decay and measurement-induced
+  transitions per shot in the window, and white noise (``readout`` module).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ from labqpu.firmware_sim.coupling import (
 from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
+    EvolutionStart,
     _ladder,
     _LocalChannels,
     relaxation_superop,
@@ -86,11 +87,8 @@ from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
 from labqpu.firmware_sim.noise import (
     DriftWalk,
     QubitConditions,
-    plan_chunks,
-    pulse_spans_s,
     qubit_conditions,
     thermal_populations,
-    with_offsets,
 )
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
@@ -98,7 +96,8 @@ from labqpu.firmware_sim.propagation import (
     drive_phase_key,
     rotate_drive_phase,
 )
-from labqpu.firmware_sim.readout import acquire_iq
+from labqpu.firmware_sim.readout import WindowRecord, acquire_window
+from labqpu.firmware_sim.shots import run_shots
 
 __all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Settings",
            "WireProgram", "relaxation_superop"]
@@ -189,20 +188,6 @@ class Evolution:
     acquisitions: list[tuple[int, int]]
 
 
-@dataclass(frozen=True)
-class EvolutionStart:
-    """A state to resume :meth:`PhysicsEngine.evolve` from (mid-circuit measurement).
-
-    ``rho`` holds the qubits of ``position`` (qubit -> tensor axis) with every qubit's evolution,
-    static ZZ included, accounted for up to sample ``time_samples``; the program's plays must
-    not start before it. ``rho`` is not modified.
-    """
-
-    rho: DensityMatrix
-    position: dict[int, int]
-    time_samples: int
-
-
 def _resume_qubits(start: EvolutionStart, needed: set[int]) -> set[int]:
     """The qubits of ``start``, checked to hold every qubit in ``needed`` in axis order."""
     missing = sorted(needed - set(start.position))
@@ -271,29 +256,12 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                                 self.dressed_model(phi_dc).freq_hz, drift_hz, t1_factor)
 
     def run(self, prog: WireProgram, settings: Settings, shots: int,
-            rng: np.random.Generator, drift: tuple[np.ndarray, np.ndarray] | None = None
-            ) -> np.ndarray:
+            rng: np.random.Generator, drift: tuple[np.ndarray, np.ndarray] | None = None,
+            rep_delay_s: float | None = None) -> np.ndarray:
         """Execute ``prog`` for ``shots`` shots under ``drift`` (see :meth:`conditions`; the
-        controller reads it at its simulated time); returns complex IQ (shots, n_acq).
-
-        Shots are split into chunks of one quasi-static frequency offset each
-        (``noise.quasi_static_chunks``), each chunk one evolution."""
-        base, sigma = self.conditions(settings, drift)
-        spans = pulse_spans_s(prog, self.cabling, self.device.sample_rate_hz)
-        chunks = plan_chunks(sigma, spans, shots, rng)
-        counts = rng.multinomial(shots, [w for w, _ in chunks])
-        parts = []
-        for (_, offsets), n in zip(chunks, counts, strict=True):
-            if n:
-                ev = self.evolve(prog, settings, conditions=with_offsets(base, offsets))
-                parts.append(ev.rho.sample_levels([ev.position[q] for _, q in ev.acquisitions],
-                                                  int(n), rng))
-        levels = np.concatenate(parts)
-        iq = np.zeros((shots, len(ev.acquisitions)), dtype=np.complex64)
-        for j, (i, q) in enumerate(ev.acquisitions):
-            iq[:, j] = self._acquire(i, q, prog, ev.samples, settings, levels[:, j], rng,
-                                     base[q].t1_s)
-        return iq
+        controller reads it at its simulated time) with ``rep_delay_s`` (s) between shots
+        (None: independent shots); returns complex IQ (shots, n_acq) (``shots.run_shots``)."""
+        return run_shots(self, prog, settings, shots, rng, drift, rep_delay_s=rep_delay_s).iq
 
     def evolve(self, prog: WireProgram, settings: Settings,
                resume: EvolutionStart | None = None, *,
@@ -643,11 +611,15 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
 
     def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
                  settings: Settings, levels: np.ndarray, rng: np.random.Generator,
-                 t1_s: float) -> np.ndarray:
-        """IQ points (one per shot) of acquisition ``i`` on qubit ``q`` whose level per shot is
-        ``levels`` at the window's start; ``t1_s`` its T1 during the window (``readout``)."""
+                 t1_s: float, decimation: int | None = None) -> WindowRecord:
+        """The record (IQ per shot, trace decimated by ``decimation`` samples when given) of
+        acquisition ``i`` on qubit ``q`` whose level per shot is ``levels`` at the window's
+        start; ``t1_s`` its T1 during the window (``readout``)."""
         cab, lo = self.cabling[q], self._lo(self.cabling[q].readout_lo, settings)
-        return acquire_iq(self.device.qubits[q], self.device.sample_rate_hz, lo,
-                          self.mixer_gain(lo), samples[cab.readout_port],
-                          int(prog.acq_start[i]), int(prog.acq_duration[i]),
-                          float(prog.acq_freq_hz[i]), levels, rng, t1_s)
+        truth = self.device.qubits[q]
+        f_q = truth.frequency_hz(self._flux_dc_phi0(q, settings))
+        return acquire_window(truth, self.device.readout, self.device.sample_rate_hz, lo,
+                              self.mixer_gain(lo), f_q,
+                              samples[cab.readout_port], int(prog.acq_start[i]),
+                              int(prog.acq_duration[i]), float(prog.acq_freq_hz[i]), levels,
+                              rng, t1_s, decimation)

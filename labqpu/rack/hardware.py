@@ -41,13 +41,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunRequest:
-    """How to run one program: shots, seed (simulator only), repetition delay (s)."""
+    """How to run one program: shots, seed (simulator only), repetition delay (s), and raw
+    traces: ``traces`` None, "single" or "avg" (averaged over shots on the controller), with
+    ``trace_decimation`` samples per point (None: the controller's default)."""
 
     shots: int
     seed: int | None
     rep_delay_s: float
     timeout_s: float
     key: str
+    traces: str | None = None
+    trace_decimation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class RunRecord:
 
     Attributes:
         iq: shots x acquisitions, complex64.
+        traces: when asked for, complex64 (shots, acquisitions, points) or (1, acquisitions,
+            points) averaged; else None.
+        trace_decimation: samples per trace point (None without traces).
         provenance: the reproducibility bundle: program and waveform hashes (SHA-256), the
             controller's identity and protocol version, and every instrument setting read
             back (with the instrument's identity) before and after the run.
@@ -63,6 +70,8 @@ class RunRecord:
 
     iq: np.ndarray
     provenance: dict
+    traces: np.ndarray | None = None
+    trace_decimation: int | None = None
 
 
 class RackConnection:
@@ -151,6 +160,10 @@ class RackConnection:
         params: dict = {"rep_delay_s": request.rep_delay_s}
         if request.seed is not None:
             params["seed"] = int(request.seed)
+        if request.traces is not None:
+            params["traces"] = request.traces
+            if request.trace_decimation is not None:
+                params["trace_decimation"] = int(request.trace_decimation)
         # The controller stops the run at the job's limit by itself, so a run whose abort is
         # lost (the transport failed) cannot hold the controller beyond it.
         run_id = client.run(program_id, request.shots, params=params, key=request.key,
@@ -159,9 +172,15 @@ class RackConnection:
         if "iq" not in arrays:
             raise InstrumentCommandError("controller returned no 'iq' array",
                                          instrument=client.endpoint, command="fetch")
+        traces, decimation = None, None
+        if request.traces is not None:
+            if "traces" not in arrays or "trace_decimation" not in arrays:
+                raise InstrumentCommandError("controller returned no 'traces' array",
+                                             instrument=client.endpoint, command="fetch")
+            traces, decimation = arrays["traces"], int(arrays["trace_decimation"][0])
         after = settings.verify(self, program)
         hello = self._hellos[program.controller]
-        return RunRecord(arrays["iq"], {
+        provenance = {
             "program_hash": program.content_hash,
             "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()
                                 for i in range(program.num_waveforms)],
@@ -170,7 +189,8 @@ class RackConnection:
                            "protocol_version": PROTOCOL_VERSION, "run_id": run_id},
             "instruments_before": before,
             "instruments_after": after,
-        })
+        }
+        return RunRecord(arrays["iq"], provenance, traces=traces, trace_decimation=decimation)
 
     def close(self) -> None:
         """Close every session (idempotent); errors while closing are logged, not raised, so

@@ -236,14 +236,14 @@ def test_unknown_option_is_rejected(lab_backend) -> None:
 def test_bad_option_values_are_rejected(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
     assert "meas_level" in _nothing_sent(lab_backend,
-                                         lambda: lab_backend.run(native, meas_level=0))
+                                         lambda: lab_backend.run(native, meas_level=3))
     assert "seed_simulator" in _nothing_sent(
         lab_backend, lambda: lab_backend.run(native, seed_simulator=-1))
 
 
 def test_rejections_name_the_option(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
-    for options, option in (({"shots": 0}, "shots"), ({"meas_level": 0}, "meas_level"),
+    for options, option in (({"shots": 0}, "shots"), ({"meas_level": 3}, "meas_level"),
                             ({"shotz": 1}, "shotz"), ({"timeout": float("nan")}, "timeout")):
         with pytest.raises(InvalidRunInputError) as info:
             lab_backend.run(native, **options)

@@ -545,6 +545,9 @@ READOUT_START = 48
 READOUT_SAMPLES = 1000
 PULSE_SAMPLES = 40
 PULSE_SIGMA = 10.0
+#: Readout amplitude near the assignment optimum of lab5 (higher powers cause measurement-
+#: induced transitions, readout module).
+READOUT_AMP = 0.4
 
 
 def _readout_if(q: int) -> float:
@@ -560,7 +563,8 @@ def _drive_then_readout(amp_q0: float, acquire: list[int], drive_q1: float = 0.0
         plays.append((RACK.cabling[1].drive_port, 0, 0, drive_q1, 0.0, NCO_HZ))
     acqs = []
     for q in acquire:
-        plays.append((RACK.cabling[q].readout_port, READOUT_START, 1, 0.5, 0.0, _readout_if(q)))
+        plays.append((RACK.cabling[q].readout_port, READOUT_START, 1, READOUT_AMP, 0.0,
+                      _readout_if(q)))
         acqs.append((RACK.cabling[q].acquire_port, READOUT_START, READOUT_SAMPLES,
                      _readout_if(q)))
     return wire_program(plays, waves, acqs, READOUT_START + READOUT_SAMPLES)

@@ -94,18 +94,18 @@ CASES = {
 #: qubit's measured ``drive_handedness`` (-1 on lab5: rz and sy play phases changed sign; with
 #: +1 on every qubit the structure hashes are exactly the previous pins).
 PINNED = {
-    "idle_alap": ("8aefd70158a1b9ef1f3e6a5fa8ca14a3bb3525504add683d1fdc1037156f84c3",
-        "ee23ca380541e4838a5e8400b54986f2e4dc18a054feb5285e5586ca519f3e7d"),
-    "layers40_alap": ("f9279b2fedad05dd56ddb7b63fa01a282cf2b2422a9039e1f7602ba2fa75db7d",
-        "a6cf0508d8b83c048aa57151e04fa650e90c142c2e413d838f9487499b04b2b9"),
-    "layers8_alap": ("20fd30050be43dfdbc716dd3fa0c45aad5d1007a275bbac8f7357f95bca2db40",
-        "7dea8202f3a7ee6c710e3d1585801247d463efb86796ec5ba8df1ca98e3c4ced"),
-    "layers8_asap": ("ccccb76bf28823ee58e8edc71e8658a151698c4c193f09772dcb2e676c791583",
-        "1e01f45db9bc0b849d7fbee4221b4795026be7355d1b74e9597ed58f0523a7dd"),
-    "mixed_alap": ("879a81d38dc8535ab2472feee4aa447d6f0ec964ff293adf3ae95790cda42e58",
-        "ec9e5be7e691a3ad8fb3847851427f0d027c1374d22c8a798d4b35304fea12b2"),
-    "mixed_asap": ("95613e06fd27c16ef294d5e427e2b43c0ef84491cbf3618c481982e02feb5d06",
-        "232bc479a4b45cd40e16632c59e3491d03cb0e5b90e993b742b9e91998a1e06a"),
+    "idle_alap": ("18f53fbffbe87d42a4bafaa2e6857960dfda985164ddfae85298b8619206f5c9",
+        "e99e719372ee197581a20a606c5291d5669d3d862b82dbc9e22a6475fdad4b2e"),
+    "layers40_alap": ("028008672afe10e06cdd8f940c897ca0a15ad8978897c4c39c190232c699bac3",
+        "bfdba2694dd0de27f0abe43ec741a804454b55eb1dcea98dc9f5e07756a52fc5"),
+    "layers8_alap": ("6cb7b1b08c509064cbc1a6fe162828ea4921f6001df26d740ea6e518088a5ed6",
+        "c02e70d70a08200702eb12f8f4b5b0401b2016c5f3bdfecee52a083ab1466558"),
+    "layers8_asap": ("2be53330d8b628184ec8d5a8c3fbe54a4252e20143337c286e8d9f6417c62b3c",
+        "f984a0d2444c77a6afb52de38ffefda5e7d7774f41adfc9c54517c016dfd3646"),
+    "mixed_alap": ("84df5d3e7f087f1f2de126a19641cae207edafcbfb654bdc5c3513b23afff051",
+        "38a50921a7f6e491ff2f5a3a30ebe0fef12f66a92adc195072af100d3cb20612"),
+    "mixed_asap": ("ad3d94c17c7abc82d9c4b745506161e96b1e21f72058164da90589181e08e69a",
+        "f1d80000c135a0d429e1dcdebb4660b26c640e5c1520e8afed0f70c8da9613b0"),
 }
 
 
