@@ -90,8 +90,9 @@ def signed_frequency(t_s: np.ndarray, p_x: np.ndarray, p_y: np.ndarray) -> float
     for f_start in (f0, -f0):
         with warnings.catch_warnings():  # the reference does not decay: tau has no covariance
             warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
-            p, _ = scipy.optimize.curve_fit(model, tt, yy, p0=[0.5, 30e-6, 0.5, f_start, 0.0],
-                                            maxfev=20000)
+            p, _ = scipy.optimize.curve_fit(
+                model, tt, yy, p0=[0.5, 30e-6, 0.5, f_start, 0.0], maxfev=20000,
+                bounds=([0.0, 1e-7, -1.0, -np.inf, -np.inf], [1.0, 1.0, 2.0, np.inf, np.inf]))
         cost = float(np.sum((model(tt, *p) - yy) ** 2))
         if best is None or cost < best[0]:
             best = (cost, float(p[3]))

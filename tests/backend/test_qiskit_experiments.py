@@ -105,7 +105,11 @@ def test_t2_ramsey(lab_backend, truth, mode) -> None:
     expected = _ramsey_1e_time(t2, truth["noise"]["frequency_noise_hz"])
     assert _value(res["T2star"]) == pytest.approx(expected, rel=0.25)
     assert _value(res["T2star"]) < 0.8 * t2
-    assert abs(_value(res["Frequency"]) - 1e5) < 5e3
+    # The device drifts (device file [noise]: an OU walk of 20 kHz per sqrt(hour) against the
+    # simulator's own clock), and the shipped snapshot was measured at another point of that
+    # walk than a fresh simulator's start: its frequency is off by up to ~15 kHz, as a day-old
+    # calibration is on hardware. A sign error would read 100 kHz minus the detuning instead.
+    assert abs(_value(res["Frequency"]) - 1e5) < 20e3
 
 
 @pytest.mark.parametrize("mode", MODES)
