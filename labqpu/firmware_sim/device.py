@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
+from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.readout import ReadoutPhysics
 
@@ -65,7 +66,7 @@ class QubitTruth:
 
 @dataclass(frozen=True)
 class DeviceTruth:
-    """The whole simulated device: qubits, couplings, noise and shared settings."""
+    """The whole simulated device: qubits, couplings, noise, crosstalk and shared settings."""
 
     name: str
     sample_rate_hz: float
@@ -75,6 +76,8 @@ class DeviceTruth:
     couplings: dict[tuple[int, int], float] = field(default_factory=dict)
     noise: NoiseSpec = field(default_factory=NoiseSpec)
     readout: ReadoutPhysics = field(default_factory=ReadoutPhysics)
+    #: DC flux and microwave drive crosstalk (``crosstalk`` module); none by default.
+    crosstalk: CrosstalkSpec = field(default_factory=CrosstalkSpec)
 
     def neighbours(self, q: int) -> list[int]:
         """Qubits coupled to ``q``."""
@@ -109,6 +112,8 @@ def load_device(name_or_path: str | Path, *, noise: bool = True) -> DeviceTruth:
     for c in doc.get("coupling", []):
         a, b = c["qubits"]
         couplings[(min(a, b), max(a, b))] = float(c["g_hz"])
+    crosstalk = CrosstalkSpec.from_tables(doc.get("flux_crosstalk", []),
+                                          doc.get("drive_crosstalk", []), len(qubits), str(path))
     return DeviceTruth(
         name=dev["name"],
         sample_rate_hz=float(dev["sample_rate_hz"]),
@@ -118,6 +123,7 @@ def load_device(name_or_path: str | Path, *, noise: bool = True) -> DeviceTruth:
         couplings=couplings,
         noise=spec if noise else spec.quiet(),
         readout=ReadoutPhysics.from_table(doc.get("readout", {}), str(path)),
+        crosstalk=crosstalk,
     )
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from labqpu.errors import SimulationError
+from labqpu.firmware_sim.crosstalk import drive_crosstalk_targets
 from labqpu.firmware_sim.density import LEVELS, DensityMatrix
 from labqpu.firmware_sim.noise import (
     QubitConditions,
@@ -201,6 +202,7 @@ class _Plan:
         self.active = set(touched)
         for q in touched:
             self.active |= set(engine.device.neighbours(q))
+        self.active |= drive_crosstalk_targets(engine.device.crosstalk, touched)
         start, end = prog.acq_start, prog.acq_start + prog.acq_duration
         needed = set(int(j) for j in ff.block_acq)
         for j, q in enumerate(self.qubit):

@@ -75,6 +75,11 @@ from labqpu.firmware_sim.coupling import (
     DressedModel,
     build_dressed_model,
 )
+from labqpu.firmware_sim.crosstalk import (
+    apply_drive_crosstalk,
+    dc_flux_phi0,
+    drive_crosstalk_targets,
+)
 from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
@@ -234,9 +239,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         return (current - truth.sweet_spot_current_a) * truth.phi0_per_ampere
 
     def _phi_dc(self, settings: Settings) -> dict[int, float]:
-        """DC flux (flux quanta from the sweet spot) of every qubit."""
-        return {q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
-                for q in range(len(self.device.qubits))}
+        """DC flux (flux quanta from the sweet spot) of every qubit, with the DC flux
+        crosstalk between the bias lines (``crosstalk`` module)."""
+        return dc_flux_phi0({q: self._flux_dc_phi0(q, settings) if q in self.cabling else 0.0
+                             for q in range(len(self.device.qubits))}, self.device.crosstalk)
 
     def _lo(self, name: str, settings: Settings) -> tuple[float, float, bool]:
         if name not in settings.los:
@@ -332,6 +338,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         active = set(touched)
         for q in touched:
             active |= set(self.device.neighbours(q))
+        active |= drive_crosstalk_targets(self.device.crosstalk, touched)
         if resume is not None:
             active, t0 = _resume_qubits(resume, active), resume.time_samples
         order = sorted(active)
@@ -380,6 +387,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 self._apply_drive(ctx, cluster[0], b0, b1)
             else:
                 self._apply_joint_drive(ctx, cluster, b0, b1)
+            apply_drive_crosstalk(self, ctx, cluster, b0, b1)
             t_last = max(t_last, b1)
         t_end = max([t_last, *acq_time.values()]) if resume is None else prog.duration_samples
         if has_zz and t_end > ctx.anchor:
