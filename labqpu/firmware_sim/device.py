@@ -79,6 +79,14 @@ class DeviceTruth:
     #: DC flux and microwave drive crosstalk (``crosstalk`` module); none by default.
     crosstalk: CrosstalkSpec = field(default_factory=CrosstalkSpec)
 
+    def __post_init__(self) -> None:
+        n = len(self.qubits)
+        for kind, pairs in (("flux", self.crosstalk.flux), ("drive", self.crosstalk.drive)):
+            bad = sorted(pair for pair in pairs if max(pair) >= n)
+            if bad:
+                raise ValueError(f"device {self.name}: {kind} crosstalk (target, source) {bad[0]} "
+                                 f"names a qubit outside 0..{n - 1}")
+
     def neighbours(self, q: int) -> list[int]:
         """Qubits coupled to ``q``."""
         return sorted({b if a == q else a for (a, b) in self.couplings if q in (a, b)})

@@ -19,6 +19,7 @@ import pytest
 import scipy.linalg
 
 import labqpu
+from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.device import DeviceTruth, load_device, load_rack
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
@@ -37,11 +38,12 @@ I3 = np.eye(3, dtype=complex)
 
 def lossless(k: int) -> DeviceTruth:
     """The first ``k`` qubits of lab5 with their couplings, T1 = T2 = 1e3 s, no thermal
-    population: decoherence changes a microsecond's evolution by < 1e-8."""
+    population (decoherence changes a microsecond's evolution by < 1e-8), no crosstalk
+    (test_crosstalk.py)."""
     qubits = tuple(dataclasses.replace(q, t1_s=1e3, t2_s=1e3) for q in DEVICE.qubits[:k])
     couplings = {e: g for e, g in DEVICE.couplings.items() if max(e) < k}
     return dataclasses.replace(DEVICE, qubits=qubits, couplings=couplings,
-                               noise=NoiseSpec())
+                               noise=NoiseSpec(), crosstalk=CrosstalkSpec())
 
 
 def bare_frequency(q, flux_phi0: float = 0.0) -> float:

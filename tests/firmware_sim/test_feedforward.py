@@ -19,6 +19,7 @@ from qiskit import QuantumCircuit, transpile
 from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, ERR_INVALID_PROGRAM
 from labqpu.errors import InstrumentCommandError, PulseError
+from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.density import DensityMatrix
 from labqpu.firmware_sim.device import load_device, load_rack
 from labqpu.firmware_sim.feedforward import branch_probabilities, project
@@ -112,7 +113,8 @@ def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> Non
     device = load_device("lab5")
     qubits = list(device.qubits)
     qubits[0] = dataclasses.replace(qubits[0], t1_s=1e3, t2_s=1e3)
-    device = dataclasses.replace(device, couplings={}, noise=NoiseSpec(), qubits=qubits)
+    device = dataclasses.replace(device, couplings={}, noise=NoiseSpec(), qubits=qubits,
+                                 crosstalk=CrosstalkSpec())
     cabling = load_rack(default_config_path()).cabling
     engine = PhysicsEngine(device, cabling)
     truth, cab = device.qubits[0], cabling[0]

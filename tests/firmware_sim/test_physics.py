@@ -31,6 +31,7 @@ from numpy.testing import assert_allclose
 import labqpu
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.clusters import _propagate_kernel
+from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.device import DeviceTruth, QubitTruth, load_device, load_rack
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import (
@@ -116,9 +117,10 @@ def settings(drive_lo_hz: dict[str, float] | None = None, power_dbm: float = 13.
     return Settings(los=los, currents=currents)
 
 
-#: lab5 without its couplings: single-transmon physics is checked on it against single-transmon
-#: references (dressed = bare). The coupled physics is checked in test_coupling.py.
-UNCOUPLED: DeviceTruth = dataclasses.replace(DEVICE, couplings={})
+#: lab5 without its couplings and crosstalk: single-transmon physics is checked on it against
+#: single-transmon references (dressed = bare). The coupled physics is checked in
+#: test_coupling.py, crosstalk in test_crosstalk.py.
+UNCOUPLED: DeviceTruth = dataclasses.replace(DEVICE, couplings={}, crosstalk=CrosstalkSpec())
 
 
 def engine() -> PhysicsEngine:
