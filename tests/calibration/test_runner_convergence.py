@@ -37,15 +37,20 @@ WRONG = {1: (+2.0e6, 1.2), 2: (-2.0e6, 0.8)}
 
 
 def dressed_frequencies(truth: dict, flux_bias_a: dict[int, float]) -> dict[int, float]:
-    """Dressed 0-1 frequencies (Hz): three-level transmons at their flux bias with exchange
+    """Dressed 0-1 frequencies (Hz): three-level transmons at their flux bias (with the DC flux
+    crosstalk M_ij a_j (I_j - I*_j) of the device file's [[flux_crosstalk]]) with exchange
     couplings g (a+ b + a b+), exactly diagonalised; each dressed level is the eigenstate with
     the largest overlap with its bare state."""
     qubits = sorted(truth["qubit"], key=lambda q: q["index"])
     n = len(qubits)
+    own = {q["index"]: (flux_bias_a[q["index"]] - q["sweet_spot_current_a"])
+           * q["phi0_per_ampere"] for q in qubits}
     freqs, alphas = [], []
     for q in qubits:
         ec = -q["anharmonicity_hz"]
-        phi = (flux_bias_a[q["index"]] - q["sweet_spot_current_a"]) * q["phi0_per_ampere"]
+        phi = own[q["index"]] + sum(x["fraction"] * own[x["source"]]
+                                    for x in truth.get("flux_crosstalk", [])
+                                    if x["target"] == q["index"])
         freqs.append((q["max_frequency_hz"] + ec) * np.sqrt(abs(np.cos(np.pi * phi))) - ec)
         alphas.append(q["anharmonicity_hz"])
     states = list(itertools.product(range(3), repeat=n))
