@@ -96,7 +96,11 @@ def test_active_reset(lab_backend, prepare) -> None:
     assert "reset" in native.count_ops()
     result = lab_backend.run(native, shots=SHOTS, seed_simulator=11).result(timeout=120)
     counts = result.get_counts()
-    assert counts.get("0", 0) / SHOTS >= 0.95, counts
+    # One round of measure + conditional x cannot beat the reset measurement's P(0|1): from
+    # |1> a misread 0 leaves the qubit in 1. On lab5 (P(0|1) 2-4 %) a reset from |1> reads
+    # 0.93-0.96 over the qubits at 20 000 shots; from |+> half the shots need no flip.
+    bar = 0.93 if prepare == "one" else 0.95
+    assert counts.get("0", 0) / SHOTS >= bar, counts
     program = lab_backend.run(native, shots=1).programs[0]
     assert program.block_acq.size == 1 and program.acq_clbit.tolist() == [-1, 0]
 

@@ -118,10 +118,15 @@ def test_dc_flux_crosstalk_moves_the_neighbour_as_the_formula_says(delta_i_a: fl
 
 
 def test_flux_crosstalk_leaves_every_qubit_at_its_sweet_spot_when_all_sit_at_theirs() -> None:
-    """The convention: I* is each qubit's sweet-spot current with the others at theirs; lab5's
-    own matrix then leaves every qubit at its maximum frequency."""
-    eng = PhysicsEngine(dataclasses.replace(DEVICE, couplings={}), RACK.cabling)
-    assert DEVICE.crosstalk.flux  # lab5 ships a matrix
+    """The convention: I* is each qubit's sweet-spot current with the others at theirs; a
+    realistic matrix (neighbours 0.6-2.7 %, next-nearest 0.1-0.4 %) then leaves every qubit
+    at its maximum frequency."""
+    matrix = {(1, 0): 0.021, (0, 1): 0.018, (2, 1): -0.012, (1, 2): 0.027, (3, 2): 0.006,
+              (2, 3): 0.015, (4, 3): 0.02, (3, 4): 0.009, (2, 0): 0.003, (0, 2): 0.001,
+              (3, 1): 0.004, (4, 2): -0.0015}
+    device = dataclasses.replace(
+        DEVICE, couplings={}, crosstalk=dataclasses.replace(DEVICE.crosstalk, flux=matrix))
+    eng = PhysicsEngine(device, RACK.cabling)
     model = eng.dressed_model(eng._phi_dc(settings(6e9)))
     for q in DEVICE.qubits:
         assert abs(model.freq_hz[q.index] - q.max_frequency_hz) < 1e-3
@@ -257,11 +262,10 @@ def test_crosstalk_near_a_target_transition_is_refused_naming_the_pair() -> None
 
 
 def test_lab5_ships_realistic_crosstalk() -> None:
-    """Neighbours: |M| 0.5-3 %, |c| 0.02-0.08; next-nearest |M| 0.1-0.5 %."""
+    """Drive crosstalk between neighbours |c| 0.02-0.08. DC flux crosstalk is off on lab5
+    until the CZ phase calibration handles it (lab5.toml says why)."""
     xt = DEVICE.crosstalk
-    for (i, j), m in xt.flux.items():
-        lo, hi = (0.005, 0.03) if abs(i - j) == 1 else (0.001, 0.005)
-        assert lo <= abs(m) <= hi, (i, j, m)
+    assert xt.flux == {}
     assert len(xt.drive) == 8
     for (p, q), c in xt.drive.items():
         assert abs(p - q) == 1 and 0.02 <= abs(c) <= 0.08, (p, q, c)
