@@ -138,7 +138,7 @@ def _prepare(num_qubits: int, layers: int, seed: int = 1) -> Prepared:
         los={k: (v.frequency_hz, v.power_dbm, True) for k, v in program.lo_settings.items()},
         currents=dict(program.flux_bias_a))
     controller = SimulatedController(rack.controllers[0], engine, lambda: settings, 1)
-    wire = controller._parse(*program.to_wire())  # the controller's own upload check
+    wire, _ = controller._parse(*program.to_wire())  # the controller's own upload check
     return Prepared(tqc, program, wire, settings, engine, _aer_noise_model(target, 5))
 
 
