@@ -167,6 +167,14 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     )
     driven = [q for q in range(n) if q not in left_out
               and has_all(snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
+    partial = {q: [p for p in DRIVE_PARAMETERS if p not in snapshot.qubits[q]]
+               for q in range(n) if q not in driven and q not in left_out
+               and snapshot.qubits.get(q)}
+    if partial:  # e.g. a store from before drive_handedness was measured
+        missing = sorted({p for names in partial.values() for p in names})
+        log.warning("calibration snapshot %s: qubits %s have no drive gates in the Target: "
+                    "missing %s; run `labqpu calibrate --all` (or --bootstrap) to measure them",
+                    snapshot.snapshot_id, sorted(partial), ", ".join(missing))
     one_q = {
         "sx": (SXGate(), driven, None),
         "sy": (SYGate(), driven, "sx"),

@@ -131,6 +131,17 @@ def test_missing_drive_parameter_removes_qubit_gates_and_its_edges(store, snapsh
     assert target.instruction_supported("delay", (2,))
 
 
+def test_a_qubit_without_drive_gates_is_named_with_what_it_lacks(store, snapshot, config,
+                                                                 caplog):
+    """A store from before ``drive_handedness`` existed: the warning says what to measure,
+    instead of leaving the user with the transpiler's message about the coupling map."""
+    snap = derived(store, snapshot, lambda b: b.remove_qubit(3, "drive_handedness"))
+    with caplog.at_level("WARNING", logger="labqpu.backend.target"):
+        build_target(snap, config)
+    assert "qubits [3] have no drive gates" in caplog.text
+    assert "missing drive_handedness" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["drag_beta", "flux_bias_a", "drive_lo_frequency_hz",
                                   "pulse_sigma_s", "drive_handedness"])
 def test_every_drive_parameter_is_required(store, snapshot, config, name):
