@@ -107,33 +107,26 @@ class TimingConstraints:
         where = f"program {program.header.get('name', program.content_hash[:12])!r}"
         lengths = np.diff(program.wave_offset)[program.play_wave] if program.play_wave.size \
             else np.zeros(0, dtype=np.int64)
+        plays = ("play", program.play_port, program.play_start, lengths, "port")
+        acqs = ("acquisition", program.acq_port, program.acq_start, program.acq_duration,
+                "input")
         rules = (
-            (program.play_start % self.pulse_alignment != 0,
+            (plays, program.play_start % self.pulse_alignment != 0,
              f"starts off the pulse alignment of {self.pulse_alignment} samples"),
-            (lengths % self.granularity != 0,
+            (plays, lengths % self.granularity != 0,
              f"has a waveform length off the granularity of {self.granularity} samples"),
-            (lengths < self.min_length,
+            (plays, lengths < self.min_length,
              f"is shorter than the minimum length of {self.min_length} samples"),
-        )
-        for bad, what in rules:
-            hit = np.flatnonzero(bad)
-            if hit.size:
-                i = int(hit[0])
-                raise CompilationError(
-                    f"{where}: play {i} (port {int(program.play_port[i])}, start "
-                    f"{int(program.play_start[i])}, {int(lengths[i])} samples) {what}",
-                    instruction="play")
-        rules = (
-            (program.acq_start % self.acquire_alignment != 0,
+            (acqs, program.acq_start % self.acquire_alignment != 0,
              f"starts off the acquire alignment of {self.acquire_alignment} samples"),
-            (program.acq_duration % self.granularity != 0,
+            (acqs, program.acq_duration % self.granularity != 0,
              f"lasts a duration off the granularity of {self.granularity} samples"),
         )
-        for bad, what in rules:
+        for (kind, ports, starts, samples, port_word), bad, what in rules:
             hit = np.flatnonzero(bad)
             if hit.size:
                 i = int(hit[0])
                 raise CompilationError(
-                    f"{where}: acquisition {i} (input {int(program.acq_port[i])}, start "
-                    f"{int(program.acq_start[i])}, {int(program.acq_duration[i])} samples) "
-                    f"{what}", instruction="acquire")
+                    f"{where}: {kind} {i} ({port_word} {int(ports[i])}, start "
+                    f"{int(starts[i])}, {int(samples[i])} samples) {what}",
+                    instruction="play" if kind == "play" else "acquire")

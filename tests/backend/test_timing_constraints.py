@@ -8,10 +8,6 @@ alignment and a 16-sample minimum (``[simulator.timing.ctrl0]``), served by a re
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,38 +23,16 @@ from labqpu.rack.config import default_config_path
 TIMING = {"granularity": 4, "min_length": 16, "pulse_alignment": 4, "acquire_alignment": 4}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rack(tmp_path_factory) -> Iterator[tuple]:
-    tmp = tmp_path_factory.mktemp("timing-rack")
-    text = default_config_path().read_text()
-    text = text.replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{_free_port()}")
-    while "::0::SOCKET" in text:
-        text = text.replace("::0::SOCKET", f"::{_free_port()}::SOCKET", 1)
-    text = text.replace('store = ""', 'store = "cal/calibration.sqlite"')
-    text += "\n[simulator.timing.ctrl0]\n" + "".join(f"{k} = {v}\n" for k, v in TIMING.items())
-    lab = tmp / "lab.toml"
-    lab.write_text(text)
-    sim = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "sim", str(lab)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        endpoints = json.loads(sim.stdout.readline())
-        with LabProvider(lab) as provider:
-            yield provider.backend("lab5"), endpoints["ctrl0"]
-    finally:
-        sim.terminate()
-        try:
-            sim.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(timeout=15)
-        sim.stdout.close()
-        sim.stderr.close()
+    """lab5's wiring with the timing table added, on an embedded simulator process."""
+    lab = tmp_path_factory.mktemp("timing-rack") / "lab.toml"
+    text = default_config_path().read_text().replace('store = ""',
+                                                      'store = "cal/calibration.sqlite"')
+    lab.write_text(text + "\n[simulator.timing.ctrl0]\n"
+                   + "".join(f"{k} = {v}\n" for k, v in TIMING.items()))
+    with LabProvider(lab, simulator=True) as provider:
+        yield provider.backend("lab5"), provider.simulator.endpoints["ctrl0"]
 
 
 def test_the_target_declares_what_the_controller_states(rack):
