@@ -12,8 +12,8 @@ an edge node's, the named node on both of its qubits.
 The graph (arrows point from a prerequisite to what needs it)::
 
     resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
-        -> drag -> readout -> t1
-                          \\-> cz (edge: readout on both qubits)
+        -> drag -> fine_amplitude -> readout -> t1
+                                          \\-> cz (edge: readout on both qubits)
 
 To add an experiment, write its acquisition and analysis (and a check, if a cheap one exists),
 then add a ``Node`` to :data:`NODES` after its prerequisites.
@@ -46,9 +46,9 @@ from labqpu.calibration.checks import (
     check_pi_amplitude,
     check_readout,
     check_t1,
-    measure_pi_amplitude,
 )
 from labqpu.calibration.experiments import Kit
+from labqpu.calibration.fine import fine_amplitude, worst_relative_error
 from labqpu.store import CZ_PARAMETERS
 
 Subject = int | tuple[int, int]
@@ -89,23 +89,30 @@ def describe(subject: Subject) -> str:
 
 
 def _drag_and_amplitude(kit: Kit, q: int, shots: int, progress: Progress) -> None:
-    """Rabi, DRAG, Rabi, then the pi amplitude refined by the Rabi maximum from many shots."""
+    """Rabi, DRAG, Rabi: the DRAG pulse's beta, and its amplitudes to about 1 %."""
     rabi(kit, q, shots)
     drag(kit, q, shots)
     rabi(kit, q, shots)
-    pi = measure_pi_amplitude(kit, q, shots * 50)
-    kit.work.set(q, "pi_amplitude", pi, "rabi_fine")
-    kit.work.set(q, "pi2_amplitude", pi / 2, "rabi_fine")
 
 
-#: Tolerances of the checks: pi amplitude (relative) after Rabi and after DRAG, frequency (Hz),
-#: readout fidelity drop, T1 (relative), CZ phases (rad).
-TOLERANCES = {"rabi": 0.05, "drag": 0.01, "ramsey": 30e3, "readout": 0.03, "t1": 0.2,
-              "cz": 0.1}
+def _check_fine_amplitude(kit: Kit, q: int, shots: int) -> CheckResult:
+    """The larger relative rotation error of the pi and pi/2 pulses, against zero."""
+    error = worst_relative_error(kit, q, shots * FINE_SHOTS)
+    return CheckResult(abs(error) <= TOLERANCES["fine_amplitude"], error, 0.0,
+                       TOLERANCES["fine_amplitude"], "(relative rotation error)")
+
+
+#: Tolerances of the checks: pi amplitude (relative) after Rabi and after DRAG, rotation
+#: error of the pi and pi/2 pulses (relative), frequency (Hz), readout fidelity drop,
+#: T1 (relative), CZ phases (rad).
+TOLERANCES = {"rabi": 0.05, "drag": 0.01, "fine_amplitude": 0.002, "ramsey": 30e3,
+              "readout": 0.03, "t1": 0.2, "cz": 0.1}
 #: Shots of a check, in units of the run's shots.
 CHECK_SHOTS = 5
 #: Shots of the pi-amplitude checks, in units of the run's shots (their tolerance is tight).
 AMPLITUDE_CHECK_SHOTS = 20
+#: Shots per sequence of the fine amplitude calibration and its check, in units of the run's.
+FINE_SHOTS = 5
 
 #: The calibration graph, prerequisites first.
 NODES: tuple[Node, ...] = (
@@ -130,7 +137,10 @@ NODES: tuple[Node, ...] = (
          _drag_and_amplitude,
          lambda kit, q, shots: check_pi_amplitude(kit, q, shots * AMPLITUDE_CHECK_SHOTS,
                                                   TOLERANCES["drag"])),
-    Node("readout", "qubit", ("drag",),
+    Node("fine_amplitude", "qubit", ("drag",), ("pi_amplitude", "pi2_amplitude"),
+         lambda kit, q, shots, _: fine_amplitude(kit, q, shots * FINE_SHOTS),
+         _check_fine_amplitude),
+    Node("readout", "qubit", ("fine_amplitude",),
          ("readout_frequency_hz", "discriminator", "assignment_matrix",
           "readout_assignment_fidelity"),
          lambda kit, q, shots, _: readout(kit, q, shots),

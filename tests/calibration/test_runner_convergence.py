@@ -6,9 +6,11 @@ qubits must find both errors by its checks and recalibrate until:
 
 * |f - f_true| < 50 kHz, with f_true the dressed 0-1 frequency of the device file's coupled
   transmons at the snapshot's flux bias, by exact diagonalisation written here;
-* the pi amplitude within 1 % of the optimum, found here by an error-amplifying scan (seven
-  pi pulses in a row) independent of the runner's analysis;
-* Bell on the affected edge >= 0.95.
+* the pi amplitude within 0.5 % of the optimum, found here by an error-amplifying scan (seven
+  pi pulses in a row) independent of the runner's analysis (the runner's fine amplitude node
+  aims at 0.2 %; the scan here is good to about 0.1 %);
+* Bell on the affected edge no worse than with the shipped calibration, measured in the same
+  test (both are readout-limited near 0.95, so a fixed bar would test the readout's luck).
 
 The device file is read by this test only, for the truth.
 """
@@ -119,6 +121,7 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch):
     with LabProvider() as provider:
         backend = provider.backend()
         shipped = backend.snapshot
+        reference = bell(backend, (1, 2))
         stamp = shipped.qubits[1]["frequency_hz"].timestamp
         builder = SnapshotBuilder.from_snapshot(shipped)
         for q, (df, scale) in WRONG.items():
@@ -144,5 +147,9 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch):
             assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
             pi = final.qubits[q]["pi_amplitude"].value
             best = optimum_pi_amplitude(backend, final, q)
-            assert abs(pi / best - 1) < 0.01, (q, pi, best)
-        assert bell(backend, (1, 2)) >= 0.95
+            print(f"qubit {q}: pi amplitude {pi:.5f}, optimum {best:.5f}")
+            assert abs(pi / best - 1) < 0.005, (q, pi, best)
+        after = bell(backend, (1, 2))
+        print(f"Bell on 1-2: {after:.4f} after, {reference:.4f} with the shipped calibration")
+        # 20 000 shots each: the difference has a standard error of 0.002.
+        assert after >= reference - 0.008, (after, reference)
