@@ -180,6 +180,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
+    from labqpu.calibration.records import experiments_directory
     from labqpu.calibration.runner import bootstrap, default_design_path, load_design
 
     if args.nodes and args.nodes[0] in STORE_COMMANDS:
@@ -216,11 +217,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         snapshot = None
         if args.bootstrap:
             design_path = args.design or default_design_path(backend.name)
+            records = experiments_directory(backend.config.store_path)
             document = bootstrap(backend, load_design(design_path), shots=args.shots,
-                                 progress=progress)
+                                 progress=progress, record_directory=records)
             snapshot = backend.store.commit(document)
             print(f"committed calibration snapshot {snapshot.snapshot_id} to "
-                  f"{backend.config.store_path}")
+                  f"{backend.config.store_path}; experiment records and plots in {records}")
         elif args.all or nodes:
             report = _run_graph(backend, nodes, args, progress)
             snapshot = report.snapshot
@@ -244,6 +246,9 @@ def _run_graph(backend, nodes, args: argparse.Namespace, progress):
     report = run_graph(backend, nodes, qubits=args.qubits, force=args.force, shots=args.shots,
                        design=args.design, reporter=reporter)
     print(report.table())
+    if report.records:
+        print(f"{len(report.records)} experiment record(s) and plot(s) in "
+              f"{report.records[0].parent}")
     return report
 
 

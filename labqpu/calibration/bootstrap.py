@@ -21,19 +21,22 @@ from pathlib import Path
 import numpy as np
 
 from labqpu.calibration.experiments import (
+    CurveFit,
     FitError,
     Kit,
     Working,
     complex_median,
-    fit_damped_cosine,
-    fit_exponential,
-    fit_parabola_vertex,
-    fit_peak,
-    fit_rabi,
+    fit_damped_cosine_curve,
+    fit_exponential_curve,
+    fit_parabola,
+    fit_peak_curve,
+    fit_rabi_curve,
     handedness_from_fringes,
     phase_from_quadratures,
+    polynomial_fit,
     project,
     sweep,
+    vertex_stderr,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,12 @@ def choose_drive_lo(kit: Kit, q: int) -> None:
         kit.work.set(p, "drive_lo_frequency_hz", round(lo, -6), "lo_plan")
 
 
+def _old(kit: Kit, q: int, name: str) -> dict[str, float]:
+    """The marks of a plot: the working value of ``name`` on qubit ``q`` as ``old``."""
+    value = kit.work.qubits[q].get(name)
+    return {} if value is None else {"old": float(value)}
+
+
 def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>."""
     centre = kit.work.qubits[q]["resonator_hz"]
@@ -71,39 +80,76 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
         kit.readout(b, q, 0, 0, frequency_hz=f)
         progs.append(b.build(num_clbits=1))
     iq = kit.run_iq(progs, shots)[:, 0]
-    f0, _ = fit_peak(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
-    kit.work.set(q, "readout_frequency_hz", f0, "resonator_spectroscopy")
+    fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
+    f0 = fit.params["f0"]
+    rid = kit.record(
+        "resonator_spectroscopy", q, {"readout_frequency_hz": (f0, fit.stderr["f0"])},
+        {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
+         "series": {"qubit in |0>": np.abs(iq)}, "iq": [iq.real, iq.imag]},
+        fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
+        marks={"chosen": f0, **_old(kit, q, "readout_frequency_hz")},
+        settings={"shots": shots})
+    kit.work.set(q, "readout_frequency_hz", f0, rid)
 
 
-def qubit_spectroscopy(kit: Kit, q: int, shots: int, centre_hz: float,
-                       span_hz: tuple[float, float]) -> float:
-    """0-1 frequency (Hz) from a saturating 200 ns drive swept over ``centre + span``."""
+def _spectroscopy(kit: Kit, q: int, shots: int, centre_hz: float,
+                  span_hz: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, CurveFit]:
+    """Drive frequencies (Hz), signal and Lorentzian fit of a saturating 200 ns drive swept
+    over ``centre + span``."""
     duration = 200e-9
     amp = 0.5 / (kit.work.device["rabi_hz_per_amplitude"] * duration)
     freqs = centre_hz + np.arange(span_hz[0], span_hz[1], 1.0e6)
     progs = sweep(kit, q, freqs, lambda b, f: kit.square_drive(b, q, 0, duration, amp, f))
     iq = kit.run_iq(progs, shots)[:, 0]
     signal = np.abs(iq - complex_median(iq))
-    f0, _ = fit_peak(freqs, signal, f"qubit {q} spectroscopy")
-    return f0
+    return freqs, signal, fit_peak_curve(freqs, signal, f"qubit {q} spectroscopy")
+
+
+def qubit_spectroscopy(kit: Kit, q: int, shots: int, centre_hz: float,
+                       span_hz: tuple[float, float]) -> float:
+    """0-1 frequency (Hz) from a saturating 200 ns drive swept over ``centre + span``."""
+    return _spectroscopy(kit, q, shots, centre_hz, span_hz)[2].params["f0"]
 
 
 def sweet_spot(kit: Kit, q: int, shots: int) -> None:
-    """Flux-bias current (A) of the sweet spot: vertex of f01(I) measured at five currents."""
+    """Flux-bias current (A) of the sweet spot: vertex of f01(I) measured at five currents;
+    then the 0-1 frequency (Hz) there, by spectroscopy."""
     search = kit.work.device["flux_bias_search_a"]
     currents = np.linspace(-search, search, 5)
     design = kit.work.qubits[q]["frequency_hz"]
-    freqs = []
+    old_bias = kit.work.qubits[q].get("flux_bias_a")
+    peaks, spectra = [], {}
     for current in currents:
         kit.work.qubits[q]["flux_bias_a"] = float(current)
-        freqs.append(qubit_spectroscopy(kit, q, shots, design, (-260e6, 60e6)))
-    i0, f_max = fit_parabola_vertex(currents, np.array(freqs), f"qubit {q} sweet spot")
+        freqs, signal, fit = _spectroscopy(kit, q, shots, design, (-260e6, 60e6))
+        peaks.append(fit.params["f0"])
+        spectra[f"{current:.6g} A"] = {"x": freqs, "y": signal}
+    if old_bias is not None:
+        kit.work.qubits[q]["flux_bias_a"] = old_bias
+    parabola = fit_parabola(currents, np.array(peaks), f"qubit {q} sweet spot")
+    c2, c1, c0 = parabola.params.values()
+    i0, f_max = -c1 / (2 * c2), c0 - c1 ** 2 / (4 * c2)
     if abs(i0) > 2 * search:
         raise FitError(f"sweet spot: vertex at {i0:.3g} A is far outside the search",
                        subject=f"qubit {q}")
-    kit.work.set(q, "flux_bias_a", i0, "flux_sweet_spot")
-    kit.work.set(q, "frequency_hz",
-                 qubit_spectroscopy(kit, q, shots, f_max, (-20e6, 20e6)), "qubit_spectroscopy")
+    marks = {"chosen": i0} if old_bias is None else {"chosen": i0, "old": old_bias}
+    rid = kit.record(
+        "sweet_spot", q, {"flux_bias_a": (i0, vertex_stderr(parabola))},
+        {"x": currents, "x_label": "flux bias current (A)",
+         "y_label": "0-1 frequency from spectroscopy (Hz)", "series": {"peak": peaks},
+         "spectra": spectra},
+        fit=parabola.quality(), curves={"parabola": parabola.sampled(currents)}, marks=marks,
+        settings={"shots": shots})
+    kit.work.set(q, "flux_bias_a", i0, rid)
+    freqs, signal, fit = _spectroscopy(kit, q, shots, f_max, (-20e6, 20e6))
+    f0 = fit.params["f0"]
+    rid = kit.record(
+        "qubit_spectroscopy", q, {"frequency_hz": (f0, fit.stderr["f0"])},
+        {"x": freqs, "x_label": "drive frequency (Hz)", "y_label": "|IQ - median| (a.u.)",
+         "series": {"at the sweet spot": signal}},
+        fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
+        marks={"chosen": f0, **_old(kit, q, "frequency_hz")}, settings={"shots": shots})
+    kit.work.set(q, "frequency_hz", f0, rid)
 
 
 def rabi(kit: Kit, q: int, shots: int, max_amp: float = 0.9) -> None:
@@ -111,9 +157,18 @@ def rabi(kit: Kit, q: int, shots: int, max_amp: float = 0.9) -> None:
     amps = np.linspace(0, max_amp, 46)
     progs = sweep(kit, q, amps, lambda b, a: kit.drive(b, q, 0, a))
     iq = kit.run_iq(progs, shots)[:, 0]
-    pi_amp = fit_rabi(amps, project(iq), f"qubit {q} Rabi")
-    kit.work.set(q, "pi_amplitude", pi_amp, "rabi")
-    kit.work.set(q, "pi2_amplitude", pi_amp / 2, "rabi")
+    signal = project(iq)
+    fit = fit_rabi_curve(amps, signal, f"qubit {q} Rabi")
+    pi_amp, err = abs(fit.params["period"]) / 2, fit.stderr["period"] / 2
+    rid = kit.record(
+        "rabi", q, {"pi_amplitude": (pi_amp, err), "pi2_amplitude": (pi_amp / 2, err / 2)},
+        {"x": amps, "x_label": "DRAG pulse amplitude (full scale)",
+         "y_label": "projected IQ (a.u.)", "series": {"signal": signal},
+         "iq": [iq.real, iq.imag]},
+        fit=fit.quality(), curves={"cosine": fit.sampled(amps)},
+        marks={"chosen": pi_amp, **_old(kit, q, "pi_amplitude")}, settings={"shots": shots})
+    kit.work.set(q, "pi_amplitude", pi_amp, rid)
+    kit.work.set(q, "pi2_amplitude", pi_amp / 2, rid)
 
 
 def drive_handedness(kit: Kit, q: int, shots: int, detuning_hz: float = 1.0e6) -> None:
@@ -138,11 +193,20 @@ def drive_handedness(kit: Kit, q: int, shots: int, detuning_hz: float = 1.0e6) -
     both = project(np.concatenate(iq))
     sign = handedness_from_fringes(delays, both[:len(delays)], both[len(delays):], detuning_hz,
                                    f"qubit {q}")
-    kit.work.set(q, "drive_handedness", sign, "drive_handedness")
+    rid = kit.record(
+        "drive_handedness", q, {"drive_handedness": (sign, None)},
+        {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
+         "y_label": "projected IQ (a.u.)",
+         "series": {"play phase advancing": both[:len(delays)],
+                    "play phase retarding": both[len(delays):]}},
+        settings={"shots": shots, "detuning_hz": detuning_hz})
+    kit.work.set(q, "drive_handedness", sign, rid)
 
 
-def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
-                      delays_s: np.ndarray) -> tuple[float, float]:
+def _ramsey_fringe(kit: Kit, q: int, shots: int, detuning_hz: float,
+                   delays_s: np.ndarray) -> tuple[np.ndarray, CurveFit]:
+    """Projected signal and damped-cosine fit of one Ramsey fringe whose second pi/2 pulse's
+    phase advances by 2 pi ``detuning_hz`` per unit delay."""
     pi2 = kit.work.qubits[q]["pi2_amplitude"]
 
     def body(b, tau):
@@ -150,8 +214,15 @@ def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
         start = end + kit.samples(tau)
         return kit.drive(b, q, start, pi2, 2 * np.pi * detuning_hz * tau)
 
-    iq = kit.run_iq(sweep(kit, q, delays_s, body), shots)[:, 0]
-    return fit_damped_cosine(delays_s, project(iq), f"qubit {q} Ramsey")
+    signal = project(kit.run_iq(sweep(kit, q, delays_s, body), shots)[:, 0])
+    return signal, fit_damped_cosine_curve(delays_s, signal, f"qubit {q} Ramsey")
+
+
+def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
+                      delays_s: np.ndarray) -> tuple[float, float]:
+    """Frequency (Hz) and decay time (s) of one Ramsey fringe (:func:`_ramsey_fringe`)."""
+    fit = _ramsey_fringe(kit, q, shots, detuning_hz, delays_s)[1]
+    return abs(fit.params["f"]), abs(fit.params["tau"])
 
 
 def ramsey(kit: Kit, q: int, shots: int) -> None:
@@ -160,8 +231,9 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     the new frequency must come back at the set detuning."""
     delays = kit.on_grid(np.linspace(0, 6e-6, 61))
     d = 1.5e6
-    f_plus, _ = _ramsey_frequency(kit, q, shots, +d, delays)
-    f_minus, _ = _ramsey_frequency(kit, q, shots, -d, delays)
+    plus, fit_plus = _ramsey_fringe(kit, q, shots, +d, delays)
+    minus, fit_minus = _ramsey_fringe(kit, q, shots, -d, delays)
+    f_plus, f_minus = abs(fit_plus.params["f"]), abs(fit_minus.params["f"])
     # A drive delta below the qubit precesses by -2 pi delta t; the analysis pulse's axis
     # turns by h 2 pi (+-d) t (h the drive handedness), so the fringes run at |delta + h d|
     # (f_plus) and |delta - h d| (f_minus): s = h delta solves |s + d| = f_plus and
@@ -173,7 +245,8 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     delta = kit.work.qubits[q]["drive_handedness"] * s
     f_now = kit.work.qubits[q]["frequency_hz"]
     kit.work.qubits[q]["frequency_hz"] = f_now + delta
-    check, t2 = _ramsey_frequency(kit, q, shots, d, delays)
+    third, fit = _ramsey_fringe(kit, q, shots, d, delays)
+    check, t2 = abs(fit.params["f"]), abs(fit.params["tau"])
     if abs(check - d) > 0.1 * d:
         kit.work.qubits[q]["frequency_hz"] = f_now
         raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
@@ -183,10 +256,23 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
         kit.work.qubits[q]["frequency_hz"] = f_now
         raise FitError(f"Ramsey: T2* {t2:.3g} s is beyond 20x the {delays[-1]:.3g} s window",
                        subject=f"qubit {q}")
-    kit.work.set(q, "frequency_hz", f_now + delta, "ramsey")
-    # T2* from the fringe at the corrected frequency: the first two may run slowly when the
-    # frequency was far off, and a slow fringe does not pin its decay within the window.
-    kit.work.set(q, "t2_s", t2, "ramsey")
+    # T2* from the fringe at the corrected frequency:
+    # the first two may run slowly when the frequency was far off, and a slow fringe does not
+    # pin its decay within the window.
+    f_err = fit.stderr["f"]  # what is left: the third fringe's offset from the set detuning
+    kit.work.qubits[q]["frequency_hz"] = f_now  # the record's old value
+    rid = kit.record(
+        "ramsey", q, {"frequency_hz": (f_now + delta, f_err), "t2_s": (t2, fit.stderr["tau"])},
+        {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
+         "y_label": "projected IQ (a.u.)",
+         "series": {f"+{d / 1e6:g} MHz": plus, f"-{d / 1e6:g} MHz": minus,
+                    f"+{d / 1e6:g} MHz at the new frequency": third}},
+        fit={**fit.quality(), "fringe_plus_hz": f_plus, "fringe_minus_hz": f_minus,
+             "fringe_check_hz": check},
+        curves={"damped cosine at the new frequency": fit.sampled(delays)},
+        settings={"shots": shots, "detuning_hz": d, "frequency_before_hz": f_now})
+    kit.work.set(q, "frequency_hz", f_now + delta, rid)
+    kit.work.set(q, "t2_s", t2, rid)
 
 
 def drag(kit: Kit, q: int, shots: int) -> None:
@@ -201,11 +287,20 @@ def drag(kit: Kit, q: int, shots: int) -> None:
         signals.append(kit.run_iq(sweep(kit, q, betas, body), shots)[:, 0])
     both = project(np.concatenate(signals))
     diff = both[:len(betas)] - both[len(betas):]
-    slope, intercept = np.polyfit(betas, diff, 1)
+    line = polynomial_fit(betas, diff, 1, ("slope", "intercept"))
+    slope, intercept = line.params.values()
     beta = -intercept / slope
     if not betas.min() <= beta <= betas.max():
         raise FitError(f"DRAG: beta {beta:.3g} outside the sweep", subject=f"qubit {q}")
-    kit.work.set(q, "drag_beta", float(beta), "drag")
+    err = line.propagated([intercept / slope ** 2, -1 / slope])
+    rid = kit.record(
+        "drag", q, {"drag_beta": (beta, err)},
+        {"x": betas, "x_label": "DRAG beta (samples)",
+         "y_label": "X180.Y90 - Y180.X90, projected IQ (a.u.)", "series": {"difference": diff},
+         "x180_y90": both[:len(betas)], "y180_x90": both[len(betas):]},
+        fit=line.quality(), curves={"line": line.sampled(betas)},
+        marks={"chosen": beta, **_old(kit, q, "drag_beta")}, settings={"shots": shots})
+    kit.work.set(q, "drag_beta", float(beta), rid)
 
 
 def _prepared_readouts(kit: Kit, q: int, pi_amplitude: float,
@@ -232,19 +327,34 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         sigma = np.sqrt(0.5 * (iq[0].std() ** 2 + iq[1].std() ** 2))
         snr.append(abs(complex_median(iq[1]) - complex_median(iq[0])) / sigma)
     best = float(freqs[int(np.argmax(snr))])
-    kit.work.set(q, "readout_frequency_hz", best, "readout_optimisation")
+    marks = {"chosen": best, **_old(kit, q, "readout_frequency_hz")}
+    kit.work.qubits[q]["readout_frequency_hz"] = best
     iq = kit.run_iq(_prepared_readouts(kit, q, pi, None), shots * 4, single=True)[:, :, 0]
     c0, c1 = complex_median(iq[0]), complex_median(iq[1])
     states = [np.abs(iq[k] - c1) < np.abs(iq[k] - c0) for k in (0, 1)]
     p1_given0, p1_given1 = states[0].mean(), states[1].mean()
     matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
+    fidelity = float(1 - (p1_given0 + 1 - p1_given1) / 2)
+    n = len(states[0])
+    kit.work.qubits[q]["readout_frequency_hz"] = marks.get("old", best)  # the record's old
+    rid = kit.record(
+        "readout", q,
+        {"readout_frequency_hz": (best, float(freqs[1] - freqs[0]) / 2),
+         "readout_assignment_fidelity": (
+             fidelity, float(np.sqrt((p1_given0 * (1 - p1_given0)
+                                      + p1_given1 * (1 - p1_given1)) / n) / 2)),
+         "p1_given_0": (float(p1_given0), float(np.sqrt(p1_given0 * (1 - p1_given0) / n))),
+         "p1_given_1": (float(p1_given1), float(np.sqrt(p1_given1 * (1 - p1_given1) / n)))},
+        {"x": freqs, "x_label": "readout frequency (Hz)",
+         "y_label": "|0>/|1> separation (SNR)", "series": {"SNR": snr},
+         "shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
+         "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]},
+        marks=marks, settings={"shots_per_frequency": shots // 4, "shots": shots * 4})
+    kit.work.set(q, "readout_frequency_hz", best, rid)
     kit.work.set(q, "discriminator", {"centers": [[float(c0.real), float(c0.imag)],
-                                                  [float(c1.real), float(c1.imag)]]},
-                 "readout_discrimination")
-    kit.work.set(q, "assignment_matrix", [[float(v) for v in row] for row in matrix],
-                 "readout_discrimination")
-    kit.work.set(q, "readout_assignment_fidelity", float(1 - (p1_given0 + 1 - p1_given1) / 2),
-                 "readout_discrimination")
+                                                  [float(c1.real), float(c1.imag)]]}, rid)
+    kit.work.set(q, "assignment_matrix", [[float(v) for v in row] for row in matrix], rid)
+    kit.work.set(q, "readout_assignment_fidelity", fidelity, rid)
 
 
 def _p1(kit: Kit, progs, shots: int) -> np.ndarray:
@@ -270,9 +380,17 @@ def t1(kit: Kit, q: int, shots: int) -> None:
     pi = kit.work.qubits[q]["pi_amplitude"]
     progs = sweep(kit, q, delays, lambda b, tau: kit.drive(b, q, 0, pi) + kit.samples(tau))
     p1 = _p1(kit, progs, shots)[:, 0]
-    value = fit_exponential(delays, p1, f"qubit {q} T1")
-    kit.work.set(q, "t1_s", value, "t1")
-    kit.work.set(q, "reset_duration_s", round(5 * value, 6), "t1")
+    fit = fit_exponential_curve(delays, p1, f"qubit {q} T1")
+    value = fit.params["tau"]
+    rid = kit.record(
+        "t1", q, {"t1_s": (value, fit.stderr["tau"]),
+                  "reset_duration_s": (round(5 * value, 6), 5 * fit.stderr["tau"])},
+        {"x": delays, "x_label": "delay after the pi pulse (s)",
+         "y_label": "P(1), readout-corrected", "series": {"P(1)": p1}},
+        fit=fit.quality(), curves={"exponential": fit.sampled(delays)},
+        marks={"chosen": value, **_old(kit, q, "t1_s")}, settings={"shots": shots})
+    kit.work.set(q, "t1_s", value, rid)
+    kit.work.set(q, "reset_duration_s", round(5 * value, 6), rid)
 
 
 def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, amp: float,
@@ -316,12 +434,17 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     amp0 = phi / kit.work.device["flux_line_phi0_per_amplitude"]
     rise = 5.0
     best = None
+    amps = amp0 + np.linspace(-0.03, 0.03, 25)
+    scan = {"durations_samples": [], "amplitudes": amps, "conditional_phase_rad": [],
+            "contrast": []}
     for duration in range(28, 48, 2):
-        amps = amp0 + np.linspace(-0.03, 0.03, 25)
         results = [_cz_phases(kit, flux_q, other, duration, rise, amp, shots) for amp in amps]
         cond = np.array([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results])
         cond = np.mod(cond, 2 * np.pi)
         contrast = np.array([r[f"{other}|1"][1] for r in results])
+        for key, value in (("durations_samples", duration), ("conditional_phase_rad", cond),
+                           ("contrast", contrast)):
+            scan[key].append(value)
         for i in range(len(amps) - 1):
             lo, hi = cond[i] - np.pi, cond[i + 1] - np.pi
             if lo * hi <= 0 and abs(cond[i] - cond[i + 1]) < np.pi:
@@ -337,13 +460,28 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     amps = amp + np.linspace(-0.002, 0.002, 9)
     results = [_cz_phases(kit, flux_q, other, duration, rise, x, shots * 2) for x in amps]
     cond = np.unwrap([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results])
-    cond = np.mod(cond - np.pi, 2 * np.pi) - np.pi
-    slope, intercept = np.polyfit(amps, cond, 1)
-    amp = float(-intercept / slope) if slope else amp
+    cond = np.mod(cond, 2 * np.pi) - np.pi  # conditional phase - pi, in [-pi, pi)
+    line = polynomial_fit(amps, cond, 1, ("slope", "intercept"))
+    slope, intercept = line.params.values()
+    amp_err = None
+    if slope:
+        amp, amp_err = float(-intercept / slope), line.propagated([intercept / slope ** 2,
+                                                                   -1 / slope])
     final = _cz_phases(kit, flux_q, other, duration, rise, amp, shots * 4)
     lo_q, hi_q = sorted(pair)
     phase = {other: final[f"{other}|0"][0], flux_q: final[f"{flux_q}|0"][0]}
-    exp = "cz_phase_scan"
+    old = kit.work.pairs.get((lo_q, hi_q), {}).get("cz_amplitude")
+    exp = kit.record(
+        "cz", (lo_q, hi_q),
+        {"cz_amplitude": (amp, amp_err), "cz_duration_s": (duration / kit.fs, None),
+         "cz_phase_a_rad": (-phase[lo_q], None), "cz_phase_b_rad": (-phase[hi_q], None),
+         "cz_conditional_contrast": (final[f"{other}|1"][1], None)},
+        {"x": amps, "x_label": f"flux pulse amplitude on qubit {flux_q} (full scale)",
+         "y_label": "conditional phase - pi (rad)",
+         "series": {f"{duration} samples": cond}, "scan": scan, "final": final},
+        fit=line.quality(), curves={"line": line.sampled(amps)},
+        marks={"chosen": amp, **({} if old is None else {"old": old})},
+        settings={"shots": shots, "flux_qubit": flux_q, "rise_samples": rise})
     kit.work.set_pair((lo_q, hi_q), "cz_flux_qubit", flux_q, exp)
     kit.work.set_pair((lo_q, hi_q), "cz_amplitude", amp, exp)
     kit.work.set_pair((lo_q, hi_q), "cz_duration_s", duration / kit.fs, exp)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from labqpu.calibration.records import ExperimentRecord
 from labqpu.errors import FitError
 from labqpu.pulse.compiler import READOUT_RISE_S
 from labqpu.pulse.kernels import flat_top, gaussian_drag
@@ -61,6 +62,38 @@ class Kit:
         #: The controllers' timing rules: every waveform is zero-padded onto their grid (as
         #: the compiler pads calibrated pulses) and every wait is a whole number of grid steps.
         self.timing = backend.channels.timing
+        #: Records of the experiments run with this kit, oldest first (:meth:`record`).
+        self.records: list[ExperimentRecord] = []
+
+    def record(self, kind: str, subject: int | tuple[int, int], values: dict[str, tuple],
+               raw: dict, *, fit: dict[str, float] | None = None,
+               curves: dict[str, dict] | None = None, marks: dict[str, float] | None = None,
+               settings: dict | None = None) -> str:
+        """Keep the record of one experiment on ``subject`` (a qubit or an edge) and return its
+        id (``<kind>-q<subject>-<UTC time>``), which the experiment then gives to the values it
+        sets, so that the snapshot names the record each value came from.
+
+        ``values`` maps each parameter to ``(value, stderr)`` (stderr None when the analysis
+        gives none); the old values come from the working set. ``raw`` holds the sweep data
+        as plain lists (``x`` and ``series``, each series a list or ``{"x": ..., "y": ...}``,
+        with ``x_label`` and ``y_label``); ``curves`` the fitted curves to draw, ``marks`` the
+        chosen and old positions on the x axis (``{"chosen": x, "old": x}``)."""
+        now = datetime.now(UTC)
+        tag = (f"q{subject}" if isinstance(subject, int)
+               else f"q{subject[0]}-{subject[1]}")
+        experiment = f"{kind}-{tag}-{now.strftime('%Y%m%dT%H%M%S.%fZ')}"
+        current = (self.work.qubits.get(subject, {}) if isinstance(subject, int)
+                   else self.work.pairs.get(tuple(subject), {}))
+        old = {name: _plain(current.get(name)) for name in values}
+        label = (f"qubit {subject}" if isinstance(subject, int)
+                 else f"edge ({subject[0]}, {subject[1]})")
+        self.records.append(ExperimentRecord(
+            experiment=experiment, kind=kind, subject=label, measured_at=now.isoformat(),
+            values={k: [_plain(v), _plain(e)] for k, (v, e) in values.items()},
+            old_values=old, fit=dict(fit or {}),
+            raw=_plain({**raw, "curves": curves or {}, "marks": marks or {}}),
+            settings=_plain(settings or {})))
+        return experiment
 
     def samples(self, seconds: float) -> int:
         """``seconds`` in whole samples."""
@@ -164,15 +197,96 @@ class Kit:
         return bits
 
 
+def _plain(value):
+    """``value`` with numpy arrays and scalars turned into lists and Python numbers (JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
 # ---------------------------------------------------------------- pure analyses
 
 
-def _curve_fit(model, x, y, p0, maxfev):
-    """scipy's curve_fit; parameter covariances are not used, so their warning is muted."""
+@dataclass(frozen=True)
+class CurveFit:
+    """A least-squares fit: ``params`` (name -> value) with their standard errors ``stderr``
+    (from the covariance scaled by the residuals; ``inf`` when it cannot be estimated),
+    ``rms_residual`` (the data's units) and ``r_squared``. ``model(x, *values)`` evaluates it."""
+
+    model: Callable
+    params: dict[str, float]
+    stderr: dict[str, float]
+    rms_residual: float
+    r_squared: float
+    covariance: np.ndarray | None = None
+
+    def curve(self, x: np.ndarray) -> np.ndarray:
+        """The fitted model at ``x``."""
+        return self.model(np.asarray(x, dtype=float), *self.params.values())
+
+    def quality(self) -> dict[str, float]:
+        """Fit-quality figures for an experiment record."""
+        return {"rms_residual": self.rms_residual, "r_squared": self.r_squared}
+
+    def propagated(self, gradient: Sequence[float]) -> float:
+        """Standard error of a quantity derived from the parameters, given its gradient with
+        respect to them (in ``params`` order), through the full covariance; ``inf`` without
+        one."""
+        if self.covariance is None or not np.all(np.isfinite(self.covariance)):
+            return float("inf")
+        g = np.asarray(gradient, dtype=float)
+        return float(np.sqrt(max(g @ self.covariance @ g, 0.0)))
+
+    def sampled(self, x: np.ndarray, points: int = 300) -> dict[str, list]:
+        """The fitted curve on ``points`` points across the range of ``x``, for a record."""
+        xs = np.linspace(float(np.min(x)), float(np.max(x)), points)
+        return {"x": xs.tolist(), "y": self.curve(xs).tolist()}
+
+
+def _curve_fit(model, x, y, p0, maxfev, names: Sequence[str]) -> CurveFit:
+    """scipy's curve_fit, with the parameters named ``names``; RuntimeError when it does not
+    converge. The covariance warning is muted: an inestimable covariance shows as ``inf``.
+
+    MINPACK's finite-difference step is relative to each parameter, so a start value within
+    rounding of zero (the mean of centred data, ~1e-17) would get a step of ~1e-25 and stay
+    frozen, biasing the others; such start values begin at exactly zero, where the step is
+    absolute."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    floor = 1e-9 * float(np.max(np.abs(y))) if y.size else 0.0
+    p0 = [0.0 if abs(p) < floor else p for p in p0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)
-        popt, _ = curve_fit(model, x, y, p0=p0, maxfev=maxfev)
-    return popt
+        popt, pcov = curve_fit(model, x, y, p0=p0, maxfev=maxfev)
+    return _curve(model, x, y, popt, pcov, names)
+
+
+def _curve(model, x, y, popt, pcov, names: Sequence[str]) -> CurveFit:
+    residual = y - model(x, *popt)
+    spread = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(residual ** 2)) / spread if spread > 0 else 1.0
+    perr = np.sqrt(np.abs(np.diag(pcov)))
+    return CurveFit(model, {n: float(v) for n, v in zip(names, popt, strict=True)},
+                    {n: float(e) for n, e in zip(names, perr, strict=True)},
+                    float(np.sqrt(np.mean(residual ** 2))), r2, np.asarray(pcov, dtype=float))
+
+
+def polynomial_fit(x: np.ndarray, y: np.ndarray, degree: int, names: Sequence[str]) -> CurveFit:
+    """numpy's polyfit of ``degree`` (highest power first, as ``names``) with the standard
+    errors of its coefficients; needs more points than coefficients."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if len(x) > degree + 2:
+        coef, cov = np.polyfit(x, y, degree, cov=True)
+    else:
+        coef, cov = np.polyfit(x, y, degree), np.full((degree + 1, degree + 1), np.inf)
+    return _curve(lambda t, *c: np.polyval(c, t), x, y, coef, cov, names)
 
 
 def _lorentzian(f, f0, width, amp, offset):
@@ -180,8 +294,15 @@ def _lorentzian(f, f0, width, amp, offset):
 
 
 def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float, float]:
-    """Centre and half width (Hz) of the single peak in ``signal``; FitError if none stands
-    out of the noise (peak < 8 x the point-to-point noise)."""
+    """Centre and half width (Hz) of the single peak in ``signal`` (:func:`fit_peak_curve`)."""
+    fit = fit_peak_curve(freqs_hz, signal, what)
+    return fit.params["f0"], abs(fit.params["width"])
+
+
+def fit_peak_curve(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> CurveFit:
+    """Lorentzian fit (``f0``, half ``width`` in Hz, ``amp``, ``offset``) of the single peak in
+    ``signal``; FitError if none stands out of the noise (peak < 8 x the point-to-point noise)
+    or the centre leaves the sweep."""
     base = np.median(signal)
     noise = np.std(np.diff(signal)) / np.sqrt(2) + 1e-15
     k = int(np.argmax(signal))
@@ -191,12 +312,14 @@ def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float
     step = abs(freqs_hz[1] - freqs_hz[0])
     p0 = [freqs_hz[k], 2 * step, signal[k] - base, base]
     try:
-        popt = _curve_fit(_lorentzian, freqs_hz, signal, p0, 20000)
+        fit = _curve_fit(_lorentzian, freqs_hz, signal, p0, 20000,
+                         ("f0", "width", "amp", "offset"))
     except RuntimeError as exc:
         raise FitError(f"Lorentzian fit failed: {exc}", subject=what) from exc
-    if not freqs_hz.min() <= popt[0] <= freqs_hz.max():
-        raise FitError(f"fitted peak {popt[0]:.6g} Hz lies outside the sweep", subject=what)
-    return float(popt[0]), float(abs(popt[1]))
+    if not freqs_hz.min() <= fit.params["f0"] <= freqs_hz.max():
+        raise FitError(f"fitted peak {fit.params['f0']:.6g} Hz lies outside the sweep",
+                       subject=what)
+    return fit
 
 
 def complex_median(z: np.ndarray) -> complex:
@@ -214,67 +337,108 @@ def project(iq: np.ndarray) -> np.ndarray:
     return axis[0] * centred.real + axis[1] * centred.imag
 
 
-def fit_rabi(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
-    """Amplitude of a pi rotation from a Rabi oscillation ``signal(amps)``."""
-    def model(a, period, amp, offset):
-        return offset + amp * np.cos(2 * np.pi * a / period)
+def _rabi_model(a, period, amp, offset):
+    return offset + amp * np.cos(2 * np.pi * a / period)
 
+
+def fit_rabi(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
+    """Amplitude of a pi rotation from a Rabi oscillation ``signal(amps)``
+    (:func:`fit_rabi_curve`)."""
+    return abs(fit_rabi_curve(amps, signal, what).params["period"]) / 2
+
+
+def fit_rabi_curve(amps: np.ndarray, signal: np.ndarray, what: str) -> CurveFit:
+    """Cosine fit (``period``, ``amp``, ``offset``) of a Rabi oscillation ``signal(amps)``;
+    half the period is the pi amplitude. FitError when it is beyond full scale or the
+    sweep."""
     spec = np.abs(np.fft.rfft(signal - signal.mean()))
     k = max(1, int(np.argmax(spec[1:])) + 1)
     period0 = (amps[-1] - amps[0]) * len(amps) / (len(amps) - 1) / k
     amp0 = signal[0] - signal.mean()
     try:
-        popt = _curve_fit(model, amps, signal, [period0, amp0, signal.mean()], 20000)
+        fit = _curve_fit(_rabi_model, amps, signal, [period0, amp0, signal.mean()], 20000,
+                         ("period", "amp", "offset"))
     except RuntimeError as exc:
         raise FitError(f"Rabi fit failed: {exc}", subject=what) from exc
-    period = abs(popt[0])
+    period = abs(fit.params["period"])
     if not 0 < period / 2 < 1.0:
         raise FitError(f"pi amplitude {period / 2:.4g} is outside full scale", subject=what)
     if period / 2 > amps.max():
         raise FitError(f"pi amplitude {period / 2:.4g} lies beyond the sweep "
                        f"(up to {amps.max():.4g}); extend it", subject=what)
-    return period / 2
+    return fit
+
+
+def _damped_cosine(t, f, tau, amp, phase, offset):
+    return offset + amp * np.exp(-t / tau) * np.cos(2 * np.pi * f * t + phase)
 
 
 def fit_damped_cosine(t_s: np.ndarray, y: np.ndarray, what: str) -> tuple[float, float]:
-    """Frequency (Hz, >= 0) and 1/e decay time (s) of a damped cosine ``y(t)``."""
-    def model(t, f, tau, amp, phase, offset):
-        return offset + amp * np.exp(-t / tau) * np.cos(2 * np.pi * f * t + phase)
+    """Frequency (Hz, >= 0) and 1/e decay time (s) of a damped cosine ``y(t)``
+    (:func:`fit_damped_cosine_curve`)."""
+    fit = fit_damped_cosine_curve(t_s, y, what)
+    return abs(fit.params["f"]), abs(fit.params["tau"])
 
+
+def fit_damped_cosine_curve(t_s: np.ndarray, y: np.ndarray, what: str) -> CurveFit:
+    """Damped-cosine fit (``f`` Hz, ``tau`` s, ``amp``, ``phase`` rad, ``offset``) of
+    ``y(t)``, started from the strongest Fourier component."""
     dt = t_s[1] - t_s[0]
     spec = np.abs(np.fft.rfft(y - y.mean()))
     freqs = np.fft.rfftfreq(len(y), dt)
     f0 = freqs[max(1, int(np.argmax(spec[1:])) + 1)]
     p0 = [f0, t_s[-1], (y.max() - y.min()) / 2, 0.0, y.mean()]
     try:
-        popt = _curve_fit(model, t_s, y, p0, 50000)
+        return _curve_fit(_damped_cosine, t_s, y, p0, 50000,
+                          ("f", "tau", "amp", "phase", "offset"))
     except RuntimeError as exc:
         raise FitError(f"damped-cosine fit failed: {exc}", subject=what) from exc
-    return abs(float(popt[0])), abs(float(popt[1]))
+
+
+def _exponential(t, tau, a, b):
+    return a * np.exp(-t / tau) + b
 
 
 def fit_exponential(t_s: np.ndarray, y: np.ndarray, what: str) -> float:
-    """1/e time (s) of ``y = a exp(-t/tau) + b``."""
-    def model(t, tau, a, b):
-        return a * np.exp(-t / tau) + b
+    """1/e time (s) of ``y = a exp(-t/tau) + b`` (:func:`fit_exponential_curve`)."""
+    return fit_exponential_curve(t_s, y, what).params["tau"]
 
+
+def fit_exponential_curve(t_s: np.ndarray, y: np.ndarray, what: str) -> CurveFit:
+    """Fit of ``y = a exp(-t/tau) + b`` (``tau`` s, ``a``, ``b``); FitError when tau is not
+    within (0, 10 x the longest time)."""
     p0 = [t_s[-1] / 3, y[0] - y[-1], y[-1]]
     try:
-        popt = _curve_fit(model, t_s, y, p0, 20000)
+        fit = _curve_fit(_exponential, t_s, y, p0, 20000, ("tau", "a", "b"))
     except RuntimeError as exc:
         raise FitError(f"exponential fit failed: {exc}", subject=what) from exc
-    if not 0 < popt[0] < 10 * t_s[-1]:
-        raise FitError(f"decay time {popt[0]:.3g} s is outside the measured range", subject=what)
-    return float(popt[0])
+    if not 0 < fit.params["tau"] < 10 * t_s[-1]:
+        raise FitError(f"decay time {fit.params['tau']:.3g} s is outside the measured range",
+                       subject=what)
+    return fit
 
 
 def fit_parabola_vertex(x: np.ndarray, y: np.ndarray, what: str) -> tuple[float, float]:
     """(x, y) of the maximum of a downward parabola through the points."""
-    c2, c1, c0 = np.polyfit(x, y, 2)
-    if c2 >= 0:
-        raise FitError(f"data have no maximum (curvature {c2:.3g})", subject=what)
-    xv = -c1 / (2 * c2)
-    return float(xv), float(c0 - c1**2 / (4 * c2))
+    fit = fit_parabola(x, y, what)
+    c2, c1, c0 = fit.params.values()
+    return -c1 / (2 * c2), c0 - c1**2 / (4 * c2)
+
+
+def fit_parabola(x: np.ndarray, y: np.ndarray, what: str) -> CurveFit:
+    """Parabola ``c2 x^2 + c1 x + c0`` through the points; FitError unless it opens
+    downward. Its vertex is at ``-c1 / (2 c2)`` (:func:`vertex_stderr`)."""
+    fit = polynomial_fit(x, y, 2, ("c2", "c1", "c0"))
+    if fit.params["c2"] >= 0:
+        raise FitError(f"data have no maximum (curvature {fit.params['c2']:.3g})",
+                       subject=what)
+    return fit
+
+
+def vertex_stderr(fit: CurveFit) -> float:
+    """Standard error of the vertex ``-c1 / (2 c2)`` of a :func:`fit_parabola` result."""
+    c2, c1 = fit.params["c2"], fit.params["c1"]
+    return fit.propagated([c1 / (2 * c2 ** 2), -1 / (2 * c2), 0.0])
 
 
 def zero_crossing(x: np.ndarray, y: np.ndarray, what: str) -> float:

@@ -149,13 +149,33 @@ def fine_amplitude(kit: Kit, q: int, shots: int) -> None:
     """Set qubit ``q``'s pi and pi/2 amplitudes (full scale) from error-amplifying sequences:
     one round per entry of :data:`ROUNDS`, each starting from the last correction."""
     for which in ("pi", "pi2"):
-        for longest in ROUNDS:
-            fit, _, _ = measure(kit, q, which, shots, longest)
-            value = fit.corrected(kit.work.qubits[q][PARAMETER[which]], THETA[which])
+        name = PARAMETER[which]
+        old = kit.work.qubits[q][name]
+        series, curves, fits, amplitudes = {}, {}, {}, []
+        for k, longest in enumerate(ROUNDS):
+            amplitude = kit.work.qubits[q][name]
+            fit, counts, p1 = measure(kit, q, which, shots, longest)
+            value = fit.corrected(amplitude, THETA[which])
             if not 0 < value < 1:
-                raise FitError(f"fine amplitude: {PARAMETER[which]} {value:.4g} is outside "
-                               "full scale", subject=f"qubit {q}")
-            kit.work.set(q, PARAMETER[which], float(value), "fine_amplitude")
+                kit.work.qubits[q][name] = old
+                raise FitError(f"fine amplitude: {name} {value:.4g} is outside full scale",
+                               subject=f"qubit {q}")
+            label = f"round {k + 1}, amplitude {amplitude:.6f}"
+            amplitudes.append(amplitude)
+            series[label] = {"x": counts, "y": p1}
+            n = np.linspace(0, counts.max(), 200)
+            curves[label] = {"x": n, "y": 0.5 + 0.5 * np.sin(fit.phi0_rad + n * fit.eps_rad)}
+            fits[f"round_{k + 1}_eps_rad"] = fit.eps_rad
+            kit.work.qubits[q][name] = float(value)
+        kit.work.qubits[q][name] = old  # the record's old value
+        err = amplitude * THETA[which] / (THETA[which] + fit.eps_rad) ** 2 * fit.eps_stderr_rad
+        rid = kit.record(
+            f"fine_amplitude_{which}", q, {name: (value, err)},
+            {"x_label": f"{'pi' if which == 'pi' else 'pi/2'} pulses repeated",
+             "y_label": "P(1) between the |0> and |1> references", "series": series,
+             "round_amplitudes": amplitudes, "theta_rad": THETA[which]},
+            fit=fits, curves=curves, settings={"shots": shots, "rounds": list(ROUNDS)})
+        kit.work.set(q, name, float(value), rid)
 
 
 def worst_relative_error(kit: Kit, q: int, shots: int) -> float:

@@ -1,11 +1,15 @@
 """PNG plots of experiment records: data, fit, the chosen value, and the old value.
 
+RB records have their own figure (:func:`plot_rb`); every other record is a sweep
+(:func:`plot_sweep`).
+
 matplotlib's object API on an Agg canvas (no pyplot state), so plots can be written from any
 thread and from scripts without a display.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +58,57 @@ def plot_rb(record: ExperimentRecord):
     return fig
 
 
+def _value_lines(record: ExperimentRecord) -> list[str]:
+    lines = []
+    for name, (value, err) in record.values.items():
+        old = record.old_values.get(name)
+        text = f"{name} = {value:.6g}" if isinstance(value, int | float) else f"{name} = {value}"
+        if isinstance(err, int | float) and math.isfinite(err):
+            text += f" ± {err:.2g}"
+        if isinstance(old, int | float):
+            text += f" (was {old:.6g})"
+        lines.append(text)
+    for name in ("r_squared", "rms_residual"):
+        if isinstance(record.fit.get(name), int | float):
+            lines.append(f"{name} {record.fit[name]:.3g}")
+    return lines
+
+
+def plot_sweep(record: ExperimentRecord):
+    """Figure of a sweep record (every graph experiment): each data series (dots), the fitted
+    curves (lines), the chosen value (solid vertical line) and the old one (dashed), and the
+    values with their standard errors against the old ones."""
+    from matplotlib.figure import Figure
+
+    raw = record.raw
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (label, data) in enumerate(raw.get("series", {}).items()):
+        x, y = ((data["x"], data["y"]) if isinstance(data, dict) else (raw["x"], data))
+        ax.plot(x, y, "o", ms=3.5, color=f"C{i}", label=label)
+    for i, (label, curve) in enumerate(raw.get("curves", {}).items()):
+        ax.plot(curve["x"], curve["y"], "-", lw=1.3, color=f"C{i + 5}", label=f"fit: {label}")
+    marks = raw.get("marks", {})
+    if "old" in marks:
+        ax.axvline(marks["old"], color="0.45", ls="--", lw=1, label="old value")
+    if "chosen" in marks:
+        ax.axvline(marks["chosen"], color="k", lw=1, label="chosen")
+    ax.text(0.02, 0.03, "\n".join(_value_lines(record)), transform=ax.transAxes, ha="left",
+            va="bottom", fontsize=7.5,
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
+    ax.set_xlabel(raw.get("x_label", ""))
+    ax.set_ylabel(raw.get("y_label", ""))
+    ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",
+                 fontsize=10)
+    ax.legend(loc="upper right", fontsize=7)
+    return fig
+
+
 def save_plot(record: ExperimentRecord, directory: str | Path) -> Path:
     """Write ``<directory>/<experiment>.png`` for ``record``; returns its path."""
-    if not record.kind.startswith("rb_"):
-        raise ValueError(f"no plot for experiments of kind {record.kind!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{record.experiment}.png"
-    plot_rb(record).savefig(path, dpi=110)
+    figure = plot_rb(record) if record.kind.startswith("rb_") else plot_sweep(record)
+    figure.savefig(path, dpi=110)
     return path

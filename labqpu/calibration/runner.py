@@ -32,6 +32,8 @@ from labqpu.calibration.bootstrap import choose_drive_lo, load_design
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, Node, Subject, describe, plan
+from labqpu.calibration.plots import save_plot
+from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, parse_age_limits
@@ -70,12 +72,14 @@ class Outcome:
 
 @dataclass
 class RunReport:
-    """Every step's outcome, and the snapshot committed (None when nothing changed or when
-    the run did not commit)."""
+    """Every step's outcome, the snapshot committed (None when nothing changed or when
+    the run did not commit), and the experiment records written (JSON paths; each has its
+    PNG beside it)."""
 
     outcomes: list[Outcome]
     parent_id: int | None
     snapshot: Snapshot | None = None
+    records: list[Path] = field(default_factory=list)
 
     def with_status(self, status: str) -> list[Outcome]:
         """The outcomes with ``status``."""
@@ -278,10 +282,20 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
     return Outcome(n.name, label, "calibrated", reason, check, _changes(kit.work, before))
 
 
+def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:
+    """Write each record's JSON and PNG into ``directory``; returns the JSON paths."""
+    paths = []
+    for record in records:
+        paths.append(record.save(directory))
+        save_plot(record, directory)
+    return paths
+
+
 def run_graph(backend, nodes: Sequence[str] | None = None, *,
               qubits: Sequence[int] | None = None, force: bool = False, shots: int = 400,
               design: str | Path | None = None, now: datetime | None = None,
-              reporter: LineReporter | None = None, commit: bool = True) -> RunReport:
+              reporter: LineReporter | None = None, commit: bool = True,
+              record_directory: str | Path | None = None) -> RunReport:
     """Keep ``backend``'s device calibrated: walk the graph (``nodes``, default all, with
     their prerequisites) on ``qubits`` (default all) and the edges between them, from the
     newest snapshot; commit what was measured as one new snapshot (unless ``commit`` is
@@ -289,7 +303,9 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     None) without checking them. Age limits are the wiring file's over the defaults
     (:func:`labqpu.store.staleness.parse_age_limits`), judged at ``now`` (default: the current
     time). ``design`` (default: the device's shipped design values) supplies what a snapshot
-    does not hold.
+    does not hold. Every experiment that ran leaves its record and plot in
+    ``record_directory`` (default: ``experiments/`` beside the calibration store), whether
+    or not the run commits.
 
     Returns the :class:`RunReport`; its ``table()`` is the summary."""
     parent = backend.snapshot
@@ -328,14 +344,19 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         report.snapshot = backend.store.commit(builder.build_document(),
                                                parent_id=parent.snapshot_id,
                                                expect_parent=True)
+    report.records = save_records(
+        kit.records, record_directory or experiments_directory(backend.config.store_path))
     return report
 
 
 def bootstrap(backend, design: Working, *, shots: int = 400,
-              progress: Callable[[str], None] = log.info) -> dict:
+              progress: Callable[[str], None] = log.info,
+              record_directory: str | Path | None = None) -> dict:
     """Run every node of the graph on ``backend``, forced, starting from ``design``; returns
     the snapshot document (not yet committed). Raises ``FitError`` naming every step that
-    failed or was blocked, so a failure leaves the store as it was."""
+    failed or was blocked, so a failure leaves the store as it was. With
+    ``record_directory``, every experiment's record and plot are written there (also when a
+    step failed: they are what was measured)."""
     kit = Kit(backend, design)
     dev = design.device
     qubits = sorted(design.qubits)
@@ -347,6 +368,8 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
     steps = plan(None, qubits, backend.config.coupling_map)
     outcomes = walk(kit, steps, shots=shots, forced={n.name for n in NODES},
                     reporter=LineReporter(progress))
+    if record_directory is not None:
+        save_records(kit.records, record_directory)
     bad = [o for o in outcomes if o.status in ("failed", "blocked")]
     if bad:
         raise FitError("bootstrap: " + "; ".join(f"{o.node} on {o.subject}: {o.reason}"

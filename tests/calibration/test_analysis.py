@@ -13,6 +13,7 @@ from labqpu.calibration.experiments import (
     fit_parabola_vertex,
     fit_peak,
     fit_rabi,
+    fit_rabi_curve,
     handedness_from_fringes,
     phase_from_quadratures,
     project,
@@ -148,3 +149,16 @@ def test_handedness_refuses_fringes_that_do_not_tell() -> None:
     same = 0.5 + 0.4 * np.cos(2 * np.pi * 2e6 * t)
     with pytest.raises(FitError, match="neither stands out"):
         handedness_from_fringes(t, same, same, 1.0e6, "qubit 2")
+
+
+def test_fit_rabi_on_centred_data_is_not_frozen_at_its_start() -> None:
+    """Projected IQ is centred (mean ~1e-17), so the offset's start value is within rounding
+    of zero; with MINPACK's relative step it used to stay frozen and bias the pi amplitude
+    by ~1 %, with an inestimable covariance."""
+    amps = np.linspace(0, 0.9, 46)
+    signal = -0.13 * np.cos(np.pi * amps / 0.4911) + RNG.normal(0, 0.002, amps.size)
+    signal -= signal.mean()
+    assert 0 < abs(signal.mean()) < 1e-15 or signal.mean() == 0
+    fit = fit_rabi_curve(amps, signal, "test")
+    assert abs(fit.params["period"]) / 2 == pytest.approx(0.4911, rel=1e-3)
+    assert np.isfinite(fit.stderr["period"]) and fit.stderr["period"] < 0.005

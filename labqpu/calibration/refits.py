@@ -1,0 +1,91 @@
+"""Redo the analysis of a graph experiment from its record (pure).
+
+Every record of :meth:`labqpu.calibration.experiments.Kit.record` keeps the raw sweep data;
+:func:`refit` runs the experiment's own analysis on them again and returns the values it
+gives, so that a fit can be checked, or redone with a changed analysis, long after the run.
+RB records have :func:`labqpu.calibration.rb.refit`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from labqpu.calibration.experiments import (
+    fit_damped_cosine_curve,
+    fit_exponential_curve,
+    fit_parabola,
+    fit_peak_curve,
+    fit_rabi_curve,
+    polynomial_fit,
+)
+from labqpu.calibration.fine import fit_amplification
+from labqpu.calibration.records import ExperimentRecord
+
+
+def _series(record: ExperimentRecord, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    raw = record.raw
+    series = raw["series"]
+    data = series[label] if label is not None else next(iter(series.values()))
+    if isinstance(data, dict):
+        return np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
+    return np.asarray(raw["x"], dtype=float), np.asarray(data, dtype=float)
+
+
+def _line_zero(x: np.ndarray, y: np.ndarray) -> float:
+    slope, intercept = polynomial_fit(x, y, 1, ("slope", "intercept")).params.values()
+    return -intercept / slope
+
+
+def _fine(record: ExperimentRecord) -> dict[str, float]:
+    name = next(iter(record.values))
+    amplitude = record.raw["round_amplitudes"][-1]
+    counts, p1 = _series(record, list(record.raw["series"])[-1])
+    fit = fit_amplification(counts, p1, record.subject)
+    return {name: fit.corrected(amplitude, record.raw["theta_rad"])}
+
+
+def _readout(record: ExperimentRecord) -> dict[str, float]:
+    raw = record.raw
+    (i0, q0), (i1, q1) = raw["centers"]
+    c0, c1 = complex(i0, q0), complex(i1, q1)
+    shots = [np.asarray(raw[k][0]) + 1j * np.asarray(raw[k][1]) for k in ("shots_0", "shots_1")]
+    p1 = [float(np.mean(np.abs(s - c1) < np.abs(s - c0))) for s in shots]
+    x, snr = _series(record)
+    return {"readout_frequency_hz": float(x[int(np.argmax(snr))]),
+            "readout_assignment_fidelity": 1 - (p1[0] + 1 - p1[1]) / 2,
+            "p1_given_0": p1[0], "p1_given_1": p1[1]}
+
+
+def _sweet_spot(record: ExperimentRecord) -> dict[str, float]:
+    c2, c1, _ = fit_parabola(*_series(record), record.subject).params.values()
+    return {"flux_bias_a": -c1 / (2 * c2)}
+
+
+_REFITS = {
+    "resonator_spectroscopy": lambda r: {"readout_frequency_hz": fit_peak_curve(
+        *_series(r), r.subject).params["f0"]},
+    "qubit_spectroscopy": lambda r: {"frequency_hz": fit_peak_curve(
+        *_series(r), r.subject).params["f0"]},
+    "sweet_spot": _sweet_spot,
+    "rabi": lambda r: {"pi_amplitude": abs(fit_rabi_curve(
+        *_series(r), r.subject).params["period"]) / 2},
+    "ramsey": lambda r: {"t2_s": abs(fit_damped_cosine_curve(
+        *_series(r, list(r.raw["series"])[-1]), r.subject).params["tau"])},
+    "drag": lambda r: {"drag_beta": _line_zero(*_series(r))},
+    "fine_amplitude_pi": _fine,
+    "fine_amplitude_pi2": _fine,
+    "readout": _readout,
+    "t1": lambda r: {"t1_s": fit_exponential_curve(*_series(r), r.subject).params["tau"]},
+    "cz": lambda r: {"cz_amplitude": _line_zero(*_series(r))},
+}
+
+
+def refit(record: ExperimentRecord) -> dict[str, float]:
+    """The values the record's analysis gives on its raw data (a subset of
+    ``record.values``: the fitted ones). ``ValueError`` for a kind without a refit."""
+    try:
+        redo = _REFITS[record.kind]
+    except KeyError:
+        raise ValueError(f"{record.experiment}: no refit for experiments of kind "
+                         f"{record.kind!r} (known: {', '.join(sorted(_REFITS))})") from None
+    return {k: float(v) for k, v in redo(record).items()}

@@ -1,0 +1,56 @@
+"""Every graph experiment leaves a record (values with uncertainties, fit quality, when, raw
+data) and a PNG; the snapshot names the record each value came from; the analysis can be
+redone from the record alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from labqpu import LabProvider
+from labqpu.calibration import run_graph
+from labqpu.calibration.records import load_record
+from labqpu.calibration.refits import refit
+
+pytestmark = pytest.mark.slow
+
+FITTED = {"resonator_spectroscopy": "readout_frequency_hz", "sweet_spot": "flux_bias_a",
+          "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey": "t2_s",
+          "drag": "drag_beta", "fine_amplitude_pi": "pi_amplitude",
+          "fine_amplitude_pi2": "pi2_amplitude", "t1": "t1_s"}
+
+
+def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        report = run_graph(backend, qubits=[2], force=True, shots=400)
+        assert report.ok, report.table()
+        records = {p: load_record(p) for p in report.records}
+        kinds = {r.kind for r in records.values()}
+        assert kinds == set(FITTED) | {"drive_handedness", "readout"}
+        store = backend.config.store_path
+        assert {p.parent for p in records} == {store.parent / "experiments"}
+        for path, record in records.items():
+            png = path.with_suffix(".png")
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+            assert record.subject == "qubit 2" and record.measured_at.startswith("20")
+            assert record.raw["series"], record.kind
+        snapshot = report.snapshot
+        by_id = {r.experiment: r for r in records.values()}
+        for name, param in snapshot.qubits[2].items():
+            if param.experiment in by_id and name in by_id[param.experiment].values:
+                assert by_id[param.experiment].values[name][0] == pytest.approx(param.value)
+        linked = {snapshot.qubits[2][param].experiment for param in
+                  ("pi_amplitude", "t1_s", "frequency_hz", "readout_assignment_fidelity")}
+        assert linked <= set(by_id), linked
+        for record in records.values():
+            if record.kind not in FITTED:
+                continue
+            name = FITTED[record.kind]
+            value, stderr = record.values[name]
+            assert stderr is not None and math.isfinite(stderr) and stderr > 0, record.kind
+            assert record.fit.get("r_squared", 1.0) > 0.8, record.kind
+            again = refit(record)
+            assert again[name] == pytest.approx(value, rel=1e-6), record.kind
