@@ -261,7 +261,10 @@ def _curve_fit(model, x, y, p0, maxfev, names: Sequence[str]) -> CurveFit:
     y = np.asarray(y, dtype=float)
     floor = 1e-9 * float(np.max(np.abs(y))) if y.size else 0.0
     p0 = [0.0 if abs(p) < floor else p for p in p0]
-    with warnings.catch_warnings():
+    # Trial steps may overflow a model (exp(-t / tau) for a tau that strays negative); the
+    # optimiser rejects those steps, so their floating-point warnings say nothing.
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore",
+                                                divide="ignore"):
         warnings.simplefilter("ignore", OptimizeWarning)
         popt, pcov = curve_fit(model, x, y, p0=p0, maxfev=maxfev)
     return _curve(model, x, y, popt, pcov, names)
@@ -382,17 +385,34 @@ def fit_damped_cosine(t_s: np.ndarray, y: np.ndarray, what: str) -> tuple[float,
 
 def fit_damped_cosine_curve(t_s: np.ndarray, y: np.ndarray, what: str) -> CurveFit:
     """Damped-cosine fit (``f`` Hz, ``tau`` s, ``amp``, ``phase`` rad, ``offset``) of
-    ``y(t)``, started from the strongest Fourier component."""
+    ``y(t)``. It starts from the strongest Fourier component on an 8x finer grid than the
+    window gives (frequency, amplitude and phase), with the decay time at one and at five
+    windows, and keeps the start that fits best with a decay longer than two samples (a
+    shorter one fits the first point and nothing else)."""
+    t_s = np.asarray(t_s, dtype=float)
+    y = np.asarray(y, dtype=float)
     dt = t_s[1] - t_s[0]
-    spec = np.abs(np.fft.rfft(y - y.mean()))
-    freqs = np.fft.rfftfreq(len(y), dt)
-    f0 = freqs[max(1, int(np.argmax(spec[1:])) + 1)]
-    p0 = [f0, t_s[-1], (y.max() - y.min()) / 2, 0.0, y.mean()]
-    try:
-        return _curve_fit(_damped_cosine, t_s, y, p0, 50000,
-                          ("f", "tau", "amp", "phase", "offset"))
-    except RuntimeError as exc:
-        raise FitError(f"damped-cosine fit failed: {exc}", subject=what) from exc
+    centred = y - y.mean()
+    n_fft = 8 * len(y)
+    spec = np.fft.rfft(centred, n_fft)
+    k = max(1, int(np.argmax(np.abs(spec[8:]))) + 8)
+    f0 = np.fft.rfftfreq(n_fft, dt)[k]
+    component = np.sum(centred * np.exp(-2j * np.pi * f0 * t_s)) * 2 / len(y)
+    names = ("f", "tau", "amp", "phase", "offset")
+    best, error = None, None
+    for tau0 in (t_s[-1], 5 * t_s[-1]):
+        p0 = [f0, tau0, abs(component), float(np.angle(component)), y.mean()]
+        try:
+            fit = _curve_fit(_damped_cosine, t_s, y, p0, 50000, names)
+        except RuntimeError as exc:
+            error = exc
+            continue
+        if fit.params["tau"] > 2 * dt and (best is None or fit.rms_residual < best.rms_residual):
+            best = fit
+    if best is None:
+        reason = error or "the decay is shorter than two samples"
+        raise FitError(f"damped-cosine fit failed: {reason}", subject=what)
+    return best
 
 
 def _exponential(t, tau, a, b):

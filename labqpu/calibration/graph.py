@@ -12,8 +12,9 @@ an edge node's, the named node on both of its qubits.
 The graph (arrows point from a prerequisite to what needs it)::
 
     resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
-        -> drag -> fine_amplitude -> readout -> t1
-                                          \\-> cz (edge: readout on both qubits)
+        -> drag -> fine_amplitude -> readout -> t1 -> echo
+                         |                \\-> cz (edge: readout on both qubits)
+                         \\-> zz (edge: fine_amplitude on both qubits)
 
 To add an experiment, write its acquisition and analysis (and a check, if a cheap one exists),
 then add a ``Node`` to :data:`NODES` after its prerequisites.
@@ -47,6 +48,7 @@ from labqpu.calibration.checks import (
     check_readout,
     check_t1,
 )
+from labqpu.calibration.coherence import hahn_echo, static_zz
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.fine import fine_amplitude, worst_relative_error
 from labqpu.store import CZ_PARAMETERS
@@ -152,6 +154,10 @@ NODES: tuple[Node, ...] = (
     Node("cz", "edge", ("readout",), CZ_PARAMETERS,
          lambda kit, pair, shots, progress: cz(kit, pair, shots, progress),
          lambda kit, pair, shots: check_cz(kit, pair, shots * CHECK_SHOTS, TOLERANCES["cz"])),
+    Node("echo", "qubit", ("t1",), ("t2_echo_s",),
+         lambda kit, q, shots, _: hahn_echo(kit, q, shots * CHECK_SHOTS)),
+    Node("zz", "edge", ("fine_amplitude",), ("zz_hz",),
+         lambda kit, pair, shots, _: static_zz(kit, pair, shots * CHECK_SHOTS)),
 )
 
 

@@ -9,6 +9,7 @@ from scipy.linalg import expm
 from labqpu.calibration.experiments import (
     complex_median,
     fit_damped_cosine,
+    fit_damped_cosine_curve,
     fit_exponential,
     fit_parabola_vertex,
     fit_peak,
@@ -162,3 +163,20 @@ def test_fit_rabi_on_centred_data_is_not_frozen_at_its_start() -> None:
     fit = fit_rabi_curve(amps, signal, "test")
     assert abs(fit.params["period"]) / 2 == pytest.approx(0.4911, rel=1e-3)
     assert np.isfinite(fit.stderr["period"]) and fit.stderr["period"] < 0.005
+
+
+def test_fit_damped_cosine_starting_at_its_minimum() -> None:
+    """A measured fringe (qubit 3 of lab5 with qubit 2 excited, 1.5 MHz detuning plus ZZ) that
+    starts at its minimum: the fit started at a positive amplitude and zero phase ran off to a
+    decay of 3 ns (the first point only) at 1.955 MHz; it must find 1.933 MHz and ~17 us."""
+    t = np.arange(41) * 1e-7
+    y = np.array([
+        -0.1488, -0.03161, 0.12797, 0.11948, -0.04163, -0.14405, -0.0654, 0.09899, 0.13238,
+        -0.00872, -0.13331, -0.08003, 0.0682, 0.13505, 0.02133, -0.11577, -0.1035, 0.03796,
+        0.12661, 0.0492, -0.09839, -0.11621, 0.0168, 0.12595, 0.07125, -0.0785, -0.12873,
+        -0.01089, 0.1189, 0.09505, -0.05671, -0.13031, -0.0393, 0.09932, 0.10043, -0.02367,
+        -0.11718, -0.05309, 0.07838, 0.10793, -0.00538])
+    fit = fit_damped_cosine_curve(t, y - y.mean(), "test")
+    assert fit.params["f"] == pytest.approx(1.9328e6, abs=3e3)
+    assert 10e-6 < fit.params["tau"] < 30e-6
+    assert np.isfinite(fit.stderr["f"])

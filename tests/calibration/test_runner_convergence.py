@@ -17,10 +17,7 @@ The device file is read by this test only, for the truth.
 
 from __future__ import annotations
 
-import itertools
-import tomllib
 from datetime import datetime, timedelta
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -36,49 +33,6 @@ from labqpu.store import SnapshotBuilder
 pytestmark = pytest.mark.slow
 
 WRONG = {1: (+2.0e6, 1.2), 2: (-2.0e6, 0.8)}
-
-
-def dressed_frequencies(truth: dict, flux_bias_a: dict[int, float]) -> dict[int, float]:
-    """Dressed 0-1 frequencies (Hz): three-level transmons at their flux bias (with the DC flux
-    crosstalk M_ij a_j (I_j - I*_j) of the device file's [[flux_crosstalk]]) with exchange
-    couplings g (a+ b + a b+), exactly diagonalised; each dressed level is the eigenstate with
-    the largest overlap with its bare state."""
-    qubits = sorted(truth["qubit"], key=lambda q: q["index"])
-    n = len(qubits)
-    own = {q["index"]: (flux_bias_a[q["index"]] - q["sweet_spot_current_a"])
-           * q["phi0_per_ampere"] for q in qubits}
-    freqs, alphas = [], []
-    for q in qubits:
-        ec = -q["anharmonicity_hz"]
-        phi = own[q["index"]] + sum(x["fraction"] * own[x["source"]]
-                                    for x in truth.get("flux_crosstalk", [])
-                                    if x["target"] == q["index"])
-        freqs.append((q["max_frequency_hz"] + ec) * np.sqrt(abs(np.cos(np.pi * phi))) - ec)
-        alphas.append(q["anharmonicity_hz"])
-    states = list(itertools.product(range(3), repeat=n))
-    index = {s: i for i, s in enumerate(states)}
-    h = np.zeros((len(states), len(states)))
-    for s, i in index.items():
-        h[i, i] = sum(f * k + a / 2 * k * (k - 1) for f, a, k in zip(freqs, alphas, s,
-                                                                 strict=True))
-    for c in truth["coupling"]:
-        a, b = c["qubits"]
-        for s, i in index.items():
-            if s[a] < 2 and s[b] > 0:  # a+ b
-                t = list(s)
-                t[a] += 1
-                t[b] -= 1
-                j = index[tuple(t)]
-                amp = c["g_hz"] * np.sqrt(s[a] + 1) * np.sqrt(s[b])
-                h[j, i] += amp
-                h[i, j] += amp
-    energies, vectors = np.linalg.eigh(h)
-
-    def level(bare: tuple) -> float:
-        return float(energies[int(np.argmax(np.abs(vectors[index[bare]])))])
-
-    ground = level((0,) * n)
-    return {q: level(tuple(int(k == q) for k in range(n))) - ground for q in range(n)}
 
 
 def optimum_pi_amplitude(backend, snapshot, q: int) -> float:
@@ -114,10 +68,8 @@ def bell(backend, pair: tuple[int, int]) -> float:
     return (counts.get("00", 0) + counts.get("11", 0)) / shots
 
 
-def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch):
+def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, exact_levels):
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
-    text = (resources.files("labqpu") / "firmware_sim" / "devices" / "lab5.toml").read_text()
-    truth = tomllib.loads(text)
     with LabProvider() as provider:
         backend = provider.backend()
         shipped = backend.snapshot
@@ -141,7 +93,9 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch):
         final = backend.snapshot
         assert final.snapshot_id == report.snapshot.snapshot_id
         flux = {q: final.qubits[q]["flux_bias_a"].value for q in range(5)}
-        f_true = dressed_frequencies(truth, flux)
+        level = exact_levels(truth, flux)
+        f_true = {q: level(tuple(int(k == q) for k in range(5))) - level((0,) * 5)
+                  for q in WRONG}
         for q in WRONG:
             f = final.qubits[q]["frequency_hz"].value
             assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])

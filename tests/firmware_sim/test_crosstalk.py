@@ -262,10 +262,14 @@ def test_crosstalk_near_a_target_transition_is_refused_naming_the_pair() -> None
 
 
 def test_lab5_ships_realistic_crosstalk() -> None:
-    """Drive crosstalk between neighbours |c| 0.02-0.08. DC flux crosstalk is off on lab5
-    until the CZ phase calibration handles it (lab5.toml says why)."""
+    """Drive crosstalk between neighbours |c| 0.02-0.08; DC flux crosstalk M 0.5-3 % between
+    neighbours (both ways) and 0.1-0.5 % between next-nearest qubits."""
     xt = DEVICE.crosstalk
-    assert xt.flux == {}
+    assert {pair for pair in xt.flux if abs(pair[0] - pair[1]) == 1} == {
+        (q, q + 1) for q in range(4)} | {(q + 1, q) for q in range(4)}
+    for (i, j), m in xt.flux.items():
+        assert abs(i - j) in (1, 2), (i, j)
+        assert (0.005 <= m <= 0.03) if abs(i - j) == 1 else (0.001 <= m <= 0.005), (i, j, m)
     assert len(xt.drive) == 8
     for (p, q), c in xt.drive.items():
         assert abs(p - q) == 1 and 0.02 <= abs(c) <= 0.08, (p, q, c)
