@@ -394,16 +394,19 @@ def t1(kit: Kit, q: int, shots: int) -> None:
 
 
 def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, amp: float,
-               shots: int) -> dict[str, tuple[float, float]]:
-    """Phase and contrast of each qubit after the flux pulse, the partner in |0> or |1>."""
+               shots: int, excited: tuple[int, ...] = ()) -> dict[str, tuple[float, float]]:
+    """Phase and contrast of each qubit after the flux pulse, the partner in |0> or |1>; the
+    qubits ``excited`` (spectators) are put in |1> first."""
     progs = []
     labels = []
     for target, partner in ((other, flux_q), (flux_q, other)):
         for partner_state in (0, 1):
             for analysis_phase in (0.0, np.pi / 2):
-                b = kit.builder([flux_q, other])
+                b = kit.builder([flux_q, other, *excited])
                 pt = kit.work.qubits[partner]
                 tt = kit.work.qubits[target]
+                for s in excited:
+                    kit.drive(b, s, 0, kit.work.qubits[s]["pi_amplitude"])
                 t = kit.drive(b, partner, 0, pt["pi_amplitude"] if partner_state else 0.0)
                 t = kit.drive(b, target, t, tt["pi2_amplitude"])
                 t = kit.flux(b, flux_q, t, duration, rise, amp)

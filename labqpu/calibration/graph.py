@@ -13,7 +13,7 @@ The graph (arrows point from a prerequisite to what needs it)::
 
     resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
         -> drag -> fine_amplitude -> readout -> t1 -> echo
-                         |                \\-> cz (edge: readout on both qubits)
+                         |                \\-> cz (edge: readout on both qubits) -> cz_spectators
                          \\-> zz (edge: fine_amplitude on both qubits)
 
 To add an experiment, write its acquisition and analysis (and a check, if a cheap one exists),
@@ -51,6 +51,7 @@ from labqpu.calibration.checks import (
 from labqpu.calibration.coherence import hahn_echo, static_zz
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.fine import fine_amplitude, worst_relative_error
+from labqpu.calibration.spectators import cz_spectators
 from labqpu.store import CZ_PARAMETERS
 
 Subject = int | tuple[int, int]
@@ -158,6 +159,8 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots, _: hahn_echo(kit, q, shots * CHECK_SHOTS)),
     Node("zz", "edge", ("fine_amplitude",), ("zz_hz",),
          lambda kit, pair, shots, _: static_zz(kit, pair, shots * CHECK_SHOTS)),
+    Node("cz_spectators", "edge", ("cz",), ("cz_spectator_spread_rad",),
+         lambda kit, pair, shots, _: cz_spectators(kit, pair, shots * CHECK_SHOTS)),
 )
 
 

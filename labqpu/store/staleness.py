@@ -27,7 +27,7 @@ PARAMETER_KINDS: Mapping[str, str] = {
     "t1_s": "coherence", "t2_s": "coherence", "t2_echo_s": "coherence",
     "reset_duration_s": "coherence",
     "flux_bias_a": "flux",
-    **{name: "cz" for name in CZ_PARAMETERS},
+    **{name: "cz" for name in CZ_PARAMETERS}, "cz_spectator_spread_rad": "cz",
     "error": "gate_error",
 }
 
