@@ -20,10 +20,12 @@ from labqpu.firmware_sim.device import load_device, load_rack
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.propagation import (
     PropagatorCache,
+    _transmon_path_kernel,
     _transmon_propagate_kernel,
     drive_phase_key,
     rotate_drive_phase,
 )
+from labqpu.firmware_sim.transmon_kernel import _acos, _cos_sin
 
 DEVICE = load_device("lab5")
 RACK = load_rack(Path(labqpu.__file__).parent / "data" / "lab5.toml")
@@ -47,6 +49,16 @@ def drag(n: int, amp_hz: float, beta: float, phase_rad: float) -> np.ndarray:
     return amp_hz * (g - 1j * beta * x / (n / 4) ** 2 * g) * np.exp(1j * phase_rad)
 
 
+def _random_drag(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A DRAG pulse of random length, amplitude, beta, phase and constant detuning."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 200))
+    z = drag(n, rng.uniform(1e6, 1e8), rng.uniform(-2, 2), rng.uniform(-math.pi, math.pi))
+    return z, np.full(n, rng.normal() * 5e7)
+
+
+ALPHA0 = DEVICE.qubits[0].anharmonicity_hz
+RNG = np.random.default_rng(11)
 CASES = {
     "drag": (drag(160, 40e6, 0.5, 0.3), np.zeros(160)),
     "zero drive, on resonance (degenerate levels)": (np.zeros(40, complex), np.zeros(40)),
@@ -58,18 +70,90 @@ CASES = {
     "random strong drive": (
         np.random.default_rng(5).normal(size=(50, 2)) @ np.array([1.0, 1j]) * 2e8,
         np.random.default_rng(6).normal(size=50) * 1e8),
+    # |0> and |2> degenerate (d = -alpha/2), |1> and |2> degenerate (d = -alpha)
+    "1e-9 Hz drive, on resonance": (1e-9 * np.exp(1j * RNG.uniform(-3, 3, 30)), np.zeros(30)),
+    "1e-9 Hz drive, d = -alpha/2": (1e-9 * np.exp(1j * RNG.uniform(-3, 3, 30)),
+                                    np.full(30, -ALPHA0 / 2)),
+    "zero drive, d = -alpha/2": (np.zeros(30, complex), np.full(30, -ALPHA0 / 2)),
+    "drag, d = -alpha/2": (drag(100, 2e7, 0.4, 1.1), np.full(100, -ALPHA0 / 2)),
+    "drag, d = -alpha/2 + 1e-6 Hz": (drag(100, 2e7, 0.4, 1.1), np.full(100, -ALPHA0 / 2 + 1e-6)),
+    "1e-9 Hz drive, d = -alpha": (1e-9 * np.exp(1j * RNG.uniform(-3, 3, 30)),
+                                  np.full(30, -ALPHA0)),
+    "drag, d = -alpha": (drag(100, 2e7, -0.4, 2.0), np.full(100, -ALPHA0)),
+    "large drive (2 GHz) and detuning (1 GHz)": (drag(40, 2e9, 0.3, 0.5), np.full(40, 1e9)),
+    "random detuning per sample, 150 samples (crosses chunks)": (
+        drag(150, 3e7, 0.7, -0.4), RNG.normal(size=150) * 2e8),
+    "random phase per sample, zeros at chunk edges": (
+        np.where(np.isin(np.arange(200), [0, 63, 64, 65, 127, 128, 199]), 0,
+                 RNG.uniform(1e6, 5e7, 200) * np.exp(1j * RNG.uniform(-3, 3, 200))),
+        np.zeros(200)),
+    **{f"random drag {seed}": _random_drag(seed) for seed in range(6)},
+}
+#: Cases with anharmonicity 0: every level degenerate at zero drive (M = 0), and nearly so
+#: at a 1e-9 Hz drive.
+ZERO_ALPHA_CASES = {
+    "zero drive": (np.zeros(20, complex), np.zeros(20)),
+    "1e-9 Hz drive": (1e-9 * np.exp(1j * RNG.uniform(-3, 3, 20)), np.zeros(20)),
+    "drag": (drag(60, 1e7, 0.2, 0.1), np.zeros(60)),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_transmon_kernel_matches_expm_product(case: str) -> None:
-    """The numba Jacobi kernel equals the per-sample expm product elementwise within 1e-12,
-    and its result is unitary within 1e-12."""
+    """The closed-form numba kernel equals the per-sample expm product elementwise within
+    1e-12 (degenerate, near-degenerate, tiny, large and random drives and detunings), and its
+    result is unitary within 1e-12."""
     z, d = CASES[case]
-    alpha = DEVICE.qubits[0].anharmonicity_hz
-    u = _transmon_propagate_kernel(z, d, alpha, DT)
-    assert_allclose(u, expm_reference(z, d, alpha), rtol=0, atol=1e-12)
+    u = _transmon_propagate_kernel(z, d, ALPHA0, DT)
+    assert_allclose(u, expm_reference(z, d, ALPHA0), rtol=0, atol=1e-12)
     assert_allclose(u.conj().T @ u, np.eye(3), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", list(ZERO_ALPHA_CASES))
+def test_transmon_kernel_without_anharmonicity(case: str) -> None:
+    """With alpha = 0 the three levels are degenerate at zero drive: still the expm product
+    within 1e-12."""
+    z, d = ZERO_ALPHA_CASES[case]
+    assert_allclose(_transmon_propagate_kernel(z, d, 0.0, DT), expm_reference(z, d, 0.0),
+                    rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["drag", "random phase per sample, zeros at chunk edges",
+                                  "random detuning per sample, 150 samples (crosses chunks)"])
+def test_transmon_path_kernel_matches_expm_at_every_sample(case: str) -> None:
+    """Entry k of the path kernel is the expm product of the first k samples (1e-12), entry 0
+    the identity, and the last entry the propagate kernel's result."""
+    z, d = CASES[case]
+    path = _transmon_path_kernel(z, d, ALPHA0, DT)
+    assert path.shape == (z.size + 1, 3, 3)
+    assert_allclose(path[0], np.eye(3), rtol=0, atol=0)
+    for k in range(1, z.size + 1, 7):
+        assert_allclose(path[k], expm_reference(z[:k], d[:k], ALPHA0), rtol=0, atol=1e-12)
+    assert_allclose(path[-1], _transmon_propagate_kernel(z, d, ALPHA0, DT), rtol=0, atol=1e-14)
+
+
+def test_transmon_kernel_refuses_angles_beyond_its_range() -> None:
+    """A detuning of 1e15 Hz at 1 GS/s (~6e6 rad per sample) is refused with an error naming
+    the cause, not propagated with an inexact argument reduction."""
+    with pytest.raises(ValueError, match="exceeds"):
+        _transmon_propagate_kernel(np.zeros(3, complex), np.full(3, 1e15), ALPHA0, DT)
+    with pytest.raises(ValueError, match="exceeds"):
+        _transmon_path_kernel(np.zeros(3, complex), np.full(3, 1e15), ALPHA0, DT)
+
+
+def test_kernel_polynomials_match_libm() -> None:
+    """The Taylor-polynomial cos/sin (with argument reduction) and acos used inside the kernel
+    agree with numpy's within 3e-16 (cos, sin) and 1e-15 (acos, 2 ulp of pi) absolute, at
+    quadrant edges and near acos(+-1) too."""
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.uniform(-20, 20, 5000), rng.uniform(-4e5, 4e5, 2000),
+                        np.arange(-40, 41) * (math.pi / 4), 10.0 ** np.arange(-300, 0, 7)])
+    cs = np.array([_cos_sin(v) for v in x])
+    assert_allclose(cs[:, 0], np.cos(x), rtol=0, atol=3e-16)
+    assert_allclose(cs[:, 1], np.sin(x), rtol=0, atol=3e-16)
+    t = np.concatenate([rng.uniform(-1, 1, 5000), [-1.0, -0.5, 0.0, 0.5, 1.0],
+                        1 - 10.0 ** -np.arange(1.0, 17.0), -1 + 10.0 ** -np.arange(1.0, 17.0)])
+    assert_allclose([_acos(v) for v in t], np.arccos(t), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("phi", [0.7, -2.9, math.pi])
