@@ -29,7 +29,13 @@ from numba import njit
 
 from labqpu.firmware_sim.blocks import _RunContext
 from labqpu.firmware_sim.coupling import DressedModel, dressed_basis
-from labqpu.firmware_sim.density import LEVELS, _excitation_numbers, _level_numbers
+from labqpu.firmware_sim.density import (
+    LEVELS,
+    _excitation_blocks,
+    _excitation_mask,
+    _excitation_numbers,
+    _level_numbers,
+)
 from labqpu.firmware_sim.noise import frame_phase
 from labqpu.firmware_sim.propagation import KEY_GRID_HZ, PEAK_TIE, phase_reference
 
@@ -51,6 +57,22 @@ def _propagate_kernel(h_stack_hz, dt_s):
         phases = np.exp(-2j * np.pi * evals * dt_s)
         uk = (evecs * phases) @ evecs.conj().T
         u = uk @ u
+    return u
+
+
+def propagate_conserving(h_stack_hz: np.ndarray, dt_s: float, k: int) -> np.ndarray:
+    """``_propagate_kernel`` for Hamiltonians of ``k`` transmons (basis labelled by levels,
+    first most significant): when every H_k conserves the total excitation number N (entries
+    between different N exactly 0, as for a cluster without drives), each block of fixed N is
+    propagated on its own (one eigendecomposition per block and step: for k = 4, blocks of
+    1 ... 19 states instead of 81, ~30x fewer operations), else the whole matrix."""
+    if np.any(h_stack_hz[:, ~_excitation_mask(k)]):
+        return _propagate_kernel(h_stack_hz, dt_s)
+    d = h_stack_hz.shape[1]
+    u = np.zeros((d, d), dtype=np.complex128)
+    for idx in _excitation_blocks(k):
+        block = np.ascontiguousarray(h_stack_hz[:, idx][:, :, idx])
+        u[np.ix_(idx, idx)] = _propagate_kernel(block, dt_s)
     return u
 
 
@@ -286,7 +308,7 @@ class ClusterBlocks:
                     h += g * (a_ops[i].conj().T @ a_ops[j] + a_ops[i] @ a_ops[j].conj().T)
         # exp(-i 2 pi H L dt) as a step of dt / sub with the Hamiltonian scaled by L sub.
         h *= (length * sub)[:, None, None]
-        return _propagate_kernel(h, 1.0 / (fs * sub))
+        return propagate_conserving(h, 1.0 / (fs * sub), n)
 
 
 def _cluster_steps(driven: np.ndarray, f_hz: np.ndarray, sub: int

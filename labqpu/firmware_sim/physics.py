@@ -111,6 +111,8 @@ __all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Set
 #: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
 CACHE_1Q_ENTRIES = 8192
 CACHE_NQ_ENTRIES = 256
+#: Bound of the cache of block decompositions (entries, one per distinct pulse schedule).
+CACHE_BLOCK_ENTRIES = 64
 #: The deferred ZZ frame of :meth:`PhysicsEngine.evolve` is moved forward once a block starts
 #: this many samples after it.
 REANCHOR_SAMPLES = 64
@@ -219,6 +221,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self._models: dict[tuple[float, ...], DressedModel] = {}
         self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._joint_cache: dict[tuple, list] = {}
+        #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
+        self._block_cache: dict[tuple, list] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
         self.joint_cache_hits = 0
         #: The device's slow drift against simulated time (``noise`` module).
@@ -378,7 +382,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         # block's operator is conjugated into that frame (exact), and the anchor is moved
         # forward once it lags a block by REANCHOR_SAMPLES (:meth:`_advance_zz`).
         t_last = 0
-        for b0, b1, cluster, fluxed in self._blocks(drive_iv, flux_iv):
+        for b0, b1, cluster, fluxed in self._cached_blocks(drive_iv, flux_iv):
             if has_zz and b0 - ctx.anchor >= REANCHOR_SAMPLES:
                 self._advance_zz(ctx, b0)
             if fluxed:
@@ -423,6 +427,20 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             ctx.local.rho.apply_diagonal(np.exp(-2j * np.pi * ctx.zz_all * (c1 - a) / fs))
             a = c1
         ctx.anchor = max(ctx.anchor, until)
+
+    def _cached_blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
+                       flux_iv: dict[int, list[tuple[int, int]]]
+                       ) -> list[tuple[int, int, list[int], list[int]]]:
+        """:meth:`_blocks`, cached by the intervals (a program played again, or with other
+        phases and amplitudes, has the same blocks). The result must not be modified."""
+        key = (tuple((q, tuple(v)) for q, v in drive_iv.items()),
+               tuple((q, tuple(v)) for q, v in flux_iv.items()))
+        blocks = self._block_cache.get(key)
+        if blocks is None:
+            if len(self._block_cache) >= CACHE_BLOCK_ENTRIES:
+                self._block_cache.clear()
+            blocks = self._block_cache[key] = self._blocks(drive_iv, flux_iv)
+        return blocks
 
     def _blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
                 flux_iv: dict[int, list[tuple[int, int]]]

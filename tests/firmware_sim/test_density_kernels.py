@@ -4,8 +4,9 @@
 applied in place) against ``numpy.einsum`` of the 9x9 superoperator on the density tensor;
 ``DensityMatrix.apply_superop`` on both of its paths; ``DensityMatrix.apply_product`` (a
 product of diagonal, plain and conditioned operators as row passes and one adjoint) against
-the dense operator L rho L^dag. Tolerance 1e-12 throughout (the reference and the code round
-differently).
+the dense operator L rho L^dag; ``clusters.propagate_conserving`` (excitation blocks
+propagated one by one) against a product of ``scipy.linalg.expm``. Tolerance 1e-12
+throughout (the reference and the code round differently).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import string
 
 import numpy as np
 import pytest
+import scipy.linalg
 from numpy.testing import assert_allclose
 
+from labqpu.firmware_sim.clusters import propagate_conserving
 from labqpu.firmware_sim.density import (
     BAND_MASK,
     DensityMatrix,
@@ -169,3 +172,27 @@ def test_apply_product_matches_dense_operator_product() -> None:
     dm.apply_product(ops, diagonal)
     assert_allclose(dm.tensor.reshape(3**n, 3**n), dense @ rho @ dense.conj().T,
                     rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("conserving", [True, False])
+def test_propagate_conserving_matches_expm_product(conserving: bool) -> None:
+    """A stack of random Hermitian Hamiltonians on 3 transmons, excitation-conserving (the
+    block-by-block path) or not (the whole-matrix path): the ordered product of
+    ``scipy.linalg.expm`` per step, last step leftmost (1e-12)."""
+    rng = np.random.default_rng(11 if conserving else 12)
+    k, steps, dt = 3, 6, 1e-9
+    n_exc = np.array(list(itertools.product(range(3), repeat=k))).sum(axis=1)
+    h = np.empty((steps, 27, 27), dtype=complex)
+    for s in range(steps):
+        x = _random_matrix(27, rng) * 3e7
+        x = x + x.conj().T
+        if conserving:
+            x = np.where(n_exc[:, None] == n_exc[None, :], x, 0.0)
+        h[s] = x
+    ref = np.eye(27, dtype=complex)
+    for x in h:
+        ref = scipy.linalg.expm(-2j * np.pi * dt * x) @ ref
+    out = propagate_conserving(h, dt, k)
+    assert_allclose(out, ref, rtol=0, atol=1e-12)
+    if conserving:
+        assert not np.any(out[n_exc[:, None] != n_exc[None, :]])
