@@ -66,6 +66,9 @@ class _RunContext:
     anchor: int
     #: Frequency offset (Hz) per qubit, applied as a frame at each block's centre (``noise``).
     offset_hz: dict[int, float] = field(default_factory=dict)
+    #: Drive term per (qubit, start, end) of this run, before the offset frame
+    #: (``PhysicsEngine._drive_hz``).
+    drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
 
 
 class DriveBlocks:

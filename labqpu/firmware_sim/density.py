@@ -390,6 +390,12 @@ class _LocalChannels:
         """rho -> u rho u^dag on ``q`` (3x3)."""
         self._compose(q, (u[:, None, :, None] * u.conj()[None, :, None, :]).reshape(9, 9))
 
+    def phases(self, q: int, d: np.ndarray) -> None:
+        """rho -> D rho D^dag on ``q`` for D = diag(``d``) (3 phase factors)."""
+        diagonal = (d[:, None] * d.conj()[None, :]).reshape(LEVELS * LEVELS)
+        prev = self.pending.get(q)
+        self.pending[q] = np.diag(diagonal) if prev is None else diagonal[:, None] * prev
+
     def take(self, q: int) -> np.ndarray | None:
         """Remove and return ``q``'s pending channel (None when there is none): the caller
         applies it."""

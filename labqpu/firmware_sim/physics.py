@@ -601,18 +601,24 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                   ) -> np.ndarray:
         """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
         dressed frequency (zeros when nothing plays); with ``offset`` turned by the phase
-        2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module)."""
+        2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module).
+        Computed once per run and interval (``ctx.drives``); the array is read-only."""
         fs = self.device.sample_rate_hz
-        cab = self.cabling[q]
-        s = ctx.samples[cab.drive_port, b0:b1]
-        if not np.any(s):
-            return np.zeros(b1 - b0, dtype=np.complex128)
-        lo = self._lo(cab.drive_lo, ctx.settings)
-        rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
-        t = np.arange(b0, b1) / fs
-        z = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+        z = ctx.drives.get((q, b0, b1))
+        if z is None:
+            cab = self.cabling[q]
+            s = ctx.samples[cab.drive_port, b0:b1]
+            if not np.any(s):
+                z = np.zeros(b1 - b0, dtype=np.complex128)
+            else:
+                lo = self._lo(cab.drive_lo, ctx.settings)
+                rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
+                t = np.arange(b0, b1) / fs
+                z = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+            z.flags.writeable = False  # shared by every caller of this run
+            ctx.drives[(q, b0, b1)] = z
         if offset and ctx.offset_hz.get(q):
-            z *= np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
+            return z * np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
         return z
 
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
