@@ -84,7 +84,6 @@ from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
     EvolutionStart,
-    _ladder,
     _LocalChannels,
     relaxation_superop,
 )
@@ -212,8 +211,6 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
     def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
         self.device = device
         self.cabling = cabling
-        self._a = _ladder()
-        self._n = self._a.conj().T @ self._a
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
         self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
