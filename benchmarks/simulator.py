@@ -246,6 +246,7 @@ def _count_blocks(engine, wire, settings) -> int:
         return out
 
     engine._blocks = counting
+    engine._block_cache.clear()  # the decomposition is cached per schedule: recompute it
     try:
         engine.evolve(wire, settings)
     finally:
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"labqpu simulator benchmarks ({'quick' if args.quick else 'full'}), "
           f"{dt.datetime.now().isoformat(timespec='seconds')}")
     print(f"{platform.platform()}, {os.cpu_count()} CPUs; {_versions()}")
+    import labqpu  # an editable install may point at another checkout than this script's
+
+    print(f"labqpu imported from {Path(labqpu.__file__).parent}")
     print(f"BLAS limited to 1 thread (threadpoolctl); load average at start "
           f"{os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()

@@ -66,6 +66,9 @@ class _RunContext:
     anchor: int
     #: Frequency offset (Hz) per qubit, applied as a frame at each block's centre (``noise``).
     offset_hz: dict[int, float] = field(default_factory=dict)
+    #: Drive term per (qubit, start, end) of this run, before the offset frame
+    #: (``PhysicsEngine._drive_hz``).
+    drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
 
 
 class DriveBlocks:
@@ -163,17 +166,17 @@ class DriveBlocks:
         for a, b in inner + outer:
             touch += model.pair(a, b)[levels[pos[a]], levels[pos[b]]]
         zz_all = ctx.zz_all
-        rho.apply_diagonal(np.exp(-2j * np.pi * (zz_all * (b1 - ctx.anchor) - touch * (b1 - b0))
-                                  / fs))
+        diagonal = np.exp(-2j * np.pi * (zz_all * (b1 - ctx.anchor) - touch * (b1 - b0)) / fs)
         ctx.anchor = b1
         r = {q: np.exp(1j * phases[q] * np.arange(LEVELS)) for q in qubits}
+        product = []
         for u, controls, targets in ops:
-            rot = r[targets[0]] if len(targets) == 1 else np.kron(r[targets[0]], r[targets[1]])
-            u = (rot[:, None] * u) * rot.conj()[None, :]
-            if controls:
-                rho.apply_controlled(u, [pos[p] for p in controls], [pos[q] for q in targets])
-            else:  # a pair term: as a two-transmon unitary (BLAS on adjacent positions)
-                rho.apply_unitary(u[0], [pos[q] for q in targets])
+            rot = r[targets[0]] if len(targets) == 1 else np.outer(r[targets[0]],
+                                                                    r[targets[1]]).reshape(-1)
+            product.append(((rot[:, None] * u) * rot.conj()[None, :],
+                            [pos[p] for p in controls], [pos[q] for q in targets]))
+        # the diagonal and the operators as one product: one adjoint for the whole block
+        rho.apply_product(product, diagonal)
         for q in qubits:
             ctx.local.decohere(q, b1)
 

@@ -131,17 +131,6 @@ def dc_flux_phi0(own_phi0: dict[int, float], spec: CrosstalkSpec) -> dict[int, f
     return out
 
 
-def stark_shifts_hz(w_abs2_hz2: np.ndarray, delta01_hz: float, delta12_hz: float
-                    ) -> np.ndarray:
-    """Second-order AC Stark shifts (Hz) of levels 0, 1, 2 of a transmon under an
-    off-resonant field of squared Rabi rate ``w_abs2_hz2`` (Hz^2, per sample), detuned by
-    ``delta01_hz`` = f01 - f_d and ``delta12_hz`` = f12 - f_d; shape (..., 3) for
-    ``w_abs2_hz2`` of shape (...); linear in it, so a sum over samples may be passed."""
-    a = w_abs2_hz2 / (4.0 * delta01_hz)
-    b = w_abs2_hz2 / (2.0 * delta12_hz)
-    return np.stack([-a, a - b, b], axis=-1)
-
-
 def carrier_offset_hz(z_hz: np.ndarray, sample_rate_hz: float) -> float:
     """Mean frequency (Hz) of a drive relative to the frame of ``z_hz``: z rotates as
     exp(-i 2 pi (f_d - f_frame) t), so f_d - f_frame = -arg(sum conj(z_k) z_k+1) fs / 2 pi."""
@@ -158,9 +147,25 @@ def crosstalk_phases(z_hz: np.ndarray, c: complex, f_source_hz: float, f_target_
     target's dressed frequency ``f_target_hz`` and anharmonicity ``alpha_target_hz``.
     ``pair`` = (source, target) names them in the ``SimulationError`` raised for a field
     within RESONANCE_FACTOR x its peak Rabi rate of one of the target's transitions."""
+    return _stark_phases(_field(z_hz, f_source_hz, sample_rate_hz), c, f_target_hz,
+                         alpha_target_hz, sample_rate_hz, pair)
+
+
+def _field(z_hz: np.ndarray, f_source_hz: float, sample_rate_hz: float
+           ) -> tuple[float, float, float]:
+    """(peak |z| in Hz, sum_k |z_k|^2 in Hz^2, carrier frequency f_d in Hz) of a drive
+    ``z_hz`` whose frame is at ``f_source_hz``."""
     z2 = z_hz.real ** 2 + z_hz.imag ** 2
-    peak = abs(c) * math.sqrt(float(z2.max()))
-    f_d = f_source_hz + carrier_offset_hz(z_hz, sample_rate_hz)
+    return (math.sqrt(float(z2.max())), float(z2.sum()),
+            f_source_hz + carrier_offset_hz(z_hz, sample_rate_hz))
+
+
+def _stark_phases(field: tuple[float, float, float], c: complex, f_target_hz: float,
+                  alpha_target_hz: float, sample_rate_hz: float, pair: tuple[int, int]
+                  ) -> np.ndarray:
+    """:func:`crosstalk_phases` from the source's :func:`_field`."""
+    peak_z, sum_z2, f_d = field
+    peak = abs(c) * peak_z
     d01 = f_target_hz - f_d
     d12 = f_target_hz + alpha_target_hz - f_d
     closest = min(abs(d01), abs(d12))
@@ -171,9 +176,14 @@ def crosstalk_phases(z_hz: np.ndarray, c: complex, f_source_hz: float, f_target_
             f"{f_d / 1e9:.6f} GHz is {closest / 1e6:.3g} MHz from qubit {pair[1]}'s {which} "
             f"transition, within {RESONANCE_FACTOR:g} x its Rabi rate {peak / 1e6:.3g} MHz; "
             "the simulator treats crosstalk only as an off-resonant (Stark) field")
-    # the detunings are constant over the block: sum_k s_n(t_k) dt = s_n(sum_k |w_k|^2) dt
-    phase = stark_shifts_hz(np.array(abs(c) ** 2 * float(z2.sum())), d01, d12) / sample_rate_hz
-    return np.exp(-2j * math.pi * phase)
+    # The detunings are constant over the block: sum_k s_n(t_k) dt = s_n(sum_k |w_k|^2) dt,
+    # with the second-order AC Stark shifts (Hz) of the module docstring:
+    # s_0 = -|w|^2 / (4 delta01), s_1 = |w|^2 / (4 delta01) - |w|^2 / (2 delta12),
+    # s_2 = |w|^2 / (2 delta12).
+    w2_dt = abs(c) ** 2 * sum_z2 / sample_rate_hz
+    a = w2_dt / (4.0 * d01)
+    b = w2_dt / (2.0 * d12)
+    return np.exp(np.array([-a, a - b, b]) * (-2j * math.pi))
 
 
 def apply_drive_crosstalk(engine: Any, ctx: Any, qubits: list[int], b0: int, b1: int) -> None:
@@ -193,7 +203,7 @@ def apply_drive_crosstalk(engine: Any, ctx: Any, qubits: list[int], b0: int, b1:
         z = engine._drive_hz(ctx, q, b0, b1, offset=False)
         if not np.any(z):
             continue
+        field = _field(z, model.freq_hz[q], fs)
         for p, c in targets:
-            d = crosstalk_phases(z, c, model.freq_hz[q], model.freq_hz[p],
-                                 float(model.local_hz[p][2]), fs, (q, p))
-            ctx.local.unitary(p, np.diag(d))
+            ctx.local.phases(p, _stark_phases(field, c, model.freq_hz[p],
+                                              float(model.local_hz[p][2]), fs, (q, p)))

@@ -5,7 +5,10 @@ qubit most significant). Operators reach it as local channels (9x9 row-major sup
 k-qubit unitaries, unitaries conditioned on other qubits' levels, and diagonal phases. Small
 conditioned operators go through a numba kernel that updates rows in place of numpy's axis
 moves (``_left_apply_kernel``); ``_LocalChannels`` composes each qubit's local evolution and
-applies it only when needed.
+applies it only when needed. A one-transmon channel that conserves the level difference i - j
+of the entries it maps (relaxation, dephasing, diagonal phases: what is pending on a coupled
+qubit) goes through ``_band_channel_kernel``, in place and with 19 of its 81 entries; any other
+channel through ``numpy.tensordot``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,58 @@ def _left_apply_kernel(x, u, row_ctrl, row_tgt, row_base, tgt_off):
                 for k in range(e):
                     out[r, k] += coef * x[src, k]
     return out
+
+
+@njit(cache=True)
+def _band_channel_kernel(x, s, a_dim, b_dim):
+    """In place: rho -> S(rho) on one transmon of the flattened density matrix ``x`` (length
+    d^2, d = 3 a_dim b_dim, row-major; the transmon's level is the middle digit of a row or
+    column index (a, level, b), ``a_dim`` = 3^position, ``b_dim`` = 3^(transmons after it)).
+    ``s`` (9, 9) is the row-major superoperator (entry 3 i + j of vec(rho)) and must conserve
+    i - j: only s[3i+j, 3k+l] with i - j = k - l are read (the others must be 0)."""
+    d = a_dim * 3 * b_dim
+    rs = b_dim * d  # one level step of the row index
+    cs = b_dim  # one level step of the column index
+    s00, s04, s08 = s[0, 0], s[0, 4], s[0, 8]
+    s40, s44, s48 = s[4, 0], s[4, 4], s[4, 8]
+    s80, s84, s88 = s[8, 0], s[8, 4], s[8, 8]
+    s33, s37, s73, s77 = s[3, 3], s[3, 7], s[7, 3], s[7, 7]
+    s11, s15, s51, s55 = s[1, 1], s[1, 5], s[5, 1], s[5, 5]
+    s66, s22 = s[6, 6], s[2, 2]
+    for a in range(a_dim):
+        for b in range(b_dim):
+            row = (a * 3 * b_dim + b) * d
+            for a2 in range(a_dim):
+                col = row + a2 * 3 * b_dim
+                for b2 in range(b_dim):
+                    k = col + b2
+                    x00 = x[k]
+                    x11 = x[k + rs + cs]
+                    x22 = x[k + 2 * rs + 2 * cs]
+                    x10 = x[k + rs]
+                    x21 = x[k + 2 * rs + cs]
+                    x01 = x[k + cs]
+                    x12 = x[k + rs + 2 * cs]
+                    x[k] = s00 * x00 + s04 * x11 + s08 * x22
+                    x[k + rs + cs] = s40 * x00 + s44 * x11 + s48 * x22
+                    x[k + 2 * rs + 2 * cs] = s80 * x00 + s84 * x11 + s88 * x22
+                    x[k + rs] = s33 * x10 + s37 * x21
+                    x[k + 2 * rs + cs] = s73 * x10 + s77 * x21
+                    x[k + cs] = s11 * x01 + s15 * x12
+                    x[k + rs + 2 * cs] = s51 * x01 + s55 * x12
+                    x[k + 2 * rs] *= s66
+                    x[k + 2 * cs] *= s22
+
+
+def _band_mask() -> np.ndarray:
+    """True where a row-major one-transmon superoperator maps entry (k, l) to (i, j) with
+    i - j = k - l."""
+    i, j = np.divmod(np.arange(LEVELS * LEVELS), LEVELS)
+    return (i - j)[:, None] == (i - j)[None, :]
+
+
+#: Entries of a 9x9 superoperator that ``_band_channel_kernel`` reads.
+BAND_MASK = _band_mask()
 
 
 @lru_cache(maxsize=256)
@@ -127,6 +182,15 @@ def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
     return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
 
 
+def _adjoint(x: np.ndarray) -> np.ndarray:
+    """x^dag as a new C-contiguous array (``numpy.conj`` writing the transposed view into a
+    C-ordered buffer: one pass, where ``ascontiguousarray(x.conj().T)`` was ~30x slower on a
+    243x243 complex matrix)."""
+    out = np.empty((x.shape[1], x.shape[0]), dtype=np.complex128)
+    np.conj(x.T, out=out)
+    return out
+
+
 def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
                    ) -> np.ndarray:
     """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
@@ -152,48 +216,58 @@ class DensityMatrix:
             rho = np.kron(rho, np.diag(p).astype(complex))
         self.tensor = rho.reshape([LEVELS] * (2 * self.n))
 
-    def _left(self, op: np.ndarray, axes: list[int]) -> None:
-        k = len(axes)
-        opt = op.reshape([LEVELS] * (2 * k))
-        t = np.tensordot(opt, self.tensor, axes=(list(range(k, 2 * k)), axes))
-        self.tensor = np.moveaxis(t, list(range(k)), axes)
-
     def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
-        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first).
-
-        For consecutive ascending targets rho is Hermitian-updated as U (U rho)^dag: two
-        left multiplications on a reshaped matrix, each restricted to the blocks of equal
-        excitation number when U conserves it (a flux pulse without drives does).
-        """
-        k = len(targets)
-        p = targets[0]
-        if list(targets) != list(range(p, p + k)):
-            self._left(u, targets)
-            self._left(u.conj(), [self.n + t for t in targets])
-            return
-        d = LEVELS**self.n
-        m = LEVELS**k
-        blocks = _excitation_blocks(k)
-        off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
-        use = blocks if off < 1e-13 else None
-        x = _left_multiply(u, self.tensor.reshape(LEVELS**p, m, -1), use)
-        x = x.reshape(d, d).conj().T
-        x = _left_multiply(u, np.ascontiguousarray(x).reshape(LEVELS**p, m, -1), use)
-        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+        """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first)
+        (:meth:`apply_product` of one operator)."""
+        self.apply_product([(u[None], [], list(targets))])
 
     def apply_controlled(self, u_stack: np.ndarray, controls: list[int],
                          targets: list[int]) -> None:
         """rho -> U rho U^dag with U = sum_c |c><c| (x) u_stack[c]: ``u_stack`` (3^len(controls),
         3^len(targets), 3^len(targets)) acts on ``targets``, chosen by the levels of
-        ``controls`` (positions, first most significant; either list may be empty).
+        ``controls`` (positions, first most significant; either list may be empty)
+        (:meth:`apply_product` of one operator)."""
+        self.apply_product([(u_stack, list(controls), list(targets))])
 
-        Two row passes of ``_left_apply_kernel``, rho Hermitian: U (U rho)^dag."""
+    def apply_product(self, ops: list[tuple[np.ndarray, list[int], list[int]]],
+                      diagonal: np.ndarray | None = None) -> None:
+        """rho -> L rho L^dag with L = O_k ... O_1 D: ``diagonal`` D (3^n values over all
+        qubits, or None) first, then each ``ops`` entry (u_stack, controls, targets) in order,
+        O = sum_c |c><c| (x) u_stack[c] as in :meth:`apply_controlled` (no controls: u_stack
+        of shape (1, m, m)).
+
+        rho is Hermitian, so L rho L^dag = L (L rho)^dag: every operator is a row pass, and
+        the whole product costs one adjoint. A row pass of an operator without controls on
+        consecutive ascending targets is a BLAS multiplication on a reshaped matrix, restricted
+        to the blocks of equal excitation number when U conserves it (a flux pulse without
+        drives does); any other goes through ``_left_apply_kernel``.
+        """
         d = LEVELS**self.n
+        passes = [self._row_pass(u, controls, targets) for u, controls, targets in ops]
+        x = self.tensor.reshape(d, d)
+        for side in range(2):
+            if side:
+                x = _adjoint(x)
+            if diagonal is not None:
+                x = x * diagonal[:, None]
+            for row_pass in passes:
+                x = row_pass(x)
+        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+
+    def _row_pass(self, u_stack: np.ndarray, controls: list[int], targets: list[int]):
+        """x -> O x for a (d, d) matrix x and O as in :meth:`apply_product`."""
+        d = LEVELS**self.n
+        k = len(targets)
+        p = targets[0]
+        if not controls and list(targets) == list(range(p, p + k)):
+            u = u_stack[0]
+            off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
+            use = _excitation_blocks(k) if off < 1e-13 else None
+            shape = (LEVELS**p, LEVELS**k, -1)
+            return lambda x: _left_multiply(u, x.reshape(shape), use).reshape(d, d)
         idx = _row_indices(self.n, tuple(controls), tuple(targets))
         u = np.ascontiguousarray(u_stack, dtype=np.complex128)
-        x = _left_apply_kernel(self.tensor.reshape(d, d), u, *idx)
-        x = _left_apply_kernel(np.ascontiguousarray(x.conj().T), u, *idx)
-        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+        return lambda x: _left_apply_kernel(np.ascontiguousarray(x), u, *idx)
 
     def apply_controlled_channel(self, u_stack: np.ndarray, superop: np.ndarray | None,
                                  controls: list[int], target: int) -> None:
@@ -218,7 +292,15 @@ class DensityMatrix:
         self.tensor = x.reshape([LEVELS] * (2 * self.n))
 
     def apply_superop(self, superop: np.ndarray, target: int) -> None:
-        """Apply a one-qubit channel given as a row-major 9x9 superoperator."""
+        """Apply a one-qubit channel given as a row-major 9x9 superoperator: in place through
+        ``_band_channel_kernel`` when it conserves i - j (entries outside ``BAND_MASK``
+        exactly 0), else by ``tensordot``."""
+        if not np.any(superop[~BAND_MASK]):
+            x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
+            _band_channel_kernel(x.reshape(-1), np.ascontiguousarray(superop, np.complex128),
+                                 LEVELS**target, LEVELS ** (self.n - 1 - target))
+            self.tensor = x
+            return
         s = superop.reshape([LEVELS] * 4)
         t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
         self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
@@ -306,7 +388,13 @@ class _LocalChannels:
 
     def unitary(self, q: int, u: np.ndarray) -> None:
         """rho -> u rho u^dag on ``q`` (3x3)."""
-        self._compose(q, np.kron(u, u.conj()))
+        self._compose(q, (u[:, None, :, None] * u.conj()[None, :, None, :]).reshape(9, 9))
+
+    def phases(self, q: int, d: np.ndarray) -> None:
+        """rho -> D rho D^dag on ``q`` for D = diag(``d``) (3 phase factors)."""
+        diagonal = (d[:, None] * d.conj()[None, :]).reshape(LEVELS * LEVELS)
+        prev = self.pending.get(q)
+        self.pending[q] = np.diag(diagonal) if prev is None else diagonal[:, None] * prev
 
     def take(self, q: int) -> np.ndarray | None:
         """Remove and return ``q``'s pending channel (None when there is none): the caller

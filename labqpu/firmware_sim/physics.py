@@ -84,7 +84,6 @@ from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
     EvolutionStart,
-    _ladder,
     _LocalChannels,
     relaxation_superop,
 )
@@ -111,6 +110,8 @@ __all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Set
 #: 243x243 (0.9 MB, three coupled neighbours of a fluxed qubit).
 CACHE_1Q_ENTRIES = 8192
 CACHE_NQ_ENTRIES = 256
+#: Bound of the cache of block decompositions (entries, one per distinct pulse schedule).
+CACHE_BLOCK_ENTRIES = 64
 #: The deferred ZZ frame of :meth:`PhysicsEngine.evolve` is moved forward once a block starts
 #: this many samples after it.
 REANCHOR_SAMPLES = 64
@@ -210,8 +211,6 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
     def __init__(self, device: DeviceTruth, cabling: dict[int, QubitCabling]) -> None:
         self.device = device
         self.cabling = cabling
-        self._a = _ladder()
-        self._n = self._a.conj().T @ self._a
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
         self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
@@ -219,6 +218,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self._models: dict[tuple[float, ...], DressedModel] = {}
         self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._joint_cache: dict[tuple, list] = {}
+        #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
+        self._block_cache: dict[tuple, list] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
         self.joint_cache_hits = 0
         #: The device's slow drift against simulated time (``noise`` module).
@@ -378,7 +379,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         # block's operator is conjugated into that frame (exact), and the anchor is moved
         # forward once it lags a block by REANCHOR_SAMPLES (:meth:`_advance_zz`).
         t_last = 0
-        for b0, b1, cluster, fluxed in self._blocks(drive_iv, flux_iv):
+        for b0, b1, cluster, fluxed in self._cached_blocks(drive_iv, flux_iv):
             if has_zz and b0 - ctx.anchor >= REANCHOR_SAMPLES:
                 self._advance_zz(ctx, b0)
             if fluxed:
@@ -423,6 +424,20 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             ctx.local.rho.apply_diagonal(np.exp(-2j * np.pi * ctx.zz_all * (c1 - a) / fs))
             a = c1
         ctx.anchor = max(ctx.anchor, until)
+
+    def _cached_blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
+                       flux_iv: dict[int, list[tuple[int, int]]]
+                       ) -> list[tuple[int, int, list[int], list[int]]]:
+        """:meth:`_blocks`, cached by the intervals (a program played again, or with other
+        phases and amplitudes, has the same blocks). The result must not be modified."""
+        key = (tuple((q, tuple(v)) for q, v in drive_iv.items()),
+               tuple((q, tuple(v)) for q, v in flux_iv.items()))
+        blocks = self._block_cache.get(key)
+        if blocks is None:
+            if len(self._block_cache) >= CACHE_BLOCK_ENTRIES:
+                self._block_cache.clear()
+            blocks = self._block_cache[key] = self._blocks(drive_iv, flux_iv)
+        return blocks
 
     def _blocks(self, drive_iv: dict[int, list[tuple[int, int]]],
                 flux_iv: dict[int, list[tuple[int, int]]]
@@ -583,18 +598,24 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                   ) -> np.ndarray:
         """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
         dressed frequency (zeros when nothing plays); with ``offset`` turned by the phase
-        2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module)."""
+        2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module).
+        Computed once per run and interval (``ctx.drives``); the array is read-only."""
         fs = self.device.sample_rate_hz
-        cab = self.cabling[q]
-        s = ctx.samples[cab.drive_port, b0:b1]
-        if not np.any(s):
-            return np.zeros(b1 - b0, dtype=np.complex128)
-        lo = self._lo(cab.drive_lo, ctx.settings)
-        rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
-        t = np.arange(b0, b1) / fs
-        z = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+        z = ctx.drives.get((q, b0, b1))
+        if z is None:
+            cab = self.cabling[q]
+            s = ctx.samples[cab.drive_port, b0:b1]
+            if not np.any(s):
+                z = np.zeros(b1 - b0, dtype=np.complex128)
+            else:
+                lo = self._lo(cab.drive_lo, ctx.settings)
+                rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
+                t = np.arange(b0, b1) / fs
+                z = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+            z.flags.writeable = False  # shared by every caller of this run
+            ctx.drives[(q, b0, b1)] = z
         if offset and ctx.offset_hz.get(q):
-            z *= np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
+            return z * np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
         return z
 
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,

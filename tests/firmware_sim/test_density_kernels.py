@@ -1,0 +1,198 @@
+"""Density-matrix updates of the simulator against plain numpy references written here.
+
+``_band_channel_kernel`` (a one-transmon channel that conserves the level difference i - j,
+applied in place) against ``numpy.einsum`` of the 9x9 superoperator on the density tensor;
+``DensityMatrix.apply_superop`` on both of its paths; ``DensityMatrix.apply_product`` (a
+product of diagonal, plain and conditioned operators as row passes and one adjoint) against
+the dense operator L rho L^dag; ``clusters.propagate_conserving`` (excitation blocks
+propagated one by one) against a product of ``scipy.linalg.expm``. Tolerance 1e-12
+throughout (the reference and the code round differently).
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+
+import numpy as np
+import pytest
+import scipy.linalg
+from numpy.testing import assert_allclose
+
+from labqpu.firmware_sim.clusters import propagate_conserving
+from labqpu.firmware_sim.density import (
+    BAND_MASK,
+    DensityMatrix,
+    _band_channel_kernel,
+    relaxation_superop,
+)
+
+
+def _random_matrix(d: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(size=(d, d)) + 1j * rng.normal(size=(d, d))
+
+
+def _random_rho(d: int, rng: np.random.Generator) -> np.ndarray:
+    x = _random_matrix(d, rng)
+    rho = x @ x.conj().T
+    return rho / np.trace(rho)
+
+
+def _random_unitary(d: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(_random_matrix(d, rng))
+    return q * (np.diagonal(r) / np.abs(np.diagonal(r)))
+
+
+def _einsum_superop(rho: np.ndarray, superop: np.ndarray, target: int, n: int) -> np.ndarray:
+    """sum_kl S[(i j), (k l)] rho[.. k .., .. l ..] on the axes of ``target`` (row-major vec,
+    site 0 most significant), by ``numpy.einsum`` on the (3,)*2n tensor."""
+    letters = string.ascii_letters
+    rows, cols = list(letters[:n]), list(letters[n:2 * n])
+    i, j = "YZ"
+    src = rows + cols
+    dst = list(src)
+    dst[target], dst[n + target] = i, j
+    spec = f"{i}{j}{rows[target]}{cols[target]},{''.join(src)}->{''.join(dst)}"
+    out = np.einsum(spec, superop.reshape(3, 3, 3, 3), rho.reshape((3,) * (2 * n)))
+    return out.reshape(3**n, 3**n)
+
+
+def _random_band_superop(rng: np.random.Generator) -> np.ndarray:
+    s = _random_matrix(9, rng)
+    return np.where(BAND_MASK, s, 0.0)
+
+
+def _dense_controlled(u_stack: np.ndarray, controls: list[int], targets: list[int], n: int
+                      ) -> np.ndarray:
+    """sum_c |c><c| (x) u_stack[c] as a dense 3^n matrix, built basis state by basis state."""
+    d = 3**n
+    out = np.zeros((d, d), dtype=complex)
+    states = list(itertools.product(range(3), repeat=n))
+    for a, sa in enumerate(states):
+        for b, sb in enumerate(states):
+            if any(sa[s] != sb[s] for s in range(n) if s not in targets):
+                continue
+            c = int(np.ravel_multi_index([sa[s] for s in controls], (3,) * len(controls)))
+            ta = int(np.ravel_multi_index([sa[s] for s in targets], (3,) * len(targets)))
+            tb = int(np.ravel_multi_index([sb[s] for s in targets], (3,) * len(targets)))
+            out[a, b] = u_stack[c, ta, tb]
+    return out
+
+
+@pytest.mark.parametrize(("n", "target"), [(1, 0), (2, 0), (2, 1), (3, 1), (4, 0), (4, 2),
+                                            (4, 3)])
+def test_band_channel_kernel_matches_einsum(n: int, target: int) -> None:
+    """A random band superoperator on a random, non-Hermitian matrix: the kernel reads no
+    symmetry of rho, so it must agree with einsum entry by entry (1e-12)."""
+    rng = np.random.default_rng(31 * n + target)
+    x = _random_matrix(3**n, rng)
+    s = _random_band_superop(rng)
+    ref = _einsum_superop(x, s, target, n)
+    flat = x.copy().reshape(-1)
+    _band_channel_kernel(flat, s, 3**target, 3 ** (n - 1 - target))
+    assert_allclose(flat.reshape(3**n, 3**n), ref, rtol=0, atol=1e-12)
+
+
+def test_band_channel_kernel_ignores_nothing_it_should_read() -> None:
+    """Changing one band entry of S changes the kernel's output (the kernel reads all 19),
+    and the kernel never touches entries of S outside the band."""
+    rng = np.random.default_rng(5)
+    x = _random_matrix(27, rng)
+    s = _random_band_superop(rng)
+    base = x.copy().reshape(-1)
+    _band_channel_kernel(base, s, 3, 3)
+    for o, k in zip(*np.nonzero(BAND_MASK), strict=True):
+        t = s.copy()
+        t[o, k] += 1.0
+        out = x.copy().reshape(-1)
+        _band_channel_kernel(out, t, 3, 3)
+        assert np.abs(out - base).max() > 1e-3, (o, k)
+    outside = s + np.where(BAND_MASK, 0.0, 1.0)
+    out = x.copy().reshape(-1)
+    _band_channel_kernel(out, outside, 3, 3)
+    assert_allclose(out, base, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target", [0, 1, 2])
+def test_apply_superop_relaxation_takes_the_band_path_and_matches_einsum(target: int) -> None:
+    """A physical channel (T1 towards a thermal state, dephasing, idle |2> phase, composed
+    with a diagonal phase) conserves i - j; apply_superop on it matches einsum (1e-12)."""
+    rng = np.random.default_rng(target)
+    s = relaxation_superop(20e-6, 35e-6, 80e-9, -210e6, 0.02)
+    phase = np.exp(1j * np.array([0.0, 0.3, -1.1]))
+    s = np.kron(np.diag(phase), np.diag(phase.conj())) @ s
+    assert not np.any(s[~BAND_MASK])
+    rho = _random_rho(27, rng)
+    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * 3)
+    dm.tensor = rho.reshape((3,) * 6).copy()
+    dm.apply_superop(s, target)
+    assert_allclose(dm.tensor.reshape(27, 27), _einsum_superop(rho, s, target, 3),
+                    rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("target", [0, 2])
+def test_apply_superop_dense_channel_matches_einsum(target: int) -> None:
+    """A channel with a unitary that mixes levels (not band) takes the general path (1e-12)."""
+    rng = np.random.default_rng(40 + target)
+    u = _random_unitary(3, rng)
+    s = np.kron(u, u.conj()) @ relaxation_superop(20e-6, 35e-6, 80e-9)
+    assert np.any(s[~BAND_MASK])
+    rho = _random_rho(27, rng)
+    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * 3)
+    dm.tensor = rho.reshape((3,) * 6).copy()
+    dm.apply_superop(s, target)
+    assert_allclose(dm.tensor.reshape(27, 27), _einsum_superop(rho, s, target, 3),
+                    rtol=0, atol=1e-12)
+
+
+def test_apply_product_matches_dense_operator_product() -> None:
+    """D, then a pair unitary on adjacent sites, a conditioned one-site drive, a
+    pair unitary on non-adjacent reversed sites, and an excitation-conserving pair
+    unitary: L rho L^dag with L the dense product (1e-12)."""
+    rng = np.random.default_rng(77)
+    n = 4
+    rho = _random_rho(3**n, rng)
+    diagonal = np.exp(1j * rng.uniform(-np.pi, np.pi, 3**n))
+    levels = np.array(list(itertools.product(range(3), repeat=2))).sum(axis=1)
+    conserving = np.zeros((9, 9), dtype=complex)
+    for e in np.unique(levels):
+        idx = np.flatnonzero(levels == e)
+        conserving[np.ix_(idx, idx)] = _random_unitary(idx.size, rng)
+    ops = [
+        (_random_unitary(9, rng)[None], [], [1, 2]),
+        (np.stack([_random_unitary(3, rng) for _ in range(9)]), [0, 3], [2]),
+        (_random_unitary(9, rng)[None], [], [3, 0]),
+        (conserving[None], [], [2, 3]),
+    ]
+    dense = np.diag(diagonal)
+    for u, controls, targets in ops:
+        dense = _dense_controlled(u, controls, targets, n) @ dense
+    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * n)
+    dm.tensor = rho.reshape((3,) * (2 * n)).copy()
+    dm.apply_product(ops, diagonal)
+    assert_allclose(dm.tensor.reshape(3**n, 3**n), dense @ rho @ dense.conj().T,
+                    rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("conserving", [True, False])
+def test_propagate_conserving_matches_expm_product(conserving: bool) -> None:
+    """A stack of random Hermitian Hamiltonians on 3 transmons, excitation-conserving (the
+    block-by-block path) or not (the whole-matrix path): the ordered product of
+    ``scipy.linalg.expm`` per step, last step leftmost (1e-12)."""
+    rng = np.random.default_rng(11 if conserving else 12)
+    k, steps, dt = 3, 6, 1e-9
+    n_exc = np.array(list(itertools.product(range(3), repeat=k))).sum(axis=1)
+    h = np.empty((steps, 27, 27), dtype=complex)
+    for s in range(steps):
+        x = _random_matrix(27, rng) * 3e7
+        x = x + x.conj().T
+        if conserving:
+            x = np.where(n_exc[:, None] == n_exc[None, :], x, 0.0)
+        h[s] = x
+    ref = np.eye(27, dtype=complex)
+    for x in h:
+        ref = scipy.linalg.expm(-2j * np.pi * dt * x) @ ref
+    out = propagate_conserving(h, dt, k)
+    assert_allclose(out, ref, rtol=0, atol=1e-12)
+    if conserving:
+        assert not np.any(out[n_exc[:, None] != n_exc[None, :]])
