@@ -23,7 +23,7 @@ from labqpu.calibration.experiments import (
     fit_exponential_curve,
     project,
 )
-from labqpu.calibration.fine import populations
+from labqpu.calibration.fine import populations, references
 
 #: Delays (s) of the echo: from 0 to this many times the Ramsey T2*, at most 200 us.
 ECHO_SPAN_T2 = 4.0
@@ -38,14 +38,7 @@ def hahn_echo(kit: Kit, q: int, shots: int) -> None:
     pi, pi2 = p["pi_amplitude"], p["pi2_amplitude"]
     span = min(ECHO_SPAN_T2 * p.get("t2_s", 50e-6), 200e-6)
     halves = kit.on_grid(np.linspace(0, span / 2, 26))
-    progs = []
-    for sequence in ([], [pi]):
-        b = kit.builder([q])
-        t = 0
-        for a in sequence:
-            t = kit.drive(b, q, t, a)
-        kit.readout(b, q, t, 0)
-        progs.append(b.build(num_clbits=1))
+    progs = references(kit, q)
     for half in halves:
         b = kit.builder([q])
         t = kit.drive(b, q, 0, pi2)
@@ -111,5 +104,5 @@ def static_zz(kit: Kit, pair: tuple[int, int], shots: int) -> None:
              "r_squared": min(f.r_squared for f in fits.values())},
         curves={label: fits[s].sampled(delays)
                 for label, s in zip(signals, ("|0>", "|1>"), strict=True)},
-        settings={"shots": shots, "detuning_hz": d, "old_zz_hz": old})
+        settings={"shots": shots, "detuning_hz": d, "drive_handedness": h, "old_zz_hz": old})
     kit.work.set_pair((control, target), "zz_hz", zeta, rid)

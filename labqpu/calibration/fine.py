@@ -104,23 +104,29 @@ def populations(iq: np.ndarray, ground: complex, excited: complex) -> np.ndarray
     return ((np.asarray(iq) - ground) * np.conj(axis)).real / abs(axis) ** 2
 
 
+def pulse_train(kit: Kit, q: int, amplitudes: list[float]) -> PulseProgram:
+    """DRAG pulses of ``amplitudes`` (full scale) back to back on qubit ``q``, then its
+    readout."""
+    b = kit.builder([q])
+    t = 0
+    for a in amplitudes:
+        t = kit.drive(b, q, t, a)
+    kit.readout(b, q, t, 0)
+    return b.build(num_clbits=1)
+
+
+def references(kit: Kit, q: int) -> list[PulseProgram]:
+    """The |0> (no pulse) and |1> (one pi pulse) references of :func:`populations`."""
+    return [pulse_train(kit, q, []), pulse_train(kit, q, [kit.work.qubits[q]["pi_amplitude"]])]
+
+
 def _programs(kit: Kit, q: int, which: str, counts: np.ndarray) -> list[PulseProgram]:
-    """Two references (no pulse; one pi pulse), then one program per count of repeated
-    pulses."""
+    """The two references, then one program per count of repeated pulses."""
     p = kit.work.qubits[q]
     pi, pi2 = p["pi_amplitude"], p["pi2_amplitude"]
-    progs = []
-    sequences = [[], [pi]]
-    for n in counts:
-        sequences.append([pi2] + [pi] * int(n) if which == "pi" else [pi2] * int(n))
-    for amplitudes in sequences:
-        b = kit.builder([q])
-        t = 0
-        for a in amplitudes:
-            t = kit.drive(b, q, t, a)
-        kit.readout(b, q, t, 0)
-        progs.append(b.build(num_clbits=1))
-    return progs
+    return references(kit, q) + [
+        pulse_train(kit, q, [pi2] + [pi] * int(n) if which == "pi" else [pi2] * int(n))
+        for n in counts]
 
 
 def counts_for(which: str, longest: int) -> np.ndarray:

@@ -81,8 +81,9 @@ def plot_sweep(record: ExperimentRecord):
     from matplotlib.figure import Figure
 
     raw = record.raw
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    lines = _value_lines(record)
+    fig = Figure(figsize=(6.4, 4.4 + 0.16 * len(lines)), layout="constrained")
+    ax, box = fig.subplots(2, 1, height_ratios=[4.2, 0.4 + 0.16 * len(lines)])
     for i, (label, data) in enumerate(raw.get("series", {}).items()):
         x, y = ((data["x"], data["y"]) if isinstance(data, dict) else (raw["x"], data))
         ax.plot(x, y, "o", ms=3.5, color=f"C{i}", label=label)
@@ -93,14 +94,17 @@ def plot_sweep(record: ExperimentRecord):
         ax.axvline(marks["old"], color="0.45", ls="--", lw=1, label="old value")
     if "chosen" in marks:
         ax.axvline(marks["chosen"], color="k", lw=1, label="chosen")
-    ax.text(0.02, 0.03, "\n".join(_value_lines(record)), transform=ax.transAxes, ha="left",
-            va="bottom", fontsize=7.5,
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
+    box.axis("off")
+    box.text(0.0, 1.0, "\n".join(lines), transform=box.transAxes, ha="left", va="top",
+             fontsize=8, family="monospace")
+    ax.margins(x=0.04, y=0.12)
+    if "x_ticks" in raw:
+        ax.set_xticks(raw["x"], raw["x_ticks"])
     ax.set_xlabel(raw.get("x_label", ""))
     ax.set_ylabel(raw.get("y_label", ""))
     ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",
                  fontsize=10)
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="best", fontsize=7)
     return fig
 
 

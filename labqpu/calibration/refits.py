@@ -61,6 +61,12 @@ def _sweet_spot(record: ExperimentRecord) -> dict[str, float]:
     return {"flux_bias_a": -c1 / (2 * c2)}
 
 
+def _static_zz(record: ExperimentRecord) -> dict[str, float]:
+    f0, f1 = (abs(fit_damped_cosine_curve(*_series(record, label), record.subject).params["f"])
+              for label in record.raw["series"])
+    return {"zz_hz": record.settings["drive_handedness"] * (f1 - f0)}
+
+
 _REFITS = {
     "resonator_spectroscopy": lambda r: {"readout_frequency_hz": fit_peak_curve(
         *_series(r), r.subject).params["f0"]},
@@ -76,6 +82,9 @@ _REFITS = {
     "fine_amplitude_pi2": _fine,
     "readout": _readout,
     "t1": lambda r: {"t1_s": fit_exponential_curve(*_series(r), r.subject).params["tau"]},
+    "hahn_echo": lambda r: {"t2_echo_s": fit_exponential_curve(
+        *_series(r), r.subject).params["tau"]},
+    "static_zz": _static_zz,
     "cz": lambda r: {"cz_amplitude": _line_zero(*_series(r))},
 }
 

@@ -49,11 +49,11 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int) -> None:
         "cz_spectators", pair,
         {"cz_spectator_spread_rad": (spread, err),
          **{f"shift_with_{s}_excited_rad": (v, err) for s, v in shifts.items()}},
-        {"x": list(range(len(labels))), "x_label": "spectator in |1> (0: none; then "
-         + ", ".join(f"{i}: qubit {s}" for i, s in enumerate(labels) if s != "none") + ")",
-         "y_label": "conditional phase (rad)",
-         "series": {"conditional phase": [conditional[s] for s in labels],
-                    "partner contrast": [contrast[s] for s in labels]},
-         "spectators": spectators},
+        {"x": list(range(len(labels))), "x_label": "spectator in |1>",
+         "x_ticks": ["none" if s == "none" else f"qubit {s}" for s in labels],
+         "y_label": "conditional phase - pi (rad)",
+         "series": {"conditional phase - pi": [wrap(conditional[s] - np.pi) for s in labels]},
+         "conditional_phase_rad": [conditional[s] for s in labels],
+         "partner_contrast": [contrast[s] for s in labels], "spectators": spectators},
         settings={"shots": shots, "flux_qubit": flux_q})
     kit.work.set_pair(pair, "cz_spectator_spread_rad", float(spread), rid)

@@ -107,9 +107,25 @@ def test_qubit_properties_equal_snapshot(snapshot, config, export):
         assert props.frequency == pytest.approx(raw_q(export, q, "frequency_hz"), rel=1e-12)
 
 
-def test_no_gate_errors_without_gate_entries(snapshot, config, export):
-    assert export["document"]["gates"] == {}
+def test_gate_errors_come_from_the_snapshot(snapshot, config, export):
+    gates = export["document"]["gates"]
     target = build_target(snapshot, config)
+    for q in range(5):
+        for name in ("sx", "x"):
+            assert target[name][(q,)].error == pytest.approx(
+                gates[f"{name}:{q}"]["error"]["value"], rel=1e-12)
+    for (a, b), props in target["cz"].items():
+        key = f"cz:{min(a, b)}-{max(a, b)}"
+        assert props.error == pytest.approx(gates[key]["error"]["value"], rel=1e-12)
+
+
+def test_no_gate_errors_without_gate_entries(store, snapshot, config, export):
+    def drop_gates(builder):
+        for gate in export["document"]["gates"]:
+            builder.remove_gate(gate)
+        return builder
+
+    target = build_target(derived(store, snapshot, drop_gates), config)
     for q in range(5):
         assert target["sx"][(q,)].error is None
         assert target["x"][(q,)].error is None
@@ -203,9 +219,14 @@ def test_missing_cz_parameter_removes_only_that_edge(store, snapshot, config, na
         assert target.instruction_supported("sx", (q,))
 
 
-def test_gate_errors_come_from_gate_entries(store, snapshot, config):
-    snap = derived(store, snapshot, lambda b: (
-        b.set_gate("sx:0", "error", 1.5e-3, "rb").set_gate("cz:2-3", "error", 2.5e-2, "rb")))
+def test_gate_errors_come_from_gate_entries(store, snapshot, config, export):
+    def edit(builder):
+        for gate in export["document"]["gates"]:
+            builder.remove_gate(gate)
+        return builder.set_gate("sx:0", "error", 1.5e-3, "rb").set_gate("cz:2-3", "error",
+                                                                       2.5e-2, "rb")
+
+    snap = derived(store, snapshot, edit)
     target = build_target(snap, config)
     assert target["sx"][(0,)].error == pytest.approx(1.5e-3)
     assert target["sx"][(1,)].error is None

@@ -65,7 +65,10 @@ def test_sy_is_in_the_target_wherever_sx_is_with_sx_calibration(target):
 def test_sy_takes_sx_error_and_its_own_when_measured(store, snapshot, config):
     from labqpu.store import SnapshotBuilder
 
-    snap = store.commit(SnapshotBuilder.from_snapshot(snapshot)
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    for gate in list(snapshot.gates):
+        builder.remove_gate(gate)
+    snap = store.commit(builder
                         .set_gate("sx:2", "error", 1.1e-3, "rb")
                         .set_gate("sx:3", "error", 1.0e-3, "rb")
                         .set_gate("sy:3", "error", 1.4e-3, "rb").build_document())

@@ -6,6 +6,7 @@ qubits must find both errors by its checks and recalibrate until:
 
 * |f - f_true| < 50 kHz, with f_true the dressed 0-1 frequency of the device file's coupled
   transmons at the snapshot's flux bias, by exact diagonalisation written here;
+* T1 and the Hahn-echo T2 within 15 % of the device file's T1 and (sweet-spot) T2;
 * the pi amplitude within 0.5 % of the optimum, found here by an error-amplifying scan (seven
   pi pulses in a row) independent of the runner's analysis (the runner's fine amplitude node
   aims at 0.2 %; the scan here is good to about 0.1 %);
@@ -96,7 +97,13 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
         level = exact_levels(truth, flux)
         f_true = {q: level(tuple(int(k == q) for k in range(5))) - level((0,) * 5)
                   for q in WRONG}
+        device = {q["index"]: q for q in truth["qubit"]}
         for q in WRONG:
+            t1, t2_echo = (final.qubits[q][n].value for n in ("t1_s", "t2_echo_s"))
+            print(f"qubit {q}: T1 {t1 * 1e6:.1f} us (device {device[q]['t1_s'] * 1e6:.1f}), "
+                  f"T2 echo {t2_echo * 1e6:.1f} us (device {device[q]['t2_s'] * 1e6:.1f})")
+            assert abs(t1 / device[q]["t1_s"] - 1) < 0.15, (q, t1)
+            assert abs(t2_echo / device[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
             f = final.qubits[q]["frequency_hz"].value
             assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
             pi = final.qubits[q]["pi_amplitude"].value

@@ -239,13 +239,16 @@ def _with_mid_measurement(program: PulseProgram, qubit: int, readout_port: int, 
 
 def test_mid_circuit_measurement_of_a_bell_pair_collapses_the_partner(lab_backend) -> None:
     """Bell pair, a 1.6 us wait, sx on both qubits, final measurement. Without a measurement in
-    the wait the final outcomes stay correlated (|<Z0 Z1>| >= 0.5); with qubit 0 measured in
+    the wait the final outcomes stay correlated (|<Z0 Z1>| >= 0.3); with qubit 0 measured in
     the wait the pair collapses to |00> or |11>, and the final outcomes decorrelate
     (|<Z0 Z1>| <= 0.12). Without the final sx, per shot the mid-circuit result of qubit 0
     predicts qubit 1's final outcome (agreement >= 0.9). The control is cos of the pair's
     phase after the wait (static ZZ plus the frames' calibration error, ~0.1 rad per 10 kHz):
     0.63 with the snapshot of 2026-11-29, 0.58 with the one bootstrapped under the readout
-    model (its calibration ran later in simulated time, where lab5 had drifted by ~10 kHz)."""
+    model (its calibration ran later in simulated time, where lab5 had drifted by ~10 kHz),
+    0.43 with the one of 2026-11-30 (DC flux crosstalk on, frequencies 1-13 kHz from the exact
+    dressed ones). The bar is set by the collapsed case: 0.3 is 2.5x its 0.12 and ~15
+    standard errors at 2000 shots above zero."""
     snapshot, channels = lab_backend.snapshot, lab_backend.config.channels
     ports = {getattr(channels.qubits[q], kind)[1] for q in (0, 1) for kind in ("drive", "flux")}
     readout_port = channels.qubits[0].readout[1]
@@ -277,7 +280,7 @@ def test_mid_circuit_measurement_of_a_bell_pair_collapses_the_partner(lab_backen
         return float(np.mean((1 - 2 * bits[:, 0]) * (1 - 2 * bits[:, 1])))
 
     control = program(True)
-    assert abs(zz(run(control, 21))) >= 0.5
+    assert abs(zz(run(control, 21))) >= 0.3
     bits = run(measured(control), 22)
     assert abs(zz(bits)) <= 0.12
     assert 0.4 < bits[:, 2].mean() < 0.6

@@ -3,10 +3,13 @@
 per-op compiler produced before its speed work (commit 7272db6, measured on this project's
 reference machine, numba 0.68 / glibc libm).
 
-A change here means the compiler's *output* changed, not just its speed. If that is intended
-(a new feature, a different schedule), re-pin with ``python tests/pulse/test_compiler_pinned.py``
-and say why in the commit. If only the waveform samples differ (see the second assertion), the
-platform's ``exp``/``cos`` may round differently from the reference machine.
+The programs are compiled from the shipped snapshot, so a new shipped snapshot re-pins them
+(last: 2026-11-30, the snapshot bootstrapped with DC flux crosstalk on; the compiler was not
+changed). Otherwise, a change here means the compiler's *output* changed, not just its
+speed. If that is intended (a new feature, a different schedule), re-pin with
+``python tests/pulse/test_compiler_pinned.py`` and say why in the commit. If only the
+waveform samples differ (see the second assertion), the platform's ``exp``/``cos`` may round
+differently from the reference machine.
 """
 
 from __future__ import annotations
@@ -94,18 +97,18 @@ CASES = {
 #: qubit's measured ``drive_handedness`` (-1 on lab5: rz and sy play phases changed sign; with
 #: +1 on every qubit the structure hashes are exactly the previous pins).
 PINNED = {
-    "idle_alap": ("18f53fbffbe87d42a4bafaa2e6857960dfda985164ddfae85298b8619206f5c9",
-        "e99e719372ee197581a20a606c5291d5669d3d862b82dbc9e22a6475fdad4b2e"),
-    "layers40_alap": ("028008672afe10e06cdd8f940c897ca0a15ad8978897c4c39c190232c699bac3",
-        "bfdba2694dd0de27f0abe43ec741a804454b55eb1dcea98dc9f5e07756a52fc5"),
-    "layers8_alap": ("6cb7b1b08c509064cbc1a6fe162828ea4921f6001df26d740ea6e518088a5ed6",
-        "c02e70d70a08200702eb12f8f4b5b0401b2016c5f3bdfecee52a083ab1466558"),
-    "layers8_asap": ("2be53330d8b628184ec8d5a8c3fbe54a4252e20143337c286e8d9f6417c62b3c",
-        "f984a0d2444c77a6afb52de38ffefda5e7d7774f41adfc9c54517c016dfd3646"),
-    "mixed_alap": ("84df5d3e7f087f1f2de126a19641cae207edafcbfb654bdc5c3513b23afff051",
-        "38a50921a7f6e491ff2f5a3a30ebe0fef12f66a92adc195072af100d3cb20612"),
-    "mixed_asap": ("ad3d94c17c7abc82d9c4b745506161e96b1e21f72058164da90589181e08e69a",
-        "f1d80000c135a0d429e1dcdebb4660b26c640e5c1520e8afed0f70c8da9613b0"),
+    "idle_alap": ("5f4c3a6d0c2bbeab9eb03a924e0075b004a598ad8e9ad1714c54ee2ce9c2d026",
+        "ca522299c0ba0ab699af0dc49e53e5669053151789fff17f51313d65e9f13e49"),
+    "layers40_alap": ("7bebb3d7973533f035591bcd33518d8cfb5ed1ef74faac972ec92f37492e4728",
+        "89b7f6e98fe03bb4a068223de50dfc753a5aab939c4653889994593b31dc6463"),
+    "layers8_alap": ("ba348af6fbb2212b71961a0d703f1f8442a40ae55438d15c59f7c04dd9698926",
+        "4d6f890c8919f2b04bf44b4ea8b150a196e26bdc73cb044f891e190238a8e82c"),
+    "layers8_asap": ("6237c59a37de9d64aa238395e5475d62223988bb2bfda474340ee754f61f3135",
+        "da66322ff7f9702eb76eca86b1d582e61e914e7752311f72f6b7056ab068513b"),
+    "mixed_alap": ("95288cd17a6ac28df19a78e3cfcafcd2bae407da5a9a7e8104abc33093f3fac6",
+        "d176d0d13627b67d9b5f9b87c454f7634d20d2f8809de2301dc686ea50bf8fe2"),
+    "mixed_asap": ("22c708abe9f7ef92756342bc8ded439757aab0c22b70378fa668325af26b67c6",
+        "9bbf5a3447eebf42693a40830c30bce612458d5348a065fa67a9a38fde5c5fc5"),
 }
 
 

@@ -1,0 +1,41 @@
+"""Recalibrate qubits 1 and 2 and edge 1-2 on the embedded simulator, every node forced, and
+copy one plot of each kind of experiment into a directory (default ``docs/img/calibration``).
+
+    python examples/calibration_plots.py [DIRECTORY]
+
+It works in a temporary LABQPU_HOME, so your own calibration store is not touched. Takes
+1-3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(directory: str = "docs/img/calibration") -> None:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["LABQPU_HOME"] = home
+        from labqpu import LabProvider
+        from labqpu.calibration import run_graph
+        from labqpu.calibration.records import load_record
+
+        with LabProvider() as provider:
+            report = run_graph(provider.backend(), qubits=[1, 2], force=True)
+        print(report.table())
+        newest = {}
+        for path in report.records:
+            newest[load_record(path).kind] = path
+        for kind, path in sorted(newest.items()):
+            target = out / f"{kind}.png"
+            shutil.copyfile(path.with_suffix(".png"), target)
+            print(f"{kind:<24} {target}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
