@@ -10,6 +10,7 @@ qubits must find both errors by its checks and recalibrate until:
 * the pi amplitude within 0.5 % of the optimum, found here by an error-amplifying scan (seven
   pi pulses in a row) independent of the runner's analysis (the runner's fine amplitude node
   aims at 0.2 %; the scan here is good to about 0.1 %);
+* GHZ-3 >= 0.90 through ``BackendSamplerV2`` at Qiskit's default optimization level;
 * Bell on the affected edge no worse than with the shipped calibration, measured in the same
   test (both are readout-limited near 0.95, so a fixed bar would test the readout's luck).
 
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
+from qiskit.primitives import BackendSamplerV2
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
@@ -67,6 +69,19 @@ def bell(backend, pair: tuple[int, int]) -> float:
     shots = 20_000  # standard error 0.0015: the bar is a property of the calibration, not luck
     counts = backend.run(native, shots=shots, seed_simulator=7).result().get_counts()
     return (counts.get("00", 0) + counts.get("11", 0)) / shots
+
+
+def ghz3(backend) -> float:
+    """P(000) + P(111) of GHZ-3 through BackendSamplerV2, transpiled at Qiskit's default
+    optimization level on whatever layout it picks, 8000 shots."""
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.measure_all()
+    result = BackendSamplerV2(backend=backend).run([transpile(qc, backend)], shots=8000).result()
+    counts = result[0].data.meas.get_counts()
+    return (counts.get("000", 0) + counts.get("111", 0)) / 8000
 
 
 def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, exact_levels):
@@ -114,3 +129,6 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
         print(f"Bell on 1-2: {after:.4f} after, {reference:.4f} with the shipped calibration")
         # 20 000 shots each: the difference has a standard error of 0.002.
         assert after >= reference - 0.008, (after, reference)
+        ghz = ghz3(backend)
+        print(f"GHZ-3 at the default optimization level: {ghz:.4f}")
+        assert ghz >= 0.90
