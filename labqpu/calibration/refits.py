@@ -75,8 +75,8 @@ _REFITS = {
     "sweet_spot": _sweet_spot,
     "rabi": lambda r: {"pi_amplitude": abs(fit_rabi_curve(
         *_series(r), r.subject).params["period"]) / 2},
-    "ramsey": lambda r: {"t2_s": abs(fit_damped_cosine_curve(
-        *_series(r, list(r.raw["series"])[-1]), r.subject).params["tau"])},
+    "ramsey_t2": lambda r: {"t2_s": abs(fit_damped_cosine_curve(
+        *_series(r), r.subject).params["tau"])},
     "drag": lambda r: {"drag_beta": _line_zero(*_series(r))},
     "fine_amplitude_pi": _fine,
     "fine_amplitude_pi2": _fine,

@@ -5,15 +5,21 @@
   (``conftest.dressed_levels``). The 5 kHz cover the difference between the fringe frequency
   and the level splitting: the control's drive crosstalk and second-order terms of the
   Ramsey analysis.
-* The echo T2 within 15 % of the device file's T2 (the sweet-spot T2 the simulator's
+* The Ramsey T2* within 12 % of what the same exponential fit gives on the analytic envelope
+  of the device file's noise (Markovian T2 and quasi-static sigma) over the same window
+  (measured 1-9 %; qiskit-experiments' T2Ramsey reads 20.0-20.7 us on qubit 1, this 19.3).
+* The echo T2 within 20 % of the device file's T2 (the sweet-spot T2 the simulator's
   Markovian dephasing is built from; a Hahn echo refocuses its quasi-static noise), and no
-  longer than 2 T1 (+10 %). Measured 4-10 % short: thermal population and the qubits' small
-  offsets from their sweet spots (first-order flux noise) shorten it.
+  longer than 2 T1 (+10 %). Measured 1-13 % short: T1 drifts (lab5: 0.1 per sqrt(h) in ln T1,
+  up to 17 %) and T2 follows half of it, thermal population and the qubits' small offsets
+  from their sweet spots (first-order flux noise) shorten it further.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from scipy.optimize import curve_fit
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
@@ -22,12 +28,23 @@ from labqpu.calibration.records import load_record
 pytestmark = pytest.mark.slow
 
 
+def fitted_decay(t2_s: float, sigma_hz: float, window_s: float) -> float:
+    """The decay time (s) an exponential A exp(-t / tau) fitted over ``window_s`` (61 points)
+    gives for the analytic Ramsey envelope exp(-t / T2 - (2 pi sigma t)^2 / 2): Markovian
+    dephasing at the device's T2 times the Gaussian decay of quasi-static noise sigma."""
+    t = np.linspace(0, window_s, 61)
+    envelope = np.exp(-t / t2_s - (2 * np.pi * sigma_hz * t) ** 2 / 2)
+    (tau, _), _ = curve_fit(lambda t, tau, a: a * np.exp(-t / tau), t, envelope,
+                            p0=[t2_s / 2, 1.0])
+    return float(tau)
+
+
 def test_static_zz_matches_exact_diagonalisation_and_echo_beats_ramsey(
         tmp_path, monkeypatch, truth, exact_levels):
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     with LabProvider() as provider:
         backend = provider.backend()
-        report = run_graph(backend, ["zz", "echo"], qubits=[1, 2, 3], force=True)
+        report = run_graph(backend, ["ramsey", "zz", "echo"], qubits=[1, 2, 3], force=True)
         assert report.ok, report.table()
         snap = report.snapshot
         flux = {q: snap.qubits[q]["flux_bias_a"].value for q in range(5)}
@@ -45,10 +62,17 @@ def test_static_zz_matches_exact_diagonalisation_and_echo_beats_ramsey(
             print(f"edge {a}-{b}: ZZ {value / 1e3:.1f} +- {stderr / 1e3:.1f} kHz, "
                   f"exact {zeta / 1e3:.1f} kHz")
             assert abs(value - zeta) < 3 * stderr + 5e3, (a, b, value, stderr, zeta)
+        sigma = truth["noise"]["frequency_noise_hz"]
+        for q in (1, 2, 3):
+            t2_star = snap.qubits[q]["t2_s"].value
+            window = load_record(records[snap.qubits[q]["t2_s"].experiment]).settings["window_s"]
+            expected = fitted_decay(truth["qubit"][q]["t2_s"], sigma, window)
+            print(f"qubit {q}: T2* {t2_star * 1e6:.1f} us, expected {expected * 1e6:.1f} us")
+            assert abs(t2_star / expected - 1) < 0.12, (q, t2_star, expected)
         device = {q["index"]: q for q in truth["qubit"]}
         for q in (1, 2, 3):
             t2e = snap.qubits[q]["t2_echo_s"].value
             t2, t1 = device[q]["t2_s"], device[q]["t1_s"]
             print(f"qubit {q}: T2 echo {t2e * 1e6:.1f} us, device T2 {t2 * 1e6:.1f} us, "
                   f"T1 {t1 * 1e6:.1f} us")
-            assert abs(t2e / t2 - 1) < 0.15 and t2e < 2 * t1 * 1.1, (q, t2e, t2, t1)
+            assert abs(t2e / t2 - 1) < 0.2 and t2e < 2 * t1 * 1.1, (q, t2e, t2, t1)

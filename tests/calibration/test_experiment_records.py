@@ -16,7 +16,7 @@ from labqpu.calibration.refits import refit
 pytestmark = pytest.mark.slow
 
 FITTED = {"resonator_spectroscopy": "readout_frequency_hz", "sweet_spot": "flux_bias_a",
-          "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey": "t2_s",
+          "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey_t2": "t2_s",
           "drag": "drag_beta", "fine_amplitude_pi": "pi_amplitude",
           "fine_amplitude_pi2": "pi2_amplitude", "t1": "t1_s", "hahn_echo": "t2_echo_s"}
 
@@ -29,7 +29,7 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
         assert report.ok, report.table()
         records = {p: load_record(p) for p in report.records}
         kinds = {r.kind for r in records.values()}
-        assert kinds == set(FITTED) | {"drive_handedness", "readout"}
+        assert kinds == set(FITTED) | {"drive_handedness", "readout", "ramsey"}
         store = backend.config.store_path
         assert {p.parent for p in records} == {store.parent / "experiments"}
         for path, record in records.items():

@@ -4,12 +4,12 @@ per-op compiler produced before its speed work (commit 7272db6, measured on this
 reference machine, numba 0.68 / glibc libm).
 
 The programs are compiled from the shipped snapshot, so a new shipped snapshot re-pins them
-(last: 2026-11-30, the snapshot bootstrapped with DC flux crosstalk on; the compiler was not
-changed). Otherwise, a change here means the compiler's *output* changed, not just its
-speed. If that is intended (a new feature, a different schedule), re-pin with
-``python tests/pulse/test_compiler_pinned.py`` and say why in the commit. If only the
-waveform samples differ (see the second assertion), the platform's ``exp``/``cos`` may round
-differently from the reference machine.
+(last: 2026-11-30, the snapshot bootstrapped with DC flux crosstalk on, its frequencies and
+T2* re-measured by the ramsey node; the compiler was not changed). Otherwise, a change here
+means the compiler's *output* changed, not just its speed. If that is intended (a new
+feature, a different schedule), re-pin with ``python tests/pulse/test_compiler_pinned.py``
+and say why in the commit. If only the waveform samples differ (see the second assertion),
+the platform's ``exp``/``cos`` may round differently from the reference machine.
 """
 
 from __future__ import annotations
@@ -97,18 +97,18 @@ CASES = {
 #: qubit's measured ``drive_handedness`` (-1 on lab5: rz and sy play phases changed sign; with
 #: +1 on every qubit the structure hashes are exactly the previous pins).
 PINNED = {
-    "idle_alap": ("5f4c3a6d0c2bbeab9eb03a924e0075b004a598ad8e9ad1714c54ee2ce9c2d026",
-        "ca522299c0ba0ab699af0dc49e53e5669053151789fff17f51313d65e9f13e49"),
-    "layers40_alap": ("7bebb3d7973533f035591bcd33518d8cfb5ed1ef74faac972ec92f37492e4728",
-        "89b7f6e98fe03bb4a068223de50dfc753a5aab939c4653889994593b31dc6463"),
-    "layers8_alap": ("ba348af6fbb2212b71961a0d703f1f8442a40ae55438d15c59f7c04dd9698926",
-        "4d6f890c8919f2b04bf44b4ea8b150a196e26bdc73cb044f891e190238a8e82c"),
-    "layers8_asap": ("6237c59a37de9d64aa238395e5475d62223988bb2bfda474340ee754f61f3135",
-        "da66322ff7f9702eb76eca86b1d582e61e914e7752311f72f6b7056ab068513b"),
-    "mixed_alap": ("95288cd17a6ac28df19a78e3cfcafcd2bae407da5a9a7e8104abc33093f3fac6",
-        "d176d0d13627b67d9b5f9b87c454f7634d20d2f8809de2301dc686ea50bf8fe2"),
-    "mixed_asap": ("22c708abe9f7ef92756342bc8ded439757aab0c22b70378fa668325af26b67c6",
-        "9bbf5a3447eebf42693a40830c30bce612458d5348a065fa67a9a38fde5c5fc5"),
+    "idle_alap": ("6ba156f93efc79eb641ddfdf96b50c52da5dab2a1124a2b3dabaf9b7f4542859",
+        "55e87fb584cbe3587a8f24a6e23b54861615dc7573800cd63615af8b15c40bb5"),
+    "layers40_alap": ("7c63e2e79859933b610a1a3e2ed52eb8941c1636a8cf920bf78b10ca3bcc57df",
+        "a045dcfa43827ad86bb2b997888e04d9d96c2297908fed076cda01c8f7ad6aba"),
+    "layers8_alap": ("3e0de702662d40df71ed5c793ffd44926e35563779ae9be2a2e0d522b48fcc86",
+        "049e674a5f72c23899eb81ce6232f1974e0c8f11f3b4700405e2c178d5ef6a73"),
+    "layers8_asap": ("983f467a9d58d7fe6c002945e5b9542e7ef4a80e2a338067bf242d57e7492319",
+        "77c817b2bac3bfa2cad93779ec2fc78f63900fbc6cfcf0e7541da351d693c0ac"),
+    "mixed_alap": ("6be73000c8d16d1399788cd90dc574d5fd5b035b4317e43a2498730188953f47",
+        "151ee0ec55142d20cd60df0b616587c99532d1c2ed430fde72e9be0f631eaf56"),
+    "mixed_asap": ("e0232276d68268e82d7316e89639d6f992bc6a6eafb846411c8812995ce9d874",
+        "bac2e4df1872c748c642278c9d0eb71bb43e15b728c20f46797b1732d0bf46f8"),
 }
 
 
