@@ -7,7 +7,8 @@ A :class:`Node` runs on subjects of one kind (each qubit, or each coupled edge).
 :mod:`labqpu.calibration.checks` judged against a tolerance; ``watches`` names the parameters
 whose age decides whether the node's values are fresh (their kinds and age limits are in
 :mod:`labqpu.backend.target`). A qubit node's prerequisite is the named node on the same qubit;
-an edge node's, the named node on both of its qubits.
+an edge node's, the named node on both of its qubits, or on the edge itself when that node is
+an edge node too.
 
 The graph (arrows point from a prerequisite to what needs it)::
 
@@ -81,9 +82,12 @@ class Node:
     check: Callable[[Kit, Subject, int], CheckResult] | None = None
 
     def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
-        """(node name, subject) of each prerequisite of this node on ``subject``."""
-        qubits = (subject,) if self.scope == "qubit" else subject
-        return [(name, q) for name in self.requires for q in qubits]
+        """(node name, subject) of each prerequisite of this node on ``subject``: on its qubit,
+        or, for an edge, on both of its qubits and on the edge itself (an edge node that
+        needs another edge node)."""
+        if self.scope == "qubit":
+            return [(name, subject) for name in self.requires]
+        return [(name, s) for name in self.requires for s in (*subject, subject)]
 
 
 def describe(subject: Subject) -> str:

@@ -63,6 +63,23 @@ def test_fresh_values_that_pass_are_skipped_and_failures_block_their_branch():
     assert [(c.name, c.old, c.new) for c in amp.changes] == [("pi_amplitude", None, 0.5)]
 
 
+def test_a_failed_edge_node_blocks_the_edge_nodes_that_need_it():
+    def fail_edge(kit, pair, shots, progress):
+        raise FitError("no crossing", subject=f"edge {pair}")
+
+    nodes = (
+        Node("freq", "qubit", (), (), _set("frequency_hz", 5e9)),
+        Node("gate", "edge", ("freq",), (), fail_edge),
+        Node("after", "edge", ("gate",), (), _set("x", 1.0)),
+    )
+    kit = SimpleNamespace(work=_work())
+    outcomes = walk(kit, plan(None, [0, 1], [(0, 1)], nodes), shots=1, now=NOW,
+                    forced={"freq", "gate", "after"})
+    got = {(o.node, o.subject): o.status for o in outcomes}
+    assert got[("gate", "edge 0-1")] == "failed"
+    assert got[("after", "edge 0-1")] == "blocked"
+
+
 def test_old_values_are_recalibrated_without_a_check_and_force_skips_the_check():
     def never(kit, q, shots):
         raise AssertionError("an old or forced value is not checked")
