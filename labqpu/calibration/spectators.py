@@ -41,9 +41,10 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int) -> None:
         contrast[label] = phases[f"{other}|1"][1]
     shifts = {s: wrap(conditional[s] - conditional["none"]) for s in conditional if s != "none"}
     spread = max((abs(v) for v in shifts.values()), default=0.0)
-    # A phase from P(1) after X90 and Y90 has a standard error of about
-    # sqrt(2 / shots) / contrast; a shift is the difference of four such phases.
-    err = 2 * np.sqrt(2 / shots) / max(min(contrast.values()), 0.1)
+    # 2 P(1) - 1 after X90 and after Y90 each has a standard error of at most 1 / sqrt(shots),
+    # so a phase has 1 / (contrast sqrt(shots)); a shift combines four phases. (Between runs
+    # the shift also moves with the device's drift.)
+    err = 2 / np.sqrt(shots) / max(min(contrast.values()), 0.1)
     labels = list(conditional)
     rid = kit.record(
         "cz_spectators", pair,
