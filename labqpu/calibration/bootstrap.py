@@ -33,10 +33,10 @@ from labqpu.calibration.experiments import (
     fit_rabi_curve,
     handedness_from_fringes,
     phase_from_quadratures,
-    polynomial_fit,
     project,
     sweep,
     vertex_stderr,
+    zero_crossing,
 )
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,6 @@ def choose_drive_lo(kit: Kit, q: int) -> None:
         kit.work.set(p, "drive_lo_frequency_hz", round(lo, -6), "lo_plan")
 
 
-def _old(kit: Kit, q: int, name: str) -> dict[str, float]:
-    """The marks of a plot: the working value of ``name`` on qubit ``q`` as ``old``."""
-    value = kit.work.qubits[q].get(name)
-    return {} if value is None else {"old": float(value)}
-
-
 def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>."""
     centre = kit.work.qubits[q]["resonator_hz"]
@@ -87,8 +81,7 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
          "series": {"qubit in |0>": np.abs(iq)}, "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
-        marks={"chosen": f0, **_old(kit, q, "readout_frequency_hz")},
-        settings={"shots": shots})
+        chosen="readout_frequency_hz", settings={"shots": shots})
     kit.work.set(q, "readout_frequency_hz", f0, rid)
 
 
@@ -124,22 +117,19 @@ def sweet_spot(kit: Kit, q: int, shots: int) -> None:
         freqs, signal, fit = _spectroscopy(kit, q, shots, design, (-260e6, 60e6))
         peaks.append(fit.params["f0"])
         spectra[f"{current:.6g} A"] = {"x": freqs, "y": signal}
-    if old_bias is not None:
-        kit.work.qubits[q]["flux_bias_a"] = old_bias
     parabola = fit_parabola(currents, np.array(peaks), f"qubit {q} sweet spot")
     c2, c1, c0 = parabola.params.values()
     i0, f_max = -c1 / (2 * c2), c0 - c1 ** 2 / (4 * c2)
     if abs(i0) > 2 * search:
         raise FitError(f"sweet spot: vertex at {i0:.3g} A is far outside the search",
                        subject=f"qubit {q}")
-    marks = {"chosen": i0} if old_bias is None else {"chosen": i0, "old": old_bias}
     rid = kit.record(
         "sweet_spot", q, {"flux_bias_a": (i0, vertex_stderr(parabola))},
         {"x": currents, "x_label": "flux bias current (A)",
          "y_label": "0-1 frequency from spectroscopy (Hz)", "series": {"peak": peaks},
          "spectra": spectra},
-        fit=parabola.quality(), curves={"parabola": parabola.sampled(currents)}, marks=marks,
-        settings={"shots": shots})
+        fit=parabola.quality(), curves={"parabola": parabola.sampled(currents)},
+        chosen="flux_bias_a", old={"flux_bias_a": old_bias}, settings={"shots": shots})
     kit.work.set(q, "flux_bias_a", i0, rid)
     freqs, signal, fit = _spectroscopy(kit, q, shots, f_max, (-20e6, 20e6))
     f0 = fit.params["f0"]
@@ -148,7 +138,7 @@ def sweet_spot(kit: Kit, q: int, shots: int) -> None:
         {"x": freqs, "x_label": "drive frequency (Hz)", "y_label": "|IQ - median| (a.u.)",
          "series": {"at the sweet spot": signal}},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
-        marks={"chosen": f0, **_old(kit, q, "frequency_hz")}, settings={"shots": shots})
+        chosen="frequency_hz", settings={"shots": shots})
     kit.work.set(q, "frequency_hz", f0, rid)
 
 
@@ -166,7 +156,7 @@ def rabi(kit: Kit, q: int, shots: int, max_amp: float = 0.9) -> None:
          "y_label": "projected IQ (a.u.)", "series": {"signal": signal},
          "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"cosine": fit.sampled(amps)},
-        marks={"chosen": pi_amp, **_old(kit, q, "pi_amplitude")}, settings={"shots": shots})
+        chosen="pi_amplitude", settings={"shots": shots})
     kit.work.set(q, "pi_amplitude", pi_amp, rid)
     kit.work.set(q, "pi2_amplitude", pi_amp / 2, rid)
 
@@ -253,7 +243,6 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
                        f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
                        subject=f"qubit {q}")
     f_err = fit.stderr["f"]  # what is left: the third fringe's offset from the set detuning
-    kit.work.qubits[q]["frequency_hz"] = f_now  # the record's old value
     rid = kit.record(
         "ramsey", q, {"frequency_hz": (f_now + delta, f_err)},
         {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
@@ -263,7 +252,7 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
         fit={**fit.quality(), "fringe_plus_hz": f_plus, "fringe_minus_hz": f_minus,
              "fringe_check_hz": check, "short_window_decay_s": t2},
         curves={"damped cosine at the new frequency": fit.sampled(delays)},
-        settings={"shots": shots, "detuning_hz": d, "frequency_before_hz": f_now})
+        old={"frequency_hz": f_now}, settings={"shots": shots, "detuning_hz": d})
     kit.work.set(q, "frequency_hz", f_now + delta, rid)
     ramsey_t2(kit, q, shots)
 
@@ -287,7 +276,7 @@ def ramsey_t2(kit: Kit, q: int, shots: int) -> None:
          "y_label": "projected IQ (a.u.)", "series": {f"{detuning / 1e3:.3g} kHz": signal}},
         fit={**fit.quality(), "fringe_hz": abs(fit.params["f"])},
         curves={"damped cosine": fit.sampled(delays)},
-        marks={"chosen": t2, **_old(kit, q, "t2_s")},
+        chosen="t2_s",
         settings={"shots": shots, "detuning_hz": detuning, "window_s": window})
     kit.work.set(q, "t2_s", t2, rid)
 
@@ -304,19 +293,14 @@ def drag(kit: Kit, q: int, shots: int) -> None:
         signals.append(kit.run_iq(sweep(kit, q, betas, body), shots)[:, 0])
     both = project(np.concatenate(signals))
     diff = both[:len(betas)] - both[len(betas):]
-    line = polynomial_fit(betas, diff, 1, ("slope", "intercept"))
-    slope, intercept = line.params.values()
-    beta = -intercept / slope
-    if not betas.min() <= beta <= betas.max():
-        raise FitError(f"DRAG: beta {beta:.3g} outside the sweep", subject=f"qubit {q}")
-    err = line.propagated([intercept / slope ** 2, -1 / slope])
+    beta, err, line = zero_crossing(betas, diff, f"qubit {q} DRAG beta")
     rid = kit.record(
         "drag", q, {"drag_beta": (beta, err)},
         {"x": betas, "x_label": "DRAG beta (samples)",
          "y_label": "X180.Y90 - Y180.X90, projected IQ (a.u.)", "series": {"difference": diff},
          "x180_y90": both[:len(betas)], "y180_x90": both[len(betas):]},
         fit=line.quality(), curves={"line": line.sampled(betas)},
-        marks={"chosen": beta, **_old(kit, q, "drag_beta")}, settings={"shots": shots})
+        chosen="drag_beta", settings={"shots": shots})
     kit.work.set(q, "drag_beta", float(beta), rid)
 
 
@@ -344,7 +328,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         sigma = np.sqrt(0.5 * (iq[0].std() ** 2 + iq[1].std() ** 2))
         snr.append(abs(complex_median(iq[1]) - complex_median(iq[0])) / sigma)
     best = float(freqs[int(np.argmax(snr))])
-    marks = {"chosen": best, **_old(kit, q, "readout_frequency_hz")}
+    old = kit.work.qubits[q]["readout_frequency_hz"]
     kit.work.qubits[q]["readout_frequency_hz"] = best
     iq = kit.run_iq(_prepared_readouts(kit, q, pi, None), shots * 4, single=True)[:, :, 0]
     c0, c1 = complex_median(iq[0]), complex_median(iq[1])
@@ -353,7 +337,6 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
     fidelity = float(1 - (p1_given0 + 1 - p1_given1) / 2)
     n = len(states[0])
-    kit.work.qubits[q]["readout_frequency_hz"] = marks.get("old", best)  # the record's old
     rid = kit.record(
         "readout", q,
         {"readout_frequency_hz": (best, float(freqs[1] - freqs[0]) / 2),
@@ -366,7 +349,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
          "y_label": "|0>/|1> separation (SNR)", "series": {"SNR": snr},
          "shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
          "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]},
-        marks=marks, settings={"shots_per_frequency": shots // 4, "shots": shots * 4})
+        chosen="readout_frequency_hz", old={"readout_frequency_hz": old},
+        settings={"shots_per_frequency": shots // 4, "shots": shots * 4})
     kit.work.set(q, "readout_frequency_hz", best, rid)
     kit.work.set(q, "discriminator", {"centers": [[float(c0.real), float(c0.imag)],
                                                   [float(c1.real), float(c1.imag)]]}, rid)
@@ -405,7 +389,7 @@ def t1(kit: Kit, q: int, shots: int) -> None:
         {"x": delays, "x_label": "delay after the pi pulse (s)",
          "y_label": "P(1), readout-corrected", "series": {"P(1)": p1}},
         fit=fit.quality(), curves={"exponential": fit.sampled(delays)},
-        marks={"chosen": value, **_old(kit, q, "t1_s")}, settings={"shots": shots})
+        chosen="t1_s", settings={"shots": shots})
     kit.work.set(q, "t1_s", value, rid)
     kit.work.set(q, "reset_duration_s", round(5 * value, 6), rid)
 
@@ -494,16 +478,11 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     results = [_cz_phases(kit, flux_q, other, duration, rise, x, shots * 2) for x in amps]
     cond = np.unwrap([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results])
     cond = np.mod(cond, 2 * np.pi) - np.pi  # conditional phase - pi, in [-pi, pi)
-    line = polynomial_fit(amps, cond, 1, ("slope", "intercept"))
-    slope, intercept = line.params.values()
-    amp_err = None
-    if slope:
-        amp, amp_err = float(-intercept / slope), line.propagated([intercept / slope ** 2,
-                                                                   -1 / slope])
+    amp, amp_err, line = zero_crossing(amps, cond, f"edge {pair} CZ amplitude",
+                                       within=False)
     final = _cz_phases(kit, flux_q, other, duration, rise, amp, shots * 4)
     lo_q, hi_q = sorted(pair)
     phase = {other: final[f"{other}|0"][0], flux_q: final[f"{flux_q}|0"][0]}
-    old = kit.work.pairs.get((lo_q, hi_q), {}).get("cz_amplitude")
     exp = kit.record(
         "cz", (lo_q, hi_q),
         {"cz_amplitude": (amp, amp_err), "cz_duration_s": (duration / kit.fs, None),
@@ -513,7 +492,7 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
          "y_label": "conditional phase - pi (rad)",
          "series": {f"{duration} samples": cond}, "scan": scan, "final": final},
         fit=line.quality(), curves={"line": line.sampled(amps)},
-        marks={"chosen": amp, **({} if old is None else {"old": old})},
+        chosen="cz_amplitude",
         settings={"shots": shots, "flux_qubit": flux_q, "rise_samples": rise})
     kit.work.set_pair((lo_q, hi_q), "cz_flux_qubit", flux_q, exp)
     kit.work.set_pair((lo_q, hi_q), "cz_amplitude", amp, exp)

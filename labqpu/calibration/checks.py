@@ -22,14 +22,12 @@ which the runner treats as a failed check.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
 
 from labqpu.calibration.bootstrap import _cz_phases, _prepared_readouts, _ramsey_frequency
-from labqpu.calibration.experiments import Kit, project, sweep
+from labqpu.calibration.experiments import Kit, fit_curve, project, sweep
 from labqpu.errors import FitError
 
 #: Drive IFs (Hz) the runner accepts without re-planning the LOs.
@@ -76,12 +74,10 @@ def fit_pi_amplitude(amps: np.ndarray, signal: np.ndarray, what: str) -> float:
     top = amps[int(np.argmax(np.abs(signal - signal[0])))]
     p0 = [top, signal[np.argmax(np.abs(signal - signal[0]))] - signal[0], signal[0]]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)
-            popt, _ = curve_fit(model, amps, signal, p0=p0, maxfev=20000)
+        fit = fit_curve(model, amps, signal, p0, 20000, ("a_pi", "height", "offset"))
     except RuntimeError as exc:
         raise FitError(f"pi-amplitude fit failed: {exc}", subject=what) from exc
-    a_pi = abs(float(popt[0]))
+    a_pi = abs(fit.params["a_pi"])
     nonzero = amps[amps > 0]
     if not nonzero.min() <= a_pi <= nonzero.max():
         raise FitError(f"Rabi maximum at {a_pi:.4g} lies outside the measured amplitudes "

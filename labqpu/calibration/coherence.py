@@ -54,13 +54,12 @@ def hahn_echo(kit: Kit, q: int, shots: int) -> None:
     if t2 > 2 * p.get("t1_s", np.inf) * 1.2:
         raise FitError(f"Hahn echo: T2 {t2:.3g} s exceeds 2 T1 by more than 20 %",
                        subject=f"qubit {q}")
-    old = p.get("t2_echo_s")
     rid = kit.record(
         "hahn_echo", q, {"t2_echo_s": (t2, fit.stderr["tau"])},
         {"x": delays, "x_label": "total free evolution (s)",
          "y_label": "P(1) between the |0> and |1> references", "series": {"P(1)": p1}},
         fit=fit.quality(), curves={"exponential": fit.sampled(delays)},
-        marks={"chosen": t2, **({} if old is None else {"old": old})},
+        chosen="t2_echo_s",
         settings={"shots": shots})
     kit.work.set(q, "t2_echo_s", t2, rid)
 
@@ -95,7 +94,6 @@ def static_zz(kit: Kit, pair: tuple[int, int], shots: int) -> None:
                        "frequency or the ZZ is too far off for this detuning",
                        subject=f"edge {control}-{target}")
     err = float(np.hypot(fits["|0>"].stderr["f"], fits["|1>"].stderr["f"]))
-    old = kit.work.pairs.get((control, target), {}).get("zz_hz")
     rid = kit.record(
         "static_zz", (control, target), {"zz_hz": (zeta, err)},
         {"x": delays, "x_label": f"delay between qubit {target}'s pi/2 pulses (s)",
@@ -104,5 +102,5 @@ def static_zz(kit: Kit, pair: tuple[int, int], shots: int) -> None:
              "r_squared": min(f.r_squared for f in fits.values())},
         curves={label: fits[s].sampled(delays)
                 for label, s in zip(signals, ("|0>", "|1>"), strict=True)},
-        settings={"shots": shots, "detuning_hz": d, "drive_handedness": h, "old_zz_hz": old})
+        settings={"shots": shots, "detuning_hz": d, "drive_handedness": h})
     kit.work.set_pair((control, target), "zz_hz", zeta, rid)

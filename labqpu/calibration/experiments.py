@@ -67,31 +67,38 @@ class Kit:
 
     def record(self, kind: str, subject: int | tuple[int, int], values: dict[str, tuple],
                raw: dict, *, fit: dict[str, float] | None = None,
-               curves: dict[str, dict] | None = None, marks: dict[str, float] | None = None,
-               settings: dict | None = None) -> str:
+               curves: dict[str, dict] | None = None, chosen: str | None = None,
+               old: dict | None = None, settings: dict | None = None) -> str:
         """Keep the record of one experiment on ``subject`` (a qubit or an edge) and return its
         id (``<kind>-q<subject>-<UTC time>``), which the experiment then gives to the values it
         sets, so that the snapshot names the record each value came from.
 
         ``values`` maps each parameter to ``(value, stderr)`` (stderr None when the analysis
-        gives none); the old values come from the working set. ``raw`` holds the sweep data
-        as plain lists (``x`` and ``series``, each series a list or ``{"x": ..., "y": ...}``,
-        with ``x_label`` and ``y_label``); ``curves`` the fitted curves to draw, ``marks`` the
-        chosen and old positions on the x axis (``{"chosen": x, "old": x}``)."""
+        gives none); the old values come from the working set, unless ``old`` gives them (an
+        experiment that changed a working value while it measured). ``raw`` holds the sweep
+        data as plain lists (``x`` and ``series``, each series a list or
+        ``{"x": ..., "y": ...}``, with ``x_label`` and ``y_label``); ``curves`` the fitted
+        curves to draw. ``chosen`` names the parameter swept on the x axis: its new and old
+        values are marked on the plot."""
         now = datetime.now(UTC)
         tag = (f"q{subject}" if isinstance(subject, int)
                else f"q{subject[0]}-{subject[1]}")
         experiment = f"{kind}-{tag}-{now.strftime('%Y%m%dT%H%M%S.%fZ')}"
         current = (self.work.qubits.get(subject, {}) if isinstance(subject, int)
                    else self.work.pairs.get(tuple(subject), {}))
-        old = {name: _plain(current.get(name)) for name in values}
+        old = {name: _plain((old or {}).get(name, current.get(name))) for name in values}
+        marks = {}
+        if chosen is not None:
+            marks["chosen"] = values[chosen][0]
+            if old[chosen] is not None:
+                marks["old"] = old[chosen]
         label = (f"qubit {subject}" if isinstance(subject, int)
                  else f"edge ({subject[0]}, {subject[1]})")
         self.records.append(ExperimentRecord(
             experiment=experiment, kind=kind, subject=label, measured_at=now.isoformat(),
             values={k: [_plain(v), _plain(e)] for k, (v, e) in values.items()},
             old_values=old, fit=dict(fit or {}),
-            raw=_plain({**raw, "curves": curves or {}, "marks": marks or {}}),
+            raw=_plain({**raw, "curves": curves or {}, "marks": marks}),
             settings=_plain(settings or {})))
         return experiment
 
@@ -249,7 +256,8 @@ class CurveFit:
         return {"x": xs.tolist(), "y": self.curve(xs).tolist()}
 
 
-def _curve_fit(model, x, y, p0, maxfev, names: Sequence[str]) -> CurveFit:
+def fit_curve(model: Callable, x: np.ndarray, y: np.ndarray, p0: Sequence[float], maxfev: int,
+              names: Sequence[str]) -> CurveFit:
     """scipy's curve_fit, with the parameters named ``names``; RuntimeError when it does not
     converge. The covariance warning is muted: an inestimable covariance shows as ``inf``.
 
@@ -315,7 +323,7 @@ def fit_peak_curve(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> Curve
     step = abs(freqs_hz[1] - freqs_hz[0])
     p0 = [freqs_hz[k], 2 * step, signal[k] - base, base]
     try:
-        fit = _curve_fit(_lorentzian, freqs_hz, signal, p0, 20000,
+        fit = fit_curve(_lorentzian, freqs_hz, signal, p0, 20000,
                          ("f0", "width", "amp", "offset"))
     except RuntimeError as exc:
         raise FitError(f"Lorentzian fit failed: {exc}", subject=what) from exc
@@ -359,7 +367,7 @@ def fit_rabi_curve(amps: np.ndarray, signal: np.ndarray, what: str) -> CurveFit:
     period0 = (amps[-1] - amps[0]) * len(amps) / (len(amps) - 1) / k
     amp0 = signal[0] - signal.mean()
     try:
-        fit = _curve_fit(_rabi_model, amps, signal, [period0, amp0, signal.mean()], 20000,
+        fit = fit_curve(_rabi_model, amps, signal, [period0, amp0, signal.mean()], 20000,
                          ("period", "amp", "offset"))
     except RuntimeError as exc:
         raise FitError(f"Rabi fit failed: {exc}", subject=what) from exc
@@ -403,7 +411,7 @@ def fit_damped_cosine_curve(t_s: np.ndarray, y: np.ndarray, what: str) -> CurveF
     for tau0 in (t_s[-1], 5 * t_s[-1]):
         p0 = [f0, tau0, abs(component), float(np.angle(component)), y.mean()]
         try:
-            fit = _curve_fit(_damped_cosine, t_s, y, p0, 50000, names)
+            fit = fit_curve(_damped_cosine, t_s, y, p0, 50000, names)
         except RuntimeError as exc:
             error = exc
             continue
@@ -429,7 +437,7 @@ def fit_exponential_curve(t_s: np.ndarray, y: np.ndarray, what: str) -> CurveFit
     within (0, 10 x the longest time)."""
     p0 = [t_s[-1] / 3, y[0] - y[-1], y[-1]]
     try:
-        fit = _curve_fit(_exponential, t_s, y, p0, 20000, ("tau", "a", "b"))
+        fit = fit_curve(_exponential, t_s, y, p0, 20000, ("tau", "a", "b"))
     except RuntimeError as exc:
         raise FitError(f"exponential fit failed: {exc}", subject=what) from exc
     if not 0 < fit.params["tau"] < 10 * t_s[-1]:
@@ -461,15 +469,20 @@ def vertex_stderr(fit: CurveFit) -> float:
     return fit.propagated([c1 / (2 * c2 ** 2), -1 / (2 * c2), 0.0])
 
 
-def zero_crossing(x: np.ndarray, y: np.ndarray, what: str) -> float:
-    """x where a straight-line fit of y(x) crosses zero."""
-    slope, intercept = np.polyfit(x, y, 1)
+def zero_crossing(x: np.ndarray, y: np.ndarray, what: str, *, within: bool = True
+                  ) -> tuple[float, float, CurveFit]:
+    """x (with its standard error) where a straight-line fit of y(x) crosses zero, and the
+    fit; FitError without a dependence on x, or, if ``within``, when the crossing lies outside
+    the sweep."""
+    x = np.asarray(x, dtype=float)
+    line = polynomial_fit(x, y, 1, ("slope", "intercept"))
+    slope, intercept = line.params.values()
     if slope == 0:
         raise FitError("no dependence on the swept parameter", subject=what)
     x0 = -intercept / slope
-    if not x.min() <= x0 <= x.max():
+    if within and not x.min() <= x0 <= x.max():
         raise FitError(f"zero crossing {x0:.4g} lies outside the sweep", subject=what)
-    return float(x0)
+    return float(x0), line.propagated([intercept / slope ** 2, -1 / slope]), line
 
 
 def phase_from_quadratures(p_x: np.ndarray, p_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -173,14 +173,14 @@ def fine_amplitude(kit: Kit, q: int, shots: int) -> None:
             curves[label] = {"x": n, "y": 0.5 + 0.5 * np.sin(fit.phi0_rad + n * fit.eps_rad)}
             fits[f"round_{k + 1}_eps_rad"] = fit.eps_rad
             kit.work.qubits[q][name] = float(value)
-        kit.work.qubits[q][name] = old  # the record's old value
         err = amplitude * THETA[which] / (THETA[which] + fit.eps_rad) ** 2 * fit.eps_stderr_rad
         rid = kit.record(
             f"fine_amplitude_{which}", q, {name: (value, err)},
             {"x_label": f"{'pi' if which == 'pi' else 'pi/2'} pulses repeated",
              "y_label": "P(1) between the |0> and |1> references", "series": series,
              "round_amplitudes": amplitudes, "theta_rad": THETA[which]},
-            fit=fits, curves=curves, settings={"shots": shots, "rounds": list(ROUNDS)})
+            fit=fits, curves=curves, old={name: old},
+            settings={"shots": shots, "rounds": list(ROUNDS)})
         kit.work.set(q, name, float(value), rid)
 
 

@@ -16,7 +16,7 @@ from labqpu.calibration.experiments import (
     fit_parabola,
     fit_peak_curve,
     fit_rabi_curve,
-    polynomial_fit,
+    zero_crossing,
 )
 from labqpu.calibration.fine import fit_amplification
 from labqpu.calibration.records import ExperimentRecord
@@ -29,11 +29,6 @@ def _series(record: ExperimentRecord, label: str | None = None) -> tuple[np.ndar
     if isinstance(data, dict):
         return np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
     return np.asarray(raw["x"], dtype=float), np.asarray(data, dtype=float)
-
-
-def _line_zero(x: np.ndarray, y: np.ndarray) -> float:
-    slope, intercept = polynomial_fit(x, y, 1, ("slope", "intercept")).params.values()
-    return -intercept / slope
 
 
 def _fine(record: ExperimentRecord) -> dict[str, float]:
@@ -77,7 +72,7 @@ _REFITS = {
         *_series(r), r.subject).params["period"]) / 2},
     "ramsey_t2": lambda r: {"t2_s": abs(fit_damped_cosine_curve(
         *_series(r), r.subject).params["tau"])},
-    "drag": lambda r: {"drag_beta": _line_zero(*_series(r))},
+    "drag": lambda r: {"drag_beta": zero_crossing(*_series(r), r.subject)[0]},
     "fine_amplitude_pi": _fine,
     "fine_amplitude_pi2": _fine,
     "readout": _readout,
@@ -85,7 +80,7 @@ _REFITS = {
     "hahn_echo": lambda r: {"t2_echo_s": fit_exponential_curve(
         *_series(r), r.subject).params["tau"]},
     "static_zz": _static_zz,
-    "cz": lambda r: {"cz_amplitude": _line_zero(*_series(r))},
+    "cz": lambda r: {"cz_amplitude": zero_crossing(*_series(r), r.subject, within=False)[0]},
 }
 
 

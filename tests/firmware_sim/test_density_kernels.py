@@ -113,6 +113,16 @@ def test_band_channel_kernel_ignores_nothing_it_should_read() -> None:
     assert_allclose(out, base, rtol=0, atol=0)
 
 
+def _check_superop_on_three(s: np.ndarray, target: int, rng: np.random.Generator) -> None:
+    """apply_superop of ``s`` on ``target`` of a random 3-transmon state against einsum."""
+    rho = _random_rho(27, rng)
+    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * 3)
+    dm.tensor = rho.reshape((3,) * 6).copy()
+    dm.apply_superop(s, target)
+    assert_allclose(dm.tensor.reshape(27, 27), _einsum_superop(rho, s, target, 3),
+                    rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("target", [0, 1, 2])
 def test_apply_superop_relaxation_takes_the_band_path_and_matches_einsum(target: int) -> None:
     """A physical channel (T1 towards a thermal state, dephasing, idle |2> phase, composed
@@ -122,12 +132,7 @@ def test_apply_superop_relaxation_takes_the_band_path_and_matches_einsum(target:
     phase = np.exp(1j * np.array([0.0, 0.3, -1.1]))
     s = np.kron(np.diag(phase), np.diag(phase.conj())) @ s
     assert not np.any(s[~BAND_MASK])
-    rho = _random_rho(27, rng)
-    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * 3)
-    dm.tensor = rho.reshape((3,) * 6).copy()
-    dm.apply_superop(s, target)
-    assert_allclose(dm.tensor.reshape(27, 27), _einsum_superop(rho, s, target, 3),
-                    rtol=0, atol=1e-12)
+    _check_superop_on_three(s, target, rng)
 
 
 @pytest.mark.parametrize("target", [0, 2])
@@ -137,12 +142,7 @@ def test_apply_superop_dense_channel_matches_einsum(target: int) -> None:
     u = _random_unitary(3, rng)
     s = np.kron(u, u.conj()) @ relaxation_superop(20e-6, 35e-6, 80e-9)
     assert np.any(s[~BAND_MASK])
-    rho = _random_rho(27, rng)
-    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * 3)
-    dm.tensor = rho.reshape((3,) * 6).copy()
-    dm.apply_superop(s, target)
-    assert_allclose(dm.tensor.reshape(27, 27), _einsum_superop(rho, s, target, 3),
-                    rtol=0, atol=1e-12)
+    _check_superop_on_three(s, target, rng)
 
 
 def test_apply_product_matches_dense_operator_product() -> None:
