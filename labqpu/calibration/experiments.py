@@ -102,6 +102,14 @@ class Kit:
             settings=_plain(settings or {})))
         return experiment
 
+    def _output(self, q: int, role: str) -> int:
+        """Rack output port of qubit ``q``'s ``role`` ("drive", "flux", "readout")."""
+        return self.backend.channels.output(getattr(self.config.qubits[q], role))
+
+    def _input(self, q: int, role: str) -> int:
+        """Rack input port of qubit ``q``'s ``role`` ("acquire")."""
+        return self.backend.channels.input(getattr(self.config.qubits[q], role))
+
     def samples(self, seconds: float) -> int:
         """``seconds`` in whole samples."""
         return round(seconds * self.fs)
@@ -122,7 +130,8 @@ class Kit:
 
     def builder(self, qubits: Sequence[int]) -> ProgramBuilder:
         """A builder with the LOs and flux biases of ``qubits`` set from the working values."""
-        b = ProgramBuilder(self.config.controllers[0].name, self.fs)
+        channels = self.backend.channels
+        b = ProgramBuilder(channels.controllers[0], self.fs, rack=channels.layout)
         dev = self.work.device
         for q in qubits:
             w = self.config.qubits[q]
@@ -143,7 +152,7 @@ class Kit:
         wid, played = self._wave(b, ("drag", dur, sigma, beta), dur,
                                  lambda: gaussian_drag(dur, sigma, beta))
         f = p["frequency_hz"] if frequency_hz is None else frequency_hz
-        b.play(self.config.qubits[q].drive[1], start, wid, amplitude, phase_rad,
+        b.play(self._output(q, "drive"), start, wid, amplitude, phase_rad,
                f - p["drive_lo_frequency_hz"])
         return start + played
 
@@ -153,7 +162,7 @@ class Kit:
         dur = self.samples(duration_s)
         rise = min(10.0, (dur - 1) / 2)
         wid, played = self._wave(b, ("flat", dur, rise), dur, lambda: flat_top(dur, rise))
-        b.play(self.config.qubits[q].drive[1], start, wid, amplitude, 0.0,
+        b.play(self._output(q, "drive"), start, wid, amplitude, 0.0,
                frequency_hz - self.work.qubits[q]["drive_lo_frequency_hz"])
         return start + played
 
@@ -162,7 +171,7 @@ class Kit:
         """Flat-top fast-flux pulse on ``q``."""
         wid, played = self._wave(b, ("flat", duration, rise), duration,
                                  lambda: flat_top(duration, rise))
-        b.play(self.config.qubits[q].flux[1], start, wid, amplitude)
+        b.play(self._output(q, "flux"), start, wid, amplitude)
         return start + played
 
     def readout(self, b: ProgramBuilder, q: int, start: int, clbit: int,
@@ -174,8 +183,8 @@ class Kit:
         wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
         if_hz = f - dev["readout_lo_frequency_hz"]
-        b.play(self.config.qubits[q].readout[1], start, wid, dev["readout_amplitude"], 0.0, if_hz)
-        b.acquire(self.config.qubits[q].acquire[1], start, dur, if_hz, q, clbit)
+        b.play(self._output(q, "readout"), start, wid, dev["readout_amplitude"], 0.0, if_hz)
+        b.acquire(self._input(q, "acquire"), start, dur, if_hz, q, clbit)
         return start + dur
 
     def run_iq(self, programs: list[PulseProgram], shots: int, *,

@@ -284,7 +284,7 @@ class ControllerClient:
             except InstrumentError as exc:
                 # The transport failed while the run may still be playing: stop it, and say
                 # whether the controller confirmed that.
-                outcome = self._abort_quietly(run_id)
+                outcome = self.abort_quietly(run_id)
                 raise type(exc)(f"{exc.detail}; {outcome}", instrument=exc.instrument,
                                 command=exc.command) from exc
             if state == "done":
@@ -305,7 +305,7 @@ class ControllerClient:
                 )
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
-                outcome = self._abort_quietly(run_id)
+                outcome = self.abort_quietly(run_id)
                 raise InstrumentTimeoutError(
                     f"run {run_id} still {state} after {timeout_s} s; {outcome}",
                     instrument=self.endpoint,
@@ -322,9 +322,9 @@ class ControllerClient:
                 cancel = None
             backoff_s = min(1.5 * backoff_s, _WAIT_MAX_BACKOFF_S)
 
-    def _abort_quietly(self, run_id: str) -> str:
+    def abort_quietly(self, run_id: str) -> str:
         """Best-effort abort of a run we stop waiting for, so it does not keep playing; returns
-        what happened, for the error the caller raises."""
+        what happened (for the error the caller raises) and never raises ``InstrumentError``."""
         try:
             state = self.abort(run_id)
         except InstrumentError as exc:

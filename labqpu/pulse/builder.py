@@ -302,8 +302,6 @@ class PulseBuilder:
 
     def __init__(self, channels: ChannelMap, snapshot: Snapshot, name: str = "pulse_program",
                  *, feedforward_latency_samples: int | None = None) -> None:
-        if len(channels.controllers) != 1:
-            raise PulseError("programs spanning several controllers are not supported yet")
         self.channels = channels
         self.snapshot = snapshot
         self.name = name
@@ -320,10 +318,8 @@ class PulseBuilder:
         """A builder on ``backend``'s wiring, current calibration snapshot and its controller's
         feed-forward latency."""
         channels = backend.channels
-        caps = backend.controller_capabilities(channels.controllers[0])
-        latency = caps.get("feedforward", {}).get("latency_samples")
         return cls(channels, backend.snapshot, name,
-                   feedforward_latency_samples=None if latency is None else int(latency))
+                   feedforward_latency_samples=backend.feedforward_latency_samples)
 
     @property
     def sample_rate_hz(self) -> float:
@@ -547,8 +543,7 @@ class PulseBuilder:
     def _emit(self, root: _Block, values: Mapping[str, float]) -> PulseProgram:
         total, leaves = _schedule(root)
         fs = self.sample_rate_hz
-        controller = self.channels.controllers[0]
-        b = ProgramBuilder(controller, fs)
+        b = ProgramBuilder(self.channels.controllers[0], fs, rack=self.channels.layout)
         frames: dict[Channel, list[float]] = {}  # channel -> [frequency, phase, continuity]
 
         def frame(channel: Channel) -> list[float]:
@@ -565,7 +560,8 @@ class PulseBuilder:
         for _, (start, leaf) in events:
             cond = getattr(leaf, "cond", None)
             if cond is not None and isinstance(leaf, _Frame):
-                port = getattr(self.channels.qubits[leaf.channel.qubit], leaf.channel.kind)[1]
+                port = self.channels.output(getattr(self.channels.qubits[leaf.channel.qubit],
+                                                       leaf.channel.kind))
                 with b.if_result(acq_index[cond[0]], cond[1]):
                     b.shift_phase(port, start, require_number(leaf.value,
                                                               f"{leaf.op} on {leaf.channel}"))
@@ -597,7 +593,8 @@ class PulseBuilder:
                 freq = frame(readout(q))[0]
                 self._check_nyquist(freq, f"acquire on qubit {q}", q)
                 acq_index[leaf.ident] = b.acquire(
-                    self.channels.qubits[q].acquire[1], start, _duration(leaf), freq, q,
+                    self.channels.input(self.channels.qubits[q].acquire), start,
+                    _duration(leaf), freq, q,
                     leaf.clbit, self._discriminator(q) if leaf.ident in read else None)
                 readout_qubits.add(q)
                 clbits.append(leaf.clbit)
@@ -645,7 +642,7 @@ class PulseBuilder:
                              qubits=(q,), parameter="amp")
         self._check_nyquist(f[0], f"{shape.kind} on {channel}", q)
         phase = f[1] + f[2] + require_number(shape.angle_rad, f"{shape.kind} angle_rad")
-        port = getattr(self.channels.qubits[q], channel.kind)[1]
+        port = self.channels.output(getattr(self.channels.qubits[q], channel.kind))
         b.play(port, start, wid, amp, phase, f[0])
 
     def _settings(self, b: ProgramBuilder, drive_qubits: Iterable[int],

@@ -40,12 +40,19 @@ class QubitChannels:
 class ChannelMap:
     """The channels of every qubit of one device, and the controllers that play them.
 
+    A program's ports are *rack ports*: the outputs of the controllers numbered one after the
+    other in wiring-file order (controller k's output p is rack output p plus the outputs of
+    the controllers before it), and likewise the inputs. On a one-controller rack they are the
+    controller's own port numbers.
+
     Attributes:
         device_name: the device's name (``"lab5"``).
         controllers: names of the controllers, in wiring-file order.
         sample_rate_hz: the sample rate all controllers share (Hz).
         qubits: ``{qubit: QubitChannels}`` for qubits ``0 .. num_qubits - 1``.
         timing: the controllers' timing constraints (from their ``hello``; none by default).
+        ports: ``(outputs, inputs)`` of each controller, in the order of ``controllers``
+            (empty: one controller, whose port numbers are the rack's).
     """
 
     device_name: str
@@ -53,8 +60,45 @@ class ChannelMap:
     sample_rate_hz: float
     qubits: Mapping[int, QubitChannels]
     timing: TimingConstraints = field(default_factory=TimingConstraints)
+    ports: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.ports and len(self.ports) != len(self.controllers):
+            raise ValueError(f"ChannelMap: {len(self.ports)} port counts for "
+                             f"{len(self.controllers)} controllers")
+        if not self.ports and len(self.controllers) != 1:
+            raise ValueError("ChannelMap: a rack of several controllers needs their port counts")
 
     @property
     def num_qubits(self) -> int:
         """How many qubits the device has."""
         return len(self.qubits)
+
+    @property
+    def layout(self) -> tuple[tuple[str, int, int], ...]:
+        """``(controller, outputs, inputs)`` of a rack of several controllers, in rack-port
+        order; empty for one controller (its ports are the rack's)."""
+        if len(self.controllers) == 1:
+            return ()
+        return tuple((name, o, i) for name, (o, i) in zip(self.controllers, self.ports,
+                                                          strict=True))
+
+    def _base(self, controller: str, which: int) -> int:
+        if len(self.controllers) == 1:
+            if controller != self.controllers[0]:
+                raise KeyError(f"no controller {controller!r}; the rack has {self.controllers}")
+            return 0
+        base = 0
+        for name, counts in zip(self.controllers, self.ports, strict=True):
+            if name == controller:
+                return base
+            base += counts[which]
+        raise KeyError(f"no controller {controller!r}; the rack has {self.controllers}")
+
+    def output(self, address: tuple[str, int]) -> int:
+        """The rack output port of ``(controller, output port)``."""
+        return self._base(address[0], 0) + address[1]
+
+    def input(self, address: tuple[str, int]) -> int:
+        """The rack input port of ``(controller, input port)``."""
+        return self._base(address[0], 1) + address[1]

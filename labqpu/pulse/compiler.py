@@ -177,8 +177,6 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         raise CompilationError(
             f"circuit {circuit.name!r} has {circuit.num_qubits} qubits; "
             f"{channels.device_name} has {channels.num_qubits}", circuit=circuit.name)
-    if len(channels.controllers) != 1:
-        raise CompilationError("programs spanning several controllers are not supported yet")
     tables = tables_for(snapshot, channels)
     active = reset_method == "active" and feedforward_latency_samples is not None
     lowered = _lower(circuit, tables, _CONTROL_FLOW | {"reset"} if active else _CONTROL_FLOW)
@@ -242,7 +240,7 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         num_clbits=circuit.num_clbits,
         header={"name": circuit.name, "creg_sizes": creg_sizes,
                 "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
-        snapshot_id=snapshot.snapshot_id, **feedforward,
+        snapshot_id=snapshot.snapshot_id, rack=channels.layout, **feedforward,
     )
 
 

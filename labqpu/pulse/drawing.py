@@ -42,8 +42,8 @@ def port_labels(channels: ChannelMap) -> tuple[dict[int, str], dict[int, str]]:
     inputs: dict[int, str] = {}
     for q, wiring in sorted(channels.qubits.items()):
         for kind in ("drive", "flux", "readout"):
-            outputs[getattr(wiring, kind)[1]] = f"{kind} q{q}"
-        inputs[wiring.acquire[1]] = f"acquire q{q}"
+            outputs[channels.output(getattr(wiring, kind))] = f"{kind} q{q}"
+        inputs[channels.input(wiring.acquire)] = f"acquire q{q}"
     return outputs, inputs
 
 

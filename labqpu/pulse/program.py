@@ -110,8 +110,13 @@ class PulseProgram:
     shift_block: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     acq_disc_axis: np.ndarray | None = None
     acq_disc_threshold: np.ndarray | None = None
+    #: ``(controller, outputs, inputs)`` of each controller of the rack, in rack-port order,
+    #: when the program spans several: its ports are then rack ports (``ChannelMap``) and
+    #: :meth:`split` gives each controller its part. Empty for a one-controller program.
+    rack: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rack", tuple((str(n), int(o), int(i)) for n, o, i in self.rack))
         if self.play_block is None:
             object.__setattr__(self, "play_block", np.full(np.shape(self.play_port), -1))
         for name in ("acq_disc_axis", "acq_disc_threshold"):
@@ -153,9 +158,23 @@ class PulseProgram:
         """Samples (complex64) of waveform ``wave_id``."""
         return self.wave_data[self.wave_offset[wave_id]:self.wave_offset[wave_id + 1]]
 
+    def split(self) -> list[ControllerPart]:
+        """Each controller's part of a program that spans several (:attr:`rack`), in rack
+        order, leaving out controllers with nothing to play or acquire; a one-controller
+        program is its own only part. ``PulseError`` if a conditional block depends on another
+        controller's acquisition (controllers share no feed-forward bus)."""
+        from labqpu.pulse.split import split_program
+
+        return split_program(self)
+
     def to_wire(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and metadata of the ``upload`` op (parameter references resolved by the
-        controller from ``param_values``)."""
+        controller from ``param_values``); ``PulseError`` for a program that spans several
+        controllers (upload each part of :meth:`split`)."""
+        if self.rack:
+            raise PulseError(f"program {self.header.get('name', '')!r} spans controllers "
+                             f"{[r[0] for r in self.rack]}: upload each part of split()",
+                             parameter="rack")
         arrays = {name: getattr(self, name) for name in (
             *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values",
             *(f for f in FEEDFORWARD_FIELDS if f != "play_block"))}
@@ -178,6 +197,7 @@ class PulseProgram:
             "duration": self.duration_samples, "params": list(self.param_names),
             "lo": {k: [v.frequency_hz, v.power_dbm] for k, v in sorted(self.lo_settings.items())},
             "flux": sorted([f"{s}:{c}", v] for (s, c), v in self.flux_bias_a.items()),
+            **({"rack": [list(r) for r in self.rack]} if self.rack else {}),
         }, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -200,6 +220,7 @@ class PulseProgram:
             "flux_bias_a": [[s, c, v] for (s, c), v in self.flux_bias_a.items()],
             "num_clbits": self.num_clbits, "header": self.header,
             "snapshot_id": self.snapshot_id, "arrays": arrays,
+            "rack": [list(r) for r in self.rack],
         }
         try:
             text = json.dumps(meta, allow_nan=False).encode()
@@ -246,7 +267,8 @@ class PulseProgram:
                 lo_settings={k: LoSetting(f, p) for k, (f, p) in meta["lo_settings"].items()},
                 flux_bias_a={(s, c): v for s, c, v in meta["flux_bias_a"]},
                 num_clbits=meta["num_clbits"], header=meta["header"],
-                snapshot_id=meta["snapshot_id"], **values)
+                snapshot_id=meta["snapshot_id"],
+                rack=tuple(tuple(r) for r in meta.get("rack", ())), **values)
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             if isinstance(exc, PulseError):
                 raise
@@ -266,6 +288,22 @@ class PulseProgram:
 
     def __hash__(self) -> int:
         return hash(self.content_hash)
+
+
+@dataclass(frozen=True)
+class ControllerPart:
+    """One controller's part of a program (:meth:`PulseProgram.split`).
+
+    Attributes:
+        controller: the controller's name.
+        program: the part, on that controller's own ports.
+        acquisitions: for each acquisition of the part, its index in the whole program (so
+            column j of the part's results is column ``acquisitions[j]`` of the whole).
+    """
+
+    controller: str
+    program: PulseProgram
+    acquisitions: np.ndarray
 
 
 class WaveformTable:
@@ -307,9 +345,12 @@ class ProgramBuilder:
     ``acquire`` returned) was discriminated as ``value``.
     """
 
-    def __init__(self, controller: str, sample_rate_hz: float) -> None:
+    def __init__(self, controller: str, sample_rate_hz: float, *,
+                 rack: tuple[tuple[str, int, int], ...] = ()) -> None:
         self.controller = controller
         self.sample_rate_hz = sample_rate_hz
+        #: The program's ``rack`` (ports are rack ports when it names several controllers).
+        self.rack = rack
         self.waves = WaveformTable()
         self._plays: list[tuple[int, int, int, float, int, float, float, int]] = []
         self._acqs: list[tuple[int, int, int, float, int, int]] = []
@@ -430,4 +471,5 @@ class ProgramBuilder:
             param_names=tuple(self._params), param_values=np.array(list(self._params.values())),
             lo_settings=dict(self.lo_settings), flux_bias_a=dict(self.flux_bias_a),
             num_clbits=num_clbits, header=dict(header or {}), snapshot_id=snapshot_id,
+            rack=self.rack,
         )

@@ -281,7 +281,7 @@ class Tables:
             key = _on_grid(("drag", dur, sigma, beta), dur, self.channels.timing)
             wave = waveform(key)
             if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
-            entry = (self.channels.qubits[q].drive[1], key, wave,
+            entry = (self.channels.output(self.channels.qubits[q].drive), key, wave,
                      float(cal.qubit(q, amplitude_name)), if_hz)
             self.drives[(q, amplitude_name)] = entry
         return entry
@@ -300,7 +300,7 @@ class Tables:
             calibrated = samples_of(cal.pair(a, c, "cz_duration_s"), fs, f"cz on ({a}, {c})")
             key = _on_grid(("flat_top", calibrated, rise), calibrated, self.channels.timing)
             wave = waveform(key)
-            entry = (self.channels.qubits[fq].flux[1], key, wave,
+            entry = (self.channels.output(self.channels.qubits[fq].flux), key, wave,
                      float(cal.pair(a, c, "cz_amplitude")), cal.pair(a, c, "cz_phase_a_rad"),
                      cal.pair(a, c, "cz_phase_b_rad"))
             self.czs[(a, c, duration)] = entry
@@ -317,8 +317,9 @@ class Tables:
             if_hz = (cal.qubit(q, "readout_frequency_hz")
                      - cal.qubit(q, "readout_lo_frequency_hz"))
             wiring = self.channels.qubits[q]
-            entry = (wiring.readout[1], key, wave, float(cal.qubit(q, "readout_amplitude")),
-                     if_hz, wiring.acquire[1])
+            entry = (self.channels.output(wiring.readout), key, wave,
+                     float(cal.qubit(q, "readout_amplitude")), if_hz,
+                     self.channels.input(wiring.acquire))
             self.readouts[(q, duration)] = entry
         return entry
 
@@ -331,7 +332,8 @@ class Tables:
         """Drive output port of every device qubit (int64), for conditional phase shifts."""
         if self._drive_ports is None:
             self._drive_ports = np.array(
-                [self.channels.qubits[q].drive[1] for q in range(self.channels.num_qubits)],
+                [self.channels.output(self.channels.qubits[q].drive)
+                 for q in range(self.channels.num_qubits)],
                 dtype=np.int64)
         return self._drive_ports
 
@@ -341,7 +343,7 @@ class Tables:
         entry = self.settings.get((used, measured))
         if entry is None:
             snapshot, cal, channels = self.snapshot, self.cal, self.channels
-            b = ProgramBuilder(channels.controllers[0], self.fs)
+            b = ProgramBuilder(channels.controllers[0], self.fs, rack=channels.layout)
             for q in range(channels.num_qubits):
                 wiring = channels.qubits[q]
                 p = snapshot.qubits.get(q, {})

@@ -67,7 +67,8 @@ class LabConfig:
         return ChannelMap(device_name=self.device_name,
                           controllers=tuple(c.name for c in self.controllers),
                           sample_rate_hz=self.controllers[0].sample_rate_hz,
-                          qubits=MappingProxyType(dict(self.qubits)))
+                          qubits=MappingProxyType(dict(self.qubits)),
+                          ports=tuple((c.outputs, c.inputs) for c in self.controllers))
 
     def controller(self, name: str) -> ControllerConfig:
         """The controller called ``name``."""

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -150,13 +151,83 @@ class RackConnection:
                 cancel: threading.Event) -> RunRecord:
         """Run ``program``: settings read back before and after, then upload, run, fetch.
 
+        A program on the qubits of several controllers is split (``PulseProgram.split``):
+        each controller gets its part, the followers are armed first and the leader's run
+        triggers them all (docs/protocol.md, synchronised runs); the results are put back
+        into the program's acquisition order.
+
         Returns the IQ points (shots x acquisitions, complex64) and the run's provenance.
         Raises ``InstrumentCommandError`` if an instrument setting changed during the run.
         """
+        parts = program.split()
+        if len(parts) > 1:
+            for part in parts:
+                caps = self.capabilities(part.controller)
+                if "sync" not in caps:
+                    raise InstrumentCommandError(
+                        f"program {program.header.get('name', '')!r} plays on controllers "
+                        f"{[p.controller for p in parts]}, but {part.controller} does not "
+                        "announce synchronised runs (no 'sync' capability in its hello)",
+                        instrument=part.controller, command="hello")
         before = self.apply_settings(program)
-        client = self.controller(program.controller)
-        arrays, meta = program.to_wire()
-        program_id = client.upload(arrays, meta)
+        group = uuid.uuid4().hex
+        started: list[tuple[ControllerClient, str]] = []
+        try:
+            for i in [*range(1, len(parts)), 0]:  # followers armed first, the leader last
+                part = parts[i]
+                client = self.controller(part.controller)
+                arrays, meta = part.program.to_wire()
+                program_id = client.upload(arrays, meta)
+                params = self._run_params(request)
+                if len(parts) > 1:
+                    params["sync"] = (
+                        {"group": group, "role": "leader",
+                         "followers": [p.controller for p in parts[1:]]} if i == 0 else
+                        {"group": group, "role": "follower", "leader": parts[0].controller})
+                # The controller stops the run at the job's limit by itself, so a run whose
+                # abort is lost (the transport failed) cannot hold the controller beyond it.
+                run_id = client.run(program_id, request.shots, params=params, key=request.key,
+                                    time_limit_s=request.timeout_s)
+                started.append((client, run_id))
+        except BaseException:
+            for client, run_id in started:  # armed followers would wait for their time limit
+                client.abort_quietly(run_id)
+            raise
+        outputs = []
+        order = started[::-1]  # the leader first: its end is the followers' end too
+        try:
+            for client, run_id in order:
+                outputs.append(client.wait(run_id, timeout_s=request.timeout_s,
+                                           cancel=cancel)[1])
+        except BaseException:
+            # The failed wait has aborted its own run; stop the others.
+            for client, run_id in order[len(outputs) + 1:]:
+                client.abort_quietly(run_id)
+            raise
+        outputs = outputs[:1] + outputs[1:][::-1]  # back to the order of ``parts``
+        iq, traces, decimation = self._merge(program, parts, outputs, request)
+        after = settings.verify(self, program)
+        controllers = []
+        for part, (client, run_id) in zip(parts, [started[-1], *started[:-1]], strict=True):
+            hello = self._hellos[part.controller]
+            controllers.append({"name": part.controller, "endpoint": client.endpoint,
+                                "server": hello.get("server"), "firmware": hello.get("firmware"),
+                                "protocol_version": PROTOCOL_VERSION, "run_id": run_id})
+        provenance = {
+            "program_hash": program.content_hash,
+            "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()
+                                for i in range(program.num_waveforms)],
+            "controller": controllers[0],
+            "instruments_before": before,
+            "instruments_after": after,
+        }
+        if len(parts) > 1:
+            provenance["controllers"] = controllers
+            provenance["sync_group"] = group
+        return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation)
+
+    @staticmethod
+    def _run_params(request: RunRequest) -> dict:
         params: dict = {"rep_delay_s": request.rep_delay_s}
         if request.seed is not None:
             params["seed"] = int(request.seed)
@@ -164,33 +235,47 @@ class RackConnection:
             params["traces"] = request.traces
             if request.trace_decimation is not None:
                 params["trace_decimation"] = int(request.trace_decimation)
-        # The controller stops the run at the job's limit by itself, so a run whose abort is
-        # lost (the transport failed) cannot hold the controller beyond it.
-        run_id = client.run(program_id, request.shots, params=params, key=request.key,
-                            time_limit_s=request.timeout_s)
-        _, arrays = client.wait(run_id, timeout_s=request.timeout_s, cancel=cancel)
-        if "iq" not in arrays:
-            raise InstrumentCommandError("controller returned no 'iq' array",
-                                         instrument=client.endpoint, command="fetch")
+        return params
+
+    @staticmethod
+    def _merge(program: PulseProgram, parts: list, outputs: list[dict[str, np.ndarray]],
+               request: RunRequest) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        """(iq, traces, decimation) of the whole program from its parts' results."""
+        n_acq = program.acq_port.shape[0]
+        iq = None
         traces, decimation = None, None
-        if request.traces is not None:
+        for part, arrays in zip(parts, outputs, strict=True):
+            if "iq" not in arrays:
+                raise InstrumentCommandError("controller returned no 'iq' array",
+                                             instrument=part.controller, command="fetch")
+            if len(parts) == 1:
+                iq = arrays["iq"]
+            else:
+                if iq is None:
+                    iq = np.zeros((arrays["iq"].shape[0], n_acq), dtype=np.complex64)
+                if arrays["iq"].shape != (iq.shape[0], part.acquisitions.shape[0]):
+                    raise InstrumentCommandError(
+                        f"controller returned 'iq' of shape {arrays['iq'].shape}, expected "
+                        f"{(iq.shape[0], part.acquisitions.shape[0])}",
+                        instrument=part.controller, command="fetch")
+                iq[:, part.acquisitions] = arrays["iq"]
+            if request.traces is None:
+                continue
             if "traces" not in arrays or "trace_decimation" not in arrays:
                 raise InstrumentCommandError("controller returned no 'traces' array",
-                                             instrument=client.endpoint, command="fetch")
-            traces, decimation = arrays["traces"], int(arrays["trace_decimation"][0])
-        after = settings.verify(self, program)
-        hello = self._hellos[program.controller]
-        provenance = {
-            "program_hash": program.content_hash,
-            "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()
-                                for i in range(program.num_waveforms)],
-            "controller": {"name": program.controller, "endpoint": client.endpoint,
-                           "server": hello.get("server"), "firmware": hello.get("firmware"),
-                           "protocol_version": PROTOCOL_VERSION, "run_id": run_id},
-            "instruments_before": before,
-            "instruments_after": after,
-        }
-        return RunRecord(arrays["iq"], provenance, traces=traces, trace_decimation=decimation)
+                                             instrument=part.controller, command="fetch")
+            decimation = int(arrays["trace_decimation"][0])
+            if len(parts) == 1:
+                traces = arrays["traces"]
+                continue
+            points = max(traces.shape[2] if traces is not None else 0,
+                         arrays["traces"].shape[2])
+            grown = np.zeros((arrays["traces"].shape[0], n_acq, points), dtype=np.complex64)
+            if traces is not None:
+                grown[:, :, :traces.shape[2]] = traces
+            grown[:, part.acquisitions, :arrays["traces"].shape[2]] = arrays["traces"]
+            traces = grown
+        return iq, traces, decimation
 
     def close(self) -> None:
         """Close every session (idempotent); errors while closing are logged, not raised, so

@@ -122,7 +122,7 @@ def test_jobs_never_return_counts_while_a_neighbour_toggles_the_lo(lab_backend) 
                 assert lo_name in str(exc), exc
                 failed += 1
                 continue
-            bundle = result.results[0].header.reproducibility
+            bundle = result.results[0].header["reproducibility"]
             for side in ("instruments_before", "instruments_after"):
                 assert all(r["output_on"] for r in bundle[side] if r["instrument"] == lo_name)
     finally:
