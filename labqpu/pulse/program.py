@@ -112,7 +112,8 @@ class PulseProgram:
     acq_disc_threshold: np.ndarray | None = None
     #: ``(controller, outputs, inputs)`` of each controller of the rack, in rack-port order,
     #: when the program spans several: its ports are then rack ports (``ChannelMap``) and
-    #: :meth:`split` gives each controller its part. Empty for a one-controller program.
+    #: ``labqpu.pulse.split.split_program`` gives each controller its part. Empty for a
+    #: one-controller program.
     rack: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
@@ -158,22 +159,13 @@ class PulseProgram:
         """Samples (complex64) of waveform ``wave_id``."""
         return self.wave_data[self.wave_offset[wave_id]:self.wave_offset[wave_id + 1]]
 
-    def split(self) -> list[ControllerPart]:
-        """Each controller's part of a program that spans several (:attr:`rack`), in rack
-        order, leaving out controllers with nothing to play or acquire; a one-controller
-        program is its own only part. ``PulseError`` if a conditional block depends on another
-        controller's acquisition (controllers share no feed-forward bus)."""
-        from labqpu.pulse.split import split_program
-
-        return split_program(self)
-
     def to_wire(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and metadata of the ``upload`` op (parameter references resolved by the
         controller from ``param_values``); ``PulseError`` for a program that spans several
-        controllers (upload each part of :meth:`split`)."""
+        controllers (upload each part of ``labqpu.pulse.split.split_program``)."""
         if self.rack:
             raise PulseError(f"program {self.header.get('name', '')!r} spans controllers "
-                             f"{[r[0] for r in self.rack]}: upload each part of split()",
+                             f"{[r[0] for r in self.rack]}: upload each part of split_program()",
                              parameter="rack")
         arrays = {name: getattr(self, name) for name in (
             *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values",
@@ -288,22 +280,6 @@ class PulseProgram:
 
     def __hash__(self) -> int:
         return hash(self.content_hash)
-
-
-@dataclass(frozen=True)
-class ControllerPart:
-    """One controller's part of a program (:meth:`PulseProgram.split`).
-
-    Attributes:
-        controller: the controller's name.
-        program: the part, on that controller's own ports.
-        acquisitions: for each acquisition of the part, its index in the whole program (so
-            column j of the part's results is column ``acquisitions[j]`` of the whole).
-    """
-
-    controller: str
-    program: PulseProgram
-    acquisitions: np.ndarray
 
 
 class WaveformTable:

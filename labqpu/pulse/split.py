@@ -11,10 +11,28 @@ no feed-forward bus.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from labqpu.errors import PulseError
-from labqpu.pulse.program import ControllerPart, PulseProgram
+from labqpu.pulse.program import PulseProgram
+
+
+@dataclass(frozen=True)
+class ControllerPart:
+    """One controller's part of a program (:func:`split_program`).
+
+    Attributes:
+        controller: the controller's name.
+        program: the part, on that controller's own ports.
+        acquisitions: for each acquisition of the part, its index in the whole program (so
+            column j of the part's results is column ``acquisitions[j]`` of the whole).
+    """
+
+    controller: str
+    program: PulseProgram
+    acquisitions: np.ndarray
 
 
 def _renumber(used: np.ndarray) -> np.ndarray:
@@ -83,8 +101,11 @@ def _part(program: PulseProgram, name: str, out0: int, outputs: int, in0: int, i
 
 
 def split_program(program: PulseProgram) -> list[ControllerPart]:
-    """Each controller's part of ``program`` (see :meth:`PulseProgram.split`); a program with
-    nothing to play or acquire runs on the rack's first controller."""
+    """Each controller's part of a program that spans several (``program.rack``), in rack
+    order, leaving out controllers with nothing to play or acquire (a program with nothing at
+    all runs on the rack's first controller); a one-controller program is its own only part.
+    ``PulseError`` if a conditional block depends on another controller's acquisition (the
+    controllers share no feed-forward bus) or a port is on no controller."""
     if not program.rack:
         return [ControllerPart(program.controller, program,
                                np.arange(program.acq_port.shape[0]))]

@@ -34,6 +34,7 @@ from labqpu.errors import (
     ProtocolError,
 )
 from labqpu.pulse.program import PulseProgram
+from labqpu.pulse.split import split_program
 from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
 
@@ -151,7 +152,7 @@ class RackConnection:
                 cancel: threading.Event) -> RunRecord:
         """Run ``program``: settings read back before and after, then upload, run, fetch.
 
-        A program on the qubits of several controllers is split (``PulseProgram.split``):
+        A program on the qubits of several controllers is split (``labqpu.pulse.split``):
         each controller gets its part, the followers are armed first and the leader's run
         triggers them all (docs/protocol.md, synchronised runs); the results are put back
         into the program's acquisition order.
@@ -159,7 +160,7 @@ class RackConnection:
         Returns the IQ points (shots x acquisitions, complex64) and the run's provenance.
         Raises ``InstrumentCommandError`` if an instrument setting changed during the run.
         """
-        parts = program.split()
+        parts = split_program(program)
         if len(parts) > 1:
             for part in parts:
                 caps = self.capabilities(part.controller)

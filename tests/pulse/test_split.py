@@ -15,6 +15,7 @@ from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from labqpu.errors import PulseError
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
+from labqpu.pulse.split import split_program
 from labqpu.rack.config import default_config_path, load_config
 
 
@@ -73,7 +74,7 @@ def test_split_gives_each_controller_its_qubits_on_its_own_ports(
     assert not one.rack and two.rack == two_controller_config.channels.layout
     with pytest.raises(PulseError, match="spans controllers"):
         two.to_wire()
-    parts = two.split()
+    parts = split_program(two)
     assert [p.controller for p in parts] == ["ctrl0", "ctrl1"]
 
     def where(config, q: int, role: str) -> tuple[str, int]:
@@ -114,7 +115,7 @@ def test_a_controller_without_pulses_is_left_out(snapshot, two_controller_config
     qc = QuantumCircuit(5, 1)
     qc.x(4)
     qc.measure(4, 0)
-    parts = compile_circuit(qc, snapshot, two_controller_config.channels).split()
+    parts = split_program(compile_circuit(qc, snapshot, two_controller_config.channels))
     assert [p.controller for p in parts] == ["ctrl1"]
     assert parts[0].acquisitions.tolist() == [0]
 
@@ -130,8 +131,8 @@ def test_feedforward_stays_on_its_controller(snapshot, two_controller_config) ->
     with qc.if_test((c[0], 1)):
         qc.x(3)
     qc.measure(3, 0)
-    parts = compile_circuit(qc, snapshot, two_controller_config.channels,
-                            feedforward_latency_samples=200).split()
+    parts = split_program(compile_circuit(qc, snapshot, two_controller_config.channels,
+                                          feedforward_latency_samples=200))
     assert [p.controller for p in parts] == ["ctrl1"]
     assert parts[0].program.block_acq.tolist() == [0]
 
@@ -142,7 +143,7 @@ def test_feedforward_stays_on_its_controller(snapshot, two_controller_config) ->
     with b.if_result(acq, 1):
         b.play(0, 400, wid, 0.5)  # ctrl0 output 0
     with pytest.raises(PulseError, match="share no feed-forward"):
-        b.build().split()
+        split_program(b.build())
 
 
 def test_a_rack_program_round_trips_through_bytes(snapshot, two_controller_config) -> None:
