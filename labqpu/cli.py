@@ -153,9 +153,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     from labqpu.firmware_sim.__main__ import main as sim_main
-    from labqpu.rack.config import default_config_path
+    from labqpu.rack.config import resolve_config_path
 
-    argv = [str(args.lab_toml or default_config_path())]
+    argv = [str(resolve_config_path(args.lab_toml)[0])]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
     if args.no_noise:
@@ -318,7 +318,7 @@ STORE_COMMANDS = {"history": (), "diff": ("A", "B"), "rollback": ("ID",)}
 def _calibration_store_command(args: argparse.Namespace) -> int:
     """``labqpu calibrate history|diff A B|rollback ID``: the store alone, no instrument
     touched."""
-    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.rack.config import load_config, resolve_config_path
     from labqpu.store import CalibrationStore
 
     action, *rest = args.nodes
@@ -329,7 +329,7 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
               f"whole numbers), got {' '.join(rest) or 'nothing'}", file=sys.stderr)
         return 2
     ids = [int(r) for r in rest]
-    config = load_config(args.config or default_config_path())
+    config = load_config(resolve_config_path(args.config)[0])
     with CalibrationStore(config.store_path) as store:
         if action == "rollback":
             snapshot = store.rollback(ids[0])
@@ -427,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                           "printed) or Python script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
-    run.add_argument("--config", help="with --demo or a .qasm file: lab.toml (default: "
-                     "embedded simulator of lab5). A script takes its own options after its "
-                     "path")
+    run.add_argument("--config", help="with --demo or a .qasm file: lab.toml, or a built-in "
+                     "device on the embedded simulator: lab5 (default), lab10. A script takes "
+                     "its own options after its path")
     run.add_argument("--shots", type=int, default=None,
                      help=f"with --demo or a .qasm file: shots (default {DEMO_SHOTS})")
     run.add_argument("--seed", type=int, default=None,
@@ -437,14 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=_run)
 
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")
-    sim.add_argument("lab_toml", nargs="?", help="wiring file (default: lab5)")
+    sim.add_argument("lab_toml", nargs="?", help="wiring file, or a built-in device: lab5 "
+                     "(default), lab10")
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--no-noise", action="store_true",
                      help="switch the device's flux noise, quasi-static noise and drift off")
     sim.set_defaults(func=_sim)
 
     status = sub.add_parser("status", help="show instruments, controller and calibration")
-    status.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    status.add_argument("--config", help="lab.toml, or a built-in device: lab5 (default), lab10")
     status.set_defaults(func=_status)
 
     cal = sub.add_parser("calibrate", help="calibrate the device")
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                           "snapshot and commit them")
     cal.add_argument("--no-rb", action="store_true",
                      help="with --bootstrap: skip randomized benchmarking")
-    cal.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    cal.add_argument("--config", help="lab.toml, or a built-in device: lab5 (default), lab10")
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     draw = sub.add_parser("draw", help="draw the pulse program a circuit compiles to")
     draw.add_argument("file", help="a .py file defining `circuit` or `qc`, or a .qasm file")
     draw.add_argument("-o", "--output", help="image file (default: FILE's name with .png)")
-    draw.add_argument("--config", help="lab.toml (default: embedded simulator of lab5)")
+    draw.add_argument("--config", help="lab.toml, or a built-in device: lab5 (default), lab10")
     draw.add_argument("--optimization-level", type=int, default=None, choices=range(4),
                       help="transpiler level (default: Qiskit's default)")
     draw.add_argument("--time-range-ns", type=float, nargs=2, metavar=("START", "STOP"),

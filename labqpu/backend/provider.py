@@ -21,7 +21,7 @@ from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu.backend.backend import LabBackend
 from labqpu.errors import HardwareUnavailableError
-from labqpu.rack.config import LabConfig, default_config_path, load_config
+from labqpu.rack.config import LabConfig, load_config, resolve_config_path
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 from labqpu.store import CalibrationStore
 
@@ -140,16 +140,18 @@ class LabProvider:
     """Backends of one lab rack.
 
     ``LabProvider()`` starts the embedded firmware simulator of the default device ("lab5")
-    and connects to it; ``LabProvider("lab.toml")`` connects to the rack the file describes.
+    and connects to it, ``LabProvider("lab10")`` that of another built-in device
+    (``labqpu.rack.config.BUILTIN_DEVICES``); ``LabProvider("lab.toml")`` connects to the
+    rack the file describes. ``simulator=True`` starts the simulator of any wiring file.
     Close it (or use it as a context manager) to stop the simulator and close every
     instrument session; anything still open is closed at interpreter exit.
     """
 
     def __init__(self, config: str | os.PathLike | None = None, *,
                  simulator: bool | None = None) -> None:
-        path = default_config_path() if config is None else Path(config)
+        path, builtin = resolve_config_path(config)
         self.config = load_config(path)
-        start_sim = (config is None) if simulator is None else simulator
+        start_sim = builtin if simulator is None else simulator
         self._closers: list = []
         self._closed = False
         self.simulator: SimulatorProcess | None = None

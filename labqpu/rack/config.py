@@ -98,9 +98,35 @@ def labqpu_home() -> Path:
     return Path(os.environ.get("LABQPU_HOME", Path.home() / ".labqpu"))
 
 
+#: The devices shipped with labqpu, each with a wiring file, design values, a calibration
+#: snapshot and a simulator device file: ``LabProvider("lab10")`` runs one on the embedded
+#: simulator.
+BUILTIN_DEVICES = ("lab5", "lab10")
+
+
 def default_config_path() -> Path:
     """The wiring file of the default device shipped with labqpu (``lab5``)."""
-    return Path(str(resources.files("labqpu") / "data" / "lab5.toml"))
+    return builtin_config_path("lab5")
+
+
+def builtin_config_path(device: str) -> Path:
+    """The wiring file of a device shipped with labqpu (one of ``BUILTIN_DEVICES``)."""
+    if device not in BUILTIN_DEVICES:
+        raise BackendConfigurationError(
+            f"no built-in device {device!r}; built-in devices: {', '.join(BUILTIN_DEVICES)}")
+    return Path(str(resources.files("labqpu") / "data" / f"{device}.toml"))
+
+
+def resolve_config_path(config: str | os.PathLike | None) -> tuple[Path, bool]:
+    """(wiring file, built in?) of ``config``: None for the default device, the name of a
+    built-in device (``"lab10"``), or a path to a ``lab.toml`` (a file of that name wins over
+    a built-in name)."""
+    if config is None:
+        return default_config_path(), True
+    path = Path(config)
+    if not path.exists() and str(config) in BUILTIN_DEVICES:
+        return builtin_config_path(str(config)), True
+    return path, False
 
 
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
