@@ -24,10 +24,12 @@ from labqpu.errors import (
     CompilationError,
     InvalidRunInputError,
     LabQpuError,
+    PulseError,
 )
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS, compile_circuit
 from labqpu.pulse.program import PulseProgram
+from labqpu.pulse.split import split_program
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
 from labqpu.rack.hardware import HardwareQueue
@@ -413,13 +415,20 @@ class LabBackend(BackendV2):
         if not math.isclose(program.sample_rate_hz, ctrl.sample_rate_hz):
             raise InvalidRunInputError(f"{where}: built for {program.sample_rate_hz} Hz; "
                                        f"{ctrl.name} runs at {ctrl.sample_rate_hz} Hz")
+        outputs, inputs = ctrl.outputs, ctrl.inputs
+        if program.rack:
+            if program.rack != self.channels.layout:
+                raise InvalidRunInputError(f"{where}: built for the controllers {program.rack}; "
+                                           f"this rack has {self.channels.layout or ctrl.name}")
+            outputs = sum(r[1] for r in program.rack)
+            inputs = sum(r[2] for r in program.rack)
         if program.play_port.size and not 0 <= program.play_port.min() <= \
-                program.play_port.max() < ctrl.outputs:
-            raise InvalidRunInputError(f"{where}: plays use ports outside 0..{ctrl.outputs - 1}")
+                program.play_port.max() < outputs:
+            raise InvalidRunInputError(f"{where}: plays use ports outside 0..{outputs - 1}")
         if program.acq_port.size and not 0 <= program.acq_port.min() <= \
-                program.acq_port.max() < ctrl.inputs:
+                program.acq_port.max() < inputs:
             raise InvalidRunInputError(
-                f"{where}: acquisitions use inputs outside 0..{ctrl.inputs - 1}")
+                f"{where}: acquisitions use inputs outside 0..{inputs - 1}")
         if program.acq_clbit.size and not -1 <= program.acq_clbit.min() <= \
                 program.acq_clbit.max() < program.num_clbits:
             raise InvalidRunInputError(
@@ -476,6 +485,11 @@ class LabBackend(BackendV2):
                 raise InvalidRunInputError(str(exc)) from exc
         for program in programs:
             self._check_length(program)
+            if program.rack:
+                try:
+                    split_program(program)  # feed-forward within one controller, ports on one
+                except PulseError as exc:
+                    raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
         if opts["rep_delay"] is None:
             opts["rep_delay"] = default_rep_delay_s(snapshot)
         if opts["meas_level"] == 0:

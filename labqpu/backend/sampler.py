@@ -13,6 +13,7 @@ on the way in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,10 +29,14 @@ from qiskit.primitives import (
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
 from labqpu.backend.backend import LabBackend
-from labqpu.errors import BackendPropertyError
+from labqpu.errors import BackendPropertyError, LabQpuError
 from labqpu.store import Snapshot
 
 DEFAULT_SHOTS = 4096
+#: Runs of a sampler job's pubs before giving up when calibrations keep landing meanwhile.
+SNAPSHOT_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 
 def _mthree() -> Any:
@@ -112,7 +117,7 @@ class Sampler(BaseSamplerV2):
         if self._mitigate:
             _mthree()
             self._check_matrices(mappings, snapshot)
-        job = PrimitiveJob(self._run, coerced, mappings, snapshot)
+        job = PrimitiveJob(self._run, coerced, mappings)
         job._submit()
         return job
 
@@ -129,11 +134,29 @@ class Sampler(BaseSamplerV2):
                             "the readout calibration or use Sampler(..., mitigate=False)",
                             subject=f"qubit {q}", parameter="assignment_matrix")
 
-    def _run(self, pubs: list[SamplerPub], mappings: list[dict[str, list[int | None]]],
-             snapshot: Snapshot) -> PrimitiveResult[SamplerPubResult]:
-        raw = self._inner.run(pubs).result()
+    def _run(self, pubs: list[SamplerPub], mappings: list[dict[str, list[int | None]]]
+             ) -> PrimitiveResult[SamplerPubResult]:
+        # Each job compiles against the newest snapshot when it is sent. When a calibration
+        # lands while the pubs run, their jobs may have used either snapshot, so the pubs run
+        # again: the matrices must be those of the calibration the counts were taken with.
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            snapshot = self._backend.snapshot
+            raw = self._inner.run(pubs).result()
+            if self._backend.snapshot.snapshot_id == snapshot.snapshot_id:
+                break
+            log.warning("calibration snapshot %s replaced %s while the pubs ran (attempt %d "
+                        "of %d); running them again", self._backend.snapshot.snapshot_id,
+                        snapshot.snapshot_id, attempt + 1, SNAPSHOT_ATTEMPTS)
+        else:
+            raise LabQpuError(f"the calibration changed during each of {SNAPSHOT_ATTEMPTS} "
+                              "runs of these pubs; run them when no calibration is committing")
         if not self._mitigate:
-            return raw
+            return PrimitiveResult(
+                [SamplerPubResult(r.data, metadata={
+                    **r.metadata, "readout_mitigation": {
+                        "applied": False, "snapshot_id": snapshot.snapshot_id}})
+                 for r in raw], metadata=raw.metadata)
+        self._check_matrices(mappings, snapshot)
         mitigator = _mthree().M3Mitigation(self._backend)
         mitigator.cals_from_matrices(_m3_matrices(snapshot, self._backend.num_qubits))
         results = [self._mitigated(mapping, result, mitigator, snapshot)

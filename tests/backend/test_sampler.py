@@ -62,7 +62,8 @@ def test_parameter_sweep_gives_one_distribution_per_point(lab_backend) -> None:
 def test_unmitigated_sampler_is_backend_sampler(lab_backend) -> None:
     native = transpile(ghz3(), lab_backend, seed_transpiler=5)
     result = Sampler(lab_backend, mitigate=False).run([native], shots=100).result()[0]
-    assert "readout_mitigation" not in result.metadata
+    assert result.metadata["readout_mitigation"] == {
+        "applied": False, "snapshot_id": lab_backend.snapshot.snapshot_id}
     assert result.data.meas.num_shots == 100
 
 
