@@ -384,6 +384,17 @@ class SimulatedController:
         self.hub.deliver(sync.group, results)
         return results[self.spec.name]
 
+    def abandon(self, params: dict) -> None:
+        """A run with run parameters ``params`` was aborted before it started: if it was part
+        of a synchronised run, its group fails at once instead of waiting for it."""
+        if self.hub is None or "sync" not in params:
+            return
+        try:
+            sync = parse_sync(params["sync"], self.spec.name, self.hub.controllers)
+        except ValueError:
+            return  # a run with a bad sync object never joined a group
+        self.hub.abandon(sync, self.spec.name)
+
     def _simulate(self, prog: WireProgram, ff: FeedForward, shots: int,
                   rng: np.random.Generator, rep_delay: float | None, traces: str | None,
                   decimation: int, cancel: threading.Event) -> dict[str, np.ndarray]:
