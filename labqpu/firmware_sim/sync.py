@@ -59,7 +59,8 @@ FOLLOWER = "follower"
 
 class SyncError(RuntimeError):
     """A synchronised run that cannot go ahead; the message names the group and the
-    controller at fault. A run ending with it has ``error_type`` ``SyncError``."""
+    controller at fault. A run ending with it has ``error_type`` ``SyncError``
+    (``drivers.protocol.ERR_SYNC``: the server reports the exception's class name)."""
 
 
 class SharedDevice:

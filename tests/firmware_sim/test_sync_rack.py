@@ -24,6 +24,7 @@ import pytest
 from qiskit import QuantumCircuit
 
 from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.protocol import ERR_SYNC
 from labqpu.errors import InstrumentCommandError
 from labqpu.firmware_sim.device import Rack, load_rack
 from labqpu.firmware_sim.rack import SimulatedRack
@@ -298,7 +299,7 @@ def test_a_follower_that_never_arms_fails_the_leader_within_the_arm_timeout(clie
                     params={"sync": _sync("leader", "lonely", ["ctrl1"])})
     error = _failure(c0, run_id)
     assert time.monotonic() - start < ARM_TIMEOUT_S + 5.0
-    assert error.remote_type == "SyncError"
+    assert error.remote_type == ERR_SYNC
     assert "sync group lonely" in str(error) and "['ctrl1']" in str(error)
     assert f"within {ARM_TIMEOUT_S} s" in str(error)
     # The controller keeps serving: a plain run afterwards works.
@@ -332,7 +333,7 @@ def test_mismatched_shots_fail_leader_and_follower(clients) -> None:
                     params={"sync": _sync("leader", "shots", ["ctrl1"])}, time_limit_s=5.0)
     for client, run_id in ((c0, leader), (c1, follower)):
         error = _failure(client, run_id)
-        assert error.remote_type == "SyncError"
+        assert error.remote_type == ERR_SYNC
         assert "sync group shots: follower ctrl1 has shots 100, leader ctrl0 has 200" \
             in str(error)
 
@@ -389,7 +390,7 @@ def test_aborting_a_queued_leader_releases_its_armed_follower(clients) -> None:
     start = time.monotonic()
     error = _failure(c1, follower)
     assert time.monotonic() - start < 2.0
-    assert error.remote_type == "SyncError"
+    assert error.remote_type == ERR_SYNC
     assert "sync group release: leader ctrl0's run was aborted" in str(error)
     c0.abort(blocker)
 
@@ -481,5 +482,5 @@ def test_armed_followers_are_released_when_the_leader_fails_or_is_aborted(three,
         expected = "sync group trio: follower(s) ['ctrl2'] of leader ctrl0 did not arm"
     error = _failure(c1, follower)
     assert time.monotonic() - start < ARM_TIMEOUT_S + 2.0
-    assert error.remote_type == "SyncError" and expected in str(error)
+    assert error.remote_type == ERR_SYNC and expected in str(error)
     assert three["ctrl2"].hello()["capabilities"]["sync"]["max_controllers"] == 3
