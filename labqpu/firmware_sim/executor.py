@@ -372,8 +372,10 @@ class SimulatedController:
             result = self._simulate(merged, merged_ff, shots, rng, rep_delay, traces,
                                     decimation, cancel)
         except Exception as exc:
+            how = ("was aborted" if cancel.is_set()
+                   else f"failed: {type(exc).__name__}: {exc}")
             self.hub.fail(sync.group, f"sync group {sync.group}: leader {self.spec.name}'s run "
-                                      f"failed: {type(exc).__name__}: {exc}")
+                                      f"{how}")
             raise
         if cancel.is_set():
             self.hub.fail(sync.group, f"sync group {sync.group}: leader {self.spec.name}'s run "

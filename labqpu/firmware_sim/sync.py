@@ -302,7 +302,9 @@ class SyncHub:
         group = self._groups.get(name)
         if group is None:
             group = self._groups[name] = _Group()
-            finished = [k for k, g in self._groups.items() if g.triggered or g.error]
+            finished = [k for k, g in self._groups.items() if g.error is not None or (
+                g.triggered and all(a.result is not None or a.error is not None
+                                    for a in g.arms.values() if a.taken))]
             for old in finished[:max(0, len(finished) - MAX_GROUPS)]:
                 del self._groups[old]
         return group

@@ -484,3 +484,22 @@ def test_armed_followers_are_released_when_the_leader_fails_or_is_aborted(three,
     assert time.monotonic() - start < ARM_TIMEOUT_S + 2.0
     assert error.remote_type == ERR_SYNC and expected in str(error)
     assert three["ctrl2"].hello()["capabilities"]["sync"]["max_controllers"] == 3
+
+
+def test_a_failing_merged_run_fails_leader_and_follower_naming_the_leader(clients) -> None:
+    """ctrl1's part drives qubit 3 during its own acquisition window, which the simulator
+    cannot execute: the leader's run ends ``error`` with the simulator's error, and the
+    follower's ends ``error`` naming the leader's failure."""
+    c0, c1 = clients["ctrl0"], clients["ctrl1"]
+    b = ProgramBuilder("ctrl1", 1e9)
+    b.play(0, 0, b.waves.add(("flat", 40), lambda: np.full(40, 0.1)), 1.0)
+    b.acquire(0, 0, 50, 0.0, 3, 0)
+    follower = c1.run(c1.upload(*b.build(duration_samples=100).to_wire()), 10,
+                      params={"sync": _sync("follower", "doomed", "ctrl0")}, time_limit_s=8.0)
+    leader = c0.run(c0.upload(*_tiny("ctrl0").to_wire()), 10,
+                    params={"sync": _sync("leader", "doomed", ["ctrl1"])}, time_limit_s=8.0)
+    lead_error = _failure(c0, leader)
+    assert lead_error.remote_type == "SimulationError"
+    error = _failure(c1, follower)
+    assert error.remote_type == ERR_SYNC
+    assert "sync group doomed: leader ctrl0's run failed: SimulationError" in str(error)
