@@ -51,6 +51,7 @@ __all__ = [
     "ERR_PROTOCOL",
     "ERR_QUEUE_FULL",
     "ERR_RUN_EXPIRED",
+    "ERR_SYNC",
     "ERR_TIME_LIMIT",
     "ERR_UNAUTHENTICATED",
     "ERR_UNKNOWN_OP",
@@ -108,6 +109,8 @@ ERR_FORBIDDEN = "Forbidden"  # the run belongs to another session
 ERR_QUEUE_FULL = "QueueFull"  # the session has as many runs queued as the controller allows
 ERR_UNAUTHENTICATED = "Unauthenticated"  # hello refused by the controller's authenticator
 ERR_TIME_LIMIT = "TimeLimitExceeded"  # a run played past its time_limit_s and was stopped
+# a run's error_type: a synchronised run across controllers could not go ahead (its group)
+ERR_SYNC = "SyncError"
 
 #: Ops that need the session ``hello`` opened: they act on runs, which belong to a session.
 SESSION_OPS = frozenset({OP_RUN, OP_FETCH, OP_ABORT})

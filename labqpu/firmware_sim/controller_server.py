@@ -109,7 +109,10 @@ except importlib.metadata.PackageNotFoundError:
 
 
 class Executor(Protocol):
-    """What the simulator plugs into a ``ControllerServer``: the device behind the wire."""
+    """What the simulator plugs into a ``ControllerServer``: the device behind the wire.
+
+    An executor may also have ``abandon(params)``: the server calls it with the run
+    parameters of each run aborted before it started."""
 
     def capabilities(self) -> dict:
         """JSON-able description: channels, sample_rate_hz, waveform_memory_samples, ..."""
@@ -321,11 +324,13 @@ class ControllerServer:
             return
         self._stopping.set()
         with self._lock:
+            dropped = [run for run in self._runs.values() if run.state == QUEUED]
             for run in list(self._runs.values()):
                 if run.state in ACTIVE:
                     run.cancel.set()
                 if run.state == QUEUED:
                     self._finish(run, ABORTED)
+        self._abandon(dropped)
         self._queue.put(None)
         self._uploads.put(None)
         for thread in (self._serve_thread, self._worker_thread, self._validator_thread):
@@ -659,11 +664,20 @@ class ControllerServer:
     def _abort(self, request: Request) -> tuple[dict, None]:
         with self._lock:
             run = self._lookup(request)
+            queued = run.state == QUEUED
             if run.state in ACTIVE:
                 run.cancel.set()
-            if run.state == QUEUED:
+            if queued:
                 self._finish(run, ABORTED)
-            return {"run_id": run.run_id, "state": run.state}, None
+        self._abandon([run] if queued else [])
+        return {"run_id": run.run_id, "state": run.state}, None
+
+    def _abandon(self, runs: list[Run]) -> None:
+        """Tell the executor (``abandon(params)``, if it has one) of runs aborted before they
+        started, so that runs waiting for them (synchronised runs) stop waiting."""
+        hook = getattr(self._executor, "abandon", None)
+        for run in runs if hook is not None else ():
+            hook(run.params)
 
     def _status(self, request: Request) -> tuple[dict, None]:
         with self._lock:

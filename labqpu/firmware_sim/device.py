@@ -158,7 +158,13 @@ def _qubit_truth(table: dict, path: Path) -> QubitTruth:
 
 @dataclass(frozen=True)
 class QubitCabling:
-    """Which controller ports and VISA sources physically reach one qubit."""
+    """Which controller ports and VISA sources physically reach one qubit.
+
+    Ports are *rack-global*: controller k's output port p is ``output_base + p`` of its
+    ``ControllerSpec`` (its input port likewise with ``input_base``), so the physics sees one
+    set of ports however many controllers the rack has. With one controller they are the
+    controller's own port numbers.
+    """
 
     drive_port: int
     flux_port: int
@@ -181,6 +187,10 @@ class ControllerSpec:
     outputs: int
     inputs: int
     timing: tuple[tuple[str, int], ...] = ()
+    #: Rack-global number of this controller's output port 0 (and input port 0): the sums of
+    #: ``outputs`` (``inputs``) of the controllers before it in the wiring.
+    output_base: int = 0
+    input_base: int = 0
 
 
 #: Timing rules a simulated controller can be told to state and enforce (samples).
@@ -227,6 +237,9 @@ class Rack:
     #: ``[simulator] noise``: False switches the device file's flux noise, quasi-static
     #: noise and drift off (``noise`` module); thermal equilibrium stays.
     simulator_noise: bool = True
+    #: ``[simulator] sync_arm_timeout_s``: how long a synchronised run's leader waits for its
+    #: followers to arm (s; ``sync`` module); None: the simulator's default.
+    simulator_arm_timeout_s: float | None = None
 
 
 def _split_port(value: str, what: str) -> tuple[str, int]:
@@ -253,22 +266,39 @@ def _host_port_from_visa(resource: str) -> tuple[str, int]:
 
 
 def load_rack(path: str | Path) -> Rack:
-    """Parse the parts of a ``lab.toml`` the simulator needs; ``path`` may also be relative."""
+    """Parse the parts of a ``lab.toml`` the simulator needs; ``path`` may also be relative.
+
+    The wiring may have any number (>= 1) of ``[[controllers]]``, all at one sample rate;
+    each qubit's ports may be on any of them. Raises ``ValueError`` naming the file (and the
+    controller, or the qubit and role) for a wiring the simulator cannot stand up.
+    """
     path = Path(path)
     with path.open("rb") as f:
         doc = tomllib.load(f)
-    controllers = []
+    controllers: list[ControllerSpec] = []
     sim = doc.get("simulator", {})
+    out_base = in_base = 0
     for c in doc.get("controllers", []):
         host, port = _host_port_from_tcp(c["endpoint"])
-        controllers.append(ControllerSpec(c["name"], host, port, float(c["sample_rate_hz"]),
-                                          int(c["outputs"]), int(c["inputs"]),
-                                          _timing(sim, c["name"], path)))
-    if len(controllers) != 1:
-        raise ValueError(
-            f"{path}: the simulator models one controller holding every channel; "
-            f"found {len(controllers)}"
-        )
+        spec = ControllerSpec(c["name"], host, port, float(c["sample_rate_hz"]),
+                              int(c["outputs"]), int(c["inputs"]), _timing(sim, c["name"], path),
+                              output_base=out_base, input_base=in_base)
+        if any(other.name == spec.name for other in controllers):
+            raise ValueError(f"{path}: two controllers are named {spec.name!r}")
+        if spec.outputs < 0 or spec.inputs < 0:
+            raise ValueError(f"{path}: controller {spec.name} has a negative number of outputs "
+                             "or inputs")
+        if controllers and spec.sample_rate_hz != controllers[0].sample_rate_hz:
+            raise ValueError(
+                f"{path}: controller {spec.name} runs at {spec.sample_rate_hz} Hz, controller "
+                f"{controllers[0].name} at {controllers[0].sample_rate_hz} Hz; the simulator "
+                "needs every controller of a rack at the device's sample rate")
+        controllers.append(spec)
+        out_base += spec.outputs
+        in_base += spec.inputs
+    if not controllers:
+        raise ValueError(f"{path}: the wiring has no [[controllers]]")
+    by_name = {c.name: c for c in controllers}
     instruments = []
     for i in doc.get("instruments", []):
         host, port = _host_port_from_visa(i["resource"])
@@ -278,10 +308,17 @@ def load_rack(path: str | Path) -> Rack:
     for key, q in doc.get("qubits", {}).items():
         ports = {}
         for role in ("drive", "flux", "readout", "acquire"):
-            ctrl, port = _split_port(q[role], f"qubit {key} {role}")
-            if ctrl != controllers[0].name:
-                raise ValueError(f"{path}: qubit {key} {role} names unknown controller {ctrl!r}")
-            ports[role] = port
+            name, port = _split_port(q[role], f"qubit {key} {role}")
+            ctrl = by_name.get(name)
+            if ctrl is None:
+                raise ValueError(f"{path}: qubit {key} {role} names unknown controller {name!r}; "
+                                 f"the wiring has {sorted(by_name)}")
+            kind, count, base = (("input", ctrl.inputs, ctrl.input_base) if role == "acquire"
+                                 else ("output", ctrl.outputs, ctrl.output_base))
+            if port >= count:
+                raise ValueError(f"{path}: qubit {key} {role} is {q[role]!r}, but controller "
+                                 f"{name} has {kind}s 0..{count - 1}")
+            ports[role] = base + port
         source, channel = _split_port(q["flux_bias"], f"qubit {key} flux_bias")
         cabling[int(key)] = QubitCabling(
             drive_port=ports["drive"], flux_port=ports["flux"], readout_port=ports["readout"],
@@ -291,6 +328,12 @@ def load_rack(path: str | Path) -> Rack:
     noise = sim.get("noise", True)
     if not isinstance(noise, bool):
         raise ValueError(f"{path}: [simulator] noise must be true or false, got {noise!r}")
+    arm_timeout = sim.get("sync_arm_timeout_s")
+    if arm_timeout is not None and (isinstance(arm_timeout, bool)
+                                    or not isinstance(arm_timeout, int | float)
+                                    or not 0 < arm_timeout < math.inf):
+        raise ValueError(f"{path}: [simulator] sync_arm_timeout_s must be a number > 0 s, got "
+                         f"{arm_timeout!r}")
     device_ref = sim.get("device", doc["device"]["name"])
     if Path(device_ref).suffix:
         device_ref = str((path.parent / device_ref).resolve())
@@ -302,4 +345,5 @@ def load_rack(path: str | Path) -> Rack:
         simulator_device=device_ref,
         simulator_seed=sim.get("seed"),
         simulator_noise=noise,
+        simulator_arm_timeout_s=None if arm_timeout is None else float(arm_timeout),
     )

@@ -23,6 +23,16 @@ from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.shots import trace_points
+from labqpu.firmware_sim.sync import (
+    FOLLOWER,
+    SharedDevice,
+    SyncHub,
+    SyncPart,
+    merge_parts,
+    parse_sync,
+    split_results,
+    to_rack_ports,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +74,26 @@ class SimulatedController:
     """The ``Executor`` behind the simulator's ``ControllerServer``."""
 
     def __init__(self, spec: ControllerSpec, engine: PhysicsEngine,
-                 settings: Callable[[], Settings], seed: int | None) -> None:
+                 settings: Callable[[], Settings], seed: int | None, *,
+                 shared: SharedDevice | None = None, hub: SyncHub | None = None) -> None:
+        """``spec``: this controller; ``engine``: the device's physics; ``settings``: what the
+        VISA instruments output now; ``seed``: seed of unseeded runs (None: OS entropy).
+        In a rack of several controllers, ``shared`` is what they share (its engine is
+        ``engine`` and its seed replaces ``seed``, which must be None) and ``hub`` their
+        trigger for synchronised runs (``sync`` module); alone, a controller has its own."""
+        if shared is not None and (shared.engine is not engine or seed is not None):
+            raise ValueError("a controller sharing a device takes its engine and seed from it")
         self.spec = spec
         self.engine = engine
         self._settings = settings
-        self._seeds = np.random.SeedSequence(seed)
-        self._seed_lock = threading.Lock()
-        #: Simulated time (s) over the controller's life: the sum of shots x (program duration
-        #: + rep_delay) of every run it executed; the device drifts against it.
-        self.sim_time_s = 0.0
+        self.shared = shared or SharedDevice(engine, seed)
+        self.hub = hub
+
+    @property
+    def sim_time_s(self) -> float:
+        """Simulated time (s) of the device: the sum of shots x (program duration + rep_delay)
+        of every run its rack executed; the device drifts against it."""
+        return self.shared.sim_time_s
 
     def capabilities(self) -> dict:
         """Channels, sample rate (Hz), waveform memory (samples) and limits."""
@@ -101,6 +122,7 @@ class SimulatedController:
                             "latency_samples": self._latency_samples(),
                             "max_blocks": MAX_BLOCKS, "max_shifts": MAX_SHIFTS,
                             "discriminator": "linear: 1 iff Re(conj(axis) * iq) > threshold"},
+            **({} if self.hub is None else {"sync": self.hub.capability()}),
         }
 
     def _latency_samples(self) -> int:
@@ -314,8 +336,9 @@ class SimulatedController:
         """Run the program ``shots`` times; params: ``seed`` (int, optional),
         ``rep_delay_s`` (s, optional, >= 0; shots without it are independent),
         ``traces`` (optional: "single" or "avg") with ``trace_decimation`` (samples per point,
-        optional). Returns ``{"iq": complex64 (shots, n_acq), "bits": uint8 (shots, n_acq)}``
-        (the discriminated results; 0 without a discriminator), with traces also
+        optional), ``sync`` (optional: a synchronised run with other controllers of the rack,
+        ``sync`` module). Returns ``{"iq": complex64 (shots, n_acq), "bits": uint8 (shots,
+        n_acq)}`` (the discriminated results; 0 without a discriminator), with traces also
         ``"traces"`` complex64 (shots, n_acq, points) ((1, n_acq, points) averaged) and
         ``"trace_decimation"`` int64 (1,)."""
         if not 1 <= shots <= MAX_SHOTS:
@@ -327,14 +350,60 @@ class SimulatedController:
             raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
         traces, decimation = self._trace_params(params)
         seed = params.get("seed")
-        if seed is None:
-            with self._seed_lock:
-                rng = np.random.default_rng(self._seeds.spawn(1)[0])
-        elif isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
-            rng = np.random.default_rng(seed)
-        else:
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                 or seed < 0):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        prog, ff = self._parse(arrays, meta)
+        sync = None
+        if "sync" in params:
+            if self.hub is None:
+                raise ValueError("sync: this controller is not part of a rack with a trigger")
+            sync = parse_sync(params["sync"], self.spec.name, self.hub.controllers)
+        rng = None if sync is not None and sync.role == FOLLOWER else self.shared.rng(seed)
+        prog, ff = to_rack_ports(*self._parse(arrays, meta), self.spec.output_base,
+                                 self.spec.input_base)
+        if sync is None:
+            return self._simulate(prog, ff, shots, rng, rep_delay, traces, decimation, cancel)
+        part = SyncPart(self.spec.name, prog, ff, shots, rep_delay)
+        if sync.role == FOLLOWER:
+            return self.hub.follow(sync, part, cancel)
+        parts = self.hub.lead(sync, part, cancel)
+        try:
+            merged, merged_ff, columns = merge_parts(parts)
+            result = self._simulate(merged, merged_ff, shots, rng, rep_delay, traces,
+                                    decimation, cancel)
+        except Exception as exc:
+            how = ("was aborted" if cancel.is_set()
+                   else f"failed: {type(exc).__name__}: {exc}")
+            self.hub.fail(sync.group, f"sync group {sync.group}: leader {self.spec.name}'s run "
+                                      f"{how}")
+            raise
+        if cancel.is_set():
+            self.hub.fail(sync.group, f"sync group {sync.group}: leader {self.spec.name}'s run "
+                                      "was aborted")
+            raise RuntimeError(f"sync group {sync.group}: leader {self.spec.name}'s run was "
+                               "aborted")
+        results = split_results(result, parts, columns)
+        self.hub.deliver(sync.group, results)
+        return results[self.spec.name]
+
+    def abandon(self, params: dict) -> None:
+        """A run with run parameters ``params`` was aborted before it started: if it was part
+        of a synchronised run, its group fails at once instead of waiting for it."""
+        if self.hub is None or "sync" not in params:
+            return
+        try:
+            sync = parse_sync(params["sync"], self.spec.name, self.hub.controllers)
+        except ValueError:
+            return  # a run with a bad sync object never joined a group
+        self.hub.abandon(sync, self.spec.name)
+
+    def _simulate(self, prog: WireProgram, ff: FeedForward, shots: int,
+                  rng: np.random.Generator, rep_delay: float | None, traces: str | None,
+                  decimation: int, cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Execute ``prog`` (rack ports) with its feed-forward tables ``ff`` on the device:
+        ``shots`` shots drawn from ``rng``, ``rep_delay`` (s) between shots, traces as asked
+        (``traces`` mode or None, ``decimation`` samples per point); the result arrays of
+        :meth:`execute`."""
         out = None
         if traces is not None:
             points = trace_points(prog.acq_duration, decimation)
@@ -348,12 +417,12 @@ class SimulatedController:
         if cancel.is_set():
             raise RuntimeError("aborted before start")
         shot_s = prog.duration_samples / self.spec.sample_rate_hz + (rep_delay or 0.0)
-        with self._seed_lock:  # the drift walk only moves forward: read it in run order
-            drift = self.engine.drift.at(self.sim_time_s)
-            self.sim_time_s += shots * shot_s
-        iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng,
-                                        drift, rep_delay_s=rep_delay,
-                                        decimation=decimation if traces else None, traces=out)
+        with self.shared.computing(cancel):
+            drift = self.shared.advance(shots * shot_s)
+            iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng,
+                                            drift, rep_delay_s=rep_delay,
+                                            decimation=decimation if traces else None,
+                                            traces=out)
         log.debug("executed %d shots of %.3g s, %d acquisitions", shots, shot_s, iq.shape[1])
         result = {"iq": iq, "bits": bits}
         if out is not None:

@@ -255,6 +255,10 @@ class FaultyExecutor:
         """Validate with the wrapped device."""
         self._inner.load(arrays, meta)
 
+    def abandon(self, params: dict) -> None:
+        """Tell the wrapped device of a run aborted before it started."""
+        self._inner.abandon(params)
+
     def execute(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
                 cancel: threading.Event) -> dict[str, np.ndarray]:
         """Run on the wrapped device, firing ``start`` faults before and ``end`` ones after."""

@@ -1,7 +1,9 @@
-"""A whole simulated rack: one controller on ZeroMQ and every VISA instrument on TCP.
+"""A whole simulated rack: its controllers on ZeroMQ and every VISA instrument on TCP.
 
 Started from the same ``lab.toml`` the backend reads. Ports given as 0 are chosen free at
-start; :meth:`SimulatedRack.endpoints` tells where everything actually listens.
+start; :meth:`SimulatedRack.endpoints` tells where everything actually listens. The
+controllers drive one device: one physics engine, one simulated clock, and a trigger that
+makes their runs one synchronised run when asked (``sync`` module).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from labqpu.firmware_sim.executor import SimulatedController
 from labqpu.firmware_sim.faults import FaultPlan, FaultyExecutor
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings
 from labqpu.firmware_sim.scpi_server import ScpiServer
+from labqpu.firmware_sim.sync import DEFAULT_ARM_TIMEOUT_S, SharedDevice, SyncHub
 
 log = logging.getLogger(__name__)
 
 
 class SimulatedRack:
-    """Controller server + SCPI servers + physics for one ``lab.toml``.
+    """Controller servers + SCPI servers + physics for one ``lab.toml``.
 
     Args:
         lab_toml: the wiring file.
@@ -29,12 +32,19 @@ class SimulatedRack:
             either, those runs draw fresh OS entropy.
         noise: False switches the device's flux noise, quasi-static noise and drift off
             (overrides ``[simulator] noise``, default true).
-        faults: faults to fire on cue (tests only, ``firmware_sim.faults``); None in normal use.
+        faults: faults to fire on cue (tests only, ``firmware_sim.faults``), on the wiring's
+            first controller; None in normal use.
+        arm_timeout_s: how long a synchronised run's leader waits for its followers to arm
+            (s; overrides ``[simulator] sync_arm_timeout_s``, default
+            ``sync.DEFAULT_ARM_TIMEOUT_S``).
+
+    ``controllers`` and ``executors`` hold each controller's server and simulated firmware
+    by name; ``controller`` and ``executor`` are the first controller's.
     """
 
     def __init__(self, lab_toml: str | Path, *, device: str | None = None,
                  seed: int | None = None, noise: bool | None = None,
-                 faults: FaultPlan | None = None) -> None:
+                 faults: FaultPlan | None = None, arm_timeout_s: float | None = None) -> None:
         self.rack: Rack = load_rack(lab_toml)
         self.device = load_device(device or self.rack.simulator_device,
                                   noise=self.rack.simulator_noise if noise is None else noise)
@@ -49,19 +59,30 @@ class SimulatedRack:
                                   channels=spec.channels)
             for spec in self.rack.instruments
         }
-        ctrl = self.rack.controllers[0]
-        if ctrl.sample_rate_hz != self.device.sample_rate_hz:
-            raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz, device "
-                             f"file says {self.device.sample_rate_hz} Hz")
-        engine = PhysicsEngine(self.device, self.rack.cabling)
+        for ctrl in self.rack.controllers:
+            if ctrl.sample_rate_hz != self.device.sample_rate_hz:
+                raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz, "
+                                 f"device file says {self.device.sample_rate_hz} Hz")
         # Runs that carry no seed draw from this sequence: fresh OS entropy unless a seed is
         # configured, so an unseeded experiment repeated in a new session gives new data.
         run_seed = seed if seed is not None else self.rack.simulator_seed
-        self.executor = SimulatedController(ctrl, engine, self.settings, run_seed)
-        executor = (self.executor if faults is None
-                    else FaultyExecutor(self.executor, faults, self.change_setting))
-        self.controller = ControllerServer(executor, host=ctrl.host, port=ctrl.port,
-                                           name=ctrl.name, faults=faults)
+        self.shared = SharedDevice(PhysicsEngine(self.device, self.rack.cabling), run_seed)
+        names = tuple(c.name for c in self.rack.controllers)
+        self.hub = SyncHub(names, arm_timeout_s or self.rack.simulator_arm_timeout_s
+                           or DEFAULT_ARM_TIMEOUT_S)
+        self.executors: dict[str, SimulatedController] = {}
+        self.controllers: dict[str, ControllerServer] = {}
+        for k, ctrl in enumerate(self.rack.controllers):
+            executor = SimulatedController(ctrl, self.shared.engine, self.settings, None,
+                                           shared=self.shared, hub=self.hub)
+            self.executors[ctrl.name] = executor
+            plan = faults if k == 0 else None
+            self.controllers[ctrl.name] = ControllerServer(
+                executor if plan is None else FaultyExecutor(executor, plan,
+                                                             self.change_setting),
+                host=ctrl.host, port=ctrl.port, name=ctrl.name, faults=plan)
+        self.executor = self.executors[names[0]]
+        self.controller = self.controllers[names[0]]
         self._started: list = []
 
     def settings(self) -> Settings:
@@ -95,8 +116,9 @@ class SimulatedRack:
             for server in self.instruments.values():
                 server.start()
                 self._started.append(server)
-            self.controller.start()
-            self._started.append(self.controller)
+            for controller in self.controllers.values():
+                controller.start()
+                self._started.append(controller)
         except BaseException:
             self.stop()
             raise
@@ -116,7 +138,7 @@ class SimulatedRack:
 
     def endpoints(self) -> dict[str, str]:
         """Where each controller and instrument listens, by name."""
-        out = {self.controller.name: self.controller.endpoint}
+        out = {name: server.endpoint for name, server in self.controllers.items()}
         for name, server in self.instruments.items():
             out[name] = server.resource
         return out
