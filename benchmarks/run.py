@@ -265,18 +265,19 @@ def bench_discrimination(budget: Budget, out: list[dict]) -> None:
                           "numpy integer packing + np.unique")], out)
 
 
-def _calibrated() -> tuple[object, object]:
-    """(snapshot, config) of the shipped lab5 calibration, via a throw-away store."""
-    from labqpu.rack.config import default_config_path, load_config
+def _calibrated(device: str = "lab5") -> tuple[object, object]:
+    """(snapshot, config) of a built-in device's shipped calibration, via a throw-away store."""
+    from labqpu.rack.config import builtin_config_path, load_config
     from labqpu.store import CalibrationStore
 
+    path = CALIBRATION_JSON.with_name(f"{device}_calibration.json")
     with tempfile.TemporaryDirectory(prefix="labqpu-bench-") as tmp:
         store = CalibrationStore(Path(tmp) / "calibration.sqlite")
         try:
-            snapshot = store.import_json(json.loads(CALIBRATION_JSON.read_text()))
+            snapshot = store.import_json(json.loads(path.read_text()))
         finally:
             store.close()
-    return snapshot, load_config(default_config_path())
+    return snapshot, load_config(builtin_config_path(device))
 
 
 def random_native_circuit(num_qubits: int = 5, layers: int = 8, seed: int = 1):

@@ -40,7 +40,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,16 +71,20 @@ SHOTS = 1000
 LAYERS = 17  # depth ~50 after transpiling
 SCALING_QUBITS = (2, 3, 5)
 SCALING_LAYERS = (5, 17, 34)
+#: The same circuits on the larger built-in device (a 2 x 5 ladder on two controllers), laid
+#: on lines of physical qubits: every qubit's idle neighbours are evolved too (static ZZ), so
+#: the 5-qubit line 5-0-1-6-7 evolves 7 transmons; the rungs 0-5, 1-6 play on both controllers.
+SCALING_LAB10 = {2: [0, 1], 3: [0, 1, 2], 5: [5, 0, 1, 6, 7]}
 PULSE_SAMPLES = 160
 
 
-def _lab5_engine():
-    """A fresh PhysicsEngine of the shipped lab5 device and wiring, and its controller."""
-    import labqpu
+def _lab5_engine(device: str = "lab5"):
+    """A fresh PhysicsEngine of a built-in device (default lab5) and its wiring."""
     from labqpu.firmware_sim.device import load_device, load_rack
     from labqpu.firmware_sim.physics import PhysicsEngine
+    from labqpu.rack.config import builtin_config_path
 
-    rack = load_rack(Path(labqpu.__file__).parent / "data" / "lab5.toml")
+    rack = load_rack(builtin_config_path(device))
     engine = PhysicsEngine(load_device(rack.simulator_device), rack.cabling)
     return engine, rack
 
@@ -120,7 +124,10 @@ class Prepared:
     noise: object
 
 
-def _prepare(num_qubits: int, layers: int, seed: int = 1) -> Prepared:
+def _prepare(num_qubits: int, layers: int, seed: int = 1, device: str = "lab5",
+             layout: list[int] | None = None) -> Prepared:
+    """The random-layer circuit on ``num_qubits`` (a line; on ``layout``'s physical qubits if
+    given), transpiled and compiled for ``device``, with an engine of that device."""
     from qiskit import transpile
 
     from labqpu.backend.target import build_target
@@ -128,18 +135,26 @@ def _prepare(num_qubits: int, layers: int, seed: int = 1) -> Prepared:
     from labqpu.firmware_sim.physics import Settings
     from labqpu.pulse.compiler import compile_circuit
 
-    snapshot, config = _calibrated()
+    snapshot, config = _calibrated(device)
     target = build_target(snapshot, config)
     circuit = random_native_circuit(num_qubits=num_qubits, layers=layers, seed=seed)
-    tqc = transpile(circuit, target=target, seed_transpiler=1)
+    tqc = transpile(circuit, target=target, seed_transpiler=1, initial_layout=layout)
     program = compile_circuit(tqc, snapshot, config.channels)
-    engine, rack = _lab5_engine()
+    engine, rack = _lab5_engine(device)
     settings = Settings(
         los={k: (v.frequency_hz, v.power_dbm, True) for k, v in program.lo_settings.items()},
         currents=dict(program.flux_bias_a))
-    controller = SimulatedController(rack.controllers[0], engine, lambda: settings, 1)
+    spec = rack.controllers[0]
+    if program.rack:
+        # On rack ports the program is what a synchronised run's leader executes merged
+        # (docs/protocol.md 4.6): checked here as one controller holding every port.
+        spec = replace(spec, outputs=sum(c.outputs for c in rack.controllers),
+                       inputs=sum(c.inputs for c in rack.controllers))
+        program = replace(program, rack=())
+    controller = SimulatedController(spec, engine, lambda: settings, 1)
     wire, _ = controller._parse(*program.to_wire())  # the controller's own upload check
-    return Prepared(tqc, program, wire, settings, engine, _aer_noise_model(target, 5))
+    return Prepared(tqc, program, wire, settings, engine,
+                    _aer_noise_model(target, target.num_qubits))
 
 
 def bench_circuit(budget: Budget) -> None:
@@ -214,25 +229,28 @@ def bench_scaling(budget: Budget) -> None:
     print(f"\n[c] warm cost against active qubits and depth (random layers, {SHOTS} shots; "
           "'evolved' counts the transmons in the density matrix: the circuit's qubits and "
           "their idle neighbours)")
-    print(f"  {'qubits':>6} {'evolved':>7} {'layers':>6} {'depth':>5} {'blocks':>6} "
-          f"{'labqpu':>10} {'per layer':>10} {'qiskit-aer':>10} {'ratio':>6}")
-    for num_qubits in SCALING_QUBITS:
-        for layers in SCALING_LAYERS:
-            prep = _prepare(num_qubits, layers)
-            engine, wire, settings = prep.engine, prep.wire, prep.settings
-            evolved = engine.evolve(wire, settings).rho.n
-            blocks = _count_blocks(engine, wire, settings)
-            sim = AerSimulator(method="density_matrix", noise_model=prep.noise,
-                               max_parallel_threads=1)
-            t_ours = seconds_per_call(
-                lambda e=engine, w=wire, s=settings: e.run(w, s, SHOTS, np.random.default_rng(7)),
-                budget)
-            t_aer = seconds_per_call(
-                lambda p=prep, a=sim: a.run(p.transpiled, shots=SHOTS,
-                                            seed_simulator=7).result(), budget)
-            print(f"  {num_qubits:>6} {evolved:>7} {layers:>6} {prep.transpiled.depth():>5} "
-                  f"{blocks:>6} {dur(t_ours):>10} {dur(t_ours / layers):>10} "
-                  f"{dur(t_aer):>10} {fmt(t_ours / t_aer):>6}", flush=True)
+    print(f"  {'device':>6} {'qubits':>6} {'evolved':>7} {'layers':>6} {'depth':>5} "
+          f"{'blocks':>6} {'labqpu':>10} {'per layer':>10} {'qiskit-aer':>10} {'ratio':>6}")
+    rows = [("lab5", n, layers, None) for n in SCALING_QUBITS for layers in SCALING_LAYERS]
+    rows += [("lab10", n, layers, layout) for n, layout in SCALING_LAB10.items()
+             for layers in SCALING_LAYERS]
+    for device, num_qubits, layers, layout in rows:
+        prep = _prepare(num_qubits, layers, device=device, layout=layout)
+        engine, wire, settings = prep.engine, prep.wire, prep.settings
+        evolved = engine.evolve(wire, settings).rho.n
+        blocks = _count_blocks(engine, wire, settings)
+        sim = AerSimulator(method="density_matrix", noise_model=prep.noise,
+                           max_parallel_threads=1)
+        t_ours = seconds_per_call(
+            lambda e=engine, w=wire, s=settings: e.run(w, s, SHOTS, np.random.default_rng(7)),
+            budget)
+        t_aer = seconds_per_call(
+            lambda p=prep, a=sim: a.run(p.transpiled, shots=SHOTS,
+                                        seed_simulator=7).result(), budget)
+        print(f"  {device:>6} {num_qubits:>6} {evolved:>7} {layers:>6} "
+              f"{prep.transpiled.depth():>5} "
+              f"{blocks:>6} {dur(t_ours):>10} {dur(t_ours / layers):>10} "
+              f"{dur(t_aer):>10} {fmt(t_ours / t_aer):>6}", flush=True)
 
 
 def _count_blocks(engine, wire, settings) -> int:

@@ -120,6 +120,9 @@ REANCHOR_SAMPLES = 64
 ZZ_CHUNK_SAMPLES = 256
 #: Most chunks one advance of the ZZ frame is cut into (longer idles use longer chunks).
 ZZ_MAX_CHUNKS = 16
+#: Most transmons one program may evolve (the qubits it touches and their neighbours): the
+#: density matrix of n three-level transmons takes 16 * 9^n bytes (8: 0.7 GB, 9: 6 GB).
+MAX_EVOLVED_TRANSMONS = 8
 
 
 @njit(cache=True)
@@ -342,6 +345,12 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         active |= drive_crosstalk_targets(self.device.crosstalk, touched)
         if resume is not None:
             active, t0 = _resume_qubits(resume, active), resume.time_samples
+        if len(active) > MAX_EVOLVED_TRANSMONS:
+            raise SimulationError(
+                f"the program touches qubits {sorted(touched)}; with their coupled neighbours "
+                f"that is {len(active)} transmons {sorted(active)}, and this simulator evolves "
+                f"at most {MAX_EVOLVED_TRANSMONS} in one density matrix (16 x 9^n bytes): "
+                "run fewer qubits at once")
         order = sorted(active)
         pos = {q: i for i, q in enumerate(order)}
 

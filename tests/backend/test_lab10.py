@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, transpile
+from qiskit.providers import JobError
 
 from labqpu import LabProvider
 from labqpu.errors import InvalidRunInputError
@@ -83,3 +84,19 @@ def test_feedforward_across_controllers_is_refused_before_anything_is_sent(lab10
         qc.x(5)
     with pytest.raises(InvalidRunInputError, match="share no feed-forward bus"):
         lab10.run(transpile(qc, lab10, optimization_level=0), shots=100)
+
+
+def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:
+    """GHZ on all ten qubits would need a density matrix of 9^10 entries per row: the job fails
+    naming the simulator's limit, and the simulator goes on serving."""
+    qc = QuantumCircuit(10)
+    qc.h(0)
+    for a, b in [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (8, 9)]:
+        qc.cx(a, b)
+    qc.measure_all()
+    job = lab10.run(transpile(qc, lab10), shots=100)
+    with pytest.raises(JobError, match="evolves at most 8"):
+        job.result(timeout=120)
+    native = transpile(bell(), lab10, initial_layout=[0, 1])
+    counts = lab10.run(native, shots=1000).result(timeout=120).get_counts()
+    assert counts.get("00", 0) + counts.get("11", 0) >= 900, counts
