@@ -334,15 +334,18 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 "two acquisitions on one qubit in one program (mid-circuit measurement) are not "
                 "supported by this simulator version"
             )
-        touched = set(drive_iv) | set(flux_iv) | set(measured)
-        for q in flux_iv:
+        played = set(drive_iv) | set(flux_iv) | set(measured)
+        touched = set(played)
+        for q in flux_iv:  # they hybridise with the fluxed qubit
             touched |= set(self.device.neighbours(q))
-        # Spectators: an untouched neighbour of a touched qubit shifts it through static ZZ
-        # by its (thermal) level. Qubits farther away stay diagonal and do not matter.
+        # Spectators: an untouched neighbour of a played qubit shifts it through static ZZ by
+        # its (thermal) level. Qubits farther away, and the other neighbours of a fluxed
+        # qubit's neighbour (thermal both, shifting it by their ZZ times ~1 % while it
+        # hybridises), stay diagonal and do not matter.
         active = set(touched)
-        for q in touched:
+        for q in played:
             active |= set(self.device.neighbours(q))
-        active |= drive_crosstalk_targets(self.device.crosstalk, touched)
+        active |= drive_crosstalk_targets(self.device.crosstalk, played)
         if resume is not None:
             active, t0 = _resume_qubits(resume, active), resume.time_samples
         if len(active) > MAX_EVOLVED_TRANSMONS:
