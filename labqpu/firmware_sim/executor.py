@@ -341,26 +341,20 @@ class SimulatedController:
         n_acq)}`` (the discriminated results; 0 without a discriminator), with traces also
         ``"traces"`` complex64 (shots, n_acq, points) ((1, n_acq, points) averaged) and
         ``"trace_decimation"`` int64 (1,)."""
-        if not 1 <= shots <= MAX_SHOTS:
-            raise ValueError(f"shots must be in 1..{MAX_SHOTS}, got {shots}")
-        rep_delay = params.get("rep_delay_s")
-        if rep_delay is not None and (isinstance(rep_delay, bool)
-                                      or not isinstance(rep_delay, int | float)
-                                      or not 0 <= rep_delay < math.inf):
-            raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
-        traces, decimation = self._trace_params(params)
-        seed = params.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
-                                 or seed < 0):
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         sync = None
         if "sync" in params:
             if self.hub is None:
                 raise ValueError("sync: this controller is not part of a rack with a trigger")
             sync = parse_sync(params["sync"], self.spec.name, self.hub.controllers)
-        rng = None if sync is not None and sync.role == FOLLOWER else self.shared.rng(seed)
-        prog, ff = to_rack_ports(*self._parse(arrays, meta), self.spec.output_base,
-                                 self.spec.input_base)
+        try:
+            rep_delay, traces, decimation, seed = self._run_params(shots, params)
+            rng = None if sync is not None and sync.role == FOLLOWER else self.shared.rng(seed)
+            prog, ff = to_rack_ports(*self._parse(arrays, meta), self.spec.output_base,
+                                     self.spec.input_base)
+        except ValueError as exc:
+            if sync is not None:  # its group would wait for it in vain
+                self.hub.withdraw(sync, self.spec.name, f"failed: {exc}")
+            raise
         if sync is None:
             return self._simulate(prog, ff, shots, rng, rep_delay, traces, decimation, cancel)
         part = SyncPart(self.spec.name, prog, ff, shots, rep_delay)
@@ -395,7 +389,7 @@ class SimulatedController:
             sync = parse_sync(params["sync"], self.spec.name, self.hub.controllers)
         except ValueError:
             return  # a run with a bad sync object never joined a group
-        self.hub.abandon(sync, self.spec.name)
+        self.hub.withdraw(sync, self.spec.name, "was aborted before it started")
 
     def _simulate(self, prog: WireProgram, ff: FeedForward, shots: int,
                   rng: np.random.Generator, rep_delay: float | None, traces: str | None,
@@ -430,6 +424,24 @@ class SimulatedController:
                 if traces == "avg" else out
             result["trace_decimation"] = np.array([decimation], dtype=np.int64)
         return result
+
+    @staticmethod
+    def _run_params(shots: int, params: dict) -> tuple[float | None, str | None, int, int | None]:
+        """(``rep_delay_s`` or None, ``traces`` mode or None, ``trace_decimation``, ``seed`` or
+        None) of a run of ``shots`` shots with run ``params``, checked."""
+        if not 1 <= shots <= MAX_SHOTS:
+            raise ValueError(f"shots must be in 1..{MAX_SHOTS}, got {shots}")
+        rep_delay = params.get("rep_delay_s")
+        if rep_delay is not None and (isinstance(rep_delay, bool)
+                                      or not isinstance(rep_delay, int | float)
+                                      or not 0 <= rep_delay < math.inf):
+            raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
+        traces, decimation = SimulatedController._trace_params(params)
+        seed = params.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                 or seed < 0):
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        return rep_delay, traces, decimation, seed
 
     @staticmethod
     def _trace_params(params: dict) -> tuple[str | None, int]:

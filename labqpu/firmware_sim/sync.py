@@ -421,15 +421,15 @@ class SyncHub:
                                     f"{part.controller} has {mine}")
         return problems
 
-    def abandon(self, request: SyncRequest, controller: str) -> None:
-        """``controller``'s run of ``request`` was aborted before it started: its group fails
-        (unless it already ran without it)."""
-        where = f"sync group {request.group}"
+    def withdraw(self, request: SyncRequest, controller: str, why: str) -> None:
+        """``controller``'s run of ``request`` will not take part (it was aborted before it
+        started, or its parameters are bad: ``why``): its group fails, unless it already ran
+        without it."""
         with self._cond:
             group = self._group(request.group)
             if not group.triggered:
-                self._close(group, f"{where}: {request.role} {controller}'s run was aborted "
-                                   "before it started")
+                self._close(group, f"sync group {request.group}: {request.role} {controller}'s "
+                                   f"run {why}")
 
     def deliver(self, group_name: str, results: dict[str, dict[str, np.ndarray]]) -> None:
         """Hand each taken follower of the group its results."""

@@ -503,3 +503,19 @@ def test_a_failing_merged_run_fails_leader_and_follower_naming_the_leader(client
     error = _failure(c1, follower)
     assert error.remote_type == ERR_SYNC
     assert "sync group doomed: leader ctrl0's run failed: SimulationError" in str(error)
+
+
+def test_a_leader_with_bad_run_parameters_releases_its_armed_follower(clients) -> None:
+    c0, c1 = clients["ctrl0"], clients["ctrl1"]
+    follower = c1.run(c1.upload(*_tiny("ctrl1").to_wire()), 10,
+                      params={"sync": _sync("follower", "badparams", "ctrl0")},
+                      time_limit_s=30.0)
+    assert _state(c1, follower, ("running",))[0] == "running"
+    leader = c0.run(c0.upload(*_tiny("ctrl0").to_wire()), 10, params={
+        "rep_delay_s": "soon", "sync": _sync("leader", "badparams", ["ctrl1"])})
+    assert _failure(c0, leader).remote_type == "ValueError"
+    start = time.monotonic()
+    error = _failure(c1, follower)
+    assert time.monotonic() - start < 2.0
+    assert "sync group badparams: leader ctrl0's run failed: rep_delay_s must be a number" \
+        in str(error)
