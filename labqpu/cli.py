@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     script = Path(args.script)
     if not script.is_file():
-        print(f"labqpu run: no such file: {script}", file=sys.stderr)
+        print(f"labqpu: no such file: {script}", file=sys.stderr)
         return 2
     if script.suffix == ".qasm":
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.

@@ -64,11 +64,12 @@ def test_demo_with_zero_shots_is_a_one_line_error(tmp_path):
     assert "shots" in lines[0]
 
 
-def test_missing_script(tmp_path):
-    proc = labqpu(tmp_path, "run", "missing.py")
+@pytest.mark.parametrize("name", ["missing.py", "missing.qasm"])
+def test_missing_script(tmp_path, name):
+    # The README's form for user errors: one line, "labqpu: <message>", exit code 2.
+    proc = labqpu(tmp_path, "run", name)
     assert proc.returncode == 2
-    assert "missing.py" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"labqpu: no such file: {name}"]
 
 
 def test_sim_with_missing_wiring_file(tmp_path):

@@ -31,7 +31,7 @@ from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS, compile_cir
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import split_program
 from labqpu.pulse.timing import TimingConstraints
-from labqpu.rack.config import LabConfig
+from labqpu.rack.config import BUILTIN_DEVICES, LabConfig, builtin_config_path
 from labqpu.rack.hardware import HardwareQueue
 from labqpu.store import CalibrationStore, Snapshot
 
@@ -278,13 +278,23 @@ class LabBackend(BackendV2):
         return new
 
     def __reduce__(self) -> tuple:
-        embedded = getattr(self.provider, "simulator", None) is not None
-        reconnect = ("LabProvider()" if embedded  # its own simulator: a new one starts
-                     else f"LabProvider({str(self.config.path)!r})")
+        path = str(self.config.path)
+        if getattr(self.provider, "simulator", None) is not None:
+            builtin = next((d for d in BUILTIN_DEVICES if str(builtin_config_path(d)) == path),
+                           None)
+            opener = (f"LabProvider({builtin!r})" if builtin
+                      else f"LabProvider({path!r}, simulator=True)")
+            there = (f"open {opener}.backend({self.name!r}) in that process: this starts a new "
+                     "simulator of the same device, reading the same calibration store "
+                     f"({self.config.store_path}); it does not connect to this process's "
+                     "simulator")
+        else:
+            there = (f"connect to the same rack there with "
+                     f"LabProvider({path!r}).backend({self.name!r})")
         raise TypeError(
             f"backend {self.name!r} cannot be pickled: it holds live instrument sessions and "
             "the hardware queue of its provider. Pickle backend.target (or the results) "
-            f"instead, and in another process reconnect with {reconnect}.backend({self.name!r})")
+            f"instead; to run from another process, {there}")
 
     def _run_options(self, kwargs: dict) -> dict:
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),

@@ -1,7 +1,7 @@
 """The sy gate, its equivalence rules and labqpu's stage plugins, checked on the Target alone.
 
 No simulator: unitaries are compared with ``Operator.from_circuit`` (which undoes the layout
-and the routing permutation), durations come from the shipped snapshot.
+and the routing permutation); durations and gate errors come from the shipped snapshot.
 """
 
 from __future__ import annotations
