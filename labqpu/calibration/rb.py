@@ -268,19 +268,30 @@ def rb_update(builder: SnapshotBuilder, outcome: RBOutcome) -> None:
 
 
 def independent_sets(items: Sequence[tuple[int, ...]],
-                     coupling_map: Sequence[Sequence[int]]) -> list[list[tuple[int, ...]]]:
+                     coupling_map: Sequence[Sequence[int]],
+                     max_round_qubits: int | None = None) -> list[list[tuple[int, ...]]]:
     """Split ``items`` (qubits as 1-tuples, or edges) into rounds that can run simultaneously:
-    within a round no two items share a qubit or are coupled by an edge of ``coupling_map``.
-    Greedy, in the order given."""
+    within a round no two items share a qubit or are coupled by an edge of ``coupling_map``,
+    and (with ``max_round_qubits``) the round's qubits and their coupled neighbours number at
+    most that. Greedy, in the order given."""
     coupled = {frozenset(e) for e in coupling_map}
+    neighbours: dict[int, set[int]] = {}
+    for a, b in coupling_map:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
 
     def clash(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
         return bool(set(a) & set(b)) or any(frozenset((p, q)) in coupled for p in a for q in b)
 
+    def reach(group: Sequence[tuple[int, ...]]) -> set[int]:
+        qubits = {q for item in group for q in item}
+        return qubits.union(*(neighbours.get(q, set()) for q in qubits))
+
     rounds: list[list[tuple[int, ...]]] = []
     for item in items:
         for r in rounds:
-            if not any(clash(item, other) for other in r):
+            if not any(clash(item, other) for other in r) and (
+                    max_round_qubits is None or len(reach([*r, item])) <= max_round_qubits):
                 r.append(item)
                 break
         else:
@@ -296,6 +307,11 @@ class RBSettings:
     lengths_2q: tuple[int, ...] = (1, 10, 30, 60, 100)
     seeds: int = 4
     shots: int = 300
+    #: Most qubits one round drives or disturbs (the benchmarked qubits and their coupled
+    #: neighbours): a round is one experiment on that many coupled transmons, which the
+    #: firmware simulator evolves as one density matrix (16 x 9^n bytes). On hardware it may
+    #: be raised (None: no bound).
+    max_round_qubits: int | None = 6
 
 
 def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
@@ -325,7 +341,7 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
     for i, (settings_lengths, items) in enumerate(
             ((settings.lengths_1q, [(q,) for q in qubits]),
              (settings.lengths_2q, [tuple(e) for e in edges]))):
-        for group in independent_sets(items, coupling):
+        for group in independent_sets(items, coupling, settings.max_round_qubits):
             say(f"randomized benchmarking of {', '.join(map(str, group))}")
             data = acquire_rb(backend, group, settings_lengths, seeds=settings.seeds,
                               shots=settings.shots,

@@ -101,6 +101,27 @@ def test_rounds_never_pair_coupled_qubits_or_edges():
     assert qubits == [[(0,), (2,), (4,)], [(1,), (3,)]]
     edges = independent_sets(LAB5_COUPLING, LAB5_COUPLING)
     assert edges == [[(0, 1), (3, 4)], [(1, 2)], [(2, 3)]]
+    assert independent_sets([(q,) for q in range(5)], LAB5_COUPLING, 6) == qubits
+
+
+def test_rounds_on_a_ladder_stay_within_the_qubits_they_may_disturb():
+    """lab10's 2 x 5 ladder: with at most 6 qubits driven or disturbed per round (the
+    benchmarked ones and their neighbours), every round stays within 6, no round pairs coupled
+    qubits, and every qubit is benchmarked once."""
+    ladder = [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8), (8, 9),
+              (0, 5), (1, 6), (2, 7), (3, 8), (4, 9)]
+    neighbours = {q: {b for a, b in ladder if a == q} | {a for a, b in ladder if b == q}
+                  for q in range(10)}
+    for items in ([(q,) for q in range(10)], ladder):
+        rounds = independent_sets(items, ladder, 6)
+        assert sorted(i for r in rounds for i in r) == sorted(items)
+        for r in rounds:
+            qubits = {q for item in r for q in item}
+            assert len(qubits.union(*(neighbours[q] for q in qubits))) <= 6, r
+            for a in r:
+                for b in r:
+                    if a != b:
+                        assert not any((p, q) in ladder for p in a for q in b), r
 
 
 @pytest.mark.parametrize("width", [1, 2])
