@@ -309,7 +309,10 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     circuit itself contains marks free evolution: an idle window on that qubit, or on a qubit
     coupled to it in the Target, that overlaps the delay in time is padded with a plain delay.
     An echo on a coupled neighbour would refocus the ZZ the waiting qubit feels, which is what
-    ``ZZRamsey`` (control idle while the target waits) measures.
+    ``ZZRamsey`` (control idle while the target waits) measures. A qubit the circuit never uses
+    (nothing but delays and barriers on it) is not decoupled either: it stays in its ground
+    state, where an echo refocuses nothing (its neighbours feel no ZZ from |0>) and would only
+    add its pulses' errors, and touch a qubit the circuit left alone.
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
@@ -324,6 +327,11 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         self._free: dict = {
             qubit: [w for q in (qubit, *neighbours.get(qubit, ())) for w in own.get(q, ())]
             for qubit in dag.qubits}
+        used = {q for node in dag.op_nodes() if node.op.name not in ("delay", "barrier")
+                for q in node.qargs}
+        for qubit in dag.qubits:
+            if qubit not in used:
+                self._free[qubit] = [(-math.inf, math.inf)]
         return super().run(dag)
 
     def _neighbours(self, dag: DAGCircuit) -> dict:

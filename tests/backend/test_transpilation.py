@@ -362,3 +362,19 @@ def test_pulse_pass_keeps_the_global_phase_exactly(target):
         out = PulseEfficient1q(target)(native)
         assert count_pulses(out) <= count_pulses(native), i
         assert np.allclose(Operator(out).data, Operator(native).data), i
+
+
+def test_qubits_the_circuit_never_uses_are_not_decoupled(lab_backend) -> None:
+    """An RB-like circuit on qubits 0 and 2 with a full-width barrier before its readout: the
+    idle qubits 1, 3 and 4 get plain delays, no x pulses (nothing to refocus in |0>)."""
+    qc = QuantumCircuit(5, 2)
+    for _ in range(6):
+        qc.sx(0)
+        qc.sx(2)
+    qc.barrier()
+    qc.measure([0, 2], [0, 1])
+    isa = transpile(qc, lab_backend, initial_layout=list(range(5)))
+    touched = {isa.find_bit(q).index for inst in isa.data
+               if inst.operation.name not in ("delay", "barrier") for q in inst.qubits}
+    assert touched == {0, 2}
+    assert isa.count_ops().get("delay", 0) > 0
