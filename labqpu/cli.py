@@ -229,7 +229,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             if not report.ok:
                 return 1
         if args.rb or (args.bootstrap and not args.no_rb):
-            snapshot = _randomized_benchmarking(backend, progress)
+            snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args))
         if args.export and snapshot is not None:
             Path(args.export).write_text(
                 json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
@@ -278,17 +278,39 @@ class _BarReporter:
         self.bar.close()
 
 
-def _randomized_benchmarking(backend, progress):
-    """RB of every qubit and cz edge of the backend's newest snapshot; writes each benchmark's
-    record and plot next to the store, commits the gate errors as a new snapshot (its parent
-    the one measured) and returns it."""
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _rb_settings(args: argparse.Namespace):
+    """The RB settings of ``--rb-lengths-1q``, ``--rb-lengths-2q`` and ``--rb-seeds`` (the
+    defaults of ``RBSettings`` where not given)."""
+    from labqpu.calibration.rb import RBSettings
+
+    defaults = RBSettings()
+    return RBSettings(lengths_1q=tuple(args.rb_lengths_1q or defaults.lengths_1q),
+                      lengths_2q=tuple(args.rb_lengths_2q or defaults.lengths_2q),
+                      seeds=args.rb_seeds or defaults.seeds)
+
+
+def _randomized_benchmarking(backend, progress, rb_settings):
+    """RB of every qubit and cz edge of the backend's newest snapshot with ``rb_settings``;
+    writes each benchmark's record and plot next to the store, commits the gate errors as a
+    new snapshot (its parent the one measured) and returns it."""
     from labqpu.calibration.plots import save_plot
     from labqpu.calibration.rb import benchmark_gates, rb_record, rb_update
     from labqpu.calibration.records import experiments_directory
     from labqpu.store import SnapshotBuilder
 
     measured = backend.snapshot
-    outcomes = benchmark_gates(backend, progress=progress)
+    outcomes = benchmark_gates(backend, settings=rb_settings, progress=progress)
     builder = SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
     directory = experiments_directory(backend.config.store_path)
@@ -465,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
                           "snapshot and commit them")
     cal.add_argument("--no-rb", action="store_true",
                      help="with --bootstrap: skip randomized benchmarking")
+    cal.add_argument("--rb-lengths-1q", type=_positive_int, nargs="+", metavar="M",
+                     help="RB: 1-qubit sequence lengths in Cliffords (default 1 50 150 300 600)")
+    cal.add_argument("--rb-lengths-2q", type=_positive_int, nargs="+", metavar="M",
+                     help="RB: 2-qubit sequence lengths in Cliffords (default 1 10 30 60 100)")
+    cal.add_argument("--rb-seeds", type=_positive_int, metavar="N",
+                     help="RB: random sequences per length (default 4)")
     cal.add_argument("--config", help="lab.toml, or a built-in device: lab5 (default), lab10")
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)
