@@ -124,7 +124,7 @@ def resolve_config_path(config: str | os.PathLike | None) -> tuple[Path, bool]:
     if config is None:
         return default_config_path(), True
     path = Path(config)
-    if not path.exists() and str(config) in BUILTIN_DEVICES:
+    if not path.is_file() and str(config) in BUILTIN_DEVICES:
         return builtin_config_path(str(config)), True
     return path, False
 

@@ -1,0 +1,36 @@
+"""Built-in devices are named, not pathed: ``LabProvider("lab10")``, ``--config lab10``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labqpu.errors import BackendConfigurationError
+from labqpu.rack.config import (
+    BUILTIN_DEVICES,
+    builtin_config_path,
+    load_config,
+    resolve_config_path,
+)
+
+
+@pytest.mark.parametrize("name", BUILTIN_DEVICES)
+def test_every_builtin_device_ships_wiring_design_and_snapshot(name) -> None:
+    path = builtin_config_path(name)
+    config = load_config(path)
+    assert config.device_name == name
+    for sibling in (f"{name}_design.toml", config.seed_snapshot):
+        assert (path.parent / sibling).is_file(), sibling
+
+
+def test_names_resolve_to_the_shipped_wiring(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lab10").mkdir()  # a directory of that name does not shadow the device
+    assert resolve_config_path("lab10") == (builtin_config_path("lab10"), True)
+    assert resolve_config_path(None) == (builtin_config_path("lab5"), True)
+    (tmp_path / "lab5").write_text("")  # a file of that name is the user's wiring file
+    assert resolve_config_path("lab5") == (Path("lab5"), False)
+    assert resolve_config_path("my_lab.toml") == (Path("my_lab.toml"), False)
+    with pytest.raises(BackendConfigurationError, match="built-in devices: lab5, lab10"):
+        builtin_config_path("lab99")
