@@ -75,6 +75,7 @@ SCALING_LAYERS = (5, 17, 34)
 #: on lines of physical qubits: every qubit's idle neighbours are evolved too (static ZZ), so
 #: the 5-qubit line 5-0-1-6-7 evolves 7 transmons; the rungs 0-5, 1-6 play on both controllers.
 SCALING_LAB10 = {2: [0, 1], 3: [0, 1, 2], 5: [5, 0, 1, 6, 7]}
+SCALING_LAB10_LAYERS = (5, 17)
 PULSE_SAMPLES = 160
 
 
@@ -233,7 +234,7 @@ def bench_scaling(budget: Budget) -> None:
           f"{'blocks':>6} {'labqpu':>10} {'per layer':>10} {'qiskit-aer':>10} {'ratio':>6}")
     rows = [("lab5", n, layers, None) for n in SCALING_QUBITS for layers in SCALING_LAYERS]
     rows += [("lab10", n, layers, layout) for n, layout in SCALING_LAB10.items()
-             for layers in SCALING_LAYERS]
+             for layers in SCALING_LAB10_LAYERS]
     for device, num_qubits, layers, layout in rows:
         prep = _prepare(num_qubits, layers, device=device, layout=layout)
         engine, wire, settings = prep.engine, prep.wire, prep.settings

@@ -189,6 +189,7 @@ class _Plan:
             self.qubit.append(acq_qubit[int(port)])
         reach: dict[int, list[tuple[int, int]]] = {}
         touched = set(self.qubit)
+        played = set(self.qubit)
         lengths = np.diff(prog.wave_offset)[prog.play_wave]
         for i, port in enumerate(prog.play_port):
             if int(port) not in role:
@@ -199,10 +200,13 @@ class _Plan:
             for r in hit:
                 reach.setdefault(r, []).append(iv)
             touched |= set(hit)
+            played.add(q)
+        # As PhysicsEngine.evolve: the idle neighbours of the played qubits are spectators, not
+        # those of a fluxed qubit's neighbours.
         self.active = set(touched)
-        for q in touched:
+        for q in played:
             self.active |= set(engine.device.neighbours(q))
-        self.active |= drive_crosstalk_targets(engine.device.crosstalk, touched)
+        self.active |= drive_crosstalk_targets(engine.device.crosstalk, played)
         start, end = prog.acq_start, prog.acq_start + prog.acq_duration
         needed = set(int(j) for j in ff.block_acq)
         for j, q in enumerate(self.qubit):

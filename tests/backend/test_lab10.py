@@ -101,3 +101,20 @@ def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:
     native = transpile(bell(), lab10, initial_layout=[0, 1])
     counts = lab10.run(native, shots=1000).result(timeout=120).get_counts()
     assert counts.get("00", 0) + counts.get("11", 0) >= 900, counts
+
+
+def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
+    """Bell on 6-7, then qubit 8 flipped when qubit 7 read 1: a cz, a mid-circuit measurement
+    and a conditional pulse on ctrl1 evolve 7 transmons, within the simulator's limit. All three
+    bits agree in most shots."""
+    qc = QuantumCircuit(3, 3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure(1, 1)
+    with qc.if_test((qc.clbits[1], 1)):
+        qc.x(2)
+    qc.measure(0, 0)
+    qc.measure(2, 2)
+    native = transpile(qc, lab10, initial_layout=[6, 7, 8])
+    counts = lab10.run(native, shots=1000).result(timeout=300).get_counts()
+    assert (counts.get("000", 0) + counts.get("111", 0)) / 1000 >= 0.85, counts
