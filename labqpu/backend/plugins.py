@@ -312,7 +312,10 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     ``ZZRamsey`` (control idle while the target waits) measures. A qubit the circuit never uses
     (nothing but delays and barriers on it) is not decoupled either: it stays in its ground
     state, where an echo refocuses nothing (its neighbours feel no ZZ from |0>) and would only
-    add its pulses' errors, and touch a qubit the circuit left alone.
+    add its pulses' errors, and touch a qubit the circuit left alone. Nor is the part of an idle
+    window during which a coupled neighbour plays a two-qubit gate: an echo there would flip a
+    spectator of the cz while its flux pulse plays (its conditional phase depends on that
+    level); the parts before and after are decoupled on their own.
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
@@ -327,6 +330,18 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         self._free: dict = {
             qubit: [w for q in (qubit, *neighbours.get(qubit, ())) for w in own.get(q, ())]
             for qubit in dag.qubits}
+        # An echo on a neighbour of a two-qubit gate while it plays changes the spectator level
+        # that the cz's conditional phase depends on (calibration.spectators): that stretch of
+        # an idle window stays a plain delay, the rest of the window is decoupled.
+        self._busy: dict = {qubit: [] for qubit in dag.qubits}
+        for node in dag.two_qubit_ops():
+            if starts is None or node not in starts:
+                continue
+            window = (starts[node], starts[node] + self.get_duration(node, dag))
+            for q in node.qargs:
+                for other in neighbours.get(q, ()):
+                    if other not in node.qargs:
+                        self._busy[other].append(window)
         used = {q for node in dag.op_nodes() if node.op.name not in ("delay", "barrier")
                 for q in node.qargs}
         for qubit in dag.qubits:
@@ -349,7 +364,17 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
             if d0 < t_end and d1 > t_start:
                 self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
                 return
-        super()._pad(dag, qubit, t_start, t_end, next_node, prev_node)
+        t = t_start
+        for c0, c1 in sorted(self._busy.get(qubit, ())):
+            a, b = max(c0, t), min(c1, t_end)
+            if b <= a:
+                continue
+            if a > t:
+                super()._pad(dag, qubit, t, a, next_node, prev_node)
+            self._apply_scheduled_op(dag, a, Delay(b - a, dag._unit), qubit)
+            t = b
+        if t < t_end:
+            super()._pad(dag, qubit, t, t_end, next_node, prev_node)
 
 
 def dd_sequence() -> list[Gate]:

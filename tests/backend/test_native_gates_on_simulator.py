@@ -87,9 +87,12 @@ def test_backend_names_its_plugins_and_transpile_uses_them(lab_backend) -> None:
     qc = QuantumCircuit(3, 3)
     qc.h(0)
     qc.cx(0, 1)
-    for _ in range(6):
-        qc.cz(1, 2)
+    for i in range(6):
+        if i == 3:
+            qc.cz(1, 2)
         qc.sx(1)
+        qc.sx(2)
+        qc.barrier(1, 2)  # keeps the transpiler from merging the pulses
     qc.cx(0, 1)
     qc.measure(range(3), range(3))
     ours = transpile(qc, lab_backend, optimization_level=1, seed_transpiler=4)
@@ -111,10 +114,12 @@ def test_dd_circuit_gives_the_outcomes_of_the_unitary(lab_backend) -> None:
     qc = QuantumCircuit(3, 3)
     qc.h(0)
     qc.cx(0, 1)
-    for _ in range(3):
-        qc.cz(1, 2)
+    for i in range(4):
+        if i == 2:
+            qc.cz(1, 2)
         qc.ry(0.4, 1)
         qc.rx(0.7, 2)
+        qc.barrier(1, 2)  # keeps the transpiler from merging the pulses
     qc.cx(0, 1)
     qc.measure(range(3), range(3))
     ideal = Statevector(qc.remove_final_measurements(inplace=False)).probabilities_dict()
