@@ -182,9 +182,15 @@ def fit_rb(lengths: np.ndarray, survival: np.ndarray, num_qubits: int,
     themselves. With ``None`` B is fitted too. Pure: no side effects. The uncertainty of each
     mean is the standard error over seeds (at least a binomial floor of 0.005), so
     ``reduced_chi2`` near 1 means the model fits. Raises ``FitError`` if the decay cannot be
-    fitted or alpha is not in (0, 1].
+    fitted or alpha is not in (0, 1], and if fewer distinct lengths than the fit's parameters
+    plus one are given (the decay would be a guess, not a measurement).
     """
     lengths = np.asarray(lengths, dtype=float)
+    needed = 3 if baseline is not None else 4
+    if np.unique(lengths).shape[0] < needed:
+        raise FitError(f"RB needs at least {needed} distinct sequence lengths to fit the decay"
+                       f"{' with its asymptote fixed' if baseline is not None else ''}, got "
+                       f"{sorted({int(m) for m in lengths})}")
     survival = np.asarray(survival, dtype=float)
     mean = survival.mean(axis=1)
     seeds = survival.shape[1]

@@ -189,3 +189,12 @@ def test_a_record_keeps_what_the_fit_needs_and_plots(tmp_path):
     (tmp_path / "broken.json").write_text('{"format": 1, "kind": "rb_1q"}')
     with pytest.raises(ValueError, match=r"broken\.json: missing field 'experiment'"):
         load_record(tmp_path / "broken.json")
+
+
+def test_too_few_lengths_is_a_fit_error_not_a_gate_error():
+    """A review ran `--rb-lengths-1q 3`: one length fitted nothing, yet committed the fit's
+    starting guess as every qubit's error. Fewer distinct lengths than parameters + 1 fail."""
+    with pytest.raises(FitError, match="at least 3 distinct sequence lengths"):
+        fit_rb(np.array([3, 3]), np.array([[0.9, 0.91], [0.9, 0.9]]), 1, baseline=0.5)
+    with pytest.raises(FitError, match="at least 4 distinct"):
+        fit_rb(np.array([1, 10, 30]), np.full((3, 2), 0.9), 1)
