@@ -38,7 +38,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from labqpu.errors import SimulationError
-from labqpu.firmware_sim.crosstalk import drive_crosstalk_targets
 from labqpu.firmware_sim.density import LEVELS, DensityMatrix
 from labqpu.firmware_sim.noise import (
     QubitConditions,
@@ -53,6 +52,7 @@ from labqpu.firmware_sim.physics import (
     Settings,
     WireProgram,
     _render_kernel,
+    evolved_qubits,
 )
 from labqpu.firmware_sim.shots import run_shots
 
@@ -188,8 +188,7 @@ class _Plan:
                                       "is cabled to")
             self.qubit.append(acq_qubit[int(port)])
         reach: dict[int, list[tuple[int, int]]] = {}
-        touched = set(self.qubit)
-        played = set(self.qubit)
+        played, fluxed = set(self.qubit), set()
         lengths = np.diff(prog.wave_offset)[prog.play_wave]
         for i, port in enumerate(prog.play_port):
             if int(port) not in role:
@@ -199,14 +198,8 @@ class _Plan:
             hit = [q, *engine.device.neighbours(q)] if kind == "flux" else [q]
             for r in hit:
                 reach.setdefault(r, []).append(iv)
-            touched |= set(hit)
-            played.add(q)
-        # As PhysicsEngine.evolve: the idle neighbours of the played qubits are spectators, not
-        # those of a fluxed qubit's neighbours.
-        self.active = set(touched)
-        for q in played:
-            self.active |= set(engine.device.neighbours(q))
-        self.active |= drive_crosstalk_targets(engine.device.crosstalk, played)
+            (fluxed if kind == "flux" else played).add(q)
+        self.active = evolved_qubits(engine.device, played, fluxed)[1]
         start, end = prog.acq_start, prog.acq_start + prog.acq_duration
         needed = set(int(j) for j in ff.block_acq)
         for j, q in enumerate(self.qubit):

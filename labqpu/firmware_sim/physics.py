@@ -207,6 +207,25 @@ def _resume_qubits(start: EvolutionStart, needed: set[int]) -> set[int]:
     return set(order)
 
 
+def evolved_qubits(device: DeviceTruth, played: set[int], fluxed: set[int]
+                   ) -> tuple[set[int], set[int]]:
+    """(touched, evolved) qubits of a program that plays on or measures ``played`` and fluxes
+    ``fluxed``. Touched: those, and the neighbours of a fluxed qubit (they hybridise with it).
+    Evolved: the touched ones, the idle neighbours of the played and fluxed qubits (static-ZZ
+    spectators in their thermal level) and the qubits their drives reach by crosstalk. The
+    other neighbours of a fluxed qubit's neighbour (thermal both, shifting it by their ZZ times
+    ~1 % while it hybridises) and qubits farther away stay diagonal and do not matter."""
+    played = played | fluxed
+    touched = set(played)
+    for q in fluxed:
+        touched |= set(device.neighbours(q))
+    evolved = set(touched)
+    for q in played:
+        evolved |= set(device.neighbours(q))
+    evolved |= drive_crosstalk_targets(device.crosstalk, played)
+    return touched, evolved
+
+
 class PhysicsEngine(DriveBlocks, ClusterBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
@@ -333,18 +352,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 "two acquisitions on one qubit in one program (mid-circuit measurement) are not "
                 "supported by this simulator version"
             )
-        played = set(drive_iv) | set(flux_iv) | set(measured)
-        touched = set(played)
-        for q in flux_iv:  # they hybridise with the fluxed qubit
-            touched |= set(self.device.neighbours(q))
-        # Spectators: an untouched neighbour of a played qubit shifts it through static ZZ by
-        # its (thermal) level. Qubits farther away, and the other neighbours of a fluxed
-        # qubit's neighbour (thermal both, shifting it by their ZZ times ~1 % while it
-        # hybridises), stay diagonal and do not matter.
-        active = set(touched)
-        for q in played:
-            active |= set(self.device.neighbours(q))
-        active |= drive_crosstalk_targets(self.device.crosstalk, played)
+        touched, active = evolved_qubits(self.device, set(drive_iv) | set(measured),
+                                         set(flux_iv))
         if resume is not None:
             active, t0 = _resume_qubits(resume, active), resume.time_samples
         if len(active) > MAX_EVOLVED_TRANSMONS:
