@@ -79,7 +79,7 @@ SCALING_LAB10_LAYERS = (5, 17)
 PULSE_SAMPLES = 160
 
 
-def _lab5_engine(device: str = "lab5"):
+def _engine(device: str = "lab5"):
     """A fresh PhysicsEngine of a built-in device (default lab5) and its wiring."""
     from labqpu.firmware_sim.device import load_device, load_rack
     from labqpu.firmware_sim.physics import PhysicsEngine
@@ -141,7 +141,7 @@ def _prepare(num_qubits: int, layers: int, seed: int = 1, device: str = "lab5",
     circuit = random_native_circuit(num_qubits=num_qubits, layers=layers, seed=seed)
     tqc = transpile(circuit, target=target, seed_transpiler=1, initial_layout=layout)
     program = compile_circuit(tqc, snapshot, config.channels)
-    engine, rack = _lab5_engine(device)
+    engine, rack = _engine(device)
     settings = Settings(
         los={k: (v.frequency_hz, v.power_dbm, True) for k, v in program.lo_settings.items()},
         currents=dict(program.flux_bias_a))
@@ -173,7 +173,7 @@ def bench_circuit(budget: Budget) -> None:
           f"{program.play_port.shape[0]} plays, {program.duration_samples} samples")
 
     def labqpu_cold():
-        fresh, _ = _lab5_engine()
+        fresh, _ = _engine()
         return fresh.run(wire, settings, SHOTS, np.random.default_rng(7))
 
     def labqpu_warm():
@@ -290,7 +290,7 @@ def _drag_hamiltonians(n: int, alpha_hz: float, rabi_hz: float):
 def bench_pulse(budget: Budget) -> None:
     from labqpu.firmware_sim.propagation import _transmon_propagate_kernel
 
-    engine, _ = _lab5_engine()
+    engine, _ = _engine()
     q = engine.device.qubits[0]
     dt_s = 1.0 / engine.device.sample_rate_hz
     z, h = _drag_hamiltonians(PULSE_SAMPLES, q.anharmonicity_hz, q.rabi_hz_per_amplitude)

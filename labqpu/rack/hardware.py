@@ -242,40 +242,33 @@ class RackConnection:
     def _merge(program: PulseProgram, parts: list, outputs: list[dict[str, np.ndarray]],
                request: RunRequest) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """(iq, traces, decimation) of the whole program from its parts' results."""
-        n_acq = program.acq_port.shape[0]
-        iq = None
-        traces, decimation = None, None
         for part, arrays in zip(parts, outputs, strict=True):
             if "iq" not in arrays:
                 raise InstrumentCommandError("controller returned no 'iq' array",
                                              instrument=part.controller, command="fetch")
-            if len(parts) == 1:
-                iq = arrays["iq"]
-            else:
-                if iq is None:
-                    iq = np.zeros((arrays["iq"].shape[0], n_acq), dtype=np.complex64)
-                if arrays["iq"].shape != (iq.shape[0], part.acquisitions.shape[0]):
-                    raise InstrumentCommandError(
-                        f"controller returned 'iq' of shape {arrays['iq'].shape}, expected "
-                        f"{(iq.shape[0], part.acquisitions.shape[0])}",
-                        instrument=part.controller, command="fetch")
-                iq[:, part.acquisitions] = arrays["iq"]
-            if request.traces is None:
-                continue
-            if "traces" not in arrays or "trace_decimation" not in arrays:
+            if request.traces is not None and (
+                    "traces" not in arrays or "trace_decimation" not in arrays):
                 raise InstrumentCommandError("controller returned no 'traces' array",
                                              instrument=part.controller, command="fetch")
-            decimation = int(arrays["trace_decimation"][0])
-            if len(parts) == 1:
-                traces = arrays["traces"]
-                continue
-            points = max(traces.shape[2] if traces is not None else 0,
-                         arrays["traces"].shape[2])
-            grown = np.zeros((arrays["traces"].shape[0], n_acq, points), dtype=np.complex64)
-            if traces is not None:
-                grown[:, :, :traces.shape[2]] = traces
-            grown[:, part.acquisitions, :arrays["traces"].shape[2]] = arrays["traces"]
-            traces = grown
+        decimation = (None if request.traces is None
+                      else int(outputs[0]["trace_decimation"][0]))
+        if len(parts) == 1:  # the program's own columns (the backend checks the shape)
+            return outputs[0]["iq"], outputs[0].get("traces"), decimation
+        shots, n_acq = outputs[0]["iq"].shape[0], program.acq_port.shape[0]
+        iq = np.zeros((shots, n_acq), dtype=np.complex64)
+        for part, arrays in zip(parts, outputs, strict=True):
+            if arrays["iq"].shape != (shots, part.acquisitions.shape[0]):
+                raise InstrumentCommandError(
+                    f"controller returned 'iq' of shape {arrays['iq'].shape}, expected "
+                    f"{(shots, part.acquisitions.shape[0])}",
+                    instrument=part.controller, command="fetch")
+            iq[:, part.acquisitions] = arrays["iq"]
+        if request.traces is None:
+            return iq, None, None
+        points = max(arrays["traces"].shape[2] for arrays in outputs)
+        traces = np.zeros((outputs[0]["traces"].shape[0], n_acq, points), dtype=np.complex64)
+        for part, arrays in zip(parts, outputs, strict=True):
+            traces[:, part.acquisitions, :arrays["traces"].shape[2]] = arrays["traces"]
         return iq, traces, decimation
 
     def close(self) -> None:

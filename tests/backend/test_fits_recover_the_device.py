@@ -21,11 +21,7 @@ import numpy as np
 import pytest
 from qiskit_experiments.library import T1, T2Hahn
 
-pytestmark = [
-    pytest.mark.slow,
-    # qiskit-experiments 0.14 imports qiskit-ibm-runtime's SamplerV2, deprecated in 0.50
-    pytest.mark.filterwarnings("ignore:The SamplerV2 class is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.slow
 
 QUBIT = 1
 SHOTS = 2000

@@ -40,11 +40,7 @@ from qiskit_experiments.library import (
     T2Ramsey,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    # qiskit-experiments 0.14 imports qiskit-ibm-runtime's SamplerV2, deprecated in 0.50
-    pytest.mark.filterwarnings("ignore:The SamplerV2 class is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.slow
 
 #: RB lengths for one qubit: long enough that the decay (EPC ~ 5e-4) is well resolved; with
 #: 400 Cliffords at most, the fitted EPC scattered over a factor of 10 between runs.

@@ -30,11 +30,7 @@ from labqpu.calibration.rb import (
 from labqpu.rack.config import default_config_path
 from labqpu.store import SnapshotBuilder
 
-pytestmark = [
-    pytest.mark.slow,
-    # qiskit-experiments 0.14 imports qiskit-ibm-runtime's SamplerV2, deprecated in 0.50
-    pytest.mark.filterwarnings("ignore:The SamplerV2 class is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.slow
 
 QUBIT = 3
 LENGTHS = [1, 50, 100, 200, 400, 700, 1000]

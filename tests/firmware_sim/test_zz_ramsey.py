@@ -33,10 +33,6 @@ from labqpu.firmware_sim.device import load_device
 
 qiskit_experiments = pytest.importorskip("qiskit_experiments.library")
 
-#: qiskit-experiments 0.14 touches qiskit-ibm-runtime's deprecated SamplerV2 when it runs.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The SamplerV2 class is deprecated:DeprecationWarning")
-
 EDGES = [(0, 1), (1, 2), (2, 3), (3, 4)]
 SHOTS = 1000
 OPTIONS = {"min_delay": 0.0, "max_delay": 10e-6, "num_delays": 50, "num_rotations": 5}
