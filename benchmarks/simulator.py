@@ -22,7 +22,7 @@ also shown with its default threads as context):
     (``_transmon_propagate_kernel``) against one batched ``numpy.linalg.eigh`` over the
     samples (then the ordered product) and against a per-sample ``scipy.linalg.expm`` loop;
     both references receive the Hamiltonian stack ready-made. A context line shows the
-    engine's cached look-up for the same pulse.
+    engine's own call for the same pulse (it computes, it does not cache).
 
     python benchmarks/simulator.py            # full: 7 repeats per figure
     python benchmarks/simulator.py --quick    # 3 repeats
@@ -318,8 +318,9 @@ def bench_pulse(budget: Budget) -> None:
     engine._transmon_unitary(0, z, phi, f_idle)
     t_hit = seconds_per_call(lambda: engine._transmon_unitary(0, z * np.exp(0.3j), phi, f_idle),
                              budget)
-    info(f"the same pulse at another phase through the engine's cache (key, look-up, frame "
-         f"change): {dur(t_hit)}/pulse, {fmt(t_eigh / t_hit)}x faster than batched eigh")
+    info(f"the same pulse through the engine (PhysicsEngine._transmon_unitary: detuning array "
+         f"and kernel, no cache): {dur(t_hit)}/pulse, {fmt(t_eigh / t_hit)}x faster than "
+         "batched eigh")
 
 
 def main(argv: list[str] | None = None) -> int:
