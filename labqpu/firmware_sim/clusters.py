@@ -46,7 +46,7 @@ from labqpu.firmware_sim.propagation import KEY_GRID_HZ, PEAK_TIE, phase_referen
 SUBSTEPS_PER_CYCLE = 20
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _propagate_kernel(h_stack_hz, dt_s):
     """Product of exact per-sample propagators exp(-i 2 pi H_k dt), last sample leftmost.
 

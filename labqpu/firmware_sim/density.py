@@ -29,7 +29,7 @@ def _ladder(levels: int = LEVELS) -> np.ndarray:
     return np.diag(np.sqrt(np.arange(1, levels, dtype=float)), 1).astype(complex)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _left_apply_kernel(x, u, row_ctrl, row_tgt, row_base, tgt_off):
     """Rows of u x for a conditioned operator: out[r] = sum_j u[ctrl(r), tgt(r), j]
     x[base(r) + off[j]] (x (d, e) complex, u (C, m, m)); ``row_*`` give each row's control
@@ -51,7 +51,7 @@ def _left_apply_kernel(x, u, row_ctrl, row_tgt, row_base, tgt_off):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _band_channel_kernel(x, s, a_dim, b_dim):
     """In place: rho -> S(rho) on one transmon of the flattened density matrix ``x`` (length
     d^2, d = 3 a_dim b_dim, row-major; the transmon's level is the middle digit of a row or

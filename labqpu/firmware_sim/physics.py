@@ -124,7 +124,7 @@ ZZ_MAX_CHUNKS = 16
 MAX_EVOLVED_TRANSMONS = 8
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _render_kernel(n_ports, n_samples, play_port, play_start, play_wave, play_amp, play_phase_rad,
                    play_freq_hz, wave_offset, wave_data, sample_rate_hz):
     """Render plays into per-port complex samples: amp * w[k] * exp(i (2 pi f t + phase)).

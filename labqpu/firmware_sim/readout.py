@@ -123,7 +123,7 @@ def level_exponents(tone_hz: float, resonator_hz: float, chi_hz: float, kappa_hz
     return -np.pi * kappa_hz - 2j * np.pi * (tone_hz - f_l)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _field_kernel(u, gamma0, step_e, step_d):
     """Field gamma at the start of each sample and after the last: gamma_{k+1} = E gamma_k +
     D u_k from ``gamma0``; returns complex (len(u) + 1,)."""
@@ -136,7 +136,7 @@ def _field_kernel(u, gamma0, step_e, step_d):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _window_kernel(u, rot, gamma_start, levels, step_e, step_d, photons_per_field2,
                    up_rate_at_crit_hz, n_crit, exponent, t1_s, dt_s, expo, unif, bin_len):
     """Per shot, the field over a window under the jump process (module docstring).

@@ -126,7 +126,7 @@ def _acos(t):
     return np.pi - acos_a if t < 0.0 else acos_a
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def _fill_chunk(z_hz, detuning_hz, start, m, a3, tau, buf):
     """Fill ``buf`` with the propagators of samples start .. start+m-1, each folded with the
     drive-phase step R_k^dag R_(k-1) on its right (module docstring), as nine complex entries
@@ -242,7 +242,7 @@ def _fill_chunk(z_hz, detuning_hz, start, m, a3, tau, buf):
         buf[ROW_SCALE * STRIDE + k] = tau * sp
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def _step(u, buf, k):
     """u <- A_k u for the folded propagator A_k in ``buf`` (chunk slot ``k``); u is 3x3."""
     o = ROW_V * STRIDE + k
@@ -264,7 +264,7 @@ def _step(u, buf, k):
         u[2, j] = a20 * u0 + a21 * u1 + a22 * u2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _check_range(buf, k):
     """Raise if sample slot ``k`` needs angles beyond the exact argument reduction."""
     if buf[ROW_SCALE * STRIDE + k] > 0.5 * MAX_ANGLE:
@@ -272,7 +272,7 @@ def _check_range(buf, k):
                          "2 pi dt exceeds 5e5 rad per sample")
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _frame(u, angle_rad, pr, pi):
     """exp(-i angle) R u in place, R = diag(1, p, p^2) with p = pr + i pi."""
     g = complex(np.cos(angle_rad), -np.sin(angle_rad))
@@ -284,7 +284,7 @@ def _frame(u, angle_rad, pr, pi):
         u[2, j] *= gpp
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _neumaier(total, comp, x):
     """One step of Neumaier's compensated sum: returns the new (total, compensation)."""
     t = total + x
@@ -295,7 +295,7 @@ def _neumaier(total, comp, x):
     return t, comp
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _transmon_propagate_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
     """Product of exact per-sample propagators of one transmon, last sample leftmost (3x3).
 
@@ -324,7 +324,7 @@ def _transmon_propagate_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _transmon_path_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
     """Cumulative propagators of one transmon at every sample boundary, shape (n + 1, 3, 3).
 

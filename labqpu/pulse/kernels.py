@@ -38,7 +38,7 @@ def _safe_f32(value, err):
     return abs(value) > err and np.float32(value - err) == np.float32(value + err)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gaussian_drag_kernel(sigma_samples, beta_samples, out):
     """Fill ``out`` (length N, complex64): Gaussian centred at (N - 1) / 2, lifted to vanish one
     sample outside the window and rescaled to a continuous peak of 1, on I; Q = beta * dI/dk.
@@ -98,7 +98,7 @@ def _gaussian_drag_kernel(sigma_samples, beta_samples, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gaussian_drag_direct_kernel(sigma_samples, beta_samples, out):
     """The direct formula of ``_gaussian_drag_kernel``, one ``exp`` per sample: what
     ``gaussian_drag`` uses for complex128 output, and the reference of the fast kernel."""
@@ -114,7 +114,7 @@ def _gaussian_drag_direct_kernel(sigma_samples, beta_samples, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
     """Fill ``out`` (length N): 1 on the flat part [c - w/2, c + w/2] around c = (N - 1) / 2,
     Gaussian flanks of ``sigma_samples`` outside it, lifted to vanish one sample outside the
@@ -139,7 +139,7 @@ def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _flat_top_kernel(rise_samples, beta_samples, out):
     """Fill ``out`` (length N): sample k at time t = k + 1/2 (samples); raised-cosine edges
     0.5 (1 - cos(pi t / rise)) of ``rise_samples`` at both ends, 1 between; Q = beta * dI/dk.
@@ -167,7 +167,7 @@ def _flat_top_kernel(rise_samples, beta_samples, out):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _cosine_kernel(beta_samples, out):
     """Fill ``out`` (length N): raised cosine (Hann) 0.5 (1 - cos(2 pi t / N)) at t = k + 1/2
     (samples), continuous peak 1 at the centre of the window; Q = beta * dI/dk."""
@@ -249,7 +249,7 @@ def cosine(duration_samples: int, beta_samples: float = 0.0,
 
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nearest_center_kernel(iq, center0, center1, n_columns):
     """State (0/1) per IQ point: 1 where the point is closer to ``center1[column]``.
 
@@ -288,7 +288,7 @@ EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "p
                  "measure", "phase_offset", "param_sign")
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
                   op_parent, op_offset, op_block, num_resources, num_device_qubits, alap,
                   effects, num_waves, drive_port,

@@ -8,11 +8,15 @@ controller each.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, transpile
 from qiskit.providers import JobError
 
 from labqpu import LabProvider
+from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.scpi import ScpiInstrument
 from labqpu.errors import InvalidRunInputError
 
 pytestmark = pytest.mark.slow
@@ -118,3 +122,32 @@ def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
     native = transpile(qc, lab10, initial_layout=[6, 7, 8])
     counts = lab10.run(native, shots=1000).result(timeout=300).get_counts()
     assert (counts.get("000", 0) + counts.get("111", 0)) / 1000 >= 0.85, counts
+
+
+def test_the_rack_answers_while_a_long_run_computes(lab10) -> None:
+    """A deep circuit on 5-0-1 evolves 7 transmons for about a second. While it computes, both
+    controllers answer ``status`` and an LO source answers ``*IDN?``, each within a 1 s bound
+    and without retries: the physics holds no lock the serving threads need (the numba kernels
+    release the GIL)."""
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    for _ in range(30):
+        for a, b in [(0, 1), (1, 2)]:
+            qc.cx(a, b)
+            qc.rx(0.3, a)
+    qc.measure_all()
+    native = transpile(qc, lab10, initial_layout=[5, 0, 1])
+    endpoints = [c.endpoint for c in lab10.config.controllers]
+    resource = lab10.config.instruments[0].resource
+    answered_busy = 0
+    with ControllerClient(endpoints[0], timeout_s=1.0, retries=0) as ctrl0, \
+            ControllerClient(endpoints[1], timeout_s=1.0, retries=0) as ctrl1, \
+            ScpiInstrument(resource, timeout_s=1.0) as lo:
+        job = lab10.run(native, shots=1000)
+        while not job.done():
+            states = {ctrl0.status()["state"], ctrl1.status()["state"]}
+            assert lo.query("*IDN?") == lo.identity
+            answered_busy += "busy" in states and not job.done()
+            time.sleep(0.02)
+    assert sum(job.result(timeout=300).get_counts().values()) == 1000
+    assert answered_busy >= 5, answered_busy
