@@ -198,6 +198,18 @@ def _calibrate(args: argparse.Namespace) -> int:
         print("labqpu calibrate: --bootstrap runs every node on every qubit; it takes no "
               "--all, node names, --qubits or --force", file=sys.stderr)
         return 2
+    rb_options = [flag for flag, value in (("--rb-lengths-1q", args.rb_lengths_1q),
+                                           ("--rb-lengths-2q", args.rb_lengths_2q),
+                                           ("--rb-seeds", args.rb_seeds)) if value]
+    runs_rb = args.rb or (args.bootstrap and not args.no_rb)
+    if args.no_rb and not args.bootstrap:
+        print("labqpu calibrate: --no-rb only applies to --bootstrap", file=sys.stderr)
+        return 2
+    if rb_options and not runs_rb:
+        print(f"labqpu calibrate: {', '.join(rb_options)} set randomized benchmarking, which "
+              "this command does not run; add --rb (or use --bootstrap without --no-rb)",
+              file=sys.stderr)
+        return 2
     if nodes:
         from labqpu.calibration.graph import node
 
@@ -228,7 +240,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             snapshot = report.snapshot
             if not report.ok:
                 return 1
-        if args.rb or (args.bootstrap and not args.no_rb):
+        if runs_rb:
             snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args))
         if args.export and snapshot is not None:
             Path(args.export).write_text(

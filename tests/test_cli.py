@@ -228,3 +228,17 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     assert proc.returncode == 2 and "not both" in proc.stderr
     proc = labqpu(tmp_path, "calibrate", "diff", "1")
     assert proc.returncode == 2 and "usage: labqpu calibrate diff A B" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--all", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
+    (["t1", "--rb-lengths-1q", "1", "50", "100"], "--rb-lengths-1q set randomized"),
+    (["--bootstrap", "--no-rb", "--rb-lengths-2q", "1", "5", "10"], "--rb-lengths-2q set"),
+    (["--all", "--no-rb"], "--no-rb only applies to --bootstrap"),
+])
+def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
+    """RB options without an RB run are a one-line error, before any simulator starts."""
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.glob("**/*.sqlite"))  # no store was opened
