@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
@@ -444,6 +445,20 @@ class CurrentSource(ScpiInstrument):
             raise ProtocolError(f"expected two replies, got {parts!r}",
                                 instrument=self.resource, command=command)
         return self._number(parts[0], command), self._boolean(parts[1], command)
+
+    def states(self, channels: Sequence[int]) -> dict[int, tuple[float, bool]]:
+        """Programmed current (A) and output state of each of ``channels``, all read in one
+        round trip (one compound query)."""
+        chs = [self._channel(c) for c in channels]
+        if not chs:
+            return {}
+        command = ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in chs)
+        parts = self.query(command).split(";")
+        if len(parts) != 2 * len(chs):
+            raise ProtocolError(f"expected {2 * len(chs)} replies, got {parts!r}",
+                                instrument=self.resource, command=command)
+        return {ch: (self._number(parts[2 * i], command), self._boolean(parts[2 * i + 1], command))
+                for i, ch in enumerate(chs)}
 
     def set_output(self, channel: int, on: bool) -> None:
         """Switch the output of ``channel`` on or off."""

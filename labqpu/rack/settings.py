@@ -1,11 +1,11 @@
 """Instrument state a program relies on: read it, set only what differs, verify it held.
 
-Before a run, every LO source and flux-bias channel the program names is read back in one
-round trip each. A setting that already matches is not sent again. A setting that differs is
-sent, then read back, and the job fails if the instrument still disagrees. After the run, the
-same settings are read again. If another process changed an LO or a bias current during the
-run, the job fails, naming the instrument and the setting, and its counts are discarded: they
-were measured on a device other than the one calibrated.
+Before a run, every LO source the program names is read back in one round trip, and so are
+all the flux-bias channels of each current source. A setting that already matches is not sent
+again. A setting that differs is sent, then read back, and the job fails if the instrument
+still disagrees. After the run, the same settings are read again. If another process changed
+an LO or a bias current during the run, the job fails, naming the instrument and the setting,
+and its counts are discarded: they were measured on a device other than the one calibrated.
 
 Tolerances are the instruments' resolutions: 1 mHz (or 1e-9 relative) in frequency, 0.005 dB
 in power, 1 nA (or 1e-6 relative) in current.
@@ -86,9 +86,7 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
                     f"LO {name} reads {', '.join(wrong)} after being set; nothing was run",
                     instrument=source.resource, command="readback")
         readback.append(_lo_record(name, source, state))
-    for (name, channel), current in sorted(program.flux_bias_a.items()):
-        source = instruments.current_source(name)
-        state = source.state(channel)
+    for (name, channel), current, source, state in _bias_states(instruments, program):
         if _bias_differences(state, current):
             if not _close(state[0], current, 1e-9, 1e-6):
                 source.set_current_a(channel, current)
@@ -116,19 +114,32 @@ def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
 
 
 def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
-    """(what, source, state, differences, record) for every LO and bias channel of
-    ``program``, each read in one round trip."""
+    """(what, source, differences, record) for every LO and bias channel of ``program``: one
+    round trip per LO source and one per current source."""
     out = []
     for name, lo in sorted(program.lo_settings.items()):
         source = instruments.signal_generator(name)
         state = source.state()
         out.append((f"LO {name}", source, _lo_differences(state, lo.frequency_hz, lo.power_dbm),
                     _lo_record(name, source, state)))
-    for (name, channel), current in sorted(program.flux_bias_a.items()):
-        source = instruments.current_source(name)
-        state = source.state(channel)
+    for (name, channel), current, source, state in _bias_states(instruments, program):
         out.append((f"flux bias {name} channel {channel}", source,
                     _bias_differences(state, current), _bias_record(name, channel, source, state)))
+    return out
+
+
+def _bias_states(instruments: Instruments, program: PulseProgram) -> list[tuple]:
+    """((instrument, channel), wanted current (A), source, (current, output on)) for every
+    bias channel of ``program``; the channels of one source are read in one round trip."""
+    by_source: dict[str, list[int]] = {}
+    for name, channel in sorted(program.flux_bias_a):
+        by_source.setdefault(name, []).append(channel)
+    out = []
+    for name, channels in by_source.items():
+        source = instruments.current_source(name)
+        states = source.states(channels)
+        out.extend(((name, ch), program.flux_bias_a[(name, ch)], source, states[ch])
+                   for ch in channels)
     return out
 
 

@@ -211,6 +211,20 @@ def test_current_source_channels_are_independent(cs: CurrentSource, cs_server: S
     assert snapshot["output_on"] == {1: False, 2: False, 3: True, 4: False, 5: False}
 
 
+def test_current_source_reads_several_channels_in_one_round_trip(cs: CurrentSource,
+                                                               cs_server: ScpiServer) -> None:
+    cs.set_current_a(2, 1.25e-3)
+    cs.set_output(2, True)
+    cs.set_current_a(4, -3e-4)
+    sent = cs_server.state.snapshot()
+    assert cs.states([2, 4, 5]) == {2: (1.25e-3, True), 4: (-3e-4, False), 5: (0.0, False)}
+    assert cs.states([4]) == {4: cs.state(4)}
+    assert cs.states([]) == {}
+    with pytest.raises(InstrumentLimitError, match="channel 6"):
+        cs.states([1, 6])
+    assert cs_server.state.snapshot() == sent  # reading changes nothing
+
+
 def test_driver_limits_send_nothing(sg_server: ScpiServer) -> None:
     # The driver's limits are narrower than the server's: had anything been sent, the
     # server would have accepted it.

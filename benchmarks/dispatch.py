@@ -1,0 +1,231 @@
+"""What a trivial job costs beyond the round trips it needs (issue "Hardening": <= 1 ms).
+
+A 1-qubit job (x, measure; 100 shots) runs through ``backend.run()`` on the embedded simulator.
+Its time is compared with what it cannot avoid, measured in the same run:
+
+* the simulator's own time for the run (``elapsed_s`` of the same program run directly on the
+  controller, from acceptance to the end of the run);
+* the round trips the job makes, counted by wrapping the drivers' send functions during one
+  job: ZeroMQ requests (hello, upload, run; the held fetch's request travels during the run,
+  so it counts half a round trip, its reply) and SCPI transactions (settings read back before
+  and after the run), each priced at a raw echo round trip: a pyzmq REQ/REP echo and a
+  line-echo TCP socket, served by a separate process on loopback.
+
+The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
+the protocol's encoding, IQ -> counts. Usage::
+
+    python benchmarks/dispatch.py            # 60 jobs
+    python benchmarks/dispatch.py --quick    # 20 jobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import _timing as tm
+from _timing import Line, dur, emit, info
+
+#: A separate process serving a pyzmq REP echo and a TCP line echo on loopback; it prints its
+#: two ports and exits when its stdin closes.
+ECHO_SERVER = textwrap.dedent("""
+    import socket, sys, threading, zmq
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    zport = rep.bind_to_random_port("tcp://127.0.0.1")
+    listener = socket.create_server(("127.0.0.1", 0))
+    tport = listener.getsockname()[1]
+
+    def zmq_echo():
+        while True:
+            rep.send_multipart(rep.recv_multipart())
+
+    def tcp_echo():
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                conn.sendall(line)
+
+    threading.Thread(target=zmq_echo, daemon=True).start()
+    threading.Thread(target=tcp_echo, daemon=True).start()
+    print(zport, tport, flush=True)
+    sys.stdin.read()
+""")
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[tuple[int, int]]:
+    """The echo process's (ZeroMQ port, TCP port); stopped on exit."""
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        zport, tport = (int(p) for p in proc.stdout.readline().split())
+        yield zport, tport
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
+    """Median seconds of a pyzmq REQ/REP echo and of a TCP line echo (``*IDN?``-sized)."""
+    import zmq
+
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.connect(f"tcp://127.0.0.1:{zport}")
+    tcp = socket.create_connection(("127.0.0.1", tport), timeout=5)
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = tcp.makefile("rb")
+    try:
+        zmq_s, tcp_s = [], []
+        for i in range(calls + 1):
+            t0 = time.perf_counter()
+            req.send_multipart([b'{"op":"status","id":"0123456789abcdef"}'])
+            req.recv_multipart()
+            t1 = time.perf_counter()
+            tcp.sendall(b"SOUR:FREQ?\n")
+            reader.readline()
+            t2 = time.perf_counter()
+            if i:
+                zmq_s.append(t1 - t0)
+                tcp_s.append(t2 - t1)
+        return statistics.median(zmq_s), statistics.median(tcp_s)
+    finally:
+        reader.close()
+        tcp.close()
+        req.close(linger=0)
+        ctx.term()
+
+
+@contextlib.contextmanager
+def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
+    """Count the drivers' ZeroMQ requests (by op) and SCPI transactions while inside, and sum
+    the seconds spent in each kind (waiting for the reply included)."""
+    from labqpu.drivers.controller import ControllerClient
+    from labqpu.drivers.scpi import ScpiInstrument
+
+    counts: Counter = Counter()
+    seconds: Counter = Counter()
+    send, transact = ControllerClient._send, ScpiInstrument._transact
+
+    def counting_send(self, op, *args, **kwargs):
+        counts[f"zmq {op}"] += 1
+        t0 = time.perf_counter()
+        try:
+            return send(self, op, *args, **kwargs)
+        finally:
+            seconds["zmq"] += time.perf_counter() - t0
+
+    def counting_transact(self, message, *args, **kwargs):
+        counts["scpi"] += 1
+        t0 = time.perf_counter()
+        try:
+            return transact(self, message, *args, **kwargs)
+        finally:
+            seconds["scpi"] += time.perf_counter() - t0
+
+    ControllerClient._send, ScpiInstrument._transact = counting_send, counting_transact
+    try:
+        yield counts, seconds
+    finally:
+        ControllerClient._send, ScpiInstrument._transact = send, transact
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 jobs instead of 60")
+    args = parser.parse_args(argv)
+    jobs, shots = (20 if args.quick else 60), 100
+
+    from qiskit import QuantumCircuit, transpile
+
+    from labqpu import LabProvider
+    from labqpu.backend.backend import default_rep_delay_s
+    from labqpu.drivers.controller import ControllerClient
+    from labqpu.pulse.compiler import compile_circuit
+
+    print(f"labqpu dispatch benchmark, {jobs} jobs of x + measure on qubit 0, {shots} shots")
+    print(f"{tm.machine()}, {os.cpu_count()} CPUs; load average at start {tm.load_average()}")
+    with tempfile.TemporaryDirectory(prefix="labqpu-bench-home-") as home:
+        os.environ["LABQPU_HOME"] = home
+        with LabProvider() as provider, echo_server() as (zport, tport):
+            backend = provider.backend()
+            qc = QuantumCircuit(1, 1)
+            qc.x(0)
+            qc.measure(0, 0)
+            native = transpile(qc, backend, initial_layout=[0])
+            for i in range(3):  # warm-up: numba, caches, sessions, settings in place
+                backend.run(native, shots=shots, seed_simulator=i).result(timeout=60)
+            with counted_round_trips() as (counts, _):
+                backend.run(native, shots=shots, seed_simulator=3).result(timeout=60)
+
+            job_s = []
+            for i in range(jobs):
+                t0 = time.perf_counter()
+                counts_out = backend.run(native, shots=shots,
+                                         seed_simulator=10 + i).result(timeout=60).get_counts()
+                job_s.append(time.perf_counter() - t0)
+            with counted_round_trips() as (_, waited):  # where the time goes (separate jobs)
+                t0 = time.perf_counter()
+                for i in range(jobs):
+                    backend.run(native, shots=shots, seed_simulator=10 + i).result(timeout=60)
+                spent = time.perf_counter() - t0
+
+            program = compile_circuit(native, backend.snapshot, provider.config.channels)
+            run_params = {"rep_delay_s": backend.options.rep_delay
+                          or default_rep_delay_s(backend.snapshot)}
+            exec_s = []
+            with ControllerClient(provider.config.controllers[0].endpoint) as client:
+                program_id = client.upload(*program.to_wire())
+                for i in range(jobs + 1):
+                    run_id = client.run(program_id, shots, params={**run_params, "seed": i})
+                    client.wait(run_id, timeout_s=60)
+                    _, result, _ = client.fetch(run_id)
+                    if i:
+                        exec_s.append(result["elapsed_s"])
+            zmq_rtt, tcp_rtt = raw_round_trips(zport, tport, 300)
+
+    t_job, t_exec = statistics.median(job_s), statistics.median(exec_s)
+    fetches = counts.pop("zmq fetch", 0)
+    zmq_trips = sum(n for op, n in counts.items() if op.startswith("zmq "))
+    needed = t_exec + (zmq_trips + 0.5 * min(fetches, 1)) * zmq_rtt + counts["scpi"] * tcp_rtt
+    emit([Line("trivial 1-qubit job vs the time it cannot avoid", t_job, needed,
+               f"{dur(t_job)}/job median (backend.run() to get_counts())",
+               f"{dur(needed)} (simulator run {dur(t_exec)} + {zmq_trips} ZeroMQ and "
+               f"{counts['scpi']} SCPI raw round trips)")], [])
+    info(f"round trips of one job: {dict(counts)}, plus {fetches} fetch(es) held during the "
+         "run (counted as half a round trip)")
+    info(f"raw round trips (separate process, loopback): pyzmq REQ/REP echo {dur(zmq_rtt)}, "
+         f"TCP line echo {dur(tcp_rtt)}")
+    info(f"dispatch overhead (job - simulator run - raw round trips): {dur(t_job - needed)} "
+         "(issue 'Hardening' asks <= 1 ms)")
+    zmq_s, scpi_s = waited["zmq"] / jobs, waited["scpi"] / jobs
+    info(f"where a job's time goes (means over {jobs} more jobs, {dur(spent / jobs)} each): "
+         f"ZeroMQ requests {dur(zmq_s)} (simulator run and raw round trips "
+         f"{dur(t_exec + (zmq_trips + 0.5 * min(fetches, 1)) * zmq_rtt)}; the rest is the "
+         "controller's request handling and the protocol's encoding), SCPI transactions "
+         f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is pyvisa and the "
+         f"instrument's parsing), host code {dur(spent / jobs - zmq_s - scpi_s)} (validation, "
+         "compile, the job thread, IQ -> counts)")
+    info(f"job time min {dur(min(job_s))}, max {dur(max(job_s))}; last counts {counts_out}")
+    print(f"load average at end {tm.load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
