@@ -172,10 +172,24 @@ def _status(args: argparse.Namespace) -> int:
             "device": backend.name,
             "calibration_snapshot": backend.target.snapshot_id,
             "store": str(backend.config.store_path),
+            "qubits": _wiring(backend.channels),
             **backend.hardware_status(timeout_s=30.0),
         }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _wiring(channels) -> dict[str, dict[str, str]]:
+    """Where each qubit's signals go, as ``controller:port`` / ``instrument:channel`` text."""
+    out = {}
+    for q, ch in sorted(channels.qubits.items()):
+        out[str(q)] = {"drive": f"{ch.drive[0]}:{ch.drive[1]}",
+                       "flux": f"{ch.flux[0]}:{ch.flux[1]}",
+                       "readout": f"{ch.readout[0]}:{ch.readout[1]}",
+                       "acquire": f"{ch.acquire[0]}:{ch.acquire[1]}",
+                       "drive_lo": ch.drive_lo, "readout_lo": ch.readout_lo,
+                       "flux_bias": f"{ch.flux_bias[0]}:{ch.flux_bias[1]}"}
+    return out
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -242,3 +242,18 @@ def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.glob("**/*.sqlite"))  # no store was opened
+
+
+def test_status_shows_where_each_qubit_is_wired(tmp_path):
+    """On lab10, qubits 0-4 play on ctrl0 and 5-9 on ctrl1; each qubit names its LOs and its
+    flux-bias channel, as the wiring file says."""
+    proc = labqpu(tmp_path, "status", "--config", "lab10", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert sorted(report["qubits"], key=int) == [str(q) for q in range(10)]
+    for q, wiring in report["qubits"].items():
+        controller = "ctrl0" if int(q) < 5 else "ctrl1"
+        for role in ("drive", "flux", "readout", "acquire"):
+            assert wiring[role].startswith(f"{controller}:"), (q, role, wiring)
+        assert wiring["drive_lo"] in report["instruments"], wiring
+        assert wiring["flux_bias"].split(":")[0] in report["instruments"], wiring
