@@ -438,7 +438,7 @@ def _draw(args: argparse.Namespace) -> int:
     with LabProvider(args.config) as provider:
         backend = provider.backend()
         native = transpile(circuit, backend, optimization_level=args.optimization_level,
-                           seed_transpiler=1)
+                           initial_layout=args.layout, seed_transpiler=1)
         program = compile_circuit(native, backend.snapshot, backend.channels)
         time_range = tuple(args.time_range_ns) if args.time_range_ns else None
         fig = program.draw(channels=backend.channels, time_range_ns=time_range)
@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     draw.add_argument("--config", help="lab.toml, or a built-in device: lab5 (default), lab10")
     draw.add_argument("--optimization-level", type=int, default=None, choices=range(4),
                       help="transpiler level (default: Qiskit's default)")
+    draw.add_argument("--layout", type=int, nargs="+", metavar="Q",
+                      help="physical qubits for the circuit's qubits, in order (default: the "
+                           "transpiler's choice)")
     draw.add_argument("--time-range-ns", type=float, nargs=2, metavar=("START", "STOP"),
                       help="draw only this window (ns)")
     draw.add_argument("--dpi", type=int, default=130)

@@ -3,12 +3,14 @@
 One row per output port that plays something and one per acquisition input. Each output row
 shows the played baseband amp x w[k] x exp(i phase) (I filled, Q as a line, |.| dotted) against
 time in ns; the NCO carrier is not drawn: the row label gives the port's first IF (relative to
-its LO) and later changes are marked. Triangles mark where a port's frame phase changes
-between plays (value in rad) and where its frequency changes (IF in MHz). Acquisition windows
-are shaded on their input row (with qubit and classical bit) and, lightly, across every row.
-Conditional plays (feed-forward blocks) are drawn apart from the unconditional baseband: their
-I as a dashed line over a hatched band, labelled with the condition (``if a0=1``: acquisition 0
-discriminated as 1); conditional phase shifts are marked with their condition too.
+its LO; not on flux rows, which are baseband) and later changes are marked. On a rack of
+several controllers each row also names its controller and port. Triangles mark where a
+port's frame phase changes between plays (value in rad) and where its frequency changes (IF in
+MHz). Acquisition windows are shaded on their input row (with qubit and classical bit) and,
+lightly, across every row. Conditional plays (feed-forward blocks) are drawn apart from the
+unconditional baseband: their I as a dashed line over a hatched band, labelled with the
+condition (``if a0=1``: acquisition 0 discriminated as 1); conditional phase shifts are marked
+with their condition too.
 
 matplotlib is imported here only, so ``labqpu.pulse`` imports without it; the figure is a
 plain ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state).
@@ -37,13 +39,21 @@ def _condition(program: Any, block: int) -> str:
 
 
 def port_labels(channels: ChannelMap) -> tuple[dict[int, str], dict[int, str]]:
-    """Row labels from the wiring: ({output port: "drive q0"}, {input port: "acquire q0"})."""
+    """Row labels from the wiring: ({output port: "drive q0"}, {input port: "acquire q0"}).
+
+    On a rack of several controllers each label has a second line naming the controller and
+    its own port (``ctrl1:3``)."""
     outputs: dict[int, str] = {}
     inputs: dict[int, str] = {}
+
+    def where(address: tuple[str, int]) -> str:
+        return f"\n{address[0]}:{address[1]}" if len(channels.controllers) > 1 else ""
+
     for q, wiring in sorted(channels.qubits.items()):
         for kind in ("drive", "flux", "readout"):
-            outputs[channels.output(getattr(wiring, kind))] = f"{kind} q{q}"
-        inputs[channels.input(wiring.acquire)] = f"acquire q{q}"
+            address = getattr(wiring, kind)
+            outputs[channels.output(address)] = f"{kind} q{q}{where(address)}"
+        inputs[channels.input(wiring.acquire)] = f"acquire q{q}{where(wiring.acquire)}"
     return outputs, inputs
 
 
@@ -102,7 +112,9 @@ def draw_program(program: Any, *, channels: ChannelMap | None = None,
         ax.grid(True, axis="x", color="0.9", lw=0.5)
         if kind == "out":
             first_if = _draw_port(ax, program, port, amps, lo, hi, t_ns, ns_per_sample)
-            label = f"{out_names.get(port, f'out {port}')}\nIF {first_if}"
+            label = out_names.get(port, f"out {port}")
+            if not label.startswith("flux"):  # a flux line is baseband: no LO, no IF
+                label += f"\nIF {first_if}"
         else:
             label = in_names.get(port, f"in {port}")
             _draw_acquisitions(ax, program, port, lo, hi, ns_per_sample)

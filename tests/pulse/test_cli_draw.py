@@ -48,3 +48,19 @@ def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: s
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_draw_a_rung_of_lab10_on_the_qubits_given(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    (tmp_path / "bell.py").write_text(
+        "from qiskit import QuantumCircuit\n"
+        "qc = QuantumCircuit(2, 2, name='bell')\nqc.h(0)\nqc.cx(0, 1)\n"
+        "qc.measure([0, 1], [0, 1])\n")
+    done = labqpu(tmp_path, "draw", "bell.py", "--config", "lab10", "--layout", "0", "5",
+                  "-o", "rung.png")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "rung.png").read_bytes()[:8] == PNG
+    assert "bell on lab10" in done.stdout
+    done = labqpu(tmp_path, "draw", "bell.py", "--layout", "0")
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -133,6 +133,34 @@ def test_draw_has_a_row_per_port_and_input_and_marks_changes(snapshot, channels,
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rows_name_their_controller_on_a_rack_of_several(channels) -> None:
+    from labqpu.pulse.drawing import port_labels
+    from labqpu.rack.config import builtin_config_path, load_config
+
+    outputs, inputs = port_labels(load_config(builtin_config_path("lab10")).channels)
+    assert "drive q0\nctrl0:0" in outputs.values()
+    assert "drive q5\nctrl1:0" in outputs.values()
+    assert "acquire q9\nctrl1:4" in inputs.values()
+    lab5_outputs, lab5_inputs = port_labels(channels)  # one controller: no second line
+    assert not any("\n" in label for label in [*lab5_outputs.values(), *lab5_inputs.values()])
+
+
+def test_a_flux_row_has_no_if(snapshot, channels) -> None:
+    pytest.importorskip("matplotlib")
+    from qiskit import QuantumCircuit
+
+    from labqpu.pulse.compiler import compile_circuit
+
+    qc = QuantumCircuit(5, 2)
+    qc.cz(1, 2)
+    qc.measure([1, 2], [0, 1])
+    fig = compile_circuit(qc, snapshot, channels).draw(channels=channels)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    flux = [label for label in labels if label.startswith("flux")]
+    assert flux and all("IF" not in label for label in flux), labels
+    assert all("IF" in label for label in labels if label.startswith(("drive", "readout")))
+
+
 def test_draw_refuses_an_empty_time_range(snapshot, channels) -> None:
     pytest.importorskip("matplotlib")
     b = PulseBuilder(channels, snapshot)
