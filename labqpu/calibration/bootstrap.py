@@ -38,6 +38,7 @@ from labqpu.calibration.experiments import (
     vertex_stderr,
     zero_crossing,
 )
+from labqpu.calibration.leakage import candidate_leakage
 
 log = logging.getLogger(__name__)
 
@@ -358,29 +359,12 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     kit.work.set(q, "readout_assignment_fidelity", fidelity, rid)
 
 
-def _p1(kit: Kit, progs, shots: int) -> np.ndarray:
-    """P(1) per program and clbit, corrected with the calibrated assignment matrices."""
-    centres = {}
-    for q, p in kit.work.qubits.items():
-        if "discriminator" in p:
-            (i0, q0), (i1, q1) = p["discriminator"]["centers"]
-            centres[q] = (complex(i0, q0), complex(i1, q1))
-    bits = kit.run_bits(progs, shots, centres)
-    raw = bits.mean(axis=1)
-    out = np.empty_like(raw)
-    for i, prog in enumerate(progs):
-        for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):
-            (_, a01), (_, a11) = kit.work.qubits[int(q)]["assignment_matrix"]
-            out[i, c] = np.clip((raw[i, c] - a01) / (a11 - a01), 0, 1)
-    return out
-
-
 def t1(kit: Kit, q: int, shots: int) -> None:
     """T1 (s) from the decay of |1>; passive reset waits 5 T1."""
     delays = kit.on_grid(np.linspace(0, 200e-6, 21))
     pi = kit.work.qubits[q]["pi_amplitude"]
     progs = sweep(kit, q, delays, lambda b, tau: kit.drive(b, q, 0, pi) + kit.samples(tau))
-    p1 = _p1(kit, progs, shots)[:, 0]
+    p1 = kit.corrected_p1(progs, shots)[:, 0]
     fit = fit_exponential_curve(delays, p1, f"qubit {q} T1")
     value = fit.params["tau"]
     rid = kit.record(
@@ -415,7 +399,7 @@ def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, am
                 kit.readout(b, target, t, 0)
                 progs.append(b.build(num_clbits=1))
                 labels.append((target, partner_state))
-    p1 = _p1(kit, progs, shots)[:, 0]
+    p1 = kit.corrected_p1(progs, shots)[:, 0]
     out = {}
     for k in range(0, len(progs), 2):
         target, state = labels[k]
@@ -426,16 +410,23 @@ def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, am
 
 #: The T2* fringe spans this many times the previous T2*.
 RAMSEY_T2_WINDOWS = 3.0
-#: Crossings of pi (duration, amplitude) whose contrast the CZ calibration measures again.
+#: Crossings of pi (duration, amplitude) whose contrast and leakage the CZ calibration
+#: measures again.
 CZ_FINALISTS = 3
+#: How far below the best partner contrast a CZ candidate may be and still be chosen for its
+#: lower leakage.
+CZ_CONTRAST_SLACK = 0.05
 
 
 def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     """CZ on ``pair``: flux pulse on the higher-frequency qubit; scan amplitude x duration for a
-    conditional phase of pi; of the crossings, the :data:`CZ_FINALISTS` with the highest
-    partner contrast (what leakage and decoherence leave of the Ramsey fringe) are measured
-    again with 4x the shots and the best is kept; then the amplitude is refined by a line
-    through the conditional phase around pi, and the phase corrections recorded."""
+    conditional phase of pi; each crossing's leakage (``labqpu.calibration.leakage``) is
+    measured, and of the crossings within :data:`CZ_CONTRAST_SLACK` of the best partner
+    contrast (what leakage and decoherence leave of the Ramsey fringe) the
+    :data:`CZ_FINALISTS` that leak least are measured again, contrast with 4x the shots and
+    leakage with 40x; the one that leaks least is kept (unless its contrast is more than the
+    slack below another finalist's). Then the amplitude is refined by a line through the
+    conditional phase around pi, and the phase corrections recorded."""
     a, b = pair
     fa, fb = (kit.work.qubits[q]["frequency_hz"] for q in pair)
     flux_q, other = (a, b) if fa > fb else (b, a)
@@ -467,13 +458,25 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     if not crossings:
         raise FitError("CZ: no amplitude gives a conditional phase of pi",
                        subject=f"edge {pair}")
-    # The scan's contrasts have a standard error of ~0.03 at the run's shots, as large as the
-    # differences between durations; the best few are measured again with 4x the shots.
-    finalists = sorted(crossings, reverse=True)[:CZ_FINALISTS]
-    remeasured = [(_cz_phases(kit, flux_q, other, d, rise, x, shots * 4)[f"{other}|1"][1], d, x)
-                  for _, d, x in finalists]
-    scan["finalists"] = [[c, d, x] for c, d, x in remeasured]
-    contrast, duration, amp = max(remeasured)
+    # Leakage first: every crossing's leakage in one job; of those whose contrast is within
+    # CZ_CONTRAST_SLACK of the best, the CZ_FINALISTS that leak least are measured again (the
+    # scan's contrasts have a standard error of ~0.03, the leakage screen ~0.007), and the one
+    # that leaks least is kept unless its contrast falls CZ_CONTRAST_SLACK below another's.
+    screen = candidate_leakage(kit, flux_q, other, rise, [(d, x) for _, d, x in crossings],
+                               shots * 4)
+    scan["crossings"] = [[c, d, x, leak] for (c, d, x), (leak, _) in zip(crossings, screen,
+                                                                          strict=True)]
+    best = max(c for c, _, _ in crossings)
+    eligible = sorted((leak, d, x) for (c, d, x), (leak, _) in zip(crossings, screen, strict=True)
+                      if c >= best - CZ_CONTRAST_SLACK)
+    finalists = [(d, x) for _, d, x in eligible[:CZ_FINALISTS]]
+    leakage = candidate_leakage(kit, flux_q, other, rise, finalists, shots * 40)
+    remeasured = [(_cz_phases(kit, flux_q, other, d, rise, x, shots * 4)[f"{other}|1"][1],
+                   leak, d, x) for (d, x), (leak, _) in zip(finalists, leakage, strict=True)]
+    scan["finalists"] = [[c, leak, d, x] for c, leak, d, x in remeasured]
+    top = max(c for c, *_ in remeasured)
+    contrast, _, duration, amp = min((r for r in remeasured if r[0] >= top - CZ_CONTRAST_SLACK),
+                                     key=lambda r: r[1])
     amps = amp + np.linspace(-0.002, 0.002, 9)
     results = [_cz_phases(kit, flux_q, other, duration, rise, x, shots * 2) for x in amps]
     cond = np.unwrap([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results])

@@ -212,6 +212,26 @@ class Kit:
                 bits[i, :, c] = np.abs(iq[i, :, c] - c1) < np.abs(iq[i, :, c] - c0)
         return bits
 
+    def corrected_p1(self, programs: list[PulseProgram], shots: int, *,
+                     clip: bool = True) -> np.ndarray:
+        """P(1) per program and clbit, corrected with the calibrated assignment matrices (and
+        clipped to [0, 1] unless ``clip`` is False: an average of differences near 0 or 1 must
+        keep the noise on both sides)."""
+        centres = {}
+        for q, p in self.work.qubits.items():
+            if "discriminator" in p:
+                (i0, q0), (i1, q1) = p["discriminator"]["centers"]
+                centres[q] = (complex(i0, q0), complex(i1, q1))
+        raw = self.run_bits(programs, shots, centres).mean(axis=1)
+        out = np.empty_like(raw)
+        for i, prog in enumerate(programs):
+            for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):
+                (_, a01), (_, a11) = self.work.qubits[int(q)]["assignment_matrix"]
+                out[i, c] = (raw[i, c] - a01) / (a11 - a01)
+        if clip:
+            np.clip(out, 0, 1, out=out)
+        return out
+
 
 def _plain(value):
     """``value`` with numpy arrays and scalars turned into lists and Python numbers (JSON)."""

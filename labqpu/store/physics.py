@@ -99,7 +99,7 @@ PAIR_CHECKS: dict[str, Check] = {
     "cz_flux_qubit": _qubit_index, "cz_amplitude": _full_scale,
     "cz_duration_s": _positive, "cz_rise_s": _non_negative,
     "cz_phase_a_rad": _finite, "cz_phase_b_rad": _finite, "zz_hz": _finite,
-    "cz_spectator_spread_rad": _non_negative,
+    "cz_spectator_spread_rad": _non_negative, "cz_leakage": _unit_interval,
 }
 GATE_CHECKS: dict[str, Check] = {"error": _unit_interval, "duration_s": _non_negative}
 
