@@ -15,6 +15,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import ClassicalRegister, Parameter
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
+from labqpu import LabProvider
 from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import PROTOCOL_VERSION
 from labqpu.errors import InvalidRunInputError
@@ -431,3 +432,21 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
     los = {r["instrument"] for r in bundle["instruments_before"] if "frequency_hz" in r}
     assert los == set(program.lo_settings)
     assert all(r["identity"] for r in bundle["instruments_after"])
+
+
+@pytest.mark.slow
+def test_the_shipped_calibration_gives_bell_above_095_on_every_edge(tmp_path, monkeypatch) -> None:
+    """The shipped lab5 snapshot (measured by the bootstrap from the design values) on a fresh
+    store: Bell P(00) + P(11) >= 0.95 on every edge, at Qiskit's default optimization level,
+    20 000 shots each (sampling error ~0.0015), seeded so that the figures repeat."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        assert backend.snapshot.snapshot_id == 1
+        fidelity = {}
+        for edge in [(0, 1), (1, 2), (2, 3), (3, 4)]:
+            native = transpile(bell(*edge), backend, initial_layout=list(range(5)),
+                               seed_transpiler=7)
+            counts = backend.run(native, shots=20000, seed_simulator=11).result().get_counts()
+            fidelity[edge] = (counts.get("00", 0) + counts.get("11", 0)) / 20000
+    assert min(fidelity.values()) >= 0.95, fidelity
