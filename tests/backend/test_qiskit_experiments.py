@@ -6,12 +6,14 @@ are compared with the simulator's device file (``labqpu/firmware_sim/devices/lab
 which only this test reads, with these tolerances (docs/transpilation.md, "qiskit-experiments"):
 
 * T1, T2 echo (T2Hahn): within 25 % of the device's t1_s / t2_s (400-800 shots, 12-61
-  delays). T2* (T2Ramsey): within 25 % of the 1/e time of the analytic Ramsey decay
-  exp(-t / T2) exp(-(2 pi sigma t)^2 / 2), sigma the device's quasi-static frequency noise
-  (``[noise] frequency_noise_hz``, at the sweet spot), and below 0.8 x the echo's T2: echo
-  recovers the difference. The Ramsey frequency within 20 kHz of the programmed detuning
-  (the simulated device drifts away from the shipped snapshot by up to ~15 kHz); the sense of
-  rz is checked in test_precession_sign.py.
+  delays). T2* (T2Ramsey): within 15 % of what the analysis' own exponential model fits to
+  the analytic Ramsey fringe with the envelope exp(-t / T2) exp(-(2 pi sigma t)^2 / 2) at the
+  same delays (20.2 us), sigma the device's quasi-static frequency noise (``[noise]
+  frequency_noise_hz``, at the sweet spot); and below 0.8 x the echo's T2: echo recovers the
+  difference. (The thermal neighbours' jumps shorten it by ~2 % more:
+  ``test_fits_recover_the_device.py``.) The Ramsey frequency within 20 kHz of the programmed
+  detuning (the simulated device drifts away from the shipped snapshot by up to ~15 kHz); the
+  sense of rz is checked in test_precession_sign.py.
 * RB: the error per Clifford (EPC) lies between 0.5x and 6x the coherence limit computed from
   the true T1 / T2 and the calibrated pulse durations (1q: 20/24 pulses per Clifford; 2q: 1.5
   cz and 3.5 pulses per qubit), because the simulated gates carry coherence errors plus small
@@ -30,6 +32,7 @@ from importlib import resources
 
 import numpy as np
 import pytest
+import scipy.optimize
 from qiskit.circuit.library import XGate
 from qiskit_experiments.library import (
     T1,
@@ -68,10 +71,20 @@ def _value(value) -> float:
     return float(getattr(value, "nominal_value", value))
 
 
-def _ramsey_1e_time(t2_s: float, sigma_hz: float) -> float:
-    """1/e time (s) of exp(-t / T2) exp(-(2 pi sigma t)^2 / 2)."""
-    a = (2 * math.pi * sigma_hz) ** 2 / 2
-    return (-1 / t2_s + math.sqrt(1 / t2_s**2 + 4 * a)) / (2 * a)
+def _ramsey_fitted_time(delays_s: np.ndarray, detuning_hz: float, t2_s: float,
+                        sigma_hz: float) -> float:
+    """What T2RamseyAnalysis' model, amp exp(-t / tau) cos(2 pi f t + phi) + base, fits to
+    the analytic fringe cos(2 pi detuning t) exp(-t / T2) exp(-(2 pi sigma t)^2 / 2) sampled
+    at ``delays_s``: tau (s)."""
+    envelope = np.exp(-delays_s / t2_s - (2 * np.pi * sigma_hz * delays_s) ** 2 / 2)
+    signal = 0.5 - 0.5 * envelope * np.cos(2 * np.pi * detuning_hz * delays_s)
+
+    def model(t, amp, tau, freq, phi, base):
+        return amp * np.exp(-t / tau) * np.cos(2 * np.pi * freq * t + phi) + base
+
+    params, _ = scipy.optimize.curve_fit(model, delays_s, signal,
+                                         p0=[-0.5, t2_s / 2, detuning_hz, 0.0, 0.5])
+    return float(params[1])
 
 
 def _thermal_p1(frequency_hz: float, temperature_k: float) -> float:
@@ -97,11 +110,12 @@ def test_t1(lab_backend, truth, mode) -> None:
 def test_t2_ramsey(lab_backend, truth, mode) -> None:
     q = 1
     # 1 µs steps: well above Nyquist for the 100 kHz fringe, so the fit cannot alias
-    exp = T2Ramsey(physical_qubits=[q], delays=np.linspace(0, 60e-6, 61), osc_freq=1e5)
+    delays = np.linspace(0, 60e-6, 61)
+    exp = T2Ramsey(physical_qubits=[q], delays=delays, osc_freq=1e5)
     res = _results(exp, lab_backend, 400, mode)
     t2 = truth["qubits"][q]["t2_s"]
-    expected = _ramsey_1e_time(t2, truth["noise"]["frequency_noise_hz"])
-    assert _value(res["T2star"]) == pytest.approx(expected, rel=0.25)
+    expected = _ramsey_fitted_time(delays, 1e5, t2, truth["noise"]["frequency_noise_hz"])
+    assert _value(res["T2star"]) == pytest.approx(expected, rel=0.15)
     assert _value(res["T2star"]) < 0.8 * t2
     # The device drifts (device file [noise]: an OU walk of 20 kHz per sqrt(hour) against the
     # simulator's own clock), and the shipped snapshot was measured at another point of that
