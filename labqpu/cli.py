@@ -111,6 +111,15 @@ def _demo(config: str | None, shots: int, seed: int | None) -> int:
 DEMO_SHOTS = 2000
 
 
+def _shots_and_seed_problem(shots: int, seed: int | None) -> str | None:
+    """What is wrong with ``--shots`` / ``--seed``, before anything starts; None if nothing."""
+    if shots < 1:
+        return f"--shots must be a whole number >= 1, got {shots}"
+    if seed is not None and seed < 0:
+        return f"--seed must be a whole number >= 0, got {seed}"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     shared = [f"--{name}" for name in ("config", "shots", "seed")
               if getattr(args, name) is not None]
@@ -119,6 +128,10 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     shots = DEMO_SHOTS if args.shots is None else args.shots
+    problem = _shots_and_seed_problem(shots, args.seed)
+    if problem:
+        print(f"labqpu: {problem}", file=sys.stderr)
+        return 2
     if args.demo:
         return _demo(args.config, shots, args.seed)
     if not args.script:
@@ -135,6 +148,10 @@ def _run(args: argparse.Namespace) -> int:
         qasm.add_argument("--shots", type=int, default=shots)
         qasm.add_argument("--seed", type=int, default=args.seed)
         opts = qasm.parse_args(args.script_args)
+        problem = _shots_and_seed_problem(opts.shots, opts.seed)
+        if problem:
+            print(f"labqpu: {problem}", file=sys.stderr)
+            return 2
         _, note = _run_circuit(load_circuit(script), opts.config, opts.shots, opts.seed)
         print(f"({note})")
         return 0

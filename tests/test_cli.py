@@ -257,3 +257,22 @@ def test_status_shows_where_each_qubit_is_wired(tmp_path):
             assert wiring[role].startswith(f"{controller}:"), (q, role, wiring)
         assert wiring["drive_lo"] in report["instruments"], wiring
         assert wiring["flux_bias"].split(":")[0] in report["instruments"], wiring
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--shots", "0"], "labqpu: --shots must be a whole number >= 1, got 0"),
+    (["--seed", "-1"], "labqpu: --seed must be a whole number >= 0, got -1"),
+])
+def test_demo_refuses_bad_shots_and_seeds_before_starting_anything(tmp_path, args, message):
+    proc = labqpu(tmp_path, "run", "--demo", *args, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [message]
+    assert not list(tmp_path.glob("**/*.sqlite"))  # no provider, no store, no simulator
+
+
+def test_an_unknown_device_name_lists_the_built_in_ones(tmp_path):
+    proc = labqpu(tmp_path, "run", "--demo", "--config", "lab11")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "labqpu: lab configuration file not found: lab11 (no such file, and not a built-in "
+        "device: lab5, lab10)"]

@@ -296,7 +296,10 @@ def load_config(path: str | Path) -> LabConfig:
     """Read and validate a ``lab.toml``; errors name the section and key at fault."""
     path = Path(path)
     if not path.is_file():
-        raise BackendConfigurationError(f"lab configuration file not found: {path}", path=path)
+        hint = ("" if path.suffix else
+                f" (no such file, and not a built-in device: {', '.join(BUILTIN_DEVICES)})")
+        raise BackendConfigurationError(f"lab configuration file not found: {path}{hint}",
+                                        path=path)
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
