@@ -175,8 +175,10 @@ class Kit:
         return start + played
 
     def readout(self, b: ProgramBuilder, q: int, start: int, clbit: int,
-                frequency_hz: float | None = None) -> int:
-        """Readout pulse and acquisition on ``q`` into ``clbit``."""
+                frequency_hz: float | None = None,
+                discriminator: tuple[complex, float] | None = None) -> int:
+        """Readout pulse and acquisition on ``q`` into ``clbit`` (-1: none, a result only
+        feed-forward reads, with ``discriminator``); returns the sample after it."""
         dev = self.work.device
         dur = self.timing.pad(self.samples(dev["readout_duration_s"]))  # as the compiler does
         rise = READOUT_RISE_S * self.fs
@@ -184,7 +186,7 @@ class Kit:
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
         if_hz = f - dev["readout_lo_frequency_hz"]
         b.play(self._output(q, "readout"), start, wid, dev["readout_amplitude"], 0.0, if_hz)
-        b.acquire(self._input(q, "acquire"), start, dur, if_hz, q, clbit)
+        b.acquire(self._input(q, "acquire"), start, dur, if_hz, q, clbit, discriminator)
         return start + dur
 
     def run_iq(self, programs: list[PulseProgram], shots: int, *,
@@ -208,6 +210,8 @@ class Kit:
         bits = np.zeros(iq.shape, dtype=np.uint8)
         for i, prog in enumerate(programs):
             for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):
+                if c < 0:  # read by feed-forward only
+                    continue
                 c0, c1 = centres[int(q)]
                 bits[i, :, c] = np.abs(iq[i, :, c] - c1) < np.abs(iq[i, :, c] - c0)
         return bits
@@ -226,6 +230,8 @@ class Kit:
         out = np.empty_like(raw)
         for i, prog in enumerate(programs):
             for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):
+                if c < 0:
+                    continue
                 (_, a01), (_, a11) = self.work.qubits[int(q)]["assignment_matrix"]
                 out[i, c] = (raw[i, c] - a01) / (a11 - a01)
         if clip:

@@ -53,6 +53,7 @@ from labqpu.calibration.coherence import hahn_echo, static_zz
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.fine import fine_amplitude, worst_relative_error
 from labqpu.calibration.leakage import cz_leakage
+from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
 from labqpu.store import CZ_PARAMETERS
 
@@ -157,6 +158,8 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots, _: readout(kit, q, shots),
          lambda kit, q, shots: check_readout(kit, q, shots * CHECK_SHOTS,
                                              TOLERANCES["readout"])),
+    Node("active_reset", "qubit", ("readout",), ("reset_rounds",),
+         lambda kit, q, shots, _: active_reset(kit, q, shots * CHECK_SHOTS)),
     Node("t1", "qubit", ("readout",), ("t1_s", "reset_duration_s"),
          lambda kit, q, shots, _: t1(kit, q, shots),
          lambda kit, q, shots: check_t1(kit, q, shots * CHECK_SHOTS, TOLERANCES["t1"])),

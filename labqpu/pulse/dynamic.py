@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from qiskit.circuit import ClassicalRegister, Clbit, QuantumCircuit
 
 from labqpu.errors import CompilationError
-from labqpu.pulse.tables import Tables, active_reset_possible, duration_samples, samples_of
+from labqpu.pulse.tables import (
+    Tables,
+    active_reset_possible,
+    duration_samples,
+    reset_rounds,
+    samples_of,
+)
 
 #: Instructions a branch of ``if_else`` may hold.
 _BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier"})
@@ -189,17 +195,21 @@ class _Reader:
         return self.tables.channels.timing.pad(self.latency)
 
     def reset(self, q: int) -> None:
-        acquisition = self.n_acq
-        row = self.measure(q, -1)
-        self.mid.add(row)
-        self.pending_measure.pop(q, None)
-        self.add((0, self.wait(), 0.0, -1), (q,))
+        """Active reset of ``q``: ``reset_rounds`` times a measurement, the feed-forward
+        latency, and an x played only if the result was 1."""
         x = QuantumCircuit(1)
         x.x(0)
-        eid, duration, param = self.gate(x.data[0], (q,))
-        container = self.add((0, duration, 0.0, -1), (q,))
-        self.touch((q,), container)
-        self.add((eid, duration, param, -1), (q,), container, 0, self.block_id(acquisition, 1))
+        for _ in range(reset_rounds(self.tables.snapshot, q)):
+            acquisition = self.n_acq
+            row = self.measure(q, -1)
+            self.mid.add(row)
+            self.pending_measure.pop(q, None)
+            self.add((0, self.wait(), 0.0, -1), (q,))
+            eid, duration, param = self.gate(x.data[0], (q,))
+            container = self.add((0, duration, 0.0, -1), (q,))
+            self.touch((q,), container)
+            self.add((eid, duration, param, -1), (q,), container, 0,
+                     self.block_id(acquisition, 1))
 
     def condition(self, inst) -> tuple[int, int]:
         """(clbit, value) of an if_else's condition; refuses what one result cannot decide."""

@@ -415,11 +415,18 @@ def active_reset_possible(snapshot: Snapshot, q: int) -> bool:
     return has_all(params, DRIVE_PARAMETERS) and has_all(params, READOUT_PARAMETERS)
 
 
+def reset_rounds(snapshot: Snapshot, q: int) -> int:
+    """How many measure-then-x rounds an active reset of qubit ``q`` plays: the snapshot's
+    ``reset_rounds`` (measured by the ``active_reset`` calibration node), 1 without one."""
+    param = snapshot.qubits.get(q, {}).get("reset_rounds")
+    return 1 if param is None else int(param.value)
+
+
 def active_reset_samples(snapshot: Snapshot, fs: float, q: int, latency_samples: int,
                          timing: TimingConstraints) -> int:
-    """Samples an active reset of qubit ``q`` lasts: the readout, the feed-forward latency and
-    the x pulse, each on the timing grid."""
+    """Samples an active reset of qubit ``q`` lasts: per round (:func:`reset_rounds`) the
+    readout, the feed-forward latency and the x pulse, each on the timing grid."""
     cal = Calibration(snapshot)
     readout = timing.pad(samples_of(cal.qubit(q, "readout_duration_s"), fs, f"reset on {q}"))
     pulse = timing.pad(samples_of(cal.qubit(q, "pulse_duration_s"), fs, f"reset on {q}"))
-    return readout + timing.pad(latency_samples) + pulse
+    return reset_rounds(snapshot, q) * (readout + timing.pad(latency_samples) + pulse)

@@ -77,6 +77,11 @@ def _discriminator(value: Any) -> str | None:
     return None
 
 
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return None if ok else "must be a whole number >= 1"
+
+
 def _qubit_index(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return None if ok else "must be a qubit index (integer >= 0)"
@@ -94,6 +99,7 @@ QUBIT_CHECKS: dict[str, Check] = {
     "reset_duration_s": _non_negative, "t1_s": _positive, "t2_s": _positive,
     "t2_echo_s": _positive, "readout_assignment_fidelity": _unit_interval,
     "assignment_matrix": _assignment_matrix, "discriminator": _discriminator,
+    "reset_rounds": _count,
 }
 PAIR_CHECKS: dict[str, Check] = {
     "cz_flux_qubit": _qubit_index, "cz_amplitude": _full_scale,

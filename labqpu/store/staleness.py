@@ -24,6 +24,7 @@ PARAMETER_KINDS: Mapping[str, str] = {
     "pi_amplitude": "amplitude", "pi2_amplitude": "amplitude", "drag_beta": "amplitude",
     "readout_frequency_hz": "readout", "discriminator": "readout",
     "assignment_matrix": "readout", "readout_assignment_fidelity": "readout",
+    "reset_rounds": "readout",
     "t1_s": "coherence", "t2_s": "coherence", "t2_echo_s": "coherence",
     "reset_duration_s": "coherence",
     "flux_bias_a": "flux",

@@ -96,6 +96,33 @@ def test_active_reset_is_measure_then_conditional_x(snapshot, channels, export):
     assert passive.block_acq.size == 0 and passive.acq_clbit.tolist() == [0]
 
 
+def test_reset_plays_the_calibrated_number_of_rounds(snapshot, channels, config, export):
+    """A snapshot whose qubit 0 holds reset_rounds = 2: reset is two measure-then-conditional-x
+    rounds, back to back, and the Target's reset lasts twice one round."""
+    from labqpu.backend.target import build_target
+    from labqpu.store import Snapshot, SnapshotBuilder
+
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    builder.set_qubit(0, "reset_rounds", 2, "active_reset-q0-test")
+    two = Snapshot.from_document(builder.build_document(), snapshot_id=2, parent_id=1)
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.reset(0)
+    qc.measure(0, 0)
+    prog = compiled(qc, two, channels)
+    readout = round(rq(export, 0, "readout_duration_s") * FS)
+    round_length = readout + LATENCY + 40
+    assert prog.acq_clbit.tolist() == [-1, -1, 0]
+    assert prog.acq_start.tolist() == [40, 40 + round_length, 40 + 2 * round_length]
+    assert prog.block_acq.tolist() == [0, 1] and prog.block_value.tolist() == [1, 1]
+    for block, start in ((0, 40 + readout + LATENCY), (1, 40 + round_length + readout + LATENCY)):
+        assert prog.play_start[prog.play_block == block].tolist() == [start]
+    one = build_target(snapshot, config, feedforward_latency_samples=LATENCY)
+    two_rounds = build_target(two, config, feedforward_latency_samples=LATENCY)
+    assert two_rounds["reset"][(0,)].duration == pytest.approx(2 * one["reset"][(0,)].duration)
+    assert two_rounds["reset"][(1,)].duration == pytest.approx(one["reset"][(1,)].duration)
+
+
 def test_plain_circuit_program_has_no_feedforward(snapshot, channels):
     qc = QuantumCircuit(2, 2)
     qc.sx(0)
