@@ -79,7 +79,23 @@ def test_virtual_z_in_a_branch_is_a_conditional_phase_shift(snapshot, channels, 
     assert np.all(prog.play_phase_rad[prog.play_port == 0] == 0.0)
 
 
+def with_reset_rounds(snapshot, rounds: int | None):
+    """``snapshot`` with every qubit's reset_rounds set to ``rounds`` (None: removed)."""
+    from labqpu.store import Snapshot, SnapshotBuilder
+
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    for q in snapshot.qubits:
+        if rounds is None:
+            if "reset_rounds" in snapshot.qubits[q]:
+                builder.remove_qubit(q, "reset_rounds")
+        else:
+            builder.set_qubit(q, "reset_rounds", rounds, "active_reset-test")
+    return Snapshot.from_document(builder.build_document(), snapshot_id=2, parent_id=1)
+
+
 def test_active_reset_is_measure_then_conditional_x(snapshot, channels, export):
+    """Without a calibrated reset_rounds, one round."""
+    snapshot = with_reset_rounds(snapshot, None)
     qc = QuantumCircuit(1, 1)
     qc.x(0)
     qc.reset(0)
@@ -97,14 +113,12 @@ def test_active_reset_is_measure_then_conditional_x(snapshot, channels, export):
 
 
 def test_reset_plays_the_calibrated_number_of_rounds(snapshot, channels, config, export):
-    """A snapshot whose qubit 0 holds reset_rounds = 2: reset is two measure-then-conditional-x
-    rounds, back to back, and the Target's reset lasts twice one round."""
+    """reset_rounds = 2: reset is two measure-then-conditional-x rounds, back to back, and the
+    Target's reset lasts twice one round."""
     from labqpu.backend.target import build_target
-    from labqpu.store import Snapshot, SnapshotBuilder
 
-    builder = SnapshotBuilder.from_snapshot(snapshot)
-    builder.set_qubit(0, "reset_rounds", 2, "active_reset-q0-test")
-    two = Snapshot.from_document(builder.build_document(), snapshot_id=2, parent_id=1)
+    single = with_reset_rounds(snapshot, None)
+    two = with_reset_rounds(snapshot, 2)
     qc = QuantumCircuit(1, 1)
     qc.x(0)
     qc.reset(0)
@@ -117,10 +131,10 @@ def test_reset_plays_the_calibrated_number_of_rounds(snapshot, channels, config,
     assert prog.block_acq.tolist() == [0, 1] and prog.block_value.tolist() == [1, 1]
     for block, start in ((0, 40 + readout + LATENCY), (1, 40 + round_length + readout + LATENCY)):
         assert prog.play_start[prog.play_block == block].tolist() == [start]
-    one = build_target(snapshot, config, feedforward_latency_samples=LATENCY)
+    one = build_target(single, config, feedforward_latency_samples=LATENCY)
     two_rounds = build_target(two, config, feedforward_latency_samples=LATENCY)
     assert two_rounds["reset"][(0,)].duration == pytest.approx(2 * one["reset"][(0,)].duration)
-    assert two_rounds["reset"][(1,)].duration == pytest.approx(one["reset"][(1,)].duration)
+    assert two_rounds["reset"][(1,)].duration == pytest.approx(2 * one["reset"][(1,)].duration)
 
 
 def test_plain_circuit_program_has_no_feedforward(snapshot, channels):
