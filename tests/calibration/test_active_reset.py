@@ -17,6 +17,7 @@ from qiskit import QuantumCircuit, transpile
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.reset import MAX_RESET_ROUNDS, rounds_needed
+from labqpu.store import SnapshotBuilder
 
 
 def test_rounds_needed_is_the_first_round_within_tolerance() -> None:
@@ -44,6 +45,10 @@ def test_active_reset_node_makes_reset_from_one_reach_095(tmp_path, monkeypatch)
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     with LabProvider() as provider:
         backend = provider.backend()
+        without = SnapshotBuilder.from_snapshot(backend.snapshot)
+        for q in range(backend.num_qubits):  # one round, as without the node
+            without.remove_qubit(q, "reset_rounds")
+        backend.store.commit(without.build_document())
         before = _reset_from_one(backend)
         one_round = backend.target["reset"][(0,)].duration
         report = run_graph(backend, ["active_reset"], force=True)

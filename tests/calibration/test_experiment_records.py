@@ -29,7 +29,7 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
         assert report.ok, report.table()
         records = {p: load_record(p) for p in report.records}
         kinds = {r.kind for r in records.values()}
-        assert kinds == set(FITTED) | {"drive_handedness", "readout", "ramsey"}
+        assert kinds == set(FITTED) | {"drive_handedness", "readout", "ramsey", "active_reset"}
         store = backend.config.store_path
         assert {p.parent for p in records} == {store.parent / "experiments"}
         for path, record in records.items():
