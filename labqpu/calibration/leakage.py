@@ -10,8 +10,9 @@ the population that n CZs moved out of |11>.
 
 Leakage of a flux-pulse CZ is coherent: what leaves on one pulse can come back on the next, so
 D(n) oscillates instead of growing in a line (on lab5's edge 3-4 it alternates between ~1.2 %
-and 0). The leakage of one CZ is therefore D(1) itself, measured with more shots, and its
-standard error is that of the two binomial estimates; the whole curve, and its largest value
+and 0). The leakage of one CZ is therefore D(1) itself (the graph node runs 100x the run's
+shots: 40 000 at the default 400), and its standard error is that of the two binomial
+estimates; the whole curve, and its largest value
 (what a circuit of a few CZs can see), go into the record and its plot. The CZ is not changed.
 """
 
