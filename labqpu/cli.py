@@ -229,6 +229,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         print("labqpu calibrate: --bootstrap runs every node on every qubit; it takes no "
               "--all, node names, --qubits or --force", file=sys.stderr)
         return 2
+    problem = _shots_and_seed_problem(args.shots, None)
+    if problem:
+        print(f"labqpu calibrate: {problem}", file=sys.stderr)
+        return 2
     rb_options = [flag for flag, value in (("--rb-lengths-1q", args.rb_lengths_1q),
                                            ("--rb-lengths-2q", args.rb_lengths_2q),
                                            ("--rb-seeds", args.rb_seeds)) if value]

@@ -235,6 +235,7 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["t1", "--rb-lengths-1q", "1", "50", "100"], "--rb-lengths-1q set randomized"),
     (["--bootstrap", "--no-rb", "--rb-lengths-2q", "1", "5", "10"], "--rb-lengths-2q set"),
     (["--all", "--no-rb"], "--no-rb only applies to --bootstrap"),
+    (["--all", "--shots", "0"], "--shots must be a whole number >= 1, got 0"),
 ])
 def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
     """RB options without an RB run are a one-line error, before any simulator starts."""

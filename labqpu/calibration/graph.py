@@ -74,6 +74,9 @@ class Node:
             raises ``FitError``.
         check: ``(kit, subject, shots)`` -> :class:`CheckResult`, or None when the node has
             no cheap check.
+        measures: prerequisite nodes whose calibration this node measures (the CZ whose
+            leakage it reads, the readout a reset uses): its values are out of date, and it is
+            calibrated again, when one of theirs was measured after its own.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Node:
     watches: tuple[str, ...]
     calibrate: Callable[[Kit, Subject, int, Progress], None]
     check: Callable[[Kit, Subject, int], CheckResult] | None = None
+    measures: tuple[str, ...] = ()
 
     def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
         """(node name, subject) of each prerequisite of this node on ``subject``: on its qubit,
@@ -159,7 +163,8 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots: check_readout(kit, q, shots * CHECK_SHOTS,
                                              TOLERANCES["readout"])),
     Node("active_reset", "qubit", ("readout",), ("reset_rounds",),
-         lambda kit, q, shots, _: active_reset(kit, q, shots * CHECK_SHOTS)),
+         lambda kit, q, shots, _: active_reset(kit, q, shots * CHECK_SHOTS),
+         measures=("readout",)),
     Node("t1", "qubit", ("readout",), ("t1_s", "reset_duration_s"),
          lambda kit, q, shots, _: t1(kit, q, shots),
          lambda kit, q, shots: check_t1(kit, q, shots * CHECK_SHOTS, TOLERANCES["t1"])),
@@ -171,9 +176,11 @@ NODES: tuple[Node, ...] = (
     Node("zz", "edge", ("fine_amplitude",), ("zz_hz",),
          lambda kit, pair, shots, _: static_zz(kit, pair, shots * CHECK_SHOTS)),
     Node("cz_spectators", "edge", ("cz",), ("cz_spectator_spread_rad",),
-         lambda kit, pair, shots, _: cz_spectators(kit, pair, shots * CHECK_SHOTS)),
+         lambda kit, pair, shots, _: cz_spectators(kit, pair, shots * CHECK_SHOTS),
+         measures=("cz",)),
     Node("cz_leakage", "edge", ("cz",), ("cz_leakage",),
-         lambda kit, pair, shots, _: cz_leakage(kit, pair, shots * LEAKAGE_SHOTS)),
+         lambda kit, pair, shots, _: cz_leakage(kit, pair, shots * LEAKAGE_SHOTS),
+         measures=("cz",)),
 )
 
 

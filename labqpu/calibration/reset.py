@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from labqpu.calibration.experiments import Kit
-from labqpu.errors import CalibrationError
+from labqpu.errors import FitError
 from labqpu.pulse.tables import linear_discriminator
 
 #: Most rounds the node tries (and the compiler plays).
@@ -61,9 +61,10 @@ def active_reset(kit: Kit, q: int, shots: int) -> None:
     """Measure how many reset rounds qubit ``q`` needs; sets ``reset_rounds``."""
     latency = kit.backend.feedforward_latency_samples
     if latency is None:
-        raise CalibrationError("active reset needs feed-forward, and the controller states no "
-                               "feed-forward latency in its capabilities",
-                               subject=f"qubit {q}")
+        controllers = ", ".join(c.name for c in kit.config.controllers)
+        raise FitError(f"active reset needs feed-forward, and no controller ({controllers}) "
+                       "states a feed-forward latency in its capabilities",
+                       subject=f"qubit {q}")
     work = kit.work.qubits[q]
     centres = {q: tuple(complex(i, j) for i, j in work["discriminator"]["centers"])}
     bits = kit.run_bits(reset_programs(kit, q, latency), shots, centres)[:, :, 0]
@@ -78,7 +79,8 @@ def active_reset(kit: Kit, q: int, shots: int) -> None:
          **{f"p0_after_{k}_rounds_from_one": (float(p0_one[k - 1]),
                                               float(stderr[MAX_RESET_ROUNDS + k - 1]))
             for k in ks}},
-        {"x": ks, "x_label": "reset rounds (measure, then x if 1)",
+        {"x": ks, "x_ticks": [str(k) for k in ks],
+         "x_label": "reset rounds (measure, then x if 1)",
          "y_label": "P(read 0) after the reset",
          "series": {"prepared in |0>": p0_zero, "prepared in |1>": p0_one},
          "reached": bool(p0_one[rounds - 1] >= p0_zero[rounds - 1] - RESET_TOLERANCE)},

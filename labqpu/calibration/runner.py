@@ -5,6 +5,8 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 
 * a prerequisite failed or was blocked: the step is **blocked** (nothing run);
 * forced, a watched value missing, or older than its kind's age limit: **calibrate**;
+* a node that ``measures`` another node's calibration (the CZ whose leakage it reads) holds
+  values measured before that node's: **calibrate**;
 * otherwise, run the node's check (if it has one): passed -> **fresh**, failed -> calibrate;
 * a calibration that raises ``FitError`` is **failed**: the working values it touched are
   restored, so it changes nothing, and it is reported.
@@ -34,7 +36,7 @@ from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, Node, Subject, describe, plan
 from labqpu.calibration.plots import save_plot
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
-from labqpu.errors import FitError
+from labqpu.errors import CalibrationError, FitError
 from labqpu.store import Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, parse_age_limits
 
@@ -179,14 +181,22 @@ def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
     return work
 
 
+def _available_nodes(backend) -> tuple[Node, ...]:
+    """The graph's nodes this rack can run: ``active_reset`` only with feed-forward."""
+    if backend.feedforward_latency_samples is not None:
+        return NODES
+    return tuple(n for n in NODES if n.name != "active_reset")
+
+
 def _values(work: Working, subject: Subject) -> dict[str, Any]:
     return work.qubits.get(subject, {}) if isinstance(subject, int) \
         else work.pairs.get(subject, {})
 
 
 def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, float],
-                now: datetime) -> str | None:
-    """Why ``node``'s values on ``subject`` are not fresh (missing, too old), or None."""
+                now: datetime, nodes: dict[str, Node]) -> str | None:
+    """Why ``node``'s values on ``subject`` are not fresh (missing, too old, measured before
+    the calibration they measure changed), or None."""
     values = _values(work, subject)
     for name in node.watches:
         if name not in values:
@@ -197,6 +207,25 @@ def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, f
             age = age_h(stamp, now)
             if age > limits[kind]:
                 return f"{name} {age:.1f} h old > {limits[kind]:g} h"
+    return _outdated_reason(work, node, subject, nodes)
+
+
+def _outdated_reason(work: Working, node: Node, subject: Subject,
+                     nodes: dict[str, Node]) -> str | None:
+    """Why ``node``'s values on ``subject`` describe a calibration that has changed since (one
+    of the nodes it ``measures``, looked up in ``nodes`` by name, measured a value later than
+    the node's own), or None."""
+    own = [work.measured_at.get((subject, name)) for name in node.watches]
+    if not node.measures or any(stamp is None for stamp in own):
+        return None
+    oldest = min(datetime.fromisoformat(stamp) for stamp in own)
+    for name, s in node.prerequisites(subject):
+        if name not in node.measures or name not in nodes:
+            continue
+        for watched in nodes[name].watches:
+            stamp = work.measured_at.get((s, watched))
+            if stamp is not None and datetime.fromisoformat(stamp) > oldest:
+                return f"{watched} of {describe(s)} measured after {node.watches[0]}"
     return None
 
 
@@ -237,6 +266,7 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
     now = now or datetime.now(UTC)
     reporter = reporter or LineReporter()
     status: dict[tuple[str, Subject], str] = {}
+    by_name = {n.name: n for n, _ in steps}
     outcomes = []
     reporter.start(len(steps))
     for n, subject in steps:
@@ -250,7 +280,7 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
             outcome = Outcome(n.name, label, "blocked", f"prerequisite {bad[0]} did not pass")
         else:
             reason = "forced" if n.name in forced else _age_reason(kit.work, n, subject,
-                                                                     limits, now)
+                                                                     limits, now, by_name)
             if reason is None and n.check is not None:
                 try:
                     check = n.check(kit, subject, shots)
@@ -315,7 +345,15 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     if unknown:
         raise ValueError(f"qubit {unknown[0]} is not on device {backend.name} "
                          f"(qubits 0-{n_qubits - 1})")
-    steps = plan(nodes, chosen, backend.config.coupling_map)
+    available = _available_nodes(backend)
+    missing = sorted((set(nodes or ()) & {n.name for n in NODES})
+                     - {n.name for n in available})
+    if missing:
+        controllers = ", ".join(c.name for c in backend.config.controllers)
+        raise CalibrationError(f"{', '.join(missing)} needs feed-forward, and no controller of "
+                               f"{backend.name} ({controllers}) states a feed-forward latency "
+                               "in its capabilities; reset stays passive there")
+    steps = plan(nodes, chosen, backend.config.coupling_map, available)
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
     design_work = load_design(design or default_design_path(backend.name))
     kit = Kit(backend, working_from_snapshot(parent, design_work))
@@ -365,7 +403,7 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
     for q in qubits:  # a first LO plan from the design frequencies, for spectroscopy
         if "drive_lo_frequency_hz" not in design.qubits[q]:
             choose_drive_lo(kit, q)
-    steps = plan(None, qubits, backend.config.coupling_map)
+    steps = plan(None, qubits, backend.config.coupling_map, _available_nodes(backend))
     outcomes = walk(kit, steps, shots=shots, forced={n.name for n in NODES},
                     reporter=LineReporter(progress))
     if record_directory is not None:

@@ -59,3 +59,20 @@ def test_active_reset_node_makes_reset_from_one_reach_095(tmp_path, monkeypatch)
         after = _reset_from_one(backend)
     assert min(after) >= 0.95, (before, after, rounds)
     assert all(a >= b - 0.005 for a, b in zip(after, before, strict=True)), (before, after)
+
+
+@pytest.mark.slow
+def test_a_rack_without_feed_forward_calibrates_without_active_reset(tmp_path, monkeypatch):
+    """No controller with feed-forward: --all leaves active_reset out (reset stays passive),
+    and naming it is a CalibrationError naming the controllers, before anything runs."""
+    from labqpu.errors import CalibrationError
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        backend.feedforward_latency_samples = None
+        with pytest.raises(CalibrationError, match=r"active_reset needs feed-forward.*ctrl0"):
+            run_graph(backend, ["active_reset"], qubits=[0], force=True)
+        report = run_graph(backend, qubits=[0])  # every node on qubit 0
+        assert report.ok, report.table()
+        assert "active_reset" not in report.table()

@@ -95,6 +95,45 @@ def test_old_values_are_recalibrated_without_a_check_and_force_skips_the_check()
     assert outcomes[0].status == "calibrated" and outcomes[0].reason == "forced"
 
 
+def test_a_node_that_measures_a_recalibrated_one_is_out_of_date():
+    """cz_leakage-like: an edge node measuring the edge's gate is calibrated again when the
+    gate was measured after it (in an earlier run or earlier in this one), and fresh
+    otherwise."""
+    nodes = (
+        Node("gate", "edge", (), ("amplitude",), _set_pair("amplitude", 0.4)),
+        Node("leak", "edge", ("gate",), ("leakage",), _set_pair("leakage", 0.01),
+             measures=("gate",)),
+    )
+
+    now = datetime.now(UTC)  # what a calibration in this walk stamps its values with
+
+    def work(gate_hours_ago: float, leak_hours_ago: float) -> Working:
+        w = Working(device={}, qubits={0: {}, 1: {}},
+                    pairs={(0, 1): {"amplitude": 0.3, "leakage": 0.02}})
+        w.measured_at[((0, 1), "amplitude")] = (now - timedelta(hours=gate_hours_ago)).isoformat()
+        w.measured_at[((0, 1), "leakage")] = (now - timedelta(hours=leak_hours_ago)).isoformat()
+        return w
+
+    steps = plan(None, [0, 1], [(0, 1)], nodes)
+    kit = SimpleNamespace(work=work(gate_hours_ago=1, leak_hours_ago=2))
+    outcomes = {o.node: o for o in walk(kit, steps, shots=1, now=now)}
+    assert outcomes["gate"].status == "fresh"
+    assert outcomes["leak"].status == "calibrated"
+    assert outcomes["leak"].reason == "amplitude of edge 0-1 measured after leakage"
+    kit = SimpleNamespace(work=work(gate_hours_ago=2, leak_hours_ago=1))
+    outcomes = {o.node: o for o in walk(kit, steps, shots=1, now=now)}
+    assert outcomes["leak"].status == "fresh"
+    kit = SimpleNamespace(work=work(gate_hours_ago=2, leak_hours_ago=1))
+    outcomes = {o.node: o for o in walk(kit, steps, shots=1, now=now, forced={"gate"})}
+    assert outcomes["gate"].status == "calibrated" and outcomes["leak"].status == "calibrated"
+
+
+def _set_pair(name, value):
+    def calibrate(kit, pair, shots, progress):
+        kit.work.set_pair(pair, name, value, "test")
+    return calibrate
+
+
 def test_plan_adds_prerequisites_in_order_and_edges_within_the_qubits():
     steps = plan(["cz"], [1, 2, 3], [(0, 1), (1, 2), (2, 3)])
     names = [n.name for n, _ in steps]
