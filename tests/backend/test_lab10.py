@@ -108,9 +108,10 @@ def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:
 
 
 def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
-    """Bell on 6-7, then qubit 8 flipped when qubit 7 read 1: a cz, a mid-circuit measurement
+    """Bell on 9-8, then qubit 7 flipped when qubit 8 read 1: a cz, a mid-circuit measurement
     and a conditional pulse on ctrl1 evolve 7 transmons, within the simulator's limit. All three
-    bits agree in most shots."""
+    bits agree in most shots (0.928 with seed 1). The same on 6-7-8 takes ten times as long
+    (64 s against 6 s) for the same check."""
     qc = QuantumCircuit(3, 3)
     qc.h(0)
     qc.cx(0, 1)
@@ -119,7 +120,7 @@ def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
         qc.x(2)
     qc.measure(0, 0)
     qc.measure(2, 2)
-    native = transpile(qc, lab10, initial_layout=[6, 7, 8])
+    native = transpile(qc, lab10, initial_layout=[9, 8, 7])
     counts = lab10.run(native, shots=1000).result(timeout=300).get_counts()
     assert (counts.get("000", 0) + counts.get("111", 0)) / 1000 >= 0.85, counts
 
