@@ -216,17 +216,21 @@ class Kit:
                 bits[i, :, c] = np.abs(iq[i, :, c] - c1) < np.abs(iq[i, :, c] - c0)
         return bits
 
+    def centres(self) -> dict[int, tuple[complex, complex]]:
+        """The calibrated |0> and |1> IQ centres of every qubit that has a discriminator."""
+        out = {}
+        for q, p in self.work.qubits.items():
+            if "discriminator" in p:
+                (i0, q0), (i1, q1) = p["discriminator"]["centers"]
+                out[q] = (complex(i0, q0), complex(i1, q1))
+        return out
+
     def corrected_p1(self, programs: list[PulseProgram], shots: int, *,
                      clip: bool = True) -> np.ndarray:
         """P(1) per program and clbit, corrected with the calibrated assignment matrices (and
         clipped to [0, 1] unless ``clip`` is False: an average of differences near 0 or 1 must
         keep the noise on both sides)."""
-        centres = {}
-        for q, p in self.work.qubits.items():
-            if "discriminator" in p:
-                (i0, q0), (i1, q1) = p["discriminator"]["centers"]
-                centres[q] = (complex(i0, q0), complex(i1, q1))
-        raw = self.run_bits(programs, shots, centres).mean(axis=1)
+        raw = self.run_bits(programs, shots, self.centres()).mean(axis=1)
         out = np.empty_like(raw)
         for i, prog in enumerate(programs):
             for q, c in zip(prog.acq_qubit, prog.acq_clbit, strict=True):

@@ -77,6 +77,8 @@ class Node:
         measures: prerequisite nodes whose calibration this node measures (the CZ whose
             leakage it reads, the readout a reset uses): its values are out of date, and it is
             calibrated again, when one of theirs was measured after its own.
+        needs_feedforward: the node plays conditional pulses; a rack whose controllers state
+            no feed-forward latency leaves it out.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Node:
     calibrate: Callable[[Kit, Subject, int, Progress], None]
     check: Callable[[Kit, Subject, int], CheckResult] | None = None
     measures: tuple[str, ...] = ()
+    needs_feedforward: bool = False
 
     def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
         """(node name, subject) of each prerequisite of this node on ``subject``: on its qubit,
@@ -164,7 +167,7 @@ NODES: tuple[Node, ...] = (
                                              TOLERANCES["readout"])),
     Node("active_reset", "qubit", ("readout",), ("reset_rounds",),
          lambda kit, q, shots, _: active_reset(kit, q, shots * CHECK_SHOTS),
-         measures=("readout",)),
+         measures=("readout",), needs_feedforward=True),
     Node("t1", "qubit", ("readout",), ("t1_s", "reset_duration_s"),
          lambda kit, q, shots, _: t1(kit, q, shots),
          lambda kit, q, shots: check_t1(kit, q, shots * CHECK_SHOTS, TOLERANCES["t1"])),

@@ -65,9 +65,7 @@ def active_reset(kit: Kit, q: int, shots: int) -> None:
         raise FitError(f"active reset needs feed-forward, and no controller ({controllers}) "
                        "states a feed-forward latency in its capabilities",
                        subject=f"qubit {q}")
-    work = kit.work.qubits[q]
-    centres = {q: tuple(complex(i, j) for i, j in work["discriminator"]["centers"])}
-    bits = kit.run_bits(reset_programs(kit, q, latency), shots, centres)[:, :, 0]
+    bits = kit.run_bits(reset_programs(kit, q, latency), shots, kit.centres())[:, :, 0]
     p0 = 1.0 - bits.mean(axis=1)
     p0_zero, p0_one = p0[:MAX_RESET_ROUNDS], p0[MAX_RESET_ROUNDS:]
     rounds = rounds_needed(p0_zero, p0_one)

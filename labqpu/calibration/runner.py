@@ -182,10 +182,10 @@ def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
 
 
 def _available_nodes(backend) -> tuple[Node, ...]:
-    """The graph's nodes this rack can run: ``active_reset`` only with feed-forward."""
+    """The graph's nodes this rack can run: those that need feed-forward only with it."""
     if backend.feedforward_latency_samples is not None:
         return NODES
-    return tuple(n for n in NODES if n.name != "active_reset")
+    return tuple(n for n in NODES if not n.needs_feedforward)
 
 
 def _values(work: Working, subject: Subject) -> dict[str, Any]:
