@@ -18,12 +18,17 @@ def labqpu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "LABQPU_HOME": str(tmp_path)})
 
 
-def test_draw_py_and_qasm(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    (tmp_path / "bell.py").write_text(
+def write_bell(directory: Path) -> None:
+    """A ``bell.py`` defining a 2-qubit Bell circuit ``qc`` in ``directory``."""
+    (directory / "bell.py").write_text(
         "from qiskit import QuantumCircuit\n"
         "qc = QuantumCircuit(2, 2, name='bell')\nqc.h(0)\nqc.cx(0, 1)\n"
         "qc.measure([0, 1], [0, 1])\n")
+
+
+def test_draw_py_and_qasm(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    write_bell(tmp_path)
     done = labqpu(tmp_path, "draw", "bell.py", "-o", "bell.png")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "bell.png").read_bytes()[:8] == PNG
@@ -52,10 +57,7 @@ def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: s
 
 def test_draw_a_rung_of_lab10_on_the_qubits_given(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    (tmp_path / "bell.py").write_text(
-        "from qiskit import QuantumCircuit\n"
-        "qc = QuantumCircuit(2, 2, name='bell')\nqc.h(0)\nqc.cx(0, 1)\n"
-        "qc.measure([0, 1], [0, 1])\n")
+    write_bell(tmp_path)
     done = labqpu(tmp_path, "draw", "bell.py", "--config", "lab10", "--layout", "0", "5",
                   "-o", "rung.png")
     assert done.returncode == 0, done.stderr

@@ -79,6 +79,15 @@ def test_virtual_z_in_a_branch_is_a_conditional_phase_shift(snapshot, channels, 
     assert np.all(prog.play_phase_rad[prog.play_port == 0] == 0.0)
 
 
+def x_reset_measure() -> QuantumCircuit:
+    """x, reset, measure on one qubit."""
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.reset(0)
+    qc.measure(0, 0)
+    return qc
+
+
 def with_reset_rounds(snapshot, rounds: int | None):
     """``snapshot`` with every qubit's reset_rounds set to ``rounds`` (None: removed)."""
     from labqpu.store import Snapshot, SnapshotBuilder
@@ -96,10 +105,7 @@ def with_reset_rounds(snapshot, rounds: int | None):
 def test_active_reset_is_measure_then_conditional_x(snapshot, channels, export):
     """Without a calibrated reset_rounds, one round."""
     snapshot = with_reset_rounds(snapshot, None)
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.reset(0)
-    qc.measure(0, 0)
+    qc = x_reset_measure()
     prog = compiled(qc, snapshot, channels)
     readout = round(rq(export, 0, "readout_duration_s") * FS)
     assert prog.acq_clbit.tolist() == [-1, 0]
@@ -119,10 +125,7 @@ def test_reset_plays_the_calibrated_number_of_rounds(snapshot, channels, config,
 
     single = with_reset_rounds(snapshot, None)
     two = with_reset_rounds(snapshot, 2)
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.reset(0)
-    qc.measure(0, 0)
+    qc = x_reset_measure()
     prog = compiled(qc, two, channels)
     readout = round(rq(export, 0, "readout_duration_s") * FS)
     round_length = readout + LATENCY + 40
