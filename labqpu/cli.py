@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import runpy
 import sys
 import time
@@ -217,9 +218,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.nodes and args.nodes[0] in STORE_COMMANDS:
         return _calibration_store_command(args)
     nodes = args.nodes or None
-    if not (args.bootstrap or args.rb or args.all or nodes):
-        print("labqpu calibrate: give --all or node names, --bootstrap or --rb, or one of "
-              "history, diff, rollback", file=sys.stderr)
+    problem = _watch_problem(args)
+    if problem:
+        print(f"labqpu calibrate: {problem}", file=sys.stderr)
+        return 2
+    if not (args.bootstrap or args.rb or args.all or nodes or args.watch):
+        print("labqpu calibrate: give --all or node names, --watch, --bootstrap or --rb, or "
+              "one of history, diff, rollback", file=sys.stderr)
         return 2
     if args.all and nodes:
         print(f"labqpu calibrate: give --all or node names ({' '.join(nodes)}), not both",
@@ -261,6 +266,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         def progress(msg: str) -> None:
             print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
 
+        if args.watch:
+            return _watch(provider, backend, nodes, args)
         snapshot = None
         if args.bootstrap:
             design_path = args.design or default_design_path(backend.name)
@@ -282,6 +289,53 @@ def _calibrate(args: argparse.Namespace) -> int:
                 json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
             print(f"exported to {args.export}")
     return 0
+
+
+def _watch_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the watch options, or None."""
+    if not args.watch:
+        given = [flag for flag, value in (("--interval", args.interval),
+                                          ("--rounds", args.rounds), ("--clock", args.clock))
+                 if value is not None]
+        if given:
+            return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --watch"
+        return None
+    clash = [flag for flag, value in (("--bootstrap", args.bootstrap), ("--rb", args.rb),
+                                      ("--force", args.force), ("--export", args.export))
+             if value]
+    if clash:
+        return (f"--watch checks and recalibrates what drifted, round after round; it takes "
+                f"no {', '.join(clash)}")
+    if args.interval is not None and not 0 <= args.interval < math.inf:
+        return f"--interval must be a number of seconds >= 0, got {args.interval}"
+    if args.rounds is not None and args.rounds < 1:
+        return f"--rounds must be at least 1, got {args.rounds}"
+    return None
+
+
+def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
+    """``calibrate --watch``: rounds of checks and recalibration, one line each, until
+    interrupted or ``--rounds`` are done."""
+    from labqpu.calibration.watch import DEFAULT_INTERVAL_S, watch
+
+    clock = args.clock or ("device" if provider.simulator is not None else "wall")
+    interval = DEFAULT_INTERVAL_S if args.interval is None else args.interval
+    t0 = time.perf_counter()
+
+    def say(line: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {line}", flush=True)
+
+    print(f"watching {backend.name}: a round every {interval:g} s on the {clock} clock"
+          + (f", {args.rounds} round(s)" if args.rounds else ", until interrupted (Ctrl-C)"),
+          flush=True)
+    try:
+        report = watch(backend, nodes, interval_s=interval, rounds=args.rounds,
+                       qubits=args.qubits, shots=args.shots, clock=clock, say=say)
+    except KeyboardInterrupt:
+        print("watch stopped", flush=True)
+        return 0
+    print(f"log of every round: {report.log_path}")
+    return 0 if all(r.report is not None and r.report.ok for r in report.rounds[-1:]) else 1
 
 
 def _run_graph(backend, nodes, args: argparse.Namespace, progress):
@@ -540,6 +594,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="RB: 2-qubit sequence lengths in Cliffords (default 1 10 30 60 100)")
     cal.add_argument("--rb-seeds", type=_positive_int, metavar="N",
                      help="RB: random sequences per length (default 4)")
+    cal.add_argument("--watch", action="store_true",
+                     help="keep the device calibrated: a round of checks (recalibrating what "
+                          "fails) every --interval, until interrupted or --rounds are done")
+    cal.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                     help="--watch: time between rounds (s, default 3600)")
+    cal.add_argument("--rounds", type=int, default=None, help="--watch: stop after N rounds")
+    cal.add_argument("--clock", choices=("wall", "device"), default=None,
+                     help="--watch: let the interval pass as wall time (sleep) or as idle "
+                          "shots on the device (default: device on the embedded simulator, "
+                          "where a simulated hour then passes at once; wall otherwise)")
     cal.add_argument("--config", help="lab.toml, or a built-in device: lab5 (default), lab10")
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)

@@ -205,7 +205,7 @@ def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, expor
 def test_calibrate_without_a_task_names_the_choices(tmp_path):
     proc = labqpu(tmp_path, "calibrate")
     assert proc.returncode == 2
-    assert "--bootstrap or --rb" in proc.stderr
+    assert "--watch, --bootstrap or --rb" in proc.stderr
 
 
 def test_calibrate_runs_the_graph_and_prints_the_summary(tmp_path):
@@ -236,6 +236,11 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["--bootstrap", "--no-rb", "--rb-lengths-2q", "1", "5", "10"], "--rb-lengths-2q set"),
     (["--all", "--no-rb"], "--no-rb only applies to --bootstrap"),
     (["--all", "--shots", "0"], "--shots must be a whole number >= 1, got 0"),
+    (["--all", "--interval", "60"], "--interval needs --watch"),
+    (["--watch", "--force"], "it takes no --force"),
+    (["--watch", "--bootstrap"], "it takes no --bootstrap"),
+    (["--watch", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--watch", "--interval", "-1"], "--interval must be a number of seconds >= 0"),
 ])
 def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
     """RB options without an RB run are a one-line error, before any simulator starts."""
@@ -243,6 +248,22 @@ def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.glob("**/*.sqlite"))  # no store was opened
+
+
+def test_calibrate_watch_runs_rounds_on_the_device_clock_and_logs_them(tmp_path):
+    """On the embedded simulator the interval passes as idle shots on the device: two rounds
+    an hour apart take seconds, each is one line of output and one line of the JSON log."""
+    proc = labqpu(tmp_path, "calibrate", "--watch", "t1", "--qubits", "0", "--rounds", "2",
+                  timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "a round every 3600 s on the device clock, 2 round(s)" in lines[0]
+    assert "round 1 at +0.00 h:" in proc.stdout and "round 2 at +1.00 h:" in proc.stdout
+    log = [json.loads(line) for line in (tmp_path / "lab5" / "watch.jsonl").read_text()
+           .splitlines()]
+    assert [(r["round"], r["clock_s"]) for r in log] == [(1, 0.0), (2, 3600.0)]
+    assert {s["node"] for r in log for s in r["steps"]} >= {"t1", "readout", "rabi"}
+    assert "cz" not in {s["node"] for r in log for s in r["steps"]}
 
 
 def test_status_shows_where_each_qubit_is_wired(tmp_path):

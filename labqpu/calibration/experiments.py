@@ -129,7 +129,10 @@ class Kit:
             [make(), np.zeros(total - length, np.complex64)])), total
 
     def builder(self, qubits: Sequence[int]) -> ProgramBuilder:
-        """A builder with the LOs and flux biases of ``qubits`` set from the working values."""
+        """A builder with the LOs of ``qubits`` set from the working values, and the flux bias
+        of every qubit that has one: a neighbour's bias moves a qubit through the DC flux
+        crosstalk, so an experiment must not inherit whatever bias an earlier job left on a
+        channel it does not use (circuits set every calibrated bias too)."""
         channels = self.backend.channels
         b = ProgramBuilder(channels.controllers[0], self.fs, rack=channels.layout)
         dev = self.work.device
@@ -138,7 +141,9 @@ class Kit:
             p = self.work.qubits[q]
             b.set_lo(w.drive_lo, p["drive_lo_frequency_hz"], dev["drive_lo_power_dbm"])
             b.set_lo(w.readout_lo, dev["readout_lo_frequency_hz"], dev["readout_lo_power_dbm"])
-            b.flux_bias_a[w.flux_bias] = p["flux_bias_a"]
+        for q, p in self.work.qubits.items():
+            if "flux_bias_a" in p:
+                b.flux_bias_a[self.config.qubits[q].flux_bias] = p["flux_bias_a"]
         return b
 
     def drive(self, b: ProgramBuilder, q: int, start: int, amplitude: float,

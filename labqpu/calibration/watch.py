@@ -1,0 +1,203 @@
+"""Watch mode: keep a device calibrated, unattended (``labqpu calibrate --watch``).
+
+Every ``interval_s``, :func:`watch` runs the calibration graph (:func:`run_graph`, not forced):
+each node's cheap check judges its values against their tolerance, a value that fails (or is
+older than its age limit) is recalibrated, and a round that changed something commits one
+snapshot. A running backend picks that snapshot up for its next job.
+
+Each round is logged as one JSON line in ``watch.jsonl`` beside the calibration store (its
+start, the device time, what was fresh, what changed from what to what, what failed) and as
+one line of text through ``say``. A round that fails (a fit, a job, a commit that lost a race
+with another writer) is logged and the watch goes on: the next round tries again. Only
+``KeyboardInterrupt``, ``stop`` or the round count end it.
+
+Time between rounds passes on one of two clocks:
+
+* ``"wall"``: the watch sleeps (what a lab's rack needs: the device drifts in real time);
+* ``"device"``: the interval passes on the device, as idle shots (one readout of the first
+  watched qubit every IDLE_REP_DELAY_S). The firmware simulator's device drifts against its
+  own clock, the sum of shots x (program duration + rep_delay), so a simulated day passes in
+  well under a second; on hardware it takes as long as the wall clock and holds the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from qiskit import QuantumCircuit
+from qiskit.providers import JobError
+
+from labqpu.calibration.runner import LineReporter, RunReport, run_graph
+from labqpu.errors import FitError, InstrumentError, StaleSnapshotError
+
+log = logging.getLogger(__name__)
+
+#: The clocks between rounds.
+CLOCKS = ("wall", "device")
+#: Time between rounds when none is given (s).
+DEFAULT_INTERVAL_S = 3600.0
+#: Repetition delay of the idle shots that pass time on the device clock (s); the backend's
+#: largest ``rep_delay``.
+IDLE_REP_DELAY_S = 1.0
+#: Idle shots per job on the device clock: an hour of device time per job.
+IDLE_SHOTS_PER_JOB = 3600
+#: Margin on top of an idle job's own length, for its controller timeout and result wait (s).
+IDLE_MARGIN_S = 120.0
+#: The log of every round, beside the calibration store.
+LOG_NAME = "watch.jsonl"
+#: What a round may fail with and the watch survive: a fit, a job (or its timeout), an
+#: instrument, a commit that lost a race with another writer of the store, the OS.
+ROUND_ERRORS = (FitError, JobError, InstrumentError, StaleSnapshotError, OSError)
+
+
+@dataclass
+class WatchRound:
+    """One round: its number (from 1), when it started (UTC), the time since the watch began
+    on its clock (s), the runner's report (None when the round raised) and the error."""
+
+    index: int
+    started: datetime
+    clock_s: float
+    report: RunReport | None
+    error: str | None = None
+
+    def summary(self) -> str:
+        """One line: what was fresh, what was recalibrated, what failed."""
+        head = f"round {self.index} at +{self.clock_s / 3600:.2f} h"
+        if self.report is None:
+            return f"{head}: failed: {self.error}"
+        calibrated = self.report.with_status("calibrated")
+        bad = self.report.with_status("failed") + self.report.with_status("blocked")
+        text = (f"{head}: {len(self.report.with_status('fresh'))} fresh, "
+                f"{len(calibrated)} recalibrated, {len(bad)} failed or blocked")
+        if calibrated:
+            text += "; recalibrated " + ", ".join(f"{o.node} on {o.subject}" for o in calibrated)
+        if bad:
+            text += "; " + "; ".join(f"{o.node} on {o.subject} {o.status}: {o.reason}"
+                                     for o in bad)
+        if self.report.snapshot is not None:
+            text += f"; committed snapshot {self.report.snapshot.snapshot_id}"
+        return text
+
+    def record(self) -> dict:
+        """The round as the JSON object of its log line."""
+        out: dict = {"round": self.index, "started": self.started.isoformat(),
+                     "clock_s": self.clock_s, "error": self.error}
+        if self.report is not None:
+            out["parent_snapshot"] = self.report.parent_id
+            out["snapshot"] = (self.report.snapshot.snapshot_id
+                               if self.report.snapshot is not None else None)
+            out["steps"] = [{"node": o.node, "subject": o.subject, "status": o.status,
+                             "reason": o.reason,
+                             "changes": [{"name": c.name, "old": _plain(c.old),
+                                          "new": _plain(c.new)} for c in o.changes]}
+                            for o in self.report.outcomes]
+        return out
+
+
+@dataclass
+class WatchReport:
+    """Every round of a watch, and where its log is."""
+
+    rounds: list[WatchRound] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def _plain(value: object) -> object:
+    """``value`` as JSON can hold it (numpy scalars and arrays become numbers and lists)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def idle_on_device(backend, seconds: float, qubit: int = 0) -> None:
+    """Let ``seconds`` (s) pass on ``backend``'s device: idle shots, one readout of ``qubit``
+    every IDLE_REP_DELAY_S, IDLE_SHOTS_PER_JOB per job. Raises ``ValueError`` for a negative
+    or non-finite time."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"idle time must be a finite number of seconds >= 0, got {seconds!r}")
+    circuit = QuantumCircuit(backend.num_qubits, 1)
+    circuit.measure(qubit, 0)
+    shot_s = backend.dt * _duration_samples(backend, qubit) + IDLE_REP_DELAY_S
+    shots_left = round(seconds / shot_s)
+    while shots_left > 0:
+        shots = min(shots_left, IDLE_SHOTS_PER_JOB)
+        wait_s = shots * shot_s + IDLE_MARGIN_S
+        backend.run(circuit, shots=shots, rep_delay=IDLE_REP_DELAY_S,
+                    timeout=wait_s).result(timeout=wait_s)
+        shots_left -= shots
+
+
+def _duration_samples(backend, qubit: int) -> int:
+    """Samples of one idle shot's program: the Target's measure on ``qubit``."""
+    return round(backend.target["measure"][(qubit,)].duration / backend.dt)
+
+
+def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
+          rounds: int | None = None, qubits: Sequence[int] | None = None, shots: int = 400,
+          clock: str = "wall", say: Callable[[str], None] | None = None,
+          after_round: Callable[[WatchRound], None] | None = None,
+          stop: threading.Event | None = None, log_path: str | Path | None = None
+          ) -> WatchReport:
+    """Keep ``backend``'s device calibrated: a round of :func:`run_graph` (``nodes``, default
+    all, on ``qubits``, default all; ``shots`` per point), then ``interval_s`` (s) on
+    ``clock`` (``"wall"`` or ``"device"``, see the module), for ``rounds`` rounds (None: until
+    ``stop`` is set or the process is interrupted).
+
+    Each round is appended to ``log_path`` (default: ``watch.jsonl`` beside the store) and
+    said through ``say`` (default: the module's logger); step progress goes to the logger at
+    DEBUG. ``after_round`` is called with each round, after it is logged and before the wait.
+    Returns the :class:`WatchReport`.
+
+    Raises ``ValueError`` for a bad interval, round count or clock (before anything runs)."""
+    if not math.isfinite(interval_s) or interval_s < 0:
+        raise ValueError(f"watch interval must be a finite number of seconds >= 0, got "
+                         f"{interval_s!r}")
+    if rounds is not None and rounds < 1:
+        raise ValueError(f"watch rounds must be at least 1, got {rounds}")
+    if clock not in CLOCKS:
+        raise ValueError(f"watch clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    say = say or log.info
+    stop = stop or threading.Event()
+    path = Path(log_path) if log_path else Path(backend.config.store_path).parent / LOG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = WatchReport(log_path=path)
+    idle_qubit = min(qubits) if qubits else 0
+    device_s = 0.0
+    begun = time.monotonic()
+    index = 0
+    while rounds is None or index < rounds:
+        index += 1
+        started = datetime.now(UTC)
+        elapsed = device_s if clock == "device" else time.monotonic() - begun
+        try:
+            result = run_graph(backend, nodes, qubits=qubits, shots=shots,
+                               reporter=LineReporter(log.debug))
+            this = WatchRound(index, started, elapsed, result)
+        except ROUND_ERRORS as exc:
+            log.exception("watch round %d failed", index)
+            this = WatchRound(index, started, elapsed, None, f"{type(exc).__name__}: {exc}")
+        report.rounds.append(this)
+        with path.open("a") as f:
+            f.write(json.dumps(this.record()) + "\n")
+        say(this.summary())
+        if after_round is not None:
+            after_round(this)
+        if (rounds is not None and index >= rounds) or stop.is_set():
+            break
+        if clock == "device":
+            idle_on_device(backend, interval_s, idle_qubit)
+            device_s += interval_s
+        elif stop.wait(interval_s):
+            break
+    return report
