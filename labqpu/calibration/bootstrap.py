@@ -317,48 +317,6 @@ def _prepared_readouts(kit: Kit, q: int, pi_amplitude: float,
     return progs
 
 
-def readout(kit: Kit, q: int, shots: int) -> None:
-    """Readout frequency with the best |0>/|1> separation, then discriminator centres,
-    assignment matrix and fidelity from single shots."""
-    pi = kit.work.qubits[q]["pi_amplitude"]
-    centre = kit.work.qubits[q]["readout_frequency_hz"]
-    freqs = centre + np.linspace(-2e6, 2e6, 21)
-    snr = []
-    for f in freqs:
-        iq = kit.run_iq(_prepared_readouts(kit, q, pi, f), shots // 4, single=True)[:, :, 0]
-        sigma = np.sqrt(0.5 * (iq[0].std() ** 2 + iq[1].std() ** 2))
-        snr.append(abs(complex_median(iq[1]) - complex_median(iq[0])) / sigma)
-    best = float(freqs[int(np.argmax(snr))])
-    old = kit.work.qubits[q]["readout_frequency_hz"]
-    kit.work.qubits[q]["readout_frequency_hz"] = best
-    iq = kit.run_iq(_prepared_readouts(kit, q, pi, None), shots * 4, single=True)[:, :, 0]
-    c0, c1 = complex_median(iq[0]), complex_median(iq[1])
-    states = [np.abs(iq[k] - c1) < np.abs(iq[k] - c0) for k in (0, 1)]
-    p1_given0, p1_given1 = states[0].mean(), states[1].mean()
-    matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
-    fidelity = float(1 - (p1_given0 + 1 - p1_given1) / 2)
-    n = len(states[0])
-    rid = kit.record(
-        "readout", q,
-        {"readout_frequency_hz": (best, float(freqs[1] - freqs[0]) / 2),
-         "readout_assignment_fidelity": (
-             fidelity, float(np.sqrt((p1_given0 * (1 - p1_given0)
-                                      + p1_given1 * (1 - p1_given1)) / n) / 2)),
-         "p1_given_0": (float(p1_given0), float(np.sqrt(p1_given0 * (1 - p1_given0) / n))),
-         "p1_given_1": (float(p1_given1), float(np.sqrt(p1_given1 * (1 - p1_given1) / n)))},
-        {"x": freqs, "x_label": "readout frequency (Hz)",
-         "y_label": "|0>/|1> separation (SNR)", "series": {"SNR": snr},
-         "shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
-         "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]},
-        chosen="readout_frequency_hz", old={"readout_frequency_hz": old},
-        settings={"shots_per_frequency": shots // 4, "shots": shots * 4})
-    kit.work.set(q, "readout_frequency_hz", best, rid)
-    kit.work.set(q, "discriminator", {"centers": [[float(c0.real), float(c0.imag)],
-                                                  [float(c1.real), float(c1.imag)]]}, rid)
-    kit.work.set(q, "assignment_matrix", [[float(v) for v in row] for row in matrix], rid)
-    kit.work.set(q, "readout_assignment_fidelity", fidelity, rid)
-
-
 def t1(kit: Kit, q: int, shots: int) -> None:
     """T1 (s) from the decay of |1>; passive reset waits 5 T1."""
     delays = kit.on_grid(np.linspace(0, 200e-6, 21))

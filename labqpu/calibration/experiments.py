@@ -190,7 +190,8 @@ class Kit:
         wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
         if_hz = f - dev["readout_lo_frequency_hz"]
-        b.play(self._output(q, "readout"), start, wid, dev["readout_amplitude"], 0.0, if_hz)
+        amp = self.work.qubits[q].get("readout_amplitude", dev["readout_amplitude"])
+        b.play(self._output(q, "readout"), start, wid, amp, 0.0, if_hz)
         b.acquire(self._input(q, "acquire"), start, dur, if_hz, q, clbit, discriminator)
         return start + dur
 

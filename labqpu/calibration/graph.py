@@ -35,7 +35,6 @@ from labqpu.calibration.bootstrap import (
     drive_handedness,
     rabi,
     ramsey,
-    readout,
     resonator_spectroscopy,
     sweet_spot,
     t1,
@@ -53,6 +52,7 @@ from labqpu.calibration.coherence import hahn_echo, static_zz
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.fine import fine_amplitude, worst_relative_error
 from labqpu.calibration.leakage import cz_leakage
+from labqpu.calibration.readout import readout
 from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
 from labqpu.store import CZ_PARAMETERS
@@ -160,7 +160,7 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots, _: fine_amplitude(kit, q, shots * FINE_SHOTS),
          _check_fine_amplitude),
     Node("readout", "qubit", ("fine_amplitude",),
-         ("readout_frequency_hz", "discriminator", "assignment_matrix",
+         ("readout_frequency_hz", "readout_amplitude", "discriminator", "assignment_matrix",
           "readout_assignment_fidelity"),
          lambda kit, q, shots, _: readout(kit, q, shots),
          lambda kit, q, shots: check_readout(kit, q, shots * CHECK_SHOTS,

@@ -1,0 +1,137 @@
+"""Readout calibration: the readout frequency and amplitude that maximise assignment fidelity,
+then the discriminator and the assignment matrix.
+
+Assignment fidelity rises with the tone's amplitude (the |0> and |1> responses separate) until
+measurement-induced transitions set in, and where they set in depends on how many photons the
+tone puts in the resonator, i.e. on its detuning from the resonator: the optimum is a ridge
+in (frequency, amplitude), not a point on either axis. So the readout node measures the
+fidelity on a grid of both (:func:`fidelity_map`), smooths it, and keeps the smallest amplitude
+whose smoothed fidelity is within :data:`READOUT_FIDELITY_SLACK` of the best
+(:func:`choose_readout_point`): fewest photons, furthest from the transitions. Then single shots
+at that point give the discriminator centres, the assignment matrix and the fidelity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from labqpu.calibration.bootstrap import _prepared_readouts
+from labqpu.calibration.experiments import FitError, Kit, complex_median
+
+#: Readout detunings from the current readout frequency the calibration sweeps (Hz).
+READOUT_DETUNINGS_HZ = np.linspace(-3e6, 3e6, 13)
+#: Readout amplitudes the calibration sweeps (full scale).
+READOUT_AMPLITUDES = np.linspace(0.2, 1.0, 13)
+#: How far below the best smoothed assignment fidelity the chosen point may be.
+READOUT_FIDELITY_SLACK = 0.005
+#: Assignment fidelity below which a sweep has found no readout at all.
+READOUT_FIDELITY_FLOOR = 0.75
+#: Width of the smoothing of the fidelity map (grid points).
+READOUT_SMOOTHING = 0.7
+
+__all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_FIDELITY_FLOOR",
+           "READOUT_FIDELITY_SLACK", "assignment_fidelity_of", "choose_readout_point",
+           "fidelity_map", "readout"]
+
+
+def assignment_fidelity_of(iq0: np.ndarray, iq1: np.ndarray) -> float:
+    """Assignment fidelity of single shots after |0> and after |1>, each shot assigned to the
+    nearer of the two medians."""
+    c0, c1 = complex_median(iq0), complex_median(iq1)
+    p1_given0 = float(np.mean(np.abs(iq0 - c1) < np.abs(iq0 - c0)))
+    p1_given1 = float(np.mean(np.abs(iq1 - c1) < np.abs(iq1 - c0)))
+    return 1 - (p1_given0 + 1 - p1_given1) / 2
+
+
+def fidelity_map(kit: Kit, q: int, freqs: np.ndarray, amps: np.ndarray,
+                 shots: int) -> np.ndarray:
+    """Assignment fidelity of qubit ``q`` read at each frequency (Hz, rows) and amplitude
+    (full scale, columns), ``shots`` single shots per state and point, in one sweep."""
+    work = kit.work.qubits[q]
+    old = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
+    progs = []
+    try:
+        for f in freqs:
+            for amp in amps:
+                work["readout_amplitude"] = float(amp)
+                progs += _prepared_readouts(kit, q, work["pi_amplitude"], float(f))
+    finally:
+        work["readout_amplitude"] = old
+    iq = kit.run_iq(progs, shots, single=True)[:, :, 0]
+    return np.array([assignment_fidelity_of(iq[k], iq[k + 1])
+                     for k in range(0, len(progs), 2)]).reshape(len(freqs), len(amps))
+
+
+def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.ndarray]:
+    """Pure analysis of a fidelity map (frequencies x amplitudes, amplitudes ascending): the
+    map smoothed (Gaussian, :data:`READOUT_SMOOTHING` grid points) and the (frequency index,
+    amplitude index) of the smallest amplitude whose smoothed fidelity is within
+    :data:`READOUT_FIDELITY_SLACK` of its maximum (the best such frequency). ``FitError``
+    naming ``what`` when the best is below :data:`READOUT_FIDELITY_FLOOR`."""
+    smooth = gaussian_filter(np.asarray(fidelity, dtype=float), READOUT_SMOOTHING,
+                             mode="nearest")
+    best = float(smooth.max())
+    if best < READOUT_FIDELITY_FLOOR:
+        raise FitError(f"{what}: the best assignment fidelity of the readout sweep is "
+                       f"{best:.3f}, below {READOUT_FIDELITY_FLOOR}: no readout")
+    near = smooth >= best - READOUT_FIDELITY_SLACK
+    i_amp = int(np.argmax(near.any(axis=0)))
+    i_freq = int(np.argmax(np.where(near[:, i_amp], smooth[:, i_amp], -np.inf)))
+    return i_freq, i_amp, smooth
+
+
+def readout(kit: Kit, q: int, shots: int) -> None:
+    """Readout frequency and amplitude (:func:`choose_readout_point` on a
+    :func:`fidelity_map` with ``2 shots`` per state and point), then discriminator centres,
+    assignment matrix and fidelity from ``4 shots`` single shots per state."""
+    work = kit.work.qubits[q]
+    old_f = work["readout_frequency_hz"]
+    old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
+    freqs = old_f + READOUT_DETUNINGS_HZ
+    fidelity = fidelity_map(kit, q, freqs, READOUT_AMPLITUDES, shots * 2)
+    i_f, i_a, smooth = choose_readout_point(fidelity, f"qubit {q} readout")
+    best_f, amp = float(freqs[i_f]), float(READOUT_AMPLITUDES[i_a])
+    sweep_raw = {"frequencies_hz": freqs, "amplitudes": READOUT_AMPLITUDES,
+                 "fidelity_map": fidelity}
+    settings = {"shots_per_state_and_point": shots * 2, "slack": READOUT_FIDELITY_SLACK,
+                "smoothing_points": READOUT_SMOOTHING}
+    amp_id = kit.record(
+        "readout_amplitude", q,
+        {"readout_amplitude": (amp, float(READOUT_AMPLITUDES[1] - READOUT_AMPLITUDES[0]) / 2)},
+        {"x": READOUT_AMPLITUDES, "x_label": "readout amplitude (full scale)",
+         "y_label": "assignment fidelity",
+         "series": {f"at {best_f / 1e9:.5f} GHz": fidelity[i_f]}, **sweep_raw},
+        curves={"smoothed": {"x": READOUT_AMPLITUDES, "y": smooth[i_f]}},
+        chosen="readout_amplitude", old={"readout_amplitude": old_amp}, settings=settings)
+    work["readout_amplitude"] = amp
+    work["readout_frequency_hz"] = best_f
+    iq = kit.run_iq(_prepared_readouts(kit, q, work["pi_amplitude"], None), shots * 4,
+                    single=True)[:, :, 0]
+    c0, c1 = complex_median(iq[0]), complex_median(iq[1])
+    states = [np.abs(iq[k] - c1) < np.abs(iq[k] - c0) for k in (0, 1)]
+    p1_given0, p1_given1 = states[0].mean(), states[1].mean()
+    matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
+    fid = float(1 - (p1_given0 + 1 - p1_given1) / 2)
+    n = len(states[0])
+    rid = kit.record(
+        "readout", q,
+        {"readout_frequency_hz": (best_f, float(freqs[1] - freqs[0]) / 2),
+         "readout_assignment_fidelity": (
+             fid, float(np.sqrt((p1_given0 * (1 - p1_given0)
+                                 + p1_given1 * (1 - p1_given1)) / n) / 2)),
+         "p1_given_0": (float(p1_given0), float(np.sqrt(p1_given0 * (1 - p1_given0) / n))),
+         "p1_given_1": (float(p1_given1), float(np.sqrt(p1_given1 * (1 - p1_given1) / n)))},
+        {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "assignment fidelity",
+         "series": {f"at amplitude {amp:.3f}": fidelity[:, i_a]}, **sweep_raw,
+         "shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
+         "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]},
+        curves={"smoothed": {"x": freqs, "y": smooth[:, i_a]}},
+        chosen="readout_frequency_hz", old={"readout_frequency_hz": old_f},
+        settings={**settings, "shots": shots * 4})
+    kit.work.set(q, "readout_amplitude", amp, amp_id)
+    kit.work.set(q, "readout_frequency_hz", best_f, rid)
+    kit.work.set(q, "discriminator", {"centers": [[float(c0.real), float(c0.imag)],
+                                                  [float(c1.real), float(c1.imag)]]}, rid)
+    kit.work.set(q, "assignment_matrix", [[float(v) for v in row] for row in matrix], rid)
+    kit.work.set(q, "readout_assignment_fidelity", fid, rid)

@@ -1,0 +1,90 @@
+"""The readout calibration chooses the readout frequency and amplitude together: assignment
+fidelity rises with the tone (more separation) until measurement-induced transitions set in
+(the simulator's readout physics), and where they set in depends on the detuning, so there is
+a real optimum, and the node keeps the smallest amplitude near it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labqpu import LabProvider
+from labqpu.calibration import run_graph
+from labqpu.calibration.bootstrap import _prepared_readouts, load_design
+from labqpu.calibration.experiments import Kit
+from labqpu.calibration.readout import (
+    READOUT_FIDELITY_SLACK,
+    choose_readout_point,
+)
+from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.errors import FitError
+from labqpu.store import SnapshotBuilder
+
+
+def test_the_choice_is_the_smallest_amplitude_near_the_best() -> None:
+    """A map whose optimum is a ridge: the further below the resonator, the stronger the tone
+    may be before transitions set in."""
+    detuning = np.linspace(-3, 3, 13)[:, None]
+    amps = np.linspace(0.2, 1.0, 13)[None, :]
+    onset = 0.55 - 0.1 * detuning
+    rising = 0.99 - 0.3 * np.exp(-(amps - 0.2) / 0.08) - 0.004 * detuning ** 2
+    fidelity = 0.6 + (rising - 0.6) / (1 + np.exp((amps - onset) / 0.03))
+    i_f, i_a, smooth = choose_readout_point(fidelity, "qubit 0 readout")
+    assert smooth[i_f, i_a] >= smooth.max() - READOUT_FIDELITY_SLACK
+    assert all(smooth[:, :i_a].ravel() < smooth.max() - READOUT_FIDELITY_SLACK)
+    assert smooth[i_f, i_a] == smooth[:, i_a].max()
+
+
+def test_a_sweep_without_readout_is_a_fit_error() -> None:
+    with pytest.raises(FitError, match="qubit 3 readout: the best assignment fidelity"):
+        choose_readout_point(np.full((13, 13), 0.5), "qubit 3 readout")
+
+
+def reference_fidelity(kit: Kit, q: int, amps: np.ndarray, shots: int) -> np.ndarray:
+    """Assignment fidelity at each amplitude, measured and assigned here: each shot goes to
+    the nearer of the mean |0> and |1> responses."""
+    pi = kit.work.qubits[q]["pi_amplitude"]
+    progs = []
+    for amp in amps:
+        kit.work.qubits[q]["readout_amplitude"] = float(amp)
+        progs += _prepared_readouts(kit, q, pi, None)
+    iq = kit.run_iq(progs, shots, single=True)[:, :, 0]
+    out = []
+    for k in range(0, len(progs), 2):
+        m0, m1 = iq[k].mean(), iq[k + 1].mean()
+        wrong0 = np.mean(np.abs(iq[k] - m1) < np.abs(iq[k] - m0))
+        wrong1 = np.mean(np.abs(iq[k + 1] - m0) < np.abs(iq[k + 1] - m1))
+        out.append(1 - (wrong0 + wrong1) / 2)
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_readout_brings_a_too_strong_tone_back_to_the_optimum(tmp_path, monkeypatch) -> None:
+    """From a snapshot whose qubit 2 reads out at 0.75 of full scale (far into the
+    measurement-induced transitions at its readout frequency), ``run_graph(["readout"])``
+    chooses an amplitude whose fidelity, measured independently here, is within 0.01 of the
+    best of a reference sweep over amplitude at the frequency it chose."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    q = 2
+    with LabProvider() as provider:
+        backend = provider.backend()
+        shipped = backend.snapshot
+        builder = SnapshotBuilder.from_snapshot(shipped)
+        builder.set_qubit(q, "readout_amplitude", 0.75, "test",
+                          shipped.qubits[q]["readout_amplitude"].timestamp)
+        wrong = backend.store.commit(builder.build_document())
+        design = load_design(default_design_path(backend.name))
+        before = reference_fidelity(Kit(backend, working_from_snapshot(wrong, design)), q,
+                                    np.array([0.75]), 4000)[0]
+        report = run_graph(backend, ["readout"], qubits=[q], force=True)
+        assert report.ok, report.table()
+        final = backend.snapshot
+        chosen = final.qubits[q]["readout_amplitude"].value
+        kit = Kit(backend, working_from_snapshot(final, design))
+        amps = np.append(np.linspace(0.2, 1.0, 17), chosen)
+        fidelity = reference_fidelity(kit, q, amps, 4000)
+    print(f"at 0.75 before: {before:.4f}; chosen {chosen:.3f}: {fidelity[-1]:.4f}; reference "
+          f"best {fidelity[:-1].max():.4f} at {amps[int(np.argmax(fidelity[:-1]))]:.3f}")
+    assert before < 0.9, before
+    assert fidelity[-1] >= fidelity[:-1].max() - 0.01
+    assert final.qubits[q]["readout_assignment_fidelity"].value >= 0.97
