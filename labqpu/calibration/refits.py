@@ -19,6 +19,7 @@ from labqpu.calibration.experiments import (
     zero_crossing,
 )
 from labqpu.calibration.fine import fit_amplification
+from labqpu.calibration.readout import choose_readout_point
 from labqpu.calibration.records import ExperimentRecord
 
 
@@ -45,10 +46,15 @@ def _readout(record: ExperimentRecord) -> dict[str, float]:
     c0, c1 = complex(i0, q0), complex(i1, q1)
     shots = [np.asarray(raw[k][0]) + 1j * np.asarray(raw[k][1]) for k in ("shots_0", "shots_1")]
     p1 = [float(np.mean(np.abs(s - c1) < np.abs(s - c0))) for s in shots]
-    x, snr = _series(record)
-    return {"readout_frequency_hz": float(x[int(np.argmax(snr))]),
+    i_f, _, _ = choose_readout_point(np.asarray(raw["fidelity_map"]), record.subject)
+    return {"readout_frequency_hz": float(raw["frequencies_hz"][i_f]),
             "readout_assignment_fidelity": 1 - (p1[0] + 1 - p1[1]) / 2,
             "p1_given_0": p1[0], "p1_given_1": p1[1]}
+
+
+def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:
+    _, i_a, _ = choose_readout_point(np.asarray(record.raw["fidelity_map"]), record.subject)
+    return {"readout_amplitude": float(record.raw["amplitudes"][i_a])}
 
 
 def _sweet_spot(record: ExperimentRecord) -> dict[str, float]:
@@ -76,6 +82,7 @@ _REFITS = {
     "fine_amplitude_pi": _fine,
     "fine_amplitude_pi2": _fine,
     "readout": _readout,
+    "readout_amplitude": _readout_amplitude,
     "t1": lambda r: {"t1_s": fit_exponential_curve(*_series(r), r.subject).params["tau"]},
     "hahn_echo": lambda r: {"t2_echo_s": fit_exponential_curve(
         *_series(r), r.subject).params["tau"]},
