@@ -4,8 +4,9 @@ per-op compiler produced before its speed work (commit 7272db6, measured on this
 reference machine, numba 0.68 / glibc libm).
 
 The programs are compiled from the shipped snapshot, so a new shipped snapshot re-pins them
-(last: 2026-11-30, the snapshot bootstrapped with DC flux crosstalk on, its frequencies and
-T2* re-measured by the ramsey node; the compiler was not changed). Otherwise, a change here
+(last: 2026-11-30 09:58 UTC, the snapshot bootstrapped again on the current physics, its
+readout measured again by the joint frequency-amplitude node and its frequencies and T2* by the
+ramsey node; the compiler was not changed). Otherwise, a change here
 means the compiler's *output* changed, not just its speed. If that is intended (a new
 feature, a different schedule), re-pin with ``python tests/pulse/test_compiler_pinned.py``
 and say why in the commit. If only the waveform samples differ (see the second assertion),
@@ -97,18 +98,18 @@ CASES = {
 #: qubit's measured ``drive_handedness`` (-1 on lab5: rz and sy play phases changed sign; with
 #: +1 on every qubit the structure hashes are exactly the previous pins).
 PINNED = {
-    "idle_alap": ("6ba156f93efc79eb641ddfdf96b50c52da5dab2a1124a2b3dabaf9b7f4542859",
-        "55e87fb584cbe3587a8f24a6e23b54861615dc7573800cd63615af8b15c40bb5"),
-    "layers40_alap": ("7c63e2e79859933b610a1a3e2ed52eb8941c1636a8cf920bf78b10ca3bcc57df",
-        "a045dcfa43827ad86bb2b997888e04d9d96c2297908fed076cda01c8f7ad6aba"),
-    "layers8_alap": ("3e0de702662d40df71ed5c793ffd44926e35563779ae9be2a2e0d522b48fcc86",
-        "049e674a5f72c23899eb81ce6232f1974e0c8f11f3b4700405e2c178d5ef6a73"),
-    "layers8_asap": ("983f467a9d58d7fe6c002945e5b9542e7ef4a80e2a338067bf242d57e7492319",
-        "77c817b2bac3bfa2cad93779ec2fc78f63900fbc6cfcf0e7541da351d693c0ac"),
-    "mixed_alap": ("6be73000c8d16d1399788cd90dc574d5fd5b035b4317e43a2498730188953f47",
-        "151ee0ec55142d20cd60df0b616587c99532d1c2ed430fde72e9be0f631eaf56"),
-    "mixed_asap": ("e0232276d68268e82d7316e89639d6f992bc6a6eafb846411c8812995ce9d874",
-        "bac2e4df1872c748c642278c9d0eb71bb43e15b728c20f46797b1732d0bf46f8"),
+    "idle_alap": ("ed80b3d68a17af07662227a324366104465865acd2adb325b28301926830de36",
+        "329dc9b28adcf088bf4990de9545ce7cd04800cbbdf431ac904a506fe5cddc7a"),
+    "layers40_alap": ("b406ce3a5093adc2d0fa3989a907f8a694ada06ce6da1f7cca571cf1c1f8faa7",
+        "f0e517a0f66093bcfe7172b3aa6a212ef32931549263214b1fcd039307cfc0a0"),
+    "layers8_alap": ("82e46b6e88272da44b4e1cbc1498300c0a2668d8c5806a2ae8cd3afd42b3e35d",
+        "e5d5ee713ae747a386a5127ef75533bbee4776b79df1739077ace4ad9442fc02"),
+    "layers8_asap": ("bc716607e487fad8c4877ec0dcfa6aaca04397f7caad0a6c07e0fe3275a5627d",
+        "df6d91ea2ff9e1d5ca0cdbca54603a01ba15f408403c7282cfe84914c558c9a6"),
+    "mixed_alap": ("be7c840fff003bebf97f034011653f730869c25b3d941c598e8b72af975eeb65",
+        "ba092ff9fdfa3a26bddac8ccd516236d480050bf8e5e0ed4bae50f64658aa46a"),
+    "mixed_asap": ("1a1fb3bab557b114dcb4cdcf340d89748dde173a891c35020321b04dbfa4c9fa",
+        "51f406159f663a43b4e9306fd27c644c690dec779cb632c0e10825c4a8fc1cde"),
 }
 
 
