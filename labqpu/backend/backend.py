@@ -17,6 +17,7 @@ from qiskit.providers import BackendV2, Options
 from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import LabJob
 from labqpu.backend.results import discriminator_centres
+from labqpu.backend.sweeps import param_sets_for
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.errors import (
     BackendConfigurationError,
@@ -462,7 +463,10 @@ class LabBackend(BackendV2):
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
         ``reset_method`` ("active": measure, then x when the result is 1, where the controller
         has feed-forward; "passive": idle for the calibrated thermalisation time),
-        ``job_tags`` (kept in the result header; mthree passes them).
+        ``job_tags`` (kept in the result header; mthree passes them), ``parameter_binds``
+        (a ``PulseProgram`` run once per value of its amplitude parameters, bound on the
+        controller from one upload; one result experiment per point:
+        :mod:`labqpu.backend.sweeps`).
         """
         items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
             else list(run_input)
@@ -472,6 +476,7 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"{len(items)} circuits in one job; {self.name} takes at most "
                 f"{self.max_circuits}")
+        binds = options.pop("parameter_binds", None)
         opts = self._run_options(options)
         self._refresh()
         with self._lock:
@@ -510,7 +515,11 @@ class LabBackend(BackendV2):
                     discriminator_centres(snapshot, program.acq_qubit)
                 except BackendPropertyError as exc:
                     raise InvalidRunInputError(str(exc)) from exc
-        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot)
+        sweeps = param_sets_for(binds, programs, shots=opts["shots"],
+                                meas_level=opts["meas_level"],
+                                capabilities=lambda name: self._capabilities.get(name, {}))
+        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot,
+                     sweeps=sweeps)
         job.submit()
         if opts["sync"]:
             job.result()

@@ -24,9 +24,12 @@ class LabJob(JobV1):
     """
 
     def __init__(self, backend: BackendV2, job_id: str, programs: list[PulseProgram],
-                 options: dict, queue: HardwareQueue, snapshot) -> None:
+                 options: dict, queue: HardwareQueue, snapshot, *,
+                 sweeps: list[tuple | None] | None = None) -> None:
         super().__init__(backend, job_id)
         self._programs = programs
+        #: Per program: the rows of its controller-bound sweep (``param_sets``), or None.
+        self._sweeps = sweeps or [None] * len(programs)
         self._options = options
         self._queue = queue
         self._snapshot = snapshot
@@ -54,19 +57,33 @@ class LabJob(JobV1):
             traces=(("avg" if opts["meas_return"] == "avg" else "single")
                     if opts["meas_level"] == 0 else None),
             trace_decimation=opts["trace_decimation"] if opts["meas_level"] == 0 else None,
+            param_sets=self._sweeps[i],
         )) for i, program in enumerate(self._programs)]
 
     def _build_result(self, records: list[RunRecord]) -> Result:
         opts = self._options
         backend = self.backend()
-        experiments = [
-            experiment_result(program, record.iq, shots=opts["shots"],
-                              meas_level=opts["meas_level"], meas_return=opts["meas_return"],
-                              memory=opts["memory"], snapshot=self._snapshot,
-                              provenance=record.provenance, traces=record.traces,
-                              trace_decimation=record.trace_decimation)
-            for program, record in zip(self._programs, records, strict=True)
-        ]
+        shots = opts["shots"]
+        experiments = []
+        for program, record, rows in zip(self._programs, records, self._sweeps, strict=True):
+            points = [None] if rows is None else rows
+            if record.iq.shape[0] != len(points) * shots:
+                raise JobError(f"job {self.job_id()}: the controller returned "
+                               f"{record.iq.shape[0]} rows for {len(points)} point(s) of "
+                               f"{shots} shots")
+            for k, row in enumerate(points):
+                result = experiment_result(
+                    program, record.iq[k * shots:(k + 1) * shots], shots=shots,
+                    meas_level=opts["meas_level"], meas_return=opts["meas_return"],
+                    memory=opts["memory"], snapshot=self._snapshot,
+                    provenance=record.provenance, traces=record.traces,
+                    trace_decimation=record.trace_decimation)
+                if row is not None:
+                    result["header"]["metadata"] = {
+                        **result["header"]["metadata"],
+                        "parameter_binds": dict(zip(program.param_names, row, strict=True)),
+                        "sweep_point": k}
+                experiments.append(result)
         return Result.from_dict({
             "backend_name": backend.name, "backend_version": backend.backend_version,
             "job_id": self.job_id(), "qobj_id": self.job_id(), "success": True,

@@ -144,10 +144,13 @@ def sweet_spot(kit: Kit, q: int, shots: int) -> None:
 
 
 def rabi(kit: Kit, q: int, shots: int, max_amp: float = 0.9) -> None:
-    """pi and pi/2 amplitudes of the DRAG pulse from a Rabi oscillation (project IQ)."""
+    """pi and pi/2 amplitudes of the DRAG pulse from a Rabi oscillation (project IQ): one
+    program whose drive amplitude is a parameter, swept on the controller."""
     amps = np.linspace(0, max_amp, 46)
-    progs = sweep(kit, q, amps, lambda b, a: kit.drive(b, q, 0, a))
-    iq = kit.run_iq(progs, shots)[:, 0]
+    b = kit.builder([q])
+    b.parameter("amp", 0.0)
+    kit.readout(b, q, kit.drive(b, q, 0, "amp"), 0)
+    iq = kit.run_sweep(b.build(num_clbits=1), {"amp": amps}, shots)[:, 0]
     signal = project(iq)
     fit = fit_rabi_curve(amps, signal, f"qubit {q} Rabi")
     pi_amp, err = abs(fit.params["period"]) / 2, fit.stderr["period"] / 2

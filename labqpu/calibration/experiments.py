@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -146,10 +146,11 @@ class Kit:
                 b.flux_bias_a[self.config.qubits[q].flux_bias] = p["flux_bias_a"]
         return b
 
-    def drive(self, b: ProgramBuilder, q: int, start: int, amplitude: float,
+    def drive(self, b: ProgramBuilder, q: int, start: int, amplitude: float | str,
               phase_rad: float = 0.0, *, beta: float | None = None,
               frequency_hz: float | None = None) -> int:
-        """DRAG pulse on ``q`` from ``start``; returns the sample after it."""
+        """DRAG pulse on ``q`` from ``start`` (``amplitude``: full scale, or the name of a
+        parameter of ``b``); returns the sample after it."""
         p = self.work.qubits[q]
         dur = self.samples(self.work.device["pulse_duration_s"])
         sigma = self.work.device["pulse_sigma_s"] * self.fs
@@ -207,6 +208,28 @@ class Kit:
                                       meas_return="single" if single else "avg").result()
             out.extend(np.asarray(result.get_memory(j)) for j in range(len(chunk)))
         return np.array(out)
+
+    def run_sweep(self, program: PulseProgram, binds: dict[str, Sequence[float]], shots: int,
+                  *, single: bool = False) -> np.ndarray:
+        """Run ``program`` once per point of ``binds`` (its amplitude parameters' values):
+        one upload, the controller binding each point (``parameter_binds``), where the
+        controller can; otherwise one program per point. IQ as :meth:`run_iq` gives it, one
+        row per point."""
+        points = len(next(iter(binds.values())))
+        caps = self.backend.controller_capabilities(program.controller)
+        if "param_sets" not in caps or points > caps["param_sets"].get("max_sets", 0):
+            names = list(program.param_names)
+            programs = []
+            for k in range(points):
+                values = np.array(program.param_values, dtype=float)
+                for name, column in binds.items():
+                    values[names.index(name)] = column[k]
+                programs.append(replace(program, param_values=values))
+            return self.run_iq(programs, shots, single=single)
+        result = self.backend.run(program, shots=shots, meas_level=1,
+                                  meas_return="single" if single else "avg",
+                                  parameter_binds=binds).result()
+        return np.array([np.asarray(result.get_memory(k)) for k in range(points)])
 
     def run_bits(self, programs: list[PulseProgram], shots: int,
                  centres: dict[int, tuple[complex, complex]]) -> np.ndarray:

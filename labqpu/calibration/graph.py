@@ -166,7 +166,7 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots: check_readout(kit, q, shots * CHECK_SHOTS,
                                              TOLERANCES["readout"])),
     Node("active_reset", "qubit", ("readout",), ("reset_rounds",),
-         lambda kit, q, shots, _: active_reset(kit, q, shots * CHECK_SHOTS),
+         lambda kit, q, shots, progress: active_reset(kit, q, shots * CHECK_SHOTS, progress),
          measures=("readout",), needs_feedforward=True),
     Node("t1", "qubit", ("readout",), ("t1_s", "reset_duration_s"),
          lambda kit, q, shots, _: t1(kit, q, shots),

@@ -15,11 +15,16 @@ Target's reset duration follows.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 
 from labqpu.calibration.experiments import Kit
 from labqpu.errors import FitError
 from labqpu.pulse.tables import linear_discriminator
+
+log = logging.getLogger(__name__)
 
 #: Most rounds the node tries (and the compiler plays).
 MAX_RESET_ROUNDS = 3
@@ -57,8 +62,11 @@ def rounds_needed(p0_from_zero: np.ndarray, p0_from_one: np.ndarray,
     return len(p0_from_one)
 
 
-def active_reset(kit: Kit, q: int, shots: int) -> None:
-    """Measure how many reset rounds qubit ``q`` needs; sets ``reset_rounds``."""
+def active_reset(kit: Kit, q: int, shots: int,
+                 progress: Callable[[str], None] | None = None) -> None:
+    """Measure how many reset rounds qubit ``q`` needs; sets ``reset_rounds``. When no round
+    count reaches :data:`RESET_TOLERANCE`, it keeps the most rounds, says so through
+    ``progress`` (and the logger) and records ``reached: false``."""
     latency = kit.backend.feedforward_latency_samples
     if latency is None:
         controllers = ", ".join(c.name for c in kit.config.controllers)
@@ -68,8 +76,16 @@ def active_reset(kit: Kit, q: int, shots: int) -> None:
     bits = kit.run_bits(reset_programs(kit, q, latency), shots, kit.centres())[:, :, 0]
     p0 = 1.0 - bits.mean(axis=1)
     p0_zero, p0_one = p0[:MAX_RESET_ROUNDS], p0[MAX_RESET_ROUNDS:]
-    rounds = rounds_needed(p0_zero, p0_one)
+    rounds = rounds_needed(p0_zero, p0_one, RESET_TOLERANCE)
     stderr = np.sqrt(np.maximum(p0 * (1 - p0), 1.0 / shots) / shots)
+    reached = bool(p0_one[rounds - 1] >= p0_zero[rounds - 1] - RESET_TOLERANCE)
+    if not reached:
+        message = (f"  qubit {q}: after {rounds} reset rounds a qubit prepared in |1> still "
+                   f"reads 0 {p0_zero[rounds - 1] - p0_one[rounds - 1]:.3f} less often than one "
+                   f"prepared in |0> (tolerance {RESET_TOLERANCE}); keeping {rounds} rounds")
+        log.warning(message.strip())
+        if progress is not None:
+            progress(message)
     ks = list(range(1, MAX_RESET_ROUNDS + 1))
     rid = kit.record(
         "active_reset", q,
@@ -81,7 +97,7 @@ def active_reset(kit: Kit, q: int, shots: int) -> None:
          "x_label": "reset rounds (measure, then x if 1)",
          "y_label": "P(read 0) after the reset",
          "series": {"prepared in |0>": p0_zero, "prepared in |1>": p0_one},
-         "reached": bool(p0_one[rounds - 1] >= p0_zero[rounds - 1] - RESET_TOLERANCE)},
+         "reached": reached},
         chosen="reset_rounds",
         settings={"shots": shots, "latency_samples": latency, "tolerance": RESET_TOLERANCE})
     kit.work.set(q, "reset_rounds", rounds, rid)

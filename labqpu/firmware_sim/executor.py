@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.shots import trace_points
+from labqpu.firmware_sim.sweeps import MAX_PARAM_SETS, parse_param_sets, swept_amplitudes
 from labqpu.firmware_sim.sync import (
     FOLLOWER,
     SharedDevice,
@@ -70,6 +72,15 @@ _REQUIRED = {
 }
 
 
+def wave_peaks(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Each waveform's peak |sample| (0 for an empty one), in one pass."""
+    peak = np.zeros(offsets.shape[0] - 1)
+    filled = np.diff(offsets) > 0
+    if filled.any():
+        peak[filled] = np.maximum.reduceat(np.abs(data), offsets[:-1][filled])
+    return peak
+
+
 class SimulatedController:
     """The ``Executor`` behind the simulator's ``ControllerServer``."""
 
@@ -107,6 +118,8 @@ class SimulatedController:
             "max_plays": MAX_PLAYS,
             "max_shots": MAX_SHOTS,
             "amplitude_full_scale": 1.0,
+            "param_sets": {"max_sets": MAX_PARAM_SETS, "max_total_shots": MAX_SHOTS,
+                           "binds": "play amplitudes (play_amp_ref)"},
             "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window",
                         "bits": "uint8 (shots, acquisitions), discriminated results",
                         "traces": "complex64 (shots, acquisitions, points), or (1, ...) "
@@ -196,10 +209,7 @@ class SimulatedController:
         if bad.size:
             raise ValueError(f"play {bad[0]} (port {port[bad[0]]}, start {start[bad[0]]}) lies "
                              f"outside the program's {duration} samples")
-        peak = np.zeros(n_wave)
-        filled = np.diff(offsets) > 0
-        if filled.any():  # per-waveform maximum in one pass; empty waveforms peak at 0
-            peak[filled] = np.maximum.reduceat(np.abs(data), offsets[:-1][filled])
+        peak = wave_peaks(offsets, data)
         over = np.flatnonzero(np.abs(amp) * (peak[wave] if n_play else 0.0) > FULL_SCALE)
         if over.size:
             i = over[0]
@@ -337,7 +347,8 @@ class SimulatedController:
         ``rep_delay_s`` (s, optional, >= 0; shots without it are independent),
         ``traces`` (optional: "single" or "avg") with ``trace_decimation`` (samples per point,
         optional), ``sync`` (optional: a synchronised run with other controllers of the rack,
-        ``sync`` module). Returns ``{"iq": complex64 (shots, n_acq), "bits": uint8 (shots,
+        ``sync`` module), ``param_sets`` (optional: a sweep, ``sweeps`` module; the results
+        then hold K x shots rows). Returns ``{"iq": complex64 (shots, n_acq), "bits": uint8 (shots,
         n_acq)}`` (the discriminated results; 0 without a discriminator), with traces also
         ``"traces"`` complex64 (shots, n_acq, points) ((1, n_acq, points) averaged) and
         ``"trace_decimation"`` int64 (1,)."""
@@ -355,6 +366,9 @@ class SimulatedController:
             if sync is not None:  # its group would wait for it in vain
                 self.hub.withdraw(sync, self.spec.name, f"failed: {exc}")
             raise
+        if "param_sets" in params:
+            return self._sweep(arrays, prog, ff, shots, params, rng, rep_delay, traces,
+                               sync, cancel)
         if sync is None:
             return self._simulate(prog, ff, shots, rng, rep_delay, traces, decimation, cancel)
         part = SyncPart(self.spec.name, prog, ff, shots, rep_delay)
@@ -379,6 +393,27 @@ class SimulatedController:
         results = split_results(result, parts, columns)
         self.hub.deliver(sync.group, results)
         return results[self.spec.name]
+
+    def _sweep(self, arrays: dict[str, np.ndarray], prog: WireProgram, ff: FeedForward,
+               shots: int, params: dict, rng: np.random.Generator, rep_delay: float | None,
+               traces: str | None, sync, cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Run ``prog`` ``shots`` times at each row of the run parameter ``param_sets``
+        (``sweeps`` module), point after point; the results are stacked in that order."""
+        if sync is not None:
+            self.hub.withdraw(sync, self.spec.name, "failed: param_sets cannot be combined "
+                                                    "with sync")
+            raise ValueError("param_sets cannot be combined with sync")
+        if traces is not None:
+            raise ValueError("param_sets cannot be combined with traces")
+        sets = parse_param_sets(params["param_sets"], arrays["param_values"].shape[0], shots,
+                                MAX_SHOTS)
+        peaks = wave_peaks(arrays["wave_offset"], arrays["wave_data"])[arrays["play_wave"]]
+        amps = swept_amplitudes(arrays["play_amp"], arrays["play_amp_ref"], peaks, sets,
+                                arrays["play_port"])
+        parts = [self._simulate(replace(prog, play_amp=amps[k]), ff, shots, rng, rep_delay,
+                                None, 1, cancel) for k in range(sets.shape[0])]
+        return {"iq": np.concatenate([p["iq"] for p in parts]),
+                "bits": np.concatenate([p["bits"] for p in parts])}
 
     def abandon(self, params: dict) -> None:
         """A run with run parameters ``params`` was aborted before it started: if it was part

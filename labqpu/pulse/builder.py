@@ -54,7 +54,7 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -224,6 +224,21 @@ def _parameters_of(node) -> set[Parameter]:
         return set(node.shape.parameters)
     value = getattr(node, "value", getattr(node, "duration", None))
     return set(value.parameters) if isinstance(value, ParameterExpression) else set()
+
+
+def _swept_elsewhere(node, swept: set[str]) -> set[str]:
+    """The swept parameter names that ``node`` uses other than as a play's whole amplitude."""
+    if isinstance(node, _Block):
+        return set().union(*(_swept_elsewhere(c, swept) for c in node.children))
+    if isinstance(node, _Play):
+        used: set[str] = set()
+        for f in fields(node.shape):
+            value = getattr(node.shape, f.name)
+            if isinstance(value, ParameterExpression) and not (
+                    f.name == "amp" and isinstance(value, Parameter)):
+                used |= {p.name for p in value.parameters}
+        return used & swept
+    return {p.name for p in _parameters_of(node)} & swept
 
 
 # ------------------------------------------------------------------------ scheduling
@@ -511,14 +526,26 @@ class PulseBuilder:
         """Every unbound parameter of the instructions so far."""
         return frozenset(_parameters_of(self._root))
 
-    def assign_parameters(self, bindings: Bindings | None = None, *, strict: bool = True
-                          ) -> PulseProgram:
+    def assign_parameters(self, bindings: Bindings | None = None, *, strict: bool = True,
+                          sweep: Iterable[Parameter | str] = ()) -> PulseProgram:
         """The concrete ``PulseProgram`` with ``bindings`` (values by ``Parameter`` or name).
+
+        ``sweep`` names parameters to leave to the controller: each must be the amplitude of
+        its plays and nothing else, and becomes an entry of the program's parameter table, so
+        that ``backend.run(program, parameter_binds={amp: values})`` runs every value from one
+        upload (``labqpu.backend.sweeps``).
 
         Raises ``PulseError`` for a parameter left unbound, a value that is NaN or infinite, a
         name that is no parameter of the program (when ``strict``), a duration that is not a
-        whole number of samples, or a play over DAC full scale or beyond Nyquist.
+        whole number of samples, a play over DAC full scale or beyond Nyquist, or a swept
+        parameter used as anything but a play's amplitude.
         """
+        swept = {str(getattr(p, "name", p)) for p in sweep}
+        known_names = {p.name for p in self.parameters}
+        if swept - known_names:
+            raise PulseError(f"program {self.name!r} has no parameter(s) "
+                             f"{', '.join(sorted(swept - known_names))} to sweep; it has "
+                             f"{sorted(known_names) or 'none'}", parameter=sorted(swept)[0])
         bindings = dict(bindings or {})
         if strict:
             known = {p.name for p in self.parameters}
@@ -529,18 +556,24 @@ class PulseBuilder:
                                  f"{', '.join(unknown)}; it has {sorted(known) or 'none'}",
                                  parameter=unknown[0])
         root = _bind_node(self._root, bindings)
-        left = sorted(p.name for p in _parameters_of(root))
+        left = sorted(p.name for p in _parameters_of(root) if p.name not in swept)
         if left:
             raise PulseError(f"program {self.name!r}: parameter(s) {', '.join(left)} left "
                              "unbound; give them to assign_parameters()", parameter=left[0])
+        misused = sorted(_swept_elsewhere(root, swept))
+        if misused:
+            raise PulseError(f"program {self.name!r}: {', '.join(misused)} cannot be swept on "
+                             "the controller: only a play's amplitude can (bind the others "
+                             "with assign_parameters)", parameter=misused[0])
         return self._emit(root, {str(getattr(k, "name", k)): float(v)
-                                 for k, v in bindings.items()})
+                                 for k, v in bindings.items()}, swept)
 
     def build(self) -> PulseProgram:
         """The program of a builder without parameters (``assign_parameters({})``)."""
         return self.assign_parameters({})
 
-    def _emit(self, root: _Block, values: Mapping[str, float]) -> PulseProgram:
+    def _emit(self, root: _Block, values: Mapping[str, float],
+              swept: frozenset[str] | set[str] = frozenset()) -> PulseProgram:
         total, leaves = _schedule(root)
         fs = self.sample_rate_hz
         b = ProgramBuilder(self.channels.controllers[0], fs, rack=self.channels.layout)
@@ -567,7 +600,7 @@ class PulseBuilder:
                                                               f"{leaf.op} on {leaf.channel}"))
             elif cond is not None:
                 with b.if_result(acq_index[cond[0]], cond[1]):
-                    self._emit_play(b, leaf, start, frame(leaf.channel))
+                    self._emit_play(b, leaf, start, frame(leaf.channel), swept)
                 if leaf.channel.kind in ("drive", "readout"):
                     (drive_qubits if leaf.channel.kind == "drive" else readout_qubits).add(
                         leaf.channel.qubit)
@@ -583,7 +616,7 @@ class PulseBuilder:
                     f[2] += 2.0 * math.pi * (f[0] - new) * start / fs
                     f[0] = new
             elif isinstance(leaf, _Play):
-                self._emit_play(b, leaf, start, frame(leaf.channel))
+                self._emit_play(b, leaf, start, frame(leaf.channel), swept)
                 if leaf.channel.kind == "drive":
                     drive_qubits.add(leaf.channel.qubit)
                 elif leaf.channel.kind == "readout":
@@ -630,12 +663,19 @@ class PulseBuilder:
                              f"frequency {self.sample_rate_hz / 2} Hz", qubits=(qubit,),
                              parameter="frequency_hz")
 
-    def _emit_play(self, b: ProgramBuilder, leaf: _Play, start: int, f: list[float]) -> None:
+    def _emit_play(self, b: ProgramBuilder, leaf: _Play, start: int, f: list[float],
+                   swept: frozenset[str] | set[str]) -> None:
         shape, channel = leaf.shape, leaf.channel
         q = channel.qubit
         wid = b.waves.add(shape.envelope_key(), lambda: shape.envelope(np.complex64))
-        amp = require_number(shape.amp, f"{shape.kind} amp on {channel}")
-        peak = float(np.max(np.abs(b.waves.waveform(wid)))) * abs(amp)
+        amp: float | str
+        if isinstance(shape.amp, Parameter) and shape.amp.name in swept:
+            amp = shape.amp.name  # an entry of the parameter table, bound per sweep point
+            b.parameter(amp, 0.0)
+            peak = 0.0
+        else:
+            amp = require_number(shape.amp, f"{shape.kind} amp on {channel}")
+            peak = float(np.max(np.abs(b.waves.waveform(wid)))) * abs(amp)
         if peak > 1.0 + 1e-6:
             raise PulseError(f"{shape.kind} on {channel} at sample {start}: amplitude {amp:.4g} x "
                              f"envelope peak reaches {peak:.4g} of DAC full scale (max 1)",

@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunRequest:
-    """How to run one program: shots, seed (simulator only), repetition delay (s), and raw
-    traces: ``traces`` None, "single" or "avg" (averaged over shots on the controller), with
-    ``trace_decimation`` samples per point (None: the controller's default)."""
+    """How to run one program: shots (per sweep point), seed (simulator only), repetition
+    delay (s), and raw traces: ``traces`` None, "single" or "avg" (averaged over shots on the
+    controller), with ``trace_decimation`` samples per point (None: the controller's
+    default); ``param_sets`` for a controller-bound sweep."""
 
     shots: int
     seed: int | None
@@ -54,6 +55,8 @@ class RunRequest:
     key: str
     traces: str | None = None
     trace_decimation: int | None = None
+    #: A controller-bound sweep: one row of the program's parameter table per point.
+    param_sets: tuple[tuple[float, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,8 @@ class RackConnection:
         params: dict = {"rep_delay_s": request.rep_delay_s}
         if request.seed is not None:
             params["seed"] = int(request.seed)
+        if request.param_sets is not None:
+            params["param_sets"] = [list(row) for row in request.param_sets]
         if request.traces is not None:
             params["traces"] = request.traces
             if request.trace_decimation is not None:

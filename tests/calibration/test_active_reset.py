@@ -76,3 +76,22 @@ def test_a_rack_without_feed_forward_calibrates_without_active_reset(tmp_path, m
         report = run_graph(backend, qubits=[0])  # every node on qubit 0
         assert report.ok, report.table()
         assert "active_reset" not in report.table()
+
+
+def test_a_reset_that_misses_the_tolerance_says_so(quiet_lab_backend, monkeypatch) -> None:
+    """With a tolerance no reset can meet (below zero), the node keeps the most rounds,
+    writes ``reached: false`` in its record and says so through the progress callback."""
+    from labqpu.calibration import reset
+    from labqpu.calibration.bootstrap import load_design
+    from labqpu.calibration.experiments import Kit
+    from labqpu.calibration.runner import default_design_path, working_from_snapshot
+
+    monkeypatch.setattr(reset, "RESET_TOLERANCE", -0.5)
+    backend = quiet_lab_backend
+    kit = Kit(backend, working_from_snapshot(backend.snapshot,
+                                             load_design(default_design_path(backend.name))))
+    said: list[str] = []
+    reset.active_reset(kit, 0, 500, said.append)
+    assert kit.work.qubits[0]["reset_rounds"] == MAX_RESET_ROUNDS
+    assert kit.records[-1].raw["reached"] is False
+    assert len(said) == 1 and f"after {MAX_RESET_ROUNDS} reset rounds" in said[0], said

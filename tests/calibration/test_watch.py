@@ -93,6 +93,9 @@ def test_watch_keeps_bell_over_a_drifting_day_and_a_frozen_snapshot_does_not(tmp
             frozen_snapshot = still.snapshot.snapshot_id
             log_path = Path(live.config.store_path).parent / LOG_NAME
     summary = json.dumps({k: [round(v, 3) for v in vals] for k, vals in seen.items()})
+    print(summary)  # the table of docs/calibration.md, with -s
+    for r in rounds:
+        print(r.summary())
     assert min(seen["watched"]) >= 0.93, summary
     assert min(seen["frozen"]) < 0.93, summary
     assert all(r.report is not None and r.report.ok for r in rounds), \

@@ -1,0 +1,123 @@
+"""Controller-bound sweeps, host side: the ``parameter_binds`` run option.
+
+``backend.run(program, parameter_binds={"amp": amplitudes})`` runs a ``PulseProgram`` whose
+plays take their amplitude from named entries of its parameter table
+(``ProgramBuilder.play(..., amplitude="amp")``) once per value: the program is uploaded once
+and the controller binds each point (run parameter ``param_sets``, docs/protocol.md section
+4.7). The job's result holds one experiment per point, in order, each with the values it ran
+at in its header's ``metadata["parameter_binds"]``.
+
+:func:`param_sets_for` checks everything before anything is sent: names the program has,
+equal numbers of finite values, at most the controller's ``param_sets.max_sets`` points and
+``max_total_shots`` shots, no amplitude over DAC full scale, a controller that announces
+``param_sets`` in its capabilities, one controller per program, and no raw traces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from labqpu.errors import InvalidRunInputError
+from labqpu.pulse.program import PulseProgram
+from labqpu.pulse.split import split_program
+
+__all__ = ["param_sets_for"]
+
+Rows = tuple[tuple[float, ...], ...]
+
+
+def _name(key: object) -> str:
+    return str(getattr(key, "name", key))
+
+
+def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: int,
+                   meas_level: int, capabilities: Callable[[str], dict]) -> list[Rows | None]:
+    """The ``param_sets`` of each program's run from the ``parameter_binds`` run option: a
+    mapping (one program) or a list with one mapping (or None) per program; each mapping
+    takes a parameter (or its name) to the sequence of its values. ``capabilities(name)`` is a
+    controller's hello capabilities. Raises ``InvalidRunInputError`` naming the problem."""
+    if binds is None:
+        return [None] * len(programs)
+    if isinstance(binds, Mapping):
+        binds = [binds]
+    if isinstance(binds, str | bytes) or not isinstance(binds, Sequence) \
+            or len(binds) != len(programs):
+        raise InvalidRunInputError(
+            f"parameter_binds must be a mapping (one program) or a list of one mapping per "
+            f"program ({len(programs)}), got {binds!r}"[:300], option="parameter_binds")
+    return [None if b is None else _rows(b, p, shots, meas_level, capabilities)
+            for b, p in zip(binds, programs, strict=True)]
+
+
+def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
+          capabilities: Callable[[str], dict]) -> Rows:
+    where = f"parameter_binds of program {program.header.get('name', program.content_hash[:12])!r}"
+    if not isinstance(bind, Mapping) or not bind:
+        raise InvalidRunInputError(f"{where}: must be a non-empty mapping of parameter to "
+                                   f"values, got {bind!r}"[:300], option="parameter_binds")
+    parts = split_program(program)
+    if len(parts) > 1:
+        raise InvalidRunInputError(f"{where}: the program plays on controllers "
+                                   f"{[p.controller for p in parts]}; a controller-bound sweep "
+                                   "runs on one", option="parameter_binds")
+    if meas_level == 0:
+        raise InvalidRunInputError(f"{where}: raw traces (meas_level 0) are not swept on the "
+                                   "controller", option="parameter_binds")
+    controller = parts[0].controller
+    caps = capabilities(controller).get("param_sets")
+    if not isinstance(caps, dict):
+        raise InvalidRunInputError(f"{where}: controller {controller} does not bind "
+                                   "parameters on board (no 'param_sets' in its capabilities)",
+                                   option="parameter_binds")
+    names = list(program.param_names)
+    columns: dict[int, np.ndarray] = {}
+    for key, values in bind.items():
+        name = _name(key)
+        if name not in names:
+            raise InvalidRunInputError(f"{where}: the program has no parameter {name!r}; it "
+                                       f"has {names or 'none'}", option="parameter_binds")
+        try:
+            column = np.array([float(v) for v in values])
+        except (TypeError, ValueError) as exc:
+            raise InvalidRunInputError(f"{where}: {name!r} must be a sequence of numbers "
+                                       f"({exc})", option="parameter_binds") from exc
+        if column.size == 0 or not np.all(np.isfinite(column)):
+            raise InvalidRunInputError(f"{where}: {name!r} needs at least one value, all "
+                                       "finite", option="parameter_binds")
+        columns[names.index(name)] = column
+    points = {c.size for c in columns.values()}
+    if len(points) != 1:
+        raise InvalidRunInputError(f"{where}: every parameter needs as many values; got "
+                                   f"{sorted(points)}", option="parameter_binds")
+    k = points.pop()
+    if k > caps.get("max_sets", math.inf) or k * shots > caps.get("max_total_shots", math.inf):
+        raise InvalidRunInputError(
+            f"{where}: {k} points x {shots} shots; controller {controller} binds at "
+            f"most {caps.get('max_sets')} points and {caps.get('max_total_shots')} shots per "
+            "run", option="parameter_binds")
+    rows = np.tile(np.asarray(program.param_values, dtype=float), (k, 1))
+    for j, column in columns.items():
+        rows[:, j] = column
+    _check_full_scale(program, rows, where)
+    return tuple(tuple(float(x) for x in row) for row in rows)
+
+
+def _check_full_scale(program: PulseProgram, rows: np.ndarray, where: str) -> None:
+    """No play may reach past DAC full scale at any point."""
+    refs = np.asarray(program.play_amp_ref)
+    bound = np.flatnonzero(refs >= 0)
+    if not bound.size:
+        return
+    peaks = np.array([float(np.max(np.abs(program.waveform(int(w))), initial=0.0))
+                      for w in np.asarray(program.play_wave)[bound]])
+    amps = np.abs(rows[:, refs[bound]]) * peaks
+    over = np.argwhere(amps > 1.0)
+    if over.size:
+        k, i = over[0]
+        raise InvalidRunInputError(
+            f"{where}: at point {k}, {program.param_names[refs[bound[i]]]} = "
+            f"{rows[k, refs[bound[i]]]:.4g} drives play {bound[i]} over DAC full scale "
+            f"(waveform peak {peaks[i]:.4g})", option="parameter_binds")

@@ -1,0 +1,154 @@
+"""Controller-bound sweeps: a program with an amplitude parameter and a table of values is one
+upload; the controller binds each point (run parameter ``param_sets``, docs/protocol.md
+section 4.7). Counted through the controller's own ``uploads_total``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from labqpu.calibration.bootstrap import load_design
+from labqpu.calibration.experiments import Kit
+from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InvalidRunInputError
+
+Q = 1
+
+
+def kit_for(backend) -> Kit:
+    return Kit(backend, working_from_snapshot(backend.snapshot,
+                                              load_design(default_design_path(backend.name))))
+
+
+def rabi_program(kit: Kit, amplitude: float | str):
+    """A drive pulse on qubit Q (amplitude a number, or the parameter ``amp``), then a
+    readout into clbit 0."""
+    b = kit.builder([Q])
+    if isinstance(amplitude, str):
+        b.parameter(amplitude, 0.0)
+    end = kit.drive(b, Q, 0, amplitude)
+    kit.readout(b, Q, end, 0)
+    return b.build(num_clbits=1)
+
+
+def uploads(backend, counter: str = "uploads_total") -> int:
+    """The controller's count of programs it validated (new ones: it holds programs by
+    content), or of runs with ``counter="runs_total"``."""
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        return int(client.status()[counter])
+
+
+def p1(counts: dict) -> float:
+    return counts.get("1", 0) / sum(counts.values())
+
+
+def test_a_100_point_rabi_is_one_upload_and_matches_point_by_point_runs(lab_backend) -> None:
+    kit = kit_for(lab_backend)
+    pi = kit.work.qubits[Q]["pi_amplitude"]
+    amps = np.linspace(0.0, 2 * pi, 100)
+    shots = 400
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    result = lab_backend.run(rabi_program(kit, "amp"), shots=shots,
+                             parameter_binds={"amp": amps}).result()
+    # one run of one program (none new if an earlier test left the same one on the controller)
+    assert uploads(lab_backend) - before[0] <= 1
+    assert uploads(lab_backend, "runs_total") - before[1] == 1
+    assert len(result.results) == 100
+    swept = np.array([p1(result.get_counts(k)) for k in range(100)])
+    bound = [result.results[k].header["metadata"]["parameter_binds"]["amp"] for k in range(100)]
+    assert bound == pytest.approx(list(amps))
+    # the Rabi oscillation: |0> at 0 and 2 pi, |1> at pi
+    assert swept[0] < 0.1 and swept[-1] < 0.15 and swept[np.argmin(abs(amps - pi))] > 0.9
+    # the same points run one program each, uploaded one by one
+    chosen = [0, 20, 35, 50, 70, 99]
+    singles = lab_backend.run([rabi_program(kit, float(amps[k])) for k in chosen],
+                              shots=4000).result()
+    for i, k in enumerate(chosen):
+        reference = p1(singles.get_counts(i))
+        sigma = math.sqrt(max(reference * (1 - reference), 0.01) / shots)
+        assert abs(swept[k] - reference) < 4 * sigma + 0.01, (k, swept[k], reference)
+
+
+@pytest.mark.parametrize(("binds", "message"), [
+    ({"ampl": [0.1, 0.2]}, "has no parameter 'ampl'; it has ['amp']"),
+    ({"amp": [0.1, float("nan")]}, "needs at least one value, all finite"),
+    ({"amp": []}, "needs at least one value"),
+    ({"amp": [0.1, 5.0]}, "at point 1, amp = 5 drives play"),
+    ({"amp": np.zeros(5000)}, "5000 points x 100 shots"),
+    ([{"amp": [0.1]}, {"amp": [0.2]}], "a list of one mapping per program (1)"),
+    ("amp", "must be a mapping (one program)"),
+])
+def test_a_bad_sweep_is_refused_before_anything_is_sent(lab_backend, binds, message) -> None:
+    kit = kit_for(lab_backend)
+    program = rabi_program(kit, "amp")
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    with pytest.raises(InvalidRunInputError, match="parameter_binds") as info:
+        lab_backend.run(program, shots=100, parameter_binds=binds)
+    assert message in str(info.value)
+    assert info.value.option == "parameter_binds"
+    assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
+
+
+def test_the_controller_refuses_a_row_of_the_wrong_length(lab_backend) -> None:
+    """The firmware checks ``param_sets`` itself: a host that sends a bad table gets a failed
+    run naming the row, and the controller goes on serving."""
+    kit = kit_for(lab_backend)
+    arrays, meta = rabi_program(kit, "amp").to_wire()
+    with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=10.0) as client:
+        program_id = client.upload(arrays, meta)
+        run_id = client.run(program_id, 10, params={"param_sets": [[0.1], [0.1, 0.2]]})
+        for _ in range(10):  # a held fetch answers at the run's end, or after 1 s
+            state, info, _ = client.fetch(run_id, wait_s=1.0)
+            if state not in ("queued", "running"):
+                break
+        assert state == "error", (state, info)
+        assert "param_sets row 1 must be a list of 1 numbers" in info.get("error", ""), info
+        assert client.status()["state"] in ("idle", "busy")
+
+
+def test_the_pulse_builder_sweeps_amplitudes_only(lab_backend) -> None:
+    """``assign_parameters(sweep=...)`` leaves an amplitude to the controller; a parameter
+    used as a phase, or one the program does not have, is a ``PulseError`` naming it."""
+    from qiskit.circuit import Parameter
+
+    from labqpu import pulse
+    from labqpu.errors import PulseError
+
+    amp, phi = Parameter("amp"), Parameter("phi")
+    with pulse.build(lab_backend, name="rabi") as rabi:
+        pulse.play(pulse.calibrated_drag(Q, amp=amp), pulse.drive(Q))
+        pulse.shift_phase(phi, pulse.drive(Q))
+        pulse.play(pulse.calibrated_drag(Q, amp=amp), pulse.drive(Q))
+        pulse.measure(Q, clbit=0)
+    program = rabi.assign_parameters({phi: 0.0}, sweep=[amp])
+    assert program.param_names == ("amp",)
+    assert list(program.play_amp_ref[program.play_amp_ref >= 0]) == [0, 0]
+    with pytest.raises(PulseError, match="phi cannot be swept on the controller"):
+        rabi.assign_parameters({amp: 0.1}, sweep=[phi])
+    with pytest.raises(PulseError, match="has no parameter\\(s\\) theta to sweep"):
+        rabi.assign_parameters({phi: 0.0}, sweep=["theta"])
+
+
+def test_calibration_sweeps_fall_back_to_a_program_per_point(lab_backend, monkeypatch) -> None:
+    """On a controller that does not announce ``param_sets`` (simulated here by hiding the
+    capability), ``Kit.run_sweep`` runs one program per point and gives the same rows."""
+    kit = kit_for(lab_backend)
+    pi = kit.work.qubits[Q]["pi_amplitude"]
+    amps = [0.011, pi, 0.012, 0.999 * pi]
+    program = rabi_program(kit, "amp")
+    before = uploads(lab_backend, "runs_total")
+    bound = kit.run_sweep(program, {"amp": amps}, 300)
+    assert uploads(lab_backend, "runs_total") - before == 1
+    caps = dict(lab_backend.controller_capabilities(program.controller))
+    del caps["param_sets"]
+    monkeypatch.setattr(lab_backend, "controller_capabilities", lambda name: caps)
+    before = uploads(lab_backend, "runs_total")
+    each = kit.run_sweep(program, {"amp": amps}, 300)
+    assert uploads(lab_backend, "runs_total") - before == len(amps)
+    assert bound.shape == each.shape == (4, 1)
+    for rows in (bound, each):  # about |0>, |1>, |0>, |1>
+        assert abs(rows[0, 0] - rows[2, 0]) < 0.3 * abs(rows[1, 0] - rows[0, 0])
+        assert abs(rows[1, 0] - rows[3, 0]) < 0.3 * abs(rows[1, 0] - rows[0, 0])
