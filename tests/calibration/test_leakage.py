@@ -129,6 +129,7 @@ def test_cz_leakage_matches_exact_propagation(tmp_path, monkeypatch) -> None:
                      .removesuffix(")").split(", "))
         value, stderr = record["values"]["cz_leakage"]
         reference = _reference(device, snapshot, pair, grid)
+        print(f"edge {pair}: cz_leakage {value:.4f} +- {stderr:.4f}, exact {reference[1]:.4f}")
         assert snapshot.pairs[pair]["cz_leakage"].value == value
         assert abs(value - reference[1]) <= 3 * stderr + 1e-3, (pair, value, stderr, reference)
         leaked = np.asarray(record["raw"]["series"]["leaked"])
