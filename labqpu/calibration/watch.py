@@ -111,6 +111,11 @@ class WatchReport:
     log_path: Path | None = None
 
 
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` (a QiskitError's ``str()`` would quote its message)."""
+    return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+
+
 def _plain(value: object) -> object:
     """``value`` as JSON can hold it (numpy scalars and arrays become numbers and lists)."""
     if hasattr(value, "tolist"):
@@ -136,6 +141,17 @@ def idle_on_device(backend, seconds: float, qubit: int = 0) -> None:
         backend.run(circuit, shots=shots, rep_delay=IDLE_REP_DELAY_S,
                     timeout=wait_s).result(timeout=wait_s)
         shots_left -= shots
+
+
+def _idle_qubit(backend, qubits: Sequence[int] | None) -> int:
+    """The first watched qubit (any, without ``qubits``) that the Target can measure;
+    ``ValueError`` when there is none."""
+    measurable = {qargs[0] for qargs in backend.target["measure"]}
+    for q in sorted(qubits) if qubits else range(backend.num_qubits):
+        if q in measurable:
+            return q
+    raise ValueError(f"no watched qubit of {backend.name} has a measure in the Target to pass "
+                     "idle time with")
 
 
 def _duration_samples(backend, qubit: int) -> int:
@@ -172,7 +188,6 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     path = Path(log_path) if log_path else Path(backend.config.store_path).parent / LOG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     report = WatchReport(log_path=path)
-    idle_qubit = min(qubits) if qubits else 0
     device_s = 0.0
     begun = time.monotonic()
     index = 0
@@ -186,17 +201,21 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
             this = WatchRound(index, started, elapsed, result)
         except ROUND_ERRORS as exc:
             log.exception("watch round %d failed", index)
-            this = WatchRound(index, started, elapsed, None, f"{type(exc).__name__}: {exc}")
+            this = WatchRound(index, started, elapsed, None, _error_text(exc))
         report.rounds.append(this)
         with path.open("a") as f:
-            f.write(json.dumps(this.record()) + "\n")
+            f.write(json.dumps(this.record(), default=str) + "\n")
         say(this.summary())
         if after_round is not None:
             after_round(this)
         if (rounds is not None and index >= rounds) or stop.is_set():
             break
         if clock == "device":
-            idle_on_device(backend, interval_s, idle_qubit)
+            try:
+                idle_on_device(backend, interval_s, _idle_qubit(backend, qubits))
+            except (*ROUND_ERRORS, ValueError) as exc:  # the next round finds out more
+                log.exception("watch: the idle time after round %d failed", index)
+                say(f"round {index}: the idle time on the device failed: {_error_text(exc)}")
             device_s += interval_s
         elif stop.wait(interval_s):
             break
