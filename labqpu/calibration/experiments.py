@@ -23,6 +23,7 @@ from labqpu.errors import FitError
 from labqpu.pulse.compiler import READOUT_RISE_S
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
+from labqpu.pulse.split import split_program
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,9 @@ class Kit:
         controller can; otherwise one program per point. IQ as :meth:`run_iq` gives it, one
         row per point."""
         points = len(next(iter(binds.values())))
-        caps = self.backend.controller_capabilities(program.controller)
+        parts = split_program(program)
+        caps = (self.backend.controller_capabilities(parts[0].controller) if len(parts) == 1
+                else {})  # a sweep binds on one controller
         if "param_sets" not in caps or points > caps["param_sets"].get("max_sets", 0):
             names = list(program.param_names)
             programs = []
