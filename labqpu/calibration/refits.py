@@ -46,8 +46,13 @@ def _readout(record: ExperimentRecord) -> dict[str, float]:
     c0, c1 = complex(i0, q0), complex(i1, q1)
     shots = [np.asarray(raw[k][0]) + 1j * np.asarray(raw[k][1]) for k in ("shots_0", "shots_1")]
     p1 = [float(np.mean(np.abs(s - c1) < np.abs(s - c0))) for s in shots]
-    i_f, _, _ = choose_readout_point(np.asarray(raw["fidelity_map"]), record.subject)
-    return {"readout_frequency_hz": float(raw["frequencies_hz"][i_f]),
+    if "fidelity_map" in raw:
+        i_f, _, _ = choose_readout_point(np.asarray(raw["fidelity_map"]), record.subject)
+        frequency = float(raw["frequencies_hz"][i_f])
+    else:  # a record of the frequency-only readout (before 2026-11-30): best SNR
+        x, snr = _series(record)
+        frequency = float(x[int(np.argmax(snr))])
+    return {"readout_frequency_hz": frequency,
             "readout_assignment_fidelity": 1 - (p1[0] + 1 - p1[1]) / 2,
             "p1_given_0": p1[0], "p1_given_1": p1[1]}
 

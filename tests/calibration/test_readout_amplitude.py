@@ -88,3 +88,27 @@ def test_readout_brings_a_too_strong_tone_back_to_the_optimum(tmp_path, monkeypa
     assert before < 0.9, before
     assert fidelity[-1] >= fidelity[:-1].max() - 0.01
     assert final.qubits[q]["readout_assignment_fidelity"].value >= 0.97
+
+
+def test_a_frequency_only_readout_record_still_refits() -> None:
+    """Records written before the joint search (an SNR against frequency) keep their refit:
+    the frequency of the best SNR, and the fidelity from the recorded single shots."""
+    from labqpu.calibration.records import ExperimentRecord
+    from labqpu.calibration.refits import refit
+
+    freqs = 7.0e9 + np.linspace(-2e6, 2e6, 21)
+    snr = 5.0 - ((freqs - 7.0004e9) / 1e6) ** 2
+    rng = np.random.default_rng(3)
+    shots0 = rng.normal(0.0, 0.2, 500) + 1j * rng.normal(0.0, 0.2, 500)
+    shots1 = rng.normal(1.0, 0.2, 500) + 1j * rng.normal(0.0, 0.2, 500)
+    record = ExperimentRecord(
+        experiment="readout-q0-old", kind="readout", subject="qubit 0",
+        measured_at="2026-11-29T00:00:00+00:00", values={}, old_values={}, fit={},
+        raw={"x": freqs.tolist(), "series": {"SNR": snr.tolist()},
+             "shots_0": [shots0.real.tolist(), shots0.imag.tolist()],
+             "shots_1": [shots1.real.tolist(), shots1.imag.tolist()],
+             "centers": [[0.0, 0.0], [1.0, 0.0]]},
+        settings={})
+    again = refit(record)
+    assert again["readout_frequency_hz"] == pytest.approx(7.0004e9)
+    assert again["readout_assignment_fidelity"] > 0.98
