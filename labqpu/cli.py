@@ -81,6 +81,7 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
     """Transpile ``qc`` for the device, run it and print the counts; returns them with a
     ``"job <id>, <s> s"`` note."""
     from qiskit import transpile
+    from qiskit.transpiler.exceptions import TranspilerError
 
     from labqpu import LabProvider
 
@@ -92,14 +93,33 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
               f"{backend.target.snapshot_id}"
               + (f", simulator pid {provider.simulator.pid}" if provider.simulator else "")
               + f" (up in {started - t0:.1f} s)")
-        native = transpile(qc, backend, optimization_level=optimization_level,
-                           seed_transpiler=1)
+        try:
+            native = transpile(qc, backend, optimization_level=optimization_level,
+                               seed_transpiler=1)
+        except TranspilerError as exc:
+            raise _uncalibrated(backend, qc, exc) from exc
         print(f"transpiled: {dict(native.count_ops())}")
         job = backend.run(native, shots=shots, seed_simulator=seed)
         counts = job.result(timeout=120).get_counts()
         elapsed = time.perf_counter() - started
     print(f"counts ({shots} shots): {dict(sorted(counts.items()))}")
     return counts, f"job {job.job_id()[:8]}, {elapsed:.2f} s"
+
+
+def _uncalibrated(backend, qc, exc: Exception) -> Exception:
+    """The error for a circuit the transpiler cannot lay on the calibrated part of the device:
+    which qubits and edges the snapshot gives gates, and what to run."""
+    from labqpu.errors import LabQpuError
+
+    target = backend.target
+    drive = sorted(q for (q,) in target.qargs_for_operation_name("sx") or ())
+    edges = sorted(target.qargs_for_operation_name("cz") or ()) if "cz" in target else []
+    return LabQpuError(
+        f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on {backend.name}: "
+        f"calibration snapshot {target.snapshot_id} in {backend.config.store_path} gives "
+        f"gates on qubits {drive or 'none'} and cz on edges {edges or 'none'}; run "
+        f"`labqpu calibrate --all` (or --bootstrap) to measure the rest (transpiler: "
+        f"{getattr(exc, 'message', exc)})")
 
 
 def _demo(config: str | None, shots: int, seed: int | None) -> int:

@@ -54,6 +54,32 @@ def test_demo_and_script_together_are_refused(tmp_path):
     assert "not both" in proc.stderr
 
 
+def test_demo_on_a_store_without_drive_gates_says_what_to_run(tmp_path):
+    """A store written by an older labqpu (no drive_handedness: the Target has no drive
+    gates) makes the demo a one-line error naming the snapshot, the store and the command,
+    not the transpiler's layout message alone."""
+    from importlib import resources
+
+    from labqpu.store import CalibrationStore
+
+    shipped = json.loads((resources.files("labqpu") / "data" / "lab5_calibration.json")
+                         .read_text())
+    document = shipped["document"]
+    for params in document["qubits"].values():
+        params.pop("drive_handedness")
+    store = CalibrationStore(tmp_path / "lab5" / "calibration.sqlite")
+    try:
+        store.import_json(document)
+    finally:
+        store.close()
+    proc = labqpu(tmp_path, "run", "--demo", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("labqpu: cannot run the 2-qubit circuit 'bell' on lab5: "
+                              "calibration snapshot 1 in "), message
+    assert "gives gates on qubits none" in message and "labqpu calibrate --all" in message
+
+
 def test_demo_with_zero_shots_is_a_one_line_error(tmp_path):
     proc = labqpu(tmp_path, "run", "--demo", "--shots", "0", timeout=120)
     assert proc.returncode == 2
