@@ -355,7 +355,9 @@ def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
         print("watch stopped", flush=True)
         return 0
     print(f"log of every round: {report.log_path}")
-    return 0 if all(r.report is not None and r.report.ok for r in report.rounds[-1:]) else 1
+    last = report.rounds[-1] if report.rounds else None
+    failed = last is not None and (last.report is None or not last.report.ok)
+    return 1 if failed else 0
 
 
 def _run_graph(backend, nodes, args: argparse.Namespace, progress):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labqpu.calibration.bootstrap import _cz_phases, _prepared_readouts, _ramsey_frequency
-from labqpu.calibration.experiments import Kit, fit_curve, project, sweep
+from labqpu.calibration.experiments import Kit, assignment, fit_curve, project, sweep
 from labqpu.errors import FitError
 
 #: Drive IFs (Hz) the runner accepts without re-planning the LOs.
@@ -100,10 +100,7 @@ def assignment_fidelity(iq0: np.ndarray, iq1: np.ndarray, centres: list) -> floa
     """Assignment fidelity of single shots prepared in |0> (``iq0``) and |1> (``iq1``) with
     the nearest of the two discriminator ``centres`` ([[I0, Q0], [I1, Q1]])."""
     (i0, q0), (i1, q1) = centres
-    c0, c1 = complex(i0, q0), complex(i1, q1)
-    p1_given0 = np.mean(np.abs(iq0 - c1) < np.abs(iq0 - c0))
-    p1_given1 = np.mean(np.abs(iq1 - c1) < np.abs(iq1 - c0))
-    return float(1 - (p1_given0 + 1 - p1_given1) / 2)
+    return assignment(iq0, iq1, complex(i0, q0), complex(i1, q1))[2]
 
 
 def wrap(phase_rad: float) -> float:

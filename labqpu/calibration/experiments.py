@@ -87,7 +87,7 @@ class Kit:
         experiment = f"{kind}-{tag}-{now.strftime('%Y%m%dT%H%M%S.%fZ')}"
         current = (self.work.qubits.get(subject, {}) if isinstance(subject, int)
                    else self.work.pairs.get(tuple(subject), {}))
-        old = {name: _plain((old or {}).get(name, current.get(name))) for name in values}
+        old = {name: json_ready((old or {}).get(name, current.get(name))) for name in values}
         marks = {}
         if chosen is not None:
             marks["chosen"] = values[chosen][0]
@@ -97,10 +97,10 @@ class Kit:
                  else f"edge ({subject[0]}, {subject[1]})")
         self.records.append(ExperimentRecord(
             experiment=experiment, kind=kind, subject=label, measured_at=now.isoformat(),
-            values={k: [_plain(v), _plain(e)] for k, (v, e) in values.items()},
+            values={k: [json_ready(v), json_ready(e)] for k, (v, e) in values.items()},
             old_values=old, fit=dict(fit or {}),
-            raw=_plain({**raw, "curves": curves or {}, "marks": marks}),
-            settings=_plain(settings or {})))
+            raw=json_ready({**raw, "curves": curves or {}, "marks": marks}),
+            settings=json_ready(settings or {})))
         return experiment
 
     def _output(self, q: int, role: str) -> int:
@@ -275,17 +275,27 @@ class Kit:
         return out
 
 
-def _plain(value):
+def json_ready(value):
     """``value`` with numpy arrays and scalars turned into lists and Python numbers (JSON)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
         return float(value)
     return value
+
+
+def assignment(iq0: np.ndarray, iq1: np.ndarray, c0: complex, c1: complex
+               ) -> tuple[float, float, float]:
+    """(P(1 | prepared 0), P(1 | prepared 1), assignment fidelity) of single shots prepared in
+    |0> (``iq0``) and |1> (``iq1``), each shot read as the nearer of the centres ``c0``,
+    ``c1``."""
+    p1_given0 = float(np.mean(np.abs(iq0 - c1) < np.abs(iq0 - c0)))
+    p1_given1 = float(np.mean(np.abs(iq1 - c1) < np.abs(iq1 - c0)))
+    return p1_given0, p1_given1, 1 - (p1_given0 + 1 - p1_given1) / 2
 
 
 # ---------------------------------------------------------------- pure analyses

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from labqpu.calibration.bootstrap import _prepared_readouts
-from labqpu.calibration.experiments import FitError, Kit, complex_median
+from labqpu.calibration.experiments import FitError, Kit, assignment, complex_median
 
 #: Readout detunings from the current readout frequency the calibration sweeps (Hz).
 READOUT_DETUNINGS_HZ = np.linspace(-3e6, 3e6, 13)
@@ -38,10 +38,7 @@ __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_FIDELITY_FLOOR
 def assignment_fidelity_of(iq0: np.ndarray, iq1: np.ndarray) -> float:
     """Assignment fidelity of single shots after |0> and after |1>, each shot assigned to the
     nearer of the two medians."""
-    c0, c1 = complex_median(iq0), complex_median(iq1)
-    p1_given0 = float(np.mean(np.abs(iq0 - c1) < np.abs(iq0 - c0)))
-    p1_given1 = float(np.mean(np.abs(iq1 - c1) < np.abs(iq1 - c0)))
-    return 1 - (p1_given0 + 1 - p1_given1) / 2
+    return assignment(iq0, iq1, complex_median(iq0), complex_median(iq1))[2]
 
 
 def fidelity_map(kit: Kit, q: int, freqs: np.ndarray, amps: np.ndarray,
@@ -109,11 +106,9 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     iq = kit.run_iq(_prepared_readouts(kit, q, work["pi_amplitude"], None), shots * 4,
                     single=True)[:, :, 0]
     c0, c1 = complex_median(iq[0]), complex_median(iq[1])
-    states = [np.abs(iq[k] - c1) < np.abs(iq[k] - c0) for k in (0, 1)]
-    p1_given0, p1_given1 = states[0].mean(), states[1].mean()
+    p1_given0, p1_given1, fid = assignment(iq[0], iq[1], c0, c1)
     matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
-    fid = float(1 - (p1_given0 + 1 - p1_given1) / 2)
-    n = len(states[0])
+    n = iq.shape[1]
     rid = kit.record(
         "readout", q,
         {"readout_frequency_hz": (best_f, float(freqs[1] - freqs[0]) / 2),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from labqpu.calibration.experiments import (
+    assignment,
     fit_damped_cosine_curve,
     fit_exponential_curve,
     fit_parabola,
@@ -45,7 +46,7 @@ def _readout(record: ExperimentRecord) -> dict[str, float]:
     (i0, q0), (i1, q1) = raw["centers"]
     c0, c1 = complex(i0, q0), complex(i1, q1)
     shots = [np.asarray(raw[k][0]) + 1j * np.asarray(raw[k][1]) for k in ("shots_0", "shots_1")]
-    p1 = [float(np.mean(np.abs(s - c1) < np.abs(s - c0))) for s in shots]
+    p1_given0, p1_given1, fidelity = assignment(*shots, c0, c1)
     if "fidelity_map" in raw:
         i_f, _, _ = choose_readout_point(np.asarray(raw["fidelity_map"]), record.subject)
         frequency = float(raw["frequencies_hz"][i_f])
@@ -53,8 +54,8 @@ def _readout(record: ExperimentRecord) -> dict[str, float]:
         x, snr = _series(record)
         frequency = float(x[int(np.argmax(snr))])
     return {"readout_frequency_hz": frequency,
-            "readout_assignment_fidelity": 1 - (p1[0] + 1 - p1[1]) / 2,
-            "p1_given_0": p1[0], "p1_given_1": p1[1]}
+            "readout_assignment_fidelity": fidelity,
+            "p1_given_0": p1_given0, "p1_given_1": p1_given1}
 
 
 def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from qiskit import QuantumCircuit
 from qiskit.providers import JobError
 
+from labqpu.calibration.experiments import json_ready
 from labqpu.calibration.runner import LineReporter, RunReport, run_graph
 from labqpu.errors import FitError, InstrumentError, StaleSnapshotError
 
@@ -97,8 +98,8 @@ class WatchRound:
                                if self.report.snapshot is not None else None)
             out["steps"] = [{"node": o.node, "subject": o.subject, "status": o.status,
                              "reason": o.reason,
-                             "changes": [{"name": c.name, "old": _plain(c.old),
-                                          "new": _plain(c.new)} for c in o.changes]}
+                             "changes": [{"name": c.name, "old": json_ready(c.old),
+                                          "new": json_ready(c.new)} for c in o.changes]}
                             for o in self.report.outcomes]
         return out
 
@@ -114,15 +115,6 @@ class WatchReport:
 def _error_text(exc: BaseException) -> str:
     """``Type: message`` (a QiskitError's ``str()`` would quote its message)."""
     return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
-
-
-def _plain(value: object) -> object:
-    """``value`` as JSON can hold it (numpy scalars and arrays become numbers and lists)."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def idle_on_device(backend, seconds: float, qubit: int = 0) -> None:

@@ -409,7 +409,7 @@ class SimulatedController:
                                 MAX_SHOTS)
         peaks = wave_peaks(arrays["wave_offset"], arrays["wave_data"])[arrays["play_wave"]]
         amps = swept_amplitudes(arrays["play_amp"], arrays["play_amp_ref"], peaks, sets,
-                                arrays["play_port"])
+                                arrays["play_port"], FULL_SCALE)
         parts = [self._simulate(replace(prog, play_amp=amps[k]), ff, shots, rng, rep_delay,
                                 None, 1, cancel) for k in range(sets.shape[0])]
         return {"iq": np.concatenate([p["iq"] for p in parts]),

@@ -15,9 +15,6 @@ import numpy as np
 
 #: Most rows of ``param_sets`` in one run.
 MAX_PARAM_SETS = 4096
-#: Largest amplitude a play may reach (DAC full scale).
-FULL_SCALE = 1.0
-
 __all__ = ["MAX_PARAM_SETS", "parse_param_sets", "swept_amplitudes"]
 
 
@@ -53,14 +50,15 @@ def parse_param_sets(value: object, n_params: int, shots: int, max_total_shots: 
 
 
 def swept_amplitudes(play_amp: np.ndarray, play_amp_ref: np.ndarray, peaks: np.ndarray,
-                     sets: np.ndarray, ports: np.ndarray) -> np.ndarray:
+                     sets: np.ndarray, ports: np.ndarray, full_scale: float) -> np.ndarray:
     """Every play's amplitude at every point: (K, plays); a play with ``play_amp_ref`` -1
     keeps ``play_amp``. ``peaks`` is each play's waveform peak; ``ValueError`` naming the row
-    and the play when an amplitude would drive the DAC over full scale."""
+    and the play when |amplitude| x peak would exceed ``full_scale`` (the controller's DAC
+    limit, with the tolerance its upload check uses)."""
     bound = play_amp_ref >= 0
     amps = np.broadcast_to(play_amp, (sets.shape[0], play_amp.shape[0])).copy()
     amps[:, bound] = sets[:, play_amp_ref[bound]]
-    over = np.argwhere(np.abs(amps) * peaks > FULL_SCALE)
+    over = np.argwhere(np.abs(amps) * peaks > full_scale)
     if over.size:
         k, i = over[0]
         raise ValueError(f"param_sets row {k}: play {i} on port {ports[i]} exceeds DAC full "
