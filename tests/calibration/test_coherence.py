@@ -10,9 +10,11 @@
   (measured 1-9 %; qiskit-experiments' T2Ramsey reads 20.0-20.7 us on qubit 1, this 19.3).
 * The echo T2 within 20 % of the device file's T2 (the sweet-spot T2 the simulator's
   Markovian dephasing is built from; a Hahn echo refocuses its quasi-static noise), and no
-  longer than 2 T1 (+10 %). Measured 1-13 % short: T1 drifts (lab5: 0.1 per sqrt(h) in ln T1,
-  up to 17 %) and T2 follows half of it, thermal population and the qubits' small offsets
-  from their sweet spots (first-order flux noise) shorten it further.
+  longer than 2 T1 (+10 %). Measured 2-8 % short on average with a standard error of 1-2 us
+  (six repeats per qubit; at the old span of 4 x T2* the error was twice that and one CI run
+  fell 22 % short). T1 drifts (lab5: 0.1 per sqrt(h) in ln T1, up to 17 %) and T2 follows
+  half of it; thermal population and the qubits' small offsets from their sweet spots
+  (first-order flux noise) shorten it further.
 """
 
 from __future__ import annotations
