@@ -1,6 +1,7 @@
-"""A 100-point Rabi as one controller-bound sweep, against the same 100 points as 100 programs.
+"""A 100-point Rabi as one controller-bound sweep, against the same 100 points as 100 programs;
+a 25-point T1 scan of circuits merged into one upload, against the same circuits unmerged.
 
-Both run on the embedded simulator of lab5, qubit 0, in the same process and the same run:
+All run on the embedded simulator of lab5, qubit 0, in the same process and the same run:
 
 * **sweep**: one ``PulseProgram`` whose drive amplitude is the parameter ``amp``, run with
   ``parameter_binds={"amp": amplitudes}``: one upload, one run, the controller binding each
@@ -8,8 +9,14 @@ Both run on the embedded simulator of lab5, qubit 0, in the same process and the
 * **reference**: what a user does without it: the 100 programs with the amplitude written in
   (``param_values`` replaced point by point), in one job: 100 uploads and 100 runs.
 
-The amplitudes are new each repetition (a small random offset), so no program is already held
-by the controller. Usage::
+* **merged T1**: 25 circuits (x, delay, measure; delays 0-96 us), ``backend.run(circuits)``:
+  the backend merges them into one upload whose delays the controller binds per point
+  (``labqpu.backend.merge``);
+* **reference**: the same circuits with ``merge_sweeps=False``: 25 uploads and 25 runs, what
+  every Qiskit backend does.
+
+The amplitudes and delays are new each repetition (a small offset), so no program is already
+held by the controller. Usage::
 
     python benchmarks/sweep.py            # 5 repetitions, 200 shots per point
     python benchmarks/sweep.py --quick    # 2 repetitions
@@ -31,6 +38,22 @@ from _timing import info
 POINTS = 100
 SHOTS = 200
 QUBIT = 0
+T1_POINTS = 25
+T1_SHOTS = 1000
+
+
+def t1_scan(backend, offset_dt: int) -> list:
+    """The 25 transpiled T1 circuits, delays 4 us apart plus ``offset_dt`` samples."""
+    from qiskit import QuantumCircuit, transpile
+
+    circuits = []
+    for k in range(T1_POINTS):
+        qc = QuantumCircuit(1, 1)
+        qc.x(0)
+        qc.delay(4000 * k + offset_dt, 0, unit="dt")
+        qc.measure(0, 0)
+        circuits.append(qc)
+    return transpile(circuits, backend, initial_layout=[QUBIT])
 
 
 def main() -> None:
@@ -78,12 +101,34 @@ def main() -> None:
             after = counters()
             counts = {"sweep": tuple(int(x) for x in np.subtract(middle, before)),
                       "reference": tuple(int(x) for x in np.subtract(after, middle))}
+        merged, unmerged = [], []
+        backend.run(t1_scan(backend, 0), shots=10).result()  # warm up
+        for rep in range(2 if args.quick else 5):
+            circuits = t1_scan(backend, 16 * (rep + 1))
+            before = counters()
+            t0 = time.perf_counter()
+            backend.run(circuits, shots=T1_SHOTS).result()
+            merged.append(time.perf_counter() - t0)
+            middle = counters()
+            t0 = time.perf_counter()
+            backend.run(circuits, shots=T1_SHOTS, merge_sweeps=False).result()
+            unmerged.append(time.perf_counter() - t0)
+            after = counters()
+            counts["merged"] = tuple(int(x) for x in np.subtract(middle, before))
+            counts["unmerged"] = tuple(int(x) for x in np.subtract(after, middle))
     s, r = statistics.median(swept), statistics.median(single)
     info(f"{POINTS}-point Rabi, {SHOTS} shots per point, median of {len(swept)}:")
     info(f"  sweep (parameter_binds): {s * 1e3:8.1f} ms   uploads, runs: {counts['sweep']}")
     info(f"  reference (100 programs): {r * 1e3:8.1f} ms   uploads, runs: "
          f"{counts['reference']}")
     info(f"  ratio: the sweep takes {s / r:.2f} of the reference's time ({r / s:.1f}x faster)")
+    m, u = statistics.median(merged), statistics.median(unmerged)
+    info(f"{T1_POINTS}-point T1 scan of circuits, {T1_SHOTS} shots per point, median of "
+         f"{len(merged)}:")
+    info(f"  merged (one upload):      {m * 1e3:8.1f} ms   uploads, runs: {counts['merged']}")
+    info(f"  reference (merge_sweeps=False): {u * 1e3:8.1f} ms   uploads, runs: "
+         f"{counts['unmerged']}")
+    info(f"  ratio: merged takes {m / u:.2f} of the reference's time ({u / m:.1f}x faster)")
 
 
 if __name__ == "__main__":

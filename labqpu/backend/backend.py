@@ -15,7 +15,8 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.providers import BackendV2, Options
 
 from labqpu.backend.configuration import BackendConfiguration
-from labqpu.backend.job import LabJob
+from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
+from labqpu.backend.merge import plan_runs
 from labqpu.backend.results import discriminator_centres
 from labqpu.backend.sweeps import param_sets_for
 from labqpu.backend.target import LabTarget, build_target
@@ -129,7 +130,7 @@ class LabBackend(BackendV2):
         opts = Options(
             shots=1024, memory=False, meas_level=2, meas_return="single", rep_delay=None,
             seed_simulator=None, sync=False, scheduling_method="alap", timeout=300.0,
-            job_tags=None, reset_method="active", trace_decimation=None,
+            job_tags=None, reset_method="active", trace_decimation=None, merge_sweeps=True,
         )
         opts.set_validator("shots", (1, MAX_SHOTS))
         opts.set_validator("memory", bool)
@@ -137,9 +138,10 @@ class LabBackend(BackendV2):
         opts.set_validator("meas_return", ["single", "avg"])
         opts.set_validator("rep_delay", (0.0, 1.0))
         opts.set_validator("sync", bool)
+        opts.set_validator("merge_sweeps", bool)
         opts.set_validator("scheduling_method", list(SCHEDULING_METHODS))
         opts.set_validator("reset_method", list(RESET_METHODS))
-        opts.set_validator("timeout", (0.001, 86_400.0))
+        opts.set_validator("timeout", (0.001, MAX_TIMEOUT_S))
         opts.set_validator("trace_decimation", (1, 1 << 20))
         return opts
 
@@ -518,8 +520,10 @@ class LabBackend(BackendV2):
         sweeps = param_sets_for(binds, programs, shots=opts["shots"],
                                 meas_level=opts["meas_level"],
                                 capabilities=lambda name: self._capabilities.get(name, {}))
-        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot,
-                     sweeps=sweeps)
+        runs = plan_runs(programs, sweeps, shots=opts["shots"],
+                         enabled=opts["merge_sweeps"] and opts["meas_level"] != 0,
+                         capabilities=lambda name: self._capabilities.get(name, {}))
+        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot, runs=runs)
         job.submit()
         if opts["sync"]:
             job.result()

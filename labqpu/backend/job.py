@@ -9,10 +9,15 @@ import threading
 from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, JobV1
 from qiskit.result import Result
 
+from labqpu.backend.merge import Run
 from labqpu.backend.results import experiment_result
 from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
 from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
+
+#: Longest time limit (s) of one run: the ``timeout`` run option's upper bound, and the cap on a
+#: merged run's limit (``timeout`` x its points).
+MAX_TIMEOUT_S = 86_400.0
 
 
 class LabJob(JobV1):
@@ -25,11 +30,12 @@ class LabJob(JobV1):
 
     def __init__(self, backend: BackendV2, job_id: str, programs: list[PulseProgram],
                  options: dict, queue: HardwareQueue, snapshot, *,
-                 sweeps: list[tuple | None] | None = None) -> None:
+                 runs: list[Run] | None = None) -> None:
         super().__init__(backend, job_id)
         self._programs = programs
-        #: Per program: the rows of its controller-bound sweep (``param_sets``), or None.
-        self._sweeps = sweeps or [None] * len(programs)
+        #: The uploads and runs on the controllers (``labqpu.backend.merge``); default: one
+        #: plain run per program.
+        self._runs = runs or [Run(p, None, (p,)) for p in programs]
         self._options = options
         self._queue = queue
         self._snapshot = snapshot
@@ -48,41 +54,56 @@ class LabJob(JobV1):
             raise JobError(f"job {self.job_id()} was already submitted")
         self._future = self._queue.submit(self.job_id(), self._work())
 
+    @property
+    def uploads(self) -> int:
+        """How many programs this job uploads: fewer than :attr:`programs` when consecutive
+        programs differing only in numbers run as one controller-bound sweep."""
+        return len(self._runs)
+
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
         opts = self._options
         seed = opts["seed_simulator"]
-        return [(program, RunRequest(
+        return [(run.program, RunRequest(
             shots=opts["shots"], seed=None if seed is None else seed + i,
-            rep_delay_s=opts["rep_delay"], timeout_s=opts["timeout"], key=f"{self.job_id()}:{i}",
+            rep_delay_s=opts["rep_delay"],
+            # ``timeout`` is per program: a merged run of k programs gets k times it.
+            timeout_s=min(opts["timeout"] * (1 if run.explicit else run.points),
+                          MAX_TIMEOUT_S),
+            key=f"{self.job_id()}:{i}",
             traces=(("avg" if opts["meas_return"] == "avg" else "single")
                     if opts["meas_level"] == 0 else None),
             trace_decimation=opts["trace_decimation"] if opts["meas_level"] == 0 else None,
-            param_sets=self._sweeps[i],
-        )) for i, program in enumerate(self._programs)]
+            param_sets=run.rows,
+        )) for i, run in enumerate(self._runs)]
 
     def _build_result(self, records: list[RunRecord]) -> Result:
         opts = self._options
         backend = self.backend()
         shots = opts["shots"]
         experiments = []
-        for program, record, rows in zip(self._programs, records, self._sweeps, strict=True):
-            points = [None] if rows is None else rows
-            if record.iq.shape[0] != len(points) * shots:
+        for run, record in zip(self._runs, records, strict=True):
+            if record.iq.shape[0] != run.points * shots:
                 raise JobError(f"job {self.job_id()}: the controller returned "
-                               f"{record.iq.shape[0]} rows for {len(points)} point(s) of "
+                               f"{record.iq.shape[0]} rows for {run.points} point(s) of "
                                f"{shots} shots")
-            for k, row in enumerate(points):
+            for k, member in enumerate(run.members):
                 result = experiment_result(
-                    program, record.iq[k * shots:(k + 1) * shots], shots=shots,
+                    member, record.iq[k * shots:(k + 1) * shots], shots=shots,
                     meas_level=opts["meas_level"], meas_return=opts["meas_return"],
                     memory=opts["memory"], snapshot=self._snapshot,
                     provenance=record.provenance, traces=record.traces,
                     trace_decimation=record.trace_decimation)
-                if row is not None:
+                if run.explicit:
                     result["header"]["metadata"] = {
                         **result["header"]["metadata"],
-                        "parameter_binds": dict(zip(program.param_names, row, strict=True)),
+                        "parameter_binds": dict(zip(run.program.param_names, run.rows[k],
+                                                    strict=True)),
                         "sweep_point": k}
+                elif run.rows is not None:  # merged: this circuit's own program, bound
+                    result["header"]["reproducibility"]["point_program_hash"] = \
+                        member.content_hash
+                    result["header"]["metadata"] = {**result["header"]["metadata"],
+                                                    "sweep_point": k}
                 experiments.append(result)
         return Result.from_dict({
             "backend_name": backend.name, "backend_version": backend.backend_version,

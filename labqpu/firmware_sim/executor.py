@@ -14,7 +14,6 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.shots import trace_points
-from labqpu.firmware_sim.sweeps import MAX_PARAM_SETS, parse_param_sets, swept_amplitudes
+from labqpu.firmware_sim.sweeps import BINDABLE, MAX_PARAM_SETS, bind, parse_param_sets
 from labqpu.firmware_sim.sync import (
     FOLLOWER,
     SharedDevice,
@@ -119,7 +118,7 @@ class SimulatedController:
             "max_shots": MAX_SHOTS,
             "amplitude_full_scale": 1.0,
             "param_sets": {"max_sets": MAX_PARAM_SETS, "max_total_shots": MAX_SHOTS,
-                           "binds": "play amplitudes (play_amp_ref)"},
+                           "binds": ["play_amp_ref", *BINDABLE]},
             "results": {"iq": "complex64 (shots, acquisitions), demodulated mean per window",
                         "bits": "uint8 (shots, acquisitions), discriminated results",
                         "traces": "complex64 (shots, acquisitions, points), or (1, ...) "
@@ -154,6 +153,7 @@ class SimulatedController:
             if arrays[name].dtype != np.dtype(dtype) or arrays[name].ndim != 1:
                 raise ValueError(f"array {name!r} must be 1-d {dtype}, got "
                                  f"{arrays[name].ndim}-d {arrays[name].dtype}")
+        arrays, meta = bind(arrays, meta)
         fs = meta.get("sample_rate_hz")
         if not isinstance(fs, int | float) or not math.isclose(fs, self.spec.sample_rate_hz,
                                                               rel_tol=1e-12):
@@ -367,8 +367,8 @@ class SimulatedController:
                 self.hub.withdraw(sync, self.spec.name, f"failed: {exc}")
             raise
         if "param_sets" in params:
-            return self._sweep(arrays, prog, ff, shots, params, rng, rep_delay, traces,
-                               sync, cancel)
+            return self._sweep(arrays, meta, shots, params, rng, rep_delay, traces, sync,
+                               cancel)
         if sync is None:
             return self._simulate(prog, ff, shots, rng, rep_delay, traces, decimation, cancel)
         part = SyncPart(self.spec.name, prog, ff, shots, rep_delay)
@@ -394,11 +394,12 @@ class SimulatedController:
         self.hub.deliver(sync.group, results)
         return results[self.spec.name]
 
-    def _sweep(self, arrays: dict[str, np.ndarray], prog: WireProgram, ff: FeedForward,
-               shots: int, params: dict, rng: np.random.Generator, rep_delay: float | None,
-               traces: str | None, sync, cancel: threading.Event) -> dict[str, np.ndarray]:
-        """Run ``prog`` ``shots`` times at each row of the run parameter ``param_sets``
-        (``sweeps`` module), point after point; the results are stacked in that order."""
+    def _sweep(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
+               rng: np.random.Generator, rep_delay: float | None, traces: str | None, sync,
+               cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Run the program ``shots`` times at each row of the run parameter ``param_sets``
+        (``sweeps`` module), point after point; the results are stacked in that order. Every
+        point is validated as a whole program before the first one runs."""
         if sync is not None:
             self.hub.withdraw(sync, self.spec.name, "failed: param_sets cannot be combined "
                                                     "with sync")
@@ -407,11 +408,17 @@ class SimulatedController:
             raise ValueError("param_sets cannot be combined with traces")
         sets = parse_param_sets(params["param_sets"], arrays["param_values"].shape[0], shots,
                                 MAX_SHOTS)
-        peaks = wave_peaks(arrays["wave_offset"], arrays["wave_data"])[arrays["play_wave"]]
-        amps = swept_amplitudes(arrays["play_amp"], arrays["play_amp_ref"], peaks, sets,
-                                arrays["play_port"], FULL_SCALE)
-        parts = [self._simulate(replace(prog, play_amp=amps[k]), ff, shots, rng, rep_delay,
-                                None, 1, cancel) for k in range(sets.shape[0])]
+        points = []
+        for k, row in enumerate(sets):
+            try:
+                points.append(to_rack_ports(*self._parse({**arrays, "param_values": row}, meta),
+                                            self.spec.output_base, self.spec.input_base))
+            except ProgramRefusedError as exc:
+                raise ProgramRefusedError(exc.error_type, f"param_sets row {k}: {exc}") from exc
+            except ValueError as exc:
+                raise ValueError(f"param_sets row {k}: {exc}") from exc
+        parts = [self._simulate(p, f, shots, rng, rep_delay, None, 1, cancel)
+                 for p, f in points]
         return {"iq": np.concatenate([p["iq"] for p in parts]),
                 "bits": np.concatenate([p["bits"] for p in parts])}
 

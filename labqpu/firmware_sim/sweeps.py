@@ -1,10 +1,18 @@
 """Controller-bound sweeps: one uploaded program run at several points of its parameter table.
 
-A play whose ``play_amp_ref`` is k >= 0 takes its amplitude from entry k of the program's
-``param_values``. The run parameter ``param_sets`` (docs/protocol.md, section 4.7) is a list of
-K rows of N numbers, N the length of ``param_values``: the controller runs ``shots`` shots with
-row 0 as the table, then ``shots`` with row 1, and so on, and returns the results point after
-point: ``iq`` and ``bits`` of K x shots rows. The program is uploaded and validated once.
+Two things take values from the program's parameter table ``param_values``:
+
+* a play whose ``play_amp_ref`` is k >= 0 takes its amplitude from entry k;
+* the upload's ``binds`` (metadata; docs/protocol.md, section 4.7): a list of
+  ``[field, index, k]``, each replacing element ``index`` of array ``field`` (one of
+  :data:`BINDABLE`; ``duration_samples`` has the single index 0) with entry k. Integer fields
+  take integral values only.
+
+The run parameter ``param_sets`` is a list of K rows of N numbers, N the length of
+``param_values``: the controller runs ``shots`` shots with row 0 as the table, then ``shots``
+with row 1, and so on, and returns the results point after point: ``iq`` and ``bits`` of
+K x shots rows. The program is uploaded once; every point is validated as a whole program
+before the first one runs.
 """
 
 from __future__ import annotations
@@ -15,7 +23,11 @@ import numpy as np
 
 #: Most rows of ``param_sets`` in one run.
 MAX_PARAM_SETS = 4096
-__all__ = ["MAX_PARAM_SETS", "parse_param_sets", "swept_amplitudes"]
+#: The program fields an upload's ``binds`` may set, with whether they hold whole numbers.
+BINDABLE = {"play_start": True, "play_phase_rad": False, "play_freq_hz": False,
+            "acq_start": True, "acq_freq_hz": False, "shift_start": True,
+            "shift_phase_rad": False, "duration_samples": True}
+__all__ = ["BINDABLE", "MAX_PARAM_SETS", "bind", "parse_param_sets"]
 
 
 def parse_param_sets(value: object, n_params: int, shots: int, max_total_shots: int
@@ -49,18 +61,48 @@ def parse_param_sets(value: object, n_params: int, shots: int, max_total_shots: 
     return rows
 
 
-def swept_amplitudes(play_amp: np.ndarray, play_amp_ref: np.ndarray, peaks: np.ndarray,
-                     sets: np.ndarray, ports: np.ndarray, full_scale: float) -> np.ndarray:
-    """Every play's amplitude at every point: (K, plays); a play with ``play_amp_ref`` -1
-    keeps ``play_amp``. ``peaks`` is each play's waveform peak; ``ValueError`` naming the row
-    and the play when |amplitude| x peak would exceed ``full_scale`` (the controller's DAC
-    limit, with the tolerance its upload check uses)."""
-    bound = play_amp_ref >= 0
-    amps = np.broadcast_to(play_amp, (sets.shape[0], play_amp.shape[0])).copy()
-    amps[:, bound] = sets[:, play_amp_ref[bound]]
-    over = np.argwhere(np.abs(amps) * peaks > full_scale)
-    if over.size:
-        k, i = over[0]
-        raise ValueError(f"param_sets row {k}: play {i} on port {ports[i]} exceeds DAC full "
-                         f"scale: amplitude {amps[k, i]:.4g} x waveform peak {peaks[i]:.4g} > 1")
-    return amps
+def bind(arrays: dict[str, np.ndarray], meta: dict
+         ) -> tuple[dict[str, np.ndarray], dict]:
+    """The program's arrays and metadata with the upload's ``binds`` applied from its
+    ``param_values`` (unchanged without ``binds``). ``ValueError`` naming the first problem:
+    ``binds`` not a list of ``[field, index, k]``, a field that cannot be bound, an index or k
+    out of range, an element bound twice, or a fractional value for a whole-number field."""
+    binds = meta.get("binds")
+    if binds is None:
+        return arrays, meta
+    if not isinstance(binds, list):
+        raise ValueError(f"binds must be a list of [field, index, k], got {type(binds).__name__}")
+    params = arrays.get("param_values", np.zeros(0))
+    bound: dict[str, np.ndarray] = {}
+    meta = dict(meta)
+    seen = set()
+    for n, entry in enumerate(binds):
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in entry[1:])):
+            raise ValueError(f"binds entry {n} must be [field, index, k], got {entry!r}"[:200])
+        name, index, k = entry
+        if name not in BINDABLE:
+            raise ValueError(f"binds entry {n}: field {name!r} cannot be bound; bindable are "
+                             f"{', '.join(BINDABLE)}")
+        size = 1 if name == "duration_samples" else arrays[name].shape[0]
+        if not 0 <= index < size:
+            raise ValueError(f"binds entry {n}: {name} has no element {index} ({size} elements)")
+        if not 0 <= k < params.shape[0]:
+            raise ValueError(f"binds entry {n}: parameter {k} is outside the table of "
+                             f"{params.shape[0]}")
+        if (name, index) in seen:
+            raise ValueError(f"binds entry {n}: {name}[{index}] is bound twice")
+        seen.add((name, index))
+        value = float(params[k])
+        if not math.isfinite(value):
+            raise ValueError(f"binds entry {n}: parameter {k} binding {name} is {value!r}")
+        if BINDABLE[name] and value != round(value):
+            raise ValueError(f"binds entry {n}: {name} takes whole samples; parameter {k} is "
+                             f"{value!r}")
+        if name == "duration_samples":
+            meta[name] = int(value)
+            continue
+        if name not in bound:
+            bound[name] = arrays[name].copy()
+        bound[name][index] = value
+    return {**arrays, **bound}, meta

@@ -4,7 +4,9 @@ A program is a struct of arrays: every play is a row (output port, start sample,
 amplitude, phase, NCO frequency), sorted by port then start; waveforms are stored once each in
 a table (complex64, peak 1.0); acquisitions are rows (input port, start, duration, demodulation
 frequency, qubit, classical bit). A play's amplitude may instead refer to an entry of the
-parameter table (``play_amp_ref`` >= 0), so that a sweep can later be one uploaded program.
+parameter table (``play_amp_ref`` >= 0), and ``binds`` may set other elements (start samples,
+phases, frequencies, the duration; :data:`BINDABLE`) from it, so that a sweep can be one
+uploaded program (docs/protocol.md, section 4.7).
 Feed-forward: a play may belong to a conditional block (``play_block`` >= 0) that runs only
 when the discriminated result of an earlier acquisition equals the block's value
 (``block_acq``, ``block_value``); phase shifts (``shift_*``) add a phase to the later plays of
@@ -60,8 +62,14 @@ _ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit", "acq_disc_axis", "acq_disc_th
 
 
 _MAGIC = b"LQPP"
-#: Version 2 added the feed-forward arrays; version 1 files read as programs without them.
-_FORMAT_VERSION = 2
+#: Version 2 added the feed-forward arrays, version 3 ``binds``; older files read as programs
+#: without them.
+_FORMAT_VERSION = 3
+#: The fields ``binds`` may set from the parameter table, with whether they hold whole
+#: numbers; ``duration_samples`` has the single index 0.
+BINDABLE = {"play_start": True, "play_phase_rad": False, "play_freq_hz": False,
+            "acq_start": True, "acq_freq_hz": False, "shift_start": True,
+            "shift_phase_rad": False, "duration_samples": True}
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,14 @@ class PulseProgram:
     #: ``labqpu.pulse.split.split_program`` gives each controller its part. Empty for a
     #: one-controller program.
     rack: tuple[tuple[str, int, int], ...] = ()
+    #: ``(field, index, k)``: element ``index`` of ``field`` (one of :data:`BINDABLE`) takes
+    #: entry k of the parameter table; the stored element is its value at ``param_values``.
+    binds: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rack", tuple((str(n), int(o), int(i)) for n, o, i in self.rack))
+        object.__setattr__(self, "binds", tuple((str(f), int(i), int(k))
+                                                for f, i, k in self.binds))
         if self.play_block is None:
             object.__setattr__(self, "play_block", np.full(np.shape(self.play_port), -1))
         for name in ("acq_disc_axis", "acq_disc_threshold"):
@@ -143,6 +156,16 @@ class PulseProgram:
                 shapes[f] != shapes["shift_port"] for f in ("shift_start", "shift_phase_rad",
                                                             "shift_block")):
             raise ValueError("PulseProgram: block or phase-shift arrays differ in length")
+        for name, index, k in self.binds:
+            size = 1 if name == "duration_samples" else shapes.get(name, (-1,))[0]
+            if name not in BINDABLE or not 0 <= index < size \
+                    or not 0 <= k < len(self.param_names):
+                raise ValueError(f"PulseProgram: bind {(name, index, k)} names no bindable "
+                                 "element or no parameter")
+        if len({(name, index) for name, index, _ in self.binds}) != len(self.binds):
+            raise ValueError("PulseProgram: an element is bound twice")
+        if self.binds and self.rack:
+            raise ValueError("PulseProgram: binds apply to a one-controller program")
 
     @property
     def has_feedforward(self) -> bool:
@@ -172,6 +195,8 @@ class PulseProgram:
             *(f for f in FEEDFORWARD_FIELDS if f != "play_block"))}
         meta = {"sample_rate_hz": self.sample_rate_hz, "duration_samples": self.duration_samples,
                 "param_names": list(self.param_names)}
+        if self.binds:
+            meta["binds"] = [list(b) for b in self.binds]
         return arrays, meta
 
     @property
@@ -190,6 +215,7 @@ class PulseProgram:
             "lo": {k: [v.frequency_hz, v.power_dbm] for k, v in sorted(self.lo_settings.items())},
             "flux": sorted([f"{s}:{c}", v] for (s, c), v in self.flux_bias_a.items()),
             **({"rack": [list(r) for r in self.rack]} if self.rack else {}),
+            **({"binds": [list(b) for b in self.binds]} if self.binds else {}),
         }, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -212,7 +238,7 @@ class PulseProgram:
             "flux_bias_a": [[s, c, v] for (s, c), v in self.flux_bias_a.items()],
             "num_clbits": self.num_clbits, "header": self.header,
             "snapshot_id": self.snapshot_id, "arrays": arrays,
-            "rack": [list(r) for r in self.rack],
+            "rack": [list(r) for r in self.rack], "binds": [list(b) for b in self.binds],
         }
         try:
             text = json.dumps(meta, allow_nan=False).encode()
@@ -229,9 +255,9 @@ class PulseProgram:
             raise PulseError("not a stored PulseProgram (magic 'LQPP' missing)",
                              parameter="magic")
         version, length = struct.unpack("<II", view[4:12])
-        if version not in (1, _FORMAT_VERSION):
+        if not 1 <= version <= _FORMAT_VERSION:
             raise PulseError(f"stored PulseProgram has format version {version}; this labqpu "
-                             f"reads version {_FORMAT_VERSION}", parameter="version")
+                             f"reads versions 1-{_FORMAT_VERSION}", parameter="version")
         try:
             meta: dict[str, Any] = json.loads(bytes(view[12:12 + length]))
             body = view[12 + length:]
@@ -260,7 +286,8 @@ class PulseProgram:
                 flux_bias_a={(s, c): v for s, c, v in meta["flux_bias_a"]},
                 num_clbits=meta["num_clbits"], header=meta["header"],
                 snapshot_id=meta["snapshot_id"],
-                rack=tuple(tuple(r) for r in meta.get("rack", ())), **values)
+                rack=tuple(tuple(r) for r in meta.get("rack", ())),
+                binds=tuple(tuple(b) for b in meta.get("binds", ())), **values)
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
             if isinstance(exc, PulseError):
                 raise

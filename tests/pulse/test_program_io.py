@@ -40,7 +40,7 @@ def assert_identical(a: PulseProgram, b: PulseProgram) -> None:
     assert a == b
     assert a.content_hash == b.content_hash
     for name in ("controller", "sample_rate_hz", "duration_samples", "param_names",
-                 "lo_settings", "flux_bias_a", "num_clbits", "header", "snapshot_id"):
+                 "lo_settings", "flux_bias_a", "num_clbits", "header", "snapshot_id", "binds"):
         assert getattr(a, name) == getattr(b, name), name
     for name in ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
                  "play_phase_rad", "play_freq_hz", "wave_offset", "wave_data", "acq_port",
@@ -70,6 +70,24 @@ def test_builder_program_with_parameter_table_round_trips(snapshot, channels) ->
     back = PulseProgram.from_bytes(table.to_bytes())
     assert_identical(back, table)
     assert back.play_amp_ref.tolist() == [0]
+
+
+def test_binds_round_trip_change_the_hash_and_are_checked(snapshot, channels) -> None:
+    """``binds`` (elements set from the parameter table, docs/protocol.md 4.7) survive bytes,
+    are part of the content hash, and must name a bindable element, a parameter, and each
+    element once."""
+    from dataclasses import replace
+
+    program = compile_circuit(bell(), snapshot, channels)
+    bound = replace(program, param_names=("t", "phi"),
+                    param_values=[float(program.acq_start[0]), 0.5],
+                    binds=(("acq_start", 0, 0), ("play_phase_rad", 1, 1)))
+    assert_identical(PulseProgram.from_bytes(bound.to_bytes()), bound)
+    assert bound.content_hash != replace(bound, binds=()).content_hash
+    for binds in ((("play_wave", 0, 0),), (("acq_start", 9, 0),), (("acq_start", 0, 2),),
+                  (("acq_start", 0, 0), ("acq_start", 0, 1))):
+        with pytest.raises(ValueError, match="PulseProgram: "):
+            replace(bound, binds=binds)
 
 
 def test_identical_compilations_share_a_hash_and_differences_change_it(snapshot,

@@ -1,0 +1,196 @@
+"""Automatic sweeps: the circuits of one ``run()`` that differ only in delay durations or rz
+angles run as one upload, which the controller binds per point (``labqpu.backend.merge``,
+docs/protocol.md section 4.7). Counted through the controller's own ``uploads_total`` and
+``runs_total``; each merged point is compared with the same circuit run on its own, within
+4 binomial standard errors + 0.01."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InvalidRunInputError
+
+Q = 1
+SHOTS = 1000
+
+
+def counters(backend) -> tuple[int, int]:
+    """(uploads_total, runs_total) of the controller."""
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        status = client.status()
+    return int(status["uploads_total"]), int(status["runs_total"])
+
+
+def t1_circuit(delay_us: float) -> QuantumCircuit:
+    qc = QuantumCircuit(1, 1, name=f"t1_{delay_us:.1f}us")
+    qc.x(0)
+    qc.delay(delay_us, 0, unit="us")
+    qc.measure(0, 0)
+    return qc
+
+
+def ramsey_circuit(phase: float) -> QuantumCircuit:
+    qc = QuantumCircuit(1, 1, name=f"ramsey_{phase:.3f}")
+    qc.sx(0)
+    qc.delay(1, 0, unit="us")
+    qc.rz(phase, 0)
+    qc.sx(0)
+    qc.measure(0, 0)
+    return qc
+
+
+def p1(counts: dict) -> float:
+    return counts.get("1", 0) / sum(counts.values())
+
+
+def agree(merged: list[float], alone: list[float]) -> None:
+    for k, (a, b) in enumerate(zip(merged, alone, strict=True)):
+        sigma = math.sqrt(max(b * (1 - b), 0.01) * 2 / SHOTS)
+        assert abs(a - b) < 4 * sigma + 0.01, (k, a, b)
+
+
+@pytest.mark.parametrize(("make", "values"), [
+    (t1_circuit, 4.0 * np.arange(25)),
+    (ramsey_circuit, np.linspace(0.0, 2 * np.pi, 25, endpoint=False)),
+], ids=["t1", "ramsey"])
+def test_a_scan_of_circuits_is_one_upload_and_one_run(lab_backend, make, values) -> None:
+    circuits = transpile([make(v) for v in values], lab_backend, initial_layout=[Q])
+    uploads, runs = counters(lab_backend)
+    job = lab_backend.run(circuits, shots=SHOTS)
+    result = job.result(timeout=120)
+    assert job.uploads == 1
+    after = counters(lab_backend)
+    assert after[1] - runs == 1
+    assert after[0] - uploads <= 1  # none new if an earlier test left the same program
+    assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
+    assert [r.header["metadata"]["sweep_point"] for r in result.results] == list(range(25))
+    merged = [p1(result.get_counts(k)) for k in range(25)]
+    alone = lab_backend.run(circuits, shots=SHOTS, merge_sweeps=False).result(timeout=120)
+    assert counters(lab_backend)[1] - after[1] == 25
+    agree(merged, [p1(alone.get_counts(k)) for k in range(25)])
+    hashes = {r.header["reproducibility"]["point_program_hash"] for r in result.results}
+    assert hashes == {p.content_hash for p in job.programs}
+
+
+def test_the_physics_of_a_merged_t1_scan(lab_backend) -> None:
+    """The merged scan decays as the snapshot's T1 says: a fitted exponential within 20 % of
+    it (T1 drifts on the simulator; measured 2-10 % off)."""
+    from scipy.optimize import curve_fit
+
+    delays = np.linspace(0.0, 120.0, 25)
+    circuits = transpile([t1_circuit(d) for d in delays], lab_backend, initial_layout=[Q])
+    result = lab_backend.run(circuits, shots=SHOTS).result(timeout=120)
+    pop = np.array([p1(result.get_counts(k)) for k in range(25)])
+    (t1, _, _), _ = curve_fit(lambda t, t1, a, b: a * np.exp(-t / t1) + b, delays, pop,
+                              p0=[50.0, 0.9, 0.05])
+    expected = lab_backend.snapshot.qubits[Q]["t1_s"].value * 1e6
+    assert abs(t1 / expected - 1) < 0.2, (t1, expected)
+
+
+def test_different_circuits_do_not_merge_and_keep_their_order(lab_backend) -> None:
+    """Only consecutive programs of one structure share an upload: here the two T1 points,
+    then a Ramsey point, then a T1 point again, make three runs, results in circuit order."""
+    circuits = transpile([t1_circuit(0.0), t1_circuit(40.0), ramsey_circuit(0.0),
+                          t1_circuit(80.0)], lab_backend, initial_layout=[Q])
+    _, runs = counters(lab_backend)
+    job = lab_backend.run(circuits, shots=SHOTS)
+    result = job.result(timeout=120)
+    assert job.uploads == 3 and counters(lab_backend)[1] - runs == 3
+    assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
+    pops = [p1(result.get_counts(k)) for k in range(4)]
+    assert pops[0] > pops[1] > pops[3] and pops[2] > 0.8, pops  # sx, 1 us, sx is an x
+
+
+def test_seeded_merged_runs_repeat(lab_backend) -> None:
+    circuits = transpile([ramsey_circuit(p) for p in np.linspace(0, np.pi, 6)], lab_backend,
+                         initial_layout=[Q])
+    first, second = (lab_backend.run(circuits, shots=200, seed_simulator=11, memory=True)
+                     .result(timeout=60) for _ in range(2))
+    assert [first.get_memory(k) for k in range(6)] == [second.get_memory(k) for k in range(6)]
+
+
+def test_merge_sweeps_must_be_a_bool(lab_backend) -> None:
+    with pytest.raises(InvalidRunInputError, match="merge_sweeps"):
+        lab_backend.run(transpile(t1_circuit(0.0), lab_backend), merge_sweeps="yes")
+
+
+def bound_t1(backend, *binds: tuple[str, int, int]):
+    """The wire form of a compiled T1 point (x, 8 us, measure) whose acquisition start, first
+    play start and duration are entries of a parameter table (``binds`` overrides them)."""
+    from dataclasses import replace
+
+    from labqpu.pulse.compiler import compile_circuit
+
+    native = transpile(t1_circuit(8.0), backend, initial_layout=[Q])
+    program = compile_circuit(native, backend.snapshot, backend.channels)
+    values = [float(program.acq_start[0]), float(program.play_start[0]),
+              float(program.duration_samples)]
+    binds = binds or (("acq_start", 0, 0), ("play_start", 0, 1), ("duration_samples", 0, 2))
+    bound = replace(program, param_names=("acq", "play", "duration"), param_values=values,
+                    binds=binds)
+    return program, bound
+
+
+def run_rows(backend, arrays, meta, rows, shots=50):
+    """Upload, run with ``param_sets`` ``rows`` and wait: (state, info, results)."""
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=10.0) as client:
+        program_id = client.upload(arrays, meta)
+        run_id = client.run(program_id, shots, params={"param_sets": rows})
+        for _ in range(20):
+            state, info, results = client.fetch(run_id, wait_s=1.0)
+            if state not in ("queued", "running"):
+                return state, info, results
+    raise AssertionError("the run did not end")
+
+
+def test_the_controller_binds_starts_and_the_duration(lab_backend) -> None:
+    """Moving the acquisition, the pi pulse and the end by the same 20 us, as two rows of one
+    upload: the later point is a T1 point 20 us further on (fewer |1>), and the wire program
+    at its own values is the same experiment as the one it came from."""
+    program, bound = bound_t1(lab_backend)
+    arrays, meta = bound.to_wire()
+    assert meta["binds"] == [["acq_start", 0, 0], ["play_start", 0, 1],
+                             ["duration_samples", 0, 2]]
+    shift = 20_000
+    row0 = list(bound.param_values)
+    row1 = [row0[0] + shift, row0[1], row0[2] + shift]  # the wait grows by 20 us
+    state, info, results = run_rows(lab_backend, arrays, meta, [row0, row1], shots=2000)
+    assert state == "done", info
+    iq = results["iq"][:, 0]
+    ref = lab_backend.run(program, shots=2000, meas_level=1).result(timeout=60)
+    later = np.mean(iq[2000:])
+    first = np.mean(iq[:2000])
+    assert abs(first - np.mean(np.asarray(ref.get_memory(0))[:, 0])) < 0.2 * abs(first - later)
+    assert bound.content_hash != program.content_hash
+
+
+@pytest.mark.parametrize(("binds", "rows", "message"), [
+    ((("play_wave", 0, 0),), None, "field 'play_wave' cannot be bound"),
+    ((("acq_start", 5, 0),), None, "acq_start has no element 5"),
+    ((("acq_start", 0, 0), ("acq_start", 0, 1)), None, "acq_start[0] is bound twice"),
+    (None, [[1.5, 0.0, 1.0e4]], "param_sets row 0: binds entry 0: acq_start takes whole"),
+    (None, "late", "param_sets row 1: acquisition 0 window lies outside the program"),
+])
+def test_the_controller_refuses_bad_binds(lab_backend, binds, rows, message) -> None:
+    """A bad ``binds`` list is refused at upload; a row that makes a bad program is refused
+    when the run executes, naming the row, before any point runs."""
+    from labqpu.errors import InstrumentError
+
+    _, bound = bound_t1(lab_backend)
+    arrays, meta = bound.to_wire()
+    if binds is not None:  # sent as they are: the host's PulseProgram would refuse them
+        meta = {**meta, "binds": [list(b) for b in binds]}
+    if rows is None:
+        with pytest.raises(InstrumentError, match=message.replace("[", "\\[")):
+            run_rows(lab_backend, arrays, meta, [list(bound.param_values)])
+        return
+    if rows == "late":
+        row = list(bound.param_values)
+        rows = [row, [row[0] + 10**6, row[1], row[2]]]  # the window past the end
+    state, info, _ = run_rows(lab_backend, arrays, meta, rows)
+    assert state == "error" and message in info.get("error", ""), info
