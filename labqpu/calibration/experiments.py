@@ -187,7 +187,8 @@ class Kit:
         """Readout pulse and acquisition on ``q`` into ``clbit`` (-1: none, a result only
         feed-forward reads, with ``discriminator``); returns the sample after it."""
         dev = self.work.device
-        dur = self.timing.pad(self.samples(dev["readout_duration_s"]))  # as the compiler does
+        dur = self.timing.pad(self.samples(  # as the compiler does
+            self.work.qubits[q].get("readout_duration_s", dev["readout_duration_s"])))
         rise = READOUT_RISE_S * self.fs
         wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz

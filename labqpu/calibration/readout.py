@@ -1,5 +1,5 @@
-"""Readout calibration: the readout frequency and amplitude that maximise assignment fidelity,
-then the discriminator and the assignment matrix.
+"""Readout calibration: the readout frequency, amplitude and duration that maximise assignment
+fidelity, then the discriminator and the assignment matrix.
 
 Assignment fidelity rises with the tone's amplitude (the |0> and |1> responses separate) until
 measurement-induced transitions set in, and where they set in depends on how many photons the
@@ -7,7 +7,13 @@ tone puts in the resonator, i.e. on its detuning from the resonator: the optimum
 in (frequency, amplitude), not a point on either axis. So the readout node measures the
 fidelity on a grid of both (:func:`fidelity_map`), smooths it, and keeps the smallest amplitude
 whose smoothed fidelity is within :data:`READOUT_FIDELITY_SLACK` of the best
-(:func:`choose_readout_point`): fewest photons, furthest from the transitions. Then single shots
+(:func:`choose_readout_point`): fewest photons, furthest from the transitions.
+
+The duration is a trade too: a longer window integrates more signal against the amplifier's
+noise, but |1> decays while it is read (T1) and the resonator needs its ring-up. At the chosen
+frequency and amplitude the node measures the fidelity at each of :data:`READOUT_DURATIONS_S`
+and keeps the shortest whose fidelity (smoothed over neighbours) is within
+:data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). Then single shots
 at that point give the discriminator centres, the assignment matrix and the fidelity.
 """
 
@@ -29,10 +35,15 @@ READOUT_FIDELITY_SLACK = 0.005
 READOUT_FIDELITY_FLOOR = 0.75
 #: Width of the smoothing of the fidelity map (grid points).
 READOUT_SMOOTHING = 0.7
+#: Readout windows the calibration compares (s).
+READOUT_DURATIONS_S = np.array([0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0]) * 1e-6
+#: How far below the best (smoothed) fidelity the chosen, shortest duration may be.
+READOUT_DURATION_SLACK = 0.003
 
-__all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_FIDELITY_FLOOR",
-           "READOUT_FIDELITY_SLACK", "assignment_fidelity_of", "choose_readout_point",
-           "fidelity_map", "readout"]
+__all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
+           "READOUT_DURATION_SLACK", "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK",
+           "assignment_fidelity_of", "choose_readout_duration", "choose_readout_point",
+           "duration_scan", "fidelity_map", "readout"]
 
 
 def assignment_fidelity_of(iq0: np.ndarray, iq1: np.ndarray) -> float:
@@ -60,6 +71,36 @@ def fidelity_map(kit: Kit, q: int, freqs: np.ndarray, amps: np.ndarray,
                      for k in range(0, len(progs), 2)]).reshape(len(freqs), len(amps))
 
 
+def duration_scan(kit: Kit, q: int, durations_s: np.ndarray, shots: int) -> np.ndarray:
+    """Assignment fidelity of qubit ``q`` read with each window of ``durations_s`` (s) at its
+    working readout frequency and amplitude, ``shots`` single shots per state and duration."""
+    work = kit.work.qubits[q]
+    old = work.get("readout_duration_s", kit.work.device["readout_duration_s"])
+    progs = []
+    try:
+        for duration in durations_s:
+            work["readout_duration_s"] = float(duration)
+            progs += _prepared_readouts(kit, q, work["pi_amplitude"], None)
+    finally:
+        work["readout_duration_s"] = old
+    iq = kit.run_iq(progs, shots, single=True)[:, :, 0]
+    return np.array([assignment_fidelity_of(iq[k], iq[k + 1]) for k in range(0, len(progs), 2)])
+
+
+def choose_readout_duration(fidelity: np.ndarray, what: str) -> tuple[int, np.ndarray]:
+    """Pure analysis of a duration scan (durations ascending): the fidelities smoothed over
+    neighbours (a three-point mean, two at the ends) and the index of the shortest duration
+    within :data:`READOUT_DURATION_SLACK` of the best. ``FitError`` naming ``what`` when the
+    best is below :data:`READOUT_FIDELITY_FLOOR`."""
+    f = np.asarray(fidelity, dtype=float)
+    smooth = np.array([f[max(i - 1, 0):i + 2].mean() for i in range(f.size)])
+    best = float(smooth.max())
+    if best < READOUT_FIDELITY_FLOOR:
+        raise FitError(f"{what}: the best assignment fidelity of the duration scan is "
+                       f"{best:.3f}, below {READOUT_FIDELITY_FLOOR}: no readout")
+    return int(np.argmax(smooth >= best - READOUT_DURATION_SLACK)), smooth
+
+
 def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.ndarray]:
     """Pure analysis of a fidelity map (frequencies x amplitudes, amplitudes ascending): the
     map smoothed (Gaussian, :data:`READOUT_SMOOTHING` grid points) and the (frequency index,
@@ -80,8 +121,10 @@ def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.
 
 def readout(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency and amplitude (:func:`choose_readout_point` on a
-    :func:`fidelity_map` with ``2 shots`` per state and point), then discriminator centres,
-    assignment matrix and fidelity from ``4 shots`` single shots per state."""
+    :func:`fidelity_map` with ``2 shots`` per state and point), the window
+    (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots), then
+    discriminator centres, assignment matrix and fidelity from ``4 shots`` single shots per
+    state."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
@@ -103,6 +146,22 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         chosen="readout_amplitude", old={"readout_amplitude": old_amp}, settings=settings)
     work["readout_amplitude"] = amp
     work["readout_frequency_hz"] = best_f
+    old_duration = work.get("readout_duration_s", kit.work.device["readout_duration_s"])
+    by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
+    i_d, smooth_d = choose_readout_duration(by_duration, f"qubit {q} readout")
+    duration = float(READOUT_DURATIONS_S[i_d])
+    step = np.diff(READOUT_DURATIONS_S)
+    duration_id = kit.record(
+        "readout_duration", q,
+        {"readout_duration_s": (duration, float(step[min(i_d, step.size - 1)]) / 2)},
+        {"x": READOUT_DURATIONS_S, "x_label": "readout window (s)",
+         "y_label": "assignment fidelity",
+         "series": {f"at {best_f / 1e9:.5f} GHz, amplitude {amp:.3f}": by_duration},
+         "durations_s": READOUT_DURATIONS_S, "fidelity": by_duration},
+        curves={"smoothed": {"x": READOUT_DURATIONS_S, "y": smooth_d}},
+        chosen="readout_duration_s", old={"readout_duration_s": old_duration},
+        settings={"shots_per_state_and_point": shots * 2, "slack": READOUT_DURATION_SLACK})
+    work["readout_duration_s"] = duration
     iq = kit.run_iq(_prepared_readouts(kit, q, work["pi_amplitude"], None), shots * 4,
                     single=True)[:, :, 0]
     c0, c1 = complex_median(iq[0]), complex_median(iq[1])
@@ -125,6 +184,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         chosen="readout_frequency_hz", old={"readout_frequency_hz": old_f},
         settings={**settings, "shots": shots * 4})
     kit.work.set(q, "readout_amplitude", amp, amp_id)
+    kit.work.set(q, "readout_duration_s", duration, duration_id)
     kit.work.set(q, "readout_frequency_hz", best_f, rid)
     kit.work.set(q, "discriminator", {"centers": [[float(c0.real), float(c0.imag)],
                                                   [float(c1.real), float(c1.imag)]]}, rid)

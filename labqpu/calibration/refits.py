@@ -20,7 +20,7 @@ from labqpu.calibration.experiments import (
     zero_crossing,
 )
 from labqpu.calibration.fine import fit_amplification
-from labqpu.calibration.readout import choose_readout_point
+from labqpu.calibration.readout import choose_readout_duration, choose_readout_point
 from labqpu.calibration.records import ExperimentRecord
 
 
@@ -89,6 +89,8 @@ _REFITS = {
     "fine_amplitude_pi2": _fine,
     "readout": _readout,
     "readout_amplitude": _readout_amplitude,
+    "readout_duration": lambda r: {"readout_duration_s": float(r.raw["durations_s"][
+        choose_readout_duration(np.asarray(r.raw["fidelity"]), r.subject)[0]])},
     "t1": lambda r: {"t1_s": fit_exponential_curve(*_series(r), r.subject).params["tau"]},
     "hahn_echo": lambda r: {"t2_echo_s": fit_exponential_curve(
         *_series(r), r.subject).params["tau"]},

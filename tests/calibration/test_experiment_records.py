@@ -19,7 +19,7 @@ FITTED = {"resonator_spectroscopy": "readout_frequency_hz", "sweet_spot": "flux_
           "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey_t2": "t2_s",
           "drag": "drag_beta", "fine_amplitude_pi": "pi_amplitude",
           "fine_amplitude_pi2": "pi2_amplitude", "t1": "t1_s", "hahn_echo": "t2_echo_s",
-          "readout_amplitude": "readout_amplitude"}
+          "readout_amplitude": "readout_amplitude", "readout_duration": "readout_duration_s"}
 
 
 def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypatch):
