@@ -261,13 +261,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     rb_options = [flag for flag, value in (("--rb-lengths-1q", args.rb_lengths_1q),
                                            ("--rb-lengths-2q", args.rb_lengths_2q),
                                            ("--rb-seeds", args.rb_seeds)) if value]
-    runs_rb = args.rb or (args.bootstrap and not args.no_rb)
+    runs_rb = args.rb or (args.bootstrap and not args.no_rb) or bool(args.watch and args.rb_every)
     if args.no_rb and not args.bootstrap:
         print("labqpu calibrate: --no-rb only applies to --bootstrap", file=sys.stderr)
         return 2
     if rb_options and not runs_rb:
         print(f"labqpu calibrate: {', '.join(rb_options)} set randomized benchmarking, which "
-              "this command does not run; add --rb (or use --bootstrap without --no-rb)",
+              "this command does not run; add --rb (or use --bootstrap without --no-rb, or "
+              "--watch with --rb-every)",
               file=sys.stderr)
         return 2
     if nodes:
@@ -315,7 +316,8 @@ def _watch_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the watch options, or None."""
     if not args.watch:
         given = [flag for flag, value in (("--interval", args.interval),
-                                          ("--rounds", args.rounds), ("--clock", args.clock))
+                                          ("--rounds", args.rounds), ("--clock", args.clock),
+                                          ("--rb-every", args.rb_every))
                  if value is not None]
         if given:
             return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --watch"
@@ -346,17 +348,22 @@ def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - t0:7.1f} s] {line}", flush=True)
 
     print(f"watching {backend.name}: a round every {interval:g} s on the {clock} clock"
+          + (f", randomized benchmarking every {args.rb_every} round(s)" if args.rb_every
+             else "")
           + (f", {args.rounds} round(s)" if args.rounds else ", until interrupted (Ctrl-C)"),
           flush=True)
     try:
         report = watch(backend, nodes, interval_s=interval, rounds=args.rounds,
-                       qubits=args.qubits, shots=args.shots, clock=clock, say=say)
+                       qubits=args.qubits, shots=args.shots, clock=clock, say=say,
+                       rb_every=args.rb_every,
+                       rb_settings=_rb_settings(args) if args.rb_every else None)
     except KeyboardInterrupt:
         print("watch stopped", flush=True)
         return 0
     print(f"log of every round: {report.log_path}")
     last = report.rounds[-1] if report.rounds else None
-    failed = last is not None and (last.report is None or not last.report.ok)
+    failed = last is not None and (last.report is None or not last.report.ok
+                                   or last.error is not None)
     return 1 if failed else 0
 
 
@@ -427,30 +434,9 @@ def _randomized_benchmarking(backend, progress, rb_settings):
     """RB of every qubit and cz edge of the backend's newest snapshot with ``rb_settings``;
     writes each benchmark's record and plot next to the store, commits the gate errors as a
     new snapshot (its parent the one measured) and returns it."""
-    from labqpu.calibration.plots import save_plot
-    from labqpu.calibration.rb import benchmark_gates, rb_record, rb_update
-    from labqpu.calibration.records import experiments_directory
-    from labqpu.store import SnapshotBuilder
+    from labqpu.calibration.rb import benchmark_and_commit
 
-    measured = backend.snapshot
-    outcomes = benchmark_gates(backend, settings=rb_settings, progress=progress)
-    builder = SnapshotBuilder.from_snapshot(measured)
-    builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
-    directory = experiments_directory(backend.config.store_path)
-    for outcome in outcomes:
-        old = {}
-        for gate in outcome.errors:
-            previous = measured.gates.get(gate, {}).get("error")
-            old[gate] = None if previous is None else previous.value
-        record = rb_record(outcome, old)
-        record.save(directory)
-        png = save_plot(record, directory)
-        rb_update(builder, outcome)
-        for gate, error in outcome.errors.items():
-            progress(f"{gate}: error {error:.2e} (EPC {outcome.fit.epc:.2e} "
-                     f"+- {outcome.fit.epc_stderr:.1e}); plot {png}")
-    snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
-                                    expect_parent=True)
+    snapshot, _ = benchmark_and_commit(backend, settings=rb_settings, progress=progress)
     print(f"committed calibration snapshot {snapshot.snapshot_id} (gate errors from "
           f"randomized benchmarking) to {backend.config.store_path}")
     return snapshot
@@ -622,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--interval", type=float, default=None, metavar="SECONDS",
                      help="--watch: time between rounds (s, default 3600)")
     cal.add_argument("--rounds", type=int, default=None, help="--watch: stop after N rounds")
+    cal.add_argument("--rb-every", type=_positive_int, default=None, metavar="N",
+                     help="--watch: end every N-th round with randomized benchmarking of the "
+                          "watched qubits and edges, committing the Target's gate errors "
+                          "(--rb-lengths-1q/2q and --rb-seeds apply)")
     cal.add_argument("--clock", choices=("wall", "device"), default=None,
                      help="--watch: let the interval pass as wall time (sleep) or as idle "
                           "shots on the device (default: device on the embedded simulator, "

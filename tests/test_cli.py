@@ -267,6 +267,8 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["--watch", "--bootstrap"], "it takes no --bootstrap"),
     (["--watch", "--rounds", "0"], "--rounds must be at least 1, got 0"),
     (["--watch", "--interval", "-1"], "--interval must be a number of seconds >= 0"),
+    (["--all", "--rb-every", "2"], "--rb-every needs --watch"),
+    (["--watch", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
 ])
 def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
     """RB options without an RB run are a one-line error, before any simulator starts."""
@@ -278,16 +280,21 @@ def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
 
 def test_calibrate_watch_runs_rounds_on_the_device_clock_and_logs_them(tmp_path):
     """On the embedded simulator the interval passes as idle shots on the device: two rounds
-    an hour apart take seconds, each is one line of output and one line of the JSON log."""
+    an hour apart take seconds, each is one line of output and one line of the JSON log;
+    with ``--rb-every 2`` the second ends with RB of the watched qubit."""
     proc = labqpu(tmp_path, "calibrate", "--watch", "t1", "--qubits", "0", "--rounds", "2",
-                  timeout=240)
+                  "--rb-every", "2", "--rb-lengths-1q", "1", "40", "120", "300",
+                  "--rb-seeds", "2", timeout=240)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert "a round every 3600 s on the device clock, 2 round(s)" in lines[0]
+    assert ("a round every 3600 s on the device clock, randomized benchmarking every 2 "
+            "round(s), 2 round(s)") in lines[0]
+    assert "RB: 3 gate errors" in proc.stdout
     assert "round 1 at +0.00 h:" in proc.stdout and "round 2 at +1.00 h:" in proc.stdout
     log = [json.loads(line) for line in (tmp_path / "lab5" / "watch.jsonl").read_text()
            .splitlines()]
     assert [(r["round"], r["clock_s"]) for r in log] == [(1, 0.0), (2, 3600.0)]
+    assert "gate_errors" not in log[0] and set(log[1]["gate_errors"]) == {"sx:0", "sy:0", "x:0"}
     assert {s["node"] for r in log for s in r["steps"]} >= {"t1", "readout", "rabi"}
     assert "cz" not in {s["node"] for r in log for s in r["steps"]}
 

@@ -322,18 +322,22 @@ class RBSettings:
 
 def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                     settings: RBSettings = RBSettings(), seed: int | None = None,
-                    progress=None) -> list[RBOutcome]:
-    """1-qubit RB of every qubit with sx in the Target, then 2-qubit RB of ``edges`` (default:
-    every cz edge), in rounds of non-interfering groups. The decay asymptote comes from the
+                    progress=None, qubits: Sequence[int] | None = None) -> list[RBOutcome]:
+    """1-qubit RB of every qubit with sx in the Target (or of those of them in ``qubits``),
+    then 2-qubit RB of ``edges`` (default: every cz edge, within ``qubits`` when given), in
+    rounds of non-interfering groups. The decay asymptote comes from the
     snapshot's assignment matrices. Returns one :class:`RBOutcome` per qubit and edge; pass
     each to :func:`rb_update`. Raises ``FitError`` naming the qubit or edge whose decay does
     not fit, before anything is returned."""
     snapshot = backend.snapshot
     target = backend.target
-    qubits = sorted(q for (q,) in target.qargs_for_operation_name("sx"))
+    chosen = None if qubits is None else set(qubits)
+    qubits = sorted(q for (q,) in target.qargs_for_operation_name("sx")
+                    if chosen is None or q in chosen)
     coupling = [tuple(e) for e in backend.config.coupling_map]
     if edges is None:
-        edges = sorted({tuple(sorted(e)) for e in target.qargs_for_operation_name("cz")}
+        edges = sorted({tuple(sorted(e)) for e in target.qargs_for_operation_name("cz")
+                        if chosen is None or set(e) <= chosen}
                        if "cz" in target.operation_names else set())
     matrices = {q: snapshot.qubits[q]["assignment_matrix"].value for q in qubits
                 if "assignment_matrix" in snapshot.qubits.get(q, {})}
@@ -363,6 +367,41 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                 errors.update(epg)
                 outcomes.append(RBOutcome(d, fit, epg))
     return outcomes
+
+
+def benchmark_and_commit(backend, *, settings: RBSettings = RBSettings(),
+                         edges: Sequence[tuple[int, int]] | None = None, progress=None,
+                         qubits: Sequence[int] | None = None):
+    """:func:`benchmark_gates` (of ``qubits`` and ``edges``) on the backend's newest snapshot,
+    each benchmark's record and plot written next to the store, and the gate errors committed
+    as a new snapshot whose parent is the one measured. Returns ``(snapshot, outcomes)``.
+    ``FitError`` (nothing committed) when a decay does not fit; ``StaleSnapshotError`` when
+    another writer committed meanwhile."""
+    from labqpu.calibration.plots import save_plot
+    from labqpu.calibration.records import experiments_directory
+
+    say = progress or (lambda msg: None)
+    measured = backend.snapshot
+    outcomes = benchmark_gates(backend, edges=edges, settings=settings, progress=say,
+                               qubits=qubits)
+    builder = SnapshotBuilder.from_snapshot(measured)
+    builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
+    directory = experiments_directory(backend.config.store_path)
+    for outcome in outcomes:
+        old = {}
+        for gate in outcome.errors:
+            previous = measured.gates.get(gate, {}).get("error")
+            old[gate] = None if previous is None else previous.value
+        record = rb_record(outcome, old)
+        record.save(directory)
+        png = save_plot(record, directory)
+        rb_update(builder, outcome)
+        for gate, error in outcome.errors.items():
+            say(f"{gate}: error {error:.2e} (EPC {outcome.fit.epc:.2e} "
+                f"+- {outcome.fit.epc_stderr:.1e}); plot {png}")
+    snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
+                                    expect_parent=True)
+    return snapshot, outcomes
 
 
 def rb_record(outcome: RBOutcome, old_errors: dict[str, float | None]) -> ExperimentRecord:

@@ -5,6 +5,11 @@ each node's cheap check judges its values against their tolerance, a value that 
 older than its age limit) is recalibrated, and a round that changed something commits one
 snapshot. A running backend picks that snapshot up for its next job.
 
+With ``rb_every`` N, every N-th round also runs randomized benchmarking of the watched qubits
+and their edges after the graph (``rb.benchmark_and_commit``) and commits the gate errors, so
+the Target's errors follow the device too. A failed benchmark is logged with its round; the
+graph's commit stands.
+
 Each round is logged as one JSON line in ``watch.jsonl`` beside the calibration store (its
 start, the device time, what was fresh, what changed from what to what, what failed) and as
 one line of text through ``say``. A round that fails (a fit, a job, a commit that lost a race
@@ -36,6 +41,7 @@ from qiskit import QuantumCircuit
 from qiskit.providers import JobError
 
 from labqpu.calibration.experiments import json_ready
+from labqpu.calibration.rb import RBSettings, benchmark_and_commit
 from labqpu.calibration.runner import LineReporter, RunReport, run_graph
 from labqpu.errors import FitError, InstrumentError, StaleSnapshotError
 
@@ -69,6 +75,10 @@ class WatchRound:
     clock_s: float
     report: RunReport | None
     error: str | None = None
+    #: Gate errors the round's randomized benchmarking committed (``sx:1`` -> error), and
+    #: the snapshot it committed them in; None when it ran no RB.
+    gate_errors: dict[str, float] | None = None
+    rb_snapshot: int | None = None
 
     def summary(self) -> str:
         """One line: what was fresh, what was recalibrated, what failed."""
@@ -86,6 +96,12 @@ class WatchRound:
                                      for o in bad)
         if self.report.snapshot is not None:
             text += f"; committed snapshot {self.report.snapshot.snapshot_id}"
+        if self.gate_errors is not None:
+            text += (f"; RB: {len(self.gate_errors)} gate errors (largest "
+                     f"{max(self.gate_errors.values(), default=0.0):.2e}) in snapshot "
+                     f"{self.rb_snapshot}")
+        elif self.error is not None:
+            text += f"; {self.error}"
         return text
 
     def record(self) -> dict:
@@ -101,6 +117,9 @@ class WatchRound:
                              "changes": [{"name": c.name, "old": json_ready(c.old),
                                           "new": json_ready(c.new)} for c in o.changes]}
                             for o in self.report.outcomes]
+        if self.gate_errors is not None:
+            out["gate_errors"] = self.gate_errors
+            out["rb_snapshot"] = self.rb_snapshot
         return out
 
 
@@ -110,6 +129,21 @@ class WatchReport:
 
     rounds: list[WatchRound] = field(default_factory=list)
     log_path: Path | None = None
+
+
+def _benchmark(backend, this: WatchRound, qubits: Sequence[int] | None,
+               settings: RBSettings) -> None:
+    """Randomized benchmarking at the end of round ``this`` (``qubits``: None for all), its
+    gate errors committed; a failure goes into the round's ``error``."""
+    try:
+        snapshot, outcomes = benchmark_and_commit(backend, qubits=qubits, settings=settings,
+                                                  progress=log.debug)
+    except ROUND_ERRORS as exc:
+        log.exception("watch round %d: randomized benchmarking failed", this.index)
+        this.error = f"RB failed: {_error_text(exc)}"
+        return
+    this.gate_errors = {gate: float(e) for o in outcomes for gate, e in o.errors.items()}
+    this.rb_snapshot = snapshot.snapshot_id
 
 
 def _error_text(exc: BaseException) -> str:
@@ -155,7 +189,8 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
           rounds: int | None = None, qubits: Sequence[int] | None = None, shots: int = 400,
           clock: str = "wall", say: Callable[[str], None] | None = None,
           after_round: Callable[[WatchRound], None] | None = None,
-          stop: threading.Event | None = None, log_path: str | Path | None = None
+          stop: threading.Event | None = None, log_path: str | Path | None = None,
+          rb_every: int | None = None, rb_settings: RBSettings | None = None
           ) -> WatchReport:
     """Keep ``backend``'s device calibrated: a round of :func:`run_graph` (``nodes``, default
     all, on ``qubits``, default all; ``shots`` per point), then ``interval_s`` (s) on
@@ -165,9 +200,12 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     Each round is appended to ``log_path`` (default: ``watch.jsonl`` beside the store) and
     said through ``say`` (default: the module's logger); step progress goes to the logger at
     DEBUG. ``after_round`` is called with each round, after it is logged and before the wait.
-    Returns the :class:`WatchReport`.
+    With ``rb_every`` N, rounds N, 2N, ... end with randomized benchmarking (``rb_settings``,
+    default :class:`RBSettings`) of the watched qubits and their edges. Returns the
+    :class:`WatchReport`.
 
-    Raises ``ValueError`` for a bad interval, round count or clock (before anything runs)."""
+    Raises ``ValueError`` for a bad interval, round count, clock or ``rb_every`` (before
+    anything runs)."""
     if not math.isfinite(interval_s) or interval_s < 0:
         raise ValueError(f"watch interval must be a finite number of seconds >= 0, got "
                          f"{interval_s!r}")
@@ -175,6 +213,10 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         raise ValueError(f"watch rounds must be at least 1, got {rounds}")
     if clock not in CLOCKS:
         raise ValueError(f"watch clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if rb_every is not None and (isinstance(rb_every, bool) or not isinstance(rb_every, int)
+                                 or rb_every < 1):
+        raise ValueError(f"watch rb_every must be a whole number of rounds >= 1, got "
+                         f"{rb_every!r}")
     say = say or log.info
     stop = stop or threading.Event()
     path = Path(log_path) if log_path else Path(backend.config.store_path).parent / LOG_NAME
@@ -194,6 +236,8 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         except ROUND_ERRORS as exc:
             log.exception("watch round %d failed", index)
             this = WatchRound(index, started, elapsed, None, _error_text(exc))
+        if rb_every is not None and index % rb_every == 0 and this.report is not None:
+            _benchmark(backend, this, qubits, rb_settings or RBSettings())
         report.rounds.append(this)
         with path.open("a") as f:
             f.write(json.dumps(this.record(), default=str) + "\n")

@@ -1,5 +1,5 @@
-"""The watch loop survives a failed round, logs every round, and refuses bad settings before
-anything runs."""
+"""The watch loop survives a failed round, logs every round, benchmarks gates every N-th round
+when asked, and refuses bad settings before anything runs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,25 @@ import json
 import pytest
 from qiskit.providers import JobError
 
+from labqpu import LabProvider
 from labqpu.calibration import watch as watch_module
+from labqpu.calibration.rb import RBSettings
 from labqpu.calibration.watch import watch
+from labqpu.errors import FitError
+from labqpu.rack.config import default_config_path
+
+#: Short RB: enough for a decay that fits, in a few seconds.
+QUICK_RB = RBSettings(lengths_1q=(1, 40, 120, 300), lengths_2q=(1, 5, 15, 30), seeds=2,
+                      shots=200)
+
+
+def private_lab(directory) -> str:
+    """A copy of the shipped wiring with its own calibration store in ``directory``."""
+    text = default_config_path().read_text().replace(
+        'store = ""', f'store = "{directory / "calibration.sqlite"}"', 1)
+    path = directory / "lab.toml"
+    path.write_text(text)
+    return str(path)
 
 
 def test_a_failed_round_is_logged_and_the_next_one_runs(quiet_lab_backend, tmp_path,
@@ -36,11 +53,57 @@ def test_a_failed_round_is_logged_and_the_next_one_runs(quiet_lab_backend, tmp_p
     assert lines[1]["steps"] and lines[1]["steps"][0]["node"] == "resonator_spectroscopy"
 
 
+def test_every_nth_round_benchmarks_the_watched_gates(lab_home, tmp_path) -> None:
+    """``rb_every=2``: round 2 ends with RB of qubits 0 and 1 and edge 0-1, whose gate errors
+    are committed (the Target carries them) and logged; the other qubits keep theirs."""
+    said: list[str] = []
+    log = tmp_path / "watch.jsonl"
+    with LabProvider(private_lab(tmp_path), simulator=True) as provider:
+        backend = provider.backend()
+        before = backend.snapshot
+        report = watch(backend, ["drive_lo"], interval_s=60.0, rounds=2, qubits=[0, 1],
+                       clock="device", say=said.append, log_path=log, rb_every=2,
+                       rb_settings=QUICK_RB)
+        first, second = report.rounds
+        assert first.gate_errors is None and first.error is None
+        assert set(second.gate_errors) == {"sx:0", "sy:0", "x:0", "sx:1", "sy:1", "x:1",
+                                           "cz:0-1"}
+        after = backend.snapshot
+        assert after.snapshot_id == second.rb_snapshot
+        assert backend.target["sx"][(0,)].error == pytest.approx(second.gate_errors["sx:0"])
+        assert backend.target["cz"][(0, 1)].error == pytest.approx(
+            second.gate_errors["cz:0-1"])
+        for gate in ("sx:3", "cz:2-3"):
+            assert after.gates[gate]["error"].value == before.gates[gate]["error"].value
+    assert "; RB: 7 gate errors" in said[1] and "RB" not in said[0]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "gate_errors" not in lines[0]
+    assert lines[1]["gate_errors"] == pytest.approx(second.gate_errors)
+
+
+def test_a_failed_benchmark_is_logged_with_its_round(quiet_lab_backend, tmp_path,
+                                                    monkeypatch) -> None:
+    def failing(*args, **kwargs):
+        raise FitError("RB of (0,): the decay does not fit")
+
+    monkeypatch.setattr(watch_module, "benchmark_and_commit", failing)
+    said: list[str] = []
+    report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=2, qubits=[0],
+                   clock="device", say=said.append, log_path=tmp_path / "watch.jsonl",
+                   rb_every=1)
+    assert [r.error for r in report.rounds] == [
+        "RB failed: FitError: RB of (0,): the decay does not fit"] * 2
+    assert all(r.report is not None and r.gate_errors is None for r in report.rounds)
+    assert said[1].endswith("RB failed: FitError: RB of (0,): the decay does not fit")
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"interval_s": -1.0}, "interval must be a finite number of seconds >= 0"),
     ({"interval_s": float("nan")}, "interval must be a finite number of seconds >= 0"),
     ({"interval_s": 1.0, "rounds": 0}, "rounds must be at least 1"),
     ({"interval_s": 1.0, "clock": "sundial"}, "clock must be one of wall, device"),
+    ({"interval_s": 1.0, "rb_every": 0}, "rb_every must be a whole number of rounds >= 1"),
+    ({"interval_s": 1.0, "rb_every": 1.5}, "rb_every must be a whole number of rounds >= 1"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(quiet_lab_backend, tmp_path, options,
                                                        message) -> None:
