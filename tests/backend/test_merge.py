@@ -106,6 +106,22 @@ def test_different_circuits_do_not_merge_and_keep_their_order(lab_backend) -> No
     assert pops[0] > pops[1] > pops[3] and pops[2] > 0.8, pops  # sx, 1 us, sx is an x
 
 
+def test_a_controller_that_binds_less_gets_the_circuits_one_by_one(lab_backend,
+                                                                   monkeypatch) -> None:
+    """A firmware whose ``param_sets.binds`` lacks a field (here an older one that binds
+    amplitudes only) is never sent ``binds``: each circuit is its own upload and run."""
+    caps = {name: dict(c) for name, c in lab_backend._capabilities.items()}
+    for c in caps.values():
+        c["param_sets"] = {**c["param_sets"], "binds": ["play_amp_ref"]}
+    monkeypatch.setattr(lab_backend, "_capabilities", caps)
+    circuits = transpile([t1_circuit(4.0 * k) for k in range(5)], lab_backend,
+                         initial_layout=[Q])
+    _, runs = counters(lab_backend)
+    job = lab_backend.run(circuits, shots=100)
+    job.result(timeout=60)
+    assert job.uploads == 5 and counters(lab_backend)[1] - runs == 5
+
+
 def test_seeded_merged_runs_repeat(lab_backend) -> None:
     circuits = transpile([ramsey_circuit(p) for p in np.linspace(0, np.pi, 6)], lab_backend,
                          initial_layout=[Q])
