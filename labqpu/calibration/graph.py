@@ -35,6 +35,7 @@ from labqpu.calibration.bootstrap import (
     drive_handedness,
     rabi,
     ramsey,
+    refine_cz,
     resonator_spectroscopy,
     sweet_spot,
     t1,
@@ -79,6 +80,9 @@ class Node:
             calibrated again, when one of theirs was measured after its own.
         needs_feedforward: the node plays conditional pulses; a rack whose controllers state
             no feed-forward latency leaves it out.
+        refine: ``(kit, subject, shots, progress)`` -> None, a cheaper calibration the runner
+            tries first when the node's check failed (not when it is forced, missing or too
+            old); its ``FitError`` makes the runner run ``calibrate``.
     """
 
     name: str
@@ -89,6 +93,7 @@ class Node:
     check: Callable[[Kit, Subject, int], CheckResult] | None = None
     measures: tuple[str, ...] = ()
     needs_feedforward: bool = False
+    refine: Callable[[Kit, Subject, int, Progress], None] | None = None
 
     def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
         """(node name, subject) of each prerequisite of this node on ``subject``: on its qubit,
@@ -173,7 +178,8 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots: check_t1(kit, q, shots * CHECK_SHOTS, TOLERANCES["t1"])),
     Node("cz", "edge", ("readout",), CZ_PARAMETERS,
          lambda kit, pair, shots, progress: cz(kit, pair, shots, progress),
-         lambda kit, pair, shots: check_cz(kit, pair, shots * CHECK_SHOTS, TOLERANCES["cz"])),
+         lambda kit, pair, shots: check_cz(kit, pair, shots * CHECK_SHOTS, TOLERANCES["cz"]),
+         refine=lambda kit, pair, shots, _: refine_cz(kit, pair, shots)),
     Node("echo", "qubit", ("t1",), ("t2_echo_s",),
          lambda kit, q, shots, _: hahn_echo(kit, q, shots * CHECK_SHOTS)),
     Node("zz", "edge", ("fine_amplitude",), ("zz_hz",),

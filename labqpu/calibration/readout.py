@@ -122,9 +122,10 @@ def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.
 def readout(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency and amplitude (:func:`choose_readout_point` on a
     :func:`fidelity_map` with ``2 shots`` per state and point), the window
-    (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots), then
-    discriminator centres, assignment matrix and fidelity from ``4 shots`` single shots per
-    state."""
+    (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots), the amplitude
+    again at the chosen frequency if the window changed (the map was measured with the old
+    one), then discriminator centres, assignment matrix and fidelity from ``4 shots`` single
+    shots per state."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
@@ -136,14 +137,6 @@ def readout(kit: Kit, q: int, shots: int) -> None:
                  "fidelity_map": fidelity}
     settings = {"shots_per_state_and_point": shots * 2, "slack": READOUT_FIDELITY_SLACK,
                 "smoothing_points": READOUT_SMOOTHING}
-    amp_id = kit.record(
-        "readout_amplitude", q,
-        {"readout_amplitude": (amp, float(READOUT_AMPLITUDES[1] - READOUT_AMPLITUDES[0]) / 2)},
-        {"x": READOUT_AMPLITUDES, "x_label": "readout amplitude (full scale)",
-         "y_label": "assignment fidelity",
-         "series": {f"at {best_f / 1e9:.5f} GHz": fidelity[i_f]}, **sweep_raw},
-        curves={"smoothed": {"x": READOUT_AMPLITUDES, "y": smooth[i_f]}},
-        chosen="readout_amplitude", old={"readout_amplitude": old_amp}, settings=settings)
     work["readout_amplitude"] = amp
     work["readout_frequency_hz"] = best_f
     old_duration = work.get("readout_duration_s", kit.work.device["readout_duration_s"])
@@ -162,6 +155,22 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         chosen="readout_duration_s", old={"readout_duration_s": old_duration},
         settings={"shots_per_state_and_point": shots * 2, "slack": READOUT_DURATION_SLACK})
     work["readout_duration_s"] = duration
+    line, line_smooth = fidelity[i_f], smooth[i_f]
+    if duration != old_duration:  # the map was measured with the old window: the amplitude again
+        line = fidelity_map(kit, q, np.array([best_f]), READOUT_AMPLITUDES, shots * 2)[0]
+        _, i_a, again = choose_readout_point(line[None, :], f"qubit {q} readout")
+        amp, line_smooth = float(READOUT_AMPLITUDES[i_a]), again[0]
+        sweep_raw["amplitude_line"] = line
+    amp_id = kit.record(
+        "readout_amplitude", q,
+        {"readout_amplitude": (amp, float(READOUT_AMPLITUDES[1] - READOUT_AMPLITUDES[0]) / 2)},
+        {"x": READOUT_AMPLITUDES, "x_label": "readout amplitude (full scale)",
+         "y_label": "assignment fidelity",
+         "series": {f"at {best_f / 1e9:.5f} GHz, window {duration * 1e6:.2f} us": line},
+         **sweep_raw},
+        curves={"smoothed": {"x": READOUT_AMPLITUDES, "y": line_smooth}},
+        chosen="readout_amplitude", old={"readout_amplitude": old_amp}, settings=settings)
+    work["readout_amplitude"] = amp
     iq = kit.run_iq(_prepared_readouts(kit, q, work["pi_amplitude"], None), shots * 4,
                     single=True)[:, :, 0]
     c0, c1 = complex_median(iq[0]), complex_median(iq[1])

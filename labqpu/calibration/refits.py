@@ -59,7 +59,9 @@ def _readout(record: ExperimentRecord) -> dict[str, float]:
 
 
 def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:
-    _, i_a, _ = choose_readout_point(np.asarray(record.raw["fidelity_map"]), record.subject)
+    line = record.raw.get("amplitude_line")  # measured again with the chosen window
+    fidelity = np.asarray(record.raw["fidelity_map"] if line is None else [line])
+    _, i_a, _ = choose_readout_point(fidelity, record.subject)
     return {"readout_amplitude": float(record.raw["amplitudes"][i_a])}
 
 

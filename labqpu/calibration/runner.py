@@ -5,6 +5,8 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 
 * a prerequisite failed or was blocked: the step is **blocked** (nothing run);
 * forced, a watched value missing, or older than its kind's age limit: **calibrate**;
+* a failed check: **refine** first where the node has a cheaper refinement (the CZ), then
+  **calibrate** if that fails;
 * a node that ``measures`` another node's calibration (the CZ whose leakage it reads) holds
   values measured before that node's: **calibrate**;
 * otherwise, run the node's check (if it has one): passed -> **fresh**, failed -> calibrate;
@@ -304,6 +306,14 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
                check: CheckResult | None, reporter: LineReporter) -> Outcome:
     before = _state(kit.work)
     label = describe(subject)
+    if n.refine is not None and reason.startswith("check failed"):
+        try:
+            n.refine(kit, subject, shots, reporter.note)
+            return Outcome(n.name, label, "calibrated", f"{reason}; refined", check,
+                           _changes(kit.work, before))
+        except FitError as exc:
+            _restore(kit.work, before)
+            reporter.note(f"  {n.name} on {label}: refinement failed ({exc}); calibrating")
     try:
         n.calibrate(kit, subject, shots, reporter.note)
     except FitError as exc:

@@ -1,0 +1,61 @@
+"""A drifted CZ is refined, not scanned again: its pulse kept, the amplitude of a conditional
+phase of pi found again near the old one and the phase corrections measured again. A CZ too
+far off for that gets the whole scan. Either way the node's own check passes afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from labqpu import LabProvider
+from labqpu.calibration import run_graph
+from labqpu.calibration.records import load_record
+from labqpu.store import SnapshotBuilder
+
+pytestmark = pytest.mark.slow
+
+EDGE = (1, 2)
+
+
+def commit_off(backend, amplitude_off: float, phase_off: float):
+    """A snapshot whose CZ on EDGE has its amplitude and both phase corrections off."""
+    shipped = backend.snapshot
+    builder = SnapshotBuilder.from_snapshot(shipped)
+    params = shipped.pairs[EDGE]
+    for name, off in (("cz_amplitude", amplitude_off), ("cz_phase_a_rad", phase_off),
+                      ("cz_phase_b_rad", -phase_off)):
+        builder.set_pair(EDGE, name, params[name].value + off, "test", params[name].timestamp)
+    return backend.store.commit(builder.build_document())
+
+
+def cz_record(report):
+    (path,) = [p for p in report.records if load_record(p).kind == "cz"]
+    return load_record(path)
+
+
+def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        shipped = backend.snapshot.pairs[EDGE]
+        commit_off(backend, 0.0015, 0.3)
+        report = run_graph(backend, ["cz"], qubits=list(EDGE))
+        assert report.ok, report.table()
+        (step,) = [o for o in report.outcomes if o.node == "cz"]
+        assert step.status == "calibrated" and "check failed" in step.reason, step
+        record = cz_record(report)
+        assert "refined_from" in record.raw["scan"]
+        refined = report.snapshot.pairs[EDGE]
+        assert refined["cz_duration_s"].value == shipped["cz_duration_s"].value
+        assert abs(refined["cz_amplitude"].value - shipped["cz_amplitude"].value) < 5e-4
+        for name in ("cz_phase_a_rad", "cz_phase_b_rad"):
+            assert abs(refined[name].value - shipped[name].value) < 0.1, name
+        again = run_graph(backend, ["cz"], qubits=list(EDGE))
+        assert [o.status for o in again.outcomes if o.node == "cz"] == ["fresh"]
+
+        commit_off(backend, 0.02, 0.0)  # far from any crossing of pi
+        report = run_graph(backend, ["cz"], qubits=list(EDGE))
+        assert report.ok, report.table()
+        record = cz_record(report)
+        assert "crossings" in record.raw["scan"] and "refined_from" not in record.raw["scan"]
+        again = run_graph(backend, ["cz"], qubits=list(EDGE))
+        assert [o.status for o in again.outcomes if o.node == "cz"] == ["fresh"]
