@@ -304,7 +304,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             if not report.ok:
                 return 1
         if runs_rb:
-            snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args))
+            snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args),
+                                                args.qubits)
         if args.export and snapshot is not None:
             Path(args.export).write_text(
                 json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
@@ -430,13 +431,15 @@ def _rb_settings(args: argparse.Namespace):
                       seeds=args.rb_seeds or defaults.seeds)
 
 
-def _randomized_benchmarking(backend, progress, rb_settings):
-    """RB of every qubit and cz edge of the backend's newest snapshot with ``rb_settings``;
+def _randomized_benchmarking(backend, progress, rb_settings, qubits=None):
+    """RB of every qubit and cz edge of the backend's newest snapshot (of ``qubits`` and the
+    edges between them, when given) with ``rb_settings``;
     writes each benchmark's record and plot next to the store, commits the gate errors as a
     new snapshot (its parent the one measured) and returns it."""
     from labqpu.calibration.rb import benchmark_and_commit
 
-    snapshot, _ = benchmark_and_commit(backend, settings=rb_settings, progress=progress)
+    snapshot, _ = benchmark_and_commit(backend, settings=rb_settings, progress=progress,
+                                       qubits=qubits)
     print(f"committed calibration snapshot {snapshot.snapshot_id} (gate errors from "
           f"randomized benchmarking) to {backend.config.store_path}")
     return snapshot

@@ -468,7 +468,10 @@ class LabBackend(BackendV2):
         ``job_tags`` (kept in the result header; mthree passes them), ``parameter_binds``
         (a ``PulseProgram`` run once per value of its amplitude parameters, bound on the
         controller from one upload; one result experiment per point:
-        :mod:`labqpu.backend.sweeps`).
+        :mod:`labqpu.backend.sweeps`), ``merge_sweeps`` (default True: consecutive programs
+        that differ only in start times, phases, frequencies, amplitudes or length, such as
+        the points of a T1 or Ramsey scan, run as one upload that the controller binds per
+        point, where it can: :mod:`labqpu.backend.merge`; ``job.uploads`` counts them).
         """
         items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
             else list(run_input)

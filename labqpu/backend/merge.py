@@ -10,11 +10,12 @@ table row per program (the run parameter ``param_sets``, docs/protocol.md sectio
 controller then validates every point as a whole program and runs them in order; the results
 come back per point and each keeps its own circuit's header.
 
-Nothing merges when the controller does not state every needed field in
-``capabilities.param_sets.binds``, for raw traces (``meas_level`` 0), for a program with a
-parameter table of its own or on several controllers, or when the run option ``merge`` is
-False. Runs longer than the controller's ``max_sets`` points or ``max_total_shots`` shots are
-cut into several.
+Nothing merges when the controller does not state ``play_amp_ref`` and every field of
+``BINDABLE`` in ``capabilities.param_sets.binds``, for raw traces (``meas_level`` 0), for a
+program with a parameter table of its own or one that plays on several controllers, or when
+the run option ``merge_sweeps`` is False. A program of a rack that plays on one of its
+controllers merges as that controller's part. Runs longer than the controller's ``max_sets``
+points or ``max_total_shots`` shots are cut into several.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from labqpu.pulse.program import BINDABLE, PulseProgram
+from labqpu.pulse.split import split_program
 
 __all__ = ["Run", "plan_runs"]
 
@@ -68,7 +70,7 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
     ``parameter_binds`` (None for most); such programs run as given. The others merge where
     ``enabled`` and their controller's ``capabilities(name)`` allow it."""
     runs: list[Run] = []
-    group: list[PulseProgram] = []
+    group: list[tuple[PulseProgram, PulseProgram]] = []  # (what would be uploaded, program)
     structure = ""
 
     def flush() -> None:
@@ -77,24 +79,34 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
             group.clear()
 
     for program, rows in zip(programs, explicit, strict=True):
+        upload = _one_controller(program) if enabled and rows is None else None
         if rows is not None:
             flush()
             runs.append(Run(program, rows, (program,) * len(rows), explicit=True))
-        elif not enabled or not _mergeable(program):
+        elif upload is None:
             flush()
             runs.append(Run(program, None, (program,)))
         else:
-            this = _structure(program)
+            this = _structure(upload)
             if this != structure:
                 flush()
                 structure = this
-            group.append(program)
+            group.append((upload, program))
     flush()
     return runs
 
 
-def _mergeable(program: PulseProgram) -> bool:
-    return not program.rack and not program.param_names
+def _one_controller(program: PulseProgram) -> PulseProgram | None:
+    """What a merge of ``program`` would bind and upload: the program itself, or for a rack
+    program on one controller, that controller's part (on its own ports; its plays and
+    acquisitions in the same order). None when it cannot merge: it has a parameter table of
+    its own, or it plays on several controllers."""
+    if program.param_names:
+        return None
+    if not program.rack:
+        return program
+    parts = split_program(program)
+    return parts[0].program if len(parts) == 1 else None
 
 
 def _structure(program: PulseProgram) -> str:
@@ -117,21 +129,30 @@ def _structure(program: PulseProgram) -> str:
     return h.hexdigest()
 
 
-def _merged(group: list[PulseProgram], shots: int, capabilities: Callable[[str], dict]
-            ) -> list[Run]:
-    """``group`` (programs of one structure, in order) as few runs as the controller allows."""
-    caps = capabilities(group[0].controller).get("param_sets")
-    binds = set(caps.get("binds", ())) if isinstance(caps, dict) else set()
-    size = 1
-    if {"play_amp_ref", *BINDABLE} <= binds:
-        size = min(int(caps.get("max_sets", 1)),
-                   int(caps.get("max_total_shots", math.inf) // max(shots, 1)))
+def points_per_run(caps: object, shots: int) -> int:
+    """How many points of ``shots`` shots one merged run may have on a controller whose
+    capabilities hold ``caps`` (its ``param_sets``): 1 when it cannot bind every field."""
+    if not isinstance(caps, dict) or not {"play_amp_ref", *BINDABLE} <= set(caps.get("binds", ())):
+        return 1
+    size = int(caps.get("max_sets", 1))
+    total = caps.get("max_total_shots")
+    if isinstance(total, int | float) and math.isfinite(total):
+        size = min(size, int(total // max(shots, 1)))
+    return size
+
+
+def _merged(group: list[tuple[PulseProgram, PulseProgram]], shots: int,
+            capabilities: Callable[[str], dict]) -> list[Run]:
+    """``group`` ((upload, program) pairs of one structure, in order) as few runs as the
+    controller allows."""
+    size = points_per_run(capabilities(group[0][0].controller).get("param_sets"), shots)
     if size < 2 or len(group) < 2:
-        return [Run(p, None, (p,)) for p in group]
+        return [Run(p, None, (p,)) for _, p in group]
     runs = []
     for i in range(0, len(group), size):
         chunk = group[i:i + size]
-        runs.extend(_one_upload(chunk) if len(chunk) > 1 else [Run(chunk[0], None, (chunk[0],))])
+        runs.extend(_one_upload(chunk) if len(chunk) > 1 else [Run(chunk[0][1], None,
+                                                                   (chunk[0][1],))])
     return runs
 
 
@@ -140,36 +161,37 @@ def _varying(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.any(values != values[0], axis=0))
 
 
-def _one_upload(chunk: list[PulseProgram]) -> list[Run]:
+def _one_upload(chunk: list[tuple[PulseProgram, PulseProgram]]) -> list[Run]:
     """One program whose differing elements are bound from a table, with its rows; programs
     that are all the same run one by one (there is nothing to bind)."""
-    first = chunk[0]
+    uploads = [u for u, _ in chunk]
+    members = tuple(p for _, p in chunk)
+    first = uploads[0]
     names: list[str] = []
     columns: list[np.ndarray] = []
     binds: list[tuple[str, int, int]] = []
-
     for name in _BOUND:
-        values = np.stack([getattr(p, name) for p in chunk])
+        values = np.stack([getattr(p, name) for p in uploads])
         for index in _varying(values):
             binds.append((name, int(index), len(names)))
             names.append(f"{name}[{index}]")
             columns.append(values[:, index].astype(float))
-    durations = np.array([[p.duration_samples] for p in chunk])
+    durations = np.array([[p.duration_samples] for p in uploads])
     if _varying(durations).size:
         binds.append(("duration_samples", 0, len(names)))
         names.append("duration_samples")
         columns.append(durations[:, 0].astype(float))
-    amps = np.stack([p.play_amp for p in chunk])
+    amps = np.stack([p.play_amp for p in uploads])
     amp_ref = np.full(first.play_amp.shape, -1, dtype=np.int32)
     for index in _varying(amps):
         amp_ref[index] = len(names)
         names.append(f"play_amp[{index}]")
         columns.append(amps[:, index])
     if not columns:
-        return [Run(p, None, (p,)) for p in chunk]
+        return [Run(p, None, (p,)) for p in members]
     table = np.column_stack(columns)
     program = replace(first, param_names=tuple(names), param_values=table[0],
                       play_amp_ref=amp_ref, binds=tuple(binds),
                       header={**first.header, "merged_points": len(chunk)})
     rows = tuple(tuple(float(x) for x in row) for row in table)
-    return [Run(program, rows, tuple(chunk))]
+    return [Run(program, rows, members)]

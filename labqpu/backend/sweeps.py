@@ -72,6 +72,15 @@ def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
         raise InvalidRunInputError(f"{where}: controller {controller} does not bind "
                                    "parameters on board (no 'param_sets' in its capabilities)",
                                    option="parameter_binds")
+    known = caps.get("binds")
+    known = set(known) if isinstance(known, list) else {"play_amp_ref"}  # the first protocol
+    needed = {name for name, _, _ in program.binds}
+    if np.any(np.asarray(program.play_amp_ref) >= 0):
+        needed.add("play_amp_ref")
+    if needed - known:
+        raise InvalidRunInputError(f"{where}: controller {controller} does not bind "
+                                   f"{', '.join(sorted(needed - known))} (its param_sets "
+                                   f"binds {sorted(known)})", option="parameter_binds")
     names = list(program.param_names)
     columns: dict[int, np.ndarray] = {}
     for key, values in bind.items():

@@ -158,8 +158,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     line, line_smooth = fidelity[i_f], smooth[i_f]
     if duration != old_duration:  # the map was measured with the old window: the amplitude again
         line = fidelity_map(kit, q, np.array([best_f]), READOUT_AMPLITUDES, shots * 2)[0]
-        _, i_a, again = choose_readout_point(line[None, :], f"qubit {q} readout")
-        amp, line_smooth = float(READOUT_AMPLITUDES[i_a]), again[0]
+        _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
+        amp, line_smooth = float(READOUT_AMPLITUDES[i_line]), again[0]
         sweep_raw["amplitude_line"] = line
     amp_id = kit.record(
         "readout_amplitude", q,
@@ -186,7 +186,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
          "p1_given_0": (float(p1_given0), float(np.sqrt(p1_given0 * (1 - p1_given0) / n))),
          "p1_given_1": (float(p1_given1), float(np.sqrt(p1_given1 * (1 - p1_given1) / n)))},
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "assignment fidelity",
-         "series": {f"at amplitude {amp:.3f}": fidelity[:, i_a]}, **sweep_raw,
+         "series": {f"at amplitude {READOUT_AMPLITUDES[i_a]:.3f}, window "
+                    f"{old_duration * 1e6:.2f} us": fidelity[:, i_a]}, **sweep_raw,
          "shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
          "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]},
         curves={"smoothed": {"x": freqs, "y": smooth[:, i_a]}},

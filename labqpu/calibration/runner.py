@@ -44,8 +44,9 @@ from labqpu.store.staleness import PARAMETER_KINDS, age_h, parse_age_limits
 
 log = logging.getLogger(__name__)
 
-#: Device-wide values the experiments read from ``Working.device``; the snapshot keeps them per
-#: qubit (all equal), with the experiment "design".
+#: Values the experiments read from ``Working.device`` unless a qubit has its own; the
+#: snapshot keeps them per qubit, with the experiment "design" until a node measures a qubit's
+#: own (``readout_amplitude``, ``readout_duration_s``).
 SHARED_VALUES = ("drive_lo_power_dbm", "readout_lo_frequency_hz", "readout_lo_power_dbm",
                  "readout_amplitude", "readout_duration_s", "pulse_duration_s", "pulse_sigma_s")
 

@@ -5,10 +5,10 @@ each node's cheap check judges its values against their tolerance, a value that 
 older than its age limit) is recalibrated, and a round that changed something commits one
 snapshot. A running backend picks that snapshot up for its next job.
 
-With ``rb_every`` N, every N-th round also runs randomized benchmarking of the watched qubits
-and their edges after the graph (``rb.benchmark_and_commit``) and commits the gate errors, so
-the Target's errors follow the device too. A failed benchmark is logged with its round; the
-graph's commit stands.
+With ``rb_every`` N, every N-th round whose graph ran also runs randomized benchmarking of the
+watched qubits and their edges after the graph (``rb.benchmark_and_commit``) and commits the
+gate errors, so the Target's errors follow the device too (a round whose graph raised skips
+it). A failed benchmark is logged with its round; the graph's commit stands.
 
 Each round is logged as one JSON line in ``watch.jsonl`` beside the calibration store (its
 start, the device time, what was fresh, what changed from what to what, what failed) and as
@@ -200,9 +200,9 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     Each round is appended to ``log_path`` (default: ``watch.jsonl`` beside the store) and
     said through ``say`` (default: the module's logger); step progress goes to the logger at
     DEBUG. ``after_round`` is called with each round, after it is logged and before the wait.
-    With ``rb_every`` N, rounds N, 2N, ... end with randomized benchmarking (``rb_settings``,
-    default :class:`RBSettings`) of the watched qubits and their edges. Returns the
-    :class:`WatchReport`.
+    With ``rb_every`` N, rounds N, 2N, ... whose graph ran end with randomized benchmarking
+    (``rb_settings``, default :class:`RBSettings`) of the watched qubits and their edges.
+    Returns the :class:`WatchReport`.
 
     Raises ``ValueError`` for a bad interval, round count, clock or ``rb_every`` (before
     anything runs)."""

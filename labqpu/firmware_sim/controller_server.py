@@ -752,7 +752,8 @@ class ControllerServer:
                 elif run.cancel.is_set():
                     self._finish(run, ABORTED)
                 else:
-                    run.error, run.error_type = str(exc), type(exc).__name__
+                    run.error = str(exc)
+                    run.error_type = getattr(exc, "error_type", type(exc).__name__)
                     self._finish(run, ERROR)
             return
         with self._lock:

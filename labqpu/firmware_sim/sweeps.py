@@ -96,7 +96,7 @@ def bind(arrays: dict[str, np.ndarray], meta: dict
         value = float(params[k])
         if not math.isfinite(value):
             raise ValueError(f"binds entry {n}: parameter {k} binding {name} is {value!r}")
-        if BINDABLE[name] and value != round(value):
+        if BINDABLE[name] and (abs(value) > 2**53 or value != round(value)):
             raise ValueError(f"binds entry {n}: {name} takes whole samples; parameter {k} is "
                              f"{value!r}")
         if name == "duration_samples":

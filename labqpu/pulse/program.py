@@ -245,7 +245,8 @@ class PulseProgram:
         except (TypeError, ValueError) as exc:
             raise PulseError(f"program {self.header.get('name', '')!r}: its header or settings "
                              f"cannot be stored as JSON ({exc})", parameter="header") from exc
-        return b"".join([_MAGIC, struct.pack("<II", _FORMAT_VERSION, len(text)), text, *blobs])
+        version = _FORMAT_VERSION if self.binds else 2  # older readers take what they can read
+        return b"".join([_MAGIC, struct.pack("<II", version, len(text)), text, *blobs])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PulseProgram:

@@ -152,3 +152,29 @@ def test_the_rack_answers_while_a_long_run_computes(lab10) -> None:
             time.sleep(0.02)
     assert sum(job.result(timeout=300).get_counts().values()) == 1000
     assert answered_busy >= 5, answered_busy
+
+
+def test_a_scan_on_one_controller_of_the_rack_is_one_upload(lab10) -> None:
+    """lab10's programs are rack programs (two controllers); a T1 scan on qubit 7 plays on
+    ctrl1 only, so it merges as ctrl1's part: one upload and one run there, each point's
+    result in its own circuit's order, decaying with the delay."""
+    from labqpu.drivers.controller import ControllerClient
+
+    circuits = []
+    for k in range(8):
+        qc = QuantumCircuit(1, 1, name=f"t1_{k}")
+        qc.x(0)
+        qc.delay(8.0 * k, 0, unit="us")
+        qc.measure(0, 0)
+        circuits.append(qc)
+    native = transpile(circuits, lab10, initial_layout=[7])
+    ctrl1 = next(c for c in lab10.config.controllers if c.name == "ctrl1")
+    with ControllerClient(ctrl1.endpoint, timeout_s=5.0) as client:
+        before = client.status()["runs_total"]
+        job = lab10.run(native, shots=1000)
+        result = job.result(timeout=120)
+        assert client.status()["runs_total"] - before == 1
+    assert job.uploads == 1
+    assert [r.header["name"] for r in result.results] == [c.name for c in native]
+    p1 = [result.get_counts(k).get("1", 0) / 1000 for k in range(8)]
+    assert p1[0] > 0.9 and p1[0] > p1[3] > p1[7], p1

@@ -136,18 +136,20 @@ def test_merge_sweeps_must_be_a_bool(lab_backend) -> None:
 
 
 def bound_t1(backend, *binds: tuple[str, int, int]):
-    """The wire form of a compiled T1 point (x, 8 us, measure) whose acquisition start, first
-    play start and duration are entries of a parameter table (``binds`` overrides them)."""
+    """A compiled T1 point (x, 8 us, measure) and the same program with its acquisition start,
+    readout tone start and duration as entries of a parameter table (``binds`` overrides
+    which elements are bound)."""
     from dataclasses import replace
 
     from labqpu.pulse.compiler import compile_circuit
 
     native = transpile(t1_circuit(8.0), backend, initial_layout=[Q])
     program = compile_circuit(native, backend.snapshot, backend.channels)
-    values = [float(program.acq_start[0]), float(program.play_start[0]),
+    tone = int(np.flatnonzero(program.play_start == program.acq_start[0])[0])
+    values = [float(program.acq_start[0]), float(program.play_start[tone]),
               float(program.duration_samples)]
-    binds = binds or (("acq_start", 0, 0), ("play_start", 0, 1), ("duration_samples", 0, 2))
-    bound = replace(program, param_names=("acq", "play", "duration"), param_values=values,
+    binds = binds or (("acq_start", 0, 0), ("play_start", tone, 1), ("duration_samples", 0, 2))
+    bound = replace(program, param_names=("acq", "tone", "duration"), param_values=values,
                     binds=binds)
     return program, bound
 
@@ -165,23 +167,28 @@ def run_rows(backend, arrays, meta, rows, shots=50):
 
 
 def test_the_controller_binds_starts_and_the_duration(lab_backend) -> None:
-    """Moving the acquisition, the pi pulse and the end by the same 20 us, as two rows of one
-    upload: the later point is a T1 point 20 us further on (fewer |1>), and the wire program
-    at its own values is the same experiment as the one it came from."""
+    """Moving the readout (tone and window) and the end by the same 20 us, as the second row of
+    one upload: that point is a T1 point 20 us further on (its IQ moves towards |0>), and the
+    first row, the program's own values, is the same experiment as the program it came from."""
     program, bound = bound_t1(lab_backend)
     arrays, meta = bound.to_wire()
-    assert meta["binds"] == [["acq_start", 0, 0], ["play_start", 0, 1],
-                             ["duration_samples", 0, 2]]
+    assert [b[0] for b in meta["binds"]] == ["acq_start", "play_start", "duration_samples"]
     shift = 20_000
     row0 = list(bound.param_values)
-    row1 = [row0[0] + shift, row0[1], row0[2] + shift]  # the wait grows by 20 us
+    row1 = [row0[0] + shift, row0[1] + shift, row0[2] + shift]  # the wait grows by 20 us
+    # through the backend first: it sets the LOs and biases the direct run below relies on
+    ref = lab_backend.run(program, shots=2000, meas_level=1).result(timeout=60)
     state, info, results = run_rows(lab_backend, arrays, meta, [row0, row1], shots=2000)
     assert state == "done", info
     iq = results["iq"][:, 0]
-    ref = lab_backend.run(program, shots=2000, meas_level=1).result(timeout=60)
     later = np.mean(iq[2000:])
     first = np.mean(iq[:2000])
     assert abs(first - np.mean(np.asarray(ref.get_memory(0))[:, 0])) < 0.2 * abs(first - later)
+    (c0r, c0i), (c1r, c1i) = lab_backend.snapshot.qubits[Q]["discriminator"].value["centers"]
+    c0, c1 = complex(c0r, c0i), complex(c1r, c1i)
+    p_first, p_later = (((x - c0) / (c1 - c0)).real for x in (first, later))
+    decay = math.exp(-20e-6 / lab_backend.snapshot.qubits[Q]["t1_s"].value)
+    assert abs(p_later - p_first * decay) < 0.1, (p_first, p_later, decay)
     assert bound.content_hash != program.content_hash
 
 
@@ -190,6 +197,7 @@ def test_the_controller_binds_starts_and_the_duration(lab_backend) -> None:
     ((("acq_start", 5, 0),), None, "acq_start has no element 5"),
     ((("acq_start", 0, 0), ("acq_start", 0, 1)), None, "acq_start[0] is bound twice"),
     (None, [[1.5, 0.0, 1.0e4]], "param_sets row 0: binds entry 0: acq_start takes whole"),
+    (None, [[1e300, 0.0, 1.0e4]], "param_sets row 0: binds entry 0: acq_start takes whole"),
     (None, "late", "param_sets row 1: acquisition 0 window lies outside the program"),
 ])
 def test_the_controller_refuses_bad_binds(lab_backend, binds, rows, message) -> None:
@@ -210,3 +218,37 @@ def test_the_controller_refuses_bad_binds(lab_backend, binds, rows, message) -> 
         rows = [row, [row[0] + 10**6, row[1], row[2]]]  # the window past the end
     state, info, _ = run_rows(lab_backend, arrays, meta, rows)
     assert state == "error" and message in info.get("error", ""), info
+
+
+def test_points_per_run_follow_the_controllers_limits() -> None:
+    """One merged run holds at most ``max_sets`` points and ``max_total_shots`` shots; a
+    controller without a shot limit is bounded by ``max_sets``; one that cannot bind every
+    field (or states its binds the first protocol's way, as text) gets no merging."""
+    from labqpu.backend.merge import points_per_run
+    from labqpu.pulse.program import BINDABLE
+
+    every = ["play_amp_ref", *BINDABLE]
+    assert points_per_run({"max_sets": 4096, "max_total_shots": 10**6, "binds": every},
+                          100_000) == 10
+    assert points_per_run({"max_sets": 50, "binds": every}, 100_000) == 50
+    assert points_per_run({"max_sets": 4096, "binds": every[:-1]}, 100) == 1
+    assert points_per_run({"max_sets": 4096, "binds": "play amplitudes (play_amp_ref)"},
+                          100) == 1
+    assert points_per_run(None, 100) == 1
+
+
+def test_an_explicit_sweep_of_binds_needs_a_controller_that_binds_them(lab_backend,
+                                                                        monkeypatch) -> None:
+    """A ``PulseProgram`` with ``binds`` run with ``parameter_binds`` on a controller whose
+    ``param_sets.binds`` lacks a bound field is refused before anything is sent: a firmware
+    that ignored ``meta.binds`` would run every point at the stored values."""
+    _, bound = bound_t1(lab_backend)
+    caps = {name: dict(c) for name, c in lab_backend._capabilities.items()}
+    for c in caps.values():
+        c["param_sets"] = {**c["param_sets"], "binds": ["play_amp_ref"]}
+    monkeypatch.setattr(lab_backend, "_capabilities", caps)
+    before = counters(lab_backend)
+    with pytest.raises(InvalidRunInputError, match="does not bind acq_start, duration_samples, "
+                                                   "play_start"):
+        lab_backend.run(bound, shots=10, parameter_binds={"acq": [float(bound.acq_start[0])]})
+    assert counters(lab_backend) == before
