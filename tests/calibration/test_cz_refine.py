@@ -47,10 +47,11 @@ def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch) -
         refined = report.snapshot.pairs[EDGE]
         assert refined["cz_duration_s"].value == shipped["cz_duration_s"].value
         assert abs(refined["cz_amplitude"].value - shipped["cz_amplitude"].value) < 5e-4
-        # Back from the 0.3 rad offsets towards the shipped corrections. Not onto them: those
-        # were measured in another session, at another point of the device's drift, and one
-        # CI run found 0.12 rad between them. The check below is the judge: it measures the
-        # corrected phases now, against a tolerance of 0.1 rad.
+        # Back from the 0.3 rad offsets towards the shipped corrections, not onto them: the
+        # refined amplitude differs a little (up to 5e-4 here), the flux qubit's own phase moves
+        # with it, and the shipped values were measured at another point of the device's
+        # drift; two runs found 0.12-0.13 rad on the flux qubit. The check below is the judge:
+        # it measures the corrected phases now, against a tolerance of 0.1 rad.
         for name in ("cz_phase_a_rad", "cz_phase_b_rad"):
             assert abs(refined[name].value - shipped[name].value) < 0.2, name
         again = run_graph(backend, ["cz"], qubits=list(EDGE))
