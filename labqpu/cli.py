@@ -363,8 +363,7 @@ def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
         return 0
     print(f"log of every round: {report.log_path}")
     last = report.rounds[-1] if report.rounds else None
-    failed = last is not None and (last.report is None or not last.report.ok
-                                   or last.error is not None)
+    failed = last is not None and (last.error is not None or not last.report.ok)
     return 1 if failed else 0
 
 

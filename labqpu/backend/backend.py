@@ -503,13 +503,13 @@ class LabBackend(BackendV2):
                     reset_method=opts["reset_method"]))
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc
+        parts = []  # each program's controller parts
         for program in programs:
             self._check_length(program)
-            if program.rack:
-                try:
-                    split_program(program)  # feed-forward within one controller, ports on one
-                except PulseError as exc:
-                    raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
+            try:
+                parts.append(split_program(program))  # feed-forward within one controller
+            except PulseError as exc:
+                raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
         if opts["rep_delay"] is None:
             opts["rep_delay"] = default_rep_delay_s(snapshot)
         if opts["meas_level"] == 0:
@@ -523,7 +523,7 @@ class LabBackend(BackendV2):
         sweeps = param_sets_for(binds, programs, shots=opts["shots"],
                                 meas_level=opts["meas_level"],
                                 capabilities=lambda name: self._capabilities.get(name, {}))
-        runs = plan_runs(programs, sweeps, shots=opts["shots"],
+        runs = plan_runs(programs, sweeps, parts, shots=opts["shots"],
                          enabled=opts["merge_sweeps"] and opts["meas_level"] != 0,
                          capabilities=lambda name: self._capabilities.get(name, {}))
         job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot, runs=runs)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from labqpu.pulse.program import BINDABLE, PulseProgram
-from labqpu.pulse.split import split_program
+from labqpu.pulse.split import ControllerPart
 
 __all__ = ["Run", "plan_runs"]
 
@@ -64,11 +64,13 @@ class Run:
         return len(self.members)
 
 
-def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None], *,
-              shots: int, enabled: bool, capabilities: Callable[[str], dict]) -> list[Run]:
+def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
+              parts: Sequence[Sequence[ControllerPart]], *, shots: int, enabled: bool,
+              capabilities: Callable[[str], dict]) -> list[Run]:
     """The runs that execute ``programs`` in order. ``explicit`` holds each program's rows from
-    ``parameter_binds`` (None for most); such programs run as given. The others merge where
-    ``enabled`` and their controller's ``capabilities(name)`` allow it."""
+    ``parameter_binds`` (None for most); such programs run as given. ``parts`` holds each
+    program's :func:`split_program`. The others merge where ``enabled`` and their controller's
+    ``capabilities(name)`` allow it."""
     runs: list[Run] = []
     group: list[tuple[PulseProgram, PulseProgram]] = []  # (what would be uploaded, program)
     structure = ""
@@ -78,8 +80,8 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
             runs.extend(_merged(group, shots, capabilities))
             group.clear()
 
-    for program, rows in zip(programs, explicit, strict=True):
-        upload = _one_controller(program) if enabled and rows is None else None
+    for program, rows, split in zip(programs, explicit, parts, strict=True):
+        upload = _one_controller(program, split) if enabled and rows is None else None
         if rows is not None:
             flush()
             runs.append(Run(program, rows, (program,) * len(rows), explicit=True))
@@ -96,17 +98,15 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
     return runs
 
 
-def _one_controller(program: PulseProgram) -> PulseProgram | None:
-    """What a merge of ``program`` would bind and upload: the program itself, or for a rack
-    program on one controller, that controller's part (on its own ports; its plays and
-    acquisitions in the same order). None when it cannot merge: it has a parameter table of
-    its own, or it plays on several controllers."""
-    if program.param_names:
+def _one_controller(program: PulseProgram, parts: Sequence[ControllerPart]
+                    ) -> PulseProgram | None:
+    """What a merge of ``program`` would bind and upload: its only controller part (the
+    program itself, or for a rack program on one controller, that controller's part on its
+    own ports, its plays and acquisitions in the same order). None when it cannot merge: it
+    has a parameter table of its own, or it plays on several controllers."""
+    if program.param_names or len(parts) != 1:
         return None
-    if not program.rack:
-        return program
-    parts = split_program(program)
-    return parts[0].program if len(parts) == 1 else None
+    return parts[0].program
 
 
 def _structure(program: PulseProgram) -> str:

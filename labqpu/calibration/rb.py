@@ -37,7 +37,8 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.quantum_info import Clifford, random_clifford
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from labqpu.calibration.records import ExperimentRecord
+from labqpu.calibration.plots import save_plot
+from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import FitError
 from labqpu.store.builder import SnapshotBuilder
 
@@ -377,9 +378,6 @@ def benchmark_and_commit(backend, *, settings: RBSettings = RBSettings(),
     as a new snapshot whose parent is the one measured. Returns ``(snapshot, outcomes)``.
     ``FitError`` (nothing committed) when a decay does not fit; ``StaleSnapshotError`` when
     another writer committed meanwhile."""
-    from labqpu.calibration.plots import save_plot
-    from labqpu.calibration.records import experiments_directory
-
     say = progress or (lambda msg: None)
     measured = backend.snapshot
     outcomes = benchmark_gates(backend, edges=edges, settings=settings, progress=say,

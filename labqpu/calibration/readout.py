@@ -56,33 +56,32 @@ def fidelity_map(kit: Kit, q: int, freqs: np.ndarray, amps: np.ndarray,
                  shots: int) -> np.ndarray:
     """Assignment fidelity of qubit ``q`` read at each frequency (Hz, rows) and amplitude
     (full scale, columns), ``shots`` single shots per state and point, in one sweep."""
-    work = kit.work.qubits[q]
-    old = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
-    progs = []
-    try:
-        for f in freqs:
-            for amp in amps:
-                work["readout_amplitude"] = float(amp)
-                progs += _prepared_readouts(kit, q, work["pi_amplitude"], float(f))
-    finally:
-        work["readout_amplitude"] = old
-    iq = kit.run_iq(progs, shots, single=True)[:, :, 0]
-    return np.array([assignment_fidelity_of(iq[k], iq[k + 1])
-                     for k in range(0, len(progs), 2)]).reshape(len(freqs), len(amps))
+    return _fidelities(kit, q, "readout_amplitude", np.tile(amps, len(freqs)),
+                       np.repeat(freqs, len(amps)), shots).reshape(len(freqs), len(amps))
 
 
 def duration_scan(kit: Kit, q: int, durations_s: np.ndarray, shots: int) -> np.ndarray:
     """Assignment fidelity of qubit ``q`` read with each window of ``durations_s`` (s) at its
     working readout frequency and amplitude, ``shots`` single shots per state and duration."""
+    return _fidelities(kit, q, "readout_duration_s", durations_s, None, shots)
+
+
+def _fidelities(kit: Kit, q: int, name: str, values: np.ndarray, freqs: np.ndarray | None,
+                shots: int) -> np.ndarray:
+    """Assignment fidelity of qubit ``q`` read with its working value ``name`` set to each of
+    ``values`` in turn (and the readout frequency to ``freqs``, Hz, point by point; None: the
+    working one): the |0> and |1> programs of every point in one run, the working value
+    restored afterwards."""
     work = kit.work.qubits[q]
-    old = work.get("readout_duration_s", kit.work.device["readout_duration_s"])
+    old = work.get(name, kit.work.device[name])
     progs = []
     try:
-        for duration in durations_s:
-            work["readout_duration_s"] = float(duration)
-            progs += _prepared_readouts(kit, q, work["pi_amplitude"], None)
+        for k, value in enumerate(values):
+            work[name] = float(value)
+            progs += _prepared_readouts(kit, q, work["pi_amplitude"],
+                                        None if freqs is None else float(freqs[k]))
     finally:
-        work["readout_duration_s"] = old
+        work[name] = old
     iq = kit.run_iq(progs, shots, single=True)[:, :, 0]
     return np.array([assignment_fidelity_of(iq[k], iq[k + 1]) for k in range(0, len(progs), 2)])
 

@@ -284,7 +284,8 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
         else:
             reason = "forced" if n.name in forced else _age_reason(kit.work, n, subject,
                                                                      limits, now, by_name)
-            if reason is None and n.check is not None:
+            checked = reason is None and n.check is not None
+            if checked:
                 try:
                     check = n.check(kit, subject, shots)
                     reason = None if check.passed else f"check failed: {check}"
@@ -294,7 +295,8 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                 outcome = Outcome(n.name, label, "fresh",
                                   f"check passed: {check}" if check else "fresh", check)
             else:
-                outcome = _calibrate(kit, n, subject, shots, reason, check, reporter)
+                outcome = _calibrate(kit, n, subject, shots, reason, check, reporter,
+                                     refine=checked)
         outcome.seconds = time.perf_counter() - t0
         status[(n.name, subject)] = outcome.status
         outcomes.append(outcome)
@@ -304,10 +306,13 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
 
 
 def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
-               check: CheckResult | None, reporter: LineReporter) -> Outcome:
+               check: CheckResult | None, reporter: LineReporter, *,
+               refine: bool = False) -> Outcome:
+    """Calibrate ``n`` on ``subject``; with ``refine`` (its check failed) the node's
+    refinement first, where it has one."""
     before = _state(kit.work)
     label = describe(subject)
-    if n.refine is not None and reason.startswith("check failed"):
+    if refine and n.refine is not None:
         try:
             n.refine(kit, subject, shots, reporter.note)
             return Outcome(n.name, label, "calibrated", f"{reason}; refined", check,
