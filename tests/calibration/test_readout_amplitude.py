@@ -3,8 +3,8 @@ fidelity rises with the tone (more separation) until measurement-induced transit
 (the simulator's readout physics), and where they set in depends on the detuning, so there is
 a real optimum, and the node keeps the smallest amplitude near it. Then it chooses the window:
 fidelity rises with the integration time (ring-up, then signal against amplifier noise) until
-T1 decay during the window costs more (measured on lab5 qubit 1 with 4000 shots: 0.87 at
-0.4 us, 0.98 at 1-2 us, 0.97 at 4 us), and the node keeps the shortest window near the best."""
+T1 decay during the window costs more (measured on lab5 qubit 1 with 4000 shots: 0.86-0.87
+at 0.4 us, 0.98 at 1-2 us, 0.97 at 4 us), and the node keeps the shortest window near the best."""
 
 from __future__ import annotations
 
