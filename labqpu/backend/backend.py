@@ -40,7 +40,10 @@ from labqpu.store import CalibrationStore, Snapshot
 log = logging.getLogger(__name__)
 
 MAX_SHOTS = 100_000
+#: Circuits per batch: a longer job runs as batches of at most this many (``LabJob``).
 MAX_CIRCUITS = 300
+#: Most circuits one ``run()`` takes (the compiled programs are held until the job ends).
+MAX_JOB_CIRCUITS = 10_000
 #: Run options whose type is checked before the range validators see them.
 _OPTION_TYPES = {
     "shots": (numbers.Integral, "an integer"),
@@ -189,7 +192,11 @@ class LabBackend(BackendV2):
 
     @property
     def max_circuits(self) -> int:
-        """Most circuits one job accepts."""
+        """Circuits per batch. ``run()`` takes up to ``MAX_JOB_CIRCUITS`` (10 000) and splits a
+        longer list into batches of at most this many, logged before anything is sent; each
+        batch queues when the one before it has finished, so other jobs may run between
+        them. Clients that split by ``max_circuits`` themselves (qiskit-experiments,
+        ``BackendSamplerV2``, mthree) send batch-sized jobs."""
         return MAX_CIRCUITS
 
     @property
@@ -477,10 +484,10 @@ class LabBackend(BackendV2):
             else list(run_input)
         if not items:
             raise InvalidRunInputError("run() needs at least one circuit or program")
-        if len(items) > self.max_circuits:
+        if len(items) > MAX_JOB_CIRCUITS:
             raise InvalidRunInputError(
                 f"{len(items)} circuits in one job; {self.name} takes at most "
-                f"{self.max_circuits}")
+                f"{MAX_JOB_CIRCUITS} (run them as several jobs); nothing was sent")
         binds = options.pop("parameter_binds", None)
         opts = self._run_options(options)
         self._refresh()
@@ -526,7 +533,8 @@ class LabBackend(BackendV2):
         runs = plan_runs(programs, sweeps, parts, shots=opts["shots"],
                          enabled=opts["merge_sweeps"] and opts["meas_level"] != 0,
                          capabilities=lambda name: self._capabilities.get(name, {}))
-        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot, runs=runs)
+        job = LabJob(self, uuid.uuid4().hex, programs, opts, self._queue, snapshot, runs=runs,
+                     batch_size=self.max_circuits)
         job.submit()
         if opts["sync"]:
             job.result()

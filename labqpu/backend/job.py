@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import logging
 import threading
 
 from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, JobV1
@@ -15,9 +16,25 @@ from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
 from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
 
+log = logging.getLogger(__name__)
+
 #: Longest time limit (s) of one run: the ``timeout`` run option's upper bound, and the cap on a
 #: merged run's limit (``timeout`` x its points).
 MAX_TIMEOUT_S = 86_400.0
+
+
+def batches_of(runs: list[Run], size: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [first, end) of ``runs`` holding at most ``size`` circuits (points)
+    each; a run of more points than ``size`` is a batch of its own (runs are never split)."""
+    out: list[tuple[int, int]] = []
+    first, count = 0, 0
+    for i, run in enumerate(runs):
+        if count and count + run.points > size:
+            out.append((first, i))
+            first, count = i, 0
+        count += run.points
+    out.append((first, len(runs)))
+    return out
 
 
 class LabJob(JobV1):
@@ -26,20 +43,35 @@ class LabJob(JobV1):
     ``result(timeout=...)`` waits at most ``timeout`` seconds (``None``: until done) and raises
     ``JobTimeoutError`` past it; a failure on the hardware path raises ``JobError`` carrying the
     instrument's message.
+
+    A job of more than ``batch_size`` circuits runs as batches of at most that many, in order:
+    each batch joins the hardware queue when the one before it has finished, so other jobs
+    (another user's, a calibration) may run between them. The split is logged before
+    anything is sent; ``cancel()`` stops the job at any point, and one ``Result`` holds every
+    circuit.
     """
 
     def __init__(self, backend: BackendV2, job_id: str, programs: list[PulseProgram],
                  options: dict, queue: HardwareQueue, snapshot, *,
-                 runs: list[Run] | None = None) -> None:
+                 runs: list[Run] | None = None, batch_size: int | None = None) -> None:
         super().__init__(backend, job_id)
         self._programs = programs
         #: The uploads and runs on the controllers (``labqpu.backend.merge``); default: one
         #: plain run per program.
         self._runs = runs or [Run(p, None, (p,)) for p in programs]
+        self._batches = batches_of(self._runs, batch_size or len(programs))
         self._options = options
         self._queue = queue
         self._snapshot = snapshot
+        #: The job's own future: its records once every batch has run, or the first failure.
         self._future: concurrent.futures.Future | None = None
+        self._current: concurrent.futures.Future | None = None  # the batch in the queue
+        self._done_batches = 0
+        self._records: list[RunRecord] = []
+        self._work_items: list[tuple[PulseProgram, RunRequest]] = []
+        self._cancel_requested = False
+        # Re-entrant: cancelling a queued batch runs its done-callback in the cancelling thread.
+        self._state_lock = threading.RLock()
         self._result: Result | None = None
         self._result_lock = threading.Lock()
 
@@ -48,11 +80,55 @@ class LabJob(JobV1):
         """The compiled programs this job runs (one per circuit)."""
         return list(self._programs)
 
+    @property
+    def batches(self) -> list[int]:
+        """Circuits in each batch of the job, in order (one entry unless the job was split)."""
+        return [sum(run.points for run in self._runs[a:b]) for a, b in self._batches]
+
     def submit(self) -> None:
-        """Queue the job on the hardware (once)."""
+        """Queue the job on the hardware (once): its first batch, the next one when that has
+        finished."""
         if self._future is not None:
             raise JobError(f"job {self.job_id()} was already submitted")
-        self._future = self._queue.submit(self.job_id(), self._work())
+        sizes = self.batches
+        if len(sizes) > 1:
+            log.info("job %s: %d circuits split into %d batches (%s circuits); each batch "
+                     "queues when the one before it has finished", self.job_id(), sum(sizes),
+                     len(sizes), ", ".join(map(str, sizes)))
+        self._work_items = self._work()
+        with self._state_lock:
+            self._future = concurrent.futures.Future()
+            self._queue_batch()
+
+    def _queue_batch(self) -> None:
+        """Queue batch ``_done_batches`` (with ``_state_lock`` held)."""
+        first, end = self._batches[self._done_batches]
+        batch = self._queue.submit(self.job_id(), self._work_items[first:end])
+        self._current = batch
+        batch.add_done_callback(self._batch_done)
+
+    def _batch_done(self, batch: concurrent.futures.Future) -> None:
+        with self._state_lock:
+            if batch is not self._current or self._future.done():
+                return
+            if batch.cancelled():
+                self._future.set_exception(JobCancelledError("cancelled before it ran"))
+                return
+            if batch.exception() is not None:
+                self._future.set_exception(batch.exception())
+                return
+            self._records.extend(batch.result())
+            self._done_batches += 1
+            if self._done_batches == len(self._batches):
+                self._future.set_result(self._records)
+            elif self._cancel_requested:
+                self._future.set_exception(JobCancelledError(
+                    f"cancelled after {self._done_batches} of {len(self._batches)} batches"))
+            else:
+                try:
+                    self._queue_batch()
+                except Exception as exc:  # the queue closed between batches
+                    self._future.set_exception(exc)
 
     @property
     def uploads(self) -> int:
@@ -147,22 +223,26 @@ class LabJob(JobV1):
         """Cancel a queued job, or abort a running one. True exactly when the job ends
         CANCELLED; False when it had already finished (or was past the point of no return):
         a cancel racing completion gives one final state, never both."""
-        if self._future is None or self._future.done():
-            return False
-        return self._queue.cancel(self.job_id())
+        with self._state_lock:
+            if self._future is None or self._future.done():
+                return False
+            self._cancel_requested = True
+            last = self._done_batches == len(self._batches) - 1
+            # A batch past its point of no return still ends the job cancelled unless it is
+            # the last one: no further batch is queued.
+            return self._queue.cancel(self.job_id()) or not last
 
     def status(self) -> JobStatus:
         """QUEUED, RUNNING, DONE, ERROR or CANCELLED."""
-        f = self._future
+        with self._state_lock:
+            f, batch = self._future, self._current
         if f is None:
             return JobStatus.INITIALIZING
-        if f.cancelled():
-            return JobStatus.CANCELLED
-        if f.running():
-            return JobStatus.RUNNING
         if f.done():
             exc = f.exception()
             if exc is None:
                 return JobStatus.DONE
             return JobStatus.CANCELLED if isinstance(exc, JobCancelledError) else JobStatus.ERROR
+        if batch is not None and batch.running():
+            return JobStatus.RUNNING
         return JobStatus.QUEUED

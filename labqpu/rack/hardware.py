@@ -359,7 +359,7 @@ class LocalHardwareQueue:
                                                "(the provider was closed)")
             if job_id is not None:
                 self._jobs[job_id] = (future, cancel)
-                future.add_done_callback(lambda _f: self._forget(job_id))
+                future.add_done_callback(lambda f: self._forget(job_id, f))
             self._tasks.put((future, function, cancel))
         return future
 
@@ -414,9 +414,10 @@ class LocalHardwareQueue:
                 raise
         return out
 
-    def _forget(self, job_id: str) -> None:
+    def _forget(self, job_id: str, future: Future) -> None:
         with self._lock:
-            self._jobs.pop(job_id, None)
+            if self._jobs.get(job_id, (None,))[0] is future:  # not a later batch's entry
+                del self._jobs[job_id]
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job outright; ask a running job's controller run to abort. True

@@ -1,0 +1,96 @@
+"""Jobs longer than ``max_circuits`` run as batches (``labqpu.backend.job``): the split is
+logged before anything is sent, each batch queues when the one before it has finished (so
+another job runs between them), one Result holds every circuit in order, and a cancel stops
+the job between batches. Batch sizes are made small by setting the backend module's
+``MAX_CIRCUITS``; the controller's own ``runs_total`` counts what ran."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+import labqpu.backend.backend as backend_module
+from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InvalidRunInputError
+
+
+def runs_total(backend) -> int:
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        return int(client.status()["runs_total"])
+
+
+def flips(backend, n: int, prefix: str) -> list[QuantumCircuit]:
+    """``n`` circuits; circuit k flips the qubit when k is odd (so merged or not, each result
+    is checked against its own circuit)."""
+    out = []
+    for k in range(n):
+        qc = QuantumCircuit(1, 1, name=f"{prefix}{k}")
+        if k % 2:
+            qc.x(0)
+        qc.measure(0, 0)
+        out.append(qc)
+    return transpile(out, backend, initial_layout=[0])
+
+
+def test_a_long_job_is_split_logged_first_and_returns_every_circuit(lab_backend, caplog,
+                                                                     monkeypatch) -> None:
+    monkeypatch.setattr(backend_module, "MAX_CIRCUITS", 4)
+    circuits = flips(lab_backend, 10, "long")
+    before = runs_total(lab_backend)
+    sent_at_log: list[int] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "split into" in record.getMessage():
+                sent_at_log.append(runs_total(lab_backend))
+
+    probe = Probe()
+    logging.getLogger("labqpu.backend.job").addHandler(probe)
+    try:
+        with caplog.at_level(logging.INFO, logger="labqpu.backend.job"):
+            job = lab_backend.run(circuits, shots=200, merge_sweeps=False)
+            result = job.result(timeout=120)
+    finally:
+        logging.getLogger("labqpu.backend.job").removeHandler(probe)
+    assert job.batches == [4, 4, 2]
+    assert sent_at_log == [before]  # logged once, before the first run
+    assert "10 circuits split into 3 batches (4, 4, 2 circuits)" in caplog.text
+    assert runs_total(lab_backend) - before == 10
+    assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
+    for k in range(10):
+        counts = result.get_counts(k)
+        assert counts.get(str(k % 2), 0) / 200 > 0.8, (k, counts)
+
+
+def test_another_job_runs_between_batches(lab_backend, monkeypatch) -> None:
+    monkeypatch.setattr(backend_module, "MAX_CIRCUITS", 3)
+    long_job = lab_backend.run(flips(lab_backend, 9, "a"), shots=4000, merge_sweeps=False)
+    other = lab_backend.run(flips(lab_backend, 1, "b"), shots=100)
+    other.result(timeout=120)
+    # The other job was queued while the first batch waited or ran: it ran before the second.
+    assert long_job.status().name in ("QUEUED", "RUNNING")
+    result = long_job.result(timeout=120)
+    assert long_job.status().name == "DONE"
+    assert [r.header["name"] for r in result.results] == [f"a{k}" for k in range(9)]
+
+
+def test_cancel_stops_a_split_job_between_batches(lab_backend, monkeypatch) -> None:
+    monkeypatch.setattr(backend_module, "MAX_CIRCUITS", 2)
+    before = runs_total(lab_backend)
+    job = lab_backend.run(flips(lab_backend, 8, "c"), shots=4000, merge_sweeps=False)
+    assert job.cancel()
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=120)
+    assert job.status().name == "CANCELLED"
+    assert not job.cancel()
+    assert runs_total(lab_backend) - before <= 2  # at most the batch that had started
+
+
+def test_a_job_beyond_the_job_limit_is_refused_before_anything_is_sent(lab_backend) -> None:
+    qc = flips(lab_backend, 1, "x")[0]
+    before = runs_total(lab_backend)
+    with pytest.raises(InvalidRunInputError, match="takes at most 10000"):
+        lab_backend.run([qc] * (backend_module.MAX_JOB_CIRCUITS + 1))
+    assert runs_total(lab_backend) == before
