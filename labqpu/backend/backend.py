@@ -28,8 +28,10 @@ from labqpu.errors import (
     LabQpuError,
     PulseError,
 )
+from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS, compile_circuit
+from labqpu.pulse.gates import PulseGate, define_pulse_gate
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import split_program
 from labqpu.pulse.timing import TimingConstraints
@@ -106,6 +108,9 @@ class LabBackend(BackendV2):
         self._snapshot: Snapshot | None = None
         self._target: LabTarget | None = None
         self._rejected_snapshot: int | None = None
+        #: Pulse gates by name, then device qubits; replaced (never changed) on every change,
+        #: so a run reads one consistent set with its Target.
+        self._pulse_gates: dict[str, dict[tuple[int, ...], PulseGate]] = {}
         self._capabilities: dict[str, dict] = queue.capabilities(timeout_s=30.0)
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
@@ -163,9 +168,7 @@ class LabBackend(BackendV2):
             else:
                 snapshot = self.store.get(latest)
             try:
-                target = build_target(
-                    snapshot, self.config, self.channels.timing,
-                    feedforward_latency_samples=self.feedforward_latency_samples)
+                target = self._build_target(snapshot, self._pulse_gates)
             except (LabQpuError, ValueError, TypeError, KeyError) as exc:
                 if self._target is None:
                     raise
@@ -177,6 +180,74 @@ class LabBackend(BackendV2):
                 return
             self._target = target
             self._snapshot = snapshot
+
+    def _build_target(self, snapshot: Snapshot, pulse_gates: dict) -> LabTarget:
+        return build_target(snapshot, self.config, self.channels.timing,
+                            feedforward_latency_samples=self.feedforward_latency_samples,
+                            pulse_gates=pulse_gates)
+
+    @property
+    def pulse_gates(self) -> dict[str, dict[tuple[int, ...], PulseGate]]:
+        """The pulse gates registered on this backend, by name, then device qubits."""
+        with self._lock:
+            return {name: dict(defined) for name, defined in self._pulse_gates.items()}
+
+    def add_pulse_gate(self, name: str, definition: PulseBuilder, qubits: Sequence[int],
+                       parameters: Sequence | None = None) -> PulseGate:
+        """Register the custom gate ``name`` on device ``qubits``, played as ``definition``
+        (a builder of ``labqpu.pulse.build(backend)``); returns the gate, which makes circuit
+        instructions: ``qc.append(gate(0.3), [0])``.
+
+        The Target declares it on ``qubits`` with the definition's duration, so ``transpile``
+        keeps it (lay the circuit out on those qubits); ``run()`` plays the definition with the
+        instruction's values bound to ``parameters`` (by position; default: the definition's
+        parameters sorted by name). Defining the name again on other qubits adds a definition
+        (same number of qubits and parameters); on the same qubits it replaces it. Rules:
+        :mod:`labqpu.pulse.gates`. Raises ``PulseError`` naming the problem; nothing changes.
+        """
+        if not isinstance(definition, PulseBuilder) or \
+                definition.channels.device_name != self.config.device_name:
+            raise PulseError(f"pulse gate {name!r}: the definition must be built for "
+                             f"{self.name} (`with labqpu.pulse.build(backend) as b`)",
+                             parameter="definition")
+        gate = define_pulse_gate(name, definition, qubits, parameters,
+                                 timing=self.channels.timing)
+        self._refresh()
+        with self._lock:
+            defined = dict(self._pulse_gates.get(name, {}))
+            if defined:
+                other = next(iter(defined.values()))
+                if (len(other.qubits), [p.name for p in other.parameters]) != \
+                        (len(gate.qubits), [p.name for p in gate.parameters]):
+                    raise PulseError(
+                        f"pulse gate {name!r} is already defined on {len(other.qubits)} "
+                        f"qubit(s) with parameters {[p.name for p in other.parameters]}; a "
+                        "definition on other qubits must have the same", parameter=name)
+            defined[gate.qubits] = gate
+            gates = {**self._pulse_gates, name: defined}
+            self._target = self._build_target(self._snapshot, gates)
+            self._pulse_gates = gates
+        return gate
+
+    def remove_pulse_gate(self, name: str, qubits: Sequence[int] | None = None) -> None:
+        """Remove pulse gate ``name`` (only its definition on ``qubits``, if given) from the
+        backend and its Target; ``KeyError`` if there is no such definition."""
+        self._refresh()
+        with self._lock:
+            defined = dict(self._pulse_gates.get(name, {}))
+            key = None if qubits is None else tuple(int(q) for q in qubits)
+            if not defined or (key is not None and key not in defined):
+                raise KeyError(f"no pulse gate {name!r}"
+                               + ("" if key is None else f" on qubits {list(key)}"))
+            if key is None:
+                defined.clear()
+            else:
+                del defined[key]
+            gates = {k: v for k, v in self._pulse_gates.items() if k != name}
+            if defined:
+                gates[name] = defined
+            self._target = self._build_target(self._snapshot, gates)
+            self._pulse_gates = gates
 
     @property
     def snapshot(self) -> Snapshot:
@@ -492,7 +563,7 @@ class LabBackend(BackendV2):
         opts = self._run_options(options)
         self._refresh()
         with self._lock:
-            snapshot, target = self._snapshot, self._target
+            snapshot, target, pulse_gates = self._snapshot, self._target, self._pulse_gates
         programs = []
         for item in items:
             if isinstance(item, PulseProgram):
@@ -507,7 +578,7 @@ class LabBackend(BackendV2):
                 programs.append(compile_circuit(
                     item, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
                     feedforward_latency_samples=self.feedforward_latency_samples,
-                    reset_method=opts["reset_method"]))
+                    reset_method=opts["reset_method"], pulse_gates=pulse_gates))
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc
         parts = []  # each program's controller parts

@@ -33,6 +33,7 @@ from qiskit.providers import QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
 from labqpu.backend.gates import SYGate
+from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.tables import active_reset_possible, active_reset_samples
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
@@ -116,6 +117,7 @@ def build_target(snapshot: Snapshot, config: LabConfig,
                  timing: TimingConstraints | None = None, *,
                  feedforward_latency_samples: int | None = None,
                  reset_method: str = "active",
+                 pulse_gates: Mapping[str, Mapping[tuple[int, ...], PulseGate]] | None = None,
                  now: datetime | None = None) -> LabTarget:
     """The Target of ``config``'s device as calibrated in ``snapshot``.
 
@@ -137,6 +139,10 @@ def build_target(snapshot: Snapshot, config: LabConfig,
 
     Values older than the wiring file's age limits (:func:`age_limits`, judged at ``now``,
     default the current time) count as absent, as the module docstring says.
+
+    ``pulse_gates`` (by name, then device qubits; ``labqpu.pulse.gates``) are declared as
+    they are defined: each name once, with its parameters, on every qubit tuple it has a
+    definition for, with that definition's duration and no error.
     """
     n = config.num_qubits
     fresh = _Fresh(snapshot, age_limits(config, defaults=False), now or datetime.now(UTC))
@@ -226,4 +232,9 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     target.add_instruction(Delay(Parameter("t")), {(q,): None for q in range(n)})
     if feedforward_latency_samples is not None:
         target.add_instruction(IfElseOp, name="if_else")
+    for name, defined in sorted((pulse_gates or {}).items()):
+        first = next(iter(defined.values()))
+        target.add_instruction(first.target_gate(), {
+            qubits: InstructionProperties(duration=gate.duration_s)
+            for qubits, gate in defined.items()}, name=name)
     return target

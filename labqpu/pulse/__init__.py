@@ -4,7 +4,8 @@
 ``shift_phase`` ..., ``align_right`` ...) on qubit-relative channels (``drive(q)``,
 ``flux(q)``, ``readout(q)``, ``acquire_channel(q)``) write pulse-level programs with pulse
 shapes (``Gaussian``, ``Drag``, ``GaussianSquare``, ``FlatTop``, ``Cosine``, ``Constant``,
-``Waveform``) and ``Parameter``s; see ``docs/pulse.md``.
+``Waveform``) and ``Parameter``s; see ``docs/pulse.md``. A builder with parameters can also
+define a custom circuit gate, a ``PulseGate`` (``LabBackend.add_pulse_gate``).
 
 ``PulseProgram`` is plain data (per-channel arrays of plays, a waveform table, acquisitions,
 LO and flux-bias settings) that ``backend.run(program)`` runs directly. ``ProgramBuilder``
@@ -41,6 +42,7 @@ from labqpu.pulse.builder import (
 )
 from labqpu.pulse.channels import ChannelMap, QubitChannels
 from labqpu.pulse.compiler import compile_circuit
+from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.program import LoSetting, ProgramBuilder, PulseProgram, WaveformTable
 from labqpu.pulse.shapes import (
     Constant,
@@ -67,6 +69,7 @@ __all__ = [
     "LoSetting",
     "ProgramBuilder",
     "PulseBuilder",
+    "PulseGate",
     "PulseProgram",
     "QubitChannels",
     "Shape",

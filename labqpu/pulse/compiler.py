@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import accumulate, chain
 
 import numpy as np
@@ -34,6 +35,7 @@ from qiskit.circuit import QuantumCircuit
 from labqpu.errors import CompilationError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.dynamic import Lowered, lower_dynamic
+from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.kernels import layout_kernel
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.tables import (
@@ -156,7 +158,9 @@ RESET_METHODS = ("active", "passive")
 
 def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: ChannelMap, *,
                     scheduling_method: str = "alap", feedforward_latency_samples: int | None = None,
-                    reset_method: str = "active") -> PulseProgram:
+                    reset_method: str = "active",
+                    pulse_gates: Mapping[str, Mapping[tuple[int, ...], PulseGate]] | None = None
+                    ) -> PulseProgram:
     """Compile one transpiled circuit (physical qubits = device qubits) into a PulseProgram.
 
     ``channels`` says where each qubit's pulses are played (``LabConfig.channels`` of the
@@ -165,7 +169,8 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     capabilities; None: no feed-forward, so ``if_else`` is refused and ``reset`` is passive).
     ``reset_method``: "active" (measure, then x when the result is 1, on qubits with drive and
     readout calibration, given feed-forward; passive elsewhere) or "passive" (idle for the
-    calibrated ``reset_duration_s``).
+    calibrated ``reset_duration_s``). ``pulse_gates``: the definitions of custom pulse gates
+    by name and device qubits (``labqpu.pulse.gates``; ``LabBackend.add_pulse_gate``).
     """
     if scheduling_method not in SCHEDULING_METHODS:
         raise CompilationError(
@@ -179,11 +184,15 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
             f"{channels.device_name} has {channels.num_qubits}", circuit=circuit.name)
     tables = tables_for(snapshot, channels)
     active = reset_method == "active" and feedforward_latency_samples is not None
-    lowered = _lower(circuit, tables, _CONTROL_FLOW | {"reset"} if active else _CONTROL_FLOW)
+    pulse_gates = pulse_gates or {}
+    dynamic_names = _CONTROL_FLOW | {"reset"} if active else _CONTROL_FLOW
+    lowered = _lower(circuit, tables, dynamic_names | frozenset(pulse_gates))
     dynamic = None
+    effects, waves_of = tables.effects(), tables.waves
     if lowered is None:
         dynamic = lower_dynamic(circuit, tables, latency_samples=feedforward_latency_samples,
-                                active_reset=active)
+                                active_reset=active, pulse_gates=pulse_gates)
+        effects, waves_of = _with_local_effects(dynamic, tables)
         rows, used, measured = dynamic.rows, dynamic.used, dynamic.measured
         qptr = [0]
         qptr.extend(accumulate(map(len, dynamic.resources)))
@@ -215,10 +224,10 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
         np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64), parent, offset, block,
         num_resources, channels.num_qubits, scheduling_method == "alap",
-        tables.effects(), len(tables.waves), tables.drive_ports(), *plays, *acqs, wave_order,
+        effects, len(waves_of), tables.drive_ports(), *plays, *acqs, wave_order,
         *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
-    waves = [tables.waves[g] for g in wave_order[:n_waves].tolist()]
+    waves = [waves_of[g] for g in wave_order[:n_waves].tolist()]
     offsets = np.zeros(n_waves + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.array([w.shape[0] for w in waves], dtype=np.int64))
     start, port, wave, amp, phase, freq, play_block = (c[:n_play] for c in plays)
@@ -242,6 +251,22 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
                 "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
         snapshot_id=snapshot.snapshot_id, rack=channels.layout, **feedforward,
     )
+
+
+def _with_local_effects(dynamic: Lowered, tables: Tables) -> tuple[np.ndarray, list]:
+    """(effect table, waveforms) for the kernel: the shared tables' followed by the circuit's
+    own pulse-gate rows and waveforms, with ``dynamic.rows`` renumbered to match."""
+    effects = tables.effects()
+    waves = list(tables.waves)  # every row of ``effects`` refers to one of these
+    if not dynamic.local_rows:
+        return effects, waves
+    base_e, base_w = effects.shape[0], len(waves)
+    local = np.array(dynamic.local_rows, dtype=np.float64)
+    plays = local[:, 0] >= 0
+    local[plays, 1] = base_w - 1 - local[plays, 1]  # wave -1 - k -> base_w + k
+    dynamic.rows = [(base_e - 2 - eid if eid < -1 else eid, *rest)
+                    for eid, *rest in dynamic.rows]
+    return np.vstack([effects, local]), waves + dynamic.local_waves
 
 
 def _feedforward(dynamic: Lowered, tables: Tables, acq_qubit: np.ndarray,

@@ -35,11 +35,14 @@ the same op rows for ``kernels.layout_kernel`` plus what feed-forward needs:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from qiskit.circuit import ClassicalRegister, Clbit, QuantumCircuit
 
 from labqpu.errors import CompilationError
+from labqpu.pulse.gates import PulseGate, lower
 from labqpu.pulse.tables import (
     Tables,
     active_reset_possible,
@@ -67,6 +70,10 @@ class Lowered:
     blocks: list[tuple[int, int]] = field(default_factory=list)  # (acquisition, value)
     #: acquisition index -> True when a block reads it (a discriminator is required)
     discriminated: dict[int, bool] = field(default_factory=dict)
+    #: effect rows of this circuit's pulse gates (a row's effect -2 - j is local row j; its
+    #: ``wave`` -1 - k is local waveform k), kept out of the shared tables
+    local_rows: list[tuple] = field(default_factory=list)
+    local_waves: list[np.ndarray] = field(default_factory=list)
 
 
 def _bit_name(circuit: QuantumCircuit, bit: Clbit) -> str:
@@ -81,7 +88,10 @@ class _Reader:
     """One pass over a circuit's instructions, building a ``Lowered``."""
 
     def __init__(self, circuit: QuantumCircuit, tables: Tables, latency_samples: int | None,
-                 active_reset: bool) -> None:
+                 active_reset: bool, pulse_gates: Mapping[str, Mapping[tuple, PulseGate]]
+                 ) -> None:
+        self.pulse_gates = pulse_gates
+        self.wave_index: dict[tuple, int] = {}  # local waveform key -> index
         self.circuit = circuit
         self.tables = tables
         self.latency = latency_samples
@@ -153,6 +163,8 @@ class _Reader:
                 self.reset(qubits[0])
             elif name == "if_else":
                 self.if_else(inst, qubits)
+            elif name in self.pulse_gates:
+                self.pulse_gate(inst, qubits)
             elif name in ("while_loop", "for_loop", "switch_case", "box", "break_loop",
                           "continue_loop"):
                 self.fail(f"{name!r} on qubits {qubits} is not supported: the controller's "
@@ -166,6 +178,41 @@ class _Reader:
                 else:
                     self.touch(qubits, row)
         return self.finish()
+
+    def pulse_gate(self, inst, qubits: tuple) -> None:
+        """A pulse gate: a container row on its qubits for the definition's duration, and its
+        plays and frame changes as members at their offsets (unconditional)."""
+        name = inst.operation.name
+        gate = self.pulse_gates[name].get(qubits)
+        if gate is None:
+            self.fail(f"pulse gate {name!r} is defined on qubits "
+                      f"{sorted(self.pulse_gates[name])}, not on {qubits}", qubits, name)
+        try:
+            values = [float(v) for v in inst.operation.params]
+        except TypeError:
+            self.fail(f"pulse gate {name!r} on {qubits} has an unbound parameter; bind all "
+                      "parameters before run()", qubits, name)
+        if len(values) != len(gate.parameters):
+            self.fail(f"pulse gate {name!r} on {qubits} has {len(values)} value(s); its "
+                      f"definition takes {len(gate.parameters)}", qubits, name)
+        members, waves = lower(gate, values, self.tables, self.circuit.name)
+        local = []
+        for key, wave in waves:
+            if key not in self.wave_index:
+                self.wave_index[key] = len(self.out.local_waves)
+                self.out.local_waves.append(wave)
+            local.append(self.wave_index[key])
+        container = self.add((0, gate.duration_samples, 0.0, -1), qubits)
+        self.touch(qubits, container)
+        for member in members:
+            row = list(member.row)
+            if row[0] >= 0:  # a play: its waveform, as an index of the circuit's local ones
+                row[1] = -1 - local[-1 - int(row[1])]
+            if member.channel is not None and member.channel.kind == "readout":
+                self.out.measured.add(member.channel.qubit)  # its readout LO must be set
+            self.out.local_rows.append(tuple(row))
+            eid = -1 - len(self.out.local_rows)
+            self.add((eid, member.duration, 0.0, -1), qubits, container, member.offset)
 
     def measure(self, q: int, c: int) -> int:
         """A measurement of ``q`` into clbit ``c`` (-1: none); returns its row."""
@@ -293,7 +340,7 @@ class _Reader:
                 out.resources[i] = (q, self.nq + c)
         acquisition = 0
         for i, (eid, *_rest) in enumerate(out.rows):
-            if tables.effect_rows[eid][11] >= 0:
+            if eid >= 0 and tables.effect_rows[eid][11] >= 0:  # pulse gates do not acquire
                 if i in self.mid:
                     out.discriminated.setdefault(acquisition, False)
                 acquisition += 1
@@ -313,9 +360,11 @@ class _Reader:
 
 
 def lower_dynamic(circuit: QuantumCircuit, tables: Tables, *, latency_samples: int | None,
-                  active_reset: bool) -> Lowered:
+                  active_reset: bool,
+                  pulse_gates: Mapping[str, Mapping[tuple, PulseGate]] | None = None) -> Lowered:
     """Read ``circuit`` (physical qubits) into op rows with conditional blocks (module
     docstring). ``latency_samples``: the controller's feed-forward latency (None: it has no
     feed-forward, so if_else is refused and reset is passive); ``active_reset``: reset by
-    measurement and a conditional x where possible."""
-    return _Reader(circuit, tables, latency_samples, active_reset).read()
+    measurement and a conditional x where possible; ``pulse_gates``: the definitions of the
+    circuit's pulse gates by name and qubits (``labqpu.pulse.gates``)."""
+    return _Reader(circuit, tables, latency_samples, active_reset, pulse_gates or {}).read()

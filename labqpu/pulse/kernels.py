@@ -285,7 +285,7 @@ def discriminate(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray) -> np
 #: what an op does, whatever its gate. See ``layout_kernel``.
 EFFECT_FIELDS = ("play_port", "wave", "amp", "freq", "length", "phase_qubit", "param_qubit",
                  "shift_qubit_a", "shift_a", "shift_qubit_b", "shift_b", "acq_port",
-                 "measure", "phase_offset", "param_sign")
+                 "measure", "phase_offset", "param_sign", "phase_ramp")
 
 
 @njit(cache=True, nogil=True)
@@ -301,14 +301,16 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     parameter (0 if none), classical bit (-1 if none); the resources of op i are
     ``op_qubits[op_qptr[i]:op_qptr[i + 1]]`` (circuit qubits 0..n-1 first, the qubit of a
     measurement first among its resources; dynamic circuits add one resource per classical
-    bit). ``effects`` is a float64 (rows x 15) table with the columns of ``EFFECT_FIELDS``: a
+    bit). ``effects`` is a float64 (rows x 16) table with the columns of ``EFFECT_FIELDS``: a
     play on ``play_port`` (< 0: none) of global waveform ``wave`` at ``amp`` and ``freq`` whose
-    phase is the frame of ``phase_qubit`` (< 0: 0.0) plus ``phase_offset`` (added only when
-    non-zero); before it, the frame of ``param_qubit`` (>= 0) is shifted by minus
-    ``param_sign`` (+1 or -1, the qubit's drive handedness) times the op's parameter (virtual
-    Z); after it, the frames of ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` / ``_b``; an
-    acquisition on ``acq_port`` (>= 0) of the op's qubit into its clbit; ``measure`` marks
-    final readouts, which all start when the last gate has ended.
+    phase is the frame of ``phase_qubit`` (< 0: 0.0) plus ``phase_offset``, plus
+    ``phase_ramp`` (rad per sample) times the play's start sample (each added only when
+    non-zero; a pulse gate's frequency changes keep the carrier phase-continuous); before
+    it, the frame of ``param_qubit`` (>= 0) is shifted by minus ``param_sign`` (+1 or -1, the
+    qubit's drive handedness) times the op's parameter (virtual Z); after it, the frames of
+    ``shift_qubit_a`` / ``_b`` by minus ``shift_a`` / ``_b``; an acquisition on ``acq_port``
+    (>= 0) of the op's qubit into its clbit; ``measure`` marks final readouts, which all start
+    when the last gate has ended.
 
     Conditional ops (feed-forward): ``op_parent[i]`` >= 0 makes op i a member of the block
     container op ``op_parent[i]`` (an earlier op that occupies the block's resources for the
@@ -393,6 +395,8 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             phase = frame[phase_qubit] if phase_qubit >= 0 else 0.0
             if effects[e, 13] != 0.0:
                 phase += effects[e, 13]
+            if effects[e, 15] != 0.0:
+                phase += effects[e, 15] * starts[i]
             play_phase[n_play] = phase
             if starts[i] + int(effects[e, 4]) > last:
                 last = starts[i] + int(effects[e, 4])

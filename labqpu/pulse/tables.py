@@ -161,10 +161,12 @@ def effect_row(*, play_port: int = -1, wave: int = -1, amp: float = 0.0, freq: f
             length: int = 0, phase_qubit: int = -1, param_qubit: int = -1,
             shift_qubit_a: int = -1, shift_a: float = 0.0, shift_qubit_b: int = -1,
             shift_b: float = 0.0, acq_port: int = -1, measure: int = 0,
-            phase_offset: float = 0.0, param_sign: float = 1.0) -> tuple:
+            phase_offset: float = 0.0, param_sign: float = 1.0, phase_ramp: float = 0.0
+            ) -> tuple:
     """One row of the effect table, in the order of ``kernels.EFFECT_FIELDS``."""
     return (play_port, wave, amp, freq, length, phase_qubit, param_qubit, shift_qubit_a,
-            shift_a, shift_qubit_b, shift_b, acq_port, measure, phase_offset, param_sign)
+            shift_a, shift_qubit_b, shift_b, acq_port, measure, phase_offset, param_sign,
+            phase_ramp)
 
 
 NO_EFFECT = effect_row()

@@ -19,7 +19,7 @@ def test_the_page_has_the_promised_examples() -> None:
     assert len(blocks) >= 6
     code = "\n".join(blocks)
     for needle in ("Parameter(", "align_sequential", "align_right", 'backend("lab5")',
-                   ".draw(", "assign_parameters", "to_bytes"):
+                   ".draw(", "assign_parameters", "to_bytes", "add_pulse_gate"):
         assert needle in code, needle
 
 

@@ -1,0 +1,126 @@
+"""Pulse gates on the backend: registered gates appear in the Target with their duration,
+survive ``transpile`` at every optimization level, run on the simulator with the physics of
+the pulse they play (a Rabi of the calibrated pulse against the native x, within binomial
+error), sweep as one upload, work through ``BackendSamplerV2`` with parameter values, refuse
+bad values before anything is sent, and leave with ``remove_pulse_gate``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import Parameter
+from qiskit.primitives import BackendSamplerV2
+
+from labqpu import pulse
+from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InvalidRunInputError, PulseError
+
+Q = 2
+SHOTS = 2000
+
+
+def runs_total(backend) -> int:
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        return int(client.status()["runs_total"])
+
+
+@pytest.fixture
+def rabi(lab_backend):
+    amp = Parameter("amp")
+    with pulse.build(lab_backend, name="rabi") as b:
+        pulse.play(pulse.calibrated_drag(Q, amp=amp), pulse.drive(Q))
+    gate = lab_backend.add_pulse_gate("rabi", b, qubits=[Q])
+    yield gate
+    if "rabi" in lab_backend.pulse_gates:
+        lab_backend.remove_pulse_gate("rabi")
+
+
+def rabi_circuit(gate, value) -> QuantumCircuit:
+    qc = QuantumCircuit(1, 1)
+    qc.append(gate(value), [0])
+    qc.measure(0, 0)
+    return qc
+
+
+def p1(counts: dict) -> float:
+    return counts.get("1", 0) / sum(counts.values())
+
+
+def test_the_target_declares_it_and_transpile_keeps_it_at_every_level(lab_backend,
+                                                                       rabi) -> None:
+    target = lab_backend.target
+    assert "rabi" in target.operation_names
+    assert list(target.qargs_for_operation_name("rabi")) == [(Q,)]
+    assert target["rabi"][(Q,)].duration == pytest.approx(rabi.duration_s)
+    assert [p.name for p in target.operation_from_name("rabi").params] == ["amp"]
+    qc = rabi_circuit(rabi, 0.3)
+    qc.sx(0)
+    for level in (None, 0, 1, 2, 3):
+        out = transpile(qc, lab_backend, initial_layout=[Q], optimization_level=level)
+        gates = [inst for inst in out.data if inst.operation.name == "rabi"]
+        assert len(gates) == 1 and gates[0].operation.params == [0.3], level
+        assert out.find_bit(gates[0].qubits[0]).index == Q
+
+
+def test_a_rabi_of_pulse_gates_is_one_upload_with_the_physics_of_the_pulse(lab_backend,
+                                                                           rabi) -> None:
+    pi_amp = lab_backend.snapshot.qubits[Q]["pi_amplitude"].value
+    values = pi_amp * np.linspace(0.0, 2.0, 9)
+    circuits = transpile([rabi_circuit(rabi, v) for v in values], lab_backend,
+                         initial_layout=[Q])
+    job = lab_backend.run(circuits, shots=SHOTS)
+    result = job.result(timeout=120)
+    assert job.uploads == 1
+    measured = np.array([p1(result.get_counts(k)) for k in range(len(values))])
+    native = QuantumCircuit(1, 1)
+    native.x(0)
+    native.measure(0, 0)
+    x_p1 = p1(lab_backend.run(transpile(native, lab_backend, initial_layout=[Q]),
+                              shots=SHOTS).result(timeout=60).get_counts())
+    sigma = math.sqrt(2 * 0.25 / SHOTS)
+    assert abs(measured[4] - x_p1) < 4 * sigma + 0.01  # the calibrated pi amplitude is x
+    # Between the readout's floor and ceiling the population follows sin^2(pi a / (2 a_pi)).
+    floor, ceiling = measured[0], x_p1
+    ideal = floor + (ceiling - floor) * np.sin(np.pi * values / (2 * pi_amp)) ** 2
+    assert np.max(np.abs(measured - ideal)) < 0.06, (measured, ideal)
+
+
+def test_the_sampler_sweeps_a_parametrised_pulse_gate(lab_backend, rabi) -> None:
+    theta = Parameter("theta")
+    qc = transpile(rabi_circuit(rabi, theta), lab_backend, initial_layout=[Q])
+    pi_amp = lab_backend.snapshot.qubits[Q]["pi_amplitude"].value
+    values = np.array([[0.0], [pi_amp]])
+    sampler = BackendSamplerV2(backend=lab_backend, options={"default_shots": 1000})
+    data = sampler.run([(qc, values)]).result()[0].data
+    counts = [data[qc.cregs[0].name].get_counts(k) for k in range(2)]
+    assert p1(counts[0]) < 0.15 and p1(counts[1]) > 0.85
+
+
+def test_bad_values_are_refused_before_anything_is_sent(lab_backend, rabi) -> None:
+    before = runs_total(lab_backend)
+    loud = transpile(rabi_circuit(rabi, 5.0), lab_backend, initial_layout=[Q])
+    with pytest.raises(InvalidRunInputError, match="DAC full scale"):
+        lab_backend.run(loud)
+    with pytest.raises(InvalidRunInputError, match="non-finite"):
+        lab_backend.run(transpile(rabi_circuit(rabi, float("nan")), lab_backend,
+                                  initial_layout=[Q]))
+    assert runs_total(lab_backend) == before
+    with pytest.raises(PulseError, match="already defined on 1 qubit"):
+        with pulse.build(lab_backend) as b:
+            pulse.play(pulse.Constant(duration_samples=40, amp=0.1), pulse.flux(0))
+            pulse.play(pulse.Constant(duration_samples=40, amp=0.1), pulse.flux(1))
+        lab_backend.add_pulse_gate("rabi", b, qubits=[0, 1])
+    assert list(lab_backend.target.qargs_for_operation_name("rabi")) == [(Q,)]
+
+
+def test_remove_pulse_gate_takes_it_out_of_the_target(lab_backend, rabi) -> None:
+    circuit = transpile(rabi_circuit(rabi, 0.1), lab_backend, initial_layout=[Q])
+    lab_backend.remove_pulse_gate("rabi")
+    assert "rabi" not in lab_backend.target.operation_names
+    with pytest.raises(InvalidRunInputError, match=r"'rabi'.*is not in the Target"):
+        lab_backend.run(circuit)
+    with pytest.raises(KeyError):
+        lab_backend.remove_pulse_gate("rabi")
