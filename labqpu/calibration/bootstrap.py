@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -343,34 +343,54 @@ def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, am
                shots: int, excited: tuple[int, ...] = ()) -> dict[str, tuple[float, float]]:
     """Phase and contrast of each qubit after the flux pulse, the partner in |0> or |1>; the
     qubits ``excited`` (spectators) are put in |1> first."""
+    return _cz_phase_scan(kit, flux_q, other, duration, rise, [amp], shots, excited)[0]
+
+
+def _cz_phase_scan(kit: Kit, flux_q: int, other: int, duration: int, rise: float,
+                   amps: Sequence[float], shots: int, excited: tuple[int, ...] = ()
+                   ) -> list[dict[str, tuple[float, float]]]:
+    """:func:`_cz_phases` at each flux amplitude of ``amps``, in one job: the programs of one
+    (target, partner state, analysis phase) differ only in the amplitude, so each such run
+    of them is one upload (``labqpu.backend.merge``)."""
     progs = []
     labels = []
     for target, partner in ((other, flux_q), (flux_q, other)):
         for partner_state in (0, 1):
             for analysis_phase in (0.0, np.pi / 2):
-                b = kit.builder([flux_q, other, *excited])
-                pt = kit.work.qubits[partner]
-                tt = kit.work.qubits[target]
-                for s in excited:
-                    kit.drive(b, s, 0, kit.work.qubits[s]["pi_amplitude"])
-                t = kit.drive(b, partner, 0, pt["pi_amplitude"] if partner_state else 0.0)
-                t = kit.drive(b, target, t, tt["pi2_amplitude"])
-                t = kit.flux(b, flux_q, t, duration, rise, amp)
-                t = kit.drive(b, target, t, tt["pi2_amplitude"], analysis_phase)
-                kit.readout(b, target, t, 0)
-                progs.append(b.build(num_clbits=1))
+                for amp in amps:
+                    b = kit.builder([flux_q, other, *excited])
+                    pt = kit.work.qubits[partner]
+                    tt = kit.work.qubits[target]
+                    for s in excited:
+                        kit.drive(b, s, 0, kit.work.qubits[s]["pi_amplitude"])
+                    t = kit.drive(b, partner, 0, pt["pi_amplitude"] if partner_state else 0.0)
+                    t = kit.drive(b, target, t, tt["pi2_amplitude"])
+                    t = kit.flux(b, flux_q, t, duration, rise, amp)
+                    t = kit.drive(b, target, t, tt["pi2_amplitude"], analysis_phase)
+                    kit.readout(b, target, t, 0)
+                    progs.append(b.build(num_clbits=1))
                 labels.append((target, partner_state))
-    p1 = kit.corrected_p1(progs, shots)[:, 0]
-    out = {}
-    for k in range(0, len(progs), 2):
+    p1 = kit.corrected_p1(progs, shots)[:, 0].reshape(len(labels), len(amps))
+    out: list[dict[str, tuple[float, float]]] = [{} for _ in amps]
+    for k in range(0, len(labels), 2):
         target, state = labels[k]
-        phase, contrast = phase_from_quadratures(p1[k], p1[k + 1])
-        out[f"{target}|{state}"] = (float(phase), float(contrast))
+        for i in range(len(amps)):
+            phase, contrast = phase_from_quadratures(p1[k, i], p1[k + 1, i])
+            out[i][f"{target}|{state}"] = (float(phase), float(contrast))
     return out
 
 
 #: The T2* fringe spans this many times the previous T2*.
 RAMSEY_T2_WINDOWS = 3.0
+#: Flat-top durations (samples) the CZ calibration scans first.
+CZ_DURATIONS_SAMPLES = range(28, 48, 2)
+#: Leakage to |20> returns to ~0 only at particular durations (a full |11> <-> |20> cycle),
+#: and its minima are ~1 sample wide (lab5's edge 3-4, exact propagation: 1.6 %, 0.03 %,
+#: 1.3 % at 32, 33, 34 samples). So the durations next to the crossings that leak least are
+#: scanned too, over this half-width (full scale) around their amplitude, at
+#: CZ_NEIGHBOUR_POINTS amplitudes.
+CZ_NEIGHBOUR_SPAN = 0.008
+CZ_NEIGHBOUR_POINTS = 9
 #: Crossings of pi (duration, amplitude) whose contrast and leakage the CZ calibration
 #: measures again.
 CZ_FINALISTS = 3
@@ -388,8 +408,9 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     conditional phase of pi; each crossing's leakage (``labqpu.calibration.leakage``) is
     measured, and of the crossings within :data:`CZ_CONTRAST_SLACK` of the best partner
     contrast (what leakage and decoherence leave of the Ramsey fringe) the
-    :data:`CZ_FINALISTS` that leak least are measured again, contrast with 4x the shots and
-    leakage with 40x; the one that leaks least is kept (unless its contrast is more than the
+    :data:`CZ_FINALISTS` that leak least (with the crossings at the durations next to them,
+    :data:`CZ_NEIGHBOUR_SPAN`) are measured again, contrast with 4x the shots and leakage with
+    40x; the one that leaks least is kept (unless its contrast is more than the
     slack below another finalist's). Then the amplitude is refined by a line through the
     conditional phase around pi, and the phase corrections recorded."""
     a, b = pair
@@ -405,20 +426,13 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     crossings = []
     amps = amp0 + np.linspace(-0.03, 0.03, 25)
     scan = {"durations_samples": [], "amplitudes": amps, "conditional_phase_rad": [],
-            "contrast": []}
-    for duration in range(28, 48, 2):
-        results = [_cz_phases(kit, flux_q, other, duration, rise, amp, shots) for amp in amps]
-        cond = np.array([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results])
-        cond = np.mod(cond, 2 * np.pi)
-        contrast = np.array([r[f"{other}|1"][1] for r in results])
+            "contrast": [], "neighbours": []}
+    for duration in CZ_DURATIONS_SAMPLES:
+        cond, contrast, found = _crossings_of_pi(kit, flux_q, other, duration, rise, amps, shots)
         for key, value in (("durations_samples", duration), ("conditional_phase_rad", cond),
                            ("contrast", contrast)):
             scan[key].append(value)
-        for i in range(len(amps) - 1):
-            lo, hi = cond[i] - np.pi, cond[i + 1] - np.pi
-            if lo * hi <= 0 and abs(cond[i] - cond[i + 1]) < np.pi:
-                x = amps[i] + (amps[i + 1] - amps[i]) * lo / (lo - hi)
-                crossings.append(((contrast[i] + contrast[i + 1]) / 2, duration, float(x)))
+        crossings += found
         progress(f"  cz {pair}: {duration} samples scanned, {len(crossings)} crossings of pi")
     if not crossings:
         raise FitError("CZ: no amplitude gives a conditional phase of pi",
@@ -427,14 +441,28 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     # CZ_CONTRAST_SLACK of the best, the CZ_FINALISTS that leak least are measured again (the
     # scan's contrasts have a standard error of ~0.03, the leakage screen ~0.007), and the one
     # that leaks least is kept unless its contrast falls CZ_CONTRAST_SLACK below another's.
-    screen = candidate_leakage(kit, flux_q, other, rise, [(d, x) for _, d, x in crossings],
-                               shots * 4)
-    scan["crossings"] = [[c, d, x, leak] for (c, d, x), (leak, _) in zip(crossings, screen,
-                                                                          strict=True)]
-    best = max(c for c, _, _ in crossings)
-    eligible = sorted((leak, d, x) for (c, d, x), (leak, _) in zip(crossings, screen, strict=True)
-                      if c >= best - CZ_CONTRAST_SLACK)
-    finalists = [(d, x) for _, d, x in eligible[:CZ_FINALISTS]]
+    # Before that, the durations next to the least-leaking crossings join the candidates.
+    screen = [leak for leak, _ in candidate_leakage(
+        kit, flux_q, other, rise, [(d, x) for _, d, x in crossings], shots * 4)]
+    scanned = set(CZ_DURATIONS_SAMPLES)
+    added = []
+    for _, d, x in _eligible(crossings, screen)[:CZ_FINALISTS]:
+        for near in (d - 1, d + 1):
+            if near in scanned or near <= 2 * rise:
+                continue
+            scanned.add(near)
+            local = x + np.linspace(-CZ_NEIGHBOUR_SPAN, CZ_NEIGHBOUR_SPAN, CZ_NEIGHBOUR_POINTS)
+            cond, contrast, found = _crossings_of_pi(kit, flux_q, other, near, rise, local, shots)
+            scan["neighbours"].append([near, local, cond, contrast])
+            added += found
+    if added:
+        crossings += added
+        screen += [leak for leak, _ in candidate_leakage(
+            kit, flux_q, other, rise, [(d, x) for _, d, x in added], shots * 4)]
+        progress(f"  cz {pair}: {len(added)} crossings next to the least leaking")
+    scan["crossings"] = [[c, d, x, leak] for (c, d, x), leak in zip(crossings, screen,
+                                                                     strict=True)]
+    finalists = [(d, x) for _, d, x in _eligible(crossings, screen)[:CZ_FINALISTS]]
     leakage = candidate_leakage(kit, flux_q, other, rise, finalists, shots * 40)
     remeasured = [(_cz_phases(kit, flux_q, other, d, rise, x, shots * 4)[f"{other}|1"][1],
                    leak, d, x) for (d, x), (leak, _) in zip(finalists, leakage, strict=True)]
@@ -444,6 +472,32 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
                                      key=lambda r: r[1])
     _finish_cz(kit, pair, flux_q, other, duration, rise, amp, shots, scan,
                span=CZ_FINAL_SPAN, within=False)
+
+
+def _crossings_of_pi(kit: Kit, flux_q: int, other: int, duration: int, rise: float,
+                     amps: np.ndarray, shots: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """The conditional phase (rad, in [0, 2 pi)) and partner contrast at each of ``amps`` for a
+    flat top of ``duration`` samples, and the crossings of pi between neighbouring amplitudes
+    as (contrast, duration, amplitude), the amplitude interpolated linearly."""
+    results = _cz_phase_scan(kit, flux_q, other, duration, rise, amps, shots)
+    cond = np.mod(np.array([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results]),
+                  2 * np.pi)
+    contrast = np.array([r[f"{other}|1"][1] for r in results])
+    found = []
+    for i in range(len(amps) - 1):
+        lo, hi = cond[i] - np.pi, cond[i + 1] - np.pi
+        if lo * hi <= 0 and abs(cond[i] - cond[i + 1]) < np.pi:
+            x = amps[i] + (amps[i + 1] - amps[i]) * lo / (lo - hi)
+            found.append(((contrast[i] + contrast[i + 1]) / 2, duration, float(x)))
+    return cond, contrast, found
+
+
+def _eligible(crossings: list, screen: list[float]) -> list[tuple[float, int, float]]:
+    """(leakage, duration, amplitude) of the crossings within CZ_CONTRAST_SLACK of the best
+    contrast, least leakage first."""
+    best = max(c for c, _, _ in crossings)
+    return sorted((leak, d, x) for (c, d, x), leak in zip(crossings, screen, strict=True)
+                  if c >= best - CZ_CONTRAST_SLACK)
 
 
 def refine_cz(kit: Kit, pair: tuple[int, int], shots: int) -> None:
