@@ -4,9 +4,9 @@ per-op compiler produced before its speed work (commit 7272db6, measured on this
 reference machine, numba 0.68 / glibc libm).
 
 The programs are compiled from the shipped snapshot, so a new shipped snapshot re-pins them
-(last: 2026-11-30 09:58 UTC, the snapshot bootstrapped again on the current physics, its
-readout measured again by the joint frequency-amplitude node and its frequencies and T2* by the
-ramsey node; the compiler was not changed). Otherwise, a change here
+(last: 2026-11-30 15:10 UTC, the snapshot's CZs calibrated again with the durations next to
+the least-leaking crossings scanned too, and its gate errors measured again by RB; the
+compiler was not changed). Otherwise, a change here
 means the compiler's *output* changed, not just its speed. If that is intended (a new
 feature, a different schedule), re-pin with ``python tests/pulse/test_compiler_pinned.py``
 and say why in the commit. If only the waveform samples differ (see the second assertion),
@@ -98,18 +98,18 @@ CASES = {
 #: qubit's measured ``drive_handedness`` (-1 on lab5: rz and sy play phases changed sign; with
 #: +1 on every qubit the structure hashes are exactly the previous pins).
 PINNED = {
-    "idle_alap": ("ed80b3d68a17af07662227a324366104465865acd2adb325b28301926830de36",
-        "329dc9b28adcf088bf4990de9545ce7cd04800cbbdf431ac904a506fe5cddc7a"),
-    "layers40_alap": ("b406ce3a5093adc2d0fa3989a907f8a694ada06ce6da1f7cca571cf1c1f8faa7",
-        "f0e517a0f66093bcfe7172b3aa6a212ef32931549263214b1fcd039307cfc0a0"),
-    "layers8_alap": ("82e46b6e88272da44b4e1cbc1498300c0a2668d8c5806a2ae8cd3afd42b3e35d",
-        "e5d5ee713ae747a386a5127ef75533bbee4776b79df1739077ace4ad9442fc02"),
-    "layers8_asap": ("bc716607e487fad8c4877ec0dcfa6aaca04397f7caad0a6c07e0fe3275a5627d",
-        "df6d91ea2ff9e1d5ca0cdbca54603a01ba15f408403c7282cfe84914c558c9a6"),
-    "mixed_alap": ("be7c840fff003bebf97f034011653f730869c25b3d941c598e8b72af975eeb65",
-        "ba092ff9fdfa3a26bddac8ccd516236d480050bf8e5e0ed4bae50f64658aa46a"),
-    "mixed_asap": ("1a1fb3bab557b114dcb4cdcf340d89748dde173a891c35020321b04dbfa4c9fa",
-        "51f406159f663a43b4e9306fd27c644c690dec779cb632c0e10825c4a8fc1cde"),
+    "idle_alap": ("2a319af64db82f2c75a3bdb64b428c0ea6d8a201f9cb74ec2dec1ebfb6acac3c",
+        "c3dfb52732b5653f7317a3ff0ea0a6b299bbb23e997798c01d1d13424628f78d"),
+    "layers40_alap": ("82638dd6f706a7173c18c39606f72a48c78cc7742ae0252c14bdd3eed692aca2",
+        "94d449516f6f22f7238dc79e77fc76feea7d1e1a3d4574fa694f589407aeb626"),
+    "layers8_alap": ("191bcac4cef29dfc3b813274a5d0b8006e50f0f6bf8579c0fcde6048fa355134",
+        "798252df5037d1b101453c0628fd47fbbad243a9ee303af2aa8158ba2dceb5f7"),
+    "layers8_asap": ("262c568efcaeeb6de2d19c135a9286efbf66b53c4e56183c5b9ab189c8b883a2",
+        "7dd4b876c5c68345e35065c46d2eee0ded2a8643df4066b723d913d8908eb5da"),
+    "mixed_alap": ("74ea780bc35df5f0819b268a7bc448a74f408d5e48ee8f017ecd50374be13f85",
+        "7c33014d136977907558440adcc7d936ccb33db3174c0febe020c4e8730c69ac"),
+    "mixed_asap": ("14237fadafbb44640aa93dcda378ad15f8a275c043b9ffc9dd0b5d46c1726ed8",
+        "dca7dec1f101a1395945f0deb0023548d524ad61541723e60d917e09efe8cb59"),
 }
 
 
