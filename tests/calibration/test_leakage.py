@@ -134,6 +134,5 @@ def test_cz_leakage_matches_exact_propagation(tmp_path, monkeypatch) -> None:
         assert abs(value - reference[1]) <= 3 * stderr + 1e-3, (pair, value, stderr, reference)
         leaked = np.asarray(record["raw"]["series"]["leaked"])
         assert np.all(np.abs(leaked - reference) <= 4 * stderr + 3e-3), (pair, leaked, reference)
-        if pair == (3, 4):  # its CZ swaps ~1.2 % into |20> and back on the next pulse
-            assert reference[1] > 0.008 and reference[2] < 0.002, reference
-            assert leaked[1] > 0.008 and leaked[2] < 0.004, leaked
+        # The shipped CZs were chosen for low leakage (issue "Calibration": < 1 % per CZ).
+        assert reference[1] < 0.01 and value < 0.01, (pair, value, reference)
