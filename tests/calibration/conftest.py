@@ -9,6 +9,10 @@ from importlib import resources
 
 import numpy as np
 import pytest
+import scipy.linalg
+
+from labqpu.calibration.leakage import LEAKAGE_REPEATS
+from labqpu.pulse.kernels import flat_top
 
 
 def dressed_levels(truth: dict, flux_bias_a: dict[int, float]) -> Callable[[tuple], float]:
@@ -65,3 +69,75 @@ def truth() -> dict:
 def exact_levels() -> Callable:
     """:func:`dressed_levels`."""
     return dressed_levels
+
+
+def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
+               ) -> tuple[np.ndarray, float]:
+    """Leaked population after n = 0 ... LEAKAGE_REPEATS CZs of the snapshot's CZ on
+    ``pair`` (exact propagation of the chain around the edge), the pulse zero-padded to a
+    multiple of ``grid`` samples; and the pulse's conditional phase (rad, in [0, 2 pi)):
+    arg(U_11 U_00 / (U_01 U_10)) on the dressed states, spectators in |0>."""
+    p = {k: v.value for k, v in snapshot.pairs[pair].items()}
+    flux_q = p["cz_flux_qubit"]
+    other = pair[1] if flux_q == pair[0] else pair[0]
+    chain = list(range(max(0, min(pair) - 1), min(len(device.qubits), max(pair) + 2)))
+    k = len(chain)
+    a = np.diag(np.sqrt([1.0, 2.0]), 1)
+    ladders = []
+    for i in range(k):
+        op = np.ones((1, 1))
+        for j in range(k):
+            op = np.kron(op, a if i == j else np.eye(3))
+        ladders.append(op)
+    numbers = [x.T @ x for x in ladders]
+    own = {j: t.phi0_per_ampere * (snapshot.qubits[j]["flux_bias_a"].value
+                                   - t.sweet_spot_current_a)
+           for j, t in enumerate(device.qubits)}
+    phi = dict(own)
+    for (i, j), m in device.crosstalk.flux.items():
+        phi[i] += m * own[j]
+    idle = {q: device.qubits[q].frequency_hz(phi[q]) for q in chain}
+    frame = 5.5e9
+
+    def hamiltonian(shift_hz: float) -> np.ndarray:
+        h = sum((idle[q] - frame + (shift_hz if q == flux_q else 0.0)) * numbers[i]
+                + 0.5 * device.qubits[q].anharmonicity_hz * (numbers[i] @ numbers[i] - numbers[i])
+                for i, q in enumerate(chain))
+        for i in range(k - 1):
+            g = device.coupling_hz(chain[i], chain[i + 1])
+            h = h + g * (ladders[i].T @ ladders[i + 1] + ladders[i + 1].T @ ladders[i])
+        return h
+
+    duration = round(p["cz_duration_s"] * 1e9)
+    wave = flat_top(duration, p["cz_rise_s"] * 1e9).real * p["cz_amplitude"]
+    wave = np.concatenate([wave, np.zeros(-duration % grid)])
+    u = np.eye(3 ** k, dtype=complex)
+    truth = device.qubits[flux_q]
+    for x in wave:
+        shift = truth.frequency_hz(phi[flux_q] + device.flux_line_phi0_per_amplitude * x) \
+            - idle[flux_q]
+        u = scipy.linalg.expm(-2j * np.pi * hamiltonian(shift) * 1e-9) @ u
+    _, vectors = np.linalg.eigh(hamiltonian(0.0))
+    dressed = {int(label): vectors[:, i]
+               for i, label in enumerate(np.argmax(np.abs(vectors), axis=0))}
+    levels = np.indices((3,) * k).reshape(k, -1)
+    start = sum(3 ** (k - 1 - chain.index(q)) for q in pair)
+    partner_excited = np.array([dressed[s] for s in range(3 ** k)
+                                if levels[chain.index(other), s] == 1])
+    psi = dressed[start].astype(complex)
+    out = []
+    for _ in range(LEAKAGE_REPEATS + 1):
+        out.append(1.0 - float(np.sum(np.abs(partner_excited.conj() @ psi) ** 2)))
+        psi = u @ psi
+    diagonal = {qs: complex(dressed[sum(3 ** (k - 1 - chain.index(q)) for q in qs)].conj()
+                            @ u @ dressed[sum(3 ** (k - 1 - chain.index(q)) for q in qs)])
+                for qs in ((), (pair[0],), (pair[1],), pair)}
+    conditional = np.angle(diagonal[pair] * diagonal[()]
+                           / (diagonal[(pair[0],)] * diagonal[(pair[1],)]))
+    return np.array(out), float(np.mod(conditional, 2 * np.pi))
+
+
+@pytest.fixture(scope="session")
+def exact_cz() -> Callable:
+    """:func:`cz_reference`: exact leakage curve and conditional phase of a snapshot's CZ."""
+    return cz_reference

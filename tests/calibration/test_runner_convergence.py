@@ -10,6 +10,8 @@ qubits must find both errors by its checks and recalibrate until:
 * the pi amplitude within 0.5 % of the optimum, found here by an error-amplifying scan (seven
   pi pulses in a row) independent of the runner's analysis (the runner's fine amplitude node
   aims at 0.2 %; the scan here is good to about 0.1 %);
+* the CZ on edge 1-2: conditional phase pi within 3 deg and leakage < 1 %, by exact
+  propagation of its pulse (``conftest.cz_reference``);
 * GHZ-3 >= 0.90 through ``BackendSamplerV2`` at Qiskit's default optimization level;
 * Bell on the affected edge no worse than with the shipped calibration, measured in the same
   test (both are readout-limited near 0.95, so a fixed bar would test the readout's luck).
@@ -31,6 +33,7 @@ from labqpu.calibration import run_graph
 from labqpu.calibration.bootstrap import load_design
 from labqpu.calibration.experiments import Kit, project, sweep
 from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.firmware_sim.device import load_device
 from labqpu.store import SnapshotBuilder
 
 pytestmark = pytest.mark.slow
@@ -84,7 +87,8 @@ def ghz3(backend) -> float:
     return (counts.get("000", 0) + counts.get("111", 0)) / 8000
 
 
-def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, exact_levels):
+def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, exact_levels,
+                                                exact_cz):
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     with LabProvider() as provider:
         backend = provider.backend()
@@ -125,6 +129,11 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
             best = optimum_pi_amplitude(backend, final, q)
             print(f"qubit {q}: pi amplitude {pi:.5f}, optimum {best:.5f}")
             assert abs(pi / best - 1) < 0.005, (q, pi, best)
+        leaked, conditional = exact_cz(load_device("lab5"), final, (1, 2),
+                                       backend.channels.timing.grid)
+        print(f"CZ 1-2: conditional phase {np.degrees(conditional):.2f} deg, leakage "
+              f"{leaked[1]:.4f} (exact propagation)")
+        assert abs(np.degrees(conditional) - 180.0) < 3.0 and leaked[1] < 0.01
         after = bell(backend, (1, 2))
         print(f"Bell on 1-2: {after:.4f} after, {reference:.4f} with the shipped calibration")
         # 20 000 shots each: the difference has a standard error of 0.002.
