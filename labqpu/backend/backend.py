@@ -215,8 +215,9 @@ class LabBackend(BackendV2):
         self._refresh()
         with self._lock:
             defined = dict(self._pulse_gates.get(name, {}))
-            if defined:
-                other = next(iter(defined.values()))
+            elsewhere = [g for qubits, g in defined.items() if qubits != gate.qubits]
+            if elsewhere:
+                other = elsewhere[0]
                 if (len(other.qubits), [p.name for p in other.parameters]) != \
                         (len(gate.qubits), [p.name for p in gate.parameters]):
                     raise PulseError(
@@ -264,7 +265,8 @@ class LabBackend(BackendV2):
     @property
     def max_circuits(self) -> int:
         """Circuits per batch. ``run()`` takes up to ``MAX_JOB_CIRCUITS`` (10 000) and splits a
-        longer list into batches of at most this many, logged before anything is sent; each
+        longer list into batches of at most this many (a merged sweep is one run, never split),
+        logged before anything is sent; each
         batch queues when the one before it has finished, so other jobs may run between
         them. Clients that split by ``max_circuits`` themselves (qiskit-experiments,
         ``BackendSamplerV2``, mthree) send batch-sized jobs."""

@@ -37,7 +37,8 @@ from qiskit.dagcircuit import DAGCircuit
 from qiskit.passmanager import ConditionalController
 from qiskit.synthesis import OneQubitEulerDecomposer
 from qiskit.transpiler import PassManager, Target
-from qiskit.transpiler.basepasses import TransformationPass
+from qiskit.transpiler.basepasses import AnalysisPass, TransformationPass
+from qiskit.transpiler.exceptions import TranspilerError
 from qiskit.transpiler.passes import (
     ALAPScheduleAnalysis,
     ConstrainedReschedule,
@@ -52,6 +53,7 @@ from qiskit.transpiler.preset_passmanagers.plugin import PassManagerStagePlugin
 
 from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
+from labqpu.pulse.gates import RESERVED_NAMES
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
 PULSE_GATES = frozenset({"sx", "sy", "x", "cz"})
@@ -141,6 +143,30 @@ def synthesize_1q(unitary: np.ndarray, available: frozenset[str],
 
 def _gate(name: str, angle: float) -> Gate:
     return {"rz": lambda: RZGate(angle), "sx": SXGate, "sy": SYGate, "x": XGate}[name]()
+
+
+class PulseGatePlacement(AnalysisPass):
+    """Stops a transpilation whose layout put a pulse gate (``LabBackend.add_pulse_gate``) on
+    qubits it has no definition for, with a ``TranspilerError`` that says where it is defined;
+    Qiskit's synthesis would otherwise fail with "unable to synthesize". A pulse gate is a
+    pulse program on particular qubits: lay the circuit out with ``initial_layout``."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__()
+        self.target = target
+
+    def run(self, dag: DAGCircuit) -> None:
+        for node in dag.op_nodes():
+            name = node.op.name
+            if name in RESERVED_NAMES or name not in self.target.operation_names:
+                continue
+            qargs = tuple(dag.find_bit(q).index for q in node.qargs)
+            if not self.target.instruction_supported(name, qargs):
+                defined = sorted(self.target.qargs_for_operation_name(name) or ())
+                raise TranspilerError(
+                    f"pulse gate {name!r} landed on physical qubits {qargs}, but it is defined "
+                    f"only on {defined}; lay the circuit out so that it lands there "
+                    "(transpile(..., initial_layout=...)), or define it on these qubits too")
 
 
 class PulseEfficient1q(TransformationPass):
@@ -293,12 +319,13 @@ class LabTranslationPlugin(PassManagerStagePlugin):
             hls_config=cfg.hls_config, qubits_initially_zero=cfg.qubits_initially_zero)
         if cfg.target is None:
             return translate
+        placement = PulseGatePlacement(cfg.target)
         if optimization_level == 0:
             # Gate by gate, before the translator: each written gate keeps its own pulses.
-            return PassManager([PulseEfficient1q(cfg.target, merge=False),
+            return PassManager([placement, PulseEfficient1q(cfg.target, merge=False),
                                 translate.to_flow_controller()])
-        translate.append(PulseEfficient1q(cfg.target))
-        return translate
+        return PassManager([placement, translate.to_flow_controller(),
+                            PulseEfficient1q(cfg.target)])
 
 
 class IdleDynamicalDecoupling(PadDynamicalDecoupling):

@@ -22,6 +22,10 @@
 * ``delay`` plays nothing; a delay after which its qubit does nothing more (a scheduler's
   padding) is dropped, so it cannot hold back the readout. ``reset`` is passive: the qubit
   is left idle for the calibrated thermalisation time (several T1).
+* A **pulse gate** (``labqpu.pulse.gates``) is read by ``dynamic.lower_dynamic`` as a container
+  on its qubits for its duration, with its plays and frame changes as members at their
+  offsets; their effect rows and waveforms are the circuit's own, appended to the shared
+  tables' for the kernel and never stored in them.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 controller's feed-forward (docs/protocol.md section 4.5).
 
 The compiler reads a circuit with ``compiler._lower`` first; a circuit with ``if_else``, an
-active ``reset`` or an operation after a measurement of its qubit is read again here, into
-the same op rows for ``kernels.layout_kernel`` plus what feed-forward needs:
+active ``reset``, a pulse gate or an operation after a measurement of its qubit is read again
+here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward needs:
 
 * **Resources.** Each circuit qubit and each classical bit is a resource of the scheduler
   (qubit q is resource q, clbit c is resource ``num_qubits + c``). A measurement followed by
@@ -311,7 +311,8 @@ class _Reader:
             qubits = tuple(local[q] for q in inst.qubits)
             if name not in _BRANCH_OPS:
                 self.fail(f"{name!r} on qubits {qubits} inside an if_else branch is not "
-                          "supported: branches hold gates, delays and barriers only "
+                          "supported: branches hold native gates (rz, sx, sy, x, cz), delays "
+                          "and barriers only; not pulse gates, measurements or resets "
                           "(acquisitions are unconditional and conditional blocks do not nest)",
                           qubits, name)
             start = max((avail.get(q, 0) for q in qubits), default=0)

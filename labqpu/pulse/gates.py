@@ -7,7 +7,7 @@
         pulse.play(pulse.Drag(duration_samples=40, sigma_samples=10, beta_samples=0.3,
                               amp=amp), pulse.drive(0))
     rabi = backend.add_pulse_gate("rabi", b, qubits=[0])
-    qc.append(rabi(0.25), [0])          # a qiskit Gate "rabi" with the value 0.25
+    qc.append(rabi(0.25), [0])          # an instruction "rabi" with the value 0.25
 
 The backend puts the gate in its Target on those qubits, with the definition's duration, so
 ``transpile`` keeps it and Qiskit's scheduling passes see its length; the compiler plays the
@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from qiskit.circuit import Gate, Parameter, ParameterExpression
+from qiskit.circuit import Instruction, Parameter, ParameterExpression
 from qiskit.circuit.library import get_standard_gate_name_mapping
 
 from labqpu.errors import CompilationError, PulseError
@@ -94,18 +94,22 @@ class PulseGate:
         """How long the gate lasts (s)."""
         return self.duration_samples / self.sample_rate_hz
 
-    def __call__(self, *values: float | ParameterExpression) -> Gate:
-        """The circuit instruction with ``values`` for ``parameters`` (by position)."""
+    def __call__(self, *values: float | ParameterExpression) -> Instruction:
+        """The circuit instruction with ``values`` for ``parameters`` (by position): an opaque
+        ``Instruction`` on ``len(qubits)`` qubits. Not a ``Gate``: Qiskit's optimisation passes
+        (2-qubit block consolidation at levels 2-3) compute the matrix of every gate next to a
+        2-qubit gate, and a pulse gate has none, so as an ``Instruction`` they leave it alone
+        and optimise around it."""
         if len(values) != len(self.parameters):
             raise PulseError(
                 f"pulse gate {self.name!r} takes {len(self.parameters)} value(s) "
                 f"({', '.join(p.name for p in self.parameters) or 'none'}), got {len(values)}",
                 parameter=self.name)
-        return Gate(self.name, len(self.qubits), list(values))
+        return Instruction(self.name, len(self.qubits), 0, list(values))
 
-    def target_gate(self) -> Gate:
+    def target_gate(self) -> Instruction:
         """The gate as the Target declares it: its parameters unbound."""
-        return Gate(self.name, len(self.qubits), list(self.parameters))
+        return Instruction(self.name, len(self.qubits), 0, list(self.parameters))
 
 
 def define_pulse_gate(name: str, definition: PulseBuilder, qubits: Sequence[int],
@@ -169,7 +173,8 @@ def _parameters(name: str, definition: PulseBuilder,
     if set(given) != set(used):
         raise PulseError(
             f"pulse gate {name!r}: parameters {[p.name for p in given]} do not match the "
-            f"definition's {sorted(p.name for p in used)}", parameter="parameters")
+            f"definition's {sorted(p.name for p in used)} (give the same Parameter objects "
+            "the definition uses)", parameter="parameters")
     return given
 
 

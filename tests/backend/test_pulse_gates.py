@@ -56,13 +56,30 @@ def test_the_target_declares_it_and_transpile_keeps_it_at_every_level(lab_backen
     assert list(target.qargs_for_operation_name("rabi")) == [(Q,)]
     assert target["rabi"][(Q,)].duration == pytest.approx(rabi.duration_s)
     assert [p.name for p in target.operation_from_name("rabi").params] == ["amp"]
-    qc = rabi_circuit(rabi, 0.3)
+    with pulse.build(lab_backend) as b:  # a 2-qubit pulse gate on edge (Q, Q + 1)
+        pulse.play(pulse.Constant(duration_samples=40, amp=0.05), pulse.flux(Q))
+        pulse.play(pulse.calibrated_drag(Q + 1), pulse.drive(Q + 1))
+    pair_gate = lab_backend.add_pulse_gate("kick", b, qubits=[Q, Q + 1])
+    qc = QuantumCircuit(2, 2)
+    qc.append(rabi(0.3), [0])
+    qc.cx(0, 1)  # 2-qubit block consolidation (levels 2-3) must leave pulse gates alone
+    qc.append(pair_gate(), [0, 1])
+    qc.cx(1, 0)
     qc.sx(0)
-    for level in (None, 0, 1, 2, 3):
-        out = transpile(qc, lab_backend, initial_layout=[Q], optimization_level=level)
-        gates = [inst for inst in out.data if inst.operation.name == "rabi"]
-        assert len(gates) == 1 and gates[0].operation.params == [0.3], level
-        assert out.find_bit(gates[0].qubits[0]).index == Q
+    qc.measure([0, 1], [0, 1])
+    try:
+        for level in (None, 0, 1, 2, 3):
+            out = transpile(qc, lab_backend, initial_layout=[Q, Q + 1], optimization_level=level)
+            gates = [inst for inst in out.data if inst.operation.name == "rabi"]
+            assert len(gates) == 1 and gates[0].operation.params == [0.3], level
+            assert out.find_bit(gates[0].qubits[0]).index == Q
+            (kick,) = [inst for inst in out.data if inst.operation.name == "kick"]
+            assert [out.find_bit(q).index for q in kick.qubits] == [Q, Q + 1], level
+            assert out.count_ops()["cz"] == 2, level
+        with pytest.raises(Exception, match=r"'rabi' landed on physical qubits \(0,\).*initial_l"):
+            transpile(rabi_circuit(rabi, 0.3), lab_backend, initial_layout=[0])
+    finally:
+        lab_backend.remove_pulse_gate("kick")
 
 
 def test_a_rabi_of_pulse_gates_is_one_upload_with_the_physics_of_the_pulse(lab_backend,
@@ -114,6 +131,17 @@ def test_bad_values_are_refused_before_anything_is_sent(lab_backend, rabi) -> No
             pulse.play(pulse.Constant(duration_samples=40, amp=0.1), pulse.flux(1))
         lab_backend.add_pulse_gate("rabi", b, qubits=[0, 1])
     assert list(lab_backend.target.qargs_for_operation_name("rabi")) == [(Q,)]
+
+
+def test_a_definition_on_the_same_qubits_replaces_the_old_one(lab_backend, rabi) -> None:
+    amp, phase = Parameter("amp"), Parameter("phase")
+    with pulse.build(lab_backend) as b:
+        pulse.play(pulse.calibrated_drag(Q, amp=amp, angle_rad=phase), pulse.drive(Q))
+    replaced = lab_backend.add_pulse_gate("rabi", b, qubits=[Q])
+    assert [p.name for p in replaced.parameters] == ["amp", "phase"]
+    assert lab_backend.pulse_gates["rabi"] == {(Q,): replaced}
+    assert [p.name for p in lab_backend.target.operation_from_name("rabi").params] == [
+        "amp", "phase"]
 
 
 def test_remove_pulse_gate_takes_it_out_of_the_target(lab_backend, rabi) -> None:
