@@ -346,22 +346,12 @@ def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, am
     return _cz_phase_scan(kit, flux_q, other, duration, rise, [amp], shots, excited)[0]
 
 
-def idle_conditional_phase(kit: Kit, flux_q: int, other: int, shots: int) -> float:
-    """The conditional phase (rad, in [-pi, pi)) the CZ's Ramsey measures with no flux pulse
-    at all: what the static ZZ adds while the analysis pulses play (about 2 pi ZZ x one pulse
-    length, 4-6 deg on lab5). The CZ calibration subtracts it, so that the pulse itself gives
-    a conditional phase of pi; without it the calibrated CZs fell 4-9 deg short (exact
-    propagation of the pulse, lab5)."""
-    phases = _cz_phases(kit, flux_q, other, 0, 0.0, 0.0, shots)
-    return float(np.angle(np.exp(1j * (phases[f"{other}|1"][0] - phases[f"{other}|0"][0]))))
-
-
 def _cz_phase_scan(kit: Kit, flux_q: int, other: int, duration: int, rise: float,
                    amps: Sequence[float], shots: int, excited: tuple[int, ...] = ()
                    ) -> list[dict[str, tuple[float, float]]]:
     """:func:`_cz_phases` at each flux amplitude of ``amps``, in one job: the programs of one
     (target, partner state, analysis phase) differ only in the amplitude, so each such run
-    of them is one upload (``labqpu.backend.merge``). ``duration`` 0: no flux pulse."""
+    of them is one upload (``labqpu.backend.merge``)."""
     progs = []
     labels = []
     for target, partner in ((other, flux_q), (flux_q, other)):
@@ -375,8 +365,7 @@ def _cz_phase_scan(kit: Kit, flux_q: int, other: int, duration: int, rise: float
                         kit.drive(b, s, 0, kit.work.qubits[s]["pi_amplitude"])
                     t = kit.drive(b, partner, 0, pt["pi_amplitude"] if partner_state else 0.0)
                     t = kit.drive(b, target, t, tt["pi2_amplitude"])
-                    if duration:
-                        t = kit.flux(b, flux_q, t, duration, rise, amp)
+                    t = kit.flux(b, flux_q, t, duration, rise, amp)
                     t = kit.drive(b, target, t, tt["pi2_amplitude"], analysis_phase)
                     kit.readout(b, target, t, 0)
                     progs.append(b.build(num_clbits=1))
@@ -408,9 +397,6 @@ CZ_FINALISTS = 3
 #: How far below the best partner contrast a CZ candidate may be and still be chosen for its
 #: lower leakage.
 CZ_CONTRAST_SLACK = 0.05
-#: Shots of :func:`idle_conditional_phase`, as a multiple of the node's (its phase difference's
-#: standard error is then ~1 deg).
-CZ_IDLE_SHOTS = 16
 #: Half-width (full scale) of the amplitudes around the chosen crossing that fix its amplitude.
 CZ_FINAL_SPAN = 0.002
 #: Half-width (full scale) of the amplitudes around the calibrated CZ that a refinement tries.
@@ -439,12 +425,10 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     rise = 5.0
     crossings = []
     amps = amp0 + np.linspace(-0.03, 0.03, 25)
-    idle = idle_conditional_phase(kit, flux_q, other, shots * CZ_IDLE_SHOTS)
     scan = {"durations_samples": [], "amplitudes": amps, "conditional_phase_rad": [],
-            "contrast": [], "neighbours": [], "idle_conditional_rad": idle}
+            "contrast": [], "neighbours": []}
     for duration in CZ_DURATIONS_SAMPLES:
-        cond, contrast, found = _crossings_of_pi(kit, flux_q, other, duration, rise, amps, shots,
-                                                 idle)
+        cond, contrast, found = _crossings_of_pi(kit, flux_q, other, duration, rise, amps, shots)
         for key, value in (("durations_samples", duration), ("conditional_phase_rad", cond),
                            ("contrast", contrast)):
             scan[key].append(value)
@@ -468,8 +452,7 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
                 continue
             scanned.add(near)
             local = x + np.linspace(-CZ_NEIGHBOUR_SPAN, CZ_NEIGHBOUR_SPAN, CZ_NEIGHBOUR_POINTS)
-            cond, contrast, found = _crossings_of_pi(kit, flux_q, other, near, rise, local,
-                                                     shots, idle)
+            cond, contrast, found = _crossings_of_pi(kit, flux_q, other, near, rise, local, shots)
             scan["neighbours"].append([near, local, cond, contrast])
             added += found
     if added:
@@ -488,18 +471,16 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     contrast, _, duration, amp = min((r for r in remeasured if r[0] >= top - CZ_CONTRAST_SLACK),
                                      key=lambda r: r[1])
     _finish_cz(kit, pair, flux_q, other, duration, rise, amp, shots, scan,
-               span=CZ_FINAL_SPAN, within=False, idle=idle)
+               span=CZ_FINAL_SPAN, within=False)
 
 
 def _crossings_of_pi(kit: Kit, flux_q: int, other: int, duration: int, rise: float,
-                     amps: np.ndarray, shots: int, idle: float
-                     ) -> tuple[np.ndarray, np.ndarray, list]:
-    """The conditional phase of the pulse (rad, in [0, 2 pi): measured minus ``idle``, see
-    :func:`idle_conditional_phase`) and partner contrast at each of ``amps`` for a flat top of
-    ``duration`` samples, and the crossings of pi between neighbouring amplitudes as
-    (contrast, duration, amplitude), the amplitude interpolated linearly."""
+                     amps: np.ndarray, shots: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """The conditional phase (rad, in [0, 2 pi)) and partner contrast at each of ``amps`` for a
+    flat top of ``duration`` samples, and the crossings of pi between neighbouring amplitudes
+    as (contrast, duration, amplitude), the amplitude interpolated linearly."""
     results = _cz_phase_scan(kit, flux_q, other, duration, rise, amps, shots)
-    cond = np.mod(np.array([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results]) - idle,
+    cond = np.mod(np.array([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results]),
                   2 * np.pi)
     contrast = np.array([r[f"{other}|1"][1] for r in results])
     found = []
@@ -531,26 +512,23 @@ def refine_cz(kit: Kit, pair: tuple[int, int], shots: int) -> None:
     p = kit.work.pairs[(lo_q, hi_q)]
     flux_q = int(p["cz_flux_qubit"])
     other = hi_q if flux_q == lo_q else lo_q
-    idle = idle_conditional_phase(kit, flux_q, other, shots * CZ_IDLE_SHOTS)
     _finish_cz(kit, pair, flux_q, other, kit.samples(p["cz_duration_s"]),
                p["cz_rise_s"] * kit.fs, p["cz_amplitude"], shots,
-               {"refined_from": p["cz_amplitude"], "idle_conditional_rad": idle},
-               span=CZ_REFINE_SPAN, within=True, old_contrast=p.get("cz_conditional_contrast"),
-               idle=idle)
+               {"refined_from": p["cz_amplitude"]}, span=CZ_REFINE_SPAN, within=True,
+               old_contrast=p.get("cz_conditional_contrast"))
 
 
 def _finish_cz(kit: Kit, pair: tuple[int, int], flux_q: int, other: int, duration: int,
                rise: float, amp: float, shots: int, scan: dict, *, span: float,
-               within: bool, idle: float, old_contrast: float | None = None) -> float:
+               within: bool, old_contrast: float | None = None) -> float:
     """The amplitude of the pulse (``duration`` samples, ``rise`` samples) refined by a line
-    through the conditional phase (measured minus ``idle``, :func:`idle_conditional_phase`) at
-    9 amplitudes within +-``span`` of ``amp`` (``within``:
+    through the conditional phase at 9 amplitudes within +-``span`` of ``amp`` (``within``:
     the crossing must lie in them), the phase corrections measured, recorded and set; returns
     the contrast. ``FitError`` when the contrast is more than CZ_CONTRAST_SLACK below
     ``old_contrast``."""
     amps = amp + np.linspace(-span, span, 9)
     results = [_cz_phases(kit, flux_q, other, duration, rise, x, shots * 2) for x in amps]
-    cond = np.unwrap([r[f"{other}|1"][0] - r[f"{other}|0"][0] - idle for r in results])
+    cond = np.unwrap([r[f"{other}|1"][0] - r[f"{other}|0"][0] for r in results])
     cond = np.mod(cond, 2 * np.pi) - np.pi  # conditional phase - pi, in [-pi, pi)
     amp, amp_err, line = zero_crossing(amps, cond, f"edge {pair} CZ amplitude",
                                        within=within)

@@ -26,12 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labqpu.calibration.bootstrap import (
-    _cz_phases,
-    _prepared_readouts,
-    _ramsey_frequency,
-    idle_conditional_phase,
-)
+from labqpu.calibration.bootstrap import _cz_phases, _prepared_readouts, _ramsey_frequency
 from labqpu.calibration.experiments import Kit, assignment, fit_curve, project, sweep
 from labqpu.errors import FitError
 
@@ -179,8 +174,7 @@ def check_cz(kit: Kit, pair: tuple[int, int], shots: int, tolerance_rad: float) 
     duration = kit.samples(p["cz_duration_s"])
     phases = _cz_phases(kit, flux_q, other, duration, p["cz_rise_s"] * kit.fs,
                         p["cz_amplitude"], shots)
-    idle = idle_conditional_phase(kit, flux_q, other, shots)
-    conditional = phases[f"{other}|1"][0] - phases[f"{other}|0"][0] - idle
+    conditional = phases[f"{other}|1"][0] - phases[f"{other}|0"][0]
     deviations = [wrap(conditional - np.pi),
                   wrap(phases[f"{lo}|0"][0] + p["cz_phase_a_rad"]),
                   wrap(phases[f"{hi}|0"][0] + p["cz_phase_b_rad"])]

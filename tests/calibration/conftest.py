@@ -72,11 +72,15 @@ def exact_levels() -> Callable:
 
 
 def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
-               ) -> tuple[np.ndarray, float]:
+               ) -> tuple[np.ndarray, float, float]:
     """Leaked population after n = 0 ... LEAKAGE_REPEATS CZs of the snapshot's CZ on
     ``pair`` (exact propagation of the chain around the edge), the pulse zero-padded to a
-    multiple of ``grid`` samples; and the pulse's conditional phase (rad, in [0, 2 pi)):
-    arg(U_11 U_00 / (U_01 U_10)) on the dressed states, spectators in |0>."""
+    multiple of ``grid`` samples; the pulse's own conditional phase (rad, in [0, 2 pi)):
+    arg(U_11 U_00 / (U_01 U_10)) on the dressed states, spectators in |0>; and the conditional
+    phase the CZ calibration aims at pi: the pulse's plus what the static ZZ adds during one
+    pulse length of the partner's drive (its Ramsey's analysis pulses, half of each; in a
+    circuit, the neighbouring gates' pulses), -2 pi ZZ t_pulse with ZZ = E11 - E10 - E01 + E00
+    of the same Hamiltonian."""
     p = {k: v.value for k, v in snapshot.pairs[pair].items()}
     flux_q = p["cz_flux_qubit"]
     other = pair[1] if flux_q == pair[0] else pair[0]
@@ -117,9 +121,10 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
         shift = truth.frequency_hz(phi[flux_q] + device.flux_line_phi0_per_amplitude * x) \
             - idle[flux_q]
         u = scipy.linalg.expm(-2j * np.pi * hamiltonian(shift) * 1e-9) @ u
-    _, vectors = np.linalg.eigh(hamiltonian(0.0))
-    dressed = {int(label): vectors[:, i]
-               for i, label in enumerate(np.argmax(np.abs(vectors), axis=0))}
+    energies, vectors = np.linalg.eigh(hamiltonian(0.0))
+    labels = np.argmax(np.abs(vectors), axis=0)
+    dressed = {int(label): vectors[:, i] for i, label in enumerate(labels)}
+    energy = {int(label): energies[i] for i, label in enumerate(labels)}
     levels = np.indices((3,) * k).reshape(k, -1)
     start = sum(3 ** (k - 1 - chain.index(q)) for q in pair)
     partner_excited = np.array([dressed[s] for s in range(3 ** k)
@@ -129,15 +134,20 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
     for _ in range(LEAKAGE_REPEATS + 1):
         out.append(1.0 - float(np.sum(np.abs(partner_excited.conj() @ psi) ** 2)))
         psi = u @ psi
-    diagonal = {qs: complex(dressed[sum(3 ** (k - 1 - chain.index(q)) for q in qs)].conj()
-                            @ u @ dressed[sum(3 ** (k - 1 - chain.index(q)) for q in qs)])
-                for qs in ((), (pair[0],), (pair[1],), pair)}
+    index = {qs: sum(3 ** (k - 1 - chain.index(q)) for q in qs)
+             for qs in ((), (pair[0],), (pair[1],), pair)}
+    diagonal = {qs: complex(dressed[i].conj() @ u @ dressed[i]) for qs, i in index.items()}
     conditional = np.angle(diagonal[pair] * diagonal[()]
                            / (diagonal[(pair[0],)] * diagonal[(pair[1],)]))
-    return np.array(out), float(np.mod(conditional, 2 * np.pi))
+    zz_hz = (energy[index[pair]] - energy[index[(pair[0],)]] - energy[index[(pair[1],)]]
+             + energy[index[()]])
+    t_pulse = snapshot.qubits[other]["pulse_duration_s"].value
+    in_context = conditional - 2 * np.pi * zz_hz * t_pulse
+    return (np.array(out), float(np.mod(conditional, 2 * np.pi)),
+            float(np.mod(in_context, 2 * np.pi)))
 
 
 @pytest.fixture(scope="session")
 def exact_cz() -> Callable:
-    """:func:`cz_reference`: exact leakage curve and conditional phase of a snapshot's CZ."""
+    """:func:`cz_reference`: exact leakage curve and conditional phases of a snapshot's CZ."""
     return cz_reference

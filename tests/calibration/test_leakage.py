@@ -10,7 +10,9 @@ after n CZs is 1 - P(partner in |1>), starting from the dressed |11> with the sp
 measurement, not in the reference: the node's waits-for-CZs subtraction and readout
 correction must remove them.
 
-The same propagation gives each shipped CZ's conditional phase, which must be pi within 3 deg.
+The same propagation gives each shipped CZ's conditional phase, which must be pi within 3 deg
+once the static ZZ of one pulse length is added (what the calibration aims at, see
+``conftest.cz_reference``).
 
 Tolerances: one CZ within 3 standard errors (the node's own, binomial) plus 0.001 (what the
 reference leaves out); the whole curve, n = 0 ... 8, within 4 of the point's standard errors
@@ -69,14 +71,16 @@ def test_cz_leakage_matches_exact_propagation(tmp_path, monkeypatch, exact_cz) -
         pair = tuple(int(q) for q in record["subject"].removeprefix("edge (")
                      .removesuffix(")").split(", "))
         value, stderr = record["values"]["cz_leakage"]
-        reference, conditional = exact_cz(device, snapshot, pair, grid)
+        reference, own, in_context = exact_cz(device, snapshot, pair, grid)
         print(f"edge {pair}: cz_leakage {value:.4f} +- {stderr:.4f}, exact {reference[1]:.4f}; "
-              f"conditional phase {np.degrees(conditional):.2f} deg")
+              f"conditional phase {np.degrees(in_context):.2f} deg "
+              f"(the pulse alone {np.degrees(own):.2f})")
         assert snapshot.pairs[pair]["cz_leakage"].value == value
         assert abs(value - reference[1]) <= 3 * stderr + 1e-3, (pair, value, stderr, reference)
         leaked = np.asarray(record["raw"]["series"]["leaked"])
         assert np.all(np.abs(leaked - reference) <= 4 * stderr + 3e-3), (pair, leaked, reference)
         # The shipped CZs were calibrated for low leakage and a conditional phase of pi (issue
-        # "Calibration": < 1 % per CZ, within 3 deg).
+        # "Calibration": < 1 % per CZ, within 3 deg), counting the static ZZ of one pulse
+        # length that the calibration folds into the CZ (docs/calibration.md, item 10).
         assert reference[1] < 0.01 and value < 0.01, (pair, value, reference)
-        assert abs(np.degrees(conditional) - 180.0) < 3.0, (pair, np.degrees(conditional))
+        assert abs(np.degrees(in_context) - 180.0) < 3.0, (pair, np.degrees(in_context))

@@ -10,8 +10,9 @@ qubits must find both errors by its checks and recalibrate until:
 * the pi amplitude within 0.5 % of the optimum, found here by an error-amplifying scan (seven
   pi pulses in a row) independent of the runner's analysis (the runner's fine amplitude node
   aims at 0.2 %; the scan here is good to about 0.1 %);
-* the CZ on edge 1-2: conditional phase pi within 3 deg and leakage < 1 %, by exact
-  propagation of its pulse (``conftest.cz_reference``);
+* the CZ on edge 1-2: conditional phase pi within 3 deg (with the static ZZ of one pulse
+  length the calibration folds in) and leakage < 1 %, by exact propagation of its pulse
+  (``conftest.cz_reference``);
 * GHZ-3 >= 0.90 through ``BackendSamplerV2`` at Qiskit's default optimization level;
 * Bell on the affected edge no worse than with the shipped calibration, measured in the same
   test (both are readout-limited near 0.95, so a fixed bar would test the readout's luck).
@@ -129,8 +130,8 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
             best = optimum_pi_amplitude(backend, final, q)
             print(f"qubit {q}: pi amplitude {pi:.5f}, optimum {best:.5f}")
             assert abs(pi / best - 1) < 0.005, (q, pi, best)
-        leaked, conditional = exact_cz(load_device("lab5"), final, (1, 2),
-                                       backend.channels.timing.grid)
+        leaked, _, conditional = exact_cz(load_device("lab5"), final, (1, 2),
+                                          backend.channels.timing.grid)
         print(f"CZ 1-2: conditional phase {np.degrees(conditional):.2f} deg, leakage "
               f"{leaked[1]:.4f} (exact propagation)")
         assert abs(np.degrees(conditional) - 180.0) < 3.0 and leaked[1] < 0.01

@@ -4,9 +4,9 @@ per-op compiler produced before its speed work (commit 7272db6, measured on this
 reference machine, numba 0.68 / glibc libm).
 
 The programs are compiled from the shipped snapshot, so a new shipped snapshot re-pins them
-(last: 2026-11-30 15:25 UTC, the snapshot's CZs calibrated again with the durations next to
-the least-leaking crossings scanned too and the idle conditional phase subtracted, and its
-gate errors measured again by RB; the compiler was not changed). Otherwise, a change here
+(last: 2026-11-30 15:10 UTC, the snapshot's CZs calibrated again with the durations next to
+the least-leaking crossings scanned too, and its gate errors measured again by RB; the
+compiler was not changed). Otherwise, a change here
 means the compiler's *output* changed, not just its speed. If that is intended (a new
 feature, a different schedule), re-pin with ``python tests/pulse/test_compiler_pinned.py``
 and say why in the commit. If only the waveform samples differ (see the second assertion),
@@ -98,18 +98,18 @@ CASES = {
 #: qubit's measured ``drive_handedness`` (-1 on lab5: rz and sy play phases changed sign; with
 #: +1 on every qubit the structure hashes are exactly the previous pins).
 PINNED = {
-    "idle_alap": ("31d6eb1a17c0d10ad447ceeac2691bad05517c5f0f9b80c6f9ba64196fb76a2d",
-        "b9a420347b816baac48bf56960596c50c5ae52b4d59d0668348251d0f4d5b00c"),
-    "layers40_alap": ("4ac455ab01abf9d9da987cf149d357c2f8c3ae3885d1efde179091cf1e6cea2d",
-        "ddae6db4472ecebcd1eab35e7bd3b02d735726a90145bfd4aef4c5cd912a02f8"),
-    "layers8_alap": ("50df573d3d53417e39228feb126aaf847978fcf66044746430275bbac5f22dd0",
-        "23c52f3ce69a948f6c58940edfa08e387f9490f9e357fd22ce5ff6db8b5eae8a"),
-    "layers8_asap": ("10e5381f896515a78c819cab8b8ae626d24dedbcbe390d2ae10b8cf574a57adf",
-        "87f1f28aa30c3ea8838b7692297f36a280d2203e75a97d1c656411d53f07d43a"),
-    "mixed_alap": ("896dd9328c64a24a2ffa88253202b8f83eb9dbf5d489bd66e0ba37870cbda8d2",
-        "7de303c394eabcb0e03d90db1d46c360e65369784b44a3a9be8300aa830cdeab"),
-    "mixed_asap": ("a1e0eb8ee07ffa3fc4b946761967f96db23df7910affcd4c3f6a2c09b1f50850",
-        "e0a8812ffb34dcc55469aa4186dfa506b7e3c54e6c2acdb081ae8f732b8da9cb"),
+    "idle_alap": ("2a319af64db82f2c75a3bdb64b428c0ea6d8a201f9cb74ec2dec1ebfb6acac3c",
+        "c3dfb52732b5653f7317a3ff0ea0a6b299bbb23e997798c01d1d13424628f78d"),
+    "layers40_alap": ("82638dd6f706a7173c18c39606f72a48c78cc7742ae0252c14bdd3eed692aca2",
+        "94d449516f6f22f7238dc79e77fc76feea7d1e1a3d4574fa694f589407aeb626"),
+    "layers8_alap": ("191bcac4cef29dfc3b813274a5d0b8006e50f0f6bf8579c0fcde6048fa355134",
+        "798252df5037d1b101453c0628fd47fbbad243a9ee303af2aa8158ba2dceb5f7"),
+    "layers8_asap": ("262c568efcaeeb6de2d19c135a9286efbf66b53c4e56183c5b9ab189c8b883a2",
+        "7dd4b876c5c68345e35065c46d2eee0ded2a8643df4066b723d913d8908eb5da"),
+    "mixed_alap": ("74ea780bc35df5f0819b268a7bc448a74f408d5e48ee8f017ecd50374be13f85",
+        "7c33014d136977907558440adcc7d936ccb33db3174c0febe020c4e8730c69ac"),
+    "mixed_asap": ("14237fadafbb44640aa93dcda378ad15f8a275c043b9ffc9dd0b5d46c1726ed8",
+        "dca7dec1f101a1395945f0deb0023548d524ad61541723e60d917e09efe8cb59"),
 }
 
 
