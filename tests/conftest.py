@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+import numpy as np
 import pytest
 
 from labqpu.rack.config import default_config_path, load_config
@@ -45,3 +46,22 @@ def store(tmp_path_factory, export):
 def snapshot(store):
     """The shipped snapshot as the store returns it."""
     return store.get(1)
+
+
+def three_level_ladders(k: int) -> list[np.ndarray]:
+    """The lowering operator of each of ``k`` three-level transmons on their product space
+    (transmon 0 the most significant factor): the exact references' building block."""
+    lowering = np.diag(np.sqrt([1.0, 2.0]), 1)
+    out = []
+    for i in range(k):
+        op = np.ones((1, 1))
+        for j in range(k):
+            op = np.kron(op, lowering if i == j else np.eye(3))
+        out.append(op)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ladders():
+    """:func:`three_level_ladders`, for the exact references written in the tests."""
+    return three_level_ladders

@@ -225,10 +225,13 @@ class LabBackend(BackendV2):
                         f"qubit(s) with parameters {[p.name for p in other.parameters]}; a "
                         "definition on other qubits must have the same", parameter=name)
             defined[gate.qubits] = gate
-            gates = {**self._pulse_gates, name: defined}
-            self._target = self._build_target(self._snapshot, gates)
-            self._pulse_gates = gates
+            self._set_pulse_gates({**self._pulse_gates, name: defined})
         return gate
+
+    def _set_pulse_gates(self, gates: dict) -> None:
+        """Replace the pulse gates and the Target with them together (``_lock`` held)."""
+        self._target = self._build_target(self._snapshot, gates)
+        self._pulse_gates = gates
 
     def remove_pulse_gate(self, name: str, qubits: Sequence[int] | None = None) -> None:
         """Remove pulse gate ``name`` (only its definition on ``qubits``, if given) from the
@@ -247,8 +250,7 @@ class LabBackend(BackendV2):
             gates = {k: v for k, v in self._pulse_gates.items() if k != name}
             if defined:
                 gates[name] = defined
-            self._target = self._build_target(self._snapshot, gates)
-            self._pulse_gates = gates
+            self._set_pulse_gates(gates)
 
     @property
     def snapshot(self) -> Snapshot:

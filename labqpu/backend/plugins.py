@@ -154,11 +154,14 @@ class PulseGatePlacement(AnalysisPass):
     def __init__(self, target: Target) -> None:
         super().__init__()
         self.target = target
+        self.names = frozenset(target.operation_names) - RESERVED_NAMES  # the pulse gates
 
     def run(self, dag: DAGCircuit) -> None:
+        if not self.names:
+            return
         for node in dag.op_nodes():
             name = node.op.name
-            if name in RESERVED_NAMES or name not in self.target.operation_names:
+            if name not in self.names:
                 continue
             qargs = tuple(dag.find_bit(q).index for q in node.qargs)
             if not self.target.instruction_supported(name, qargs):

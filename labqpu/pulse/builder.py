@@ -51,7 +51,6 @@ The model:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
@@ -62,6 +61,7 @@ from qiskit.circuit import Parameter, ParameterExpression
 
 from labqpu.errors import PulseError
 from labqpu.pulse.channels import ChannelMap
+from labqpu.pulse.frames import advance_frame, frame_frequency_hz
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
 from labqpu.pulse.shapes import (
     Bindings,
@@ -512,12 +512,7 @@ class PulseBuilder:
 
     def default_frequency_hz(self, channel: Channel) -> float:
         """The frame frequency ``channel`` starts at (Hz, IF relative to its LO)."""
-        q = channel.qubit
-        if channel.kind == "drive":
-            return self._cal(q, "frequency_hz") - self._cal(q, "drive_lo_frequency_hz")
-        if channel.kind in ("readout", "acquire"):
-            return self._cal(q, "readout_frequency_hz") - self._cal(q, "readout_lo_frequency_hz")
-        return 0.0
+        return frame_frequency_hz(channel, self._cal)
 
     # -------------------------------------------------------------- the program
 
@@ -605,16 +600,9 @@ class PulseBuilder:
                     (drive_qubits if leaf.channel.kind == "drive" else readout_qubits).add(
                         leaf.channel.qubit)
             elif isinstance(leaf, _Frame):
-                f = frame(leaf.channel)
-                value = require_number(leaf.value, f"{leaf.op} on {leaf.channel}")
-                if leaf.op == "shift_phase":
-                    f[1] += value
-                elif leaf.op == "set_phase":
-                    f[1] = value
-                else:
-                    new = f[0] + value if leaf.op == "shift_frequency" else value
-                    f[2] += 2.0 * math.pi * (f[0] - new) * start / fs
-                    f[0] = new
+                advance_frame(frame(leaf.channel), leaf.op,
+                              require_number(leaf.value, f"{leaf.op} on {leaf.channel}"),
+                              start, fs)
             elif isinstance(leaf, _Play):
                 self._emit_play(b, leaf, start, frame(leaf.channel), swept)
                 if leaf.channel.kind == "drive":

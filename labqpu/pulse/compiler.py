@@ -261,9 +261,9 @@ def _with_local_effects(dynamic: Lowered, tables: Tables) -> tuple[np.ndarray, l
     """(effect table, waveforms) for the kernel: the shared tables' followed by the circuit's
     own pulse-gate rows and waveforms, with ``dynamic.rows`` renumbered to match."""
     effects = tables.effects()
-    waves = list(tables.waves)  # every row of ``effects`` refers to one of these
     if not dynamic.local_rows:
-        return effects, waves
+        return effects, tables.waves
+    waves = list(tables.waves)  # every row of ``effects`` refers to one of these
     base_e, base_w = effects.shape[0], len(waves)
     local = np.array(dynamic.local_rows, dtype=np.float64)
     plays = local[:, 0] >= 0

@@ -56,6 +56,7 @@ from labqpu.pulse.builder import (
     _Play,
     _schedule,
 )
+from labqpu.pulse.frames import advance_frame, frame_frequency_hz
 from labqpu.pulse.tables import Tables, effect_row
 from labqpu.pulse.timing import TimingConstraints
 
@@ -231,14 +232,16 @@ def lower(gate: PulseGate, values: Sequence[float], tables: Tables, circuit_name
     bindings = dict(zip(gate.parameters, values, strict=True))
     fs = gate.sample_rate_hz
     channels = tables.channels
-    frames: dict = {}  # channel -> [frequency (Hz), phase (rad), continuity constant (rad)]
+    frames: dict = {}  # channel -> [frequency (Hz), phase (rad), continuity (rad)]
+    defaults: dict = {}  # channel -> frame frequency at the gate's start (Hz)
     members: list[Member] = []
     waves: dict[tuple, int] = {}
     local_waves: list[tuple[tuple, np.ndarray]] = []
 
     def frame(channel) -> list[float]:
         if channel not in frames:
-            frames[channel] = [_default_frequency(tables, channel), 0.0, 0.0]
+            defaults[channel] = frame_frequency_hz(channel, tables.cal.qubit)
+            frames[channel] = [defaults[channel], 0.0, 0.0]
         return frames[channel]
 
     for start, leaf in gate.leaves:
@@ -252,12 +255,8 @@ def lower(gate: PulseGate, values: Sequence[float], tables: Tables, circuit_name
                 if bound.op == "shift_phase" and bound.channel.kind == "drive":
                     members.append(Member(effect_row(shift_qubit_a=bound.channel.qubit,
                                                      shift_a=-value), start, 0))
-                elif bound.op in ("shift_phase", "set_phase"):
-                    f[1] = f[1] + value if bound.op == "shift_phase" else value
                 else:
-                    new = f[0] + value if bound.op == "shift_frequency" else value
-                    f[2] += 2.0 * math.pi * (f[0] - new) * start / fs
-                    f[0] = new
+                    advance_frame(f, bound.op, value, start, fs)
                 continue
             shape = bound.shape
             amp = float(shape.amp)
@@ -283,7 +282,7 @@ def lower(gate: PulseGate, values: Sequence[float], tables: Tables, circuit_name
                 instruction=gate.name)
         # The continuity term 2 pi (f0 - f) t_change / fs of every frequency change, with
         # t_change = gate start + its offset: a constant plus ramp x (the play's start).
-        ramp = 2.0 * math.pi * (_default_frequency(tables, channel) - f[0]) / fs
+        ramp = 2.0 * math.pi * (defaults[channel] - f[0]) / fs
         constant = f[1] + f[2] + float(shape.angle_rad) - ramp * start
         on_drive = channel.kind == "drive"
         port = channels.output(getattr(channels.qubits[channel.qubit], channel.kind))
@@ -292,14 +291,4 @@ def lower(gate: PulseGate, values: Sequence[float], tables: Tables, circuit_name
             phase_qubit=channel.qubit if on_drive else -1, phase_offset=constant,
             phase_ramp=ramp), start, envelope.shape[0], channel))
     return members, local_waves
-
-
-def _default_frequency(tables: Tables, channel) -> float:
-    """The frame frequency (Hz, IF) ``channel`` starts at, from the compilation's snapshot."""
-    q, cal = channel.qubit, tables.cal
-    if channel.kind == "drive":
-        return cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
-    if channel.kind == "readout":
-        return cal.qubit(q, "readout_frequency_hz") - cal.qubit(q, "readout_lo_frequency_hz")
-    return 0.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import tomllib
 from collections.abc import Callable
@@ -71,8 +72,9 @@ def exact_levels() -> Callable:
     return dressed_levels
 
 
-def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
-               ) -> tuple[np.ndarray, float, float]:
+def cz_reference(device, snapshot, pair: tuple[int, int], grid: int, *,
+                 ladders: Callable[[int], list[np.ndarray]]
+                 ) -> tuple[np.ndarray, float, float]:
     """Leaked population after n = 0 ... LEAKAGE_REPEATS CZs of the snapshot's CZ on
     ``pair`` (exact propagation of the chain around the edge), the pulse zero-padded to a
     multiple of ``grid`` samples; the pulse's own conditional phase (rad, in [0, 2 pi)):
@@ -86,14 +88,8 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
     other = pair[1] if flux_q == pair[0] else pair[0]
     chain = list(range(max(0, min(pair) - 1), min(len(device.qubits), max(pair) + 2)))
     k = len(chain)
-    a = np.diag(np.sqrt([1.0, 2.0]), 1)
-    ladders = []
-    for i in range(k):
-        op = np.ones((1, 1))
-        for j in range(k):
-            op = np.kron(op, a if i == j else np.eye(3))
-        ladders.append(op)
-    numbers = [x.T @ x for x in ladders]
+    lowering = ladders(k)
+    numbers = [x.T @ x for x in lowering]
     own = {j: t.phi0_per_ampere * (snapshot.qubits[j]["flux_bias_a"].value
                                    - t.sweet_spot_current_a)
            for j, t in enumerate(device.qubits)}
@@ -109,7 +105,7 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
                 for i, q in enumerate(chain))
         for i in range(k - 1):
             g = device.coupling_hz(chain[i], chain[i + 1])
-            h = h + g * (ladders[i].T @ ladders[i + 1] + ladders[i + 1].T @ ladders[i])
+            h = h + g * (lowering[i].T @ lowering[i + 1] + lowering[i + 1].T @ lowering[i])
         return h
 
     duration = round(p["cz_duration_s"] * 1e9)
@@ -148,6 +144,6 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int
 
 
 @pytest.fixture(scope="session")
-def exact_cz() -> Callable:
+def exact_cz(ladders) -> Callable:
     """:func:`cz_reference`: exact leakage curve and conditional phases of a snapshot's CZ."""
-    return cz_reference
+    return functools.partial(cz_reference, ladders=ladders)
