@@ -74,6 +74,7 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
     runs: list[Run] = []
     group: list[tuple[PulseProgram, PulseProgram]] = []  # (what would be uploaded, program)
     structure = ""
+    enabled = enabled and len(programs) > 1  # one program has nothing to merge with
 
     def flush() -> None:
         if group:
