@@ -13,6 +13,7 @@ channel through ``numpy.tensordot``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -52,15 +53,17 @@ def _left_apply_kernel(x, u, row_ctrl, row_tgt, row_base, tgt_off):
 
 
 @njit(cache=True, nogil=True)
-def _band_channel_kernel(x, s, a_dim, b_dim):
-    """In place: rho -> S(rho) on one transmon of the flattened density matrix ``x`` (length
-    d^2, d = 3 a_dim b_dim, row-major; the transmon's level is the middle digit of a row or
-    column index (a, level, b), ``a_dim`` = 3^position, ``b_dim`` = 3^(transmons after it)).
+def _band_channel_kernel(x, s, a_dim, b_dim, ca_dim, cb_dim):
+    """In place: rho -> S(rho) on one transmon of the flattened density matrix ``x`` (d rows
+    of e entries, row-major, d = 3 a_dim b_dim, e = 3 ca_dim cb_dim; the transmon's level is
+    the middle digit of a row index (a, level, b) and of a column index (ca, level, cb):
+    ``a_dim`` = 3^(row digits before it), ``b_dim`` = 3^(row digits after it), ``ca_dim`` and
+    ``cb_dim`` the same for the column digits; equal to a_dim, b_dim for a square matrix).
     ``s`` (9, 9) is the row-major superoperator (entry 3 i + j of vec(rho)) and must conserve
     i - j: only s[3i+j, 3k+l] with i - j = k - l are read (the others must be 0)."""
-    d = a_dim * 3 * b_dim
-    rs = b_dim * d  # one level step of the row index
-    cs = b_dim  # one level step of the column index
+    e = ca_dim * 3 * cb_dim
+    rs = b_dim * e  # one level step of the row index
+    cs = cb_dim  # one level step of the column index
     s00, s04, s08 = s[0, 0], s[0, 4], s[0, 8]
     s40, s44, s48 = s[4, 0], s[4, 4], s[4, 8]
     s80, s84, s88 = s[8, 0], s[8, 4], s[8, 8]
@@ -69,10 +72,10 @@ def _band_channel_kernel(x, s, a_dim, b_dim):
     s66, s22 = s[6, 6], s[2, 2]
     for a in range(a_dim):
         for b in range(b_dim):
-            row = (a * 3 * b_dim + b) * d
-            for a2 in range(a_dim):
-                col = row + a2 * 3 * b_dim
-                for b2 in range(b_dim):
+            row = (a * 3 * b_dim + b) * e
+            for a2 in range(ca_dim):
+                col = row + a2 * 3 * cb_dim
+                for b2 in range(cb_dim):
                     k = col + b2
                     x00 = x[k]
                     x11 = x[k + rs + cs]
@@ -207,14 +210,70 @@ def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] 
 
 
 class DensityMatrix:
-    """Density matrix of ``n`` three-level qubits as a tensor with 2n axes (rows, then columns)."""
+    """Density matrix of ``n`` three-level qubits (positions 0..n-1, first most significant).
 
-    def __init__(self, populations: list[np.ndarray]) -> None:
+    Positions in ``diagonal`` are spectators held by their populations only: their state stays
+    diagonal (nothing drives or hybridises them; they relax, dephase and shift their neighbours
+    by ZZ), so the state is the mixture sum_k p_k |k><k| (x) rho_k over their levels k, and each
+    costs a factor 3 instead of 9. ``tensor`` has one row axis per position (in order), then
+    one column axis per position that is not diagonal: with no spectators, the usual 2n axes.
+    Operators act on the other positions and may be conditioned on the spectators' levels.
+    """
+
+    def __init__(self, populations: list[np.ndarray], diagonal: tuple[int, ...] = ()) -> None:
         self.n = len(populations)
+        #: Positions held by their populations only (sorted).
+        self.diagonal = tuple(sorted(diagonal))
+        #: The other positions, which carry coherences (sorted).
+        self.active = tuple(p for p in range(self.n) if p not in self.diagonal)
         rho = np.ones((1, 1), dtype=complex)
-        for p in populations:
-            rho = np.kron(rho, np.diag(p).astype(complex))
-        self.tensor = rho.reshape([LEVELS] * (2 * self.n))
+        for i, p in enumerate(populations):
+            factor = p[:, None] if i in self.diagonal else np.diag(p)
+            rho = np.kron(rho, factor.astype(complex))
+        self.tensor = rho.reshape([LEVELS] * (self.n + len(self.active)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the matrix the tensor flattens to: 3^n, 3^(active positions)."""
+        return LEVELS**self.n, LEVELS ** len(self.active)
+
+    def column_axis(self, position: int) -> int:
+        """The tensor axis of ``position``'s column level (``position`` must not be diagonal)."""
+        return self.n + self.active.index(position)
+
+    def copy(self) -> DensityMatrix:
+        """An independent copy."""
+        out = copy.copy(self)
+        out.tensor = self.tensor.copy()
+        return out
+
+    def _check_targets(self, targets: list[int]) -> None:
+        held = sorted(set(targets) & set(self.diagonal))
+        if held:
+            raise ValueError(f"positions {held} are held diagonal: an operator cannot act on "
+                             "them")
+
+    def _batched(self, x: np.ndarray) -> np.ndarray:
+        """The (3^n, 3^a) matrix ``x`` as the stack (3^s, 3^a, 3^a) over the diagonal
+        positions' levels (a view when possible)."""
+        s = len(self.diagonal)
+        t = x.reshape([LEVELS] * self.n + [-1])
+        t = np.moveaxis(t, self.diagonal, range(s))
+        a = LEVELS ** len(self.active)
+        return t.reshape(LEVELS**s, a, a)
+
+    def _unbatched(self, b: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`_batched`, as a C-contiguous (3^n, 3^a) matrix."""
+        s = len(self.diagonal)
+        t = b.reshape([LEVELS] * self.n + [-1])
+        t = np.moveaxis(t, range(s), self.diagonal)
+        return np.ascontiguousarray(t).reshape(self.shape)
+
+    def _adjoint(self, x: np.ndarray) -> np.ndarray:
+        """x^dag of the matrix ``x`` block by block (for each spectator level)."""
+        if not self.diagonal:
+            return _adjoint(x)
+        return self._unbatched(np.conj(self._batched(x).transpose(0, 2, 1)))
 
     def apply_unitary(self, u: np.ndarray, targets: list[int]) -> None:
         """rho -> U rho U^dag; U acts on ``targets`` (positions, most significant first)
@@ -234,37 +293,38 @@ class DensityMatrix:
         """rho -> L rho L^dag with L = O_k ... O_1 D: ``diagonal`` D (3^n values over all
         qubits, or None) first, then each ``ops`` entry (u_stack, controls, targets) in order,
         O = sum_c |c><c| (x) u_stack[c] as in :meth:`apply_controlled` (no controls: u_stack
-        of shape (1, m, m)).
+        of shape (1, m, m)). Targets must not be diagonal positions; controls may be.
 
         rho is Hermitian, so L rho L^dag = L (L rho)^dag: every operator is a row pass, and
-        the whole product costs one adjoint. A row pass of an operator without controls on
-        consecutive ascending targets is a BLAS multiplication on a reshaped matrix, restricted
-        to the blocks of equal excitation number when U conserves it (a flux pulse without
-        drives does); any other goes through ``_left_apply_kernel``.
+        the whole product costs one adjoint (per spectator level). A row pass of an operator
+        without controls on consecutive ascending targets is a BLAS multiplication on a
+        reshaped matrix, restricted to the blocks of equal excitation number when U conserves
+        it (a flux pulse without drives does); any other goes through ``_left_apply_kernel``.
         """
-        d = LEVELS**self.n
+        for _, _, targets in ops:
+            self._check_targets(targets)
         passes = [self._row_pass(u, controls, targets) for u, controls, targets in ops]
-        x = self.tensor.reshape(d, d)
+        x = self.tensor.reshape(self.shape)
         for side in range(2):
             if side:
-                x = _adjoint(x)
+                x = self._adjoint(x)
             if diagonal is not None:
                 x = x * diagonal[:, None]
             for row_pass in passes:
                 x = row_pass(x)
-        self.tensor = x.reshape([LEVELS] * (2 * self.n))
+        self.tensor = x.reshape(self.tensor.shape)
 
     def _row_pass(self, u_stack: np.ndarray, controls: list[int], targets: list[int]):
-        """x -> O x for a (d, d) matrix x and O as in :meth:`apply_product`."""
-        d = LEVELS**self.n
+        """x -> O x for the matrix x and O as in :meth:`apply_product`."""
+        shape = self.shape
         k = len(targets)
         p = targets[0]
         if not controls and list(targets) == list(range(p, p + k)):
             u = u_stack[0]
             off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
             use = _excitation_blocks(k) if off < 1e-13 else None
-            shape = (LEVELS**p, LEVELS**k, -1)
-            return lambda x: _left_multiply(u, x.reshape(shape), use).reshape(d, d)
+            split = (LEVELS**p, LEVELS**k, -1)
+            return lambda x: _left_multiply(u, x.reshape(split), use).reshape(shape)
         idx = _row_indices(self.n, tuple(controls), tuple(targets))
         u = np.ascontiguousarray(u_stack, dtype=np.complex128)
         return lambda x: _left_apply_kernel(np.ascontiguousarray(x), u, *idx)
@@ -273,7 +333,13 @@ class DensityMatrix:
                                  controls: list[int], target: int) -> None:
         """rho -> U S(rho) U^dag in one pass: ``superop`` S (9x9 row-major, or None) on
         ``target``, then U = sum_c |c><c| (x) u_stack[c] (``u_stack`` (3^len(controls), 3, 3))
-        on ``target`` chosen by the levels of ``controls`` (positions)."""
+        on ``target`` chosen by the levels of ``controls`` (positions). With diagonal
+        positions, S and U are applied one after the other."""
+        if self.diagonal:
+            if superop is not None:
+                self.apply_superop(superop, target)
+            self.apply_controlled(u_stack, controls, [target])
+            return
         c = u_stack.shape[0]
         k = np.einsum("aij,bkl->abikjl", u_stack, u_stack.conj()).reshape(c, c, 9, 9)
         if superop is not None:
@@ -286,6 +352,9 @@ class DensityMatrix:
 
     def apply_diagonal(self, phases: np.ndarray) -> None:
         """rho -> D rho D^dag with D = diag(``phases``) over all qubits (3^n values)."""
+        if self.diagonal:
+            self.apply_product([], phases)
+            return
         d = LEVELS**self.n
         x = self.tensor.reshape(d, d) * phases[:, None]
         x *= phases.conj()[None, :]
@@ -294,16 +363,69 @@ class DensityMatrix:
     def apply_superop(self, superop: np.ndarray, target: int) -> None:
         """Apply a one-qubit channel given as a row-major 9x9 superoperator: in place through
         ``_band_channel_kernel`` when it conserves i - j (entries outside ``BAND_MASK``
-        exactly 0), else by ``tensordot``."""
-        if not np.any(superop[~BAND_MASK]):
+        exactly 0), else by ``tensordot``. On a diagonal position the channel must conserve
+        i - j, and only its action on populations (a 3x3 matrix) is applied."""
+        band = not np.any(superop[~BAND_MASK])
+        if target in self.diagonal:
+            if not band:
+                raise ValueError(f"position {target} is held diagonal: a channel that creates "
+                                 "coherences cannot act on it")
+            m = np.ascontiguousarray(superop[::LEVELS + 1, ::LEVELS + 1])
+            t = np.tensordot(m, self.tensor, axes=([1], [target]))
+            self.tensor = np.moveaxis(t, 0, target)
+            return
+        column = self.active.index(target)
+        if band:
             x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
+            a = len(self.active)
             _band_channel_kernel(x.reshape(-1), np.ascontiguousarray(superop, np.complex128),
-                                 LEVELS**target, LEVELS ** (self.n - 1 - target))
+                                 LEVELS**target, LEVELS ** (self.n - 1 - target),
+                                 LEVELS**column, LEVELS ** (a - 1 - column))
             self.tensor = x
             return
         s = superop.reshape([LEVELS] * 4)
-        t = np.tensordot(s, self.tensor, axes=([2, 3], [target, self.n + target]))
-        self.tensor = np.moveaxis(t, [0, 1], [target, self.n + target])
+        axes = [target, self.n + column]
+        t = np.tensordot(s, self.tensor, axes=([2, 3], axes))
+        self.tensor = np.moveaxis(t, [0, 1], axes)
+
+    def project(self, position: int, level: int) -> tuple[DensityMatrix, float]:
+        """(P rho P / p, p) for P = |level><level| on ``position`` (not diagonal); p = Tr(P rho).
+        ``self`` is not modified."""
+        t = np.zeros_like(self.tensor)
+        sel = [slice(None)] * self.tensor.ndim
+        sel[position] = level
+        sel[self.column_axis(position)] = level
+        t[tuple(sel)] = self.tensor[tuple(sel)]
+        out = copy.copy(self)
+        out.tensor = t
+        p = float(out._diagonal_entries().sum())
+        out.tensor = t / p if p > 0 else t
+        return out, p
+
+    def matrix(self) -> np.ndarray:
+        """rho as a dense (3^n, 3^n) matrix (a new array; a spectator's coherences are 0)."""
+        d = LEVELS**self.n
+        if not self.diagonal:
+            return self.tensor.reshape(d, d).copy()
+        b = self._batched(self.tensor.reshape(self.shape))
+        k, a = b.shape[0], b.shape[1]
+        dense = np.zeros((k, a, k, a), dtype=complex)
+        dense[np.arange(k), :, np.arange(k), :] = b
+        held = [*self.diagonal, *self.active]
+        rows = [held.index(p) for p in range(self.n)]
+        t = dense.reshape([LEVELS] * (2 * self.n))
+        return np.transpose(t, rows + [self.n + r for r in rows]).reshape(d, d)
+
+    def _diagonal_entries(self) -> np.ndarray:
+        """Real parts of the diagonal entries of rho, shape (3,)*n (not normalised)."""
+        if not self.diagonal:
+            d = LEVELS**self.n
+            return np.real(np.diagonal(self.tensor.reshape(d, d))).reshape([LEVELS] * self.n)
+        b = np.real(np.diagonal(self._batched(self.tensor.reshape(self.shape)), axis1=1,
+                                axis2=2))
+        s = len(self.diagonal)
+        t = b.reshape([LEVELS] * self.n)
+        return np.moveaxis(t, range(s), self.diagonal)
 
     def sample_levels(self, positions: list[int], shots: int, rng: np.random.Generator
                       ) -> np.ndarray:
@@ -321,9 +443,8 @@ class DensityMatrix:
 
     def populations(self) -> np.ndarray:
         """Joint level probabilities, shape (3,)*n, clipped at 0 and renormalised."""
-        d = LEVELS**self.n
-        p = np.real(np.diagonal(self.tensor.reshape(d, d))).clip(min=0.0)
-        return (p / p.sum()).reshape([LEVELS] * self.n)
+        p = self._diagonal_entries().clip(min=0.0)
+        return p / p.sum()
 
 
 @dataclass(frozen=True)

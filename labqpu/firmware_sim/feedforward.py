@@ -32,7 +32,6 @@ Programs without conditional blocks and without branch points run through
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,10 +52,11 @@ from labqpu.firmware_sim.physics import (
     WireProgram,
     _render_kernel,
     evolved_qubits,
+    spectators,
 )
 from labqpu.firmware_sim.shots import run_shots
 
-__all__ = ["FeedForward", "branch_probabilities", "project", "run_with_feedforward"]
+__all__ = ["FeedForward", "branch_probabilities", "run_with_feedforward"]
 
 
 @dataclass(frozen=True)
@@ -151,21 +151,6 @@ def _window(prog: WireProgram, t0: int, t1: int, acquisitions: list[int]) -> Wir
         duration_samples=int(t1))
 
 
-def project(rho: DensityMatrix, axis: int, level: int) -> tuple[DensityMatrix, float]:
-    """(P rho P / p, p) for P = |level><level| on tensor ``axis`` of ``rho``; p = Tr(P rho).
-    ``rho`` is not modified."""
-    t = np.zeros_like(rho.tensor)
-    sel = [slice(None)] * (2 * rho.n)
-    sel[axis] = level
-    sel[rho.n + axis] = level
-    t[tuple(sel)] = rho.tensor[tuple(sel)]
-    d = LEVELS**rho.n
-    p = float(np.real(np.trace(t.reshape(d, d))))
-    out = copy.copy(rho)
-    out.tensor = t / p if p > 0 else t
-    return out, p
-
-
 def branch_probabilities(rho: DensityMatrix, axis: int) -> np.ndarray:
     """p_l = Tr(P_l rho) for the levels l of tensor ``axis`` (clipped at 0, summing to 1)."""
     pops = rho.populations()
@@ -199,7 +184,8 @@ class _Plan:
             for r in hit:
                 reach.setdefault(r, []).append(iv)
             (fluxed if kind == "flux" else played).add(q)
-        self.active = evolved_qubits(engine.device, played, fluxed)[1]
+        #: Qubits the program acts on, and every qubit it evolves (``evolved_qubits``).
+        self.touched, self.active = evolved_qubits(engine.device, played, fluxed)
         start, end = prog.acq_start, prog.acq_start + prog.acq_duration
         needed = set(int(j) for j in ff.block_acq)
         for j, q in enumerate(self.qubit):
@@ -258,6 +244,7 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     chunks = plan_chunks(sigma, spans, shots, rng)
     counts = rng.multinomial(shots, [w for w, _ in chunks])
     order = sorted(plan.active)
+    held = spectators(order, plan.touched) if engine.diagonal_spectators else ()
     first = 0
     for (_, offsets), n in zip(chunks, counts, strict=True):
         if not n:
@@ -265,7 +252,7 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
         cond = with_offsets(base, offsets)
         tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond,
                      (decimation, traces))
-        rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order])
+        rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order], held)
         start = EvolutionStart(rho, {q: i for i, q in enumerate(order)}, 0)
         tree.descend(0, start, {}, np.arange(first, first + n))
         first += n
@@ -326,7 +313,7 @@ class _Tree:
         keys = levels * 2 + bits if read else levels * 2
         for key in np.unique(keys):
             level, bit = divmod(int(key), 2)
-            child, _ = project(state.rho, axis, level)
+            child, _ = state.rho.project(axis, level)
             nxt = {**known, j: bit} if read else known
             self.descend(k + 1, EvolutionStart(child, state.position, t), nxt,
                          shots[keys == key])

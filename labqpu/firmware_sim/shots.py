@@ -134,7 +134,7 @@ def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray,
                 pops = [np.eye(LEVELS)[first[q]] if first.get(q) else
                         thermal_populations(conds[c][q].thermal_ratio) for q in order]
                 rho = engine.evolve(prog, settings, resume=EvolutionStart(
-                    DensityMatrix(pops), position, 0), conditions=conds[c]).rho
+                    DensityMatrix(pops, rho.diagonal), position, 0), conditions=conds[c]).rho
             pops = rho.populations()
             keep = [position[q] for q in measured]
             drop = tuple(a for a in range(rho.n) if a not in keep)

@@ -100,7 +100,7 @@ def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:
         qc.cx(a, b)
     qc.measure_all()
     job = lab10.run(transpile(qc, lab10), shots=100)
-    with pytest.raises(JobError, match="evolves at most 8"):
+    with pytest.raises(JobError, match="holds at most"):
         job.result(timeout=120)
     native = transpile(bell(), lab10, initial_layout=[0, 1])
     counts = lab10.run(native, shots=1000).result(timeout=120).get_counts()
@@ -109,9 +109,10 @@ def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:
 
 def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
     """Bell on 9-8, then qubit 7 flipped when qubit 8 read 1: a cz, a mid-circuit measurement
-    and a conditional pulse on ctrl1 evolve 7 transmons, within the simulator's limit. All three
-    bits agree in most shots (0.928 with seed 1). The same on 6-7-8 takes ten times as long
-    (64 s against 6 s) for the same check."""
+    and a conditional pulse on ctrl1 evolve 7 transmons, the untouched neighbours held by their
+    populations, within the simulator's limit. All three bits agree in most shots (0.928 with
+    seed 1). The same on 6-7-8 (8 transmons) takes about ten times as long for the same
+    check."""
     qc = QuantumCircuit(3, 3)
     qc.h(0)
     qc.cx(0, 1)
@@ -126,13 +127,14 @@ def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
 
 
 def test_the_rack_answers_while_a_long_run_computes(lab10) -> None:
-    """A deep circuit on 5-0-1 evolves 7 transmons for about a second. While it computes, both
+    """A deep circuit on 5-0-1 (5 transmons, the untouched neighbours held by their
+    populations) computes for about a second. While it computes, both
     controllers answer ``status`` and an LO source answers ``*IDN?``, each within a 1 s bound
     and without retries: the physics holds no lock the serving threads need (the numba kernels
     release the GIL)."""
     qc = QuantumCircuit(3)
     qc.h(0)
-    for _ in range(30):
+    for _ in range(150):
         for a, b in [(0, 1), (1, 2)]:
             qc.cx(a, b)
             qc.rx(0.3, a)

@@ -218,7 +218,7 @@ def _x90_then_source_pulse(dev: DeviceTruth, amp_q0: float, lo_hz: float) -> np.
              (RACK.cabling[0].drive_port, N_PULSE, 0, amp_q0, 0.3, NCO_HZ)]
     ev = eng.evolve(wire_program(plays, [g], 2 * N_PULSE), settings(lo_hz))
     n = ev.rho.n
-    t = ev.rho.tensor.reshape([3] * (2 * n))
+    t = ev.rho.matrix().reshape([3] * (2 * n))
     i = ev.position[2]
     others = [k for k in range(n) if k != i]
     letters = "abcdefghij"

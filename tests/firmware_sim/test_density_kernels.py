@@ -89,7 +89,8 @@ def test_band_channel_kernel_matches_einsum(n: int, target: int) -> None:
     s = _random_band_superop(rng)
     ref = _einsum_superop(x, s, target, n)
     flat = x.copy().reshape(-1)
-    _band_channel_kernel(flat, s, 3**target, 3 ** (n - 1 - target))
+    _band_channel_kernel(flat, s, 3**target, 3 ** (n - 1 - target), 3**target,
+                         3 ** (n - 1 - target))
     assert_allclose(flat.reshape(3**n, 3**n), ref, rtol=0, atol=1e-12)
 
 
@@ -100,16 +101,16 @@ def test_band_channel_kernel_ignores_nothing_it_should_read() -> None:
     x = _random_matrix(27, rng)
     s = _random_band_superop(rng)
     base = x.copy().reshape(-1)
-    _band_channel_kernel(base, s, 3, 3)
+    _band_channel_kernel(base, s, 3, 3, 3, 3)
     for o, k in zip(*np.nonzero(BAND_MASK), strict=True):
         t = s.copy()
         t[o, k] += 1.0
         out = x.copy().reshape(-1)
-        _band_channel_kernel(out, t, 3, 3)
+        _band_channel_kernel(out, t, 3, 3, 3, 3)
         assert np.abs(out - base).max() > 1e-3, (o, k)
     outside = s + np.where(BAND_MASK, 0.0, 1.0)
     out = x.copy().reshape(-1)
-    _band_channel_kernel(out, outside, 3, 3)
+    _band_channel_kernel(out, outside, 3, 3, 3, 3)
     assert_allclose(out, base, rtol=0, atol=0)
 
 
@@ -196,3 +197,80 @@ def test_propagate_conserving_matches_expm_product(conserving: bool) -> None:
     assert_allclose(out, ref, rtol=0, atol=1e-12)
     if conserving:
         assert not np.any(out[n_exc[:, None] != n_exc[None, :]])
+
+
+# ------------------------------------------------- spectators held by their populations
+
+
+def _dephased(rho: np.ndarray, held: tuple[int, ...], n: int) -> np.ndarray:
+    """rho with every coherence of the ``held`` sites removed (a valid state, diagonal on
+    them)."""
+    levels = np.indices((3,) * n).reshape(n, -1)
+    keep = np.ones((3**n, 3**n), dtype=bool)
+    for p in held:
+        keep &= levels[p][:, None] == levels[p][None, :]
+    return np.where(keep, rho, 0.0)
+
+
+def _held_copy(rho: np.ndarray, held: tuple[int, ...], n: int) -> DensityMatrix:
+    """A DensityMatrix holding ``held`` by their populations, with the state ``rho`` (which
+    must be diagonal on them), written by einsum from the dense matrix."""
+    dm = DensityMatrix([np.array([1.0, 0.0, 0.0])] * n, held)
+    letters = string.ascii_letters
+    rows = letters[:n]
+    cols = "".join(rows[p] if p in held else letters[n + p] for p in range(n))
+    out = rows + "".join(letters[n + p] for p in range(n) if p not in held)
+    dm.tensor = np.einsum(f"{rows}{cols}->{out}", rho.reshape((3,) * (2 * n))).copy()
+    return dm
+
+
+def test_spectators_held_by_populations_evolve_as_the_dense_state() -> None:
+    """Five transmons, sites 0 and 3 held by their populations: conditioned drives and pair
+    unitaries controlled by them, an excitation-conserving pair on adjacent sites (the BLAS
+    block path), ZZ diagonals, relaxation of the held sites, band and dense channels on the
+    others (physical channels: the state stays Hermitian, which the row passes rely on), a
+    controlled channel, and a projection give the dense state's results (matrix, populations,
+    probabilities; 1e-12). Operators on a held site are refused."""
+    rng = np.random.default_rng(2026)
+    n, held = 5, (0, 3)
+    rho = _dephased(_random_rho(3**n, rng), held, n)
+    dense = DensityMatrix([np.array([1.0, 0.0, 0.0])] * n)
+    dense.tensor = rho.reshape((3,) * (2 * n)).copy()
+    dm = _held_copy(rho, held, n)
+    assert dm.shape == (3**5, 3**3) and dm.active == (1, 2, 4)
+    assert_allclose(dm.matrix(), rho, rtol=0, atol=0)
+    levels = np.array(list(itertools.product(range(3), repeat=2))).sum(axis=1)
+    conserving = np.zeros((9, 9), dtype=complex)
+    for e in np.unique(levels):
+        idx = np.flatnonzero(levels == e)
+        conserving[np.ix_(idx, idx)] = _random_unitary(idx.size, rng)
+    relax = relaxation_superop(20e-6, 35e-6, 300e-9, -210e6, 0.05)
+    phase = np.exp(1j * rng.uniform(-np.pi, np.pi, 3))
+    u3 = _random_unitary(3, rng)
+    steps = [
+        ("apply_product", [(np.stack([_random_unitary(3, rng) for _ in range(9)]), [0, 3], [2]),
+                           (conserving[None], [], [1, 2]),
+                           (np.stack([_random_unitary(9, rng) for _ in range(3)]), [3], [4, 1])],
+         np.exp(1j * rng.uniform(-np.pi, np.pi, 3**n))),
+        ("apply_diagonal", np.exp(1j * rng.uniform(-np.pi, np.pi, 3**n))),
+        ("apply_superop", relax, 0),
+        ("apply_superop", relax, 3),
+        ("apply_superop", np.kron(np.diag(phase), np.diag(phase.conj())) @ relax, 2),
+        ("apply_superop", np.kron(u3, u3.conj()) @ relax, 4),
+        ("apply_controlled_channel", np.stack([_random_unitary(3, rng) for _ in range(9)]),
+         relax, [0, 2], 1),
+    ]
+    for name, *args in steps:
+        getattr(dense, name)(*args)
+        getattr(dm, name)(*args)
+        assert_allclose(dm.matrix(), dense.matrix(), rtol=0, atol=1e-12, err_msg=name)
+    assert_allclose(dm.populations(), dense.populations(), rtol=0, atol=1e-12)
+    for level in range(3):
+        (held_child, p_held), (dense_child, p_dense) = dm.project(4, level), dense.project(4,
+                                                                                          level)
+        assert abs(p_held - p_dense) < 1e-12 and p_dense > 1e-3
+        assert_allclose(held_child.matrix(), dense_child.matrix(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"positions \[3\] are held diagonal"):
+        dm.apply_unitary(_random_unitary(9, rng), [2, 3])
+    with pytest.raises(ValueError, match="position 0 is held diagonal"):
+        dm.apply_superop(np.kron(u3, u3.conj()), 0)

@@ -22,7 +22,7 @@ from labqpu.errors import InstrumentCommandError, PulseError
 from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.density import DensityMatrix
 from labqpu.firmware_sim.device import load_device, load_rack
-from labqpu.firmware_sim.feedforward import branch_probabilities, project
+from labqpu.firmware_sim.feedforward import branch_probabilities
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import EvolutionStart, PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.rack import SimulatedRack
@@ -80,7 +80,7 @@ def test_branch_probabilities_and_projection_match_a_dense_reference() -> None:
         probs = branch_probabilities(dm, site)
         for level in range(3):
             p_ref, rho_ref = reference_measurement(rho, n, site, level)
-            child, p = project(dm, site, level)
+            child, p = dm.project(site, level)
             assert abs(p - p_ref) < 1e-12
             assert abs(probs[level] - p_ref) < 1e-12
             np.testing.assert_allclose(child.tensor.reshape(d, d), rho_ref, atol=1e-12)
@@ -148,7 +148,7 @@ def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> Non
     u2 = _pulse_reference(0.31, 1.1, n, sigma, rabi, alpha)
     t1 = n + 60
     for level in (0, 1):
-        child, p = project(first.rho, 0, level)
+        child, p = first.rho.project(0, level)
         assert abs(p - probs[level]) < 1e-12
         second = engine.evolve(pulse(t1 + 500, 0.31, 1.1), settings,
                                resume=EvolutionStart(child, {0: 0}, t1))

@@ -98,8 +98,8 @@ def qubit0_state(engine: PhysicsEngine, prog: WireProgram, st: Settings, conditi
                  ) -> np.ndarray:
     """Reduced 3x3 density matrix of qubit 0 after ``prog``."""
     ev = engine.evolve(prog, st, conditions=conditions)
-    t = ev.rho.tensor
     n = ev.rho.n
+    t = ev.rho.matrix().reshape([3] * (2 * n))
     p = ev.position[0]
     others = [i for i in range(n) if i != p]
     labels = [*range(n), *(k - n if k - n in others else k for k in range(n, 2 * n))]

@@ -744,7 +744,7 @@ def test_idle_gap_gives_level_two_its_phase(gap: int) -> None:
     prog, samples = _pulse_gap_pulse(gap)
     ev = PhysicsEngine(_lossless_device(), RACK.cabling).evolve(prog, leaky_settings())
     assert list(ev.position) == [0]
-    rho = ev.rho.tensor.reshape(3, 3)
+    rho = ev.rho.matrix()
     psi = _pulse_gap_pulse_reference(gap, samples, idle_phase=True)
     first = drive_reference_unitary(0, samples[RACK.cabling[0].drive_port, :LEAKY_SAMPLES], 0,
                                     LEAKY_LO_HZ)
