@@ -69,10 +69,13 @@ def test_noise_alone_is_refused() -> None:
         fit_amplification(counts, RNG.uniform(0, 1, counts.size), "qubit 3 pi amplitude")
 
 
-def test_simulator_rotation_error_follows_the_amplitude(lab_backend) -> None:
+def test_simulator_rotation_error_follows_the_amplitude(quiet_lab_backend) -> None:
     """On the simulator, a pi pulse made 1 % too strong reads as a 1 % over-rotation (against
     the same measurement at the calibrated amplitude), and fine_amplitude brings it back to
-    within 0.2 % of where the calibrated one measures."""
+    within 0.2 % of where the calibrated one measures. On the backend without drift: on the
+    shared drifting one, qubit 2's detuning depends on how much simulated time the tests before
+    it on the same worker used, and one full-suite run read the 1 % there as 0.82 %."""
+    lab_backend = quiet_lab_backend
     from labqpu.calibration.bootstrap import load_design
     from labqpu.calibration.experiments import Kit
     from labqpu.calibration.runner import default_design_path, working_from_snapshot
