@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -23,7 +24,7 @@ import pyvisa
 import zmq
 
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.protocol import PROTOCOL_VERSION
+from labqpu.drivers.protocol import ERR_UNKNOWN_PROGRAM, PROTOCOL_VERSION
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 from labqpu.errors import (
     HardwareUnavailableError,
@@ -39,6 +40,10 @@ from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
 
 log = logging.getLogger(__name__)
+
+#: Program ids a connection remembers per controller, to run a program again without
+#: uploading it (the reference controller holds 64, docs/protocol.md).
+HELD_PROGRAMS = 64
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ class RackConnection:
         self._controllers: dict[str, ControllerClient] = {}
         self._capabilities: dict[str, dict] = {}
         self._hellos: dict[str, dict] = {}
+        #: Per controller: program content hash -> the id its upload returned, most recently
+        #: run last (at most HELD_PROGRAMS; :meth:`_start`).
+        self._held: dict[str, OrderedDict[str, str]] = {}
 
     def controller(self, name: str) -> ControllerClient:
         """The (connected, version-checked) client of controller ``name``."""
@@ -180,8 +188,6 @@ class RackConnection:
             for i in [*range(1, len(parts)), 0]:  # followers armed first, the leader last
                 part = parts[i]
                 client = self.controller(part.controller)
-                arrays, meta = part.program.to_wire()
-                program_id = client.upload(arrays, meta)
                 params = self._run_params(request)
                 if len(parts) > 1:
                     params["sync"] = (
@@ -190,8 +196,7 @@ class RackConnection:
                         {"group": group, "role": "follower", "leader": parts[0].controller})
                 # The controller stops the run at the job's limit by itself, so a run whose
                 # abort is lost (the transport failed) cannot hold the controller beyond it.
-                run_id = client.run(program_id, request.shots, params=params, key=request.key,
-                                    time_limit_s=request.timeout_s)
+                run_id = self._start(part.controller, part.program, request, params)
                 started.append((client, run_id))
         except BaseException:
             for client, run_id in started:  # armed followers would wait for their time limit
@@ -229,6 +234,37 @@ class RackConnection:
             provenance["controllers"] = controllers
             provenance["sync_group"] = group
         return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation)
+
+    def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict
+               ) -> str:
+        """Queue a run of ``program`` on controller ``name``; returns the run id.
+
+        The program is uploaded only if this connection has not uploaded the same content to
+        that controller before (docs/protocol.md, ``upload``). A controller that no longer holds
+        it (evicted, restarted) refuses the run with ``UnknownProgram``, which records nothing;
+        the program is then uploaded and the run sent again with the same key."""
+        client = self.controller(name)
+        held = self._held.setdefault(name, OrderedDict())
+        digest = program.content_hash
+        program_id = held.get(digest)
+        if program_id is not None:
+            try:
+                run_id = client.run(program_id, request.shots, params=params, key=request.key,
+                                    time_limit_s=request.timeout_s)
+                held.move_to_end(digest)
+                return run_id
+            except InstrumentCommandError as exc:
+                if exc.remote_type != ERR_UNKNOWN_PROGRAM:
+                    raise
+                del held[digest]
+                log.info("%s no longer holds program %s: uploading it again", name, program_id)
+        arrays, meta = program.to_wire()
+        program_id = client.upload(arrays, meta)
+        held[digest] = program_id
+        while len(held) > HELD_PROGRAMS:
+            held.popitem(last=False)
+        return client.run(program_id, request.shots, params=params, key=request.key,
+                          time_limit_s=request.timeout_s)
 
     @staticmethod
     def _run_params(request: RunRequest) -> dict:
@@ -280,6 +316,7 @@ class RackConnection:
         """Close every session (idempotent); errors while closing are logged, not raised, so
         every session gets its turn. pyvisa's resource manager is process-wide (one per
         backend library) and stays open for other providers."""
+        self._held.clear()
         for group in (self._controllers, self._los, self._currents):
             while group:
                 name, session = group.popitem()

@@ -1,0 +1,77 @@
+"""A program the controller already holds runs again without a second upload.
+
+The reference controller keeps the programs it was sent (64, least recently uploaded evicted;
+docs/protocol.md), so the rack connection remembers which programs it uploaded to each
+controller and runs them again by id. A controller that no longer holds one refuses the run
+with ``UnknownProgram``, which records nothing; the connection then uploads it and runs again.
+The uploads are counted by wrapping the real ``ControllerClient.upload``; everything else is the
+real embedded simulator behind ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+from labqpu import LabProvider
+from labqpu.drivers.controller import ControllerClient
+from labqpu.pulse.compiler import compile_circuit
+
+SHOTS = 1000
+
+
+def _excited_fraction(result) -> float:
+    counts = result.get_counts()
+    return counts.get("1", 0) / SHOTS
+
+
+@pytest.fixture
+def backend(tmp_path, monkeypatch):
+    """A provider of its own (its simulator's program memory is this test's to fill)."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        yield provider.backend()
+
+
+def test_a_held_program_runs_again_without_upload_and_an_evicted_one_is_sent_again(
+        backend, monkeypatch) -> None:
+    """x + measure on qubit 0, three jobs: the first uploads, the second only runs. Then
+    another client fills the controller's program memory (``max_programs`` other programs), so
+    the third job's run is refused with ``UnknownProgram``: the program is uploaded again and
+    the job returns its counts. Every job reads |1> in >= 90 % of the shots, and the controller
+    ran each once (``runs_total``)."""
+    uploads: list[str] = []
+    real = ControllerClient.upload
+
+    def counting(self, arrays, meta):
+        program_id = real(self, arrays, meta)
+        uploads.append(program_id)
+        return program_id
+
+    monkeypatch.setattr(ControllerClient, "upload", counting)
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, backend, initial_layout=[0])
+    endpoint = backend.config.controllers[0].endpoint
+
+    assert _excited_fraction(backend.run(native, shots=SHOTS).result()) >= 0.9
+    assert len(uploads) == 1
+    assert _excited_fraction(backend.run(native, shots=SHOTS).result()) >= 0.9
+    assert len(uploads) == 1, "the held program was uploaded again"
+
+    program = compile_circuit(native, backend.snapshot, backend.channels)
+    arrays, meta = program.to_wire()
+    with ControllerClient(endpoint, timeout_s=5.0) as other:
+        limit = other.hello()["limits"]["max_programs"]
+        runs_before = other.status()["runs_total"]
+        for k in range(limit):
+            other.upload({**arrays, "param_values": np.array([float(k)])},
+                         {**meta, "param_names": ["filler"]})
+        assert other.status()["programs"] == limit
+    assert _excited_fraction(backend.run(native, shots=SHOTS).result()) >= 0.9
+    assert len(uploads) == limit + 2  # the fillers, then the evicted program once more
+    assert uploads[-1] == uploads[0]
+    with ControllerClient(endpoint, timeout_s=5.0) as client:
+        assert client.status()["runs_total"] == runs_before + 1
