@@ -26,6 +26,7 @@ length and byte offset), then the raw little-endian array bytes. ``draw()`` plot
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import struct
@@ -199,9 +200,10 @@ class PulseProgram:
             meta["binds"] = [list(b) for b in self.binds]
         return arrays, meta
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
-        """SHA-256 over every array and setting: equal hashes mean the same experiment."""
+        """SHA-256 over every array and setting: equal hashes mean the same experiment
+        (computed once: the program is frozen and its arrays are read-only)."""
         h = hashlib.sha256()
         skip = () if self.has_feedforward else FEEDFORWARD_FIELDS
         for name in sorted(set(_DTYPES) - set(skip)):
