@@ -13,8 +13,11 @@ The duration is a trade too: a longer window integrates more signal against the 
 noise, but |1> decays while it is read (T1) and the resonator needs its ring-up. At the chosen
 frequency and amplitude the node measures the fidelity at each of :data:`READOUT_DURATIONS_S`
 and keeps the shortest whose fidelity (smoothed over neighbours) is within
-:data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). Then single shots
-at that point give the discriminator centres, the assignment matrix and the fidelity.
+:data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). The two depend on
+each other (a stronger tone wants a shorter window, a shorter window a stronger tone), so if
+the window moved, the amplitude is chosen again at it, then the window at that amplitude, until
+neither moves (at most :data:`READOUT_ROUNDS` rounds). Then single shots at that point give the
+discriminator centres, the assignment matrix and the fidelity.
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ READOUT_SMOOTHING = 0.7
 READOUT_DURATIONS_S = np.array([0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0]) * 1e-6
 #: How far below the best (smoothed) fidelity the chosen, shortest duration may be.
 READOUT_DURATION_SLACK = 0.003
+#: Most rounds of (window at the amplitude, amplitude at the window) before the readout
+#: calibration keeps what it has (the records say whether it converged).
+READOUT_ROUNDS = 3
 
 __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
            "READOUT_DURATION_SLACK", "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK",
+           "READOUT_ROUNDS",
            "assignment_fidelity_of", "choose_readout_duration", "choose_readout_point",
            "duration_scan", "fidelity_map", "readout"]
 
@@ -120,11 +127,12 @@ def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.
 
 def readout(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency and amplitude (:func:`choose_readout_point` on a
-    :func:`fidelity_map` with ``2 shots`` per state and point), the window
-    (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots), the amplitude
-    again at the chosen frequency if the window changed (the map was measured with the old
-    one), then discriminator centres, assignment matrix and fidelity from ``4 shots`` single
-    shots per state."""
+    :func:`fidelity_map` with ``2 shots`` per state and point), then in turn the window at that
+    amplitude (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots) and,
+    if the window moved, the amplitude again at the chosen frequency and the new window, until
+    neither moves or :data:`READOUT_ROUNDS` rounds have run (the records' settings say how many
+    and whether it converged); then discriminator centres, assignment matrix and fidelity from
+    ``4 shots`` single shots per state."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
@@ -139,27 +147,41 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     work["readout_amplitude"] = amp
     work["readout_frequency_hz"] = best_f
     old_duration = work.get("readout_duration_s", kit.work.device["readout_duration_s"])
-    by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
-    i_d, smooth_d = choose_readout_duration(by_duration, f"qubit {q} readout")
-    duration = float(READOUT_DURATIONS_S[i_d])
+    duration = old_duration
+    line, line_smooth = fidelity[i_f], smooth[i_f]
+    rounds, converged = 0, False
+    while rounds < READOUT_ROUNDS and not converged:
+        # the window at this amplitude, then (if it moved) the amplitude at that window, until
+        # neither moves: a stronger tone wants a shorter window, a shorter window a stronger tone
+        rounds += 1
+        work["readout_amplitude"] = scan_amp = amp
+        by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
+        i_d, smooth_d = choose_readout_duration(by_duration, f"qubit {q} readout")
+        converged = float(READOUT_DURATIONS_S[i_d]) == duration
+        if converged:
+            break
+        duration = float(READOUT_DURATIONS_S[i_d])
+        work["readout_duration_s"] = duration
+        line = fidelity_map(kit, q, np.array([best_f]), READOUT_AMPLITUDES, shots * 2)[0]
+        _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
+        line_smooth = again[0]
+        sweep_raw["amplitude_line"] = line
+        converged = float(READOUT_AMPLITUDES[i_line]) == amp
+        amp = float(READOUT_AMPLITUDES[i_line])
     step = np.diff(READOUT_DURATIONS_S)
     duration_id = kit.record(
         "readout_duration", q,
         {"readout_duration_s": (duration, float(step[min(i_d, step.size - 1)]) / 2)},
         {"x": READOUT_DURATIONS_S, "x_label": "readout window (s)",
          "y_label": "assignment fidelity",
-         "series": {f"at {best_f / 1e9:.5f} GHz, amplitude {amp:.3f}": by_duration},
+         "series": {f"at {best_f / 1e9:.5f} GHz, amplitude {scan_amp:.3f}": by_duration},
          "durations_s": READOUT_DURATIONS_S, "fidelity": by_duration},
         curves={"smoothed": {"x": READOUT_DURATIONS_S, "y": smooth_d}},
         chosen="readout_duration_s", old={"readout_duration_s": old_duration},
-        settings={"shots_per_state_and_point": shots * 2, "slack": READOUT_DURATION_SLACK})
+        settings={"shots_per_state_and_point": shots * 2, "slack": READOUT_DURATION_SLACK,
+                  "rounds": rounds, "converged": converged})
     work["readout_duration_s"] = duration
-    line, line_smooth = fidelity[i_f], smooth[i_f]
-    if duration != old_duration:  # the map was measured with the old window: the amplitude again
-        line = fidelity_map(kit, q, np.array([best_f]), READOUT_AMPLITUDES, shots * 2)[0]
-        _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
-        amp, line_smooth = float(READOUT_AMPLITUDES[i_line]), again[0]
-        sweep_raw["amplitude_line"] = line
+    settings = {**settings, "rounds": rounds, "converged": converged}
     amp_id = kit.record(
         "readout_amplitude", q,
         {"readout_amplitude": (amp, float(READOUT_AMPLITUDES[1] - READOUT_AMPLITUDES[0]) / 2)},

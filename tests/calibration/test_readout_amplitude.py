@@ -18,9 +18,11 @@ from labqpu.calibration.experiments import Kit
 from labqpu.calibration.readout import (
     READOUT_DURATION_SLACK,
     READOUT_FIDELITY_SLACK,
+    READOUT_ROUNDS,
     choose_readout_duration,
     choose_readout_point,
 )
+from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import default_design_path, working_from_snapshot
 from labqpu.errors import FitError
 from labqpu.store import SnapshotBuilder
@@ -89,7 +91,8 @@ def test_readout_brings_a_too_strong_long_tone_back_to_the_optimum(tmp_path,
     ``run_graph(["readout"])`` chooses an amplitude and a window whose fidelity, measured
     independently here, is within 0.01 of the best of reference sweeps over amplitude and
     over window at the frequency it chose. (The amplitude is chosen at the old window, then
-    the window at the new amplitude: a stronger tone needs a shorter window.)"""
+    the window at the new amplitude, the amplitude again at the new window, and so on until
+    neither moves, which the records say happened within READOUT_ROUNDS.)"""
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     q = 2
     with LabProvider() as provider:
@@ -105,6 +108,8 @@ def test_readout_brings_a_too_strong_long_tone_back_to_the_optimum(tmp_path,
                                     "readout_amplitude", np.array([0.75]), 4000)[0]
         report = run_graph(backend, ["readout"], qubits=[q], force=True)
         assert report.ok, report.table()
+        (path,) = [p for p in report.records if load_record(p).kind == "readout_duration"]
+        rounds = load_record(path).settings
         final = backend.snapshot
         chosen = final.qubits[q]["readout_amplitude"].value
         window = final.qubits[q]["readout_duration_s"].value
@@ -120,6 +125,7 @@ def test_readout_brings_a_too_strong_long_tone_back_to_the_optimum(tmp_path,
           f"{by_window[-1]:.4f}, reference best {by_window[:-1].max():.4f} at "
           f"{windows[int(np.argmax(by_window[:-1]))] * 1e6:.2f} us")
     assert before < 0.9, before
+    assert rounds["converged"] and 1 <= rounds["rounds"] <= READOUT_ROUNDS, rounds
     assert fidelity[-1] >= fidelity[:-1].max() - 0.01
     assert by_window[-1] >= by_window[:-1].max() - 0.01
     assert window < 3e-6
