@@ -66,7 +66,8 @@ def choose_drive_lo(kit: Kit, q: int) -> None:
 
 
 def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
-    """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>."""
+    """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>, kept
+    also as the measured ``resonator_hz``, around which the readout node searches."""
     centre = kit.work.qubits[q]["resonator_hz"]
     freqs = centre + np.linspace(-6e6, 6e6, 61)
     progs = []
@@ -78,12 +79,14 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
     fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
     f0 = fit.params["f0"]
     rid = kit.record(
-        "resonator_spectroscopy", q, {"readout_frequency_hz": (f0, fit.stderr["f0"])},
+        "resonator_spectroscopy", q, {"readout_frequency_hz": (f0, fit.stderr["f0"]),
+                                      "resonator_hz": (f0, fit.stderr["f0"])},
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
          "series": {"qubit in |0>": np.abs(iq)}, "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
         chosen="readout_frequency_hz", settings={"shots": shots})
     kit.work.set(q, "readout_frequency_hz", f0, rid)
+    kit.work.set(q, "resonator_hz", f0, rid)
 
 
 def _spectroscopy(kit: Kit, q: int, shots: int, centre_hz: float,

@@ -28,7 +28,8 @@ from scipy.ndimage import gaussian_filter
 from labqpu.calibration.bootstrap import _prepared_readouts
 from labqpu.calibration.experiments import FitError, Kit, assignment, complex_median
 
-#: Readout detunings from the current readout frequency the calibration sweeps (Hz).
+#: Readout detunings the calibration sweeps (Hz), from the measured resonator frequency (or,
+#: without one, from the current readout frequency).
 READOUT_DETUNINGS_HZ = np.linspace(-3e6, 3e6, 13)
 #: Readout amplitudes the calibration sweeps (full scale).
 READOUT_AMPLITUDES = np.linspace(0.2, 1.0, 13)
@@ -127,7 +128,10 @@ def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.
 
 def readout(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency and amplitude (:func:`choose_readout_point` on a
-    :func:`fidelity_map` with ``2 shots`` per state and point), then in turn the window at that
+    :func:`fidelity_map` with ``2 shots`` per state and point, centred on the resonator that
+    resonator spectroscopy measured, so that recalibrations in a row cannot walk the frequency
+    away from it; on the current readout frequency when no measured resonator is known), then
+    in turn the window at that
     amplitude (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots) and,
     if the window moved, the amplitude again at the chosen frequency and the new window, until
     neither moves or :data:`READOUT_ROUNDS` rounds have run (the records' settings say how many
@@ -136,7 +140,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
-    freqs = old_f + READOUT_DETUNINGS_HZ
+    measured = (q, "resonator_hz") in kit.work.records
+    freqs = (work["resonator_hz"] if measured else old_f) + READOUT_DETUNINGS_HZ
     fidelity = fidelity_map(kit, q, freqs, READOUT_AMPLITUDES, shots * 2)
     i_f, i_a, smooth = choose_readout_point(fidelity, f"qubit {q} readout")
     best_f, amp = float(freqs[i_f]), float(READOUT_AMPLITUDES[i_a])

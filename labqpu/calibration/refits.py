@@ -77,8 +77,9 @@ def _static_zz(record: ExperimentRecord) -> dict[str, float]:
 
 
 _REFITS = {
-    "resonator_spectroscopy": lambda r: {"readout_frequency_hz": fit_peak_curve(
-        *_series(r), r.subject).params["f0"]},
+    "resonator_spectroscopy": lambda r: dict.fromkeys(
+        ("readout_frequency_hz", "resonator_hz"),
+        fit_peak_curve(*_series(r), r.subject).params["f0"]),
     "qubit_spectroscopy": lambda r: {"frequency_hz": fit_peak_curve(
         *_series(r), r.subject).params["f0"]},
     "sweet_spot": _sweet_spot,

@@ -434,8 +434,8 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
         for name in SHARED_VALUES:
             builder.set_qubit(q, name, dev[name], "design")
         for name, value in design.qubits[q].items():
-            if name == "resonator_hz":
-                continue
+            if name == "resonator_hz" and (q, name) not in design.records:
+                continue  # the design's estimate, not a measurement
             builder.set_qubit(q, name, value, design.records.get((q, name), "design"),
                               timestamp=design.measured_at.get((q, name)))
     for pair, params in design.pairs.items():

@@ -13,7 +13,7 @@ import pytest
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
-from labqpu.calibration.bootstrap import _prepared_readouts, load_design
+from labqpu.calibration.bootstrap import _prepared_readouts, load_design, resonator_spectroscopy
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.readout import (
     READOUT_DURATION_SLACK,
@@ -21,6 +21,7 @@ from labqpu.calibration.readout import (
     READOUT_ROUNDS,
     choose_readout_duration,
     choose_readout_point,
+    readout,
 )
 from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import default_design_path, working_from_snapshot
@@ -154,3 +155,30 @@ def test_a_frequency_only_readout_record_still_refits() -> None:
     again = refit(record)
     assert again["readout_frequency_hz"] == pytest.approx(7.0004e9)
     assert again["readout_assignment_fidelity"] > 0.98
+
+
+def test_the_readout_search_is_centred_on_the_measured_resonator(lab_backend) -> None:
+    """The shipped snapshot holds no measured resonator, so the readout map is centred on the
+    current readout frequency. Resonator spectroscopy then measures ``resonator_hz`` (the same
+    peak as the readout frequency it sets), and from a readout frequency 2.5 MHz away (as if an
+    earlier readout had walked there) the map is centred on the resonator: the frequency chosen
+    stays within the map's 3 MHz of it, so readout calibrations in a row cannot walk away."""
+    q = 1
+    work = working_from_snapshot(lab_backend.snapshot,
+                                 load_design(default_design_path(lab_backend.name)))
+    kit = Kit(lab_backend, work)
+    assert (q, "resonator_hz") not in work.records
+    current = work.qubits[q]["readout_frequency_hz"]
+    readout(kit, q, 200)
+    first = np.array(kit.records[-1].raw["frequencies_hz"])
+    assert first.mean() == pytest.approx(current, abs=1.0)
+    resonator_spectroscopy(kit, q, 400)
+    peak = work.qubits[q]["resonator_hz"]
+    assert work.records[(q, "resonator_hz")] == work.records[(q, "readout_frequency_hz")]
+    assert work.qubits[q]["readout_frequency_hz"] == peak
+    work.qubits[q]["readout_frequency_hz"] = peak + 2.5e6
+    readout(kit, q, 200)
+    again = np.array(kit.records[-1].raw["frequencies_hz"])
+    assert again.mean() == pytest.approx(peak, abs=1.0)
+    assert again.min() == pytest.approx(peak - 3e6, abs=1.0)
+    assert abs(work.qubits[q]["readout_frequency_hz"] - peak) <= 3e6 + 1.0
