@@ -178,7 +178,7 @@ class ControllerServer:
         host: interface to bind.
         port: TCP port; 0 binds a random free port (see ``endpoint`` after ``start``).
         name: server name reported by ``hello``.
-        max_programs: programs kept; the least recently uploaded are evicted beyond it.
+        max_programs: programs kept; the least recently uploaded or run are evicted beyond it.
         max_runs: finished runs whose results are kept; older ones are forgotten.
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
@@ -580,6 +580,7 @@ class ControllerServer:
             program = self._programs.get(program_id)
             if program is None:
                 raise _RequestError(ERR_UNKNOWN_PROGRAM, f"no program {program_id!r} loaded")
+            self._programs.move_to_end(program_id)  # a program in use is evicted last
             if self._stopping.is_set():
                 raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
             pending = sum(1 for r in self._runs.values()

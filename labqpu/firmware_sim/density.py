@@ -247,6 +247,13 @@ class DensityMatrix:
         out.tensor = self.tensor.copy()
         return out
 
+    def without_spectators(self) -> DensityMatrix:
+        """The same state with every position carrying coherences (a new object; exact, since
+        a held position's coherences are 0): for an evolution that acts on a held qubit."""
+        out = DensityMatrix([np.array([1.0, 0.0, 0.0])] * self.n)
+        out.tensor = self.matrix().reshape([LEVELS] * (2 * self.n))
+        return out
+
     def _check_targets(self, targets: list[int]) -> None:
         held = sorted(set(targets) & set(self.diagonal))
         if held:

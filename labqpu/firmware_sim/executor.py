@@ -130,6 +130,7 @@ class SimulatedController:
                        "point": "mean of `decimation` consecutive demodulated samples of the "
                                 "window from its start (the last point holds the rest)"},
             "timing": dict(self.spec.timing),
+            "program_ids": "content",
             "feedforward": {"latency_s": FEEDFORWARD_LATENCY_S,
                             "latency_samples": self._latency_samples(),
                             "max_blocks": MAX_BLOCKS, "max_shifts": MAX_SHIFTS,

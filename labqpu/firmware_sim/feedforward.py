@@ -51,6 +51,7 @@ from labqpu.firmware_sim.physics import (
     Settings,
     WireProgram,
     _render_kernel,
+    check_density_size,
     evolved_qubits,
     spectators,
 )
@@ -245,6 +246,7 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     counts = rng.multinomial(shots, [w for w, _ in chunks])
     order = sorted(plan.active)
     held = spectators(order, plan.touched) if engine.diagonal_spectators else ()
+    check_density_size(order, held, plan.touched)
     first = 0
     for (_, offsets), n in zip(chunks, counts, strict=True):
         if not n:

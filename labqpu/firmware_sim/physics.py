@@ -235,6 +235,19 @@ def spectators(order: list[int], touched: set[int]) -> tuple[int, ...]:
     return tuple(i for i, q in enumerate(order) if q not in touched)
 
 
+def check_density_size(order: list[int], held: tuple[int, ...], touched: set[int]) -> None:
+    """Raise ``SimulationError`` naming the qubits when the density matrix over ``order`` (the
+    evolved qubits, sorted) with positions ``held`` held by their populations would exceed
+    :data:`MAX_DENSITY_ENTRIES` entries; ``touched`` are the qubits the program acts on."""
+    entries = 9 ** (len(order) - len(held)) * 3 ** len(held)
+    if entries > MAX_DENSITY_ENTRIES:
+        raise SimulationError(
+            f"the program touches qubits {sorted(touched)}; with their coupled neighbours "
+            f"(spectators {sorted(order[p] for p in held)}) that is a density matrix of "
+            f"{entries} entries over transmons {order}, and this simulator holds at most "
+            f"{MAX_DENSITY_ENTRIES} (16 bytes each): run fewer qubits at once")
+
+
 class PhysicsEngine(DriveBlocks, ClusterBlocks):
     """Evolves the device under a rendered program and produces IQ points per shot."""
 
@@ -371,19 +384,13 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         order = sorted(active)
         pos = {q: i for i, q in enumerate(order)}
         held = spectators(order, touched) if self.diagonal_spectators else ()
+        start_rho = None
         if resume is not None:
-            held = resume.rho.diagonal
-            clash = sorted(order[p] for p in held if order[p] in touched)
-            if clash:
-                raise SimulationError(f"cannot resume evolution: qubits {clash} are held as "
-                                      "spectators in the state but this segment acts on them")
-        entries = 9 ** (len(order) - len(held)) * 3 ** len(held)
-        if entries > MAX_DENSITY_ENTRIES:
-            raise SimulationError(
-                f"the program touches qubits {sorted(touched)}; with their coupled neighbours "
-                f"(spectators {sorted(order[p] for p in held)}) that is a density matrix of "
-                f"{entries} entries over transmons {order}, and this simulator holds at most "
-                f"{MAX_DENSITY_ENTRIES} (16 bytes each): run fewer qubits at once")
+            start_rho = resume.rho
+            if any(order[p] in touched for p in start_rho.diagonal):
+                start_rho = start_rho.without_spectators()  # this segment acts on one of them
+            held = start_rho.diagonal
+        check_density_size(order, held, touched)
 
         acq_time = {q: int(prog.acq_start[i]) for i, q in acq}
         for q, t_acq in acq_time.items():
@@ -399,7 +406,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         phi_dc = self._phi_dc(settings)
         model = self.dressed_model(phi_dc)
         cond = conditions or self.conditions(settings)[0]
-        rho = (resume.rho.copy() if resume is not None else
+        rho = (start_rho.copy() if start_rho is not None else
                DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order], held))
         local = _LocalChannels(self.device, rho, pos, fs,
                                {q: float(model.local_hz[q][2]) for q in order},

@@ -239,14 +239,18 @@ class RackConnection:
                ) -> str:
         """Queue a run of ``program`` on controller ``name``; returns the run id.
 
-        The program is uploaded only if this connection has not uploaded the same content to
-        that controller before (docs/protocol.md, ``upload``). A controller that no longer holds
-        it (evicted, restarted) refuses the run with ``UnknownProgram``, which records nothing;
-        the program is then uploaded and the run sent again with the same key."""
+        A controller whose ``hello`` states ``program_ids: "content"`` (an id is derived from
+        the program's content and never names other content, across restarts too) gets the
+        program uploaded only if this connection has not uploaded the same content to it before
+        (docs/protocol.md, ``upload``); any other controller gets it before every run. A
+        controller that no longer holds it (evicted, restarted) refuses the run with
+        ``UnknownProgram``, which records nothing; the program is then uploaded and the run
+        sent again with the same key."""
         client = self.controller(name)
         held = self._held.setdefault(name, OrderedDict())
         digest = program.content_hash
-        program_id = held.get(digest)
+        stable = self.capabilities(name).get("program_ids") == "content"
+        program_id = held.get(digest) if stable else None
         if program_id is not None:
             try:
                 run_id = client.run(program_id, request.shots, params=params, key=request.key,
@@ -260,9 +264,10 @@ class RackConnection:
                 log.info("%s no longer holds program %s: uploading it again", name, program_id)
         arrays, meta = program.to_wire()
         program_id = client.upload(arrays, meta)
-        held[digest] = program_id
-        while len(held) > HELD_PROGRAMS:
-            held.popitem(last=False)
+        if stable:
+            held[digest] = program_id
+            while len(held) > HELD_PROGRAMS:
+                held.popitem(last=False)
         return client.run(program_id, request.shots, params=params, key=request.key,
                           time_limit_s=request.timeout_s)
 

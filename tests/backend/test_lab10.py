@@ -107,6 +107,26 @@ def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:
     assert counts.get("00", 0) + counts.get("11", 0) >= 900, counts
 
 
+def test_a_feedforward_program_too_large_to_simulate_fails_before_allocating(lab10) -> None:
+    """GHZ on ctrl0's five qubits with a conditional x: feed-forward evolves one density
+    matrix for the whole program (9^8 x 3^2 entries here), so the size is checked before it is
+    built. The job fails naming the limit within seconds, and the simulator goes on serving."""
+    qc = QuantumCircuit(5, 5)
+    qc.h(0)
+    for a in range(4):
+        qc.cx(a, a + 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(4)
+    qc.measure(range(1, 5), range(1, 5))
+    job = lab10.run(transpile(qc, lab10, initial_layout=[0, 1, 2, 3, 4]), shots=100)
+    with pytest.raises(JobError, match="holds at most"):
+        job.result(timeout=60)
+    native = transpile(bell(), lab10, initial_layout=[0, 1])
+    counts = lab10.run(native, shots=1000).result(timeout=120).get_counts()
+    assert counts.get("00", 0) + counts.get("11", 0) >= 900, counts
+
+
 def test_feedforward_after_a_cz_on_one_controller(lab10) -> None:
     """Bell on 9-8, then qubit 7 flipped when qubit 8 read 1: a cz, a mid-circuit measurement
     and a conditional pulse on ctrl1 evolve 7 transmons, the untouched neighbours held by their

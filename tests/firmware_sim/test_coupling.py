@@ -316,7 +316,8 @@ def test_untouched_neighbours_held_by_populations_evolve_exactly_as_in_full() ->
     and 4 are nobody's target but neighbours of driven qubits (2 between 1 and 3), so the
     engine holds them by their populations. Its density matrix equals the one with them
     evolved in full (``diagonal_spectators = False``) within 1e-12, and so does the state after
-    projecting qubit 1 on |1> and resuming with another pulse on 3 (mid-circuit measurement).
+    projecting qubit 1 on |1> and resuming with another pulse on 3 (mid-circuit measurement),
+    or with a pulse on the held qubit 2 (the resumed state then carries it in full).
     The spectators matter: qubit 2's thermal |1> shifts qubits 1 and 3 by their ZZ, and
     dropping that population moves the others' populations by ~1e-4, far above the tolerance."""
     st, nco = settings(DEVICE)
@@ -330,6 +331,8 @@ def test_untouched_neighbours_held_by_populations_evolve_exactly_as_in_full() ->
     first = wire_program(plays, [env, flux], [], 1240)
     second = wire_program([*plays, (port[3], 1300, 0, 0.9, 0.2, nco[3])], [env, flux], [],
                           1340)
+    third = wire_program([*plays, (port[2], 1300, 0, 0.45, 0.0, nco[2])], [env, flux], [],
+                         1340)
     states = {}
     for held in (True, False):
         eng = PhysicsEngine(DEVICE, RACK.cabling)
@@ -337,8 +340,13 @@ def test_untouched_neighbours_held_by_populations_evolve_exactly_as_in_full() ->
         ev = eng.evolve(first, st)
         child, p1 = ev.rho.project(ev.position[1], 1)
         resumed = eng.evolve(second, st, resume=EvolutionStart(child, ev.position, 1240))
-        states[held] = (ev, p1, resumed)
-    (ev, p1, resumed), (ref, p1_ref, resumed_ref) = states[True], states[False]
+        played = eng.evolve(third, st, resume=EvolutionStart(child, ev.position, 1240))
+        states[held] = (ev, p1, resumed, played)
+    (ev, p1, resumed, played), (ref, p1_ref, resumed_ref, played_ref) = (states[True],
+                                                                         states[False])
+    assert played.rho.diagonal == ()
+    np.testing.assert_allclose(played.rho.matrix(), played_ref.rho.matrix(), rtol=0,
+                               atol=1e-12)
     assert [ev.position[q] for q in (2, 4)] == list(ev.rho.diagonal) == [2, 4]
     assert ref.rho.diagonal == ()
     np.testing.assert_allclose(ev.rho.matrix(), ref.rho.matrix(), rtol=0, atol=1e-12)

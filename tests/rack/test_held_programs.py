@@ -16,6 +16,7 @@ from qiskit import QuantumCircuit, transpile
 
 from labqpu import LabProvider
 from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InstrumentCommandError
 from labqpu.pulse.compiler import compile_circuit
 
 SHOTS = 1000
@@ -75,3 +76,62 @@ def test_a_held_program_runs_again_without_upload_and_an_evicted_one_is_sent_aga
     assert uploads[-1] == uploads[0]
     with ControllerClient(endpoint, timeout_s=5.0) as client:
         assert client.status()["runs_total"] == runs_before + 1
+
+
+def test_without_content_derived_ids_every_run_uploads(backend, monkeypatch) -> None:
+    """A controller that does not state ``program_ids: "content"`` in its capabilities (ids it
+    might give to other content after a restart) gets the program before every run, as the
+    protocol had it before held programs. The reference states it; the test hides it (the seam
+    is the capabilities the rack connection reads)."""
+    from labqpu.rack.hardware import RackConnection
+
+    uploads: list[str] = []
+    real = ControllerClient.upload
+
+    def counting(self, arrays, meta):
+        uploads.append(real(self, arrays, meta))
+        return uploads[-1]
+
+    caps = RackConnection.capabilities
+    monkeypatch.setattr(ControllerClient, "upload", counting)
+    monkeypatch.setattr(RackConnection, "capabilities", lambda self, name: {
+        k: v for k, v in caps(self, name).items() if k != "program_ids"})
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        assert client.hello()["capabilities"]["program_ids"] == "content"
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, backend, initial_layout=[0])
+    for _ in range(2):
+        assert _excited_fraction(backend.run(native, shots=SHOTS).result()) >= 0.9
+    assert len(uploads) == 2
+
+
+def test_a_run_keeps_its_program_from_being_evicted_first(backend) -> None:
+    """The reference evicts the program least recently uploaded or run: program A, uploaded
+    first and then run, outlives B, uploaded after A but not run since, when a new upload
+    fills the last slot."""
+    endpoint = backend.config.controllers[0].endpoint
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    program = compile_circuit(transpile(qc, backend, initial_layout=[0]), backend.snapshot,
+                              backend.channels)
+    arrays, meta = program.to_wire()
+
+    def variant(k: int) -> tuple[dict, dict]:
+        return ({**arrays, "param_values": np.array([float(k)])},
+                {**meta, "param_names": ["filler"]})
+
+    with ControllerClient(endpoint, timeout_s=5.0) as client:
+        limit = client.hello()["limits"]["max_programs"]
+        a = client.upload(*variant(0))
+        b = client.upload(*variant(1))
+        for k in range(2, limit):
+            client.upload(*variant(k))
+        assert client.status()["programs"] == limit
+        client.wait(client.run(a, 10), timeout_s=30.0)
+        client.upload(*variant(limit))
+        client.wait(client.run(a, 10), timeout_s=30.0)
+        with pytest.raises(InstrumentCommandError, match="no program"):
+            client.run(b, 10)
