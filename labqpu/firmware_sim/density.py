@@ -1,7 +1,9 @@
 """The simulator's quantum state: density matrix of three-level transmons and its updates.
 
-``DensityMatrix`` holds the evolved qubits as a tensor with 2n axes (rows, then columns; first
-qubit most significant). Operators reach it as local channels (9x9 row-major superoperators),
+``DensityMatrix`` holds the evolved qubits as a tensor with a row axis per qubit and a column
+axis per qubit that carries coherences (first qubit most significant): spectators whose state
+stays diagonal are held by their populations, a factor 3 instead of 9 each (2n axes when there
+are none). Operators reach it as local channels (9x9 row-major superoperators),
 k-qubit unitaries, unitaries conditioned on other qubits' levels, and diagonal phases. Small
 conditioned operators go through a numba kernel that updates rows in place of numpy's axis
 moves (``_left_apply_kernel``); ``_LocalChannels`` composes each qubit's local evolution and
