@@ -131,12 +131,11 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     :func:`fidelity_map` with ``2 shots`` per state and point, centred on the resonator that
     resonator spectroscopy measured, so that recalibrations in a row cannot walk the frequency
     away from it; on the current readout frequency when no measured resonator is known), then
-    in turn the window at that
-    amplitude (:func:`choose_readout_duration` on a :func:`duration_scan`, as many shots) and,
-    if the window moved, the amplitude again at the chosen frequency and the new window, until
-    neither moves or :data:`READOUT_ROUNDS` rounds have run (the records' settings say how many
-    and whether it converged); then discriminator centres, assignment matrix and fidelity from
-    ``4 shots`` single shots per state."""
+    in turn the window at that amplitude (:func:`choose_readout_duration` on a
+    :func:`duration_scan`, as many shots) and, if the window moved, the amplitude again at the
+    chosen frequency and the new window, until neither moves or :data:`READOUT_ROUNDS` rounds
+    have run (the records' settings say how many and whether it converged); then discriminator
+    centres, assignment matrix and fidelity from ``4 shots`` single shots per state."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
