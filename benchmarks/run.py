@@ -488,8 +488,9 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
         Budget(repeats=budget.repeats, min_repeat_s=budget.min_repeat_s))
     emit([Line("Bell job, 2000 shots, vs qiskit-aer", t_job, t_aer,
                f"{dur(t_job)}/job median, {1 / t_job:.1f} jobs/s (backend.run() to "
-               "get_counts(): compile, VISA settings, upload, pulse-level simulation over "
-               "ZeroMQ, IQ -> counts)",
+               "get_counts(): compile, VISA settings, upload (the first job only: the "
+               "controller holds the program), pulse-level simulation over ZeroMQ, IQ -> "
+               "counts)",
                f"{dur(t_aer)}/job (AerSimulator(), ideal, same transpiled circuit with sy "
                "as ry, in process)",
                "different physics: Aer applies ideal gates; labqpu simulates the pulses on "
