@@ -24,6 +24,7 @@ import math
 import runpy
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -303,6 +304,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             snapshot = report.snapshot
             if not report.ok:
                 return 1
+            if not runs_rb:
+                _report_outdated_gate_errors(backend)
         if runs_rb:
             snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args),
                                                 args.qubits)
@@ -417,6 +420,22 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
+
+
+def _report_outdated_gate_errors(backend) -> None:
+    """Print which gate errors of the backend's newest snapshot no longer describe its gates
+    (``labqpu.calibration.rb.outdated_gate_errors``), and how to measure them again."""
+    from labqpu.calibration.rb import outdated_gate_errors
+    from labqpu.store.staleness import parse_age_limits
+
+    limits = parse_age_limits(backend.config.raw.get("calibration", {}).get("max_age_h", {}),
+                              defaults=True)
+    due = outdated_gate_errors(backend.snapshot, limits, datetime.now(UTC))
+    if due:
+        shown = "; ".join(due[:6]) + (f"; and {len(due) - 6} more" if len(due) > 6 else "")
+        print(f"gate errors out of date ({len(due)}): {shown}. The Target's error figures "
+              "(and the layouts they steer) describe the old pulses: `labqpu calibrate --rb` "
+              "measures them again.")
 
 
 def _rb_settings(args: argparse.Namespace):

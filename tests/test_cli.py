@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,25 @@ def test_calibrate_runs_the_graph_and_prints_the_summary(tmp_path):
     assert "t1" in summary and ("committed snapshot 2 (parent 1)" in summary
                                 or "nothing committed; snapshot 1" in summary)
     assert "cz" not in summary  # t1 needs no CZ
+
+
+def test_calibrate_names_gate_errors_measured_before_their_pulses(tmp_path, export):
+    """A snapshot whose qubit 2 has a pi amplitude newer than its gate errors (as after a
+    recalibration without RB): after a graph run, the command names sx:2, sy:2 and x:2 as out
+    of date and says which command measures them again."""
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+
+    with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
+        first = store.import_json(export)
+        builder = SnapshotBuilder.from_snapshot(first)
+        builder.set_qubit(2, "pi_amplitude", first.qubits[2]["pi_amplitude"].value,
+                          "fine_amplitude-test", timestamp=datetime.now(UTC).isoformat())
+        store.commit(builder.build_document())
+    proc = labqpu(tmp_path, "calibrate", "t1", "--qubits", "0", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("gate errors out of date"))
+    assert "sx:2 (measured before pi_amplitude)" in line and "x:2 (" in line, line
+    assert "sx:0" not in line and "`labqpu calibrate --rb`" in line, line
 
 
 def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):

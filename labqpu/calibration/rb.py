@@ -266,6 +266,45 @@ class RBOutcome:
     errors: dict[str, float]
 
 
+#: What a gate's measured error depends on: the qubit's drive-pulse values for the
+#: one-qubit pulses, the edge's CZ values for cz. An error measured before one of them changed
+#: describes another pulse.
+PULSE_VALUES = ("frequency_hz", "pi_amplitude", "pi2_amplitude", "drag_beta",
+                "pulse_duration_s", "pulse_sigma_s")
+
+
+def outdated_gate_errors(snapshot, limits: dict[str, float], now: datetime) -> list[str]:
+    """The gate errors of ``snapshot`` that no longer describe its gates, each as
+    ``"gate (why)"``: measured before a value its pulse is built from (:data:`PULSE_VALUES` of
+    its qubit, or the CZ values of its edge) was measured again, or older than the
+    ``gate_error`` age limit in ``limits`` (hours; ``labqpu.store.staleness``), or missing for a
+    qubit with calibrated pulses or an edge with a calibrated CZ. Pure: reads the snapshot."""
+    from labqpu.store import CZ_PARAMETERS
+    from labqpu.store.staleness import age_h
+
+    wanted = {f"{g}:{q}": (params, PULSE_VALUES) for q, params in snapshot.qubits.items()
+              if "pi_amplitude" in params for g in ONE_QUBIT_PULSES
+              if g != "sy" or f"sy:{q}" in snapshot.gates}
+    for pair, params in snapshot.pairs.items():
+        if "cz_amplitude" in params:
+            wanted[f"cz:{pair[0]}-{pair[1]}"] = (params, CZ_PARAMETERS)
+    out = []
+    for gate, (params, depends) in sorted(wanted.items()):
+        error = snapshot.gates.get(gate, {}).get("error")
+        if error is None:
+            out.append(f"{gate} (never measured)")
+            continue
+        measured = datetime.fromisoformat(error.timestamp)
+        newer = sorted(n for n in depends if n in params
+                       and datetime.fromisoformat(params[n].timestamp) > measured)
+        if newer:
+            out.append(f"{gate} (measured before {', '.join(newer)})")
+        elif "gate_error" in limits and age_h(error.timestamp, now) > limits["gate_error"]:
+            out.append(f"{gate} ({age_h(error.timestamp, now):.1f} h old > "
+                       f"{limits['gate_error']:g} h)")
+    return out
+
+
 def rb_update(builder: SnapshotBuilder, outcome: RBOutcome) -> None:
     """Write ``outcome``'s gate errors into ``builder``, with the run's experiment id and the
     time of the measurement."""

@@ -4,6 +4,8 @@ limit of the device file, through the store into the Target."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 from qiskit.quantum_info import Operator
@@ -19,6 +21,7 @@ from labqpu.calibration.rb import (
     errors_per_gate,
     fit_rb,
     independent_sets,
+    outdated_gate_errors,
     rb_baseline,
     rb_record,
     rb_update,
@@ -27,7 +30,7 @@ from labqpu.calibration.rb import (
 from labqpu.calibration.records import load_record
 from labqpu.errors import FitError
 from labqpu.firmware_sim.device import load_device
-from labqpu.store import SnapshotBuilder
+from labqpu.store import Snapshot, SnapshotBuilder
 
 LAB5_COUPLING = [(0, 1), (1, 2), (2, 3), (3, 4)]
 
@@ -198,3 +201,30 @@ def test_too_few_lengths_is_a_fit_error_not_a_gate_error():
         fit_rb(np.array([3, 3]), np.array([[0.9, 0.91], [0.9, 0.9]]), 1, baseline=0.5)
     with pytest.raises(FitError, match="at least 4 distinct"):
         fit_rb(np.array([1, 10, 30]), np.full((3, 2), 0.9), 1)
+
+
+def test_gate_errors_measured_before_their_pulses_are_reported_out_of_date(snapshot) -> None:
+    """The shipped lab5 snapshot's gate errors were measured after its pulses: none is out of
+    date. A newer pi amplitude on qubit 2 makes its sx, sy and x errors describe the old pulse,
+    a newer cz amplitude on 1-2 the cz error, and a 1 h gate-error age limit all of them; a
+    snapshot without gate errors names every gate as never measured."""
+    now = datetime(2026, 11, 30, 18, 30, tzinfo=UTC)
+    limits = {"gate_error": 24.0}
+    assert outdated_gate_errors(snapshot, limits, now) == []
+    later = "2026-11-30T18:00:00+00:00"
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    builder.set_qubit(2, "pi_amplitude", snapshot.qubits[2]["pi_amplitude"].value * 1.01,
+                      "fine_amplitude-test", timestamp=later)
+    builder.set_pair((1, 2), "cz_amplitude", snapshot.pairs[(1, 2)]["cz_amplitude"].value,
+                     "cz-test", timestamp=later)
+    changed = Snapshot.from_document(builder.build_document())
+    assert outdated_gate_errors(changed, limits, now) == [
+        "cz:1-2 (measured before cz_amplitude)", "sx:2 (measured before pi_amplitude)",
+        "sy:2 (measured before pi_amplitude)", "x:2 (measured before pi_amplitude)"]
+    aged = outdated_gate_errors(snapshot, {"gate_error": 1.0}, now)
+    assert len(aged) == len(snapshot.gates) and all("h old > 1 h" in a for a in aged)
+    document = SnapshotBuilder.from_snapshot(snapshot).build_document()
+    document["gates"] = {}
+    bare = outdated_gate_errors(Snapshot.from_document(document), limits, now)
+    assert "sx:0 (never measured)" in bare and "cz:3-4 (never measured)" in bare
+    assert not any(a.startswith("sy:") for a in bare)  # sy only where the snapshot has it
