@@ -425,12 +425,11 @@ def _positive_int(text: str) -> int:
 def _report_outdated_gate_errors(backend) -> None:
     """Print which gate errors of the backend's newest snapshot no longer describe its gates
     (``labqpu.calibration.rb.outdated_gate_errors``), and how to measure them again."""
+    from labqpu.backend.target import age_limits
     from labqpu.calibration.rb import outdated_gate_errors
-    from labqpu.store.staleness import parse_age_limits
 
-    limits = parse_age_limits(backend.config.raw.get("calibration", {}).get("max_age_h", {}),
-                              defaults=True)
-    due = outdated_gate_errors(backend.snapshot, limits, datetime.now(UTC))
+    due = outdated_gate_errors(backend.snapshot, age_limits(backend.config, defaults=True),
+                               datetime.now(UTC))
     if due:
         shown = "; ".join(due[:6]) + (f"; and {len(due) - 6} more" if len(due) > 6 else "")
         print(f"gate errors out of date ({len(due)}): {shown}. The Target's error figures "

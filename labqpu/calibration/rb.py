@@ -40,7 +40,9 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from labqpu.calibration.plots import save_plot
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import FitError
+from labqpu.store import CZ_PARAMETERS
 from labqpu.store.builder import SnapshotBuilder
+from labqpu.store.staleness import age_h
 
 #: Native gates that play one drive pulse (rz plays nothing).
 ONE_QUBIT_PULSES = ("sx", "sy", "x")
@@ -279,9 +281,6 @@ def outdated_gate_errors(snapshot, limits: dict[str, float], now: datetime) -> l
     its qubit, or the CZ values of its edge) was measured again, or older than the
     ``gate_error`` age limit in ``limits`` (hours; ``labqpu.store.staleness``), or missing for a
     qubit with calibrated pulses or an edge with a calibrated CZ. Pure: reads the snapshot."""
-    from labqpu.store import CZ_PARAMETERS
-    from labqpu.store.staleness import age_h
-
     wanted = {f"{g}:{q}": (params, PULSE_VALUES) for q, params in snapshot.qubits.items()
               if "pi_amplitude" in params for g in ONE_QUBIT_PULSES
               if g != "sy" or f"sy:{q}" in snapshot.gates}
