@@ -27,6 +27,14 @@ def _excited_fraction(result) -> float:
     return counts.get("1", 0) / SHOTS
 
 
+def _x_measure(backend) -> QuantumCircuit:
+    """x + measure on qubit 0, transpiled for ``backend``."""
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    return transpile(qc, backend, initial_layout=[0])
+
+
 @pytest.fixture
 def backend(tmp_path, monkeypatch):
     """A provider of its own (its simulator's program memory is this test's to fill)."""
@@ -35,26 +43,29 @@ def backend(tmp_path, monkeypatch):
         yield provider.backend()
 
 
+@pytest.fixture
+def uploads(monkeypatch) -> list[str]:
+    """The program ids of every ``ControllerClient.upload`` in this process, in order (the
+    real method, wrapped to count)."""
+    seen: list[str] = []
+    real = ControllerClient.upload
+
+    def counting(self, arrays, meta):
+        seen.append(real(self, arrays, meta))
+        return seen[-1]
+
+    monkeypatch.setattr(ControllerClient, "upload", counting)
+    return seen
+
+
 def test_a_held_program_runs_again_without_upload_and_an_evicted_one_is_sent_again(
-        backend, monkeypatch) -> None:
+        backend, uploads) -> None:
     """x + measure on qubit 0, three jobs: the first uploads, the second only runs. Then
     another client fills the controller's program memory (``max_programs`` other programs), so
     the third job's run is refused with ``UnknownProgram``: the program is uploaded again and
     the job returns its counts. Every job reads |1> in >= 90 % of the shots, and the controller
     ran each once (``runs_total``)."""
-    uploads: list[str] = []
-    real = ControllerClient.upload
-
-    def counting(self, arrays, meta):
-        program_id = real(self, arrays, meta)
-        uploads.append(program_id)
-        return program_id
-
-    monkeypatch.setattr(ControllerClient, "upload", counting)
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.measure(0, 0)
-    native = transpile(qc, backend, initial_layout=[0])
+    native = _x_measure(backend)
     endpoint = backend.config.controllers[0].endpoint
 
     assert _excited_fraction(backend.run(native, shots=SHOTS).result()) >= 0.9
@@ -78,30 +89,19 @@ def test_a_held_program_runs_again_without_upload_and_an_evicted_one_is_sent_aga
         assert client.status()["runs_total"] == runs_before + 1
 
 
-def test_without_content_derived_ids_every_run_uploads(backend, monkeypatch) -> None:
+def test_without_content_derived_ids_every_run_uploads(backend, uploads, monkeypatch) -> None:
     """A controller that does not state ``program_ids: "content"`` in its capabilities (ids it
     might give to other content after a restart) gets the program before every run, as the
     protocol had it before held programs. The reference states it; the test hides it (the seam
     is the capabilities the rack connection reads)."""
     from labqpu.rack.hardware import RackConnection
 
-    uploads: list[str] = []
-    real = ControllerClient.upload
-
-    def counting(self, arrays, meta):
-        uploads.append(real(self, arrays, meta))
-        return uploads[-1]
-
     caps = RackConnection.capabilities
-    monkeypatch.setattr(ControllerClient, "upload", counting)
     monkeypatch.setattr(RackConnection, "capabilities", lambda self, name: {
         k: v for k, v in caps(self, name).items() if k != "program_ids"})
     with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
         assert client.hello()["capabilities"]["program_ids"] == "content"
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.measure(0, 0)
-    native = transpile(qc, backend, initial_layout=[0])
+    native = _x_measure(backend)
     for _ in range(2):
         assert _excited_fraction(backend.run(native, shots=SHOTS).result()) >= 0.9
     assert len(uploads) == 2
@@ -112,11 +112,7 @@ def test_a_run_keeps_its_program_from_being_evicted_first(backend) -> None:
     first and then run, outlives B, uploaded after A but not run since, when a new upload
     fills the last slot."""
     endpoint = backend.config.controllers[0].endpoint
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.measure(0, 0)
-    program = compile_circuit(transpile(qc, backend, initial_layout=[0]), backend.snapshot,
-                              backend.channels)
+    program = compile_circuit(_x_measure(backend), backend.snapshot, backend.channels)
     arrays, meta = program.to_wire()
 
     def variant(k: int) -> tuple[dict, dict]:
