@@ -7,9 +7,11 @@ Its time is compared with what it cannot avoid, measured in the same run:
   controller, from acceptance to the end of the run);
 * the round trips the job makes, counted by wrapping the drivers' send functions during one
   job: ZeroMQ requests (hello, upload, run; the held fetch's request travels during the run,
-  so it counts half a round trip, its reply) and SCPI transactions (settings read back before
-  and after the run), each priced at a raw echo round trip: a pyzmq REQ/REP echo and a
-  line-echo TCP socket, served by a separate process on loopback.
+  so it counts half a round trip, its reply) and SCPI exchanges (the settings read back before
+  and after the run: one compound query per instrument, all sent before the first reply is
+  read, so an exchange counts one round trip however many instruments it asks), each priced
+  at a raw echo round trip: a pyzmq REQ/REP echo and a line-echo TCP socket, served by a
+  separate process on loopback.
 
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
 the protocol's encoding, IQ -> counts. Usage::
@@ -114,14 +116,16 @@ def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
-    """Count the drivers' ZeroMQ requests (by op) and SCPI transactions while inside, and sum
+    """Count the drivers' ZeroMQ requests (by op) and SCPI exchanges while inside, and sum
     the seconds spent in each kind (waiting for the reply included)."""
     from labqpu.drivers.controller import ControllerClient
     from labqpu.drivers.scpi import ScpiInstrument
+    from labqpu.rack import settings
 
     counts: Counter = Counter()
     seconds: Counter = Counter()
     send, transact = ControllerClient._send, ScpiInstrument._transact
+    query_each = settings.query_each
 
     def counting_send(self, op, *args, **kwargs):
         counts[f"zmq {op}"] += 1
@@ -139,11 +143,22 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
         finally:
             seconds["scpi"] += time.perf_counter() - t0
 
+    def counting_query_each(queries):
+        counts["scpi"] += 1
+        counts["scpi instruments asked"] += len(queries)
+        t0 = time.perf_counter()
+        try:
+            return query_each(queries)
+        finally:
+            seconds["scpi"] += time.perf_counter() - t0
+
     ControllerClient._send, ScpiInstrument._transact = counting_send, counting_transact
+    settings.query_each = counting_query_each
     try:
         yield counts, seconds
     finally:
         ControllerClient._send, ScpiInstrument._transact = send, transact
+        settings.query_each = query_each
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                f"{dur(t_job)}/job median (backend.run() to get_counts())",
                f"{dur(needed)} (simulator run {dur(t_exec)} + {zmq_trips} ZeroMQ and "
                f"{counts['scpi']} SCPI raw round trips)")], [])
+    asked = counts.pop("scpi instruments asked", 0)
     info(f"round trips of one job: {dict(counts)}, plus {fetches} fetch(es) held during the "
-         "run (counted as half a round trip)")
+         f"run (counted as half a round trip); the SCPI exchanges asked {asked} instruments")
     info(f"raw round trips (separate process, loopback): pyzmq REQ/REP echo {dur(zmq_rtt)}, "
          f"TCP line echo {dur(tcp_rtt)}")
     info(f"dispatch overhead (job - simulator run - raw round trips): {dur(t_job - needed)} "
@@ -218,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     info(f"where a job's time goes (means over {jobs} more jobs, {dur(spent / jobs)} each): "
          f"ZeroMQ requests {dur(zmq_s)} (simulator run and raw round trips "
          f"{dur(t_exec + (zmq_trips + 0.5 * min(fetches, 1)) * zmq_rtt)}; the rest is the "
-         "controller's request handling and the protocol's encoding), SCPI transactions "
-         f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is pyvisa and the "
-         f"instrument's parsing), host code {dur(spent / jobs - zmq_s - scpi_s)} (validation, "
-         "compile, the job thread, IQ -> counts)")
+         "controller's request handling and the protocol's encoding), SCPI exchanges "
+         f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is pyvisa, the "
+         "instruments' parsing and the queries after the first), host code "
+         f"{dur(spent / jobs - zmq_s - scpi_s)} (validation, compile, the job thread, "
+         "IQ -> counts)")
     info(f"job time min {dur(min(job_s))}, max {dur(max(job_s))}; last counts {counts_out}")
     print(f"load average at end {tm.load_average()}")
     return 0

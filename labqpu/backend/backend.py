@@ -317,7 +317,8 @@ class LabBackend(BackendV2):
                 option=unknown[0])
         given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
         _check_option_types({k: v for k, v in given.items() if v is not None})
-        opts = copy.deepcopy(self.options)
+        opts = copy.copy(self.options)  # own fields and validators; values are replaced,
+        # never mutated (job_tags, the one list, is copied by _run_options)
         for name, value in given.items():
             try:
                 opts.update_options(**{name: value})
@@ -394,6 +395,8 @@ class LabBackend(BackendV2):
         out["timeout"] = float(out["timeout"])
         if out["seed_simulator"] is not None:
             out["seed_simulator"] = int(out["seed_simulator"])
+        if out["job_tags"] is not None:
+            out["job_tags"] = list(out["job_tags"])
         return out
 
     def _check_circuit(self, circuit: QuantumCircuit, target: LabTarget) -> None:

@@ -16,6 +16,7 @@ nothing is sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -243,29 +244,26 @@ class ScpiInstrument:
         logger.debug("%s <- %r", self.resource, message)
         try:
             reply = session.query(message).strip()
-        except pyvisa.errors.VisaIOError as exc:
-            self._drop_session()
-            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                raise InstrumentTimeoutError(
-                    f"no reply within {self.timeout_s} s",
-                    instrument=self.resource,
-                    command=command,
-                ) from exc
-            raise InstrumentError(
-                f"VISA I/O error: {exc}", instrument=self.resource, command=command
-            ) from exc
-        except OSError as exc:
-            self._drop_session()
-            raise InstrumentError(
-                f"connection failed: {exc}", instrument=self.resource, command=command
-            ) from exc
-        except UnicodeDecodeError as exc:
-            self._drop_session()
-            raise ProtocolError(
-                f"reply is not ASCII: {exc}", instrument=self.resource, command=command
-            ) from exc
+        except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
+            raise self._failed(exc, command) from exc
         logger.debug("%s -> %r", self.resource, reply)
         return reply
+
+    def _failed(self, exc: Exception, command: str) -> InstrumentError:
+        """Close the session after ``exc`` (a reply may still be on its way) and return the
+        error to raise; the caller holds the lock."""
+        self._drop_session()
+        if isinstance(exc, pyvisa.errors.VisaIOError):
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                return InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
+                                              instrument=self.resource, command=command)
+            return InstrumentError(f"VISA I/O error: {exc}", instrument=self.resource,
+                                   command=command)
+        if isinstance(exc, UnicodeDecodeError):
+            return ProtocolError(f"reply is not ASCII: {exc}", instrument=self.resource,
+                                 command=command)
+        return InstrumentError(f"connection failed: {exc}", instrument=self.resource,
+                               command=command)
 
     def _open_session(self) -> pyvisa.resources.MessageBasedResource:
         """Return the open session, opening it if needed; the caller holds the lock."""
@@ -365,10 +363,18 @@ class SignalGenerator(ScpiInstrument):
     def output_on(self, on: bool) -> None:
         self.write(f"OUTP {_on_off(on)}")
 
+    #: The query :meth:`state` sends; :meth:`parse_state` reads its reply.
+    STATE_QUERY = "FREQ?;POW?;OUTP?"
+
     def state(self) -> tuple[float, float, bool]:
         """Frequency (Hz), power (dBm) and output state, read in one round trip."""
-        command = "FREQ?;POW?;OUTP?"
-        parts = self.query(command).split(";")
+        return self.parse_state(self.query(self.STATE_QUERY))
+
+    def parse_state(self, reply: str) -> tuple[float, float, bool]:
+        """Frequency (Hz), power (dBm) and output state from the reply to
+        :attr:`STATE_QUERY` (sent by :meth:`state` or :func:`query_each`)."""
+        command = self.STATE_QUERY
+        parts = reply.split(";")
         if len(parts) != 3:
             raise ProtocolError(f"expected three replies, got {parts!r}",
                                 instrument=self.resource, command=command)
@@ -449,11 +455,23 @@ class CurrentSource(ScpiInstrument):
     def states(self, channels: Sequence[int]) -> dict[int, tuple[float, bool]]:
         """Programmed current (A) and output state of each of ``channels``, all read in one
         round trip (one compound query)."""
-        chs = [self._channel(c) for c in channels]
-        if not chs:
+        if not channels:
             return {}
-        command = ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in chs)
-        parts = self.query(command).split(";")
+        return self.parse_states(channels, self.query(self.states_query(channels)))
+
+    def states_query(self, channels: Sequence[int]) -> str:
+        """The one compound query that :meth:`states` sends for ``channels`` (not empty)."""
+        if not channels:
+            raise ValueError("states_query needs at least one channel")
+        return ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in map(self._channel, channels))
+
+    def parse_states(self, channels: Sequence[int], reply: str
+                     ) -> dict[int, tuple[float, bool]]:
+        """Current (A) and output state per channel from the reply to
+        :meth:`states_query` (sent by :meth:`states` or :func:`query_each`)."""
+        chs = [self._channel(c) for c in channels]
+        command = self.states_query(chs)
+        parts = reply.split(";")
         if len(parts) != 2 * len(chs):
             raise ProtocolError(f"expected {2 * len(chs)} replies, got {parts!r}",
                                 instrument=self.resource, command=command)
@@ -485,3 +503,54 @@ def _on_off(on: bool) -> str:
     if not isinstance(on, bool | np.bool_):
         raise TypeError(f"expected a bool, got {on!r}")
     return "ON" if on else "OFF"
+
+
+def query_each(queries: Sequence[tuple[ScpiInstrument, str]]) -> list[str]:
+    """Send one query to each of several instruments, then read the replies, in order.
+
+    Every query leaves before the first reply is read, so the instruments answer at the same
+    time: one round trip in all instead of one per instrument. Each instrument is locked for
+    the whole exchange (in a fixed order, so two callers cannot deadlock). The bounds are
+    those of :meth:`ScpiInstrument.query`; if any step fails, every session that may still
+    receive a reply is closed (reopened on its next use), so no late reply can answer a later
+    query.
+
+    Raises:
+        ValueError: an instrument appears twice (its replies would arrive in one stream).
+        ProtocolError: a command holds a line break (nothing is sent).
+        InstrumentTimeoutError: a reply did not come within its instrument's ``timeout_s``.
+        InstrumentError: a session could not be opened or broke.
+    """
+    if not queries:
+        return []
+    instruments = [instrument for instrument, _ in queries]
+    if len({id(i) for i in instruments}) != len(instruments):
+        raise ValueError("query_each takes one query per instrument")
+    for instrument, command in queries:
+        instrument._check_single_line(command)
+    with contextlib.ExitStack() as locks:
+        for instrument in sorted(instruments, key=id):
+            locks.enter_context(instrument._lock)
+        sent: list[ScpiInstrument] = []  # queries out whose replies are not read yet
+        current, command = instruments[0], queries[0][1]
+        try:
+            for current, command in queries:
+                session = current._open_session()
+                logger.debug("%s <- %r", current.resource, command)
+                sent.append(current)
+                session.write(command)
+            replies = []
+            for current, command in queries:
+                reply = current._session.read().strip()
+                logger.debug("%s -> %r (%r)", current.resource, reply, command)
+                replies.append(reply)
+                sent.remove(current)
+            return replies
+        except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
+            for instrument in sent:
+                instrument._drop_session()
+            raise current._failed(exc, command) from exc
+        except BaseException:
+            for instrument in sent:
+                instrument._drop_session()
+            raise

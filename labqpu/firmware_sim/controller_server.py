@@ -235,6 +235,9 @@ class ControllerServer:
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        #: Runs accepted by the request being answered; the serving thread hands them to the
+        #: worker only after the reply has left (:meth:`_serve`).
+        self._accepted: list[str] = []
         self._stopping = threading.Event()
         self._started_at = 0.0
         self._serve_thread: threading.Thread | None = None
@@ -369,6 +372,11 @@ class ControllerServer:
                         reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
                     if reply is not None:
                         self._deliver(socket, frames[0], op, reply)
+                    # Started after its reply has left: a worker that starts simulating first
+                    # holds the GIL while the client waits for its run id.
+                    for run_id in self._accepted:
+                        self._queue.put(run_id)
+                    self._accepted.clear()
                 self._expire_runs()
                 for identity, reply in self._due_fetches():
                     self._deliver(socket, identity, OP_FETCH, reply)
@@ -604,7 +612,7 @@ class ControllerServer:
             self._runs[run.run_id] = run
             if key is not None:
                 self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
-        self._queue.put(run.run_id)
+        self._accepted.append(run.run_id)
         return {"run_id": run.run_id, "state": QUEUED}, None
 
     def _lookup(self, request: Request) -> Run:

@@ -455,6 +455,8 @@ _MODELS: dict[str, _Model] = {
     ),
 }
 
+#: Headers remembered by :meth:`ScpiServer._lookup` (the table is emptied when full).
+_KNOWN_HEADERS = 256
 _HEADER = re.compile(r":?(\*?[A-Za-z]+\d*(?::[A-Za-z]+\d*)*)(\?)?")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -510,6 +512,7 @@ class ScpiServer:
         serial = re.sub(r"[,;\s]", "_", name)
         self.identity = f"labqpu simulator,{self._model.model},{serial},{_FIRMWARE_VERSION}"
         self._errors = _ErrorQueue()
+        self._headers: dict[str, tuple[_Command, int]] = {}
         #: Setting commands executed so far (queries and refused commands not counted), so a
         #: test can see whether a client re-sent a setting.
         self.settings_total = 0
@@ -640,6 +643,11 @@ class ScpiServer:
         return None
 
     def _lookup(self, header: str) -> tuple[_Command, int]:
+        """The command table entry and channel of ``header``; headers found before are
+        answered from a bounded table (a client sends the same few headers again and again)."""
+        found = self._headers.get(header)
+        if found is not None:
+            return found
         tokens = header.split(":")
         for entry in self._model.commands:
             matched, suffix = _match(entry.nodes, tokens)
@@ -647,6 +655,9 @@ class ScpiServer:
                 channel = 1 if suffix is None else suffix
                 if not 1 <= channel <= self.state.channels:
                     raise _ScpiError(-114, "Header suffix out of range", header)
+                if len(self._headers) >= _KNOWN_HEADERS:
+                    self._headers.clear()
+                self._headers[header] = entry, channel
                 return entry, channel
         raise _undefined_header(header)
 

@@ -1,7 +1,8 @@
 """Instrument state a program relies on: read it, set only what differs, verify it held.
 
-Before a run, every LO source the program names is read back in one round trip, and so are
-all the flux-bias channels of each current source. A setting that already matches is not sent
+Before a run, every LO source the program names and every current source of its flux-bias
+channels is read back with one compound query each, all of them sent before the first reply
+is read (one round trip in all). A setting that already matches is not sent
 again. A setting that differs is sent, then read back, and the job fails if the instrument
 still disagrees. After the run, the same settings are read again. If another process changed
 an LO or a bias current during the run, the job fails, naming the instrument and the setting,
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator, query_each
 from labqpu.errors import InstrumentCommandError
 from labqpu.pulse.program import PulseProgram
 
@@ -73,10 +74,9 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
     Raises:
         InstrumentCommandError: an instrument still disagrees after being set.
     """
+    los, biases = _states(instruments, program)
     readback = []
-    for name, lo in sorted(program.lo_settings.items()):
-        source = instruments.signal_generator(name)
-        state = source.state()
+    for name, lo, source, state in los:
         if _lo_differences(state, lo.frequency_hz, lo.power_dbm):
             source.configure(lo.frequency_hz, lo.power_dbm, output_on=True)
             state = source.state()
@@ -86,7 +86,7 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
                     f"LO {name} reads {', '.join(wrong)} after being set; nothing was run",
                     instrument=source.resource, command="readback")
         readback.append(_lo_record(name, source, state))
-    for (name, channel), current, source, state in _bias_states(instruments, program):
+    for (name, channel), current, source, state in biases:
         if _bias_differences(state, current):
             if not _close(state[0], current, 1e-9, 1e-6):
                 source.set_current_a(channel, current)
@@ -114,33 +114,39 @@ def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
 
 
 def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
-    """(what, source, differences, record) for every LO and bias channel of ``program``: one
-    round trip per LO source and one per current source."""
-    out = []
-    for name, lo in sorted(program.lo_settings.items()):
-        source = instruments.signal_generator(name)
-        state = source.state()
-        out.append((f"LO {name}", source, _lo_differences(state, lo.frequency_hz, lo.power_dbm),
-                    _lo_record(name, source, state)))
-    for (name, channel), current, source, state in _bias_states(instruments, program):
-        out.append((f"flux bias {name} channel {channel}", source,
-                    _bias_differences(state, current), _bias_record(name, channel, source, state)))
+    """(what, source, differences, record) for every LO and bias channel of ``program``."""
+    los, biases = _states(instruments, program)
+    out = [(f"LO {name}", source, _lo_differences(state, lo.frequency_hz, lo.power_dbm),
+            _lo_record(name, source, state)) for name, lo, source, state in los]
+    out.extend((f"flux bias {name} channel {channel}", source,
+                _bias_differences(state, current), _bias_record(name, channel, source, state))
+               for (name, channel), current, source, state in biases)
     return out
 
 
-def _bias_states(instruments: Instruments, program: PulseProgram) -> list[tuple]:
-    """((instrument, channel), wanted current (A), source, (current, output on)) for every
-    bias channel of ``program``; the channels of one source are read in one round trip."""
+def _states(instruments: Instruments, program: PulseProgram) -> tuple[list[tuple], list[tuple]]:
+    """What every LO and bias channel of ``program`` reads now: (name, wanted LO setting,
+    source, (frequency, power, on)) per LO source and ((instrument, channel), wanted current
+    (A), source, (current, on)) per bias channel. One compound query per instrument, all of
+    them sent before the first reply is read (``query_each``): one round trip in all."""
+    los = [(name, lo, instruments.signal_generator(name))
+           for name, lo in sorted(program.lo_settings.items())]
     by_source: dict[str, list[int]] = {}
     for name, channel in sorted(program.flux_bias_a):
         by_source.setdefault(name, []).append(channel)
-    out = []
-    for name, channels in by_source.items():
-        source = instruments.current_source(name)
-        states = source.states(channels)
-        out.extend(((name, ch), program.flux_bias_a[(name, ch)], source, states[ch])
-                   for ch in channels)
-    return out
+    sources = [(name, channels, instruments.current_source(name))
+               for name, channels in by_source.items()]
+    replies = query_each([(source, source.STATE_QUERY) for _, _, source in los]
+                         + [(source, source.states_query(channels))
+                            for _, channels, source in sources])
+    lo_states = [(name, lo, source, source.parse_state(reply))
+                 for (name, lo, source), reply in zip(los, replies[:len(los)], strict=True)]
+    biases = []
+    for (name, channels, source), reply in zip(sources, replies[len(los):], strict=True):
+        states = source.parse_states(channels, reply)
+        biases.extend(((name, ch), program.flux_bias_a[(name, ch)], source, states[ch])
+                      for ch in channels)
+    return lo_states, biases
 
 
 def _read_back(reading: tuple, problem: str) -> dict:

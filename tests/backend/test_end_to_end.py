@@ -410,6 +410,27 @@ def test_pulse_program_is_checked_against_the_rack(lab_backend) -> None:
         assert needle in _nothing_sent(lab_backend, lambda c=candidate: lab_backend.run(c))
 
 
+def test_run_options_belong_to_their_job(lab_backend) -> None:
+    """A run option changes that job only, and the job keeps the tags it was run with, whatever
+    happens to the caller's list (or the backend's default list) afterwards."""
+    native = transpile(bell(), lab_backend)
+    before = dict(lab_backend.options.__dict__)
+    defaults = ["default"]
+    lab_backend.set_options(job_tags=defaults)
+    try:
+        tags = ["first"]
+        job = lab_backend.run(native, shots=50, job_tags=tags, rep_delay=2e-4)
+        tags.append("later")
+        plain = lab_backend.run(native, shots=50)
+        defaults.append("changed")
+        assert job.result(timeout=60).header["job_tags"] == ["first"]
+        assert plain.result(timeout=60).header["job_tags"] == ["default"]
+        assert lab_backend.options.rep_delay == before["rep_delay"]
+        assert lab_backend.options.shots == before["shots"]
+    finally:
+        lab_backend.set_options(job_tags=None)
+
+
 def test_set_options_range_errors_are_run_input_errors(lab_backend) -> None:
     with pytest.raises(InvalidRunInputError, match="shots"):
         lab_backend.set_options(shots=0)

@@ -15,7 +15,7 @@ import pyvisa.constants
 import pyvisa.errors
 import pyvisa.resources
 
-from labqpu.drivers.scpi import CurrentSource, SignalGenerator
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator, query_each
 from labqpu.errors import (
     InstrumentCommandError,
     InstrumentError,
@@ -23,6 +23,7 @@ from labqpu.errors import (
     InstrumentTimeoutError,
     ProtocolError,
 )
+from labqpu.firmware_sim import scpi_server
 from labqpu.firmware_sim.scpi_server import ScpiServer
 
 TIMEOUT_S = 0.3
@@ -36,6 +37,8 @@ class _ScriptedInstrument:
     def __init__(self, replies: Mapping[str, str], delays_s: Mapping[str, float] | None = None):
         self._replies = dict(replies)
         self._delays_s = dict(delays_s or {})
+        #: ("in" | "out", command, time.monotonic()) per command received and reply sent.
+        self.log: list[tuple[str, str, float]] = []
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
@@ -77,10 +80,12 @@ class _ScriptedInstrument:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     command = line.decode().strip()
+                    self.log.append(("in", command, time.monotonic()))
                     if command not in self._replies:
                         continue
                     if self._stop.wait(self._delays_s.get(command, 0.0)):
                         return
+                    self.log.append(("out", command, time.monotonic()))
                     try:
                         conn.sendall(self._replies[command].encode("latin-1") + b"\n")
                     except OSError:
@@ -344,6 +349,75 @@ def test_query_timeout_then_no_stale_reply() -> None:
         peer.close()
 
 
+def test_query_each_reads_several_instruments(sg: SignalGenerator, sg_server: ScpiServer,
+                                              cs: CurrentSource, cs_server: ScpiServer) -> None:
+    """One query per instrument; the replies come back in order and parse as the instruments'
+    own ``state`` / ``states`` calls do."""
+    sg.configure(5.25e9, -3.5, output_on=True)
+    cs.set_current_a(3, -1.25e-4)
+    cs.set_output(3, True)
+    replies = query_each([(sg, sg.STATE_QUERY), (cs, cs.states_query([1, 3]))])
+    assert sg.parse_state(replies[0]) == sg.state() == (5.25e9, -3.5, True)
+    assert cs.parse_states([1, 3], replies[1]) == cs.states([1, 3])
+    assert cs.parse_states([1, 3], replies[1])[3] == (-1.25e-4, True)
+    assert query_each([]) == []
+
+
+def test_query_each_sends_every_query_before_reading_a_reply() -> None:
+    """The second instrument has its query while the first is still working on its reply."""
+    busy = _ScriptedInstrument({"*IDN?": "busy", "WORK?": "done"},
+                               delays_s={"WORK?": 0.5 * TIMEOUT_S})
+    other = _ScriptedInstrument({"*IDN?": "other", "FREQ?": "1.0"})
+    try:
+        with SignalGenerator(busy.resource, timeout_s=TIMEOUT_S) as slow, \
+                SignalGenerator(other.resource, timeout_s=TIMEOUT_S) as fast:
+            assert query_each([(slow, "WORK?"), (fast, "FREQ?")]) == ["done", "1.0"]
+        work_answered = next(t for kind, c, t in busy.log if (kind, c) == ("out", "WORK?"))
+        freq_asked = next(t for kind, c, t in other.log if (kind, c) == ("in", "FREQ?"))
+        assert freq_asked < work_answered
+    finally:
+        busy.close()
+        other.close()
+
+
+@pytest.mark.parametrize("slow_first", [True, False])
+def test_query_each_timeout_names_the_instrument_and_leaves_no_stale_reply(
+        sg: SignalGenerator, sg_server: ScpiServer, slow_first: bool) -> None:
+    """A late instrument fails the exchange with an error naming it and its command; every
+    session that could still receive a reply of this exchange is closed, so the next queries
+    of both instruments get their own replies."""
+    peer = _ScriptedInstrument({"*IDN?": "scripted", "SLOW?": "slow", "FAST?": "fast"},
+                               delays_s={"SLOW?": 1.5 * TIMEOUT_S})
+    try:
+        with SignalGenerator(peer.resource, timeout_s=TIMEOUT_S) as late:
+            queries = [(late, "SLOW?"), (sg, "FREQ?")]
+            with pytest.raises(InstrumentTimeoutError) as info:
+                query_each(queries if slow_first else queries[::-1])
+            assert info.value.instrument == peer.resource
+            assert info.value.command == "SLOW?"
+            assert _opened(peer.resource) == []
+            assert late.query("FAST?") == "fast"
+            sg_server.state.set("frequency_hz", 4.5e9)
+            assert sg.query("POW?") == repr(sg_server.state.get("power_dbm"))
+            assert sg.query("FREQ?") == "4500000000.0"
+    finally:
+        peer.close()
+
+
+def test_query_each_refuses_before_sending(sg: SignalGenerator) -> None:
+    peer = _ScriptedInstrument({"*IDN?": "scripted", "A?": "a"})
+    try:
+        with SignalGenerator(peer.resource, timeout_s=TIMEOUT_S) as other:
+            with pytest.raises(ValueError, match="one query per instrument"):
+                query_each([(other, "A?"), (sg, "FREQ?"), (other, "A?")])
+            with pytest.raises(ProtocolError, match="one line"):
+                query_each([(other, "A?"), (sg, "FREQ?\nPOW?")])
+            assert [c for kind, c, _ in peer.log if kind == "in"] == ["*IDN?"]
+            assert other.query("A?") == "a"
+    finally:
+        peer.close()
+
+
 def test_silent_instrument_times_out_on_open_and_leaves_no_session() -> None:
     peer = _ScriptedInstrument({})
     try:
@@ -521,6 +595,20 @@ def test_header_forms_case_and_line_endings(client: _RawClient, sg_server: ScpiS
         "power_dbm": -7.25,
         "output_on": True,
     }
+
+
+def test_server_remembers_a_bounded_number_of_headers(client: _RawClient,
+                                                     sg_server: ScpiServer) -> None:
+    """Every case form of a header is answered, and the server's table of headers it has
+    looked up stays within its bound however many distinct headers a client sends."""
+    sg_server.state.set("frequency_hz", 3.25e9)
+    forms = {"".join(c.lower() if (i >> k) & 1 else c for k, c in enumerate("FREQUENCY"))
+             for i in range(2**9)}
+    for form in sorted(forms):
+        assert client.ask(f"{form}?") == "3250000000.0"
+    assert len(forms) > scpi_server._KNOWN_HEADERS
+    assert 0 < len(sg_server._headers) <= scpi_server._KNOWN_HEADERS
+    assert client.errors() == []
 
 
 @pytest.mark.parametrize(
