@@ -233,6 +233,7 @@ def _wiring(channels) -> dict[str, dict[str, str]]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
+    from labqpu.calibration.graph import RB_NODE
     from labqpu.calibration.records import experiments_directory
     from labqpu.calibration.runner import bootstrap, default_design_path, load_design
 
@@ -263,13 +264,20 @@ def _calibrate(args: argparse.Namespace) -> int:
                                            ("--rb-lengths-2q", args.rb_lengths_2q),
                                            ("--rb-seeds", args.rb_seeds)) if value]
     runs_rb = args.rb or (args.bootstrap and not args.no_rb) or bool(args.watch and args.rb_every)
-    if args.no_rb and not args.bootstrap:
-        print("labqpu calibrate: --no-rb only applies to --bootstrap", file=sys.stderr)
+    # the graph's own rb step: gate errors out of date, after --all or when named
+    rb_step = not (args.rb or args.no_rb) and (args.all or RB_NODE in (nodes or ()))
+    if args.no_rb and not (args.bootstrap or args.all or nodes):
+        print("labqpu calibrate: --no-rb applies to --bootstrap, --all and node names",
+              file=sys.stderr)
         return 2
-    if rb_options and not runs_rb:
+    if args.no_rb and RB_NODE in (nodes or ()):
+        print(f"labqpu calibrate: --no-rb with the node {RB_NODE!r}: give one of them",
+              file=sys.stderr)
+        return 2
+    if rb_options and not (runs_rb or rb_step):
         print(f"labqpu calibrate: {', '.join(rb_options)} set randomized benchmarking, which "
-              "this command does not run; add --rb (or use --bootstrap without --no-rb, or "
-              "--watch with --rb-every)",
+              "this command does not run; add --rb (or use --all or the node rb, --bootstrap "
+              "without --no-rb, or --watch with --rb-every)",
               file=sys.stderr)
         return 2
     if nodes:
@@ -277,7 +285,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         try:
             for name in nodes:
-                node(name)  # an unknown name is a one-line error before anything starts
+                if name != RB_NODE:
+                    node(name)  # an unknown name is a one-line error before anything starts
         except ValueError as exc:
             print(f"labqpu: {exc}", file=sys.stderr)
             return 2
@@ -300,11 +309,11 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"committed calibration snapshot {snapshot.snapshot_id} to "
                   f"{backend.config.store_path}; experiment records and plots in {records}")
         elif args.all or nodes:
-            report = _run_graph(backend, nodes, args, progress)
+            report = _run_graph(backend, nodes, args, progress, rb_step)
             snapshot = report.snapshot
             if not report.ok:
                 return 1
-            if not runs_rb:
+            if not (runs_rb or rb_step):
                 _report_outdated_gate_errors(backend)
         if runs_rb:
             snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args),
@@ -370,14 +379,15 @@ def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _run_graph(backend, nodes, args: argparse.Namespace, progress):
-    """The graph runner with a progress bar on a terminal, plain lines otherwise; prints the
-    summary table and returns the report."""
+def _run_graph(backend, nodes, args: argparse.Namespace, progress, rb_step: bool):
+    """The graph runner (with its rb step when ``rb_step``) with a progress bar on a terminal,
+    plain lines otherwise; prints the summary table and returns the report."""
     from labqpu.calibration.runner import LineReporter, run_graph
 
     reporter = _BarReporter() if sys.stdout.isatty() else LineReporter(progress)
     report = run_graph(backend, nodes, qubits=args.qubits, force=args.force, shots=args.shots,
-                       design=args.design, reporter=reporter)
+                       design=args.design, reporter=reporter, rb=rb_step,
+                       rb_settings=_rb_settings(args) if rb_step else None)
     print(report.table())
     if report.records:
         print(f"{len(report.records)} experiment record(s) and plot(s) in "
@@ -615,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="measure the gate errors (randomized benchmarking) of the newest "
                           "snapshot and commit them")
     cal.add_argument("--no-rb", action="store_true",
-                     help="with --bootstrap: skip randomized benchmarking")
+                     help="with --bootstrap, --all or node names: skip randomized "
+                          "benchmarking (the graph's rb step)")
     cal.add_argument("--rb-lengths-1q", type=_positive_int, nargs="+", metavar="M",
                      help="RB: 1-qubit sequence lengths in Cliffords (default 1 50 150 300 600)")
     cal.add_argument("--rb-lengths-2q", type=_positive_int, nargs="+", metavar="M",

@@ -277,10 +277,11 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--all", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
+    (["--all", "--no-rb", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
     (["t1", "--rb-lengths-1q", "1", "50", "100"], "--rb-lengths-1q set randomized"),
     (["--bootstrap", "--no-rb", "--rb-lengths-2q", "1", "5", "10"], "--rb-lengths-2q set"),
-    (["--all", "--no-rb"], "--no-rb only applies to --bootstrap"),
+    (["--rb", "--no-rb"], "--no-rb applies to --bootstrap, --all and node names"),
+    (["rb", "--no-rb"], "--no-rb with the node 'rb'"),
     (["--all", "--shots", "0"], "--shots must be a whole number >= 1, got 0"),
     (["--all", "--interval", "60"], "--interval needs --watch"),
     (["--watch", "--force"], "it takes no --force"),

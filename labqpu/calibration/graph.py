@@ -17,6 +17,12 @@ The graph (arrows point from a prerequisite to what needs it)::
                          |                \\-> cz (edge: readout on both qubits) -> cz_spectators
                          \\-> zz (edge: fine_amplitude on both qubits)
 
+The graph ends with :data:`RB_NODE` (``rb``): randomized benchmarking of every qubit and edge
+whose gate error no longer describes its gates (measured before a value its pulses are built
+from, older than the ``gate_error`` age limit, or never measured). It runs on the snapshot the
+graph committed, since its sequences are compiled with the calibrated gates
+(:func:`labqpu.calibration.runner.run_graph`); it is not a :class:`Node`.
+
 To add an experiment, write its acquisition and analysis (and a check, if a cheap one exists),
 then add a ``Node`` to :data:`NODES` after its prerequisites.
 """
@@ -193,12 +199,17 @@ NODES: tuple[Node, ...] = (
 )
 
 
+#: The graph's last step, randomized benchmarking of outdated gate errors (module docstring).
+RB_NODE = "rb"
+
+
 def node(name: str, nodes: Sequence[Node] = NODES) -> Node:
     """The node called ``name``; ``ValueError`` naming the known ones otherwise."""
     for n in nodes:
         if n.name == name:
             return n
-    raise ValueError(f"no calibration node {name!r} (known: {', '.join(n.name for n in nodes)})")
+    raise ValueError(f"no calibration node {name!r} (known: "
+                     f"{', '.join([*(n.name for n in nodes), RB_NODE])})")
 
 
 def plan(names: Iterable[str] | None, qubits: Iterable[int],

@@ -281,6 +281,26 @@ def outdated_gate_errors(snapshot, limits: dict[str, float], now: datetime) -> l
     its qubit, or the CZ values of its edge) was measured again, or older than the
     ``gate_error`` age limit in ``limits`` (hours; ``labqpu.store.staleness``), or missing for a
     qubit with calibrated pulses or an edge with a calibrated CZ. Pure: reads the snapshot."""
+    return [f"{gate} ({why})" for gate, why in _outdated(snapshot, limits, now)]
+
+
+def outdated_subjects(snapshot, limits: dict[str, float], now: datetime
+                      ) -> dict[int | tuple[int, int], list[str]]:
+    """What randomized benchmarking must measure again: each qubit (1-qubit RB) or edge
+    (2-qubit RB) with an outdated gate error (:func:`outdated_gate_errors`), with the reasons,
+    gates of one reason together (``"sx:2, sy:2, x:2 (measured before pi_amplitude)"``).
+    Pure: reads the snapshot."""
+    grouped: dict[int | tuple[int, int], dict[str, list[str]]] = {}
+    for gate, why in _outdated(snapshot, limits, now):
+        name, _, where = gate.partition(":")
+        subject = (tuple(int(q) for q in where.split("-")) if name == "cz" else int(where))
+        grouped.setdefault(subject, {}).setdefault(why, []).append(gate)
+    return {subject: [f"{', '.join(gates)} ({why})" for why, gates in reasons.items()]
+            for subject, reasons in grouped.items()}
+
+
+def _outdated(snapshot, limits: dict[str, float], now: datetime) -> list[tuple[str, str]]:
+    """(gate, why) for every outdated gate error of ``snapshot`` (:func:`outdated_gate_errors`)."""
     wanted = {f"{g}:{q}": (params, PULSE_VALUES) for q, params in snapshot.qubits.items()
               if "pi_amplitude" in params for g in ONE_QUBIT_PULSES
               if g != "sy" or f"sy:{q}" in snapshot.gates}
@@ -291,16 +311,16 @@ def outdated_gate_errors(snapshot, limits: dict[str, float], now: datetime) -> l
     for gate, (params, depends) in sorted(wanted.items()):
         error = snapshot.gates.get(gate, {}).get("error")
         if error is None:
-            out.append(f"{gate} (never measured)")
+            out.append((gate, "never measured"))
             continue
         measured = datetime.fromisoformat(error.timestamp)
         newer = sorted(n for n in depends if n in params
                        and datetime.fromisoformat(params[n].timestamp) > measured)
         if newer:
-            out.append(f"{gate} (measured before {', '.join(newer)})")
+            out.append((gate, f"measured before {', '.join(newer)}"))
         elif "gate_error" in limits and age_h(error.timestamp, now) > limits["gate_error"]:
-            out.append(f"{gate} ({age_h(error.timestamp, now):.1f} h old > "
-                       f"{limits['gate_error']:g} h)")
+            out.append((gate, f"{age_h(error.timestamp, now):.1f} h old > "
+                              f"{limits['gate_error']:g} h"))
     return out
 
 
@@ -365,9 +385,10 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
     """1-qubit RB of every qubit with sx in the Target (or of those of them in ``qubits``),
     then 2-qubit RB of ``edges`` (default: every cz edge, within ``qubits`` when given), in
     rounds of non-interfering groups. The decay asymptote comes from the
-    snapshot's assignment matrices. Returns one :class:`RBOutcome` per qubit and edge; pass
-    each to :func:`rb_update`. Raises ``FitError`` naming the qubit or edge whose decay does
-    not fit, before anything is returned."""
+    snapshot's assignment matrices. An edge whose qubit is not benchmarked in the same call
+    separates its cz error with the qubit's stored sx error. Returns one :class:`RBOutcome`
+    per qubit and edge; pass each to :func:`rb_update`. Raises ``FitError`` naming the qubit
+    or edge whose decay does not fit, before anything is returned."""
     snapshot = backend.snapshot
     target = backend.target
     chosen = None if qubits is None else set(qubits)
@@ -378,13 +399,19 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
         edges = sorted({tuple(sorted(e)) for e in target.qargs_for_operation_name("cz")
                         if chosen is None or set(e) <= chosen}
                        if "cz" in target.operation_names else set())
-    matrices = {q: snapshot.qubits[q]["assignment_matrix"].value for q in qubits
+    matrices = {q: snapshot.qubits[q]["assignment_matrix"].value
+                for q in {*qubits, *(q for e in edges for q in e)}
                 if "assignment_matrix" in snapshot.qubits.get(q, {})}
     missing = [q for q in {q for e in edges for q in e} | set(qubits) if q not in matrices]
     if missing:
         raise FitError(f"qubits {sorted(missing)}: RB needs their assignment matrices "
                        "(readout calibration) for the decay asymptote")
-    errors: dict[str, float] = {}
+    # An edge whose qubit is not benchmarked here separates its cz error with the qubit's
+    # stored 1-qubit error (the caller decided it still describes the qubit's pulses).
+    errors: dict[str, float] = {
+        f"sx:{q}": snapshot.gates[f"sx:{q}"]["error"].value
+        for q in {q for e in edges for q in e} - set(qubits)
+        if "error" in snapshot.gates.get(f"sx:{q}", {})}
     outcomes: list[RBOutcome] = []
     say = progress or (lambda msg: None)
     for i, (settings_lengths, items) in enumerate(
@@ -401,7 +428,8 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                                  rb_baseline([matrices[q] for q in d.qubits]))
                 except FitError as exc:
                     raise FitError(f"RB of {d.qubits}: {exc}") from exc
-                one_q = {q: errors[f"sx:{q}"] for q in qubits if f"sx:{q}" in errors}
+                one_q = {q: errors[f"sx:{q}"] for q in {*qubits, *d.qubits}
+                         if f"sx:{q}" in errors}
                 epg = errors_per_gate(d, fit, one_q if i else None)
                 errors.update(epg)
                 outcomes.append(RBOutcome(d, fit, epg))
@@ -412,24 +440,34 @@ def benchmark_and_commit(backend, *, settings: RBSettings = RBSettings(),
                          edges: Sequence[tuple[int, int]] | None = None, progress=None,
                          qubits: Sequence[int] | None = None):
     """:func:`benchmark_gates` (of ``qubits`` and ``edges``) on the backend's newest snapshot,
-    each benchmark's record and plot written next to the store, and the gate errors committed
-    as a new snapshot whose parent is the one measured. Returns ``(snapshot, outcomes)``.
-    ``FitError`` (nothing committed) when a decay does not fit; ``StaleSnapshotError`` when
-    another writer committed meanwhile."""
-    say = progress or (lambda msg: None)
+    then :func:`commit_benchmarks`. Returns ``(snapshot, outcomes)``. ``FitError`` (nothing
+    committed) when a decay does not fit; ``StaleSnapshotError`` when another writer committed
+    meanwhile."""
     measured = backend.snapshot
-    outcomes = benchmark_gates(backend, edges=edges, settings=settings, progress=say,
+    outcomes = benchmark_gates(backend, edges=edges, settings=settings, progress=progress,
                                qubits=qubits)
+    snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress)
+    return snapshot, outcomes
+
+
+def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress=None
+                      ) -> tuple:
+    """Write each benchmark's record and plot next to the store and commit the gate errors of
+    ``outcomes`` (measured on snapshot ``measured``) as a new snapshot whose parent is
+    ``measured``. Returns ``(snapshot, record paths)``; ``StaleSnapshotError`` when another
+    writer committed meanwhile."""
+    say = progress or (lambda msg: None)
     builder = SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
     directory = experiments_directory(backend.config.store_path)
+    paths = []
     for outcome in outcomes:
         old = {}
         for gate in outcome.errors:
             previous = measured.gates.get(gate, {}).get("error")
             old[gate] = None if previous is None else previous.value
         record = rb_record(outcome, old)
-        record.save(directory)
+        paths.append(record.save(directory))
         png = save_plot(record, directory)
         rb_update(builder, outcome)
         for gate, error in outcome.errors.items():
@@ -437,7 +475,7 @@ def benchmark_and_commit(backend, *, settings: RBSettings = RBSettings(),
                 f"+- {outcome.fit.epc_stderr:.1e}); plot {png}")
     snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
                                     expect_parent=True)
-    return snapshot, outcomes
+    return snapshot, paths
 
 
 def rb_record(outcome: RBOutcome, old_errors: dict[str, float | None]) -> ExperimentRecord:

@@ -35,8 +35,14 @@ from typing import Any
 from labqpu.calibration.bootstrap import choose_drive_lo, load_design
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Kit, Working
-from labqpu.calibration.graph import NODES, Node, Subject, describe, plan
+from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
 from labqpu.calibration.plots import save_plot
+from labqpu.calibration.rb import (
+    RBSettings,
+    benchmark_gates,
+    commit_benchmarks,
+    outdated_subjects,
+)
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import CalibrationError, FitError
 from labqpu.store import Snapshot, SnapshotBuilder
@@ -77,14 +83,16 @@ class Outcome:
 
 @dataclass
 class RunReport:
-    """Every step's outcome, the snapshot committed (None when nothing changed or when
-    the run did not commit), and the experiment records written (JSON paths; each has its
-    PNG beside it)."""
+    """Every step's outcome, the newest snapshot committed (None when nothing changed or when
+    the run did not commit), every snapshot committed in order (the graph's values, then the
+    gate errors of the ``rb`` step, each the parent of the next), and the experiment records
+    written (JSON paths; each has its PNG beside it)."""
 
     outcomes: list[Outcome]
     parent_id: int | None
     snapshot: Snapshot | None = None
     records: list[Path] = field(default_factory=list)
+    committed: list[Snapshot] = field(default_factory=list)
 
     def with_status(self, status: str) -> list[Outcome]:
         """The outcomes with ``status``."""
@@ -110,9 +118,9 @@ class RunReport:
             lines.append(f"{status} ({len(chosen)}):")
             for o in chosen:
                 lines.append(f"  {o.node:<24}{o.subject:<10}{o.reason}")
-        if self.snapshot is not None:
-            lines.append(f"committed snapshot {self.snapshot.snapshot_id} "
-                         f"(parent {self.parent_id})")
+        if self.committed:
+            ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
+            lines.append(f"committed snapshot {ids} (parent {self.parent_id})")
         else:
             lines.append(f"nothing committed; snapshot {self.parent_id} stays the newest")
         return "\n".join(lines)
@@ -341,7 +349,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
               qubits: Sequence[int] | None = None, force: bool = False, shots: int = 400,
               design: str | Path | None = None, now: datetime | None = None,
               reporter: LineReporter | None = None, commit: bool = True,
-              record_directory: str | Path | None = None) -> RunReport:
+              record_directory: str | Path | None = None, rb: bool | None = None,
+              rb_settings: RBSettings | None = None) -> RunReport:
     """Keep ``backend``'s device calibrated: walk the graph (``nodes``, default all, with
     their prerequisites) on ``qubits`` (default all) and the edges between them, from the
     newest snapshot; commit what was measured as one new snapshot (unless ``commit`` is
@@ -352,6 +361,14 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     does not hold. Every experiment that ran leaves its record and plot in
     ``record_directory`` (default: ``experiments/`` beside the calibration store), whether
     or not the run commits.
+
+    The ``rb`` step (:data:`labqpu.calibration.graph.RB_NODE`) runs when ``nodes`` is None or
+    names it, unless ``rb`` is False (True: always); it needs ``commit``. On the snapshot the
+    graph committed, it benchmarks (``rb_settings``, default :class:`RBSettings`) the qubits
+    and edges among ``qubits`` whose gate errors are out of date
+    (:func:`labqpu.calibration.rb.outdated_subjects`; all of them when forced), except those
+    whose graph steps failed or were blocked, and commits their gate errors as a second
+    snapshot. Records go to the store's ``experiments/``.
 
     Returns the :class:`RunReport`; its ``table()`` is the summary."""
     parent = backend.snapshot
@@ -369,6 +386,13 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         raise CalibrationError(f"{', '.join(missing)} needs feed-forward, and no controller of "
                                f"{backend.name} ({controllers}) states a feed-forward latency "
                                "in its capabilities; reset stays passive there")
+    with_rb = rb if rb is not None else (nodes is None or RB_NODE in nodes)
+    if with_rb and not commit:
+        raise ValueError("the rb step commits the gate errors it measures: give commit=True or "
+                         "rb=False")
+    rb_forced = force and (nodes is None or RB_NODE in nodes)
+    if nodes is not None:
+        nodes = [name for name in nodes if name != RB_NODE]
     steps = plan(nodes, chosen, backend.config.coupling_map, available)
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
     design_work = load_design(design or default_design_path(backend.name))
@@ -398,9 +422,76 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         report.snapshot = backend.store.commit(builder.build_document(),
                                                parent_id=parent.snapshot_id,
                                                expect_parent=True)
+        report.committed.append(report.snapshot)
     report.records = save_records(
         kit.records, record_directory or experiments_directory(backend.config.store_path))
+    if with_rb:
+        _benchmark_outdated(backend, report, chosen, forced=rb_forced,
+                            limits=parse_age_limits(
+                                backend.config.raw.get("calibration", {}).get("max_age_h", {}),
+                                defaults=True),
+                            now=now or datetime.now(UTC), settings=rb_settings or RBSettings(),
+                            reporter=reporter or LineReporter())
     return report
+
+
+def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, forced: bool,
+                        limits: dict[str, float], now: datetime, settings: RBSettings,
+                        reporter: LineReporter) -> None:
+    """The ``rb`` step of :func:`run_graph`: benchmark what it must, commit, add the outcomes
+    (one per qubit and edge; "fresh" for those whose gate errors still hold) to ``report``."""
+    snapshot = backend.snapshot
+    target = backend.target
+    chosen = set(qubits)
+    subjects: list[Subject] = [q for (q,) in target.qargs_for_operation_name("sx")
+                               if q in chosen]
+    if "cz" in target.operation_names:
+        subjects += sorted({(min(e), max(e)) for e in target.qargs_for_operation_name("cz")
+                            if set(e) <= chosen})
+    due = ({s: ["forced"] for s in subjects} if forced else
+           {s: why for s, why in outdated_subjects(snapshot, limits, now).items()
+            if s in subjects})
+    stopped = {o.subject for o in report.outcomes if o.status in ("failed", "blocked")}
+    todo: dict[Subject, str] = {}
+    for s in sorted(subjects, key=lambda s: (isinstance(s, tuple), s)):
+        label = describe(s)
+        own = [label] + ([describe(q) for q in s] if isinstance(s, tuple) else [])
+        if s not in due:
+            report.outcomes.append(Outcome(RB_NODE, label, "fresh",
+                                           "gate errors measured after their pulses, in age"))
+        elif any(x in stopped for x in own):
+            report.outcomes.append(Outcome(RB_NODE, label, "blocked",
+                                           "a calibration step of it did not pass"))
+        else:
+            todo[s] = "; ".join(due[s])
+    if not todo:
+        return
+    reporter.note(f"randomized benchmarking of {', '.join(describe(s) for s in todo)}")
+    t0 = time.perf_counter()
+    try:
+        outcomes = benchmark_gates(backend, qubits=[s for s in todo if isinstance(s, int)],
+                                   edges=[s for s in todo if isinstance(s, tuple)],
+                                   settings=settings, progress=reporter.note)
+    except FitError as exc:
+        report.outcomes.extend(Outcome(RB_NODE, describe(s), "failed", f"{why}; {exc}")
+                               for s, why in todo.items())
+        return
+    committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note)
+    report.snapshot = committed
+    report.committed.append(committed)
+    report.records.extend(paths)
+    seconds = (time.perf_counter() - t0) / len(todo)
+    for outcome in outcomes:
+        s = outcome.data.qubits[0] if len(outcome.data.qubits) == 1 \
+            else tuple(sorted(outcome.data.qubits))
+        label = describe(s)
+        changes = []
+        for gate, new in sorted(outcome.errors.items()):
+            old = snapshot.gates.get(gate, {}).get("error")
+            changes.append(Change(label, f"{gate} error", None if old is None else old.value,
+                                  new))
+        report.outcomes.append(Outcome(RB_NODE, label, "calibrated", todo[s],
+                                       changes=changes, seconds=seconds))
 
 
 def bootstrap(backend, design: Working, *, shots: int = 400,

@@ -5,6 +5,7 @@ each node's cheap check judges its values against their tolerance, a value that 
 older than its age limit) is recalibrated, and a round that changed something commits one
 snapshot. A running backend picks that snapshot up for its next job.
 
+The graph's own rb step (benchmarking what a recalibration outdated) is left out of the rounds.
 With ``rb_every`` N, every N-th round whose graph ran also runs randomized benchmarking of the
 watched qubits and their edges after the graph (``rb.benchmark_and_commit``) and commits the
 gate errors, so the Target's errors follow the device too (a round whose graph raised skips
@@ -231,7 +232,7 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         elapsed = device_s if clock == "device" else time.monotonic() - begun
         try:
             result = run_graph(backend, nodes, qubits=qubits, shots=shots,
-                               reporter=LineReporter(log.debug))
+                               reporter=LineReporter(log.debug), rb=False)
             this = WatchRound(index, started, elapsed, result)
         except ROUND_ERRORS as exc:
             log.exception("watch round %d failed", index)

@@ -30,14 +30,15 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
         assert report.ok, report.table()
         records = {p: load_record(p) for p in report.records}
         kinds = {r.kind for r in records.values()}
-        assert kinds == set(FITTED) | {"drive_handedness", "readout", "ramsey", "active_reset"}
+        assert kinds == set(FITTED) | {"drive_handedness", "readout", "ramsey", "active_reset",
+                                       "rb_1q"}  # the graph's rb step, forced with the rest
         store = backend.config.store_path
         assert {p.parent for p in records} == {store.parent / "experiments"}
         for path, record in records.items():
             png = path.with_suffix(".png")
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
             assert record.subject == "qubit 2" and record.measured_at.startswith("20")
-            assert record.raw["series"], record.kind
+            assert record.raw["survival" if record.kind == "rb_1q" else "series"], record.kind
         snapshot = report.snapshot
         by_id = {r.experiment: r for r in records.values()}
         for name, param in snapshot.qubits[2].items():

@@ -22,6 +22,7 @@ from labqpu.calibration.rb import (
     fit_rb,
     independent_sets,
     outdated_gate_errors,
+    outdated_subjects,
     rb_baseline,
     rb_record,
     rb_update,
@@ -221,6 +222,10 @@ def test_gate_errors_measured_before_their_pulses_are_reported_out_of_date(snaps
     assert outdated_gate_errors(changed, limits, now) == [
         "cz:1-2 (measured before cz_amplitude)", "sx:2 (measured before pi_amplitude)",
         "sy:2 (measured before pi_amplitude)", "x:2 (measured before pi_amplitude)"]
+    assert outdated_subjects(snapshot, limits, now) == {}
+    assert outdated_subjects(changed, limits, now) == {
+        (1, 2): ["cz:1-2 (measured before cz_amplitude)"],
+        2: ["sx:2, sy:2, x:2 (measured before pi_amplitude)"]}
     aged = outdated_gate_errors(snapshot, {"gate_error": 1.0}, now)
     assert len(aged) == len(snapshot.gates) and all("h old > 1 h" in a for a in aged)
     document = SnapshotBuilder.from_snapshot(snapshot).build_document()
