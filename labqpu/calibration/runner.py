@@ -398,11 +398,10 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     design_work = load_design(design or default_design_path(backend.name))
     kit = Kit(backend, working_from_snapshot(parent, design_work))
     initial = dict(kit.work.measured_at)
-    outcomes = walk(kit, steps, shots=shots, forced=forced,
-                    limits=parse_age_limits(
-                        backend.config.raw.get("calibration", {}).get("max_age_h", {}),
-                        defaults=True),
-                    now=now,
+    limits = parse_age_limits(backend.config.raw.get("calibration", {}).get("max_age_h", {}),
+                              defaults=True)
+    now = now or datetime.now(UTC)
+    outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                     reporter=reporter)
     report = RunReport(outcomes, parent.snapshot_id)
     measured = [c for o in outcomes for c in o.changes]
@@ -426,11 +425,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     report.records = save_records(
         kit.records, record_directory or experiments_directory(backend.config.store_path))
     if with_rb:
-        _benchmark_outdated(backend, report, chosen, forced=rb_forced,
-                            limits=parse_age_limits(
-                                backend.config.raw.get("calibration", {}).get("max_age_h", {}),
-                                defaults=True),
-                            now=now or datetime.now(UTC), settings=rb_settings or RBSettings(),
+        _benchmark_outdated(backend, report, chosen, forced=rb_forced, limits=limits, now=now,
+                            settings=rb_settings or RBSettings(),
                             reporter=reporter or LineReporter())
     return report
 
@@ -457,8 +453,9 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
         label = describe(s)
         own = [label] + ([describe(q) for q in s] if isinstance(s, tuple) else [])
         if s not in due:
-            report.outcomes.append(Outcome(RB_NODE, label, "fresh",
-                                           "gate errors measured after their pulses, in age"))
+            report.outcomes.append(Outcome(
+                RB_NODE, label, "fresh",
+                "gate errors measured after their pulses and within their age limit"))
         elif any(x in stopped for x in own):
             report.outcomes.append(Outcome(RB_NODE, label, "blocked",
                                            "a calibration step of it did not pass"))
