@@ -1,10 +1,11 @@
-"""Recalibrate qubits 1 and 2 and edge 1-2 on the embedded simulator, every node forced, and
-copy one plot of each kind of experiment into a directory (default ``docs/img/calibration``).
+"""Recalibrate qubits 1 and 2 and edge 1-2 on the embedded simulator, every node and the rb
+step forced, and copy one plot of each kind of experiment into a directory (default
+``docs/img/calibration``).
 
     python examples/calibration_plots.py [DIRECTORY]
 
 It works in a temporary LABQPU_HOME, so your own calibration store is not touched. Takes
-1-3 minutes on 2 cores.
+about 70 s on 2 cores (2026-11-30, load ~1).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def plot_rb(record: ExperimentRecord):
     ax.set_ylim(min(fit["baseline"], float(survival.min())) - 0.05, 1.02)
     ax.set_title(f"randomized benchmarking, {record.subject} — {record.experiment}",
                  fontsize=10)
-    ax.legend(loc="center left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     return fig
 
 
