@@ -130,11 +130,16 @@ def check_pi_amplitude(kit: Kit, q: int, shots: int, tolerance: float) -> CheckR
 
 def check_frequency(kit: Kit, q: int, shots: int, tolerance_hz: float,
                     detuning_hz: float = 1.5e6) -> CheckResult:
-    """One Ramsey fringe at ``detuning_hz``: it runs at the detuning when the calibrated
-    frequency is right (Hz)."""
+    """Ramsey fringes at +``detuning_hz`` and at -``detuning_hz``: both run at the detuning
+    only when the calibrated frequency is right (Hz); the result is the one farther from it.
+    One fringe is not enough: for a frequency error s (in the drive's sense) it runs at
+    |s + d|, which an error of s = -2d folds back onto d exactly (a qubit 3 MHz off would
+    pass); the other fringe then runs at 3d."""
     delays = kit.on_grid(np.linspace(0, 4e-6, 41))
-    fringe, _ = _ramsey_frequency(kit, q, shots, detuning_hz, delays)
-    return _judge(fringe, detuning_hz, tolerance_hz, "Hz")
+    fringes = [_ramsey_frequency(kit, q, shots, sign * detuning_hz, delays)[0]
+               for sign in (1, -1)]
+    worst = max(fringes, key=lambda f: abs(f - detuning_hz))
+    return _judge(worst, detuning_hz, tolerance_hz, "Hz")
 
 
 def check_t1(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from labqpu.calibration.records import ExperimentRecord
+from labqpu.calibration.records import ExperimentRecord, uncertainty_problem
 from labqpu.errors import FitError
 from labqpu.pulse.compiler import READOUT_RISE_S
 from labqpu.pulse.kernels import flat_top, gaussian_drag
@@ -80,7 +80,11 @@ class Kit:
         data as plain lists (``x`` and ``series``, each series a list or
         ``{"x": ..., "y": ...}``, with ``x_label`` and ``y_label``); ``curves`` the fitted
         curves to draw. ``chosen`` names the parameter swept on the x axis: its new and old
-        values are marked on the plot."""
+        values are marked on the plot.
+
+        A value whose standard error exceeds its limit (:func:`uncertainty_problem`) is kept
+        in the record, with the reason under ``settings["rejected"]``, and then refused: the
+        experiment raises ``FitError`` before it updates anything."""
         now = datetime.now(UTC)
         tag = (f"q{subject}" if isinstance(subject, int)
                else f"q{subject[0]}-{subject[1]}")
@@ -95,12 +99,16 @@ class Kit:
                 marks["old"] = old[chosen]
         label = (f"qubit {subject}" if isinstance(subject, int)
                  else f"edge ({subject[0]}, {subject[1]})")
+        rejected = uncertainty_problem(kind, values)
         self.records.append(ExperimentRecord(
             experiment=experiment, kind=kind, subject=label, measured_at=now.isoformat(),
             values={k: [json_ready(v), json_ready(e)] for k, (v, e) in values.items()},
             old_values=old, fit=dict(fit or {}),
             raw=json_ready({**raw, "curves": curves or {}, "marks": marks}),
-            settings=json_ready(settings or {})))
+            settings=json_ready({**(settings or {}),
+                                 **({"rejected": rejected} if rejected else {})})))
+        if rejected:
+            raise FitError(f"{label} {kind}: {rejected}; nothing is updated")
         return experiment
 
     def _output(self, q: int, role: str) -> int:

@@ -93,3 +93,43 @@ def load_record(path: str | Path) -> ExperimentRecord:
 def experiments_directory(store_path: str | Path) -> Path:
     """Where the records of the calibration store at ``store_path`` go."""
     return Path(store_path).parent / "experiments"
+
+
+#: The largest standard error a value may have and still be used: ``(absolute, relative)``
+#: per parameter, the bound being the larger of ``absolute`` and ``relative x |value|`` (units
+#: of the parameter: Hz, s, full scale, A). An entry under ``"<kind>:<parameter>"`` applies to
+#: that experiment kind only. They sit 5-20x above the largest standard error seen in
+#: calibration runs on the simulator (2026-11-30, ~490 records), so they catch a fit that found
+#: nothing, not a noisy one: e.g. a Ramsey frequency is known to 0.9-1.4 kHz, the bound is 20 kHz.
+UNCERTAINTY_LIMITS: dict[str, tuple[float, float]] = {
+    "ramsey:frequency_hz": (20e3, 0.0),
+    "qubit_spectroscopy:frequency_hz": (1e6, 0.0),
+    "readout_frequency_hz": (1e6, 0.0),
+    "resonator_hz": (1e6, 0.0),
+    "pi_amplitude": (0.0, 0.02),
+    "pi2_amplitude": (0.0, 0.02),
+    "drag_beta": (0.5, 0.0),
+    "t1_s": (0.0, 0.3),
+    "t2_s": (0.0, 0.3),
+    "t2_echo_s": (0.0, 0.3),
+    "flux_bias_a": (1e-6, 0.1),
+    "readout_assignment_fidelity": (0.02, 0.0),
+    "zz_hz": (0.0, 0.1),
+    "cz_amplitude": (0.0, 0.01),
+    "cz_leakage": (0.01, 0.0),
+}
+
+
+def uncertainty_problem(kind: str, values: dict[str, tuple]) -> str | None:
+    """Why the standard errors of ``values`` (parameter -> ``(value, stderr)``, as given to
+    ``Kit.record``) are too large to use them (:data:`UNCERTAINTY_LIMITS`), or None. Values
+    without a standard error, and parameters without a limit, pass. Pure."""
+    for name, (value, stderr) in values.items():
+        limit = UNCERTAINTY_LIMITS.get(f"{kind}:{name}", UNCERTAINTY_LIMITS.get(name))
+        if limit is None or stderr is None or not isinstance(value, int | float):
+            continue
+        bound = max(limit[0], limit[1] * abs(value))
+        if not (math.isfinite(stderr) and stderr <= bound):
+            return (f"{name} = {value:.6g} with a standard error of {stderr:.3g}, above the "
+                    f"{bound:.3g} a usable fit gives (UNCERTAINTY_LIMITS)")
+    return None

@@ -3,7 +3,7 @@
 ``validation.py`` checks that a document is well-formed JSON in the snapshot layout. This
 module checks that the values it holds can be true of a device, for the parameter names labqpu
 knows:
-- times are positive seconds, and T2 ≤ 2·T1;
+- times are positive seconds, and T2 (Ramsey and echo) ≤ 2·T1;
 - frequencies are finite and positive (anharmonicities may be negative);
 - amplitudes are fractions of full scale, at most 1 in magnitude;
 - a drive handedness is +1 or -1;
@@ -132,12 +132,13 @@ def check_physics(document: Mapping[str, Any]) -> None:
                     raise InvalidSnapshotError(f"{problem}, got {entry['value']!r}",
                                                subject=subject, parameter=name)
     for key, params in document.get("qubits", {}).items():
-        if "t1_s" in params and "t2_s" in params:
-            t1, t2 = _value(params, "t1_s"), _value(params, "t2_s")
-            if t2 > 2 * t1:
-                raise InvalidSnapshotError(
-                    f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can reach",
-                    subject=f"qubit {key}", parameter="t2_s")
+        for name in ("t2_s", "t2_echo_s"):  # Ramsey T2* and Hahn-echo T2 alike
+            if "t1_s" in params and name in params:
+                t1, t2 = _value(params, "t1_s"), _value(params, name)
+                if t2 > 2 * t1:
+                    raise InvalidSnapshotError(
+                        f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can "
+                        "reach", subject=f"qubit {key}", parameter=name)
     for key, params in document.get("pairs", {}).items():
         if "cz_flux_qubit" in params:
             qubit = _value(params, "cz_flux_qubit")

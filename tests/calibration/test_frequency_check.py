@@ -1,0 +1,42 @@
+"""The Ramsey check cannot be fooled by a frequency error that aliases its fringe.
+
+One fringe at a detuning d runs at |s + d| for a frequency error s (in the drive's sense), so
+an error of s = -2d gives back exactly d: a check on one fringe passes a qubit that is 3 MHz off.
+The check reads the fringes at +d and at -d; only a right frequency gives d in both.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from labqpu import LabProvider
+from labqpu.calibration import run_graph
+from labqpu.store import SnapshotBuilder
+
+#: The check's detuning (``checks.check_frequency``), Hz.
+DETUNING_HZ = 1.5e6
+
+
+@pytest.mark.slow
+def test_a_frequency_error_that_aliases_one_fringe_is_found(tmp_path, monkeypatch):
+    """Qubit 1's frequency set off by 2 d in the direction that folds the +d fringe back onto
+    d: the ramsey check fails, the node recalibrates, and the frequency returns to within
+    50 kHz of the shipped one."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    q = 1
+    with LabProvider() as provider:
+        backend = provider.backend()
+        shipped = backend.snapshot
+        params = shipped.qubits[q]
+        # s = h (f_true - f_set) = -2 d  <=>  f_set = f_true + 2 h d
+        wrong = params["frequency_hz"].value + 2 * params["drive_handedness"].value * DETUNING_HZ
+        builder = SnapshotBuilder.from_snapshot(shipped)
+        builder.set_qubit(q, "frequency_hz", wrong, "test", params["frequency_hz"].timestamp)
+        backend.store.commit(builder.build_document())
+
+        report = run_graph(backend, ["ramsey"], qubits=[q])
+
+        (ramsey,) = [o for o in report.outcomes if o.node == "ramsey"]
+        assert ramsey.status == "calibrated" and "check failed" in ramsey.reason, ramsey.reason
+        f = backend.snapshot.qubits[q]["frequency_hz"].value
+        assert abs(f - params["frequency_hz"].value) < 50e3, (f, params["frequency_hz"].value)
