@@ -263,6 +263,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     rb_options = [flag for flag, value in (("--rb-lengths-1q", args.rb_lengths_1q),
                                            ("--rb-lengths-2q", args.rb_lengths_2q),
                                            ("--rb-seeds", args.rb_seeds)) if value]
+    if args.rb and args.no_rb:
+        print("labqpu calibrate: --rb and --no-rb contradict each other: give one of them",
+              file=sys.stderr)
+        return 2
     runs_rb = args.rb or (args.bootstrap and not args.no_rb) or bool(args.watch and args.rb_every)
     # the graph's own rb step: gate errors out of date, after --all or when named
     rb_step = not (args.rb or args.no_rb) and (args.all or RB_NODE in (nodes or ()))
@@ -336,11 +340,13 @@ def _watch_problem(args: argparse.Namespace) -> str | None:
             return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --watch"
         return None
     clash = [flag for flag, value in (("--bootstrap", args.bootstrap), ("--rb", args.rb),
-                                      ("--force", args.force), ("--export", args.export))
+                                      ("--no-rb", args.no_rb), ("--force", args.force),
+                                      ("--export", args.export),
+                                      ("node rb", "rb" in (args.nodes or ())))
              if value]
     if clash:
         return (f"--watch checks and recalibrates what drifted, round after round; it takes "
-                f"no {', '.join(clash)}")
+                f"no {', '.join(clash)} (--rb-every N benchmarks the gates every N rounds)")
     if args.interval is not None and not 0 <= args.interval < math.inf:
         return f"--interval must be a number of seconds >= 0, got {args.interval}"
     if args.rounds is not None and args.rounds < 1:
@@ -443,8 +449,8 @@ def _report_outdated_gate_errors(backend) -> None:
     if due:
         shown = "; ".join(due[:6]) + (f"; and {len(due) - 6} more" if len(due) > 6 else "")
         print(f"gate errors out of date ({len(due)}): {shown}. The Target's error figures "
-              "(and the layouts they steer) describe the old pulses: `labqpu calibrate --rb` "
-              "measures them again.")
+              "(and the layouts they steer) describe the old pulses: `labqpu calibrate rb` "
+              "measures them again (`--rb`: every gate).")
 
 
 def _rb_settings(args: argparse.Namespace):
@@ -614,16 +620,19 @@ def main(argv: list[str] | None = None) -> int:
                      help="nodes of the calibration graph to check and, where needed, "
                           "recalibrate, with their prerequisites (rabi, ramsey, drag, readout, "
                           "t1, cz ...); or a store command: history, diff A B, rollback ID")
-    cal.add_argument("--all", action="store_true", help="every node of the graph")
+    cal.add_argument("--all", action="store_true", help="every node of the graph, then its "
+                     "rb step: randomized benchmarking of the gate errors left out of date")
     cal.add_argument("--qubits", type=int, nargs="+", help="only these qubits (and the edges "
                      "between them); default all")
     cal.add_argument("--force", action="store_true", help="recalibrate the named nodes (with "
-                     "--all: every node) without checking them first")
+                     "--all: every node, and the rb step benchmarks every gate) without "
+                     "checking them first")
     cal.add_argument("--bootstrap", action="store_true",
                      help="measure everything from the design values, then the gate errors")
     cal.add_argument("--rb", action="store_true",
-                     help="measure the gate errors (randomized benchmarking) of the newest "
-                          "snapshot and commit them")
+                     help="measure every gate error (randomized benchmarking) of the newest "
+                          "snapshot, out of date or not, and commit them (the node rb "
+                          "measures only those out of date)")
     cal.add_argument("--no-rb", action="store_true",
                      help="with --bootstrap, --all or node names: skip randomized "
                           "benchmarking (the graph's rb step)")

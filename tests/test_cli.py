@@ -263,7 +263,7 @@ def test_calibrate_names_gate_errors_measured_before_their_pulses(tmp_path, expo
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("gate errors out of date"))
     assert "sx:2 (measured before pi_amplitude)" in line and "x:2 (" in line, line
-    assert "sx:0" not in line and "`labqpu calibrate --rb`" in line, line
+    assert "sx:0" not in line and "`labqpu calibrate rb`" in line, line
 
 
 def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
@@ -280,8 +280,11 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["--all", "--no-rb", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
     (["t1", "--rb-lengths-1q", "1", "50", "100"], "--rb-lengths-1q set randomized"),
     (["--bootstrap", "--no-rb", "--rb-lengths-2q", "1", "5", "10"], "--rb-lengths-2q set"),
-    (["--rb", "--no-rb"], "--no-rb applies to --bootstrap, --all and node names"),
+    (["--rb", "--no-rb"], "--rb and --no-rb contradict each other"),
+    (["t1", "--rb", "--no-rb"], "--rb and --no-rb contradict each other"),
     (["rb", "--no-rb"], "--no-rb with the node 'rb'"),
+    (["--watch", "rb"], "it takes no node rb"),
+    (["--watch", "t1", "--no-rb"], "it takes no --no-rb"),
     (["--all", "--shots", "0"], "--shots must be a whole number >= 1, got 0"),
     (["--all", "--interval", "60"], "--interval needs --watch"),
     (["--watch", "--force"], "it takes no --force"),

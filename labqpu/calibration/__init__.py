@@ -3,7 +3,8 @@ the bootstrap.
 
 It sits above the backend and uses the backend and pulse APIs as any client would.
 ``run_graph(backend, ["ramsey"], qubits=[2])`` checks and recalibrates, and commits one
-snapshot (:mod:`labqpu.calibration.runner`).
+snapshot (:mod:`labqpu.calibration.runner`); ``run_graph(backend)`` then also benchmarks the
+gate errors that run left out of date and commits them as a second snapshot (its rb step).
 """
 
 from labqpu.calibration.runner import RunReport, bootstrap, run_graph

@@ -208,6 +208,9 @@ def node(name: str, nodes: Sequence[Node] = NODES) -> Node:
     for n in nodes:
         if n.name == name:
             return n
+    if name == RB_NODE:
+        raise ValueError(f"{RB_NODE!r} is the graph's last step, not a Node: run_graph runs it "
+                         "when its nodes are all or name it")
     raise ValueError(f"no calibration node {name!r} (known: "
                      f"{', '.join([*(n.name for n in nodes), RB_NODE])})")
 

@@ -381,14 +381,17 @@ class RBSettings:
 
 def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                     settings: RBSettings = RBSettings(), seed: int | None = None,
-                    progress=None, qubits: Sequence[int] | None = None) -> list[RBOutcome]:
+                    progress=None, qubits: Sequence[int] | None = None,
+                    failed: dict[tuple[int, ...], str] | None = None) -> list[RBOutcome]:
     """1-qubit RB of every qubit with sx in the Target (or of those of them in ``qubits``),
     then 2-qubit RB of ``edges`` (default: every cz edge, within ``qubits`` when given), in
     rounds of non-interfering groups. The decay asymptote comes from the
     snapshot's assignment matrices. An edge whose qubit is not benchmarked in the same call
     separates its cz error with the qubit's stored sx error. Returns one :class:`RBOutcome`
     per qubit and edge; pass each to :func:`rb_update`. Raises ``FitError`` naming the qubit
-    or edge whose decay does not fit, before anything is returned."""
+    or edge whose decay does not fit, before anything is returned; with ``failed`` (a dict)
+    such a qubit or edge is entered there with the reason instead, the others go on, and an
+    edge with a failed qubit is not benchmarked (entered as failed too)."""
     snapshot = backend.snapshot
     target = backend.target
     chosen = None if qubits is None else set(qubits)
@@ -417,8 +420,16 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
     for i, (settings_lengths, items) in enumerate(
             ((settings.lengths_1q, [(q,) for q in qubits]),
              (settings.lengths_2q, [tuple(e) for e in edges]))):
+        if failed is not None and i:
+            for e in items:
+                bad = [q for q in e if (q,) in failed]
+                if bad:
+                    failed[e] = f"the 1-qubit RB of qubit {bad[0]} failed"
+            items = [e for e in items if e not in failed]
         for group in independent_sets(items, coupling, settings.max_round_qubits):
-            say(f"randomized benchmarking of {', '.join(map(str, group))}")
+            say("randomized benchmarking of "
+                + ", ".join(f"qubit {g[0]}" if len(g) == 1 else f"edge {g[0]}-{g[1]}"
+                            for g in group))
             data = acquire_rb(backend, group, settings_lengths, seeds=settings.seeds,
                               shots=settings.shots,
                               seed=None if seed is None else seed + len(outcomes))
@@ -426,11 +437,14 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                 try:
                     fit = fit_rb(d.lengths, d.survival, len(d.qubits),
                                  rb_baseline([matrices[q] for q in d.qubits]))
+                    one_q = {q: errors[f"sx:{q}"] for q in {*qubits, *d.qubits}
+                             if f"sx:{q}" in errors}
+                    epg = errors_per_gate(d, fit, one_q if i else None)
                 except FitError as exc:
-                    raise FitError(f"RB of {d.qubits}: {exc}") from exc
-                one_q = {q: errors[f"sx:{q}"] for q in {*qubits, *d.qubits}
-                         if f"sx:{q}" in errors}
-                epg = errors_per_gate(d, fit, one_q if i else None)
+                    if failed is None:
+                        raise FitError(f"RB of {d.qubits}: {exc}") from exc
+                    failed[tuple(d.qubits)] = str(exc)
+                    continue
                 errors.update(epg)
                 outcomes.append(RBOutcome(d, fit, epg))
     return outcomes
@@ -470,9 +484,9 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
         paths.append(record.save(directory))
         png = save_plot(record, directory)
         rb_update(builder, outcome)
-        for gate, error in outcome.errors.items():
-            say(f"{gate}: error {error:.2e} (EPC {outcome.fit.epc:.2e} "
-                f"+- {outcome.fit.epc_stderr:.1e}); plot {png}")
+        gates = sorted(outcome.errors)
+        say(f"{', '.join(gates)}: error {outcome.errors[gates[0]]:.2e} (EPC "
+            f"{outcome.fit.epc:.2e} +- {outcome.fit.epc_stderr:.1e}); plot {png}")
     snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
                                     expect_parent=True)
     return snapshot, paths

@@ -16,7 +16,9 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 Everything runs on a working copy of the newest snapshot (:func:`working_from_snapshot`);
 :func:`run_graph` commits the values measured in the run as one new snapshot whose parent is
 the one it started from (``expect_parent=True``: a snapshot committed meanwhile by someone
-else makes the commit fail instead of being silently overwritten). :func:`bootstrap` runs every
+else makes the commit fail instead of being silently overwritten). Its rb step then
+benchmarks the gate errors the run left out of date and commits them as a second snapshot on
+the first (:func:`run_graph`). :func:`bootstrap` runs every
 node, forced, from the design values and returns the document.
 """
 
@@ -32,6 +34,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qiskit.providers import JobError
+
 from labqpu.calibration.bootstrap import choose_drive_lo, load_design
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Kit, Working
@@ -44,7 +48,7 @@ from labqpu.calibration.rb import (
     outdated_subjects,
 )
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
-from labqpu.errors import CalibrationError, FitError
+from labqpu.errors import CalibrationError, FitError, LabQpuError
 from labqpu.store import Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, parse_age_limits
 
@@ -363,12 +367,13 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     or not the run commits.
 
     The ``rb`` step (:data:`labqpu.calibration.graph.RB_NODE`) runs when ``nodes`` is None or
-    names it, unless ``rb`` is False (True: always); it needs ``commit``. On the snapshot the
-    graph committed, it benchmarks (``rb_settings``, default :class:`RBSettings`) the qubits
-    and edges among ``qubits`` whose gate errors are out of date
-    (:func:`labqpu.calibration.rb.outdated_subjects`; all of them when forced), except those
-    whose graph steps failed or were blocked, and commits their gate errors as a second
-    snapshot. Records go to the store's ``experiments/``.
+    names it and ``commit`` is true, unless ``rb`` is False (True: always, and then it needs
+    ``commit``). On the snapshot the graph committed, it benchmarks (``rb_settings``, default
+    :class:`RBSettings`) the qubits and edges among ``qubits`` whose gate errors are out of
+    date (:func:`labqpu.calibration.rb.outdated_subjects`; all of them when forced), except
+    those whose graph steps failed or were blocked, and commits the gate errors that fitted as
+    a second snapshot; a qubit or edge whose benchmark failed is reported failed (an edge
+    whose qubit failed, too). Records go to the store's ``experiments/``.
 
     Returns the :class:`RunReport`; its ``table()`` is the summary."""
     parent = backend.snapshot
@@ -386,7 +391,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         raise CalibrationError(f"{', '.join(missing)} needs feed-forward, and no controller of "
                                f"{backend.name} ({controllers}) states a feed-forward latency "
                                "in its capabilities; reset stays passive there")
-    with_rb = rb if rb is not None else (nodes is None or RB_NODE in nodes)
+    with_rb = rb if rb is not None else commit and (nodes is None or RB_NODE in nodes)
     if with_rb and not commit:
         raise ValueError("the rb step commits the gate errors it measures: give commit=True or "
                          "rb=False")
@@ -465,18 +470,22 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
         return
     reporter.note(f"randomized benchmarking of {', '.join(describe(s) for s in todo)}")
     t0 = time.perf_counter()
+    failed: dict[tuple[int, ...], str] = {}
     try:
         outcomes = benchmark_gates(backend, qubits=[s for s in todo if isinstance(s, int)],
                                    edges=[s for s in todo if isinstance(s, tuple)],
-                                   settings=settings, progress=reporter.note)
-    except FitError as exc:
-        report.outcomes.extend(Outcome(RB_NODE, describe(s), "failed", f"{why}; {exc}")
+                                   settings=settings, progress=reporter.note, failed=failed)
+        if outcomes:
+            committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note)
+    except (LabQpuError, JobError) as exc:  # a job, an instrument, a racing commit
+        report.outcomes.extend(Outcome(RB_NODE, describe(s), "failed",
+                                       f"{why}; {type(exc).__name__}: {exc}")
                                for s, why in todo.items())
         return
-    committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note)
-    report.snapshot = committed
-    report.committed.append(committed)
-    report.records.extend(paths)
+    if outcomes:
+        report.snapshot = committed
+        report.committed.append(committed)
+        report.records.extend(paths)
     seconds = (time.perf_counter() - t0) / len(todo)
     for outcome in outcomes:
         s = outcome.data.qubits[0] if len(outcome.data.qubits) == 1 \
@@ -489,6 +498,14 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
                                   new))
         report.outcomes.append(Outcome(RB_NODE, label, "calibrated", todo[s],
                                        changes=changes, seconds=seconds))
+    for qubits_of, reason in failed.items():
+        s = qubits_of[0] if len(qubits_of) == 1 else tuple(sorted(qubits_of))
+        report.outcomes.append(Outcome(RB_NODE, describe(s), "failed",
+                                       f"{todo[s]}; randomized benchmarking failed: {reason}"))
+    mine = [o for o in report.outcomes if o.node == RB_NODE]
+    others = [o for o in report.outcomes if o.node != RB_NODE]
+    report.outcomes = others + sorted(mine, key=lambda o: (o.subject.startswith("edge"),
+                                                           o.subject))
 
 
 def bootstrap(backend, design: Working, *, shots: int = 400,

@@ -8,13 +8,31 @@ from datetime import datetime, timedelta
 import pytest
 
 from labqpu import LabProvider
+from labqpu.calibration import rb, runner
 from labqpu.calibration.rb import RBSettings, outdated_subjects
 from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import run_graph
+from labqpu.errors import FitError
 from labqpu.store import SnapshotBuilder
 
 #: Shorter sequences than the defaults: the step's logic, not the figures, is under test.
 QUICK = RBSettings(lengths_1q=(1, 40, 120, 300), lengths_2q=(1, 8, 24, 48), seeds=3, shots=200)
+
+
+def _outdate_qubit_1_and_edge_3_4(backend):
+    """Commit the shipped snapshot with qubit 1's pi amplitude and edge 3-4's cz amplitude
+    measured half an hour after its gate errors; return (snapshot, the time to judge ages at:
+    an hour after the shipped gate errors, whatever day the test runs)."""
+    shipped = backend.snapshot
+    measured = max(datetime.fromisoformat(g["error"].timestamp)
+                   for g in shipped.gates.values() if "error" in g)
+    later = (measured + timedelta(minutes=30)).isoformat()
+    builder = SnapshotBuilder.from_snapshot(shipped)
+    builder.set_qubit(1, "pi_amplitude", shipped.qubits[1]["pi_amplitude"].value,
+                      "fine_amplitude-test", timestamp=later)
+    builder.set_pair((3, 4), "cz_amplitude", shipped.pairs[(3, 4)]["cz_amplitude"].value,
+                     "cz-test", timestamp=later)
+    return backend.store.commit(builder.build_document()), measured + timedelta(hours=1)
 
 
 @pytest.mark.slow
@@ -27,17 +45,8 @@ def test_the_rb_step_benchmarks_only_what_a_recalibration_outdated(tmp_path, mon
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     with LabProvider() as provider:
         backend = provider.backend()
-        shipped = backend.snapshot
-        # ages are judged an hour after the shipped gate errors, whatever day the test runs
-        measured = max(datetime.fromisoformat(g["error"].timestamp)
-                       for g in shipped.gates.values() if "error" in g)
-        now, later = measured + timedelta(hours=1), (measured + timedelta(minutes=30))
-        builder = SnapshotBuilder.from_snapshot(shipped)
-        builder.set_qubit(1, "pi_amplitude", shipped.qubits[1]["pi_amplitude"].value,
-                          "fine_amplitude-test", timestamp=later.isoformat())
-        builder.set_pair((3, 4), "cz_amplitude", shipped.pairs[(3, 4)]["cz_amplitude"].value,
-                         "cz-test", timestamp=later.isoformat())
-        start = backend.store.commit(builder.build_document())
+        start, now = _outdate_qubit_1_and_edge_3_4(backend)
+        later = datetime.fromisoformat(start.qubits[1]["pi_amplitude"].timestamp)
 
         report = run_graph(backend, ["rb"], rb_settings=QUICK, now=now)
 
@@ -70,3 +79,58 @@ def test_the_rb_step_benchmarks_only_what_a_recalibration_outdated(tmp_path, mon
         assert {o.status for o in again.outcomes} == {"fresh"} and again.committed == []
         assert backend.snapshot.snapshot_id == final.snapshot_id
         assert "nothing committed" in again.table()
+
+
+@pytest.mark.slow
+def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch):
+    """The 2-qubit decay of edge 3-4 made not to fit: qubit 1's gate errors are still
+    committed, edge 3-4 is reported failed with the reason and keeps its old cz error."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    fit = rb.fit_rb
+
+    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
+        if num_qubits == 2:
+            raise FitError("decay does not fit (made to fail by the test)")
+        return fit(lengths, survival, num_qubits, *args, **kwargs)
+
+    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        start, now = _outdate_qubit_1_and_edge_3_4(backend)
+        report = run_graph(backend, ["rb"], rb_settings=QUICK, now=now)
+        steps = {o.subject: o for o in report.outcomes}
+        assert steps["qubit 1"].status == "calibrated"
+        assert steps["edge 3-4"].status == "failed"
+        assert "made to fail by the test" in steps["edge 3-4"].reason
+        assert not report.ok and len(report.committed) == 1
+        final = backend.snapshot
+        assert final.snapshot_id == report.snapshot.snapshot_id
+        assert final.gates["sx:1"]["error"] != start.gates["sx:1"]["error"]
+        assert final.gates["cz:3-4"]["error"] == start.gates["cz:3-4"]["error"]
+        assert "failed (1):" in report.table()
+
+
+@pytest.mark.slow
+def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkeypatch):
+    """Another writer commits while the rb step benchmarks: its own commit is refused
+    (StaleSnapshotError), the step reports every subject failed with that reason, and
+    run_graph still returns its report; the other writer's snapshot stays the newest."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        _, now = _outdate_qubit_1_and_edge_3_4(backend)
+        benchmark = runner.benchmark_gates
+
+        def with_a_rival(*args, **kwargs):
+            out = benchmark(*args, **kwargs)
+            rival = SnapshotBuilder.from_snapshot(backend.snapshot)
+            rival.notes = "another writer"
+            backend.store.commit(rival.build_document())
+            return out
+
+        monkeypatch.setattr(runner, "benchmark_gates", with_a_rival)
+        report = run_graph(backend, ["rb"], rb_settings=QUICK, now=now)
+        failed = {o.subject: o.reason for o in report.with_status("failed")}
+        assert set(failed) == {"qubit 1", "edge 3-4"}
+        assert all("StaleSnapshotError" in reason for reason in failed.values()), failed
+        assert report.committed == [] and backend.snapshot.notes == "another writer"
