@@ -488,8 +488,7 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
         report.records.extend(paths)
     seconds = (time.perf_counter() - t0) / len(todo)
     for outcome in outcomes:
-        s = outcome.data.qubits[0] if len(outcome.data.qubits) == 1 \
-            else tuple(sorted(outcome.data.qubits))
+        s = _subject(outcome.data.qubits)
         label = describe(s)
         changes = []
         for gate, new in sorted(outcome.errors.items()):
@@ -499,13 +498,18 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
         report.outcomes.append(Outcome(RB_NODE, label, "calibrated", todo[s],
                                        changes=changes, seconds=seconds))
     for qubits_of, reason in failed.items():
-        s = qubits_of[0] if len(qubits_of) == 1 else tuple(sorted(qubits_of))
+        s = _subject(qubits_of)
         report.outcomes.append(Outcome(RB_NODE, describe(s), "failed",
                                        f"{todo[s]}; randomized benchmarking failed: {reason}"))
     mine = [o for o in report.outcomes if o.node == RB_NODE]
     others = [o for o in report.outcomes if o.node != RB_NODE]
     report.outcomes = others + sorted(mine, key=lambda o: (o.subject.startswith("edge"),
                                                            o.subject))
+
+
+def _subject(qubits: Sequence[int]) -> Subject:
+    """The qubit of a 1-qubit benchmark, the (low, high) edge of a 2-qubit one."""
+    return qubits[0] if len(qubits) == 1 else (min(qubits), max(qubits))
 
 
 def bootstrap(backend, design: Working, *, shots: int = 400,
