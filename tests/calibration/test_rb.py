@@ -142,12 +142,15 @@ def coherence_limit(t_s: float, t1_s: float, t2_s: float) -> float:
 
 
 @pytest.mark.slow
-def test_rb_gate_errors_reach_the_target(lab_provider, lab_backend):
+def test_rb_gate_errors_reach_the_target(quiet_lab_provider, quiet_lab_backend):
     """1-qubit RB of every qubit and 2-qubit RB of edge (0, 1) on the simulator. The 1-qubit
     errors lie between 0.8 and 2.5 times the coherence limit of a 40 ns pulse with the device
     file's T1 and T2 (the simulated pulses are limited by decoherence, plus the static ZZ of
     neighbours); the cz error is positive and below 3 %. Committed, they appear in the
-    Target."""
+    Target. On the backend without drift: on the shared drifting one, T1 and T2 wander with
+    the simulated time the tests before it on the same worker used, and one full-suite run
+    read qubit 0's error as 0.77 of the device file's limit."""
+    lab_provider, lab_backend = quiet_lab_provider, quiet_lab_backend
     settings = RBSettings(lengths_1q=(1, 100, 300, 600), lengths_2q=(1, 10, 30, 60), seeds=3,
                           shots=300)
     outcomes = benchmark_gates(lab_backend, edges=[(0, 1)], settings=settings, seed=11)
