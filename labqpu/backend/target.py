@@ -45,7 +45,7 @@ from labqpu.store import (
     has_all,
 )
 from labqpu.store import Parameter as StoredValue
-from labqpu.store.staleness import parse_age_limits, stale_parameters
+from labqpu.store.staleness import stale_parameters, wiring_age_limits
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,8 @@ log = logging.getLogger(__name__)
 def age_limits(config: LabConfig, *, defaults: bool) -> dict[str, float]:
     """Age limit (hours) per parameter kind from the wiring file's
     ``[calibration.max_age_h]``, over :data:`DEFAULT_MAX_AGE_H` when ``defaults`` is true
-    (:func:`labqpu.store.staleness.parse_age_limits`)."""
-    return parse_age_limits(config.raw.get("calibration", {}).get("max_age_h", {}),
-                            defaults=defaults)
+    (:func:`labqpu.store.staleness.wiring_age_limits`)."""
+    return wiring_age_limits(config.raw, defaults=defaults)
 
 
 class LabTarget(Target):

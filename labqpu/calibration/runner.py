@@ -50,7 +50,7 @@ from labqpu.calibration.rb import (
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import CalibrationError, FitError, LabQpuError
 from labqpu.store import Snapshot, SnapshotBuilder
-from labqpu.store.staleness import PARAMETER_KINDS, age_h, parse_age_limits
+from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     newest snapshot; commit what was measured as one new snapshot (unless ``commit`` is
     false or nothing changed). ``force`` recalibrates the named nodes (all, when ``nodes`` is
     None) without checking them. Age limits are the wiring file's over the defaults
-    (:func:`labqpu.store.staleness.parse_age_limits`), judged at ``now`` (default: the current
+    (:func:`labqpu.store.staleness.wiring_age_limits`), judged at ``now`` (default: the current
     time). ``design`` (default: the device's shipped design values) supplies what a snapshot
     does not hold. Every experiment that ran leaves its record and plot in
     ``record_directory`` (default: ``experiments/`` beside the calibration store), whether
@@ -403,8 +403,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     design_work = load_design(design or default_design_path(backend.name))
     kit = Kit(backend, working_from_snapshot(parent, design_work))
     initial = dict(kit.work.measured_at)
-    limits = parse_age_limits(backend.config.raw.get("calibration", {}).get("max_age_h", {}),
-                              defaults=True)
+    limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
     outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                     reporter=reporter)

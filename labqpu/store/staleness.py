@@ -60,6 +60,13 @@ def parse_age_limits(table: object, *, defaults: bool) -> dict[str, float]:
     return limits
 
 
+def wiring_age_limits(raw_config: Mapping, *, defaults: bool) -> dict[str, float]:
+    """:func:`parse_age_limits` of a wiring file's ``[calibration.max_age_h]`` table, given the
+    whole parsed file (``LabConfig.raw``); a file without one gives the defaults (or none)."""
+    return parse_age_limits(raw_config.get("calibration", {}).get("max_age_h", {}),
+                            defaults=defaults)
+
+
 def age_h(timestamp: str, now: datetime) -> float:
     """Hours from ``timestamp`` (ISO-8601, aware) to ``now``."""
     return (now - datetime.fromisoformat(timestamp)).total_seconds() / 3600.0
