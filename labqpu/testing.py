@@ -7,24 +7,90 @@ Enable in a ``conftest.py`` with ``pytest_plugins = ["labqpu.testing"]``; then
 
 ``lab_provider`` starts one simulator process per test session, with its own calibration
 store in a temporary ``LABQPU_HOME`` seeded from the shipped snapshot, and stops it at the end.
+
+The shipped snapshots age with the wall clock: a day after they were measured, the calibration
+runner finds every value past its age limit and measures it again. So the session's stores
+hold :func:`restamped` copies, as if measured just now, and a test's outcome does not depend on
+the day it runs; :func:`seed_fresh_store` does the same for a ``LABQPU_HOME`` of a test's own.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from labqpu.backend.backend import LabBackend
 from labqpu.backend.provider import LabProvider
-from labqpu.rack.config import default_config_path
+from labqpu.rack.config import BUILTIN_DEVICES, default_config_path
+from labqpu.store import CalibrationStore
+from labqpu.store.snapshot import Snapshot
+
+
+def restamped(export: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """A copy of an export envelope (``CalibrationStore.export_json``) whose measurement times
+    and creation time all move by one offset, so that the newest measurement is ``now``
+    (default: the current UTC time). Values, experiments and the order of measurements stay;
+    the content hash is recomputed."""
+    out = copy.deepcopy(dict(export))
+    entries = [entry for section in ("qubits", "pairs", "gates")
+               for subject in out["document"].get(section, {}).values()
+               for entry in subject.values()
+               if isinstance(entry, dict) and "timestamp" in entry]
+    if not entries:
+        raise ValueError("the export holds no measured values to restamp")
+    newest = max(datetime.fromisoformat(entry["timestamp"]) for entry in entries)
+    shift = (now or datetime.now(UTC)) - newest
+    for entry in entries:
+        entry["timestamp"] = (datetime.fromisoformat(entry["timestamp"]) + shift).isoformat()
+    out["created"] = (datetime.fromisoformat(out["created"]) + shift).isoformat()
+    out["content_hash"] = Snapshot(out["document"]).content_hash
+    return out
+
+
+def shipped_export(device: str = "lab5") -> dict[str, Any]:
+    """The calibration snapshot shipped for built-in ``device``, as its export envelope."""
+    if device not in BUILTIN_DEVICES:
+        raise ValueError(f"no built-in device {device!r} (built in: {', '.join(BUILTIN_DEVICES)})")
+    path = resources.files("labqpu") / "data" / f"{device}_calibration.json"
+    return json.loads(path.read_text())
+
+
+def seed_fresh_store(home: str | Path, device: str = "lab5") -> Path:
+    """Create ``home/device/calibration.sqlite`` holding the :func:`restamped` shipped snapshot
+    of built-in ``device``, where ``LabProvider`` and ``labqpu`` look with ``LABQPU_HOME=home``;
+    returns its path. An existing store is refused (``FileExistsError``)."""
+    path = Path(home) / device / "calibration.sqlite"
+    if path.exists():
+        raise FileExistsError(f"{path} exists: a fresh store is seeded only once")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with CalibrationStore(path) as store:
+        store.import_json(restamped(shipped_export(device)))
+    return path
+
+
+def use_fresh_home(monkeypatch: pytest.MonkeyPatch, home: str | Path) -> None:
+    """Point ``LABQPU_HOME`` at ``home`` for one test and :func:`seed_fresh_store` each built-in
+    device there."""
+    monkeypatch.setenv("LABQPU_HOME", str(home))
+    for device in BUILTIN_DEVICES:
+        seed_fresh_store(home, device)
 
 
 @pytest.fixture(scope="session")
 def lab_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private ``LABQPU_HOME`` for the session (calibration stores live there)."""
+    """A private ``LABQPU_HOME`` for the session, with a store per built-in device holding
+    its shipped snapshot as if measured now."""
     home = str(tmp_path_factory.mktemp("labqpu-home"))
+    for device in BUILTIN_DEVICES:
+        seed_fresh_store(home, device)
     old = os.environ.get("LABQPU_HOME")
     os.environ["LABQPU_HOME"] = home
     yield home

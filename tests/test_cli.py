@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from labqpu.testing import seed_fresh_store
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -236,6 +238,7 @@ def test_calibrate_without_a_task_names_the_choices(tmp_path):
 
 
 def test_calibrate_runs_the_graph_and_prints_the_summary(tmp_path):
+    seed_fresh_store(tmp_path)
     proc = labqpu(tmp_path, "calibrate", "t1", "--qubits", "0", timeout=240)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -250,11 +253,13 @@ def test_calibrate_runs_the_graph_and_prints_the_summary(tmp_path):
 def test_calibrate_names_gate_errors_measured_before_their_pulses(tmp_path, export):
     """A snapshot whose qubit 2 has a pi amplitude newer than its gate errors (as after a
     recalibration without RB): after a graph run, the command names sx:2, sy:2 and x:2 as out
-    of date and says which command measures them again."""
+    of date and says which command measures them again. Qubit 0, which the run checks, is
+    named exactly when the run changed one of its pulse values; qubits 1, 3 and 4 never."""
     from labqpu.store import CalibrationStore, SnapshotBuilder
+    from labqpu.testing import restamped
 
     with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
-        first = store.import_json(export)
+        first = store.import_json(restamped(export))
         builder = SnapshotBuilder.from_snapshot(first)
         builder.set_qubit(2, "pi_amplitude", first.qubits[2]["pi_amplitude"].value,
                           "fine_amplitude-test", timestamp=datetime.now(UTC).isoformat())
@@ -263,7 +268,12 @@ def test_calibrate_names_gate_errors_measured_before_their_pulses(tmp_path, expo
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("gate errors out of date"))
     assert "sx:2 (measured before pi_amplitude)" in line and "x:2 (" in line, line
-    assert "sx:0" not in line and "`labqpu calibrate rb`" in line, line
+    assert "`labqpu calibrate rb`" in line, line
+    assert not any(f"sx:{q}" in line or f"x:{q} " in line for q in (1, 3, 4)), line
+    pulses_of_0 = ("frequency_hz", "pi_amplitude", "pi2_amplitude", "drag_beta")
+    changed_0 = any(row.split()[1:4] == ["qubit", "0", name] and "->" in row
+                    for row in proc.stdout.splitlines() for name in pulses_of_0)
+    assert ("sx:0" in line) == changed_0, proc.stdout
 
 
 def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
@@ -306,6 +316,7 @@ def test_calibrate_watch_runs_rounds_on_the_device_clock_and_logs_them(tmp_path)
     """On the embedded simulator the interval passes as idle shots on the device: two rounds
     an hour apart take seconds, each is one line of output and one line of the JSON log;
     with ``--rb-every 2`` the second ends with RB of the watched qubit."""
+    seed_fresh_store(tmp_path)
     proc = labqpu(tmp_path, "calibrate", "--watch", "t1", "--qubits", "0", "--rounds", "2",
                   "--rb-every", "2", "--rb-lengths-1q", "1", "40", "120", "300",
                   "--rb-seeds", "2", timeout=240)

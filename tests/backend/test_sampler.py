@@ -32,9 +32,9 @@ def distance_to_ideal(dist: dict[str, float]) -> float:
 
 def test_mitigated_ghz_is_closer_to_ideal(lab_backend) -> None:
     native = transpile(ghz3(), lab_backend, seed_transpiler=5)  # Qiskit's default level
-    result = Sampler(lab_backend).run([native], shots=4000).result()[0]
+    result = Sampler(lab_backend).run([native], shots=10_000).result()[0]
     raw = result.data.meas.get_counts()
-    assert sum(raw.values()) == 4000
+    assert sum(raw.values()) == 10_000
     info = result.metadata["readout_mitigation"]
     assert info["applied"] and info["method"] == "mthree"
     assert info["snapshot_id"] == lab_backend.snapshot.snapshot_id
@@ -42,8 +42,11 @@ def test_mitigated_ghz_is_closer_to_ideal(lab_backend) -> None:
     assert sorted(info["qubits"]["meas"]) == sorted(layout)
     mitigated = info["quasi_dists"]["meas"]
     assert sum(mitigated.values()) == pytest.approx(1.0, abs=1e-6)
-    raw_distance = distance_to_ideal({k: v / 4000 for k, v in raw.items()})
-    assert distance_to_ideal(mitigated) < raw_distance - 0.02, (raw_distance, mitigated)
+    # Readout moves 3-7 % of the GHZ mass off 000 and 111 on lab5; mitigation recovered
+    # 0.019-0.040 of the distance in 13 runs (4000 shots, the drifting device). Without it the
+    # gain is 0 +- 0.002 at 10 000 shots.
+    raw_distance = distance_to_ideal({k: v / 10_000 for k, v in raw.items()})
+    assert distance_to_ideal(mitigated) < raw_distance - 0.01, (raw_distance, mitigated)
 
 
 def test_parameter_sweep_gives_one_distribution_per_point(lab_backend) -> None:

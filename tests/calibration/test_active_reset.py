@@ -18,6 +18,7 @@ from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.reset import MAX_RESET_ROUNDS, rounds_needed
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
 
 
 def test_rounds_needed_is_the_first_round_within_tolerance() -> None:
@@ -42,7 +43,7 @@ def _reset_from_one(backend) -> list[float]:
 
 @pytest.mark.slow
 def test_active_reset_node_makes_reset_from_one_reach_095(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         without = SnapshotBuilder.from_snapshot(backend.snapshot)
@@ -67,7 +68,7 @@ def test_a_rack_without_feed_forward_calibrates_without_active_reset(tmp_path, m
     and naming it is a CalibrationError naming the controllers, before anything runs."""
     from labqpu.errors import CalibrationError
 
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         backend.feedforward_latency_samples = None

@@ -26,6 +26,7 @@ from scipy.optimize import curve_fit
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.records import load_record
+from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def fitted_decay(t2_s: float, sigma_hz: float, window_s: float) -> float:
 
 def test_static_zz_matches_exact_diagonalisation_and_echo_beats_ramsey(
         tmp_path, monkeypatch, truth, exact_levels):
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         report = run_graph(backend, ["ramsey", "zz", "echo"], qubits=[1, 2, 3], force=True)

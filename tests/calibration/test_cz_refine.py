@@ -10,6 +10,7 @@ from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.records import load_record
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def cz_record(report):
 
 
 def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         shipped = backend.snapshot.pairs[EDGE]

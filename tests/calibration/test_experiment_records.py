@@ -12,6 +12,7 @@ from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.records import load_record
 from labqpu.calibration.refits import refit
+from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ FITTED = {"resonator_spectroscopy": "readout_frequency_hz", "sweet_spot": "flux_
 
 
 def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         report = run_graph(backend, qubits=[2], force=True, shots=400)

@@ -12,6 +12,7 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
 
 #: The check's detuning (``checks.check_frequency``), Hz.
 DETUNING_HZ = 1.5e6
@@ -22,7 +23,7 @@ def test_a_frequency_error_that_aliases_one_fringe_is_found(tmp_path, monkeypatc
     """Qubit 1's frequency set off by 2 d in the direction that folds the +d fringe back onto
     d: the ramsey check fails, the node recalibrates, and the frequency returns to within
     50 kHz of the shipped one."""
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     q = 1
     with LabProvider() as provider:
         backend = provider.backend()

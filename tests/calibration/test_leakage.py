@@ -31,6 +31,7 @@ from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.leakage import leakage_per_cz
 from labqpu.firmware_sim.device import load_device
+from labqpu.testing import use_fresh_home
 
 EDGES = [(0, 1), (1, 2), (2, 3), (3, 4)]
 
@@ -55,7 +56,7 @@ def test_leakage_is_the_difference_after_one_cz_with_its_binomial_error() -> Non
 
 @pytest.mark.slow
 def test_cz_leakage_matches_exact_propagation(tmp_path, monkeypatch, exact_cz) -> None:
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     device = load_device("lab5")
     with LabProvider() as provider:
         backend = provider.backend()

@@ -4,7 +4,7 @@ limit of the device file, through the store into the Target."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -212,10 +212,12 @@ def test_gate_errors_measured_before_their_pulses_are_reported_out_of_date(snaps
     date. A newer pi amplitude on qubit 2 makes its sx, sy and x errors describe the old pulse,
     a newer cz amplitude on 1-2 the cz error, and a 1 h gate-error age limit all of them; a
     snapshot without gate errors names every gate as never measured."""
-    now = datetime(2026, 11, 30, 18, 30, tzinfo=UTC)
+    measured = max(datetime.fromisoformat(entry.timestamp)
+                   for gate in snapshot.gates.values() for entry in gate.values())
+    now = measured + timedelta(hours=3)  # the clock the snapshot's age is read against
     limits = {"gate_error": 24.0}
     assert outdated_gate_errors(snapshot, limits, now) == []
-    later = "2026-11-30T18:00:00+00:00"
+    later = (measured + timedelta(hours=2)).isoformat()
     builder = SnapshotBuilder.from_snapshot(snapshot)
     builder.set_qubit(2, "pi_amplitude", snapshot.qubits[2]["pi_amplitude"].value * 1.01,
                       "fine_amplitude-test", timestamp=later)

@@ -14,6 +14,7 @@ from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import run_graph
 from labqpu.errors import FitError
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
 
 #: Shorter sequences than the defaults: the step's logic, not the figures, is under test.
 QUICK = RBSettings(lengths_1q=(1, 40, 120, 300), lengths_2q=(1, 8, 24, 48), seeds=3, shots=200)
@@ -42,7 +43,7 @@ def test_the_rb_step_benchmarks_only_what_a_recalibration_outdated(tmp_path, mon
     commits their errors (newer than the pulses, so nothing is out of date afterwards) and
     leaves every other gate error as it was; run again, everything is fresh and nothing is
     committed."""
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         start, now = _outdate_qubit_1_and_edge_3_4(backend)
@@ -85,7 +86,7 @@ def test_the_rb_step_benchmarks_only_what_a_recalibration_outdated(tmp_path, mon
 def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch):
     """The 2-qubit decay of edge 3-4 made not to fit: qubit 1's gate errors are still
     committed, edge 3-4 is reported failed with the reason and keeps its old cz error."""
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     fit = rb.fit_rb
 
     def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
@@ -115,7 +116,7 @@ def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkey
     """Another writer commits while the rb step benchmarks: its own commit is refused
     (StaleSnapshotError), the step reports every subject failed with that reason, and
     run_graph still returns its report; the other writer's snapshot stays the newest."""
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         _, now = _outdate_qubit_1_and_edge_3_4(backend)

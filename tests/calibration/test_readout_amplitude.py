@@ -27,6 +27,7 @@ from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import default_design_path, working_from_snapshot
 from labqpu.errors import FitError
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
 
 
 def test_the_choice_is_the_smallest_amplitude_near_the_best() -> None:
@@ -94,7 +95,7 @@ def test_readout_brings_a_too_strong_long_tone_back_to_the_optimum(tmp_path,
     over window at the frequency it chose. (The amplitude is chosen at the old window, then
     the window at the new amplitude, the amplitude again at the new window, and so on until
     neither moves, which the records say happened within READOUT_ROUNDS.)"""
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     q = 2
     with LabProvider() as provider:
         backend = provider.backend()

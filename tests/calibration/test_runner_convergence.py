@@ -36,6 +36,7 @@ from labqpu.calibration.experiments import Kit, project, sweep
 from labqpu.calibration.runner import default_design_path, working_from_snapshot
 from labqpu.firmware_sim.device import load_device
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,7 @@ def ghz3(backend) -> float:
 
 def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, exact_levels,
                                                 exact_cz):
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         shipped = backend.snapshot

@@ -13,6 +13,7 @@ from qiskit import QuantumCircuit, transpile
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.spectators import spectators_of
+from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def bell(backend, pair: tuple[int, int], spectator: int | None) -> float:
 
 
 def test_spectator_spread_predicts_bell_with_a_neighbour_excited(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     assert spectators_of((1, 2), [(0, 1), (1, 2), (2, 3), (3, 4)]) == [0, 3]
     with LabProvider() as provider:
         backend = provider.backend()

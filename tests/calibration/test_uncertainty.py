@@ -10,6 +10,7 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import records, run_graph
 from labqpu.calibration.records import load_record, uncertainty_problem
+from labqpu.testing import use_fresh_home
 
 
 def test_uncertainty_limits_are_absolute_or_relative_and_per_kind() -> None:
@@ -35,7 +36,7 @@ def test_a_too_uncertain_fit_fails_its_step_and_changes_nothing(tmp_path, monkey
     failed, naming the standard error; nothing is committed (the store's newest snapshot is
     the one the run started from, T1 as before); the measurement is kept as a record with its
     plot, marked rejected."""
-    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    use_fresh_home(monkeypatch, tmp_path)
     monkeypatch.setitem(records.UNCERTAINTY_LIMITS, "t1_s", (0.0, 1e-6))
     with LabProvider() as provider:
         backend = provider.backend()
