@@ -486,6 +486,7 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
     """``labqpu calibrate history|diff A B|rollback ID``: the store alone, no instrument
     touched."""
     from labqpu.rack.config import load_config, resolve_config_path
+    from labqpu.rack.limits import wiring_limits
     from labqpu.store import CalibrationStore
 
     action, *rest = args.nodes
@@ -497,7 +498,7 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
         return 2
     ids = [int(r) for r in rest]
     config = load_config(resolve_config_path(args.config)[0])
-    with CalibrationStore(config.store_path) as store:
+    with CalibrationStore(config.store_path, validators=(wiring_limits(config),)) as store:
         if action == "rollback":
             snapshot = store.rollback(ids[0])
             print(f"committed snapshot {snapshot.snapshot_id}: the calibration of snapshot "

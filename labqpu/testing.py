@@ -10,7 +10,7 @@ store in a temporary ``LABQPU_HOME`` seeded from the shipped snapshot, and stops
 
 The shipped snapshots age with the wall clock: a day after they were measured, the calibration
 runner finds every value past its age limit and measures it again. So the session's stores
-hold :func:`restamped` copies, as if measured just now, and a test's outcome does not depend on
+hold :func:`restamped` copies, as if measured an hour ago, and a test's outcome does not depend on
 the day it runs; :func:`seed_fresh_store` does the same for a ``LABQPU_HOME`` of a test's own.
 """
 
@@ -20,7 +20,7 @@ import copy
 import json
 import os
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ from labqpu.store.snapshot import Snapshot
 
 def restamped(export: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
     """A copy of an export envelope (``CalibrationStore.export_json``) whose measurement times
-    and creation time all move by one offset, so that the newest measurement is ``now``
-    (default: the current UTC time). Values, experiments and the order of measurements stay;
-    the content hash is recomputed."""
+    and creation time all move by one offset, so that the newest measurement is at ``now``
+    (default: an hour before the current UTC time, inside every default age limit and early
+    enough for a test to date a value between the snapshot and the present). Values,
+    experiments and the order of measurements stay; the content hash is recomputed."""
     out = copy.deepcopy(dict(export))
     entries = [entry for section in ("qubits", "pairs", "gates")
                for subject in out["document"].get(section, {}).values()
@@ -47,7 +48,7 @@ def restamped(export: Mapping[str, Any], now: datetime | None = None) -> dict[st
     if not entries:
         raise ValueError("the export holds no measured values to restamp")
     newest = max(datetime.fromisoformat(entry["timestamp"]) for entry in entries)
-    shift = (now or datetime.now(UTC)) - newest
+    shift = (now or datetime.now(UTC) - timedelta(hours=1)) - newest
     for entry in entries:
         entry["timestamp"] = (datetime.fromisoformat(entry["timestamp"]) + shift).isoformat()
     out["created"] = (datetime.fromisoformat(out["created"]) + shift).isoformat()
@@ -87,7 +88,7 @@ def use_fresh_home(monkeypatch: pytest.MonkeyPatch, home: str | Path) -> None:
 @pytest.fixture(scope="session")
 def lab_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private ``LABQPU_HOME`` for the session, with a store per built-in device holding
-    its shipped snapshot as if measured now."""
+    its shipped snapshot as if measured an hour ago."""
     home = str(tmp_path_factory.mktemp("labqpu-home"))
     for device in BUILTIN_DEVICES:
         seed_fresh_store(home, device)

@@ -23,6 +23,7 @@ from labqpu.backend.backend import LabBackend
 from labqpu.errors import HardwareUnavailableError
 from labqpu.rack.config import LabConfig, load_config, resolve_config_path
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
+from labqpu.rack.limits import wiring_limits
 from labqpu.store import CalibrationStore
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ class LabProvider:
                 self.simulator = SimulatorProcess(path)
                 self._closers.append(self.simulator.stop)
                 self.config = self.config.with_endpoints(self.simulator.endpoints)
-            self.store = CalibrationStore(self.config.store_path)
+            self.store = CalibrationStore(self.config.store_path,
+                                          validators=(wiring_limits(self.config),))
             self._closers.append(self.store.close)
             _seed_store(self.store, self.config)
             self._queue = LocalHardwareQueue(

@@ -303,6 +303,14 @@ class ScpiInstrument:
             logger.warning("%s: error while closing the session: %s", self.resource, exc)
 
 
+#: Default CW frequency range (Hz) and output power range (dBm) of a :class:`SignalGenerator`
+#: (an SGS100A's); a wiring file narrows or widens them per instrument.
+DEFAULT_FREQUENCY_RANGE_HZ = (1e6, 12.75e9)
+DEFAULT_POWER_RANGE_DBM = (-120.0, 25.0)
+#: Default output current magnitude limit (A) of a :class:`CurrentSource`.
+DEFAULT_MAX_CURRENT_A = 10e-3
+
+
 class SignalGenerator(ScpiInstrument):
     """Microwave LO source speaking the R&S SGS100A command subset.
 
@@ -323,10 +331,10 @@ class SignalGenerator(ScpiInstrument):
         *,
         timeout_s: float = 2.0,
         resource_manager: pyvisa.ResourceManager | None = None,
-        min_frequency_hz: float = 1e6,
-        max_frequency_hz: float = 12.75e9,
-        min_power_dbm: float = -120.0,
-        max_power_dbm: float = 25.0,
+        min_frequency_hz: float = DEFAULT_FREQUENCY_RANGE_HZ[0],
+        max_frequency_hz: float = DEFAULT_FREQUENCY_RANGE_HZ[1],
+        min_power_dbm: float = DEFAULT_POWER_RANGE_DBM[0],
+        max_power_dbm: float = DEFAULT_POWER_RANGE_DBM[1],
     ) -> None:
         if not min_frequency_hz < max_frequency_hz:
             raise ValueError("min_frequency_hz must be below max_frequency_hz")
@@ -418,7 +426,7 @@ class CurrentSource(ScpiInstrument):
         resource: str,
         *,
         channels: int = 5,
-        max_current_a: float = 10e-3,
+        max_current_a: float = DEFAULT_MAX_CURRENT_A,
         timeout_s: float = 2.0,
         resource_manager: pyvisa.ResourceManager | None = None,
     ) -> None:

@@ -222,6 +222,14 @@ class InstrumentSpec:
     host: str
     port: int
     channels: int
+    #: Limits from the wiring file (``min_frequency_hz`` ... ``max_current_a``), passed to the
+    #: simulated instrument so that it refuses what the real one would.
+    limits: dict[str, float] = field(default_factory=dict)
+
+
+#: The limit keys of an ``[[instruments]]`` table the simulated instruments take.
+INSTRUMENT_LIMIT_KEYS = ("min_frequency_hz", "max_frequency_hz", "min_power_dbm",
+                         "max_power_dbm", "max_current_a")
 
 
 @dataclass(frozen=True)
@@ -302,8 +310,9 @@ def load_rack(path: str | Path) -> Rack:
     instruments = []
     for i in doc.get("instruments", []):
         host, port = _host_port_from_visa(i["resource"])
-        instruments.append(InstrumentSpec(i["name"], i["kind"], host, port,
-                                          int(i.get("channels", 1))))
+        instruments.append(InstrumentSpec(
+            i["name"], i["kind"], host, port, int(i.get("channels", 1)),
+            {key: float(i[key]) for key in INSTRUMENT_LIMIT_KEYS if key in i}))
     cabling = {}
     for key, q in doc.get("qubits", {}).items():
         ports = {}

@@ -56,7 +56,7 @@ class SimulatedRack:
             raise ValueError(f"wiring has no cabling for qubit(s) {missing}")
         self.instruments: dict[str, ScpiServer] = {
             spec.name: ScpiServer(spec.kind, name=spec.name, host=spec.host, port=spec.port,
-                                  channels=spec.channels)
+                                  channels=spec.channels, **spec.limits)
             for spec in self.rack.instruments
         }
         for ctrl in self.rack.controllers:

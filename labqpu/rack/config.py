@@ -16,6 +16,11 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
+from labqpu.drivers.scpi import (
+    DEFAULT_FREQUENCY_RANGE_HZ,
+    DEFAULT_MAX_CURRENT_A,
+    DEFAULT_POWER_RANGE_DBM,
+)
 from labqpu.errors import BackendConfigurationError
 from labqpu.pulse.channels import ChannelMap, QubitChannels
 
@@ -37,13 +42,21 @@ class ControllerConfig:
 
 @dataclass(frozen=True)
 class InstrumentConfig:
-    """A VISA instrument: an LO source (``signal_generator``) or a flux-bias ``current_source``."""
+    """A VISA instrument: an LO source (``signal_generator``) or a flux-bias ``current_source``.
+
+    ``frequency_range_hz`` (Hz) and ``power_range_dbm`` (dBm) bound what an LO source may be
+    set to, ``max_current_a`` (A) the magnitude of a current source's output; the driver
+    refuses values outside them, and so does the calibration store on commit.
+    """
 
     name: str
     kind: str
     resource: str
     channels: int = 1
     timeout_s: float = 2.0
+    frequency_range_hz: tuple[float, float] = DEFAULT_FREQUENCY_RANGE_HZ
+    power_range_dbm: tuple[float, float] = DEFAULT_POWER_RANGE_DBM
+    max_current_a: float = DEFAULT_MAX_CURRENT_A
 
 
 @dataclass(frozen=True)
@@ -292,6 +305,37 @@ def _number(table: dict, key: str, where: _Where, kind: type, *,
     return kind(value)
 
 
+#: The limit keys of an ``[[instruments]]`` table, per kind.
+LIMIT_KEYS = {"signal_generator": ("min_frequency_hz", "max_frequency_hz", "min_power_dbm",
+                                   "max_power_dbm"),
+              "current_source": ("max_current_a",)}
+
+
+def _range(table: dict, low_key: str, high_key: str, default: tuple[float, float],
+           where: _Where) -> tuple[float, float]:
+    low = _number(table, low_key, where, float, default=default[0])
+    high = _number(table, high_key, where, float, default=default[1])
+    if not low < high:
+        raise where.error(f": {low_key} ({low!r}) must be below {high_key} ({high!r})", low_key)
+    return low, high
+
+
+def _instrument_limits(table: dict, kind: str, where: _Where) -> dict:
+    """The limits an ``[[instruments]]`` table sets, over the driver's defaults; a limit key of
+    the other kind is an error naming it."""
+    for other, keys in LIMIT_KEYS.items():
+        for key in keys:
+            if other != kind and key in table:
+                raise where.error(f": {key} is a limit of a {other}, not of a {kind}", key)
+    if kind == "current_source":
+        return {"max_current_a": _number(table, "max_current_a", where, float, minimum=0.0,
+                                         default=DEFAULT_MAX_CURRENT_A)}
+    return {"frequency_range_hz": _range(table, "min_frequency_hz", "max_frequency_hz",
+                                         DEFAULT_FREQUENCY_RANGE_HZ, where),
+            "power_range_dbm": _range(table, "min_power_dbm", "max_power_dbm",
+                                      DEFAULT_POWER_RANGE_DBM, where)}
+
+
 def load_config(path: str | Path) -> LabConfig:
     """Read and validate a ``lab.toml``; errors name the section and key at fault."""
     path = Path(path)
@@ -382,6 +426,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
             name=inst_name, kind=kind, resource=resource,
             channels=_number(i, "channels", w, int, minimum=1, default=1),
             timeout_s=_number(i, "timeout_s", w, float, minimum=0.0, default=2.0),
+            **_instrument_limits(i, kind, w),
         ))
     names = [c.name for c in controllers] + [i.name for i in instruments]
     if len(set(names)) != len(names):

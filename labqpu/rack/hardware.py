@@ -129,7 +129,11 @@ class RackConnection:
         """The driver session of LO source ``name``."""
         if name not in self._los:
             spec = self.config.instrument(name)
-            self._los[name] = SignalGenerator(spec.resource, timeout_s=spec.timeout_s)
+            self._los[name] = SignalGenerator(
+                spec.resource, timeout_s=spec.timeout_s,
+                min_frequency_hz=spec.frequency_range_hz[0],
+                max_frequency_hz=spec.frequency_range_hz[1],
+                min_power_dbm=spec.power_range_dbm[0], max_power_dbm=spec.power_range_dbm[1])
         return self._los[name]
 
     def current_source(self, name: str) -> CurrentSource:
@@ -137,6 +141,7 @@ class RackConnection:
         if name not in self._currents:
             spec = self.config.instrument(name)
             self._currents[name] = CurrentSource(spec.resource, channels=spec.channels,
+                                                 max_current_a=spec.max_current_a,
                                                  timeout_s=spec.timeout_s)
         return self._currents[name]
 

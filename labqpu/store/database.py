@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,12 +95,17 @@ class CalibrationStore:
     ``close()`` (or leaving a ``with`` block) closes them all. A missing parent directory of
     ``path`` is created.
 
+    ``validators`` run on every commit and import after the physical checks, each given the
+    document and raising ``InvalidSnapshotError`` to refuse it (the provider passes the rack's
+    instrument limits, ``labqpu.rack.limits``).
+
     Raises:
         CalibrationError: the file is empty (0 bytes), is not a calibration store, or has a
             newer schema. Such a file is never overwritten or reseeded.
     """
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, timeout_s: float = 10.0,
+                 validators: Sequence[Callable[[Mapping[str, Any]], None]] = ()) -> None:
         if str(path) == ":memory:":
             raise ValueError(
                 "a calibration store needs a file: ':memory:' is private to one "
@@ -108,6 +113,7 @@ class CalibrationStore:
             )
         self._path = Path(path)
         self._timeout_s = timeout_s
+        self._validators = tuple(validators)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -307,8 +313,8 @@ class CalibrationStore:
         Raises:
             InvalidSnapshotError: the document is malformed, holds a value no device can have
                 (``labqpu.store.physics``: negative T1, T2 > 2 T1, fidelity above 1, a string
-                where a number belongs ...), is for another device than the store holds, or
-                ``parent_id`` does not exist. Nothing was written.
+                where a number belongs ...) or one a validator refuses, is for another device
+                than the store holds, or ``parent_id`` does not exist. Nothing was written.
             StaleSnapshotError: ``expect_parent`` and another snapshot was committed since
                 ``parent_id``. Nothing was written.
         """
@@ -316,6 +322,8 @@ class CalibrationStore:
             raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
         draft = Snapshot(document)
         check_physics(draft.to_document())
+        for validate in self._validators:
+            validate(draft.to_document())
         canonical = canonical_json(draft.to_document())
         created = utc_now()
         with self._transaction() as conn:

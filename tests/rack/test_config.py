@@ -107,6 +107,13 @@ def test_errors_carry_file_and_field(tmp_path, doc):
     (lambda d: d["device"].update(coupling_map=[[0, 9]]), "device.coupling_map"),
     (lambda d: d["calibration"].update(store=3), "calibration.store"),
     (lambda d: d["qubits"].pop("0"), "qubits.0"),
+    (lambda d: d["instruments"][0].update(max_current_a=0.01), "instruments[0].max_current_a"),
+    (lambda d: d["instruments"][3].update(max_frequency_hz=7e9),
+     "instruments[3].max_frequency_hz"),
+    (lambda d: d["instruments"][1].update(min_frequency_hz=8e9, max_frequency_hz=6e9),
+     "instruments[1].min_frequency_hz"),
+    (lambda d: d["instruments"][2].update(max_power_dbm="20"), "instruments[2].max_power_dbm"),
+    (lambda d: d["instruments"][3].update(max_current_a=0.0), "instruments[3].max_current_a"),
 ])
 def test_every_kind_of_error_names_its_field(doc, edit, field):
     edit(doc)

@@ -1,0 +1,88 @@
+"""What a calibration snapshot may ask of this rack's instruments, checked when it is committed.
+
+``labqpu.store.physics`` refuses values no device can have. This module refuses values that this
+rack cannot play, from its wiring file:
+- each LO frequency (Hz) and power (dBm) inside the range of the signal generator the qubit's
+  drive or readout mixer is wired to;
+- each flux bias (A) inside the output limit of its current source;
+- each drive and readout frequency within half the sample rate (Hz) of its LO, so that the
+  controller's intermediate frequency is below Nyquist.
+
+:func:`wiring_limits` makes the check a validator of ``CalibrationStore``, which runs it on every
+commit and import after the physical checks: a refused value raises ``InvalidSnapshotError``
+naming the qubit, the parameter and the instrument, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from labqpu.errors import InvalidSnapshotError
+from labqpu.rack.config import LabConfig
+
+
+def _value(params: Mapping[str, Any], name: str) -> float | None:
+    """The number stored under ``name``, or None when absent or not a finite number (the
+    physical checks name those)."""
+    entry = params.get(name)
+    value = entry.get("value") if isinstance(entry, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _inside(value: float | None, low: float, high: float, subject: str, parameter: str,
+            what: str) -> None:
+    if value is not None and not low <= value <= high:
+        raise InvalidSnapshotError(f"{value!r} is outside {what} [{low!r}, {high!r}]",
+                                   subject=subject, parameter=parameter)
+
+
+def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None:
+    """Refuse a snapshot document (the layout of ``labqpu.store``) whose values this rack's
+    instruments cannot be set to (see the module docstring).
+
+    Raises:
+        InvalidSnapshotError: naming the qubit, the parameter, the instrument and its range.
+    """
+    qubits = document.get("qubits")
+    if not isinstance(qubits, Mapping):
+        return
+    for key, params in qubits.items():
+        if not isinstance(params, Mapping) or not str(key).isdigit() \
+                or int(key) not in config.qubits:
+            continue
+        q = int(key)
+        wiring = config.qubits[q]
+        subject = f"qubit {q}"
+        for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
+                                    ("readout", wiring.readout_lo, wiring.readout)):
+            lo = config.instrument(lo_name)
+            lo_hz = _value(params, f"{role}_lo_frequency_hz")
+            _inside(lo_hz, *lo.frequency_range_hz, subject, f"{role}_lo_frequency_hz",
+                    f"the frequency range (Hz) of signal generator {lo.name!r}")
+            _inside(_value(params, f"{role}_lo_power_dbm"), *lo.power_range_dbm, subject,
+                    f"{role}_lo_power_dbm", f"the power range (dBm) of signal generator "
+                    f"{lo.name!r}")
+            tone = "frequency_hz" if role == "drive" else "readout_frequency_hz"
+            tone_hz = _value(params, tone)
+            if tone_hz is not None and lo_hz is not None:
+                nyquist = config.controller(port[0]).sample_rate_hz / 2
+                _inside(tone_hz, lo_hz - nyquist, lo_hz + nyquist, subject, tone,
+                        f"the band {port[0]} can reach from {role}_lo_frequency_hz "
+                        f"{lo_hz!r} (+- half its sample rate, Hz)")
+        source = config.instrument(wiring.flux_bias[0])
+        _inside(_value(params, "flux_bias_a"), -source.max_current_a, source.max_current_a,
+                subject, "flux_bias_a", f"the output limit (A) of current source "
+                f"{source.name!r} channel {wiring.flux_bias[1]}")
+
+
+def wiring_limits(config: LabConfig) -> Callable[[Mapping[str, Any]], None]:
+    """:func:`check_against_wiring` for ``config``, as a ``CalibrationStore`` validator."""
+
+    def validate(document: Mapping[str, Any]) -> None:
+        check_against_wiring(document, config)
+
+    return validate

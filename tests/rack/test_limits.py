@@ -1,0 +1,94 @@
+"""A calibration the rack's instruments cannot be set to is refused on commit: LO frequencies
+and powers inside the signal generators' ranges, flux biases inside the current sources'
+limits, and drive and readout tones within half the sample rate of their LO. The limits come
+from the wiring file, and the drivers and the simulated instruments enforce the same ones."""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+
+from labqpu.errors import InstrumentLimitError, InvalidSnapshotError
+from labqpu.firmware_sim.rack import SimulatedRack
+from labqpu.rack.config import builtin_config_path, default_config_path, load_config
+from labqpu.rack.hardware import RackConnection
+from labqpu.rack.limits import check_against_wiring, wiring_limits
+from labqpu.store import CalibrationStore
+from labqpu.testing import shipped_export
+
+
+@pytest.mark.parametrize("device", ["lab5", "lab10"])
+def test_the_shipped_snapshots_fit_their_racks(device) -> None:
+    check_against_wiring(shipped_export(device)["document"],
+                         load_config(builtin_config_path(device)))
+
+
+def _with(document: dict, qubit: int, name: str, value: float) -> dict:
+    out = copy.deepcopy(document)
+    out["qubits"][str(qubit)][name]["value"] = value
+    return out
+
+
+@pytest.mark.parametrize(("qubit", "name", "value", "named"), [
+    (2, "flux_bias_a", 0.02, "current source 'flux_bias' channel 3 [-0.01, 0.01]"),
+    (1, "drive_lo_frequency_hz", 13e9, "signal generator 'lo_drive_b'"),
+    (0, "readout_lo_power_dbm", 30.0, "power range (dBm) of signal generator 'lo_readout'"),
+    (3, "frequency_hz", 6.3e9, "the band ctrl0 can reach from drive_lo_frequency_hz"),
+    (4, "readout_frequency_hz", 6.6e9, "the band ctrl0 can reach from readout_lo_frequency_hz"),
+])
+def test_a_value_the_rack_cannot_play_is_refused_and_nothing_is_written(
+        lab_backend, qubit, name, value, named) -> None:
+    """Through the running provider's store (on the simulator): the error names the qubit, the
+    parameter and the instrument, and the newest snapshot stays the same."""
+    store = lab_backend.store
+    before = store.latest_id()
+    document = _with(lab_backend.snapshot.to_document(), qubit, name, value)
+    with pytest.raises(InvalidSnapshotError) as info:
+        store.commit(document)
+    assert info.value.subject == f"qubit {qubit}" and info.value.parameter == name
+    assert named in str(info.value), str(info.value)
+    assert store.latest_id() == before
+
+
+def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo(
+        tmp_path) -> None:
+    """A wiring file that gives the readout LO a 7.1 GHz ceiling: the store refuses the shipped
+    snapshot (its readout LO sits at 7.2 GHz) and stays empty; the driver refuses to send
+    7.2 GHz; the simulated SGS100A started from the same file refuses it too."""
+    text = default_config_path().read_text()
+    marker = 'name = "lo_readout"\nkind = "signal_generator"\n'
+    assert marker in text
+    path = tmp_path / "lab.toml"
+    path.write_text(text.replace(marker, marker + "max_frequency_hz = 7.1e9\n"))
+    config = load_config(path)
+    assert config.instrument("lo_readout").frequency_range_hz == (1e6, 7.1e9)
+
+    with CalibrationStore(tmp_path / "s.sqlite", validators=(wiring_limits(config),)) as store:
+        with pytest.raises(InvalidSnapshotError, match="'lo_readout'") as info:
+            store.import_json(shipped_export())
+        assert info.value.parameter == "readout_lo_frequency_hz"
+        assert store.latest_id() is None
+
+    with SimulatedRack(path, seed=1) as simulated:
+        server = simulated.instruments["lo_readout"]
+        connection = RackConnection(config.with_endpoints(simulated.endpoints()))
+        try:
+            lo = connection.signal_generator("lo_readout")
+            with pytest.raises(InstrumentLimitError, match=r"\[1000000\.0, 7100000000\.0\]"):
+                lo.frequency_hz = 7.2e9
+            lo.frequency_hz = 7.0e9
+            assert lo.frequency_hz == 7.0e9
+        finally:
+            connection.close()
+        with socket.create_connection((server.host, server.port), timeout=5) as conn:
+            conn.sendall(b"FREQ 7.2e9\nSYST:ERR?\nFREQ?\n")
+            replies = b""
+            while replies.count(b"\n") < 2:
+                chunk = conn.recv(200)
+                assert chunk, replies
+                replies += chunk
+        error, frequency = replies.decode().splitlines()[:2]
+        assert not error.startswith("0,"), error
+        assert float(frequency) == 7.0e9
