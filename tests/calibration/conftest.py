@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg
 
 from labqpu.calibration.leakage import LEAKAGE_REPEATS
-from labqpu.pulse.kernels import flat_top
+from labqpu.pulse.kernels import flat_top, gaussian_drag
 
 
 def dressed_levels(truth: dict, flux_bias_a: dict[int, float]) -> Callable[[tuple], float]:
@@ -72,6 +72,23 @@ def exact_levels() -> Callable:
     return dressed_levels
 
 
+def analysis_zz_time_s(snapshot, q: int) -> float:
+    """How long (s) the static ZZ turns qubit ``q``'s Ramsey phase while its two X90 analysis
+    pulses play, to first order in ZZ. A Z rotation at time t of the first pulse, when the
+    pulse has turned the Bloch vector by theta(t) of its pi/2 (theta follows the envelope's
+    running area), moves the final equatorial phase by sin(theta(t)) of its angle; in the
+    second pulse, by cos(theta(t)), whose integral is the same for a symmetric envelope. So
+    t_zz = 2 sum_k sin(theta_k) dt over the samples k, about 1.19 pulse lengths for lab5's
+    Gaussian (sigma a quarter of the pulse), not one (half of each pulse) as a constant rate
+    of turn would give."""
+    p = snapshot.qubits[q]
+    dt_s = 1e-9
+    envelope = gaussian_drag(round(p["pulse_duration_s"].value / dt_s),
+                             p["pulse_sigma_s"].value / dt_s, 0.0, np.complex128).real
+    theta = 0.5 * np.pi * (np.cumsum(envelope) - envelope / 2) / envelope.sum()
+    return float(2 * np.sin(theta).sum() * dt_s)
+
+
 def cz_reference(device, snapshot, pair: tuple[int, int], grid: int, *,
                  ladders: Callable[[int], list[np.ndarray]]
                  ) -> tuple[np.ndarray, float, float]:
@@ -79,10 +96,10 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int, *,
     ``pair`` (exact propagation of the chain around the edge), the pulse zero-padded to a
     multiple of ``grid`` samples; the pulse's own conditional phase (rad, in [0, 2 pi)):
     arg(U_11 U_00 / (U_01 U_10)) on the dressed states, spectators in |0>; and the conditional
-    phase the CZ calibration aims at pi: the pulse's plus what the static ZZ adds during one
-    pulse length of the partner's drive (its Ramsey's analysis pulses, half of each; in a
-    circuit, the neighbouring gates' pulses), -2 pi ZZ t_pulse with ZZ = E11 - E10 - E01 + E00
-    of the same Hamiltonian."""
+    phase the CZ calibration aims at pi: the pulse's plus what the static ZZ adds while the
+    partner's Ramsey analysis pulses play (in a circuit, the neighbouring gates' pulses),
+    -2 pi ZZ t_zz with ZZ = E11 - E10 - E01 + E00 of the same Hamiltonian and t_zz from
+    :func:`analysis_zz_time_s`."""
     p = {k: v.value for k, v in snapshot.pairs[pair].items()}
     flux_q = p["cz_flux_qubit"]
     other = pair[1] if flux_q == pair[0] else pair[0]
@@ -137,8 +154,7 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int, *,
                            / (diagonal[(pair[0],)] * diagonal[(pair[1],)]))
     zz_hz = (energy[index[pair]] - energy[index[(pair[0],)]] - energy[index[(pair[1],)]]
              + energy[index[()]])
-    t_pulse = snapshot.qubits[other]["pulse_duration_s"].value
-    in_context = conditional - 2 * np.pi * zz_hz * t_pulse
+    in_context = conditional - 2 * np.pi * zz_hz * analysis_zz_time_s(snapshot, other)
     return (np.array(out), float(np.mod(conditional, 2 * np.pi)),
             float(np.mod(in_context, 2 * np.pi)))
 

@@ -11,8 +11,8 @@ measurement, not in the reference: the node's waits-for-CZs subtraction and read
 correction must remove them.
 
 The same propagation gives each shipped CZ's conditional phase, which must be pi within 3 deg
-once the static ZZ of one pulse length is added (what the calibration aims at, see
-``conftest.cz_reference``).
+once the static ZZ its Ramsey's analysis pulses add is counted (what the calibration aims at,
+see ``conftest.cz_reference`` and ``conftest.analysis_zz_time_s``).
 
 Tolerances: one CZ within 3 standard errors (the node's own, binomial) plus 0.001 (what the
 reference leaves out); the whole curve, n = 0 ... 8, within 4 of the point's standard errors
@@ -81,7 +81,7 @@ def test_cz_leakage_matches_exact_propagation(tmp_path, monkeypatch, exact_cz) -
         leaked = np.asarray(record["raw"]["series"]["leaked"])
         assert np.all(np.abs(leaked - reference) <= 4 * stderr + 3e-3), (pair, leaked, reference)
         # The shipped CZs were calibrated for low leakage and a conditional phase of pi (issue
-        # "Calibration": < 1 % per CZ, within 3 deg), counting the static ZZ of one pulse
-        # length that the calibration folds into the CZ (docs/calibration.md, item 10).
+        # "Calibration": < 1 % per CZ, within 3 deg), counting the static ZZ of the analysis
+        # pulses that the calibration folds into the CZ (docs/calibration.md, item 10).
         assert reference[1] < 0.01 and value < 0.01, (pair, value, reference)
         assert abs(np.degrees(in_context) - 180.0) < 3.0, (pair, np.degrees(in_context))

@@ -1,21 +1,22 @@
 """The graph runner brings a deliberately wrong snapshot back, on the simulator.
 
-Qubits 1 and 2 (and their edge) start with the frequency off by 2 MHz and the pi and pi/2
-amplitudes off by 20 %; everything else is the shipped calibration. ``run_graph`` on those
-qubits must find both errors by its checks and recalibrate until:
+Every qubit starts with its frequency off by 3 MHz (signs alternating) and its pi and pi/2
+amplitudes off by 20 % (up and down in turn); everything else is the shipped calibration.
+``run_graph`` on the whole device (what ``labqpu calibrate --all`` runs) must find the errors
+by its checks and recalibrate until, on every qubit and every edge:
 
 * |f - f_true| < 50 kHz, with f_true the dressed 0-1 frequency of the device file's coupled
   transmons at the snapshot's flux bias, by exact diagonalisation written here;
 * T1 and the Hahn-echo T2 within 15 % of the device file's T1 and (sweet-spot) T2;
-* the pi amplitude within 0.5 % of the optimum, found here by an error-amplifying scan (seven
-  pi pulses in a row) independent of the runner's analysis (the runner's fine amplitude node
-  aims at 0.2 %; the scan here is good to about 0.1 %);
-* the CZ on edge 1-2: conditional phase pi within 3 deg (with the static ZZ of one pulse
-  length the calibration folds in) and leakage < 1 %, by exact propagation of its pulse
+* the pi amplitude within 1 % of the optimum (the issue's bar; measured well inside it), found
+  here by an error-amplifying scan (seven pi pulses in a row) independent of the runner's
+  analysis (the scan here is good to about 0.1 %);
+* the CZ: conditional phase pi within 3 deg (with the static ZZ its Ramsey's analysis pulses
+  add, which the calibration folds in) and leakage < 1 %, by exact propagation of its pulse
   (``conftest.cz_reference``);
-* GHZ-3 >= 0.90 through ``BackendSamplerV2`` at Qiskit's default optimization level;
-* Bell on the affected edge no worse than with the shipped calibration, measured in the same
-  test (both are readout-limited near 0.95, so a fixed bar would test the readout's luck).
+* Bell >= 0.95 (20 000 shots);
+* GHZ-3 >= 0.90 through ``BackendSamplerV2`` at Qiskit's default optimization level, on
+  whatever layout it picks.
 
 The device file is read by this test only, for the truth.
 """
@@ -40,7 +41,9 @@ from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
-WRONG = {1: (+2.0e6, 1.2), 2: (-2.0e6, 0.8)}
+#: Frequency offset (Hz) and amplitude factor of each qubit in the wrong snapshot.
+WRONG = {q: ((-1) ** q * 3.0e6, 1.2 if q % 2 else 0.8) for q in range(5)}
+EDGES = [(0, 1), (1, 2), (2, 3), (3, 4)]
 
 
 def optimum_pi_amplitude(backend, snapshot, q: int) -> float:
@@ -95,7 +98,6 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
     with LabProvider() as provider:
         backend = provider.backend()
         shipped = backend.snapshot
-        reference = bell(backend, (1, 2))
         stamp = shipped.qubits[1]["frequency_hz"].timestamp
         builder = SnapshotBuilder.from_snapshot(shipped)
         for q, (df, scale) in WRONG.items():
@@ -105,13 +107,12 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
                 builder.set_qubit(q, name, p[name].value * scale, "test", stamp)
         wrong = backend.store.commit(builder.build_document())
         now = wrong.qubits[1]["frequency_hz"].timestamp
-        report = run_graph(backend, qubits=[1, 2],
-                           now=datetime.fromisoformat(now) + timedelta(hours=1))
+        report = run_graph(backend, now=datetime.fromisoformat(now) + timedelta(hours=1))
         print(report.table())
         assert report.ok, report.table()
         assert report.snapshot is not None and report.parent_id == wrong.snapshot_id
         calibrated = {(o.node, o.subject) for o in report.with_status("calibrated")}
-        assert {("ramsey", "qubit 1"), ("ramsey", "qubit 2")} <= calibrated
+        assert {("ramsey", f"qubit {q}") for q in WRONG} <= calibrated
         final = backend.snapshot
         assert final.snapshot_id == report.snapshot.snapshot_id
         flux = {q: final.qubits[q]["flux_bias_a"].value for q in range(5)}
@@ -121,25 +122,26 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
         device = {q["index"]: q for q in truth["qubit"]}
         for q in WRONG:
             t1, t2_echo = (final.qubits[q][n].value for n in ("t1_s", "t2_echo_s"))
-            print(f"qubit {q}: T1 {t1 * 1e6:.1f} us (device {device[q]['t1_s'] * 1e6:.1f}), "
-                  f"T2 echo {t2_echo * 1e6:.1f} us (device {device[q]['t2_s'] * 1e6:.1f})")
-            assert abs(t1 / device[q]["t1_s"] - 1) < 0.15, (q, t1)
-            assert abs(t2_echo / device[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
             f = final.qubits[q]["frequency_hz"].value
-            assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
             pi = final.qubits[q]["pi_amplitude"].value
             best = optimum_pi_amplitude(backend, final, q)
-            print(f"qubit {q}: pi amplitude {pi:.5f}, optimum {best:.5f}")
-            assert abs(pi / best - 1) < 0.005, (q, pi, best)
-        leaked, _, conditional = exact_cz(load_device("lab5"), final, (1, 2),
-                                          backend.channels.timing.grid)
-        print(f"CZ 1-2: conditional phase {np.degrees(conditional):.2f} deg, leakage "
-              f"{leaked[1]:.4f} (exact propagation)")
-        assert abs(np.degrees(conditional) - 180.0) < 3.0 and leaked[1] < 0.01
-        after = bell(backend, (1, 2))
-        print(f"Bell on 1-2: {after:.4f} after, {reference:.4f} with the shipped calibration")
-        # 20 000 shots each: the difference has a standard error of 0.002.
-        assert after >= reference - 0.008, (after, reference)
+            print(f"qubit {q}: f - f_true {(f - f_true[q]) / 1e3:+.1f} kHz; "
+                  f"T1 {t1 * 1e6:.1f} us (device {device[q]['t1_s'] * 1e6:.1f}), "
+                  f"T2 echo {t2_echo * 1e6:.1f} us (device {device[q]['t2_s'] * 1e6:.1f}); "
+                  f"pi amplitude {pi:.5f}, optimum {best:.5f}")
+            assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
+            assert abs(t1 / device[q]["t1_s"] - 1) < 0.15, (q, t1)
+            assert abs(t2_echo / device[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
+            assert abs(pi / best - 1) < 0.01, (q, pi, best)
+        for pair in EDGES:
+            leaked, _, conditional = exact_cz(load_device("lab5"), final, pair,
+                                              backend.channels.timing.grid)
+            fidelity = bell(backend, pair)
+            print(f"edge {pair}: CZ conditional phase {np.degrees(conditional):.2f} deg, "
+                  f"leakage {leaked[1]:.4f} (exact propagation); Bell {fidelity:.4f}")
+            assert abs(np.degrees(conditional) - 180.0) < 3.0, (pair, np.degrees(conditional))
+            assert leaked[1] < 0.01, (pair, leaked[1])
+            assert fidelity >= 0.95, (pair, fidelity)
         ghz = ghz3(backend)
         print(f"GHZ-3 at the default optimization level: {ghz:.4f}")
         assert ghz >= 0.90
