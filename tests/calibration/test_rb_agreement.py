@@ -99,3 +99,61 @@ def test_target_gate_error_agrees_with_standard_rb(private_backend) -> None:
     epc = result.analysis_results("EPC", dataframe=True).iloc[0]["value"]
     sigma = math.hypot(epc.std_dev, error_stderr * per_clifford)
     assert abs(epc.nominal_value - predicted) <= 3 * sigma, (epc, predicted, sigma)
+
+
+EDGE = (3, 4)
+LENGTHS_2Q = [1, 10, 30, 60, 100]
+
+
+def test_target_cz_error_agrees_with_two_qubit_standard_rb(private_backend) -> None:
+    """The cz error labqpu's 2-qubit RB commits, with the Target's single-qubit errors, predicts
+    StandardRB's 2-qubit EPC on the edge: error x gates per Clifford of StandardRB's own
+    transpiled circuits, summed over cz and each qubit's pulses (errors add while small)."""
+    from qiskit_experiments.library import StandardRB
+
+    backend = private_backend
+    measured = backend.snapshot
+    one_qubit = {q: backend.target["sx"][(q,)].error for q in EDGE}
+    assert all(e is not None and e > 0 for e in one_qubit.values()), one_qubit
+    (data,) = acquire_rb(backend, [EDGE], LENGTHS_2Q, seeds=6, shots=300)
+    baseline = rb_baseline([measured.qubits[q]["assignment_matrix"].value for q in EDGE])
+    fit = fit_rb(data.lengths, data.survival, 2, baseline)
+    builder = SnapshotBuilder.from_snapshot(measured)
+    rb_update(builder, RBOutcome(data, fit, errors_per_gate(data, fit, one_qubit)))
+    backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
+                         expect_parent=True)
+    cz_error = backend.target["cz"][EDGE].error
+    assert cz_error == pytest.approx(
+        (fit.epc - sum(data.pulses_per_clifford[q] * one_qubit[q] for q in EDGE))
+        / data.cz_per_clifford)
+    cz_stderr = fit.epc_stderr / data.cz_per_clifford
+
+    exp = StandardRB(physical_qubits=list(EDGE), lengths=LENGTHS_2Q, num_samples=6, seed=3,
+                     backend=backend)
+    circuits = exp._transpiled_circuits()  # what run() sends: its gates per Clifford
+    cliffords = sum(c.metadata["xval"] + 1 for c in circuits)
+    cz_per_clifford = sum(c.count_ops().get("cz", 0) for c in circuits) / cliffords
+    pulses = {q: sum(sum(1 for inst in c.data if inst.operation.name in ("sx", "sy", "x")
+                         and c.find_bit(inst.qubits[0]).index == q) for c in circuits)
+              / cliffords for q in EDGE}
+    predicted = cz_error * cz_per_clifford + sum(one_qubit[q] * pulses[q] for q in EDGE)
+    result = exp.run(shots=300).block_for_results(timeout=900)
+    assert result.status().name == "DONE", result.status()
+
+    survival = defaultdict(list)
+    for datum in result.data():
+        counts = datum["counts"]
+        survival[datum["metadata"]["xval"]].append(counts.get("00", 0) / sum(counts.values()))
+    theirs = fit_rb(np.array(LENGTHS_2Q), np.array([survival[m] for m in LENGTHS_2Q]), 2,
+                    baseline)
+    sigma = math.hypot(theirs.epc_stderr, cz_stderr * cz_per_clifford)
+    print(f"edge {EDGE}: cz error {cz_error:.2e} +- {cz_stderr:.1e}; StandardRB: "
+          f"{cz_per_clifford:.2f} cz and {pulses[EDGE[0]]:.2f} / {pulses[EDGE[1]]:.2f} pulses "
+          f"per Clifford, predicted EPC {predicted:.4f}, its data fitted as labqpu fits "
+          f"{theirs.epc:.4f} +- {theirs.epc_stderr:.4f}")
+    assert abs(theirs.epc - predicted) <= 2 * sigma, (theirs.epc, predicted, sigma)
+
+    epc = result.analysis_results("EPC", dataframe=True).iloc[0]["value"]
+    print(f"StandardRB's own EPC {epc}")
+    sigma = math.hypot(epc.std_dev, cz_stderr * cz_per_clifford)
+    assert abs(epc.nominal_value - predicted) <= 3 * sigma, (epc, predicted, sigma)
