@@ -23,12 +23,17 @@ import math
 import numpy as np
 from numba import njit
 
-#: Samples between exact ``exp`` anchors of the Gaussian recurrence (see below).
+#: Samples between exact anchors: ``exp`` of the Gaussian recurrence, cos and sin of the
+#: flat top's rotation (see the kernels).
 _ANCHOR_EVERY = 16
 #: Bound on the relative error of a recurrence value against the direct formula (about 30x
 #: the worst case of 16 steps: r_j carries j roundings, g_j their sum, ~j^2 / 2 ulp; Q's
 #: multiplication by 1 / s^2 instead of a division adds one more).
 _RECURRENCE_REL_ERR = 1e-12
+#: Bound on the absolute error of a rotated cos or sin against the direct formula (the direct
+#: value's own rounding, ~8 ulp of 1, plus ~6 ulp per rotation step over at most 15 steps:
+#: about 100 ulp of 1, 1.1e-14; this is ~9x that).
+_ROTATION_ABS_ERR = 1e-13
 
 
 @njit(cache=True, inline="always")
@@ -139,30 +144,84 @@ def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
     return out
 
 
+@njit(cache=True, inline="always")
+def _flat_top_edge(rise_samples, beta_samples, k):
+    """Sample k of the rising edge by the direct formula: (I, Q) at time t = k + 1/2."""
+    phi = np.pi * (k + 0.5) / rise_samples
+    return (0.5 * (1.0 - np.cos(phi)),
+            beta_samples * (0.5 * np.pi / rise_samples * np.sin(phi)))
+
+
 @njit(cache=True, nogil=True)
 def _flat_top_kernel(rise_samples, beta_samples, out):
-    """Fill ``out`` (length N): sample k at time t = k + 1/2 (samples); raised-cosine edges
-    0.5 (1 - cos(pi t / rise)) of ``rise_samples`` at both ends, 1 between; Q = beta * dI/dk.
+    """Fill ``out`` (length N, complex64; 2 rise <= N - 1, as ``flat_top`` checks): sample k at
+    time t = k + 1/2 (samples); raised-cosine edges 0.5 (1 - cos(pi t / rise)) of
+    ``rise_samples`` at both ends, 1 between; Q = beta * dI/dk.
 
-    Only the edge samples evaluate cos and sin; the flat part is a plain fill."""
+    The stored samples are exactly (bit for bit) those of the direct formula, one cos and one
+    sin per edge sample (``_flat_top_direct_kernel``), computed faster:
+
+    * the falling edge is the rising one mirrored (the time from the end, N - t, is the same
+      float64 as the rising edge's t; Q changes sign exactly);
+    * between anchors every ``_ANCHOR_EVERY`` samples, where cos and sin are called, the edge
+      follows the exact rotation (cos, sin)(phi + d) from (cos, sin)(phi) and of the step
+      d = pi / rise, which is twice the first angle: a few multiplications instead of two
+      trigonometric calls;
+    * a rotated value is stored only if every float64 within ``_ROTATION_ABS_ERR`` of it
+      rounds to the same float32 (see ``_gaussian_drag_kernel``); otherwise the sample is
+      computed with the direct formula.
+    """
     n = out.shape[0]
-    lo = 0  # samples [0, lo) are the rising edge
-    hi = n  # samples [hi, n) the falling edge
+    m = 0  # samples [0, m) rise, [n - m, n) fall
     if rise_samples > 0:
-        while lo < n and lo + 0.5 < rise_samples:
-            t = lo + 0.5
-            v = 0.5 * (1.0 - np.cos(np.pi * t / rise_samples))
-            dv = 0.5 * np.pi / rise_samples * np.sin(np.pi * t / rise_samples)
-            out[lo] = complex(v, beta_samples * dv)
-            lo += 1
-        while hi > lo and (hi - 1) + 0.5 > n - rise_samples:
-            hi -= 1
-            t = hi + 0.5
-            v = 0.5 * (1.0 - np.cos(np.pi * (n - t) / rise_samples))
-            dv = -0.5 * np.pi / rise_samples * np.sin(np.pi * (n - t) / rise_samples)
-            out[hi] = complex(v, beta_samples * dv)
+        while m + 0.5 < rise_samples:
+            m += 1
+        a = 0.5 * np.pi / rise_samples
+        err_q = _ROTATION_ABS_ERR * (abs(beta_samples) * a + 1.0)
+        cos_d = 0.0
+        sin_d = 0.0
+        k = 0
+        while k < m:
+            phi = np.pi * (k + 0.5) / rise_samples
+            c = np.cos(phi)
+            s = np.sin(phi)
+            if k == 0:
+                cos_d = c * c - s * s
+                sin_d = 2.0 * s * c
+            re, im = 0.5 * (1.0 - c), beta_samples * (a * s)
+            out[k] = complex(re, im)
+            out[n - 1 - k] = complex(re, -im)
+            stop = min(k + _ANCHOR_EVERY, m)
+            for j in range(k + 1, stop):
+                c, s = c * cos_d - s * sin_d, s * cos_d + c * sin_d
+                re, im = 0.5 * (1.0 - c), beta_samples * (a * s)
+                if not (_safe_f32(re, _ROTATION_ABS_ERR)
+                        and (im == 0.0 or _safe_f32(im, err_q))):
+                    re, im = _flat_top_edge(rise_samples, beta_samples, j)
+                out[j] = complex(re, im)
+                out[n - 1 - j] = complex(re, -im)
+            k = stop
     flat = complex(1.0, beta_samples * 0.0)
-    for k in range(lo, hi):
+    for k in range(m, n - m):
+        out[k] = flat
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _flat_top_direct_kernel(rise_samples, beta_samples, out):
+    """The direct formula of ``_flat_top_kernel``, one cos and one sin per edge sample (the
+    falling edge mirrored): what ``flat_top`` uses for complex128 output, and the reference of
+    the fast kernel."""
+    n = out.shape[0]
+    m = 0
+    if rise_samples > 0:
+        while m + 0.5 < rise_samples:
+            re, im = _flat_top_edge(rise_samples, beta_samples, m)
+            out[m] = complex(re, im)
+            out[n - 1 - m] = complex(re, -im)
+            m += 1
+    flat = complex(1.0, beta_samples * 0.0)
+    for k in range(m, n - m):
         out[k] = flat
     return out
 
@@ -236,7 +295,9 @@ def flat_top(duration_samples: int, rise_samples: float, beta_samples: float = 0
             f"rise time {rise_samples} samples: two edges must leave at least one flat sample "
             f"of the {duration_samples}-sample pulse"
         )
-    return _flat_top_kernel(float(rise_samples), _check_beta(beta_samples), out)
+    # the rotation's rounding guard is for float32 storage (as for gaussian_drag)
+    kernel = _flat_top_kernel if out.dtype is _COMPLEX64 else _flat_top_direct_kernel
+    return kernel(float(rise_samples), _check_beta(beta_samples), out)
 
 
 def cosine(duration_samples: int, beta_samples: float = 0.0,

@@ -334,17 +334,30 @@ def test_gaussian_drag_recurrence_is_bit_identical_to_one_exp_per_sample() -> No
         assert gaussian_drag(n, sigma, beta, dtype=np.complex128).tobytes() == full.tobytes()
 
 
-def test_flat_top_edge_loops_are_bit_identical_to_the_per_sample_kernel() -> None:
-    from labqpu.pulse.kernels import _flat_top_kernel
+def test_flat_top_rotation_is_bit_identical_to_the_per_sample_kernel() -> None:
+    """The fast kernel (mirrored edges, cos/sin anchors + rotation, guarded rounding) stores
+    exactly the bits of the per-sample formula on every rise ``flat_top`` accepts
+    (0 <= 2 rise <= N - 1), so compiled programs keep their content hash; complex128 output
+    takes the direct formula."""
+    from labqpu.pulse.kernels import _flat_top_direct_kernel, _flat_top_kernel
 
     rng = np.random.default_rng(12)
     cases = [(1, 0.0, 0.0), (2, 0.5, 0.0), (7, 3.0, 1.0), (10, 4.5, -1.0), (1000, 20.0, 0.0),
-             (32, 4.0, 0.0), (5, 10.0, 0.3), (4, -1.0, 0.2), (12, 3.0, -0.0)]
-    for _ in range(1000):
-        n = int(rng.integers(1, 300))
-        rise = float(rng.choice([0.0, float(rng.integers(0, n + 1)), rng.uniform(0, n)]))
+             (32, 4.0, 0.0), (32, 5.0, 0.0), (30, 5.0, 0.7), (4, -1.0, 0.2), (12, 3.0, -0.0),
+             (100_000, 20.0, 0.0), (100_000, 49_999.5, 0.4), (65_537, 3_000.3, -1.2)]
+    for _ in range(1500):
+        n = int(rng.integers(1, 3000))
+        half = (n - 1) / 2
+        rise = float(rng.choice([0.0, float(rng.integers(0, int(half) + 1)),
+                                 rng.uniform(0, half), half]))
         cases.append((n, rise, float(rng.choice([0.0, -0.0, rng.uniform(-2, 2)]))))
     for n, rise, beta in cases:
         fast = _flat_top_kernel(rise, beta, np.empty(n, np.complex64))
         ref = _flat_top_per_sample(rise, beta, np.empty(n, np.complex64))
         assert fast.tobytes() == ref.tobytes(), (n, rise, beta)
+        if rise >= 0:
+            assert flat_top(n, rise, beta).tobytes() == ref.tobytes(), (n, rise, beta)
+            full = _flat_top_per_sample(rise, beta, np.empty(n, np.complex128))
+            assert _flat_top_direct_kernel(rise, beta, np.empty(n, np.complex128)).tobytes() \
+                == full.tobytes(), (n, rise, beta)
+            assert flat_top(n, rise, beta, dtype=np.complex128).tobytes() == full.tobytes()
