@@ -419,7 +419,7 @@ CZ_FINAL_SPAN = 0.002
 CZ_REFINE_SPAN = 0.004
 #: Shots per program of the 9-amplitude line that fixes a CZ's amplitude, in units of the
 #: run's shots. At 400 x 4 (balanced, one job) repeated refinements of lab5's edges put the
-#: pulse within a standard deviation of 0.1-0.4 deg (exact propagation), against 1.1 deg at
+#: pulse within a standard deviation of 0.1-0.6 deg (exact propagation), against 1.1 deg at
 #: 400 x 2 without balance (2026-12-01).
 CZ_LINE_SHOTS = 4
 

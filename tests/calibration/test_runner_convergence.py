@@ -8,9 +8,9 @@ by its checks and recalibrate until, on every qubit and every edge:
 * |f - f_true| < 50 kHz, with f_true the dressed 0-1 frequency of the device file's coupled
   transmons at the snapshot's flux bias, by exact diagonalisation written here;
 * T1 and the Hahn-echo T2 within 15 % of the device file's T1 and (sweet-spot) T2;
-* the pi amplitude within 1 % of the optimum (the issue's bar; measured well inside it), found
-  here by an error-amplifying scan (seven pi pulses in a row) independent of the runner's
-  analysis (the scan here is good to about 0.1 %);
+* the pi amplitude within 0.5 % of the optimum (the issue asks 1 %; the runner's fine amplitude
+  node aims at 0.2 %), found here by an error-amplifying scan (seven pi pulses in a row)
+  independent of the runner's analysis (the scan here is good to about 0.1 %);
 * the CZ: conditional phase pi within 3 deg (with the static ZZ its Ramsey's analysis pulses
   add, which the calibration folds in) and leakage < 1 %, by exact propagation of its pulse
   (``conftest.cz_reference``);
@@ -132,7 +132,7 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
             assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
             assert abs(t1 / device[q]["t1_s"] - 1) < 0.15, (q, t1)
             assert abs(t2_echo / device[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
-            assert abs(pi / best - 1) < 0.01, (q, pi, best)
+            assert abs(pi / best - 1) < 0.005, (q, pi, best)
         for pair in EDGES:
             leaked, _, conditional = exact_cz(load_device("lab5"), final, pair,
                                               backend.channels.timing.grid)
