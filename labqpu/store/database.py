@@ -321,9 +321,10 @@ class CalibrationStore:
         if parent_id is not None and not is_id(parent_id):
             raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
         draft = Snapshot(document)
-        check_physics(draft.to_document())
+        checked = draft.to_document()  # one copy for every check, which only reads it
+        check_physics(checked)
         for validate in self._validators:
-            validate(draft.to_document())
+            validate(checked)
         canonical = canonical_json(draft.to_document())
         created = utc_now()
         with self._transaction() as conn:
