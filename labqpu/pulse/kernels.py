@@ -145,6 +145,16 @@ def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
 
 
 @njit(cache=True, inline="always")
+def _flat_top_edge_samples(rise_samples):
+    """Samples of each edge of a flat top: those whose time k + 1/2 lies within the rise."""
+    m = 0
+    if rise_samples > 0:
+        while m + 0.5 < rise_samples:
+            m += 1
+    return m
+
+
+@njit(cache=True, inline="always")
 def _flat_top_edge(rise_samples, beta_samples, k):
     """Sample k of the rising edge by the direct formula: (I, Q) at time t = k + 1/2."""
     phi = np.pi * (k + 0.5) / rise_samples
@@ -172,10 +182,8 @@ def _flat_top_kernel(rise_samples, beta_samples, out):
       computed with the direct formula.
     """
     n = out.shape[0]
-    m = 0  # samples [0, m) rise, [n - m, n) fall
-    if rise_samples > 0:
-        while m + 0.5 < rise_samples:
-            m += 1
+    m = _flat_top_edge_samples(rise_samples)  # samples [0, m) rise, [n - m, n) fall
+    if m > 0:
         a = 0.5 * np.pi / rise_samples
         err_q = _ROTATION_ABS_ERR * (abs(beta_samples) * a + 1.0)
         cos_d = 0.0
@@ -213,13 +221,11 @@ def _flat_top_direct_kernel(rise_samples, beta_samples, out):
     falling edge mirrored): what ``flat_top`` uses for complex128 output, and the reference of
     the fast kernel."""
     n = out.shape[0]
-    m = 0
-    if rise_samples > 0:
-        while m + 0.5 < rise_samples:
-            re, im = _flat_top_edge(rise_samples, beta_samples, m)
-            out[m] = complex(re, im)
-            out[n - 1 - m] = complex(re, -im)
-            m += 1
+    m = _flat_top_edge_samples(rise_samples)
+    for k in range(m):
+        re, im = _flat_top_edge(rise_samples, beta_samples, k)
+        out[k] = complex(re, im)
+        out[n - 1 - k] = complex(re, -im)
     flat = complex(1.0, beta_samples * 0.0)
     for k in range(m, n - m):
         out[k] = flat
