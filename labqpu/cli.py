@@ -210,6 +210,7 @@ def _status(args: argparse.Namespace) -> int:
         report = {
             "device": backend.name,
             "calibration_snapshot": backend.target.snapshot_id,
+            "marked": {subject: list(why) for subject, why in backend.target.marks.items()},
             "store": str(backend.config.store_path),
             "qubits": _wiring(backend.channels),
             **backend.hardware_status(timeout_s=30.0),

@@ -341,6 +341,7 @@ def test_status_shows_where_each_qubit_is_wired(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert sorted(report["qubits"], key=int) == [str(q) for q in range(10)]
+    assert report["marked"] == {}  # a fresh store: nothing stale, no failed step
     for q, wiring in report["qubits"].items():
         controller = "ctrl0" if int(q) < 5 else "ctrl1"
         for role in ("drive", "flux", "readout", "acquire"):

@@ -15,10 +15,14 @@ The lab sets the limits the Target enforces in its wiring file::
 A qubit whose drive or readout values are older than their kind's limit is left out of the
 Target (no sx, sy, x, rz, measure, reset on it, no cz on its edges), an edge whose cz values
 are, loses its cz, and a stale T1, T2 or gate error is reported as ``None``; each with a
-logged warning naming it. Kinds the wiring file does not name are not checked by the Target,
-so a lab without ``[calibration.max_age_h]`` (the shipped lab5) never loses a qubit to age.
-The calibration runner always judges age, with the defaults of ``labqpu.store.staleness``
-where the wiring file is silent.
+logged warning naming it, and the qubit or edge marked (``LabTarget.marks``). Kinds the wiring
+file does not name are not checked by the Target, so a lab without ``[calibration.max_age_h]``
+(the shipped lab5) never loses a qubit to age. The calibration runner always judges age, with
+the defaults of ``labqpu.store.staleness`` where the wiring file is silent.
+
+Failures. A qubit or edge whose calibration steps failed and have not passed since
+(``calibration_failed`` in the snapshot, written by the calibration runner) keeps its last good
+values in the Target; it is marked, with a logged warning naming the steps and why they failed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from labqpu.pulse.tables import active_reset_possible, active_reset_samples
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import LabConfig
 from labqpu.store import (
+    CALIBRATION_FAILED,
     CZ_PARAMETERS,
     DRIVE_PARAMETERS,
     READOUT_PARAMETERS,
@@ -58,20 +63,29 @@ def age_limits(config: LabConfig, *, defaults: bool) -> dict[str, float]:
 
 
 class LabTarget(Target):
-    """A ``Target`` that remembers the calibration snapshot it was built from."""
+    """A ``Target`` that remembers the calibration snapshot it was built from, and which
+    qubits and edges that snapshot marks.
+
+    ``marks`` maps a subject (``"qubit 2"``, ``"edge 1-2"``) to why it is marked: values
+    older than the lab's age limits (the subject, or the values, are then left out), or
+    calibration steps that failed and have not passed since (the subject keeps its last good
+    values). A subject that is not marked is absent.
+    """
 
     def __new__(cls, *args, snapshot_id: int | None = None, **kwargs):
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, snapshot_id: int | None = None, **kwargs) -> None:
-        # Target is built entirely in __new__; only our own attribute is set here.
+        # Target is built entirely in __new__; only our own attributes are set here.
         self.snapshot_id = snapshot_id
+        self.marks: dict[str, tuple[str, ...]] = {}
 
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "snapshot_id": self.snapshot_id}
+        return {**super().__getstate__(), "snapshot_id": self.snapshot_id, "marks": self.marks}
 
     def __setstate__(self, state: dict) -> None:
         self.snapshot_id = state.get("snapshot_id")
+        self.marks = state.get("marks", {})
         super().__setstate__(state)
 
 
@@ -81,25 +95,35 @@ def _value(params: dict, name: str) -> float | None:
 
 
 class _Fresh:
-    """The snapshot's values as the Target may use them: stale ones count as absent."""
+    """The snapshot's values as the Target may use them: stale ones count as absent. Every
+    subject with a stale value is marked (``marks``)."""
 
     def __init__(self, snapshot: Snapshot, limits: Mapping[str, float], now: datetime) -> None:
         self.snapshot = snapshot
         self.limits = limits
         self.now = now
+        self.marks: dict[str, list[str]] = {}
 
     def stale(self, params: Mapping[str, StoredValue], names: tuple[str, ...] | None,
-              what: str) -> bool:
-        """True (and a warning naming ``what``) when a value of ``names`` is stale."""
+              subject: str, what: str | None = None) -> bool:
+        """True (a warning naming ``what``, default ``subject``, and a mark on ``subject``)
+        when a value of ``names`` is stale."""
         old = stale_parameters(params, names, self.limits, self.now)
         if old:
+            where = what or subject
             log.warning("calibration snapshot %s: %s left out of the Target: stale %s",
-                        self.snapshot.snapshot_id, what, ", ".join(old))
+                        self.snapshot.snapshot_id, where, ", ".join(old))
+            mark = f"stale {', '.join(old)}: {where} left out of the Target"
+            if mark not in self.marks.setdefault(subject, []):
+                self.marks[subject].append(mark)
         return bool(old)
 
-    def value(self, params: Mapping[str, StoredValue], name: str, what: str) -> float | None:
-        """``params[name]``'s value, or None when it is absent or stale."""
-        if name not in params or self.stale(params, (name,), f"{what} {name}"):
+    def value(self, params: Mapping[str, StoredValue], name: str, subject: str,
+              what: str | None = None) -> float | None:
+        """``params[name]``'s value, or None when it is absent or stale (``what`` names it in
+        the warning; default ``subject`` and ``name``)."""
+        if name not in params or self.stale(params, (name,), subject,
+                                            what or f"{subject} {name}"):
             return None
         return params[name].value
 
@@ -109,7 +133,32 @@ class _Fresh:
         if "error" not in gate and fallback_key is not None:
             key, gate = fallback_key, self.snapshot.gates.get(fallback_key, {})
         return InstructionProperties(duration=duration_s,
-                                     error=self.value(gate, "error", f"gate {key}"))
+                                     error=self.value(gate, "error", _gate_subject(key),
+                                                      f"gate {key} error"))
+
+    def failed(self) -> None:
+        """Mark (and warn of) every qubit and edge whose calibration steps failed and have not
+        passed since (``CALIBRATION_FAILED``)."""
+        sections = ((f"qubit {q}", p) for q, p in sorted(self.snapshot.qubits.items()))
+        pairs = ((f"edge {a}-{b}", p) for (a, b), p in sorted(self.snapshot.pairs.items()))
+        for subject, params in (*sections, *pairs):
+            failures = params.get(CALIBRATION_FAILED)
+            if failures is None:
+                continue
+            for node, reason in sorted(failures.value.items()):
+                log.warning("calibration snapshot %s: %s is marked: its %s calibration failed "
+                            "(recorded %s: %s); it keeps its last good values",
+                            self.snapshot.snapshot_id, subject, node, failures.timestamp,
+                            reason)
+                self.marks.setdefault(subject, []).append(
+                    f"{node} calibration failed (recorded {failures.timestamp}): {reason}")
+
+
+def _gate_subject(key: str) -> str:
+    """The subject a gate key belongs to: ``"sx:0"`` -> ``"qubit 0"``, ``"cz:0-1"`` ->
+    ``"edge 0-1"``."""
+    qubits = key.split(":", 1)[1]
+    return f"edge {qubits}" if "-" in qubits else f"qubit {qubits}"
 
 
 def build_target(snapshot: Snapshot, config: LabConfig,
@@ -145,6 +194,7 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     """
     n = config.num_qubits
     fresh = _Fresh(snapshot, age_limits(config, defaults=False), now or datetime.now(UTC))
+    fresh.failed()
     left_out = {q for q in range(n) if fresh.stale(snapshot.qubits.get(q, {}),
                                                     DRIVE_PARAMETERS + READOUT_PARAMETERS,
                                                     f"qubit {q}")}
@@ -236,4 +286,5 @@ def build_target(snapshot: Snapshot, config: LabConfig,
         target.add_instruction(first.target_gate(), {
             qubits: InstructionProperties(duration=gate.duration_s)
             for qubits, gate in defined.items()}, name=name)
+    target.marks = {subject: tuple(why) for subject, why in fresh.marks.items()}
     return target

@@ -464,14 +464,15 @@ def benchmark_and_commit(backend, *, settings: RBSettings = RBSettings(),
     return snapshot, outcomes
 
 
-def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress=None
-                      ) -> tuple:
+def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress=None, *,
+                      builder: SnapshotBuilder | None = None) -> tuple:
     """Write each benchmark's record and plot next to the store and commit the gate errors of
     ``outcomes`` (measured on snapshot ``measured``) as a new snapshot whose parent is
-    ``measured``. Returns ``(snapshot, record paths)``; ``StaleSnapshotError`` when another
-    writer committed meanwhile."""
+    ``measured``: onto ``builder`` (default: a copy of ``measured``) when the caller has more
+    to commit with them. Returns ``(snapshot, record paths)``; ``StaleSnapshotError`` when
+    another writer committed meanwhile."""
     say = progress or (lambda msg: None)
-    builder = SnapshotBuilder.from_snapshot(measured)
+    builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
     directory = experiments_directory(backend.config.store_path)
     paths = []

@@ -28,7 +28,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -49,7 +49,7 @@ from labqpu.calibration.rb import (
 )
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import CalibrationError, FitError, LabQpuError
-from labqpu.store import Snapshot, SnapshotBuilder
+from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
 
 log = logging.getLogger(__name__)
@@ -409,10 +409,13 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
                     reporter=reporter)
     report = RunReport(outcomes, parent.snapshot_id)
     measured = [c for o in outcomes for c in o.changes]
-    if commit and measured:
-        builder = SnapshotBuilder.from_snapshot(parent)
+    builder = SnapshotBuilder.from_snapshot(parent)
+    marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
+    if commit and (measured or marked):
         names = sorted({o.node for o in outcomes if o.status == "calibrated"})
-        builder.notes = f"calibration runner: {', '.join(names)} recalibrated"
+        notes = [f"{', '.join(names)} recalibrated"] if names else []
+        notes += [f"failed steps of {', '.join(marked)} recorded"] if marked else []
+        builder.notes = f"calibration runner: {'; '.join(notes)}"
         for (subject, name), stamp in kit.work.measured_at.items():
             if initial.get((subject, name)) == stamp:
                 continue
@@ -465,26 +468,34 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
                                            "a calibration step of it did not pass"))
         else:
             todo[s] = "; ".join(due[s])
-    if not todo:
-        return
-    reporter.note(f"randomized benchmarking of {', '.join(describe(s) for s in todo)}")
+    if todo:
+        reporter.note(f"randomized benchmarking of {', '.join(describe(s) for s in todo)}")
+        _benchmark(backend, report, snapshot, todo, settings, reporter, subjects)
+    else:
+        _commit_failures(backend, report, snapshot, subjects, reporter)
+    mine = [o for o in report.outcomes if o.node == RB_NODE]
+    others = [o for o in report.outcomes if o.node != RB_NODE]
+    report.outcomes = others + sorted(mine, key=lambda o: (o.subject.startswith("edge"),
+                                                           o.subject))
+
+
+def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subject, str],
+               settings: RBSettings, reporter: LineReporter, subjects: list[Subject]) -> None:
+    """Benchmark ``todo`` (subject -> why) on ``snapshot``; add one outcome per subject to
+    ``report`` ("calibrated", gate errors old -> new, or "failed"); commit the gate errors
+    that fitted with the rb step's failure records (:func:`record_failures`) as one snapshot."""
     t0 = time.perf_counter()
     failed: dict[tuple[int, ...], str] = {}
     try:
         outcomes = benchmark_gates(backend, qubits=[s for s in todo if isinstance(s, int)],
                                    edges=[s for s in todo if isinstance(s, tuple)],
                                    settings=settings, progress=reporter.note, failed=failed)
-        if outcomes:
-            committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note)
-    except (LabQpuError, JobError) as exc:  # a job, an instrument, a racing commit
+    except (LabQpuError, JobError) as exc:  # a job or an instrument
         report.outcomes.extend(Outcome(RB_NODE, describe(s), "failed",
                                        f"{why}; {type(exc).__name__}: {exc}")
                                for s, why in todo.items())
+        _commit_failures(backend, report, snapshot, subjects, reporter)
         return
-    if outcomes:
-        report.snapshot = committed
-        report.committed.append(committed)
-        report.records.extend(paths)
     seconds = (time.perf_counter() - t0) / len(todo)
     for outcome in outcomes:
         s = _subject(outcome.data.qubits)
@@ -500,10 +511,82 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
         s = _subject(qubits_of)
         report.outcomes.append(Outcome(RB_NODE, describe(s), "failed",
                                        f"{todo[s]}; randomized benchmarking failed: {reason}"))
-    mine = [o for o in report.outcomes if o.node == RB_NODE]
-    others = [o for o in report.outcomes if o.node != RB_NODE]
-    report.outcomes = others + sorted(mine, key=lambda o: (o.subject.startswith("edge"),
-                                                           o.subject))
+    if not outcomes:
+        _commit_failures(backend, report, snapshot, subjects, reporter)
+        return
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    marked = record_failures(builder, snapshot,
+                             [o for o in report.outcomes if o.node == RB_NODE], subjects)
+    try:
+        committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note,
+                                             builder=builder)
+    except CalibrationError as exc:  # another writer committed meanwhile
+        lost = f"{type(exc).__name__}: {exc}"
+        report.outcomes = [replace(o, status="failed", reason=f"{o.reason}; {lost}", changes=[])
+                           if o.node == RB_NODE and o.status == "calibrated" else o
+                           for o in report.outcomes]
+        return
+    if marked:
+        reporter.note(f"failed steps of {', '.join(marked)} recorded")
+    report.snapshot = committed
+    report.committed.append(committed)
+    report.records.extend(paths)
+
+
+def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: list[Subject],
+                     reporter: LineReporter) -> None:
+    """Commit the rb step's failure records (:func:`record_failures`) on ``snapshot`` when
+    they changed; a commit refused (another writer) is noted, and the report stands."""
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    marked = record_failures(builder, snapshot,
+                             [o for o in report.outcomes if o.node == RB_NODE], subjects)
+    if not marked:
+        return
+    builder.notes = f"calibration runner: failed steps of {', '.join(marked)} recorded"
+    try:
+        committed = backend.store.commit(builder.build_document(),
+                                         parent_id=snapshot.snapshot_id, expect_parent=True)
+    except CalibrationError as exc:
+        reporter.note(f"the failed steps of {', '.join(marked)} were not recorded: {exc}")
+        return
+    report.snapshot = committed
+    report.committed.append(committed)
+
+
+def record_failures(builder: SnapshotBuilder, snapshot: Snapshot, outcomes: Iterable[Outcome],
+                    subjects: Iterable[Subject]) -> list[str]:
+    """Keep ``snapshot``'s record of failed calibration steps (``CALIBRATION_FAILED``) true
+    after ``outcomes``, in ``builder``: a step that failed is added (with its reason), one that
+    passed (fresh or calibrated) is removed, a blocked one is left as it was. A subject's record
+    is rewritten only when the set of its failed steps changes, so it keeps the time and the
+    reasons of its first failures. Returns the labels of the subjects (among ``subjects``)
+    whose record changed."""
+    by_label = {describe(s): s for s in subjects}
+    results: dict[Subject, dict[str, str | None]] = {}
+    for o in outcomes:
+        if o.subject in by_label and o.status != "blocked":
+            results.setdefault(by_label[o.subject], {})[o.node] = \
+                o.reason if o.status == "failed" else None
+    changed = []
+    for subject, steps in results.items():
+        params = (snapshot.qubits if isinstance(subject, int) else snapshot.pairs).get(subject, {})
+        old = dict(params[CALIBRATION_FAILED].value) if CALIBRATION_FAILED in params else {}
+        new = {**old, **{node: why for node, why in steps.items() if why is not None}}
+        for node in [node for node, why in steps.items() if why is None]:
+            new.pop(node, None)
+        if new.keys() == old.keys():
+            continue
+        changed.append(describe(subject))
+        if isinstance(subject, int):
+            if new:
+                builder.set_qubit(subject, CALIBRATION_FAILED, new, "calibration runner")
+            else:
+                builder.remove_qubit(subject, CALIBRATION_FAILED)
+        elif new:
+            builder.set_pair(subject, CALIBRATION_FAILED, new, "calibration runner")
+        else:
+            builder.remove_pair(subject, CALIBRATION_FAILED)
+    return changed
 
 
 def _subject(qubits: Sequence[int]) -> Subject:

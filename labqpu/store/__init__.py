@@ -42,6 +42,7 @@ from labqpu.store.database import (
 from labqpu.store.parameter import MISSING, Parameter
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.requirements import (
+    CALIBRATION_FAILED,
     CZ_PARAMETERS,
     DRIVE_PARAMETERS,
     READOUT_PARAMETERS,
@@ -50,6 +51,7 @@ from labqpu.store.requirements import (
 from labqpu.store.snapshot import Snapshot, diff_snapshots
 
 __all__ = [
+    "CALIBRATION_FAILED",
     "CZ_PARAMETERS",
     "DRIVE_PARAMETERS",
     "EXPORT_FORMAT",

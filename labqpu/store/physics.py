@@ -10,7 +10,8 @@ knows:
 - fidelities and errors lie in [0, 1];
 - an assignment matrix is 2 x 2 with rows that sum to 1;
 - a discriminator holds two finite IQ centres;
-- the flux qubit of a CZ is on its edge.
+- the flux qubit of a CZ is on its edge;
+- a record of failed calibration steps maps node names to reasons.
 
 Names labqpu does not know get the JSON checks only, so experiments can add parameters.
 
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from labqpu.errors import InvalidSnapshotError
+from labqpu.store.requirements import CALIBRATION_FAILED
 
 Check = Callable[[Any], str | None]
 
@@ -87,6 +89,12 @@ def _qubit_index(value: Any) -> str | None:
     return None if ok else "must be a qubit index (integer >= 0)"
 
 
+def _failures(value: Any) -> str | None:
+    ok = (isinstance(value, Mapping) and value
+          and all(isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()))
+    return None if ok else "must be a non-empty {node: reason} object of strings"
+
+
 #: Checks by parameter name, for qubits, pairs and gates.
 QUBIT_CHECKS: dict[str, Check] = {
     "frequency_hz": _positive, "drive_lo_frequency_hz": _positive,
@@ -99,13 +107,14 @@ QUBIT_CHECKS: dict[str, Check] = {
     "reset_duration_s": _non_negative, "t1_s": _positive, "t2_s": _positive,
     "t2_echo_s": _positive, "readout_assignment_fidelity": _unit_interval,
     "assignment_matrix": _assignment_matrix, "discriminator": _discriminator,
-    "reset_rounds": _count,
+    "reset_rounds": _count, CALIBRATION_FAILED: _failures,
 }
 PAIR_CHECKS: dict[str, Check] = {
     "cz_flux_qubit": _qubit_index, "cz_amplitude": _full_scale,
     "cz_duration_s": _positive, "cz_rise_s": _non_negative,
     "cz_phase_a_rad": _finite, "cz_phase_b_rad": _finite, "zz_hz": _finite,
     "cz_spectator_spread_rad": _non_negative, "cz_leakage": _unit_interval,
+    CALIBRATION_FAILED: _failures,
 }
 GATE_CHECKS: dict[str, Check] = {"error": _unit_interval, "duration_s": _non_negative}
 

@@ -23,6 +23,12 @@ READOUT_PARAMETERS = ("readout_frequency_hz", "readout_lo_frequency_hz", "readou
 CZ_PARAMETERS = ("cz_flux_qubit", "cz_amplitude", "cz_duration_s", "cz_rise_s",
                  "cz_phase_a_rad", "cz_phase_b_rad")
 
+#: A qubit's or an edge's calibration steps that failed and have not passed since, as
+#: ``{node: reason}``, stamped with the time the failures were recorded. The calibration runner
+#: writes it (and removes it once every such step passes again); the Target marks the subject
+#: and keeps its last good values.
+CALIBRATION_FAILED = "calibration_failed"
+
 
 def has_all(params: Mapping[str, object], names: tuple[str, ...]) -> bool:
     """True when every name in ``names`` is in ``params``."""

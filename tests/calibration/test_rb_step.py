@@ -13,7 +13,7 @@ from labqpu.calibration.rb import RBSettings, outdated_subjects
 from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import run_graph
 from labqpu.errors import FitError
-from labqpu.store import SnapshotBuilder
+from labqpu.store import CALIBRATION_FAILED, SnapshotBuilder
 from labqpu.testing import use_fresh_home
 
 #: Shorter sequences than the defaults: the step's logic, not the figures, is under test.
@@ -109,6 +109,8 @@ def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch
         assert final.gates["sx:1"]["error"] != start.gates["sx:1"]["error"]
         assert final.gates["cz:3-4"]["error"] == start.gates["cz:3-4"]["error"]
         assert "failed (1):" in report.table()
+        assert list(final.pairs[(3, 4)][CALIBRATION_FAILED].value) == ["rb"]  # recorded
+        assert CALIBRATION_FAILED not in final.qubits[1]
 
 
 @pytest.mark.slow

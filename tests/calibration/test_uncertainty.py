@@ -10,6 +10,7 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import records, run_graph
 from labqpu.calibration.records import load_record, uncertainty_problem
+from labqpu.store import CALIBRATION_FAILED
 from labqpu.testing import use_fresh_home
 
 
@@ -33,9 +34,9 @@ def test_uncertainty_limits_are_absolute_or_relative_and_per_kind() -> None:
 @pytest.mark.slow
 def test_a_too_uncertain_fit_fails_its_step_and_changes_nothing(tmp_path, monkeypatch):
     """With T1's limit made impossibly tight, ``run_graph(["t1"])`` on qubit 0 reports t1 as
-    failed, naming the standard error; nothing is committed (the store's newest snapshot is
-    the one the run started from, T1 as before); the measurement is kept as a record with its
-    plot, marked rejected."""
+    failed, naming the standard error; no value is committed (the one snapshot committed
+    records the failure on qubit 0 and holds every value as before); the measurement is kept
+    as a record with its plot, marked rejected."""
     use_fresh_home(monkeypatch, tmp_path)
     monkeypatch.setitem(records.UNCERTAINTY_LIMITS, "t1_s", (0.0, 1e-6))
     with LabProvider() as provider:
@@ -44,9 +45,15 @@ def test_a_too_uncertain_fit_fails_its_step_and_changes_nothing(tmp_path, monkey
         report = run_graph(backend, ["t1"], qubits=[0], force=True)
         (t1,) = [o for o in report.outcomes if o.node == "t1"]
         assert t1.status == "failed" and "standard error" in t1.reason, t1.reason
-        assert not report.ok and report.committed == [] and report.snapshot is None
-        assert backend.snapshot.snapshot_id == start.snapshot_id
-        assert backend.snapshot.qubits[0]["t1_s"] == start.qubits[0]["t1_s"]
+        assert not report.ok and report.committed == [backend.snapshot]
+        final = backend.snapshot
+        assert final.parent_id == start.snapshot_id
+        assert list(final.qubits[0][CALIBRATION_FAILED].value) == ["t1"]
+        assert "standard error" in final.qubits[0][CALIBRATION_FAILED].value["t1"]
+        assert {k: p for k, p in final.qubits[0].items() if k != CALIBRATION_FAILED} \
+            == dict(start.qubits[0])
+        assert all(final.qubits[q] == start.qubits[q] for q in range(1, 5))
+        assert final.pairs == start.pairs and final.gates == start.gates
         (path,) = [p for p in report.records if load_record(p).kind == "t1"]
         record = load_record(path)
         assert "t1_s" in record.settings["rejected"]

@@ -1,0 +1,150 @@
+"""A qubit or edge whose calibration step failed is marked: the runner records the failure in
+the store (values unchanged), the Target marks the subject and keeps its last good values,
+and the mark goes once the step passes again. Stale subjects are marked too."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from labqpu import LabProvider
+from labqpu.backend.target import build_target
+from labqpu.calibration import runner
+from labqpu.calibration.runner import Outcome, record_failures, run_graph
+from labqpu.errors import FitError, InvalidSnapshotError
+from labqpu.rack.config import default_config_path
+from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
+from labqpu.store.physics import check_physics
+from labqpu.testing import seed_fresh_store
+
+SUBJECTS = [0, 1, 2, (0, 1), (1, 2)]
+
+
+def _after(snapshot: Snapshot, outcomes: list[Outcome]) -> tuple[Snapshot, list[str]]:
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    changed = record_failures(builder, snapshot, outcomes, SUBJECTS)
+    return Snapshot(builder.build_document(), snapshot_id=snapshot.snapshot_id + 1), changed
+
+
+def test_failures_are_recorded_marked_in_the_target_and_cleared_when_they_pass(
+        snapshot, config, caplog) -> None:
+    first, changed = _after(snapshot, [
+        Outcome("rabi", "qubit 2", "calibrated", "forced"),
+        Outcome("ramsey", "qubit 2", "failed", "forced; calibration failed: no fringes"),
+        Outcome("cz", "edge 1-2", "failed", "check failed: phase 171 deg"),
+        Outcome("cz", "edge 0-1", "blocked", "a prerequisite did not pass"),
+        Outcome("rabi", "qubit 3", "failed", "not among the subjects of this run"),
+    ])
+    assert changed == ["qubit 2", "edge 1-2"]
+    assert first.qubits[2][CALIBRATION_FAILED].value == {
+        "ramsey": "forced; calibration failed: no fringes"}
+    assert first.pairs[(1, 2)][CALIBRATION_FAILED].value == {
+        "cz": "check failed: phase 171 deg"}
+    assert CALIBRATION_FAILED not in first.pairs[(0, 1)]  # blocked is not failed
+    assert CALIBRATION_FAILED not in first.qubits[3]
+    for q in (2, 3):  # nothing else changed
+        assert {k: p.value for k, p in first.qubits[q].items() if k != CALIBRATION_FAILED} \
+            == {k: p.value for k, p in snapshot.qubits[q].items()}
+
+    with caplog.at_level(logging.WARNING, logger="labqpu.backend.target"):
+        target = build_target(first, config)
+    assert set(target.marks) == {"qubit 2", "edge 1-2"}
+    assert target.marks["qubit 2"][0].startswith("ramsey calibration failed (recorded ")
+    assert target.marks["qubit 2"][0].endswith("): forced; calibration failed: no fringes")
+    assert "edge 1-2 is marked: its cz calibration failed" in caplog.text
+    assert target.instruction_supported("x", (2,))  # its last good values still play
+    assert target.instruction_supported("cz", (1, 2))
+    assert target.instruction_supported("x", (2,)) and target["x"][(2,)].duration == \
+        build_target(snapshot, config)["x"][(2,)].duration
+    assert pickle.loads(pickle.dumps(target)).marks == target.marks
+    assert build_target(snapshot, config).marks == {}
+
+    again, changed = _after(first, [
+        Outcome("ramsey", "qubit 2", "failed", "calibration failed: a different reason")])
+    assert changed == []  # the same steps still fail: the first record stays
+    assert again.qubits[2][CALIBRATION_FAILED] == first.qubits[2][CALIBRATION_FAILED]
+
+    more, changed = _after(first, [
+        Outcome("drag", "qubit 2", "failed", "calibration failed: no minimum")])
+    assert changed == ["qubit 2"]
+    assert set(more.qubits[2][CALIBRATION_FAILED].value) == {"ramsey", "drag"}
+
+    cleared, changed = _after(more, [Outcome("ramsey", "qubit 2", "fresh", "check passed"),
+                                     Outcome("drag", "qubit 2", "calibrated", "forced"),
+                                     Outcome("cz", "edge 1-2", "blocked", "")])
+    assert changed == ["qubit 2"]
+    assert CALIBRATION_FAILED not in cleared.qubits[2]
+    assert set(build_target(cleared, config).marks) == {"edge 1-2"}
+
+
+def test_a_stale_subject_is_marked_as_it_is_left_out(snapshot, config) -> None:
+    now = datetime.now(UTC)
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    old = snapshot.qubits[1]["frequency_hz"]
+    builder.set_qubit(1, "frequency_hz", old.value, old.experiment,
+                      timestamp=now - timedelta(hours=30))
+    aged = Snapshot(builder.build_document(), snapshot_id=7)
+    limited = dataclasses.replace(config, raw={**config.raw, "calibration": {
+        **config.raw["calibration"], "max_age_h": {"frequency": 24}}})
+    target = build_target(aged, limited, now=now)
+    assert not target.instruction_supported("x", (1,))
+    assert list(target.marks) == ["qubit 1"]
+    assert target.marks["qubit 1"][0].startswith("stale frequency_hz (30.0 h > 24 h)")
+
+
+@pytest.mark.parametrize("value", [{}, {"ramsey": 5}, "ramsey failed", {"": "why"}])
+def test_a_malformed_failure_record_is_refused(snapshot, value) -> None:
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    builder.set_qubit(0, CALIBRATION_FAILED, value, "calibration runner")
+    with pytest.raises(InvalidSnapshotError, match="calibration_failed") as info:
+        check_physics(builder.build_document())
+    assert "qubit 0" in str(info.value)
+
+
+def test_the_runner_records_a_failed_step_in_the_store_and_clears_it_when_it_passes(
+        tmp_path, monkeypatch) -> None:
+    """On the simulator: a drive_lo calibration that measures, then fails its fit, leaves
+    qubit 0's values as they were and commits only its failure; the Target of the next job
+    marks qubit 0 and still plays it; the next run that passes clears the mark."""
+    store = seed_fresh_store(tmp_path / "home")
+    lab = tmp_path / "lab.toml"
+    lab.write_text(default_config_path().read_text().replace(
+        'store = ""', f'store = "{store}"', 1))
+    nodes = runner.NODES
+    real = {n.name: n for n in nodes}["drive_lo"]
+
+    def measure_then_fail(kit, q, shots, progress):
+        real.calibrate(kit, q, shots, progress)
+        raise FitError("the LO plan does not fit", subject=f"qubit {q}")
+
+    failing = tuple(dataclasses.replace(n, calibrate=measure_then_fail)
+                    if n.name == "drive_lo" else n for n in nodes)
+    with LabProvider(str(lab), simulator=True) as provider:
+        backend = provider.backend()
+        before = backend.snapshot
+        monkeypatch.setattr(runner, "NODES", failing)
+        report = run_graph(backend, ["drive_lo"], qubits=[0], force=True, rb=False)
+        assert not report.ok
+        [committed] = report.committed
+        assert committed.parent_id == before.snapshot_id
+        assert "failed steps of qubit 0 recorded" in committed.notes
+        marked = committed.qubits[0]
+        assert list(marked[CALIBRATION_FAILED].value) == ["drive_lo"]
+        assert "the LO plan does not fit" in marked[CALIBRATION_FAILED].value["drive_lo"]
+        assert {k: p for k, p in marked.items() if k != CALIBRATION_FAILED} \
+            == dict(before.qubits[0])
+        assert list(backend.target.marks) == ["qubit 0"]
+        assert backend.target.instruction_supported("x", (0,))
+
+        again = run_graph(backend, ["drive_lo"], qubits=[0], force=True, rb=False)
+        assert not again.ok and again.committed == []  # already recorded
+
+        monkeypatch.setattr(runner, "NODES", nodes)
+        passed = run_graph(backend, ["drive_lo"], qubits=[0], force=True, rb=False)
+        assert passed.ok
+        assert CALIBRATION_FAILED not in passed.snapshot.qubits[0]
+        assert backend.target.marks == {}
