@@ -69,6 +69,12 @@ class _RunContext:
     #: Drive term per (qubit, start, end) of this run, before the offset frame
     #: (``PhysicsEngine._drive_hz``).
     drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+    #: Per driven qubit: its evolved neighbours and the pair energies of its levels in each of
+    #: their configurations (``DriveBlocks._controls``).
+    controls: dict[int, tuple[list[int], np.ndarray]] = field(default_factory=dict)
+    #: Key of the phase-normalised drive per (qubit, start, end) of a block applied in this run
+    #: (``propagation.drive_phase_key``): what the crosstalk of the same pulse shares.
+    keys: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
 
 
 class DriveBlocks:
@@ -83,19 +89,19 @@ class DriveBlocks:
             ctx.local.idle(q, min(b0, ctx.stop[q]))
             ctx.local.flush(q)
 
-    def _conditional_stack(self, q: int, z: np.ndarray, shifts_hz: np.ndarray, alpha_hz: float
-                           ) -> np.ndarray:
+    def _conditional_stack(self, q: int, z: np.ndarray, shifts_hz: np.ndarray, alpha_hz: float,
+                           split: tuple[float, np.ndarray, bytes] | None = None) -> np.ndarray:
         """Propagators of transmon ``q`` under drive ``z`` for each neighbour configuration,
         shape (configs, 3, 3).
 
         ``shifts_hz[c, n]`` is the pair energy sum_p Z_qp(n, c_p) of level n of ``q`` with
         its neighbours in configuration c; the levels are L_q(n) + shifts[c, n] (Schroedinger
         picture). Cached by the phase-normalised drive; the drive phase is applied as a frame
-        change.
+        change (``split``: ``drive_phase_key(z)`` when the caller has it).
         """
         dt = 1.0 / self.device.sample_rate_hz
         alpha = float(alpha_hz)
-        phi, z0, zkey = drive_phase_key(z)
+        phi, z0, zkey = split or drive_phase_key(z)
         key = ("cond", q, z.size, zkey, shifts_hz.tobytes(), alpha)
         stack = self.cache_1q.get(key)
         if stack is None:
@@ -119,18 +125,30 @@ class DriveBlocks:
                 z0, np.zeros(z.size), alpha, 1.0 / self.device.sample_rate_hz))
         return rotate_drive_phase_stack(path, phi)
 
+    def _controls(self, ctx: _RunContext, q: int) -> tuple[list[int], np.ndarray]:
+        """``q``'s evolved neighbours and ``shifts[c, n]``, the pair energy (Hz) of level n of
+        ``q`` with them in configuration c (first neighbour most significant); once per run."""
+        hit = ctx.controls.get(q)
+        if hit is None:
+            model = ctx.model
+            controls = [p for p in model.neighbours(q) if p in ctx.pos]
+            shifts = np.zeros((LEVELS ** len(controls), LEVELS))
+            for ci, c in enumerate(itertools.product(range(LEVELS), repeat=len(controls))):
+                for p, m in zip(controls, c, strict=True):
+                    shifts[ci] += model.pair(q, p)[:, m]
+            hit = ctx.controls[q] = (controls, shifts)
+        return hit
+
     def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
         """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
         basis, as a unitary on ``q`` conditioned on the neighbours' levels (static ZZ shifts
         the transmon's levels)."""
-        model, pos = ctx.model, ctx.pos
-        controls = [p for p in model.neighbours(q) if p in pos]
-        shifts = np.zeros((LEVELS ** len(controls), LEVELS))
-        for ci, c in enumerate(itertools.product(range(LEVELS), repeat=len(controls))):
-            for p, m in zip(controls, c, strict=True):
-                shifts[ci] += model.pair(q, p)[:, m]
-        stack = self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1), shifts,
-                                        model.local_hz[q][2])
+        pos = ctx.pos
+        controls, shifts = self._controls(ctx, q)
+        z = self._drive_hz(ctx, q, b0, b1)
+        split = drive_phase_key(z)
+        ctx.keys[(q, b0, b1)] = split[2]
+        stack = self._conditional_stack(q, z, shifts, ctx.model.local_hz[q][2], split)
         if controls:
             stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
                                  self.device.sample_rate_hz)
@@ -189,6 +207,7 @@ class DriveBlocks:
         model = ctx.model
         n = b1 - b0
         split = {q: drive_phase_key(self._drive_hz(ctx, q, b0, b1)) for q in qubits}
+        ctx.keys.update({(q, b0, b1): split[q][2] for q in qubits})
         key = ("joint", tuple(qubits), n, tuple(split[q][2] for q in qubits), tuple(inner),
                tuple(outer), model.freq_hz)
         phases = {q: split[q][0] for q in qubits}

@@ -57,6 +57,9 @@ from labqpu.errors import SimulationError
 #: A crosstalk field closer than this many times its peak Rabi rate |w| to one of the target's
 #: transitions is refused (the second-order shift would be off by more than 1 / 25 of itself).
 RESONANCE_FACTOR = 5.0
+#: Bound of ``PhysicsEngine.crosstalk_cache``: the Stark phases of a pulse on its targets, by
+#: source, phase-normalised drive and dressed frequencies (entries).
+CACHE_CROSSTALK_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -196,14 +199,25 @@ def apply_drive_crosstalk(engine: Any, ctx: Any, qubits: list[int], b0: int, b1:
         return
     model = ctx.model
     fs = engine.device.sample_rate_hz
+    held = {ctx.order[i] for i in ctx.local.rho.diagonal}
     for q in qubits:
         targets = [(p, c) for p, c in spec.drive_targets(q) if p in ctx.pos and b0 < ctx.stop[p]]
         if not targets:
             continue
-        z = engine._drive_hz(ctx, q, b0, b1, offset=False)
-        if not np.any(z):
-            continue
-        field = _field(z, model.freq_hz[q], fs)
-        for p, c in targets:
-            ctx.local.phases(p, _stark_phases(field, c, model.freq_hz[p],
-                                              float(model.local_hz[p][2]), fs, (q, p)))
+        key = ctx.keys.get((q, b0, b1))
+        cached = (q, key, model.freq_hz, tuple(targets))
+        phases = engine.crosstalk_cache.get(cached) if key is not None else None
+        if phases is None:
+            z = engine._drive_hz(ctx, q, b0, b1, offset=False)
+            if not np.any(z):
+                continue
+            field = _field(z, model.freq_hz[q], fs)
+            phases = [_stark_phases(field, c, model.freq_hz[p], float(model.local_hz[p][2]), fs,
+                                    (q, p)) for p, c in targets]
+            if key is not None:
+                if len(engine.crosstalk_cache) >= CACHE_CROSSTALK_ENTRIES:
+                    engine.crosstalk_cache.clear()
+                engine.crosstalk_cache[cached] = phases
+        for (p, _), d in zip(targets, phases, strict=True):
+            if p not in held:  # a diagonal phase leaves a state held by its populations as is
+                ctx.local.phases(p, d)

@@ -106,6 +106,8 @@ def _band_mask() -> np.ndarray:
 
 #: Entries of a 9x9 superoperator that ``_band_channel_kernel`` reads.
 BAND_MASK = _band_mask()
+#: Flat indices of the other entries (which must be 0 for it).
+_OFF_BAND = np.flatnonzero(~BAND_MASK)
 
 
 @lru_cache(maxsize=256)
@@ -187,6 +189,31 @@ def _excitation_blocks(k: int) -> tuple[np.ndarray, ...]:
     return tuple(np.flatnonzero(e == n) for n in range(int(e.max()) + 1))
 
 
+@lru_cache(maxsize=64)
+def _spectator_orders(n: int, diagonal: tuple[int, ...]
+                      ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Axis orders of a (3,)*n + (-1,) tensor that move the ``diagonal`` row axes to the front
+    (forward) and back again: ``DensityMatrix._batched`` and ``_unbatched``."""
+    forward = (*diagonal, *(i for i in range(n) if i not in diagonal), n)
+    back = tuple(int(i) for i in np.argsort(forward))
+    return forward, back
+
+
+@lru_cache(maxsize=64)
+def _column_rows(n: int, diagonal: tuple[int, ...]) -> np.ndarray:
+    """For the (3^n, 3^a) matrix of a state holding ``diagonal`` positions by their
+    populations: the full basis index of each entry's column (its row's digits on the
+    diagonal positions, its column's on the others), shape (3^n, 3^a)."""
+    active = [p for p in range(n) if p not in diagonal]
+    rows = np.indices((LEVELS,) * n).reshape(n, -1)
+    cols = np.indices((LEVELS,) * len(active)).reshape(len(active), -1)
+    index = np.zeros((rows.shape[1], cols.shape[1]), dtype=np.int64)
+    for p in range(n):
+        digit = rows[p][:, None] if p in diagonal else cols[active.index(p)][None, :]
+        index = index * LEVELS + digit
+    return index
+
+
 def _adjoint(x: np.ndarray) -> np.ndarray:
     """x^dag as a new C-contiguous array (``numpy.conj`` writing the transposed view into a
     C-ordered buffer: one pass, where ``ascontiguousarray(x.conj().T)`` was ~30x slower on a
@@ -265,17 +292,15 @@ class DensityMatrix:
     def _batched(self, x: np.ndarray) -> np.ndarray:
         """The (3^n, 3^a) matrix ``x`` as the stack (3^s, 3^a, 3^a) over the diagonal
         positions' levels (a view when possible)."""
-        s = len(self.diagonal)
-        t = x.reshape([LEVELS] * self.n + [-1])
-        t = np.moveaxis(t, self.diagonal, range(s))
+        forward, _ = _spectator_orders(self.n, self.diagonal)
+        t = x.reshape((LEVELS,) * self.n + (-1,)).transpose(forward)
         a = LEVELS ** len(self.active)
-        return t.reshape(LEVELS**s, a, a)
+        return t.reshape(LEVELS ** len(self.diagonal), a, a)
 
     def _unbatched(self, b: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`_batched`, as a C-contiguous (3^n, 3^a) matrix."""
-        s = len(self.diagonal)
-        t = b.reshape([LEVELS] * self.n + [-1])
-        t = np.moveaxis(t, range(s), self.diagonal)
+        _, back = _spectator_orders(self.n, self.diagonal)
+        t = b.reshape((LEVELS,) * self.n + (-1,)).transpose(back)
         return np.ascontiguousarray(t).reshape(self.shape)
 
     def _adjoint(self, x: np.ndarray) -> np.ndarray:
@@ -361,8 +386,10 @@ class DensityMatrix:
 
     def apply_diagonal(self, phases: np.ndarray) -> None:
         """rho -> D rho D^dag with D = diag(``phases``) over all qubits (3^n values)."""
-        if self.diagonal:
-            self.apply_product([], phases)
+        if self.diagonal:  # entry (r, c) stands for (r, full column index of r and c)
+            x = self.tensor.reshape(self.shape) * phases[:, None]
+            x *= phases.conj()[_column_rows(self.n, self.diagonal)]
+            self.tensor = x.reshape(self.tensor.shape)
             return
         d = LEVELS**self.n
         x = self.tensor.reshape(d, d) * phases[:, None]
@@ -374,7 +401,7 @@ class DensityMatrix:
         ``_band_channel_kernel`` when it conserves i - j (entries outside ``BAND_MASK``
         exactly 0), else by ``tensordot``. On a diagonal position the channel must conserve
         i - j, and only its action on populations (a 3x3 matrix) is applied."""
-        band = not np.any(superop[~BAND_MASK])
+        band = not superop.ravel().take(_OFF_BAND).any()
         if target in self.diagonal:
             if not band:
                 raise ValueError(f"position {target} is held diagonal: a channel that creates "

@@ -263,6 +263,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self._joint_cache: dict[tuple, list] = {}
         #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
         self._block_cache: dict[tuple, list] = {}
+        #: Stark phases of drive crosstalk (``crosstalk.apply_drive_crosstalk``).
+        self.crosstalk_cache: dict[tuple, list[np.ndarray]] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
         self.joint_cache_hits = 0
         #: The device's slow drift against simulated time (``noise`` module).
