@@ -23,10 +23,13 @@ also shown with its default threads as context):
     samples (then the ordered product) and against a per-sample ``scipy.linalg.expm`` loop;
     both references receive the Hamiltonian stack ready-made. A context line shows the
     engine's own call for the same pulse (it computes, it does not cache).
+(d) a 1-qubit sequence of 1500 random sx, x and rz with barriers on lab5's qubit 3 (the shape
+    of a randomized-benchmarking circuit, whose cost is per pulse), 1000 shots, warm, next to
+    Aer on the same circuit with the same noise model as (a).
 
     python benchmarks/simulator.py            # full: 7 repeats per figure
     python benchmarks/simulator.py --quick    # 3 repeats
-    python benchmarks/simulator.py --quick --only scaling   # one part: circuit|scaling|pulse
+    python benchmarks/simulator.py --quick --only scaling  # circuit|scaling|pulse|sequence
 
 Ratios are labqpu time / reference time (below 1: labqpu faster). Nothing here asserts on time.
 """
@@ -77,6 +80,10 @@ SCALING_LAYERS = (5, 17, 34)
 #: populations); the rungs 0-5, 1-6 play on both controllers.
 SCALING_LAB10 = {2: [0, 1], 3: [0, 1, 2], 5: [5, 0, 1, 6, 7]}
 SCALING_LAB10_LAYERS = (5, 17, 34)
+#: The 1-qubit sequence of part (d): gates before transpiling, and its qubit (two coupled
+#: neighbours, held by their populations).
+SEQUENCE_GATES = 1500
+SEQUENCE_QUBIT = 3
 PULSE_SAMPLES = 160
 
 
@@ -127,9 +134,10 @@ class Prepared:
 
 
 def _prepare(num_qubits: int, layers: int, seed: int = 1, device: str = "lab5",
-             layout: list[int] | None = None) -> Prepared:
+             layout: list[int] | None = None, circuit=None) -> Prepared:
     """The random-layer circuit on ``num_qubits`` (a line; on ``layout``'s physical qubits if
-    given), transpiled and compiled for ``device``, with an engine of that device."""
+    given), or ``circuit``, transpiled and compiled for ``device``, with an engine of that
+    device."""
     from qiskit import transpile
 
     from labqpu.backend.target import build_target
@@ -139,7 +147,8 @@ def _prepare(num_qubits: int, layers: int, seed: int = 1, device: str = "lab5",
 
     snapshot, config = _calibrated(device)
     target = build_target(snapshot, config)
-    circuit = random_native_circuit(num_qubits=num_qubits, layers=layers, seed=seed)
+    if circuit is None:
+        circuit = random_native_circuit(num_qubits=num_qubits, layers=layers, seed=seed)
     tqc = transpile(circuit, target=target, seed_transpiler=1, initial_layout=layout)
     program = compile_circuit(tqc, snapshot, config.channels)
     engine, rack = _engine(device)
@@ -222,6 +231,49 @@ def bench_circuit(budget: Budget) -> None:
          f"{engine.cache_nq.hits}/{engine.cache_nq.misses}")
     info(f"Hellinger fidelity of labqpu's counts to Aer's (different models, same circuit): "
          f"{fid:.3f}")
+
+
+def sequence_circuit(gates: int, seed: int = 3):
+    """A 1-qubit sequence of ``gates`` random sx, x and rz(theta), each followed by a barrier
+    (as randomized benchmarking plays Cliffords one after the other), then a measurement."""
+    from qiskit import QuantumCircuit
+
+    rng = np.random.default_rng(seed)
+    qc = QuantumCircuit(1, 1)
+    for choice, theta in zip(rng.integers(0, 3, gates), rng.uniform(-np.pi, np.pi, gates),
+                             strict=True):
+        if choice == 0:
+            qc.sx(0)
+        elif choice == 1:
+            qc.x(0)
+        else:
+            qc.rz(float(theta), 0)
+        qc.barrier()
+    qc.measure(0, 0)
+    return qc
+
+
+def bench_sequence(budget: Budget) -> None:
+    """A long 1-qubit sequence (the shape of a randomized-benchmarking circuit) on lab5's
+    qubit 3, warm, next to Aer on the same circuit."""
+    from qiskit_aer import AerSimulator
+
+    prep = _prepare(1, 0, layout=[SEQUENCE_QUBIT], circuit=sequence_circuit(SEQUENCE_GATES))
+    ops = dict(prep.transpiled.count_ops())
+    pulses = sum(ops.get(g, 0) for g in ("sx", "x", "sy"))
+    print(f"\n[d] 1-qubit sequence on lab5 qubit {SEQUENCE_QUBIT}: {SEQUENCE_GATES} random sx, "
+          f"x and rz with barriers ({pulses} pulses after transpiling), {SHOTS} shots")
+    engine, wire, settings = prep.engine, prep.wire, prep.settings
+    engine.run(wire, settings, SHOTS, np.random.default_rng(7))
+    sim = AerSimulator(method="density_matrix", noise_model=prep.noise, max_parallel_threads=1)
+    t_ours = seconds_per_call(
+        lambda: engine.run(wire, settings, SHOTS, np.random.default_rng(7)), budget)
+    t_aer = seconds_per_call(
+        lambda: sim.run(prep.transpiled, shots=SHOTS, seed_simulator=7).result(), budget)
+    print(Line("1-qubit sequence (warm) vs qiskit-aer", t_ours, t_aer,
+               f"{dur(t_ours)}/circuit, {dur(t_ours / pulses)}/pulse",
+               f"{dur(t_aer)}/circuit (AerSimulator density_matrix, 1 thread)").text(),
+          flush=True)
 
 
 def bench_scaling(budget: Budget) -> None:
@@ -328,7 +380,8 @@ def bench_pulse(budget: Budget) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats per figure")
-    parser.add_argument("--only", choices=["circuit", "scaling", "pulse"], default=None)
+    parser.add_argument("--only", choices=["circuit", "scaling", "pulse", "sequence"],
+                        default=None)
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     print(f"labqpu simulator benchmarks ({'quick' if args.quick else 'full'}), "
@@ -347,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_scaling(budget)
         if args.only in (None, "pulse"):
             bench_pulse(budget)
+        if args.only in (None, "sequence"):
+            bench_sequence(budget)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s; load average at end "
           f"{os.getloadavg()[0]:.2f}")
     return 0

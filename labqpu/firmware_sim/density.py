@@ -407,8 +407,8 @@ class DensityMatrix:
                 raise ValueError(f"position {target} is held diagonal: a channel that creates "
                                  "coherences cannot act on it")
             m = np.ascontiguousarray(superop[::LEVELS + 1, ::LEVELS + 1])
-            t = np.tensordot(m, self.tensor, axes=([1], [target]))
-            self.tensor = np.moveaxis(t, 0, target)
+            x = self.tensor.reshape(LEVELS**target, LEVELS, -1)
+            self.tensor = np.matmul(m, x).reshape(self.tensor.shape)
             return
         column = self.active.index(target)
         if band:

@@ -263,6 +263,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self._joint_cache: dict[tuple, list] = {}
         #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
         self._block_cache: dict[tuple, list] = {}
+        #: Phasors of a drive's frame over a block, per detuning and length (:meth:`_frame`).
+        self._frames: dict[tuple[float, int], np.ndarray] = {}
         #: Stark phases of drive crosstalk (``crosstalk.apply_drive_crosstalk``).
         self.crosstalk_cache: dict[tuple, list[np.ndarray]] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
@@ -658,13 +660,25 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             else:
                 lo = self._lo(cab.drive_lo, ctx.settings)
                 rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
-                t = np.arange(b0, b1) / fs
-                z = rabi * s.conj() * np.exp(-2j * np.pi * (lo[0] - ctx.model.freq_hz[q]) * t)
+                z = rabi * s.conj() * self._frame(lo[0] - ctx.model.freq_hz[q], b0, b1)
             z.flags.writeable = False  # shared by every caller of this run
             ctx.drives[(q, b0, b1)] = z
         if offset and ctx.offset_hz.get(q):
             return z * np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
         return z
+
+    def _frame(self, detuning_hz: float, b0: int, b1: int) -> np.ndarray:
+        """exp(-i 2 pi ``detuning_hz`` t) at the samples t = k / fs, k in [b0, b1): the phase
+        at b0 times the block's own phasors (cached per detuning and length)."""
+        fs = self.device.sample_rate_hz
+        key = (detuning_hz, b1 - b0)
+        steps = self._frames.get(key)
+        if steps is None:
+            if len(self._frames) >= CACHE_BLOCK_ENTRIES:
+                self._frames.clear()
+            steps = self._frames[key] = np.exp(-2j * np.pi * detuning_hz
+                                               * (np.arange(b1 - b0) / fs))
+        return np.exp(-2j * np.pi * detuning_hz * (b0 / fs)) * steps
 
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
                           f_idle_hz: float) -> np.ndarray:
