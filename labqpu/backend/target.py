@@ -51,6 +51,7 @@ from labqpu.store import (
 )
 from labqpu.store import Parameter as StoredValue
 from labqpu.store.staleness import stale_parameters, wiring_age_limits
+from labqpu.store.validation import parse_gate
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,8 @@ class _Fresh:
 def _gate_subject(key: str) -> str:
     """The subject a gate key belongs to: ``"sx:0"`` -> ``"qubit 0"``, ``"cz:0-1"`` ->
     ``"edge 0-1"``."""
-    qubits = key.split(":", 1)[1]
-    return f"edge {qubits}" if "-" in qubits else f"qubit {qubits}"
+    _, qubits = parse_gate(key)
+    return f"qubit {qubits[0]}" if len(qubits) == 1 else f"edge {min(qubits)}-{max(qubits)}"
 
 
 def build_target(snapshot: Snapshot, config: LabConfig,

@@ -514,9 +514,7 @@ def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subjec
     if not outcomes:
         _commit_failures(backend, report, snapshot, subjects, reporter)
         return
-    builder = SnapshotBuilder.from_snapshot(snapshot)
-    marked = record_failures(builder, snapshot,
-                             [o for o in report.outcomes if o.node == RB_NODE], subjects)
+    builder, marked = _rb_failures(report, snapshot, subjects)
     try:
         committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note,
                                              builder=builder)
@@ -537,9 +535,7 @@ def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: l
                      reporter: LineReporter) -> None:
     """Commit the rb step's failure records (:func:`record_failures`) on ``snapshot`` when
     they changed; a commit refused (another writer) is noted, and the report stands."""
-    builder = SnapshotBuilder.from_snapshot(snapshot)
-    marked = record_failures(builder, snapshot,
-                             [o for o in report.outcomes if o.node == RB_NODE], subjects)
+    builder, marked = _rb_failures(report, snapshot, subjects)
     if not marked:
         return
     builder.notes = f"calibration runner: failed steps of {', '.join(marked)} recorded"
@@ -551,6 +547,15 @@ def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: l
         return
     report.snapshot = committed
     report.committed.append(committed)
+
+
+def _rb_failures(report: RunReport, snapshot: Snapshot, subjects: list[Subject]
+                 ) -> tuple[SnapshotBuilder, list[str]]:
+    """A builder on ``snapshot`` holding the rb step's failure records after ``report``'s rb
+    outcomes (:func:`record_failures`), and the subjects whose record changed."""
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    outcomes = [o for o in report.outcomes if o.node == RB_NODE]
+    return builder, record_failures(builder, snapshot, outcomes, subjects)
 
 
 def record_failures(builder: SnapshotBuilder, snapshot: Snapshot, outcomes: Iterable[Outcome],
@@ -571,7 +576,7 @@ def record_failures(builder: SnapshotBuilder, snapshot: Snapshot, outcomes: Iter
     for subject, steps in results.items():
         params = (snapshot.qubits if isinstance(subject, int) else snapshot.pairs).get(subject, {})
         old = dict(params[CALIBRATION_FAILED].value) if CALIBRATION_FAILED in params else {}
-        new = {**old, **{node: why for node, why in steps.items() if why is not None}}
+        new = {**{node: why for node, why in steps.items() if why is not None}, **old}
         for node in [node for node, why in steps.items() if why is None]:
             new.pop(node, None)
         if new.keys() == old.keys():
