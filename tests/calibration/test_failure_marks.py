@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -82,7 +82,9 @@ def test_failures_are_recorded_marked_in_the_target_and_cleared_when_they_pass(
 
 
 def test_a_stale_subject_is_marked_as_it_is_left_out(snapshot, config) -> None:
-    now = datetime.now(UTC)
+    # judged an hour after the newest frequency, so that only qubit 1's is stale on any day
+    now = max(datetime.fromisoformat(params["frequency_hz"].timestamp)
+              for params in snapshot.qubits.values()) + timedelta(hours=1)
     builder = SnapshotBuilder.from_snapshot(snapshot)
     old = snapshot.qubits[1]["frequency_hz"]
     builder.set_qubit(1, "frequency_hz", old.value, old.experiment,
