@@ -11,6 +11,7 @@ from labqpu.calibration.experiments import (
     fit_damped_cosine,
     fit_damped_cosine_curve,
     fit_exponential,
+    fit_exponential_curve,
     fit_parabola_vertex,
     fit_peak,
     fit_rabi,
@@ -64,6 +65,22 @@ def test_fit_exponential_t1() -> None:
     t = np.linspace(0, 200e-6, 21)
     y = 0.97 * np.exp(-t / 42e-6) + 0.01 + RNG.normal(0, 0.005, t.size)
     assert abs(fit_exponential(t, y, "test") - 42e-6) < 2e-6
+
+
+def test_fit_exponential_of_a_fast_decay_does_not_collapse_to_its_first_point() -> None:
+    """The P(1) of a T1 run on the drifting watch-test device (qubit 2, T1 ~26 us sampled to
+    200 us): started at tau = 67 us the fit fell to tau = 0.37 us with an infinite error."""
+    t = np.arange(21) * 1e-5  # the run's delays, as the record holds them
+    y = np.array([1.0, 0.7098039215686275, 0.4823529411764706, 0.28888888888888886,
+                  0.22352941176470587, 0.13202614379084968, 0.1503267973856209,
+                  0.08758169934640521, 0.04575163398692811, 0.04836601307189542,
+                  0.032679738562091505, 0.011764705882352943, 0.006535947712418301,
+                  0.006535947712418301, 0.019607843137254905, 0.006535947712418301,
+                  0.0013071895424836594, 0.00915032679738562, 0.0013071895424836594, 0.0,
+                  0.01437908496732026])
+    fit = fit_exponential_curve(t, y, "test")
+    assert 24e-6 < fit.params["tau"] < 29e-6
+    assert fit.stderr["tau"] < 2e-6
 
 
 def test_fit_parabola_vertex_and_no_maximum() -> None:
