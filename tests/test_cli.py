@@ -366,4 +366,4 @@ def test_an_unknown_device_name_lists_the_built_in_ones(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "labqpu: lab configuration file not found: lab11 (no such file, and not a built-in "
-        "device: lab5, lab10)"]
+        "device: lab5, lab10, lab3)"]

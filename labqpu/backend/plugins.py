@@ -15,7 +15,9 @@ frame change: free) and carries Pauli-X-like runs through ``cz`` (``cz (X (x) I)
 their own. docs/transpilation.md has the pulse counts against Qiskit's default translation.
 
 Scheduling (:class:`LabSchedulingPlugin`): time-unit conversion, ALAP analysis with the
-calibrated durations of the Target, alignment to the Target's timing constraints, then
+calibrated durations of the Target, timed as labqpu's pulse compiler times the circuit
+(:class:`CompilerALAP`: every final measurement starts when the last gate has ended, so the
+schedule Qiskit pads is the one that plays), alignment to the Target's timing constraints, then
 :class:`IdleDynamicalDecoupling`, which fills idle windows with an X-X echo (the calibrated x
 pulse, spacing 1/4 : 1/2 : 1/4) and leaves free evolution alone: a ``delay`` written by the user
 (a T1, Ramsey or ZZRamsey wait) is physics, not idle time, for its qubit and for the qubits
@@ -33,7 +35,7 @@ import math
 import numpy as np
 from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate
 from qiskit.circuit.library import RZGate, SXGate, XGate
-from qiskit.dagcircuit import DAGCircuit
+from qiskit.dagcircuit import DAGCircuit, DAGOutNode
 from qiskit.passmanager import ConditionalController
 from qiskit.synthesis import OneQubitEulerDecomposer
 from qiskit.transpiler import PassManager, Target
@@ -331,6 +333,68 @@ class LabTranslationPlugin(PassManagerStagePlugin):
                             PulseEfficient1q(cfg.target)])
 
 
+class CompilerALAP(ALAPScheduleAnalysis):
+    """ALAP analysis that times a circuit as labqpu's pulse compiler plays it.
+
+    Qiskit's ALAP ends every measurement at the end of the circuit, so readouts of different
+    durations start at different times. The compiler (``pulse.compiler``) starts every final
+    measurement at the same sample, the end of the gates, and drops a delay after which its
+    qubit does nothing more. Where the two differ, an echo that Qiskit pads beside one qubit's
+    early readout would play while that qubit still waits in superposition for its own gates,
+    and turn its static ZZ into a phase error (a Bell state on lab3, whose readouts last 1-2 us,
+    fell to 0.70). This pass computes the compiler's times: ALAP of everything but the final
+    measurements and trailing delays from the end of the gates, the final measurements at
+    that end, a trailing delay after its qubit's last instruction. A circuit the compiler
+    schedules itself (a measurement followed on its qubit by anything but delays and barriers,
+    or a ``reset``) keeps Qiskit's ALAP.
+    """
+
+    def run(self, dag: DAGCircuit) -> DAGCircuit:
+        """Schedule ``dag``: Qiskit's ALAP, replaced by the compiler's times where they apply."""
+        dag = super().run(dag)
+        nodes = list(dag.topological_op_nodes())
+        measured: set = set()
+        last: dict = {}  # qubit -> index in ``nodes`` of its last instruction (not a delay)
+        for i, node in enumerate(nodes):
+            if node.name == "reset":
+                return dag
+            if node.name in ("delay", "barrier"):
+                continue
+            if measured.intersection(node.qargs):
+                return dag  # mid-circuit measurement: the compiler's dynamic path
+            if node.name == "measure":
+                measured.update(node.qargs)
+            for q in node.qargs:
+                last[q] = i
+        duration = {node: (0 if node.name == "barrier" else self._get_node_duration(node, dag))
+                    for node in nodes}
+        trailing = {i for i, node in enumerate(nodes) if node.name == "delay"
+                    and all(last.get(q, -1) < i for q in node.qargs)}
+        avail: dict = {}
+        from_end: dict = {}
+        for i in range(len(nodes) - 1, -1, -1):
+            node = nodes[i]
+            if node.name == "measure" or i in trailing:
+                continue
+            t = max((avail.get(q, 0) for q in node.qargs), default=0)
+            from_end[node] = t
+            for q in node.qargs:
+                avail[q] = t + duration[node]
+        gates_end = max(avail.values(), default=0)
+        start = self.property_set["node_start_time"]  # Qiskit's mapping, overwritten here
+        free: dict = {}  # qubit -> end of its latest instruction, for the trailing delays
+        for i, node in enumerate(nodes):
+            if node.name == "measure":
+                start[node] = gates_end
+            elif i in trailing:
+                start[node] = max((free.get(q, 0) for q in node.qargs), default=0)
+            else:
+                start[node] = gates_end - from_end[node] - duration[node]
+            for q in node.qargs:
+                free[q] = start[node] + duration[node]
+        return dag
+
+
 class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     """``PadDynamicalDecoupling`` that pads only idle time the scheduler created.
 
@@ -345,7 +409,9 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     add its pulses' errors, and touch a qubit the circuit left alone. Nor is the part of an idle
     window during which a coupled neighbour plays a two-qubit gate: an echo there would flip a
     spectator of the cz while its flux pulse plays (its conditional phase depends on that
-    level); the parts before and after are decoupled on their own.
+    level); the parts before and after are decoupled on their own. Nor is a window after the
+    qubit's last instruction or after its measurement: the compiler plays nothing there (an
+    echo after a readout would make it a mid-circuit measurement).
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
@@ -390,6 +456,9 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
                 for a in dag.qubits}
 
     def _pad(self, dag, qubit, t_start, t_end, next_node, prev_node) -> None:
+        if isinstance(next_node, DAGOutNode) or getattr(prev_node, "name", None) == "measure":
+            self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
+            return
         for d0, d1 in self._free.get(qubit, ()):
             if d0 < t_end and d1 > t_start:
                 self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
@@ -426,7 +495,7 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
         target = pass_manager_config.target
         if target is None:
             raise CompilationError("the labqpu scheduling stage needs a Target (a backend)")
-        passes = [TimeUnitConversion(target=target), ALAPScheduleAnalysis(target=target)]
+        passes = [TimeUnitConversion(target=target), CompilerALAP(target=target)]
         tc = target.timing_constraints()
         if (tc.granularity, tc.min_length, tc.pulse_alignment, tc.acquire_alignment) != \
                 (1, 1, 1, 1):

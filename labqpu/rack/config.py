@@ -114,7 +114,7 @@ def labqpu_home() -> Path:
 #: The devices shipped with labqpu, each with a wiring file, design values, a calibration
 #: snapshot and a simulator device file: ``LabProvider("lab10")`` runs one on the embedded
 #: simulator.
-BUILTIN_DEVICES = ("lab5", "lab10")
+BUILTIN_DEVICES = ("lab5", "lab10", "lab3")
 
 
 def default_config_path() -> Path:

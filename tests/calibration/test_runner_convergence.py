@@ -1,4 +1,6 @@
-"""The graph runner brings a deliberately wrong snapshot back, on the simulator.
+"""The graph runner brings a deliberately wrong snapshot back, on the simulator, on lab5 and on
+lab3 (three transmons low-high-low, whose frequencies, anharmonicities, T1s, couplings, sweet
+spots, flux scales, resonators and noise all differ from lab5's).
 
 Every qubit starts with its frequency off by 3 MHz (signs alternating) and its pi and pi/2
 amplitudes off by 20 % (up and down in turn); everything else is the shipped calibration.
@@ -18,12 +20,14 @@ by its checks and recalibrate until, on every qubit and every edge:
 * GHZ-3 >= 0.90 through ``BackendSamplerV2`` at Qiskit's default optimization level, on
   whatever layout it picks.
 
-The device file is read by this test only, for the truth.
+The device files are read by this test only, for the truth.
 """
 
 from __future__ import annotations
 
+import tomllib
 from datetime import datetime, timedelta
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -41,9 +45,17 @@ from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
 
-#: Frequency offset (Hz) and amplitude factor of each qubit in the wrong snapshot.
-WRONG = {q: ((-1) ** q * 3.0e6, 1.2 if q % 2 else 0.8) for q in range(5)}
-EDGES = [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def wrong_by(q: int) -> tuple[float, float]:
+    """Frequency offset (Hz) and amplitude factor of qubit ``q`` in the wrong snapshot."""
+    return (-1) ** q * 3.0e6, 1.2 if q % 2 else 0.8
+
+
+def device_truth(device: str) -> dict:
+    """The simulator's device file of built-in ``device``, read here for the truth."""
+    path = resources.files("labqpu") / "firmware_sim" / "devices" / f"{device}.toml"
+    return tomllib.loads(path.read_text())
 
 
 def optimum_pi_amplitude(backend, snapshot, q: int) -> float:
@@ -92,15 +104,19 @@ def ghz3(backend) -> float:
     return (counts.get("000", 0) + counts.get("111", 0)) / 8000
 
 
-def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, exact_levels,
-                                                exact_cz):
+@pytest.mark.parametrize("device", ["lab5", "lab3"])
+def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, exact_levels, exact_cz,
+                                                device):
     use_fresh_home(monkeypatch, tmp_path)
-    with LabProvider() as provider:
+    truth = device_truth(device)
+    n = len(truth["qubit"])
+    with LabProvider(device) as provider:
         backend = provider.backend()
         shipped = backend.snapshot
         stamp = shipped.qubits[1]["frequency_hz"].timestamp
         builder = SnapshotBuilder.from_snapshot(shipped)
-        for q, (df, scale) in WRONG.items():
+        for q in range(n):
+            df, scale = wrong_by(q)
             p = shipped.qubits[q]
             builder.set_qubit(q, "frequency_hz", p["frequency_hz"].value + df, "test", stamp)
             for name in ("pi_amplitude", "pi2_amplitude"):
@@ -112,29 +128,29 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, truth, ex
         assert report.ok, report.table()
         assert report.snapshot is not None and report.parent_id == wrong.snapshot_id
         calibrated = {(o.node, o.subject) for o in report.with_status("calibrated")}
-        assert {("ramsey", f"qubit {q}") for q in WRONG} <= calibrated
+        assert {("ramsey", f"qubit {q}") for q in range(n)} <= calibrated
         final = backend.snapshot
         assert final.snapshot_id == report.snapshot.snapshot_id
-        flux = {q: final.qubits[q]["flux_bias_a"].value for q in range(5)}
+        flux = {q: final.qubits[q]["flux_bias_a"].value for q in range(n)}
         level = exact_levels(truth, flux)
-        f_true = {q: level(tuple(int(k == q) for k in range(5))) - level((0,) * 5)
-                  for q in WRONG}
-        device = {q["index"]: q for q in truth["qubit"]}
-        for q in WRONG:
+        f_true = {q: level(tuple(int(k == q) for k in range(n))) - level((0,) * n)
+                  for q in range(n)}
+        design = {q["index"]: q for q in truth["qubit"]}
+        for q in range(n):
             t1, t2_echo = (final.qubits[q][n].value for n in ("t1_s", "t2_echo_s"))
             f = final.qubits[q]["frequency_hz"].value
             pi = final.qubits[q]["pi_amplitude"].value
             best = optimum_pi_amplitude(backend, final, q)
             print(f"qubit {q}: f - f_true {(f - f_true[q]) / 1e3:+.1f} kHz; "
-                  f"T1 {t1 * 1e6:.1f} us (device {device[q]['t1_s'] * 1e6:.1f}), "
-                  f"T2 echo {t2_echo * 1e6:.1f} us (device {device[q]['t2_s'] * 1e6:.1f}); "
+                  f"T1 {t1 * 1e6:.1f} us (device {design[q]['t1_s'] * 1e6:.1f}), "
+                  f"T2 echo {t2_echo * 1e6:.1f} us (device {design[q]['t2_s'] * 1e6:.1f}); "
                   f"pi amplitude {pi:.5f}, optimum {best:.5f}")
             assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
-            assert abs(t1 / device[q]["t1_s"] - 1) < 0.15, (q, t1)
-            assert abs(t2_echo / device[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
+            assert abs(t1 / design[q]["t1_s"] - 1) < 0.15, (q, t1)
+            assert abs(t2_echo / design[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
             assert abs(pi / best - 1) < 0.005, (q, pi, best)
-        for pair in EDGES:
-            leaked, _, conditional = exact_cz(load_device("lab5"), final, pair,
+        for pair in sorted({tuple(sorted(e)) for e in backend.coupling_map.get_edges()}):
+            leaked, _, conditional = exact_cz(load_device(device), final, pair,
                                               backend.channels.timing.grid)
             fidelity = bell(backend, pair)
             print(f"edge {pair}: CZ conditional phase {np.degrees(conditional):.2f} deg, "

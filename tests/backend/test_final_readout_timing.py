@@ -1,0 +1,98 @@
+"""The schedule Qiskit pads is the one that plays, when readouts differ in duration.
+
+lab3's bootstrap chose readouts of 1.2, 1.0 and 1.2 us on qubits 0, 1 and 2. Qiskit's ALAP ends
+every measurement at the end of the circuit, so a long readout starts early; labqpu's pulse
+compiler starts every final measurement when the last gate has ended. Until the scheduling
+stage timed circuits as the compiler does (``plugins.CompilerALAP``), the echo Qiskit padded on
+one qubit beside another's early readout played, in the compiler's timing, while that other
+qubit still waited in superposition for its last gate: the echo flipped its ZZ partner. On a
+snapshot with 1.2, 2.0 and 1.0 us readouts a Bell state on lab3's edge 0-1 read 0.70, and
+H-CZ-H on a qubit whose partner was in |0> read 1 in 93 % of the shots.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from qiskit import QuantumCircuit, transpile
+
+from labqpu import LabProvider
+from labqpu.pulse.compiler import compile_circuit
+
+PULSES = ("sx", "sy", "x")
+
+
+@pytest.fixture(scope="module")
+def lab3(lab_home):
+    with LabProvider("lab3") as provider:
+        yield provider.backend()
+
+
+def test_lab3_readouts_differ_in_duration(lab3) -> None:
+    durations = {lab3.target["measure"][(q,)].duration for q in range(lab3.num_qubits)}
+    assert len(durations) > 1, durations
+
+
+def _circuits() -> list[QuantumCircuit]:
+    bell = QuantumCircuit(2, 2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure([0, 1], [0, 1])
+    ghz = QuantumCircuit(3, 3)
+    ghz.h(1)
+    ghz.cx(1, 0)
+    ghz.cx(1, 2)
+    ghz.measure([0, 1, 2], [0, 1, 2])
+    partial = QuantumCircuit(3, 1)  # qubits 0 and 2 unmeasured, one busy to the end
+    partial.h(1)
+    partial.cz(0, 1)
+    partial.h(1)
+    partial.x(2)
+    partial.sx(2)
+    partial.measure(1, 0)
+    return [bell, ghz, partial]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_final_measurements_start_together_and_play_where_qiskit_put_them(lab3, index) -> None:
+    native = transpile(_circuits()[index], lab3, seed_transpiler=3)
+    timed = list(zip(native.data, native.op_start_times, strict=True))
+    measures = {native.find_bit(i.qubits[0]).index: t for i, t in timed if i.name == "measure"}
+    assert len(set(measures.values())) == 1, measures
+    for inst, t in timed:  # nothing plays on a qubit after its readout
+        if inst.name not in ("measure", "delay", "barrier"):
+            qubits = {native.find_bit(q).index for q in inst.qubits}
+            assert all(t < measures[q] for q in qubits if q in measures), (inst.name, t)
+
+    program = compile_circuit(native, lab3.snapshot, lab3.channels)
+    channels = lab3.channels.qubits
+    assert dict(zip(program.acq_qubit.tolist(), program.acq_start.tolist(), strict=True)) \
+        == measures
+    qiskit_plays = defaultdict(list)
+    for inst, t in timed:
+        qubits = [native.find_bit(q).index for q in inst.qubits]
+        if inst.name in PULSES:
+            qiskit_plays[channels[qubits[0]].drive[1]].append(t)
+    played = defaultdict(list)
+    for port, start in zip(program.play_port.tolist(), program.play_start.tolist(), strict=True):
+        played[port].append(start)
+    for port, starts in qiskit_plays.items():
+        assert sorted(played[port]) == sorted(starts), (port, played[port], starts)
+    assert max(qiskit_plays) >= 0 and any(len(v) > 1 for v in qiskit_plays.values())
+
+
+@pytest.mark.parametrize(("control", "target"), [(0, 1), (1, 0), (1, 2), (2, 1)])
+def test_a_cz_between_two_hadamards_reads_the_control_on_lab3(lab3, control, target) -> None:
+    """H CZ H on ``target`` reads the control's state, at Qiskit's defaults, unseeded."""
+    for state in (0, 1):
+        qc = QuantumCircuit(3, 1)
+        if state:
+            qc.x(control)
+        qc.h(target)
+        qc.cz(control, target)
+        qc.h(target)
+        qc.measure(target, 0)
+        counts = lab3.run(transpile(qc, lab3), shots=2000).result().get_counts()
+        p1 = counts.get("1", 0) / 2000
+        assert abs(p1 - state) < 0.06, (control, target, state, p1)
