@@ -321,13 +321,22 @@ def _calibrate(args: argparse.Namespace) -> int:
             if not (runs_rb or rb_step):
                 _report_outdated_gate_errors(backend)
         if runs_rb:
-            snapshot = _randomized_benchmarking(backend, progress, _rb_settings(args),
-                                                args.qubits)
-        if args.export and snapshot is not None:
-            Path(args.export).write_text(
-                json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
-            print(f"exported to {args.export}")
+            measured, fitted = _randomized_benchmarking(backend, progress, _rb_settings(args),
+                                                        args.qubits)
+            snapshot = measured or snapshot
+            if not fitted:
+                _export(args, backend, snapshot)
+                return 1
+        _export(args, backend, snapshot)
     return 0
+
+
+def _export(args: argparse.Namespace, backend, snapshot) -> None:
+    """Write ``snapshot`` to ``--export``'s file, when given (and there is a snapshot)."""
+    if args.export and snapshot is not None:
+        Path(args.export).write_text(
+            json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
+        print(f"exported to {args.export}")
 
 
 def _watch_problem(args: argparse.Namespace) -> str | None:
@@ -467,16 +476,21 @@ def _rb_settings(args: argparse.Namespace):
 
 def _randomized_benchmarking(backend, progress, rb_settings, qubits=None):
     """RB of every qubit and cz edge of the backend's newest snapshot (of ``qubits`` and the
-    edges between them, when given) with ``rb_settings``;
-    writes each benchmark's record and plot next to the store, commits the gate errors as a
-    new snapshot (its parent the one measured) and returns it."""
-    from labqpu.calibration.rb import benchmark_and_commit
+    edges between them, when given) with ``rb_settings``; writes each benchmark's record and
+    plot next to the store, commits the gate errors that fitted and the record of the qubits
+    and edges that failed as a new snapshot (its parent the one measured). Returns (the
+    snapshot, or None when nothing was committed; whether every benchmark fitted)."""
+    from labqpu.calibration.runner import benchmark_and_record
 
-    snapshot, _ = benchmark_and_commit(backend, settings=rb_settings, progress=progress,
-                                       qubits=qubits)
-    print(f"committed calibration snapshot {snapshot.snapshot_id} (gate errors from "
-          f"randomized benchmarking) to {backend.config.store_path}")
-    return snapshot
+    snapshot, _, failed = benchmark_and_record(backend, settings=rb_settings,
+                                               progress=progress, qubits=qubits)
+    for subject, reason in failed.items():
+        print(f"randomized benchmarking of {subject} failed: {reason}", file=sys.stderr)
+    if snapshot is not None:
+        print(f"committed calibration snapshot {snapshot.snapshot_id} (gate errors from "
+              f"randomized benchmarking{', failures recorded' if failed else ''}) to "
+              f"{backend.config.store_path}")
+    return snapshot, not failed
 
 
 #: ``labqpu calibrate <command> ...`` that read or roll back the store, with their arguments.

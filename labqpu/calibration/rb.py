@@ -450,20 +450,6 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
     return outcomes
 
 
-def benchmark_and_commit(backend, *, settings: RBSettings = RBSettings(),
-                         edges: Sequence[tuple[int, int]] | None = None, progress=None,
-                         qubits: Sequence[int] | None = None):
-    """:func:`benchmark_gates` (of ``qubits`` and ``edges``) on the backend's newest snapshot,
-    then :func:`commit_benchmarks`. Returns ``(snapshot, outcomes)``. ``FitError`` (nothing
-    committed) when a decay does not fit; ``StaleSnapshotError`` when another writer committed
-    meanwhile."""
-    measured = backend.snapshot
-    outcomes = benchmark_gates(backend, edges=edges, settings=settings, progress=progress,
-                               qubits=qubits)
-    snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress)
-    return snapshot, outcomes
-
-
 def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress=None, *,
                       builder: SnapshotBuilder | None = None) -> tuple:
     """Write each benchmark's record and plot next to the store and commit the gate errors of

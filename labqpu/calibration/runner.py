@@ -42,6 +42,7 @@ from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
 from labqpu.calibration.plots import save_plot
 from labqpu.calibration.rb import (
+    RBOutcome,
     RBSettings,
     benchmark_gates,
     commit_benchmarks,
@@ -529,6 +530,40 @@ def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subjec
     report.snapshot = committed
     report.committed.append(committed)
     report.records.extend(paths)
+
+
+def benchmark_and_record(backend, *, settings: RBSettings | None = None,
+                         qubits: Sequence[int] | None = None, progress=None
+                         ) -> tuple[Snapshot | None, list[RBOutcome], dict[str, str]]:
+    """Randomized benchmarking of every qubit and cz edge of the backend's newest snapshot
+    (of ``qubits`` and the edges between them, when given; ``settings`` default
+    :class:`RBSettings`), as ``labqpu calibrate --rb`` and watch mode run it: a qubit or edge
+    whose decay does not fit costs only itself. The gate errors that fitted and the record of
+    the failed steps (node ``rb``, :func:`record_failures`) are committed as one snapshot whose
+    parent is the one measured. Returns (the snapshot committed, None when nothing changed;
+    the outcomes; {"qubit 2" / "edge 1-2": why} of the failures). ``StaleSnapshotError`` when
+    another writer committed meanwhile."""
+    measured = backend.snapshot
+    failed: dict[tuple[int, ...], str] = {}
+    outcomes = benchmark_gates(backend, settings=settings or RBSettings(), progress=progress,
+                               qubits=qubits, failed=failed)
+    why = {describe(_subject(q)): reason for q, reason in failed.items()}
+    steps = ([Outcome(RB_NODE, describe(_subject(o.data.qubits)), "calibrated", "")
+              for o in outcomes]
+             + [Outcome(RB_NODE, label, "failed", reason) for label, reason in why.items()])
+    builder = SnapshotBuilder.from_snapshot(measured)
+    marked = record_failures(builder, measured, steps,
+                             [_subject(o.data.qubits) for o in outcomes]
+                             + [_subject(q) for q in failed])
+    if outcomes:
+        snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress, builder=builder)
+    elif marked:
+        builder.notes = f"randomized benchmarking: failed steps of {', '.join(marked)} recorded"
+        snapshot = backend.store.commit(builder.build_document(),
+                                        parent_id=measured.snapshot_id, expect_parent=True)
+    else:
+        snapshot = None
+    return snapshot, outcomes, why
 
 
 def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: list[Subject],

@@ -7,9 +7,10 @@ snapshot. A running backend picks that snapshot up for its next job.
 
 The graph's own rb step (benchmarking what a recalibration outdated) is left out of the rounds.
 With ``rb_every`` N, every N-th round whose graph ran also runs randomized benchmarking of the
-watched qubits and their edges after the graph (``rb.benchmark_and_commit``) and commits the
-gate errors, so the Target's errors follow the device too (a round whose graph raised skips
-it). A failed benchmark is logged with its round; the graph's commit stands.
+watched qubits and their edges after the graph (``runner.benchmark_and_record``) and commits
+the gate errors, so the Target's errors follow the device too (a round whose graph raised skips
+it). A qubit or edge whose benchmark fails is recorded as failed in that commit (node ``rb``)
+and logged with its round, and costs only itself; the graph's commit stands.
 
 Each round is logged as one JSON line in ``watch.jsonl`` beside the calibration store (its
 start, the device time, what was fresh, what changed from what to what, what failed) and as
@@ -42,8 +43,8 @@ from qiskit import QuantumCircuit
 from qiskit.providers import JobError
 
 from labqpu.calibration.experiments import json_ready
-from labqpu.calibration.rb import RBSettings, benchmark_and_commit
-from labqpu.calibration.runner import LineReporter, RunReport, run_graph
+from labqpu.calibration.rb import RBSettings
+from labqpu.calibration.runner import LineReporter, RunReport, benchmark_and_record, run_graph
 from labqpu.errors import FitError, InstrumentError, StaleSnapshotError
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class WatchRound:
             text += (f"; RB: {len(self.gate_errors)} gate errors (largest "
                      f"{max(self.gate_errors.values(), default=0.0):.2e}) in snapshot "
                      f"{self.rb_snapshot}")
-        elif self.error is not None:
+        if self.error is not None:
             text += f"; {self.error}"
         return text
 
@@ -135,16 +136,21 @@ class WatchReport:
 def _benchmark(backend, this: WatchRound, qubits: Sequence[int] | None,
                settings: RBSettings) -> None:
     """Randomized benchmarking at the end of round ``this`` (``qubits``: None for all), its
-    gate errors committed; a failure goes into the round's ``error``."""
+    gate errors committed; the qubits and edges that failed, or an error that stopped it, go
+    into the round's ``error``."""
     try:
-        snapshot, outcomes = benchmark_and_commit(backend, qubits=qubits, settings=settings,
-                                                  progress=log.debug)
+        snapshot, outcomes, failed = benchmark_and_record(backend, qubits=qubits,
+                                                          settings=settings, progress=log.debug)
     except ROUND_ERRORS as exc:
         log.exception("watch round %d: randomized benchmarking failed", this.index)
         this.error = f"RB failed: {_error_text(exc)}"
         return
-    this.gate_errors = {gate: float(e) for o in outcomes for gate, e in o.errors.items()}
-    this.rb_snapshot = snapshot.snapshot_id
+    if failed:
+        this.error = "RB failed: " + "; ".join(f"{s}: {why}" for s, why in failed.items())
+        log.warning("watch round %d: %s", this.index, this.error)
+    if outcomes:
+        this.gate_errors = {gate: float(e) for o in outcomes for gate, e in o.errors.items()}
+        this.rb_snapshot = snapshot.snapshot_id
 
 
 def _error_text(exc: BaseException) -> str:

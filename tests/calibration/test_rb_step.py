@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from labqpu import LabProvider
+from labqpu import LabProvider, cli
 from labqpu.calibration import rb, runner
 from labqpu.calibration.rb import RBSettings, outdated_subjects
 from labqpu.calibration.records import load_record
@@ -137,3 +137,43 @@ def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkey
         assert set(failed) == {"qubit 1", "edge 3-4"}
         assert all("StaleSnapshotError" in reason for reason in failed.values()), failed
         assert report.committed == [] and backend.snapshot.notes == "another writer"
+
+
+def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, monkeypatch,
+                                                                      capsys):
+    """``labqpu calibrate --rb`` (in this process, so that the test can make edge 3-4's
+    decay not fit): qubits 3 and 4's gate errors are committed, edge 3-4 keeps its cz error
+    and is recorded as failed under the node rb, stderr names it, and the exit code is 1.
+    Then a run in which it fits clears the record."""
+    use_fresh_home(monkeypatch, tmp_path)
+    fit = rb.fit_rb
+
+    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
+        if num_qubits == 2:
+            raise FitError("decay does not fit (made to fail by the test)")
+        return fit(lengths, survival, num_qubits, *args, **kwargs)
+
+    argv = ["calibrate", "--rb", "--qubits", "3", "4", "--rb-lengths-1q", "1", "40", "120",
+            "300", "--rb-lengths-2q", "1", "8", "24", "48", "--rb-seeds", "3"]
+    with LabProvider() as provider:
+        start = provider.backend().snapshot
+    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "randomized benchmarking of edge 3-4 failed: " in err
+    assert "made to fail by the test" in err
+    with LabProvider() as provider:
+        after = provider.backend().snapshot
+    assert after.parent_id == start.snapshot_id
+    for gate in ("sx:3", "x:4"):
+        assert after.gates[gate]["error"] != start.gates[gate]["error"]
+    assert after.gates["cz:3-4"]["error"] == start.gates["cz:3-4"]["error"]
+    assert list(after.pairs[(3, 4)][CALIBRATION_FAILED].value) == ["rb"]
+    assert CALIBRATION_FAILED not in after.qubits[3]
+
+    monkeypatch.setattr(rb, "fit_rb", fit)
+    assert cli.main(argv) == 0
+    with LabProvider() as provider:
+        cleared = provider.backend().snapshot
+    assert CALIBRATION_FAILED not in cleared.pairs[(3, 4)]
+    assert cleared.gates["cz:3-4"]["error"] != start.gates["cz:3-4"]["error"]

@@ -86,7 +86,7 @@ def test_a_failed_benchmark_is_logged_with_its_round(quiet_lab_backend, tmp_path
     def failing(*args, **kwargs):
         raise FitError("RB of (0,): the decay does not fit")
 
-    monkeypatch.setattr(watch_module, "benchmark_and_commit", failing)
+    monkeypatch.setattr(watch_module, "benchmark_and_record", failing)
     said: list[str] = []
     report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=2, qubits=[0],
                    clock="device", say=said.append, log_path=tmp_path / "watch.jsonl",
