@@ -144,7 +144,7 @@ def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, 
     """``labqpu calibrate --rb`` (in this process, so that the test can make edge 3-4's
     decay not fit): qubits 3 and 4's gate errors are committed, edge 3-4 keeps its cz error
     and is recorded as failed under the node rb, stderr names it, and the exit code is 1.
-    Then a run in which it fits clears the record."""
+    (Clearing a record once the step passes is the graph's, tested in test_failure_marks.)"""
     use_fresh_home(monkeypatch, tmp_path)
     fit = rb.fit_rb
 
@@ -170,10 +170,3 @@ def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, 
     assert after.gates["cz:3-4"]["error"] == start.gates["cz:3-4"]["error"]
     assert list(after.pairs[(3, 4)][CALIBRATION_FAILED].value) == ["rb"]
     assert CALIBRATION_FAILED not in after.qubits[3]
-
-    monkeypatch.setattr(rb, "fit_rb", fit)
-    assert cli.main(argv) == 0
-    with LabProvider() as provider:
-        cleared = provider.backend().snapshot
-    assert CALIBRATION_FAILED not in cleared.pairs[(3, 4)]
-    assert cleared.gates["cz:3-4"]["error"] != start.gates["cz:3-4"]["error"]
