@@ -27,8 +27,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from labqpu.rack.config import BUILTIN_DEVICES
-
 
 def _bell():
     from qiskit import QuantumCircuit
@@ -325,7 +323,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         if runs_rb:
             measured, fitted = _randomized_benchmarking(backend, progress, _rb_settings(args),
                                                         args.qubits)
-            snapshot = measured or snapshot
+            snapshot = measured or backend.snapshot
             if not fitted:
                 _export(args, backend, snapshot)
                 return 1
@@ -598,12 +596,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-#: The built-in devices, as the ``--config`` help lists them.
-_DEVICES = ", ".join(f"{d} (default)" if d == "lab5" else d for d in BUILTIN_DEVICES)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labqpu`` command; returns the exit code."""
+    from labqpu.rack.config import BUILTIN_DEVICES
+
+    devices = ", ".join(f"{d} (default)" if d == "lab5" else d for d in BUILTIN_DEVICES)
     parser = argparse.ArgumentParser(prog="labqpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
@@ -617,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
     run.add_argument("--config", help="with --demo or a .qasm file: lab.toml, or a built-in "
-                     f"device on the embedded simulator: {_DEVICES}. A script takes "
+                     f"device on the embedded simulator: {devices}. A script takes "
                      "its own options after its path")
     run.add_argument("--shots", type=int, default=None,
                      help=f"with --demo or a .qasm file: shots (default {DEMO_SHOTS})")
@@ -634,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.set_defaults(func=_sim)
 
     status = sub.add_parser("status", help="show instruments, controller and calibration")
-    status.add_argument("--config", help=f"lab.toml, or a built-in device: {_DEVICES}")
+    status.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
     status.set_defaults(func=_status)
 
     cal = sub.add_parser("calibrate", help="calibrate the device")
@@ -678,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="--watch: let the interval pass as wall time (sleep) or as idle "
                           "shots on the device (default: device on the embedded simulator, "
                           "where a simulated hour then passes at once; wall otherwise)")
-    cal.add_argument("--config", help=f"lab.toml, or a built-in device: {_DEVICES}")
+    cal.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=400)
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
@@ -694,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     draw = sub.add_parser("draw", help="draw the pulse program a circuit compiles to")
     draw.add_argument("file", help="a .py file defining `circuit` or `qc`, or a .qasm file")
     draw.add_argument("-o", "--output", help="image file (default: FILE's name with .png)")
-    draw.add_argument("--config", help=f"lab.toml, or a built-in device: {_DEVICES}")
+    draw.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
     draw.add_argument("--optimization-level", type=int, default=None, choices=range(4),
                       help="transpiler level (default: Qiskit's default)")
     draw.add_argument("--layout", type=int, nargs="+", metavar="Q",

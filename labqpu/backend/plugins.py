@@ -346,7 +346,9 @@ class CompilerALAP(ALAPScheduleAnalysis):
     measurements and trailing delays from the end of the gates, the final measurements at
     that end, a trailing delay after its qubit's last instruction. A circuit the compiler
     schedules itself (a measurement followed on its qubit by anything but delays and barriers,
-    or a ``reset``) keeps Qiskit's ALAP.
+    or a ``reset``), and one with a barrier after a measurement of one of its qubits (the
+    compiler holds that qubit's gates before the barrier, which Qiskit's padding would put
+    after it), keep Qiskit's ALAP.
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
@@ -358,6 +360,8 @@ class CompilerALAP(ALAPScheduleAnalysis):
         for i, node in enumerate(nodes):
             if node.name == "reset":
                 return dag
+            if node.name == "barrier" and measured.intersection(node.qargs):
+                return dag  # it would hold gates before the readout it follows in time
             if node.name in ("delay", "barrier"):
                 continue
             if measured.intersection(node.qargs):

@@ -77,8 +77,9 @@ class WatchRound:
     clock_s: float
     report: RunReport | None
     error: str | None = None
-    #: Gate errors the round's randomized benchmarking committed (``sx:1`` -> error), and
-    #: the snapshot it committed them in; None when it ran no RB.
+    #: Gate errors the round's randomized benchmarking committed (``sx:1`` -> error; None
+    #: when it ran none or none fitted), and the snapshot it committed (gate errors, failure
+    #: records); None when it committed nothing.
     gate_errors: dict[str, float] | None = None
     rb_snapshot: int | None = None
 
@@ -121,6 +122,7 @@ class WatchRound:
                             for o in self.report.outcomes]
         if self.gate_errors is not None:
             out["gate_errors"] = self.gate_errors
+        if self.rb_snapshot is not None:
             out["rb_snapshot"] = self.rb_snapshot
         return out
 
@@ -145,12 +147,15 @@ def _benchmark(backend, this: WatchRound, qubits: Sequence[int] | None,
         log.exception("watch round %d: randomized benchmarking failed", this.index)
         this.error = f"RB failed: {_error_text(exc)}"
         return
-    if failed:
-        this.error = "RB failed: " + "; ".join(f"{s}: {why}" for s, why in failed.items())
-        log.warning("watch round %d: %s", this.index, this.error)
+    if snapshot is not None:
+        this.rb_snapshot = snapshot.snapshot_id
     if outcomes:
         this.gate_errors = {gate: float(e) for o in outcomes for gate, e in o.errors.items()}
-        this.rb_snapshot = snapshot.snapshot_id
+    if failed:
+        where = f" (recorded in snapshot {snapshot.snapshot_id})" if snapshot else ""
+        this.error = ("RB failed: " + "; ".join(f"{s}: {why}" for s, why in failed.items())
+                      + where)
+        log.warning("watch round %d: %s", this.index, this.error)
 
 
 def _error_text(exc: BaseException) -> str:

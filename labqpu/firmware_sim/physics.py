@@ -467,6 +467,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 flux_iv.setdefault(q, []).append((start, end))
 
         acq = [(i, acq_qubit[int(p)]) for i, p in enumerate(prog.acq_port)]
+        samples.setflags(write=False)  # shared by every chunk and segment of the run
         rendered = _Rendered(samples, drive_iv, flux_iv, acq)
         self._last_rendered = (prog, rendered)
         return rendered

@@ -60,26 +60,33 @@ def test_final_measurements_start_together_and_play_where_qiskit_put_them(lab3, 
     timed = list(zip(native.data, native.op_start_times, strict=True))
     measures = {native.find_bit(i.qubits[0]).index: t for i, t in timed if i.name == "measure"}
     assert len(set(measures.values())) == 1, measures
-    for inst, t in timed:  # nothing plays on a qubit after its readout
+    for inst, t in timed:  # every gate on a measured qubit ends by its readout
         if inst.name not in ("measure", "delay", "barrier"):
-            qubits = {native.find_bit(q).index for q in inst.qubits}
-            assert all(t < measures[q] for q in qubits if q in measures), (inst.name, t)
+            qubits = tuple(native.find_bit(q).index for q in inst.qubits)
+            end = t + round(lab3.target[inst.name][qubits].duration / lab3.dt)
+            assert all(end <= measures[q] for q in qubits if q in measures), (inst.name, t)
 
     program = compile_circuit(native, lab3.snapshot, lab3.channels)
     channels = lab3.channels.qubits
     assert dict(zip(program.acq_qubit.tolist(), program.acq_start.tolist(), strict=True)) \
         == measures
     qiskit_plays = defaultdict(list)
+    cz_starts = []
     for inst, t in timed:
         qubits = [native.find_bit(q).index for q in inst.qubits]
         if inst.name in PULSES:
             qiskit_plays[channels[qubits[0]].drive[1]].append(t)
+        elif inst.name == "cz":
+            cz_starts.append(t)
     played = defaultdict(list)
     for port, start in zip(program.play_port.tolist(), program.play_start.tolist(), strict=True):
         played[port].append(start)
     for port, starts in qiskit_plays.items():
         assert sorted(played[port]) == sorted(starts), (port, played[port], starts)
-    assert max(qiskit_plays) >= 0 and any(len(v) > 1 for v in qiskit_plays.values())
+    flux_ports = {channels[q].flux[1] for q in channels}
+    assert sorted(t for p, ts in played.items() if p in flux_ports for t in ts) == \
+        sorted(cz_starts)
+    assert sum(map(len, qiskit_plays.values())) >= 3 and cz_starts
 
 
 @pytest.mark.parametrize(("control", "target"), [(0, 1), (1, 0), (1, 2), (2, 1)])

@@ -1,5 +1,5 @@
 """The graph runner brings a deliberately wrong snapshot back, on the simulator, on lab5 and on
-lab3 (three transmons low-high-low, whose frequencies, anharmonicities, T1s, couplings, sweet
+lab3 (three transmons high-low-high, whose frequencies, anharmonicities, T1s, couplings, sweet
 spots, flux scales, resonators and noise all differ from lab5's).
 
 Every qubit starts with its frequency off by 3 MHz (signs alternating) and its pi and pi/2

@@ -97,6 +97,41 @@ def test_a_failed_benchmark_is_logged_with_its_round(quiet_lab_backend, tmp_path
     assert said[1].endswith("RB failed: FitError: RB of (0,): the decay does not fit")
 
 
+def test_a_benchmark_that_fails_for_one_edge_costs_only_that_edge(quiet_lab_backend, tmp_path,
+                                                                   monkeypatch) -> None:
+    """Watch-mode RB whose 2-qubit decay does not fit: the round keeps the gate errors that
+    fitted, names the edge in its error, and the commit records the edge as failed (rb)."""
+    from labqpu.calibration import rb
+    from labqpu.store import CALIBRATION_FAILED, SnapshotBuilder
+
+    fit = rb.fit_rb
+
+    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
+        if num_qubits == 2:
+            raise FitError("decay does not fit (made to fail by the test)")
+        return fit(lengths, survival, num_qubits, *args, **kwargs)
+
+    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
+    report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=1, qubits=[0, 1],
+                   clock="device", log_path=tmp_path / "watch.jsonl", rb_every=1,
+                   rb_settings=RBSettings(lengths_1q=(1, 40, 120, 300),
+                                          lengths_2q=(1, 8, 24, 48), seeds=2, shots=200))
+    (round_,) = report.rounds
+    newest = quiet_lab_backend.store.get(quiet_lab_backend.store.latest_id())
+    if CALIBRATION_FAILED in newest.pairs.get((0, 1), {}):  # the session's backend goes on
+        builder = SnapshotBuilder.from_snapshot(newest)
+        builder.remove_pair((0, 1), CALIBRATION_FAILED)
+        quiet_lab_backend.store.commit(builder.build_document())
+    assert round_.error == ("RB failed: edge 0-1: decay does not fit (made to fail by the "
+                            f"test) (recorded in snapshot {round_.rb_snapshot})")
+    assert set(round_.gate_errors) == {"sx:0", "sy:0", "x:0", "sx:1", "sy:1", "x:1"}
+    committed = quiet_lab_backend.store.get(round_.rb_snapshot)
+    assert list(committed.pairs[(0, 1)][CALIBRATION_FAILED].value) == ["rb"]
+    assert "RB: 6 gate errors" in round_.summary() and "edge 0-1: decay" in round_.summary()
+    line = json.loads((tmp_path / "watch.jsonl").read_text().splitlines()[0])
+    assert line["rb_snapshot"] == round_.rb_snapshot and line["error"] == round_.error
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"interval_s": -1.0}, "interval must be a finite number of seconds >= 0"),
     ({"interval_s": float("nan")}, "interval must be a finite number of seconds >= 0"),
