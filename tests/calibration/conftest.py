@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from labqpu.calibration import rb
 from labqpu.calibration.leakage import LEAKAGE_REPEATS
+from labqpu.errors import FitError
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 
 
@@ -163,3 +165,21 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int, *,
 def exact_cz(ladders) -> Callable:
     """:func:`cz_reference`: exact leakage curve and conditional phases of a snapshot's CZ."""
     return functools.partial(cz_reference, ladders=ladders)
+
+
+#: The reason a 2-qubit decay gives under ``edge_decays_do_not_fit``.
+EDGE_FIT_FAILURE = "decay does not fit (made to fail by the test)"
+
+
+@pytest.fixture
+def edge_decays_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every 2-qubit randomized-benchmarking decay fails its fit (``FitError`` with
+    ``EDGE_FIT_FAILURE``); 1-qubit decays fit as usual."""
+    fit = rb.fit_rb
+
+    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
+        if num_qubits == 2:
+            raise FitError(EDGE_FIT_FAILURE)
+        return fit(lengths, survival, num_qubits, *args, **kwargs)
+
+    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)

@@ -8,11 +8,10 @@ from datetime import datetime, timedelta
 import pytest
 
 from labqpu import LabProvider, cli
-from labqpu.calibration import rb, runner
+from labqpu.calibration import runner
 from labqpu.calibration.rb import RBSettings, outdated_subjects
 from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import run_graph
-from labqpu.errors import FitError
 from labqpu.store import CALIBRATION_FAILED, SnapshotBuilder
 from labqpu.testing import use_fresh_home
 
@@ -83,18 +82,11 @@ def test_the_rb_step_benchmarks_only_what_a_recalibration_outdated(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch):
+def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch,
+                                                          edge_decays_do_not_fit):
     """The 2-qubit decay of edge 3-4 made not to fit: qubit 1's gate errors are still
     committed, edge 3-4 is reported failed with the reason and keeps its old cz error."""
     use_fresh_home(monkeypatch, tmp_path)
-    fit = rb.fit_rb
-
-    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
-        if num_qubits == 2:
-            raise FitError("decay does not fit (made to fail by the test)")
-        return fit(lengths, survival, num_qubits, *args, **kwargs)
-
-    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
     with LabProvider() as provider:
         backend = provider.backend()
         start, now = _outdate_qubit_1_and_edge_3_4(backend)
@@ -140,24 +132,17 @@ def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkey
 
 
 def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, monkeypatch,
-                                                                      capsys):
+                                                                      capsys,
+                                                                      edge_decays_do_not_fit):
     """``labqpu calibrate --rb`` (in this process, so that the test can make edge 3-4's
     decay not fit): qubits 3 and 4's gate errors are committed, edge 3-4 keeps its cz error
     and is recorded as failed under the node rb, stderr names it, and the exit code is 1.
     (Clearing a record once the step passes is the graph's, tested in test_failure_marks.)"""
     use_fresh_home(monkeypatch, tmp_path)
-    fit = rb.fit_rb
-
-    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
-        if num_qubits == 2:
-            raise FitError("decay does not fit (made to fail by the test)")
-        return fit(lengths, survival, num_qubits, *args, **kwargs)
-
     argv = ["calibrate", "--rb", "--qubits", "3", "4", "--rb-lengths-1q", "1", "40", "120",
             "300", "--rb-lengths-2q", "1", "8", "24", "48", "--rb-seeds", "3"]
     with LabProvider() as provider:
         start = provider.backend().snapshot
-    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "randomized benchmarking of edge 3-4 failed: " in err

@@ -98,20 +98,12 @@ def test_a_failed_benchmark_is_logged_with_its_round(quiet_lab_backend, tmp_path
 
 
 def test_a_benchmark_that_fails_for_one_edge_costs_only_that_edge(quiet_lab_backend, tmp_path,
-                                                                   monkeypatch) -> None:
+                                                                   edge_decays_do_not_fit
+                                                                   ) -> None:
     """Watch-mode RB whose 2-qubit decay does not fit: the round keeps the gate errors that
     fitted, names the edge in its error, and the commit records the edge as failed (rb)."""
-    from labqpu.calibration import rb
     from labqpu.store import CALIBRATION_FAILED, SnapshotBuilder
 
-    fit = rb.fit_rb
-
-    def fails_for_edges(lengths, survival, num_qubits, *args, **kwargs):
-        if num_qubits == 2:
-            raise FitError("decay does not fit (made to fail by the test)")
-        return fit(lengths, survival, num_qubits, *args, **kwargs)
-
-    monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
     report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=1, qubits=[0, 1],
                    clock="device", log_path=tmp_path / "watch.jsonl", rb_every=1,
                    rb_settings=RBSettings(lengths_1q=(1, 40, 120, 300),
