@@ -137,7 +137,7 @@ class LabBackend(BackendV2):
     def _default_options(cls) -> Options:
         opts = Options(
             shots=1024, memory=False, meas_level=2, meas_return="single", rep_delay=None,
-            seed_simulator=None, sync=False, scheduling_method="alap", timeout=300.0,
+            seed_simulator=None, sync=False, scheduling_method="auto", timeout=300.0,
             job_tags=None, reset_method="active", trace_decimation=None, merge_sweeps=True,
         )
         opts.set_validator("shots", (1, MAX_SHOTS))
@@ -546,7 +546,9 @@ class LabBackend(BackendV2):
         ``shots`` (1..100000), ``memory``, ``meas_level`` (0: raw traces, 1: IQ, 2: counts),
         ``meas_return``, ``rep_delay`` (s; None: :func:`default_rep_delay_s` of the snapshot),
         ``trace_decimation`` (samples per trace point with meas_level 0; None: the
-        controller's default), ``seed_simulator``, ``scheduling_method`` ("alap"/"asap"),
+        controller's default), ``seed_simulator``, ``scheduling_method`` ("auto": ALAP, or
+        ASAP for a circuit with mid-circuit measurement that the scheduling stage timed;
+        "alap"; "asap"),
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
         ``reset_method`` ("active": measure, then x when the result is 1, where the controller
         has feed-forward; "passive": idle for the calibrated thermalisation time),

@@ -54,7 +54,7 @@ from labqpu.pulse.tables import (
 )
 from labqpu.store import Snapshot
 
-SCHEDULING_METHODS = ("alap", "asap")
+SCHEDULING_METHODS = ("auto", "alap", "asap")
 __all__ = ["READOUT_RISE_S", "RESET_METHODS", "SCHEDULING_METHODS", "SY_PHASE_RAD", "clear_caches",
            "compile_circuit", "synthesize", "waveform"]
 
@@ -154,6 +154,14 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     return rows, qptr, qflat, set(last_used), measured
 
 
+def _timed(circuit: QuantumCircuit) -> bool:
+    """Whether a Qiskit scheduling pass has timed ``circuit`` (it has ``op_start_times``)."""
+    try:
+        return circuit.op_start_times is not None
+    except AttributeError:
+        return False
+
+
 #: Instructions that make a circuit dynamic (read by ``dynamic.lower_dynamic``).
 _CONTROL_FLOW = frozenset({"if_else", "while_loop", "for_loop", "switch_case", "box",
                            "break_loop", "continue_loop"})
@@ -175,6 +183,14 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     readout calibration, given feed-forward; passive elsewhere) or "passive" (idle for the
     calibrated ``reset_duration_s``). ``pulse_gates``: the definitions of custom pulse gates
     by name and device qubits (``labqpu.pulse.gates``; ``LabBackend.add_pulse_gate``).
+    ``scheduling_method``: "alap", "asap", or "auto" (the backend's default): ASAP for a circuit
+    that this compiler schedules itself (mid-circuit measurement, active reset, pulse gates)
+    and that a Qiskit scheduling stage has already timed and padded (it has ``op_start_times``;
+    the padding fills every slot up to a qubit's measurement, so ASAP plays its gates where
+    Qiskit put them), ALAP otherwise. ALAP would move such a circuit's last gates on a qubit to
+    the end of the program, leaving the qubit to wait in superposition beside a partner that
+    is measured and flipped meanwhile, and static ZZ would turn its phase. A circuit with
+    control flow is not timed by the scheduling stage and stays ALAP.
     """
     if scheduling_method not in SCHEDULING_METHODS:
         raise CompilationError(
@@ -227,7 +243,9 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
         np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
         np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64), parent, offset, block,
-        num_resources, channels.num_qubits, scheduling_method == "alap",
+        num_resources, channels.num_qubits,
+        scheduling_method == "alap"
+        or (scheduling_method == "auto" and (dynamic is None or not _timed(circuit))),
         effects, len(waves_of), tables.drive_ports(), *plays, *acqs, wave_order,
         *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
