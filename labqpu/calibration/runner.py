@@ -547,14 +547,12 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     failed: dict[tuple[int, ...], str] = {}
     outcomes = benchmark_gates(backend, settings=settings or RBSettings(), progress=progress,
                                qubits=qubits, failed=failed)
-    why = {describe(_subject(q)): reason for q, reason in failed.items()}
-    steps = ([Outcome(RB_NODE, describe(_subject(o.data.qubits)), "calibrated", "")
-              for o in outcomes]
-             + [Outcome(RB_NODE, label, "failed", reason) for label, reason in why.items()])
+    fitted = [_subject(o.data.qubits) for o in outcomes]
+    why = {_subject(q): reason for q, reason in failed.items()}
+    steps = ([Outcome(RB_NODE, describe(s), "calibrated", "") for s in fitted]
+             + [Outcome(RB_NODE, describe(s), "failed", reason) for s, reason in why.items()])
     builder = SnapshotBuilder.from_snapshot(measured)
-    marked = record_failures(builder, measured, steps,
-                             [_subject(o.data.qubits) for o in outcomes]
-                             + [_subject(q) for q in failed])
+    marked = record_failures(builder, measured, steps, [*fitted, *why])
     if outcomes:
         snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress, builder=builder)
     elif marked:
@@ -563,7 +561,7 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
                                         parent_id=measured.snapshot_id, expect_parent=True)
     else:
         snapshot = None
-    return snapshot, outcomes, why
+    return snapshot, outcomes, {describe(s): reason for s, reason in why.items()}
 
 
 def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: list[Subject],

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -197,13 +196,6 @@ class Evolution:
     acquisitions: list[tuple[int, int]]
 
 
-class _Rendered(NamedTuple):
-    samples: np.ndarray
-    drive_iv: dict[int, list[tuple[int, int]]]
-    flux_iv: dict[int, list[tuple[int, int]]]
-    acquisitions: list[tuple[int, int]]
-
-
 def _resume_qubits(start: EvolutionStart, needed: set[int]) -> set[int]:
     """The qubits of ``start``, checked to hold every qubit in ``needed`` in axis order."""
     missing = sorted(needed - set(start.position))
@@ -273,8 +265,6 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self._block_cache: dict[tuple, list] = {}
         #: Phasors of a drive's frame over a block, per detuning and length (:meth:`_frame`).
         self._frames: dict[tuple[float, int], np.ndarray] = {}
-        #: The last program rendered, and its rendering (:meth:`_rendered`).
-        self._last_rendered: tuple[WireProgram, _Rendered] | None = None
         #: Stark phases of drive crosstalk (``crosstalk.apply_drive_crosstalk``).
         self.crosstalk_cache: dict[tuple, list[np.ndarray]] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
@@ -344,7 +334,47 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         Raises ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
-        samples, drive_iv, flux_iv, acq = self._rendered(prog)
+        n_ports = int(max(
+            [int(prog.play_port.max()) if prog.play_port.size else 0]
+            + [c.drive_port for c in self.cabling.values()]
+            + [c.flux_port for c in self.cabling.values()]
+            + [c.readout_port for c in self.cabling.values()]
+        )) + 1
+        samples = _render_kernel(
+            n_ports, int(prog.duration_samples), prog.play_port, prog.play_start, prog.play_wave,
+            prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
+            prog.wave_data, fs,
+        )
+        peak = np.abs(samples).max(axis=1) if samples.size else np.zeros(n_ports)
+        over = np.flatnonzero(peak > 1.0 + 1e-6)
+        if over.size:
+            port = int(over[0])
+            k = int(np.argmax(np.abs(samples[port])))
+            raise SimulationError(f"output port {port} exceeds DAC full scale at sample {k} "
+                                  f"(|{peak[port]:.4g}| > 1): overlapping plays add")
+        port_role = {}
+        for q, cab in self.cabling.items():
+            port_role[cab.drive_port] = (q, "drive")
+            port_role[cab.flux_port] = (q, "flux")
+            port_role[cab.readout_port] = (q, "readout")
+        acq_qubit = {cab.acquire_port: q for q, cab in self.cabling.items()}
+
+        drive_iv: dict[int, list[tuple[int, int]]] = {}
+        flux_iv: dict[int, list[tuple[int, int]]] = {}
+        for i in range(prog.play_port.shape[0]):
+            port = int(prog.play_port[i])
+            if port not in port_role:
+                continue
+            q, role = port_role[port]
+            start = int(prog.play_start[i])
+            w = int(prog.play_wave[i])
+            end = start + int(prog.wave_offset[w + 1] - prog.wave_offset[w])
+            if role == "drive":
+                drive_iv.setdefault(q, []).append((start, end))
+            elif role == "flux":
+                flux_iv.setdefault(q, []).append((start, end))
+
+        acq = [(i, acq_qubit[int(p)]) for i, p in enumerate(prog.acq_port)]
         measured = [q for _, q in acq]
         if len(set(measured)) != len(measured):
             raise SimulationError(
@@ -417,60 +447,6 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             local.idle(q, acq_time.get(q, t_end))
             local.flush(q)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
-
-    def _rendered(self, prog: WireProgram) -> _Rendered:
-        """``prog`` rendered per output port, its drive and flux intervals per qubit and its
-        acquisitions; the last program's are kept, since the chunks and resumed segments of
-        one run evolve the same program again. Raises ``SimulationError`` for a port over
-        full scale. The result must not be modified."""
-        last = self._last_rendered
-        if last is not None and last[0] is prog:
-            return last[1]
-        n_ports = int(max(
-            [int(prog.play_port.max()) if prog.play_port.size else 0]
-            + [c.drive_port for c in self.cabling.values()]
-            + [c.flux_port for c in self.cabling.values()]
-            + [c.readout_port for c in self.cabling.values()]
-        )) + 1
-        samples = _render_kernel(
-            n_ports, int(prog.duration_samples), prog.play_port, prog.play_start, prog.play_wave,
-            prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
-            prog.wave_data, self.device.sample_rate_hz,
-        )
-        peak = np.abs(samples).max(axis=1) if samples.size else np.zeros(n_ports)
-        over = np.flatnonzero(peak > 1.0 + 1e-6)
-        if over.size:
-            port = int(over[0])
-            k = int(np.argmax(np.abs(samples[port])))
-            raise SimulationError(f"output port {port} exceeds DAC full scale at sample {k} "
-                                  f"(|{peak[port]:.4g}| > 1): overlapping plays add")
-        port_role = {}
-        for q, cab in self.cabling.items():
-            port_role[cab.drive_port] = (q, "drive")
-            port_role[cab.flux_port] = (q, "flux")
-            port_role[cab.readout_port] = (q, "readout")
-        acq_qubit = {cab.acquire_port: q for q, cab in self.cabling.items()}
-
-        drive_iv: dict[int, list[tuple[int, int]]] = {}
-        flux_iv: dict[int, list[tuple[int, int]]] = {}
-        for i in range(prog.play_port.shape[0]):
-            port = int(prog.play_port[i])
-            if port not in port_role:
-                continue
-            q, role = port_role[port]
-            start = int(prog.play_start[i])
-            w = int(prog.play_wave[i])
-            end = start + int(prog.wave_offset[w + 1] - prog.wave_offset[w])
-            if role == "drive":
-                drive_iv.setdefault(q, []).append((start, end))
-            elif role == "flux":
-                flux_iv.setdefault(q, []).append((start, end))
-
-        acq = [(i, acq_qubit[int(p)]) for i, p in enumerate(prog.acq_port)]
-        samples.setflags(write=False)  # shared by every chunk and segment of the run
-        rendered = _Rendered(samples, drive_iv, flux_iv, acq)
-        self._last_rendered = (prog, rendered)
-        return rendered
 
     def _advance_zz(self, ctx: _RunContext, until: int) -> None:
         """Apply the register's pair phases from ``ctx.anchor`` up to sample ``until``.
