@@ -598,7 +598,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labqpu`` command; returns the exit code."""
-    from labqpu.rack.config import BUILTIN_DEVICES
+    from labqpu.rack.builtin import BUILTIN_DEVICES
 
     devices = ", ".join(f"{d} (default)" if d == "lab5" else d for d in BUILTIN_DEVICES)
     parser = argparse.ArgumentParser(prog="labqpu", description=__doc__,

@@ -231,6 +231,24 @@ def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, expor
         assert "Traceback" not in proc.stderr
 
 
+def test_calibrate_history_of_a_misspelt_parameter_names_the_close_one(tmp_path, export):
+    _seeded_home(tmp_path, export)
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1", "--qubit", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert "no snapshot holds a qubit parameter 't1'; did you mean 't1_s'?" in proc.stderr
+
+
+def test_help_starts_without_qiskit(tmp_path):
+    code = ("import sys\nfrom labqpu.cli import main\ntry:\n    main(['run', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'qiskit', 'numpy'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "lab5 (default), lab10, lab3" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
 def test_calibrate_without_a_task_names_the_choices(tmp_path):
     proc = labqpu(tmp_path, "calibrate")
     assert proc.returncode == 2

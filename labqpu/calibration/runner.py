@@ -111,24 +111,35 @@ class RunReport:
     def table(self) -> str:
         """The summary: every value changed (old -> new), then what was fresh, failed or
         blocked."""
-        lines = [f"{'node':<24}{'subject':<10}{'parameter':<30}{'old':>16}  ->  {'new':<16}"]
-        for o in self.with_status("calibrated"):
-            for c in o.changes:
-                lines.append(f"{o.node:<24}{o.subject:<10}{c.name:<30}{_show(c.old):>16}  ->  "
-                             f"{_show(c.new):<16}")
-        for status in ("calibrated", "fresh", "failed", "blocked"):
+        changes = [(o.node, o.subject, c.name, _show(c.old), _show(c.new))
+                   for o in self.with_status("calibrated") for c in o.changes]
+        listed = [o for o in self.outcomes if o.status in _LISTED_STATUSES]
+        node_w = max([len("node"), *(len(o.node) for o in listed)]) + 2
+        subject_w = max([len("subject"), *(len(o.subject) for o in listed)]) + 2
+        name_w = max([len("parameter"), *(len(c[2]) for c in changes)]) + 2
+        old_w = max([len("old"), *(len(c[3]) for c in changes)])
+        lines = [f"{'node':<{node_w}}{'subject':<{subject_w}}{'parameter':<{name_w}}"
+                 f"{'old':>{old_w}}  ->  new"]
+        for node, subject, name, old, new in changes:
+            lines.append(f"{node:<{node_w}}{subject:<{subject_w}}{name:<{name_w}}"
+                         f"{old:>{old_w}}  ->  {new}")
+        for status in _LISTED_STATUSES:
             chosen = self.with_status(status)
             if not chosen:
                 continue
             lines.append(f"{status} ({len(chosen)}):")
             for o in chosen:
-                lines.append(f"  {o.node:<24}{o.subject:<10}{o.reason}")
+                lines.append(f"  {o.node:<{node_w}}{o.subject:<{subject_w}}{o.reason}")
         if self.committed:
             ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
             lines.append(f"committed snapshot {ids} (parent {self.parent_id})")
         else:
             lines.append(f"nothing committed; snapshot {self.parent_id} stays the newest")
         return "\n".join(lines)
+
+
+#: The statuses the summary lists, in its order.
+_LISTED_STATUSES = ("calibrated", "fresh", "failed", "blocked")
 
 
 def _show(value: Any) -> str:

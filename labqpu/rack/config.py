@@ -23,6 +23,7 @@ from labqpu.drivers.scpi import (
 )
 from labqpu.errors import BackendConfigurationError
 from labqpu.pulse.channels import ChannelMap, QubitChannels
+from labqpu.rack.builtin import BUILTIN_DEVICES
 
 ROLES = ("drive", "flux", "readout", "acquire")
 INSTRUMENT_KINDS = ("signal_generator", "current_source")
@@ -109,12 +110,6 @@ class LabConfig:
 def labqpu_home() -> Path:
     """Where labqpu keeps per-device state: ``$LABQPU_HOME`` or ``~/.labqpu``."""
     return Path(os.environ.get("LABQPU_HOME", Path.home() / ".labqpu"))
-
-
-#: The devices shipped with labqpu, each with a wiring file, design values, a calibration
-#: snapshot and a simulator device file: ``LabProvider("lab10")`` runs one on the embedded
-#: simulator.
-BUILTIN_DEVICES = ("lab5", "lab10", "lab3")
 
 
 def default_config_path() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sqlite3
@@ -487,6 +488,8 @@ class CalibrationStore:
 
         Raises:
             ValueError: not exactly one of ``qubit``, ``pair``, ``gate``.
+            CalibrationMissingError: no snapshot holds a parameter of that name in that
+                section (the message lists the names it holds and the closest one).
         """
         chosen = [(section, key) for section, key in
                   (("qubits", None if qubit is None else str(qubit_index(qubit))),
@@ -498,14 +501,23 @@ class CalibrationStore:
         cutoff = None if since is None else datetime.fromisoformat(check_timestamp(since))
         rows = self._query("SELECT id, document FROM snapshots WHERE complete = 1 ORDER BY id")
         records: dict[tuple, ParameterRecord] = {}
+        names: set[str] = set()
         for snapshot_id, document in rows:
-            entry = json.loads(document)[section].get(key, {}).get(name)
+            subjects = json.loads(document)[section]
+            names.update(n for params in subjects.values() for n in params)
+            entry = subjects.get(key, {}).get(name)
             if entry is None:
                 continue
             identity = (canonical_json(entry["value"]), entry["timestamp"], entry["experiment"])
             if identity not in records:
                 records[identity] = ParameterRecord(snapshot_id, entry["value"],
                                                     entry["timestamp"], entry["experiment"])
+        if names and name not in names:
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise CalibrationMissingError(
+                f"no snapshot holds a {section[:-1]} parameter {name!r}{hint} "
+                f"({section[:-1]} parameters: {', '.join(sorted(names))})")
         out = [r for r in records.values()
                if cutoff is None or datetime.fromisoformat(r.timestamp) >= cutoff]
         return sorted(out, key=lambda r: (r.timestamp, r.snapshot_id), reverse=True)

@@ -175,3 +175,27 @@ def test_target_leaves_out_a_qubit_with_a_stale_frequency(snapshot, config, capl
     bad = replace(config, raw={**config.raw, "calibration": {"max_age_h": {"frequncy": 1}}})
     with pytest.raises(ValueError, match="frequncy: unknown kind"):
         build_target(aged, bad, now=NOW)
+
+
+def test_the_summary_table_keeps_its_columns_whatever_the_names():
+    from labqpu.calibration.runner import Change, Outcome, RunReport
+
+    report = RunReport([
+        Outcome("resonator_spectroscopy", "qubit 10", "calibrated", "check failed",
+                changes=[Change("qubit 10", "readout_assignment_fidelity", 0.91, 0.987654321),
+                         Change("qubit 10", "resonator_hz", None, 7.123456789e9)]),
+        Outcome("cz", "edge 10-11", "calibrated", "aged",
+                changes=[Change("edge 10-11", "cz_amplitude", 0.25, 0.3)]),
+        Outcome("t1", "qubit 0", "fresh", "within 2 sigma"),
+        Outcome("rb", "edge 3-4", "failed", "fit did not converge"),
+    ], parent_id=7)
+    lines = report.table().splitlines()
+    header, rows = lines[0], lines[1:4]
+    arrows = {line.index("->") for line in [header, *rows]}
+    assert len(arrows) == 1, report.table()
+    for column in ("subject", "parameter"):
+        start = header.index(column)
+        assert all(row[start - 1] == " " and row[start] != " " for row in rows), report.table()
+    listed = [line for line in lines if line.startswith("  ")]
+    assert len({line.index(line.split()[1]) for line in listed}) == 1, report.table()
+    assert lines[-1] == "nothing committed; snapshot 7 stays the newest"
