@@ -114,6 +114,37 @@ def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
         ctx.term()
 
 
+def scpi_transaction_costs(resource: str, calls: int) -> tuple[float, float]:
+    """Median seconds of one state query (``FREQ?;POW?;OUTP?``) to the simulated LO source at
+    ``resource``: through a pyvisa-py session, as the drivers send it, and as a line on a raw
+    TCP socket to the same instrument, alternately."""
+    from labqpu.drivers.scpi import SignalGenerator
+
+    host, port = resource.split("::")[1:3]
+    source = SignalGenerator(resource)
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = raw.makefile("rb")
+    line = (source.STATE_QUERY + "\n").encode()
+    try:
+        visa_s, raw_s = [], []
+        for i in range(calls + 1):
+            t0 = time.perf_counter()
+            source.query(source.STATE_QUERY)
+            t1 = time.perf_counter()
+            raw.sendall(line)
+            reader.readline()
+            t2 = time.perf_counter()
+            if i:
+                visa_s.append(t1 - t0)
+                raw_s.append(t2 - t1)
+        return statistics.median(visa_s), statistics.median(raw_s)
+    finally:
+        reader.close()
+        raw.close()
+        source.close()
+
+
 @contextlib.contextmanager
 def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
     """Count the drivers' ZeroMQ requests (by op) and SCPI exchanges while inside, and sum
@@ -214,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     if i:
                         exec_s.append(result["elapsed_s"])
             zmq_rtt, tcp_rtt = raw_round_trips(zport, tport, 300)
+            lo = next(i for i in provider.config.instruments if i.kind == "signal_generator")
+            visa_query, raw_query = scpi_transaction_costs(lo.resource, 300)
 
     t_job, t_exec = statistics.median(job_s), statistics.median(exec_s)
     fetches = counts.pop("zmq fetch", 0)
@@ -239,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
          "instruments' parsing and the queries after the first), host code "
          f"{dur(spent / jobs - zmq_s - scpi_s)} (validation, compile, the job thread, "
          "IQ -> counts)")
+    info(f"one state query to the simulated LO source {lo.name}: {dur(visa_query)} through "
+         f"pyvisa-py, {dur(raw_query)} as a line on a raw TCP socket (same instrument, "
+         f"alternately): pyvisa-py's own cost is {dur(visa_query - raw_query)} per "
+         f"transaction, {dur(asked * (visa_query - raw_query))} for the {asked} the job asks")
     info(f"job time min {dur(min(job_s))}, max {dur(max(job_s))}; last counts {counts_out}")
     print(f"load average at end {tm.load_average()}")
     return 0
