@@ -142,8 +142,8 @@ class PulseProgram:
             arr = getattr(self, name)
             if not (type(arr) is np.ndarray and arr.dtype is dtype and arr.flags.c_contiguous):
                 arr = np.ascontiguousarray(arr, dtype=dtype)
+                object.__setattr__(self, name, arr)
             arr.setflags(write=False)
-            object.__setattr__(self, name, arr)
             shapes[name] = arr.shape
         n_play = shapes["play_port"]
         if len(n_play) != 1 or any(shapes[f] != n_play for f in PLAY_FIELDS):

@@ -70,6 +70,10 @@ class Calibration:
             qubits=qubits, instruction=name) from cause
 
 
+#: Seconds per unit of a delay's duration (Qiskit's units besides "dt").
+_DELAY_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
+
+
 def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                       circuit: QuantumCircuit, timing: TimingConstraints) -> int:
     """Samples ``inst`` occupies: calibrated durations padded onto the controller's timing grid
@@ -96,14 +100,14 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
         if unit == "dt":
             samples = int(value)
         else:
-            scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
-            if unit not in scale:
+            if unit not in _DELAY_UNITS_S:
                 raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
                                        circuit=circuit.name, qubits=qubits,
                                        instruction="delay")
-            samples = round(float(value) * scale[unit] * fs)
-        timing.check_delay(samples, f"circuit {circuit.name!r}: delay on qubits {qubits}",
-                           circuit=circuit.name, qubits=qubits)
+            samples = round(float(value) * _DELAY_UNITS_S[unit] * fs)
+        if samples % timing.grid:  # the message is built only for a delay off the grid
+            timing.check_delay(samples, f"circuit {circuit.name!r}: delay on qubits {qubits}",
+                               circuit=circuit.name, qubits=qubits)
         return samples
     if name in ("rz", "barrier"):
         return 0

@@ -19,6 +19,7 @@ against the same rules before anything is sent.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class TimingConstraints:
             pulse_alignment=math.lcm(self.pulse_alignment, other.pulse_alignment),
             acquire_alignment=math.lcm(self.acquire_alignment, other.acquire_alignment))
 
-    @property
+    @functools.cached_property
     def grid(self) -> int:
         """The common grid of every scheduled duration (samples)."""
         return math.lcm(self.granularity, self.pulse_alignment, self.acquire_alignment)
