@@ -111,7 +111,8 @@ class Sampler(BaseSamplerV2):
             shots: int | None = None) -> PrimitiveJob[PrimitiveResult[SamplerPubResult]]:
         """Run ``pubs``; every check (pub shapes, parameter bindings, assignment matrices of
         the measured qubits) happens before anything is sent."""
-        coerced = [SamplerPub.coerce(pub, shots or self._default_shots) for pub in pubs]
+        coerced = [SamplerPub.coerce(pub, self._default_shots if shots is None else shots)
+                   for pub in pubs]
         snapshot = self._backend.snapshot
         mappings = [measured_qubits(pub.circuit) for pub in coerced]
         if self._mitigate:

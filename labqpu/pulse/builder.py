@@ -51,6 +51,7 @@ The model:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
@@ -659,7 +660,7 @@ class PulseBuilder:
         amp: float | str
         if isinstance(shape.amp, Parameter) and shape.amp.name in swept:
             amp = shape.amp.name  # an entry of the parameter table, bound per sweep point
-            b.parameter(amp, 0.0)
+            b.parameter(amp, math.nan)  # no value: a run must bind it (parameter_binds)
             peak = 0.0
         else:
             amp = require_number(shape.amp, f"{shape.kind} amp on {channel}")

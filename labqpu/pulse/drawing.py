@@ -98,8 +98,9 @@ def draw_program(program: Any, *, channels: ChannelMap | None = None,
     t_ns = np.arange(lo, hi) * ns_per_sample
     amps = program.play_amp.copy()
     refs = program.play_amp_ref
-    if np.any(refs >= 0):
-        amps[refs >= 0] = program.param_values[refs[refs >= 0]]
+    if np.any(refs >= 0):  # a swept amplitude (no value of its own) is drawn at 1
+        values = program.param_values[refs[refs >= 0]]
+        amps[refs >= 0] = np.where(np.isfinite(values), values, 1.0)
     windows = [(int(s), int(d)) for s, d in zip(program.acq_start, program.acq_duration,
                                                strict=True)]
 
@@ -164,6 +165,9 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
         if a < b:
             signal[a - lo:b - lo] += base[a - start:b - start]
         notes = []
+        ref = int(program.play_amp_ref[i])
+        if ref >= 0 and not np.isfinite(program.param_values[ref]):
+            notes.append(f"{program.param_names[ref]} swept (drawn at 1)")
         if prev_freq is not None and freq != prev_freq:
             notes.append(f"{freq / 1e6:+.2f} MHz")
         if prev_phase is not None and abs(_wrap(phase - prev_phase)) > 1e-9:

@@ -89,6 +89,14 @@ def test_missing_assignment_matrix_is_refused_before_running(tmp_path, monkeypat
                                                                  before["runs_total"])
 
 
+@pytest.mark.parametrize("shots", [0, -5])
+def test_shots_that_are_not_positive_are_refused_as_qiskit_refuses_them(lab_backend,
+                                                                       shots) -> None:
+    native = transpile(ghz3(), lab_backend, seed_transpiler=5)
+    with pytest.raises(ValueError, match="shots must be positive"):
+        Sampler(lab_backend, mitigate=False).run([native], shots=shots)
+
+
 def test_sampler_needs_a_lab_backend() -> None:
     with pytest.raises(TypeError, match="LabBackend"):
         Sampler(object())

@@ -132,6 +132,30 @@ def test_the_pulse_builder_sweeps_amplitudes_only(lab_backend) -> None:
         rabi.assign_parameters({phi: 0.0}, sweep=["theta"])
 
 
+def test_a_swept_parameter_without_values_is_refused_before_anything_is_sent(lab_backend):
+    from qiskit.circuit import Parameter
+
+    from labqpu import pulse
+
+    amp, amp2 = Parameter("amp"), Parameter("amp2")
+    with pulse.build(lab_backend, name="two") as two:
+        pulse.play(pulse.calibrated_drag(Q, amp=amp), pulse.drive(Q))
+        pulse.play(pulse.calibrated_drag(Q, amp=amp2), pulse.drive(Q))
+        pulse.measure(Q, clbit=0)
+    program = two.assign_parameters({}, sweep=[amp, amp2])
+    texts = [t.get_text() for ax in program.draw().axes for t in ax.texts]
+    assert any("amp2 swept (drawn at 1)" in t for t in texts), texts
+    before = (uploads(lab_backend), uploads(lab_backend, "runs_total"))
+    with pytest.raises(InvalidRunInputError, match=r"parameter\(s\) amp, amp2 have no value"):
+        lab_backend.run(program, shots=100)
+    with pytest.raises(InvalidRunInputError, match=r"'two'.*amp2 have no value"):
+        lab_backend.run(program, shots=100, parameter_binds={amp: [0.1, 0.2]})
+    assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
+    result = lab_backend.run(program, shots=100,
+                             parameter_binds={amp: [0.1, 0.2], amp2: [0.0, 0.1]}).result()
+    assert len(result.results) == 2
+
+
 def test_calibration_sweeps_fall_back_to_a_program_per_point(lab_backend, monkeypatch) -> None:
     """On a controller that does not announce ``param_sets`` (simulated here by hiding the
     capability), ``Kit.run_sweep`` runs one program per point and gives the same rows."""
