@@ -158,6 +158,15 @@ def _benchmark(backend, this: WatchRound, qubits: Sequence[int] | None,
         log.warning("watch round %d: %s", this.index, this.error)
 
 
+def _log_round(report: WatchReport, this: WatchRound, path: Path,
+               say: Callable[[str], None]) -> None:
+    """Keep ``this`` in the report, append its line to the log and say its summary."""
+    report.rounds.append(this)
+    with path.open("a") as f:
+        f.write(json.dumps(this.record(), default=str) + "\n")
+    say(this.summary())
+
+
 def _error_text(exc: BaseException) -> str:
     """``Type: message`` (a QiskitError's ``str()`` would quote its message)."""
     return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
@@ -241,19 +250,27 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         index += 1
         started = datetime.now(UTC)
         elapsed = device_s if clock == "device" else time.monotonic() - begun
+        parent = backend.store.latest_id()
         try:
-            result = run_graph(backend, nodes, qubits=qubits, shots=shots,
-                               reporter=LineReporter(log.debug), rb=False)
-            this = WatchRound(index, started, elapsed, result)
-        except ROUND_ERRORS as exc:
-            log.exception("watch round %d failed", index)
-            this = WatchRound(index, started, elapsed, None, _error_text(exc))
-        if rb_every is not None and index % rb_every == 0 and this.report is not None:
-            _benchmark(backend, this, qubits, rb_settings or RBSettings())
-        report.rounds.append(this)
-        with path.open("a") as f:
-            f.write(json.dumps(this.record(), default=str) + "\n")
-        say(this.summary())
+            try:
+                result = run_graph(backend, nodes, qubits=qubits, shots=shots,
+                                   reporter=LineReporter(log.debug), rb=False)
+                this = WatchRound(index, started, elapsed, result)
+            except ROUND_ERRORS as exc:
+                log.exception("watch round %d failed", index)
+                this = WatchRound(index, started, elapsed, None, _error_text(exc))
+            if rb_every is not None and index % rb_every == 0 and this.report is not None:
+                _benchmark(backend, this, qubits, rb_settings or RBSettings())
+        except KeyboardInterrupt:
+            # Interrupted after a commit: the snapshot stands, so its round is logged too.
+            newest = backend.store.latest_id()
+            if newest != parent:
+                _log_round(report, WatchRound(
+                    index, started, elapsed, None,
+                    f"interrupted after committing snapshot {newest} (parent {parent})"),
+                    path, say)
+            raise
+        _log_round(report, this, path, say)
         if after_round is not None:
             after_round(this)
         if (rounds is not None and index >= rounds) or stop.is_set():

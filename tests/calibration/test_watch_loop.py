@@ -14,6 +14,7 @@ from labqpu.calibration.rb import RBSettings
 from labqpu.calibration.watch import watch
 from labqpu.errors import FitError
 from labqpu.rack.config import default_config_path
+from labqpu.store import SnapshotBuilder
 
 #: Short RB: enough for a decay that fits, in a few seconds.
 QUICK_RB = RBSettings(lengths_1q=(1, 40, 120, 300), lengths_2q=(1, 5, 15, 30), seeds=2,
@@ -51,6 +52,35 @@ def test_a_failed_round_is_logged_and_the_next_one_runs(quiet_lab_backend, tmp_p
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["round"], r["error"] is None) for r in lines] == [(1, False), (2, True)]
     assert lines[1]["steps"] and lines[1]["steps"][0]["node"] == "resonator_spectroscopy"
+
+
+def test_a_round_interrupted_after_its_commit_is_logged(quiet_lab_backend, tmp_path,
+                                                        monkeypatch) -> None:
+    """Ctrl-C can land between a round's commit and its log line (it did in a trial); the
+    interrupt still stops the watch, and the committed snapshot still has its round logged."""
+    real = watch_module.run_graph
+
+    def interrupted_after_commit(backend, *args, **kwargs):
+        real(backend, *args, **kwargs)
+        builder = SnapshotBuilder.from_snapshot(backend.store.latest())
+        builder.set_qubit(0, "t1_s", 31e-6, "t1")  # what a recalibrating round commits
+        backend.store.commit(builder.build_document())
+        raise KeyboardInterrupt  # the user's Ctrl-C, just after the commit
+
+    store = quiet_lab_backend.store
+    parent = store.latest_id()
+    monkeypatch.setattr(watch_module, "run_graph", interrupted_after_commit)
+    said: list[str] = []
+    log = tmp_path / "watch.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=3, qubits=[0],
+              clock="device", say=said.append, log_path=log)
+    newest = store.latest_id()
+    assert newest != parent
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1]
+    assert lines[0]["error"] == f"interrupted after committing snapshot {newest} (parent {parent})"
+    assert said == [f"round 1 at +0.00 h: failed: {lines[0]['error']}"]
 
 
 def test_every_nth_round_benchmarks_the_watched_gates(lab_home, tmp_path) -> None:
