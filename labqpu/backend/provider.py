@@ -20,7 +20,7 @@ from pathlib import Path
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu.backend.backend import LabBackend
-from labqpu.errors import HardwareUnavailableError
+from labqpu.errors import BackendConfigurationError, HardwareUnavailableError
 from labqpu.rack.config import LabConfig, load_config, resolve_config_path
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 from labqpu.rack.limits import wiring_limits
@@ -153,6 +153,12 @@ class LabProvider:
         path, builtin = resolve_config_path(config)
         self.config = load_config(path)
         start_sim = builtin if simulator is None else simulator
+        unassigned = [] if start_sim else self.config.unassigned_addresses()
+        if unassigned:
+            raise BackendConfigurationError(
+                f"{path}: {', '.join(unassigned)} listen on port 0, which only the embedded "
+                f"simulator fills in: start it with LabProvider({str(config or path)!r}, "
+                "simulator=True), or give the real addresses", path=path)
         self._closers: list = []
         self._closed = False
         self.simulator: SimulatorProcess | None = None
@@ -188,6 +194,7 @@ class LabProvider:
         """
         if filters is not None and not callable(filters):
             raise TypeError(f"filters must be a callable taking a backend, got {filters!r}")
+        self._check_open()
         out = []
         for backend in self._backends.values():
             if name is not None and backend.name != name:
@@ -203,6 +210,7 @@ class LabProvider:
 
     def backend(self, name: str | None = None) -> LabBackend:
         """The backend called ``name`` (the only one when ``name`` is None)."""
+        self._check_open()
         if name is None and len(self._backends) == 1:
             return next(iter(self._backends.values()))
         if name not in self._backends:
@@ -220,7 +228,14 @@ class LabProvider:
             self._closed = True
         self._finalizer()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HardwareUnavailableError(
+                f"{self!r} was closed: its simulator and sessions are gone; create a new "
+                "LabProvider")
+
     def __enter__(self) -> LabProvider:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -228,4 +243,6 @@ class LabProvider:
 
     def __repr__(self) -> str:
         sim = f", simulator pid {self.simulator.pid}" if self.simulator else ""
+        if self._closed:
+            sim += ", closed"
         return f"LabProvider({self.config.device_name!r}{sim})"

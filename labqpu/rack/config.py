@@ -98,6 +98,17 @@ class LabConfig:
                 return i
         raise BackendConfigurationError(f"no instrument named {name!r} in the lab configuration")
 
+    def unassigned_addresses(self) -> list[str]:
+        """Controllers and TCP instruments whose address has port 0 ("any free port"): only an
+        embedded simulator gives them real ports (``with_endpoints``)."""
+        out = [f"controller {c.name} ({c.endpoint})" for c in self.controllers
+               if c.endpoint.startswith("tcp://") and c.endpoint.rsplit(":", 1)[-1] == "0"]
+        out.extend(f"instrument {i.name} ({i.resource})" for i in self.instruments
+                   if i.resource.upper().startswith("TCPIP")
+                   and i.resource.upper().endswith("::SOCKET")
+                   and i.resource.split("::")[2] == "0")
+        return out
+
     def with_endpoints(self, endpoints: dict[str, str]) -> LabConfig:
         """A copy with controller endpoints / VISA resources replaced by ``endpoints`` (by name)."""
         ctrls = tuple(replace(c, endpoint=endpoints.get(c.name, c.endpoint))

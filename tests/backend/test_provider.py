@@ -14,7 +14,8 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.providers import QiskitBackendNotFoundError
 
-from labqpu import LabProvider
+from labqpu import BackendConfigurationError, LabProvider
+from labqpu.errors import HardwareUnavailableError
 from labqpu.rack.config import default_config_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +95,23 @@ def test_close_stops_the_simulator(lab_home) -> None:
         assert pid in _children(os.getpid())
     assert _wait_dead(pid)
     provider.close()
+
+
+def test_a_closed_provider_hands_out_nothing(lab_home) -> None:
+    provider = LabProvider()
+    provider.close()
+    assert "closed" in repr(provider)
+    for use in (provider.backend, provider.backends, provider.__enter__):
+        with pytest.raises(HardwareUnavailableError, match="was closed"):
+            use()
+
+
+def test_port_0_addresses_without_a_simulator_fail_at_once(lab_home) -> None:
+    """The shipped wiring files leave every port 0 for the simulator to fill in; without
+    one, the provider says so instead of waiting for a controller that cannot answer."""
+    with pytest.raises(BackendConfigurationError,
+                       match=r"controller ctrl0 \(tcp://127.0.0.1:0\).*port 0.*simulator=True"):
+        LabProvider("lab5", simulator=False)
 
 
 @pytest.mark.parametrize("ending", ["", "os._exit(0)"], ids=["interpreter-exit", "hard-exit"])
