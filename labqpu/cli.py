@@ -115,6 +115,9 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
     target = backend.target
     drive = sorted(q for (q,) in target.qargs_for_operation_name("sx") or ())
     edges = sorted(target.qargs_for_operation_name("cz") or ()) if "cz" in target else []
+    if qc.num_qubits > backend.num_qubits:
+        return LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
+                           f"{backend.name}, which has {backend.num_qubits} qubits")
     return LabQpuError(
         f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on {backend.name}: "
         f"calibration snapshot {target.snapshot_id} in {backend.config.store_path} gives "
@@ -133,10 +136,16 @@ def _demo(config: str | None, shots: int, seed: int | None) -> int:
 DEMO_SHOTS = 2000
 
 
+#: The backend's limit on shots per circuit (``labqpu.backend.backend.MAX_SHOTS``, which
+#: ``tests/test_cli.py`` checks against this copy; the command does not import the backend
+#: to say it).
+MAX_SHOTS = 100_000
+
+
 def _shots_and_seed_problem(shots: int, seed: int | None) -> str | None:
     """What is wrong with ``--shots`` / ``--seed``, before anything starts; None if nothing."""
-    if shots < 1:
-        return f"--shots must be a whole number >= 1, got {shots}"
+    if not 1 <= shots <= MAX_SHOTS:
+        return f"--shots must be a whole number from 1 to {MAX_SHOTS}, got {shots}"
     if seed is not None and seed < 0:
         return f"--seed must be a whole number >= 0, got {seed}"
     return None
@@ -162,6 +171,12 @@ def _run(args: argparse.Namespace) -> int:
     script = Path(args.script)
     if not script.is_file():
         print(f"labqpu: no such file: {script}", file=sys.stderr)
+        return 2
+    if script.suffix not in (".py", ".qasm"):
+        hint = (f"; {script} looks like a wiring file: labqpu run --demo --config {script}"
+                if script.suffix == ".toml" else "")
+        print(f"labqpu run: give a Python script (.py) or an OpenQASM file (.qasm), got "
+              f"{script}{hint}", file=sys.stderr)
         return 2
     if script.suffix == ".qasm":
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
@@ -194,7 +209,13 @@ def _sim(args: argparse.Namespace) -> int:
     from labqpu.firmware_sim.__main__ import main as sim_main
     from labqpu.rack.config import resolve_config_path
 
-    argv = [str(resolve_config_path(args.lab_toml)[0])]
+    path = resolve_config_path(args.lab_toml)[0]
+    if not path.is_file():
+        from labqpu.rack.builtin import BUILTIN_DEVICES
+
+        raise FileNotFoundError(f"no such wiring file: {path} (and not a built-in device: "
+                                f"{', '.join(BUILTIN_DEVICES)})")
+    argv = [str(path)]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
     if args.no_noise:
@@ -297,6 +318,11 @@ def _calibrate(args: argparse.Namespace) -> int:
             return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
+        off = [q for q in args.qubits or () if not 0 <= q < backend.num_qubits]
+        if off:
+            print(f"labqpu calibrate: --qubits {' '.join(map(str, off))}: {backend.name} has "
+                  f"qubits 0-{backend.num_qubits - 1}", file=sys.stderr)
+            return 2
         t0 = time.perf_counter()
 
         def progress(msg: str) -> None:
@@ -437,6 +463,25 @@ class _BarReporter:
         self.bar.close()
 
 
+def _pair(text: str) -> tuple[int, int]:
+    """An argparse type: an edge written A-B (whole numbers)."""
+    a, dash, b = text.partition("-")
+    if not (dash and a.isdigit() and b.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be an edge written A-B, e.g. 1-2, got {text!r}")
+    return int(a), int(b)
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
@@ -570,8 +615,20 @@ def _draw(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     out = Path(args.output or Path(args.file).with_suffix(".png").name)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        print(f"labqpu draw: -o {out}: give an image file ending in one of "
+              f"{', '.join('.' + f for f in sorted(formats))}", file=sys.stderr)
+        return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
+        if args.layout is not None and not all(0 <= q < backend.num_qubits
+                                               for q in args.layout):
+            print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: {backend.name} "
+                  f"has qubits 0-{backend.num_qubits - 1}", file=sys.stderr)
+            return 2
         native = transpile(circuit, backend, optimization_level=args.optimization_level,
                            initial_layout=args.layout, seed_transpiler=1)
         program = compile_circuit(native, backend.snapshot, backend.channels)
@@ -590,7 +647,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """
     from qiskit.exceptions import QiskitError
 
-    return (QiskitError, FileNotFoundError)
+    return (QiskitError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -623,9 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=_run)
 
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")
-    sim.add_argument("lab_toml", nargs="?", help="wiring file, or a built-in device: lab5 "
-                     "(default), lab10")
-    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("lab_toml", nargs="?", help=f"wiring file, or a built-in device: {devices}")
+    sim.add_argument("--seed", type=_non_negative_int, default=None)
     sim.add_argument("--no-noise", action="store_true",
                      help="switch the device's flux noise, quasi-static noise and drift off")
     sim.set_defaults(func=_sim)
@@ -681,11 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
     cal.add_argument("--param", help="history: a parameter name (e.g. t1_s)")
     cal.add_argument("--qubit", type=int, help="history --param: the qubit")
-    cal.add_argument("--pair", type=lambda text: tuple(int(q) for q in text.split("-")),
-                     help="history --param: the edge, as A-B")
+    cal.add_argument("--pair", type=_pair, help="history --param: the edge, as A-B")
     cal.add_argument("--gate", help="history --param: the gate key, e.g. sx:0")
     cal.add_argument("--since", help="history --param: ISO-8601 time, e.g. 2026-11-22T00:00Z")
-    cal.add_argument("--limit", type=int, default=50, help="history: rows (default 50)")
+    cal.add_argument("--limit", type=_positive_int, default=50,
+                     help="history: rows (default 50)")
     cal.set_defaults(func=_calibrate)
 
     draw = sub.add_parser("draw", help="draw the pulse program a circuit compiles to")
@@ -711,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
     # not pay for importing Qiskit.
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: the providers' exits have stopped what they started
+        print("labqpu: interrupted", file=sys.stderr)
+        return 130
     except _user_errors() as exc:
         message = getattr(exc, "message", None) or str(exc)  # QiskitError's str() quotes it
         print(f"labqpu: {message}", file=sys.stderr)

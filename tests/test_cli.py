@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -313,7 +315,7 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["rb", "--no-rb"], "--no-rb with the node 'rb'"),
     (["--watch", "rb"], "it takes no node rb"),
     (["--watch", "t1", "--no-rb"], "it takes no --no-rb"),
-    (["--all", "--shots", "0"], "--shots must be a whole number >= 1, got 0"),
+    (["--all", "--shots", "0"], "--shots must be a whole number from 1 to 100000, got 0"),
     (["--all", "--interval", "60"], "--interval needs --watch"),
     (["--watch", "--force"], "it takes no --force"),
     (["--watch", "--bootstrap"], "it takes no --bootstrap"),
@@ -369,7 +371,9 @@ def test_status_shows_where_each_qubit_is_wired(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--shots", "0"], "labqpu: --shots must be a whole number >= 1, got 0"),
+    (["--shots", "0"], "labqpu: --shots must be a whole number from 1 to 100000, got 0"),
+    (["--shots", "200000"],
+     "labqpu: --shots must be a whole number from 1 to 100000, got 200000"),
     (["--seed", "-1"], "labqpu: --seed must be a whole number >= 0, got -1"),
 ])
 def test_demo_refuses_bad_shots_and_seeds_before_starting_anything(tmp_path, args, message):
@@ -385,3 +389,82 @@ def test_an_unknown_device_name_lists_the_built_in_ones(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "labqpu: lab configuration file not found: lab11 (no such file, and not a built-in "
         "device: lab5, lab10, lab3)"]
+
+
+def test_the_cli_shot_limit_is_the_backends():
+    from labqpu import cli
+    from labqpu.backend.backend import MAX_SHOTS
+
+    assert cli.MAX_SHOTS == MAX_SHOTS
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["calibrate", "history", "--limit", "0"], "argument --limit: must be a whole number >= 1"),
+    (["calibrate", "history", "--param", "t1_s", "--pair", "1_2"],
+     "argument --pair: must be an edge written A-B"),
+    (["sim", "lab6"], "not a built-in device: lab5, lab10, lab3"),
+    (["sim", "--seed", "-1"], "argument --seed: must be a whole number >= 0"),
+    (["run", "lab.toml"], "looks like a wiring file: labqpu run --demo --config lab.toml"),
+    (["draw", "bell.qasm", "-o", "bell.xyz"], "give an image file ending in one of"),
+])
+def test_mistyped_arguments_are_one_line_before_anything_starts(tmp_path, args, message):
+    (tmp_path / "lab.toml").write_text("[device]\n")
+    (tmp_path / "bell.qasm").write_text(QASM2_BELL)
+    proc = labqpu(tmp_path, *args, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("**/*.sqlite"))  # no provider, no store, no simulator
+
+
+def test_arguments_checked_against_the_device_are_one_line(tmp_path):
+    six = tmp_path / "six.qasm"
+    six.write_text('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[6];\ncreg c[6];\n'
+                   "h q[0];\nmeasure q -> c;\n")
+    for args, message in (
+            (["calibrate", "ramsey", "--qubits", "7"], "--qubits 7: lab5 has qubits 0-4"),
+            (["draw", "bell.qasm", "--layout", "0", "9"], "--layout 0 9: lab5 has qubits 0-4"),
+            (["run", str(six)], "6-qubit circuit 'six' on lab5, which has 5 qubits"),
+    ):
+        (tmp_path / "bell.qasm").write_text(QASM2_BELL)
+        proc = labqpu(tmp_path, *args, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_home_that_is_a_file_is_a_one_line_error(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("not a directory")
+    proc = subprocess.run([sys.executable, "-m", "labqpu.cli", "run", "--demo"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "LABQPU_HOME": str(home)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("labqpu: ") and "Not a directory" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
+    script = tmp_path / "wait.py"
+    script.write_text("import time\nfrom labqpu import LabProvider\n"
+                      "with LabProvider() as provider:\n"
+                      "    print(provider.simulator.pid, flush=True)\n"
+                      "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "run", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)})
+    try:
+        simulator = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["labqpu: interrupted"]
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{simulator}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{simulator}").exists() or \
+        Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
