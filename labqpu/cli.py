@@ -115,6 +115,12 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
     target = backend.target
     drive = sorted(q for (q,) in target.qargs_for_operation_name("sx") or ())
     edges = sorted(target.qargs_for_operation_name("cz") or ()) if "cz" in target else []
+    if not backend.snapshot.qubits:
+        return LabQpuError(
+            f"cannot run {qc.name!r} on {backend.name}: calibration store "
+            f"{backend.config.store_path} holds no snapshot with a calibrated qubit; measure "
+            f"one with `labqpu calibrate --bootstrap --config {backend.config.path} --design "
+            "DESIGN.toml`")
     if qc.num_qubits > backend.num_qubits:
         return LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
                            f"{backend.name}, which has {backend.num_qubits} qubits")
@@ -545,6 +551,7 @@ STORE_COMMANDS = {"history": (), "diff": ("A", "B"), "rollback": ("ID",)}
 def _calibration_store_command(args: argparse.Namespace) -> int:
     """``labqpu calibrate history|diff A B|rollback ID``: the store alone, no instrument
     touched."""
+    from labqpu.backend.provider import seed_store
     from labqpu.rack.config import load_config, resolve_config_path
     from labqpu.rack.limits import wiring_limits
     from labqpu.store import CalibrationStore
@@ -559,6 +566,7 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
     ids = [int(r) for r in rest]
     config = load_config(resolve_config_path(args.config)[0])
     with CalibrationStore(config.store_path, validators=(wiring_limits(config),)) as store:
+        seed_store(store, config)  # as a provider would: the history starts at the seed
         if action == "rollback":
             snapshot = store.rollback(ids[0])
             print(f"committed snapshot {snapshot.snapshot_id}: the calibration of snapshot "

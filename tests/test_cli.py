@@ -240,6 +240,17 @@ def test_calibrate_history_of_a_misspelt_parameter_names_the_close_one(tmp_path,
     assert "no snapshot holds a qubit parameter 't1'; did you mean 't1_s'?" in proc.stderr
 
 
+def test_store_commands_on_a_fresh_home_start_from_the_seed(tmp_path):
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["1"]
+    for args, message in ((["--qubit", "9"], "no snapshot holds qubit 9 (qubits: 0, 1, 2, 3, 4)"),
+                          (["--pair", "1-3"], "no snapshot holds pair 1-3 (pairs: 0-1, 1-2,")):
+        proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1_s", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr
+
+
 def test_help_starts_without_qiskit(tmp_path):
     code = ("import sys\nfrom labqpu.cli import main\ntry:\n    main(['run', '--help'])\n"
             "except SystemExit:\n    pass\n"

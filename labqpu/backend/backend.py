@@ -8,7 +8,7 @@ import math
 import numbers
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from qiskit.circuit import QuantumCircuit
@@ -417,6 +417,13 @@ class LabBackend(BackendV2):
             qargs = tuple(physical[body.find_bit(q).index] for q in inst.qubits)
             if not target.instruction_supported(name, qargs):
                 where = "on qubits " + str(qargs) if qargs else ""
+                if name in target.operation_names and qargs:
+                    placed = sorted(target.qargs_for_operation_name(name) or ())
+                    raise InvalidRunInputError(
+                        f"circuit {circuit.name!r}: {name!r} {where} has no calibration in "
+                        f"the Target of {self.name} (calibration snapshot "
+                        f"{target.snapshot_id}); it has {name} on qubits "
+                        f"{placed or 'none'}; transpile the circuit for this backend")
                 offered = sorted(target.operation_names)
                 raise InvalidRunInputError(
                     f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
@@ -560,8 +567,17 @@ class LabBackend(BackendV2):
         the points of a T1 or Ramsey scan, run as one upload that the controller binds per
         point, where it can: :mod:`labqpu.backend.merge`; ``job.uploads`` counts them).
         """
-        items = [run_input] if isinstance(run_input, QuantumCircuit | PulseProgram) \
-            else list(run_input)
+        if isinstance(run_input, QuantumCircuit | PulseProgram):
+            items = [run_input]
+        elif isinstance(run_input, Iterable) and not isinstance(run_input, str | bytes):
+            items = list(run_input)
+        else:
+            hint = (": call its build() or assign_parameters(...) first"
+                    if hasattr(run_input, "assign_parameters") and hasattr(run_input, "build")
+                    else "")
+            raise InvalidRunInputError(
+                "run() takes a QuantumCircuit, a PulseProgram or a list of them, got "
+                f"{type(run_input).__name__}{hint}")
         if not items:
             raise InvalidRunInputError("run() needs at least one circuit or program")
         if len(items) > MAX_JOB_CIRCUITS:
@@ -573,6 +589,12 @@ class LabBackend(BackendV2):
         self._refresh()
         with self._lock:
             snapshot, target, pulse_gates = self._snapshot, self._target, self._pulse_gates
+        if not snapshot.qubits and any(isinstance(i, QuantumCircuit) for i in items):
+            raise InvalidRunInputError(
+                f"calibration store {self.config.store_path} holds no snapshot with a "
+                f"calibrated qubit, so {self.name} has no gate: measure one with `labqpu "
+                f"calibrate --bootstrap --config {self.config.path} --design DESIGN.toml` (or "
+                "import a snapshot); nothing was sent")
         programs = []
         for item in items:
             if isinstance(item, PulseProgram):

@@ -111,8 +111,10 @@ class SimulatorProcess:
                 stream.close()
 
 
-def _seed_store(store: CalibrationStore, config: LabConfig) -> None:
-    """Import the snapshot shipped with the package into an empty store."""
+def seed_store(store: CalibrationStore, config: LabConfig) -> None:
+    """Import the wiring file's seed snapshot (``[calibration] seed_snapshot``, beside the file or
+    shipped with the package) into an empty store; what `LabProvider` and the `labqpu calibrate`
+    store commands do on first use."""
     if store.latest_id() is not None or not config.seed_snapshot:
         return
     candidates = []
@@ -170,7 +172,7 @@ class LabProvider:
             self.store = CalibrationStore(self.config.store_path,
                                           validators=(wiring_limits(self.config),))
             self._closers.append(self.store.close)
-            _seed_store(self.store, self.config)
+            seed_store(self.store, self.config)
             self._queue = LocalHardwareQueue(
                 RackConnection(self.config),
                 health=self.simulator.failure if self.simulator else None)

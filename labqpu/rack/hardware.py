@@ -490,7 +490,13 @@ class LocalHardwareQueue:
                          timeout_s, "hello")
 
     def _ask(self, question: Callable[[], object], timeout_s: float, command: str):
-        future = self._enqueue(lambda _cancel: question())
+        def asked(_cancel: threading.Event) -> object:
+            reason = self._health()  # what was said before may no longer be true
+            if reason:
+                raise HardwareUnavailableError(reason)
+            return question()
+
+        future = self._enqueue(asked)
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeoutError as exc:

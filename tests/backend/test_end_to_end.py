@@ -18,8 +18,9 @@ from qiskit.providers import JobError, JobStatus, JobTimeoutError
 from labqpu import LabProvider
 from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import PROTOCOL_VERSION
-from labqpu.errors import InvalidRunInputError
+from labqpu.errors import HardwareUnavailableError, InvalidRunInputError
 from labqpu.pulse.program import LoSetting
+from labqpu.rack.config import default_config_path
 
 SHOTS = 2000
 
@@ -219,6 +220,39 @@ def test_cz_on_an_uncoupled_pair_is_rejected(lab_backend) -> None:
     message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
     assert "'cz'" in message
     assert "(0, 2)" in message
+    assert "it has cz on qubits [(0, 1)," in message
+
+
+def test_run_of_something_that_is_no_circuit_says_what_it_takes(lab_backend) -> None:
+    from labqpu import pulse
+
+    with pulse.build(lab_backend, name="unbuilt") as builder:
+        pulse.measure(0, clbit=0)
+    for thing, extra in ((None, ""), ("bell", ""),
+                         (builder, ": call its build() or assign_parameters(...) first")):
+        message = _nothing_sent(lab_backend, lambda thing=thing: lab_backend.run(thing))
+        assert message.startswith("run() takes a QuantumCircuit, a PulseProgram or a list of "
+                                  f"them, got {type(thing).__name__}{extra}"), message
+    circuits = (transpile(bell(), lab_backend) for _ in range(2))  # any iterable
+    assert len(lab_backend.run(circuits, shots=10).result(timeout=60).results) == 2
+
+
+def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch) -> None:
+    """A wiring file of a new device whose store holds no snapshot yet: the Target has no
+    calibrated gate, and a run says what to measure instead of listing gates it refuses."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    text = default_config_path().read_text()
+    text = text.replace('seed_snapshot = "lab5_calibration.json"', 'seed_snapshot = ""', 1)
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(text)
+    with LabProvider(str(wiring), simulator=True) as provider:
+        backend = provider.backend()
+        qc = QuantumCircuit(1, 1)
+        qc.x(0)
+        qc.measure(0, 0)
+        with pytest.raises(InvalidRunInputError, match=r"holds no snapshot with a calibrated "
+                                                       r"qubit.*labqpu calibrate --bootstrap"):
+            backend.run(qc)
 
 
 @pytest.mark.parametrize("shots", [0, -5, 10**7, 2.5, "100"])
@@ -381,6 +415,8 @@ def test_simulator_death_is_named_in_the_job_error(lab_home) -> None:
         job = backend.run(native, shots=10)
         with pytest.raises(JobError, match=r"firmware simulator .* exited"):
             job.result(timeout=60)
+        with pytest.raises(HardwareUnavailableError, match=r"firmware simulator .* exited"):
+            backend.hardware_status(timeout_s=30)  # not what it said while it was alive
 
 
 @pytest.mark.parametrize(("option", "value"), [("shots", 2.5), ("shots", True),
