@@ -587,6 +587,15 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
                 return 2
             records = store.parameter_history(args.param, since=args.since, **chosen)
             (kind, key), = chosen.items()
+            if not records:
+                newest = store.latest()
+                held = {"qubit": newest.qubits, "pair": newest.pairs, "gate": newest.gates}[kind]
+                if (tuple(sorted(key)) if kind == "pair" else key) not in held:
+                    names = [f"{k[0]}-{k[1]}" if kind == "pair" else str(k) for k in sorted(held)]
+                    print(f"labqpu calibrate history: snapshot {newest.snapshot_id} has no "
+                          f"{kind} {key if kind != 'pair' else '-'.join(map(str, key))} "
+                          f"({kind}s: {', '.join(names)})", file=sys.stderr)
+                    return 2
             print(f"{args.param} of {kind} {key}: {len(records)} measurement(s), newest first")
             for record in records[:args.limit]:
                 print(f"{record.timestamp}  snapshot {record.snapshot_id:>5}  "

@@ -244,9 +244,10 @@ def test_store_commands_on_a_fresh_home_start_from_the_seed(tmp_path):
     proc = labqpu(tmp_path, "calibrate", "history")
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["1"]
-    for args, message in ((["--qubit", "9"], "no snapshot holds qubit 9 (qubits: 0, 1, 2, 3, 4)"),
-                          (["--pair", "1-3"], "no snapshot holds pair 1-3 (pairs: 0-1, 1-2,")):
-        proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1_s", *args)
+    for args, message in (
+            (["t1_s", "--qubit", "9"], "snapshot 1 has no qubit 9 (qubits: 0, 1, 2, 3, 4)"),
+            (["zz_hz", "--pair", "1-3"], "snapshot 1 has no pair 1-3 (pairs: 0-1, 1-2,")):
+        proc = labqpu(tmp_path, "calibrate", "history", "--param", *args)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
 

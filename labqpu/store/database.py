@@ -83,11 +83,6 @@ CREATE TABLE snapshots (
 _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
 
 
-def _natural(key: str) -> tuple:
-    """Sort key of a subject: qubit "10" after "9", edge "1-10" after "1-9"."""
-    return tuple(int(p) if p.isdigit() else p for p in key.replace(":", "-").split("-"))
-
-
 class CalibrationStore:
     """Every calibration snapshot of one device, kept in one SQLite file.
 
@@ -507,10 +502,8 @@ class CalibrationStore:
         rows = self._query("SELECT id, document FROM snapshots WHERE complete = 1 ORDER BY id")
         records: dict[tuple, ParameterRecord] = {}
         names: set[str] = set()
-        keys: set[str] = set()
         for snapshot_id, document in rows:
             subjects = json.loads(document)[section]
-            keys.update(subjects)
             names.update(n for params in subjects.values() for n in params)
             entry = subjects.get(key, {}).get(name)
             if entry is None:
@@ -519,10 +512,6 @@ class CalibrationStore:
             if identity not in records:
                 records[identity] = ParameterRecord(snapshot_id, entry["value"],
                                                     entry["timestamp"], entry["experiment"])
-        if keys and key not in keys:
-            raise CalibrationMissingError(
-                f"no snapshot holds {section[:-1]} {key} ({section}: "
-                f"{', '.join(sorted(keys, key=_natural))})")
         if names and name not in names:
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
