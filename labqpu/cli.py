@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     if not script.is_file():
         print(f"labqpu: no such file: {script}", file=sys.stderr)
         return 2
-    if script.suffix not in (".py", ".qasm"):
+    if script.suffix not in (".py", ".qasm", ""):  # a script may have no suffix
         hint = (f"; {script} looks like a wiring file: labqpu run --demo --config {script}"
                 if script.suffix == ".toml" else "")
         print(f"labqpu run: give a Python script (.py) or an OpenQASM file (.qasm), got "
