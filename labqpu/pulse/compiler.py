@@ -85,7 +85,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     add_row = rows.append
     add_qubits = op_qubits.append
     delays: list[int] = []  # rows of delays, checked for trailing padding at the end
-    last_used: dict[int, int] = {}  # qubit -> last row that plays or measures on it
+    barriers: list[int] = []
     for inst in circuit.data:
         name = inst.name
         if name in dynamic_names:
@@ -94,25 +94,22 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         qubits = (qubit_of(qargs[0]),) if len(qargs) == 1 else tuple(map(qubit_of, qargs))
         add_qubits(qubits)
         if name == "barrier":
+            barriers.append(len(rows))
             add_row((0, 0, 0.0, -1))
             continue
-        if name == "delay":
-            delays.append(len(rows))
-        else:
-            for q in qubits:
-                last_used[q] = len(rows)
         param = 0.0
         if name != "delay":
             raw = inst.params
             if raw:
                 try:
-                    values = tuple(map(float, raw))  # every parameter must be bound
+                    param = float(raw[0])  # every parameter must be bound
+                    if len(raw) > 1:
+                        tuple(map(float, raw))
                 except TypeError as exc:
                     raise CompilationError(
                         f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
                         "parameter; bind all parameters before run()", circuit=circuit.name,
                         qubits=qubits, instruction=name) from exc
-                param = values[0]
             key = (name, qubits)
             hit = known.get(key)
             if hit is not None:
@@ -124,6 +121,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
                     durations[key] = duration
                 eid = effect_ids.get(key)
         else:
+            delays.append(len(rows))
             duration = duration_samples(inst, qubits, cal, fs, circuit, timing)
             eid = 0  # a delay plays nothing
         if measured and name != "delay" and not measured.isdisjoint(qubits):
@@ -141,17 +139,32 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         eid = tables.effect(name, qubits, duration, circuit)
         known[(name, qubits)] = (duration, eid)
         rows[i] = (eid, duration, param, clbit)
-    # A delay after which its qubit does nothing more is a scheduler's padding: it plays
-    # nothing and would only hold back the readout. A delay before a measurement is kept.
-    padding = {i for i in delays
-               if all(last_used.get(q, -1) < i for q in op_qubits[i])}
-    if padding:
-        rows = [row for i, row in enumerate(rows) if i not in padding]
-        op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]
+    # The qubits that play or measure; a delay after which its qubit does nothing more is a
+    # scheduler's padding: it plays nothing and would only hold back the readout. A delay
+    # before a measurement is kept.
+    if delays:
+        is_delay, is_barrier = set(delays), set(barriers)
+        used: set[int] = set()
+        padding = set()
+        for i in range(len(rows) - 1, -1, -1):  # backwards: ``used`` holds what comes later
+            if i in is_delay:
+                if used.isdisjoint(op_qubits[i]):
+                    padding.add(i)
+            elif i not in is_barrier:
+                used.update(op_qubits[i])
+        if padding:
+            rows = [row for i, row in enumerate(rows) if i not in padding]
+            op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]
+    elif barriers:
+        is_barrier = set(barriers)
+        used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
+                                       if i not in is_barrier))
+    else:
+        used = set(chain.from_iterable(op_qubits))
     qptr = [0]
     qptr.extend(accumulate(map(len, op_qubits)))
     qflat = list(chain.from_iterable(op_qubits))
-    return rows, qptr, qflat, set(last_used), measured
+    return rows, qptr, qflat, used, measured
 
 
 def _timed(circuit: QuantumCircuit) -> bool:
