@@ -33,7 +33,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import _timing as tm
 from _timing import Line, dur, emit, info
@@ -83,6 +83,20 @@ def echo_server() -> Iterator[tuple[int, int]]:
             proc.wait(timeout=5)
 
 
+def alternate_medians(first: Callable[[], object], second: Callable[[], object],
+                      calls: int) -> tuple[float, float]:
+    """Median seconds of ``first`` and of ``second``, called alternately ``calls`` times each
+    after one unmeasured call of each."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(calls + 1):
+        for call, kept in ((first, times[0]), (second, times[1])):
+            t0 = time.perf_counter()
+            call()
+            if i:
+                kept.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
     """Median seconds of a pyzmq REQ/REP echo and of a TCP line echo (``*IDN?``-sized)."""
     import zmq
@@ -93,20 +107,16 @@ def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
     tcp = socket.create_connection(("127.0.0.1", tport), timeout=5)
     tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reader = tcp.makefile("rb")
+    def zmq_echo() -> None:
+        req.send_multipart([b'{"op":"status","id":"0123456789abcdef"}'])
+        req.recv_multipart()
+
+    def tcp_echo() -> None:
+        tcp.sendall(b"SOUR:FREQ?\n")
+        reader.readline()
+
     try:
-        zmq_s, tcp_s = [], []
-        for i in range(calls + 1):
-            t0 = time.perf_counter()
-            req.send_multipart([b'{"op":"status","id":"0123456789abcdef"}'])
-            req.recv_multipart()
-            t1 = time.perf_counter()
-            tcp.sendall(b"SOUR:FREQ?\n")
-            reader.readline()
-            t2 = time.perf_counter()
-            if i:
-                zmq_s.append(t1 - t0)
-                tcp_s.append(t2 - t1)
-        return statistics.median(zmq_s), statistics.median(tcp_s)
+        return alternate_medians(zmq_echo, tcp_echo, calls)
     finally:
         reader.close()
         tcp.close()
@@ -126,19 +136,13 @@ def scpi_transaction_costs(resource: str, calls: int) -> tuple[float, float]:
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reader = raw.makefile("rb")
     line = (source.STATE_QUERY + "\n").encode()
+
+    def raw_query() -> None:
+        raw.sendall(line)
+        reader.readline()
+
     try:
-        visa_s, raw_s = [], []
-        for i in range(calls + 1):
-            t0 = time.perf_counter()
-            source.query(source.STATE_QUERY)
-            t1 = time.perf_counter()
-            raw.sendall(line)
-            reader.readline()
-            t2 = time.perf_counter()
-            if i:
-                visa_s.append(t1 - t0)
-                raw_s.append(t2 - t1)
-        return statistics.median(visa_s), statistics.median(raw_s)
+        return alternate_medians(lambda: source.query(source.STATE_QUERY), raw_query, calls)
     finally:
         reader.close()
         raw.close()
