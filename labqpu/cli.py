@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import os
 import runpy
 import sys
 import time
@@ -178,11 +179,9 @@ def _run(args: argparse.Namespace) -> int:
     if not script.is_file():
         print(f"labqpu: no such file: {script}", file=sys.stderr)
         return 2
-    if script.suffix not in (".py", ".qasm", ""):  # a script may have no suffix
-        hint = (f"; {script} looks like a wiring file: labqpu run --demo --config {script}"
-                if script.suffix == ".toml" else "")
-        print(f"labqpu run: give a Python script (.py) or an OpenQASM file (.qasm), got "
-              f"{script}{hint}", file=sys.stderr)
+    if script.suffix.lower() == ".toml":  # anything else may be a Python script
+        print(f"labqpu run: give a Python script or an OpenQASM file (.qasm); {script} looks "
+              f"like a wiring file: labqpu run --demo --config {script}", file=sys.stderr)
         return 2
     if script.suffix == ".qasm":
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
@@ -322,13 +321,18 @@ def _calibrate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"labqpu: {exc}", file=sys.stderr)
             return 2
+    if args.qubits:
+        from labqpu.rack.config import load_config, resolve_config_path
+
+        config = load_config(resolve_config_path(args.config)[0])
+        n = config.channels.num_qubits
+        off = [q for q in args.qubits if not 0 <= q < n]
+        if off:
+            print(f"labqpu calibrate: --qubits {' '.join(map(str, off))}: {config.device_name} "
+                  f"has qubits 0-{n - 1}", file=sys.stderr)
+            return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
-        off = [q for q in args.qubits or () if not 0 <= q < backend.num_qubits]
-        if off:
-            print(f"labqpu calibrate: --qubits {' '.join(map(str, off))}: {backend.name} has "
-                  f"qubits 0-{backend.num_qubits - 1}", file=sys.stderr)
-            return 2
         t0 = time.perf_counter()
 
         def progress(msg: str) -> None:
@@ -635,7 +639,7 @@ def _draw(args: argparse.Namespace) -> int:
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = FigureCanvasBase.get_supported_filetypes()
-    if out.suffix.lower().lstrip(".") not in formats:
+    if out.suffix and out.suffix.lower().lstrip(".") not in formats:  # none: PNG
         print(f"labqpu draw: -o {out}: give an image file ending in one of "
               f"{', '.join('.' + f for f in sorted(formats))}", file=sys.stderr)
         return 2
@@ -664,8 +668,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """
     from qiskit.exceptions import QiskitError
 
-    return (QiskitError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError)
+    return (QiskitError, FileNotFoundError)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -777,6 +780,11 @@ def main(argv: list[str] | None = None) -> int:
     draw.set_defaults(func=_draw)
 
     args = parser.parse_args(argv)
+    home = os.environ.get("LABQPU_HOME")
+    if home and Path(home).exists() and not Path(home).is_dir():
+        print(f"labqpu: LABQPU_HOME={home} is not a directory (labqpu keeps each device's "
+              "calibration store there)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # User errors (bad configuration, option or circuit, unreachable instrument, missing

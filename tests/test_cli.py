@@ -452,7 +452,7 @@ def test_a_home_that_is_a_file_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "LABQPU_HOME": str(home)})
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("labqpu: ") and "Not a directory" in proc.stderr
+    assert proc.stderr.startswith(f"labqpu: LABQPU_HOME={home} is not a directory")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 

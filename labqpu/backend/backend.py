@@ -420,10 +420,10 @@ class LabBackend(BackendV2):
                 if name in target.operation_names and qargs:
                     placed = sorted(target.qargs_for_operation_name(name) or ())
                     raise InvalidRunInputError(
-                        f"circuit {circuit.name!r}: {name!r} {where} has no calibration in "
-                        f"the Target of {self.name} (calibration snapshot "
-                        f"{target.snapshot_id}); it has {name} on qubits "
-                        f"{placed or 'none'}; transpile the circuit for this backend")
+                        f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
+                        f"{self.name} (calibration snapshot {target.snapshot_id}), which has "
+                        f"{name} on qubits {placed or 'none'}; transpile the circuit for this "
+                        "backend")
                 offered = sorted(target.operation_names)
                 raise InvalidRunInputError(
                     f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "

@@ -85,12 +85,7 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
         upload = _one_controller(program, split) if enabled and rows is None else None
         if rows is not None:
             flush()
-            # The upload carries the table of the first point: a swept parameter has no
-            # value of its own (NaN), which the controller would refuse to validate.
-            first = np.asarray(rows[0], dtype=float)
-            bound = (program if np.array_equal(first, program.param_values)
-                     else replace(program, param_values=first))
-            runs.append(Run(bound, rows, (program,) * len(rows), explicit=True))
+            runs.append(Run(program, rows, (program,) * len(rows), explicit=True))
         elif upload is None:
             flush()
             runs.append(Run(program, None, (program,)))

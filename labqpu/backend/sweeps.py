@@ -40,9 +40,9 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
     takes a parameter (or its name) to the sequence of its values. ``capabilities(name)`` is a
     controller's hello capabilities. Raises ``InvalidRunInputError`` naming the problem."""
     if binds is None:
-        for program in programs:
+        for i, program in enumerate(programs):
             _check_values(program, np.asarray(program.param_values, dtype=float)[None, :],
-                          f"program {_name_of(program)!r}")
+                          f"program {_name_of(program)!r}", i, len(programs))
         return [None] * len(programs)
     if isinstance(binds, Mapping):
         binds = [binds]
@@ -52,13 +52,13 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
             f"parameter_binds must be a mapping (one program) or a list of one mapping per "
             f"program ({len(programs)}), got {binds!r}"[:300], option="parameter_binds")
     out = []
-    for bind, program in zip(binds, programs, strict=True):
+    for i, (bind, program) in enumerate(zip(binds, programs, strict=True)):
         if bind is None:
             _check_values(program, np.asarray(program.param_values, dtype=float)[None, :],
-                          f"program {_name_of(program)!r}")
+                          f"program {_name_of(program)!r}", i, len(programs))
             out.append(None)
         else:
-            out.append(_rows(bind, program, shots, meas_level, capabilities))
+            out.append(_rows(bind, program, shots, meas_level, capabilities, i, len(programs)))
     return out
 
 
@@ -66,21 +66,26 @@ def _name_of(program: PulseProgram) -> str:
     return program.header.get("name", program.content_hash[:12])
 
 
-def _check_values(program: PulseProgram, rows: np.ndarray, where: str) -> None:
+def _check_values(program: PulseProgram, rows: np.ndarray, where: str, index: int,
+                  count: int) -> None:
     """Every parameter has a value at every point: a program's table holds NaN for a parameter
-    left to the run (``assign_parameters(sweep=...)``), which ``parameter_binds`` must give."""
+    left to the run (``assign_parameters(sweep=...)``), which ``parameter_binds`` must give.
+    ``index`` of ``count`` programs: where this program's mapping goes in the option."""
     missing = [program.param_names[j] for j in range(rows.shape[1])
                if not np.all(np.isfinite(rows[:, j]))]
     if missing:
+        mapping = f"{{{missing[0]!r}: [...]}}"
+        option = (f"parameter_binds={mapping}" if count == 1 else
+                  f"parameter_binds=[...] with {mapping} at position {index} (one mapping, or "
+                  f"None, per program: {count})")
         raise InvalidRunInputError(
             f"{where}: parameter(s) {', '.join(missing)} have no value; give their values "
-            f"with parameter_binds={{{missing[0]!r}: [...]}} (the program leaves them to the "
-            "run, as assign_parameters(sweep=...) does); nothing was sent",
-            option="parameter_binds")
+            f"with {option} (the program leaves them to the run, as "
+            "assign_parameters(sweep=...) does); nothing was sent", option="parameter_binds")
 
 
 def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
-          capabilities: Callable[[str], dict]) -> Rows:
+          capabilities: Callable[[str], dict], index: int, count: int) -> Rows:
     where = f"parameter_binds of program {_name_of(program)!r}"
     if not isinstance(bind, Mapping) or not bind:
         raise InvalidRunInputError(f"{where}: must be a non-empty mapping of parameter to "
@@ -137,7 +142,7 @@ def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
     rows = np.tile(np.asarray(program.param_values, dtype=float), (k, 1))
     for j, column in columns.items():
         rows[:, j] = column
-    _check_values(program, rows, where)
+    _check_values(program, rows, where, index, count)
     _check_full_scale(program, rows, where)
     return tuple(tuple(float(x) for x in row) for row in rows)
 

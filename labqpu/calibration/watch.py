@@ -251,6 +251,7 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         started = datetime.now(UTC)
         elapsed = device_s if clock == "device" else time.monotonic() - begun
         parent = backend.store.latest_id()
+        this = None
         try:
             try:
                 result = run_graph(backend, nodes, qubits=qubits, shots=shots,
@@ -262,13 +263,16 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
             if rb_every is not None and index % rb_every == 0 and this.report is not None:
                 _benchmark(backend, this, qubits, rb_settings or RBSettings())
         except KeyboardInterrupt:
-            # Interrupted after a commit: the snapshot stands, so its round is logged too.
+            # A round interrupted after it committed (its graph, or its benchmarks) is logged
+            # too: every snapshot the watch wrote has its round in the log.
             newest = backend.store.latest_id()
-            if newest != parent:
-                _log_round(report, WatchRound(
-                    index, started, elapsed, None,
-                    f"interrupted after committing snapshot {newest} (parent {parent})"),
-                    path, say)
+            note = (f"interrupted; the store's newest snapshot is {newest} (it was {parent} "
+                    "when the round began)")
+            if this is not None:
+                this.error = note if this.error is None else f"{this.error}; {note}"
+                _log_round(report, this, path, say)
+            elif newest != parent:
+                _log_round(report, WatchRound(index, started, elapsed, None, note), path, say)
             raise
         _log_round(report, this, path, say)
         if after_round is not None:

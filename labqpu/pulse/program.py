@@ -194,6 +194,11 @@ class PulseProgram:
         arrays = {name: getattr(self, name) for name in (
             *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values",
             *(f for f in FEEDFORWARD_FIELDS if f != "play_block"))}
+        if not np.all(np.isfinite(self.param_values)):
+            # A parameter without a value (NaN: left to the run's parameter_binds, which the
+            # backend requires) goes on the wire as 0, which every point then replaces.
+            arrays["param_values"] = np.nan_to_num(self.param_values, nan=0.0, posinf=0.0,
+                                                   neginf=0.0)
         meta = {"sample_rate_hz": self.sample_rate_hz, "duration_samples": self.duration_samples,
                 "param_names": list(self.param_names)}
         if self.binds:

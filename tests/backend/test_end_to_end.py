@@ -220,7 +220,7 @@ def test_cz_on_an_uncoupled_pair_is_rejected(lab_backend) -> None:
     message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
     assert "'cz'" in message
     assert "(0, 2)" in message
-    assert "it has cz on qubits [(0, 1)," in message
+    assert "which has cz on qubits [(0, 1)," in message
 
 
 def test_run_of_something_that_is_no_circuit_says_what_it_takes(lab_backend) -> None:

@@ -150,10 +150,16 @@ def test_a_swept_parameter_without_values_is_refused_before_anything_is_sent(lab
         lab_backend.run(program, shots=100)
     with pytest.raises(InvalidRunInputError, match=r"'two'.*amp2 have no value"):
         lab_backend.run(program, shots=100, parameter_binds={amp: [0.1, 0.2]})
+    with pytest.raises(InvalidRunInputError, match=r"at position 0 \(one mapping, or None, "
+                                                   r"per program: 2\)"):
+        lab_backend.run([program, program], shots=100)
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
-    result = lab_backend.run(program, shots=100,
-                             parameter_binds={amp: [0.1, 0.2], amp2: [0.0, 0.1]}).result()
+    job = lab_backend.run(program, shots=100,
+                          parameter_binds={amp: [0.1, 0.2], amp2: [0.0, 0.1]})
+    result = job.result()
     assert len(result.results) == 2
+    bundle = result.to_dict()["results"][0]["header"]["reproducibility"]
+    assert bundle["program_hash"] == job.programs[0].content_hash  # what was uploaded
 
 
 def test_calibration_sweeps_fall_back_to_a_program_per_point(lab_backend, monkeypatch) -> None:

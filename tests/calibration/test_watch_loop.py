@@ -79,8 +79,24 @@ def test_a_round_interrupted_after_its_commit_is_logged(quiet_lab_backend, tmp_p
     assert newest != parent
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["round"] for line in lines] == [1]
-    assert lines[0]["error"] == f"interrupted after committing snapshot {newest} (parent {parent})"
+    assert lines[0]["error"] == (f"interrupted; the store's newest snapshot is {newest} (it was "
+                                 f"{parent} when the round began)")
     assert said == [f"round 1 at +0.00 h: failed: {lines[0]['error']}"]
+
+
+def test_a_round_interrupted_while_benchmarking_keeps_its_steps(quiet_lab_backend, tmp_path,
+                                                                 monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C during the round's randomized benchmarking
+
+    monkeypatch.setattr(watch_module, "_benchmark", interrupted)
+    log = tmp_path / "watch.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=3, qubits=[0],
+              clock="device", say=lambda line: None, log_path=log, rb_every=1)
+    (line,) = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["round"] == 1 and line["steps"], line
+    assert line["error"].startswith("interrupted; the store's newest snapshot is ")
 
 
 def test_every_nth_round_benchmarks_the_watched_gates(lab_home, tmp_path) -> None:

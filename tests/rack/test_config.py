@@ -440,3 +440,16 @@ def test_duplicate_coupling_edge_is_refused(doc):
     with pytest.raises(BackendConfigurationError,
                        match=r"coupling_map lists the edge \(1, 0\) twice"):
         parse_config(doc)
+
+
+def test_unassigned_addresses_name_each_port_0(shipped_text, tmp_path):
+    config = load_config(write(tmp_path, shipped_text))
+    named = config.unassigned_addresses()
+    assert "controller ctrl0 (tcp://127.0.0.1:0)" in named
+    assert len(named) == len(config.controllers) + len(config.instruments)
+    text = shipped_text.replace('endpoint = "tcp://127.0.0.1:0"',
+                                'endpoint = "tcp://127.0.0.1:5555"')
+    only_instruments = load_config(write(tmp_path, text)).unassigned_addresses()
+    assert only_instruments and all(a.startswith("instrument ") for a in only_instruments)
+    real = text.replace("::0::SOCKET", "::5025::SOCKET")
+    assert load_config(write(tmp_path, real)).unassigned_addresses() == []

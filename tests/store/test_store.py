@@ -683,7 +683,9 @@ def test_parameter_history_lists_each_measurement_once_newest_first(tmp_path) ->
         assert history[0].experiment == "t1"
         recent = store.parameter_history("t1_s", qubit=2, since="2026-11-22T12:00:00+00:00")
         assert [r.value for r in recent] == [55e-6]
-        assert store.parameter_history("t1_s", qubit=3) == []
+        assert store.parameter_history("t1_s", qubit=3) == []  # no measurement of qubit 3
+        with pytest.raises(CalibrationMissingError, match="did you mean 't1_s'"):
+            store.parameter_history("t1", qubit=2)
         with pytest.raises(ValueError, match="exactly one"):
             store.parameter_history("t1_s", qubit=2, gate="sx:2")
 
