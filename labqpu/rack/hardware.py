@@ -500,10 +500,17 @@ class LocalHardwareQueue:
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeoutError as exc:
-            future.cancel()
+            if future.cancel():  # it never started: other work held the rack
+                why = "it was still queued behind other jobs"
+            else:
+                config = self.rack.config
+                asked = [f"{c.name} at {c.endpoint}" for c in config.controllers]
+                if command == "describe":
+                    asked += [f"{i.name} at {i.resource}" for i in config.instruments]
+                why = f"a controller or instrument is not answering (asked: {', '.join(asked)})"
             raise InstrumentTimeoutError(
-                f"the hardware did not answer {command} within {timeout_s} s (jobs ahead in "
-                "the queue, or an instrument not answering)", command=command) from exc
+                f"the hardware did not answer {command} within {timeout_s} s: {why}",
+                command=command) from exc
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Cancel queued work, abort the running program, wait for the worker (bounded by
