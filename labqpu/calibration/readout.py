@@ -16,7 +16,8 @@ and keeps the shortest whose fidelity (smoothed over neighbours) is within
 :data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). The two depend on
 each other (a stronger tone wants a shorter window, a shorter window a stronger tone), so if
 the window moved, the amplitude is chosen again at it, then the window at that amplitude, until
-neither moves (at most :data:`READOUT_ROUNDS` rounds). Then single shots at that point give the
+neither moves or the search returns to a point it chose before (at most :data:`READOUT_ROUNDS`
+rounds). Then single shots at that point give the
 discriminator centres, the assignment matrix and the fidelity.
 """
 
@@ -138,9 +139,10 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     away from it; on the current readout frequency when no measured resonator is known), then
     in turn the window at that amplitude (:func:`choose_readout_duration` on a
     :func:`duration_scan`, as many shots) and, if the window moved, the amplitude again at the
-    chosen frequency and the new window, until neither moves or :data:`READOUT_ROUNDS` rounds
-    have run (the records' settings say how many and whether it converged); then discriminator
-    centres, assignment matrix and fidelity from ``4 shots`` single shots per state."""
+    chosen frequency and the new window, until neither moves, the search returns to a point it
+    chose before, or :data:`READOUT_ROUNDS` rounds have run (the records' settings say how
+    many and whether it converged); then discriminator centres, assignment matrix and
+    fidelity from ``4 shots`` single shots per state."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
@@ -159,9 +161,12 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     duration = old_duration
     line, line_smooth = fidelity[i_f], smooth[i_f]
     rounds, converged = 0, False
+    visited = {(amp, duration)}
     while rounds < READOUT_ROUNDS and not converged:
         # the window at this amplitude, then (if it moved) the amplitude at that window, until
-        # neither moves: a stronger tone wants a shorter window, a shorter window a stronger tone
+        # neither moves: a stronger tone wants a shorter window, a shorter window a stronger tone.
+        # A return to a point already chosen also ends it: two neighbouring points that the
+        # measurement noise cannot tell apart would otherwise alternate.
         rounds += 1
         work["readout_amplitude"] = scan_amp = amp
         by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
@@ -171,13 +176,19 @@ def readout(kit: Kit, q: int, shots: int) -> None:
             break
         duration = float(READOUT_DURATIONS_S[i_d])
         work["readout_duration_s"] = duration
+        if (amp, duration) in visited:
+            converged = True
+            break
+        visited.add((amp, duration))
         line = fidelity_map(kit, q, np.array([best_f]), READOUT_AMPLITUDES,
                             shots * 2 * READOUT_LINE_SHOTS)[0]
         _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
         line_smooth = again[0]
         sweep_raw["amplitude_line"] = line
-        converged = float(READOUT_AMPLITUDES[i_line]) == amp
+        converged = (float(READOUT_AMPLITUDES[i_line]) == amp
+                     or (float(READOUT_AMPLITUDES[i_line]), duration) in visited)
         amp = float(READOUT_AMPLITUDES[i_line])
+        visited.add((amp, duration))
     step = np.diff(READOUT_DURATIONS_S)
     duration_id = kit.record(
         "readout_duration", q,
