@@ -40,11 +40,8 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
     takes a parameter (or its name) to the sequence of its values. ``capabilities(name)`` is a
     controller's hello capabilities. Raises ``InvalidRunInputError`` naming the problem."""
     if binds is None:
-        for i, program in enumerate(programs):
-            _check_values(program, np.asarray(program.param_values, dtype=float)[None, :],
-                          f"program {_name_of(program)!r}", i, len(programs))
-        return [None] * len(programs)
-    if isinstance(binds, Mapping):
+        binds = [None] * len(programs)
+    elif isinstance(binds, Mapping):
         binds = [binds]
     if isinstance(binds, str | bytes) or not isinstance(binds, Sequence) \
             or len(binds) != len(programs):
