@@ -287,12 +287,21 @@ def test_discriminate_rejects_mismatched_shapes(iq_shape: tuple, n0: int, n1: in
         discriminate(iq, np.zeros(n0, dtype=complex), np.zeros(n1, dtype=complex))
 
 
-# --------------------------------------------------------------------------- bit-exact speed-ups
+# --------------------------------------------------------------------------- fast kernels
+
+
+def _float32_rounding_excess(fast: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """How far each float32 component of ``fast`` lies beyond half a float32 step from
+    ``exact`` (complex128), in float64: <= 0 where ``fast`` is ``exact`` correctly rounded."""
+    got = fast.view(np.float32).astype(np.float64)
+    want = exact.astype(np.complex128).view(np.float64)
+    half_step = 0.5 * np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got - want) - half_step
 
 
 @njit(cache=True)
 def _flat_top_per_sample(rise_samples, beta_samples, out):
-    """The flat-top kernel as first written (one branch per sample): the bit-exact reference."""
+    """The flat-top formula as first written (one branch per sample, cos and sin per sample)."""
     n = out.shape[0]
     for k in range(n):
         t = k + 0.5
@@ -319,31 +328,48 @@ def _random_drag_cases(count: int, seed: int) -> list[tuple[int, float, float]]:
     return cases
 
 
-def test_gaussian_drag_recurrence_is_bit_identical_to_one_exp_per_sample() -> None:
-    """The fast kernel (half window, exp anchors + recurrence, guarded rounding) stores exactly
-    the bits of the direct formula, so compiled programs keep their content hash; complex128
-    output takes the direct formula itself."""
+def test_gaussian_drag_recurrence_is_float32_rounding_of_the_exact_envelope() -> None:
+    """The fast kernel (half window, exp anchors + recurrence) stores each sample within 1e-10
+    of the peak beyond the float32 rounding of the exact envelope (the per-sample reference of
+    this file, in float64), and the bits of the one-exp-per-sample kernel in all but a few
+    samples in 1e4; complex128 output takes the one-exp-per-sample formula itself."""
     from labqpu.pulse.kernels import _gaussian_drag_direct_kernel, _gaussian_drag_kernel
 
+    differing = total = 0
     for n, sigma, beta in _random_drag_cases(500, seed=11):
-        fast = _gaussian_drag_kernel(sigma, beta, np.empty(n, np.complex64))
+        fast = gaussian_drag(n, sigma, beta)
+        exact = drag_reference(n, sigma, beta)
+        excess = _float32_rounding_excess(fast, exact)
+        assert excess.max() <= 1e-10 * max(1.0, abs(beta)), (n, sigma, beta, excess.max())
+        assert np.isfinite(fast.view(np.float32)).all()
+        assert fast.tobytes() == _gaussian_drag_kernel(sigma, beta, np.empty(n, np.complex64)) \
+            .tobytes()
         direct = _gaussian_drag_direct_kernel(sigma, beta, np.empty(n, np.complex64))
-        assert fast.tobytes() == direct.tobytes(), (n, sigma, beta)
-        assert gaussian_drag(n, sigma, beta).tobytes() == direct.tobytes()
+        differing += int(np.count_nonzero(fast.view(np.float32) != direct.view(np.float32)))
+        total += 2 * n
         full = _gaussian_drag_direct_kernel(sigma, beta, np.empty(n, np.complex128))
         assert gaussian_drag(n, sigma, beta, dtype=np.complex128).tobytes() == full.tobytes()
+    assert differing <= 1e-4 * total, (differing, total)
 
 
-def test_flat_top_rotation_is_bit_identical_to_the_per_sample_kernel() -> None:
-    """The fast kernel (mirrored edges, cos/sin anchors + rotation, guarded rounding) stores
-    exactly the bits of the per-sample formula on every rise ``flat_top`` accepts
-    (0 <= 2 rise <= N - 1), so compiled programs keep their content hash; complex128 output
-    takes the direct formula."""
-    from labqpu.pulse.kernels import _flat_top_direct_kernel, _flat_top_kernel
+def test_gaussian_drag_tails_underflow_without_nan() -> None:
+    """Narrow Gaussians in long windows: the far tails underflow to 0 (no inf x 0 = NaN)."""
+    for n, sigma in ((1000, 0.05), (3000, 0.3), (100_000, 2.0), (41, 0.01)):
+        fast = gaussian_drag(n, sigma, 1.0)
+        assert np.isfinite(fast.view(np.float32)).all(), (n, sigma)
+        assert fast[0] == 0 and fast[-1] == 0
+        assert _float32_rounding_excess(fast, drag_reference(n, sigma, 1.0)).max() <= 1e-10
+
+
+def test_flat_top_rotation_is_float32_rounding_of_the_per_sample_formula() -> None:
+    """The fast kernel (mirrored edges, cos/sin anchors + rotation) stores each sample within
+    1e-13 beyond the float32 rounding of the per-sample formula (in float64) on every rise
+    ``flat_top`` accepts (0 <= 2 rise <= N - 1); complex128 output takes the direct formula."""
+    from labqpu.pulse.kernels import _flat_top_direct_kernel
 
     rng = np.random.default_rng(12)
     cases = [(1, 0.0, 0.0), (2, 0.5, 0.0), (7, 3.0, 1.0), (10, 4.5, -1.0), (1000, 20.0, 0.0),
-             (32, 4.0, 0.0), (32, 5.0, 0.0), (30, 5.0, 0.7), (4, -1.0, 0.2), (12, 3.0, -0.0),
+             (32, 4.0, 0.0), (32, 5.0, 0.0), (30, 5.0, 0.7), (12, 3.0, -0.0),
              (100_000, 20.0, 0.0), (100_000, 49_999.5, 0.4), (65_537, 3_000.3, -1.2)]
     for _ in range(1500):
         n = int(rng.integers(1, 3000))
@@ -352,12 +378,10 @@ def test_flat_top_rotation_is_bit_identical_to_the_per_sample_kernel() -> None:
                                  rng.uniform(0, half), half]))
         cases.append((n, rise, float(rng.choice([0.0, -0.0, rng.uniform(-2, 2)]))))
     for n, rise, beta in cases:
-        fast = _flat_top_kernel(rise, beta, np.empty(n, np.complex64))
-        ref = _flat_top_per_sample(rise, beta, np.empty(n, np.complex64))
-        assert fast.tobytes() == ref.tobytes(), (n, rise, beta)
-        if rise >= 0:
-            assert flat_top(n, rise, beta).tobytes() == ref.tobytes(), (n, rise, beta)
-            full = _flat_top_per_sample(rise, beta, np.empty(n, np.complex128))
-            assert _flat_top_direct_kernel(rise, beta, np.empty(n, np.complex128)).tobytes() \
-                == full.tobytes(), (n, rise, beta)
-            assert flat_top(n, rise, beta, dtype=np.complex128).tobytes() == full.tobytes()
+        fast = flat_top(n, rise, beta)
+        full = _flat_top_per_sample(rise, beta, np.empty(n, np.complex128))
+        excess = _float32_rounding_excess(fast, full)
+        assert excess.max() <= 1e-13 * max(1.0, abs(beta)), (n, rise, beta, excess.max())
+        assert _flat_top_direct_kernel(rise, beta, np.empty(n, np.complex128)).tobytes() \
+            == full.tobytes(), (n, rise, beta)
+        assert flat_top(n, rise, beta, dtype=np.complex128).tobytes() == full.tobytes()
