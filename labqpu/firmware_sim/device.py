@@ -7,6 +7,7 @@ The simulator reads both; the backend reads only the wiring and what calibration
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import MISSING, dataclass, field
@@ -193,6 +194,9 @@ class ControllerSpec:
     input_base: int = 0
 
 
+#: The keys of a wiring file's ``[simulator]`` table (docs/wiring.md).
+SIMULATOR_KEYS = ("device", "seed", "noise", "timing", "sync_arm_timeout_s", "faults")
+
 #: Timing rules a simulated controller can be told to state and enforce (samples).
 TIMING_FIELDS = ("granularity", "min_length", "pulse_alignment", "acquire_alignment")
 
@@ -285,6 +289,14 @@ def load_rack(path: str | Path) -> Rack:
         doc = tomllib.load(f)
     controllers: list[ControllerSpec] = []
     sim = doc.get("simulator", {})
+    if not isinstance(sim, dict):
+        raise ValueError(f"{path}: [simulator] must be a table, got {sim!r}")
+    for key in sim:
+        if key not in SIMULATOR_KEYS:
+            close = difflib.get_close_matches(key, SIMULATOR_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{path}: [simulator] has unknown key {key!r} (known: "
+                             f"{', '.join(SIMULATOR_KEYS)}){hint}")
     out_base = in_base = 0
     for c in doc.get("controllers", []):
         host, port = _host_port_from_tcp(c["endpoint"])

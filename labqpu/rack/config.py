@@ -6,6 +6,7 @@ One file describes one rack. See ``labqpu/data/lab5.toml`` for an annotated exam
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -203,6 +204,26 @@ def _table(value: object, where: _Where, what: str = "a table", key: str = "") -
     return value
 
 
+#: The keys each part of a wiring file may hold. ``[simulator]`` is the simulator's to check
+#: (``labqpu.firmware_sim.device``); the backend never reads it.
+TOP_KEYS = ("device", "calibration", "simulator", "controllers", "instruments", "qubits")
+DEVICE_KEYS = ("name", "num_qubits", "coupling_map")
+CALIBRATION_KEYS = ("store", "seed_snapshot", "max_age_h")
+CONTROLLER_KEYS = ("name", "endpoint", "sample_rate_hz", "outputs", "inputs", "timeout_s")
+INSTRUMENT_KEYS = ("name", "kind", "resource", "channels", "timeout_s")
+QUBIT_KEYS = (*ROLES, "drive_lo", "readout_lo", "flux_bias")
+
+
+def _known_keys(table: dict, known: tuple[str, ...], where: _Where) -> None:
+    """An error naming the first key of ``table`` not in ``known`` (a misspelt key would
+    otherwise be ignored and its default used), with the nearest known key as a hint."""
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise where.error(f": unknown key {key!r} (known: {', '.join(known)}){hint}", key)
+
+
 def _array_of_tables(doc: dict, key: str, where: _Where) -> list[dict]:
     """``doc[key]`` (default ``[]``) checked to be an array of tables (``[[key]]`` entries)."""
     value = doc.get(key, [])
@@ -374,8 +395,10 @@ def parse_config(doc: dict, path: Path | None = None) -> LabConfig:
 
 def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     top = _Where(str(path) if path else "lab configuration")
+    _known_keys(doc, TOP_KEYS, top)
     device = top.at("device", "[device]")
     dev = _table(_require(doc, "device", top), device)
+    _known_keys(dev, DEVICE_KEYS, device)
     name = _string(dev, "name", device)
     if not _DEVICE_NAME.fullmatch(name) or name in (".", ".."):
         raise device.error(
@@ -404,6 +427,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     controllers = []
     for index, c in enumerate(_array_of_tables(doc, "controllers", top)):
         w = top.at(f"controllers[{index}]", f"[[controllers]] {c.get('name', '?')}")
+        _known_keys(c, CONTROLLER_KEYS, w)
         ctrl_name = _string(c, "name", w)
         endpoint = _string(c, "endpoint", w)
         _check_endpoint(endpoint, w)
@@ -422,6 +446,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     instruments = []
     for index, i in enumerate(_array_of_tables(doc, "instruments", top)):
         w = top.at(f"instruments[{index}]", f"[[instruments]] {i.get('name', '?')}")
+        _known_keys(i, INSTRUMENT_KEYS + tuple(k for ks in LIMIT_KEYS.values() for k in ks), w)
         inst_name = _string(i, "name", w)
         kind = _string(i, "kind", w)
         if kind not in INSTRUMENT_KINDS:
@@ -448,6 +473,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         if not key.isdigit() or int(key) >= n:
             raise w.error(f": qubit index must be 0..{n - 1}")
         _table(q, w)
+        _known_keys(q, QUBIT_KEYS, w)
         ports = {}
         for role in ROLES:
             ctrl, port = _port(_require(q, role, w), w, role)
@@ -493,6 +519,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
 
     calibration = top.at("calibration", "[calibration]")
     cal = _table(doc.get("calibration", {}), calibration)
+    _known_keys(cal, CALIBRATION_KEYS, calibration)
     store = _string(cal, "store", calibration, default="", nonempty=False)
     seed_snapshot = _string(cal, "seed_snapshot", calibration, default="", nonempty=False)
     if store:

@@ -409,6 +409,15 @@ def test_simulator_option_switches_noise_and_drift_off(tmp_path: Path) -> None:
         load_rack(_lab_toml(tmp_path, 'noise = "off"'))
 
 
+def test_simulator_table_refuses_unknown_keys(tmp_path: Path) -> None:
+    """A misspelt ``[simulator]`` key (which would leave noise on) is refused, naming the file,
+    the key and the nearest known one."""
+    path = _lab_toml(tmp_path, "nosie = false")
+    with pytest.raises(ValueError, match=r"lab\.toml: \[simulator\] has unknown key 'nosie' "
+                                         r"\(known: .*\); did you mean 'noise'\?"):
+        load_rack(path)
+
+
 def test_device_file_noise_table_is_validated(tmp_path: Path) -> None:
     """A bad ``[noise]`` field is refused with a message naming it."""
     text = (Path(labqpu.__file__).parent / "firmware_sim" / "devices" / "lab5.toml").read_text()

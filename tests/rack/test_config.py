@@ -453,3 +453,39 @@ def test_unassigned_addresses_name_each_port_0(shipped_text, tmp_path):
     assert only_instruments and all(a.startswith("instrument ") for a in only_instruments)
     real = text.replace("::0::SOCKET", "::5025::SOCKET")
     assert load_config(write(tmp_path, real)).unassigned_addresses() == []
+
+
+@pytest.mark.parametrize(("edit", "field", "hint"), [
+    (lambda d: d.update(qubit={}), "qubit", "did you mean 'qubits'?"),
+    (lambda d: d["device"].update(num_qbits=5), "device.num_qbits", "did you mean 'num_qubits'?"),
+    (lambda d: d["calibration"].update(stor="/elsewhere.sqlite"), "calibration.stor",
+     "did you mean 'store'?"),
+    (lambda d: d["controllers"][0].update(timeout_sec=30.0), "controllers[0].timeout_sec",
+     "did you mean 'timeout_s'?"),
+    (lambda d: d["instruments"][3].update(max_curent_a=0.01), "instruments[3].max_curent_a",
+     "did you mean 'max_current_a'?"),
+    (lambda d: d["qubits"]["2"].update(readout_lo_power=3), "qubits.2.readout_lo_power",
+     "did you mean 'readout_lo'?"),
+    (lambda d: d["qubits"]["0"].update(colour="red"), "qubits.0.colour", ""),
+])
+def test_unknown_keys_are_refused_with_the_nearest_known_one(tmp_path, doc, edit, field, hint):
+    """A misspelt key would otherwise be ignored and its default used (a store elsewhere, a
+    10 s timeout): the error names the file, the section, the key and the nearest known key."""
+    edit(doc)
+    path = tmp_path / "lab.toml"
+    with pytest.raises(BackendConfigurationError) as info:
+        parse_config(doc, path)
+    assert info.value.field == field
+    message = str(info.value)
+    assert message.startswith(str(path)) and f"unknown key {field.split('.')[-1]!r}" in message
+    assert hint in message and ("did you mean" in message) == bool(hint), message
+
+
+def test_every_key_of_the_shipped_wiring_files_is_known():
+    """The shipped wiring files (and the limits and [simulator] tables) parse: the known-key
+    lists hold every key the docs describe."""
+    from labqpu.rack.builtin import BUILTIN_DEVICES
+    from labqpu.rack.config import builtin_config_path
+
+    for device in BUILTIN_DEVICES:
+        assert load_config(builtin_config_path(device)).device_name == device
