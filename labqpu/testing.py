@@ -29,7 +29,7 @@ import pytest
 
 from labqpu.backend.backend import LabBackend
 from labqpu.backend.provider import LabProvider
-from labqpu.rack.config import BUILTIN_DEVICES, default_config_path
+from labqpu.rack.config import BUILTIN_DEVICES, default_config_path, load_config
 from labqpu.store import CalibrationStore
 from labqpu.store.snapshot import Snapshot
 
@@ -121,12 +121,21 @@ def lab_backend(lab_provider: LabProvider) -> LabBackend:
 def quiet_lab_provider(lab_home: str, tmp_path_factory: pytest.TempPathFactory
                        ) -> Iterator[LabProvider]:
     """A ``LabProvider`` on a simulator of the default device whose flux noise, quasi-static
-    noise and drift are off (``[simulator] noise = false``; thermal equilibrium stays)."""
+    noise and drift are off (``[simulator] noise = false``; thermal equilibrium stays), with a
+    store of its own holding the :func:`restamped` shipped snapshot (so that what the tests of
+    the noisy ``lab_backend`` commit never reaches it)."""
     text = default_config_path().read_text()
-    if "\n[simulator]\n" not in text:
-        raise RuntimeError(f"{default_config_path()} has no [simulator] table to switch noise off")
-    path = tmp_path_factory.mktemp("quiet-lab") / "lab.toml"
-    path.write_text(text.replace("\n[simulator]\n", "\n[simulator]\nnoise = false\n", 1))
+    for line in ("\n[simulator]\n", '\nstore = ""\n'):
+        if line not in text:
+            raise RuntimeError(f"{default_config_path()} has no line {line.strip()!r} to edit")
+    folder = tmp_path_factory.mktemp("quiet-lab")
+    store = folder / "calibration.sqlite"
+    with CalibrationStore(store) as seeded:
+        seeded.import_json(restamped(shipped_export(load_config(default_config_path())
+                                                    .device_name)))
+    path = folder / "lab.toml"
+    path.write_text(text.replace("\n[simulator]\n", "\n[simulator]\nnoise = false\n", 1)
+                    .replace('\nstore = ""\n', f"\nstore = {json.dumps(str(store))}\n", 1))
     provider = LabProvider(path, simulator=True)
     try:
         yield provider
