@@ -134,8 +134,9 @@ def quiet_lab_provider(lab_home: str, tmp_path_factory: pytest.TempPathFactory
         seeded.import_json(restamped(shipped_export(load_config(default_config_path())
                                                     .device_name)))
     path = folder / "lab.toml"
+    store_line = f"\nstore = {json.dumps(str(store), ensure_ascii=False)}\n"  # a TOML string
     path.write_text(text.replace("\n[simulator]\n", "\n[simulator]\nnoise = false\n", 1)
-                    .replace('\nstore = ""\n', f"\nstore = {json.dumps(str(store))}\n", 1))
+                    .replace('\nstore = ""\n', store_line, 1))
     provider = LabProvider(path, simulator=True)
     try:
         yield provider

@@ -194,6 +194,8 @@ class ControllerSpec:
     input_base: int = 0
 
 
+#: The controller ports of a ``[qubits.N]`` table.
+_PORT_ROLES = ("drive", "flux", "readout", "acquire")
 #: The keys of a wiring file's ``[simulator]`` table (docs/wiring.md).
 SIMULATOR_KEYS = ("device", "seed", "noise", "timing", "sync_arm_timeout_s", "faults")
 
@@ -319,6 +321,10 @@ def load_rack(path: str | Path) -> Rack:
     if not controllers:
         raise ValueError(f"{path}: the wiring has no [[controllers]]")
     by_name = {c.name: c for c in controllers}
+    for name in sim.get("timing", {}):
+        if name not in by_name:
+            raise ValueError(f"{path}: [simulator.timing.{name}] names no controller of the "
+                             f"wiring (it has {', '.join(by_name)})")
     instruments = []
     for i in doc.get("instruments", []):
         host, port = _host_port_from_visa(i["resource"])
@@ -327,8 +333,11 @@ def load_rack(path: str | Path) -> Rack:
             {key: float(i[key]) for key in INSTRUMENT_LIMIT_KEYS if key in i}))
     cabling = {}
     for key, q in doc.get("qubits", {}).items():
+        missing = [k for k in (*_PORT_ROLES, "drive_lo", "readout_lo", "flux_bias") if k not in q]
+        if missing:
+            raise ValueError(f"{path}: [qubits.{key}] has no {', '.join(missing)}")
         ports = {}
-        for role in ("drive", "flux", "readout", "acquire"):
+        for role in _PORT_ROLES:
             name, port = _split_port(q[role], f"qubit {key} {role}")
             ctrl = by_name.get(name)
             if ctrl is None:

@@ -28,6 +28,17 @@ from numba import njit
 #: after j steps of a recurrence (~200 ulp, 3e-14 relative, for 20 steps): far below the
 #: float32 rounding (6e-8) the waveform table stores.
 _ANCHOR_EVERY = 20
+#: Above this amplification of the Gaussian recurrence's rounding (~1e-14) by the lift, i.e.
+#: 1 / (1 - g(c + 1) / g(c)), the DRAG kernel takes the direct formula (a Gaussian much wider
+#: than its window, whose samples differ from the lifted edge by little).
+_MAX_LIFT_GAIN = 1e3
+#: Narrowest Gaussian sigma (samples): narrower is one sample wide anyway, and 1 / sigma^2
+#: would overflow.
+MIN_SIGMA_SAMPLES = 1e-3
+#: Smallest step from the lifted edge to the first sample, relative to the peak, that a
+#: Gaussian may have: a wider one is flat across its window, and lifting it divides rounding
+#: errors by that step (float64: ~1e-16 / 1e-7, within float32's rounding).
+_MIN_EDGE_STEP = 1e-7
 
 
 @njit(cache=True, nogil=True)
@@ -46,13 +57,19 @@ def _gaussian_drag_kernel(sigma_samples, beta_samples, out):
       q = exp(-1 / s^2): two multiplications instead of an ``exp``. Outwards g and r only
       shrink, so the tails underflow to 0 as the direct formula does, without overflow.
 
+    A Gaussian so wide that the lift would amplify the recurrence's rounding more than
+    ``_MAX_LIFT_GAIN`` times (sigma^2 > ~500 N) takes the direct formula instead.
+
     Stored as complex64, each sample is the exact envelope rounded to float32, and differs from
     the direct formula's float32 in under 1 of 1e4 samples (a few in 1e6 on random shapes), by
     one float32 step (tested); complex128 output takes the direct formula (``gaussian_drag``).
     """
     n = out.shape[0]
-    centre = (n - 1) / 2.0
     inv_s2 = 1.0 / sigma_samples**2
+    # 1 - g(c + 1) / g(c) = 1 - exp(-N / 2s^2) ~ N / 2s^2 when it is small
+    if 0.5 * n * inv_s2 * _MAX_LIFT_GAIN < 1.0:
+        return _gaussian_drag_direct_kernel(sigma_samples, beta_samples, out)
+    centre = (n - 1) / 2.0
     edge = np.exp(-0.5 * ((centre + 1.0) ** 2) * inv_s2)
     norm = 1.0 / (1.0 - edge)
     edge_norm = edge * norm
@@ -111,7 +128,8 @@ def _gaussian_drag_direct_kernel(sigma_samples, beta_samples, out):
 def _gaussian_square_kernel(width_samples, sigma_samples, beta_samples, out):
     """Fill ``out`` (length N): 1 on the flat part [c - w/2, c + w/2] around c = (N - 1) / 2,
     Gaussian flanks of ``sigma_samples`` outside it, lifted to vanish one sample outside the
-    window; Q = beta * dI/dk. ``width_samples`` = 0 gives ``_gaussian_drag_kernel`` exactly."""
+    window; Q = beta * dI/dk. ``width_samples`` = 0 gives the envelope of ``gaussian_drag``
+    (the same formula, evaluated per sample)."""
     n = out.shape[0]
     centre = (n - 1) / 2.0
     left = centre - width_samples / 2.0
@@ -237,9 +255,29 @@ def _out(duration_samples: int, dtype) -> np.ndarray:
     return np.empty(int(duration_samples), dtype=dtype)
 
 
-def _check_sigma(sigma_samples: float) -> float:
-    if not sigma_samples > 0:
-        raise ValueError(f"Gaussian sigma must be > 0 samples, got {sigma_samples}")
+def sigma_range(gaussian_samples: float) -> tuple[float, float]:
+    """(narrowest, widest) Gaussian sigma (samples) for a Gaussian part of
+    ``gaussian_samples`` samples (a pulse's duration minus its flat width): the widest is the
+    one whose first sample stands 1e-7 of the peak above the lifted edge."""
+    return MIN_SIGMA_SAMPLES, math.sqrt(max(gaussian_samples, 1.0) / (2.0 * _MIN_EDGE_STEP))
+
+
+def sigma_problem(sigma_samples: float, gaussian_samples: float) -> str | None:
+    """Why ``sigma_samples`` cannot shape a Gaussian part of ``gaussian_samples`` samples (see
+    :func:`sigma_range`), or None when it can."""
+    low, high = sigma_range(gaussian_samples)
+    if low <= sigma_samples <= high:
+        return None
+    why = (" (a wider Gaussian is flat across its window: use a constant or flat-top envelope)"
+           if sigma_samples > high else "")
+    return (f"Gaussian sigma must be {low:g}..{high:.6g} samples for a Gaussian part of "
+            f"{gaussian_samples:g} samples, got {sigma_samples}{why}")
+
+
+def _check_sigma(sigma_samples: float, gaussian_samples: float) -> float:
+    problem = sigma_problem(sigma_samples, gaussian_samples)
+    if problem:
+        raise ValueError(problem)
     return float(sigma_samples)
 
 
@@ -258,7 +296,7 @@ def gaussian_drag(duration_samples: int, sigma_samples: float, beta_samples: flo
     # the recurrence's rounding (~1e-14) is far below float32's; full precision takes the
     # direct formula, one exp per sample
     kernel = _gaussian_drag_kernel if out.dtype is _COMPLEX64 else _gaussian_drag_direct_kernel
-    return kernel(_check_sigma(sigma_samples), _check_beta(beta_samples), out)
+    return kernel(_check_sigma(sigma_samples, out.shape[0]), _check_beta(beta_samples), out)
 
 
 def gaussian_square(duration_samples: int, width_samples: float, sigma_samples: float,
@@ -267,10 +305,10 @@ def gaussian_square(duration_samples: int, width_samples: float, sigma_samples: 
     the window, Gaussian flanks of ``sigma_samples`` lifted to zero one sample outside it,
     optional DRAG Q = ``beta_samples`` x dI/dk. Width 0 is ``gaussian_drag``."""
     out = _out(duration_samples, dtype)
-    sigma = _check_sigma(sigma_samples)
     if not 0 <= width_samples <= duration_samples - 1:
         raise ValueError(f"flat width {width_samples} samples must lie in 0..{duration_samples - 1}"
                          f" for a {duration_samples}-sample pulse")
+    sigma = _check_sigma(sigma_samples, duration_samples - width_samples)
     return _gaussian_square_kernel(float(width_samples), sigma, _check_beta(beta_samples), out)
 
 

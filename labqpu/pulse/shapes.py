@@ -224,9 +224,10 @@ class Gaussian(Shape):
     sigma_samples: Value
 
     def _check(self) -> None:
-        if not self.sigma_samples > 0:
-            raise PulseError(f"{self.kind}: sigma_samples must be > 0, got {self.sigma_samples}",
-                             parameter="sigma_samples")
+        problem = kernels.sigma_problem(
+            self.sigma_samples, self.duration_samples - getattr(self, "width_samples", 0.0))
+        if problem:
+            raise PulseError(f"{self.kind}: sigma_samples: {problem}", parameter="sigma_samples")
 
     def _synthesize(self, dtype: type) -> np.ndarray:
         return kernels.gaussian_drag(self.duration_samples, self.sigma_samples, 0.0, dtype)
@@ -256,10 +257,10 @@ class GaussianSquare(Gaussian):
     beta_samples: Value = 0.0
 
     def _check(self) -> None:
-        super()._check()
         if not 0 <= self.width_samples <= self.duration_samples - 1:
             raise PulseError(f"{self.kind}: width_samples {self.width_samples} must lie in "
                              f"0..{self.duration_samples - 1}", parameter="width_samples")
+        super()._check()
 
     def _synthesize(self, dtype: type) -> np.ndarray:
         return kernels.gaussian_square(self.duration_samples, self.width_samples,

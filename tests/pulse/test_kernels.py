@@ -16,6 +16,7 @@ absolute floor of 1e-7 (complex64 resolution near 1.0 is 6e-8).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -292,11 +293,29 @@ def test_discriminate_rejects_mismatched_shapes(iq_shape: tuple, n0: int, n1: in
 
 def _float32_rounding_excess(fast: np.ndarray, exact: np.ndarray) -> np.ndarray:
     """How far each float32 component of ``fast`` lies beyond half a float32 step from
-    ``exact`` (complex128), in float64: <= 0 where ``fast`` is ``exact`` correctly rounded."""
+    ``exact`` (complex128), in float32 steps: <= 0 where ``fast`` is ``exact`` correctly
+    rounded."""
     got = fast.view(np.float32).astype(np.float64)
     want = exact.astype(np.complex128).view(np.float64)
-    half_step = 0.5 * np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
-    return np.abs(got - want) - half_step
+    step = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return (np.abs(got - want) - 0.5 * step) / step
+
+
+def _drag_exact(n: int, sigma: float, beta: float) -> np.ndarray:
+    """The DRAG envelope in 60-digit decimal arithmetic (the lift of a Gaussian much wider than
+    its window cancels all but a few digits of float64)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        c, s2, b = Decimal(n - 1) / 2, Decimal(sigma) ** 2, Decimal(beta)
+        edge = (-(c + 1) ** 2 / (2 * s2)).exp()
+        out = np.empty(n, dtype=complex)
+        for k in range(n):
+            x = k - c
+            g = (-(x * x) / (2 * s2)).exp()
+            out[k] = complex(float((g - edge) / (1 - edge)), float(b * -x / s2 * g / (1 - edge)))
+    return out
 
 
 @njit(cache=True)
@@ -329,10 +348,10 @@ def _random_drag_cases(count: int, seed: int) -> list[tuple[int, float, float]]:
 
 
 def test_gaussian_drag_recurrence_is_float32_rounding_of_the_exact_envelope() -> None:
-    """The fast kernel (half window, exp anchors + recurrence) stores each sample within 1e-10
-    of the peak beyond the float32 rounding of the exact envelope (the per-sample reference of
-    this file, in float64), and the bits of the one-exp-per-sample kernel in all but a few
-    samples in 1e4; complex128 output takes the one-exp-per-sample formula itself."""
+    """The fast kernel (half window, exp anchors + recurrence) stores each sample within 1e-3
+    of a float32 step beyond the float32 rounding of the exact envelope (the per-sample
+    reference of this file, in float64), and the bits of the one-exp-per-sample kernel in all
+    but a few samples in 1e4; complex128 output takes the one-exp-per-sample formula itself."""
     from labqpu.pulse.kernels import _gaussian_drag_direct_kernel, _gaussian_drag_kernel
 
     differing = total = 0
@@ -340,7 +359,7 @@ def test_gaussian_drag_recurrence_is_float32_rounding_of_the_exact_envelope() ->
         fast = gaussian_drag(n, sigma, beta)
         exact = drag_reference(n, sigma, beta)
         excess = _float32_rounding_excess(fast, exact)
-        assert excess.max() <= 1e-10 * max(1.0, abs(beta)), (n, sigma, beta, excess.max())
+        assert excess.max() <= 1e-3, (n, sigma, beta, excess.max())
         assert np.isfinite(fast.view(np.float32)).all()
         assert fast.tobytes() == _gaussian_drag_kernel(sigma, beta, np.empty(n, np.complex64)) \
             .tobytes()
@@ -358,13 +377,51 @@ def test_gaussian_drag_tails_underflow_without_nan() -> None:
         fast = gaussian_drag(n, sigma, 1.0)
         assert np.isfinite(fast.view(np.float32)).all(), (n, sigma)
         assert fast[0] == 0 and fast[-1] == 0
-        assert _float32_rounding_excess(fast, drag_reference(n, sigma, 1.0)).max() <= 1e-10
+        assert _float32_rounding_excess(fast, drag_reference(n, sigma, 1.0)).max() <= 1e-3
+
+
+@pytest.mark.parametrize(("n", "sigma"), [(160, 16_000.0), (160, 28_000.0), (40, 4_000.0),
+                                          (40, 14_000.0), (41, 10_000.0), (2, 2_000.0),
+                                          (160, 400.0), (160, 40.0)])
+def test_gaussian_drag_wider_than_its_window_is_correctly_rounded(n: int, sigma: float) -> None:
+    """A Gaussian much wider than its window (the lift amplifies the recurrence's rounding up
+    to ~1e6 times here): every sample is still the exact envelope rounded to float32, within
+    1e-2 of a step (60-digit reference)."""
+    fast = gaussian_drag(n, sigma, 0.7)
+    assert _float32_rounding_excess(fast, _drag_exact(n, sigma, 0.7)).max() <= 1e-2
+
+
+@pytest.mark.parametrize(("n", "width", "sigma", "words"), [
+    (40, 0.0, 1e8, "0.001..14142.1 samples for a Gaussian part of 40 samples, got 100000000.0 "
+                   "(a wider Gaussian is flat"),
+    (40, 0.0, 1e-200, "0.001..14142.1 samples for a Gaussian part of 40 samples, got 1e-200"),
+    (40, 0.0, 0.0, "got 0.0"), (40, 0.0, math.inf, "got inf"), (40, 0.0, math.nan, "got nan"),
+    (100, 98.0, 10_000.0, "for a Gaussian part of 2 samples, got 10000.0"),
+])
+def test_sigma_outside_its_range_is_refused_by_kernels_and_shapes(n, width, sigma, words):
+    """No ZeroDivisionError, NaN or garbage: the kernels and the pulse shapes refuse a sigma
+    outside ``sigma_range`` naming the range, the Gaussian part and the value."""
+    from labqpu.errors import PulseError
+    from labqpu.pulse.kernels import gaussian_square
+    from labqpu.pulse.shapes import Drag, GaussianSquare
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        gaussian_square(n, width, sigma, 0.1)
+    if width == 0:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            gaussian_drag(n, sigma, 0.1)
+        with pytest.raises(PulseError, match=re.escape(words)):
+            Drag(duration_samples=n, amp=0.5, sigma_samples=sigma, beta_samples=0.1)
+    else:
+        with pytest.raises(PulseError, match=re.escape(words)):
+            GaussianSquare(duration_samples=n, amp=0.5, sigma_samples=sigma, width_samples=width)
 
 
 def test_flat_top_rotation_is_float32_rounding_of_the_per_sample_formula() -> None:
     """The fast kernel (mirrored edges, cos/sin anchors + rotation) stores each sample within
-    1e-13 beyond the float32 rounding of the per-sample formula (in float64) on every rise
-    ``flat_top`` accepts (0 <= 2 rise <= N - 1); complex128 output takes the direct formula."""
+    1e-3 of a float32 step beyond the float32 rounding of the per-sample formula (in float64)
+    on every rise ``flat_top`` accepts (0 <= 2 rise <= N - 1); complex128 output takes the
+    direct formula."""
     from labqpu.pulse.kernels import _flat_top_direct_kernel
 
     rng = np.random.default_rng(12)
@@ -381,7 +438,7 @@ def test_flat_top_rotation_is_float32_rounding_of_the_per_sample_formula() -> No
         fast = flat_top(n, rise, beta)
         full = _flat_top_per_sample(rise, beta, np.empty(n, np.complex128))
         excess = _float32_rounding_excess(fast, full)
-        assert excess.max() <= 1e-13 * max(1.0, abs(beta)), (n, rise, beta, excess.max())
+        assert excess.max() <= 1e-3, (n, rise, beta, excess.max())
         assert _flat_top_direct_kernel(rise, beta, np.empty(n, np.complex128)).tobytes() \
             == full.tobytes(), (n, rise, beta)
         assert flat_top(n, rise, beta, dtype=np.complex128).tobytes() == full.tobytes()

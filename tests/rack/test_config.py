@@ -481,11 +481,58 @@ def test_unknown_keys_are_refused_with_the_nearest_known_one(tmp_path, doc, edit
     assert hint in message and ("did you mean" in message) == bool(hint), message
 
 
-def test_every_key_of_the_shipped_wiring_files_is_known():
-    """The shipped wiring files (and the limits and [simulator] tables) parse: the known-key
-    lists hold every key the docs describe."""
+def test_every_documented_key_loads_in_the_backend_and_the_simulator(tmp_path, shipped_text):
+    """A wiring file that uses every optional key docs/wiring.md describes (age limits,
+    instrument limits and timeouts, the simulator's seed, noise, timing, arm timeout and fault
+    socket) loads in both parsers; the shipped wiring files of every built-in device load."""
+    from labqpu.firmware_sim.device import load_rack
+    from labqpu.firmware_sim.faults import fault_control_enabled
     from labqpu.rack.builtin import BUILTIN_DEVICES
     from labqpu.rack.config import builtin_config_path
 
+    text = (shipped_text
+            .replace('seed_snapshot = "lab5_calibration.json"\n',
+                     'seed_snapshot = "lab5_calibration.json"\n'
+                     '[calibration.max_age_h]\ncoherence = 6.0\nflux = 100\n')
+            .replace('device = "lab5"\n',
+                     'device = "lab5"\nseed = 7\nnoise = false\nsync_arm_timeout_s = 2.5\n'
+                     '[simulator.timing.ctrl0]\ngranularity = 4\nmin_length = 16\n'
+                     '[simulator.faults]\ncontrol = true\n')
+            .replace('name = "lo_readout"\nkind = "signal_generator"\n',
+                     'name = "lo_readout"\nkind = "signal_generator"\ntimeout_s = 3.0\n'
+                     'min_frequency_hz = 1e9\nmax_frequency_hz = 12e9\n'
+                     'min_power_dbm = -20.0\nmax_power_dbm = 20.0\n')
+            .replace('channels = 5\n', 'channels = 5\nmax_current_a = 0.02\n'))
+    for key in ("max_age_h", "sync_arm_timeout_s", "granularity", "control = true",
+                "max_frequency_hz", "max_current_a"):
+        assert key in text, key
+    path = write(tmp_path, text)
+    config = load_config(path)
+    assert config.instrument("lo_readout").timeout_s == 3.0
+    assert config.instrument("flux_bias").max_current_a == 0.02
+    rack = load_rack(path)
+    assert (rack.simulator_seed, rack.simulator_noise, rack.simulator_arm_timeout_s) \
+        == (7, False, 2.5)
+    assert dict(rack.controllers[0].timing) == {"granularity": 4, "min_length": 16}
+    assert fault_control_enabled(path)
     for device in BUILTIN_DEVICES:
         assert load_config(builtin_config_path(device)).device_name == device
+        assert load_rack(builtin_config_path(device)).device_name == device
+
+
+def test_the_simulator_names_a_timing_table_of_no_controller_and_missing_qubit_keys(
+        tmp_path, shipped_text):
+    """``labqpu sim`` would otherwise ignore a misspelt controller name in
+    ``[simulator.timing.NAME]`` and report a missing qubit key as a bare KeyError."""
+    from labqpu.firmware_sim.device import load_rack
+
+    timing = write(tmp_path, shipped_text.replace(
+        'device = "lab5"\n', 'device = "lab5"\n[simulator.timing.ctlr0]\ngranularity = 4\n'),
+        "timing.toml")
+    with pytest.raises(ValueError, match=r"timing\.toml: \[simulator\.timing\.ctlr0\] names no "
+                                         r"controller of the wiring \(it has ctrl0\)"):
+        load_rack(timing)
+    missing = write(tmp_path, shipped_text.replace('readout_lo = "lo_readout"\n', "", 1),
+                    "missing.toml")
+    with pytest.raises(ValueError, match=r"missing\.toml: \[qubits\.0\] has no readout_lo"):
+        load_rack(missing)
