@@ -31,7 +31,7 @@ _ANCHOR_EVERY = 20
 #: Above this amplification of the Gaussian recurrence's rounding (~1e-14) by the lift, i.e.
 #: 1 / (1 - g(c + 1) / g(c)), the DRAG kernel takes the direct formula (a Gaussian much wider
 #: than its window, whose samples differ from the lifted edge by little).
-_MAX_LIFT_GAIN = 1e3
+_MAX_LIFT_GAIN = 3e4
 #: Narrowest Gaussian sigma (samples): narrower is one sample wide anyway, and 1 / sigma^2
 #: would overflow.
 MIN_SIGMA_SAMPLES = 1e-3
@@ -58,7 +58,7 @@ def _gaussian_drag_kernel(sigma_samples, beta_samples, out):
       shrink, so the tails underflow to 0 as the direct formula does, without overflow.
 
     A Gaussian so wide that the lift would amplify the recurrence's rounding more than
-    ``_MAX_LIFT_GAIN`` times (sigma^2 > ~500 N) takes the direct formula instead.
+    ``_MAX_LIFT_GAIN`` times (sigma^2 > ~15 000 N) takes the direct formula instead.
 
     Stored as complex64, each sample is the exact envelope rounded to float32, and differs from
     the direct formula's float32 in under 1 of 1e4 samples (a few in 1e6 on random shapes), by
