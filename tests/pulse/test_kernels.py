@@ -380,14 +380,32 @@ def test_gaussian_drag_tails_underflow_without_nan() -> None:
         assert _float32_rounding_excess(fast, drag_reference(n, sigma, 1.0)).max() <= 1e-3
 
 
-@pytest.mark.parametrize(("n", "sigma"), [(160, 16_000.0), (160, 28_000.0), (40, 4_000.0),
-                                          (40, 14_000.0), (41, 10_000.0), (2, 2_000.0),
-                                          (160, 1_500.0), (40, 760.0), (1000, 3_800.0),
-                                          (160, 400.0), (160, 40.0)])
+def _sigma_of_lift_gain(n: int, gain: float) -> float:
+    """The sigma (samples) whose lift amplifies rounding ``gain`` times at the window's edge:
+    1 / (1 - exp(-n / 2 sigma^2)) = gain."""
+    return math.sqrt(n / (2.0 * -math.log1p(-1.0 / gain)))
+
+
+@pytest.mark.parametrize(("n", "sigma"), [
+    (160, 16_000.0), (160, 28_000.0), (40, 4_000.0), (40, 14_000.0), (41, 10_000.0),
+    (2, 2_000.0), (160, 1_500.0), (40, 760.0), (1000, 3_800.0), (160, 400.0), (160, 40.0),
+    # a review's worst cases with anchors every 20 samples up to a gain of 3e4
+    (160, 1548.7581600302804), (39, 764.8175333894941),
+    *((n, _sigma_of_lift_gain(n, gain)) for n in (39, 40, 80, 199, 240)
+      for gain in (2.9e3, 3.1e3, 2.9e4, 3.1e4)),
+])
 def test_gaussian_drag_wider_than_its_window_is_correctly_rounded(n: int, sigma: float) -> None:
     """A Gaussian much wider than its window (the lift amplifies the recurrence's rounding up
-    to ~1e7 times here): every sample is still the exact envelope rounded to float32, within
-    1e-2 of a step (60-digit reference)."""
+    to ~1e7 times here, on both sides of the kernel's switches of anchor spacing and of
+    formula): before rounding to float32 every sample lies within 1e-2 of a float32 step of
+    the exact envelope (60-digit reference), so the stored one is correctly rounded but where
+    the exact value is that close to a midpoint."""
+    from labqpu.pulse.kernels import _gaussian_drag_kernel
+
+    exact = _drag_exact(n, sigma, 0.7).view(np.float64)
+    unrounded = _gaussian_drag_kernel(sigma, 0.7, np.empty(n, np.complex128)).view(np.float64)
+    step = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert (np.abs(unrounded - exact) / step).max() <= 1e-2
     fast = gaussian_drag(n, sigma, 0.7)
     assert _float32_rounding_excess(fast, _drag_exact(n, sigma, 0.7)).max() <= 1e-2
 
