@@ -323,8 +323,10 @@ def load_rack(path: str | Path) -> Rack:
     by_name = {c.name: c for c in controllers}
     for name in sim.get("timing", {}):
         if name not in by_name:
+            where = (" (timing rules go in [simulator.timing.<controller>])"
+                     if name in TIMING_FIELDS else "")
             raise ValueError(f"{path}: [simulator.timing.{name}] names no controller of the "
-                             f"wiring (it has {', '.join(by_name)})")
+                             f"wiring (it has {', '.join(by_name)}){where}")
     instruments = []
     for i in doc.get("instruments", []):
         host, port = _host_port_from_visa(i["resource"])

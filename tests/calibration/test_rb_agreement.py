@@ -25,6 +25,7 @@ EPC 2.4 combined standard errors from its prediction.)
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 
@@ -54,7 +55,7 @@ SEED = 3
 def private_backend(tmp_path_factory, lab_home):
     directory = tmp_path_factory.mktemp("rb-agreement")
     text = default_config_path().read_text().replace(
-        'store = ""', f'store = "{directory / "calibration.sqlite"}"', 1)
+        'store = ""', f'store = {json.dumps(str(directory / "calibration.sqlite"))}', 1)
     path = directory / "lab.toml"
     path.write_text(text)
     with LabProvider(path, simulator=True) as provider:
