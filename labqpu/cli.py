@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import math
-import os
 import runpy
 import sys
 import time
@@ -780,11 +779,6 @@ def main(argv: list[str] | None = None) -> int:
     draw.set_defaults(func=_draw)
 
     args = parser.parse_args(argv)
-    home = os.environ.get("LABQPU_HOME")
-    if home and Path(home).exists() and not Path(home).is_dir():
-        print(f"labqpu: LABQPU_HOME={home} is not a directory (labqpu keeps each device's "
-              "calibration store there)", file=sys.stderr)
-        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # User errors (bad configuration, option or circuit, unreachable instrument, missing

@@ -42,6 +42,9 @@ This module is the ground floor of labqpu: it imports nothing of labqpu.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 from qiskit.exceptions import QiskitError
 
 
@@ -220,3 +223,11 @@ class ProtocolError(InstrumentError):
 
 class HardwareUnavailableError(InstrumentError):
     """The rack cannot take work: the queue is closed or the simulator process is gone."""
+
+
+def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` naming the known word nearest to a misspelt ``word``, or ""
+    when none is close (``difflib``'s ratio below ``cutoff``): the tail of an error message."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+

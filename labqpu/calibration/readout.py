@@ -185,9 +185,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
         line_smooth = again[0]
         sweep_raw["amplitude_line"] = line
-        converged = (float(READOUT_AMPLITUDES[i_line]) == amp
-                     or (float(READOUT_AMPLITUDES[i_line]), duration) in visited)
-        amp = float(READOUT_AMPLITUDES[i_line])
+        amp = float(READOUT_AMPLITUDES[i_line])  # unchanged, or back to a point: converged
+        converged = (amp, duration) in visited
         visited.add((amp, duration))
     step = np.diff(READOUT_DURATIONS_S)
     duration_id = kit.record(

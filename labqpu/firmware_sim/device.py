@@ -7,12 +7,12 @@ The simulator reads both; the backend reads only the wiring and what calibration
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
+from labqpu.errors import did_you_mean
 from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.readout import ReadoutPhysics
@@ -295,10 +295,8 @@ def load_rack(path: str | Path) -> Rack:
         raise ValueError(f"{path}: [simulator] must be a table, got {sim!r}")
     for key in sim:
         if key not in SIMULATOR_KEYS:
-            close = difflib.get_close_matches(key, SIMULATOR_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{path}: [simulator] has unknown key {key!r} (known: "
-                             f"{', '.join(SIMULATOR_KEYS)}){hint}")
+                             f"{', '.join(SIMULATOR_KEYS)}){did_you_mean(key, SIMULATOR_KEYS)}")
     out_base = in_base = 0
     for c in doc.get("controllers", []):
         host, port = _host_port_from_tcp(c["endpoint"])

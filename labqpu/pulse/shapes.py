@@ -224,10 +224,13 @@ class Gaussian(Shape):
     sigma_samples: Value
 
     def _check(self) -> None:
-        problem = kernels.sigma_problem(
-            self.sigma_samples, self.duration_samples - getattr(self, "width_samples", 0.0))
+        problem = kernels.sigma_problem(self.sigma_samples, self._gaussian_samples())
         if problem:
             raise PulseError(f"{self.kind}: sigma_samples: {problem}", parameter="sigma_samples")
+
+    def _gaussian_samples(self) -> float:
+        """Samples of the Gaussian part (the flanks; the whole window here)."""
+        return self.duration_samples
 
     def _synthesize(self, dtype: type) -> np.ndarray:
         return kernels.gaussian_drag(self.duration_samples, self.sigma_samples, 0.0, dtype)
@@ -261,6 +264,9 @@ class GaussianSquare(Gaussian):
             raise PulseError(f"{self.kind}: width_samples {self.width_samples} must lie in "
                              f"0..{self.duration_samples - 1}", parameter="width_samples")
         super()._check()
+
+    def _gaussian_samples(self) -> float:
+        return self.duration_samples - self.width_samples
 
     def _synthesize(self, dtype: type) -> np.ndarray:
         return kernels.gaussian_square(self.duration_samples, self.width_samples,

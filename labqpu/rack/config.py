@@ -6,7 +6,6 @@ One file describes one rack. See ``labqpu/data/lab5.toml`` for an annotated exam
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -22,7 +21,7 @@ from labqpu.drivers.scpi import (
     DEFAULT_MAX_CURRENT_A,
     DEFAULT_POWER_RANGE_DBM,
 )
-from labqpu.errors import BackendConfigurationError
+from labqpu.errors import BackendConfigurationError, did_you_mean
 from labqpu.pulse.channels import ChannelMap, QubitChannels
 from labqpu.rack.builtin import BUILTIN_DEVICES
 
@@ -120,8 +119,14 @@ class LabConfig:
 
 
 def labqpu_home() -> Path:
-    """Where labqpu keeps per-device state: ``$LABQPU_HOME`` or ``~/.labqpu``."""
-    return Path(os.environ.get("LABQPU_HOME", Path.home() / ".labqpu"))
+    """Where labqpu keeps per-device state: ``$LABQPU_HOME`` or ``~/.labqpu``;
+    ``BackendConfigurationError`` when it exists and is not a directory."""
+    home = Path(os.environ.get("LABQPU_HOME", Path.home() / ".labqpu"))
+    if home.exists() and not home.is_dir():
+        raise BackendConfigurationError(
+            f"LABQPU_HOME={home} is not a directory (labqpu keeps each device's calibration "
+            "store there)")
+    return home
 
 
 def default_config_path() -> Path:
@@ -219,9 +224,8 @@ def _known_keys(table: dict, known: tuple[str, ...], where: _Where) -> None:
     otherwise be ignored and its default used), with the nearest known key as a hint."""
     for key in table:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise where.error(f": unknown key {key!r} (known: {', '.join(known)}){hint}", key)
+            raise where.error(f": unknown key {key!r} (known: {', '.join(known)})"
+                              f"{did_you_mean(key, known)}", key)
 
 
 def _array_of_tables(doc: dict, key: str, where: _Where) -> list[dict]:

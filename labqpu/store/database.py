@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import sqlite3
@@ -19,6 +18,7 @@ from labqpu.errors import (
     CalibrationMissingError,
     InvalidSnapshotError,
     StaleSnapshotError,
+    did_you_mean,
 )
 from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
@@ -513,10 +513,9 @@ class CalibrationStore:
                 records[identity] = ParameterRecord(snapshot_id, entry["value"],
                                                     entry["timestamp"], entry["experiment"])
         if names and name not in names:
-            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise CalibrationMissingError(
-                f"no snapshot holds a {section[:-1]} parameter {name!r}{hint} "
+                f"no snapshot holds a {section[:-1]} parameter {name!r}"
+                f"{did_you_mean(name, names, cutoff=0.5)} "
                 f"({section[:-1]} parameters: {', '.join(sorted(names))})")
         out = [r for r in records.values()
                if cutoff is None or datetime.fromisoformat(r.timestamp) >= cutoff]
