@@ -117,18 +117,16 @@ def lab_backend(lab_provider: LabProvider) -> LabBackend:
     return lab_provider.backend("lab5")
 
 
-@pytest.fixture(scope="session")
-def quiet_lab_provider(lab_home: str, tmp_path_factory: pytest.TempPathFactory
-                       ) -> Iterator[LabProvider]:
-    """A ``LabProvider`` on a simulator of the default device whose flux noise, quasi-static
-    noise and drift are off (``[simulator] noise = false``; thermal equilibrium stays), with a
-    store of its own holding the :func:`restamped` shipped snapshot (so that what the tests of
-    the noisy ``lab_backend`` commit never reaches it)."""
+def write_quiet_wiring(folder: str | Path) -> Path:
+    """Write ``folder/lab.toml``: the default device's wiring whose simulator has flux noise,
+    quasi-static noise and drift off (``[simulator] noise = false``; thermal equilibrium
+    stays), with a store of its own, ``folder/calibration.sqlite``, holding the
+    :func:`restamped` shipped snapshot. Returns the wiring file's path."""
+    folder = Path(folder)
     text = default_config_path().read_text()
     for line in ("\n[simulator]\n", '\nstore = ""\n'):
         if line not in text:
             raise RuntimeError(f"{default_config_path()} has no line {line.strip()!r} to edit")
-    folder = tmp_path_factory.mktemp("quiet-lab")
     store = folder / "calibration.sqlite"
     with CalibrationStore(store) as seeded:
         seeded.import_json(restamped(shipped_export(load_config(default_config_path())
@@ -137,7 +135,17 @@ def quiet_lab_provider(lab_home: str, tmp_path_factory: pytest.TempPathFactory
     store_line = f"\nstore = {json.dumps(str(store), ensure_ascii=False)}\n"  # a TOML string
     path.write_text(text.replace("\n[simulator]\n", "\n[simulator]\nnoise = false\n", 1)
                     .replace('\nstore = ""\n', store_line, 1))
-    provider = LabProvider(path, simulator=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def quiet_lab_provider(lab_home: str, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[LabProvider]:
+    """A ``LabProvider`` on :func:`write_quiet_wiring`'s rack: a simulator of the default device
+    without noise and drift, and a store of its own (so that what the tests of the noisy
+    ``lab_backend`` commit never reaches it)."""
+    provider = LabProvider(write_quiet_wiring(tmp_path_factory.mktemp("quiet-lab")),
+                           simulator=True)
     try:
         yield provider
     finally:

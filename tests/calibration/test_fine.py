@@ -15,8 +15,7 @@ from labqpu.calibration.fine import (
     populations,
 )
 from labqpu.errors import FitError
-from labqpu.rack.config import default_config_path
-from labqpu.testing import use_fresh_home
+from labqpu.testing import use_fresh_home, write_quiet_wiring
 
 RNG = np.random.default_rng(11)
 
@@ -79,11 +78,8 @@ def test_simulator_rotation_error_follows_the_amplitude(tmp_path, monkeypatch) -
     of its own: on the shared drifting one, qubit 2's detuning depends on how much simulated
     time the tests before it on the same worker used, and a full-suite run read the 1 % there as
     0.82 %; on the shared quiet one, whose store other tests commit to, another read 0.83 %."""
-    use_fresh_home(monkeypatch, tmp_path)
-    text = default_config_path().read_text()
-    wiring = tmp_path / "lab.toml"
-    wiring.write_text(text.replace("\n[simulator]\n", "\n[simulator]\nnoise = false\n", 1))
-    with LabProvider(str(wiring), simulator=True) as provider:
+    use_fresh_home(monkeypatch, tmp_path / "home")
+    with LabProvider(write_quiet_wiring(tmp_path), simulator=True) as provider:
         _rotation_error_follows_the_amplitude(provider.backend())
 
 
