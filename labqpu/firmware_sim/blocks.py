@@ -17,6 +17,7 @@ density matrix carries the register's pair phases only up to ``ctx.anchor``.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,41 @@ def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) 
 
 
 @dataclass
+class RunShare:
+    """What the evolutions of one program under one setting on one register share: the
+    quasi-static chunks of a run differ only in their frequency offsets, and the residual
+    excitation chain in its starting state (``shots.run_shots``). Everything here is computed
+    before the offsets' frames are applied; an ``evolve`` on another register starts afresh
+    (``for_order``)."""
+
+    #: The evolved qubits (sorted) these entries were computed for; None before first use.
+    order: tuple[int, ...] | None = None
+    #: Drive term per (qubit, start, end), before the offset frame (``_drive_hz``).
+    drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+    #: Phase split of those drives, ``drive_phase_key`` (``DriveBlocks._drive_split``).
+    splits: dict[tuple[int, int, int], tuple[float, np.ndarray, bytes]] = field(
+        default_factory=dict)
+    #: Per driven qubit: its evolved neighbours and the pair energies of its levels in each of
+    #: their configurations (``DriveBlocks._controls``).
+    controls: dict[int, tuple[list[int], np.ndarray]] = field(default_factory=dict)
+    #: Key of the phase-normalised drive per (qubit, start, end) of a block applied in this run
+    #: (``propagation.drive_phase_key``): what the crosstalk of the same pulse shares.
+    keys: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
+    #: Conditioned propagators of a one-transmon drive block in the deferred ZZ frame, per
+    #: (qubit, start, end, anchor), before the offset's phase (``DriveBlocks._apply_drive``).
+    stacks: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)
+    #: The register's pair phases over a stretch, per length in samples (``_advance_zz``).
+    zz_phases: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def for_order(self, order: list[int]) -> RunShare:
+        """This share if it belongs to the register ``order`` (or to none yet), else a new
+        one."""
+        if self.order is None:
+            self.order = tuple(order)
+        return self if self.order == tuple(order) else RunShare(tuple(order))
+
+
+@dataclass
 class _RunContext:
     """What the block operations of one :meth:`PhysicsEngine.evolve` call share."""
 
@@ -66,15 +102,8 @@ class _RunContext:
     anchor: int
     #: Frequency offset (Hz) per qubit, applied as a frame at each block's centre (``noise``).
     offset_hz: dict[int, float] = field(default_factory=dict)
-    #: Drive term per (qubit, start, end) of this run, before the offset frame
-    #: (``PhysicsEngine._drive_hz``).
-    drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
-    #: Per driven qubit: its evolved neighbours and the pair energies of its levels in each of
-    #: their configurations (``DriveBlocks._controls``).
-    controls: dict[int, tuple[list[int], np.ndarray]] = field(default_factory=dict)
-    #: Key of the phase-normalised drive per (qubit, start, end) of a block applied in this run
-    #: (``propagation.drive_phase_key``): what the crosstalk of the same pulse shares.
-    keys: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
+    #: What this evolution shares with the run's other evolutions (:class:`RunShare`).
+    share: RunShare = field(default_factory=RunShare)
 
 
 class DriveBlocks:
@@ -128,7 +157,7 @@ class DriveBlocks:
     def _controls(self, ctx: _RunContext, q: int) -> tuple[list[int], np.ndarray]:
         """``q``'s evolved neighbours and ``shifts[c, n]``, the pair energy (Hz) of level n of
         ``q`` with them in configuration c (first neighbour most significant); once per run."""
-        hit = ctx.controls.get(q)
+        hit = ctx.share.controls.get(q)
         if hit is None:
             model = ctx.model
             controls = [p for p in model.neighbours(q) if p in ctx.pos]
@@ -136,22 +165,51 @@ class DriveBlocks:
             for ci, c in enumerate(itertools.product(range(LEVELS), repeat=len(controls))):
                 for p, m in zip(controls, c, strict=True):
                     shifts[ci] += model.pair(q, p)[:, m]
-            hit = ctx.controls[q] = (controls, shifts)
+            hit = ctx.share.controls[q] = (controls, shifts)
         return hit
+
+    def _offset_phase(self, ctx: _RunContext, q: int, b0: int, b1: int) -> float:
+        """Phase (rad) 2 pi delta_q t_c by which ``q``'s frequency offset turns a drive block
+        over [b0, b1) (``noise`` module: the frame at the block's centre t_c); 0 without."""
+        offset = ctx.offset_hz.get(q)
+        return math.pi * offset * (b0 + b1) / self.device.sample_rate_hz if offset else 0.0
+
+    def _drive_split(self, ctx: _RunContext, q: int, b0: int, b1: int
+                     ) -> tuple[float, np.ndarray, bytes]:
+        """``drive_phase_key`` of ``q``'s drive over [b0, b1) turned by its frequency offset:
+        the split of the drive without the offset, once per run (``RunShare.splits``), with
+        the offset's phase added."""
+        split = ctx.share.splits.get((q, b0, b1))
+        if split is None:
+            split = ctx.share.splits[(q, b0, b1)] = drive_phase_key(
+                self._drive_hz(ctx, q, b0, b1, offset=False))
+        ctx.share.keys[(q, b0, b1)] = split[2]
+        return split[0] + self._offset_phase(ctx, q, b0, b1), split[1], split[2]
 
     def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
         """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
         basis, as a unitary on ``q`` conditioned on the neighbours' levels (static ZZ shifts
-        the transmon's levels)."""
+        the transmon's levels). The propagators in the deferred ZZ frame are computed once per
+        run (``RunShare.stacks``); the frequency offset turns them as a frame change (the ZZ
+        frame and the drive's phase are both diagonal, so they commute)."""
         pos = ctx.pos
         controls, shifts = self._controls(ctx, q)
-        z = self._drive_hz(ctx, q, b0, b1)
-        split = drive_phase_key(z)
-        ctx.keys[(q, b0, b1)] = split[2]
-        stack = self._conditional_stack(q, z, shifts, ctx.model.local_hz[q][2], split)
+        memo = (q, b0, b1, ctx.anchor)
+        stack = ctx.share.stacks.get(memo)
+        if stack is None:
+            z = self._drive_hz(ctx, q, b0, b1, offset=False)
+            split = drive_phase_key(z)
+            ctx.share.keys[(q, b0, b1)] = split[2]
+            stack = self._conditional_stack(q, z, shifts, ctx.model.local_hz[q][2], split)
+            if controls:
+                stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
+                                     self.device.sample_rate_hz)
+            stack.flags.writeable = False  # shared by the run's evolutions
+            ctx.share.stacks[memo] = stack
+        theta = self._offset_phase(ctx, q, b0, b1)
+        if theta:
+            stack = rotate_drive_phase_stack(stack, theta)
         if controls:
-            stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
-                                 self.device.sample_rate_hz)
             # The controls' pending channels (idle decoherence and diagonal phases) are left
             # pending: only their relaxation fails to commute with the conditioning, an error
             # of (idle time / T1) x (ZZ x pulse length).
@@ -206,8 +264,7 @@ class DriveBlocks:
         operator by R(phase) on its targets."""
         model = ctx.model
         n = b1 - b0
-        split = {q: drive_phase_key(self._drive_hz(ctx, q, b0, b1)) for q in qubits}
-        ctx.keys.update({(q, b0, b1): split[q][2] for q in qubits})
+        split = {q: self._drive_split(ctx, q, b0, b1) for q in qubits}
         key = ("joint", tuple(qubits), n, tuple(split[q][2] for q in qubits), tuple(inner),
                tuple(outer), model.freq_hz)
         phases = {q: split[q][0] for q in qubits}

@@ -69,7 +69,7 @@ import numpy as np
 from numba import njit
 
 from labqpu.errors import SimulationError
-from labqpu.firmware_sim.blocks import DriveBlocks, _RunContext, merge_consecutive
+from labqpu.firmware_sim.blocks import DriveBlocks, RunShare, _RunContext, merge_consecutive
 from labqpu.firmware_sim.clusters import ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
@@ -322,7 +322,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
 
     def evolve(self, prog: WireProgram, settings: Settings,
                resume: EvolutionStart | None = None, *,
-               conditions: dict[int, QubitConditions] | None = None) -> Evolution:
+               conditions: dict[int, QubitConditions] | None = None,
+               share: RunShare | None = None) -> Evolution:
         """Render ``prog`` and evolve the device's density matrix under it (no readout), under
         ``conditions`` per qubit (default: :meth:`conditions` without drift or offsets).
 
@@ -331,6 +332,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         pulse (or the last acquisition start, if later). With ``resume`` the evolution resumes
         from its state and time on its qubits (which must include every qubit evolved here),
         and every qubit that is not acquired is evolved up to ``prog.duration_samples``.
+        Evolutions of one program under one ``settings`` that differ only in ``conditions``
+        or ``resume`` may pass one ``share`` (:class:`~labqpu.firmware_sim.blocks.RunShare`)
+        to compute what does not depend on them once.
         Raises ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
@@ -420,7 +424,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         has_zz = bool(np.any(zz_all))
         stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
         ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0,
-                          {q: cond[q].offset_hz for q in order if cond[q].offset_hz})
+                          {q: cond[q].offset_hz for q in order if cond[q].offset_hz},
+                          (share or RunShare()).for_order(order))
         if resume is not None:
             local.time = dict.fromkeys(order, t0)
             ctx.anchor = t0
@@ -471,7 +476,11 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 for q in ctx.order:
                     ctx.local.idle(q, min(mid, ctx.stop[q]))
                     ctx.local.flush(q)
-            ctx.local.rho.apply_diagonal(np.exp(-2j * np.pi * ctx.zz_all * (c1 - a) / fs))
+            phases = ctx.share.zz_phases.get(c1 - a)
+            if phases is None:
+                phases = ctx.share.zz_phases[c1 - a] = np.exp(-2j * np.pi * ctx.zz_all
+                                                              * (c1 - a) / fs)
+            ctx.local.rho.apply_diagonal(phases)
             a = c1
         ctx.anchor = max(ctx.anchor, until)
 
@@ -649,9 +658,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
         dressed frequency (zeros when nothing plays); with ``offset`` turned by the phase
         2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module).
-        Computed once per run and interval (``ctx.drives``); the array is read-only."""
+        Computed once per run and interval (``RunShare.drives``); the array is read-only."""
         fs = self.device.sample_rate_hz
-        z = ctx.drives.get((q, b0, b1))
+        z = ctx.share.drives.get((q, b0, b1))
         if z is None:
             cab = self.cabling[q]
             s = ctx.samples[cab.drive_port, b0:b1]
@@ -662,7 +671,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
                 z = rabi * s.conj() * self._frame(lo[0] - ctx.model.freq_hz[q], b0, b1)
             z.flags.writeable = False  # shared by every caller of this run
-            ctx.drives[(q, b0, b1)] = z
+            ctx.share.drives[(q, b0, b1)] = z
         if offset and ctx.offset_hz.get(q):
             return z * np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
         return z

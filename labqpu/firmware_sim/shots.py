@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labqpu.firmware_sim.blocks import RunShare
 from labqpu.firmware_sim.density import LEVELS, DensityMatrix, EvolutionStart
 from labqpu.firmware_sim.noise import (
     plan_chunks,
@@ -77,11 +78,12 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
     chunks = plan_chunks(sigma, spans, shots, rng)
     counts = rng.multinomial(shots, [w for w, _ in chunks])
     conds = [with_offsets(base, offsets) for _, offsets in chunks]
+    share = RunShare()  # the chunks differ only in their offsets
     states: dict[int, tuple[DensityMatrix, dict[int, int]]] = {}
     parts = []
     samples = None
     for c in np.flatnonzero(counts):
-        ev = engine.evolve(prog, settings, conditions=conds[c])
+        ev = engine.evolve(prog, settings, conditions=conds[c], share=share)
         if samples is None:  # one program for every chunk: one rendering, one acquisition list
             samples, acquisitions = ev.samples, ev.acquisitions
             measured = [q for _, q in acquisitions]
@@ -96,7 +98,8 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
             parts.append(ev.rho.sample_levels([ev.position[q] for q in measured],
                                               int(counts[c]), rng))
     if residual:
-        levels = _chain(engine, prog, settings, rng, counts, conds, states, measured, gaps, base)
+        levels = _chain(engine, prog, settings, rng, counts, conds, states, measured, gaps, base,
+                        share)
     else:
         levels = np.concatenate(parts)
     iq = np.zeros((shots, len(acquisitions)), dtype=np.complex64)
@@ -115,9 +118,10 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
 
 def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray, conds: list,
            states: dict[int, tuple[DensityMatrix, dict[int, int]]], measured: list[int],
-           gaps: list[float], base: dict) -> np.ndarray:
+           gaps: list[float], base: dict, share: RunShare) -> np.ndarray:
     """Levels (shots, acquisitions) sampled shot after shot, each shot starting from where
-    the previous one left the measured qubits (module docstring)."""
+    the previous one left the measured qubits (module docstring); ``share`` is the run's
+    (``PhysicsEngine.evolve``)."""
     chunk_of = rng.permutation(np.repeat(np.arange(counts.size), counts))
     shots = chunk_of.size
     picks = rng.random(shots)
@@ -134,7 +138,8 @@ def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray,
                 pops = [np.eye(LEVELS)[first[q]] if first.get(q) else
                         thermal_populations(conds[c][q].thermal_ratio) for q in order]
                 rho = engine.evolve(prog, settings, resume=EvolutionStart(
-                    DensityMatrix(pops, rho.diagonal), position, 0), conditions=conds[c]).rho
+                    DensityMatrix(pops, rho.diagonal), position, 0), conditions=conds[c],
+                    share=share).rho
             pops = rho.populations()
             keep = [position[q] for q in measured]
             drop = tuple(a for a in range(rho.n) if a not in keep)
