@@ -207,18 +207,15 @@ class DriveBlocks:
             stack.flags.writeable = False  # shared by the run's evolutions
             ctx.share.stacks[memo] = stack
         theta = self._offset_phase(ctx, q, b0, b1)
-        if theta:
-            stack = rotate_drive_phase_stack(stack, theta)
+        ctx.local.idle(q, b0)
         if controls:
             # The controls' pending channels (idle decoherence and diagonal phases) are left
             # pending: only their relaxation fails to commute with the conditioning, an error
             # of (idle time / T1) x (ZZ x pulse length).
-            ctx.local.idle(q, b0)
             ctx.local.rho.apply_controlled_channel(stack, ctx.local.take(q),
-                                                   [pos[p] for p in controls], pos[q])
+                                                   [pos[p] for p in controls], pos[q], theta)
         else:
-            ctx.local.idle(q, b0)
-            ctx.local.unitary(q, stack[0])
+            ctx.local.unitary(q, rotate_drive_phase_stack(stack[0], theta))
         ctx.local.decohere(q, b1)
 
     def _apply_joint_drive(self, ctx: _RunContext, qubits: list[int], b0: int, b1: int

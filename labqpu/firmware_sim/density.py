@@ -10,7 +10,9 @@ moves (``_left_apply_kernel``); ``_LocalChannels`` composes each qubit's local e
 applies it only when needed. A one-transmon channel that conserves the level difference i - j
 of the entries it maps (relaxation, dephasing, diagonal phases: what is pending on a coupled
 qubit) goes through ``_band_channel_kernel``, in place and with 19 of its 81 entries; any other
-channel through ``numpy.tensordot``.
+channel through ``numpy.tensordot``. A drive conditioned on the neighbours' levels, with the
+driven transmon's pending channel before it, is one in-place pass over that transmon's 3x3
+blocks (``_fibre_channel_kernel``).
 """
 
 from __future__ import annotations
@@ -95,6 +97,75 @@ def _band_channel_kernel(x, s, a_dim, b_dim, ca_dim, cb_dim):
                     x[k + rs + 2 * cs] = s51 * x01 + s55 * x12
                     x[k + 2 * rs] *= s66
                     x[k + 2 * cs] *= s22
+
+
+@njit(cache=True, nogil=True)
+def _fibre_channel_kernel(x, e, u, s, theta, row_base, col_base, c_row, c_col, rs, cs):
+    """In place: X -> A S(X) B^dag on every 3x3 fibre X of the flattened (d, e) matrix ``x``
+    (row-major). Fibre f holds the entries (row_base[f] + i rs, col_base[f] + j cs), i, j
+    the target's row and column levels; A = u[c_row[f]] and B = u[c_col[f]] (``u`` (C, 3, 3))
+    turned by exp(i ``theta`` n) (entry (i, j) times exp(i theta (i - j))); ``s`` (9, 9)
+    row-major acts on vec(X) first (an empty ``s`` skips it)."""
+    w = np.exp(1j * theta * np.arange(3.0))
+    ut = np.empty_like(u)
+    for c in range(u.shape[0]):
+        for i in range(3):
+            for j in range(3):
+                ut[c, i, j] = u[c, i, j] * w[i] * np.conj(w[j])
+    xs = np.empty(9, dtype=np.complex128)
+    y = np.empty(9, dtype=np.complex128)
+    t = np.empty(9, dtype=np.complex128)
+    use_s = s.shape[0] == 9
+    for f in range(row_base.size):
+        for i in range(3):
+            for j in range(3):
+                xs[3 * i + j] = x[(row_base[f] + i * rs) * e + col_base[f] + j * cs]
+        if use_s:
+            for k in range(9):
+                acc = 0j
+                for m in range(9):
+                    acc += s[k, m] * xs[m]
+                y[k] = acc
+        else:
+            y[:] = xs
+        a = ut[c_row[f]]
+        b = ut[c_col[f]]
+        for i in range(3):  # t = A Y
+            for j in range(3):
+                t[3 * i + j] = a[i, 0] * y[j] + a[i, 1] * y[3 + j] + a[i, 2] * y[6 + j]
+        for i in range(3):  # A Y B^dag
+            for j in range(3):
+                x[(row_base[f] + i * rs) * e + col_base[f] + j * cs] = (
+                    t[3 * i] * np.conj(b[j, 0]) + t[3 * i + 1] * np.conj(b[j, 1])
+                    + t[3 * i + 2] * np.conj(b[j, 2]))
+
+
+@lru_cache(maxsize=256)
+def _fibres(n: int, diagonal: tuple[int, ...], controls: tuple[int, ...], target: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Index tables of :func:`_fibre_channel_kernel` for a state of ``n`` positions holding
+    ``diagonal`` by their populations: per fibre (row and column with the ``target``'s
+    levels 0) its row, its column and the levels of ``controls`` on each side (a held
+    control's level is its row's on both), then the row and column strides of the target's
+    level."""
+    active = [p for p in range(n) if p not in diagonal]
+    rows = np.indices((LEVELS,) * n).reshape(n, -1)
+    cols = np.indices((LEVELS,) * len(active)).reshape(len(active), -1)
+    column = active.index(target)
+    r, c = np.meshgrid(np.flatnonzero(rows[target] == 0), np.flatnonzero(cols[column] == 0),
+                       indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    c_row = np.zeros(r.size, dtype=np.int64)
+    c_col = np.zeros(r.size, dtype=np.int64)
+    for p in controls:
+        c_row = c_row * LEVELS + rows[p][r]
+        c_col = c_col * LEVELS + (rows[p][r] if p in diagonal else cols[active.index(p)][c])
+    return (r.astype(np.int64), c.astype(np.int64), c_row, c_col,
+            LEVELS ** (n - 1 - target), LEVELS ** (len(active) - 1 - column))
+
+
+#: The empty superoperator that tells ``_fibre_channel_kernel`` there is none.
+_NO_SUPEROP = np.zeros((0, 0), dtype=np.complex128)
 
 
 def _band_mask() -> np.ndarray:
@@ -364,25 +435,21 @@ class DensityMatrix:
         return lambda x: _left_apply_kernel(np.ascontiguousarray(x), u, *idx)
 
     def apply_controlled_channel(self, u_stack: np.ndarray, superop: np.ndarray | None,
-                                 controls: list[int], target: int) -> None:
+                                 controls: list[int], target: int, phase_rad: float = 0.0
+                                 ) -> None:
         """rho -> U S(rho) U^dag in one pass: ``superop`` S (9x9 row-major, or None) on
-        ``target``, then U = sum_c |c><c| (x) u_stack[c] (``u_stack`` (3^len(controls), 3, 3))
-        on ``target`` chosen by the levels of ``controls`` (positions). With diagonal
-        positions, S and U are applied one after the other."""
-        if self.diagonal:
-            if superop is not None:
-                self.apply_superop(superop, target)
-            self.apply_controlled(u_stack, controls, [target])
-            return
-        c = u_stack.shape[0]
-        k = np.einsum("aij,bkl->abikjl", u_stack, u_stack.conj()).reshape(c, c, 9, 9)
-        if superop is not None:
-            k = np.matmul(k, superop)
-        axes = ([*controls, *(self.n + p for p in controls), target, self.n + target])
-        x = np.moveaxis(self.tensor, axes, range(len(axes)))
-        shape = x.shape
-        x = np.matmul(k, x.reshape(c, c, 9, -1))
-        self.tensor = np.moveaxis(x.reshape(shape), range(len(axes)), axes)
+        ``target``, then U = sum_c |c><c| (x) R u_stack[c] R^dag (``u_stack``
+        (3^len(controls), 3, 3)) on ``target`` chosen by the levels of ``controls``
+        (positions), R = exp(i ``phase_rad`` n) on ``target``: one numba pass over the 3x3
+        blocks of the target's levels (``_fibre_channel_kernel``)."""
+        self._check_targets([target])
+        idx = _fibres(self.n, self.diagonal, tuple(controls), target)
+        x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
+        _fibre_channel_kernel(
+            x.reshape(-1), self.shape[1], np.ascontiguousarray(u_stack, dtype=np.complex128),
+            _NO_SUPEROP if superop is None else np.ascontiguousarray(superop, np.complex128),
+            float(phase_rad), *idx)
+        self.tensor = x
 
     def apply_diagonal(self, phases: np.ndarray) -> None:
         """rho -> D rho D^dag with D = diag(``phases``) over all qubits (3^n values)."""
