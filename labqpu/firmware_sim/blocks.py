@@ -183,7 +183,7 @@ class DriveBlocks:
         if split is None:
             split = ctx.share.splits[(q, b0, b1)] = drive_phase_key(
                 self._drive_hz(ctx, q, b0, b1, offset=False))
-        ctx.share.keys[(q, b0, b1)] = split[2]
+            ctx.share.keys[(q, b0, b1)] = split[2]
         return split[0] + self._offset_phase(ctx, q, b0, b1), split[1], split[2]
 
     def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:

@@ -100,12 +100,13 @@ def _band_channel_kernel(x, s, a_dim, b_dim, ca_dim, cb_dim):
 
 
 @njit(cache=True, nogil=True)
-def _fibre_channel_kernel(x, e, u, s, theta, row_base, col_base, c_row, c_col, rs, cs):
+def _fibre_channel_kernel(x, e, u, s, mode, theta, row_base, col_base, c_row, c_col, rs, cs):
     """In place: X -> A S(X) B^dag on every 3x3 fibre X of the flattened (d, e) matrix ``x``
     (row-major). Fibre f holds the entries (row_base[f] + i rs, col_base[f] + j cs), i, j
     the target's row and column levels; A = u[c_row[f]] and B = u[c_col[f]] (``u`` (C, 3, 3))
     turned by exp(i ``theta`` n) (entry (i, j) times exp(i theta (i - j))); ``s`` (9, 9)
-    row-major acts on vec(X) first (an empty ``s`` skips it)."""
+    row-major acts on vec(X) first: ``mode`` 0 skips it, 1 applies all of it, 2 only its
+    entries that conserve i - j (``BAND_MASK``; the others must be 0)."""
     w = np.exp(1j * theta * np.arange(3.0))
     ut = np.empty_like(u)
     for c in range(u.shape[0]):
@@ -115,12 +116,20 @@ def _fibre_channel_kernel(x, e, u, s, theta, row_base, col_base, c_row, c_col, r
     xs = np.empty(9, dtype=np.complex128)
     y = np.empty(9, dtype=np.complex128)
     t = np.empty(9, dtype=np.complex128)
-    use_s = s.shape[0] == 9
     for f in range(row_base.size):
         for i in range(3):
             for j in range(3):
                 xs[3 * i + j] = x[(row_base[f] + i * rs) * e + col_base[f] + j * cs]
-        if use_s:
+        if mode == 2:  # entry 3 i + j of vec(X) only from entries with the same i - j
+            for k in (0, 4, 8):
+                y[k] = s[k, 0] * xs[0] + s[k, 4] * xs[4] + s[k, 8] * xs[8]
+            for k in (1, 5):
+                y[k] = s[k, 1] * xs[1] + s[k, 5] * xs[5]
+            for k in (3, 7):
+                y[k] = s[k, 3] * xs[3] + s[k, 7] * xs[7]
+            y[2] = s[2, 2] * xs[2]
+            y[6] = s[6, 6] * xs[6]
+        elif mode == 1:
             for k in range(9):
                 acc = 0j
                 for m in range(9):
@@ -164,7 +173,7 @@ def _fibres(n: int, diagonal: tuple[int, ...], controls: tuple[int, ...], target
             LEVELS ** (n - 1 - target), LEVELS ** (len(active) - 1 - column))
 
 
-#: The empty superoperator that tells ``_fibre_channel_kernel`` there is none.
+#: What ``_fibre_channel_kernel`` is given for its superoperator when there is none (mode 0).
 _NO_SUPEROP = np.zeros((0, 0), dtype=np.complex128)
 
 
@@ -445,10 +454,13 @@ class DensityMatrix:
         self._check_targets([target])
         idx = _fibres(self.n, self.diagonal, tuple(controls), target)
         x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
+        if superop is None:
+            superop, mode = _NO_SUPEROP, 0
+        else:
+            mode = 1 if superop.ravel().take(_OFF_BAND).any() else 2
         _fibre_channel_kernel(
             x.reshape(-1), self.shape[1], np.ascontiguousarray(u_stack, dtype=np.complex128),
-            _NO_SUPEROP if superop is None else np.ascontiguousarray(superop, np.complex128),
-            float(phase_rad), *idx)
+            np.ascontiguousarray(superop, np.complex128), mode, float(phase_rad), *idx)
         self.tensor = x
 
     def apply_diagonal(self, phases: np.ndarray) -> None:
