@@ -61,6 +61,9 @@ class RunShare:
 
     #: The evolved qubits (sorted) these entries were computed for; None before first use.
     order: tuple[int, ...] | None = None
+    #: The program's samples per port and play intervals per qubit (``PhysicsEngine._render``):
+    #: they depend on the program only, so a share for another register keeps them.
+    rendering: tuple | None = None
     #: Drive term per (qubit, start, end), before the offset frame (``_drive_hz``).
     drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
     #: Phase split of those drives, ``drive_phase_key`` (``DriveBlocks._drive_split``).
@@ -83,7 +86,7 @@ class RunShare:
         one."""
         if self.order is None:
             self.order = tuple(order)
-        return self if self.order == tuple(order) else RunShare(tuple(order))
+        return self if self.order == tuple(order) else RunShare(tuple(order), self.rendering)
 
 
 @dataclass

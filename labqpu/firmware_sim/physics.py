@@ -338,46 +338,13 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         Raises ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
-        n_ports = int(max(
-            [int(prog.play_port.max()) if prog.play_port.size else 0]
-            + [c.drive_port for c in self.cabling.values()]
-            + [c.flux_port for c in self.cabling.values()]
-            + [c.readout_port for c in self.cabling.values()]
-        )) + 1
-        samples = _render_kernel(
-            n_ports, int(prog.duration_samples), prog.play_port, prog.play_start, prog.play_wave,
-            prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
-            prog.wave_data, fs,
-        )
-        peak = np.abs(samples).max(axis=1) if samples.size else np.zeros(n_ports)
-        over = np.flatnonzero(peak > 1.0 + 1e-6)
-        if over.size:
-            port = int(over[0])
-            k = int(np.argmax(np.abs(samples[port])))
-            raise SimulationError(f"output port {port} exceeds DAC full scale at sample {k} "
-                                  f"(|{peak[port]:.4g}| > 1): overlapping plays add")
-        port_role = {}
-        for q, cab in self.cabling.items():
-            port_role[cab.drive_port] = (q, "drive")
-            port_role[cab.flux_port] = (q, "flux")
-            port_role[cab.readout_port] = (q, "readout")
+        rendering = share.rendering if share is not None else None
+        if rendering is None:
+            rendering = self._render(prog)
+            if share is not None:
+                share.rendering = rendering
+        samples, drive_iv, flux_iv = rendering
         acq_qubit = {cab.acquire_port: q for q, cab in self.cabling.items()}
-
-        drive_iv: dict[int, list[tuple[int, int]]] = {}
-        flux_iv: dict[int, list[tuple[int, int]]] = {}
-        for i in range(prog.play_port.shape[0]):
-            port = int(prog.play_port[i])
-            if port not in port_role:
-                continue
-            q, role = port_role[port]
-            start = int(prog.play_start[i])
-            w = int(prog.play_wave[i])
-            end = start + int(prog.wave_offset[w + 1] - prog.wave_offset[w])
-            if role == "drive":
-                drive_iv.setdefault(q, []).append((start, end))
-            elif role == "flux":
-                flux_iv.setdefault(q, []).append((start, end))
-
         acq = [(i, acq_qubit[int(p)]) for i, p in enumerate(prog.acq_port)]
         measured = [q for _, q in acq]
         if len(set(measured)) != len(measured):
@@ -452,6 +419,53 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             local.idle(q, acq_time.get(q, t_end))
             local.flush(q)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
+
+    def _render(self, prog: WireProgram
+                ) -> tuple[np.ndarray, dict[int, list[tuple[int, int]]],
+                           dict[int, list[tuple[int, int]]]]:
+        """The samples of ``prog`` per output port (ports x samples) and the play intervals
+        (start, end) on each qubit's drive and flux ports; raises ``SimulationError`` when a
+        port exceeds the DAC's full scale."""
+        fs = self.device.sample_rate_hz
+        n_ports = int(max(
+            [int(prog.play_port.max()) if prog.play_port.size else 0]
+            + [c.drive_port for c in self.cabling.values()]
+            + [c.flux_port for c in self.cabling.values()]
+            + [c.readout_port for c in self.cabling.values()]
+        )) + 1
+        samples = _render_kernel(
+            n_ports, int(prog.duration_samples), prog.play_port, prog.play_start, prog.play_wave,
+            prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
+            prog.wave_data, fs,
+        )
+        peak = np.abs(samples).max(axis=1) if samples.size else np.zeros(n_ports)
+        over = np.flatnonzero(peak > 1.0 + 1e-6)
+        if over.size:
+            port = int(over[0])
+            k = int(np.argmax(np.abs(samples[port])))
+            raise SimulationError(f"output port {port} exceeds DAC full scale at sample {k} "
+                                  f"(|{peak[port]:.4g}| > 1): overlapping plays add")
+        port_role = {}
+        for q, cab in self.cabling.items():
+            port_role[cab.drive_port] = (q, "drive")
+            port_role[cab.flux_port] = (q, "flux")
+            port_role[cab.readout_port] = (q, "readout")
+
+        drive_iv: dict[int, list[tuple[int, int]]] = {}
+        flux_iv: dict[int, list[tuple[int, int]]] = {}
+        for i in range(prog.play_port.shape[0]):
+            port = int(prog.play_port[i])
+            if port not in port_role:
+                continue
+            q, role = port_role[port]
+            start = int(prog.play_start[i])
+            w = int(prog.play_wave[i])
+            end = start + int(prog.wave_offset[w + 1] - prog.wave_offset[w])
+            if role == "drive":
+                drive_iv.setdefault(q, []).append((start, end))
+            elif role == "flux":
+                flux_iv.setdefault(q, []).append((start, end))
+        return samples, drive_iv, flux_iv
 
     def _advance_zz(self, ctx: _RunContext, until: int) -> None:
         """Apply the register's pair phases from ``ctx.anchor`` up to sample ``until``.
