@@ -211,6 +211,26 @@ def _row_indices(n: int, controls: tuple[int, ...], targets: tuple[int, ...]
     return ravel(controls), ravel(targets), base, off
 
 
+def _lindblad_terms() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The parts of one transmon's Lindblad generator (row-major vec, 9x9), per unit rate:
+    -i 2 pi [H, .] for H/h = (1/2) n (n - 1) (per Hz of anharmonicity), and the dissipators
+    D[L] = L . L^dag - {L^dag L, .} / 2 of L = a, a^dag and n."""
+    a = _ladder()
+    n = a.conj().T @ a
+    eye = np.eye(LEVELS)
+    h = 0.5 * (n @ n - n)
+    hamiltonian = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
+
+    def dissipator(op: np.ndarray) -> np.ndarray:
+        opd = op.conj().T @ op
+        return np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
+
+    return hamiltonian, (dissipator(a), dissipator(a.conj().T), dissipator(n))
+
+
+_IDLE_HAMILTONIAN, _DISSIPATORS = _lindblad_terms()
+
+
 @lru_cache(maxsize=256)
 def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
                        anharmonicity_hz: float = 0.0, thermal_ratio: float = 0.0) -> np.ndarray:
@@ -225,20 +245,9 @@ def relaxation_superop(t1_s: float, t_phi_s: float, duration_s: float,
     rotating frame (|2> gains phase exp(-i 2 pi alpha t)); pass 0 when a pulse's unitary
     already holds that evolution.
     """
-    a = _ladder()
-    n = a.conj().T @ a
-    eye = np.eye(LEVELS)
     down = 1.0 / (t1_s * (1.0 + thermal_ratio))
-    jumps = [np.sqrt(down) * a]
-    if thermal_ratio > 0.0:
-        jumps.append(np.sqrt(thermal_ratio * down) * a.conj().T)
-    if np.isfinite(t_phi_s):
-        jumps.append(np.sqrt(2.0 / t_phi_s) * n)
-    h = 0.5 * anharmonicity_hz * (n @ n - n)
-    liouv = -2j * np.pi * (np.kron(h, eye) - np.kron(eye, h.T))
-    for op in jumps:
-        opd = op.conj().T @ op
-        liouv += np.kron(op, op.conj()) - 0.5 * np.kron(opd, eye) - 0.5 * np.kron(eye, opd.T)
+    liouv = (anharmonicity_hz * _IDLE_HAMILTONIAN + down * _DISSIPATORS[0]
+             + thermal_ratio * down * _DISSIPATORS[1] + (2.0 / t_phi_s) * _DISSIPATORS[2])
     return scipy.linalg.expm(liouv * duration_s)
 
 
