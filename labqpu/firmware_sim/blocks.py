@@ -59,6 +59,10 @@ class RunShare:
     before the offsets' frames are applied; an ``evolve`` on another register starts afresh
     (``for_order``)."""
 
+    #: The program and settings (``physics.WireProgram``, ``physics.Settings``) the share
+    #: belongs to: ``PhysicsEngine.evolve`` refuses it for any other.
+    program: Any = None
+    settings: Any = None
     #: The evolved qubits (sorted) these entries were computed for; None before first use.
     order: tuple[int, ...] | None = None
     #: The program's samples per port and play intervals per qubit (``PhysicsEngine._render``):
@@ -86,7 +90,9 @@ class RunShare:
         one."""
         if self.order is None:
             self.order = tuple(order)
-        return self if self.order == tuple(order) else RunShare(tuple(order), self.rendering)
+        if self.order == tuple(order):
+            return self
+        return RunShare(self.program, self.settings, tuple(order), self.rendering)
 
 
 @dataclass

@@ -100,13 +100,15 @@ def _band_channel_kernel(x, s, a_dim, b_dim, ca_dim, cb_dim):
 
 
 @njit(cache=True, nogil=True)
-def _fibre_channel_kernel(x, e, u, s, mode, theta, row_base, col_base, c_row, c_col, rs, cs):
+def _fibre_channel_kernel(x, e, u, s, mode, theta, rows, row_ctrl, row_col_ctrl, cols,
+                          col_ctrl, rs, cs):
     """In place: X -> A S(X) B^dag on every 3x3 fibre X of the flattened (d, e) matrix ``x``
-    (row-major). Fibre f holds the entries (row_base[f] + i rs, col_base[f] + j cs), i, j
-    the target's row and column levels; A = u[c_row[f]] and B = u[c_col[f]] (``u`` (C, 3, 3))
-    turned by exp(i ``theta`` n) (entry (i, j) times exp(i theta (i - j))); ``s`` (9, 9)
-    row-major acts on vec(X) first: ``mode`` 0 skips it, 1 applies all of it, 2 only its
-    entries that conserve i - j (``BAND_MASK``; the others must be 0)."""
+    (row-major). The fibres are (rows[i], cols[j]) for every i, j: fibre (r, c) holds the
+    entries (r + k rs, c + l cs), k, l the target's row and column levels. A =
+    u[row_ctrl[i]] and B = u[row_col_ctrl[i] + col_ctrl[j]] (``u`` (C, 3, 3)), turned by
+    exp(i ``theta`` n) (entry (k, l) times exp(i theta (k - l))); ``s`` (9, 9) row-major acts
+    on vec(X) first: ``mode`` 0 skips it, 1 applies all of it, 2 only its entries that
+    conserve k - l (``BAND_MASK``; the others must be 0)."""
     w = np.exp(1j * theta * np.arange(3.0))
     ut = np.empty_like(u)
     for c in range(u.shape[0]):
@@ -116,60 +118,68 @@ def _fibre_channel_kernel(x, e, u, s, mode, theta, row_base, col_base, c_row, c_
     xs = np.empty(9, dtype=np.complex128)
     y = np.empty(9, dtype=np.complex128)
     t = np.empty(9, dtype=np.complex128)
-    for f in range(row_base.size):
-        for i in range(3):
-            for j in range(3):
-                xs[3 * i + j] = x[(row_base[f] + i * rs) * e + col_base[f] + j * cs]
-        if mode == 2:  # entry 3 i + j of vec(X) only from entries with the same i - j
-            for k in (0, 4, 8):
-                y[k] = s[k, 0] * xs[0] + s[k, 4] * xs[4] + s[k, 8] * xs[8]
-            for k in (1, 5):
-                y[k] = s[k, 1] * xs[1] + s[k, 5] * xs[5]
-            for k in (3, 7):
-                y[k] = s[k, 3] * xs[3] + s[k, 7] * xs[7]
-            y[2] = s[2, 2] * xs[2]
-            y[6] = s[6, 6] * xs[6]
-        elif mode == 1:
-            for k in range(9):
-                acc = 0j
-                for m in range(9):
-                    acc += s[k, m] * xs[m]
-                y[k] = acc
-        else:
-            y[:] = xs
-        a = ut[c_row[f]]
-        b = ut[c_col[f]]
-        for i in range(3):  # t = A Y
-            for j in range(3):
-                t[3 * i + j] = a[i, 0] * y[j] + a[i, 1] * y[3 + j] + a[i, 2] * y[6 + j]
-        for i in range(3):  # A Y B^dag
-            for j in range(3):
-                x[(row_base[f] + i * rs) * e + col_base[f] + j * cs] = (
-                    t[3 * i] * np.conj(b[j, 0]) + t[3 * i + 1] * np.conj(b[j, 1])
-                    + t[3 * i + 2] * np.conj(b[j, 2]))
+    for fi in range(rows.size):
+        a = ut[row_ctrl[fi]]
+        for fj in range(cols.size):
+            base = rows[fi] * e + cols[fj]
+            for i in range(3):
+                for j in range(3):
+                    xs[3 * i + j] = x[base + i * rs * e + j * cs]
+            if mode == 2:  # entry 3 k + l of vec(X) only from entries with the same k - l
+                for k in (0, 4, 8):
+                    y[k] = s[k, 0] * xs[0] + s[k, 4] * xs[4] + s[k, 8] * xs[8]
+                for k in (1, 5):
+                    y[k] = s[k, 1] * xs[1] + s[k, 5] * xs[5]
+                for k in (3, 7):
+                    y[k] = s[k, 3] * xs[3] + s[k, 7] * xs[7]
+                y[2] = s[2, 2] * xs[2]
+                y[6] = s[6, 6] * xs[6]
+            elif mode == 1:
+                for k in range(9):
+                    acc = 0j
+                    for m in range(9):
+                        acc += s[k, m] * xs[m]
+                    y[k] = acc
+            else:
+                y[:] = xs
+            b = ut[row_col_ctrl[fi] + col_ctrl[fj]]
+            for i in range(3):  # t = A Y
+                for j in range(3):
+                    t[3 * i + j] = a[i, 0] * y[j] + a[i, 1] * y[3 + j] + a[i, 2] * y[6 + j]
+            for i in range(3):  # A Y B^dag
+                for j in range(3):
+                    x[base + i * rs * e + j * cs] = (
+                        t[3 * i] * np.conj(b[j, 0]) + t[3 * i + 1] * np.conj(b[j, 1])
+                        + t[3 * i + 2] * np.conj(b[j, 2]))
 
 
 @lru_cache(maxsize=256)
 def _fibres(n: int, diagonal: tuple[int, ...], controls: tuple[int, ...], target: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Index tables of :func:`_fibre_channel_kernel` for a state of ``n`` positions holding
-    ``diagonal`` by their populations: per fibre (row and column with the ``target``'s
-    levels 0) its row, its column and the levels of ``controls`` on each side (a held
-    control's level is its row's on both), then the row and column strides of the target's
-    level."""
+    ``diagonal`` by their populations: the rows with the ``target``'s level 0, the levels of
+    ``controls`` on the row side for each, and the part of the column side's levels that a
+    row gives (held controls: a held position's column level is its row's); the columns with
+    the target's level 0 and the part of the column side's levels that they give (controls
+    that carry coherences); then the row and column strides of the target's level. Their
+    sizes are 3^(n-1) and 3^(active positions - 1)."""
     active = [p for p in range(n) if p not in diagonal]
     rows = np.indices((LEVELS,) * n).reshape(n, -1)
     cols = np.indices((LEVELS,) * len(active)).reshape(len(active), -1)
     column = active.index(target)
-    r, c = np.meshgrid(np.flatnonzero(rows[target] == 0), np.flatnonzero(cols[column] == 0),
-                       indexing="ij")
-    r, c = r.ravel(), c.ravel()
-    c_row = np.zeros(r.size, dtype=np.int64)
-    c_col = np.zeros(r.size, dtype=np.int64)
-    for p in controls:
-        c_row = c_row * LEVELS + rows[p][r]
-        c_col = c_col * LEVELS + (rows[p][r] if p in diagonal else cols[active.index(p)][c])
-    return (r.astype(np.int64), c.astype(np.int64), c_row, c_col,
+    r = np.flatnonzero(rows[target] == 0)
+    c = np.flatnonzero(cols[column] == 0)
+    row_ctrl = np.zeros(r.size, dtype=np.int64)
+    row_col_ctrl = np.zeros(r.size, dtype=np.int64)
+    col_ctrl = np.zeros(c.size, dtype=np.int64)
+    for k, p in enumerate(controls):
+        weight = LEVELS ** (len(controls) - 1 - k)
+        row_ctrl += weight * rows[p][r]
+        if p in diagonal:
+            row_col_ctrl += weight * rows[p][r]
+        else:
+            col_ctrl += weight * cols[active.index(p)][c]
+    return (r.astype(np.int64), row_ctrl, row_col_ctrl, c.astype(np.int64), col_ctrl,
             LEVELS ** (n - 1 - target), LEVELS ** (len(active) - 1 - column))
 
 
@@ -461,6 +471,9 @@ class DensityMatrix:
         (positions), R = exp(i ``phase_rad`` n) on ``target``: one numba pass over the 3x3
         blocks of the target's levels (``_fibre_channel_kernel``)."""
         self._check_targets([target])
+        if u_stack.shape != (LEVELS ** len(controls), LEVELS, LEVELS):
+            raise ValueError(f"{len(controls)} control(s) need a stack of shape "
+                             f"{(LEVELS ** len(controls), LEVELS, LEVELS)}, got {u_stack.shape}")
         idx = _fibres(self.n, self.diagonal, tuple(controls), target)
         x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
         if superop is None:

@@ -338,6 +338,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         Raises ``SimulationError`` for programs this simulator cannot execute.
         """
         fs = self.device.sample_rate_hz
+        if share is not None and (share.program is not prog or share.settings is not settings):
+            raise ValueError("a RunShare is shared only by evolutions of the program and the "
+                             "settings it was made for")
         rendering = share.rendering if share is not None else None
         if rendering is None:
             rendering = self._render(prog)
@@ -392,7 +395,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
         ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0,
                           {q: cond[q].offset_hz for q in order if cond[q].offset_hz},
-                          (share or RunShare()).for_order(order))
+                          (share or RunShare(prog, settings)).for_order(order))
         if resume is not None:
             local.time = dict.fromkeys(order, t0)
             ctx.anchor = t0

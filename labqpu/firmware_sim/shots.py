@@ -78,7 +78,7 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
     chunks = plan_chunks(sigma, spans, shots, rng)
     counts = rng.multinomial(shots, [w for w, _ in chunks])
     conds = [with_offsets(base, offsets) for _, offsets in chunks]
-    share = RunShare()  # the chunks differ only in their offsets
+    share = RunShare(prog, settings)  # the chunks differ only in their offsets
     states: dict[int, tuple[DensityMatrix, dict[int, int]]] = {}
     parts = []
     samples = None

@@ -276,18 +276,25 @@ def test_spectators_held_by_populations_evolve_as_the_dense_state() -> None:
         dm.apply_superop(np.kron(u3, u3.conj()), 0)
 
 
-@pytest.mark.parametrize("held", [(), (0, 3)])
+#: (transmons, target, controls in stack order, positions held by their populations)
+CONTROLLED_CASES = [(4, 1, [0, 2, 3], ()), (4, 1, [0, 2, 3], (0, 3)), (4, 0, [3, 1], (1,)),
+                    (5, 4, [2, 0, 3], (0, 2)), (3, 2, [], (0,)), (5, 2, [4, 1], (1, 3, 4))]
+
+
+@pytest.mark.parametrize(("n", "target", "controls", "held"), CONTROLLED_CASES)
 @pytest.mark.parametrize("channel", ["none", "band", "dense"])
-def test_controlled_channel_matches_dense_operators(held: tuple[int, ...], channel: str) -> None:
+def test_controlled_channel_matches_dense_operators(n: int, target: int, controls: list[int],
+                                                    held: tuple[int, ...], channel: str) -> None:
     """``apply_controlled_channel`` (one numba pass over the target's 3x3 blocks) against
     U S(rho) U^dag written densely (the superoperator by einsum, U basis state by basis
-    state), with the target turned by a drive phase, controls held by their populations and
-    carrying coherences, and no, a band or a dense superoperator: 1e-12 elementwise. A held
-    target is refused."""
+    state), with the target turned by a drive phase, on the first, a middle and the last
+    position, controls in any order, held by their populations or carrying coherences, and
+    no, a band or a dense superoperator: 1e-12 elementwise. A held target and a stack that
+    does not match the controls are refused."""
     rng = np.random.default_rng(11)
-    n, target, controls, phase = 4, 1, [0, 2, 3], 0.7
+    phase = 0.7
     rho = _dephased(_random_rho(3**n, rng), held, n)
-    u_stack = np.stack([_random_unitary(3, rng) for _ in range(27)])
+    u_stack = np.stack([_random_unitary(3, rng) for _ in range(3 ** len(controls))])
     relax = relaxation_superop(20e-6, 35e-6, 300e-9, -210e6, 0.05)
     u3 = _random_unitary(3, rng)
     superop = {"none": None, "band": relax, "dense": np.kron(u3, u3.conj()) @ relax}[channel]
@@ -299,7 +306,10 @@ def test_controlled_channel_matches_dense_operators(held: tuple[int, ...], chann
     dm = _held_copy(rho, held, n)
     dm.apply_controlled_channel(u_stack, superop, controls, target, phase)
     assert_allclose(dm.matrix(), want, rtol=0, atol=1e-12)
-    assert np.abs(want - rho).max() > 1e-3  # the channel did something (entries ~1/81)
+    assert np.abs(want - rho).max() > 1e-3  # the channel did something (entries ~1/3^n)
+    wrong = u_stack[:1] if controls else np.stack([u3] * 3)
+    with pytest.raises(ValueError, match="need a stack of shape"):
+        dm.apply_controlled_channel(wrong, None, controls, target)
     if held:
-        with pytest.raises(ValueError, match=r"positions \[3\] are held diagonal"):
-            dm.apply_controlled_channel(u_stack[:9], None, [0, 1], 3)
+        with pytest.raises(ValueError, match=rf"positions \[{held[0]}\] are held diagonal"):
+            dm.apply_controlled_channel(u_stack[:1], None, [], held[0])

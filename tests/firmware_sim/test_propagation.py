@@ -300,16 +300,19 @@ def test_chunks_sharing_a_run_evolve_as_if_alone() -> None:
     """The quasi-static chunks of a run share the drive terms, keys and propagators their
     frequency offsets do not change (``RunShare``): each chunk, evolved after another chunk
     with other offsets, gives the density matrix of a fresh engine evolving it alone, within
-    1e-12 elementwise, on a program with single and overlapping drives and flux pulses."""
+    1e-12 elementwise, on a program with single and overlapping drives and flux pulses. A
+    share is refused for another program."""
     prog, st = repeated_pulse_program(solo_pulses=4), lo_settings()
     engine = PhysicsEngine(DEVICE, RACK.cabling)
     base = engine.conditions(st)[0]
     chunks = [with_offsets(base, {0: 3.0e4, 1: -2.0e4, 2: 1.0e4}),
               with_offsets(base, {0: -5.0e4, 1: 4.0e4}), base]
-    share = RunShare()
+    share = RunShare(prog, st)
     shared = [engine.evolve(prog, st, conditions=c, share=share).rho.matrix() for c in chunks]
     assert share.stacks and share.splits  # single and joint drive blocks were shared
     for cond, rho in zip(chunks, shared, strict=True):
         alone = PhysicsEngine(DEVICE, RACK.cabling).evolve(prog, st, conditions=cond)
         assert_allclose(rho, alone.rho.matrix(), rtol=0, atol=1e-12)
     assert np.abs(shared[0] - shared[1]).max() > 1e-4  # the offsets matter
+    with pytest.raises(ValueError, match="only by evolutions of the program and the settings"):
+        engine.evolve(repeated_pulse_program(), st, share=share)
