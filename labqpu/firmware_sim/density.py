@@ -337,6 +337,16 @@ def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] 
     return out
 
 
+def _check_stack(u_stack: np.ndarray, controls: list[int], targets: list[int]) -> None:
+    """Raise ``ValueError`` unless ``u_stack`` holds one operator on ``targets`` per level
+    configuration of ``controls``: shape (3^len(controls), 3^len(targets), 3^len(targets))."""
+    m = LEVELS ** len(targets)
+    if u_stack.shape != (LEVELS ** len(controls), m, m):
+        raise ValueError(f"{len(controls)} control(s) and {len(targets)} target(s) need a "
+                         f"stack of shape {(LEVELS ** len(controls), m, m)}, got "
+                         f"{u_stack.shape}")
+
+
 class DensityMatrix:
     """Density matrix of ``n`` three-level qubits (positions 0..n-1, first most significant).
 
@@ -434,8 +444,9 @@ class DensityMatrix:
         reshaped matrix, restricted to the blocks of equal excitation number when U conserves
         it (a flux pulse without drives does); any other goes through ``_left_apply_kernel``.
         """
-        for _, _, targets in ops:
+        for u, controls, targets in ops:
             self._check_targets(targets)
+            _check_stack(u, controls, targets)
         passes = [self._row_pass(u, controls, targets) for u, controls, targets in ops]
         x = self.tensor.reshape(self.shape)
         for side in range(2):
@@ -471,9 +482,7 @@ class DensityMatrix:
         (positions), R = exp(i ``phase_rad`` n) on ``target``: one numba pass over the 3x3
         blocks of the target's levels (``_fibre_channel_kernel``)."""
         self._check_targets([target])
-        if u_stack.shape != (LEVELS ** len(controls), LEVELS, LEVELS):
-            raise ValueError(f"{len(controls)} control(s) need a stack of shape "
-                             f"{(LEVELS ** len(controls), LEVELS, LEVELS)}, got {u_stack.shape}")
+        _check_stack(u_stack, controls, [target])
         idx = _fibres(self.n, self.diagonal, tuple(controls), target)
         x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
         if superop is None:

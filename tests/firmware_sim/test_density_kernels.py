@@ -310,6 +310,8 @@ def test_controlled_channel_matches_dense_operators(n: int, target: int, control
     wrong = u_stack[:1] if controls else np.stack([u3] * 3)
     with pytest.raises(ValueError, match="need a stack of shape"):
         dm.apply_controlled_channel(wrong, None, controls, target)
+    with pytest.raises(ValueError, match="need a stack of shape"):
+        dm.apply_controlled(wrong, controls, [target])
     if held:
         with pytest.raises(ValueError, match=rf"positions \[{held[0]}\] are held diagonal"):
             dm.apply_controlled_channel(u_stack[:1], None, [], held[0])
