@@ -70,15 +70,13 @@ class RunShare:
     rendering: tuple | None = None
     #: Drive term per (qubit, start, end), before the offset frame (``_drive_hz``).
     drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
-    #: Phase split of those drives, ``drive_phase_key`` (``DriveBlocks._drive_split``).
+    #: Phase split of those drives, ``drive_phase_key`` (``DriveBlocks._split``): its key is
+    #: what the crosstalk of the same pulse shares.
     splits: dict[tuple[int, int, int], tuple[float, np.ndarray, bytes]] = field(
         default_factory=dict)
     #: Per driven qubit: its evolved neighbours and the pair energies of its levels in each of
     #: their configurations (``DriveBlocks._controls``).
     controls: dict[int, tuple[list[int], np.ndarray]] = field(default_factory=dict)
-    #: Key of the phase-normalised drive per (qubit, start, end) of a block applied in this run
-    #: (``propagation.drive_phase_key``): what the crosstalk of the same pulse shares.
-    keys: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
     #: Conditioned propagators of a one-transmon drive block in the deferred ZZ frame, per
     #: (qubit, start, end, anchor), before the offset's phase (``DriveBlocks._apply_drive``).
     stacks: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)
@@ -183,17 +181,21 @@ class DriveBlocks:
         offset = ctx.offset_hz.get(q)
         return math.pi * offset * (b0 + b1) / self.device.sample_rate_hz if offset else 0.0
 
-    def _drive_split(self, ctx: _RunContext, q: int, b0: int, b1: int
-                     ) -> tuple[float, np.ndarray, bytes]:
-        """``drive_phase_key`` of ``q``'s drive over [b0, b1) turned by its frequency offset:
-        the split of the drive without the offset, once per run (``RunShare.splits``), with
-        the offset's phase added."""
+    def _split(self, ctx: _RunContext, q: int, b0: int, b1: int
+               ) -> tuple[float, np.ndarray, bytes]:
+        """``drive_phase_key`` of ``q``'s drive over [b0, b1) without its frequency offset, once
+        per run (``RunShare.splits``)."""
         split = ctx.share.splits.get((q, b0, b1))
         if split is None:
             split = ctx.share.splits[(q, b0, b1)] = drive_phase_key(
                 self._drive_hz(ctx, q, b0, b1, offset=False))
-            ctx.share.keys[(q, b0, b1)] = split[2]
-        return split[0] + self._offset_phase(ctx, q, b0, b1), split[1], split[2]
+        return split
+
+    def _drive_split(self, ctx: _RunContext, q: int, b0: int, b1: int
+                     ) -> tuple[float, np.ndarray, bytes]:
+        """:meth:`_split` turned by ``q``'s frequency offset (the offset's phase added)."""
+        phi, z0, key = self._split(ctx, q, b0, b1)
+        return phi + self._offset_phase(ctx, q, b0, b1), z0, key
 
     def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
         """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
@@ -206,10 +208,9 @@ class DriveBlocks:
         memo = (q, b0, b1, ctx.anchor)
         stack = ctx.share.stacks.get(memo)
         if stack is None:
-            z = self._drive_hz(ctx, q, b0, b1, offset=False)
-            split = drive_phase_key(z)
-            ctx.share.keys[(q, b0, b1)] = split[2]
-            stack = self._conditional_stack(q, z, shifts, ctx.model.local_hz[q][2], split)
+            stack = self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1, offset=False),
+                                            shifts, ctx.model.local_hz[q][2],
+                                            self._split(ctx, q, b0, b1))
             if controls:
                 stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
                                      self.device.sample_rate_hz)

@@ -204,7 +204,8 @@ def apply_drive_crosstalk(engine: Any, ctx: Any, qubits: list[int], b0: int, b1:
         targets = [(p, c) for p, c in spec.drive_targets(q) if p in ctx.pos and b0 < ctx.stop[p]]
         if not targets:
             continue
-        key = ctx.share.keys.get((q, b0, b1))
+        split = ctx.share.splits.get((q, b0, b1))
+        key = split[2] if split is not None else None
         cached = (q, key, model.freq_hz, tuple(targets))
         phases = engine.crosstalk_cache.get(cached) if key is not None else None
         if phases is None:

@@ -676,7 +676,6 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         dressed frequency (zeros when nothing plays); with ``offset`` turned by the phase
         2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module).
         Computed once per run and interval (``RunShare.drives``); the array is read-only."""
-        fs = self.device.sample_rate_hz
         z = ctx.share.drives.get((q, b0, b1))
         if z is None:
             cab = self.cabling[q]
@@ -690,7 +689,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             z.flags.writeable = False  # shared by every caller of this run
             ctx.share.drives[(q, b0, b1)] = z
         if offset and ctx.offset_hz.get(q):
-            return z * np.exp(1j * np.pi * ctx.offset_hz[q] * (b0 + b1) / fs)
+            return z * np.exp(1j * self._offset_phase(ctx, q, b0, b1))
         return z
 
     def _frame(self, detuning_hz: float, b0: int, b1: int) -> np.ndarray:
