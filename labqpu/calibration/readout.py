@@ -16,8 +16,9 @@ and keeps the shortest whose fidelity (smoothed over neighbours) is within
 :data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). The two depend on
 each other (a stronger tone wants a shorter window, a shorter window a stronger tone), so if
 the window moved, the amplitude is chosen again at it, then the window at that amplitude, until
-neither moves or the search returns to a point it chose before (at most :data:`READOUT_ROUNDS`
-rounds). Then single shots at that point give the
+the window stays, the amplitude it leaves is within the slack of the best of the new amplitude
+scan (a step would gain less than the noise can show), or the search returns to a point chosen
+before (at most :data:`READOUT_ROUNDS` rounds). Then single shots at that point give the
 discriminator centres, the assignment matrix and the fidelity.
 """
 
@@ -114,6 +115,13 @@ def choose_readout_duration(fidelity: np.ndarray, what: str) -> tuple[int, np.nd
     return int(np.argmax(smooth >= best - READOUT_DURATION_SLACK)), smooth
 
 
+def _within_slack(smooth: np.ndarray, grid: np.ndarray, value: float, slack: float) -> bool:
+    """Whether ``value`` is a point of ``grid`` whose smoothed fidelity ``smooth`` is within
+    ``slack`` of the best: a step away from it would gain less than the noise can show."""
+    at = np.flatnonzero(np.isclose(grid, value, rtol=1e-9, atol=0.0))
+    return bool(at.size) and float(smooth[at[0]]) >= float(smooth.max()) - slack
+
+
 def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.ndarray]:
     """Pure analysis of a fidelity map (frequencies x amplitudes, amplitudes ascending): the
     map smoothed (Gaussian, :data:`READOUT_SMOOTHING` grid points) and the (frequency index,
@@ -139,8 +147,9 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     away from it; on the current readout frequency when no measured resonator is known), then
     in turn the window at that amplitude (:func:`choose_readout_duration` on a
     :func:`duration_scan`, as many shots) and, if the window moved, the amplitude again at the
-    chosen frequency and the new window, until neither moves, the search returns to a point it
-    chose before, or :data:`READOUT_ROUNDS` rounds have run (the records' settings say how
+    chosen frequency and the new window, until the window stays, the amplitude it leaves is
+    within the slack of the new scan's best, the search returns to a point chosen before, or
+    :data:`READOUT_ROUNDS` rounds have run (the records' settings say how
     many and whether it converged); then discriminator centres, assignment matrix and
     fidelity from ``4 shots`` single shots per state."""
     work = kit.work.qubits[q]
@@ -164,19 +173,19 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     visited = {(amp, duration)}
     while rounds < READOUT_ROUNDS and not converged:
         # the window at this amplitude, then (if it moved) the amplitude at that window, until
-        # neither moves: a stronger tone wants a shorter window, a shorter window a stronger tone.
-        # A return to a point already chosen also ends it: two neighbouring points that the
-        # measurement noise cannot tell apart would otherwise alternate.
+        # the window stays, the amplitude step gains nothing (the amplitude it leaves is within
+        # the slack of the line's best: the fidelity is flat there within the noise, and the
+        # windows would otherwise wander along their flat part) or the search returns to a
+        # point already chosen (two neighbouring points the noise cannot tell apart would
+        # alternate). A stronger tone wants a shorter window, a shorter window a stronger tone.
         rounds += 1
         work["readout_amplitude"] = scan_amp = amp
         by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
         i_d, smooth_d = choose_readout_duration(by_duration, f"qubit {q} readout")
         converged = float(READOUT_DURATIONS_S[i_d]) == duration
-        if converged:
-            break
         duration = float(READOUT_DURATIONS_S[i_d])
         work["readout_duration_s"] = duration
-        if (amp, duration) in visited:
+        if converged or (amp, duration) in visited:
             converged = True
             break
         visited.add((amp, duration))
@@ -185,8 +194,9 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
         line_smooth = again[0]
         sweep_raw["amplitude_line"] = line
-        amp = float(READOUT_AMPLITUDES[i_line])  # unchanged, or back to a point: converged
-        converged = (amp, duration) in visited
+        converged = _within_slack(line_smooth, READOUT_AMPLITUDES, amp, READOUT_FIDELITY_SLACK)
+        amp = float(READOUT_AMPLITUDES[i_line])
+        converged = converged or (amp, duration) in visited
         visited.add((amp, duration))
     step = np.diff(READOUT_DURATIONS_S)
     duration_id = kit.record(

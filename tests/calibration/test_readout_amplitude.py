@@ -94,7 +94,8 @@ def test_readout_brings_a_too_strong_long_tone_back_to_the_optimum(tmp_path,
     independently here, is within 0.01 of the best of reference sweeps over amplitude and
     over window at the frequency it chose. (The amplitude is chosen at the old window, then
     the window at the new amplitude, the amplitude again at the new window, and so on until
-    neither moves, which the records say happened within READOUT_ROUNDS.)"""
+    the search ends (see labqpu.calibration.readout), which the records say happened within
+    READOUT_ROUNDS.)"""
     use_fresh_home(monkeypatch, tmp_path)
     q = 2
     with LabProvider() as provider:
@@ -125,7 +126,7 @@ def test_readout_brings_a_too_strong_long_tone_back_to_the_optimum(tmp_path,
           f"reference best {fidelity[:-1].max():.4f} at "
           f"{amps[int(np.argmax(fidelity[:-1]))]:.3f}; chosen window {window * 1e6:.2f} us: "
           f"{by_window[-1]:.4f}, reference best {by_window[:-1].max():.4f} at "
-          f"{windows[int(np.argmax(by_window[:-1]))] * 1e6:.2f} us")
+          f"{windows[int(np.argmax(by_window[:-1]))] * 1e6:.2f} us; {rounds}")
     assert before < 0.9, before
     assert rounds["converged"] and 1 <= rounds["rounds"] <= READOUT_ROUNDS, rounds
     assert fidelity[-1] >= fidelity[:-1].max() - 0.01
