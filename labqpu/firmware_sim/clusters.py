@@ -18,6 +18,19 @@ expensive step of the simulator, so its result is cached by everything it depend
   (R is diagonal in the dressed basis, which is block-diagonal in N). The same pulses played
   at another time or after a virtual Z therefore reuse one cached propagator whenever one
   qubit is driven; with several driven qubits only their common phase is a frame change.
+
+With two driven qubits the propagator also depends on the weaker drive's phase theta relative
+to the stronger, and that phase changes with every new rz angle and with the time a block is
+played at. Treating the weaker drive w e^{i theta} a^dag + h.c. as a perturbation, the Dyson
+series of the propagator groups into U(theta) = sum_m C_m e^{i m theta}, and the order-n terms
+are bounded by (2 beta)^n / n! with beta = int |w| ||a^dag|| dt (rad). So U is a trigonometric
+polynomial of degree K up to an error bounded by 2 sum_{n>K} (n - K) (2 beta)^n / n!
+(:func:`phase_interpolation_order` chooses the smallest K that keeps it below
+:data:`PHASE_INTERPOLATION_TOL`), and the 2K + 1 propagators at equally spaced phases give every
+other phase by trigonometric interpolation (:func:`phase_interpolation_weights`). A block whose
+weaker drive is weak enough (a pulse's tail overlapping another qubit's pulse during a flux
+pulse) and whose shape, the weaker drive up to its phase, has been seen before is answered
+from such a table (``ClusterBlocks._phase_interpolated``).
 """
 
 from __future__ import annotations
@@ -44,6 +57,45 @@ from labqpu.firmware_sim.propagation import KEY_GRID_HZ, PEAK_TIE, phase_referen
 #: Sub-steps per cycle of the fastest drive rotation in a cluster's common frame (a drive
 #: sample rotates at f~_q - f_ref there and is sampled at sub-step midpoints).
 SUBSTEPS_PER_CYCLE = 20
+#: Bound on the error of a propagator interpolated in the weaker drive's phase (module
+#: docstring): below what quantising a drive for its cache key may cost (``KEY_GRID_HZ``,
+#: ~1e-10), far below the sub-step discretisation's own error (~4e-4).
+PHASE_INTERPOLATION_TOL = 1e-11
+#: Highest degree K of that interpolation: a table costs 2K + 1 direct propagations, so a
+#: drive that needs more is propagated directly at each phase. (The last 2 samples of a DRAG
+#: pulse, ~0.8 MHz, need K = 4.)
+PHASE_INTERPOLATION_MAX_ORDER = 4
+#: Phase tables an engine keeps (each 2K + 1 cluster propagators), and shapes it remembers
+#: having seen once (a table is built at a shape's second phase, not its first).
+PHASE_TABLES = 32
+PHASE_SHAPES_SEEN = 4096
+
+
+def phase_interpolation_order(beta_rad: float, tol: float = PHASE_INTERPOLATION_TOL
+                              ) -> int | None:
+    """Smallest degree K whose trigonometric interpolation in the weaker drive's phase is
+    within ``tol`` of the propagator (bound of the module docstring, ``beta_rad`` =
+    int |w| ||a^dag|| dt), or None above :data:`PHASE_INTERPOLATION_MAX_ORDER`."""
+    x = 2.0 * beta_rad
+    for k in range(PHASE_INTERPOLATION_MAX_ORDER + 1):
+        term, tail = 1.0, 0.0
+        for n in range(1, k + 60):
+            term *= x / n
+            if n > k:
+                tail += (n - k) * term
+        if 2.0 * tail * (1.0 + 1e-9) <= tol:
+            return k
+    return None
+
+
+def phase_interpolation_weights(theta_rad: float, order: int) -> np.ndarray:
+    """Weights of the 2K + 1 table entries at phases 2 pi j / (2K + 1) that give the
+    trigonometric polynomial of degree K = ``order`` through them at ``theta_rad``
+    (the Dirichlet kernel)."""
+    m = 2 * order + 1
+    x = theta_rad - 2.0 * np.pi * np.arange(m) / m
+    harmonics = np.cos(np.outer(x, np.arange(1, order + 1))).sum(axis=1)
+    return (1.0 + 2.0 * harmonics) / m
 
 
 @njit(cache=True, nogil=True)
@@ -143,8 +195,9 @@ def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray
 
 class ClusterBlocks:
     """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: flux blocks on coupled
-    clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``_dressings``,
-    ``_drive_hz``, ``_transmon_unitary`` and ``_prepare``)."""
+    clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``phase_tables``,
+    ``_phase_shapes``, ``_dressings``, ``_drive_hz``, ``_transmon_unitary`` and
+    ``_prepare``)."""
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
                        b1: int) -> None:
@@ -249,9 +302,13 @@ class ClusterBlocks:
         u = self.cache_nq.get(key)
         if u is None:
             v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
-            u = self._cluster_common_frame_unitary(cluster, rel, flux_phi, 0, n, f_bare,
-                                                   f_frame, h_corr, f_c)
-            u = self.cache_nq.put(key, v.T @ u @ v)
+
+            def direct(drives_hz: dict[int, np.ndarray]) -> np.ndarray:
+                return v.T @ self._cluster_common_frame_unitary(
+                    cluster, drives_hz, flux_phi, 0, n, f_bare, f_frame, h_corr, f_c) @ v
+
+            u = self._phase_interpolated(key, rel, direct)
+            u = self.cache_nq.put(key, direct(rel) if u is None else u)
         if not rel:
             return u
         u = rotate_excitation_phase(u, psi, len(cluster))
@@ -260,6 +317,38 @@ class ClusterBlocks:
         left = np.exp(2j * np.pi * (f_ref - f_c) * big_n * (b0 + n) / fs)
         right = np.exp(-2j * np.pi * (f_ref - f_c) * big_n * b0 / fs)
         return (left[:, None] * u) * right[None, :]
+
+    def _phase_interpolated(self, key: tuple, rel: dict[int, np.ndarray], direct
+                            ) -> np.ndarray | None:
+        """The propagator of a block with two driven qubits (``rel``, Hz per sample, its
+        cache ``key`` ending with the drives' key) interpolated in the weaker drive's phase
+        from a table of ``direct`` propagations (module docstring), or None when that drive is
+        too strong for :data:`PHASE_INTERPOLATION_MAX_ORDER` or its shape is new (remembered:
+        a second phase builds the table)."""
+        if len(rel) != 2:
+            return None
+        weak = min(rel, key=lambda q: (float(np.abs(rel[q]).sum()), q))
+        theta = phase_reference(rel[weak])
+        shape = rel[weak] * np.exp(-1j * theta)
+        beta = np.pi * np.sqrt(LEVELS - 1) * float(np.abs(shape).sum()) \
+            / self.device.sample_rate_hz
+        order = phase_interpolation_order(beta)
+        if order is None:
+            return None
+        table_key = (key[:-1], tuple(item for item in key[-1] if item[0] != weak), weak,
+                     np.rint(shape.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes())
+        table = self.phase_tables.get(table_key)
+        if table is None:
+            if table_key not in self._phase_shapes:
+                if len(self._phase_shapes) >= PHASE_SHAPES_SEEN:
+                    self._phase_shapes.clear()
+                self._phase_shapes.add(table_key)
+                return None
+            m = 2 * order + 1
+            table = self.phase_tables.put(table_key, np.stack(
+                [direct({**rel, weak: shape * np.exp(2j * np.pi * j / m)}) for j in range(m)]))
+        weights = phase_interpolation_weights(theta, (table.shape[0] - 1) // 2)
+        return np.tensordot(weights, table, axes=1)
 
     def _cluster_dressing(self, cluster: list[int], f_bare: tuple[float, ...],
                           model: DressedModel) -> tuple[np.ndarray, np.ndarray]:

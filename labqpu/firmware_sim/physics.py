@@ -70,7 +70,7 @@ from numba import njit
 
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.blocks import DriveBlocks, RunShare, _RunContext, merge_consecutive
-from labqpu.firmware_sim.clusters import ClusterBlocks
+from labqpu.firmware_sim.clusters import PHASE_TABLES, ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
     build_dressed_model,
@@ -257,6 +257,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
         self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
+        #: Cluster propagators at equally spaced phases of a weak second drive, and the
+        #: shapes seen once (``clusters`` module docstring).
+        self.phase_tables = PropagatorCache(PHASE_TABLES)
+        self._phase_shapes: set[tuple] = set()
         #: Dressed models per set of bare idle frequencies, and cluster dressings.
         self._models: dict[tuple[float, ...], DressedModel] = {}
         self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}

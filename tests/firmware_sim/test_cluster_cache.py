@@ -49,14 +49,17 @@ def pulse(n: int) -> np.ndarray:
     return g - 0.4j * x / (n / 4) ** 2 * g
 
 
-def add_block(samples: np.ndarray, t0: int, phases: dict[int, float]) -> None:
+def add_block(samples: np.ndarray, t0: int, phases: dict[int, float],
+              amplitudes: dict[int, float] | None = None) -> None:
     """A flux pulse on qubit 2 from ``t0`` and, overlapping it, a drive on each qubit of
-    ``phases`` (NCO at NCO_HZ from absolute sample 0, turned by its phase)."""
+    ``phases`` (NCO at NCO_HZ from absolute sample 0, turned by its phase; amplitude 0.2 of
+    full scale unless ``amplitudes`` says otherwise)."""
     samples[RACK.cabling[2].flux_port, t0:t0 + N_FLUX] += 0.08 * np.sin(
         np.pi * (np.arange(N_FLUX) + 0.5) / N_FLUX) ** 2
     t = np.arange(t0 + 3, t0 + 3 + N_DRIVE)
     for q, ph in phases.items():
-        samples[RACK.cabling[q].drive_port, t] += 0.2 * pulse(N_DRIVE) * np.exp(
+        amp = (amplitudes or {}).get(q, 0.2)
+        samples[RACK.cabling[q].drive_port, t] += amp * pulse(N_DRIVE) * np.exp(
             1j * (2 * np.pi * NCO_HZ * t / FS + ph))
 
 
@@ -137,6 +140,75 @@ def test_cached_cluster_propagator_equals_uncached(case: str) -> None:
     # Each part of the first block (drive-free stretches and the driven stretch) is computed,
     # every part of the second is a hit.
     assert engine.cache_nq.misses == engine.cache_nq.hits >= 1
+
+
+def test_a_weak_second_drive_is_interpolated_in_its_phase(monkeypatch) -> None:
+    """Four flux blocks on cluster 1-2-3-4, each with a pulse on qubit 3 and, at another
+    relative phase each time, a pulse 1e-4 as strong on qubit 4 (a pulse's tail overlapping
+    them): the first block is propagated directly, the second builds the table of 2K + 1
+    phases, the third and fourth are interpolated from it. Every block's propagator equals the
+    uncached computation within 1e-12 elementwise. A pulse as strong as the other (the cases
+    above) is too strong for the table and is propagated directly."""
+    cluster = [1, 2, 3, 4]
+    starts = [40, 80, 120, 160]  # early: the reference's frame phases round at ~1e-12 later
+    st = settings()
+    samples = np.zeros((N_PORTS, 200), dtype=complex)
+    for t0, ph in zip(starts, (0.0, 1.3, -2.4, 0.4), strict=True):
+        add_block(samples, t0, {3: 0.7, 4: ph}, {4: 2e-5})
+    engine = PhysicsEngine(DEVICE, RACK.cabling)
+    direct = engine._cluster_common_frame_unitary
+    calls = []
+
+    def counted(cluster, drives, *args):
+        calls.append(len(drives))
+        return direct(cluster, drives, *args)
+
+    monkeypatch.setattr(engine, "_cluster_common_frame_unitary", counted)
+    per_block = []
+    for t0 in starts:
+        b0, b1 = t0, t0 + N_FLUX
+        ctx = context(engine, samples, st, cluster, b0)
+        got = engine._segment_unitary(ctx, cluster, [2], b0, b1)
+        ref = uncached(PhysicsEngine(DEVICE, RACK.cabling), ctx, cluster, b0, b1)
+        assert np.abs(got - ref).max() < 1e-12
+        per_block.append(calls.count(2))
+        calls.clear()
+    (table,) = engine.phase_tables._data.values()
+    order = (table.shape[0] - 1) // 2
+    assert 1 <= order <= clusters.PHASE_INTERPOLATION_MAX_ORDER
+    assert per_block == [1, 2 * order + 1, 0, 0]
+
+
+def test_the_interpolation_order_bounds_the_dyson_tail() -> None:
+    """The chosen degree K keeps 2 sum_{n>K} (n - K) x^n / n! (x = 2 beta) below the
+    tolerance and K - 1 does not; a drive too strong for the largest degree gets None."""
+    from math import factorial
+
+    def tail(x: float, k: int) -> float:
+        return 2 * sum((n - k) * x**n / factorial(n) for n in range(k + 1, k + 80))
+
+    for beta in (1e-16, 1e-9, 1e-5, 3e-4, 5e-3):
+        k = clusters.phase_interpolation_order(beta)
+        assert k is not None and tail(2 * beta, k) <= clusters.PHASE_INTERPOLATION_TOL
+        assert k == 0 or tail(2 * beta, k - 1) > clusters.PHASE_INTERPOLATION_TOL
+    assert clusters.phase_interpolation_order(0.5) is None
+
+
+def test_interpolation_weights_reproduce_a_trigonometric_polynomial() -> None:
+    """Sampled at 2K + 1 equally spaced phases, a trigonometric polynomial of degree K is
+    reproduced at any phase to rounding (1e-13)."""
+    rng = np.random.default_rng(4)
+    for order in range(4):
+        m = 2 * order + 1
+        c = rng.standard_normal(m) + 1j * rng.standard_normal(m)
+
+        def poly(theta, c=c, order=order):
+            return sum(c[j] * np.exp(1j * (j - order) * theta) for j in range(len(c)))
+
+        samples = np.array([poly(2 * np.pi * j / m) for j in range(m)])
+        for theta in rng.uniform(-10, 10, 5):
+            w = clusters.phase_interpolation_weights(theta, order)
+            assert abs(w @ samples - poly(theta)) < 1e-13
 
 
 def test_relative_phase_of_two_drives_is_part_of_the_key() -> None:
