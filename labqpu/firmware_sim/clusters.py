@@ -29,8 +29,9 @@ polynomial of degree K up to an error bounded by 2 sum_{n>K} (n - K) (2 beta)^n 
 :data:`PHASE_INTERPOLATION_TOL`), and the 2K + 1 propagators at equally spaced phases give every
 other phase by trigonometric interpolation (:func:`phase_interpolation_weights`). A block whose
 weaker drive is weak enough (a pulse's tail overlapping another qubit's pulse during a flux
-pulse) and whose shape, the weaker drive up to its phase, has been seen before is answered
-from such a table (``ClusterBlocks._phase_interpolated``).
+pulse) is answered from such a table once its shape (the weaker drive up to its phase, and
+everything else the block depends on) has been propagated directly at 2K phases
+(``ClusterBlocks._phase_interpolated``).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ PHASE_INTERPOLATION_TOL = 1e-11
 #: drive that needs more is propagated directly at each phase. (The last 2 samples of a DRAG
 #: pulse, ~0.8 MHz, need K = 4.)
 PHASE_INTERPOLATION_MAX_ORDER = 4
-#: Phase tables an engine keeps (each 2K + 1 cluster propagators), and shapes it remembers
-#: having seen once (a table is built at a shape's second phase, not its first).
+#: Phase tables an engine keeps (each 2K + 1 cluster propagators), and shapes whose direct
+#: propagations it counts (a table is built at a shape's (2K + 1)-th phase).
 PHASE_TABLES = 32
 PHASE_SHAPES_SEEN = 4096
 
@@ -323,8 +324,10 @@ class ClusterBlocks:
         """The propagator of a block with two driven qubits (``rel``, Hz per sample, its
         cache ``key`` ending with the drives' key) interpolated in the weaker drive's phase
         from a table of ``direct`` propagations (module docstring), or None when that drive is
-        too strong for :data:`PHASE_INTERPOLATION_MAX_ORDER` or its shape is new (remembered:
-        a second phase builds the table)."""
+        too strong for :data:`PHASE_INTERPOLATION_MAX_ORDER` or its shape has been propagated
+        directly at fewer than 2K phases (a table costs 2K + 1 propagations: built once the
+        direct ones it would have saved have been spent, it never costs more than twice the
+        direct way, and every later phase is free)."""
         if len(rel) != 2:
             return None
         weak = min(rel, key=lambda q: (float(np.abs(rel[q]).sum()), q))
@@ -339,12 +342,14 @@ class ClusterBlocks:
                      np.rint(shape.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes())
         table = self.phase_tables.get(table_key)
         if table is None:
-            if table_key not in self._phase_shapes:
+            m = 2 * order + 1
+            seen = self._phase_shapes.get(table_key, 0)
+            if seen + 1 < m:  # not yet paid for by the direct propagations it would replace
                 if len(self._phase_shapes) >= PHASE_SHAPES_SEEN:
                     self._phase_shapes.clear()
-                self._phase_shapes.add(table_key)
+                self._phase_shapes[table_key] = seen + 1
                 return None
-            m = 2 * order + 1
+            self._phase_shapes.pop(table_key, None)
             table = self.phase_tables.put(table_key, np.stack(
                 [direct({**rel, weak: shape * np.exp(2j * np.pi * j / m)}) for j in range(m)]))
         weights = phase_interpolation_weights(theta, (table.shape[0] - 1) // 2)

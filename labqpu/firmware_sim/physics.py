@@ -257,10 +257,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
         self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
-        #: Cluster propagators at equally spaced phases of a weak second drive, and the
-        #: shapes seen once (``clusters`` module docstring).
+        #: Cluster propagators at equally spaced phases of a weak second drive, and how often
+        #: each shape without a table was propagated directly (``clusters`` module docstring).
         self.phase_tables = PropagatorCache(PHASE_TABLES)
-        self._phase_shapes: set[tuple] = set()
+        self._phase_shapes: dict[tuple, int] = {}
         #: Dressed models per set of bare idle frequencies, and cluster dressings.
         self._models: dict[tuple[float, ...], DressedModel] = {}
         self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}

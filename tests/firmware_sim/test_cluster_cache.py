@@ -143,17 +143,19 @@ def test_cached_cluster_propagator_equals_uncached(case: str) -> None:
 
 
 def test_a_weak_second_drive_is_interpolated_in_its_phase(monkeypatch) -> None:
-    """Four flux blocks on cluster 1-2-3-4, each with a pulse on qubit 3 and, at another
+    """Seven flux blocks on cluster 1-2-3-4, each with a pulse on qubit 3 and, at another
     relative phase each time, a pulse 1e-4 as strong on qubit 4 (a pulse's tail overlapping
-    them): the first block is propagated directly, the second builds the table of 2K + 1
-    phases, the third and fourth are interpolated from it. Every block's propagator equals the
-    uncached computation within 1e-12 elementwise. A pulse as strong as the other (the cases
-    above) is too strong for the table and is propagated directly."""
+    them; degree K = 2): the first 2K blocks are propagated directly, the next builds the
+    table of 2K + 1 phases (as many propagations as it will save), the last two are
+    interpolated from it. Every block's propagator equals the uncached computation within
+    1e-12 elementwise. (A pulse as strong as the other, the cases above, is too strong for a
+    table and is propagated directly.)"""
     cluster = [1, 2, 3, 4]
-    starts = [40, 80, 120, 160]  # early: the reference's frame phases round at ~1e-12 later
+    # early and close together: the reference's frame phases round at ~1e-12 further on
+    starts = [8 + 32 * k for k in range(7)]
     st = settings()
-    samples = np.zeros((N_PORTS, 200), dtype=complex)
-    for t0, ph in zip(starts, (0.0, 1.3, -2.4, 0.4), strict=True):
+    samples = np.zeros((N_PORTS, 250), dtype=complex)
+    for t0, ph in zip(starts, (0.0, 1.3, -2.4, 0.4, 2.9, -0.8, 1.9), strict=True):
         add_block(samples, t0, {3: 0.7, 4: ph}, {4: 2e-5})
     engine = PhysicsEngine(DEVICE, RACK.cabling)
     direct = engine._cluster_common_frame_unitary
@@ -174,9 +176,8 @@ def test_a_weak_second_drive_is_interpolated_in_its_phase(monkeypatch) -> None:
         per_block.append(calls.count(2))
         calls.clear()
     (table,) = engine.phase_tables._data.values()
-    order = (table.shape[0] - 1) // 2
-    assert 1 <= order <= clusters.PHASE_INTERPOLATION_MAX_ORDER
-    assert per_block == [1, 2 * order + 1, 0, 0]
+    assert table.shape[0] == 5
+    assert per_block == [1, 1, 1, 1, 5, 0, 0]
 
 
 def test_the_interpolation_order_bounds_the_dyson_tail() -> None:
