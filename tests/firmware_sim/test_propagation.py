@@ -296,6 +296,52 @@ def test_cached_evolution_equals_direct_propagation() -> None:
     assert populations[0] < 0.9  # the pulses did something
 
 
+def tail_under_flux_program(blocks: int = 9) -> WireProgram:
+    """``blocks`` 25-sample flux pulses on qubit 0, each with a 20-sample DRAG pulse on qubit 1
+    and the same pulse 1e-4 as strong (a pulse's tail) on qubit 0 inside it, both at a new
+    phase each time."""
+    n = 20
+    x = np.arange(n) - (n - 1) / 2
+    g = np.exp(-0.5 * (x / 5) ** 2)
+    plays = []
+    t = 0
+    for k in range(blocks):
+        plays.append((RACK.cabling[0].flux_port, t, 1, 0.12, 0.0, 0.0))
+        plays.append((RACK.cabling[1].drive_port, t + 2, 0, 0.3, 0.7 * k, NCO_HZ))
+        plays.append((RACK.cabling[0].drive_port, t + 3, 0, 3e-5, -1.9 * k, NCO_HZ))
+        t += 25 + 4 + k
+    cols = list(zip(*plays, strict=True))
+    return WireProgram(
+        play_port=np.array(cols[0], dtype=np.int32),
+        play_start=np.array(cols[1], dtype=np.int64),
+        play_wave=np.array(cols[2], dtype=np.int32),
+        play_amp=np.array(cols[3], dtype=np.float64),
+        play_phase_rad=np.array(cols[4], dtype=np.float64),
+        play_freq_hz=np.array(cols[5], dtype=np.float64),
+        wave_offset=np.array([0, n, n + 25], dtype=np.int64),
+        wave_data=np.concatenate([g - 0.3j * x / 25 * g, np.ones(25)]).astype(complex),
+        acq_port=np.zeros(0, dtype=np.int32), acq_start=np.zeros(0, dtype=np.int64),
+        acq_duration=np.zeros(0, dtype=np.int64), acq_freq_hz=np.zeros(0),
+        duration_samples=t + 10,
+    )
+
+
+def test_a_weak_drive_interpolated_in_its_phase_evolves_as_propagated_directly() -> None:
+    """Flux pulses on qubit 0 with a pulse on qubit 1 and a weak one on qubit 0 inside, at a
+    new relative phase each time: the engine, which builds a phase table for them and
+    interpolates the later blocks, gives the density matrix of the engine computing every
+    propagator directly, elementwise within 1e-9."""
+    prog, st = tail_under_flux_program(), lo_settings()
+    cached = PhysicsEngine(DEVICE, RACK.cabling)
+    rho = cached.evolve(prog, st).rho.matrix()
+    direct = _DirectEngine()
+    direct._phase_interpolated = lambda key, rel, propagate: None
+    ref = direct.evolve(prog, st).rho.matrix()
+    assert len(cached.phase_tables) == 1
+    assert_allclose(rho, ref, rtol=0, atol=1e-9)
+    assert np.real(np.diagonal(ref))[0] < 0.9  # the pulses did something
+
+
 def test_chunks_sharing_a_run_evolve_as_if_alone() -> None:
     """The quasi-static chunks of a run share the drive terms, keys and propagators their
     frequency offsets do not change (``RunShare``): each chunk, evolved after another chunk
