@@ -397,7 +397,7 @@ class ClusterBlocks:
         fs = self.device.sample_rate_hz
         n = len(cluster)
         d = LEVELS**n
-        a_ops, n_ops, n_pair = _cluster_operators(n)
+        a_ops, _, n_pair = _cluster_operators(n)
         f_ref = f_bare[0] if f_ref_hz is None else f_ref_hz
         fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
                       + [0.0])
@@ -409,20 +409,28 @@ class ClusterBlocks:
             driven |= z != 0
         sample, t_in, length = _cluster_steps(driven, f_q, sub)
         t_step = (b0 + sample + t_in) / fs
-        h = np.zeros((sample.size, d, d), dtype=complex)
-        h += h_corr
+        # The constant part once, the frequencies on the diagonal and each drive on the
+        # entries of its a^dag and a only (a full (steps, d, d) pass per term cost ~10 ms on
+        # four transmons).
+        const = np.array(h_corr, dtype=complex)
         for i, q in enumerate(cluster):
-            h += 0.5 * self.device.qubits[q].anharmonicity_hz * n_pair[i]
-            h += (f_q[sample, i] - f_ref)[:, None, None] * n_ops[i]
-            if q in drives:
-                z = drives[q][sample] * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_step)
-                h += 0.5 * (z[:, None, None] * a_ops[i].conj().T
-                            + z.conj()[:, None, None] * a_ops[i])
+            const += 0.5 * self.device.qubits[q].anharmonicity_hz * n_pair[i]
         for i, qa in enumerate(cluster):
             for j, qb in enumerate(cluster[i + 1:], start=i + 1):
                 g = self.device.coupling_hz(qa, qb)
                 if g:
-                    h += g * _exchange_operator(n, i, j)
+                    const += g * _exchange_operator(n, i, j)
+        h = np.empty((sample.size, d, d), dtype=complex)
+        h[:] = const
+        diag = np.arange(d)
+        h[:, diag, diag] += (f_q[sample] - f_ref) @ _level_numbers(n)
+        for i, q in enumerate(cluster):
+            if q in drives:
+                z = drives[q][sample] * np.exp(-2j * np.pi * (f_frame[i] - f_ref) * t_step)
+                rows, cols = np.nonzero(a_ops[i].T)  # a^dag = a^T (real)
+                amp = 0.5 * a_ops[i][cols, rows]
+                h[:, rows, cols] += z[:, None] * amp[None, :]
+                h[:, cols, rows] += z.conj()[:, None] * amp[None, :]
         # exp(-i 2 pi H L dt) as a step of dt / sub with the Hamiltonian scaled by L sub.
         h *= (length * sub)[:, None, None]
         return propagate_conserving(h, 1.0 / (fs * sub), n)
