@@ -66,9 +66,10 @@ PHASE_INTERPOLATION_TOL = 1e-11
 #: drive that needs more is propagated directly at each phase. (The last 2 samples of a DRAG
 #: pulse, ~0.8 MHz, need K = 4.)
 PHASE_INTERPOLATION_MAX_ORDER = 4
-#: Phase tables an engine keeps (each 2K + 1 cluster propagators), and shapes whose direct
-#: propagations it counts (a table is built at a shape's (2K + 1)-th phase).
-PHASE_TABLES = 32
+#: Phase tables an engine keeps (each 2K + 1 cluster propagators: ~1 MB on four transmons,
+#: at most 8.5 MB on five, so at most ~140 MB in all), and shapes whose direct propagations
+#: it counts (a table is built at a shape's (2K + 1)-th phase).
+PHASE_TABLES = 16
 PHASE_SHAPES_SEEN = 4096
 
 
