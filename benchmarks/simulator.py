@@ -203,7 +203,8 @@ def bench_circuit(budget: Budget) -> None:
     # The same layers with other random angles on the warm engine, each run once: what a
     # simulator serving new circuits of a known structure pays (drive phases are frame
     # changes, so most propagators hit; blocks with two driven qubits at a new relative phase
-    # do not).
+    # do not, unless one drive is weak enough to be interpolated in its phase from a table,
+    # which the first of these runs may build).
     others = [_prepare(5, LAYERS, seed=s) for s in range(2, 2 + budget.repeats)]
     t_other = []
     for o in others:
@@ -223,6 +224,8 @@ def bench_circuit(budget: Budget) -> None:
                      ("warm: propagator cache filled by an earlier run", t_warm)):
         print(Line(f"simulator circuit ({label}) vs qiskit-aer", t, t_aer,
                    f"{dur(t)}/circuit", ref).text(), flush=True)
+    info(f"new angles, each run: {', '.join(dur(t) for t in t_other)} (phase tables built: "
+         f"{len(engine.phase_tables)})")
     info(f"qiskit-aer with its default threads: {dur(t_aer_n)}/circuit; labqpu warm / that "
          f"= {fmt(t_warm / t_aer_n)}")
     info(f"engine cache after the runs: {len(engine.cache_1q)} single-transmon and "
