@@ -224,8 +224,8 @@ def bench_circuit(budget: Budget) -> None:
                      ("warm: propagator cache filled by an earlier run", t_warm)):
         print(Line(f"simulator circuit ({label}) vs qiskit-aer", t, t_aer,
                    f"{dur(t)}/circuit", ref).text(), flush=True)
-    info(f"new angles, each run: {', '.join(dur(t) for t in t_other)} (phase tables built: "
-         f"{len(engine.phase_tables)})")
+    info(f"new angles, each run: {', '.join(dur(t) for t in t_other)} (phase tables held "
+         f"after them: {len(engine.phase_tables)})")
     info(f"qiskit-aer with its default threads: {dur(t_aer_n)}/circuit; labqpu warm / that "
          f"= {fmt(t_warm / t_aer_n)}")
     info(f"engine cache after the runs: {len(engine.cache_1q)} single-transmon and "

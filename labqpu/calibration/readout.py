@@ -16,9 +16,10 @@ and keeps the shortest whose fidelity (smoothed over neighbours) is within
 :data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). The two depend on
 each other (a stronger tone wants a shorter window, a shorter window a stronger tone), so if
 the window moved, the amplitude is chosen again at it, then the window at that amplitude, until
-the window stays, the amplitude it leaves is within the slack of the best of the new amplitude
-scan (a step would gain less than the noise can show), or the search returns to a point chosen
-before (at most :data:`READOUT_ROUNDS` rounds). Then single shots at that point give the
+the window stays, the amplitude is within the slack of the best of the new amplitude scan (a
+step would gain less than the noise can show; the amplitude, whose window was just scanned, is
+kept), or the search returns to a point chosen before (at most :data:`READOUT_ROUNDS`
+rounds). Then single shots at that point give the
 discriminator centres, the assignment matrix and the fidelity.
 """
 
@@ -147,8 +148,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     away from it; on the current readout frequency when no measured resonator is known), then
     in turn the window at that amplitude (:func:`choose_readout_duration` on a
     :func:`duration_scan`, as many shots) and, if the window moved, the amplitude again at the
-    chosen frequency and the new window, until the window stays, the amplitude it leaves is
-    within the slack of the new scan's best, the search returns to a point chosen before, or
+    chosen frequency and the new window, until the window stays, the amplitude is within the
+    slack of the new scan's best (it is kept), the search returns to a point chosen before, or
     :data:`READOUT_ROUNDS` rounds have run (the records' settings say how
     many and whether it converged); then discriminator centres, assignment matrix and
     fidelity from ``4 shots`` single shots per state."""
@@ -173,11 +174,12 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     visited = {(amp, duration)}
     while rounds < READOUT_ROUNDS and not converged:
         # the window at this amplitude, then (if it moved) the amplitude at that window, until
-        # the window stays, the amplitude step gains nothing (the amplitude it leaves is within
-        # the slack of the line's best: the fidelity is flat there within the noise, and the
-        # windows would otherwise wander along their flat part) or the search returns to a
-        # point already chosen (two neighbouring points the noise cannot tell apart would
-        # alternate). A stronger tone wants a shorter window, a shorter window a stronger tone.
+        # the window stays, the amplitude step would gain nothing (the amplitude is within the
+        # slack of the line's best: the fidelity is flat there within the noise, and the
+        # windows would otherwise wander along their flat part; the amplitude is kept, since
+        # its window was just scanned) or the search returns to a point already chosen (two
+        # neighbouring points the noise cannot tell apart would alternate). A stronger tone
+        # wants a shorter window, a shorter window a stronger tone.
         rounds += 1
         work["readout_amplitude"] = scan_amp = amp
         by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
@@ -194,9 +196,11 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
         line_smooth = again[0]
         sweep_raw["amplitude_line"] = line
-        converged = _within_slack(line_smooth, READOUT_AMPLITUDES, amp, READOUT_FIDELITY_SLACK)
+        if _within_slack(line_smooth, READOUT_AMPLITUDES, amp, READOUT_FIDELITY_SLACK):
+            converged = True  # keep the amplitude whose window was just scanned
+            break
         amp = float(READOUT_AMPLITUDES[i_line])
-        converged = converged or (amp, duration) in visited
+        converged = (amp, duration) in visited
         visited.add((amp, duration))
     step = np.diff(READOUT_DURATIONS_S)
     duration_id = kit.record(

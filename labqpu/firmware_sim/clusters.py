@@ -21,10 +21,11 @@ expensive step of the simulator, so its result is cached by everything it depend
 
 With two driven qubits the propagator also depends on the weaker drive's phase theta relative
 to the stronger, and that phase changes with every new rz angle and with the time a block is
-played at. Treating the weaker drive w e^{i theta} a^dag + h.c. as a perturbation, the Dyson
-series of the propagator groups into U(theta) = sum_m C_m e^{i m theta}, and the order-n terms
-are bounded by (2 beta)^n / n! with beta = int |w| ||a^dag|| dt (rad). So U is a trigonometric
-polynomial of degree K up to an error bounded by 2 sum_{n>K} (n - K) (2 beta)^n / n!
+played at. Treating the weaker drive (1/2)(z e^{i theta} a^dag + h.c.) (z in Hz) as a
+perturbation, the Dyson series of the propagator groups into U(theta) = sum_m C_m e^{i m theta}:
+its order-n term, of norm at most (2 beta)^n / n! with beta = pi ||a^dag|| sum_j |z_j| / fs
+(rad), contributes to the harmonics |m| <= n only. So U is a trigonometric polynomial of
+degree K up to an error (truncation and aliasing) within 2 sum_{n>K} (n - K) (2 beta)^n / n!
 (:func:`phase_interpolation_order` chooses the smallest K that keeps it below
 :data:`PHASE_INTERPOLATION_TOL`), and the 2K + 1 propagators at equally spaced phases give every
 other phase by trigonometric interpolation (:func:`phase_interpolation_weights`). A block whose
@@ -67,9 +68,10 @@ PHASE_INTERPOLATION_TOL = 1e-11
 #: pulse, ~0.8 MHz, need K = 4.)
 PHASE_INTERPOLATION_MAX_ORDER = 4
 #: Phase tables an engine keeps (each 2K + 1 cluster propagators: ~1 MB on four transmons,
-#: at most 8.5 MB on five, so at most ~140 MB in all), and shapes whose direct propagations
-#: it counts (a table is built at a shape's (2K + 1)-th phase).
+#: 8.5 MB on five) and the bytes they may hold, and shapes whose direct propagations it
+#: counts (a table is built at a shape's (2K + 1)-th phase).
 PHASE_TABLES = 16
+PHASE_TABLE_BYTES = 256 * 2**20
 PHASE_SHAPES_SEEN = 4096
 
 
@@ -331,7 +333,11 @@ class ClusterBlocks:
         direct way, and every later phase is free)."""
         if len(rel) != 2:
             return None
-        weak = min(rel, key=lambda q: (float(np.abs(rel[q]).sum()), q))
+        # the drive that does not set the common phase (the smaller peak; ``cluster_drive_key``)
+        peaks = {q: float(np.abs(z).max()) for q, z in rel.items()}
+        top = max(peaks.values())
+        reference = next(q for q, p in peaks.items() if p >= (1 - PEAK_TIE) * top)
+        weak = next(q for q in rel if q != reference)
         theta = phase_reference(rel[weak])
         shape = rel[weak] * np.exp(-1j * theta)
         beta = np.pi * np.sqrt(LEVELS - 1) * float(np.abs(shape).sum()) \

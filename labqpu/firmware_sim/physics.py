@@ -70,7 +70,7 @@ from numba import njit
 
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.blocks import DriveBlocks, RunShare, _RunContext, merge_consecutive
-from labqpu.firmware_sim.clusters import PHASE_TABLES, ClusterBlocks
+from labqpu.firmware_sim.clusters import PHASE_TABLE_BYTES, PHASE_TABLES, ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
     build_dressed_model,
@@ -105,10 +105,11 @@ __all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Set
            "WireProgram", "relaxation_superop"]
 
 #: Bounds of the propagator caches (entries): a conditioned drive's stack of 3x3 unitaries
-#: (``blocks.py``), a cluster's up to 243x243 (0.9 MB, three coupled neighbours of a fluxed
-#: qubit).
+#: (``blocks.py``), a cluster's 81x81 to 243x243 (0.1-0.9 MB) on lab5; a cluster of seven
+#: transmons (lab10) is 2187x2187, 76 MB, so the cluster cache is also bounded in bytes.
 CACHE_1Q_ENTRIES = 8192
 CACHE_NQ_ENTRIES = 256
+CACHE_NQ_BYTES = 512 * 2**20
 #: Bound of the cache of block decompositions (entries, one per distinct pulse schedule).
 CACHE_BLOCK_ENTRIES = 64
 #: The deferred ZZ frame of :meth:`PhysicsEngine.evolve` is moved forward once a block starts
@@ -256,10 +257,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self.cabling = cabling
         #: Propagators of single transmons and of coupled clusters, reused across runs.
         self.cache_1q = PropagatorCache(CACHE_1Q_ENTRIES)
-        self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES)
+        self.cache_nq = PropagatorCache(CACHE_NQ_ENTRIES, CACHE_NQ_BYTES)
         #: Cluster propagators at equally spaced phases of a weak second drive, and how often
         #: each shape without a table was propagated directly (``clusters`` module docstring).
-        self.phase_tables = PropagatorCache(PHASE_TABLES)
+        self.phase_tables = PropagatorCache(PHASE_TABLES, PHASE_TABLE_BYTES)
         self._phase_shapes: dict[tuple, int] = {}
         #: Dressed models per set of bare idle frequencies, and cluster dressings.
         self._models: dict[tuple[float, ...], DressedModel] = {}

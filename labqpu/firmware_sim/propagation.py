@@ -69,17 +69,26 @@ def rotate_drive_phase(u: np.ndarray, phi_rad: float) -> np.ndarray:
 
 
 class PropagatorCache:
-    """Bounded least-recently-used map from an input key to a unitary (thread-safe).
+    """Bounded least-recently-used map from an input key to a unitary (thread-safe): at most
+    ``max_entries`` entries and, when ``max_bytes`` is given, at most that many bytes of
+    arrays (the newest entry is kept even if it alone is larger).
 
     ``hits`` and ``misses`` count look-ups since construction.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._bytes = 0
         self.hits = 0
         self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays held."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._data)
@@ -96,20 +105,27 @@ class PropagatorCache:
             return u
 
     def put(self, key: Hashable, u: np.ndarray) -> np.ndarray:
-        """Store ``u`` (made read-only) under ``key``; evicts the oldest entry when full."""
+        """Store ``u`` (made read-only) under ``key``; evicts the oldest entries while the
+        cache holds more than its bounds allow."""
         u = np.array(u, dtype=np.complex128)
         u.setflags(write=False)
         with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
             self._data[key] = u
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            self._bytes += u.nbytes
+            while len(self._data) > 1 and (
+                    len(self._data) > self.max_entries
+                    or (self.max_bytes is not None and self._bytes > self.max_bytes)):
+                self._bytes -= self._data.popitem(last=False)[1].nbytes
         return u
 
     def clear(self) -> None:
         """Forget every entry and reset the counters."""
         with self._lock:
             self._data.clear()
+            self._bytes = 0
             self.hits = self.misses = 0
 
 

@@ -187,6 +187,24 @@ def test_cache_is_bounded_lru_and_counts() -> None:
         cache.get("a")[0, 0] = 5.0  # stored unitaries are read-only
 
 
+def test_cache_is_bounded_in_bytes_too() -> None:
+    """With ``max_bytes`` the oldest entries go while the arrays exceed it (a 9x9 complex
+    array is 1296 bytes); replacing an entry counts its bytes once; an entry larger than the
+    bound alone is kept as the only one."""
+    cache = PropagatorCache(10, max_bytes=3000)
+    cache.put("a", np.eye(9))
+    cache.put("b", np.eye(9))
+    cache.put("b", 2 * np.eye(9))
+    assert (len(cache), cache.nbytes) == (2, 2592)
+    cache.put("c", np.eye(9))  # 3888 bytes > 3000: evicts "a"
+    assert cache.get("a") is None and cache.get("b") is not None
+    assert cache.nbytes == 2592
+    cache.put("big", np.eye(20))  # 6400 bytes alone
+    assert (len(cache), cache.nbytes) == (1, 6400)
+    cache.clear()
+    assert (len(cache), cache.nbytes) == (0, 0)
+
+
 # --------------------------------------------------------------------------- engine
 
 
