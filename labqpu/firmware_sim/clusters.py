@@ -79,7 +79,8 @@ def phase_interpolation_order(beta_rad: float, tol: float = PHASE_INTERPOLATION_
                               ) -> int | None:
     """Smallest degree K whose trigonometric interpolation in the weaker drive's phase is
     within ``tol`` of the propagator (bound of the module docstring, ``beta_rad`` =
-    int |w| ||a^dag|| dt), or None above :data:`PHASE_INTERPOLATION_MAX_ORDER`."""
+    pi ||a^dag|| sum_j |z_j| / fs for the weaker drive z in Hz), or None above
+    :data:`PHASE_INTERPOLATION_MAX_ORDER`."""
     x = 2.0 * beta_rad
     for k in range(PHASE_INTERPOLATION_MAX_ORDER + 1):
         term, tail = 1.0, 0.0
