@@ -54,7 +54,12 @@ from labqpu.firmware_sim.density import (
     _level_numbers,
 )
 from labqpu.firmware_sim.noise import frame_phase
-from labqpu.firmware_sim.propagation import KEY_GRID_HZ, PEAK_TIE, phase_reference
+from labqpu.firmware_sim.propagation import (
+    KEY_GRID_HZ,
+    PEAK_TIE,
+    drive_phase_key,
+    phase_reference,
+)
 
 #: Sub-steps per cycle of the fastest drive rotation in a cluster's common frame (a drive
 #: sample rotates at f~_q - f_ref there and is sampled at sub-step midpoints).
@@ -82,12 +87,12 @@ def phase_interpolation_order(beta_rad: float, tol: float = PHASE_INTERPOLATION_
     pi ||a^dag|| sum_j |z_j| / fs for the weaker drive z in Hz), or None above
     :data:`PHASE_INTERPOLATION_MAX_ORDER`."""
     x = 2.0 * beta_rad
+    terms = [1.0]  # x^n / n!, until they are far below tol (or 60 past the largest degree)
+    while len(terms) < PHASE_INTERPOLATION_MAX_ORDER + 60 and (
+            len(terms) <= PHASE_INTERPOLATION_MAX_ORDER + 1 or terms[-1] > 1e-6 * tol):
+        terms.append(terms[-1] * x / len(terms))
     for k in range(PHASE_INTERPOLATION_MAX_ORDER + 1):
-        term, tail = 1.0, 0.0
-        for n in range(1, k + 60):
-            term *= x / n
-            if n > k:
-                tail += (n - k) * term
+        tail = sum((n - k) * t for n, t in enumerate(terms) if n > k)
         if 2.0 * tail * (1.0 + 1e-9) <= tol:
             return k
     return None
@@ -181,14 +186,20 @@ def cluster_drive_key(drives_hz: dict[int, np.ndarray], offsets_hz: dict[int, fl
                for q, z in sorted(drives_hz.items())}
     if not shifted:
         return 0.0, {}, ()
-    peaks = {q: float(np.abs(z).max()) for q, z in shifted.items()}
-    top = max(peaks.values())
-    psi = phase_reference(shifted[next(q for q, p in peaks.items() if p >= (1 - PEAK_TIE) * top)])
+    psi = phase_reference(shifted[_reference_qubit(shifted)])
     turn = np.exp(-1j * psi)
     rel = {q: y * turn for q, y in shifted.items()}
     key = tuple((q, np.rint(y.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes())
                 for q, y in rel.items())
     return psi, rel, key
+
+
+def _reference_qubit(drives_hz: dict[int, np.ndarray]) -> int:
+    """The qubit whose drive sets a cluster block's common phase: the largest peak, the first
+    in ``drives_hz``'s order among equal ones (:data:`PEAK_TIE`)."""
+    peaks = {q: float(np.abs(z).max()) for q, z in drives_hz.items()}
+    top = max(peaks.values())
+    return next(q for q, p in peaks.items() if p >= (1 - PEAK_TIE) * top)
 
 
 def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray:
@@ -334,20 +345,16 @@ class ClusterBlocks:
         direct way, and every later phase is free)."""
         if len(rel) != 2:
             return None
-        # the drive that does not set the common phase (the smaller peak; ``cluster_drive_key``)
-        peaks = {q: float(np.abs(z).max()) for q, z in rel.items()}
-        top = max(peaks.values())
-        reference = next(q for q, p in peaks.items() if p >= (1 - PEAK_TIE) * top)
+        reference = _reference_qubit(rel)  # the weak drive is the other one
         weak = next(q for q in rel if q != reference)
-        theta = phase_reference(rel[weak])
-        shape = rel[weak] * np.exp(-1j * theta)
+        theta, shape, shape_key = drive_phase_key(rel[weak])
         beta = np.pi * np.sqrt(LEVELS - 1) * float(np.abs(shape).sum()) \
             / self.device.sample_rate_hz
         order = phase_interpolation_order(beta)
         if order is None:
             return None
         table_key = (key[:-1], tuple(item for item in key[-1] if item[0] != weak), weak,
-                     np.rint(shape.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes())
+                     shape_key)
         table = self.phase_tables.get(table_key)
         if table is None:
             m = 2 * order + 1

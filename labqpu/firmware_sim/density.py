@@ -200,6 +200,11 @@ BAND_MASK = _band_mask()
 _OFF_BAND = np.flatnonzero(~BAND_MASK)
 
 
+def _conserves_band(superop: np.ndarray) -> bool:
+    """Whether a 9x9 superoperator conserves i - j (every entry outside ``BAND_MASK`` 0)."""
+    return not superop.ravel().take(_OFF_BAND).any()
+
+
 @lru_cache(maxsize=256)
 def _row_indices(n: int, controls: tuple[int, ...], targets: tuple[int, ...]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -488,7 +493,7 @@ class DensityMatrix:
         if superop is None:
             superop, mode = _NO_SUPEROP, 0
         else:
-            mode = 1 if superop.ravel().take(_OFF_BAND).any() else 2
+            mode = 2 if _conserves_band(superop) else 1
         _fibre_channel_kernel(
             x.reshape(-1), self.shape[1], np.ascontiguousarray(u_stack, dtype=np.complex128),
             np.ascontiguousarray(superop, np.complex128), mode, float(phase_rad), *idx)
@@ -511,7 +516,7 @@ class DensityMatrix:
         ``_band_channel_kernel`` when it conserves i - j (entries outside ``BAND_MASK``
         exactly 0), else by ``tensordot``. On a diagonal position the channel must conserve
         i - j, and only its action on populations (a 3x3 matrix) is applied."""
-        band = not superop.ravel().take(_OFF_BAND).any()
+        band = _conserves_band(superop)
         if target in self.diagonal:
             if not band:
                 raise ValueError(f"position {target} is held diagonal: a channel that creates "
