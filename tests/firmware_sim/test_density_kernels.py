@@ -4,9 +4,10 @@
 applied in place) against ``numpy.einsum`` of the 9x9 superoperator on the density tensor;
 ``DensityMatrix.apply_superop`` on both of its paths; ``DensityMatrix.apply_product`` (a
 product of diagonal, plain and conditioned operators as row passes and one adjoint) against
-the dense operator L rho L^dag; ``clusters.propagate_conserving`` (excitation blocks
-propagated one by one) against a product of ``scipy.linalg.expm``. Tolerance 1e-12
-throughout (the reference and the code round differently).
+the dense operator L rho L^dag; ``_group_apply_kernel`` (a conditioned operator applied in
+place, group of rows by group) against ``numpy.einsum``; ``clusters.propagate_conserving``
+(excitation blocks propagated one by one) against a product of ``scipy.linalg.expm``.
+Tolerance 1e-12 throughout (the reference and the code round differently).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from labqpu.firmware_sim.density import (
     BAND_MASK,
     DensityMatrix,
     _band_channel_kernel,
+    _group_apply_kernel,
+    _row_groups,
     relaxation_superop,
 )
 
@@ -173,6 +176,33 @@ def test_apply_product_matches_dense_operator_product() -> None:
     dm.apply_product(ops, diagonal)
     assert_allclose(dm.tensor.reshape(3**n, 3**n), dense @ rho @ dense.conj().T,
                     rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("controls", "targets"), [
+    ((), (2,)), ((0, 3), (1,)), ((4,), (0,)), ((1,), (3, 0)), ((), (2, 4)), ((2, 0), (4, 1)),
+])
+def test_group_apply_kernel_matches_einsum(controls: tuple[int, ...],
+                                           targets: tuple[int, ...]) -> None:
+    """O x in place on the rows of a (3^5, 7) matrix, O = sum_c |c><c| (x) u[c] on ``targets``
+    chosen by the levels of ``controls``, against ``numpy.einsum`` on the row tensor (one
+    target: the 3-row path; two: the buffered path) (1e-12)."""
+    rng = np.random.default_rng(sum(controls) * 10 + sum(targets))
+    n, e = 5, 7
+    x = rng.normal(size=(3**n, e)) + 1j * rng.normal(size=(3**n, e))
+    m = 3 ** len(targets)
+    u = np.stack([_random_matrix(m, rng) for _ in range(3 ** len(controls))])
+    letters = string.ascii_lowercase
+    src = [*letters[:n], "z"]
+    dst = list(src)
+    for t, new in zip(targets, "PQ", strict=False):
+        dst[t] = new
+    spec = (f"{''.join(src[c] for c in controls)}{''.join('PQ'[:len(targets)])}"
+            f"{''.join(src[t] for t in targets)},{''.join(src)}->{''.join(dst)}")
+    u_tensor = u.reshape((3,) * (len(controls) + 2 * len(targets)))
+    expected = np.einsum(spec, u_tensor, x.reshape((3,) * n + (e,))).reshape(3**n, e)
+    out = _group_apply_kernel(x, u, *_row_groups(n, controls, targets))
+    assert out is x
+    assert_allclose(x, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("conserving", [True, False])
