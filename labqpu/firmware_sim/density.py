@@ -4,9 +4,9 @@
 axis per qubit that carries coherences (first qubit most significant): spectators whose state
 stays diagonal are held by their populations, a factor 3 instead of 9 each (2n axes when there
 are none). Operators reach it as local channels (9x9 row-major superoperators),
-k-qubit unitaries, unitaries conditioned on other qubits' levels, and diagonal phases. Small
-conditioned operators go through a numba kernel that updates each group of rows in place
-(``_group_apply_kernel``); ``_LocalChannels`` composes each qubit's local evolution and
+k-qubit unitaries, unitaries conditioned on other qubits' levels, and diagonal phases.
+Conditioned and one-qubit operators go through a numba kernel that updates each group of rows
+in place (``_group_apply_kernel``); ``_LocalChannels`` composes each qubit's local evolution and
 applies it only when needed. A one-transmon channel that conserves the level difference i - j
 of the entries it maps (relaxation, dephasing, diagonal phases: what is pending on a coupled
 qubit) goes through ``_band_channel_kernel``, in place and with 19 of its 81 entries; any other
@@ -35,8 +35,8 @@ def _ladder(levels: int = LEVELS) -> np.ndarray:
 
 
 #: Floating-point licences of the hot kernels: reassociation, contraction into fused
-#: multiply-adds, no signed zeros, reciprocals (not "no NaN / no inf": those still propagate).
-#: Results move by rounding only (~1e-16 relative).
+#: multiply-adds, no signed zeros, reciprocals; not "no NaN / no inf", so the compiler may not
+#: assume finite values. Results move by rounding only (~1e-16 relative).
 FAST_MATH = {"contract", "reassoc", "nsz", "arcp"}
 
 
@@ -47,7 +47,9 @@ def _group_apply_kernel(x, u, grp_base, grp_ctrl, tgt_off):
     The rows fall into groups of m = u.shape[1] rows that differ only in the target digits:
     group g holds rows grp_base[g] + tgt_off[t], t = 0..m-1, all with the control index
     grp_ctrl[g], and is mapped by u[grp_ctrl[g]] (``u`` (C, m, m)). Each group reads and
-    writes its m rows once (3 rows in registers, more through a buffer of m rows)."""
+    writes its m rows once: for m = 3 the rows are streamed together, one column's three
+    entries at a time; for larger m through a buffer of the m rows (zero entries of u
+    skipped)."""
     e = x.shape[1]
     m = u.shape[1]
     if m == 3:
@@ -424,6 +426,7 @@ class DensityMatrix:
     costs a factor 3 instead of 9. ``tensor`` has one row axis per position (in order), then
     one column axis per position that is not diagonal: with no spectators, the usual 2n axes.
     Operators act on the other positions and may be conditioned on the spectators' levels.
+    The methods update the tensor's memory in place: a state is shared through :meth:`copy`.
     """
 
     def __init__(self, populations: list[np.ndarray], diagonal: tuple[int, ...] = ()) -> None:

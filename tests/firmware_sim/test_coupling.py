@@ -339,8 +339,11 @@ def test_untouched_neighbours_held_by_populations_evolve_exactly_as_in_full() ->
         eng.diagonal_spectators = held
         ev = eng.evolve(first, st)
         child, p1 = ev.rho.project(ev.position[1], 1)
+        before = child.tensor.copy()
         resumed = eng.evolve(second, st, resume=EvolutionStart(child, ev.position, 1240))
         played = eng.evolve(third, st, resume=EvolutionStart(child, ev.position, 1240))
+        # the state updates work in place: a resumed evolution must work on its own copy
+        np.testing.assert_array_equal(child.tensor, before)
         states[held] = (ev, p1, resumed, played)
     (ev, p1, resumed, played), (ref, p1_ref, resumed_ref, played_ref) = (states[True],
                                                                          states[False])
