@@ -338,9 +338,11 @@ def _transmon_path_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
     buf = np.empty(ROWS * STRIDE)
     buf[ROW_LAST * STRIDE] = 1.0
     buf[ROW_LAST * STRIDE + 1] = 0.0
-    out = np.empty((n + 1, 3, 3), dtype=np.complex128)
-    out[0] = np.eye(3, dtype=np.complex128)
-    u = np.eye(3, dtype=np.complex128)
+    out = np.zeros((n + 1, 3, 3), dtype=np.complex128)
+    u = np.zeros((3, 3), dtype=np.complex128)
+    for i in range(3):
+        out[0, i, i] = 1.0
+        u[i, i] = 1.0
     d_sum = 0.0
     d_comp = 0.0
     for start in range(0, n, CHUNK):
@@ -350,7 +352,9 @@ def _transmon_path_kernel(z_hz, detuning_hz, anharmonicity_hz, dt_s):
             _check_range(buf, k)
             d_sum, d_comp = _neumaier(d_sum, d_comp, detuning_hz[start + k])
             _step(u, buf, k)
-            out[start + k + 1] = u
+            for i in range(3):  # element copies: a slice assignment costs seconds to compile
+                for j in range(3):
+                    out[start + k + 1, i, j] = u[i, j]
             _frame(out[start + k + 1], tau * ((d_sum + d_comp) + (start + k + 1) * a3),
                    buf[ROW_PR * STRIDE + k], buf[ROW_PI * STRIDE + k])
     return out
