@@ -116,10 +116,14 @@ def _propagate_kernel(h_stack_hz, dt_s):
     """
     d = h_stack_hz.shape[1]
     u = np.eye(d, dtype=np.complex128)
+    scaled = np.empty((d, d), dtype=np.complex128)
     for k in range(h_stack_hz.shape[0]):
         evals, evecs = np.linalg.eigh(h_stack_hz[k])
-        phases = np.exp(-2j * np.pi * evals * dt_s)
-        uk = (evecs * phases) @ evecs.conj().T
+        for j in range(d):  # element loops: array expressions cost seconds to compile
+            phase = np.exp(-2j * np.pi * evals[j] * dt_s)
+            for i in range(d):
+                scaled[i, j] = evecs[i, j] * phase
+        uk = scaled @ evecs.conj().T
         u = uk @ u
     return u
 

@@ -180,7 +180,14 @@ def _window_kernel(u, rot, gamma_start, levels, step_e, step_d, photons_per_fiel
         lvl = levels[s]
         j = n
         if n > 0 and n_jumps > 0 and hazard[lvl, n - 1] >= expo[s, 0]:
-            j = np.searchsorted(hazard[lvl], expo[s, 0])
+            lo, hi = 0, n  # first k with hazard >= the draw (searchsorted, left)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if hazard[lvl, mid] < expo[s, 0]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            j = lo
         upto = min(j + 1, n)
         for b in range(n_bins):
             k0 = b * bin_len
