@@ -23,7 +23,7 @@ import pytest
 from numba import njit
 from numpy.testing import assert_allclose, assert_array_equal
 
-from labqpu.pulse.kernels import discriminate, flat_top, gaussian_drag
+from labqpu.pulse.kernels import discriminate, flat_top, gaussian_drag, stable_argsort
 
 RTOL = 1e-6
 ATOL = 1e-7
@@ -461,3 +461,14 @@ def test_flat_top_rotation_is_float32_rounding_of_the_per_sample_formula() -> No
         assert _flat_top_direct_kernel(rise, beta, np.empty(n, np.complex128)).tobytes() \
             == full.tobytes(), (n, rise, beta)
         assert flat_top(n, rise, beta, dtype=np.complex128).tobytes() == full.tobytes()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 1000])
+def test_stable_argsort_matches_numpy_stable_sort(n: int) -> None:
+    """``stable_argsort`` (the plays' order in ``layout_kernel``) against numpy's stable
+    argsort on keys with many ties, on sorted, reversed and constant keys: the same indices."""
+    rng = np.random.default_rng(n)
+    for key in (rng.integers(0, max(n // 4, 1), n), np.arange(n), np.arange(n)[::-1].copy(),
+                np.zeros(n, dtype=np.int64)):
+        key = np.ascontiguousarray(key, dtype=np.int64)
+        assert_array_equal(stable_argsort(key), np.argsort(key, kind="stable"))
