@@ -123,6 +123,21 @@ def _within_slack(smooth: np.ndarray, grid: np.ndarray, value: float, slack: flo
     return bool(at.size) and float(smooth[at[0]]) >= float(smooth.max()) - slack
 
 
+def choose_line_amplitude(line: np.ndarray, amplitudes: np.ndarray, scanned_amplitude: float,
+                          what: str, slack: float = READOUT_FIDELITY_SLACK
+                          ) -> tuple[float, np.ndarray]:
+    """Pure analysis of an amplitude line (fidelity against ``amplitudes``, ascending) measured
+    with the window chosen at ``scanned_amplitude``: (the amplitude to keep, the smoothed line).
+    ``scanned_amplitude`` itself when its smoothed fidelity is within ``slack`` of the line's
+    best (a step would gain less than the noise can show, and its window is the one just
+    scanned), else :func:`choose_readout_point`'s amplitude. The readout node and its refit
+    both decide through here."""
+    _, i_line, smooth = choose_readout_point(np.asarray(line, dtype=float)[None, :], what)
+    if _within_slack(smooth[0], amplitudes, scanned_amplitude, slack):
+        return float(scanned_amplitude), smooth[0]
+    return float(amplitudes[i_line]), smooth[0]
+
+
 def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.ndarray]:
     """Pure analysis of a fidelity map (frequencies x amplitudes, amplitudes ascending): the
     map smoothed (Gaussian, :data:`READOUT_SMOOTHING` grid points) and the (frequency index,
@@ -193,13 +208,14 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         visited.add((amp, duration))
         line = fidelity_map(kit, q, np.array([best_f]), READOUT_AMPLITUDES,
                             shots * 2 * READOUT_LINE_SHOTS)[0]
-        _, i_line, again = choose_readout_point(line[None, :], f"qubit {q} readout")
-        line_smooth = again[0]
         sweep_raw["amplitude_line"] = line
-        if _within_slack(line_smooth, READOUT_AMPLITUDES, amp, READOUT_FIDELITY_SLACK):
+        sweep_raw["line_scanned_amplitude"] = amp  # what the refit needs to decide the same
+        chosen, line_smooth = choose_line_amplitude(line, READOUT_AMPLITUDES, amp,
+                                                    f"qubit {q} readout")
+        if chosen == amp:
             converged = True  # keep the amplitude whose window was just scanned
             break
-        amp = float(READOUT_AMPLITUDES[i_line])
+        amp = chosen
         converged = (amp, duration) in visited
         visited.add((amp, duration))
     step = np.diff(READOUT_DURATIONS_S)

@@ -20,7 +20,11 @@ from labqpu.calibration.experiments import (
     zero_crossing,
 )
 from labqpu.calibration.fine import fit_amplification
-from labqpu.calibration.readout import choose_readout_duration, choose_readout_point
+from labqpu.calibration.readout import (
+    choose_line_amplitude,
+    choose_readout_duration,
+    choose_readout_point,
+)
 from labqpu.calibration.records import ExperimentRecord
 
 
@@ -59,10 +63,17 @@ def _readout(record: ExperimentRecord) -> dict[str, float]:
 
 
 def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:
-    line = record.raw.get("amplitude_line")  # measured again with the chosen window
-    fidelity = np.asarray(record.raw["fidelity_map"] if line is None else [line])
+    raw = record.raw
+    line = raw.get("amplitude_line")  # measured again with the chosen window
+    if line is not None and "line_scanned_amplitude" in raw:
+        value, _ = choose_line_amplitude(np.asarray(line), np.asarray(raw["amplitudes"]),
+                                         float(raw["line_scanned_amplitude"]), record.subject,
+                                         float(record.settings["slack"]))
+        return {"readout_amplitude": value}
+    # the map alone, or a record made before the line's amplitude was recorded (2026-12-02)
+    fidelity = np.asarray(raw["fidelity_map"] if line is None else [line])
     _, i_a, _ = choose_readout_point(fidelity, record.subject)
-    return {"readout_amplitude": float(record.raw["amplitudes"][i_a])}
+    return {"readout_amplitude": float(raw["amplitudes"][i_a])}
 
 
 def _sweet_spot(record: ExperimentRecord) -> dict[str, float]:

@@ -16,14 +16,17 @@ from labqpu.calibration import run_graph
 from labqpu.calibration.bootstrap import _prepared_readouts, load_design, resonator_spectroscopy
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.readout import (
+    READOUT_AMPLITUDES,
     READOUT_DURATION_SLACK,
     READOUT_FIDELITY_SLACK,
     READOUT_ROUNDS,
+    choose_line_amplitude,
     choose_readout_duration,
     choose_readout_point,
     readout,
 )
-from labqpu.calibration.records import load_record
+from labqpu.calibration.records import ExperimentRecord, load_record
+from labqpu.calibration.refits import refit
 from labqpu.calibration.runner import default_design_path, working_from_snapshot
 from labqpu.errors import FitError
 from labqpu.store import SnapshotBuilder
@@ -56,6 +59,33 @@ def test_the_window_is_the_shortest_near_the_best() -> None:
     assert all(smooth[:i] < smooth.max() - READOUT_DURATION_SLACK)
     assert smooth[3] == pytest.approx(fidelity[2:5].mean())
     assert smooth[0] == pytest.approx(fidelity[:2].mean())
+
+
+def test_an_amplitude_line_keeps_the_scanned_amplitude_near_the_best_and_the_refit_agrees(
+        ) -> None:
+    """A line that rises and stays flat past its first point within the slack: the amplitude
+    whose window was just scanned is kept when it is within the slack (not the smallest such
+    amplitude), and the smallest one is chosen when it is not; the refit of a record of
+    either decides the same from the record alone (a record before 2026-12-02 did not say
+    which amplitude had been scanned, and its refit could choose another)."""
+    amps = READOUT_AMPLITUDES
+    line = 0.98 - 0.3 * np.exp(-(amps - amps[0]) / 0.05)
+    _, i_small, smooth = choose_readout_point(line[None, :], "qubit 2 readout")
+    scanned_near = float(amps[i_small + 2])
+    assert smooth[0, i_small + 2] >= smooth.max() - READOUT_FIDELITY_SLACK
+    scanned_far = float(amps[0])
+    assert smooth[0, 0] < smooth.max() - READOUT_FIDELITY_SLACK
+    for scanned, expected in ((scanned_near, scanned_near), (scanned_far, float(amps[i_small]))):
+        chosen, _ = choose_line_amplitude(line, amps, scanned, "qubit 2 readout")
+        assert chosen == expected
+        record = ExperimentRecord(
+            experiment="e1", kind="readout_amplitude", subject="qubit 2",
+            measured_at="2026-12-02T00:00:00", values={"readout_amplitude": [chosen, 0.01]},
+            old_values={}, fit={},
+            raw={"amplitudes": amps.tolist(), "fidelity_map": [line.tolist()],
+                 "amplitude_line": line.tolist(), "line_scanned_amplitude": scanned},
+            settings={"slack": READOUT_FIDELITY_SLACK})
+        assert refit(record)["readout_amplitude"] == expected
 
 
 def test_a_sweep_without_readout_is_a_fit_error() -> None:
