@@ -415,7 +415,12 @@ def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] 
 
 def _check_stack(u_stack: np.ndarray, controls: list[int], targets: list[int]) -> None:
     """Raise ``ValueError`` unless ``u_stack`` holds one operator on ``targets`` per level
-    configuration of ``controls``: shape (3^len(controls), 3^len(targets), 3^len(targets))."""
+    configuration of ``controls``: shape (3^len(controls), 3^len(targets), 3^len(targets)),
+    with no position twice among the targets and controls."""
+    positions = [*controls, *targets]
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"controls {list(controls)} and targets {list(targets)} name a "
+                         "position twice")
     m = LEVELS ** len(targets)
     if u_stack.shape != (LEVELS ** len(controls), m, m):
         raise ValueError(f"{len(controls)} control(s) and {len(targets)} target(s) need a "

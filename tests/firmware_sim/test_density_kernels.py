@@ -342,6 +342,10 @@ def test_controlled_channel_matches_dense_operators(n: int, target: int, control
         dm.apply_controlled_channel(wrong, None, controls, target)
     with pytest.raises(ValueError, match="need a stack of shape"):
         dm.apply_controlled(wrong, controls, [target])
+    with pytest.raises(ValueError, match="name a position twice"):
+        dm.apply_controlled(np.stack([u3] * 3), [target], [target])
+    with pytest.raises(ValueError, match="name a position twice"):
+        dm.apply_unitary(np.kron(u3, u3), [target, target])
     if held:
         with pytest.raises(ValueError, match=rf"positions \[{held[0]}\] are held diagonal"):
             dm.apply_controlled_channel(u_stack[:1], None, [], held[0])
