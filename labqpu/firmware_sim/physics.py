@@ -169,6 +169,32 @@ class WireProgram:
     acq_freq_hz: np.ndarray
     duration_samples: int
 
+    @classmethod
+    def from_tuples(cls, plays: list[tuple], waves: list[np.ndarray], acqs: list[tuple],
+                    duration_samples: int) -> WireProgram:
+        """A program from ``plays`` as (output port, start sample, waveform index, amplitude,
+        phase in rad, frequency in Hz) over the complex waveforms ``waves`` and ``acqs`` as
+        (input port, start sample, duration in samples, frequency in Hz), ``duration_samples``
+        long: what tests and scripts that drive the engine directly write by hand."""
+        col = list(zip(*plays, strict=True)) if plays else [()] * 6
+        acol = list(zip(*acqs, strict=True)) if acqs else [()] * 4
+        return cls(
+            play_port=np.array(col[0], dtype=np.int32),
+            play_start=np.array(col[1], dtype=np.int64),
+            play_wave=np.array(col[2], dtype=np.int32),
+            play_amp=np.array(col[3], dtype=np.float64),
+            play_phase_rad=np.array(col[4], dtype=np.float64),
+            play_freq_hz=np.array(col[5], dtype=np.float64),
+            wave_offset=np.concatenate([[0], np.cumsum([len(w) for w in waves])]).astype(
+                np.int64),
+            wave_data=np.concatenate([np.asarray(w, dtype=complex) for w in waves]),
+            acq_port=np.array(acol[0], dtype=np.int32),
+            acq_start=np.array(acol[1], dtype=np.int64),
+            acq_duration=np.array(acol[2], dtype=np.int64),
+            acq_freq_hz=np.array(acol[3], dtype=np.float64),
+            duration_samples=int(duration_samples),
+        )
+
 
 @dataclass(frozen=True)
 class Settings:

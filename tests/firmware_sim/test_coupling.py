@@ -154,27 +154,6 @@ def reference_state(dev: DeviceTruth, samples: np.ndarray, st: Settings, n_end: 
     return (v.conj().T @ psi) * np.exp(2j * np.pi * (f @ levels) * n_end * DT)
 
 
-def wire_program(plays, waves, acqs, duration) -> WireProgram:
-    lengths = [len(w) for w in waves]
-    col = list(zip(*plays, strict=True)) if plays else [()] * 6
-    acol = list(zip(*acqs, strict=True)) if acqs else [()] * 4
-    return WireProgram(
-        play_port=np.array(col[0], dtype=np.int32),
-        play_start=np.array(col[1], dtype=np.int64),
-        play_wave=np.array(col[2], dtype=np.int32),
-        play_amp=np.array(col[3], dtype=np.float64),
-        play_phase_rad=np.array(col[4], dtype=np.float64),
-        play_freq_hz=np.array(col[5], dtype=np.float64),
-        wave_offset=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        wave_data=np.concatenate([np.asarray(w, dtype=complex) for w in waves]),
-        acq_port=np.array(acol[0], dtype=np.int32),
-        acq_start=np.array(acol[1], dtype=np.int64),
-        acq_duration=np.array(acol[2], dtype=np.int64),
-        acq_freq_hz=np.array(acol[3], dtype=np.float64),
-        duration_samples=int(duration),
-    )
-
-
 def settings(dev: DeviceTruth, f_ref: float = 0.0) -> tuple[Settings, list[float]]:
     """LOs 80 MHz above the dressed frequencies of qubits 0 (lo_drive_a) and 1 (lo_drive_b),
     flux at the sweet spot; returns the settings and each qubit's resonant NCO frequency."""
@@ -223,7 +202,7 @@ def test_idle_conditional_phase_gives_exact_static_zz(edge: tuple[int, int]) -> 
         plays = [(RACK.cabling[p].drive_port, 0, 0, amp, 0.0, nco[p]),
                  (RACK.cabling[q].drive_port, 0, 0, amp, 0.0, nco[q])]
         acqs = [(RACK.cabling[i].acquire_port, t_acq, 10, 0.0) for i in range(5)]
-        rho = engine_state(dev, wire_program(plays, [env], acqs, t_acq + 10), st)
+        rho = engine_state(dev, WireProgram.from_tuples(plays, [env], acqs, t_acq + 10), st)
         t = rho.reshape([3] * 10)
 
         def element(cp: int, row_q: int, col_q: int, t=t) -> complex:
@@ -304,7 +283,7 @@ def test_driven_evolution_with_always_on_coupling_matches_expm(case: str) -> Non
              for port, start, wave, amp, ph, f in build(nco)]
     n_end = max(start + (40 if wave == 0 else flux.size) for _, start, wave, *_ in plays)
     waves = [env, flux]
-    rho = engine_state(dev, wire_program(plays, waves, [], n_end), st)
+    rho = engine_state(dev, WireProgram.from_tuples(plays, waves, [], n_end), st)
     psi = reference_state(dev, render(n_end, plays, waves), st, n_end, f_ref)
     assert abs(psi[0]) ** 2 < 0.95  # something happened
     assert fidelity(rho, psi) >= 1 - 1e-3
@@ -328,11 +307,11 @@ def test_untouched_neighbours_held_by_populations_evolve_exactly_as_in_full() ->
              (RACK.cabling[0].flux_port, 60, 1, cz_flux_amplitude(DEVICE), 0.0, 0.0),
              (port[0], 120, 0, 0.45, 0.0, nco[0]), (port[1], 160, 0, 0.45, 0.7, nco[1]),
              (port[1], 1200, 0, 0.45, 0.0, nco[1]), (port[3], 1200, 0, 0.45, 0.0, nco[3])]
-    first = wire_program(plays, [env, flux], [], 1240)
-    second = wire_program([*plays, (port[3], 1300, 0, 0.9, 0.2, nco[3])], [env, flux], [],
-                          1340)
-    third = wire_program([*plays, (port[2], 1300, 0, 0.45, 0.0, nco[2])], [env, flux], [],
-                         1340)
+    first = WireProgram.from_tuples(plays, [env, flux], [], 1240)
+    second = WireProgram.from_tuples([*plays, (port[3], 1300, 0, 0.9, 0.2, nco[3])],
+                                     [env, flux], [], 1340)
+    third = WireProgram.from_tuples([*plays, (port[2], 1300, 0, 0.45, 0.0, nco[2])],
+                                    [env, flux], [], 1340)
     states = {}
     for held in (True, False):
         eng = PhysicsEngine(DEVICE, RACK.cabling)

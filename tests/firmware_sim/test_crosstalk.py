@@ -58,21 +58,6 @@ def settings(lo_a_hz: float, currents: dict | None = None) -> Settings:
     return Settings(los=los, currents=currents or sweet_currents())
 
 
-def wire_program(plays, waves, duration) -> WireProgram:
-    """plays: (port, start, wave, amp, phase_rad, freq_hz); no acquisitions."""
-    col = list(zip(*plays, strict=True))
-    lengths = [len(w) for w in waves]
-    empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
-    return WireProgram(
-        play_port=np.array(col[0], dtype=np.int32), play_start=np.array(col[1], dtype=np.int64),
-        play_wave=np.array(col[2], dtype=np.int32), play_amp=np.array(col[3], dtype=float),
-        play_phase_rad=np.array(col[4], dtype=float), play_freq_hz=np.array(col[5], dtype=float),
-        wave_offset=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        wave_data=np.concatenate([np.asarray(w, dtype=complex) for w in waves]),
-        acq_port=np.zeros(0, dtype=np.int32), acq_start=empty_i, acq_duration=empty_i,
-        acq_freq_hz=empty_f, duration_samples=int(duration))
-
-
 # --------------------------------------------------------------------------- DC flux
 
 
@@ -216,7 +201,7 @@ def _x90_then_source_pulse(dev: DeviceTruth, amp_q0: float, lo_hz: float) -> np.
     a90 = 0.25 / (dev.qubits[2].rabi_hz_per_amplitude * g.sum() / FS)
     plays = [(RACK.cabling[2].drive_port, 0, 0, a90, 0.0, f2 - lo_hz),
              (RACK.cabling[0].drive_port, N_PULSE, 0, amp_q0, 0.3, NCO_HZ)]
-    ev = eng.evolve(wire_program(plays, [g], 2 * N_PULSE), settings(lo_hz))
+    ev = eng.evolve(WireProgram.from_tuples(plays, [g], [], 2 * N_PULSE), settings(lo_hz))
     n = ev.rho.n
     t = ev.rho.matrix().reshape([3] * (2 * n))
     i = ev.position[2]

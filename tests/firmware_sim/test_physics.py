@@ -177,28 +177,6 @@ def random_unitary(d: int, rng: np.random.Generator) -> np.ndarray:
     return q * (np.diagonal(r) / np.abs(np.diagonal(r)))
 
 
-def wire_program(plays, waves, acqs, duration) -> WireProgram:
-    """plays: (port, start, wave, amp, phase, freq); acqs: (port, start, duration, freq)."""
-    lengths = [len(w) for w in waves]
-    col = list(zip(*plays, strict=True)) if plays else [()] * 6
-    acol = list(zip(*acqs, strict=True)) if acqs else [()] * 4
-    return WireProgram(
-        play_port=np.array(col[0], dtype=np.int32),
-        play_start=np.array(col[1], dtype=np.int64),
-        play_wave=np.array(col[2], dtype=np.int32),
-        play_amp=np.array(col[3], dtype=np.float64),
-        play_phase_rad=np.array(col[4], dtype=np.float64),
-        play_freq_hz=np.array(col[5], dtype=np.float64),
-        wave_offset=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        wave_data=np.concatenate([np.asarray(w, dtype=complex) for w in waves]),
-        acq_port=np.array(acol[0], dtype=np.int32),
-        acq_start=np.array(acol[1], dtype=np.int64),
-        acq_duration=np.array(acol[2], dtype=np.int64),
-        acq_freq_hz=np.array(acol[3], dtype=np.float64),
-        duration_samples=int(duration),
-    )
-
-
 # --------------------------------------------------------------------------- _render_kernel
 
 
@@ -569,7 +547,7 @@ def _drive_then_readout(amp_q0: float, acquire: list[int], drive_q1: float = 0.0
                       _readout_if(q)))
         acqs.append((RACK.cabling[q].acquire_port, READOUT_START, READOUT_SAMPLES,
                      _readout_if(q)))
-    return wire_program(plays, waves, acqs, READOUT_START + READOUT_SAMPLES)
+    return WireProgram.from_tuples(plays, waves, acqs, READOUT_START + READOUT_SAMPLES)
 
 
 def _reference_p1(amplitude: float, thermal: float = 0.0) -> float:
@@ -639,7 +617,7 @@ def test_two_acquisitions_on_one_qubit_raise() -> None:
              (RACK.cabling[0].readout_port, 200, 0, 0.5, 0.0, _readout_if(0))]
     acqs = [(RACK.cabling[0].acquire_port, 0, 100, _readout_if(0)),
             (RACK.cabling[0].acquire_port, 200, 100, _readout_if(0))]
-    prog = wire_program(plays, waves, acqs, 300)
+    prog = WireProgram.from_tuples(plays, waves, acqs, 300)
     with pytest.raises(SimulationError, match="two acquisitions"):
         engine().run(prog, settings(), 10, np.random.default_rng(0))
 
@@ -659,7 +637,7 @@ def test_pulse_after_acquisition_raises(late: str) -> None:
     else:
         plays.append((RACK.cabling[1].flux_port, 250, 1, 0.1, 0.0, 0.0))
     acqs = [(RACK.cabling[0].acquire_port, 100, 100, _readout_if(0))]
-    prog = wire_program(plays, waves, acqs, 300)
+    prog = WireProgram.from_tuples(plays, waves, acqs, 300)
     with pytest.raises(SimulationError, match="after its acquisition"):
         PhysicsEngine(DEVICE, RACK.cabling).run(prog, settings(), 10, np.random.default_rng(0))
 
@@ -671,7 +649,7 @@ def test_pulse_on_uncoupled_qubit_after_acquisition_is_allowed() -> None:
     plays = [(RACK.cabling[0].readout_port, 100, 0, 0.5, 0.0, _readout_if(0)),
              (RACK.cabling[2].drive_port, 250, 1, 0.3, 0.0, NCO_HZ)]
     acqs = [(RACK.cabling[0].acquire_port, 100, 100, _readout_if(0))]
-    iq = PhysicsEngine(DEVICE, RACK.cabling).run(wire_program(plays, waves, acqs, 300),
+    iq = PhysicsEngine(DEVICE, RACK.cabling).run(WireProgram.from_tuples(plays, waves, acqs, 300),
                                                  settings(), 10, np.random.default_rng(0))
     assert iq.shape == (10, 1)
 
@@ -682,7 +660,7 @@ def test_play_on_an_uncabled_port_renders_inside_the_buffer() -> None:
     n_cabled = 1 + max(max(c.drive_port, c.flux_port, c.readout_port)
                        for c in RACK.cabling.values())
     waves = [np.ones(8)]
-    prog = wire_program([(n_cabled + 4, 0, 0, 2.0, 0.0, 0.0)], waves, [], 16)
+    prog = WireProgram.from_tuples([(n_cabled + 4, 0, 0, 2.0, 0.0, 0.0)], waves, [], 16)
     with pytest.raises(SimulationError, match=f"port {n_cabled + 4} exceeds DAC full scale"):
         engine().run(prog, settings(), 10, np.random.default_rng(0))
 
@@ -715,7 +693,7 @@ def _pulse_gap_pulse(gap: int) -> tuple[WireProgram, np.ndarray]:
     plays = [(RACK.cabling[0].drive_port, 0, 0, 0.9, 0.0, NCO_HZ),
              (RACK.cabling[0].drive_port, LEAKY_SAMPLES + gap, 0, 0.9, 0.0, NCO_HZ)]
     n = 2 * LEAKY_SAMPLES + gap
-    return wire_program(plays, [env], [], n), render_reference(N_PORTS, n, plays, [env])
+    return WireProgram.from_tuples(plays, [env], [], n), render_reference(N_PORTS, n, plays, [env])
 
 
 def _pulse_gap_pulse_reference(gap: int, samples: np.ndarray, idle_phase: bool) -> np.ndarray:

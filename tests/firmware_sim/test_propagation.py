@@ -240,26 +240,7 @@ def repeated_pulse_program(solo_pulses: int = 0) -> WireProgram:
     for k in range(solo_pulses):
         plays.append((RACK.cabling[k % 2].drive_port, t, 0, 0.25, 0.9 * k, NCO_HZ))
         t += n + 5 + k
-    return wire_of(plays, waves, t + 10)
-
-
-def wire_of(plays: list[tuple], waves: list[np.ndarray], duration: int) -> WireProgram:
-    """A program without acquisitions: ``plays`` as (port, start, wave, amplitude, phase,
-    frequency) over the waveforms ``waves``, ``duration`` samples long."""
-    cols = list(zip(*plays, strict=True))
-    return WireProgram(
-        play_port=np.array(cols[0], dtype=np.int32),
-        play_start=np.array(cols[1], dtype=np.int64),
-        play_wave=np.array(cols[2], dtype=np.int32),
-        play_amp=np.array(cols[3], dtype=np.float64),
-        play_phase_rad=np.array(cols[4], dtype=np.float64),
-        play_freq_hz=np.array(cols[5], dtype=np.float64),
-        wave_offset=np.array([0, *np.cumsum([w.size for w in waves])], dtype=np.int64),
-        wave_data=np.concatenate(waves).astype(complex),
-        acq_port=np.zeros(0, dtype=np.int32), acq_start=np.zeros(0, dtype=np.int64),
-        acq_duration=np.zeros(0, dtype=np.int64), acq_freq_hz=np.zeros(0),
-        duration_samples=duration,
-    )
+    return WireProgram.from_tuples(plays, waves, [], t + 10)
 
 
 class _Uncached(PropagatorCache):
@@ -334,7 +315,7 @@ def tail_under_flux_program(blocks: int = 9) -> WireProgram:
         plays.append((RACK.cabling[1].drive_port, t + 2, 0, 0.3, 0.7 * k, NCO_HZ))
         plays.append((RACK.cabling[0].drive_port, t + 3, 0, 3e-5, -1.9 * k, NCO_HZ))
         t += 25 + 4 + k
-    return wire_of(plays, [g - 0.3j * x / 25 * g, np.ones(25)], t + 10)
+    return WireProgram.from_tuples(plays, [g - 0.3j * x / 25 * g, np.ones(25)], [], t + 10)
 
 
 def test_a_weak_drive_interpolated_in_its_phase_evolves_as_propagated_directly() -> None:
