@@ -60,9 +60,12 @@ __all__ = ["READOUT_RISE_S", "RESET_METHODS", "SCHEDULING_METHODS", "SY_PHASE_RA
 
 def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str]):
     """Read a plain circuit once: per op its effect row, duration, first parameter, clbit and
-    qubits (as arrays for ``layout_kernel``), and the qubits used and measured. Returns None
+    qubits (as columns for ``layout_kernel``), and the qubits used and measured. Returns None
     for a dynamic circuit (an instruction in ``dynamic_names``, or one after a measurement of
     its qubit), which ``dynamic.lower_dynamic`` reads instead.
+
+    A gate met again on the same qubits in this circuit is not looked up again: its qubit
+    indices, duration and effect come from ``seen``; only its parameter is read.
 
     Errors come in the order of a plain per-op compiler: reading errors (unbound parameters,
     durations, non-native gates) in circuit order, then pulse-parameter errors of the ops in
@@ -77,39 +80,39 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     timing = tables.channels.timing
     effect_ids = tables.effect_ids
     cal, fs = tables.cal, tables.fs
-    rows: list[tuple] = []  # (effect, duration, parameter, clbit) per op
+    # (gate, Qiskit qubits) -> (qubit indices, duration, effect or None, takes parameters)
+    seen: dict[tuple, tuple] = {}
+    effect: list[int] = []
+    duration_of: list[int] = []
+    param_of: list[float] = []
+    clbit_of: list[int] = []
     op_qubits: list[tuple] = []
-    pending: list[tuple] = []  # (op, name, qubits) whose effect is not known yet
+    pending: list[tuple] = []  # (row, name, qubits) whose effect is not known yet
     measured: set[int] = set()
     qubit_of = qindex.__getitem__
-    add_row = rows.append
-    add_qubits = op_qubits.append
     delays: list[int] = []  # rows of delays, checked for trailing padding at the end
     barriers: list[int] = []
     for inst in circuit.data:
         name = inst.name
-        if name in dynamic_names:
-            return None
         qargs = inst.qubits
-        qubits = (qubit_of(qargs[0]),) if len(qargs) == 1 else tuple(map(qubit_of, qargs))
-        add_qubits(qubits)
-        if name == "barrier":
-            barriers.append(len(rows))
-            add_row((0, 0, 0.0, -1))
-            continue
-        param = 0.0
-        if name != "delay":
-            raw = inst.params
-            if raw:
-                try:
-                    param = float(raw[0])  # every parameter must be bound
-                    if len(raw) > 1:
-                        tuple(map(float, raw))
-                except TypeError as exc:
-                    raise CompilationError(
-                        f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
-                        "parameter; bind all parameters before run()", circuit=circuit.name,
-                        qubits=qubits, instruction=name) from exc
+        hit = seen.get((name, qargs))
+        if hit is None:
+            if name in dynamic_names:
+                return None
+            qubits = (qubit_of(qargs[0]),) if len(qargs) == 1 else tuple(map(qubit_of, qargs))
+            if name == "barrier" or name == "delay":
+                if name == "barrier":
+                    barriers.append(len(effect))
+                    duration = 0
+                else:
+                    delays.append(len(effect))
+                    duration = duration_samples(inst, qubits, cal, fs, circuit, timing)
+                effect.append(0)  # plays nothing
+                duration_of.append(duration)
+                param_of.append(0.0)
+                clbit_of.append(-1)
+                op_qubits.append(qubits)
+                continue
             key = (name, qubits)
             hit = known.get(key)
             if hit is not None:
@@ -120,25 +123,40 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
                     duration = duration_samples(inst, qubits, cal, fs, circuit, timing)
                     durations[key] = duration
                 eid = effect_ids.get(key)
-        else:
-            delays.append(len(rows))
-            duration = duration_samples(inst, qubits, cal, fs, circuit, timing)
-            eid = 0  # a delay plays nothing
-        if measured and name != "delay" and not measured.isdisjoint(qubits):
+            hit = seen[(name, qargs)] = (qubits, duration, eid, bool(inst.params))
+        qubits, duration, eid, takes_params = hit
+        param = 0.0
+        if takes_params:
+            raw = inst.params
+            try:
+                param = float(raw[0])  # every parameter must be bound
+                if len(raw) > 1:
+                    tuple(map(float, raw))
+            except TypeError as exc:
+                raise CompilationError(
+                    f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
+                    "parameter; bind all parameters before run()", circuit=circuit.name,
+                    qubits=qubits, instruction=name) from exc
+        if measured and not measured.isdisjoint(qubits):
             return None  # mid-circuit measurement
         clbit = -1
         if name == "measure":
             measured.update(qubits)
             clbit = cindex[inst.clbits[0]]
         if eid is None:
-            pending.append((len(rows), name, qubits))
+            pending.append((len(effect), name, qubits))
             eid = 0
-        add_row((eid, duration, param, clbit))
+        effect.append(eid)
+        duration_of.append(duration)
+        param_of.append(param)
+        clbit_of.append(clbit)
+        op_qubits.append(qubits)
     for i, name, qubits in pending:
-        _, duration, param, clbit = rows[i]
+        duration = duration_of[i]
         eid = tables.effect(name, qubits, duration, circuit)
         known[(name, qubits)] = (duration, eid)
-        rows[i] = (eid, duration, param, clbit)
+        effect[i] = eid
+    columns = (effect, duration_of, param_of, clbit_of)
     # The qubits that play or measure; a delay after which its qubit does nothing more is a
     # scheduler's padding: it plays nothing and would only hold back the readout. A delay
     # before a measurement is kept.
@@ -146,14 +164,14 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         is_delay, is_barrier = set(delays), set(barriers)
         used: set[int] = set()
         padding = set()
-        for i in range(len(rows) - 1, -1, -1):  # backwards: ``used`` holds what comes later
+        for i in range(len(op_qubits) - 1, -1, -1):  # backwards: ``used`` holds what comes later
             if i in is_delay:
                 if used.isdisjoint(op_qubits[i]):
                     padding.add(i)
             elif i not in is_barrier:
                 used.update(op_qubits[i])
         if padding:
-            rows = [row for i, row in enumerate(rows) if i not in padding]
+            columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
             op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]
     elif barriers:
         is_barrier = set(barriers)
@@ -164,7 +182,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     qptr = [0]
     qptr.extend(accumulate(map(len, op_qubits)))
     qflat = list(chain.from_iterable(op_qubits))
-    return rows, qptr, qflat, used, measured
+    return columns, qptr, qflat, used, measured
 
 
 def _filled(n: int, value: int, dtype: type) -> np.ndarray:
@@ -233,19 +251,17 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         dynamic = lower_dynamic(circuit, tables, latency_samples=feedforward_latency_samples,
                                 active_reset=active, pulse_gates=pulse_gates)
         effects, waves_of = _with_local_effects(dynamic, tables)
-        rows, used, measured = dynamic.rows, dynamic.used, dynamic.measured
+        columns = tuple(map(list, zip(*dynamic.rows, strict=True))) or ([], [], [], [])
+        used, measured = dynamic.used, dynamic.measured
         qptr = [0]
         qptr.extend(accumulate(map(len, dynamic.resources)))
         qflat = list(chain.from_iterable(dynamic.resources))
         num_resources = dynamic.num_resources
     else:
-        rows, qptr, qflat, used, measured = lowered
+        columns, qptr, qflat, used, measured = lowered
         num_resources = circuit.num_qubits
-    if rows:
-        effect, duration, param, clbit = zip(*rows, strict=True)
-    else:
-        effect = duration = param = clbit = ()
-    n = len(rows)
+    effect, duration, param, clbit = columns
+    n = len(effect)
     if dynamic is None:
         parent = block = _filled(n, -1, np.int64)
         offset = np.zeros(n, dtype=np.int64)
@@ -274,10 +290,12 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     start, port, wave, amp, phase, freq, play_block = [c[:n_play] for c in plays]
     a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = [c[:n_acq] for c in acqs]
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
-    feedforward = {}
-    if dynamic is not None:
+    if dynamic is None:
+        feedforward = {"acq_disc_axis": np.zeros(n_acq, np.complex128),
+                       "acq_disc_threshold": np.zeros(n_acq)}
+    else:
         feedforward = _feedforward(dynamic, tables, a_qubit, circuit, shifts, n_shift)
-    return PulseProgram(
+    return PulseProgram._assemble(
         controller=channels.controllers[0], sample_rate_hz=channels.sample_rate_hz,
         duration_samples=max(total or end, end, 1),
         play_port=port, play_start=start, play_wave=wave, play_amp=amp,
@@ -341,6 +359,7 @@ def _feedforward(dynamic: Lowered, tables: Tables, acq_qubit: np.ndarray,
                     circuit=circuit.name, qubits=tuple(sharing.tolist()), instruction="rz")
     blocks = dynamic.blocks
     return {"acq_disc_axis": axis, "acq_disc_threshold": threshold,
-            "block_acq": [b[0] for b in blocks], "block_value": [b[1] for b in blocks],
+            "block_acq": np.array([b[0] for b in blocks], np.int32),
+            "block_value": np.array([b[1] for b in blocks], np.int32),
             "shift_port": port, "shift_start": start, "shift_phase_rad": phase,
             "shift_block": block}

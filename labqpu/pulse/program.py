@@ -31,7 +31,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -167,6 +167,30 @@ class PulseProgram:
             raise ValueError("PulseProgram: an element is bound twice")
         if self.binds and self.rack:
             raise ValueError("PulseProgram: binds apply to a one-controller program")
+
+    @classmethod
+    def _assemble(cls, **values: Any) -> PulseProgram:
+        """A program from a builder that gives every array field (``_DTYPES``, with
+        ``play_block``, ``acq_disc_axis`` and ``acq_disc_threshold``) as a C-contiguous array
+        with consistent lengths, and no ``binds``: the compiler. Dtypes are converted and the
+        arrays frozen as ``__post_init__`` does; lengths and binds are not checked again (they
+        are a compilation's fixed cost; ``tests/pulse/test_compiler.py`` checks that the checked
+        constructor gives the same program).
+        """
+        program = object.__new__(cls)
+        state = program.__dict__
+        state.update(_ASSEMBLE_DEFAULTS)
+        state.update(values)
+        if len(state) != len(_FIELD_NAMES):
+            missing = sorted(set(_FIELD_NAMES) - set(state))
+            raise TypeError(f"PulseProgram._assemble: missing {missing}")
+        state["rack"] = tuple((str(n), int(o), int(i)) for n, o, i in state["rack"])
+        for name, dtype in _DTYPE_OBJECTS:
+            arr = state[name]
+            if arr.dtype is not dtype:
+                arr = state[name] = np.ascontiguousarray(arr, dtype=dtype)
+            arr.setflags(write=False)
+        return program
 
     @property
     def has_feedforward(self) -> bool:
@@ -316,6 +340,25 @@ class PulseProgram:
     def __hash__(self) -> int:
         return hash(self.content_hash)
 
+
+
+def _frozen_empty(dtype: type) -> np.ndarray:
+    empty = np.zeros(0, dtype)
+    empty.setflags(write=False)
+    return empty
+
+
+#: The values ``PulseProgram._assemble`` starts from: the defaults of the fields that have
+#: one, with read-only empty arrays (shared: nothing can write to them). The dictionaries
+#: (``lo_settings``, ``flux_bias_a``, ``header``) have no shared default: the caller gives them.
+_ASSEMBLE_DEFAULTS = {
+    "param_names": (), "param_values": _frozen_empty(np.float64), "num_clbits": 0,
+    "snapshot_id": None,
+    "block_acq": _frozen_empty(np.int32), "block_value": _frozen_empty(np.int32),
+    "shift_port": _frozen_empty(np.int32), "shift_start": _frozen_empty(np.int64),
+    "shift_phase_rad": _frozen_empty(np.float64), "shift_block": _frozen_empty(np.int32),
+    "rack": (), "binds": ()}
+_FIELD_NAMES = tuple(f.name for f in fields(PulseProgram))
 
 class WaveformTable:
     """Collects unique waveforms while compiling: the same key is synthesised and stored once."""

@@ -15,6 +15,7 @@ the platform's ``exp``/``cos`` may round differently from the reference machine.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -155,6 +156,27 @@ def test_cold_and_warm_caches_give_the_same_program(snapshot, channels, case):
     warm = compile_circuit(make(), snapshot, channels, scheduling_method=method)
     assert cold.content_hash == warm.content_hash == PINNED[case][0]
 
+
+def assert_checked_constructor_agrees(prog) -> None:
+    """The compiler assembles its program without the constructor's length checks
+    (``PulseProgram._assemble``). Given the same fields, the checked constructor must accept
+    them and give the same program, with the same dtypes, frozen and contiguous."""
+    checked = dataclasses.replace(prog)
+    assert checked.content_hash == prog.content_hash
+    for f in dataclasses.fields(prog):
+        ours, theirs = getattr(prog, f.name), getattr(checked, f.name)
+        if isinstance(theirs, np.ndarray):
+            assert ours.dtype == theirs.dtype, f.name
+            assert ours.flags.c_contiguous and not ours.flags.writeable, f.name
+        else:
+            assert ours == theirs, f.name
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_checked_constructor_gives_the_compiled_program(snapshot, channels, case):
+    make, method = CASES[case]
+    assert_checked_constructor_agrees(
+        compile_circuit(make(), snapshot, channels, scheduling_method=method))
 
 if __name__ == "__main__":  # print the PINNED table for the current compiler
     import json

@@ -3,6 +3,8 @@ the latency rule, branches of one length, conditional virtual Z, active reset, r
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
@@ -38,6 +40,8 @@ def test_block_starts_after_acquisition_plus_latency(snapshot, channels, method)
     assert prog.block_value.tolist() == [1]
     assert int(prog.play_start[cond[0]]) >= window_end + LATENCY
     assert abs(prog.acq_disc_axis[0]) == pytest.approx(1.0)
+    # built without the constructor's checks: the checked constructor gives the same program
+    assert dataclasses.replace(prog).content_hash == prog.content_hash
 
 
 def test_branches_have_one_length(snapshot, channels):
