@@ -285,8 +285,12 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         effects, len(waves_of), tables.drive_ports(), *plays, *acqs, wave_order,
         *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
-    waves = [waves_of[g] for g in wave_order[:n_waves].tolist()]
-    offsets = np.array([0, *accumulate(w.shape[0] for w in waves)], dtype=np.int64)
+    if waves_of is tables.waves:
+        wave_data, offsets = tables.wave_table(wave_order[:n_waves])
+    else:  # a dynamic circuit's own pulse-gate waveforms follow the tables'
+        waves = [waves_of[g] for g in wave_order[:n_waves].tolist()]
+        offsets = np.array([0, *accumulate(w.shape[0] for w in waves)], dtype=np.int64)
+        wave_data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
     start, port, wave, amp, phase, freq, play_block = [c[:n_play] for c in plays]
     a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = [c[:n_acq] for c in acqs]
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
@@ -301,7 +305,7 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
         play_port=port, play_start=start, play_wave=wave, play_amp=amp,
         play_amp_ref=_filled(n_play, -1, np.int32), play_phase_rad=phase,
         play_freq_hz=freq, play_block=play_block, wave_offset=offsets,
-        wave_data=np.concatenate(waves) if waves else np.zeros(0, np.complex64),
+        wave_data=wave_data,
         acq_port=a_port, acq_start=a_start, acq_duration=a_duration, acq_freq_hz=a_freq,
         acq_qubit=a_qubit, acq_clbit=a_clbit,
         lo_settings=dict(lo_settings), flux_bias_a=dict(flux_bias_a),

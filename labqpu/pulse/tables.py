@@ -123,8 +123,13 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
 _WAVEFORMS: dict[tuple, np.ndarray] = {}
 _MAX_WAVEFORMS = 4096
 _MAX_TABLES = 16
+#: Distinct waveform sets whose tables one ``Tables`` keeps (``Tables.wave_table``).
+_MAX_WAVE_SETS = 256
 _TABLES: OrderedDict[tuple, Tables] = OrderedDict()
 _TABLES_LOCK = threading.Lock()
+#: ``(snapshot, channels, tables)`` of the last lookup: a compilation against the same objects
+#: as the one before skips the lock and the snapshot's hash (a job's circuits, a sweep).
+_LAST: tuple = (None, None, None)
 
 
 def synthesize(key: tuple) -> np.ndarray:
@@ -204,6 +209,9 @@ class Tables:
         self.waves: list[np.ndarray] = []
         self._effects = np.array(self.effect_rows, dtype=np.float64)
         self._drive_ports: np.ndarray | None = None
+        # the ids of a program's waveforms (bytes of their int64 array) -> its read-only
+        # (wave_data, wave_offset); bounded by _MAX_WAVE_SETS
+        self._wave_sets: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def effects(self) -> np.ndarray:
         """The effect table as a float64 (rows x fields) array."""
@@ -214,6 +222,24 @@ class Tables:
     def program_waveforms(self) -> list[tuple]:
         """Shape keys of every waveform compiled against these tables so far."""
         return list(self.wave_ids)
+
+    def wave_table(self, wave_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A program's waveform table for global waveform ids ``wave_ids`` (int64, in the
+        program's order): the samples of each, concatenated (complex64), and their offsets.
+        Both are read-only and shared by every program with the same waveforms."""
+        key = wave_ids.tobytes()
+        table = self._wave_sets.get(key)
+        if table is None:
+            waves = [self.waves[g] for g in wave_ids.tolist()]
+            data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
+            offsets = np.zeros(len(waves) + 1, np.int64)
+            np.cumsum([w.shape[0] for w in waves], out=offsets[1:])
+            data.setflags(write=False)
+            offsets.setflags(write=False)
+            if len(self._wave_sets) >= _MAX_WAVE_SETS:
+                self._wave_sets.clear()
+            table = self._wave_sets[key] = (data, offsets)
+        return table
 
     def wave(self, key: tuple, wave: np.ndarray) -> int:
         """Global id of waveform ``key``."""
@@ -379,24 +405,31 @@ class Tables:
 def tables_for(snapshot: Snapshot, channels: ChannelMap) -> Tables:
     """The cached tables of (``snapshot``, ``channels``); snapshots are immutable and compare
     by id, creation time and content hash; channel maps by identity."""
+    global _LAST
+    last = _LAST
+    if last[0] is snapshot and last[1] is channels:
+        return last[2]
     key = (snapshot, id(channels))
     with _TABLES_LOCK:
         tables = _TABLES.get(key)
         if tables is not None and tables.channels is channels:
             _TABLES.move_to_end(key)
-            return tables
-        tables = Tables(snapshot, channels)
-        _TABLES[key] = tables
-        if len(_TABLES) > _MAX_TABLES:
-            _TABLES.popitem(last=False)
+        else:
+            tables = Tables(snapshot, channels)
+            _TABLES[key] = tables
+            if len(_TABLES) > _MAX_TABLES:
+                _TABLES.popitem(last=False)
+        _LAST = (snapshot, channels, tables)
         return tables
 
 
 def clear_caches() -> None:
     """Forget every cached duration, pulse parameter, LO setting and synthesised waveform, so
     that the next compilation starts cold (benchmarks; after editing calibration in place)."""
+    global _LAST
     with _TABLES_LOCK:
         _TABLES.clear()
+        _LAST = (None, None, None)
     _WAVEFORMS.clear()
 
 
