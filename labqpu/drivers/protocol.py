@@ -360,7 +360,10 @@ _JSON_TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 def _check_depth(text: str) -> None:
     """Refuse JSON nested deeper than ``MAX_JSON_DEPTH`` before parsing it (the parser would
-    recurse once per level); one linear scan over quotes, brackets and escapes."""
+    recurse once per level); one linear scan over quotes, brackets and escapes, skipped when
+    the text has too few opening brackets to nest that deep."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
     depth = 0
     in_string = False
     for match in _JSON_TOKENS.finditer(text):
