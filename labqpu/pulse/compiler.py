@@ -203,6 +203,7 @@ def _timed(circuit: QuantumCircuit) -> bool:
 #: Instructions that make a circuit dynamic (read by ``dynamic.lower_dynamic``).
 _CONTROL_FLOW = frozenset({"if_else", "while_loop", "for_loop", "switch_case", "box",
                            "break_loop", "continue_loop"})
+_CONTROL_FLOW_AND_RESET = _CONTROL_FLOW | {"reset"}  # with active reset
 RESET_METHODS = ("active", "passive")
 
 
@@ -243,8 +244,9 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     tables = tables_for(snapshot, channels)
     active = reset_method == "active" and feedforward_latency_samples is not None
     pulse_gates = pulse_gates or {}
-    dynamic_names = _CONTROL_FLOW | {"reset"} if active else _CONTROL_FLOW
-    lowered = _lower(circuit, tables, dynamic_names | frozenset(pulse_gates))
+    dynamic_names = _CONTROL_FLOW_AND_RESET if active else _CONTROL_FLOW
+    lowered = _lower(circuit, tables,
+                     dynamic_names | frozenset(pulse_gates) if pulse_gates else dynamic_names)
     dynamic = None
     effects, waves_of = tables.effects(), tables.waves
     if lowered is None:
