@@ -128,14 +128,8 @@ def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> Non
     wave = np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / sigma) ** 2)
 
     def pulse(start: int, amp: float, phase: float) -> WireProgram:
-        z = np.zeros(0)
-        return WireProgram(
-            play_port=np.array([cab.drive_port], np.int32), play_start=np.array([start]),
-            play_wave=np.zeros(1, np.int32), play_amp=np.array([amp]),
-            play_phase_rad=np.array([phase]), play_freq_hz=np.array([nco]),
-            wave_offset=np.array([0, n]), wave_data=wave.astype(complex),
-            acq_port=np.zeros(0, np.int32), acq_start=z.astype(np.int64),
-            acq_duration=z.astype(np.int64), acq_freq_hz=z, duration_samples=start + n + 60)
+        return WireProgram.from_tuples([(cab.drive_port, start, 0, amp, phase, nco)], [wave],
+                                       [], start + n + 60)
 
     ground = DensityMatrix([np.array([1.0, 0.0, 0.0])])
     first = engine.evolve(pulse(0, 0.23, 0.0), settings,

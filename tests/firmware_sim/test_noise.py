@@ -82,16 +82,11 @@ def program(pulses: list[tuple[int, float, float]], duration: int) -> WireProgra
     rabi = DEVICE.qubits[0].rabi_hz_per_amplitude
     w = gaussian(PULSE, SIGMA)
     amp = [theta / (2 * math.pi * rabi * w.sum() / FS) for _, theta, _ in pulses]
-    n = len(pulses)
-    return WireProgram(
-        play_port=np.full(n, RACK.cabling[0].drive_port, dtype=np.int32),
-        play_start=np.array([p[0] for p in pulses], dtype=np.int64),
-        play_wave=np.zeros(n, dtype=np.int32), play_amp=np.array(amp),
-        play_phase_rad=np.array([p[2] for p in pulses]), play_freq_hz=np.full(n, NCO_HZ),
-        wave_offset=np.array([0, PULSE], dtype=np.int64), wave_data=w.astype(complex),
-        acq_port=np.array([RACK.cabling[0].acquire_port], dtype=np.int32),
-        acq_start=np.array([duration], dtype=np.int64), acq_duration=np.ones(1, dtype=np.int64),
-        acq_freq_hz=np.zeros(1), duration_samples=duration + 1)
+    cab = RACK.cabling[0]
+    plays = [(cab.drive_port, start, 0, a, phase, NCO_HZ)
+             for (start, _, phase), a in zip(pulses, amp, strict=True)]
+    return WireProgram.from_tuples(plays, [w], [(cab.acquire_port, duration, 1, 0.0)],
+                                   duration + 1)
 
 
 def qubit0_state(engine: PhysicsEngine, prog: WireProgram, st: Settings, conditions=None

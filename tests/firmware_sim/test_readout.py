@@ -251,18 +251,10 @@ def _program(pi: bool, readout_amp: float, readout: int = 1000) -> WireProgram:
     gauss = np.exp(-x**2 / (2 * sigma**2))
     gauss -= gauss[0]
     pi_amp = 1.0 / (2 * DEVICE.qubits[0].rabi_hz_per_amplitude * gauss.sum() / FS)
-    waves = [gauss, np.ones(readout)]
-    offsets = np.array([0, n_pulse, n_pulse + readout], dtype=np.int64)
-    ports = [cab.drive_port, cab.readout_port]
-    return WireProgram(
-        play_port=np.array(ports, dtype=np.int32), play_start=np.array([0, 48], dtype=np.int64),
-        play_wave=np.array([0, 1], dtype=np.int32),
-        play_amp=np.array([pi_amp if pi else 0.0, readout_amp]),
-        play_phase_rad=np.zeros(2), play_freq_hz=np.array([-80e6, IF_HZ]),
-        wave_offset=offsets, wave_data=np.concatenate(waves).astype(np.complex128),
-        acq_port=np.array([cab.acquire_port], dtype=np.int32),
-        acq_start=np.array([48], dtype=np.int64), acq_duration=np.array([readout]),
-        acq_freq_hz=np.array([IF_HZ]), duration_samples=48 + readout)
+    plays = [(cab.drive_port, 0, 0, pi_amp if pi else 0.0, 0.0, -80e6),
+             (cab.readout_port, 48, 1, readout_amp, 0.0, IF_HZ)]
+    return WireProgram.from_tuples(plays, [gauss, np.ones(readout)],
+                                   [(cab.acquire_port, 48, readout, IF_HZ)], 48 + readout)
 
 
 def _assignment_fidelity(engine: PhysicsEngine, amp: float, shots: int = 3000) -> float:
