@@ -174,8 +174,8 @@ class PulseProgram:
         ``play_block``, ``acq_disc_axis`` and ``acq_disc_threshold``) as a C-contiguous array
         with consistent lengths, and no ``binds``: the compiler. Dtypes are converted and the
         arrays frozen as ``__post_init__`` does; lengths and binds are not checked again (they
-        are a compilation's fixed cost; ``tests/pulse/test_compiler.py`` checks that the checked
-        constructor gives the same program).
+        are a compilation's fixed cost; ``tests/pulse/test_compiler_pinned.py`` and
+        ``test_dynamic.py`` check that the checked constructor gives the same program).
         """
         program = object.__new__(cls)
         state = program.__dict__
@@ -341,7 +341,6 @@ class PulseProgram:
         return hash(self.content_hash)
 
 
-
 def _frozen_empty(dtype: type) -> np.ndarray:
     empty = np.zeros(0, dtype)
     empty.setflags(write=False)
@@ -359,6 +358,7 @@ _ASSEMBLE_DEFAULTS = {
     "shift_phase_rad": _frozen_empty(np.float64), "shift_block": _frozen_empty(np.int32),
     "rack": (), "binds": ()}
 _FIELD_NAMES = tuple(f.name for f in fields(PulseProgram))
+
 
 class WaveformTable:
     """Collects unique waveforms while compiling: the same key is synthesised and stored once."""
