@@ -107,14 +107,17 @@ def counts_numpy(iq: np.ndarray, center0: np.ndarray, center1: np.ndarray,
 
 
 def propagate_eigh_batched(h_stack_hz: np.ndarray, dt_s: float) -> np.ndarray:
-    """One batched ``numpy.linalg.eigh`` over all samples, then the ordered product."""
+    """One batched ``numpy.linalg.eigh`` over all samples, then the ordered product
+    U_n ... U_1 as a tree of batched matmuls (later @ earlier, pairwise: ~log2(n) numpy calls,
+    no Python loop over the samples)."""
     evals, evecs = np.linalg.eigh(h_stack_hz)
     uks = (evecs * np.exp(-2j * np.pi * dt_s * evals)[:, None, :]) @ evecs.conj().transpose(
         0, 2, 1)
-    u = np.eye(h_stack_hz.shape[1], dtype=np.complex128)
-    for uk in uks:
-        u = uk @ u
-    return u
+    while uks.shape[0] > 1:
+        if uks.shape[0] % 2:  # an identity after the last sample keeps the pairs in order
+            uks = np.concatenate([uks, np.eye(uks.shape[1], dtype=uks.dtype)[None]])
+        uks = uks[1::2] @ uks[0::2]
+    return uks[0]
 
 
 def _check(ok: bool, what: str) -> None:

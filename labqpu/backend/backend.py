@@ -8,9 +8,10 @@ import math
 import numbers
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+import numpy as np
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import BackendV2, Options
 
@@ -18,7 +19,7 @@ from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.results import discriminator_centres
-from labqpu.backend.sweeps import param_sets_for
+from labqpu.backend.sweeps import builder_points, param_sets_for
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.errors import (
     BackendConfigurationError,
@@ -58,6 +59,56 @@ _OPTION_TYPES = {
 #: (residual excitation exp(-10) ~ 5e-5), or REP_DELAY_UNCALIBRATED_S without any T1.
 REP_DELAY_T1_FACTOR = 10.0
 REP_DELAY_UNCALIBRATED_S = 500e-6
+
+
+def _expand_builders(items: list, binds: object) -> tuple[list, list | None]:
+    """``run()``'s items with each ``PulseBuilder`` replaced by the programs of its sweep
+    (:func:`labqpu.backend.sweeps.builder_points`, its mapping in ``parameter_binds``), and
+    ``parameter_binds`` as one entry per remaining item (None for the sweep's points)."""
+    if binds is None or isinstance(binds, Mapping):
+        binds = [binds] if len(items) == 1 else [None] * len(items)
+    if isinstance(binds, str | bytes) or not isinstance(binds, Sequence) \
+            or len(binds) != len(items):
+        raise InvalidRunInputError(
+            f"parameter_binds must be a mapping (one program) or a list of one mapping per "
+            f"program ({len(items)}), got {binds!r}"[:300], option="parameter_binds")
+    out_items: list = []
+    out_binds: list = []
+    for item, bind in zip(items, binds, strict=True):
+        if not isinstance(item, PulseBuilder):
+            out_items.append(item)
+            out_binds.append(bind)
+            continue
+        if bind is None:
+            raise InvalidRunInputError(
+                f"pulse program {item.name!r} is a PulseBuilder: sweep its parameters with "
+                "parameter_binds={parameter: values}, or call its build() or "
+                "assign_parameters(...) first", option="parameter_binds")
+        points = builder_points(item, bind, max_points=MAX_JOB_CIRCUITS)
+        out_items.extend(points)
+        out_binds.extend([None] * len(points))
+    return out_items, out_binds
+
+
+def _non_finite(program: PulseProgram) -> str | None:
+    """The first non-finite value of a ready program (which array and element), or None. An
+    element bound from the parameter table (``play_amp_ref``, ``binds``) may hold NaN until
+    the run binds it."""
+    bound = {(name, index) for name, index, _ in program.binds}
+    for name in ("play_amp", "play_phase_rad", "play_freq_hz", "acq_freq_hz",
+                 "shift_phase_rad", "acq_disc_threshold", "wave_data", "acq_disc_axis"):
+        values = getattr(program, name)
+        for i in np.flatnonzero(~np.isfinite(values)).tolist():
+            if (name == "play_amp" and program.play_amp_ref[i] >= 0) or (name, i) in bound:
+                continue
+            return f"{name}[{i}] is {values[i]}"
+    for lo_name, lo in program.lo_settings.items():
+        if not (math.isfinite(lo.frequency_hz) and math.isfinite(lo.power_dbm)):
+            return f"LO {lo_name} is set to {lo.frequency_hz} Hz, {lo.power_dbm} dBm"
+    for (source, channel), current in program.flux_bias_a.items():
+        if not math.isfinite(current):
+            return f"flux bias {source}:{channel} is set to {current} A"
+    return None
 
 
 def default_rep_delay_s(snapshot: Snapshot) -> float:
@@ -539,10 +590,40 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"{where}: acquisitions write classical bits outside 0..{program.num_clbits - 1}"
                 f" (build it with num_clbits={int(program.acq_clbit.max()) + 1})")
+        problem = _non_finite(program)
+        if problem:
+            raise InvalidRunInputError(f"{where}: {problem}; amplitudes, phases, frequencies, "
+                                       "waveform samples, LO settings and bias currents must "
+                                       "be finite; nothing was sent")
         try:
             self.channels.timing.check_program(program)
         except CompilationError as exc:
             raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
+
+    def compile(self, circuit: QuantumCircuit, **options) -> PulseProgram:
+        """The ``PulseProgram`` that :meth:`run` would play for the transpiled ``circuit``
+        with these run options (``scheduling_method``, ``reset_method``; the others do not
+        change the program), on the current calibration, with this backend's feed-forward
+        and pulse gates. Sends nothing; ``InvalidRunInputError`` as :meth:`run` raises it."""
+        if not isinstance(circuit, QuantumCircuit):
+            raise InvalidRunInputError(
+                f"compile() takes a QuantumCircuit, got {type(circuit).__name__}")
+        opts = self._run_options(options)
+        self._refresh()
+        with self._lock:
+            snapshot, target, pulse_gates = self._snapshot, self._target, self._pulse_gates
+        return self._compile(circuit, snapshot, target, pulse_gates, opts)
+
+    def _compile(self, circuit: QuantumCircuit, snapshot: Snapshot, target: LabTarget,
+                 pulse_gates: dict, opts: dict) -> PulseProgram:
+        self._check_circuit(circuit, target)
+        try:
+            return compile_circuit(
+                circuit, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
+                feedforward_latency_samples=self.feedforward_latency_samples,
+                reset_method=opts["reset_method"], pulse_gates=pulse_gates)
+        except CompilationError as exc:
+            raise InvalidRunInputError(str(exc)) from exc
 
     def run(self, run_input: QuantumCircuit | PulseProgram
             | Sequence[QuantumCircuit | PulseProgram], **options) -> LabJob:
@@ -561,30 +642,31 @@ class LabBackend(BackendV2):
         has feed-forward; "passive": idle for the calibrated thermalisation time),
         ``job_tags`` (kept in the result header; mthree passes them), ``parameter_binds``
         (a ``PulseProgram`` run once per value of its amplitude parameters, bound on the
-        controller from one upload; one result experiment per point:
+        controller from one upload; or a ``PulseBuilder`` run once per value of any of its
+        parameters, its points merged into one upload where they differ only in numbers the
+        controller binds; one result experiment per point:
         :mod:`labqpu.backend.sweeps`), ``merge_sweeps`` (default True: consecutive programs
         that differ only in start times, phases, frequencies, amplitudes or length, such as
         the points of a T1 or Ramsey scan, run as one upload that the controller binds per
         point, where it can: :mod:`labqpu.backend.merge`; ``job.uploads`` counts them).
         """
-        if isinstance(run_input, QuantumCircuit | PulseProgram):
+        if isinstance(run_input, QuantumCircuit | PulseProgram | PulseBuilder):
             items = [run_input]
         elif isinstance(run_input, Iterable) and not isinstance(run_input, str | bytes):
             items = list(run_input)
         else:
-            hint = (": call its build() or assign_parameters(...) first"
-                    if hasattr(run_input, "assign_parameters") and hasattr(run_input, "build")
-                    else "")
             raise InvalidRunInputError(
-                "run() takes a QuantumCircuit, a PulseProgram or a list of them, got "
-                f"{type(run_input).__name__}{hint}")
+                "run() takes a QuantumCircuit, a PulseProgram, a PulseBuilder (with "
+                f"parameter_binds) or a list of them, got {type(run_input).__name__}")
         if not items:
             raise InvalidRunInputError("run() needs at least one circuit or program")
+        binds = options.pop("parameter_binds", None)
+        if any(isinstance(item, PulseBuilder) for item in items):
+            items, binds = _expand_builders(items, binds)
         if len(items) > MAX_JOB_CIRCUITS:
             raise InvalidRunInputError(
                 f"{len(items)} circuits in one job; {self.name} takes at most "
                 f"{MAX_JOB_CIRCUITS} (run them as several jobs); nothing was sent")
-        binds = options.pop("parameter_binds", None)
         opts = self._run_options(options)
         self._refresh()
         with self._lock:
@@ -604,14 +686,7 @@ class LabBackend(BackendV2):
             if not isinstance(item, QuantumCircuit):
                 raise InvalidRunInputError(
                     f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
-            self._check_circuit(item, target)
-            try:
-                programs.append(compile_circuit(
-                    item, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
-                    feedforward_latency_samples=self.feedforward_latency_samples,
-                    reset_method=opts["reset_method"], pulse_gates=pulse_gates))
-            except CompilationError as exc:
-                raise InvalidRunInputError(str(exc)) from exc
+            programs.append(self._compile(item, snapshot, target, pulse_gates, opts))
         parts = []  # each program's controller parts
         for program in programs:
             self._check_length(program)

@@ -11,20 +11,27 @@ at in its header's ``metadata["parameter_binds"]``.
 equal numbers of finite values, at most the controller's ``param_sets.max_sets`` points and
 ``max_total_shots`` shots, no amplitude over DAC full scale, a controller that announces
 ``param_sets`` in its capabilities, one controller per program, and no raw traces.
+
+``backend.run(builder, parameter_binds={phi: phases})`` sweeps any parameter of a
+``PulseBuilder`` (:func:`builder_points`): one program per point, which ``run()`` merges into
+one upload where the points differ only in numbers the controller binds
+(``labqpu.backend.merge``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from labqpu.errors import InvalidRunInputError
+from labqpu.errors import InvalidRunInputError, PulseError
+from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import split_program
 
-__all__ = ["param_sets_for"]
+__all__ = ["builder_points", "param_sets_for"]
 
 Rows = tuple[tuple[float, ...], ...]
 
@@ -57,6 +64,57 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
         else:
             out.append(_rows(bind, program, shots, meas_level, capabilities, i, len(programs)))
     return out
+
+
+def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
+                   ) -> list[PulseProgram]:
+    """The programs of a sweep of a ``PulseBuilder``'s parameters, one per point: ``bind``
+    maps each parameter (or its name) the builder leaves unbound to its values, all of one
+    length. Any parameter sweeps this way (amplitude, phase, frequency, duration, delay): each
+    point is the builder's program at those values, with them in its header's
+    ``metadata["parameter_binds"]``. ``run()`` sends consecutive points that differ only in
+    numbers the controller binds (start samples, phases, frequencies, amplitudes, length) as
+    one upload (``labqpu.backend.merge``); points whose waveforms differ (a swept pulse
+    duration or width) are uploaded apart. Raises ``InvalidRunInputError`` naming the
+    problem."""
+    where = f"parameter_binds of pulse program {builder.name!r}"
+    if not isinstance(bind, Mapping) or not bind:
+        raise InvalidRunInputError(f"{where}: must be a non-empty mapping of parameter to "
+                                   f"values, got {bind!r}"[:300], option="parameter_binds")
+    names = sorted(p.name for p in builder.parameters)
+    columns: dict[str, list[float]] = {}
+    for key, values in bind.items():
+        name = _name(key)
+        if name not in names:
+            raise InvalidRunInputError(f"{where}: the program has no parameter {name!r}; it "
+                                       f"has {names or 'none'}", option="parameter_binds")
+        try:
+            column = [float(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise InvalidRunInputError(f"{where}: {name!r} must be a sequence of numbers "
+                                       f"({exc})", option="parameter_binds") from exc
+        if not column or not all(math.isfinite(v) for v in column):
+            raise InvalidRunInputError(f"{where}: {name!r} needs at least one value, all "
+                                       "finite", option="parameter_binds")
+        columns[name] = column
+    lengths = sorted({len(c) for c in columns.values()})
+    if len(lengths) != 1:
+        raise InvalidRunInputError(f"{where}: every parameter needs as many values; got "
+                                   f"{lengths}", option="parameter_binds")
+    if lengths[0] > max_points:
+        raise InvalidRunInputError(f"{where}: {lengths[0]} points; a job runs at most "
+                                   f"{max_points}", option="parameter_binds")
+    programs = []
+    for k in range(lengths[0]):
+        point = {name: column[k] for name, column in columns.items()}
+        try:
+            program = builder.assign_parameters(point)
+        except PulseError as exc:
+            raise InvalidRunInputError(f"{where}: at point {k} ({point}): {exc}",
+                                       option="parameter_binds") from exc
+        metadata = {**program.header.get("metadata", {}), "parameter_binds": point}
+        programs.append(replace(program, header={**program.header, "metadata": metadata}))
+    return programs
 
 
 def _name_of(program: PulseProgram) -> str:

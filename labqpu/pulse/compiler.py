@@ -20,8 +20,11 @@
   do not depend on the handedness.
 * ``measure``: a readout pulse and an acquisition window over the same samples.
 * ``delay`` plays nothing; a delay after which its qubit does nothing more (a scheduler's
-  padding) is dropped, so it cannot hold back the readout. ``reset`` is passive: the qubit
-  is left idle for the calibrated thermalisation time (several T1).
+  padding) is dropped, so it cannot hold back the readout.
+* ``reset`` is active by default (``reset_method="active"``, given feed-forward): measure,
+  then an x pulse when the result is 1 (``dynamic.lower_dynamic``), for the calibrated number
+  of rounds. Passive (``"passive"``, or without feed-forward): the qubit is left idle for the
+  calibrated thermalisation time (several T1).
 * A **pulse gate** (``labqpu.pulse.gates``) is read by ``dynamic.lower_dynamic`` as a container
   on its qubits for its duration, with its plays and frame changes as members at their
   offsets; their effect rows and waveforms are the circuit's own, appended to the shared

@@ -216,7 +216,8 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
 
 def _draw_acquisitions(ax, program: Any, port: int, lo: int, hi: int,
                        ns_per_sample: float) -> None:
-    """Label each acquisition window of input ``port``: qubit, classical bit, demod IF."""
+    """Label each acquisition window of input ``port``: its index (``a<i>``, as feed-forward
+    conditions name it), qubit, classical bit (none for an active reset's), demod IF."""
     ax.set_ylim(-1, 1)
     ax.set_yticks([])
     for i in np.flatnonzero(program.acq_port == port):
@@ -224,7 +225,9 @@ def _draw_acquisitions(ax, program: Any, port: int, lo: int, hi: int,
         if s >= hi or s + d <= lo:
             continue
         x = (max(s, lo) + min(s + d, hi)) / 2 * ns_per_sample
-        ax.text(x, 0, f"q{int(program.acq_qubit[i])} → c{int(program.acq_clbit[i])}  "
+        clbit = int(program.acq_clbit[i])
+        into = f"→ c{clbit}" if clbit >= 0 else "(no bit)"
+        ax.text(x, 0, f"a{i}: q{int(program.acq_qubit[i])} {into}  "
                 f"({float(program.acq_freq_hz[i]) / 1e6:+.2f} MHz)", ha="center", va="center",
                 fontsize=8)
 

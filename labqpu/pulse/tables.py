@@ -104,7 +104,14 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                 raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
                                        circuit=circuit.name, qubits=qubits,
                                        instruction="delay")
-            samples = round(float(value) * _DELAY_UNITS_S[unit] * fs)
+            exact = float(value) * _DELAY_UNITS_S[unit] * fs
+            samples = round(exact)
+            if abs(exact - samples) > 1e-6:
+                raise CompilationError(
+                    f"circuit {circuit.name!r}: delay on qubits {qubits} of {value} {unit} is "
+                    f"{exact:.6g} samples at {fs:.6g} Hz, not a whole number of samples; give "
+                    f"it in dt or as a multiple of {1 / fs:.6g} s", circuit=circuit.name,
+                    qubits=qubits, instruction="delay")
         if samples % timing.grid:  # the message is built only for a delay off the grid
             timing.check_delay(samples, f"circuit {circuit.name!r}: delay on qubits {qubits}",
                                circuit=circuit.name, qubits=qubits)

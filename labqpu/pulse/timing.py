@@ -10,8 +10,10 @@ Target, so Qiskit's scheduling passes honour them, and the compiler enforces the
 * every duration it schedules (pulses, readout, reset, delays) is a multiple of the common
   grid ``lcm(granularity, pulse_alignment, acquire_alignment)``, so every play starts on
   ``pulse_alignment`` and every acquisition on ``acquire_alignment`` without rescheduling. A
-  ``delay`` off that grid is refused, naming it. The Target's ``granularity`` is this grid,
-  which is what makes ``transpile`` and qiskit-experiments round delays onto it.
+  ``delay`` off that grid is refused, naming it. The Target's ``granularity`` is this grid:
+  qiskit-experiments (``BackendTiming``) rounds its delays onto it, and Qiskit's scheduling
+  passes align and pad with it. ``transpile`` does not round a delay the circuit itself
+  holds; the compiler refuses one off the grid.
 
 :meth:`TimingConstraints.check_program` checks a ready ``PulseProgram`` (from the builder)
 against the same rules before anything is sent.

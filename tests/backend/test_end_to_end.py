@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -190,6 +191,30 @@ def test_a_program_over_the_controllers_waveform_table_is_rejected_before_sendin
     assert f"holds at most {limit} (max_waveforms)" in message
 
 
+@pytest.mark.parametrize(("field", "value"), [("amp", math.nan), ("phase", math.inf),
+                                              ("freq", -math.inf), ("acq_freq", math.nan)])
+def test_a_ready_program_with_a_non_finite_value_is_refused_before_sending(
+        lab_backend, field, value) -> None:
+    """A low-level program (``ProgramBuilder``) with NaN or inf in an amplitude, phase or
+    frequency is refused by the backend, naming the array and element; nothing reaches the
+    controller."""
+    from labqpu.pulse.program import ProgramBuilder
+
+    b = ProgramBuilder("ctrl0", 1e9)
+    wid = b.waves.add(("ones", 40), lambda: np.ones(40, np.complex64))
+    b.play(0, 0, wid, 0.1, phase_rad=0.0, frequency_hz=0.0)
+    b.play(0, 40, wid, value if field == "amp" else 0.1,
+           phase_rad=value if field == "phase" else 0.0,
+           frequency_hz=value if field == "freq" else 0.0)
+    b.acquire(0, 80, 100, value if field == "acq_freq" else 0.0, 0, 0)
+    program = b.build(num_clbits=1, header={"name": "bad"})
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(program, meas_level=1))
+    name = {"amp": "play_amp[1]", "phase": "play_phase_rad[1]", "freq": "play_freq_hz[1]",
+            "acq_freq": "acq_freq_hz[0]"}[field]
+    assert f"program 'bad': {name} is {value}" in message
+    assert "must be finite" in message
+
+
 @pytest.mark.parametrize("tags", [5, "tag", [1, 2], {"a": 1}])
 def test_mistyped_job_tags_are_rejected_before_sending(lab_backend, tags) -> None:
     native = transpile(bell(), lab_backend)
@@ -228,11 +253,15 @@ def test_run_of_something_that_is_no_circuit_says_what_it_takes(lab_backend) -> 
 
     with pulse.build(lab_backend, name="unbuilt") as builder:
         pulse.measure(0, clbit=0)
-    for thing, extra in ((None, ""), ("bell", ""),
-                         (builder, ": call its build() or assign_parameters(...) first")):
+    for thing in (None, "bell"):
         message = _nothing_sent(lab_backend, lambda thing=thing: lab_backend.run(thing))
-        assert message.startswith("run() takes a QuantumCircuit, a PulseProgram or a list of "
-                                  f"them, got {type(thing).__name__}{extra}"), message
+        assert message.startswith("run() takes a QuantumCircuit, a PulseProgram, a "
+                                  "PulseBuilder (with parameter_binds) or a list of them, got "
+                                  f"{type(thing).__name__}"), message
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(builder))
+    assert message.startswith("pulse program 'unbuilt' is a PulseBuilder: sweep its "
+                              "parameters with parameter_binds"), message
+    assert message.endswith("or call its build() or assign_parameters(...) first"), message
     circuits = (transpile(bell(), lab_backend) for _ in range(2))  # any iterable
     assert len(lab_backend.run(circuits, shots=10).result(timeout=60).results) == 2
 

@@ -182,3 +182,57 @@ def test_calibration_sweeps_fall_back_to_a_program_per_point(lab_backend, monkey
     for rows in (bound, each):  # about |0>, |1>, |0>, |1>
         assert abs(rows[0, 0] - rows[2, 0]) < 0.3 * abs(rows[1, 0] - rows[0, 0])
         assert abs(rows[1, 0] - rows[3, 0]) < 0.3 * abs(rows[1, 0] - rows[0, 0])
+
+
+def test_a_builder_sweeps_any_parameter_as_one_upload(lab_backend) -> None:
+    """``run(builder, parameter_binds=...)`` sweeps a phase and a delay (not amplitudes): two
+    half-pi pulses with the second's frame turned by ``phi`` after a wait of ``gap`` samples.
+    The 16 points are one upload and one run on the controller; each result carries its values,
+    and P(1) follows (1 + cos phi) / 2 (the wait is far shorter than T2)."""
+    from qiskit.circuit import Parameter
+
+    from labqpu.pulse import builder as pulse
+
+    phi, gap = Parameter("phi"), Parameter("gap")
+    half = lab_backend.snapshot.qubits[Q]["pi2_amplitude"].value
+    with pulse.build(lab_backend, name="phase_scan") as scan, pulse.align_sequential():
+        pulse.play(pulse.calibrated_drag(Q, amp=half), pulse.drive(Q))
+        pulse.delay(gap, pulse.drive(Q))
+        pulse.shift_phase(phi, pulse.drive(Q))
+        pulse.play(pulse.calibrated_drag(Q, amp=half), pulse.drive(Q))
+        pulse.measure(Q, 0)
+    phis = np.linspace(0, 2 * np.pi, 16)
+    gaps = np.arange(16) * 16
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    result = lab_backend.run(scan, shots=1000, seed_simulator=3,
+                             parameter_binds={phi: phis, "gap": gaps}).result()
+    assert uploads(lab_backend) - before[0] <= 1
+    assert uploads(lab_backend, "runs_total") - before[1] == 1
+    assert len(result.results) == 16
+    for k in range(16):
+        bound = result.results[k].header["metadata"]["parameter_binds"]
+        assert bound == pytest.approx({"phi": phis[k], "gap": gaps[k]})
+        assert abs(p1(result.get_counts(k)) - (1 + math.cos(phis[k])) / 2) < 0.1, k
+
+
+@pytest.mark.parametrize(("binds", "message"), [
+    (None, "is a PulseBuilder: sweep its parameters with parameter_binds"),
+    ({"phase": [0.1]}, "has no parameter 'phase'; it has ['phi']"),
+    ({"phi": [0.1, math.inf]}, "'phi' needs at least one value, all finite"),
+])
+def test_a_bad_builder_sweep_is_refused_before_anything_is_sent(lab_backend, binds,
+                                                                message) -> None:
+    from qiskit.circuit import Parameter
+
+    from labqpu.pulse import builder as pulse
+
+    phi = Parameter("phi")
+    with pulse.build(lab_backend, name="turn") as turn:
+        pulse.shift_phase(phi, pulse.drive(Q))
+        pulse.play(pulse.calibrated_drag(Q), pulse.drive(Q))
+        pulse.measure(Q, 0)
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    with pytest.raises(InvalidRunInputError, match="parameter_binds") as info:
+        lab_backend.run(turn, shots=100, parameter_binds=binds)
+    assert message in str(info.value)
+    assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before

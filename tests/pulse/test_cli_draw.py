@@ -66,3 +66,28 @@ def test_draw_a_rung_of_lab10_on_the_qubits_given(tmp_path: Path) -> None:
     done = labqpu(tmp_path, "draw", "bell.py", "--layout", "0")
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_draw_shows_the_program_run_plays_for_a_dynamic_circuit(tmp_path: Path,
+                                                                 lab_backend) -> None:
+    """A circuit with ``if_else`` and ``reset`` is drawn as ``run()`` plays it: feed-forward
+    blocks and an active reset, the program ``backend.compile`` gives (not a refusal, nor a
+    passive wait)."""
+    pytest.importorskip("matplotlib")
+    from qiskit import transpile
+
+    source = ("from qiskit import QuantumCircuit\n"
+              "qc = QuantumCircuit(1, 2, name='dyn')\nqc.x(0)\nqc.measure(0, 0)\n"
+              "with qc.if_test((qc.clbits[0], 1)):\n    qc.x(0)\n"
+              "qc.reset(0)\nqc.measure(0, 1)\n")
+    (tmp_path / "dyn.py").write_text(source)
+    done = labqpu(tmp_path, "draw", "dyn.py", "--layout", "0", "-o", "dyn.png")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dyn.png").read_bytes()[:8] == PNG
+    namespace: dict = {}
+    exec(source, namespace)
+    native = transpile(namespace["qc"], lab_backend, initial_layout=[0], seed_transpiler=1)
+    program = lab_backend.compile(native)
+    assert program.has_feedforward and len(program.block_acq) >= 2
+    assert (f"{program.duration_samples} samples, {len(program.play_port)} plays, "
+            f"{len(program.acq_port)} acquisitions") in done.stdout

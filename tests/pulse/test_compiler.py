@@ -181,6 +181,22 @@ def test_delay_units(snapshot, channels, duration, unit, expected):
     assert prog.duration_samples == expected + 40
 
 
+@pytest.mark.parametrize(("duration", "unit", "samples"), [
+    (1.0005, "us", "1000.5"), (0.3, "ns", "0.3"), (2.5e-10, "s", "0.25")])
+def test_a_delay_of_a_fraction_of_a_sample_is_refused_naming_it(snapshot, channels, duration,
+                                                                 unit, samples):
+    """A delay in seconds is played as whole samples; one that is not a whole number of them
+    is refused (not rounded), as a calibrated duration would be."""
+    qc = QuantumCircuit(1, name="frac")
+    qc.delay(duration, 0, unit=unit)
+    qc.x(0)
+    with pytest.raises(CompilationError, match=rf"delay on qubits \(0,\) of {duration} {unit} "
+                       rf"is {samples} samples.*not a whole number") as info:
+        compile_circuit(qc, snapshot, channels)
+    assert (info.value.circuit, info.value.qubits, info.value.instruction) == ("frac", (0,),
+                                                                                "delay")
+
+
 def test_a_delay_with_nothing_after_it_plays_nothing(snapshot, channels):
     """A trailing delay is a scheduler's padding: dropped, it neither lengthens the program
     nor moves the gates (the repetition delay spaces the shots)."""

@@ -143,7 +143,7 @@ def test_draw_has_a_row_per_port_and_input_and_marks_changes(snapshot, channels,
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert any("φ" in t for t in texts)  # the phase shift
     assert any("MHz" in t for t in texts)  # the frequency shift
-    assert fig.axes[2].texts[0].get_text().startswith("q0 → c1")
+    assert fig.axes[2].texts[0].get_text().startswith("a0: q0 → c1")
     # The time axis is in ns: the program's end at 1 GS/s.
     assert fig.axes[-1].get_xlim()[1] == pytest.approx(program.duration_samples)
     out = tmp_path / "p.png"
