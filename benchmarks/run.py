@@ -346,7 +346,7 @@ def bench_compile(budget: Budget, out: list[dict], quick: bool = False) -> None:
 
 
 def bench_propagation(budget: Budget, out: list[dict]) -> None:
-    from labqpu.firmware_sim.physics import _propagate_kernel
+    from labqpu.firmware_sim.clusters import _propagate_kernel
 
     n_samples, dt_s = 160, 1e-9
     rng = np.random.default_rng(3)
@@ -361,7 +361,7 @@ def bench_propagation(budget: Budget, out: list[dict]) -> None:
         t_eigh = seconds_per_call(lambda h=h: propagate_eigh_batched(h, dt_s), budget)
         us = 1e6 / n_samples
         rows.append(Line(f"_propagate_kernel {d}x{d} vs numpy batched eigh", t_ours, t_eigh,
-                         f"{fmt(t_ours * us)} µs/sample (physics._propagate_kernel)",
+                         f"{fmt(t_ours * us)} µs/sample (clusters._propagate_kernel)",
                          f"{fmt(t_eigh * us)} µs/sample (one batched numpy.linalg.eigh, then "
                          "the ordered product)"))
     emit(rows, out)
