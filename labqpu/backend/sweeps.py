@@ -66,6 +66,36 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
     return out
 
 
+def _value_columns(bind: object, names: Sequence[str], where: str
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    """The values of a ``parameter_binds`` mapping by parameter name, checked against the
+    program's parameter ``names``: numbers, at least one, all finite, as many for each; and
+    that number of points. ``InvalidRunInputError`` naming the problem after ``where``."""
+    if not isinstance(bind, Mapping) or not bind:
+        raise InvalidRunInputError(f"{where}: must be a non-empty mapping of parameter to "
+                                   f"values, got {bind!r}"[:300], option="parameter_binds")
+    columns: dict[str, np.ndarray] = {}
+    for key, values in bind.items():
+        name = _name(key)
+        if name not in names:
+            raise InvalidRunInputError(f"{where}: the program has no parameter {name!r}; it "
+                                       f"has {list(names) or 'none'}", option="parameter_binds")
+        try:
+            column = np.array([float(v) for v in values])
+        except (TypeError, ValueError) as exc:
+            raise InvalidRunInputError(f"{where}: {name!r} must be a sequence of numbers "
+                                       f"({exc})", option="parameter_binds") from exc
+        if column.size == 0 or not np.all(np.isfinite(column)):
+            raise InvalidRunInputError(f"{where}: {name!r} needs at least one value, all "
+                                       "finite", option="parameter_binds")
+        columns[name] = column
+    points = sorted({c.size for c in columns.values()})
+    if len(points) != 1:
+        raise InvalidRunInputError(f"{where}: every parameter needs as many values; got "
+                                   f"{points}", option="parameter_binds")
+    return columns, points[0]
+
+
 def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
                    ) -> list[PulseProgram]:
     """The programs of a sweep of a ``PulseBuilder``'s parameters, one per point: ``bind``
@@ -78,35 +108,13 @@ def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
     duration or width) are uploaded apart. Raises ``InvalidRunInputError`` naming the
     problem."""
     where = f"parameter_binds of pulse program {builder.name!r}"
-    if not isinstance(bind, Mapping) or not bind:
-        raise InvalidRunInputError(f"{where}: must be a non-empty mapping of parameter to "
-                                   f"values, got {bind!r}"[:300], option="parameter_binds")
-    names = sorted(p.name for p in builder.parameters)
-    columns: dict[str, list[float]] = {}
-    for key, values in bind.items():
-        name = _name(key)
-        if name not in names:
-            raise InvalidRunInputError(f"{where}: the program has no parameter {name!r}; it "
-                                       f"has {names or 'none'}", option="parameter_binds")
-        try:
-            column = [float(v) for v in values]
-        except (TypeError, ValueError) as exc:
-            raise InvalidRunInputError(f"{where}: {name!r} must be a sequence of numbers "
-                                       f"({exc})", option="parameter_binds") from exc
-        if not column or not all(math.isfinite(v) for v in column):
-            raise InvalidRunInputError(f"{where}: {name!r} needs at least one value, all "
-                                       "finite", option="parameter_binds")
-        columns[name] = column
-    lengths = sorted({len(c) for c in columns.values()})
-    if len(lengths) != 1:
-        raise InvalidRunInputError(f"{where}: every parameter needs as many values; got "
-                                   f"{lengths}", option="parameter_binds")
-    if lengths[0] > max_points:
-        raise InvalidRunInputError(f"{where}: {lengths[0]} points; a job runs at most "
+    columns, points = _value_columns(bind, sorted(p.name for p in builder.parameters), where)
+    if points > max_points:
+        raise InvalidRunInputError(f"{where}: {points} points; a job runs at most "
                                    f"{max_points}", option="parameter_binds")
     programs = []
-    for k in range(lengths[0]):
-        point = {name: column[k] for name, column in columns.items()}
+    for k in range(points):
+        point = {name: float(column[k]) for name, column in columns.items()}
         try:
             program = builder.assign_parameters(point)
         except PulseError as exc:
@@ -142,9 +150,6 @@ def _check_values(program: PulseProgram, rows: np.ndarray, where: str, index: in
 def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
           capabilities: Callable[[str], dict], index: int, count: int) -> Rows:
     where = f"parameter_binds of program {_name_of(program)!r}"
-    if not isinstance(bind, Mapping) or not bind:
-        raise InvalidRunInputError(f"{where}: must be a non-empty mapping of parameter to "
-                                   f"values, got {bind!r}"[:300], option="parameter_binds")
     parts = split_program(program)
     if len(parts) > 1:
         raise InvalidRunInputError(f"{where}: the program plays on controllers "
@@ -169,34 +174,15 @@ def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
                                    f"{', '.join(sorted(needed - known))} (its param_sets "
                                    f"binds {sorted(known)})", option="parameter_binds")
     names = list(program.param_names)
-    columns: dict[int, np.ndarray] = {}
-    for key, values in bind.items():
-        name = _name(key)
-        if name not in names:
-            raise InvalidRunInputError(f"{where}: the program has no parameter {name!r}; it "
-                                       f"has {names or 'none'}", option="parameter_binds")
-        try:
-            column = np.array([float(v) for v in values])
-        except (TypeError, ValueError) as exc:
-            raise InvalidRunInputError(f"{where}: {name!r} must be a sequence of numbers "
-                                       f"({exc})", option="parameter_binds") from exc
-        if column.size == 0 or not np.all(np.isfinite(column)):
-            raise InvalidRunInputError(f"{where}: {name!r} needs at least one value, all "
-                                       "finite", option="parameter_binds")
-        columns[names.index(name)] = column
-    points = {c.size for c in columns.values()}
-    if len(points) != 1:
-        raise InvalidRunInputError(f"{where}: every parameter needs as many values; got "
-                                   f"{sorted(points)}", option="parameter_binds")
-    k = points.pop()
+    columns, k = _value_columns(bind, names, where)
     if k > caps.get("max_sets", math.inf) or k * shots > caps.get("max_total_shots", math.inf):
         raise InvalidRunInputError(
             f"{where}: {k} points x {shots} shots; controller {controller} binds at "
             f"most {caps.get('max_sets')} points and {caps.get('max_total_shots')} shots per "
             "run", option="parameter_binds")
     rows = np.tile(np.asarray(program.param_values, dtype=float), (k, 1))
-    for j, column in columns.items():
-        rows[:, j] = column
+    for name, column in columns.items():
+        rows[:, names.index(name)] = column
     _check_values(program, rows, where, index, count)
     _check_full_scale(program, rows, where)
     return tuple(tuple(float(x) for x in row) for row in rows)
