@@ -650,7 +650,7 @@ def _draw(args: argparse.Namespace) -> int:
             return 2
         native = transpile(circuit, backend, optimization_level=args.optimization_level,
                            initial_layout=args.layout, seed_transpiler=1)
-        program = backend.compile(native)  # what run() plays: feed-forward, pulse gates
+        program = backend.compile(native)  # what run() plays: feed-forward, active reset
         time_range = tuple(args.time_range_ns) if args.time_range_ns else None
         fig = program.draw(channels=backend.channels, time_range_ns=time_range)
         fig.savefig(out, dpi=args.dpi)

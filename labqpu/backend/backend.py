@@ -65,9 +65,11 @@ def _expand_builders(items: list, binds: object) -> tuple[list, list | None]:
     """``run()``'s items with each ``PulseBuilder`` replaced by the programs of its sweep
     (:func:`labqpu.backend.sweeps.builder_points`, its mapping in ``parameter_binds``), and
     ``parameter_binds`` as one entry per remaining item (None for the sweep's points)."""
-    if binds is None or isinstance(binds, Mapping):
-        binds = [binds] if len(items) == 1 else [None] * len(items)
-    if isinstance(binds, str | bytes) or not isinstance(binds, Sequence) \
+    if binds is None:
+        binds = [None] * len(items)
+    elif isinstance(binds, Mapping) and len(items) == 1:
+        binds = [binds]
+    if isinstance(binds, Mapping | str | bytes) or not isinstance(binds, Sequence) \
             or len(binds) != len(items):
         raise InvalidRunInputError(
             f"parameter_binds must be a mapping (one program) or a list of one mapping per "

@@ -108,7 +108,13 @@ def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
     duration or width) are uploaded apart. Raises ``InvalidRunInputError`` naming the
     problem."""
     where = f"parameter_binds of pulse program {builder.name!r}"
-    columns, points = _value_columns(bind, sorted(p.name for p in builder.parameters), where)
+    names = sorted(p.name for p in builder.parameters)
+    columns, points = _value_columns(bind, names, where)
+    left = [name for name in names if name not in columns]
+    if left:
+        raise InvalidRunInputError(f"{where}: parameter(s) {', '.join(left)} have no values; "
+                                   "give them in parameter_binds too (one value per point)",
+                                   option="parameter_binds")
     if points > max_points:
         raise InvalidRunInputError(f"{where}: {points} points; a job runs at most "
                                    f"{max_points}", option="parameter_binds")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from types import TracebackType
@@ -187,9 +188,10 @@ class ScpiInstrument:
         )
 
     def _check_limit(self, quantity: str, value: float, low: float, high: float) -> float:
-        """Return ``value`` as a float if ``low <= value <= high``, else raise."""
+        """Return ``value`` as a float if it is finite and ``low <= value <= high``, else
+        raise (an instrument without a configured limit has an infinite one)."""
         number = float(value)
-        if not low <= number <= high:
+        if not (math.isfinite(number) and low <= number <= high):
             raise InstrumentLimitError(
                 f"{quantity}={number!r} is outside the allowed range [{low!r}, {high!r}]",
                 instrument=self.resource,

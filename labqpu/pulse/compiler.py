@@ -68,11 +68,11 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     its qubit), which ``dynamic.lower_dynamic`` reads instead.
 
     A gate met again on the same qubits in this circuit is not looked up again: its qubit
-    indices, duration and effect come from ``seen``; only its parameter is read.
+    indices, duration and effect come from ``seen``; only its parameters are read.
 
-    Errors come in the order of a plain per-op compiler: reading errors (unbound parameters,
-    durations, non-native gates) in circuit order, then pulse-parameter errors of the ops in
-    circuit order. The effect of a gate already compiled
+    Errors come in the order of a plain per-op compiler: reading errors in circuit order (for
+    one op: a non-native gate or a bad duration, then an unbound parameter), then
+    pulse-parameter errors of the ops in circuit order. The effect of a gate already compiled
     against these tables is known and cannot fail; the others are resolved after the whole
     circuit has been read.
     """
@@ -83,7 +83,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     timing = tables.channels.timing
     effect_ids = tables.effect_ids
     cal, fs = tables.cal, tables.fs
-    # (gate, Qiskit qubits) -> (qubit indices, duration, effect or None, takes parameters)
+    # (gate, Qiskit qubits) -> (qubit indices, duration, effect or None)
     seen: dict[tuple, tuple] = {}
     effect: list[int] = []
     duration_of: list[int] = []
@@ -126,11 +126,11 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
                     duration = duration_samples(inst, qubits, cal, fs, circuit, timing)
                     durations[key] = duration
                 eid = effect_ids.get(key)
-            hit = seen[(name, qargs)] = (qubits, duration, eid, bool(inst.params))
-        qubits, duration, eid, takes_params = hit
+            hit = seen[(name, qargs)] = (qubits, duration, eid)
+        qubits, duration, eid = hit
         param = 0.0
-        if takes_params:
-            raw = inst.params
+        raw = inst.params  # per op: a gate of the same name may come with other parameters
+        if raw:
             try:
                 param = float(raw[0])  # every parameter must be bound
                 if len(raw) > 1:

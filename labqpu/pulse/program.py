@@ -181,9 +181,9 @@ class PulseProgram:
         state = program.__dict__
         state.update(_ASSEMBLE_DEFAULTS)
         state.update(values)
-        if len(state) != len(_FIELD_NAMES):
-            missing = sorted(set(_FIELD_NAMES) - set(state))
-            raise TypeError(f"PulseProgram._assemble: missing {missing}")
+        if state.keys() != _FIELD_SET:
+            raise TypeError(f"PulseProgram._assemble: missing {sorted(_FIELD_SET - state.keys())}"
+                            f", unknown {sorted(state.keys() - _FIELD_SET)}")
         state["rack"] = tuple((str(n), int(o), int(i)) for n, o, i in state["rack"])
         for name, dtype in _DTYPE_OBJECTS:
             arr = state[name]
@@ -357,7 +357,7 @@ _ASSEMBLE_DEFAULTS = {
     "shift_port": _frozen_empty(np.int32), "shift_start": _frozen_empty(np.int64),
     "shift_phase_rad": _frozen_empty(np.float64), "shift_block": _frozen_empty(np.int32),
     "rack": (), "binds": ()}
-_FIELD_NAMES = tuple(f.name for f in fields(PulseProgram))
+_FIELD_SET = frozenset(f.name for f in fields(PulseProgram))
 
 
 class WaveformTable:

@@ -215,24 +215,27 @@ def test_a_builder_sweeps_any_parameter_as_one_upload(lab_backend) -> None:
         assert abs(p1(result.get_counts(k)) - (1 + math.cos(phis[k])) / 2) < 0.1, k
 
 
-@pytest.mark.parametrize(("binds", "message"), [
-    (None, "is a PulseBuilder: sweep its parameters with parameter_binds"),
-    ({"phase": [0.1]}, "has no parameter 'phase'; it has ['phi']"),
-    ({"phi": [0.1, math.inf]}, "'phi' needs at least one value, all finite"),
+@pytest.mark.parametrize(("items", "binds", "message"), [
+    (1, None, "is a PulseBuilder: sweep its parameters with parameter_binds"),
+    (1, {"phase": [0.1]}, "has no parameter 'phase'; it has ['amp', 'phi']"),
+    (1, {"phi": [0.1, math.inf]}, "'phi' needs at least one value, all finite"),
+    (1, {"phi": [0.1, 0.2]}, "parameter(s) amp have no values; give them in parameter_binds"),
+    (2, {"phi": [0.1], "amp": [0.2]}, "a list of one mapping per program (2)"),
 ])
-def test_a_bad_builder_sweep_is_refused_before_anything_is_sent(lab_backend, binds,
+def test_a_bad_builder_sweep_is_refused_before_anything_is_sent(lab_backend, items, binds,
                                                                 message) -> None:
     from qiskit.circuit import Parameter
 
     from labqpu.pulse import builder as pulse
 
-    phi = Parameter("phi")
+    phi, amp = Parameter("phi"), Parameter("amp")
     with pulse.build(lab_backend, name="turn") as turn:
         pulse.shift_phase(phi, pulse.drive(Q))
-        pulse.play(pulse.calibrated_drag(Q), pulse.drive(Q))
+        pulse.play(pulse.calibrated_drag(Q, amp=amp), pulse.drive(Q))
         pulse.measure(Q, 0)
     before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    run_input = turn if items == 1 else [turn, rabi_program(kit_for(lab_backend), 0.1)]
     with pytest.raises(InvalidRunInputError, match="parameter_binds") as info:
-        lab_backend.run(turn, shots=100, parameter_binds=binds)
+        lab_backend.run(run_input, shots=100, parameter_binds=binds)
     assert message in str(info.value)
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before

@@ -264,6 +264,11 @@ def test_current_limits_and_channels_send_nothing(cs_server: ScpiServer) -> None
                 cs.set_current_a(channel, 0.5e-3)
             with pytest.raises(InstrumentLimitError, match="channel"):
                 cs.set_output(channel, True)
+    with CurrentSource(cs_server.resource, channels=5, max_current_a=float("inf"),
+                       timeout_s=TIMEOUT_S) as unlimited:  # no limit configured
+        for current_a in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(InstrumentLimitError, match="current_a"):
+                unlimited.set_current_a(1, current_a)
     assert cs_server.state.snapshot() == before
 
 

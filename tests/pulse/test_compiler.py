@@ -521,6 +521,29 @@ def test_unbound_rz_parameter(snapshot, channels):
         compile_circuit(qc, snapshot, channels)
 
 
+def test_a_gate_met_again_is_read_again_for_its_parameters(snapshot, channels):
+    """The compiler remembers a gate it has met on the same qubits, but not its parameters: an
+    instruction of the same name with an unbound parameter after a native ``sx`` is refused,
+    and one without parameters after an ``rz`` plays as an angle of 0."""
+    from qiskit.circuit import Gate
+
+    qc = QuantumCircuit(1)
+    qc.sx(0)
+    qc.append(Gate("sx", 1, [Parameter("t")]), [0])
+    with pytest.raises(CompilationError, match=r"sx on \(0,\).*unbound"):
+        compile_circuit(qc, snapshot, channels)
+    plain, bare = QuantumCircuit(1), QuantumCircuit(1)
+    for circuit, angle in ((plain, 0.0), (bare, None)):
+        circuit.rz(0.3, 0)
+        if angle is None:
+            circuit.append(Gate("rz", 1, []), [0])
+        else:
+            circuit.rz(angle, 0)
+        circuit.sx(0)
+    assert (compile_circuit(bare, snapshot, channels).content_hash
+            == compile_circuit(plain, snapshot, channels).content_hash)
+
+
 def test_unbound_delay_parameter(snapshot, channels):
     qc = QuantumCircuit(1)
     qc.delay(Parameter("t"), 0)
