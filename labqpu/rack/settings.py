@@ -14,6 +14,7 @@ in power, 1 nA (or 1e-6 relative) in current.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator, query_each
@@ -30,7 +31,10 @@ class Instruments(Protocol):
 
 
 def _close(value: float, wanted: float, absolute: float, relative: float) -> bool:
-    return abs(value - wanted) <= max(absolute, relative * abs(wanted))
+    """Whether a read-back ``value`` is ``wanted``; never for a non-finite one (an infinite
+    ``wanted`` would otherwise allow an infinite difference)."""
+    return (math.isfinite(value) and math.isfinite(wanted)
+            and abs(value - wanted) <= max(absolute, relative * abs(wanted)))
 
 
 def _lo_differences(state: tuple[float, float, bool], frequency_hz: float,

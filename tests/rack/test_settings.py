@@ -93,6 +93,25 @@ def test_a_bias_changed_during_the_run_fails_verification(simulated, rack, progr
         settings.verify(rack, program)
 
 
+@pytest.mark.parametrize("current_a", [float("inf"), float("nan")])
+def test_a_non_finite_bias_is_never_taken_as_in_place(simulated, rack, program,
+                                                      current_a) -> None:
+    """A program asking a non-finite bias current (built by hand, past ``run()``'s checks) is
+    refused by the driver when the settings are applied, and verification never passes it."""
+    import dataclasses
+
+    from labqpu.errors import InstrumentError
+
+    settings.prepare(rack, program)
+    (name, channel), _ = sorted(program.flux_bias_a.items())[0]
+    bad = dataclasses.replace(program, flux_bias_a={**program.flux_bias_a,
+                                                    (name, channel): current_a})
+    with pytest.raises(InstrumentError, match="current_a"):
+        settings.prepare(rack, bad)
+    with pytest.raises(InstrumentCommandError, match=f"flux bias {name} channel {channel}"):
+        settings.verify(rack, bad)
+
+
 def test_jobs_never_return_counts_while_a_neighbour_toggles_the_lo(lab_backend) -> None:
     """The issue's case: another process toggles the drive LO's output during jobs. Each job
     either fails naming that LO, or ran with the output verified ON before and after."""
