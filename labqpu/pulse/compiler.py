@@ -154,10 +154,14 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         param_of.append(param)
         clbit_of.append(clbit)
         op_qubits.append(qubits)
+    resolved: dict[tuple, int] = {}
     for i, name, qubits in pending:
-        duration = duration_of[i]
-        eid = tables.effect(name, qubits, duration, circuit)
-        known[(name, qubits)] = (duration, eid)
+        key = (name, qubits)
+        eid = resolved.get(key)
+        if eid is None:
+            duration = duration_of[i]
+            eid = resolved[key] = tables.effect(name, qubits, duration, circuit)
+            known[key] = (duration, eid)
         effect[i] = eid
     columns = (effect, duration_of, param_of, clbit_of)
     # The qubits that play or measure; a delay after which its qubit does nothing more is a

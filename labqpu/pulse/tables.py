@@ -78,7 +78,7 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                       circuit: QuantumCircuit, timing: TimingConstraints) -> int:
     """Samples ``inst`` occupies: calibrated durations padded onto the controller's timing grid
     (``TimingConstraints.pad``); delays must already lie on it."""
-    name = inst.operation.name
+    name = inst.name  # the instruction's name, without building its operation object
     if name in ("sx", "sy", "x"):
         return timing.pad(samples_of(cal.qubit(qubits[0], "pulse_duration_s"), fs,
                                    f"{name} on {qubits}"))
