@@ -8,7 +8,7 @@ import math
 import numbers
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +19,7 @@ from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.results import discriminator_centres
-from labqpu.backend.sweeps import builder_points, param_sets_for
+from labqpu.backend.sweeps import binds_per_item, builder_points, param_sets_for
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.errors import (
     BackendConfigurationError,
@@ -61,22 +61,13 @@ REP_DELAY_T1_FACTOR = 10.0
 REP_DELAY_UNCALIBRATED_S = 500e-6
 
 
-def _expand_builders(items: list, binds: object) -> tuple[list, list | None]:
+def _expand_builders(items: list, binds: object) -> tuple[list, list]:
     """``run()``'s items with each ``PulseBuilder`` replaced by the programs of its sweep
     (:func:`labqpu.backend.sweeps.builder_points`, its mapping in ``parameter_binds``), and
     ``parameter_binds`` as one entry per remaining item (None for the sweep's points)."""
-    if binds is None:
-        binds = [None] * len(items)
-    elif isinstance(binds, Mapping) and len(items) == 1:
-        binds = [binds]
-    if isinstance(binds, Mapping | str | bytes) or not isinstance(binds, Sequence) \
-            or len(binds) != len(items):
-        raise InvalidRunInputError(
-            f"parameter_binds must be a mapping (one program) or a list of one mapping per "
-            f"program ({len(items)}), got {binds!r}"[:300], option="parameter_binds")
     out_items: list = []
     out_binds: list = []
-    for item, bind in zip(items, binds, strict=True):
+    for item, bind in zip(items, binds_per_item(binds, len(items)), strict=True):
         if not isinstance(item, PulseBuilder):
             out_items.append(item)
             out_binds.append(bind)
@@ -611,10 +602,14 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"compile() takes a QuantumCircuit, got {type(circuit).__name__}")
         opts = self._run_options(options)
+        return self._compile(circuit, *self._current(), opts)
+
+    def _current(self) -> tuple[Snapshot, LabTarget, dict]:
+        """(snapshot, Target, pulse gates) as of now, read together, the newest calibration
+        first taken in."""
         self._refresh()
         with self._lock:
-            snapshot, target, pulse_gates = self._snapshot, self._target, self._pulse_gates
-        return self._compile(circuit, snapshot, target, pulse_gates, opts)
+            return self._snapshot, self._target, self._pulse_gates
 
     def _compile(self, circuit: QuantumCircuit, snapshot: Snapshot, target: LabTarget,
                  pulse_gates: dict, opts: dict) -> PulseProgram:
@@ -670,9 +665,7 @@ class LabBackend(BackendV2):
                 f"{len(items)} circuits in one job; {self.name} takes at most "
                 f"{MAX_JOB_CIRCUITS} (run them as several jobs); nothing was sent")
         opts = self._run_options(options)
-        self._refresh()
-        with self._lock:
-            snapshot, target, pulse_gates = self._snapshot, self._target, self._pulse_gates
+        snapshot, target, pulse_gates = self._current()
         if not snapshot.qubits and any(isinstance(i, QuantumCircuit) for i in items):
             raise InvalidRunInputError(
                 f"calibration store {self.config.store_path} holds no snapshot with a "

@@ -31,7 +31,7 @@ from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import split_program
 
-__all__ = ["builder_points", "param_sets_for"]
+__all__ = ["binds_per_item", "builder_points", "param_sets_for"]
 
 Rows = tuple[tuple[float, ...], ...]
 
@@ -40,21 +40,29 @@ def _name(key: object) -> str:
     return str(getattr(key, "name", key))
 
 
+def binds_per_item(binds: object, count: int) -> list:
+    """The ``parameter_binds`` run option as one entry (a mapping or None) per run input:
+    None (no sweep), one mapping (one input) or a list of ``count``. Raises
+    ``InvalidRunInputError`` for any other form."""
+    if binds is None:
+        return [None] * count
+    if isinstance(binds, Mapping) and count == 1:
+        return [binds]
+    if isinstance(binds, Mapping | str | bytes) or not isinstance(binds, Sequence) \
+            or len(binds) != count:
+        raise InvalidRunInputError(
+            f"parameter_binds must be a mapping (one program) or a list of one mapping per "
+            f"program ({count}), got {binds!r}"[:300], option="parameter_binds")
+    return list(binds)
+
+
 def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: int,
                    meas_level: int, capabilities: Callable[[str], dict]) -> list[Rows | None]:
     """The ``param_sets`` of each program's run from the ``parameter_binds`` run option: a
     mapping (one program) or a list with one mapping (or None) per program; each mapping
     takes a parameter (or its name) to the sequence of its values. ``capabilities(name)`` is a
     controller's hello capabilities. Raises ``InvalidRunInputError`` naming the problem."""
-    if binds is None:
-        binds = [None] * len(programs)
-    elif isinstance(binds, Mapping):
-        binds = [binds]
-    if isinstance(binds, str | bytes) or not isinstance(binds, Sequence) \
-            or len(binds) != len(programs):
-        raise InvalidRunInputError(
-            f"parameter_binds must be a mapping (one program) or a list of one mapping per "
-            f"program ({len(programs)}), got {binds!r}"[:300], option="parameter_binds")
+    binds = binds_per_item(binds, len(programs))
     out = []
     for i, (bind, program) in enumerate(zip(binds, programs, strict=True)):
         if bind is None:

@@ -44,7 +44,7 @@ from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.dynamic import Lowered, lower_dynamic
 from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.kernels import layout_kernel
-from labqpu.pulse.program import PulseProgram
+from labqpu.pulse.program import PulseProgram, pack_waveforms
 from labqpu.pulse.tables import (
     READOUT_RISE_S,
     SY_PHASE_RAD,
@@ -154,15 +154,13 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         param_of.append(param)
         clbit_of.append(clbit)
         op_qubits.append(qubits)
-    resolved: dict[tuple, int] = {}
     for i, name, qubits in pending:
         key = (name, qubits)
-        eid = resolved.get(key)
-        if eid is None:
+        hit = known.get(key)  # a gate resolved by an earlier op of this circuit
+        if hit is None:
             duration = duration_of[i]
-            eid = resolved[key] = tables.effect(name, qubits, duration, circuit)
-            known[key] = (duration, eid)
-        effect[i] = eid
+            hit = known[key] = (duration, tables.effect(name, qubits, duration, circuit))
+        effect[i] = hit[1]
     columns = (effect, duration_of, param_of, clbit_of)
     # The qubits that play or measure; a delay after which its qubit does nothing more is a
     # scheduler's padding: it plays nothing and would only hold back the readout. A delay
@@ -297,9 +295,7 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     if waves_of is tables.waves:
         wave_data, offsets = tables.wave_table(wave_order[:n_waves])
     else:  # a dynamic circuit's own pulse-gate waveforms follow the tables'
-        waves = [waves_of[g] for g in wave_order[:n_waves].tolist()]
-        offsets = np.array([0, *accumulate(w.shape[0] for w in waves)], dtype=np.int64)
-        wave_data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
+        offsets, wave_data = pack_waveforms([waves_of[g] for g in wave_order[:n_waves].tolist()])
     start, port, wave, amp, phase, freq, play_block = [c[:n_play] for c in plays]
     a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = [c[:n_acq] for c in acqs]
     creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]

@@ -30,7 +30,7 @@ import functools
 import hashlib
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -382,11 +382,17 @@ class WaveformTable:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, data): waveform i is data[offsets[i]:offsets[i + 1]]."""
-        lengths = [w.shape[0] for w in self._waves]
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        data = np.concatenate(self._waves) if self._waves else np.zeros(0, np.complex64)
-        return offsets, data
+        return pack_waveforms(self._waves)
+
+
+def pack_waveforms(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A program's waveform table from its waveforms in order: (offsets (int64, one more than
+    the waveforms), data (the samples concatenated)); waveform i is
+    data[offsets[i]:offsets[i + 1]]."""
+    offsets = np.zeros(len(waves) + 1, dtype=np.int64)
+    np.cumsum([w.shape[0] for w in waves], out=offsets[1:])
+    data = np.concatenate(waves) if len(waves) else np.zeros(0, np.complex64)
+    return offsets, data
 
 
 class ProgramBuilder:

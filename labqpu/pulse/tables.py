@@ -26,7 +26,7 @@ from qiskit.circuit import ParameterExpression, QuantumCircuit
 from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.kernels import EFFECT_FIELDS, flat_top, gaussian_drag
-from labqpu.pulse.program import ProgramBuilder
+from labqpu.pulse.program import ProgramBuilder, pack_waveforms
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.store import DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
 
@@ -237,10 +237,7 @@ class Tables:
         key = wave_ids.tobytes()
         table = self._wave_sets.get(key)
         if table is None:
-            waves = [self.waves[g] for g in wave_ids.tolist()]
-            data = np.concatenate(waves) if waves else np.zeros(0, np.complex64)
-            offsets = np.zeros(len(waves) + 1, np.int64)
-            np.cumsum([w.shape[0] for w in waves], out=offsets[1:])
+            offsets, data = pack_waveforms([self.waves[g] for g in wave_ids.tolist()])
             data.setflags(write=False)
             offsets.setflags(write=False)
             if len(self._wave_sets) >= _MAX_WAVE_SETS:
