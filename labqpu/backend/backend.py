@@ -511,6 +511,21 @@ class LabBackend(BackendV2):
                     f"most {int(caps[key])} ({key}); split it into several programs; nothing "
                     "was sent")
 
+    def _check_nested(self, parts: list) -> None:
+        """A program with nested conditional blocks (an if_else on a register of several bits,
+        or one inside another) runs only on controllers whose ``hello`` states
+        ``feedforward.nested_blocks``: one that does not know ``block_parent`` would ignore it
+        and run the inner blocks unconditionally. Raises ``InvalidRunInputError``."""
+        for part in parts:
+            program = part.program
+            caps = self._capabilities.get(part.controller, {}).get("feedforward", {})
+            if program.has_nested_blocks and not caps.get("nested_blocks"):
+                raise InvalidRunInputError(
+                    f"program {program.header.get('name', program.content_hash[:12])!r} has "
+                    f"nested conditional blocks (an if_else on a register of several bits, or "
+                    f"one inside another); controller {part.controller} states no "
+                    "feedforward.nested_blocks in its hello; nothing was sent")
+
     def _check_traces(self, programs: list[PulseProgram], opts: dict) -> int:
         """The trace decimation of a meas_level 0 run, after checking that every program's
         controller returns traces and that they fit its ``traces.max_points`` (shots x
@@ -689,6 +704,7 @@ class LabBackend(BackendV2):
                 parts.append(split_program(program))  # feed-forward within one controller
             except PulseError as exc:
                 raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
+            self._check_nested(parts[-1])
         if opts["rep_delay"] is None:
             opts["rep_delay"] = default_rep_delay_s(snapshot)
         if opts["meas_level"] == 0:

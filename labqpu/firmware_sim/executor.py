@@ -134,6 +134,7 @@ class SimulatedController:
             "feedforward": {"latency_s": FEEDFORWARD_LATENCY_S,
                             "latency_samples": self._latency_samples(),
                             "max_blocks": MAX_BLOCKS, "max_shifts": MAX_SHIFTS,
+                            "nested_blocks": True,
                             "discriminator": "linear: 1 iff Re(conj(axis) * iq) > threshold"},
             **({} if self.hub is None else {"sync": self.hub.capability()}),
         }
@@ -293,6 +294,17 @@ class SimulatedController:
         if bad.size:
             raise ValueError(f"acquisition {bad[0]}: discriminator axis {axis[bad[0]]} is "
                              "neither 0 nor a unit vector")
+        parent = arrays.get("block_parent")
+        if parent is None:
+            parent = np.full(n_block, -1, dtype=np.int32)
+        elif parent.dtype != np.int32 or parent.ndim != 1 or parent.shape[0] != n_block:
+            raise ValueError(f"array 'block_parent' must be 1-d int32 with one row per block "
+                             f"({n_block}), got {parent.ndim}-d {parent.dtype} of "
+                             f"{parent.shape[0] if parent.ndim else 0}")
+        bad = np.flatnonzero((parent < -1) | (parent >= np.arange(n_block)))
+        if bad.size:
+            raise ValueError(f"block {bad[0]} has the parent {parent[bad[0]]}; a parent is -1 "
+                             "or an earlier block")
         for b in range(n_block):
             j, v = int(block_acq[b]), int(block_value[b])
             if not 0 <= j < n_acq:
@@ -325,10 +337,16 @@ class SimulatedController:
                              "non-finite phase or an unknown block")
         latency = self._latency_samples()
         acq_end = prog.acq_start + prog.acq_duration
+        # the acquisition each block waits for longest: its own or an ancestor's
+        last = np.zeros(n_block, dtype=np.int64)
+        for b in range(n_block):
+            j = int(block_acq[b])
+            p = int(parent[b])
+            last[b] = j if p < 0 or acq_end[j] >= acq_end[last[p]] else last[p]
         for what, starts, blocks in (("play", prog.play_start, play_block),
                                      ("phase shift", s_start, s_block)):
             for i in np.flatnonzero(blocks >= 0):
-                j = int(block_acq[blocks[i]])
+                j = int(last[blocks[i]])
                 earliest = int(acq_end[j]) + latency
                 if starts[i] < earliest:
                     port = prog.play_port[i] if what == "play" else s_port[i]
@@ -340,7 +358,8 @@ class SimulatedController:
                         f"so the earliest start is {earliest}")
         return FeedForward(play_block=play_block, block_acq=block_acq, block_value=block_value,
                            shift_port=s_port, shift_start=s_start, shift_phase_rad=s_phase,
-                           shift_block=s_block, disc_axis=axis, disc_threshold=threshold)
+                           shift_block=s_block, disc_axis=axis, disc_threshold=threshold,
+                           block_parent=parent)
 
     def execute(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
                 cancel: threading.Event) -> dict[str, np.ndarray]:

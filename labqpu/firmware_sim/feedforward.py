@@ -16,10 +16,10 @@ The model, in the notation of ``physics``:
   on (T1 and dephasing act during the window as at any other time); it does not depend on the
   noise of the record.
 * **Feed-forward.** A conditional block (plays and phase shifts) runs in a shot iff the result
-  of the acquisition it reads equals its value. Each branch continues with the plays its
-  results select: the program is cut at the branch times, and each piece is evolved from the
-  branch's state by ``PhysicsEngine.evolve`` (``EvolutionStart``), plays that straddle a cut
-  split into two exact pieces.
+  of the acquisition it reads equals its value and its parent block, if any, runs. Each
+  branch continues with the plays its results select: the program is cut at the branch
+  times, and each piece is evolved from the branch's state by ``PhysicsEngine.evolve``
+  (``EvolutionStart``), plays that straddle a cut split into two exact pieces.
 * **Sampling.** Shots descend the branch tree: at each branch point a shot draws its level from
   p_l, then its record; the children a shot reaches are evolved once, lazily, and shared by every
   shot that reaches them. Acquisitions after the last branch point are sampled jointly from the
@@ -66,7 +66,8 @@ class FeedForward:
 
     ``play_block`` gives each play of the ``WireProgram`` its block (-1: unconditional).
     Block b runs iff the discriminated result of acquisition ``block_acq[b]`` equals
-    ``block_value[b]`` (0 or 1). A phase shift s adds ``shift_phase_rad[s]`` (rad) to every
+    ``block_value[b]`` (0 or 1) and its parent ``block_parent[b]`` runs (-1: no parent; a
+    parent comes before its children). A phase shift s adds ``shift_phase_rad[s]`` (rad) to every
     play on output ``shift_port[s]`` that starts at or after sample ``shift_start[s]``, when
     its block ``shift_block[s]`` runs (-1: always). Acquisition j is discriminated as
     Re(conj(``disc_axis[j]``) iq) > ``disc_threshold[j]`` (axis 0: not discriminated).
@@ -81,6 +82,12 @@ class FeedForward:
     shift_block: np.ndarray
     disc_axis: np.ndarray
     disc_threshold: np.ndarray
+    block_parent: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_parent is None:
+            object.__setattr__(self, "block_parent",
+                               np.full(self.block_acq.shape, -1, dtype=np.int32))
 
     def discriminate(self, j: int, iq: np.ndarray) -> np.ndarray:
         """Results (uint8, 0 or 1) of acquisition ``j`` for IQ points ``iq``; zeros when ``j``
@@ -91,12 +98,18 @@ class FeedForward:
         return (np.real(np.conj(axis) * iq) > self.disc_threshold[j]).astype(np.uint8)
 
     def block_runs(self, b: int, results: dict[int, int]) -> bool | None:
-        """Whether block ``b`` runs given ``results`` (acquisition -> result); None while its
-        acquisition's result is not in ``results``."""
-        j = int(self.block_acq[b])
-        if j not in results:
-            return None
-        return results[j] == int(self.block_value[b])
+        """Whether block ``b`` runs given ``results`` (acquisition -> result): False as soon
+        as its own or an ancestor's result is known to differ, None while one it needs is not
+        in ``results``."""
+        unknown = False
+        while b >= 0:
+            j = int(self.block_acq[b])
+            if j not in results:
+                unknown = True
+            elif results[j] != int(self.block_value[b]):
+                return False
+            b = int(self.block_parent[b])
+        return None if unknown else True
 
 
 def effective_program(prog: WireProgram, ff: FeedForward, results: dict[int, int]

@@ -226,6 +226,7 @@ def merge_parts(parts: list[SyncPart]) -> tuple[WireProgram, FeedForward, list[s
         block_acq=cat([f.block_acq + f.block_acq.dtype.type(acqs[k])
                        for k, f in enumerate(ffs)]),
         block_value=cat([f.block_value for f in ffs]),
+        block_parent=cat([renumber(f.block_parent, blocks[k]) for k, f in enumerate(ffs)]),
         shift_port=cat([f.shift_port for f in ffs]),
         shift_start=cat([f.shift_start for f in ffs]),
         shift_phase_rad=cat([f.shift_phase_rad for f in ffs]),

@@ -40,9 +40,10 @@ The model:
 * **Feed-forward**: ``acquire`` and ``measure`` return an ``AcquisitionRef``;
   ``with b.if_result(ref, 1):`` opens a block whose plays and ``shift_phase`` run only in shots
   where that acquisition was discriminated as 1 (or 0), by the controller, with the qubit's
-  calibrated discriminator. The block starts no earlier than the acquisition's end plus the
-  controller's feed-forward latency (its ``hello`` capabilities); acquisitions, ``set_phase``
-  and frequency changes cannot be conditional.
+  calibrated discriminator. Blocks nest: an inner block runs only when the outer one runs
+  too (the controller's nested blocks). The block starts no earlier than the acquisition's
+  end plus the controller's feed-forward latency (its ``hello`` capabilities); acquisitions,
+  ``set_phase`` and frequency changes cannot be conditional.
 * **Instrument settings**: the program carries the LO settings of every qubit whose drive or
   readout it uses, and the flux bias of every calibrated qubit, from the calibration snapshot,
   exactly as compiled circuits do.
@@ -137,8 +138,9 @@ class AcquisitionRef:
     owner: int
 
 
-#: A leaf's condition: (acquisition ident, value) or None.
-_Cond = tuple[int, int] | None
+#: A leaf's condition: the (acquisition ident, value) tests of its enclosing ``if_result``
+#: blocks, outermost first, or None.
+_Cond = tuple[tuple[int, int], ...] | None
 
 
 @dataclass
@@ -417,7 +419,8 @@ class PulseBuilder:
         ``acquisition`` (from ``acquire`` or ``measure`` of this builder) was discriminated as
         ``value`` (0 or 1). The block starts no earlier than the acquisition's end plus the
         controller's feed-forward latency; it uses the acquired qubit's acquire channel, so
-        later acquisitions of that qubit follow it. Blocks do not nest."""
+        later acquisitions of that qubit follow it. Blocks nest: inside another
+        ``if_result`` the block runs only when both conditions hold."""
         if self.feedforward_latency_samples is None:
             raise PulseError("if_result: the controller states no feed-forward latency, so it "
                              "cannot run conditional blocks", parameter="feedforward")
@@ -429,16 +432,15 @@ class PulseBuilder:
         if isinstance(value, bool) or value not in (0, 1):
             raise PulseError(f"if_result: value must be 0 or 1, got {value!r}",
                              parameter="value")
-        if self._cond is not None:
-            raise PulseError("if_result blocks do not nest", parameter="if_result")
+        outer = self._cond
         with self._align("left"):
             self.delay(self.feedforward_latency_samples, acquire_channel(acquisition.qubit))
             self.barrier()
-            self._cond = (acquisition.ident, int(value))
+            self._cond = (*(outer or ()), (acquisition.ident, int(value)))
             try:
                 yield
             finally:
-                self._cond = None
+                self._cond = outer
 
     def measure(self, qubit: int, clbit: int) -> AcquisitionRef:
         """The calibrated readout of ``qubit``: its readout pulse and an acquisition over the same
@@ -584,18 +586,25 @@ class PulseBuilder:
         drive_qubits: set[int] = set()
         readout_qubits: set[int] = set()
         clbits = [-1]
-        read = {leaf.cond[0] for _, leaf in leaves if getattr(leaf, "cond", None)}
+        read = {ident for _, leaf in leaves for ident, _ in getattr(leaf, "cond", None) or ()}
+
+        def blocks(cond: tuple[tuple[int, int], ...]) -> contextlib.ExitStack:
+            stack = contextlib.ExitStack()
+            for ident, value in cond:
+                stack.enter_context(b.if_result(acq_index[ident], value))
+            return stack
+
         acq_index: dict[int, int] = {}
         for _, (start, leaf) in events:
             cond = getattr(leaf, "cond", None)
             if cond is not None and isinstance(leaf, _Frame):
                 port = self.channels.output(getattr(self.channels.qubits[leaf.channel.qubit],
                                                        leaf.channel.kind))
-                with b.if_result(acq_index[cond[0]], cond[1]):
+                with blocks(cond):
                     b.shift_phase(port, start, require_number(leaf.value,
                                                               f"{leaf.op} on {leaf.channel}"))
             elif cond is not None:
-                with b.if_result(acq_index[cond[0]], cond[1]):
+                with blocks(cond):
                     self._emit_play(b, leaf, start, frame(leaf.channel), swept)
                 if leaf.channel.kind in ("drive", "readout"):
                     (drive_qubits if leaf.channel.kind == "drive" else readout_qubits).add(

@@ -370,5 +370,6 @@ def _feedforward(dynamic: Lowered, tables: Tables, acq_qubit: np.ndarray,
     return {"acq_disc_axis": axis, "acq_disc_threshold": threshold,
             "block_acq": np.array([b[0] for b in blocks], np.int32),
             "block_value": np.array([b[1] for b in blocks], np.int32),
+            "block_parent": np.array([b[2] for b in blocks], np.int32),
             "shift_port": port, "shift_start": start, "shift_phase_rad": phase,
             "shift_block": block}

@@ -34,8 +34,13 @@ _COND_COLOUR = "#b0232a"
 
 
 def _condition(program: Any, block: int) -> str:
-    """``if a<k>=<v>`` for conditional block ``block``."""
-    return f"if a{int(program.block_acq[block])}={int(program.block_value[block])}"
+    """``if a<k>=<v>`` for conditional block ``block``; a nested block lists its enclosing
+    blocks' tests first (``if a0=1 & a1=0``)."""
+    tests = []
+    while block >= 0:
+        tests.append(f"a{int(program.block_acq[block])}={int(program.block_value[block])}")
+        block = int(program.block_parent[block])
+    return "if " + " & ".join(reversed(tests))
 
 
 def port_labels(channels: ChannelMap) -> tuple[dict[int, str], dict[int, str]]:
@@ -189,18 +194,22 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
     ax.plot(t_ns, np.abs(signal), color="0.25", lw=0.5, ls=":")
     top = max(peak, 1e-3) * 1.35
     ax.set_ylim(-top, top)
-    for start, base, cond in conditional:
+    span = max((hi - lo) * ns_per_sample, 1e-9)
+    last_x, level = -math.inf, 0
+    for start, base, cond in sorted(conditional, key=lambda c: c[0]):
         a, b = max(start, lo), min(start + len(base), hi)
         if a >= b:
             continue
+        # labels of plays that start close together (an else branch's copies) stack upwards
+        level = level + 1 if (a * ns_per_sample) - last_x < 0.07 * span else 0
+        last_x = a * ns_per_sample
         ax.axvspan(a * ns_per_sample, b * ns_per_sample, facecolor="none",
                    edgecolor=_COND_COLOUR, hatch="///", alpha=0.35, lw=0)
         ax.plot(np.arange(a, b) * ns_per_sample, base[a - start:b - start].real,
                 color=_COND_COLOUR, lw=0.9, ls="--", drawstyle="steps-mid")
-        ax.annotate(cond, (a * ns_per_sample, -top * 0.85), xytext=(2, 0),
+        ax.annotate(cond, (a * ns_per_sample, -top * (0.85 - 0.3 * (level % 4))), xytext=(2, 0),
                     textcoords="offset points", fontsize=7, color=_COND_COLOUR, va="center")
     # Marks closer than 7 % of the axis stack on three levels so their labels stay readable.
-    span = max((hi - lo) * ns_per_sample, 1e-9)
     last_x, level = -math.inf, 0
     for x, text in marks:
         level = (level + 1) % 3 if x - last_x < 0.07 * span else 0

@@ -16,17 +16,23 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
   latency, in ALAP as in ASAP. The container lasts as long as the longer branch, so later
   gates see one timing whichever branch runs.
 * **Branches.** Each branch is scheduled ASAP from the container's start; its ops are
-  members of a conditional block: (acquisition that last wrote c, value) for the true
-  branch, (same acquisition, 1 - value) for the false one. Plays keep the unconditional
-  frame; a virtual Z or a cz phase correction in a branch becomes a phase shift in its block
-  on the qubit's drive port, which the controller adds to every later play on that port in
-  the shots where the block runs.
-* **Conditions.** ``(Clbit, value)`` and ``(ClassicalRegister, value)`` of a one-bit register
-  compile exactly. A register of several bits would need a block that runs only when several
-  results agree; the controller's blocks read one result each, so such conditions, and
-  classical expressions, are refused rather than approximated. So are an ``if_else`` on a bit
-  no earlier measurement wrote, measurements, resets and nested control flow inside a branch
-  (acquisitions are unconditional and blocks do not nest), and loops.
+  members of conditional blocks, and plays keep the unconditional frame; a virtual Z or a cz
+  phase correction in a branch becomes a phase shift in its block on the qubit's drive port,
+  which the controller adds to every later play on that port in the shots where the block
+  runs.
+* **Conditions.** ``(Clbit, value)`` and ``(ClassicalRegister, value)`` compile exactly. A
+  condition is a conjunction of bit tests (bit i of a register against bit i of the value);
+  the controller's blocks nest (``block_parent``: a block runs only when its parent runs), so
+  the true branch is one chain of blocks, one per bit, and the false branch, "some bit
+  differs", is one block per bit: bit i differs while bits 0..i-1 agree, disjoint, each
+  holding a copy of the branch. A one-bit condition is the pair (acquisition, value) /
+  (acquisition, 1 - value) at the top level, as before nesting existed. ``if_else`` nests
+  inside a branch the same way, under each block of its enclosing branch; every bit it
+  reads was written before the outermost ``if_else``, which waits the latency for all of
+  them. Classical expressions are refused rather than approximated, and so are an
+  ``if_else`` on a bit no earlier measurement wrote, a register value that does not fit the
+  register, measurements, resets and pulse gates inside a branch (acquisitions are
+  unconditional), and loops.
 * **Active reset.** ``reset`` on a qubit that ``tables.active_reset_possible`` allows, with
   feed-forward: a mid-circuit measurement into no classical bit (clbit -1: its result is not
   reported), the latency, then an x pulse in the block (that acquisition, 1). Otherwise the
@@ -52,7 +58,10 @@ from labqpu.pulse.tables import (
 )
 
 #: Instructions a branch of ``if_else`` may hold.
-_BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier"})
+_BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier", "if_else"})
+
+#: A condition: the (clbit, value) bit tests that must all hold.
+Terms = tuple[tuple[int, int], ...]
 
 
 @dataclass
@@ -67,7 +76,8 @@ class Lowered:
     parent: list[int] = field(default_factory=list)
     offset: list[int] = field(default_factory=list)
     block: list[int] = field(default_factory=list)
-    blocks: list[tuple[int, int]] = field(default_factory=list)  # (acquisition, value)
+    #: (acquisition, value, parent block or -1)
+    blocks: list[tuple[int, int, int]] = field(default_factory=list)
     #: acquisition index -> True when a block reads it (a discriminator is required)
     discriminated: dict[int, bool] = field(default_factory=dict)
     #: effect rows of this circuit's pulse gates (a row's effect -2 - j is local row j; its
@@ -106,7 +116,7 @@ class _Reader:
         self.n_acq = 0
         self.delays: list[int] = []
         self.last_used: dict[int, int] = {}
-        self.block_ids: dict[tuple[int, int], int] = {}
+        self.block_ids: dict[tuple[int, int, int], int] = {}
 
     def fail(self, message: str, qubits: tuple = (), instruction: str | None = None):
         raise CompilationError(f"circuit {self.circuit.name!r}: {message}",
@@ -228,14 +238,31 @@ class _Reader:
         self.out.measured.add(q)
         return row
 
-    def block_id(self, acquisition: int, value: int) -> int:
-        key = (acquisition, value)
+    def block_id(self, acquisition: int, value: int, parent: int = -1) -> int:
+        key = (acquisition, value, parent)
         bid = self.block_ids.get(key)
         if bid is None:
             bid = self.block_ids[key] = len(self.out.blocks)
             self.out.blocks.append(key)
         self.out.discriminated[acquisition] = True
         return bid
+
+    def contexts(self, parents: list[int], terms: Terms, holds: bool) -> list[int]:
+        """The blocks under each of ``parents`` in which ``terms`` all hold (``holds``: one
+        chain per parent) or some term fails (one block per term: term i fails while terms
+        0..i-1 hold); disjoint, so a member added to each runs at most once per shot."""
+        out = []
+        for parent in parents:
+            prefix = parent
+            for i, (c, value) in enumerate(terms):
+                acquisition = self.writer[c][0]
+                if not holds:
+                    out.append(self.block_id(acquisition, 1 - value, prefix))
+                if holds or i + 1 < len(terms):
+                    prefix = self.block_id(acquisition, value, prefix)
+            if holds:
+                out.append(prefix)
+        return out
 
     def wait(self) -> int:
         """The feed-forward latency on the controller's timing grid (samples)."""
@@ -256,75 +283,112 @@ class _Reader:
             container = self.add((0, duration, 0.0, -1), (q,))
             self.touch((q,), container)
             self.add((eid, duration, param, -1), (q,), container, 0,
-                     self.block_id(acquisition, 1))
+                     self.block_id(acquisition, 1, -1))
 
-    def condition(self, inst) -> tuple[int, int]:
-        """(clbit, value) of an if_else's condition; refuses what one result cannot decide."""
-        target, value = inst.operation.condition if isinstance(
-            inst.operation.condition, tuple) else (inst.operation.condition, None)
-        if isinstance(target, ClassicalRegister):
-            if len(target) != 1:
-                self.fail(
-                    f"if_else on register {target.name!r} == {value}: the controller's "
-                    "feed-forward reads one measurement result per conditional block, so a "
-                    f"condition on {len(target)} bits cannot be expressed exactly; condition "
-                    "on a single classical bit instead", instruction="if_else")
-            target = target[0]
-        if not isinstance(target, Clbit) or value is None:
-            self.fail(f"if_else with the condition {inst.operation.condition!r}: only a "
-                      "single classical bit (or a one-bit register) compared with 0 or 1 can "
-                      "be decided by the controller's feed-forward", instruction="if_else")
-        return self.cindex[target], int(value)
+    def condition(self, inst, qubits: tuple, cmap: dict) -> Terms:
+        """The bit tests of an if_else's condition, each on a bit an earlier measurement wrote
+        (``cmap``: the branch's classical bits as the circuit's); refuses what the
+        controller's blocks cannot decide exactly."""
+        condition = inst.operation.condition
+        target, value = condition if isinstance(condition, tuple) else (condition, None)
+        if isinstance(target, ClassicalRegister) and value is not None:
+            value = int(value)
+            if not 0 <= value < 2 ** len(target):
+                self.fail(f"if_else on register {target.name!r} == {value}: a register of "
+                          f"{len(target)} bit(s) holds 0..{2 ** len(target) - 1}", qubits,
+                          "if_else")
+            bits = [(bit, (value >> i) & 1) for i, bit in enumerate(target)]
+        elif isinstance(target, Clbit) and value is not None:
+            bits = [(target, int(value))]
+        else:
+            self.fail(f"if_else with the condition {condition!r}: only a classical bit or "
+                      "register compared with a value can be decided by the controller's "
+                      "feed-forward (classical expressions are not supported)", qubits,
+                      "if_else")
+        terms = []
+        for bit, v in bits:
+            bit = cmap.get(bit, bit)
+            c = self.cindex[bit]
+            if c not in self.writer:
+                self.fail(f"if_else on classical bit {_bit_name(self.circuit, bit)}, which no "
+                          "earlier measurement writes", qubits, "if_else")
+            terms.append((c, v))
+        return tuple(terms)
 
     def if_else(self, inst, qubits: tuple) -> None:
         if self.latency is None:
             self.fail("if_else needs feed-forward, and the controller states none in its "
                       "capabilities", qubits, "if_else")
-        c, value = self.condition(inst)
-        if c not in self.writer:
-            self.fail(f"if_else on classical bit {_bit_name(self.circuit, self.circuit.clbits[c])}"
-                      ", which no earlier measurement writes", qubits, "if_else")
-        acquisition, measure_row = self.writer[c]
-        self.mid.add(measure_row)
-        branches = []
-        for body, val in zip(inst.operation.blocks, (value, 1 - value), strict=False):
-            branches.append((self.branch(body, inst.qubits), val))
-        length = max((b[1] for b, _ in branches), default=0)
-        clbit_resource = self.nq + c
-        self.add((0, self.wait(), 0.0, -1), (clbit_resource,))
-        container = self.add((0, length, 0.0, -1), (*qubits, clbit_resource))
+        read: dict[int, None] = {}  # every clbit a condition reads, outer and nested
+        members, length = self.conditional(inst, inst.qubits, inst.clbits, {}, 0, (), read)
+        clbits = tuple(self.nq + c for c in read)
+        for c in read:
+            self.mid.add(self.writer[c][1])
+            self.add((0, self.wait(), 0.0, -1), (self.nq + c,))
+        container = self.add((0, length, 0.0, -1), (*qubits, *clbits))
         self.touch(qubits, container)
-        for (members, _), val in branches:
-            if members:
-                bid = self.block_id(acquisition, val)
-                for row, resources, start in members:
+        for holds in (True, False):
+            for row, resources, start, path in members:
+                if path[0][1] != holds:
+                    continue
+                blocks = [-1]
+                for terms, branch in path:
+                    blocks = self.contexts(blocks, terms, branch)
+                for bid in blocks:
                     self.add(row, resources, container, start, bid)
 
-    def branch(self, body: QuantumCircuit, outer_qubits) -> tuple[list, int]:
-        """The plays of one branch: ([(row, qubits, start offset)], length in samples)."""
-        local = {bit: self.qindex[outer] for bit, outer in zip(body.qubits, outer_qubits,
-                                                                strict=True)}
+    def conditional(self, inst, outer_qubits, outer_clbits, cmap: dict, start: int,
+                    path: tuple, read: dict[int, None]) -> tuple[list, int]:
+        """The members of an if_else (at ``start`` in its enclosing branch, under the
+        conditions ``path``): [(row, qubits, start offset, path)], where a member's path lists
+        (terms, branch taken) from the outermost if_else in; and its length in samples.
+        ``outer_qubits``, ``outer_clbits``: its bits as the circuit's; ``cmap``: the enclosing
+        branch's classical bits as the circuit's."""
+        qubits = tuple(self.qindex[q] for q in outer_qubits)
+        terms = self.condition(inst, qubits, cmap)
+        read.update(dict.fromkeys(c for c, _ in terms))
+        members = []
+        length = 0
+        for body, holds in zip(inst.operation.blocks, (True, False), strict=False):
+            inner = dict(zip(body.clbits, outer_clbits, strict=True))
+            found, size = self.branch(body, outer_qubits, inner, start, (*path, (terms, holds)),
+                                      read)
+            members.extend(found)
+            length = max(length, size)
+        return members, length
+
+    def branch(self, body: QuantumCircuit, outer_qubits, cmap: dict, start: int, path: tuple,
+               read: dict[int, None]) -> tuple[list, int]:
+        """The plays of one branch, from ``start``: ([(row, qubits, start offset, path)],
+        length in samples); ``cmap``: the branch's classical bits as the circuit's."""
+        local = {bit: outer for bit, outer in zip(body.qubits, outer_qubits, strict=True)}
         avail: dict[int, int] = {}
         members = []
         for inst in body.data:
             name = inst.operation.name
-            qubits = tuple(local[q] for q in inst.qubits)
+            outer = tuple(local[q] for q in inst.qubits)
+            qubits = tuple(self.qindex[q] for q in outer)
             if name not in _BRANCH_OPS:
                 self.fail(f"{name!r} on qubits {qubits} inside an if_else branch is not "
-                          "supported: branches hold native gates (rz, sx, sy, x, cz), delays "
-                          "and barriers only; not pulse gates, measurements or resets "
-                          "(acquisitions are unconditional and conditional blocks do not nest)",
-                          qubits, name)
-            start = max((avail.get(q, 0) for q in qubits), default=0)
+                          "supported: branches hold native gates (rz, sx, sy, x, cz), delays, "
+                          "barriers and if_else only; not pulse gates, measurements or resets "
+                          "(acquisitions are unconditional)", qubits, name)
+            at = max((avail.get(q, 0) for q in qubits), default=0)
             if name == "barrier":
                 for q in qubits:
-                    avail[q] = start
+                    avail[q] = at
                 continue
-            eid, duration, param = self.gate(inst, qubits)
+            if name == "if_else":
+                clbits = tuple(cmap.get(c, c) for c in inst.clbits)
+                found, duration = self.conditional(inst, outer, clbits, cmap, start + at, path,
+                                                   read)
+                members.extend(found)
+            else:
+                eid, duration, param = self.gate(inst, qubits)
+                if eid:
+                    members.append(((eid, duration, param, -1), qubits, start + at, path))
             for q in qubits:
-                avail[q] = start + duration
-            if eid:
-                members.append(((eid, duration, param, -1), qubits, start))
+                avail[q] = at + duration
         return members, max(avail.values(), default=0)
 
     def finish(self) -> Lowered:

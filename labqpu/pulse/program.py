@@ -9,7 +9,8 @@ phases, frequencies, the duration; :data:`BINDABLE`) from it, so that a sweep ca
 uploaded program (docs/protocol.md, section 4.7).
 Feed-forward: a play may belong to a conditional block (``play_block`` >= 0) that runs only
 when the discriminated result of an earlier acquisition equals the block's value
-(``block_acq``, ``block_value``); phase shifts (``shift_*``) add a phase to the later plays of
+(``block_acq``, ``block_value``) and its parent block, if it has one (``block_parent``), runs;
+phase shifts (``shift_*``) add a phase to the later plays of
 a port, always or when their block runs; each acquisition carries the linear discriminator the
 controller applies (``acq_disc_axis``, a unit vector in the IQ plane or 0 for none, and
 ``acq_disc_threshold``: result 1 iff Re(conj(axis) iq) > threshold).
@@ -49,13 +50,17 @@ _DTYPES = {
     "acq_freq_hz": np.float64, "acq_qubit": np.int32, "acq_clbit": np.int32,
     "param_values": np.float64,
     "play_block": np.int32, "block_acq": np.int32, "block_value": np.int32,
-    "shift_port": np.int32, "shift_start": np.int64, "shift_phase_rad": np.float64,
+    "block_parent": np.int32, "shift_port": np.int32, "shift_start": np.int64,
+    "shift_phase_rad": np.float64,
     "shift_block": np.int32, "acq_disc_axis": np.complex128, "acq_disc_threshold": np.float64,
 }
 #: The feed-forward arrays (wire protocol 3); a program without blocks, shifts and
 #: discriminators hashes as before they existed.
 FEEDFORWARD_FIELDS = ("play_block", "block_acq", "block_value", "shift_port", "shift_start",
                       "shift_phase_rad", "shift_block", "acq_disc_axis", "acq_disc_threshold")
+#: Nested blocks (``block_parent``): stored, hashed and sent only when a block has a parent, so
+#: a program without nesting is exactly what it was before they existed (docs/protocol.md 4.5).
+NESTED_FIELD = "block_parent"
 
 
 _DTYPE_OBJECTS = tuple((name, np.dtype(dtype)) for name, dtype in _DTYPES.items())
@@ -63,9 +68,9 @@ _ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit", "acq_disc_axis", "acq_disc_th
 
 
 _MAGIC = b"LQPP"
-#: Version 2 added the feed-forward arrays, version 3 ``binds``; older files read as programs
-#: without them.
-_FORMAT_VERSION = 3
+#: Version 2 added the feed-forward arrays, version 3 ``binds``, version 4 ``block_parent``;
+#: older files read as programs without them.
+_FORMAT_VERSION = 4
 #: The fields ``binds`` may set from the parameter table, with whether they hold whole
 #: numbers; ``duration_samples`` has the single index 0.
 BINDABLE = {"play_start": True, "play_phase_rad": False, "play_freq_hz": False,
@@ -113,6 +118,9 @@ class PulseProgram:
     play_block: np.ndarray | None = None
     block_acq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     block_value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    #: Each block's parent block (-1: none); a block runs only when its parent runs, and a
+    #: parent comes before its children. None: no block has a parent.
+    block_parent: np.ndarray | None = None
     shift_port: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     shift_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     shift_phase_rad: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -134,6 +142,8 @@ class PulseProgram:
                                                 for f, i, k in self.binds))
         if self.play_block is None:
             object.__setattr__(self, "play_block", np.full(np.shape(self.play_port), -1))
+        if self.block_parent is None:
+            object.__setattr__(self, "block_parent", np.full(np.shape(self.block_acq), -1))
         for name in ("acq_disc_axis", "acq_disc_threshold"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros(np.shape(self.acq_port)))
@@ -153,10 +163,16 @@ class PulseProgram:
             raise ValueError("PulseProgram: acquisition arrays must all have the same length")
         if len(self.param_names) != self.param_values.shape[0]:
             raise ValueError("PulseProgram: parameter names and values differ in length")
-        if shapes["block_value"] != shapes["block_acq"] or any(
+        if shapes["block_value"] != shapes["block_acq"] or \
+                shapes["block_parent"] != shapes["block_acq"] or any(
                 shapes[f] != shapes["shift_port"] for f in ("shift_start", "shift_phase_rad",
                                                             "shift_block")):
             raise ValueError("PulseProgram: block or phase-shift arrays differ in length")
+        bad = np.flatnonzero((self.block_parent < -1)
+                             | (self.block_parent >= np.arange(shapes["block_acq"][0])))
+        if bad.size:
+            raise ValueError(f"PulseProgram: block {bad[0]} has the parent "
+                             f"{self.block_parent[bad[0]]}; a parent is -1 or an earlier block")
         for name, index, k in self.binds:
             size = 1 if name == "duration_samples" else shapes.get(name, (-1,))[0]
             if name not in BINDABLE or not 0 <= index < size \
@@ -185,6 +201,8 @@ class PulseProgram:
             raise TypeError(f"PulseProgram._assemble: missing {sorted(_FIELD_SET - state.keys())}"
                             f", unknown {sorted(state.keys() - _FIELD_SET)}")
         state["rack"] = tuple((str(n), int(o), int(i)) for n, o, i in state["rack"])
+        if state["block_parent"] is None:
+            state["block_parent"] = np.full(state["block_acq"].shape, -1, np.int32)
         for name, dtype in _DTYPE_OBJECTS:
             arr = state[name]
             if arr.dtype is not dtype:
@@ -197,6 +215,11 @@ class PulseProgram:
         """True when the program has conditional blocks, phase shifts or discriminators."""
         return bool(self.block_acq.size or self.shift_port.size
                     or np.any(self.acq_disc_axis != 0))
+
+    @property
+    def has_nested_blocks(self) -> bool:
+        """True when a conditional block has a parent (docs/protocol.md 4.5, nested blocks)."""
+        return bool(np.any(self.block_parent >= 0))
 
     @property
     def num_waveforms(self) -> int:
@@ -218,6 +241,8 @@ class PulseProgram:
         arrays = {name: getattr(self, name) for name in (
             *PLAY_FIELDS, "wave_offset", "wave_data", *ACQ_FIELDS, "param_values",
             *(f for f in FEEDFORWARD_FIELDS if f != "play_block"))}
+        if self.has_nested_blocks:
+            arrays[NESTED_FIELD] = self.block_parent
         if not np.all(np.isfinite(self.param_values)):
             # A parameter without a value (NaN: left to the run's parameter_binds, which the
             # backend requires) goes on the wire as 0, which every point then replaces.
@@ -234,7 +259,8 @@ class PulseProgram:
         """SHA-256 over every array and setting: equal hashes mean the same experiment
         (computed once: the program is frozen and its arrays are read-only)."""
         h = hashlib.sha256()
-        skip = () if self.has_feedforward else FEEDFORWARD_FIELDS
+        skip = (() if self.has_feedforward else FEEDFORWARD_FIELDS) + (
+            () if self.has_nested_blocks else (NESTED_FIELD,))
         for name in sorted(set(_DTYPES) - set(skip)):
             arr = getattr(self, name)
             h.update(name.encode())
@@ -255,7 +281,10 @@ class PulseProgram:
         arrays = []
         blobs = []
         offset = 0
+        nested = self.has_nested_blocks
         for name in sorted(_DTYPES):
+            if name == NESTED_FIELD and not nested:
+                continue
             raw = getattr(self, name).astype(np.dtype(_DTYPES[name]).newbyteorder("<"),
                                              copy=False).tobytes()
             arrays.append({"name": name, "length": int(getattr(self, name).shape[0]),
@@ -276,7 +305,8 @@ class PulseProgram:
         except (TypeError, ValueError) as exc:
             raise PulseError(f"program {self.header.get('name', '')!r}: its header or settings "
                              f"cannot be stored as JSON ({exc})", parameter="header") from exc
-        version = _FORMAT_VERSION if self.binds else 2  # older readers take what they can read
+        # older readers take what they can read
+        version = _FORMAT_VERSION if nested else 3 if self.binds else 2
         return b"".join([_MAGIC, struct.pack("<II", version, len(text)), text, *blobs])
 
     @classmethod
@@ -305,7 +335,7 @@ class PulseProgram:
                     raise PulseError(f"stored PulseProgram: array {name!r} is truncated",
                                      parameter=name)
                 values[name] = np.frombuffer(body[start:start + nbytes], dtype=dtype)
-            optional = set(FEEDFORWARD_FIELDS) if version == 1 else set()
+            optional = {NESTED_FIELD, *(FEEDFORWARD_FIELDS if version == 1 else ())}
             missing = sorted(set(_DTYPES) - set(values) - optional)
             if missing:
                 raise PulseError(f"stored PulseProgram lacks array(s) {', '.join(missing)}",
@@ -354,7 +384,8 @@ _ASSEMBLE_DEFAULTS = {
     "param_names": (), "param_values": _frozen_empty(np.float64), "num_clbits": 0,
     "snapshot_id": None,
     "block_acq": _frozen_empty(np.int32), "block_value": _frozen_empty(np.int32),
-    "shift_port": _frozen_empty(np.int32), "shift_start": _frozen_empty(np.int64),
+    "block_parent": None, "shift_port": _frozen_empty(np.int32),
+    "shift_start": _frozen_empty(np.int64),
     "shift_phase_rad": _frozen_empty(np.float64), "shift_block": _frozen_empty(np.int32),
     "rack": (), "binds": ()}
 _FIELD_SET = frozenset(f.name for f in fields(PulseProgram))
@@ -415,7 +446,7 @@ class ProgramBuilder:
         self._plays: list[tuple[int, int, int, float, int, float, float, int]] = []
         self._acqs: list[tuple[int, int, int, float, int, int]] = []
         self._discs: dict[int, tuple[complex, float]] = {}
-        self._blocks: list[tuple[int, int]] = []
+        self._blocks: list[tuple[int, int, int]] = []  # (acquisition, value, parent)
         self._shifts: list[tuple[int, int, float, int]] = []
         self._block = -1
         self._params: dict[str, float] = {}
@@ -477,11 +508,10 @@ class ProgramBuilder:
     def if_result(self, acquisition: int, value: int) -> Iterator[int]:
         """Plays and phase shifts added in this block run only in shots whose acquisition
         ``acquisition`` was discriminated as ``value`` (0 or 1); yields the block's index (one
-        block per acquisition and value: entering it again adds to it). Blocks do not nest.
-        The controller refuses a block member that starts earlier than the acquisition's end
-        plus its feed-forward latency."""
-        if self._block >= 0:
-            raise ValueError("if_result blocks do not nest")
+        block per acquisition, value and enclosing block: entering it again adds to it).
+        Blocks nest: inside another ``if_result`` the block runs only when the enclosing one
+        runs too. The controller refuses a block member that starts earlier than the end of
+        any acquisition its block or an enclosing block reads, plus its feed-forward latency."""
         if not 0 <= acquisition < len(self._acqs):
             raise ValueError(f"if_result: no acquisition {acquisition} (the program has "
                              f"{len(self._acqs)})")
@@ -490,14 +520,14 @@ class ProgramBuilder:
                              "one to acquire()")
         if value not in (0, 1):
             raise ValueError(f"if_result: value must be 0 or 1, got {value!r}")
-        key = (acquisition, int(value))
+        key = (acquisition, int(value), self._block)
         if key not in self._blocks:
             self._blocks.append(key)
-        self._block = self._blocks.index(key)
+        outer, self._block = self._block, self._blocks.index(key)
         try:
             yield self._block
         finally:
-            self._block = -1
+            self._block = outer
 
     def set_lo(self, name: str, frequency_hz: float, power_dbm: float) -> None:
         """Require LO source ``name`` at ``frequency_hz`` / ``power_dbm`` (output on)."""
@@ -514,7 +544,7 @@ class ProgramBuilder:
         cols = list(zip(*plays, strict=True)) if plays else [()] * 8
         acols = list(zip(*self._acqs, strict=True)) if self._acqs else [()] * 6
         scols = list(zip(*self._shifts, strict=True)) if self._shifts else [()] * 4
-        bcols = list(zip(*self._blocks, strict=True)) if self._blocks else [()] * 2
+        bcols = list(zip(*self._blocks, strict=True)) if self._blocks else [()] * 3
         discs = [self._discs.get(j, (0j, 0.0)) for j in range(len(self._acqs))]
         offsets, data = self.waves.arrays()
         return PulseProgram(
@@ -526,7 +556,8 @@ class ProgramBuilder:
             acq_port=acols[0], acq_start=acols[1], acq_duration=acols[2], acq_freq_hz=acols[3],
             acq_qubit=acols[4], acq_clbit=acols[5],
             acq_disc_axis=[a for a, _ in discs], acq_disc_threshold=[t for _, t in discs],
-            block_acq=bcols[0], block_value=bcols[1], shift_port=scols[0],
+            block_acq=bcols[0], block_value=bcols[1], block_parent=bcols[2],
+            shift_port=scols[0],
             shift_start=scols[1], shift_phase_rad=scols[2], shift_block=scols[3],
             param_names=tuple(self._params), param_values=np.array(list(self._params.values())),
             lo_settings=dict(self.lo_settings), flux_bias_a=dict(self.flux_bias_a),

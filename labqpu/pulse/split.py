@@ -62,8 +62,14 @@ def _part(program: PulseProgram, name: str, out0: int, outputs: int, in0: int, i
     acq_map[acqs] = np.arange(acqs.shape[0])
     play_block = program.play_block[plays]
     shift_block = program.shift_block[shifts]
-    blocks = np.unique(np.concatenate([play_block[play_block >= 0],
-                                       shift_block[shift_block >= 0]]).astype(np.int64))
+    used = set(np.concatenate([play_block[play_block >= 0],
+                               shift_block[shift_block >= 0]]).tolist())
+    for b in sorted(used):  # a block's ancestors come with it
+        parent = int(program.block_parent[b])
+        while parent >= 0 and parent not in used:
+            used.add(parent)
+            parent = int(program.block_parent[parent])
+    blocks = np.array(sorted(used), dtype=np.int64)
     for b in blocks.tolist():
         j = int(program.block_acq[b])
         if acq_map[j] < 0:
@@ -91,6 +97,7 @@ def _part(program: PulseProgram, name: str, out0: int, outputs: int, in0: int, i
         acq_disc_axis=program.acq_disc_axis[acqs],
         acq_disc_threshold=program.acq_disc_threshold[acqs],
         block_acq=acq_map[program.block_acq[blocks]], block_value=program.block_value[blocks],
+        block_parent=local_block(program.block_parent[blocks]),
         shift_port=program.shift_port[shifts] - out0, shift_start=program.shift_start[shifts],
         shift_phase_rad=program.shift_phase_rad[shifts], shift_block=local_block(shift_block),
         param_names=program.param_names, param_values=program.param_values,

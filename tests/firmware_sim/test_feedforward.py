@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import scipy.linalg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qiskit import QuantumCircuit, transpile
 
 from labqpu.drivers.controller import ControllerClient
@@ -22,7 +24,7 @@ from labqpu.errors import InstrumentCommandError, PulseError
 from labqpu.firmware_sim.crosstalk import CrosstalkSpec
 from labqpu.firmware_sim.density import DensityMatrix
 from labqpu.firmware_sim.device import load_device, load_rack
-from labqpu.firmware_sim.feedforward import branch_probabilities
+from labqpu.firmware_sim.feedforward import FeedForward, branch_probabilities
 from labqpu.firmware_sim.noise import NoiseSpec
 from labqpu.firmware_sim.physics import EvolutionStart, PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.rack import SimulatedRack
@@ -195,6 +197,28 @@ def test_feedforward_reset_leaves_the_qubit_in_ground(lab_backend) -> None:
     assert np.mean(bits[:, 1] == 0) >= 0.95
 
 
+def test_nested_if_result_plays_only_when_both_results_hold(lab_backend) -> None:
+    """sx on qubits 0 and 1, measure both; inside if_result(a0, 1) and if_result(a1, 1) an x
+    on qubit 2; measure it. Qubit 2 reads c0 AND c1 in >= 95 % of shots (its own readout and x
+    error), and each of c0 and c1 is ~50/50."""
+    b = builder(lab_backend, "nested")
+    for q in (0, 1):
+        b.play(b.calibrated_drag(q, amp=sx_amp(lab_backend, q)), drive(q))
+    first, second = b.measure(0, 0), b.measure(1, 1)
+    with b.if_result(first, 1), b.if_result(second, 1):
+        b.play(b.calibrated_drag(2), drive(2))
+    b.measure(2, 2)
+    program = b.build()
+    assert program.block_parent.tolist() == [-1, 0]
+    latency = lab_backend.controller_capabilities("ctrl0")["feedforward"]["latency_samples"]
+    both_end = int(np.max(program.acq_start[:2] + program.acq_duration[:2]))
+    assert program.play_start[program.play_block == 1].min() >= both_end + latency
+    bits = per_shot_bits(lab_backend.run(program, shots=SHOTS, memory=True,
+                                         seed_simulator=5).result(), 3)
+    assert 0.4 < bits[:, 0].mean() < 0.6 and 0.4 < bits[:, 1].mean() < 0.6
+    assert np.mean(bits[:, 2] == (bits[:, 0] & bits[:, 1])) >= 0.95
+
+
 def _longest_idle(program: PulseProgram, ports: set[int]) -> tuple[int, int]:
     """(start, end) samples of the longest stretch before the first acquisition in which no
     play on ``ports`` runs."""
@@ -309,6 +333,7 @@ def test_hello_states_the_feedforward_latency(rack) -> None:
         caps = client.hello()["capabilities"]["feedforward"]
     assert caps["latency_s"] > 0
     assert caps["latency_samples"] == round(caps["latency_s"] * 1e9)
+    assert caps["nested_blocks"] is True
 
 
 def test_a_conditional_play_before_the_latency_is_refused_naming_the_play(rack) -> None:
@@ -348,6 +373,93 @@ def test_bad_feedforward_fields_are_refused(rack, field, value, message) -> None
     assert info.value.remote_type == ERR_INVALID_PROGRAM
 
 
+def _nested_program(gap_samples: int) -> PulseProgram:
+    """Readouts of qubit 0 (acquisition 0, ending at sample 1400) and qubit 1 (acquisition 1,
+    ending at 1000); a drive play on qubit 1 in the block (acquisition 1 = 1) nested in
+    (acquisition 0 = 1), ``gap_samples`` after acquisition 1's window: it also waits for the
+    later window of its parent's acquisition."""
+    b = ProgramBuilder("ctrl0", 1e9)
+    tone = b.waves.add(("flat", 1000), lambda: np.ones(1000))
+    pulse = b.waves.add(("gauss", 40), lambda: np.exp(-0.5 * ((np.arange(40) - 19.5) / 10)**2))
+    b.play(10, 400, tone, 0.3, 0.0, 50e6)
+    b.play(11, 0, tone, 0.3, 0.0, 50e6)
+    outer = b.acquire(0, 400, 1000, 50e6, 0, 0, discriminator=(1j, 0.0))
+    inner = b.acquire(1, 0, 1000, 50e6, 1, 1, discriminator=(1j, 0.0))
+    with b.if_result(outer, 1), b.if_result(inner, 1) as block:
+        assert block == 1
+        b.play(1, 1000 + gap_samples, pulse, 0.2, 0.0, -80e6)
+    return b.build()
+
+
+def test_nested_blocks_wait_for_every_result_they_depend_on(rack) -> None:
+    """A nested block's member must also wait for its parent's acquisition: the controller
+    refuses one that waits only for its own, naming the parent's acquisition, and runs it
+    once it waits for both."""
+    with ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client:
+        latency = client.hello()["capabilities"]["feedforward"]["latency_samples"]
+        early = _nested_program(latency)
+        assert early.block_parent.tolist() == [-1, 0]
+        assert early.to_wire()[0]["block_parent"].tolist() == [-1, 0]
+        with pytest.raises(InstrumentCommandError, match=r"block 1 starts before the result of "
+                                                         r"acquisition 0 is known") as info:
+            client.upload(*early.to_wire())
+        assert info.value.remote_type == ERR_FEEDFORWARD_LATENCY
+        program_id = client.upload(*_nested_program(400 + latency).to_wire())
+        run_id = client.run(program_id, 100, params={"seed": 1}, key="ff-nested")
+        _, arrays = client.wait(run_id, timeout_s=60.0)
+    assert arrays["bits"].shape == (100, 2)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (np.array([-1, 1], np.int32), "block 1 has the parent 1; a parent is -1 or an earlier"),
+    (np.array([-1, -2], np.int32), "block 1 has the parent -2"),
+    (np.array([-1], np.int32), "'block_parent' must be 1-d int32 with one row per block"),
+    (np.array([-1, 0], np.int64), "'block_parent' must be 1-d int32"),
+])
+def test_bad_block_parents_are_refused(rack, value, message) -> None:
+    arrays, meta = _nested_program(2000).to_wire()
+    arrays = {**arrays, "block_parent": value}
+    with (ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client,
+          pytest.raises(InstrumentCommandError, match=message) as info):
+        client.upload(arrays, meta)
+    assert info.value.remote_type == ERR_INVALID_PROGRAM
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parents=st.lists(st.integers(-3, 3), max_size=4))
+def test_random_block_parents_are_accepted_or_refused_as_invalid(rack, parents) -> None:
+    """Any block_parent array either uploads (exactly when it is well formed) or is refused
+    as InvalidProgram; the controller keeps serving."""
+    arrays, meta = _nested_program(2000).to_wire()
+    arrays = {**arrays, "block_parent": np.array(parents, np.int32)}
+    valid = len(parents) == 2 and parents[0] == -1 and parents[1] in (-1, 0)
+    with ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as client:
+        if valid:
+            assert client.upload(arrays, meta)
+        else:
+            with pytest.raises(InstrumentCommandError) as info:
+                client.upload(arrays, meta)
+            assert info.value.remote_type == ERR_INVALID_PROGRAM
+        assert "uploads_total" in client.status()
+
+
+def test_a_nested_block_runs_only_when_its_parent_runs() -> None:
+    program = _nested_program(2000)
+    ff = FeedForward(play_block=program.play_block, block_acq=program.block_acq,
+                     block_value=program.block_value, shift_port=program.shift_port,
+                     shift_start=program.shift_start, shift_phase_rad=program.shift_phase_rad,
+                     shift_block=program.shift_block, disc_axis=program.acq_disc_axis,
+                     disc_threshold=program.acq_disc_threshold,
+                     block_parent=program.block_parent)
+    assert [ff.block_runs(1, {0: a, 1: b}) for a in (0, 1) for b in (0, 1)] == [
+        False, False, False, True]
+    assert ff.block_runs(1, {0: 0}) is False  # the parent already fails
+    assert ff.block_runs(1, {0: 1}) is None  # its own result is still unknown
+    with pytest.raises(ValueError, match="block 1 has the parent 1"):
+        dataclasses.replace(program, block_parent=np.array([-1, 1], np.int32))
+
+
 def test_bad_references_are_refused_on_the_host() -> None:
     b = ProgramBuilder("ctrl0", 1e9)
     plain = b.acquire(0, 0, 100, 0.0, 0, 0)
@@ -381,3 +493,9 @@ def test_a_conditional_program_round_trips_and_its_blocks_change_its_hash() -> N
     arrays, _ = program.to_wire()
     assert arrays["play_block"].tolist() == [0, -1]  # sorted by port: the drive play is first
     assert arrays["acq_disc_axis"].dtype == np.complex128
+    assert "block_parent" not in arrays  # nothing nests: the wire is as before nesting
+    nested = _nested_program(2000)
+    again = PulseProgram.from_bytes(nested.to_bytes())
+    assert again == nested and again.block_parent.tolist() == [-1, 0]
+    assert dataclasses.replace(nested, block_parent=np.array([-1, -1], np.int32)
+                               ).content_hash != nested.content_hash

@@ -27,7 +27,10 @@ from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import ERR_SYNC
 from labqpu.errors import InstrumentCommandError
 from labqpu.firmware_sim.device import Rack, load_rack
+from labqpu.firmware_sim.feedforward import FeedForward
+from labqpu.firmware_sim.physics import WireProgram
 from labqpu.firmware_sim.rack import SimulatedRack
+from labqpu.firmware_sim.sync import SyncPart, merge_parts
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
 from labqpu.rack.config import default_config_path, load_config
@@ -519,3 +522,29 @@ def test_a_leader_with_bad_run_parameters_releases_its_armed_follower(clients) -
     assert time.monotonic() - start < 2.0
     assert "sync group badparams: leader ctrl0's run failed: rep_delay_s must be a number" \
         in str(error)
+
+
+def test_merged_parts_keep_each_blocks_parent_within_its_controller() -> None:
+    """Merging ctrl0's part (one block) with ctrl1's (a block nested in another) renumbers
+    ctrl1's blocks, parents included, and its acquisitions: its inner block still hangs on
+    its own outer block and reads its own acquisition."""
+    def part(name: str, acq_count: int, parents: list[int]) -> SyncPart:
+        wave = [np.ones(16)]
+        acqs = [(0, 100 * j, 50, 0.0) for j in range(acq_count)]
+        prog = WireProgram.from_tuples([(0, 1000, 0, 0.1, 0.0, 0.0)] * len(parents), wave,
+                                       acqs, 2000)
+        n = len(parents)
+        ff = FeedForward(
+            play_block=np.arange(n, dtype=np.int32), block_acq=np.arange(n, dtype=np.int32),
+            block_value=np.ones(n, np.int32), shift_port=np.zeros(0, np.int32),
+            shift_start=np.zeros(0, np.int64), shift_phase_rad=np.zeros(0),
+            shift_block=np.zeros(0, np.int32), disc_axis=np.ones(acq_count, complex),
+            disc_threshold=np.zeros(acq_count), block_parent=np.array(parents, np.int32))
+        return SyncPart(name, prog, ff, 10, None)
+
+    _, ff, columns = merge_parts([part("ctrl0", 1, [-1]), part("ctrl1", 2, [-1, 0])])
+    assert ff.block_parent.tolist() == [-1, -1, 1]
+    assert ff.block_acq.tolist() == [0, 1, 2]
+    assert ff.play_block.tolist() == [0, 1, 2]
+    assert ff.block_runs(2, {1: 1, 2: 1}) is True and ff.block_runs(2, {1: 0, 2: 1}) is False
+    assert columns == [slice(0, 1), slice(1, 3)]

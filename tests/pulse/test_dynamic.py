@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+from qiskit.circuit.classical import expr
 
 from labqpu.errors import CompilationError
 from labqpu.pulse.compiler import compile_circuit
@@ -165,10 +166,23 @@ def test_refusals(snapshot, channels):
     wide = QuantumCircuit(QuantumRegister(1), creg)
     wide.measure(0, creg[0])
     wide.measure(0, creg[1])
-    with wide.if_test((creg, 2)):
+    with wide.if_test((creg, 4)):
         wide.x(0)
-    with pytest.raises(CompilationError, match=r"register 'r' == 2.*cannot be expressed"):
+    with pytest.raises(CompilationError, match=r"register 'r' == 4: a register of 2 bit\(s\) "
+                                               r"holds 0..3"):
         compiled(wide, snapshot, channels)
+    half = QuantumCircuit(QuantumRegister(1), creg)
+    half.measure(0, creg[0])
+    with half.if_test((creg, 1)):
+        half.x(0)
+    with pytest.raises(CompilationError, match=r"r\[1\] \(clbit 1\), which no earlier"):
+        compiled(half, snapshot, channels)
+    expression = QuantumCircuit(QuantumRegister(1), creg)
+    expression.measure(0, creg[0])
+    with expression.if_test(expr.equal(creg, 1)):
+        expression.x(0)
+    with pytest.raises(CompilationError, match=r"classical expressions are not supported"):
+        compiled(expression, snapshot, channels)
     inner = QuantumCircuit(1, 1)
     inner.measure(0, 0)
     with inner.if_test((inner.clbits[0], 1)):
@@ -181,3 +195,56 @@ def test_refusals(snapshot, channels):
         ok.x(0)
     with pytest.raises(CompilationError, match=r"if_else needs feed-forward"):
         compile_circuit(ok, snapshot, channels)
+
+
+def _blocks(prog) -> list[tuple[int, int, int]]:
+    return list(zip(prog.block_acq.tolist(), prog.block_value.tolist(),
+                    prog.block_parent.tolist(), strict=True))
+
+
+def test_register_condition_is_a_chain_and_its_else_disjoint_blocks(snapshot, channels):
+    """if r == 2 (r0 = 0 and r1 = 1): the true branch is in the chain (acq 0 = 0) -> (acq 1 =
+    1); the false branch is a copy in (acq 0 = 1) and in (acq 0 = 0) -> (acq 1 = 0), which never
+    run together. Every copy starts after both windows plus the latency."""
+    r = ClassicalRegister(2, "r")
+    qc = QuantumCircuit(QuantumRegister(2), r)
+    qc.measure(0, r[0])
+    qc.measure(1, r[1])
+    with qc.if_test((r, 2)) as else_:
+        qc.x(0)
+    with else_:
+        qc.sx(1)
+    prog = compiled(qc, snapshot, channels)
+    assert _blocks(prog) == [(0, 0, -1), (1, 1, 0), (0, 1, -1), (1, 0, 0)]
+    assert prog.has_nested_blocks
+    x_play = np.flatnonzero(prog.play_block == 1)
+    sx_plays = np.flatnonzero(np.isin(prog.play_block, [2, 3]))
+    assert x_play.size == 1 and sx_plays.size == 2
+    assert prog.play_start[sx_plays[0]] == prog.play_start[sx_plays[1]]
+    assert prog.play_port[sx_plays[0]] == prog.play_port[sx_plays[1]]
+    last_end = int(np.max(prog.acq_start + prog.acq_duration))
+    assert int(np.min(prog.play_start[prog.play_block >= 0])) >= last_end + LATENCY
+    assert dataclasses.replace(prog).content_hash == prog.content_hash
+    assert not np.any(prog.block_parent[prog.block_acq == 0] >= 0)  # r0 is read first
+
+
+def test_nested_if_else_goes_under_each_block_of_its_branch(snapshot, channels):
+    """if r0 == 1 { if r1 == 1: x } else { if r1 == 0: x }: each inner block has its outer
+    branch's block as parent; a one-bit condition alone stays unnested (as before nesting)."""
+    r = ClassicalRegister(2, "r")
+    qc = QuantumCircuit(QuantumRegister(2), r)
+    qc.measure(0, r[0])
+    qc.measure(1, r[1])
+    with qc.if_test((r[0], 1)) as else_, qc.if_test((r[1], 1)):
+        qc.x(1)
+    with else_, qc.if_test((r[1], 0)):
+        qc.x(1)
+    prog = compiled(qc, snapshot, channels)
+    assert _blocks(prog) == [(0, 1, -1), (1, 1, 0), (0, 0, -1), (1, 0, 2)]
+    assert sorted(prog.play_block[prog.play_block >= 0].tolist()) == [1, 3]
+    single = QuantumCircuit(1, 1)
+    single.measure(0, 0)
+    with single.if_test((single.clbits[0], 1)):
+        single.x(0)
+    flat = compiled(single, snapshot, channels)
+    assert not flat.has_nested_blocks and "block_parent" not in flat.to_wire()[0]

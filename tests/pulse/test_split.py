@@ -146,6 +146,28 @@ def test_feedforward_stays_on_its_controller(snapshot, two_controller_config) ->
         split_program(b.build())
 
 
+def test_nested_blocks_keep_their_parents_in_a_part(snapshot, two_controller_config) -> None:
+    """if r == 3 on qubits 3 and 4 (ctrl1): the chain's first block has no plays of its own,
+    yet ctrl1's part keeps it as its second block's parent; ctrl0 plays only the unconditional
+    x on qubit 0."""
+    r = ClassicalRegister(2, "r")
+    qc = QuantumCircuit(QuantumRegister(5), r)
+    qc.x(0)
+    qc.measure(3, r[0])
+    qc.measure(4, r[1])
+    with qc.if_test((r, 3)):
+        qc.x(4)
+    whole = compile_circuit(qc, snapshot, two_controller_config.channels,
+                            feedforward_latency_samples=200)
+    assert whole.block_parent.tolist() == [-1, 0]
+    parts = {p.controller: p.program for p in split_program(whole)}
+    assert not parts["ctrl0"].block_acq.size and np.all(parts["ctrl0"].play_block == -1)
+    ctrl1 = parts["ctrl1"]
+    assert ctrl1.block_parent.tolist() == [-1, 0] and ctrl1.block_value.tolist() == [1, 1]
+    assert ctrl1.block_acq.tolist() == [0, 1]
+    assert ctrl1.play_block[ctrl1.play_block >= 0].tolist() == [1]
+
+
 def test_a_rack_program_round_trips_through_bytes(snapshot, two_controller_config) -> None:
     two = compile_circuit(bell_23_and_x0(), snapshot, two_controller_config.channels)
     back = PulseProgram.from_bytes(two.to_bytes())
