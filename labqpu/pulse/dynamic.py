@@ -20,19 +20,20 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
   phase correction in a branch becomes a phase shift in its block on the qubit's drive port,
   which the controller adds to every later play on that port in the shots where the block
   runs.
-* **Conditions.** ``(Clbit, value)`` and ``(ClassicalRegister, value)`` compile exactly. A
-  condition is a conjunction of bit tests (bit i of a register against bit i of the value);
-  the controller's blocks nest (``block_parent``: a block runs only when its parent runs), so
-  the true branch is one chain of blocks, one per bit, and the false branch, "some bit
-  differs", is one block per bit: bit i differs while bits 0..i-1 agree, disjoint, each
-  holding a copy of the branch. A one-bit condition is the pair (acquisition, value) /
-  (acquisition, 1 - value) at the top level, as before nesting existed. ``if_else`` nests
-  inside a branch the same way, under each block of its enclosing branch; every bit it
+* **Conditions.** A condition (a bit or register compared with a value, or a classical
+  expression over bits and registers: ``labqpu.pulse.conditions``) becomes a truth table over
+  the bits it reads, and each branch a set of disjoint blocks: the leaves of a decision tree
+  over those bits in which the condition holds (true branch) or fails (false branch). The
+  controller's blocks nest (``block_parent``: a block runs only when its parent runs), so a
+  node is a block (acquisition that last wrote the bit, value, parent). ``bit == v`` is the
+  pair (acquisition, v) / (acquisition, 1 - v) at the top level, as before nesting existed;
+  ``register == v`` is the chain of its bits' values, and its failure one block per bit
+  (bit i differs while bits 0..i-1 agree). Each leaf holds a copy of its branch. ``if_else``
+  nests inside a branch the same way, under each leaf of its enclosing branch; every bit it
   reads was written before the outermost ``if_else``, which waits the latency for all of
-  them. Classical expressions are refused rather than approximated, and so are an
-  ``if_else`` on a bit no earlier measurement wrote, a register value that does not fit the
-  register, measurements, resets and pulse gates inside a branch (acquisitions are
-  unconditional), and loops.
+  them. Refused: an ``if_else`` on a bit no earlier measurement wrote, conditions the
+  controller cannot decide (``conditions``), measurements, resets and pulse gates inside a
+  branch (acquisitions are unconditional), and loops.
 * **Active reset.** ``reset`` on a qubit that ``tables.active_reset_possible`` allows, with
   feed-forward: a mid-circuit measurement into no classical bit (clbit -1: its result is not
   reported), the latency, then an x pulse in the block (that acquisition, 1). Otherwise the
@@ -45,9 +46,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from qiskit.circuit import ClassicalRegister, Clbit, QuantumCircuit
+from qiskit.circuit import Clbit, QuantumCircuit
 
 from labqpu.errors import CompilationError
+from labqpu.pulse.conditions import ConditionError, truth_table
 from labqpu.pulse.gates import PulseGate, lower
 from labqpu.pulse.tables import (
     Tables,
@@ -60,8 +62,10 @@ from labqpu.pulse.tables import (
 #: Instructions a branch of ``if_else`` may hold.
 _BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier", "if_else"})
 
-#: A condition: the (clbit, value) bit tests that must all hold.
-Terms = tuple[tuple[int, int], ...]
+#: A condition: the clbits it reads and its truth table (``conditions.truth_table``).
+Condition = tuple[tuple[int, ...], tuple[bool, ...]]
+#: Most conditional blocks the conditions of one circuit may need.
+_MAX_BLOCKS = 4096
 
 
 @dataclass
@@ -247,21 +251,32 @@ class _Reader:
         self.out.discriminated[acquisition] = True
         return bid
 
-    def contexts(self, parents: list[int], terms: Terms, holds: bool) -> list[int]:
-        """The blocks under each of ``parents`` in which ``terms`` all hold (``holds``: one
-        chain per parent) or some term fails (one block per term: term i fails while terms
-        0..i-1 hold); disjoint, so a member added to each runs at most once per shot."""
-        out = []
+    def contexts(self, parents: list[int], condition: Condition, holds: bool) -> list[int]:
+        """The blocks under each of ``parents`` (-1: the top level) in which ``condition``
+        holds (``holds``) or fails: the leaves of a decision tree over its bits in order, each
+        node a block (bit's acquisition, bit value, parent), pruned where the table is
+        constant. The leaves are disjoint, so a member added to each runs at most once per
+        shot. For bit == v: one block; for register == v: the chain of its bits' values, and
+        for its failure one block per bit (bit i differs while bits 0..i-1 agree). A leaf -1
+        means unconditional (a condition that does not depend on its bits)."""
+        clbits, table = condition
+        out: list[int] = []
+
+        def walk(parent: int, j: int, rows: list[int]) -> None:
+            if all(table[k] == holds for k in rows):
+                out.append(parent)
+                return
+            acquisition = self.writer[clbits[j]][0]
+            for value in (0, 1):
+                sub = [k for k in rows if (k >> j) & 1 == value]
+                if any(table[k] == holds for k in sub):
+                    walk(self.block_id(acquisition, value, parent), j + 1, sub)
+
         for parent in parents:
-            prefix = parent
-            for i, (c, value) in enumerate(terms):
-                acquisition = self.writer[c][0]
-                if not holds:
-                    out.append(self.block_id(acquisition, 1 - value, prefix))
-                if holds or i + 1 < len(terms):
-                    prefix = self.block_id(acquisition, value, prefix)
-            if holds:
-                out.append(prefix)
+            walk(parent, 0, list(range(len(table))))
+        if len(self.out.blocks) > _MAX_BLOCKS:
+            self.fail(f"the conditions of this circuit need {len(self.out.blocks)} conditional "
+                      f"blocks; at most {_MAX_BLOCKS} are supported", instruction="if_else")
         return out
 
     def wait(self) -> int:
@@ -285,35 +300,24 @@ class _Reader:
             self.add((eid, duration, param, -1), (q,), container, 0,
                      self.block_id(acquisition, 1, -1))
 
-    def condition(self, inst, qubits: tuple, cmap: dict) -> Terms:
-        """The bit tests of an if_else's condition, each on a bit an earlier measurement wrote
-        (``cmap``: the branch's classical bits as the circuit's); refuses what the
-        controller's blocks cannot decide exactly."""
-        condition = inst.operation.condition
-        target, value = condition if isinstance(condition, tuple) else (condition, None)
-        if isinstance(target, ClassicalRegister) and value is not None:
-            value = int(value)
-            if not 0 <= value < 2 ** len(target):
-                self.fail(f"if_else on register {target.name!r} == {value}: a register of "
-                          f"{len(target)} bit(s) holds 0..{2 ** len(target) - 1}", qubits,
-                          "if_else")
-            bits = [(bit, (value >> i) & 1) for i, bit in enumerate(target)]
-        elif isinstance(target, Clbit) and value is not None:
-            bits = [(target, int(value))]
-        else:
-            self.fail(f"if_else with the condition {condition!r}: only a classical bit or "
-                      "register compared with a value can be decided by the controller's "
-                      "feed-forward (classical expressions are not supported)", qubits,
-                      "if_else")
-        terms = []
-        for bit, v in bits:
+    def condition(self, inst, qubits: tuple, cmap: dict) -> Condition:
+        """The condition of an if_else as (clbits it reads, truth table;
+        ``conditions.truth_table``), each bit one an earlier measurement wrote (``cmap``: the
+        branch's classical bits as the circuit's); refuses what the controller's blocks cannot
+        decide exactly."""
+        try:
+            bits, table = truth_table(inst.operation.condition)
+        except ConditionError as exc:
+            self.fail(f"if_else on qubits {qubits}: {exc}", qubits, "if_else")
+        clbits = []
+        for bit in bits:
             bit = cmap.get(bit, bit)
             c = self.cindex[bit]
             if c not in self.writer:
                 self.fail(f"if_else on classical bit {_bit_name(self.circuit, bit)}, which no "
                           "earlier measurement writes", qubits, "if_else")
-            terms.append((c, v))
-        return tuple(terms)
+            clbits.append(c)
+        return tuple(clbits), tuple(table)
 
     def if_else(self, inst, qubits: tuple) -> None:
         if self.latency is None:
@@ -332,8 +336,8 @@ class _Reader:
                 if path[0][1] != holds:
                     continue
                 blocks = [-1]
-                for terms, branch in path:
-                    blocks = self.contexts(blocks, terms, branch)
+                for condition, branch in path:
+                    blocks = self.contexts(blocks, condition, branch)
                 for bid in blocks:
                     self.add(row, resources, container, start, bid)
 
@@ -341,17 +345,17 @@ class _Reader:
                     path: tuple, read: dict[int, None]) -> tuple[list, int]:
         """The members of an if_else (at ``start`` in its enclosing branch, under the
         conditions ``path``): [(row, qubits, start offset, path)], where a member's path lists
-        (terms, branch taken) from the outermost if_else in; and its length in samples.
+        (condition, branch taken) from the outermost if_else in; and its length in samples.
         ``outer_qubits``, ``outer_clbits``: its bits as the circuit's; ``cmap``: the enclosing
         branch's classical bits as the circuit's."""
         qubits = tuple(self.qindex[q] for q in outer_qubits)
-        terms = self.condition(inst, qubits, cmap)
-        read.update(dict.fromkeys(c for c, _ in terms))
+        condition = self.condition(inst, qubits, cmap)
+        read.update(dict.fromkeys(condition[0]))
         members = []
         length = 0
         for body, holds in zip(inst.operation.blocks, (True, False), strict=False):
             inner = dict(zip(body.clbits, outer_clbits, strict=True))
-            found, size = self.branch(body, outer_qubits, inner, start, (*path, (terms, holds)),
+            found, size = self.branch(body, outer_qubits, inner, start, (*path, (condition, holds)),
                                       read)
             members.extend(found)
             length = max(length, size)

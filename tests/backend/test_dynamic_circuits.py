@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, transpile
+from qiskit.circuit.classical import expr
 
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError
@@ -227,11 +228,12 @@ def _agreement(memory: list[str], rule) -> float:
 
 
 def _register_circuits() -> list[QuantumCircuit]:
-    """Three circuits on qubits 0, 1 (prepared by ry, measured into the 2-bit register c) and
+    """Four circuits on qubits 0, 1 (prepared by ry, measured into the 2-bit register c) and
     qubit 2 (flipped by feed-forward, measured into o): if c == 2 then x; if c == 1 then
-    nothing else x; if c0 == 1 {if c1 == 1: x} else {if c1 == 0: x}."""
+    nothing else x; if c0 == 1 {if c1 == 1: x} else {if c1 == 0: x}; if (not c0) or c1
+    then x (a classical expression)."""
     circuits = []
-    for kind in ("equal", "else", "nested"):
+    for kind in ("equal", "else", "nested", "expression"):
         c, o = ClassicalRegister(2, "c"), ClassicalRegister(1, "o")
         qc = QuantumCircuit(QuantumRegister(3), c, o, name=kind)
         qc.ry(2 * np.pi / 3, 0)
@@ -246,6 +248,9 @@ def _register_circuits() -> list[QuantumCircuit]:
                 qc.delay(0, 2)
             with otherwise:
                 qc.x(2)
+        elif kind == "expression":
+            with qc.if_test(expr.logic_or(expr.logic_not(c[0]), c[1])):
+                qc.x(2)
         else:
             with qc.if_test((c[0], 1)) as otherwise, qc.if_test((c[1], 1)):
                 qc.x(2)
@@ -256,16 +261,16 @@ def _register_circuits() -> list[QuantumCircuit]:
     return circuits
 
 
-def test_if_else_on_register_values_and_nested(lab_backend) -> None:
+def test_if_else_on_register_values_nested_and_expressions(lab_backend) -> None:
     """A condition on a 2-bit register (its true branch, and its else branch: "some bit
-    differs") and if_else nested in both branches of another, transpiled at Qiskit's
-    defaults. The controller decides on the results it reports, so the output qubit follows
-    the rule in every shot up to its own readout and x error (~1-3 %)."""
+    differs"), if_else nested in both branches of another, and a classical expression,
+    transpiled at Qiskit's defaults. The controller decides on the results it reports, so the
+    output qubit follows the rule in every shot up to its own readout and x error (~1-3 %)."""
     native = transpile(_register_circuits(), lab_backend)
     result = lab_backend.run(native, shots=SHOTS, seed_simulator=21,
                              memory=True).result(timeout=120)
     rules = [lambda c0, c1: int(c0 == 0 and c1 == 1), lambda c0, c1: int((c0, c1) != (1, 0)),
-             lambda c0, c1: int(c0 == c1)]
+             lambda c0, c1: int(c0 == c1), lambda c0, c1: int((not c0) or c1)]
     for index, rule in enumerate(rules):
         memory = _per_shot(result, index)
         assert _agreement(memory, rule) >= 0.95, (index, result.get_counts(index))

@@ -177,12 +177,14 @@ def test_refusals(snapshot, channels):
         half.x(0)
     with pytest.raises(CompilationError, match=r"r\[1\] \(clbit 1\), which no earlier"):
         compiled(half, snapshot, channels)
-    expression = QuantumCircuit(QuantumRegister(1), creg)
-    expression.measure(0, creg[0])
-    with expression.if_test(expr.equal(creg, 1)):
-        expression.x(0)
-    with pytest.raises(CompilationError, match=r"classical expressions are not supported"):
-        compiled(expression, snapshot, channels)
+    arithmetic = QuantumCircuit(QuantumRegister(1), creg)
+    arithmetic.measure(0, creg[0])
+    arithmetic.measure(0, creg[1])
+    with arithmetic.if_test(expr.equal(expr.add(creg, 1), 2)):
+        arithmetic.x(0)
+    with pytest.raises(CompilationError, match=r"the operator add is not supported in a "
+                                               r"condition"):
+        compiled(arithmetic, snapshot, channels)
     inner = QuantumCircuit(1, 1)
     inner.measure(0, 0)
     with inner.if_test((inner.clbits[0], 1)):
@@ -215,10 +217,10 @@ def test_register_condition_is_a_chain_and_its_else_disjoint_blocks(snapshot, ch
     with else_:
         qc.sx(1)
     prog = compiled(qc, snapshot, channels)
-    assert _blocks(prog) == [(0, 0, -1), (1, 1, 0), (0, 1, -1), (1, 0, 0)]
+    assert _blocks(prog) == [(0, 0, -1), (1, 1, 0), (1, 0, 0), (0, 1, -1)]
     assert prog.has_nested_blocks
     x_play = np.flatnonzero(prog.play_block == 1)
-    sx_plays = np.flatnonzero(np.isin(prog.play_block, [2, 3]))
+    sx_plays = np.flatnonzero(np.isin(prog.play_block, [2, 3]))  # bit 1 differs, bit 0 does
     assert x_play.size == 1 and sx_plays.size == 2
     assert prog.play_start[sx_plays[0]] == prog.play_start[sx_plays[1]]
     assert prog.play_port[sx_plays[0]] == prog.play_port[sx_plays[1]]
@@ -248,3 +250,45 @@ def test_nested_if_else_goes_under_each_block_of_its_branch(snapshot, channels):
         single.x(0)
     flat = compiled(single, snapshot, channels)
     assert not flat.has_nested_blocks and "block_parent" not in flat.to_wire()[0]
+
+
+@pytest.mark.parametrize(("condition", "truth"), [
+    (lambda r: expr.logic_or(expr.logic_not(r[0]), r[1]), lambda b0, b1: (not b0) or b1),
+    (lambda r: expr.not_equal(r, 1), lambda b0, b1: (b0, b1) != (1, 0)),
+    (lambda r: expr.greater_equal(r, 2), lambda b0, b1: b1 == 1),
+    (lambda r: expr.equal(expr.bit_xor(r, 3), 0), lambda b0, b1: b0 and b1),
+    (lambda r: expr.logic_and(r[0], expr.logic_not(r[0])), lambda b0, b1: False),
+    (lambda r: expr.equal(expr.shift_right(r, 1), 1), lambda b0, b1: b1 == 1),
+])
+def test_a_classical_expression_runs_exactly_where_it_holds(snapshot, channels, condition,
+                                                            truth):
+    """The true branch's blocks run, and the false branch's do not, for exactly the results
+    where the expression holds: checked for all four outcomes by following each block's
+    chain of parents (the controller's rule)."""
+    r = ClassicalRegister(2, "r")
+    qc = QuantumCircuit(QuantumRegister(2), r)
+    qc.measure(0, r[0])
+    qc.measure(1, r[1])
+    with qc.if_test(condition(r)) as else_:
+        qc.x(0)
+    with else_:
+        qc.sx(1)
+    prog = compiled(qc, snapshot, channels)
+    lone_x = QuantumCircuit(2)
+    lone_x.x(0)
+    x_port = int(compiled(lone_x, snapshot, channels).play_port[0])
+
+    def runs(block: int, results: tuple[int, int]) -> bool:
+        while block >= 0:
+            if results[prog.block_acq[block]] != prog.block_value[block]:
+                return False
+            block = int(prog.block_parent[block])
+        return True
+
+    after = prog.play_start > int(np.max(prog.acq_start))  # the branches' plays
+    for b0 in (0, 1):
+        for b1 in (0, 1):
+            played = [int(prog.play_port[i]) for i in np.flatnonzero(after)
+                      if runs(int(prog.play_block[i]), (b0, b1))]
+            assert len(played) == 1, (b0, b1, played)  # exactly one branch, once
+            assert (played[0] == x_port) == bool(truth(b0, b1)), (b0, b1, played)
