@@ -15,13 +15,15 @@ Nothing merges when the controller does not state ``play_amp_ref`` and every fie
 program with a parameter table of its own or one that plays on several controllers, or when
 the run option ``merge_sweeps`` is False. A program of a rack that plays on one of its
 controllers merges as that controller's part. Runs longer than the controller's ``max_sets``
-points or ``max_total_shots`` shots are cut into several.
+points or ``max_total_shots`` shots are cut into several, logged (INFO) before anything is
+sent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +34,8 @@ from labqpu.pulse.program import BINDABLE, PulseProgram
 from labqpu.pulse.split import ControllerPart
 
 __all__ = ["Run", "plan_runs"]
+
+log = logging.getLogger(__name__)
 
 #: Arrays that must be equal, element for element, for programs to share one upload.
 _SAME = ("play_port", "play_wave", "play_block", "wave_offset", "wave_data", "acq_port",
@@ -147,9 +151,16 @@ def _merged(group: list[tuple[PulseProgram, PulseProgram]], shots: int,
             capabilities: Callable[[str], dict]) -> list[Run]:
     """``group`` ((upload, program) pairs of one structure, in order) as few runs as the
     controller allows."""
-    size = points_per_run(capabilities(group[0][0].controller).get("param_sets"), shots)
+    controller = group[0][0].controller
+    caps = capabilities(controller).get("param_sets")
+    size = points_per_run(caps, shots)
     if size < 2 or len(group) < 2:
         return [Run(p, None, (p,)) for _, p in group]
+    if len(group) > size:
+        log.info("%d circuits of one structure merge into %d uploads of at most %d points "
+                 "(controller %s: param_sets.max_sets %s, max_total_shots %s at %d shots)",
+                 len(group), -(-len(group) // size), size, controller, caps.get("max_sets"),
+                 caps.get("max_total_shots"), shots)
     runs = []
     for i in range(0, len(group), size):
         chunk = group[i:i + size]

@@ -121,6 +121,7 @@ class _Reader:
         self.delays: list[int] = []
         self.last_used: dict[int, int] = {}
         self.block_ids: dict[tuple[int, int, int], int] = {}
+        self.leaves: dict[tuple, list[int]] = {}  # contexts() by its arguments
 
     def fail(self, message: str, qubits: tuple = (), instruction: str | None = None):
         raise CompilationError(f"circuit {self.circuit.name!r}: {message}",
@@ -259,6 +260,10 @@ class _Reader:
         shot. For bit == v: one block; for register == v: the chain of its bits' values, and
         for its failure one block per bit (bit i differs while bits 0..i-1 agree). A leaf -1
         means unconditional (a condition that does not depend on its bits)."""
+        key = (tuple(parents), condition, holds)
+        known = self.leaves.get(key)
+        if known is not None:
+            return known
         clbits, table = condition
         out: list[int] = []
 
@@ -277,6 +282,7 @@ class _Reader:
         if len(self.out.blocks) > _MAX_BLOCKS:
             self.fail(f"the conditions of this circuit need {len(self.out.blocks)} conditional "
                       f"blocks; at most {_MAX_BLOCKS} are supported", instruction="if_else")
+        self.leaves[key] = out
         return out
 
     def wait(self) -> int:

@@ -122,6 +122,28 @@ def test_a_controller_that_binds_less_gets_the_circuits_one_by_one(lab_backend,
     assert job.uploads == 5 and counters(lab_backend)[1] - runs == 5
 
 
+def test_a_sweep_longer_than_the_controllers_sets_is_cut_and_logged_first(
+        lab_backend, monkeypatch, caplog) -> None:
+    """With ``max_sets`` 3, seven T1 circuits merge into uploads of 3, 3 and 1 points; the cut
+    is logged before the first upload, and every point comes back in order."""
+    caps = {name: dict(c) for name, c in lab_backend._capabilities.items()}
+    for c in caps.values():
+        c["param_sets"] = {**c["param_sets"], "max_sets": 3}
+    monkeypatch.setattr(lab_backend, "_capabilities", caps)
+    circuits = transpile([t1_circuit(4.0 * k) for k in range(7)], lab_backend,
+                         initial_layout=[Q])
+    uploads, runs = counters(lab_backend)
+    with caplog.at_level("INFO", logger="labqpu.backend.merge"):
+        job = lab_backend.run(circuits, shots=100)
+        logged = [r.getMessage() for r in caplog.records if r.name == "labqpu.backend.merge"]
+    assert logged and "7 circuits of one structure merge into 3 uploads of at most 3 " \
+        "points" in logged[0] and "max_sets 3" in logged[0]
+    result = job.result(timeout=60)
+    assert job.uploads == 3 and counters(lab_backend)[1] - runs == 3
+    assert counters(lab_backend)[0] - uploads <= 3
+    assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
+
+
 def test_seeded_merged_runs_repeat(lab_backend) -> None:
     circuits = transpile([ramsey_circuit(p) for p in np.linspace(0, np.pi, 6)], lab_backend,
                          initial_layout=[Q])
