@@ -19,7 +19,12 @@ from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.results import discriminator_centres
-from labqpu.backend.sweeps import binds_per_item, builder_points, param_sets_for
+from labqpu.backend.sweeps import (
+    binds_per_item,
+    builder_points,
+    circuit_points,
+    param_sets_for,
+)
 from labqpu.backend.target import LabTarget, build_target
 from labqpu.errors import (
     BackendConfigurationError,
@@ -61,13 +66,19 @@ REP_DELAY_T1_FACTOR = 10.0
 REP_DELAY_UNCALIBRATED_S = 500e-6
 
 
-def _expand_builders(items: list, binds: object) -> tuple[list, list]:
-    """``run()``'s items with each ``PulseBuilder`` replaced by the programs of its sweep
-    (:func:`labqpu.backend.sweeps.builder_points`, its mapping in ``parameter_binds``), and
-    ``parameter_binds`` as one entry per remaining item (None for the sweep's points)."""
+def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:
+    """``run()``'s items with each ``PulseBuilder``, and each circuit given a mapping in
+    ``parameter_binds``, replaced by the points of its sweep
+    (:func:`labqpu.backend.sweeps.builder_points`, :func:`~labqpu.backend.sweeps.circuit_points`),
+    and ``parameter_binds`` as one entry per remaining item (None for the sweeps' points)."""
     out_items: list = []
     out_binds: list = []
     for item, bind in zip(items, binds_per_item(binds, len(items)), strict=True):
+        if isinstance(item, QuantumCircuit) and bind is not None:
+            points = circuit_points(item, bind, max_points=MAX_JOB_CIRCUITS)
+            out_items.extend(points)
+            out_binds.extend([None] * len(points))
+            continue
         if not isinstance(item, PulseBuilder):
             out_items.append(item)
             out_binds.append(bind)
@@ -490,8 +501,9 @@ class LabBackend(BackendV2):
     def _check_length(self, program: PulseProgram) -> None:
         """A program must fit its controller: no longer than ``max_program_samples``, and no
         more waveform samples, waveforms or plays than ``waveform_memory_samples``,
-        ``max_waveforms`` and ``max_plays`` (the controller's ``hello``, asked once when the
-        backend was created)."""
+        ``max_waveforms`` and ``max_plays``, nor more conditional blocks and phase shifts
+        than ``feedforward.max_blocks`` and ``max_shifts`` (the controller's ``hello``, asked
+        once when the backend was created)."""
         caps = self._capabilities.get(program.controller, {})
         fs = self.config.controller(program.controller).sample_rate_hz
         where = f"program {program.header.get('name', program.content_hash[:12])!r}"
@@ -510,6 +522,15 @@ class LabBackend(BackendV2):
                     f"{where} needs {used} {what}; controller {program.controller} holds at "
                     f"most {int(caps[key])} ({key}); split it into several programs; nothing "
                     "was sent")
+        feedforward = caps.get("feedforward", {})
+        for what, used, key in (("conditional blocks", int(program.block_acq.shape[0]),
+                                 "max_blocks"),
+                                ("phase shifts", int(program.shift_port.shape[0]),
+                                 "max_shifts")):
+            if key in feedforward and used > int(feedforward[key]):
+                raise InvalidRunInputError(
+                    f"{where} needs {used} {what}; controller {program.controller} takes at "
+                    f"most {int(feedforward[key])} (feedforward.{key}); nothing was sent")
 
     def _check_nested(self, parts: list) -> None:
         """A program with nested conditional blocks (an if_else on a register of several bits,
@@ -654,9 +675,10 @@ class LabBackend(BackendV2):
         has feed-forward; "passive": idle for the calibrated thermalisation time),
         ``job_tags`` (kept in the result header; mthree passes them), ``parameter_binds``
         (a ``PulseProgram`` run once per value of its amplitude parameters, bound on the
-        controller from one upload; or a ``PulseBuilder`` run once per value of any of its
-        parameters, its points merged into one upload where they differ only in numbers the
-        controller binds; one result experiment per point:
+        controller from one upload; or a ``PulseBuilder`` or a circuit run once per value of
+        any of its parameters, as qiskit-aer takes them, its points merged into one upload
+        where they differ only in numbers the controller binds; one result experiment per
+        point:
         :mod:`labqpu.backend.sweeps`), ``merge_sweeps`` (default True: consecutive programs
         that differ only in start times, phases, frequencies, amplitudes or length, such as
         the points of a T1 or Ramsey scan, run as one upload that the controller binds per
@@ -673,8 +695,8 @@ class LabBackend(BackendV2):
         if not items:
             raise InvalidRunInputError("run() needs at least one circuit or program")
         binds = options.pop("parameter_binds", None)
-        if any(isinstance(item, PulseBuilder) for item in items):
-            items, binds = _expand_builders(items, binds)
+        if binds is not None or any(isinstance(item, PulseBuilder) for item in items):
+            items, binds = _expand_sweeps(items, binds)
         if len(items) > MAX_JOB_CIRCUITS:
             raise InvalidRunInputError(
                 f"{len(items)} circuits in one job; {self.name} takes at most "

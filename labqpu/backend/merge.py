@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 #: Arrays that must be equal, element for element, for programs to share one upload.
 _SAME = ("play_port", "play_wave", "play_block", "wave_offset", "wave_data", "acq_port",
          "acq_duration", "acq_qubit", "acq_clbit", "block_acq", "block_value", "block_parent",
-         "shift_port",
-         "shift_block", "acq_disc_axis", "acq_disc_threshold")
+         "shift_port", "shift_block", "acq_disc_axis", "acq_disc_threshold")
 #: Arrays whose elements may differ; they are bound per point.
 _BOUND = tuple(name for name in BINDABLE if name != "duration_samples")
 

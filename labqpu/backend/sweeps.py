@@ -13,9 +13,10 @@ equal numbers of finite values, at most the controller's ``param_sets.max_sets``
 ``param_sets`` in its capabilities, one controller per program, and no raw traces.
 
 ``backend.run(builder, parameter_binds={phi: phases})`` sweeps any parameter of a
-``PulseBuilder`` (:func:`builder_points`): one program per point, which ``run()`` merges into
-one upload where the points differ only in numbers the controller binds
-(``labqpu.backend.merge``).
+``PulseBuilder`` (:func:`builder_points`), and ``backend.run(circuit, parameter_binds={theta:
+angles})`` any parameter of a circuit (:func:`circuit_points`, as qiskit-aer takes it): one
+program per point, which ``run()`` merges into one upload where the points differ only in
+numbers the controller binds (``labqpu.backend.merge``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
+from qiskit.circuit import QuantumCircuit
 
 from labqpu.errors import InvalidRunInputError, PulseError
 from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import split_program
 
-__all__ = ["binds_per_item", "builder_points", "param_sets_for"]
+__all__ = ["binds_per_item", "builder_points", "circuit_points", "param_sets_for"]
 
 Rows = tuple[tuple[float, ...], ...]
 
@@ -137,6 +139,34 @@ def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
         metadata = {**program.header.get("metadata", {}), "parameter_binds": point}
         programs.append(replace(program, header={**program.header, "metadata": metadata}))
     return programs
+
+
+def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
+                   ) -> list[QuantumCircuit]:
+    """The circuits of a sweep of a circuit's parameters (as qiskit-aer's ``parameter_binds``):
+    ``bind`` maps each parameter of ``circuit`` (or its name) to its values, all of one
+    length; each point is the circuit with those values assigned and them in its
+    ``metadata["parameter_binds"]``. ``run()`` compiles each point and sends consecutive
+    points that differ only in rz angles, delays or pulse-gate numbers as one upload
+    (``labqpu.backend.merge``). Raises ``InvalidRunInputError`` naming the problem."""
+    where = f"parameter_binds of circuit {circuit.name!r}"
+    by_name = {p.name: p for p in circuit.parameters}
+    columns, points = _value_columns(bind, sorted(by_name), where)
+    left = [name for name in sorted(by_name) if name not in columns]
+    if left:
+        raise InvalidRunInputError(f"{where}: parameter(s) {', '.join(left)} have no values; "
+                                   "give them in parameter_binds too (one value per point)",
+                                   option="parameter_binds")
+    if points > max_points:
+        raise InvalidRunInputError(f"{where}: {points} points; a job runs at most "
+                                   f"{max_points}", option="parameter_binds")
+    circuits = []
+    for k in range(points):
+        point = {name: float(column[k]) for name, column in columns.items()}
+        bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
+        bound.metadata = {**(circuit.metadata or {}), "parameter_binds": point}
+        circuits.append(bound)
+    return circuits
 
 
 def _name_of(program: PulseProgram) -> str:

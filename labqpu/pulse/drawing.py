@@ -33,6 +33,11 @@ _I_COLOUR, _Q_COLOUR, _ACQ_COLOUR, _MARK_COLOUR = "#1f5fa8", "#d9731a", "#5a9e4b
 _COND_COLOUR = "#b0232a"
 
 
+#: Most lines one label lists (conditions, or phase and frequency marks; the rest are
+#: counted).
+_COND_LINES = 4
+
+
 def _condition(program: Any, block: int) -> str:
     """``if a<k>=<v>`` for conditional block ``block``; a nested block lists its enclosing
     blocks' tests first (``if a0=1 & a1=0``)."""
@@ -195,29 +200,44 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
     top = max(peak, 1e-3) * 1.35
     ax.set_ylim(-top, top)
     span = max((hi - lo) * ns_per_sample, 1e-9)
-    last_x, level = -math.inf, 0
+    # Conditional plays that start close together (an else branch's copies, nested blocks)
+    # share one label listing their conditions, drawn over a white box.
+    groups: list[tuple[float, list[str]]] = []
     for start, base, cond in sorted(conditional, key=lambda c: c[0]):
         a, b = max(start, lo), min(start + len(base), hi)
         if a >= b:
             continue
-        # labels of plays that start close together (an else branch's copies) stack upwards
-        level = level + 1 if (a * ns_per_sample) - last_x < 0.07 * span else 0
-        last_x = a * ns_per_sample
         ax.axvspan(a * ns_per_sample, b * ns_per_sample, facecolor="none",
                    edgecolor=_COND_COLOUR, hatch="///", alpha=0.35, lw=0)
         ax.plot(np.arange(a, b) * ns_per_sample, base[a - start:b - start].real,
                 color=_COND_COLOUR, lw=0.9, ls="--", drawstyle="steps-mid")
-        ax.annotate(cond, (a * ns_per_sample, -top * (0.85 - 0.3 * (level % 4))), xytext=(2, 0),
-                    textcoords="offset points", fontsize=7, color=_COND_COLOUR, va="center")
-    # Marks closer than 7 % of the axis stack on three levels so their labels stay readable.
-    last_x, level = -math.inf, 0
+        if groups and a * ns_per_sample - groups[-1][0] < 0.07 * span:
+            if cond not in groups[-1][1]:
+                groups[-1][1].append(cond)
+        else:
+            groups.append((a * ns_per_sample, [cond]))
+    for x, conds in groups:
+        shown = conds if len(conds) <= _COND_LINES else [
+            *conds[:_COND_LINES - 1], f"... {len(conds) - _COND_LINES + 1} more"]
+        ax.annotate("\n".join(shown), (x, -top * 0.95), xytext=(2, 0),
+                    textcoords="offset points", fontsize=6.5, color=_COND_COLOUR, va="bottom",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8,
+                          "linewidth": 0})
+    # Marks closer than 7 % of the axis share one label, a line each, from the top down.
+    marked: list[tuple[float, list[str]]] = []
     for x, text in marks:
-        level = (level + 1) % 3 if x - last_x < 0.07 * span else 0
-        y = top * (0.82 - 0.3 * level)
-        ax.plot([x], [y], marker="v", color=_MARK_COLOUR, ms=5, clip_on=False)
-        ax.annotate(text, (x, y), xytext=(4, -1), textcoords="offset points",
-                    fontsize=7, color=_MARK_COLOUR, va="center")
-        last_x = x
+        ax.plot([x], [top * 0.9], marker="v", color=_MARK_COLOUR, ms=5, clip_on=False)
+        if marked and x - marked[-1][0] < 0.07 * span:
+            marked[-1][1].append(text)
+        else:
+            marked.append((x, [text]))
+    for x, texts in marked:
+        shown = texts if len(texts) <= _COND_LINES else [
+            *texts[:_COND_LINES - 1], f"... {len(texts) - _COND_LINES + 1} more"]
+        ax.annotate("\n".join(shown), (x, top * 0.9), xytext=(5, -3),
+                    textcoords="offset points", fontsize=6.5, color=_MARK_COLOUR, va="top",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8,
+                          "linewidth": 0})
     if idx.size == 0:
         return ""
     return f"{float(program.play_freq_hz[idx[0]]) / 1e6:+.2f} MHz"

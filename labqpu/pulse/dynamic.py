@@ -28,12 +28,14 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
   node is a block (acquisition that last wrote the bit, value, parent). ``bit == v`` is the
   pair (acquisition, v) / (acquisition, 1 - v) at the top level, as before nesting existed;
   ``register == v`` is the chain of its bits' values, and its failure one block per bit
-  (bit i differs while bits 0..i-1 agree). Each leaf holds a copy of its branch. ``if_else``
-  nests inside a branch the same way, under each leaf of its enclosing branch; every bit it
-  reads was written before the outermost ``if_else``, which waits the latency for all of
-  them. Refused: an ``if_else`` on a bit no earlier measurement wrote, conditions the
-  controller cannot decide (``conditions``), measurements, resets and pulse gates inside a
-  branch (acquisitions are unconditional), and loops.
+  (bit i differs while bits 0..i-1 agree). Each leaf holds a copy of its branch. An
+  ``if_else`` inside a branch combines its condition with the enclosing ones (all must take
+  their branch) into one tree, so a bit is tested once on any chain and a branch the
+  enclosing conditions rule out gets no block; every bit it reads was written before the
+  outermost ``if_else``, which waits the latency for all of them. Refused: an ``if_else``
+  on a bit no earlier measurement wrote, conditions the controller cannot decide
+  (``conditions``), measurements, resets and pulse gates inside a branch (acquisitions are
+  unconditional), and loops.
 * **Active reset.** ``reset`` on a qubit that ``tables.active_reset_possible`` allows, with
   feed-forward: a mid-circuit measurement into no classical bit (clbit -1: its result is not
   reported), the latency, then an x pulse in the block (that acquisition, 1). Otherwise the
@@ -49,7 +51,7 @@ import numpy as np
 from qiskit.circuit import Clbit, QuantumCircuit
 
 from labqpu.errors import CompilationError
-from labqpu.pulse.conditions import ConditionError, truth_table
+from labqpu.pulse.conditions import MAX_CONDITION_BITS, ConditionError, truth_table
 from labqpu.pulse.gates import PulseGate, lower
 from labqpu.pulse.tables import (
     Tables,
@@ -121,7 +123,7 @@ class _Reader:
         self.delays: list[int] = []
         self.last_used: dict[int, int] = {}
         self.block_ids: dict[tuple[int, int, int], int] = {}
-        self.leaves: dict[tuple, list[int]] = {}  # contexts() by its arguments
+        self.leaf_cache: dict[tuple, list[int]] = {}  # leaves() by path
 
     def fail(self, message: str, qubits: tuple = (), instruction: str | None = None):
         raise CompilationError(f"circuit {self.circuit.name!r}: {message}",
@@ -252,37 +254,47 @@ class _Reader:
         self.out.discriminated[acquisition] = True
         return bid
 
-    def contexts(self, parents: list[int], condition: Condition, holds: bool) -> list[int]:
-        """The blocks under each of ``parents`` (-1: the top level) in which ``condition``
-        holds (``holds``) or fails: the leaves of a decision tree over its bits in order, each
-        node a block (bit's acquisition, bit value, parent), pruned where the table is
-        constant. The leaves are disjoint, so a member added to each runs at most once per
-        shot. For bit == v: one block; for register == v: the chain of its bits' values, and
-        for its failure one block per bit (bit i differs while bits 0..i-1 agree). A leaf -1
-        means unconditional (a condition that does not depend on its bits)."""
-        key = (tuple(parents), condition, holds)
-        known = self.leaves.get(key)
-        if known is not None:
-            return known
-        clbits, table = condition
-        out: list[int] = []
+    def leaves(self, path: tuple) -> list[int]:
+        """The blocks a member under ``path`` ((condition, branch taken) from the outermost
+        if_else in) belongs to: the leaves of a decision tree over the bits the conditions
+        read, in order, each node a block (bit's acquisition, bit value, parent), pruned where
+        the result no longer depends on the remaining bits. The conditions are combined first
+        (all must take their branch), so a bit is tested once on any chain, and a branch the
+        enclosing conditions rule out gets no block. The leaves are disjoint, so a member
+        added to each runs at most once per shot. For bit == v: one block; for register == v:
+        the chain of its bits' values, and for its failure one block per bit (bit i differs
+        while bits 0..i-1 agree). A leaf -1 means unconditional."""
+        out = self.leaf_cache.get(path)
+        if out is not None:
+            return out
+        clbits = list(dict.fromkeys(c for (bits, _), _ in path for c in bits))
+        if len(clbits) > MAX_CONDITION_BITS:
+            self.fail(f"nested conditions that read {len(clbits)} classical bits together; at "
+                      f"most {MAX_CONDITION_BITS} are supported", instruction="if_else")
+        position = {c: j for j, c in enumerate(clbits)}
+        table = []
+        for k in range(2 ** len(clbits)):
+            table.append(all(
+                truth[sum(((k >> position[c]) & 1) << i for i, c in enumerate(bits))] == holds
+                for (bits, truth), holds in path))
+        out = []
 
         def walk(parent: int, j: int, rows: list[int]) -> None:
-            if all(table[k] == holds for k in rows):
+            if all(table[k] for k in rows):
                 out.append(parent)
                 return
             acquisition = self.writer[clbits[j]][0]
             for value in (0, 1):
                 sub = [k for k in rows if (k >> j) & 1 == value]
-                if any(table[k] == holds for k in sub):
+                if any(table[k] for k in sub):
                     walk(self.block_id(acquisition, value, parent), j + 1, sub)
 
-        for parent in parents:
-            walk(parent, 0, list(range(len(table))))
+        if any(table):
+            walk(-1, 0, list(range(len(table))))
         if len(self.out.blocks) > _MAX_BLOCKS:
             self.fail(f"the conditions of this circuit need {len(self.out.blocks)} conditional "
                       f"blocks; at most {_MAX_BLOCKS} are supported", instruction="if_else")
-        self.leaves[key] = out
+        self.leaf_cache[path] = out
         return out
 
     def wait(self) -> int:
@@ -341,10 +353,7 @@ class _Reader:
             for row, resources, start, path in members:
                 if path[0][1] != holds:
                     continue
-                blocks = [-1]
-                for condition, branch in path:
-                    blocks = self.contexts(blocks, condition, branch)
-                for bid in blocks:
+                for bid in self.leaves(path):
                     self.add(row, resources, container, start, bid)
 
     def conditional(self, inst, outer_qubits, outer_clbits, cmap: dict, start: int,

@@ -10,10 +10,10 @@ uploaded program (docs/protocol.md, section 4.7).
 Feed-forward: a play may belong to a conditional block (``play_block`` >= 0) that runs only
 when the discriminated result of an earlier acquisition equals the block's value
 (``block_acq``, ``block_value``) and its parent block, if it has one (``block_parent``), runs;
-phase shifts (``shift_*``) add a phase to the later plays of
-a port, always or when their block runs; each acquisition carries the linear discriminator the
-controller applies (``acq_disc_axis``, a unit vector in the IQ plane or 0 for none, and
-``acq_disc_threshold``: result 1 iff Re(conj(axis) iq) > threshold).
+phase shifts (``shift_*``) add a phase to the later plays of a port, always or when their
+block runs; each acquisition carries the linear discriminator the controller applies
+(``acq_disc_axis``, a unit vector in the IQ plane or 0 for none, and ``acq_disc_threshold``:
+result 1 iff Re(conj(axis) iq) > threshold).
 The VISA settings the program assumes (LO frequencies and powers, flux-bias currents) travel
 with it: its meaning depends on them.
 

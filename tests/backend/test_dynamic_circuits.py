@@ -303,3 +303,23 @@ def test_nested_blocks_need_the_controllers_capability(lab_backend, monkeypatch)
     with qc.if_test((qc.clbits[0], 1)):
         qc.x(0)
     assert sum(_run(lab_backend, qc, 3).get_counts().values()) == SHOTS
+
+
+def test_more_blocks_than_the_controller_takes_is_refused_before_sending(lab_backend,
+                                                                        monkeypatch) -> None:
+    """A controller that takes 2 conditional blocks: a register condition with an else
+    branch needs 4; run() refuses it naming the limit, and the controller saw nothing."""
+    name = lab_backend.config.controllers[0].name
+    caps = lab_backend._capabilities[name]
+    monkeypatch.setitem(caps, "feedforward", {**caps["feedforward"], "max_blocks": 2})
+    native = transpile(_register_circuits()[1], lab_backend)
+    assert lab_backend.compile(native).block_acq.shape[0] > 2
+    with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        before = client.status()
+        with pytest.raises(InvalidRunInputError, match=r"needs \d+ conditional blocks; "
+                                                       rf"controller {name} takes at most 2 "
+                                                       r"\(feedforward.max_blocks\)"):
+            lab_backend.run(native, shots=10)
+        after = client.status()
+    assert (after["uploads_total"], after["runs_total"]) == (before["uploads_total"],
+                                                             before["runs_total"])

@@ -239,3 +239,69 @@ def test_a_bad_builder_sweep_is_refused_before_anything_is_sent(lab_backend, ite
         lab_backend.run(run_input, shots=100, parameter_binds=binds)
     assert message in str(info.value)
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
+
+
+def test_a_circuit_sweeps_its_parameters_as_qiskit_aer_takes_them(lab_backend) -> None:
+    """``run(circuit, parameter_binds={theta: values})``, transpiled at Qiskit's defaults:
+    sx, rz(theta), sx as one upload and one run (the points differ only in a phase), each
+    result with its value, P(1) = (1 + cos theta) / 2; and a dynamic circuit whose branch
+    holds the parameter: x on qubit Q+1 is conditioned on the result, rz(theta) inside the
+    branch, so the output follows the conditional phase."""
+    from qiskit import QuantumCircuit, transpile
+    from qiskit.circuit import Parameter
+
+    theta = Parameter("theta")
+    ramsey = QuantumCircuit(1, 1, name="phase_circuit")
+    ramsey.sx(0)
+    ramsey.rz(theta, 0)
+    ramsey.sx(0)
+    ramsey.measure(0, 0)
+    native = transpile(ramsey, lab_backend, initial_layout=[Q])
+    thetas = np.linspace(0, 2 * np.pi, 8)
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    result = lab_backend.run(native, shots=1000, seed_simulator=4,
+                             parameter_binds=[{theta: thetas}]).result()
+    assert uploads(lab_backend) - before[0] <= 1
+    assert uploads(lab_backend, "runs_total") - before[1] == 1
+    for k in range(8):
+        assert result.results[k].header["metadata"]["parameter_binds"] == pytest.approx(
+            {"theta": thetas[k]})
+        assert abs(p1(result.get_counts(k)) - (1 + math.cos(thetas[k])) / 2) < 0.1, k
+
+    dynamic = QuantumCircuit(2, 2, name="conditional_phase")
+    dynamic.x(0)
+    dynamic.measure(0, 0)
+    dynamic.sx(1)
+    with dynamic.if_test((dynamic.clbits[0], 1)):
+        dynamic.rz(theta, 1)
+    dynamic.sx(1)
+    dynamic.measure(1, 1)
+    native = transpile(dynamic, lab_backend, initial_layout=[Q, Q + 1])
+    result = lab_backend.run(native, shots=1000, seed_simulator=5,
+                             parameter_binds={theta: [0.0, math.pi]}).result()
+    flipped = [result.get_counts(k).get("11", 0) / 1000 for k in range(2)]
+    assert flipped[0] > 0.85 and flipped[1] < 0.15, flipped
+
+
+def test_a_bad_circuit_sweep_is_refused_before_anything_is_sent(lab_backend) -> None:
+    from qiskit import QuantumCircuit, transpile
+    from qiskit.circuit import Parameter
+
+    theta, phi = Parameter("theta"), Parameter("phi")
+    qc = QuantumCircuit(1, 1, name="two_angles")
+    qc.rz(theta, 0)
+    qc.sx(0)
+    qc.rz(phi, 0)
+    qc.sx(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[Q])
+    assert {p.name for p in native.parameters} == {"theta", "phi"}
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    for binds, message in (({theta: [0.1]}, "parameter(s) phi have no values"),
+                           ({"psi": [0.1]}, "has no parameter 'psi'"),
+                           ({theta: [0.1], phi: [0.1, 0.2]}, "needs as many values")):
+        with pytest.raises(InvalidRunInputError, match="parameter_binds of circuit "
+                                                       "'two_angles'") as info:
+            lab_backend.run(native, shots=100, parameter_binds=binds)
+        assert message in str(info.value)
+    assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before

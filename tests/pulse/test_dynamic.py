@@ -292,3 +292,27 @@ def test_a_classical_expression_runs_exactly_where_it_holds(snapshot, channels, 
                       if runs(int(prog.play_block[i]), (b0, b1))]
             assert len(played) == 1, (b0, b1, played)  # exactly one branch, once
             assert (played[0] == x_port) == bool(truth(b0, b1)), (b0, b1, played)
+
+
+def test_a_nested_condition_does_not_test_a_result_its_block_already_fixed(snapshot,
+                                                                          channels):
+    """if r0 == 1 { if r == 3: x } else { if r == 3: sx }: inside (r0 = 1) only r1 is tested;
+    inside (r0 = 0) r == 3 can never hold, so the sx gets no block at all. No block's chain
+    names an acquisition twice."""
+    r = ClassicalRegister(2, "r")
+    qc = QuantumCircuit(QuantumRegister(2), r)
+    qc.measure(0, r[0])
+    qc.measure(1, r[1])
+    with qc.if_test((r[0], 1)) as else_, qc.if_test((r, 3)):
+        qc.x(1)
+    with else_, qc.if_test((r, 3)):
+        qc.sx(1)
+    prog = compiled(qc, snapshot, channels)
+    assert _blocks(prog) == [(0, 1, -1), (1, 1, 0)]
+    assert prog.play_block[prog.play_block >= 0].tolist() == [1]
+    for b in range(prog.block_acq.shape[0]):
+        seen = []
+        while b >= 0:
+            seen.append(int(prog.block_acq[b]))
+            b = int(prog.block_parent[b])
+        assert len(seen) == len(set(seen))
