@@ -106,6 +106,23 @@ def _value_columns(bind: object, names: Sequence[str], where: str
     return columns, points[0]
 
 
+def _points(bind: object, names: Sequence[str], where: str, max_points: int
+            ) -> list[dict[str, float]]:
+    """The points of a sweep, {name: value} each, from a ``parameter_binds`` mapping that gives
+    every parameter of ``names`` its values (``_value_columns``), at most ``max_points``."""
+    columns, points = _value_columns(bind, names, where)
+    left = [name for name in names if name not in columns]
+    if left:
+        raise InvalidRunInputError(f"{where}: parameter(s) {', '.join(left)} have no values; "
+                                   "give them in parameter_binds too (one value per point)",
+                                   option="parameter_binds")
+    if points > max_points:
+        raise InvalidRunInputError(f"{where}: {points} points; a job runs at most "
+                                   f"{max_points}", option="parameter_binds")
+    return [{name: float(column[k]) for name, column in columns.items()}
+            for k in range(points)]
+
+
 def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
                    ) -> list[PulseProgram]:
     """The programs of a sweep of a ``PulseBuilder``'s parameters, one per point: ``bind``
@@ -118,19 +135,9 @@ def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
     duration or width) are uploaded apart. Raises ``InvalidRunInputError`` naming the
     problem."""
     where = f"parameter_binds of pulse program {builder.name!r}"
-    names = sorted(p.name for p in builder.parameters)
-    columns, points = _value_columns(bind, names, where)
-    left = [name for name in names if name not in columns]
-    if left:
-        raise InvalidRunInputError(f"{where}: parameter(s) {', '.join(left)} have no values; "
-                                   "give them in parameter_binds too (one value per point)",
-                                   option="parameter_binds")
-    if points > max_points:
-        raise InvalidRunInputError(f"{where}: {points} points; a job runs at most "
-                                   f"{max_points}", option="parameter_binds")
     programs = []
-    for k in range(points):
-        point = {name: float(column[k]) for name, column in columns.items()}
+    for k, point in enumerate(_points(bind, sorted(p.name for p in builder.parameters), where,
+                                      max_points)):
         try:
             program = builder.assign_parameters(point)
         except PulseError as exc:
@@ -151,18 +158,8 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     (``labqpu.backend.merge``). Raises ``InvalidRunInputError`` naming the problem."""
     where = f"parameter_binds of circuit {circuit.name!r}"
     by_name = {p.name: p for p in circuit.parameters}
-    columns, points = _value_columns(bind, sorted(by_name), where)
-    left = [name for name in sorted(by_name) if name not in columns]
-    if left:
-        raise InvalidRunInputError(f"{where}: parameter(s) {', '.join(left)} have no values; "
-                                   "give them in parameter_binds too (one value per point)",
-                                   option="parameter_binds")
-    if points > max_points:
-        raise InvalidRunInputError(f"{where}: {points} points; a job runs at most "
-                                   f"{max_points}", option="parameter_binds")
     circuits = []
-    for k in range(points):
-        point = {name: float(column[k]) for name, column in columns.items()}
+    for point in _points(bind, sorted(by_name), where, max_points):
         bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
         bound.metadata = {**(circuit.metadata or {}), "parameter_binds": point}
         circuits.append(bound)

@@ -280,6 +280,18 @@ def test_if_else_on_register_values_nested_and_expressions(lab_backend) -> None:
         assert abs(p0 - 0.75) < 0.06 and abs(p1 - 0.5) < 0.06, (index, p0, p1)
 
 
+def _refused_and_nothing_sent(backend, circuit, message: str) -> None:
+    """run() raises InvalidRunInputError matching ``message``; the controller counted no
+    upload and no run."""
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        before = client.status()
+        with pytest.raises(InvalidRunInputError, match=message):
+            backend.run(circuit, shots=10)
+        after = client.status()
+    assert (after["uploads_total"], after["runs_total"]) == (before["uploads_total"],
+                                                             before["runs_total"])
+
+
 def test_nested_blocks_need_the_controllers_capability(lab_backend, monkeypatch) -> None:
     """A controller whose hello states no ``feedforward.nested_blocks`` would ignore
     ``block_parent``: a register condition is refused before anything is sent, naming the
@@ -289,15 +301,8 @@ def test_nested_blocks_need_the_controllers_capability(lab_backend, monkeypatch)
     monkeypatch.setitem(caps, "feedforward", {k: v for k, v in caps["feedforward"].items()
                                               if k != "nested_blocks"})
     native = transpile(_register_circuits()[0], lab_backend)
-    with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
-        before = client.status()
-        with pytest.raises(InvalidRunInputError, match=rf"nested conditional blocks.*controller "
-                                                       rf"{name} states no "
-                                                       r"feedforward.nested_blocks"):
-            lab_backend.run(native, shots=10)
-        after = client.status()
-    assert (after["uploads_total"], after["runs_total"]) == (before["uploads_total"],
-                                                             before["runs_total"])
+    _refused_and_nothing_sent(lab_backend, native, rf"nested conditional blocks.*controller "
+                                                   rf"{name} states no feedforward.nested_blocks")
     qc = QuantumCircuit(1, 1)
     qc.measure(0, 0)
     with qc.if_test((qc.clbits[0], 1)):
@@ -314,12 +319,6 @@ def test_more_blocks_than_the_controller_takes_is_refused_before_sending(lab_bac
     monkeypatch.setitem(caps, "feedforward", {**caps["feedforward"], "max_blocks": 2})
     native = transpile(_register_circuits()[1], lab_backend)
     assert lab_backend.compile(native).block_acq.shape[0] > 2
-    with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
-        before = client.status()
-        with pytest.raises(InvalidRunInputError, match=r"needs \d+ conditional blocks; "
-                                                       rf"controller {name} takes at most 2 "
-                                                       r"\(feedforward.max_blocks\)"):
-            lab_backend.run(native, shots=10)
-        after = client.status()
-    assert (after["uploads_total"], after["runs_total"]) == (before["uploads_total"],
-                                                             before["runs_total"])
+    _refused_and_nothing_sent(lab_backend, native, r"needs \d+ conditional blocks; controller "
+                                                   rf"{name} takes at most 2 "
+                                                   r"\(feedforward.max_blocks\)")
