@@ -202,7 +202,8 @@ class PulseProgram:
                             f", unknown {sorted(state.keys() - _FIELD_SET)}")
         state["rack"] = tuple((str(n), int(o), int(i)) for n, o, i in state["rack"])
         if state["block_parent"] is None:
-            state["block_parent"] = np.full(state["block_acq"].shape, -1, np.int32)
+            n_block = state["block_acq"].shape[0]
+            state["block_parent"] = np.full(n_block, -1, np.int32) if n_block else _NO_PARENTS
         for name, dtype in _DTYPE_OBJECTS:
             arr = state[name]
             if arr.dtype is not dtype:
@@ -389,6 +390,7 @@ _ASSEMBLE_DEFAULTS = {
     "shift_phase_rad": _frozen_empty(np.float64), "shift_block": _frozen_empty(np.int32),
     "rack": (), "binds": ()}
 _FIELD_SET = frozenset(f.name for f in fields(PulseProgram))
+_NO_PARENTS = _frozen_empty(np.int32)  # the block_parent of a program without blocks
 
 
 class WaveformTable:
