@@ -76,7 +76,7 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
     return out
 
 
-def _value_columns(bind: object, names: Sequence[str], where: str
+def _value_columns(bind: object, names: Sequence[str], where: str, what: str = "program"
                    ) -> tuple[dict[str, np.ndarray], int]:
     """The values of a ``parameter_binds`` mapping by parameter name, checked against the
     program's parameter ``names``: numbers, at least one, all finite, as many for each; and
@@ -88,7 +88,7 @@ def _value_columns(bind: object, names: Sequence[str], where: str
     for key, values in bind.items():
         name = _name(key)
         if name not in names:
-            raise InvalidRunInputError(f"{where}: the program has no parameter {name!r}; it "
+            raise InvalidRunInputError(f"{where}: the {what} has no parameter {name!r}; it "
                                        f"has {list(names) or 'none'}", option="parameter_binds")
         try:
             column = np.array([float(v) for v in values])
@@ -106,11 +106,12 @@ def _value_columns(bind: object, names: Sequence[str], where: str
     return columns, points[0]
 
 
-def _points(bind: object, names: Sequence[str], where: str, max_points: int
-            ) -> list[dict[str, float]]:
+def _points(bind: object, names: Sequence[str], where: str, max_points: int,
+            what: str) -> list[dict[str, float]]:
     """The points of a sweep, {name: value} each, from a ``parameter_binds`` mapping that gives
-    every parameter of ``names`` its values (``_value_columns``), at most ``max_points``."""
-    columns, points = _value_columns(bind, names, where)
+    every parameter of ``names`` (of the ``what``) its values (``_value_columns``), at most
+    ``max_points``."""
+    columns, points = _value_columns(bind, names, where, what)
     left = [name for name in names if name not in columns]
     if left:
         raise InvalidRunInputError(f"{where}: parameter(s) {', '.join(left)} have no values; "
@@ -137,7 +138,7 @@ def builder_points(builder: PulseBuilder, bind: object, *, max_points: int
     where = f"parameter_binds of pulse program {builder.name!r}"
     programs = []
     for k, point in enumerate(_points(bind, sorted(p.name for p in builder.parameters), where,
-                                      max_points)):
+                                      max_points, "pulse program")):
         try:
             program = builder.assign_parameters(point)
         except PulseError as exc:
@@ -159,7 +160,7 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     where = f"parameter_binds of circuit {circuit.name!r}"
     by_name = {p.name: p for p in circuit.parameters}
     circuits = []
-    for point in _points(bind, sorted(by_name), where, max_points):
+    for point in _points(bind, sorted(by_name), where, max_points, "circuit"):
         bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
         bound.metadata = {**(circuit.metadata or {}), "parameter_binds": point}
         circuits.append(bound)

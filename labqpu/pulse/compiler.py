@@ -138,7 +138,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
             except TypeError as exc:
                 raise CompilationError(
                     f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
-                    "parameter; bind all parameters before run()", circuit=circuit.name,
+                    "parameter; bind all parameters before run() or give their values with "
+                    "run(..., parameter_binds=...)", circuit=circuit.name,
                     qubits=qubits, instruction=name) from exc
         if measured and not measured.isdisjoint(qubits):
             return None  # mid-circuit measurement

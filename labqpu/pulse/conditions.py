@@ -11,6 +11,9 @@ decision tree over those bits, and ``dynamic`` builds the tree from the truth ta
   indexing a register or an unsigned value by a literal. Uint values have the width of their
   type: results wrap as in OpenQASM 3.
 
+Only the bits the result depends on are kept (an index reads its bit alone; ``(c << 1) == 2``
+on three bits reads two), so no other bit needs a measurement or a block.
+
 Arithmetic (``add``, ``sub``, ``mul``, ``div``, ``negate``), floats, durations, stretches and
 standalone classical variables (``expr.Var`` that is not a bit or register) are refused: the
 controller reads measured bits and nothing else. A condition may read at most
@@ -69,6 +72,20 @@ def truth_table(condition: object) -> tuple[list[Clbit], list[bool]]:
     for k in range(2 ** len(bits)):
         values = {bit: (k >> j) & 1 for j, bit in enumerate(bits)}
         table.append(bool(evaluate(values)))
+    return _relevant(bits, table)
+
+
+def _relevant(bits: list[Clbit], table: list[bool]) -> tuple[list[Clbit], list[bool]]:
+    """``bits`` and ``table`` without the bits the result does not depend on (``(c << 1) ==
+    2`` on three bits reads two), so that no measurement of them is needed."""
+    j = 0
+    while j < len(bits):
+        step = 1 << j
+        if all(table[k] == table[k | step] for k in range(len(table)) if not k & step):
+            table = [table[k] for k in range(len(table)) if not k & step]
+            bits = bits[:j] + bits[j + 1:]
+        else:
+            j += 1
     return bits, table
 
 
@@ -118,10 +135,16 @@ def _compile(node: expr.Expr, bits: list[Clbit]) -> Evaluator:
             return lambda values: inner(values) & mask
         raise ConditionError(f"a cast to {node.type} is not supported in a condition")
     if isinstance(node, expr.Index):
-        target = _compile(node.target, bits)
         if not isinstance(node.index, expr.Value):
             raise ConditionError("an index into a register must be a literal")
         position = int(node.index.value)
+        if isinstance(node.target, expr.Var) and isinstance(node.target.var, ClassicalRegister):
+            register = node.target.var
+            if not 0 <= position < len(register):
+                raise ConditionError(f"index {position} into register {register.name!r} of "
+                                     f"{len(register)} bit(s)")
+            return _compile(expr.lift(register[position]), bits)  # reads that bit alone
+        target = _compile(node.target, bits)
         return lambda values: (target(values) >> position) & 1
     if isinstance(node, expr.Unary):
         operand = _compile(node.operand, bits)

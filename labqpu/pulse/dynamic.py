@@ -123,7 +123,7 @@ class _Reader:
         self.delays: list[int] = []
         self.last_used: dict[int, int] = {}
         self.block_ids: dict[tuple[int, int, int], int] = {}
-        self.leaf_cache: dict[tuple, list[int]] = {}  # leaves() by path
+        self.leaf_cache: dict[tuple, list[int]] = {}  # leaves() by path and acquisitions
 
     def fail(self, message: str, qubits: tuple = (), instruction: str | None = None):
         raise CompilationError(f"circuit {self.circuit.name!r}: {message}",
@@ -163,7 +163,8 @@ class _Reader:
             except TypeError as exc:
                 raise CompilationError(
                     f"circuit {self.circuit.name!r}: {name} on {qubits} has an unbound "
-                    "parameter; bind all parameters before run()", circuit=self.circuit.name,
+                    "parameter; bind all parameters before run() or give their values with "
+                    "run(..., parameter_binds=...)", circuit=self.circuit.name,
                     qubits=qubits, instruction=name) from exc
         return tables.effect(name, qubits, duration, self.circuit), duration, param
 
@@ -264,10 +265,12 @@ class _Reader:
         added to each runs at most once per shot. For bit == v: one block; for register == v:
         the chain of its bits' values, and for its failure one block per bit (bit i differs
         while bits 0..i-1 agree). A leaf -1 means unconditional."""
-        out = self.leaf_cache.get(path)
+        clbits = list(dict.fromkeys(c for (bits, _), _ in path for c in bits))
+        # the acquisitions that wrote the bits now: a bit measured again is a new result
+        key = (path, tuple(self.writer[c][0] for c in clbits))
+        out = self.leaf_cache.get(key)
         if out is not None:
             return out
-        clbits = list(dict.fromkeys(c for (bits, _), _ in path for c in bits))
         if len(clbits) > MAX_CONDITION_BITS:
             self.fail(f"nested conditions that read {len(clbits)} classical bits together; at "
                       f"most {MAX_CONDITION_BITS} are supported", instruction="if_else")
@@ -283,6 +286,10 @@ class _Reader:
             if all(table[k] for k in rows):
                 out.append(parent)
                 return
+            step = 1 << j
+            if all(table[k] == table[k | step] for k in rows if not k & step):
+                walk(parent, j + 1, rows)  # nothing here depends on bit j: no block for it
+                return
             acquisition = self.writer[clbits[j]][0]
             for value in (0, 1):
                 sub = [k for k in rows if (k >> j) & 1 == value]
@@ -294,7 +301,7 @@ class _Reader:
         if len(self.out.blocks) > _MAX_BLOCKS:
             self.fail(f"the conditions of this circuit need {len(self.out.blocks)} conditional "
                       f"blocks; at most {_MAX_BLOCKS} are supported", instruction="if_else")
-        self.leaf_cache[path] = out
+        self.leaf_cache[key] = out
         return out
 
     def wait(self) -> int:

@@ -95,8 +95,8 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
         if unit == "expr" or isinstance(value, ParameterExpression):
             raise CompilationError(
                 f"circuit {circuit.name!r}: delay on qubits {qubits} has an unbound duration; "
-                "bind all parameters before run()", circuit=circuit.name, qubits=qubits,
-                instruction="delay")
+                "bind all parameters before run() or give their values with run(..., "
+                "parameter_binds=...)", circuit=circuit.name, qubits=qubits, instruction="delay")
         if unit == "dt":
             samples = int(value)
         else:

@@ -100,6 +100,16 @@ def test_random_expressions_match_the_reference(case) -> None:
         assert holds == bool(reference(values)), (node, k)
 
 
+def test_only_the_bits_a_condition_depends_on_are_read() -> None:
+    """An index reads its bit alone; bits a result does not depend on are dropped."""
+    assert truth_table(expr.index(B, 1)) == ([B[1]], [False, True])
+    bits, table = truth_table(expr.equal(expr.shift_left(B, 1), 2))  # b2 shifts out
+    assert bits == [B[0], B[1]] and table == [False, True, False, False]
+    assert truth_table(expr.logic_or(expr.lift(LONE), expr.logic_not(LONE))) == ([], [True])
+    with pytest.raises(ConditionError, match="index 3 into register 'b' of 3 bit"):
+        truth_table(expr.index(B, 3))
+
+
 def test_pairs_compare_a_bit_or_a_register_with_a_value() -> None:
     assert truth_table((LONE, 1)) == ([LONE], [False, True])
     assert truth_table((LONE, False)) == ([LONE], [True, False])

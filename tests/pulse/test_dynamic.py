@@ -316,3 +316,41 @@ def test_a_nested_condition_does_not_test_a_result_its_block_already_fixed(snaps
             seen.append(int(prog.block_acq[b]))
             b = int(prog.block_parent[b])
         assert len(seen) == len(set(seen))
+
+
+def test_an_if_else_after_its_bit_is_measured_again_reads_the_new_result(snapshot, channels):
+    """c0 measured, if c0: x; c0 measured again, if c0: x. Each if_else reads the acquisition
+    that last wrote c0 when it comes: two blocks on acquisitions 0 and 1 (a cached decision
+    tree of the first once answered the second too)."""
+    qc = QuantumCircuit(2, 2)
+    qc.x(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(1)
+    qc.x(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(1)
+    qc.measure(1, 1)
+    prog = compiled(qc, snapshot, channels)
+    assert _blocks(prog) == [(0, 1, -1), (1, 1, -1)]
+    assert sorted(prog.play_block[prog.play_block >= 0].tolist()) == [0, 1]
+
+
+def test_a_condition_reads_only_the_bits_it_depends_on(snapshot, channels):
+    """if c[1] (an index into a 3-bit register) and if (c << 1) == 2 need only c1, and c0 and
+    c1: the other bits need no measurement and get no block."""
+    c = ClassicalRegister(3, "c")
+    for condition, blocks in ((lambda: expr.index(c, 1), [(0, 1, -1)]),
+                              (lambda: expr.equal(expr.shift_left(c, 1), 2), None)):
+        qc = QuantumCircuit(QuantumRegister(3), c)
+        qc.measure(1, c[1])
+        if blocks is None:
+            qc.measure(0, c[0])
+        with qc.if_test(condition()):
+            qc.x(2)
+        prog = compiled(qc, snapshot, channels)
+        if blocks is not None:
+            assert _blocks(prog) == blocks
+        else:  # c0 == 1 and c1 == 0 (c2 falls off the 3-bit shift)
+            assert sorted(int(prog.acq_clbit[a]) for a, _, _ in _blocks(prog)) == [0, 1]
