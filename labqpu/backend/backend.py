@@ -74,21 +74,19 @@ def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:
     out_items: list = []
     out_binds: list = []
     for item, bind in zip(items, binds_per_item(binds, len(items)), strict=True):
-        if isinstance(item, QuantumCircuit) and bind is not None:
+        if isinstance(item, PulseBuilder):
+            if bind is None:
+                raise InvalidRunInputError(
+                    f"pulse program {item.name!r} is a PulseBuilder: sweep its parameters with "
+                    "parameter_binds={parameter: values}, or call its build() or "
+                    "assign_parameters(...) first", option="parameter_binds")
+            points = builder_points(item, bind, max_points=MAX_JOB_CIRCUITS)
+        elif isinstance(item, QuantumCircuit) and bind is not None:
             points = circuit_points(item, bind, max_points=MAX_JOB_CIRCUITS)
-            out_items.extend(points)
-            out_binds.extend([None] * len(points))
-            continue
-        if not isinstance(item, PulseBuilder):
+        else:
             out_items.append(item)
             out_binds.append(bind)
             continue
-        if bind is None:
-            raise InvalidRunInputError(
-                f"pulse program {item.name!r} is a PulseBuilder: sweep its parameters with "
-                "parameter_binds={parameter: values}, or call its build() or "
-                "assign_parameters(...) first", option="parameter_binds")
-        points = builder_points(item, bind, max_points=MAX_JOB_CIRCUITS)
         out_items.extend(points)
         out_binds.extend([None] * len(points))
     return out_items, out_binds
@@ -506,7 +504,7 @@ class LabBackend(BackendV2):
         once when the backend was created)."""
         caps = self._capabilities.get(program.controller, {})
         fs = self.config.controller(program.controller).sample_rate_hz
-        where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+        where = f"program {program.display_name!r}"
         limit = self._max_program_samples.get(program.controller)
         if limit is not None and program.duration_samples > limit:
             raise InvalidRunInputError(
@@ -542,7 +540,7 @@ class LabBackend(BackendV2):
             caps = self._capabilities.get(part.controller, {}).get("feedforward", {})
             if program.has_nested_blocks and not caps.get("nested_blocks"):
                 raise InvalidRunInputError(
-                    f"program {program.header.get('name', program.content_hash[:12])!r} has "
+                    f"program {program.display_name!r} has "
                     f"nested conditional blocks (an if_else on a register of several bits, or "
                     f"one inside another); controller {part.controller} states no "
                     "feedforward.nested_blocks in its hello; nothing was sent")
@@ -553,7 +551,7 @@ class LabBackend(BackendV2):
         acquisitions x points); raises ``InvalidRunInputError`` before anything is sent."""
         decimations = set()
         for program in programs:
-            where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+            where = f"program {program.display_name!r}"
             caps = self._capabilities.get(program.controller, {}).get("traces")
             if not isinstance(caps, dict):
                 raise InvalidRunInputError(
@@ -584,7 +582,7 @@ class LabBackend(BackendV2):
     def _check_program(self, program: PulseProgram) -> None:
         """A pulse-level program must fit this rack: controller, sample rate, ports, VISA
         sources, classical bits."""
-        where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+        where = f"program {program.display_name!r}"
         try:
             ctrl = self.config.controller(program.controller)
             for name in program.lo_settings:

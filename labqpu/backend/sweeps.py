@@ -69,7 +69,7 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
     for i, (bind, program) in enumerate(zip(binds, programs, strict=True)):
         if bind is None:
             _check_values(program, np.asarray(program.param_values, dtype=float)[None, :],
-                          f"program {_name_of(program)!r}", i, len(programs))
+                          f"program {program.display_name!r}", i, len(programs))
             out.append(None)
         else:
             out.append(_rows(bind, program, shots, meas_level, capabilities, i, len(programs)))
@@ -167,10 +167,6 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     return circuits
 
 
-def _name_of(program: PulseProgram) -> str:
-    return program.header.get("name", program.content_hash[:12])
-
-
 def _check_values(program: PulseProgram, rows: np.ndarray, where: str, index: int,
                   count: int) -> None:
     """Every parameter has a value at every point: a program's table holds NaN for a parameter
@@ -191,7 +187,7 @@ def _check_values(program: PulseProgram, rows: np.ndarray, where: str, index: in
 
 def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
           capabilities: Callable[[str], dict], index: int, count: int) -> Rows:
-    where = f"parameter_binds of program {_name_of(program)!r}"
+    where = f"parameter_binds of program {program.display_name!r}"
     parts = split_program(program)
     if len(parts) > 1:
         raise InvalidRunInputError(f"{where}: the program plays on controllers "

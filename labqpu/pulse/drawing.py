@@ -48,6 +48,31 @@ def _condition(program: Any, block: int) -> str:
     return "if " + " & ".join(reversed(tests))
 
 
+def _grouped(labels: list[tuple[float, str]], span: float) -> list[tuple[float, list[str]]]:
+    """``labels`` ((x in ns, text), by x) in groups that start at their first label's x and
+    take every later label within 7 % of ``span`` (ns), each text once."""
+    groups: list[tuple[float, list[str]]] = []
+    for x, text in labels:
+        if groups and x - groups[-1][0] < 0.07 * span:
+            if text not in groups[-1][1]:
+                groups[-1][1].append(text)
+        else:
+            groups.append((x, [text]))
+    return groups
+
+
+def _label(ax, x: float, y: float, texts: list[str], colour: str, va: str,
+           offset: tuple[int, int]) -> None:
+    """One label of ``texts``, a line each (at most ``_COND_LINES``, the rest counted), over a
+    white box, at (``x`` ns, ``y``) moved by ``offset`` points."""
+    if len(texts) > _COND_LINES:
+        texts = [*texts[:_COND_LINES - 1], f"... {len(texts) - _COND_LINES + 1} more"]
+    ax.annotate("\n".join(texts), (x, y), xytext=offset, textcoords="offset points",
+                fontsize=6.5, color=colour, va=va,
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8,
+                      "linewidth": 0})
+
+
 def port_labels(channels: ChannelMap) -> tuple[dict[int, str], dict[int, str]]:
     """Row labels from the wiring: ({output port: "drive q0"}, {input port: "acquire q0"}).
 
@@ -202,7 +227,7 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
     span = max((hi - lo) * ns_per_sample, 1e-9)
     # Conditional plays that start close together (an else branch's copies, nested blocks)
     # share one label listing their conditions, drawn over a white box.
-    groups: list[tuple[float, list[str]]] = []
+    labels: list[tuple[float, str]] = []
     for start, base, cond in sorted(conditional, key=lambda c: c[0]):
         a, b = max(start, lo), min(start + len(base), hi)
         if a >= b:
@@ -211,33 +236,14 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
                    edgecolor=_COND_COLOUR, hatch="///", alpha=0.35, lw=0)
         ax.plot(np.arange(a, b) * ns_per_sample, base[a - start:b - start].real,
                 color=_COND_COLOUR, lw=0.9, ls="--", drawstyle="steps-mid")
-        if groups and a * ns_per_sample - groups[-1][0] < 0.07 * span:
-            if cond not in groups[-1][1]:
-                groups[-1][1].append(cond)
-        else:
-            groups.append((a * ns_per_sample, [cond]))
-    for x, conds in groups:
-        shown = conds if len(conds) <= _COND_LINES else [
-            *conds[:_COND_LINES - 1], f"... {len(conds) - _COND_LINES + 1} more"]
-        ax.annotate("\n".join(shown), (x, -top * 0.95), xytext=(2, 0),
-                    textcoords="offset points", fontsize=6.5, color=_COND_COLOUR, va="bottom",
-                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8,
-                          "linewidth": 0})
+        labels.append((a * ns_per_sample, cond))
+    for x, conds in _grouped(labels, span):
+        _label(ax, x, -top * 0.95, conds, _COND_COLOUR, "bottom", (2, 0))
     # Marks closer than 7 % of the axis share one label, a line each, from the top down.
-    marked: list[tuple[float, list[str]]] = []
-    for x, text in marks:
+    for x, _ in marks:
         ax.plot([x], [top * 0.9], marker="v", color=_MARK_COLOUR, ms=5, clip_on=False)
-        if marked and x - marked[-1][0] < 0.07 * span:
-            marked[-1][1].append(text)
-        else:
-            marked.append((x, [text]))
-    for x, texts in marked:
-        shown = texts if len(texts) <= _COND_LINES else [
-            *texts[:_COND_LINES - 1], f"... {len(texts) - _COND_LINES + 1} more"]
-        ax.annotate("\n".join(shown), (x, top * 0.9), xytext=(5, -3),
-                    textcoords="offset points", fontsize=6.5, color=_MARK_COLOUR, va="top",
-                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8,
-                          "linewidth": 0})
+    for x, texts in _grouped(marks, span):
+        _label(ax, x, top * 0.9, texts, _MARK_COLOUR, "top", (5, -3))
     if idx.size == 0:
         return ""
     return f"{float(program.play_freq_hz[idx[0]]) / 1e6:+.2f} MHz"

@@ -356,12 +356,9 @@ class _Reader:
             self.add((0, self.wait(), 0.0, -1), (self.nq + c,))
         container = self.add((0, length, 0.0, -1), (*qubits, *clbits))
         self.touch(qubits, container)
-        for holds in (True, False):
-            for row, resources, start, path in members:
-                if path[0][1] != holds:
-                    continue
-                for bid in self.leaves(path):
-                    self.add(row, resources, container, start, bid)
+        for row, resources, start, path in members:  # the true branch's first
+            for bid in self.leaves(path):
+                self.add(row, resources, container, start, bid)
 
     def conditional(self, inst, outer_qubits, outer_clbits, cmap: dict, start: int,
                     path: tuple, read: dict[int, None]) -> tuple[list, int]:

@@ -212,6 +212,13 @@ class PulseProgram:
         return program
 
     @property
+    def display_name(self) -> str:
+        """The name errors and logs give the program: its header's ``name``, else the first 12
+        hex digits of its content hash."""
+        name = self.header.get("name")
+        return str(name) if name is not None else self.content_hash[:12]
+
+    @property
     def has_feedforward(self) -> bool:
         """True when the program has conditional blocks, phase shifts or discriminators."""
         return bool(self.block_acq.size or self.shift_port.size

@@ -107,7 +107,7 @@ class TimingConstraints:
         acquisition at fault (``CompilationError``)."""
         if self.trivial:
             return
-        where = f"program {program.header.get('name', program.content_hash[:12])!r}"
+        where = f"program {program.display_name!r}"
         lengths = np.diff(program.wave_offset)[program.play_wave] if program.play_wave.size \
             else np.zeros(0, dtype=np.int64)
         plays = ("play", program.play_port, program.play_start, lengths, "port")
