@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -519,11 +519,23 @@ def query_each(queries: Sequence[tuple[ScpiInstrument, str]]) -> list[str]:
     """Send one query to each of several instruments, then read the replies, in order.
 
     Every query leaves before the first reply is read, so the instruments answer at the same
-    time: one round trip in all instead of one per instrument. Each instrument is locked for
-    the whole exchange (in a fixed order, so two callers cannot deadlock). The bounds are
-    those of :meth:`ScpiInstrument.query`; if any step fails, every session that may still
-    receive a reply is closed (reopened on its next use), so no late reply can answer a later
-    query.
+    time: one round trip in all instead of one per instrument (:func:`queries_out`).
+    """
+    with queries_out(queries) as replies:
+        return replies()
+
+
+@contextlib.contextmanager
+def queries_out(queries: Sequence[tuple[ScpiInstrument, str]]
+                ) -> Iterator[Callable[[], list[str]]]:
+    """Send one query to each of several instruments on entry; the callable it yields (call it
+    once) reads their replies, in order. The caller may do other work (start a run) while the
+    replies travel.
+
+    Each instrument is locked from entry to exit (in a fixed order, so two callers cannot
+    deadlock). The bounds are those of :meth:`ScpiInstrument.query`. If any step fails, or the
+    block is left before every reply was read, every session that may still receive a reply
+    is closed (reopened on its next use), so no late reply can answer a later query.
 
     Raises:
         ValueError: an instrument appears twice (its replies would arrive in one stream).
@@ -531,36 +543,38 @@ def query_each(queries: Sequence[tuple[ScpiInstrument, str]]) -> list[str]:
         InstrumentTimeoutError: a reply did not come within its instrument's ``timeout_s``.
         InstrumentError: a session could not be opened or broke.
     """
-    if not queries:
-        return []
     instruments = [instrument for instrument, _ in queries]
     if len({id(i) for i in instruments}) != len(instruments):
-        raise ValueError("query_each takes one query per instrument")
+        raise ValueError("queries_out takes one query per instrument")
     for instrument, command in queries:
         instrument._check_single_line(command)
     with contextlib.ExitStack() as locks:
         for instrument in sorted(instruments, key=id):
             locks.enter_context(instrument._lock)
         sent: list[ScpiInstrument] = []  # queries out whose replies are not read yet
-        current, command = instruments[0], queries[0][1]
+
+        def replies() -> list[str]:
+            out = []
+            for current, command in queries:
+                try:
+                    reply = current._session.read().strip()
+                except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
+                    raise current._failed(exc, command) from exc
+                logger.debug("%s -> %r (%r)", current.resource, reply, command)
+                out.append(reply)
+                sent.remove(current)
+            return out
+
         try:
             for current, command in queries:
                 session = current._open_session()
                 logger.debug("%s <- %r", current.resource, command)
                 sent.append(current)
-                session.write(command)
-            replies = []
-            for current, command in queries:
-                reply = current._session.read().strip()
-                logger.debug("%s -> %r (%r)", current.resource, reply, command)
-                replies.append(reply)
-                sent.remove(current)
-            return replies
-        except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
-            for instrument in sent:
-                instrument._drop_session()
-            raise current._failed(exc, command) from exc
-        except BaseException:
-            for instrument in sent:
-                instrument._drop_session()
-            raise
+                try:
+                    session.write(command)
+                except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
+                    raise current._failed(exc, command) from exc
+            yield replies
+        finally:
+            for instrument in sent:  # failed or left early: a late reply would answer a
+                instrument._drop_session()  # later query

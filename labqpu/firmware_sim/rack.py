@@ -16,6 +16,7 @@ from labqpu.firmware_sim.device import Rack, load_device, load_rack
 from labqpu.firmware_sim.executor import SimulatedController
 from labqpu.firmware_sim.faults import FaultPlan, FaultyExecutor
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings
+from labqpu.firmware_sim.scpi_loop import ScpiLoop
 from labqpu.firmware_sim.scpi_server import ScpiServer
 from labqpu.firmware_sim.sync import DEFAULT_ARM_TIMEOUT_S, SharedDevice, SyncHub
 
@@ -54,9 +55,11 @@ class SimulatedRack:
         missing = sorted(set(range(len(self.device.qubits))) - set(self.rack.cabling))
         if missing:
             raise ValueError(f"wiring has no cabling for qubit(s) {missing}")
+        #: One thread serves every instrument, as one host query wakes them together.
+        self.scpi_loop = ScpiLoop(f"scpi-servers-{self.rack.device_name}")
         self.instruments: dict[str, ScpiServer] = {
             spec.name: ScpiServer(spec.kind, name=spec.name, host=spec.host, port=spec.port,
-                                  channels=spec.channels, **spec.limits)
+                                  channels=spec.channels, loop=self.scpi_loop, **spec.limits)
             for spec in self.rack.instruments
         }
         for ctrl in self.rack.controllers:
@@ -128,6 +131,7 @@ class SimulatedRack:
         """Stop every server that was started (idempotent)."""
         while self._started:
             self._started.pop().stop()
+        self.scpi_loop.stop()
 
     def failure(self) -> str | None:
         """Which started server stopped serving (its thread died), or None if all serve."""

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 from labqpu.errors import InstrumentLimitError
+from labqpu.firmware_sim.scpi_loop import ScpiLoop
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +469,7 @@ _WHITESPACE = re.compile(r"\s+")
 class _Connection:
     sock: socket.socket
     peer: str
+    server: ScpiServer
     received: bytearray = field(default_factory=bytearray)
     pending: bytearray = field(default_factory=bytearray)
     discarding: bool = False
@@ -486,8 +488,9 @@ class ScpiServer:
         **state: initial settings and limits passed to :class:`SignalGeneratorState` or
             :class:`CurrentSourceState`.
 
-    One thread serves every connection through a selector; :meth:`stop` wakes it, closes
-    the listening socket and all connections, and joins it.
+    One thread serves every connection through a selector (``loop``: a :class:`ScpiLoop`
+    shared with other instruments; None: a loop of its own). :meth:`stop` closes the
+    listening socket and all connections.
     """
 
     def __init__(
@@ -498,6 +501,7 @@ class ScpiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         channels: int = 5,
+        loop: ScpiLoop | None = None,
         **state: object,
     ) -> None:
         if model not in _MODELS:
@@ -517,9 +521,10 @@ class ScpiServer:
         #: test can see whether a client re-sent a setting.
         self.settings_total = 0
         self._port: int | None = None
-        self._thread: threading.Thread | None = None
+        self._shared_loop = loop
+        self._loop: ScpiLoop | None = None
+        self._listener: socket.socket | None = None
         self._stopping = threading.Event()
-        self._wakeup: socket.socket | None = None
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self._port}" if self._port is not None else "not started"
@@ -538,53 +543,40 @@ class ScpiServer:
         return f"TCPIP0::{self.host}::{self.port}::SOCKET"
 
     def start(self) -> None:
-        """Bind, listen and start serving in a background thread."""
-        if self._thread is not None or self._stopping.is_set():
+        """Bind, listen and start serving (on the shared loop, or on a thread of its own)."""
+        if self._loop is not None or self._stopping.is_set():
             raise RuntimeError("a server can be started once")
         listener = socket.create_server((self.host, self._requested_port))
-        wake_reader, wake_writer = socket.socketpair()
-        selector = selectors.DefaultSelector()
+        loop = self._shared_loop or ScpiLoop(f"scpi-server-{self.name}")
         try:
             listener.setblocking(False)
-            wake_reader.setblocking(False)
-            selector.register(listener, selectors.EVENT_READ, None)
-            selector.register(wake_reader, selectors.EVENT_READ, None)
+            loop.attach(self, listener)
         except BaseException:
-            for item in (selector, listener, wake_reader, wake_writer):
-                item.close()
+            listener.close()
+            if self._shared_loop is None:
+                loop.stop()
             raise
         self._port = listener.getsockname()[1]
-        self._wakeup = wake_writer
-        self._thread = threading.Thread(
-            target=self._serve,
-            args=(selector, listener, wake_reader),
-            name=f"scpi-server-{self.name}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._loop, self._listener = loop, listener
         logger.info("%r listening", self)
 
     @property
     def serving(self) -> bool:
-        """True while the serving thread runs (False before start and after stop)."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the server is started, not stopped, and its loop's thread runs."""
+        return self._loop is not None and not self._stopping.is_set() and self._loop.alive
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Close the listening socket and every connection; join the thread (``timeout_s``)."""
+        """Close the listening socket and every connection (``timeout_s``); a server on a
+        thread of its own joins it. Idempotent."""
         self._stopping.set()
-        thread, self._thread = self._thread, None
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            try:
-                wakeup.send(b"\0")
-            except OSError as exc:
-                logger.debug("%r: wakeup failed: %s", self, exc)
-        if thread is not None:
-            thread.join(timeout_s)
-            if thread.is_alive():
-                logger.warning("%r: server thread did not stop within %s s", self, timeout_s)
-        if wakeup is not None:
-            wakeup.close()
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if loop is self._shared_loop:
+            loop.detach(self, self._listener, timeout_s)
+        else:
+            loop.stop(timeout_s)
+        logger.info("%r stopped", self)
 
     def __enter__(self) -> Self:
         self.start()
@@ -661,43 +653,6 @@ class ScpiServer:
                 return entry, channel
         raise _undefined_header(header)
 
-    def _serve(
-        self,
-        selector: selectors.BaseSelector,
-        listener: socket.socket,
-        wake_reader: socket.socket,
-    ) -> None:
-        connections: dict[socket.socket, _Connection] = {}
-        try:
-            while not self._stopping.is_set():
-                for key, events in selector.select():
-                    sock = key.fileobj
-                    if sock is wake_reader:
-                        return
-                    if sock is listener:
-                        self._accept(selector, listener, connections)
-                        continue
-                    connection: _Connection = key.data
-                    try:
-                        alive = (
-                            self._receive(selector, connection)
-                            if events & selectors.EVENT_READ
-                            else self._flush(selector, connection)
-                        )
-                    except Exception:  # one client's failure costs that client only
-                        logger.exception("%r: dropping %s", self, connection.peer)
-                        alive = False
-                    if not alive:
-                        self._drop(selector, connections, connection)
-        finally:
-            for connection in list(connections.values()):
-                self._drop(selector, connections, connection)
-            for sock in (listener, wake_reader):
-                selector.unregister(sock)
-                sock.close()
-            selector.close()
-            logger.info("%r stopped", self)
-
     def _accept(
         self,
         selector: selectors.BaseSelector,
@@ -713,7 +668,7 @@ class ScpiServer:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection = _Connection(sock, f"{address[0]}:{address[1]}")
+        connection = _Connection(sock, f"{address[0]}:{address[1]}", self)
         connections[sock] = connection
         selector.register(sock, selectors.EVENT_READ, connection)
         logger.debug("%r: connection from %s", self, connection.peer)

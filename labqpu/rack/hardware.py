@@ -35,7 +35,7 @@ from labqpu.errors import (
     ProtocolError,
 )
 from labqpu.pulse.program import PulseProgram
-from labqpu.pulse.split import split_program
+from labqpu.pulse.split import ControllerPart, split_program
 from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
 
@@ -101,6 +101,9 @@ class RackConnection:
         #: Per controller: program content hash -> the id its upload returned, most recently
         #: run last (at most HELD_PROGRAMS; :meth:`_start`).
         self._held: dict[str, OrderedDict[str, str]] = {}
+        #: Every instrument setting (``settings.wanted``) as the last read-back found it in
+        #: place; emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
+        self._confirmed: dict[tuple, tuple] = {}
 
     def controller(self, name: str) -> ControllerClient:
         """The (connected, version-checked) client of controller ``name``."""
@@ -186,43 +189,28 @@ class RackConnection:
                         f"{[p.controller for p in parts]}, but {part.controller} does not "
                         "announce synchronised runs (no 'sync' capability in its hello)",
                         instrument=part.controller, command="hello")
-        before = self.apply_settings(program)
-        group = uuid.uuid4().hex
-        started: list[tuple[ControllerClient, str]] = []
-        try:
-            for i in [*range(1, len(parts)), 0]:  # followers armed first, the leader last
-                part = parts[i]
-                client = self.controller(part.controller)
-                params = self._run_params(request)
-                if len(parts) > 1:
-                    params["sync"] = (
-                        {"group": group, "role": "leader",
-                         "followers": [p.controller for p in parts[1:]]} if i == 0 else
-                        {"group": group, "role": "follower", "leader": parts[0].controller})
-                # The controller stops the run at the job's limit by itself, so a run whose
-                # abort is lost (the transport failed) cannot hold the controller beyond it.
-                run_id = self._start(part.controller, part.program, request, params)
-                started.append((client, run_id))
-        except BaseException:
-            for client, run_id in started:  # armed followers would wait for their time limit
-                client.abort_quietly(run_id)
-            raise
+        before, started = self._read_and_start(program, parts, request)
         outputs = []
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
-            for client, run_id in order:
+            for client, run_id, _ in order:
                 outputs.append(client.wait(run_id, timeout_s=request.timeout_s,
                                            cancel=cancel)[1])
         except BaseException:
             # The failed wait has aborted its own run; stop the others.
-            for client, run_id in order[len(outputs) + 1:]:
+            for client, run_id, _ in order[len(outputs) + 1:]:
                 client.abort_quietly(run_id)
             raise
         outputs = outputs[:1] + outputs[1:][::-1]  # back to the order of ``parts``
         iq, traces, decimation = self._merge(program, parts, outputs, request)
-        after = settings.verify(self, program)
+        try:
+            after = settings.verify(self, program)
+        except BaseException:
+            self._confirmed.clear()
+            raise
+        self._confirmed.update(settings.wanted(program))
         controllers = []
-        for part, (client, run_id) in zip(parts, [started[-1], *started[:-1]], strict=True):
+        for part, (client, run_id, _) in zip(parts, [started[-1], *started[:-1]], strict=True):
             hello = self._hellos[part.controller]
             controllers.append({"name": part.controller, "endpoint": client.endpoint,
                                 "server": hello.get("server"), "firmware": hello.get("firmware"),
@@ -237,11 +225,79 @@ class RackConnection:
         }
         if len(parts) > 1:
             provenance["controllers"] = controllers
-            provenance["sync_group"] = group
+            provenance["sync_group"] = started[0][2]
         return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation)
 
-    def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict
-               ) -> str:
+    def _read_and_start(self, program: PulseProgram, parts: list[ControllerPart],
+                        request: RunRequest) -> tuple[list[dict], list[tuple]]:
+        """Read back the settings ``program`` relies on and start its run; returns the
+        readback and the started runs ((client, run id, sync group) per part, the leader last).
+
+        When this connection last read every one of those settings in place, the read-back's
+        queries go out first and their replies are read while the run starts (one round trip
+        less per job). If a setting turns out changed (another process), that run is aborted
+        before it can return anything, and the job goes the careful way: the settings are
+        read, what differs is sent and read back, and only then is the run started, under a
+        new request key (the aborted run keeps its own).
+        """
+        if all(self._confirmed.get(k) == v for k, v in settings.wanted(program).items()):
+            started: list[tuple] = []
+            try:
+                with settings.reading(self, program) as in_place:
+                    started = self._start_parts(parts, request, request.key)
+                    before = in_place()
+            except BaseException:
+                self._confirmed.clear()
+                for client, run_id, _ in started:
+                    client.abort_quietly(run_id)
+                raise
+            if before is not None:
+                return before, started
+            self._confirmed.clear()
+            outcomes = [client.abort_quietly(run_id) for client, run_id, _ in started]
+            log.warning("a setting of program %s changed since the last run (another process?);"
+                        " %s; setting it again and starting anew", program.display_name,
+                        "; ".join(outcomes))
+            key = f"{request.key}/again"
+        else:
+            key = request.key
+        try:
+            before = self.apply_settings(program)
+        except BaseException:
+            self._confirmed.clear()
+            raise
+        self._confirmed.update(settings.wanted(program))
+        return before, self._start_parts(parts, request, key)
+
+    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str
+                     ) -> list[tuple[ControllerClient, str, str]]:
+        """Start every part's run under request key ``key``, the followers armed first and the
+        leader last; returns (client, run id, sync group) per part in that order. If one
+        fails to start, the others are aborted."""
+        group = uuid.uuid4().hex
+        started: list[tuple[ControllerClient, str, str]] = []
+        try:
+            for i in [*range(1, len(parts)), 0]:  # followers armed first, the leader last
+                part = parts[i]
+                client = self.controller(part.controller)
+                params = self._run_params(request)
+                if len(parts) > 1:
+                    params["sync"] = (
+                        {"group": group, "role": "leader",
+                         "followers": [p.controller for p in parts[1:]]} if i == 0 else
+                        {"group": group, "role": "follower", "leader": parts[0].controller})
+                # The controller stops the run at the job's limit by itself, so a run whose
+                # abort is lost (the transport failed) cannot hold the controller beyond it.
+                run_id = self._start(part.controller, part.program, request, params, key)
+                started.append((client, run_id, group))
+        except BaseException:
+            for client, run_id, _ in started:  # armed followers would wait for their limit
+                client.abort_quietly(run_id)
+            raise
+        return started
+
+    def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict,
+               key: str) -> str:
         """Queue a run of ``program`` on controller ``name``; returns the run id.
 
         A controller whose ``hello`` states ``program_ids: "content"`` (an id is derived from
@@ -258,7 +314,7 @@ class RackConnection:
         program_id = held.get(digest) if stable else None
         if program_id is not None:
             try:
-                run_id = client.run(program_id, request.shots, params=params, key=request.key,
+                run_id = client.run(program_id, request.shots, params=params, key=key,
                                     time_limit_s=request.timeout_s)
                 held.move_to_end(digest)
                 return run_id
@@ -273,7 +329,7 @@ class RackConnection:
             held[digest] = program_id
             while len(held) > HELD_PROGRAMS:
                 held.popitem(last=False)
-        return client.run(program_id, request.shots, params=params, key=request.key,
+        return client.run(program_id, request.shots, params=params, key=key,
                           time_limit_s=request.timeout_s)
 
     @staticmethod
@@ -327,6 +383,7 @@ class RackConnection:
         every session gets its turn. pyvisa's resource manager is process-wide (one per
         backend library) and stays open for other providers."""
         self._held.clear()
+        self._confirmed.clear()
         for group in (self._controllers, self._los, self._currents):
             while group:
                 name, session = group.popitem()

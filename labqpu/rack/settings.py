@@ -8,16 +8,23 @@ still disagrees. After the run, the same settings are read again. If another pro
 an LO or a bias current during the run, the job fails, naming the instrument and the setting,
 and its counts are discarded: they were measured on a device other than the one calibrated.
 
+When the connection's last read-back found every setting of a program in place, the read-back
+before its run is sent first and its replies are read while the run starts (:func:`reading`,
+``RackConnection._read_and_start``): a setting found changed then aborts that run before any
+result is taken, and the job sets it and starts again.
+
 Tolerances are the instruments' resolutions: 1 mHz (or 1e-9 relative) in frequency, 0.005 dB
 in power, 1 nA (or 1e-6 relative) in current.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from labqpu.drivers.scpi import CurrentSource, SignalGenerator, query_each
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator, queries_out, query_each
 from labqpu.errors import InstrumentCommandError
 from labqpu.pulse.program import PulseProgram
 
@@ -119,7 +126,12 @@ def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
 
 def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
     """(what, source, differences, record) for every LO and bias channel of ``program``."""
-    los, biases = _states(instruments, program)
+    los, sources, queries = _queries(instruments, program)
+    return _compared(*_parsed(program, los, sources, query_each(queries)))
+
+
+def _compared(los: list[tuple], biases: list[tuple]) -> list[tuple]:
+    """(what, source, differences, record) of states from :func:`_parsed`."""
     out = [(f"LO {name}", source, _lo_differences(state, lo.frequency_hz, lo.power_dbm),
             _lo_record(name, source, state)) for name, lo, source, state in los]
     out.extend((f"flux bias {name} channel {channel}", source,
@@ -128,11 +140,46 @@ def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
     return out
 
 
+@contextlib.contextmanager
+def reading(instruments: Instruments, program: PulseProgram
+            ) -> Iterator[Callable[[], list[dict] | None]]:
+    """Send the read-back of every LO and bias channel of ``program`` on entry, in one
+    exchange; the caller may start the run while the replies travel. The callable it yields
+    reads the replies and returns the readback when every setting is in place, None when one
+    differs (nothing was sent to fix it: abort the run and :func:`prepare`)."""
+    los, sources, queries = _queries(instruments, program)
+    with queries_out(queries) as replies:
+        def in_place() -> list[dict] | None:
+            readings = _compared(*_parsed(program, los, sources, replies()))
+            if any(wrong for _, _, wrong, _ in readings):
+                return None
+            return [record for _, _, _, record in readings]
+
+        yield in_place
+
+
+def wanted(program: PulseProgram) -> dict[tuple, tuple]:
+    """Every setting ``program`` relies on: ("lo", name) -> (frequency (Hz), power (dBm)) and
+    ("bias", name, channel) -> (current (A),)."""
+    out: dict[tuple, tuple] = {("lo", name): (lo.frequency_hz, lo.power_dbm)
+                               for name, lo in program.lo_settings.items()}
+    out.update({("bias", name, channel): (current,)
+                for (name, channel), current in program.flux_bias_a.items()})
+    return out
+
+
 def _states(instruments: Instruments, program: PulseProgram) -> tuple[list[tuple], list[tuple]]:
-    """What every LO and bias channel of ``program`` reads now: (name, wanted LO setting,
-    source, (frequency, power, on)) per LO source and ((instrument, channel), wanted current
-    (A), source, (current, on)) per bias channel. One compound query per instrument, all of
-    them sent before the first reply is read (``query_each``): one round trip in all."""
+    """What every LO and bias channel of ``program`` reads now (:func:`_parsed`), in one
+    exchange."""
+    los, sources, queries = _queries(instruments, program)
+    return _parsed(program, los, sources, query_each(queries))
+
+
+def _queries(instruments: Instruments, program: PulseProgram
+             ) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """(name, wanted LO setting, source) per LO source, (name, channels, source) per current
+    source, and the compound query of each, LO sources first: one round trip in all when
+    sent with ``query_each`` or ``queries_out``."""
     los = [(name, lo, instruments.signal_generator(name))
            for name, lo in sorted(program.lo_settings.items())]
     by_source: dict[str, list[int]] = {}
@@ -140,9 +187,15 @@ def _states(instruments: Instruments, program: PulseProgram) -> tuple[list[tuple
         by_source.setdefault(name, []).append(channel)
     sources = [(name, channels, instruments.current_source(name))
                for name, channels in by_source.items()]
-    replies = query_each([(source, source.STATE_QUERY) for _, _, source in los]
-                         + [(source, source.states_query(channels))
-                            for _, channels, source in sources])
+    queries = ([(source, source.STATE_QUERY) for _, _, source in los]
+               + [(source, source.states_query(channels)) for _, channels, source in sources])
+    return los, sources, queries
+
+
+def _parsed(program: PulseProgram, los: list[tuple], sources: list[tuple], replies: list[str]
+            ) -> tuple[list[tuple], list[tuple]]:
+    """(name, wanted LO setting, source, (frequency, power, on)) per LO source and
+    ((instrument, channel), wanted current (A), source, (current, on)) per bias channel."""
     lo_states = [(name, lo, source, source.parse_state(reply))
                  for (name, lo, source), reply in zip(los, replies[:len(los)], strict=True)]
     biases = []

@@ -15,7 +15,7 @@ import pyvisa.constants
 import pyvisa.errors
 import pyvisa.resources
 
-from labqpu.drivers.scpi import CurrentSource, SignalGenerator, query_each
+from labqpu.drivers.scpi import CurrentSource, SignalGenerator, queries_out, query_each
 from labqpu.errors import (
     InstrumentCommandError,
     InstrumentError,
@@ -24,6 +24,7 @@ from labqpu.errors import (
     ProtocolError,
 )
 from labqpu.firmware_sim import scpi_server
+from labqpu.firmware_sim.scpi_loop import ScpiLoop
 from labqpu.firmware_sim.scpi_server import ScpiServer
 
 TIMEOUT_S = 0.3
@@ -409,6 +410,24 @@ def test_query_each_timeout_names_the_instrument_and_leaves_no_stale_reply(
         peer.close()
 
 
+def test_queries_out_lets_work_happen_while_replies_travel(sg: SignalGenerator,
+                                                          sg_server: ScpiServer) -> None:
+    """The queries are out on entry: the instrument answers while the caller does other work
+    (here: the state changes after the answer left). Leaving the block
+    without reading closes the session, so the unread reply cannot answer a later query."""
+    sg_server.state.set("frequency_hz", 5.0e9)
+    with queries_out([(sg, "FREQ?")]) as replies:
+        time.sleep(0.05)  # the reply is in the socket by now
+        sg_server.state.set("frequency_hz", 6.0e9)
+        assert replies() == ["5000000000.0"]
+    with queries_out([(sg, "FREQ?")]):
+        pass  # left before its reply was read
+    assert _opened(sg.resource) == []
+    sg_server.state.set("power_dbm", -12.0)
+    assert sg.query("POW?") == "-12.0"
+    assert sg.query("FREQ?") == "6000000000.0"
+
+
 def test_query_each_refuses_before_sending(sg: SignalGenerator) -> None:
     peer = _ScriptedInstrument({"*IDN?": "scripted", "A?": "a"})
     try:
@@ -584,6 +603,44 @@ def test_server_stop_closes_connections_and_joins_thread() -> None:
         sg.close()
         client.sock.close()
         server.stop()
+
+
+def test_instruments_sharing_a_loop_serve_and_stop_apart() -> None:
+    """A rack's instruments share one serving thread; stopping one closes its port and its
+    connections only, the others go on serving, and stopping the loop ends the thread."""
+    loop = ScpiLoop("scpi-loop-test")
+    first = ScpiServer("signal_generator", name="first", loop=loop)
+    second = ScpiServer("current_source", name="second", loop=loop)
+    first.start()
+    second.start()
+    clients = [_RawClient(first), _RawClient(second)]
+    try:
+        assert [t.name for t in threading.enumerate()].count("scpi-loop-test") == 1
+        assert "scpi-server-first" not in [t.name for t in threading.enumerate()]
+        with SignalGenerator(first.resource, timeout_s=TIMEOUT_S) as sg, \
+                CurrentSource(second.resource, timeout_s=TIMEOUT_S) as cs:
+            sg.frequency_hz = 4.25e9
+            cs.set_current_a(2, 1e-4)
+            assert query_each([(sg, "FREQ?"), (cs, "SOUR2:CURR?")]) == ["4250000000.0",
+                                                                       "0.0001"]
+        first.stop()
+        assert not first.serving and second.serving
+        assert clients[0].sock.recv(4096) == b""
+        with pytest.raises(OSError):
+            socket.create_connection((first.host, first.port), timeout=1.0).close()
+        assert clients[1].ask("*OPC?") == "1"
+        loop.stop()
+        assert not second.serving
+        assert clients[1].sock.recv(4096) == b""
+        assert "scpi-loop-test" not in [t.name for t in threading.enumerate()]
+        with pytest.raises(RuntimeError, match="stopped"):
+            ScpiServer("signal_generator", name="late", loop=loop).start()
+    finally:
+        for client in clients:
+            client.sock.close()
+        second.stop()
+        first.stop()
+        loop.stop()
 
 
 def test_header_forms_case_and_line_endings(client: _RawClient, sg_server: ScpiServer) -> None:

@@ -150,3 +150,48 @@ def test_jobs_never_return_counts_while_a_neighbour_toggles_the_lo(lab_backend) 
     assert failed >= 1
     # with the neighbour gone, jobs run again
     assert lab_backend.run(native, shots=200).result(timeout=60).get_counts().get("1", 0) > 150
+
+
+def test_a_setting_changed_between_jobs_is_set_again_before_any_result(lab_backend,
+                                                                         caplog) -> None:
+    """A job after one that found every setting in place reads them back while its run
+    starts (one run, nothing sent). When another process changed the drive LO between two
+    jobs, that read-back finds it before any result is taken: the run that had started is
+    aborted, the LO is set again and read back, and the job runs anew, so its counts are
+    those of the calibrated device and its bundle shows the LO as it ran."""
+    from labqpu.drivers.controller import ControllerClient
+
+    lo_name = lab_backend.config.qubits[0].drive_lo
+    lo = lab_backend.config.instrument(lo_name)
+    host, port = lo.resource.split("::")[1:3]
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[0])
+    lab_backend.run(native, shots=100).result(timeout=60)  # every setting read in place
+    with ControllerClient(lab_backend.config.controllers[0].endpoint) as client:
+        client.hello()
+        runs = client.status()["runs_total"]
+        lab_backend.run(native, shots=100).result(timeout=60)
+        assert client.status()["runs_total"] == runs + 1
+        frequency = float(_ask(host, port, "FREQ?"))
+        _ask(host, port, f"FREQ {frequency + 40e6};*OPC?")  # behind labqpu's back
+        with caplog.at_level("WARNING", logger="labqpu.rack.hardware"):
+            result = lab_backend.run(native, shots=1000).result(timeout=60)
+        assert client.status()["runs_total"] == runs + 3  # the aborted run and the good one
+    assert any("changed since the last run" in r.getMessage() and "aborted" in r.getMessage()
+               for r in caplog.records)
+    assert float(_ask(host, port, "FREQ?")) == pytest.approx(frequency)
+    assert result.get_counts().get("1", 0) > 900
+    bundle = result.results[0].header["reproducibility"]
+    for side in ("instruments_before", "instruments_after"):
+        (record,) = [r for r in bundle[side] if r["instrument"] == lo_name]
+        assert record["frequency_hz"] == pytest.approx(frequency)
+
+
+def _ask(host: str, port: str, line: str) -> str:
+    """One query on a raw TCP connection of its own (another process's, say)."""
+    with socket.create_connection((host, int(port)), timeout=5) as conn, \
+            conn.makefile("rb") as replies:
+        conn.sendall(f"{line}\n".encode())
+        return replies.readline().decode().strip()
