@@ -11,7 +11,8 @@ Its time is compared with what it cannot avoid, measured in the same run:
   and after the run: one compound query per instrument, all sent before the first reply is
   read, so an exchange counts one round trip however many instruments it asks), each priced
   at a raw echo round trip: a pyzmq REQ/REP echo and a line-echo TCP socket, served by a
-  separate process on loopback.
+  separate process on loopback. The read-back before the run is not counted when it travels
+  with the run request (sent first, read while the run starts: ``settings.reading``).
 
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
 the protocol's encoding, IQ -> counts. Usage::
@@ -160,7 +161,7 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
     counts: Counter = Counter()
     seconds: Counter = Counter()
     send, transact = ControllerClient._send, ScpiInstrument._transact
-    query_each = settings.query_each
+    query_each, queries_out = settings.query_each, settings.queries_out
 
     def counting_send(self, op, *args, **kwargs):
         counts[f"zmq {op}"] += 1
@@ -187,13 +188,20 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
         finally:
             seconds["scpi"] += time.perf_counter() - t0
 
+    @contextlib.contextmanager
+    def counting_queries_out(queries):
+        counts["scpi overlapped"] += 1
+        counts["scpi instruments asked"] += len(queries)
+        with queries_out(queries) as replies:
+            yield replies
+
     ControllerClient._send, ScpiInstrument._transact = counting_send, counting_transact
-    settings.query_each = counting_query_each
+    settings.query_each, settings.queries_out = counting_query_each, counting_queries_out
     try:
         yield counts, seconds
     finally:
         ControllerClient._send, ScpiInstrument._transact = send, transact
-        settings.query_each = query_each
+        settings.query_each, settings.queries_out = query_each, queries_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                f"{dur(needed)} (simulator run {dur(t_exec)} + {zmq_trips} ZeroMQ and "
                f"{counts['scpi']} SCPI raw round trips)")], [])
     asked = counts.pop("scpi instruments asked", 0)
+    overlapped = counts.pop("scpi overlapped", 0)
     info(f"round trips of one job: {dict(counts)}, plus {fetches} fetch(es) held during the "
-         f"run (counted as half a round trip); the SCPI exchanges asked {asked} instruments")
+         f"run (counted as half a round trip) and {overlapped} SCPI exchange(s) read while "
+         f"the run starts (the read-back before the run: not counted, it travels with the run "
+         f"request); the SCPI exchanges asked {asked} instruments")
     info(f"raw round trips (separate process, loopback): pyzmq REQ/REP echo {dur(zmq_rtt)}, "
          f"TCP line echo {dur(tcp_rtt)}")
     info(f"dispatch overhead (job - simulator run - raw round trips): {dur(t_job - needed)} "
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is pyvisa, the "
          "instruments' parsing and the queries after the first), host code "
          f"{dur(spent / jobs - zmq_s - scpi_s)} (validation, compile, the job thread, "
-         "IQ -> counts)")
+         "reading the read-back that travelled with the run request, IQ -> counts)")
     info(f"one state query to the simulated LO source {lo.name}: {dur(visa_query)} through "
          f"pyvisa-py, {dur(raw_query)} as a line on a raw TCP socket (same instrument, "
          f"alternately): pyvisa-py's own cost is {dur(visa_query - raw_query)} per "

@@ -26,6 +26,7 @@ from labqpu.firmware_sim.density import (
     DensityMatrix,
     _band_channel_kernel,
     _group_apply_kernel,
+    _level_map_kernel,
     _row_groups,
     relaxation_superop,
 )
@@ -349,3 +350,49 @@ def test_controlled_channel_matches_dense_operators(n: int, target: int, control
     if held:
         with pytest.raises(ValueError, match=rf"positions \[{held[0]}\] are held diagonal"):
             dm.apply_controlled_channel(u_stack[:1], None, [], held[0])
+
+
+def test_level_map_kernel_matches_einsum() -> None:
+    """A channel on a held transmon's populations, in place, against ``numpy.einsum``."""
+    rng = np.random.default_rng(11)
+    for a_dim, b_dim in [(1, 1), (1, 27), (9, 1), (27, 81)]:
+        x = rng.normal(size=(a_dim, 3, b_dim)) + 1j * rng.normal(size=(a_dim, 3, b_dim))
+        m = _random_matrix(3, rng)
+        expected = np.einsum("ij,ajb->aib", m, x)
+        flat = x.reshape(-1).copy()
+        _level_map_kernel(flat, m, a_dim, b_dim)
+        assert_allclose(flat.reshape(a_dim, 3, b_dim), expected, rtol=0, atol=1e-12)
+
+
+def test_a_projection_that_holds_the_measured_position_evolves_as_the_dense_one() -> None:
+    """``project(..., hold=True)`` (a feed-forward branch after a measurement nothing acts on
+    afterwards) keeps the measured position by its populations: the same matrix and
+    probability as the plain projection, and every later operation that does not act on
+    that position (unitaries, channels, phases, a unitary conditioned on it, its own
+    relaxation) gives the same state, within 1e-12. Operating on it is refused."""
+    rng = np.random.default_rng(7)
+    n, measured = 4, 2
+    dense = DensityMatrix([np.array([1.0, 0.0, 0.0])] * n)
+    dense.tensor = _random_rho(3**n, rng).reshape((3,) * (2 * n))
+    relax = relaxation_superop(20e-6, 35e-6, 300e-9, -210e6, 0.05)
+    u3 = _random_unitary(3, rng)
+    steps = [
+        ("apply_unitary", _random_unitary(9, rng), [0, 1]),
+        ("apply_superop", relax, measured),
+        ("apply_superop", np.kron(u3, u3.conj()) @ relax, 3),
+        ("apply_diagonal", np.exp(1j * rng.uniform(-np.pi, np.pi, 3**n))),
+        ("apply_controlled", np.stack([_random_unitary(3, rng) for _ in range(3)]), [measured],
+         [1]),
+    ]
+    for level in range(3):
+        plain, p_plain = dense.project(measured, level)
+        held, p_held = dense.project(measured, level, hold=True)
+        assert held.diagonal == (measured,) and plain.diagonal == ()
+        assert abs(p_held - p_plain) < 1e-12 and p_plain > 1e-3
+        assert_allclose(held.matrix(), plain.matrix(), rtol=0, atol=1e-12)
+        for name, *args in steps:
+            getattr(plain, name)(*args)
+            getattr(held, name)(*args)
+            assert_allclose(held.matrix(), plain.matrix(), rtol=0, atol=1e-12, err_msg=name)
+        with pytest.raises(ValueError, match=rf"positions \[{measured}\] are held diagonal"):
+            held.apply_unitary(_random_unitary(9, rng), [measured, 3])
