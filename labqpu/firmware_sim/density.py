@@ -709,12 +709,14 @@ class EvolutionStart:
 
     ``rho`` holds the qubits of ``position`` (qubit -> tensor axis) with every qubit's evolution,
     static ZZ included, accounted for up to sample ``time_samples``; the program's plays must
-    not start before it. ``rho`` is not modified.
+    not start before it. ``rho`` is not modified, unless ``owned``: its owner does not use it
+    again, so the evolution may update it in place instead of copying it first.
     """
 
     rho: DensityMatrix
     position: dict[int, int]
     time_samples: int
+    owned: bool = False
 
 
 class _LocalChannels:

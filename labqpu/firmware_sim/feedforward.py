@@ -270,14 +270,16 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     held = spectators(order, plan.touched) if engine.diagonal_spectators else ()
     check_density_size(order, held, plan.touched)
     first = 0
+    # Every chunk starts thermal (its offsets change frequencies only): built once, copied.
+    thermal = DensityMatrix([thermal_populations(base[q].thermal_ratio) for q in order], held)
     for (_, offsets), n in zip(chunks, counts, strict=True):
         if not n:
             continue
         cond = with_offsets(base, offsets)
         tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond,
                      (decimation, traces))
-        rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order], held)
-        start = EvolutionStart(rho, {q: i for i, q in enumerate(order)}, 0)
+        start = EvolutionStart(thermal.copy(), {q: i for i, q in enumerate(order)}, 0,
+                               owned=True)
         tree.descend(0, start, {}, np.arange(first, first + n))
         first += n
     return iq, results
@@ -303,7 +305,7 @@ class _Tree:
         eff = effective_program(self.prog, self.ff, known)
         ev = self.engine.evolve(_window(eff, state.time_samples, t1, leaves), self.settings,
                                 resume=state, conditions=self.conditions)
-        return EvolutionStart(ev.rho, ev.position, t1), ev
+        return EvolutionStart(ev.rho, ev.position, t1, owned=True), ev
 
     def _samples(self, known: dict[int, int]) -> tuple[WireProgram, np.ndarray]:
         eff = effective_program(self.prog, self.ff, known)
@@ -339,7 +341,7 @@ class _Tree:
             level, bit = divmod(int(key), 2)
             child, _ = state.rho.project(axis, level, hold=j in self.plan.final)
             nxt = {**known, j: bit} if read else known
-            self.descend(k + 1, EvolutionStart(child, state.position, t), nxt,
+            self.descend(k + 1, EvolutionStart(child, state.position, t, owned=True), nxt,
                          shots[keys == key])
 
     def _leaf(self, state: EvolutionStart, known: dict[int, int], shots: np.ndarray) -> None:

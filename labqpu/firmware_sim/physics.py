@@ -415,8 +415,10 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         phi_dc = self._phi_dc(settings)
         model = self.dressed_model(phi_dc)
         cond = conditions or self.conditions(settings)[0]
-        rho = (start_rho.copy() if start_rho is not None else
-               DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order], held))
+        if start_rho is None:
+            rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order], held)
+        else:  # a state of the caller's that it still uses is copied
+            rho = start_rho.copy() if start_rho is resume.rho and not resume.owned else start_rho
         local = _LocalChannels(self.device, rho, pos, fs,
                                {q: float(model.local_hz[q][2]) for q in order},
                                {q: (cond[q].t1_s, cond[q].t_phi_s, cond[q].thermal_ratio)

@@ -138,7 +138,8 @@ def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray,
                 pops = [np.eye(LEVELS)[first[q]] if first.get(q) else
                         thermal_populations(conds[c][q].thermal_ratio) for q in order]
                 rho = engine.evolve(prog, settings, resume=EvolutionStart(
-                    DensityMatrix(pops, rho.diagonal), position, 0), conditions=conds[c],
+                    DensityMatrix(pops, rho.diagonal), position, 0, owned=True),
+                    conditions=conds[c],
                     share=share).rho
             pops = rho.populations()
             keep = [position[q] for q in measured]

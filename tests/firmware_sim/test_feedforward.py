@@ -146,10 +146,16 @@ def test_evolution_resumed_from_a_projected_state_matches_the_reference() -> Non
     for level in (0, 1):
         child, p = first.rho.project(0, level)
         assert abs(p - probs[level]) < 1e-12
+        kept = child.tensor.copy()
         second = engine.evolve(pulse(t1 + 500, 0.31, 1.1), settings,
                                resume=EvolutionStart(child, {0: 0}, t1))
         np.testing.assert_allclose(second.rho.populations().reshape(-1),
                                    np.abs(u2[:, level]) ** 2, atol=1e-8)
+        assert np.array_equal(child.tensor, kept)  # the caller's state is untouched
+        owned = engine.evolve(pulse(t1 + 500, 0.31, 1.1), settings,
+                              resume=EvolutionStart(child, {0: 0}, t1, owned=True))
+        assert owned.rho is child  # evolved in place: its owner gave it up
+        np.testing.assert_allclose(owned.rho.matrix(), second.rho.matrix(), rtol=0, atol=1e-14)
 
 
 # --------------------------------------------------------------------------- physics
