@@ -129,9 +129,11 @@ class SimulatedRack:
 
     def stop(self) -> None:
         """Stop every server that was started (idempotent)."""
-        while self._started:
-            self._started.pop().stop()
-        self.scpi_loop.stop()
+        try:
+            while self._started:
+                self._started.pop().stop()
+        finally:
+            self.scpi_loop.stop()
 
     def failure(self) -> str | None:
         """Which started server stopped serving (its thread died), or None if all serve."""

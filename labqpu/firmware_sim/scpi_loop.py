@@ -2,9 +2,9 @@
 
 A simulated rack's instruments share one :class:`ScpiLoop`, so a host that reads back three
 instruments at once wakes one thread, not three threads taking turns on the interpreter lock
-(70-80 us instead of 180-250 us for three state queries on this project's 2-core test
-machine, ``docs/performance.md``). A lone :class:`~labqpu.firmware_sim.scpi_server.ScpiServer`
-gets a loop of its own. Instruments join and leave a running loop through tasks that the
+(on lab5's rack, four state queries answered in 87-96 us instead of 242-362 us on this
+project's 2-core test machine, ``docs/performance.md``). A lone ``ScpiServer`` gets a loop of
+its own. Instruments join and leave a running loop through tasks that the
 loop's own thread carries out, so the selector is only ever touched by that thread.
 """
 
@@ -142,8 +142,13 @@ class ScpiLoop:
                 if not start:
                     raise RuntimeError(f"{self.name} never started")
                 self._start()
+            if not self._thread.is_alive():
+                raise RuntimeError(f"{self.name}'s serving thread has ended")
             self._tasks.put(wrapped)
-            self._wakeup.send(b"\0")
+            try:
+                self._wakeup.send(b"\0")
+            except OSError as exc:
+                raise RuntimeError(f"{self.name} cannot be woken: {exc}") from exc
         if not done.wait(timeout_s):
             raise RuntimeError(f"{self.name} did not answer within {timeout_s} s")
         if failure:
@@ -170,11 +175,16 @@ class ScpiLoop:
         try:
             while True:
                 for key, events in selector.select():
+                    if selector.get_map().get(key.fd) is not key:
+                        continue  # closed by an earlier event or task of this batch
                     if key.fileobj is wake_reader:
                         if not self._carry_out_tasks(selector, connections, wake_reader):
                             return
                     elif isinstance(key.data, _Listening):
-                        key.data.server._accept(selector, key.fileobj, connections)
+                        try:
+                            key.data.server._accept(selector, key.fileobj, connections)
+                        except Exception:  # one failed accept costs that client only
+                            logger.exception("%r: accept failed", key.data.server)
                     else:
                         self._serve_connection(selector, connections, key.data, events)
         finally:

@@ -15,6 +15,7 @@ nothing a client sends can stop the server or close another connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -729,6 +730,7 @@ class ScpiServer:
         connection: _Connection,
     ) -> None:
         connections.pop(connection.sock, None)
-        selector.unregister(connection.sock)
+        with contextlib.suppress(KeyError, ValueError):  # unregistered or closed already
+            selector.unregister(connection.sock)
         connection.sock.close()
         logger.debug("%r: closed connection from %s", self, connection.peer)

@@ -94,7 +94,8 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
             wrong = _lo_differences(state, lo.frequency_hz, lo.power_dbm)
             if wrong:
                 raise InstrumentCommandError(
-                    f"LO {name} reads {', '.join(wrong)} after being set; nothing was run",
+                    f"LO {name} reads {', '.join(wrong)} after being set; the job's run was not "
+                    "started (or was aborted) and it returns no results",
                     instrument=source.resource, command="readback")
         readback.append(_lo_record(name, source, state))
     for (name, channel), current, source, state in biases:
@@ -108,7 +109,8 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
             if wrong:
                 raise InstrumentCommandError(
                     f"flux bias {name} channel {channel} reads {', '.join(wrong)} after being "
-                    "set; nothing was run", instrument=source.resource, command="readback")
+                    "set; the job's run was not started (or was aborted) and it returns no "
+                    "results", instrument=source.resource, command="readback")
         readback.append(_bias_record(name, channel, source, state))
     return readback
 

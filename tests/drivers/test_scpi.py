@@ -643,6 +643,45 @@ def test_instruments_sharing_a_loop_serve_and_stop_apart() -> None:
         loop.stop()
 
 
+def test_stopping_one_instrument_under_traffic_leaves_the_others_serving() -> None:
+    """While a shared loop is busy with one instrument, another is stopped and then its client
+    sends a query: the loop sees the stop and that client's data in one batch, the stop
+    first. The stop closes the connection; its stale event is skipped, so the thread lives on
+    and the busy instrument still answers."""
+    loop = ScpiLoop("scpi-loop-traffic")
+    stopped = ScpiServer("signal_generator", name="stopped", loop=loop)
+    busy = ScpiServer("current_source", name="busy", loop=loop)
+    execute = busy.execute
+
+    def slow_execute(line: str) -> str | None:
+        if line == "*WAI":
+            time.sleep(0.3)  # the loop's thread is held here, as by a long command
+        return execute(line)
+
+    busy.execute = slow_execute
+    try:
+        stopped.start()
+        busy.start()
+        with socket.create_connection((stopped.host, stopped.port), timeout=2.0) as late, \
+                socket.create_connection((busy.host, busy.port), timeout=2.0) as work:
+            late.sendall(b"*OPC?\n")
+            assert late.recv(16) == b"1\n"
+            work.sendall(b"*WAI\n")
+            time.sleep(0.05)
+            stopper = threading.Thread(target=stopped.stop)
+            stopper.start()  # its task and wake-up wait for the loop
+            time.sleep(0.05)
+            late.sendall(b"FREQ?\n")  # ready in the same batch, after the wake-up
+            stopper.join(10)
+        assert loop.alive and busy.serving and not stopped.serving
+        client = _RawClient(busy)
+        assert client.ask("*OPC?") == "1"
+        client.sock.close()
+    finally:
+        busy.stop()
+        loop.stop()
+
+
 def test_header_forms_case_and_line_endings(client: _RawClient, sg_server: ScpiServer) -> None:
     client.send(b"FREQ\t3e9")
     assert client.ask("SOURce:FREQuency:CW?") == "3000000000.0"
