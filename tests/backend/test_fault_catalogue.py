@@ -177,11 +177,37 @@ def test_corrupted_result_frame_fails_the_job_and_never_returns_counts(backend,
 
 def test_lo_changed_mid_run_fails_the_job_naming_instrument_and_setting(backend,
                                                                         faults) -> None:
-    faults.arm("lo_change", "start", instrument="lo_drive_a", setting="output_on", value=False)
+    """The drive LO is switched off after the pulses played, before the run ends: the
+    read-back after the run fails the job, naming the LO and its output."""
+    backend.run(native(backend, 0), shots=SHOTS).result(timeout=60)
+    faults.arm("lo_change", "end", instrument="lo_drive_a", setting="output_on", value=False)
     job = backend.run(native(backend, 0), shots=SHOTS)
     message = error_within_bound(job)
     assert "lo_drive_a" in message and "output" in message
     assert_right(backend)  # the next job puts the LO back and verifies it
+
+
+def test_lo_changed_as_the_run_starts_never_gives_counts_of_the_changed_device(backend,
+                                                                              faults) -> None:
+    """The drive LO is switched off as the run starts (the run plays without it). The
+    read-back that travels with the run request may see it (the run is aborted, the LO set
+    again and the run started anew: right counts) or not (the read-back after the run fails
+    the job, naming the LO): never counts of the device without its LO."""
+    for _ in range(4):
+        backend.run(native(backend, 0), shots=SHOTS).result(timeout=60)
+        faults.arm("lo_change", "start", instrument="lo_drive_a", setting="output_on",
+                   value=False)
+        job = backend.run(native(backend, 0), shots=SHOTS)
+        try:
+            result = job.result(timeout=ERROR_BOUND_S)
+        except JobError as exc:
+            assert "lo_drive_a" in str(exc) and "output" in str(exc)
+            continue
+        assert result.get_counts().get("1", 0) > 0.85 * SHOTS, result.get_counts()
+        bundle = result.results[0].header["reproducibility"]
+        for side in ("instruments_before", "instruments_after"):
+            assert all(r["output_on"] for r in bundle[side] if r["instrument"] == "lo_drive_a")
+    assert_right(backend)
 
 
 def test_a_program_that_never_finishes_is_stopped_by_its_time_limit(backend, faults) -> None:

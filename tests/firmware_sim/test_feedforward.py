@@ -505,3 +505,39 @@ def test_a_conditional_program_round_trips_and_its_blocks_change_its_hash() -> N
     assert again == nested and again.block_parent.tolist() == [-1, 0]
     assert dataclasses.replace(nested, block_parent=np.array([-1, -1], np.int32)
                                ).content_hash != nested.content_hash
+
+
+def _run_on(rack: SimulatedRack, program: PulseProgram) -> None:
+    with ControllerClient(rack.endpoints()["ctrl0"]) as client:
+        client.hello()
+        run_id = client.run(client.upload(*program.to_wire()), 200,
+                            params={"rep_delay_s": 100e-6, "seed": 1})
+        client.wait(run_id, timeout_s=120)
+        assert client.fetch(run_id)[0] == "done"
+
+
+def test_a_branch_holds_a_measured_qubit_only_when_nothing_acts_on_it_afterwards(
+        rack, snapshot, channels, monkeypatch) -> None:
+    """Measure q0, then x on q1 if it read 1, measure q1: every branch holds q0 by its
+    populations (nothing acts on it again). An active reset (x on q0 itself if it read 1,
+    then q0 measured again) keeps q0 in full."""
+    holds: list[bool] = []
+    project = DensityMatrix.project
+
+    def spy(self, position, level, *, hold=False):
+        holds.append(hold)
+        return project(self, position, level, hold=hold)
+
+    monkeypatch.setattr(DensityMatrix, "project", spy)
+    for target, expected in ((1, True), (0, False)):
+        qc = QuantumCircuit(2, 2)
+        qc.sx(0)
+        qc.measure(0, 0)
+        with qc.if_test((qc.clbits[0], 1)):
+            qc.x(target)
+        qc.measure(target, 1)
+        holds.clear()
+        latency = rack.executor.capabilities()["feedforward"]["latency_samples"]
+        _run_on(rack, compile_circuit(qc, snapshot, channels,
+                                      feedforward_latency_samples=latency))
+        assert holds and set(holds) == {expected}, (target, holds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -195,3 +196,45 @@ def _ask(host: str, port: str, line: str) -> str:
             conn.makefile("rb") as replies:
         conn.sendall(f"{line}\n".encode())
         return replies.readline().decode().strip()
+
+
+def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program,
+                                                                    monkeypatch) -> None:
+    """The LO source goes away between two jobs. The second job's read-back, sent with its
+    run request, gets no reply: the job raises an error naming the instrument, and the run it
+    had started is aborted (the controller is asked, once, for that run) and the controller
+    ends idle."""
+    from labqpu.drivers.controller import ControllerClient
+    from labqpu.errors import InstrumentError
+    from labqpu.rack.hardware import RunRequest
+
+    aborted: list[str] = []
+    abort = ControllerClient.abort_quietly
+
+    def recording(self, run_id):
+        aborted.append(run_id)
+        return abort(self, run_id)
+
+    monkeypatch.setattr(ControllerClient, "abort_quietly", recording)
+    with SimulatedRack(default_config_path(), seed=4) as simulated:
+        connection = RackConnection(load_config(default_config_path())
+                                    .with_endpoints(simulated.endpoints()))
+        try:
+            request = RunRequest(shots=100, seed=1, rep_delay_s=100e-6, timeout_s=60, key="a")
+            connection.execute(program, request, threading.Event())  # every setting confirmed
+            name = sorted(program.lo_settings)[0]
+            simulated.instruments[name].stop()
+            with pytest.raises(InstrumentError) as info:
+                connection.execute(program, RunRequest(shots=100, seed=2, rep_delay_s=100e-6,
+                                                       timeout_s=60, key="b"),
+                                   threading.Event())
+            assert info.value.instrument == simulated.instruments[name].resource
+            assert len(aborted) == 1
+            client = connection.controller("ctrl0")
+            assert client.status()["runs_total"] == 2
+            deadline = time.monotonic() + 5.0
+            while client.status()["state"] != "idle" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert client.status()["state"] == "idle"
+        finally:
+            connection.close()
