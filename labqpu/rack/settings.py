@@ -128,8 +128,7 @@ def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
 
 def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
     """(what, source, differences, record) for every LO and bias channel of ``program``."""
-    los, sources, queries = _queries(instruments, program)
-    return _compared(*_parsed(program, los, sources, query_each(queries)))
+    return _compared(*_states(instruments, program))
 
 
 def _compared(los: list[tuple], biases: list[tuple]) -> list[tuple]:
