@@ -636,25 +636,19 @@ class DensityMatrix:
         p = float(np.take(pops, level, axis=position).sum())
         scale = 1.0 / p if p > 0 else 1.0
         column = self.column_axis(position)
+        src = [slice(None)] * self.tensor.ndim
+        src[position] = src[column] = level
         out = copy.copy(self)
-        if hold:
+        if hold:  # the position's column axis goes: its row axis alone carries the level
             out.diagonal = tuple(sorted((*self.diagonal, position)))
             out.active = tuple(q for q in range(self.n) if q not in out.diagonal)
-            shape = list(self.tensor.shape)
-            del shape[column]
-            t = np.zeros(shape, dtype=self.tensor.dtype)
-            sel = [slice(None)] * t.ndim
-            sel[position] = level
-            src = [slice(None)] * self.tensor.ndim
-            src[position] = level
-            src[column] = level
+            dst = src[:column] + src[column + 1:]
+            t = np.zeros(self.tensor.shape[:column] + self.tensor.shape[column + 1:],
+                         dtype=self.tensor.dtype)
         else:
+            dst = src
             t = np.zeros_like(self.tensor)
-            sel = [slice(None)] * t.ndim
-            sel[position] = level
-            sel[column] = level
-            src = sel
-        t[tuple(sel)] = self.tensor[tuple(src)] * scale
+        t[tuple(dst)] = self.tensor[tuple(src)] * scale
         out.tensor = t
         return out, p
 

@@ -189,7 +189,8 @@ class RackConnection:
                         f"{[p.controller for p in parts]}, but {part.controller} does not "
                         "announce synchronised runs (no 'sync' capability in its hello)",
                         instrument=part.controller, command="hello")
-        before, started = self._read_and_start(program, parts, request)
+        wanted = settings.wanted(program)
+        before, started = self._read_and_start(program, parts, request, wanted)
         outputs = []
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
@@ -208,7 +209,7 @@ class RackConnection:
         except BaseException:
             self._confirmed.clear()
             raise
-        self._confirmed.update(settings.wanted(program))
+        self._confirmed.update(wanted)
         controllers = []
         for part, (client, run_id, _) in zip(parts, [started[-1], *started[:-1]], strict=True):
             hello = self._hellos[part.controller]
@@ -229,9 +230,11 @@ class RackConnection:
         return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation)
 
     def _read_and_start(self, program: PulseProgram, parts: list[ControllerPart],
-                        request: RunRequest) -> tuple[list[dict], list[tuple]]:
-        """Read back the settings ``program`` relies on and start its run; returns the
-        readback and the started runs ((client, run id, sync group) per part, the leader last).
+                        request: RunRequest, wanted: dict[tuple, tuple]
+                        ) -> tuple[list[dict], list[tuple]]:
+        """Read back the settings ``program`` relies on (``wanted``: ``settings.wanted``) and
+        start its run; returns the readback and the started runs ((client, run id, sync group)
+        per part, the leader last).
 
         When this connection last read every one of those settings in place, the read-back's
         queries go out first and their replies are read while the run starts (one round trip
@@ -240,7 +243,7 @@ class RackConnection:
         read, what differs is sent and read back, and only then is the run started, under a
         new request key (the aborted run keeps its own).
         """
-        if all(self._confirmed.get(k) == v for k, v in settings.wanted(program).items()):
+        if all(self._confirmed.get(k) == v for k, v in wanted.items()):
             started: list[tuple] = []
             try:
                 with settings.reading(self, program) as in_place:
@@ -266,7 +269,7 @@ class RackConnection:
         except BaseException:
             self._confirmed.clear()
             raise
-        self._confirmed.update(settings.wanted(program))
+        self._confirmed.update(wanted)
         return before, self._start_parts(parts, request, key)
 
     def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str
