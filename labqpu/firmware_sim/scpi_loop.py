@@ -2,7 +2,7 @@
 
 A simulated rack's instruments share one :class:`ScpiLoop`, so a host that reads back three
 instruments at once wakes one thread, not three threads taking turns on the interpreter lock
-(on lab5's rack, four state queries answered in 87-96 us instead of 242-362 us on this
+(on lab5's rack, four state queries answered in 81-89 us instead of 233-361 us on this
 project's 2-core test machine, ``docs/performance.md``). A lone ``ScpiServer`` gets a loop of
 its own. Instruments join and leave a running loop through tasks that the
 loop's own thread carries out, so the selector is only ever touched by that thread.
