@@ -177,13 +177,21 @@ def test_corrupted_result_frame_fails_the_job_and_never_returns_counts(backend,
 
 def test_lo_changed_mid_run_fails_the_job_naming_instrument_and_setting(backend,
                                                                         faults) -> None:
-    """The drive LO is switched off after the pulses played, before the run ends: the
-    read-back after the run fails the job, naming the LO and its output."""
+    """The drive LO is switched off after the pulses played, before the run ends, in this
+    run and in the next: the read-back after the run fails the job, naming the LO and its
+    output.
+
+    The change happens at the end of the run in both, because the read-back that travels
+    with the run request may be answered after the run ended: it then sees the LO off, the
+    run is aborted and started anew with the LO set again (the second change); otherwise
+    the first run's own read-back after the run sees it. Either way the job fails."""
     backend.run(native(backend, 0), shots=SHOTS).result(timeout=60)
-    faults.arm("lo_change", "end", instrument="lo_drive_a", setting="output_on", value=False)
+    faults.arm("lo_change", "end", instrument="lo_drive_a", setting="output_on", value=False,
+               count=2)
     job = backend.run(native(backend, 0), shots=SHOTS)
     message = error_within_bound(job)
     assert "lo_drive_a" in message and "output" in message
+    faults.disarm()
     assert_right(backend)  # the next job puts the LO back and verifies it
 
 
