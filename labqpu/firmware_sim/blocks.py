@@ -103,7 +103,7 @@ class _RunContext:
     model: Any  # coupling.DressedModel
     order: list[int]
     pos: dict[int, int]
-    local: Any  # density._LocalChannels
+    local: Any  # local.LocalChannels
     stop: dict[int, int]
     zz_all: np.ndarray
     anchor: int

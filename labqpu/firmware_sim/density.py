@@ -6,13 +6,15 @@ stays diagonal are held by their populations, a factor 3 instead of 9 each (2n a
 are none). Operators reach it as local channels (9x9 row-major superoperators),
 k-qubit unitaries, unitaries conditioned on other qubits' levels, and diagonal phases.
 Conditioned and one-qubit operators go through a numba kernel that updates each group of rows
-in place (``_group_apply_kernel``); ``_LocalChannels`` composes each qubit's local evolution and
-applies it only when needed. A one-transmon channel that conserves the level difference i - j
-of the entries it maps (relaxation, dephasing, diagonal phases: what is pending on a coupled
-qubit) goes through ``_band_channel_kernel``, in place and with 19 of its 81 entries; any other
-channel through ``numpy.tensordot``. A drive conditioned on the neighbours' levels, with the
-driven transmon's pending channel before it, is one in-place pass over that transmon's 3x3
-blocks (``_fibre_channel_kernel``).
+in place (``_group_apply_kernel``); ``labqpu.firmware_sim.local.LocalChannels`` composes each
+qubit's local evolution and applies it only when needed. A one-transmon channel that conserves
+the level difference i - j of the entries it maps (relaxation, dephasing, diagonal phases: what
+is pending on a coupled qubit) goes through ``_band_channel_kernel``, in place and with 19 of
+its 81 entries; any other channel through ``numpy.tensordot``. A drive conditioned on the
+neighbours' levels, with the driven transmon's pending channel before it, is one in-place pass
+over that transmon's 3x3 blocks (``_fibre_channel_kernel``). The channels of spectators held by
+their populations act as real 3x3 maps on those populations, all of them in one sweep
+(``_level_maps_kernel``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from functools import lru_cache
 import numpy as np
 import scipy.linalg
 from numba import njit
-
-from labqpu.firmware_sim.device import DeviceTruth
 
 LEVELS = 3
 
@@ -126,19 +126,32 @@ def _diagonal_kernel(x, phases, rows_of, level_of_row):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _level_map_kernel(x, m, a_dim, b_dim):
-    """In place: x[a, i, b] -> sum_j m[i, j] x[a, j, b] for the flattened (a_dim, 3, b_dim)
-    array ``x`` and a 3x3 ``m``: a channel's action on the populations of a transmon held
-    diagonal (its level is the middle digit)."""
-    for a in range(a_dim):
-        base = a * 3 * b_dim
-        for b in range(b_dim):
-            v0 = x[base + b]
-            v1 = x[base + b_dim + b]
-            v2 = x[base + 2 * b_dim + b]
-            x[base + b] = m[0, 0] * v0 + m[0, 1] * v1 + m[0, 2] * v2
-            x[base + b_dim + b] = m[1, 0] * v0 + m[1, 1] * v1 + m[1, 2] * v2
-            x[base + 2 * b_dim + b] = m[2, 0] * v0 + m[2, 1] * v1 + m[2, 2] * v2
+def _level_maps_kernel(x, maps, held_rows, outer_rows, e):
+    """In place: the real 3x3 ``maps[j]`` (k, 3, 3) on the populations of k transmons held
+    diagonal, one after the other, in one sweep of the flattened matrix ``x`` (rows of ``e``
+    entries, row-major). Row ``o + held_rows[g]`` holds the held levels g (the digits of g in
+    base 3, map 0's first) under the other digits ``o`` (``outer_rows``); the maps act on
+    each fibre of 3^k rows in turn while it is in cache. The maps are real, so ``x`` may be
+    a complex matrix's float64 view (``e`` twice its row length): real and imaginary parts
+    go through the same vectorised loop."""
+    k = maps.shape[0]
+    g_dim = held_rows.shape[0]
+    for o in outer_rows:
+        for j in range(k):
+            m00, m01, m02 = maps[j, 0, 0], maps[j, 0, 1], maps[j, 0, 2]
+            m10, m11, m12 = maps[j, 1, 0], maps[j, 1, 1], maps[j, 1, 2]
+            m20, m21, m22 = maps[j, 2, 0], maps[j, 2, 1], maps[j, 2, 2]
+            step = 3 ** (k - 1 - j)
+            for hi in range(0, g_dim, 3 * step):
+                for g in range(hi, hi + step):  # the fibre's rows with digit j = 0
+                    r0 = (o + held_rows[g]) * e
+                    r1 = (o + held_rows[g + step]) * e
+                    r2 = (o + held_rows[g + 2 * step]) * e
+                    for c in range(e):
+                        v0, v1, v2 = x[r0 + c], x[r1 + c], x[r2 + c]
+                        x[r0 + c] = m00 * v0 + m01 * v1 + m02 * v2
+                        x[r1 + c] = m10 * v0 + m11 * v1 + m12 * v2
+                        x[r2 + c] = m20 * v0 + m21 * v1 + m22 * v2
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
@@ -329,6 +342,25 @@ def _lindblad_terms() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndar
 
 
 _IDLE_HAMILTONIAN, _DISSIPATORS = _lindblad_terms()
+
+
+@lru_cache(maxsize=256)
+def _held_rows(n: int, held: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Index tables of :func:`_level_maps_kernel` for ``n`` positions, ``held`` (ascending)
+    the ones the maps act on: (held_rows, outer_rows), the row offsets of each combination of
+    the held digits (first most significant) and of the other digits. Read-only."""
+    weight = LEVELS ** np.arange(n - 1, -1, -1, dtype=np.int64)
+
+    def offsets(positions: list[int]) -> np.ndarray:
+        digits = np.indices((LEVELS,) * len(positions)).reshape(len(positions),
+                                                               LEVELS ** len(positions))
+        return (weight[positions, None] * digits).sum(axis=0).astype(np.int64)
+
+    held_rows = offsets(list(held))
+    outer_rows = offsets([p for p in range(n) if p not in held])
+    for x in (held_rows, outer_rows):
+        x.flags.writeable = False
+    return held_rows, outer_rows
 
 
 @lru_cache(maxsize=256)
@@ -597,21 +629,44 @@ class DensityMatrix:
                          *_spectator_rows(self.n, self.diagonal))
         self.tensor = x.reshape(self.tensor.shape)
 
+    def apply_held_channels(self, channels: list[tuple[np.ndarray, int]]) -> None:
+        """Apply one-qubit channels (row-major 9x9 superoperator, position) on positions held
+        diagonal, at most one per position: their action on populations (a real 3x3 matrix
+        each), all in one sweep of the tensor (``_level_maps_kernel``). Each must conserve
+        i - j and map populations to populations with real weights (any physical channel
+        does); ``ValueError`` otherwise, with nothing applied."""
+        maps = {}
+        for superop, target in channels:
+            if target not in self.diagonal:
+                raise ValueError(f"position {target} is not held diagonal")
+            if target in maps:
+                raise ValueError(f"position {target} is named twice")
+            if not _conserves_band(superop):
+                raise ValueError(f"position {target} is held diagonal: a channel that creates "
+                                 "coherences cannot act on it")
+            m = superop[::LEVELS + 1, ::LEVELS + 1]
+            if np.abs(m.imag).max() > 1e-12 * max(1.0, np.abs(m).max()):
+                raise ValueError(f"the channel on held position {target} gives populations "
+                                 "complex weights")
+            maps[target] = m.real
+        if not maps:
+            return
+        held = tuple(sorted(maps))
+        x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
+        _level_maps_kernel(x.reshape(-1).view(np.float64),
+                           np.ascontiguousarray([maps[p] for p in held]),
+                           *_held_rows(self.n, held), 2 * self.shape[1])
+        self.tensor = x
+
     def apply_superop(self, superop: np.ndarray, target: int) -> None:
         """Apply a one-qubit channel given as a row-major 9x9 superoperator: in place through
         ``_band_channel_kernel`` when it conserves i - j (entries outside ``BAND_MASK``
         exactly 0), else by ``tensordot``. On a diagonal position the channel must conserve
-        i - j, and only its action on populations (a 3x3 matrix) is applied."""
-        band = _conserves_band(superop)
+        i - j, and only its action on populations is applied (:meth:`apply_held_channels`)."""
         if target in self.diagonal:
-            if not band:
-                raise ValueError(f"position {target} is held diagonal: a channel that creates "
-                                 "coherences cannot act on it")
-            m = np.ascontiguousarray(superop[::LEVELS + 1, ::LEVELS + 1], dtype=np.complex128)
-            x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
-            _level_map_kernel(x.reshape(-1), m, LEVELS**target, x.size // LEVELS ** (target + 1))
-            self.tensor = x
+            self.apply_held_channels([(superop, target)])
             return
+        band = _conserves_band(superop)
         column = self.active.index(target)
         if band:
             x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
@@ -711,73 +766,3 @@ class EvolutionStart:
     position: dict[int, int]
     time_samples: int
     owned: bool = False
-
-
-class _LocalChannels:
-    """Single-qubit evolution held back per qubit and applied to the density matrix at once.
-
-    Channels on different qubits commute, so each qubit's idle evolution, single-qubit pulses
-    and decoherence are composed into one pending 9x9 superoperator (row-major vec, latest
-    leftmost) and applied only when a multi-qubit unitary or the readout needs that qubit.
-    ``time`` is the sample up to which each qubit's evolution is accounted for.
-    """
-
-    def __init__(self, device: DeviceTruth, rho: DensityMatrix, position: dict[int, int],
-                 sample_rate_hz: float, anharmonicity_hz: dict[int, float] | None = None,
-                 rates: dict[int, tuple[float, float, float]] | None = None) -> None:
-        self.device = device
-        #: (T1 in s, T_phi in s, thermal ratio) per qubit; the device file's T1 and T_phi at
-        #: zero temperature when not given (``noise.QubitConditions``).
-        self.rates = rates or {q: (device.qubits[q].t1_s, device.qubits[q].t_phi_s, 0.0)
-                               for q in position}
-        #: Idle anharmonicity per qubit (Hz): the dressed one when coupling is modelled.
-        self.alpha = anharmonicity_hz or {q: device.qubits[q].anharmonicity_hz for q in position}
-        self.rho = rho
-        self.position = position
-        self.fs = sample_rate_hz
-        self.time = dict.fromkeys(position, 0)
-        self.pending: dict[int, np.ndarray] = {}
-
-    def _compose(self, q: int, superop: np.ndarray) -> None:
-        prev = self.pending.get(q)
-        self.pending[q] = superop if prev is None else superop @ prev
-
-    def _relax(self, q: int, until: int, alpha_hz: float) -> None:
-        if until > self.time[q]:
-            t1_s, t_phi_s, ratio = self.rates[q]
-            self._compose(q, relaxation_superop(t1_s, t_phi_s, (until - self.time[q]) / self.fs,
-                                                alpha_hz, ratio))
-            self.time[q] = until
-
-    def idle(self, q: int, until: int) -> None:
-        """Idle ``q`` up to sample ``until``: decoherence and the local idle Hamiltonian
-        (dressed alpha on |2>), exactly; pair (ZZ) phases are applied by the engine."""
-        self._relax(q, until, self.alpha[q])
-
-    def decohere(self, q: int, until: int) -> None:
-        """Decoherence of ``q`` up to ``until`` after a pulse whose unitary (already applied)
-        holds the Hamiltonian of that interval."""
-        self._relax(q, until, 0.0)
-
-    def unitary(self, q: int, u: np.ndarray) -> None:
-        """rho -> u rho u^dag on ``q`` (3x3)."""
-        self._compose(q, (u[:, None, :, None] * u.conj()[None, :, None, :]).reshape(9, 9))
-
-    def phases(self, q: int, d: np.ndarray) -> None:
-        """rho -> D rho D^dag on ``q`` for D = diag(``d``) (3 phase factors)."""
-        diagonal = (d[:, None] * d.conj()[None, :]).reshape(LEVELS * LEVELS)
-        prev = self.pending.get(q)
-        self.pending[q] = np.diag(diagonal) if prev is None else diagonal[:, None] * prev
-
-    def take(self, q: int) -> np.ndarray | None:
-        """Remove and return ``q``'s pending channel (None when there is none): the caller
-        applies it."""
-        return self.pending.pop(q, None)
-
-    def flush(self, q: int) -> None:
-        """Apply ``q``'s pending channel to the density matrix."""
-        superop = self.pending.pop(q, None)
-        if superop is not None:
-            self.rho.apply_superop(superop, self.position[q])
-
-

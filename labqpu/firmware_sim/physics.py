@@ -84,10 +84,10 @@ from labqpu.firmware_sim.density import (
     LEVELS,
     DensityMatrix,
     EvolutionStart,
-    _LocalChannels,
     relaxation_superop,
 )
 from labqpu.firmware_sim.device import DeviceTruth, QubitCabling
+from labqpu.firmware_sim.local import LocalChannels
 from labqpu.firmware_sim.noise import (
     DriftWalk,
     QubitConditions,
@@ -419,7 +419,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             rho = DensityMatrix([thermal_populations(cond[q].thermal_ratio) for q in order], held)
         else:  # a state of the caller's that it still uses is copied
             rho = start_rho.copy() if start_rho is resume.rho and not resume.owned else start_rho
-        local = _LocalChannels(self.device, rho, pos, fs,
+        local = LocalChannels(self.device, rho, pos, fs,
                                {q: float(model.local_hz[q][2]) for q in order},
                                {q: (cond[q].t1_s, cond[q].t_phi_s, cond[q].thermal_ratio)
                                 for q in order})
@@ -453,7 +453,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             self._advance_zz(ctx, t_end)
         for q in order:
             local.idle(q, acq_time.get(q, t_end))
-            local.flush(q)
+        local.flush_all(order)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
 
     def _render(self, prog: WireProgram
@@ -525,7 +525,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                 mid = (a + c1) // 2
                 for q in ctx.order:
                     ctx.local.idle(q, min(mid, ctx.stop[q]))
-                    ctx.local.flush(q)
+                ctx.local.flush_all(ctx.order)
             phases = ctx.share.zz_phases.get(c1 - a)
             if phases is None:
                 phases = ctx.share.zz_phases[c1 - a] = np.exp(-2j * np.pi * ctx.zz_all

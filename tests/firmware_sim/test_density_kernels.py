@@ -26,7 +26,8 @@ from labqpu.firmware_sim.density import (
     DensityMatrix,
     _band_channel_kernel,
     _group_apply_kernel,
-    _level_map_kernel,
+    _held_rows,
+    _level_maps_kernel,
     _row_groups,
     relaxation_superop,
 )
@@ -352,16 +353,51 @@ def test_controlled_channel_matches_dense_operators(n: int, target: int, control
             dm.apply_controlled_channel(u_stack[:1], None, [], held[0])
 
 
-def test_level_map_kernel_matches_einsum() -> None:
-    """A channel on a held transmon's populations, in place, against ``numpy.einsum``."""
+@pytest.mark.parametrize(("n", "held", "e"), [(1, (0,), 1), (3, (1,), 9), (4, (0, 3), 27),
+                                              (5, (0, 2, 4), 9), (4, (0, 1, 2, 3), 1)])
+def test_level_maps_kernel_matches_one_einsum_per_held_transmon(n: int, held: tuple[int, ...],
+                                                                e: int) -> None:
+    """Real 3x3 maps on the populations of several held transmons, in one in-place sweep,
+    against one ``numpy.einsum`` per transmon on the (3,)*n x e array."""
     rng = np.random.default_rng(11)
-    for a_dim, b_dim in [(1, 1), (1, 27), (9, 1), (27, 81)]:
-        x = rng.normal(size=(a_dim, 3, b_dim)) + 1j * rng.normal(size=(a_dim, 3, b_dim))
-        m = _random_matrix(3, rng)
-        expected = np.einsum("ij,ajb->aib", m, x)
-        flat = x.reshape(-1).copy()
-        _level_map_kernel(flat, m, a_dim, b_dim)
-        assert_allclose(flat.reshape(a_dim, 3, b_dim), expected, rtol=0, atol=1e-12)
+    x = rng.normal(size=(3,) * n + (e,)) + 1j * rng.normal(size=(3,) * n + (e,))
+    maps = rng.normal(size=(len(held), 3, 3))
+    expected = x
+    for m, p in zip(maps, held, strict=True):
+        expected = np.moveaxis(np.tensordot(m, expected, axes=([1], [p])), 0, p)
+    flat = x.reshape(-1).copy()
+    _level_maps_kernel(flat, maps, *_held_rows(n, held), e)
+    assert_allclose(flat.reshape(x.shape), expected, rtol=0, atol=1e-12)
+
+
+def test_held_channels_in_one_sweep_equal_them_one_by_one() -> None:
+    """``apply_held_channels`` on three held positions of six (relaxation towards a thermal
+    state, with and without diagonal phases) equals the same channels applied one at a time
+    on the dense state (1e-12); it refuses a channel that creates coherences, a position that
+    is not held and one named twice, and applies nothing then."""
+    rng = np.random.default_rng(5)
+    n, held = 6, (0, 2, 5)
+    rho = _dephased(_random_rho(3**n, rng), held, n)
+    dense = DensityMatrix([np.array([1.0, 0.0, 0.0])] * n)
+    dense.tensor = rho.reshape((3,) * (2 * n)).copy()
+    dm = _held_copy(rho, held, n)
+    phase = np.exp(1j * rng.uniform(-np.pi, np.pi, 3))
+    channels = [(relaxation_superop(20e-6, 35e-6, 300e-9, -210e6, 0.05), 0),
+                (np.kron(np.diag(phase), np.diag(phase.conj()))
+                 @ relaxation_superop(9e-6, 12e-6, 2e-6, -190e6, 0.1), 2),
+                (relaxation_superop(40e-6, 60e-6, 1e-6), 5)]
+    for superop, p in channels:
+        dense.apply_superop(superop, p)
+    dm.apply_held_channels(channels)
+    assert_allclose(dm.matrix(), dense.matrix(), rtol=0, atol=1e-12)
+    before = dm.tensor.copy()
+    u3 = _random_unitary(3, rng)
+    for bad, match in [([(np.kron(u3, u3.conj()), 2)], "creates coherences"),
+                       ([channels[0], (channels[1][0], 1)], "not held diagonal"),
+                       ([channels[0], channels[0]], "named twice")]:
+        with pytest.raises(ValueError, match=match):
+            dm.apply_held_channels(bad)
+        assert_allclose(dm.tensor, before, rtol=0, atol=0)
 
 
 def test_a_projection_that_holds_the_measured_position_evolves_as_the_dense_one() -> None:
