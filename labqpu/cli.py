@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import re
 import runpy
 import sys
 import time
@@ -607,7 +608,8 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
 
 
 def _load_circuit(path: Path):
-    """The circuit a .py file defines (as ``circuit`` or ``qc``) or a .qasm file holds."""
+    """The circuit a .py file defines (as ``circuit`` or ``qc``) or a .qasm file holds; one
+    left with Qiskit's generated name (``circuit-57``) is named after the file."""
     from qiskit import QuantumCircuit
 
     if not path.is_file():
@@ -618,8 +620,11 @@ def _load_circuit(path: Path):
         raise ValueError(f"labqpu draw: give a .py or .qasm file, got {path}")
     namespace = runpy.run_path(str(path), run_name="labqpu_draw")
     for name in ("circuit", "qc"):
-        if isinstance(namespace.get(name), QuantumCircuit):
-            return namespace[name]
+        circuit = namespace.get(name)
+        if isinstance(circuit, QuantumCircuit):
+            if re.fullmatch(rf"{QuantumCircuit.prefix}-\d+", circuit.name):
+                circuit.name = path.stem
+            return circuit
     raise ValueError(f"labqpu draw: {path} defines no QuantumCircuit named `circuit` or `qc`")
 
 

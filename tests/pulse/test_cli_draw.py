@@ -18,12 +18,13 @@ def labqpu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "LABQPU_HOME": str(tmp_path)})
 
 
-def write_bell(directory: Path) -> None:
-    """A ``bell.py`` defining a 2-qubit Bell circuit ``qc`` in ``directory``."""
+def write_bell(directory: Path, name: str = "bell") -> None:
+    """A ``bell.py`` defining a 2-qubit Bell circuit ``qc`` (called ``name``; "": Qiskit's
+    generated name) in ``directory``."""
     (directory / "bell.py").write_text(
         "from qiskit import QuantumCircuit\n"
-        "qc = QuantumCircuit(2, 2, name='bell')\nqc.h(0)\nqc.cx(0, 1)\n"
-        "qc.measure([0, 1], [0, 1])\n")
+        f"qc = QuantumCircuit(2, 2{f', name={name!r}' if name else ''})\nqc.h(0)\n"
+        "qc.cx(0, 1)\nqc.measure([0, 1], [0, 1])\n")
 
 
 def test_draw_py_and_qasm(tmp_path: Path) -> None:
@@ -40,6 +41,18 @@ def test_draw_py_and_qasm(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "ghz.png").read_bytes()[:8] == PNG
     assert "3 acquisitions" in done.stdout
+
+
+@pytest.mark.parametrize(("name", "shown"), [("", "bell on lab5"), ("epr", "epr on lab5")])
+def test_draw_names_a_circuit_after_its_file_unless_it_has_a_name(tmp_path: Path, name: str,
+                                                                   shown: str) -> None:
+    """Qiskit names an unnamed circuit ``circuit-<n>``; the drawing (and its summary line)
+    says the file's name instead, and keeps a name the circuit was given."""
+    pytest.importorskip("matplotlib")
+    write_bell(tmp_path, name)
+    done = labqpu(tmp_path, "draw", "bell.py", "-o", "bell.png")
+    assert done.returncode == 0, done.stderr
+    assert shown in done.stdout and "circuit-" not in done.stdout
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [
