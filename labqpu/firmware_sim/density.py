@@ -515,6 +515,23 @@ class DensityMatrix:
         out.tensor = self.tensor.copy()
         return out
 
+    def drop(self, positions: tuple[int, ...]) -> DensityMatrix:
+        """The state of the other positions (a new object): ``positions``, each held diagonal,
+        summed out. Exact for everything that follows when nothing that follows depends on
+        their levels: a channel on them keeps the others' state, and their ZZ with positions
+        that are themselves held diagonal cancels in every entry."""
+        gone = set(positions)
+        if not gone <= set(self.diagonal):
+            raise ValueError(f"positions {sorted(gone - set(self.diagonal))} are not held "
+                             "diagonal: only those can be dropped")
+        keep = [p for p in range(self.n) if p not in gone]
+        out = copy.copy(self)
+        out.n = len(keep)
+        out.diagonal = tuple(keep.index(p) for p in self.diagonal if p not in gone)
+        out.active = tuple(keep.index(p) for p in self.active)
+        out.tensor = self.tensor.sum(axis=tuple(sorted(gone)))
+        return out
+
     def without_spectators(self) -> DensityMatrix:
         """The same state with every position carrying coherences (a new object; exact, since
         a held position's coherences are 0): for an evolution that acts on a held qubit."""

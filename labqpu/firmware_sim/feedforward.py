@@ -192,6 +192,8 @@ class _Plan:
         reach: dict[int, list[tuple[int, int]]] = {}
         played, fluxed = set(self.qubit), set()
         lengths = np.diff(prog.wave_offset)[prog.play_wave]
+        #: (qubit, "drive" or "flux", end sample) of every play on a qubit's port.
+        self.plays: list[tuple[int, str, int]] = []
         for i, port in enumerate(prog.play_port):
             if int(port) not in role:
                 continue
@@ -201,6 +203,9 @@ class _Plan:
             for r in hit:
                 reach.setdefault(r, []).append(iv)
             (fluxed if kind == "flux" else played).add(q)
+            self.plays.append((q, kind, iv[1]))
+        self.device = engine.device
+        self.acq_start = [int(t) for t in prog.acq_start]
         #: Qubits the program acts on, and every qubit it evolves (``evolved_qubits``).
         self.touched, self.active = evolved_qubits(engine.device, played, fluxed)
         start, end = prog.acq_start, prog.acq_start + prog.acq_duration
@@ -230,6 +235,30 @@ class _Plan:
         self.branches = [j for j in order if start[j] <= last]
         self.leaves = [j for j in order if start[j] > last]
         self.read = {int(j) for j in ff.block_acq}
+
+    def evolved_after(self, t: int, done: set[int]) -> set[int]:
+        """The qubits evolved (``evolved_qubits``) by what happens after sample ``t``: the
+        plays that end after it and the acquisitions not in ``done`` that start at it or
+        later (conditional plays counted, whichever way their conditions go)."""
+        played = {self.qubit[j] for j, s in enumerate(self.acq_start) if s >= t and j not in done}
+        fluxed = set()
+        for q, kind, end in self.plays:
+            if end > t:
+                (fluxed if kind == "flux" else played).add(q)
+        return evolved_qubits(self.device, played, fluxed)[1]
+
+    def decoupled(self, held: tuple[int, ...], position: dict[int, int], t: int,
+                  done: set[int]) -> tuple[int, ...]:
+        """Which of the ``held`` positions of a state (``position``: qubit -> axis) a branch at
+        sample ``t``, with the acquisitions ``done`` behind it, may drop
+        (``DensityMatrix.drop``): those whose coupled neighbours in the state are all held
+        too and that nothing after ``t`` evolves. Their levels matter to nothing that
+        follows: neither to a qubit that keeps coherences nor to an acquisition."""
+        after = self.evolved_after(t, done)
+        qubit_at = {i: q for q, i in position.items()}
+        return tuple(p for p in held if qubit_at[p] not in after
+                     and all(position.get(r, p) in held
+                             for r in self.device.neighbours(qubit_at[p])))
 
 
 def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
@@ -337,11 +366,21 @@ class _Tree:
         self.results[shots, j] = bits
         read = j in self.plan.read
         keys = levels * 2 + bits if read else levels * 2
+        hold = j in self.plan.final
+        position, drop = state.position, ()
+        if self.engine.drop_decoupled:
+            # The children hold what the parent holds, and q after its final acquisition.
+            held = tuple(sorted({*state.rho.diagonal, *([axis] if hold else [])}))
+            drop = self.plan.decoupled(held, position, t, set(branches[:k + 1]))
+            kept = sorted((q for q, i in position.items() if i not in drop), key=position.get)
+            position = {q: i for i, q in enumerate(kept)}
         for key in np.unique(keys):
             level, bit = divmod(int(key), 2)
-            child, _ = state.rho.project(axis, level, hold=j in self.plan.final)
+            child, _ = state.rho.project(axis, level, hold=hold)
+            if drop:
+                child = child.drop(drop)
             nxt = {**known, j: bit} if read else known
-            self.descend(k + 1, EvolutionStart(child, state.position, t, owned=True), nxt,
+            self.descend(k + 1, EvolutionStart(child, position, t, owned=True), nxt,
                          shots[keys == key])
 
     def _leaf(self, state: EvolutionStart, known: dict[int, int], shots: np.ndarray) -> None:

@@ -305,6 +305,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: Hold untouched neighbours by their populations (:func:`spectators`); False evolves
         #: them in full (the reference the tests compare against).
         self.diagonal_spectators = True
+        #: Let a feed-forward branch drop the qubits whose levels no longer matter
+        #: (``feedforward._Plan.decoupled``); False keeps them (the tests' reference).
+        self.drop_decoupled = True
 
     def mixer_gain(self, lo: tuple[float, float, bool]) -> float:
         """Conversion gain (amplitude) of an IQ mixer fed by ``lo`` = (Hz, dBm, on)."""

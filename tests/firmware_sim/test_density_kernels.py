@@ -432,3 +432,38 @@ def test_a_projection_that_holds_the_measured_position_evolves_as_the_dense_one(
             assert_allclose(held.matrix(), plain.matrix(), rtol=0, atol=1e-12, err_msg=name)
         with pytest.raises(ValueError, match=rf"positions \[{measured}\] are held diagonal"):
             held.apply_unitary(_random_unitary(9, rng), [measured, 3])
+
+
+def _zz_energy(zz: np.ndarray) -> np.ndarray:
+    """sum_{a<b} zz[a, b] n_a n_b over the basis states of len(zz) transmons (first most
+    significant)."""
+    k = zz.shape[0]
+    levels = np.array(list(itertools.product(range(3), repeat=k))).T
+    return sum(zz[a, b] * levels[a] * levels[b] for a in range(k) for b in range(a + 1, k))
+
+
+def test_dropping_a_decoupled_held_position_commutes_with_what_follows() -> None:
+    """Positions 0 and 3 of five are held, and position 0 couples (ZZ) only to position 3: a
+    unitary on the others, a ZZ diagonal over all five (the 0-3 pair included), relaxation
+    of every position, then summing position 0 out, equals summing it out first and then
+    the same operations without it (1e-12). Dropping a position with coherences is refused."""
+    rng = np.random.default_rng(17)
+    n, held = 5, (0, 3)
+    dm = _held_copy(_dephased(_random_rho(3**n, rng), held, n), held, n)
+    zz = np.triu(rng.normal(size=(n, n)) * 1e6, 1)
+    zz[0, [1, 2, 4]] = 0.0  # position 0 couples to position 3 only
+    u = _random_unitary(27, rng)
+    relax = relaxation_superop(20e-6, 35e-6, 300e-9, -210e6, 0.05)
+    first = dm.drop((0,))
+    assert first.n == 4 and first.diagonal == (2,) and first.active == (0, 1, 3)
+    dm.apply_unitary(u, [1, 2, 4])
+    dm.apply_diagonal(np.exp(-2j * np.pi * _zz_energy(zz) * 1e-7))
+    for p in range(n):
+        dm.apply_superop(relax, p)
+    first.apply_unitary(u, [0, 1, 3])
+    first.apply_diagonal(np.exp(-2j * np.pi * _zz_energy(zz[1:, 1:]) * 1e-7))
+    for p in range(n - 1):
+        first.apply_superop(relax, p)
+    assert_allclose(first.matrix(), dm.drop((0,)).matrix(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="not held diagonal"):
+        dm.drop((1,))
