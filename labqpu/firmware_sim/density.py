@@ -648,30 +648,32 @@ class DensityMatrix:
 
     def apply_held_channels(self, channels: list[tuple[np.ndarray, int]]) -> None:
         """Apply one-qubit channels (row-major 9x9 superoperator, position) on positions held
-        diagonal, at most one per position: their action on populations (a real 3x3 matrix
-        each), all in one sweep of the tensor (``_level_maps_kernel``). Each must conserve
-        i - j and map populations to populations with real weights (any physical channel
-        does); ``ValueError`` otherwise, with nothing applied."""
-        maps = {}
+        diagonal, at most one per position: their action on populations (a 3x3 matrix each),
+        all in one sweep of the tensor (``_level_maps_kernel``). Each must conserve i - j
+        (``ValueError`` otherwise, with nothing applied). Only the real part of the weights
+        from populations to populations is used: a physical channel's are real (up to
+        rounding)."""
+        if not channels:
+            return
+        channels = sorted(channels, key=lambda c: c[1])
+        held = tuple(target for _, target in channels)
         for superop, target in channels:
             if target not in self.diagonal:
                 raise ValueError(f"position {target} is not held diagonal")
-            if target in maps:
-                raise ValueError(f"position {target} is named twice")
             if not _conserves_band(superop):
                 raise ValueError(f"position {target} is held diagonal: a channel that creates "
                                  "coherences cannot act on it")
-            m = superop[::LEVELS + 1, ::LEVELS + 1]
-            if np.abs(m.imag).max() > 1e-12 * max(1.0, np.abs(m).max()):
-                raise ValueError(f"the channel on held position {target} gives populations "
-                                 "complex weights")
-            maps[target] = m.real
-        if not maps:
-            return
-        held = tuple(sorted(maps))
+        if len(set(held)) < len(held):
+            raise ValueError(f"a position is named twice in {list(held)}")
+        self.apply_level_maps(held, np.array([superop[::LEVELS + 1, ::LEVELS + 1].real
+                                              for superop, _ in channels]))
+
+    def apply_level_maps(self, held: tuple[int, ...], maps: np.ndarray) -> None:
+        """x -> the real 3x3 ``maps[j]`` (k, 3, 3) on the populations of the positions
+        ``held`` (ascending, each held diagonal), in one sweep (``_level_maps_kernel``): what
+        :meth:`apply_held_channels` does once it has checked its channels."""
         x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
-        _level_maps_kernel(x.reshape(-1).view(np.float64),
-                           np.ascontiguousarray([maps[p] for p in held]),
+        _level_maps_kernel(x.reshape(-1).view(np.float64), np.ascontiguousarray(maps),
                            *_held_rows(self.n, held), 2 * self.shape[1])
         self.tensor = x
 

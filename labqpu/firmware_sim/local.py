@@ -81,16 +81,21 @@ class LocalChannels:
 
     def flush_all(self, qubits: list[int]) -> None:
         """Apply the pending channels of ``qubits``: those of qubits held by their populations
-        together, in one sweep of the density matrix (``DensityMatrix.apply_held_channels``),
-        the others one by one (channels on different qubits commute)."""
+        together, as their maps of populations in one sweep of the density matrix
+        (``DensityMatrix.apply_level_maps``; what is pending on a held qubit is relaxation
+        and phases, which conserve i - j), the others one by one (channels on different
+        qubits commute)."""
         held = []
         for q in qubits:
-            if self.position[q] in self.rho.diagonal:
+            p = self.position[q]
+            if p in self.rho.diagonal:
                 superop = self.pending.pop(q, None)
                 if superop is not None:
-                    held.append((superop, self.position[q]))
+                    held.append((p, superop[::LEVELS + 1, ::LEVELS + 1].real))
             else:
                 self.flush(q)
-        self.rho.apply_held_channels(held)
+        if held:
+            held.sort(key=lambda item: item[0])
+            self.rho.apply_level_maps(tuple(p for p, _ in held), np.array([m for _, m in held]))
 
 
