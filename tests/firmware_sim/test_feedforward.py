@@ -547,12 +547,28 @@ def test_a_branch_holds_a_measured_qubit_only_when_nothing_acts_on_it_afterwards
         assert holds and set(holds) == {expected}, (target, holds)
 
 
+class _SpyRng:
+    """A ``numpy`` generator that records the probabilities of every ``choice`` it makes."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self.probabilities: list[np.ndarray] = []
+
+    def choice(self, *args, p=None, **kwargs):
+        self.probabilities.append(np.array(p))
+        return self._rng.choice(*args, p=p, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._rng, name)
+
+
 def test_a_branch_drops_the_qubits_whose_levels_no_longer_matter(rack, snapshot, channels,
                                                                   monkeypatch) -> None:
     """sx on q0 and q1, measure both, x on q2 if q0 read 1, x on q2 if q1 read 1, measure
-    q2. From q1's branch on, q0 is held, its only neighbour q1 too, and nothing after it
-    reaches q0: the branches drop q0 (a factor 3 less), and the run gives the same results
-    and IQ points (1e-5) as the run that keeps it."""
+    q2, with the program's LO and flux settings. From q1's branch on, q0 is held, its only
+    neighbour q1 too, and nothing after it reaches q0: the branches drop q0 (a factor 3
+    less), and every branch probability and leaf distribution the run samples from is that
+    of the run that keeps it (1e-12), so the results and IQ points are the same too."""
     qc = QuantumCircuit(3, 3)
     qc.sx([0, 1])
     qc.measure([0, 1], [0, 1])
@@ -563,6 +579,10 @@ def test_a_branch_drops_the_qubits_whose_levels_no_longer_matter(rack, snapshot,
     latency = rack.executor.capabilities()["feedforward"]["latency_samples"]
     program = compile_circuit(qc, snapshot, channels, feedforward_latency_samples=latency)
     prog, ff = rack.executor._parse(*program.to_wire())
+    settings = Settings(
+        los={name: (lo.frequency_hz, lo.power_dbm, True)
+             for name, lo in program.lo_settings.items()},
+        currents=dict(program.flux_bias_a))
     dropped: list[tuple[int, ...]] = []
     drop = DensityMatrix.drop
 
@@ -575,10 +595,14 @@ def test_a_branch_drops_the_qubits_whose_levels_no_longer_matter(rack, snapshot,
     runs = []
     for keep in (False, True):
         monkeypatch.setattr(engine, "drop_decoupled", not keep)
-        runs.append(run_with_feedforward(engine, prog, ff, rack.executor._settings(), 300,
-                                         np.random.default_rng(5)))
-    assert dropped and {d for d in dropped} == {(0,)}, dropped
-    (iq_drop, bits_drop), (iq_keep, bits_keep) = runs
+        rng = _SpyRng(5)
+        runs.append((*run_with_feedforward(engine, prog, ff, settings, 300, rng),
+                     rng.probabilities))
+    assert dropped and set(dropped) == {(0,)}, dropped
+    (iq_drop, bits_drop, p_drop), (iq_keep, bits_keep, p_keep) = runs
+    assert len(p_drop) == len(p_keep) > 3
+    for a, b in zip(p_drop, p_keep, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    assert 0.35 < p_drop[0][1] < 0.65  # sx on q0: its branch point is a real one
     np.testing.assert_array_equal(bits_drop, bits_keep)
     np.testing.assert_allclose(iq_drop, iq_keep, rtol=0, atol=1e-5)
-    assert {0, 1} <= set(bits_drop[:, 0]) and {0, 1} <= set(bits_drop[:, 1])  # every branch
