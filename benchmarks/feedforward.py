@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
     print("labqpu feed-forward on lab10 (qubits 5-9) vs qiskit-aer density matrix")
     print(f"{tm.machine()}, {os.cpu_count()} CPUs; load average at start {tm.load_average()}")
-    lines = []
     with tempfile.TemporaryDirectory(prefix="labqpu-bench-home-") as home, \
             threadpool_limits(1):
         os.environ["LABQPU_HOME"] = home
@@ -97,11 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                     aer_counts = aer.run(for_aer, shots=shots,
                                          seed_simulator=1).result().get_counts()
                     aer_s = time.perf_counter() - t0
-                    lines.append(Line(f"{name}, {shots} shots", labqpu_s, aer_s,
-                                      f"{dur(labqpu_s)} (backend.run() to counts)",
-                                      f"{dur(aer_s)} (AerSimulator density_matrix, T1/T2 + "
-                                      "readout, 1 thread)"))
-                    emit(lines[-1:], [])
+                    emit([Line(f"{name}, {shots} shots", labqpu_s, aer_s,
+                               f"{dur(labqpu_s)} (backend.run() to counts)",
+                               f"{dur(aer_s)} (AerSimulator density_matrix, T1/T2 + "
+                               "readout, 1 thread)")], [])
                     info(f"most frequent counts: labqpu {_top(counts)}, Aer {_top(aer_counts)}")
     print(f"load average at end {tm.load_average()}")
     return 0

@@ -344,6 +344,12 @@ def _lindblad_terms() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndar
 _IDLE_HAMILTONIAN, _DISSIPATORS = _lindblad_terms()
 
 
+def population_map(superop: np.ndarray) -> np.ndarray:
+    """The 3x3 real matrix a row-major 9x9 superoperator applies to a transmon's populations
+    (its entries from |k><k| to |i><i|; a physical channel's are real, up to rounding)."""
+    return superop[::LEVELS + 1, ::LEVELS + 1].real
+
+
 @lru_cache(maxsize=256)
 def _held_rows(n: int, held: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Index tables of :func:`_level_maps_kernel` for ``n`` positions, ``held`` (ascending)
@@ -665,8 +671,7 @@ class DensityMatrix:
                                  "coherences cannot act on it")
         if len(set(held)) < len(held):
             raise ValueError(f"a position is named twice in {list(held)}")
-        self.apply_level_maps(held, np.array([superop[::LEVELS + 1, ::LEVELS + 1].real
-                                              for superop, _ in channels]))
+        self.apply_level_maps(held, np.array([population_map(s) for s, _ in channels]))
 
     def apply_level_maps(self, held: tuple[int, ...], maps: np.ndarray) -> None:
         """x -> the real 3x3 ``maps[j]`` (k, 3, 3) on the populations of the positions

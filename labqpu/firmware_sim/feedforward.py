@@ -372,6 +372,7 @@ class _Tree:
             # The children hold what the parent holds, and q after its final acquisition.
             held = tuple(sorted({*state.rho.diagonal, *([axis] if hold else [])}))
             drop = self.plan.decoupled(held, position, t, set(branches[:k + 1]))
+        if drop:
             kept = sorted((q for q, i in position.items() if i not in drop), key=position.get)
             position = {q: i for i, q in enumerate(kept)}
         for key in np.unique(keys):

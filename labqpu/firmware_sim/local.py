@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from labqpu.firmware_sim.density import LEVELS, DensityMatrix, relaxation_superop
+from labqpu.firmware_sim.density import (
+    LEVELS,
+    DensityMatrix,
+    population_map,
+    relaxation_superop,
+)
 from labqpu.firmware_sim.device import DeviceTruth
 
 __all__ = ["LocalChannels"]
@@ -91,7 +96,7 @@ class LocalChannels:
             if p in self.rho.diagonal:
                 superop = self.pending.pop(q, None)
                 if superop is not None:
-                    held.append((p, superop[::LEVELS + 1, ::LEVELS + 1].real))
+                    held.append((p, population_map(superop)))
             else:
                 self.flush(q)
         if held:

@@ -423,9 +423,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         else:  # a state of the caller's that it still uses is copied
             rho = start_rho.copy() if start_rho is resume.rho and not resume.owned else start_rho
         local = LocalChannels(self.device, rho, pos, fs,
-                               {q: float(model.local_hz[q][2]) for q in order},
-                               {q: (cond[q].t1_s, cond[q].t_phi_s, cond[q].thermal_ratio)
-                                for q in order})
+                              {q: float(model.local_hz[q][2]) for q in order},
+                              {q: (cond[q].t1_s, cond[q].t_phi_s, cond[q].thermal_ratio)
+                               for q in order})
         zz_all = model.energies(order) - model.local_energies(order)
         has_zz = bool(np.any(zz_all))
         stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
