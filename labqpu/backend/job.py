@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import functools
 import logging
 import threading
 
+import numpy as np
 from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, JobV1
 from qiskit.result import Result
 
 from labqpu.backend.merge import Run
-from labqpu.backend.results import experiment_result
+from labqpu.backend.results import experiment_data, experiment_result
 from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
 from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
@@ -139,6 +141,9 @@ class LabJob(JobV1):
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
         opts = self._options
         seed = opts["seed_simulator"]
+        # Counts are quick to compute whatever the shots; memory and IQ lists are built by
+        # result(), off the hardware worker.
+        counts_only = opts["meas_level"] == 2 and not opts["memory"]
         return [(run.program, RunRequest(
             shots=opts["shots"], seed=None if seed is None else seed + i,
             rep_delay_s=opts["rep_delay"],
@@ -150,7 +155,20 @@ class LabJob(JobV1):
                     if opts["meas_level"] == 0 else None),
             trace_decimation=opts["trace_decimation"] if opts["meas_level"] == 0 else None,
             param_sets=run.rows,
+            digest=functools.partial(self._counts, run) if counts_only else None,
         )) for i, run in enumerate(self._runs)]
+
+    def _counts(self, run: Run, iq: np.ndarray, _traces: np.ndarray | None) -> list[dict]:
+        """The ``data`` (counts) of each point of ``run`` from its IQ points; the hardware
+        worker computes it while the read-back after the run travels (``RunRequest.digest``).
+        """
+        shots = self._options["shots"]
+        if iq.shape[0] != run.points * shots:
+            raise ValueError(f"{iq.shape[0]} rows for {run.points} point(s)")
+        return [experiment_data(member, iq[k * shots:(k + 1) * shots], shots=shots,
+                                meas_level=2, meas_return=self._options["meas_return"],
+                                memory=False, snapshot=self._snapshot)
+                for k, member in enumerate(run.members)]
 
     def _build_result(self, records: list[RunRecord]) -> Result:
         opts = self._options
@@ -168,7 +186,8 @@ class LabJob(JobV1):
                     meas_level=opts["meas_level"], meas_return=opts["meas_return"],
                     memory=opts["memory"], snapshot=self._snapshot,
                     provenance=record.provenance, traces=record.traces,
-                    trace_decimation=record.trace_decimation)
+                    trace_decimation=record.trace_decimation,
+                    data=None if record.digest is None else record.digest[k])
                 if run.explicit:
                     result["header"]["metadata"] = {
                         **result["header"]["metadata"],

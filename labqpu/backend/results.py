@@ -46,10 +46,49 @@ def _register_values(bits: np.ndarray, clbits: np.ndarray) -> np.ndarray:
     return acc
 
 
+def experiment_data(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,
+                    meas_return: str, memory: bool, snapshot, traces: np.ndarray | None = None
+                    ) -> dict:
+    """The ``data`` entry of one experiment (counts and memory, or level-0/1 memory) from its
+    IQ points (shots x acquisitions) and, with meas_level 0, its traces (see
+    :func:`experiment_result`).
+
+    Raises:
+        ValueError: the IQ or traces have the wrong shape.
+        BackendPropertyError: meas_level 2 and a measured qubit has no discriminator.
+    """
+    if iq.shape != (shots, program.acq_port.shape[0]):
+        raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
+                         f"({shots}, {program.acq_port.shape[0]})")
+    data: dict = {}
+    if meas_level == 2:
+        c0, c1 = discriminator_centres(snapshot, program.acq_qubit)
+        bits = discriminate(iq, c0, c1)
+        values = _register_values(bits, program.acq_clbit)
+        if memory:
+            uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        else:  # without the inverse: a quarter of the time
+            uniq, counts = np.unique(values, return_counts=True)
+        keys = [hex(int(v)) for v in uniq]
+        data["counts"] = dict(zip(keys, (int(n) for n in counts), strict=True))
+        if memory:
+            data["memory"] = [keys[i] for i in inverse.reshape(-1)]
+    elif meas_level == 0:
+        data["memory"] = _trace_memory(program, traces, shots, meas_return)
+    else:
+        slots = np.zeros((shots, program.num_clbits), dtype=np.complex128)
+        for j, c in enumerate(program.acq_clbit):
+            if c >= 0:
+                slots[:, c] = iq[:, j]
+        pairs = np.stack([slots.real, slots.imag], axis=-1)
+        data["memory"] = pairs.mean(axis=0).tolist() if meas_return == "avg" else pairs.tolist()
+    return data
+
+
 def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,
                       meas_return: str, memory: bool, snapshot,
                       provenance: dict | None = None, traces: np.ndarray | None = None,
-                      trace_decimation: int | None = None) -> dict:
+                      trace_decimation: int | None = None, data: dict | None = None) -> dict:
     """One experiment's entry of ``Result.from_dict``.
 
     ``provenance`` (the rack's reproducibility bundle) goes into the experiment's header as
@@ -58,11 +97,13 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     ``trace_decimation`` samples per point: ``memory`` holds per shot (or averaged, with
     ``meas_return="avg"``) one list of [re, im] points per memory slot, as Qiskit's level-0
     convention has it, and the header's ``trace`` states the decimation and the point
-    duration (s).
+    duration (s). ``data``: the experiment's :func:`experiment_data`, when it was computed
+    already (else it is computed here).
     """
-    if iq.shape != (shots, program.acq_port.shape[0]):
-        raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
-                         f"({shots}, {program.acq_port.shape[0]})")
+    if data is None:
+        data = experiment_data(program, iq, shots=shots, meas_level=meas_level,
+                               meas_return=meas_return, memory=memory, snapshot=snapshot,
+                               traces=traces)
     header = dict(program.header)
     header.setdefault("name", "pulse_program")
     header.setdefault("memory_slots", program.num_clbits)
@@ -71,27 +112,9 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     if provenance is not None:
         header["reproducibility"] = {**provenance,
                                      "calibration_snapshot_id": snapshot.snapshot_id}
-    data: dict = {}
-    if meas_level == 2:
-        c0, c1 = discriminator_centres(snapshot, program.acq_qubit)
-        bits = discriminate(iq, c0, c1)
-        values = _register_values(bits, program.acq_clbit)
-        uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-        keys = [hex(int(v)) for v in uniq]
-        data["counts"] = dict(zip(keys, (int(n) for n in counts), strict=True))
-        if memory:
-            data["memory"] = [keys[i] for i in inverse.reshape(-1)]
-    elif meas_level == 0:
-        data["memory"] = _trace_memory(program, traces, shots, meas_return)
+    if meas_level == 0:
         header["trace"] = {"decimation": int(trace_decimation),
                            "point_duration_s": trace_decimation / program.sample_rate_hz}
-    else:
-        slots = np.zeros((shots, program.num_clbits), dtype=np.complex128)
-        for j, c in enumerate(program.acq_clbit):
-            if c >= 0:
-                slots[:, c] = iq[:, j]
-        pairs = np.stack([slots.real, slots.imag], axis=-1)
-        data["memory"] = pairs.mean(axis=0).tolist() if meas_return == "avg" else pairs.tolist()
     return {"shots": shots, "success": True, "meas_level": meas_level,
             "meas_return": meas_return, "data": data, "header": header}
 

@@ -62,6 +62,10 @@ class RunRequest:
     trace_decimation: int | None = None
     #: A controller-bound sweep: one row of the program's parameter table per point.
     param_sets: tuple[tuple[float, ...], ...] | None = None
+    #: Work on the run's results, ``digest(iq, traces)``, done while the read-back after the
+    #: run travels; what it returns is the record's ``digest`` (None if it raised: whoever
+    #: reads the record then does that work again and meets the error there).
+    digest: Callable[[np.ndarray, np.ndarray | None], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class RunRecord:
         traces: when asked for, complex64 (shots, acquisitions, points) or (1, acquisitions,
             points) averaged; else None.
         trace_decimation: samples per trace point (None without traces).
+        digest: what the request's ``digest`` returned (None without one).
         provenance: the reproducibility bundle: program and waveform hashes (SHA-256), the
             controller's identity and protocol version, and every instrument setting read
             back (with the instrument's identity) before and after the run.
@@ -82,6 +87,19 @@ class RunRecord:
     provenance: dict
     traces: np.ndarray | None = None
     trace_decimation: int | None = None
+    digest: object = None
+
+
+def _digest(request: RunRequest, iq: np.ndarray, traces: np.ndarray | None) -> object:
+    """``request.digest(iq, traces)``, or None without one or when it raises (the error is
+    met again, and reported, where the record is read)."""
+    if request.digest is None:
+        return None
+    try:
+        return request.digest(iq, traces)
+    except Exception:  # deferred: the reader redoes the work and reports the error
+        log.debug("a run's digest failed; it is left to the reader", exc_info=True)
+        return None
 
 
 class RackConnection:
@@ -203,13 +221,24 @@ class RackConnection:
                 client.abort_quietly(run_id)
             raise
         outputs = outputs[:1] + outputs[1:][::-1]  # back to the order of ``parts``
-        iq, traces, decimation = self._merge(program, parts, outputs, request)
         try:
-            after = settings.verify(self, program)
+            with settings.verifying(self, program) as verified:
+                # Work on the results while the read-back's replies travel.
+                iq, traces, decimation = self._merge(program, parts, outputs, request)
+                digest = _digest(request, iq, traces)
+                provenance = self._provenance(program, parts, started, before)
+                provenance["instruments_after"] = verified()
         except BaseException:
             self._confirmed.clear()
             raise
         self._confirmed.update(wanted)
+        return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation,
+                         digest=digest)
+
+    def _provenance(self, program: PulseProgram, parts: list[ControllerPart],
+                    started: list[tuple], before: list[dict]) -> dict:
+        """The run's reproducibility bundle; its ``instruments_after`` is filled in by the
+        caller once the read-back after the run has been checked."""
         controllers = []
         for part, (client, run_id, _) in zip(parts, [started[-1], *started[:-1]], strict=True):
             hello = self._hellos[part.controller]
@@ -222,12 +251,12 @@ class RackConnection:
                                 for i in range(program.num_waveforms)],
             "controller": controllers[0],
             "instruments_before": before,
-            "instruments_after": after,
+            "instruments_after": None,
         }
         if len(parts) > 1:
             provenance["controllers"] = controllers
             provenance["sync_group"] = started[0][2]
-        return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation)
+        return provenance
 
     def _read_and_start(self, program: PulseProgram, parts: list[ControllerPart],
                         request: RunRequest, wanted: dict[tuple, tuple]

@@ -7,6 +7,8 @@ again. A setting that differs is sent, then read back, and the job fails if the 
 still disagrees. After the run, the same settings are read again. If another process changed
 an LO or a bias current during the run, the job fails, naming the instrument and the setting,
 and its counts are discarded: they were measured on a device other than the one calibrated.
+The read-back after the run goes out as soon as the run's results have arrived, and the caller
+works on those results while its replies travel (:func:`verifying`).
 
 When the connection's last read-back found every setting of a program in place, the read-back
 before its run is sent first and its replies are read while the run starts (:func:`reading`,
@@ -122,13 +124,25 @@ def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
         InstrumentCommandError: a setting changed during the run (the message names the
             instrument and the setting); the run's results must be discarded.
     """
-    return [_read_back(record, "changed during the run: it now reads {}; the results are "
-                               "discarded") for record in _readings(instruments, program)]
+    with verifying(instruments, program) as verified:
+        return verified()
 
 
-def _readings(instruments: Instruments, program: PulseProgram) -> list[tuple]:
-    """(what, source, differences, record) for every LO and bias channel of ``program``."""
-    return _compared(*_states(instruments, program))
+@contextlib.contextmanager
+def verifying(instruments: Instruments, program: PulseProgram
+              ) -> Iterator[Callable[[], list[dict]]]:
+    """:func:`verify` in two steps: the read-back's queries go out on entry, in one exchange,
+    and the callable it yields reads the replies, so the caller may work on the run's results
+    while they travel. The callable returns the readback, or raises ``InstrumentCommandError``
+    as :func:`verify` does."""
+    los, sources, queries = _queries(instruments, program)
+    with queries_out(queries) as replies:
+        def verified() -> list[dict]:
+            readings = _compared(*_parsed(program, los, sources, replies()))
+            return [_read_back(reading, "changed during the run: it now reads {}; the results "
+                                        "are discarded") for reading in readings]
+
+        yield verified
 
 
 def _compared(los: list[tuple], biases: list[tuple]) -> list[tuple]:

@@ -128,6 +128,29 @@ def test_seed_makes_runs_repeatable(quiet_lab_backend) -> None:
     assert first.get_memory() == second.get_memory()
 
 
+def test_counts_agree_with_the_memory_of_the_same_run(quiet_lab_backend) -> None:
+    """Counts without memory are computed by the hardware worker while the read-back after the
+    run travels; with memory, by ``result()``. Seeded alike, both give the same counts, and
+    those are the tally of the memory; a merged sweep's points each get their own counts."""
+    native = transpile(bell(), quiet_lab_backend)
+    plain = quiet_lab_backend.run(native, shots=500, seed_simulator=98).result()
+    with_memory = quiet_lab_backend.run(native, shots=500, memory=True,
+                                        seed_simulator=98).result()
+    memory = with_memory.get_memory()
+    assert plain.get_counts() == with_memory.get_counts()
+    assert plain.get_counts() == {k: memory.count(k) for k in set(memory)}
+    theta = Parameter("t")
+    qc = QuantumCircuit(1, 1)
+    qc.rx(theta, 0)
+    qc.measure(0, 0)
+    sweep = [transpile(qc.assign_parameters({theta: t}), quiet_lab_backend, initial_layout=[0])
+             for t in (0.2, np.pi - 0.2)]
+    job = quiet_lab_backend.run(sweep, shots=400, seed_simulator=97)
+    assert job.uploads == 1
+    counts = job.result().get_counts()
+    assert counts[0].get("0", 0) > 360 and counts[1].get("1", 0) > 360, counts
+
+
 def test_several_circuits_in_one_job(lab_backend) -> None:
     theta = Parameter("t")
     qc = QuantumCircuit(1, 1)

@@ -238,3 +238,34 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program,
             assert client.status()["state"] == "idle"
         finally:
             connection.close()
+
+
+def test_the_digest_works_on_the_run_results_and_a_failing_one_is_left_to_the_reader(
+        simulated, rack, program) -> None:
+    """A request's digest gets the run's IQ; what it returns is the record's digest. A digest
+    that raises does not fail the run: the record carries None and the same IQ, so whoever
+    reads it meets the error itself."""
+    from labqpu.rack.hardware import RunRequest
+
+    seen = []
+
+    def digest(iq, traces):
+        seen.append((iq.copy(), traces))
+        return {"shape": iq.shape}
+
+    record = rack.execute(program, RunRequest(shots=50, seed=5, rep_delay_s=100e-6,
+                                              timeout_s=60, key="digest-a", digest=digest),
+                          threading.Event())
+    assert record.digest == {"shape": (50, 2)}
+    assert len(seen) == 1 and seen[0][1] is None
+    assert (seen[0][0] == record.iq).all()
+    assert record.provenance["instruments_after"] == record.provenance["instruments_before"]
+
+    def failing(iq, traces):
+        raise ValueError("no")
+
+    again = rack.execute(program, RunRequest(shots=50, seed=5, rep_delay_s=100e-6,
+                                             timeout_s=60, key="digest-b", digest=failing),
+                         threading.Event())
+    assert again.digest is None
+    assert again.iq.shape == (50, 2)
