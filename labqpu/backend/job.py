@@ -141,8 +141,8 @@ class LabJob(JobV1):
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
         opts = self._options
         seed = opts["seed_simulator"]
-        # Counts are quick to compute whatever the shots; memory and IQ lists are built by
-        # result(), off the hardware worker.
+        # The worker counts a one-point run while its read-back travels; memory, IQ lists and
+        # a sweep's many points are built by result(), so they do not hold up the next job.
         counts_only = opts["meas_level"] == 2 and not opts["memory"]
         return [(run.program, RunRequest(
             shots=opts["shots"], seed=None if seed is None else seed + i,
@@ -155,20 +155,18 @@ class LabJob(JobV1):
                     if opts["meas_level"] == 0 else None),
             trace_decimation=opts["trace_decimation"] if opts["meas_level"] == 0 else None,
             param_sets=run.rows,
-            digest=functools.partial(self._counts, run) if counts_only else None,
+            digest=functools.partial(self._counts, run.members[0])
+            if counts_only and run.points == 1 else None,
         )) for i, run in enumerate(self._runs)]
 
-    def _counts(self, run: Run, iq: np.ndarray, _traces: np.ndarray | None) -> list[dict]:
-        """The ``data`` (counts) of each point of ``run`` from its IQ points; the hardware
-        worker computes it while the read-back after the run travels (``RunRequest.digest``).
-        """
-        shots = self._options["shots"]
-        if iq.shape[0] != run.points * shots:
-            raise ValueError(f"{iq.shape[0]} rows for {run.points} point(s)")
-        return [experiment_data(member, iq[k * shots:(k + 1) * shots], shots=shots,
-                                meas_level=2, meas_return=self._options["meas_return"],
-                                memory=False, snapshot=self._snapshot)
-                for k, member in enumerate(run.members)]
+    def _counts(self, program: PulseProgram, iq: np.ndarray, _traces: np.ndarray | None
+                ) -> list[dict]:
+        """The ``data`` (counts) of a one-point run of ``program`` from its IQ points, as the
+        one entry of a list; the hardware worker computes it while the read-back after the run
+        travels (``RunRequest.digest``)."""
+        return [experiment_data(program, iq, shots=self._options["shots"], meas_level=2,
+                                meas_return=self._options["meas_return"], memory=False,
+                                snapshot=self._snapshot)]
 
     def _build_result(self, records: list[RunRecord]) -> Result:
         opts = self._options

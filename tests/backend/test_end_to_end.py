@@ -129,9 +129,10 @@ def test_seed_makes_runs_repeatable(quiet_lab_backend) -> None:
 
 
 def test_counts_agree_with_the_memory_of_the_same_run(quiet_lab_backend) -> None:
-    """Counts without memory are computed by the hardware worker while the read-back after the
-    run travels; with memory, by ``result()``. Seeded alike, both give the same counts, and
-    those are the tally of the memory; a merged sweep's points each get their own counts."""
+    """Counts without memory of a one-point run are computed by the hardware worker while the
+    read-back after the run travels; with memory, and a merged sweep's points, by ``result()``.
+    Seeded alike, both give the same counts, and those are the tally of the memory; a merged
+    sweep's points each get their own counts."""
     native = transpile(bell(), quiet_lab_backend)
     plain = quiet_lab_backend.run(native, shots=500, seed_simulator=98).result()
     with_memory = quiet_lab_backend.run(native, shots=500, memory=True,
