@@ -77,7 +77,7 @@ class RunRecord:
         traces: when asked for, complex64 (shots, acquisitions, points) or (1, acquisitions,
             points) averaged; else None.
         trace_decimation: samples per trace point (None without traces).
-        digest: what the request's ``digest`` returned (None without one).
+        digest: what the request's ``digest`` returned (None without one, or if it raised).
         provenance: the reproducibility bundle: program and waveform hashes (SHA-256), the
             controller's identity and protocol version, and every instrument setting read
             back (with the instrument's identity) before and after the run.

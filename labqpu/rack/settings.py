@@ -117,24 +117,18 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
     return readback
 
 
-def verify(instruments: Instruments, program: PulseProgram) -> list[dict]:
-    """Read every LO and bias channel of ``program`` again after its run; returns the readback.
-
-    Raises:
-        InstrumentCommandError: a setting changed during the run (the message names the
-            instrument and the setting); the run's results must be discarded.
-    """
-    with verifying(instruments, program) as verified:
-        return verified()
-
-
 @contextlib.contextmanager
 def verifying(instruments: Instruments, program: PulseProgram
               ) -> Iterator[Callable[[], list[dict]]]:
-    """:func:`verify` in two steps: the read-back's queries go out on entry, in one exchange,
-    and the callable it yields reads the replies, so the caller may work on the run's results
-    while they travel. The callable returns the readback, or raises ``InstrumentCommandError``
-    as :func:`verify` does."""
+    """Read every LO and bias channel of ``program`` again after its run, in two steps: the
+    queries go out on entry, in one exchange, and the callable it yields reads the replies, so
+    the caller may work on the run's results while they travel. The callable returns the
+    readback.
+
+    Raises (from the callable):
+        InstrumentCommandError: a setting changed during the run (the message names the
+            instrument and the setting); the run's results must be discarded.
+    """
     los, sources, queries = _queries(instruments, program)
     with queries_out(queries) as replies:
         def verified() -> list[dict]:

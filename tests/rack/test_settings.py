@@ -43,6 +43,12 @@ def program(snapshot, channels):
     return compile_circuit(qc, snapshot, channels)
 
 
+def verify(rack: RackConnection, program) -> list[dict]:
+    """The read-back after a run, as ``RackConnection.execute`` takes it."""
+    with settings.verifying(rack, program) as verified:
+        return verified()
+
+
 def scpi(server, line: str) -> None:
     with socket.create_connection((server.host, server.port), timeout=5) as conn:
         conn.sendall(f"{line}\n*OPC?\n".encode())
@@ -79,10 +85,10 @@ def test_an_lo_changed_during_the_run_fails_verification(simulated, rack, progra
     scpi(simulated.instruments[name], line)  # another process, behind labqpu's back
     with pytest.raises(InstrumentCommandError, match=f"LO {name} changed during the run.*"
                                                      f"{words}") as info:
-        settings.verify(rack, program)
+        verify(rack, program)
     assert info.value.command == "readback"
     settings.prepare(rack, program)  # the next job puts it back
-    settings.verify(rack, program)
+    verify(rack, program)
 
 
 def test_a_bias_changed_during_the_run_fails_verification(simulated, rack, program) -> None:
@@ -91,7 +97,7 @@ def test_a_bias_changed_during_the_run_fails_verification(simulated, rack, progr
     scpi(simulated.instruments[name], f"SOUR{channel}:CURR 0.001")
     with pytest.raises(InstrumentCommandError,
                        match=f"flux bias {name} channel {channel} changed during the run"):
-        settings.verify(rack, program)
+        verify(rack, program)
 
 
 @pytest.mark.parametrize("current_a", [float("inf"), float("nan")])
@@ -110,7 +116,7 @@ def test_a_non_finite_bias_is_never_taken_as_in_place(simulated, rack, program,
     with pytest.raises(InstrumentError, match="current_a"):
         settings.prepare(rack, bad)
     with pytest.raises(InstrumentCommandError, match=f"flux bias {name} channel {channel}"):
-        settings.verify(rack, bad)
+        verify(rack, bad)
 
 
 def test_jobs_never_return_counts_while_a_neighbour_toggles_the_lo(lab_backend) -> None:
