@@ -39,6 +39,16 @@ def batches_of(runs: list[Run], size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _counts(program: PulseProgram, shots: int, meas_return: str, snapshot, iq: np.ndarray,
+            _traces: np.ndarray | None) -> list[dict]:
+    """The ``data`` (counts) of a one-point run of ``program`` from its IQ points, as the one
+    entry of a list: the hardware worker computes it while the read-back after the run travels
+    (``RunRequest.digest``). A function of its arguments only, so that a request does not hold
+    its job."""
+    return [experiment_data(program, iq, shots=shots, meas_level=2, meas_return=meas_return,
+                            memory=False, snapshot=snapshot)]
+
+
 class LabJob(JobV1):
     """A job on a lab backend. Asynchronous: ``submit()`` queues it and returns at once.
 
@@ -155,18 +165,10 @@ class LabJob(JobV1):
                     if opts["meas_level"] == 0 else None),
             trace_decimation=opts["trace_decimation"] if opts["meas_level"] == 0 else None,
             param_sets=run.rows,
-            digest=functools.partial(self._counts, run.members[0])
+            digest=functools.partial(_counts, run.members[0], opts["shots"],
+                                     opts["meas_return"], self._snapshot)
             if counts_only and run.points == 1 else None,
         )) for i, run in enumerate(self._runs)]
-
-    def _counts(self, program: PulseProgram, iq: np.ndarray, _traces: np.ndarray | None
-                ) -> list[dict]:
-        """The ``data`` (counts) of a one-point run of ``program`` from its IQ points, as the
-        one entry of a list; the hardware worker computes it while the read-back after the run
-        travels (``RunRequest.digest``)."""
-        return [experiment_data(program, iq, shots=self._options["shots"], meas_level=2,
-                                meas_return=self._options["meas_return"], memory=False,
-                                snapshot=self._snapshot)]
 
     def _build_result(self, records: list[RunRecord]) -> Result:
         opts = self._options
