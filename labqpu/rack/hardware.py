@@ -97,9 +97,12 @@ def _digest(request: RunRequest, iq: np.ndarray, traces: np.ndarray | None) -> o
         return None
     try:
         return request.digest(iq, traces)
-    except Exception:  # deferred: the reader redoes the work and reports the error
+    except (ValueError, KeyError):  # bad results: the reader redoes the work and reports it
         log.debug("a run's digest failed; it is left to the reader", exc_info=True)
-        return None
+    except Exception:  # a fault of the digest itself: the reader still gets the results
+        log.warning("a run's digest raised an unexpected error; the results are built "
+                    "without it", exc_info=True)
+    return None
 
 
 class RackConnection:
@@ -187,14 +190,16 @@ class RackConnection:
 
     def execute(self, program: PulseProgram, request: RunRequest,
                 cancel: threading.Event) -> RunRecord:
-        """Run ``program``: settings read back before and after, then upload, run, fetch.
+        """Run ``program``: read back (and set) its settings, upload it unless the controller
+        holds it, run it and fetch its results, then read its settings back again.
 
         A program on the qubits of several controllers is split (``labqpu.pulse.split``):
         each controller gets its part, the followers are armed first and the leader's run
         triggers them all (docs/protocol.md, synchronised runs); the results are put back
         into the program's acquisition order.
 
-        Returns the IQ points (shots x acquisitions, complex64) and the run's provenance.
+        Returns the IQ points (shots x acquisitions, complex64), the run's provenance and what
+        ``request.digest`` made of the results while the read-back after the run travelled.
         Raises ``InstrumentCommandError`` if an instrument setting changed during the run.
         """
         parts = split_program(program)

@@ -131,8 +131,9 @@ def test_seed_makes_runs_repeatable(quiet_lab_backend) -> None:
 def test_counts_agree_with_the_memory_of_the_same_run(quiet_lab_backend) -> None:
     """Counts without memory of a one-point run are computed by the hardware worker while the
     read-back after the run travels; with memory, and a merged sweep's points, by ``result()``.
-    Seeded alike, both give the same counts, and those are the tally of the memory; a merged
-    sweep's points each get their own counts."""
+    Seeded alike, both give the same counts, and those are the tally of the memory, for one
+    circuit and for each of several in one job; a merged sweep's points each get their own
+    counts."""
     native = transpile(bell(), quiet_lab_backend)
     plain = quiet_lab_backend.run(native, shots=500, seed_simulator=98).result()
     with_memory = quiet_lab_backend.run(native, shots=500, memory=True,
@@ -140,6 +141,15 @@ def test_counts_agree_with_the_memory_of_the_same_run(quiet_lab_backend) -> None
     memory = with_memory.get_memory()
     assert plain.get_counts() == with_memory.get_counts()
     assert plain.get_counts() == {k: memory.count(k) for k in set(memory)}
+    several = [transpile(bell(a, a + 1), quiet_lab_backend, initial_layout=list(range(5)))
+               for a in (0, 1, 3)]  # different qubits, so different discriminators
+    plain = quiet_lab_backend.run(several, shots=300, seed_simulator=96,
+                                  merge_sweeps=False).result()
+    with_memory = quiet_lab_backend.run(several, shots=300, memory=True, seed_simulator=96,
+                                        merge_sweeps=False).result()
+    for i in range(len(several)):
+        memory = with_memory.get_memory(i)
+        assert plain.get_counts(i) == {k: memory.count(k) for k in set(memory)}, i
     theta = Parameter("t")
     qc = QuantumCircuit(1, 1)
     qc.rx(theta, 0)
