@@ -12,7 +12,10 @@ Its time is compared with what it cannot avoid, measured in the same run:
   read, so an exchange counts one round trip however many instruments it asks), each priced
   at a raw echo round trip: a pyzmq REQ/REP echo and a line-echo TCP socket, served by a
   separate process on loopback. The read-back before the run is not counted when it travels
-  with the run request (sent first, read while the run starts: ``settings.reading``).
+  with the run request (sent first, read while the run starts: ``settings.reading``). The
+  read-back after the run is counted; its replies are read after the worker has merged the
+  results and counted them (``settings.verifying``), so the SCPI time in the breakdown is the
+  wait left after that work.
 
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
 the protocol's encoding, IQ -> counts. Usage::
@@ -162,6 +165,7 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
     seconds: Counter = Counter()
     send, transact = ControllerClient._send, ScpiInstrument._transact
     query_each, queries_out = settings.query_each, settings.queries_out
+    reading, verifying = settings.reading, settings.verifying
 
     def counting_send(self, op, *args, **kwargs):
         counts[f"zmq {op}"] += 1
@@ -190,18 +194,40 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
 
     @contextlib.contextmanager
     def counting_queries_out(queries):
-        counts["scpi overlapped"] += 1
         counts["scpi instruments asked"] += len(queries)
         with queries_out(queries) as replies:
             yield replies
 
+    @contextlib.contextmanager
+    def counting_reading(*args):
+        counts["scpi overlapped"] += 1
+        with reading(*args) as in_place:
+            yield in_place
+
+    @contextlib.contextmanager
+    def counting_verifying(*args):
+        # A round trip the job needs; its replies are read after the results have been
+        # worked on, so the time counted is the wait that is left.
+        counts["scpi"] += 1
+        with verifying(*args) as verified:
+            def timed():
+                t0 = time.perf_counter()
+                try:
+                    return verified()
+                finally:
+                    seconds["scpi"] += time.perf_counter() - t0
+
+            yield timed
+
     ControllerClient._send, ScpiInstrument._transact = counting_send, counting_transact
     settings.query_each, settings.queries_out = counting_query_each, counting_queries_out
+    settings.reading, settings.verifying = counting_reading, counting_verifying
     try:
         yield counts, seconds
     finally:
         ControllerClient._send, ScpiInstrument._transact = send, transact
         settings.query_each, settings.queries_out = query_each, queries_out
+        settings.reading, settings.verifying = reading, verifying
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is pyvisa, the "
          "instruments' parsing and the queries after the first), host code "
          f"{dur(spent / jobs - zmq_s - scpi_s)} (validation, compile, the job thread, "
-         "reading the read-back that travelled with the run request, IQ -> counts)")
+         "reading the read-back that travelled with the run request, merging and counting the "
+         "results while the read-back after the run travels, the Result)")
     info(f"one state query to the simulated LO source {lo.name}: {dur(visa_query)} through "
          f"pyvisa-py, {dur(raw_query)} as a line on a raw TCP socket (same instrument, "
          f"alternately): pyvisa-py's own cost is {dur(visa_query - raw_query)} per "
