@@ -1,5 +1,6 @@
 """A 100-point Rabi as one controller-bound sweep, against the same 100 points as 100 programs;
-a 25-point T1 scan of circuits merged into one upload, against the same circuits unmerged.
+a 25-point T1 scan of circuits merged into one upload, against the same circuits unmerged;
+a 100-point T1 scan compiled once, against the same circuits compiled one by one.
 
 All run on the embedded simulator of lab5, qubit 0, in the same process and the same run:
 
@@ -14,6 +15,12 @@ All run on the embedded simulator of lab5, qubit 0, in the same process and the 
   (``labqpu.backend.merge``);
 * **reference**: the same circuits with ``merge_sweeps=False``: 25 uploads and 25 runs, what
   every Qiskit backend does.
+
+* **compiled once**: 100 such circuits (delays 0-396 us) through
+  ``labqpu.pulse.batch.compile_circuits``, which ``run()`` uses: the first circuit compiled,
+  the others read for their numbers and laid out with it in one kernel call;
+* **reference**: the same compiler one circuit at a time (``compile_circuit`` in a loop, as
+  ``run()`` compiled them before), alternately with it; both give the same 100 programs.
 
 The amplitudes and delays are new each repetition (a small offset), so no program is already
 held by the controller. Usage::
@@ -42,12 +49,12 @@ T1_POINTS = 25
 T1_SHOTS = 1000
 
 
-def t1_scan(backend, offset_dt: int) -> list:
-    """The 25 transpiled T1 circuits, delays 4 us apart plus ``offset_dt`` samples."""
+def t1_scan(backend, offset_dt: int, points: int = T1_POINTS) -> list:
+    """``points`` transpiled T1 circuits, delays 4 us apart plus ``offset_dt`` samples."""
     from qiskit import QuantumCircuit, transpile
 
     circuits = []
-    for k in range(T1_POINTS):
+    for k in range(points):
         qc = QuantumCircuit(1, 1)
         qc.x(0)
         qc.delay(4000 * k + offset_dt, 0, unit="dt")
@@ -66,6 +73,8 @@ def main() -> None:
     from labqpu.calibration.experiments import Kit
     from labqpu.calibration.runner import default_design_path, working_from_snapshot
     from labqpu.drivers.controller import ControllerClient
+    from labqpu.pulse.batch import compile_circuits
+    from labqpu.pulse.compiler import compile_circuit
 
     info(f"machine: {tm.machine()}; load average {tm.load_average()}")
     with LabProvider() as provider:
@@ -116,6 +125,19 @@ def main() -> None:
             after = counters()
             counts["merged"] = tuple(int(x) for x in np.subtract(middle, before))
             counts["unmerged"] = tuple(int(x) for x in np.subtract(after, middle))
+        scan = t1_scan(backend, 0, POINTS)
+        once, each = [], []
+        for rep in range(2 if args.quick else 5):
+            for name in ("once", "each") if rep % 2 else ("each", "once"):
+                t0 = time.perf_counter()
+                if name == "once":
+                    programs = compile_circuits(scan, backend.snapshot, backend.channels)
+                    once.append(time.perf_counter() - t0)
+                else:
+                    reference = [compile_circuit(c, backend.snapshot, backend.channels)
+                                 for c in scan]
+                    each.append(time.perf_counter() - t0)
+        same = [p.content_hash for p in programs] == [p.content_hash for p in reference]
     s, r = statistics.median(swept), statistics.median(single)
     info(f"{POINTS}-point Rabi, {SHOTS} shots per point, median of {len(swept)}:")
     info(f"  sweep (parameter_binds): {s * 1e3:8.1f} ms   uploads, runs: {counts['sweep']}")
@@ -129,6 +151,13 @@ def main() -> None:
     info(f"  reference (merge_sweeps=False): {u * 1e3:8.1f} ms   uploads, runs: "
          f"{counts['unmerged']}")
     info(f"  ratio: merged takes {m / u:.2f} of the reference's time ({u / m:.1f}x faster)")
+    o, e = statistics.median(once), statistics.median(each)
+    info(f"compiling a {POINTS}-point T1 scan of circuits, median of {len(once)}, alternately:")
+    info(f"  compiled once (labqpu.pulse.batch.compile_circuits): {o * 1e3:6.2f} ms "
+         f"({o / POINTS * 1e6:.1f} us per circuit)")
+    info(f"  reference (compile_circuit per circuit): {e * 1e3:6.2f} ms "
+         f"({e / POINTS * 1e6:.1f} us per circuit)")
+    info(f"  ratio: {e / o:.2f}x faster; the same {POINTS} programs: {same}")
 
 
 if __name__ == "__main__":

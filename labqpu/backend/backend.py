@@ -34,9 +34,10 @@ from labqpu.errors import (
     LabQpuError,
     PulseError,
 )
+from labqpu.pulse.batch import compile_circuits
 from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.channels import ChannelMap
-from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS, compile_circuit
+from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS
 from labqpu.pulse.gates import PulseGate, define_pulse_gate
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import split_program
@@ -636,7 +637,7 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"compile() takes a QuantumCircuit, got {type(circuit).__name__}")
         opts = self._run_options(options)
-        return self._compile(circuit, *self._current(), opts)
+        return self._compile([circuit], *self._current(), opts)[0]
 
     def _current(self) -> tuple[Snapshot, LabTarget, dict]:
         """(snapshot, Target, pulse gates) as of now, read together, the newest calibration
@@ -645,12 +646,15 @@ class LabBackend(BackendV2):
         with self._lock:
             return self._snapshot, self._target, self._pulse_gates
 
-    def _compile(self, circuit: QuantumCircuit, snapshot: Snapshot, target: LabTarget,
-                 pulse_gates: dict, opts: dict) -> PulseProgram:
-        self._check_circuit(circuit, target)
+    def _compile(self, circuits: list[QuantumCircuit], snapshot: Snapshot, target: LabTarget,
+                 pulse_gates: dict, opts: dict) -> list[PulseProgram]:
+        """Check ``circuits``, then compile them; consecutive circuits that differ only in rz
+        angles and delay durations are compiled once (``labqpu.pulse.batch``)."""
+        for circuit in circuits:
+            self._check_circuit(circuit, target)
         try:
-            return compile_circuit(
-                circuit, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
+            return compile_circuits(
+                circuits, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
                 feedforward_latency_samples=self.feedforward_latency_samples,
                 reset_method=opts["reset_method"], pulse_gates=pulse_gates)
         except CompilationError as exc:
@@ -708,15 +712,19 @@ class LabBackend(BackendV2):
                 f"calibrate --bootstrap --config {self.config.path} --design DESIGN.toml` (or "
                 "import a snapshot); nothing was sent")
         programs = []
-        for item in items:
-            if isinstance(item, PulseProgram):
+        circuits: list[QuantumCircuit] = []  # consecutive circuits, compiled together
+        for item in [*items, None]:
+            if circuits and not isinstance(item, QuantumCircuit):
+                programs.extend(self._compile(circuits, snapshot, target, pulse_gates, opts))
+                circuits = []
+            if isinstance(item, QuantumCircuit):
+                circuits.append(item)
+            elif isinstance(item, PulseProgram):
                 self._check_program(item)
                 programs.append(item)
-                continue
-            if not isinstance(item, QuantumCircuit):
+            elif item is not None:
                 raise InvalidRunInputError(
                     f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
-            programs.append(self._compile(item, snapshot, target, pulse_gates, opts))
         parts = []  # each program's controller parts
         for program in programs:
             self._check_length(program)

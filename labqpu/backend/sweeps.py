@@ -154,8 +154,9 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     """The circuits of a sweep of a circuit's parameters (as qiskit-aer's ``parameter_binds``):
     ``bind`` maps each parameter of ``circuit`` (or its name) to its values, all of one
     length; each point is the circuit with those values assigned and them in its
-    ``metadata["parameter_binds"]``. ``run()`` compiles each point and sends consecutive
-    points that differ only in rz angles, delays or pulse-gate numbers as one upload
+    ``metadata["parameter_binds"]``. ``run()`` compiles the points (those that differ only in
+    rz angles and delays once: ``labqpu.pulse.batch``) and sends consecutive points that
+    differ only in rz angles, delays or pulse-gate numbers as one upload
     (``labqpu.backend.merge``). Raises ``InvalidRunInputError`` naming the problem."""
     where = f"parameter_binds of circuit {circuit.name!r}"
     by_name = {p.name: p for p in circuit.parameters}

@@ -10,12 +10,13 @@ define a custom circuit gate, a ``PulseGate`` (``LabBackend.add_pulse_gate``).
 ``PulseProgram`` is plain data (per-channel arrays of plays, a waveform table, acquisitions,
 LO and flux-bias settings) that ``backend.run(program)`` runs directly. ``ProgramBuilder``
 assembles one; ``compile_circuit`` turns a transpiled circuit and a calibration snapshot into
-one, on the channels a ``ChannelMap`` names. This package imports nothing of labqpu above
-``store``.
+one, on the channels a ``ChannelMap`` names, and ``compile_circuits`` a list of them, compiling
+a sweep's circuits once. This package imports nothing of labqpu above ``store``.
 """
 
 from __future__ import annotations
 
+from labqpu.pulse.batch import compile_circuits
 from labqpu.pulse.builder import (
     AcquisitionRef,
     Channel,
@@ -84,6 +85,7 @@ __all__ = [
     "build",
     "calibrated_drag",
     "compile_circuit",
+    "compile_circuits",
     "delay",
     "drive",
     "flux",

@@ -587,3 +587,31 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
         p_freq[k] = effects[e, 3]
         p_block[k] = op_block[i]
     return total, n_play, n_acq, n_local, last, n_shift
+
+
+@njit(cache=True, nogil=True)
+def layout_batch_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
+                        op_parent, op_offset, op_block, num_resources, num_device_qubits, alap,
+                        effects, num_waves, drive_port,
+                        p_start, p_port, p_wave, p_amp, p_phase, p_freq, p_block,
+                        a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order,
+                        s_port, s_start, s_phase, s_block, counts):
+    """:func:`layout_kernel` for the points of one circuit structure in one call: row k of
+    ``op_duration`` and ``op_param`` (points x ops) holds point k's durations (samples) and
+    parameters, every other ``op_*`` input is shared. Each output column is a (points x
+    length) array whose row k receives point k's column, and ``counts[k]`` (points x 6, int64)
+    what layout_kernel returns for it: (total duration, plays, acquisitions, waveforms, end,
+    phase shifts)."""
+    for k in range(op_duration.shape[0]):
+        total, n_play, n_acq, n_waves, end, n_shift = layout_kernel(
+            op_effect, op_duration[k], op_param[k], op_clbit, op_qptr, op_qubits, op_parent,
+            op_offset, op_block, num_resources, num_device_qubits, alap, effects, num_waves,
+            drive_port, p_start[k], p_port[k], p_wave[k], p_amp[k], p_phase[k], p_freq[k],
+            p_block[k], a_start[k], a_port[k], a_dur[k], a_freq[k], a_qubit[k], a_clbit[k],
+            wave_order[k], s_port[k], s_start[k], s_phase[k], s_block[k])
+        counts[k, 0] = total
+        counts[k, 1] = n_play
+        counts[k, 2] = n_acq
+        counts[k, 3] = n_waves
+        counts[k, 4] = end
+        counts[k, 5] = n_shift

@@ -1,8 +1,8 @@
 """Automatic sweeps: the circuits of one ``run()`` that differ only in delay durations or rz
-angles run as one upload, which the controller binds per point (``labqpu.backend.merge``,
-docs/protocol.md section 4.7). Counted through the controller's own ``uploads_total`` and
-``runs_total``; each merged point is compared with the same circuit run on its own, within
-4 binomial standard errors + 0.01."""
+angles compile once (``labqpu.pulse.batch``) and run as one upload, which the controller
+binds per point (``labqpu.backend.merge``, docs/protocol.md section 4.7). Counted through the
+controller's own ``uploads_total`` and ``runs_total``; each merged point is compared with the
+same circuit run on its own, within 4 binomial standard errors + 0.01."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
 
+import labqpu.pulse.batch as batch
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError
+from labqpu.pulse.compiler import compile_circuit
 
 Q = 1
 SHOTS = 1000
@@ -58,11 +60,27 @@ def agree(merged: list[float], alone: list[float]) -> None:
     (t1_circuit, 4.0 * np.arange(25)),
     (ramsey_circuit, np.linspace(0.0, 2 * np.pi, 25, endpoint=False)),
 ], ids=["t1", "ramsey"])
-def test_a_scan_of_circuits_is_one_upload_and_one_run(lab_backend, make, values) -> None:
+def test_a_scan_of_circuits_is_one_upload_and_one_run(lab_backend, make, values,
+                                                      monkeypatch) -> None:
+    """...and one compilation per structure: the compiler proper runs for the first circuit
+    of each run of circuits with the same instructions, the others are read and laid out with
+    it (``labqpu.pulse.batch``). The transpiler removes a zero delay or a zero rz, so the
+    first point has instructions of its own."""
     circuits = transpile([make(v) for v in values], lab_backend, initial_layout=[Q])
+    compiled = []
+    monkeypatch.setattr(batch, "compile_circuit",
+                        lambda circuit, *a, **k: compiled.append(circuit.name)
+                        or compile_circuit(circuit, *a, **k))
     uploads, runs = counters(lab_backend)
     job = lab_backend.run(circuits, shots=SHOTS)
     result = job.result(timeout=120)
+    def instructions(qc):
+        return [(inst.name, tuple(qc.find_bit(q).index for q in inst.qubits))
+                for inst in qc.data]
+
+    firsts = [c.name for k, c in enumerate(circuits)
+              if k == 0 or instructions(c) != instructions(circuits[k - 1])]
+    assert compiled == firsts and len(firsts) <= 2, (compiled, firsts)
     assert job.uploads == 1
     after = counters(lab_backend)
     assert after[1] - runs == 1

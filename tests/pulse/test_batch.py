@@ -1,0 +1,149 @@
+"""Sweeps compiled once (``labqpu.pulse.batch``): consecutive circuits that differ only in rz
+angles and delay durations give, array for array, the programs ``compile_circuit`` gives each
+of them, while the compiler proper runs once per structure."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+
+import labqpu.pulse.batch as batch
+from labqpu.errors import CompilationError
+from labqpu.pulse.batch import compile_circuits
+from labqpu.pulse.compiler import compile_circuit
+
+LATENCY = 200
+
+
+def t1(delay_dt: int, q: int = 0, name: str | None = None) -> QuantumCircuit:
+    qc = QuantumCircuit(5, 1, name=name or f"t1_{delay_dt}", metadata={"xval": delay_dt})
+    qc.x(q)
+    qc.delay(delay_dt, q, unit="dt")
+    qc.measure(q, 0)
+    return qc
+
+
+def ramsey(k: int) -> QuantumCircuit:
+    """Point k of a two-qubit Ramsey-like scan: a delay in seconds ((400 + 16 k) ns), a phase
+    on qubit 1 and its opposite twice on qubit 0 around a cz: every kind of number a sweep
+    changes."""
+    phase = 2 * math.pi * k / 12
+    qc = QuantumCircuit(5, 2, name=f"ramsey_{k}", metadata={"xval": phase})
+    qc.sx(0)
+    qc.sx(1)
+    qc.delay((400 + 16 * k) * 1e-9, 1, unit="s")
+    qc.rz(phase, 1)
+    qc.cz(0, 1)
+    qc.rz(-2 * phase, 0)
+    qc.sx(1)
+    qc.measure([0, 1], [0, 1])
+    return qc
+
+
+def each(circuits, snapshot, channels, **options) -> list:
+    return [compile_circuit(c, snapshot, channels, **options) for c in circuits]
+
+
+def same_programs(batched: list, single: list) -> None:
+    assert len(batched) == len(single)
+    for k, (a, b) in enumerate(zip(batched, single, strict=True)):
+        assert a.content_hash == b.content_hash, k
+        assert a.header == b.header, k
+        # built without the constructor's checks: the checked constructor agrees
+        assert dataclasses.replace(a).content_hash == a.content_hash, k
+
+
+@pytest.fixture
+def compilations(monkeypatch) -> list[str]:
+    """The names of the circuits the compiler proper compiled (``compile_circuit`` calls made
+    by ``compile_circuits``)."""
+    names: list[str] = []
+
+    def counting(circuit, *args, **kwargs):
+        names.append(circuit.name)
+        return compile_circuit(circuit, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "compile_circuit", counting)
+    return names
+
+
+@pytest.mark.parametrize("method", ["auto", "alap", "asap"])
+def test_a_sweep_gives_each_circuits_own_program_and_compiles_once_per_structure(
+        snapshot, channels, compilations, method) -> None:
+    """25 T1 points, 12 Ramsey points, then one T1 point on another qubit: three structures,
+    three compilations, and the 38 programs that compiling each circuit gives."""
+    circuits = ([t1(400 * k + 16) for k in range(25)]
+                + [ramsey(k) for k in range(12)]
+                + [t1(800, q=2, name="t1_q2")])
+    programs = compile_circuits(circuits, snapshot, channels, scheduling_method=method)
+    assert compilations == ["t1_16", "ramsey_0", "t1_q2"]
+    same_programs(programs, each(circuits, snapshot, channels, scheduling_method=method))
+    assert len({p.content_hash for p in programs}) == 38
+    starts = [int(p.acq_start[0]) for p in programs[:25]]
+    assert starts == sorted(starts) and starts[1] - starts[0] == 400
+
+
+def test_a_circuit_of_another_structure_breaks_the_sweep(snapshot, channels,
+                                                         compilations) -> None:
+    """A T1 point whose x is an sx, or whose classical register differs, is not part of the
+    sweep around it: it is compiled on its own, and so is the point after it."""
+    odd = t1(800, name="odd")
+    odd.data[0] = odd.data[0].replace(operation=QuantumCircuit(1).sx(0)[0].operation)
+    other_register = QuantumCircuit(5, 2, name="two_clbits")
+    other_register.x(0)
+    other_register.delay(1200, 0, unit="dt")
+    other_register.measure(0, 1)
+    circuits = [t1(16), t1(416), odd, t1(816), other_register, t1(1216)]
+    programs = compile_circuits(circuits, snapshot, channels)
+    assert compilations == ["t1_16", "odd", "t1_816", "two_clbits", "t1_1216"]
+    same_programs(programs, each(circuits, snapshot, channels))
+
+
+def test_dynamic_circuits_compile_one_by_one(snapshot, channels, compilations) -> None:
+    """Active resets (feed-forward) are compiled circuit by circuit, as before, to the same
+    programs."""
+    circuits = []
+    for k in range(3):
+        qc = QuantumCircuit(5, 1, name=f"reset_{k}")
+        qc.x(0)
+        qc.reset(0)
+        qc.delay(400 * k + 16, 0, unit="dt")
+        qc.measure(0, 0)
+        circuits.append(qc)
+    options = {"feedforward_latency_samples": LATENCY}
+    programs = compile_circuits(circuits, snapshot, channels, **options)
+    assert compilations == ["reset_0", "reset_1", "reset_2"]
+    assert all(p.has_feedforward for p in programs)
+    same_programs(programs, each(circuits, snapshot, channels, **options))
+
+
+def test_a_bad_point_in_a_sweep_is_refused_as_on_its_own(snapshot, channels) -> None:
+    """An unbound rz angle at point 3, or a delay of no whole number of samples at point 2:
+    the error is compile_circuit's for that circuit, naming it."""
+    theta = Parameter("theta")
+    circuits = [ramsey(k) for k in range(4)]
+    circuits[3].data[3] = circuits[3].data[3].replace(
+        operation=QuantumCircuit(1).rz(theta, 0)[0].operation)
+    with pytest.raises(CompilationError) as swept:
+        compile_circuits(circuits, snapshot, channels)
+    with pytest.raises(CompilationError) as alone:
+        compile_circuit(circuits[3], snapshot, channels)
+    assert str(swept.value) == str(alone.value)
+    assert "ramsey_3" in str(swept.value) and "unbound" in str(swept.value)
+    in_seconds = []
+    for ns in (16.0, 32.0, 32.5, 48.0):
+        qc = QuantumCircuit(1, 1, name=f"t1_{ns}ns")
+        qc.x(0)
+        qc.delay(ns * 1e-9, 0, unit="s")
+        qc.measure(0, 0)
+        in_seconds.append(qc)
+    with pytest.raises(CompilationError) as swept:
+        compile_circuits(in_seconds, snapshot, channels)
+    with pytest.raises(CompilationError) as alone:
+        compile_circuit(in_seconds[2], snapshot, channels)
+    assert str(swept.value) == str(alone.value)
+    assert "t1_32.5ns" in str(swept.value) and "not a whole number" in str(swept.value)
