@@ -16,17 +16,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import math
-import re
 import runpy
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from labqpu.cli_draw import draw_command, load_circuit
 
 
 def _bell():
@@ -37,45 +36,6 @@ def _bell():
     qc.cx(0, 1)
     qc.measure([0, 1], [0, 1])
     return qc
-
-
-def load_circuit(path: Path):
-    """The circuit of an OpenQASM 2 or 3 file (the version line decides); a file that does not
-    parse raises ``QiskitError`` with the parser's message and the file name."""
-    import qiskit.qasm2
-    import qiskit.qasm3
-    from openqasm3.parser import QASM3ParsingError
-    from qiskit.exceptions import QiskitError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise QiskitError(f"{path}: not a valid OpenQASM program: not UTF-8 text") from exc
-    version = next((words[1].rstrip(";") for words in map(str.split, text.splitlines())
-                    if len(words) > 1 and words[0] == "OPENQASM"), None)
-    code = [line for line in text.splitlines() if line.strip() and
-            not line.strip().startswith("//")]
-    if not code:
-        raise QiskitError(f"{path}: not a valid OpenQASM program: it holds no statement")
-    if version is not None and not version.startswith(("2", "3")):
-        raise QiskitError(f"{path}: OpenQASM {version} is not supported (2 and 3 are)")
-    parser_output = io.StringIO()  # the OpenQASM 3 parser prints its syntax errors
-    try:
-        with contextlib.redirect_stderr(parser_output):
-            if version is not None and version.startswith("2"):
-                circuit = qiskit.qasm2.loads(
-                    text, custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
-            else:
-                circuit = qiskit.qasm3.loads(text)
-    except (QiskitError, QASM3ParsingError, AttributeError, ValueError, TypeError) as exc:
-        # The OpenQASM 3 importer fails on some inputs (empty, comments only) with plain
-        # Python errors: each is still a file that does not parse.
-        reason = (getattr(exc, "message", None) or parser_output.getvalue() or str(exc)
-                  or "syntax error")
-        raise QiskitError(f"{path}: not a valid OpenQASM {version or 3} program: "
-                          f"{' '.join(reason.split())}") from exc
-    circuit.name = path.stem
-    return circuit
 
 
 def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
@@ -607,63 +567,6 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_circuit(path: Path):
-    """The circuit a .py file defines (as ``circuit`` or ``qc``) or a .qasm file holds; one
-    left with Qiskit's generated name (``circuit-57``) is named after the file."""
-    from qiskit import QuantumCircuit
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".qasm":
-        return load_circuit(path)
-    if path.suffix != ".py":
-        raise ValueError(f"labqpu draw: give a .py or .qasm file, got {path}")
-    namespace = runpy.run_path(str(path), run_name="labqpu_draw")
-    for name in ("circuit", "qc"):
-        circuit = namespace.get(name)
-        if isinstance(circuit, QuantumCircuit):
-            if re.fullmatch(rf"{QuantumCircuit.prefix}-\d+", circuit.name):
-                circuit.name = path.stem
-            return circuit
-    raise ValueError(f"labqpu draw: {path} defines no QuantumCircuit named `circuit` or `qc`")
-
-
-def _draw(args: argparse.Namespace) -> int:
-    from qiskit import transpile
-
-    from labqpu import LabProvider
-
-    try:
-        circuit = _load_circuit(Path(args.file))
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    out = Path(args.output or Path(args.file).with_suffix(".png").name)
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if out.suffix and out.suffix.lower().lstrip(".") not in formats:  # none: PNG
-        print(f"labqpu draw: -o {out}: give an image file ending in one of "
-              f"{', '.join('.' + f for f in sorted(formats))}", file=sys.stderr)
-        return 2
-    with LabProvider(args.config) as provider:
-        backend = provider.backend()
-        if args.layout is not None and not all(0 <= q < backend.num_qubits
-                                               for q in args.layout):
-            print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: {backend.name} "
-                  f"has qubits 0-{backend.num_qubits - 1}", file=sys.stderr)
-            return 2
-        native = transpile(circuit, backend, optimization_level=args.optimization_level,
-                           initial_layout=args.layout, seed_transpiler=1)
-        program = backend.compile(native)  # what run() plays: feed-forward, active reset
-        time_range = tuple(args.time_range_ns) if args.time_range_ns else None
-        fig = program.draw(channels=backend.channels, time_range_ns=time_range)
-        fig.savefig(out, dpi=args.dpi)
-    print(f"{out}: {program.header.get('name')} on {backend.name}, {program.duration_samples} "
-          f"samples, {len(program.play_port)} plays, {len(program.acq_port)} acquisitions")
-    return 0
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions ``main`` reports as one line (exit code 2) instead of a traceback.
 
@@ -780,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     draw.add_argument("--time-range-ns", type=float, nargs=2, metavar=("START", "STOP"),
                       help="draw only this window (ns)")
     draw.add_argument("--dpi", type=int, default=130)
-    draw.set_defaults(func=_draw)
+    draw.set_defaults(func=draw_command)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),

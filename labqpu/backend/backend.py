@@ -48,6 +48,9 @@ from labqpu.store import CalibrationStore, Snapshot
 
 log = logging.getLogger(__name__)
 
+#: Marks the end of ``run()``'s items (so that the circuits before it are compiled).
+_END = object()
+
 MAX_SHOTS = 100_000
 #: Circuits per batch: a longer job runs as batches of at most this many (``LabJob``).
 MAX_CIRCUITS = 300
@@ -356,8 +359,9 @@ class LabBackend(BackendV2):
 
     def set_options(self, **fields) -> None:
         """Change default run options; the same type and range checks as ``run()`` apply."""
-        self._checked_options(fields, "option", none_keeps_default=False)
-        super().set_options(**fields)
+        checked = self._checked_options(fields, "option", none_keeps_default=False)
+        for name in fields:  # checked already (None where the default is None, too)
+            setattr(self._options, name, getattr(checked, name))
 
     def _checked_options(self, fields: dict, what: str, *, none_keeps_default: bool) -> Options:
         """A copy of the options updated with ``fields``, after the name, type and range
@@ -374,6 +378,14 @@ class LabBackend(BackendV2):
         opts = copy.copy(self.options)  # own fields and validators; values are replaced,
         # never mutated (job_tags, the one list, is copied by _run_options)
         for name, value in given.items():
+            if value is None:  # set_options: None is a value of an option that defaults to it
+                default = self._default_options().get(name)
+                if default is not None:
+                    raise InvalidRunInputError(
+                        f"invalid {what}: {name} cannot be None (its default is {default!r})",
+                        option=name)
+                setattr(opts, name, None)  # not through the range validator
+                continue
             try:
                 opts.update_options(**{name: value})
             except (ValueError, TypeError) as exc:
@@ -531,6 +543,18 @@ class LabBackend(BackendV2):
                     f"{where} needs {used} {what}; controller {program.controller} takes at "
                     f"most {int(feedforward[key])} (feedforward.{key}); nothing was sent")
 
+    def _one_controller_hint(self, exc: PulseError) -> str:
+        """For a conditional pulse that depends on another controller's acquisition: which
+        qubits each controller digitizes, so that the circuit can be laid out on one."""
+        if getattr(exc, "parameter", None) != "block_acq":
+            return ""
+        by_controller: dict[str, list[int]] = {}
+        for q, wiring in sorted(self.channels.qubits.items()):
+            by_controller.setdefault(wiring.acquire[0], []).append(q)
+        where = "; ".join(f"{name}: qubits {qubits}" for name, qubits in by_controller.items())
+        return (f"; lay the circuit out on the qubits of one controller ({where}), e.g. "
+                "transpile(circuit, backend, initial_layout=[...])")
+
     def _check_nested(self, parts: list) -> None:
         """A program with nested conditional blocks (an if_else on a register of several bits,
         or one inside another) runs only on controllers whose ``hello`` states
@@ -558,6 +582,11 @@ class LabBackend(BackendV2):
                 raise InvalidRunInputError(
                     f"meas_level=0: controller {program.controller} returns no raw traces (its "
                     "hello states no 'traces' capability); nothing was sent",
+                    option="meas_level")
+            if not program.acq_port.size:
+                raise InvalidRunInputError(
+                    f"meas_level=0: {where} acquires nothing, so it has no trace to return; "
+                    "measure a qubit or run it with meas_level 1 or 2; nothing was sent",
                     option="meas_level")
             dec = opts["trace_decimation"] or int(caps["default_decimation"])
             if dec > int(caps["max_decimation"]):
@@ -648,15 +677,15 @@ class LabBackend(BackendV2):
 
     def _compile(self, circuits: list[QuantumCircuit], snapshot: Snapshot, target: LabTarget,
                  pulse_gates: dict, opts: dict) -> list[PulseProgram]:
-        """Check ``circuits``, then compile them; consecutive circuits that differ only in rz
-        angles and delay durations are compiled once (``labqpu.pulse.batch``)."""
-        for circuit in circuits:
-            self._check_circuit(circuit, target)
+        """Check and compile ``circuits``, each checked just before it is read, so that the
+        first bad circuit in order is the one reported; consecutive circuits that differ only
+        in rz angles and delay durations are compiled once (``labqpu.pulse.batch``)."""
         try:
             return compile_circuits(
                 circuits, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
                 feedforward_latency_samples=self.feedforward_latency_samples,
-                reset_method=opts["reset_method"], pulse_gates=pulse_gates)
+                reset_method=opts["reset_method"], pulse_gates=pulse_gates,
+                check=lambda circuit: self._check_circuit(circuit, target))
         except CompilationError as exc:
             raise InvalidRunInputError(str(exc)) from exc
 
@@ -713,7 +742,7 @@ class LabBackend(BackendV2):
                 "import a snapshot); nothing was sent")
         programs = []
         circuits: list[QuantumCircuit] = []  # consecutive circuits, compiled together
-        for item in [*items, None]:
+        for item in [*items, _END]:
             if circuits and not isinstance(item, QuantumCircuit):
                 programs.extend(self._compile(circuits, snapshot, target, pulse_gates, opts))
                 circuits = []
@@ -722,7 +751,7 @@ class LabBackend(BackendV2):
             elif isinstance(item, PulseProgram):
                 self._check_program(item)
                 programs.append(item)
-            elif item is not None:
+            elif item is not _END:
                 raise InvalidRunInputError(
                     f"run() takes QuantumCircuit or PulseProgram, got {type(item).__name__}")
         parts = []  # each program's controller parts
@@ -731,12 +760,20 @@ class LabBackend(BackendV2):
             try:
                 parts.append(split_program(program))  # feed-forward within one controller
             except PulseError as exc:
-                raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
+                raise InvalidRunInputError(f"{exc}{self._one_controller_hint(exc)}; nothing "
+                                           "was sent") from exc
             self._check_nested(parts[-1])
         if opts["rep_delay"] is None:
             opts["rep_delay"] = default_rep_delay_s(snapshot)
         if opts["meas_level"] == 0:
             opts["trace_decimation"] = self._check_traces(programs, opts)
+        if opts["meas_level"] == 1:
+            for program in programs:
+                if not program.num_clbits and not program.acq_port.size:
+                    raise InvalidRunInputError(
+                        f"meas_level=1: program {program.display_name!r} acquires nothing and "
+                        "has no classical bit, so it has no IQ to return; measure a qubit or "
+                        "run it with meas_level 2; nothing was sent", option="meas_level")
         if opts["meas_level"] == 2:
             for program in programs:
                 try:

@@ -132,6 +132,7 @@ def _trace_memory(program: PulseProgram, traces: np.ndarray | None, shots: int,
                          f"({rows}, {n_acq}, points)")
     slots = np.zeros((rows, program.num_clbits, traces.shape[2]), dtype=np.complex128)
     for j, c in enumerate(program.acq_clbit):
-        slots[:, c] = traces[:, j]
+        if c >= 0:  # -1: an acquisition into no classical bit (active reset)
+            slots[:, c] = traces[:, j]
     pairs = np.stack([slots.real, slots.imag], axis=-1)
     return pairs[0].tolist() if meas_return == "avg" else pairs.tolist()

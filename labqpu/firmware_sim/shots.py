@@ -72,6 +72,14 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
     (``PhysicsEngine.conditions``), ``rep_delay_s`` (s) between shots (None: independent
     shots), with traces of ``decimation`` samples per point when given. (Not imported from
     ``physics``, which calls this module.)"""
+    qubit_ports = {p for cab in engine.cabling.values() for p in (cab.drive_port, cab.flux_port)}
+    if not prog.acq_port.size and qubit_ports.isdisjoint(prog.play_port.tolist()):
+        # nothing reaches a qubit and nothing is measured: there is no state to evolve (the
+        # samples are still rendered, which checks them against the DAC's full scale)
+        engine._render(prog)
+        return ShotRecords(iq=np.zeros((shots, 0), dtype=np.complex64),
+                           traces=None if decimation is None
+                           else np.zeros((shots, 0, 0), dtype=np.complex64))
     base, sigma = engine.conditions(settings, drift)
     fs = engine.device.sample_rate_hz
     spans = pulse_spans_s(prog, engine.cabling, fs)

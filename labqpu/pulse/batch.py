@@ -9,7 +9,7 @@ their effects, waveforms and instrument settings resolved and its checks made. E
 circuit is only read (``compiler._lower`` against the same tables: its angles and delays, and
 that its gates, qubits and classical bits are the first one's, refused exactly as
 ``compile_circuit`` would refuse it). All points of the run are then scheduled and laid out in
-one call of ``kernels.layout_batch_kernel``.
+one call of ``kernels.layout_batch_kernel`` (per ``BATCH_OP_ROWS`` op rows).
 
 Each point's program equals ``compile_circuit``'s for its circuit, array for array (the same
 content hash): the merge into one upload (``labqpu.backend.merge``) and each result's
@@ -19,7 +19,7 @@ active ``reset``) and circuits with pulse gates are compiled one by one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,18 +46,23 @@ def compile_circuits(circuits: Sequence[QuantumCircuit], snapshot: Snapshot,
                      channels: ChannelMap, *, scheduling_method: str = "alap",
                      feedforward_latency_samples: int | None = None,
                      reset_method: str = "active",
-                     pulse_gates: Mapping[str, Mapping[tuple[int, ...], PulseGate]] | None = None
+                     pulse_gates: Mapping[str, Mapping[tuple[int, ...], PulseGate]] | None = None,
+                     check: Callable[[QuantumCircuit], None] | None = None
                      ) -> list[PulseProgram]:
     """The programs of ``circuits`` in order, each equal to ``compile_circuit``'s for it (same
     arguments), with every run of consecutive circuits that differ only in rz angles and delay
-    durations compiled once (module docstring). Raises ``CompilationError`` for the first
-    circuit in order that ``compile_circuit`` refuses."""
+    durations compiled once (module docstring). ``check`` (optional) is called with each
+    circuit just before it is read, and may raise. Raises ``CompilationError`` for the first
+    circuit in order that ``compile_circuit`` refuses (or ``check``'s error, if it comes
+    first)."""
     options = {"scheduling_method": scheduling_method,
                "feedforward_latency_samples": feedforward_latency_samples,
                "reset_method": reset_method, "pulse_gates": pulse_gates}
     programs: list[PulseProgram] = []
     i = 0
     while i < len(circuits):
+        if check is not None:
+            check(circuits[i])
         first = compile_circuit(circuits[i], snapshot, channels, **options)
         programs.append(first)
         structure = _Structure.of(circuits[i], first, snapshot, channels, options) \
@@ -65,6 +70,8 @@ def compile_circuits(circuits: Sequence[QuantumCircuit], snapshot: Snapshot,
         points = []
         if structure is not None:
             for circuit in circuits[i + 1:]:
+                if check is not None:
+                    check(circuit)
                 numbers = structure.numbers(circuit)
                 if numbers is None:
                     break
@@ -130,7 +137,15 @@ class _Structure:
     def programs(self, points: list[tuple[QuantumCircuit, list[int], list[float]]]
                  ) -> list[PulseProgram]:
         """The programs of ``points`` (circuit, durations, parameters), laid out in one
-        ``layout_batch_kernel`` call."""
+        ``layout_batch_kernel`` call per ``BATCH_OP_ROWS`` op rows."""
+        size = max(1, BATCH_OP_ROWS // max(len(self.effect), 1))
+        return [program for k in range(0, len(points), size)
+                for program in self._lay_out(points[k:k + size])]
+
+    def _lay_out(self, points: list[tuple[QuantumCircuit, list[int], list[float]]]
+                 ) -> list[PulseProgram]:
+        """The programs of ``points``, laid out in one ``layout_batch_kernel`` call; each
+        program holds copies of its rows of the kernel's outputs."""
         tables, channels = self.tables, self.channels
         m, n = len(points), len(self.effect)
         durations = np.array([p[1] for p in points], dtype=np.int64).reshape(m, n)
@@ -158,8 +173,8 @@ class _Structure:
         programs = []
         for k, (circuit, _, _) in enumerate(points):
             total, _, _, _, end, _ = counts[k].tolist()
-            play = [c[k, :n_play] for c in plays]
-            acq = [c[k, :n_acq] for c in acqs]
+            play = [c[k, :n_play].copy() for c in plays]
+            acq = [c[k, :n_acq].copy() for c in acqs]
             programs.append(PulseProgram._assemble(
                 **shared, duration_samples=max(total or end, end, 1),
                 play_start=play[0], play_port=play[1], play_wave=play[2], play_amp=play[3],
@@ -175,6 +190,8 @@ class _Structure:
         return programs
 
 
+#: Op rows (points x ops) laid out per kernel call: the call's arrays take ~130 bytes per row.
+BATCH_OP_ROWS = 1 << 18
 #: Fields every point of a sweep takes from its first program as they are (frozen arrays and
 #: plain values): the waveform table, the controller and the rack layout, the snapshot.
 _SHARED = ("controller", "sample_rate_hz", "wave_offset", "wave_data", "num_clbits",

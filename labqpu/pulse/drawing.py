@@ -114,6 +114,14 @@ def draw_program(program: Any, *, channels: ChannelMap | None = None,
     ns_per_sample = 1e9 / fs
     lo, hi = 0, int(program.duration_samples)
     if time_range_ns is not None:
+        try:
+            finite = len(time_range_ns) == 2 and all(math.isfinite(float(t))
+                                                     for t in time_range_ns)
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise PulseError(f"time_range_ns must be (start, stop) in ns, two finite numbers; "
+                             f"got {time_range_ns!r}", parameter="time_range_ns")
         lo = max(0, math.floor(time_range_ns[0] / ns_per_sample))
         hi = min(hi, math.ceil(time_range_ns[1] / ns_per_sample))
         if hi <= lo:

@@ -71,6 +71,9 @@ class Calibration:
 
 
 #: Seconds per unit of a delay's duration (Qiskit's units besides "dt").
+#: The longest delay the compiler takes (samples): 2^53, where float64 still counts every
+#: sample (104 days at 1 GS/s). A controller's ``max_program_samples`` is far below it.
+MAX_DELAY_SAMPLES = 2**53
 _DELAY_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
 
 
@@ -112,6 +115,12 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                     f"{exact:.6g} samples at {fs:.6g} Hz, not a whole number of samples; give "
                     f"it in dt or as a multiple of {1 / fs:.6g} s", circuit=circuit.name,
                     qubits=qubits, instruction="delay")
+        if not 0 <= samples <= MAX_DELAY_SAMPLES:
+            raise CompilationError(
+                f"circuit {circuit.name!r}: delay on qubits {qubits} of {value} {unit} is "
+                f"{samples} samples; a delay takes 0 to {MAX_DELAY_SAMPLES} samples (and a "
+                "controller plays far fewer: its max_program_samples)", circuit=circuit.name,
+                qubits=qubits, instruction="delay")
         if samples % timing.grid:  # the message is built only for a delay off the grid
             timing.check_delay(samples, f"circuit {circuit.name!r}: delay on qubits {qubits}",
                                circuit=circuit.name, qubits=qubits)

@@ -570,3 +570,59 @@ def test_the_shipped_calibration_gives_bell_above_095_on_every_edge(tmp_path, mo
             counts = backend.run(native, shots=20000, seed_simulator=11).result().get_counts()
             fidelity[edge] = (counts.get("00", 0) + counts.get("11", 0)) / 20000
     assert min(fidelity.values()) >= 0.95, fidelity
+
+
+@pytest.mark.parametrize("body", ["nothing", "rz", "x"])
+def test_a_circuit_that_measures_nothing_returns_zeros(lab_backend, body) -> None:
+    """Nothing measured, whether or not something plays (rz plays nothing): the classical bit
+    stays 0 at meas_level 2 and its IQ slot 0 at meas_level 1, as in Qiskit's simulators; raw
+    traces (meas_level 0) of no acquisition are refused before anything is sent."""
+    qc = QuantumCircuit(1, 1, name=f"measures_nothing_{body}")
+    if body == "rz":
+        qc.rz(0.3, 0)
+    elif body == "x":
+        qc.x(0)
+    native = transpile(qc, lab_backend)
+    assert lab_backend.run(native, shots=20).result(timeout=60).get_counts() == {"0": 20}
+    memory = lab_backend.run(native, shots=20, meas_level=1).result(timeout=60).get_memory()
+    assert np.asarray(memory).shape == (20, 1) and not np.any(memory)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, meas_level=0))
+    assert "acquires nothing" in message and "meas_level" in message
+
+
+def test_set_options_none_restores_an_option_whose_default_is_none(lab_backend) -> None:
+    """rep_delay and seed_simulator default to None: set_options(x=None) restores that. An
+    option whose default is a value cannot be set to None, and the error names it."""
+    lab_backend.set_options(rep_delay=2e-4, seed_simulator=5)
+    try:
+        lab_backend.set_options(rep_delay=None, seed_simulator=None)
+        assert lab_backend.options.rep_delay is None
+        assert lab_backend.options.seed_simulator is None
+        for option in ("timeout", "shots", "meas_level"):
+            before = getattr(lab_backend.options, option)
+            with pytest.raises(InvalidRunInputError, match=f"{option} cannot be None"):
+                lab_backend.set_options(**{option: None})
+            assert getattr(lab_backend.options, option) == before
+    finally:
+        lab_backend.set_options(rep_delay=None, seed_simulator=None)
+
+
+def test_run_refuses_none_among_its_items(lab_backend) -> None:
+    native = transpile(bell(), lab_backend)
+    for items in ([native, None], [None]):
+        message = _nothing_sent(lab_backend, lambda i=items: lab_backend.run(i))
+        assert "got NoneType" in message
+
+
+def test_of_two_bad_circuits_the_first_is_reported(lab_backend) -> None:
+    """Each circuit is checked just before it is compiled: an unbound angle in the first
+    circuit is reported, not the gate outside the Target in the second."""
+    first = QuantumCircuit(1, 1, name="first")
+    first.rz(Parameter("t"), 0)
+    first.x(0)
+    first.measure(0, 0)
+    second = QuantumCircuit(1, 1, name="second")
+    second.h(0)
+    second.measure(0, 0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run([first, second]))
+    assert "circuit 'first'" in message and "unbound" in message

@@ -79,7 +79,8 @@ def test_active_reset_on_the_second_controller(lab10) -> None:
 
 def test_feedforward_across_controllers_is_refused_before_anything_is_sent(lab10) -> None:
     """A pulse on ctrl1 (qubit 5) conditioned on a result ctrl0 digitizes (qubit 0): the
-    controllers share no feed-forward bus, so run() refuses it (before any job exists)."""
+    controllers share no feed-forward bus, so run() refuses it (before any job exists), and
+    says which qubits each controller digitizes, to lay the circuit out on one."""
     q = QuantumRegister(10)
     c = ClassicalRegister(1)
     qc = QuantumCircuit(q, c)
@@ -87,8 +88,10 @@ def test_feedforward_across_controllers_is_refused_before_anything_is_sent(lab10
     qc.measure(0, 0)
     with qc.if_test((c[0], 1)):
         qc.x(5)
-    with pytest.raises(InvalidRunInputError, match="share no feed-forward bus"):
+    with pytest.raises(InvalidRunInputError, match="share no feed-forward bus") as refused:
         lab10.run(transpile(qc, lab10, optimization_level=0), shots=100)
+    assert "ctrl0: qubits [0, 1, 2, 3, 4]; ctrl1: qubits [5, 6, 7, 8, 9]" in str(refused.value)
+    assert "initial_layout" in str(refused.value)
 
 
 def test_a_program_too_large_to_simulate_fails_with_the_reason(lab10) -> None:

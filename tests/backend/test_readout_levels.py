@@ -72,6 +72,22 @@ def test_single_traces_per_shot_and_slot_at_the_asked_decimation(lab_backend) ->
     assert np.all(memory[:, :, 0] != 0)
 
 
+def test_an_active_resets_acquisition_fills_no_trace_slot(lab_backend) -> None:
+    """An active reset measures into no classical bit: with meas_level 0 its trace goes to no
+    memory slot, so the slot no measurement writes stays 0 (it once took the reset's trace)."""
+    qc = QuantumCircuit(1, 2)
+    qc.x(0)
+    qc.reset(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[0])
+    program = lab_backend.compile(native)
+    clbits = program.acq_clbit.tolist()  # the reset's rounds, then the measurement
+    assert clbits[-1] == 0 and clbits[:-1] and set(clbits[:-1]) == {-1}
+    memory = np.asarray(lab_backend.run(native, shots=20, meas_level=0, trace_decimation=50,
+                                        seed_simulator=3).result().get_memory(0))
+    assert np.all(memory[:, 0] != 0) and not np.any(memory[:, 1])
+
+
 def _counters(backend) -> dict:
     with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=2.0) as client:
         return client.status()

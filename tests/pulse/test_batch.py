@@ -147,3 +147,37 @@ def test_a_bad_point_in_a_sweep_is_refused_as_on_its_own(snapshot, channels) -> 
         compile_circuit(in_seconds[2], snapshot, channels)
     assert str(swept.value) == str(alone.value)
     assert "t1_32.5ns" in str(swept.value) and "not a whole number" in str(swept.value)
+
+
+def test_a_long_sweep_is_laid_out_in_bounded_calls(snapshot, channels, monkeypatch) -> None:
+    """With at most 8 op rows per kernel call (here 2 points of 4 ops), 7 points take 3 calls
+    after the first compilation and give the same programs; no program keeps a call's
+    buffers alive (each holds its own arrays)."""
+    calls = []
+    kernel = batch.layout_batch_kernel
+    monkeypatch.setattr(batch, "BATCH_OP_ROWS", 8)
+    monkeypatch.setattr(batch, "layout_batch_kernel",
+                        lambda *args: calls.append(args[1].shape[0]) or kernel(*args))
+    circuits = [t1(400 * k + 16) for k in range(7)]
+    programs = compile_circuits(circuits, snapshot, channels)
+    assert calls == [2, 2, 2]
+    same_programs(programs, each(circuits, snapshot, channels))
+    assert all(p.play_start.base is None and p.acq_start.base is None for p in programs[1:])
+
+
+def test_a_delay_no_controller_could_play_is_refused_while_reading(snapshot, channels) -> None:
+    """A delay of 1e12 s (1e21 samples) is refused by name when its circuit is read, before
+    a later point's error, as compile_circuit refuses it (it overflowed the kernel's int64
+    once)."""
+    theta = Parameter("theta")
+    huge = t1(16, name="huge")
+    huge.data[1] = huge.data[1].replace(operation=QuantumCircuit(1).delay(1e12, 0, unit="s")[0]
+                                        .operation)
+    unbound = ramsey(1)
+    unbound.data[3] = unbound.data[3].replace(operation=QuantumCircuit(1).rz(theta, 0)[0]
+                                              .operation)
+    with pytest.raises(CompilationError, match=r"'huge': delay on qubits .* samples; a delay "
+                                               r"takes 0 to"):
+        compile_circuits([t1(16), huge, t1(48), unbound], snapshot, channels)
+    with pytest.raises(CompilationError, match="'huge': delay"):
+        compile_circuit(huge, snapshot, channels)

@@ -30,10 +30,10 @@ def write_bell(directory: Path, name: str = "bell") -> None:
 def test_draw_py_and_qasm(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     write_bell(tmp_path)
-    done = labqpu(tmp_path, "draw", "bell.py", "-o", "bell.png")
+    done = labqpu(tmp_path, "draw", "bell.py", "-o", "drawn")  # no suffix: a PNG
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "bell.png").read_bytes()[:8] == PNG
-    assert "bell on lab5" in done.stdout and "2 acquisitions" in done.stdout
+    assert (tmp_path / "drawn.png").read_bytes()[:8] == PNG
+    assert done.stdout.startswith("drawn.png: bell on lab5") and "2 acquisitions" in done.stdout
     (tmp_path / "ghz.qasm").write_text(
         'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[3];\ncreg c[3];\n'
         "h q[0];\ncx q[0],q[1];\ncx q[1],q[2];\nmeasure q -> c;\n")
@@ -66,6 +66,24 @@ def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: s
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--dpi", "0"], "--dpi 0: give a resolution from 10 to 1200"),
+    (["--dpi", "100000"], "--dpi 100000: give a resolution from 10 to 1200"),
+    (["--time-range-ns", "0", "nan"], "--time-range-ns 0 nan: give two finite times"),
+    (["--time-range-ns", "300", "100"], "--time-range-ns 300 100: give two finite times"),
+    (["--layout", "0", "0"], "--layout 0 0: a qubit is named twice"),
+])
+def test_draw_refuses_bad_options_in_one_line(tmp_path: Path, options: list[str],
+                                              message: str) -> None:
+    """Checked before the simulator starts: exit code 2, the option named, no traceback and
+    no file written."""
+    write_bell(tmp_path)
+    done = labqpu(tmp_path, "draw", "bell.py", *options)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "bell.png").exists()
 
 
 def test_draw_a_rung_of_lab10_on_the_qubits_given(tmp_path: Path) -> None:

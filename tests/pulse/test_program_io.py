@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
@@ -179,9 +181,12 @@ def test_a_flux_row_has_no_if(snapshot, channels) -> None:
     assert all("IF" in label for label in labels if label.startswith(("drive", "readout")))
 
 
-def test_draw_refuses_an_empty_time_range(snapshot, channels) -> None:
+def test_draw_refuses_an_empty_or_non_finite_time_range(snapshot, channels) -> None:
     pytest.importorskip("matplotlib")
     b = PulseBuilder(channels, snapshot)
     b.play(Constant(duration_samples=4, amp=0.1), readout(0))
     with pytest.raises(PulseError, match="time range"):
         b.build().draw(time_range_ns=(100.0, 200.0))
+    for bad in ((0.0, math.nan), (0.0, math.inf), (-math.inf, 4.0)):
+        with pytest.raises(PulseError, match="two finite numbers"):
+            b.build().draw(time_range_ns=bad)

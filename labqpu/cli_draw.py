@@ -1,0 +1,139 @@
+"""``labqpu draw`` and the circuit files the ``labqpu`` command reads (:mod:`labqpu.cli`).
+
+A circuit file is an OpenQASM 2 or 3 file, or (for ``draw``) a Python file that defines a
+``QuantumCircuit`` named ``circuit`` or ``qc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import re
+import runpy
+import sys
+from pathlib import Path
+
+
+def load_circuit(path: Path):
+    """The circuit of an OpenQASM 2 or 3 file (the version line decides); a file that does not
+    parse raises ``QiskitError`` with the parser's message and the file name."""
+    import qiskit.qasm2
+    import qiskit.qasm3
+    from openqasm3.parser import QASM3ParsingError
+    from qiskit.exceptions import QiskitError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise QiskitError(f"{path}: not a valid OpenQASM program: not UTF-8 text") from exc
+    version = next((words[1].rstrip(";") for words in map(str.split, text.splitlines())
+                    if len(words) > 1 and words[0] == "OPENQASM"), None)
+    code = [line for line in text.splitlines() if line.strip() and
+            not line.strip().startswith("//")]
+    if not code:
+        raise QiskitError(f"{path}: not a valid OpenQASM program: it holds no statement")
+    if version is not None and not version.startswith(("2", "3")):
+        raise QiskitError(f"{path}: OpenQASM {version} is not supported (2 and 3 are)")
+    parser_output = io.StringIO()  # the OpenQASM 3 parser prints its syntax errors
+    try:
+        with contextlib.redirect_stderr(parser_output):
+            if version is not None and version.startswith("2"):
+                circuit = qiskit.qasm2.loads(
+                    text, custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+            else:
+                circuit = qiskit.qasm3.loads(text)
+    except (QiskitError, QASM3ParsingError, AttributeError, ValueError, TypeError) as exc:
+        # The OpenQASM 3 importer fails on some inputs (empty, comments only) with plain
+        # Python errors: each is still a file that does not parse.
+        reason = (getattr(exc, "message", None) or parser_output.getvalue() or str(exc)
+                  or "syntax error")
+        raise QiskitError(f"{path}: not a valid OpenQASM {version or 3} program: "
+                          f"{' '.join(reason.split())}") from exc
+    circuit.name = path.stem
+    return circuit
+
+
+def _load_circuit(path: Path):
+    """The circuit a .py file defines (as ``circuit`` or ``qc``) or a .qasm file holds; one
+    left with Qiskit's generated name (``circuit-57``) is named after the file."""
+    from qiskit import QuantumCircuit
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".qasm":
+        return load_circuit(path)
+    if path.suffix != ".py":
+        raise ValueError(f"labqpu draw: give a .py or .qasm file, got {path}")
+    namespace = runpy.run_path(str(path), run_name="labqpu_draw")
+    for name in ("circuit", "qc"):
+        circuit = namespace.get(name)
+        if isinstance(circuit, QuantumCircuit):
+            if re.fullmatch(rf"{QuantumCircuit.prefix}-\d+", circuit.name):
+                circuit.name = path.stem
+            return circuit
+    raise ValueError(f"labqpu draw: {path} defines no QuantumCircuit named `circuit` or `qc`")
+
+
+#: The resolutions ``labqpu draw --dpi`` takes (an 11-inch figure at 1200 dpi is 13 200 pixels
+#: wide).
+DRAW_DPI = (10, 1200)
+
+
+def _draw_option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``labqpu draw``'s --dpi, --time-range-ns and --layout, or None."""
+    if not DRAW_DPI[0] <= args.dpi <= DRAW_DPI[1]:
+        return f"--dpi {args.dpi}: give a resolution from {DRAW_DPI[0]} to {DRAW_DPI[1]}"
+    if args.time_range_ns is not None:
+        start, stop = args.time_range_ns
+        if not (math.isfinite(start) and math.isfinite(stop) and start < stop):
+            return (f"--time-range-ns {start:g} {stop:g}: give two finite times in ns, START "
+                    "before STOP")
+    if args.layout is not None and len(set(args.layout)) != len(args.layout):
+        return f"--layout {' '.join(map(str, args.layout))}: a qubit is named twice"
+    return None
+
+
+def draw_command(args: argparse.Namespace) -> int:
+    """``labqpu draw FILE``: the PNG of the program ``run()`` would play for the circuit in
+    FILE (exit code 0; 2 for a bad file or option, with one line on stderr)."""
+    from qiskit import transpile
+
+    from labqpu import LabProvider
+
+    try:
+        circuit = _load_circuit(Path(args.file))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    out = Path(args.output or Path(args.file).with_suffix(".png").name)
+    if not out.suffix:  # matplotlib writes PNG and adds the suffix
+        out = out.with_name(out.name + ".png")
+    problem = _draw_option_problem(args)
+    if problem:
+        print(f"labqpu draw: {problem}", file=sys.stderr)
+        return 2
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix and out.suffix.lower().lstrip(".") not in formats:  # none: PNG
+        print(f"labqpu draw: -o {out}: give an image file ending in one of "
+              f"{', '.join('.' + f for f in sorted(formats))}", file=sys.stderr)
+        return 2
+    with LabProvider(args.config) as provider:
+        backend = provider.backend()
+        if args.layout is not None and not all(0 <= q < backend.num_qubits
+                                               for q in args.layout):
+            print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: {backend.name} "
+                  f"has qubits 0-{backend.num_qubits - 1}", file=sys.stderr)
+            return 2
+        native = transpile(circuit, backend, optimization_level=args.optimization_level,
+                           initial_layout=args.layout, seed_transpiler=1)
+        program = backend.compile(native)  # what run() plays: feed-forward, active reset
+        time_range = tuple(args.time_range_ns) if args.time_range_ns else None
+        fig = program.draw(channels=backend.channels, time_range_ns=time_range)
+        fig.savefig(out, dpi=args.dpi)
+    print(f"{out}: {program.header.get('name')} on {backend.name}, {program.duration_samples} "
+          f"samples, {len(program.play_port)} plays, {len(program.acq_port)} acquisitions")
+    return 0
