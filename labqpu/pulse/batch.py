@@ -26,17 +26,11 @@ import numpy as np
 from qiskit.circuit import QuantumCircuit
 
 from labqpu.pulse.channels import ChannelMap
-from labqpu.pulse.compiler import (
-    _CONTROL_FLOW,
-    _CONTROL_FLOW_AND_RESET,
-    _filled,
-    _lower,
-    compile_circuit,
-)
+from labqpu.pulse.compiler import _compile_read, _filled, _lower, _read_with
 from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.kernels import layout_batch_kernel
 from labqpu.pulse.program import PulseProgram
-from labqpu.pulse.tables import Tables, tables_for
+from labqpu.pulse.tables import Tables
 from labqpu.store import Snapshot
 
 __all__ = ["compile_circuits"]
@@ -59,86 +53,57 @@ def compile_circuits(circuits: Sequence[QuantumCircuit], snapshot: Snapshot,
                "feedforward_latency_samples": feedforward_latency_samples,
                "reset_method": reset_method, "pulse_gates": pulse_gates}
     programs: list[PulseProgram] = []
-    i = 0
-    while i < len(circuits):
+    structure: _Structure | None = None
+    points: list[tuple[QuantumCircuit, list[int], list[float]]] = []
+    for circuit in circuits:  # each read once: a point of the current sweep, or compiled
         if check is not None:
-            check(circuits[i])
-        first = compile_circuit(circuits[i], snapshot, channels, **options)
-        programs.append(first)
-        structure = _Structure.of(circuits[i], first, snapshot, channels, options) \
-            if i + 1 < len(circuits) else None
-        points = []
-        if structure is not None:
-            for circuit in circuits[i + 1:]:
-                if check is not None:
-                    check(circuit)
-                numbers = structure.numbers(circuit)
-                if numbers is None:
-                    break
-                points.append((circuit, *numbers))
+            check(circuit)
+        tables, names = _read_with(circuit, snapshot, channels, options)
+        lowered = _lower(circuit, tables, names)
+        if structure is not None and structure.same(circuit, lowered):
+            points.append((circuit, lowered[0][1], lowered[0][2]))
+            continue
         if points:
             programs.extend(structure.programs(points))
-        i += 1 + len(points)
+            points = []
+        program = _compile_read(circuit, lowered, snapshot, channels, tables, options)
+        programs.append(program)
+        structure = None if lowered is None else _Structure(
+            program, channels, tables, options["scheduling_method"] != "asap", _shape(circuit),
+            lowered)
+    if points:
+        programs.extend(structure.programs(points))
     return programs
 
 
 @dataclass
 class _Structure:
-    """What the circuits of one sweep share: the first circuit read into op rows (gates,
-    qubits, classical bits; ``compiler._lower``), its tables and its layout inputs."""
+    """What the circuits of one sweep share: the first circuit's program, the tables it was
+    compiled against, and that circuit as ``compiler._lower`` read it (op rows: gates, qubits,
+    classical bits; the qubits used and measured)."""
 
     first: PulseProgram  # the first circuit's program
     channels: ChannelMap
     tables: Tables
-    names: frozenset[str]  # instructions that make a circuit dynamic
-    alap: bool
+    alap: bool  # a plain circuit is scheduled ASAP only with scheduling_method "asap"
     shape: tuple  # (qubits, clbits, classical registers)
-    effect: list[int]
-    clbit: list[int]
-    qptr: list[int]
-    qflat: list[int]
-    used: set[int]
-    measured: set[int]
+    lowered: tuple  # the first circuit's ``_lower``
 
-    @classmethod
-    def of(cls, circuit: QuantumCircuit, first: PulseProgram, snapshot: Snapshot,
-           channels: ChannelMap, options: dict) -> _Structure | None:
-        """The structure of ``circuit``, whose program is ``first`` (so it reads without error),
-        or None when it is not a plain circuit: only plain circuits are compiled as sweeps.
-        A plain circuit is scheduled ASAP only with ``scheduling_method`` "asap"
-        (``compile_circuit``)."""
-        tables = tables_for(snapshot, channels)
-        active = options["reset_method"] == "active" \
-            and options["feedforward_latency_samples"] is not None
-        names = _CONTROL_FLOW_AND_RESET if active else _CONTROL_FLOW
-        if options["pulse_gates"]:
-            names = names | frozenset(options["pulse_gates"])
-        lowered = _lower(circuit, tables, names)
-        if lowered is None:
-            return None
-        (effect, _, _, clbit), qptr, qflat, used, measured = lowered
-        return cls(first, channels, tables, names, options["scheduling_method"] != "asap",
-                   _shape(circuit), effect, clbit, qptr, qflat, used, measured)
-
-    def numbers(self, circuit: QuantumCircuit) -> tuple[list[int], list[float]] | None:
-        """(durations in samples, parameters) of ``circuit``'s op rows when it has this
-        structure, else None."""
-        if _shape(circuit) != self.shape:
-            return None
-        lowered = _lower(circuit, self.tables, self.names)
-        if lowered is None:
-            return None
-        (effect, duration, param, clbit), qptr, qflat, used, measured = lowered
-        if effect != self.effect or clbit != self.clbit or qptr != self.qptr \
-                or qflat != self.qflat or used != self.used or measured != self.measured:
-            return None
-        return duration, param
+    def same(self, circuit: QuantumCircuit, lowered: tuple | None) -> bool:
+        """Whether ``circuit``, read as ``lowered``, has this structure: it differs at most in
+        its op rows' durations and parameters (and its name and metadata)."""
+        if lowered is None or _shape(circuit) != self.shape:
+            return False
+        (effect, _, _, clbit), *rest = lowered
+        (first_effect, _, _, first_clbit), *first_rest = self.lowered
+        return effect == first_effect and clbit == first_clbit and rest == first_rest
 
     def programs(self, points: list[tuple[QuantumCircuit, list[int], list[float]]]
                  ) -> list[PulseProgram]:
         """The programs of ``points`` (circuit, durations, parameters), laid out in one
         ``layout_batch_kernel`` call per ``BATCH_OP_ROWS`` op rows."""
-        size = max(1, BATCH_OP_ROWS // max(len(self.effect), 1))
+        (effect, _, _, _), _, _, _, _ = self.lowered
+        size = max(1, BATCH_OP_ROWS // max(len(effect), 1))
         return [program for k in range(0, len(points), size)
                 for program in self._lay_out(points[k:k + size])]
 
@@ -147,7 +112,8 @@ class _Structure:
         """The programs of ``points``, laid out in one ``layout_batch_kernel`` call; each
         program holds copies of its rows of the kernel's outputs."""
         tables, channels = self.tables, self.channels
-        m, n = len(points), len(self.effect)
+        (effect, _, _, clbit), qptr, qflat, _, _ = self.lowered
+        m, n = len(points), len(effect)
         durations = np.array([p[1] for p in points], dtype=np.int64).reshape(m, n)
         params = np.array([p[2] for p in points], dtype=np.float64).reshape(m, n)
         plays = (np.empty((m, n), np.int64), np.empty((m, n), np.int32),
@@ -162,9 +128,9 @@ class _Structure:
         counts = np.empty((m, 6), np.int64)
         none = np.full(n, -1, dtype=np.int64)
         layout_batch_kernel(
-            np.array(self.effect, dtype=np.int64), durations, params,
-            np.array(self.clbit, dtype=np.int64), np.array(self.qptr, dtype=np.int64),
-            np.array(self.qflat, dtype=np.int64), none, np.zeros(n, dtype=np.int64), none,
+            np.array(effect, dtype=np.int64), durations, params,
+            np.array(clbit, dtype=np.int64), np.array(qptr, dtype=np.int64),
+            np.array(qflat, dtype=np.int64), none, np.zeros(n, dtype=np.int64), none,
             self.shape[0], channels.num_qubits, self.alap, tables.effects(), len(tables.waves),
             tables.drive_ports(), *plays, *acqs, wave_order, *shifts, counts)
         first = self.first  # what every point shares with it: waveforms, settings, shapes

@@ -237,22 +237,49 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     is measured and flipped meanwhile, and static ZZ would turn its phase. A circuit with
     control flow is not timed by the scheduling stage and stays ALAP.
     """
-    if scheduling_method not in SCHEDULING_METHODS:
+    options = {"scheduling_method": scheduling_method,
+               "feedforward_latency_samples": feedforward_latency_samples,
+               "reset_method": reset_method, "pulse_gates": pulse_gates}
+    tables, names = _read_with(circuit, snapshot, channels, options)
+    return _compile_read(circuit, _lower(circuit, tables, names), snapshot, channels, tables,
+                         options)
+
+
+def _read_with(circuit: QuantumCircuit, snapshot: Snapshot, channels: ChannelMap,
+               options: dict) -> tuple[Tables, frozenset[str]]:
+    """The tables ``circuit`` is read against and the instructions that make it dynamic (for
+    ``_lower``), after checking ``options`` (``compile_circuit``'s keyword arguments) and the
+    circuit's size."""
+    if options["scheduling_method"] not in SCHEDULING_METHODS:
         raise CompilationError(
-            f"scheduling_method must be one of {SCHEDULING_METHODS}, got {scheduling_method!r}")
-    if reset_method not in RESET_METHODS:
+            f"scheduling_method must be one of {SCHEDULING_METHODS}, got "
+            f"{options['scheduling_method']!r}")
+    if options["reset_method"] not in RESET_METHODS:
         raise CompilationError(
-            f"reset_method must be one of {RESET_METHODS}, got {reset_method!r}")
+            f"reset_method must be one of {RESET_METHODS}, got {options['reset_method']!r}")
     if circuit.num_qubits > channels.num_qubits:
         raise CompilationError(
             f"circuit {circuit.name!r} has {circuit.num_qubits} qubits; "
             f"{channels.device_name} has {channels.num_qubits}", circuit=circuit.name)
-    tables = tables_for(snapshot, channels)
-    active = reset_method == "active" and feedforward_latency_samples is not None
-    pulse_gates = pulse_gates or {}
-    dynamic_names = _CONTROL_FLOW_AND_RESET if active else _CONTROL_FLOW
-    lowered = _lower(circuit, tables,
-                     dynamic_names | frozenset(pulse_gates) if pulse_gates else dynamic_names)
+    names = _CONTROL_FLOW_AND_RESET if _active_reset(options) else _CONTROL_FLOW
+    if options["pulse_gates"]:
+        names = names | frozenset(options["pulse_gates"])
+    return tables_for(snapshot, channels), names
+
+
+def _active_reset(options: dict) -> bool:
+    return options["reset_method"] == "active" \
+        and options["feedforward_latency_samples"] is not None
+
+
+def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snapshot,
+                  channels: ChannelMap, tables: Tables, options: dict) -> PulseProgram:
+    """``compile_circuit`` of ``circuit`` once ``_lower`` has read it (``lowered``; None: a
+    dynamic circuit, read again by ``lower_dynamic``) against ``tables``."""
+    scheduling_method = options["scheduling_method"]
+    feedforward_latency_samples = options["feedforward_latency_samples"]
+    active = _active_reset(options)
+    pulse_gates = options["pulse_gates"] or {}
     dynamic = None
     effects, waves_of = tables.effects(), tables.waves
     if lowered is None:

@@ -70,10 +70,10 @@ class Calibration:
             qubits=qubits, instruction=name) from cause
 
 
-#: Seconds per unit of a delay's duration (Qiskit's units besides "dt").
 #: The longest delay the compiler takes (samples): 2^53, where float64 still counts every
 #: sample (104 days at 1 GS/s). A controller's ``max_program_samples`` is far below it.
 MAX_DELAY_SAMPLES = 2**53
+#: Seconds per unit of a delay's duration (Qiskit's units besides "dt").
 _DELAY_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
 
 

@@ -15,7 +15,6 @@ from qiskit import QuantumCircuit, transpile
 import labqpu.pulse.batch as batch
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError
-from labqpu.pulse.compiler import compile_circuit
 
 Q = 1
 SHOTS = 1000
@@ -68,9 +67,10 @@ def test_a_scan_of_circuits_is_one_upload_and_one_run(lab_backend, make, values,
     first point has instructions of its own."""
     circuits = transpile([make(v) for v in values], lab_backend, initial_layout=[Q])
     compiled = []
-    monkeypatch.setattr(batch, "compile_circuit",
+    compile_read = batch._compile_read
+    monkeypatch.setattr(batch, "_compile_read",
                         lambda circuit, *a, **k: compiled.append(circuit.name)
-                        or compile_circuit(circuit, *a, **k))
+                        or compile_read(circuit, *a, **k))
     uploads, runs = counters(lab_backend)
     job = lab_backend.run(circuits, shots=SHOTS)
     result = job.result(timeout=120)

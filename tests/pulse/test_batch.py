@@ -59,15 +59,16 @@ def same_programs(batched: list, single: list) -> None:
 
 @pytest.fixture
 def compilations(monkeypatch) -> list[str]:
-    """The names of the circuits the compiler proper compiled (``compile_circuit`` calls made
-    by ``compile_circuits``)."""
+    """The names of the circuits the compiler proper compiled (the ``_compile_read`` calls
+    ``compile_circuits`` made; the other circuits are points of a sweep)."""
     names: list[str] = []
+    compile_read = batch._compile_read
 
     def counting(circuit, *args, **kwargs):
         names.append(circuit.name)
-        return compile_circuit(circuit, *args, **kwargs)
+        return compile_read(circuit, *args, **kwargs)
 
-    monkeypatch.setattr(batch, "compile_circuit", counting)
+    monkeypatch.setattr(batch, "_compile_read", counting)
     return names
 
 
@@ -121,6 +122,17 @@ def test_dynamic_circuits_compile_one_by_one(snapshot, channels, compilations) -
     same_programs(programs, each(circuits, snapshot, channels, **options))
 
 
+def refused_alike(circuits: list, bad: int, snapshot, channels) -> str:
+    """The message ``compile_circuits`` refuses ``circuits`` with, checked equal to
+    ``compile_circuit``'s for ``circuits[bad]`` alone."""
+    with pytest.raises(CompilationError) as swept:
+        compile_circuits(circuits, snapshot, channels)
+    with pytest.raises(CompilationError) as alone:
+        compile_circuit(circuits[bad], snapshot, channels)
+    assert str(swept.value) == str(alone.value)
+    return str(swept.value)
+
+
 def test_a_bad_point_in_a_sweep_is_refused_as_on_its_own(snapshot, channels) -> None:
     """An unbound rz angle at point 3, or a delay of no whole number of samples at point 2:
     the error is compile_circuit's for that circuit, naming it."""
@@ -128,12 +140,8 @@ def test_a_bad_point_in_a_sweep_is_refused_as_on_its_own(snapshot, channels) -> 
     circuits = [ramsey(k) for k in range(4)]
     circuits[3].data[3] = circuits[3].data[3].replace(
         operation=QuantumCircuit(1).rz(theta, 0)[0].operation)
-    with pytest.raises(CompilationError) as swept:
-        compile_circuits(circuits, snapshot, channels)
-    with pytest.raises(CompilationError) as alone:
-        compile_circuit(circuits[3], snapshot, channels)
-    assert str(swept.value) == str(alone.value)
-    assert "ramsey_3" in str(swept.value) and "unbound" in str(swept.value)
+    message = refused_alike(circuits, 3, snapshot, channels)
+    assert "ramsey_3" in message and "unbound" in message
     in_seconds = []
     for ns in (16.0, 32.0, 32.5, 48.0):
         qc = QuantumCircuit(1, 1, name=f"t1_{ns}ns")
@@ -141,12 +149,8 @@ def test_a_bad_point_in_a_sweep_is_refused_as_on_its_own(snapshot, channels) -> 
         qc.delay(ns * 1e-9, 0, unit="s")
         qc.measure(0, 0)
         in_seconds.append(qc)
-    with pytest.raises(CompilationError) as swept:
-        compile_circuits(in_seconds, snapshot, channels)
-    with pytest.raises(CompilationError) as alone:
-        compile_circuit(in_seconds[2], snapshot, channels)
-    assert str(swept.value) == str(alone.value)
-    assert "t1_32.5ns" in str(swept.value) and "not a whole number" in str(swept.value)
+    message = refused_alike(in_seconds, 2, snapshot, channels)
+    assert "t1_32.5ns" in message and "not a whole number" in message
 
 
 def test_a_long_sweep_is_laid_out_in_bounded_calls(snapshot, channels, monkeypatch) -> None:
