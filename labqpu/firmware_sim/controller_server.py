@@ -21,7 +21,6 @@ pluggable ``Authenticator`` (``firmware_sim.auth``) who the client is. With a ``
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import logging
 import queue
@@ -717,8 +716,8 @@ class ControllerServer:
                     self._pending_uploads -= 1
                     if reply is not None:
                         self._validated.append((identity, reply))
-                with contextlib.suppress(zmq.Again):
-                    ended.send(b"", zmq.NOBLOCK)
+                if not _wake(ended):
+                    return
         finally:
             ended.close(linger=0)
 
@@ -741,8 +740,8 @@ class ControllerServer:
                     run.started_at = time.monotonic()
                     self._running = run
                 self._execute(run)
-                with contextlib.suppress(zmq.Again):  # the serving loop is awake already
-                    ended.send(b"", zmq.NOBLOCK)
+                if not _wake(ended):
+                    return
         finally:
             ended.close(linger=0)
 
@@ -801,3 +800,14 @@ class ControllerServer:
         self._finished.append(run.run_id)
         while len(self._finished) > self._max_runs:
             del self._runs[self._finished.popleft()]
+
+
+def _wake(ended: zmq.Socket) -> bool:
+    """Wake the serving loop; False once the server stops (its context is terminating)."""
+    try:
+        ended.send(b"", zmq.NOBLOCK)
+    except zmq.Again:  # the serving loop is awake already
+        pass
+    except zmq.ContextTerminated:
+        return False
+    return True
