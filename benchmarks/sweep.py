@@ -1,6 +1,7 @@
 """A 100-point Rabi as one controller-bound sweep, against the same 100 points as 100 programs;
 a 25-point T1 scan of circuits merged into one upload, against the same circuits unmerged;
-a 100-point T1 scan compiled once, against the same circuits compiled one by one.
+a 100-point T1 scan and a 100-point Rabi of pulse-gate circuits compiled once, against the same
+circuits compiled one by one.
 
 All run on the embedded simulator of lab5, qubit 0, in the same process and the same run:
 
@@ -21,6 +22,8 @@ All run on the embedded simulator of lab5, qubit 0, in the same process and the 
   the others read for their numbers and laid out with it in one kernel call;
 * **reference**: the same compiler one circuit at a time (``compile_circuit`` in a loop, as
   ``run()`` compiled them before), alternately with it; both give the same 100 programs.
+  The same for 100 Rabi circuits whose drive pulse is a pulse gate with the amplitude as its
+  parameter (``backend.add_pulse_gate``; amplitudes 0-2 pi amplitude).
 
 The amplitudes and delays are new each repetition (a small offset), so no program is already
 held by the controller. Usage::
@@ -73,8 +76,6 @@ def main() -> None:
     from labqpu.calibration.experiments import Kit
     from labqpu.calibration.runner import default_design_path, working_from_snapshot
     from labqpu.drivers.controller import ControllerClient
-    from labqpu.pulse.batch import compile_circuits
-    from labqpu.pulse.compiler import compile_circuit
 
     info(f"machine: {tm.machine()}; load average {tm.load_average()}")
     with LabProvider() as provider:
@@ -96,7 +97,8 @@ def main() -> None:
         pi = kit.work.qubits[QUBIT]["pi_amplitude"]
         backend.run(program, shots=10, parameter_binds={"amp": [0.1]}).result()  # warm up
         swept, single, counts = [], [], {}
-        for _ in range(2 if args.quick else 5):
+        reps = 2 if args.quick else 5
+        for _ in range(reps):
             amps = np.linspace(0, 2 * pi, POINTS) + rng.uniform(0, 1e-6)
             before = counters()
             t0 = time.perf_counter()
@@ -112,7 +114,7 @@ def main() -> None:
                       "reference": tuple(int(x) for x in np.subtract(after, middle))}
         merged, unmerged = [], []
         backend.run(t1_scan(backend, 0), shots=10).result()  # warm up
-        for rep in range(2 if args.quick else 5):
+        for rep in range(reps):
             circuits = t1_scan(backend, 16 * (rep + 1))
             before = counters()
             t0 = time.perf_counter()
@@ -125,19 +127,11 @@ def main() -> None:
             after = counters()
             counts["merged"] = tuple(int(x) for x in np.subtract(middle, before))
             counts["unmerged"] = tuple(int(x) for x in np.subtract(after, middle))
-        scan = t1_scan(backend, 0, POINTS)
-        once, each = [], []
-        for rep in range(2 if args.quick else 5):
-            for name in ("once", "each") if rep % 2 else ("each", "once"):
-                t0 = time.perf_counter()
-                if name == "once":
-                    programs = compile_circuits(scan, backend.snapshot, backend.channels)
-                    once.append(time.perf_counter() - t0)
-                else:
-                    reference = [compile_circuit(c, backend.snapshot, backend.channels)
-                                 for c in scan]
-                    each.append(time.perf_counter() - t0)
-        same = [p.content_hash for p in programs] == [p.content_hash for p in reference]
+        compiled = {
+            "T1": compile_both(t1_scan(backend, 0, POINTS), backend, reps, {}),
+            "pulse-gate Rabi": compile_both(rabi_scan(backend, pi), backend, reps,
+                                            {"pulse_gates": backend.pulse_gates,
+                                             "scheduling_method": "auto"})}
     s, r = statistics.median(swept), statistics.median(single)
     info(f"{POINTS}-point Rabi, {SHOTS} shots per point, median of {len(swept)}:")
     info(f"  sweep (parameter_binds): {s * 1e3:8.1f} ms   uploads, runs: {counts['sweep']}")
@@ -151,14 +145,58 @@ def main() -> None:
     info(f"  reference (merge_sweeps=False): {u * 1e3:8.1f} ms   uploads, runs: "
          f"{counts['unmerged']}")
     info(f"  ratio: merged takes {m / u:.2f} of the reference's time ({u / m:.1f}x faster)")
-    o, e = statistics.median(once), statistics.median(each)
-    info(f"compiling a {POINTS}-point T1 scan of circuits, median of {len(once)}, alternately:")
-    info(f"  compiled once (labqpu.pulse.batch.compile_circuits): {o * 1e3:6.2f} ms "
-         f"({o / POINTS * 1e6:.1f} us per circuit)")
-    info(f"  reference (compile_circuit per circuit): {e * 1e3:6.2f} ms "
-         f"({e / POINTS * 1e6:.1f} us per circuit)")
-    info(f"  ratio: {e / o:.2f}x faster; the same {POINTS} programs: {same}")
+    for name, (once, each, same) in compiled.items():
+        o, e = statistics.median(once), statistics.median(each)
+        info(f"compiling a {POINTS}-point {name} scan of circuits, median of {len(once)}, "
+             "alternately:")
+        info(f"  compiled once (labqpu.pulse.batch.compile_circuits): {o * 1e3:6.2f} ms "
+             f"({o / POINTS * 1e6:.1f} us per circuit)")
+        info(f"  reference (compile_circuit per circuit): {e * 1e3:6.2f} ms "
+             f"({e / POINTS * 1e6:.1f} us per circuit)")
+        info(f"  ratio: {e / o:.2f}x faster; the same {POINTS} programs: {same}")
 
+
+def rabi_scan(backend, pi_amp: float) -> list:
+    """``POINTS`` transpiled Rabi circuits: a pulse gate ``bench_rabi`` (the calibrated DRAG
+    of ``QUBIT`` with its amplitude a parameter) at amplitudes 0 to 2 ``pi_amp``, then a
+    measurement."""
+    from qiskit import QuantumCircuit, transpile
+    from qiskit.circuit import Parameter
+
+    from labqpu import pulse
+
+    amp = Parameter("amp")
+    with pulse.build(backend, name="bench_rabi") as b:
+        pulse.play(pulse.calibrated_drag(QUBIT, amp=amp), pulse.drive(QUBIT))
+    gate = backend.add_pulse_gate("bench_rabi", b, qubits=[QUBIT])
+    circuits = []
+    for a in np.linspace(0, 2 * pi_amp, POINTS):
+        qc = QuantumCircuit(1, 1)
+        qc.append(gate(float(a)), [0])
+        qc.measure(0, 0)
+        circuits.append(qc)
+    return transpile(circuits, backend, initial_layout=[QUBIT])
+
+
+def compile_both(scan: list, backend, reps: int, options: dict) -> tuple[list, list, bool]:
+    """(times compiled once, times one by one, same programs) of ``scan``, ``reps`` each,
+    alternately."""
+    from labqpu.pulse.batch import compile_circuits
+    from labqpu.pulse.compiler import compile_circuit
+
+    once, each = [], []
+    for rep in range(reps):
+        for name in ("once", "each") if rep % 2 else ("each", "once"):
+            t0 = time.perf_counter()
+            if name == "once":
+                programs = compile_circuits(scan, backend.snapshot, backend.channels, **options)
+                once.append(time.perf_counter() - t0)
+            else:
+                reference = [compile_circuit(c, backend.snapshot, backend.channels, **options)
+                             for c in scan]
+                each.append(time.perf_counter() - t0)
+    return once, each, [p.content_hash for p in programs] == [p.content_hash
+                                                               for p in reference]
 
 if __name__ == "__main__":
     main()

@@ -679,7 +679,8 @@ class LabBackend(BackendV2):
                  pulse_gates: dict, opts: dict) -> list[PulseProgram]:
         """Check and compile ``circuits``, each checked just before it is read, so that the
         first bad circuit in order is the one reported; consecutive circuits that differ only
-        in rz angles and delay durations are compiled once (``labqpu.pulse.batch``)."""
+        in rz angles, delay durations and pulse-gate parameters are compiled once
+        (``labqpu.pulse.batch``)."""
         try:
             return compile_circuits(
                 circuits, snapshot, self.channels, scheduling_method=opts["scheduling_method"],

@@ -272,19 +272,32 @@ def _active_reset(options: dict) -> bool:
         and options["feedforward_latency_samples"] is not None
 
 
+def _lower_dynamic(circuit: QuantumCircuit, tables: Tables, options: dict) -> Lowered:
+    """``dynamic.lower_dynamic`` of a circuit that ``_lower`` found dynamic, with
+    ``compile_circuit``'s keyword arguments ``options``."""
+    return lower_dynamic(circuit, tables,
+                         latency_samples=options["feedforward_latency_samples"],
+                         active_reset=_active_reset(options),
+                         pulse_gates=options["pulse_gates"] or {})
+
+
+def _alap(circuit: QuantumCircuit, scheduling_method: str, dynamic: bool) -> bool:
+    """Whether ``circuit`` is scheduled ALAP (``compile_circuit``'s ``scheduling_method``)."""
+    return scheduling_method == "alap" or (
+        scheduling_method == "auto" and (not dynamic or not _timed(circuit)))
+
+
 def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snapshot,
-                  channels: ChannelMap, tables: Tables, options: dict) -> PulseProgram:
+                  channels: ChannelMap, tables: Tables, options: dict,
+                  dynamic: Lowered | None = None) -> PulseProgram:
     """``compile_circuit`` of ``circuit`` once ``_lower`` has read it (``lowered``; None: a
-    dynamic circuit, read again by ``lower_dynamic``) against ``tables``."""
+    dynamic circuit, read by ``lower_dynamic``, or given as ``dynamic`` if it has been) against
+    ``tables``."""
     scheduling_method = options["scheduling_method"]
-    feedforward_latency_samples = options["feedforward_latency_samples"]
-    active = _active_reset(options)
-    pulse_gates = options["pulse_gates"] or {}
-    dynamic = None
     effects, waves_of = tables.effects(), tables.waves
     if lowered is None:
-        dynamic = lower_dynamic(circuit, tables, latency_samples=feedforward_latency_samples,
-                                active_reset=active, pulse_gates=pulse_gates)
+        if dynamic is None:
+            dynamic = _lower_dynamic(circuit, tables, options)
         effects, waves_of = _with_local_effects(dynamic, tables)
         columns = tuple(map(list, zip(*dynamic.rows, strict=True))) or ([], [], [], [])
         used, measured = dynamic.used, dynamic.measured
@@ -314,9 +327,7 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
         np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
         np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64), parent, offset, block,
-        num_resources, channels.num_qubits,
-        scheduling_method == "alap"
-        or (scheduling_method == "auto" and (dynamic is None or not _timed(circuit))),
+        num_resources, channels.num_qubits, _alap(circuit, scheduling_method, lowered is None),
         effects, len(waves_of), tables.drive_ports(), *plays, *acqs, wave_order,
         *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)

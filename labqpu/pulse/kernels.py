@@ -597,14 +597,14 @@ def layout_batch_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_
                         a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order,
                         s_port, s_start, s_phase, s_block, counts):
     """:func:`layout_kernel` for the points of one circuit structure in one call: row k of
-    ``op_duration`` and ``op_param`` (points x ops) holds point k's durations (samples) and
-    parameters, every other ``op_*`` input is shared. Each output column is a (points x
-    length) array whose row k receives point k's column, and ``counts[k]`` (points x 6, int64)
-    what layout_kernel returns for it: (total duration, plays, acquisitions, waveforms, end,
-    phase shifts)."""
+    ``op_effect``, ``op_duration`` and ``op_param`` (points x ops) holds point k's effect rows
+    (of ``effects``, which holds every point's), durations (samples) and parameters; every
+    other ``op_*`` input is shared. Each output column is a (points x length) array whose row k
+    receives point k's column, and ``counts[k]`` (points x 6, int64) what layout_kernel returns
+    for it: (total duration, plays, acquisitions, waveforms, end, phase shifts)."""
     for k in range(op_duration.shape[0]):
         total, n_play, n_acq, n_waves, end, n_shift = layout_kernel(
-            op_effect, op_duration[k], op_param[k], op_clbit, op_qptr, op_qubits, op_parent,
+            op_effect[k], op_duration[k], op_param[k], op_clbit, op_qptr, op_qubits, op_parent,
             op_offset, op_block, num_resources, num_device_qubits, alap, effects, num_waves,
             drive_port, p_start[k], p_port[k], p_wave[k], p_amp[k], p_phase[k], p_freq[k],
             p_block[k], a_start[k], a_port[k], a_dur[k], a_freq[k], a_qubit[k], a_clbit[k],

@@ -1,8 +1,9 @@
 """Pulse gates on the backend: registered gates appear in the Target with their duration,
 survive ``transpile`` at every optimization level, run on the simulator with the physics of
 the pulse they play (a Rabi of the calibrated pulse against the native x, within binomial
-error), sweep as one upload, work through ``BackendSamplerV2`` with parameter values, refuse
-bad values before anything is sent, and leave with ``remove_pulse_gate``."""
+error), sweep as one compilation and one upload, work through ``BackendSamplerV2`` with
+parameter values, refuse bad values before anything is sent, and leave with
+``remove_pulse_gate``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
 from qiskit.primitives import BackendSamplerV2
 
+import labqpu.pulse.batch as batch
 from labqpu import pulse
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError, PulseError
@@ -82,15 +84,27 @@ def test_the_target_declares_it_and_transpile_keeps_it_at_every_level(lab_backen
         lab_backend.remove_pulse_gate("kick")
 
 
-def test_a_rabi_of_pulse_gates_is_one_upload_with_the_physics_of_the_pulse(lab_backend,
-                                                                           rabi) -> None:
+def test_a_rabi_of_pulse_gates_is_one_compilation_and_one_upload_with_the_physics_of_the_pulse(
+        lab_backend, rabi, monkeypatch) -> None:
+    """The compiler proper runs for the first point only (the others are read and laid out
+    with it, ``labqpu.pulse.batch``), the controller counts one run, and the populations follow
+    the pulse's physics."""
     pi_amp = lab_backend.snapshot.qubits[Q]["pi_amplitude"].value
     values = pi_amp * np.linspace(0.0, 2.0, 9)
     circuits = transpile([rabi_circuit(rabi, v) for v in values], lab_backend,
                          initial_layout=[Q])
+    compiled = []
+    compile_read = batch._compile_read
+    monkeypatch.setattr(batch, "_compile_read",
+                        lambda circuit, *a, **k: compiled.append(circuit.name)
+                        or compile_read(circuit, *a, **k))
+    runs = runs_total(lab_backend)
     job = lab_backend.run(circuits, shots=SHOTS)
     result = job.result(timeout=120)
-    assert job.uploads == 1
+    assert compiled == [circuits[0].name]
+    assert job.uploads == 1 and runs_total(lab_backend) - runs == 1
+    assert [p.content_hash for p in job.programs] == [
+        lab_backend.compile(c).content_hash for c in circuits]
     measured = np.array([p1(result.get_counts(k)) for k in range(len(values))])
     native = QuantumCircuit(1, 1)
     native.x(0)

@@ -1,20 +1,24 @@
 """Sweeps compiled once (``labqpu.pulse.batch``): consecutive circuits that differ only in rz
-angles and delay durations give, array for array, the programs ``compile_circuit`` gives each
-of them, while the compiler proper runs once per structure."""
+angles, delay durations and pulse-gate parameters give, array for array, the programs
+``compile_circuit`` gives each of them, while the compiler proper runs once per structure."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 
 import labqpu.pulse.batch as batch
+from labqpu import pulse
 from labqpu.errors import CompilationError
 from labqpu.pulse.batch import compile_circuits
+from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.compiler import compile_circuit
+from labqpu.pulse.gates import define_pulse_gate
 
 LATENCY = 200
 
@@ -185,3 +189,94 @@ def test_a_delay_no_controller_could_play_is_refused_while_reading(snapshot, cha
         compile_circuits([t1(16), huge, t1(48), unbound], snapshot, channels)
     with pytest.raises(CompilationError, match="'huge': delay"):
         compile_circuit(huge, snapshot, channels)
+
+
+@pytest.fixture
+def gates(snapshot, channels) -> dict:
+    """Pulse gates with every kind of value a sweep changes: ``rabi`` on qubit 0 (a DRAG's
+    amplitude and angle), ``spec`` on qubit 1 (a frequency shift held over a Gaussian, then a
+    frame turn), and ``wide`` on qubit 0 (a Gaussian whose width is a parameter: another
+    waveform per value)."""
+    amp, angle, detuning, phi, sigma = (Parameter(n) for n in ("amp", "angle", "detuning",
+                                                                 "phi", "sigma"))
+    rabi = PulseBuilder(channels, snapshot, "rabi")
+    rabi.play(rabi.calibrated_drag(0, amp=amp, angle_rad=angle), pulse.drive(0))
+    spec = PulseBuilder(channels, snapshot, "spec")
+    spec.shift_frequency(detuning, pulse.drive(1))
+    spec.play(pulse.Gaussian(duration_samples=48, sigma_samples=12, amp=0.2), pulse.drive(1))
+    spec.shift_phase(phi, pulse.drive(1))
+    wide = PulseBuilder(channels, snapshot, "wide")
+    wide.play(pulse.Gaussian(duration_samples=64, sigma_samples=sigma, amp=0.3), pulse.drive(0))
+    return {"rabi": {(0,): define_pulse_gate("rabi", rabi, [0], [amp, angle])},
+            "spec": {(1,): define_pulse_gate("spec", spec, [1], [detuning, phi])},
+            "wide": {(0,): define_pulse_gate("wide", wide, [0])}}
+
+
+def gate_circuit(gates: dict, name: str, values: tuple, k: int) -> QuantumCircuit:
+    """Point k of a pulse-gate scan: the gate with ``values`` between an sx and an rz and a
+    delay that change with k, on qubits 0 and 1."""
+    qc = QuantumCircuit(5, 2, name=f"{name}_{k}", metadata={"xval": values[0]})
+    qc.sx(1)
+    qc.rz(0.1 * k, 1)
+    qc.delay(16 * k, 1, unit="dt")
+    (qubits,) = gates[name]
+    qc.append(gates[name][qubits](*values), list(qubits))
+    qc.measure([0, 1], [0, 1])
+    return qc
+
+
+@pytest.mark.parametrize("method", ["auto", "alap", "asap"])
+def test_a_scan_of_pulse_gate_values_compiles_once(snapshot, channels, gates, compilations,
+                                                    method) -> None:
+    """A 20-point Rabi (amplitude and angle), then a 10-point spectroscopy (frequency and
+    phase), each with its rz angle and delay changing too: one compilation each, and the
+    programs compiling each circuit gives. A gate whose waveform is a parameter starts a
+    structure per waveform."""
+    circuits = ([gate_circuit(gates, "rabi", (a, 0.3 * k), k)
+                 for k, a in enumerate(np.linspace(-0.9, 0.9, 20))]
+                + [gate_circuit(gates, "spec", (df, 0.2 * k), k)
+                   for k, df in enumerate(np.linspace(-20e6, 20e6, 10))]
+                + [gate_circuit(gates, "wide", (s,), k)
+                   for k, s in enumerate((8.0, 8.0, 10.0))])
+    options = {"scheduling_method": method, "pulse_gates": gates}
+    programs = compile_circuits(circuits, snapshot, channels, **options)
+    assert compilations == ["rabi_0", "spec_0", "wide_0", "wide_2"]
+    same_programs(programs, each(circuits, snapshot, channels, **options))
+    assert len({p.content_hash for p in programs[:30]}) == 30
+    port = channels.output(channels.qubits[0].drive)  # the Rabi pulse's
+    amps = [float(p.play_amp[p.play_port == port][0]) for p in programs[:20]]
+    assert amps == pytest.approx(np.linspace(-0.9, 0.9, 20), abs=1e-12)
+
+
+def test_a_bad_pulse_gate_value_in_a_scan_is_refused_as_on_its_own(snapshot, channels,
+                                                                    gates) -> None:
+    """Point 3 of a Rabi at amplitude 5 (beyond DAC full scale) is refused with the message
+    compile_circuit gives that circuit, before the later points are read."""
+    circuits = [gate_circuit(gates, "rabi", (a, 0.0), k)
+                for k, a in enumerate((0.1, 0.2, 0.3, 5.0, float("nan")))]
+    with pytest.raises(CompilationError) as swept:
+        compile_circuits(circuits, snapshot, channels, pulse_gates=gates)
+    with pytest.raises(CompilationError) as alone:
+        compile_circuit(circuits[3], snapshot, channels, pulse_gates=gates)
+    assert str(swept.value) == str(alone.value)
+    assert "rabi_3" in str(swept.value) and "DAC full scale" in str(swept.value)
+
+
+def test_pulse_gates_with_feed_forward_compile_one_by_one(snapshot, channels, gates,
+                                                          compilations) -> None:
+    """A Rabi point followed by an active reset has conditional blocks: each circuit is
+    compiled on its own, to the same programs."""
+    circuits = []
+    for k, a in enumerate((0.2, 0.4, 0.6)):
+        qc = QuantumCircuit(5, 1, name=f"rabi_reset_{k}")
+        qc.append(gates["rabi"][(0,)](a, 0.0), [0])
+        qc.measure(0, 0)
+        qc.reset(0)
+        qc.x(0)
+        qc.measure(0, 0)
+        circuits.append(qc)
+    options = {"feedforward_latency_samples": LATENCY, "pulse_gates": gates}
+    programs = compile_circuits(circuits, snapshot, channels, **options)
+    assert compilations == ["rabi_reset_0", "rabi_reset_1", "rabi_reset_2"]
+    assert all(p.has_feedforward for p in programs)
+    same_programs(programs, each(circuits, snapshot, channels, **options))
