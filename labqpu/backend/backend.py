@@ -699,9 +699,10 @@ class LabBackend(BackendV2):
         ``shots`` (1..100000), ``memory``, ``meas_level`` (0: raw traces, 1: IQ, 2: counts),
         ``meas_return``, ``rep_delay`` (s; None: :func:`default_rep_delay_s` of the snapshot),
         ``trace_decimation`` (samples per trace point with meas_level 0; None: the
-        controller's default), ``seed_simulator``, ``scheduling_method`` ("auto": ALAP, or
-        ASAP for a circuit with mid-circuit measurement that the scheduling stage timed;
-        "alap"; "asap"),
+        controller's default), ``seed_simulator``, ``scheduling_method`` ("auto": ALAP, with
+        a qubit's gates between a two-qubit gate and its measurement early in a circuit with
+        control flow, or ASAP for a circuit with mid-circuit measurement that the scheduling
+        stage timed; "alap"; "asap"),
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
         ``reset_method`` ("active": measure, then x when the result is 1, where the controller
         has feed-forward; "passive": idle for the calibrated thermalisation time),

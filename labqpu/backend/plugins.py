@@ -43,6 +43,7 @@ from qiskit.transpiler.basepasses import AnalysisPass, TransformationPass
 from qiskit.transpiler.exceptions import TranspilerError
 from qiskit.transpiler.passes import (
     ALAPScheduleAnalysis,
+    ApplyLayout,
     ConstrainedReschedule,
     ContainsInstruction,
     InstructionDurationCheck,
@@ -53,6 +54,7 @@ from qiskit.transpiler.passmanager_config import PassManagerConfig
 from qiskit.transpiler.preset_passmanagers import common
 from qiskit.transpiler.preset_passmanagers.plugin import PassManagerStagePlugin
 
+from labqpu.backend.feedforward_layout import OneControllerFeedForward
 from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
 from labqpu.pulse.gates import RESERVED_NAMES
@@ -324,13 +326,27 @@ class LabTranslationPlugin(PassManagerStagePlugin):
             hls_config=cfg.hls_config, qubits_initially_zero=cfg.qubits_initially_zero)
         if cfg.target is None:
             return translate
-        placement = PulseGatePlacement(cfg.target)
+        placement = [*feedforward_placement(cfg), PulseGatePlacement(cfg.target)]
         if optimization_level == 0:
             # Gate by gate, before the translator: each written gate keeps its own pulses.
-            return PassManager([placement, PulseEfficient1q(cfg.target, merge=False),
+            return PassManager([*placement, PulseEfficient1q(cfg.target, merge=False),
                                 translate.to_flow_controller()])
-        return PassManager([placement, translate.to_flow_controller(),
+        return PassManager([*placement, translate.to_flow_controller(),
                             PulseEfficient1q(cfg.target)])
+
+
+def feedforward_placement(cfg: PassManagerConfig) -> list:
+    """:class:`OneControllerFeedForward` and the ``ApplyLayout`` of its ``post_layout``, for a
+    Target of several controllers and no ``initial_layout`` (else none). Both stage plugins
+    start with them: at optimization level 3 Qiskit's ``VF2PostLayout`` after the optimization
+    stage may move the circuit again by error rates alone."""
+    groups = getattr(cfg.target, "feedforward_groups", ())
+    if cfg.initial_layout is not None or len(groups) < 2:
+        return []
+    return [OneControllerFeedForward(cfg.target, groups,
+                                     getattr(cfg.target, "pulse_gate_names", frozenset())),
+            ConditionalController(ApplyLayout(),
+                                  condition=lambda ps: ps["post_layout"] is not None)]
 
 
 class CompilerALAP(ALAPScheduleAnalysis):
@@ -515,6 +531,7 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
                                                   skip_reset_qubits=True, target=target))
         flow = sorted(CONTROL_FLOW_OP_NAMES)
         return PassManager([
+            *feedforward_placement(pass_manager_config),
             ContainsInstruction(flow, recurse=False),
             ConditionalController(passes, condition=lambda props: not any(
                 props[f"contains_{name}"] for name in flow))])

@@ -80,13 +80,22 @@ class LabTarget(Target):
         # Target is built entirely in __new__; only our own attributes are set here.
         self.snapshot_id = snapshot_id
         self.marks: dict[str, tuple[str, ...]] = {}
+        #: the qubits of each controller that digitizes readouts: feed-forward stays within one
+        #: (``labqpu.backend.feedforward_layout``)
+        self.feedforward_groups: tuple[tuple[int, ...], ...] = ()
+        #: the names of the backend's pulse gates (defined on fixed qubits)
+        self.pulse_gate_names: frozenset[str] = frozenset()
+
+    _OWN = ("snapshot_id", "marks", "feedforward_groups", "pulse_gate_names")
 
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "snapshot_id": self.snapshot_id, "marks": self.marks}
+        return {**super().__getstate__(), **{name: getattr(self, name) for name in self._OWN}}
 
     def __setstate__(self, state: dict) -> None:
         self.snapshot_id = state.get("snapshot_id")
         self.marks = state.get("marks", {})
+        self.feedforward_groups = state.get("feedforward_groups", ())
+        self.pulse_gate_names = state.get("pulse_gate_names", frozenset())
         super().__setstate__(state)
 
 
@@ -288,4 +297,9 @@ def build_target(snapshot: Snapshot, config: LabConfig,
             qubits: InstructionProperties(duration=gate.duration_s)
             for qubits, gate in defined.items()}, name=name)
     target.marks = {subject: tuple(why) for subject, why in fresh.marks.items()}
+    by_controller: dict[str, list[int]] = {}
+    for q, wiring in sorted(config.channels.qubits.items()):
+        by_controller.setdefault(wiring.acquire[0], []).append(q)
+    target.feedforward_groups = tuple(tuple(qubits) for qubits in by_controller.values())
+    target.pulse_gate_names = frozenset(pulse_gates or ())
     return target

@@ -34,6 +34,7 @@ from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.compiler import (
     _alap,
     _compile_read,
+    _early,
     _filled,
     _lower,
     _lower_dynamic,
@@ -118,7 +119,7 @@ def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | Non
         (effect, duration, param, clbit), qptr, qflat, used, measured = lowered
         n = len(effect)
         layout = (tuple(clbit), tuple(qptr), tuple(qflat), (-1,) * n, (0,) * n, (-1,) * n,
-                  circuit.num_qubits, alap, 0)
+                  (0,) * n, circuit.num_qubits, alap, 0)
         return ((layout, _shape(circuit), tuple(effect), frozenset(used), frozenset(measured)),
                 _Point(circuit, effect, duration, param, []))
     effect, duration, param, clbit = (list(c) for c in zip(*dynamic.rows, strict=True)) \
@@ -128,8 +129,9 @@ def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | Non
         return None, point
     layout = (tuple(clbit), (0, *accumulate(map(len, dynamic.resources))),
               tuple(chain.from_iterable(dynamic.resources)), tuple(dynamic.parent),
-              tuple(dynamic.offset), tuple(dynamic.block), dynamic.num_resources, alap,
-              len(dynamic.local_waves))
+              tuple(dynamic.offset), tuple(dynamic.block),
+              tuple(_early(dynamic, circuit, scheduling_method).tolist()), dynamic.num_resources,
+              alap, len(dynamic.local_waves))
     local = tuple(tuple(v for i, v in enumerate(row) if i not in _VALUE_COLUMNS)
                   for row in dynamic.local_rows)
     waves = tuple((w.dtype.str, w.shape, w.tobytes()) for w in dynamic.local_waves)
@@ -150,8 +152,8 @@ class _Structure:
     @property
     def layout(self) -> tuple:
         """The kernel's inputs every point shares: per op row its classical bit, resource
-        pointers and resources, parent, offset and block; the number of resources, ALAP, and
-        the number of pulse-gate waveforms."""
+        pointers and resources, parent, offset, block and early flag; the number of resources,
+        ALAP, and the number of pulse-gate waveforms."""
         return self.key[0]
 
     def programs(self, points: list[_Point]) -> list[PulseProgram]:
@@ -165,7 +167,7 @@ class _Structure:
         """The programs of ``points``, laid out in one ``layout_batch_kernel`` call; each
         program holds copies of its rows of the kernel's outputs."""
         tables, channels = self.tables, self.channels
-        clbit, qptr, qflat, parent, offset, block, num_resources, alap, _ = self.layout
+        clbit, qptr, qflat, parent, offset, block, early, num_resources, alap, _ = self.layout
         m, n = len(points), len(points[0].effect)
         durations = np.array([p.duration for p in points], dtype=np.int64).reshape(m, n)
         params = np.array([p.param for p in points], dtype=np.float64).reshape(m, n)
@@ -182,7 +184,7 @@ class _Structure:
         counts = np.empty((m, 6), np.int64)
         layout_batch_kernel(
             op_effect, durations, params, *(np.array(c, dtype=np.int64) for c in (
-                clbit, qptr, qflat, parent, offset, block)),
+                clbit, qptr, qflat, parent, offset, block, early)),
             num_resources, channels.num_qubits, alap, effects, num_waves,
             tables.drive_ports(), *plays, *acqs, wave_order, *shifts, counts)
         first = self.first  # what every point shares with it: waveforms, settings, shapes

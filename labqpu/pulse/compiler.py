@@ -235,7 +235,9 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     Qiskit put them), ALAP otherwise. ALAP would move such a circuit's last gates on a qubit to
     the end of the program, leaving the qubit to wait in superposition beside a partner that
     is measured and flipped meanwhile, and static ZZ would turn its phase. A circuit with
-    control flow is not timed by the scheduling stage and stays ALAP.
+    control flow is not timed by the scheduling stage and stays ALAP, except that a run of a
+    qubit's single-qubit gates between a two-qubit gate and its measurement plays early
+    (``dynamic.early_runs``), so the qubit waits in its measurement basis.
     """
     options = {"scheduling_method": scheduling_method,
                "feedforward_latency_samples": feedforward_latency_samples,
@@ -287,6 +289,16 @@ def _alap(circuit: QuantumCircuit, scheduling_method: str, dynamic: bool) -> boo
         scheduling_method == "auto" and (not dynamic or not _timed(circuit)))
 
 
+def _early(dynamic: Lowered, circuit: QuantumCircuit, scheduling_method: str) -> np.ndarray:
+    """``layout_kernel``'s ``op_early`` for a dynamic circuit: its ``early`` runs with
+    ``scheduling_method`` "auto" when no scheduling stage timed it (ALAP then plays a qubit's
+    gates between a two-qubit gate and its measurement early), none otherwise ("alap" is
+    plain ALAP)."""
+    if scheduling_method == "auto" and not _timed(circuit) and any(dynamic.early):
+        return np.array(dynamic.early, dtype=np.int64)
+    return np.zeros(len(dynamic.rows), dtype=np.int64)
+
+
 def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snapshot,
                   channels: ChannelMap, tables: Tables, options: dict,
                   dynamic: Lowered | None = None) -> PulseProgram:
@@ -312,10 +324,11 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
     n = len(effect)
     if dynamic is None:
         parent = block = _filled(n, -1, np.int64)
-        offset = np.zeros(n, dtype=np.int64)
+        offset = early = np.zeros(n, dtype=np.int64)
     else:
         parent, offset, block = (np.array(a, dtype=np.int64)
                                  for a in (dynamic.parent, dynamic.offset, dynamic.block))
+        early = _early(dynamic, circuit, scheduling_method)
     plays = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32),
              np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.int32))
     acqs = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n),
@@ -327,9 +340,9 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
         np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
         np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64), parent, offset, block,
-        num_resources, channels.num_qubits, _alap(circuit, scheduling_method, lowered is None),
-        effects, len(waves_of), tables.drive_ports(), *plays, *acqs, wave_order,
-        *shifts)
+        early, num_resources, channels.num_qubits,
+        _alap(circuit, scheduling_method, lowered is None), effects, len(waves_of),
+        tables.drive_ports(), *plays, *acqs, wave_order, *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
     if waves_of is tables.waves:
         wave_data, offsets = tables.wave_table(wave_order[:n_waves])

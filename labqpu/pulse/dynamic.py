@@ -90,6 +90,8 @@ class Lowered:
     #: ``wave`` -1 - k is local waveform k), kept out of the shared tables
     local_rows: list[tuple] = field(default_factory=list)
     local_waves: list[np.ndarray] = field(default_factory=list)
+    #: rows that ALAP scheduling plays early (``early_runs``)
+    early: list[bool] = field(default_factory=list)
 
 
 def _bit_name(circuit: QuantumCircuit, bit: Clbit) -> str:
@@ -444,7 +446,42 @@ class _Reader:
             out.offset = [out.offset[i] for i in keep]
             out.block = [out.block[i] for i in keep]
         out.used = set(self.last_used)
+        out.early = early_runs(out, self.tables, self.nq)
         return out
+
+
+def early_runs(out: Lowered, tables: Tables, num_qubits: int) -> list[bool]:
+    """Per row of ``out``: whether it is part of a run of single-qubit ops (gates, delays)
+    between a two-qubit gate on its qubit and a measurement of that qubit. ALAP scheduling
+    (``kernels.layout_kernel``'s ``op_early``) plays such a run right after what precedes it
+    instead of right before the measurement: the qubit then waits for the other qubits'
+    readout and feed-forward in its measurement basis, where static ZZ and detuning (diagonal)
+    change nothing, rather than in the superposition a two-qubit gate left it in. Other runs
+    stay ALAP: a qubit waits in |0> before its first gate."""
+    early = [False] * len(out.rows)
+    containers = {p for p in out.parent if p >= 0}
+    run: dict[int, list[int]] = {}  # qubit -> its current run after a two-qubit gate
+    for i, ((eid, duration, _, _), resources) in enumerate(zip(out.rows, out.resources,
+                                                              strict=True)):
+        if out.parent[i] >= 0:
+            continue
+        qubits = [r for r in resources if r < num_qubits]
+        measures = eid >= 0 and tables.effect_rows[eid][11] >= 0
+        if measures:
+            for q in qubits:
+                for j in run.pop(q, ()):
+                    early[j] = True
+        elif len(qubits) == len(resources) == 1 and i not in containers \
+                and (eid != 0 or duration > 0):
+            if qubits[0] in run:
+                run[qubits[0]].append(i)
+        elif len(qubits) == len(resources) > 1 and i not in containers and eid != 0:
+            for q in qubits:
+                run[q] = []  # a two-qubit gate: a run may start after it
+        else:  # a barrier, a conditional block, a pulse gate, a reset: no run across it
+            for q in qubits:
+                run.pop(q, None)
+    return early
 
 
 def lower_dynamic(circuit: QuantumCircuit, tables: Tables, *, latency_samples: int | None,

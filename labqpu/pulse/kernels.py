@@ -437,7 +437,8 @@ def stable_argsort(key):
 
 @njit(cache=True, nogil=True)
 def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
-                  op_parent, op_offset, op_block, num_resources, num_device_qubits, alap,
+                  op_parent, op_offset, op_block, op_early, num_resources, num_device_qubits,
+                  alap,
                   effects, num_waves, drive_port,
                   p_start, p_port, p_wave, p_amp, p_phase, p_freq, p_block,
                   a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order,
@@ -469,7 +470,9 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     runs. Unconditional ops have ``op_parent`` -1 and ``op_block`` -1.
 
     Timing: ops ALAP (``alap``) or ASAP from their durations, per resource; then every final
-    measurement starts at the same sample, the end of the gates. Frames change in circuit
+    measurement starts at the same sample, the end of the gates. With ALAP, an op with
+    ``op_early[i]`` (unconditional, on one resource, not a container) then starts as soon as
+    the ops before it on its resource have ended (``dynamic.early_runs``). Frames change in circuit
     order with the same float64 operations as a per-op loop.
 
     Fills the play columns ``p_*`` (sorted by port, then start; stable), the acquisition
@@ -508,6 +511,17 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             starts[i] = starts[op_parent[i]] + op_offset[i]
         elif alap:
             starts[i] = gates_end - starts[i] - op_duration[i]
+    if alap:
+        ended = np.zeros(num_resources, dtype=np.int64)
+        for i in range(n):
+            if effects[op_effect[i], 12] != 0.0 or op_parent[i] >= 0:
+                continue
+            if op_early[i]:
+                starts[i] = ended[op_qubits[op_qptr[i]]]
+            end = starts[i] + op_duration[i]
+            for j in range(op_qptr[i], op_qptr[i + 1]):
+                if end > ended[op_qubits[j]]:
+                    ended[op_qubits[j]] = end
 
     frame = np.zeros(num_device_qubits)
     local = np.full(num_waves, -1, dtype=np.int64)
@@ -591,7 +605,8 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
 
 @njit(cache=True, nogil=True)
 def layout_batch_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
-                        op_parent, op_offset, op_block, num_resources, num_device_qubits, alap,
+                        op_parent, op_offset, op_block, op_early, num_resources,
+                        num_device_qubits, alap,
                         effects, num_waves, drive_port,
                         p_start, p_port, p_wave, p_amp, p_phase, p_freq, p_block,
                         a_start, a_port, a_dur, a_freq, a_qubit, a_clbit, wave_order,
@@ -605,10 +620,10 @@ def layout_batch_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_
     for k in range(op_duration.shape[0]):
         total, n_play, n_acq, n_waves, end, n_shift = layout_kernel(
             op_effect[k], op_duration[k], op_param[k], op_clbit, op_qptr, op_qubits, op_parent,
-            op_offset, op_block, num_resources, num_device_qubits, alap, effects, num_waves,
-            drive_port, p_start[k], p_port[k], p_wave[k], p_amp[k], p_phase[k], p_freq[k],
-            p_block[k], a_start[k], a_port[k], a_dur[k], a_freq[k], a_qubit[k], a_clbit[k],
-            wave_order[k], s_port[k], s_start[k], s_phase[k], s_block[k])
+            op_offset, op_block, op_early, num_resources, num_device_qubits, alap, effects,
+            num_waves, drive_port, p_start[k], p_port[k], p_wave[k], p_amp[k], p_phase[k],
+            p_freq[k], p_block[k], a_start[k], a_port[k], a_dur[k], a_freq[k], a_qubit[k],
+            a_clbit[k], wave_order[k], s_port[k], s_start[k], s_phase[k], s_block[k])
         counts[k, 0] = total
         counts[k, 1] = n_play
         counts[k, 2] = n_acq

@@ -155,6 +155,28 @@ def test_repeat_until_success_two_rounds(lab_backend) -> None:
     assert _tvd(counts, reference) <= 0.08, (counts, reference)
 
 
+def test_a_bell_pair_beside_feed_forward_stays_correlated_at_the_defaults(lab_backend) -> None:
+    """h(0); cx(0, 1); measure(0); if c0: x(2); measure 1 and 2, transpiled and run at the
+    defaults: c1 = c0 = c2. With plain ALAP qubit 1's last pulse waited for the feed-forward,
+    so qubit 1 sat in superposition beside the measured qubit 0 for ~1.2 us and static ZZ
+    turned its phase by about pi: P(000) + P(111) read 0.49. The default now plays a run of
+    single-qubit gates between a two-qubit gate and a measurement early (measured 0.95)."""
+    qc = QuantumCircuit(3, 3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(2)
+    qc.measure([1, 2], [1, 2])
+    native = transpile(qc, lab_backend)
+    counts = lab_backend.run(native, shots=SHOTS).result(timeout=120).get_counts()
+    agree = (counts.get("000", 0) + counts.get("111", 0)) / SHOTS
+    assert agree >= 0.88, counts
+    plain = lab_backend.run(native, shots=SHOTS, scheduling_method="alap").result(timeout=120)
+    plain_agree = (plain.get_counts().get("000", 0) + plain.get_counts().get("111", 0)) / SHOTS
+    assert plain_agree < agree - 0.2, (plain.get_counts(), counts)
+
+
 def test_teleportation_with_two_conditional_corrections(lab_backend) -> None:
     """Teleport ry(pi/2)|0> = |+> from qubit 0 to qubit 2, correct with x (on m1) and z (on
     m0, a conditional virtual Z), undo the preparation and measure: 0 in every branch. Without

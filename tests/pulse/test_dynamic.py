@@ -354,3 +354,38 @@ def test_a_condition_reads_only_the_bits_it_depends_on(snapshot, channels):
             assert _blocks(prog) == blocks
         else:  # c0 == 1 and c1 == 0 (c2 falls off the 3-bit shift)
             assert sorted(int(prog.acq_clbit[a]) for a, _, _ in _blocks(prog)) == [0, 1]
+
+
+def test_auto_plays_the_gates_between_a_two_qubit_gate_and_a_measurement_early(snapshot,
+                                                                               channels):
+    """In ``sx(1); cz(0, 1); sx(1); measure(0); if c0: x(2); x(3); measure(1..3)`` the default
+    ("auto") plays qubit 1's second sx right after the cz, so that the qubit waits for the
+    feed-forward in its measurement basis; "alap" plays it right before the readout. Qubit 3's
+    x has no two-qubit gate before it and stays ALAP (its qubit waits in |0>) under both."""
+    qc = QuantumCircuit(4, 4)
+    qc.sx(1)
+    qc.cz(0, 1)
+    qc.sx(1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(2)
+    qc.x(3)
+    qc.measure([1, 2, 3], [1, 2, 3])
+    port = {q: channels.output(channels.qubits[q].drive) for q in range(4)}
+    flux = {channels.output(channels.qubits[q].flux) for q in (0, 1)}
+
+    def plays(prog, ports):
+        """(start, end) of the plays on ``ports``, in time order."""
+        return sorted((int(t), int(t) + prog.waveform(int(w)).shape[0])
+                      for t, w, p in zip(prog.play_start, prog.play_wave, prog.play_port,
+                                         strict=True) if int(p) in ports)
+
+    auto, alap = (compiled(qc, snapshot, channels, m) for m in ("auto", "alap"))
+    (cz,) = plays(auto, flux)
+    readout = int(auto.acq_start[auto.acq_qubit == 1][0])
+    assert readout == int(alap.acq_start[alap.acq_qubit == 1][0])
+    assert plays(auto, {port[1]})[1][0] == cz[1]
+    assert plays(alap, {port[1]})[1][1] == readout
+    assert plays(auto, {port[3]}) == plays(alap, {port[3]})
+    assert plays(auto, {port[3]})[0][1] == readout
+    assert auto.duration_samples == alap.duration_samples
