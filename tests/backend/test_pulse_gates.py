@@ -119,6 +119,34 @@ def test_a_rabi_of_pulse_gates_is_one_compilation_and_one_upload_with_the_physic
     assert np.max(np.abs(measured - ideal)) < 0.06, (measured, ideal)
 
 
+def test_a_100_point_rabi_costs_one_compilation_and_one_upload(lab_backend, rabi,
+                                                                monkeypatch) -> None:
+    """The issue's figure: 100 Rabi circuits (amplitudes 0 to 2 pi amplitude) through
+    ``run()``: the compiler proper runs once, the controller counts one upload and one run
+    (the amplitudes are offset so that no earlier test uploaded the same program), and the 100
+    results come back in order, each program the one ``compile`` gives its circuit."""
+    pi_amp = lab_backend.snapshot.qubits[Q]["pi_amplitude"].value
+    amps = pi_amp * np.linspace(0.0, 2.0, 100) + 1e-7  # a program no earlier test uploaded
+    circuits = transpile([rabi_circuit(rabi, a) for a in amps], lab_backend,
+                         initial_layout=[Q])
+    compiled = []
+    compile_read = batch._compile_read
+    monkeypatch.setattr(batch, "_compile_read",
+                        lambda circuit, *a, **k: compiled.append(circuit.name)
+                        or compile_read(circuit, *a, **k))
+    with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        before = client.status()
+    job = lab_backend.run(circuits, shots=50)
+    result = job.result(timeout=120)
+    with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        after = client.status()
+    assert compiled == [circuits[0].name]
+    assert job.uploads == 1 and after["runs_total"] - before["runs_total"] == 1
+    assert after["uploads_total"] - before["uploads_total"] == 1
+    assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
+    assert job.programs[57].content_hash == lab_backend.compile(circuits[57]).content_hash
+
+
 def test_the_sampler_sweeps_a_parametrised_pulse_gate(lab_backend, rabi) -> None:
     theta = Parameter("theta")
     qc = transpile(rabi_circuit(rabi, theta), lab_backend, initial_layout=[Q])
