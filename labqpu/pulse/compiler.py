@@ -53,6 +53,7 @@ from labqpu.pulse.tables import (
     duration_samples,
     synthesize,
     tables_for,
+    unbound_error,
     waveform,
 )
 from labqpu.store import Snapshot
@@ -136,11 +137,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
                 if len(raw) > 1:
                     tuple(map(float, raw))
             except TypeError as exc:
-                raise CompilationError(
-                    f"circuit {circuit.name!r}: {name} on {qubits} has an unbound "
-                    "parameter; bind all parameters before run() or give their values with "
-                    "run(..., parameter_binds=...)", circuit=circuit.name,
-                    qubits=qubits, instruction=name) from exc
+                raise unbound_error(circuit.name, name, qubits, raw) from exc
         if measured and not measured.isdisjoint(qubits):
             return None  # mid-circuit measurement
         clbit = -1

@@ -59,6 +59,7 @@ from labqpu.pulse.tables import (
     duration_samples,
     reset_rounds,
     samples_of,
+    unbound_error,
 )
 
 #: Instructions a branch of ``if_else`` may hold.
@@ -163,11 +164,8 @@ class _Reader:
             try:
                 param = float(inst.operation.params[0])
             except TypeError as exc:
-                raise CompilationError(
-                    f"circuit {self.circuit.name!r}: {name} on {qubits} has an unbound "
-                    "parameter; bind all parameters before run() or give their values with "
-                    "run(..., parameter_binds=...)", circuit=self.circuit.name,
-                    qubits=qubits, instruction=name) from exc
+                raise unbound_error(self.circuit.name, name, qubits,
+                                    inst.operation.params) from exc
         return tables.effect(name, qubits, duration, self.circuit), duration, param
 
     def read(self) -> Lowered:
@@ -209,9 +207,9 @@ class _Reader:
                       f"{sorted(self.pulse_gates[name])}, not on {qubits}", qubits, name)
         try:
             values = [float(v) for v in inst.operation.params]
-        except TypeError:
-            self.fail(f"pulse gate {name!r} on {qubits} has an unbound parameter; bind all "
-                      "parameters before run()", qubits, name)
+        except TypeError as exc:
+            raise unbound_error(self.circuit.name, name, qubits, inst.operation.params,
+                                f"pulse gate {name!r}") from exc
         if len(values) != len(gate.parameters):
             self.fail(f"pulse gate {name!r} on {qubits} has {len(values)} value(s); its "
                       f"definition takes {len(gate.parameters)}", qubits, name)

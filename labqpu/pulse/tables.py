@@ -77,6 +77,20 @@ MAX_DELAY_SAMPLES = 2**53
 _DELAY_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12}
 
 
+def unbound_error(circuit_name: str, name: str, qubits: tuple[int, ...], params: list,
+                  what: str = "") -> CompilationError:
+    """The error for op ``name`` on ``qubits`` whose ``params`` hold unbound parameters: it
+    names them, since the transpiler may have turned the gate the user wrote (an rx) into
+    others (rz, sx) whose angles carry the user's parameter."""
+    names = sorted({p.name for v in params if isinstance(v, ParameterExpression)
+                    for p in v.parameters})
+    return CompilationError(
+        f"circuit {circuit_name!r}: {what or name} on {qubits} has an unbound parameter "
+        f"({', '.join(names)}); bind all parameters before run() or give their values with "
+        "run(..., parameter_binds=...)", circuit=circuit_name, qubits=qubits,
+        instruction=name)
+
+
 def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                       circuit: QuantumCircuit, timing: TimingConstraints) -> int:
     """Samples ``inst`` occupies: calibrated durations padded onto the controller's timing grid

@@ -154,7 +154,8 @@ def test_values_bind_by_position_and_bad_values_are_refused(builder, channels,
         compile_circuit(too_loud, snapshot, channels, pulse_gates=registry(gate))
     unbound = QuantumCircuit(2)
     unbound.append(gate(Parameter("x"), 0.1), [Q])
-    with pytest.raises(CompilationError, match="unbound"):
+    with pytest.raises(CompilationError, match=r"pulse gate 'rot' on \(1,\) has an unbound "
+                                               r"parameter \(x\)"):
         compile_circuit(unbound, snapshot, channels, pulse_gates=registry(gate))
     elsewhere = QuantumCircuit(3)
     elsewhere.append(gate(0.0, 0.1), [2])
