@@ -13,6 +13,7 @@ import math
 import re
 import runpy
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -66,7 +67,13 @@ def _load_circuit(path: Path):
         return load_circuit(path)
     if path.suffix != ".py":
         raise ValueError(f"labqpu draw: give a .py or .qasm file, got {path}")
-    namespace = runpy.run_path(str(path), run_name="labqpu_draw")
+    try:
+        namespace = runpy.run_path(str(path), run_name="labqpu_draw")
+    except Exception as exc:  # the user's script failed: say where, in one line
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+                 if Path(f.filename) == path]
+        where = f"{path}, line {lines[-1]}" if lines else str(path)
+        raise ValueError(f"labqpu draw: {where}: {type(exc).__name__}: {exc}") from exc
     for name in ("circuit", "qc"):
         circuit = namespace.get(name)
         if isinstance(circuit, QuantumCircuit):

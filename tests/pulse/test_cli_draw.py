@@ -58,6 +58,8 @@ def test_draw_names_a_circuit_after_its_file_unless_it_has_a_name(tmp_path: Path
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("empty.py", "x = 1\n", "no QuantumCircuit named `circuit` or `qc`"),
     ("circuit.txt", "", "give a .py or .qasm file"),
+    ("broken.py", "import math\nqc = undefined_name\n",
+     "broken.py, line 2: NameError: name 'undefined_name' is not defined"),
 ])
 def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: str,
                                               message: str) -> None:
