@@ -40,6 +40,18 @@ def rabi(lab_backend):
         lab_backend.remove_pulse_gate("rabi")
 
 
+@pytest.fixture
+def compiled(monkeypatch) -> list[str]:
+    """The names of the circuits the compiler proper compiled (``batch._compile_read``); the
+    others were points of a sweep."""
+    names: list[str] = []
+    compile_read = batch._compile_read
+    monkeypatch.setattr(batch, "_compile_read",
+                        lambda circuit, *a, **k: names.append(circuit.name)
+                        or compile_read(circuit, *a, **k))
+    return names
+
+
 def rabi_circuit(gate, value) -> QuantumCircuit:
     qc = QuantumCircuit(1, 1)
     qc.append(gate(value), [0])
@@ -85,7 +97,7 @@ def test_the_target_declares_it_and_transpile_keeps_it_at_every_level(lab_backen
 
 
 def test_a_rabi_of_pulse_gates_is_one_compilation_and_one_upload_with_the_physics_of_the_pulse(
-        lab_backend, rabi, monkeypatch) -> None:
+        lab_backend, rabi, compiled) -> None:
     """The compiler proper runs for the first point only (the others are read and laid out
     with it, ``labqpu.pulse.batch``), the controller counts one run, and the populations follow
     the pulse's physics."""
@@ -93,11 +105,6 @@ def test_a_rabi_of_pulse_gates_is_one_compilation_and_one_upload_with_the_physic
     values = pi_amp * np.linspace(0.0, 2.0, 9)
     circuits = transpile([rabi_circuit(rabi, v) for v in values], lab_backend,
                          initial_layout=[Q])
-    compiled = []
-    compile_read = batch._compile_read
-    monkeypatch.setattr(batch, "_compile_read",
-                        lambda circuit, *a, **k: compiled.append(circuit.name)
-                        or compile_read(circuit, *a, **k))
     runs = runs_total(lab_backend)
     job = lab_backend.run(circuits, shots=SHOTS)
     result = job.result(timeout=120)
@@ -120,7 +127,7 @@ def test_a_rabi_of_pulse_gates_is_one_compilation_and_one_upload_with_the_physic
 
 
 def test_a_100_point_rabi_costs_one_compilation_and_one_upload(lab_backend, rabi,
-                                                                monkeypatch) -> None:
+                                                                compiled) -> None:
     """The issue's figure: 100 Rabi circuits (amplitudes 0 to 2 pi amplitude) through
     ``run()``: the compiler proper runs once, the controller counts one upload and one run
     (the amplitudes are offset so that no earlier test uploaded the same program), and the 100
@@ -129,11 +136,6 @@ def test_a_100_point_rabi_costs_one_compilation_and_one_upload(lab_backend, rabi
     amps = pi_amp * np.linspace(0.0, 2.0, 100) + 1e-7  # a program no earlier test uploaded
     circuits = transpile([rabi_circuit(rabi, a) for a in amps], lab_backend,
                          initial_layout=[Q])
-    compiled = []
-    compile_read = batch._compile_read
-    monkeypatch.setattr(batch, "_compile_read",
-                        lambda circuit, *a, **k: compiled.append(circuit.name)
-                        or compile_read(circuit, *a, **k))
     with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
         before = client.status()
     job = lab_backend.run(circuits, shots=50)
