@@ -455,7 +455,9 @@ def early_runs(out: Lowered, tables: Tables, num_qubits: int) -> list[bool]:
     instead of right before the measurement: the qubit then waits for the other qubits'
     readout and feed-forward in its measurement basis, where static ZZ and detuning (diagonal)
     change nothing, rather than in the superposition a two-qubit gate left it in. Other runs
-    stay ALAP: a qubit waits in |0> before its first gate."""
+    stay ALAP: a qubit waits in |0> before its first gate. A barrier or a zero delay does not
+    end a run; it plays early with the runs of all its qubits when each of them is in one
+    (moving a zero-length op earlier delays nothing)."""
     early = [False] * len(out.rows)
     containers = {p for p in out.parent if p >= 0}
     run: dict[int, list[int]] = {}  # qubit -> its current run after a two-qubit gate
@@ -465,18 +467,23 @@ def early_runs(out: Lowered, tables: Tables, num_qubits: int) -> list[bool]:
             continue
         qubits = [r for r in resources if r < num_qubits]
         measures = eid >= 0 and tables.effect_rows[eid][11] >= 0
+        if eid == 0 and duration == 0 and i not in containers:
+            # a barrier or a zero delay: the runs go on across it, and it moves with them
+            if qubits and all(q in run for q in qubits):
+                for q in qubits:
+                    run[q].append(i)
+            continue
         if measures:
             for q in qubits:
                 for j in run.pop(q, ()):
                     early[j] = True
-        elif len(qubits) == len(resources) == 1 and i not in containers \
-                and (eid != 0 or duration > 0):
+        elif len(qubits) == len(resources) == 1 and i not in containers:
             if qubits[0] in run:
                 run[qubits[0]].append(i)
         elif len(qubits) == len(resources) > 1 and i not in containers and eid != 0:
             for q in qubits:
                 run[q] = []  # a two-qubit gate: a run may start after it
-        else:  # a barrier, a conditional block, a pulse gate, a reset: no run across it
+        else:  # a conditional block, a pulse gate, a reset: no run across it
             for q in qubits:
                 run.pop(q, None)
     return early

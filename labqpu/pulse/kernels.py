@@ -471,8 +471,8 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
 
     Timing: ops ALAP (``alap``) or ASAP from their durations, per resource; then every final
     measurement starts at the same sample, the end of the gates. With ALAP, an op with
-    ``op_early[i]`` (unconditional, on one resource, not a container) then starts as soon as
-    the ops before it on its resource have ended (``dynamic.early_runs``). Frames change in circuit
+    ``op_early[i]`` (unconditional, not a container) then starts as soon as the ops before it
+    on its resources have ended (``dynamic.early_runs``). Frames change in circuit
     order with the same float64 operations as a per-op loop.
 
     Fills the play columns ``p_*`` (sorted by port, then start; stable), the acquisition
@@ -517,7 +517,11 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             if effects[op_effect[i], 12] != 0.0 or op_parent[i] >= 0:
                 continue
             if op_early[i]:
-                starts[i] = ended[op_qubits[op_qptr[i]]]
+                start = 0
+                for j in range(op_qptr[i], op_qptr[i + 1]):
+                    if ended[op_qubits[j]] > start:
+                        start = ended[op_qubits[j]]
+                starts[i] = start
             end = starts[i] + op_duration[i]
             for j in range(op_qptr[i], op_qptr[i + 1]):
                 if end > ended[op_qubits[j]]:

@@ -155,18 +155,26 @@ def test_repeat_until_success_two_rounds(lab_backend) -> None:
     assert _tvd(counts, reference) <= 0.08, (counts, reference)
 
 
-def test_a_bell_pair_beside_feed_forward_stays_correlated_at_the_defaults(lab_backend) -> None:
+@pytest.mark.parametrize("variant", ["plain", "zero delay", "barrier"])
+def test_a_bell_pair_beside_feed_forward_stays_correlated_at_the_defaults(lab_backend,
+                                                                         variant) -> None:
     """h(0); cx(0, 1); measure(0); if c0: x(2); measure 1 and 2, transpiled and run at the
     defaults: c1 = c0 = c2. With plain ALAP qubit 1's last pulse waited for the feed-forward,
     so qubit 1 sat in superposition beside the measured qubit 0 for ~1.2 us and static ZZ
     turned its phase by about pi: P(000) + P(111) read 0.49. The default now plays a run of
-    single-qubit gates between a two-qubit gate and a measurement early (measured 0.95)."""
+    single-qubit gates between a two-qubit gate and a measurement early (measured 0.95), also
+    across a zero delay after the cx or a barrier before the final measurements (both once
+    ended the run)."""
     qc = QuantumCircuit(3, 3)
     qc.h(0)
     qc.cx(0, 1)
+    if variant == "zero delay":
+        qc.delay(0, 1)
     qc.measure(0, 0)
     with qc.if_test((qc.clbits[0], 1)):
         qc.x(2)
+    if variant == "barrier":
+        qc.barrier()
     qc.measure([1, 2], [1, 2])
     native = transpile(qc, lab_backend)
     counts = lab_backend.run(native, shots=SHOTS).result(timeout=120).get_counts()
