@@ -7,7 +7,8 @@ controllers (lab10: qubits 0-4 on ctrl0, 5-9 on ctrl1), it places a two-qubit fe
 circuit on its best-scored qubits, which may lie on both, and ``run()`` then has to refuse it.
 
 :class:`OneControllerFeedForward` runs first in labqpu's translation stage, after layout and
-routing. When a control-flow operation reads a classical bit measured on another controller
+routing, and again first in its scheduling stage (after Qiskit's last ``VF2PostLayout``).
+When a control-flow operation reads a classical bit measured on another controller
 than one of its own qubits, it moves the circuit's active qubits onto the qubits of one
 controller. Every two-qubit interaction must land on a coupler of that controller, and of
 all such placements it picks the one with the smallest summed calibrated error (the Target's
@@ -18,7 +19,9 @@ the circuit's layout reports where each virtual qubit went.
 It leaves the circuit alone when the user chose the layout (``initial_layout``), when the
 circuit has a pulse gate (defined on fixed qubits), when its feed-forward already stays on one
 controller, and when no single controller can hold it (``run()`` then refuses it and lists
-each controller's qubits).
+each controller's qubits). It places the circuit as routed and does not route again: on
+lab10, whose controllers each hold a line of qubits, a routed square or a qubit with three
+partners cannot be placed.
 """
 
 from __future__ import annotations
