@@ -25,7 +25,7 @@ from labqpu.backend.sweeps import (
     circuit_points,
     param_sets_for,
 )
-from labqpu.backend.target import LabTarget, build_target
+from labqpu.backend.target import LabTarget, build_target, digitizing_controllers
 from labqpu.errors import (
     BackendConfigurationError,
     BackendPropertyError,
@@ -548,10 +548,8 @@ class LabBackend(BackendV2):
         qubits each controller digitizes, so that the circuit can be laid out on one."""
         if getattr(exc, "parameter", None) != "block_acq":
             return ""
-        by_controller: dict[str, list[int]] = {}
-        for q, wiring in sorted(self.channels.qubits.items()):
-            by_controller.setdefault(wiring.acquire[0], []).append(q)
-        where = "; ".join(f"{name}: qubits {qubits}" for name, qubits in by_controller.items())
+        where = "; ".join(f"{name}: qubits {qubits}"
+                          for name, qubits in digitizing_controllers(self.channels).items())
         return (f"; lay the circuit out on the qubits of one controller ({where}), e.g. "
                 "transpile(circuit, backend, initial_layout=[...])")
 

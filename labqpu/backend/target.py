@@ -37,6 +37,7 @@ from qiskit.providers import QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
 from labqpu.backend.gates import SYGate
+from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.tables import active_reset_possible, active_reset_samples
 from labqpu.pulse.timing import TimingConstraints
@@ -171,6 +172,15 @@ def _gate_subject(key: str) -> str:
     return f"qubit {qubits[0]}" if len(qubits) == 1 else f"edge {min(qubits)}-{max(qubits)}"
 
 
+def digitizing_controllers(channels: ChannelMap) -> dict[str, list[int]]:
+    """The qubits each controller digitizes (by controller name, ascending): a controller's
+    feed-forward reads only these."""
+    out: dict[str, list[int]] = {}
+    for q, wiring in sorted(channels.qubits.items()):
+        out.setdefault(wiring.acquire[0], []).append(q)
+    return out
+
+
 def build_target(snapshot: Snapshot, config: LabConfig,
                  timing: TimingConstraints | None = None, *,
                  feedforward_latency_samples: int | None = None,
@@ -297,9 +307,7 @@ def build_target(snapshot: Snapshot, config: LabConfig,
             qubits: InstructionProperties(duration=gate.duration_s)
             for qubits, gate in defined.items()}, name=name)
     target.marks = {subject: tuple(why) for subject, why in fresh.marks.items()}
-    by_controller: dict[str, list[int]] = {}
-    for q, wiring in sorted(config.channels.qubits.items()):
-        by_controller.setdefault(wiring.acquire[0], []).append(q)
-    target.feedforward_groups = tuple(tuple(qubits) for qubits in by_controller.values())
+    target.feedforward_groups = tuple(
+        tuple(qubits) for qubits in digitizing_controllers(config.channels).values())
     target.pulse_gate_names = frozenset(pulse_gates or ())
     return target

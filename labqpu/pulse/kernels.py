@@ -511,7 +511,7 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
             starts[i] = starts[op_parent[i]] + op_offset[i]
         elif alap:
             starts[i] = gates_end - starts[i] - op_duration[i]
-    if alap:
+    if alap and op_early.any():
         ended = np.zeros(num_resources, dtype=np.int64)
         for i in range(n):
             if effects[op_effect[i], 12] != 0.0 or op_parent[i] >= 0:
