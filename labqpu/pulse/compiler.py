@@ -42,6 +42,7 @@ from qiskit.circuit import QuantumCircuit
 from labqpu.errors import CompilationError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.dynamic import Lowered, lower_dynamic
+from labqpu.pulse.echo import decouple
 from labqpu.pulse.gates import PulseGate
 from labqpu.pulse.kernels import layout_kernel
 from labqpu.pulse.program import PulseProgram, pack_waveforms
@@ -273,11 +274,15 @@ def _active_reset(options: dict) -> bool:
 
 def _lower_dynamic(circuit: QuantumCircuit, tables: Tables, options: dict) -> Lowered:
     """``dynamic.lower_dynamic`` of a circuit that ``_lower`` found dynamic, with
-    ``compile_circuit``'s keyword arguments ``options``."""
-    return lower_dynamic(circuit, tables,
-                         latency_samples=options["feedforward_latency_samples"],
-                         active_reset=_active_reset(options),
-                         pulse_gates=options["pulse_gates"] or {})
+    ``compile_circuit``'s keyword arguments ``options``; with ``scheduling_method`` "auto" and
+    no scheduling stage's timing, its idle windows echoed (``echo.decouple``)."""
+    dynamic = lower_dynamic(circuit, tables,
+                            latency_samples=options["feedforward_latency_samples"],
+                            active_reset=_active_reset(options),
+                            pulse_gates=options["pulse_gates"] or {})
+    if options["scheduling_method"] == "auto" and not _timed(circuit):
+        return decouple(dynamic, tables, circuit)
+    return dynamic
 
 
 def _alap(circuit: QuantumCircuit, scheduling_method: str, dynamic: bool) -> bool:

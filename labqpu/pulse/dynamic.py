@@ -93,6 +93,8 @@ class Lowered:
     local_waves: list[np.ndarray] = field(default_factory=list)
     #: rows that ALAP scheduling plays early (``early_runs``)
     early: list[bool] = field(default_factory=list)
+    #: rows of the delays the circuit wrote (free evolution; not feed-forward waits)
+    delays: list[int] = field(default_factory=list)
 
 
 def _bit_name(circuit: QuantumCircuit, bit: Clbit) -> str:
@@ -435,6 +437,7 @@ class _Reader:
         # a delay after which its qubit does nothing more is a scheduler's padding
         padding = {i for i in self.delays
                    if all(self.last_used.get(q, -1) < i for q in out.resources[i])}
+        out.delays = [i for i in self.delays if i not in padding]
         if padding:
             keep = [i for i in range(len(out.rows)) if i not in padding]
             new_index = {old: new for new, old in enumerate(keep)}
@@ -443,6 +446,7 @@ class _Reader:
             out.parent = [new_index[out.parent[i]] if out.parent[i] >= 0 else -1 for i in keep]
             out.offset = [out.offset[i] for i in keep]
             out.block = [out.block[i] for i in keep]
+            out.delays = [new_index[i] for i in out.delays]
         out.used = set(self.last_used)
         out.early = early_runs(out, self.tables, self.nq)
         return out

@@ -436,6 +436,61 @@ def stable_argsort(key):
 
 
 @njit(cache=True, nogil=True)
+def schedule_kernel(op_final, op_duration, op_qptr, op_qubits, op_parent, op_offset, op_early,
+                    num_resources, alap, starts):
+    """Start sample of every op of one circuit, into ``starts``; returns the total duration
+    (samples). ``op_final[i]`` is 1 for a final measurement; the other inputs are
+    :func:`layout_kernel`'s. Ops ALAP (``alap``) or ASAP from their durations, per resource;
+    every final measurement starts at the end of the gates; a conditional op starts
+    ``op_offset[i]`` after its container; with ALAP an op with ``op_early[i]`` then starts as
+    soon as the ops before it on its resources have ended."""
+    n = op_duration.shape[0]
+    avail = np.zeros(num_resources, dtype=np.int64)
+    for step in range(n):
+        i = n - 1 - step if alap else step
+        if op_final[i] != 0 or op_parent[i] >= 0:
+            continue
+        start = 0
+        for j in range(op_qptr[i], op_qptr[i + 1]):
+            if avail[op_qubits[j]] > start:
+                start = avail[op_qubits[j]]
+        end = start + op_duration[i]
+        for j in range(op_qptr[i], op_qptr[i + 1]):
+            avail[op_qubits[j]] = end
+        starts[i] = start
+    gates_end = 0
+    for q in range(num_resources):
+        if avail[q] > gates_end:
+            gates_end = avail[q]
+    total = gates_end
+    for i in range(n):
+        if op_final[i] != 0:
+            starts[i] = gates_end
+            if gates_end + op_duration[i] > total:
+                total = gates_end + op_duration[i]
+        elif op_parent[i] >= 0:
+            starts[i] = starts[op_parent[i]] + op_offset[i]
+        elif alap:
+            starts[i] = gates_end - starts[i] - op_duration[i]
+    if alap and op_early.any():
+        ended = np.zeros(num_resources, dtype=np.int64)
+        for i in range(n):
+            if op_final[i] != 0 or op_parent[i] >= 0:
+                continue
+            if op_early[i]:
+                start = 0
+                for j in range(op_qptr[i], op_qptr[i + 1]):
+                    if ended[op_qubits[j]] > start:
+                        start = ended[op_qubits[j]]
+                starts[i] = start
+            end = starts[i] + op_duration[i]
+            for j in range(op_qptr[i], op_qptr[i + 1]):
+                if end > ended[op_qubits[j]]:
+                    ended[op_qubits[j]] = end
+    return total
+
+
+@njit(cache=True, nogil=True)
 def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits,
                   op_parent, op_offset, op_block, op_early, num_resources, num_device_qubits,
                   alap,
@@ -469,11 +524,9 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     corrections), which the controller adds to every later play on the port when the block
     runs. Unconditional ops have ``op_parent`` -1 and ``op_block`` -1.
 
-    Timing: ops ALAP (``alap``) or ASAP from their durations, per resource; then every final
-    measurement starts at the same sample, the end of the gates. With ALAP, an op with
-    ``op_early[i]`` (unconditional, not a container) then starts as soon as the ops before it
-    on its resources have ended (``dynamic.early_runs``). Frames change in circuit
-    order with the same float64 operations as a per-op loop.
+    Timing: :func:`schedule_kernel` (ALAP or ASAP, final measurements together at the end of
+    the gates, ``op_early`` runs early under ALAP: ``dynamic.early_runs``). Frames change in
+    circuit order with the same float64 operations as a per-op loop.
 
     Fills the play columns ``p_*`` (sorted by port, then start; stable), the acquisition
     columns ``a_*`` (circuit order), the phase-shift columns ``s_*`` (circuit order; at least
@@ -483,49 +536,13 @@ def layout_kernel(op_effect, op_duration, op_param, op_clbit, op_qptr, op_qubits
     acquisition, phase shifts).
     """
     n = op_effect.shape[0]
-    starts = np.zeros(n, dtype=np.int64)
-    avail = np.zeros(num_resources, dtype=np.int64)
-    for step in range(n):
-        i = n - 1 - step if alap else step
-        if effects[op_effect[i], 12] != 0.0 or op_parent[i] >= 0:
-            continue
-        start = 0
-        for j in range(op_qptr[i], op_qptr[i + 1]):
-            if avail[op_qubits[j]] > start:
-                start = avail[op_qubits[j]]
-        end = start + op_duration[i]
-        for j in range(op_qptr[i], op_qptr[i + 1]):
-            avail[op_qubits[j]] = end
-        starts[i] = start
-    gates_end = 0
-    for q in range(num_resources):
-        if avail[q] > gates_end:
-            gates_end = avail[q]
-    total = gates_end
+    op_final = np.zeros(n, dtype=np.int64)
     for i in range(n):
         if effects[op_effect[i], 12] != 0.0:
-            starts[i] = gates_end
-            if gates_end + op_duration[i] > total:
-                total = gates_end + op_duration[i]
-        elif op_parent[i] >= 0:
-            starts[i] = starts[op_parent[i]] + op_offset[i]
-        elif alap:
-            starts[i] = gates_end - starts[i] - op_duration[i]
-    if alap and op_early.any():
-        ended = np.zeros(num_resources, dtype=np.int64)
-        for i in range(n):
-            if effects[op_effect[i], 12] != 0.0 or op_parent[i] >= 0:
-                continue
-            if op_early[i]:
-                start = 0
-                for j in range(op_qptr[i], op_qptr[i + 1]):
-                    if ended[op_qubits[j]] > start:
-                        start = ended[op_qubits[j]]
-                starts[i] = start
-            end = starts[i] + op_duration[i]
-            for j in range(op_qptr[i], op_qptr[i + 1]):
-                if end > ended[op_qubits[j]]:
-                    ended[op_qubits[j]] = end
+            op_final[i] = 1
+    starts = np.zeros(n, dtype=np.int64)
+    total = schedule_kernel(op_final, op_duration, op_qptr, op_qubits, op_parent, op_offset,
+                            op_early, num_resources, alap, starts)
 
     frame = np.zeros(num_device_qubits)
     local = np.full(num_waves, -1, dtype=np.int64)

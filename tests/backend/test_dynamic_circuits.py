@@ -185,6 +185,36 @@ def test_a_bell_pair_beside_feed_forward_stays_correlated_at_the_defaults(lab_ba
     assert plain_agree < agree - 0.2, (plain.get_counts(), counts)
 
 
+@pytest.mark.parametrize("flipped", [1, 2])
+def test_qubits_waiting_for_a_conditional_flip_are_echoed_at_the_defaults(lab_backend,
+                                                                        flipped) -> None:
+    """A Bell pair (``flipped`` 1) or GHZ-3 state (2) whose qubit 0 is measured, and the others
+    flipped when it read 1: they read 0 in every shot. They wait in superposition through
+    qubit 0's readout and the feed-forward latency, their last gates ALAP before the if_else,
+    and static ZZ with the measured qubit turned their phase: P(all 0) read 0.58 (Bell) under
+    plain ALAP. The default echoes the wait (``labqpu.pulse.echo``; measured 0.95-0.96)."""
+    n = flipped + 1
+    qc = QuantumCircuit(n, n)
+    qc.h(0)
+    for q in range(flipped):
+        qc.cx(q, q + 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        for q in range(1, n):
+            qc.x(q)
+    qc.measure(range(1, n), range(1, n))
+    native = transpile(qc, lab_backend)
+
+    def all_zero(counts) -> float:
+        return sum(v for k, v in counts.items() if set(k[:-1]) == {"0"}) / SHOTS
+
+    echoed = all_zero(lab_backend.run(native, shots=SHOTS).result(timeout=120).get_counts())
+    plain = all_zero(lab_backend.run(native, shots=SHOTS, scheduling_method="alap")
+                     .result(timeout=120).get_counts())
+    assert echoed >= 0.88, (echoed, plain)
+    assert plain < echoed - 0.2, (echoed, plain)
+
+
 def test_teleportation_with_two_conditional_corrections(lab_backend) -> None:
     """Teleport ry(pi/2)|0> = |+> from qubit 0 to qubit 2, correct with x (on m1) and z (on
     m0, a conditional virtual Z), undo the preparation and measure: 0 in every branch. Without
