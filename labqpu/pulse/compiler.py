@@ -235,7 +235,9 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     is measured and flipped meanwhile, and static ZZ would turn its phase. A circuit with
     control flow is not timed by the scheduling stage and stays ALAP, except that a run of a
     qubit's single-qubit gates between a two-qubit gate and its measurement plays early
-    (``dynamic.early_runs``), so the qubit waits in its measurement basis.
+    (``dynamic.early_runs``), so the qubit waits in its measurement basis, and the idle
+    windows of qubits that may be in superposition get the x, x echo (``echo.decouple``).
+    "alap" and "asap" are plain: no early runs, no echo.
     """
     options = {"scheduling_method": scheduling_method,
                "feedforward_latency_samples": feedforward_latency_samples,
