@@ -17,6 +17,10 @@ The same rules as the stage's decide where an echo goes:
 * only while the qubit may be in superposition: not after a measurement (or an active reset)
   until a gate that can make one (sx, sy, a pulse gate, a conditional block holding one); an
   x, rz or cz leaves a measured qubit in a basis state, where an echo refocuses nothing;
+* not right before a measurement of the qubit: what turns its phase there (detuning, ZZ) is
+  diagonal and changes neither its outcome nor, once its neighbours are echoed, theirs, while
+  an echo at the same times as a neighbour's would leave their mutual ZZ unrefocused (the run
+  before a measurement plays early under "auto", so the qubit often waits there);
 * not in a window that overlaps in time a delay the circuit wrote on the qubit or on a coupled
   neighbour (free evolution: a T1 wait, a Ramsey or ``ZZRamsey`` delay);
 * not while a coupled neighbour plays a two-qubit gate (the echo would flip a spectator of
@@ -127,7 +131,7 @@ class _Circuit:
             elif not self.keeps_basis(prev, q):
                 basis = False
             t0, t1 = int(self.ends[prev]), int(self.starts[nxt])
-            if basis or t1 <= t0 or self._free_evolution(q, t0, t1):
+            if basis or t1 <= t0 or self.measures(nxt) or self._free_evolution(q, t0, t1):
                 continue
             found.append((t0, t1, nxt))
         return found
