@@ -361,7 +361,9 @@ def test_auto_plays_the_gates_between_a_two_qubit_gate_and_a_measurement_early(s
     """In ``sx(1); cz(0, 1); sx(1); measure(0); if c0: x(2); x(3); measure(1..3)`` the default
     ("auto") plays qubit 1's second sx right after the cz, so that the qubit waits for the
     feed-forward in its measurement basis; "alap" plays it right before the readout. Qubit 3's
-    x has no two-qubit gate before it and stays ALAP (its qubit waits in |0>) under both."""
+    x has no two-qubit gate before it and stays ALAP (its qubit waits in |0>) under both.
+    Qubit 1 then waits in its measurement basis, where nothing changes its outcome: no echo
+    (``labqpu.pulse.echo``)."""
     qc = QuantumCircuit(4, 4)
     qc.sx(1)
     qc.cz(0, 1)
@@ -385,6 +387,7 @@ def test_auto_plays_the_gates_between_a_two_qubit_gate_and_a_measurement_early(s
     readout = int(auto.acq_start[auto.acq_qubit == 1][0])
     assert readout == int(alap.acq_start[alap.acq_qubit == 1][0])
     assert plays(auto, {port[1]})[1][0] == cz[1]
+    assert len(plays(auto, {port[1]})) == 2
     assert plays(alap, {port[1]})[1][1] == readout
     assert plays(auto, {port[3]}) == plays(alap, {port[3]})
     assert plays(auto, {port[3]})[0][1] == readout

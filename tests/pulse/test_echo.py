@@ -147,25 +147,6 @@ def test_no_echo_after_a_measurement_or_before_the_first_gate(snapshot, channels
         assert drive_plays(auto, channels, q) == drive_plays(alap, channels, q)
 
 
-def test_no_echo_right_before_a_measurement(snapshot, channels):
-    """Qubit 1's last sx plays early, right after its cz, and the qubit then waits for qubit 0's
-    feed-forward in its measurement basis: nothing there changes its outcome, so no echo."""
-    qc = QuantumCircuit(3, 3)
-    qc.sx(0)
-    qc.sx(1)
-    qc.cz(0, 1)
-    qc.sx(1)
-    qc.measure(0, 0)
-    with qc.if_test((qc.clbits[0], 1)):
-        qc.x(2)
-    qc.measure([1, 2], [1, 2])
-    auto = compiled(qc, snapshot, channels, "auto")
-    (cz,) = flux_plays(auto, channels, (0, 1))
-    plays = drive_plays(auto, channels, 1)
-    assert len(plays) == 2 and plays[1][0] == cz[1]  # sx, then the early sx; no x
-    assert int(auto.acq_start[auto.acq_qubit == 1][0]) - plays[1][1] > 1000
-
-
 def test_no_echo_during_free_evolution_of_a_neighbour(snapshot, channels):
     """A delay written on qubit 2 (a neighbour of qubit 1) over qubit 1's wait: a ``ZZRamsey``
     style free evolution, left alone. The same circuit with the delay on qubit 3 (not coupled
