@@ -18,13 +18,16 @@ Scheduling (:class:`LabSchedulingPlugin`): time-unit conversion, ALAP analysis w
 calibrated durations of the Target, timed as labqpu's pulse compiler times the circuit
 (:class:`CompilerALAP`: every final measurement starts when the last gate has ended, so the
 schedule Qiskit pads is the one that plays), alignment to the Target's timing constraints, then
-:class:`IdleDynamicalDecoupling`, which fills idle windows with an X-X echo (the calibrated x
-pulse, spacing 1/4 : 1/2 : 1/4) and leaves free evolution alone: a ``delay`` written by the user
+:class:`IdleDynamicalDecoupling`, which fills idle windows with a staggered echo of the
+calibrated x pulse (``labqpu.pulse.echo``: x, x at 1/4 and 3/4 of the slack on one colour of the
+coupling graph, four x at odd eighths on the other, so that two coupled qubits echoed together
+refocus their mutual ZZ) and leaves free evolution alone: a ``delay`` written by the user
 (a T1, Ramsey or ZZRamsey wait) is physics, not idle time, for its qubit and for the qubits
 coupled to it. A circuit with control flow (``if_else``, ``reset`` is not control flow) skips
 this stage: Qiskit's scheduling passes cannot time a conditional block, and labqpu's pulse
 compiler schedules such circuits itself, honouring the controller's feed-forward latency
-(docs/transpilation.md, "Dynamic circuits"). Its idle windows stay unpadded.
+(docs/transpilation.md, "Dynamic circuits"), and echoes their idle windows itself
+(``labqpu.pulse.echo.decouple``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ import cmath
 import math
 
 import numpy as np
-from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate
+from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, Reset
 from qiskit.circuit.library import RZGate, SXGate, XGate
-from qiskit.dagcircuit import DAGCircuit, DAGOutNode
+from qiskit.dagcircuit import DAGCircuit, DAGInNode, DAGOutNode
 from qiskit.passmanager import ConditionalController
 from qiskit.synthesis import OneQubitEulerDecomposer
 from qiskit.transpiler import PassManager, Target
@@ -57,6 +60,7 @@ from qiskit.transpiler.preset_passmanagers.plugin import PassManagerStagePlugin
 from labqpu.backend.feedforward_layout import OneControllerFeedForward
 from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
+from labqpu.pulse.echo import echo_colours, echo_gaps
 from labqpu.pulse.gates import RESERVED_NAMES
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
@@ -416,7 +420,10 @@ class CompilerALAP(ALAPScheduleAnalysis):
 
 
 class IdleDynamicalDecoupling(PadDynamicalDecoupling):
-    """``PadDynamicalDecoupling`` that pads only idle time the scheduler created.
+    """``PadDynamicalDecoupling`` that pads only idle time the scheduler created, with the
+    staggered echo of ``labqpu.pulse.echo`` (``echo_gaps`` of the qubit's ``echo_colours``
+    colour on the Target's coupling graph; a window too short for two x with some slack stays a
+    delay).
 
     Qiskit's padding passes treat a ``delay`` in the circuit as idle time and would fill it with
     the DD sequence, turning a T1 wait or a Ramsey free evolution into an echo. Here a delay the
@@ -458,6 +465,9 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
                 for other in neighbours.get(q, ()):
                     if other not in node.qargs:
                         self._busy[other].append(window)
+        pairs = {tuple(qargs) for qargs in (self.target.qargs or ()) if len(qargs) == 2} \
+            if self.target is not None else set()
+        self._colours = echo_colours(pairs, len(dag.qubits))
         used = {q for node in dag.op_nodes() if node.op.name not in ("delay", "barrier")
                 for q in node.qargs}
         for qubit in dag.qubits:
@@ -489,15 +499,39 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
             if b <= a:
                 continue
             if a > t:
-                super()._pad(dag, qubit, t, a, next_node, prev_node)
+                self._echo(dag, qubit, t, a, prev_node)
             self._apply_scheduled_op(dag, a, Delay(b - a, dag._unit), qubit)
             t = b
         if t < t_end:
-            super()._pad(dag, qubit, t, t_end, next_node, prev_node)
+            self._echo(dag, qubit, t, t_end, prev_node)
+
+    def _echo(self, dag, qubit, t_start: int, t_end: int, prev_node) -> None:
+        """Fill [t_start, t_end) (dt) with the staggered echo of the qubit's colour
+        (``labqpu.pulse.echo.echo_gaps``), or a plain delay where it does not fit, the qubit has
+        no x, or it is in its ground state (before its first gate, after a reset)."""
+        lengths = self._dd_sequence_lengths.get(qubit)
+        gaps = None
+        if lengths and not isinstance(prev_node, DAGInNode) \
+                and not isinstance(getattr(prev_node, "op", None), Reset):
+            index = dag.find_bit(qubit).index
+            gaps = echo_gaps(t_end - t_start, lengths[0], self._colours[index],
+                             max(1, self.target.granularity if self.target else 1))
+        if gaps is None:
+            self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
+            return
+        t = t_start
+        for k, gap in enumerate(gaps):
+            if k:
+                self._apply_scheduled_op(dag, t, XGate(), qubit)
+                t += lengths[0]
+            if gap:
+                self._apply_scheduled_op(dag, t, Delay(gap, dag._unit), qubit)
+                t += gap
 
 
 def dd_sequence() -> list[Gate]:
-    """The echo played on idle qubits: X then X (identity; refocuses static detuning)."""
+    """X, X: the gate ``PadDynamicalDecoupling`` checks and times on each qubit (the echo
+    ``IdleDynamicalDecoupling`` plays is made of it: two or four x, by colour)."""
     return [XGate(), XGate()]
 
 

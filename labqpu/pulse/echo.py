@@ -1,4 +1,5 @@
-"""Dynamical decoupling inside dynamic circuits, by the compiler.
+"""Dynamical decoupling inside dynamic circuits, by the compiler; the staggered echo both it and
+the scheduling stage play.
 
 Qiskit's scheduling stage cannot time a circuit with control flow, so it pads no idle window of
 one; the compiler schedules such a circuit itself. A qubit left in superposition while another
@@ -6,9 +7,14 @@ qubit is measured and the controller waits out the feed-forward latency (~1.2 us
 its phase by the static ZZ of its neighbours (hundreds of kHz) and by its detuning: in
 ``h(0); cx(0, 1); measure(0); if c0: x(1); measure(1)`` qubit 1 read 0 in 0.58 of the shots
 instead of ~0.97. :func:`decouple` fills such windows with the echo the scheduling stage plays
-in static circuits (``labqpu.backend.plugins.IdleDynamicalDecoupling``): x, x at spacing
-1/4 : 1/2 : 1/4 of the slack, with the calibrated pi pulse, which refocuses static detuning and
-the ZZ of every neighbour that is not echoed at the same times.
+in static circuits (``labqpu.backend.plugins.IdleDynamicalDecoupling``), with the calibrated
+pi pulse: **staggered** by the colour of the qubit on the coupling graph (``echo_colours``;
+two colours on a line or a ladder), x, x at 1/4 and 3/4 of the slack on colour 0 and four x at
+1/8, 3/8, 5/8 and 7/8 on colour 1 (``echo_gaps``). Each refocuses static detuning and the ZZ
+of neighbours that are not echoed; the two together also refocus the ZZ between two coupled
+qubits that wait over the same window, which one sequence on both would leave: with lab5's
+~-400 kHz, a Bell pair that waited 2.4 us beside an ancilla's readout and reset came out as
+another Bell state in 0.67-0.72 of the shots (a review's circuit, 2026-12-03).
 
 The same rules as the stage's decide where an echo goes:
 
@@ -25,7 +31,7 @@ The same rules as the stage's decide where an echo goes:
   neighbour (free evolution: a T1 wait, a Ramsey or ``ZZRamsey`` delay);
 * not while a coupled neighbour plays a two-qubit gate (the echo would flip a spectator of
   the cz); the parts of the window before and after are echoed on their own;
-* only where the window holds both pulses; else it stays idle.
+* only where the window holds the pulses with some slack; else it stays idle.
 
 The echo rows are inserted before the operation that ends each window and fill it exactly, so
 scheduling the padded circuit again gives every original operation the start it had.
@@ -33,9 +39,11 @@ scheduling the padded circuit again gives every original operation the start it 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import pairwise
 
 import numpy as np
+import rustworkx as rx
 from qiskit.circuit import QuantumCircuit
 
 from labqpu.errors import CompilationError
@@ -46,6 +54,44 @@ from labqpu.pulse.tables import Tables, samples_of
 #: Gates that leave a qubit in a basis state in one: after a measurement an echo stays off
 #: until another gate has acted.
 _KEEP_BASIS = ("x", "rz")
+
+
+def echo_colours(pairs: Iterable[tuple[int, int]], num_qubits: int) -> list[int]:
+    """The echo colour of each of ``num_qubits`` qubits coupled by ``pairs``: neighbours get
+    different colours (two on a bipartite coupling graph such as a line or a ladder: the
+    parity of the distance from the lowest qubit of each connected part)."""
+    graph = rx.PyGraph()
+    graph.add_nodes_from(range(num_qubits))
+    graph.add_edges_from_no_data([(a, b) for a, b in pairs
+                                  if a < num_qubits and b < num_qubits and a != b])
+    colours = rx.two_color(graph)
+    if colours is None:
+        colours = rx.graph_greedy_color(graph)
+    else:
+        for part in rx.connected_components(graph):
+            if colours.get(min(part), 0):
+                for q in part:
+                    colours[q] = 1 - colours[q]
+    return [int(colours.get(q, 0)) for q in range(num_qubits)]
+
+
+def echo_gaps(length: int, x_length: int, colour: int, grid: int) -> list[int] | None:
+    """The idle stretches (samples) before, between and after the x pulses of the echo of
+    colour ``colour`` filling ``length`` samples: 2^(colour + 1) pulses of ``x_length``
+    samples centred at (2k + 1) / 2^(colour + 2) of the slack, the stretches on the ``grid``
+    (the rounding goes to the last one). The toggling functions of two colours are
+    orthogonal, so two coupled qubits echoed over one window refocus their mutual ZZ, which
+    the same sequence on both would leave. A window too short for that many pulses with some
+    slack between them gets half as many (down to two); None when not even two fit."""
+    pulses = 2 ** (colour + 1)
+    while pulses >= 2:
+        slack = length - pulses * x_length
+        if slack > 0:
+            edge = slack // (2 * pulses) // grid * grid
+            middle = slack // pulses // grid * grid
+            return [edge, *[middle] * (pulses - 1), slack - edge - (pulses - 1) * middle]
+        pulses //= 2
+    return None
 
 
 def schedule(out: Lowered, tables: Tables, *, alap: bool, early: np.ndarray) -> np.ndarray:
@@ -147,20 +193,19 @@ class _Circuit:
                       if q not in qs and qs & self.coupled[q])
 
 
-def _echo(t0: int, t1: int, x: tuple[int, int], grid: int) -> list[tuple]:
-    """Rows filling [t0, t1): delay, x, delay, x, delay at 1/4 : 1/2 : 1/4 of the slack, or
-    one delay when the window cannot hold both pulses."""
+def _echo(t0: int, t1: int, x: tuple[int, int], colour: int, grid: int) -> list[tuple]:
+    """Rows filling [t0, t1): the echo of ``colour`` (``echo_gaps``), or one delay."""
     eid, duration = x
-    slack = t1 - t0 - 2 * duration
-    if slack < 0:
+    gaps = echo_gaps(t1 - t0, duration, colour, grid)
+    if gaps is None:
         return [(0, t1 - t0, 0.0, -1)]
-    side = slack // 4 // grid * grid
-    rows = [(0, side, 0.0, -1), (eid, duration, 0.0, -1), (0, slack - 2 * side, 0.0, -1),
-            (eid, duration, 0.0, -1), (0, side, 0.0, -1)]
+    rows = [(0, gaps[0], 0.0, -1)]
+    for gap in gaps[1:]:
+        rows += [(eid, duration, 0.0, -1), (0, gap, 0.0, -1)]
     return [r for r in rows if r[1] > 0]
 
 
-def _fill(t0: int, t1: int, busy: list[tuple[int, int]], x: tuple[int, int],
+def _fill(t0: int, t1: int, busy: list[tuple[int, int]], x: tuple[int, int], colour: int,
           grid: int) -> list[tuple]:
     """Rows filling [t0, t1): echoes, and plain delays where ``busy``."""
     rows: list[tuple] = []
@@ -170,11 +215,11 @@ def _fill(t0: int, t1: int, busy: list[tuple[int, int]], x: tuple[int, int],
         if b <= a:
             continue
         if a > t:
-            rows += _echo(t, a, x, grid)
+            rows += _echo(t, a, x, colour, grid)
         rows.append((0, b - a, 0.0, -1))
         t = b
     if t < t1:
-        rows += _echo(t, t1, x, grid)
+        rows += _echo(t, t1, x, colour, grid)
     return rows
 
 
@@ -186,6 +231,7 @@ def decouple(out: Lowered, tables: Tables, circuit: QuantumCircuit) -> Lowered:
     starts = schedule(out, tables, alap=True, early=np.array(out.early, dtype=np.int64))
     view = _Circuit(out, tables, starts, nq)
     grid = tables.channels.timing.grid
+    colours = echo_colours(tables.snapshot.pairs, nq)
     inserted: dict[int, list[tuple[tuple, int]]] = {}
     for q in range(nq):
         windows = view.windows(q)
@@ -194,7 +240,7 @@ def decouple(out: Lowered, tables: Tables, circuit: QuantumCircuit) -> Lowered:
             continue
         busy = view.busy(q)
         for t0, t1, before in windows:
-            rows = _fill(t0, t1, busy, x, grid)
+            rows = _fill(t0, t1, busy, x, colours[q], grid)
             if any(row[0] != 0 for row in rows):
                 inserted.setdefault(before, []).extend((row, q) for row in rows)
     if not inserted:

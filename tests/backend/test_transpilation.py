@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import subprocess
 import sys
 
@@ -280,16 +281,21 @@ def test_dd_fills_idle_windows_with_calibrated_x_pulses(target):
                 continue
             assert t0 == end, (q, op.name, t0, end)
             end = t0 + _duration_dt(target, op.name, qargs, op)
-        names = [op.name for _, op, _ in ops]
-        for i in range(len(names) - 4):
-            if names[i:i + 5] == ["delay", "x", "delay", "x", "delay"]:
-                dd_windows += 1
-                gap = [op for _, op, _ in ops[i:i + 5]]
-                x_dt = _duration_dt(target, "x", (q,), gap[1])
-                assert x_dt == round(target["x"][(q,)].duration / target.dt) == 40
-                # spacing 1/4 : 1/2 : 1/4 of the slack
-                slack = gap[0].duration + gap[2].duration + gap[4].duration
-                assert abs(gap[2].duration - slack / 2) <= 1
+        names = "".join("x" if op.name == "x" else "d" if op.name == "delay" else "."
+                        for _, op, _ in ops)
+        for match in re.finditer(r"d(?:xd)+", names):
+            echo = [op for _, op, _ in ops[match.start():match.end()]]
+            pulses = len(echo) // 2
+            assert pulses in (2, 4), names  # the staggered echo of one colour or the other
+            dd_windows += 1
+            for x in echo[1::2]:
+                assert _duration_dt(target, "x", (q,), x) == \
+                    round(target["x"][(q,)].duration / target.dt) == 40
+            # x centred at odd multiples of 1 / (2 pulses) of the slack
+            gaps = [d.duration for d in echo[0::2]]
+            slack = sum(gaps)
+            assert abs(gaps[0] - slack / (2 * pulses)) <= 1, gaps
+            assert all(abs(g - slack / pulses) <= 1 for g in gaps[1:-1]), gaps
     assert dd_windows >= 1, "no idle window got dynamical decoupling"
     unitary = Operator.from_circuit(out.remove_final_measurements(inplace=False))
     assert unitary.equiv(Operator.from_circuit(plain.remove_final_measurements(inplace=False)))

@@ -4,13 +4,15 @@ no operation of the circuit. lab5's qubits form the line 0-1-2-3-4."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
 
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.dynamic import lower_dynamic
-from labqpu.pulse.echo import decouple, schedule
+from labqpu.pulse.echo import decouple, echo_colours, echo_gaps, schedule
 from labqpu.pulse.tables import tables_for
 
 LATENCY = 200
@@ -53,21 +55,22 @@ def bell_then_conditional_flip() -> QuantumCircuit:
 
 
 def test_a_qubit_waiting_for_feed_forward_is_echoed_and_nothing_moves(snapshot, channels):
-    """Qubit 1's wait between the cz and its last sx gets x, x at 1/4 and 3/4 of the slack (one
-    side as long as the other); every other play, acquisition and the program's length are
-    those of plain ALAP; qubit 0, measured and done, is not echoed."""
+    """Qubit 1's wait between the cz and its last sx gets the echo of its colour (lab5's odd
+    qubits: four x, centred at odd eighths of the slack); every other play, acquisition and
+    the program's length are those of plain ALAP; qubit 0, measured and done, is not echoed."""
     qc = bell_then_conditional_flip()
     auto, alap = (compiled(qc, snapshot, channels, m) for m in ("auto", "alap"))
     (cz,) = flux_plays(alap, channels, (0, 1))
     plain = drive_plays(alap, channels, 1)
     echoed = drive_plays(auto, channels, 1)
     extra = sorted(set(echoed) - set(plain))
-    assert len(echoed) == len(plain) + 2 and len(extra) == 2, (echoed, plain)
-    (first, last) = extra
+    assert len(echoed) == len(plain) + 4 and len(extra) == 4, (echoed, plain)
     sx_after = min(p for p in plain if p[0] >= cz[1])
-    assert cz[1] < first[0] and last[1] < sx_after[0]
-    assert first[0] - cz[1] == sx_after[0] - last[1]
-    assert last[0] - first[1] == pytest.approx(2 * (first[0] - cz[1]), abs=1)
+    assert cz[1] < extra[0][0] and extra[-1][1] < sx_after[0]
+    edges = (extra[0][0] - cz[1], sx_after[0] - extra[-1][1])
+    middles = [b[0] - a[1] for a, b in pairwise(extra)]
+    assert abs(edges[0] - edges[1]) <= 4 and max(middles) - min(middles) <= 1
+    assert abs(middles[0] - 2 * edges[0]) <= 2
     assert all(b == -1 for *_, b in extra)
     assert drive_plays(auto, channels, 0) == drive_plays(alap, channels, 0)
     assert auto.acq_start.tolist() == alap.acq_start.tolist()
@@ -110,8 +113,9 @@ def test_echoes_move_no_original_op(snapshot, channels):
     after = schedule(padded, tables, alap=True, early=np.array(padded.early))
     inserted = _inserted(out, padded)
     echoed = [padded.resources[i][0] for i in inserted if padded.rows[i][0] != 0]
-    # qubit 1: two echoes, around qubit 2's cz (it is a spectator); qubit 3: one echo
-    assert sorted(echoed) == [1, 1, 1, 1, 3, 3]
+    # qubit 1: two echoes, around qubit 2's cz (it is a spectator); qubit 3: one echo (both of
+    # colour 1 on lab5's line: four x each)
+    assert sorted(echoed) == [1] * 8 + [3] * 4
     original = sorted(set(range(len(padded.rows))) - inserted)
     assert [padded.rows[i] for i in original] == rows
     assert after[original].tolist() == before.tolist()
@@ -151,7 +155,7 @@ def test_no_echo_during_free_evolution_of_a_neighbour(snapshot, channels):
     """A delay written on qubit 2 (a neighbour of qubit 1) over qubit 1's wait: a ``ZZRamsey``
     style free evolution, left alone. The same circuit with the delay on qubit 3 (not coupled
     to qubit 1) echoes qubit 1."""
-    for delayed, echoes in ((2, 0), (3, 2)):
+    for delayed, echoes in ((2, 0), (3, 4)):
         qc = _with_delay(delayed)
         auto, alap = (compiled(qc, snapshot, channels, m) for m in ("auto", "alap"))
         extra = len(drive_plays(auto, channels, 1)) - len(drive_plays(alap, channels, 1))
@@ -195,5 +199,51 @@ def test_no_echo_while_a_neighbour_plays_a_cz(snapshot, channels):
     (cz23,) = flux_plays(auto, channels, (2, 3))
     (cz01,) = flux_plays(auto, channels, (0, 1))
     extra = sorted(set(drive_plays(auto, channels, 1)) - set(drive_plays(alap, channels, 1)))
-    assert len(extra) == 2
+    assert len(extra) == 4
     assert all(cz01[1] <= start and end <= cz23[0] for start, end, _ in extra), (extra, cz23)
+
+
+def _toggling(gaps: list[int], x_length: int) -> np.ndarray:
+    """+1 / -1 per sample of an echo (``echo_gaps``), flipping at the middle of each x."""
+    signs, sign = [], 1
+    for k, gap in enumerate(gaps):
+        if k:
+            signs += [sign] * (x_length // 2)
+            sign = -sign
+            signs += [sign] * (x_length - x_length // 2)
+        signs += [sign] * gap
+    return np.array(signs)
+
+
+@pytest.mark.parametrize("length", [400, 1000, 2400])
+def test_staggered_echoes_refocus_detuning_and_the_zz_between_them(length):
+    """Colour 0 (two x) and colour 1 (four x) over one window: each toggling function
+    averages to zero (static detuning refocused) and so does their product (the ZZ between
+    two coupled qubits echoed together); the same sequence on both would leave that ZZ whole.
+    Exact up to the x pulses' own length and the rounding of the gaps (a few samples)."""
+    x = 40
+    two, four = (echo_gaps(length, x, c, 1) for c in (0, 1))
+    assert len(two) == 3 and len(four) == 5
+    assert sum(two) + 2 * x == sum(four) + 4 * x == length
+    s0, s1 = _toggling(two, x), _toggling(four, x)
+    assert abs(s0.sum()) <= 2 and abs(s1.sum()) <= 4
+    assert abs((s0 * s1).sum()) <= 4
+    assert (s0 * s0).sum() == length
+
+
+def test_a_short_window_gets_fewer_pulses_or_none():
+    """Four x of 40 samples need more than 160 samples; below, two; below 80, none."""
+    assert len(echo_gaps(170, 40, 1, 1)) == 5
+    assert len(echo_gaps(150, 40, 1, 1)) == 3
+    assert echo_gaps(80, 40, 0, 1) is None
+    assert all(g % 4 == 0 for g in echo_gaps(1000, 40, 1, 4)[:-1])
+
+
+def test_echo_colours_differ_between_neighbours():
+    """lab5's line alternates; lab10's ladder is two-coloured; a triangle needs three."""
+    assert echo_colours([(0, 1), (1, 2), (2, 3), (3, 4)], 5) == [0, 1, 0, 1, 0]
+    ladder = [(q, q + 1) for q in (0, 1, 2, 3, 5, 6, 7, 8)] + [(q, q + 5) for q in range(5)]
+    colours = echo_colours(ladder, 10)
+    assert set(colours) == {0, 1} and all(colours[a] != colours[b] for a, b in ladder)
+    triangle = echo_colours([(0, 1), (1, 2), (0, 2)], 3)
+    assert sorted(triangle) == [0, 1, 2]
