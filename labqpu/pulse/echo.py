@@ -20,9 +20,10 @@ The same rules as the stage's decide where an echo goes:
 
 * only between two operations on the qubit, not before its first (it waits in |0>) and not
   after its last;
-* only while the qubit may be in superposition: not after a measurement (or an active reset)
-  until a gate that can make one (sx, sy, a pulse gate, a conditional block holding one); an
-  x, rz or cz leaves a measured qubit in a basis state, where an echo refocuses nothing;
+* only while the qubit may be in superposition: not after a measurement or a reset (active
+  or passive) until a gate that can make one (sx, sy, a pulse gate, a conditional block
+  holding one); an x, rz or cz leaves a measured qubit in a basis state, where an echo
+  refocuses nothing;
 * not right before a measurement of the qubit: what turns its phase there (detuning, ZZ) is
   diagonal and changes neither its outcome nor, once its neighbours are echoed, theirs, while
   an echo at the same times as a neighbour's would leave their mutual ZZ unrefocused (the run
@@ -143,6 +144,8 @@ class _Circuit:
                 for q in range(num_qubits)}
         keep |= {eid for (name, _), eid in tables.effect_ids.items() if name == "cz"}
         self.basis_effects = keep - {None}
+        self.reset_effects = {eid for (name, _), eid in tables.effect_ids.items()
+                              if name == "reset"}
         self.members: dict[int, list[int]] = {}
         for i, p in enumerate(out.parent):
             if p >= 0:
@@ -152,12 +155,21 @@ class _Circuit:
         self.interactions = [(starts[i], self.ends[i], set(self.qubits[i]))
                              for i, (eid, *_r) in enumerate(out.rows)
                              if eid != 0 and len(self.qubits[i]) > 1]
+        self.delay_rows = set(out.delays)
         self.free = [(starts[i], self.ends[i], set(self.qubits[i])) for i in out.delays
                      if out.rows[i][1] > 0]
 
     def measures(self, i: int) -> bool:
         eid = self.out.rows[i][0]
         return eid >= 0 and self.tables.effect_rows[eid][11] >= 0
+
+    def resets(self, i: int) -> bool:
+        """Whether row ``i`` is a passive reset (a wait the circuit did not write; the qubit
+        relaxes to |0>) or an active reset's feed-forward wait."""
+        eid, duration, *_rest = self.out.rows[i]
+        return eid in self.reset_effects or (
+            eid == 0 and duration > 0 and i not in self.members and i not in self.delay_rows
+            and len(self.qubits[i]) == len(self.out.resources[i]))
 
     def keeps_basis(self, i: int, q: int) -> bool:
         """Whether row ``i`` leaves qubit ``q``, in a basis state before it, in one."""
@@ -172,7 +184,7 @@ class _Circuit:
         found = []
         basis = True  # |0> before the first gate
         for prev, nxt in pairwise(rows):
-            if self.measures(prev):
+            if self.measures(prev) or self.resets(prev):
                 basis = True
             elif not self.keeps_basis(prev, q):
                 basis = False

@@ -247,3 +247,21 @@ def test_echo_colours_differ_between_neighbours():
     assert set(colours) == {0, 1} and all(colours[a] != colours[b] for a, b in ladder)
     triangle = echo_colours([(0, 1), (1, 2), (0, 2)], 3)
     assert sorted(triangle) == [0, 1, 2]
+
+
+def test_no_echo_after_an_active_reset(snapshot, channels):
+    """Qubit 1 is reset after its superposition (measured, then flipped if it read 1), then
+    waits for qubit 0's second result before an sx: it is in |0>, so no echo."""
+    qc = QuantumCircuit(2, 2)
+    qc.sx(0)
+    qc.sx(1)
+    qc.cz(0, 1)
+    qc.reset(1)
+    qc.measure(0, 0)
+    qc.measure(0, 1)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(1)
+    qc.sx(1)
+    qc.measure(1, 1)
+    auto, alap = (compiled(qc, snapshot, channels, m) for m in ("auto", "alap"))
+    assert drive_plays(auto, channels, 1) == drive_plays(alap, channels, 1)
