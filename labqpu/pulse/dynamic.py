@@ -10,11 +10,14 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
   anything on its qubit, or read by an ``if_else``, is *mid-circuit*: a gate on its qubit and
   its clbit, so later gates start after the readout ends. A measurement after which nothing
   touches its qubit is *final* and waits for the end of the gates as in a plain circuit.
-* **Latency.** An ``if_else`` reading clbit c is a *container* op on its qubits and on c,
-  preceded by a wait of the controller's feed-forward latency (on the timing grid) on c: the
-  container starts no earlier than the end of the acquisition that last wrote c plus the
-  latency, in ALAP as in ASAP. The container lasts as long as the longer branch, so later
-  gates see one timing whichever branch runs.
+* **Latency.** An ``if_else`` is a *container* op on its qubits and on a resource of its own
+  (after the qubits and classical bits), preceded by one wait of the controller's feed-forward
+  latency (on the timing grid) on the bits it reads and that resource: the container starts no
+  earlier than the end of the acquisitions that last wrote them plus the latency, in ALAP as
+  in ASAP. ``if_else``'s that read the same bits, none written again since, share the wait
+  (it holds each one's resource), so a register's corrections on several qubits play at once
+  rather than one latency after another. The container lasts as long as the longer branch, so
+  later gates see one timing whichever branch runs.
 * **Branches.** Each branch is scheduled ASAP from the container's start; its ops are
   members of conditional blocks, and plays keep the unconditional frame; a virtual Z or a cz
   phase correction in a branch becomes a phase shift in its block on the qubit's drive port,
@@ -124,6 +127,8 @@ class _Reader:
         self.pending_measure: dict[int, int] = {}  # qubit -> row of its latest measurement
         self.mid: set[int] = set()  # rows of mid-circuit measurements
         self.writer: dict[int, tuple[int, int]] = {}  # clbit -> (acquisition, row)
+        #: clbits read together -> the latency wait after their last writes
+        self.waited: dict[tuple[int, ...], int] = {}
         self.n_acq = 0
         self.delays: list[int] = []
         self.last_used: dict[int, int] = {}
@@ -244,6 +249,7 @@ class _Reader:
         self.pending_measure[q] = row
         if c >= 0:
             self.writer[c] = (self.n_acq, row)
+            self.waited = {bits: row for bits, row in self.waited.items() if c not in bits}
         self.n_acq += 1
         self.out.measured.add(q)
         return row
@@ -352,11 +358,21 @@ class _Reader:
                       "capabilities", qubits, "if_else")
         read: dict[int, None] = {}  # every clbit a condition reads, outer and nested
         members, length = self.conditional(inst, inst.qubits, inst.clbits, {}, 0, (), read)
-        clbits = tuple(self.nq + c for c in read)
+        # One latency wait on the bits it reads, then the container on its qubits. Both hold a
+        # resource of the container's own, not the bits: if_else's that read the same bits,
+        # none written again since, share one wait and may play at once.
+        reader = self.out.num_resources
+        self.out.num_resources += 1
         for c in read:
             self.mid.add(self.writer[c][1])
-            self.add((0, self.wait(), 0.0, -1), (self.nq + c,))
-        container = self.add((0, length, 0.0, -1), (*qubits, *clbits))
+        bits = tuple(sorted(read))
+        wait = self.waited.get(bits)
+        if wait is None:
+            self.waited[bits] = self.add((0, self.wait(), 0.0, -1),
+                                         (*(self.nq + c for c in bits), reader))
+        else:
+            self.out.resources[wait] = (*self.out.resources[wait], reader)
+        container = self.add((0, length, 0.0, -1), (*qubits, reader))
         self.touch(qubits, container)
         for row, resources, start, path in members:  # the true branch's first
             for bid in self.leaves(path):

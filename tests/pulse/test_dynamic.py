@@ -392,3 +392,34 @@ def test_auto_plays_the_gates_between_a_two_qubit_gate_and_a_measurement_early(s
     assert plays(auto, {port[3]}) == plays(alap, {port[3]})
     assert plays(auto, {port[3]})[0][1] == readout
     assert auto.duration_samples == alap.duration_samples
+
+
+@pytest.mark.parametrize("method", ["asap", "alap", "auto"])
+def test_if_elses_that_read_one_result_share_its_latency(snapshot, channels, method):
+    """Three if_else on one register, each flipping another qubit (a repetition code's
+    corrections): they wait the latency once, after the acquisitions, and play at the same
+    sample. Each used to hold the bits it read, so they ran one after another, each waiting
+    the latency again. A bit measured again is waited for again."""
+    qc = QuantumCircuit(5, 2)
+    qc.measure(1, 0)
+    qc.measure(3, 1)
+    for value, q in ((1, 0), (3, 2), (2, 4)):
+        with qc.if_test((qc.cregs[0], value)):
+            qc.x(q)
+    prog = compiled(qc, snapshot, channels, method)
+    window_end = int(max(prog.acq_start + prog.acq_duration))
+    starts = {int(t) for t, b in zip(prog.play_start, prog.play_block, strict=True) if b >= 0}
+    assert starts == {window_end + LATENCY}, (starts, window_end)
+
+    again = QuantumCircuit(2, 1)
+    again.measure(0, 0)
+    with again.if_test((again.clbits[0], 1)):
+        again.x(1)
+    again.measure(0, 0)
+    with again.if_test((again.clbits[0], 1)):
+        again.x(1)
+    prog = compiled(again, snapshot, channels, method)
+    ends = sorted(int(a + d) for a, d in zip(prog.acq_start, prog.acq_duration, strict=True))
+    conditional = sorted(int(t) for t, b in zip(prog.play_start, prog.play_block, strict=True)
+                         if b >= 0)
+    assert conditional[0] >= ends[0] + LATENCY and conditional[1] >= ends[1] + LATENCY
