@@ -468,10 +468,17 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         pairs = {tuple(qargs) for qargs in (self.target.qargs or ()) if len(qargs) == 2} \
             if self.target is not None else set()
         self._colours = echo_colours(pairs, len(dag.qubits))
-        used = {q for node in dag.op_nodes() if node.op.name not in ("delay", "barrier")
-                for q in node.qargs}
+        # A qubit is in |0> until its first gate (not an rz, a measurement, a reset, a delay or
+        # a barrier): no echo before it, even after a barrier. A qubit without one (only
+        # measured, say) is never echoed.
+        self._first_gate: dict = {}
+        for node in dag.op_nodes():
+            if node.op.name in _KEEPS_GROUND or starts is None or node not in starts:
+                continue
+            for q in node.qargs:
+                self._first_gate[q] = min(self._first_gate.get(q, math.inf), starts[node])
         for qubit in dag.qubits:
-            if qubit not in used:
+            if qubit not in self._first_gate:
                 self._free[qubit] = [(-math.inf, math.inf)]
         return super().run(dag)
 
@@ -512,7 +519,8 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         lengths = self._dd_sequence_lengths.get(qubit)
         gaps = None
         if lengths and not isinstance(prev_node, DAGInNode) \
-                and not isinstance(getattr(prev_node, "op", None), Reset):
+                and not isinstance(getattr(prev_node, "op", None), Reset) \
+                and t_end > self._first_gate.get(qubit, math.inf):
             index = dag.find_bit(qubit).index
             gaps = echo_gaps(t_end - t_start, lengths[0], self._colours[index],
                              max(1, self.target.granularity if self.target else 1))
@@ -527,6 +535,10 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
             if gap:
                 self._apply_scheduled_op(dag, t, Delay(gap, dag._unit), qubit)
                 t += gap
+
+
+#: Operations that leave a qubit in |0> there (before its first other gate, no echo).
+_KEEPS_GROUND = frozenset({"delay", "barrier", "measure", "rz", "reset"})
 
 
 def dd_sequence() -> list[Gate]:

@@ -389,6 +389,28 @@ def test_qubits_the_circuit_never_uses_are_not_decoupled(lab_backend) -> None:
     assert isa.count_ops().get("delay", 0) > 0
 
 
+def test_a_qubit_in_its_ground_state_is_not_echoed_after_a_barrier(lab_backend) -> None:
+    """A review's case: qubit 1 is only measured, and waits in |0> behind a full-width barrier
+    while qubits 3 and 4 run a chain; qubits 0 and 2 wait in |+>. Qubit 1 got x pulses (the
+    window after the barrier did not count as its start); now only 0 and 2 are echoed."""
+    qc = QuantumCircuit(5, 5)
+    qc.h(0)
+    qc.h(2)
+    qc.barrier()
+    for i in range(6):
+        qc.cx(3, 4)
+        qc.rx(0.3 * (i + 1), 3)
+        qc.barrier(3, 4)
+    qc.barrier()
+    qc.h(0)
+    qc.h(2)
+    qc.measure(range(5), range(5))
+    isa = transpile(qc, lab_backend, initial_layout=list(range(5)), seed_transpiler=7)
+    echoed = {isa.find_bit(inst.qubits[0]).index for inst in isa.data
+              if inst.operation.name == "x"}
+    assert 1 not in echoed and {0, 2} <= echoed, echoed
+
+
 def test_no_echo_on_a_spectator_while_its_cz_plays(lab_backend) -> None:
     """A review's case: qubit 3 waits 2 us, then cx(1, 2). Qubit 0 idles next to that cz; an
     echo on it during the flux pulse flipped the spectator level the cz's phase depends on, and
