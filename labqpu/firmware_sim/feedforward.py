@@ -189,7 +189,10 @@ class _Plan:
                 raise SimulationError(f"acquisition {j} reads input {int(port)}, which no qubit "
                                       "is cabled to")
             self.qubit.append(acq_qubit[int(port)])
+        # Pulses on a qubit's own ports (``own``), and those of its coupled neighbours' flux:
+        # both reach it after its acquisition; only its own may not play during the window.
         reach: dict[int, list[tuple[int, int]]] = {}
+        own: dict[int, list[tuple[int, int]]] = {}
         played, fluxed = set(self.qubit), set()
         lengths = np.diff(prog.wave_offset)[prog.play_wave]
         #: (qubit, "drive" or "flux", end sample) of every play on a qubit's port.
@@ -202,6 +205,7 @@ class _Plan:
             hit = [q, *engine.device.neighbours(q)] if kind == "flux" else [q]
             for r in hit:
                 reach.setdefault(r, []).append(iv)
+            own.setdefault(q, []).append(iv)
             (fluxed if kind == "flux" else played).add(q)
             self.plays.append((q, kind, iv[1]))
         self.device = engine.device
@@ -212,12 +216,14 @@ class _Plan:
         needed = set(int(j) for j in ff.block_acq)
         for j, q in enumerate(self.qubit):
             s, e = int(start[j]), int(end[j])
-            for ps, pe in reach.get(q, []):
+            for ps, pe in own.get(q, []):
                 if ps < e and pe > s:
-                    raise SimulationError(f"a pulse reaching qubit {q} plays during its "
-                                          f"acquisition {j} (samples {s}..{e})")
-                if ps >= e:
-                    needed.add(j)
+                    raise SimulationError(f"a pulse on qubit {q}'s own drive or flux plays "
+                                          f"during its acquisition {j} (samples {s}..{e})")
+            if any(pe > s for _, pe in reach.get(q, [])):
+                # something reaches q after its window starts: a neighbour's flux during the
+                # window evolves q jointly with it, from the level the acquisition found
+                needed.add(j)
             for k, r in enumerate(self.qubit):
                 if k != j and r == q and start[k] < e and end[k] > s:
                     raise SimulationError(f"acquisitions {j} and {k} of qubit {q} overlap")

@@ -207,6 +207,36 @@ def test_feedforward_reset_leaves_the_qubit_in_ground(lab_backend) -> None:
     assert np.mean(bits[:, 1] == 0) >= 0.95
 
 
+def test_a_neighbour_pair_plays_its_cz_while_a_qubit_is_measured(lab_backend) -> None:
+    """h on qubit 1, measure it while qubits 2 and 3 run x(2), cx(2, 3), then measure all
+    three: the cz's flux pulse on qubit 2, qubit 1's neighbour, overlaps qubit 1's window, as
+    on a chip where readout and gates run side by side. Per shot the mid-circuit result
+    predicts qubit 1's final one (>= 0.93: a neighbour's flux keeps the level the window
+    found), the mid-circuit results are ~50/50, and the pair reads 11 (>= 0.88, four
+    readouts' and the gates' errors). The simulator refused this program before."""
+    qc = QuantumCircuit(3, 4)
+    qc.h(0)
+    qc.measure(0, 0)
+    qc.x(1)
+    qc.cx(1, 2)
+    qc.measure([0, 1, 2], [1, 2, 3])
+    tqc = transpile(qc, lab_backend, initial_layout=[1, 2, 3], seed_transpiler=1)
+    program = compile_circuit(tqc, lab_backend.snapshot, lab_backend.config.channels)
+    flux = lab_backend.config.channels.qubits[2].flux[1]
+    lengths = np.diff(program.wave_offset)[program.play_wave]
+    first = int(np.argmin(program.acq_start))
+    window = (int(program.acq_start[first]),
+              int(program.acq_start[first] + program.acq_duration[first]))
+    assert int(program.acq_qubit[first]) == 1
+    assert any(int(p) == flux and s < window[1] and s + n > window[0] for p, s, n in zip(
+        program.play_port, program.play_start, lengths, strict=True))
+    bits = per_shot_bits(lab_backend.run(tqc, shots=SHOTS, memory=True,
+                                         seed_simulator=13).result(), 4)
+    assert 0.4 < bits[:, 0].mean() < 0.6
+    assert np.mean(bits[:, 0] == bits[:, 1]) >= 0.93
+    assert np.mean((bits[:, 2] == 1) & (bits[:, 3] == 1)) >= 0.88
+
+
 def test_nested_if_result_plays_only_when_both_results_hold(lab_backend) -> None:
     """sx on qubits 0 and 1, measure both; inside if_result(a0, 1) and if_result(a1, 1) an x
     on qubit 2; measure it. Qubit 2 reads c0 AND c1 in >= 95 % of shots (its own readout and x
