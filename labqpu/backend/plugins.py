@@ -60,7 +60,7 @@ from qiskit.transpiler.preset_passmanagers.plugin import PassManagerStagePlugin
 from labqpu.backend.feedforward_layout import OneControllerFeedForward
 from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
-from labqpu.pulse.echo import echo_colours, echo_gaps
+from labqpu.pulse.echo import echo_colours, echo_segments
 from labqpu.pulse.gates import RESERVED_NAMES
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
@@ -500,41 +500,20 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
             if d0 < t_end and d1 > t_start:
                 self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
                 return
-        t = t_start
-        for c0, c1 in sorted(self._busy.get(qubit, ())):
-            a, b = max(c0, t), min(c1, t_end)
-            if b <= a:
-                continue
-            if a > t:
-                self._echo(dag, qubit, t, a, prev_node)
-            self._apply_scheduled_op(dag, a, Delay(b - a, dag._unit), qubit)
-            t = b
-        if t < t_end:
-            self._echo(dag, qubit, t, t_end, prev_node)
-
-    def _echo(self, dag, qubit, t_start: int, t_end: int, prev_node) -> None:
-        """Fill [t_start, t_end) (dt) with the staggered echo of the qubit's colour
-        (``labqpu.pulse.echo.echo_gaps``), or a plain delay where it does not fit, the qubit has
-        no x, or it is in its ground state (before its first gate, after a reset)."""
         lengths = self._dd_sequence_lengths.get(qubit)
-        gaps = None
-        if lengths and not isinstance(prev_node, DAGInNode) \
-                and not isinstance(getattr(prev_node, "op", None), Reset) \
-                and t_end > self._first_gate.get(qubit, math.inf):
-            index = dag.find_bit(qubit).index
-            gaps = echo_gaps(t_end - t_start, lengths[0], self._colours[index],
-                             max(1, self.target.granularity if self.target else 1))
-        if gaps is None:
+        if not lengths or isinstance(prev_node, DAGInNode) \
+                or isinstance(getattr(prev_node, "op", None), Reset):
             self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
             return
+        first_gate = self._first_gate.get(qubit, math.inf)
         t = t_start
-        for k, gap in enumerate(gaps):
-            if k:
-                self._apply_scheduled_op(dag, t, XGate(), qubit)
-                t += lengths[0]
-            if gap:
-                self._apply_scheduled_op(dag, t, Delay(gap, dag._unit), qubit)
-                t += gap
+        for is_x, n in echo_segments(
+                t_start, t_end, self._busy.get(qubit, ()), lengths[0],
+                self._colours[dag.find_bit(qubit).index],
+                max(1, self.target.granularity if self.target else 1),
+                lambda _a, b: b > first_gate):
+            self._apply_scheduled_op(dag, t, XGate() if is_x else Delay(n, dag._unit), qubit)
+            t += n
 
 
 #: Operations that leave a qubit in |0> there (before its first other gate, no echo).

@@ -47,8 +47,8 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from qiskit.circuit import Clbit, QuantumCircuit
@@ -98,6 +98,36 @@ class Lowered:
     early: list[bool] = field(default_factory=list)
     #: rows of the delays the circuit wrote (free evolution; not feed-forward waits)
     delays: list[int] = field(default_factory=list)
+
+
+def with_rows(out: Lowered, order: Sequence[int | tuple[tuple, int]]) -> Lowered:
+    """A copy of ``out`` whose rows are ``order``: an int is ``out``'s row of that index, whose
+    parent and place among the delays follow it (a row left out must be no kept row's
+    parent); a (row, qubit) pair is a new unconditional row on that qubit, not early."""
+    new = replace(out, rows=[], resources=[], parent=[], offset=[], block=[], early=[],
+                  delays=[], used=set(out.used), measured=set(out.measured),
+                  blocks=list(out.blocks), discriminated=dict(out.discriminated),
+                  local_rows=list(out.local_rows), local_waves=list(out.local_waves))
+    index: dict[int, int] = {}
+    for item in order:
+        if isinstance(item, tuple):
+            row, q, parent, offset, block, early = *item, -1, 0, -1, False
+        else:
+            index[item] = len(new.rows)
+            row, q = out.rows[item], None
+            parent, offset, block = out.parent[item], out.offset[item], out.block[item]
+            early = bool(out.early[item]) if out.early else False
+        new.rows.append(row)
+        new.resources.append(out.resources[item] if q is None else (q,))
+        new.parent.append(parent)
+        new.offset.append(offset)
+        new.block.append(block)
+        new.early.append(early)
+    new.parent = [index[p] if p >= 0 else -1 for p in new.parent]
+    new.delays = [index[i] for i in out.delays if i in index]
+    if not out.early:
+        new.early = []
+    return new
 
 
 def _bit_name(circuit: QuantumCircuit, bit: Clbit) -> str:
@@ -455,14 +485,7 @@ class _Reader:
                    if all(self.last_used.get(q, -1) < i for q in out.resources[i])}
         out.delays = [i for i in self.delays if i not in padding]
         if padding:
-            keep = [i for i in range(len(out.rows)) if i not in padding]
-            new_index = {old: new for new, old in enumerate(keep)}
-            out.rows = [out.rows[i] for i in keep]
-            out.resources = [out.resources[i] for i in keep]
-            out.parent = [new_index[out.parent[i]] if out.parent[i] >= 0 else -1 for i in keep]
-            out.offset = [out.offset[i] for i in keep]
-            out.block = [out.block[i] for i in keep]
-            out.delays = [new_index[i] for i in out.delays]
+            out = with_rows(out, [i for i in range(len(out.rows)) if i not in padding])
         out.used = set(self.last_used)
         out.early = early_runs(out, self.tables, self.nq)
         return out

@@ -40,7 +40,7 @@ scheduling the padded circuit again gives every original operation the start it 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 
 import numpy as np
@@ -48,7 +48,7 @@ import rustworkx as rx
 from qiskit.circuit import QuantumCircuit
 
 from labqpu.errors import CompilationError
-from labqpu.pulse.dynamic import Lowered
+from labqpu.pulse.dynamic import Lowered, with_rows
 from labqpu.pulse.kernels import schedule_kernel
 from labqpu.pulse.tables import Tables, samples_of
 
@@ -137,7 +137,7 @@ class _Circuit:
     """What the echo rules need to know of one lowered circuit and its schedule."""
 
     def __init__(self, out: Lowered, tables: Tables, starts: np.ndarray, num_qubits: int):
-        self.out, self.tables, self.starts, self.nq = out, tables, starts, num_qubits
+        self.out, self.tables, self.starts = out, tables, starts
         self.ends = starts + np.array([row[1] for row in out.rows], dtype=np.int64)
         self.qubits = [[r for r in rs if r < num_qubits] for rs in out.resources]
         keep = {tables.effect_ids.get((name, (q,))) for name in _KEEP_BASIS
@@ -205,34 +205,38 @@ class _Circuit:
                       if q not in qs and qs & self.coupled[q])
 
 
-def _echo(t0: int, t1: int, x: tuple[int, int], colour: int, grid: int) -> list[tuple]:
-    """Rows filling [t0, t1): the echo of ``colour`` (``echo_gaps``), or one delay."""
-    eid, duration = x
-    gaps = echo_gaps(t1 - t0, duration, colour, grid)
-    if gaps is None:
-        return [(0, t1 - t0, 0.0, -1)]
-    rows = [(0, gaps[0], 0.0, -1)]
-    for gap in gaps[1:]:
-        rows += [(eid, duration, 0.0, -1), (0, gap, 0.0, -1)]
-    return [r for r in rows if r[1] > 0]
+def echo_segments(t0: int, t1: int, busy: Iterable[tuple[int, int]], x_length: int,
+                  colour: int, grid: int, echoed: Callable[[int, int], bool] | None = None
+                  ) -> list[tuple[bool, int]]:
+    """The pieces filling [``t0``, ``t1``) (samples or dt) in order, as (is an x pulse,
+    length): a plain wait over each ``busy`` stretch (a coupled neighbour's cz), and the echo of
+    ``colour`` (``echo_gaps`` with ``x_length``-long pulses) in each stretch between them, or a
+    plain wait where it does not fit or ``echoed(start, end)`` says no. Waits of length 0 are
+    left out. The compiler's echoes inside dynamic circuits and the scheduling stage's
+    (``labqpu.backend.plugins.IdleDynamicalDecoupling``) both fill their windows with this."""
+    def echo(a: int, b: int) -> list[tuple[bool, int]]:
+        gaps = echo_gaps(b - a, x_length, colour, grid) \
+            if echoed is None or echoed(a, b) else None
+        if gaps is None:
+            return [(False, b - a)]
+        pieces = [(False, gaps[0])]
+        for gap in gaps[1:]:
+            pieces += [(True, x_length), (False, gap)]
+        return pieces
 
-
-def _fill(t0: int, t1: int, busy: list[tuple[int, int]], x: tuple[int, int], colour: int,
-          grid: int) -> list[tuple]:
-    """Rows filling [t0, t1): echoes, and plain delays where ``busy``."""
-    rows: list[tuple] = []
+    pieces: list[tuple[bool, int]] = []
     t = t0
-    for b0, b1 in busy:
+    for b0, b1 in sorted(busy):
         a, b = max(b0, t), min(b1, t1)
         if b <= a:
             continue
         if a > t:
-            rows += _echo(t, a, x, colour, grid)
-        rows.append((0, b - a, 0.0, -1))
+            pieces += echo(t, a)
+        pieces.append((False, b - a))
         t = b
     if t < t1:
-        rows += _echo(t, t1, x, colour, grid)
-    return rows
+        pieces += echo(t, t1)
+    return [(is_x, n) for is_x, n in pieces if n > 0]
 
 
 def decouple(out: Lowered, tables: Tables, circuit: QuantumCircuit) -> Lowered:
@@ -252,36 +256,15 @@ def decouple(out: Lowered, tables: Tables, circuit: QuantumCircuit) -> Lowered:
             continue
         busy = view.busy(q)
         for t0, t1, before in windows:
-            rows = _fill(t0, t1, busy, x, colours[q], grid)
-            if any(row[0] != 0 for row in rows):
-                inserted.setdefault(before, []).extend((row, q) for row in rows)
+            eid, x_length = x
+            pieces = echo_segments(t0, t1, busy, x_length, colours[q], grid)
+            if any(is_x for is_x, _ in pieces):
+                inserted.setdefault(before, []).extend(
+                    ((eid if is_x else 0, n, 0.0, -1), q) for is_x, n in pieces)
     if not inserted:
         return out
-    return _with_rows(out, inserted)
-
-
-def _with_rows(out: Lowered, inserted: dict[int, list[tuple[tuple, int]]]) -> Lowered:
-    """A copy of ``out`` with the rows ``inserted[i]`` ((row, qubit) pairs, unconditional)
-    placed before row i."""
-    new = Lowered([], [], out.num_resources, set(out.used), set(out.measured),
-                  blocks=list(out.blocks), discriminated=dict(out.discriminated),
-                  local_rows=list(out.local_rows), local_waves=list(out.local_waves))
-    new_index = []
-    for i, row in enumerate(out.rows):
-        for extra, q in inserted.get(i, ()):
-            new.rows.append(extra)
-            new.resources.append((q,))
-            new.parent.append(-1)
-            new.offset.append(0)
-            new.block.append(-1)
-            new.early.append(False)
-        new_index.append(len(new.rows))
-        new.rows.append(row)
-        new.resources.append(out.resources[i])
-        new.parent.append(out.parent[i])
-        new.offset.append(out.offset[i])
-        new.block.append(out.block[i])
-        new.early.append(out.early[i])
-    new.parent = [new_index[p] if p >= 0 else -1 for p in new.parent]
-    new.delays = [new_index[i] for i in out.delays]
-    return new
+    order: list[int | tuple[tuple, int]] = []
+    for i in range(len(out.rows)):
+        order += inserted.get(i, [])
+        order.append(i)
+    return with_rows(out, order)
