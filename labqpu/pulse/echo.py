@@ -57,14 +57,21 @@ from labqpu.pulse.tables import Tables, samples_of
 _KEEP_BASIS = ("x", "rz")
 
 
-def echo_colours(pairs: Iterable[tuple[int, int]], num_qubits: int) -> list[int]:
-    """The echo colour of each of ``num_qubits`` qubits coupled by ``pairs``: neighbours get
-    different colours (two on a bipartite coupling graph such as a line or a ladder: the
-    parity of the distance from the lowest qubit of each connected part)."""
+def _coupling_graph(pairs: Iterable[tuple[int, int]], num_qubits: int) -> rx.PyGraph:
+    """The graph of ``num_qubits`` qubits (nodes 0..n-1) with an edge per coupled pair among
+    them."""
     graph = rx.PyGraph()
     graph.add_nodes_from(range(num_qubits))
     graph.add_edges_from_no_data([(a, b) for a, b in pairs
                                   if a < num_qubits and b < num_qubits and a != b])
+    return graph
+
+
+def echo_colours(pairs: Iterable[tuple[int, int]], num_qubits: int) -> list[int]:
+    """The echo colour of each of ``num_qubits`` qubits coupled by ``pairs``: neighbours get
+    different colours (two on a bipartite coupling graph such as a line or a ladder: the
+    parity of the distance from the lowest qubit of each connected part)."""
+    graph = _coupling_graph(pairs, num_qubits)
     colours = rx.two_color(graph)
     if colours is None:
         colours = rx.graph_greedy_color(graph)
@@ -125,12 +132,8 @@ def _x_row(tables: Tables, q: int, circuit: QuantumCircuit) -> tuple[int, int] |
 
 def _coupled(tables: Tables, num_qubits: int) -> dict[int, set[int]]:
     """Circuit qubits coupled to each one by a calibrated pair."""
-    out: dict[int, set[int]] = {q: set() for q in range(num_qubits)}
-    for a, b in tables.snapshot.pairs:
-        if a < num_qubits and b < num_qubits:
-            out[a].add(b)
-            out[b].add(a)
-    return out
+    graph = _coupling_graph(tables.snapshot.pairs, num_qubits)
+    return {q: set(graph.neighbors(q)) for q in range(num_qubits)}
 
 
 class _Circuit:
