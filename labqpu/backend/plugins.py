@@ -368,30 +368,44 @@ class CompilerALAP(ALAPScheduleAnalysis):
     schedules itself (a measurement followed on its qubit by anything but delays and barriers,
     or a ``reset``), and one with a barrier after a measurement of one of its qubits (the
     compiler holds that qubit's gates before the barrier, which Qiskit's padding would put
-    after it), keep Qiskit's ALAP.
+    after it), keep Qiskit's ALAP. Either way a qubit's run of single-qubit ops between a
+    two-qubit gate and its measurement then starts right after what precedes it
+    (:func:`early_runs`), as the compiler plays it under ``"auto"``.
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
-        """Schedule ``dag``: Qiskit's ALAP, replaced by the compiler's times where they apply."""
+        """Schedule ``dag``: Qiskit's ALAP, replaced by the compiler's times where they apply,
+        then each qubit's run of single-qubit ops between a two-qubit gate and its measurement
+        moved to right after what precedes it (:func:`early_runs`)."""
         dag = super().run(dag)
         nodes = list(dag.topological_op_nodes())
+        duration = {node: (0 if node.name == "barrier" else self._get_node_duration(node, dag))
+                    for node in nodes}
+        self._compiler_times(nodes, duration)
+        start = self.property_set["node_start_time"]
+        for node in early_runs(nodes, duration):
+            start[node] = max((start[p] + duration[p] for p in dag.op_predecessors(node)),
+                              default=0)
+        return dag
+
+    def _compiler_times(self, nodes: list, duration: dict) -> None:
+        """Overwrite Qiskit's ALAP times of ``nodes`` (topological order) with the compiler's,
+        unless the compiler schedules the circuit itself (class docstring)."""
         measured: set = set()
         last: dict = {}  # qubit -> index in ``nodes`` of its last instruction (not a delay)
         for i, node in enumerate(nodes):
             if node.name == "reset":
-                return dag
+                return
             if node.name == "barrier" and measured.intersection(node.qargs):
-                return dag  # it would hold gates before the readout it follows in time
+                return  # it would hold gates before the readout it follows in time
             if node.name in ("delay", "barrier"):
                 continue
             if measured.intersection(node.qargs):
-                return dag  # mid-circuit measurement: the compiler's dynamic path
+                return  # mid-circuit measurement: the compiler's dynamic path
             if node.name == "measure":
                 measured.update(node.qargs)
             for q in node.qargs:
                 last[q] = i
-        duration = {node: (0 if node.name == "barrier" else self._get_node_duration(node, dag))
-                    for node in nodes}
         trailing = {i for i, node in enumerate(nodes) if node.name == "delay"
                     and all(last.get(q, -1) < i for q in node.qargs)}
         avail: dict = {}
@@ -416,7 +430,40 @@ class CompilerALAP(ALAPScheduleAnalysis):
                 start[node] = gates_end - from_end[node] - duration[node]
             for q in node.qargs:
                 free[q] = start[node] + duration[node]
-        return dag
+
+
+def early_runs(nodes: list, duration: dict) -> list:
+    """The op nodes (of ``nodes``, in topological order; ``duration`` of each) in a run of
+    single-qubit ops (gates, delays) on a qubit between a two-qubit gate on it and a
+    measurement of it, in order: the scheduling stage plays such a run right after what
+    precedes it instead of right before the measurement, as the compiler does in dynamic
+    circuits (``labqpu.pulse.dynamic.early_runs``). The qubit then waits for the others in its
+    measurement basis, where static ZZ and detuning change nothing, not in the superposition
+    the two-qubit gate left it in, whatever happens beside it (no echo plays next to a delay
+    the circuit wrote). A barrier or a zero delay does not end a run; it moves with the runs of
+    all its qubits when each is in one."""
+    early: set = set()
+    run: dict = {}  # qubit -> its nodes since its last two-qubit gate
+    for node in nodes:
+        qargs = node.qargs
+        if node.name == "barrier" or (node.name == "delay" and not duration[node]):
+            if qargs and all(q in run for q in qargs):
+                for q in qargs:
+                    run[q].append(node)
+            continue
+        if node.name == "measure":
+            for q in qargs:
+                early.update(run.pop(q, ()))
+        elif len(qargs) == 1 and node.name not in CONTROL_FLOW_OP_NAMES:
+            if qargs[0] in run:
+                run[qargs[0]].append(node)
+        elif len(qargs) > 1 and node.name not in CONTROL_FLOW_OP_NAMES:
+            for q in qargs:
+                run[q] = []
+        else:
+            for q in qargs:
+                run.pop(q, None)
+    return [node for node in nodes if node in early]
 
 
 class IdleDynamicalDecoupling(PadDynamicalDecoupling):

@@ -42,7 +42,7 @@ from labqpu.pulse.compiler import (
 )
 from labqpu.pulse.dynamic import Lowered
 from labqpu.pulse.gates import PulseGate
-from labqpu.pulse.kernels import layout_batch_kernel
+from labqpu.pulse.kernels import early_kernel, layout_batch_kernel
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.tables import Tables
 from labqpu.store import Snapshot
@@ -75,7 +75,7 @@ def compile_circuits(circuits: Sequence[QuantumCircuit], snapshot: Snapshot,
         tables, names = _read_with(circuit, snapshot, channels, options)
         lowered = _lower(circuit, tables, names)
         dynamic = None if lowered is not None else _lower_dynamic(circuit, tables, options)
-        key, point = _read(circuit, lowered, dynamic, scheduling_method)
+        key, point = _read(circuit, lowered, dynamic, scheduling_method, tables)
         if structure is not None and key is not None and key == structure.key:
             points.append(point)
             continue
@@ -108,7 +108,7 @@ _VALUE_COLUMNS = (2, 3, 8, 10, 13, 15)
 
 
 def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | None,
-          scheduling_method: str) -> tuple[tuple | None, _Point]:
+          scheduling_method: str, tables: Tables) -> tuple[tuple | None, _Point]:
     """(structure key, point) of ``circuit`` as ``_lower`` (``lowered``) or ``lower_dynamic``
     (``dynamic``) read it. Circuits with equal keys differ only in their op rows' durations
     and parameters and their pulse gates' values. The key is None for a circuit with
@@ -118,8 +118,12 @@ def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | Non
     if lowered is not None:
         (effect, duration, param, clbit), qptr, qflat, used, measured = lowered
         n = len(effect)
+        early = early_kernel(np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
+                             np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64),
+                             tables.effects(), circuit.num_qubits).tolist() \
+            if scheduling_method == "auto" and n else [0] * n
         layout = (tuple(clbit), tuple(qptr), tuple(qflat), (-1,) * n, (0,) * n, (-1,) * n,
-                  (0,) * n, circuit.num_qubits, alap, 0)
+                  tuple(early), circuit.num_qubits, alap, 0)
         return ((layout, _shape(circuit), tuple(effect), frozenset(used), frozenset(measured)),
                 _Point(circuit, effect, duration, param, []))
     effect, duration, param, clbit = (list(c) for c in zip(*dynamic.rows, strict=True)) \

@@ -44,7 +44,7 @@ from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.dynamic import Lowered, lower_dynamic
 from labqpu.pulse.echo import decouple
 from labqpu.pulse.gates import PulseGate
-from labqpu.pulse.kernels import layout_kernel
+from labqpu.pulse.kernels import early_kernel, layout_kernel
 from labqpu.pulse.program import PulseProgram, pack_waveforms
 from labqpu.pulse.tables import (
     READOUT_RISE_S,
@@ -236,8 +236,10 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     control flow is not timed by the scheduling stage and stays ALAP, except that a run of a
     qubit's single-qubit gates between a two-qubit gate and its measurement plays early
     (``dynamic.early_runs``), so the qubit waits in its measurement basis, and the idle
-    windows of qubits that may be in superposition get the x, x echo (``echo.decouple``).
-    "alap" and "asap" are plain: no early runs, no echo.
+    windows of qubits that may be in superposition get the staggered echo (``echo.decouple``).
+    A static circuit under "auto" gets the same early runs (``kernels.early_kernel``), as the
+    scheduling stage times it (``backend.plugins.early_runs``). "alap" and "asap" are plain:
+    no early runs, no echo.
     """
     options = {"scheduling_method": scheduling_method,
                "feedforward_latency_samples": feedforward_latency_samples,
@@ -326,9 +328,17 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         num_resources = circuit.num_qubits
     effect, duration, param, clbit = columns
     n = len(effect)
+    effect = np.array(effect, dtype=np.int64)
+    duration = np.array(duration, dtype=np.int64)
+    qptr = np.array(qptr, dtype=np.int64)
+    qflat = np.array(qflat, dtype=np.int64)
     if dynamic is None:
         parent = block = _filled(n, -1, np.int64)
-        offset = early = np.zeros(n, dtype=np.int64)
+        offset = np.zeros(n, dtype=np.int64)
+        # under "auto" a qubit's gates between its last two-qubit gate and its readout play
+        # right after that gate, as the scheduling stage times them (plugins.early_runs)
+        early = early_kernel(effect, duration, qptr, qflat, effects, num_resources) \
+            if scheduling_method == "auto" else offset
     else:
         parent, offset, block = (np.array(a, dtype=np.int64)
                                  for a in (dynamic.parent, dynamic.offset, dynamic.block))
@@ -341,9 +351,8 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
               np.empty(2 * n, np.int32))
     wave_order = np.empty(max(n, 1), np.int64)
     total, n_play, n_acq, n_waves, end, n_shift = layout_kernel(
-        np.array(effect, dtype=np.int64), np.array(duration, dtype=np.int64),
-        np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
-        np.array(qptr, dtype=np.int64), np.array(qflat, dtype=np.int64), parent, offset, block,
+        effect, duration, np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
+        qptr, qflat, parent, offset, block,
         early, num_resources, channels.num_qubits,
         _alap(circuit, scheduling_method, lowered is None), effects, len(waves_of),
         tables.drive_ports(), *plays, *acqs, wave_order, *shifts)

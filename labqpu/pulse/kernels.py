@@ -436,6 +436,66 @@ def stable_argsort(key):
 
 
 @njit(cache=True, nogil=True)
+def early_kernel(op_effect, op_duration, op_qptr, op_qubits, effects, num_resources):
+    """``op_early`` of a circuit without conditional ops (:func:`layout_kernel`'s columns):
+    1 for an op in a run of single-qubit ops (gates, delays) on a qubit between a two-qubit
+    gate on it and a measurement of it (an op whose effect acquires), as
+    ``dynamic.early_runs`` marks a dynamic circuit's rows. A barrier or a zero delay (effect
+    0, duration 0) joins the runs of its qubits when each is in one, and does not end them."""
+    n = op_effect.shape[0]
+    early = np.zeros(n, dtype=np.int64)
+    in_run = np.zeros(num_resources, dtype=np.bool_)
+    head = np.full(num_resources, -1, dtype=np.int64)  # each qubit's run: a linked list
+    tail = np.full(num_resources, -1, dtype=np.int64)
+    entry_op = np.empty(op_qubits.shape[0] + 1, dtype=np.int64)
+    entry_next = np.empty(op_qubits.shape[0] + 1, dtype=np.int64)
+    used = 0
+    for i in range(n):
+        e = op_effect[i]
+        k0, k1 = op_qptr[i], op_qptr[i + 1]
+        joins = False
+        if e == 0 and op_duration[i] == 0:
+            joins = k1 > k0
+            for k in range(k0, k1):
+                if not in_run[op_qubits[k]]:
+                    joins = False
+        elif effects[e, 11] >= 0:
+            for k in range(k0, k1):
+                q = op_qubits[k]
+                j = head[q]
+                while j >= 0:
+                    early[entry_op[j]] = 1
+                    j = entry_next[j]
+                in_run[q] = False
+            continue
+        elif k1 - k0 == 1:
+            joins = in_run[op_qubits[k0]]
+        elif e != 0:
+            for k in range(k0, k1):
+                q = op_qubits[k]
+                in_run[q] = True
+                head[q] = -1
+                tail[q] = -1
+            continue
+        else:
+            for k in range(k0, k1):
+                in_run[op_qubits[k]] = False
+            continue
+        if joins:
+            for k in range(k0, k1):
+                q = op_qubits[k]
+                entry_op[used] = i
+                entry_next[used] = -1
+                if tail[q] >= 0:
+                    entry_next[tail[q]] = used
+                else:
+                    head[q] = used
+                tail[q] = used
+                used += 1
+    return early
+
+
+@njit(cache=True, nogil=True)
 def schedule_kernel(op_final, op_duration, op_qptr, op_qubits, op_parent, op_offset, op_early,
                     num_resources, alap, starts):
     """Start sample of every op of one circuit, into ``starts``; returns the total duration

@@ -20,10 +20,18 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numba import njit
 from numpy.testing import assert_allclose, assert_array_equal
 
-from labqpu.pulse.kernels import discriminate, flat_top, gaussian_drag, stable_argsort
+from labqpu.pulse.kernels import (
+    discriminate,
+    early_kernel,
+    flat_top,
+    gaussian_drag,
+    stable_argsort,
+)
 
 RTOL = 1e-6
 ATOL = 1e-7
@@ -472,3 +480,58 @@ def test_stable_argsort_matches_numpy_stable_sort(n: int) -> None:
                 np.zeros(n, dtype=np.int64)):
         key = np.ascontiguousarray(key, dtype=np.int64)
         assert_array_equal(stable_argsort(key), np.argsort(key, kind="stable"))
+
+
+def early_reference(ops: list[tuple[str, tuple[int, ...], int]]) -> list[int]:
+    """Per op (kind, qubits, duration) of a circuit without conditional ops: 1 when it plays
+    early, written from the rule: a run of single-qubit ops on a qubit after a two-qubit gate
+    on it, ended by a measurement of it, plays early (a passive reset is one of them: it plays
+    nothing, like a delay); a barrier or a zero delay joins the runs of its qubits when each is
+    in one."""
+    early = [0] * len(ops)
+    run: dict[int, list[int]] = {}
+    for i, (kind, qubits, duration) in enumerate(ops):
+        if kind in ("barrier", "delay") and duration == 0:
+            if qubits and all(q in run for q in qubits):
+                for q in qubits:
+                    run[q].append(i)
+        elif kind == "measure":
+            for j in run.pop(qubits[0], []):
+                early[j] = 1
+        elif kind == "cz":
+            for q in qubits:
+                run[q] = []
+        elif qubits[0] in run:  # a gate, a delay, a passive reset
+            run[qubits[0]].append(i)
+    return early
+
+
+_KINDS = {"barrier": 0, "delay": 0, "gate": 1, "cz": 2, "measure": 3, "reset": 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(_KINDS)), st.integers(0, 3),
+                          st.integers(0, 3), st.integers(0, 2)), max_size=40))
+def test_early_kernel_matches_reference(raw) -> None:
+    """``kernels.early_kernel`` against the rule written above, on random op lists of four
+    qubits (barriers on one to four of them)."""
+    ops = []
+    for kind, a, b, d in raw:
+        if kind == "cz":
+            if a == b:
+                continue
+            qubits = (a, b)
+        elif kind == "barrier":
+            qubits = tuple(range(min(a, b), max(a, b) + 1))
+        else:
+            qubits = (a,)
+        ops.append((kind, qubits, 0 if kind == "barrier" else d + (kind == "reset")))
+    # effect rows: column 11 is the acquisition's index (>= 0: the op acquires)
+    effects = np.full((5, 16), -1.0)
+    effects[3, 11] = 0.0
+    effect = np.array([_KINDS[k] for k, _, _ in ops], dtype=np.int64)
+    qptr = np.array([0, *np.cumsum([len(q) for _, q, _ in ops])], dtype=np.int64)
+    qflat = np.array([q for _, qs, _ in ops for q in qs], dtype=np.int64)
+    duration = np.array([d for _, _, d in ops], dtype=np.int64)
+    got = early_kernel(effect, duration, qptr, qflat, effects, 4)
+    assert got.tolist() == early_reference(ops)
