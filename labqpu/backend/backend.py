@@ -79,11 +79,17 @@ def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:
     out_binds: list = []
     for item, bind in zip(items, binds_per_item(binds, len(items)), strict=True):
         if isinstance(item, PulseBuilder):
+            if bind is None and not item.parameters:
+                out_items.append(item.build())  # nothing to bind: what build() gives
+                out_binds.append(None)
+                continue
             if bind is None:
+                names = sorted(p.name for p in item.parameters)
                 raise InvalidRunInputError(
-                    f"pulse program {item.name!r} is a PulseBuilder: sweep its parameters with "
-                    "parameter_binds={parameter: values}, or call its build() or "
-                    "assign_parameters(...) first", option="parameter_binds")
+                    f"pulse program {item.name!r} is a PulseBuilder with parameter(s) "
+                    f"{', '.join(names)}: sweep them with parameter_binds={{parameter: "
+                    "values}, or call its assign_parameters(...) first",
+                    option="parameter_binds")
             points = builder_points(item, bind, max_points=MAX_JOB_CIRCUITS)
         elif isinstance(item, QuantumCircuit) and bind is not None:
             points = circuit_points(item, bind, max_points=MAX_JOB_CIRCUITS)

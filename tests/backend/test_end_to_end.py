@@ -292,10 +292,18 @@ def test_run_of_something_that_is_no_circuit_says_what_it_takes(lab_backend) -> 
         assert message.startswith("run() takes a QuantumCircuit, a PulseProgram, a "
                                   "PulseBuilder (with parameter_binds) or a list of them, got "
                                   f"{type(thing).__name__}"), message
-    message = _nothing_sent(lab_backend, lambda: lab_backend.run(builder))
-    assert message.startswith("pulse program 'unbuilt' is a PulseBuilder: sweep its "
-                              "parameters with parameter_binds"), message
-    assert message.endswith("or call its build() or assign_parameters(...) first"), message
+    # a builder without parameters runs as what its build() gives (as legacy Pulse ran a
+    # schedule); one with parameters needs values
+    counts = lab_backend.run(builder, shots=200, seed_simulator=1).result(timeout=60)
+    assert counts.get_counts() == lab_backend.run(builder.build(), shots=200,
+                                                  seed_simulator=1).result(timeout=60).get_counts()
+    with pulse.build(lab_backend, name="unbound") as swept:
+        pulse.play(pulse.calibrated_drag(0, amp=Parameter("amp")), pulse.drive(0))
+        pulse.measure(0, clbit=0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(swept))
+    assert message.startswith("pulse program 'unbound' is a PulseBuilder with parameter(s) "
+                              "amp: sweep them with parameter_binds"), message
+    assert message.endswith("or call its assign_parameters(...) first"), message
     circuits = (transpile(bell(), lab_backend) for _ in range(2))  # any iterable
     assert len(lab_backend.run(circuits, shots=10).result(timeout=60).results) == 2
 

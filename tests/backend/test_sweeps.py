@@ -216,7 +216,7 @@ def test_a_builder_sweeps_any_parameter_as_one_upload(lab_backend) -> None:
 
 
 @pytest.mark.parametrize(("items", "binds", "message"), [
-    (1, None, "is a PulseBuilder: sweep its parameters with parameter_binds"),
+    (1, None, "is a PulseBuilder with parameter(s) amp, phi: sweep them with parameter_binds"),
     (1, {"phase": [0.1]}, "has no parameter 'phase'; it has ['amp', 'phi']"),
     (1, {"phi": [0.1, math.inf]}, "'phi' needs at least one value, all finite"),
     (1, {"phi": [0.1, 0.2]}, "parameter(s) amp have no values; give them in parameter_binds"),
