@@ -28,17 +28,12 @@ from __future__ import annotations
 
 import math
 
-import rustworkx as rx
 from qiskit.circuit import CONTROL_FLOW_OP_NAMES
-from qiskit.converters import circuit_to_dag
 from qiskit.dagcircuit import DAGCircuit
 from qiskit.transpiler import Layout, Target
 from qiskit.transpiler.basepasses import AnalysisPass
 
-#: Placements scored per controller at most (VF2 enumerates them; a handful of qubits on a
-#: controller of five gives a few hundred).
-MAX_PLACEMENTS = 20_000
-_IGNORED = frozenset({"barrier", "delay"})
+from labqpu.backend.placement import error_cost, ops_of, placements
 
 
 class OneControllerFeedForward(AnalysisPass):
@@ -63,7 +58,7 @@ class OneControllerFeedForward(AnalysisPass):
                 or not CONTROL_FLOW_OP_NAMES.intersection(dag.count_ops(recurse=False)) \
                 or not self._crosses(dag):
             return
-        ops = list(_ops(dag))
+        ops = list(ops_of(dag))
         if any(name in self.pulse_gates or len(qubits) > 2 for name, qubits in ops):
             return
         active = sorted({q for _, qubits in ops for q in qubits})
@@ -93,63 +88,10 @@ class OneControllerFeedForward(AnalysisPass):
     def _placement(self, active: list[int], pairs: set[tuple[int, int]],
                    ops: list[tuple[str, tuple[int, ...]]]) -> dict[int, int] | None:
         """The lowest-error map of ``active`` onto one controller's qubits that puts every
-        pair of ``pairs`` on a cz edge, or None."""
-        interaction = rx.PyGraph()
-        node = {q: interaction.add_node(q) for q in active}
-        for a, b in pairs:
-            interaction.add_edge(node[a], node[b], None)
-        edges = set(self.target.qargs_for_operation_name("cz") or ()) \
-            if "cz" in self.target.operation_names else set()
+        pair of ``pairs`` on a cz edge (``placement.error_cost``), or None."""
         best, best_cost = None, math.inf
-        for qubits in self.groups:
-            if len(qubits) < len(active):
-                continue
-            device = rx.PyGraph()
-            index = {q: device.add_node(q) for q in qubits}
-            for a, b in edges:
-                if a < b and a in index and b in index:
-                    device.add_edge(index[a], index[b], None)
-            found = rx.vf2_mapping(device, interaction, subgraph=True, induced=False,
-                                   id_order=False, call_limit=10 * MAX_PLACEMENTS)
-            for count, mapping in enumerate(found):
-                if count >= MAX_PLACEMENTS:
-                    break
-                placed = {interaction[v]: device[d] for d, v in mapping.items()}
-                cost = self._cost(placed, ops)
-                if cost < best_cost:
-                    best, best_cost = placed, cost
+        for placed in placements(self.target, self.groups, active, pairs):
+            cost = error_cost(self.target, placed, ops)
+            if cost < best_cost:
+                best, best_cost = placed, cost
         return best
-
-    def _cost(self, placed: dict[int, int], ops: list[tuple[str, tuple[int, ...]]]) -> float:
-        """-log of the estimated success of ``ops`` with qubits ``placed``: each op counted
-        with the Target's error of its native counterpart there (measure, cz, else sx)."""
-        cost = 0.0
-        for name, qubits in ops:
-            where = tuple(placed[q] for q in qubits)
-            kind = "measure" if name == "measure" else "cz" if len(where) == 2 else "sx"
-            error = _error(self.target, kind, where)
-            cost -= math.log1p(-min(error, 0.999999))
-        return cost
-
-
-def _error(target: Target, name: str, qubits: tuple[int, ...]) -> float:
-    if name not in target.operation_names:
-        return 0.0
-    props = target[name].get(qubits)
-    return 0.0 if props is None or props.error is None else float(props.error)
-
-
-def _ops(dag: DAGCircuit, outer: tuple[int, ...] | None = None):
-    """(name, physical qubits) of every operation of ``dag``, inside control flow too (a
-    block's qubits are its op's qubits); barriers and delays left out."""
-    for node in dag.topological_op_nodes():
-        if node.op.name in _IGNORED:
-            continue
-        qubits = tuple(dag.find_bit(q).index for q in node.qargs)
-        if outer is not None:
-            qubits = tuple(outer[q] for q in qubits)
-        if node.op.name in CONTROL_FLOW_OP_NAMES:
-            for block in node.op.blocks:
-                yield from _ops(circuit_to_dag(block), qubits)
-        else:
-            yield node.op.name, qubits
