@@ -139,7 +139,9 @@ def spectator_cost(target: Target, placed: dict[int, int],
 class SpectatorAwarePlacement(AnalysisPass):
     """Sets ``post_layout`` to the placement of the routed circuit's active qubits with the
     lowest estimated error counting cz spectators (module docstring), when it gains more than
-    :data:`MIN_GAIN` over where the circuit is.
+    :data:`MIN_GAIN` over where the circuit is. Only a circuit whose spectator penalty where it
+    is exceeds :data:`MIN_GAIN` is searched (the others keep Qiskit's layout, which weighed
+    the error rates).
 
     Leaves the circuit alone when the Target has no spectator shifts, when another pass has set a
     ``post_layout``, when the circuit has a pulse gate (``pulse_gate_names``: defined on
@@ -172,7 +174,10 @@ class SpectatorAwarePlacement(AnalysisPass):
         def cost(placed: dict[int, int]) -> float:
             return error_cost(target, placed, ops) + spectator_cost(target, placed, ops)
 
-        here = cost({q: q for q in active})
+        here_placed = {q: q for q in active}
+        if spectator_cost(target, here_placed, ops) <= MIN_GAIN:
+            return  # nothing to gain here that Qiskit's layout by error rates has not weighed
+        here = cost(here_placed)
         best, best_cost = None, here - MIN_GAIN
         for placed in placements(target, (tuple(range(target.num_qubits)),), active, pairs):
             c = cost(placed)
