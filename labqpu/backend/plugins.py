@@ -59,7 +59,6 @@ from qiskit.transpiler.preset_passmanagers.plugin import PassManagerStagePlugin
 
 from labqpu.backend.feedforward_layout import OneControllerFeedForward
 from labqpu.backend.gates import SYGate
-from labqpu.backend.placement import SpectatorAwarePlacement
 from labqpu.errors import CompilationError
 from labqpu.pulse.echo import echo_colours, echo_segments
 from labqpu.pulse.gates import RESERVED_NAMES
@@ -331,8 +330,7 @@ class LabTranslationPlugin(PassManagerStagePlugin):
             hls_config=cfg.hls_config, qubits_initially_zero=cfg.qubits_initially_zero)
         if cfg.target is None:
             return translate
-        placement = [*feedforward_placement(cfg), *spectator_placement(cfg),
-                     PulseGatePlacement(cfg.target)]
+        placement = [*feedforward_placement(cfg), PulseGatePlacement(cfg.target)]
         if optimization_level == 0:
             # Gate by gate, before the translator: each written gate keeps its own pulses.
             return PassManager([*placement, PulseEfficient1q(cfg.target, merge=False),
@@ -351,20 +349,6 @@ def feedforward_placement(cfg: PassManagerConfig) -> list:
         return []
     return [OneControllerFeedForward(cfg.target, groups,
                                      getattr(cfg.target, "pulse_gate_names", frozenset())),
-            ConditionalController(ApplyLayout(),
-                                  condition=lambda ps: ps["post_layout"] is not None)]
-
-
-def spectator_placement(cfg: PassManagerConfig) -> list:
-    """:class:`SpectatorAwarePlacement` and the ``ApplyLayout`` of its ``post_layout``, for a
-    Target with calibrated cz spectator shifts and no ``initial_layout`` (else none); after
-    :func:`feedforward_placement`, in the translation stage only (the scheduling stage does
-    not move a circuit for a better score; at optimization level 3 Qiskit's
-    ``VF2PostLayout`` after the optimization stage may move it again by error rates)."""
-    if cfg.initial_layout is not None or not getattr(cfg.target, "cz_spectators", None):
-        return []
-    return [SpectatorAwarePlacement(cfg.target,
-                                    getattr(cfg.target, "pulse_gate_names", frozenset())),
             ConditionalController(ApplyLayout(),
                                   condition=lambda ps: ps["post_layout"] is not None)]
 

@@ -86,14 +86,8 @@ class LabTarget(Target):
         self.feedforward_groups: tuple[tuple[int, ...], ...] = ()
         #: the names of the backend's pulse gates (defined on fixed qubits)
         self.pulse_gate_names: frozenset[str] = frozenset()
-        #: per cz edge (low, high): the calibrated shift of its conditional phase with a
-        #: neighbour in |1> (rad; ``cz_spectator_spread_rad``, the largest over the
-        #: neighbours) and the qubit its flux pulse plays on (``cz_flux_qubit``):
-        #: ``labqpu.backend.placement.SpectatorAwarePlacement``
-        self.cz_spectators: dict[tuple[int, int], tuple[float, int]] = {}
 
-    _OWN = ("snapshot_id", "marks", "feedforward_groups", "pulse_gate_names",
-            "cz_spectators")
+    _OWN = ("snapshot_id", "marks", "feedforward_groups", "pulse_gate_names")
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), **{name: getattr(self, name) for name in self._OWN}}
@@ -103,7 +97,6 @@ class LabTarget(Target):
         self.marks = state.get("marks", {})
         self.feedforward_groups = state.get("feedforward_groups", ())
         self.pulse_gate_names = state.get("pulse_gate_names", frozenset())
-        self.cz_spectators = state.get("cz_spectators", {})
         super().__setstate__(state)
 
 
@@ -317,9 +310,4 @@ def build_target(snapshot: Snapshot, config: LabConfig,
     target.feedforward_groups = tuple(
         tuple(qubits) for qubits in digitizing_controllers(config.channels).values())
     target.pulse_gate_names = frozenset(pulse_gates or ())
-    target.cz_spectators = {
-        (a, b): (float(_value(snapshot.pairs[(a, b)], "cz_spectator_spread_rad")),
-                 int(_value(snapshot.pairs[(a, b)], "cz_flux_qubit")))
-        for a, b in edges if a < b
-        and _value(snapshot.pairs[(a, b)], "cz_spectator_spread_rad") is not None}
     return target
