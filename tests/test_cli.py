@@ -386,7 +386,9 @@ def test_status_shows_where_each_qubit_is_wired(tmp_path):
     (["--shots", "0"], "labqpu: --shots must be a whole number from 1 to 100000, got 0"),
     (["--shots", "200000"],
      "labqpu: --shots must be a whole number from 1 to 100000, got 200000"),
-    (["--seed", "-1"], "labqpu: --seed must be a whole number >= 0, got -1"),
+    (["--seed", "-1"], "labqpu: --seed must be a whole number from 0 to 2**63 - 1, got -1"),
+    (["--seed", str(2**63)],
+     f"labqpu: --seed must be a whole number from 0 to 2**63 - 1, got {2**63}"),
 ])
 def test_demo_refuses_bad_shots_and_seeds_before_starting_anything(tmp_path, args, message):
     proc = labqpu(tmp_path, "run", "--demo", *args, timeout=30)

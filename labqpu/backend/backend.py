@@ -26,6 +26,7 @@ from labqpu.backend.sweeps import (
     param_sets_for,
 )
 from labqpu.backend.target import LabTarget, build_target, digitizing_controllers
+from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import (
     BackendConfigurationError,
     BackendPropertyError,
@@ -59,7 +60,7 @@ MAX_JOB_CIRCUITS = 10_000
 #: Run options whose type is checked before the range validators see them.
 _OPTION_TYPES = {
     "shots": (numbers.Integral, "an integer"),
-    "seed_simulator": (numbers.Integral, "a non-negative integer"),
+    "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1"),
     "rep_delay": (numbers.Real, "a finite number of seconds"),
     "timeout": (numbers.Real, "a finite number of seconds"),
     "trace_decimation": (numbers.Integral, "a whole number of samples"),
@@ -141,7 +142,7 @@ def _check_option_types(options: dict) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, kind[0]) or (
                 isinstance(value, numbers.Real) and not math.isfinite(value)) or (
-                name == "seed_simulator" and value < 0):
+                name == "seed_simulator" and not 0 <= value < SEED_LIMIT):
             raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
                                        option=name)
 

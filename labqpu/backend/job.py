@@ -14,6 +14,7 @@ from qiskit.result import Result
 
 from labqpu.backend.merge import Run
 from labqpu.backend.results import experiment_data, experiment_result
+from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
 from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
@@ -155,7 +156,7 @@ class LabJob(JobV1):
         # a sweep's many points are built by result(), so they do not hold up the next job.
         counts_only = opts["meas_level"] == 2 and not opts["memory"]
         return [(run.program, RunRequest(
-            shots=opts["shots"], seed=None if seed is None else seed + i,
+            shots=opts["shots"], seed=None if seed is None else (seed + i) % SEED_LIMIT,
             rep_delay_s=opts["rep_delay"],
             # ``timeout`` is per program: a merged run of k programs gets k times it.
             timeout_s=min(opts["timeout"] * (1 if run.explicit else run.points),

@@ -61,7 +61,11 @@ def experiment_data(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_l
         raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
                          f"({shots}, {program.acq_port.shape[0]})")
     data: dict = {}
-    if meas_level == 2:
+    if meas_level == 2 and not program.num_clbits:  # no bits, no outcomes (as BasicSimulator)
+        data["counts"] = {}
+        if memory:
+            data["memory"] = []
+    elif meas_level == 2:
         c0, c1 = discriminator_centres(snapshot, program.acq_qubit)
         bits = discriminate(iq, c0, c1)
         values = _register_values(bits, program.acq_clbit)

@@ -84,6 +84,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 3
+#: Run ``seed`` values are below this (a 63-bit unsigned integer).
+SEED_LIMIT = 2**63
 
 OP_HELLO = "hello"
 OP_UPLOAD = "upload"

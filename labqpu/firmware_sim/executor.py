@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY
+from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, SEED_LIMIT
 from labqpu.firmware_sim.controller_server import ProgramRefusedError
 from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
@@ -501,8 +501,8 @@ class SimulatedController:
         traces, decimation = SimulatedController._trace_params(params)
         seed = params.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
-                                 or seed < 0):
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+                                 or not 0 <= seed < SEED_LIMIT):
+            raise ValueError(f"seed must be an int in 0..2**63 - 1, got {seed!r}")
         return rep_delay, traces, decimation, seed
 
     @staticmethod

@@ -228,11 +228,13 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     by name and device qubits (``labqpu.pulse.gates``; ``LabBackend.add_pulse_gate``).
     ``scheduling_method``: "alap", "asap", or "auto" (the backend's default): ASAP for a circuit
     that this compiler schedules itself (mid-circuit measurement, active reset, pulse gates)
-    and that a Qiskit scheduling stage has already timed and padded (it has ``op_start_times``;
-    the padding fills every slot up to a qubit's measurement, so ASAP plays its gates where
-    Qiskit put them), ALAP otherwise. ALAP would move such a circuit's last gates on a qubit to
-    the end of the program, leaving the qubit to wait in superposition beside a partner that
-    is measured and flipped meanwhile, and static ZZ would turn its phase. A circuit with
+    and that a Qiskit scheduling stage has already timed and padded (it has ``op_start_times``
+    and every qubit starts at 0; the padding fills every slot up to a qubit's measurement, so
+    ASAP plays its gates where Qiskit put them), ALAP otherwise (with the early runs below
+    when it is timed but not padded, as ``labqpu_nodd`` leaves it, and no echo). Plain ALAP
+    would move such a circuit's last gates on a qubit to the end of the program, leaving the
+    qubit to wait in superposition beside a partner that is measured and flipped meanwhile,
+    and static ZZ would turn its phase. A circuit with
     control flow is not timed by the scheduling stage and stays ALAP, except that a run of a
     qubit's single-qubit gates between a two-qubit gate and its measurement plays early
     (``dynamic.early_runs``), so the qubit waits in its measurement basis, and the idle
@@ -289,18 +291,30 @@ def _lower_dynamic(circuit: QuantumCircuit, tables: Tables, options: dict) -> Lo
     return dynamic
 
 
+def _padded(circuit: QuantumCircuit) -> bool:
+    """Whether a Qiskit scheduling stage has timed ``circuit`` and padded it: every qubit of
+    the circuit has an instruction starting at 0 (the padding passes fill each qubit's idle
+    time from the start, a qubit that does nothing with one delay; ``labqpu_nodd`` times a
+    circuit without padding it, and ALAP starts a qubit at its first gate)."""
+    if not _timed(circuit):
+        return False
+    at_zero = {q for inst, start in zip(circuit.data, circuit.op_start_times, strict=True)
+               if start == 0 for q in inst.qubits}
+    return len(at_zero) == circuit.num_qubits
+
+
 def _alap(circuit: QuantumCircuit, scheduling_method: str, dynamic: bool) -> bool:
     """Whether ``circuit`` is scheduled ALAP (``compile_circuit``'s ``scheduling_method``)."""
     return scheduling_method == "alap" or (
-        scheduling_method == "auto" and (not dynamic or not _timed(circuit)))
+        scheduling_method == "auto" and (not dynamic or not _padded(circuit)))
 
 
 def _early(dynamic: Lowered, circuit: QuantumCircuit, scheduling_method: str) -> np.ndarray:
     """``layout_kernel``'s ``op_early`` for a dynamic circuit: its ``early`` runs with
-    ``scheduling_method`` "auto" when no scheduling stage timed it (ALAP then plays a qubit's
+    ``scheduling_method`` "auto" when no scheduling stage padded it (ALAP then plays a qubit's
     gates between a two-qubit gate and its measurement early), none otherwise ("alap" is
     plain ALAP)."""
-    if scheduling_method == "auto" and not _timed(circuit) and any(dynamic.early):
+    if scheduling_method == "auto" and not _padded(circuit) and any(dynamic.early):
         return np.array(dynamic.early, dtype=np.int64)
     return np.zeros(len(dynamic.rows), dtype=np.int64)
 

@@ -343,8 +343,29 @@ def test_bad_option_values_are_rejected(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
     assert "meas_level" in _nothing_sent(lab_backend,
                                          lambda: lab_backend.run(native, meas_level=3))
-    assert "seed_simulator" in _nothing_sent(
-        lab_backend, lambda: lab_backend.run(native, seed_simulator=-1))
+    for seed in (-1, 2**63, 2**70):
+        assert "seed_simulator" in _nothing_sent(
+            lab_backend, lambda seed=seed: lab_backend.run(native, seed_simulator=seed))
+
+
+def test_the_largest_seed_runs_and_the_next_circuit_wraps_to_zero(quiet_lab_backend) -> None:
+    """Run i of a job gets (seed_simulator + i) mod 2**63, the protocol's range: the second
+    circuit of a job seeded 2**63 - 1 draws exactly what a job seeded 0 draws."""
+    native = transpile(bell(), quiet_lab_backend)
+    pair = quiet_lab_backend.run([native, native], shots=200, memory=True,
+                                 seed_simulator=2**63 - 1).result()
+    zero = quiet_lab_backend.run(native, shots=200, memory=True, seed_simulator=0).result()
+    assert pair.get_memory(1) == zero.get_memory(0)
+
+
+def test_a_circuit_without_classical_bits_has_no_outcomes(lab_backend) -> None:
+    """As Qiskit's BasicSimulator: no classical bits, so empty counts and memory (not a
+    made-up outcome '0')."""
+    qc = QuantumCircuit(1)
+    qc.x(0)
+    result = lab_backend.run(transpile(qc, lab_backend), shots=50, memory=True).result()
+    assert result.get_counts() == {}
+    assert result.get_memory() == []
 
 
 def test_rejections_name_the_option(lab_backend) -> None:

@@ -437,6 +437,59 @@ def test_no_echo_on_a_spectator_while_its_cz_plays(lab_backend) -> None:
     assert counts.get("0000", 0) / 2000 >= 0.88, counts
 
 
+def _plays_of(program, channels, qubit: int, role: str) -> list[int]:
+    """Start samples of the plays on ``qubit``'s ``role`` port ("drive" or "flux")."""
+    port = getattr(channels.qubits[qubit], role)[1]
+    return sorted(int(t) for p, t in zip(program.play_port, program.play_start, strict=True)
+                  if int(p) == port)
+
+
+def test_labqpu_nodd_dynamic_circuits_play_at_the_stages_times(lab_backend) -> None:
+    """``labqpu_nodd`` times a circuit without padding it. The compiler used to play every
+    timed circuit with a reset or a mid-circuit measurement ASAP, which holds the stage's times
+    only when padding fills each qubit's idle time (a review's two cases):
+    - h(0); reset(1); cx(0, 1): qubit 0's h played at 0, so it waited the 2.5 us of the active
+      reset in superposition;
+    - a mid-circuit measurement of qubit 1, then cx(2, 3): the cz played at sample 40, as
+      qubit 1's 1000-sample readout window opened, where the stage put it at 1008, ALAP
+      beside the final readouts.
+    Now such a circuit plays ALAP with early runs, at the stage's times."""
+    channels = lab_backend.config.channels
+    samples_per_dt = lab_backend.target.dt * channels.sample_rate_hz
+
+    def stage_start(native, name: str, qubit: int) -> int:
+        starts = [t0 for inst, t0 in zip(native.data, native.op_start_times, strict=True)
+                  if inst.operation.name == name
+                  and qubit in [native.find_bit(q).index for q in inst.qubits]]
+        return round(min(starts) * samples_per_dt)
+
+    reset = QuantumCircuit(2, 2)
+    reset.h(0)
+    reset.reset(1)
+    reset.cx(0, 1)
+    reset.measure([0, 1], [0, 1])
+    native = transpile(reset, lab_backend, scheduling_method="labqpu_nodd",
+                       initial_layout=[0, 1], seed_transpiler=1)
+    program = lab_backend.compile(native)
+    first = _plays_of(program, channels, 0, "drive")[0]
+    assert first == stage_start(native, "sy", 0) > 2000, first
+
+    mid = QuantumCircuit(4, 5)
+    mid.x(1)
+    mid.measure(1, 4)
+    mid.x(1)
+    mid.h(2)
+    mid.cx(2, 3)
+    mid.measure([0, 1, 2, 3], [0, 1, 2, 3])
+    native = transpile(mid, lab_backend, scheduling_method="labqpu_nodd",
+                       initial_layout=[0, 1, 2, 3], seed_transpiler=1)
+    program = lab_backend.compile(native)
+    window = next((int(t), int(t + d)) for q, t, d in zip(
+        program.acq_qubit, program.acq_start, program.acq_duration, strict=True) if q == 1)
+    (flux,) = [t for q in (2, 3) for t in _plays_of(program, channels, q, "flux")]
+    assert flux == stage_start(native, "cz", 2) > window[0] + 900, (flux, window)
+
+
 @pytest.mark.parametrize("method", ["labqpu", "labqpu_nodd"])
 def test_a_bell_pair_survives_a_delay_on_one_of_its_qubits(lab_backend, method) -> None:
     """A review's case: h(0), cx(0, 1), a 1 us delay on qubit 0 only, measure both. ALAP put

@@ -548,3 +548,17 @@ def test_merged_parts_keep_each_blocks_parent_within_its_controller() -> None:
     assert ff.play_block.tolist() == [0, 1, 2]
     assert ff.block_runs(2, {1: 1, 2: 1}) is True and ff.block_runs(2, {1: 0, 2: 1}) is False
     assert columns == [slice(0, 1), slice(1, 3)]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, True, 1.5])
+def test_a_seed_outside_the_protocols_range_fails_the_run(clients, seed) -> None:
+    """``seed`` is an int in 0..2**63 - 1 (docs/protocol.md): another value fails the run
+    with a message naming it, and the controller serves the next run."""
+    c0 = clients["ctrl0"]
+    program_id = c0.upload(*_tiny("ctrl0").to_wire())
+    error = _failure(c0, c0.run(program_id, 10, params={"seed": seed}))
+    assert error.remote_type == "ValueError"
+    assert f"seed must be an int in 0..2**63 - 1, got {seed!r}" in str(error)
+    good = c0.run(program_id, 10, params={"seed": 2**63 - 1})
+    c0.wait(good, BOUND_S)
+    assert c0.fetch(good)[0] == "done"
