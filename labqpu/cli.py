@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labqpu.cli_draw import draw_command, load_circuit
-from labqpu.drivers.protocol import SEED_LIMIT
 
 
 def _bell():
@@ -114,6 +113,8 @@ def _shots_and_seed_problem(shots: int, seed: int | None) -> str | None:
     """What is wrong with ``--shots`` / ``--seed``, before anything starts; None if nothing."""
     if not 1 <= shots <= MAX_SHOTS:
         return f"--shots must be a whole number from 1 to {MAX_SHOTS}, got {shots}"
+    from labqpu.drivers.protocol import SEED_LIMIT  # not at import: --help stays light
+
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         return f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}"
     return None
