@@ -707,7 +707,7 @@ class LabBackend(BackendV2):
         controller's default), ``seed_simulator``, ``scheduling_method`` ("auto": ALAP, with
         a qubit's gates between a two-qubit gate and its measurement early in a circuit with
         control flow, or ASAP for a circuit with mid-circuit measurement that the scheduling
-        stage timed; "alap"; "asap"),
+        stage timed and padded; "alap"; "asap"),
         ``timeout`` (s, per program on the controller), ``sync`` (wait before returning),
         ``reset_method`` ("active": measure, then x when the result is 1, where the controller
         has feed-forward; "passive": idle for the calibrated thermalisation time),

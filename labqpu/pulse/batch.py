@@ -38,6 +38,7 @@ from labqpu.pulse.compiler import (
     _filled,
     _lower,
     _lower_dynamic,
+    _padded,
     _read_with,
 )
 from labqpu.pulse.dynamic import Lowered
@@ -114,7 +115,8 @@ def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | Non
     and parameters and their pulse gates' values. The key is None for a circuit with
     feed-forward (conditional blocks or discriminated acquisitions), compiled on its own.
     A key starts with the kernel's shared inputs (``_Structure.layout``)."""
-    alap = _alap(circuit, scheduling_method, lowered is None)
+    padded = lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
+    alap = _alap(scheduling_method, lowered is None, padded)
     if lowered is not None:
         (effect, duration, param, clbit), qptr, qflat, used, measured = lowered
         n = len(effect)
@@ -134,7 +136,7 @@ def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | Non
     layout = (tuple(clbit), (0, *accumulate(map(len, dynamic.resources))),
               tuple(chain.from_iterable(dynamic.resources)), tuple(dynamic.parent),
               tuple(dynamic.offset), tuple(dynamic.block),
-              tuple(_early(dynamic, circuit, scheduling_method).tolist()), dynamic.num_resources,
+              tuple(_early(dynamic, scheduling_method, padded).tolist()), dynamic.num_resources,
               alap, len(dynamic.local_waves))
     local = tuple(tuple(v for i, v in enumerate(row) if i not in _VALUE_COLUMNS)
                   for row in dynamic.local_rows)

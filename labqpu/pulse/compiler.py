@@ -197,11 +197,14 @@ def _filled(n: int, value: int, dtype: type) -> np.ndarray:
 
 
 def _timed(circuit: QuantumCircuit) -> bool:
-    """Whether a Qiskit scheduling pass has timed ``circuit`` (it has ``op_start_times``)."""
+    """Whether a Qiskit scheduling pass has timed ``circuit``: it has ``op_start_times``, one
+    per instruction (a timed circuit changed afterwards, e.g. appended to, keeps times that no
+    longer match its instructions, and counts as untimed)."""
     try:
-        return circuit.op_start_times is not None
+        times = circuit.op_start_times
     except AttributeError:
         return False
+    return times is not None and len(times) == len(circuit.data)
 
 
 #: Instructions that make a circuit dynamic (read by ``dynamic.lower_dynamic``).
@@ -291,30 +294,61 @@ def _lower_dynamic(circuit: QuantumCircuit, tables: Tables, options: dict) -> Lo
     return dynamic
 
 
-def _padded(circuit: QuantumCircuit) -> bool:
-    """Whether a Qiskit scheduling stage has timed ``circuit`` and padded it: every qubit of
-    the circuit has an instruction starting at 0 (the padding passes fill each qubit's idle
-    time from the start, a qubit that does nothing with one delay; ``labqpu_nodd`` times a
-    circuit without padding it, and ALAP starts a qubit at its first gate)."""
+def _padded(circuit: QuantumCircuit, tables: Tables) -> bool:
+    """Whether a Qiskit scheduling stage has timed ``circuit`` and padded it: each qubit of
+    the circuit has instructions from sample 0 on, each starting where the one before it on
+    that qubit ends (barriers aside; an instruction of a duration not known here, such as a
+    reset or a pulse gate, is taken to last until the next). The padding passes fill every
+    qubit's idle time (a qubit that does nothing gets one delay); ``labqpu_nodd`` times a
+    circuit without padding it, and ALAP leaves a qubit idle before its first gate."""
     if not _timed(circuit):
         return False
-    at_zero = {q for inst, start in zip(circuit.data, circuit.op_start_times, strict=True)
-               if start == 0 for q in inst.qubits}
-    return len(at_zero) == circuit.num_qubits
+    index = {bit: i for i, bit in enumerate(circuit.qubits)}
+    free: dict[int, int | None] = {}  # qubit -> where its last instruction ends (None: unknown)
+    for inst, start in zip(circuit.data, circuit.op_start_times, strict=True):
+        if inst.name == "barrier":
+            continue
+        qubits = tuple(index[q] for q in inst.qubits)
+        for q in qubits:
+            end = free.get(q, 0)
+            if end is not None and start != end:
+                return False
+        duration = _stage_duration(inst, qubits, tables, circuit)
+        for q in qubits:
+            free[q] = None if duration is None else start + duration
+    return len(free) == circuit.num_qubits
 
 
-def _alap(circuit: QuantumCircuit, scheduling_method: str, dynamic: bool) -> bool:
-    """Whether ``circuit`` is scheduled ALAP (``compile_circuit``'s ``scheduling_method``)."""
+def _stage_duration(inst, qubits: tuple[int, ...], tables: Tables,
+                    circuit: QuantumCircuit) -> int | None:
+    """Samples a timed ``inst`` lasts as the Target states it (``dt`` is one sample), or None
+    where that is not known here (reset, whose duration depends on the reset method, pulse
+    gates, anything the compiler will refuse)."""
+    name = inst.name
+    if name == "rz":
+        return 0
+    if name not in ("sx", "sy", "x", "cz", "measure", "delay"):
+        return None
+    try:
+        return duration_samples(inst, qubits, tables.cal, tables.fs, circuit,
+                                tables.channels.timing)
+    except CompilationError:
+        return None
+
+
+def _alap(scheduling_method: str, dynamic: bool, padded: bool) -> bool:
+    """Whether a circuit is scheduled ALAP (``compile_circuit``'s ``scheduling_method``;
+    ``padded``: :func:`_padded` of a dynamic circuit)."""
     return scheduling_method == "alap" or (
-        scheduling_method == "auto" and (not dynamic or not _padded(circuit)))
+        scheduling_method == "auto" and (not dynamic or not padded))
 
 
-def _early(dynamic: Lowered, circuit: QuantumCircuit, scheduling_method: str) -> np.ndarray:
+def _early(dynamic: Lowered, scheduling_method: str, padded: bool) -> np.ndarray:
     """``layout_kernel``'s ``op_early`` for a dynamic circuit: its ``early`` runs with
-    ``scheduling_method`` "auto" when no scheduling stage padded it (ALAP then plays a qubit's
-    gates between a two-qubit gate and its measurement early), none otherwise ("alap" is
-    plain ALAP)."""
-    if scheduling_method == "auto" and not _padded(circuit) and any(dynamic.early):
+    ``scheduling_method`` "auto" when no scheduling stage padded it (``padded``; ALAP then
+    plays a qubit's gates between a two-qubit gate and its measurement early), none otherwise
+    ("alap" is plain ALAP)."""
+    if scheduling_method == "auto" and not padded and any(dynamic.early):
         return np.array(dynamic.early, dtype=np.int64)
     return np.zeros(len(dynamic.rows), dtype=np.int64)
 
@@ -327,6 +361,7 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
     ``tables``."""
     scheduling_method = options["scheduling_method"]
     effects, waves_of = tables.effects(), tables.waves
+    padded = lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
     if lowered is None:
         if dynamic is None:
             dynamic = _lower_dynamic(circuit, tables, options)
@@ -356,7 +391,7 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
     else:
         parent, offset, block = (np.array(a, dtype=np.int64)
                                  for a in (dynamic.parent, dynamic.offset, dynamic.block))
-        early = _early(dynamic, circuit, scheduling_method)
+        early = _early(dynamic, scheduling_method, padded)
     plays = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32),
              np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.int32))
     acqs = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n),
@@ -368,7 +403,7 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         effect, duration, np.array(param, dtype=np.float64), np.array(clbit, dtype=np.int64),
         qptr, qflat, parent, offset, block,
         early, num_resources, channels.num_qubits,
-        _alap(circuit, scheduling_method, lowered is None), effects, len(waves_of),
+        _alap(scheduling_method, lowered is None, padded), effects, len(waves_of),
         tables.drive_ports(), *plays, *acqs, wave_order, *shifts)
     lo_settings, flux_bias_a = tables.lo_and_flux(frozenset(used), frozenset(measured), circuit)
     if waves_of is tables.waves:

@@ -463,16 +463,19 @@ def test_labqpu_nodd_dynamic_circuits_play_at_the_stages_times(lab_backend) -> N
                   and qubit in [native.find_bit(q).index for q in inst.qubits]]
         return round(min(starts) * samples_per_dt)
 
-    reset = QuantumCircuit(2, 2)
-    reset.h(0)
-    reset.reset(1)
-    reset.cx(0, 1)
-    reset.measure([0, 1], [0, 1])
-    native = transpile(reset, lab_backend, scheduling_method="labqpu_nodd",
-                       initial_layout=[0, 1], seed_transpiler=1)
-    program = lab_backend.compile(native)
-    first = _plays_of(program, channels, 0, "drive")[0]
-    assert first == stage_start(native, "sy", 0) > 2000, first
+    for barrier in (False, True):  # a barrier on every qubit at 0 is not padding
+        reset = QuantumCircuit(5, 2)
+        if barrier:
+            reset.barrier()
+        reset.h(0)
+        reset.reset(1)
+        reset.cx(0, 1)
+        reset.measure([0, 1], [0, 1])
+        native = transpile(reset, lab_backend, scheduling_method="labqpu_nodd",
+                           initial_layout=range(5), seed_transpiler=1)
+        program = lab_backend.compile(native)
+        first = _plays_of(program, channels, 0, "drive")[0]
+        assert first == stage_start(native, "sy", 0) > 2000, (barrier, first)
 
     mid = QuantumCircuit(4, 5)
     mid.x(1)
@@ -488,6 +491,25 @@ def test_labqpu_nodd_dynamic_circuits_play_at_the_stages_times(lab_backend) -> N
         program.acq_qubit, program.acq_start, program.acq_duration, strict=True) if q == 1)
     (flux,) = [t for q in (2, 3) for t in _plays_of(program, channels, q, "flux")]
     assert flux == stage_start(native, "cz", 2) > window[0] + 900, (flux, window)
+
+
+def test_a_timed_circuit_changed_afterwards_runs_as_an_untimed_one(lab_backend) -> None:
+    """Qiskit keeps a transpiled circuit's ``op_start_times`` through ``copy()`` and
+    ``append``; once they no longer match its instructions the compiler treats the circuit as
+    untimed (it raised a bare ValueError for a while) and plays it as it plays any untimed
+    dynamic circuit."""
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    changed = transpile(qc, lab_backend, seed_transpiler=1).copy()
+    changed.reset(0)
+    assert len(changed.op_start_times) != len(changed.data)
+    untimed = changed.copy()
+    untimed._op_start_times = None
+    assert lab_backend.compile(changed).content_hash == lab_backend.compile(untimed).content_hash
+    counts = lab_backend.run(changed, shots=400, seed_simulator=5).result().get_counts()
+    assert (counts.get("00", 0) + counts.get("11", 0)) / 400 >= 0.9, counts
 
 
 @pytest.mark.parametrize("method", ["labqpu", "labqpu_nodd"])
