@@ -198,6 +198,59 @@ def _band_channel_kernel(x, s, a_dim, b_dim, ca_dim, cb_dim):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
+def _band_real_kernel(x, pop, coh, a_dim, b_dim, ca_dim, cb_dim):
+    """``_band_channel_kernel`` for a superoperator whose weights from populations to
+    populations are real (every physical channel's are), ~1.4x faster: ``x`` is the float64
+    view of the flattened complex matrix (real and imaginary parts interleaved), ``pop`` the
+    real 3x3 map of the populations (superoperator rows and columns 0, 4, 8) and ``coh`` the
+    10 coherence entries s[3, 3], s[3, 7], s[7, 3], s[7, 7], s[1, 1], s[1, 5], s[5, 1],
+    s[5, 5], s[6, 6], s[2, 2] (``BAND_COHERENCES``). The real map acts on the real and the
+    imaginary parts alike, in one loop over both."""
+    e = ca_dim * 3 * cb_dim
+    rs = 2 * b_dim * e  # one level step of the row index, in floats
+    cs = 2 * cb_dim  # one level step of the column index, in floats
+    p00, p01, p02 = pop[0, 0], pop[0, 1], pop[0, 2]
+    p10, p11, p12 = pop[1, 0], pop[1, 1], pop[1, 2]
+    p20, p21, p22 = pop[2, 0], pop[2, 1], pop[2, 2]
+    a0r, a0i, a1r, a1i = coh[0].real, coh[0].imag, coh[1].real, coh[1].imag
+    a2r, a2i, a3r, a3i = coh[2].real, coh[2].imag, coh[3].real, coh[3].imag
+    b0r, b0i, b1r, b1i = coh[4].real, coh[4].imag, coh[5].real, coh[5].imag
+    b2r, b2i, b3r, b3i = coh[6].real, coh[6].imag, coh[7].real, coh[7].imag
+    c0r, c0i, c1r, c1i = coh[8].real, coh[8].imag, coh[9].real, coh[9].imag
+    for a in range(a_dim):
+        for b in range(b_dim):
+            row = 2 * (a * 3 * b_dim + b) * e
+            for a2 in range(ca_dim):
+                col = row + a2 * 6 * cb_dim
+                for k in range(col, col + cs):  # populations: real and imaginary parts alike
+                    v0 = x[k]
+                    v1 = x[k + rs + cs]
+                    v2 = x[k + 2 * rs + 2 * cs]
+                    x[k] = p00 * v0 + p01 * v1 + p02 * v2
+                    x[k + rs + cs] = p10 * v0 + p11 * v1 + p12 * v2
+                    x[k + 2 * rs + 2 * cs] = p20 * v0 + p21 * v1 + p22 * v2
+                for k in range(col, col + cs, 2):  # coherences: complex weights
+                    ur, ui = x[k + rs], x[k + rs + 1]  # (1, 0) and (2, 1)
+                    vr, vi = x[k + 2 * rs + cs], x[k + 2 * rs + cs + 1]
+                    x[k + rs] = a0r * ur - a0i * ui + a1r * vr - a1i * vi
+                    x[k + rs + 1] = a0r * ui + a0i * ur + a1r * vi + a1i * vr
+                    x[k + 2 * rs + cs] = a2r * ur - a2i * ui + a3r * vr - a3i * vi
+                    x[k + 2 * rs + cs + 1] = a2r * ui + a2i * ur + a3r * vi + a3i * vr
+                    ur, ui = x[k + cs], x[k + cs + 1]  # (0, 1) and (1, 2)
+                    vr, vi = x[k + rs + 2 * cs], x[k + rs + 2 * cs + 1]
+                    x[k + cs] = b0r * ur - b0i * ui + b1r * vr - b1i * vi
+                    x[k + cs + 1] = b0r * ui + b0i * ur + b1r * vi + b1i * vr
+                    x[k + rs + 2 * cs] = b2r * ur - b2i * ui + b3r * vr - b3i * vi
+                    x[k + rs + 2 * cs + 1] = b2r * ui + b2i * ur + b3r * vi + b3i * vr
+                    ur, ui = x[k + 2 * rs], x[k + 2 * rs + 1]  # (2, 0)
+                    x[k + 2 * rs] = c0r * ur - c0i * ui
+                    x[k + 2 * rs + 1] = c0r * ui + c0i * ur
+                    ur, ui = x[k + 2 * cs], x[k + 2 * cs + 1]  # (0, 2)
+                    x[k + 2 * cs] = c1r * ur - c1i * ui
+                    x[k + 2 * cs + 1] = c1r * ui + c1i * ur
+
+
+@njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def _fibre_channel_kernel(x, e, u, s, mode, theta, rows, row_ctrl, row_col_ctrl, cols,
                           col_ctrl, rs, cs):
     """In place: X -> A S(X) B^dag on every 3x3 fibre X of the flattened (d, e) matrix ``x``
@@ -299,6 +352,14 @@ def _band_mask() -> np.ndarray:
 BAND_MASK = _band_mask()
 #: Flat indices of the other entries (which must be 0 for it).
 _OFF_BAND = np.flatnonzero(~BAND_MASK)
+#: Flat indices of a band superoperator's weights from populations to populations (3x3,
+#: row-major) and of its coherence entries in ``_band_real_kernel``'s order.
+BAND_POPULATIONS = np.array([0, 4, 8, 36, 40, 44, 72, 76, 80])
+BAND_COHERENCES = np.array([30, 34, 66, 70, 10, 14, 46, 50, 60, 20])
+#: Largest imaginary part of a population weight that ``_band_real_kernel`` leaves out (a
+#: physical channel's are 0 up to rounding); a channel with larger ones takes the complex
+#: kernel.
+REAL_WEIGHT_TOL = 1e-14
 
 
 def _conserves_band(superop: np.ndarray) -> bool:
@@ -684,8 +745,10 @@ class DensityMatrix:
 
     def apply_superop(self, superop: np.ndarray, target: int) -> None:
         """Apply a one-qubit channel given as a row-major 9x9 superoperator: in place through
-        ``_band_channel_kernel`` when it conserves i - j (entries outside ``BAND_MASK``
-        exactly 0), else by ``tensordot``. On a diagonal position the channel must conserve
+        ``_band_real_kernel`` when it conserves i - j (entries outside ``BAND_MASK`` exactly
+        0) and its weights from populations to populations are real (up to
+        ``REAL_WEIGHT_TOL``), through ``_band_channel_kernel`` when only the first holds, else
+        by ``tensordot``. On a diagonal position the channel must conserve
         i - j, and only its action on populations is applied (:meth:`apply_held_channels`)."""
         if target in self.diagonal:
             self.apply_held_channels([(superop, target)])
@@ -695,9 +758,15 @@ class DensityMatrix:
         if band:
             x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
             a = len(self.active)
-            _band_channel_kernel(x.reshape(-1), np.ascontiguousarray(superop, np.complex128),
-                                 LEVELS**target, LEVELS ** (self.n - 1 - target),
-                                 LEVELS**column, LEVELS ** (a - 1 - column))
+            dims = (LEVELS**target, LEVELS ** (self.n - 1 - target), LEVELS**column,
+                    LEVELS ** (a - 1 - column))
+            flat = np.asarray(superop, dtype=np.complex128).reshape(-1)
+            pop = flat[BAND_POPULATIONS]
+            if np.abs(pop.imag).max() <= REAL_WEIGHT_TOL:
+                _band_real_kernel(x.reshape(-1).view(np.float64), pop.real.reshape(3, 3),
+                                  flat[BAND_COHERENCES], *dims)
+            else:
+                _band_channel_kernel(x.reshape(-1), flat.reshape(9, 9), *dims)
             self.tensor = x
             return
         s = superop.reshape([LEVELS] * 4)
