@@ -513,13 +513,13 @@ def _adjoint(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None
-                   ) -> np.ndarray:
-    """u applied to the middle axis of ``x`` (shape (a, m, b)); with ``blocks`` only the
-    diagonal blocks of u (u must be block-diagonal on them)."""
+def _left_multiply(u: np.ndarray, x: np.ndarray, blocks: tuple[np.ndarray, ...] | None,
+                   out: np.ndarray) -> np.ndarray:
+    """u applied to the middle axis of ``x`` (shape (a, m, b)), written into ``out`` (same
+    shape, not overlapping ``x``) and returned; with ``blocks`` only the diagonal blocks of u
+    (u must be block-diagonal on them)."""
     if blocks is None:
-        return np.matmul(u, x)
-    out = np.empty_like(x)
+        return np.matmul(u, x, out=out)
     for idx in blocks:
         if idx.size == 1:
             out[:, idx, :] = u[idx[0], idx[0]] * x[:, idx, :]
@@ -566,6 +566,18 @@ class DensityMatrix:
             factor = p[:, None] if i in self.diagonal else np.diag(p)
             rho = np.kron(rho, factor.astype(complex))
         self.tensor = rho.reshape([LEVELS] * (self.n + len(self.active)))
+        #: A matrix of the tensor's size that :meth:`apply_product` writes its BLAS passes
+        #: into, kept between calls (the pass's input becomes the next one's); never shared:
+        #: a copy of the state starts without one (:meth:`__copy__`).
+        self._scratch: np.ndarray | None = None
+
+    def __copy__(self) -> DensityMatrix:
+        """A shallow copy (the tensor shared) without the scratch matrix, which only one
+        state may write into."""
+        out = object.__new__(DensityMatrix)
+        out.__dict__.update(self.__dict__)
+        out._scratch = None
+        return out
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -659,19 +671,29 @@ class DensityMatrix:
             self._check_targets(targets)
             _check_stack(u, controls, targets)
         passes = [self._row_pass(u, controls, targets) for u, controls, targets in ops]
-        x = self.tensor.reshape(self.shape)
+        shape = self.shape
+        x = np.ascontiguousarray(self.tensor, dtype=np.complex128).reshape(shape)
+        spare = self._scratch
+        if spare is None or spare.shape != shape:
+            spare = np.empty(shape, dtype=np.complex128)
+        if diagonal is not None:  # D rho D^dag, in place
+            _diagonal_kernel(x, np.ascontiguousarray(diagonal, dtype=np.complex128),
+                             *_spectator_rows(self.n, self.diagonal))
         for side in range(2):
             if side:
-                x = self._adjoint(x)
-            if diagonal is not None:
-                x = x * diagonal[:, None]
+                if self.diagonal:
+                    x = self._adjoint(x)
+                else:
+                    np.conj(x.T, out=spare)  # _adjoint, into the spare matrix
+                    x, spare = spare, x
             for row_pass in passes:
-                x = row_pass(x)
+                x, spare = row_pass(x, spare)
+        self._scratch = spare
         self.tensor = x.reshape(self.tensor.shape)
 
     def _row_pass(self, u_stack: np.ndarray, controls: list[int], targets: list[int]):
-        """x -> O x for the matrix x and O as in :meth:`apply_product`."""
-        shape = self.shape
+        """(x, spare) -> (O x, the matrix now free) for the matrix x, a free matrix of its
+        shape, and O as in :meth:`apply_product`."""
         k = len(targets)
         p = targets[0]
         if k > 1 and not controls and list(targets) == list(range(p, p + k)):
@@ -679,10 +701,15 @@ class DensityMatrix:
             off = np.abs(u[~_excitation_mask(k)]).max(initial=0.0)
             use = _excitation_blocks(k) if off < 1e-13 else None
             split = (LEVELS**p, LEVELS**k, -1)
-            return lambda x: _left_multiply(u, x.reshape(split), use).reshape(shape)
+
+            def blas(x: np.ndarray, spare: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                _left_multiply(u, x.reshape(split), use, spare.reshape(split))
+                return spare, x
+
+            return blas
         idx = _row_groups(self.n, tuple(controls), tuple(targets))
         u = np.ascontiguousarray(u_stack, dtype=np.complex128)
-        return lambda x: _group_apply_kernel(np.ascontiguousarray(x), u, *idx)
+        return lambda x, spare: (_group_apply_kernel(x, u, *idx), spare)
 
     def apply_controlled_channel(self, u_stack: np.ndarray, superop: np.ndarray | None,
                                  controls: list[int], target: int, phase_rad: float = 0.0

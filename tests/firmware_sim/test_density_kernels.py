@@ -221,6 +221,37 @@ def test_apply_product_matches_dense_operator_product() -> None:
                     rtol=0, atol=1e-12)
 
 
+def test_states_copied_between_products_evolve_apart() -> None:
+    """apply_product keeps a scratch matrix for its BLAS passes between calls. A copy (as a
+    feed-forward branch makes), a held-spectator projection and a drop each start without
+    it: products applied to a state and to its copy, alternately and repeatedly, give each
+    its own dense reference L rho L^dag (1e-12)."""
+    rng = np.random.default_rng(12)
+    n = 3
+    rho = _random_rho(3**n, rng)
+    first = DensityMatrix([np.array([1.0, 0.0, 0.0])] * n)
+    first.tensor = rho.reshape((3,) * (2 * n)).copy()
+    pair_a, pair_b = _random_unitary(9, rng), _random_unitary(9, rng)
+    first.apply_product([(pair_a[None], [], [0, 1])])
+    second = first.copy()
+    ref_first = ref_second = _dense_controlled(pair_a[None], [], [0, 1], n) @ rho \
+        @ _dense_controlled(pair_a[None], [], [0, 1], n).conj().T
+    for _ in range(3):
+        for state, u, targets in ((first, pair_a, [1, 2]), (second, pair_b, [0, 1])):
+            diagonal = np.exp(1j * rng.uniform(-np.pi, np.pi, 3**n))
+            state.apply_product([(u[None], [], targets)], diagonal)
+            dense = _dense_controlled(u[None], [], targets, n) @ np.diag(diagonal)
+            if state is first:
+                ref_first = dense @ ref_first @ dense.conj().T
+            else:
+                ref_second = dense @ ref_second @ dense.conj().T
+    assert first._scratch is not second._scratch
+    assert_allclose(first.tensor.reshape(27, 27), ref_first, rtol=0, atol=1e-12)
+    assert_allclose(second.tensor.reshape(27, 27), ref_second, rtol=0, atol=1e-12)
+    projected, _ = first.project(0, 0)
+    assert projected._scratch is None
+
+
 @pytest.mark.parametrize(("controls", "targets"), [
     ((), (2,)), ((0, 3), (1,)), ((4,), (0,)), ((1,), (3, 0)), ((), (2, 4)), ((2, 0), (4, 1)),
 ])
