@@ -574,10 +574,24 @@ class DensityMatrix:
     def __copy__(self) -> DensityMatrix:
         """A shallow copy (the tensor shared) without the scratch matrix, which only one
         state may write into."""
-        out = object.__new__(DensityMatrix)
+        out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out._scratch = None
         return out
+
+    def free_scratch(self) -> None:
+        """Let go of the scratch matrix (:meth:`apply_product` makes a new one when needed):
+        a state kept after its evolution then holds one matrix, not two."""
+        self._scratch = None
+
+    def _check_diagonal(self, phases: np.ndarray) -> np.ndarray:
+        """``phases`` as a contiguous complex array of 3^n values (``ValueError`` otherwise:
+        the kernel does not check bounds)."""
+        phases = np.ascontiguousarray(phases, dtype=np.complex128)
+        if phases.shape != (LEVELS**self.n,):
+            raise ValueError(f"a diagonal over {self.n} positions has {LEVELS**self.n} values, "
+                             f"got shape {phases.shape}")
+        return phases
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -665,11 +679,16 @@ class DensityMatrix:
         on a reshaped matrix, restricted to the blocks of equal excitation number when U
         conserves it (a flux pulse without drives does); any other (one target, or controls)
         goes through ``_group_apply_kernel``, in place (for one target ~1.2-1.4x faster than
-        BLAS on these thin products, and it allocates nothing).
+        BLAS on these thin products, and it allocates nothing). D is applied in place first
+        (D rho D^dag); the BLAS passes and the adjoint write into a scratch matrix the state
+        keeps until :meth:`free_scratch`. The operands are checked before anything is
+        applied; an interruption past that (out of memory) leaves the state part-way.
         """
         for u, controls, targets in ops:
             self._check_targets(targets)
             _check_stack(u, controls, targets)
+        if diagonal is not None:
+            diagonal = self._check_diagonal(diagonal)
         passes = [self._row_pass(u, controls, targets) for u, controls, targets in ops]
         shape = self.shape
         x = np.ascontiguousarray(self.tensor, dtype=np.complex128).reshape(shape)
@@ -677,8 +696,7 @@ class DensityMatrix:
         if spare is None or spare.shape != shape:
             spare = np.empty(shape, dtype=np.complex128)
         if diagonal is not None:  # D rho D^dag, in place
-            _diagonal_kernel(x, np.ascontiguousarray(diagonal, dtype=np.complex128),
-                             *_spectator_rows(self.n, self.diagonal))
+            _diagonal_kernel(x, diagonal, *_spectator_rows(self.n, self.diagonal))
         for side in range(2):
             if side:
                 if self.diagonal:
@@ -735,9 +753,9 @@ class DensityMatrix:
     def apply_diagonal(self, phases: np.ndarray) -> None:
         """rho -> D rho D^dag with D = diag(``phases``) over all qubits (3^n values), in place
         (``_diagonal_kernel``)."""
+        phases = self._check_diagonal(phases)
         x = np.ascontiguousarray(self.tensor, dtype=np.complex128).reshape(self.shape)
-        _diagonal_kernel(x, np.ascontiguousarray(phases, dtype=np.complex128),
-                         *_spectator_rows(self.n, self.diagonal))
+        _diagonal_kernel(x, phases, *_spectator_rows(self.n, self.diagonal))
         self.tensor = x.reshape(self.tensor.shape)
 
     def apply_held_channels(self, channels: list[tuple[np.ndarray, int]]) -> None:

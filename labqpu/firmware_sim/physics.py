@@ -457,6 +457,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         for q in order:
             local.idle(q, acq_time.get(q, t_end))
         local.flush_all(order)
+        rho.free_scratch()  # the state outlives the evolution (branches, residual excitation)
         return Evolution(rho=rho, position=pos, samples=samples, acquisitions=acq)
 
     def _render(self, prog: WireProgram

@@ -21,6 +21,7 @@ import pytest
 import scipy.linalg
 from numpy.testing import assert_allclose
 
+from labqpu.firmware_sim import density
 from labqpu.firmware_sim.clusters import propagate_conserving
 from labqpu.firmware_sim.density import (
     BAND_COHERENCES,
@@ -171,7 +172,8 @@ def _check_superop_on_three(s: np.ndarray, target: int, rng: np.random.Generator
 
 
 @pytest.mark.parametrize("target", [0, 1, 2])
-def test_apply_superop_relaxation_takes_the_band_path_and_matches_einsum(target: int) -> None:
+def test_apply_superop_relaxation_takes_the_band_path_and_matches_einsum(target: int,
+                                                                        monkeypatch) -> None:
     """A physical channel (T1 towards a thermal state, dephasing, idle |2> phase, composed
     with a diagonal phase) conserves i - j; apply_superop on it matches einsum (1e-12)."""
     rng = np.random.default_rng(target)
@@ -179,7 +181,12 @@ def test_apply_superop_relaxation_takes_the_band_path_and_matches_einsum(target:
     phase = np.exp(1j * np.array([0.0, 0.3, -1.1]))
     s = np.kron(np.diag(phase), np.diag(phase.conj())) @ s
     assert not np.any(s[~BAND_MASK])
+    calls = []
+    real_kernel = density._band_real_kernel
+    monkeypatch.setattr(density, "_band_real_kernel",
+                        lambda *args: calls.append(1) or real_kernel(*args))
     _check_superop_on_three(s, target, rng)
+    assert calls == [1]  # a physical channel takes the real-weight kernel
 
 
 @pytest.mark.parametrize("target", [0, 2])
@@ -223,9 +230,10 @@ def test_apply_product_matches_dense_operator_product() -> None:
 
 def test_states_copied_between_products_evolve_apart() -> None:
     """apply_product keeps a scratch matrix for its BLAS passes between calls. A copy (as a
-    feed-forward branch makes), a held-spectator projection and a drop each start without
-    it: products applied to a state and to its copy, alternately and repeatedly, give each
-    its own dense reference L rho L^dag (1e-12)."""
+    feed-forward branch makes) and a projection start without it: products applied to a
+    state and to its copy, alternately and repeatedly, give each its own dense reference
+    L rho L^dag (1e-12). ``free_scratch`` lets it go; a diagonal of the wrong length is
+    refused before anything is applied."""
     rng = np.random.default_rng(12)
     n = 3
     rho = _random_rho(3**n, rng)
@@ -250,6 +258,15 @@ def test_states_copied_between_products_evolve_apart() -> None:
     assert_allclose(second.tensor.reshape(27, 27), ref_second, rtol=0, atol=1e-12)
     projected, _ = first.project(0, 0)
     assert projected._scratch is None
+    first.free_scratch()
+    assert first._scratch is None
+    before = first.tensor.copy()
+    for bad in (np.ones(26), np.ones(28), np.ones(9)):
+        with pytest.raises(ValueError, match="27 values"):
+            first.apply_product([(pair_a[None], [], [0, 1])], bad)
+        with pytest.raises(ValueError, match="27 values"):
+            first.apply_diagonal(bad)
+    assert np.array_equal(first.tensor, before)
 
 
 @pytest.mark.parametrize(("controls", "targets"), [
