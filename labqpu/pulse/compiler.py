@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from itertools import accumulate, chain
 
 import numpy as np
-from qiskit.circuit import QuantumCircuit
+from qiskit.circuit import ParameterExpression, QuantumCircuit
 
 from labqpu.errors import CompilationError
 from labqpu.pulse.channels import ChannelMap
@@ -232,8 +232,9 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     ``scheduling_method``: "alap", "asap", or "auto" (the backend's default): ASAP for a circuit
     that this compiler schedules itself (mid-circuit measurement, active reset, pulse gates)
     and that a Qiskit scheduling stage has already timed and padded (it has ``op_start_times``
-    and every qubit starts at 0; the padding fills every slot up to a qubit's measurement, so
-    ASAP plays its gates where Qiskit put them), ALAP otherwise (with the early runs below
+    and each qubit's instructions run from 0 without a gap, :func:`_padded`; the padding fills
+    every slot up to a qubit's measurement, so ASAP plays its gates where Qiskit put them),
+    ALAP otherwise (with the early runs below
     when it is timed but not padded, as ``labqpu_nodd`` leaves it, and no echo). Plain ALAP
     would move such a circuit's last gates on a qubit to the end of the program, leaving the
     qubit to wait in superposition beside a partner that is measured and flipped meanwhile,
@@ -327,13 +328,22 @@ def _stage_duration(inst, qubits: tuple[int, ...], tables: Tables,
     name = inst.name
     if name == "rz":
         return 0
-    if name not in ("sx", "sy", "x", "cz", "measure", "delay"):
+    if name == "delay":  # the stage has converted every delay to dt
+        op = inst.operation
+        if op.unit != "dt" or isinstance(op.duration, ParameterExpression):
+            return None
+        return int(op.duration)
+    if name not in ("sx", "sy", "x", "cz", "measure"):
         return None
-    try:
-        return duration_samples(inst, qubits, tables.cal, tables.fs, circuit,
-                                tables.channels.timing)
-    except CompilationError:
-        return None
+    key = (name, qubits)
+    duration = tables.durations.get(key)  # what ``_lower`` caches for the same gates
+    if duration is None:
+        try:
+            duration = tables.durations[key] = duration_samples(
+                inst, qubits, tables.cal, tables.fs, circuit, tables.channels.timing)
+        except CompilationError:
+            return None
+    return duration
 
 
 def _alap(scheduling_method: str, dynamic: bool, padded: bool) -> bool:
@@ -355,13 +365,15 @@ def _early(dynamic: Lowered, scheduling_method: str, padded: bool) -> np.ndarray
 
 def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snapshot,
                   channels: ChannelMap, tables: Tables, options: dict,
-                  dynamic: Lowered | None = None) -> PulseProgram:
+                  dynamic: Lowered | None = None, padded: bool | None = None) -> PulseProgram:
     """``compile_circuit`` of ``circuit`` once ``_lower`` has read it (``lowered``; None: a
     dynamic circuit, read by ``lower_dynamic``, or given as ``dynamic`` if it has been) against
-    ``tables``."""
+    ``tables``; ``padded``: :func:`_padded` of a dynamic circuit under "auto", when the caller
+    has it (else it is computed here)."""
     scheduling_method = options["scheduling_method"]
     effects, waves_of = tables.effects(), tables.waves
-    padded = lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
+    if padded is None:
+        padded = lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
     if lowered is None:
         if dynamic is None:
             dynamic = _lower_dynamic(circuit, tables, options)
