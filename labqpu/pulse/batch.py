@@ -33,12 +33,12 @@ from qiskit.circuit import QuantumCircuit
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.compiler import (
     _alap,
+    _auto_padded,
     _compile_read,
     _early,
     _filled,
     _lower,
     _lower_dynamic,
-    _padded,
     _read_with,
 )
 from labqpu.pulse.dynamic import Lowered
@@ -76,7 +76,7 @@ def compile_circuits(circuits: Sequence[QuantumCircuit], snapshot: Snapshot,
         tables, names = _read_with(circuit, snapshot, channels, options)
         lowered = _lower(circuit, tables, names)
         dynamic = None if lowered is not None else _lower_dynamic(circuit, tables, options)
-        padded = lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
+        padded = _auto_padded(circuit, lowered, scheduling_method, tables)
         key, point = _read(circuit, lowered, dynamic, scheduling_method, tables, padded)
         if structure is not None and key is not None and key == structure.key:
             points.append(point)
@@ -113,11 +113,11 @@ _VALUE_COLUMNS = (2, 3, 8, 10, 13, 15)
 def _read(circuit: QuantumCircuit, lowered: tuple | None, dynamic: Lowered | None,
           scheduling_method: str, tables: Tables, padded: bool) -> tuple[tuple | None, _Point]:
     """(structure key, point) of ``circuit`` as ``_lower`` (``lowered``) or ``lower_dynamic``
-    (``dynamic``) read it (``padded``: ``compiler._padded`` of a dynamic circuit under
-    "auto"). Circuits with equal keys differ only in their op rows' durations and parameters
-    and their pulse gates' values. The key is None for a circuit with feed-forward
-    (conditional blocks or discriminated acquisitions), compiled on its own. A key starts with
-    the kernel's shared inputs (``_Structure.layout``)."""
+    (``dynamic``) read it (``padded``: ``compiler._auto_padded`` of it). Circuits with equal
+    keys differ only in their op rows' durations and parameters and their pulse gates' values.
+    The key is None for a circuit with feed-forward (conditional blocks or discriminated
+    acquisitions), compiled on its own. A key starts with the kernel's shared inputs
+    (``_Structure.layout``)."""
     alap = _alap(scheduling_method, lowered is None, padded)
     if lowered is not None:
         (effect, duration, param, clbit), qptr, qflat, used, measured = lowered

@@ -234,14 +234,13 @@ def compile_circuit(circuit: QuantumCircuit, snapshot: Snapshot, channels: Chann
     and that a Qiskit scheduling stage has already timed and padded (it has ``op_start_times``
     and each qubit's instructions run from 0 without a gap, :func:`_padded`; the padding fills
     every slot up to a qubit's measurement, so ASAP plays its gates where Qiskit put them),
-    ALAP otherwise (with the early runs below
-    when it is timed but not padded, as ``labqpu_nodd`` leaves it, and no echo). Plain ALAP
-    would move such a circuit's last gates on a qubit to the end of the program, leaving the
-    qubit to wait in superposition beside a partner that is measured and flipped meanwhile,
-    and static ZZ would turn its phase. A circuit with
-    control flow is not timed by the scheduling stage and stays ALAP, except that a run of a
-    qubit's single-qubit gates between a two-qubit gate and its measurement plays early
-    (``dynamic.early_runs``), so the qubit waits in its measurement basis, and the idle
+    ALAP otherwise (with the early runs below when it is timed but not padded, as
+    ``labqpu_nodd`` leaves it, and no echo). Plain ALAP would move such a circuit's last gates
+    on a qubit to the end of the program, leaving the qubit to wait in superposition beside a
+    partner that is measured and flipped meanwhile, and static ZZ would turn its phase. A
+    circuit with control flow is not timed by the scheduling stage and stays ALAP, except
+    that a run of a qubit's single-qubit gates between a two-qubit gate and its measurement
+    plays early (``dynamic.early_runs``), so the qubit waits in its measurement basis, and the idle
     windows of qubits that may be in superposition get the staggered echo (``echo.decouple``).
     A static circuit under "auto" gets the same early runs (``kernels.early_kernel``), as the
     scheduling stage times it (``backend.plugins.early_runs``). "alap" and "asap" are plain:
@@ -320,6 +319,13 @@ def _padded(circuit: QuantumCircuit, tables: Tables) -> bool:
     return len(free) == circuit.num_qubits
 
 
+def _auto_padded(circuit: QuantumCircuit, lowered: tuple | None, scheduling_method: str,
+                 tables: Tables) -> bool:
+    """:func:`_padded` where it decides anything: a dynamic circuit (``lowered`` None) under
+    "auto"; False otherwise."""
+    return lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
+
+
 def _stage_duration(inst, qubits: tuple[int, ...], tables: Tables,
                     circuit: QuantumCircuit) -> int | None:
     """Samples a timed ``inst`` lasts as the Target states it (``dt`` is one sample), or None
@@ -373,7 +379,7 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
     scheduling_method = options["scheduling_method"]
     effects, waves_of = tables.effects(), tables.waves
     if padded is None:
-        padded = lowered is None and scheduling_method == "auto" and _padded(circuit, tables)
+        padded = _auto_padded(circuit, lowered, scheduling_method, tables)
     if lowered is None:
         if dynamic is None:
             dynamic = _lower_dynamic(circuit, tables, options)
