@@ -54,10 +54,15 @@ READOUT_ROUNDS = 3
 #: fidelity per point) sometimes let an amplitude one step below the optimum pass the slack;
 #: 13 points at 4x cost a third of the 169-point map.
 READOUT_LINE_SHOTS = 4
+#: How far below the line's best smoothed fidelity the amplitude chosen on the line may be: the
+#: map's slack scaled to the line's noise (READOUT_LINE_SHOTS times the shots, half the noise).
+#: With the map's slack, an amplitude one step below the optimum (0.006-0.011 lower) passed in
+#: about one search in ten.
+READOUT_LINE_SLACK = READOUT_FIDELITY_SLACK / READOUT_LINE_SHOTS ** 0.5
 
 __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
            "READOUT_DURATION_SLACK", "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK",
-           "READOUT_ROUNDS",
+           "READOUT_LINE_SLACK", "READOUT_ROUNDS",
            "assignment_fidelity_of", "choose_readout_duration", "choose_readout_point",
            "duration_scan", "fidelity_map", "readout"]
 
@@ -124,25 +129,27 @@ def _within_slack(smooth: np.ndarray, grid: np.ndarray, value: float, slack: flo
 
 
 def choose_line_amplitude(line: np.ndarray, amplitudes: np.ndarray, scanned_amplitude: float,
-                          what: str, slack: float = READOUT_FIDELITY_SLACK
+                          what: str, slack: float = READOUT_LINE_SLACK
                           ) -> tuple[float, np.ndarray]:
     """Pure analysis of an amplitude line (fidelity against ``amplitudes``, ascending) measured
     with the window chosen at ``scanned_amplitude``: (the amplitude to keep, the smoothed line).
     ``scanned_amplitude`` itself when its smoothed fidelity is within ``slack`` of the line's
     best (a step would gain less than the noise can show, and its window is the one just
-    scanned), else :func:`choose_readout_point`'s amplitude. The readout node and its refit
-    both decide through here."""
-    _, i_line, smooth = choose_readout_point(np.asarray(line, dtype=float)[None, :], what)
+    scanned), else the smallest amplitude within ``slack`` of the best
+    (:func:`choose_readout_point`). The readout node and its refit both decide through here."""
+    _, i_line, smooth = choose_readout_point(np.asarray(line, dtype=float)[None, :], what,
+                                             slack)
     if _within_slack(smooth[0], amplitudes, scanned_amplitude, slack):
         return float(scanned_amplitude), smooth[0]
     return float(amplitudes[i_line]), smooth[0]
 
 
-def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.ndarray]:
+def choose_readout_point(fidelity: np.ndarray, what: str,
+                         slack: float = READOUT_FIDELITY_SLACK) -> tuple[int, int, np.ndarray]:
     """Pure analysis of a fidelity map (frequencies x amplitudes, amplitudes ascending): the
     map smoothed (Gaussian, :data:`READOUT_SMOOTHING` grid points) and the (frequency index,
-    amplitude index) of the smallest amplitude whose smoothed fidelity is within
-    :data:`READOUT_FIDELITY_SLACK` of its maximum (the best such frequency). ``FitError``
+    amplitude index) of the smallest amplitude whose smoothed fidelity is within ``slack`` of
+    its maximum (the best such frequency). ``FitError``
     naming ``what`` when the best is below :data:`READOUT_FIDELITY_FLOOR`."""
     smooth = gaussian_filter(np.asarray(fidelity, dtype=float), READOUT_SMOOTHING,
                              mode="nearest")
@@ -150,7 +157,7 @@ def choose_readout_point(fidelity: np.ndarray, what: str) -> tuple[int, int, np.
     if best < READOUT_FIDELITY_FLOOR:
         raise FitError(f"{what}: the best assignment fidelity of the readout sweep is "
                        f"{best:.3f}, below {READOUT_FIDELITY_FLOOR}: no readout")
-    near = smooth >= best - READOUT_FIDELITY_SLACK
+    near = smooth >= best - slack
     i_amp = int(np.argmax(near.any(axis=0)))
     i_freq = int(np.argmax(np.where(near[:, i_amp], smooth[:, i_amp], -np.inf)))
     return i_freq, i_amp, smooth
@@ -162,12 +169,15 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     resonator spectroscopy measured, so that recalibrations in a row cannot walk the frequency
     away from it; on the current readout frequency when no measured resonator is known), then
     in turn the window at that amplitude (:func:`choose_readout_duration` on a
-    :func:`duration_scan`, as many shots) and, if the window moved, the amplitude again at the
-    chosen frequency and the new window, until the window stays, the amplitude is within the
-    slack of the new scan's best (it is kept), the search returns to a point chosen before, or
-    :data:`READOUT_ROUNDS` rounds have run (the records' settings say how
-    many and whether it converged); then discriminator centres, assignment matrix and
-    fidelity from ``4 shots`` single shots per state."""
+    :func:`duration_scan`, as many shots) and the amplitude again on a line at the chosen
+    frequency and window (:data:`READOUT_LINE_SHOTS` times the shots, decided within
+    :data:`READOUT_LINE_SLACK`: :func:`choose_line_amplitude`), until the window stays at an
+    amplitude a line chose, the amplitude is within the line's slack of its best (it is kept),
+    the search returns to a point chosen before, or :data:`READOUT_ROUNDS` rounds have run (the
+    records' settings say how many and whether it converged); then discriminator centres,
+    assignment matrix and fidelity from ``4 shots`` single shots per state. The amplitude is
+    always decided on a line: the map's noise and slack let an amplitude one step below the
+    optimum through."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
     old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
@@ -188,13 +198,13 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     rounds, converged = 0, False
     visited = {(amp, duration)}
     while rounds < READOUT_ROUNDS and not converged:
-        # the window at this amplitude, then (if it moved) the amplitude at that window, until
-        # the window stays, the amplitude step would gain nothing (the amplitude is within the
-        # slack of the line's best: the fidelity is flat there within the noise, and the
-        # windows would otherwise wander along their flat part; the amplitude is kept, since
-        # its window was just scanned) or the search returns to a point already chosen (two
-        # neighbouring points the noise cannot tell apart would alternate). A stronger tone
-        # wants a shorter window, a shorter window a stronger tone.
+        # the window at this amplitude, then the amplitude at that window, until the window
+        # stays at an amplitude a line chose, the amplitude step would gain nothing (the
+        # amplitude is within the slack of the line's best: the fidelity is flat there within
+        # the noise, and the windows would otherwise wander along their flat part; the
+        # amplitude is kept, since its window was just scanned) or the search returns to a
+        # point already chosen (two neighbouring points the noise cannot tell apart would
+        # alternate). A stronger tone wants a shorter window, a shorter window a stronger tone.
         rounds += 1
         work["readout_amplitude"] = scan_amp = amp
         by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
@@ -202,7 +212,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         converged = float(READOUT_DURATIONS_S[i_d]) == duration
         duration = float(READOUT_DURATIONS_S[i_d])
         work["readout_duration_s"] = duration
-        if converged or (amp, duration) in visited:
+        if (converged or (amp, duration) in visited) and "amplitude_line" in sweep_raw:
             converged = True
             break
         visited.add((amp, duration))
@@ -232,7 +242,8 @@ def readout(kit: Kit, q: int, shots: int) -> None:
                   "rounds": rounds, "converged": converged})
     work["readout_duration_s"] = duration
     settings = {**settings, "rounds": rounds, "converged": converged,
-                "line_shots_per_state_and_point": shots * 2 * READOUT_LINE_SHOTS}
+                "line_shots_per_state_and_point": shots * 2 * READOUT_LINE_SHOTS,
+                "line_slack": READOUT_LINE_SLACK}
     amp_id = kit.record(
         "readout_amplitude", q,
         {"readout_amplitude": (amp, float(READOUT_AMPLITUDES[1] - READOUT_AMPLITUDES[0]) / 2)},

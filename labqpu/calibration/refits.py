@@ -68,7 +68,8 @@ def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:
     if line is not None and "line_scanned_amplitude" in raw:
         value, _ = choose_line_amplitude(np.asarray(line), np.asarray(raw["amplitudes"]),
                                          float(raw["line_scanned_amplitude"]), record.subject,
-                                         float(record.settings["slack"]))
+                                         float(record.settings.get("line_slack",
+                                                                   record.settings["slack"])))
         return {"readout_amplitude": value}
     # the map alone, or a record made before the line's amplitude was recorded (2026-12-02)
     fidelity = np.asarray(raw["fidelity_map"] if line is None else [line])

@@ -19,6 +19,7 @@ from labqpu.calibration.readout import (
     READOUT_AMPLITUDES,
     READOUT_DURATION_SLACK,
     READOUT_FIDELITY_SLACK,
+    READOUT_LINE_SLACK,
     READOUT_ROUNDS,
     choose_line_amplitude,
     choose_readout_duration,
@@ -61,31 +62,60 @@ def test_the_window_is_the_shortest_near_the_best() -> None:
     assert smooth[0] == pytest.approx(fidelity[:2].mean())
 
 
+def line_record(line: np.ndarray, chosen: float, scanned: float,
+                settings: dict) -> ExperimentRecord:
+    """A readout_amplitude record of an amplitude line scanned at ``scanned``."""
+    return ExperimentRecord(
+        experiment="e1", kind="readout_amplitude", subject="qubit 2",
+        measured_at="2026-12-02T00:00:00", values={"readout_amplitude": [chosen, 0.01]},
+        old_values={}, fit={},
+        raw={"amplitudes": READOUT_AMPLITUDES.tolist(), "fidelity_map": [line.tolist()],
+             "amplitude_line": line.tolist(), "line_scanned_amplitude": scanned},
+        settings=settings)
+
+
 def test_an_amplitude_line_keeps_the_scanned_amplitude_near_the_best_and_the_refit_agrees(
         ) -> None:
     """A line that rises and stays flat past its first point within the slack: the amplitude
-    whose window was just scanned is kept when it is within the slack (not the smallest such
-    amplitude), and the smallest one is chosen when it is not; the refit of a record of
+    whose window was just scanned is kept when it is within the line's slack (not the smallest
+    such amplitude), and the smallest one is chosen when it is not; the refit of a record of
     either decides the same from the record alone (a record before 2026-12-02 did not say
     which amplitude had been scanned, and its refit could choose another)."""
     amps = READOUT_AMPLITUDES
     line = 0.98 - 0.3 * np.exp(-(amps - amps[0]) / 0.05)
-    _, i_small, smooth = choose_readout_point(line[None, :], "qubit 2 readout")
+    _, i_small, smooth = choose_readout_point(line[None, :], "qubit 2 readout",
+                                              READOUT_LINE_SLACK)
     scanned_near = float(amps[i_small + 2])
-    assert smooth[0, i_small + 2] >= smooth.max() - READOUT_FIDELITY_SLACK
+    assert smooth[0, i_small + 2] >= smooth.max() - READOUT_LINE_SLACK
     scanned_far = float(amps[0])
-    assert smooth[0, 0] < smooth.max() - READOUT_FIDELITY_SLACK
+    assert smooth[0, 0] < smooth.max() - READOUT_LINE_SLACK
     for scanned, expected in ((scanned_near, scanned_near), (scanned_far, float(amps[i_small]))):
         chosen, _ = choose_line_amplitude(line, amps, scanned, "qubit 2 readout")
         assert chosen == expected
-        record = ExperimentRecord(
-            experiment="e1", kind="readout_amplitude", subject="qubit 2",
-            measured_at="2026-12-02T00:00:00", values={"readout_amplitude": [chosen, 0.01]},
-            old_values={}, fit={},
-            raw={"amplitudes": amps.tolist(), "fidelity_map": [line.tolist()],
-                 "amplitude_line": line.tolist(), "line_scanned_amplitude": scanned},
-            settings={"slack": READOUT_FIDELITY_SLACK})
+        record = line_record(line, chosen, scanned, {"slack": READOUT_FIDELITY_SLACK,
+                                                     "line_slack": READOUT_LINE_SLACK})
         assert refit(record)["readout_amplitude"] == expected
+
+
+def test_the_line_keeps_no_amplitude_a_step_below_a_peak_the_map_slack_would_let_through(
+        ) -> None:
+    """A peaked line (measurement-induced transitions above the optimum) scanned one step
+    below its peak, 0.004 lower after smoothing: within the map's slack, but the line has
+    READOUT_LINE_SHOTS times the shots, so its slack is smaller and the peak is chosen. The
+    refit of a record made before the line had its own slack (2026-12-03) decides with the
+    record's slack, as the calibration that wrote it did."""
+    amps = READOUT_AMPLITUDES
+    line = 0.99 - 0.6 * (amps - 0.55) ** 2
+    _, i_peak, smooth = choose_readout_point(line[None, :], "qubit 2 readout",
+                                             READOUT_LINE_SLACK)
+    below = i_peak - 1
+    gap = smooth.max() - smooth[0, below]
+    assert READOUT_LINE_SLACK < gap < READOUT_FIDELITY_SLACK, gap
+    chosen, _ = choose_line_amplitude(line, amps, float(amps[below]), "qubit 2 readout")
+    assert chosen == float(amps[i_peak])
+    old = line_record(line, float(amps[below]), float(amps[below]),
+                      {"slack": READOUT_FIDELITY_SLACK})
+    assert refit(old)["readout_amplitude"] == float(amps[below])
 
 
 def test_a_sweep_without_readout_is_a_fit_error() -> None:
