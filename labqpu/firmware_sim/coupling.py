@@ -216,6 +216,22 @@ def magnus_pair_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndar
     return phi.reshape(9, 9)
 
 
+def magnus_cross_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndarray,
+                           weights_s: np.ndarray) -> np.ndarray:
+    """The part of :func:`magnus_pair_generator` (9x9, cycles) that two one-transmon drives,
+    each conditioned on the other's level, leave out: sum_k w_k sum_mn Z[m, n]
+    (T^p_{m,k} - E_m) (x) (T^q_{n,k} - E_n), E_m = |m><m|. (Each conditioned drive carries
+    its own toggling of the pair term with the other transmon held, sum_k w_k (G^p_k - Z) and
+    sum_k w_k (G^q_k - Z), and the static frame carries Z once; the joint generator less
+    these is this cross term, to first order.) It is second order in the drives' rotations
+    within the block."""
+    held = np.zeros((2, 3, 3))
+    held[0, 1, 1] = held[1, 2, 2] = 1.0
+    phi = np.einsum("k,mn,kmab,kncd->acbd", weights_s, zz_hz[1:, 1:], proj_p - held,
+                    proj_q - held)
+    return phi.reshape(9, 9)
+
+
 def magnus_conditional_generator(zz_hz: np.ndarray, proj_q: np.ndarray,
                                  weights_s: np.ndarray) -> np.ndarray:
     """First-order Magnus generators (3, 3, 3: idle neighbour level, then 3x3 on the driven
