@@ -472,7 +472,9 @@ class DensityMatrix:
         ``target``, then U = sum_c |c><c| (x) R u_stack[c] R^dag (``u_stack``
         (3^len(controls), 3, 3)) on ``target`` chosen by the levels of ``controls``
         (positions), R = exp(i ``phase_rad`` n) on ``target``: one numba pass over the 3x3
-        blocks of the target's levels (``_fibre_channel_kernel``)."""
+        blocks of the target's levels (``_fibre_channel_kernel``; without diagonal positions,
+        over the blocks on and above the diagonal, the others written as their mirrors: the
+        state is Hermitian)."""
         self._check_targets([target])
         _check_stack(u_stack, controls, [target])
         idx = _fibres(self.n, self.diagonal, tuple(controls), target)
@@ -483,7 +485,8 @@ class DensityMatrix:
             mode = 2 if _conserves_band(superop) else 1
         _fibre_channel_kernel(
             x.reshape(-1), self.shape[1], np.ascontiguousarray(u_stack, dtype=np.complex128),
-            np.ascontiguousarray(superop, np.complex128), mode, float(phase_rad), *idx)
+            np.ascontiguousarray(superop, np.complex128), mode, float(phase_rad), *idx,
+            not self.diagonal)
         self.tensor = x
 
     def apply_diagonal(self, phases: np.ndarray) -> None:

@@ -226,14 +226,19 @@ def _band_real_kernel(x, pop, coh, a_dim, b_dim, ca_dim, cb_dim):
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def _fibre_channel_kernel(x, e, u, s, mode, theta, rows, row_ctrl, row_col_ctrl, cols,
-                          col_ctrl, rs, cs):
+                          col_ctrl, rs, cs, hermitian):
     """In place: X -> A S(X) B^dag on every 3x3 fibre X of the flattened (d, e) matrix ``x``
     (row-major). The fibres are (rows[i], cols[j]) for every i, j: fibre (r, c) holds the
     entries (r + k rs, c + l cs), k, l the target's row and column levels. A =
     u[row_ctrl[i]] and B = u[row_col_ctrl[i] + col_ctrl[j]] (``u`` (C, 3, 3)), turned by
     exp(i ``theta`` n) (entry (k, l) times exp(i theta (k - l))); ``s`` (9, 9) row-major acts
     on vec(X) first: ``mode`` 0 skips it, 1 applies all of it, 2 only its entries that
-    conserve k - l (``BAND_MASK``; the others must be 0)."""
+    conserve k - l (``BAND_MASK``; the others must be 0).
+
+    ``hermitian``: ``x`` is a Hermitian square matrix, ``rows`` equal ``cols`` and ``rs``
+    equals ``cs``, and S preserves Hermiticity (every channel does): only the fibres with
+    j >= i are computed, and fibre (j, i) is written as the conjugate transpose of fibre
+    (i, j)'s result (half the arithmetic; the result is exactly Hermitian)."""
     w = np.empty(3, dtype=np.complex128)  # element by element: array expressions and slice
     for i in range(3):  # assignments cost seconds to compile
         w[i] = np.exp(1j * theta * float(i))
@@ -247,7 +252,7 @@ def _fibre_channel_kernel(x, e, u, s, mode, theta, rows, row_ctrl, row_col_ctrl,
     t = np.empty(9, dtype=np.complex128)
     for fi in range(rows.size):
         a = ut[row_ctrl[fi]]
-        for fj in range(cols.size):
+        for fj in range(fi if hermitian else 0, cols.size):
             base = rows[fi] * e + cols[fj]
             for i in range(3):
                 for j in range(3):
@@ -276,6 +281,11 @@ def _fibre_channel_kernel(x, e, u, s, mode, theta, rows, row_ctrl, row_col_ctrl,
                     t[3 * i + j] = a[i, 0] * y[j] + a[i, 1] * y[3 + j] + a[i, 2] * y[6 + j]
             for i in range(3):  # A Y B^dag
                 for j in range(3):
-                    x[base + i * rs * e + j * cs] = (
-                        t[3 * i] * np.conj(b[j, 0]) + t[3 * i + 1] * np.conj(b[j, 1])
-                        + t[3 * i + 2] * np.conj(b[j, 2]))
+                    y[3 * i + j] = (t[3 * i] * np.conj(b[j, 0]) + t[3 * i + 1] * np.conj(b[j, 1])
+                                    + t[3 * i + 2] * np.conj(b[j, 2]))
+                    x[base + i * rs * e + j * cs] = y[3 * i + j]
+            if hermitian and fj != fi:  # the mirror fibre (fj, fi): the conjugate transpose
+                mirror = rows[fj] * e + cols[fi]
+                for i in range(3):
+                    for j in range(3):
+                        x[mirror + i * rs * e + j * cs] = np.conj(y[3 * j + i])

@@ -397,9 +397,11 @@ def test_spectators_held_by_populations_evolve_as_the_dense_state() -> None:
         dm.apply_superop(np.kron(u3, u3.conj()), 0)
 
 
-#: (transmons, target, controls in stack order, positions held by their populations)
+#: (transmons, target, controls in stack order, positions held by their populations); with
+#: none held, the kernel computes the blocks on and above the diagonal and mirrors the rest.
 CONTROLLED_CASES = [(4, 1, [0, 2, 3], ()), (4, 1, [0, 2, 3], (0, 3)), (4, 0, [3, 1], (1,)),
-                    (5, 4, [2, 0, 3], (0, 2)), (3, 2, [], (0,)), (5, 2, [4, 1], (1, 3, 4))]
+                    (5, 4, [2, 0, 3], (0, 2)), (3, 2, [], (0,)), (5, 2, [4, 1], (1, 3, 4)),
+                    (5, 4, [2, 0, 3], ()), (3, 0, [], ()), (5, 2, [4, 1], ())]
 
 
 @pytest.mark.parametrize(("n", "target", "controls", "held"), CONTROLLED_CASES)
