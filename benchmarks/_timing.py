@@ -49,6 +49,22 @@ def samples_per_call(fn: Callable[[], object], budget: Budget) -> list[float]:
     return samples
 
 
+def interleaved(fns: list[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """Wall time (s) of each of ``fns``, called in turn once per round for ``rounds`` rounds
+    after one untimed warm-up call of each: figures to compare with each other, taken in the
+    same seconds, so that the machine's speed, which drifts by up to ~2x over minutes on a
+    shared host, cancels in their ratios. For calls of milliseconds or more."""
+    for fn in fns:
+        fn()
+    out: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, kept in zip(fns, out, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - t0)
+    return out
+
+
 def seconds_per_call(fn: Callable[[], object], budget: Budget) -> float:
     """Median of ``samples_per_call``."""
     return statistics.median(samples_per_call(fn, budget))
