@@ -14,13 +14,14 @@ noise, but |1> decays while it is read (T1) and the resonator needs its ring-up.
 frequency and amplitude the node measures the fidelity at each of :data:`READOUT_DURATIONS_S`
 and keeps the shortest whose fidelity (smoothed over neighbours) is within
 :data:`READOUT_DURATION_SLACK` of the best (:func:`choose_readout_duration`). The two depend on
-each other (a stronger tone wants a shorter window, a shorter window a stronger tone), so if
-the window moved, the amplitude is chosen again at it, then the window at that amplitude, until
-the window stays, the amplitude is within the slack of the best of the new amplitude scan (a
-step would gain less than the noise can show; the amplitude, whose window was just scanned, is
-kept), or the search returns to a point chosen before (at most :data:`READOUT_ROUNDS`
-rounds). Then single shots at that point give the
-discriminator centres, the assignment matrix and the fidelity.
+each other (a stronger tone wants a shorter window, a shorter window a stronger tone), so the
+amplitude is chosen again on a line at the chosen window (:data:`READOUT_LINE_SHOTS` times the
+map's shots, within :data:`READOUT_LINE_SLACK`), then the window at that amplitude, until the
+window stays at an amplitude a line chose, the amplitude is within the line's slack of its best
+(a step would gain less than the noise can show; the amplitude, whose window was just
+scanned, is kept), or the search returns to a point chosen before (at most
+:data:`READOUT_ROUNDS` rounds). Then single shots at that point give the discriminator centres,
+the assignment matrix and the fidelity.
 """
 
 from __future__ import annotations

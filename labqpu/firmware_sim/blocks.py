@@ -9,10 +9,10 @@ them (``PhysicsEngine._blocks``). With always-on coupling the transmons are neve
 * overlapping drives on coupled transmons: local propagators exactly, the pair terms between
   them and towards idle neighbours to first order in the toggling frame of the drives
   (``_apply_joint_drive``, Magnus; error ~ (2 pi ZZ T)^2 / 2). When the drives barely turn
-  within the block (a few samples where the edges of two pulses overlap), the pair terms
-  between them are what each transmon's drive conditioned on the other's level gives, up to
-  a cross term below :data:`SEQUENTIAL_CROSS_RAD`, and the block is applied as those
-  conditioned drives, one after the other (two passes over the state instead of ~10).
+  within the block (a few samples where the edges of two pulses overlap), the block is applied
+  as each transmon's drive conditioned on the others' levels, one after the other (a pass over
+  the state each instead of ~10), if for every pair that differs from the joint evolution by
+  less than :data:`SEQUENTIAL_CROSS_RAD` (``coupling.sequential_pair_generator``).
 
 Operators are expressed in the deferred ZZ frame of :meth:`PhysicsEngine.evolve`: the stored
 density matrix carries the register's pair phases only up to ``ctx.anchor``.
@@ -30,8 +30,8 @@ import scipy.linalg
 
 from labqpu.firmware_sim.coupling import (
     magnus_conditional_generator,
-    magnus_cross_generator,
     magnus_pair_generator,
+    sequential_pair_generator,
     toggled_projectors,
     trapezoid_weights,
 )
@@ -45,11 +45,12 @@ from labqpu.firmware_sim.propagation import (
 
 #: Bound of the cache of joint drive blocks (entries).
 CACHE_JOINT_ENTRIES = 256
-#: Largest cross term (rad, 2 pi times the spectral norm of ``magnus_cross_generator``) of
-#: any pair of a joint drive block that is applied as consecutive conditioned one-transmon
-#: drives: the state then differs by at most about this much in norm (an infidelity ~ its
-#: square) from the joint treatment, whose own Magnus error is ~(2 pi ZZ T)^2 / 2, ~1e-5 for
-#: a 2-sample block and ~1e-3 for a 40-sample one on lab5.
+#: Largest difference (rad, 2 pi times the spectral norm of ``sequential_pair_generator``)
+#: between consecutive conditioned one-transmon drives and the joint evolution, for any pair
+#: of a joint drive block, below which the block is applied as those drives: the state then
+#: differs by about this much in norm (an infidelity ~ its square), where the joint
+#: treatment's own Magnus error is ~(2 pi ZZ T)^2 / 2, ~1e-5 for a 2-sample block and ~1e-3
+#: for a 40-sample one on lab5.
 SEQUENTIAL_CROSS_RAD = 1e-5
 
 
@@ -252,8 +253,8 @@ class DriveBlocks:
         outer = [(q, p) for q in qubits for p in model.neighbours(q)
                  if p in pos and p not in qubits]
         phases, ops = self._joint_ops(ctx, qubits, inner, outer, b0, b1)
-        if ops is None:  # the drives barely turn: one conditioned drive after the other
-            for q in qubits:
+        if ops is None:  # the drives barely turn: one conditioned drive after the other,
+            for q in qubits:  # in the order _joint_ops checked
                 self._apply_drive(ctx, q, b0, b1)
             return
         if b0 > ctx.anchor:
@@ -284,9 +285,10 @@ class DriveBlocks:
                               list[tuple[np.ndarray, list[int], list[int]]] | None]:
         """The operators of a joint drive block in application order, (u, controls, targets),
         for phase-normalised drives (cached), and the drive phase of each qubit: turn each
-        operator by R(phase) on its targets. None instead of the operators when every inner
-        pair's cross term (``magnus_cross_generator``) is below :data:`SEQUENTIAL_CROSS_RAD`:
-        the block is then applied as conditioned one-transmon drives."""
+        operator by R(phase) on its targets. None instead of the operators when, for every
+        inner pair, conditioned one-transmon drives applied in the order of ``qubits`` differ
+        from the joint evolution by less than :data:`SEQUENTIAL_CROSS_RAD`
+        (``sequential_pair_generator``): the block is then applied as those drives."""
         model = ctx.model
         n = b1 - b0
         split = {q: self._drive_split(ctx, q, b0, b1) for q in qubits}
@@ -299,8 +301,8 @@ class DriveBlocks:
         w = trapezoid_weights(n, 1.0 / self.device.sample_rate_hz)
         paths = {q: self._local_path(q, split[q][1], model.local_hz[q][2]) for q in qubits}
         proj = {q: toggled_projectors(paths[q]) for q in qubits}
-        cross = [2 * np.pi * np.linalg.norm(
-            magnus_cross_generator(model.pair(p, q), proj[p], proj[q], w), 2)
+        cross = [2 * np.pi * np.linalg.norm(sequential_pair_generator(
+            model.pair(p, q), proj[p], proj[q], w, qubits.index(p) < qubits.index(q)), 2)
             for p, q in inner]
         if max(cross, default=0.0) < SEQUENTIAL_CROSS_RAD:
             self._store_joint(key, None)

@@ -216,19 +216,23 @@ def magnus_pair_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndar
     return phi.reshape(9, 9)
 
 
-def magnus_cross_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndarray,
-                           weights_s: np.ndarray) -> np.ndarray:
-    """The part of :func:`magnus_pair_generator` (9x9, cycles) that two one-transmon drives,
-    each conditioned on the other's level, leave out: sum_k w_k sum_mn Z[m, n]
-    (T^p_{m,k} - E_m) (x) (T^q_{n,k} - E_n), E_m = |m><m|. (Each conditioned drive carries
-    its own toggling of the pair term with the other transmon held, sum_k w_k (G^p_k - Z) and
-    sum_k w_k (G^q_k - Z), and the static frame carries Z once; the joint generator less
-    these is this cross term, to first order.) It is second order in the drives' rotations
-    within the block."""
+def sequential_pair_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndarray,
+                              weights_s: np.ndarray, p_first: bool) -> np.ndarray:
+    """To first order in the pair term Z(n_p, n_q), the generator (9x9, cycles, p first) by
+    which two one-transmon drives over one block, each conditioned on the other's level and
+    applied one after the other (``p_first``: p's first), differ from the joint evolution:
+    sum_k w_k sum_mn Z[m, n] (T^p_{m,k} - T^p_{m,end}) (x) (T^q_{n,k} - E_n) when p goes
+    first, with the roles swapped otherwise (T the :func:`toggled_projectors`, E_n = |n><n|).
+    The second drive is conditioned on the first transmon's level after the first has turned,
+    so the term depends on the order; it is second order in the drives' rotations within the
+    block."""
     held = np.zeros((2, 3, 3))
     held[0, 1, 1] = held[1, 2, 2] = 1.0
-    phi = np.einsum("k,mn,kmab,kncd->acbd", weights_s, zz_hz[1:, 1:], proj_p - held,
-                    proj_q - held)
+    if p_first:
+        a, b = proj_p - proj_p[-1][None], proj_q - held
+    else:
+        a, b = proj_p - held, proj_q - proj_q[-1][None]
+    phi = np.einsum("k,mn,kmab,kncd->acbd", weights_s, zz_hz[1:, 1:], a, b)
     return phi.reshape(9, 9)
 
 
