@@ -11,8 +11,8 @@ them (``PhysicsEngine._blocks``). With always-on coupling the transmons are neve
   (``_apply_joint_drive``, Magnus; error ~ (2 pi ZZ T)^2 / 2). When the drives barely turn
   within the block (a few samples where the edges of two pulses overlap), the block is applied
   as each transmon's drive conditioned on the others' levels, one after the other (a pass over
-  the state each instead of ~10), if for every pair that differs from the joint evolution by
-  less than :data:`SEQUENTIAL_CROSS_RAD` (``coupling.sequential_pair_generator``).
+  the state each instead of ~10) when, for every pair, this differs from the joint evolution
+  by less than :data:`SEQUENTIAL_CROSS_RAD` (``coupling.sequential_pair_generator``).
 
 Operators are expressed in the deferred ZZ frame of :meth:`PhysicsEngine.evolve`: the stored
 density matrix carries the register's pair phases only up to ``ctx.anchor``.
