@@ -20,9 +20,12 @@ density matrix carries the register's pair phases only up to ``ctx.anchor``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -52,6 +55,9 @@ CACHE_JOINT_ENTRIES = 256
 #: treatment's own Magnus error is ~(2 pi ZZ T)^2 / 2, ~1e-5 for a 2-sample block and ~1e-3
 #: for a 40-sample one on lab5.
 SEQUENTIAL_CROSS_RAD = 1e-5
+#: Runs' shares each thread keeps for later runs of the same program under the same settings
+#: (:class:`RunShares`).
+RUN_SHARES_KEPT = 4
 
 
 def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) -> np.ndarray:
@@ -103,6 +109,50 @@ class RunShare:
         if self.order == tuple(order):
             return self
         return RunShare(self.program, self.settings, tuple(order), self.rendering)
+
+
+def _content_key(prog: Any, settings: Any) -> tuple:
+    """What a :class:`RunShare`'s entries depend on: every array of ``prog``
+    (``physics.WireProgram``) with its dtype and shape, its duration, and the LO and current
+    settings (``physics.Settings``)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for f in fields(prog):
+        value = getattr(prog, f.name)
+        if isinstance(value, np.ndarray):
+            digest.update(f"{f.name}{value.dtype.str}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(f"{f.name}={value!r}".encode())
+    return (digest.digest(), tuple(sorted(settings.los.items())),
+            tuple(sorted(settings.currents.items())))
+
+
+class RunShares:
+    """The shares of the last :data:`RUN_SHARES_KEPT` runs of each thread, by the content of
+    their program and settings: a later run of the same program under the same settings (a
+    repeated job) starts with what they computed (~8 % of a warm 5-qubit run). Per thread,
+    because a share is filled while its run evolves; several controllers of one rack may run
+    on one engine at once."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, prog: Any, settings: Any) -> RunShare:
+        """A share for a run of ``prog`` under ``settings``: a kept one (now bound to these
+        objects) or a new one."""
+        kept: OrderedDict | None = getattr(self._local, "kept", None)
+        if kept is None:
+            kept = self._local.kept = OrderedDict()
+        key = _content_key(prog, settings)
+        share = kept.get(key)
+        if share is None:
+            share = kept[key] = RunShare(prog, settings)
+            while len(kept) > RUN_SHARES_KEPT:
+                kept.popitem(last=False)
+        else:
+            kept.move_to_end(key)
+            share.program, share.settings = prog, settings
+        return share
 
 
 @dataclass

@@ -69,7 +69,13 @@ import numpy as np
 from numba import njit
 
 from labqpu.errors import SimulationError
-from labqpu.firmware_sim.blocks import DriveBlocks, RunShare, _RunContext, merge_consecutive
+from labqpu.firmware_sim.blocks import (
+    DriveBlocks,
+    RunShare,
+    RunShares,
+    _RunContext,
+    merge_consecutive,
+)
 from labqpu.firmware_sim.clusters import PHASE_TABLE_BYTES, PHASE_TABLES, ClusterBlocks
 from labqpu.firmware_sim.coupling import (
     DressedModel,
@@ -300,6 +306,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self.crosstalk_cache: dict[tuple, list[np.ndarray]] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
         self.joint_cache_hits = 0
+        #: Recent runs' shares, for repeated runs (``shots.run_shots``).
+        self.run_shares = RunShares()
         #: The device's slow drift against simulated time (``noise`` module).
         self.drift = DriftWalk(device.noise, len(device.qubits))
         #: Hold untouched neighbours by their populations (:func:`spectators`); False evolves

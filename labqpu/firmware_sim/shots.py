@@ -86,7 +86,8 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
     chunks = plan_chunks(sigma, spans, shots, rng)
     counts = rng.multinomial(shots, [w for w, _ in chunks])
     conds = [with_offsets(base, offsets) for _, offsets in chunks]
-    share = RunShare(prog, settings)  # the chunks differ only in their offsets
+    # the chunks differ only in their offsets; a repeated run starts with an earlier one's
+    share = engine.run_shares.get(prog, settings)
     states: dict[int, tuple[DensityMatrix, dict[int, int]]] = {}
     parts = []
     samples = None

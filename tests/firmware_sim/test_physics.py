@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -606,6 +607,36 @@ def test_run_reports_acquisitions_in_program_order() -> None:
     assert abs(a[:, 0].mean() - b[:, 1].mean()) < 0.02  # qubit 0
     assert abs(a[:, 1].mean() - b[:, 0].mean()) < 0.02  # qubit 1
     assert abs(a[:, 0].mean() - ground0[:, 0].mean()) > 0.2  # qubit 0 really was flipped
+
+
+def test_a_repeated_run_starts_with_the_earlier_runs_share_and_gives_a_fresh_engines_points(
+        ) -> None:
+    """A run of a program already run under the same settings (here a new, equal program
+    object) starts with the earlier run's share (its drive terms are there before it evolves)
+    and gives the IQ points of a fresh engine for the same seed; settings with a drive LO 1 MHz
+    off get a share of their own, and again a fresh engine's points; another thread gets its
+    own shares (a share is filled while its run evolves)."""
+    prog = _drive_then_readout(0.3, [0, 1], drive_q1=0.2)
+    st = settings()
+    eng = PhysicsEngine(DEVICE, RACK.cabling)
+    eng.run(prog, st, 50, np.random.default_rng(0))
+    again = dataclasses.replace(prog, play_amp=prog.play_amp.copy())
+    share = eng.run_shares.get(again, st)
+    assert share.drives and share.program is again and share.settings is st
+    iq = eng.run(again, st, 300, np.random.default_rng(5))
+    fresh = PhysicsEngine(DEVICE, RACK.cabling).run(prog, st, 300, np.random.default_rng(5))
+    assert_allclose(iq, fresh, rtol=0, atol=1e-6)
+    off = settings({"lo_drive_a": st.los["lo_drive_a"][0] + 1e6})
+    assert not eng.run_shares.get(prog, off).drives
+    assert_allclose(eng.run(prog, off, 300, np.random.default_rng(5)),
+                    PhysicsEngine(DEVICE, RACK.cabling).run(prog, off, 300,
+                                                            np.random.default_rng(5)),
+                    rtol=0, atol=1e-6)
+    other: list = []
+    thread = threading.Thread(target=lambda: other.append(eng.run_shares.get(prog, st)))
+    thread.start()
+    thread.join(5)
+    assert other and not other[0].drives
 
 
 # --------------------------------------------------------------------------- SimulationError
