@@ -58,6 +58,9 @@ SEQUENTIAL_CROSS_RAD = 1e-5
 #: Runs' shares each thread keeps for later runs of the same program under the same settings
 #: (:class:`RunShares`).
 RUN_SHARES_KEPT = 4
+#: Bytes of kept shares per thread (their rendered samples and arrays) beyond which the oldest
+#: are let go after a run: one long program's rendering alone can take hundreds of MB.
+RUN_SHARES_BYTES = 64 * 2**20
 
 
 def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) -> np.ndarray:
@@ -127,6 +130,16 @@ def _content_key(prog: Any, settings: Any) -> tuple:
             tuple(sorted(settings.currents.items())))
 
 
+def _share_bytes(share: RunShare) -> int:
+    """Bytes of the arrays ``share`` holds."""
+    total = 0 if share.rendering is None else int(share.rendering[0].nbytes)
+    for entries in (share.drives, share.stacks, share.zz_phases):
+        total += sum(int(v.nbytes) for v in entries.values())
+    total += sum(int(v[1].nbytes) for v in share.splits.values())
+    total += sum(int(v[1].nbytes) for v in share.controls.values())
+    return total
+
+
 class RunShares:
     """The shares of the last :data:`RUN_SHARES_KEPT` runs of each thread, by the content of
     their program and settings: a later run of the same program under the same settings (a
@@ -153,6 +166,21 @@ class RunShares:
             kept.move_to_end(key)
             share.program, share.settings = prog, settings
         return share
+
+    def trim(self) -> None:
+        """Let this thread's oldest shares go until the kept ones hold at most
+        :data:`RUN_SHARES_BYTES` (called when a run ends: a share fills while its run
+        evolves)."""
+        kept: OrderedDict | None = getattr(self._local, "kept", None)
+        if not kept:
+            return
+        sizes = {key: _share_bytes(share) for key, share in kept.items()}
+        total = sum(sizes.values())
+        for key in list(kept):
+            if total <= RUN_SHARES_BYTES:
+                break
+            total -= sizes[key]
+            del kept[key]
 
 
 @dataclass

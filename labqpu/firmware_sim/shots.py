@@ -71,7 +71,18 @@ def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
     under ``settings`` (``physics.Settings``) for ``shots`` shots under ``drift``
     (``PhysicsEngine.conditions``), ``rep_delay_s`` (s) between shots (None: independent
     shots), with traces of ``decimation`` samples per point when given. (Not imported from
-    ``physics``, which calls this module.)"""
+    ``physics``, which calls this module.) However the run ends, the shares the thread keeps
+    are trimmed to their byte budget (``blocks.RunShares.trim``)."""
+    try:
+        return _run_shots(engine, prog, settings, shots, rng, drift, rep_delay_s, decimation)
+    finally:
+        engine.run_shares.trim()
+
+
+def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
+               drift: tuple[np.ndarray, np.ndarray] | None, rep_delay_s: float | None,
+               decimation: int | None) -> ShotRecords:
+    """:func:`run_shots` without the trimming."""
     qubit_ports = {p for cab in engine.cabling.values() for p in (cab.drive_port, cab.flux_port)}
     if not prog.acq_port.size and qubit_ports.isdisjoint(prog.play_port.tolist()):
         # nothing reaches a qubit and nothing is measured: there is no state to evolve (the

@@ -610,12 +610,13 @@ def test_run_reports_acquisitions_in_program_order() -> None:
 
 
 def test_a_repeated_run_starts_with_the_earlier_runs_share_and_gives_a_fresh_engines_points(
-        ) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A run of a program already run under the same settings (here a new, equal program
     object) starts with the earlier run's share (its drive terms are there before it evolves)
     and gives the IQ points of a fresh engine for the same seed; settings with a drive LO 1 MHz
     off get a share of their own, and again a fresh engine's points; another thread gets its
-    own shares (a share is filled while its run evolves)."""
+    own shares (a share is filled while its run evolves); shares over the byte budget are let
+    go when their run ends."""
     prog = _drive_then_readout(0.3, [0, 1], drive_q1=0.2)
     st = settings()
     eng = PhysicsEngine(DEVICE, RACK.cabling)
@@ -637,6 +638,11 @@ def test_a_repeated_run_starts_with_the_earlier_runs_share_and_gives_a_fresh_eng
     thread.start()
     thread.join(5)
     assert other and not other[0].drives
+    from labqpu.firmware_sim import blocks
+
+    monkeypatch.setattr(blocks, "RUN_SHARES_BYTES", 1000)
+    eng.run(prog, st, 50, np.random.default_rng(0))
+    assert not eng.run_shares.get(prog, st).drives
 
 
 # --------------------------------------------------------------------------- SimulationError
