@@ -90,15 +90,9 @@ def echo_server() -> Iterator[tuple[int, int]]:
 def alternate_medians(first: Callable[[], object], second: Callable[[], object],
                       calls: int) -> tuple[float, float]:
     """Median seconds of ``first`` and of ``second``, called alternately ``calls`` times each
-    after one unmeasured call of each."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(calls + 1):
-        for call, kept in ((first, times[0]), (second, times[1])):
-            t0 = time.perf_counter()
-            call()
-            if i:
-                kept.append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
+    after one unmeasured call of each (``_timing.interleaved``)."""
+    a, b = tm.interleaved([first, second], calls)
+    return statistics.median(a), statistics.median(b)
 
 
 def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
