@@ -60,6 +60,7 @@ from labqpu.firmware_sim.propagation import (
     drive_phase_key,
     phase_reference,
 )
+from labqpu.firmware_sim.split import split_step_adaptive, split_step_unitary
 
 #: Sub-steps per cycle of the fastest drive rotation in a cluster's common frame (a drive
 #: sample rotates at f~_q - f_ref there and is sampled at sub-step midpoints).
@@ -216,8 +217,8 @@ def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray
 class ClusterBlocks:
     """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: flux blocks on coupled
     clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``phase_tables``,
-    ``_phase_shapes``, ``_dressings``, ``_drive_hz``, ``_transmon_unitary`` and
-    ``_prepare``)."""
+    ``_phase_shapes``, ``_split_substeps``, ``_dressings``, ``_drive_hz``,
+    ``_transmon_unitary`` and ``_prepare``)."""
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
                        b1: int) -> None:
@@ -324,6 +325,10 @@ class ClusterBlocks:
             v, h_corr = self._cluster_dressing(cluster, tuple(f_bare), model)
 
             def direct(drives_hz: dict[int, np.ndarray]) -> np.ndarray:
+                if len(drives_hz) > 1:
+                    return v.T @ self._cluster_split_unitary(
+                        key[:-1], cluster, drives_hz, flux_phi, f_bare, f_frame, h_corr,
+                        f_c) @ v
                 return v.T @ self._cluster_common_frame_unitary(
                     cluster, drives_hz, flux_phi, 0, n, f_bare, f_frame, h_corr, f_c) @ v
 
@@ -416,13 +421,12 @@ class ClusterBlocks:
         fs = self.device.sample_rate_hz
         n = len(cluster)
         d = LEVELS**n
-        a_ops, _, n_pair = _cluster_operators(n)
+        a_ops = _cluster_operators(n)[0]
         f_ref = f_bare[0] if f_ref_hz is None else f_ref_hz
         fastest = max([abs(f_frame[i] - f_ref) for i, q in enumerate(cluster) if q in drives]
                       + [0.0])
         sub = max(1, int(np.ceil(SUBSTEPS_PER_CYCLE * fastest / fs)))
-        f_q = np.array([[truth.frequency_hz(p) for p in flux_phi[q]]
-                        for q, truth in ((q, self.device.qubits[q]) for q in cluster)]).T
+        f_q = self._cluster_frequencies(cluster, flux_phi)
         driven = np.zeros(b1 - b0, dtype=bool)
         for z in drives.values():
             driven |= z != 0
@@ -431,14 +435,7 @@ class ClusterBlocks:
         # The constant part once, the frequencies on the diagonal and each drive on the
         # entries of its a^dag and a only (a full (steps, d, d) pass per term cost ~10 ms on
         # four transmons).
-        const = np.array(h_corr, dtype=complex)
-        for i, q in enumerate(cluster):
-            const += 0.5 * self.device.qubits[q].anharmonicity_hz * n_pair[i]
-        for i, qa in enumerate(cluster):
-            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
-                g = self.device.coupling_hz(qa, qb)
-                if g:
-                    const += g * _exchange_operator(n, i, j)
+        const = self._cluster_static(cluster, h_corr)
         h = np.empty((sample.size, d, d), dtype=complex)
         h[:] = const
         diag = np.arange(d)
@@ -453,6 +450,64 @@ class ClusterBlocks:
         # exp(-i 2 pi H L dt) as a step of dt / sub with the Hamiltonian scaled by L sub.
         h *= (length * sub)[:, None, None]
         return propagate_conserving(h, 1.0 / (fs * sub), n)
+
+    def _cluster_static(self, cluster: list[int], h_corr: np.ndarray) -> np.ndarray:
+        """The sample-independent part of a cluster's bare Hamiltonian (Hz): the dressing
+        correction ``h_corr``, the anharmonicities and the exchange couplings."""
+        n = len(cluster)
+        n_pair = _cluster_operators(n)[2]
+        const = np.array(h_corr, dtype=complex)
+        for i, q in enumerate(cluster):
+            const += 0.5 * self.device.qubits[q].anharmonicity_hz * n_pair[i]
+        for i, qa in enumerate(cluster):
+            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
+                g = self.device.coupling_hz(qa, qb)
+                if g:
+                    const += g * _exchange_operator(n, i, j)
+        return const
+
+    def _cluster_frequencies(self, cluster: list[int], flux_phi: dict[int, np.ndarray]
+                             ) -> np.ndarray:
+        """Bare frequency (Hz) of each qubit of ``cluster`` (columns) at each sample's flux."""
+        return np.array([[self.device.qubits[q].frequency_hz(p) for p in flux_phi[q]]
+                         for q in cluster]).T
+
+    def _cluster_split_unitary(self, base_key: tuple, cluster: list[int],
+                               drives: dict[int, np.ndarray], flux_phi: dict[int, np.ndarray],
+                               f_bare: list[float], f_frame: list[float], h_corr: np.ndarray,
+                               f_ref: float) -> np.ndarray:
+        """Propagator (bare basis, frame rotating at ``f_ref``) of a cluster part starting at
+        sample 0 in which several qubits are driven (``drives``: Hz per sample in each qubit's
+        frame ``f_frame``), by split steps (:mod:`~labqpu.firmware_sim.split`).
+
+        The sub-steps per sample are chosen by step doubling once per shape, ``base_key`` (the
+        part's cache key without its drives) and the drives with every phase but the
+        strongest drive's split off, and kept in ``_split_substeps``: a weak drive's phase then
+        never changes them, so a phase table's entries and every later phase of that shape are
+        propagated alike (``_phase_interpolated``).
+        """
+        fs = self.device.sample_rate_hz
+        k = len(cluster)
+        const = self._cluster_static(cluster, h_corr)
+        diag = (self._cluster_frequencies(cluster, flux_phi) - f_ref) @ _level_numbers(k)
+        reference = _reference_qubit(drives)
+        shape = {q: z if q == reference else drive_phase_key(z)[1] for q, z in drives.items()}
+
+        def spec(zs: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray, float]]:
+            return [(cluster.index(q), z, f_frame[cluster.index(q)] - f_ref)
+                    for q, z in zs.items()]
+
+        shape_key = (base_key, *((q, np.rint(z.view(np.float64) / KEY_GRID_HZ)
+                                  .astype(np.int64).tobytes()) for q, z in shape.items()))
+        sub = self._split_substeps.get(shape_key)
+        if sub is None:
+            u, sub = split_step_adaptive(const, diag, spec(shape), 0, fs, k)
+            if len(self._split_substeps) >= PHASE_SHAPES_SEEN:
+                self._split_substeps.clear()
+            self._split_substeps[shape_key] = sub
+            if all(np.array_equal(shape[q], z) for q, z in drives.items()):
+                return u
+        return split_step_unitary(const, diag, spec(drives), 0, fs, k, sub)
 
 
 def _cluster_steps(driven: np.ndarray, f_hz: np.ndarray, sub: int
