@@ -23,9 +23,12 @@ of the converged propagator (Richardson: err(2s) ~ |U(s) - U(2s)| / 3).
 
 from __future__ import annotations
 
-import numpy as np
+from functools import lru_cache
 
-from labqpu.firmware_sim.density import LEVELS, _excitation_blocks, _ladder
+import numpy as np
+from numba import njit
+
+from labqpu.firmware_sim.density import _excitation_blocks, _ladder
 
 #: Largest estimated error (max over entries) of a split-step cluster propagator.
 SPLIT_TOL = 1e-5
@@ -34,25 +37,36 @@ SPLIT_TOL = 1e-5
 SPLIT_MAX_SUBSTEPS = 256
 
 
+@lru_cache(maxsize=8)
+def _block_indices(k: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """For each excitation block of ``k`` transmons: its basis indices and the flat indices
+    of its entries in a 3^k x 3^k matrix (row-major)."""
+    d = 3**k
+    return tuple((idx, (idx[:, None] * d + idx[None, :]).ravel())
+                 for idx in _excitation_blocks(k))
+
+
 def _exponentials(const_hz: np.ndarray, diag_hz: np.ndarray, k: int
                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(indices, energies (Hz), eigenvectors) of each excitation block of
+    """(flat indices, energies (Hz), eigenvectors) of each excitation block of
     ``const_hz + diag(diag_hz)`` on ``k`` transmons."""
     out = []
-    for idx in _excitation_blocks(k):
-        block = const_hz[np.ix_(idx, idx)] + np.diag(diag_hz[idx])
+    flat_const = const_hz.ravel()
+    for idx, flat in _block_indices(k):
+        block = flat_const[flat].reshape(idx.size, idx.size)
+        block[np.diag_indices(idx.size)] += diag_hz[idx]
         e, w = np.linalg.eigh(block)
-        out.append((idx, e, w))
+        out.append((flat, e, w))
     return out
 
 
 def _static_step(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], d: int, t_s: float
                  ) -> np.ndarray:
     """exp(-i 2 pi H_s t) from its excitation blocks (``_exponentials``), dense d x d."""
-    u = np.zeros((d, d), dtype=np.complex128)
-    for idx, e, w in parts:
-        u[np.ix_(idx, idx)] = (w * np.exp(-2j * np.pi * e * t_s)) @ w.conj().T
-    return u
+    u = np.zeros(d * d, dtype=np.complex128)
+    for flat, e, w in parts:
+        u[flat] = ((w * np.exp(-2j * np.pi * e * t_s)) @ w.conj().T).ravel()
+    return u.reshape(d, d)
 
 
 def _drive_steps(z_hz: complex, offset_hz: float, t0_samples: float, fs_hz: float, sub: int
@@ -68,15 +82,41 @@ def _drive_steps(z_hz: complex, offset_hz: float, t0_samples: float, fs_hz: floa
     return (v * phase[:, None, :]) @ np.conj(np.swapaxes(v, 1, 2))
 
 
-def _apply_local(op: np.ndarray, pos: int, u: np.ndarray) -> np.ndarray:
-    """(1 x .. x op x .. x 1) u for a 3x3 ``op`` on transmon ``pos`` (first most significant)."""
+@njit(cache=True, nogil=True)
+def _split_sample_kernel(u, half, full, ops, positions):
+    """One driven sample of split steps applied to ``u`` (d x d, C order, d = 3^k):
+    half (D_{s-1} full ... full D_1 full D_0) half, with D_m the product over l of the 3x3
+    ``ops[m, l]`` acting on transmon ``positions[l]`` (first most significant) and s =
+    ``ops.shape[0]``. Returns the new d x d array."""
     d = u.shape[0]
-    return np.matmul(op, u.reshape(LEVELS**pos, LEVELS, -1)).reshape(d, d)
+    u = half @ u
+    sub = ops.shape[0]
+    for m in range(sub):
+        for j in range(positions.size):
+            e = ops[m, j]
+            stride = d
+            span = 1
+            for _ in range(positions[j] + 1):
+                stride //= 3
+            for _ in range(positions[j]):
+                span *= 3
+            x = u.reshape(span, 3, stride * d)
+            for a in range(span):
+                for b in range(stride * d):
+                    v0 = x[a, 0, b]
+                    v1 = x[a, 1, b]
+                    v2 = x[a, 2, b]
+                    x[a, 0, b] = e[0, 0] * v0 + e[0, 1] * v1 + e[0, 2] * v2
+                    x[a, 1, b] = e[1, 0] * v0 + e[1, 1] * v1 + e[1, 2] * v2
+                    x[a, 2, b] = e[2, 0] * v0 + e[2, 1] * v1 + e[2, 2] * v2
+        u = (full if m < sub - 1 else half) @ u
+    return u
 
 
 def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
                        drives: list[tuple[int, np.ndarray, float]], b0: int, fs_hz: float,
-                       k: int, sub: int) -> np.ndarray:
+                       k: int, sub: int, parts: dict[bytes, list] | None = None
+                       ) -> np.ndarray:
     """Propagator of ``k`` coupled transmons over the samples of ``diag_hz`` (module docstring).
 
     ``const_hz`` (3^k x 3^k, Hz) is the sample-independent, excitation-conserving part of H_s;
@@ -84,13 +124,14 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
     frame). ``drives`` holds (position, z per sample in Hz in that qubit's frame, f_q - f_ref
     in Hz); the first sample is sample ``b0`` of the program (it sets the drives' phases in the
     common frame). Samples with a drive take ``sub`` split steps, the others one exact step
-    (consecutive ones with the same diagonal together).
+    (consecutive ones with the same diagonal together). ``parts`` keeps the excitation blocks'
+    eigendecompositions by diagonal across calls on the same ``const_hz``.
     """
     n_samples, d = diag_hz.shape
     driven = np.zeros(n_samples, dtype=bool)
     for _, z, _ in drives:
         driven |= z != 0
-    parts: dict[bytes, list] = {}
+    parts = {} if parts is None else parts
     u = np.eye(d, dtype=np.complex128)
     s = 0
     while s < n_samples:
@@ -110,11 +151,9 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
         full = half @ half
         local = [(pos, _drive_steps(z[s], off, b0 + s, fs_hz, sub))
                  for pos, z, off in drives if z[s] != 0]
-        u = half @ u
-        for m in range(sub):
-            for pos, ops in local:
-                u = _apply_local(ops[m], pos, u)
-            u = (full if m < sub - 1 else half) @ u
+        ops = np.ascontiguousarray(np.stack([op for _, op in local], axis=1))
+        positions = np.array([pos for pos, _ in local], dtype=np.int64)
+        u = _split_sample_kernel(u, half, full, ops, positions)
         s += 1
     return u
 
@@ -126,9 +165,10 @@ def split_step_adaptive(const_hz: np.ndarray, diag_hz: np.ndarray,
     sub-steps from 1 until the propagator moves by at most 3 ``tol`` (max over entries), or
     :data:`SPLIT_MAX_SUBSTEPS` is reached."""
     sub = 1
-    u = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, sub)
+    parts: dict[bytes, list] = {}
+    u = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, sub, parts)
     while 2 * sub <= SPLIT_MAX_SUBSTEPS:
-        finer = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, 2 * sub)
+        finer = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, 2 * sub, parts)
         sub *= 2
         converged = np.abs(finer - u).max() <= 3.0 * tol
         u = finer

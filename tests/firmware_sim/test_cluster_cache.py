@@ -290,6 +290,7 @@ def test_one_driven_qubit_in_its_own_frame_matches_fine_sub_steps() -> None:
     assert np.abs(got - fine).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_an_engine_block_with_two_driven_neighbours_is_closer_to_converged_than_before() -> None:
     """lab5's cluster 1-2-3-4 with a flux pulse on 2 and 24-sample pulses (~10 MHz) on 3 and 4:
     the engine's split-step part against the common-frame midpoint propagation at 160
