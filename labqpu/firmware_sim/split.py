@@ -162,9 +162,10 @@ def split_step_adaptive(const_hz: np.ndarray, diag_hz: np.ndarray,
                         drives: list[tuple[int, np.ndarray, float]], b0: int, fs_hz: float,
                         k: int, tol: float = SPLIT_TOL) -> tuple[np.ndarray, int]:
     """(propagator, sub-steps per driven sample) of :func:`split_step_unitary`, doubling the
-    sub-steps from 1 until the propagator moves by at most 3 ``tol`` (max over entries), or
-    :data:`SPLIT_MAX_SUBSTEPS` is reached."""
-    sub = 1
+    sub-steps from 2 until the propagator moves by at most 3 ``tol`` (max over entries), or
+    :data:`SPLIT_MAX_SUBSTEPS` is reached (from 2: at 1 sub-step the error can still be far
+    from its second-order behaviour, and two coarse propagators could agree by chance)."""
+    sub = 2
     parts: dict[bytes, list] = {}
     u = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, sub, parts)
     while 2 * sub <= SPLIT_MAX_SUBSTEPS:
