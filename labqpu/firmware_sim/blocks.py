@@ -103,6 +103,9 @@ class RunShare:
     stacks: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)
     #: The register's pair phases over a stretch, per length in samples (``_advance_zz``).
     zz_phases: dict[int, np.ndarray] = field(default_factory=dict)
+    #: Propagators of flux blocks per (cluster, fluxed qubits, start, end, anchor), before the
+    #: offsets' frame (``ClusterBlocks._apply_cluster``).
+    segments: dict[tuple, np.ndarray] = field(default_factory=dict)
 
     def for_order(self, order: list[int]) -> RunShare:
         """This share if it belongs to the register ``order`` (or to none yet), else a new
@@ -133,7 +136,7 @@ def _content_key(prog: Any, settings: Any) -> tuple:
 def _share_bytes(share: RunShare) -> int:
     """Bytes of the arrays ``share`` holds."""
     total = 0 if share.rendering is None else int(share.rendering[0].nbytes)
-    for entries in (share.drives, share.stacks, share.zz_phases):
+    for entries in (share.drives, share.stacks, share.zz_phases, share.segments):
         total += sum(int(v.nbytes) for v in entries.values())
     total += sum(int(v[1].nbytes) for v in share.splits.values())
     total += sum(int(v[1].nbytes) for v in share.controls.values())

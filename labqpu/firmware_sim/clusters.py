@@ -232,7 +232,10 @@ class ClusterBlocks:
             ctx.local.unitary(q, u)
             ctx.local.decohere(q, b1)
             return
-        u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+        memo = (tuple(cluster), tuple(fluxed), b0, b1, ctx.anchor)
+        u = ctx.share.segments.get(memo)
+        if u is None:
+            u = ctx.share.segments[memo] = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
         offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
         if offsets.any():  # the quasi-static offsets' frame, split symmetrically about the block
             d = frame_phase(offsets, _level_numbers(len(cluster)),

@@ -645,6 +645,39 @@ def test_a_repeated_run_starts_with_the_earlier_runs_share_and_gives_a_fresh_eng
     assert not eng.run_shares.get(prog, st).drives
 
 
+def test_a_repeated_run_takes_its_flux_blocks_from_the_share_and_gives_a_fresh_engines_points(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flux pulse on qubit 1 with pulses on 0 and 1 before it and one on 0 overlapping its
+    end: the second run of the program under the same settings computes no flux-block
+    propagator (they are in the run's share) and gives the IQ points of a fresh engine for
+    the same seed."""
+    waves = [gaussian(PULSE_SAMPLES, PULSE_SIGMA), np.ones(READOUT_SAMPLES),
+             np.sin(np.pi * (np.arange(30) + 0.5) / 30) ** 2]
+    plays = [(RACK.cabling[0].drive_port, 0, 0, 0.3, 0.0, NCO_HZ),
+             (RACK.cabling[1].drive_port, 0, 0, 0.5, 0.0, NCO_HZ),
+             (RACK.cabling[1].flux_port, PULSE_SAMPLES, 2, 0.1, 0.0, 0.0),
+             (RACK.cabling[0].drive_port, PULSE_SAMPLES + 20, 0, 0.4, 0.7, NCO_HZ)]
+    acqs, start = [], PULSE_SAMPLES + 70
+    for q in (0, 1):
+        plays.append((RACK.cabling[q].readout_port, start, 1, READOUT_AMP, 0.0,
+                      _readout_if(q)))
+        acqs.append((RACK.cabling[q].acquire_port, start, READOUT_SAMPLES,
+                     _readout_if(q)))
+    prog = WireProgram.from_tuples(plays, waves, acqs, start + READOUT_SAMPLES)
+    st = settings()
+    eng = PhysicsEngine(DEVICE, RACK.cabling)
+    eng.run(prog, st, 50, np.random.default_rng(0))
+    assert eng.run_shares.get(prog, st).segments
+    computed = []
+    segment = eng._segment_unitary
+    monkeypatch.setattr(eng, "_segment_unitary",
+                        lambda *args: computed.append(args[1]) or segment(*args))
+    iq = eng.run(prog, st, 300, np.random.default_rng(5))
+    assert computed == []
+    fresh = PhysicsEngine(DEVICE, RACK.cabling).run(prog, st, 300, np.random.default_rng(5))
+    assert_allclose(iq, fresh, rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- SimulationError
 
 
