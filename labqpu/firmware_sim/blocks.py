@@ -61,6 +61,9 @@ RUN_SHARES_KEPT = 4
 #: Bytes of kept shares per thread (their rendered samples and arrays) beyond which the oldest
 #: are let go after a run: one long program's rendering alone can take hundreds of MB.
 RUN_SHARES_BYTES = 64 * 2**20
+#: Bytes of flux-block propagators one share holds (``RunShare.segments``; ~105 kB each on
+#: four transmons, ~0.9 MB on five): a long program keeps those of its first blocks only.
+RUN_SHARE_SEGMENT_BYTES = 16 * 2**20
 
 
 def _deferred_zz(u: np.ndarray, zz_hz: np.ndarray, t0: int, t1: int, fs: float) -> np.ndarray:
@@ -104,8 +107,10 @@ class RunShare:
     #: The register's pair phases over a stretch, per length in samples (``_advance_zz``).
     zz_phases: dict[int, np.ndarray] = field(default_factory=dict)
     #: Propagators of flux blocks per (cluster, fluxed qubits, start, end, anchor), before the
-    #: offsets' frame (``ClusterBlocks._apply_cluster``).
+    #: offsets' frame (``ClusterBlocks._apply_cluster``), up to
+    #: :data:`RUN_SHARE_SEGMENT_BYTES` (``segment_bytes``).
     segments: dict[tuple, np.ndarray] = field(default_factory=dict)
+    segment_bytes: int = 0
 
     def for_order(self, order: list[int]) -> RunShare:
         """This share if it belongs to the register ``order`` (or to none yet), else a new

@@ -43,6 +43,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
+from labqpu.firmware_sim import blocks
 from labqpu.firmware_sim.blocks import _RunContext
 from labqpu.firmware_sim.coupling import DressedModel, dressed_basis
 from labqpu.firmware_sim.density import (
@@ -232,10 +233,14 @@ class ClusterBlocks:
             ctx.local.unitary(q, u)
             ctx.local.decohere(q, b1)
             return
+        share = ctx.share
         memo = (tuple(cluster), tuple(fluxed), b0, b1, ctx.anchor)
-        u = ctx.share.segments.get(memo)
+        u = share.segments.get(memo)
         if u is None:
-            u = ctx.share.segments[memo] = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+            u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
+            if share.segment_bytes + u.nbytes <= blocks.RUN_SHARE_SEGMENT_BYTES:
+                share.segments[memo] = u
+                share.segment_bytes += u.nbytes
         offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
         if offsets.any():  # the quasi-static offsets' frame, split symmetrically about the block
             d = frame_phase(offsets, _level_numbers(len(cluster)),

@@ -650,7 +650,8 @@ def test_a_repeated_run_takes_its_flux_blocks_from_the_share_and_gives_a_fresh_e
     """A flux pulse on qubit 1 with pulses on 0 and 1 before it and one on 0 overlapping its
     end: the second run of the program under the same settings computes no flux-block
     propagator (they are in the run's share) and gives the IQ points of a fresh engine for
-    the same seed."""
+    the same seed; with no bytes allowed for them a share keeps none, and the points are the
+    same."""
     waves = [gaussian(PULSE_SAMPLES, PULSE_SIGMA), np.ones(READOUT_SAMPLES),
              np.sin(np.pi * (np.arange(30) + 0.5) / 30) ** 2]
     plays = [(RACK.cabling[0].drive_port, 0, 0, 0.3, 0.0, NCO_HZ),
@@ -676,6 +677,13 @@ def test_a_repeated_run_takes_its_flux_blocks_from_the_share_and_gives_a_fresh_e
     assert computed == []
     fresh = PhysicsEngine(DEVICE, RACK.cabling).run(prog, st, 300, np.random.default_rng(5))
     assert_allclose(iq, fresh, rtol=0, atol=1e-6)
+    from labqpu.firmware_sim import blocks
+
+    monkeypatch.setattr(blocks, "RUN_SHARE_SEGMENT_BYTES", 0)  # over budget: kept none
+    capped = PhysicsEngine(DEVICE, RACK.cabling)
+    assert_allclose(capped.run(prog, st, 300, np.random.default_rng(5)), fresh, rtol=0,
+                    atol=1e-6)
+    assert not capped.run_shares.get(prog, st).segments
 
 
 # --------------------------------------------------------------------------- SimulationError
