@@ -259,19 +259,24 @@ def test_excitation_rotation_turns_every_drive_term() -> None:
         assert np.abs(rotate_excitation_phase(op, psi, 2) - factor * op).max() < 1e-12
 
 
+def first_block(case: str) -> tuple[PhysicsEngine, _RunContext, list[int], int, int]:
+    """A new engine, and the context, cluster and samples [b0, b1) of ``case``'s first block
+    alone."""
+    cluster, phases = CASES[case]
+    samples = np.zeros((N_PORTS, 200), dtype=complex)
+    add_block(samples, STARTS[0], phases[0])
+    b0, b1 = STARTS[0], STARTS[0] + N_FLUX
+    engine = PhysicsEngine(DEVICE, RACK.cabling)
+    return engine, context(engine, samples, settings(), cluster, b0), cluster, b0, b1
+
+
 def test_one_driven_qubit_in_its_own_frame_matches_fine_sub_steps() -> None:
     """A flux block with one driven neighbour is propagated in that neighbour's frame (its
     drive constant per sample, as the model defines it). Against the common-frame computation
     with 640 sub-steps per cycle of the drive's rotation (converged to the same model), it
     agrees within 1e-5 elementwise (measured 1.6e-6); the common frame at 20 sub-steps per
     cycle was off by ~1e-3."""
-    cluster, phases = CASES["one driven neighbour at two phases and times"]
-    st = settings()
-    samples = np.zeros((N_PORTS, 200), dtype=complex)
-    add_block(samples, STARTS[0], phases[0])
-    b0, b1 = STARTS[0], STARTS[0] + N_FLUX
-    engine = PhysicsEngine(DEVICE, RACK.cabling)
-    ctx = context(engine, samples, st, cluster, b0)
+    engine, ctx, cluster, b0, b1 = first_block("one driven neighbour at two phases and times")
     got = engine._segment_unitary(ctx, cluster, [2], b0, b1)
     model = ctx.model
     drives = {3: engine._drive_hz(ctx, 3, b0, b1)}
@@ -297,13 +302,7 @@ def test_an_engine_block_with_two_driven_neighbours_is_closer_to_converged_than_
     sub-steps per cycle (~6e-6 from converged) is within 4e-5 elementwise (3 SPLIT_TOL and
     the reference's own error; measured ~1e-5), where that propagation at the 20 sub-steps per
     cycle the engine used before is ~4e-4 off."""
-    cluster, phases = CASES["two driven qubits, same relative phase"]
-    st = settings()
-    samples = np.zeros((N_PORTS, 200), dtype=complex)
-    add_block(samples, STARTS[0], phases[0])
-    b0, b1 = STARTS[0], STARTS[0] + N_FLUX
-    engine = PhysicsEngine(DEVICE, RACK.cabling)
-    ctx = context(engine, samples, st, cluster, b0)
+    engine, ctx, cluster, b0, b1 = first_block("two driven qubits, same relative phase")
     drives = {q: engine._drive_hz(ctx, q, b0, b1) for q in (3, 4)}
     assert all(np.abs(z).max() > 5e6 for z in drives.values())
     flux = {q: engine._flux_phi(ctx, q, [2], b0, b1) for q in cluster}
