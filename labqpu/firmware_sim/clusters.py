@@ -63,12 +63,14 @@ from labqpu.firmware_sim.propagation import (
 )
 from labqpu.firmware_sim.split import split_step_adaptive, split_step_unitary
 
-#: Sub-steps per cycle of the fastest drive rotation in a cluster's common frame (a drive
-#: sample rotates at f~_q - f_ref there and is sampled at sub-step midpoints).
+#: Sub-steps per cycle of the fastest drive rotation in the frame of
+#: ``_cluster_common_frame_unitary`` (a drive sample rotates at f~_q - f_ref there and is
+#: sampled at sub-step midpoints). The engine calls it with at most one drive, in that
+#: drive's own frame (one step per sample); the tests raise this for their fine references.
 SUBSTEPS_PER_CYCLE = 20
 #: Bound on the error of a propagator interpolated in the weaker drive's phase (module
 #: docstring): below what quantising a drive for its cache key may cost (``KEY_GRID_HZ``,
-#: ~1e-10), far below the sub-step discretisation's own error (~4e-4).
+#: ~1e-10), far below the split steps' own error (~1e-5, ``split.SPLIT_TOL``).
 PHASE_INTERPOLATION_TOL = 1e-11
 #: Highest degree K of that interpolation: a table costs 2K + 1 direct propagations, so a
 #: drive that needs more is propagated directly at each phase. (The last 2 samples of a DRAG
@@ -239,6 +241,7 @@ class ClusterBlocks:
         if u is None:
             u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
             if share.segment_bytes + u.nbytes <= blocks.RUN_SHARE_SEGMENT_BYTES:
+                u.flags.writeable = False
                 share.segments[memo] = u
                 share.segment_bytes += u.nbytes
         offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
