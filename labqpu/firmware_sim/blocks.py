@@ -108,9 +108,8 @@ class RunShare:
     zz_phases: dict[int, np.ndarray] = field(default_factory=dict)
     #: Propagators of flux blocks per (cluster, fluxed qubits, start, end, anchor), before the
     #: offsets' frame (``ClusterBlocks._apply_cluster``), up to
-    #: :data:`RUN_SHARE_SEGMENT_BYTES` (``segment_bytes``).
+    #: :data:`RUN_SHARE_SEGMENT_BYTES`.
     segments: dict[tuple, np.ndarray] = field(default_factory=dict)
-    segment_bytes: int = 0
 
     def for_order(self, order: list[int]) -> RunShare:
         """This share if it belongs to the register ``order`` (or to none yet), else a new

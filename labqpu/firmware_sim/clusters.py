@@ -56,10 +56,10 @@ from labqpu.firmware_sim.density import (
 )
 from labqpu.firmware_sim.noise import frame_phase
 from labqpu.firmware_sim.propagation import (
-    KEY_GRID_HZ,
     PEAK_TIE,
     drive_phase_key,
     phase_reference,
+    quantised_key,
 )
 from labqpu.firmware_sim.split import split_step_adaptive, split_step_unitary
 
@@ -197,8 +197,7 @@ def cluster_drive_key(drives_hz: dict[int, np.ndarray], offsets_hz: dict[int, fl
     psi = phase_reference(shifted[_reference_qubit(shifted)])
     turn = np.exp(-1j * psi)
     rel = {q: y * turn for q, y in shifted.items()}
-    key = tuple((q, np.rint(y.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes())
-                for q, y in rel.items())
+    key = tuple((q, quantised_key(y)) for q, y in rel.items())
     return psi, rel, key
 
 
@@ -240,10 +239,10 @@ class ClusterBlocks:
         u = share.segments.get(memo)
         if u is None:
             u = self._segment_unitary(ctx, cluster, fluxed, b0, b1)
-            if share.segment_bytes + u.nbytes <= blocks.RUN_SHARE_SEGMENT_BYTES:
+            held = sum(v.nbytes for v in share.segments.values())
+            if held + u.nbytes <= blocks.RUN_SHARE_SEGMENT_BYTES:
                 u.flags.writeable = False
                 share.segments[memo] = u
-                share.segment_bytes += u.nbytes
         offsets = np.array([ctx.offset_hz.get(q, 0.0) for q in cluster])
         if offsets.any():  # the quasi-static offsets' frame, split symmetrically about the block
             d = frame_phase(offsets, _level_numbers(len(cluster)),
@@ -508,8 +507,7 @@ class ClusterBlocks:
             return [(cluster.index(q), z, f_frame[cluster.index(q)] - f_ref)
                     for q, z in zs.items()]
 
-        shape_key = (base_key, *((q, np.rint(z.view(np.float64) / KEY_GRID_HZ)
-                                  .astype(np.int64).tobytes()) for q, z in shape.items()))
+        shape_key = (base_key, *((q, quantised_key(z)) for q, z in shape.items()))
         sub = self._split_substeps.get(shape_key)
         if sub is None:
             u, sub = split_step_adaptive(const, diag, spec(shape), 0, fs, k)

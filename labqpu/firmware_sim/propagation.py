@@ -48,8 +48,12 @@ def drive_phase_key(z_hz: np.ndarray) -> tuple[float, np.ndarray, bytes]:
         return 0.0, z_hz, b""
     phi = phase_reference(z_hz)
     z0 = z_hz * np.exp(-1j * phi)
-    key = np.rint(z0.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes()
-    return phi, z0, key
+    return phi, z0, quantised_key(z0)
+
+
+def quantised_key(z_hz: np.ndarray) -> bytes:
+    """``z_hz`` (complex, Hz) quantised on ``KEY_GRID_HZ``, as bytes for a cache key."""
+    return np.rint(z_hz.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes()
 
 
 def phase_reference(z_hz: np.ndarray) -> float:
