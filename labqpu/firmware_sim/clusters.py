@@ -61,7 +61,7 @@ from labqpu.firmware_sim.propagation import (
     phase_reference,
     quantised_key,
 )
-from labqpu.firmware_sim.split import split_step_adaptive, split_step_unitary
+from labqpu.firmware_sim.split import SplitParts, split_step_adaptive, split_step_unitary
 
 #: Sub-steps per cycle of the fastest drive rotation in the frame of
 #: ``_cluster_common_frame_unitary`` (a drive sample rotates at f~_q - f_ref there and is
@@ -219,7 +219,7 @@ def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray
 class ClusterBlocks:
     """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: flux blocks on coupled
     clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``phase_tables``,
-    ``_phase_shapes``, ``_split_substeps``, ``_dressings``, ``_drive_hz``,
+    ``_phase_shapes``, ``_split_substeps``, ``_dressings``, ``_split_parts``, ``_drive_hz``,
     ``_transmon_unitary`` and ``_prepare``)."""
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
@@ -338,7 +338,7 @@ class ClusterBlocks:
                 if len(drives_hz) > 1:
                     return v.T @ self._cluster_split_unitary(
                         key[:-1], cluster, drives_hz, flux_phi, f_bare, f_frame, h_corr,
-                        f_c) @ v
+                        f_c, self._cluster_split_parts(cluster, tuple(f_bare), model)) @ v
                 return v.T @ self._cluster_common_frame_unitary(
                     cluster, drives_hz, flux_phi, 0, n, f_bare, f_frame, h_corr, f_c) @ v
 
@@ -413,6 +413,18 @@ class ClusterBlocks:
         self._dressings[key] = (v, h_corr)
         return v, h_corr
 
+    def _cluster_split_parts(self, cluster: list[int], f_bare: tuple[float, ...],
+                             model: DressedModel) -> SplitParts:
+        """The :class:`~labqpu.firmware_sim.split.SplitParts` of a cluster's static Hamiltonian
+        (that of its dressing, :meth:`_cluster_dressing`): kept across parts and runs."""
+        key = (tuple(cluster), f_bare, model.freq_hz)
+        parts = self._split_parts.get(key)
+        if parts is None:
+            if len(self._split_parts) >= 64:
+                self._split_parts.clear()
+            parts = self._split_parts[key] = SplitParts()
+        return parts
+
     def _cluster_common_frame_unitary(self, cluster: list[int], drives: dict[int, np.ndarray],
                                       flux_phi: dict[int, np.ndarray], b0: int, b1: int,
                                       f_bare: list[float], f_frame: list[float],
@@ -485,7 +497,7 @@ class ClusterBlocks:
     def _cluster_split_unitary(self, base_key: tuple, cluster: list[int],
                                drives: dict[int, np.ndarray], flux_phi: dict[int, np.ndarray],
                                f_bare: list[float], f_frame: list[float], h_corr: np.ndarray,
-                               f_ref: float) -> np.ndarray:
+                               f_ref: float, parts: SplitParts | None = None) -> np.ndarray:
         """Propagator (bare basis, frame rotating at ``f_ref``) of a cluster part starting at
         sample 0 in which several qubits are driven (``drives``: Hz per sample in each qubit's
         frame ``f_frame``), by split steps (:mod:`~labqpu.firmware_sim.split`).
@@ -494,7 +506,8 @@ class ClusterBlocks:
         part's cache key without its drives) and the drives with every phase but the
         strongest drive's split off, and kept in ``_split_substeps``: a weak drive's phase then
         never changes them, so a phase table's entries and every later phase of that shape are
-        propagated alike (``_phase_interpolated``).
+        propagated alike (``_phase_interpolated``). ``parts``: the blocks of exp(H_s) kept
+        for ``h_corr``'s cluster (:meth:`_cluster_split_parts`).
         """
         fs = self.device.sample_rate_hz
         k = len(cluster)
@@ -510,13 +523,13 @@ class ClusterBlocks:
         shape_key = (base_key, *((q, quantised_key(z)) for q, z in shape.items()))
         sub = self._split_substeps.get(shape_key)
         if sub is None:
-            u, sub = split_step_adaptive(const, diag, spec(shape), 0, fs, k)
+            u, sub = split_step_adaptive(const, diag, spec(shape), 0, fs, k, parts=parts)
             if len(self._split_substeps) >= PHASE_SHAPES_SEEN:
                 self._split_substeps.clear()
             self._split_substeps[shape_key] = sub
             if all(np.array_equal(shape[q], z) for q, z in drives.items()):
                 return u
-        return split_step_unitary(const, diag, spec(drives), 0, fs, k, sub)
+        return split_step_unitary(const, diag, spec(drives), 0, fs, k, sub, parts)
 
 
 def _cluster_steps(driven: np.ndarray, f_hz: np.ndarray, sub: int

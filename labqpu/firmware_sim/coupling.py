@@ -182,14 +182,17 @@ def dressed_basis(freqs_hz: list[float], alphas_hz: list[float],
     """
     k = len(freqs_hz)
     exact = dressed_energies(freqs_hz, alphas_hz, couplings, max_excitations=2 * k)
-    d = LEVELS**k
-    v = np.zeros((d, d))
-    e = np.zeros(d)
+    dims = (LEVELS,) * k
+    v = np.zeros((LEVELS**k, LEVELS**k))
+    e = np.zeros(LEVELS**k)
+    rows: dict[int, np.ndarray] = {}  # per excitation number: the indices of its block's basis
     for label, (energy, vec, basis) in exact.items():
-        col = int(np.ravel_multi_index(label, (LEVELS,) * k))
+        col = int(np.ravel_multi_index(label, dims))
         e[col] = energy
-        for amp, c in zip(vec, basis, strict=True):
-            v[int(np.ravel_multi_index(c, (LEVELS,) * k)), col] = amp
+        n_exc = sum(label)
+        if n_exc not in rows:
+            rows[n_exc] = np.ravel_multi_index(np.array(basis).T, dims)
+        v[rows[n_exc], col] = vec
     return v, e
 
 
@@ -207,13 +210,23 @@ def trapezoid_weights(n_samples: int, dt_s: float) -> np.ndarray:
     return w
 
 
+def _weighted_pair_sum(zz_hz: np.ndarray, weights_s: np.ndarray, a: np.ndarray,
+                       b: np.ndarray) -> np.ndarray:
+    """sum_k w_k sum_mn Z[m, n] a[k, m] (x) b[k, n] as a 9x9 matrix (``zz_hz`` 2x2, ``a`` and
+    ``b`` (k, 2, 3, 3)): one matrix product over (k, n) (an einsum of the four operands took
+    ~0.2 ms on 40 samples)."""
+    left = weights_s[:, None, None, None] * np.tensordot(a, zz_hz, axes=([1], [0]))
+    left = np.moveaxis(left, 3, 1).reshape(-1, 9)  # [(k, n), (a, b)]
+    phi = (left.T @ b.reshape(-1, 9)).reshape(3, 3, 3, 3)  # [a, b, c, d]
+    return phi.transpose(0, 2, 1, 3).reshape(9, 9)
+
+
 def magnus_pair_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndarray,
                           weights_s: np.ndarray) -> np.ndarray:
     """First-order Magnus generator (9x9, dimensionless cycles) of the pair term
     Z(n_p, n_q) in the toggling frame of two driven transmons: sum_k w_k sum_mn Z[m, n]
     T^p_{m,k} (x) T^q_{n,k}, with T the :func:`toggled_projectors` of each (p first)."""
-    phi = np.einsum("k,mn,kmab,kncd->acbd", weights_s, zz_hz[1:, 1:], proj_p, proj_q)
-    return phi.reshape(9, 9)
+    return _weighted_pair_sum(zz_hz[1:, 1:], weights_s, proj_p, proj_q)
 
 
 def sequential_pair_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.ndarray,
@@ -232,8 +245,7 @@ def sequential_pair_generator(zz_hz: np.ndarray, proj_p: np.ndarray, proj_q: np.
         a, b = proj_p - proj_p[-1][None], proj_q - held
     else:
         a, b = proj_p - held, proj_q - proj_q[-1][None]
-    phi = np.einsum("k,mn,kmab,kncd->acbd", weights_s, zz_hz[1:, 1:], a, b)
-    return phi.reshape(9, 9)
+    return _weighted_pair_sum(zz_hz[1:, 1:], weights_s, a, b)
 
 
 def magnus_conditional_generator(zz_hz: np.ndarray, proj_q: np.ndarray,

@@ -106,6 +106,7 @@ from labqpu.firmware_sim.propagation import (
 )
 from labqpu.firmware_sim.readout import WindowRecord, acquire_window
 from labqpu.firmware_sim.shots import run_shots
+from labqpu.firmware_sim.split import SplitParts
 
 __all__ = ["DensityMatrix", "Evolution", "EvolutionStart", "PhysicsEngine", "Settings",
            "WireProgram", "relaxation_superop"]
@@ -300,6 +301,9 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: Dressed models per set of bare idle frequencies, and cluster dressings.
         self._models: dict[tuple[float, ...], DressedModel] = {}
         self._dressings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        #: Blocks of exp(H_s) of split-step cluster parts, per cluster dressing
+        #: (``ClusterBlocks._cluster_split_parts``).
+        self._split_parts: dict[tuple, SplitParts] = {}
         self._joint_cache: dict[tuple, list] = {}
         #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
         self._block_cache: dict[tuple, list] = {}

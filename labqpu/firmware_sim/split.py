@@ -14,7 +14,10 @@ with V taken at the step's midpoint t_m. exp(H_s) is exact and cheap (H_s is blo
 in N: blocks of at most 19 states on four transmons); exp(V) is a product of one 3x3
 exponential per driven qubit (drives on different transmons commute). The split's error is
 second order in tau and independent of f_ref (exp(H_s) carries each qubit's frame exactly);
-a step costs one 3^k x 3^k product instead of one 3^k x 3^k diagonalisation.
+a step costs one 3x3 product per driven transmon on the propagator's rows and one product by
+the blocks of exp(H_s) (the rows are kept sorted by N, so each block is a contiguous slice:
+on four transmons ~1/6 of a dense 81 x 81 product), instead of one 3^k x 3^k
+diagonalisation.
 
 :func:`split_step_adaptive` doubles ``sub`` until two successive propagators differ by at most
 3 ``tol`` (max over entries): for a second-order method the finer one is then within ~``tol``
@@ -35,88 +38,142 @@ SPLIT_TOL = 1e-5
 #: Most sub-steps per driven sample :func:`split_step_adaptive` tries (a drive strong or fast
 #: enough to need more is propagated at this many, its estimate above ``SPLIT_TOL``).
 SPLIT_MAX_SUBSTEPS = 256
+#: Most sample diagonals a :class:`SplitParts` keeps (each ~20 KB on four transmons, with the
+#: step lengths of a few sub-step counts).
+SPLIT_PARTS_ROWS = 512
 
 
 @lru_cache(maxsize=8)
-def _block_indices(k: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """For each excitation block of ``k`` transmons: its basis indices and the flat indices
-    of its entries in a 3^k x 3^k matrix (row-major)."""
-    d = 3**k
-    return tuple((idx, (idx[:, None] * d + idx[None, :]).ravel())
-                 for idx in _excitation_blocks(k))
+def _excitation_order(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, offsets) of ``k`` transmons: the basis states sorted by excitation
+    number (``order[i]`` is the state at row i), where each excitation block of the rows
+    starts, and where each block's matrix starts in a concatenation of the blocks' row-major
+    matrices (``_step_blocks``). Read-only."""
+    blocks = _excitation_blocks(k)
+    order = np.concatenate(blocks)
+    sizes = np.array([b.size for b in blocks], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    offsets = np.concatenate([[0], np.cumsum(sizes**2)])
+    for x in (order, starts, offsets):
+        x.flags.writeable = False
+    return order, starts, offsets
+
+
+@lru_cache(maxsize=32)
+def _level_rows(k: int, pos: int) -> np.ndarray:
+    """Rows (in ``_excitation_order``) of transmon ``pos``'s levels 0, 1 and 2, one triple
+    per configuration of the other transmons: shape (3^(k-1), 3). Read-only."""
+    order = _excitation_order(k)[0]
+    row_of = np.empty_like(order)
+    row_of[order] = np.arange(order.size)
+    states = np.arange(3**k).reshape(3**pos, 3, -1)  # [higher digits, level, lower digits]
+    rows = row_of[np.moveaxis(states, 1, -1).reshape(-1, 3)]
+    rows.flags.writeable = False
+    return rows
 
 
 def _exponentials(const_hz: np.ndarray, diag_hz: np.ndarray, k: int
-                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(flat indices, energies (Hz), eigenvectors) of each excitation block of
-    ``const_hz + diag(diag_hz)`` on ``k`` transmons."""
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(energies (Hz), eigenvectors) of each excitation block of ``const_hz + diag(diag_hz)``
+    on ``k`` transmons, in ``_excitation_order``."""
     out = []
-    flat_const = const_hz.ravel()
-    for idx, flat in _block_indices(k):
-        block = flat_const[flat].reshape(idx.size, idx.size)
+    for idx in _excitation_blocks(k):
+        block = const_hz[np.ix_(idx, idx)].astype(np.complex128)
         block[np.diag_indices(idx.size)] += diag_hz[idx]
-        e, w = np.linalg.eigh(block)
-        out.append((flat, e, w))
+        out.append(np.linalg.eigh(block))
     return out
 
 
-def _static_step(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], d: int, t_s: float
-                 ) -> np.ndarray:
-    """exp(-i 2 pi H_s t) from its excitation blocks (``_exponentials``), dense d x d."""
-    u = np.zeros(d * d, dtype=np.complex128)
-    for flat, e, w in parts:
-        u[flat] = ((w * np.exp(-2j * np.pi * e * t_s)) @ w.conj().T).ravel()
-    return u.reshape(d, d)
+def _step_blocks(parts: list[tuple[np.ndarray, np.ndarray]], t_s: float) -> np.ndarray:
+    """exp(-i 2 pi H_s t) from its excitation blocks (``_exponentials``): the blocks'
+    row-major matrices, concatenated (``_excitation_order``'s offsets)."""
+    return np.concatenate([((w * np.exp(-2j * np.pi * e * t_s)) @ w.conj().T).ravel()
+                           for e, w in parts])
 
 
-def _drive_steps(z_hz: complex, offset_hz: float, t0_samples: float, fs_hz: float, sub: int
-                 ) -> np.ndarray:
-    """exp(-i 2 pi V_q(t_m) tau) on one transmon (3x3) for the ``sub`` midpoints t_m of a sample
-    starting at ``t0_samples``: V_q = (1/2)(w a^dag + w* a), w = z exp(-i 2 pi offset t)."""
-    t = (t0_samples + (np.arange(sub) + 0.5) / sub) / fs_hz
-    w = z_hz * np.exp(-2j * np.pi * offset_hz * t)
+def _drive_steps(z_hz: np.ndarray, offset_hz: float, t0_samples: np.ndarray, fs_hz: float,
+                 sub: int) -> np.ndarray:
+    """exp(-i 2 pi V_q(t_m) tau) on one transmon (3x3) for the ``sub`` midpoints t_m of each
+    sample starting at ``t0_samples`` (samples), shape (samples, sub, 3, 3): V_q = (1/2)(w a^dag
+    + w* a), w = z exp(-i 2 pi offset t), with z (Hz) the sample's ``z_hz``."""
+    t = (t0_samples[:, None] + (np.arange(sub) + 0.5)[None, :] / sub) / fs_hz
+    w = (z_hz[:, None] * np.exp(-2j * np.pi * offset_hz * t)).reshape(-1)
     a = _ladder()
     h = 0.5 * (w[:, None, None] * a.T[None] + np.conj(w)[:, None, None] * a[None])
     e, v = np.linalg.eigh(h)
     phase = np.exp(-2j * np.pi * e / (fs_hz * sub))
-    return (v * phase[:, None, :]) @ np.conj(np.swapaxes(v, 1, 2))
+    steps = (v * phase[:, None, :]) @ np.conj(np.swapaxes(v, 1, 2))
+    return steps.reshape(t0_samples.size, sub, 3, 3)
 
 
 @njit(cache=True, nogil=True)
-def _split_sample_kernel(u, half, full, ops, positions):
-    """One driven sample of split steps applied to ``u`` (d x d, C order, d = 3^k):
-    half (D_{s-1} full ... full D_1 full D_0) half, with D_m the product over l of the 3x3
-    ``ops[m, l]`` acting on transmon ``positions[l]`` (first most significant) and s =
-    ``ops.shape[0]``. Returns the new d x d array."""
-    d = u.shape[0]
-    u = half @ u
+def _apply_blocks(u, data, starts, offsets):
+    """u -> B u in place for the block-diagonal B whose blocks (rows ``starts[b]`` to
+    ``starts[b + 1]``) are row-major in ``data`` from ``offsets[b]``."""
+    for b in range(starts.size - 1):
+        s = starts[b]
+        n = starts[b + 1] - s
+        block = data[offsets[b]:offsets[b] + n * n].reshape(n, n)
+        u[s:s + n] = block @ u[s:s + n]
+
+
+@njit(cache=True, nogil=True)
+def _split_sample_kernel(u, half, full, starts, offsets, ops, rows):
+    """One driven sample of split steps applied to ``u`` (d x d, C order, d = 3^k, rows in
+    ``_excitation_order``): half (D_{s-1} full ... full D_1 full D_0) half, with ``half`` and
+    ``full`` block-diagonal (``_apply_blocks``) and D_m the product over l of the 3x3
+    ``ops[m, l]`` acting on the rows ``rows[l]`` ((3^(k-1), 3) per driven transmon,
+    ``_level_rows``); s = ``ops.shape[0]``. Returns a new d x d array."""
+    u = u.copy()
+    d = u.shape[1]
+    _apply_blocks(u, half, starts, offsets)
     sub = ops.shape[0]
     for m in range(sub):
-        for j in range(positions.size):
+        for j in range(rows.shape[0]):
             e = ops[m, j]
-            stride = d
-            span = 1
-            for _ in range(positions[j] + 1):
-                stride //= 3
-            for _ in range(positions[j]):
-                span *= 3
-            x = u.reshape(span, 3, stride * d)
-            for a in range(span):
-                for b in range(stride * d):
-                    v0 = x[a, 0, b]
-                    v1 = x[a, 1, b]
-                    v2 = x[a, 2, b]
-                    x[a, 0, b] = e[0, 0] * v0 + e[0, 1] * v1 + e[0, 2] * v2
-                    x[a, 1, b] = e[1, 0] * v0 + e[1, 1] * v1 + e[1, 2] * v2
-                    x[a, 2, b] = e[2, 0] * v0 + e[2, 1] * v1 + e[2, 2] * v2
-        u = (full if m < sub - 1 else half) @ u
+            for g in range(rows.shape[1]):
+                r0, r1, r2 = rows[j, g, 0], rows[j, g, 1], rows[j, g, 2]
+                for c in range(d):
+                    v0 = u[r0, c]
+                    v1 = u[r1, c]
+                    v2 = u[r2, c]
+                    u[r0, c] = e[0, 0] * v0 + e[0, 1] * v1 + e[0, 2] * v2
+                    u[r1, c] = e[1, 0] * v0 + e[1, 1] * v1 + e[1, 2] * v2
+                    u[r2, c] = e[2, 0] * v0 + e[2, 1] * v1 + e[2, 2] * v2
+        _apply_blocks(u, full if m < sub - 1 else half, starts, offsets)
     return u
+
+
+class SplitParts:
+    """What split steps on one ``const_hz`` keep across calls, by the diagonal of a sample
+    (its bytes): the excitation blocks' eigendecompositions (``_exponentials``) and the
+    blocks of exp(-i 2 pi H_s t) for the step lengths t used (``_step_blocks``). Bounded:
+    cleared when it holds :data:`SPLIT_PARTS_ROWS` diagonals."""
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, tuple[list, dict[float, np.ndarray]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def step(self, const_hz: np.ndarray, row_hz: np.ndarray, k: int, t_s: float
+             ) -> np.ndarray:
+        """``_step_blocks`` of ``const_hz + diag(row_hz)`` on ``k`` transmons for ``t_s``."""
+        key = row_hz.tobytes()
+        hit = self._rows.get(key)
+        if hit is None:
+            if len(self._rows) >= SPLIT_PARTS_ROWS:
+                self._rows.clear()
+            hit = self._rows[key] = (_exponentials(const_hz, row_hz, k), {})
+        blocks = hit[1].get(t_s)
+        if blocks is None:
+            blocks = hit[1][t_s] = _step_blocks(hit[0], t_s)
+        return blocks
 
 
 def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
                        drives: list[tuple[int, np.ndarray, float]], b0: int, fs_hz: float,
-                       k: int, sub: int, parts: dict[bytes, list] | None = None
-                       ) -> np.ndarray:
+                       k: int, sub: int, parts: SplitParts | None = None) -> np.ndarray:
     """Propagator of ``k`` coupled transmons over the samples of ``diag_hz`` (module docstring).
 
     ``const_hz`` (3^k x 3^k, Hz) is the sample-independent, excitation-conserving part of H_s;
@@ -124,49 +181,55 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
     frame). ``drives`` holds (position, z per sample in Hz in that qubit's frame, f_q - f_ref
     in Hz); the first sample is sample ``b0`` of the program (it sets the drives' phases in the
     common frame). Samples with a drive take ``sub`` split steps, the others one exact step
-    (consecutive ones with the same diagonal together). ``parts`` keeps the excitation blocks'
-    eigendecompositions by diagonal across calls on the same ``const_hz``.
+    (consecutive ones with the same diagonal together). ``parts`` keeps exp(H_s)'s blocks
+    across calls on the same ``const_hz``. The propagator is carried with its rows in
+    ``_excitation_order``, where exp(H_s) acts block by block.
     """
     n_samples, d = diag_hz.shape
     driven = np.zeros(n_samples, dtype=bool)
     for _, z, _ in drives:
         driven |= z != 0
-    parts = {} if parts is None else parts
-    u = np.eye(d, dtype=np.complex128)
+    parts = SplitParts() if parts is None else parts
+    order, starts, offsets = _excitation_order(k)
+    tau = 1.0 / (fs_hz * sub)
+    samples = np.flatnonzero(driven)
+    steps = [(_level_rows(k, pos), z[samples] != 0,
+              _drive_steps(z[samples], off, b0 + samples.astype(float), fs_hz, sub))
+             for pos, z, off in drives]
+    u = np.eye(d, dtype=np.complex128)[order]
     s = 0
     while s < n_samples:
         row = diag_hz[s]
-        key = row.tobytes()
-        if key not in parts:
-            parts[key] = _exponentials(const_hz, row, k)
         if not driven[s]:
             end = s + 1
             while end < n_samples and not driven[end] and np.array_equal(diag_hz[end], row):
                 end += 1
-            u = _static_step(parts[key], d, (end - s) / fs_hz) @ u
+            _apply_blocks(u, parts.step(const_hz, row, k, (end - s) / fs_hz), starts, offsets)
             s = end
             continue
-        tau = 1.0 / (fs_hz * sub)
-        half = _static_step(parts[key], d, 0.5 * tau)
-        full = half @ half
-        local = [(pos, _drive_steps(z[s], off, b0 + s, fs_hz, sub))
-                 for pos, z, off in drives if z[s] != 0]
-        ops = np.ascontiguousarray(np.stack([op for _, op in local], axis=1))
-        positions = np.array([pos for pos, _ in local], dtype=np.int64)
-        u = _split_sample_kernel(u, half, full, ops, positions)
+        i = np.searchsorted(samples, s)
+        local = [(rows, ops[i]) for rows, on, ops in steps if on[i]]
+        u = _split_sample_kernel(
+            u, parts.step(const_hz, row, k, 0.5 * tau), parts.step(const_hz, row, k, tau),
+            starts, offsets, np.ascontiguousarray(np.stack([op for _, op in local], axis=1)),
+            np.stack([rows for rows, _ in local]))
         s += 1
-    return u
+    out = np.empty_like(u)
+    out[order] = u
+    return out
 
 
 def split_step_adaptive(const_hz: np.ndarray, diag_hz: np.ndarray,
                         drives: list[tuple[int, np.ndarray, float]], b0: int, fs_hz: float,
-                        k: int, tol: float = SPLIT_TOL) -> tuple[np.ndarray, int]:
-    """(propagator, sub-steps per driven sample) of :func:`split_step_unitary`, doubling the
+                        k: int, tol: float = SPLIT_TOL, parts: SplitParts | None = None
+                        ) -> tuple[np.ndarray, int]:
+    """(propagator, sub-steps per driven sample) of :func:`split_step_unitary` (``parts`` as
+    there), doubling the
     sub-steps from 2 until the propagator moves by at most 3 ``tol`` (max over entries), or
     :data:`SPLIT_MAX_SUBSTEPS` is reached (from 2: at 1 sub-step the error can still be far
     from its second-order behaviour, and two coarse propagators could agree by chance)."""
     sub = 2
-    parts: dict[bytes, list] = {}
+    parts = SplitParts() if parts is None else parts
     u = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, sub, parts)
     while 2 * sub <= SPLIT_MAX_SUBSTEPS:
         finer = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, 2 * sub, parts)

@@ -19,6 +19,9 @@ from scipy.integrate import solve_ivp
 from labqpu.firmware_sim.density import _level_numbers
 from labqpu.firmware_sim.split import (
     SPLIT_TOL,
+    SplitParts,
+    _excitation_order,
+    _level_rows,
     _split_sample_kernel,
     split_step_adaptive,
     split_step_unitary,
@@ -135,18 +138,48 @@ def _sample_reference(u, half, full, ops, positions):
 @pytest.mark.parametrize(("k", "positions", "sub"), [(2, [0, 1], 3), (3, [2, 0], 1),
                                                      (4, [1, 3], 4), (4, [0, 1, 2], 2)])
 def test_the_sample_kernel_matches_numpy(k: int, positions: list[int], sub: int) -> None:
-    """Random operators on 2-4 transmons, local ops on any positions in any order: the numba
-    kernel equals the numpy reference within 1e-12 elementwise, and leaves its input alone."""
+    """Random block-diagonal half and full steps (excitation blocks) and random local ops on
+    2-4 transmons, on any positions in any order: the numba kernel, which carries the rows in
+    excitation order, equals the numpy reference in the plain basis within 1e-12 elementwise,
+    and leaves its input alone."""
     rng = np.random.default_rng(k * 10 + sub)
     d = 3**k
+    order, starts, offsets = _excitation_order(k)
 
     def rand(*shape):
         return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
 
-    u, half, full = rand(d, d), rand(d, d) / d, rand(d, d) / d
+    def block_diagonal() -> tuple[np.ndarray, np.ndarray]:
+        data = rand(offsets[-1]) / d
+        dense = np.zeros((d, d), dtype=complex)
+        for b in range(starts.size - 1):
+            idx = order[starts[b]:starts[b + 1]]
+            dense[np.ix_(idx, idx)] = data[offsets[b]:offsets[b + 1]].reshape(idx.size, idx.size)
+        return data, dense
+
+    (half, half_dense), (full, full_dense) = block_diagonal(), block_diagonal()
+    u = rand(d, d)
     ops = rand(sub, len(positions), 3, 3)
-    pos = np.array(positions, dtype=np.int64)
-    before = u.copy()
-    got = _split_sample_kernel(u, half, full, ops, pos)
-    assert np.abs(got - _sample_reference(u, half, full, ops, positions)).max() < 1e-12
-    assert np.array_equal(u, before)
+    rows = np.stack([_level_rows(k, p) for p in positions])
+    before = u[order].copy()
+    got = _split_sample_kernel(before, half, full, starts, offsets, ops, rows)
+    want = _sample_reference(u, half_dense, full_dense, ops, positions)
+    assert np.abs(got - want[order]).max() < 1e-12
+    assert np.array_equal(before, u[order])
+
+
+def test_kept_blocks_give_the_same_propagator_and_stay_bounded(monkeypatch) -> None:
+    """A propagator computed with the blocks of exp(H_s) kept from earlier calls equals one
+    computed afresh; a SplitParts that reaches its bound starts over instead of growing."""
+    const, diag, drives = problem()
+    parts = SplitParts()
+    first = split_step_unitary(const, diag, drives, B0, FS, 3, 4, parts)
+    kept = len(parts)
+    assert kept == len({row.tobytes() for row in diag})
+    again = split_step_unitary(const, diag, drives, B0, FS, 3, 4, parts)
+    assert np.array_equal(again, first)
+    assert np.array_equal(split_step_unitary(const, diag, drives, B0, FS, 3, 4), first)
+    monkeypatch.setattr("labqpu.firmware_sim.split.SPLIT_PARTS_ROWS", 3)
+    bounded = SplitParts()
+    assert np.array_equal(split_step_unitary(const, diag, drives, B0, FS, 3, 4, bounded), first)
+    assert len(bounded) <= 3
