@@ -82,6 +82,9 @@ PHASE_INTERPOLATION_MAX_ORDER = 4
 PHASE_TABLES = 16
 PHASE_TABLE_BYTES = 256 * 2**20
 PHASE_SHAPES_SEEN = 4096
+#: Most cluster dressings whose split-step blocks an engine keeps (each at most
+#: ``split.SPLIT_PARTS_BYTES``).
+SPLIT_PARTS_KEPT = 16
 
 
 def phase_interpolation_order(beta_rad: float, tol: float = PHASE_INTERPOLATION_TOL
@@ -416,11 +419,12 @@ class ClusterBlocks:
     def _cluster_split_parts(self, cluster: list[int], f_bare: tuple[float, ...],
                              model: DressedModel) -> SplitParts:
         """The :class:`~labqpu.firmware_sim.split.SplitParts` of a cluster's static Hamiltonian
-        (that of its dressing, :meth:`_cluster_dressing`): kept across parts and runs."""
+        (that of its dressing, :meth:`_cluster_dressing`): kept across parts and runs, for at
+        most :data:`SPLIT_PARTS_KEPT` dressings."""
         key = (tuple(cluster), f_bare, model.freq_hz)
         parts = self._split_parts.get(key)
         if parts is None:
-            if len(self._split_parts) >= 64:
+            if len(self._split_parts) >= SPLIT_PARTS_KEPT:
                 self._split_parts.clear()
             parts = self._split_parts[key] = SplitParts()
         return parts

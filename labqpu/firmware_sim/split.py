@@ -38,9 +38,9 @@ SPLIT_TOL = 1e-5
 #: Most sub-steps per driven sample :func:`split_step_adaptive` tries (a drive strong or fast
 #: enough to need more is propagated at this many, its estimate above ``SPLIT_TOL``).
 SPLIT_MAX_SUBSTEPS = 256
-#: Most sample diagonals a :class:`SplitParts` keeps (each ~20 KB on four transmons, with the
-#: step lengths of a few sub-step counts).
-SPLIT_PARTS_ROWS = 512
+#: Most bytes of arrays a :class:`SplitParts` keeps (on four transmons ~18 KB per sample
+#: diagonal and as much per step length used with it).
+SPLIT_PARTS_BYTES = 4 * 2**20
 
 
 @lru_cache(maxsize=8)
@@ -148,13 +148,21 @@ class SplitParts:
     """What split steps on one ``const_hz`` keep across calls, by the diagonal of a sample
     (its bytes): the excitation blocks' eigendecompositions (``_exponentials``) and the
     blocks of exp(-i 2 pi H_s t) for the step lengths t used (``_step_blocks``). Bounded:
-    cleared when it holds :data:`SPLIT_PARTS_ROWS` diagonals."""
+    cleared when its arrays reach :data:`SPLIT_PARTS_BYTES`."""
 
     def __init__(self) -> None:
         self._rows: dict[bytes, tuple[list, dict[float, np.ndarray]]] = {}
+        #: Bytes of the arrays held.
+        self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def _hold(self, nbytes: int) -> None:
+        if self.nbytes + nbytes > SPLIT_PARTS_BYTES:
+            self._rows.clear()
+            self.nbytes = 0
+        self.nbytes += nbytes
 
     def step(self, const_hz: np.ndarray, row_hz: np.ndarray, k: int, t_s: float
              ) -> np.ndarray:
@@ -162,12 +170,15 @@ class SplitParts:
         key = row_hz.tobytes()
         hit = self._rows.get(key)
         if hit is None:
-            if len(self._rows) >= SPLIT_PARTS_ROWS:
-                self._rows.clear()
-            hit = self._rows[key] = (_exponentials(const_hz, row_hz, k), {})
+            eig = _exponentials(const_hz, row_hz, k)
+            self._hold(sum(e.nbytes + w.nbytes for e, w in eig))
+            hit = self._rows[key] = (eig, {})
         blocks = hit[1].get(t_s)
         if blocks is None:
-            blocks = hit[1][t_s] = _step_blocks(hit[0], t_s)
+            blocks = _step_blocks(hit[0], t_s)
+            self._hold(blocks.nbytes)
+            hit = self._rows.setdefault(key, hit)  # the row again if holding cleared it
+            hit[1][t_s] = blocks
         return blocks
 
 

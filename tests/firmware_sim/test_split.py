@@ -179,7 +179,9 @@ def test_kept_blocks_give_the_same_propagator_and_stay_bounded(monkeypatch) -> N
     again = split_step_unitary(const, diag, drives, B0, FS, 3, 4, parts)
     assert np.array_equal(again, first)
     assert np.array_equal(split_step_unitary(const, diag, drives, B0, FS, 3, 4), first)
-    monkeypatch.setattr("labqpu.firmware_sim.split.SPLIT_PARTS_ROWS", 3)
+    cap = 3 * parts.nbytes // kept  # room for about three rows and their step lengths
+    monkeypatch.setattr("labqpu.firmware_sim.split.SPLIT_PARTS_BYTES", cap)
     bounded = SplitParts()
     assert np.array_equal(split_step_unitary(const, diag, drives, B0, FS, 3, 4, bounded), first)
-    assert len(bounded) <= 3
+    assert 0 < bounded.nbytes <= cap
+    assert len(bounded) < kept
