@@ -92,8 +92,8 @@ class RunShare:
     #: The program's samples per port and play intervals per qubit (``PhysicsEngine._render``):
     #: they depend on the program only, so a share for another register keeps them.
     rendering: tuple | None = None
-    #: Drive term per (qubit, start, end), before the offset frame (``_drive_hz``).
-    drives: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
+    #: Drive term per qubit over the whole program, before the offset frame (``_drive_hz``).
+    drives: dict[int, np.ndarray] = field(default_factory=dict)
     #: Phase split of those drives, ``drive_phase_key`` (``DriveBlocks._split``): its key is
     #: what the crosstalk of the same pulse shares.
     splits: dict[tuple[int, int, int], tuple[float, np.ndarray, bytes]] = field(

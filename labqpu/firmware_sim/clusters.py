@@ -310,7 +310,7 @@ class ClusterBlocks:
             u = part if u is None else part @ u
         levels = _level_numbers(k)
         frame = np.array([model.freq_hz[q] - f_ref for q in cluster]) @ levels
-        zz = model.energies(cluster) - model.local_energies(cluster)
+        zz = model.pair_energies(cluster)
         a = ctx.anchor
         r1 = np.exp(2j * np.pi * (frame * b1 + zz * (b1 - a)) / fs)
         r0 = np.exp(-2j * np.pi * (frame * b0 + zz * (b0 - a)) / fs)

@@ -27,7 +27,7 @@ approximation is checked, not assumed.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -98,6 +98,9 @@ class DressedModel:
     freq_hz: tuple[float, ...]
     local_hz: tuple[np.ndarray, ...]
     zz_hz: dict[tuple[int, int], np.ndarray]
+    #: :meth:`pair_energies` per tuple of qubits, computed once.
+    _pair_energies: dict[tuple[int, ...], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def static_zz_hz(self, p: int, q: int) -> float:
         """Static ZZ E11 - E10 - E01 + E00 (Hz) of coupled qubits ``p`` and ``q``."""
@@ -119,6 +122,17 @@ class DressedModel:
         e = np.zeros(LEVELS**k)
         for i, q in enumerate(qubits):
             e += self.local_hz[q][levels[i]]
+        return e
+
+    def pair_energies(self, qubits: list[int]) -> np.ndarray:
+        """:meth:`energies` less :meth:`local_energies`: sum_pairs Z over ``qubits`` (first most
+        significant), 3^k values (Hz); computed once per tuple of qubits, read-only."""
+        key = tuple(qubits)
+        e = self._pair_energies.get(key)
+        if e is None:
+            e = self.energies(qubits) - self.local_energies(qubits)
+            e.flags.writeable = False
+            self._pair_energies[key] = e
         return e
 
     def energies(self, qubits: list[int]) -> np.ndarray:

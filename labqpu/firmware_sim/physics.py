@@ -307,8 +307,6 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         self._joint_cache: dict[tuple, list] = {}
         #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
         self._block_cache: dict[tuple, list] = {}
-        #: Phasors of a drive's frame over a block, per detuning and length (:meth:`_frame`).
-        self._frames: dict[tuple[float, int], np.ndarray] = {}
         #: Stark phases of drive crosstalk (``crosstalk.apply_drive_crosstalk``).
         self.crosstalk_cache: dict[tuple, list[np.ndarray]] = {}
         #: Look-ups of joint drive blocks answered from ``_joint_cache``.
@@ -441,7 +439,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                               {q: float(model.local_hz[q][2]) for q in order},
                               {q: (cond[q].t1_s, cond[q].t_phi_s, cond[q].thermal_ratio)
                                for q in order})
-        zz_all = model.energies(order) - model.local_energies(order)
+        zz_all = model.pair_energies(order)
         has_zz = bool(np.any(zz_all))
         stop = {q: acq_time.get(q, prog.duration_samples) for q in order}
         ctx = _RunContext(samples, settings, phi_dc, model, order, pos, local, stop, zz_all, 0,
@@ -718,7 +716,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             return self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1),
                                            np.zeros((1, LEVELS)), model.local_hz[q][2])[0]
         u = self._segment_unitary(ctx, list(cluster), list(fluxed), b0, b1)
-        zz = model.energies(list(cluster)) - model.local_energies(list(cluster))
+        zz = model.pair_energies(list(cluster))
         fs = self.device.sample_rate_hz
         return np.exp(-2j * np.pi * zz * (b1 - b0) / fs)[:, None] * u
 
@@ -727,35 +725,24 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         """Drive term z (Hz) per sample of ``q`` over [b0, b1) in the frame rotating at its
         dressed frequency (zeros when nothing plays); with ``offset`` turned by the phase
         2 pi delta_q t_c of its frequency offset at the block's centre (``noise`` module).
-        Computed once per run and interval (``RunShare.drives``); the array is read-only."""
-        z = ctx.share.drives.get((q, b0, b1))
-        if z is None:
+        A read-only view of ``q``'s drive term over the whole program, computed once per run
+        (``RunShare.drives``)."""
+        line = ctx.share.drives.get(q)
+        if line is None:
             cab = self.cabling[q]
-            s = ctx.samples[cab.drive_port, b0:b1]
-            if not np.any(s):
-                z = np.zeros(b1 - b0, dtype=np.complex128)
-            else:
-                lo = self._lo(cab.drive_lo, ctx.settings)
-                rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
-                z = rabi * s.conj() * self._frame(lo[0] - ctx.model.freq_hz[q], b0, b1)
-            z.flags.writeable = False  # shared by every caller of this run
-            ctx.share.drives[(q, b0, b1)] = z
+            s = ctx.samples[cab.drive_port]
+            lo = self._lo(cab.drive_lo, ctx.settings)
+            rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
+            detuning = lo[0] - ctx.model.freq_hz[q]
+            fs = self.device.sample_rate_hz
+            line = rabi * s.conj() * np.exp(-2j * np.pi * detuning * (np.arange(s.size) / fs))
+            line[s == 0] = 0.0  # exact zeros where nothing plays (no signed zeros)
+            line.flags.writeable = False  # shared by every caller of this run
+            ctx.share.drives[q] = line
+        z = line[b0:b1]
         if offset and ctx.offset_hz.get(q):
             return z * np.exp(1j * self._offset_phase(ctx, q, b0, b1))
         return z
-
-    def _frame(self, detuning_hz: float, b0: int, b1: int) -> np.ndarray:
-        """exp(-i 2 pi ``detuning_hz`` t) at the samples t = k / fs, k in [b0, b1): the phase
-        at b0 times the block's own phasors (cached per detuning and length)."""
-        fs = self.device.sample_rate_hz
-        key = (detuning_hz, b1 - b0)
-        steps = self._frames.get(key)
-        if steps is None:
-            if len(self._frames) >= CACHE_BLOCK_ENTRIES:
-                self._frames.clear()
-            steps = self._frames[key] = np.exp(-2j * np.pi * detuning_hz
-                                               * (np.arange(b1 - b0) / fs))
-        return np.exp(-2j * np.pi * detuning_hz * (b0 / fs)) * steps
 
     def _transmon_unitary(self, q: int, drive_hz: np.ndarray | None, flux_phi0: np.ndarray,
                           f_idle_hz: float) -> np.ndarray:
