@@ -41,6 +41,8 @@ SPLIT_MAX_SUBSTEPS = 256
 #: Most bytes of arrays a :class:`SplitParts` keeps (on four transmons ~18 KB per sample
 #: diagonal and as much per step length used with it).
 SPLIT_PARTS_BYTES = 4 * 2**20
+#: Most sub-steps' drive exponentials computed together (~160 B each per driven transmon).
+DRIVE_STEPS_AT_ONCE = 4096
 
 
 @lru_cache(maxsize=8)
@@ -158,27 +160,24 @@ class SplitParts:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _hold(self, nbytes: int) -> None:
-        if self.nbytes + nbytes > SPLIT_PARTS_BYTES:
-            self._rows.clear()
-            self.nbytes = 0
-        self.nbytes += nbytes
-
     def step(self, const_hz: np.ndarray, row_hz: np.ndarray, k: int, t_s: float
              ) -> np.ndarray:
         """``_step_blocks`` of ``const_hz + diag(row_hz)`` on ``k`` transmons for ``t_s``."""
         key = row_hz.tobytes()
         hit = self._rows.get(key)
+        if hit is not None and t_s in hit[1]:
+            return hit[1][t_s]
+        eig = _exponentials(const_hz, row_hz, k) if hit is None else hit[0]
+        blocks = _step_blocks(eig, t_s)
+        eig_bytes = sum(e.nbytes + w.nbytes for e, w in eig)
+        added = blocks.nbytes + (eig_bytes if hit is None else 0)
+        if self.nbytes + added > SPLIT_PARTS_BYTES:  # start over with this row and length
+            self._rows.clear()
+            self.nbytes, hit, added = 0, None, blocks.nbytes + eig_bytes
         if hit is None:
-            eig = _exponentials(const_hz, row_hz, k)
-            self._hold(sum(e.nbytes + w.nbytes for e, w in eig))
             hit = self._rows[key] = (eig, {})
-        blocks = hit[1].get(t_s)
-        if blocks is None:
-            blocks = _step_blocks(hit[0], t_s)
-            self._hold(blocks.nbytes)
-            hit = self._rows.setdefault(key, hit)  # the row again if holding cleared it
-            hit[1][t_s] = blocks
+        hit[1][t_s] = blocks
+        self.nbytes += added
         return blocks
 
 
@@ -204,9 +203,9 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
     order, starts, offsets = _excitation_order(k)
     tau = 1.0 / (fs_hz * sub)
     samples = np.flatnonzero(driven)
-    steps = [(_level_rows(k, pos), z[samples] != 0,
-              _drive_steps(z[samples], off, b0 + samples.astype(float), fs_hz, sub))
-             for pos, z, off in drives]
+    chunk = max(1, DRIVE_STEPS_AT_ONCE // sub)  # driven samples whose drive steps are computed
+    steps: list = []  # together: (rows, on, steps) per drive for samples[first:first + chunk]
+    first = -chunk
     u = np.eye(d, dtype=np.complex128)[order]
     s = 0
     while s < n_samples:
@@ -218,8 +217,14 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
             _apply_blocks(u, parts.step(const_hz, row, k, (end - s) / fs_hz), starts, offsets)
             s = end
             continue
-        i = np.searchsorted(samples, s)
-        local = [(rows, ops[i]) for rows, on, ops in steps if on[i]]
+        i = int(np.searchsorted(samples, s))
+        if i >= first + chunk:
+            first = i
+            part = samples[first:first + chunk]
+            steps = [(_level_rows(k, pos), z[part] != 0,
+                      _drive_steps(z[part], off, b0 + part.astype(float), fs_hz, sub))
+                     for pos, z, off in drives]
+        local = [(rows, ops[i - first]) for rows, on, ops in steps if on[i - first]]
         u = _split_sample_kernel(
             u, parts.step(const_hz, row, k, 0.5 * tau), parts.step(const_hz, row, k, tau),
             starts, offsets, np.ascontiguousarray(np.stack([op for _, op in local], axis=1)),

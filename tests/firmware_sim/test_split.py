@@ -14,6 +14,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.linalg
 from scipy.integrate import solve_ivp
 
 from labqpu.firmware_sim.density import _level_numbers
@@ -185,3 +186,44 @@ def test_kept_blocks_give_the_same_propagator_and_stay_bounded(monkeypatch) -> N
     assert np.array_equal(split_step_unitary(const, diag, drives, B0, FS, 3, 4, bounded), first)
     assert 0 < bounded.nbytes <= cap
     assert len(bounded) < kept
+    assert bounded.nbytes == _held_bytes(bounded)
+
+
+def _held_bytes(parts: SplitParts) -> int:
+    """The bytes of the arrays ``parts`` really holds (not its own count)."""
+    return sum(sum(e.nbytes + w.nbytes for e, w in eig) + sum(b.nbytes for b in steps.values())
+               for eig, steps in parts._rows.values())
+
+
+def test_one_row_with_many_step_lengths_stays_under_the_byte_cap(monkeypatch) -> None:
+    """Idle stretches of many lengths at one flux (a delay sweep) add step lengths to one
+    row: what the parts hold, counted from the arrays themselves, stays under the cap, and
+    every step is still exp(-i 2 pi H_s t) of its own length."""
+    const, diag, _ = problem()
+    row = diag[0]
+    parts = SplitParts()
+    one = parts.step(const, row, 3, 1e-9)
+    cap = 20 * one.nbytes
+    monkeypatch.setattr("labqpu.firmware_sim.split.SPLIT_PARTS_BYTES", cap)
+    parts = SplitParts()
+    order = _excitation_order(3)[0]
+    h = (const + np.diag(row))[np.ix_(order, order)]
+    for n in range(1, 200):
+        blocks = parts.step(const, row, 3, n * 1e-9)
+        assert parts.nbytes == _held_bytes(parts) <= cap
+    exact = scipy.linalg.expm(-2j * np.pi * h * 199e-9)
+    starts, offsets = _excitation_order(3)[1:]
+    for b in range(starts.size - 1):
+        s0, s1 = starts[b], starts[b + 1]
+        got = blocks[offsets[b]:offsets[b + 1]].reshape(s1 - s0, s1 - s0)
+        assert np.abs(got - exact[s0:s1, s0:s1]).max() < 1e-10
+
+
+def test_drive_steps_computed_in_chunks_give_the_same_propagator(monkeypatch) -> None:
+    """The drive exponentials are computed a bounded number of sub-steps at a time (memory
+    stays small on long blocks at many sub-steps): chunks of a few samples give the same
+    propagator as one chunk."""
+    const, diag, drives = problem()
+    whole = split_step_unitary(const, diag, drives, B0, FS, 3, 4)
+    monkeypatch.setattr("labqpu.firmware_sim.split.DRIVE_STEPS_AT_ONCE", 12)  # 3 samples
+    assert np.array_equal(split_step_unitary(const, diag, drives, B0, FS, 3, 4), whole)
