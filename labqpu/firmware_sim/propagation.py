@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
 import numpy as np
+from numba import njit
 
 from labqpu.firmware_sim.transmon_kernel import (
     _transmon_path_kernel as _transmon_path_kernel,
@@ -56,13 +58,25 @@ def quantised_key(z_hz: np.ndarray) -> bytes:
     return np.rint(z_hz.view(np.float64) / KEY_GRID_HZ).astype(np.int64).tobytes()
 
 
+@njit(cache=True, nogil=True)
+def _peak_index(z_hz, tie):
+    """Index of the first sample of ``z_hz`` whose magnitude is at least (1 - ``tie``) times
+    the largest (0 for an empty or all-zero drive)."""
+    top = 0.0
+    for i in range(z_hz.size):
+        top = max(top, abs(z_hz[i]))
+    for i in range(z_hz.size):
+        if abs(z_hz[i]) >= (1.0 - tie) * top:
+            return i
+    return 0
+
+
 def phase_reference(z_hz: np.ndarray) -> float:
     """Phase (rad) of the first sample of ``z_hz`` whose magnitude is within a relative 1e-9
     of the largest: a symmetric pulse has two equal peaks, and rounding must not decide which
     of them sets the phase (the key would then change with the time a pulse is played at)."""
-    mag = np.abs(z_hz)
-    j = int(np.argmax(mag >= (1.0 - PEAK_TIE) * mag.max()))
-    return float(np.angle(z_hz[j]))
+    w = complex(z_hz[_peak_index(np.ascontiguousarray(z_hz, dtype=np.complex128), PEAK_TIE)])
+    return math.atan2(w.imag, w.real)
 
 
 def rotate_drive_phase(u: np.ndarray, phi_rad: float) -> np.ndarray:

@@ -25,6 +25,7 @@ from labqpu.firmware_sim.propagation import (
     _transmon_path_kernel,
     _transmon_propagate_kernel,
     drive_phase_key,
+    phase_reference,
     rotate_drive_phase,
 )
 from labqpu.firmware_sim.transmon_kernel import _acos, _cos_sin
@@ -354,3 +355,23 @@ def test_chunks_sharing_a_run_evolve_as_if_alone() -> None:
     assert np.abs(shared[0] - shared[1]).max() > 1e-4  # the offsets matter
     with pytest.raises(ValueError, match="only by evolutions of the program and the settings"):
         engine.evolve(repeated_pulse_program(), st, share=share)
+
+
+def _phase_reference_numpy(z: np.ndarray) -> float:
+    """``phase_reference`` in plain numpy (the reference of its numba peak search)."""
+    mag = np.abs(z)
+    return float(np.angle(z[int(np.argmax(mag >= (1.0 - 1e-9) * mag.max()))]))
+
+
+def test_the_phase_reference_matches_numpy_on_pulses_ties_and_zeros() -> None:
+    """Random pulses at random phases, symmetric pulses with two equal peaks (the first one
+    sets the phase), peaks that differ by less than the tie, and an all-zero drive: the numba
+    peak search gives exactly the numpy reference's phase."""
+    rng = np.random.default_rng(11)
+    cases = [np.hanning(n) * 3e7 * np.exp(1j * rng.uniform(-np.pi, np.pi)) for n in range(2, 60)]
+    cases += [rng.standard_normal(40) + 1j * rng.standard_normal(40) for _ in range(30)]
+    cases += [np.array([1 + 1j, -1 - 1j, 1 - 1j]) * 1e6,
+              np.array([0.5, 1.0 - 5e-10, -1.0j]) * 2e7, np.zeros(7, dtype=complex)]
+    for z in cases:
+        assert phase_reference(z) == _phase_reference_numpy(z)
+    assert phase_reference(np.array([0.5, 1.0 - 5e-10, -1.0j])) == 0.0  # within the tie: first
