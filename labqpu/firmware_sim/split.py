@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit
 
 from labqpu.firmware_sim.density import _excitation_blocks, _ladder
+from labqpu.firmware_sim.density_kernels import FAST_MATH
 
 #: Largest estimated error (max over entries) of a split-step cluster propagator.
 SPLIT_TOL = 1e-5
@@ -119,7 +120,7 @@ def _apply_blocks(u, data, starts, offsets):
         u[s:s + n] = block @ u[s:s + n]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def _split_sample_kernel(u, half, full, starts, offsets, ops, rows):
     """One driven sample of split steps applied to ``u`` (d x d, C order, d = 3^k, rows in
     ``_excitation_order``): half (D_{s-1} full ... full D_1 full D_0) half, with ``half`` and
