@@ -731,16 +731,14 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         if line is None:
             cab = self.cabling[q]
             s = ctx.samples[cab.drive_port]
-            if not np.any(s):  # nothing plays: its LO need not be part of the settings
-                line = np.zeros(s.size, dtype=np.complex128)
-            else:
+            line = np.zeros(s.size, dtype=np.complex128)
+            plays = np.flatnonzero(s)
+            if plays.size:  # only then: an undriven qubit's LO need not be in the settings
                 lo = self._lo(cab.drive_lo, ctx.settings)
                 rabi = self.device.qubits[q].rabi_hz_per_amplitude * self.mixer_gain(lo)
                 detuning = lo[0] - ctx.model.freq_hz[q]
-                fs = self.device.sample_rate_hz
-                line = rabi * s.conj() * np.exp(-2j * np.pi * detuning
-                                                * (np.arange(s.size) / fs))
-                line[s == 0] = 0.0  # exact zeros where nothing plays (no signed zeros)
+                line[plays] = rabi * s[plays].conj() * np.exp(
+                    -2j * np.pi * detuning * (plays / self.device.sample_rate_hz))
             line.flags.writeable = False  # shared by every caller of this run
             ctx.share.drives[q] = line
         z = line[b0:b1]

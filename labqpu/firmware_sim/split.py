@@ -241,8 +241,8 @@ def split_step_adaptive(const_hz: np.ndarray, diag_hz: np.ndarray,
                         k: int, tol: float = SPLIT_TOL, parts: SplitParts | None = None
                         ) -> tuple[np.ndarray, int]:
     """(propagator, sub-steps per driven sample) of :func:`split_step_unitary` (``parts`` as
-    there), doubling the
-    sub-steps from 2 until the propagator moves by at most 3 ``tol`` (max over entries), or
+    there), doubling the sub-steps from 2 until the propagator moves by at most 3 ``tol`` (max
+    over entries), or
     :data:`SPLIT_MAX_SUBSTEPS` is reached (from 2: at 1 sub-step the error can still be far
     from its second-order behaviour, and two coarse propagators could agree by chance)."""
     sub = 2
