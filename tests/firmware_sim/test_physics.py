@@ -732,6 +732,28 @@ def test_pulse_on_uncoupled_qubit_after_acquisition_is_allowed() -> None:
     assert iq.shape == (10, 1)
 
 
+
+def test_an_undriven_qubits_lo_need_not_be_set_but_a_driven_ones_must() -> None:
+    """lab5 couples qubits 0 and 1: a drive on qubit 0 during a flux pulse on its line is a
+    block on the cluster (0, 1), which asks for both qubits' drives. Qubit 1's drive LO
+    (lo_drive_b) plays no sample, so settings without it give the very same evolution; a
+    pulse on qubit 1 without it is refused, naming the LO."""
+    plays = [(RACK.cabling[0].drive_port, 0, 0, 0.3, 0.0, NCO_HZ),
+             (RACK.cabling[0].flux_port, 0, 0, 0.05, 0.0, 0.0)]
+    prog = WireProgram.from_tuples(plays, [gaussian(40, 10.0)], [], 40)
+    full = settings()
+    partial = Settings(los={k: v for k, v in full.los.items() if k != "lo_drive_b"},
+                       currents=full.currents)
+    with_lo = PhysicsEngine(DEVICE, RACK.cabling).evolve(prog, full)
+    without = PhysicsEngine(DEVICE, RACK.cabling).evolve(prog, partial)
+    assert 1 in with_lo.position  # qubit 1 is evolved with qubit 0: not a vacuous check
+    assert without.position == with_lo.position
+    assert_allclose(without.rho.matrix(), with_lo.rho.matrix(), rtol=0, atol=0)
+    on_q1 = WireProgram.from_tuples([(RACK.cabling[1].drive_port, 0, 0, 0.3, 0.0, NCO_HZ)],
+                                    [gaussian(40, 10.0)], [], 40)
+    with pytest.raises(SimulationError, match="lo_drive_b"):
+        PhysicsEngine(DEVICE, RACK.cabling).evolve(on_q1, partial)
+
 def test_play_on_an_uncabled_port_renders_inside_the_buffer() -> None:
     """A controller may have more outputs than the cabling uses; a play there is rendered
     (and plays no role in the physics) instead of writing past the buffer."""
