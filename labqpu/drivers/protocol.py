@@ -233,9 +233,14 @@ def as_wire_arrays(arrays: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
     return wire
 
 
+#: One strict, compact encoder and one decoder refusing NaN and infinities, made once: json's
+#: ``dumps`` and ``loads`` build a new one on every call that passes options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dump_header(header: dict[str, Any]) -> bytes:
     try:
-        text = json.dumps(header, separators=(",", ":"), allow_nan=False)
+        text = _ENCODER.encode(header)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"header is not strict JSON: {exc}") from exc
     data = text.encode("utf-8")
@@ -348,6 +353,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _bytes_to_text(view: memoryview) -> str:
     try:
         return view.tobytes().decode("utf-8")
@@ -389,7 +397,7 @@ def _load_header(frame: Frame) -> dict[str, Any]:
     text = _bytes_to_text(view)
     _check_depth(text)
     try:
-        header = json.loads(text, parse_constant=_reject_constant)
+        header = _DECODER.decode(text)
     except ValueError as exc:
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):

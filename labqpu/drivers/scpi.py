@@ -438,6 +438,7 @@ class CurrentSource(ScpiInstrument):
             raise ValueError(f"max_current_a must be positive, got {max_current_a!r}")
         self.channels = channels
         self.max_current_a = float(max_current_a)
+        self._states_queries: dict[tuple[int, ...], str] = {}
         super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager)
 
     def set_current_a(self, channel: int, current_a: float) -> None:
@@ -470,17 +471,24 @@ class CurrentSource(ScpiInstrument):
         return self.parse_states(channels, self.query(self.states_query(channels)))
 
     def states_query(self, channels: Sequence[int]) -> str:
-        """The one compound query that :meth:`states` sends for ``channels`` (not empty)."""
-        if not channels:
-            raise ValueError("states_query needs at least one channel")
-        return ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in map(self._channel, channels))
+        """The one compound query that :meth:`states` sends for ``channels`` (not empty);
+        made once per tuple of channels (plain ints) and kept: a job asks it twice."""
+        key = tuple(channels)
+        query = self._states_queries.get(key)
+        if query is None:
+            if not channels:
+                raise ValueError("states_query needs at least one channel")
+            query = ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in map(self._channel, key))
+            if all(type(ch) is int for ch in key):  # True == 1 would find channel 1's query
+                self._states_queries[key] = query
+        return query
 
     def parse_states(self, channels: Sequence[int], reply: str
                      ) -> dict[int, tuple[float, bool]]:
         """Current (A) and output state per channel from the reply to
         :meth:`states_query` (sent by :meth:`states` or :func:`query_each`)."""
-        chs = [self._channel(c) for c in channels]
-        command = self.states_query(chs)
+        command = self.states_query(channels)  # checks the channels
+        chs = [int(c) for c in channels]
         parts = reply.split(";")
         if len(parts) != 2 * len(chs):
             raise ProtocolError(f"expected {2 * len(chs)} replies, got {parts!r}",

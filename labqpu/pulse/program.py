@@ -64,6 +64,8 @@ NESTED_FIELD = "block_parent"
 
 
 _DTYPE_OBJECTS = tuple((name, np.dtype(dtype)) for name, dtype in _DTYPES.items())
+#: The array fields in the order ``content_hash`` takes them.
+_HASHED_FIELDS = tuple(sorted(_DTYPES))
 _ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit", "acq_disc_axis", "acq_disc_threshold")
 
 
@@ -269,11 +271,12 @@ class PulseProgram:
         h = hashlib.sha256()
         skip = (() if self.has_feedforward else FEEDFORWARD_FIELDS) + (
             () if self.has_nested_blocks else (NESTED_FIELD,))
-        for name in sorted(set(_DTYPES) - set(skip)):
+        for name in _HASHED_FIELDS:
+            if name in skip:
+                continue
             arr = getattr(self, name)
-            h.update(name.encode())
-            h.update(str(arr.shape).encode())
-            h.update(arr.tobytes())
+            h.update(f"{name}{arr.shape}".encode())
+            h.update(arr)  # C-contiguous (``__post_init__``, ``_assemble``): its bytes
         h.update(json.dumps({
             "controller": self.controller, "fs": self.sample_rate_hz,
             "duration": self.duration_samples, "params": list(self.param_names),
