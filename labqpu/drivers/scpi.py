@@ -474,12 +474,13 @@ class CurrentSource(ScpiInstrument):
         """The one compound query that :meth:`states` sends for ``channels`` (not empty);
         made once per tuple of channels (plain ints) and kept: a job asks it twice."""
         key = tuple(channels)
-        query = self._states_queries.get(key)
+        plain = all(type(ch) is int for ch in key)  # True == 1 must not find channel 1's query
+        query = self._states_queries.get(key) if plain else None
         if query is None:
             if not channels:
                 raise ValueError("states_query needs at least one channel")
             query = ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in map(self._channel, key))
-            if all(type(ch) is int for ch in key):  # True == 1 would find channel 1's query
+            if plain:
                 self._states_queries[key] = query
         return query
 

@@ -265,6 +265,12 @@ def test_current_limits_and_channels_send_nothing(cs_server: ScpiServer) -> None
                 cs.set_current_a(channel, 0.5e-3)
             with pytest.raises(InstrumentLimitError, match="channel"):
                 cs.set_output(channel, True)
+        assert cs.states_query([1]) == "SOUR1:CURR?;:OUTP1?"  # now kept for channel 1
+        for channels in ([True], [0], [1, 6], []):  # True == 1 must not find channel 1's
+            with pytest.raises((InstrumentLimitError, ValueError), match="channel"):
+                cs.states_query(channels)
+            with pytest.raises((InstrumentLimitError, ValueError), match="channel"):
+                cs.parse_states(channels, "0;0")
     with CurrentSource(cs_server.resource, channels=5, max_current_a=float("inf"),
                        timeout_s=TIMEOUT_S) as unlimited:  # no limit configured
         for current_a in (float("inf"), float("-inf"), float("nan")):
