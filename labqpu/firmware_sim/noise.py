@@ -303,11 +303,12 @@ def pulse_spans_s(prog, cabling: dict, sample_rate_hz: float) -> dict[int, float
     """Per qubit of ``cabling`` (``device.QubitCabling``), the time (s) from its first pulse's
     start to its last pulse's end among the plays of ``prog`` (``physics.WireProgram``) on its
     drive and flux ports; 0 without a pulse."""
-    ends = prog.play_start + np.diff(prog.wave_offset)[prog.play_wave]
+    starts, ports = prog.play_start, prog.play_port
+    ends = starts + np.diff(prog.wave_offset)[prog.play_wave]
     out = {}
     for q, cab in cabling.items():
-        mask = np.isin(prog.play_port, (cab.drive_port, cab.flux_port))
-        out[q] = float(ends[mask].max() - prog.play_start[mask].min()) / sample_rate_hz \
+        mask = (ports == cab.drive_port) | (ports == cab.flux_port)
+        out[q] = float(ends[mask].max() - starts[mask].min()) / sample_rate_hz \
             if mask.any() else 0.0
     return out
 

@@ -31,6 +31,7 @@ from labqpu.firmware_sim.noise import (
     DRIFT_STEP_S,
     DriftWalk,
     NoiseSpec,
+    pulse_spans_s,
     quasi_static_chunks,
     with_offsets,
 )
@@ -469,3 +470,25 @@ def test_a_branched_run_averages_the_quasi_static_noise_too(noisy: PhysicsEngine
                  for w, o in quasi_static_chunks({0: SIGMA_HZ}, np.random.default_rng(0)))
     p1_ref = float(np.real(qubit0_state(noisy, program([(0, math.pi, 0.0)], PULSE), st)[1, 1]))
     assert p1_est == pytest.approx(p1_avg / p1_ref, abs=0.02)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pulse_spans_match_a_play_by_play_reference(seed: int) -> None:
+    """Per qubit, first start to last end (s) of the plays on its drive and flux ports,
+    against a loop over the plays; readout plays and other qubits' plays do not count, and a
+    qubit without one has 0."""
+    rng = np.random.default_rng(seed)
+    waves = [np.ones(n) for n in (8, 40, 72)]
+    ports = [c.drive_port for c in RACK.cabling.values()] + \
+        [c.flux_port for q, c in RACK.cabling.items() if q != 4] + [RACK.cabling[0].readout_port]
+    plays = [(int(rng.choice(ports)), int(rng.integers(0, 500)), int(rng.integers(0, 3)), 0.1,
+              0.0, 0.0) for _ in range(12)]
+    prog = WireProgram.from_tuples(plays, waves, [], 600)
+    for q, cab in RACK.cabling.items():
+        mine = [(s, s + waves[w].size) for p, s, w, *_ in plays
+                if p in (cab.drive_port, cab.flux_port)]
+        want = (max(e for _, e in mine) - min(s for s, _ in mine)) / FS if mine else 0.0
+        assert pulse_spans_s(prog, RACK.cabling, FS)[q] == want
+    alone = WireProgram.from_tuples([(RACK.cabling[0].readout_port, 0, 0, 0.1, 0.0, 0.0)],
+                                    waves, [], 600)
+    assert set(pulse_spans_s(alone, RACK.cabling, FS).values()) == {0.0}
