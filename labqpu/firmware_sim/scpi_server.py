@@ -457,7 +457,8 @@ _MODELS: dict[str, _Model] = {
     ),
 }
 
-#: Headers remembered by :meth:`ScpiServer._lookup` (the table is emptied when full).
+#: Headers remembered by :meth:`ScpiServer._lookup`, and queries by
+#: :meth:`ScpiServer._execute_command` (each table is emptied when full).
 _KNOWN_HEADERS = 256
 _HEADER = re.compile(r":?(\*?[A-Za-z]+\d*(?::[A-Za-z]+\d*)*)(\?)?")
 _WHITESPACE = re.compile(r"\s+")
@@ -518,6 +519,8 @@ class ScpiServer:
         self.identity = f"labqpu simulator,{self._model.model},{serial},{_FIRMWARE_VERSION}"
         self._errors = _ErrorQueue()
         self._headers: dict[str, tuple[_Command, int]] = {}
+        #: Valid queries as sent (``FREQ?``) -> (entry, channel), as ``_headers``.
+        self._queries: dict[str, tuple[_Command, int]] = {}
         #: Setting commands executed so far (queries and refused commands not counted), so a
         #: test can see whether a client re-sent a setting.
         self.settings_total = 0
@@ -613,6 +616,10 @@ class ScpiServer:
         return ";".join(replies) if replies else None
 
     def _execute_command(self, command: str) -> str | None:
+        query = self._queries.get(command)
+        if query is not None:  # a query met before: its parse is kept
+            entry, channel = query
+            return entry.on_query(_Request(self.state, self._errors, self.identity, channel, ""))
         header_text, _, argument = _WHITESPACE.sub(" ", command).partition(" ")
         parsed = _HEADER.fullmatch(header_text)
         if parsed is None:
@@ -624,6 +631,9 @@ class ScpiServer:
                 raise _undefined_header(header_text)
             if argument:
                 raise _ScpiError(-108, "Parameter not allowed", command)
+            if len(self._queries) >= _KNOWN_HEADERS:
+                self._queries.clear()
+            self._queries[command] = entry, channel
             return entry.on_query(_Request(self.state, self._errors, self.identity, channel, ""))
         if entry.on_set is None:
             raise _undefined_header(header_text)

@@ -217,6 +217,20 @@ def test_current_source_channels_are_independent(cs: CurrentSource, cs_server: S
     assert snapshot["output_on"] == {1: False, 2: False, 3: True, 4: False, 5: False}
 
 
+def test_a_query_met_before_reads_the_current_value_and_keeps_its_checks(
+        cs_server: ScpiServer) -> None:
+    """The server keeps how it parsed a query, not its answer: the same query after a setting
+    reads the new value, and a query with an argument or a channel out of range is still
+    refused with its SCPI error."""
+    assert cs_server.execute("SOUR3:CURR?") == "0.0"
+    cs_server.execute("SOUR3:CURR 0.002")
+    assert cs_server.execute("SOUR3:CURR?;:SOUR3:CURR?") == "0.002;0.002"
+    for refused, code in (("SOUR3:CURR? 1", "-108"), ("SOUR9:CURR?", "-114"),
+                          ("SOUR3:CURR?", None)):
+        cs_server.execute(refused)
+        assert cs_server.execute("SYST:ERR?").startswith(code or "0,")
+
+
 def test_current_source_reads_several_channels_in_one_round_trip(cs: CurrentSource,
                                                                cs_server: ScpiServer) -> None:
     cs.set_current_a(2, 1.25e-3)
