@@ -214,24 +214,27 @@ class RackConnection:
                         instrument=part.controller, command="hello")
         wanted = settings.wanted(program)
         before, started = self._read_and_start(program, parts, request, wanted)
-        outputs = []
+        outputs, ended = [], []
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
             for client, run_id, _ in order:
-                outputs.append(client.wait(run_id, timeout_s=request.timeout_s,
-                                           cancel=cancel)[1])
+                result, arrays = client.wait(run_id, timeout_s=request.timeout_s,
+                                             cancel=cancel)
+                outputs.append(arrays)
+                ended.append(result)
         except BaseException:
             # The failed wait has aborted its own run; stop the others.
             for client, run_id, _ in order[len(outputs) + 1:]:
                 client.abort_quietly(run_id)
             raise
         outputs = outputs[:1] + outputs[1:][::-1]  # back to the order of ``parts``
+        ended = ended[:1] + ended[1:][::-1]
         try:
             with settings.verifying(self, program) as verified:
                 # Work on the results while the read-back's replies travel.
                 iq, traces, decimation = self._merge(program, parts, outputs, request)
                 digest = _digest(request, iq, traces)
-                provenance = self._provenance(program, parts, started, before)
+                provenance = self._provenance(program, parts, started, before, ended)
                 provenance["instruments_after"] = verified()
         except BaseException:
             self._confirmed.clear()
@@ -241,15 +244,22 @@ class RackConnection:
                          digest=digest)
 
     def _provenance(self, program: PulseProgram, parts: list[ControllerPart],
-                    started: list[tuple], before: list[dict]) -> dict:
+                    started: list[tuple], before: list[dict], ended: list[dict]) -> dict:
         """The run's reproducibility bundle; its ``instruments_after`` is filled in by the
-        caller once the read-back after the run has been checked."""
+        caller once the read-back after the run has been checked. ``ended``: each part's
+        final ``fetch`` result, whose ``elapsed_s`` (the controller's time from accepting the
+        run to its end, s) each controller's entry carries."""
         controllers = []
-        for part, (client, run_id, _) in zip(parts, [started[-1], *started[:-1]], strict=True):
+        for part, (client, run_id, _), result in zip(
+                parts, [started[-1], *started[:-1]], ended, strict=True):
             hello = self._hellos[part.controller]
+            elapsed = result.get("elapsed_s")
             controllers.append({"name": part.controller, "endpoint": client.endpoint,
                                 "server": hello.get("server"), "firmware": hello.get("firmware"),
-                                "protocol_version": PROTOCOL_VERSION, "run_id": run_id})
+                                "protocol_version": PROTOCOL_VERSION, "run_id": run_id,
+                                "elapsed_s": float(elapsed) if isinstance(
+                                    elapsed, int | float) and not isinstance(elapsed, bool)
+                                else None})
         provenance = {
             "program_hash": program.content_hash,
             "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -569,8 +570,10 @@ def test_set_options_range_errors_are_run_input_errors(lab_backend) -> None:
 
 def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
+    started = time.monotonic()
     job = lab_backend.run(native, shots=100)
     result = job.result(timeout=60)
+    waited = time.monotonic() - started
     bundle = result.to_dict()["results"][0]["header"]["reproducibility"]
     program = job.programs[0]
     assert bundle["program_hash"] == program.content_hash
@@ -578,6 +581,7 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
     assert bundle["calibration_snapshot_id"] == lab_backend.snapshot.snapshot_id
     assert bundle["controller"]["protocol_version"] == PROTOCOL_VERSION
     assert bundle["controller"]["firmware"]
+    assert 0 < bundle["controller"]["elapsed_s"] < waited  # the run, within the job
     los = {r["instrument"] for r in bundle["instruments_before"] if "frequency_hz" in r}
     assert los == set(program.lo_settings)
     assert all(r["identity"] for r in bundle["instruments_after"])
