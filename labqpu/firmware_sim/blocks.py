@@ -20,6 +20,7 @@ density matrix carries the register's pair phases only up to ``ctx.anchor``.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import math
@@ -445,6 +446,27 @@ def merge_consecutive(blocks: list[Block], pulses: list[dict[int, list[tuple[int
     for i, (b0, _b1, qubits, _) in enumerate(order):
         for q in qubits:
             starts.setdefault(q, []).append((b0, i))
+    # Per map and qubit, the interval starts and ends, each sorted: the intervals that
+    # overlap [a0, b1) are those starting before b1 less those ending by a0 (bisect).
+    bounds = [{q: (sorted(s for s, _ in ivs), sorted(e for _, e in ivs))
+               for q, ivs in intervals.items()} for intervals in pulses]
+
+    def overlapping(table: dict, q: int, a0: int, b1: int) -> int:
+        if q not in table:
+            return 0
+        s, e = table[q]
+        return bisect.bisect_left(s, b1) - bisect.bisect_right(e, a0)
+
+    def starts_within(q: int, b0: int, b1: int, i: int) -> bool:
+        """Whether a block other than the i-th starts on ``q`` in [b0, b1)."""
+        entries = starts[q]
+        k = bisect.bisect_left(entries, (b0, -1))
+        while k < len(entries) and entries[k][0] < b1:
+            if entries[k][1] != i:
+                return True
+            k += 1
+        return False
+
     out: list[Block] = []
     last: dict[int, int] = {}
     for i, blk in enumerate(order):
@@ -457,11 +479,10 @@ def merge_consecutive(blocks: list[Block], pulses: list[dict[int, list[tuple[int
                 continue
             if any(q in last and out[last[q]][1] > a0 for q in qubits if q not in a_qubits):
                 continue
-            if any(b0 <= s < b1 and k != i for q in a_qubits if q not in qubits
-                   for s, k in starts[q]):
+            if any(starts_within(q, b0, b1, i) for q in a_qubits if q not in qubits):
                 continue
-            if any(sum(s < b1 and e > a0 for s, e in ivs.get(q, ())) > 1
-                   for ivs in pulses for q in {*a_qubits, *qubits}):
+            if any(overlapping(table, q, a0, b1) > 1
+                   for table in bounds for q in {*a_qubits, *qubits}):
                 continue
             union = sorted({*a_qubits, *qubits})
             out[j] = (a0, b1, union, sorted({*a_fluxed, *fluxed}))

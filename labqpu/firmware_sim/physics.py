@@ -642,18 +642,30 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         # A joined block spans its members' whole time range on each of its qubits, so a
         # drive of one of those qubits inside that range joins it too (else the range would be
         # applied twice on that qubit); repeat until no group's span overlaps another's on a
-        # shared qubit.
+        # shared qubit. Per qubit, the spans on it in start order: a span overlaps an earlier
+        # one exactly when it starts before the latest end so far.
         while True:
             groups: dict[int, list[int]] = {}
             for i in range(len(blocks)):
                 groups.setdefault(find(i), []).append(i)
-            spans = [(min(blocks[i][0] for i in m), max(blocks[i][1] for i in m),
-                      {blocks[i][2][0] for i in m}, root) for root, m in groups.items()]
-            pair = next(((a[3], b[3]) for k, a in enumerate(spans) for b in spans[k + 1:]
-                         if a[2] & b[2] and a[0] < b[1] and b[0] < a[1]), None)
-            if pair is None:
+            on_qubit: dict[int, list[tuple[int, int, int]]] = {}
+            for root, m in groups.items():
+                span = (min(blocks[i][0] for i in m), max(blocks[i][1] for i in m), root)
+                for q in {blocks[i][2][0] for i in m}:
+                    on_qubit.setdefault(q, []).append(span)
+            joined = False
+            for spans in on_qubit.values():
+                spans.sort()
+                end, root = spans[0][1], spans[0][2]
+                for s0, e0, other in spans[1:]:
+                    a, b = find(other), find(root)
+                    if s0 < end and a != b:
+                        parent[a] = b
+                        joined = True
+                    if e0 > end:
+                        end, root = e0, other
+            if not joined:
                 break
-            parent[find(pair[1])] = find(pair[0])
         out = []
         for members in groups.values():
             qubits = sorted({blocks[i][2][0] for i in members})

@@ -3,7 +3,18 @@ blocks that ``PhysicsEngine.evolve`` applies in start order."""
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import labqpu
 from labqpu.firmware_sim.blocks import merge_consecutive
+from labqpu.firmware_sim.device import load_device, load_rack
+from labqpu.firmware_sim.physics import PhysicsEngine
+
+RACK = load_rack(Path(labqpu.__file__).parent / "data" / "lab5.toml")
 
 #: One pulse per qubit and kind over the pieces of these tests (so joining is allowed).
 PULSES: list[dict[int, list[tuple[int, int]]]] = []
@@ -67,3 +78,119 @@ def test_two_pulses_of_one_qubit_are_never_joined() -> None:
     assert merge_consecutive(pieces, [drives]) == pieces
     one_pulse = {2: [(0, 120)]}
     assert merge_consecutive(pieces, [one_pulse]) == [(0, 120, [2], [])]
+
+
+def _merge_reference(blocks, pulses):
+    """``merge_consecutive`` as first written: every check a scan over all starts and
+    intervals of a qubit (quadratic), kept here as the reference of the bisecting one."""
+    order = sorted(blocks, key=lambda blk: blk[0])
+    starts: dict[int, list[tuple[int, int]]] = {}
+    for i, (b0, _b1, qubits, _) in enumerate(order):
+        for q in qubits:
+            starts.setdefault(q, []).append((b0, i))
+    out: list = []
+    last: dict[int, int] = {}
+    for i, blk in enumerate(order):
+        b0, b1, qubits, fluxed = blk
+        for j in sorted({last[q] for q in qubits if q in last}):
+            a0, a1, a_qubits, a_fluxed = out[j]
+            if a1 != b0 or bool(a_fluxed) != bool(fluxed):
+                continue
+            if fluxed and a_qubits != qubits:
+                continue
+            if any(q in last and out[last[q]][1] > a0 for q in qubits if q not in a_qubits):
+                continue
+            if any(b0 <= s < b1 and k != i for q in a_qubits if q not in qubits
+                   for s, k in starts[q]):
+                continue
+            if any(sum(s < b1 and e > a0 for s, e in ivs.get(q, ())) > 1
+                   for ivs in pulses for q in {*a_qubits, *qubits}):
+                continue
+            union = sorted({*a_qubits, *qubits})
+            out[j] = (a0, b1, union, sorted({*a_fluxed, *fluxed}))
+            for q in union:
+                last[q] = j
+            break
+        else:
+            out.append(blk)
+            for q in qubits:
+                last[q] = len(out) - 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_merging_matches_the_quadratic_reference_on_random_timelines(seed: int) -> None:
+    """Random timelines of 4 qubits: consecutive pieces, each a random partition of a random
+    set of qubits into blocks (some fluxed), and random drive and flux intervals per qubit
+    (touching, overlapping or apart, often ending where a block starts): the bisecting
+    checks give the reference's blocks."""
+    rng = np.random.default_rng(seed)
+    cuts = np.unique(rng.integers(0, 400, size=rng.integers(3, 30))).tolist()
+    blocks = []
+    for b0, b1 in itertools.pairwise(cuts):
+        qubits = [q for q in range(4) if rng.random() < 0.6]
+        rng.shuffle(qubits)
+        while qubits:
+            k = int(rng.integers(1, len(qubits) + 1))
+            group, qubits = sorted(qubits[:k]), qubits[k:]
+            fluxed = [q for q in group if rng.random() < 0.3] if rng.random() < 0.5 else []
+            blocks.append((b0, b1, group, fluxed))
+    pulses = []
+    for _ in range(2):
+        intervals = {}
+        for q in range(4):
+            # Ends on the cuts too: an interval ending where a block starts is not in it.
+            size = 2 * int(rng.integers(0, 6))
+            points = np.sort(rng.choice(cuts, size=size) if rng.random() < 0.5
+                             else rng.integers(0, 400, size=size))
+            intervals[q] = [(int(a), int(b) + (a == b)) for a, b in points.reshape(-1, 2)]
+        pulses.append(intervals)
+    assert merge_consecutive(blocks, pulses) == _merge_reference(blocks, pulses)
+
+
+def _join_reference(engine: PhysicsEngine, blocks):
+    """``PhysicsEngine._join_adjacent`` as first written: each round looks for one pair of
+    overlapping groups among all pairs (quadratic), kept here as the reference of the sweep."""
+    blocks = sorted(blocks)
+    parent = list(range(len(blocks)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, (_s0, e0, (q0,), _) in enumerate(blocks):
+        for j in range(i + 1, len(blocks)):
+            s1, _e1, (q1,), _ = blocks[j]
+            if s1 >= e0:
+                break
+            if engine.device.coupling_hz(q0, q1):
+                parent[find(j)] = find(i)
+    while True:
+        groups: dict[int, list[int]] = {}
+        for i in range(len(blocks)):
+            groups.setdefault(find(i), []).append(i)
+        spans = [(min(blocks[i][0] for i in m), max(blocks[i][1] for i in m),
+                  {blocks[i][2][0] for i in m}, root) for root, m in groups.items()]
+        pair = next(((a[3], b[3]) for k, a in enumerate(spans) for b in spans[k + 1:]
+                     if a[2] & b[2] and a[0] < b[1] and b[0] < a[1]), None)
+        if pair is None:
+            break
+        parent[find(pair[1])] = find(pair[0])
+    return [(min(blocks[i][0] for i in m), max(blocks[i][1] for i in m),
+             sorted({blocks[i][2][0] for i in m}), []) for m in groups.values()]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_joining_coupled_drives_matches_the_quadratic_reference(seed: int) -> None:
+    """Random drive intervals on lab5's five coupled qubits (dense, so that groups chain and
+    spans overlap): the per-qubit sweep gives the reference's joint blocks, in its order."""
+    rng = np.random.default_rng(seed)
+    engine = PhysicsEngine(load_device("lab5"), RACK.cabling)
+    singles = []
+    for q in range(5):
+        points = np.unique(rng.integers(0, 300, size=2 * int(rng.integers(1, 12))))
+        if points.size % 2:
+            points = points[:-1]
+        singles += [(int(a), int(b), [q], []) for a, b in points.reshape(-1, 2)]
+    assert engine._join_adjacent(singles) == _join_reference(engine, singles)
