@@ -137,6 +137,23 @@ def _field_kernel(u, gamma0, step_e, step_d):
 
 
 @njit(cache=True, nogil=True)
+def _power(x, p):
+    """x ** p for x >= 0; a whole p in 1..16 by repeated squaring (the device files' powers
+    are whole: pow() was most of a window's time when shots jump)."""
+    k = int(p)
+    if k == p and 0 < k <= 16:
+        out = 1.0
+        base = x
+        while k:
+            if k & 1:
+                out *= base
+            base *= base
+            k >>= 1
+        return out
+    return x ** p
+
+
+@njit(cache=True, nogil=True)
 def _window_kernel(u, rot, gamma_start, levels, step_e, step_d, photons_per_field2,
                    up_rate_at_crit_hz, n_crit, exponent, t1_s, dt_s, expo, unif, bin_len):
     """Per shot, the field over a window under the jump process (module docstring).
@@ -172,7 +189,7 @@ def _window_kernel(u, rot, gamma_start, levels, step_e, step_d, photons_per_fiel
             prefix[lv, k + 1] = acc
             if lv < LEVELS - 1 and up_rate_at_crit_hz > 0.0:
                 photons = photons_per_field2 * (g.real * g.real + g.imag * g.imag)
-                up_rate[lv, k] = up_rate_at_crit_hz * (photons / n_crit) ** exponent
+                up_rate[lv, k] = up_rate_at_crit_hz * _power(photons / n_crit, exponent)
             h += (lv / t1_s + up_rate[lv, k]) * dt_s
             hazard[lv, k] = h
             g = step_e[lv] * g + step_d[lv] * u[k]
@@ -212,7 +229,7 @@ def _window_kernel(u, rot, gamma_start, levels, step_e, step_d, photons_per_fiel
                 up = 0.0
                 if lvl < LEVELS - 1 and up_rate_at_crit_hz > 0.0:
                     photons = photons_per_field2 * (g.real * g.real + g.imag * g.imag)
-                    up = up_rate_at_crit_hz * (photons / n_crit) ** exponent
+                    up = up_rate_at_crit_hz * _power(photons / n_crit, exponent)
                 total = (down + up) * dt_s
                 if used < n_jumps and total > 0.0:
                     left -= total

@@ -23,6 +23,7 @@ from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
 from labqpu.firmware_sim.readout import (
     MAX_JUMPS,
     ReadoutPhysics,
+    _power,
     _window_kernel,
     acquire_window,
     critical_photon_number,
@@ -179,6 +180,15 @@ def test_window_kernel_matches_numpy_reference() -> None:
     np.testing.assert_allclose(sums, ref_sums, atol=1e-12)
     np.testing.assert_array_equal(end, ref_end)
     assert 0 < np.mean(end != levels) < 1  # the test exercises jumps
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 6.0, 8.0, 16.0, 17.0, 2.5, 0.5])
+def test_the_rate_power_is_numpys_power(p: float) -> None:
+    """The transition rate's power (repeated squaring for whole powers up to 16) against
+    numpy's, on photon ratios from 0 to far above critical: equal to 1e-14 relative."""
+    x = np.concatenate([[0.0, 1.0], np.geomspace(1e-6, 1e3, 200)])
+    got = np.array([_power(v, p) for v in x])
+    np.testing.assert_allclose(got, x ** p, rtol=1e-14, atol=0)
 
 
 def test_measurement_induced_transitions_follow_the_rate_law() -> None:
