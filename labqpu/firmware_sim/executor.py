@@ -58,7 +58,7 @@ MAX_SHIFTS = 65_536
 #: largest decimation; most points computed per run (shots x acquisitions x points, also
 #: when the controller averages them: 64 MiB of complex64 on the wire).
 #: Parsed programs kept for later runs of the same upload (:meth:`SimulatedController._held`):
-#: at most this many, each at most ``PARSED_PROGRAM_BYTES`` of waveform samples.
+#: at most this many, each of at most ``PARSED_PROGRAM_BYTES`` of arrays.
 PARSED_PROGRAMS_KEPT = 16
 PARSED_PROGRAM_BYTES = 4 * 1024 * 1024
 DEFAULT_TRACE_DECIMATION = 8
@@ -267,11 +267,11 @@ class SimulatedController:
                 return kept[2]
         parsed = to_rack_ports(*self._parse(arrays, meta), self.spec.output_base,
                                self.spec.input_base)
-        if frozen and parsed[0].wave_data.nbytes <= PARSED_PROGRAM_BYTES:
-            for part in parsed:  # shared by the later runs: nothing may write to them
-                for value in vars(part).values():
-                    if isinstance(value, np.ndarray):
-                        value.flags.writeable = False
+        held = [value for part in parsed for value in vars(part).values()
+                if isinstance(value, np.ndarray)]
+        if frozen and sum(value.nbytes for value in held) <= PARSED_PROGRAM_BYTES:
+            for value in held:  # shared by the later runs: nothing may write to them
+                value.flags.writeable = False
             with self._parsed_lock:
                 self._parsed[id(arrays)] = (arrays, meta, parsed)
                 while len(self._parsed) > PARSED_PROGRAMS_KEPT:

@@ -86,3 +86,11 @@ def test_only_read_only_arrays_are_kept_and_what_is_kept_is_read_only() -> None:
             for name, value in vars(part).items():
                 if isinstance(value, np.ndarray):
                     assert not value.flags.writeable, name
+
+
+def test_a_program_over_the_byte_cap_is_parsed_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program whose parsed arrays exceed ``PARSED_PROGRAM_BYTES`` is not kept."""
+    monkeypatch.setattr(executor_module, "PARSED_PROGRAM_BYTES", 1024)
+    _, held = _three_runs(_program())
+    assert held == 0
