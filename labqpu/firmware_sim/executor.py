@@ -54,13 +54,13 @@ FEEDFORWARD_LATENCY_S = 200e-9
 #: Most conditional blocks and phase shifts in a program.
 MAX_BLOCKS = 65_536
 MAX_SHIFTS = 65_536
-#: Raw traces (meas_level 0): samples averaged per point, when the run does not say, and the
-#: largest decimation; most points computed per run (shots x acquisitions x points, also
-#: when the controller averages them: 64 MiB of complex64 on the wire).
 #: Parsed programs kept for later runs of the same upload (:meth:`SimulatedController._held`):
 #: at most this many, each of at most ``PARSED_PROGRAM_BYTES`` of arrays.
 PARSED_PROGRAMS_KEPT = 16
 PARSED_PROGRAM_BYTES = 4 * 1024 * 1024
+#: Raw traces (meas_level 0): samples averaged per point, when the run does not say, and the
+#: largest decimation; most points computed per run (shots x acquisitions x points, also
+#: when the controller averages them: 64 MiB of complex64 on the wire).
 DEFAULT_TRACE_DECIMATION = 8
 MAX_TRACE_DECIMATION = 1024
 MAX_TRACE_POINTS = 8 * 1024 * 1024
