@@ -481,6 +481,8 @@ class CurrentSource(ScpiInstrument):
                 raise ValueError("states_query needs at least one channel")
             query = ";:".join(f"SOUR{ch}:CURR?;:OUTP{ch}?" for ch in map(self._channel, key))
             if plain:
+                if len(self._states_queries) >= _KEPT_STATE_QUERIES:
+                    self._states_queries.clear()
                 self._states_queries[key] = query
         return query
 
@@ -516,6 +518,10 @@ class CurrentSource(ScpiInstrument):
                 instrument=self.resource,
             )
         return int(channel)
+
+
+#: Compound state queries a current source keeps, per tuple of channels (emptied when full).
+_KEPT_STATE_QUERIES = 256
 
 
 def _on_off(on: bool) -> str:
