@@ -421,6 +421,55 @@ class DriveBlocks:
 
 Block = tuple[int, int, list[int], list[int]]
 
+#: Intervals of one qubit for :func:`overlaps` and :func:`covers`: their starts, sorted, and
+#: the largest end among the intervals up to each of them.
+IntervalTable = tuple[list[int], list[int]]
+
+
+def interval_table(intervals: list[tuple[int, int]]) -> IntervalTable:
+    """The :data:`IntervalTable` of ``intervals`` ([start, end) in samples; they may overlap)."""
+    ordered = sorted(intervals)
+    return [s for s, _ in ordered], list(itertools.accumulate((e for _, e in ordered), max))
+
+
+def overlaps(table: IntervalTable | None, start: int, end: int) -> bool:
+    """Whether an interval of ``table`` overlaps [start, end) (False for None)."""
+    if table is None:
+        return False
+    k = bisect.bisect_left(table[0], end) - 1  # the last interval starting before ``end``
+    return k >= 0 and table[1][k] > start
+
+
+def single_index(singles: list[Block]) -> dict[int, list[tuple[int, int, int]]]:
+    """Per qubit, (start, end, position in ``singles``) of its single-qubit blocks, sorted."""
+    on_qubit: dict[int, list[tuple[int, int, int]]] = {}
+    for i, (b0, b1, (q,), _) in enumerate(singles):
+        on_qubit.setdefault(q, []).append((b0, b1, i))
+    for entries in on_qubit.values():
+        entries.sort()
+    return on_qubit
+
+
+def singles_within(index: dict[int, list[tuple[int, int, int]]], qubits: list[int],
+                   start: int, end: int) -> list[tuple[int, int, int]]:
+    """(qubit, start, end) of the single-qubit blocks of ``index`` (:func:`single_index`) on
+    ``qubits`` within [start, end), in their order in the list the index was made of."""
+    inside = []
+    for q in qubits:
+        mine = index.get(q, [])
+        k = bisect.bisect_left(mine, (start, -1, -1))
+        while k < len(mine) and mine[k][0] < end:
+            if mine[k][1] <= end:
+                inside.append((mine[k][2], q, mine[k][0], mine[k][1]))
+            k += 1
+    return [(q, b0, b1) for _, q, b0, b1 in sorted(inside)]
+
+
+def covers(table: IntervalTable, sample: int) -> bool:
+    """Whether an interval of ``table`` holds ``sample``."""
+    k = bisect.bisect_right(table[0], sample) - 1  # the last interval starting by ``sample``
+    return k >= 0 and table[1][k] > sample
+
 
 def merge_consecutive(blocks: list[Block], pulses: list[dict[int, list[tuple[int, int]]]]
                       ) -> list[Block]:

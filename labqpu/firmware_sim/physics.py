@@ -74,7 +74,12 @@ from labqpu.firmware_sim.blocks import (
     RunShare,
     RunShares,
     _RunContext,
+    covers,
+    interval_table,
     merge_consecutive,
+    overlaps,
+    single_index,
+    singles_within,
 )
 from labqpu.firmware_sim.clusters import PHASE_TABLE_BYTES, PHASE_TABLES, ClusterBlocks
 from labqpu.firmware_sim.coupling import (
@@ -599,20 +604,23 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         # before the cz).
         blocks: list[tuple[int, int, list[int], list[int]]] = []
         joint_drive: dict[int, list[tuple[int, int]]] = {}
+        reached = {q: interval_table(ivs) for q, ivs in reach.items()}
+        index = single_index(singles)
         for s0, e0, qubits, _ in self._join_adjacent(singles):
-            if any(fs < e0 and fe > s0 for q in qubits for fs, fe in reach.get(q, [])):
-                for b0, b1, (q,), _ in singles:
-                    if q in qubits and s0 <= b0 and b1 <= e0:
-                        joint_drive.setdefault(q, []).append((b0, b1))
+            if any(overlaps(reached.get(q), s0, e0) for q in qubits):
+                for q, b0, b1 in singles_within(index, qubits, s0, e0):
+                    joint_drive.setdefault(q, []).append((b0, b1))
             else:
                 blocks.append((s0, e0, qubits, []))
         bounds = sorted({b for ivs in (*joint_drive.values(), *flux_iv.values())
                          for iv in ivs for b in iv})
+        # Every interval starts and ends on a bound, so one overlaps [b0, b1) between
+        # consecutive bounds exactly when it holds b0.
+        driving = {q: interval_table(ivs) for q, ivs in joint_drive.items()}
+        fluxing = {q: interval_table(ivs) for q, ivs in flux_iv.items()}
         for b0, b1 in itertools.pairwise(bounds):
-            driven = [q for q, ivs in joint_drive.items()
-                      if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
-            fluxed = [q for q, ivs in flux_iv.items()
-                      if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
+            driven = [q for q, table in driving.items() if covers(table, b0)]
+            fluxed = [q for q, table in fluxing.items() if covers(table, b0)]
             for cluster in self._clusters(driven, fluxed):
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
         pulses: dict[int, list[tuple[int, int]]] = {}

@@ -194,3 +194,70 @@ def test_joining_coupled_drives_matches_the_quadratic_reference(seed: int) -> No
             points = points[:-1]
         singles += [(int(a), int(b), [q], []) for a, b in points.reshape(-1, 2)]
     assert engine._join_adjacent(singles) == _join_reference(engine, singles)
+
+
+def _blocks_reference(engine: PhysicsEngine, drive_iv, flux_iv):
+    """``PhysicsEngine._blocks`` as first written: every joined group against every single
+    and every pair of bounds against every interval (quadratic), with the engine's own
+    joining and clustering."""
+    reach: dict[int, list[tuple[int, int]]] = {}
+    for f, ivs in flux_iv.items():
+        for q in (f, *engine.device.neighbours(f)):
+            reach.setdefault(q, []).extend(ivs)
+    singles = []
+    for q, ivs in drive_iv.items():
+        merged: list[list[int]] = []
+        for s0, e0 in sorted(ivs):
+            if merged and s0 < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e0)
+            else:
+                merged.append([s0, e0])
+        singles.extend((s0, e0, [q], []) for s0, e0 in merged)
+    blocks = []
+    joint_drive: dict[int, list[tuple[int, int]]] = {}
+    for s0, e0, qubits, _ in engine._join_adjacent(singles):
+        if any(fs < e0 and fe > s0 for q in qubits for fs, fe in reach.get(q, [])):
+            for b0, b1, (q,), _ in singles:
+                if q in qubits and s0 <= b0 and b1 <= e0:
+                    joint_drive.setdefault(q, []).append((b0, b1))
+        else:
+            blocks.append((s0, e0, qubits, []))
+    bounds = sorted({b for ivs in (*joint_drive.values(), *flux_iv.values())
+                     for iv in ivs for b in iv})
+    for b0, b1 in itertools.pairwise(bounds):
+        driven = [q for q, ivs in joint_drive.items()
+                  if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
+        fluxed = [q for q, ivs in flux_iv.items()
+                  if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
+        for cluster in engine._clusters(driven, fluxed):
+            blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
+    pulses: dict[int, list[tuple[int, int]]] = {}
+    for s0, e0, (q,), _ in singles:
+        pulses.setdefault(q, []).append((s0, e0))
+    return merge_consecutive(blocks, [pulses, flux_iv])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_block_partition_matches_the_quadratic_reference(seed: int) -> None:
+    """Random drives (overlapping on a qubit too) on lab5's five qubits and random flux
+    pulses on some of them, in a random qubit order, half of them on a grid where ends meet
+    starts: the partition with interval tables and bisection gives the reference's blocks,
+    in its order."""
+    rng = np.random.default_rng(100 + seed)
+    engine = PhysicsEngine(load_device("lab5"), RACK.cabling)
+
+    grid = 20 if seed % 2 else 1  # on a coarse grid, ends meet starts often
+
+    def intervals(count: int, longest: int) -> list[tuple[int, int]]:
+        starts = grid * rng.integers(0, 400 // grid, size=count)
+        return [(int(s), int(s + grid * rng.integers(1, max(2, longest // grid))))
+                for s in starts]
+
+    order = rng.permutation(5).tolist()  # the maps' qubit order is the program's
+    drive_iv = {q: intervals(int(rng.integers(1, 10)), 40) for q in order
+                if rng.random() < 0.8}
+    flux_iv = {q: intervals(int(rng.integers(1, 4)), 60) for q in order
+               if rng.random() < 0.4}
+    got = engine._blocks(drive_iv, flux_iv)
+    assert got == _blocks_reference(engine, drive_iv, flux_iv)
+    assert any(fluxed for *_, fluxed in got) == bool(flux_iv)
