@@ -53,11 +53,11 @@ from labqpu.firmware_sim.physics import (
     PhysicsEngine,
     Settings,
     WireProgram,
-    _render_kernel,
     check_density_size,
     evolved_qubits,
     spectators,
 )
+from labqpu.firmware_sim.render import _render_kernel
 from labqpu.firmware_sim.shots import run_shots
 
 __all__ = ["FeedForward", "branch_probabilities", "run_with_feedforward"]

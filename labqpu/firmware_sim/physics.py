@@ -66,7 +66,6 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from labqpu.errors import SimulationError
 from labqpu.firmware_sim.blocks import (
@@ -110,6 +109,7 @@ from labqpu.firmware_sim.propagation import (
     _transmon_propagate_kernel,
 )
 from labqpu.firmware_sim.readout import WindowRecord, acquire_window
+from labqpu.firmware_sim.render import _render_kernel, play_peaks
 from labqpu.firmware_sim.shots import run_shots
 from labqpu.firmware_sim.split import SplitParts
 
@@ -135,32 +135,6 @@ ZZ_MAX_CHUNKS = 16
 #: Most entries of one program's density matrix: 9 per transmon it touches, 3 per spectator
 #: held diagonal (``density.DensityMatrix``); 16 bytes each (9^8: 0.7 GB).
 MAX_DENSITY_ENTRIES = 9**8
-
-
-@njit(cache=True, nogil=True)
-def _render_kernel(n_ports, n_samples, play_port, play_start, play_wave, play_amp, play_phase_rad,
-                   play_freq_hz, wave_offset, wave_data, sample_rate_hz):
-    """Render plays into per-port complex samples: amp * w[k] * exp(i (2 pi f t + phase)).
-
-    ``t`` is the absolute sample time (start + k) / sample_rate_hz, so NCO phase is continuous
-    across plays at the same frequency. Overlapping plays on one port add.
-    """
-    out = np.zeros((n_ports, n_samples), dtype=np.complex128)
-    two_pi_over_fs = 2.0 * np.pi / sample_rate_hz
-    for i in range(play_port.shape[0]):
-        w0 = wave_offset[play_wave[i]]
-        w1 = wave_offset[play_wave[i] + 1]
-        start = play_start[i]
-        step = two_pi_over_fs * play_freq_hz[i]
-        rot = np.exp(1j * step)
-        ph = play_amp[i] * np.exp(1j * (step * start + play_phase_rad[i]))
-        p = play_port[i]
-        for k in range(w1 - w0):
-            out[p, start + k] += wave_data[w0 + k] * ph
-            ph *= rot
-            if (k & 63) == 63:
-                ph = play_amp[i] * np.exp(1j * (step * (start + k + 1) + play_phase_rad[i]))
-    return out
 
 
 @dataclass(frozen=True)
@@ -496,7 +470,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             prog.play_amp, prog.play_phase_rad, prog.play_freq_hz, prog.wave_offset,
             prog.wave_data, fs,
         )
-        peak = np.abs(samples).max(axis=1) if samples.size else np.zeros(n_ports)
+        peak = play_peaks(samples, prog.play_port, prog.play_start,
+                          np.diff(prog.wave_offset)[prog.play_wave])
         over = np.flatnonzero(peak > 1.0 + 1e-6)
         if over.size:
             port = int(over[0])
