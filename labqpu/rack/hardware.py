@@ -214,21 +214,19 @@ class RackConnection:
                         instrument=part.controller, command="hello")
         wanted = settings.wanted(program)
         before, started = self._read_and_start(program, parts, request, wanted)
-        outputs, ended = [], []
+        waited: list[tuple[dict, dict[str, np.ndarray]]] = []  # (result, arrays) per part
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
             for client, run_id, _ in order:
-                result, arrays = client.wait(run_id, timeout_s=request.timeout_s,
-                                             cancel=cancel)
-                outputs.append(arrays)
-                ended.append(result)
+                waited.append(client.wait(run_id, timeout_s=request.timeout_s, cancel=cancel))
         except BaseException:
             # The failed wait has aborted its own run; stop the others.
-            for client, run_id, _ in order[len(outputs) + 1:]:
+            for client, run_id, _ in order[len(waited) + 1:]:
                 client.abort_quietly(run_id)
             raise
-        outputs = outputs[:1] + outputs[1:][::-1]  # back to the order of ``parts``
-        ended = ended[:1] + ended[1:][::-1]
+        waited = waited[:1] + waited[1:][::-1]  # back to the order of ``parts``
+        ended = [result for result, _ in waited]
+        outputs = [arrays for _, arrays in waited]
         try:
             with settings.verifying(self, program) as verified:
                 # Work on the results while the read-back's replies travel.
@@ -254,12 +252,12 @@ class RackConnection:
                 parts, [started[-1], *started[:-1]], ended, strict=True):
             hello = self._hellos[part.controller]
             elapsed = result.get("elapsed_s")
+            if isinstance(elapsed, bool) or not isinstance(elapsed, int | float):
+                elapsed = None  # a controller that does not say
             controllers.append({"name": part.controller, "endpoint": client.endpoint,
                                 "server": hello.get("server"), "firmware": hello.get("firmware"),
                                 "protocol_version": PROTOCOL_VERSION, "run_id": run_id,
-                                "elapsed_s": float(elapsed) if isinstance(
-                                    elapsed, int | float) and not isinstance(elapsed, bool)
-                                else None})
+                                "elapsed_s": None if elapsed is None else float(elapsed)})
         provenance = {
             "program_hash": program.content_hash,
             "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()
