@@ -10,9 +10,9 @@ also shown with its default threads as context):
     coupling in the dressed basis with static ZZ, exact per-sample propagation, T1/T_phi
     Lindblad channels, readout IQ per shot). Shown cold (a new engine: every unique
     propagator is computed) and warm (the engine's propagator cache already holds them, as in
-    a long-running simulator serving repeated jobs), warm and Aer called in turn, call by
-    call, and with new angles (the same layers, other random angles: each circuit run once,
-    followed by Aer on the same circuit). Reference:
+    a long-running simulator serving repeated jobs), each called in turn with Aer, call by
+    call (the ratios are per pair), and with new angles (the same layers, other random
+    angles: each circuit run once, followed by Aer on the same circuit). Reference:
     ``AerSimulator(method="density_matrix")`` on the same transpiled circuit with thermal
     relaxation (T1, T2 and gate durations from the calibrated Target) after every gate and
     readout errors. The two models differ (Aer's gates are ideal qubit gates); the Hellinger
@@ -198,10 +198,13 @@ def bench_circuit(budget: Budget) -> None:
     def aer(sim):
         return sim.run(tqc, shots=SHOTS, seed_simulator=7).result().get_counts()
 
-    t_cold = seconds_per_call(labqpu_cold, budget)
-    t_aer_n = seconds_per_call(lambda: aer(aer_n), budget)
     # labqpu and Aer (1 thread) in turn, call by call: the machine's speed drifts (up to ~2x
     # over minutes here), and only figures taken in the same seconds make a ratio.
+    cold_s, aer_cold_s = interleaved([labqpu_cold, lambda: aer(aer_1)],
+                                     2 * budget.repeats + 1)
+    t_cold, t_aer_cold = statistics.median(cold_s), statistics.median(aer_cold_s)
+    cold_ratios = [c / a for c, a in zip(cold_s, aer_cold_s, strict=True)]
+    t_aer_n = seconds_per_call(lambda: aer(aer_n), budget)
     warm_s, aer_s = interleaved([labqpu_warm, lambda: aer(aer_1)], 2 * budget.repeats + 1)
     t_warm, t_aer = statistics.median(warm_s), statistics.median(aer_s)
     warm_ratios = [w / a for w, a in zip(warm_s, aer_s, strict=True)]
@@ -227,14 +230,16 @@ def bench_circuit(budget: Budget) -> None:
                             memory=False, snapshot=snapshot)
     ours = {format(int(k, 16), "05b"): v for k, v in res["data"]["counts"].items()}
     fid = hellinger_fidelity(ours, aer(aer_1))
-    for label, t, t_ref in (("cold: new engine, every propagator computed", t_cold, t_aer),
+    for label, t, t_ref in (("cold: new engine, every propagator computed", t_cold,
+                             t_aer_cold),
                             ("new angles: warm engine, a circuit it has not seen", t_new,
                              t_aer_new),
                             ("warm: propagator cache filled by an earlier run", t_warm, t_aer)):
         ref = f"{dur(t_ref)}/circuit (AerSimulator density_matrix, T1/T2 + readout, 1 thread)"
         print(Line(f"simulator circuit ({label}) vs qiskit-aer", t, t_ref,
                    f"{dur(t)}/circuit", ref).text(), flush=True)
-    for label, ratios in (("warm", warm_ratios), ("new angles", new_ratios)):
+    for label, ratios in (("cold", cold_ratios), ("warm", warm_ratios),
+                          ("new angles", new_ratios)):
         info(f"{label}: labqpu / Aer of calls made one after the other (Aer on the same "
              f"circuit), median {fmt(statistics.median(ratios))}x, range "
              f"{fmt(min(ratios))}-{fmt(max(ratios))}x over {len(ratios)} pairs "

@@ -39,7 +39,7 @@ from labqpu.firmware_sim.coupling import (
     toggled_projectors,
     trapezoid_weights,
 )
-from labqpu.firmware_sim.density import LEVELS, _level_numbers
+from labqpu.firmware_sim.density import LEVELS, _level_numbers, kron_identity
 from labqpu.firmware_sim.propagation import (
     _transmon_path_kernel,
     _transmon_propagate_kernel,
@@ -404,8 +404,7 @@ class DriveBlocks:
             last = max(i for i, op in enumerate(ops) if q in op[2])
             u_q = paths[q][-1]
             targets = ops[last][2]
-            full = u_q if len(targets) == 1 else (
-                np.kron(u_q, np.eye(LEVELS)) if targets[0] == q else np.kron(np.eye(LEVELS), u_q))
+            full = u_q if len(targets) == 1 else kron_identity(u_q, targets[0] == q)
             ops[last][0] = np.matmul(full, ops[last][0])
         result = [(u, c, t) for u, c, t in ops]
         self._store_joint(key, result)

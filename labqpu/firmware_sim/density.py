@@ -28,6 +28,7 @@ import scipy.linalg
 
 from labqpu.firmware_sim.density_kernels import (
     _band_channel_kernel,
+    _band_parts,
     _band_real_kernel,
     _block_adjoint_kernel,
     _diagonal_kernel,
@@ -98,9 +99,18 @@ BAND_COHERENCES = np.array([30, 34, 66, 70, 10, 14, 46, 50, 60, 20])
 REAL_WEIGHT_TOL = 1e-14
 
 
+def _band(superop: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """(flat, kind, pop, coh) of a 9x9 superoperator: its 81 entries as a contiguous complex
+    array and ``_band_parts`` of them (kind 0: it does not conserve i - j; 1: it does; 2: it
+    does and its population weights are real up to :data:`REAL_WEIGHT_TOL`)."""
+    flat = np.ascontiguousarray(superop, dtype=np.complex128).reshape(-1)
+    return flat, *_band_parts(flat, _OFF_BAND, BAND_POPULATIONS, BAND_COHERENCES,
+                              REAL_WEIGHT_TOL)
+
+
 def _conserves_band(superop: np.ndarray) -> bool:
     """Whether a 9x9 superoperator conserves i - j (every entry outside ``BAND_MASK`` 0)."""
-    return not superop.ravel().take(_OFF_BAND).any()
+    return _band(superop)[1] != 0
 
 
 @lru_cache(maxsize=256)
@@ -164,6 +174,31 @@ def _held_rows(n: int, held: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     for x in (held_rows, outer_rows):
         x.flags.writeable = False
     return held_rows, outer_rows
+
+
+@lru_cache(maxsize=64)
+def _active_columns(n: int, diagonal: tuple[int, ...]) -> np.ndarray:
+    """For each basis state of ``n`` positions (first most significant), the index of its
+    levels on the positions not in ``diagonal`` (first most significant). Read-only."""
+    active = [p for p in range(n) if p not in diagonal]
+    digits = np.indices((LEVELS,) * n).reshape(n, -1)
+    weights = LEVELS ** np.arange(len(active) - 1, -1, -1, dtype=np.int64)
+    columns = (weights[:, None] * digits[active]).sum(axis=0).astype(np.int64)
+    columns.flags.writeable = False
+    return columns
+
+
+def kron_identity(u: np.ndarray, first: bool) -> np.ndarray:
+    """``numpy.kron(u, 1)`` (``first``: u on the first of two transmons) or
+    ``numpy.kron(1, u)`` for a one-transmon operator u (3x3), as a 9x9 array built without
+    numpy.kron's general machinery (which costs ~10x more at this size)."""
+    out = np.zeros((LEVELS,) * 4, dtype=np.result_type(u, float))
+    for i in range(LEVELS):
+        if first:
+            out[:, i, :, i] = u
+        else:
+            out[i, :, i, :] = u
+    return out.reshape(LEVELS**2, LEVELS**2)
 
 
 @lru_cache(maxsize=256)
@@ -297,10 +332,13 @@ class DensityMatrix:
         self.diagonal = tuple(sorted(diagonal))
         #: The other positions, which carry coherences (sorted).
         self.active = tuple(p for p in range(self.n) if p not in self.diagonal)
-        rho = np.ones((1, 1), dtype=complex)
-        for i, p in enumerate(populations):
-            factor = p[:, None] if i in self.diagonal else np.diag(p)
-            rho = np.kron(rho, factor.astype(complex))
+        # The product state's only entries: the populations' products (first position most
+        # significant), each in its row and in the column of its active positions' levels.
+        values = np.ones(1)
+        for p in populations:
+            values = np.multiply.outer(values, p).ravel()
+        rho = np.zeros((LEVELS**self.n, LEVELS ** len(self.active)), dtype=complex)
+        rho[np.arange(values.size), _active_columns(self.n, self.diagonal)] = values
         self.tensor = rho.reshape([LEVELS] * (self.n + len(self.active)))
         #: A matrix of the tensor's size that :meth:`apply_product` writes its BLAS passes
         #: into, kept between calls (the pass's input becomes the next one's); never shared:
@@ -537,18 +575,15 @@ class DensityMatrix:
         if target in self.diagonal:
             self.apply_held_channels([(superop, target)])
             return
-        band = _conserves_band(superop)
+        flat, kind, pop, coh = _band(superop)
         column = self.active.index(target)
-        if band:
+        if kind:
             x = np.ascontiguousarray(self.tensor, dtype=np.complex128)
             a = len(self.active)
             dims = (LEVELS**target, LEVELS ** (self.n - 1 - target), LEVELS**column,
                     LEVELS ** (a - 1 - column))
-            flat = np.asarray(superop, dtype=np.complex128).reshape(-1)
-            pop = flat[BAND_POPULATIONS]
-            if np.abs(pop.imag).max() <= REAL_WEIGHT_TOL:
-                _band_real_kernel(x.reshape(-1).view(np.float64), pop.real.reshape(3, 3),
-                                  flat[BAND_COHERENCES], *dims)
+            if kind == 2:
+                _band_real_kernel(x.reshape(-1).view(np.float64), pop, coh, *dims)
             else:
                 _band_channel_kernel(x.reshape(-1), flat.reshape(9, 9), *dims)
             self.tensor = x

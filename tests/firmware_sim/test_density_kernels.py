@@ -8,7 +8,9 @@ product of diagonal, plain and conditioned operators as row passes and one adjoi
 the dense operator L rho L^dag; ``_group_apply_kernel`` (a conditioned operator applied in
 place, group of rows by group) against ``numpy.einsum``; ``clusters.propagate_conserving``
 (excitation blocks propagated one by one) against a product of ``scipy.linalg.expm``.
-Tolerance 1e-12 throughout (the reference and the code round differently).
+Tolerance 1e-12 throughout (the reference and the code round differently), except where a
+test says it compares exactly: the product state a ``DensityMatrix`` starts from and
+``kron_identity`` against ``numpy.kron``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from labqpu.firmware_sim.density import (
     _held_rows,
     _level_maps_kernel,
     _row_groups,
+    kron_identity,
     relaxation_superop,
 )
 
@@ -558,3 +561,24 @@ def test_dropping_a_decoupled_held_position_commutes_with_what_follows() -> None
     assert_allclose(first.matrix(), dm.drop((0,)).matrix(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="not held diagonal"):
         dm.drop((1,))
+
+
+@pytest.mark.parametrize("diagonal", [(), (0,), (1, 3), (0, 1, 2, 3)])
+def test_product_state_is_the_kron_of_its_factors(diagonal: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(len(diagonal))
+    populations = [rng.dirichlet(np.ones(3)) for _ in range(4)]
+    ref = np.ones((1, 1), dtype=complex)
+    for i, p in enumerate(populations):  # a held position contributes rows only
+        ref = np.kron(ref, (p[:, None] if i in diagonal else np.diag(p)).astype(complex))
+    rho = DensityMatrix(populations, diagonal)
+    active = 4 - len(diagonal)
+    assert rho.tensor.shape == (3,) * (4 + active)
+    np.testing.assert_array_equal(rho.tensor.reshape(3**4, 3**active), ref)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_kron_identity_is_numpy_kron(first: bool) -> None:
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=(3, 3)) + 1j * rng.normal(size=(3, 3))
+    ref = np.kron(u, np.eye(3)) if first else np.kron(np.eye(3), u)
+    np.testing.assert_array_equal(kron_identity(u, first), ref)
