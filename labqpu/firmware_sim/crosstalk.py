@@ -70,10 +70,17 @@ class CrosstalkSpec:
 
     flux: dict[tuple[int, int], float] = field(default_factory=dict)
     drive: dict[tuple[int, int], complex] = field(default_factory=dict)
+    #: ``drive_targets`` of every source, made once (a run asks it after every drive block).
+    _targets: dict[int, tuple[tuple[int, complex], ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
-    def drive_targets(self, q: int) -> list[tuple[int, complex]]:
-        """(p, c_pq) for every qubit p that a drive on ``q`` reaches."""
-        return sorted((p, c) for (p, s), c in self.drive.items() if s == q)
+    def __post_init__(self) -> None:
+        for (p, s), c in sorted(self.drive.items(), key=lambda item: item[0][::-1]):
+            self._targets[s] = (*self._targets.get(s, ()), (p, c))
+
+    def drive_targets(self, q: int) -> tuple[tuple[int, complex], ...]:
+        """(p, c_pq) for every qubit p that a drive on ``q`` reaches, in order of p."""
+        return self._targets.get(q, ())
 
     @classmethod
     def from_tables(cls, flux_rows: list[dict], drive_rows: list[dict], n_qubits: int,
@@ -199,7 +206,7 @@ def apply_drive_crosstalk(engine: Any, ctx: Any, qubits: list[int], b0: int, b1:
         return
     model = ctx.model
     fs = engine.device.sample_rate_hz
-    held = {ctx.order[i] for i in ctx.local.rho.diagonal}
+    held = ctx.local.rho.diagonal  # positions
     for q in qubits:
         targets = [(p, c) for p, c in spec.drive_targets(q) if p in ctx.pos and b0 < ctx.stop[p]]
         if not targets:
@@ -220,5 +227,5 @@ def apply_drive_crosstalk(engine: Any, ctx: Any, qubits: list[int], b0: int, b1:
                     engine.crosstalk_cache.clear()
                 engine.crosstalk_cache[cached] = phases
         for (p, _), d in zip(targets, phases, strict=True):
-            if p not in held:  # a diagonal phase leaves a state held by its populations as is
+            if ctx.pos[p] not in held:  # a diagonal phase leaves a held state as it is
                 ctx.local.phases(p, d)

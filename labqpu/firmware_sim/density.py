@@ -35,6 +35,7 @@ from labqpu.firmware_sim.density_kernels import (
     _fibre_channel_kernel,
     _group_apply_kernel,
     _level_maps_kernel,
+    _zero_at,
 )
 
 LEVELS = 3
@@ -110,7 +111,7 @@ def _band(superop: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]
 
 def _conserves_band(superop: np.ndarray) -> bool:
     """Whether a 9x9 superoperator conserves i - j (every entry outside ``BAND_MASK`` 0)."""
-    return _band(superop)[1] != 0
+    return _zero_at(np.ascontiguousarray(superop, dtype=np.complex128).reshape(-1), _OFF_BAND)
 
 
 @lru_cache(maxsize=256)
