@@ -278,3 +278,16 @@ def test_bad_crosstalk_entries_are_rejected_naming_the_entry(tmp_path, entry, me
     path.write_text(text + "\n" + entry)
     with pytest.raises(ValueError, match=message):
         load_device(path)
+
+
+def test_drive_targets_lists_each_sources_targets_in_order() -> None:
+    """What a drive on a qubit reaches, by target in order; a spec made again from other
+    couplings (``dataclasses.replace``) lists its own, and the list does not enter equality."""
+    spec = CrosstalkSpec(drive={(2, 1): 0.1j, (0, 1): 0.2, (1, 0): 0.05, (3, 2): 0.01})
+    assert spec.drive_targets(1) == ((0, 0.2), (2, 0.1j))
+    assert spec.drive_targets(0) == ((1, 0.05),)
+    assert spec.drive_targets(2) == ((3, 0.01),)
+    assert spec.drive_targets(4) == ()
+    other = dataclasses.replace(spec, drive={(1, 3): 0.3})
+    assert other.drive_targets(3) == ((1, 0.3),) and other.drive_targets(1) == ()
+    assert spec == CrosstalkSpec(drive=dict(spec.drive))
