@@ -66,7 +66,8 @@ CACHE_CROSSTALK_ENTRIES = 4096
 class CrosstalkSpec:
     """Crosstalk of a device: ``flux[(i, j)]`` = M_ij (fraction of qubit j's bias flux
     reaching qubit i), ``drive[(p, q)]`` = c_pq (complex amplitude of q's drive reaching p,
-    relative to the Rabi rate it produces on q)."""
+    relative to the Rabi rate it produces on q). Read-only once made, like the device it
+    belongs to: ``drive_targets`` is listed from ``drive`` at construction."""
 
     flux: dict[tuple[int, int], float] = field(default_factory=dict)
     drive: dict[tuple[int, int], complex] = field(default_factory=dict)

@@ -581,4 +581,62 @@ def test_kron_identity_is_numpy_kron(first: bool) -> None:
     rng = np.random.default_rng(5)
     u = rng.normal(size=(3, 3)) + 1j * rng.normal(size=(3, 3))
     ref = np.kron(u, np.eye(3)) if first else np.kron(np.eye(3), u)
-    np.testing.assert_array_equal(kron_identity(u, first), ref)
+    out = kron_identity(u, first)
+    assert out.dtype == ref.dtype
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_a_state_of_no_positions_is_the_number_one() -> None:
+    """A program that evolves no transmon starts from the 1x1 state 1, as the kron of no
+    factors is."""
+    rho = DensityMatrix([])
+    assert rho.tensor.shape == () and rho.tensor == 1.0
+
+
+def _relaxation_with_phases() -> np.ndarray:
+    """A physical one-transmon channel (T1 towards a thermal state, dephasing, idle |2> phase)
+    composed with a diagonal phase: it conserves i - j and its population weights are real."""
+    phase = np.exp(1j * np.array([0.0, 0.3, -1.1]))
+    return (np.kron(np.diag(phase), np.diag(phase.conj()))
+            @ relaxation_superop(20e-6, 35e-6, 80e-9, -210e6, 0.02))
+
+
+@pytest.mark.parametrize("case", ["physical", "tolerance", "above", "nan weight", "complex",
+                                  "off band", "nan off band", "fortran", "real dtype"])
+def test_band_classification_against_numpy(case: str) -> None:
+    """``density._band`` (one numba call) classifies a 9x9 superoperator as the numpy
+    expressions it replaced: 0 if an entry outside ``BAND_MASK`` is not exactly 0 (NaN is not
+    0), else 2 if every population weight's imaginary part is at most ``REAL_WEIGHT_TOL`` (NaN
+    is not), else 1; with the real kernel's operands taken from the entries."""
+    s = _relaxation_with_phases()
+    pop_entries = np.ix_([0, 4, 8], [0, 4, 8])
+    if case == "tolerance":
+        s[pop_entries] = s[pop_entries].real + 1j * density.REAL_WEIGHT_TOL
+    elif case == "above":
+        s[pop_entries] = s[pop_entries].real + 2j * density.REAL_WEIGHT_TOL
+    elif case == "nan weight":
+        s[0, 4] = complex(s[0, 4].real, np.nan)
+    elif case == "complex":
+        s[4, 0] += 0.1j
+    elif case == "off band":
+        s[1, 0] = 1e-300
+    elif case == "nan off band":
+        s[1, 0] = np.nan
+    elif case == "fortran":
+        s = np.asfortranarray(s)
+    elif case == "real dtype":
+        s = _relaxation_with_phases().real * BAND_MASK
+    flat, kind, pop, coh = density._band(s)
+    ref = np.ascontiguousarray(s, dtype=np.complex128).reshape(-1)
+    off = ref[~BAND_MASK.reshape(-1)]
+    weights = ref[BAND_POPULATIONS]
+    expected = (0 if np.any(off != 0) else
+                2 if np.abs(weights.imag).max() <= density.REAL_WEIGHT_TOL else 1)
+    assert kind == expected
+    assert expected == {"physical": 2, "tolerance": 2, "above": 1, "nan weight": 1,
+                        "complex": 1, "off band": 0, "nan off band": 0, "fortran": 2,
+                        "real dtype": 2}[case]
+    np.testing.assert_array_equal(flat, ref)
+    if kind:
+        np.testing.assert_array_equal(pop, weights.real.reshape(3, 3))
+        np.testing.assert_array_equal(coh, ref[BAND_COHERENCES])
