@@ -26,6 +26,7 @@ import itertools
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -419,6 +420,41 @@ class DriveBlocks:
 
 
 Block = tuple[int, int, list[int], list[int]]
+
+def flux_reach(flux_iv: dict[int, list[tuple[int, int]]],
+               neighbours: Callable[[int], Iterable[int]]) -> dict[int, list[tuple[int, int]]]:
+    """Per qubit, the flux pulses ([start, end) in samples) that reach it: its own and its
+    coupled ``neighbours``'."""
+    reach: dict[int, list[tuple[int, int]]] = {}
+    for f, ivs in flux_iv.items():
+        for q in (f, *neighbours(f)):
+            reach.setdefault(q, []).extend(ivs)
+    return reach
+
+
+def single_blocks(drive_iv: dict[int, list[tuple[int, int]]]) -> list[Block]:
+    """Each qubit's drive intervals ([start, end) in samples), merged where they overlap, as
+    single-qubit blocks (start, end, [qubit], [])."""
+    singles: list[Block] = []
+    for q, ivs in drive_iv.items():
+        merged: list[list[int]] = []
+        for s0, e0 in sorted(ivs):
+            if merged and s0 < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e0)
+            else:
+                merged.append([s0, e0])
+        singles.extend((s0, e0, [q], []) for s0, e0 in merged)
+    return singles
+
+
+def block_pulses(singles: list[Block]) -> dict[int, list[tuple[int, int]]]:
+    """Per qubit, the (start, end) of its single-qubit blocks (:func:`merge_consecutive`'s
+    drive pulses)."""
+    pulses: dict[int, list[tuple[int, int]]] = {}
+    for s0, e0, (q,), _ in singles:
+        pulses.setdefault(q, []).append((s0, e0))
+    return pulses
+
 
 #: Intervals of one qubit for :func:`overlaps` and :func:`covers`: their starts, sorted, and
 #: the largest end among the intervals up to each of them.

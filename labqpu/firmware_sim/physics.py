@@ -73,10 +73,13 @@ from labqpu.firmware_sim.blocks import (
     RunShare,
     RunShares,
     _RunContext,
+    block_pulses,
     covers,
+    flux_reach,
     interval_table,
     merge_consecutive,
     overlaps,
+    single_blocks,
     single_index,
     singles_within,
 )
@@ -560,19 +563,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         Blocks on one qubit never overlap, and blocks on different qubits commute, so applying
         them in start order is exact.
         """
-        reach: dict[int, list[tuple[int, int]]] = {}
-        for f, ivs in flux_iv.items():
-            for q in (f, *self.device.neighbours(f)):
-                reach.setdefault(q, []).extend(ivs)
-        singles: list[tuple[int, int, list[int], list[int]]] = []
-        for q, ivs in drive_iv.items():
-            merged: list[list[int]] = []
-            for s0, e0 in sorted(ivs):
-                if merged and s0 < merged[-1][1]:
-                    merged[-1][1] = max(merged[-1][1], e0)
-                else:
-                    merged.append([s0, e0])
-            singles.extend((s0, e0, [q], []) for s0, e0 in merged)
+        reach = flux_reach(flux_iv, self.device.neighbours)
+        singles = single_blocks(drive_iv)
         # Drives on coupled qubits that overlap are joined first; a joined block that a flux
         # pulse reaches on any of its qubits is cut with the flux pulses instead (as a whole:
         # otherwise a drive after a cz on one qubit would be applied, in the joined block,
@@ -598,10 +590,7 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
             fluxed = [q for q, table in fluxing.items() if covers(table, b0)]
             for cluster in self._clusters(driven, fluxed):
                 blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
-        pulses: dict[int, list[tuple[int, int]]] = {}
-        for s0, e0, (q,), _ in singles:
-            pulses.setdefault(q, []).append((s0, e0))
-        return merge_consecutive(blocks, [pulses, flux_iv])
+        return merge_consecutive(blocks, [block_pulses(singles), flux_iv])
 
     def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
                        ) -> list[tuple[int, int, list[int], list[int]]]:

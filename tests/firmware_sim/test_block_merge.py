@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import labqpu
-from labqpu.firmware_sim.blocks import merge_consecutive
+from labqpu.firmware_sim.blocks import block_pulses, flux_reach, merge_consecutive, single_blocks
 from labqpu.firmware_sim.device import load_device, load_rack
 from labqpu.firmware_sim.physics import PhysicsEngine
 
@@ -199,20 +199,10 @@ def test_joining_coupled_drives_matches_the_quadratic_reference(seed: int) -> No
 def _blocks_reference(engine: PhysicsEngine, drive_iv, flux_iv):
     """``PhysicsEngine._blocks`` as first written: every joined group against every single
     and every pair of bounds against every interval (quadratic), with the engine's own
-    joining and clustering."""
-    reach: dict[int, list[tuple[int, int]]] = {}
-    for f, ivs in flux_iv.items():
-        for q in (f, *engine.device.neighbours(f)):
-            reach.setdefault(q, []).extend(ivs)
-    singles = []
-    for q, ivs in drive_iv.items():
-        merged: list[list[int]] = []
-        for s0, e0 in sorted(ivs):
-            if merged and s0 < merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e0)
-            else:
-                merged.append([s0, e0])
-        singles.extend((s0, e0, [q], []) for s0, e0 in merged)
+    joining, clustering, flux reach and merged single blocks (``blocks.flux_reach``,
+    ``blocks.single_blocks``), which the change it checks left as they were."""
+    reach = flux_reach(flux_iv, engine.device.neighbours)
+    singles = single_blocks(drive_iv)
     blocks = []
     joint_drive: dict[int, list[tuple[int, int]]] = {}
     for s0, e0, qubits, _ in engine._join_adjacent(singles):
@@ -231,10 +221,7 @@ def _blocks_reference(engine: PhysicsEngine, drive_iv, flux_iv):
                   if any(s0 < b1 and e0 > b0 for s0, e0 in ivs)]
         for cluster in engine._clusters(driven, fluxed):
             blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
-    pulses: dict[int, list[tuple[int, int]]] = {}
-    for s0, e0, (q,), _ in singles:
-        pulses.setdefault(q, []).append((s0, e0))
-    return merge_consecutive(blocks, [pulses, flux_iv])
+    return merge_consecutive(blocks, [block_pulses(singles), flux_iv])
 
 
 @pytest.mark.parametrize("seed", range(40))
