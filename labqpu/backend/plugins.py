@@ -38,7 +38,7 @@ import math
 import numpy as np
 from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, Reset
 from qiskit.circuit.library import RZGate, SXGate, XGate
-from qiskit.dagcircuit import DAGCircuit, DAGInNode, DAGOutNode
+from qiskit.dagcircuit import DAGCircuit, DAGInNode, DAGOpNode, DAGOutNode
 from qiskit.passmanager import ConditionalController
 from qiskit.synthesis import OneQubitEulerDecomposer
 from qiskit.transpiler import PassManager, Target
@@ -84,18 +84,26 @@ def _wrap(angle: float) -> float:
     return math.pi if math.isclose(a, -math.pi, abs_tol=_ATOL) else a
 
 
+def _read_only(gate: Gate) -> np.ndarray:
+    m = np.asarray(gate.to_matrix(), dtype=complex)
+    m.flags.writeable = False
+    return m
+
+
+_PULSE_CLASSES = {"sx": SXGate, "sy": SYGate, "x": XGate}
+#: The fixed pulses' matrices (Qiskit's conventions: ``SXGate`` carries exp(i pi/4)).
+_PULSE_MATRICES = {name: _read_only(cls()) for name, cls in _PULSE_CLASSES.items()}
+
+
 def _matrix(seq: list[tuple[str, float]]) -> np.ndarray:
+    """The product of ``seq`` ((name, angle) in circuit order): rz(a) = diag(e^{-ia/2},
+    e^{ia/2}), the pulses from :data:`_PULSE_MATRICES`."""
     m = np.eye(2, dtype=complex)
     for name, angle in seq:
         if name == "rz":
-            g = RZGate(angle).to_matrix()
-        elif name == "sx":
-            g = SXGate().to_matrix()
-        elif name == "sy":
-            g = np.asarray(SYGate())
+            m = m * np.array([[cmath.exp(-0.5j * angle)], [cmath.exp(0.5j * angle)]])
         else:
-            g = XGate().to_matrix()
-        m = g @ m
+            m = _PULSE_MATRICES[name] @ m
     return m
 
 
@@ -144,13 +152,12 @@ def synthesize_1q(unitary: np.ndarray, available: frozenset[str],
         return (len(pulses), len(seq), err)
 
     best = min((_clean(c) for c in candidates), key=cost)
-    m = _matrix(best)
-    overlap = np.trace(m.conj().T @ unitary)
+    overlap = np.vdot(_matrix(best), unitary)  # tr(M^dag U)
     return best, cmath.phase(overlap)
 
 
 def _gate(name: str, angle: float) -> Gate:
-    return {"rz": lambda: RZGate(angle), "sx": SXGate, "sy": SYGate, "x": XGate}[name]()
+    return RZGate(angle) if name == "rz" else _PULSE_CLASSES[name]()
 
 
 class PulseGatePlacement(AnalysisPass):
@@ -220,20 +227,25 @@ class PulseEfficient1q(TransformationPass):
         index = {q: dag.find_bit(q).index for q in dag.qubits}
         basis = {q: self._basis(index[q]) for q in dag.qubits}
         errors = {q: self._errors(index[q], b) for q, b in basis.items() if b is not None}
-        items = [(node.op, node.qargs, node.cargs) for node in dag.topological_op_nodes()]
-        items, phase1 = self._sweep(items, basis, errors, forward=True)
+        # The DAG's nodes themselves: a node's op is built only if it is kept as it is.
+        items = [(node, node.qargs, node.cargs) for node in dag.topological_op_nodes()]
+        synthesised: dict = {}  # (qubit, product's bytes) -> synthesize_1q's answer
+        items, phase1 = self._sweep(items, basis, errors, synthesised, forward=True)
         phase2 = 0.0
         if self.merge:
-            items, phase2 = self._sweep(items, basis, errors, forward=False)
+            items, phase2 = self._sweep(items, basis, errors, synthesised, forward=False)
         new = dag.copy_empty_like()
         for op, qargs, cargs in items:
-            new.apply_operation_back(op, qargs, cargs, check=False)
+            new.apply_operation_back(op.op if isinstance(op, DAGOpNode) else op, qargs, cargs,
+                                     check=False)
         new.global_phase = dag.global_phase + phase1 + phase2
         return new
 
-    def _sweep(self, items: list, basis: dict, errors: dict, *, forward: bool
-               ) -> tuple[list, float]:
+    def _sweep(self, items: list, basis: dict, errors: dict, synthesised: dict, *,
+               forward: bool) -> tuple[list, float]:
         """One pass over ``items`` (op, qargs, cargs) in time order (``forward``) or against it.
+        ``synthesised`` keeps :func:`synthesize_1q`'s answer per qubit and product (a circuit
+        repeats its runs: an RB sequence has at most 24 different Cliffords per qubit).
 
         ``pending[q]`` is the product of the single-qubit gates of q not yet emitted; it acts
         after (forward) or before (backward) everything emitted on q so far. The identity
@@ -248,7 +260,11 @@ class PulseEfficient1q(TransformationPass):
             u = pending.pop(q, None)
             if u is None:
                 return
-            seq, ph = synthesize_1q(u, basis[q], errors[q])
+            key = (q, u.tobytes())
+            answer = synthesised.get(key)
+            if answer is None:
+                answer = synthesised[key] = synthesize_1q(u, basis[q], errors[q])
+            seq, ph = answer
             phase += ph
             ops = [(_gate(name, angle), (q,), ()) for name, angle in seq]
             out.extend(ops if forward else reversed(ops))
@@ -257,8 +273,8 @@ class PulseEfficient1q(TransformationPass):
             matrix = self._unitary(op, qargs, cargs)
             if matrix is not None and len(qargs) == 1 and basis[qargs[0]] is not None:
                 q = qargs[0]
-                u = pending.get(q, np.eye(2, dtype=complex))
-                pending[q] = matrix @ u if forward else u @ matrix
+                u = pending.get(q)
+                pending[q] = matrix if u is None else (matrix @ u if forward else u @ matrix)
                 if not self.merge:
                     flush(q)
                 continue
@@ -287,9 +303,26 @@ class PulseEfficient1q(TransformationPass):
 
     @staticmethod
     def _unitary(op, qargs: tuple, cargs: tuple) -> np.ndarray | None:
-        """The 2x2 matrix of a parameter-free single-qubit gate, else None."""
-        if len(qargs) != 1 or cargs or not isinstance(op, Gate) or \
-                op.name in ("delay",) or getattr(op, "is_parameterized", lambda: False)():
+        """The 2x2 matrix of a parameter-free single-qubit gate (an operation, or a DAG node:
+        a standard gate's from the node, without building its op), else None."""
+        if len(qargs) != 1 or cargs:
+            return None
+        if isinstance(op, DAGOpNode):
+            matrix = op.matrix if op.is_standard_gate() and not op.is_parameterized() else None
+            if matrix is not None:
+                return matrix
+            op = op.op
+        if not isinstance(op, Gate):
+            return None
+        name = op.name
+        if name == "rz" and isinstance(op, RZGate):
+            angle = op.params[0]
+            if isinstance(angle, float | int):
+                return np.array([[cmath.exp(-0.5j * angle), 0], [0, cmath.exp(0.5j * angle)]])
+        fixed = _PULSE_MATRICES.get(name)
+        if fixed is not None and isinstance(op, _PULSE_CLASSES[name]):
+            return fixed
+        if name == "delay" or op.is_parameterized():
             return None
         try:
             m = np.asarray(op.to_matrix(), dtype=complex)

@@ -81,16 +81,38 @@ class RBFit:
     reduced_chi2: float
 
 
+#: Most circuits and products of Cliffords kept by :func:`_sequence` (emptied when full).
+CLIFFORDS_KEPT = 4096
+_circuits: dict[bytes, QuantumCircuit] = {}
+_products: dict[tuple[bytes, bytes], Clifford] = {}
+
+
 def _sequence(width: int, length: int, rng: np.random.Generator
               ) -> tuple[QuantumCircuit, int]:
-    """``length`` random Cliffords on ``width`` qubits and the inverse of their product."""
+    """``length`` random Cliffords on ``width`` qubits and the inverse of their product.
+
+    Each Clifford's circuit and each product of the running total with a Clifford are kept by
+    tableau (a single qubit has only 24 Cliffords): the kept circuits are appended, never
+    changed."""
     qc = QuantumCircuit(width)
     total = Clifford(QuantumCircuit(width))
+    total_key = total.tableau.tobytes()
     for _ in range(length):
         c = random_clifford(width, seed=rng)
-        qc.compose(c.to_circuit(), inplace=True)
+        key = c.tableau.tobytes()
+        circuit = _circuits.get(key)
+        if circuit is None:
+            if len(_circuits) >= CLIFFORDS_KEPT:
+                _circuits.clear()
+            circuit = _circuits[key] = c.to_circuit()
+        qc.compose(circuit, inplace=True)
         qc.barrier()
-        total = total.compose(c)
+        product = _products.get((total_key, key))
+        if product is None:
+            if len(_products) >= CLIFFORDS_KEPT:
+                _products.clear()
+            product = _products[(total_key, key)] = total.compose(c)
+        total, total_key = product, product.tableau.tobytes()
     qc.compose(total.adjoint().to_circuit(), inplace=True)
     return qc, length + 1
 

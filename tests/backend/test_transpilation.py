@@ -167,6 +167,31 @@ def test_synthesis_uses_the_fewest_pulses():
     assert [n for n, _ in seq] == ["rz", "sy"]  # one frame change fewer than rz sx rz
 
 
+def test_a_repeated_run_is_synthesised_for_each_qubit_with_its_own_errors():
+    """The same single-qubit run on two qubits, three times: each qubit gets the pulse with
+    its own smaller error every time (the pass keeps one synthesis per qubit and product)."""
+    from qiskit.transpiler import InstructionProperties, Target
+
+    errors = {"sx": (1e-3, 1e-4), "sy": (1e-4, 1e-3), "x": (1e-3, 1e-3), "rz": (0.0, 0.0)}
+    tgt = Target(num_qubits=2)
+    for gate in (RZGate(Parameter("t")), SXGate(), SYGate(), XGate()):
+        tgt.add_instruction(gate, {(q,): InstructionProperties(error=errors[gate.name][q])
+                                   for q in (0, 1)})
+    qc = QuantumCircuit(2)
+    for _ in range(3):
+        for q in (0, 1):
+            qc.rz(0.3, q)
+            qc.append(SYGate(), [q])
+            qc.rz(0.5, q)
+        qc.barrier()
+    out = PulseEfficient1q(tgt)(qc)
+    pulses = {q: [i.operation.name for i in out.data
+                  if i.operation.name in ("sx", "sy", "x") and out.find_bit(i.qubits[0]).index == q]
+              for q in (0, 1)}
+    assert pulses == {0: ["sy"] * 3, 1: ["sx"] * 3}
+    assert np.allclose(Operator(out).data, Operator(qc).data)
+
+
 def test_x_like_runs_are_carried_through_cz(target):
     qc = QuantumCircuit(5)
     qc.x(0)

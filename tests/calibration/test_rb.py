@@ -134,6 +134,11 @@ def test_a_sequence_with_its_inverse_is_the_identity(width):
     assert cliffords == 13
     assert Operator(qc.remove_final_measurements(inplace=False)).equiv(
         Operator(np.eye(2 ** width)))
+    # Drawn again, from the Cliffords and products kept the first time: the same circuit.
+    again, _ = _sequence(width, 12, np.random.default_rng(7))
+    assert again == qc
+    long, _ = _sequence(width, 80 // width, np.random.default_rng(8))
+    assert Operator(long).equiv(Operator(np.eye(2 ** width)))
 
 
 def coherence_limit(t_s: float, t1_s: float, t2_s: float) -> float:
