@@ -80,13 +80,21 @@ def experiment_data(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_l
     elif meas_level == 0:
         data["memory"] = _trace_memory(program, traces, shots, meas_return)
     else:
-        slots = np.zeros((shots, program.num_clbits), dtype=np.complex128)
-        for j, c in enumerate(program.acq_clbit):
-            if c >= 0:
-                slots[:, c] = iq[:, j]
-        pairs = np.stack([slots.real, slots.imag], axis=-1)
-        data["memory"] = pairs.mean(axis=0).tolist() if meas_return == "avg" else pairs.tolist()
+        data["memory"] = level_1_pairs(program, iq, meas_return).tolist()
     return data
+
+
+def level_1_pairs(program: PulseProgram, iq: np.ndarray, meas_return: str) -> np.ndarray:
+    """Level-1 memory as an array of [re, im] pairs: (shots, memory slots, 2) per shot, or
+    (memory slots, 2) averaged over the shots (``meas_return="avg"``), from the IQ points
+    (shots x acquisitions); a slot no acquisition writes holds 0, a later acquisition into a
+    slot overwrites an earlier one."""
+    slots = np.zeros((iq.shape[0], program.num_clbits), dtype=np.complex128)
+    for j, c in enumerate(program.acq_clbit):
+        if c >= 0:
+            slots[:, c] = iq[:, j]
+    pairs = np.stack([slots.real, slots.imag], axis=-1)
+    return pairs.mean(axis=0) if meas_return == "avg" else pairs
 
 
 def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,

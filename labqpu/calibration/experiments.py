@@ -215,9 +215,9 @@ class Kit:
         step = self.backend.max_circuits
         for i in range(0, len(programs), step):
             chunk = programs[i:i + step]
-            result = self.backend.run(chunk, shots=shots, meas_level=1,
-                                      meas_return="single" if single else "avg").result()
-            out.extend(np.asarray(result.get_memory(j)) for j in range(len(chunk)))
+            job = self.backend.run(chunk, shots=shots, meas_level=1,
+                                   meas_return="single" if single else "avg")
+            out.extend(job.memory_arrays())
         return np.array(out)
 
     def run_sweep(self, program: PulseProgram, binds: dict[str, Sequence[float]], shots: int,
@@ -239,10 +239,9 @@ class Kit:
                     values[names.index(name)] = column[k]
                 programs.append(replace(program, param_values=values))
             return self.run_iq(programs, shots, single=single)
-        result = self.backend.run(program, shots=shots, meas_level=1,
-                                  meas_return="single" if single else "avg",
-                                  parameter_binds=binds).result()
-        return np.array([np.asarray(result.get_memory(k)) for k in range(points)])
+        job = self.backend.run(program, shots=shots, meas_level=1,
+                               meas_return="single" if single else "avg", parameter_binds=binds)
+        return np.array(job.memory_arrays())
 
     def run_bits(self, programs: list[PulseProgram], shots: int,
                  centres: dict[int, tuple[complex, complex]]) -> np.ndarray:

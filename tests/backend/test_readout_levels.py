@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
+from qiskit.providers import JobError
 
 from labqpu.backend.backend import REP_DELAY_T1_FACTOR, default_rep_delay_s
 from labqpu.drivers.controller import ControllerClient
@@ -23,6 +24,45 @@ def prepared(x: bool) -> QuantumCircuit:
         qc.x(0)
     qc.measure(0, 0)
     return qc
+
+
+@pytest.mark.parametrize("meas_return", ["single", "avg"])
+def test_level_1_memory_arrays_are_what_get_memory_returns(lab_backend, meas_return) -> None:
+    """``job.memory_arrays()`` (the calibration's way to IQ, without the Result's nested
+    lists) equals ``result().get_memory(i)`` exactly, for every experiment of a job: plain
+    circuits, two with the same structure and other angles (merged into one run of two
+    points), and one whose clbit 1 is written twice and clbit 0 never."""
+    turned = []
+    for angle in (0.3, 1.2):
+        qc = QuantumCircuit(1, 1, name=f"rx{angle}")
+        qc.rx(angle, 0)
+        qc.measure(0, 0)
+        turned.append(qc)
+    twice = QuantumCircuit(1, 2, name="twice")
+    twice.x(0)
+    twice.measure(0, 1)
+    twice.x(0)
+    twice.measure(0, 1)
+    native = transpile([prepared(False), *turned, twice, prepared(True)], lab_backend,
+                       initial_layout=[0])
+    job = lab_backend.run(native, shots=300, meas_level=1, meas_return=meas_return,
+                          seed_simulator=5)
+    arrays = job.memory_arrays(timeout=120)
+    result = job.result()
+    assert len(arrays) == len(native)
+    for i, memory in enumerate(arrays):
+        assert np.array_equal(memory, result.get_memory(i)), i
+    shape = (2,) if meas_return == "avg" else (300, 2)
+    assert arrays[3].shape == shape and not np.any(arrays[3][..., 0])
+    assert abs(arrays[0].mean() - arrays[4].mean()) > 0.1  # |0> and |1> apart
+
+
+def test_memory_arrays_need_level_1(lab_backend) -> None:
+    job = lab_backend.run(transpile(prepared(True), lab_backend, initial_layout=[0]), shots=50,
+                          seed_simulator=5)
+    with pytest.raises(JobError, match="meas_level=2; memory_arrays"):
+        job.memory_arrays(timeout=120)
+    assert job.result().get_counts()  # the job itself is fine
 
 
 def test_averaged_traces_show_ring_up_and_tell_the_states_apart(lab_backend) -> None:
