@@ -66,8 +66,6 @@ class Kit:
         self.timing = backend.channels.timing
         #: Records of the experiments run with this kit, oldest first (:meth:`record`).
         self.records: list[ExperimentRecord] = []
-        #: Called with each record as :meth:`record` keeps it (None: nobody is told).
-        self.on_record: Callable[[ExperimentRecord], None] | None = None
 
     def record(self, kind: str, subject: int | tuple[int, int], values: dict[str, tuple],
                raw: dict, *, fit: dict[str, float] | None = None,
@@ -110,8 +108,6 @@ class Kit:
             raw=json_ready({**raw, "curves": curves or {}, "marks": marks}),
             settings=json_ready({**(settings or {}),
                                  **({"rejected": rejected} if rejected else {})})))
-        if self.on_record is not None:
-            self.on_record(self.records[-1])
         if rejected:
             raise FitError(f"{label} {kind}: {rejected}; nothing is updated")
         return experiment

@@ -9,17 +9,12 @@ thread and from scripts without a display.
 
 from __future__ import annotations
 
-import logging
 import math
-import queue
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from labqpu.calibration.records import ExperimentRecord
-
-log = logging.getLogger(__name__)
 
 
 def plot_rb(record: ExperimentRecord):
@@ -121,61 +116,3 @@ def save_plot(record: ExperimentRecord, directory: str | Path) -> Path:
     figure = plot_rb(record) if record.kind.startswith("rb_") else plot_sweep(record)
     figure.savefig(path, dpi=110)
     return path
-
-
-#: Longest wait (s) of :meth:`PlotWriter.close` for the plots still queued.
-PLOTS_WAIT_S = 600.0
-
-
-class PlotWriter:
-    """Writes records' plots (:func:`save_plot`) on a thread of its own, in the order
-    submitted: a calibration run goes on with its next experiment, which mostly waits for
-    the device, while the last one's PNG renders (~0.3 s each).
-
-    :meth:`close` (also on leaving a ``with`` block) waits for the queued plots and raises the
-    first error a plot raised; after an error the remaining plots are not written. Only this
-    thread plots until then (matplotlib's object API on separate figures)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._write, name="labqpu-plots", daemon=True)
-        self._thread.start()
-
-    def submit(self, record: ExperimentRecord, directory: str | Path) -> None:
-        """Queue ``<directory>/<experiment>.png`` of ``record``."""
-        self._queue.put((record, directory))
-
-    def _write(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    save_plot(*item)
-                except BaseException as exc:  # raised again by close()
-                    self._error = exc
-
-    def close(self, timeout_s: float = PLOTS_WAIT_S) -> None:
-        """Wait (at most ``timeout_s`` seconds) until every queued plot is written.
-
-        Raises:
-            TimeoutError: plots are still being written after ``timeout_s``.
-            Exception: the first error a plot raised.
-        """
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise TimeoutError(f"experiment plots were still being written after {timeout_s} s")
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> PlotWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # the block's own error goes on; a plot's is only logged
-            self.close()
-        except Exception:
-            log.exception("an experiment plot failed while the run was failing")

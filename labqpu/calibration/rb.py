@@ -91,12 +91,11 @@ def _sequence(width: int, length: int, rng: np.random.Generator
               ) -> tuple[QuantumCircuit, int]:
     """``length`` random Cliffords on ``width`` qubits and the inverse of their product.
 
-    Each Clifford's circuit and each product of the running total with a Clifford are kept by
-    tableau (a single qubit has only 24 Cliffords): the kept circuits are appended, never
-    changed."""
+    Each Clifford's circuit is kept by tableau, and on one qubit (24 Cliffords) so is each
+    product of the running total with a Clifford: the kept circuits are appended, never
+    changed. Two qubits have 11 520 Cliffords, whose products rarely repeat."""
     qc = QuantumCircuit(width)
     total = Clifford(QuantumCircuit(width))
-    total_key = total.tableau.tobytes()
     for _ in range(length):
         c = random_clifford(width, seed=rng)
         key = c.tableau.tobytes()
@@ -107,12 +106,16 @@ def _sequence(width: int, length: int, rng: np.random.Generator
             circuit = _circuits[key] = c.to_circuit()
         qc.compose(circuit, inplace=True)
         qc.barrier()
-        product = _products.get((total_key, key))
+        if width > 1:
+            total = total.compose(c)
+            continue
+        pair = (total.tableau.tobytes(), key)
+        product = _products.get(pair)
         if product is None:
             if len(_products) >= CLIFFORDS_KEPT:
                 _products.clear()
-            product = _products[(total_key, key)] = total.compose(c)
-        total, total_key = product, product.tableau.tobytes()
+            product = _products[pair] = total.compose(c)
+        total = product
     qc.compose(total.adjoint().to_circuit(), inplace=True)
     return qc, length + 1
 

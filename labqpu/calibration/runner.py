@@ -40,7 +40,7 @@ from labqpu.calibration.bootstrap import choose_drive_lo, load_design
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
-from labqpu.calibration.plots import PlotWriter, save_plot
+from labqpu.calibration.plots import save_plot
 from labqpu.calibration.rb import (
     RBOutcome,
     RBSettings,
@@ -352,29 +352,13 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
     return Outcome(n.name, label, "calibrated", reason, check, _changes(kit.work, before))
 
 
-def save_records(records: Sequence[ExperimentRecord], directory: str | Path, *,
-                 plots: bool = True) -> list[Path]:
-    """Write each record's JSON and (unless ``plots`` is false: a :class:`PlotWriter` wrote
-    them as the records came) PNG into ``directory``; returns the JSON paths."""
+def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:
+    """Write each record's JSON and PNG into ``directory``; returns the JSON paths."""
     paths = []
     for record in records:
         paths.append(record.save(directory))
-        if plots:
-            save_plot(record, directory)
+        save_plot(record, directory)
     return paths
-
-
-def _walk_plotting(kit: Kit, directory: str | Path | None, *args, **kwargs) -> list:
-    """:func:`walk` with each experiment's plot written into ``directory`` (None: none) by a
-    :class:`PlotWriter` while the walk goes on; returns when the plots are written."""
-    if directory is None:
-        return walk(kit, *args, **kwargs)
-    with PlotWriter() as plots:
-        kit.on_record = lambda record: plots.submit(record, directory)
-        try:
-            return walk(kit, *args, **kwargs)
-        finally:
-            kit.on_record = None
 
 
 def run_graph(backend, nodes: Sequence[str] | None = None, *,
@@ -433,9 +417,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
-    directory = record_directory or experiments_directory(backend.config.store_path)
-    outcomes = _walk_plotting(kit, directory, steps, shots=shots, forced=forced, limits=limits,
-                              now=now, reporter=reporter)
+    outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
+                    reporter=reporter)
     report = RunReport(outcomes, parent.snapshot_id)
     measured = [c for o in outcomes for c in o.changes]
     builder = SnapshotBuilder.from_snapshot(parent)
@@ -458,7 +441,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
                                                parent_id=parent.snapshot_id,
                                                expect_parent=True)
         report.committed.append(report.snapshot)
-    report.records = save_records(kit.records, directory, plots=False)
+    report.records = save_records(
+        kit.records, record_directory or experiments_directory(backend.config.store_path))
     if with_rb:
         _benchmark_outdated(backend, report, chosen, forced=rb_forced, limits=limits, now=now,
                             settings=rb_settings or RBSettings(),
@@ -676,10 +660,10 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
         if "drive_lo_frequency_hz" not in design.qubits[q]:
             choose_drive_lo(kit, q)
     steps = plan(None, qubits, backend.config.coupling_map, _available_nodes(backend))
-    outcomes = _walk_plotting(kit, record_directory, steps, shots=shots,
-                              forced={n.name for n in NODES}, reporter=LineReporter(progress))
+    outcomes = walk(kit, steps, shots=shots, forced={n.name for n in NODES},
+                    reporter=LineReporter(progress))
     if record_directory is not None:
-        save_records(kit.records, record_directory, plots=False)
+        save_records(kit.records, record_directory)
     bad = [o for o in outcomes if o.status in ("failed", "blocked")]
     if bad:
         raise FitError("bootstrap: " + "; ".join(f"{o.node} on {o.subject}: {o.reason}"

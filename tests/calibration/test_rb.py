@@ -8,8 +8,10 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-from qiskit.quantum_info import Operator
+from qiskit import QuantumCircuit
+from qiskit.quantum_info import Clifford, Operator, random_clifford
 
+from labqpu.calibration import rb as rb_module
 from labqpu.calibration.plots import save_plot
 from labqpu.calibration.rb import (
     RBData,
@@ -134,9 +136,21 @@ def test_a_sequence_with_its_inverse_is_the_identity(width):
     assert cliffords == 13
     assert Operator(qc.remove_final_measurements(inplace=False)).equiv(
         Operator(np.eye(2 ** width)))
-    # Drawn again, from the Cliffords and products kept the first time: the same circuit.
-    again, _ = _sequence(width, 12, np.random.default_rng(7))
-    assert again == qc
+    # Built without the kept circuits and products, from the same draws: the same circuit,
+    # and again from the kept ones.
+    rng = np.random.default_rng(7)
+    plain = QuantumCircuit(width)
+    total = Clifford(QuantumCircuit(width))
+    for _ in range(12):
+        c = random_clifford(width, seed=rng)
+        plain.compose(c.to_circuit(), inplace=True)
+        plain.barrier()
+        total = total.compose(c)
+    plain.compose(total.adjoint().to_circuit(), inplace=True)
+    rb_module._circuits.clear()
+    rb_module._products.clear()
+    assert _sequence(width, 12, np.random.default_rng(7))[0] == plain
+    assert _sequence(width, 12, np.random.default_rng(7))[0] == plain
     long, _ = _sequence(width, 80 // width, np.random.default_rng(8))
     assert Operator(long).equiv(Operator(np.eye(2 ** width)))
 
