@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import logging
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, JobV1
@@ -171,36 +172,48 @@ class LabJob(JobV1):
             if counts_only and run.points == 1 else None,
         )) for i, run in enumerate(self._runs)]
 
-    def _build_result(self, records: list[RunRecord]) -> Result:
-        opts = self._options
-        backend = self.backend()
-        shots = opts["shots"]
-        experiments = []
+    def _experiments(self, records: list[RunRecord]
+                     ) -> Iterator[tuple[Run, RunRecord, int, PulseProgram, np.ndarray]]:
+        """(run, its record, point k, the experiment's program, its IQ rows) of every
+        experiment, in order.
+
+        Raises:
+            JobError: a record holds another number of rows than its run's points x shots.
+        """
+        shots = self._options["shots"]
         for run, record in zip(self._runs, records, strict=True):
             if record.iq.shape[0] != run.points * shots:
                 raise JobError(f"job {self.job_id()}: the controller returned "
                                f"{record.iq.shape[0]} rows for {run.points} point(s) of "
                                f"{shots} shots")
             for k, member in enumerate(run.members):
-                result = experiment_result(
-                    member, record.iq[k * shots:(k + 1) * shots], shots=shots,
-                    meas_level=opts["meas_level"], meas_return=opts["meas_return"],
-                    memory=opts["memory"], snapshot=self._snapshot,
-                    provenance=record.provenance, traces=record.traces,
-                    trace_decimation=record.trace_decimation,
-                    data=None if record.digest is None else record.digest[k])
-                if run.explicit:
-                    result["header"]["metadata"] = {
-                        **result["header"]["metadata"],
-                        "parameter_binds": dict(zip(run.program.param_names, run.rows[k],
-                                                    strict=True)),
-                        "sweep_point": k}
-                elif run.rows is not None:  # merged: this circuit's own program, bound
-                    result["header"]["reproducibility"]["point_program_hash"] = \
-                        member.content_hash
-                    result["header"]["metadata"] = {**result["header"]["metadata"],
-                                                    "sweep_point": k}
-                experiments.append(result)
+                yield run, record, k, member, record.iq[k * shots:(k + 1) * shots]
+
+    def _build_result(self, records: list[RunRecord]) -> Result:
+        opts = self._options
+        backend = self.backend()
+        shots = opts["shots"]
+        experiments = []
+        for run, record, k, member, iq in self._experiments(records):
+            result = experiment_result(
+                member, iq, shots=shots,
+                meas_level=opts["meas_level"], meas_return=opts["meas_return"],
+                memory=opts["memory"], snapshot=self._snapshot,
+                provenance=record.provenance, traces=record.traces,
+                trace_decimation=record.trace_decimation,
+                data=None if record.digest is None else record.digest[k])
+            if run.explicit:
+                result["header"]["metadata"] = {
+                    **result["header"]["metadata"],
+                    "parameter_binds": dict(zip(run.program.param_names, run.rows[k],
+                                                strict=True)),
+                    "sweep_point": k}
+            elif run.rows is not None:  # merged: this circuit's own program, bound
+                result["header"]["reproducibility"]["point_program_hash"] = \
+                    member.content_hash
+                result["header"]["metadata"] = {**result["header"]["metadata"],
+                                                "sweep_point": k}
+            experiments.append(result)
         return Result.from_dict({
             "backend_name": backend.name, "backend_version": backend.backend_version,
             "job_id": self.job_id(), "qobj_id": self.job_id(), "success": True,
@@ -258,22 +271,14 @@ class LabJob(JobV1):
         if opts["meas_level"] != 1:
             raise JobError(f"job {self.job_id()} ran with meas_level={opts['meas_level']}; "
                            "memory_arrays() reads level-1 memory (meas_level=1)")
-        records = self._wait_records(timeout)
-        shots = opts["shots"]
         out = []
-        for run, record in zip(self._runs, records, strict=True):
-            if record.iq.shape[0] != run.points * shots:
-                raise JobError(f"job {self.job_id()}: the controller returned "
-                               f"{record.iq.shape[0]} rows for {run.points} point(s) of "
-                               f"{shots} shots")
-            for k, member in enumerate(run.members):
-                iq = record.iq[k * shots:(k + 1) * shots]
-                if iq.shape[1] != member.acq_port.shape[0]:
-                    raise JobError(f"job {self.job_id()}: results could not be built: the "
-                                   f"controller returned IQ of shape {iq.shape}, expected "
-                                   f"({shots}, {member.acq_port.shape[0]})")
-                pairs = level_1_pairs(member, iq, opts["meas_return"])
-                out.append(pairs[..., 0] + 1j * pairs[..., 1])
+        for _, _, _, member, iq in self._experiments(self._wait_records(timeout)):
+            if iq.shape[1] != member.acq_port.shape[0]:
+                raise JobError(f"job {self.job_id()}: results could not be built: the "
+                               f"controller returned IQ of shape {iq.shape}, expected "
+                               f"({iq.shape[0]}, {member.acq_port.shape[0]})")
+            pairs = level_1_pairs(member, iq, opts["meas_return"])
+            out.append(pairs[..., 0] + 1j * pairs[..., 1])
         return out
 
     def cancel(self) -> bool:
