@@ -4,7 +4,10 @@ RB records have their own figure (:func:`plot_rb`); every other record is a swee
 (:func:`plot_sweep`).
 
 matplotlib's object API on an Agg canvas (no pyplot state), so plots can be written from any
-thread and from scripts without a display.
+thread and from scripts without a display. The axes sit at fixed margins (inches) rather than
+under a layout engine: constrained layout drew each figure twice and was ~35 % of a plot's
+time, in a calibration run that writes one plot per experiment. Axes in seconds or hertz
+(a label ending in "(s)" or "(Hz)") get engineering ticks (25 µs, 7.118 GHz).
 """
 
 from __future__ import annotations
@@ -16,19 +19,44 @@ import numpy as np
 
 from labqpu.calibration.records import ExperimentRecord
 
+#: Figure width and the margins around the data axes (inches): room for the rotated y label
+#: and its tick labels on the left, the title on top, the x label and ticks below.
+WIDTH_IN = 6.4
+LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 0.95, 0.2, 0.4, 0.6
+#: Height of the data axes and of one line of the values' text under a sweep (inches).
+AXES_IN = 3.4
+LINE_IN = 0.16
+
+
+def _figure(text_in: float):
+    """A figure with data axes at the fixed margins and ``text_in`` inches below them."""
+    from matplotlib.figure import Figure
+
+    height = TOP_IN + AXES_IN + BOTTOM_IN + text_in
+    fig = Figure(figsize=(WIDTH_IN, height))
+    ax = fig.add_axes((LEFT_IN / WIDTH_IN, (text_in + BOTTOM_IN) / height,
+                       (WIDTH_IN - LEFT_IN - RIGHT_IN) / WIDTH_IN, AXES_IN / height))
+    return fig, ax, height
+
+
+def _engineering_x(ax, label: str) -> None:
+    """Engineering tick labels (µs, GHz) on an x axis whose ``label`` ends in (s) or (Hz)."""
+    from matplotlib.ticker import EngFormatter
+
+    for unit in ("s", "Hz"):
+        if label.endswith(f"({unit})"):
+            ax.xaxis.set_major_formatter(EngFormatter(unit=unit))
+
 
 def plot_rb(record: ExperimentRecord):
     """Figure of an RB record: survival of every sequence (dots), the mean per length with its
     standard error, the fitted decay, and the gate errors measured against the old ones."""
-    from matplotlib.figure import Figure
-
     raw = record.raw
     lengths = np.asarray(raw["lengths"], dtype=float)
     survival = np.asarray(raw["survival"], dtype=float)
     fit = record.fit
     alpha = record.values["alpha"][0]
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax, _ = _figure(0.0)
     for j in range(survival.shape[1]):
         ax.plot(lengths, survival[:, j], ".", color="0.65", ms=4,
                 label="each sequence" if j == 0 else None)
@@ -78,12 +106,10 @@ def plot_sweep(record: ExperimentRecord):
     """Figure of a sweep record (every graph experiment): each data series (dots), the fitted
     curves (lines), the chosen value (solid vertical line) and the old one (dashed), and the
     values with their standard errors against the old ones."""
-    from matplotlib.figure import Figure
-
     raw = record.raw
     lines = _value_lines(record)
-    fig = Figure(figsize=(6.4, 4.4 + 0.16 * len(lines)), layout="constrained")
-    ax, box = fig.subplots(2, 1, height_ratios=[4.2, 0.4 + 0.16 * len(lines)])
+    text_in = 0.25 + LINE_IN * len(lines)
+    fig, ax, height = _figure(text_in)
     for i, (label, data) in enumerate(raw.get("series", {}).items()):
         x, y = ((data["x"], data["y"]) if isinstance(data, dict) else (raw["x"], data))
         ax.plot(x, y, "o", ms=3.5, color=f"C{i}", label=label)
@@ -94,12 +120,13 @@ def plot_sweep(record: ExperimentRecord):
         ax.axvline(marks["old"], color="0.45", ls="--", lw=1, label="old value")
     if "chosen" in marks:
         ax.axvline(marks["chosen"], color="k", lw=1, label="chosen")
-    box.axis("off")
-    box.text(0.0, 1.0, "\n".join(lines), transform=box.transAxes, ha="left", va="top",
-             fontsize=8, family="monospace")
+    fig.text(0.15 / WIDTH_IN, (text_in - 0.1) / height, "\n".join(lines), ha="left",
+             va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)
     if "x_ticks" in raw:
         ax.set_xticks(raw["x"], raw["x_ticks"])
+    else:
+        _engineering_x(ax, raw.get("x_label", ""))
     ax.set_xlabel(raw.get("x_label", ""))
     ax.set_ylabel(raw.get("y_label", ""))
     ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",

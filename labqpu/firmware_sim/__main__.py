@@ -98,5 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once :func:`main` has stopped every server: flush the
+    log and the standard streams, then skip the interpreter's teardown of qiskit, numba and
+    scipy (~0.25 s on every provider close and Ctrl-C; the simulator holds no files, temp
+    directories or exit handlers that it would run)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
