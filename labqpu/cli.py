@@ -24,6 +24,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from labqpu.cli_draw import draw_command, load_circuit
 
@@ -172,7 +173,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim(args: argparse.Namespace) -> int:
+def _sim(args: argparse.Namespace) -> NoReturn:
+    from labqpu.firmware_sim.__main__ import exit_now
     from labqpu.firmware_sim.__main__ import main as sim_main
     from labqpu.rack.config import resolve_config_path
 
@@ -187,7 +189,7 @@ def _sim(args: argparse.Namespace) -> int:
         argv += ["--seed", str(args.seed)]
     if args.no_noise:
         argv.append("--no-noise")
-    return sim_main([*argv, "--log-level", args.log_level])
+    exit_now(sim_main([*argv, "--log-level", args.log_level]))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -6,13 +6,16 @@ RB records have their own figure (:func:`plot_rb`); every other record is a swee
 matplotlib's object API on an Agg canvas (no pyplot state), so plots can be written from any
 thread and from scripts without a display. The axes sit at fixed margins (inches) rather than
 under a layout engine: constrained layout drew each figure twice and was ~35 % of a plot's
-time, in a calibration run that writes one plot per experiment. Axes in seconds or hertz
-(a label ending in "(s)" or "(Hz)") get engineering ticks (25 µs, 7.118 GHz).
+time, in a calibration run that writes one plot per experiment. So that tick labels fit the
+margins, the y axis switches to a power-of-ten multiplier outside 1e-3..1e4, the x axis has at
+most ~7 ticks, and long category labels wrap. An x axis in seconds (a label ending in " (s)")
+that spans more than 1 % of its largest value ticks in engineering units (25 µs, 1.5 µs).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,30 +25,55 @@ from labqpu.calibration.records import ExperimentRecord
 #: Figure width and the margins around the data axes (inches): room for the rotated y label
 #: and its tick labels on the left, the title on top, the x label and ticks below.
 WIDTH_IN = 6.4
-LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 0.95, 0.2, 0.4, 0.6
+LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 1.0, 0.45, 0.4, 0.75
 #: Height of the data axes and of one line of the values' text under a sweep (inches).
 AXES_IN = 3.4
 LINE_IN = 0.16
+#: Most intervals between x ticks; characters per line of a category label on the x axis.
+X_BINS = 6
+TICK_LABEL_CHARS = 12
+#: Smallest span of an x axis in seconds, relative to its largest value, that ticks in
+#: engineering units (a narrower one, e.g. 7.1155 s to 7.1156 s, keeps an offset instead).
+ENGINEERING_MIN_SPAN = 0.01
 
 
 def _figure(text_in: float):
-    """A figure with data axes at the fixed margins and ``text_in`` inches below them."""
+    """A figure with data axes at the fixed margins and ``text_in`` inches below them; the
+    y tick labels use a power-of-ten multiplier outside 1e-3..1e4 (they must fit the left
+    margin)."""
     from matplotlib.figure import Figure
 
     height = TOP_IN + AXES_IN + BOTTOM_IN + text_in
     fig = Figure(figsize=(WIDTH_IN, height))
     ax = fig.add_axes((LEFT_IN / WIDTH_IN, (text_in + BOTTOM_IN) / height,
                        (WIDTH_IN - LEFT_IN - RIGHT_IN) / WIDTH_IN, AXES_IN / height))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     return fig, ax, height
 
 
-def _engineering_x(ax, label: str) -> None:
-    """Engineering tick labels (µs, GHz) on an x axis whose ``label`` ends in (s) or (Hz)."""
-    from matplotlib.ticker import EngFormatter
+def _x_ticks(ax, raw: dict) -> None:
+    """The x axis's ticks: the record's category labels (wrapped), or at most ``X_BINS``
+    intervals, in engineering units for seconds (:data:`ENGINEERING_MIN_SPAN`)."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
-    for unit in ("s", "Hz"):
-        if label.endswith(f"({unit})"):
-            ax.xaxis.set_major_formatter(EngFormatter(unit=unit))
+    if "x_ticks" in raw:
+        ax.set_xticks(raw["x"], [textwrap.fill(str(t), TICK_LABEL_CHARS)
+                                 for t in raw["x_ticks"]])
+        return
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=X_BINS, steps=[1, 2, 2.5, 5, 10]))
+    xs = np.array([v for x, _ in _series(raw) for v in x if v is not None], dtype=float)
+    xs = xs[np.isfinite(xs)]
+    if not raw.get("x_label", "").endswith(" (s)") or xs.size < 2:
+        return
+    top = float(np.abs(xs).max())
+    if top > 0 and float(np.ptp(xs)) >= ENGINEERING_MIN_SPAN * top:
+        ax.xaxis.set_major_formatter(EngFormatter(unit="s"))
+
+
+def _series(raw: dict) -> list[tuple[list, list]]:
+    """(x, y) of each data series of a sweep record."""
+    return [(data["x"], data["y"]) if isinstance(data, dict) else (raw["x"], data)
+            for data in raw.get("series", {}).values()]
 
 
 def plot_rb(record: ExperimentRecord):
@@ -110,8 +138,7 @@ def plot_sweep(record: ExperimentRecord):
     lines = _value_lines(record)
     text_in = 0.25 + LINE_IN * len(lines)
     fig, ax, height = _figure(text_in)
-    for i, (label, data) in enumerate(raw.get("series", {}).items()):
-        x, y = ((data["x"], data["y"]) if isinstance(data, dict) else (raw["x"], data))
+    for i, (label, (x, y)) in enumerate(zip(raw.get("series", {}), _series(raw), strict=True)):
         ax.plot(x, y, "o", ms=3.5, color=f"C{i}", label=label)
     for i, (label, curve) in enumerate(raw.get("curves", {}).items()):
         ax.plot(curve["x"], curve["y"], "-", lw=1.3, color=f"C{i + 5}", label=f"fit: {label}")
@@ -123,10 +150,7 @@ def plot_sweep(record: ExperimentRecord):
     fig.text(0.15 / WIDTH_IN, (text_in - 0.1) / height, "\n".join(lines), ha="left",
              va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)
-    if "x_ticks" in raw:
-        ax.set_xticks(raw["x"], raw["x_ticks"])
-    else:
-        _engineering_x(ax, raw.get("x_label", ""))
+    _x_ticks(ax, raw)
     ax.set_xlabel(raw.get("x_label", ""))
     ax.set_ylabel(raw.get("y_label", ""))
     ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",

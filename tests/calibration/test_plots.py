@@ -1,55 +1,117 @@
-"""The PNG of an experiment record: everything drawn lies inside the figure (the axes sit at
-fixed margins, with no layout engine to move them), and axes in seconds or hertz read in
-engineering units."""
+"""The PNG of an experiment record: with the axes at fixed margins (no layout engine moves
+them), every text lies inside the figure, tick labels are distinct and do not run into each
+other, and an axis in seconds reads in engineering units."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from labqpu.calibration.plots import plot_sweep, save_plot
+from labqpu.calibration.plots import plot_rb, plot_sweep, save_plot
 from labqpu.calibration.records import ExperimentRecord
 
+LONG_Y = "X180.Y90 - Y180.X90, projected IQ (a.u.)"
 
-def _record(x_label: str, x: np.ndarray, lines: int = 1) -> ExperimentRecord:
-    y = np.exp(-x / x[len(x) // 4])
+
+def _record(x_label: str, x, y=None, lines: int = 1, x_ticks=None,
+            y_label: str = LONG_Y) -> ExperimentRecord:
+    x = np.asarray(x, dtype=float)
+    y = np.exp(-np.arange(x.size) / 5.0) if y is None else np.asarray(y, dtype=float)
     values = {"t1_s": [5.17e-5, 1.8e-6]}
     values.update({f"extra_value_with_a_long_name_{i}": [0.123456789, 0.0012]
                    for i in range(lines - 1)})
+    raw = {"x": x.tolist(), "series": {"P(1)": y.tolist()},
+           "curves": {"fit": {"x": x.tolist(), "y": y.tolist()}},
+           "marks": {"old": float(x[1]), "chosen": float(x[2])}, "x_label": x_label,
+           "y_label": y_label}
+    if x_ticks is not None:
+        raw["x_ticks"] = x_ticks
     return ExperimentRecord(
         experiment="t1-q2-20261204T000000Z", kind="t1", subject="qubit 2",
         measured_at="2026-12-04T00:00:00Z", values=values, old_values={"t1_s": 5.08e-5},
-        fit={"r_squared": 0.997, "rms_residual": 0.0159},
-        raw={"x": x.tolist(), "series": {"P(1)": y.tolist()},
-             "curves": {"exponential": {"x": x.tolist(), "y": y.tolist()}},
-             "marks": {"old": float(x[5]), "chosen": float(x[6])}, "x_label": x_label,
-             "y_label": "X180.Y90 - Y180.X90, projected IQ (a.u.)"})
+        fit={"r_squared": 0.997, "rms_residual": 0.0159}, raw=raw)
 
 
-@pytest.mark.parametrize("lines", [1, 12])
-def test_nothing_drawn_falls_outside_the_figure(lines):
-    fig = plot_sweep(_record("delay after the pi pulse (s)", np.linspace(0, 2e-4, 21), lines))
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    drawn = fig.get_tightbbox(renderer)
+def _rb_record() -> ExperimentRecord:
+    lengths = [1, 40, 120, 300]
+    survival = [[0.99, 0.995, 0.992], [0.97, 0.965, 0.975], [0.91, 0.9, 0.93], [0.82, 0.8, 0.85]]
+    return ExperimentRecord(
+        experiment="rb-20261204T000000-q4", kind="rb_1q", subject="qubit 4",
+        measured_at="2026-12-04T00:00:00Z",
+        values={"alpha": [0.9985, 1e-4], "epc": [7.4e-4, 6.9e-5], "sx:4.error": [8.9e-4, 1e-4]},
+        old_values={"sx:4.error": 8.83e-4},
+        fit={"amplitude": 0.49, "baseline": 0.5, "reduced_chi2": 0.32},
+        raw={"lengths": lengths, "survival": survival})
+
+
+CASES = {
+    "seconds to 200 µs, 12 value lines": _record("delay after the pi pulse (s)",
+                                                 np.linspace(0, 2e-4, 21), lines=12),
+    "seconds to 175 µs": _record("total free evolution (s)", np.linspace(0, 1.75e-4, 15)),
+    "small negative y": _record("CZs played in a row", np.arange(0, 40, 4.0),
+                                y=np.linspace(-1.5e-4, 3e-4, 10), y_label="population out of |11>"),
+    "qubit frequency, 40 MHz span": _record("drive frequency (Hz)",
+                                            np.linspace(5.8650e9, 5.9050e9, 41)),
+    "readout frequency, 20 kHz span": _record("readout frequency (Hz)",
+                                              np.linspace(7.1155e9, 7.11552e9, 11)),
+    "long category labels": _record("spectator in |1>", [0.0, 1.0, 2.0, 3.0],
+                                    x_ticks=["none", "qubit 0 (spectator)", "qubit 3",
+                                             "qubit 8 (spectator)"]),
+    "a count that ends in (s)": _record("sequence(s)", np.arange(0, 2000, 100.0)),
+}
+
+
+def _figures():
+    return [pytest.param(lambda r=r: plot_sweep(r), id=k) for k, r in CASES.items()] + [
+        pytest.param(lambda: plot_rb(_rb_record()), id="rb")]
+
+
+@pytest.mark.parametrize("make", _figures())
+def test_every_text_is_inside_the_figure_and_tick_labels_are_apart(make):
+    fig = make()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # places the axis labels, the legend and the ticks
+    renderer = canvas.get_renderer()
+    drawn = fig.get_tightbbox(renderer)  # inches, what is drawn
     page = fig.bbox_inches
     assert drawn.x0 >= page.x0 and drawn.y0 >= page.y0
     assert drawn.x1 <= page.x1 and drawn.y1 <= page.y1
-    (ax,) = fig.axes
-    text_top = max(t.get_window_extent(renderer).y1 for t in fig.texts)
-    axis_bottom = ax.get_tightbbox(renderer).y0  # the x label and tick labels included
-    assert text_top < axis_bottom  # the values' text does not run into the axis
+    ax = fig.axes[0]
+    for axis in (ax.xaxis, ax.yaxis):
+        ticks = [t for t in axis.get_ticklabels() if t.get_text()
+                 and axis.get_view_interval().min() <= t.get_position()[axis is ax.yaxis]
+                 <= axis.get_view_interval().max()]
+        labels = [t.get_text() for t in ticks]
+        assert len(set(labels)) == len(labels), labels
+        if axis is ax.xaxis:
+            boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.x0)
+            for left, right in itertools.pairwise(boxes):
+                assert left.x1 < right.x0, labels
+    if fig.texts:  # a sweep's values: below the axis, its labels and ticks
+        text_top = max(t.get_window_extent(renderer).y1 for t in fig.texts)
+        assert text_top < ax.get_tightbbox(renderer).y0
 
 
-@pytest.mark.parametrize(("label", "x", "expected"), [
-    ("delay after the pi pulse (s)", np.linspace(0, 2e-4, 21), "µs"),
-    ("readout frequency (Hz)", np.linspace(7.1155e9, 7.1215e9, 13), "GHz"),
+@pytest.mark.parametrize(("case", "expected"), [
+    ("seconds to 200 µs, 12 value lines", "µs"),
+    ("seconds to 175 µs", "µs"),
 ])
-def test_seconds_and_hertz_read_in_engineering_units(label, x, expected):
-    fig = plot_sweep(_record(label, x))
+def test_an_axis_in_seconds_reads_in_engineering_units(case, expected):
+    fig = plot_sweep(CASES[case])
     FigureCanvasAgg(fig).draw()
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert ticks and all(t.endswith(expected) for t in ticks if not t.startswith("0 ")), ticks
+
+
+@pytest.mark.parametrize("case", ["a count that ends in (s)", "qubit frequency, 40 MHz span"])
+def test_other_axes_keep_plain_numbers(case):
+    fig = plot_sweep(CASES[case])
+    FigureCanvasAgg(fig).draw()
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert ticks and not any(t.endswith("s") or "Hz" in t for t in ticks), ticks
 
 
 def test_a_record_is_written_as_a_png(tmp_path):
