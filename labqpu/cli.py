@@ -174,6 +174,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> NoReturn:
+    """``labqpu sim``: serve the simulated rack until stopped, then end the process with its
+    exit code (``exit_now``: no interpreter teardown), also when ``main`` is called in-process."""
     from labqpu.firmware_sim.__main__ import exit_now
     from labqpu.firmware_sim.__main__ import main as sim_main
     from labqpu.rack.config import resolve_config_path
