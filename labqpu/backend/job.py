@@ -14,7 +14,12 @@ from qiskit.providers import BackendV2, JobError, JobStatus, JobTimeoutError, Jo
 from qiskit.result import Result
 
 from labqpu.backend.merge import Run
-from labqpu.backend.results import experiment_data, experiment_result, level_1_pairs
+from labqpu.backend.results import (
+    check_iq_shape,
+    experiment_data,
+    experiment_result,
+    level_1_memory,
+)
 from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
@@ -252,9 +257,12 @@ class LabJob(JobV1):
                 try:
                     self._result = self._build_result(records)
                 except (ValueError, KeyError) as exc:
-                    raise JobError(f"job {self.job_id()}: results could not be built: "
-                                   f"{exc}") from exc
+                    raise self._unbuilt(exc) from exc
             return self._result
+
+    def _unbuilt(self, exc: Exception) -> JobError:
+        """The error of a job whose results cannot be built from what the controller returned."""
+        return JobError(f"job {self.job_id()}: results could not be built: {exc}")
 
     def memory_arrays(self, timeout: float | None = None) -> list[np.ndarray]:
         """The level-1 memory of every experiment, in order, as complex arrays: what
@@ -273,12 +281,11 @@ class LabJob(JobV1):
                            "memory_arrays() reads level-1 memory (meas_level=1)")
         out = []
         for _, _, _, member, iq in self._experiments(self._wait_records(timeout)):
-            if iq.shape[1] != member.acq_port.shape[0]:
-                raise JobError(f"job {self.job_id()}: results could not be built: the "
-                               f"controller returned IQ of shape {iq.shape}, expected "
-                               f"({iq.shape[0]}, {member.acq_port.shape[0]})")
-            pairs = level_1_pairs(member, iq, opts["meas_return"])
-            out.append(pairs[..., 0] + 1j * pairs[..., 1])
+            try:
+                check_iq_shape(member, iq, opts["shots"])
+            except ValueError as exc:
+                raise self._unbuilt(exc) from exc
+            out.append(level_1_memory(member, iq, opts["meas_return"]))
         return out
 
     def cancel(self) -> bool:

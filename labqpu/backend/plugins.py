@@ -95,15 +95,17 @@ _PULSE_CLASSES = {"sx": SXGate, "sy": SYGate, "x": XGate}
 _PULSE_MATRICES = {name: _read_only(cls()) for name, cls in _PULSE_CLASSES.items()}
 
 
+def _rz_phases(angle: float) -> np.ndarray:
+    """The diagonal of rz(angle): (e^{-i angle/2}, e^{i angle/2})."""
+    return np.array([cmath.exp(-0.5j * angle), cmath.exp(0.5j * angle)])
+
+
 def _matrix(seq: list[tuple[str, float]]) -> np.ndarray:
     """The product of ``seq`` ((name, angle) in circuit order): rz(a) = diag(e^{-ia/2},
     e^{ia/2}), the pulses from :data:`_PULSE_MATRICES`."""
     m = np.eye(2, dtype=complex)
     for name, angle in seq:
-        if name == "rz":
-            m = m * np.array([[cmath.exp(-0.5j * angle)], [cmath.exp(0.5j * angle)]])
-        else:
-            m = _PULSE_MATRICES[name] @ m
+        m = _rz_phases(angle)[:, None] * m if name == "rz" else _PULSE_MATRICES[name] @ m
     return m
 
 
@@ -318,7 +320,7 @@ class PulseEfficient1q(TransformationPass):
         if name == "rz" and isinstance(op, RZGate):
             angle = op.params[0]
             if isinstance(angle, float | int):
-                return np.array([[cmath.exp(-0.5j * angle), 0], [0, cmath.exp(0.5j * angle)]])
+                return np.diag(_rz_phases(angle))
         fixed = _PULSE_MATRICES.get(name)
         if fixed is not None and isinstance(op, _PULSE_CLASSES[name]):
             return fixed

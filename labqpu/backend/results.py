@@ -57,9 +57,7 @@ def experiment_data(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_l
         ValueError: the IQ or traces have the wrong shape.
         BackendPropertyError: meas_level 2 and a measured qubit has no discriminator.
     """
-    if iq.shape != (shots, program.acq_port.shape[0]):
-        raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
-                         f"({shots}, {program.acq_port.shape[0]})")
+    check_iq_shape(program, iq, shots)
     data: dict = {}
     if meas_level == 2 and not program.num_clbits:  # no bits, no outcomes (as BasicSimulator)
         data["counts"] = {}
@@ -80,21 +78,28 @@ def experiment_data(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_l
     elif meas_level == 0:
         data["memory"] = _trace_memory(program, traces, shots, meas_return)
     else:
-        data["memory"] = level_1_pairs(program, iq, meas_return).tolist()
+        slots = level_1_memory(program, iq, meas_return)
+        data["memory"] = np.stack([slots.real, slots.imag], axis=-1).tolist()  # [re, im] pairs
     return data
 
 
-def level_1_pairs(program: PulseProgram, iq: np.ndarray, meas_return: str) -> np.ndarray:
-    """Level-1 memory as an array of [re, im] pairs: (shots, memory slots, 2) per shot, or
-    (memory slots, 2) averaged over the shots (``meas_return="avg"``), from the IQ points
-    (shots x acquisitions); a slot no acquisition writes holds 0, a later acquisition into a
-    slot overwrites an earlier one."""
+def check_iq_shape(program: PulseProgram, iq: np.ndarray, shots: int) -> None:
+    """Raise ``ValueError`` unless ``iq`` holds ``shots`` rows of one IQ point per acquisition
+    of ``program``."""
+    if iq.shape != (shots, program.acq_port.shape[0]):
+        raise ValueError(f"controller returned IQ of shape {iq.shape}, expected "
+                         f"({shots}, {program.acq_port.shape[0]})")
+
+
+def level_1_memory(program: PulseProgram, iq: np.ndarray, meas_return: str) -> np.ndarray:
+    """Level-1 memory, complex: (shots, memory slots) per shot, or (memory slots,) averaged
+    over the shots (``meas_return="avg"``), from the IQ points (shots x acquisitions); a slot
+    no acquisition writes holds 0, a later acquisition into a slot overwrites an earlier one."""
     slots = np.zeros((iq.shape[0], program.num_clbits), dtype=np.complex128)
     for j, c in enumerate(program.acq_clbit):
         if c >= 0:
             slots[:, c] = iq[:, j]
-    pairs = np.stack([slots.real, slots.imag], axis=-1)
-    return pairs.mean(axis=0) if meas_return == "avg" else pairs
+    return slots.mean(axis=0) if meas_return == "avg" else slots
 
 
 def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas_level: int,
