@@ -28,10 +28,16 @@ also shown with its default threads as context):
 (d) a 1-qubit sequence of 1500 random sx, x and rz with barriers on lab5's qubit 3 (the shape
     of a randomized-benchmarking circuit, whose cost is per pulse), 1000 shots, warm, next to
     Aer on the same circuit with the same noise model as (a).
+(e) 6 layers on lab5's qubits 0-4, each an sx (after a random rz) on every qubit, then a cz on
+    (1, 2) while qubits 3 and 4 each play an sx, barriers making the cz and those pulses end
+    together (as a user's barrier or a scheduler that fills the cz's time would): the flux
+    pulse's cluster 1-2-3-4 then holds two strong drives at once, propagated by split steps.
+    Cold (a new engine) and with new angles (the warm engine, another circuit of this
+    shape), each call next to Aer on the same circuit, as in (a).
 
     python benchmarks/simulator.py            # full: 7 repeats per figure
     python benchmarks/simulator.py --quick    # 3 repeats
-    python benchmarks/simulator.py --quick --only scaling  # circuit|scaling|pulse|sequence
+    python benchmarks/simulator.py --quick --only scaling  # circuit|scaling|pulse|sequence|overlap
 
 Ratios are labqpu time / reference time (below 1: labqpu faster). Nothing here asserts on time.
 """
@@ -86,6 +92,7 @@ SCALING_LAB10_LAYERS = (5, 17, 34)
 #: neighbours, held by their populations).
 SEQUENCE_GATES = 1500
 SEQUENCE_QUBIT = 3
+OVERLAP_LAYERS = 6
 PULSE_SAMPLES = 160
 
 
@@ -400,10 +407,79 @@ def bench_pulse(budget: Budget) -> None:
          "batched eigh")
 
 
+def overlap_circuit(layers: int, seed: int):
+    """(e): ``layers`` of sx after a random rz on qubits 0-4, then cz(1, 2) beside an sx
+    (after a random rz) on qubits 3 and 4, with barriers around each half; measured."""
+    from qiskit import QuantumCircuit
+
+    rng = np.random.default_rng(seed)
+    qc = QuantumCircuit(5)
+    for _ in range(layers):
+        for q in range(5):
+            qc.rz(float(rng.uniform(-np.pi, np.pi)), q)
+            qc.sx(q)
+        qc.barrier()
+        qc.cz(1, 2)
+        for q in (3, 4):
+            qc.rz(float(rng.uniform(-np.pi, np.pi)), q)
+            qc.sx(q)
+        qc.barrier()
+    qc.measure_all()
+    return qc
+
+
+def bench_overlap(budget: Budget) -> None:
+    """(e): a cz beside two strong drives in its cluster, cold and with new angles, each call
+    next to Aer on the same circuit."""
+    from qiskit_aer import AerSimulator
+
+    prep = _prepare(5, 0, layout=list(range(5)), circuit=overlap_circuit(OVERLAP_LAYERS, 1))
+    ops = dict(prep.transpiled.count_ops())
+    print(f"\n[e] {OVERLAP_LAYERS} layers of sx on 5 qubits, then cz(1, 2) beside sx on 3 and 4 "
+          f"(barriers), {ops}, {SHOTS} shots")
+    wire, settings = prep.wire, prep.settings
+    aer_1 = AerSimulator(method="density_matrix", noise_model=prep.noise, max_parallel_threads=1)
+
+    def labqpu_cold():
+        fresh, _ = _engine()
+        return fresh.run(wire, settings, SHOTS, np.random.default_rng(7))
+
+    def aer(tqc):
+        return aer_1.run(tqc, shots=SHOTS, seed_simulator=7).result().get_counts()
+
+    cold_s, aer_cold_s = interleaved([labqpu_cold, lambda: aer(prep.transpiled)],
+                                     budget.repeats)
+    engine = prep.engine
+    engine.run(wire, settings, SHOTS, np.random.default_rng(7))
+    t_other, aer_other = [], []
+    for seed in range(2, 2 + budget.repeats):
+        o = _prepare(5, 0, layout=list(range(5)), circuit=overlap_circuit(OVERLAP_LAYERS, seed))
+        t0 = time.perf_counter()
+        engine.run(o.wire, o.settings, SHOTS, np.random.default_rng(7))
+        t_other.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        aer(o.transpiled)
+        aer_other.append(time.perf_counter() - t0)
+    for label, ours, ref in (("cold: new engine", cold_s, aer_cold_s),
+                             ("new angles: warm engine, a circuit it has not seen", t_other,
+                              aer_other)):
+        t, t_ref = statistics.median(ours), statistics.median(ref)
+        ratios = [a / b for a, b in zip(ours, ref, strict=True)]
+        print(Line(f"cz beside two driven neighbours ({label}) vs qiskit-aer", t, t_ref,
+                   f"{dur(t)}/circuit",
+                   f"{dur(t_ref)}/circuit (AerSimulator density_matrix, 1 thread)").text(),
+              flush=True)
+        info(f"per pair: median {fmt(statistics.median(ratios))}x, range "
+             f"{fmt(min(ratios))}-{fmt(max(ratios))}x over {len(ratios)} pairs")
+    info(f"sub-steps per driven sample the split steps chose (extrapolated from s and 2s): "
+         f"{sorted(set(engine._split_substeps.values()))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats per figure")
-    parser.add_argument("--only", choices=["circuit", "scaling", "pulse", "sequence"],
+    parser.add_argument("--only",
+                        choices=["circuit", "scaling", "pulse", "sequence", "overlap"],
                         default=None)
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
@@ -425,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_pulse(budget)
         if args.only in (None, "sequence"):
             bench_sequence(budget)
+        if args.only in (None, "overlap"):
+            bench_overlap(budget)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s; load average at end "
           f"{os.getloadavg()[0]:.2f}")
     return 0

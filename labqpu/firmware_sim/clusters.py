@@ -61,7 +61,7 @@ from labqpu.firmware_sim.propagation import (
     phase_reference,
     quantised_key,
 )
-from labqpu.firmware_sim.split import SplitParts, split_step_adaptive, split_step_unitary
+from labqpu.firmware_sim.split import SplitParts, split_step_adaptive, split_step_extrapolated
 
 #: Sub-steps per cycle of the fastest drive rotation in the frame of
 #: ``_cluster_common_frame_unitary`` (a drive sample rotates at f~_q - f_ref there and is
@@ -504,7 +504,8 @@ class ClusterBlocks:
                                f_ref: float, parts: SplitParts | None = None) -> np.ndarray:
         """Propagator (bare basis, frame rotating at ``f_ref``) of a cluster part starting at
         sample 0 in which several qubits are driven (``drives``: Hz per sample in each qubit's
-        frame ``f_frame``), by split steps (:mod:`~labqpu.firmware_sim.split`).
+        frame ``f_frame``), by split steps extrapolated to fourth order
+        (:mod:`~labqpu.firmware_sim.split`).
 
         The sub-steps per sample are chosen by step doubling once per shape, ``base_key`` (the
         part's cache key without its drives) and the drives with every phase but the
@@ -533,7 +534,7 @@ class ClusterBlocks:
             self._split_substeps[shape_key] = sub
             if all(np.array_equal(shape[q], z) for q, z in drives.items()):
                 return u
-        return split_step_unitary(const, diag, spec(drives), 0, fs, k, sub, parts)
+        return split_step_extrapolated(const, diag, spec(drives), 0, fs, k, sub, parts)
 
 
 def _cluster_steps(driven: np.ndarray, f_hz: np.ndarray, sub: int

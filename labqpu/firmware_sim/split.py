@@ -19,9 +19,14 @@ the blocks of exp(H_s) (the rows are kept sorted by N, so each block is a contig
 on four transmons ~1/6 of a dense 81 x 81 product), instead of one 3^k x 3^k
 diagonalisation.
 
-:func:`split_step_adaptive` doubles ``sub`` until two successive propagators differ by at most
-3 ``tol`` (max over entries): for a second-order method the finer one is then within ~``tol``
-of the converged propagator (Richardson: err(2s) ~ |U(s) - U(2s)| / 3).
+The split's error has only even powers of tau (the step is symmetric in time), so the
+Richardson combination R(s) = (4 U(2s) - U(s)) / 3 of the propagators at ``s`` and ``2s``
+sub-steps is fourth order (:func:`split_step_extrapolated`); one Newton-Schulz step makes it
+unitary again (its departure from unitarity is of the order of its error; after the step, of
+that squared). :func:`split_step_adaptive` doubles ``s`` from 2 until R(s) is within ``tol`` of
+R(2s) (max over entries; R(2s) is ~16x closer to the converged propagator, so the difference
+is R(s)'s error). Two 15 MHz pulses on three coupled transmons need s = 2 (six sub-steps per
+sample) where the split alone needed 32 for the same error.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from labqpu.firmware_sim.density_kernels import FAST_MATH
 #: Largest estimated error (max over entries) of a split-step cluster propagator.
 SPLIT_TOL = 1e-5
 #: Most sub-steps per driven sample :func:`split_step_adaptive` tries (a drive strong or fast
-#: enough to need more is propagated at this many, its estimate above ``SPLIT_TOL``).
+#: enough to need more is propagated at a quarter and half this many, extrapolated, its
+#: estimate above ``SPLIT_TOL``).
 SPLIT_MAX_SUBSTEPS = 256
 #: Most bytes of arrays a :class:`SplitParts` keeps (on four transmons ~18 KB per sample
 #: diagonal and as much per step length used with it).
@@ -236,23 +242,54 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
     return out
 
 
+def split_step_extrapolated(const_hz: np.ndarray, diag_hz: np.ndarray,
+                            drives: list[tuple[int, np.ndarray, float]], b0: int, fs_hz: float,
+                            k: int, sub: int, parts: SplitParts | None = None) -> np.ndarray:
+    """The Richardson extrapolation (4 U(2 ``sub``) - U(``sub``)) / 3 of
+    :func:`split_step_unitary` (arguments as there), made unitary (module docstring)."""
+    parts = SplitParts() if parts is None else parts
+    coarse = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, sub, parts)
+    fine = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, 2 * sub, parts)
+    return _unitarised(_richardson(coarse, fine))
+
+
+def _richardson(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """(4 fine - coarse) / 3: the fourth-order combination of two split propagators whose
+    sub-steps differ by a factor 2."""
+    return (4.0 * fine - coarse) / 3.0
+
+
+def _unitarised(u: np.ndarray) -> np.ndarray:
+    """One Newton-Schulz step towards the unitary polar factor of ``u``: u (3 - u^dag u) / 2,
+    whose departure from unitarity is the square of ``u``'s (to leading order)."""
+    gram = u.conj().T @ u
+    gram *= -0.5
+    gram[np.diag_indices_from(gram)] += 1.5
+    return u @ gram
+
+
 def split_step_adaptive(const_hz: np.ndarray, diag_hz: np.ndarray,
                         drives: list[tuple[int, np.ndarray, float]], b0: int, fs_hz: float,
                         k: int, tol: float = SPLIT_TOL, parts: SplitParts | None = None
                         ) -> tuple[np.ndarray, int]:
-    """(propagator, sub-steps per driven sample) of :func:`split_step_unitary` (``parts`` as
-    there), doubling the sub-steps from 2 until the propagator moves by at most 3 ``tol`` (max
-    over entries), or
-    :data:`SPLIT_MAX_SUBSTEPS` is reached (from 2: at 1 sub-step the error can still be far
-    from its second-order behaviour, and two coarse propagators could agree by chance)."""
+    """(propagator, sub) of :func:`split_step_extrapolated` (``parts`` as there) at the first
+    ``sub`` from 2 (doubling) whose extrapolation is within ``tol`` of the one at 2 ``sub``
+    (max over entries), or at the last ``sub`` for which the finest split tried has at most
+    :data:`SPLIT_MAX_SUBSTEPS` sub-steps (from 2: at 1 sub-step the error can still be far from
+    its asymptotic behaviour, and two coarse propagators could agree by chance). Later
+    propagations of the same shape at ``sub`` give the same operator as this one."""
     sub = 2
     parts = SplitParts() if parts is None else parts
-    u = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, sub, parts)
-    while 2 * sub <= SPLIT_MAX_SUBSTEPS:
-        finer = split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, 2 * sub, parts)
-        sub *= 2
-        converged = np.abs(finer - u).max() <= 3.0 * tol
-        u = finer
-        if converged:
+
+    def split(s: int) -> np.ndarray:
+        return split_step_unitary(const_hz, diag_hz, drives, b0, fs_hz, k, s, parts)
+
+    upper = split(2 * sub)
+    current = _richardson(split(sub), upper)
+    while 4 * sub <= SPLIT_MAX_SUBSTEPS:
+        finest = split(4 * sub)
+        finer = _richardson(upper, finest)
+        if np.abs(finer - current).max() <= tol:
             break
-    return u, sub
+        sub, upper, current = 2 * sub, finest, finer
+    return _unitarised(current), sub

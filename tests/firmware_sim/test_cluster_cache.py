@@ -26,7 +26,7 @@ from labqpu.firmware_sim.clusters import cluster_drive_key, rotate_excitation_ph
 from labqpu.firmware_sim.density import _level_numbers
 from labqpu.firmware_sim.device import load_device, load_rack
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings
-from labqpu.firmware_sim.split import SPLIT_TOL, split_step_unitary
+from labqpu.firmware_sim.split import SPLIT_TOL, split_step_extrapolated
 
 DEVICE = load_device("lab5")
 RACK = load_rack(Path(labqpu.__file__).parent / "data" / "lab5.toml")
@@ -93,9 +93,9 @@ def uncached(engine: PhysicsEngine, ctx: _RunContext, cluster: list[int], b0: in
         k = len(cluster)
         const = engine._cluster_static(cluster, h_corr)
         diag = (engine._cluster_frequencies(cluster, flux) - f_c) @ _level_numbers(k)
-        u = split_step_unitary(const, diag, [(cluster.index(q), z, f_frame[cluster.index(q)]
-                                              - f_c) for q, z in drives.items()],
-                               b0, FS, k, sub)
+        u = split_step_extrapolated(const, diag, [(cluster.index(q), z,
+                                                   f_frame[cluster.index(q)] - f_c)
+                                                  for q, z in drives.items()], b0, FS, k, sub)
     else:
         u = engine._cluster_common_frame_unitary(cluster, drives, flux, b0, b1, f_bare,
                                                  f_frame, h_corr, f_c)
