@@ -104,14 +104,19 @@ def _drive_steps(z_hz: np.ndarray, offset_hz: float, t0_samples: np.ndarray, fs_
                  sub: int) -> np.ndarray:
     """exp(-i 2 pi V_q(t_m) tau) on one transmon (3x3) for the ``sub`` midpoints t_m of each
     sample starting at ``t0_samples`` (samples), shape (samples, sub, 3, 3): V_q = (1/2)(w a^dag
-    + w* a), w = z exp(-i 2 pi offset t), with z (Hz) the sample's ``z_hz``."""
+    + w* a), w = z exp(-i 2 pi offset t), with z (Hz) the sample's ``z_hz``. In closed form:
+    V_q's eigenvalues are 0 and +-lam, lam = (sqrt(3) / 2) |w|, so V_q^3 = lam^2 V_q and
+    exp(-i x V_q) = 1 - i (sin(x lam) / lam) V_q + ((cos(x lam) - 1) / lam^2) V_q^2."""
     t = (t0_samples[:, None] + (np.arange(sub) + 0.5)[None, :] / sub) / fs_hz
     w = (z_hz[:, None] * np.exp(-2j * np.pi * offset_hz * t)).reshape(-1)
     a = _ladder()
     h = 0.5 * (w[:, None, None] * a.T[None] + np.conj(w)[:, None, None] * a[None])
-    e, v = np.linalg.eigh(h)
-    phase = np.exp(-2j * np.pi * e / (fs_hz * sub))
-    steps = (v * phase[:, None, :]) @ np.conj(np.swapaxes(v, 1, 2))
+    lam = np.sqrt(0.75) * np.abs(w)
+    x = 2.0 * np.pi / (fs_hz * sub)
+    safe = np.where(lam > 0.0, lam, 1.0)  # w = 0: V_q = 0, any finite coefficient will do
+    steps = (-1j * np.sin(x * lam) / safe)[:, None, None] * h \
+        + ((np.cos(x * lam) - 1.0) / safe**2)[:, None, None] * (h @ h)
+    steps[:, [0, 1, 2], [0, 1, 2]] += 1.0
     return steps.reshape(t0_samples.size, sub, 3, 3)
 
 

@@ -300,7 +300,7 @@ def test_an_engine_block_with_two_driven_neighbours_is_closer_to_converged_than_
     """lab5's cluster 1-2-3-4 with a flux pulse on 2 and 24-sample pulses (~10 MHz) on 3 and 4:
     the engine's split-step part against the common-frame midpoint propagation at 160
     sub-steps per cycle (~6e-6 from converged) is within 4e-5 elementwise (3 SPLIT_TOL and
-    the reference's own error; measured ~1e-5), where that propagation at the 20 sub-steps per
+    the reference's own error; measured 6.6e-6), where that propagation at the 20 sub-steps per
     cycle the engine used before is ~4e-4 off."""
     engine, ctx, cluster, b0, b1 = first_block("two driven qubits, same relative phase")
     drives = {q: engine._drive_hz(ctx, q, b0, b1) for q in (3, 4)}
