@@ -36,7 +36,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from labqpu.firmware_sim.density import _excitation_blocks, _ladder
+from labqpu.firmware_sim.density import _excitation_blocks
 from labqpu.firmware_sim.density_kernels import FAST_MATH
 
 #: Largest estimated error (max over entries) of a split-step cluster propagator.
@@ -100,24 +100,43 @@ def _step_blocks(parts: list[tuple[np.ndarray, np.ndarray]], t_s: float) -> np.n
                            for e, w in parts])
 
 
-def _drive_steps(z_hz: np.ndarray, offset_hz: float, t0_samples: np.ndarray, fs_hz: float,
-                 sub: int) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _drive_steps(z_hz, offset_hz, t0_samples, fs_hz, sub):
     """exp(-i 2 pi V_q(t_m) tau) on one transmon (3x3) for the ``sub`` midpoints t_m of each
-    sample starting at ``t0_samples`` (samples), shape (samples, sub, 3, 3): V_q = (1/2)(w a^dag
-    + w* a), w = z exp(-i 2 pi offset t), with z (Hz) the sample's ``z_hz``. In closed form:
-    V_q's eigenvalues are 0 and +-lam, lam = (sqrt(3) / 2) |w|, so V_q^3 = lam^2 V_q and
-    exp(-i x V_q) = 1 - i (sin(x lam) / lam) V_q + ((cos(x lam) - 1) / lam^2) V_q^2."""
-    t = (t0_samples[:, None] + (np.arange(sub) + 0.5)[None, :] / sub) / fs_hz
-    w = (z_hz[:, None] * np.exp(-2j * np.pi * offset_hz * t)).reshape(-1)
-    a = _ladder()
-    h = 0.5 * (w[:, None, None] * a.T[None] + np.conj(w)[:, None, None] * a[None])
-    lam = np.sqrt(0.75) * np.abs(w)
+    sample starting at ``t0_samples`` (float, samples), shape (samples, sub, 3, 3): V_q =
+    (1/2)(w a^dag + w* a), w = z exp(-i 2 pi offset t), with z (Hz, complex) the sample's
+    ``z_hz``. In closed form: V_q's eigenvalues are 0 and +-lam, lam = (sqrt(3) / 2) |w|, so
+    V_q^3 = lam^2 V_q and exp(-i x V_q) = 1 - i (sin(x lam) / lam) V_q
+    + ((cos(x lam) - 1) / lam^2) V_q^2."""
+    n = z_hz.size
+    out = np.zeros((n, sub, 3, 3), dtype=np.complex128)
     x = 2.0 * np.pi / (fs_hz * sub)
-    safe = np.where(lam > 0.0, lam, 1.0)  # w = 0: V_q = 0, any finite coefficient will do
-    steps = (-1j * np.sin(x * lam) / safe)[:, None, None] * h \
-        + ((np.cos(x * lam) - 1.0) / safe**2)[:, None, None] * (h @ h)
-    steps[:, [0, 1, 2], [0, 1, 2]] += 1.0
-    return steps.reshape(t0_samples.size, sub, 3, 3)
+    r2 = np.sqrt(2.0)
+    for s in range(n):
+        for m in range(sub):
+            angle = -2.0 * np.pi * offset_hz * (t0_samples[s] + (m + 0.5) / sub) / fs_hz
+            w = z_hz[s] * complex(np.cos(angle), np.sin(angle))
+            e = out[s, m]
+            e[0, 0] = 1.0
+            e[1, 1] = 1.0
+            e[2, 2] = 1.0
+            w2 = w.real * w.real + w.imag * w.imag
+            if w2 == 0.0:
+                continue
+            lam = np.sqrt(0.75 * w2)
+            c1 = -1j * np.sin(x * lam) / lam  # times V_q = (1/2)(w a^dag + w* a)
+            c2 = (np.cos(x * lam) - 1.0) / (lam * lam)  # times V_q^2
+            wc = w.conjugate()
+            e[1, 0] = c1 * 0.5 * w
+            e[0, 1] = c1 * 0.5 * wc
+            e[2, 1] = c1 * 0.5 * r2 * w
+            e[1, 2] = c1 * 0.5 * r2 * wc
+            e[0, 0] += c2 * 0.25 * w2
+            e[1, 1] += c2 * 0.75 * w2
+            e[2, 2] += c2 * 0.5 * w2
+            e[0, 2] = c2 * 0.25 * r2 * wc * wc
+            e[2, 0] = c2 * 0.25 * r2 * w * w
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -137,8 +156,7 @@ def _split_sample_kernel(u, half, full, starts, offsets, ops, rows):
     ``_excitation_order``): half (D_{s-1} full ... full D_1 full D_0) half, with ``half`` and
     ``full`` block-diagonal (``_apply_blocks``) and D_m the product over l of the 3x3
     ``ops[m, l]`` acting on the rows ``rows[l]`` ((3^(k-1), 3) per driven transmon,
-    ``_level_rows``); s = ``ops.shape[0]``. Returns a new d x d array."""
-    u = u.copy()
+    ``_level_rows``); s = ``ops.shape[0]``. In place."""
     d = u.shape[1]
     _apply_blocks(u, half, starts, offsets)
     sub = ops.shape[0]
@@ -155,7 +173,6 @@ def _split_sample_kernel(u, half, full, starts, offsets, ops, rows):
                     u[r1, c] = e[1, 0] * v0 + e[1, 1] * v1 + e[1, 2] * v2
                     u[r2, c] = e[2, 0] * v0 + e[2, 1] * v1 + e[2, 2] * v2
         _apply_blocks(u, full if m < sub - 1 else half, starts, offsets)
-    return u
 
 
 class SplitParts:
@@ -237,7 +254,7 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
                       _drive_steps(z[part], off, b0 + part.astype(float), fs_hz, sub))
                      for pos, z, off in drives]
         local = [(rows, ops[i - first]) for rows, on, ops in steps if on[i - first]]
-        u = _split_sample_kernel(
+        _split_sample_kernel(
             u, parts.step(const_hz, row, k, 0.5 * tau), parts.step(const_hz, row, k, tau),
             starts, offsets, np.ascontiguousarray(np.stack([op for _, op in local], axis=1)),
             np.stack([rows for rows, _ in local]))
