@@ -471,8 +471,8 @@ def bench_overlap(budget: Budget) -> None:
               flush=True)
         info(f"per pair: median {fmt(statistics.median(ratios))}x, range "
              f"{fmt(min(ratios))}-{fmt(max(ratios))}x over {len(ratios)} pairs")
-    info(f"sub-steps per driven sample the split steps chose (extrapolated from s and 2s): "
-         f"{sorted(set(engine._split_substeps.values()))}")
+    info(f"sub-steps s per driven sample chosen by step doubling (a part is propagated at s "
+         f"and 2s and extrapolated): {sorted(set(engine._split_substeps.values()))}")
 
 
 def main(argv: list[str] | None = None) -> int:
