@@ -277,8 +277,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: each shape without a table was propagated directly (``clusters`` module docstring).
         self.phase_tables = PropagatorCache(PHASE_TABLES, PHASE_TABLE_BYTES)
         self._phase_shapes: dict[tuple, int] = {}
-        #: Sub-steps per driven sample of split-step cluster parts, by shape
-        #: (``ClusterBlocks._cluster_split_unitary``).
+        #: Sub-steps s per driven sample of split-step cluster parts, by shape: each part is
+        #: propagated at s and 2s and extrapolated (``ClusterBlocks._cluster_split_unitary``).
         self._split_substeps: dict[tuple, int] = {}
         #: Dressed models per set of bare idle frequencies, and cluster dressings.
         self._models: dict[tuple[float, ...], DressedModel] = {}

@@ -42,7 +42,7 @@ from labqpu.firmware_sim.density_kernels import FAST_MATH
 #: Largest estimated error (max over entries) of a split-step cluster propagator.
 SPLIT_TOL = 1e-5
 #: Most sub-steps per driven sample :func:`split_step_adaptive` tries (a drive strong or fast
-#: enough to need more is propagated at a quarter and half this many, extrapolated, its
+#: enough to need more is propagated at half this many and this many, extrapolated, its
 #: estimate above ``SPLIT_TOL``).
 SPLIT_MAX_SUBSTEPS = 256
 #: Most bytes of arrays a :class:`SplitParts` keeps (on four transmons ~18 KB per sample
@@ -125,7 +125,8 @@ def _drive_steps(z_hz, offset_hz, t0_samples, fs_hz, sub):
                 continue
             lam = np.sqrt(0.75 * w2)
             c1 = -1j * np.sin(x * lam) / lam  # times V_q = (1/2)(w a^dag + w* a)
-            c2 = (np.cos(x * lam) - 1.0) / (lam * lam)  # times V_q^2
+            half_sin = np.sin(0.5 * x * lam)  # cos(x lam) - 1 = -2 sin^2(x lam / 2)
+            c2 = -2.0 * half_sin * half_sin / (lam * lam)  # times V_q^2
             wc = w.conjugate()
             e[1, 0] = c1 * 0.5 * w
             e[0, 1] = c1 * 0.5 * wc

@@ -360,8 +360,9 @@ def test_chunks_sharing_a_run_evolve_as_if_alone() -> None:
 
 def _phase_reference_numpy(z: np.ndarray) -> float:
     """``phase_reference`` with its peak search in plain numpy (the reference of the numba
-    search). The phase of the sample found is ``cmath.phase``, as in the engine: numpy's
-    ``angle`` may differ from it in the last bit (numpy 2.4.6 does on one of these cases)."""
+    search). The phase of the sample found is ``cmath.phase``, which is the engine's
+    ``math.atan2``: numpy's ``angle`` may differ from it in the last bit (numpy 2.4.6 does on
+    one of these cases)."""
     mag = np.abs(z)
     return cmath.phase(complex(z[int(np.argmax(mag >= (1.0 - 1e-9) * mag.max()))]))
 

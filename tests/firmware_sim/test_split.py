@@ -17,6 +17,7 @@ import pytest
 import scipy.linalg
 from scipy.integrate import solve_ivp
 
+from labqpu.firmware_sim import split
 from labqpu.firmware_sim.density import _level_numbers
 from labqpu.firmware_sim.split import (
     SPLIT_TOL,
@@ -91,8 +92,8 @@ def exact() -> np.ndarray:
 
 
 def test_the_adaptive_split_is_within_its_tolerance_of_the_exact_propagator(exact) -> None:
-    """Step doubling stops where the estimate says the error is ~SPLIT_TOL: the result is
-    within 3 SPLIT_TOL (3e-5) of the reference elementwise, unitary, and the drives really act
+    """At the default tolerance the result is within 3 SPLIT_TOL (3e-5) of the reference
+    elementwise (measured 3.2e-6, at s = 2), unitary, and the drives really act
     (the propagator without them is more than 0.1 away). It is the extrapolation at the
     sub-steps it returns, so a later propagation of the same shape gives the same operator."""
     const, diag, drives = problem()
@@ -116,6 +117,33 @@ def test_the_adaptive_split_needs_fewer_sub_steps_than_the_split_alone(exact) ->
     plain = {s: np.abs(split_step_unitary(const, diag, drives, B0, FS, 3, s) - exact).max()
              for s in (3 * sub, 16)}
     assert plain[3 * sub] > 3 * SPLIT_TOL and plain[16] > SPLIT_TOL
+
+
+@pytest.mark.parametrize(("tol", "want_sub", "bound"), [(1e-7, 8, 3e-7), (1e-8, 16, 3e-8)])
+def test_step_doubling_stops_at_the_first_s_within_the_tolerance(exact, tol: float,
+                                                                  want_sub: int,
+                                                                  bound: float) -> None:
+    """A tighter tolerance doubles s until the extrapolations at s and 2s agree within it:
+    1e-7 gives s = 8 (error 1.2e-8), 1e-8 gives s = 16 (1.4e-9); the extrapolations at half
+    that s differ by more than the tolerance (so doubling had to go on), and the result is
+    within 3x the tolerance of the reference."""
+    const, diag, drives = problem()
+    u, sub = split_step_adaptive(const, diag, drives, B0, FS, 3, tol=tol)
+    assert sub == want_sub
+    assert np.abs(u - exact).max() <= bound
+    coarser = [split_step_extrapolated(const, diag, drives, B0, FS, 3, s)
+               for s in (sub // 2, sub)]
+    assert np.abs(coarser[0] - coarser[1]).max() > tol
+
+
+def test_step_doubling_stops_at_the_most_sub_steps(exact, monkeypatch) -> None:
+    """With a tolerance no extrapolation meets (0) and at most 16 sub-steps, the propagator
+    is the extrapolation at 8 and 16 sub-steps (s = 8), the finest allowed."""
+    monkeypatch.setattr(split, "SPLIT_MAX_SUBSTEPS", 16)
+    const, diag, drives = problem()
+    u, sub = split_step_adaptive(const, diag, drives, B0, FS, 3, tol=0.0)
+    assert sub == 8
+    assert np.array_equal(u, split_step_extrapolated(const, diag, drives, B0, FS, 3, 8))
 
 
 def test_the_split_converges_at_second_order(exact) -> None:
