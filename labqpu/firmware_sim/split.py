@@ -152,14 +152,15 @@ def _apply_blocks(u, data, starts, offsets):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
-def _split_sample_kernel(u, half, full, starts, offsets, ops, rows):
+def _split_sample_kernel(u, first, full, starts, offsets, ops, rows):
     """One driven sample of split steps applied to ``u`` (d x d, C order, d = 3^k, rows in
-    ``_excitation_order``): half (D_{s-1} full ... full D_1 full D_0) half, with ``half`` and
-    ``full`` block-diagonal (``_apply_blocks``) and D_m the product over l of the 3x3
-    ``ops[m, l]`` acting on the rows ``rows[l]`` ((3^(k-1), 3) per driven transmon,
-    ``_level_rows``); s = ``ops.shape[0]``. In place."""
+    ``_excitation_order``) but for its last half step: (D_{s-1} full ... full D_1 full D_0)
+    first, with ``first`` (the sample's first half step, or that merged with the previous
+    sample's last) and ``full`` block-diagonal (``_apply_blocks``) and D_m the product over l
+    of the 3x3 ``ops[m, l]`` acting on the rows ``rows[l]`` ((3^(k-1), 3) per driven
+    transmon, ``_level_rows``); s = ``ops.shape[0]``. In place."""
     d = u.shape[1]
-    _apply_blocks(u, half, starts, offsets)
+    _apply_blocks(u, first, starts, offsets)
     sub = ops.shape[0]
     for m in range(sub):
         for j in range(rows.shape[0]):
@@ -173,7 +174,8 @@ def _split_sample_kernel(u, half, full, starts, offsets, ops, rows):
                     u[r0, c] = e[0, 0] * v0 + e[0, 1] * v1 + e[0, 2] * v2
                     u[r1, c] = e[1, 0] * v0 + e[1, 1] * v1 + e[1, 2] * v2
                     u[r2, c] = e[2, 0] * v0 + e[2, 1] * v1 + e[2, 2] * v2
-        _apply_blocks(u, full if m < sub - 1 else half, starts, offsets)
+        if m < sub - 1:
+            _apply_blocks(u, full, starts, offsets)
 
 
 class SplitParts:
@@ -237,9 +239,14 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
     steps: list = []  # together: (rows, on, steps) per drive for samples[first:first + chunk]
     first = -chunk
     u = np.eye(d, dtype=np.complex128)[order]
+    pending = None  # the diagonal of the last driven sample, whose last half step is owed
     s = 0
     while s < n_samples:
         row = diag_hz[s]
+        merge = driven[s] and pending is not None and np.array_equal(pending, row)
+        if pending is not None and not merge:
+            _apply_blocks(u, parts.step(const_hz, pending, k, 0.5 * tau), starts, offsets)
+            pending = None
         if not driven[s]:
             end = s + 1
             while end < n_samples and not driven[end] and np.array_equal(diag_hz[end], row):
@@ -255,11 +262,17 @@ def split_step_unitary(const_hz: np.ndarray, diag_hz: np.ndarray,
                       _drive_steps(z[part], off, b0 + part.astype(float), fs_hz, sub))
                      for pos, z, off in drives]
         local = [(rows, ops[i - first]) for rows, on, ops in steps if on[i - first]]
+        # the last half step of the sample before, with the same diagonal, joins this one's
+        # first: one full step
         _split_sample_kernel(
-            u, parts.step(const_hz, row, k, 0.5 * tau), parts.step(const_hz, row, k, tau),
-            starts, offsets, np.ascontiguousarray(np.stack([op for _, op in local], axis=1)),
+            u, parts.step(const_hz, row, k, tau if merge else 0.5 * tau),
+            parts.step(const_hz, row, k, tau), starts, offsets,
+            np.ascontiguousarray(np.stack([op for _, op in local], axis=1)),
             np.stack([rows for rows, _ in local]))
+        pending = row
         s += 1
+    if pending is not None:
+        _apply_blocks(u, parts.step(const_hz, pending, k, 0.5 * tau), starts, offsets)
     out = np.empty_like(u)
     out[order] = u
     return out

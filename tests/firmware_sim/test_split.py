@@ -184,14 +184,58 @@ def test_the_common_frame_is_a_choice_not_physics() -> None:
     assert np.abs(back - u).max() < 1e-10
 
 
-def _sample_reference(u, half, full, ops, positions):
-    """The split steps of one sample with plain numpy (``_split_sample_kernel``'s reference)."""
+def _dense_split(const: np.ndarray, diag: np.ndarray, drives: list, b0: int, sub: int
+                 ) -> np.ndarray:
+    """The plain split of ``firmware_sim.split``'s module docstring with dense matrices and
+    ``scipy.linalg.expm``, sample by sample: a driven sample half (D full ... full D) half,
+    an undriven one exact."""
+    d = const.shape[0]
+    k = round(np.log(d) / np.log(3))
+    lowering = {pos: _embed(A3, pos, k) for pos, _, _ in drives}
+    tau = 1.0 / (FS * sub)
+    u = np.eye(d, dtype=complex)
+    for s in range(diag.shape[0]):
+        h = const + np.diag(diag[s])
+        if not any(z[s] != 0 for _, z, _ in drives):
+            u = scipy.linalg.expm(-2j * np.pi * h / FS) @ u
+            continue
+        half = scipy.linalg.expm(-1j * np.pi * h * tau)
+        u = half @ u
+        for m in range(sub):
+            t = (b0 + s + (m + 0.5) / sub) / FS
+            v = sum(0.5 * (w * lowering[pos].conj().T + np.conj(w) * lowering[pos])
+                    for pos, z, off in drives
+                    for w in [z[s] * np.exp(-2j * np.pi * off * t)])
+            u = scipy.linalg.expm(-2j * np.pi * v * tau) @ u
+            u = (scipy.linalg.expm(-2j * np.pi * h * tau) if m < sub - 1 else half) @ u
+    return u
+
+
+def test_consecutive_samples_with_one_diagonal_share_their_half_steps() -> None:
+    """Driven samples with the same diagonal (a flux pulse's flat top) join the last half
+    step of one to the first of the next; an undriven sample between them, even with that
+    diagonal, and a change of diagonal do not. The propagator equals the plain split written
+    with dense matrices and expm within 1e-12."""
+    const, diag, drives = problem()
+    rows = [5, 5, 5, 5, 5, 5, 5, 9, 9, 9]  # sample 4 (undriven) keeps the flat top's row
+    flat = diag[rows]
+    z = [np.where(np.arange(10) == 4, 0, zs[10:20]) for _, zs, _ in drives]
+    flat_drives = [(pos, zs, off) for (pos, _, off), zs in zip(drives, z, strict=True)]
+    got = split_step_unitary(const, flat, flat_drives, B0, FS, 3, 3)
+    want = _dense_split(const, flat, flat_drives, B0, 3)
+    assert np.abs(got - want).max() < 1e-12
+
+
+def _sample_reference(u, first, full, ops, positions):
+    """The split steps of one sample but its last half step, with plain numpy
+    (``_split_sample_kernel``'s reference)."""
     d = u.shape[0]
-    u = half @ u
+    u = first @ u
     for m in range(ops.shape[0]):
         for j, pos in enumerate(positions):
             u = np.matmul(ops[m, j], u.reshape(3**pos, 3, -1)).reshape(d, d)
-        u = (full if m < ops.shape[0] - 1 else half) @ u
+        if m < ops.shape[0] - 1:
+            u = full @ u
     return u
 
 
