@@ -1,6 +1,6 @@
 """Simulator benchmarks: labqpu's pulse-level physics against qiskit-aer and plain references.
 
-Three comparisons, each measured in the same run on the same machine, single-threaded on both
+Five comparisons, each measured in the same run on the same machine, single-threaded on both
 sides (threadpoolctl limits BLAS to one thread; Aer gets ``max_parallel_threads=1``, and is
 also shown with its default threads as context):
 
