@@ -177,6 +177,33 @@ def _prepare(num_qubits: int, layers: int, seed: int = 1, device: str = "lab5",
                     _aer_noise_model(target, target.num_qubits))
 
 
+def _run_cold(wire, settings):
+    """A run of ``wire`` on a new lab5 engine (every propagator computed), ``SHOTS`` shots."""
+    fresh, _ = _engine()
+    return fresh.run(wire, settings, SHOTS, np.random.default_rng(7))
+
+
+def _new_circuits(engine, others: list[Prepared], aer_sim) -> tuple[list[float], list[float]]:
+    """Wall time (s) of ``engine`` running each of ``others`` once, each followed by
+    ``aer_sim`` on the same transpiled circuit: (labqpu's times, Aer's)."""
+    ours, ref = [], []
+    for o in others:
+        t0 = time.perf_counter()
+        engine.run(o.wire, o.settings, SHOTS, np.random.default_rng(7))
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        aer_sim.run(o.transpiled, shots=SHOTS, seed_simulator=7).result().get_counts()
+        ref.append(time.perf_counter() - t0)
+    return ours, ref
+
+
+def _pairs(ours: list[float], ref: list[float]) -> str:
+    """The per-pair ratios labqpu / Aer of calls made one after the other, summarised."""
+    ratios = [a / b for a, b in zip(ours, ref, strict=True)]
+    return (f"median {fmt(statistics.median(ratios))}x, range {fmt(min(ratios))}-"
+            f"{fmt(max(ratios))}x over {len(ratios)} pairs")
+
+
 def bench_circuit(budget: Budget) -> None:
     from qiskit.quantum_info import hellinger_fidelity
     from qiskit_aer import AerSimulator
@@ -191,10 +218,6 @@ def bench_circuit(budget: Budget) -> None:
     print(f"\n[a] 5-qubit circuit, depth {tqc.depth()}, {ops}, {SHOTS} shots; "
           f"{program.play_port.shape[0]} plays, {program.duration_samples} samples")
 
-    def labqpu_cold():
-        fresh, _ = _engine()
-        return fresh.run(wire, settings, SHOTS, np.random.default_rng(7))
-
     def labqpu_warm():
         return engine.run(wire, settings, SHOTS, np.random.default_rng(7))
 
@@ -207,30 +230,20 @@ def bench_circuit(budget: Budget) -> None:
 
     # labqpu and Aer (1 thread) in turn, call by call: the machine's speed drifts (up to ~2x
     # over minutes here), and only figures taken in the same seconds make a ratio.
-    cold_s, aer_cold_s = interleaved([labqpu_cold, lambda: aer(aer_1)],
+    cold_s, aer_cold_s = interleaved([lambda: _run_cold(wire, settings), lambda: aer(aer_1)],
                                      2 * budget.repeats + 1)
     t_cold, t_aer_cold = statistics.median(cold_s), statistics.median(aer_cold_s)
-    cold_ratios = [c / a for c, a in zip(cold_s, aer_cold_s, strict=True)]
     t_aer_n = seconds_per_call(lambda: aer(aer_n), budget)
     warm_s, aer_s = interleaved([labqpu_warm, lambda: aer(aer_1)], 2 * budget.repeats + 1)
     t_warm, t_aer = statistics.median(warm_s), statistics.median(aer_s)
-    warm_ratios = [w / a for w, a in zip(warm_s, aer_s, strict=True)]
     # The same layers with other random angles on the warm engine, each run once: what a
     # simulator serving new circuits of a known structure pays (drive phases are frame
     # changes, so most propagators hit; blocks with two driven qubits at a new relative phase
     # do not, unless one drive is weak enough to be interpolated in its phase from a table,
     # which the first of these runs may build). Each run is next to Aer on the same circuit.
     others = [_prepare(5, LAYERS, seed=s) for s in range(2, 2 + budget.repeats)]
-    t_other, aer_other = [], []
-    for o in others:
-        t0 = time.perf_counter()
-        engine.run(o.wire, o.settings, SHOTS, np.random.default_rng(7))
-        t_other.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        aer_1.run(o.transpiled, shots=SHOTS, seed_simulator=7).result().get_counts()
-        aer_other.append(time.perf_counter() - t0)
+    t_other, aer_other = _new_circuits(engine, others, aer_1)
     t_new, t_aer_new = statistics.median(t_other), statistics.median(aer_other)
-    new_ratios = [t / a for t, a in zip(t_other, aer_other, strict=True)]
 
     iq = labqpu_warm()
     res = experiment_result(program, iq, shots=SHOTS, meas_level=2, meas_return="single",
@@ -245,12 +258,10 @@ def bench_circuit(budget: Budget) -> None:
         ref = f"{dur(t_ref)}/circuit (AerSimulator density_matrix, T1/T2 + readout, 1 thread)"
         print(Line(f"simulator circuit ({label}) vs qiskit-aer", t, t_ref,
                    f"{dur(t)}/circuit", ref).text(), flush=True)
-    for label, ratios in (("cold", cold_ratios), ("warm", warm_ratios),
-                          ("new angles", new_ratios)):
+    for label, ours_s, ref_s in (("cold", cold_s, aer_cold_s), ("warm", warm_s, aer_s),
+                                 ("new angles", t_other, aer_other)):
         info(f"{label}: labqpu / Aer of calls made one after the other (Aer on the same "
-             f"circuit), median {fmt(statistics.median(ratios))}x, range "
-             f"{fmt(min(ratios))}-{fmt(max(ratios))}x over {len(ratios)} pairs "
-             "(issue 'Physics' asks <= 10x)")
+             f"circuit), {_pairs(ours_s, ref_s)} (issue 'Physics' asks <= 10x)")
     info(f"new angles, each run: {', '.join(dur(t) for t in t_other)} (phase tables held "
          f"after them: {len(engine.phase_tables)})")
     info(f"qiskit-aer with its default threads: {dur(t_aer_n)}/circuit; labqpu warm / that "
@@ -440,37 +451,24 @@ def bench_overlap(budget: Budget) -> None:
     wire, settings = prep.wire, prep.settings
     aer_1 = AerSimulator(method="density_matrix", noise_model=prep.noise, max_parallel_threads=1)
 
-    def labqpu_cold():
-        fresh, _ = _engine()
-        return fresh.run(wire, settings, SHOTS, np.random.default_rng(7))
-
-    def aer(tqc):
-        return aer_1.run(tqc, shots=SHOTS, seed_simulator=7).result().get_counts()
-
-    cold_s, aer_cold_s = interleaved([labqpu_cold, lambda: aer(prep.transpiled)],
-                                     budget.repeats)
+    cold_s, aer_cold_s = interleaved(
+        [lambda: _run_cold(wire, settings),
+         lambda: aer_1.run(prep.transpiled, shots=SHOTS, seed_simulator=7).result().get_counts()],
+        budget.repeats)
     engine = prep.engine
     engine.run(wire, settings, SHOTS, np.random.default_rng(7))
-    t_other, aer_other = [], []
-    for seed in range(2, 2 + budget.repeats):
-        o = _prepare(5, 0, layout=list(range(5)), circuit=overlap_circuit(OVERLAP_LAYERS, seed))
-        t0 = time.perf_counter()
-        engine.run(o.wire, o.settings, SHOTS, np.random.default_rng(7))
-        t_other.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        aer(o.transpiled)
-        aer_other.append(time.perf_counter() - t0)
+    others = [_prepare(5, 0, layout=list(range(5)), circuit=overlap_circuit(OVERLAP_LAYERS, seed))
+              for seed in range(2, 2 + budget.repeats)]
+    t_other, aer_other = _new_circuits(engine, others, aer_1)
     for label, ours, ref in (("cold: new engine", cold_s, aer_cold_s),
                              ("new angles: warm engine, a circuit it has not seen", t_other,
                               aer_other)):
         t, t_ref = statistics.median(ours), statistics.median(ref)
-        ratios = [a / b for a, b in zip(ours, ref, strict=True)]
         print(Line(f"cz beside two driven neighbours ({label}) vs qiskit-aer", t, t_ref,
                    f"{dur(t)}/circuit",
                    f"{dur(t_ref)}/circuit (AerSimulator density_matrix, 1 thread)").text(),
               flush=True)
-        info(f"per pair: median {fmt(statistics.median(ratios))}x, range "
-             f"{fmt(min(ratios))}-{fmt(max(ratios))}x over {len(ratios)} pairs")
+        info(f"per pair: {_pairs(ours, ref)}")
     info(f"sub-steps s per driven sample chosen by step doubling (a part is propagated at s "
          f"and 2s and extrapolated): {sorted(set(engine._split_substeps.values()))}")
 
