@@ -489,19 +489,21 @@ class LabBackend(BackendV2):
                 continue
             qargs = tuple(physical[body.find_bit(q).index] for q in inst.qubits)
             if not target.instruction_supported(name, qargs):
-                where = "on qubits " + str(qargs) if qargs else ""
+                where = f" on qubits {qargs}" if qargs else ""
                 if name in target.operation_names and qargs:
                     placed = sorted(target.qargs_for_operation_name(name) or ())
                     raise InvalidRunInputError(
-                        f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
+                        f"circuit {circuit.name!r}: {name!r}{where} is not in the Target of "
                         f"{self.name} (calibration snapshot {target.snapshot_id}), which has "
                         f"{name} on qubits {placed or 'none'}; transpile the circuit for this "
                         "backend")
                 offered = sorted(target.operation_names)
                 raise InvalidRunInputError(
-                    f"circuit {circuit.name!r}: {name!r} {where} is not in the Target of "
+                    f"circuit {circuit.name!r}: {name!r}{where} is not in the Target of "
                     f"{self.name} (calibration snapshot {target.snapshot_id}; it offers "
-                    f"{offered}); transpile the circuit for this backend")
+                    f"{offered}); " + ("transpile the circuit for this backend" if qargs else
+                                       "it acts on no qubit and transpiling keeps it: labqpu "
+                                       "does not run classical variables or their stores"))
             if name == "if_else":
                 for block in inst.operation.blocks:
                     self._check_instructions(circuit, block, list(qargs), target)

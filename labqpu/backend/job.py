@@ -6,6 +6,8 @@ import concurrent.futures
 import datetime as dt
 import functools
 import logging
+import math
+import numbers
 import threading
 from collections.abc import Iterator
 
@@ -54,6 +56,19 @@ def _counts(program: PulseProgram, shots: int, meas_return: str, snapshot, iq: n
     its job."""
     return [experiment_data(program, iq, shots=shots, meas_level=2, meas_return=meas_return,
                             memory=False, snapshot=snapshot)]
+
+
+def wait_bound(timeout: object) -> float | None:
+    """``timeout`` (s) as a bound for ``Future.result``: None for no bound (None, or beyond
+    what a wait can take: ``math.inf``). Raises ``ValueError`` unless it is None or a real
+    number >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
+            or math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0 (math.inf: no "
+                         f"bound), got {timeout!r}")
+    return None if timeout > threading.TIMEOUT_MAX else float(timeout)
 
 
 class LabJob(JobV1):
@@ -231,10 +246,11 @@ class LabJob(JobV1):
 
     def _wait_records(self, timeout: float | None) -> list[RunRecord]:
         """The runs' records; waits at most ``timeout`` seconds (see :meth:`result`)."""
+        bound = wait_bound(timeout)
         if self._future is None:
             raise JobError(f"job {self.job_id()} was never submitted")
         try:
-            return self._future.result(timeout=timeout)
+            return self._future.result(timeout=bound)
         except concurrent.futures.TimeoutError as exc:
             raise JobTimeoutError(
                 f"job {self.job_id()} did not finish within {timeout} s "
@@ -246,10 +262,13 @@ class LabJob(JobV1):
             raise JobError(f"job {self.job_id()} failed {where}: {exc}") from exc
 
     def result(self, timeout: float | None = None) -> Result:
-        """The job's ``Result``; waits at most ``timeout`` seconds (None: no bound).
+        """The job's ``Result``; waits at most ``timeout`` seconds (None or ``math.inf``: no
+        bound).
 
-        Raises ``JobTimeoutError`` when the job is still queued or running at the deadline and
-        ``JobError`` when it failed (with the instrument's message) or was cancelled.
+        Raises ``JobTimeoutError`` when the job is still queued or running at the deadline,
+        ``JobError`` when it failed (with the instrument's message) or was cancelled, and
+        ``ValueError`` for a ``timeout`` that is not a number of seconds >= 0 (the job is not
+        touched).
         """
         records = self._wait_records(timeout)
         with self._result_lock:

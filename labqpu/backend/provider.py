@@ -40,6 +40,8 @@ class SimulatorProcess:
         # Its stderr goes to an unlinked temporary file and its endpoints come back on its
         # stdout, so nothing is left on disk however this process ends (even by SIGKILL).
         self._log = tempfile.TemporaryFile(prefix="labqpu-sim-")  # noqa: SIM115
+        #: ``failure()`` is asked from the hardware worker while ``stop()`` may close the log.
+        self._log_lock = threading.Lock()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "labqpu.firmware_sim", str(lab_toml),
              "--parent-pid", str(os.getpid())],
@@ -93,9 +95,12 @@ class SimulatorProcess:
                 instrument="firmware simulator") from exc
 
     def _stderr(self) -> str:
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-2000:].strip()
+        with self._log_lock:
+            if self._log.closed:
+                return ""
+            self._log.flush()
+            self._log.seek(0)
+            return self._log.read().decode(errors="replace")[-2000:].strip()
 
     def stop(self) -> None:
         """Terminate the simulator and wait for it (kill after a bound); idempotent."""
@@ -106,9 +111,10 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=SIMULATOR_STOP_TIMEOUT_S)
-        for stream in (self.process.stdout, self._log):
-            if stream is not None and not stream.closed:
-                stream.close()
+        with self._log_lock:
+            for stream in (self.process.stdout, self._log):
+                if stream is not None and not stream.closed:
+                    stream.close()
 
 
 def seed_store(store: CalibrationStore, config: LabConfig) -> None:
@@ -173,9 +179,9 @@ class LabProvider:
                                           validators=(wiring_limits(self.config),))
             self._closers.append(self.store.close)
             seed_store(self.store, self.config)
-            self._queue = LocalHardwareQueue(
-                RackConnection(self.config),
-                health=self.simulator.failure if self.simulator else None)
+            health = self.simulator.failure if self.simulator else None
+            self._queue = LocalHardwareQueue(RackConnection(self.config, peer_failure=health),
+                                             health=health)
             self._closers.append(self._queue.close)
             self._backends = {self.config.device_name: LabBackend(self, self.config, self.store,
                                                                   self._queue)}

@@ -5,7 +5,9 @@ from a silent or restarted controller with the Lazy Pirate pattern: when no repl
 within ``timeout_s`` it closes the socket, opens a fresh one and resends the very same
 request (same request id, same idempotency key), at most ``retries`` times. Because a
 retried ``run`` may reach the controller twice, every ``run`` carries an idempotency key
-and the controller executes a key once.
+and the controller executes a key once. A client that can tell when its controller is gone
+(``peer_failure``: the embedded simulator's process has exited) asks while it waits, and fails
+the request at once instead of after its retries.
 
 Typical use::
 
@@ -23,7 +25,7 @@ import operator
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -48,6 +50,7 @@ from labqpu.drivers.protocol import (
 )
 from labqpu.errors import (
     AuthenticationError,
+    HardwareUnavailableError,
     InstrumentCommandError,
     InstrumentError,
     InstrumentTimeoutError,
@@ -63,6 +66,8 @@ _WAIT_MAX_BACKOFF_S = 0.02
 #: Longest the client asks the controller to hold a fetch (s); it bounds how late a cancel
 #: between two fetches is noticed.
 _HOLD_S = 0.25
+#: How often a client with ``peer_failure`` asks it while it waits for a reply (s).
+_PEER_CHECK_S = 0.1
 
 
 class ControllerClient:
@@ -79,6 +84,10 @@ class ControllerClient:
             it on ``close()``.
         credentials: JSON-able object sent with ``hello`` for the controller's authenticator
             (the simulator's default allows everyone and needs none).
+        peer_failure: says why the controller can no longer answer (its process exited), or
+            None while it may; asked every 0.1 s while a reply is awaited, so that a request
+            to a dead controller raises ``HardwareUnavailableError`` with that reason at once
+            rather than ``InstrumentTimeoutError`` after its retries. None: not asked.
 
     Raises:
         ValueError: ``timeout_s`` not positive or ``retries`` negative.
@@ -92,6 +101,7 @@ class ControllerClient:
         retries: int = 2,
         context: zmq.Context | None = None,
         credentials: Mapping[str, Any] | None = None,
+        peer_failure: Callable[[], str | None] | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 s, got {timeout_s!r}")
@@ -101,6 +111,7 @@ class ControllerClient:
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self._credentials = None if credentials is None else dict(credentials)
+        self._peer_failure = peer_failure
         self._own_context = context is None
         self._context: zmq.Context = zmq.Context() if context is None else context
         self._socket: zmq.Socket | None = None
@@ -453,16 +464,27 @@ class ControllerClient:
     def _attempt(
         self, socket: zmq.Socket, request_id: str, frames: list[Frame], op: str
     ) -> Reply | None:
-        """Send once and wait up to ``timeout_s`` for the matching reply; None on timeout."""
+        """Send once and wait up to ``timeout_s`` for the matching reply; None on timeout.
+
+        Raises:
+            HardwareUnavailableError: ``peer_failure`` said the controller is gone.
+        """
         deadline = time.monotonic() + self.timeout_s
         try:
             socket.send_multipart(frames, copy=False)
         except zmq.Again:
+            self._check_peer(op)
             return None
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
-            if remaining_ms <= 0 or not socket.poll(max(1, round(remaining_ms)), zmq.POLLIN):
+            if remaining_ms <= 0:
+                self._check_peer(op)
                 return None
+            slice_ms = remaining_ms if self._peer_failure is None \
+                else min(remaining_ms, _PEER_CHECK_S * 1000)
+            if not socket.poll(max(1, round(slice_ms)), zmq.POLLIN):
+                self._check_peer(op)
+                continue
             received = socket.recv_multipart(copy=False)
             try:
                 reply = decode_reply(received)
@@ -471,3 +493,9 @@ class ControllerClient:
             if reply.id == request_id:
                 return reply
             logger.debug("%s: discarding reply to stale request %s", self.endpoint, reply.id)
+
+    def _check_peer(self, op: str) -> None:
+        """Raise ``HardwareUnavailableError`` if ``peer_failure`` says the controller is gone."""
+        reason = None if self._peer_failure is None else self._peer_failure()
+        if reason:
+            raise HardwareUnavailableError(reason, instrument=self.endpoint, command=op)

@@ -109,11 +109,17 @@ class RackConnection:
     """Driver sessions of one rack, opened on first use and closed by :meth:`close` (a closed
     connection opens its sessions again on next use).
 
+    ``peer_failure`` (optional) says why the controllers can no longer answer (the embedded
+    simulator's process exited), or None; the controller clients ask it while they wait for a
+    reply, so a job on a dead simulator fails at once (``ControllerClient``).
+
     Not thread-safe by itself: exactly one worker (the hardware queue) uses it.
     """
 
-    def __init__(self, config: LabConfig) -> None:
+    def __init__(self, config: LabConfig,
+                 peer_failure: Callable[[], str | None] | None = None) -> None:
         self.config = config
+        self._peer_failure = peer_failure
         self._los: dict[str, SignalGenerator] = {}
         self._currents: dict[str, CurrentSource] = {}
         self._controllers: dict[str, ControllerClient] = {}
@@ -130,7 +136,8 @@ class RackConnection:
         """The (connected, version-checked) client of controller ``name``."""
         if name not in self._controllers:
             spec = self.config.controller(name)
-            client = ControllerClient(spec.endpoint, timeout_s=spec.timeout_s)
+            client = ControllerClient(spec.endpoint, timeout_s=spec.timeout_s,
+                                      peer_failure=self._peer_failure)
             try:
                 hello = client.hello()
                 if not isinstance(hello.get("capabilities"), dict):
@@ -558,7 +565,7 @@ class LocalHardwareQueue:
                     # session afresh.
                     self.rack.close()
                 reason = self._health()
-                if reason:
+                if reason and not isinstance(exc, HardwareUnavailableError):
                     raise HardwareUnavailableError(f"{reason} ({exc})") from exc
                 raise
         return out

@@ -274,6 +274,25 @@ def test_gate_not_in_target_is_rejected_before_sending(lab_backend) -> None:
     assert "transpile" in message
 
 
+def test_a_classical_store_says_it_is_not_supported_not_to_transpile(lab_backend) -> None:
+    """A ``store`` to a classical variable survives transpiling; run() refuses it saying so,
+    rather than telling the user to transpile the circuit they just transpiled."""
+    from qiskit.circuit.classical import expr
+
+    qc = QuantumCircuit(2, 2)
+    flag = qc.add_var("flag", expr.lift(False))
+    qc.x(0)
+    qc.measure(0, 0)
+    qc.store(flag, expr.lift(qc.clbits[0]))
+    with qc.if_test(flag):
+        qc.x(1)
+    qc.measure(1, 1)
+    native = transpile(qc, lab_backend)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, shots=10))
+    assert "'store' is not in the Target" in message
+    assert "classical variables" in message and "transpile the circuit" not in message
+
+
 def test_cz_on_an_uncoupled_pair_is_rejected(lab_backend) -> None:
     qc = QuantumCircuit(5)
     qc.cz(0, 2)
@@ -393,6 +412,19 @@ def test_job_is_asynchronous_and_finishes(lab_backend) -> None:
     result = job.result(timeout=120)
     assert job.status() is JobStatus.DONE
     assert len(result.results) == 20
+
+
+def test_a_bad_result_timeout_is_refused_and_an_infinite_one_waits(lab_backend) -> None:
+    """``result(timeout=...)`` takes None or seconds >= 0; inf (and a bound beyond what a wait
+    can take) means no bound. A bad timeout is the caller's error, not the job's: the job
+    still finishes and its result is there."""
+    job = lab_backend.run(transpile(bell(), lab_backend), shots=100)
+    for bad in (float("nan"), -1.0, "5", True):
+        with pytest.raises(ValueError, match="timeout must be None or a number of seconds"):
+            job.result(timeout=bad)
+    assert job.result(timeout=float("inf")).success
+    assert job.result(timeout=1e300).get_counts() == job.result().get_counts()
+    assert job.status() is JobStatus.DONE
 
 
 def test_sync_run_returns_a_finished_job(lab_backend) -> None:

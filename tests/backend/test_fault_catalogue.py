@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -155,6 +156,31 @@ def test_controller_killed_mid_job_errors_within_bound_and_the_next_job_runs(lab
         sim.wait(timeout=15)
         sim.stdout.close()
         sim.stderr.close()
+
+
+def test_embedded_simulator_killed_mid_run_is_reported_at_once(lab_home, tmp_path) -> None:
+    """The embedded simulator's process dies while a run plays: the provider watches that
+    process, so the job fails naming the exit within 2 s, not after a fetch's and an abort's
+    retries (ERROR_BOUND_S, 12 s); the next provider starts and runs."""
+    lab = faulty_lab(tmp_path)
+    with LabProvider(lab, simulator=True) as provider:
+        backend = provider.backend()
+        assert_right(backend)
+        control = FaultControl(provider.simulator.endpoints["fault_control"])
+        control.arm("stall", "start")
+        job = backend.run(native(backend, 0), shots=SHOTS)
+        deadline = time.monotonic() + 30
+        while not control.fired():  # the run plays (and never ends by itself)
+            assert time.monotonic() < deadline, "the stalled run never started"
+            time.sleep(0.01)
+        os.kill(provider.simulator.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(JobError, match=r"firmware simulator \(pid \d+\) exited"):
+            job.result(timeout=ERROR_BOUND_S)
+        assert time.monotonic() - start < 2.0
+        assert job.status() is JobStatus.ERROR
+    with LabProvider(lab, simulator=True) as provider:
+        assert_right(provider.backend(), qubit=2)
 
 
 def test_retried_run_after_a_lost_reply_executes_at_most_once(backend, faults) -> None:

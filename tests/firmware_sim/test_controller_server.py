@@ -40,6 +40,7 @@ from labqpu.drivers.protocol import (
     salvage_request_id,
 )
 from labqpu.errors import (
+    HardwareUnavailableError,
     InstrumentCommandError,
     InstrumentError,
     InstrumentTimeoutError,
@@ -381,6 +382,39 @@ def test_retry_after_a_lost_reply_does_not_execute_twice(
     assert (first.id, first.key) == (retry.id, retry.key)
     assert first.key
     assert executor.executions == 1
+
+
+def test_a_controller_known_to_be_gone_fails_the_request_at_once(
+    context: zmq.Context
+) -> None:
+    """With ``peer_failure`` (the embedded simulator's process watch) a request to a silent
+    controller fails within ~0.1 s of the reason appearing, with that reason, instead of
+    after ``(retries + 1) * timeout_s``; without a reason the client waits as before."""
+    def answer_hello_only(request: Request) -> list[list]:
+        if request.op != OP_HELLO:
+            return []
+        return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
+                                          "session": "s1"})]
+
+    silent = FakeController(context, answer_hello_only)
+    gone_at = [float("inf")]
+
+    def failure() -> str | None:
+        return "the firmware simulator (pid 1) exited with code -9" \
+            if time.monotonic() >= gone_at[0] else None
+
+    try:
+        with ControllerClient(silent.endpoint, timeout_s=5.0, retries=2,
+                              peer_failure=failure) as ctrl:
+            ctrl.hello()
+            gone_at[0] = time.monotonic() + 0.3
+            start = time.monotonic()
+            with pytest.raises(HardwareUnavailableError, match="exited with code -9") as info:
+                ctrl.run("0123456789abcdef", shots=1, key="K")
+            assert 0.3 <= time.monotonic() - start < 1.0
+            assert (info.value.instrument, info.value.command) == (silent.endpoint, OP_RUN)
+    finally:
+        silent.close()
 
 
 def test_silent_controller_times_out_after_all_retries_then_recovers(
