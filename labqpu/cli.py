@@ -297,6 +297,10 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"labqpu calibrate: --qubits {' '.join(map(str, off))}: {config.device_name} "
                   f"has qubits 0-{n - 1}", file=sys.stderr)
             return 2
+    problem = _file_options_problem(args)
+    if problem:
+        print(f"labqpu calibrate: {problem}", file=sys.stderr)
+        return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
         t0 = time.perf_counter()
@@ -317,7 +321,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                   f"{backend.config.store_path}; experiment records and plots in {records}")
         elif args.all or nodes:
             report = _run_graph(backend, nodes, args, progress, rb_step)
-            snapshot = report.snapshot
+            snapshot = report.snapshot or backend.snapshot  # nothing committed: the newest
             if not report.ok:
                 return 1
             if not (runs_rb or rb_step):
@@ -333,12 +337,25 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--export`` and ``--design`` before anything starts, or None: the
+    export's directory must exist and the design file must be there."""
+    if args.export:
+        folder = Path(args.export).expanduser().resolve().parent
+        if not folder.is_dir():
+            return f"--export {args.export}: directory {folder} does not exist"
+    if args.design and not Path(args.design).expanduser().is_file():
+        return f"--design {args.design}: no such file"
+    return None
+
+
 def _export(args: argparse.Namespace, backend, snapshot) -> None:
-    """Write ``snapshot`` to ``--export``'s file, when given (and there is a snapshot)."""
+    """Write ``snapshot`` (the one committed, or the newest when nothing was) to
+    ``--export``'s file, when given, and say which one it was."""
     if args.export and snapshot is not None:
         Path(args.export).write_text(
             json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
-        print(f"exported to {args.export}")
+        print(f"exported snapshot {snapshot.snapshot_id} to {args.export}")
 
 
 def _watch_problem(args: argparse.Namespace) -> str | None:

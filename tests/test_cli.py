@@ -482,3 +482,45 @@ def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
         time.sleep(0.05)
     assert not Path(f"/proc/{simulator}").exists() or \
         Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
+
+
+@pytest.mark.parametrize(("content", "named"), [
+    ('{"bad json', "cannot be read as JSON"),
+    ('{"format": "labqpu-snapshot-0"}', "is not a calibration snapshot this store takes"),
+])
+def test_a_bad_seed_snapshot_is_a_one_line_error_naming_the_file(tmp_path, content, named):
+    text = (REPO / "labqpu" / "data" / "lab5.toml").read_text()
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(text.replace('seed_snapshot = "lab5_calibration.json"',
+                                   'seed_snapshot = "seed.json"', 1))
+    (tmp_path / "seed.json").write_text(content)
+    proc = labqpu(tmp_path, "calibrate", "history", "--config", str(wiring))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"seed snapshot {tmp_path / 'seed.json'}" in lines[0] and named in lines[0]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--export", "/nonexistent-dir/x.json"],
+     "--export /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
+    (["--design", "nonexistent.toml"], "--design nonexistent.toml: no such file"),
+])
+def test_calibrate_file_options_are_checked_before_anything_starts(tmp_path, args, message):
+    start = time.monotonic()
+    proc = labqpu(tmp_path, "calibrate", "ramsey", "--qubits", "2", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"labqpu calibrate: {message}"
+    assert time.monotonic() - start < 20  # no simulator started, no calibration run
+    assert not (tmp_path / "lab5").exists()
+
+
+def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path):
+    """A run that commits nothing still writes --export's file: the newest snapshot, named."""
+    seed_fresh_store(tmp_path)  # measured an hour ago: every step is fresh
+    proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                  "e.json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing committed; snapshot 1 stays the newest" in proc.stdout
+    assert "exported snapshot 1 to e.json" in proc.stdout
+    assert json.loads((tmp_path / "e.json").read_text())["document"]["device"] == "lab5"

@@ -20,7 +20,11 @@ from pathlib import Path
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu.backend.backend import LabBackend
-from labqpu.errors import BackendConfigurationError, HardwareUnavailableError
+from labqpu.errors import (
+    BackendConfigurationError,
+    HardwareUnavailableError,
+    InvalidSnapshotError,
+)
 from labqpu.rack.config import LabConfig, load_config, resolve_config_path
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 from labqpu.rack.limits import wiring_limits
@@ -129,8 +133,23 @@ def seed_store(store: CalibrationStore, config: LabConfig) -> None:
     candidates.append(Path(str(resources.files("labqpu") / "data" / config.seed_snapshot)))
     for path in candidates:
         if path.is_file():
-            store.import_json(json.loads(path.read_text()))
-            log.info("seeded calibration store %s from %s", config.store_path, path)
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                raise BackendConfigurationError(
+                    f"seed snapshot {path} ([calibration] seed_snapshot of "
+                    f"{config.path or 'the wiring'}) cannot be read as JSON: {exc}",
+                    path=config.path or "", field="calibration.seed_snapshot") from exc
+            try:
+                seeded = store.import_json(document, if_empty=True)
+            except InvalidSnapshotError as exc:
+                raise BackendConfigurationError(
+                    f"seed snapshot {path} ([calibration] seed_snapshot of "
+                    f"{config.path or 'the wiring'}) is not a calibration snapshot this "
+                    f"store takes: {exc}", path=config.path or "",
+                    field="calibration.seed_snapshot") from exc
+            if seeded is not None:  # None: another process seeded the store first
+                log.info("seeded calibration store %s from %s", config.store_path, path)
             return
     log.warning("seed snapshot %r not found (looked in %s): the store stays empty until a "
                 "calibration commits one", config.seed_snapshot, [str(c) for c in candidates])

@@ -111,11 +111,14 @@ class RunReport:
     def table(self) -> str:
         """The summary: every value changed (old -> new), then what was fresh, failed or
         blocked."""
-        changes = [(o.node, o.subject, c.name, _show(c.old), _show(c.new))
+        # each row names the qubit or pair whose value changed: a step on one qubit may change
+        # another's (a shared drive LO moves every qubit it drives)
+        changes = [(o.node, c.subject, c.name, _show(c.old), _show(c.new))
                    for o in self.with_status("calibrated") for c in o.changes]
         listed = [o for o in self.outcomes if o.status in _LISTED_STATUSES]
         node_w = max([len("node"), *(len(o.node) for o in listed)]) + 2
-        subject_w = max([len("subject"), *(len(o.subject) for o in listed)]) + 2
+        subject_w = max([len("subject"), *(len(o.subject) for o in listed),
+                         *(len(c[1]) for c in changes)]) + 2
         name_w = max([len("parameter"), *(len(c[2]) for c in changes)]) + 2
         old_w = max([len("old"), *(len(c[3]) for c in changes)])
         lines = [f"{'node':<{node_w}}{'subject':<{subject_w}}{'parameter':<{name_w}}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import secrets
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +72,8 @@ class SnapshotInfo:
     notes: str
 
 
+log = logging.getLogger(__name__)
+
 _SNAPSHOTS_TABLE = """
 CREATE TABLE snapshots (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -83,6 +88,14 @@ CREATE TABLE snapshots (
 _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
 
 
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """The calibration schema, inside the caller's write transaction (unless it is there)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    if conn.execute("SELECT 1 FROM schema_version").fetchone() is None:
+        conn.execute(_SNAPSHOTS_TABLE)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+
 class CalibrationStore:
     """Every calibration snapshot of one device, kept in one SQLite file.
 
@@ -94,7 +107,11 @@ class CalibrationStore:
 
     The store is thread-safe: each thread gets its own connection (also after ``fork``).
     ``close()`` (or leaving a ``with`` block) closes them all. A missing parent directory of
-    ``path`` is created.
+    ``path`` is created. A new store file appears whole: its schema is written into a
+    temporary file beside it, which is then linked into place, so processes opening a new
+    store at once all find a complete one (or the one another made first). Once open, the
+    store never creates its file again: if the file is deleted or replaced while open, reads
+    and commits fail naming it, and nothing is written into the lost file.
 
     ``validators`` run on every commit and import after the physical checks, each given the
     document and raising ``InvalidSnapshotError`` to refuse it (the provider passes the rack's
@@ -121,7 +138,13 @@ class CalibrationStore:
         self._inherited: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         self._closed = False
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CalibrationError(f"cannot create the directory of calibration store "
+                                   f"{self._path}: {exc}") from exc
+        if not self._path.exists():
+            self._create()
         if self._path.is_file() and self._path.stat().st_size == 0:
             # SQLite would take a 0-byte file for a new database, and the provider would then
             # seed it with the factory snapshot: the history it once held would be lost.
@@ -129,6 +152,7 @@ class CalibrationStore:
                 f"calibration store {self._path} is an empty file (0 bytes), not a calibration "
                 "store; restore it from a backup, or delete it to start a new store")
         try:
+            self._file_id = self._identity()
             self._initialise()
         except BaseException:
             self.close()
@@ -159,6 +183,48 @@ class CalibrationStore:
 
     # ------------------------------------------------------------------ connections
 
+    def _create(self) -> None:
+        """Make a new store file whole: the schema goes into a temporary file beside it, which
+        is linked into place unless another process created the store first (then that one is
+        used); the temporary file is removed either way."""
+        spare = self._path.with_name(f".{self._path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            conn = sqlite3.connect(spare, isolation_level=None)
+            try:
+                # WAL from the start: openers need not switch it (which takes a lock).
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                _create_schema(conn)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            try:
+                os.link(spare, self._path)
+            except FileExistsError:
+                pass  # another process made it first: that store is used
+            except OSError:  # no hard links on this file system: SQLite makes it in place
+                log.debug("cannot link %s into place; the store is made in place", spare)
+        except (OSError, sqlite3.Error) as exc:
+            raise CalibrationError(f"cannot create calibration store {self._path}: {exc}") from exc
+        finally:
+            for leftover in (spare, Path(f"{spare}-wal"), Path(f"{spare}-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _identity(self) -> tuple[int, int]:
+        """(device, inode) of the store file now."""
+        try:
+            info = self._path.stat()
+        except OSError as exc:
+            raise CalibrationError(f"calibration store {self._path} is gone: {exc}") from exc
+        return info.st_dev, info.st_ino
+
+    def _check_same_file(self) -> None:
+        """Raise ``CalibrationError`` if the store's path no longer names the file opened."""
+        if self._identity() != self._file_id:
+            raise CalibrationError(
+                f"calibration store {self._path} was replaced by another file while it was "
+                "open; nothing was written: open the store again")
+
     def _initialise(self) -> None:
         """Switch the file to WAL; create the schema if it has none (the only time opening a
         store takes the write lock); check the schema version."""
@@ -178,12 +244,7 @@ class CalibrationStore:
                     f"{sorted(name for (name,) in others)} but no calibration schema; it is not "
                     "a calibration store")
             with self._transaction() as conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-                if conn.execute("SELECT 1 FROM schema_version").fetchone() is None:
-                    conn.execute(_SNAPSHOTS_TABLE)
-                    conn.execute(
-                        "INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
-                    )
+                _create_schema(conn)
         (version,) = self._query("SELECT max(version) FROM schema_version")[0]
         if version != SCHEMA_VERSION:
             raise CalibrationError(
@@ -195,8 +256,10 @@ class CalibrationStore:
         try:
             # check_same_thread=False only so that close() may close the connections of other
             # threads; otherwise each connection is used by the thread that opened it.
+            # mode=rw: an open store never makes a new, empty file at its path (it was deleted).
             conn = sqlite3.connect(
-                self._path,
+                f"file:{urllib.parse.quote(str(self._path.resolve()))}?mode=rw",
+                uri=True,
                 timeout=self._timeout_s,
                 isolation_level=None,
                 check_same_thread=False,
@@ -245,7 +308,8 @@ class CalibrationStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` write transaction, rolled back on any exception."""
+        """One ``BEGIN IMMEDIATE`` write transaction, rolled back on any exception, committed
+        only if the store's path still names the file opened."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -255,6 +319,7 @@ class CalibrationStore:
             ) from exc
         try:
             yield conn
+            self._check_same_file()
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -366,13 +431,24 @@ class CalibrationStore:
             snapshot_id = cursor.lastrowid
         return Snapshot(draft.to_document(), snapshot_id, created, parent)
 
-    def import_json(self, document: Mapping[str, Any]) -> Snapshot:
+    def import_json(self, document: Mapping[str, Any], *, if_empty: bool = False
+                    ) -> Snapshot | None:
         """Commit an :meth:`export_json` envelope (checking its content hash) or a bare
-        document as the newest snapshot.
+        document as the newest snapshot. With ``if_empty``, only into a store that holds no
+        snapshot, checked in the commit's own transaction (returns None if it holds one), so
+        that processes seeding a new store at once seed it once.
 
         Raises:
             InvalidSnapshotError: unknown format, altered export, or an invalid document.
         """
+        if not if_empty:
+            return self._import(document)
+        try:
+            return self._import(document, parent_id=None, expect_parent=True)
+        except StaleSnapshotError:
+            return None
+
+    def _import(self, document: Mapping[str, Any], **commit_options: Any) -> Snapshot:
         if isinstance(document, Mapping) and "format" in document:
             if document["format"] != EXPORT_FORMAT:
                 raise InvalidSnapshotError(
@@ -385,8 +461,8 @@ class CalibrationStore:
                     f"the export's document hashes to {draft.content_hash}, not the "
                     f"{expected} it records: it was altered or corrupted"
                 )
-            return self.commit(draft.to_document())
-        return self.commit(document)
+            return self.commit(draft.to_document(), **commit_options)
+        return self.commit(document, **commit_options)
 
     def import_backend_properties(
         self, properties: Mapping[str, Any], *, experiment: str = "backend_properties"
@@ -447,21 +523,17 @@ class CalibrationStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         rows = self._query(
-            "SELECT id, device, created, parent_id, content_hash, document FROM snapshots "
-            "WHERE complete = 1 ORDER BY id DESC LIMIT ?",
+            f"SELECT device, {_SNAPSHOT_COLUMNS} FROM snapshots WHERE complete = 1 "
+            "ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return [
-            SnapshotInfo(
-                snapshot_id,
-                device,
-                created,
-                parent_id,
-                content_hash,
-                json.loads(document).get("notes", ""),
-            )
-            for snapshot_id, device, created, parent_id, content_hash, document in rows
-        ]
+        out = []
+        for device, *row in rows:
+            snapshot = self._snapshot(tuple(row))  # a corrupt one is an error naming it
+            out.append(SnapshotInfo(snapshot.snapshot_id, device, snapshot.created,
+                                    snapshot.parent_id, snapshot.content_hash,
+                                    snapshot.notes))
+        return out
 
     def diff(self, a_id: int, b_id: int) -> dict[str, Any]:
         """Parameters added, removed and changed from snapshot ``a_id`` to ``b_id``
@@ -499,11 +571,13 @@ class CalibrationStore:
             raise ValueError("name exactly one of qubit=, pair=, gate=")
         section, key = chosen[0]
         cutoff = None if since is None else datetime.fromisoformat(check_timestamp(since))
-        rows = self._query("SELECT id, document FROM snapshots WHERE complete = 1 ORDER BY id")
+        rows = self._query(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE complete = 1 "
+                           "ORDER BY id")
         records: dict[tuple, ParameterRecord] = {}
         names: set[str] = set()
-        for snapshot_id, document in rows:
-            subjects = json.loads(document)[section]
+        for row in rows:
+            snapshot_id = row[0]
+            subjects = self._snapshot(row).to_document()[section]
             names.update(n for params in subjects.values() for n in params)
             entry = subjects.get(key, {}).get(name)
             if entry is None:

@@ -177,6 +177,21 @@ def test_target_leaves_out_a_qubit_with_a_stale_frequency(snapshot, config, capl
         build_target(aged, bad, now=NOW)
 
 
+def test_the_summary_table_names_the_qubit_whose_value_changed():
+    """A step on qubit 1 moves the drive LO it shares with qubit 3: the row of qubit 3's value
+    names qubit 3 (it named the step's qubit 1), so a user sees which qubits a run changed."""
+    from labqpu.calibration.runner import Change, Outcome, RunReport
+
+    report = RunReport([
+        Outcome("drive_lo", "qubit 1", "calibrated", "aged",
+                changes=[Change("qubit 1", "drive_lo_frequency_hz", 4.947e9, 4.948e9),
+                         Change("qubit 13", "drive_lo_frequency_hz", 4.947e9, 4.948e9)]),
+    ], parent_id=7)
+    rows = [line.split() for line in report.table().splitlines()[1:3]]
+    assert [row[:3] for row in rows] == [["drive_lo", "qubit", "1"],
+                                         ["drive_lo", "qubit", "13"]], report.table()
+
+
 def test_the_summary_table_keeps_its_columns_whatever_the_names():
     from labqpu.calibration.runner import Change, Outcome, RunReport
 

@@ -1,0 +1,132 @@
+"""The store's file: made whole when new (processes opening a new store at once), never made
+again once open (deleted or replaced under an open store), and corrupt rows named wherever
+they are read."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import threading
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from labqpu.errors import CalibrationError
+from labqpu.store import CalibrationStore
+from labqpu.testing import shipped_export
+
+OPENERS = 6
+
+
+def lab5_document(frequency_hz: float | None = None, notes: str = "initial") -> dict:
+    """lab5's shipped calibration document, with qubit 0's frequency (Hz) and the notes
+    changed if asked."""
+    document = shipped_export("lab5")["document"]
+    if frequency_hz is not None:
+        document["qubits"]["0"]["frequency_hz"]["value"] = frequency_hz
+    document["notes"] = notes
+    return document
+
+
+def row_count(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+
+
+def _open_and_seed(path: str, start: multiprocessing.synchronize.Barrier,
+                   outcomes: multiprocessing.Queue) -> None:
+    """Open the store at ``path`` when every opener is ready and seed it if it is empty; put
+    what happened on ``outcomes``."""
+    try:
+        start.wait(timeout=30)
+        with CalibrationStore(path) as store:
+            seeded = store.import_json(lab5_document(), if_empty=True)
+            outcomes.put("seeded" if seeded is not None else "found seeded")
+    except Exception as exc:  # reported to the test, which fails on it
+        outcomes.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_processes_opening_a_new_store_at_once_all_open_it_and_seed_it_once(
+        tmp_path: Path, trial: int) -> None:
+    """Six processes open the same new store at the same instant and seed it if empty: every
+    one opens it (none meets a half-made, empty file) and exactly one snapshot is seeded."""
+    context = multiprocessing.get_context("fork")
+    start, outcomes = context.Barrier(OPENERS), context.Queue()
+    path = tmp_path / f"new-{trial}" / "calibration.sqlite"
+    openers = [context.Process(target=_open_and_seed, args=(str(path), start, outcomes))
+               for _ in range(OPENERS)]
+    for opener in openers:
+        opener.start()
+    try:
+        results = sorted(outcomes.get(timeout=60) for _ in openers)
+    finally:
+        for opener in openers:
+            opener.join(timeout=30)
+            if opener.is_alive():
+                opener.kill()
+                opener.join(timeout=5)
+    assert results == ["found seeded"] * (OPENERS - 1) + ["seeded"], results
+    assert row_count(path) == 1
+    assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")], \
+        "a temporary store file was left beside the store"
+
+
+def test_a_commit_into_a_deleted_store_fails_and_no_empty_file_appears(tmp_path: Path) -> None:
+    """The store file is deleted while the store is open: a commit fails naming the file (it
+    would go into the deleted file and be lost), and a new thread's read does not make a new,
+    empty file that the next opener would refuse."""
+    path = tmp_path / "calibration.sqlite"
+    with CalibrationStore(path) as store:
+        store.commit(lab5_document())
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        with pytest.raises(CalibrationError, match=f"calibration store {path}"):
+            store.commit(lab5_document(notes="lost"))
+        errors: list[Exception] = []
+
+        def read() -> None:
+            try:
+                store.latest_id()
+            except CalibrationError as exc:
+                errors.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=30)
+        assert errors and str(path) in str(errors[0])
+        assert not path.exists()
+
+
+def test_a_replaced_store_file_refuses_the_commit(tmp_path: Path) -> None:
+    """Another file moved into the store's path while it is open: the commit is refused and
+    neither file gets it."""
+    path = tmp_path / "calibration.sqlite"
+    other = tmp_path / "other.sqlite"
+    with CalibrationStore(other) as elsewhere:
+        elsewhere.commit(lab5_document(notes="other"))
+    with CalibrationStore(path) as store:
+        store.commit(lab5_document())
+        other.replace(path)
+        with pytest.raises(CalibrationError, match="replaced by another file"):
+            store.commit(lab5_document(notes="second"))
+    assert row_count(path) == 1
+
+
+def test_history_names_a_corrupt_snapshot(tmp_path: Path) -> None:
+    """A stored document that is not JSON, or no longer matches its hash, is an error naming
+    the snapshot in ``history`` and ``parameter_history``, as in ``latest``."""
+    with CalibrationStore(tmp_path / "calibration.sqlite") as store:
+        first = store.commit(lab5_document())
+        store.commit(lab5_document(frequency_hz=5.03e9))
+        for damage in ('{"device": "lab5", "qub', json.dumps(lab5_document(frequency_hz=6e9))):
+            with closing(sqlite3.connect(store.path)) as conn, conn:
+                conn.execute("UPDATE snapshots SET document = ? WHERE id = ?",
+                             (damage, first.snapshot_id))
+            for read in (store.history,
+                         lambda: store.parameter_history("frequency_hz", qubit=0)):
+                with pytest.raises(CalibrationError,
+                                   match=f"snapshot {first.snapshot_id} in .* is corrupt"):
+                    read()
