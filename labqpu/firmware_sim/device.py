@@ -198,6 +198,8 @@ class ControllerSpec:
 _PORT_ROLES = ("drive", "flux", "readout", "acquire")
 #: The keys of a wiring file's ``[simulator]`` table (docs/wiring.md).
 SIMULATOR_KEYS = ("device", "seed", "noise", "timing", "sync_arm_timeout_s", "faults")
+#: Most output channels of a simulated current source (the host's wiring check has the same).
+MAX_CHANNELS = 64
 
 #: Timing rules a simulated controller can be told to state and enforce (samples).
 TIMING_FIELDS = ("granularity", "min_length", "pulse_alignment", "acquire_alignment")
@@ -287,8 +289,24 @@ def load_rack(path: str | Path) -> Rack:
     controller, or the qubit and role) for a wiring the simulator cannot stand up.
     """
     path = Path(path)
-    with path.open("rb") as f:
-        doc = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid TOML (UTF-8): {exc}") from exc
+    try:
+        return _rack(path, doc)
+    except KeyError as exc:
+        raise ValueError(f"{path}: a required key is missing: {exc} (`labqpu status --config "
+                         f"{path}` names its section)") from exc
+    except (TypeError, AttributeError, ValueError) as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _rack(path: Path, doc: dict) -> Rack:
+    """:func:`load_rack` of the parsed ``doc``."""
     controllers: list[ControllerSpec] = []
     sim = doc.get("simulator", {})
     if not isinstance(sim, dict):
@@ -328,8 +346,13 @@ def load_rack(path: str | Path) -> Rack:
     instruments = []
     for i in doc.get("instruments", []):
         host, port = _host_port_from_visa(i["resource"])
+        channels = i.get("channels", 1)
+        if isinstance(channels, bool) or not isinstance(channels, int) \
+                or not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"{path}: instrument {i['name']}: channels must be an integer "
+                             f"1..{MAX_CHANNELS}, got {channels!r}")
         instruments.append(InstrumentSpec(
-            i["name"], i["kind"], host, port, int(i.get("channels", 1)),
+            i["name"], i["kind"], host, port, channels,
             {key: float(i[key]) for key in INSTRUMENT_LIMIT_KEYS if key in i}))
     cabling = {}
     for key, q in doc.get("qubits", {}).items():
@@ -364,16 +387,22 @@ def load_rack(path: str | Path) -> Rack:
                                     or not 0 < arm_timeout < math.inf):
         raise ValueError(f"{path}: [simulator] sync_arm_timeout_s must be a number > 0 s, got "
                          f"{arm_timeout!r}")
-    device_ref = sim.get("device", doc["device"]["name"])
+    seed = sim.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"{path}: [simulator] seed must be an integer >= 0, got {seed!r}")
+    name = doc.get("device", {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{path}: [device] name must be a non-empty string, got {name!r}")
+    device_ref = sim.get("device", name)
     if Path(device_ref).suffix:
         device_ref = str((path.parent / device_ref).resolve())
     return Rack(
-        device_name=doc["device"]["name"],
+        device_name=name,
         controllers=tuple(controllers),
         instruments=tuple(instruments),
         cabling=cabling,
         simulator_device=device_ref,
-        simulator_seed=sim.get("seed"),
+        simulator_seed=seed,
         simulator_noise=noise,
         simulator_arm_timeout_s=None if arm_timeout is None else float(arm_timeout),
     )

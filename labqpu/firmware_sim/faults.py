@@ -397,9 +397,13 @@ class FaultControl:
 
 def fault_control_enabled(lab_toml: str | Path) -> bool:
     """True if ``lab.toml`` enables the control socket (``[simulator.faults] control``)."""
-    with Path(lab_toml).open("rb") as f:
-        doc = tomllib.load(f)
-    section = doc.get("simulator", {}).get("faults", {})
+    try:
+        with Path(lab_toml).open("rb") as f:
+            doc = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{lab_toml}: not valid TOML (UTF-8): {exc}") from exc
+    simulator = doc.get("simulator", {})
+    section = simulator.get("faults", {}) if isinstance(simulator, dict) else {}
     if not isinstance(section, dict):
         raise ValueError(f"{lab_toml}: [simulator.faults] must be a table")
     unknown = sorted(set(section) - {"control"})

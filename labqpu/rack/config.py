@@ -24,6 +24,7 @@ from labqpu.drivers.scpi import (
 from labqpu.errors import BackendConfigurationError, did_you_mean
 from labqpu.pulse.channels import ChannelMap, QubitChannels
 from labqpu.rack.builtin import BUILTIN_DEVICES
+from labqpu.store.staleness import parse_age_limits
 
 ROLES = ("drive", "flux", "readout", "acquire")
 INSTRUMENT_KINDS = ("signal_generator", "current_source")
@@ -215,6 +216,11 @@ TOP_KEYS = ("device", "calibration", "simulator", "controllers", "instruments", 
 DEVICE_KEYS = ("name", "num_qubits", "coupling_map")
 CALIBRATION_KEYS = ("store", "seed_snapshot", "max_age_h")
 CONTROLLER_KEYS = ("name", "endpoint", "sample_rate_hz", "outputs", "inputs", "timeout_s")
+#: Largest reply timeout of a controller or instrument (s): above it a value in ms is likely,
+#: and the provider's start (30 s for hello) could not keep its bound.
+MAX_REPLY_TIMEOUT_S = 60.0
+#: Most output channels of a current source.
+MAX_CHANNELS = 64
 INSTRUMENT_KEYS = ("name", "kind", "resource", "channels", "timeout_s")
 QUBIT_KEYS = (*ROLES, "drive_lo", "readout_lo", "flux_bias")
 
@@ -308,7 +314,7 @@ def _port(value: object, where: _Where, key: str) -> tuple[str, int]:
     if not isinstance(value, str) or value.count(":") != 1:
         raise where.error(f" {key} must be 'name:port', got {value!r}", key)
     name, port = value.split(":")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise where.error(f" {key} port must be a non-negative integer, got {value!r}", key)
     return name, int(port)
 
@@ -320,9 +326,11 @@ def _require(table: dict, key: str, where: _Where) -> object:
 
 
 def _number(table: dict, key: str, where: _Where, kind: type, *,
-            minimum: float | None = None, default: object = None) -> int | float:
+            minimum: float | None = None, maximum: float | None = None,
+            default: object = None) -> int | float:
     """``table[key]`` as ``kind`` (int or float), checked against ``minimum`` (exclusive for
-    floats, inclusive for ints); a missing key takes ``default`` when one is given."""
+    floats, inclusive for ints) and ``maximum`` (inclusive, for values whose unit is easily
+    mistaken); a missing key takes ``default`` when one is given."""
     value = table.get(key, default) if default is not None else _require(table, key, where)
     ok_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
@@ -333,6 +341,8 @@ def _number(table: dict, key: str, where: _Where, kind: type, *,
     if minimum is not None and (value < minimum if kind is int else value <= minimum):
         bound = f">= {minimum}" if kind is int else f"> {minimum}"
         raise where.error(f": {key} must be {bound}, got {value!r}", key)
+    if maximum is not None and value > maximum:
+        raise where.error(f": {key} must be <= {maximum:g}, got {value!r}", key)
     return kind(value)
 
 
@@ -378,8 +388,9 @@ def load_config(path: str | Path) -> LabConfig:
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise BackendConfigurationError(f"{path}: not valid TOML: {exc}", path=path) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BackendConfigurationError(f"{path}: not valid TOML (UTF-8): {exc}",
+                                        path=path) from exc
     return parse_config(doc, path)
 
 
@@ -440,7 +451,8 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
             sample_rate_hz=_number(c, "sample_rate_hz", w, float, minimum=0.0),
             outputs=_number(c, "outputs", w, int, minimum=1),
             inputs=_number(c, "inputs", w, int, minimum=1),
-            timeout_s=_number(c, "timeout_s", w, float, minimum=0.0, default=10.0),
+            timeout_s=_number(c, "timeout_s", w, float, minimum=0.0,
+                              maximum=MAX_REPLY_TIMEOUT_S, default=10.0),
         ))
     if not controllers:
         raise top.error(": no [[controllers]] defined", "controllers")
@@ -459,13 +471,17 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         _check_resource(resource, w)
         instruments.append(InstrumentConfig(
             name=inst_name, kind=kind, resource=resource,
-            channels=_number(i, "channels", w, int, minimum=1, default=1),
-            timeout_s=_number(i, "timeout_s", w, float, minimum=0.0, default=2.0),
+            channels=_number(i, "channels", w, int, minimum=1, maximum=MAX_CHANNELS,
+                             default=1),
+            timeout_s=_number(i, "timeout_s", w, float, minimum=0.0,
+                              maximum=MAX_REPLY_TIMEOUT_S, default=2.0),
             **_instrument_limits(i, kind, w),
         ))
     names = [c.name for c in controllers] + [i.name for i in instruments]
-    if len(set(names)) != len(names):
-        raise top.error(": controller and instrument names must be unique", "instruments")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise top.error(f": controller and instrument names must be unique; {twice} appear "
+                        "more than once", "instruments")
     ctrl_by_name = {c.name: c for c in controllers}
     inst_by_name = {i.name: i for i in instruments}
 
@@ -474,7 +490,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
                           "a table of [qubits.N] tables")
     for key, q in qubit_tables.items():
         w = top.at(f"qubits.{key}", f"[qubits.{key}]")
-        if not key.isdigit() or int(key) >= n:
+        if not (key.isascii() and key.isdigit()) or int(key) >= n:
             raise w.error(f": qubit index must be 0..{n - 1}")
         _table(q, w)
         _known_keys(q, QUBIT_KEYS, w)
@@ -524,6 +540,11 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     calibration = top.at("calibration", "[calibration]")
     cal = _table(doc.get("calibration", {}), calibration)
     _known_keys(cal, CALIBRATION_KEYS, calibration)
+    try:
+        parse_age_limits(cal.get("max_age_h", {}), defaults=False)
+    except ValueError as exc:
+        raise calibration.error(f": {str(exc).removeprefix('lab configuration ')}",
+                                "max_age_h") from exc
     store = _string(cal, "store", calibration, default="", nonempty=False)
     seed_snapshot = _string(cal, "seed_snapshot", calibration, default="", nonempty=False)
     if store:

@@ -208,7 +208,24 @@ BAD = {
     "no controllers": (_set("controllers", []), r"no \[\[controllers\]\]"),
     "missing device name": (_del("device", "name"), r"\[device\]: missing required key 'name'"),
     "instrument named like the controller": (
-        _set("instruments", 0, "name", "ctrl0"), r"names must be unique"),
+        _set("instruments", 0, "name", "ctrl0"), r"names must be unique; \['ctrl0'\] appear"),
+    "a reply timeout in milliseconds": (
+        _set("controllers", 0, "timeout_s", 5000.0),
+        r"\[\[controllers\]\] ctrl0: timeout_s must be <= 60, got 5000.0"),
+    "an instrument reply timeout in milliseconds": (
+        _set("instruments", 0, "timeout_s", 2000),
+        r"\[\[instruments\]\] lo_drive_a: timeout_s must be <= 60, got 2000"),
+    "channels beyond any current source": (
+        _set("instruments", 3, "channels", 300_000_000_000),
+        r"\[\[instruments\]\] flux_bias: channels must be <= 64"),
+    "a port with a non-ASCII digit": (
+        _set("qubits", "0", "drive", "ctrl0:\u00b2"), r"\[qubits\.0\] drive port must be"),
+    "an age limit that is no table": (
+        _set("calibration", "max_age_h", "abc"),
+        r"\[calibration\]: \[calibration\] max_age_h must be a table of hours per kind"),
+    "a negative age limit": (
+        _set("calibration", "max_age_h", {"frequency": -1}),
+        r"\[calibration\.max_age_h\] frequency: must be a positive number of hours"),
 }
 
 
@@ -536,3 +553,12 @@ def test_the_simulator_names_a_timing_table_of_no_controller_and_missing_qubit_k
                     "missing.toml")
     with pytest.raises(ValueError, match=r"missing\.toml: \[qubits\.0\] has no readout_lo"):
         load_rack(missing)
+
+
+def test_a_wiring_file_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    """A lab.toml saved as UTF-16 (as some editors do) is refused naming the file, not with a
+    bare UnicodeDecodeError."""
+    path = tmp_path / "lab.toml"
+    path.write_text(default_config_path().read_text(), encoding="utf-16")
+    with pytest.raises(BackendConfigurationError, match=f"{path}: not valid TOML"):
+        load_config(path)
