@@ -1,6 +1,7 @@
 """Recalibrate qubits 1 and 2 and edge 1-2 on the embedded simulator, every node and the rb
 step forced, and copy one plot of each kind of experiment into a directory (default
-``docs/img/calibration``).
+``calibration_plots`` in the current directory; ``docs/img/calibration`` regenerates the
+documentation's figures).
 
     python examples/calibration_plots.py [DIRECTORY]
 
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 
-def main(directory: str = "docs/img/calibration") -> None:
+def main(directory: str = "calibration_plots") -> None:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as home:

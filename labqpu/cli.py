@@ -164,9 +164,9 @@ def _run(args: argparse.Namespace) -> int:
         # The script builds its own LabProvider: these would be silently ignored.
         example = " ".join(f"{opt} {getattr(args, opt[2:])}" for opt in shared)
         verb = "is" if len(shared) == 1 else "are"
-        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; pass "
-              f"options to the script after its path, e.g. labqpu run {args.script} {example}",
-              file=sys.stderr)
+        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; "
+              "options after the script's path go to the script, so if it takes them: "
+              f"labqpu run {args.script} {example}", file=sys.stderr)
         return 2
     sys.argv = [str(script), *args.script_args]
     runpy.run_path(str(script), run_name="__main__")

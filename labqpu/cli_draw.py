@@ -128,6 +128,14 @@ def draw_command(args: argparse.Namespace) -> int:
         print(f"labqpu draw: -o {out}: give an image file ending in one of "
               f"{', '.join('.' + f for f in sorted(formats))}", file=sys.stderr)
         return 2
+    if not out.resolve().parent.is_dir():
+        print(f"labqpu draw: -o {out}: directory {out.resolve().parent} does not exist",
+              file=sys.stderr)
+        return 2
+    if args.layout is not None and len(args.layout) != circuit.num_qubits:
+        print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: give one physical "
+              f"qubit for each of the circuit's {circuit.num_qubits} qubits", file=sys.stderr)
+        return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
         if args.layout is not None and not all(0 <= q < backend.num_qubits

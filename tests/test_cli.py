@@ -39,7 +39,7 @@ def test_demo_options_with_a_script_are_refused(tmp_path, options, named):
     proc = labqpu(tmp_path, "run", *options, str(script))
     assert proc.returncode == 2, proc.stderr
     assert named in proc.stderr
-    assert "after its path" in proc.stderr
+    assert "after the script's path go to the script, so if it takes them" in proc.stderr
     assert f"labqpu run {script} {' '.join(options)}" in proc.stderr
     assert "must not run" not in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -339,7 +339,7 @@ def _number(table: dict, key: str, where: _Where, kind: type, *,
     if isinstance(value, float) and not math.isfinite(value):
         raise where.error(f": {key} must be a finite number, got {value!r}", key)
     if minimum is not None and (value < minimum if kind is int else value <= minimum):
-        bound = f">= {minimum}" if kind is int else f"> {minimum}"
+        bound = f">= {minimum}" if kind is int else f"> {minimum:g}"
         raise where.error(f": {key} must be {bound}, got {value!r}", key)
     if maximum is not None and value > maximum:
         raise where.error(f": {key} must be <= {maximum:g}, got {value!r}", key)
@@ -380,6 +380,9 @@ def _instrument_limits(table: dict, kind: str, where: _Where) -> dict:
 def load_config(path: str | Path) -> LabConfig:
     """Read and validate a ``lab.toml``; errors name the section and key at fault."""
     path = Path(path)
+    if path.is_dir():
+        raise BackendConfigurationError(f"lab configuration {path} is a directory; give the "
+                                        "wiring file (lab.toml) in it", path=path)
     if not path.is_file():
         hint = ("" if path.suffix else
                 f" (no such file, and not a built-in device: {', '.join(BUILTIN_DEVICES)})")
@@ -448,7 +451,8 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         _check_endpoint(endpoint, w)
         controllers.append(ControllerConfig(
             name=ctrl_name, endpoint=endpoint,
-            sample_rate_hz=_number(c, "sample_rate_hz", w, float, minimum=0.0),
+            # in Hz: a rate of at most 1 MHz is a value in GHz or MHz
+            sample_rate_hz=_number(c, "sample_rate_hz", w, float, minimum=1e6),
             outputs=_number(c, "outputs", w, int, minimum=1),
             inputs=_number(c, "inputs", w, int, minimum=1),
             timeout_s=_number(c, "timeout_s", w, float, minimum=0.0,

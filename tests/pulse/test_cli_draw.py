@@ -76,6 +76,8 @@ def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: s
     (["--time-range-ns", "0", "nan"], "--time-range-ns 0 nan: give two finite times"),
     (["--time-range-ns", "300", "100"], "--time-range-ns 300 100: give two finite times"),
     (["--layout", "0", "0"], "--layout 0 0: a qubit is named twice"),
+    (["--layout", "0"], "--layout 0: give one physical qubit for each of the circuit's 2"),
+    (["-o", "no-such-dir/x.png"], "-o no-such-dir/x.png: directory"),
 ])
 def test_draw_refuses_bad_options_in_one_line(tmp_path: Path, options: list[str],
                                               message: str) -> None:

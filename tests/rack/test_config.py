@@ -209,6 +209,9 @@ BAD = {
     "missing device name": (_del("device", "name"), r"\[device\]: missing required key 'name'"),
     "instrument named like the controller": (
         _set("instruments", 0, "name", "ctrl0"), r"names must be unique; \['ctrl0'\] appear"),
+    "a sample rate in GHz": (
+        _set("controllers", 0, "sample_rate_hz", 1.0),
+        r"\[\[controllers\]\] ctrl0: sample_rate_hz must be > 1e\+06, got 1.0"),
     "a reply timeout in milliseconds": (
         _set("controllers", 0, "timeout_s", 5000.0),
         r"\[\[controllers\]\] ctrl0: timeout_s must be <= 60, got 5000.0"),
@@ -562,3 +565,9 @@ def test_a_wiring_file_that_is_not_utf8_is_an_error_naming_it(tmp_path):
     path.write_text(default_config_path().read_text(), encoding="utf-16")
     with pytest.raises(BackendConfigurationError, match=f"{path}: not valid TOML"):
         load_config(path)
+
+
+def test_a_directory_given_as_the_wiring_file_says_so(tmp_path):
+    with pytest.raises(BackendConfigurationError, match=f"{tmp_path} is a directory; give the "
+                                                        "wiring file"):
+        load_config(tmp_path)
