@@ -339,13 +339,19 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _file_options_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with ``--export`` and ``--design`` before anything starts, or None: the
-    export's directory must exist and the design file must be there."""
+    export's directory must exist and the design file must be there. Both paths are taken
+    with ``~`` expanded (a shell leaves ``--export=~/x.json`` as it is), here and where used."""
     if args.export:
-        folder = Path(args.export).expanduser().resolve().parent
+        args.export = str(Path(args.export).expanduser())
+        if Path(args.export).is_dir():
+            return f"--export {args.export}: is a directory; give a file name"
+        folder = Path(args.export).resolve().parent
         if not folder.is_dir():
             return f"--export {args.export}: directory {folder} does not exist"
-    if args.design and not Path(args.design).expanduser().is_file():
-        return f"--design {args.design}: no such file"
+    if args.design:
+        args.design = str(Path(args.design).expanduser())
+        if not Path(args.design).is_file():
+            return f"--design {args.design}: no such file"
     return None
 
 

@@ -505,6 +505,7 @@ def test_a_bad_seed_snapshot_is_a_one_line_error_naming_the_file(tmp_path, conte
     (["--export", "/nonexistent-dir/x.json"],
      "--export /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
     (["--design", "nonexistent.toml"], "--design nonexistent.toml: no such file"),
+    (["--export", "."], "--export .: is a directory; give a file name"),
 ])
 def test_calibrate_file_options_are_checked_before_anything_starts(tmp_path, args, message):
     start = time.monotonic()

@@ -6,7 +6,6 @@ import concurrent.futures
 import datetime as dt
 import functools
 import logging
-import math
 import numbers
 import threading
 from collections.abc import Iterator
@@ -65,7 +64,7 @@ def wait_bound(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
-            or math.isnan(timeout) or timeout < 0:
+            or timeout != timeout or timeout < 0:  # NaN != NaN; an int beyond any float is fine
         raise ValueError(f"timeout must be None or a number of seconds >= 0 (math.inf: no "
                          f"bound), got {timeout!r}")
     return None if timeout > threading.TIMEOUT_MAX else float(timeout)

@@ -292,6 +292,8 @@ class ControllerClient:
             asked = time.monotonic()
             try:
                 state, result, arrays = self.fetch(run_id, wait_s=hold_s)
+            except HardwareUnavailableError:
+                raise  # the controller is gone (peer_failure): no run plays there to abort
             except InstrumentError as exc:
                 # The transport failed while the run may still be playing: stop it, and say
                 # whether the controller confirmed that.

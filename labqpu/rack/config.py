@@ -547,8 +547,8 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     try:
         parse_age_limits(cal.get("max_age_h", {}), defaults=False)
     except ValueError as exc:
-        raise calibration.error(f": {str(exc).removeprefix('lab configuration ')}",
-                                "max_age_h") from exc
+        detail = str(exc).removeprefix("lab configuration ").removeprefix("[calibration] ")
+        raise calibration.error(f" {detail}", "max_age_h") from exc
     store = _string(cal, "store", calibration, default="", nonempty=False)
     seed_snapshot = _string(cal, "seed_snapshot", calibration, default="", nonempty=False)
     if store:

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from labqpu.store.validation import (
     pair_key,
     parse_pair,
     qubit_index,
+    sha256_hex,
     utc_now,
 )
 
@@ -88,6 +89,19 @@ CREATE TABLE snapshots (
 _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
 
 
+def _new_store_file(path: Path) -> None:
+    """Write the calibration schema into the SQLite file ``path``, in WAL mode from the start
+    (openers then need not switch it, which takes a lock)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        _create_schema(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     """The calibration schema, inside the caller's write transaction (unless it is there)."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -110,8 +124,9 @@ class CalibrationStore:
     ``path`` is created. A new store file appears whole: its schema is written into a
     temporary file beside it, which is then linked into place, so processes opening a new
     store at once all find a complete one (or the one another made first). Once open, the
-    store never creates its file again: if the file is deleted or replaced while open, reads
-    and commits fail naming it, and nothing is written into the lost file.
+    store never creates its file again: if the file is deleted or replaced while open, commits
+    fail naming it (nothing is written into the lost file) and new threads cannot open it;
+    connections already open go on reading the file they opened.
 
     ``validators`` run on every commit and import after the physical checks, each given the
     document and raising ``InvalidSnapshotError`` to refuse it (the provider passes the rack's
@@ -129,7 +144,7 @@ class CalibrationStore:
                 "a calibration store needs a file: ':memory:' is private to one "
                 "connection and the store opens one per thread"
             )
-        self._path = Path(path)
+        self._path = Path(path).absolute()  # a later chdir must not move the store
         self._timeout_s = timeout_s
         self._validators = tuple(validators)
         self._lock = threading.Lock()
@@ -187,28 +202,24 @@ class CalibrationStore:
         """Make a new store file whole: the schema goes into a temporary file beside it, which
         is linked into place unless another process created the store first (then that one is
         used); the temporary file is removed either way."""
-        spare = self._path.with_name(f".{self._path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        # a dangling symlink's target is where the store goes, as SQLite would put it
+        place = Path(os.path.realpath(self._path))
+        spare = place.with_name(f".labqpu-store-{secrets.token_hex(6)}.tmp")
         try:
-            conn = sqlite3.connect(spare, isolation_level=None)
+            _new_store_file(spare)
             try:
-                # WAL from the start: openers need not switch it (which takes a lock).
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                _create_schema(conn)
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            try:
-                os.link(spare, self._path)
+                os.link(spare, place)
             except FileExistsError:
                 pass  # another process made it first: that store is used
-            except OSError:  # no hard links on this file system: SQLite makes it in place
+            except OSError:  # no hard links on this file system: made in place
                 log.debug("cannot link %s into place; the store is made in place", spare)
+                _new_store_file(place)
         except (OSError, sqlite3.Error) as exc:
             raise CalibrationError(f"cannot create calibration store {self._path}: {exc}") from exc
         finally:
             for leftover in (spare, Path(f"{spare}-wal"), Path(f"{spare}-shm")):
-                leftover.unlink(missing_ok=True)
+                with suppress(OSError):
+                    leftover.unlink(missing_ok=True)
 
     def _identity(self) -> tuple[int, int]:
         """(device, inode) of the store file now."""
@@ -258,7 +269,7 @@ class CalibrationStore:
             # threads; otherwise each connection is used by the thread that opened it.
             # mode=rw: an open store never makes a new, empty file at its path (it was deleted).
             conn = sqlite3.connect(
-                f"file:{urllib.parse.quote(str(self._path.resolve()))}?mode=rw",
+                f"file:{urllib.parse.quote(os.fsencode(self._path.resolve()))}?mode=rw",
                 uri=True,
                 timeout=self._timeout_s,
                 isolation_level=None,
@@ -335,6 +346,22 @@ class CalibrationStore:
             return self._connection().execute(sql, parameters).fetchall()
         except sqlite3.Error as exc:
             raise CalibrationError(f"reading calibration store {self._path} failed: {exc}") from exc
+
+    def _document(self, snapshot_id: int, text: str, content_hash: str) -> dict[str, Any]:
+        """The stored JSON document of a snapshot, checked against its content hash without
+        validating it whole (``history`` reads every snapshot); a corrupt one is an error
+        naming it, as in :meth:`_snapshot`."""
+        try:
+            document = json.loads(text)
+            if not isinstance(document, dict):
+                raise ValueError(f"its document is a JSON {type(document).__name__}")
+            if sha256_hex(text) != content_hash \
+                    and sha256_hex(canonical_json(document)) != content_hash:
+                raise ValueError(f"its document does not hash to the stored {content_hash}")
+        except ValueError as exc:
+            raise CalibrationError(
+                f"snapshot {snapshot_id} in {self._path} is corrupt: {exc}") from exc
+        return document
 
     def _snapshot(self, row: tuple[Any, ...]) -> Snapshot:
         snapshot_id, created, parent_id, content_hash, document = row
@@ -527,13 +554,9 @@ class CalibrationStore:
             "ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        out = []
-        for device, *row in rows:
-            snapshot = self._snapshot(tuple(row))  # a corrupt one is an error naming it
-            out.append(SnapshotInfo(snapshot.snapshot_id, device, snapshot.created,
-                                    snapshot.parent_id, snapshot.content_hash,
-                                    snapshot.notes))
-        return out
+        return [SnapshotInfo(snapshot_id, device, created, parent_id, content_hash,
+                             self._document(snapshot_id, document, content_hash).get("notes", ""))
+                for device, snapshot_id, created, parent_id, content_hash, document in rows]
 
     def diff(self, a_id: int, b_id: int) -> dict[str, Any]:
         """Parameters added, removed and changed from snapshot ``a_id`` to ``b_id``
@@ -575,9 +598,8 @@ class CalibrationStore:
                            "ORDER BY id")
         records: dict[tuple, ParameterRecord] = {}
         names: set[str] = set()
-        for row in rows:
-            snapshot_id = row[0]
-            subjects = self._snapshot(row).to_document()[section]
+        for snapshot_id, _, _, content_hash, document in rows:
+            subjects = self._document(snapshot_id, document, content_hash)[section]
             names.update(n for params in subjects.values() for n in params)
             entry = subjects.get(key, {}).get(name)
             if entry is None:

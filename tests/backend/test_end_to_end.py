@@ -424,6 +424,7 @@ def test_a_bad_result_timeout_is_refused_and_an_infinite_one_waits(lab_backend) 
             job.result(timeout=bad)
     assert job.result(timeout=float("inf")).success
     assert job.result(timeout=1e300).get_counts() == job.result().get_counts()
+    assert job.result(timeout=10**400).success  # an int beyond any float: no bound
     assert job.status() is JobStatus.DONE
 
 

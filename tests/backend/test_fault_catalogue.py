@@ -175,9 +175,12 @@ def test_embedded_simulator_killed_mid_run_is_reported_at_once(lab_home, tmp_pat
             time.sleep(0.01)
         os.kill(provider.simulator.pid, signal.SIGKILL)
         start = time.monotonic()
-        with pytest.raises(JobError, match=r"firmware simulator \(pid \d+\) exited"):
+        with pytest.raises(JobError, match=r"firmware simulator \(pid \d+\) exited") as info:
             job.result(timeout=ERROR_BOUND_S)
         assert time.monotonic() - start < 2.0
+        message = str(info.value)
+        assert message.count("exited with code") == 1, message  # said once
+        assert "may still play" not in message, message  # nothing plays on a dead process
         assert job.status() is JobStatus.ERROR
     with LabProvider(lab, simulator=True) as provider:
         assert_right(provider.backend(), qubit=2)

@@ -225,7 +225,7 @@ BAD = {
         _set("qubits", "0", "drive", "ctrl0:\u00b2"), r"\[qubits\.0\] drive port must be"),
     "an age limit that is no table": (
         _set("calibration", "max_age_h", "abc"),
-        r"\[calibration\]: \[calibration\] max_age_h must be a table of hours per kind"),
+        r"lab.toml \[calibration\] max_age_h must be a table of hours per kind"),
     "a negative age limit": (
         _set("calibration", "max_age_h", {"frequency": -1}),
         r"\[calibration\.max_age_h\] frequency: must be a positive number of hours"),

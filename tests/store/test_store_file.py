@@ -4,8 +4,10 @@ they are read."""
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
+import os
 import sqlite3
 import threading
 from contextlib import closing
@@ -130,3 +132,47 @@ def test_history_names_a_corrupt_snapshot(tmp_path: Path) -> None:
                 with pytest.raises(CalibrationError,
                                    match=f"snapshot {first.snapshot_id} in .* is corrupt"):
                     read()
+
+
+def test_a_store_is_made_in_place_where_hard_links_are_not_supported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system without hard links (vfat, some network mounts: not available on this
+    machine, so ``os.link`` is made to fail as it fails there) the new store is made in place,
+    and no temporary file is left."""
+    def no_links(*_args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "store.sqlite"
+    with CalibrationStore(path) as store:
+        assert store.commit(lab5_document()).snapshot_id == 1
+    assert row_count(path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite"]
+
+
+@pytest.mark.parametrize("name", ["with space %20?#;.sqlite", os.fsdecode(b"bad\xff.sqlite")])
+def test_store_names_that_need_quoting_open_and_commit(tmp_path: Path, name: str) -> None:
+    """The connections open the file by a ``file:`` URI: spaces, ``%``, ``?``, ``#`` and a
+    name that is not UTF-8 reach the same file."""
+    with CalibrationStore(tmp_path / name) as store:
+        store.commit(lab5_document())
+        assert store.commit(lab5_document(notes="second")).snapshot_id == 2
+    assert row_count(tmp_path / name) == 2
+
+
+def test_a_relative_store_path_survives_a_change_of_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with CalibrationStore("store.sqlite") as store:
+        store.commit(lab5_document())
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert store.commit(lab5_document(notes="second")).snapshot_id == 2
+    assert row_count(tmp_path / "store.sqlite") == 2
+
+
+def test_a_dangling_symlink_makes_the_store_at_its_target(tmp_path: Path) -> None:
+    (tmp_path / "link.sqlite").symlink_to(tmp_path / "target.sqlite")
+    with CalibrationStore(tmp_path / "link.sqlite") as store:
+        store.commit(lab5_document())
+    assert row_count(tmp_path / "target.sqlite") == 1
