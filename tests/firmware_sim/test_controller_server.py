@@ -384,18 +384,20 @@ def test_retry_after_a_lost_reply_does_not_execute_twice(
     assert executor.executions == 1
 
 
+def answer_hello_only(request: Request) -> list[list]:
+    """A controller that opens session "s1" on ``hello`` and answers nothing else."""
+    if request.op != OP_HELLO:
+        return []
+    return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
+                                      "session": "s1"})]
+
+
 def test_a_controller_known_to_be_gone_fails_the_request_at_once(
     context: zmq.Context
 ) -> None:
     """With ``peer_failure`` (the embedded simulator's process watch) a request to a silent
     controller fails within ~0.1 s of the reason appearing, with that reason, instead of
-    after ``(retries + 1) * timeout_s``; without a reason the client waits as before."""
-    def answer_hello_only(request: Request) -> list[list]:
-        if request.op != OP_HELLO:
-            return []
-        return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
-                                          "session": "s1"})]
-
+    after ``(retries + 1) * timeout_s`` (15 s here); until then it waits."""
     silent = FakeController(context, answer_hello_only)
     gone_at = [float("inf")]
 
@@ -420,12 +422,6 @@ def test_a_controller_known_to_be_gone_fails_the_request_at_once(
 def test_silent_controller_times_out_after_all_retries_then_recovers(
     context: zmq.Context, executor: SumExecutor
 ) -> None:
-    def answer_hello_only(request: Request) -> list[list]:
-        if request.op != OP_HELLO:
-            return []
-        return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
-                                          "session": "s1"})]
-
     silent = FakeController(context, answer_hello_only)
     timeout_s, retries = 0.2, 2
     try:
