@@ -562,7 +562,26 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         for qubit in dag.qubits:
             if qubit not in self._first_gate:
                 self._free[qubit] = [(-math.inf, math.inf)]
+        in_registers = {bit for creg in dag.cregs.values() for bit in creg}
+        self._clbits = list(dag.clbits)
+        self._loose = [bit for bit in self._clbits if bit not in in_registers]
         return super().run(dag)
+
+    def _apply_scheduled_op(self, dag: DAGCircuit, t_start: int, oper, qubits,
+                            clbits=()) -> None:
+        """As the base class, on a padded copy that also holds the classical bits of no
+        register: Qiskit's padding copies registers only, and a measurement into a bit of no
+        register then raised ``KeyError`` (``GenericBackendV2`` with ALAP scheduling fails
+        alike). The bits keep the circuit's order, so results keep their bit positions."""
+        if self._loose:
+            loose, self._loose = self._loose, []
+            dag.add_clbits(loose)
+            if list(dag.clbits) != self._clbits:
+                raise TranspilerError(
+                    "labqpu's scheduling stage keeps classical bits of no register in order "
+                    "only after those of registers; put them in a ClassicalRegister, list them "
+                    "after the registers, or transpile with scheduling_method='labqpu_nodd'")
+        super()._apply_scheduled_op(dag, t_start, oper, qubits, clbits)
 
     def _neighbours(self, dag: DAGCircuit) -> dict:
         """Circuit qubits coupled to each circuit qubit by a two-qubit Target instruction."""

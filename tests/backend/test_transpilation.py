@@ -570,3 +570,27 @@ def test_a_bell_pair_survives_a_delay_on_one_of_its_qubits(lab_backend, method) 
     assert max(starts) == round(cz_end * samples_per_dt), (starts, cz_end)
     counts = lab_backend.run(native, shots=2000, seed_simulator=3).result().get_counts()
     assert (counts.get("00", 0) + counts.get("11", 0)) / 2000 >= 0.93, counts
+
+
+def test_classical_bits_of_no_register_are_padded_in_their_order(lab_backend) -> None:
+    """A circuit whose classical bits belong to no register transpiles at Qiskit's defaults
+    (the padding stage raised ``KeyError`` on them, as Qiskit's own padding does) and its
+    counts keep the bit positions (Aer: {'01': shots})."""
+    from qiskit import ClassicalRegister, QuantumRegister
+    from qiskit.circuit import Clbit
+    from qiskit.transpiler.exceptions import TranspilerError
+
+    qc = QuantumCircuit(QuantumRegister(2, "q"), [Clbit(), Clbit()])
+    qc.x(0)
+    qc.measure([0, 1], [0, 1])
+    native = transpile(qc, lab_backend)
+    assert native.clbits == qc.clbits
+    counts = lab_backend.run(native, shots=200).result(timeout=60).get_counts()
+    assert max(counts, key=counts.get) == "01" and counts["01"] > 170, counts
+    # bits of no register before a register's bits: refused rather than reordered
+    first_loose = QuantumCircuit(QuantumRegister(2, "q"), [Clbit()], ClassicalRegister(1, "c"))
+    first_loose.x(1)
+    first_loose.measure([0, 1], [0, 1])
+    with pytest.raises(TranspilerError, match="classical bits of no register in order only "
+                                              "after those of registers"):
+        transpile(first_loose, lab_backend)
