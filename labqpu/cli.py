@@ -65,7 +65,8 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
         job = backend.run(native, shots=shots, seed_simulator=seed)
         counts = job.result(timeout=120).get_counts()
         elapsed = time.perf_counter() - started
-    print(f"counts ({shots} shots): {dict(sorted(counts.items()))}")
+    print(f"counts ({shots} shots): {dict(sorted(counts.items()))}"
+          + ("" if qc.num_clbits else " (the circuit measures nothing into classical bits)"))
     return counts, f"job {job.job_id()[:8]}, {elapsed:.2f} s"
 
 
@@ -557,6 +558,12 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
               f"whole numbers), got {' '.join(rest) or 'nothing'}", file=sys.stderr)
         return 2
     ids = [int(r) for r in rest]
+    selectors = [f"--{name}" for name in ("qubit", "pair", "gate", "since")
+                 if getattr(args, name) is not None]
+    if selectors and (action != "history" or args.param is None):
+        print(f"labqpu calibrate {action}: {'/'.join(selectors)} select(s) one parameter's "
+              "history: use them with history --param NAME", file=sys.stderr)
+        return 2
     config = load_config(resolve_config_path(args.config)[0])
     with CalibrationStore(config.store_path, validators=(wiring_limits(config),)) as store:
         seed_store(store, config)  # as a provider would: the history starts at the seed

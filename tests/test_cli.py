@@ -173,6 +173,15 @@ def test_openqasm_files_run(tmp_path, text, good):
     assert sum(counts.get(k, 0) for k in good) >= 0.7 * 500, counts
 
 
+def test_a_circuit_that_measures_nothing_says_so(tmp_path):
+    path = tmp_path / "circuit.qasm"
+    path.write_text('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0];\n')
+    proc = labqpu(tmp_path, "run", str(path), "--shots", "100", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "counts (100 shots): {} (the circuit measures nothing into classical bits)" \
+        in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("text", ["OPENQASM 2.0;\nqreg q[2];\nh q[0];\n",
                                   "OPENQASM 3.0;\nqubit[2] q;\nfoo q[0];\n",
                                   "this is not a program", "garbage\n", "", "// a comment\n",
@@ -226,11 +235,15 @@ def test_calibrate_history_diff_and_rollback(tmp_path, export):
 
 def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, export):
     _seeded_home(tmp_path, export)
-    for args in (["rollback", "9"], ["history", "--param", "t1_s"], ["diff", "1", "7"]):
+    for args in (["rollback", "9"], ["history", "--param", "t1_s"], ["diff", "1", "7"],
+                 ["history", "--qubit", "2"], ["rollback", "1", "--since", "2026-01-01"]):
         proc = labqpu(tmp_path, "calibrate", *args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "history", "--qubit", "2")  # was ignored silently
+    assert "--qubit select(s) one parameter's history: use them with history --param" \
+        in proc.stderr
 
 
 def test_calibrate_history_of_a_misspelt_parameter_names_the_close_one(tmp_path, export):

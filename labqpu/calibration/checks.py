@@ -22,7 +22,7 @@ which the runner treats as a failed check.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,17 +37,19 @@ DRIVE_IF_BAND_HZ = (20e6, 450e6)
 @dataclass(frozen=True)
 class CheckResult:
     """What a check measured (``measured``) against the calibrated expectation
-    (``expected``), in ``unit``; ``passed`` when within ``tolerance``."""
+    (``expected``), in ``unit``; ``passed`` when within ``tolerance``. ``what`` names the value
+    in the summary: "measured", or what a check that measures nothing computed."""
 
     passed: bool
     measured: float
     expected: float
     tolerance: float
     unit: str
+    what: str = "measured"
 
     def __str__(self) -> str:
         verdict = "within" if self.passed else "outside"
-        return (f"measured {self.measured:.6g} {self.unit}, expected {self.expected:.6g}, "
+        return (f"{self.what} {self.measured:.6g} {self.unit}, expected {self.expected:.6g}, "
                 f"{verdict} tolerance {self.tolerance:g}")
 
 
@@ -192,5 +194,6 @@ def check_drive_lo(kit: Kit, q: int) -> CheckResult:
     if_hz = p["frequency_hz"] - p["drive_lo_frequency_hz"]
     lo, hi = DRIVE_IF_BAND_HZ
     middle = (lo + hi) / 2
-    return _judge(if_hz, middle, (hi - lo) / 2, "Hz")
+    return replace(_judge(if_hz, middle, (hi - lo) / 2, "Hz"),
+                   what="drive IF (no measurement: the calibrated frequency less the LO's)")
 

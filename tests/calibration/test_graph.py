@@ -214,3 +214,17 @@ def test_the_summary_table_keeps_its_columns_whatever_the_names():
     listed = [line for line in lines if line.startswith("  ")]
     assert len({line.index(line.split()[1]) for line in listed}) == 1, report.table()
     assert lines[-1] == "nothing committed; snapshot 7 stays the newest"
+
+
+def test_the_drive_lo_check_says_it_measured_nothing():
+    """The drive_lo step's check computes the drive IF from calibrated values; its summary
+    names that value, not a measurement."""
+    from labqpu.calibration.checks import DRIVE_IF_BAND_HZ, check_drive_lo
+
+    lo, hi = DRIVE_IF_BAND_HZ
+    kit = SimpleNamespace(work=SimpleNamespace(qubits={
+        0: {"frequency_hz": 5.0e9, "drive_lo_frequency_hz": 5.0e9 - (lo + hi) / 2}}))
+    result = check_drive_lo(kit, 0)
+    assert result.passed
+    assert str(result).startswith("drive IF (no measurement: the calibrated frequency less "
+                                  "the LO's)"), str(result)
