@@ -22,7 +22,7 @@ which the runner treats as a failed check.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,10 +54,10 @@ class CheckResult:
 
 
 def _judge(measured: float, expected: float, tolerance: float, unit: str, *,
-           relative: bool = False) -> CheckResult:
+           relative: bool = False, what: str = "measured") -> CheckResult:
     error = abs(measured / expected - 1) if relative else abs(measured - expected)
     return CheckResult(bool(error <= tolerance), float(measured), float(expected), tolerance,
-                       unit)
+                       unit, what)
 
 
 # ---------------------------------------------------------------- pure analyses
@@ -194,6 +194,6 @@ def check_drive_lo(kit: Kit, q: int) -> CheckResult:
     if_hz = p["frequency_hz"] - p["drive_lo_frequency_hz"]
     lo, hi = DRIVE_IF_BAND_HZ
     middle = (lo + hi) / 2
-    return replace(_judge(if_hz, middle, (hi - lo) / 2, "Hz"),
-                   what="drive IF (no measurement: the calibrated frequency less the LO's)")
+    return _judge(if_hz, middle, (hi - lo) / 2, "Hz",
+                  what="drive IF (no measurement: the calibrated frequency less the LO's)")
 
