@@ -208,6 +208,12 @@ class InstrumentCommandError(InstrumentError):
         super().__init__(message, instrument=instrument, command=command)
 
 
+class InstrumentSettingChangedError(InstrumentCommandError):
+    """An LO or bias setting a run relied on read back different after the run (another
+    process changed it): the run's results were discarded. The message names the instrument
+    and the setting."""
+
+
 class AuthenticationError(InstrumentCommandError):
     """A controller refused this client's ``hello``: its authenticator did not accept the
     credentials. No session was opened."""

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from labqpu.errors import (
     HardwareUnavailableError,
     InstrumentCommandError,
     InstrumentError,
+    InstrumentSettingChangedError,
     InstrumentTimeoutError,
     JobCancelledError,
     ProtocolError,
@@ -40,6 +42,10 @@ from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
 
 log = logging.getLogger(__name__)
+
+#: How long (s) a read-back that found a program's settings in place stands for the read-back
+#: before its next run: programs run back to back send none (``RackConnection._read_and_start``).
+READBACK_TRUSTED_S = 1.0
 
 #: Program ids a connection remembers per controller, to run a program again without
 #: uploading it (the reference controller holds 64, docs/protocol.md).
@@ -128,9 +134,10 @@ class RackConnection:
         #: Per controller: program content hash -> the id its upload returned, most recently
         #: run last (at most HELD_PROGRAMS; :meth:`_start`).
         self._held: dict[str, OrderedDict[str, str]] = {}
-        #: Every instrument setting (``settings.wanted``) as the last read-back found it in
-        #: place; emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
-        self._confirmed: dict[tuple, tuple] = {}
+        #: Every instrument setting (``settings.wanted`` key) the last read-back found in
+        #: place: (wanted value, its read-back record, when that read-back's queries went out
+        #: (monotonic s)); emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
+        self._confirmed: dict[tuple, tuple[tuple, dict, float]] = {}
 
     def controller(self, name: str) -> ControllerClient:
         """The (connected, version-checked) client of controller ``name``."""
@@ -220,7 +227,30 @@ class RackConnection:
                         "announce synchronised runs (no 'sync' capability in its hello)",
                         instrument=part.controller, command="hello")
         wanted = settings.wanted(program)
-        before, started = self._read_and_start(program, parts, request, wanted)
+        before, started, age_s, trusted = self._read_and_start(program, parts, request, wanted)
+        if not trusted:
+            return self._finish(program, parts, request, cancel, wanted, before, started, age_s)
+        try:
+            return self._finish(program, parts, request, cancel, wanted, before, started, age_s,
+                                since=f"since the read-back {age_s * 1e3:.1f} ms before the "
+                                      "run, or during it")
+        except InstrumentSettingChangedError as exc:
+            log.warning("%s; setting it again and running program %s anew", exc,
+                        program.display_name)
+        if cancel.is_set():
+            raise JobCancelledError("cancelled before it finished")
+        before, started, age_s = self._set_and_start(program, parts, request, wanted,
+                                                     f"{request.key}/again")
+        return self._finish(program, parts, request, cancel, wanted, before, started, age_s)
+
+    def _finish(self, program: PulseProgram, parts: list[ControllerPart], request: RunRequest,
+                cancel: threading.Event, wanted: dict[tuple, tuple], before: list[dict],
+                started: list[tuple], age_s: float, since: str = "during the run"
+                ) -> RunRecord:
+        """Wait for the ``started`` runs, then read the settings (``wanted``) back again while
+        merging the results and making the request's digest; returns the record. ``before``:
+        the read-back before the runs, ``age_s`` old when they started; ``since``: when a
+        setting found changed changed, for the error (``InstrumentSettingChangedError``)."""
         waited: list[tuple[dict, dict[str, np.ndarray]]] = []  # (result, arrays) per part
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
@@ -234,19 +264,30 @@ class RackConnection:
         waited = waited[:1] + waited[1:][::-1]  # back to the order of ``parts``
         ended = [result for result, _ in waited]
         outputs = [arrays for _, arrays in waited]
+        read_at = time.monotonic()
         try:
-            with settings.verifying(self, program) as verified:
+            with settings.verifying(self, program, since) as verified:
                 # Work on the results while the read-back's replies travel.
                 iq, traces, decimation = self._merge(program, parts, outputs, request)
                 digest = _digest(request, iq, traces)
                 provenance = self._provenance(program, parts, started, before, ended)
-                provenance["instruments_after"] = verified()
+                provenance["instruments_before_age_s"] = age_s
+                after = verified()
         except BaseException:
             self._confirmed.clear()
             raise
-        self._confirmed.update(wanted)
+        provenance["instruments_after"] = after
+        self._confirm(wanted, after, read_at)
         return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation,
                          digest=digest)
+
+    def _confirm(self, wanted: dict[tuple, tuple], readback: list[dict], read_at: float
+                 ) -> None:
+        """Remember the settings ``wanted`` as found in place by ``readback``, whose queries
+        went out at ``read_at`` (monotonic s)."""
+        for record in readback:
+            key = settings.record_key(record)
+            self._confirmed[key] = (wanted[key], record, read_at)
 
     def _provenance(self, program: PulseProgram, parts: list[ControllerPart],
                     started: list[tuple], before: list[dict], ended: list[dict]) -> dict:
@@ -280,22 +321,35 @@ class RackConnection:
 
     def _read_and_start(self, program: PulseProgram, parts: list[ControllerPart],
                         request: RunRequest, wanted: dict[tuple, tuple]
-                        ) -> tuple[list[dict], list[tuple]]:
+                        ) -> tuple[list[dict], list[tuple], float, bool]:
         """Read back the settings ``program`` relies on (``wanted``: ``settings.wanted``) and
-        start its run; returns the readback and the started runs ((client, run id, sync group)
-        per part, the leader last).
+        start its run; returns the readback, the started runs ((client, run id, sync group)
+        per part, the leader last), the readback's age when they started (s), and whether it
+        was trusted rather than read.
 
-        When this connection last read every one of those settings in place, the read-back's
+        When this connection's read-backs found every one of those settings in place, and the
+        oldest of them went out at most ``READBACK_TRUSTED_S`` ago (programs run back to back),
+        they stand for the read-back before the run and nothing is sent: the read-back after
+        the run tells whether they held (``execute``). When they are older, the read-back's
         queries go out first and their replies are read while the run starts (one round trip
         less per job). If a setting turns out changed (another process), that run is aborted
         before it can return anything, and the job goes the careful way: the settings are
         read, what differs is sent and read back, and only then is the run started, under a
         new request key (the aborted run keeps its own).
         """
-        if all(self._confirmed.get(k) == v for k, v in wanted.items()):
+        now = time.monotonic()
+        known = [self._confirmed.get(k) for k in wanted]
+        if all(hit is not None and hit[0] == v
+               for hit, v in zip(known, wanted.values(), strict=True)):
+            read_at = min((hit[2] for hit in known), default=now)
+            if now - read_at <= READBACK_TRUSTED_S:
+                before = [self._confirmed[k][1] for k in settings.setting_order(program)]
+                return before, self._start_parts(parts, request, request.key), \
+                    now - read_at, True
             started: list[tuple] = []
             try:
                 with settings.reading(self, program) as in_place:
+                    age_s = time.monotonic() - now
                     started = self._start_parts(parts, request, request.key)
                     before = in_place()
             except BaseException:
@@ -304,7 +358,8 @@ class RackConnection:
                     client.abort_quietly(run_id)
                 raise
             if before is not None:
-                return before, started
+                self._confirm(wanted, before, now)
+                return before, started, age_s, False
             self._confirmed.clear()
             outcomes = [client.abort_quietly(run_id) for client, run_id, _ in started]
             log.warning("a setting of program %s changed since the last run (another process?);"
@@ -313,13 +368,23 @@ class RackConnection:
             key = f"{request.key}/again"
         else:
             key = request.key
+        return (*self._set_and_start(program, parts, request, wanted, key), False)
+
+    def _set_and_start(self, program: PulseProgram, parts: list[ControllerPart],
+                       request: RunRequest, wanted: dict[tuple, tuple], key: str
+                       ) -> tuple[list[dict], list[tuple], float]:
+        """The careful way: read the settings, send what differs and read it back, then start
+        the run under request key ``key``; returns the readback, the started runs and the
+        readback's age when they started (s)."""
+        read_at = time.monotonic()
         try:
             before = self.apply_settings(program)
         except BaseException:
             self._confirmed.clear()
             raise
-        self._confirmed.update(wanted)
-        return before, self._start_parts(parts, request, key)
+        self._confirm(wanted, before, read_at)
+        age_s = time.monotonic() - read_at
+        return before, self._start_parts(parts, request, key), age_s
 
     def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str
                      ) -> list[tuple[ControllerClient, str, str]]:
