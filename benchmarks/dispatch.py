@@ -7,16 +7,21 @@ Its time is compared with what it cannot avoid, measured in the same run:
   controller, from acceptance to the end of the run; and, per job, the ``elapsed_s`` of the
   job's own run, which its result's reproducibility bundle carries);
 * the round trips the job makes, counted by wrapping the drivers' send functions during one
-  job: ZeroMQ requests (hello, upload, run; the held fetch's request travels during the run,
-  so it counts half a round trip, its reply) and SCPI exchanges (the settings read back before
-  and after the run: one compound query per instrument, all sent before the first reply is
-  read, so an exchange counts one round trip however many instruments it asks), each priced
-  at a raw echo round trip: a pyzmq REQ/REP echo and a line-echo TCP socket, served by a
-  separate process on loopback. The read-back before the run is not counted when it travels
-  with the run request (sent first, read while the run starts: ``settings.reading``). The
+  job: ZeroMQ requests (hello, upload, run; a ``fetch`` whose request travels during the run
+  counts half a round trip, its reply; jobs run back to back need none, the run's reply being
+  held until it ends) and SCPI exchanges (the settings read back before and after the run:
+  one compound query per instrument, all sent before the first reply is read, so an exchange
+  counts one round trip however many instruments it asks), each priced at a raw echo round
+  trip: a pyzmq REQ/REP echo and a line-echo TCP socket, served by a separate process on
+  loopback. Jobs run back to back send no read-back before the run (the previous run's stands
+  for it, ``hardware.READBACK_TRUSTED_S``); one that is sent travels with the run request
+  (sent first, read while the run starts: ``settings.reading``) and is not counted. The
   read-back after the run is counted; its replies are read after the worker has merged the
   results and counted them (``settings.verifying``), so the SCPI time in the breakdown is the
   wait left after that work.
+
+The simulator's run alone is taken as a job takes it (``ControllerClient.run_held``), so the
+two runs are the same work.
 
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
 the protocol's encoding, IQ -> counts. Usage::
@@ -273,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             exec_s = []
             with ControllerClient(provider.config.controllers[0].endpoint) as client:
                 program_id = client.upload(*program.to_wire())
-                for i in range(jobs + 1):
-                    run_id = client.run(program_id, shots, params={**run_params, "seed": i})
-                    client.wait(run_id, timeout_s=60)
-                    _, result, _ = client.fetch(run_id)
+                for i in range(jobs + 1):  # as a job runs it: the run's reply held to its end
+                    run_id, ended = client.run_held(program_id, shots, wait_s=client.max_hold_s,
+                                                    params={**run_params, "seed": i})
+                    result, _ = ended or client.wait(run_id, timeout_s=60)
                     if i:
                         exec_s.append(result["elapsed_s"])
             zmq_rtt, tcp_rtt = raw_round_trips(zport, tport, 300)

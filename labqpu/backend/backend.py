@@ -15,6 +15,7 @@ import numpy as np
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import BackendV2, Options
 
+from labqpu.backend.compiled import CompiledPrograms
 from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
 from labqpu.backend.merge import plan_runs
@@ -175,6 +176,8 @@ class LabBackend(BackendV2):
         #: Pulse gates by name, then device qubits; replaced (never changed) on every change,
         #: so a run reads one consistent set with its Target.
         self._pulse_gates: dict[str, dict[tuple[int, ...], PulseGate]] = {}
+        #: Programs of circuits run before, for circuits run again (``labqpu.backend.compiled``).
+        self._compiled = CompiledPrograms()
         self._capabilities: dict[str, dict] = queue.capabilities(timeout_s=30.0)
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
@@ -687,15 +690,25 @@ class LabBackend(BackendV2):
         """Check and compile ``circuits``, each checked just before it is read, so that the
         first bad circuit in order is the one reported; consecutive circuits that differ only
         in rz angles, delay durations and pulse-gate parameters are compiled once
-        (``labqpu.pulse.batch``)."""
-        try:
-            return compile_circuits(
-                circuits, snapshot, self.channels, scheduling_method=opts["scheduling_method"],
-                feedforward_latency_samples=self.feedforward_latency_samples,
-                reset_method=opts["reset_method"], pulse_gates=pulse_gates,
-                check=lambda circuit: self._check_circuit(circuit, target))
-        except CompilationError as exc:
-            raise InvalidRunInputError(str(exc)) from exc
+        (``labqpu.pulse.batch``). Circuits compiled before under the same snapshot and options
+        are not compiled again (``labqpu.backend.compiled``)."""
+        def compile_all() -> list[PulseProgram]:
+            try:
+                return compile_circuits(
+                    circuits, snapshot, self.channels,
+                    scheduling_method=opts["scheduling_method"],
+                    feedforward_latency_samples=self.feedforward_latency_samples,
+                    reset_method=opts["reset_method"], pulse_gates=pulse_gates,
+                    check=lambda circuit: self._check_circuit(circuit, target))
+            except CompilationError as exc:
+                raise InvalidRunInputError(str(exc)) from exc
+
+        if pulse_gates:  # their definitions are not part of the cache's key
+            return compile_all()
+        return self._compiled.compile(
+            circuits, (snapshot, target, self.channels),
+            (opts["scheduling_method"], opts["reset_method"], self.feedforward_latency_samples),
+            compile_all)
 
     def run(self, run_input: QuantumCircuit | PulseProgram
             | Sequence[QuantumCircuit | PulseProgram], **options) -> LabJob:

@@ -241,6 +241,52 @@ class ControllerClient:
         reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
         return self._result_str(reply, "run_id", OP_RUN)
 
+    @property
+    def max_hold_s(self) -> float:
+        """The longest hold (s) this client asks of a controller: 0.25 s, and at most half its
+        request timeout, so that a held reply always comes back within it."""
+        return min(_HOLD_S, self.timeout_s / 2)
+
+    def run_held(
+        self,
+        program_id: str,
+        shots: int,
+        *,
+        wait_s: float,
+        params: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        time_limit_s: float | None = None,
+    ) -> tuple[str, tuple[dict[str, Any], dict[str, np.ndarray]] | None]:
+        """:meth:`run`, with the reply held by the controller until the run ends or ``wait_s``
+        passes (s, at most 0.25 and half the request timeout), for a controller whose
+        ``hello`` capabilities state ``run_wait`` (docs/protocol.md, ``run``): a short run's
+        results come back with its run id, without a ``fetch``.
+
+        Returns:
+            (run id, (result, arrays)) when the run is done, as :meth:`wait` returns them;
+            (run id, None) while it is still queued or running (then :meth:`wait` for it).
+
+        Raises:
+            ValueError: ``shots`` < 1 or ``wait_s`` not in (0, 0.25]; nothing is sent.
+            InstrumentCommandError: unknown program or refused parameters; the run failed
+                or was aborted.
+        """
+        shots = operator.index(shots)
+        if shots < 1:
+            raise ValueError(f"shots must be >= 1, got {shots}")
+        if not 0 < wait_s <= self.max_hold_s:
+            raise ValueError(f"wait_s must be in (0, {self.max_hold_s}] s, got {wait_s!r}")
+        request_params: dict[str, Any] = {"program_id": program_id, "shots": shots,
+                                          "params": dict(params or {}), "wait_s": float(wait_s)}
+        if time_limit_s is not None:
+            request_params["time_limit_s"] = float(time_limit_s)
+        reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
+        run_id = self._result_str(reply, "run_id", OP_RUN)
+        state = self._result_str(reply, "state", OP_RUN)
+        if self._ended(run_id, state, reply.result):
+            return run_id, (reply.result, reply.arrays)
+        return run_id, None
+
     def fetch(self, run_id: str, *,
               wait_s: float = 0.0) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         """Ask for a run's state and, once done, its results.
@@ -288,7 +334,7 @@ class ControllerClient:
         deadline = time.monotonic() + timeout_s
         backoff_s = _WAIT_FIRST_BACKOFF_S
         while True:
-            hold_s = min(max(deadline - time.monotonic(), 0.0), self.timeout_s / 2, _HOLD_S)
+            hold_s = min(max(deadline - time.monotonic(), 0.0), self.max_hold_s)
             asked = time.monotonic()
             try:
                 state, result, arrays = self.fetch(run_id, wait_s=hold_s)
@@ -300,22 +346,8 @@ class ControllerClient:
                 outcome = self.abort_quietly(run_id)
                 raise type(exc)(f"{exc.detail}; {outcome}", instrument=exc.instrument,
                                 command=exc.command) from exc
-            if state == "done":
+            if self._ended(run_id, state, result):
                 return result, arrays
-            if state == "error":
-                raise InstrumentCommandError(
-                    f"run {run_id} failed: {result.get('error', 'no message')}",
-                    instrument=self.endpoint,
-                    command=OP_RUN,
-                    remote_type=str(result.get("error_type", "")),
-                )
-            if state == "aborted":
-                raise InstrumentCommandError(
-                    f"run {run_id} was aborted",
-                    instrument=self.endpoint,
-                    command=OP_RUN,
-                    remote_type="aborted",
-                )
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 outcome = self.abort_quietly(run_id)
@@ -334,6 +366,31 @@ class ControllerClient:
                 self.abort(run_id)
                 cancel = None
             backoff_s = min(1.5 * backoff_s, _WAIT_MAX_BACKOFF_S)
+
+    def _ended(self, run_id: str, state: str, result: Mapping[str, Any]) -> bool:
+        """True if a run in ``state`` is done, False while it is queued or running.
+
+        Raises:
+            InstrumentCommandError: the run failed (the executor's message and error type)
+                or was aborted.
+        """
+        if state == "done":
+            return True
+        if state == "error":
+            raise InstrumentCommandError(
+                f"run {run_id} failed: {result.get('error', 'no message')}",
+                instrument=self.endpoint,
+                command=OP_RUN,
+                remote_type=str(result.get("error_type", "")),
+            )
+        if state == "aborted":
+            raise InstrumentCommandError(
+                f"run {run_id} was aborted",
+                instrument=self.endpoint,
+                command=OP_RUN,
+                remote_type="aborted",
+            )
+        return False
 
     def abort_quietly(self, run_id: str) -> str:
         """Best-effort abort of a run we stop waiting for, so it does not keep playing; returns

@@ -31,9 +31,8 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import zmq
 
 from labqpu.drivers.protocol import (
@@ -79,8 +78,10 @@ from labqpu.firmware_sim.runs import (
     ERROR,
     QUEUED,
     RUNNING,
+    Executor,
     KeyRecord,
     Program,
+    ProgramRefusedError,
     Run,
     program_id_of,
     request_digest,
@@ -105,50 +106,6 @@ try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
 except importlib.metadata.PackageNotFoundError:
     _FIRMWARE = "labqpu-sim (not installed)"
-
-
-class Executor(Protocol):
-    """What the simulator plugs into a ``ControllerServer``: the device behind the wire.
-
-    An executor may also have ``abandon(params)``: the server calls it with the run
-    parameters of each run aborted before it started."""
-
-    def capabilities(self) -> dict:
-        """JSON-able description: channels, sample_rate_hz, waveform_memory_samples, ..."""
-        ...
-
-    def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Validate a program; raise ``ValueError`` with a clear message if it is bad (the
-        reply's error type is the exception's ``error_type`` attribute when it has one, e.g.
-        ``ProgramRefusedError``, else ``InvalidProgram``).
-
-        The arrays are read-only: a program is immutable once uploaded, and every run of
-        it receives the same arrays.
-        """
-        ...
-
-    def execute(
-        self,
-        arrays: dict[str, np.ndarray],
-        meta: dict,
-        shots: int,
-        params: dict,
-        cancel: threading.Event,
-    ) -> dict[str, np.ndarray]:
-        """Run a loaded program ``shots`` times (blocking) and return the result arrays.
-
-        Should return early once ``cancel`` is set; any exception marks the run ``error``
-        with the exception's type name and message.
-        """
-        ...
-
-
-class ProgramRefusedError(ValueError):
-    """A program an executor refuses with a specific protocol error type (``ERR_*``)."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
 
 
 class _RequestError(Exception):
@@ -230,7 +187,8 @@ class ControllerServer:
         self._runs: dict[str, Run] = {}
         self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
         self._sessions: dict[str, float] = {}
-        self._held: list[tuple[Frame, str, Run, float]] = []
+        #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
+        self._held: list[tuple[Frame, str, Run, float, str]] = []
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -377,8 +335,8 @@ class ControllerServer:
                         self._queue.put(run_id)
                     self._accepted.clear()
                 self._expire_runs()
-                for identity, reply in self._due_fetches():
-                    self._deliver(socket, identity, OP_FETCH, reply)
+                for identity, op, reply in self._due_fetches():
+                    self._deliver(socket, identity, op, reply)
                 with self._lock:
                     validated, self._validated = self._validated, []
                 for identity, reply in validated:
@@ -424,24 +382,26 @@ class ControllerServer:
         """Until the next held fetch's or delayed reply's time, at most one poll interval
         (ms)."""
         with self._lock:
-            deadlines = [deadline for _, _, _, deadline in self._held]
+            deadlines = [held[3] for held in self._held]
         deadlines += [at for at, _, _ in self._delayed]
         if not deadlines:
             return _POLL_INTERVAL_MS
         return max(0, min(_POLL_INTERVAL_MS, round((min(deadlines) - time.monotonic()) * 1000)))
 
-    def _due_fetches(self) -> list[tuple[Frame, list[Frame]]]:
-        """Replies to held fetches whose run ended or whose wait expired."""
+    def _due_fetches(self) -> list[tuple[Frame, str, list[Frame]]]:
+        """(identity, op, reply) of held replies (``fetch``, or ``run`` with ``wait_s``) whose
+        run ended or whose wait expired."""
         now = time.monotonic()
         out = []
         with self._lock:
             keep = []
-            for identity, request_id, run, deadline in self._held:
+            for held in self._held:
+                identity, request_id, run, deadline, op = held
                 if run.state in ACTIVE and deadline > now and not self._stopping.is_set():
-                    keep.append((identity, request_id, run, deadline))
+                    keep.append(held)
                     continue
                 result, arrays = self._fetch_result(run)
-                out.append((identity, encode_reply(request_id, result, arrays)))
+                out.append((identity, op, encode_reply(request_id, result, arrays)))
             self._held = keep
         return out
 
@@ -478,6 +438,8 @@ class ControllerServer:
         try:
             if request.op == OP_FETCH and self._hold(request, identity):
                 return None
+            if request.op == OP_RUN:
+                return self._run_reply(request, identity)
             result, arrays = self._handlers[request.op](request)
             return encode_reply(request.id, result, arrays)
         except _RequestError as exc:
@@ -516,7 +478,8 @@ class ControllerServer:
             "protocol_versions": [PROTOCOL_VERSION],
             "server": self.name,
             "firmware": _FIRMWARE,
-            "capabilities": self._executor.capabilities(),
+            "capabilities": {**self._executor.capabilities(),
+                             "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
                        "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
                        "max_programs": self._max_programs, "max_runs": self._max_runs,
@@ -644,6 +607,7 @@ class ControllerServer:
     def _fetch_result(self, run: Run) -> tuple[dict, dict | None]:
         """A fetch's reply for ``run``; lock held."""
         result: dict[str, Any] = {
+            "run_id": run.run_id,
             "state": run.state,
             "elapsed_s": run.elapsed_s(time.monotonic()),
         }
@@ -652,21 +616,35 @@ class ControllerServer:
             result["error_type"] = run.error_type
         return result, run.results if run.state == DONE else None
 
+    def _run_reply(self, request: Request, identity: Frame) -> list[Frame] | None:
+        """The reply to ``run``; with ``wait_s`` > 0 (checked before the run is queued) held
+        until the run ends or the wait expires, and then a fetch's reply (state, elapsed_s,
+        results) with the run id (``_due_fetches``): None while held."""
+        wait_s = _wait_s(request, OP_RUN)
+        result, arrays = self._run(request)
+        if wait_s == 0:
+            return encode_reply(request.id, result, arrays)
+        with self._lock:
+            run = self._runs.get(result["run_id"])
+            if run is not None:
+                if run.state in ACTIVE:
+                    self._held.append((identity, request.id, run, time.monotonic() + wait_s,
+                                       OP_RUN))
+                    return None
+                result, arrays = self._fetch_result(run)
+        return encode_reply(request.id, result, arrays)
+
     def _hold(self, request: Request, identity: Frame) -> bool:
         """Hold a ``fetch`` with ``wait_s`` > 0 of a run still active, to be answered when
         the run ends or the wait expires (``_due_fetches``); True if held."""
-        wait_s = request.params.get("wait_s", 0)
-        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) \
-                or not 0 <= wait_s <= MAX_FETCH_WAIT_S:
-            raise _RequestError(ERR_BAD_PARAMS, f"fetch: wait_s must be a number in 0.."
-                                                f"{MAX_FETCH_WAIT_S} s, got {wait_s!r}")
+        wait_s = _wait_s(request, OP_FETCH)
         if wait_s == 0:
             return False
         with self._lock:
             run = self._lookup(request)
             if run.state not in ACTIVE:
                 return False
-            self._held.append((identity, request.id, run, time.monotonic() + wait_s))
+            self._held.append((identity, request.id, run, time.monotonic() + wait_s, OP_FETCH))
         return True
 
     def _abort(self, request: Request) -> tuple[dict, None]:
@@ -800,6 +778,17 @@ class ControllerServer:
         self._finished.append(run.run_id)
         while len(self._finished) > self._max_runs:
             del self._runs[self._finished.popleft()]
+
+
+def _wait_s(request: Request, op: str) -> float:
+    """The request's ``wait_s`` (s, default 0), refused unless a number in
+    0..``MAX_FETCH_WAIT_S``."""
+    wait_s = request.params.get("wait_s", 0)
+    if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) \
+            or not 0 <= wait_s <= MAX_FETCH_WAIT_S:
+        raise _RequestError(ERR_BAD_PARAMS, f"{op}: wait_s must be a number in 0.."
+                                            f"{MAX_FETCH_WAIT_S} s, got {wait_s!r}")
+    return float(wait_s)
 
 
 def _wake(ended: zmq.Socket) -> bool:

@@ -19,10 +19,10 @@ from collections.abc import Callable
 import numpy as np
 
 from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, SEED_LIMIT
-from labqpu.firmware_sim.controller_server import ProgramRefusedError
 from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
+from labqpu.firmware_sim.runs import ProgramRefusedError
 from labqpu.firmware_sim.shots import trace_points
 from labqpu.firmware_sim.sweeps import BINDABLE, MAX_PARAM_SETS, bind, parse_param_sets
 from labqpu.firmware_sim.sync import (

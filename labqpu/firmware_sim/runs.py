@@ -1,4 +1,5 @@
-"""The controller's records of programs and runs, and the content ids that name them."""
+"""The controller's records of programs and runs, the executor that plays them, and the
+content ids that name them."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "KeyRecord", "Program",
-           "Run", "program_id_of", "request_digest"]
+__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "Executor", "KeyRecord",
+           "Program", "ProgramRefusedError", "Run", "program_id_of", "request_digest"]
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -87,3 +88,47 @@ def program_id_of(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
         digest.update(b"\0" + json.dumps(descriptor, separators=(",", ":")).encode("utf-8"))
         digest.update(array.view(np.uint8).data)
     return digest.hexdigest()[:16]
+
+
+class Executor(Protocol):
+    """What the simulator plugs into a ``ControllerServer``: the device behind the wire.
+
+    An executor may also have ``abandon(params)``: the server calls it with the run
+    parameters of each run aborted before it started."""
+
+    def capabilities(self) -> dict:
+        """JSON-able description: channels, sample_rate_hz, waveform_memory_samples, ..."""
+        ...
+
+    def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Validate a program; raise ``ValueError`` with a clear message if it is bad (the
+        reply's error type is the exception's ``error_type`` attribute when it has one, e.g.
+        ``ProgramRefusedError``, else ``InvalidProgram``).
+
+        The arrays are read-only: a program is immutable once uploaded, and every run of
+        it receives the same arrays.
+        """
+        ...
+
+    def execute(
+        self,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        shots: int,
+        params: dict,
+        cancel: threading.Event,
+    ) -> dict[str, np.ndarray]:
+        """Run a loaded program ``shots`` times (blocking) and return the result arrays.
+
+        Should return early once ``cancel`` is set; any exception marks the run ``error``
+        with the exception's type name and message.
+        """
+        ...
+
+
+class ProgramRefusedError(ValueError):
+    """A program an executor refuses with a specific protocol error type (``ERR_*``)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type

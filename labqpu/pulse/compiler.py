@@ -430,7 +430,6 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         offsets, wave_data = pack_waveforms([waves_of[g] for g in wave_order[:n_waves].tolist()])
     start, port, wave, amp, phase, freq, play_block = [c[:n_play] for c in plays]
     a_start, a_port, a_duration, a_freq, a_qubit, a_clbit = [c[:n_acq] for c in acqs]
-    creg_sizes = [[reg.name, reg.size] for reg in circuit.cregs]
     if dynamic is None:
         feedforward = {"acq_disc_axis": np.zeros(n_acq, np.complex128),
                        "acq_disc_threshold": np.zeros(n_acq)}
@@ -446,11 +445,16 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         acq_port=a_port, acq_start=a_start, acq_duration=a_duration, acq_freq_hz=a_freq,
         acq_qubit=a_qubit, acq_clbit=a_clbit,
         lo_settings=dict(lo_settings), flux_bias_a=dict(flux_bias_a),
-        num_clbits=circuit.num_clbits,
-        header={"name": circuit.name, "creg_sizes": creg_sizes,
-                "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})},
+        num_clbits=circuit.num_clbits, header=program_header(circuit),
         snapshot_id=snapshot.snapshot_id, rack=channels.layout, **feedforward,
     )
+
+
+def program_header(circuit: QuantumCircuit) -> dict:
+    """The header a program compiled from ``circuit`` carries: its name, classical registers
+    (name, size), memory slots and metadata (a copy)."""
+    return {"name": circuit.name, "creg_sizes": [[reg.name, reg.size] for reg in circuit.cregs],
+            "memory_slots": circuit.num_clbits, "metadata": dict(circuit.metadata or {})}
 
 
 def _with_local_effects(dynamic: Lowered, tables: Tables) -> tuple[np.ndarray, list]:

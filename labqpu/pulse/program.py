@@ -27,6 +27,7 @@ length and byte offset), then the raw little-endian array bytes. ``draw()`` plot
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -212,6 +213,13 @@ class PulseProgram:
                 arr = state[name] = np.ascontiguousarray(arr, dtype=dtype)
             arr.setflags(write=False)
         return program
+
+    def with_header(self, header: dict) -> PulseProgram:
+        """This program with ``header`` instead of its own: a shallow copy that shares the
+        (read-only) arrays and the content hash, which the header is not part of."""
+        out = copy.copy(self)
+        object.__setattr__(out, "header", header)
+        return out
 
     @property
     def display_name(self) -> str:

@@ -254,11 +254,12 @@ class RackConnection:
         waited: list[tuple[dict, dict[str, np.ndarray]]] = []  # (result, arrays) per part
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
-            for client, run_id, _ in order:
-                waited.append(client.wait(run_id, timeout_s=request.timeout_s, cancel=cancel))
+            for client, run_id, _, ended in order:
+                waited.append(ended or client.wait(run_id, timeout_s=request.timeout_s,
+                                                   cancel=cancel))
         except BaseException:
             # The failed wait has aborted its own run; stop the others.
-            for client, run_id, _ in order[len(waited) + 1:]:
+            for client, run_id, *_ in order[len(waited) + 1:]:
                 client.abort_quietly(run_id)
             raise
         waited = waited[:1] + waited[1:][::-1]  # back to the order of ``parts``
@@ -296,7 +297,7 @@ class RackConnection:
         final ``fetch`` result, whose ``elapsed_s`` (the controller's time from accepting the
         run to its end, s) each controller's entry carries."""
         controllers = []
-        for part, (client, run_id, _), result in zip(
+        for part, (client, run_id, *_), result in zip(
                 parts, [started[-1], *started[:-1]], ended, strict=True):
             hello = self._hellos[part.controller]
             elapsed = result.get("elapsed_s")
@@ -344,7 +345,7 @@ class RackConnection:
             read_at = min((hit[2] for hit in known), default=now)
             if now - read_at <= READBACK_TRUSTED_S:
                 before = [self._confirmed[k][1] for k in settings.setting_order(program)]
-                return before, self._start_parts(parts, request, request.key), \
+                return before, self._start_parts(parts, request, request.key, held=True), \
                     now - read_at, True
             started: list[tuple] = []
             try:
@@ -354,14 +355,14 @@ class RackConnection:
                     before = in_place()
             except BaseException:
                 self._confirmed.clear()
-                for client, run_id, _ in started:
+                for client, run_id, *_ in started:
                     client.abort_quietly(run_id)
                 raise
             if before is not None:
                 self._confirm(wanted, before, now)
                 return before, started, age_s, False
             self._confirmed.clear()
-            outcomes = [client.abort_quietly(run_id) for client, run_id, _ in started]
+            outcomes = [client.abort_quietly(run_id) for client, run_id, *_ in started]
             log.warning("a setting of program %s changed since the last run (another process?);"
                         " %s; setting it again and starting anew", program.display_name,
                         "; ".join(outcomes))
@@ -386,13 +387,16 @@ class RackConnection:
         age_s = time.monotonic() - read_at
         return before, self._start_parts(parts, request, key), age_s
 
-    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str
-                     ) -> list[tuple[ControllerClient, str, str]]:
+    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str,
+                     held: bool = False) -> list[tuple]:
         """Start every part's run under request key ``key``, the followers armed first and the
-        leader last; returns (client, run id, sync group) per part in that order. If one
-        fails to start, the others are aborted."""
+        leader last; returns (client, run id, sync group, its results or None) per part in
+        that order. ``held``: a program on one controller whose ``hello`` states ``run_wait``
+        gets the run's reply held until it ends (at most ``ControllerClient.max_hold_s``), so
+        a short run's results come with it, without a ``fetch``. If one part fails to start,
+        the others are aborted."""
         group = uuid.uuid4().hex
-        started: list[tuple[ControllerClient, str, str]] = []
+        started: list[tuple] = []
         try:
             for i in [*range(1, len(parts)), 0]:  # followers armed first, the leader last
                 part = parts[i]
@@ -405,17 +409,23 @@ class RackConnection:
                         {"group": group, "role": "follower", "leader": parts[0].controller})
                 # The controller stops the run at the job's limit by itself, so a run whose
                 # abort is lost (the transport failed) cannot hold the controller beyond it.
-                run_id = self._start(part.controller, part.program, request, params, key)
-                started.append((client, run_id, group))
+                hold_s = client.max_hold_s if held and len(parts) == 1 and \
+                    "run_wait" in self.capabilities(part.controller) else 0.0
+                run_id, ended = self._start(part.controller, part.program, request, params,
+                                            key, hold_s)
+                started.append((client, run_id, group, ended))
         except BaseException:
-            for client, run_id, _ in started:  # armed followers would wait for their limit
+            for client, run_id, *_ in started:  # armed followers would wait for their limit
                 client.abort_quietly(run_id)
             raise
         return started
 
     def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict,
-               key: str) -> str:
-        """Queue a run of ``program`` on controller ``name``; returns the run id.
+               key: str, hold_s: float = 0.0
+               ) -> tuple[str, tuple[dict, dict[str, np.ndarray]] | None]:
+        """Queue a run of ``program`` on controller ``name``; returns the run id and, with
+        ``hold_s`` > 0, its (result, arrays) if it ended within ``hold_s`` (s, the reply held,
+        ``ControllerClient.run_held``), else None.
 
         A controller whose ``hello`` states ``program_ids: "content"`` (an id is derived from
         the program's content and never names other content, across restarts too) gets the
@@ -425,16 +435,23 @@ class RackConnection:
         ``UnknownProgram``, which records nothing; the program is then uploaded and the run
         sent again with the same key."""
         client = self.controller(name)
+
+        def run(program_id: str) -> tuple[str, tuple[dict, dict[str, np.ndarray]] | None]:
+            if hold_s > 0:
+                return client.run_held(program_id, request.shots, wait_s=hold_s,
+                                       params=params, key=key, time_limit_s=request.timeout_s)
+            return client.run(program_id, request.shots, params=params, key=key,
+                              time_limit_s=request.timeout_s), None
+
         held = self._held.setdefault(name, OrderedDict())
         digest = program.content_hash
         stable = self.capabilities(name).get("program_ids") == "content"
         program_id = held.get(digest) if stable else None
         if program_id is not None:
             try:
-                run_id = client.run(program_id, request.shots, params=params, key=key,
-                                    time_limit_s=request.timeout_s)
+                outcome = run(program_id)
                 held.move_to_end(digest)
-                return run_id
+                return outcome
             except InstrumentCommandError as exc:
                 if exc.remote_type != ERR_UNKNOWN_PROGRAM:
                     raise
@@ -446,8 +463,7 @@ class RackConnection:
             held[digest] = program_id
             while len(held) > HELD_PROGRAMS:
                 held.popitem(last=False)
-        return client.run(program_id, request.shots, params=params, key=key,
-                          time_limit_s=request.timeout_s)
+        return run(program_id)
 
     @staticmethod
     def _run_params(request: RunRequest) -> dict:

@@ -812,6 +812,55 @@ def test_a_held_fetch_is_answered_when_the_run_ends(client: ControllerClient) ->
     assert info.value.remote_type == ERR_BAD_PARAMS
 
 
+def test_a_held_run_reply_brings_a_short_runs_results(client: ControllerClient) -> None:
+    """``run`` with ``wait_s``: the controller states ``run_wait`` in ``hello``; a run that
+    ends within the hold comes back done, with its results and elapsed time, in the run's own
+    reply (one request); one that does not comes back queued or running after the hold, and
+    is then waited for as any run."""
+    assert client.hello()["capabilities"]["run_wait"] == {"max_wait_s": 1.0}
+    program_id = client.upload(_program(), {})
+    run_id, ended = client.run_held(program_id, shots=3, wait_s=client.max_hold_s)
+    assert ended is not None
+    result, arrays = ended
+    assert result["state"] == "done" and result["run_id"] == run_id
+    assert 0 < result["elapsed_s"] < BOUND_S
+    expected = _program()
+    assert np.array_equal(arrays["prod"], expected["a"] * expected["b"] * 3)
+    slow_id, ended = client.run_held(program_id, shots=1, wait_s=0.05,
+                                     params={"sleep_s": 0.4})
+    assert ended is None  # the hold expired first
+    result, arrays = client.wait(slow_id, timeout_s=BOUND_S)
+    assert set(arrays) == {"sum", "prod"}
+    assert client.status()["runs_total"] == 2
+
+
+def test_a_held_run_reply_reports_a_failed_run_and_a_bad_hold_is_refused(
+        client: ControllerClient) -> None:
+    program_id = client.upload(_program(), {})
+    with pytest.raises(InstrumentCommandError, match="failed: boom") as info:
+        client.run_held(program_id, shots=1, wait_s=0.2, params={"fail": "boom"})
+    assert info.value.remote_type == "RuntimeError"
+    for bad in (0.0, 0.3, float("nan")):
+        with pytest.raises(ValueError, match="wait_s"):
+            client.run_held(program_id, shots=1, wait_s=bad)
+    runs = client.status()["runs_total"]
+    request = {"program_id": program_id, "shots": 1, "params": {}, "wait_s": 5.0}
+    with pytest.raises(InstrumentCommandError, match="run: wait_s must be") as info:
+        client._request(OP_RUN, request, key="too-long")  # past the client's own check
+    assert info.value.remote_type == ERR_BAD_PARAMS
+    assert client.status()["runs_total"] == runs  # refused before anything was queued
+
+
+def test_a_repeated_key_with_a_held_reply_returns_the_finished_runs_results(
+        client: ControllerClient) -> None:
+    program_id = client.upload(_program(), {})
+    first, _ = client.run_held(program_id, shots=2, wait_s=0.2, key="k")
+    again, ended = client.run_held(program_id, shots=2, wait_s=0.2, key="k")
+    assert again == first
+    assert ended is not None and ended[0]["state"] == "done"
+    assert set(ended[1]) == {"sum", "prod"}
+
+
 def test_other_clients_are_served_while_a_fetch_is_held(server: ControllerServer,
                                                        client: ControllerClient) -> None:
     program_id = client.upload(_program(), {})

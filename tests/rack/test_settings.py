@@ -207,7 +207,8 @@ def test_back_to_back_jobs_trust_the_last_read_back_and_still_catch_a_change(
     read-back before their run: the one after the previous run stands for it, and the bundle
     says how old it was. When another process changed the drive LO between two such jobs, the
     read-back after the run finds it: those results are discarded, the LO is set again and
-    read back, and the job runs anew, so its counts are those of the calibrated device."""
+    read back, and the job runs anew, so its counts are those of the calibrated device. Such a
+    short run's results come in its run request's reply, held until it ended: no fetch."""
     from labqpu.drivers.controller import ControllerClient
 
     monkeypatch.setattr(hardware, "READBACK_TRUSTED_S", 30.0)  # a slow machine stays inside
@@ -219,12 +220,22 @@ def test_back_to_back_jobs_trust_the_last_read_back_and_still_catch_a_change(
         return reading(*args)
 
     monkeypatch.setattr(settings, "reading", counted)
+    fetches = []
+    fetch = ControllerClient.fetch
+
+    def counted_fetch(self, *args, **kwargs):
+        fetches.append(args)
+        return fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(ControllerClient, "fetch", counted_fetch)
     lo_name = lab_backend.config.qubits[0].drive_lo
     host, port = lab_backend.config.instrument(lo_name).resource.split("::")[1:3]
     native = _x_on_qubit_0(lab_backend)
     first = lab_backend.run(native, shots=100).result(timeout=60)
+    fetches.clear()
     second = lab_backend.run(native, shots=100).result(timeout=60)
     assert reads == []
+    assert fetches == []  # the run's reply, held until it ended, brought its results
     after = first.results[0].header["reproducibility"]["instruments_after"]
     bundle = second.results[0].header["reproducibility"]
     assert bundle["instruments_before"] == after

@@ -1,0 +1,118 @@
+"""Programs compiled before, kept for circuits that are run again.
+
+A lab runs the same circuit again and again: a check before each calibration step, a
+benchmark, a user's loop. What the compiler (and ``run()``'s check against the Target) makes of
+a circuit depends only on its instructions, the calibration snapshot and Target, the compile
+options and the rack, so a circuit run again under the same snapshot gets the program compiled
+before, with a header of its own (name, classical registers, metadata: not part of the
+program's content hash). The key reads the circuit exactly: each instruction's name, its
+parameters to the bit, a delay's unit, its qubit and classical-bit indices, and the scheduling
+stage's op start times when a stage timed it. Circuits with control flow, unbound parameters or
+parameters that are not numbers, and circuits run while the backend has pulse gates, are
+compiled every time: their programs depend on more than this key reads. Jobs of more than
+:data:`MAX_CIRCUITS` circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per shape)
+neither read nor fill it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from qiskit.circuit import ControlFlowOp, ParameterExpression, QuantumCircuit
+
+from labqpu.pulse.compiler import program_header
+from labqpu.pulse.program import PulseProgram
+
+#: Programs kept (least recently used dropped first).
+MAX_PROGRAMS = 256
+#: Jobs with more circuits than this are compiled without the cache.
+MAX_CIRCUITS = 16
+
+
+def circuit_key(circuit: QuantumCircuit) -> tuple | None:
+    """What the compiler reads of ``circuit``, exactly, as a hashable key; None for a circuit
+    the cache does not hold (control flow, unbound or non-numeric parameters)."""
+    qubits = {q: i for i, q in enumerate(circuit.qubits)}
+    clbits = {c: i for i, c in enumerate(circuit.clbits)}
+    rows = []
+    for inst in circuit.data:
+        op = inst.operation
+        if isinstance(op, ControlFlowOp):
+            return None
+        params = []
+        for p in op.params:
+            if isinstance(p, ParameterExpression):
+                if p.parameters:
+                    return None
+                p = complex(p)
+            if isinstance(p, bool) or not isinstance(p, int | float | complex):
+                try:  # numpy scalars; arrays and other objects are not keyed
+                    p = p.item()
+                except (AttributeError, ValueError):
+                    return None
+                if not isinstance(p, int | float | complex):
+                    return None
+            # floats by their bits: -0.0 and 0.0 make programs with different bytes
+            params.append(p.hex() if isinstance(p, float)
+                          else (p.real.hex(), p.imag.hex()) if isinstance(p, complex) else p)
+        rows.append((op.name, tuple(params), getattr(op, "unit", None),
+                     tuple(qubits[q] for q in inst.qubits),
+                     tuple(clbits[c] for c in inst.clbits)))
+    try:
+        starts = tuple(circuit.op_start_times)
+    except AttributeError:  # not timed by a scheduling stage
+        starts = None
+    return circuit.num_qubits, circuit.num_clbits, tuple(rows), starts
+
+
+class CompiledPrograms:
+    """The programs of circuits compiled under one context: the objects they were compiled
+    against (snapshot, Target), compared by identity, and option values, compared by value. A
+    new context empties it. Thread-safe."""
+
+    def __init__(self, capacity: int = MAX_PROGRAMS) -> None:
+        self._capacity = capacity
+        self._objects: tuple = ()
+        self._values: tuple | None = None
+        self._programs: OrderedDict[tuple, PulseProgram] = OrderedDict()
+        self._lock = threading.Lock()
+        #: Circuits answered from the cache, and compiled, since the backend was made.
+        self.hits = 0
+        self.misses = 0
+
+    def _same(self, objects: tuple, values: tuple) -> bool:
+        return values == self._values and len(objects) == len(self._objects) and all(
+            a is b for a, b in zip(objects, self._objects, strict=True))
+
+    def compile(self, circuits: Sequence[QuantumCircuit], objects: tuple, values: tuple,
+                compile_all: Callable[[], list[PulseProgram]]) -> list[PulseProgram]:
+        """The programs of ``circuits`` compiled against ``objects`` with options ``values``:
+        from the cache when every circuit is in it, else ``compile_all()`` (one program per
+        circuit, which may raise), whose programs it then keeps."""
+        if len(circuits) > MAX_CIRCUITS:
+            return compile_all()
+        keys = [circuit_key(circuit) for circuit in circuits]
+        with self._lock:
+            if self._same(objects, values):
+                found = [None if key is None else self._programs.get(key) for key in keys]
+                if all(program is not None for program in found):
+                    for key in keys:
+                        self._programs.move_to_end(key)
+                    self.hits += len(keys)
+                    return [program.with_header(program_header(circuit))
+                            for program, circuit in zip(found, circuits, strict=True)]
+        programs = compile_all()
+        with self._lock:
+            self.misses += len(keys)
+            if not self._same(objects, values):
+                self._objects, self._values = objects, values
+                self._programs.clear()
+            for key, program in zip(keys, programs, strict=True):
+                if key is not None:
+                    self._programs[key] = program
+                    self._programs.move_to_end(key)
+            while len(self._programs) > self._capacity:
+                self._programs.popitem(last=False)
+        return programs
