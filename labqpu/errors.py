@@ -23,6 +23,8 @@
         ├── InstrumentTimeoutError   an instrument did not answer within its bound
         ├── InstrumentCommandError   an instrument refused a command (SCPI error queue, typed
         │   │                        error reply from a controller; remote_type)
+        │   ├── InstrumentSettingChangedError  an LO or bias setting read back changed
+        │   │                        after a run: its results were discarded
         │   └── AuthenticationError  a controller's authenticator refused this client's hello
         ├── InstrumentLimitError     (also ValueError) a value is outside the instrument's limits;
         │                            nothing was sent
