@@ -8,17 +8,16 @@ Its time is compared with what it cannot avoid, measured in the same run:
   job's own run, which its result's reproducibility bundle carries);
 * the round trips the job makes, counted by wrapping the drivers' send functions during one
   job: ZeroMQ requests (hello, upload, run; a ``fetch`` whose request travels during the run
-  counts half a round trip, its reply; jobs run back to back need none, the run's reply being
-  held until it ends) and SCPI exchanges (the settings read back before and after the run:
-  one compound query per instrument, all sent before the first reply is read, so an exchange
+  counts half a round trip, its reply; a short run needs none, its run's reply being held
+  until it ends) and SCPI exchanges (the settings read back before and after the run: one
+  compound query per instrument, all sent before the first reply is read, so an exchange
   counts one round trip however many instruments it asks), each priced at a raw echo round
   trip: a pyzmq REQ/REP echo and a line-echo TCP socket, served by a separate process on
-  loopback. Jobs run back to back send no read-back before the run (the previous run's stands
-  for it, ``hardware.READBACK_TRUSTED_S``); one that is sent travels with the run request
-  (sent first, read while the run starts: ``settings.reading``) and is not counted. The
-  read-back after the run is counted; its replies are read after the worker has merged the
-  results and counted them (``settings.verifying``), so the SCPI time in the breakdown is the
-  wait left after that work.
+  loopback. The read-back before the run is not counted when it travels with the run request
+  (sent first, read once the run has started or ended: ``settings.reading``). The read-back
+  after the run is counted; its replies are read after the worker has merged the results and
+  counted them (``settings.verifying``), so the SCPI time in the breakdown is the wait left
+  after that work.
 
 The simulator's run alone is taken as a job takes it (``ControllerClient.run_held``), so the
 two runs are the same work.
@@ -304,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     asked = counts.pop("scpi instruments asked", 0)
     overlapped = counts.pop("scpi overlapped", 0)
     info(f"round trips of one job: {dict(counts)}, plus {fetches} fetch(es) held during the "
-         f"run (counted as half a round trip) and {overlapped} SCPI exchange(s) read while "
-         f"the run starts (the read-back before the run: not counted, it travels with the run "
-         f"request); the SCPI exchanges asked {asked} instruments")
+         f"run (counted as half a round trip) and {overlapped} SCPI exchange(s) read once "
+         f"the run has started or ended (the read-back before the run: not counted, it travels "
+         f"with the run request); the SCPI exchanges asked {asked} instruments")
     info(f"raw round trips (separate process, loopback): pyzmq REQ/REP echo {dur(zmq_rtt)}, "
          f"TCP line echo {dur(tcp_rtt)}")
     info(f"dispatch overhead (job - simulator run - raw round trips): {dur(t_job - needed)} "

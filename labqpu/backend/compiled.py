@@ -11,7 +11,8 @@ stage's op start times when a stage timed it. Circuits with control flow, unboun
 parameters that are not numbers, and circuits run while the backend has pulse gates, are
 compiled every time: their programs depend on more than this key reads. Jobs of more than
 :data:`MAX_CIRCUITS` circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per shape)
-neither read nor fill it.
+and circuits of more than :data:`MAX_INSTRUCTIONS` instructions (whose key costs about what
+compiling them does) neither read nor fill it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from labqpu.pulse.program import PulseProgram
 MAX_PROGRAMS = 256
 #: Jobs with more circuits than this are compiled without the cache.
 MAX_CIRCUITS = 16
+#: Circuits with more instructions than this are compiled without it: reading a key costs
+#: about as much per instruction as compiling (~2 us).
+MAX_INSTRUCTIONS = 64
 
 
 def circuit_key(circuit: QuantumCircuit) -> tuple | None:
@@ -68,50 +72,44 @@ def circuit_key(circuit: QuantumCircuit) -> tuple | None:
 
 
 class CompiledPrograms:
-    """The programs of circuits compiled under one context: the objects they were compiled
-    against (snapshot, Target), compared by identity, and option values, compared by value. A
-    new context empties it. Thread-safe."""
+    """Programs by circuit key and context: the objects they were compiled against (snapshot,
+    Target, channels), compared by identity, and option values, compared by value. At most
+    ``capacity`` programs, least recently used dropped first. Thread-safe."""
 
     def __init__(self, capacity: int = MAX_PROGRAMS) -> None:
         self._capacity = capacity
-        self._objects: tuple = ()
-        self._values: tuple | None = None
-        self._programs: OrderedDict[tuple, PulseProgram] = OrderedDict()
+        #: (ids of the objects, option values, circuit key) -> (the objects, program).
+        self._programs: OrderedDict[tuple, tuple[tuple, PulseProgram]] = OrderedDict()
         self._lock = threading.Lock()
         #: Circuits answered from the cache, and compiled, since the backend was made.
         self.hits = 0
         self.misses = 0
-
-    def _same(self, objects: tuple, values: tuple) -> bool:
-        return values == self._values and len(objects) == len(self._objects) and all(
-            a is b for a, b in zip(objects, self._objects, strict=True))
 
     def compile(self, circuits: Sequence[QuantumCircuit], objects: tuple, values: tuple,
                 compile_all: Callable[[], list[PulseProgram]]) -> list[PulseProgram]:
         """The programs of ``circuits`` compiled against ``objects`` with options ``values``:
         from the cache when every circuit is in it, else ``compile_all()`` (one program per
         circuit, which may raise), whose programs it then keeps."""
-        if len(circuits) > MAX_CIRCUITS:
+        if len(circuits) > MAX_CIRCUITS or any(len(c.data) > MAX_INSTRUCTIONS for c in circuits):
             return compile_all()
-        keys = [circuit_key(circuit) for circuit in circuits]
+        ids = tuple(id(o) for o in objects)
+        keys = [(ids, values, key) for key in map(circuit_key, circuits)]
         with self._lock:
-            if self._same(objects, values):
-                found = [None if key is None else self._programs.get(key) for key in keys]
-                if all(program is not None for program in found):
-                    for key in keys:
-                        self._programs.move_to_end(key)
-                    self.hits += len(keys)
-                    return [program.with_header(program_header(circuit))
-                            for program, circuit in zip(found, circuits, strict=True)]
+            found = [None if key[2] is None else self._programs.get(key) for key in keys]
+            if all(entry is not None and all(a is b for a, b in zip(entry[0], objects,
+                                                                     strict=True))
+                   for entry in found):
+                for key in keys:
+                    self._programs.move_to_end(key)
+                self.hits += len(keys)
+                return [entry[1].with_header(program_header(circuit))
+                        for entry, circuit in zip(found, circuits, strict=True)]
         programs = compile_all()
         with self._lock:
             self.misses += len(keys)
-            if not self._same(objects, values):
-                self._objects, self._values = objects, values
-                self._programs.clear()
             for key, program in zip(keys, programs, strict=True):
-                if key is not None:
-                    self._programs[key] = program
+                if key[2] is not None:
+                    self._programs[key] = (objects, program)
                     self._programs.move_to_end(key)
             while len(self._programs) > self._capacity:
                 self._programs.popitem(last=False)

@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 _WAIT_FIRST_BACKOFF_S = 0.001
 _WAIT_MAX_BACKOFF_S = 0.02
-#: Longest the client asks the controller to hold a fetch (s); it bounds how late a cancel
-#: between two fetches is noticed.
+#: Longest the client asks the controller to hold a fetch or a run's reply (s); it bounds how
+#: late a cancel is noticed.
 _HOLD_S = 0.25
 #: How often a client with ``peer_failure`` asks it while it waits for a reply (s).
 _PEER_CHECK_S = 0.1
@@ -258,16 +258,18 @@ class ControllerClient:
         time_limit_s: float | None = None,
     ) -> tuple[str, tuple[dict[str, Any], dict[str, np.ndarray]] | None]:
         """:meth:`run`, with the reply held by the controller until the run ends or ``wait_s``
-        passes (s, at most 0.25 and half the request timeout), for a controller whose
-        ``hello`` capabilities state ``run_wait`` (docs/protocol.md, ``run``): a short run's
-        results come back with its run id, without a ``fetch``.
+        passes (s, at most :attr:`max_hold_s`, and within the ``run_wait.max_wait_s`` the
+        controller's ``hello`` states), for a controller whose capabilities state ``run_wait``
+        (docs/protocol.md, ``run``): a short run's results come back with its run id, without
+        a ``fetch``.
 
         Returns:
             (run id, (result, arrays)) when the run is done, as :meth:`wait` returns them;
             (run id, None) while it is still queued or running (then :meth:`wait` for it).
 
         Raises:
-            ValueError: ``shots`` < 1 or ``wait_s`` not in (0, 0.25]; nothing is sent.
+            ValueError: ``shots`` < 1 or ``wait_s`` not in (0, :attr:`max_hold_s`]; nothing is
+                sent.
             InstrumentCommandError: unknown program or refused parameters; the run failed
                 or was aborted.
         """
@@ -334,6 +336,9 @@ class ControllerClient:
         deadline = time.monotonic() + timeout_s
         backoff_s = _WAIT_FIRST_BACKOFF_S
         while True:
+            if cancel is not None and cancel.is_set():  # set while the run's reply was held
+                self.abort(run_id)
+                cancel = None
             hold_s = min(max(deadline - time.monotonic(), 0.0), self.max_hold_s)
             asked = time.monotonic()
             try:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import queue
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,7 +31,6 @@ from labqpu.errors import (
     HardwareUnavailableError,
     InstrumentCommandError,
     InstrumentError,
-    InstrumentSettingChangedError,
     InstrumentTimeoutError,
     JobCancelledError,
     ProtocolError,
@@ -42,10 +41,6 @@ from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
 
 log = logging.getLogger(__name__)
-
-#: How long (s) a read-back that found a program's settings in place stands for the read-back
-#: before its next run: programs run back to back send none (``RackConnection._read_and_start``).
-READBACK_TRUSTED_S = 1.0
 
 #: Program ids a connection remembers per controller, to run a program again without
 #: uploading it (the reference controller holds 64, docs/protocol.md).
@@ -134,10 +129,9 @@ class RackConnection:
         #: Per controller: program content hash -> the id its upload returned, most recently
         #: run last (at most HELD_PROGRAMS; :meth:`_start`).
         self._held: dict[str, OrderedDict[str, str]] = {}
-        #: Every instrument setting (``settings.wanted`` key) the last read-back found in
-        #: place: (wanted value, its read-back record, when that read-back's queries went out
-        #: (monotonic s)); emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
-        self._confirmed: dict[tuple, tuple[tuple, dict, float]] = {}
+        #: Every instrument setting (``settings.wanted``) as the last read-back found it in
+        #: place; emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
+        self._confirmed: dict[tuple, tuple] = {}
 
     def controller(self, name: str) -> ControllerClient:
         """The (connected, version-checked) client of controller ``name``."""
@@ -214,7 +208,8 @@ class RackConnection:
 
         Returns the IQ points (shots x acquisitions, complex64), the run's provenance and what
         ``request.digest`` made of the results while the read-back after the run travelled.
-        Raises ``InstrumentCommandError`` if an instrument setting changed during the run.
+        Raises ``InstrumentSettingChangedError`` (an ``InstrumentCommandError``) if an
+        instrument setting changed during the run.
         """
         parts = split_program(program)
         if len(parts) > 1:
@@ -227,30 +222,20 @@ class RackConnection:
                         "announce synchronised runs (no 'sync' capability in its hello)",
                         instrument=part.controller, command="hello")
         wanted = settings.wanted(program)
-        before, started, age_s, trusted = self._read_and_start(program, parts, request, wanted)
-        if not trusted:
-            return self._finish(program, parts, request, cancel, wanted, before, started, age_s)
-        try:
-            return self._finish(program, parts, request, cancel, wanted, before, started, age_s,
-                                since=f"since the read-back {age_s * 1e3:.1f} ms before the "
-                                      "run, or during it")
-        except InstrumentSettingChangedError as exc:
-            log.warning("%s; setting it again and running program %s anew", exc,
-                        program.display_name)
-        if cancel.is_set():
-            raise JobCancelledError("cancelled before it finished")
-        before, started, age_s = self._set_and_start(program, parts, request, wanted,
-                                                     f"{request.key}/again")
-        return self._finish(program, parts, request, cancel, wanted, before, started, age_s)
+        before, started = self._read_and_start(program, parts, request, wanted)
+        return self._finish(program, parts, request, cancel, wanted, before, started)
 
     def _finish(self, program: PulseProgram, parts: list[ControllerPart], request: RunRequest,
                 cancel: threading.Event, wanted: dict[tuple, tuple], before: list[dict],
-                started: list[tuple], age_s: float, since: str = "during the run"
-                ) -> RunRecord:
-        """Wait for the ``started`` runs, then read the settings (``wanted``) back again while
-        merging the results and making the request's digest; returns the record. ``before``:
-        the read-back before the runs, ``age_s`` old when they started; ``since``: when a
-        setting found changed changed, for the error (``InstrumentSettingChangedError``)."""
+                started: list[tuple]) -> RunRecord:
+        """Wait for the ``started`` runs (those whose results came with their run's reply are
+        not waited for), then read the settings (``wanted``) back again while merging the
+        results and making the request's digest; returns the record. ``before``: the
+        read-back before the runs.
+
+        Raises:
+            InstrumentSettingChangedError: a setting changed during the run.
+        """
         waited: list[tuple[dict, dict[str, np.ndarray]]] = []  # (result, arrays) per part
         order = started[::-1]  # the leader first: its end is the followers' end too
         try:
@@ -265,30 +250,19 @@ class RackConnection:
         waited = waited[:1] + waited[1:][::-1]  # back to the order of ``parts``
         ended = [result for result, _ in waited]
         outputs = [arrays for _, arrays in waited]
-        read_at = time.monotonic()
         try:
-            with settings.verifying(self, program, since) as verified:
+            with settings.verifying(self, program) as verified:
                 # Work on the results while the read-back's replies travel.
                 iq, traces, decimation = self._merge(program, parts, outputs, request)
                 digest = _digest(request, iq, traces)
                 provenance = self._provenance(program, parts, started, before, ended)
-                provenance["instruments_before_age_s"] = age_s
-                after = verified()
+                provenance["instruments_after"] = verified()
         except BaseException:
             self._confirmed.clear()
             raise
-        provenance["instruments_after"] = after
-        self._confirm(wanted, after, read_at)
+        self._confirmed.update(wanted)
         return RunRecord(iq, provenance, traces=traces, trace_decimation=decimation,
                          digest=digest)
-
-    def _confirm(self, wanted: dict[tuple, tuple], readback: list[dict], read_at: float
-                 ) -> None:
-        """Remember the settings ``wanted`` as found in place by ``readback``, whose queries
-        went out at ``read_at`` (monotonic s)."""
-        for record in readback:
-            key = settings.record_key(record)
-            self._confirmed[key] = (wanted[key], record, read_at)
 
     def _provenance(self, program: PulseProgram, parts: list[ControllerPart],
                     started: list[tuple], before: list[dict], ended: list[dict]) -> dict:
@@ -322,79 +296,58 @@ class RackConnection:
 
     def _read_and_start(self, program: PulseProgram, parts: list[ControllerPart],
                         request: RunRequest, wanted: dict[tuple, tuple]
-                        ) -> tuple[list[dict], list[tuple], float, bool]:
+                        ) -> tuple[list[dict], list[tuple]]:
         """Read back the settings ``program`` relies on (``wanted``: ``settings.wanted``) and
-        start its run; returns the readback, the started runs ((client, run id, sync group)
-        per part, the leader last), the readback's age when they started (s), and whether it
-        was trusted rather than read.
+        start its run; returns the readback and the started runs ((client, run id, sync
+        group, results or None) per part, the leader last: ``_start_parts``).
 
-        When this connection's read-backs found every one of those settings in place, and the
-        oldest of them went out at most ``READBACK_TRUSTED_S`` ago (programs run back to back),
-        they stand for the read-back before the run and nothing is sent: the read-back after
-        the run tells whether they held (``execute``). When they are older, the read-back's
-        queries go out first and their replies are read while the run starts (one round trip
-        less per job). If a setting turns out changed (another process), that run is aborted
-        before it can return anything, and the job goes the careful way: the settings are
-        read, what differs is sent and read back, and only then is the run started, under a
-        new request key (the aborted run keeps its own).
+        When this connection last read every one of those settings in place, the read-back's
+        queries go out first and their replies are read once the run has started (one round
+        trip less per job), or ended, for a run whose reply was held to its end. If a setting
+        turns out changed (another process), that run is aborted, or its results discarded,
+        before any result is taken, and the job goes the careful way: the settings are read,
+        what differs is sent and read back, and only then is the run started, under a new
+        request key (the first run keeps its own).
         """
-        now = time.monotonic()
-        known = [self._confirmed.get(k) for k in wanted]
-        if all(hit is not None and hit[0] == v
-               for hit, v in zip(known, wanted.values(), strict=True)):
-            read_at = min((hit[2] for hit in known), default=now)
-            if now - read_at <= READBACK_TRUSTED_S:
-                before = [self._confirmed[k][1] for k in settings.setting_order(program)]
-                return before, self._start_parts(parts, request, request.key, held=True), \
-                    now - read_at, True
+        if all(self._confirmed.get(k) == v for k, v in wanted.items()):
             started: list[tuple] = []
             try:
                 with settings.reading(self, program) as in_place:
-                    age_s = time.monotonic() - now
                     started = self._start_parts(parts, request, request.key)
                     before = in_place()
             except BaseException:
                 self._confirmed.clear()
-                for client, run_id, *_ in started:
-                    client.abort_quietly(run_id)
+                for client, run_id, _, ended in started:
+                    if ended is None:
+                        client.abort_quietly(run_id)
                 raise
             if before is not None:
-                self._confirm(wanted, before, now)
-                return before, started, age_s, False
+                return before, started
             self._confirmed.clear()
-            outcomes = [client.abort_quietly(run_id) for client, run_id, *_ in started]
+            outcomes = [client.abort_quietly(run_id) if ended is None else
+                        f"run {run_id} had ended: its results are discarded"
+                        for client, run_id, _, ended in started]
             log.warning("a setting of program %s changed since the last run (another process?);"
                         " %s; setting it again and starting anew", program.display_name,
                         "; ".join(outcomes))
             key = f"{request.key}/again"
         else:
             key = request.key
-        return (*self._set_and_start(program, parts, request, wanted, key), False)
-
-    def _set_and_start(self, program: PulseProgram, parts: list[ControllerPart],
-                       request: RunRequest, wanted: dict[tuple, tuple], key: str
-                       ) -> tuple[list[dict], list[tuple], float]:
-        """The careful way: read the settings, send what differs and read it back, then start
-        the run under request key ``key``; returns the readback, the started runs and the
-        readback's age when they started (s)."""
-        read_at = time.monotonic()
         try:
             before = self.apply_settings(program)
         except BaseException:
             self._confirmed.clear()
             raise
-        self._confirm(wanted, before, read_at)
-        age_s = time.monotonic() - read_at
-        return before, self._start_parts(parts, request, key), age_s
+        self._confirmed.update(wanted)
+        return before, self._start_parts(parts, request, key)
 
-    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str,
-                     held: bool = False) -> list[tuple]:
+    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str
+                     ) -> list[tuple]:
         """Start every part's run under request key ``key``, the followers armed first and the
         leader last; returns (client, run id, sync group, its results or None) per part in
-        that order. ``held``: a program on one controller whose ``hello`` states ``run_wait``
-        gets the run's reply held until it ends (at most ``ControllerClient.max_hold_s``), so
-        a short run's results come with it, without a ``fetch``. If one part fails to start,
-        the others are aborted."""
+        that order. A program on one controller whose ``hello`` states ``run_wait`` gets the
+        run's reply held until the run ends (``_hold_s``), so a short run's results come with
+        it, without a ``fetch``. If one part fails to start, the others are aborted."""
         group = uuid.uuid4().hex
         started: list[tuple] = []
         try:
@@ -409,8 +362,7 @@ class RackConnection:
                         {"group": group, "role": "follower", "leader": parts[0].controller})
                 # The controller stops the run at the job's limit by itself, so a run whose
                 # abort is lost (the transport failed) cannot hold the controller beyond it.
-                hold_s = client.max_hold_s if held and len(parts) == 1 and \
-                    "run_wait" in self.capabilities(part.controller) else 0.0
+                hold_s = self._hold_s(part.controller) if len(parts) == 1 else 0.0
                 run_id, ended = self._start(part.controller, part.program, request, params,
                                             key, hold_s)
                 started.append((client, run_id, group, ended))
@@ -419,6 +371,17 @@ class RackConnection:
                 client.abort_quietly(run_id)
             raise
         return started
+
+    def _hold_s(self, name: str) -> float:
+        """How long (s) controller ``name`` is asked to hold a run's reply: the client's
+        ``max_hold_s``, within the ``run_wait.max_wait_s`` its ``hello`` states; 0 (no hold)
+        for a controller that states no ``run_wait`` or no positive number there."""
+        wait = self.capabilities(name).get("run_wait")
+        limit = wait.get("max_wait_s") if isinstance(wait, dict) else None
+        if isinstance(limit, bool) or not isinstance(limit, int | float) \
+                or not math.isfinite(limit) or limit <= 0:
+            return 0.0
+        return min(self.controller(name).max_hold_s, float(limit))
 
     def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict,
                key: str, hold_s: float = 0.0

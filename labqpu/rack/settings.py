@@ -11,13 +11,10 @@ The read-back after the run goes out as soon as the run's results have arrived, 
 works on those results while its replies travel (:func:`verifying`).
 
 When the connection's last read-back found every setting of a program in place, the read-back
-before its run is sent first and its replies are read while the run starts (:func:`reading`,
-``RackConnection._read_and_start``): a setting found changed then aborts that run before any
-result is taken, and the job sets it and starts again. When that read-back is younger than
-``hardware.READBACK_TRUSTED_S`` (the previous run's, for programs run back to back), it stands
-for the read-back before the run, which is not sent: a setting the read-back after the run
-finds changed (before or during the run) then discards the results, and the job sets it and
-runs again, the careful way.
+before its run is sent first and its replies are read once the run has started, or ended for a
+short run whose reply the controller held to its end (:func:`reading`,
+``RackConnection._read_and_start``): a setting found changed then aborts that run, or discards
+its results, before any result is taken, and the job sets it and starts again.
 
 Tolerances are the instruments' resolutions: 1 mHz (or 1e-9 relative) in frequency, 0.005 dB
 in power, 1 nA (or 1e-6 relative) in current.
@@ -122,7 +119,7 @@ def prepare(instruments: Instruments, program: PulseProgram) -> list[dict]:
 
 
 @contextlib.contextmanager
-def verifying(instruments: Instruments, program: PulseProgram, since: str = "during the run"
+def verifying(instruments: Instruments, program: PulseProgram
               ) -> Iterator[Callable[[], list[dict]]]:
     """Read every LO and bias channel of ``program`` again after its run, in two steps: the
     queries go out on entry, in one exchange, and the callable it yields reads the replies, so
@@ -130,16 +127,15 @@ def verifying(instruments: Instruments, program: PulseProgram, since: str = "dur
     readback.
 
     Raises (from the callable):
-        InstrumentSettingChangedError: a setting changed (``since``: when, for the message,
-            which names the instrument and the setting); the run's results must be discarded.
+        InstrumentSettingChangedError: a setting changed during the run (the message names
+            the instrument and the setting); the run's results must be discarded.
     """
     los, sources, queries = _queries(instruments, program)
     with queries_out(queries) as replies:
         def verified() -> list[dict]:
             readings = _compared(*_parsed(program, los, sources, replies()))
-            return [_read_back(reading, f"changed {since}: it now reads {{}}; the results are "
-                                        "discarded")
-                    for reading in readings]
+            return [_read_back(reading, "changed during the run: it now reads {}; the results "
+                                        "are discarded") for reading in readings]
 
         yield verified
 
@@ -170,20 +166,6 @@ def reading(instruments: Instruments, program: PulseProgram
             return [record for _, _, _, record in readings]
 
         yield in_place
-
-
-def record_key(record: dict) -> tuple:
-    """The :func:`wanted` key of a read-back record: ("lo", name) or ("bias", name, channel)."""
-    if "channel" in record:
-        return ("bias", record["instrument"], record["channel"])
-    return ("lo", record["instrument"])
-
-
-def setting_order(program: PulseProgram) -> list[tuple]:
-    """The :func:`wanted` keys of ``program`` in the order its read-back lists their records
-    (LO sources by name, then bias channels by instrument and channel)."""
-    return ([("lo", name) for name in sorted(program.lo_settings)]
-            + [("bias", name, channel) for name, channel in sorted(program.flux_bias_a)])
 
 
 def wanted(program: PulseProgram) -> dict[tuple, tuple]:

@@ -9,7 +9,12 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
 from qiskit.circuit.random import random_circuit
 
-from labqpu.backend.compiled import MAX_CIRCUITS, CompiledPrograms, circuit_key
+from labqpu.backend.compiled import (
+    MAX_CIRCUITS,
+    MAX_INSTRUCTIONS,
+    CompiledPrograms,
+    circuit_key,
+)
 from labqpu.pulse.compiler import compile_circuit
 
 
@@ -71,12 +76,16 @@ def test_circuits_that_differ_only_in_their_classical_bits_get_their_own_program
 def test_every_program_from_the_cache_is_the_compilers(lab_backend) -> None:
     """Random circuits, each run twice among the others: the program each run gets equals
     ``compile_circuit``'s for that circuit, byte for byte (content hash)."""
-    circuits = [transpile(random_circuit(3, 4, measure=True, seed=seed), lab_backend,
-                          seed_transpiler=seed) for seed in range(8)]
+    transpiled = (transpile(random_circuit(3, 3, measure=True, seed=seed), lab_backend,
+                            seed_transpiler=seed) for seed in range(100))
+    circuits = [c for c in transpiled if len(c.data) <= MAX_INSTRUCTIONS][:8]
+    assert len(circuits) == 8
+    hits = lab_backend._compiled.hits
     for circuit in circuits + circuits[::-1]:
         program = lab_backend.run(circuit, shots=10).programs[0]
         assert program.content_hash == compile_circuit(
             circuit, lab_backend.snapshot, lab_backend.channels).content_hash
+    assert lab_backend._compiled.hits >= hits + 8  # the second time round, from the cache
 
 
 def test_the_key_reads_angles_to_the_bit_and_leaves_out_what_it_cannot_read() -> None:
@@ -106,33 +115,69 @@ def test_the_key_reads_angles_to_the_bit_and_leaves_out_what_it_cannot_read() ->
     assert circuit_key(delays[0]) != circuit_key(delays[1])
 
 
-def test_a_new_calibration_or_option_empties_the_cache() -> None:
+class _Program(str):
+    """A stand-in program: its text names what compiled it."""
+
+    def with_header(self, header):
+        return _Program(f"{self}|{header['name']}")
+
+
+def _sx(n: int = 1, name: str = "c") -> QuantumCircuit:
+    qc = QuantumCircuit(1, name=name)
+    for _ in range(n):
+        qc.sx(0)
+    return qc
+
+
+def test_another_calibration_or_option_compiles_anew_and_the_first_is_still_held() -> None:
     compiled = CompiledPrograms()
     made = []
-
-    class Program(str):
-        def with_header(self, header):
-            return self
 
     def compile_all(tag):
         def run():
             made.append(tag)
-            return [Program(tag)]
+            return [_Program(tag)]
         return run
 
-    qc = QuantumCircuit(1)
-    qc.sx(0)
+    qc = _sx()
     old, new = object(), object()
-    compiled.compile([qc], (old,), ("alap",), compile_all("a"))
-    assert compiled.compile([qc], (old,), ("alap",), compile_all("b")) == ["a"]
-    assert made == ["a"]
+    assert compiled.compile([qc], (old,), ("alap",), compile_all("a")) == ["a"]
+    assert compiled.compile([qc], (old,), ("alap",), compile_all("b")) == ["a|c"]
     compiled.compile([qc], (new,), ("alap",), compile_all("c"))  # another snapshot object
     compiled.compile([qc], (new,), ("asap",), compile_all("d"))  # another option
+    assert compiled.compile([qc], (old,), ("alap",), compile_all("e")) == ["a|c"]
     assert made == ["a", "c", "d"]
-    assert (compiled.hits, compiled.misses) == (1, 3)
-    many = [qc] * (MAX_CIRCUITS + 1)
-    compiled.compile(many, (new,), ("asap",), compile_all("e"))  # a sweep: not read
-    assert made[-1] == "e" and compiled.hits == 1
+    assert (compiled.hits, compiled.misses) == (2, 3)
+    compiled.compile([qc] * (MAX_CIRCUITS + 1), (new,), ("asap",), compile_all("f"))  # a sweep
+    long = _sx(MAX_INSTRUCTIONS + 1)
+    compiled.compile([long], (new,), ("asap",), compile_all("g"))
+    compiled.compile([long], (new,), ("asap",), compile_all("h"))  # not kept: compiled again
+    assert made[-3:] == ["f", "g", "h"] and compiled.hits == 2
+
+
+def test_threads_compiling_at_once_each_get_their_circuits_program() -> None:
+    import threading
+
+    compiled = CompiledPrograms(capacity=8)  # small: entries are dropped while others read
+    circuits = [_sx(n, name=f"c{n}") for n in range(1, 21)]
+    wrong = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            n = int(rng.integers(1, 21))
+            (program,) = compiled.compile([circuits[n - 1]], ("ctx",), (), lambda n=n: [
+                _Program(f"sx{n}")])
+            if not program.startswith(f"sx{n}"):
+                wrong.append((n, program))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert wrong == []
+    assert compiled.hits > 0 and compiled.hits + compiled.misses == 1200
 
 
 def test_a_circuit_the_compiler_refuses_is_refused_again(lab_backend) -> None:

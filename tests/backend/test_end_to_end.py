@@ -618,7 +618,6 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
     los = {r["instrument"] for r in bundle["instruments_before"] if "frequency_hz" in r}
     assert los == set(program.lo_settings)
     assert all(r["identity"] for r in bundle["instruments_after"])
-    assert 0.0 <= bundle["instruments_before_age_s"] < waited + 1.0  # READBACK_TRUSTED_S
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from labqpu.backend.backend import LabBackend
 from labqpu.drivers.controller import ControllerClient
 from labqpu.firmware_sim.faults import EXIT_CRASH, FaultControl
 from labqpu.rack.config import default_config_path
+from labqpu.rack.hardware import RackConnection
 
 #: The controller's bound on each reply attempt in these racks (s); with 2 retries a request
 #: fails after 3 s, and a job whose controller stops answering fails after its fetch and its
@@ -116,10 +117,20 @@ def controller_status(backend: LabBackend) -> dict:
         return client.status()
 
 
-def test_controller_hung_mid_job_errors_within_bound_and_the_next_job_runs(backend,
-                                                                            faults) -> None:
+def _results_come_with(op: str, monkeypatch) -> None:
+    """Make the job's results come in the reply to ``op``: ``run`` (the run's reply held to
+    its end, the default for a short run) or ``fetch`` (no hold)."""
+    if op == "fetch":
+        monkeypatch.setattr(RackConnection, "_hold_s", lambda self, name: 0.0)
+
+
+@pytest.mark.parametrize("op", ["run", "fetch"])
+def test_controller_hung_mid_job_errors_within_bound_and_the_next_job_runs(backend, faults,
+                                                                            monkeypatch,
+                                                                            op) -> None:
+    _results_come_with(op, monkeypatch)
     assert_right(backend)
-    faults.arm("hang", "fetch", duration_s=4 * REPLY_TIMEOUT_S)
+    faults.arm("hang", op, duration_s=4 * REPLY_TIMEOUT_S)
     job = backend.run(native(backend, 1), shots=SHOTS)
     message = error_within_bound(job)
     assert "no reply" in message
@@ -194,9 +205,12 @@ def test_retried_run_after_a_lost_reply_executes_at_most_once(backend, faults) -
     assert [f["kind"] for f in faults.fired()][-1] == "drop"
 
 
-def test_corrupted_result_frame_fails_the_job_and_never_returns_counts(backend,
-                                                                       faults) -> None:
-    faults.arm("corrupt", "fetch", mode="array", count=10)
+@pytest.mark.parametrize("op", ["run", "fetch"])
+def test_corrupted_result_frame_fails_the_job_and_never_returns_counts(backend, faults,
+                                                                       monkeypatch,
+                                                                       op) -> None:
+    _results_come_with(op, monkeypatch)
+    faults.arm("corrupt", op, mode="array", count=10)
     job = backend.run(native(backend, 0), shots=SHOTS)
     message = error_within_bound(job)
     assert "crc32" in message or "header" in message, message

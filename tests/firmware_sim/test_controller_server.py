@@ -851,6 +851,28 @@ def test_a_held_run_reply_reports_a_failed_run_and_a_bad_hold_is_refused(
     assert client.status()["runs_total"] == runs  # refused before anything was queued
 
 
+def test_a_cancel_set_while_the_run_reply_was_held_aborts_before_the_next_hold(
+        client: ControllerClient, monkeypatch) -> None:
+    """A job cancelled while its run's reply was held: ``wait`` aborts the run before it asks
+    the controller to hold another reply, so the cancel costs no second hold."""
+    program_id = client.upload(_program(), {})
+    run_id, ended = client.run_held(program_id, shots=1, wait_s=0.05, params={"sleep_s": 2.0})
+    assert ended is None
+    holds = []
+    fetch = ControllerClient.fetch
+
+    def counting(self, run_id, **kwargs):
+        holds.append(kwargs.get("wait_s", 0.0))
+        return fetch(self, run_id, **kwargs)
+
+    monkeypatch.setattr(ControllerClient, "fetch", counting)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(InstrumentCommandError, match="aborted"):
+        client.wait(run_id, timeout_s=BOUND_S, cancel=cancel)
+    assert len(holds) == 1  # the fetch that found the run aborted, no hold spent before it
+
+
 def test_a_repeated_key_with_a_held_reply_returns_the_finished_runs_results(
         client: ControllerClient) -> None:
     program_id = client.upload(_program(), {})

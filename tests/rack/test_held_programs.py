@@ -131,3 +131,52 @@ def test_a_run_keeps_its_program_from_being_evicted_first(backend) -> None:
         client.wait(client.run(a, 10), timeout_s=30.0)
         with pytest.raises(InstrumentCommandError, match="no program"):
             client.run(b, 10)
+
+
+def test_a_short_runs_results_come_with_its_run_reply(backend, monkeypatch) -> None:
+    """The controller states ``run_wait``: a job's run asks for its reply to be held until the
+    run ends, so a short run's results come in that reply and no ``fetch`` is sent; a run
+    longer than the hold is fetched as before."""
+    fetches: list[str] = []
+    real = ControllerClient.fetch
+
+    def counting(self, run_id, **kwargs):
+        fetches.append(run_id)
+        return real(self, run_id, **kwargs)
+
+    monkeypatch.setattr(ControllerClient, "fetch", counting)
+    native = _x_measure(backend)
+    backend.run(native, shots=SHOTS).result(timeout=60)  # a new simulator's first run is slow
+    fetches.clear()
+    for seed in range(3):
+        result = backend.run(native, shots=SHOTS, seed_simulator=seed).result(timeout=60)
+        assert _excited_fraction(result) > 0.9
+    assert fetches == []
+    assert backend.hardware_status()["controllers"]["ctrl0"]["capabilities"]["run_wait"] == {
+        "max_wait_s": 1.0}
+    from labqpu.rack.hardware import RackConnection
+
+    monkeypatch.setattr(RackConnection, "_hold_s", lambda self, name: 1e-4)  # ends first
+    result = backend.run(native, shots=SHOTS, seed_simulator=9).result(timeout=60)
+    assert _excited_fraction(result) > 0.9
+    assert len(fetches) >= 1
+
+
+@pytest.mark.parametrize(("run_wait", "hold_s"), [
+    ({"max_wait_s": 1.0}, 0.25), ({"max_wait_s": 0.1}, 0.1), ({"max_wait_s": 0}, 0.0),
+    ({"max_wait_s": True}, 0.0), ({"max_wait_s": float("nan")}, 0.0), ({}, 0.0), (None, 0.0)])
+def test_a_runs_reply_is_held_no_longer_than_its_controller_allows(run_wait, hold_s,
+                                                                   monkeypatch) -> None:
+    """The hold asked of a controller is the client's (``max_hold_s``, 0.25 s) within the
+    ``run_wait.max_wait_s`` the controller states; none without it."""
+    import types
+
+    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.rack.hardware import RackConnection
+
+    caps = {} if run_wait is None else {"run_wait": run_wait}
+    rack = RackConnection(load_config(default_config_path()))
+    monkeypatch.setattr(RackConnection, "capabilities", lambda self, name: caps)
+    monkeypatch.setattr(RackConnection, "controller",
+                        lambda self, name: types.SimpleNamespace(max_hold_s=0.25))
+    assert rack._hold_s("ctrl0") == hold_s

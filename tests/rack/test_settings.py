@@ -15,7 +15,7 @@ from qiskit.providers import JobError
 from labqpu.errors import InstrumentCommandError
 from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.pulse.compiler import compile_circuit
-from labqpu.rack import hardware, settings
+from labqpu.rack import settings
 from labqpu.rack.config import default_config_path, load_config
 from labqpu.rack.hardware import RackConnection
 
@@ -159,27 +159,27 @@ def test_jobs_never_return_counts_while_a_neighbour_toggles_the_lo(lab_backend) 
     assert lab_backend.run(native, shots=200).result(timeout=60).get_counts().get("1", 0) > 150
 
 
-def _x_on_qubit_0(lab_backend):
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.measure(0, 0)
-    return transpile(qc, lab_backend, initial_layout=[0])
-
-
+@pytest.mark.parametrize("held", [True, False])
 def test_a_setting_changed_between_jobs_is_set_again_before_any_result(lab_backend, caplog,
-                                                                        monkeypatch) -> None:
-    """A job whose settings were last read in place more than ``READBACK_TRUSTED_S`` ago reads
-    them back while its run starts (one run, nothing sent). When another process changed the
-    drive LO before it, that read-back finds it before any result is taken: the run that had
-    started is aborted, the LO is set again and read back, and the job runs anew, so its counts
-    are those of the calibrated device and its bundle shows the LO as it ran."""
+                                                                         monkeypatch,
+                                                                         held) -> None:
+    """A job after one that found every setting in place reads them back while its run
+    starts (one run, nothing sent). When another process changed the drive LO between two
+    jobs, that read-back finds it before any result is taken: the run that had started is
+    aborted (or, when its reply was held to its end, its results are discarded), the LO is
+    set again and read back, and the job runs anew, so its counts are those of the
+    calibrated device and its bundle shows the LO as it ran."""
     from labqpu.drivers.controller import ControllerClient
 
-    monkeypatch.setattr(hardware, "READBACK_TRUSTED_S", 0.0)  # every read-back is too old
+    if not held:
+        monkeypatch.setattr(RackConnection, "_hold_s", lambda self, name: 0.0)
     lo_name = lab_backend.config.qubits[0].drive_lo
     lo = lab_backend.config.instrument(lo_name)
     host, port = lo.resource.split("::")[1:3]
-    native = _x_on_qubit_0(lab_backend)
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend, initial_layout=[0])
     lab_backend.run(native, shots=100).result(timeout=60)  # every setting read in place
     with ControllerClient(lab_backend.config.controllers[0].endpoint) as client:
         client.hello()
@@ -190,8 +190,9 @@ def test_a_setting_changed_between_jobs_is_set_again_before_any_result(lab_backe
         _ask(host, port, f"FREQ {frequency + 40e6};*OPC?")  # behind labqpu's back
         with caplog.at_level("WARNING", logger="labqpu.rack.hardware"):
             result = lab_backend.run(native, shots=1000).result(timeout=60)
-        assert client.status()["runs_total"] == runs + 3  # the aborted run and the good one
-    assert any("changed since the last run" in r.getMessage() and "aborted" in r.getMessage()
+        assert client.status()["runs_total"] == runs + 3  # the first run and the good one
+    what = "its results are discarded" if held else "aborted"
+    assert any("changed since the last run" in r.getMessage() and what in r.getMessage()
                for r in caplog.records)
     assert float(_ask(host, port, "FREQ?")) == pytest.approx(frequency)
     assert result.get_counts().get("1", 0) > 900
@@ -199,84 +200,6 @@ def test_a_setting_changed_between_jobs_is_set_again_before_any_result(lab_backe
     for side in ("instruments_before", "instruments_after"):
         (record,) = [r for r in bundle[side] if r["instrument"] == lo_name]
         assert record["frequency_hz"] == pytest.approx(frequency)
-
-
-def test_back_to_back_jobs_trust_the_last_read_back_and_still_catch_a_change(
-        lab_backend, caplog, monkeypatch) -> None:
-    """Jobs run back to back (within ``READBACK_TRUSTED_S`` of the last read-back) send no
-    read-back before their run: the one after the previous run stands for it, and the bundle
-    says how old it was. When another process changed the drive LO between two such jobs, the
-    read-back after the run finds it: those results are discarded, the LO is set again and
-    read back, and the job runs anew, so its counts are those of the calibrated device. Such a
-    short run's results come in its run request's reply, held until it ended: no fetch."""
-    from labqpu.drivers.controller import ControllerClient
-
-    monkeypatch.setattr(hardware, "READBACK_TRUSTED_S", 30.0)  # a slow machine stays inside
-    reads = []
-    reading = settings.reading
-
-    def counted(*args):
-        reads.append(args)
-        return reading(*args)
-
-    monkeypatch.setattr(settings, "reading", counted)
-    fetches = []
-    fetch = ControllerClient.fetch
-
-    def counted_fetch(self, *args, **kwargs):
-        fetches.append(args)
-        return fetch(self, *args, **kwargs)
-
-    monkeypatch.setattr(ControllerClient, "fetch", counted_fetch)
-    lo_name = lab_backend.config.qubits[0].drive_lo
-    host, port = lab_backend.config.instrument(lo_name).resource.split("::")[1:3]
-    native = _x_on_qubit_0(lab_backend)
-    first = lab_backend.run(native, shots=100).result(timeout=60)
-    fetches.clear()
-    second = lab_backend.run(native, shots=100).result(timeout=60)
-    assert reads == []
-    assert fetches == []  # the run's reply, held until it ended, brought its results
-    after = first.results[0].header["reproducibility"]["instruments_after"]
-    bundle = second.results[0].header["reproducibility"]
-    assert bundle["instruments_before"] == after
-    assert 0.0 < bundle["instruments_before_age_s"] < 30.0
-    with ControllerClient(lab_backend.config.controllers[0].endpoint) as client:
-        client.hello()
-        runs = client.status()["runs_total"]
-        frequency = float(_ask(host, port, "FREQ?"))
-        _ask(host, port, f"FREQ {frequency + 40e6};*OPC?")  # behind labqpu's back
-        with caplog.at_level("WARNING", logger="labqpu.rack.hardware"):
-            result = lab_backend.run(native, shots=1000).result(timeout=60)
-        assert client.status()["runs_total"] == runs + 2  # the discarded run and the good one
-    assert any(f"LO {lo_name} changed since the read-back" in r.getMessage()
-               and "results are discarded" in r.getMessage() and "anew" in r.getMessage()
-               for r in caplog.records)
-    assert float(_ask(host, port, "FREQ?")) == pytest.approx(frequency)
-    assert result.get_counts().get("1", 0) > 900
-    bundle = result.results[0].header["reproducibility"]
-    for side in ("instruments_before", "instruments_after"):
-        (record,) = [r for r in bundle[side] if r["instrument"] == lo_name]
-        assert record["frequency_hz"] == pytest.approx(frequency)
-
-
-def test_a_read_back_older_than_the_trusted_age_is_read_again(lab_backend,
-                                                              monkeypatch) -> None:
-    """Past ``READBACK_TRUSTED_S`` the settings are read back before the run again."""
-    monkeypatch.setattr(hardware, "READBACK_TRUSTED_S", 0.05)
-    reads = []
-    reading = settings.reading
-
-    def counted(*args):
-        reads.append(args)
-        return reading(*args)
-
-    monkeypatch.setattr(settings, "reading", counted)
-    native = _x_on_qubit_0(lab_backend)
-    lab_backend.run(native, shots=100).result(timeout=60)
-    time.sleep(0.1)
-    result = lab_backend.run(native, shots=100).result(timeout=60)
-    assert len(reads) == 1
-    assert result.results[0].header["reproducibility"]["instruments_before_age_s"] < 0.05
 
 
 def _ask(host: str, port: str, line: str) -> str:
@@ -287,15 +210,13 @@ def _ask(host: str, port: str, line: str) -> str:
         return replies.readline().decode().strip()
 
 
-@pytest.mark.parametrize("trusted_s", [0.0, 30.0])
+@pytest.mark.parametrize("held", [True, False])
 def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, monkeypatch,
-                                                                    trusted_s) -> None:
+                                                                    held) -> None:
     """The LO source goes away between two jobs. The second job's read-back, sent with its
     run request, gets no reply: the job raises an error naming the instrument, and the run it
     had started is aborted (the controller is asked, once, for that run) and the controller
-    ends idle. A job that trusts the last read-back (within ``READBACK_TRUSTED_S``) sends
-    none before its run: the read-back after it gets no reply, and the job raises the same
-    error, with no results."""
+    ends idle. A run whose reply was held to its end has nothing left to abort."""
     from labqpu.drivers.controller import ControllerClient
     from labqpu.errors import InstrumentError
     from labqpu.rack.hardware import RunRequest
@@ -308,7 +229,8 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, mo
         return abort(self, run_id)
 
     monkeypatch.setattr(ControllerClient, "abort_quietly", recording)
-    monkeypatch.setattr(hardware, "READBACK_TRUSTED_S", trusted_s)
+    if not held:
+        monkeypatch.setattr(RackConnection, "_hold_s", lambda self, name: 0.0)
     with SimulatedRack(default_config_path(), seed=4) as simulated:
         connection = RackConnection(load_config(default_config_path())
                                     .with_endpoints(simulated.endpoints()))
@@ -322,7 +244,7 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, mo
                                                        timeout_s=60, key="b"),
                                    threading.Event())
             assert info.value.instrument == simulated.instruments[name].resource
-            assert len(aborted) == (1 if trusted_s == 0.0 else 0)
+            assert len(aborted) == (0 if held else 1)
             client = connection.controller("ctrl0")
             assert client.status()["runs_total"] == 2
             deadline = time.monotonic() + 5.0
