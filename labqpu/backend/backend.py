@@ -703,10 +703,8 @@ class LabBackend(BackendV2):
             except CompilationError as exc:
                 raise InvalidRunInputError(str(exc)) from exc
 
-        if pulse_gates:  # their definitions are not part of the cache's key
-            return compile_all()
-        return self._compiled.compile(
-            circuits, (snapshot, target, self.channels),
+        return self._compiled.compile(  # pulse gates: a new mapping on every change
+            circuits, (snapshot, target, pulse_gates, self.channels),
             (opts["scheduling_method"], opts["reset_method"], self.feedforward_latency_samples),
             compile_all)
 

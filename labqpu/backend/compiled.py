@@ -2,17 +2,17 @@
 
 A lab runs the same circuit again and again: a check before each calibration step, a
 benchmark, a user's loop. What the compiler (and ``run()``'s check against the Target) makes of
-a circuit depends only on its instructions, the calibration snapshot and Target, the compile
-options and the rack, so a circuit run again under the same snapshot gets the program compiled
-before, with a header of its own (name, classical registers, metadata: not part of the
-program's content hash). The key reads the circuit exactly: each instruction's name, its
-parameters to the bit, a delay's unit, its qubit and classical-bit indices, and the scheduling
-stage's op start times when a stage timed it. Circuits with control flow, unbound parameters or
-parameters that are not numbers, and circuits run while the backend has pulse gates, are
-compiled every time: their programs depend on more than this key reads. Jobs of more than
-:data:`MAX_CIRCUITS` circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per shape)
-and circuits of more than :data:`MAX_INSTRUCTIONS` instructions (whose key costs about what
-compiling them does) neither read nor fill it.
+a circuit depends only on its instructions, the calibration snapshot and Target, the pulse
+gates, the compile options and the rack, so a circuit run again under the same snapshot gets
+the program compiled before, with a header of its own (name, classical registers, metadata:
+not part of the program's content hash). The key reads the circuit exactly: each
+instruction's name, its parameters to the bit, a delay's unit, its qubit and classical-bit
+indices, and the scheduling stage's op start times when a stage timed it. Circuits with
+control flow, unbound parameters or parameters that are not numbers are compiled every time:
+their programs depend on more than this key reads. Jobs of more than :data:`MAX_CIRCUITS`
+circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per shape) and circuits of more
+than :data:`MAX_INSTRUCTIONS` instructions (whose key costs about what compiling them does)
+neither read nor fill it.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def circuit_key(circuit: QuantumCircuit) -> tuple | None:
 
 class CompiledPrograms:
     """Programs by circuit key and context: the objects they were compiled against (snapshot,
-    Target, channels), compared by identity, and option values, compared by value. At most
-    ``capacity`` programs, least recently used dropped first. Thread-safe."""
+    Target, pulse gates, channels), compared by identity, and option values, compared by
+    value. At most ``capacity`` programs, least recently used dropped first. Thread-safe."""
 
     def __init__(self, capacity: int = MAX_PROGRAMS) -> None:
         self._capacity = capacity

@@ -19,6 +19,7 @@ import labqpu.pulse.batch as batch
 from labqpu import pulse
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError, PulseError
+from labqpu.pulse.compiler import compile_circuit
 
 Q = 2
 SHOTS = 2000
@@ -196,3 +197,25 @@ def test_remove_pulse_gate_takes_it_out_of_the_target(lab_backend, rabi) -> None
         lab_backend.run(circuit)
     with pytest.raises(KeyError):
         lab_backend.remove_pulse_gate("rabi")
+
+
+def test_a_redefined_pulse_gate_is_played_as_redefined_by_a_circuit_run_before(
+        lab_backend, rabi) -> None:
+    """The same circuit run again gets the program compiled before; once the gate is defined
+    again on its qubits, the same circuit plays the new definition."""
+    circuit = transpile(rabi_circuit(rabi, 0.3), lab_backend, initial_layout=[Q])
+    first = lab_backend.run(circuit, shots=10).programs[0]
+    again = lab_backend.run(circuit, shots=10).programs[0]
+    assert again.wave_data is first.wave_data  # from the cache
+    amp = Parameter("amp")
+    with pulse.build(lab_backend) as b:
+        pulse.play(pulse.calibrated_drag(Q, amp=amp, angle_rad=0.5), pulse.drive(Q))
+    lab_backend.add_pulse_gate("rabi", b, qubits=[Q])
+    redefined = lab_backend.run(circuit, shots=10).programs[0]
+    assert redefined.content_hash != first.content_hash
+    assert redefined.content_hash == compile_circuit(
+        circuit, lab_backend.snapshot, lab_backend.channels,
+        scheduling_method=lab_backend.options.scheduling_method,
+        feedforward_latency_samples=lab_backend.feedforward_latency_samples,
+        reset_method=lab_backend.options.reset_method,
+        pulse_gates=lab_backend.pulse_gates).content_hash
