@@ -815,8 +815,8 @@ def test_a_held_fetch_is_answered_when_the_run_ends(client: ControllerClient) ->
 def test_a_held_run_reply_brings_a_short_runs_results(client: ControllerClient) -> None:
     """``run`` with ``wait_s``: the controller states ``run_wait`` in ``hello``; a run that
     ends within the hold comes back done, with its results and elapsed time, in the run's own
-    reply (one request); one that does not comes back queued or running after the hold, and
-    is then waited for as any run."""
+    reply; one that does not comes back queued or running after the hold, and is then waited
+    for as any run."""
     assert client.hello()["capabilities"]["run_wait"] == {"max_wait_s": 1.0}
     program_id = client.upload(_program(), {})
     run_id, ended = client.run_held(program_id, shots=3, wait_s=client.max_hold_s)
@@ -873,14 +873,24 @@ def test_a_cancel_set_while_the_run_reply_was_held_aborts_before_the_next_hold(
     assert len(holds) == 1  # the fetch that found the run aborted, no hold spent before it
 
 
-def test_a_repeated_key_with_a_held_reply_returns_the_finished_runs_results(
+def test_a_repeated_key_with_a_held_reply_returns_the_runs_results(
         client: ControllerClient) -> None:
+    """A held ``run`` sent again with its key (a retry) runs nothing new: it is held for, or
+    answered with, the run the key started, still running or finished."""
     program_id = client.upload(_program(), {})
-    first, _ = client.run_held(program_id, shots=2, wait_s=0.2, key="k")
-    again, ended = client.run_held(program_id, shots=2, wait_s=0.2, key="k")
+    first, ended = client.run_held(program_id, shots=2, wait_s=0.01, key="k",
+                                   params={"sleep_s": 0.3})
+    assert ended is None  # still running
+    again, ended = client.run_held(program_id, shots=2, wait_s=0.01, key="k",
+                                   params={"sleep_s": 0.3})
+    assert again == first and ended is None
+    client.wait(first, timeout_s=BOUND_S)
+    again, ended = client.run_held(program_id, shots=2, wait_s=0.2, key="k",
+                                   params={"sleep_s": 0.3})
     assert again == first
     assert ended is not None and ended[0]["state"] == "done"
     assert set(ended[1]) == {"sum", "prod"}
+    assert client.status()["runs_total"] == 1
 
 
 def test_other_clients_are_served_while_a_fetch_is_held(server: ControllerServer,
