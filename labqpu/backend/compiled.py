@@ -12,7 +12,8 @@ control flow, unbound parameters or parameters that are not numbers are compiled
 their programs depend on more than this key reads. Jobs of more than :data:`MAX_CIRCUITS`
 circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per shape) and circuits of more
 than :data:`MAX_INSTRUCTIONS` instructions (whose key costs about what compiling them does)
-neither read nor fill it.
+neither read nor fill it, and after :data:`MISS_STREAK` jobs in a row that found nothing in
+it, the next :data:`SKIP_JOBS` jobs do not read it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ MAX_CIRCUITS = 16
 #: Circuits with more instructions than this are compiled without it: reading a key costs
 #: about as much per instruction as compiling (~2 us).
 MAX_INSTRUCTIONS = 64
+#: After this many jobs in a row that found nothing in the cache, the next ``SKIP_JOBS`` jobs
+#: read no key: work that never runs a circuit twice (new angles every time) pays for keys on
+#: one job in eight.
+MISS_STREAK = 16
+SKIP_JOBS = 112
 
 
 def circuit_key(circuit: QuantumCircuit) -> tuple | None:
@@ -84,6 +90,8 @@ class CompiledPrograms:
         #: Circuits answered from the cache, and compiled, since the backend was made.
         self.hits = 0
         self.misses = 0
+        self._streak = 0  # jobs in a row that missed
+        self._skip = 0  # jobs still to compile without reading keys
 
     def compile(self, circuits: Sequence[QuantumCircuit], objects: tuple, values: tuple,
                 compile_all: Callable[[], list[PulseProgram]]) -> list[PulseProgram]:
@@ -91,6 +99,11 @@ class CompiledPrograms:
         from the cache when every circuit is in it, else ``compile_all()`` (one program per
         circuit, which may raise), whose programs it then keeps."""
         if len(circuits) > MAX_CIRCUITS or any(len(c.data) > MAX_INSTRUCTIONS for c in circuits):
+            return compile_all()
+        with self._lock:
+            skip = self._skip > 0
+            self._skip = max(self._skip - 1, 0)
+        if skip:
             return compile_all()
         ids = tuple(id(o) for o in objects)
         keys = [(ids, values, key) for key in map(circuit_key, circuits)]
@@ -102,11 +115,15 @@ class CompiledPrograms:
                 for key in keys:
                     self._programs.move_to_end(key)
                 self.hits += len(keys)
+                self._streak = 0
                 return [entry[1].with_header(program_header(circuit))
                         for entry, circuit in zip(found, circuits, strict=True)]
         programs = compile_all()
         with self._lock:
             self.misses += len(keys)
+            self._streak += 1
+            if self._streak >= MISS_STREAK:
+                self._streak, self._skip = 0, SKIP_JOBS
             for key, program in zip(keys, programs, strict=True):
                 if key[2] is not None:
                     self._programs[key] = (objects, program)

@@ -310,7 +310,8 @@ class ControllerClient:
         return state, reply.result, reply.arrays
 
     def wait(
-        self, run_id: str, timeout_s: float, *, cancel: threading.Event | None = None
+        self, run_id: str, timeout_s: float, *, cancel: threading.Event | None = None,
+        waited_s: float = 0.0,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Wait for a run to end and return its results.
 
@@ -324,6 +325,8 @@ class ControllerClient:
                 the deadline may overrun it by at most one request bound.
             cancel: when this event is set, the run is aborted and the wait ends with the
                 run's ``aborted`` state.
+            waited_s: how long (s) the caller has already waited for the run (a ``run``
+                reply held, :meth:`run_held`), counted in ``timeout_s``.
 
         Returns:
             (result, arrays) of the finished run.
@@ -333,7 +336,7 @@ class ControllerClient:
                 type) or was aborted.
             InstrumentTimeoutError: the run had not finished by the deadline.
         """
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + timeout_s - waited_s
         backoff_s = _WAIT_FIRST_BACKOFF_S
         while True:
             if cancel is not None and cancel.is_set():  # set while the run's reply was held

@@ -238,10 +238,11 @@ class RackConnection:
         """
         waited: list[tuple[dict, dict[str, np.ndarray]]] = []  # (result, arrays) per part
         order = started[::-1]  # the leader first: its end is the followers' end too
+        held_s = self._part_hold_s(parts, request)  # spent on the run's held reply
         try:
             for client, run_id, _, ended in order:
                 waited.append(ended or client.wait(run_id, timeout_s=request.timeout_s,
-                                                   cancel=cancel))
+                                                   cancel=cancel, waited_s=held_s))
         except BaseException:
             # The failed wait has aborted its own run; stop the others.
             for client, run_id, *_ in order[len(waited) + 1:]:
@@ -346,8 +347,8 @@ class RackConnection:
         """Start every part's run under request key ``key``, the followers armed first and the
         leader last; returns (client, run id, sync group, its results or None) per part in
         that order. A program on one controller whose ``hello`` states ``run_wait`` gets the
-        run's reply held until the run ends (``_hold_s``), so a short run's results come with
-        it, without a ``fetch``. If one part fails to start, the others are aborted."""
+        run's reply held until the run ends (``_part_hold_s``), so a short run's results come
+        with it, without a ``fetch``. If one part fails to start, the others are aborted."""
         group = uuid.uuid4().hex
         started: list[tuple] = []
         try:
@@ -362,9 +363,8 @@ class RackConnection:
                         {"group": group, "role": "follower", "leader": parts[0].controller})
                 # The controller stops the run at the job's limit by itself, so a run whose
                 # abort is lost (the transport failed) cannot hold the controller beyond it.
-                hold_s = self._hold_s(part.controller) if len(parts) == 1 else 0.0
                 run_id, ended = self._start(part.controller, part.program, request, params,
-                                            key, hold_s)
+                                            key, self._part_hold_s(parts, request))
                 started.append((client, run_id, group, ended))
         except BaseException:
             for client, run_id, *_ in started:  # armed followers would wait for their limit
@@ -372,16 +372,28 @@ class RackConnection:
             raise
         return started
 
+    def _part_hold_s(self, parts: list[ControllerPart], request: RunRequest) -> float:
+        """The hold (s) asked for a program's run: ``_hold_s`` of its controller, within the
+        job's ``timeout_s``, for a program on one controller; 0 for a synchronised run."""
+        if len(parts) != 1:
+            return 0.0
+        return min(self._hold_s(parts[0].controller), request.timeout_s)
+
     def _hold_s(self, name: str) -> float:
         """How long (s) controller ``name`` is asked to hold a run's reply: the client's
         ``max_hold_s``, within the ``run_wait.max_wait_s`` its ``hello`` states; 0 (no hold)
         for a controller that states no ``run_wait`` or no positive number there."""
         wait = self.capabilities(name).get("run_wait")
         limit = wait.get("max_wait_s") if isinstance(wait, dict) else None
-        if isinstance(limit, bool) or not isinstance(limit, int | float) \
-                or not math.isfinite(limit) or limit <= 0:
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
             return 0.0
-        return min(self.controller(name).max_hold_s, float(limit))
+        try:
+            limit = float(limit)
+        except OverflowError:  # an integer beyond any float: no bound of its own
+            limit = math.inf
+        if not limit > 0:  # also NaN
+            return 0.0
+        return min(self.controller(name).max_hold_s, limit)
 
     def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict,
                key: str, hold_s: float = 0.0

@@ -155,6 +155,27 @@ def test_another_calibration_or_option_compiles_anew_and_the_first_is_still_held
     assert made[-3:] == ["f", "g", "h"] and compiled.hits == 2
 
 
+def test_work_that_never_repeats_a_circuit_stops_reading_keys_for_a_while(monkeypatch) -> None:
+    """After ``MISS_STREAK`` jobs in a row that missed, the next ``SKIP_JOBS`` jobs read no
+    key (and keep nothing); a repeated circuit is found again after that."""
+    import labqpu.backend.compiled as compiled_module
+
+    keyed = []
+    real = compiled_module.circuit_key
+    monkeypatch.setattr(compiled_module, "circuit_key",
+                        lambda circuit: keyed.append(circuit.name) or real(circuit))
+    streak, skip = compiled_module.MISS_STREAK, compiled_module.SKIP_JOBS
+    compiled = CompiledPrograms()
+    circuits = [_sx(1, name=f"c{n}") for n in range(streak + skip + 1)]
+    for n, qc in enumerate(circuits):  # each one new: its rz angle differs
+        qc.rz(0.001 * n, 0)
+        compiled.compile([qc], ("ctx",), (), lambda n=n: [_Program(f"p{n}")])
+    last = len(circuits) - 1
+    assert keyed == [f"c{n}" for n in range(streak)] + [f"c{last}"]  # none while skipping
+    assert compiled.compile([circuits[last]], ("ctx",), (), lambda: [_Program("x")]) == [
+        f"p{last}|c{last}"]
+
+
 def test_threads_compiling_at_once_each_get_their_circuits_program() -> None:
     import threading
 

@@ -873,6 +873,26 @@ def test_a_cancel_set_while_the_run_reply_was_held_aborts_before_the_next_hold(
     assert len(holds) == 1  # the fetch that found the run aborted, no hold spent before it
 
 
+def test_a_wait_after_a_held_reply_counts_the_hold_in_its_deadline(
+        client: ControllerClient, monkeypatch) -> None:
+    """``waited_s``: time already spent on the run's held reply comes off the deadline; a
+    wait with nothing left asks for no hold, aborts the run and names the whole timeout."""
+    program_id = client.upload(_program(), {})
+    run_id, ended = client.run_held(program_id, shots=1, wait_s=0.05, params={"sleep_s": 2.0})
+    assert ended is None
+    holds = []
+    fetch = ControllerClient.fetch
+
+    def counting(self, run_id, **kwargs):
+        holds.append(kwargs.get("wait_s", 0.0))
+        return fetch(self, run_id, **kwargs)
+
+    monkeypatch.setattr(ControllerClient, "fetch", counting)
+    with pytest.raises(InstrumentTimeoutError, match=r"still running after 0\.05 s"):
+        client.wait(run_id, timeout_s=0.05, waited_s=0.05)
+    assert holds == [0.0]
+
+
 def test_a_repeated_key_with_a_held_reply_returns_the_runs_results(
         client: ControllerClient) -> None:
     """A held ``run`` sent again with its key (a retry) runs nothing new: it is held for, or

@@ -164,7 +164,9 @@ def test_a_short_runs_results_come_with_its_run_reply(backend, monkeypatch) -> N
 
 @pytest.mark.parametrize(("run_wait", "hold_s"), [
     ({"max_wait_s": 1.0}, 0.25), ({"max_wait_s": 0.1}, 0.1), ({"max_wait_s": 0}, 0.0),
-    ({"max_wait_s": True}, 0.0), ({"max_wait_s": float("nan")}, 0.0), ({}, 0.0), (None, 0.0)])
+    ({"max_wait_s": True}, 0.0), ({"max_wait_s": float("nan")}, 0.0), ({}, 0.0), (None, 0.0),
+    ({"max_wait_s": 10**400}, 0.25), ({"max_wait_s": float("inf")}, 0.25),
+    ({"max_wait_s": "1"}, 0.0)])
 def test_a_runs_reply_is_held_no_longer_than_its_controller_allows(run_wait, hold_s,
                                                                    monkeypatch) -> None:
     """The hold asked of a controller is the client's (``max_hold_s``, 0.25 s) within the
@@ -180,3 +182,23 @@ def test_a_runs_reply_is_held_no_longer_than_its_controller_allows(run_wait, hol
     monkeypatch.setattr(RackConnection, "controller",
                         lambda self, name: types.SimpleNamespace(max_hold_s=0.25))
     assert rack._hold_s("ctrl0") == hold_s
+
+
+def test_a_short_job_timeout_bounds_the_hold(monkeypatch) -> None:
+    """A job whose timeout is shorter than the hold asks for a hold of its timeout; a
+    program on several controllers (a synchronised run) asks for none."""
+    import types
+
+    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.rack.hardware import RackConnection, RunRequest
+
+    rack = RackConnection(load_config(default_config_path()))
+    monkeypatch.setattr(RackConnection, "capabilities",
+                        lambda self, name: {"run_wait": {"max_wait_s": 1.0}})
+    monkeypatch.setattr(RackConnection, "controller",
+                        lambda self, name: types.SimpleNamespace(max_hold_s=0.25))
+    part = types.SimpleNamespace(controller="ctrl0")
+    for timeout_s, hold_s in ((0.05, 0.05), (60.0, 0.25)):
+        request = RunRequest(shots=1, seed=None, rep_delay_s=0.0, timeout_s=timeout_s, key="k")
+        assert rack._part_hold_s([part], request) == hold_s
+        assert rack._part_hold_s([part, part], request) == 0.0
