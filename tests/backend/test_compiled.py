@@ -18,6 +18,19 @@ from labqpu.backend.compiled import (
 from labqpu.pulse.compiler import compile_circuit
 
 
+def _ran(job):
+    """The job's (one) program, once the job has ended: a test leaves nothing queued."""
+    job.result(timeout=60)
+    return job.programs[0]
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(lab_backend, monkeypatch) -> None:
+    """Each test starts with an empty cache: the session's backend ran other tests' jobs, and
+    a run of misses makes the cache stop reading keys for a while (``MISS_STREAK``)."""
+    monkeypatch.setattr(lab_backend, "_compiled", CompiledPrograms())
+
+
 def _native(lab_backend, angle: float = 0.3, name: str = "c") -> QuantumCircuit:
     qc = QuantumCircuit(2, 2, name=name)
     qc.rz(angle, 0)
@@ -47,13 +60,13 @@ def test_a_circuit_run_again_gets_the_same_program_with_its_own_header(lab_backe
 
 def test_a_changed_circuit_is_compiled_anew(lab_backend) -> None:
     circuit = _native(lab_backend, angle=0.3)
-    before = lab_backend.run(circuit, shots=20).programs[0]
+    before = _ran(lab_backend.run(circuit, shots=20))
     circuit.x(1)  # changed in place after its run
-    after = lab_backend.run(circuit, shots=20).programs[0]
+    after = _ran(lab_backend.run(circuit, shots=20))
     assert after.content_hash == compile_circuit(circuit, lab_backend.snapshot,
                                                  lab_backend.channels).content_hash
     assert after.content_hash != before.content_hash
-    other = lab_backend.run(_native(lab_backend, angle=0.4), shots=20).programs[0]
+    other = _ran(lab_backend.run(_native(lab_backend, angle=0.4), shots=20))
     assert other.content_hash != before.content_hash
 
 
@@ -65,7 +78,7 @@ def test_circuits_that_differ_only_in_their_classical_bits_get_their_own_program
         qc.x(0)
         qc.measure([0, 1], clbits)
         native = transpile(qc, lab_backend, initial_layout=[0, 1])
-        programs.append(lab_backend.run(native, shots=100).programs[0])
+        programs.append(_ran(lab_backend.run(native, shots=100)))
         counts = lab_backend.run(native, shots=100).result(timeout=60).get_counts()
         assert max(counts, key=counts.get) == ("01" if clbits == [0, 1] else "10")
     pairs = [set(zip(p.acq_qubit.tolist(), p.acq_clbit.tolist(), strict=True))
@@ -82,7 +95,7 @@ def test_every_program_from_the_cache_is_the_compilers(lab_backend) -> None:
     assert len(circuits) == 8
     hits = lab_backend._compiled.hits
     for circuit in circuits + circuits[::-1]:
-        program = lab_backend.run(circuit, shots=10).programs[0]
+        program = _ran(lab_backend.run(circuit, shots=10))
         assert program.content_hash == compile_circuit(
             circuit, lab_backend.snapshot, lab_backend.channels).content_hash
     assert lab_backend._compiled.hits >= hits + 8  # the second time round, from the cache
