@@ -851,21 +851,28 @@ def test_a_held_run_reply_reports_a_failed_run_and_a_bad_hold_is_refused(
     assert client.status()["runs_total"] == runs  # refused before anything was queued
 
 
+@pytest.fixture
+def holds(monkeypatch) -> list[float]:
+    """The hold (``wait_s``, s) of every ``ControllerClient.fetch`` in this process, in order
+    (the real method, wrapped to count)."""
+    seen: list[float] = []
+    fetch = ControllerClient.fetch
+
+    def counting(self, run_id, **kwargs):
+        seen.append(kwargs.get("wait_s", 0.0))
+        return fetch(self, run_id, **kwargs)
+
+    monkeypatch.setattr(ControllerClient, "fetch", counting)
+    return seen
+
+
 def test_a_cancel_set_while_the_run_reply_was_held_aborts_before_the_next_hold(
-        client: ControllerClient, monkeypatch) -> None:
+        client: ControllerClient, holds: list[float]) -> None:
     """A job cancelled while its run's reply was held: ``wait`` aborts the run before it asks
     the controller to hold another reply, so the cancel costs no second hold."""
     program_id = client.upload(_program(), {})
     run_id, ended = client.run_held(program_id, shots=1, wait_s=0.05, params={"sleep_s": 2.0})
     assert ended is None
-    holds = []
-    fetch = ControllerClient.fetch
-
-    def counting(self, run_id, **kwargs):
-        holds.append(kwargs.get("wait_s", 0.0))
-        return fetch(self, run_id, **kwargs)
-
-    monkeypatch.setattr(ControllerClient, "fetch", counting)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(InstrumentCommandError, match="aborted"):
@@ -874,20 +881,12 @@ def test_a_cancel_set_while_the_run_reply_was_held_aborts_before_the_next_hold(
 
 
 def test_a_wait_after_a_held_reply_counts_the_hold_in_its_deadline(
-        client: ControllerClient, monkeypatch) -> None:
+        client: ControllerClient, holds: list[float]) -> None:
     """``waited_s``: time already spent on the run's held reply comes off the deadline; a
     wait with nothing left asks for no hold, aborts the run and names the whole timeout."""
     program_id = client.upload(_program(), {})
     run_id, ended = client.run_held(program_id, shots=1, wait_s=0.05, params={"sleep_s": 2.0})
     assert ended is None
-    holds = []
-    fetch = ControllerClient.fetch
-
-    def counting(self, run_id, **kwargs):
-        holds.append(kwargs.get("wait_s", 0.0))
-        return fetch(self, run_id, **kwargs)
-
-    monkeypatch.setattr(ControllerClient, "fetch", counting)
     with pytest.raises(InstrumentTimeoutError, match=r"still running after 0\.05 s"):
         client.wait(run_id, timeout_s=0.05, waited_s=0.05)
     assert holds == [0.0]

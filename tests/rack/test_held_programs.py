@@ -10,6 +10,8 @@ real embedded simulator behind ZeroMQ.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
@@ -162,6 +164,18 @@ def test_a_short_runs_results_come_with_its_run_reply(backend, monkeypatch) -> N
     assert len(fetches) >= 1
 
 
+def _stated(monkeypatch, capabilities: dict):
+    """A rack connection whose controllers state ``capabilities`` in ``hello`` and whose
+    clients hold replies for at most 0.25 s (no sockets opened)."""
+    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.rack.hardware import RackConnection
+
+    monkeypatch.setattr(RackConnection, "capabilities", lambda self, name: capabilities)
+    monkeypatch.setattr(RackConnection, "controller",
+                        lambda self, name: types.SimpleNamespace(max_hold_s=0.25))
+    return RackConnection(load_config(default_config_path()))
+
+
 @pytest.mark.parametrize(("run_wait", "hold_s"), [
     ({"max_wait_s": 1.0}, 0.25), ({"max_wait_s": 0.1}, 0.1), ({"max_wait_s": 0}, 0.0),
     ({"max_wait_s": True}, 0.0), ({"max_wait_s": float("nan")}, 0.0), ({}, 0.0), (None, 0.0),
@@ -171,32 +185,16 @@ def test_a_runs_reply_is_held_no_longer_than_its_controller_allows(run_wait, hol
                                                                    monkeypatch) -> None:
     """The hold asked of a controller is the client's (``max_hold_s``, 0.25 s) within the
     ``run_wait.max_wait_s`` the controller states; none without it."""
-    import types
-
-    from labqpu.rack.config import default_config_path, load_config
-    from labqpu.rack.hardware import RackConnection
-
-    caps = {} if run_wait is None else {"run_wait": run_wait}
-    rack = RackConnection(load_config(default_config_path()))
-    monkeypatch.setattr(RackConnection, "capabilities", lambda self, name: caps)
-    monkeypatch.setattr(RackConnection, "controller",
-                        lambda self, name: types.SimpleNamespace(max_hold_s=0.25))
+    rack = _stated(monkeypatch, {} if run_wait is None else {"run_wait": run_wait})
     assert rack._hold_s("ctrl0") == hold_s
 
 
 def test_a_short_job_timeout_bounds_the_hold(monkeypatch) -> None:
     """A job whose timeout is shorter than the hold asks for a hold of its timeout; a
     program on several controllers (a synchronised run) asks for none."""
-    import types
+    from labqpu.rack.hardware import RunRequest
 
-    from labqpu.rack.config import default_config_path, load_config
-    from labqpu.rack.hardware import RackConnection, RunRequest
-
-    rack = RackConnection(load_config(default_config_path()))
-    monkeypatch.setattr(RackConnection, "capabilities",
-                        lambda self, name: {"run_wait": {"max_wait_s": 1.0}})
-    monkeypatch.setattr(RackConnection, "controller",
-                        lambda self, name: types.SimpleNamespace(max_hold_s=0.25))
+    rack = _stated(monkeypatch, {"run_wait": {"max_wait_s": 1.0}})
     part = types.SimpleNamespace(controller="ctrl0")
     for timeout_s, hold_s in ((0.05, 0.05), (60.0, 0.25)):
         request = RunRequest(shots=1, seed=None, rep_delay_s=0.0, timeout_s=timeout_s, key="k")
