@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
+from labqpu.drivers.controller import DEFAULT_SPIN_S, MAX_SPIN_S
 from labqpu.drivers.scpi import (
     DEFAULT_FREQUENCY_RANGE_HZ,
     DEFAULT_MAX_CURRENT_A,
@@ -40,6 +41,8 @@ class ControllerConfig:
     outputs: int
     inputs: int
     timeout_s: float = 10.0
+    #: How long (s) the host polls for each reply without sleeping (``ControllerClient``).
+    reply_spin_s: float = DEFAULT_SPIN_S
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,8 @@ def _table(value: object, where: _Where, what: str = "a table", key: str = "") -
 TOP_KEYS = ("device", "calibration", "simulator", "controllers", "instruments", "qubits")
 DEVICE_KEYS = ("name", "num_qubits", "coupling_map")
 CALIBRATION_KEYS = ("store", "seed_snapshot", "max_age_h")
-CONTROLLER_KEYS = ("name", "endpoint", "sample_rate_hz", "outputs", "inputs", "timeout_s")
+CONTROLLER_KEYS = ("name", "endpoint", "sample_rate_hz", "outputs", "inputs", "timeout_s",
+                   "reply_spin_s")
 #: Largest reply timeout of a controller or instrument (s): above it a value in ms is likely,
 #: and the provider's start (30 s for hello) could not keep its bound.
 MAX_REPLY_TIMEOUT_S = 60.0
@@ -346,6 +350,15 @@ def _number(table: dict, key: str, where: _Where, kind: type, *,
     return kind(value)
 
 
+def _spin(table: dict, where: _Where) -> float:
+    """A controller's ``reply_spin_s`` (s): 0 (no busy wait) to ``MAX_SPIN_S``."""
+    value = _number(table, "reply_spin_s", where, float, maximum=MAX_SPIN_S,
+                    default=DEFAULT_SPIN_S)
+    if value < 0:
+        raise where.error(f": reply_spin_s must be >= 0, got {value!r}", "reply_spin_s")
+    return value
+
+
 #: The limit keys of an ``[[instruments]]`` table, per kind.
 LIMIT_KEYS = {"signal_generator": ("min_frequency_hz", "max_frequency_hz", "min_power_dbm",
                                    "max_power_dbm"),
@@ -457,6 +470,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
             inputs=_number(c, "inputs", w, int, minimum=1),
             timeout_s=_number(c, "timeout_s", w, float, minimum=0.0,
                               maximum=MAX_REPLY_TIMEOUT_S, default=10.0),
+            reply_spin_s=_spin(c, w),
         ))
     if not controllers:
         raise top.error(": no [[controllers]] defined", "controllers")

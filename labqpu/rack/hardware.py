@@ -138,7 +138,8 @@ class RackConnection:
         if name not in self._controllers:
             spec = self.config.controller(name)
             client = ControllerClient(spec.endpoint, timeout_s=spec.timeout_s,
-                                      peer_failure=self._peer_failure)
+                                      peer_failure=self._peer_failure,
+                                      spin_s=spec.reply_spin_s)
             try:
                 hello = client.hello()
                 if not isinstance(hello.get("capabilities"), dict):

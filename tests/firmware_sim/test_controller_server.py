@@ -674,6 +674,32 @@ def test_client_validates_its_bounds() -> None:
         ControllerClient("tcp://127.0.0.1:1", timeout_s=0)
     with pytest.raises(ValueError, match="retries"):
         ControllerClient("tcp://127.0.0.1:1", retries=-1)
+    for spin_s in (-0.001, float("nan"), 0.5):
+        with pytest.raises(ValueError, match="spin_s"):
+            ControllerClient("tcp://127.0.0.1:1", spin_s=spin_s)
+
+
+@pytest.mark.parametrize("spin_s", [0.0, 0.005])
+@pytest.mark.parametrize("delay_s", [0.0, 0.05])
+def test_a_reply_is_taken_whether_it_comes_while_the_client_spins_or_later(
+    context: zmq.Context, spin_s: float, delay_s: float
+) -> None:
+    """The client polls without sleeping for ``spin_s``, then blocks: a reply that comes
+    during the spin and one that comes after it (or with no spin) are both taken, at the first
+    attempt (the controller hears the request once)."""
+    def respond(request: Request) -> list[list]:
+        time.sleep(delay_s)
+        return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
+                                          "session": "s1"})]
+
+    fake = FakeController(context, respond)
+    try:
+        with ControllerClient(fake.endpoint, timeout_s=2.0, retries=1, spin_s=spin_s) as ctrl:
+            assert ctrl.spin_s == spin_s
+            assert ctrl.hello()["session"] == "s1"
+        assert len(fake.requests) == 1
+    finally:
+        fake.close()
 
 
 def test_requests_from_several_threads_are_serialised(client: ControllerClient) -> None:

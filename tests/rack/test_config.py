@@ -48,6 +48,7 @@ def test_shipped_lab5_parses():
     ctrl = cfg.controllers[0]
     assert (ctrl.name, ctrl.sample_rate_hz, ctrl.outputs, ctrl.inputs) == ("ctrl0", 1e9, 15, 5)
     assert ctrl.timeout_s == 5.0
+    assert ctrl.reply_spin_s == 0.002  # the default: lab5.toml does not set it
     assert len(cfg.instruments) == 4
     kinds = {i.name: (i.kind, i.channels) for i in cfg.instruments}
     assert kinds == {"lo_drive_a": ("signal_generator", 1), "lo_drive_b": ("signal_generator", 1),
@@ -215,6 +216,12 @@ BAD = {
     "a reply timeout in milliseconds": (
         _set("controllers", 0, "timeout_s", 5000.0),
         r"\[\[controllers\]\] ctrl0: timeout_s must be <= 60, got 5000.0"),
+    "a reply spin in milliseconds": (
+        _set("controllers", 0, "reply_spin_s", 2.0),
+        r"\[\[controllers\]\] ctrl0: reply_spin_s must be <= 0.05, got 2.0"),
+    "a negative reply spin": (
+        _set("controllers", 0, "reply_spin_s", -0.001),
+        r"\[\[controllers\]\] ctrl0: reply_spin_s must be >= 0, got -0.001"),
     "an instrument reply timeout in milliseconds": (
         _set("instruments", 0, "timeout_s", 2000),
         r"\[\[instruments\]\] lo_drive_a: timeout_s must be <= 60, got 2000"),

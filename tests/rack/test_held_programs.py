@@ -164,6 +164,31 @@ def test_a_short_runs_results_come_with_its_run_reply(backend, monkeypatch) -> N
     assert len(fetches) >= 1
 
 
+@pytest.mark.parametrize("spin_s", [None, 0.0, 0.01])
+def test_a_controllers_reply_spin_in_lab_toml_is_its_clients(spin_s, tmp_path) -> None:
+    """``[[controllers]] reply_spin_s`` (default 0.002 s) is how long the rack's client of that
+    controller polls for a reply without sleeping; with 0 it only blocks, and still runs."""
+    from labqpu.firmware_sim.rack import SimulatedRack
+    from labqpu.rack.config import default_config_path, load_config
+    from labqpu.rack.hardware import RackConnection
+
+    text = default_config_path().read_text()
+    if spin_s is not None:
+        text = text.replace("[[controllers]]\n", f"[[controllers]]\nreply_spin_s = {spin_s}\n")
+    path = tmp_path / "lab.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.controller("ctrl0").reply_spin_s == (0.002 if spin_s is None else spin_s)
+    with SimulatedRack(path, seed=3) as simulated:
+        rack = RackConnection(config.with_endpoints(simulated.endpoints()))
+        try:
+            client = rack.controller("ctrl0")
+            assert client.spin_s == config.controller("ctrl0").reply_spin_s
+            assert client.status()["state"] == "idle"
+        finally:
+            rack.close()
+
+
 def _stated(monkeypatch, capabilities: dict):
     """A rack connection whose controllers state ``capabilities`` in ``hello`` and whose
     clients hold replies for at most 0.25 s (no sockets opened)."""
