@@ -25,8 +25,8 @@ two runs are the same work.
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
 the protocol's encoding, IQ -> counts. Usage::
 
-    python benchmarks/dispatch.py            # 60 jobs
-    python benchmarks/dispatch.py --quick    # 20 jobs
+    python benchmarks/dispatch.py            # 400 jobs
+    python benchmarks/dispatch.py --quick    # 100 jobs
 """
 
 from __future__ import annotations
@@ -231,9 +231,9 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 jobs instead of 60")
+    parser.add_argument("--quick", action="store_true", help="100 jobs instead of 400")
     args = parser.parse_args(argv)
-    jobs, shots = (20 if args.quick else 60), 100
+    jobs, shots = (100 if args.quick else 400), 100
 
     from qiskit import QuantumCircuit, transpile
 
