@@ -27,7 +27,6 @@ length and byte offset), then the raw little-endian array bytes. ``draw()`` plot
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import json
@@ -217,8 +216,9 @@ class PulseProgram:
     def with_header(self, header: dict) -> PulseProgram:
         """This program with ``header`` instead of its own: a shallow copy that shares the
         (read-only) arrays and the content hash, which the header is not part of."""
-        out = copy.copy(self)
-        object.__setattr__(out, "header", header)
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)  # copy.copy's state, without its reduce protocol
+        out.__dict__["header"] = header
         return out
 
     @property
@@ -234,10 +234,17 @@ class PulseProgram:
         return bool(self.block_acq.size or self.shift_port.size
                     or np.any(self.acq_disc_axis != 0))
 
-    @property
+    @functools.cached_property
     def has_nested_blocks(self) -> bool:
         """True when a conditional block has a parent (docs/protocol.md 4.5, nested blocks)."""
         return bool(np.any(self.block_parent >= 0))
+
+    @functools.cached_property
+    def waveform_hashes(self) -> tuple[str, ...]:
+        """SHA-256 (hex) of each waveform's samples, in table order: computed once, shared
+        with :meth:`with_header` copies."""
+        return tuple(hashlib.sha256(self.waveform(i).tobytes()).hexdigest()
+                     for i in range(self.num_waveforms))
 
     @property
     def num_waveforms(self) -> int:

@@ -7,7 +7,6 @@ later stand behind the same interface without ``LabJob`` changing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import queue
@@ -285,8 +284,7 @@ class RackConnection:
                                 "elapsed_s": None if elapsed is None else float(elapsed)})
         provenance = {
             "program_hash": program.content_hash,
-            "waveform_hashes": [hashlib.sha256(program.waveform(i).tobytes()).hexdigest()
-                                for i in range(program.num_waveforms)],
+            "waveform_hashes": list(program.waveform_hashes),
             "controller": controllers[0],
             "instruments_before": before,
             "instruments_after": None,

@@ -7,6 +7,7 @@ session, started by the ``lab_provider`` fixture of ``labqpu.testing``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
 import time
@@ -610,7 +611,8 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend) -> None:
     bundle = result.to_dict()["results"][0]["header"]["reproducibility"]
     program = job.programs[0]
     assert bundle["program_hash"] == program.content_hash
-    assert len(bundle["waveform_hashes"]) == program.num_waveforms
+    assert bundle["waveform_hashes"] == [hashlib.sha256(program.waveform(i).tobytes())
+                                         .hexdigest() for i in range(program.num_waveforms)]
     assert bundle["calibration_snapshot_id"] == lab_backend.snapshot.snapshot_id
     assert bundle["controller"]["protocol_version"] == PROTOCOL_VERSION
     assert bundle["controller"]["firmware"]

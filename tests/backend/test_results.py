@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from collections import Counter
 
-from labqpu.backend.results import _register_values
+import numpy as np
+import pytest
+
+from labqpu.backend.results import _register_values, outcome_counts
 
 
 def _reference(bits: np.ndarray, clbits: list[int]) -> list[int]:
@@ -38,3 +41,20 @@ def test_more_than_64_clbits_use_python_integers() -> None:
 def test_no_acquisitions_give_zero() -> None:
     values = _register_values(np.zeros((3, 0), dtype=np.uint8), np.zeros(0, dtype=np.int32))
     assert [int(v) for v in values] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(("num_clbits", "shots"), [
+    (1, 100), (5, 1000), (10, 100), (11, 100), (11, 4096), (40, 1000), (70, 50)])
+def test_outcome_counts_match_a_plain_tally_in_ascending_order(num_clbits, shots) -> None:
+    """Counts by tally (narrow registers) and by sorting (wide ones, and > 64 bits as Python
+    integers) agree with ``collections.Counter``, keys in ascending register value."""
+    rng = np.random.default_rng(num_clbits * shots)
+    clbits = rng.permutation(num_clbits)[:min(num_clbits, 8)]
+    bits = rng.integers(0, 2, size=(shots, clbits.size), dtype=np.uint8)
+    values = _register_values(bits, clbits)
+    reference = Counter(int(v) for v in values)
+    counts = outcome_counts(values, num_clbits)
+    assert counts == {hex(v): n for v, n in reference.items()}
+    assert [int(k, 16) for k in counts] == sorted(reference)
+    assert sum(counts.values()) == shots
+
