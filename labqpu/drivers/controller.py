@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import threading
 import time
 import uuid
@@ -89,15 +90,18 @@ class ControllerClient:
         credentials: JSON-able object sent with ``hello`` for the controller's authenticator
             (the simulator's default allows everyone and needs none).
         peer_failure: says why the controller can no longer answer (its process exited), or
-            None while it may; asked every 0.1 s while a reply is awaited, so that a request
-            to a dead controller raises ``HardwareUnavailableError`` with that reason at once
-            rather than ``InstrumentTimeoutError`` after its retries. None: not asked.
+            None while it may; asked every 0.1 s while a reply is awaited (after the busy wait
+            of ``spin_s``), so that a request to a dead controller raises
+            ``HardwareUnavailableError`` with that reason at once rather than
+            ``InstrumentTimeoutError`` after its retries. None: not asked.
         spin_s: how long (s, 0 to ``MAX_SPIN_S``) the client polls for each reply without
-            sleeping before it blocks on the socket. A thread blocked on a socket takes
-            tens of microseconds to wake when the reply comes (on a virtual machine often
-            ~0.1 ms); a short run's reply, held to its end, usually comes within the default
-            2 ms and is taken as it arrives. The cost is one CPU core busy for at most
-            ``spin_s`` per request; 0 turns it off.
+            sleeping before it blocks on the socket, yielding the CPU between polls (so a
+            thread woken onto this CPU, the controller's on a shared host, is not held up).
+            A thread blocked on a socket takes tens of microseconds to wake when the reply
+            comes (on a virtual machine often ~0.1 ms); a short run's reply, held to its end,
+            usually comes within the default 2 ms and is taken as it arrives. The cost is
+            one CPU core busy for at most ``spin_s`` per request (a wait for a long run makes
+            a held ``fetch`` every 0.25 s: ~1 % of a core at 2 ms); 0 turns it off.
 
     Raises:
         ValueError: ``timeout_s`` not positive, ``retries`` negative or ``spin_s`` outside
@@ -119,7 +123,7 @@ class ControllerClient:
             raise ValueError(f"timeout_s must be > 0 s, got {timeout_s!r}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
-        if not 0 <= spin_s <= MAX_SPIN_S:  # also NaN
+        if isinstance(spin_s, bool) or not 0 <= spin_s <= MAX_SPIN_S:  # also NaN
             raise ValueError(f"spin_s must be 0 to {MAX_SPIN_S} s, got {spin_s!r}")
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
@@ -136,7 +140,8 @@ class ControllerClient:
         self._session_lock = threading.RLock()
 
     def __repr__(self) -> str:
-        return f"ControllerClient({self.endpoint!r}, timeout_s={self.timeout_s})"
+        return (f"ControllerClient({self.endpoint!r}, timeout_s={self.timeout_s}, "
+                f"spin_s={self.spin_s})")
 
     def __enter__(self) -> ControllerClient:
         return self
@@ -560,7 +565,7 @@ class ControllerClient:
             return None
         spin_end = time.perf_counter() + min(self.spin_s, self.timeout_s)
         while time.perf_counter() < spin_end and not socket.poll(0, zmq.POLLIN):
-            pass
+            os.sched_yield()  # a thread woken onto this CPU (the reply's sender) runs first
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
             if remaining_ms <= 0:

@@ -356,7 +356,7 @@ def _spin(table: dict, where: _Where) -> float:
                     default=DEFAULT_SPIN_S)
     if value < 0:
         raise where.error(f": reply_spin_s must be >= 0, got {value!r}", "reply_spin_s")
-    return value
+    return value + 0.0  # -0.0 as 0.0
 
 
 #: The limit keys of an ``[[instruments]]`` table, per kind.

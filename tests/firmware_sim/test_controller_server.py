@@ -674,7 +674,7 @@ def test_client_validates_its_bounds() -> None:
         ControllerClient("tcp://127.0.0.1:1", timeout_s=0)
     with pytest.raises(ValueError, match="retries"):
         ControllerClient("tcp://127.0.0.1:1", retries=-1)
-    for spin_s in (-0.001, float("nan"), 0.5):
+    for spin_s in (-0.001, float("nan"), 0.5, True):
         with pytest.raises(ValueError, match="spin_s"):
             ControllerClient("tcp://127.0.0.1:1", spin_s=spin_s)
 
@@ -698,6 +698,46 @@ def test_a_reply_is_taken_whether_it_comes_while_the_client_spins_or_later(
             assert ctrl.spin_s == spin_s
             assert ctrl.hello()["session"] == "s1"
         assert len(fake.requests) == 1
+    finally:
+        fake.close()
+
+
+def test_the_busy_wait_polls_without_blocking_and_ends_with_the_reply(
+    context: zmq.Context, monkeypatch
+) -> None:
+    """With ``spin_s`` > 0 a request's first polls do not block (timeout 0), and the busy wait
+    ends when the reply comes: ten replies from a controller that answers at once take far
+    less than ten busy waits of the longest ``spin_s`` (0.05 s) would. With ``spin_s`` = 0 the
+    client only blocks."""
+    def respond(request: Request) -> list[list]:
+        return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
+                                          "session": "s1"})]
+
+    polls: list[tuple[int, int]] = []  # (socket id, timeout ms) of every poll
+    real_poll = zmq.Socket.poll
+
+    def recording(self, timeout=None, flags=zmq.POLLIN):
+        polls.append((id(self), timeout))
+        return real_poll(self, timeout, flags)
+
+    monkeypatch.setattr(zmq.Socket, "poll", recording)
+    fake = FakeController(context, respond)
+    try:
+        for spin_s in (0.05, 0.0):
+            with ControllerClient(fake.endpoint, timeout_s=2.0, spin_s=spin_s) as ctrl:
+                ctrl.hello()
+                mine = id(ctrl._socket)
+                polls.clear()
+                start = time.monotonic()
+                for _ in range(10):
+                    ctrl.status()
+                elapsed = time.monotonic() - start
+                timeouts = [t for sid, t in polls if sid == mine]
+            if spin_s:
+                assert timeouts.count(0) >= 10  # at least one non-blocking poll a request
+                assert elapsed < 0.3  # ten spins to their end would take 0.5 s
+            else:
+                assert 0 not in timeouts and len(timeouts) >= 10
     finally:
         fake.close()
 

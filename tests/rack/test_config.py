@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from pathlib import Path
 
@@ -219,6 +220,9 @@ BAD = {
     "a reply spin in milliseconds": (
         _set("controllers", 0, "reply_spin_s", 2.0),
         r"\[\[controllers\]\] ctrl0: reply_spin_s must be <= 0.05, got 2.0"),
+    "a reply spin that is no number": (
+        _set("controllers", 0, "reply_spin_s", True),
+        r"\[\[controllers\]\] ctrl0: reply_spin_s must be a number, got True"),
     "a negative reply spin": (
         _set("controllers", 0, "reply_spin_s", -0.001),
         r"\[\[controllers\]\] ctrl0: reply_spin_s must be >= 0, got -0.001"),
@@ -237,6 +241,13 @@ BAD = {
         _set("calibration", "max_age_h", {"frequency": -1}),
         r"\[calibration\.max_age_h\] frequency: must be a positive number of hours"),
 }
+
+
+@pytest.mark.parametrize(("value", "taken"), [(0, 0.0), (-0.0, 0.0), (0.01, 0.01), (0.05, 0.05)])
+def test_a_reply_spin_of_zero_to_the_limit_is_taken(doc, value, taken):
+    _set("controllers", 0, "reply_spin_s", value)(doc)
+    spin = parse_config(doc, Path("/racks/lab.toml")).controller("ctrl0").reply_spin_s
+    assert spin == taken and math.copysign(1.0, spin) == 1.0
 
 
 @pytest.mark.parametrize("case", list(BAD))
