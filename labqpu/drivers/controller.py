@@ -96,7 +96,8 @@ class ControllerClient:
             ``InstrumentTimeoutError`` after its retries. None: not asked.
         spin_s: how long (s, 0 to ``MAX_SPIN_S``) the client polls for each reply without
             sleeping before it blocks on the socket, yielding the CPU between polls (so a
-            thread woken onto this CPU, the controller's on a shared host, is not held up).
+            thread woken onto this CPU, such as a simulator's on the same host, is not held
+            up).
             A thread blocked on a socket takes tens of microseconds to wake when the reply
             comes (on a virtual machine often ~0.1 ms); a short run's reply, held to its end,
             usually comes within the default 2 ms and is taken as it arrives. The cost is
