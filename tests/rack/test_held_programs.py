@@ -17,6 +17,7 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 
 from labqpu import LabProvider
+from labqpu.drivers import controller as controller_module
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InstrumentCommandError
 from labqpu.pulse.compiler import compile_circuit
@@ -147,6 +148,9 @@ def test_a_short_runs_results_come_with_its_run_reply(backend, monkeypatch) -> N
         return real(self, run_id, **kwargs)
 
     monkeypatch.setattr(ControllerClient, "fetch", counting)
+    # Holds of up to the controller's 1 s rather than the client's 0.25 s: a run slowed past
+    # 0.25 s by a loaded machine would be fetched, and this test would fail for no fault.
+    monkeypatch.setattr(controller_module, "_HOLD_S", 1.0)
     native = _x_measure(backend)
     backend.run(native, shots=SHOTS).result(timeout=60)  # a new simulator's first run is slow
     fetches.clear()
