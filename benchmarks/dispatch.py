@@ -25,8 +25,9 @@ two runs are the same work.
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
 the protocol's encoding, IQ -> counts. Usage::
 
-    python benchmarks/dispatch.py            # 400 jobs
-    python benchmarks/dispatch.py --quick    # 100 jobs
+    python benchmarks/dispatch.py                  # 400 jobs
+    python benchmarks/dispatch.py --quick          # 100 jobs
+    python benchmarks/dispatch.py --reply-spin 0   # without the host's busy wait for replies
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import _timing as tm
 from _timing import Line, dur, emit, info
@@ -232,6 +234,9 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 jobs instead of 400")
+    parser.add_argument("--reply-spin", type=float, metavar="S",
+                        help="the controller's reply_spin_s for this run (s; default: lab5.toml's "
+                             "setting, 0.002; 0 turns the host's busy wait off)")
     args = parser.parse_args(argv)
     jobs, shots = (100 if args.quick else 400), 100
 
@@ -241,12 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     from labqpu.backend.backend import default_rep_delay_s
     from labqpu.drivers.controller import ControllerClient
     from labqpu.pulse.compiler import compile_circuit
+    from labqpu.rack.config import default_config_path
 
     print(f"labqpu dispatch benchmark, {jobs} jobs of x + measure on qubit 0, {shots} shots")
     print(f"{tm.machine()}, {os.cpu_count()} CPUs; load average at start {tm.load_average()}")
     with tempfile.TemporaryDirectory(prefix="labqpu-bench-home-") as home:
         os.environ["LABQPU_HOME"] = home
-        with LabProvider() as provider, echo_server() as (zport, tport):
+        config = None
+        if args.reply_spin is not None:  # lab5.toml with the spin set on its controller
+            config = Path(home) / "lab.toml"
+            config.write_text(default_config_path().read_text().replace(
+                "[[controllers]]\n", f"[[controllers]]\nreply_spin_s = {args.reply_spin!r}\n"))
+        with LabProvider(config, simulator=True) as provider, echo_server() as (zport, tport):
+            spin_s = provider.config.controllers[0].reply_spin_s
+            print(f"host busy wait for replies: reply_spin_s = {spin_s} s")
             backend = provider.backend()
             qc = QuantumCircuit(1, 1)
             qc.x(0)
@@ -275,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             run_params = {"rep_delay_s": backend.options.rep_delay
                           or default_rep_delay_s(backend.snapshot)}
             exec_s = []
-            with ControllerClient(provider.config.controllers[0].endpoint) as client:
+            with ControllerClient(provider.config.controllers[0].endpoint,
+                                  spin_s=spin_s) as client:
                 program_id = client.upload(*program.to_wire())
                 for i in range(jobs + 1):  # as a job runs it: the run's reply held to its end
                     run_id, ended = client.run_held(program_id, shots, wait_s=client.max_hold_s,
