@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 jobs instead of 400")
     parser.add_argument("--reply-spin", type=float, metavar="S",
-                        help="the controller's reply_spin_s for this run (s; default: lab5.toml's "
-                             "setting, 0.002; 0 turns the host's busy wait off)")
+                        help="the controller's reply_spin_s for this run (s; default 0.002, which "
+                             "lab5.toml leaves as it is; 0 turns the host's busy wait off)")
     args = parser.parse_args(argv)
     jobs, shots = (100 if args.quick else 400), 100
 

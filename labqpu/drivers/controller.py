@@ -73,6 +73,9 @@ _PEER_CHECK_S = 0.1
 DEFAULT_SPIN_S = 0.002
 #: The longest ``spin_s`` a client takes (s): beyond it a busy wait costs more than it saves.
 MAX_SPIN_S = 0.05
+#: Gives the CPU to another runnable thread: ``os.sched_yield`` where the system has it (Unix),
+#: else a zero sleep (which releases the interpreter lock and lets the OS switch threads).
+_yield_cpu = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
 class ControllerClient:
@@ -566,7 +569,7 @@ class ControllerClient:
             return None
         spin_end = time.perf_counter() + min(self.spin_s, self.timeout_s)
         while time.perf_counter() < spin_end and not socket.poll(0, zmq.POLLIN):
-            os.sched_yield()  # a thread woken onto this CPU (the reply's sender) runs first
+            _yield_cpu()  # a thread woken onto this CPU (the reply's sender) runs first
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
             if remaining_ms <= 0:

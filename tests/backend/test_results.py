@@ -44,17 +44,25 @@ def test_no_acquisitions_give_zero() -> None:
 
 
 @pytest.mark.parametrize(("num_clbits", "shots"), [
-    (1, 100), (5, 1000), (10, 100), (11, 100), (11, 4096), (40, 1000), (70, 50)])
+    (1, 100), (5, 1000), (10, 100), (11, 100), (11, 4096), (40, 1000), (64, 200), (70, 50)])
 def test_outcome_counts_match_a_plain_tally_in_ascending_order(num_clbits, shots) -> None:
-    """Counts by tally (narrow registers) and by sorting (wide ones, and > 64 bits as Python
-    integers) agree with ``collections.Counter``, keys in ascending register value."""
+    """Counts by tally (values below 1024 or the shot count) and by sorting (larger values,
+    bit 63 set, and Python integers beyond 64 clbits) agree with ``collections.Counter``,
+    keys in ascending register value."""
     rng = np.random.default_rng(num_clbits * shots)
-    clbits = rng.permutation(num_clbits)[:min(num_clbits, 8)]
+    # the register's top clbit always among those measured, so wide registers reach it
+    clbits = np.array([num_clbits - 1, *rng.permutation(num_clbits - 1)[:7]])
     bits = rng.integers(0, 2, size=(shots, clbits.size), dtype=np.uint8)
     values = _register_values(bits, clbits)
+    assert (values.dtype == object) == (num_clbits > 64)
     reference = Counter(int(v) for v in values)
-    counts = outcome_counts(values, num_clbits)
+    counts = outcome_counts(values)
     assert counts == {hex(v): n for v, n in reference.items()}
     assert [int(k, 16) for k in counts] == sorted(reference)
     assert sum(counts.values()) == shots
 
+
+def test_outcome_counts_of_no_shots_and_of_values_beyond_the_tally() -> None:
+    assert outcome_counts(np.zeros(0, dtype=np.uint64)) == {}
+    values = np.array([1 << 40, 3, 1 << 63, 3], dtype=np.uint64)
+    assert outcome_counts(values) == {"0x3": 2, hex(1 << 40): 1, hex(1 << 63): 1}

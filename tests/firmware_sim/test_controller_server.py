@@ -6,6 +6,8 @@ arrays); the transport, the protocol and both ends are the production code.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -702,42 +704,93 @@ def test_a_reply_is_taken_whether_it_comes_while_the_client_spins_or_later(
         fake.close()
 
 
-def test_the_busy_wait_polls_without_blocking_and_ends_with_the_reply(
-    context: zmq.Context, monkeypatch
+#: A controller in a process of its own (a fake in this process would share the interpreter
+#: lock with the busy-waiting client): answers every request after ``argv[1]`` seconds, prints
+#: its port, and exits when its stdin closes.
+DELAYED_CONTROLLER = """
+import json, sys, threading, time, zmq
+delay = float(sys.argv[1])
+socket = zmq.Context().socket(zmq.ROUTER)
+port = socket.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+def serve():
+    while True:
+        identity, header, *rest = socket.recv_multipart()
+        request = json.loads(header)
+        time.sleep(delay)
+        reply = {"v": request["v"], "id": request["id"], "ok": True, "error": None,
+                 "result": {"protocol_versions": [request["v"]], "session": "s1"},
+                 "arrays": []}
+        socket.send_multipart([identity, json.dumps(reply).encode()])
+threading.Thread(target=serve, daemon=True).start()
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def delayed_controller() -> Iterator[str]:
+    """The endpoint of :data:`DELAYED_CONTROLLER` answering after 5 ms; stopped by its pid."""
+    proc = subprocess.Popen([sys.executable, "-c", DELAYED_CONTROLLER, "0.005"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=BOUND_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=BOUND_S)
+        proc.stdout.close()
+
+
+def test_the_busy_wait_polls_without_blocking_until_the_reply_comes(
+    delayed_controller: str, monkeypatch
 ) -> None:
-    """With ``spin_s`` > 0 a request's first polls do not block (timeout 0), and the busy wait
-    ends when the reply comes: ten replies from a controller that answers at once take far
-    less than ten busy waits of the longest ``spin_s`` (0.05 s) would. With ``spin_s`` = 0 the
-    client only blocks."""
+    """With ``spin_s`` > 0 the client polls without blocking (timeout 0) until the reply comes:
+    a reply 5 ms into a 50 ms busy wait is seen by such a poll, after several that found
+    nothing. With ``spin_s`` = 0 the client only blocks."""
+    polls: list[tuple[int, int, int]] = []  # (socket id, timeout ms, events) of every poll
+    real_poll = zmq.Socket.poll
+
+    def recording(self, timeout=None, flags=zmq.POLLIN):
+        events = real_poll(self, timeout, flags)
+        polls.append((id(self), timeout, events))
+        return events
+
+    monkeypatch.setattr(zmq.Socket, "poll", recording)
+    for spin_s in (0.05, 0.0):
+        with ControllerClient(delayed_controller, timeout_s=2.0, retries=0,
+                              spin_s=spin_s) as ctrl:
+            ctrl.hello()
+            mine = id(ctrl._socket)
+            polls.clear()
+            ctrl.status()
+            seen = [(timeout, events) for sid, timeout, events in polls if sid == mine]
+        if spin_s:
+            hit = next(i for i, (_, events) in enumerate(seen) if events)
+            assert hit >= 3  # several polls found nothing first
+            assert all(timeout == 0 for timeout, _ in seen[:hit + 1])  # none of them blocked
+        else:
+            assert seen and all(timeout != 0 for timeout, _ in seen)
+
+
+def test_the_busy_wait_ends_with_the_reply(context: zmq.Context) -> None:
+    """Ten replies from a controller that answers at once take far less than ten busy waits of
+    the longest ``spin_s`` (0.05 s) would: the busy wait ends when the reply comes."""
     def respond(request: Request) -> list[list]:
         return [encode_reply(request.id, {"protocol_versions": [PROTOCOL_VERSION],
                                           "session": "s1"})]
 
-    polls: list[tuple[int, int]] = []  # (socket id, timeout ms) of every poll
-    real_poll = zmq.Socket.poll
-
-    def recording(self, timeout=None, flags=zmq.POLLIN):
-        polls.append((id(self), timeout))
-        return real_poll(self, timeout, flags)
-
-    monkeypatch.setattr(zmq.Socket, "poll", recording)
     fake = FakeController(context, respond)
     try:
-        for spin_s in (0.05, 0.0):
-            with ControllerClient(fake.endpoint, timeout_s=2.0, spin_s=spin_s) as ctrl:
-                ctrl.hello()
-                mine = id(ctrl._socket)
-                polls.clear()
-                start = time.monotonic()
-                for _ in range(10):
-                    ctrl.status()
-                elapsed = time.monotonic() - start
-                timeouts = [t for sid, t in polls if sid == mine]
-            if spin_s:
-                assert timeouts.count(0) >= 10  # at least one non-blocking poll a request
-                assert elapsed < 0.3  # ten spins to their end would take 0.5 s
-            else:
-                assert 0 not in timeouts and len(timeouts) >= 10
+        with ControllerClient(fake.endpoint, timeout_s=2.0, spin_s=0.05) as ctrl:
+            ctrl.hello()
+            start = time.monotonic()
+            for _ in range(10):
+                ctrl.status()
+            assert time.monotonic() - start < 0.3  # ten spins to their end: 0.5 s
     finally:
         fake.close()
 
