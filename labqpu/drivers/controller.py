@@ -255,14 +255,7 @@ class ControllerClient:
             ValueError: ``shots`` < 1; nothing is sent.
             InstrumentCommandError: unknown program or refused parameters.
         """
-        shots = operator.index(shots)
-        if shots < 1:
-            raise ValueError(f"shots must be >= 1, got {shots}")
-        request_params: dict[str, Any] = {"program_id": program_id, "shots": shots,
-                                          "params": dict(params or {})}
-        if time_limit_s is not None:
-            request_params["time_limit_s"] = float(time_limit_s)
-        reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
+        reply = self._send_run(program_id, shots, params, key, time_limit_s, {})
         return self._result_str(reply, "run_id", OP_RUN)
 
     @property
@@ -297,21 +290,28 @@ class ControllerClient:
             InstrumentCommandError: unknown program or refused parameters; the run failed
                 or was aborted.
         """
-        shots = operator.index(shots)
-        if shots < 1:
-            raise ValueError(f"shots must be >= 1, got {shots}")
         if not 0 < wait_s <= self.max_hold_s:
             raise ValueError(f"wait_s must be in (0, {self.max_hold_s}] s, got {wait_s!r}")
-        request_params: dict[str, Any] = {"program_id": program_id, "shots": shots,
-                                          "params": dict(params or {}), "wait_s": float(wait_s)}
-        if time_limit_s is not None:
-            request_params["time_limit_s"] = float(time_limit_s)
-        reply = self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
+        reply = self._send_run(program_id, shots, params, key, time_limit_s,
+                               {"wait_s": float(wait_s)})
         run_id = self._result_str(reply, "run_id", OP_RUN)
         state = self._result_str(reply, "state", OP_RUN)
         if self._ended(run_id, state, reply.result):
             return run_id, (reply.result, reply.arrays)
         return run_id, None
+
+    def _send_run(self, program_id: str, shots: int, params: Mapping[str, Any] | None,
+                  key: str | None, time_limit_s: float | None, extra: dict[str, Any]) -> Reply:
+        """Send a ``run`` request (``extra``: further request parameters) and return its reply;
+        ``ValueError`` for ``shots`` < 1, before anything is sent."""
+        shots = operator.index(shots)
+        if shots < 1:
+            raise ValueError(f"shots must be >= 1, got {shots}")
+        request_params: dict[str, Any] = {"program_id": program_id, "shots": shots,
+                                          "params": dict(params or {}), **extra}
+        if time_limit_s is not None:
+            request_params["time_limit_s"] = float(time_limit_s)
+        return self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
 
     def fetch(self, run_id: str, *,
               wait_s: float = 0.0) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
