@@ -135,20 +135,58 @@ def _propagate_kernel(h_stack_hz, dt_s):
     return u
 
 
+@njit(cache=True, nogil=True)
+def _propagate_real_kernel(h_stack_hz, dt_s):
+    """``_propagate_kernel`` for real symmetric ``h_stack_hz`` (float64, Hz), as a drive-free
+    cluster's Hamiltonian is: a real eigendecomposition per sample (~25 % faster on the
+    excitation blocks of four transmons), U_k = W exp(-i 2 pi E dt) W^T."""
+    d = h_stack_hz.shape[1]
+    u = np.eye(d, dtype=np.complex128)
+    uk = np.empty((d, d), dtype=np.complex128)
+    phase = np.empty(d, dtype=np.complex128)
+    for k in range(h_stack_hz.shape[0]):
+        evals, evecs = np.linalg.eigh(h_stack_hz[k])
+        for j in range(d):
+            phase[j] = np.exp(-2j * np.pi * evals[j] * dt_s)
+        for i in range(d):  # U_k is symmetric: one triangle, mirrored
+            for m in range(i + 1):
+                acc = 0j
+                for j in range(d):
+                    acc += evecs[i, j] * phase[j] * evecs[m, j]
+                uk[i, m] = acc
+                uk[m, i] = acc
+        u = uk @ u
+    return u
+
+
 def propagate_conserving(h_stack_hz: np.ndarray, dt_s: float, k: int) -> np.ndarray:
     """``_propagate_kernel`` for Hamiltonians of ``k`` transmons (basis labelled by levels,
     first most significant): when every H_k conserves the total excitation number N (entries
     between different N exactly 0, as for a cluster without drives), each block of fixed N is
     propagated on its own (one eigendecomposition per block and step: for k = 4, blocks of
-    1 ... 19 states instead of 81, ~30x fewer operations), else the whole matrix."""
+    1 ... 19 states instead of 81, ~30x fewer operations), else the whole matrix. A real
+    (float64) stack is taken as real symmetric and decomposed as such."""
+    real = not np.iscomplexobj(h_stack_hz)
     if np.any(h_stack_hz[:, ~_excitation_mask(k)]):
-        return _propagate_kernel(h_stack_hz, dt_s)
+        return _propagate_kernel(h_stack_hz.astype(np.complex128) if real else h_stack_hz,
+                                 dt_s)
+    kernel = _propagate_real_kernel if real else _propagate_kernel
     d = h_stack_hz.shape[1]
     u = np.zeros((d, d), dtype=np.complex128)
     for idx in _excitation_blocks(k):
         block = np.ascontiguousarray(h_stack_hz[:, idx][:, :, idx])
-        u[np.ix_(idx, idx)] = _propagate_kernel(block, dt_s)
+        u[np.ix_(idx, idx)] = kernel(block, dt_s)
     return u
+
+
+def _to_dressed(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """v^T u v for a real ``v`` (a cluster's dressed basis): the real and imaginary parts of
+    ``u`` apart, four real products (the complex product converts v to complex and costs
+    about twice as much on 81 x 81)."""
+    out = np.empty(u.shape, dtype=np.complex128)
+    out.real = v.T @ u.real @ v
+    out.imag = v.T @ u.imag @ v
+    return out
 
 
 def _embed(op: np.ndarray, pos: int, n: int) -> np.ndarray:
@@ -222,8 +260,8 @@ def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray
 class ClusterBlocks:
     """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: flux blocks on coupled
     clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``phase_tables``,
-    ``_phase_shapes``, ``_split_substeps``, ``_dressings``, ``_split_parts``, ``_drive_hz``,
-    ``_transmon_unitary`` and ``_prepare``)."""
+    ``_phase_shapes``, ``_split_substeps``, ``_dressings``, ``_split_parts``, ``_statics``,
+    ``_drive_hz``, ``_transmon_unitary`` and ``_prepare``)."""
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
                        b1: int) -> None:
@@ -339,11 +377,11 @@ class ClusterBlocks:
 
             def direct(drives_hz: dict[int, np.ndarray]) -> np.ndarray:
                 if len(drives_hz) > 1:
-                    return v.T @ self._cluster_split_unitary(
+                    return _to_dressed(self._cluster_split_unitary(
                         key[:-1], cluster, drives_hz, flux_phi, f_bare, f_frame, h_corr,
-                        f_c, self._cluster_split_parts(cluster, tuple(f_bare), model)) @ v
-                return v.T @ self._cluster_common_frame_unitary(
-                    cluster, drives_hz, flux_phi, 0, n, f_bare, f_frame, h_corr, f_c) @ v
+                        f_c, self._cluster_split_parts(cluster, tuple(f_bare), model)), v)
+                return _to_dressed(self._cluster_common_frame_unitary(
+                    cluster, drives_hz, flux_phi, 0, n, f_bare, f_frame, h_corr, f_c), v)
 
             u = self._phase_interpolated(key, rel, direct)
             u = self.cache_nq.put(key, direct(rel) if u is None else u)
@@ -462,8 +500,9 @@ class ClusterBlocks:
         # entries of its a^dag and a only (a full (steps, d, d) pass per term cost ~10 ms on
         # four transmons).
         const = self._cluster_static(cluster, h_corr)
-        h = np.empty((sample.size, d, d), dtype=complex)
-        h[:] = const
+        # Without drives every term is real (h_corr, the couplings, the levels): a real stack
+        h = np.empty((sample.size, d, d), dtype=complex if drives else float)
+        h[:] = const if drives else const.real
         diag = np.arange(d)
         h[:, diag, diag] += (f_q[sample] - f_ref) @ _level_numbers(n)
         for i, q in enumerate(cluster):
@@ -479,18 +518,24 @@ class ClusterBlocks:
 
     def _cluster_static(self, cluster: list[int], h_corr: np.ndarray) -> np.ndarray:
         """The sample-independent part of a cluster's bare Hamiltonian (Hz): the dressing
-        correction ``h_corr``, the anharmonicities and the exchange couplings."""
-        n = len(cluster)
-        n_pair = _cluster_operators(n)[2]
-        const = np.array(h_corr, dtype=complex)
-        for i, q in enumerate(cluster):
-            const += 0.5 * self.device.qubits[q].anharmonicity_hz * n_pair[i]
-        for i, qa in enumerate(cluster):
-            for j, qb in enumerate(cluster[i + 1:], start=i + 1):
-                g = self.device.coupling_hz(qa, qb)
-                if g:
-                    const += g * _exchange_operator(n, i, j)
-        return const
+        correction ``h_corr``, the anharmonicities and the exchange couplings (those two from
+        the device file, summed once per cluster and engine)."""
+        key = tuple(cluster)
+        device_part = self._statics.get(key)
+        if device_part is None:
+            n = len(cluster)
+            n_pair = _cluster_operators(n)[2]
+            device_part = np.zeros((LEVELS**n, LEVELS**n), dtype=complex)
+            for i, q in enumerate(cluster):
+                device_part += 0.5 * self.device.qubits[q].anharmonicity_hz * n_pair[i]
+            for i, qa in enumerate(cluster):
+                for j, qb in enumerate(cluster[i + 1:], start=i + 1):
+                    g = self.device.coupling_hz(qa, qb)
+                    if g:
+                        device_part += g * _exchange_operator(n, i, j)
+            device_part.flags.writeable = False
+            self._statics[key] = device_part
+        return h_corr + device_part
 
     def _cluster_frequencies(self, cluster: list[int], flux_phi: dict[int, np.ndarray]
                              ) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -39,6 +40,69 @@ MAX_EXCITATIONS = 4
 def _configs(k: int, n_exc: int) -> list[tuple[int, ...]]:
     """Level configurations of ``k`` transmons (3 levels) with total excitation ``n_exc``."""
     return [c for c in itertools.product(range(LEVELS), repeat=k) if sum(c) == n_exc]
+
+
+@lru_cache(maxsize=64)
+def _excitation_block(k: int, n_exc: int) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+    """The bare states of ``k`` transmons with ``n_exc`` excitations: (configurations, their
+    levels (states, k), their indices among all 3^k states, first transmon most significant).
+    Read-only."""
+    basis = _configs(k, n_exc)
+    levels = np.array(basis, dtype=np.int64).reshape(len(basis), k)
+    flat = levels @ (LEVELS ** np.arange(k - 1, -1, -1, dtype=np.int64))
+    for x in (levels, flat):
+        x.flags.writeable = False
+    return basis, levels, flat
+
+
+@lru_cache(maxsize=512)
+def _hops(k: int, n_exc: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a_a^dag a_b within the block of ``n_exc`` excitations of ``k`` transmons: (i, j,
+    sqrt((n_a + 1) n_b)) for each state i (index in ``_excitation_block``'s basis) it maps to
+    state j. Read-only."""
+    basis, _, _ = _excitation_block(k, n_exc)
+    index = {c: i for i, c in enumerate(basis)}
+    hops = []
+    for i, c in enumerate(basis):
+        if c[a] < LEVELS - 1 and c[b] > 0:
+            d = list(c)
+            d[a] += 1
+            d[b] -= 1
+            hops.append((i, index[tuple(d)], np.sqrt((c[a] + 1) * c[b])))
+    cols = [np.array(x) for x in zip(*hops, strict=True)] if hops else [np.zeros(0)] * 3
+    out = (cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2].astype(float))
+    for x in out:
+        x.flags.writeable = False
+    return out
+
+
+def _dressed_blocks(freqs_hz: list[float], alphas_hz: list[float],
+                    couplings: dict[tuple[int, int], float], max_excitations: int
+                    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Per excitation number up to ``max_excitations`` (arguments as in
+    :func:`dressed_energies`): (excitation number, energies (Hz), eigenvectors), both ordered
+    by label: entry i is the dressed state labelled by the block's bare state i (the one it
+    overlaps most, by an assignment), its eigenvector (column i) with a positive component on
+    that state."""
+    k = len(freqs_hz)
+    f = np.asarray(freqs_hz, dtype=float)
+    alpha = np.asarray(alphas_hz, dtype=float)
+    out = []
+    for n_exc in range(max_excitations + 1):
+        _, levels, _ = _excitation_block(k, n_exc)
+        if not levels.shape[0]:
+            continue
+        h = np.diag(levels @ f + 0.5 * ((levels * (levels - 1)) @ alpha))
+        for (a, b), g in couplings.items():
+            i, j, factor = _hops(k, n_exc, a, b)
+            h[j, i] += g * factor  # a_a^dag a_b, and its Hermitian conjugate
+            h[i, j] += g * factor
+        evals, evecs = np.linalg.eigh(h)
+        rows, cols = linear_sum_assignment(-np.abs(evecs) ** 2)
+        vecs = evecs[:, cols]  # rows are 0..m-1 in order: column r is labelled by state r
+        vecs *= np.where(vecs[rows, rows] < 0, -1.0, 1.0)[None, :]
+        out.append((n_exc, evals[cols], vecs))
+    return out
 
 
 def dressed_energies(freqs_hz: list[float], alphas_hz: list[float],
@@ -54,33 +118,11 @@ def dressed_energies(freqs_hz: list[float], alphas_hz: list[float],
     """
     k = len(freqs_hz)
     out: dict[tuple[int, ...], tuple[float, np.ndarray, list[tuple[int, ...]]]] = {}
-    for n_exc in range(max_excitations + 1):
-        basis = _configs(k, n_exc)
-        if not basis:
-            continue
-        index = {c: i for i, c in enumerate(basis)}
-        h = np.zeros((len(basis), len(basis)))
-        for i, c in enumerate(basis):
-            h[i, i] = sum(f * n + 0.5 * a * n * (n - 1)
-                          for f, a, n in zip(freqs_hz, alphas_hz, c, strict=True))
-        for (a, b), g in couplings.items():
-            for i, c in enumerate(basis):
-                # a_a^dag a_b: raise a, lower b (and the Hermitian conjugate below)
-                if c[a] < LEVELS - 1 and c[b] > 0:
-                    d = list(c)
-                    d[a] += 1
-                    d[b] -= 1
-                    j = index[tuple(d)]
-                    amp = g * np.sqrt((c[a] + 1) * c[b])
-                    h[j, i] += amp
-                    h[i, j] += amp
-        evals, evecs = np.linalg.eigh(h)
-        rows, cols = linear_sum_assignment(-np.abs(evecs) ** 2)
-        for r, col in zip(rows, cols, strict=True):
-            vec = evecs[:, col]
-            if vec[r] < 0:
-                vec = -vec
-            out[basis[r]] = (float(evals[col]), vec, basis)
+    for n_exc, energies, vecs in _dressed_blocks(freqs_hz, alphas_hz, couplings,
+                                                 max_excitations):
+        basis = _excitation_block(k, n_exc)[0]
+        for r, label in enumerate(basis):
+            out[label] = (float(energies[r]), vecs[:, r], basis)
     return out
 
 
@@ -155,15 +197,14 @@ def build_dressed_model(freqs_hz: list[float], alphas_hz: list[float],
     """The :class:`DressedModel` of the whole coupled device, and ``residual_hz``: the largest
     difference between an exact dressed energy (up to 4 excitations) and the pair model."""
     k = len(freqs_hz)
-    exact = dressed_energies(freqs_hz, alphas_hz, couplings)
-    zero = (0,) * k
-    e0 = exact[zero][0]
+    blocks = _dressed_blocks(freqs_hz, alphas_hz, couplings, MAX_EXCITATIONS)
+    exact = np.full(LEVELS**k, np.nan)  # E - E(0) by bare label (index), up to 4 excitations
+    for n_exc, energies, _ in blocks:
+        exact[_excitation_block(k, n_exc)[2]] = energies
+    exact -= exact[0]
 
     def energy(levels: dict[int, int]) -> float:
-        c = [0] * k
-        for q, n in levels.items():
-            c[q] = n
-        return exact[tuple(c)][0] - e0
+        return float(exact[sum(n * LEVELS ** (k - 1 - q) for q, n in levels.items())])
 
     freq = tuple(energy({q: 1}) for q in range(k))
     local = tuple(np.array([0.0, 0.0, energy({q: 2}) - 2 * freq[q]]) for q in range(k))
@@ -179,10 +220,10 @@ def build_dressed_model(freqs_hz: list[float], alphas_hz: list[float],
     residual = 0.0
     if k <= 8:
         pair_model = model.energies(list(range(k)))
-        for c, (e, _, _) in exact.items():
-            approx = sum(n * freq[q] for q, n in enumerate(c)) + pair_model[
-                int(np.ravel_multi_index(c, (LEVELS,) * k))]
-            residual = max(residual, abs(e - e0 - approx))
+        for n_exc, _, _ in blocks:
+            _, levels, flat = _excitation_block(k, n_exc)
+            approx = levels @ np.array(freq) + pair_model[flat]
+            residual = max(residual, float(np.abs(exact[flat] - approx).max()))
     return model, residual
 
 
@@ -195,18 +236,12 @@ def dressed_basis(freqs_hz: list[float], alphas_hz: list[float],
     which ``freqs_hz`` are given.
     """
     k = len(freqs_hz)
-    exact = dressed_energies(freqs_hz, alphas_hz, couplings, max_excitations=2 * k)
-    dims = (LEVELS,) * k
     v = np.zeros((LEVELS**k, LEVELS**k))
     e = np.zeros(LEVELS**k)
-    rows: dict[int, np.ndarray] = {}  # per excitation number: the indices of its block's basis
-    for label, (energy, vec, basis) in exact.items():
-        col = int(np.ravel_multi_index(label, dims))
-        e[col] = energy
-        n_exc = sum(label)
-        if n_exc not in rows:
-            rows[n_exc] = np.ravel_multi_index(np.array(basis).T, dims)
-        v[rows[n_exc], col] = vec
+    for n_exc, energies, vecs in _dressed_blocks(freqs_hz, alphas_hz, couplings, 2 * k):
+        flat = _excitation_block(k, n_exc)[2]
+        e[flat] = energies
+        v[np.ix_(flat, flat)] = vecs
     return v, e
 
 

@@ -286,6 +286,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: Blocks of exp(H_s) of split-step cluster parts, per cluster dressing
         #: (``ClusterBlocks._cluster_split_parts``).
         self._split_parts: dict[tuple, SplitParts] = {}
+        #: Anharmonicity and exchange terms per cluster (``ClusterBlocks._cluster_static``).
+        self._statics: dict[tuple[int, ...], np.ndarray] = {}
         self._joint_cache: dict[tuple, list] = {}
         #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
         self._block_cache: dict[tuple, list] = {}

@@ -35,6 +35,7 @@ from functools import lru_cache
 
 import numpy as np
 from numba import njit
+from scipy.linalg import blas
 
 from labqpu.firmware_sim.density import _excitation_blocks
 from labqpu.firmware_sim.density_kernels import FAST_MATH
@@ -291,17 +292,19 @@ def split_step_extrapolated(const_hz: np.ndarray, diag_hz: np.ndarray,
 
 def _richardson(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
     """(4 fine - coarse) / 3: the fourth-order combination of two split propagators whose
-    sub-steps differ by a factor 2."""
-    return (4.0 * fine - coarse) / 3.0
+    sub-steps differ by a factor 2 (a new array)."""
+    out = fine * (4.0 / 3.0)
+    out -= coarse * (1.0 / 3.0)
+    return out
 
 
 def _unitarised(u: np.ndarray) -> np.ndarray:
     """One Newton-Schulz step towards the unitary polar factor of ``u``: u (3 - u^dag u) / 2,
-    whose departure from unitarity is the square of ``u``'s (to leading order)."""
-    gram = u.conj().T @ u
-    gram *= -0.5
+    whose departure from unitarity is the square of ``u``'s (to leading order). The Hermitian
+    3 - u^dag u by ``zherk`` (half a product) and the product with it by ``zhemm``."""
+    gram = blas.zherk(-0.5, u, trans=2)  # -u^dag u / 2, its upper triangle
     gram[np.diag_indices_from(gram)] += 1.5
-    return u @ gram
+    return np.ascontiguousarray(blas.zhemm(1.0, gram, u, side=1))
 
 
 def split_step_adaptive(const_hz: np.ndarray, diag_hz: np.ndarray,

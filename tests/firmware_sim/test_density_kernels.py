@@ -300,16 +300,19 @@ def test_group_apply_kernel_matches_einsum(controls: tuple[int, ...],
 
 
 @pytest.mark.parametrize("conserving", [True, False])
-def test_propagate_conserving_matches_expm_product(conserving: bool) -> None:
+@pytest.mark.parametrize("real", [False, True])
+def test_propagate_conserving_matches_expm_product(conserving: bool, real: bool) -> None:
     """A stack of random Hermitian Hamiltonians on 3 transmons, excitation-conserving (the
-    block-by-block path) or not (the whole-matrix path): the ordered product of
+    block-by-block path) or not (the whole-matrix path), complex or real symmetric (float64,
+    as a drive-free cluster's: the real eigendecomposition): the ordered product of
     ``scipy.linalg.expm`` per step, last step leftmost (1e-12)."""
-    rng = np.random.default_rng(11 if conserving else 12)
+    rng = np.random.default_rng(11 + 2 * real if conserving else 12 + 2 * real)
     k, steps, dt = 3, 6, 1e-9
     n_exc = np.array(list(itertools.product(range(3), repeat=k))).sum(axis=1)
-    h = np.empty((steps, 27, 27), dtype=complex)
+    h = np.empty((steps, 27, 27), dtype=float if real else complex)
     for s in range(steps):
         x = _random_matrix(27, rng) * 3e7
+        x = x.real if real else x
         x = x + x.conj().T
         if conserving:
             x = np.where(n_exc[:, None] == n_exc[None, :], x, 0.0)
