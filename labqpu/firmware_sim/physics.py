@@ -587,11 +587,15 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         # consecutive bounds exactly when it holds b0.
         driving = {q: interval_table(ivs) for q, ivs in joint_drive.items()}
         fluxing = {q: interval_table(ivs) for q, ivs in flux_iv.items()}
+        clusters: dict[tuple[tuple[int, ...], tuple[int, ...]], list[list[int]]] = {}
         for b0, b1 in itertools.pairwise(bounds):
-            driven = [q for q, table in driving.items() if covers(table, b0)]
-            fluxed = [q for q, table in fluxing.items() if covers(table, b0)]
-            for cluster in self._clusters(driven, fluxed):
-                blocks.append((b0, b1, cluster, [q for q in fluxed if q in cluster]))
+            driven = tuple(q for q, table in driving.items() if covers(table, b0))
+            fluxed = tuple(q for q, table in fluxing.items() if covers(table, b0))
+            found = clusters.get((driven, fluxed))  # the pieces repeat a few combinations
+            if found is None:
+                found = clusters[(driven, fluxed)] = self._clusters(list(driven), list(fluxed))
+            for cluster in found:
+                blocks.append((b0, b1, list(cluster), [q for q in fluxed if q in cluster]))
         return merge_consecutive(blocks, [block_pulses(singles), flux_iv])
 
     def _join_adjacent(self, blocks: list[tuple[int, int, list[int], list[int]]]
