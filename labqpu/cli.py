@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import runpy
 import sys
 import time
@@ -729,10 +730,17 @@ def main(argv: list[str] | None = None) -> int:
     # The except clause is evaluated only when something is raised, so `labqpu sim` does
     # not pay for importing Qiskit.
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below
+        return code
     except KeyboardInterrupt:  # Ctrl-C: the providers' exits have stopped what they started
         print("labqpu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `labqpu calibrate history | head`: the reader has gone, which
+        # ends the output, not the command's work; the rest of stdout goes nowhere (it would
+        # fail again at exit), and the code is that of a process ended by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except _user_errors() as exc:
         message = getattr(exc, "message", None) or str(exc)  # QiskitError's str() quotes it
         print(f"labqpu: {message}", file=sys.stderr)

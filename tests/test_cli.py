@@ -214,6 +214,22 @@ def _seeded_home(tmp_path: Path, export: dict) -> None:
         store.commit(builder.build_document())
 
 
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
+    """``labqpu calibrate history | head -0``: the reader has gone before the history is
+    printed. The command ends without a traceback, with the exit code of a process ended by
+    SIGPIPE (141), instead of a ``BrokenPipeError`` traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "calibrate", "history"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)})
+    proc.stdout.close()  # before the command has imported anything, let alone printed
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141, err
+
+
 def test_calibrate_history_diff_and_rollback(tmp_path, export):
     _seeded_home(tmp_path, export)
     proc = labqpu(tmp_path, "calibrate", "history")

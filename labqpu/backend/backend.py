@@ -70,6 +70,9 @@ _OPTION_TYPES = {
 #: (residual excitation exp(-10) ~ 5e-5), or REP_DELAY_UNCALIBRATED_S without any T1.
 REP_DELAY_T1_FACTOR = 10.0
 REP_DELAY_UNCALIBRATED_S = 500e-6
+#: DAC full scale of a play's |amplitude| x waveform peak (docs/protocol.md: 1.0), with the
+#: reference controller's rounding allowance.
+DAC_FULL_SCALE = 1.0 + 1e-6
 
 
 def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:
@@ -122,6 +125,39 @@ def _non_finite(program: PulseProgram) -> str | None:
     for (source, channel), current in program.flux_bias_a.items():
         if not math.isfinite(current):
             return f"flux bias {source}:{channel} is set to {current} A"
+    return None
+
+
+def _beyond_limits(program: PulseProgram, sample_rate_hz: float) -> str | None:
+    """The first play or acquisition of ``program`` that its controller would refuse at upload
+    (docs/protocol.md): an NCO or demodulation frequency beyond the Nyquist frequency, or a
+    play whose amplitude times its waveform's peak exceeds DAC full scale (plays whose
+    amplitude the run binds from the parameter table are checked by the controller); None
+    when there is none."""
+    half = sample_rate_hz / 2
+    for kind, freqs, ports, starts in (
+            ("play", program.play_freq_hz, program.play_port, program.play_start),
+            ("acquisition", program.acq_freq_hz, program.acq_port, program.acq_start)):
+        over = np.flatnonzero(np.abs(freqs) > half)
+        if over.size:
+            i = int(over[0])
+            return (f"{kind} {i} (port {ports[i]}, sample {starts[i]}) is at {freqs[i]:.6g} Hz, "
+                    f"beyond the Nyquist frequency {half:.6g} Hz (half the sample rate)")
+    fixed = np.flatnonzero(program.play_amp_ref < 0)
+    if fixed.size:
+        sizes = np.diff(program.wave_offset)
+        peaks = np.zeros(sizes.size)
+        filled = sizes > 0
+        if filled.any():
+            peaks[filled] = np.maximum.reduceat(np.abs(program.wave_data),
+                                                program.wave_offset[:-1][filled])
+        level = np.abs(program.play_amp[fixed]) * peaks[program.play_wave[fixed]]
+        over = np.flatnonzero(level > DAC_FULL_SCALE)
+        if over.size:
+            i = int(fixed[over[0]])
+            return (f"play {i} (port {program.play_port[i]}, sample {program.play_start[i]}) "
+                    f"exceeds DAC full scale: amplitude {program.play_amp[i]:.4g} x waveform "
+                    f"peak {peaks[program.play_wave[i]]:.4g} > 1")
     return None
 
 
@@ -662,6 +698,9 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(f"{where}: {problem}; amplitudes, phases, frequencies, "
                                        "waveform samples, LO settings and bias currents must "
                                        "be finite; nothing was sent")
+        problem = _beyond_limits(program, ctrl.sample_rate_hz)
+        if problem:
+            raise InvalidRunInputError(f"{where}: {problem} of {ctrl.name}; nothing was sent")
         try:
             self.channels.timing.check_program(program)
         except CompilationError as exc:

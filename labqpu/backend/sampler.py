@@ -45,8 +45,8 @@ def _mthree() -> Any:
         import mthree
     except ImportError as exc:
         raise ImportError("labqpu.Sampler mitigates readout with mthree, which is not "
-                          "installed: pip install 'labqpu[mitigation]', or pass "
-                          "mitigate=False") from exc
+                          "installed: install labqpu's mitigation extra (in a clone: "
+                          "pip install -e '.[mitigation]'), or pass mitigate=False") from exc
     return mthree
 
 

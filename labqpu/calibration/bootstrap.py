@@ -39,8 +39,14 @@ from labqpu.calibration.experiments import (
     zero_crossing,
 )
 from labqpu.calibration.leakage import candidate_leakage
+from labqpu.errors import CalibrationError
 
 log = logging.getLogger(__name__)
+
+#: Drive IFs (Hz) the runner accepts without re-planning the LOs (``checks.check_drive_lo``).
+DRIVE_IF_BAND_HZ = (20e6, 450e6)
+#: How far below the lowest qubit of its group a drive LO is set (Hz).
+DRIVE_LO_BELOW_HZ = 100e6
 
 Progress = Callable[[str], None]
 
@@ -56,13 +62,31 @@ def load_design(path: str | Path) -> Working:
 
 
 def choose_drive_lo(kit: Kit, q: int) -> None:
-    """Drive LO of qubit ``q``'s group (Hz): 100 MHz below the group's lowest qubit, so every
-    IF is positive; set on every qubit the LO serves."""
+    """Drive LO of qubit ``q``'s group (Hz): :data:`DRIVE_LO_BELOW_HZ` below the group's lowest
+    qubit, so every IF is positive; set on every qubit the LO serves.
+
+    Raises ``CalibrationError`` (and sets nothing) when a qubit of the group would need a drive
+    IF above :data:`DRIVE_IF_BAND_HZ` (the IFs the runner accepts, below the Nyquist frequency
+    of a 1 GS/s controller): one LO cannot drive qubits that far apart, and the rack needs
+    another drive LO for some of them.
+    """
     source = kit.config.qubits[q].drive_lo
-    group = [p for p in kit.work.qubits if kit.config.qubits[p].drive_lo == source]
-    lo = min(kit.work.qubits[p]["frequency_hz"] for p in group) - 100e6
+    group = sorted(p for p in kit.work.qubits if kit.config.qubits[p].drive_lo == source)
+    freqs = {p: kit.work.qubits[p]["frequency_hz"] for p in group}
+    lo = round(min(freqs.values()) - DRIVE_LO_BELOW_HZ, -6)
+    far = [p for p in group if freqs[p] - lo > DRIVE_IF_BAND_HZ[1]]
+    if far:
+        raise CalibrationError(
+            f"qubits {group} share the drive LO {source!r}; set {DRIVE_LO_BELOW_HZ / 1e6:g} MHz "
+            f"below the lowest of them ({lo / 1e9:.4f} GHz), it would drive "
+            + ", ".join(f"qubit {p} at an IF of {(freqs[p] - lo) / 1e6:.0f} MHz" for p in far)
+            + f", above the {DRIVE_IF_BAND_HZ[1] / 1e6:.0f} MHz the calibration accepts (the "
+            f"controller plays IFs only below half its sample rate, "
+            f"{kit.fs / 2e6:.0f} MHz); wire those qubits to a drive LO of their own in "
+            "lab.toml (drive_lo), as in docs/wiring.md", subject=f"qubit {q}",
+            parameter="drive_lo_frequency_hz")
     for p in group:
-        kit.work.set(p, "drive_lo_frequency_hz", round(lo, -6), "lo_plan")
+        kit.work.set(p, "drive_lo_frequency_hz", lo, "lo_plan")
 
 
 def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:

@@ -26,12 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labqpu.calibration.bootstrap import _cz_phases, _prepared_readouts, _ramsey_frequency
+from labqpu.calibration.bootstrap import (
+    DRIVE_IF_BAND_HZ,
+    _cz_phases,
+    _prepared_readouts,
+    _ramsey_frequency,
+)
 from labqpu.calibration.experiments import Kit, assignment, fit_curve, project, sweep
 from labqpu.errors import FitError
-
-#: Drive IFs (Hz) the runner accepts without re-planning the LOs.
-DRIVE_IF_BAND_HZ = (20e6, 450e6)
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,10 @@ def resolve_config_path(config: str | os.PathLike | None) -> tuple[Path, bool]:
     a built-in name)."""
     if config is None:
         return default_config_path(), True
+    if not isinstance(config, str | os.PathLike):
+        raise BackendConfigurationError(
+            f"the wiring is a lab.toml path or a built-in device name "
+            f"({', '.join(BUILTIN_DEVICES)}), got {type(config).__name__} {config!r}")
     path = Path(config)
     if not path.is_file() and str(config) in BUILTIN_DEVICES:
         return builtin_config_path(str(config)), True

@@ -251,6 +251,32 @@ def test_a_ready_program_with_a_non_finite_value_is_refused_before_sending(
     assert "must be finite" in message
 
 
+@pytest.mark.parametrize(("case", "expected"), [
+    ("nco", "play 1 (port 0, sample 40) is at 6e+08 Hz, beyond the Nyquist frequency 5e+08 Hz"),
+    ("demodulation", "acquisition 0 (port 0, sample 80) is at -5.5e+08 Hz, beyond the Nyquist"),
+    ("amplitude", "play 1 (port 0, sample 40) exceeds DAC full scale: amplitude 5 x waveform "
+                  "peak 1 > 1"),
+])
+def test_a_program_beyond_the_controllers_limits_is_refused_before_sending(
+        lab_backend, case, expected) -> None:
+    """A low-level program with an NCO or demodulation frequency beyond half the 1 GS/s sample
+    rate, or a play over DAC full scale, is refused by the backend naming the play or
+    acquisition, its port, sample and value, and the controller; before this check the
+    controller refused it at upload, after the job had set the rack's instruments."""
+    from labqpu.pulse.program import ProgramBuilder
+
+    b = ProgramBuilder("ctrl0", 1e9)
+    wid = b.waves.add(("ones", 40), lambda: np.ones(40, np.complex64))
+    b.play(0, 0, wid, 0.1)
+    b.play(0, 40, wid, 5.0 if case == "amplitude" else 0.1,
+           frequency_hz=600e6 if case == "nco" else 100e6)
+    b.acquire(0, 80, 100, -550e6 if case == "demodulation" else 0.0, 0, 0)
+    program = b.build(num_clbits=1, header={"name": "loud"})
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(program, meas_level=1))
+    assert f"program 'loud': {expected}" in message
+    assert "of ctrl0; nothing was sent" in message
+
+
 @pytest.mark.parametrize("tags", [5, "tag", [1, 2], {"a": 1}])
 def test_mistyped_job_tags_are_rejected_before_sending(lab_backend, tags) -> None:
     native = transpile(bell(), lab_backend)

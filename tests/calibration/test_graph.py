@@ -216,6 +216,27 @@ def test_the_summary_table_keeps_its_columns_whatever_the_names():
     assert lines[-1] == "nothing committed; snapshot 7 stays the newest"
 
 
+def test_a_drive_lo_that_cannot_reach_its_qubits_is_refused_naming_them():
+    """Qubits at 5.05 and 5.90 GHz on one drive LO: set 100 MHz below the lower one, it would
+    drive the other at a 950 MHz IF, beyond the band the calibration accepts (and the 500 MHz
+    Nyquist frequency of 1 GS/s). ``choose_drive_lo`` refuses, naming the qubit, its IF and
+    the fix, and sets no LO; with the two qubits on two LOs each gets its own."""
+    from labqpu.calibration.bootstrap import choose_drive_lo
+    from labqpu.errors import CalibrationError
+
+    work = Working(device={}, qubits={0: {"frequency_hz": 5.05e9}, 1: {"frequency_hz": 5.90e9}})
+    wiring = {0: SimpleNamespace(drive_lo="lo_a"), 1: SimpleNamespace(drive_lo="lo_a")}
+    kit = SimpleNamespace(work=work, config=SimpleNamespace(qubits=wiring), fs=1e9)
+    with pytest.raises(CalibrationError, match=r"'lo_a'.*qubit 1 at an IF of 950 MHz.*500 MHz"
+                                               r".*drive LO of their own"):
+        choose_drive_lo(kit, 0)
+    assert not any("drive_lo_frequency_hz" in p for p in work.qubits.values())
+    wiring[1] = SimpleNamespace(drive_lo="lo_b")
+    choose_drive_lo(kit, 0)
+    choose_drive_lo(kit, 1)
+    assert [work.qubits[q]["drive_lo_frequency_hz"] for q in (0, 1)] == [4.95e9, 5.80e9]
+
+
 def test_the_drive_lo_check_says_it_measured_nothing():
     """The drive_lo step's check computes the drive IF from calibrated values; its summary
     names that value, not a measurement."""

@@ -34,3 +34,12 @@ def test_names_resolve_to_the_shipped_wiring(tmp_path, monkeypatch) -> None:
     assert resolve_config_path("my_lab.toml") == (Path("my_lab.toml"), False)
     with pytest.raises(BackendConfigurationError, match="built-in devices: lab5, lab10"):
         builtin_config_path("lab99")
+
+
+@pytest.mark.parametrize("config", [5, 2.5, ["lab5"], b"lab5"])
+def test_a_wiring_that_is_no_name_or_path_is_refused_naming_what_it_got(config) -> None:
+    """``LabProvider(5)`` once failed with a bare TypeError from pathlib; now a
+    ``BackendConfigurationError`` says what a wiring is and what it got."""
+    with pytest.raises(BackendConfigurationError, match=r"a lab.toml path or a built-in device "
+                                                        r"name \(lab5, .*\), got "):
+        resolve_config_path(config)
