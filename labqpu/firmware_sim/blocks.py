@@ -56,6 +56,9 @@ CACHE_JOINT_ENTRIES = 256
 #: treatment's own Magnus error is ~(2 pi ZZ T)^2 / 2, ~1e-5 for a 2-sample block and ~1e-3
 #: for a 40-sample one on lab5.
 SEQUENTIAL_CROSS_RAD = 1e-5
+#: Neighbour configurations grouped by equal level shifts that an engine keeps (one set per
+#: qubit and dressed model: ``DriveBlocks._conditional_stack``).
+CACHE_SHIFT_GROUPS = 256
 #: Runs' shares each thread keeps for later runs of the same program under the same settings
 #: (:class:`RunShares`).
 RUN_SHARES_KEPT = 4
@@ -221,8 +224,8 @@ def _cycles_exp(gen: np.ndarray) -> np.ndarray:
 
 class DriveBlocks:
     """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: drive blocks (needs the
-    engine's ``device``, ``cache_1q``, ``_joint_cache``, ``joint_cache_hits`` and
-    ``_drive_hz``)."""
+    engine's ``device``, ``cache_1q``, ``_joint_cache``, ``joint_cache_hits``,
+    ``_shift_groups`` and ``_drive_hz``)."""
 
     def _prepare(self, ctx: _RunContext, qubits: list[int], b0: int) -> None:
         """Bring ``qubits`` up to sample ``b0`` (never past their acquisition) and apply their
@@ -247,7 +250,13 @@ class DriveBlocks:
         key = ("cond", q, z.size, zkey, shifts_hz.tobytes(), alpha)
         stack = self.cache_1q.get(key)
         if stack is None:
-            uniq, inverse = np.unique(shifts_hz, axis=0, return_inverse=True)
+            groups = self._shift_groups.get(key[4])  # the same shifts for all of q's drives
+            if groups is None:
+                if len(self._shift_groups) >= CACHE_SHIFT_GROUPS:
+                    self._shift_groups.clear()
+                groups = self._shift_groups[key[4]] = np.unique(shifts_hz, axis=0,
+                                                                return_inverse=True)
+            uniq, inverse = groups
             us = np.empty((uniq.shape[0], LEVELS, LEVELS), dtype=np.complex128)
             for i, sh in enumerate(uniq):
                 us[i] = _transmon_propagate_kernel(z0, np.full(z.size, sh[1]),

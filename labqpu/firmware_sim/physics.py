@@ -289,6 +289,8 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
         #: Anharmonicity and exchange terms per cluster (``ClusterBlocks._cluster_static``).
         self._statics: dict[tuple[int, ...], np.ndarray] = {}
         self._joint_cache: dict[tuple, list] = {}
+        #: Neighbour configurations with equal level shifts, by shifts (``_conditional_stack``).
+        self._shift_groups: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         #: Block decompositions per set of play intervals (:meth:`_cached_blocks`).
         self._block_cache: dict[tuple, list] = {}
         #: Stark phases of drive crosstalk (``crosstalk.apply_drive_crosstalk``).
