@@ -736,9 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the providers' exits have stopped what they started
         print("labqpu: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `labqpu calibrate history | head`: the reader has gone, which
-        # ends the output, not the command's work; the rest of stdout goes nowhere (it would
-        # fail again at exit), and the code is that of a process ended by SIGPIPE
+    except BrokenPipeError:  # `labqpu calibrate history | head`: the reader has gone. The
+        # command stops at that write (a command that writes as it works stops there too);
+        # the rest of stdout goes nowhere (it would fail again at exit), and the code is that
+        # of a process ended by SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except _user_errors() as exc:

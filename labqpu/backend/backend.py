@@ -130,23 +130,31 @@ def _non_finite(program: PulseProgram) -> str | None:
 
 def _beyond_limits(program: PulseProgram, sample_rate_hz: float) -> str | None:
     """The first play or acquisition of ``program`` that its controller would refuse at upload
-    (docs/protocol.md): an NCO or demodulation frequency beyond the Nyquist frequency, or a
-    play whose amplitude times its waveform's peak exceeds DAC full scale (plays whose
-    amplitude the run binds from the parameter table are checked by the controller); None
-    when there is none."""
+    (docs/protocol.md): a play of a waveform the table does not hold, an NCO or demodulation
+    frequency beyond the Nyquist frequency, or a play whose amplitude times its waveform's
+    peak exceeds DAC full scale; None when there is none. Values the run binds from the
+    parameter table (``play_amp_ref``, ``binds``) are the controller's to check."""
+    n_waves = program.wave_offset.size - 1
+    bad = np.flatnonzero((program.play_wave < 0) | (program.play_wave >= n_waves))
+    if bad.size:
+        i = int(bad[0])
+        return (f"play {i} (port {program.play_port[i]}, sample {program.play_start[i]}) uses "
+                f"waveform {program.play_wave[i]}; the program's table holds {n_waves}")
+    bound = {(name, index) for name, index, _ in program.binds}
     half = sample_rate_hz / 2
-    for kind, freqs, ports, starts in (
-            ("play", program.play_freq_hz, program.play_port, program.play_start),
-            ("acquisition", program.acq_freq_hz, program.acq_port, program.acq_start)):
-        over = np.flatnonzero(np.abs(freqs) > half)
-        if over.size:
-            i = int(over[0])
-            return (f"{kind} {i} (port {ports[i]}, sample {starts[i]}) is at {freqs[i]:.6g} Hz, "
-                    f"beyond the Nyquist frequency {half:.6g} Hz (half the sample rate)")
+    for kind, name, ports, starts in (
+            ("play", "play_freq_hz", program.play_port, program.play_start),
+            ("acquisition", "acq_freq_hz", program.acq_port, program.acq_start)):
+        freqs = getattr(program, name)
+        for i in np.flatnonzero(np.abs(freqs) > half).tolist():
+            if (name, i) not in bound:
+                return (f"{kind} {i} (port {ports[i]}, sample {starts[i]}) is at "
+                        f"{freqs[i]:.6g} Hz, beyond the Nyquist frequency {half:.6g} Hz (half "
+                        "the sample rate)")
     fixed = np.flatnonzero(program.play_amp_ref < 0)
     if fixed.size:
         sizes = np.diff(program.wave_offset)
-        peaks = np.zeros(sizes.size)
+        peaks = np.zeros(n_waves)
         filled = sizes > 0
         if filled.any():
             peaks[filled] = np.maximum.reduceat(np.abs(program.wave_data),

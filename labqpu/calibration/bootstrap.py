@@ -39,7 +39,6 @@ from labqpu.calibration.experiments import (
     zero_crossing,
 )
 from labqpu.calibration.leakage import candidate_leakage
-from labqpu.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,10 @@ def choose_drive_lo(kit: Kit, q: int) -> None:
     """Drive LO of qubit ``q``'s group (Hz): :data:`DRIVE_LO_BELOW_HZ` below the group's lowest
     qubit, so every IF is positive; set on every qubit the LO serves.
 
-    Raises ``CalibrationError`` (and sets nothing) when a qubit of the group would need a drive
-    IF above :data:`DRIVE_IF_BAND_HZ` (the IFs the runner accepts, below the Nyquist frequency
-    of a 1 GS/s controller): one LO cannot drive qubits that far apart, and the rack needs
-    another drive LO for some of them.
+    Raises ``FitError`` (the graph's failure of a step; nothing set) when a qubit of the group
+    would need a drive IF above :data:`DRIVE_IF_BAND_HZ` (the IFs the runner accepts, below the
+    Nyquist frequency of a 1 GS/s controller): one LO cannot drive qubits that far apart, and
+    the rack needs another drive LO for some of them.
     """
     source = kit.config.qubits[q].drive_lo
     group = sorted(p for p in kit.work.qubits if kit.config.qubits[p].drive_lo == source)
@@ -76,7 +75,7 @@ def choose_drive_lo(kit: Kit, q: int) -> None:
     lo = round(min(freqs.values()) - DRIVE_LO_BELOW_HZ, -6)
     far = [p for p in group if freqs[p] - lo > DRIVE_IF_BAND_HZ[1]]
     if far:
-        raise CalibrationError(
+        raise FitError(
             f"qubits {group} share the drive LO {source!r}; set {DRIVE_LO_BELOW_HZ / 1e6:g} MHz "
             f"below the lowest of them ({lo / 1e9:.4f} GHz), it would drive "
             + ", ".join(f"qubit {p} at an IF of {(freqs[p] - lo) / 1e6:.0f} MHz" for p in far)

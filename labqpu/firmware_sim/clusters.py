@@ -519,7 +519,8 @@ class ClusterBlocks:
     def _cluster_static(self, cluster: list[int], h_corr: np.ndarray) -> np.ndarray:
         """The sample-independent part of a cluster's bare Hamiltonian (Hz): the dressing
         correction ``h_corr``, the anharmonicities and the exchange couplings (those two from
-        the device file, summed once per cluster and engine)."""
+        the device file, summed once per cluster and engine, for at most
+        :data:`SPLIT_PARTS_KEPT` clusters)."""
         key = tuple(cluster)
         device_part = self._statics.get(key)
         if device_part is None:
@@ -534,6 +535,8 @@ class ClusterBlocks:
                     if g:
                         device_part += g * _exchange_operator(n, i, j)
             device_part.flags.writeable = False
+            if len(self._statics) >= SPLIT_PARTS_KEPT:
+                self._statics.clear()
             self._statics[key] = device_part
         return h_corr + device_part
 

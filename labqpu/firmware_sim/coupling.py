@@ -43,11 +43,12 @@ def _configs(k: int, n_exc: int) -> list[tuple[int, ...]]:
 
 
 @lru_cache(maxsize=64)
-def _excitation_block(k: int, n_exc: int) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+def _excitation_block(k: int, n_exc: int
+                      ) -> tuple[tuple[tuple[int, ...], ...], np.ndarray, np.ndarray]:
     """The bare states of ``k`` transmons with ``n_exc`` excitations: (configurations, their
     levels (states, k), their indices among all 3^k states, first transmon most significant).
     Read-only."""
-    basis = _configs(k, n_exc)
+    basis = tuple(_configs(k, n_exc))
     levels = np.array(basis, dtype=np.int64).reshape(len(basis), k)
     flat = levels @ (LEVELS ** np.arange(k - 1, -1, -1, dtype=np.int64))
     for x in (levels, flat):
@@ -108,7 +109,8 @@ def _dressed_blocks(freqs_hz: list[float], alphas_hz: list[float],
 def dressed_energies(freqs_hz: list[float], alphas_hz: list[float],
                      couplings: dict[tuple[int, int], float],
                      max_excitations: int = MAX_EXCITATIONS
-                     ) -> dict[tuple[int, ...], tuple[float, np.ndarray, list[tuple[int, ...]]]]:
+                     ) -> dict[tuple[int, ...],
+                               tuple[float, np.ndarray, tuple[tuple[int, ...], ...]]]:
     """Exact dressed energies (Hz) of coupled three-level transmons, labelled by bare states.
 
     ``freqs_hz``/``alphas_hz`` are bare 0-1 frequencies and anharmonicities of qubits 0..k-1,
@@ -117,7 +119,7 @@ def dressed_energies(freqs_hz: list[float], alphas_hz: list[float],
     block's bare basis).
     """
     k = len(freqs_hz)
-    out: dict[tuple[int, ...], tuple[float, np.ndarray, list[tuple[int, ...]]]] = {}
+    out: dict[tuple[int, ...], tuple[float, np.ndarray, tuple[tuple[int, ...], ...]]] = {}
     for n_exc, energies, vecs in _dressed_blocks(freqs_hz, alphas_hz, couplings,
                                                  max_excitations):
         basis = _excitation_block(k, n_exc)[0]

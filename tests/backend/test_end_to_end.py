@@ -277,6 +277,29 @@ def test_a_program_beyond_the_controllers_limits_is_refused_before_sending(
     assert "of ctrl0; nothing was sent" in message
 
 
+def test_limits_are_checked_on_the_values_the_controller_plays(lab_backend) -> None:
+    """A play frequency that ``binds`` takes from the parameter table is the table's value at
+    upload (docs/protocol.md 4.7): an element beyond Nyquist that the table overrides with a
+    valid one runs. A play of a waveform the table does not hold is refused naming it (it
+    once crashed the check with an IndexError)."""
+    from dataclasses import replace
+
+    from labqpu.pulse.program import ProgramBuilder
+
+    b = ProgramBuilder("ctrl0", 1e9)
+    wid = b.waves.add(("ones", 40), lambda: np.ones(40, np.complex64))
+    b.play(0, 0, wid, 0.1, frequency_hz=700e6)
+    b.acquire(0, 40, 100, 0.0, 0, 0)
+    program = replace(b.build(num_clbits=1, header={"name": "bound"}),
+                      param_names=("f",), param_values=np.array([100e6]),
+                      binds=(("play_freq_hz", 0, 0),))
+    assert lab_backend.run(program, meas_level=1, shots=10).result().success
+    stray = replace(program, play_wave=np.array([3]), binds=(), param_names=(),
+                    param_values=np.zeros(0))
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(stray, meas_level=1))
+    assert "play 0 (port 0, sample 0) uses waveform 3; the program's table holds 1" in message
+
+
 @pytest.mark.parametrize("tags", [5, "tag", [1, 2], {"a": 1}])
 def test_mistyped_job_tags_are_rejected_before_sending(lab_backend, tags) -> None:
     native = transpile(bell(), lab_backend)

@@ -220,17 +220,27 @@ def test_a_drive_lo_that_cannot_reach_its_qubits_is_refused_naming_them():
     """Qubits at 5.05 and 5.90 GHz on one drive LO: set 100 MHz below the lower one, it would
     drive the other at a 950 MHz IF, beyond the band the calibration accepts (and the 500 MHz
     Nyquist frequency of 1 GS/s). ``choose_drive_lo`` refuses, naming the qubit, its IF and
-    the fix, and sets no LO; with the two qubits on two LOs each gets its own."""
+    the fix, and sets no LO (a ``FitError``: the graph records the step as failed and goes on
+    with the others); with the two qubits on two LOs each gets its own."""
     from labqpu.calibration.bootstrap import choose_drive_lo
-    from labqpu.errors import CalibrationError
 
     work = Working(device={}, qubits={0: {"frequency_hz": 5.05e9}, 1: {"frequency_hz": 5.90e9}})
     wiring = {0: SimpleNamespace(drive_lo="lo_a"), 1: SimpleNamespace(drive_lo="lo_a")}
     kit = SimpleNamespace(work=work, config=SimpleNamespace(qubits=wiring), fs=1e9)
-    with pytest.raises(CalibrationError, match=r"'lo_a'.*qubit 1 at an IF of 950 MHz.*500 MHz"
+    with pytest.raises(FitError, match=r"'lo_a'.*qubit 1 at an IF of 950 MHz.*500 MHz"
                                                r".*drive LO of their own"):
         choose_drive_lo(kit, 0)
     assert not any("drive_lo_frequency_hz" in p for p in work.qubits.values())
+    # in the graph the step fails and the others go on (qubit 2 on an LO of its own)
+    work.qubits[2] = {"frequency_hz": 5.5e9}
+    wiring[2] = SimpleNamespace(drive_lo="lo_b")
+    drive_lo = replace({n.name: n for n in NODES}["drive_lo"], requires=())
+    outcomes = walk(kit, plan(None, [0, 1, 2], [], (drive_lo,)), shots=1,
+                    forced={"drive_lo"})
+    assert [(o.subject, o.status) for o in outcomes] == [
+        ("qubit 0", "failed"), ("qubit 1", "failed"), ("qubit 2", "calibrated")], outcomes
+    assert "IF of 950 MHz" in outcomes[0].reason
+    del work.qubits[2]
     wiring[1] = SimpleNamespace(drive_lo="lo_b")
     choose_drive_lo(kit, 0)
     choose_drive_lo(kit, 1)
