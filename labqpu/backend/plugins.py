@@ -38,6 +38,7 @@ import math
 import numpy as np
 from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, Reset
 from qiskit.circuit.library import RZGate, SXGate, XGate
+from qiskit.converters import circuit_to_dag
 from qiskit.dagcircuit import DAGCircuit, DAGInNode, DAGOpNode, DAGOutNode
 from qiskit.passmanager import ConditionalController
 from qiskit.synthesis import OneQubitEulerDecomposer
@@ -344,8 +345,30 @@ def _pauli_kind(u: np.ndarray | None) -> int | None:
     return None
 
 
+class FiniteParameters(AnalysisPass):
+    """Refuse a gate whose parameter is NaN or infinite (``TranspilerError`` naming the gate,
+    its qubits and the value), before any pass can merge it into a finite gate: Qiskit's
+    single-qubit optimisation turns h, rz(nan), h into an x, so the circuit would otherwise run
+    as something it does not say. Unbound parameters pass; control-flow bodies are checked."""
+
+    def run(self, dag: DAGCircuit, inside: str = "") -> None:
+        """Raise on the first non-finite parameter of ``dag`` (in its control flow too)."""
+        for node in dag.op_nodes():
+            for value in node.op.params:
+                if isinstance(value, (int, float, complex)) and not cmath.isfinite(value):
+                    qubits = [dag.find_bit(q).index for q in node.qargs]
+                    where = (f"inside the body of an {inside}" if inside else
+                             f"on device qubit{'s' if len(qubits) > 1 else ''} "
+                             f"{', '.join(map(str, qubits))}")
+                    raise TranspilerError(f"{node.op.name} {where} has the parameter {value}: "
+                                          "gate parameters must be finite numbers")
+            for block in getattr(node.op, "blocks", ()):
+                self.run(circuit_to_dag(block), inside=inside or node.op.name)
+
+
 class LabTranslationPlugin(PassManagerStagePlugin):
-    """Translation stage ``labqpu``: Qiskit's translator and :class:`PulseEfficient1q`.
+    """Translation stage ``labqpu``: :class:`FiniteParameters`, Qiskit's translator and
+    :class:`PulseEfficient1q`.
 
     At optimization level 0 each single-qubit gate is synthesised on its own, before the
     translator (the cheapest pulses for that gate; gates are neither merged nor moved). From
@@ -365,7 +388,8 @@ class LabTranslationPlugin(PassManagerStagePlugin):
             hls_config=cfg.hls_config, qubits_initially_zero=cfg.qubits_initially_zero)
         if cfg.target is None:
             return translate
-        placement = [*feedforward_placement(cfg), PulseGatePlacement(cfg.target)]
+        placement = [FiniteParameters(), *feedforward_placement(cfg),
+                     PulseGatePlacement(cfg.target)]
         if optimization_level == 0:
             # Gate by gate, before the translator: each written gate keeps its own pulses.
             return PassManager([*placement, PulseEfficient1q(cfg.target, merge=False),

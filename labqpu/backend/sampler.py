@@ -45,7 +45,7 @@ def _mthree() -> Any:
         import mthree
     except ImportError as exc:
         raise ImportError("labqpu.Sampler mitigates readout with mthree, which is not "
-                          "installed: install labqpu's mitigation extra (in a clone: "
+                          "installed: pip install 'labqpu[mitigation]' (in a clone: "
                           "pip install -e '.[mitigation]'), or pass mitigate=False") from exc
     return mthree
 

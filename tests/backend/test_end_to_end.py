@@ -485,12 +485,19 @@ def test_sync_run_returns_a_finished_job(lab_backend) -> None:
 
 
 def test_instrument_error_reaches_the_user(lab_backend) -> None:
-    """A program the controller refuses (beyond DAC full scale) fails the job with the
-    controller's own message."""
+    """A program only the controller can refuse fails the job with the controller's own
+    message: two plays each within DAC full scale, overlapping on one port, whose sum exceeds
+    it (the backend checks each play; the controller renders the port)."""
+    from labqpu.pulse.program import ProgramBuilder
+
     native = transpile(bell(), lab_backend)
-    program = lab_backend.run(native, shots=10).programs[0]
-    too_loud = dataclasses.replace(program, play_amp=program.play_amp * 50)
-    job = lab_backend.run(too_loud, shots=10)
+    b = ProgramBuilder("ctrl0", 1e9)
+    wid = b.waves.add(("ones", 40), lambda: np.ones(40, np.complex64))
+    b.play(0, 0, wid, 0.6)
+    b.play(0, 20, wid, 0.6)
+    b.acquire(0, 60, 100, 0.0, 0, 0)
+    job = lab_backend.run(b.build(num_clbits=1, header={"name": "overlap"}), shots=10,
+                          meas_level=1)
     with pytest.raises(JobError, match="full scale"):
         job.result(timeout=60)
     assert job.status() is JobStatus.ERROR

@@ -20,6 +20,7 @@ from qiskit.circuit.equivalence_library import SessionEquivalenceLibrary
 from qiskit.circuit.library import HGate, RXGate, RYGate, RZGate, SXGate, UnitaryGate, XGate
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Operator, random_unitary
+from qiskit.transpiler.exceptions import TranspilerError
 from qiskit.transpiler.preset_passmanagers.plugin import list_stage_plugins
 
 from labqpu.backend import gates as gates_module
@@ -594,3 +595,26 @@ def test_classical_bits_of_no_register_are_padded_in_their_order(lab_backend) ->
     with pytest.raises(TranspilerError, match="classical bits of no register in order only "
                                               "after those of registers"):
         transpile(first_loose, lab_backend)
+
+
+@pytest.mark.parametrize("level", [None, 0, 1, 2, 3])
+def test_a_non_finite_angle_is_refused_at_transpile_before_it_is_optimised_away(
+        lab_backend, level) -> None:
+    """h, rz(nan), h: Qiskit's single-qubit optimisation (from level 1) merges the three into
+    an x, which then ran as if nothing were wrong. labqpu's translation stage refuses the NaN
+    first, at every level, naming the gate and its device qubit; inside an if_else body too."""
+    qc = QuantumCircuit(1, 1)
+    qc.h(0)
+    qc.rz(math.nan, 0)
+    qc.h(0)
+    qc.measure(0, 0)
+    with pytest.raises(TranspilerError, match=r"rz on device qubit \d has the parameter nan"):
+        transpile(qc, lab_backend, optimization_level=level)
+    flow = QuantumCircuit(1, 1)
+    flow.measure(0, 0)
+    with flow.if_test((flow.clbits[0], 1)):
+        flow.rx(math.inf, 0)
+    flow.measure(0, 0)
+    with pytest.raises(TranspilerError,
+                       match=r"rx inside the body of an if_else has the parameter inf"):
+        transpile(flow, lab_backend, optimization_level=level)
