@@ -432,6 +432,9 @@ class ControllerClient:
         except InstrumentError as exc:
             logger.warning("%s: could not abort run %s: %s", self.endpoint, run_id, exc)
             return f"the abort of run {run_id} could not be confirmed ({exc}): it may still play"
+        if state == "running":  # docs/protocol.md, abort: asked to stop, it ends `aborted`
+            return (f"run {run_id} asked to stop (the controller reports it still running; its "
+                    "results will be discarded)")
         return f"run {run_id} aborted (controller reports {state!r})"
 
     def abort(self, run_id: str) -> str:
