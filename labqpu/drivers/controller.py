@@ -433,8 +433,8 @@ class ControllerClient:
             logger.warning("%s: could not abort run %s: %s", self.endpoint, run_id, exc)
             return f"the abort of run {run_id} could not be confirmed ({exc}): it may still play"
         if state == "running":  # docs/protocol.md, abort: asked to stop, it ends `aborted`
-            return (f"run {run_id} asked to stop (the controller reports it still running; its "
-                    "results will be discarded)")
+            return (f"run {run_id} aborted: the controller, asked to stop it, reports it still "
+                    "running (it stops, and its results are discarded)")
         return f"run {run_id} aborted (controller reports {state!r})"
 
     def abort(self, run_id: str) -> str:

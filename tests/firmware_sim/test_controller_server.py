@@ -838,9 +838,10 @@ def test_a_run_whose_transport_fails_is_aborted_and_the_error_says_so(
         with ControllerClient(relay.endpoint, timeout_s=0.3, retries=1) as ctrl:
             program_id = ctrl.upload(_program(), {})
             run_id = ctrl.run(program_id, shots=1, params={"sleep_s": 30.0}, key="T")
-            # the controller answers the abort while the run still sleeps: "asked to stop"
+            # the controller answers the abort while the run still sleeps
             with pytest.raises(InstrumentTimeoutError,
-                               match=f"run {run_id} asked to stop") as info:
+                               match=f"run {run_id} aborted: the controller, asked to stop "
+                                     "it, reports it still running") as info:
                 ctrl.wait(run_id, timeout_s=60.0)
             assert info.value.command == OP_FETCH
             assert str(info.value).count(relay.endpoint) == 1
@@ -1005,12 +1006,12 @@ def test_a_wait_after_a_held_reply_counts_the_hold_in_its_deadline(
         client: ControllerClient, holds: list[float]) -> None:
     """``waited_s``: time already spent on the run's held reply comes off the deadline; a
     wait with nothing left asks for no hold, aborts the run and names the whole timeout, and
-    says that the run, still computing, was asked to stop (not that it was aborted)."""
+    says that the run, still computing when the controller answered, was asked to stop."""
     program_id = client.upload(_program(), {})
     run_id, ended = client.run_held(program_id, shots=1, wait_s=0.05, params={"sleep_s": 2.0})
     assert ended is None
     with pytest.raises(InstrumentTimeoutError, match=r"still running after 0\.05 s; run \S+ "
-                       r"asked to stop \(the controller reports it still running"):
+                       r"aborted: the controller, asked to stop it, reports it still running"):
         client.wait(run_id, timeout_s=0.05, waited_s=0.05)
     assert holds == [0.0]
 
