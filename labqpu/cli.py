@@ -483,6 +483,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _qubit(text: str) -> int:
+    """An argparse type: a qubit number (--qubits takes every word after it, so a node name
+    written after the list lands here: say so)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be qubit numbers, got {text!r}; put node names before --qubits "
+            f"(labqpu calibrate {text} --qubits ...) or end the list with --")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
@@ -661,8 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                           "t1, cz ...); or a store command: history, diff A B, rollback ID")
     cal.add_argument("--all", action="store_true", help="every node of the graph, then its "
                      "rb step: randomized benchmarking of the gate errors left out of date")
-    cal.add_argument("--qubits", type=int, nargs="+", help="only these qubits (and the edges "
-                     "between them); default all")
+    cal.add_argument("--qubits", type=_qubit, nargs="+", help="only these qubits (and the "
+                     "edges between them); default all")
     cal.add_argument("--force", action="store_true", help="recalibrate the named nodes (with "
                      "--all: every node, and the rb step benchmarks every gate) without "
                      "checking them first")

@@ -214,6 +214,17 @@ def _seeded_home(tmp_path: Path, export: dict) -> None:
         store.commit(builder.build_document())
 
 
+def test_a_node_name_after_the_qubit_list_gets_a_hint(tmp_path) -> None:
+    """``labqpu calibrate --qubits 2 ramsey``: --qubits takes every word after it, so argparse
+    read ``ramsey`` as a qubit; the error says how to write it instead (nothing runs)."""
+    proc = labqpu(tmp_path, "calibrate", "--qubits", "2", "ramsey")
+    assert proc.returncode == 2
+    assert ("argument --qubits: must be qubit numbers, got 'ramsey'; put node names before "
+            "--qubits (labqpu calibrate ramsey --qubits ...) or end the list with --"
+            ) in proc.stderr, proc.stderr
+    assert not (tmp_path / "lab5").exists()  # no store was opened
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
     """``labqpu calibrate history | head -0``: the reader has gone before the history is
     printed. The command ends without a traceback, with the exit code of a process ended by
