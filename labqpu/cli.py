@@ -491,9 +491,14 @@ def _qubit(text: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be qubit numbers, got {text!r}; put node names before --qubits "
-            f"(labqpu calibrate {text} --qubits ...) or end the list with --")
+        from labqpu.calibration.graph import NODES
+
+        if text in {n.name for n in NODES} | {"rb"} | set(STORE_COMMANDS):
+            raise argparse.ArgumentTypeError(
+                f"must be qubit numbers, got {text!r}; put node names before --qubits "
+                f"(labqpu calibrate {text} --qubits ...) or end the list with --")
+        raise argparse.ArgumentTypeError(f"must be qubit numbers (whole numbers >= 0), got "
+                                         f"{text!r}")
     return value
 
 
@@ -569,8 +574,9 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
     wanted = STORE_COMMANDS[action]
     if len(rest) != len(wanted) or not all(r.isdigit() for r in rest):
         usage = " ".join([action, *wanted])
-        print(f"labqpu calibrate {action}: usage: labqpu calibrate {usage} (snapshot ids are "
-              f"whole numbers), got {' '.join(rest) or 'nothing'}", file=sys.stderr)
+        what = " (snapshot ids are whole numbers)" if wanted else " (no further words)"
+        print(f"labqpu calibrate {action}: usage: labqpu calibrate {usage}{what}, got "
+              f"{' '.join(rest) or 'nothing'}", file=sys.stderr)
         return 2
     ids = [int(r) for r in rest]
     selectors = [f"--{name}" for name in ("qubit", "pair", "gate", "since")

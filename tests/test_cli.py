@@ -225,6 +225,20 @@ def test_a_node_name_after_the_qubit_list_gets_a_hint(tmp_path) -> None:
     assert not (tmp_path / "lab5").exists()  # no store was opened
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["rabi", "--qubits", "-1"], "argument --qubits: must be qubit numbers (whole numbers >= 0), "
+                                 "got '-1'"),
+    (["history", "extra"], "labqpu calibrate history: usage: labqpu calibrate history (no "
+                           "further words), got extra"),
+])
+def test_calibrate_words_that_are_no_qubit_or_id_are_named_plainly(tmp_path, args,
+                                                                  expected) -> None:
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2
+    assert expected in proc.stderr, proc.stderr
+    assert "put node names before" not in proc.stderr
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
     """``labqpu calibrate history | head -0``: the reader has gone before the history is
     printed. The command ends without a traceback, with the exit code of a process ended by

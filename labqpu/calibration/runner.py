@@ -390,7 +390,12 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     a second snapshot; a qubit or edge whose benchmark failed is reported failed (an edge
     whose qubit failed, too). Records go to the store's ``experiments/``.
 
-    Returns the :class:`RunReport`; its ``table()`` is the summary."""
+    Returns the :class:`RunReport`; its ``table()`` is the summary. A single node name or
+    qubit number stands for a list of one."""
+    if isinstance(nodes, str):
+        nodes = [nodes]
+    if isinstance(qubits, int) and not isinstance(qubits, bool):
+        qubits = [qubits]
     parent = backend.snapshot
     n_qubits = backend.config.num_qubits
     chosen = range(n_qubits) if qubits is None else list(qubits)

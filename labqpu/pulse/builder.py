@@ -500,6 +500,10 @@ class PulseBuilder:
     # -------------------------------------------------------------- calibration access
 
     def _cal(self, qubit: int, name: str) -> float:
+        if qubit not in self.channels.qubits:
+            raise PulseError(f"qubit {qubit}: {self.channels.device_name} has qubits "
+                             f"0..{self.channels.num_qubits - 1}", qubits=(qubit,),
+                             parameter="qubit")
         params = self.snapshot.qubits.get(qubit, {})
         if name not in params:
             raise PulseError(f"qubit {qubit} has no calibrated {name!r} in snapshot "
@@ -656,6 +660,9 @@ class PulseBuilder:
         return axis, float(np.real(np.conj(axis) * (c0 + c1) / 2))
 
     def _check_nyquist(self, frequency_hz: float, what: str, qubit: int) -> None:
+        if not math.isfinite(frequency_hz):
+            raise PulseError(f"{what}: frequency {frequency_hz} Hz must be a finite number",
+                             qubits=(qubit,), parameter="frequency_hz")
         if not abs(frequency_hz) <= self.sample_rate_hz / 2:
             raise PulseError(f"{what}: frequency {frequency_hz} Hz is beyond the Nyquist "
                              f"frequency {self.sample_rate_hz / 2} Hz", qubits=(qubit,),

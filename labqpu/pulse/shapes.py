@@ -329,7 +329,14 @@ class Waveform(Shape):
 
     def __init__(self, samples: np.ndarray | list, *, amp: Value = 1.0,
                  angle_rad: Value = 0.0) -> None:
-        data = np.array(samples, dtype=np.complex128).reshape(-1)
+        try:
+            data = np.array(samples, dtype=np.complex128)
+        except (TypeError, ValueError) as exc:
+            raise PulseError(f"waveform: samples must be numbers, got {samples!r:.80}",
+                             parameter="samples") from exc
+        if data.ndim != 1:
+            raise PulseError(f"waveform: samples must be one-dimensional, got shape "
+                             f"{data.shape}", parameter="samples")
         if data.size == 0:
             raise PulseError("waveform: at least one sample is needed", parameter="samples")
         if not np.all(np.isfinite(data)):

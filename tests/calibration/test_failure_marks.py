@@ -150,3 +150,18 @@ def test_the_runner_records_a_failed_step_in_the_store_and_clears_it_when_it_pas
         assert passed.ok
         assert CALIBRATION_FAILED not in passed.snapshot.qubits[0]
         assert backend.target.marks == {}
+
+
+def test_run_graph_takes_one_node_name_and_one_qubit(tmp_path) -> None:
+    """``run_graph(backend, "drive_lo", qubits=0)``: a single node name or qubit number
+    stands for a list of one (a string was split into letters, "no calibration node 'd'",
+    and a number raised a bare ``TypeError``)."""
+    store = seed_fresh_store(tmp_path / "home")
+    lab = tmp_path / "lab.toml"
+    lab.write_text(default_config_path().read_text().replace(
+        'store = ""', f'store = "{store}"', 1))
+    with LabProvider(str(lab), simulator=True) as provider:
+        report = run_graph(provider.backend(), "drive_lo", qubits=0, force=True, rb=False,
+                           commit=False)
+    assert ("drive_lo", "qubit 0") in [(o.node, o.subject) for o in report.outcomes]
+    assert {o.subject for o in report.outcomes} == {"qubit 0"}

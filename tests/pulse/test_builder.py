@@ -185,6 +185,17 @@ def test_calibrated_x_and_measure_equal_the_compiled_circuit(b, snapshot, channe
     assert built == compiled
 
 
+def test_a_qubit_the_device_lacks_and_a_nan_frequency_are_named_as_such(b) -> None:
+    """``measure(9, 0)`` on lab5 once said qubit 9 had no calibrated readout duration, and a NaN
+    frequency was "beyond the Nyquist frequency"; each is now said as it is."""
+    with pytest.raises(PulseError, match=r"qubit 9: lab5 has qubits 0\.\.4"):
+        b.measure(9, 0)
+    b.set_frequency(math.nan, drive(0))
+    b.play(Constant(duration_samples=16, amp=0.1), drive(0))
+    with pytest.raises(PulseError, match=r"frequency nan Hz must be a finite number"):
+        b.assign_parameters({})
+
+
 def test_parameters_bind_everywhere_and_the_binding_is_recorded(b) -> None:
     amp, phase, freq, dur, wait = (Parameter(n) for n in ("amp", "phase", "freq", "dur", "wait"))
     b.delay(wait, drive(0))

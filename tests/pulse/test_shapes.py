@@ -123,6 +123,16 @@ def test_waveform_keeps_its_samples_and_counts_its_duration() -> None:
     assert w.envelope_key() != Waveform(data[::-1]).envelope_key()
 
 
+@pytest.mark.parametrize(("samples", "message"), [
+    (np.zeros((4, 4)), r"one-dimensional, got shape \(4, 4\)"),  # was flattened silently
+    (["a", "b"], r"must be numbers, got \['a', 'b'\]"),  # was a bare ValueError
+    (0.5, r"one-dimensional, got shape \(\)"),
+])
+def test_waveform_refuses_samples_that_are_no_list_of_numbers(samples, message) -> None:
+    with pytest.raises(PulseError, match=message):
+        Waveform(samples)
+
+
 @pytest.mark.parametrize("shape", [
     Drag(duration_samples=40, sigma_samples=10, beta_samples=0.5, amp=0.2, angle_rad=-1.0),
     GaussianSquare(duration_samples=64, sigma_samples=4, width_samples=40, beta_samples=0.1),
