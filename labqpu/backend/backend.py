@@ -606,8 +606,10 @@ class LabBackend(BackendV2):
             return ""
         where = "; ".join(f"{name}: qubits {qubits}"
                           for name, qubits in digitizing_controllers(self.channels).items())
-        return (f"; lay the circuit out on the qubits of one controller ({where}), e.g. "
-                "transpile(circuit, backend, initial_layout=[...])")
+        return (f"; keep a conditional block and the acquisition it reads on one controller's "
+                f"qubits ({where}): for a circuit, lay it out on them, e.g. "
+                "transpile(circuit, backend, initial_layout=[...]); for a pulse program, play "
+                "the block on the measured qubit's controller")
 
     def _check_nested(self, parts: list) -> None:
         """A program with nested conditional blocks (an if_else on a register of several bits,

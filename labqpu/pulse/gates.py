@@ -136,8 +136,10 @@ def define_pulse_gate(name: str, definition: PulseBuilder, qubits: Sequence[int]
     root = _bind_node(definition._root, {})  # a private copy of the instructions
     try:
         total, leaves = _schedule(root)
-    except (PulseError, TypeError) as exc:
-        raise PulseError(f"pulse gate {name!r}: a duration depends on a parameter ({exc}); a "
+    except (PulseError, TypeError) as exc:  # a TypeError: Qiskit's, of an unbound expression
+        why = exc if isinstance(exc, PulseError) else "its parameters: " + ", ".join(
+            sorted(p.name for p in definition.parameters))
+        raise PulseError(f"pulse gate {name!r}: a duration depends on a parameter ({why}); a "
                          "pulse gate's durations and delays must be numbers (the Target states "
                          "one duration per gate)", parameter="duration_samples") from exc
     timing = timing or definition.channels.timing

@@ -94,6 +94,8 @@ def test_feedforward_across_controllers_is_refused_before_anything_is_sent(lab10
         lab10.run(native, shots=100)
     assert "ctrl0: qubits [0, 1, 2, 3, 4]; ctrl1: qubits [5, 6, 7, 8, 9]" in str(refused.value)
     assert "initial_layout" in str(refused.value)
+    assert "for a pulse program, play the block on the measured qubit's controller" in str(
+        refused.value)
 
 
 def feedforward_circuits() -> list[QuantumCircuit]:

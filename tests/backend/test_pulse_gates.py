@@ -235,3 +235,15 @@ def test_a_redefined_pulse_gate_is_played_as_redefined_by_a_circuit_run_before(
         feedforward_latency_samples=lab_backend.feedforward_latency_samples,
         reset_method=lab_backend.options.reset_method,
         pulse_gates=lab_backend.pulse_gates).content_hash
+
+
+def test_a_parameter_in_a_pulse_gates_duration_is_named_plainly(lab_backend) -> None:
+    """A pulse gate whose play lasts a Parameter is refused naming the parameter, not with
+    Qiskit's internal description of the unbound expression (it once showed its uuid)."""
+    w = Parameter("w")
+    with pulse.build(lab_backend) as g:
+        pulse.play(pulse.Constant(duration_samples=w, amp=0.1), pulse.drive(0))
+    with pytest.raises(PulseError, match=r"a duration depends on a parameter \(its parameters: "
+                                         r"w\)") as info:
+        lab_backend.add_pulse_gate("wide", g, qubits=[0])
+    assert "uuid" not in str(info.value)
