@@ -334,6 +334,8 @@ class Waveform(Shape):
         except (TypeError, ValueError) as exc:
             raise PulseError(f"waveform: samples must be numbers, got {samples!r:.80}",
                              parameter="samples") from exc
+        if data.ndim > 1 and data.size == max(data.shape):  # a row or column vector
+            data = data.reshape(-1)
         if data.ndim != 1:
             raise PulseError(f"waveform: samples must be one-dimensional, got shape "
                              f"{data.shape}", parameter="samples")

@@ -131,6 +131,8 @@ def test_waveform_keeps_its_samples_and_counts_its_duration() -> None:
 def test_waveform_refuses_samples_that_are_no_list_of_numbers(samples, message) -> None:
     with pytest.raises(PulseError, match=message):
         Waveform(samples)
+    column = np.array([[0.1], [0.2j]])  # a row or column vector is a list of samples
+    assert Waveform(column) == Waveform(column.T) == Waveform([0.1, 0.2j])
 
 
 @pytest.mark.parametrize("shape", [
