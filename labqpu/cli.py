@@ -487,19 +487,16 @@ def _qubit(text: str) -> int:
     """An argparse type: a qubit number (--qubits takes every word after it, so a node name
     written after the list lands here: say so)."""
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+        return _non_negative_int(text)
+    except argparse.ArgumentTypeError:
         from labqpu.calibration.graph import NODES
 
         if text in {n.name for n in NODES} | {"rb"} | set(STORE_COMMANDS):
             raise argparse.ArgumentTypeError(
                 f"must be qubit numbers, got {text!r}; put node names before --qubits "
-                f"(labqpu calibrate {text} --qubits ...) or end the list with --")
+                f"(labqpu calibrate {text} --qubits ...) or end the list with --") from None
         raise argparse.ArgumentTypeError(f"must be qubit numbers (whole numbers >= 0), got "
-                                         f"{text!r}")
-    return value
+                                         f"{text!r}") from None
 
 
 def _positive_int(text: str) -> int:

@@ -153,12 +153,7 @@ def _beyond_limits(program: PulseProgram, sample_rate_hz: float) -> str | None:
                         "the sample rate)")
     fixed = np.flatnonzero(program.play_amp_ref < 0)
     if fixed.size:
-        sizes = np.diff(program.wave_offset)
-        peaks = np.zeros(n_waves)
-        filled = sizes > 0
-        if filled.any():
-            peaks[filled] = np.maximum.reduceat(np.abs(program.wave_data),
-                                                program.wave_offset[:-1][filled])
+        peaks = program.waveform_peaks
         level = np.abs(program.play_amp[fixed]) * peaks[program.play_wave[fixed]]
         over = np.flatnonzero(level > DAC_FULL_SCALE)
         if over.size:

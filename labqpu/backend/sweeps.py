@@ -233,8 +233,7 @@ def _check_full_scale(program: PulseProgram, rows: np.ndarray, where: str) -> No
     bound = np.flatnonzero(refs >= 0)
     if not bound.size:
         return
-    peaks = np.array([float(np.max(np.abs(program.waveform(int(w))), initial=0.0))
-                      for w in np.asarray(program.play_wave)[bound]])
+    peaks = program.waveform_peaks[np.asarray(program.play_wave)[bound]]
     amps = np.abs(rows[:, refs[bound]]) * peaks
     over = np.argwhere(amps > 1.0)
     if over.size:

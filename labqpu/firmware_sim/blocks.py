@@ -247,15 +247,16 @@ class DriveBlocks:
         dt = 1.0 / self.device.sample_rate_hz
         alpha = float(alpha_hz)
         phi, z0, zkey = split or drive_phase_key(z)
-        key = ("cond", q, z.size, zkey, shifts_hz.tobytes(), alpha)
+        shifts_key = shifts_hz.tobytes()
+        key = ("cond", q, z.size, zkey, shifts_key, alpha)
         stack = self.cache_1q.get(key)
         if stack is None:
-            groups = self._shift_groups.get(key[4])  # the same shifts for all of q's drives
+            groups = self._shift_groups.get(shifts_key)  # the same for all of q's drives
             if groups is None:
                 if len(self._shift_groups) >= CACHE_SHIFT_GROUPS:
                     self._shift_groups.clear()
-                groups = self._shift_groups[key[4]] = np.unique(shifts_hz, axis=0,
-                                                                return_inverse=True)
+                groups = self._shift_groups[shifts_key] = np.unique(shifts_hz, axis=0,
+                                                                    return_inverse=True)
             uniq, inverse = groups
             us = np.empty((uniq.shape[0], LEVELS, LEVELS), dtype=np.complex128)
             for i, sh in enumerate(uniq):

@@ -80,11 +80,12 @@ def _hops(k: int, n_exc: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, n
 def _dressed_blocks(freqs_hz: list[float], alphas_hz: list[float],
                     couplings: dict[tuple[int, int], float], max_excitations: int
                     ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Per excitation number up to ``max_excitations`` (arguments as in
-    :func:`dressed_energies`): (excitation number, energies (Hz), eigenvectors), both ordered
-    by label: entry i is the dressed state labelled by the block's bare state i (the one it
-    overlaps most, by an assignment), its eigenvector (column i) with a positive component on
-    that state."""
+    """Exact dressed energies (Hz) of coupled three-level transmons (bare 0-1 frequencies
+    ``freqs_hz`` and anharmonicities ``alphas_hz`` of qubits 0..k-1, ``couplings`` (a, b) with
+    a < b -> g in Hz), per excitation number up to ``max_excitations``: (excitation number,
+    energies, eigenvectors in the block's bare basis), both ordered by label: entry i is the
+    dressed state labelled by the block's bare state i (the one it overlaps most, by an
+    assignment), its eigenvector (column i) with a positive component on that state."""
     k = len(freqs_hz)
     f = np.asarray(freqs_hz, dtype=float)
     alpha = np.asarray(alphas_hz, dtype=float)
@@ -103,28 +104,6 @@ def _dressed_blocks(freqs_hz: list[float], alphas_hz: list[float],
         vecs = evecs[:, cols]  # rows are 0..m-1 in order: column r is labelled by state r
         vecs *= np.where(vecs[rows, rows] < 0, -1.0, 1.0)[None, :]
         out.append((n_exc, evals[cols], vecs))
-    return out
-
-
-def dressed_energies(freqs_hz: list[float], alphas_hz: list[float],
-                     couplings: dict[tuple[int, int], float],
-                     max_excitations: int = MAX_EXCITATIONS
-                     ) -> dict[tuple[int, ...],
-                               tuple[float, np.ndarray, tuple[tuple[int, ...], ...]]]:
-    """Exact dressed energies (Hz) of coupled three-level transmons, labelled by bare states.
-
-    ``freqs_hz``/``alphas_hz`` are bare 0-1 frequencies and anharmonicities of qubits 0..k-1,
-    ``couplings`` maps (a, b) with a < b to g (Hz). Returns, for every bare configuration with
-    at most ``max_excitations`` excitations, (E, eigenvector in the block's bare basis, that
-    block's bare basis).
-    """
-    k = len(freqs_hz)
-    out: dict[tuple[int, ...], tuple[float, np.ndarray, tuple[tuple[int, ...], ...]]] = {}
-    for n_exc, energies, vecs in _dressed_blocks(freqs_hz, alphas_hz, couplings,
-                                                 max_excitations):
-        basis = _excitation_block(k, n_exc)[0]
-        for r, label in enumerate(basis):
-            out[label] = (float(energies[r]), vecs[:, r], basis)
     return out
 
 

@@ -246,6 +246,18 @@ class PulseProgram:
         return tuple(hashlib.sha256(self.waveform(i).tobytes()).hexdigest()
                      for i in range(self.num_waveforms))
 
+    @functools.cached_property
+    def waveform_peaks(self) -> np.ndarray:
+        """Each waveform's peak |sample| (0 for an empty one), in table order: computed once,
+        shared with :meth:`with_header` copies. Read-only."""
+        peaks = np.zeros(self.num_waveforms)
+        filled = np.diff(self.wave_offset) > 0
+        if filled.any():
+            peaks[filled] = np.maximum.reduceat(np.abs(self.wave_data),
+                                                self.wave_offset[:-1][filled])
+        peaks.flags.writeable = False
+        return peaks
+
     @property
     def num_waveforms(self) -> int:
         """Number of unique waveforms in the table."""
