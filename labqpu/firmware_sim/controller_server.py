@@ -104,11 +104,11 @@ KEY_RETENTION_S = 3600.0
 #: A session unused this long is forgotten when the next one opens (s).
 SESSION_IDLE_S = 24 * 3600.0
 #: A held ``run`` (``wait_s`` > 0) of a request that last took at most this long (s, from
-#: its start to its end; same program, shots and ``rep_delay_s``) is executed on the serving
-#: thread while no other run is queued or running: its reply then leaves without two
-#: hand-offs between threads (~0.1 ms on a 2-core machine). Other clients wait at most about
-#: this long; longer runs, runs with traces, sweeps or synchronisation, and every run of a
-#: server with faults armed go to the worker thread.
+#: its start to its end; same program, shots and ``rep_delay_s``), and no longer than the
+#: hold, is executed on the serving thread while no other run is queued or running: its reply
+#: then leaves without two hand-offs between threads (~0.1 ms on a 2-core machine). Other
+#: clients wait at most about this long; longer runs, runs with traces, sweeps or
+#: synchronisation, and every run of a server with faults armed go to the worker thread.
 INLINE_RUN_S = 0.002
 #: Requests whose last duration the server remembers for that choice.
 INLINE_KNOWN = 256
@@ -642,7 +642,7 @@ class ControllerServer:
             return encode_reply(request.id, result, arrays)
         with self._lock:
             run = self._runs.get(result["run_id"])
-            inline = run is not None and self._inline(run)
+            inline = run is not None and self._inline(run, wait_s)
             if inline:
                 self._accepted.remove(run.run_id)
                 self._start_run(run)
@@ -750,14 +750,15 @@ class ControllerServer:
         run.started_at = time.monotonic()
         self._running = run
 
-    def _inline(self, run: Run) -> bool:
+    def _inline(self, run: Run, wait_s: float) -> bool:
         """Whether the serving thread may execute the just accepted ``run`` itself (see
-        :data:`INLINE_RUN_S`); lock held."""
+        :data:`INLINE_RUN_S`): its request last took at most that long, and no longer than
+        the client's hold ``wait_s`` (s) or half its time limit; lock held."""
         if self._faults is not None or sum(self._active.values()) != 1:
             return False  # the run itself is the one active run: none queued or running
         key = _inline_key(run)
         last = None if key is None else self._durations.get(key)
-        return last is not None and last <= INLINE_RUN_S and (
+        return last is not None and last <= min(INLINE_RUN_S, wait_s) and (
             run.time_limit_s is None or last < 0.5 * run.time_limit_s)
 
     def _execute(self, run: Run) -> None:

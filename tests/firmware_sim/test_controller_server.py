@@ -965,8 +965,8 @@ def test_a_short_held_run_seen_before_plays_on_the_serving_thread_when_nothing_e
         client: ControllerClient, executor: SumExecutor) -> None:
     """A held run of a request (program, shots, ``rep_delay_s``) whose last run took at most
     ``INLINE_RUN_S`` plays on the serving thread, with the same results; a first run, one
-    whose last run took longer, and one behind another session's run go to the worker (in
-    the order they came)."""
+    whose last run took longer (than that, or than the hold asked for), and one behind
+    another session's run go to the worker (in the order they came)."""
     program_id = client.upload(_program(), {})
     expected = _program()
 
@@ -986,11 +986,15 @@ def test_a_short_held_run_seen_before_plays_on_the_serving_thread_when_nothing_e
     held(5)  # short again last time: the serving thread
     assert executor.threads == ["sim0-worker", "sim0-serve", "sim0-serve", "sim0-worker",
                                 "sim0-serve"]
+    run_id, _ = client.run_held(program_id, shots=3, wait_s=1e-7,  # a hold shorter than the
+                                params={"seed": 7, "rep_delay_s": 1e-4})  # run: the worker
+    client.wait(run_id, timeout_s=BOUND_S)
+    assert executor.threads[-1] == "sim0-worker"
     with ControllerClient(client.endpoint, timeout_s=0.5, retries=1) as other:
         other.hello()
         slow = other.upload(_program(), {})
         long_id = other.run(slow, shots=1, params={"sleep_s": 0.3})
-        _wait_until(lambda: executor.executions == 6)
+        _wait_until(lambda: executor.executions == 7)
         # another session's run is playing: queued behind it, on the worker
         run_id, _ = client.run_held(program_id, shots=3, wait_s=client.max_hold_s,
                                     params={"seed": 6, "rep_delay_s": 1e-4})
