@@ -249,6 +249,13 @@ class LabJob(JobV1):
         if self._future is None:
             raise JobError(f"job {self.job_id()} was never submitted")
         try:
+            # Unbounded wait: a batch first in an idle queue runs in this thread (the queue's
+            # ``run_waiting``), without waking the worker and being woken by it.
+            while bound is None and not self._future.done():
+                with self._state_lock:
+                    batch = self._current
+                if batch is None or not self._queue.run_waiting(batch):
+                    break
             return self._future.result(timeout=bound)
         except concurrent.futures.TimeoutError as exc:
             raise JobTimeoutError(
