@@ -269,7 +269,9 @@ class LabJob(JobV1):
 
     def result(self, timeout: float | None = None) -> Result:
         """The job's ``Result``; waits at most ``timeout`` seconds (None or ``math.inf``: no
-        bound).
+        bound). Without a bound, a job first in an idle hardware queue runs in the calling
+        thread (``HardwareQueue.run_waiting``: Ctrl-C there cancels it, then raises
+        ``KeyboardInterrupt``).
 
         Raises ``JobTimeoutError`` when the job is still queued or running at the deadline,
         ``JobError`` when it failed (with the instrument's message) or was cancelled, and

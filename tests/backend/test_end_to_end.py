@@ -774,8 +774,9 @@ def test_a_job_waited_for_at_once_runs_in_the_waiting_thread(lab_backend,
                                                              executing_threads) -> None:
     """``result()`` without a timeout on a job first in an idle queue runs it in the calling
     thread (no hand-off to the worker and back); a job behind another one waits for the
-    worker, in order; ``result(timeout=...)`` leaves the job to the worker. (The worker may
-    take a job before ``result()`` is called: the first check allows for a lost race.)"""
+    worker, in order; ``result(timeout=...)`` leaves the job to the worker, as does a main
+    thread with a SIGINT handler of its own. (The worker may take a job before ``result()`` is
+    called: the checks of the waiting thread allow for a lost race.)"""
     me = threading.current_thread().name
     native = transpile(bell(), lab_backend)
     for seed in range(5):
@@ -795,6 +796,15 @@ def test_a_job_waited_for_at_once_runs_in_the_waiting_thread(lab_backend,
     waiter.join(60)
     assert len(results) == 5 and all(r.success for r in results)
     assert "user-thread" in executing_threads
+    import signal
+
+    executing_threads.clear()
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # a handler of the user's own
+    try:
+        assert all(lab_backend.run(native, shots=400).result().success for _ in range(3))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert executing_threads == ["labqpu-hw"] * 3
 
 
 def test_ctrl_c_while_a_job_runs_in_the_waiting_thread_cancels_it(lab_backend,
