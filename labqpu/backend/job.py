@@ -249,13 +249,6 @@ class LabJob(JobV1):
         if self._future is None:
             raise JobError(f"job {self.job_id()} was never submitted")
         try:
-            # Unbounded wait: a batch first in an idle queue runs in this thread (the queue's
-            # ``run_waiting``), without waking the worker and being woken by it.
-            while bound is None and not self._future.done():
-                with self._state_lock:
-                    batch = self._current
-                if batch is None or not self._queue.run_waiting(batch):
-                    break
             return self._future.result(timeout=bound)
         except concurrent.futures.TimeoutError as exc:
             raise JobTimeoutError(
@@ -269,9 +262,7 @@ class LabJob(JobV1):
 
     def result(self, timeout: float | None = None) -> Result:
         """The job's ``Result``; waits at most ``timeout`` seconds (None or ``math.inf``: no
-        bound). Without a bound, a job first in an idle hardware queue runs in the calling
-        thread (``HardwareQueue.run_waiting``: Ctrl-C there cancels it, then raises
-        ``KeyboardInterrupt``).
+        bound).
 
         Raises ``JobTimeoutError`` when the job is still queued or running at the deadline,
         ``JobError`` when it failed (with the instrument's message) or was cancelled, and

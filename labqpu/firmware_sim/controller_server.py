@@ -4,9 +4,7 @@ The server speaks ``labqpu.drivers.protocol`` exactly as controller firmware wou
 delegates the physics to an ``Executor``. Three threads:
 
 * the serving thread owns the ROUTER socket (and the server's ZeroMQ context): it
-  decodes each request and answers it at once; it plays a run itself only when the client
-  waits for it (``wait_s``), nothing else is queued or running, and the same request last
-  took at most ``INLINE_RUN_S`` (2 ms), so no client waits longer than that;
+  decodes each request, answers it at once and never blocks on a run;
 * the worker thread executes queued runs one at a time, in FIFO order, and records their
   outcome in a lock-protected table that the serving thread reads.
 
@@ -103,15 +101,6 @@ MAX_TIME_LIMIT_S = 86_400.0
 KEY_RETENTION_S = 3600.0
 #: A session unused this long is forgotten when the next one opens (s).
 SESSION_IDLE_S = 24 * 3600.0
-#: A held ``run`` (``wait_s`` > 0) of a request that last took at most this long (s, from
-#: its start to its end; same program, shots and ``rep_delay_s``), and no longer than the
-#: hold, is executed on the serving thread while no other run is queued or running: its reply
-#: then leaves without two hand-offs between threads (~0.1 ms on a 2-core machine). Other
-#: clients wait at most about this long; longer runs, runs with traces, sweeps or
-#: synchronisation, and every run of a server with faults armed go to the worker thread.
-INLINE_RUN_S = 0.002
-#: Requests whose last duration the server remembers for that choice.
-INLINE_KNOWN = 256
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -198,8 +187,6 @@ class ControllerServer:
         self._runs: dict[str, Run] = {}
         #: Runs queued or running, per session.
         self._active: dict[str, int] = {}
-        #: Seconds the last run of a request took, by :func:`_inline_key` (bounded).
-        self._durations: dict[tuple, float] = {}
         self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
         self._sessions: dict[str, float] = {}
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
@@ -584,7 +571,6 @@ class ControllerServer:
                 accepted_at=now,
                 session=session,
                 time_limit_s=None if limit is None else float(limit),
-                program_id=program_id,
             )
             self._runs[run.run_id] = run
             self._active[session] = pending + 1
@@ -642,13 +628,6 @@ class ControllerServer:
             return encode_reply(request.id, result, arrays)
         with self._lock:
             run = self._runs.get(result["run_id"])
-            inline = run is not None and self._inline(run, wait_s)
-            if inline:
-                self._accepted.remove(run.run_id)
-                self._start_run(run)
-        if inline:
-            self._execute(run)
-        with self._lock:
             if run is not None:
                 if run.state in ACTIVE:
                     self._held.append((identity, request.id, run, time.monotonic() + wait_s,
@@ -737,29 +716,14 @@ class ControllerServer:
                     run = self._runs.get(run_id)
                     if run is None or run.state != QUEUED:
                         continue
-                    self._start_run(run)
+                    run.state = RUNNING
+                    run.started_at = time.monotonic()
+                    self._running = run
                 self._execute(run)
                 if not _wake(ended):
                     return
         finally:
             ended.close(linger=0)
-
-    def _start_run(self, run: Run) -> None:
-        """Mark a queued run running; lock held."""
-        run.state = RUNNING
-        run.started_at = time.monotonic()
-        self._running = run
-
-    def _inline(self, run: Run, wait_s: float) -> bool:
-        """Whether the serving thread may execute the just accepted ``run`` itself (see
-        :data:`INLINE_RUN_S`): its request last took at most that long, and no longer than
-        the client's hold ``wait_s`` (s) or half its time limit; lock held."""
-        if self._faults is not None or sum(self._active.values()) != 1:
-            return False  # the run itself is the one active run: none queued or running
-        key = _inline_key(run)
-        last = None if key is None else self._durations.get(key)
-        return last is not None and last <= min(INLINE_RUN_S, wait_s) and (
-            run.time_limit_s is None or last < 0.5 * run.time_limit_s)
 
     def _execute(self, run: Run) -> None:
         program = run.program
@@ -788,11 +752,6 @@ class ControllerServer:
             else:
                 run.results = results
                 self._finish(run, DONE)
-                key = _inline_key(run)
-                if key is not None and run.started_at is not None:
-                    if len(self._durations) >= INLINE_KNOWN:
-                        self._durations.clear()
-                    self._durations[key] = run.finished_at - run.started_at
 
     def _expire_runs(self) -> None:
         """Stop the running run once it played past its time limit (serving thread, at every
@@ -827,16 +786,6 @@ class ControllerServer:
         self._finished.append(run.run_id)
         while len(self._finished) > self._max_runs:
             del self._runs[self._finished.popleft()]
-
-
-def _inline_key(run: Run) -> tuple | None:
-    """What a run's duration is remembered by for :data:`INLINE_RUN_S` (program, shots,
-    ``rep_delay_s``), or None for a run never executed inline: one whose parameters hold more
-    than a seed and a repetition delay (traces, a sweep, a synchronised run)."""
-    params = run.params
-    if any(name not in ("seed", "rep_delay_s") for name in params):
-        return None
-    return run.program_id, run.shots, params.get("rep_delay_s")
 
 
 def _wait_s(request: Request, op: str) -> float:

@@ -52,8 +52,6 @@ class Run:
     time_limit_s: float | None = None
     started_at: float | None = None
     expired: bool = False
-    #: The id the program was uploaded under.
-    program_id: str = ""
 
     def elapsed_s(self, now: float) -> float:
         """Seconds since the run was accepted, frozen once it finished."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
+import queue
 import threading
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -533,12 +533,6 @@ class HardwareQueue(Protocol):
         """Accept nothing new; cancel what is queued; release the hardware."""
         ...
 
-    def run_waiting(self, future: Future) -> bool:
-        """Do the work behind ``future`` (from :meth:`submit`) in the calling thread, now, if
-        it is next in the queue and nothing holds the rack; True if it ran (``future`` is then
-        done), False if it is left to the queue."""
-        ...
-
 
 class LocalHardwareQueue:
     """A ``HardwareQueue`` in this process: one daemon worker thread owns a ``RackConnection``.
@@ -554,14 +548,9 @@ class LocalHardwareQueue:
                  health: Callable[[], str | None] | None = None) -> None:
         self.rack = rack
         self._health = health or (lambda: None)
-        #: (future, function, cancel) per queued task, None once closed; with ``_lock``.
-        self._tasks: deque[tuple[Future, Callable, threading.Event] | None] = deque()
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, tuple[Future, threading.Event]] = {}
         self._lock = threading.Lock()
-        #: Signalled when a task is queued and when the rack is let go.
-        self._ready = threading.Condition(self._lock)
-        #: A task is being done (by the worker or by a caller of :meth:`run_waiting`).
-        self._executing = False
         self._closed = False
         self._worker = threading.Thread(target=self._serve, name="labqpu-hw", daemon=True)
         self._worker.start()
@@ -582,94 +571,32 @@ class LocalHardwareQueue:
             if job_id is not None:
                 self._jobs[job_id] = (future, cancel)
                 future.add_done_callback(lambda f: self._forget(job_id, f))
-            self._tasks.append((future, function, cancel))
-            self._ready.notify()
+            self._tasks.put((future, function, cancel))
         return future
 
     def _serve(self) -> None:
         while True:
-            with self._ready:
-                while self._executing or not self._tasks:
-                    self._ready.wait()
-                item = self._tasks.popleft()
-                if item is None:
-                    return
-                self._executing = True
+            item = self._tasks.get()
+            if item is None:
+                return
+            future, function, cancel = item
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                self._perform(*item)
-            finally:
-                self._release()
-
-    def run_waiting(self, future: Future) -> bool:
-        """Do the task of ``future`` in the calling thread if it is first in the queue and no
-        task is being done; True if it was done here (``future`` is then done). A job's
-        ``result()`` calls this before it waits: the work then needs no hand-off to the worker
-        and back (~0.1 ms on a 2-core machine).
-
-        In the main thread, Ctrl-C (SIGINT) meanwhile cancels the task (its run is aborted, as
-        ``job.cancel()`` does) instead of interrupting it mid-way, and ``KeyboardInterrupt``
-        reaches the caller once the task has stopped. A main thread whose SIGINT handler is
-        not Python's default leaves the task to the worker."""
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            return False
-        interrupted = threading.Event()
-        taken: list[tuple] = []
-
-        def on_sigint(_signum: int, _frame: object) -> None:
-            interrupted.set()
-            for _, _, cancel in taken:
-                cancel.set()
-
-        if main:
-            signal.signal(signal.SIGINT, on_sigint)
-        try:
+                outcome: object = function(cancel)
+                failed = False
+            except BaseException as exc:  # delivered to whoever waits on the future
+                outcome, failed = exc, True
+            # The commit point: a cancel before it wins (the job ends cancelled, whatever the
+            # work returned), a cancel after it finds no job and returns False.
             with self._lock:
-                head = self._tasks[0] if self._tasks else None
-                if not self._executing and head is not None and head[0] is future:
-                    self._tasks.popleft()
-                    self._executing = True
-                    taken.append(head)
-            if taken:
-                try:
-                    if interrupted.is_set():
-                        head[2].set()
-                    self._perform(*head)
-                finally:
-                    self._release()
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        return bool(taken)
-
-    def _release(self) -> None:
-        """Let the rack go after a task and wake the worker for the next."""
-        with self._ready:
-            self._executing = False
-            self._ready.notify_all()
-
-    def _perform(self, future: Future, function: Callable[[threading.Event], object],
-                 cancel: threading.Event) -> None:
-        """Do one task and settle its future (outcome, or the exception that stopped it)."""
-        if not future.set_running_or_notify_cancel():
-            return  # cancelled while it was queued
-        try:
-            outcome: object = function(cancel)
-            failed = False
-        except BaseException as exc:  # delivered to whoever waits on the future
-            outcome, failed = exc, True
-        # The commit point: a cancel before it wins (the job ends cancelled, whatever the
-        # work returned), a cancel after it finds no job and returns False.
-        with self._lock:
-            self._jobs = {k: v for k, v in self._jobs.items() if v[0] is not future}
-            if cancel.is_set():
-                outcome, failed = JobCancelledError("cancelled before it finished"), True
-        if failed:
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+                self._jobs = {k: v for k, v in self._jobs.items() if v[0] is not future}
+                if cancel.is_set():
+                    outcome, failed = JobCancelledError("cancelled before it finished"), True
+            if failed:
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def submit(self, job_id: str, work: list[tuple[PulseProgram, RunRequest]]) -> Future:
         """Queue ``work``; it runs on the worker thread with its own cancel event."""
@@ -757,8 +684,7 @@ class LocalHardwareQueue:
                 return
             self._closed = True
             entries = list(self._jobs.values())
-            self._tasks.append(None)
-            self._ready.notify_all()
+            self._tasks.put(None)
         for future, cancel in entries:
             cancel.set()
             future.cancel()

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import threading
 import time
 
 import numpy as np
@@ -751,93 +750,3 @@ def test_of_two_bad_circuits_the_first_is_reported(lab_backend) -> None:
     second.measure(0, 0)
     message = _nothing_sent(lab_backend, lambda: lab_backend.run([first, second]))
     assert "circuit 'first'" in message and "unbound" in message
-
-
-@pytest.fixture
-def executing_threads(monkeypatch) -> list[str]:
-    """The thread each ``RackConnection.execute`` ran on, in order (the real method, wrapped
-    to record)."""
-    from labqpu.rack.hardware import RackConnection
-
-    seen: list[str] = []
-    execute = RackConnection.execute
-
-    def recording(self, *args, **kwargs):
-        seen.append(threading.current_thread().name)
-        return execute(self, *args, **kwargs)
-
-    monkeypatch.setattr(RackConnection, "execute", recording)
-    return seen
-
-
-def test_a_job_waited_for_at_once_runs_in_the_waiting_thread(lab_backend,
-                                                             executing_threads) -> None:
-    """``result()`` without a timeout on a job first in an idle queue runs it in the calling
-    thread (no hand-off to the worker and back); a job behind another one waits for the
-    worker, in order; ``result(timeout=...)`` leaves the job to the worker, as does a main
-    thread with a SIGINT handler of its own. (The worker may take a job before ``result()`` is
-    called: the checks of the waiting thread allow for a lost race.)"""
-    me = threading.current_thread().name
-    native = transpile(bell(), lab_backend)
-    for seed in range(5):
-        counts = lab_backend.run(native, shots=400, seed_simulator=seed).result().get_counts()
-        assert counts.get("00", 0) + counts.get("11", 0) > 360
-    assert me in executing_threads
-    executing_threads.clear()
-    first = lab_backend.run(native, shots=4000, seed_simulator=6)
-    second = lab_backend.run(native, shots=400, seed_simulator=7)
-    assert second.result().success and first.result().success
-    assert lab_backend.run(native, shots=400).result(timeout=60).success
-    assert executing_threads == ["labqpu-hw"] * 3
-    results: list = []
-    waiter = threading.Thread(target=lambda: results.extend(
-        lab_backend.run(native, shots=400).result() for _ in range(5)), name="user-thread")
-    waiter.start()
-    waiter.join(60)
-    assert len(results) == 5 and all(r.success for r in results)
-    assert "user-thread" in executing_threads
-    import signal
-
-    executing_threads.clear()
-    previous = signal.signal(signal.SIGINT, lambda *_: None)  # a handler of the user's own
-    try:
-        assert all(lab_backend.run(native, shots=400).result().success for _ in range(3))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert executing_threads == ["labqpu-hw"] * 3
-
-
-def test_ctrl_c_while_a_job_runs_in_the_waiting_thread_cancels_it(lab_backend,
-                                                                  executing_threads) -> None:
-    """Ctrl-C (SIGINT) in the main thread while ``result()`` runs the job there: the job is
-    cancelled (its run aborted), ``KeyboardInterrupt`` reaches the caller once it has stopped,
-    Python's own SIGINT handler is back, and the next job runs. (A job the worker took first
-    goes on, as before; the test then tries again.)"""
-    import _thread
-    import signal
-
-    qc = QuantumCircuit(1, 1)
-    qc.x(0)
-    qc.measure(0, 0)
-    native = transpile(qc, lab_backend, initial_layout=[0])
-    for _ in range(5):
-        executing_threads.clear()
-        timer = threading.Timer(0.3, _thread.interrupt_main)
-        timer.start()
-        job = lab_backend.run([native] * 12, shots=100_000)  # seconds on the simulator
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                job.result()
-        finally:
-            timer.join()
-        if set(executing_threads) == {threading.current_thread().name}:
-            break
-        assert job.result(timeout=120).success  # the worker's: it went on
-    else:
-        pytest.fail("the worker took the job before result() in every try")
-    assert job.status() is JobStatus.CANCELLED
-    with pytest.raises(JobError, match="cancelled"):
-        job.result(timeout=60)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    counts = lab_backend.run(native, shots=200, seed_simulator=8).result().get_counts()
-    assert counts.get("1", 0) > 180
