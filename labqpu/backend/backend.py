@@ -21,6 +21,7 @@ from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.results import discriminator_centres
 from labqpu.backend.sweeps import (
+    DAC_FULL_SCALE,
     binds_per_item,
     builder_points,
     circuit_points,
@@ -70,9 +71,6 @@ _OPTION_TYPES = {
 #: (residual excitation exp(-10) ~ 5e-5), or REP_DELAY_UNCALIBRATED_S without any T1.
 REP_DELAY_T1_FACTOR = 10.0
 REP_DELAY_UNCALIBRATED_S = 500e-6
-#: DAC full scale of a play's |amplitude| x waveform peak (docs/protocol.md: 1.0), with the
-#: reference controller's rounding allowance.
-DAC_FULL_SCALE = 1.0 + 1e-6
 
 
 def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:

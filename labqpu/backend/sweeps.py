@@ -227,15 +227,20 @@ def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
     return tuple(tuple(float(x) for x in row) for row in rows)
 
 
+#: DAC full scale of a play's |amplitude| x waveform peak (docs/protocol.md: 1.0), with the
+#: reference controller's rounding allowance: the host refuses what the controller would.
+DAC_FULL_SCALE = 1.0 + 1e-6
+
+
 def _check_full_scale(program: PulseProgram, rows: np.ndarray, where: str) -> None:
-    """No play may reach past DAC full scale at any point."""
+    """No play may reach past DAC full scale (:data:`DAC_FULL_SCALE`) at any point."""
     refs = np.asarray(program.play_amp_ref)
     bound = np.flatnonzero(refs >= 0)
     if not bound.size:
         return
     peaks = program.waveform_peaks[np.asarray(program.play_wave)[bound]]
     amps = np.abs(rows[:, refs[bound]]) * peaks
-    over = np.argwhere(amps > 1.0)
+    over = np.argwhere(amps > DAC_FULL_SCALE)
     if over.size:
         k, i = over[0]
         raise InvalidRunInputError(

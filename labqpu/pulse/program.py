@@ -349,8 +349,14 @@ class PulseProgram:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PulseProgram:
-        """The program ``to_bytes`` stored; ``PulseError`` if ``data`` is not one."""
-        view = memoryview(data)
+        """The program ``to_bytes`` stored; ``PulseError`` if ``data`` is not one (a ``str``
+        or another object that is not bytes-like included: open the file in binary mode)."""
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise PulseError(f"a stored PulseProgram is bytes (as to_bytes wrote them; read its "
+                             f"file in binary mode), got {type(data).__name__}",
+                             parameter="data") from None
         if len(view) < 12 or bytes(view[:4]) != _MAGIC:
             raise PulseError("not a stored PulseProgram (magic 'LQPP' missing)",
                              parameter="magic")

@@ -92,6 +92,22 @@ def test_a_bad_sweep_is_refused_before_anything_is_sent(lab_backend, binds, mess
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
 
 
+def test_the_host_and_the_controller_agree_on_full_scale(lab_backend) -> None:
+    """A swept amplitude is held to DAC full scale with the controller's rounding allowance
+    (1 + 1e-6): a point at 1 + 5e-7 of full scale runs, one at 1 + 1e-5 is refused before
+    anything is sent."""
+    kit = kit_for(lab_backend)
+    program = rabi_program(kit, "amp")
+    refs = np.asarray(program.play_amp_ref)
+    [play] = np.flatnonzero(refs >= 0)
+    peak = program.waveform_peaks[program.play_wave[play]]
+    result = lab_backend.run(program, shots=50,
+                             parameter_binds={"amp": [(1 + 5e-7) / peak]}).result()
+    assert sum(result.get_counts(0).values()) == 50
+    with pytest.raises(InvalidRunInputError, match=r"at point 0, amp = .* over DAC full scale"):
+        lab_backend.run(program, shots=50, parameter_binds={"amp": [(1 + 1e-5) / peak]})
+
+
 def test_the_controller_refuses_a_row_of_the_wrong_length(lab_backend) -> None:
     """The firmware checks ``param_sets`` itself: a host that sends a bad table gets a failed
     run naming the row, and the controller goes on serving."""

@@ -121,6 +121,14 @@ def test_damaged_bytes_are_refused(snapshot, channels, mutate) -> None:
         PulseProgram.from_bytes(mutate(data))
 
 
+@pytest.mark.parametrize("data", ["LQPP...", 42, None])
+def test_what_is_not_bytes_is_refused_naming_it(data) -> None:
+    """A ``str`` (a file read in text mode) or another object is refused with a ``PulseError``
+    naming what it got, not a bare ``TypeError`` from ``memoryview``."""
+    with pytest.raises(PulseError, match=f"is bytes .*got {type(data).__name__}"):
+        PulseProgram.from_bytes(data)
+
+
 def test_header_that_is_not_json_is_refused_on_save(snapshot, channels) -> None:
     b = PulseBuilder(channels, snapshot)
     b.play(Constant(duration_samples=4, amp=0.1), drive(0))
