@@ -104,6 +104,13 @@ class Channel:
         return f"{self.kind}({self.qubit})"
 
 
+def _real_or_parameter(value: Value, what: str) -> None:
+    """``PulseError`` naming ``what`` unless ``value`` is a real number or a Qiskit
+    ``Parameter`` (expression): a string such as ``"40"`` is not read as a number."""
+    if not isinstance(value, ParameterExpression):
+        require_number(value, what)
+
+
 def drive(qubit: int) -> Channel:
     """The drive channel of ``qubit`` (microwave, on the drive LO)."""
     return Channel("drive", qubit)
@@ -368,7 +375,9 @@ class PulseBuilder:
 
     def delay(self, duration_samples: Value, channel: Channel) -> None:
         """Keep ``channel`` idle for ``duration_samples`` (samples, whole, >= 0)."""
-        self._add(_Delay(self._check_channel(channel, CHANNEL_KINDS), duration_samples))
+        channel = self._check_channel(channel, CHANNEL_KINDS)
+        _real_or_parameter(duration_samples, f"delay on {channel}")
+        self._add(_Delay(channel, duration_samples))
 
     def shift_phase(self, phase_rad: Value, channel: Channel) -> None:
         """Add ``phase_rad`` (rad) to the frame of ``channel`` from here on."""
@@ -391,8 +400,9 @@ class PulseBuilder:
         if self._cond is not None and op != "shift_phase":
             raise PulseError(f"{op} on {channel} inside if_result: only shift_phase can be "
                              "conditional", parameter="op")
-        self._add(_Frame(self._check_channel(channel, ("drive", "flux", "readout")), op, value,
-                         self._cond))
+        channel = self._check_channel(channel, ("drive", "flux", "readout"))
+        _real_or_parameter(value, f"{op} on {channel}")
+        self._add(_Frame(channel, op, value, self._cond))
 
     def acquire(self, duration_samples: Value, qubit: int | Channel, clbit: int
                 ) -> AcquisitionRef:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
@@ -86,11 +87,16 @@ def bind_value(value: Value, bindings: Bindings, what: str) -> Value:
 
 
 def require_number(value: Value, what: str) -> float:
-    """``value`` as a float; ``PulseError`` naming the parameter if it is still unbound."""
+    """``value`` as a float; ``PulseError`` naming the parameter if it is still unbound, or
+    naming ``what`` if it is not a real number (a string such as ``"40"`` included: it is not
+    read as one)."""
     if isinstance(value, ParameterExpression):
         names = ", ".join(sorted(p.name for p in value.parameters))
         raise PulseError(f"{what} depends on the unbound parameter(s) {names}; bind them with "
                          "assign_parameters()", parameter=names)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PulseError(f"{what} must be a real number or a Parameter, got {value!r}",
+                         parameter=what)
     return float(value)
 
 

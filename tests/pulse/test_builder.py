@@ -7,6 +7,7 @@ input q; 1 GS/s.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -234,6 +235,26 @@ def test_non_finite_values_are_errors_naming_the_parameter(b, bad: float) -> Non
     b.play(Constant(duration_samples=8, amp=0.1), drive(0))
     with pytest.raises(PulseError, match="theta"):
         b.assign_parameters({phase: bad})
+
+
+@pytest.mark.parametrize(("call", "what"), [
+    (lambda b: b.delay("40", drive(0)), "delay on drive(0)"),
+    (lambda b: b.delay(True, drive(0)), "delay on drive(0)"),
+    (lambda b: b.shift_phase("0.5", drive(0)), "shift_phase on drive(0)"),
+    (lambda b: b.set_phase(None, drive(0)), "set_phase on drive(0)"),
+    (lambda b: b.set_frequency("5e6", drive(0)), "set_frequency on drive(0)"),
+    (lambda b: b.shift_frequency(1j, drive(0)), "shift_frequency on drive(0)"),
+])
+def test_a_value_that_is_not_a_number_is_refused_where_it_is_given(b, call, what) -> None:
+    """A string (``"40"``), a bool, None or a complex number as a duration, phase or
+    frequency is refused at the call, naming the instruction and channel; it was read as a
+    number (``float("40")``) before. Numpy numbers and Parameters are taken."""
+    with pytest.raises(PulseError, match=rf"{re.escape(what)} must be a real number"):
+        call(b)
+    b.delay(np.int64(8), drive(0))
+    b.shift_phase(np.float32(0.5), drive(0))
+    b.play(Constant(duration_samples=8, amp=0.1), drive(0))
+    assert b.build().play_start.tolist() == [8]
 
 
 def test_duration_off_the_sample_grid_is_an_error(b) -> None:
