@@ -549,8 +549,8 @@ class PulseBuilder:
 
         Raises ``PulseError`` for a parameter left unbound, a value that is NaN or infinite, a
         name that is no parameter of the program (when ``strict``), a duration that is not a
-        whole number of samples, a play over DAC full scale or beyond Nyquist, or a swept
-        parameter used as anything but a play's amplitude.
+        whole number of samples, a play over DAC full scale or beyond Nyquist, a swept
+        parameter used as anything but a play's amplitude, or one both bound and swept.
         """
         swept = {str(getattr(p, "name", p)) for p in sweep}
         known_names = {p.name for p in self.parameters}
@@ -559,6 +559,10 @@ class PulseBuilder:
                              f"{', '.join(sorted(swept - known_names))} to sweep; it has "
                              f"{sorted(known_names) or 'none'}", parameter=sorted(swept)[0])
         bindings = dict(bindings or {})
+        both = sorted(swept & {str(getattr(k, "name", k)) for k in bindings})
+        if both:
+            raise PulseError(f"program {self.name!r}: {', '.join(both)} is both bound and "
+                             "swept; bind it or sweep it", parameter=both[0])
         if strict:
             known = {p.name for p in self.parameters}
             unknown = sorted(str(getattr(k, "name", k)) for k in bindings

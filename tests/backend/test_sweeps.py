@@ -127,7 +127,8 @@ def test_the_controller_refuses_a_row_of_the_wrong_length(lab_backend) -> None:
 
 def test_the_pulse_builder_sweeps_amplitudes_only(lab_backend) -> None:
     """``assign_parameters(sweep=...)`` leaves an amplitude to the controller; a parameter
-    used as a phase, or one the program does not have, is a ``PulseError`` naming it."""
+    used as a phase, one the program does not have, or one also bound, is a ``PulseError``
+    naming it."""
     from qiskit.circuit import Parameter
 
     from labqpu import pulse
@@ -146,6 +147,8 @@ def test_the_pulse_builder_sweeps_amplitudes_only(lab_backend) -> None:
         rabi.assign_parameters({amp: 0.1}, sweep=[phi])
     with pytest.raises(PulseError, match="has no parameter\\(s\\) theta to sweep"):
         rabi.assign_parameters({phi: 0.0}, sweep=["theta"])
+    with pytest.raises(PulseError, match="amp is both bound and swept"):
+        rabi.assign_parameters({phi: 0.0, amp: 0.2}, sweep=[amp])  # was: the sweep dropped
 
 
 def test_a_swept_parameter_without_values_is_refused_before_anything_is_sent(lab_backend):
