@@ -587,8 +587,12 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
         seed_store(store, config)  # as a provider would: the history starts at the seed
         if action == "rollback":
             snapshot = store.rollback(ids[0])
-            print(f"committed snapshot {snapshot.snapshot_id}: the calibration of snapshot "
-                  f"{ids[0]} is the newest again ({config.store_path})")
+            if snapshot.snapshot_id == ids[0]:
+                print(f"snapshot {ids[0]} is already the newest; nothing committed "
+                      f"({config.store_path})")
+            else:
+                print(f"committed snapshot {snapshot.snapshot_id}: the calibration of "
+                      f"snapshot {ids[0]} is the newest again ({config.store_path})")
         elif action == "diff":
             print(json.dumps(store.diff(*ids), indent=1))
         elif args.param is None:

@@ -272,6 +272,11 @@ def test_calibrate_history_diff_and_rollback(tmp_path, export):
     assert "committed snapshot 3" in proc.stdout
     proc = labqpu(tmp_path, "calibrate", "diff", "1", "3")
     assert json.loads(proc.stdout)["changed"] == []
+    proc = labqpu(tmp_path, "calibrate", "rollback", "3")  # the newest already
+    assert proc.returncode == 0, proc.stderr
+    assert "snapshot 3 is already the newest; nothing committed" in proc.stdout
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["3", "2", "1"]
 
 
 def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, export):

@@ -621,13 +621,18 @@ class CalibrationStore:
         """Make the calibration of snapshot ``snapshot_id`` the newest again.
 
         Nothing is deleted: a new snapshot with the same content is committed on top of the
-        newest one, with a note saying where it came from; the history keeps everything.
+        newest one, with a note saying where it came from; the history keeps everything. A
+        snapshot that is already its device's newest is returned as it is (nothing is
+        committed: a copy would only repeat it in the history).
 
         Raises:
             CalibrationMissingError: there is no snapshot ``snapshot_id``.
         """
-        document = self.get(snapshot_id).to_document()
-        newest = self.latest_id()
+        snapshot = self.get(snapshot_id)
+        newest = self.latest_id(snapshot.device)
+        if newest == snapshot_id:
+            return snapshot
+        document = snapshot.to_document()
         document["notes"] = (f"rollback to snapshot {snapshot_id} (newest was {newest})"
                              + (f"; {document['notes']}" if document.get("notes") else ""))
         return self.commit(document)
