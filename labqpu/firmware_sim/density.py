@@ -639,8 +639,11 @@ class DensityMatrix:
         if not self.diagonal:
             d = LEVELS**self.n
             return np.real(np.diagonal(self.tensor.reshape(d, d))).reshape([LEVELS] * self.n)
-        b = np.real(np.diagonal(self._batched(self.tensor.reshape(self.shape)), axis1=1,
-                                axis2=2))
+        # entry (s, i) of each spectator level s's block diagonal: row rows_of[s, i], column
+        # i, gathered without copying the matrix into blocks (the matrix can be ~100 MB)
+        rows_of = _spectator_rows(self.n, self.diagonal)[0]
+        x = self.tensor.reshape(self.shape)
+        b = np.real(x[rows_of, np.arange(rows_of.shape[1])[None, :]])
         s = len(self.diagonal)
         t = b.reshape([LEVELS] * self.n)
         return np.moveaxis(t, range(s), self.diagonal)
