@@ -66,12 +66,12 @@ def _group_apply_kernel(x, u, grp_base, grp_ctrl, tgt_off):
 
 
 @njit(cache=True, nogil=True)
-def _block_adjoint_kernel(x, rows_of):
-    """x^dag block by block, as a new (d, e) array: for each spectator level s, the block of
-    rows ``rows_of[s]`` (one per active index, e of them) is an (e, e) matrix, replaced by its
-    conjugate transpose. Walks (i, j) in 32 x 32 tiles so that rows and columns stay cached."""
+def _block_adjoint_kernel(x, rows_of, out):
+    """x^dag block by block, written into ``out`` ((d, e), not overlapping ``x``; every entry
+    is written): for each spectator level s, the block of rows ``rows_of[s]`` (one per active
+    index, e of them) is an (e, e) matrix, replaced by its conjugate transpose. Walks (i, j)
+    in 32 x 32 tiles so that rows and columns stay cached."""
     s_dim, a = rows_of.shape
-    out = np.empty_like(x)
     for s in range(s_dim):
         rs = rows_of[s]
         for i0 in range(0, a, 32):
@@ -82,7 +82,6 @@ def _block_adjoint_kernel(x, rows_of):
                     src = x[rs[i]]
                     for j in range(j0, j1):
                         out[rs[j], i] = np.conj(src[j])
-    return out
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
