@@ -586,10 +586,11 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
     with CalibrationStore(config.store_path, validators=(wiring_limits(config),)) as store:
         seed_store(store, config)  # as a provider would: the history starts at the seed
         if action == "rollback":
+            newest = store.latest_id()
             snapshot = store.rollback(ids[0])
-            if snapshot.snapshot_id == ids[0]:
-                print(f"snapshot {ids[0]} is already the newest; nothing committed "
-                      f"({config.store_path})")
+            if snapshot.snapshot_id == newest:
+                print(f"the newest snapshot, {newest}, already holds the calibration of "
+                      f"snapshot {ids[0]}; nothing committed ({config.store_path})")
             else:
                 print(f"committed snapshot {snapshot.snapshot_id}: the calibration of "
                       f"snapshot {ids[0]} is the newest again ({config.store_path})")

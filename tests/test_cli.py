@@ -272,9 +272,11 @@ def test_calibrate_history_diff_and_rollback(tmp_path, export):
     assert "committed snapshot 3" in proc.stdout
     proc = labqpu(tmp_path, "calibrate", "diff", "1", "3")
     assert json.loads(proc.stdout)["changed"] == []
-    proc = labqpu(tmp_path, "calibrate", "rollback", "3")  # the newest already
-    assert proc.returncode == 0, proc.stderr
-    assert "snapshot 3 is already the newest; nothing committed" in proc.stdout
+    for again in ("3", "1"):  # the newest already, or the calibration it already holds
+        proc = labqpu(tmp_path, "calibrate", "rollback", again)
+        assert proc.returncode == 0, proc.stderr
+        assert (f"the newest snapshot, 3, already holds the calibration of snapshot {again}; "
+                "nothing committed") in proc.stdout
     proc = labqpu(tmp_path, "calibrate", "history")
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["3", "2", "1"]
 

@@ -411,6 +411,7 @@ class PulseBuilder:
         a reference for ``if_result``."""
         channel = qubit if isinstance(qubit, Channel) else acquire_channel(qubit)
         self._check_channel(channel, ("acquire",))
+        _real_or_parameter(duration_samples, f"acquire on qubit {channel.qubit}")
         if isinstance(clbit, bool) or not isinstance(clbit, int | np.integer) or clbit < 0:
             raise PulseError(f"acquire on qubit {channel.qubit}: clbit must be an int >= 0, got "
                              f"{clbit!r}", qubits=(channel.qubit,), parameter="clbit")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
@@ -94,10 +93,13 @@ def require_number(value: Value, what: str) -> float:
         names = ", ".join(sorted(p.name for p in value.parameters))
         raise PulseError(f"{what} depends on the unbound parameter(s) {names}; bind them with "
                          "assign_parameters()", parameter=names)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PulseError(f"{what} must be a real number or a Parameter, got {value!r}",
-                         parameter=what)
-    return float(value)
+    if not isinstance(value, str | bytes | bool | np.bool_) and value is not None:
+        try:  # a number of any kind float() reads: numpy scalars, 0-d arrays, Decimal
+            return float(value)
+        except (TypeError, ValueError):  # complex, arrays of several values, other objects
+            pass
+    raise PulseError(f"{what} must be a real number or a Parameter, got {value!r}",
+                     parameter=what)
 
 
 def whole_samples(value: Value, what: str, minimum: int = 0) -> int:

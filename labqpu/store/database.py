@@ -110,6 +110,13 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
+def _calibration(snapshot: Snapshot) -> dict[str, Any]:
+    """A snapshot's document without its notes: what a rollback restores."""
+    document = snapshot.to_document()
+    document.pop("notes", None)
+    return document
+
+
 class CalibrationStore:
     """Every calibration snapshot of one device, kept in one SQLite file.
 
@@ -621,17 +628,20 @@ class CalibrationStore:
         """Make the calibration of snapshot ``snapshot_id`` the newest again.
 
         Nothing is deleted: a new snapshot with the same content is committed on top of the
-        newest one, with a note saying where it came from; the history keeps everything. A
-        snapshot that is already its device's newest is returned as it is (nothing is
-        committed: a copy would only repeat it in the history).
+        newest one, with a note saying where it came from; the history keeps everything. When
+        the newest snapshot already holds that calibration (it is that snapshot, or an earlier
+        rollback to it), the newest is returned and nothing is committed: a copy would only
+        repeat it in the history.
 
         Raises:
             CalibrationMissingError: there is no snapshot ``snapshot_id``.
         """
         snapshot = self.get(snapshot_id)
         newest = self.latest_id(snapshot.device)
-        if newest == snapshot_id:
-            return snapshot
+        if newest is not None:
+            current = snapshot if newest == snapshot_id else self.get(newest)
+            if _calibration(current) == _calibration(snapshot):
+                return current
         document = snapshot.to_document()
         document["notes"] = (f"rollback to snapshot {snapshot_id} (newest was {newest})"
                              + (f"; {document['notes']}" if document.get("notes") else ""))

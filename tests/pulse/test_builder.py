@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -244,17 +245,22 @@ def test_non_finite_values_are_errors_naming_the_parameter(b, bad: float) -> Non
     (lambda b: b.set_phase(None, drive(0)), "set_phase on drive(0)"),
     (lambda b: b.set_frequency("5e6", drive(0)), "set_frequency on drive(0)"),
     (lambda b: b.shift_frequency(1j, drive(0)), "shift_frequency on drive(0)"),
+    (lambda b: b.delay(np.array([8, 8]), drive(0)), "delay on drive(0)"),
+    (lambda b: b.acquire("400", 0, 0), "acquire on qubit 0"),
 ])
 def test_a_value_that_is_not_a_number_is_refused_where_it_is_given(b, call, what) -> None:
-    """A string (``"40"``), a bool, None or a complex number as a duration, phase or
-    frequency is refused at the call, naming the instruction and channel; it was read as a
-    number (``float("40")``) before. Numpy numbers and Parameters are taken."""
+    """A string (``"40"``), a bool, None, a complex number or an array of several values as a
+    duration, phase or frequency is refused at the call, naming the instruction and channel;
+    a string was read as a number (``float("40")``) before. Numpy numbers, 0-d arrays,
+    ``Decimal`` and Parameters are taken."""
     with pytest.raises(PulseError, match=rf"{re.escape(what)} must be a real number"):
         call(b)
     b.delay(np.int64(8), drive(0))
+    b.delay(np.array(4), drive(0))
+    b.delay(Decimal(4), drive(0))
     b.shift_phase(np.float32(0.5), drive(0))
     b.play(Constant(duration_samples=8, amp=0.1), drive(0))
-    assert b.build().play_start.tolist() == [8]
+    assert b.build().play_start.tolist() == [16]
 
 
 def test_duration_off_the_sample_grid_is_an_error(b) -> None:

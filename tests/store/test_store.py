@@ -703,6 +703,7 @@ def test_rollback_commits_the_old_content_and_keeps_the_history(tmp_path) -> Non
         assert f"rollback to snapshot {first.snapshot_id}" in back.notes
         assert [info.snapshot_id for info in store.history()] == [3, 2, 1]
         assert store.rollback(3).snapshot_id == 3  # already the newest: nothing committed
+        assert store.rollback(first.snapshot_id).snapshot_id == 3  # 3 holds 1's calibration
         assert [info.snapshot_id for info in store.history()] == [3, 2, 1]
         with pytest.raises(CalibrationMissingError, match="no snapshot 9"):
             store.rollback(9)
