@@ -185,8 +185,6 @@ class ControllerServer:
         self._uploads_total = 0
         self._runs_total = 0
         self._runs: dict[str, Run] = {}
-        #: Runs queued or running, per session.
-        self._active: dict[str, int] = {}
         self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
         self._sessions: dict[str, float] = {}
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
@@ -555,7 +553,8 @@ class ControllerServer:
             self._programs.move_to_end(program_id)  # a program in use is evicted last
             if self._stopping.is_set():
                 raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
-            pending = self._active.get(session, 0)
+            pending = sum(1 for r in self._runs.values()
+                          if r.session == session and r.state in ACTIVE)
             if pending >= self._max_queued:
                 raise _RequestError(
                     ERR_QUEUE_FULL,
@@ -573,7 +572,6 @@ class ControllerServer:
                 time_limit_s=None if limit is None else float(limit),
             )
             self._runs[run.run_id] = run
-            self._active[session] = pending + 1
             if key is not None:
                 self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
         self._accepted.append(run.run_id)
@@ -775,12 +773,6 @@ class ControllerServer:
 
     def _finish(self, run: Run, state: str) -> None:
         """Record a final state and forget the oldest finished runs; lock held."""
-        if run.state in ACTIVE:
-            left = self._active.get(run.session, 0) - 1
-            if left > 0:
-                self._active[run.session] = left
-            else:
-                self._active.pop(run.session, None)
         run.state = state
         run.finished_at = time.monotonic()
         self._finished.append(run.run_id)

@@ -85,21 +85,28 @@ def bind_value(value: Value, bindings: Bindings, what: str) -> Value:
     return number
 
 
+def real_number(value: object, what: str, parameter: str) -> float:
+    """``value`` as a float if it is a real number of any kind ``float()`` reads (numpy
+    scalars, 0-d arrays, ``Decimal``); else ``PulseError`` naming ``what`` and ``parameter``:
+    a string such as ``"40"``, a bool, None, a complex number or an array of several values is
+    not read as one."""
+    if not isinstance(value, str | bytes | bool | np.bool_) and value is not None:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise PulseError(f"{what} must be a real number or a Parameter, got {value!r}",
+                     parameter=parameter)
+
+
 def require_number(value: Value, what: str) -> float:
     """``value`` as a float; ``PulseError`` naming the parameter if it is still unbound, or
-    naming ``what`` if it is not a real number (a string such as ``"40"`` included: it is not
-    read as one)."""
+    naming ``what`` if it is not a real number (:func:`real_number`)."""
     if isinstance(value, ParameterExpression):
         names = ", ".join(sorted(p.name for p in value.parameters))
         raise PulseError(f"{what} depends on the unbound parameter(s) {names}; bind them with "
                          "assign_parameters()", parameter=names)
-    if not isinstance(value, str | bytes | bool | np.bool_) and value is not None:
-        try:  # a number of any kind float() reads: numpy scalars, 0-d arrays, Decimal
-            return float(value)
-        except (TypeError, ValueError):  # complex, arrays of several values, other objects
-            pass
-    raise PulseError(f"{what} must be a real number or a Parameter, got {value!r}",
-                     parameter=what)
+    return real_number(value, what, what)
 
 
 def whole_samples(value: Value, what: str, minimum: int = 0) -> int:
@@ -152,13 +159,11 @@ class Shape:
             value = getattr(self, f.name)
             if isinstance(value, ParameterExpression) or f.name == "samples_array":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                raise PulseError(f"{self.kind}: {f.name} must be a number or a Parameter, got "
-                                 f"{value!r}", parameter=f.name)
-            if not math.isfinite(float(value)):
+            number = real_number(value, f"{self.kind}: {f.name}", f.name)
+            if not math.isfinite(number):
                 raise PulseError(f"{self.kind}: {f.name} must be finite, got {value}",
                                  parameter=f.name)
-            object.__setattr__(self, f.name, float(value))
+            object.__setattr__(self, f.name, number)
         if not isinstance(self.duration_samples, ParameterExpression):
             object.__setattr__(self, "duration_samples", whole_samples(
                 self.duration_samples, f"{self.kind} duration_samples", minimum=1))
