@@ -114,6 +114,9 @@ class RunShare:
     #: offsets' frame (``ClusterBlocks._apply_cluster``), up to
     #: :data:`RUN_SHARE_SEGMENT_BYTES`.
     segments: dict[tuple, np.ndarray] = field(default_factory=dict)
+    #: Per flux block (cluster, start, end): its drives at an edge taken out of it, or None
+    #: (``ClusterBlocks._edge_drives``).
+    edges: dict[tuple, tuple | None] = field(default_factory=dict)
 
     def for_order(self, order: list[int]) -> RunShare:
         """This share if it belongs to the register ``order`` (or to none yet), else a new
@@ -313,23 +316,34 @@ class DriveBlocks:
         phi, z0, key = self._split(ctx, q, b0, b1)
         return phi + self._offset_phase(ctx, q, b0, b1), z0, key
 
-    def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int) -> None:
+    def _apply_drive(self, ctx: _RunContext, q: int, b0: int, b1: int,
+                     edge: str | None = None) -> None:
         """A drive block on one transmon whose coupled neighbours idle: exact in the dressed
         basis, as a unitary on ``q`` conditioned on the neighbours' levels (static ZZ shifts
         the transmon's levels). The propagators in the deferred ZZ frame are computed once per
         run (``RunShare.stacks``); the frequency offset turns them as a frame change (the ZZ
-        frame and the drive's phase are both diagonal, so they commute)."""
+        frame and the drive's phase are both diagonal, so they commute).
+
+        ``edge`` ("head" or "tail"): the drive is the edge of a flux block whose propagator,
+        applied after it ("head") or before it ("tail"), already holds ``q``'s idle evolution
+        over [b0, b1) (``ClusterBlocks._edge_drives``); the drive's propagator is then taken in
+        the interaction picture of that idle evolution (exp(+i 2 pi L_q (b1 - b0) / fs) on the
+        side the flux block's propagator meets), so that nothing is counted twice."""
         pos = ctx.pos
         controls, shifts = self._controls(ctx, q)
-        memo = (q, b0, b1, ctx.anchor)
+        memo = (q, b0, b1, ctx.anchor, edge)
         stack = ctx.share.stacks.get(memo)
         if stack is None:
+            fs = self.device.sample_rate_hz
             stack = self._conditional_stack(q, self._drive_hz(ctx, q, b0, b1, offset=False),
                                             shifts, ctx.model.local_hz[q][2],
                                             self._split(ctx, q, b0, b1))
             if controls:
-                stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor,
-                                     self.device.sample_rate_hz)
+                stack = _deferred_zz(stack, shifts, b0 - ctx.anchor, b1 - ctx.anchor, fs)
+            if edge is not None:
+                undo = np.exp(2j * np.pi * np.asarray(ctx.model.local_hz[q]) * (b1 - b0) / fs)
+                stack = undo[None, :, None] * stack if edge == "head" \
+                    else stack * undo[None, None, :]
             stack.flags.writeable = False  # shared by the run's evolutions
             ctx.share.stacks[memo] = stack
         theta = self._offset_phase(ctx, q, b0, b1)
