@@ -106,16 +106,18 @@ class RunShare:
     #: their configurations (``DriveBlocks._controls``).
     controls: dict[int, tuple[list[int], np.ndarray]] = field(default_factory=dict)
     #: Conditioned propagators of a one-transmon drive block in the deferred ZZ frame, per
-    #: (qubit, start, end, anchor), before the offset's phase (``DriveBlocks._apply_drive``).
-    stacks: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict)
+    #: (qubit, start, end, anchor, edge), before the offset's phase
+    #: (``DriveBlocks._apply_drive``).
+    stacks: dict[tuple[int, int, int, int, str | None], np.ndarray] = field(
+        default_factory=dict)
     #: The register's pair phases over a stretch, per length in samples (``_advance_zz``).
     zz_phases: dict[int, np.ndarray] = field(default_factory=dict)
     #: Propagators of flux blocks per (cluster, fluxed qubits, start, end, anchor), before the
     #: offsets' frame (``ClusterBlocks._apply_cluster``), up to
     #: :data:`RUN_SHARE_SEGMENT_BYTES`.
     segments: dict[tuple, np.ndarray] = field(default_factory=dict)
-    #: Per flux block (cluster, start, end): its drives at an edge taken out of it, or None
-    #: (``ClusterBlocks._edge_drives``).
+    #: Per flux block (cluster, start, end): its drives taken out of it, or None
+    #: (``EdgeDrives._edge_drives``; decided at the share's first run).
     edges: dict[tuple, tuple | None] = field(default_factory=dict)
 
     def for_order(self, order: list[int]) -> RunShare:
@@ -326,7 +328,7 @@ class DriveBlocks:
 
         ``edge`` ("head" or "tail"): the drive is the edge of a flux block whose propagator,
         applied after it ("head") or before it ("tail"), already holds ``q``'s idle evolution
-        over [b0, b1) (``ClusterBlocks._edge_drives``); the drive's propagator is then taken in
+        over [b0, b1) (``EdgeDrives._edge_drives``); the drive's propagator is then taken in
         the interaction picture of that idle evolution (exp(+i 2 pi L_q (b1 - b0) / fs) on the
         side the flux block's propagator meets), so that nothing is counted twice."""
         pos = ctx.pos

@@ -34,24 +34,8 @@ pulse) is answered from such a table once its shape (the weaker drive up to its 
 everything else the block depends on) has been propagated directly at 2K phases
 (``ClusterBlocks._phase_interpolated``).
 
-Drives at the edge of a flux block. A pulse that ends a few samples into a flux pulse on a
-neighbour (or starts a few samples before one ends: schedules with gates of unequal length
-have them) would make the whole block's propagator a driven, dense one, propagated by split
-steps at every new phase. When all of a block's drives lie in its first or last samples, they
-are applied instead as what every other drive block is in this model, conditioned
-one-transmon drives on the dressed ladder, before (or after) the block's drive-free
-propagator, each in the interaction picture of the idle evolution that propagator already
-holds (``DriveBlocks._apply_drive``, ``edge``). What that changes is their commutator with the
-flux pulses' excursion over those samples, which reaches a driven qubit only through its
-exchange with a fluxed neighbour: it shifts its levels (second order in g / D) and its
-ladder's admixture of the neighbour's (first order). ``ClusterBlocks._edge_error`` estimates
-it, and the edge is taken out only when the estimate is within :data:`EDGE_DRIVE_RAD`, no
-driven qubit's own flux line plays in the edge and coupled driven qubits may be applied one
-after the other. Against expm of the full Hamiltonian (tests/firmware_sim/test_coupling.py)
-the estimate is 2-7x above that change for overlaps of 1-4 samples on a CZ pulse's rising
-edge; the two treatments also differ by the drive's hybridised part, which drive blocks drop
-(inside a cluster the drive acts on the bare ladder): ~3e-5 per entry of the state for a
-2-sample tail of a 40-sample pulse, both equally close to the expm state.
+Drives at the edge of a flux block and drives beside a pair that leaves the cluster: the
+``edges`` module.
 """
 
 from __future__ import annotations
@@ -73,6 +57,7 @@ from labqpu.firmware_sim.density import (
     _ladder,
     _level_numbers,
 )
+from labqpu.firmware_sim.edges import EdgeDrives
 from labqpu.firmware_sim.noise import frame_phase
 from labqpu.firmware_sim.propagation import (
     PEAK_TIE,
@@ -101,14 +86,8 @@ PHASE_INTERPOLATION_MAX_ORDER = 4
 PHASE_TABLES = 16
 PHASE_TABLE_BYTES = 256 * 2**20
 PHASE_SHAPES_SEEN = 4096
-#: Largest estimated change (rad, ``ClusterBlocks._edge_error``) for which the drives at the
-#: edge of a flux block are applied as conditioned one-transmon drives outside the cluster's
-#: propagator: the scale of ``blocks.SEQUENTIAL_CROSS_RAD`` (an infidelity ~ its square).
-#: 0 keeps every drive inside (the tests' reference).
-EDGE_DRIVE_RAD = 1e-4
-#: Smallest detuning, in units of the exchange coupling g, at which that estimate's second-order
-#: level shifts are trusted.
-EDGE_MIN_DETUNING = 10.0
+
+
 #: Most cluster dressings whose split-step blocks an engine keeps (each at most
 #: ``split.SPLIT_PARTS_BYTES``).
 SPLIT_PARTS_KEPT = 16
@@ -284,7 +263,7 @@ def rotate_excitation_phase(u: np.ndarray, psi_rad: float, k: int) -> np.ndarray
     return (r[:, None] * u) * r.conj()[None, :]
 
 
-class ClusterBlocks:
+class ClusterBlocks(EdgeDrives):
     """Mixin of :class:`~labqpu.firmware_sim.physics.PhysicsEngine`: flux blocks on coupled
     clusters (needs the engine's ``device``, ``cabling``, ``cache_nq``, ``phase_tables``,
     ``_phase_shapes``, ``_split_substeps``, ``_dressings``, ``_split_parts``, ``_statics``,
@@ -292,7 +271,11 @@ class ClusterBlocks:
 
     def _apply_cluster(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
                        b1: int) -> None:
-        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits."""
+        """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits.
+        Its drives are taken out as conditioned drives when they are an edge of it
+        (:meth:`_edge_drives`); otherwise, when a driven qubit has an evolved neighbour
+        outside the cluster, the block is cut where those drives start and the deferred ZZ
+        frame moved there (:meth:`_outside_drive_start`)."""
         if len(cluster) == 1:
             q = cluster[0]
             flux = self._flux_phi(ctx, q, fluxed, b0, b1)
@@ -303,14 +286,35 @@ class ClusterBlocks:
             ctx.local.decohere(q, b1)
             return
         edge = self._edge_drives(ctx, cluster, fluxed, b0, b1)
-        if edge is not None and edge[0] == "head":
-            for q in edge[3]:
-                self._apply_drive(ctx, q, edge[1], edge[2], "head")
+        if edge is not None:
+            if edge.side == "head":
+                for q in edge.qubits:
+                    self._apply_drive(ctx, q, edge.start, edge.end, "head")
+            self._apply_segment(ctx, cluster, fluxed, b0, b1, with_drives=False)
+            if edge.side == "tail":
+                for q in edge.qubits:
+                    self._apply_drive(ctx, q, edge.start, edge.end, "tail")
+            return
+        cut = self._outside_drive_start(ctx, cluster, b0, b1)
+        if cut is None:
+            self._apply_segment(ctx, cluster, fluxed, b0, b1)
+            return
+        if cut > b0:
+            self._apply_segment(ctx, cluster, fluxed, b0, cut)
+        if cut > ctx.anchor:
+            self._advance_zz(ctx, cut)
+        self._apply_segment(ctx, cluster, fluxed, cut, b1)
+
+    def _apply_segment(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
+                       b1: int, with_drives: bool = True) -> None:
+        """The propagator of ``cluster`` over [b0, b1) (:meth:`_segment_unitary`, kept per
+        run share) in the quasi-static offsets' frame, applied after the cluster's pending
+        channels, then its decoherence up to b1."""
         share = ctx.share
-        memo = (tuple(cluster), tuple(fluxed), b0, b1, ctx.anchor, edge is None)
+        memo = (tuple(cluster), tuple(fluxed), b0, b1, ctx.anchor, with_drives)
         u = share.segments.get(memo)
         if u is None:
-            u = self._segment_unitary(ctx, cluster, fluxed, b0, b1, drives=edge is None)
+            u = self._segment_unitary(ctx, cluster, fluxed, b0, b1, with_drives)
             held = sum(v.nbytes for v in share.segments.values())
             if held + u.nbytes <= blocks.RUN_SHARE_SEGMENT_BYTES:
                 u.flags.writeable = False
@@ -324,98 +328,17 @@ class ClusterBlocks:
         ctx.local.rho.apply_unitary(u, [ctx.pos[q] for q in cluster])
         for q in cluster:
             ctx.local.decohere(q, b1)
-        if edge is not None and edge[0] == "tail":
-            for q in edge[3]:
-                self._apply_drive(ctx, q, edge[1], edge[2], "tail")
 
-    def _edge_drives(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
-                     b1: int) -> tuple[str, int, int, list[int]] | None:
-        """(side, start, end, qubits) when every drive of a flux block lies in one edge of it,
-        [b0, end) ("head") or [start, b1) ("tail"), and may be applied there as conditioned
-        one-transmon drives (before the block's drive-free propagator, or after it) instead of
-        inside the cluster's propagator; None otherwise (module docstring, "Drives at the
-        edge of a flux block").
-
-        Allowed when no driven qubit's own flux line plays in the edge, coupled driven qubits
-        may be applied one after the other (``DriveBlocks._joint_ops``), and the estimate
-        :meth:`_edge_error` is within :data:`EDGE_DRIVE_RAD`."""
-        memo = (tuple(cluster), b0, b1)
-        if memo not in ctx.share.edges:
-            ctx.share.edges[memo] = self._find_edge(ctx, cluster, fluxed, b0, b1)
-        return ctx.share.edges[memo]
-
-    def _find_edge(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
-                   b1: int) -> tuple[str, int, int, list[int]] | None:
-        """:meth:`_edge_drives` before its memo (``RunShare.edges``)."""
-        if EDGE_DRIVE_RAD <= 0:
-            return None
+    def _cluster_drives(self, ctx: _RunContext, cluster: list[int], b0: int, b1: int
+                        ) -> dict[int, np.ndarray]:
+        """The drive terms (Hz per sample over [b0, b1), before the offsets' frame) of the
+        qubits of ``cluster`` that are driven there."""
         drives = {}
         for q in cluster:
             z = self._drive_hz(ctx, q, b0, b1, offset=False)
             if np.any(z):
                 drives[q] = z
-        if not drives:
-            return None
-        n = b1 - b0
-        driven = np.flatnonzero(np.any([z != 0 for z in drives.values()], axis=0))
-        first, last = int(driven[0]), int(driven[-1]) + 1
-        side, s0, s1 = ("head", 0, last) if last <= n - first else ("tail", first, n)
-        if self._edge_error(ctx, fluxed, {q: z[s0:s1] for q, z in drives.items()},
-                            b0 + s0, b0 + s1) > EDGE_DRIVE_RAD:
-            return None
-        qubits = sorted(drives)
-        if len(qubits) > 1:
-            inner = [(p, q) for p in qubits for q in qubits
-                     if p < q and (p, q) in ctx.model.zz_hz]
-            outer = [(q, p) for q in qubits for p in ctx.model.neighbours(q)
-                     if p in ctx.pos and p not in qubits]
-            if self._joint_ops(ctx, qubits, inner, outer, b0 + s0, b0 + s1)[1] is not None:
-                return None
-        return side, b0 + s0, b0 + s1, qubits
-
-    def _edge_error(self, ctx: _RunContext, fluxed: list[int], drives: dict[int, np.ndarray],
-                    e0: int, e1: int) -> float:
-        """Estimate (rad) of what taking the ``drives`` (Hz per sample over [e0, e1)) out of a
-        flux block changes, to first order in the drives and in the flux pulses' excursions.
-
-        A flux pulse on a qubit f coupled to a driven qubit q (g) moves f from its idle
-        frequency, which changes q through their exchange in two ways that a drive taken out
-        misses: q's levels shift (second order in g / D) and its ladder's admixture of f's
-        (first order, g / D), for each detuning D of the exchange (f_q - f_f,
-        f_q - f_f - alpha_f, f_q + alpha_q - f_f). Per sample k the estimate adds the drive's
-        angle a_k = 2 pi sqrt(2) |z_k| / fs times sqrt(2) g sum_D |1 / D_k - 1 / D_idle|, and
-        the drive's angle over the edge times the phase of the shifts,
-        2 pi sum_k 2 g^2 sum_D |1 / D_k - 1 / D_idle| / fs (module docstring, "Drives at the
-        edge of a flux block", with its comparison to the isolated error). Infinite when a
-        driven qubit's own flux line plays in the edge or a detuning comes within
-        :data:`EDGE_MIN_DETUNING` g."""
-        fs = self.device.sample_rate_hz
-        total = 0.0
-        for q, z in drives.items():
-            angles = 2.0 * np.pi * np.sqrt(LEVELS - 1) * np.abs(z) / fs
-            if not angles.any():
-                continue
-            if q in fluxed and np.any(ctx.samples[self.cabling[q].flux_port, e0:e1]):
-                return np.inf
-            truth = self.device.qubits[q]
-            f_q = truth.frequency_hz(ctx.phi_dc[q])
-            for f in fluxed:
-                g = self.device.coupling_hz(q, f)
-                if f == q or not g:
-                    continue
-                other = self.device.qubits[f]
-                f_f = np.array([other.frequency_hz(p)
-                                for p in self._flux_phi(ctx, f, fluxed, e0, e1)])
-                f_idle = other.frequency_hz(ctx.phi_dc[f])
-                moved = np.zeros(e1 - e0)  # sum_D |1 / D_k - 1 / D_idle| per sample (1/Hz)
-                for c in (0.0, -other.anharmonicity_hz, truth.anharmonicity_hz):
-                    d, d_idle = f_q - f_f + c, f_q - f_idle + c
-                    if min(np.abs(d).min(), abs(d_idle)) < EDGE_MIN_DETUNING * g:
-                        return np.inf
-                    moved += np.abs(1.0 / d - 1.0 / d_idle)
-                total += np.sqrt(LEVELS - 1) * g * float(angles @ moved)
-                total += float(angles.sum()) * 2.0 * np.pi * 2.0 * g * g * float(moved.sum()) / fs
-        return total
+        return drives
 
     def _flux_phi(self, ctx: _RunContext, q: int, fluxed: list[int], b0: int, b1: int
                   ) -> np.ndarray:
@@ -427,7 +350,7 @@ class ClusterBlocks:
         return phi
 
     def _segment_unitary(self, ctx: _RunContext, cluster: list[int], fluxed: list[int],
-                         b0: int, b1: int, drives: bool = True) -> np.ndarray:
+                         b0: int, b1: int, with_drives: bool = True) -> np.ndarray:
         """Propagator over samples [b0, b1) of a coupled ``cluster`` with flux pulses, in the
         dressed basis and each qubit's dressed frame, in the deferred ZZ frame of
         :meth:`evolve` (conjugated by exp(+i 2 pi Z_cluster (t - anchor))).
@@ -446,11 +369,7 @@ class ClusterBlocks:
         fs = self.device.sample_rate_hz
         model = ctx.model
         k = len(cluster)
-        driving, drives = drives, {}
-        for q in cluster if driving else ():
-            z = self._drive_hz(ctx, q, b0, b1, offset=False)
-            if np.any(z):
-                drives[q] = z
+        drives = self._cluster_drives(ctx, cluster, b0, b1) if with_drives else {}
         flux_phi = {q: self._flux_phi(ctx, q, fluxed, b0, b1) for q in cluster}
         f_bare = [self.device.qubits[q].frequency_hz(ctx.phi_dc[q]) for q in cluster]
         f_ref = f_bare[0]

@@ -601,45 +601,90 @@ def driven_cluster_parts(monkeypatch: pytest.MonkeyPatch, engine: PhysicsEngine)
     return calls
 
 
-@pytest.mark.parametrize("side", ["head", "tail"])
-def test_pulse_edges_inside_a_cz_flux_pulse_run_outside_the_cluster_and_match_expm(
-        side: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pulses on qubits 1 and 2 whose last (or first) 2 samples overlap the start (or end) of
-    a CZ flux pulse on qubit 0: the engine applies those samples as conditioned
-    one-transmon drives next to the flux pulse's drive-free propagator (no driven cluster
-    part is propagated) and the state matches expm of the full Hamiltonian as closely as
-    the engine that keeps them inside the cluster (both 1 - 4e-6; within 1e-6 of each
-    other), and that engine's state within 1e-4 in every entry (measured 3.6e-5 and 2.7e-5:
-    inside the cluster the drive acts on the bare ladder, outside on the dressed one, as in
-    every drive block). Three overlapping samples stay inside the cluster."""
-    from labqpu.firmware_sim import clusters
+EDGE_CASES = {
+    # name: (overlapping end of the flux pulse, driven qubits, amplitude, the side taken)
+    "pulse on 1 ending 2 samples into the cz": ("head", (1,), 0.25, "head"),
+    "pulse on 1 starting 2 samples before the cz ends": ("tail", (1,), 0.25, "tail"),
+    # qubit 2 sits 80 MHz from qubit 0: the estimate of what reaches it through 1 is larger
+    "pulses on 1 and 2 ending 2 samples into the cz": ("head", (1, 2), 0.1, "head"),
+    "pulses on 1 and 2 starting 2 samples before the cz ends": ("tail", (1, 2), 0.1, "tail"),
+}
 
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_pulse_edges_inside_a_cz_flux_pulse_run_outside_the_cluster_and_match_expm(
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pulses whose last (or first) 2 samples overlap the start (or end) of a CZ flux pulse on
+    qubit 0: the engine applies those samples as conditioned one-transmon drives before (or
+    after) the flux pulse's drive-free propagator, on the side it estimates to change less
+    (with qubit 2 driven too, the overlap is a 2-sample block of its own), propagates no
+    driven cluster part, and the state matches expm of the full Hamiltonian (1 - 2e-5 or
+    closer) within 1e-6 of the engine that keeps them inside the cluster (within 1e-4 in
+    every entry: inside a cluster the drive acts on the bare ladder, outside on the dressed
+    one, as in every drive block). Three overlapping samples stay inside the cluster."""
+    from labqpu.firmware_sim import edges
+
+    overlap_at, driven, amp, side = EDGE_CASES[case]
     dev = lossless(3)
     f_ref = 5.5e9
     st, nco = settings(dev, f_ref)
     cabling = {q: RACK.cabling[q] for q in range(3)}
-    plays, waves, n_end = edge_plays(dev, nco, side, 2, 0.25)
+    plays, waves, n_end = edge_plays(dev, nco, overlap_at, 2, amp, driven)
     prog = WireProgram.from_tuples(plays, waves, [], n_end)
+    sides = []
+    apply_drive = PhysicsEngine._apply_drive
+
+    def recorded(self, ctx, q, b0, b1, edge=None):
+        sides.append(edge)
+        return apply_drive(self, ctx, q, b0, b1, edge)
+
+    monkeypatch.setattr(PhysicsEngine, "_apply_drive", recorded)
     engine = PhysicsEngine(dev, cabling)
     parts = driven_cluster_parts(monkeypatch, engine)
     rho = engine.evolve(prog, st).rho.matrix()
     assert not parts
-    monkeypatch.setattr(clusters, "EDGE_DRIVE_RAD", 0.0)
+    assert sorted(e for e in sides if e) == [side] * len(driven)
+    monkeypatch.setattr(edges, "EDGE_DRIVE_RAD", 0.0)
     inside = PhysicsEngine(dev, cabling)
     parts = driven_cluster_parts(monkeypatch, inside)
     rho_inside = inside.evolve(prog, st).rho.matrix()
     assert parts
     psi = reference_state(dev, render(n_end, plays, waves), st, n_end, f_ref)
-    assert abs(psi[0]) ** 2 < 0.5  # the pulses did something
-    assert fidelity(rho, psi) >= 1 - 1e-4
+    assert abs(psi[0]) ** 2 < 0.8  # the pulses did something
+    assert fidelity(rho, psi) >= 1 - 2e-5
     assert abs(fidelity(rho, psi) - fidelity(rho_inside, psi)) < 1e-6
     assert np.abs(rho - rho_inside).max() < 1e-4
     monkeypatch.undo()
-    plays, waves, n_end = edge_plays(dev, nco, side, 3, 0.25)
+    plays, waves, n_end = edge_plays(dev, nco, overlap_at, 3, amp, driven)
     longer = PhysicsEngine(dev, cabling)
     parts = driven_cluster_parts(monkeypatch, longer)
     longer.evolve(WireProgram.from_tuples(plays, waves, [], n_end), st)
     assert parts
+
+
+def test_a_drive_inside_a_flux_block_keeps_the_zz_of_a_neighbour_outside_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pulse on qubit 1 whose first 20 samples fall inside a flux pulse (amplitude 0.1) on
+    qubit 0, with qubit 2 (outside the cluster 0-1) put in superposition before: the block is
+    cut where the pulse starts and the deferred ZZ frame moved there, so the drive inside
+    the cluster sees qubit 2's ZZ from then on, not from the frame's older anchor. Against
+    expm of the full Hamiltonian the state is within 4e-4 of fidelity 1 (measured 3.0e-4,
+    the same as for the program without the flux pulse; 9.1e-4 without the cut)."""
+    from labqpu.firmware_sim import edges
+
+    monkeypatch.setattr(edges, "EDGE_DRIVE_RAD", 0.0)
+    dev = lossless(3)
+    f_ref = 5.5e9
+    st, nco = settings(dev, f_ref)
+    cab = RACK.cabling
+    plays = [(cab[2].drive_port, 0, 0, 0.45, 0.1, nco[2]),
+             (cab[1].drive_port, 84, 0, 0.45, 0.3, nco[1]),
+             (cab[0].flux_port, 64, 1, 0.1, 0.0, 0.0)]
+    waves = [gaussian(40, 10.0), sin2_edges(40, 5)]
+    rho = engine_state(dev, WireProgram.from_tuples(plays, waves, [], 154), st)
+    psi = reference_state(dev, render(154, plays, waves), st, 154, f_ref)
+    assert abs(psi[0]) ** 2 < 0.5
+    assert fidelity(rho, psi) >= 1 - 4e-4
 
 
 def edge_unitary(dev: DeviceTruth, samples: np.ndarray, st: Settings, s0: int, s1: int,
@@ -676,33 +721,51 @@ def edge_unitary(dev: DeviceTruth, samples: np.ndarray, st: Settings, s0: int, s
     return u
 
 
+BOUND_CASES = {
+    # name: (overlapping end of the flux pulse, driven qubits, zero-amplitude plays keeping
+    # qubit 1 in the cluster)
+    "pulse on 1 ending in the cz's rising edge": ("head", (1,), False),
+    "pulse on 1 starting in its falling edge": ("tail", (1,), False),
+    "pulse on 2 ending in the rising edge, next to 1": ("head", (2,), True),
+}
+
+
 @pytest.mark.parametrize("overlap", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", list(BOUND_CASES))
 def test_the_edge_estimate_bounds_the_error_of_taking_a_drive_out_of_a_flux_pulse(
-        overlap: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pulse on qubit 1 whose last 1-4 samples overlap the rising edge of a CZ flux pulse
-    on its neighbour 0: what applying those samples before the flux pulse's drive-free
-    propagator instead of inside it changes, ||U - U_flux U_idle^dag U_drive|| (spectral
-    norm, all four expm of the full three-transmon Hamiltonian over those samples, the drive
-    on the bare ladder), is within the engine's estimate (``ClusterBlocks._edge_error``;
-    measured 2-7x below it), and grows from ~1e-7 to ~1e-3 with the overlap."""
+        case: str, overlap: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pulse whose last (first) 1-4 samples overlap the rising (falling) edge of a CZ flux
+    pulse on qubit 0, on its neighbour 1 or on qubit 2 beside 1: what applying those samples
+    next to the flux pulse's drive-free propagator instead of inside it changes, on the side
+    the engine takes, ||U - U_flux U_idle^dag U_drive|| ("head"; U_drive U_idle^dag U_flux,
+    "tail"; spectral norm, all four expm of the full three-transmon Hamiltonian over those
+    samples, the drive on the bare ladder) is within the engine's estimate
+    (``EdgeDrives._edge_error``; measured 2-50x below it, and 0 of 160 random-ish cases
+    above it), and grows from ~1e-9 to ~1e-4 with the overlap."""
+    overlap_at, driven, joined = BOUND_CASES[case]
     dev = lossless(3)
     f_ref = 5.5e9
     st, nco = settings(dev, f_ref)
-    plays, waves, n_end = edge_plays(dev, nco, "head", overlap, 0.45, driven=(1,))
+    plays, waves, n_end = edge_plays(dev, nco, overlap_at, overlap, 0.45, driven)
+    if joined:  # plays of amplitude 0 on 1 make it a driven qubit beside 2: one cluster
+        plays += [(RACK.cabling[1].drive_port, start, 0, 0.0, 0.0, nco[1]) for start in (0, 40)]
     engine = PhysicsEngine(dev, {q: RACK.cabling[q] for q in range(3)})
     estimates = []
     estimate = engine._edge_error
 
     def recorded(*args):
-        estimates.append(estimate(*args))
-        return estimates[-1]
+        estimates.append((estimate(*args), args[-1], args[-3], args[-2]))
+        return estimates[-1][0]
 
     monkeypatch.setattr(engine, "_edge_error", recorded)
     engine.evolve(WireProgram.from_tuples(plays, waves, [], n_end), st)
+    value, side, e0, e1 = min(estimates)  # the side the engine takes
+    assert len(estimates) == 2 and side == overlap_at
     samples = render(n_end, plays, waves)
     full, only_flux, idle, only_drive = (
-        edge_unitary(dev, samples, st, 40, 40 + overlap, f_ref, flux, drive)
+        edge_unitary(dev, samples, st, e0, e1, f_ref, flux, drive)
         for flux, drive in ((True, True), (True, False), (False, False), (False, True)))
-    error = np.linalg.norm(full - only_flux @ idle.conj().T @ only_drive, 2)
-    assert len(estimates) == 1
-    assert 1e-8 < error <= estimates[0]
+    apart = only_flux @ idle.conj().T @ only_drive if side == "head" \
+        else only_drive @ idle.conj().T @ only_flux
+    error = np.linalg.norm(full - apart, 2)
+    assert 1e-10 < error <= value
