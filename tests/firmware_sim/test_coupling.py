@@ -111,45 +111,63 @@ def render(n_samples: int, plays, waves) -> np.ndarray:
     return out
 
 
+def common_frame(dev: DeviceTruth, f_ref: float) -> tuple[np.ndarray, list[np.ndarray],
+                                                          np.ndarray]:
+    """(dressed frequencies minus ``f_ref``, ladders, idle Hamiltonian) of :func:`dressed`,
+    :func:`ladders` and :func:`idle_hamiltonian`, for :func:`sample_step`."""
+    return dressed(dev, f_ref)[2], ladders(len(dev.qubits)), idle_hamiltonian(dev, f_ref)
+
+
+def sample_step(dev: DeviceTruth, samples: np.ndarray, st: Settings, s: int, f_ref: float,
+                sub: int, frame: tuple, flux: bool = True, drive: bool = True
+                ) -> np.ndarray | None:
+    """Propagator of sample ``s`` in the bare basis and the frame rotating at ``f_ref`` (lab
+    drive under RWA: (R/2)(z a^dag + h.c.) with z = R conj(s_k) exp(-i 2 pi (f_LO - f~_q) t_k)
+    held per sample in the qubit's dressed frame, the simulator's zero-order hold, rotating as
+    exp(-i 2 pi (f~_q - f_ref) t) in the common frame; flux moves the bare frequency), by
+    ``sub`` midpoint expm steps, with the flux pulses only if ``flux`` and the drives only if
+    ``drive``; None when neither plays there (the idle step). ``frame``: :func:`common_frame`
+    of ``dev`` and ``f_ref``."""
+    cabs = [RACK.cabling[i] for i in range(len(dev.qubits))]
+    plays = [(drive and samples[c.drive_port, s] != 0, flux and samples[c.flux_port, s] != 0)
+             for c in cabs]
+    if not any(d or x for d, x in plays):
+        return None
+    f, a, h_s = frame
+    drives = []
+    for i, (q, cab, (driven, fluxed)) in enumerate(zip(dev.qubits, cabs, plays, strict=True)):
+        if driven:
+            lo = st.los[cab.drive_lo][0]
+            drives.append((i, q.rabi_hz_per_amplitude * np.conj(samples[cab.drive_port, s])
+                           * np.exp(-2j * np.pi * (lo - (f[i] + f_ref)) * s * DT)))
+        if fluxed:
+            x = samples[cab.flux_port, s].real
+            shift = bare_frequency(q, dev.flux_line_phi0_per_amplitude * x) - bare_frequency(q)
+            h_s = h_s + shift * (a[i].conj().T @ a[i])
+    u = np.eye(h_s.shape[0], dtype=complex)
+    for m in range(sub):
+        t = (s + (m + 0.5) / sub) * DT
+        h = h_s.copy()
+        for i, zq in drives:
+            z = zq * np.exp(-2j * np.pi * f[i] * t)
+            h += 0.5 * (z * a[i].conj().T + np.conj(z) * a[i])
+        u = scipy.linalg.expm(-2j * np.pi * h * DT / sub) @ u
+    return u
+
+
 def reference_state(dev: DeviceTruth, samples: np.ndarray, st: Settings, n_end: int,
                     f_ref: float, sub: int = 32) -> np.ndarray:
     """|psi> at sample ``n_end`` from the dressed ground state, in the dressed basis and
-    frames. Lab drive under RWA: (R/2)(z a^dag + h.c.) with z = R conj(s_k) exp(-i 2 pi
-    (f_LO - f~_q) t_k) held per sample in the qubit's dressed frame (the simulator's
-    zero-order hold), rotating as exp(-i 2 pi (f~_q - f_ref) t) in the common frame; flux moves
-    the bare frequency per sample. Samples with drive or flux: ``sub`` midpoint expm steps;
-    others: one exact expm."""
+    frames: samples with drive or flux by :func:`sample_step` (``sub`` midpoint expm steps),
+    the others by one exact expm of the idle Hamiltonian."""
     k = len(dev.qubits)
     v, _, f = dressed(dev, f_ref)
-    a = ladders(k)
-    num = [x.conj().T @ x for x in a]
-    h0 = idle_hamiltonian(dev, f_ref)
-    idle_step = scipy.linalg.expm(-2j * np.pi * h0 * DT)
+    frame = common_frame(dev, f_ref)
+    idle_step = scipy.linalg.expm(-2j * np.pi * frame[2] * DT)
     psi = v[:, 0].astype(complex)
     for s in range(n_end):
-        drives, h_s = [], h0.copy()
-        for i, q in enumerate(dev.qubits):
-            cab = RACK.cabling[i]
-            x = samples[cab.drive_port, s]
-            if x != 0:
-                lo = st.los[cab.drive_lo][0]
-                zq = q.rabi_hz_per_amplitude * np.conj(x) * np.exp(
-                    -2j * np.pi * (lo - (f[i] + f_ref)) * s * DT)
-                drives.append((i, zq))
-            flux = samples[cab.flux_port, s].real
-            if flux != 0:
-                phi = dev.flux_line_phi0_per_amplitude * flux
-                h_s = h_s + (bare_frequency(q, phi) - bare_frequency(q)) * num[i]
-        if not drives and np.array_equal(h_s, h0):
-            psi = idle_step @ psi
-            continue
-        for u in range(sub):
-            t = (s + (u + 0.5) / sub) * DT
-            h = h_s.copy()
-            for i, zq in drives:
-                z = zq * np.exp(-2j * np.pi * f[i] * t)
-                h += 0.5 * (z * a[i].conj().T + np.conj(z) * a[i])
-            psi = scipy.linalg.expm(-2j * np.pi * h * DT / sub) @ psi
+        step = sample_step(dev, samples, st, s, f_ref, sub, frame)
+        psi = (idle_step if step is None else step) @ psi
     levels = np.indices((3,) * k).reshape(k, -1)
     return (v.conj().T @ psi) * np.exp(2j * np.pi * (f @ levels) * n_end * DT)
 
@@ -690,34 +708,14 @@ def test_a_drive_inside_a_flux_block_keeps_the_zz_of_a_neighbour_outside_it(
 def edge_unitary(dev: DeviceTruth, samples: np.ndarray, st: Settings, s0: int, s1: int,
                  f_ref: float, flux: bool, drive: bool, sub: int = 64) -> np.ndarray:
     """Propagator over samples [s0, s1) of the full Hamiltonian in the bare basis and the
-    frame rotating at ``f_ref``, as :func:`reference_state` builds it, with only the flux
-    pulses (``flux``) and only the drives (``drive``) that play there."""
-    k = len(dev.qubits)
-    _, _, f = dressed(dev, f_ref)
-    a = ladders(k)
-    h0 = idle_hamiltonian(dev, f_ref)
-    u = np.eye(3**k, dtype=complex)
+    frame rotating at ``f_ref`` (:func:`sample_step`), with only the flux pulses (``flux``)
+    and only the drives (``drive``) that play there."""
+    frame = common_frame(dev, f_ref)
+    idle_step = scipy.linalg.expm(-2j * np.pi * frame[2] * DT)
+    u = np.eye(3 ** len(dev.qubits), dtype=complex)
     for s in range(s0, s1):
-        h_s = h0.copy()
-        drives = []
-        for i, q in enumerate(dev.qubits):
-            cab = RACK.cabling[i]
-            x = samples[cab.drive_port, s]
-            if drive and x != 0:
-                lo = st.los[cab.drive_lo][0]
-                drives.append((i, q.rabi_hz_per_amplitude * np.conj(x) * np.exp(
-                    -2j * np.pi * (lo - (f[i] + f_ref)) * s * DT)))
-            x = samples[cab.flux_port, s].real
-            if flux and x != 0:
-                shift = bare_frequency(q, dev.flux_line_phi0_per_amplitude * x) - bare_frequency(q)
-                h_s = h_s + shift * (a[i].conj().T @ a[i])
-        for m in range(sub):
-            t = (s + (m + 0.5) / sub) * DT
-            h = h_s.copy()
-            for i, zq in drives:
-                z = zq * np.exp(-2j * np.pi * f[i] * t)
-                h += 0.5 * (z * a[i].conj().T + np.conj(z) * a[i])
-            u = scipy.linalg.expm(-2j * np.pi * h * DT / sub) @ u
+        step = sample_step(dev, samples, st, s, f_ref, sub, frame, flux, drive)
+        u = (idle_step if step is None else step) @ u
     return u
 
 
