@@ -112,8 +112,8 @@ class RunShare:
         default_factory=dict)
     #: The register's pair phases over a stretch, per length in samples (``_advance_zz``).
     zz_phases: dict[int, np.ndarray] = field(default_factory=dict)
-    #: Propagators of flux blocks per (cluster, fluxed qubits, start, end, anchor), before the
-    #: offsets' frame (``ClusterBlocks._apply_cluster``), up to
+    #: Propagators of flux blocks per (cluster, fluxed qubits, start, end, anchor, with their
+    #: drives), before the offsets' frame (``ClusterBlocks._apply_segment``), up to
     #: :data:`RUN_SHARE_SEGMENT_BYTES`.
     segments: dict[tuple, np.ndarray] = field(default_factory=dict)
     #: Per flux block (cluster, start, end): its drives taken out of it, or None

@@ -86,8 +86,6 @@ PHASE_INTERPOLATION_MAX_ORDER = 4
 PHASE_TABLES = 16
 PHASE_TABLE_BYTES = 256 * 2**20
 PHASE_SHAPES_SEEN = 4096
-
-
 #: Most cluster dressings whose split-step blocks an engine keeps (each at most
 #: ``split.SPLIT_PARTS_BYTES``).
 SPLIT_PARTS_KEPT = 16

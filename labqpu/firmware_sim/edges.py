@@ -162,16 +162,15 @@ class EdgeDrives:
         what the flux has done to q between the edge's start and k ("head"; between k and
         its end, "tail"). A fluxed neighbour f (exchange g) shifts q's levels by
         s_j = 2 g^2 m_j (second order) and changes its ladder's admixture of f's by
-        sqrt(2) g m_j (first order), m_j = sum_D |1 / D_j - 1 / D_idle| (:meth:`_moved`); a
-        neighbour p of q in the cluster, coupled to a fluxed f, changes by
-        c_j = sqrt(2) g_pf m_j, which shifts q's levels by up to the largest pair energy of q
-        and p times c_j and changes q's ladder by its admixture of p's (:meth:`_admixture`)
-        times c_j.
-        The estimate is sum_k a_k (2 pi sum_j s_j / fs + max_j sqrt(2) g m_j), j over the
-        samples up to k ("head") or from k ("tail"). Infinite when a driven qubit's own flux
-        line plays in the edge or a detuning comes within :data:`EDGE_MIN_DETUNING` g (module
-        docstring, "Drives at the edge of a flux block", with its comparison to the change
-        itself)."""
+        x_j = sqrt(2) g m_j (first order), m_j = sum_D |1 / D_j - 1 / D_idle|
+        (:meth:`_moved`). A neighbour p of q in the cluster, coupled to a fluxed f, changes by
+        c_j = sqrt(2) g_pf m_j: that adds the largest pair energy of q and p times c_j to s_j,
+        and q's admixture of p's ladder (:meth:`_admixture`) times c_j to x_j, and q's
+        exchange with f through p (g_qp g_pf / D_qp, second order) adds to x_j as a direct
+        coupling of that size. The estimate is sum_k a_k (2 pi sum_j s_j / fs + max_j x_j),
+        j over the samples up to k ("head") or from k ("tail"). Infinite when a driven qubit's
+        own flux line plays in the edge or a detuning comes within :data:`EDGE_MIN_DETUNING`
+        g (module docstring, with its comparison to the change itself)."""
         fs = self.device.sample_rate_hz
         total = 0.0
         for q, z in drives.items():

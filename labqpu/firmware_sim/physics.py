@@ -40,7 +40,7 @@ Model (issue "physics" deepens it; item 1, always-on coupling, 2026-11-29):
   with a drive inside the cluster on a qubit that has such a pair, only over that drive (the
   block is cut where it starts). Drives confined to the first or last few samples of a flux
   block (pulse edges) run as conditioned drives next to it when an estimate of what that
-  changes is below 1e-4 rad (``clusters`` module, "Drives at the edge of a flux block").
+  changes is below 1e-4 rad (``edges`` module).
 * Spectators: every neighbour of a touched qubit is evolved too (it starts thermal), so its
   level shifts its neighbour through ZZ. Not modelled: couplings not in the device file,
   three-body and next-nearest-neighbour energies (fourth order in g / detuning; <= 6 kHz on
