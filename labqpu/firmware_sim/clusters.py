@@ -297,10 +297,14 @@ class ClusterBlocks(EdgeDrives):
         if cut is None:
             self._apply_segment(ctx, cluster, fluxed, b0, b1)
             return
+        if b0 > ctx.anchor:
+            self._advance_zz(ctx, b0)
         if cut > b0:
             self._apply_segment(ctx, cluster, fluxed, b0, cut)
-        if cut > ctx.anchor:
-            self._advance_zz(ctx, cut)
+            # the frame moved by a bare diagonal: nothing else is idled past b0 here
+            ctx.local.rho.apply_diagonal(np.exp(-2j * np.pi * ctx.zz_all * (cut - ctx.anchor)
+                                                / self.device.sample_rate_hz))
+            ctx.anchor = cut
         self._apply_segment(ctx, cluster, fluxed, cut, b1)
 
     def _apply_segment(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,

@@ -19,14 +19,16 @@ estimates it for both sides; the side with the smaller estimate is taken when th
 :data:`EDGE_DRIVE_RAD`, no driven qubit's own flux line plays in the edge and coupled driven
 qubits may be applied one after the other. Against expm of the full Hamiltonian
 (tests/firmware_sim/test_coupling.py) the estimate is 2-50x above that change for overlaps of
-1-4 samples on a cz's rising or falling edge, directly or through a neighbour; the two
+1-4 samples on a cz's rising or falling edge, directly or through a neighbour (not a bound
+when the edge spans a whole short, weak flux pulse: up to 1.4x below there); the two
 treatments also differ by the drive's hybridised part, which drive blocks drop (inside a
 cluster the drive acts on the bare ladder): ~3e-5 per entry of the state for a 2-sample tail
 of a 40-sample pulse, both equally close to the expm state.
 
 A drive that stays inside a cluster on a qubit with an evolved neighbour outside it does not
 commute with that pair's ZZ, which the cluster's propagator holds as a phase of the deferred
-frame: the block is cut where such drives start and the frame moved there
+frame: the frame is moved to the block's start, the block cut where such drives start and the
+frame moved there by a bare diagonal
 (``EdgeDrives._outside_drive_start``), so that pair's ZZ is left out only over the drive
 itself, not from the frame's older anchor on.
 """

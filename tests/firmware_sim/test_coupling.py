@@ -700,9 +700,10 @@ def test_a_drive_inside_a_flux_block_keeps_the_zz_of_a_neighbour_outside_it(
              (cab[0].flux_port, 64, 1, 0.1, 0.0, 0.0)]
     waves = [gaussian(40, 10.0), sin2_edges(40, 5)]
     rho = engine_state(dev, WireProgram.from_tuples(plays, waves, [], 154), st)
-    psi = reference_state(dev, render(154, plays, waves), st, 154, f_ref)
+    # the engine evolves up to the last pulse's end (no acquisition): sample 124
+    psi = reference_state(dev, render(154, plays, waves), st, 124, f_ref)
     assert abs(psi[0]) ** 2 < 0.5
-    assert fidelity(rho, psi) >= 1 - 4e-4
+    assert fidelity(rho, psi) >= 1 - 2e-4
 
 
 def edge_unitary(dev: DeviceTruth, samples: np.ndarray, st: Settings, s0: int, s1: int,
