@@ -23,7 +23,10 @@ The simulator's run alone is taken as a job takes it (``ControllerClient.run_hel
 two runs are the same work.
 
 The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
-the protocol's encoding, IQ -> counts. Usage::
+the protocol's encoding, IQ -> counts. What the settings read-backs (issue "Hardening": before
+and after every run) cost a job is measured in the same run, jobs with them alternating with
+jobs whose read-backs a patch of ``labqpu.rack.settings`` skips (``read_backs_skipped``; a
+measurement only, labqpu has no such mode). Usage::
 
     python benchmarks/dispatch.py                  # 400 jobs
     python benchmarks/dispatch.py --quick          # 100 jobs
@@ -231,6 +234,36 @@ def counted_round_trips() -> Iterator[tuple[Counter, Counter]]:
         settings.reading, settings.verifying = reading, verifying
 
 
+@contextlib.contextmanager
+def read_backs_skipped() -> Iterator[None]:
+    """Inside, jobs skip the settings read-backs before and after their runs (a patch of
+    ``labqpu.rack.settings`` for this measurement only: labqpu has no such mode), so that
+    what the read-backs cost a job is measured in the same run."""
+    from labqpu.rack import settings
+
+    reading, verifying = settings.reading, settings.verifying
+
+    @contextlib.contextmanager
+    def nothing_read(*_args):
+        yield lambda: []
+
+    settings.reading, settings.verifying = nothing_read, nothing_read
+    try:
+        yield
+    finally:
+        settings.reading, settings.verifying = reading, verifying
+
+
+def read_back_cost(job: Callable[[int], object], calls: int) -> tuple[float, float]:
+    """Median seconds of ``job(i)`` with its read-backs and without them, alternately."""
+    def skipping(i: int) -> None:
+        with read_backs_skipped():
+            job(i)
+
+    seeds = iter(range(10 ** 6))
+    return alternate_medians(lambda: job(next(seeds)), lambda: skipping(next(seeds)), calls)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 jobs instead of 400")
@@ -278,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                 job_s.append(time.perf_counter() - t0)
                 own_run_s.append(result.results[0].header["reproducibility"]["controller"]
                                  ["elapsed_s"])
+            with_read_backs, without = read_back_cost(
+                lambda i: backend.run(native, shots=shots, seed_simulator=i).result(timeout=60)
+                .get_counts(), jobs)
             with counted_round_trips() as (_, waited):  # where the time goes (separate jobs)
                 t0 = time.perf_counter()
                 for i in range(jobs):
@@ -337,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
          f"{dur(spent / jobs - zmq_s - scpi_s)} (validation, compile, the job thread, "
          "reading the read-back that travelled with the run request, merging and counting the "
          "results while the read-back after the run travels, the Result)")
+    info(f"the settings read-backs (before and after the run, {asked} instruments asked): "
+         f"{dur(with_read_backs - without)} per job (jobs {dur(with_read_backs)} with them, "
+         f"{dur(without)} without, alternately, {jobs} each; the jobs without are a "
+         "measurement only, labqpu always reads back); overhead without them "
+         f"{dur(without - t_exec - zmq_trips * zmq_rtt)}")
     info(f"one state query to the simulated LO source {lo.name}: {dur(visa_query)} through "
          f"pyvisa-py, {dur(raw_query)} as a line on a raw TCP socket (same instrument, "
          f"alternately): pyvisa-py's own cost is {dur(visa_query - raw_query)} per "
