@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from labqpu.backend.provider import seed_store
 from labqpu.errors import BackendConfigurationError
 from labqpu.rack.config import (
     BUILTIN_DEVICES,
@@ -13,6 +14,7 @@ from labqpu.rack.config import (
     load_config,
     resolve_config_path,
 )
+from labqpu.store import CalibrationStore
 
 
 @pytest.mark.parametrize("name", BUILTIN_DEVICES)
@@ -22,6 +24,21 @@ def test_every_builtin_device_ships_wiring_design_and_snapshot(name) -> None:
     assert config.device_name == name
     for sibling in (f"{name}_design.toml", config.seed_snapshot):
         assert (path.parent / sibling).is_file(), sibling
+
+
+@pytest.mark.parametrize("name", BUILTIN_DEVICES)
+def test_a_store_seeded_from_the_shipped_snapshot_says_where_it_came_from(name, tmp_path) -> None:
+    """A newcomer's first ``labqpu calibrate history`` line is the shipped snapshot: its notes
+    name the device and say that the snapshot ids in them are those of the store it was
+    measured in (they once read "gate errors by randomized benchmarking of snapshot 2", a
+    snapshot the new store does not hold)."""
+    with CalibrationStore(tmp_path / "calibration.sqlite") as store:
+        seed_store(store, load_config(builtin_config_path(name)))
+        [first] = store.history()
+    assert first.snapshot_id == 1
+    assert first.notes.startswith(f"shipped with labqpu: {name} calibrated on its firmware "
+                                  "simulator (snapshot 3 of the store it was measured in"), \
+        first.notes
 
 
 def test_names_resolve_to_the_shipped_wiring(tmp_path, monkeypatch) -> None:
