@@ -114,25 +114,24 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                 f"circuit {circuit.name!r}: delay on qubits {qubits} has an unbound duration; "
                 "bind all parameters before run() or give their values with run(..., "
                 "parameter_binds=...)", circuit=circuit.name, qubits=qubits, instruction="delay")
+        if unit != "dt" and unit not in _DELAY_UNITS_S:
+            raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
+                                   circuit=circuit.name, qubits=qubits, instruction="delay")
+        exact = float(value) * (1.0 if unit == "dt" else _DELAY_UNITS_S[unit] * fs)
+        # beyond the range (or not a number): refused below without rounding it
+        samples = round(exact) if -1 < exact < MAX_DELAY_SAMPLES + 1 else -1
         if unit == "dt":
-            samples = int(value)
-        else:
-            if unit not in _DELAY_UNITS_S:
-                raise CompilationError(f"delay on {qubits}: unknown unit {unit!r}",
-                                       circuit=circuit.name, qubits=qubits,
-                                       instruction="delay")
-            exact = float(value) * _DELAY_UNITS_S[unit] * fs
-            samples = round(exact)
-            if abs(exact - samples) > 1e-6:
-                raise CompilationError(
-                    f"circuit {circuit.name!r}: delay on qubits {qubits} of {value} {unit} is "
-                    f"{exact:.6g} samples at {fs:.6g} Hz, not a whole number of samples; give "
-                    f"it in dt or as a multiple of {1 / fs:.6g} s", circuit=circuit.name,
-                    qubits=qubits, instruction="delay")
+            samples = int(value) if samples >= 0 else samples
+        elif samples >= 0 and abs(exact - samples) > 1e-6:
+            raise CompilationError(
+                f"circuit {circuit.name!r}: delay on qubits {qubits} of {value} {unit} is "
+                f"{exact:.6g} samples at {fs:.6g} Hz, not a whole number of samples; give "
+                f"it in dt or as a multiple of {1 / fs:.6g} s", circuit=circuit.name,
+                qubits=qubits, instruction="delay")
         if not 0 <= samples <= MAX_DELAY_SAMPLES:
             raise CompilationError(
                 f"circuit {circuit.name!r}: delay on qubits {qubits} of {value} {unit} is "
-                f"{samples} samples; a delay takes 0 to {MAX_DELAY_SAMPLES} samples (and a "
+                f"{exact:.6g} samples; a delay takes 0 to {MAX_DELAY_SAMPLES} samples (and a "
                 "controller plays far fewer: its max_program_samples)", circuit=circuit.name,
                 qubits=qubits, instruction="delay")
         if samples % timing.grid:  # the message is built only for a delay off the grid

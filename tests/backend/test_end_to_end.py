@@ -210,6 +210,19 @@ def test_a_delay_beyond_the_controllers_memory_is_rejected_before_sending(lab_ba
     assert "plays at most" in message
 
 
+@pytest.mark.parametrize(("duration", "unit"), [(1e300, "s"), (1e15, "s"), (2 ** 62, "dt")])
+def test_a_delay_beyond_any_number_of_samples_is_refused_naming_it(lab_backend, duration,
+                                                                   unit) -> None:
+    """A delay of 1e300 s once raised a bare OverflowError (its sample count rounded); it
+    is refused by name like any delay no controller could play, and nothing is sent."""
+    qc = QuantumCircuit(1, 1)
+    qc.delay(duration, 0, unit=unit)
+    qc.measure(0, 0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert f"delay on qubits (0,) of {duration} {unit}" in message
+    assert "a delay takes 0 to" in message
+
+
 def test_a_program_over_the_controllers_waveform_table_is_rejected_before_sending(
         lab_backend) -> None:
     """65 537 distinct one-sample waveforms: one more than the controller's table holds."""
