@@ -161,11 +161,26 @@ _TABLES_LOCK = threading.Lock()
 _LAST: tuple = (None, None, None)
 
 
+#: Longest waveform the compiler synthesises (samples): ~4.2 ms at 1 GS/s, beyond any pulse a
+#: snapshot may hold (``labqpu.store.physics.MAX_PULSE_S``); a longer one (a store holding a
+#: value from before that check) is refused before its samples are allocated.
+MAX_WAVEFORM_SAMPLES = 1 << 22
+
+
 def synthesize(key: tuple) -> np.ndarray:
     """The samples (complex64) of the waveform with shape key ``key``, freshly synthesised:
     ``("drag", samples, sigma, beta)``, ``("flat_top", samples, rise)`` (samples units), or
     ``("padded", inner_key, samples)``: ``inner_key``'s waveform followed by zeros up to
-    ``samples`` (a calibrated pulse on a controller's timing grid)."""
+    ``samples`` (a calibrated pulse on a controller's timing grid).
+
+    Raises:
+        ValueError: a shape no waveform has (its length beyond :data:`MAX_WAVEFORM_SAMPLES`,
+            a width or edge that does not fit it).
+    """
+    length = key[2] if key[0] == "padded" else key[1]
+    if length > MAX_WAVEFORM_SAMPLES:
+        raise ValueError(f"a {length}-sample pulse is longer than the {MAX_WAVEFORM_SAMPLES} "
+                         "samples a waveform may take")
     if key[0] == "padded":
         inner = synthesize(key[1])
         return np.concatenate([inner, np.zeros(key[2] - inner.shape[0], np.complex64)])
@@ -182,12 +197,20 @@ def _on_grid(key: tuple, samples: int, timing: TimingConstraints) -> tuple:
     return key if padded == samples else ("padded", key, padded)
 
 
-def waveform(key: tuple) -> np.ndarray:
+def waveform(key: tuple, what: str) -> np.ndarray:
     """The samples of waveform ``key`` (read-only complex64): synthesised on first use, then
-    served from a cache shared by every snapshot (same shape, same samples)."""
+    served from a cache shared by every snapshot (same shape, same samples).
+
+    Raises:
+        CompilationError: no waveform has that shape; the message starts with ``what`` (the
+            pulse and the calibration values it was made from).
+    """
     wave = _WAVEFORMS.get(key)
     if wave is None:
-        wave = synthesize(key)
+        try:
+            wave = synthesize(key)
+        except ValueError as exc:
+            raise CompilationError(f"{what}: {exc}; check those calibration values") from exc
         wave.setflags(write=False)
         if len(_WAVEFORMS) >= _MAX_WAVEFORMS:
             _WAVEFORMS.clear()
@@ -337,7 +360,7 @@ class Tables:
             sigma = cal.qubit(q, "pulse_sigma_s") * fs
             beta = cal.qubit(q, "drag_beta")
             key = _on_grid(("drag", dur, sigma, beta), dur, self.channels.timing)
-            wave = waveform(key)
+            wave = waveform(key, f"qubit {q} pulse (pulse_duration_s, pulse_sigma_s, drag_beta)")
             if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
             entry = (self.channels.output(self.channels.qubits[q].drive), key, wave,
                      float(cal.qubit(q, amplitude_name)), if_hz)
@@ -357,7 +380,7 @@ class Tables:
             rise = cal.pair(a, c, "cz_rise_s") * fs
             calibrated = samples_of(cal.pair(a, c, "cz_duration_s"), fs, f"cz on ({a}, {c})")
             key = _on_grid(("flat_top", calibrated, rise), calibrated, self.channels.timing)
-            wave = waveform(key)
+            wave = waveform(key, f"cz on ({a}, {c}) (cz_duration_s, cz_rise_s)")
             entry = (self.channels.output(self.channels.qubits[fq].flux), key, wave,
                      float(cal.pair(a, c, "cz_amplitude")), cal.pair(a, c, "cz_phase_a_rad"),
                      cal.pair(a, c, "cz_phase_b_rad"))
@@ -371,7 +394,7 @@ class Tables:
             cal, fs = self.cal, self.fs
             rise = READOUT_RISE_S * fs
             key = ("flat_top", duration, rise)
-            wave = waveform(key)
+            wave = waveform(key, f"measure on qubit {q} (readout_duration_s)")
             if_hz = (cal.qubit(q, "readout_frequency_hz")
                      - cal.qubit(q, "readout_lo_frequency_hz"))
             wiring = self.channels.qubits[q]

@@ -3,13 +3,16 @@
 ``validation.py`` checks that a document is well-formed JSON in the snapshot layout. This
 module checks that the values it holds can be true of a device, for the parameter names labqpu
 knows:
-- times are positive seconds, and T2 (Ramsey and echo) ≤ 2·T1;
+- times are positive seconds, and T2 (Ramsey and echo) ≤ 2·T1; a pulse (a gate's, a readout's,
+  a CZ's flux pulse, their widths and edges) lasts at most :data:`MAX_PULSE_S`, and a CZ's two
+  edges leave part of it flat;
 - frequencies are finite and positive (anharmonicities may be negative);
 - amplitudes are fractions of full scale, at most 1 in magnitude;
 - a drive handedness is +1 or -1;
 - fidelities and errors lie in [0, 1];
 - an assignment matrix is 2 x 2 with rows that sum to 1;
-- a discriminator holds two finite IQ centres;
+- a discriminator holds two finite, distinct IQ centres;
+- an active reset takes 1 to :data:`MAX_RESET_ROUNDS` rounds;
 - the flux qubit of a CZ is on its edge;
 - a record of failed calibration steps maps node names to reasons.
 
@@ -29,6 +32,13 @@ from labqpu.errors import InvalidSnapshotError
 from labqpu.store.requirements import CALIBRATION_FAILED
 
 Check = Callable[[Any], str | None]
+
+#: Longest pulse a snapshot may hold (s): well beyond any gate, readout or CZ, and beyond the
+#: coherence of any qubit; a typo such as 0.1 s for 100 ns would otherwise compile into
+#: gigabytes of waveform before the controller's length limit refused it.
+MAX_PULSE_S = 1e-3
+#: Most rounds of an active reset (measure, then x when 1) a snapshot may ask for.
+MAX_RESET_ROUNDS = 100
 
 
 def _number(value: Any) -> bool:
@@ -50,6 +60,16 @@ def _non_negative(value: Any) -> str | None:
 
 def _finite(value: Any) -> str | None:
     return None if _number(value) else "must be a finite number"
+
+
+def _pulse_time(value: Any) -> str | None:
+    return None if _number(value) and 0 < value <= MAX_PULSE_S else \
+        f"must be a pulse length in (0, {MAX_PULSE_S}] s"
+
+
+def _edge_time(value: Any) -> str | None:
+    return None if _number(value) and 0 <= value <= MAX_PULSE_S else \
+        f"must be an edge length in [0, {MAX_PULSE_S}] s"
 
 
 def _unit_interval(value: Any) -> str | None:
@@ -81,12 +101,14 @@ def _discriminator(value: Any) -> str | None:
             and all(isinstance(c, list) and len(c) == 2 and all(map(_number, c))
                     for c in centers)):
         return 'must be {"centers": [[I0, Q0], [I1, Q1]]} with finite numbers'
+    if centers[0] == centers[1]:
+        return "must have two distinct centres: with one point for |0> and |1> no shot is told"
     return None
 
 
-def _count(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    return None if ok else "must be a whole number >= 1"
+def _rounds(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RESET_ROUNDS
+    return None if ok else f"must be a whole number in 1..{MAX_RESET_ROUNDS}"
 
 
 def _qubit_index(value: Any) -> str | None:
@@ -108,15 +130,16 @@ QUBIT_CHECKS: dict[str, Check] = {
     "drive_lo_power_dbm": _finite, "readout_lo_power_dbm": _finite,
     "pi_amplitude": _full_scale, "pi2_amplitude": _full_scale, "readout_amplitude": _full_scale,
     "drag_beta": _finite, "flux_bias_a": _finite, "drive_handedness": _sign,
-    "pulse_duration_s": _positive, "pulse_sigma_s": _positive, "readout_duration_s": _positive,
+    "pulse_duration_s": _pulse_time, "pulse_sigma_s": _pulse_time,
+    "readout_duration_s": _pulse_time,
     "reset_duration_s": _non_negative, "t1_s": _positive, "t2_s": _positive,
     "t2_echo_s": _positive, "readout_assignment_fidelity": _unit_interval,
     "assignment_matrix": _assignment_matrix, "discriminator": _discriminator,
-    "reset_rounds": _count, CALIBRATION_FAILED: _failures,
+    "reset_rounds": _rounds, CALIBRATION_FAILED: _failures,
 }
 PAIR_CHECKS: dict[str, Check] = {
     "cz_flux_qubit": _qubit_index, "cz_amplitude": _full_scale,
-    "cz_duration_s": _positive, "cz_rise_s": _non_negative,
+    "cz_duration_s": _pulse_time, "cz_rise_s": _edge_time,
     "cz_phase_a_rad": _finite, "cz_phase_b_rad": _finite, "zz_hz": _finite,
     "cz_spectator_spread_rad": _non_negative, "cz_leakage": _unit_interval,
     CALIBRATION_FAILED: _failures,
@@ -154,6 +177,12 @@ def check_physics(document: Mapping[str, Any]) -> None:
                         f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can "
                         "reach", subject=f"qubit {key}", parameter=name)
     for key, params in document.get("pairs", {}).items():
+        if "cz_rise_s" in params and "cz_duration_s" in params:
+            rise, duration = _value(params, "cz_rise_s"), _value(params, "cz_duration_s")
+            if 2 * rise >= duration:
+                raise InvalidSnapshotError(
+                    f"two edges of {rise:.4g} s leave nothing flat of a {duration:.4g} s CZ "
+                    "pulse", subject=f"pair {key}", parameter="cz_rise_s")
         if "cz_flux_qubit" in params:
             qubit = _value(params, "cz_flux_qubit")
             if str(qubit) not in key.split("-"):

@@ -297,6 +297,33 @@ def test_a_handedness_other_than_plus_or_minus_one_is_refused_naming_it(snapshot
     assert caught.value.qubits == (3,)
 
 
+@pytest.mark.parametrize(("section", "key", "name", "value", "words"), [
+    ("qubits", "0", "pulse_duration_s", 0.1,
+     r"qubit 0 pulse \(pulse_duration_s, pulse_sigma_s, drag_beta\): a 1000\d+-sample pulse is "
+     r"longer than the 4194304 samples a waveform may take"),
+    ("pairs", "0-1", "cz_rise_s", None,
+     r"cz on \(0, 1\) \(cz_duration_s, cz_rise_s\): rise time .* must leave at least one flat "
+     r"sample"),
+])
+def test_a_stored_value_no_waveform_has_is_refused_at_compile_naming_it(
+        snapshot, channels, section, key, name, value, words) -> None:
+    """The store refuses these on commit (``labqpu.store.physics``); one stored before that
+    check is refused at compile, naming the pulse and its calibration values, before any
+    sample is allocated (a 0.1 s pulse once took 1.9 GB and 8.6 s per run(), a cz_rise_s
+    that leaves nothing flat raised a bare ValueError)."""
+    document = SnapshotBuilder.from_snapshot(snapshot).build_document()
+    entry = document[section][key]
+    entry[name]["value"] = value if value is not None else entry["cz_duration_s"]["value"] / 2
+    bad = Snapshot.from_document(document, snapshot_id=99)
+    qc = QuantumCircuit(2)
+    if section == "qubits":
+        qc.x(0)
+    else:
+        qc.cz(0, 1)
+    with pytest.raises(CompilationError, match=words):
+        compile_circuit(qc, bad, channels)
+
+
 @pytest.mark.parametrize("h", [+1, -1])
 def test_cz_phase_corrections_on_both_qubits(store, snapshot, channels, export, h):
     snapshot = with_handedness(store, snapshot, {0: h, 1: h})

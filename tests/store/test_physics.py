@@ -36,7 +36,19 @@ def writable(tmp_path, snapshot):
     ("qubit", 3, "drive_handedness", True, "1 or -1"),
     ("qubit", 3, "drive_handedness", "left", "1 or -1"),
     ("pair", (1, 2), "cz_flux_qubit", 4, "not on the edge"),
-    ("pair", (1, 2), "cz_duration_s", -1e-8, "> 0"),
+    ("pair", (1, 2), "cz_duration_s", -1e-8, "(0, 0.001] s"),
+    # A pulse beyond any gate's (a typo of 0.1 s for 100 ns once compiled into 1.9 GB of
+    # waveform on every run() before the controller's length limit refused it; 1e6 s raised
+    # MemoryError), an edge that leaves nothing flat of its CZ, a discriminator whose two
+    # centres coincide (every shot read as 0), a reset that never ends.
+    ("qubit", 0, "pulse_duration_s", 0.1, "(0, 0.001] s"),
+    ("qubit", 0, "pulse_duration_s", 1e6, "(0, 0.001] s"),
+    ("qubit", 0, "readout_duration_s", 0.05, "(0, 0.001] s"),
+    ("qubit", 0, "pulse_sigma_s", 0.0, "(0, 0.001] s"),
+    ("pair", (1, 2), "cz_rise_s", 1.0, "[0, 0.001] s"),
+    ("pair", (1, 2), "cz_rise_s", 5e-7, "leave nothing flat"),
+    ("qubit", 1, "discriminator", {"centers": [[0, 0], [0, 0]]}, "two distinct centres"),
+    ("qubit", 1, "reset_rounds", 10 ** 9, "1..100"),
     ("gate", "sx:0", "error", -0.01, "[0, 1]"),
 ])
 def test_unphysical_values_are_refused_and_nothing_is_written(writable, section, key, name,
