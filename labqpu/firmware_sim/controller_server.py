@@ -186,7 +186,8 @@ class ControllerServer:
         self._runs_total = 0
         self._runs: dict[str, Run] = {}
         self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
-        self._sessions: dict[str, float] = {}
+        #: Session -> when last used (monotonic s), least recently used first.
+        self._sessions: OrderedDict[str, float] = OrderedDict()
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
         self._held: list[tuple[Frame, str, Run, float, str]] = []
         self._finished: deque[str] = deque()
@@ -466,11 +467,11 @@ class ControllerServer:
                                               f"{identity!r}")
         with self._lock:
             now = time.monotonic()
-            for stale in [s for s, seen in self._sessions.items()
-                          if seen < now - SESSION_IDLE_S]:
-                del self._sessions[stale]
+            while self._sessions and next(iter(self._sessions.values())) < now - SESSION_IDLE_S:
+                stale, _ = self._sessions.popitem(last=False)
                 self._identities.pop(stale, None)
             self._sessions[session] = now
+            self._sessions.move_to_end(session)
             self._identities[session] = identity
         return {
             "session": session,
@@ -598,6 +599,7 @@ class ControllerServer:
                 + ("" if request.session is None else
                    f" (session {request.session[:8]}... is not one of {self.name}'s)"))
         self._sessions[request.session] = time.monotonic()
+        self._sessions.move_to_end(request.session)
         return request.session
 
     def _fetch(self, request: Request) -> tuple[dict, dict | None]:

@@ -880,6 +880,36 @@ def test_a_run_without_a_session_is_refused(server: ControllerServer,
         assert "send hello first" in reply.error["message"]
 
 
+def test_a_session_idle_past_its_limit_is_forgotten_when_another_opens(
+    server: ControllerServer, context: zmq.Context, monkeypatch
+) -> None:
+    """Sessions are kept in the order they were last used and the idle ones dropped from the
+    front when a hello opens another (a review's 100 000 hellos made each hello scan them all:
+    3.6 ms instead of 1.1 ms); one used since stays."""
+    import labqpu.firmware_sim.controller_server as controller_server
+
+    monkeypatch.setattr(controller_server, "SESSION_IDLE_S", 0.5)
+
+    def hello() -> str:
+        request_id, frames = encode_request(OP_HELLO, {})
+        reply = _raw_request(context, server.endpoint, frames)
+        assert (reply.id, reply.ok) == (request_id, True)
+        return reply.result["session"]
+
+    def known(session: str) -> bool:
+        _, frames = encode_request(OP_FETCH, {"run_id": "none"}, session=session)
+        reply = _raw_request(context, server.endpoint, frames)
+        return reply.error["type"] != ERR_UNKNOWN_SESSION
+
+    used, idle = hello(), hello()  # ``used`` first: using it again moves it behind ``idle``
+    time.sleep(0.4)
+    assert known(used)  # within the limit, and used again now
+    time.sleep(0.3)  # ``idle`` last used 0.7 s ago, ``used`` 0.3 s ago
+    hello()
+    assert not known(idle)
+    assert known(used)
+
+
 def test_hello_keeps_the_session_and_states_the_key_retention(client: ControllerClient) -> None:
     first = client.hello()
     assert client.hello()["session"] == first["session"]
