@@ -12,7 +12,7 @@ knows:
 - fidelities and errors lie in [0, 1];
 - an assignment matrix is 2 x 2 with rows that sum to 1;
 - a discriminator holds two finite, distinct IQ centres;
-- an active reset takes 1 to :data:`MAX_RESET_ROUNDS` rounds;
+- an active reset takes 1 to :data:`MAX_STORED_RESET_ROUNDS` rounds;
 - the flux qubit of a CZ is on its edge;
 - a record of failed calibration steps maps node names to reasons.
 
@@ -38,7 +38,7 @@ Check = Callable[[Any], str | None]
 #: gigabytes of waveform before the controller's length limit refused it.
 MAX_PULSE_S = 1e-3
 #: Most rounds of an active reset (measure, then x when 1) a snapshot may ask for.
-MAX_RESET_ROUNDS = 100
+MAX_STORED_RESET_ROUNDS = 100
 
 
 def _number(value: Any) -> bool:
@@ -107,8 +107,9 @@ def _discriminator(value: Any) -> str | None:
 
 
 def _rounds(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RESET_ROUNDS
-    return None if ok else f"must be a whole number in 1..{MAX_RESET_ROUNDS}"
+    ok = (isinstance(value, int) and not isinstance(value, bool)
+          and 1 <= value <= MAX_STORED_RESET_ROUNDS)
+    return None if ok else f"must be a whole number in 1..{MAX_STORED_RESET_ROUNDS}"
 
 
 def _qubit_index(value: Any) -> str | None:
