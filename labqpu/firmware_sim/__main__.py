@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,24 +32,6 @@ EXIT_SERVER_DIED = 70
 def _parent_alive(pid: int) -> bool:
     """True while ``pid`` is still this process's parent (a dead parent means re-parenting)."""
     return os.getppid() == pid
-
-
-def watch_parent(pid: int, gone: Callable[[], object], done: threading.Event,
-                 interval_s: float = 0.25) -> threading.Thread:
-    """Call ``gone()`` if ``pid`` stops being this process's parent before ``done`` is set
-    (checked every ``interval_s`` s), from a daemon thread it starts and returns: a client
-    killed while its simulator starts (numba's first compilation can take a minute) does not
-    leave the simulator running until its start-up ends."""
-
-    def watch() -> None:
-        while not done.wait(interval_s):
-            if not _parent_alive(pid):
-                gone()
-                return
-
-    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
-    thread.start()
-    return thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serving = threading.Event()  # from here on the loop below watches the parent itself
-    if args.parent_pid is not None:
-        watch_parent(args.parent_pid, lambda: exit_now(0), serving)
     try:
         faults = (FaultPlan() if args.fault_control or fault_control_enabled(args.lab_toml)
                   else None)
@@ -106,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": endpoints}))
             tmp.replace(args.announce)
         print(json.dumps(endpoints), flush=True)
-        serving.set()
         while not stop.wait(0.5):
             if args.parent_pid is not None and not _parent_alive(args.parent_pid):
                 break

@@ -8,7 +8,6 @@ import os
 import secrets
 import sqlite3
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -43,10 +42,6 @@ SCHEMA_VERSION = 1
 
 EXPORT_FORMAT = "labqpu.calibration.snapshot/1"
 """Value of the ``format`` field of :meth:`CalibrationStore.export_json` documents."""
-
-STALE_SPARE_S = 600.0
-"""Age (s) beyond which a store creation's temporary file is taken for a killed process's and
-removed when a store in its directory is opened; making a store takes milliseconds."""
 
 
 @dataclass(frozen=True)
@@ -105,19 +100,6 @@ def _new_store_file(path: Path) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
-
-
-def _remove_stale_spares(directory: Path) -> None:
-    """Remove the temporary files of store creations in ``directory`` (``CalibrationStore.
-    _create``) older than :data:`STALE_SPARE_S`: those of a process killed while it made a
-    store (younger ones may be another process's, making its store now)."""
-    now = time.time()
-    with suppress(OSError):
-        for entry in os.scandir(directory):
-            if entry.name.startswith(".labqpu-store-") and ".tmp" in entry.name:
-                with suppress(OSError):
-                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_SPARE_S:
-                        os.unlink(entry.path)
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
@@ -183,7 +165,6 @@ class CalibrationStore:
         except OSError as exc:
             raise CalibrationError(f"cannot create the directory of calibration store "
                                    f"{self._path}: {exc}") from exc
-        _remove_stale_spares(Path(os.path.realpath(self._path)).parent)
         if not self._path.exists():
             self._create()
         if self._path.is_file() and self._path.stat().st_size == 0:

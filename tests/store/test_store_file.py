@@ -176,27 +176,3 @@ def test_a_dangling_symlink_makes_the_store_at_its_target(tmp_path: Path) -> Non
     with CalibrationStore(tmp_path / "link.sqlite") as store:
         store.commit(lab5_document())
     assert row_count(tmp_path / "target.sqlite") == 1
-
-
-def test_a_store_creations_leftovers_from_a_killed_process_are_removed_on_open(tmp_path) -> None:
-    """A process SIGKILLed while it made a store file leaves its temporary file (and SQLite's
-    -wal and -shm beside it) in the store's directory; the next store opened there removes
-    those older than STALE_SPARE_S, and keeps a younger one (another process may be making
-    its store now) and every other file."""
-    from labqpu.store.database import STALE_SPARE_S
-
-    old = [tmp_path / f".labqpu-store-0a1b2c3d4e5f.tmp{tail}" for tail in ("", "-wal", "-shm")]
-    young = tmp_path / ".labqpu-store-ffffffffffff.tmp"
-    others = [tmp_path / "notes.tmp", tmp_path / ".labqpu-store-readme.txt"]
-    for path in [*old, young, *others]:
-        path.write_bytes(b"x")
-    stale = os.stat(young).st_mtime - STALE_SPARE_S - 60
-    for path in [*old, *others]:
-        os.utime(path, (stale, stale))
-    with CalibrationStore(tmp_path / "calibration.sqlite") as store:
-        assert store.latest_id() is None
-    assert not any(path.exists() for path in old)
-    assert young.exists() and all(path.exists() for path in others)
-    spares = [p for p in tmp_path.iterdir() if p.name.startswith(".labqpu-store-")
-              and ".tmp" in p.name]
-    assert spares == [young]  # this open's own temporary file went too
