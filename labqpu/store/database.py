@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import urllib.parse
@@ -102,6 +103,40 @@ def _new_store_file(path: Path) -> None:
         conn.close()
 
 
+#: A store creation's temporary file: ``{prefix}{host}-{pid}-{random}.tmp`` (and SQLite's
+#: ``-wal`` and ``-shm`` beside it), named so that an orphan can be told from a file another
+#: process is making now without comparing clocks.
+_SPARE_PREFIX = ".labqpu-store-"
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _remove_orphaned_spares(directory: Path) -> None:
+    """Remove the temporary files of store creations in ``directory`` (``CalibrationStore.
+    _create``) made on this host by a process that no longer runs (one killed while it made a
+    store); those of other hosts (a shared file system) and of running processes are kept."""
+    with suppress(OSError):
+        for entry in os.scandir(directory):
+            name = entry.name
+            if not name.startswith(_SPARE_PREFIX) or ".tmp" not in name:
+                continue
+            parts = name[len(_SPARE_PREFIX):].split(".tmp", 1)[0].split("-")
+            if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit() \
+                    and not _running(int(parts[1])):
+                with suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        pass
+    return True
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     """The calibration schema, inside the caller's write transaction (unless it is there)."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -165,6 +200,7 @@ class CalibrationStore:
         except OSError as exc:
             raise CalibrationError(f"cannot create the directory of calibration store "
                                    f"{self._path}: {exc}") from exc
+        _remove_orphaned_spares(Path(os.path.realpath(self._path)).parent)
         if not self._path.exists():
             self._create()
         if self._path.is_file() and self._path.stat().st_size == 0:
@@ -211,7 +247,7 @@ class CalibrationStore:
         used); the temporary file is removed either way."""
         # a dangling symlink's target is where the store goes, as SQLite would put it
         place = Path(os.path.realpath(self._path))
-        spare = place.with_name(f".labqpu-store-{secrets.token_hex(6)}.tmp")
+        spare = place.with_name(f"{_SPARE_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
         try:
             _new_store_file(spare)
             try:

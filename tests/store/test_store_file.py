@@ -9,6 +9,8 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from contextlib import closing
 from pathlib import Path
@@ -176,3 +178,29 @@ def test_a_dangling_symlink_makes_the_store_at_its_target(tmp_path: Path) -> Non
     with CalibrationStore(tmp_path / "link.sqlite") as store:
         store.commit(lab5_document())
     assert row_count(tmp_path / "target.sqlite") == 1
+
+
+def test_a_store_creations_leftovers_from_a_killed_process_are_removed_on_open(tmp_path) -> None:
+    """A process SIGKILLed while it made a store file leaves its temporary file (and SQLite's
+    -wal and -shm beside it) in the store's directory. The next store opened there removes
+    those of a process of this host that no longer runs; it keeps those of a running process
+    (it may be making its store now), those of another host (a shared file system) and every
+    other file."""
+    from labqpu.store.database import _HOST, _SPARE_PREFIX
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True, timeout=60)
+    dead = int(ended.stdout)
+    orphans = [tmp_path / f"{_SPARE_PREFIX}{_HOST}-{dead}-0a1b2c3d4e5f.tmp{tail}"
+               for tail in ("", "-wal", "-shm")]
+    kept = [tmp_path / f"{_SPARE_PREFIX}{_HOST}-{os.getpid()}-ffffffffffff.tmp",
+            tmp_path / f"{_SPARE_PREFIX}other_host-{dead}-123456abcdef.tmp",
+            tmp_path / "notes.tmp", tmp_path / f"{_SPARE_PREFIX}readme.txt"]
+    for path in [*orphans, *kept]:
+        path.write_bytes(b"x")
+    with CalibrationStore(tmp_path / "calibration.sqlite") as store:
+        assert store.latest_id() is None
+    assert not any(path.exists() for path in orphans)
+    assert all(path.exists() for path in kept)
+    spares = {p for p in tmp_path.iterdir() if p.name.startswith(_SPARE_PREFIX)}
+    assert spares == {kept[0], kept[1], kept[3]}  # this open's own temporary file went too
