@@ -431,26 +431,28 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     measured = [c for o in outcomes for c in o.changes]
     builder = SnapshotBuilder.from_snapshot(parent)
     marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
-    if commit and (measured or marked):
-        names = sorted({o.node for o in outcomes if o.status == "calibrated"})
-        notes = [f"{', '.join(names)} recalibrated"] if names else []
-        notes += [f"failed steps of {', '.join(marked)} recorded"] if marked else []
-        builder.notes = f"calibration runner: {'; '.join(notes)}"
-        for (subject, name), stamp in kit.work.measured_at.items():
-            if initial.get((subject, name)) == stamp:
-                continue
-            if isinstance(subject, int):
-                builder.set_qubit(subject, name, kit.work.qubits[subject][name],
-                                  kit.work.records[(subject, name)], timestamp=stamp)
-            else:
-                builder.set_pair(subject, name, kit.work.pairs[subject][name],
-                                 kit.work.records[(subject, name)], timestamp=stamp)
-        report.snapshot = backend.store.commit(builder.build_document(),
-                                               parent_id=parent.snapshot_id,
-                                               expect_parent=True)
-        report.committed.append(report.snapshot)
-    report.records = save_records(
-        kit.records, record_directory or experiments_directory(backend.config.store_path))
+    try:
+        if commit and (measured or marked):
+            names = sorted({o.node for o in outcomes if o.status == "calibrated"})
+            notes = [f"{', '.join(names)} recalibrated"] if names else []
+            notes += [f"failed steps of {', '.join(marked)} recorded"] if marked else []
+            builder.notes = f"calibration runner: {'; '.join(notes)}"
+            for (subject, name), stamp in kit.work.measured_at.items():
+                if initial.get((subject, name)) == stamp:
+                    continue
+                if isinstance(subject, int):
+                    builder.set_qubit(subject, name, kit.work.qubits[subject][name],
+                                      kit.work.records[(subject, name)], timestamp=stamp)
+                else:
+                    builder.set_pair(subject, name, kit.work.pairs[subject][name],
+                                     kit.work.records[(subject, name)], timestamp=stamp)
+            report.snapshot = backend.store.commit(builder.build_document(),
+                                                   parent_id=parent.snapshot_id,
+                                                   expect_parent=True)
+            report.committed.append(report.snapshot)
+    finally:  # a refused commit leaves the records of what was measured too
+        report.records = save_records(
+            kit.records, record_directory or experiments_directory(backend.config.store_path))
     if with_rb:
         _benchmark_outdated(backend, report, chosen, forced=rb_forced, limits=limits, now=now,
                             settings=rb_settings or RBSettings(),

@@ -161,10 +161,10 @@ _TABLES_LOCK = threading.Lock()
 _LAST: tuple = (None, None, None)
 
 
-#: Longest waveform the compiler synthesises (samples): ~4.2 ms at 1 GS/s, beyond any pulse a
+#: Longest waveform the compiler synthesises (samples): 8.4 ms at 1 GS/s, beyond any pulse a
 #: snapshot may hold (``labqpu.store.physics.MAX_PULSE_S``); a longer one (a store holding a
 #: value from before that check) is refused before its samples are allocated.
-MAX_WAVEFORM_SAMPLES = 1 << 22
+MAX_WAVEFORM_SAMPLES = 1 << 23
 
 
 def synthesize(key: tuple) -> np.ndarray:
@@ -361,9 +361,17 @@ class Tables:
             beta = cal.qubit(q, "drag_beta")
             key = _on_grid(("drag", dur, sigma, beta), dur, self.channels.timing)
             wave = waveform(key, f"qubit {q} pulse (pulse_duration_s, pulse_sigma_s, drag_beta)")
+            amplitude = float(cal.qubit(q, amplitude_name))
+            peak = abs(amplitude) * float(np.abs(wave).max())  # the DRAG part may lift it
+            if peak > 1.0 + 1e-6:
+                raise CompilationError(
+                    f"qubit {q}: {amplitude_name} {amplitude:.4g} times the peak of its DRAG "
+                    f"pulse (drag_beta {beta:.4g}) reaches {peak:.4g} of DAC full scale (max "
+                    "1); check those calibration values", qubits=(q,),
+                    instruction=amplitude_name)
             if_hz = cal.qubit(q, "frequency_hz") - cal.qubit(q, "drive_lo_frequency_hz")
             entry = (self.channels.output(self.channels.qubits[q].drive), key, wave,
-                     float(cal.qubit(q, amplitude_name)), if_hz)
+                     amplitude, if_hz)
             self.drives[(q, amplitude_name)] = entry
         return entry
 

@@ -458,7 +458,7 @@ class CalibrationStore:
             raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
         draft = Snapshot(document)
         checked = draft.to_document()  # one copy for every check, which only reads it
-        check_physics(checked)
+        check_physics(checked, self._kept_document(parent_id))
         for validate in self._validators:
             validate(checked)
         canonical = canonical_json(draft.to_document())
@@ -500,6 +500,16 @@ class CalibrationStore:
             )
             snapshot_id = cursor.lastrowid
         return Snapshot(draft.to_document(), snapshot_id, created, parent)
+
+    def _kept_document(self, parent_id: int | None) -> dict[str, Any] | None:
+        """The normalised document of the snapshot a commit derives from (``parent_id``, else
+        the newest), whose unchanged values ``check_physics`` does not check again; None when
+        there is none or it cannot be read (then everything is checked)."""
+        try:
+            parent = self.latest() if parent_id is None else self.get(parent_id)
+        except CalibrationError:
+            return None
+        return parent.to_document()
 
     def import_json(self, document: Mapping[str, Any], *, if_empty: bool = False
                     ) -> Snapshot | None:

@@ -152,8 +152,23 @@ def _value(params: Mapping[str, Any], name: str) -> Any:
     return params[name]["value"]
 
 
-def check_physics(document: Mapping[str, Any]) -> None:
-    """Refuse a normalised document with a value no device can have.
+def _unchanged(kept: Mapping[str, Any] | None, section: str, key: str,
+               params: Mapping[str, Any], *names: str) -> bool:
+    """Whether every one of ``names`` holds the value (of the same type) that the parent
+    document ``kept`` holds there."""
+    if kept is None:
+        return False
+    before = kept.get(section, {}).get(key, {})
+    return all(name in before and type(before[name]["value"]) is type(params[name]["value"])
+               and before[name]["value"] == params[name]["value"] for name in names)
+
+
+def check_physics(document: Mapping[str, Any], kept: Mapping[str, Any] | None = None) -> None:
+    """Refuse a normalised document with a value no device can have. Values that ``kept`` (the
+    normalised document of the snapshot it derives from) holds unchanged are not checked
+    again: they passed the rules of the day they were committed, and a rule added since must
+    not lock a store out of every later commit (a snapshot that changes such a value, or that
+    is committed into an empty store, is checked in full).
 
     Raises:
         InvalidSnapshotError: naming the qubit, pair or gate, the parameter and the rule.
@@ -165,26 +180,31 @@ def check_physics(document: Mapping[str, Any]) -> None:
             subject = subject_format.format(key)
             for name, entry in params.items():
                 check = checks.get(name)
-                problem = check(entry["value"]) if check else None
+                if check is None or _unchanged(kept, section, key, params, name):
+                    continue
+                problem = check(entry["value"])
                 if problem:
                     raise InvalidSnapshotError(f"{problem}, got {entry['value']!r}",
                                                subject=subject, parameter=name)
     for key, params in document.get("qubits", {}).items():
         for name in ("t2_s", "t2_echo_s"):  # Ramsey T2* and Hahn-echo T2 alike
-            if "t1_s" in params and name in params:
+            if "t1_s" in params and name in params \
+                    and not _unchanged(kept, "qubits", key, params, "t1_s", name):
                 t1, t2 = _value(params, "t1_s"), _value(params, name)
                 if t2 > 2 * t1:
                     raise InvalidSnapshotError(
                         f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can "
                         "reach", subject=f"qubit {key}", parameter=name)
     for key, params in document.get("pairs", {}).items():
-        if "cz_rise_s" in params and "cz_duration_s" in params:
+        if "cz_rise_s" in params and "cz_duration_s" in params \
+                and not _unchanged(kept, "pairs", key, params, "cz_rise_s", "cz_duration_s"):
             rise, duration = _value(params, "cz_rise_s"), _value(params, "cz_duration_s")
             if 2 * rise >= duration:
                 raise InvalidSnapshotError(
                     f"two edges of {rise:.4g} s leave nothing flat of a {duration:.4g} s CZ "
                     "pulse", subject=f"pair {key}", parameter="cz_rise_s")
-        if "cz_flux_qubit" in params:
+        if "cz_flux_qubit" in params \
+                and not _unchanged(kept, "pairs", key, params, "cz_flux_qubit"):
             qubit = _value(params, "cz_flux_qubit")
             if str(qubit) not in key.split("-"):
                 raise InvalidSnapshotError(f"flux qubit {qubit} is not on the edge",

@@ -57,3 +57,34 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
             assert record.fit.get("r_squared", 1.0) > 0.8, record.kind
             again = refit(record)
             assert again[name] == pytest.approx(value, rel=1e-6), record.kind
+
+
+def test_a_run_whose_commit_is_refused_still_leaves_its_records(tmp_path, monkeypatch):
+    """Another writer commits while a graph run measures (a second store session on the same
+    file, as another process would): the run's own commit is refused as stale, and the
+    records of what it measured are written all the same (they were lost once: the records
+    were saved after the commit)."""
+    from labqpu.calibration.runner import LineReporter
+    from labqpu.errors import StaleSnapshotError
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+
+    use_fresh_home(monkeypatch, tmp_path)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        store_path = backend.config.store_path
+        experiments = store_path.parent / "experiments"
+        committed = []
+
+        def another_writer(_line: str) -> None:
+            if not committed:
+                with CalibrationStore(store_path) as other:
+                    builder = SnapshotBuilder.from_snapshot(other.latest())
+                    builder.notes = "another writer"
+                    committed.append(other.commit(builder.build_document()))
+
+        with pytest.raises(StaleSnapshotError, match="another calibration committed first"):
+            run_graph(backend, ["t1"], qubits=[2], force=True, rb=False,
+                      reporter=LineReporter(another_writer))
+        assert committed
+        kinds = {load_record(p).kind for p in experiments.glob("*.json")}
+        assert "t1" in kinds, kinds

@@ -300,7 +300,7 @@ def test_a_handedness_other_than_plus_or_minus_one_is_refused_naming_it(snapshot
 @pytest.mark.parametrize(("section", "key", "name", "value", "words"), [
     ("qubits", "0", "pulse_duration_s", 0.1,
      r"qubit 0 pulse \(pulse_duration_s, pulse_sigma_s, drag_beta\): a 1000\d+-sample pulse is "
-     r"longer than the 4194304 samples a waveform may take"),
+     r"longer than the 8388608 samples a waveform may take"),
     ("pairs", "0-1", "cz_rise_s", None,
      r"cz on \(0, 1\) \(cz_duration_s, cz_rise_s\): rise time .* must leave at least one flat "
      r"sample"),

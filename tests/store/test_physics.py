@@ -92,3 +92,33 @@ def test_garbage_file_is_an_error_naming_it(tmp_path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(CalibrationError, match=str(path.name)):
         CalibrationStore(path)
+
+
+def test_a_value_committed_before_a_rule_does_not_lock_the_store(writable, tmp_path,
+                                                                 monkeypatch) -> None:
+    """A value committed before a rule refused it (a reset_rounds of 150, before the 1..100
+    rule) does not refuse every later commit that keeps it, as it once did for a calibration
+    of another qubit; a commit that changes it is checked, and so is one into a store that
+    does not hold it yet."""
+    import labqpu.store.physics as physics
+
+    with monkeypatch.context() as before_the_rule:
+        before_the_rule.setitem(physics.QUBIT_CHECKS, "reset_rounds", lambda value: None)
+        legacy = SnapshotBuilder.from_snapshot(writable.latest())
+        legacy.set_qubit(0, "reset_rounds", 150, "active_reset")
+        writable.commit(legacy.build_document())
+    later = SnapshotBuilder.from_snapshot(writable.latest())
+    t1 = writable.latest().qubit_value(1, "t1_s")
+    later.set_qubit(1, "t1_s", t1 * 1.01, "t1")
+    committed = writable.commit(later.build_document())
+    assert committed.qubit_value(0, "reset_rounds") == 150
+    changed = SnapshotBuilder.from_snapshot(committed)
+    changed.set_qubit(0, "reset_rounds", 151, "active_reset")
+    with pytest.raises(InvalidSnapshotError, match=r"1\.\.100") as info:
+        changed_id = writable.latest_id()
+        writable.commit(changed.build_document())
+    assert info.value.parameter == "reset_rounds"
+    assert writable.latest_id() == changed_id
+    with CalibrationStore(tmp_path / "new.sqlite") as new, \
+            pytest.raises(InvalidSnapshotError, match=r"1\.\.100"):
+        new.commit(committed.to_document())
