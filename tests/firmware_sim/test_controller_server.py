@@ -888,7 +888,7 @@ def test_a_session_idle_past_its_limit_is_forgotten_when_another_opens(
     3.6 ms instead of 1.1 ms); one used since stays."""
     import labqpu.firmware_sim.controller_server as controller_server
 
-    monkeypatch.setattr(controller_server, "SESSION_IDLE_S", 0.5)
+    monkeypatch.setattr(controller_server, "SESSION_IDLE_S", 1.0)
 
     def hello() -> str:
         request_id, frames = encode_request(OP_HELLO, {})
@@ -902,9 +902,9 @@ def test_a_session_idle_past_its_limit_is_forgotten_when_another_opens(
         return reply.error["type"] != ERR_UNKNOWN_SESSION
 
     used, idle = hello(), hello()  # ``used`` first: using it again moves it behind ``idle``
-    time.sleep(0.4)
+    time.sleep(0.8)
     assert known(used)  # within the limit, and used again now
-    time.sleep(0.3)  # ``idle`` last used 0.7 s ago, ``used`` 0.3 s ago
+    time.sleep(0.6)  # ``idle`` last used 1.4 s ago, ``used`` 0.6 s ago
     hello()
     assert not known(idle)
     assert known(used)
