@@ -79,6 +79,7 @@ from labqpu.firmware_sim.runs import (
     QUEUED,
     RUNNING,
     Executor,
+    FairQueue,
     KeyRecord,
     Program,
     ProgramRefusedError,
@@ -192,10 +193,10 @@ class ControllerServer:
         self._held: list[tuple[Frame, str, Run, float, str]] = []
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._queue = FairQueue()
         #: Runs accepted by the request being answered; the serving thread hands them to the
         #: worker only after the reply has left (:meth:`_serve`).
-        self._accepted: list[str] = []
+        self._accepted: list[tuple[str, str]] = []  # (session, run id) to queue
         self._stopping = threading.Event()
         self._started_at = 0.0
         self._serve_thread: threading.Thread | None = None
@@ -292,7 +293,7 @@ class ControllerServer:
                 if run.state == QUEUED:
                     self._finish(run, ABORTED)
         self._abandon(dropped)
-        self._queue.put(None)
+        self._queue.close()
         self._uploads.put(None)
         for thread in (self._serve_thread, self._worker_thread, self._validator_thread):
             if thread is not None:
@@ -332,8 +333,8 @@ class ControllerServer:
                         self._deliver(socket, frames[0], op, reply)
                     # Started after its reply has left: a worker that starts simulating first
                     # holds the GIL while the client waits for its run id.
-                    for run_id in self._accepted:
-                        self._queue.put(run_id)
+                    for session, run_id in self._accepted:
+                        self._queue.put(session, run_id)
                     self._accepted.clear()
                 self._expire_runs()
                 for identity, op, reply in self._due_fetches():
@@ -575,7 +576,7 @@ class ControllerServer:
             self._runs[run.run_id] = run
             if key is not None:
                 self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
-        self._accepted.append(run.run_id)
+        self._accepted.append((session, run.run_id))
         return {"run_id": run.run_id, "state": QUEUED}, None
 
     def _lookup(self, request: Request) -> Run:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "Executor", "KeyRecord",
-           "Program", "ProgramRefusedError", "Run", "program_id_of", "request_digest"]
+__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "Executor", "FairQueue",
+           "KeyRecord", "Program", "ProgramRefusedError", "Run", "program_id_of",
+           "request_digest"]
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -132,3 +134,43 @@ class ProgramRefusedError(ValueError):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
+
+
+class FairQueue:
+    """Accepted runs waiting for the controller's worker, taken one session at a time in turn:
+    a session's next run waits for at most one run of each other session with runs waiting,
+    not for all of them (one client that queued hundreds of runs delays another's job by one
+    run, not by all of them). Within a session, runs keep their order. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        #: Session -> its waiting run ids; the session whose turn it is first.
+        self._waiting: OrderedDict[str, deque[str]] = OrderedDict()
+        self._closed = False
+
+    def put(self, session: str, run_id: str) -> None:
+        """Queue ``run_id`` of ``session`` behind that session's earlier runs."""
+        with self._ready:
+            self._waiting.setdefault(session, deque()).append(run_id)
+            self._ready.notify()
+
+    def get(self) -> str | None:
+        """The next run id (the first session's first; that session then goes last), waiting
+        for one; None once :meth:`close` was called (runs still waiting are left: the server
+        aborted them)."""
+        with self._ready:
+            while not self._waiting and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            session, runs = self._waiting.popitem(last=False)
+            run_id = runs.popleft()
+            if runs:
+                self._waiting[session] = runs
+            return run_id
+
+    def close(self) -> None:
+        """Make :meth:`get` return None from now on."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
