@@ -972,7 +972,7 @@ def test_sessions_take_turns_so_a_long_queue_delays_another_client_by_one_run(
           ControllerClient(srv.endpoint, timeout_s=BOUND_S) as busy,
           ControllerClient(srv.endpoint, timeout_s=BOUND_S) as user):
         program_id = busy.upload(_program(), {})
-        queued = [busy.run(program_id, shots=1, params={"sleep_s": 0.1}) for _ in range(10)]
+        queued = [busy.run(program_id, shots=1, params={"sleep_s": 0.2}) for _ in range(10)]
         mine = user.run(program_id, shots=1)
         user.wait(mine, timeout_s=BOUND_S)
         done = [busy.fetch(run_id)[0] == "done" for run_id in queued]
