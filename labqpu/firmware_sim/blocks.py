@@ -116,9 +116,9 @@ class RunShare:
     #: drives), before the offsets' frame (``ClusterBlocks._apply_segment``), up to
     #: :data:`RUN_SHARE_SEGMENT_BYTES`.
     segments: dict[tuple, np.ndarray] = field(default_factory=dict)
-    #: Per flux block (cluster, start, end): its drives taken out of it, or None
-    #: (``EdgeDrives._edge_drives``; decided at the share's first run).
-    edges: dict[tuple, tuple | None] = field(default_factory=dict)
+    #: Per flux block (cluster, start, end): (its drives taken out of it or None, the sample
+    #: it is cut at or None) (``EdgeDrives._block_plan``; decided at the share's first run).
+    edges: dict[tuple, tuple] = field(default_factory=dict)
 
     def for_order(self, order: list[int]) -> RunShare:
         """This share if it belongs to the register ``order`` (or to none yet), else a new
@@ -328,7 +328,7 @@ class DriveBlocks:
 
         ``edge`` ("head" or "tail"): the drive is the edge of a flux block whose propagator,
         applied after it ("head") or before it ("tail"), already holds ``q``'s idle evolution
-        over [b0, b1) (``EdgeDrives._edge_drives``); the drive's propagator is then taken in
+        over [b0, b1) (``EdgeDrives._find_edge``); the drive's propagator is then taken in
         the interaction picture of that idle evolution (exp(+i 2 pi L_q (b1 - b0) / fs) on the
         side the flux block's propagator meets), so that nothing is counted twice."""
         pos = ctx.pos

@@ -271,9 +271,9 @@ class ClusterBlocks(EdgeDrives):
                        b1: int) -> None:
         """A block with flux pulses: the cluster's propagator (dressed basis) on its qubits.
         Its drives are taken out as conditioned drives when they are an edge of it
-        (:meth:`_edge_drives`); otherwise, when a driven qubit has an evolved neighbour
-        outside the cluster, the block is cut where those drives start and the deferred ZZ
-        frame moved there (:meth:`_outside_drive_start`)."""
+        (``edge``); otherwise, when a driven qubit has an evolved neighbour outside the
+        cluster, the block is cut where those drives start and the deferred ZZ frame moved
+        there (``cut``; both decided once per run share: :meth:`_block_plan`)."""
         if len(cluster) == 1:
             q = cluster[0]
             flux = self._flux_phi(ctx, q, fluxed, b0, b1)
@@ -283,7 +283,7 @@ class ClusterBlocks(EdgeDrives):
             ctx.local.unitary(q, u)
             ctx.local.decohere(q, b1)
             return
-        edge = self._edge_drives(ctx, cluster, fluxed, b0, b1)
+        edge, cut = self._block_plan(ctx, cluster, fluxed, b0, b1)
         if edge is not None:
             if edge.side == "head":
                 for q in edge.qubits:
@@ -293,7 +293,6 @@ class ClusterBlocks(EdgeDrives):
                 for q in edge.qubits:
                     self._apply_drive(ctx, q, edge.start, edge.end, "tail")
             return
-        cut = self._outside_drive_start(ctx, cluster, b0, b1)
         if cut is None:
             self._apply_segment(ctx, cluster, fluxed, b0, b1)
             return

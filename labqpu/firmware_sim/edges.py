@@ -44,7 +44,7 @@ from labqpu.firmware_sim.density import LEVELS
 
 
 class Edge(NamedTuple):
-    """Drives taken out of a flux block (``EdgeDrives._edge_drives``): applied over
+    """Drives taken out of a flux block (``EdgeDrives._find_edge``): applied over
     [start, end) (samples) on ``qubits``, before the block's drive-free propagator
     (``side`` "head") or after it ("tail")."""
 
@@ -69,39 +69,44 @@ class EdgeDrives:
     ``clusters.ClusterBlocks``): where a flux block's drives go (needs the engine's
     ``device``, ``cabling``, ``_cluster_drives``, ``_flux_phi`` and ``_joint_ops``)."""
 
-    def _outside_drive_start(self, ctx: _RunContext, cluster: list[int], b0: int, b1: int
-                             ) -> int | None:
-        """First sample of [b0, b1) at which a qubit of ``cluster`` with an evolved neighbour
-        outside it is driven (None: there is none). The cluster's propagator holds that
-        pair's ZZ as a phase of the deferred frame, as if it commuted with the block, and it
-        does not commute with the drive: the frame is moved to where the drive starts, so what
-        is left out is that ZZ over the drive itself (module docstring of ``physics``)."""
-        starts = [int(np.flatnonzero(z)[0])
-                  for q, z in self._cluster_drives(ctx, cluster, b0, b1).items()
+    def _block_plan(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
+                    b1: int) -> tuple[Edge | None, int | None]:
+        """How a flux block's drives are applied, decided once per run share from its drives
+        (``ClusterBlocks._cluster_drives``, read once here) and kept in ``RunShare.edges``:
+        (the drives taken out of its propagator, :meth:`_find_edge`, or None; when none are,
+        the sample at which it is cut, :meth:`_outside_drive_start`, or None)."""
+        memo = (tuple(cluster), b0, b1)
+        plan = ctx.share.edges.get(memo)
+        if plan is None:
+            drives = self._cluster_drives(ctx, cluster, b0, b1)
+            edge = self._find_edge(ctx, cluster, fluxed, b0, b1, drives)
+            cut = None if edge is not None else self._outside_drive_start(ctx, cluster, b0,
+                                                                          drives)
+            plan = ctx.share.edges[memo] = (edge, cut)
+        return plan
+
+    def _outside_drive_start(self, ctx: _RunContext, cluster: list[int], b0: int,
+                             drives: dict[int, np.ndarray]) -> int | None:
+        """First sample of the block starting at ``b0`` at which a qubit of ``cluster`` with
+        an evolved neighbour outside it is driven (``drives``: per driven qubit, Hz per
+        sample; None: there is none). The cluster's propagator holds that pair's ZZ as a phase
+        of the deferred frame, as if it commuted with the block, and it does not commute with
+        the drive: the frame is moved to where the drive starts, so what is left out is that
+        ZZ over the drive itself (module docstring of ``physics``)."""
+        starts = [int(np.flatnonzero(z)[0]) for q, z in drives.items()
                   if any(p in ctx.pos and p not in cluster for p in self.device.neighbours(q))]
         return b0 + min(starts) if starts else None
 
-    def _edge_drives(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
-                     b1: int) -> Edge | None:
-        """The drives of a flux block taken out of its propagator (module docstring, "Drives at
+    def _find_edge(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
+                   b1: int, drives: dict[int, np.ndarray]) -> Edge | None:
+        """The drives (``drives``: per driven qubit of ``cluster``, Hz per sample over
+        [b0, b1)) of a flux block taken out of its propagator (module docstring, "Drives at
         the edge of a flux block"), or None: all of them, over [b0, end) applied before the
         drive-free propagator ("head") or over [start, b1) after it ("tail"), whichever
         :meth:`_edge_error` estimates to change less, when that estimate is within
         :data:`EDGE_DRIVE_RAD` and coupled driven qubits may be applied one after the other
-        (``DriveBlocks._joint_ops``). The edge may be the whole block. Decided once per run
-        share (``RunShare.edges``)."""
-        memo = (tuple(cluster), b0, b1)
-        if memo not in ctx.share.edges:
-            ctx.share.edges[memo] = self._find_edge(ctx, cluster, fluxed, b0, b1)
-        return ctx.share.edges[memo]
-
-    def _find_edge(self, ctx: _RunContext, cluster: list[int], fluxed: list[int], b0: int,
-                   b1: int) -> Edge | None:
-        """:meth:`_edge_drives` before its memo."""
-        if EDGE_DRIVE_RAD <= 0:
-            return None
-        drives = self._cluster_drives(ctx, cluster, b0, b1)
-        if not drives:
+        (``DriveBlocks._joint_ops``). The edge may be the whole block."""
+        if EDGE_DRIVE_RAD <= 0 or not drives:
             return None
         driven = np.flatnonzero(np.any([z != 0 for z in drives.values()], axis=0))
         first, last = int(driven[0]), int(driven[-1]) + 1
