@@ -72,9 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("LABQPU_HOME", tempfile.mkdtemp(prefix="labqpu-bench-"))
     from labqpu import LabProvider
-    from labqpu.calibration.bootstrap import load_design
+    from labqpu.calibration.design import default_design_path, load_design
     from labqpu.calibration.experiments import Kit
-    from labqpu.calibration.runner import default_design_path, working_from_snapshot
+    from labqpu.calibration.runner import working_from_snapshot
     from labqpu.drivers.controller import ControllerClient
 
     info(f"machine: {tm.machine()}; load average {tm.load_average()}")

@@ -228,9 +228,10 @@ def _wiring(channels) -> dict[str, dict[str, str]]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
+    from labqpu.calibration.design import load_design
     from labqpu.calibration.graph import RB_NODE
     from labqpu.calibration.records import experiments_directory
-    from labqpu.calibration.runner import bootstrap, default_design_path, load_design
+    from labqpu.calibration.runner import bootstrap
 
     if args.nodes and args.nodes[0] in STORE_COMMANDS:
         return _calibration_store_command(args)
@@ -303,6 +304,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     if problem:
         print(f"labqpu calibrate: {problem}", file=sys.stderr)
         return 2
+    design = None
+    if args.bootstrap:  # the design values are checked before anything starts
+        from labqpu.rack.config import load_config, resolve_config_path
+
+        config = load_config(resolve_config_path(args.config)[0])
+        design = load_design(args.design, device=config.device_name,
+                             num_qubits=config.channels.num_qubits)
     with LabProvider(args.config) as provider:
         backend = provider.backend()
         t0 = time.perf_counter()
@@ -314,9 +322,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             return _watch(provider, backend, nodes, args)
         snapshot = None
         if args.bootstrap:
-            design_path = args.design or default_design_path(backend.name)
             records = experiments_directory(backend.config.store_path)
-            document = bootstrap(backend, load_design(design_path), shots=args.shots,
+            document = bootstrap(backend, design, shots=args.shots,
                                  progress=progress, record_directory=records)
             snapshot = backend.store.commit(document)
             print(f"committed calibration snapshot {snapshot.snapshot_id} to "

@@ -14,9 +14,7 @@ them (``bootstrap`` there runs every node from the design values).
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +22,6 @@ from labqpu.calibration.experiments import (
     CurveFit,
     FitError,
     Kit,
-    Working,
     complex_median,
     fit_damped_cosine_curve,
     fit_exponential_curve,
@@ -48,16 +45,6 @@ DRIVE_IF_BAND_HZ = (20e6, 450e6)
 DRIVE_LO_BELOW_HZ = 100e6
 
 Progress = Callable[[str], None]
-
-
-def load_design(path: str | Path) -> Working:
-    """Design values (``labqpu/data/<device>_design.toml``) as the starting ``Working`` set."""
-    with Path(path).open("rb") as f:
-        doc = tomllib.load(f)
-    device = dict(doc["device"])
-    qubits = {int(q["index"]): {k: v for k, v in q.items() if k != "index"}
-              for q in doc["qubit"]}
-    return Working(device=device, qubits=qubits)
 
 
 def choose_drive_lo(kit: Kit, q: int) -> None:

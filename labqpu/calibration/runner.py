@@ -30,14 +30,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from qiskit.providers import JobError
 
-from labqpu.calibration.bootstrap import choose_drive_lo, load_design
+from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
+from labqpu.calibration.design import load_design
 from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
 from labqpu.calibration.plots import save_plot
@@ -181,11 +181,6 @@ class LineReporter:
 
     def close(self) -> None:
         """The run ended."""
-
-
-def default_design_path(device: str) -> Path:
-    """The design values shipped for ``device`` (``labqpu/data/<device>_design.toml``)."""
-    return Path(str(resources.files("labqpu") / "data" / f"{device}_design.toml"))
 
 
 def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
@@ -420,7 +415,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         nodes = [name for name in nodes if name != RB_NODE]
     steps = plan(nodes, chosen, backend.config.coupling_map, available)
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
-    design_work = load_design(design or default_design_path(backend.name))
+    design_work = load_design(design, device=backend.name,
+                              num_qubits=backend.config.num_qubits)
     kit = Kit(backend, working_from_snapshot(parent, design_work))
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from labqpu.calibration.bootstrap import load_design
+from labqpu.calibration.design import default_design_path, load_design
 from labqpu.calibration.experiments import Kit
-from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.calibration.runner import working_from_snapshot
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError
 

@@ -83,9 +83,9 @@ def test_a_reset_that_misses_the_tolerance_says_so(quiet_lab_backend, monkeypatc
     """With a tolerance no reset can meet (below zero), the node keeps the most rounds,
     writes ``reached: false`` in its record and says so through the progress callback."""
     from labqpu.calibration import reset
-    from labqpu.calibration.bootstrap import load_design
+    from labqpu.calibration.design import default_design_path, load_design
     from labqpu.calibration.experiments import Kit
-    from labqpu.calibration.runner import default_design_path, working_from_snapshot
+    from labqpu.calibration.runner import working_from_snapshot
 
     monkeypatch.setattr(reset, "RESET_TOLERANCE", -0.5)
     backend = quiet_lab_backend

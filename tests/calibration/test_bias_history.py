@@ -9,10 +9,10 @@ found its single-qubit phase 0.3 rad off, and the watch recalibrated a CZ that w
 
 from __future__ import annotations
 
-from labqpu.calibration.bootstrap import load_design
 from labqpu.calibration.checks import check_cz
+from labqpu.calibration.design import default_design_path, load_design
 from labqpu.calibration.experiments import Kit
-from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.calibration.runner import working_from_snapshot
 from labqpu.drivers.scpi import CurrentSource
 
 

@@ -88,9 +88,9 @@ def test_simulator_rotation_error_follows_the_amplitude(tmp_path, monkeypatch) -
 
 
 def _rotation_error_follows_the_amplitude(lab_backend) -> None:
-    from labqpu.calibration.bootstrap import load_design
+    from labqpu.calibration.design import default_design_path, load_design
     from labqpu.calibration.experiments import Kit
-    from labqpu.calibration.runner import default_design_path, working_from_snapshot
+    from labqpu.calibration.runner import working_from_snapshot
 
     work = working_from_snapshot(lab_backend.snapshot,
                                  load_design(default_design_path(lab_backend.name)))

@@ -13,7 +13,8 @@ import pytest
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
-from labqpu.calibration.bootstrap import _prepared_readouts, load_design, resonator_spectroscopy
+from labqpu.calibration.bootstrap import _prepared_readouts, resonator_spectroscopy
+from labqpu.calibration.design import default_design_path, load_design
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.readout import (
     READOUT_AMPLITUDES,
@@ -28,7 +29,7 @@ from labqpu.calibration.readout import (
 )
 from labqpu.calibration.records import ExperimentRecord, load_record
 from labqpu.calibration.refits import refit
-from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.calibration.runner import working_from_snapshot
 from labqpu.errors import FitError
 from labqpu.store import SnapshotBuilder
 from labqpu.testing import use_fresh_home

@@ -36,9 +36,9 @@ from qiskit.primitives import BackendSamplerV2
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
-from labqpu.calibration.bootstrap import load_design
+from labqpu.calibration.design import default_design_path, load_design
 from labqpu.calibration.experiments import Kit, project, sweep
-from labqpu.calibration.runner import default_design_path, working_from_snapshot
+from labqpu.calibration.runner import working_from_snapshot
 from labqpu.firmware_sim.device import load_device
 from labqpu.store import SnapshotBuilder
 from labqpu.testing import use_fresh_home

@@ -1,0 +1,156 @@
+"""Design values: what a lab knows of its chip and rack before calibrating (fab targets,
+datasheets, wiring), the starting point of ``labqpu calibrate --bootstrap`` and what a
+snapshot does not hold (resonator and Rabi-rate estimates, the flux-line scale, the sweet-spot
+search range).
+
+A design file is TOML (``labqpu/data/<device>_design.toml`` ships for each built-in device):
+a ``[device]`` table with :data:`DEVICE_FIELDS`, and one ``[[qubit]]`` table per qubit of the
+device with its ``index`` and :data:`QUBIT_FIELDS` (a qubit may also preset a calibrated
+parameter of the snapshot layout, such as ``drive_lo_frequency_hz`` or ``flux_bias_a``, as a
+starting value). :func:`load_design` checks all of it before anything is measured: a missing,
+misspelt, mistyped or out-of-range value is a :class:`~labqpu.errors.CalibrationError` naming
+the file, the table and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from labqpu.calibration.experiments import Working
+from labqpu.errors import CalibrationError
+from labqpu.store.physics import MAX_PULSE_S, QUBIT_CHECKS
+
+__all__ = ["DEVICE_FIELDS", "QUBIT_FIELDS", "default_design_path", "load_design"]
+
+Check = Callable[[Any], str | None]
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _finite(value: Any) -> str | None:
+    return None if _number(value) else "must be a finite number"
+
+
+def _positive(value: Any) -> str | None:
+    return None if _number(value) and value > 0 else "must be a number > 0"
+
+
+def _amplitude(value: Any) -> str | None:
+    ok = _number(value) and 0 < value <= 1
+    return None if ok else "must be a fraction of full scale in (0, 1]"
+
+
+def _pulse(value: Any) -> str | None:
+    ok = _number(value) and 0 < value <= MAX_PULSE_S
+    return None if ok else f"must be a time in (0, {MAX_PULSE_S:g}] s"
+
+
+#: The ``[device]`` table: every field, with its check (units in the names: Hz, dBm, s, A).
+DEVICE_FIELDS: dict[str, Check] = {
+    "drive_lo_power_dbm": _finite, "readout_lo_power_dbm": _finite,
+    "readout_lo_frequency_hz": _positive, "readout_amplitude": _amplitude,
+    "readout_duration_s": _pulse, "pulse_duration_s": _pulse, "pulse_sigma_s": _pulse,
+    "rabi_hz_per_amplitude": _positive, "flux_line_phi0_per_amplitude": _positive,
+    "flux_bias_search_a": _positive,
+}
+#: The fields every ``[[qubit]]`` table holds besides its ``index``.
+QUBIT_FIELDS: dict[str, Check] = {
+    "frequency_hz": _positive, "anharmonicity_hz": _finite, "resonator_hz": _positive,
+}
+
+
+def default_design_path(device: str) -> Path:
+    """The design values shipped for ``device`` (``labqpu/data/<device>_design.toml``)."""
+    return Path(str(resources.files("labqpu") / "data" / f"{device}_design.toml"))
+
+
+def load_design(path: str | Path | None = None, *, device: str | None = None,
+                num_qubits: int | None = None) -> Working:
+    """The design values in ``path`` (None: those shipped for ``device``) as the starting
+    ``Working`` set, checked against ``device`` (its name) and its ``num_qubits`` when given.
+
+    Raises:
+        CalibrationError: the file is missing (for a device without shipped design values:
+            how to give them) or not TOML, or a table or field is missing, unknown, mistyped
+            or out of range; the message names the file, the table and the field.
+    """
+    if path is None:
+        if device is None:
+            raise ValueError("load_design needs a path or a device")
+        path = default_design_path(device)
+        if not path.is_file():
+            raise CalibrationError(
+                f"no design values ship with labqpu for device {device!r}: give the chip's "
+                "design values with --design FILE (design=FILE in Python), a TOML file laid "
+                "out as labqpu/data/lab5_design.toml (docs/calibration.md, 'Design values')")
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise CalibrationError(f"design file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"design file {path} cannot be read: {exc}") from exc
+    where = f"design file {path}"
+    table = document.get("device")
+    if not isinstance(table, dict):
+        raise CalibrationError(f"{where} has no [device] table")
+    name = table.get("name", device)
+    if not isinstance(name, str) or not name:
+        raise CalibrationError(f"{where}, [device] name: must be the device's name (a string)")
+    if device is not None and name != device:
+        raise CalibrationError(f"{where} holds the design values of device {name!r}, not of "
+                               f"{device!r}")
+    device_values = _checked(table, DEVICE_FIELDS, {"name": lambda _: None}, f"{where}, [device]")
+    rows = document.get("qubit")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise CalibrationError(f"{where} has no [[qubit]] tables")
+    qubits: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        index = row.get("index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise CalibrationError(f"{where}, a [[qubit]] table: index {index!r} must be a "
+                                   "qubit number (integer >= 0)")
+        if index in qubits:
+            raise CalibrationError(f"{where}: two [[qubit]] tables have index {index}")
+        if num_qubits is not None and index >= num_qubits:
+            raise CalibrationError(f"{where}, [[qubit]] index {index}: device {name} has "
+                                   f"qubits 0-{num_qubits - 1}")
+        optional = {k: v for k, v in QUBIT_CHECKS.items() if k not in QUBIT_FIELDS}
+        qubits[index] = _checked({k: v for k, v in row.items() if k != "index"}, QUBIT_FIELDS,
+                                 optional, f"{where}, [[qubit]] index {index}")
+    if num_qubits is not None:
+        missing = [q for q in range(num_qubits) if q not in qubits]
+        if missing:
+            raise CalibrationError(f"{where} has no [[qubit]] table for qubit(s) "
+                                   f"{', '.join(map(str, missing))} of device {name} (qubits "
+                                   f"0-{num_qubits - 1})")
+    return Working(device={"name": name, **device_values}, qubits=qubits)
+
+
+def _checked(table: Mapping[str, Any], required: Mapping[str, Check],
+             optional: Mapping[str, Check], where: str) -> dict[str, Any]:
+    """``table``'s fields, each of ``required`` present, none outside ``required`` and
+    ``optional``, each passing its check; ``name`` is left out of the result."""
+    known = {**required, **optional}
+    for key, value in table.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CalibrationError(f"{where}: unknown field {key!r}{hint}")
+        problem = known[key](value)
+        if problem:
+            raise CalibrationError(f"{where}, {key} = {value!r}: {problem}")
+    absent = [key for key in required if key not in table]
+    if absent:
+        raise CalibrationError(f"{where}: missing {', '.join(absent)}")
+    return {k: v for k, v in table.items() if k != "name"}

@@ -1,0 +1,77 @@
+"""Design files (``labqpu.calibration.design``): every shipped one loads; a missing, misspelt,
+mistyped or out-of-range value is refused by name before anything is measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labqpu.calibration.design import DEVICE_FIELDS, default_design_path, load_design
+from labqpu.cli import main
+from labqpu.errors import CalibrationError
+
+LAB3 = default_design_path("lab3").read_text()
+
+
+@pytest.mark.parametrize("device, qubits", [("lab3", 3), ("lab5", 5), ("lab10", 10)])
+def test_every_shipped_design_loads(device: str, qubits: int) -> None:
+    work = load_design(device=device, num_qubits=qubits)
+    assert sorted(work.qubits) == list(range(qubits))
+    assert set(DEVICE_FIELDS) <= set(work.device) and work.device["name"] == device
+
+
+def _lab3_without_last_qubit() -> str:
+    return "[[qubit]]".join(LAB3.split("[[qubit]]")[:-1])
+
+
+@pytest.mark.parametrize("text, message", [
+    (LAB3.replace("readout_amplitude", "readout_amplitud"),
+     r"\[device\]: unknown field 'readout_amplitud' \(did you mean 'readout_amplitude'\?\)"),
+    ("\n".join(line for line in LAB3.splitlines() if not line.startswith("pulse_sigma_s")),
+     r"\[device\]: missing pulse_sigma_s"),
+    (LAB3.replace("pulse_duration_s = ", 'pulse_duration_s = "40ns" #'),
+     r"pulse_duration_s = '40ns': must be a time in \(0, 0.001\] s"),
+    (LAB3.replace("readout_amplitude = ", "readout_amplitude = 1.5 #"),
+     r"readout_amplitude = 1.5: must be a fraction of full scale"),
+    (LAB3.replace("frequency_hz = ", "frequency_hz = -5e9 #", 2).replace(
+        "readout_lo_frequency_hz = -5e9 #", "readout_lo_frequency_hz = "),
+     r"\[\[qubit\]\] index 0, frequency_hz = -5000000000.0: must be a number > 0"),
+    (LAB3.replace('name = "lab3"', 'name = "lab5"'),
+     r"holds the design values of device 'lab5', not of 'lab3'"),
+    (_lab3_without_last_qubit(), r"has no \[\[qubit\]\] table for qubit\(s\) 2 of device lab3"),
+    (LAB3 + "\n[[qubit]]\nindex = 3\nfrequency_hz = 5e9\nanharmonicity_hz = -2.5e8\n"
+            "resonator_hz = 7e9\n", r"\[\[qubit\]\] index 3: device lab3 has qubits 0-2"),
+    (LAB3 + "\n[[qubit]]\nindex = 1\nfrequency_hz = 5e9\nanharmonicity_hz = -2.5e8\n"
+            "resonator_hz = 7e9\n", r"two \[\[qubit\]\] tables have index 1"),
+    (LAB3.replace("resonator_hz = ", "resonator_hz_typo = ", 1),
+     r"unknown field 'resonator_hz_typo' \(did you mean 'resonator_hz'\?\)"),
+    ("x = [\n", r"cannot be read"),
+])
+def test_a_bad_design_file_is_refused_naming_the_field(tmp_path: Path, text: str,
+                                                        message: str) -> None:
+    path = tmp_path / "design.toml"
+    path.write_text(text)
+    with pytest.raises(CalibrationError, match=message) as info:
+        load_design(path, device="lab3", num_qubits=3)
+    assert str(path) in str(info.value)
+
+
+def test_a_device_without_shipped_design_values_says_how_to_give_them() -> None:
+    with pytest.raises(CalibrationError, match=r"no design values ship with labqpu for device "
+                                               r"'fridge2': give the chip's design values "
+                                               r"with --design FILE"):
+        load_design(device="fridge2", num_qubits=4)
+    with pytest.raises(CalibrationError, match=r"design file /nonexistent.toml does not exist"):
+        load_design("/nonexistent.toml", device="lab3", num_qubits=3)
+
+
+def test_the_cli_refuses_a_bad_design_before_starting_the_simulator(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path / "home"))
+    design = tmp_path / "design.toml"
+    design.write_text(LAB3.replace("readout_amplitude", "readout_amplitud"))
+    assert main(["calibrate", "--bootstrap", "--config", "lab3", "--design", str(design),
+                 "--no-rb"]) == 2
+    assert "unknown field 'readout_amplitud'" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()  # no store opened, no simulator started
