@@ -20,6 +20,7 @@ from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.results import discriminator_centres
+from labqpu.backend.snapshots import newest_buildable
 from labqpu.backend.sweeps import (
     DAC_FULL_SCALE,
     binds_per_item,
@@ -264,24 +265,21 @@ class LabBackend(BackendV2):
         with self._lock:
             latest = self.store.latest_id()
             current = self._snapshot.snapshot_id if self._snapshot else None
-            if self._target is not None and latest == current:
+            if self._target is not None and latest in (current, self._rejected_snapshot):
                 return
             if latest is None:
                 snapshot = Snapshot.from_document({"device": self.config.device_name,
                                                    "qubits": {}, "pairs": {}, "gates": {}})
-            else:
-                snapshot = self.store.get(latest)
-            try:
                 target = self._build_target(snapshot, self._pulse_gates)
-            except (LabQpuError, ValueError, TypeError, KeyError) as exc:
-                if self._target is None:
-                    raise
-                if latest != self._rejected_snapshot:
+            else:
+                snapshot, target, problem = newest_buildable(
+                    self.store, latest, lambda s: self._build_target(s, self._pulse_gates))
+                if problem is not None:
                     self._rejected_snapshot = latest
                     log.warning("backend %s: calibration snapshot %s cannot build a Target "
-                                "(%s); jobs keep using snapshot %s", self.name, latest, exc,
-                                current)
-                return
+                                "(%s); jobs use snapshot %s, the newest that can: commit a "
+                                "corrected snapshot or roll back (labqpu calibrate rollback)",
+                                self.name, latest, problem, snapshot.snapshot_id)
             self._target = target
             self._snapshot = snapshot
 

@@ -6,7 +6,10 @@ rack cannot play, from its wiring file:
   drive or readout mixer is wired to;
 - each flux bias (A) inside the output limit of its current source;
 - each drive and readout frequency within half the sample rate (Hz) of its LO, so that the
-  controller's intermediate frequency is below Nyquist.
+  controller's intermediate frequency is below Nyquist;
+- each duration the compiler turns into samples (a gate's pulse, a readout, a reset, a CZ) a
+  whole number of samples at the controllers' sample rate (a 20.5 ns pulse at 1 GS/s could be
+  committed, and then no Target could be built from the store's newest snapshot).
 
 :func:`wiring_limits` makes the check a validator of ``CalibrationStore``, which runs it on every
 commit and import after the physical checks: a refused value raises ``InvalidSnapshotError``
@@ -40,6 +43,21 @@ def _inside(value: float | None, low: float, high: float, subject: str, paramete
                                    subject=subject, parameter=parameter)
 
 
+#: Durations the compiler plays as whole numbers of samples, per qubit and per pair.
+QUBIT_DURATIONS = ("pulse_duration_s", "readout_duration_s", "reset_duration_s")
+PAIR_DURATIONS = ("cz_duration_s",)
+
+
+def _on_grid(value: float | None, fs: float, subject: str, parameter: str) -> None:
+    if value is None:
+        return
+    samples = value * fs
+    if abs(samples - round(samples)) > 1e-6 * max(1.0, abs(round(samples))):
+        raise InvalidSnapshotError(
+            f"{value!r} s is {samples:.6g} samples at the controllers' {fs:g} Hz, not a whole "
+            f"number (nearest: {round(samples) / fs!r} s)", subject=subject, parameter=parameter)
+
+
 def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None:
     """Refuse a snapshot document (the layout of ``labqpu.store``) whose values this rack's
     instruments cannot be set to (see the module docstring).
@@ -47,6 +65,12 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None
     Raises:
         InvalidSnapshotError: naming the qubit, the parameter, the instrument and its range.
     """
+    fs = config.controllers[0].sample_rate_hz  # the same for every controller (lab.toml)
+    pairs = document.get("pairs")
+    for key, params in (pairs.items() if isinstance(pairs, Mapping) else ()):
+        if isinstance(params, Mapping):
+            for name in PAIR_DURATIONS:
+                _on_grid(_value(params, name), fs, f"pair {key}", name)
     qubits = document.get("qubits")
     if not isinstance(qubits, Mapping):
         return
@@ -57,6 +81,8 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None
         q = int(key)
         wiring = config.qubits[q]
         subject = f"qubit {q}"
+        for name in QUBIT_DURATIONS:
+            _on_grid(_value(params, name), fs, subject, name)
         for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
                                     ("readout", wiring.readout_lo, wiring.readout)):
             lo = config.instrument(lo_name)

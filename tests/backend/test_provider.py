@@ -15,7 +15,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.providers import QiskitBackendNotFoundError
 
 from labqpu import BackendConfigurationError, LabProvider
-from labqpu.errors import HardwareUnavailableError
+from labqpu.errors import CalibrationError, HardwareUnavailableError
 from labqpu.rack.config import default_config_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -317,3 +317,61 @@ def test_a_snapshot_that_cannot_build_a_target_leaves_the_last_good_one(tmp_path
         qc.measure(0, 0)
         counts = backend.run(transpile(qc, backend), shots=100).result().get_counts()
         assert counts.get("1", 0) > 80
+
+
+def _insert_unchecked(path, document: dict, parent: int) -> None:
+    """Write ``document`` straight into the store's SQLite file, past every commit check (as
+    an older labqpu, or a hand edit, could have)."""
+    import sqlite3
+
+    from labqpu.store.validation import canonical_json, sha256_hex
+
+    text = canonical_json(document)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO snapshots (device, created, parent_id, content_hash, document, "
+                     "complete) VALUES (?, ?, ?, ?, ?, 1)",
+                     (document["device"], "2026-11-29T00:00:00+00:00", parent, sha256_hex(text),
+                      text))
+    conn.close()
+
+
+def test_a_new_provider_starts_on_the_newest_snapshot_that_builds_a_target(
+        tmp_path, monkeypatch, caplog) -> None:
+    """A provider opened on a store whose newest snapshot cannot build a Target starts on the
+    newest one before it that can, and says so; after a rollback and a bad snapshot, that is
+    the rollback's copy, not the snapshot rolled away from. When none can, the error names the
+    newest snapshot, its problem and the way out (before, the provider failed with a bare
+    ``TypeError`` or a compiler message naming no snapshot)."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        first = backend.snapshot
+        path = backend.config.store_path
+        document = first.to_document()
+        document["qubits"]["0"]["t1_s"]["value"] = 41e-6
+        second = backend.store.commit(document).snapshot_id
+        rolled = backend.store.rollback(first.snapshot_id).snapshot_id
+    bad = first.to_document()
+    bad["qubits"]["2"]["t1_s"]["value"] = "50 us"
+    _insert_unchecked(path, bad, rolled)
+    with caplog.at_level("WARNING", logger="labqpu.backend.backend"), LabProvider() as provider:
+        backend = provider.backend()
+        assert backend.target.snapshot_id == rolled != second
+        assert backend.snapshot.qubits[0]["t1_s"].value == first.qubits[0]["t1_s"].value
+        warnings = [r.getMessage() for r in caplog.records
+                    if "cannot build a Target" in r.getMessage()]
+        assert len(warnings) == 1 and f"jobs use snapshot {rolled}" in warnings[0]
+    other = tmp_path / "other"
+    monkeypatch.setenv("LABQPU_HOME", str(other))
+    with LabProvider() as provider:
+        path = provider.backend().config.store_path
+    _insert_unchecked(path, bad, None)
+    import sqlite3
+    with sqlite3.connect(path) as conn:  # leave only the bad snapshot
+        conn.execute("DELETE FROM snapshots WHERE document NOT LIKE '%50 us%'")
+    conn.close()
+    with pytest.raises(CalibrationError, match=r"calibration snapshot \d+ of store .* cannot "
+                                               r"build a Target \(.*\), nor can the snapshots "
+                                               r"before it: .*labqpu calibrate rollback ID"):
+        with LabProvider() as provider:
+            provider.backend()

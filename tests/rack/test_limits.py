@@ -1,7 +1,8 @@
 """A calibration the rack's instruments cannot be set to is refused on commit: LO frequencies
 and powers inside the signal generators' ranges, flux biases inside the current sources'
-limits, and drive and readout tones within half the sample rate of their LO. The limits come
-from the wiring file, and the drivers and the simulated instruments enforce the same ones."""
+limits, drive and readout tones within half the sample rate of their LO, and pulse, readout,
+reset and CZ durations on the controllers' sample grid. The limits come from the wiring file,
+and the drivers and the simulated instruments enforce the same ones."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from labqpu.store import CalibrationStore
 from labqpu.testing import shipped_export
 
 
-@pytest.mark.parametrize("device", ["lab5", "lab10"])
+@pytest.mark.parametrize("device", ["lab3", "lab5", "lab10"])
 def test_the_shipped_snapshots_fit_their_racks(device) -> None:
     check_against_wiring(shipped_export(device)["document"],
                          load_config(builtin_config_path(device)))
@@ -49,6 +50,28 @@ def test_a_value_the_rack_cannot_play_is_refused_and_nothing_is_written(
         store.commit(document)
     assert info.value.subject == f"qubit {qubit}" and info.value.parameter == name
     assert named in str(info.value), str(info.value)
+    assert store.latest_id() == before
+
+
+@pytest.mark.parametrize(("subject", "name", "value"), [
+    ("qubit 0", "pulse_duration_s", 20.5e-9), ("qubit 3", "readout_duration_s", 1.2345e-6),
+    ("qubit 1", "reset_duration_s", 1e-6 + 0.25e-9), ("pair 0-1", "cz_duration_s", 60.5e-9),
+])
+def test_a_duration_off_the_sample_grid_is_refused_and_nothing_is_written(
+        lab_backend, subject, name, value) -> None:
+    """A duration the compiler cannot play as whole samples at the controllers' 1 GS/s (a
+    20.5 ns pulse was committed, and then no provider could start on the store) is refused,
+    naming the subject, the parameter and the nearest duration on the grid."""
+    store = lab_backend.store
+    before = store.latest_id()
+    document = copy.deepcopy(lab_backend.snapshot.to_document())
+    section, key = ("pairs", "0-1") if subject.startswith("pair") else ("qubits", subject[6:])
+    document[section][key].setdefault(name, {"value": 0.0, "experiment": "manual"})
+    document[section][key][name]["value"] = value
+    with pytest.raises(InvalidSnapshotError, match=r"samples at the controllers' 1e\+09 Hz, "
+                                                   r"not a whole number \(nearest: ") as info:
+        store.commit(document)
+    assert info.value.subject == subject and info.value.parameter == name
     assert store.latest_id() == before
 
 
