@@ -583,6 +583,21 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
               f"{' '.join(rest) or 'nothing'}", file=sys.stderr)
         return 2
     ids = [int(r) for r in rest]
+    foreign = [flag for flag, given in (
+        ("--all", args.all), ("--qubits", args.qubits), ("--force", args.force),
+        ("--bootstrap", args.bootstrap), ("--rb", args.rb), ("--no-rb", args.no_rb),
+        ("--rb-lengths-1q", args.rb_lengths_1q), ("--rb-lengths-2q", args.rb_lengths_2q),
+        ("--rb-seeds", args.rb_seeds), ("--watch", args.watch), ("--interval", args.interval),
+        ("--rounds", args.rounds), ("--rb-every", args.rb_every), ("--clock", args.clock),
+        ("--design", args.design), ("--shots", args.shots != 400), ("--export", args.export),
+        ("--param", args.param and action != "history"),
+        ("--limit", args.limit != 50 and action != "history")) if given]
+    if foreign:
+        takes = ("; history takes --param, --qubit, --pair, --gate, --since and --limit"
+                 if action == "history" else "")
+        print(f"labqpu calibrate {action}: {', '.join(foreign)}: not for {action}, which works "
+              f"on whole snapshots of the store{takes}", file=sys.stderr)
+        return 2
     selectors = [f"--{name}" for name in ("qubit", "pair", "gate", "since")
                  if getattr(args, name) is not None]
     if selectors and (action != "history" or args.param is None):

@@ -294,6 +294,29 @@ def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, expor
         in proc.stderr
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["rollback", "99999999999999999999"], "has no snapshot 99999999999999999999"),
+    (["diff", "99999999999999999999", "1"], "has no snapshot 99999999999999999999"),
+    (["history", "--param", "t1_s", "--qubit", "0", "--since", "0001-01-01T00:00:00+01:00"],
+     "timestamp 0001-01-01T00:00:00+01:00 is out of range"),
+    (["rollback", "1", "--qubits", "3"], "--qubits: not for rollback, which works on whole "
+                                         "snapshots of the store"),
+    (["history", "--shots", "10", "--interval", "5"], "--interval, --shots: not for history"),
+    (["diff", "1", "2", "--limit", "3"], "--limit: not for diff"),
+])
+def test_calibrate_store_commands_refuse_what_they_cannot_take_in_one_line(
+        tmp_path, export, args, expected) -> None:
+    """Ids beyond any store's range and out-of-range times were tracebacks
+    (``OverflowError``); options of the calibration graph were ignored (``rollback 1 --qubits
+    3`` rolled back every qubit)."""
+    _seeded_home(tmp_path, export)
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "history", "--limit", "99999999999999999999")
+    assert proc.returncode == 0 and proc.stdout.split()[0] == "2", proc.stderr
+
+
 def test_calibrate_history_of_a_misspelt_parameter_names_the_close_one(tmp_path, export):
     _seeded_home(tmp_path, export)
     proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1", "--qubit", "2")

@@ -64,7 +64,7 @@ from qiskit.circuit import Parameter, ParameterExpression
 from labqpu.errors import PulseError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.frames import advance_frame, frame_frequency_hz
-from labqpu.pulse.program import ProgramBuilder, PulseProgram
+from labqpu.pulse.program import MAX_CLBITS, ProgramBuilder, PulseProgram
 from labqpu.pulse.shapes import (
     Bindings,
     Drag,
@@ -412,9 +412,11 @@ class PulseBuilder:
         channel = qubit if isinstance(qubit, Channel) else acquire_channel(qubit)
         self._check_channel(channel, ("acquire",))
         _real_or_parameter(duration_samples, f"acquire on qubit {channel.qubit}")
-        if isinstance(clbit, bool) or not isinstance(clbit, int | np.integer) or clbit < 0:
-            raise PulseError(f"acquire on qubit {channel.qubit}: clbit must be an int >= 0, got "
-                             f"{clbit!r}", qubits=(channel.qubit,), parameter="clbit")
+        if isinstance(clbit, bool) or not isinstance(clbit, int | np.integer) \
+                or not 0 <= clbit < MAX_CLBITS:
+            raise PulseError(f"acquire on qubit {channel.qubit}: clbit must be an int in "
+                             f"0..{MAX_CLBITS - 1}, got {clbit!r}", qubits=(channel.qubit,),
+                             parameter="clbit")
         if self._cond is not None:
             raise PulseError(f"acquire on qubit {channel.qubit} inside if_result: acquisitions "
                              "cannot be conditional", qubits=(channel.qubit,),

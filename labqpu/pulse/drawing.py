@@ -144,14 +144,15 @@ def draw_program(program: Any, *, channels: ChannelMap | None = None,
     if np.any(refs >= 0):  # a swept amplitude (no value of its own) is drawn at 1
         values = program.param_values[refs[refs >= 0]]
         amps[refs >= 0] = np.where(np.isfinite(values), values, 1.0)
-    windows = [(int(s), int(d)) for s, d in zip(program.acq_start, program.acq_duration,
-                                               strict=True)]
+    windows = [(int(s), int(d), int(p)) for s, d, p in zip(
+        program.acq_start, program.acq_duration, program.acq_port, strict=True)]
 
     for ax, (kind, port) in zip(axes, rows, strict=False):
-        for s, d in windows:
+        for s, d, p in windows:
+            own = kind == "in" and p == port  # its own input row; lightly on every other row
             if s < hi and s + d > lo:
                 ax.axvspan(max(s, lo) * ns_per_sample, min(s + d, hi) * ns_per_sample,
-                           color=_ACQ_COLOUR, alpha=0.06 if kind == "out" else 0.35, lw=0)
+                           color=_ACQ_COLOUR, alpha=0.35 if own else 0.06, lw=0)
         ax.axhline(0.0, color="0.6", lw=0.5)
         ax.grid(True, axis="x", color="0.9", lw=0.5)
         if kind == "out":

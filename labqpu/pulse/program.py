@@ -42,6 +42,9 @@ from labqpu.errors import PulseError
 PLAY_FIELDS = ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
                "play_phase_rad", "play_freq_hz", "play_block")
 ACQ_FIELDS = ("acq_port", "acq_start", "acq_duration", "acq_freq_hz")
+#: Classical bits a program may write (its ``num_clbits``): far beyond any lab device's
+#: measurements, and each shot's bitstring in the counts is this long.
+MAX_CLBITS = 1 << 16
 _DTYPES = {
     "play_port": np.int32, "play_start": np.int64, "play_wave": np.int32,
     "play_amp": np.float64, "play_amp_ref": np.int32, "play_phase_rad": np.float64,

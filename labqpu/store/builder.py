@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labqpu.errors import CalibrationMissingError
 from labqpu.store.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from labqpu.store.database import CalibrationStore
 from labqpu.store.validation import (
     check_device,
     check_entry,
@@ -28,11 +31,14 @@ class SnapshotBuilder:
     Each setter validates its value at once (raising :class:`InvalidSnapshotError` naming the
     qubit, pair or gate and the parameter) and returns the builder, so calls chain::
 
-        doc = (SnapshotBuilder.from_snapshot(store.latest())
-               .set_qubit(0, "frequency_hz", 5.0213e9, "ramsey")
-               .set_pair((0, 1), "cz_amplitude", 0.41, "cz_chevron")
-               .build_document())
-        store.commit(doc)
+        snapshot = (SnapshotBuilder.from_snapshot(store.latest())
+                    .set_qubit(0, "frequency_hz", 5.0213e9, "ramsey")
+                    .set_pair((0, 1), "cz_amplitude", 0.41, "cz_chevron")
+                    .commit(store))
+
+    :meth:`commit` refuses (``StaleSnapshotError``) when another writer committed since the
+    snapshot the builder was made from, whose values the document would otherwise silently
+    undo; read the newest snapshot again and apply the change to it.
 
     ``timestamp`` defaults to now; pass an aware ``datetime`` or ISO-8601 string otherwise.
     """
@@ -40,6 +46,8 @@ class SnapshotBuilder:
     def __init__(self, device: str, *, notes: str = "") -> None:
         self._device = check_device(device)
         self.notes = notes
+        #: The snapshot the builder was made from (:meth:`from_snapshot`), or None.
+        self.parent_id: int | None = None
         self._qubits: dict[int, dict[str, dict[str, Any]]] = {}
         self._pairs: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
         self._gates: dict[tuple[str, tuple[int, ...]], dict[str, dict[str, Any]]] = {}
@@ -48,6 +56,7 @@ class SnapshotBuilder:
     def from_snapshot(cls, snapshot: Snapshot) -> SnapshotBuilder:
         """A builder holding a copy of everything in ``snapshot`` (which stays unchanged)."""
         builder = cls(snapshot.device, notes=snapshot.notes)
+        builder.parent_id = snapshot.snapshot_id or None  # 0: never committed
         document = snapshot.to_document()
         builder._qubits = {int(key): params for key, params in document["qubits"].items()}
         builder._pairs = {parse_pair(key): params for key, params in document["pairs"].items()}
@@ -148,6 +157,18 @@ class SnapshotBuilder:
         elif self._gates.pop(key, None) is None:
             raise CalibrationMissingError("nothing to remove", subject=subject)
         return self
+
+    def commit(self, store: CalibrationStore) -> Snapshot:
+        """Commit the document to ``store`` as the child of the snapshot the builder was made
+        from (:meth:`from_snapshot`; a builder made from scratch: of the newest).
+
+        Raises:
+            StaleSnapshotError: another snapshot was committed since the one the builder was
+                made from (nothing was written): its values would be undone.
+            InvalidSnapshotError: as :meth:`CalibrationStore.commit`.
+        """
+        return store.commit(self.build_document(), parent_id=self.parent_id,
+                            expect_parent=self.parent_id is not None)
 
     def build_document(self) -> dict[str, Any]:
         """The document as it stands: fresh, validated, ready for

@@ -28,6 +28,7 @@ from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.snapshot import Snapshot, diff_snapshots
 from labqpu.store.validation import (
+    MAX_ID,
     canonical_json,
     check_timestamp,
     is_id,
@@ -591,7 +592,7 @@ class CalibrationStore:
         rows = self._query(
             f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND complete = 1",
             (snapshot_id,),
-        )
+        ) if is_id(snapshot_id) else []
         if not rows:
             raise CalibrationMissingError(
                 f"calibration store {self._path} has no snapshot {snapshot_id}"
@@ -605,7 +606,7 @@ class CalibrationStore:
         rows = self._query(
             f"SELECT device, {_SNAPSHOT_COLUMNS} FROM snapshots WHERE complete = 1 "
             "ORDER BY id DESC LIMIT ?",
-            (limit,),
+            (min(limit, MAX_ID),),
         )
         return [SnapshotInfo(snapshot_id, device, created, parent_id, content_hash,
                              self._document(snapshot_id, document, content_hash).get("notes", ""))

@@ -163,7 +163,11 @@ def check_timestamp(value: object, subject: str = "", parameter: str = "") -> st
             subject=subject,
             parameter=parameter,
         )
-    return moment.astimezone(UTC).isoformat()
+    try:
+        return moment.astimezone(UTC).isoformat()
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable moment
+        raise InvalidSnapshotError(f"timestamp {value!s} is out of range", subject=subject,
+                                   parameter=parameter) from None
 
 
 def check_entry(entry: object, subject: str, parameter: str) -> dict[str, Any]:
@@ -287,8 +291,12 @@ def gate_key(name: str, qubits: tuple[int, ...]) -> str:
     return f"{name}:{'-'.join(map(str, qubits))}"
 
 
+#: The largest snapshot id (SQLite's largest integer).
+MAX_ID = 2**63 - 1
+
+
 def is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def _add_unique(section: dict[Any, Any], key: Any, params: dict[str, Any], subject: str) -> None:

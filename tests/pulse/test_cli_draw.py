@@ -126,3 +126,37 @@ def test_draw_shows_the_program_run_plays_for_a_dynamic_circuit(tmp_path: Path,
     assert program.has_feedforward and len(program.block_acq) >= 2
     assert (f"{program.duration_samples} samples, {len(program.play_port)} plays, "
             f"{len(program.acq_port)} acquisitions") in done.stdout
+
+
+def test_each_acquisition_window_is_shaded_strongly_on_its_own_input_row_only(
+        lab_backend) -> None:
+    """Two measurements on qubits with inputs of their own, one after the other: each input
+    row shades its own window strongly and the other's lightly, like the output rows (every
+    window was shaded strongly on every input row, so only the labels told them apart)."""
+    from matplotlib.patches import Polygon, Rectangle
+
+    from labqpu import pulse
+    from labqpu.pulse.drawing import draw_program
+
+    with pulse.build(lab_backend) as builder, pulse.align_sequential():
+        pulse.measure(0, clbit=0)
+        pulse.measure(4, clbit=1)
+    program = builder.build()
+    inputs = sorted({int(p) for p in program.acq_port})
+    assert len(inputs) == 2, "qubits 0 and 4 are read on inputs of their own"
+    assert len(set(program.acq_start.tolist())) == 2, "one window after the other"
+    windows = {int(p): (int(s), int(s) + int(d)) for s, d, p in zip(
+        program.acq_start, program.acq_duration, program.acq_port, strict=True)}
+    figure = draw_program(program, channels=lab_backend.channels)
+    rows = [ax for ax in figure.axes if ax.get_ylabel().startswith("acquire")]
+    assert len(rows) == 2
+    ns = 1e9 / program.sample_rate_hz
+    for ax, port in zip(rows, inputs, strict=True):
+        spans = {}
+        for patch in ax.patches:
+            if isinstance(patch, Polygon | Rectangle) and patch.get_alpha() in (0.06, 0.35):
+                x = patch.get_xy() if isinstance(patch, Polygon) else [patch.get_xy()]
+                spans[round(min(v[0] for v in x) / ns)] = patch.get_alpha()
+        assert spans[windows[port][0]] == 0.35
+        other = next(p for p in inputs if p != port)
+        assert spans[windows[other][0]] == 0.06

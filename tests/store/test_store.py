@@ -344,6 +344,30 @@ def test_expect_parent_detects_a_concurrent_commit(store: CalibrationStore) -> N
     assert branch.parent_id == base.snapshot_id
 
 
+def test_a_builders_commit_refuses_to_undo_another_writers_snapshot(
+        store: CalibrationStore) -> None:
+    """Two writers each make a builder from the newest snapshot and change one value: the
+    second ``builder.commit(store)`` is refused (it would have put the first writer's value
+    back, recording the first writer's snapshot as its parent), and, made again from the
+    newest snapshot, keeps both values. A builder made from scratch commits as before."""
+    base = store.commit(lab5_document(notes="base"))
+    first = SnapshotBuilder.from_snapshot(store.latest()).set_qubit(0, "t1_s", 45e-6, "t1")
+    second = SnapshotBuilder.from_snapshot(store.latest()).set_qubit(1, "t1_s", 35e-6, "t1")
+    assert first.parent_id == second.parent_id == base.snapshot_id
+    winner = first.commit(store)
+    assert winner.parent_id == base.snapshot_id
+    with pytest.raises(StaleSnapshotError):
+        second.commit(store)
+    assert store.latest() == winner and row_count(store.path) == 2
+    again = SnapshotBuilder.from_snapshot(store.latest()).set_qubit(1, "t1_s", 35e-6, "t1")
+    both = again.commit(store)
+    assert both.qubits[0]["t1_s"].value == 45e-6 and both.qubits[1]["t1_s"].value == 35e-6
+    assert both.parent_id == winner.snapshot_id
+    scratch = SnapshotBuilder("lab5").set_qubit(0, "t1_s", 50e-6, "t1")
+    assert scratch.parent_id is None
+    assert scratch.commit(store).parent_id == both.snapshot_id
+
+
 def test_missing_parameters_name_the_qubit_or_pair(store: CalibrationStore) -> None:
     with pytest.raises(CalibrationMissingError, match="holds no snapshot"):
         store.latest()
