@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from labqpu.cli_draw import draw_command, load_circuit
+from labqpu.cli_draw import draw_command, load_circuit, unbound_problem
 
 
 def _bell():
@@ -159,7 +159,12 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"labqpu: {problem}", file=sys.stderr)
             return 2
-        _, note = _run_circuit(load_circuit(script), opts.config, opts.shots, opts.seed)
+        circuit = load_circuit(script)
+        problem = unbound_problem(circuit)
+        if problem:
+            print(f"labqpu run: {problem}", file=sys.stderr)
+            return 2
+        _, note = _run_circuit(circuit, opts.config, opts.shots, opts.seed)
         print(f"({note})")
         return 0
     if shared:
@@ -619,7 +624,10 @@ def _calibration_store_command(args: argparse.Namespace) -> int:
         elif action == "diff":
             print(json.dumps(store.diff(*ids), indent=1))
         elif args.param is None:
-            for info in store.history(limit=args.limit):
+            infos = store.history(limit=args.limit)
+            if not infos:
+                print(f"calibration store {config.store_path} holds no snapshot yet")
+            for info in infos:
                 parent = "-" if info.parent_id is None else info.parent_id
                 print(f"{info.snapshot_id:>5}  {info.created}  parent {parent:>5}  "
                       f"{info.notes}")

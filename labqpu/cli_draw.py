@@ -102,6 +102,17 @@ def _draw_option_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def unbound_problem(circuit) -> str | None:
+    """Why the command line cannot run or draw ``circuit``: parameters it leaves unbound (an
+    OpenQASM ``input``), which it has no way to give values to; None when all are bound."""
+    if not circuit.parameters:
+        return None
+    names = ", ".join(sorted(p.name for p in circuit.parameters))
+    return (f"circuit {circuit.name!r} has unbound parameter(s) {names}, and the command line "
+            "gives them no values: assign them in the file, or run the circuit from Python "
+            "with backend.run(circuit, parameter_binds=[{...}])")
+
+
 def draw_command(args: argparse.Namespace) -> int:
     """``labqpu draw FILE``: the PNG of the program ``run()`` would play for the circuit in
     FILE (exit code 0; 2 for a bad file or option, with one line on stderr)."""
@@ -113,6 +124,10 @@ def draw_command(args: argparse.Namespace) -> int:
         circuit = _load_circuit(Path(args.file))
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
+        return 2
+    problem = unbound_problem(circuit)
+    if problem:
+        print(f"labqpu draw: {problem}", file=sys.stderr)
         return 2
     out = Path(args.output or Path(args.file).with_suffix(".png").name)
     if not out.suffix:  # matplotlib writes PNG and adds the suffix
@@ -138,6 +153,11 @@ def draw_command(args: argparse.Namespace) -> int:
         return 2
     with LabProvider(args.config) as provider:
         backend = provider.backend()
+        if circuit.num_qubits > backend.num_qubits:
+            print(f"labqpu draw: the {circuit.num_qubits}-qubit circuit {circuit.name!r} does "
+                  f"not fit {backend.name}, which has {backend.num_qubits} qubits",
+                  file=sys.stderr)
+            return 2
         if args.layout is not None and not all(0 <= q < backend.num_qubits
                                                for q in args.layout):
             print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: {backend.name} "

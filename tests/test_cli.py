@@ -633,3 +633,25 @@ def test_sim_wiring_errors_name_the_file(tmp_path, edit, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"labqpu sim: {wiring}"), proc.stderr
     assert message in lines[0], proc.stderr
+
+
+def test_calibrating_an_edge_node_on_qubits_without_an_edge_is_refused(tmp_path) -> None:
+    """``labqpu calibrate cz --qubits 0 2`` ran cz's prerequisites on both qubits, no cz at all,
+    said nothing and exited 0 (committing what the prerequisites changed)."""
+    proc = labqpu(tmp_path, "calibrate", "cz", "--qubits", "0", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert ("cz calibrate(s) edges, and qubits [0, 2] hold none of lab5's edges (0-1, 1-2, "
+            "2-3, 3-4): give both qubits of an edge") in proc.stderr
+    history = labqpu(tmp_path, "calibrate", "history")
+    assert [line.split()[0] for line in history.stdout.splitlines()] == ["1"]  # no commit
+
+
+def test_history_of_an_empty_store_says_so(tmp_path) -> None:
+    """A rack of its own whose store holds nothing yet: history printed nothing at all."""
+    text = (REPO / "labqpu" / "data" / "lab5.toml").read_text()
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(text.replace('seed_snapshot = "lab5_calibration.json"',
+                                   'seed_snapshot = ""', 1))
+    proc = labqpu(tmp_path, "calibrate", "history", "--config", str(wiring))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("holds no snapshot yet"), proc.stdout

@@ -219,6 +219,11 @@ class LabBackend(BackendV2):
                 snapshot = Snapshot.from_document({"device": self.config.device_name,
                                                    "qubits": {}, "pairs": {}, "gates": {}})
                 target = self._build_target(snapshot, self._pulse_gates)
+                log.warning("backend %s: calibration store %s holds no snapshot, so the "
+                            "Target has no gate and transpile() fails for every circuit; "
+                            "measure one with `labqpu calibrate --bootstrap --config %s "
+                            "--design DESIGN.toml`", self.name, self.config.store_path,
+                            self.config.path)
             else:
                 snapshot, target, problem = newest_buildable(
                     self.store, latest, lambda s: self._build_target(s, self._pulse_gates))

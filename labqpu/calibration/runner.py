@@ -414,6 +414,14 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     if nodes is not None:
         nodes = [name for name in nodes if name != RB_NODE]
     steps = plan(nodes, chosen, backend.config.coupling_map, available)
+    idle = [name for name in nodes or () if not any(n.name == name for n, _ in steps)]
+    if idle:
+        edges = ", ".join(f"{a}-{b}" for a, b in sorted({(min(e), max(e)) for e in
+                                                          backend.config.coupling_map}))
+        raise CalibrationError(
+            f"{', '.join(idle)} calibrate(s) edges, and qubits {sorted(set(chosen))} hold "
+            f"none of {backend.name}'s edges ({edges}): give both qubits of an edge, e.g. "
+            "--qubits 0 1; nothing was run")
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
     design_work = load_design(design, device=backend.name,
                               num_qubits=backend.config.num_qubits)

@@ -511,7 +511,7 @@ class SimulatedController:
             iq, bits = run_with_feedforward(self.engine, prog, ff, self._settings(), shots, rng,
                                             drift, rep_delay_s=rep_delay,
                                             decimation=decimation if traces else None,
-                                            traces=out)
+                                            traces=out, cancel=cancel)
         log.debug("executed %d shots of %.3g s, %d acquisitions", shots, shot_s, iq.shape[1])
         result = {"iq": iq, "bits": bits}
         if out is not None:

@@ -35,6 +35,7 @@ Programs without conditional blocks and without branch points run through
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,7 +59,7 @@ from labqpu.firmware_sim.physics import (
     spectators,
 )
 from labqpu.firmware_sim.render import _render_kernel
-from labqpu.firmware_sim.shots import run_shots
+from labqpu.firmware_sim.shots import run_shots, stop_if
 
 __all__ = ["FeedForward", "branch_probabilities", "run_with_feedforward"]
 
@@ -271,7 +272,9 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
                          settings: Settings, shots: int, rng: np.random.Generator,
                          drift: tuple[np.ndarray, np.ndarray] | None = None, *,
                          rep_delay_s: float | None = None, decimation: int | None = None,
-                         traces: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         traces: np.ndarray | None = None,
+                         cancel: threading.Event | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Execute ``prog`` with its conditional part ``ff`` for ``shots`` shots under ``drift``
     (``PhysicsEngine.conditions``). Shots are split into quasi-static noise chunks as in
     ``PhysicsEngine.run``, each chunk one branch tree.
@@ -282,7 +285,8 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     into ``traces``, complex64 (shots, acquisitions, ``shots.trace_points``). Shots follow
     each other after ``rep_delay_s`` (s; residual excitation, ``shots`` module) in programs
     without branch points; with branch points (and with None) every shot starts thermal.
-    Raises ``SimulationError`` for programs the simulator cannot execute.
+    Raises ``SimulationError`` for programs the simulator cannot execute, and
+    ``shots.RunAbortedError`` once ``cancel`` is set (checked between chunks).
     """
     plan = _Plan(engine, prog, ff)
     n_acq = prog.acq_port.shape[0]
@@ -290,7 +294,8 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     results = np.zeros((shots, n_acq), dtype=np.uint8)
     if not plan.branches:
         records = run_shots(engine, effective_program(prog, ff, {}), settings, shots, rng,
-                            drift, rep_delay_s=rep_delay_s, decimation=decimation)
+                            drift, rep_delay_s=rep_delay_s, decimation=decimation,
+                            cancel=cancel)
         iq[:] = records.iq
         if decimation is not None:
             traces[:] = records.traces
@@ -310,6 +315,7 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     for (_, offsets), n in zip(chunks, counts, strict=True):
         if not n:
             continue
+        stop_if(cancel)
         cond = with_offsets(base, offsets)
         tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond,
                      (decimation, traces))

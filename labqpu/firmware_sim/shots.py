@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,24 +65,38 @@ def cascade_level(level: int, gap_s: float, t1_s: float, draws: np.ndarray) -> i
     return level
 
 
+class RunAbortedError(RuntimeError):
+    """The run's cancel event was set while it was computed."""
+
+
+def stop_if(cancel: threading.Event | None) -> None:
+    """Raise :class:`RunAbortedError` once ``cancel`` is set: a run's computation checks between
+    its chunks, acquisitions and blocks of shots, so an abort ends it within one of them."""
+    if cancel is not None and cancel.is_set():
+        raise RunAbortedError("aborted while it was computed")
+
+
 def run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
               drift: tuple[np.ndarray, np.ndarray] | None = None, *,
-              rep_delay_s: float | None = None, decimation: int | None = None) -> ShotRecords:
+              rep_delay_s: float | None = None, decimation: int | None = None,
+              cancel: threading.Event | None = None) -> ShotRecords:
     """Execute ``prog`` (``physics.WireProgram``) on ``engine`` (``physics.PhysicsEngine``)
     under ``settings`` (``physics.Settings``) for ``shots`` shots under ``drift``
     (``PhysicsEngine.conditions``), ``rep_delay_s`` (s) between shots (None: independent
-    shots), with traces of ``decimation`` samples per point when given. (Not imported from
+    shots), with traces of ``decimation`` samples per point when given; ``cancel`` stops it
+    (:func:`stop_if`). (Not imported from
     ``physics``, which calls this module.) However the run ends, the shares the thread keeps
     are trimmed to their byte budget (``blocks.RunShares.trim``)."""
     try:
-        return _run_shots(engine, prog, settings, shots, rng, drift, rep_delay_s, decimation)
+        return _run_shots(engine, prog, settings, shots, rng, drift, rep_delay_s, decimation,
+                          cancel)
     finally:
         engine.run_shares.trim()
 
 
 def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
                drift: tuple[np.ndarray, np.ndarray] | None, rep_delay_s: float | None,
-               decimation: int | None) -> ShotRecords:
+               decimation: int | None, cancel: threading.Event | None) -> ShotRecords:
     """:func:`run_shots` without the trimming."""
     qubit_ports = {p for cab in engine.cabling.values() for p in (cab.drive_port, cab.flux_port)}
     if not prog.acq_port.size and qubit_ports.isdisjoint(prog.play_port.tolist()):
@@ -103,6 +118,7 @@ def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
     parts = []
     samples = None
     for c in np.flatnonzero(counts):
+        stop_if(cancel)
         ev = engine.evolve(prog, settings, conditions=conds[c], share=share)
         if samples is None:  # one program for every chunk: one rendering, one acquisition list
             samples, acquisitions = ev.samples, ev.acquisitions
@@ -119,7 +135,7 @@ def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
                                               int(counts[c]), rng))
     if residual:
         levels = _chain(engine, prog, settings, rng, counts, conds, states, measured, gaps, base,
-                        share)
+                        share, cancel)
     else:
         levels = np.concatenate(parts)
     iq = np.zeros((shots, len(acquisitions)), dtype=np.complex64)
@@ -128,6 +144,7 @@ def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
         points = trace_points(prog.acq_duration, decimation)
         traces = np.zeros((shots, len(acquisitions), points), dtype=np.complex64)
     for j, (i, q) in enumerate(acquisitions):
+        stop_if(cancel)
         rec = engine._acquire(i, q, prog, samples, settings, levels[:, j], rng,
                               base[q].t1_s, decimation)
         iq[:, j] = rec.iq
@@ -138,7 +155,8 @@ def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
 
 def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray, conds: list,
            states: dict[int, tuple[DensityMatrix, dict[int, int]]], measured: list[int],
-           gaps: list[float], base: dict, share: RunShare) -> np.ndarray:
+           gaps: list[float], base: dict, share: RunShare,
+           cancel: threading.Event | None = None) -> np.ndarray:
     """Levels (shots, acquisitions) sampled shot after shot, each shot starting from where
     the previous one left the measured qubits (module docstring); ``share`` is the run's
     (``PhysicsEngine.evolve``)."""
@@ -173,6 +191,8 @@ def _chain(engine, prog, settings, rng: np.random.Generator, counts: np.ndarray,
     start = (0,) * len(measured)
     shape = (LEVELS,) * len(measured)
     for s in range(shots):
+        if not s % 4096:
+            stop_if(cancel)
         table = cdf(int(chunk_of[s]), start)
         outcome = min(int(np.searchsorted(table, picks[s] * table[-1], side="right")),
                       table.size - 1)

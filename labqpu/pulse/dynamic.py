@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from qiskit.circuit import Clbit, QuantumCircuit
+from qiskit.circuit import Clbit, ParameterExpression, QuantumCircuit
 
 from labqpu.errors import CompilationError
 from labqpu.pulse.conditions import MAX_CONDITION_BITS, ConditionError, truth_table
@@ -242,11 +242,16 @@ class _Reader:
         if gate is None:
             self.fail(f"pulse gate {name!r} is defined on qubits "
                       f"{sorted(self.pulse_gates[name])}, not on {qubits}", qubits, name)
+        params = inst.operation.params
+        if any(isinstance(v, ParameterExpression) and v.parameters for v in params):
+            raise unbound_error(self.circuit.name, name, qubits, params, f"pulse gate {name!r}")
         try:
-            values = [float(v) for v in inst.operation.params]
-        except TypeError as exc:
-            raise unbound_error(self.circuit.name, name, qubits, inst.operation.params,
-                                f"pulse gate {name!r}") from exc
+            if any(isinstance(v, bool) for v in params):
+                raise TypeError("a bool is no amplitude")
+            values = [float(v) for v in params]
+        except (TypeError, ValueError):
+            self.fail(f"pulse gate {name!r} on {qubits}: its values must be real numbers, got "
+                      f"{params!r}", qubits, name)
         if len(values) != len(gate.parameters):
             self.fail(f"pulse gate {name!r} on {qubits} has {len(values)} value(s); its "
                       f"definition takes {len(gate.parameters)}", qubits, name)

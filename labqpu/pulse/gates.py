@@ -37,6 +37,7 @@ Semantics of a definition inside a circuit:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -106,6 +107,12 @@ class PulseGate:
                 f"pulse gate {self.name!r} takes {len(self.parameters)} value(s) "
                 f"({', '.join(p.name for p in self.parameters) or 'none'}), got {len(values)}",
                 parameter=self.name)
+        for parameter, value in zip(self.parameters, values, strict=True):
+            if not isinstance(value, ParameterExpression) and (
+                    isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise PulseError(
+                    f"pulse gate {self.name!r}: {parameter.name} must be a real number or a "
+                    f"circuit Parameter, got {value!r}", parameter=parameter.name)
         return Instruction(self.name, len(self.qubits), 0, list(values))
 
     def target_gate(self) -> Instruction:

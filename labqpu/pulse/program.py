@@ -21,7 +21,9 @@ The program is what the controller runs; ``to_wire`` gives the arrays and the JS
 of an ``upload`` (see ``docs/protocol.md``). ``to_bytes`` / ``from_bytes`` store the whole
 program losslessly, without pickle: the magic ``LQPP``, a little-endian uint32 format version
 and uint32 header length, a UTF-8 JSON header (settings, header, and per array its name, dtype,
-length and byte offset), then the raw little-endian array bytes. ``draw()`` plots it.
+length and byte offset), then the raw little-endian array bytes and a little-endian uint32
+CRC-32 of everything before it (the header says ``"checksum": "crc32"``; programs stored
+before it came are read without the check). ``draw()`` plots it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import functools
 import hashlib
 import json
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -340,6 +343,7 @@ class PulseProgram:
             "num_clbits": self.num_clbits, "header": self.header,
             "snapshot_id": self.snapshot_id, "arrays": arrays,
             "rack": [list(r) for r in self.rack], "binds": [list(b) for b in self.binds],
+            "checksum": "crc32",
         }
         try:
             text = json.dumps(meta, allow_nan=False).encode()
@@ -348,7 +352,8 @@ class PulseProgram:
                              f"cannot be stored as JSON ({exc})", parameter="header") from exc
         # older readers take what they can read
         version = _FORMAT_VERSION if nested else 3 if self.binds else 2
-        return b"".join([_MAGIC, struct.pack("<II", version, len(text)), text, *blobs])
+        data = b"".join([_MAGIC, struct.pack("<II", version, len(text)), text, *blobs])
+        return data + struct.pack("<I", zlib.crc32(data))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PulseProgram:
@@ -369,6 +374,12 @@ class PulseProgram:
                              f"reads versions 1-{_FORMAT_VERSION}", parameter="version")
         try:
             meta: dict[str, Any] = json.loads(bytes(view[12:12 + length]))
+            if meta.get("checksum") == "crc32":
+                if len(view) < 16 + length or zlib.crc32(view[:-4]) != struct.unpack(
+                        "<I", view[-4:])[0]:
+                    raise PulseError("stored PulseProgram is damaged: its CRC-32 does not "
+                                     "match its bytes", parameter="checksum")
+                view = view[:-4]
             body = view[12 + length:]
             values = {}
             for entry in meta["arrays"]:

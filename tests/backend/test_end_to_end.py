@@ -414,16 +414,24 @@ def test_run_of_something_that_is_no_circuit_says_what_it_takes(lab_backend) -> 
     assert len(lab_backend.run(circuits, shots=10).result(timeout=60).results) == 2
 
 
-def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch) -> None:
+def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch, caplog) -> None:
     """A wiring file of a new device whose store holds no snapshot yet: the Target has no
-    calibrated gate, and a run says what to measure instead of listing gates it refuses."""
+    calibrated gate; the backend warns once that transpile() cannot work (Qiskit's own error
+    there names no store: "unable to synthesize measure"), and a run says what to measure
+    instead of listing gates it refuses."""
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     text = default_config_path().read_text()
     text = text.replace('seed_snapshot = "lab5_calibration.json"', 'seed_snapshot = ""', 1)
     wiring = tmp_path / "lab.toml"
     wiring.write_text(text)
-    with LabProvider(str(wiring), simulator=True) as provider:
+    with caplog.at_level("WARNING", logger="labqpu.backend.backend"), \
+            LabProvider(str(wiring), simulator=True) as provider:
         backend = provider.backend()
+        assert backend.target.num_qubits == 5 and backend.target.snapshot_id == 0
+        warnings = [r.getMessage() for r in caplog.records if "holds no snapshot" in
+                    r.getMessage()]
+        assert len(warnings) == 1 and "transpile() fails for every circuit" in warnings[0]
+        assert "labqpu calibrate --bootstrap --config" in warnings[0]
         qc = QuantumCircuit(1, 1)
         qc.x(0)
         qc.measure(0, 0)

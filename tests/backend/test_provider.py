@@ -372,6 +372,6 @@ def test_a_new_provider_starts_on_the_newest_snapshot_that_builds_a_target(
     conn.close()
     with pytest.raises(CalibrationError, match=r"calibration snapshot \d+ of store .* cannot "
                                                r"build a Target \(.*\), nor can the snapshots "
-                                               r"before it: .*labqpu calibrate rollback ID"):
-        with LabProvider() as provider:
-            provider.backend()
+                                               r"before it: .*labqpu calibrate rollback ID"), \
+            LabProvider() as provider:
+        provider.backend()

@@ -8,6 +8,7 @@ parameter values, refuse bad values before anything is sent, and leave with
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -189,6 +190,25 @@ def test_bad_values_are_refused_before_anything_is_sent(lab_backend, rabi) -> No
             pulse.play(pulse.Constant(duration_samples=40, amp=0.1), pulse.flux(1))
         lab_backend.add_pulse_gate("rabi", b, qubits=[0, 1])
     assert list(lab_backend.target.qargs_for_operation_name("rabi")) == [(Q,)]
+
+
+@pytest.mark.parametrize("value", ["x", 1j, None, True])
+def test_a_value_that_is_no_real_number_is_refused_naming_the_gate(lab_backend, rabi,
+                                                                   value) -> None:
+    """``gate('x')`` transpiled and then failed in ``run()`` with a bare ``ValueError``;
+    ``gate(1j)`` and ``gate(None)`` reported "an unbound parameter ()". The gate refuses them
+    when the instruction is made, and ``run()`` refuses one put into a circuit by hand."""
+    with pytest.raises(PulseError, match=rf"pulse gate 'rabi': amp must be a real number or a "
+                                         rf"circuit Parameter, got {re.escape(repr(value))}"):
+        rabi(value)
+    native = transpile(rabi_circuit(rabi, 0.3), lab_backend, initial_layout=[Q])
+    [gate] = [i.operation for i in native.data if i.operation.name == "rabi"]
+    gate.params = [value]
+    before = runs_total(lab_backend)
+    with pytest.raises(InvalidRunInputError, match=r"pulse gate 'rabi' on \(\d+,\): its "
+                                                   r"values must be real numbers"):
+        lab_backend.run(native)
+    assert runs_total(lab_backend) == before
 
 
 def test_a_definition_on_the_same_qubits_replaces_the_old_one(lab_backend, rabi) -> None:

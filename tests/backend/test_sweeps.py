@@ -324,3 +324,22 @@ def test_a_bad_circuit_sweep_is_refused_before_anything_is_sent(lab_backend) -> 
             lab_backend.run(native, shots=100, parameter_binds=binds)
         assert message in str(info.value)
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
+
+
+def test_a_delay_bound_to_a_negative_duration_is_refused_naming_the_point(lab_backend) -> None:
+    """Qiskit refused it only when the compiler read the bound delay, with its own
+    ``CircuitError`` that named neither the bind nor the point."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+
+    tau = Parameter("tau")
+    qc = QuantumCircuit(1, 1, name="wait")
+    qc.x(0)
+    qc.delay(2 * tau, 0, unit="dt")
+    qc.measure(0, 0)
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    with pytest.raises(InvalidRunInputError, match=r"parameter_binds of circuit 'wait', point 1 "
+                                                   r"\({'tau': -5.0}\): a delay of 2\*tau is "
+                                                   r"-10.0, not a duration >= 0"):
+        lab_backend.run(qc, shots=10, parameter_binds=[{tau: [16, -5]}])
+    assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before

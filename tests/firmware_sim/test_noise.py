@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from labqpu.firmware_sim.noise import (
     with_offsets,
 )
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram, relaxation_superop
+from labqpu.firmware_sim.shots import RunAbortedError, run_shots
 
 DEVICE: DeviceTruth = load_device("lab5")
 RACK = load_rack(Path(labqpu.__file__).parent / "data" / "lab5.toml")
@@ -440,25 +442,7 @@ def test_a_branched_run_averages_the_quasi_static_noise_too(noisy: PhysicsEngine
     gap = 5000
     pulses = [(0, math.pi / 2, 0.0), (PULSE + gap, math.pi / 2, 0.0)]
     ramsey = measured_program(pulses, 2 * PULSE + gap)
-    q2 = RACK.cabling[2]
-    if2 = DEVICE.qubits[2].resonator_hz - 7.0e9
-    branched = dataclasses.replace(
-        ramsey,
-        play_port=np.append(ramsey.play_port, [q2.readout_port, q2.drive_port]).astype(np.int32),
-        play_start=np.append(ramsey.play_start, [0, 2000]),
-        play_wave=np.append(ramsey.play_wave, [1, 0]).astype(np.int32),
-        play_amp=np.append(ramsey.play_amp, [0.5, 0.1]),
-        play_phase_rad=np.append(ramsey.play_phase_rad, [0.0, 0.0]),
-        play_freq_hz=np.append(ramsey.play_freq_hz, [if2, NCO_HZ]),
-        acq_port=np.append(ramsey.acq_port, q2.acquire_port).astype(np.int32),
-        acq_start=np.append(ramsey.acq_start, 0), acq_duration=np.append(ramsey.acq_duration, 1000),
-        acq_freq_hz=np.append(ramsey.acq_freq_hz, if2))
-    n_play = branched.play_port.shape[0]
-    empty_i, empty_f = np.zeros(0, dtype=np.int32), np.zeros(0)
-    ff = FeedForward(play_block=np.full(n_play, -1, dtype=np.int32), block_acq=empty_i,
-                     block_value=empty_i, shift_port=empty_i, shift_start=np.zeros(0, np.int64),
-                     shift_phase_rad=empty_f, shift_block=empty_i,
-                     disc_axis=np.zeros(2, dtype=complex), disc_threshold=np.zeros(2))
+    branched, ff = _branched(ramsey)
     m0 = noisy.run(measured_program([], PULSE), st, shots, np.random.default_rng(1)).mean()
     m1 = noisy.run(measured_program([(0, math.pi, 0.0)], PULSE), st, shots,
                    np.random.default_rng(2)).mean()
@@ -492,3 +476,63 @@ def test_pulse_spans_match_a_play_by_play_reference(seed: int) -> None:
     alone = WireProgram.from_tuples([(RACK.cabling[0].readout_port, 0, 0, 0.1, 0.0, 0.0)],
                                     waves, [], 600)
     assert set(pulse_spans_s(alone, RACK.cabling, FS).values()) == {0.0}
+
+
+def test_a_cancelled_run_stops_at_its_next_chunk(noisy: PhysicsEngine, monkeypatch) -> None:
+    """An abort that arrives while a run is computed (the run's cancel event set during its
+    first noise chunk) ends it before the next chunk, with ``RunAbortedError``, on the plain
+    path and on the branch-tree path (a mid-circuit measurement) alike. Before, the run
+    computed to its end: a cancelled 100 000-shot job's status turned CANCELLED only 7 s
+    later, and ``close()`` waited for it."""
+    st = settings()
+    pulses = [(0, math.pi / 2, 0.0), (PULSE + 5000, math.pi / 2, 0.0)]
+    ramsey = measured_program(pulses, 2 * PULSE + 5000)
+    evolve = noisy.evolve
+    calls: list[int] = []
+    cancel = threading.Event()
+
+    def evolving(*args, **kwargs):
+        calls.append(1)
+        if armed:
+            cancel.set()
+        return evolve(*args, **kwargs)
+
+    monkeypatch.setattr(noisy, "evolve", evolving)
+    armed = False
+    run_shots(noisy, ramsey, st, 2000, np.random.default_rng(3), cancel=cancel)
+    assert len(calls) > 2, "the run has several chunks"
+    armed = True
+    for run in (lambda: run_shots(noisy, ramsey, st, 2000, np.random.default_rng(3),
+                                  cancel=cancel),
+                lambda: run_with_feedforward(noisy, *_branched(ramsey), st, 2000,
+                                             np.random.default_rng(3), cancel=cancel)):
+        calls.clear()
+        cancel.clear()
+        with pytest.raises(RunAbortedError, match="aborted while it was computed"):
+            run()
+        assert len(calls) == 1
+
+
+def _branched(ramsey: WireProgram) -> tuple[WireProgram, FeedForward]:
+    """``ramsey`` with a mid-circuit measurement of qubit 2 that qubit 2's later drive
+    follows (a branch point), and its feed-forward part."""
+    q2 = RACK.cabling[2]
+    if2 = DEVICE.qubits[2].resonator_hz - 7.0e9
+    branched = dataclasses.replace(
+        ramsey,
+        play_port=np.append(ramsey.play_port, [q2.readout_port, q2.drive_port]).astype(np.int32),
+        play_start=np.append(ramsey.play_start, [0, 2000]),
+        play_wave=np.append(ramsey.play_wave, [1, 0]).astype(np.int32),
+        play_amp=np.append(ramsey.play_amp, [0.5, 0.1]),
+        play_phase_rad=np.append(ramsey.play_phase_rad, [0.0, 0.0]),
+        play_freq_hz=np.append(ramsey.play_freq_hz, [if2, NCO_HZ]),
+        acq_port=np.append(ramsey.acq_port, q2.acquire_port).astype(np.int32),
+        acq_start=np.append(ramsey.acq_start, 0), acq_duration=np.append(ramsey.acq_duration, 1000),
+        acq_freq_hz=np.append(ramsey.acq_freq_hz, if2))
+    n_play = branched.play_port.shape[0]
+    empty_i, empty_f = np.zeros(0, dtype=np.int32), np.zeros(0)
+    ff = FeedForward(play_block=np.full(n_play, -1, dtype=np.int32), block_acq=empty_i,
+                     block_value=empty_i, shift_port=empty_i, shift_start=np.zeros(0, np.int64),
+                     shift_phase_rad=empty_f, shift_block=empty_i,
+                     disc_axis=np.zeros(2, dtype=complex), disc_threshold=np.zeros(2))
+    return branched, ff

@@ -160,3 +160,27 @@ def test_each_acquisition_window_is_shaded_strongly_on_its_own_input_row_only(
         assert spans[windows[port][0]] == 0.35
         other = next(p for p in inputs if p != port)
         assert spans[windows[other][0]] == 0.06
+
+
+PARAMETRISED = ('OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float theta;\nqubit[1] q;\n'
+                'bit[1] c;\nrx(theta) q[0];\nc[0] = measure q[0];\n')
+SIX_QUBITS = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[6];\ncreg c[6];\nh q[0];\n'
+              'measure q -> c;\n')
+
+
+@pytest.mark.parametrize(("command", "text", "message"), [
+    ("run", PARAMETRISED, "labqpu run: circuit 'circuit' has unbound parameter(s) theta, and "
+                          "the command line gives them no values"),
+    ("draw", PARAMETRISED, "labqpu draw: circuit 'circuit' has unbound parameter(s) theta"),
+    ("draw", SIX_QUBITS, "labqpu draw: the 6-qubit circuit 'circuit' does not fit lab5, which "
+                         "has 5 qubits"),
+])
+def test_a_circuit_the_command_line_cannot_play_is_named_plainly(
+        tmp_path: Path, command: str, text: str, message: str) -> None:
+    """``input float theta``: run and draw advised ``parameter_binds``, which the command line
+    has no way to give, and only after starting the simulator; a circuit wider than the
+    device got Qiskit's coupling-map message from draw (run's own was already plain)."""
+    (tmp_path / "circuit.qasm").write_text(text)
+    done = labqpu(tmp_path, command, "circuit.qasm")
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
