@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from qiskit.circuit import QuantumCircuit
+from qiskit.circuit.exceptions import CircuitError
 from qiskit.providers import BackendV2, Options
 
 from labqpu.backend.compiled import CompiledPrograms
@@ -111,11 +112,36 @@ def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:
     return out_items, out_binds
 
 
+def _refused_circuit(circuits: list[QuantumCircuit], exc: CircuitError) -> InvalidRunInputError:
+    """The error for a ``CircuitError`` Qiskit raised on reading an instruction of one of
+    ``circuits`` (a delay bound to a negative or fractional duration, say): it names the
+    circuit and, for a point of a sweep, its ``parameter_binds``."""
+    for circuit in circuits:
+        try:
+            _read_all(circuit)
+        except CircuitError:
+            point = (circuit.metadata or {}).get("parameter_binds")
+            at = f" at parameter_binds {point}" if point is not None else ""
+            return InvalidRunInputError(f"circuit {circuit.name!r}{at}: "
+                                        f"{exc.message.rstrip('.')}; nothing was sent",
+                                        option="parameter_binds" if at else None)
+    return InvalidRunInputError(f"{exc.message.rstrip('.')}; nothing was sent")
+
+
+def _read_all(circuit: QuantumCircuit) -> None:
+    """Read every instruction of ``circuit``, control-flow bodies included."""
+    for inst in circuit.data:
+        for block in getattr(inst.operation, "blocks", ()):
+            _read_all(block)
+
+
 def default_rep_delay_s(snapshot: Snapshot) -> float:
     """The repetition delay (s) of runs that do not set ``rep_delay``: REP_DELAY_T1_FACTOR x
     the longest ``t1_s`` in ``snapshot`` (at most 1 s), REP_DELAY_UNCALIBRATED_S without one."""
     t1 = [params["t1_s"].value for params in snapshot.qubits.values() if "t1_s" in params]
     return min(1.0, REP_DELAY_T1_FACTOR * max(t1)) if t1 else REP_DELAY_UNCALIBRATED_S
+
+
 def _check_option_types(options: dict) -> None:
     """Type (and finiteness) checks that must precede the range validators."""
     tags = options.get("job_tags")
@@ -312,6 +338,16 @@ class LabBackend(BackendV2):
         """The calibration snapshot the current Target was built from."""
         self._refresh()
         return self._snapshot
+
+    @property
+    def unusable_snapshot_id(self) -> int | None:
+        """The store's newest snapshot when it cannot build a Target (the backend then uses the
+        newest one that can, :attr:`snapshot`), else None: a calibration derived from
+        :attr:`snapshot` commits on top of it, replacing it."""
+        self._refresh()
+        with self._lock:
+            rejected = self._rejected_snapshot
+        return rejected if rejected is not None and rejected == self.store.latest_id() else None
 
     @property
     def target(self) -> LabTarget:
@@ -636,7 +672,11 @@ class LabBackend(BackendV2):
         circuits: list[QuantumCircuit] = []  # consecutive circuits, compiled together
         for item in [*items, _END]:
             if circuits and not isinstance(item, QuantumCircuit):
-                programs.extend(self._compile(circuits, snapshot, target, pulse_gates, opts))
+                try:
+                    programs.extend(self._compile(circuits, snapshot, target, pulse_gates,
+                                                  opts))
+                except CircuitError as exc:  # Qiskit checks bound values when it reads them
+                    raise _refused_circuit(circuits, exc) from exc
                 circuits = []
             if isinstance(item, QuantumCircuit):
                 circuits.append(item)

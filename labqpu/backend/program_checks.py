@@ -82,7 +82,6 @@ def _beyond_limits(program: PulseProgram, sample_rate_hz: float) -> str | None:
     return None
 
 
-
 def check_program(program: PulseProgram, config: LabConfig, channels: ChannelMap) -> None:
     """A pulse-level program must fit this rack: controller, sample rate, ports, VISA
     sources, classical bits."""
@@ -134,6 +133,7 @@ def check_program(program: PulseProgram, config: LabConfig, channels: ChannelMap
     except CompilationError as exc:
         raise InvalidRunInputError(f"{exc}; nothing was sent") from exc
 
+
 def check_length(program: PulseProgram, config: LabConfig, capabilities: Mapping[str, dict],
                  max_program_samples: Mapping[str, int]) -> None:
     """A program must fit its controller: at most :data:`MAX_CLBITS` classical bits, no
@@ -173,6 +173,7 @@ def check_length(program: PulseProgram, config: LabConfig, capabilities: Mapping
                 f"{where} needs {used} {what}; controller {program.controller} takes at "
                 f"most {int(feedforward[key])} (feedforward.{key}); nothing was sent")
 
+
 def one_controller_hint(exc: PulseError, channels: ChannelMap) -> str:
     """For a conditional pulse that depends on another controller's acquisition: which
     qubits each controller digitizes, so that the circuit can be laid out on one."""
@@ -184,6 +185,7 @@ def one_controller_hint(exc: PulseError, channels: ChannelMap) -> str:
             f"qubits ({where}): for a circuit, lay it out on them, e.g. "
             "transpile(circuit, backend, initial_layout=[...]); for a pulse program, play "
             "the block on the measured qubit's controller")
+
 
 def check_nested(parts: list, capabilities: Mapping[str, dict]) -> None:
     """A program with nested conditional blocks (an if_else on a register of several bits,
@@ -199,6 +201,7 @@ def check_nested(parts: list, capabilities: Mapping[str, dict]) -> None:
                 f"nested conditional blocks (an if_else on a register of several bits, or "
                 f"one inside another); controller {part.controller} states no "
                 "feedforward.nested_blocks in its hello; nothing was sent")
+
 
 def check_traces(programs: list[PulseProgram], opts: dict, capabilities: Mapping[str, dict]) -> int:
     """The trace decimation of a meas_level 0 run, after checking that every program's

@@ -30,16 +30,16 @@ def newest_buildable(store: CalibrationStore, latest: int, build: Callable[[Snap
         CalibrationError: neither ``latest`` nor any of the :data:`MAX_FALLBACK_SNAPSHOTS`
             before it can be built; the message gives ``latest``'s error and the way out.
     """
-    snapshot = store.get(latest)
     try:
+        snapshot = store.get(latest)  # a corrupt one is a CalibrationError (a LabQpuError)
         return snapshot, build(snapshot), None
     except BUILD_ERRORS as exc:
         problem: Exception = exc
     for info in store.history(limit=MAX_FALLBACK_SNAPSHOTS + 1):
         if info.snapshot_id >= latest:
             continue
-        older = store.get(info.snapshot_id)
         try:
+            older = store.get(info.snapshot_id)
             return older, build(older), problem
         except BUILD_ERRORS:
             continue

@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
-from qiskit.circuit import ParameterExpression, QuantumCircuit
-from qiskit.circuit.exceptions import CircuitError
+from qiskit.circuit import QuantumCircuit
 
 from labqpu.errors import InvalidRunInputError, PulseError
 from labqpu.pulse.builder import PulseBuilder
@@ -162,21 +161,8 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     where = f"parameter_binds of circuit {circuit.name!r}"
     by_name = {p.name: p for p in circuit.parameters}
     circuits = []
-    delays = [inst.operation.params[0] for inst in circuit.data
-              if inst.operation.name == "delay"
-              and isinstance(inst.operation.params[0], ParameterExpression)]
-    for k, point in enumerate(_points(bind, sorted(by_name), where, max_points, "circuit")):
-        for duration in delays:
-            value = duration.bind({p: point[p.name] for p in duration.parameters})
-            if not float(value) >= 0:
-                raise InvalidRunInputError(
-                    f"{where}, point {k} ({point}): a delay of {duration} is {float(value)}, "
-                    "not a duration >= 0; nothing was sent", option="parameter_binds")
-        try:
-            bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
-        except CircuitError as exc:  # e.g. a delay bound to a negative duration
-            raise InvalidRunInputError(f"{where}, point {k} ({point}): {exc.message}; nothing "
-                                       "was sent", option="parameter_binds") from exc
+    for point in _points(bind, sorted(by_name), where, max_points, "circuit"):
+        bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
         bound.metadata = {**(circuit.metadata or {}), "parameter_binds": point}
         circuits.append(bound)
     return circuits

@@ -341,15 +341,17 @@ def t1(kit: Kit, q: int, shots: int) -> None:
     p1 = kit.corrected_p1(progs, shots)[:, 0]
     fit = fit_exponential_curve(delays, p1, f"qubit {q} T1")
     value = fit.params["tau"]
+    # 5 T1 in whole microseconds, then on the controllers' sample grid (a no-op at 1 GS/s)
+    reset = round(round(5 * value, 6) * kit.fs) / kit.fs
     rid = kit.record(
         "t1", q, {"t1_s": (value, fit.stderr["tau"]),
-                  "reset_duration_s": (round(5 * value, 6), 5 * fit.stderr["tau"])},
+                  "reset_duration_s": (reset, 5 * fit.stderr["tau"])},
         {"x": delays, "x_label": "delay after the pi pulse (s)",
          "y_label": "P(1), readout-corrected", "series": {"P(1)": p1}},
         fit=fit.quality(), curves={"exponential": fit.sampled(delays)},
         chosen="t1_s", settings={"shots": shots})
     kit.work.set(q, "t1_s", value, rid)
-    kit.work.set(q, "reset_duration_s", round(5 * value, 6), rid)
+    kit.work.set(q, "reset_duration_s", reset, rid)
 
 
 def _cz_phases(kit: Kit, flux_q: int, other: int, duration: int, rise: float, amp: float,

@@ -15,7 +15,6 @@ the file, the table and the field.
 from __future__ import annotations
 
 import difflib
-import math
 import tomllib
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -24,34 +23,23 @@ from typing import Any
 
 from labqpu.calibration.experiments import Working
 from labqpu.errors import CalibrationError
-from labqpu.store.physics import MAX_PULSE_S, QUBIT_CHECKS
+from labqpu.store.physics import QUBIT_CHECKS
 
-__all__ = ["DEVICE_FIELDS", "QUBIT_FIELDS", "default_design_path", "load_design"]
+__all__ = ["DEVICE_FIELDS", "QUBIT_FIELDS", "SHARED_FIELDS", "default_design_path",
+           "load_design"]
 
 Check = Callable[[Any], str | None]
 
 
-def _number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _finite(value: Any) -> str | None:
-    return None if _number(value) else "must be a finite number"
-
-
-def _positive(value: Any) -> str | None:
-    return None if _number(value) and value > 0 else "must be a number > 0"
+#: The store's own checks (``labqpu.store.physics``), by what they take.
+_finite: Check = QUBIT_CHECKS["anharmonicity_hz"]
+_positive: Check = QUBIT_CHECKS["frequency_hz"]
+_pulse: Check = QUBIT_CHECKS["pulse_duration_s"]
 
 
 def _amplitude(value: Any) -> str | None:
-    ok = _number(value) and 0 < value <= 1
-    return None if ok else "must be a fraction of full scale in (0, 1]"
-
-
-def _pulse(value: Any) -> str | None:
-    ok = _number(value) and 0 < value <= MAX_PULSE_S
-    return None if ok else f"must be a time in (0, {MAX_PULSE_S:g}] s"
+    problem = QUBIT_CHECKS["readout_amplitude"](value)
+    return problem or (None if value > 0 else "must be a fraction of full scale in (0, 1]")
 
 
 #: The ``[device]`` table: every field, with its check (units in the names: Hz, dBm, s, A).
@@ -62,6 +50,11 @@ DEVICE_FIELDS: dict[str, Check] = {
     "rabi_hz_per_amplitude": _positive, "flux_line_phi0_per_amplitude": _positive,
     "flux_bias_search_a": _positive,
 }
+#: ``[device]`` values the experiments read unless a qubit has its own; the snapshot keeps
+#: them per qubit, with the experiment "design" until a node measures a qubit's own
+#: (``readout_amplitude``, ``readout_duration_s``).
+SHARED_FIELDS = ("drive_lo_power_dbm", "readout_lo_frequency_hz", "readout_lo_power_dbm",
+                 "readout_amplitude", "readout_duration_s", "pulse_duration_s", "pulse_sigma_s")
 #: The fields every ``[[qubit]]`` table holds besides its ``index``.
 QUBIT_FIELDS: dict[str, Check] = {
     "frequency_hz": _positive, "anharmonicity_hz": _finite, "resonator_hz": _positive,
@@ -74,9 +67,13 @@ def default_design_path(device: str) -> Path:
 
 
 def load_design(path: str | Path | None = None, *, device: str | None = None,
-                num_qubits: int | None = None) -> Working:
+                num_qubits: int | None = None,
+                check: Callable[[Mapping[str, Any]], None] | None = None) -> Working:
     """The design values in ``path`` (None: those shipped for ``device``) as the starting
-    ``Working`` set, checked against ``device`` (its name) and its ``num_qubits`` when given.
+    ``Working`` set, checked against ``device`` (its name) and its ``num_qubits`` when given,
+    and by ``check`` (e.g. the rack's limits, ``labqpu.rack.limits.check_against_wiring``,
+    which the CLI passes), given the values a bootstrap commits for every qubit as a snapshot
+    document: its ``[device]`` pulse and readout values and each qubit's presets.
 
     Raises:
         CalibrationError: the file is missing (for a device without shipped design values:
@@ -101,6 +98,10 @@ def load_design(path: str | Path | None = None, *, device: str | None = None,
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CalibrationError(f"design file {path} cannot be read: {exc}") from exc
     where = f"design file {path}"
+    unknown = sorted(set(document) - {"device", "qubit"})
+    if unknown:
+        raise CalibrationError(f"{where}: unknown table or field {unknown[0]!r} (a design file "
+                               "holds [device] and [[qubit]] tables)")
     table = document.get("device")
     if not isinstance(table, dict):
         raise CalibrationError(f"{where} has no [device] table")
@@ -134,6 +135,15 @@ def load_design(path: str | Path | None = None, *, device: str | None = None,
             raise CalibrationError(f"{where} has no [[qubit]] table for qubit(s) "
                                    f"{', '.join(map(str, missing))} of device {name} (qubits "
                                    f"0-{num_qubits - 1})")
+    if check is not None:
+        shared = {k: v for k, v in device_values.items() if k in SHARED_FIELDS}
+        snapshot = {"qubits": {str(q): {k: {"value": v} for k, v in {**shared, **row}.items()}
+                               for q, row in qubits.items()}}
+        try:
+            check(snapshot)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{where} ([device] values apply to every qubit): "
+                                   f"{exc}") from exc
     return Working(device={"name": name, **device_values}, qubits=qubits)
 
 

@@ -476,12 +476,15 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
 
 
 def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress=None, *,
-                      builder: SnapshotBuilder | None = None) -> tuple:
+                      builder: SnapshotBuilder | None = None,
+                      parent_id: int | None = None) -> tuple:
     """Write each benchmark's record and plot next to the store and commit the gate errors of
     ``outcomes`` (measured on snapshot ``measured``) as a new snapshot whose parent is
-    ``measured``: onto ``builder`` (default: a copy of ``measured``) when the caller has more
-    to commit with them. Returns ``(snapshot, record paths)``; ``StaleSnapshotError`` when
-    another writer committed meanwhile."""
+    ``parent_id`` (default: ``measured``'s; the store's unusable newest snapshot when the
+    backend measured on an older one, ``LabBackend.unusable_snapshot_id``): onto ``builder``
+    (default: a copy of ``measured``) when the caller has more to commit with them. Returns
+    ``(snapshot, record paths)``; ``StaleSnapshotError`` when another writer committed
+    meanwhile."""
     say = progress or (lambda msg: None)
     builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
@@ -499,8 +502,9 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
         gates = sorted(outcome.errors)
         say(f"{', '.join(gates)}: error {outcome.errors[gates[0]]:.2e} (EPC "
             f"{outcome.fit.epc:.2e} +- {outcome.fit.epc_stderr:.1e}); plot {png}")
-    snapshot = backend.store.commit(builder.build_document(), parent_id=measured.snapshot_id,
-                                    expect_parent=True)
+    snapshot = backend.store.commit(
+        builder.build_document(), expect_parent=True,
+        parent_id=measured.snapshot_id if parent_id is None else parent_id)
     return snapshot, paths
 
 

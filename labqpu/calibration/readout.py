@@ -197,6 +197,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     duration = old_duration
     line, line_smooth = fidelity[i_f], smooth[i_f]
     rounds, converged = 0, False
+    durations = np.round(READOUT_DURATIONS_S * kit.fs) / kit.fs  # on the sample grid
     visited = {(amp, duration)}
     while rounds < READOUT_ROUNDS and not converged:
         # the window at this amplitude, then the amplitude at that window, until the window
@@ -208,10 +209,10 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         # alternate). A stronger tone wants a shorter window, a shorter window a stronger tone.
         rounds += 1
         work["readout_amplitude"] = scan_amp = amp
-        by_duration = duration_scan(kit, q, READOUT_DURATIONS_S, shots * 2)
+        by_duration = duration_scan(kit, q, durations, shots * 2)
         i_d, smooth_d = choose_readout_duration(by_duration, f"qubit {q} readout")
-        converged = float(READOUT_DURATIONS_S[i_d]) == duration
-        duration = float(READOUT_DURATIONS_S[i_d])
+        converged = float(durations[i_d]) == duration
+        duration = float(durations[i_d])
         work["readout_duration_s"] = duration
         if (converged or (amp, duration) in visited) and "amplitude_line" in sweep_raw:
             converged = True
@@ -229,15 +230,15 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         amp = chosen
         converged = (amp, duration) in visited
         visited.add((amp, duration))
-    step = np.diff(READOUT_DURATIONS_S)
+    step = np.diff(durations)
     duration_id = kit.record(
         "readout_duration", q,
         {"readout_duration_s": (duration, float(step[min(i_d, step.size - 1)]) / 2)},
-        {"x": READOUT_DURATIONS_S, "x_label": "readout window (s)",
+        {"x": durations, "x_label": "readout window (s)",
          "y_label": "assignment fidelity",
          "series": {f"at {best_f / 1e9:.5f} GHz, amplitude {scan_amp:.3f}": by_duration},
-         "durations_s": READOUT_DURATIONS_S, "fidelity": by_duration},
-        curves={"smoothed": {"x": READOUT_DURATIONS_S, "y": smooth_d}},
+         "durations_s": durations, "fidelity": by_duration},
+        curves={"smoothed": {"x": durations, "y": smooth_d}},
         chosen="readout_duration_s", old={"readout_duration_s": old_duration},
         settings={"shots_per_state_and_point": shots * 2, "slack": READOUT_DURATION_SLACK,
                   "rounds": rounds, "converged": converged})

@@ -37,7 +37,7 @@ from qiskit.providers import JobError
 
 from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
-from labqpu.calibration.design import load_design
+from labqpu.calibration.design import SHARED_FIELDS, load_design
 from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
 from labqpu.calibration.plots import save_plot
@@ -54,12 +54,6 @@ from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
 
 log = logging.getLogger(__name__)
-
-#: Values the experiments read from ``Working.device`` unless a qubit has its own; the
-#: snapshot keeps them per qubit, with the experiment "design" until a node measures a qubit's
-#: own (``readout_amplitude``, ``readout_duration_s``).
-SHARED_VALUES = ("drive_lo_power_dbm", "readout_lo_frequency_hz", "readout_lo_power_dbm",
-                 "readout_amplitude", "readout_duration_s", "pulse_duration_s", "pulse_sigma_s")
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,7 @@ def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
     for q, params in snapshot.qubits.items():
         target = work.qubits.setdefault(q, {})
         for name, p in params.items():
-            if name in SHARED_VALUES:
+            if name in SHARED_FIELDS:
                 device[name] = p.value
             target[name] = copy.deepcopy(p.value)
             work.records[(q, name)] = p.experiment
@@ -392,6 +386,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     if isinstance(qubits, int) and not isinstance(qubits, bool):
         qubits = [qubits]
     parent = backend.snapshot
+    # on top of the newest snapshot when the backend could not use it (replacing it)
+    base_id = backend.unusable_snapshot_id or parent.snapshot_id
     n_qubits = backend.config.num_qubits
     chosen = range(n_qubits) if qubits is None else list(qubits)
     unknown = [q for q in chosen if not 0 <= q < n_qubits]
@@ -415,6 +411,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         nodes = [name for name in nodes if name != RB_NODE]
     steps = plan(nodes, chosen, backend.config.coupling_map, available)
     idle = [name for name in nodes or () if not any(n.name == name for n, _ in steps)]
+    if idle and not list(chosen):
+        raise CalibrationError(f"{', '.join(idle)}: no qubit chosen; nothing was run")
     if idle:
         edges = ", ".join(f"{a}-{b}" for a, b in sorted({(min(e), max(e)) for e in
                                                           backend.config.coupling_map}))
@@ -451,7 +449,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
                     builder.set_pair(subject, name, kit.work.pairs[subject][name],
                                      kit.work.records[(subject, name)], timestamp=stamp)
             report.snapshot = backend.store.commit(builder.build_document(),
-                                                   parent_id=parent.snapshot_id,
+                                                   parent_id=base_id,
                                                    expect_parent=True)
             report.committed.append(report.snapshot)
     finally:  # a refused commit leaves the records of what was measured too
@@ -569,6 +567,7 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     the outcomes; {"qubit 2" / "edge 1-2": why} of the failures). ``StaleSnapshotError`` when
     another writer committed meanwhile."""
     measured = backend.snapshot
+    base_id = backend.unusable_snapshot_id or measured.snapshot_id
     failed: dict[tuple[int, ...], str] = {}
     outcomes = benchmark_gates(backend, settings=settings or RBSettings(), progress=progress,
                                qubits=qubits, failed=failed)
@@ -579,11 +578,12 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     builder = SnapshotBuilder.from_snapshot(measured)
     marked = record_failures(builder, measured, steps, [*fitted, *why])
     if outcomes:
-        snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress, builder=builder)
+        snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress, builder=builder,
+                                        parent_id=base_id)
     elif marked:
         builder.notes = f"randomized benchmarking: failed steps of {', '.join(marked)} recorded"
         snapshot = backend.store.commit(builder.build_document(),
-                                        parent_id=measured.snapshot_id, expect_parent=True)
+                                        parent_id=base_id, expect_parent=True)
     else:
         snapshot = None
     return snapshot, outcomes, {describe(s): reason for s, reason in why.items()}
@@ -685,7 +685,7 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
     builder = SnapshotBuilder(backend.config.device_name,
                               notes="bootstrap calibration (labqpu calibrate --bootstrap)")
     for q in qubits:
-        for name in SHARED_VALUES:
+        for name in SHARED_FIELDS:
             builder.set_qubit(q, name, dev[name], "design")
         for name, value in design.qubits[q].items():
             if name == "resonator_hz" and (q, name) not in design.records:

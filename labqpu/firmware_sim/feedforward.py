@@ -286,7 +286,8 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
     each other after ``rep_delay_s`` (s; residual excitation, ``shots`` module) in programs
     without branch points; with branch points (and with None) every shot starts thermal.
     Raises ``SimulationError`` for programs the simulator cannot execute, and
-    ``shots.RunAbortedError`` once ``cancel`` is set (checked between chunks).
+    ``shots.RunAbortedError`` once ``cancel`` is set (checked at every node of a chunk's
+    branch tree).
     """
     plan = _Plan(engine, prog, ff)
     n_acq = prog.acq_port.shape[0]
@@ -318,7 +319,7 @@ def run_with_feedforward(engine: PhysicsEngine, prog: WireProgram, ff: FeedForwa
         stop_if(cancel)
         cond = with_offsets(base, offsets)
         tree = _Tree(engine, prog, ff, settings, plan, rng, iq, results, cond,
-                     (decimation, traces))
+                     (decimation, traces), cancel)
         start = EvolutionStart(thermal.copy(), {q: i for i, q in enumerate(order)}, 0,
                                owned=True)
         tree.descend(0, start, {}, np.arange(first, first + n))
@@ -332,8 +333,10 @@ class _Tree:
     def __init__(self, engine: PhysicsEngine, prog: WireProgram, ff: FeedForward,
                  settings: Settings, plan: _Plan, rng: np.random.Generator, iq: np.ndarray,
                  results: np.ndarray, conditions: dict[int, QubitConditions],
-                 traces: tuple[int | None, np.ndarray | None] = (None, None)) -> None:
+                 traces: tuple[int | None, np.ndarray | None] = (None, None),
+                 cancel: threading.Event | None = None) -> None:
         self.engine, self.prog, self.ff, self.settings = engine, prog, ff, settings
+        self.cancel = cancel
         self.plan, self.rng, self.iq, self.results = plan, rng, iq, results
         self.decimation, self.traces = traces
         self.conditions = conditions
@@ -359,7 +362,9 @@ class _Tree:
     def descend(self, k: int, state: EvolutionStart, known: dict[int, int],
                 shots: np.ndarray) -> None:
         """Evolve ``state`` to branch point ``k`` (the leaves after the last one) and handle
-        the ``shots`` that reach it."""
+        the ``shots`` that reach it; stops (``shots.RunAbortedError``) once the run's cancel
+        event is set."""
+        stop_if(self.cancel)
         branches, prog = self.plan.branches, self.prog
         if k == len(branches):
             self._leaf(state, known, shots)

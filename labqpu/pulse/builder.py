@@ -75,6 +75,7 @@ from labqpu.pulse.shapes import (
     require_number,
     whole_samples,
 )
+from labqpu.pulse.tables import grid_samples
 from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of the calibrated readout pulse of ``measure`` (s), as in the compiler.
@@ -524,11 +525,11 @@ class PulseBuilder:
         return params[name].value
 
     def _samples_of(self, seconds: float, qubit: int, name: str) -> int:
-        n = seconds * self.sample_rate_hz
-        if abs(n - round(n)) > 1e-6:
+        n = grid_samples(seconds, self.sample_rate_hz)  # the compiler's rule
+        if n is None:
             raise PulseError(f"qubit {qubit}: {name} = {seconds} s is not a whole number of "
                              "samples", qubits=(qubit,), parameter=name)
-        return round(n)
+        return n
 
     def default_frequency_hz(self, channel: Channel) -> float:
         """The frame frequency ``channel`` starts at (Hz, IF relative to its LO)."""

@@ -47,6 +47,7 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -246,8 +247,9 @@ class _Reader:
         if any(isinstance(v, ParameterExpression) and v.parameters for v in params):
             raise unbound_error(self.circuit.name, name, qubits, params, f"pulse gate {name!r}")
         try:
-            if any(isinstance(v, bool) for v in params):
-                raise TypeError("a bool is no amplitude")
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Real | ParameterExpression)
+                   for v in params):  # as the gate refuses them (PulseGate.__call__)
+                raise TypeError("not a real number")
             values = [float(v) for v in params]
         except (TypeError, ValueError):
             self.fail(f"pulse gate {name!r} on {qubits}: its values must be real numbers, got "

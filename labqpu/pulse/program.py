@@ -21,9 +21,10 @@ The program is what the controller runs; ``to_wire`` gives the arrays and the JS
 of an ``upload`` (see ``docs/protocol.md``). ``to_bytes`` / ``from_bytes`` store the whole
 program losslessly, without pickle: the magic ``LQPP``, a little-endian uint32 format version
 and uint32 header length, a UTF-8 JSON header (settings, header, and per array its name, dtype,
-length and byte offset), then the raw little-endian array bytes and a little-endian uint32
-CRC-32 of everything before it (the header says ``"checksum": "crc32"``; programs stored
-before it came are read without the check). ``draw()`` plots it.
+length and byte offset), then the raw little-endian array bytes, and a trailer: ``LQCK`` and
+a little-endian uint32 CRC-32 of everything before it, checked before anything is parsed
+(programs stored before 2026-12-05 have none and are read without the check; older readers
+ignore it). ``draw()`` plots it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ _ACQ_ALL = (*ACQ_FIELDS, "acq_qubit", "acq_clbit", "acq_disc_axis", "acq_disc_th
 
 
 _MAGIC = b"LQPP"
+#: The trailer of a stored program: this, then the CRC-32 of everything before it.
+_CHECK_MAGIC = b"LQCK"
 #: Version 2 added the feed-forward arrays, version 3 ``binds``, version 4 ``block_parent``;
 #: older files read as programs without them.
 _FORMAT_VERSION = 4
@@ -343,7 +346,6 @@ class PulseProgram:
             "num_clbits": self.num_clbits, "header": self.header,
             "snapshot_id": self.snapshot_id, "arrays": arrays,
             "rack": [list(r) for r in self.rack], "binds": [list(b) for b in self.binds],
-            "checksum": "crc32",
         }
         try:
             text = json.dumps(meta, allow_nan=False).encode()
@@ -353,7 +355,7 @@ class PulseProgram:
         # older readers take what they can read
         version = _FORMAT_VERSION if nested else 3 if self.binds else 2
         data = b"".join([_MAGIC, struct.pack("<II", version, len(text)), text, *blobs])
-        return data + struct.pack("<I", zlib.crc32(data))
+        return data + _CHECK_MAGIC + struct.pack("<I", zlib.crc32(data))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PulseProgram:
@@ -368,18 +370,17 @@ class PulseProgram:
         if len(view) < 12 or bytes(view[:4]) != _MAGIC:
             raise PulseError("not a stored PulseProgram (magic 'LQPP' missing)",
                              parameter="magic")
+        if len(view) >= 20 and bytes(view[-8:-4]) == _CHECK_MAGIC:
+            if zlib.crc32(view[:-8]) != struct.unpack("<I", view[-4:])[0]:
+                raise PulseError("stored PulseProgram is damaged: its CRC-32 does not match its "
+                                 "bytes", parameter="checksum")
+            view = view[:-8]
         version, length = struct.unpack("<II", view[4:12])
         if not 1 <= version <= _FORMAT_VERSION:
             raise PulseError(f"stored PulseProgram has format version {version}; this labqpu "
                              f"reads versions 1-{_FORMAT_VERSION}", parameter="version")
         try:
             meta: dict[str, Any] = json.loads(bytes(view[12:12 + length]))
-            if meta.get("checksum") == "crc32":
-                if len(view) < 16 + length or zlib.crc32(view[:-4]) != struct.unpack(
-                        "<I", view[-4:])[0]:
-                    raise PulseError("stored PulseProgram is damaged: its CRC-32 does not "
-                                     "match its bytes", parameter="checksum")
-                view = view[:-4]
             body = view[12 + length:]
             values = {}
             for entry in meta["arrays"]:
@@ -393,6 +394,10 @@ class PulseProgram:
                     raise PulseError(f"stored PulseProgram: array {name!r} is truncated",
                                      parameter=name)
                 values[name] = np.frombuffer(body[start:start + nbytes], dtype=dtype)
+            end = max((int(e["offset"]) + int(e["nbytes"]) for e in meta["arrays"]), default=0)
+            if len(body) != end:  # a trailer cut short or damaged, or bytes added
+                raise PulseError(f"stored PulseProgram is damaged: {len(body) - end} byte(s) "
+                                 "after its arrays", parameter="checksum")
             optional = {NESTED_FIELD, *(FEEDFORWARD_FIELDS if version == 1 else ())}
             missing = sorted(set(_DTYPES) - set(values) - optional)
             if missing:

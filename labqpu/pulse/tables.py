@@ -37,11 +37,18 @@ READOUT_RISE_S = 20e-9
 SY_PHASE_RAD = np.pi / 2
 
 
-def samples_of(seconds: float, fs: float, what: str) -> int:
+def grid_samples(seconds: float, fs: float) -> int | None:
+    """``seconds`` at ``fs`` (Hz) as a whole number of samples, within one part in 10^6; None
+    when it is not one."""
     n = round(seconds * fs)
-    if abs(n - seconds * fs) > 1e-6 * max(1.0, abs(n)):
+    return None if abs(n - seconds * fs) > 1e-6 * max(1.0, abs(n)) else int(n)
+
+
+def samples_of(seconds: float, fs: float, what: str) -> int:
+    n = grid_samples(seconds, fs)
+    if n is None:
         raise CompilationError(f"{what}: {seconds} s is not a whole number of samples at {fs} Hz")
-    return int(n)
+    return n
 
 
 class Calibration:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from labqpu.errors import InvalidSnapshotError
+from labqpu.pulse.tables import grid_samples
 from labqpu.rack.config import LabConfig
 
 
@@ -49,18 +50,29 @@ PAIR_DURATIONS = ("cz_duration_s",)
 
 
 def _on_grid(value: float | None, fs: float, subject: str, parameter: str) -> None:
-    if value is None:
-        return
-    samples = value * fs
-    if abs(samples - round(samples)) > 1e-6 * max(1.0, abs(round(samples))):
+    if value is not None and grid_samples(value, fs) is None:
         raise InvalidSnapshotError(
-            f"{value!r} s is {samples:.6g} samples at the controllers' {fs:g} Hz, not a whole "
-            f"number (nearest: {round(samples) / fs!r} s)", subject=subject, parameter=parameter)
+            f"{value!r} s is {value * fs!r} samples at the controllers' {fs:g} Hz, not a whole "
+            f"number (nearest: {round(value * fs) / fs!r} s)", subject=subject,
+            parameter=parameter)
 
 
-def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None:
+def _kept(kept: Mapping[str, Any] | None, section: str, key: str, name: str,
+          value: float | None) -> bool:
+    """Whether the commit's parent document ``kept`` holds ``value`` there already (a rule
+    added since must not refuse every later commit of a store)."""
+    if kept is None:
+        return False
+    entry = kept.get(section, {}).get(key, {}).get(name)
+    return isinstance(entry, Mapping) and _value({name: entry}, name) == value
+
+
+def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
+                         kept: Mapping[str, Any] | None = None) -> None:
     """Refuse a snapshot document (the layout of ``labqpu.store``) whose values this rack's
     instruments cannot be set to (see the module docstring).
+
+    A duration that the parent document ``kept`` holds unchanged is not checked again.
 
     Raises:
         InvalidSnapshotError: naming the qubit, the parameter, the instrument and its range.
@@ -70,7 +82,9 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None
     for key, params in (pairs.items() if isinstance(pairs, Mapping) else ()):
         if isinstance(params, Mapping):
             for name in PAIR_DURATIONS:
-                _on_grid(_value(params, name), fs, f"pair {key}", name)
+                value = _value(params, name)
+                if not _kept(kept, "pairs", key, name, value):
+                    _on_grid(value, fs, f"pair {key}", name)
     qubits = document.get("qubits")
     if not isinstance(qubits, Mapping):
         return
@@ -82,7 +96,9 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None
         wiring = config.qubits[q]
         subject = f"qubit {q}"
         for name in QUBIT_DURATIONS:
-            _on_grid(_value(params, name), fs, subject, name)
+            value = _value(params, name)
+            if not _kept(kept, "qubits", key, name, value):
+                _on_grid(value, fs, subject, name)
         for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
                                     ("readout", wiring.readout_lo, wiring.readout)):
             lo = config.instrument(lo_name)
@@ -108,7 +124,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig) -> None
 def wiring_limits(config: LabConfig) -> Callable[[Mapping[str, Any]], None]:
     """:func:`check_against_wiring` for ``config``, as a ``CalibrationStore`` validator."""
 
-    def validate(document: Mapping[str, Any]) -> None:
-        check_against_wiring(document, config)
+    def validate(document: Mapping[str, Any], kept: Mapping[str, Any] | None = None) -> None:
+        check_against_wiring(document, config, kept)
 
     return validate

@@ -160,15 +160,18 @@ class SnapshotBuilder:
 
     def commit(self, store: CalibrationStore) -> Snapshot:
         """Commit the document to ``store`` as the child of the snapshot the builder was made
-        from (:meth:`from_snapshot`; a builder made from scratch: of the newest).
+        from (:meth:`from_snapshot`; a builder made from scratch: of the newest), or of the
+        one its last commit made.
 
         Raises:
             StaleSnapshotError: another snapshot was committed since the one the builder was
                 made from (nothing was written): its values would be undone.
             InvalidSnapshotError: as :meth:`CalibrationStore.commit`.
         """
-        return store.commit(self.build_document(), parent_id=self.parent_id,
-                            expect_parent=self.parent_id is not None)
+        snapshot = store.commit(self.build_document(), parent_id=self.parent_id,
+                                expect_parent=self.parent_id is not None)
+        self.parent_id = snapshot.snapshot_id  # a later commit of this builder follows it
+        return snapshot
 
     def build_document(self) -> dict[str, Any]:
         """The document as it stands: fresh, validated, ready for

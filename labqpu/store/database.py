@@ -172,8 +172,9 @@ class CalibrationStore:
     connections already open go on reading the file they opened.
 
     ``validators`` run on every commit and import after the physical checks, each given the
-    document and raising ``InvalidSnapshotError`` to refuse it (the provider passes the rack's
-    instrument limits, ``labqpu.rack.limits``).
+    document and the commit's parent document (None without one; a validator may leave values
+    unchanged from it alone, as the physical checks do) and raising ``InvalidSnapshotError``
+    to refuse it (the provider passes the rack's instrument limits, ``labqpu.rack.limits``).
 
     Raises:
         CalibrationError: the file is empty (0 bytes), is not a calibration store, or has a
@@ -181,7 +182,8 @@ class CalibrationStore:
     """
 
     def __init__(self, path: str | Path, *, timeout_s: float = 10.0,
-                 validators: Sequence[Callable[[Mapping[str, Any]], None]] = ()) -> None:
+                 validators: Sequence[Callable[[Mapping[str, Any], Mapping[str, Any] | None],
+                                               None]] = ()) -> None:
         if str(path) == ":memory:":
             raise ValueError(
                 "a calibration store needs a file: ':memory:' is private to one "
@@ -459,9 +461,10 @@ class CalibrationStore:
             raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
         draft = Snapshot(document)
         checked = draft.to_document()  # one copy for every check, which only reads it
-        check_physics(checked, self._kept_document(parent_id))
+        kept = self._kept_document(parent_id)
+        check_physics(checked, kept)
         for validate in self._validators:
-            validate(checked)
+            validate(checked, kept)
         canonical = canonical_json(draft.to_document())
         created = utc_now()
         with self._transaction() as conn:
@@ -686,8 +689,11 @@ class CalibrationStore:
         snapshot = self.get(snapshot_id)
         newest = self.latest_id(snapshot.device)
         if newest is not None:
-            current = snapshot if newest == snapshot_id else self.get(newest)
-            if _calibration(current) == _calibration(snapshot):
+            try:
+                current = snapshot if newest == snapshot_id else self.get(newest)
+            except CalibrationError:  # a corrupt newest one: the rollback replaces it
+                current = None
+            if current is not None and _calibration(current) == _calibration(snapshot):
                 return current
         document = snapshot.to_document()
         document["notes"] = (f"rollback to snapshot {snapshot_id} (newest was {newest})"

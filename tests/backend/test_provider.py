@@ -375,3 +375,27 @@ def test_a_new_provider_starts_on_the_newest_snapshot_that_builds_a_target(
                                                r"before it: .*labqpu calibrate rollback ID"), \
             LabProvider() as provider:
         provider.backend()
+
+
+def test_a_calibration_on_a_backend_past_an_unusable_snapshot_commits_on_top_of_it(
+        tmp_path, monkeypatch) -> None:
+    """A backend that fell back past an unusable newest snapshot: a calibration run measures on
+    the snapshot in use and commits on top of the unusable one, replacing it (it measured, then
+    failed as "another calibration committed first"), and the backend then uses the commit."""
+    from labqpu.calibration import run_graph
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        good = backend.snapshot
+        bad = good.to_document()
+        bad["qubits"]["2"]["t1_s"]["value"] = "50 us"
+        _insert_unchecked(backend.config.store_path, bad, good.snapshot_id)
+        unusable = backend.store.latest_id()
+        assert backend.snapshot.snapshot_id == good.snapshot_id
+        assert backend.unusable_snapshot_id == unusable
+        report = run_graph(backend, ["t1"], qubits=[1], force=True, rb=False, shots=100)
+        assert report.snapshot is not None and report.snapshot.parent_id == unusable
+        assert backend.snapshot.snapshot_id == report.snapshot.snapshot_id
+        assert backend.unusable_snapshot_id is None
+        assert backend.snapshot.qubits[2]["t1_s"].value == good.qubits[2]["t1_s"].value

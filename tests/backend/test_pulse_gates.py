@@ -192,7 +192,7 @@ def test_bad_values_are_refused_before_anything_is_sent(lab_backend, rabi) -> No
     assert list(lab_backend.target.qargs_for_operation_name("rabi")) == [(Q,)]
 
 
-@pytest.mark.parametrize("value", ["x", 1j, None, True])
+@pytest.mark.parametrize("value", ["x", "0.3", 1j, None, True, np.array(0.3)])
 def test_a_value_that_is_no_real_number_is_refused_naming_the_gate(lab_backend, rabi,
                                                                    value) -> None:
     """``gate('x')`` transpiled and then failed in ``run()`` with a bare ``ValueError``;

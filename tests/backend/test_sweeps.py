@@ -326,9 +326,10 @@ def test_a_bad_circuit_sweep_is_refused_before_anything_is_sent(lab_backend) -> 
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
 
 
-def test_a_delay_bound_to_a_negative_duration_is_refused_naming_the_point(lab_backend) -> None:
-    """Qiskit refused it only when the compiler read the bound delay, with its own
-    ``CircuitError`` that named neither the bind nor the point."""
+def test_a_delay_bound_to_a_bad_duration_is_refused_naming_the_point(lab_backend) -> None:
+    """Qiskit checks a bound delay only when the compiler reads it, with its own
+    ``CircuitError`` that named neither the circuit nor the point: a negative duration, a
+    fraction of a sample, inside a branch too."""
     from qiskit import QuantumCircuit
     from qiskit.circuit import Parameter
 
@@ -337,9 +338,21 @@ def test_a_delay_bound_to_a_negative_duration_is_refused_naming_the_point(lab_ba
     qc.x(0)
     qc.delay(2 * tau, 0, unit="dt")
     qc.measure(0, 0)
+    nested = QuantumCircuit(1, 1, name="nested")
+    nested.measure(0, 0)
+    with nested.if_test((nested.clbits[0], 1)):
+        nested.delay(tau, 0, unit="dt")
+    nested.measure(0, 0)
     before = uploads(lab_backend), uploads(lab_backend, "runs_total")
-    with pytest.raises(InvalidRunInputError, match=r"parameter_binds of circuit 'wait', point 1 "
-                                                   r"\({'tau': -5.0}\): a delay of 2\*tau is "
-                                                   r"-10.0, not a duration >= 0"):
-        lab_backend.run(qc, shots=10, parameter_binds=[{tau: [16, -5]}])
+    for circuit, values, message in (
+            (qc, [16, -5], r"circuit 'wait\S*' at parameter_binds \{'tau': -5.0\}: Duration for "
+                           r"Delay instruction must be positive. Found -10.0; nothing was sent"),
+            (qc, [0.25], r"at parameter_binds \{'tau': 0.25\}: Integer duration is expected"),
+            (nested, [16, -16], r"circuit 'nested\S*' at parameter_binds \{'tau': -16.0\}: "
+                                r"Duration for Delay instruction must be positive")):
+        with pytest.raises(InvalidRunInputError, match=message):
+            lab_backend.run(circuit, shots=10, parameter_binds=[{tau: values}])
+    with pytest.raises(InvalidRunInputError, match=r"circuit 'wait\S*': Duration for Delay "
+                                                   r"instruction must be positive. Found -8.0"):
+        lab_backend.run(qc.assign_parameters({tau: -4}), shots=10)
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before

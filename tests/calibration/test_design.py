@@ -3,6 +3,7 @@ mistyped or out-of-range value is refused by name before anything is measured.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,12 +32,12 @@ def _lab3_without_last_qubit() -> str:
     ("\n".join(line for line in LAB3.splitlines() if not line.startswith("pulse_sigma_s")),
      r"\[device\]: missing pulse_sigma_s"),
     (LAB3.replace("pulse_duration_s = ", 'pulse_duration_s = "40ns" #'),
-     r"pulse_duration_s = '40ns': must be a time in \(0, 0.001\] s"),
+     r"pulse_duration_s = '40ns': must be a pulse length in \(0, 0.001\] s"),
     (LAB3.replace("readout_amplitude = ", "readout_amplitude = 1.5 #"),
      r"readout_amplitude = 1.5: must be a fraction of full scale"),
     (LAB3.replace("frequency_hz = ", "frequency_hz = -5e9 #", 2).replace(
         "readout_lo_frequency_hz = -5e9 #", "readout_lo_frequency_hz = "),
-     r"\[\[qubit\]\] index 0, frequency_hz = -5000000000.0: must be a number > 0"),
+     r"\[\[qubit\]\] index 0, frequency_hz = -5000000000.0: must be a finite number > 0"),
     (LAB3.replace('name = "lab3"', 'name = "lab5"'),
      r"holds the design values of device 'lab5', not of 'lab3'"),
     (_lab3_without_last_qubit(), r"has no \[\[qubit\]\] table for qubit\(s\) 2 of device lab3"),
@@ -47,6 +48,10 @@ def _lab3_without_last_qubit() -> str:
     (LAB3.replace("resonator_hz = ", "resonator_hz_typo = ", 1),
      r"unknown field 'resonator_hz_typo' \(did you mean 'resonator_hz'\?\)"),
     ("x = [\n", r"cannot be read"),
+    (LAB3 + "\n[pair]\nx = 1\n", r"unknown table or field 'pair' \(a design file holds "
+                                  r"\[device\] and \[\[qubit\]\] tables\)"),
+    (LAB3.replace("readout_lo_frequency_hz = ", "readout_lo_frequency_hz = 1" + "0" * 400
+                  + " #"), r"readout_lo_frequency_hz = 10+: must be a finite number > 0"),
 ])
 def test_a_bad_design_file_is_refused_naming_the_field(tmp_path: Path, text: str,
                                                         message: str) -> None:
@@ -55,6 +60,30 @@ def test_a_bad_design_file_is_refused_naming_the_field(tmp_path: Path, text: str
     with pytest.raises(CalibrationError, match=message) as info:
         load_design(path, device="lab3", num_qubits=3)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (LAB3.replace("pulse_duration_s = ", "pulse_duration_s = 40.5e-9 #"),
+     r"\(\[device\] values apply to every qubit\): qubit 0, parameter 'pulse_duration_s': "
+     r"4.05e-08 s is 40.5 samples at the controllers' 1e\+09 Hz"),
+    (LAB3.replace("index = 0\n", "index = 0\nflux_bias_a = 0.5\n", 1),
+     r"qubit 0, parameter 'flux_bias_a': 0.5 is outside the output limit \(A\) of current "
+     r"source 'flux_bias'"),
+])
+def test_the_cli_checks_a_design_against_the_racks_limits(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        text: str, message: str) -> None:
+    """What the rack cannot play (a pulse off the sample grid, a flux bias beyond the current
+    source) is refused before anything starts: the bootstrap measured for a minute and then
+    failed at commit, or at its first job with a hardware error."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path / "home"))
+    design = tmp_path / "design.toml"
+    design.write_text(text)
+    assert main(["calibrate", "--bootstrap", "--config", "lab3", "--design", str(design),
+                 "--no-rb"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and str(design) in err, err
+    assert not (tmp_path / "home").exists()
 
 
 def test_a_device_without_shipped_design_values_says_how_to_give_them() -> None:

@@ -75,6 +75,25 @@ def test_a_duration_off_the_sample_grid_is_refused_and_nothing_is_written(
     assert store.latest_id() == before
 
 
+def test_an_off_grid_duration_a_store_holds_already_does_not_lock_it(tmp_path) -> None:
+    """A store whose newest snapshot holds an off-grid duration from before the rule (written
+    here through a store without the rack's limits) takes commits that leave it as it is; one
+    that changes it to another off-grid value is refused (the rule locked every later commit
+    out, calibration runs included)."""
+    config = load_config(builtin_config_path("lab5"))
+    document = copy.deepcopy(shipped_export("lab5")["document"])
+    document["qubits"]["0"]["pulse_duration_s"]["value"] = 40.5e-9
+    path = tmp_path / "s.sqlite"
+    with CalibrationStore(path) as unchecked:
+        unchecked.commit(document)
+    with CalibrationStore(path, validators=(wiring_limits(config),)) as store:
+        changed = _with(document, 1, "t1_s", 61e-6)
+        assert store.commit(changed).qubits[1]["t1_s"].value == 61e-6
+        with pytest.raises(InvalidSnapshotError, match=r"40.25 samples") as info:
+            store.commit(_with(changed, 0, "pulse_duration_s", 40.25e-9))
+        assert info.value.parameter == "pulse_duration_s"
+
+
 def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo(
         tmp_path) -> None:
     """A wiring file that gives the readout LO a 7.1 GHz ceiling: the store refuses the shipped

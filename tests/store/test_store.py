@@ -363,9 +363,11 @@ def test_a_builders_commit_refuses_to_undo_another_writers_snapshot(
     both = again.commit(store)
     assert both.qubits[0]["t1_s"].value == 45e-6 and both.qubits[1]["t1_s"].value == 35e-6
     assert both.parent_id == winner.snapshot_id
+    again.set_qubit(0, "t1_s", 44e-6, "t1")  # the same builder again: it follows its commit
+    assert again.commit(store).parent_id == both.snapshot_id
     scratch = SnapshotBuilder("lab5").set_qubit(0, "t1_s", 50e-6, "t1")
     assert scratch.parent_id is None
-    assert scratch.commit(store).parent_id == both.snapshot_id
+    assert scratch.commit(store).parent_id == both.snapshot_id + 1
 
 
 def test_missing_parameters_name_the_qubit_or_pair(store: CalibrationStore) -> None:
