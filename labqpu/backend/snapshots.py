@@ -35,11 +35,9 @@ def newest_buildable(store: CalibrationStore, latest: int, build: Callable[[Snap
         return snapshot, build(snapshot), None
     except BUILD_ERRORS as exc:
         problem: Exception = exc
-    for info in store.history(limit=MAX_FALLBACK_SNAPSHOTS + 1):
-        if info.snapshot_id >= latest:
-            continue
-        try:
-            older = store.get(info.snapshot_id)
+    for snapshot_id in range(latest - 1, max(0, latest - 1 - MAX_FALLBACK_SNAPSHOTS), -1):
+        try:  # ids a failed write left incomplete, or corrupt ones, are passed over
+            older = store.get(snapshot_id)
             return older, build(older), problem
         except BUILD_ERRORS:
             continue

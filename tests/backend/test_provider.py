@@ -399,3 +399,32 @@ def test_a_calibration_on_a_backend_past_an_unusable_snapshot_commits_on_top_of_
         assert backend.snapshot.snapshot_id == report.snapshot.snapshot_id
         assert backend.unusable_snapshot_id is None
         assert backend.snapshot.qubits[2]["t1_s"].value == good.qubits[2]["t1_s"].value
+
+
+def test_a_corrupt_newest_snapshot_is_passed_over_and_rolled_back(tmp_path, monkeypatch,
+                                                                 caplog) -> None:
+    """A newest snapshot whose document no longer matches its hash (a hand edit of the SQLite
+    file): a new provider starts on the snapshot before it, naming the corruption, and
+    ``rollback`` replaces it (it read the corrupt snapshot and failed)."""
+    import sqlite3
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        document = backend.snapshot.to_document()
+        document["qubits"]["0"]["t1_s"]["value"] = 41e-6
+        edited = backend.store.commit(document).snapshot_id
+        path = backend.config.store_path
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE snapshots SET document = replace(document, '4.1e-05', '4.2e-05') "
+                     "WHERE id = ?", (edited,))
+    conn.close()
+    with caplog.at_level("WARNING", logger="labqpu.backend.backend"), \
+            LabProvider() as provider:
+        backend = provider.backend()
+        assert backend.snapshot.snapshot_id == edited - 1
+        assert backend.unusable_snapshot_id == edited
+        assert any("is corrupt" in r.getMessage() for r in caplog.records)
+        restored = backend.store.rollback(edited - 1)
+        assert restored.snapshot_id == edited + 1
+        assert backend.snapshot.snapshot_id == restored.snapshot_id
