@@ -109,8 +109,9 @@ def unbound_problem(circuit) -> str | None:
         return None
     names = ", ".join(sorted(p.name for p in circuit.parameters))
     return (f"circuit {circuit.name!r} has unbound parameter(s) {names}, and the command line "
-            "gives them no values: assign them in the file, or run the circuit from Python "
-            "with backend.run(circuit, parameter_binds=[{...}])")
+            "gives them no values: write values into the file in their place (an OpenQASM "
+            "input gets none from here), or run the circuit from Python with "
+            "backend.run(circuit, parameter_binds=[{...}])")
 
 
 def draw_command(args: argparse.Namespace) -> int:
