@@ -105,6 +105,8 @@ def _demo(config: str | None, shots: int, seed: int | None) -> int:
 
 
 DEMO_SHOTS = 2000
+#: Shots per point of a calibration experiment unless --shots says otherwise.
+CALIBRATION_SHOTS = 400
 
 
 #: The backend's limit on shots per circuit (``labqpu.backend.backend.MAX_SHOTS``, which
@@ -241,6 +243,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.nodes and args.nodes[0] in STORE_COMMANDS:
         return store_command(args)
+    if args.shots is None:
+        args.shots = CALIBRATION_SHOTS
     nodes = args.nodes or None
     problem = _watch_problem(args)
     if problem:
@@ -663,14 +667,15 @@ def main(argv: list[str] | None = None) -> int:
                           "where a simulated hour then passes at once; wall otherwise)")
     cal.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
-    cal.add_argument("--shots", type=int, default=400)
+    cal.add_argument("--shots", type=int, default=None,
+                     help=f"shots per point (default {CALIBRATION_SHOTS})")
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")
     cal.add_argument("--param", help="history: a parameter name (e.g. t1_s)")
     cal.add_argument("--qubit", type=int, help="history --param: the qubit")
     cal.add_argument("--pair", type=_pair, help="history --param: the edge, as A-B")
     cal.add_argument("--gate", help="history --param: the gate key, e.g. sx:0")
     cal.add_argument("--since", help="history --param: ISO-8601 time, e.g. 2026-11-22T00:00Z")
-    cal.add_argument("--limit", type=_positive_int, default=50,
+    cal.add_argument("--limit", type=_positive_int, default=None,
                      help="history: rows (default 50)")
     cal.set_defaults(func=_calibrate)
 

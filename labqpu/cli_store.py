@@ -7,7 +7,10 @@ import argparse
 import json
 import sys
 
-__all__ = ["STORE_COMMANDS", "store_command"]
+__all__ = ["HISTORY_ROWS", "STORE_COMMANDS", "store_command"]
+
+#: Rows ``history`` prints unless ``--limit`` says otherwise.
+HISTORY_ROWS = 50
 
 
 #: ``labqpu calibrate <command> ...`` that read or roll back the store, with their arguments.
@@ -37,9 +40,9 @@ def store_command(args: argparse.Namespace) -> int:
         ("--rb-lengths-1q", args.rb_lengths_1q), ("--rb-lengths-2q", args.rb_lengths_2q),
         ("--rb-seeds", args.rb_seeds), ("--watch", args.watch), ("--interval", args.interval),
         ("--rounds", args.rounds), ("--rb-every", args.rb_every), ("--clock", args.clock),
-        ("--design", args.design), ("--shots", args.shots != 400), ("--export", args.export),
+        ("--design", args.design), ("--shots", args.shots is not None), ("--export", args.export),
         ("--param", args.param and action != "history"),
-        ("--limit", args.limit != 50 and action != "history")) if given]
+        ("--limit", args.limit is not None and action != "history")) if given]
     if foreign:
         takes = ("; history takes --param, --qubit, --pair, --gate, --since and --limit"
                  if action == "history" else "")
@@ -62,6 +65,7 @@ def store_command(args: argparse.Namespace) -> int:
             print(f"labqpu calibrate {action}: --since {args.since}: {exc.message}",
                   file=sys.stderr)
             return 2
+    limit = HISTORY_ROWS if args.limit is None else args.limit
     config = load_config(resolve_config_path(args.config)[0])
     with CalibrationStore(config.store_path, validators=(wiring_limits(config),)) as store:
         seed_store(store, config)  # as a provider would: the history starts at the seed
@@ -77,7 +81,7 @@ def store_command(args: argparse.Namespace) -> int:
         elif action == "diff":
             print(json.dumps(store.diff(*ids), indent=1))
         elif args.param is None:
-            infos = store.history(limit=args.limit)
+            infos = store.history(limit=limit)
             if not infos:
                 print(f"calibration store {config.store_path} holds no snapshot yet")
             for info in infos:
@@ -103,7 +107,7 @@ def store_command(args: argparse.Namespace) -> int:
                           f"({kind}s: {', '.join(names)})", file=sys.stderr)
                     return 2
             print(f"{args.param} of {kind} {key}: {len(records)} measurement(s), newest first")
-            for record in records[:args.limit]:
+            for record in records[:limit]:
                 print(f"{record.timestamp}  snapshot {record.snapshot_id:>5}  "
                       f"{record.experiment:<24} {record.value!r}")
     return 0

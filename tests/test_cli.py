@@ -303,6 +303,8 @@ def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, expor
                                          "snapshots of the store"),
     (["history", "--shots", "10", "--interval", "5"], "--interval, --shots: not for history"),
     (["diff", "1", "2", "--limit", "3"], "--limit: not for diff"),
+    (["rollback", "1", "--shots", "400"], "--shots: not for rollback"),  # the defaults, given
+    (["diff", "1", "2", "--limit", "50"], "--limit: not for diff"),
 ])
 def test_calibrate_store_commands_refuse_what_they_cannot_take_in_one_line(
         tmp_path, export, args, expected) -> None:
