@@ -15,6 +15,7 @@
     │   ├── CalibrationMissingError  (also KeyError) no such snapshot, or a parameter is absent
     │   │   └── BackendPropertyError a calibrated property of a qubit, pair or gate is absent
     │   ├── StaleSnapshotError       another writer committed since the snapshot a run started from
+    │   ├── CorruptSnapshotError     a stored snapshot no longer matches its content hash
     │   ├── InvalidSnapshotError     (also ValueError) a document or value is malformed; nothing
     │   │                            was written
     │   └── FitError                 an experiment's data do not support its model; nothing is
@@ -168,6 +169,10 @@ class BackendPropertyError(CalibrationMissingError):
 
 class StaleSnapshotError(CalibrationError):
     """A commit expected a parent snapshot that is no longer the newest one."""
+
+
+class CorruptSnapshotError(CalibrationError):
+    """A stored snapshot's document no longer matches its content hash, or cannot be read."""
 
 
 class InvalidSnapshotError(CalibrationError, ValueError):

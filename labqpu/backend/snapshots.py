@@ -7,7 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from labqpu.errors import CalibrationError, LabQpuError
+from labqpu.errors import (
+    CalibrationError,
+    CalibrationMissingError,
+    CorruptSnapshotError,
+    LabQpuError,
+)
 from labqpu.store import CalibrationStore, Snapshot
 
 __all__ = ["BUILD_ERRORS", "MAX_FALLBACK_SNAPSHOTS", "newest_buildable"]
@@ -30,14 +35,22 @@ def newest_buildable(store: CalibrationStore, latest: int, build: Callable[[Snap
         CalibrationError: neither ``latest`` nor any of the :data:`MAX_FALLBACK_SNAPSHOTS`
             before it can be built; the message gives ``latest``'s error and the way out.
     """
-    try:
-        snapshot = store.get(latest)  # a corrupt one is a CalibrationError (a LabQpuError)
-        return snapshot, build(snapshot), None
-    except BUILD_ERRORS as exc:
-        problem: Exception = exc
+    problem: Exception
+    try:  # a read error of the store itself (locked, I/O) is raised: it says nothing of it
+        snapshot = store.get(latest)
+    except CorruptSnapshotError as exc:
+        problem = exc
+    else:
+        try:
+            return snapshot, build(snapshot), None
+        except BUILD_ERRORS as exc:
+            problem = exc
     for snapshot_id in range(latest - 1, max(0, latest - 1 - MAX_FALLBACK_SNAPSHOTS), -1):
-        try:  # ids a failed write left incomplete, or corrupt ones, are passed over
+        try:  # ids a failed write left incomplete, and corrupt ones, are passed over
             older = store.get(snapshot_id)
+        except (CalibrationMissingError, CorruptSnapshotError):
+            continue
+        try:
             return older, build(older), problem
         except BUILD_ERRORS:
             continue

@@ -23,8 +23,8 @@ program losslessly, without pickle: the magic ``LQPP``, a little-endian uint32 f
 and uint32 header length, a UTF-8 JSON header (settings, header, and per array its name, dtype,
 length and byte offset), then the raw little-endian array bytes, and a trailer: ``LQCK`` and
 a little-endian uint32 CRC-32 of everything before it, checked before anything is parsed
-(programs stored before 2026-12-05 have none and are read without the check; older readers
-ignore it). ``draw()`` plots it.
+(programs stored before it came, with 2d8cf59, have none and are read without the check;
+older readers ignore it). ``draw()`` plots it.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 from labqpu.errors import (
     CalibrationError,
     CalibrationMissingError,
+    CorruptSnapshotError,
     InvalidSnapshotError,
     StaleSnapshotError,
     did_you_mean,
@@ -405,7 +406,7 @@ class CalibrationStore:
                     and sha256_hex(canonical_json(document)) != content_hash:
                 raise ValueError(f"its document does not hash to the stored {content_hash}")
         except ValueError as exc:
-            raise CalibrationError(
+            raise CorruptSnapshotError(
                 f"snapshot {snapshot_id} in {self._path} is corrupt: {exc}") from exc
         return document
 
@@ -414,11 +415,11 @@ class CalibrationStore:
         try:
             snapshot = Snapshot(json.loads(document), snapshot_id, created, parent_id)
         except ValueError as exc:
-            raise CalibrationError(
+            raise CorruptSnapshotError(
                 f"snapshot {snapshot_id} in {self._path} is corrupt: {exc}"
             ) from exc
         if snapshot.content_hash != content_hash:
-            raise CalibrationError(
+            raise CorruptSnapshotError(
                 f"snapshot {snapshot_id} in {self._path} is corrupt: its document hashes to "
                 f"{snapshot.content_hash}, not the stored {content_hash}"
             )
@@ -457,11 +458,17 @@ class CalibrationStore:
             StaleSnapshotError: ``expect_parent`` and another snapshot was committed since
                 ``parent_id``. Nothing was written.
         """
+        return self._commit(document, parent_id, expect_parent, parent_id)
+
+    def _commit(self, document: Mapping[str, Any], parent_id: int | None, expect_parent: bool,
+                kept_id: int | None) -> Snapshot:
+        """:meth:`commit`, leaving unchecked the values snapshot ``kept_id`` (None: the newest)
+        holds unchanged."""
         if parent_id is not None and not is_id(parent_id):
             raise InvalidSnapshotError(f"parent_id must be None or an int id, not {parent_id!r}")
         draft = Snapshot(document)
         checked = draft.to_document()  # one copy for every check, which only reads it
-        kept = self._kept_document(parent_id)
+        kept = self._kept_document(kept_id)
         check_physics(checked, kept)
         for validate in self._validators:
             validate(checked, kept)
@@ -691,14 +698,16 @@ class CalibrationStore:
         if newest is not None:
             try:
                 current = snapshot if newest == snapshot_id else self.get(newest)
-            except CalibrationError:  # a corrupt newest one: the rollback replaces it
+            except CorruptSnapshotError:  # a corrupt newest one: the rollback replaces it
                 current = None
             if current is not None and _calibration(current) == _calibration(snapshot):
                 return current
         document = snapshot.to_document()
         document["notes"] = (f"rollback to snapshot {snapshot_id} (newest was {newest})"
                              + (f"; {document['notes']}" if document.get("notes") else ""))
-        return self.commit(document)
+        # what the store holds is restored as it is: rules added since it was committed do
+        # not refuse the values it holds (as a commit leaves its parent's values alone)
+        return self._commit(document, None, False, snapshot_id)
 
     def export_json(self, snapshot_id: int) -> dict[str, Any]:
         """Snapshot ``snapshot_id`` as a JSON-ready envelope for :meth:`import_json`::

@@ -428,3 +428,36 @@ def test_a_corrupt_newest_snapshot_is_passed_over_and_rolled_back(tmp_path, monk
         restored = backend.store.rollback(edited - 1)
         assert restored.snapshot_id == edited + 1
         assert backend.snapshot.snapshot_id == restored.snapshot_id
+
+
+def test_a_read_error_of_the_store_does_not_mark_the_newest_snapshot_unusable(
+        tmp_path, monkeypatch) -> None:
+    """A store that cannot be read for a moment ("database is locked"): the backend's access
+    fails with that error, and once the store reads again the backend uses the newest snapshot
+    and reports none unusable. Before, the read error marked the (good) snapshot unusable for
+    good, and a calibration then committed on top of it, undoing its values."""
+    from labqpu.errors import CalibrationError
+    from labqpu.store import CalibrationStore
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        with CalibrationStore(backend.config.store_path) as other:
+            document = other.latest().to_document()
+            document["qubits"]["0"]["t1_s"]["value"] = 41e-6
+            newest = other.commit(document).snapshot_id
+        query = CalibrationStore._query
+        failed: list[int] = []
+
+        def locked_once(self, sql, parameters=()):
+            if "WHERE id = ?" in sql and parameters == (newest,) and not failed:
+                failed.append(newest)
+                raise CalibrationError("calibration store: database is locked")
+            return query(self, sql, parameters)
+
+        monkeypatch.setattr(CalibrationStore, "_query", locked_once)
+        with pytest.raises(CalibrationError, match="database is locked"):
+            backend.snapshot  # noqa: B018 (the access is the test)
+        assert failed == [newest]
+        assert backend.snapshot.snapshot_id == newest
+        assert backend.unusable_snapshot_id is None

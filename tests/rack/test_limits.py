@@ -134,3 +134,18 @@ def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo
         error, frequency = replies.decode().splitlines()[:2]
         assert not error.startswith("0,"), error
         assert float(frequency) == 7.0e9
+
+
+def test_a_rollback_restores_an_off_grid_duration_the_store_held(tmp_path) -> None:
+    """Rolling back to a snapshot the store holds from before the grid rule restores it as it
+    was (the rule refused the rollback: it checked the restored values against the newest
+    snapshot, not against the one restored)."""
+    config = load_config(builtin_config_path("lab5"))
+    document = copy.deepcopy(shipped_export("lab5")["document"])
+    path = tmp_path / "s.sqlite"
+    with CalibrationStore(path) as unchecked:
+        old = unchecked.commit(_with(document, 0, "reset_duration_s", 1.0003e-6)).snapshot_id
+    with CalibrationStore(path, validators=(wiring_limits(config),)) as store:
+        store.commit(_with(document, 0, "reset_duration_s", 1e-6))
+        restored = store.rollback(old)
+        assert restored.qubits[0]["reset_duration_s"].value == 1.0003e-6
