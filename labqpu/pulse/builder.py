@@ -62,7 +62,16 @@ import numpy as np
 from qiskit.circuit import Parameter, ParameterExpression
 
 from labqpu.errors import PulseError
-from labqpu.pulse.channels import ChannelMap
+from labqpu.pulse.channels import (
+    CHANNEL_KINDS,
+    AcquisitionRef,
+    Channel,
+    ChannelMap,
+    acquire_channel,
+    drive,
+    flux,
+    readout,
+)
 from labqpu.pulse.frames import advance_frame, frame_frequency_hz
 from labqpu.pulse.program import MAX_CLBITS, ProgramBuilder, PulseProgram
 from labqpu.pulse.shapes import (
@@ -80,29 +89,7 @@ from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
 
 #: Rise and fall of the calibrated readout pulse of ``measure`` (s), as in the compiler.
 READOUT_RISE_S = 20e-9
-CHANNEL_KINDS = ("drive", "flux", "readout", "acquire")
 ALIGNMENTS = ("left", "right", "sequential")
-
-
-@dataclass(frozen=True)
-class Channel:
-    """A qubit-relative channel: ``kind`` is one of ``CHANNEL_KINDS``."""
-
-    kind: str
-    qubit: int
-
-    def __post_init__(self) -> None:
-        if self.kind not in CHANNEL_KINDS:
-            raise PulseError(f"unknown channel kind {self.kind!r}; known: {CHANNEL_KINDS}",
-                             parameter="channel")
-        if isinstance(self.qubit, bool) or not isinstance(self.qubit, int | np.integer) \
-                or self.qubit < 0:
-            raise PulseError(f"{self.kind} channel: qubit must be an int >= 0, got "
-                             f"{self.qubit!r}", parameter="channel")
-        object.__setattr__(self, "qubit", int(self.qubit))
-
-    def __str__(self) -> str:
-        return f"{self.kind}({self.qubit})"
 
 
 def _real_or_parameter(value: Value, what: str) -> None:
@@ -112,38 +99,7 @@ def _real_or_parameter(value: Value, what: str) -> None:
         require_number(value, what)
 
 
-def drive(qubit: int) -> Channel:
-    """The drive channel of ``qubit`` (microwave, on the drive LO)."""
-    return Channel("drive", qubit)
-
-
-def flux(qubit: int) -> Channel:
-    """The fast-flux channel of ``qubit`` (baseband)."""
-    return Channel("flux", qubit)
-
-
-def readout(qubit: int) -> Channel:
-    """The readout-tone channel of ``qubit`` (on the readout LO)."""
-    return Channel("readout", qubit)
-
-
-def acquire_channel(qubit: int) -> Channel:
-    """The digitiser input ``qubit`` is read on (the target of ``acquire``)."""
-    return Channel("acquire", qubit)
-
-
 # ------------------------------------------------------------------------ instructions
-
-
-@dataclass(frozen=True)
-class AcquisitionRef:
-    """An acquisition of a builder, for ``if_result``: its qubit, classical bit, its number in
-    the builder and the builder's identity."""
-
-    qubit: int
-    clbit: int
-    ident: int
-    owner: int
 
 
 #: A leaf's condition: the (acquisition ident, value) tests of its enclosing ``if_result``

@@ -3,6 +3,10 @@
 The compiler places a qubit's pulses on controller ports and names the VISA sources its
 program configures; it learns both from a :class:`ChannelMap`. The rack's wiring file
 (``labqpu.rack.config``) produces one, so the pulse layer never reads ``lab.toml`` itself.
+
+The pulse builder's qubit-relative channels (:class:`Channel`: ``drive(q)``, ``flux(q)``,
+``readout(q)``, ``acquire_channel(q)``) and its :class:`AcquisitionRef` are here too; the
+builder (``labqpu.pulse.builder``) and ``labqpu.pulse`` export them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from labqpu.errors import PulseError
 from labqpu.pulse.timing import TimingConstraints
 
 
@@ -102,3 +109,60 @@ class ChannelMap:
     def input(self, address: tuple[str, int]) -> int:
         """The rack input port of ``(controller, input port)``."""
         return self._base(address[0], 1) + address[1]
+
+
+# ------------------------------------------------------------ the builder's channels
+
+CHANNEL_KINDS = ("drive", "flux", "readout", "acquire")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A qubit-relative channel: ``kind`` is one of ``CHANNEL_KINDS``."""
+
+    kind: str
+    qubit: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHANNEL_KINDS:
+            raise PulseError(f"unknown channel kind {self.kind!r}; known: {CHANNEL_KINDS}",
+                             parameter="channel")
+        if isinstance(self.qubit, bool) or not isinstance(self.qubit, int | np.integer) \
+                or self.qubit < 0:
+            raise PulseError(f"{self.kind} channel: qubit must be an int >= 0, got "
+                             f"{self.qubit!r}", parameter="channel")
+        object.__setattr__(self, "qubit", int(self.qubit))
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.qubit})"
+
+
+def drive(qubit: int) -> Channel:
+    """The drive channel of ``qubit`` (microwave, on the drive LO)."""
+    return Channel("drive", qubit)
+
+
+def flux(qubit: int) -> Channel:
+    """The fast-flux channel of ``qubit`` (baseband)."""
+    return Channel("flux", qubit)
+
+
+def readout(qubit: int) -> Channel:
+    """The readout-tone channel of ``qubit`` (on the readout LO)."""
+    return Channel("readout", qubit)
+
+
+def acquire_channel(qubit: int) -> Channel:
+    """The digitiser input ``qubit`` is read on (the target of ``acquire``)."""
+    return Channel("acquire", qubit)
+
+
+@dataclass(frozen=True)
+class AcquisitionRef:
+    """An acquisition of a builder, for ``if_result``: its qubit, classical bit, its number in
+    the builder and the builder's identity."""
+
+    qubit: int
+    clbit: int
+    ident: int
+    owner: int
