@@ -342,7 +342,7 @@ def t1(kit: Kit, q: int, shots: int) -> None:
     fit = fit_exponential_curve(delays, p1, f"qubit {q} T1")
     value = fit.params["tau"]
     # 5 T1 in whole microseconds, then on the controllers' sample grid (a no-op at 1 GS/s)
-    reset = round(round(5 * value, 6) * kit.fs) / kit.fs
+    reset = float(kit.on_samples(round(5 * value, 6)))
     rid = kit.record(
         "t1", q, {"t1_s": (value, fit.stderr["tau"]),
                   "reset_duration_s": (reset, 5 * fit.stderr["tau"])},

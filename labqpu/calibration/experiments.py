@@ -124,6 +124,11 @@ class Kit:
         """``seconds`` in whole samples."""
         return round(seconds * self.fs)
 
+    def on_samples(self, seconds: float | np.ndarray) -> float | np.ndarray:
+        """Times (s) moved to the nearest whole number of samples: the durations a snapshot
+        may hold (``labqpu.rack.limits``; a no-op at 1 GS/s for whole nanoseconds)."""
+        return np.round(np.asarray(seconds, dtype=float) * self.fs) / self.fs
+
     def on_grid(self, seconds: np.ndarray) -> np.ndarray:
         """Sweep times (s) moved to the nearest whole number of timing-grid steps, so that the
         waits played are the times the analysis fits."""

@@ -197,7 +197,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     duration = old_duration
     line, line_smooth = fidelity[i_f], smooth[i_f]
     rounds, converged = 0, False
-    durations = np.round(READOUT_DURATIONS_S * kit.fs) / kit.fs  # on the sample grid
+    durations = kit.on_samples(READOUT_DURATIONS_S)
     visited = {(amp, duration)}
     while rounds < READOUT_ROUNDS and not converged:
         # the window at this amplitude, then the amplitude at that window, until the window

@@ -25,6 +25,7 @@ from typing import Any
 from labqpu.errors import InvalidSnapshotError
 from labqpu.pulse.tables import grid_samples
 from labqpu.rack.config import LabConfig
+from labqpu.store.physics import unchanged
 
 
 def _value(params: Mapping[str, Any], name: str) -> float | None:
@@ -57,16 +58,6 @@ def _on_grid(value: float | None, fs: float, subject: str, parameter: str) -> No
             parameter=parameter)
 
 
-def _kept(kept: Mapping[str, Any] | None, section: str, key: str, name: str,
-          value: float | None) -> bool:
-    """Whether the commit's parent document ``kept`` holds ``value`` there already (a rule
-    added since must not refuse every later commit of a store)."""
-    if kept is None:
-        return False
-    entry = kept.get(section, {}).get(key, {}).get(name)
-    return isinstance(entry, Mapping) and _value({name: entry}, name) == value
-
-
 def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
                          kept: Mapping[str, Any] | None = None) -> None:
     """Refuse a snapshot document (the layout of ``labqpu.store``) whose values this rack's
@@ -83,7 +74,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         if isinstance(params, Mapping):
             for name in PAIR_DURATIONS:
                 value = _value(params, name)
-                if not _kept(kept, "pairs", key, name, value):
+                if value is not None and not unchanged(kept, "pairs", key, params, name):
                     _on_grid(value, fs, f"pair {key}", name)
     qubits = document.get("qubits")
     if not isinstance(qubits, Mapping):
@@ -97,7 +88,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         subject = f"qubit {q}"
         for name in QUBIT_DURATIONS:
             value = _value(params, name)
-            if not _kept(kept, "qubits", key, name, value):
+            if value is not None and not unchanged(kept, "qubits", key, params, name):
                 _on_grid(value, fs, subject, name)
         for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
                                     ("readout", wiring.readout_lo, wiring.readout)):

@@ -152,7 +152,7 @@ def _value(params: Mapping[str, Any], name: str) -> Any:
     return params[name]["value"]
 
 
-def _unchanged(kept: Mapping[str, Any] | None, section: str, key: str,
+def unchanged(kept: Mapping[str, Any] | None, section: str, key: str,
                params: Mapping[str, Any], *names: str) -> bool:
     """Whether every one of ``names`` holds the value (of the same type) that the parent
     document ``kept`` holds there."""
@@ -180,7 +180,7 @@ def check_physics(document: Mapping[str, Any], kept: Mapping[str, Any] | None = 
             subject = subject_format.format(key)
             for name, entry in params.items():
                 check = checks.get(name)
-                if check is None or _unchanged(kept, section, key, params, name):
+                if check is None or unchanged(kept, section, key, params, name):
                     continue
                 problem = check(entry["value"])
                 if problem:
@@ -189,7 +189,7 @@ def check_physics(document: Mapping[str, Any], kept: Mapping[str, Any] | None = 
     for key, params in document.get("qubits", {}).items():
         for name in ("t2_s", "t2_echo_s"):  # Ramsey T2* and Hahn-echo T2 alike
             if "t1_s" in params and name in params \
-                    and not _unchanged(kept, "qubits", key, params, "t1_s", name):
+                    and not unchanged(kept, "qubits", key, params, "t1_s", name):
                 t1, t2 = _value(params, "t1_s"), _value(params, name)
                 if t2 > 2 * t1:
                     raise InvalidSnapshotError(
@@ -197,14 +197,14 @@ def check_physics(document: Mapping[str, Any], kept: Mapping[str, Any] | None = 
                         "reach", subject=f"qubit {key}", parameter=name)
     for key, params in document.get("pairs", {}).items():
         if "cz_rise_s" in params and "cz_duration_s" in params \
-                and not _unchanged(kept, "pairs", key, params, "cz_rise_s", "cz_duration_s"):
+                and not unchanged(kept, "pairs", key, params, "cz_rise_s", "cz_duration_s"):
             rise, duration = _value(params, "cz_rise_s"), _value(params, "cz_duration_s")
             if 2 * rise >= duration:
                 raise InvalidSnapshotError(
                     f"two edges of {rise:.4g} s leave nothing flat of a {duration:.4g} s CZ "
                     "pulse", subject=f"pair {key}", parameter="cz_rise_s")
         if "cz_flux_qubit" in params \
-                and not _unchanged(kept, "pairs", key, params, "cz_flux_qubit"):
+                and not unchanged(kept, "pairs", key, params, "cz_flux_qubit"):
             qubit = _value(params, "cz_flux_qubit")
             if str(qubit) not in key.split("-"):
                 raise InvalidSnapshotError(f"flux qubit {qubit} is not on the edge",
