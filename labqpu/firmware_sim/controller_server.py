@@ -71,6 +71,13 @@ from labqpu.drivers.protocol import (
 from labqpu.errors import ProtocolError
 from labqpu.firmware_sim.auth import AuthenticationRefused, Authenticator, LocalAuthenticator
 from labqpu.firmware_sim.faults import REPLY_FAULTS, FaultPlan, corrupt
+from labqpu.firmware_sim.request_params import (
+    MAX_FETCH_WAIT_S,
+    RequestError,
+    param,
+    run_params,
+    wait_s,
+)
 from labqpu.firmware_sim.runs import (
     ABORTED,
     ACTIVE,
@@ -94,10 +101,6 @@ logger = logging.getLogger(__name__)
 
 
 _POLL_INTERVAL_MS = 50
-#: Longest a ``fetch`` may ask the controller to hold its reply for a run to end (s).
-MAX_FETCH_WAIT_S = 1.0
-#: Longest time limit a ``run`` may ask for (s).
-MAX_TIME_LIMIT_S = 86_400.0
 #: How long an idempotency key is remembered after its run was accepted (s).
 KEY_RETENTION_S = 3600.0
 #: A session unused this long is forgotten when the next one opens (s).
@@ -107,24 +110,6 @@ try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
 except importlib.metadata.PackageNotFoundError:
     _FIRMWARE = "labqpu-sim (not installed)"
-
-
-class _RequestError(Exception):
-    """A request the server refuses with a typed error reply."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
-
-
-def _param(params: dict[str, Any], name: str, kind: type, *, op: str) -> Any:
-    value = params.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise _RequestError(
-            ERR_BAD_PARAMS, f"{op}: parameter {name!r} must be {kind.__name__}, got {value!r}"
-        )
-    return value
 
 
 class ControllerServer:
@@ -444,7 +429,7 @@ class ControllerServer:
                 return self._run_reply(request, identity)
             result, arrays = self._handlers[request.op](request)
             return encode_reply(request.id, result, arrays)
-        except _RequestError as exc:
+        except RequestError as exc:
             return encode_error(request.id, exc.error_type, exc.message)
         except Exception as exc:  # a handler failure must become a reply, not a dead loop
             logger.exception("%s: %s failed", self.name, request.op)
@@ -453,7 +438,7 @@ class ControllerServer:
     def _hello(self, request: Request) -> tuple[dict, None]:
         credentials = request.params.get("credentials")
         if credentials is not None and not isinstance(credentials, dict):
-            raise _RequestError(ERR_BAD_PARAMS,
+            raise RequestError(ERR_BAD_PARAMS,
                                 f"hello: 'credentials' must be an object, got {credentials!r}")
         with self._lock:
             # A client that already holds a session keeps it; otherwise it gets a new one.
@@ -462,9 +447,9 @@ class ControllerServer:
         try:
             identity = self._authenticator.authenticate(credentials, session)
         except AuthenticationRefused as exc:
-            raise _RequestError(ERR_UNAUTHENTICATED, f"hello refused: {exc}") from exc
+            raise RequestError(ERR_UNAUTHENTICATED, f"hello refused: {exc}") from exc
         if not isinstance(identity, str) or not identity:
-            raise _RequestError(ERR_INTERNAL, f"the authenticator returned no identity: "
+            raise RequestError(ERR_INTERNAL, f"the authenticator returned no identity: "
                                               f"{identity!r}")
         with self._lock:
             now = time.monotonic()
@@ -492,7 +477,7 @@ class ControllerServer:
     def _upload(self, request: Request) -> tuple[dict, None]:
         meta = request.params.get("meta", {})
         if not isinstance(meta, dict):
-            raise _RequestError(ERR_BAD_PARAMS, f"upload: 'meta' must be an object, got {meta!r}")
+            raise RequestError(ERR_BAD_PARAMS, f"upload: 'meta' must be an object, got {meta!r}")
         for array in request.arrays.values():
             array.flags.writeable = False
         program_id = program_id_of(request.arrays, meta)
@@ -503,7 +488,7 @@ class ControllerServer:
         try:
             self._executor.load(request.arrays, meta)
         except ValueError as exc:
-            raise _RequestError(getattr(exc, "error_type", ERR_INVALID_PROGRAM), str(exc)
+            raise RequestError(getattr(exc, "error_type", ERR_INVALID_PROGRAM), str(exc)
                                 ) from exc
         with self._lock:
             self._uploads_total += 1
@@ -514,20 +499,9 @@ class ControllerServer:
         return {"program_id": program_id}, None
 
     def _run(self, request: Request) -> tuple[dict, None]:
-        program_id = _param(request.params, "program_id", str, op=OP_RUN)
-        shots = _param(request.params, "shots", int, op=OP_RUN)
-        if shots < 1:
-            raise _RequestError(ERR_BAD_PARAMS, f"run: shots must be >= 1, got {shots}")
-        limit = request.params.get("time_limit_s")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
-                                  or not 0 < limit <= MAX_TIME_LIMIT_S):
-            raise _RequestError(ERR_BAD_PARAMS, f"run: time_limit_s must be a number in "
-                                                f"(0, {MAX_TIME_LIMIT_S}] s, got {limit!r}")
-        run_params = request.params.get("params", {})
-        if not isinstance(run_params, dict):
-            raise _RequestError(ERR_BAD_PARAMS, f"run: 'params' must be an object: {run_params!r}")
+        checked = run_params(request)
         key = request.key
-        content = request_digest(program_id, shots, run_params)
+        content = request_digest(checked.program_id, checked.shots, checked.params)
         with self._lock:
             session = self._session_of(request)
             now = time.monotonic()
@@ -536,29 +510,30 @@ class ControllerServer:
             previous_key = None if key is None else self._keys.get((session, key))
             if previous_key is not None:
                 if previous_key.content != content:
-                    raise _RequestError(
+                    raise RequestError(
                         ERR_BAD_PARAMS,
                         f"idempotency key {key!r} was used for a different request (another "
                         "program, shot count or parameters); use a new key")
                 previous = self._runs.get(previous_key.run_id)
                 if previous is None:
-                    raise _RequestError(
+                    raise RequestError(
                         ERR_RUN_EXPIRED,
                         f"idempotency key {key!r} already ran as {previous_key.run_id}, whose "
                         "record is gone")
                 logger.info("%s: repeated key %s returns run %s", self.name, key,
                             previous_key.run_id)
                 return {"run_id": previous.run_id, "state": previous.state}, None
-            program = self._programs.get(program_id)
+            program = self._programs.get(checked.program_id)
             if program is None:
-                raise _RequestError(ERR_UNKNOWN_PROGRAM, f"no program {program_id!r} loaded")
-            self._programs.move_to_end(program_id)  # a program in use is evicted last
+                raise RequestError(ERR_UNKNOWN_PROGRAM,
+                                   f"no program {checked.program_id!r} loaded")
+            self._programs.move_to_end(checked.program_id)  # a program in use is evicted last
             if self._stopping.is_set():
-                raise _RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
+                raise RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
             pending = sum(1 for r in self._runs.values()
                           if r.session == session and r.state in ACTIVE)
             if pending >= self._max_queued:
-                raise _RequestError(
+                raise RequestError(
                     ERR_QUEUE_FULL,
                     f"this session already has {pending} runs queued or running (limit "
                     f"{self._max_queued}); wait for some to finish")
@@ -567,11 +542,11 @@ class ControllerServer:
                 run_id=uuid.uuid4().hex,
                 key=key,
                 program=program,
-                shots=shots,
-                params=run_params,
+                shots=checked.shots,
+                params=checked.params,
                 accepted_at=now,
                 session=session,
-                time_limit_s=None if limit is None else float(limit),
+                time_limit_s=checked.time_limit_s,
             )
             self._runs[run.run_id] = run
             if key is not None:
@@ -583,18 +558,18 @@ class ControllerServer:
         """The run named by the ``run_id`` parameter, if it belongs to the request's session;
         call with the lock held."""
         session = self._session_of(request)
-        run_id = _param(request.params, "run_id", str, op=request.op)
+        run_id = param(request.params, "run_id", str, op=request.op)
         run = self._runs.get(run_id)
         if run is None:
-            raise _RequestError(ERR_UNKNOWN_RUN, f"no run {run_id!r} (unknown or forgotten)")
+            raise RequestError(ERR_UNKNOWN_RUN, f"no run {run_id!r} (unknown or forgotten)")
         if run.session != session:
-            raise _RequestError(ERR_FORBIDDEN, f"run {run_id} belongs to another session")
+            raise RequestError(ERR_FORBIDDEN, f"run {run_id} belongs to another session")
         return run
 
     def _session_of(self, request: Request) -> str:
         """The request's session, which ``hello`` must have opened; call with the lock held."""
         if request.session is None or request.session not in self._sessions:
-            raise _RequestError(
+            raise RequestError(
                 ERR_UNKNOWN_SESSION,
                 f"{request.op} needs a session: send hello first"
                 + ("" if request.session is None else
@@ -623,15 +598,15 @@ class ControllerServer:
         """The reply to ``run``; with ``wait_s`` > 0 (checked before the run is queued) held
         until the run ends or the wait expires, and then a fetch's reply (state, elapsed_s,
         results) with the run id (``_due_fetches``): None while held."""
-        wait_s = _wait_s(request, OP_RUN)
+        wait = wait_s(request, OP_RUN)
         result, arrays = self._run(request)
-        if wait_s == 0:
+        if wait == 0:
             return encode_reply(request.id, result, arrays)
         with self._lock:
             run = self._runs.get(result["run_id"])
             if run is not None:
                 if run.state in ACTIVE:
-                    self._held.append((identity, request.id, run, time.monotonic() + wait_s,
+                    self._held.append((identity, request.id, run, time.monotonic() + wait,
                                        OP_RUN))
                     return None
                 result, arrays = self._fetch_result(run)
@@ -640,14 +615,14 @@ class ControllerServer:
     def _hold(self, request: Request, identity: Frame) -> bool:
         """Hold a ``fetch`` with ``wait_s`` > 0 of a run still active, to be answered when
         the run ends or the wait expires (``_due_fetches``); True if held."""
-        wait_s = _wait_s(request, OP_FETCH)
-        if wait_s == 0:
+        wait = wait_s(request, OP_FETCH)
+        if wait == 0:
             return False
         with self._lock:
             run = self._lookup(request)
             if run.state not in ACTIVE:
                 return False
-            self._held.append((identity, request.id, run, time.monotonic() + wait_s, OP_FETCH))
+            self._held.append((identity, request.id, run, time.monotonic() + wait, OP_FETCH))
         return True
 
     def _abort(self, request: Request) -> tuple[dict, None]:
@@ -781,17 +756,6 @@ class ControllerServer:
         self._finished.append(run.run_id)
         while len(self._finished) > self._max_runs:
             del self._runs[self._finished.popleft()]
-
-
-def _wait_s(request: Request, op: str) -> float:
-    """The request's ``wait_s`` (s, default 0), refused unless a number in
-    0..``MAX_FETCH_WAIT_S``."""
-    wait_s = request.params.get("wait_s", 0)
-    if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) \
-            or not 0 <= wait_s <= MAX_FETCH_WAIT_S:
-        raise _RequestError(ERR_BAD_PARAMS, f"{op}: wait_s must be a number in 0.."
-                                            f"{MAX_FETCH_WAIT_S} s, got {wait_s!r}")
-    return float(wait_s)
 
 
 def _wake(ended: zmq.Socket) -> bool:
