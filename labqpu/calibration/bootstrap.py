@@ -579,7 +579,8 @@ def _finish_cz(kit: Kit, pair: tuple[int, int], flux_q: int, other: int, duratio
          "cz_conditional_contrast": (contrast, None)},
         {"x": amps, "x_label": f"flux pulse amplitude on qubit {flux_q} (full scale)",
          "y_label": "conditional phase - pi (rad)",
-         "series": {f"{duration} samples": cond}, "scan": scan, "final": final},
+         "series": {f"pulse of {duration / kit.fs * 1e9:g} ns ({duration} samples)": cond},
+         "scan": scan, "final": final},
         fit=line.quality(), curves={"line": line.sampled(amps)},
         chosen="cz_amplitude",
         settings={"shots": shots, "flux_qubit": flux_q, "rise_samples": rise})

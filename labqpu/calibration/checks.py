@@ -21,6 +21,7 @@ which the runner treats as a failed check.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -40,7 +41,8 @@ from labqpu.errors import FitError
 class CheckResult:
     """What a check measured (``measured``) against the calibrated expectation
     (``expected``), in ``unit``; ``passed`` when within ``tolerance``. ``what`` names the value
-    in the summary: "measured", or what a check that measures nothing computed."""
+    in the summary: "measured", or what a check that measures nothing computed. A check of a
+    band (``band``: True) states it as expected +- tolerance."""
 
     passed: bool
     measured: float
@@ -48,8 +50,14 @@ class CheckResult:
     tolerance: float
     unit: str
     what: str = "measured"
+    band: bool = False
 
     def __str__(self) -> str:
+        if self.band:
+            return (f"{self.what} {self.measured:.6g} {self.unit}, "
+                    f"{'inside' if self.passed else 'outside'} the band "
+                    f"{self.expected - self.tolerance:.6g}..{self.expected + self.tolerance:.6g}"
+                    f" {self.unit}")
         verdict = "within" if self.passed else "outside"
         return (f"{self.what} {self.measured:.6g} {self.unit}, expected {self.expected:.6g}, "
                 f"{verdict} tolerance {self.tolerance:g}")
@@ -196,6 +204,7 @@ def check_drive_lo(kit: Kit, q: int) -> CheckResult:
     if_hz = p["frequency_hz"] - p["drive_lo_frequency_hz"]
     lo, hi = DRIVE_IF_BAND_HZ
     middle = (lo + hi) / 2
-    return _judge(if_hz, middle, (hi - lo) / 2, "Hz",
-                  what="drive IF (no measurement: the calibrated frequency less the LO's)")
+    judged = _judge(if_hz, middle, (hi - lo) / 2, "Hz",
+                    what="drive IF (no measurement: the calibrated frequency less the LO's)")
+    return dataclasses.replace(judged, band=True)
 

@@ -259,3 +259,6 @@ def test_the_drive_lo_check_says_it_measured_nothing():
     assert result.passed
     assert str(result).startswith("drive IF (no measurement: the calibrated frequency less "
                                   "the LO's)"), str(result)
+    assert str(result).endswith(f"Hz, inside the band {lo:.6g}..{hi:.6g} Hz"), str(result)
+    kit.work.qubits[0]["drive_lo_frequency_hz"] = 5.0e9 - 2 * hi
+    assert str(check_drive_lo(kit, 0)).endswith(f"outside the band {lo:.6g}..{hi:.6g} Hz")
