@@ -123,9 +123,9 @@ class LabConfig:
 
 
 def labqpu_home() -> Path:
-    """Where labqpu keeps per-device state: ``$LABQPU_HOME`` or ``~/.labqpu``;
-    ``BackendConfigurationError`` when it exists and is not a directory."""
-    home = Path(os.environ.get("LABQPU_HOME", Path.home() / ".labqpu"))
+    """Where labqpu keeps per-device state: ``$LABQPU_HOME`` or, when it is unset or empty,
+    ``~/.labqpu``; ``BackendConfigurationError`` when it exists and is not a directory."""
+    home = Path(os.environ.get("LABQPU_HOME") or Path.home() / ".labqpu")
     if home.exists() and not home.is_dir():
         raise BackendConfigurationError(
             f"LABQPU_HOME={home} is not a directory (labqpu keeps each device's calibration "

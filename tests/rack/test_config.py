@@ -308,6 +308,15 @@ def test_default_store_path_under_labqpu_home(tmp_path, monkeypatch, shipped_tex
     assert cfg.store_path == tmp_path / "home" / "lab5" / "calibration.sqlite"
 
 
+def test_an_empty_labqpu_home_means_the_default(tmp_path, monkeypatch, shipped_text):
+    """``LABQPU_HOME=`` (empty) is the default home, not the current directory."""
+    monkeypatch.setenv("LABQPU_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path, shipped_text))
+    assert cfg.store_path == tmp_path / "user" / ".labqpu" / "lab5" / "calibration.sqlite"
+
+
 def test_default_store_path_uses_device_name(tmp_path, monkeypatch, doc):
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     doc["device"]["name"] = "rack_b"
