@@ -2,6 +2,7 @@
 
     labqpu run examples/bell.py                 # embedded simulator of lab5
     labqpu run examples/bell.py --config lab.toml
+    labqpu run examples/bell.py --config lab-sim.toml --simulator   # its embedded simulator
 """
 
 import argparse
@@ -12,6 +13,8 @@ from labqpu import LabProvider
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--config", help="lab.toml of the rack (default: embedded simulator)")
+parser.add_argument("--simulator", action="store_true",
+                    help="start the embedded simulator of the --config file")
 parser.add_argument("--shots", type=int, default=2000)
 args = parser.parse_args()
 
@@ -20,9 +23,9 @@ qc.h(0)
 qc.cx(0, 1)
 qc.measure([0, 1], [0, 1])
 
-with LabProvider(args.config) as provider:
+with LabProvider(args.config, simulator=args.simulator or None) as provider:
     backend = provider.backend()
-    native = transpile(qc, backend, optimization_level=1)
+    native = transpile(qc, backend)
     job = backend.run(native, shots=args.shots)
     counts = job.result(timeout=120).get_counts()
     snapshot = job.result().to_dict()["calibration_snapshot_id"]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import os
 import runpy
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -42,7 +44,8 @@ def _bell():
 
 
 def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
-                 optimization_level: int | None = None) -> tuple[dict[str, int], str]:
+                 simulator: bool = False, optimization_level: int | None = None
+                 ) -> tuple[dict[str, int], str]:
     """Transpile ``qc`` for the device, run it and print the counts; returns them with a
     ``"job <id>, <s> s"`` note."""
     from qiskit import transpile
@@ -51,7 +54,7 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
     from labqpu import LabProvider
 
     t0 = time.perf_counter()
-    with LabProvider(config) as provider:
+    with LabProvider(config, simulator=simulator or None) as provider:
         backend = provider.backend()
         started = time.perf_counter()
         print(f"backend {backend.name}: {backend.num_qubits} qubits, calibration snapshot "
@@ -84,7 +87,7 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
         return LabQpuError(
             f"cannot run {qc.name!r} on {backend.name}: calibration store "
             f"{backend.config.store_path} holds no snapshot with a calibrated qubit; measure "
-            f"one with `labqpu calibrate --bootstrap --config {backend.config.path} --design "
+            f"one with `labqpu calibrate --bootstrap {backend.provider.cli_options} --design "
             "DESIGN.toml`")
     if qc.num_qubits > backend.num_qubits:
         return LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
@@ -97,11 +100,15 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
         f"{getattr(exc, 'message', exc)})")
 
 
-def _demo(config: str | None, shots: int, seed: int | None) -> int:
-    counts, note = _run_circuit(_bell(), config, shots, seed)
+def _demo(config: str | None, shots: int, seed: int | None, simulator: bool) -> int:
+    counts, note = _run_circuit(_bell(), config, shots, seed, simulator=simulator)
     good = counts.get("00", 0) + counts.get("11", 0)
     print(f"P(00) + P(11) = {good / sum(counts.values()):.3f}   ({note})")
     return 0
+
+
+SIMULATOR_HELP = ("start the embedded simulator of the --config file (a file whose ports are "
+                  "0 needs it; a built-in device always runs on it)")
 
 
 DEMO_SHOTS = 2000
@@ -128,7 +135,7 @@ def _shots_and_seed_problem(shots: int, seed: int | None) -> str | None:
 
 def _run(args: argparse.Namespace) -> int:
     shared = [f"--{name}" for name in ("config", "shots", "seed")
-              if getattr(args, name) is not None]
+              if getattr(args, name) is not None] + ["--simulator"] * args.simulator
     if args.demo and args.script:
         print(f"labqpu run: give either a script or --demo, not both (got {args.script})",
               file=sys.stderr)
@@ -139,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"labqpu: {problem}", file=sys.stderr)
         return 2
     if args.demo:
-        return _demo(args.config, shots, args.seed)
+        return _demo(args.config, shots, args.seed, args.simulator)
     if not args.script:
         print("labqpu run: give a script, an OpenQASM file or --demo", file=sys.stderr)
         return 2
@@ -157,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         qasm.add_argument("--config", default=args.config)
         qasm.add_argument("--shots", type=int, default=shots)
         qasm.add_argument("--seed", type=int, default=args.seed)
+        qasm.add_argument("--simulator", action="store_true", default=args.simulator)
         opts = qasm.parse_args(args.script_args)
         problem = _shots_and_seed_problem(opts.shots, opts.seed)
         if problem:
@@ -167,12 +175,14 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"labqpu run: {problem}", file=sys.stderr)
             return 2
-        _, note = _run_circuit(circuit, opts.config, opts.shots, opts.seed)
+        _, note = _run_circuit(circuit, opts.config, opts.shots, opts.seed,
+                               simulator=opts.simulator)
         print(f"({note})")
         return 0
     if shared:
         # The script builds its own LabProvider: these would be silently ignored.
-        example = " ".join(f"{opt} {getattr(args, opt[2:])}" for opt in shared)
+        example = " ".join(opt if opt == "--simulator" else f"{opt} {getattr(args, opt[2:])}"
+                           for opt in shared)
         verb = "is" if len(shared) == 1 else "are"
         print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; "
               "options after the script's path go to the script, so if it takes them: "
@@ -207,7 +217,7 @@ def _sim(args: argparse.Namespace) -> NoReturn:
 def _status(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
 
-    with LabProvider(args.config) as provider:
+    with LabProvider(args.config, simulator=args.simulator or None) as provider:
         backend = provider.backend()
         report = {
             "device": backend.name,
@@ -323,7 +333,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         design = load_design(args.design, device=config.device_name,
                              num_qubits=config.channels.num_qubits,
                              check=lambda document: check_against_wiring(document, config))
-    with LabProvider(args.config) as provider:
+    with _empty_store_warning(quiet=args.bootstrap):
+        provider = LabProvider(args.config, simulator=args.simulator or None)
+    with provider:
         backend = provider.backend()
         t0 = time.perf_counter()
 
@@ -356,6 +368,21 @@ def _calibrate(args: argparse.Namespace) -> int:
                 return 1
         _export(args, backend, snapshot)
     return 0
+
+
+@contextlib.contextmanager
+def _empty_store_warning(*, quiet: bool) -> Iterator[None]:
+    """With ``quiet`` (a bootstrap, which commits the first snapshot), a backend opened inside
+    does not warn that its store is empty and say to bootstrap."""
+    from labqpu.backend.backend import EMPTY_STORE_LOG
+
+    level = EMPTY_STORE_LOG.level
+    if quiet:
+        EMPTY_STORE_LOG.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        EMPTY_STORE_LOG.setLevel(level)
 
 
 def _file_options_problem(args: argparse.Namespace) -> str | None:
@@ -607,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="with --demo or a .qasm file: lab.toml, or a built-in "
                      f"device on the embedded simulator: {devices}. A script takes "
                      "its own options after its path")
+    run.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
     run.add_argument("--shots", type=int, default=None,
                      help=f"with --demo or a .qasm file: shots (default {DEMO_SHOTS})")
     run.add_argument("--seed", type=int, default=None,
@@ -615,13 +643,16 @@ def main(argv: list[str] | None = None) -> int:
 
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")
     sim.add_argument("lab_toml", nargs="?", help=f"wiring file, or a built-in device: {devices}")
-    sim.add_argument("--seed", type=_non_negative_int, default=None)
+    sim.add_argument("--seed", type=_non_negative_int, default=None,
+                     help="seed of the runs that carry none (default: the file's [simulator] "
+                          "seed, else fresh)")
     sim.add_argument("--no-noise", action="store_true",
                      help="switch the device's flux noise, quasi-static noise and drift off")
     sim.set_defaults(func=_sim)
 
     status = sub.add_parser("status", help="show instruments, controller and calibration")
     status.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
+    status.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
     status.set_defaults(func=_status)
 
     cal = sub.add_parser("calibrate", help="calibrate the device")
@@ -666,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                           "shots on the device (default: device on the embedded simulator, "
                           "where a simulated hour then passes at once; wall otherwise)")
     cal.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
+    cal.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
     cal.add_argument("--design", help="design values (default: the device's shipped file)")
     cal.add_argument("--shots", type=int, default=None,
                      help=f"shots per point (default {CALIBRATION_SHOTS})")
@@ -683,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     draw.add_argument("file", help="a .py file defining `circuit` or `qc`, or a .qasm file")
     draw.add_argument("-o", "--output", help="image file (default: FILE's name with .png)")
     draw.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
+    draw.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
     draw.add_argument("--optimization-level", type=int, default=None, choices=range(4),
                       help="transpiler level (default: Qiskit's default)")
     draw.add_argument("--layout", type=int, nargs="+", metavar="Q",
@@ -690,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                            "transpiler's choice)")
     draw.add_argument("--time-range-ns", type=float, nargs=2, metavar=("START", "STOP"),
                       help="draw only this window (ns)")
-    draw.add_argument("--dpi", type=int, default=130)
+    draw.add_argument("--dpi", type=_positive_int, default=130,
+                      help="resolution of the image (dots per inch, default 130)")
     draw.set_defaults(func=draw_command)
 
     args = parser.parse_args(argv)

@@ -152,7 +152,7 @@ def draw_command(args: argparse.Namespace) -> int:
         print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: give one physical "
               f"qubit for each of the circuit's {circuit.num_qubits} qubits", file=sys.stderr)
         return 2
-    with LabProvider(args.config) as provider:
+    with LabProvider(args.config, simulator=args.simulator or None) as provider:
         backend = provider.backend()
         if circuit.num_qubits > backend.num_qubits:
             print(f"labqpu draw: the {circuit.num_qubits}-qubit circuit {circuit.name!r} does "

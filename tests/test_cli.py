@@ -657,3 +657,49 @@ def test_history_of_an_empty_store_says_so(tmp_path) -> None:
     proc = labqpu(tmp_path, "calibrate", "history", "--config", str(wiring))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("holds no snapshot yet"), proc.stdout
+
+
+def _port_0_wiring(tmp_path: Path, *, seeded: bool) -> Path:
+    """A copy of lab3's wiring file (every port 0, so only the embedded simulator can serve
+    it), with its store in ``tmp_path``; without ``seeded`` the store starts empty."""
+    text = (REPO / "labqpu" / "data" / "lab3.toml").read_text()
+    if not seeded:
+        text = text.replace('seed_snapshot = "lab3_calibration.json"', 'seed_snapshot = ""', 1)
+    wiring = tmp_path / "lab-sim.toml"
+    wiring.write_text(text)
+    return wiring
+
+
+def test_a_port_0_wiring_file_needs_and_takes_simulator(tmp_path) -> None:
+    """A simulated copy of a wiring file (docs/wiring.md, recipe A) on the command line: without
+    --simulator the CLI says to add it (it only named the Python call), with it the commands
+    work."""
+    wiring = _port_0_wiring(tmp_path, seeded=True)
+    refused = labqpu(tmp_path, "status", "--config", str(wiring))
+    assert refused.returncode == 2, refused.stderr
+    assert "listen on port 0" in refused.stderr and "--simulator" in refused.stderr
+    status = labqpu(tmp_path, "status", "--config", str(wiring), "--simulator")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["device"] == "lab3"
+
+
+@pytest.mark.slow
+def test_a_port_0_wiring_file_with_an_empty_store_is_bootstrapped_from_the_cli(tmp_path) -> None:
+    """The empty store's warning names the command that works for the file (with --simulator);
+    that command bootstraps without repeating the advice to run it; then circuits run."""
+    wiring = _port_0_wiring(tmp_path, seeded=False)
+    status = labqpu(tmp_path, "status", "--config", str(wiring), "--simulator")
+    assert status.returncode == 0, status.stderr
+    advised = f"labqpu calibrate --bootstrap --config {wiring} --simulator --design DESIGN.toml"
+    assert advised in status.stderr, status.stderr
+    design = REPO / "labqpu" / "data" / "lab3_design.toml"
+    boot = labqpu(tmp_path, *advised.split()[1:-2], "--design", str(design), "--no-rb",
+                  "--shots", "100", timeout=300)
+    assert boot.returncode == 0, boot.stderr
+    assert "holds no snapshot" not in boot.stderr + boot.stdout
+    assert "committed calibration snapshot 1" in boot.stdout
+    demo = labqpu(tmp_path, "run", "--demo", "--config", str(wiring), "--simulator",
+                  "--seed", "1", timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    good = float(demo.stdout.split("P(00) + P(11) = ")[1].split()[0])
+    assert good > 0.9, demo.stdout

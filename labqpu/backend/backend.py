@@ -57,6 +57,9 @@ from labqpu.rack.hardware import HardwareQueue
 from labqpu.store import CalibrationStore, Snapshot
 
 log = logging.getLogger(__name__)
+#: The warning that the calibration store holds no snapshot (``labqpu calibrate --bootstrap``,
+#: which commits the first one, turns it off).
+EMPTY_STORE_LOG = logging.getLogger(f"{__name__}.empty_store")
 
 #: Marks the end of ``run()``'s items (so that the circuits before it are compiled).
 _END = object()
@@ -247,11 +250,11 @@ class LabBackend(BackendV2):
                 snapshot = Snapshot.from_document({"device": self.config.device_name,
                                                    "qubits": {}, "pairs": {}, "gates": {}})
                 target = self._build_target(snapshot, self._pulse_gates)
-                log.warning("backend %s: calibration store %s holds no snapshot, so the "
-                            "Target has no gate and transpile() fails for every circuit; "
-                            "measure one with `labqpu calibrate --bootstrap --config %s "
-                            "--design DESIGN.toml`", self.name, self.config.store_path,
-                            self.config.path)
+                EMPTY_STORE_LOG.warning(
+                    "backend %s: calibration store %s holds no snapshot, so the Target has no "
+                    "gate and transpile() fails for every circuit; measure one with `labqpu "
+                    "calibrate --bootstrap %s --design DESIGN.toml`", self.name,
+                    self.config.store_path, self.provider.cli_options)
             else:
                 snapshot, target, problem = newest_buildable(
                     self.store, latest, lambda s: self._build_target(s, self._pulse_gates))

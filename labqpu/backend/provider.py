@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import selectors
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -185,7 +186,12 @@ class LabProvider:
             raise BackendConfigurationError(
                 f"{path}: {', '.join(unassigned)} listen on port 0, which only the embedded "
                 f"simulator fills in: start it with LabProvider({str(config or path)!r}, "
-                "simulator=True), or give the real addresses", path=path)
+                "simulator=True) (on the command line: --simulator), or give the real "
+                "addresses", path=path)
+        #: The ``labqpu`` command-line options that open this rack as this provider does,
+        #: for messages that suggest a command ("" for the default device).
+        self.cli_options = ("" if config is None else f"--config {shlex.quote(str(config))}"
+                            + (" --simulator" if start_sim and not builtin else ""))
         self._closers: list = []
         self._closed = False
         self.simulator: SimulatorProcess | None = None

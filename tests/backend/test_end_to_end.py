@@ -431,7 +431,9 @@ def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch, caplog) -> None
         warnings = [r.getMessage() for r in caplog.records if "holds no snapshot" in
                     r.getMessage()]
         assert len(warnings) == 1 and "transpile() fails for every circuit" in warnings[0]
-        assert "labqpu calibrate --bootstrap --config" in warnings[0]
+        # the command that works for this file: it needs the embedded simulator (port 0)
+        assert (f"labqpu calibrate --bootstrap --config {wiring} --simulator --design "
+                "DESIGN.toml") in warnings[0], warnings[0]
         qc = QuantumCircuit(1, 1)
         qc.x(0)
         qc.measure(0, 0)
