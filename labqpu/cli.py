@@ -253,6 +253,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.nodes and args.nodes[0] in STORE_COMMANDS:
         return store_command(args)
+    history_only = [f"--{name}" for name in ("param", "qubit", "pair", "gate", "since", "limit")
+                    if getattr(args, name) is not None]
+    if history_only:
+        hint = " (for the qubits to calibrate: --qubits)" if args.qubit is not None else ""
+        print(f"labqpu calibrate: {', '.join(history_only)}: only for `labqpu calibrate "
+              f"history`{hint}", file=sys.stderr)
+        return 2
     if args.shots is None:
         args.shots = CALIBRATION_SHOTS
     nodes = args.nodes or None
@@ -723,8 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                            "transpiler's choice)")
     draw.add_argument("--time-range-ns", type=float, nargs=2, metavar=("START", "STOP"),
                       help="draw only this window (ns)")
-    draw.add_argument("--dpi", type=_positive_int, default=130,
-                      help="resolution of the image (dots per inch, default 130)")
+    draw.add_argument("--dpi", type=int, default=130,
+                      help="resolution of the image (dots per inch, 10-1200, default 130)")
     draw.set_defaults(func=draw_command)
 
     args = parser.parse_args(argv)

@@ -295,6 +295,23 @@ def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, expor
 
 
 @pytest.mark.parametrize(("args", "expected"), [
+    (["ramsey", "--force", "--qubit", "2"],
+     "--qubit: only for `labqpu calibrate history` (for the qubits to calibrate: --qubits)"),
+    (["ramsey", "--pair", "0-1"], "--pair: only for `labqpu calibrate history`"),
+    (["--all", "--param", "t1_s", "--limit", "3"],
+     "--param, --limit: only for `labqpu calibrate history`"),
+])
+def test_history_options_with_graph_nodes_are_refused(tmp_path, args, expected) -> None:
+    """``calibrate ramsey --force --qubit 2`` (a typo of --qubits) recalibrated and committed
+    every qubit: the history-only options were ignored with node names."""
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert proc.stderr.strip() == f"labqpu calibrate: {expected}", proc.stderr
+    history = labqpu(tmp_path, "calibrate", "history")
+    assert [line.split()[0] for line in history.stdout.splitlines()] == ["1"]  # no commit
+
+
+@pytest.mark.parametrize(("args", "expected"), [
     (["rollback", "99999999999999999999"], "has no snapshot 99999999999999999999"),
     (["diff", "99999999999999999999", "1"], "has no snapshot 99999999999999999999"),
     (["history", "--param", "t1_s", "--qubit", "0", "--since", "0001-01-01T00:00:00+01:00"],

@@ -17,7 +17,7 @@ from qiskit.providers import BackendV2, Options
 
 from labqpu.backend.compiled import CompiledPrograms
 from labqpu.backend.configuration import BackendConfiguration
-from labqpu.backend.job import MAX_TIMEOUT_S, LabJob
+from labqpu.backend.job import MAX_TIMEOUT_S, LabJob, wait_bound
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.program_checks import (
     check_length,
@@ -449,10 +449,11 @@ class LabBackend(BackendV2):
         rate, limits, ``feedforward`` latency ...); ``KeyError`` for an unknown controller."""
         return self._capabilities[name]
 
-    def hardware_status(self, timeout_s: float = 30.0) -> dict:
+    def hardware_status(self, timeout_s: float | None = 30.0) -> dict:
         """Controller capabilities and instrument identities, asked in queue order (waits for
-        the jobs ahead, at most ``timeout_s``)."""
-        return self._queue.describe(timeout_s)
+        the jobs ahead, at most ``timeout_s`` seconds; None or ``math.inf``: no bound).
+        ``ValueError`` unless ``timeout_s`` is None or a number >= 0."""
+        return self._queue.describe(wait_bound(timeout_s, "timeout_s"))
 
     def __copy__(self) -> LabBackend:
         """A shallow copy: shares options, hardware queue, store and Target."""

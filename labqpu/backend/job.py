@@ -57,15 +57,15 @@ def _counts(program: PulseProgram, shots: int, meas_return: str, snapshot, iq: n
                             memory=False, snapshot=snapshot)]
 
 
-def wait_bound(timeout: object) -> float | None:
+def wait_bound(timeout: object, name: str = "timeout") -> float | None:
     """``timeout`` (s) as a bound for ``Future.result``: None for no bound (None, or beyond
-    what a wait can take: ``math.inf``). Raises ``ValueError`` unless it is None or a real
-    number >= 0."""
+    what a wait can take: ``math.inf``). Raises ``ValueError`` naming the argument ``name``
+    unless it is None or a real number >= 0."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
             or timeout != timeout or timeout < 0:  # NaN != NaN; an int beyond any float is fine
-        raise ValueError(f"timeout must be None or a number of seconds >= 0 (math.inf: no "
+        raise ValueError(f"{name} must be None or a number of seconds >= 0 (math.inf: no "
                          f"bound), got {timeout!r}")
     return None if timeout > threading.TIMEOUT_MAX else float(timeout)
 

@@ -340,8 +340,6 @@ class _Tree:
         self.plan, self.rng, self.iq, self.results = plan, rng, iq, results
         self.decimation, self.traces = traces
         self.conditions = conditions
-        self.n_ports = int(max([int(prog.play_port.max()) if prog.play_port.size else 0]
-                               + [c.readout_port for c in engine.cabling.values()])) + 1
 
     def _segment(self, state: EvolutionStart, known: dict[int, int], t1: int,
                  leaves: list[int]) -> tuple[EvolutionStart, object]:
@@ -351,13 +349,20 @@ class _Tree:
                                 resume=state, conditions=self.conditions)
         return EvolutionStart(ev.rho, ev.position, t1, owned=True), ev
 
-    def _samples(self, known: dict[int, int]) -> tuple[WireProgram, np.ndarray]:
-        eff = effective_program(self.prog, self.ff, known)
-        fs = self.engine.device.sample_rate_hz
-        return eff, _render_kernel(
-            self.n_ports, int(eff.duration_samples), eff.play_port, eff.play_start,
-            eff.play_wave, eff.play_amp, eff.play_phase_rad, eff.play_freq_hz, eff.wave_offset,
-            eff.wave_data, fs)
+    def _readout(self, eff: WireProgram, j: int, q: int) -> np.ndarray:
+        """What qubit ``q``'s readout port plays in ``eff`` from sample 0 to the end of
+        acquisition ``j``'s window (or of the last play there that starts before it): the only
+        port and samples an acquisition reads, so a node renders no more than that, and
+        holds nothing while its children run (every port of a 2 ms program is ~0.5 GB)."""
+        port = self.engine.cabling[q].readout_port
+        end = int(eff.acq_start[j] + eff.acq_duration[j])
+        lengths = np.diff(eff.wave_offset)[eff.play_wave]
+        on = np.flatnonzero((eff.play_port == port) & (eff.play_start < end))
+        stop = max([end, *(eff.play_start[on] + lengths[on]).tolist()])
+        return _render_kernel(
+            1, stop, np.zeros(on.size, dtype=eff.play_port.dtype), eff.play_start[on],
+            eff.play_wave[on], eff.play_amp[on], eff.play_phase_rad[on], eff.play_freq_hz[on],
+            eff.wave_offset, eff.wave_data, self.engine.device.sample_rate_hz)[0]
 
     def descend(self, k: int, state: EvolutionStart, known: dict[int, int],
                 shots: np.ndarray) -> None:
@@ -377,8 +382,7 @@ class _Tree:
         axis = state.position[q]
         p = branch_probabilities(state.rho, axis)
         levels = self.rng.choice(LEVELS, size=shots.size, p=p / p.sum())
-        eff, samples = self._samples(known)
-        iq = self._record(j, q, eff, samples, levels, shots)
+        iq = self._record(j, q, effective_program(prog, self.ff, known), levels, shots)
         bits = self.ff.discriminate(j, iq)
         self.results[shots, j] = bits
         read = j in self.plan.read
@@ -408,24 +412,26 @@ class _Tree:
         if not leaves:
             return
         _, ev = self._segment(state, known, end, leaves)
-        eff, samples = self._samples(known)
         pops = ev.rho.populations()
         keep = [ev.position[self.plan.qubit[j]] for j in leaves]
         drop = tuple(a for a in range(ev.rho.n) if a not in keep)
+        del ev  # its rendering of every port, before the acquisitions render theirs
         marginal = pops.sum(axis=drop) if drop else pops
         marginal = np.transpose(marginal, [sorted(keep).index(a) for a in keep]).reshape(-1)
         outcome = self.rng.choice(marginal.size, size=shots.size, p=marginal / marginal.sum())
         levels = np.unravel_index(outcome, (LEVELS,) * len(leaves))
+        eff = effective_program(prog, self.ff, known)
         for n, j in enumerate(leaves):
             q = self.plan.qubit[j]
-            iq = self._record(j, q, eff, samples, levels[n], shots)
+            iq = self._record(j, q, eff, levels[n], shots)
             self.results[shots, j] = self.ff.discriminate(j, iq)
 
-    def _record(self, j: int, q: int, prog: WireProgram, samples: np.ndarray,
-                levels: np.ndarray, shots: np.ndarray) -> np.ndarray:
-        """Acquire ``j`` (qubit ``q``) for ``shots`` at ``levels``; store and return its IQ."""
-        rec = self.engine._acquire(j, q, prog, samples, self.settings, levels, self.rng,
-                                   self.conditions[q].t1_s, self.decimation)
+    def _record(self, j: int, q: int, eff: WireProgram, levels: np.ndarray,
+                shots: np.ndarray) -> np.ndarray:
+        """Acquire ``j`` (qubit ``q``) of the effective program ``eff`` for ``shots`` at
+        ``levels``; store and return its IQ."""
+        rec = self.engine._acquire(j, q, eff, self._readout(eff, j, q), self.settings, levels,
+                                   self.rng, self.conditions[q].t1_s, self.decimation)
         self.iq[shots, j] = rec.iq
         if self.traces is not None:
             self.traces[shots, j, :rec.trace.shape[1]] = rec.trace

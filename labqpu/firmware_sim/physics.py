@@ -759,17 +759,18 @@ class PhysicsEngine(DriveBlocks, ClusterBlocks):
                                           detuning, truth.anharmonicity_hz,
                                           1.0 / self.device.sample_rate_hz)
 
-    def _acquire(self, i: int, q: int, prog: WireProgram, samples: np.ndarray,
+    def _acquire(self, i: int, q: int, prog: WireProgram, readout: np.ndarray,
                  settings: Settings, levels: np.ndarray, rng: np.random.Generator,
                  t1_s: float, decimation: int | None = None) -> WindowRecord:
         """The record (IQ per shot, trace decimated by ``decimation`` samples when given) of
         acquisition ``i`` on qubit ``q`` whose level per shot is ``levels`` at the window's
-        start; ``t1_s`` its T1 during the window (``readout``)."""
-        cab, lo = self.cabling[q], self._lo(self.cabling[q].readout_lo, settings)
+        start; ``readout`` the samples rendered on ``q``'s readout port, from sample 0 to at
+        least the window's end; ``t1_s`` its T1 during the window (``readout``)."""
+        lo = self._lo(self.cabling[q].readout_lo, settings)
         truth = self.device.qubits[q]
         f_q = truth.frequency_hz(self._flux_dc_phi0(q, settings))
         return acquire_window(truth, self.device.readout, self.device.sample_rate_hz, lo,
                               self.mixer_gain(lo), f_q,
-                              samples[cab.readout_port], int(prog.acq_start[i]),
+                              readout, int(prog.acq_start[i]),
                               int(prog.acq_duration[i]), float(prog.acq_freq_hz[i]), levels,
                               rng, t1_s, decimation)

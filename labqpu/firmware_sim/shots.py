@@ -145,8 +145,8 @@ def _run_shots(engine, prog, settings, shots: int, rng: np.random.Generator,
         traces = np.zeros((shots, len(acquisitions), points), dtype=np.complex64)
     for j, (i, q) in enumerate(acquisitions):
         stop_if(cancel)
-        rec = engine._acquire(i, q, prog, samples, settings, levels[:, j], rng,
-                              base[q].t1_s, decimation)
+        rec = engine._acquire(i, q, prog, samples[engine.cabling[q].readout_port], settings,
+                              levels[:, j], rng, base[q].t1_s, decimation)
         iq[:, j] = rec.iq
         if traces is not None:
             traces[:, j, :rec.trace.shape[1]] = rec.trace

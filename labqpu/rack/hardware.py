@@ -521,7 +521,7 @@ class HardwareQueue(Protocol):
         """Cancel a queued job, or ask a running one to abort; True if it will not complete."""
         ...
 
-    def describe(self, timeout_s: float) -> dict:
+    def describe(self, timeout_s: float | None) -> dict:
         """What the hardware says about itself: controller capabilities, instrument identities."""
         ...
 
@@ -643,7 +643,7 @@ class LocalHardwareQueue:
         future.cancel()
         return True
 
-    def describe(self, timeout_s: float) -> dict:
+    def describe(self, timeout_s: float | None) -> dict:
         """Ask every controller and instrument who it is, on the worker (in queue order)."""
         return self._ask(self.rack.describe, timeout_s, "describe")
 
@@ -653,7 +653,7 @@ class LocalHardwareQueue:
                                   for ctrl in self.rack.config.controllers},
                          timeout_s, "hello")
 
-    def _ask(self, question: Callable[[], object], timeout_s: float, command: str):
+    def _ask(self, question: Callable[[], object], timeout_s: float | None, command: str):
         def asked(_cancel: threading.Event) -> object:
             reason = self._health()  # what was said before may no longer be true
             if reason:

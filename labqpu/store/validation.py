@@ -23,6 +23,8 @@ from labqpu.store.parameter import Parameter
 SECTIONS = ("qubits", "pairs", "gates")
 _DOCUMENT_KEYS = frozenset({"device", "notes", *SECTIONS})
 _ENTRY_KEYS = ("value", "timestamp", "experiment")
+#: Largest magnitude of an integer calibration value (a signed 64-bit integer).
+MAX_INT = 2**63 - 1
 _INDEX = r"(?:0|[1-9][0-9]*)"
 _INDEX_RE = re.compile(_INDEX)
 _PAIR_RE = re.compile(rf"({_INDEX})-({_INDEX})")
@@ -107,7 +109,15 @@ def _json_value(value: Any, path: str, subject: str, parameter: str) -> Any:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, numbers.Integral):
-        return int(value)
+        number = int(value)
+        if not -MAX_INT <= number <= MAX_INT:
+            raise InvalidSnapshotError(
+                f"{path} is an integer of {number.bit_length()} bits; calibration integers "
+                "must fit in 64 bits",
+                subject=subject,
+                parameter=parameter,
+            )
+        return number
     if isinstance(value, numbers.Real):
         number = float(value)
         if not math.isfinite(number):

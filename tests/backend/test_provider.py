@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -207,6 +208,20 @@ def test_hardware_status_names_every_instrument(lab_backend) -> None:
     idents = {name: v["identity"] for name, v in status["instruments"].items()}
     assert set(idents) == {"lo_drive_a", "lo_drive_b", "lo_readout", "flux_bias"}
     assert all("labqpu simulator" in ident for ident in idents.values())
+
+
+@pytest.mark.parametrize("timeout_s", [float("nan"), -1, "5", True])
+def test_hardware_status_refuses_a_bad_timeout(lab_backend, timeout_s) -> None:
+    """``inf`` raised ``OverflowError``, ``'5'`` a ``TypeError``, NaN and -1 an
+    ``InstrumentTimeoutError`` blaming a queue that was empty."""
+    with pytest.raises(ValueError, match=r"timeout_s must be None or a number of seconds "
+                                         r">= 0 \(math.inf: no bound\), got "):
+        lab_backend.hardware_status(timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("timeout_s", [None, math.inf, 10**400])
+def test_hardware_status_without_a_bound(lab_backend, timeout_s) -> None:
+    assert set(lab_backend.hardware_status(timeout_s=timeout_s)["controllers"]) == {"ctrl0"}
 
 
 @pytest.mark.parametrize("what", ["controller", "instrument"])
