@@ -121,6 +121,9 @@ class ControllerServer:
         port: TCP port; 0 binds a random free port (see ``endpoint`` after ``start``).
         name: server name reported by ``hello``.
         max_programs: programs kept; the least recently uploaded or run are evicted beyond it.
+        max_program_bytes: bytes of program arrays kept (waveforms, plays ...); the least
+            recently uploaded or run are evicted beyond it (never the newest upload). A
+            client that runs an evicted program gets ``UnknownProgram`` and uploads it again.
         max_runs: finished runs whose results are kept; older ones are forgotten.
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
@@ -141,6 +144,7 @@ class ControllerServer:
         port: int = 0,
         name: str = "ctrl0",
         max_programs: int = 64,
+        max_program_bytes: int = 256 * 1024 * 1024,
         max_runs: int = 64,
         max_queued_per_session: int = 256,
         max_pending_uploads: int = 16,
@@ -155,6 +159,8 @@ class ControllerServer:
         self.endpoint = ""
         self._executor = executor
         self._max_programs = max_programs
+        self._max_program_bytes = max_program_bytes
+        self._program_bytes = 0
         self._max_runs = max_runs
         self._max_queued = max_queued_per_session
         self._max_pending_uploads = max_pending_uploads
@@ -469,7 +475,8 @@ class ControllerServer:
                              "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
                        "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
-                       "max_programs": self._max_programs, "max_runs": self._max_runs,
+                       "max_programs": self._max_programs,
+                       "max_program_bytes": self._max_program_bytes, "max_runs": self._max_runs,
                        "max_queued_per_session": self._max_queued,
                        "key_retention_s": KEY_RETENTION_S, "session_idle_s": SESSION_IDLE_S},
         }, None
@@ -492,9 +499,14 @@ class ControllerServer:
                                 ) from exc
         with self._lock:
             self._uploads_total += 1
-            self._programs[program_id] = Program(request.arrays, meta)
-            while len(self._programs) > self._max_programs:
-                evicted, _ = self._programs.popitem(last=False)
+            program = Program(request.arrays, meta)
+            self._programs[program_id] = program
+            self._program_bytes += program.nbytes
+            while len(self._programs) > 1 and (
+                    len(self._programs) > self._max_programs
+                    or self._program_bytes > self._max_program_bytes):
+                evicted, old = self._programs.popitem(last=False)
+                self._program_bytes -= old.nbytes
                 logger.debug("%s: evicted program %s", self.name, evicted)
         return {"program_id": program_id}, None
 

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 #: Waveform memory of the simulated controller (samples) and the longest program (samples).
 WAVEFORM_MEMORY_SAMPLES = 16 * 1024 * 1024
 #: Longest shot (samples): 2 ms at 1 GS/s. The physics renders every output port over the
-#: whole shot (16 B per sample and port), so this bounds the simulator's memory (~0.5 GB).
+#: whole shot (16 B per sample and port, ~0.5 GB at most; the samples no play touches take
+#: no memory).
 MAX_PROGRAM_SAMPLES = 2_000_000
 #: Most waveforms in a program's table and most plays: a program is validated as one upload.
 MAX_WAVEFORMS = 65_536

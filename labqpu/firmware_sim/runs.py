@@ -31,6 +31,11 @@ class Program:
     arrays: dict[str, np.ndarray]
     meta: dict[str, Any]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes its arrays hold."""
+        return sum(array.nbytes for array in self.arrays.values())
+
 
 @dataclass
 class Run:

@@ -11,6 +11,7 @@ import logging
 import math
 import queue
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import pyvisa
 import zmq
 
 from labqpu.drivers.controller import ControllerClient
-from labqpu.drivers.protocol import ERR_UNKNOWN_PROGRAM, PROTOCOL_VERSION
+from labqpu.drivers.protocol import ERR_QUEUE_FULL, ERR_UNKNOWN_PROGRAM, PROTOCOL_VERSION
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 from labqpu.errors import (
     HardwareUnavailableError,
@@ -41,6 +42,8 @@ from labqpu.rack.config import LabConfig
 
 log = logging.getLogger(__name__)
 
+#: How long an upload the controller refuses with ``QueueFull`` is retried (s).
+UPLOAD_QUEUE_WAIT_S = 10.0
 #: Program ids a connection remembers per controller, to run a program again without
 #: uploading it (the reference controller holds 64, docs/protocol.md).
 HELD_PROGRAMS = 64
@@ -103,6 +106,23 @@ def _digest(request: RunRequest, iq: np.ndarray, traces: np.ndarray | None) -> o
         log.warning("a run's digest raised an unexpected error; the results are built "
                     "without it", exc_info=True)
     return None
+
+
+def _upload(client: ControllerClient, arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """Upload a program; an upload refused with ``QueueFull`` (the controller's validation
+    queue is full, of another client's uploads perhaps) is sent again after a pause (5 ms,
+    doubling to 0.25 s) for at most :data:`UPLOAD_QUEUE_WAIT_S` s before the error stands."""
+    deadline = time.monotonic() + UPLOAD_QUEUE_WAIT_S
+    pause = 0.005
+    while True:
+        try:
+            return client.upload(arrays, meta)
+        except InstrumentCommandError as exc:
+            if exc.remote_type != ERR_QUEUE_FULL or time.monotonic() + pause > deadline:
+                raise
+        log.info("%s: upload queue full; uploading again in %.3f s", client.endpoint, pause)
+        time.sleep(pause)
+        pause = min(2 * pause, 0.25)
 
 
 class RackConnection:
@@ -432,7 +452,7 @@ class RackConnection:
                 del held[digest]
                 log.info("%s no longer holds program %s: uploading it again", name, program_id)
         arrays, meta = program.to_wire()
-        program_id = client.upload(arrays, meta)
+        program_id = _upload(client, arrays, meta)
         if stable:
             held[digest] = program_id
             while len(held) > HELD_PROGRAMS:

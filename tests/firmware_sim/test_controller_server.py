@@ -314,6 +314,29 @@ def test_program_store_is_bounded(executor: SumExecutor) -> None:
         assert info.value.remote_type == ERR_UNKNOWN_PROGRAM
 
 
+def test_program_memory_is_bounded(executor: SumExecutor) -> None:
+    """Programs are evicted by the bytes they hold, not only by count: one client uploading
+    max-size programs made the simulator hold ~130 MB each, 64 of them. The newest upload is
+    kept even alone beyond the bound; an evicted program is ``UnknownProgram``."""
+    size = _program(1000)["a"].nbytes * 2  # bytes of one such program's two arrays
+    with (
+        ControllerServer(executor, max_program_bytes=int(2.5 * size)) as srv,
+        ControllerClient(srv.endpoint, timeout_s=0.5) as ctrl,
+    ):
+        assert ctrl.hello()["limits"]["max_program_bytes"] == int(2.5 * size)
+        ids = [ctrl.upload(_program(1000 + n), {}) for n in range(4)]
+        assert ctrl.status()["programs"] == 2
+        for evicted in ids[:2]:
+            with pytest.raises(InstrumentCommandError) as info:
+                ctrl.run(evicted, shots=1)
+            assert info.value.remote_type == ERR_UNKNOWN_PROGRAM
+        state, _ = ctrl.wait(ctrl.run(ids[3], shots=1), timeout_s=BOUND_S)
+        assert state["state"] == "done", state
+        huge = ctrl.upload(_program(4000), {})  # alone over the bound: kept, the rest evicted
+        assert ctrl.status()["programs"] == 1
+        ctrl.run(huge, shots=1)
+
+
 def test_finished_runs_are_bounded(executor: SumExecutor) -> None:
     with (
         ControllerServer(executor, max_runs=2) as srv,

@@ -10,6 +10,7 @@ real embedded simulator behind ZeroMQ.
 
 from __future__ import annotations
 
+import time
 import types
 
 import numpy as np
@@ -229,3 +230,60 @@ def test_a_short_job_timeout_bounds_the_hold(monkeypatch) -> None:
         request = RunRequest(shots=1, seed=None, rep_delay_s=0.0, timeout_s=timeout_s, key="k")
         assert rack._part_hold_s([part], request) == hold_s
         assert rack._part_hold_s([part, part], request) == 0.0
+
+
+def test_a_neighbours_upload_flood_does_not_fail_a_job(backend) -> None:
+    """Another client keeps the controller's validation queue full (16 uploads of 4 M
+    waveform samples, sent without waiting for replies): an upload of a user's new program
+    is refused with ``QueueFull``, and the job failed with it. The rack connection now sends
+    it again after a pause, so every job ends with counts."""
+    import json
+    import threading
+
+    import zmq
+
+    from labqpu.drivers.protocol import OP_UPLOAD, encode_request
+
+    endpoint = backend.config.controller("ctrl0").endpoint
+    arrays, meta = compile_circuit(_x_measure(backend), backend.snapshot,
+                                   backend.channels).to_wire()
+    filler = np.zeros(4_000_000, dtype=np.complex64)
+    big = {**arrays, "wave_data": np.concatenate([arrays["wave_data"], filler])}
+    big["wave_offset"] = np.append(arrays["wave_offset"], big["wave_data"].size)
+    stop, refused = threading.Event(), []
+    context = zmq.Context()
+    neighbour = context.socket(zmq.DEALER)
+    neighbour.setsockopt(zmq.LINGER, 0)
+    neighbour.connect(endpoint)
+
+    def flood() -> None:
+        n = 0
+        while not stop.is_set():
+            big["wave_data"][-1] = n * 1e-7  # new content: validated again
+            n += 1
+            neighbour.send_multipart(encode_request(OP_UPLOAD, {"meta": meta}, big)[1])
+            while neighbour.poll(0):
+                header = json.loads(neighbour.recv_multipart()[0])
+                if not header["ok"]:
+                    refused.append(header["error"]["type"])
+            stop.wait(0.005)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not refused and time.monotonic() < deadline:  # the queue is full
+            time.sleep(0.05)
+        assert refused and set(refused) == {"QueueFull"}, refused
+        for k in range(4):  # a new program each time: each needs an upload
+            qc = QuantumCircuit(1, 1)
+            qc.rx(3.0 + 0.05 * k, 0)
+            qc.measure(0, 0)
+            counts = backend.run(transpile(qc, backend), shots=100).result(
+                timeout=60).get_counts()
+            assert sum(counts.values()) == 100 and counts.get("1", 0) > 80, counts
+    finally:
+        stop.set()
+        thread.join(5)
+        neighbour.close(linger=0)
+        context.term()
