@@ -11,16 +11,42 @@ loop's own thread carries out, so the selector is only ever touched by that thre
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import queue
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+#: Out of file descriptors: accepting a client fails while it stays in the backlog.
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+class Throttled:
+    """A warning logged at most once per ``interval_s`` seconds; the ones held back in between
+    are counted into the next (a client opening connections in a loop must not flood the
+    log)."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last = -float("inf")
+        self._held = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._held += 1
+            return
+        held, self._held, self._last = self._held, 0, now
+        logger.warning(message + (f" ({held} more like it held back)" if held else ""), *args)
+
 
 #: What the loop's thread calls with its selector and its connections (socket -> connection).
 Task = Callable[[selectors.BaseSelector, dict], None]
@@ -65,6 +91,7 @@ class ScpiLoop:
         self._thread: threading.Thread | None = None
         self._wakeup: socket.socket | None = None
         self._stopped = False
+        self._no_descriptors = Throttled()
 
     @property
     def alive(self) -> bool:
@@ -172,6 +199,9 @@ class ScpiLoop:
 
     def _serve(self, selector: selectors.BaseSelector, wake_reader: socket.socket) -> None:
         connections: dict[socket.socket, Any] = {}
+        # A descriptor kept in reserve: out of descriptors, it is given up to accept and close
+        # the client waiting (a listener left readable would spin this loop).
+        reserve = os.open(os.devnull, os.O_RDONLY)
         try:
             while True:
                 for key, events in selector.select():
@@ -183,11 +213,17 @@ class ScpiLoop:
                     elif isinstance(key.data, _Listening):
                         try:
                             key.data.server._accept(selector, key.fileobj, connections)
+                        except OSError as exc:
+                            if exc.errno not in _NO_DESCRIPTORS:
+                                raise
+                            reserve = self._shed(key.fileobj, key.data.server, reserve)
                         except Exception:  # one failed accept costs that client only
                             logger.exception("%r: accept failed", key.data.server)
                     else:
                         self._serve_connection(selector, connections, key.data, events)
         finally:
+            if reserve >= 0:
+                os.close(reserve)
             for connection in list(connections.values()):
                 connection.server._drop(selector, connections, connection)
             for key in list(selector.get_map().values()):
@@ -195,6 +231,21 @@ class ScpiLoop:
                 key.fileobj.close()
             selector.close()
             logger.info("%s stopped", self.name)
+
+    def _shed(self, listener: socket.socket, server: Served, reserve: int) -> int:
+        """Out of descriptors: close the reserve, accept the waiting client and close it (it
+        sees its connection closed), take the reserve again; returns it (-1: none left)."""
+        if reserve >= 0:
+            os.close(reserve)
+        with contextlib.suppress(OSError):
+            listener.accept()[0].close()
+        try:
+            reserve = os.open(os.devnull, os.O_RDONLY)
+        except OSError:
+            reserve = -1
+        self._no_descriptors.warn("%r: out of file descriptors; closed a new connection",
+                                  server)
+        return reserve
 
     def _carry_out_tasks(self, selector: selectors.BaseSelector, connections: dict,
                          wake_reader: socket.socket) -> bool:

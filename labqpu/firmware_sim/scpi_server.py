@@ -16,6 +16,7 @@ nothing a client sends can stop the server or close another connection.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import re
@@ -30,13 +31,15 @@ from types import TracebackType
 from typing import Literal, Self
 
 from labqpu.errors import InstrumentLimitError
-from labqpu.firmware_sim.scpi_loop import ScpiLoop
+from labqpu.firmware_sim.scpi_loop import ScpiLoop, Throttled
 
 logger = logging.getLogger(__name__)
 
 _MAX_LINE_BYTES = 64 * 1024
 _MAX_PENDING_REPLY_BYTES = 1024 * 1024
 _ERROR_QUEUE_LENGTH = 10
+#: Clients one simulated instrument serves at once (``ScpiServer(max_connections=...)``).
+MAX_CONNECTIONS = 32
 _FIRMWARE_VERSION = "1.0"
 _NO_ERROR = '0,"No error"'
 
@@ -487,6 +490,9 @@ class ScpiServer:
         host: address to listen on.
         port: TCP port; 0 picks a free one (read :attr:`port` after :meth:`start`).
         channels: number of output channels (current source only).
+        max_connections: most clients connected at once; a client beyond it is accepted and
+            its connection closed at once (with a throttled warning), as an instrument's
+            LAN interface refuses sockets beyond its own limit.
         **state: initial settings and limits passed to :class:`SignalGeneratorState` or
             :class:`CurrentSourceState`.
 
@@ -504,6 +510,7 @@ class ScpiServer:
         port: int = 0,
         channels: int = 5,
         loop: ScpiLoop | None = None,
+        max_connections: int = MAX_CONNECTIONS,
         **state: object,
     ) -> None:
         if model not in _MODELS:
@@ -529,6 +536,9 @@ class ScpiServer:
         self._loop: ScpiLoop | None = None
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+        self.max_connections = max_connections
+        self._open = 0  # connections accepted and not dropped (the loop's thread only)
+        self._refusals = Throttled()
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self._port}" if self._port is not None else "not started"
@@ -675,8 +685,16 @@ class ScpiServer:
         except BlockingIOError:
             return
         except OSError as exc:
-            logger.warning("%r: accept failed: %s", self, exc)
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # the loop sheds the client with its reserve descriptor
+            self._refusals.warn("%r: accept failed: %s", self, exc)
             return
+        if self._open >= self.max_connections:
+            sock.close()
+            self._refusals.warn("%r: closed a connection from %s: %d clients are connected "
+                                "(limit %d)", self, address[0], self._open, self.max_connections)
+            return
+        self._open += 1
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(sock, f"{address[0]}:{address[1]}", self)
@@ -739,7 +757,8 @@ class ScpiServer:
         connections: dict[socket.socket, _Connection],
         connection: _Connection,
     ) -> None:
-        connections.pop(connection.sock, None)
+        if connections.pop(connection.sock, None) is not None:
+            self._open -= 1
         with contextlib.suppress(KeyError, ValueError):  # unregistered or closed already
             selector.unregister(connection.sock)
         connection.sock.close()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -806,3 +810,105 @@ def test_server_rejects_unknown_model_and_reports_port_only_when_started() -> No
     with pytest.raises(RuntimeError):
         _ = server.port
     server.stop()
+
+
+# --- connection floods -----------------------------------------------------------------------
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_others_served() -> None:
+    """Nothing bounded an instrument's clients: a neighbour opening connections in a loop
+    used up the simulator's file descriptors, after which no new client (nor the controller's
+    own) could connect. Beyond ``max_connections`` a client is accepted and closed at once."""
+    with ScpiServer("signal_generator", name="lo-cap", max_connections=3) as server:
+        clients = [_RawClient(server) for _ in range(3)]
+        try:
+            for raw in clients:
+                assert raw.ask("*IDN?").startswith("labqpu simulator")
+            extra = socket.create_connection((server.host, server.port), timeout=2.0)
+            with extra:
+                extra.sendall(b"*IDN?\n")
+                assert _answer(extra) == b""  # closed, not answered
+            assert clients[0].ask("OUTP?") in ("0", "1")  # the others are still served
+            clients.pop().sock.close()
+            deadline = time.monotonic() + 5
+            while True:  # the closed client's place frees once the server sees it go
+                again = _RawClient(server)
+                again.send(b"*IDN?")
+                data = _answer(again.sock)
+                if data or time.monotonic() > deadline:
+                    break
+                again.sock.close()
+                time.sleep(0.05)
+            assert data.startswith(b"labqpu simulator"), data
+            clients.append(again)
+        finally:
+            for raw in clients:
+                raw.sock.close()
+
+
+_OUT_OF_DESCRIPTORS = """
+import os, resource, time
+from labqpu.firmware_sim.scpi_server import ScpiServer
+server = ScpiServer("signal_generator", name="lo-fd", max_connections=10_000)
+server.start()
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+print(server.port, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
+def test_an_instrument_out_of_descriptors_neither_spins_nor_floods_its_log(tmp_path) -> None:
+    """Out of file descriptors, a listener whose client cannot be accepted stays readable:
+    the loop spun at one full core and wrote ~12 MB/s of warnings. Now it closes each such
+    client with a descriptor kept in reserve and warns at most once a second; once the flood
+    is gone, clients are served again."""
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", _OUT_OF_DESCRIPTORS],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    flood: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline())
+        for _ in range(40):
+            with contextlib.suppress(OSError):
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2.0))
+        time.sleep(0.3)
+        before = _cpu_s(proc.pid)
+        time.sleep(1.0)
+        assert _cpu_s(proc.pid) - before < 0.3, "the instrument's loop spins"
+        assert log.stat().st_size < 20_000, log.read_text()[:500]
+        for sock in flood:
+            sock.close()
+        flood.clear()
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+                sock.sendall(b"*IDN?\n")
+                data = _answer(sock)
+            if data or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert data.startswith(b"labqpu simulator"), data
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the server sends back; b"" when it closed the connection (or reset it)."""
+    try:
+        return sock.recv(4096)
+    except ConnectionResetError:
+        return b""
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (s)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
