@@ -147,8 +147,17 @@ class LabJob(JobV1):
             if batch.cancelled():
                 self._future.set_exception(JobCancelledError("cancelled before it ran"))
                 return
-            if batch.exception() is not None:
-                self._future.set_exception(batch.exception())
+            failure = batch.exception()
+            if failure is not None:
+                if self._cancel_requested and self._done_batches < len(self._batches) - 1:
+                    # cancel() said True for a batch before the last past its point of no
+                    # return: the job ends cancelled, whatever that batch did.
+                    cancelled = JobCancelledError(
+                        f"cancelled after {self._done_batches} of {len(self._batches)} "
+                        f"batches (the batch running then failed: {failure})")
+                    cancelled.__cause__ = failure
+                    failure = cancelled
+                self._future.set_exception(failure)
                 return
             self._records.extend(batch.result())
             self._done_batches += 1

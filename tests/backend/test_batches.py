@@ -7,9 +7,11 @@ the job between batches. Batch sizes are made small by setting the backend modul
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 
 import pytest
 from qiskit import QuantumCircuit, transpile
+from qiskit.providers import JobError, JobStatus
 
 import labqpu.backend.backend as backend_module
 from labqpu.drivers.controller import ControllerClient
@@ -94,3 +96,42 @@ def test_a_job_beyond_the_job_limit_is_refused_before_anything_is_sent(lab_backe
     with pytest.raises(InvalidRunInputError, match="takes at most 10000"):
         lab_backend.run([qc] * (backend_module.MAX_JOB_CIRCUITS + 1))
     assert runs_total(lab_backend) == before
+
+
+class _PastNoReturn:
+    """A stand-in hardware queue whose batches are past their point of no return: its
+    ``cancel`` finds nothing to stop, and the test decides how each batch ends (the real
+    queue's window between its commit point and the job's callback is microseconds)."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.batches: list[Future] = []
+
+    def submit(self, job_id: str, work: list) -> Future:
+        batch: Future = Future()
+        batch.set_running_or_notify_cancel()
+        self.batches.append(batch)
+        return batch
+
+    def cancel(self, job_id: str) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("n_circuits", [2, 1])
+def test_a_cancel_that_said_true_ends_the_job_cancelled_even_if_its_batch_fails(
+        lab_backend, monkeypatch, n_circuits) -> None:
+    """``cancel()`` returned True for a batch before the last past its point of no return,
+    and when that batch then failed the job ended ERROR. Now it ends CANCELLED, as promised;
+    a cancel of the last batch says False and the failure stands."""
+    monkeypatch.setattr(backend_module, "MAX_CIRCUITS", 1)
+    queue = _PastNoReturn()
+    monkeypatch.setattr(lab_backend, "_queue", queue)
+    job = lab_backend.run(flips(lab_backend, n_circuits, "race"), shots=10)
+    said = job.cancel()
+    assert said == (n_circuits == 2)
+    queue.batches[0].set_exception(RuntimeError("simulated instrument refusal"))
+    assert job.status() is (JobStatus.CANCELLED if said else JobStatus.ERROR)
+    with pytest.raises(JobError, match="cancelled" if said else "simulated instrument refusal"):
+        job.result(timeout=1)
+    assert len(queue.batches) == 1  # nothing more was queued
