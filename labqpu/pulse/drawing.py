@@ -8,7 +8,8 @@ several controllers each row also names its controller and port. Triangles mark 
 port's frame phase changes between plays (value in rad) and where its frequency changes (IF in
 MHz). Acquisition windows are shaded on their input row (with qubit and classical bit) and,
 lightly, across every row. Conditional plays (feed-forward blocks) are drawn apart from the
-unconditional baseband: their I as a dashed line over a hatched band, labelled with the
+unconditional baseband: their I as a dashed line and |.| dotted (a pi pulse at a frame
+phase far from 0 has a small I) over a hatched band, labelled with the
 condition (``if a0=1``: acquisition 0 discriminated as 1); conditional phase shifts are marked
 with their condition too.
 
@@ -243,8 +244,10 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
             continue
         ax.axvspan(a * ns_per_sample, b * ns_per_sample, facecolor="none",
                    edgecolor=_COND_COLOUR, hatch="///", alpha=0.35, lw=0)
-        ax.plot(np.arange(a, b) * ns_per_sample, base[a - start:b - start].real,
-                color=_COND_COLOUR, lw=0.9, ls="--", drawstyle="steps-mid")
+        t = np.arange(a, b) * ns_per_sample
+        ax.plot(t, base[a - start:b - start].real, color=_COND_COLOUR, lw=0.9, ls="--",
+                drawstyle="steps-mid")
+        ax.plot(t, np.abs(base[a - start:b - start]), color=_COND_COLOUR, lw=0.6, ls=":")
         labels.append((a * ns_per_sample, cond))
     for x, conds in _grouped(labels, span):
         _label(ax, x, -top * 0.95, conds, _COND_COLOUR, "bottom", (2, 0))
@@ -268,11 +271,15 @@ def _draw_acquisitions(ax, program: Any, port: int, lo: int, hi: int,
         s, d = int(program.acq_start[i]), int(program.acq_duration[i])
         if s >= hi or s + d <= lo:
             continue
-        x = (max(s, lo) + min(s + d, hi)) / 2 * ns_per_sample
+        a, b = max(s, lo), min(s + d, hi)
+        # A label near either end of the axis starts or ends with its window, inside it.
+        where = (a + b) / 2 - lo
+        ha, x = (("left", a) if where < 0.2 * (hi - lo) else ("right", b)
+                 if where > 0.8 * (hi - lo) else ("center", (a + b) / 2))
         clbit = int(program.acq_clbit[i])
         into = f"→ c{clbit}" if clbit >= 0 else "(no bit)"
-        ax.text(x, 0, f"a{i}: q{int(program.acq_qubit[i])} {into}  "
-                f"({float(program.acq_freq_hz[i]) / 1e6:+.2f} MHz)", ha="center", va="center",
+        ax.text(x * ns_per_sample, 0, f"a{i}: q{int(program.acq_qubit[i])} {into}  "
+                f"({float(program.acq_freq_hz[i]) / 1e6:+.2f} MHz)", ha=ha, va="center",
                 fontsize=8)
 
 

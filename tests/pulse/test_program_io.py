@@ -215,3 +215,27 @@ def test_draw_refuses_an_empty_or_non_finite_time_range(snapshot, channels) -> N
     for bad in ((0.0, math.nan), (0.0, math.inf), (-math.inf, 4.0)):
         with pytest.raises(PulseError, match="two finite numbers"):
             b.build().draw(time_range_ns=bad)
+
+
+def test_a_conditional_play_is_drawn_with_its_envelope(snapshot, channels) -> None:
+    """Conditional plays were drawn by their I alone: a pi pulse after rz(1.4) peaked at a
+    fifth of its amplitude in the figure. Its envelope is drawn too (dotted)."""
+    pytest.importorskip("matplotlib")
+    from labqpu.pulse.drawing import _COND_COLOUR
+
+    qc = QuantumCircuit(1, 1)
+    qc.rz(1.4, 0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(0)
+    program = compile_circuit(qc, snapshot, channels, feedforward_latency_samples=200)
+    conditional = np.flatnonzero(program.play_block >= 0)
+    assert conditional.size == 1
+    amplitude = float(np.max(np.abs(program.waveform(int(program.play_wave[conditional[0]])))
+                             * abs(program.play_amp[conditional[0]])))
+    drive_row = program.draw(channels=channels).axes[0]
+    lines = [line for line in drive_row.lines if line.get_color() == _COND_COLOUR]
+    dotted = [np.max(line.get_ydata()) for line in lines if line.get_linestyle() == ":"]
+    dashed = [np.max(np.abs(line.get_ydata())) for line in lines if line.get_linestyle() == "--"]
+    assert dotted == [pytest.approx(amplitude, rel=1e-3)], (dotted, amplitude)
+    assert dashed and dashed[0] < 0.5 * amplitude  # its I, small at this phase
