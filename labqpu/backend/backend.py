@@ -264,6 +264,13 @@ class LabBackend(BackendV2):
                                 "(%s); jobs use snapshot %s, the newest that can: commit a "
                                 "corrected snapshot or roll back (labqpu calibrate rollback)",
                                 self.name, latest, problem, snapshot.snapshot_id)
+                if snapshot.qubits and not _measurable(target):
+                    log.warning("backend %s: every qubit is left out of the Target of "
+                                "calibration snapshot %s (the warnings above, and "
+                                "backend.target.marks, say why), so transpile() and run() "
+                                "fail for every circuit; recalibrate: `labqpu calibrate "
+                                "--all %s`", self.name, snapshot.snapshot_id,
+                                self.provider.cli_options)
             self._target = target
             self._snapshot = snapshot
 
@@ -523,6 +530,15 @@ class LabBackend(BackendV2):
             qargs = tuple(physical[body.find_bit(q).index] for q in inst.qubits)
             if not target.instruction_supported(name, qargs):
                 where = f" on qubits {qargs}" if qargs else ""
+                left_out = [_why_left_out(subject, target.marks[subject])
+                            for subject in (f"qubit {q}" for q in qargs)
+                            if subject in target.marks]
+                if left_out:
+                    raise InvalidRunInputError(
+                        f"circuit {circuit.name!r}: {name!r}{where} is not in the Target of "
+                        f"{self.name} (calibration snapshot {target.snapshot_id}): "
+                        f"{'; '.join(left_out)}; recalibrate (`labqpu calibrate --all`) or "
+                        "transpile the circuit onto other qubits")
                 if name in target.operation_names and qargs:
                     placed = sorted(target.qargs_for_operation_name(name) or ())
                     raise InvalidRunInputError(
@@ -735,3 +751,15 @@ class LabBackend(BackendV2):
         if opts["sync"]:
             job.result()
         return job
+
+
+def _measurable(target: LabTarget) -> bool:
+    """True when the Target can measure at least one qubit."""
+    return "measure" in target.operation_names and bool(
+        target.qargs_for_operation_name("measure"))
+
+
+def _why_left_out(subject: str, marks: tuple[str, ...]) -> str:
+    """``subject`` and the mark that left it out of the Target (else its first mark)."""
+    whole = [m for m in marks if m.endswith(f": {subject} left out of the Target")]
+    return f"{subject} {(whole or list(marks))[0]}"

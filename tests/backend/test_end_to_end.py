@@ -442,6 +442,31 @@ def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch, caplog) -> None
             backend.run(qc)
 
 
+def test_a_target_without_a_usable_qubit_says_so(tmp_path, monkeypatch, caplog) -> None:
+    """Age limits that leave every qubit out of the Target: Qiskit's transpile() then fails
+    with "unable to synthesize measure" and run() listed gates it offers on no qubit. Now the
+    backend warns that every qubit is left out (naming the command that recalibrates this
+    rack) and run() names the qubit and why it was left out."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(default_config_path().read_text()
+                      + "\n[calibration.max_age_h]\nfrequency = 0.001\n")
+    with caplog.at_level("WARNING", logger="labqpu.backend.backend"), \
+            LabProvider(str(wiring), simulator=True) as provider:
+        backend = provider.backend()
+        warnings = [r.getMessage() for r in caplog.records if "every qubit" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert f"`labqpu calibrate --all --config {wiring} --simulator`" in warnings[0]
+        qc = QuantumCircuit(1, 1)
+        qc.x(0)
+        qc.measure(0, 0)
+        with pytest.raises(InvalidRunInputError, match=r"'x' on qubits \(0,\) is not in the "
+                           r"Target of lab5 \(calibration snapshot 1\): qubit 0 stale "
+                           r"frequency_hz \(.* h > 0.001 h\): qubit 0 left out of the Target; "
+                           r"recalibrate"):
+            backend.run(qc)
+
+
 @pytest.mark.parametrize("shots", [0, -5, 10**7, 2.5, "100"])
 def test_shots_out_of_range_are_rejected(lab_backend, shots) -> None:
     native = transpile(bell(), lab_backend)
