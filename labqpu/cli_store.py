@@ -89,7 +89,8 @@ def store_command(args: argparse.Namespace) -> int:
                 print(f"{info.snapshot_id:>5}  {info.created}  parent {parent:>5}  "
                       f"{info.notes}")
         else:
-            subjects = {"qubit": args.qubit, "pair": args.pair, "gate": args.gate}
+            subjects = {"qubit": args.qubit, "pair": args.pair,
+                        "gate": None if args.gate is None else _gate_key(store, args.gate)}
             chosen = {k: v for k, v in subjects.items() if v is not None}
             if len(chosen) != 1:
                 print("labqpu calibrate history: --param needs exactly one of --qubit, --pair, "
@@ -106,8 +107,22 @@ def store_command(args: argparse.Namespace) -> int:
                           f"{kind} {key if kind != 'pair' else '-'.join(map(str, key))} "
                           f"({kind}s: {', '.join(names)})", file=sys.stderr)
                     return 2
-            print(f"{args.param} of {kind} {key}: {len(records)} measurement(s), newest first")
+            shown = ("edge {}-{}".format(*sorted(key)) if kind == "pair" else f"{kind} {key}")
+            print(f"{args.param} of {shown}: {len(records)} measurement(s), newest first")
             for record in records[:limit]:
                 print(f"{record.timestamp}  snapshot {record.snapshot_id:>5}  "
                       f"{record.experiment:<24} {record.value!r}")
     return 0
+
+
+def _gate_key(store, gate: str) -> str:
+    """``gate`` as the store names it: a two-qubit gate given the other way round
+    (``cz:2-1``) is the edge's key (``cz:1-2``) when the newest snapshot holds only that."""
+    name, _, qubits = gate.partition(":")
+    parts = qubits.split("-")
+    newest = store.latest()
+    if newest is None or gate in newest.gates or len(parts) != 2 \
+            or not all(p.isdigit() for p in parts):
+        return gate
+    turned = f"{name}:{parts[1]}-{parts[0]}"
+    return turned if turned in newest.gates else gate

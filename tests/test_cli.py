@@ -264,6 +264,14 @@ def test_calibrate_history_diff_and_rollback(tmp_path, export):
     assert proc.returncode == 0, proc.stderr
     assert "2 measurement(s)" in proc.stdout
     assert proc.stdout.splitlines()[1].startswith(f"{LATER}  snapshot     2")
+    # an edge and its gate either way round (--pair 2-1 worked, --gate cz:2-1 was refused)
+    for selector in (["--pair", "2-1"], ["--gate", "cz:2-1"]):
+        param = "cz_amplitude" if selector[0] == "--pair" else "error"
+        proc = labqpu(tmp_path, "calibrate", "history", "--param", param, *selector)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"{param} of "
+                                      + ("edge 1-2" if param == "cz_amplitude" else "gate cz:1-2")
+                                      + ": 1 measurement(s)"), proc.stdout
     proc = labqpu(tmp_path, "calibrate", "diff", "1", "2")
     changed = json.loads(proc.stdout)["changed"]
     assert [(c["key"], c["name"]) for c in changed] == [("2", "t1_s")]

@@ -53,13 +53,14 @@ class CheckResult:
     band: bool = False
 
     def __str__(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
         if self.band:
-            return (f"{self.what} {self.measured:.6g} {self.unit}, "
+            return (f"{self.what} {self.measured:.6g}{unit}, "
                     f"{'inside' if self.passed else 'outside'} the band "
                     f"{self.expected - self.tolerance:.6g}..{self.expected + self.tolerance:.6g}"
-                    f" {self.unit}")
+                    f"{unit}")
         verdict = "within" if self.passed else "outside"
-        return (f"{self.what} {self.measured:.6g} {self.unit}, expected {self.expected:.6g}, "
+        return (f"{self.what} {self.measured:.6g}{unit}, expected {self.expected:.6g}, "
                 f"{verdict} tolerance {self.tolerance:g}")
 
 

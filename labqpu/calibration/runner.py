@@ -103,8 +103,8 @@ class RunReport:
         return not (self.with_status("failed") or self.with_status("blocked"))
 
     def table(self) -> str:
-        """The summary: every value changed (old -> new), then what was fresh, failed or
-        blocked."""
+        """The summary: every value measured (old -> new; "measured again, unchanged" when
+        the new value shows as the old), then what was fresh, failed or blocked."""
         # each row names the qubit or pair whose value changed: a step on one qubit may change
         # another's (a shared drive LO moves every qubit it drives)
         changes = [(o.node, c.subject, c.name, _show(c.old), _show(c.new))
@@ -118,8 +118,9 @@ class RunReport:
         lines = [f"{'node':<{node_w}}{'subject':<{subject_w}}{'parameter':<{name_w}}"
                  f"{'old':>{old_w}}  ->  new"]
         for node, subject, name, old, new in changes:
+            shown = new if new != old else "(measured again, unchanged)"
             lines.append(f"{node:<{node_w}}{subject:<{subject_w}}{name:<{name_w}}"
-                         f"{old:>{old_w}}  ->  {new}")
+                         f"{old:>{old_w}}  ->  {shown}")
         for status in _LISTED_STATUSES:
             chosen = self.with_status(status)
             if not chosen:

@@ -262,3 +262,25 @@ def test_the_drive_lo_check_says_it_measured_nothing():
     assert str(result).endswith(f"Hz, inside the band {lo:.6g}..{hi:.6g} Hz"), str(result)
     kit.work.qubits[0]["drive_lo_frequency_hz"] = 5.0e9 - 2 * hi
     assert str(check_drive_lo(kit, 0)).endswith(f"outside the band {lo:.6g}..{hi:.6g} Hz")
+
+
+def test_the_summary_table_says_when_a_value_came_out_the_same():
+    """A value measured again and found the same (drive_handedness -1 -> -1) read as a change;
+    calibration.md says every value changed is listed."""
+    from labqpu.calibration.runner import Change, Outcome, RunReport
+
+    report = RunReport([
+        Outcome("drive_handedness", "qubit 0", "calibrated", "aged",
+                changes=[Change("qubit 0", "drive_handedness", -1, -1),
+                         Change("qubit 0", "pulse_duration_s", 2e-8, 2.4e-8)]),
+    ], parent_id=7)
+    rows = report.table().splitlines()[1:3]
+    assert rows[0].endswith("-1  ->  (measured again, unchanged)"), report.table()
+    assert rows[1].endswith("2e-08  ->  2.4e-08"), report.table()
+
+
+def test_a_check_of_a_value_without_unit_has_no_stray_space():
+    from labqpu.calibration.checks import CheckResult
+
+    assert str(CheckResult(True, 0.978, 0.98, 0.03, "")) == (
+        "measured 0.978, expected 0.98, within tolerance 0.03")
