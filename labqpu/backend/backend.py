@@ -741,7 +741,8 @@ class LabBackend(BackendV2):
                     raise InvalidRunInputError(str(exc)) from exc
         sweeps = param_sets_for(binds, programs, shots=opts["shots"],
                                 meas_level=opts["meas_level"],
-                                capabilities=lambda name: self._capabilities.get(name, {}))
+                                capabilities=lambda name: self._capabilities.get(name, {}),
+                                max_points=MAX_JOB_CIRCUITS)
         runs = plan_runs(programs, sweeps, parts, shots=opts["shots"],
                          enabled=opts["merge_sweeps"] and opts["meas_level"] != 0,
                          capabilities=lambda name: self._capabilities.get(name, {}))

@@ -89,7 +89,16 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
         upload = _one_controller(program, split) if enabled and rows is None else None
         if rows is not None:
             flush()
-            runs.append(Run(program, rows, (program,) * len(rows), explicit=True))
+            caps = capabilities(split[0].controller).get("param_sets")
+            size = _sweep_size(caps, shots, len(rows))
+            if len(rows) > size:
+                log.info("a sweep of %d points runs as %d runs of at most %d (controller %s: "
+                         "param_sets.max_sets %s, max_total_shots %s at %d shots)", len(rows),
+                         -(-len(rows) // size), size, split[0].controller, caps.get("max_sets"),
+                         caps.get("max_total_shots"), shots)
+            for i in range(0, len(rows), size):
+                chunk = rows[i:i + size]
+                runs.append(Run(program, chunk, (program,) * len(chunk), explicit=True))
         elif upload is None:
             flush()
             runs.append(Run(program, None, (program,)))
@@ -144,6 +153,16 @@ def points_per_run(caps: object, shots: int) -> int:
     if isinstance(total, int | float) and math.isfinite(total):
         size = min(size, int(total // max(shots, 1)))
     return size
+
+
+def _sweep_size(caps: dict, shots: int, points: int) -> int:
+    """Points per run of a controller-bound sweep of ``points`` points (its ``param_sets``
+    ``caps``: at most ``max_sets`` points and ``max_total_shots`` shots per run)."""
+    size = int(caps.get("max_sets", points))
+    total = caps.get("max_total_shots")
+    if isinstance(total, int | float) and math.isfinite(total):
+        size = min(size, int(total // max(shots, 1)))
+    return max(1, size)
 
 
 def _merged(group: list[tuple[PulseProgram, PulseProgram]], shots: int,

@@ -59,11 +59,13 @@ def binds_per_item(binds: object, count: int) -> list:
 
 
 def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: int,
-                   meas_level: int, capabilities: Callable[[str], dict]) -> list[Rows | None]:
+                   meas_level: int, capabilities: Callable[[str], dict],
+                   max_points: int) -> list[Rows | None]:
     """The ``param_sets`` of each program's run from the ``parameter_binds`` run option: a
     mapping (one program) or a list with one mapping (or None) per program; each mapping
     takes a parameter (or its name) to the sequence of its values. ``capabilities(name)`` is a
-    controller's hello capabilities. Raises ``InvalidRunInputError`` naming the problem."""
+    controller's hello capabilities; a sweep has at most ``max_points`` points. Raises
+    ``InvalidRunInputError`` naming the problem."""
     binds = binds_per_item(binds, len(programs))
     out = []
     for i, (bind, program) in enumerate(zip(binds, programs, strict=True)):
@@ -72,7 +74,8 @@ def param_sets_for(binds: object, programs: Sequence[PulseProgram], *, shots: in
                           f"program {program.display_name!r}", i, len(programs))
             out.append(None)
         else:
-            out.append(_rows(bind, program, shots, meas_level, capabilities, i, len(programs)))
+            out.append(_rows(bind, program, shots, meas_level, capabilities, i, len(programs),
+                             max_points))
     return out
 
 
@@ -187,7 +190,10 @@ def _check_values(program: PulseProgram, rows: np.ndarray, where: str, index: in
 
 
 def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
-          capabilities: Callable[[str], dict], index: int, count: int) -> Rows:
+          capabilities: Callable[[str], dict], index: int, count: int, max_points: int
+          ) -> Rows:
+    """The rows of ``program``'s controller-bound sweep (a run per at most ``max_sets`` of them
+    and ``max_total_shots`` shots, ``labqpu.backend.merge``), checked."""
     where = f"parameter_binds of program {program.display_name!r}"
     parts = split_program(program)
     if len(parts) > 1:
@@ -214,11 +220,13 @@ def _rows(bind: object, program: PulseProgram, shots: int, meas_level: int,
                                    f"binds {sorted(known)})", option="parameter_binds")
     names = list(program.param_names)
     columns, k = _value_columns(bind, names, where)
-    if k > caps.get("max_sets", math.inf) or k * shots > caps.get("max_total_shots", math.inf):
+    if k > max_points:
+        raise InvalidRunInputError(f"{where}: {k} points; a job runs at most {max_points}",
+                                   option="parameter_binds")
+    if shots > caps.get("max_total_shots", math.inf):
         raise InvalidRunInputError(
-            f"{where}: {k} points x {shots} shots; controller {controller} binds at "
-            f"most {caps.get('max_sets')} points and {caps.get('max_total_shots')} shots per "
-            "run", option="parameter_binds")
+            f"{where}: {shots} shots; controller {controller} runs at most "
+            f"{caps.get('max_total_shots')} shots per run", option="parameter_binds")
     rows = np.tile(np.asarray(program.param_values, dtype=float), (k, 1))
     for name, column in columns.items():
         rows[:, names.index(name)] = column

@@ -77,7 +77,7 @@ def test_a_100_point_rabi_is_one_upload_and_matches_point_by_point_runs(lab_back
     ({"amp": [0.1, float("nan")]}, "needs at least one value, all finite"),
     ({"amp": []}, "needs at least one value"),
     ({"amp": [0.1, 5.0]}, "at point 1, amp = 5 drives play"),
-    ({"amp": np.zeros(5000)}, "5000 points x 100 shots"),
+    ({"amp": np.zeros(10_001)}, "10001 points; a job runs at most 10000"),
     ([{"amp": [0.1]}, {"amp": [0.2]}], "a list of one mapping per program (1)"),
     ("amp", "must be a mapping (one program)"),
 ])
@@ -90,6 +90,26 @@ def test_a_bad_sweep_is_refused_before_anything_is_sent(lab_backend, binds, mess
     assert message in str(info.value)
     assert info.value.option == "parameter_binds"
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
+
+
+def test_a_sweep_longer_than_the_controller_binds_runs_as_several_runs(lab_backend) -> None:
+    """5000 points where the controller binds 4096 per run: refused before, while the same
+    points as 5000 bound programs or a circuit sweep were split. Now one upload, two runs, and
+    every point's result in order with its values."""
+    kit = kit_for(lab_backend)
+    pi = kit.work.qubits[Q]["pi_amplitude"]
+    amps = np.resize([0.0, pi], 5000)  # |0>, |1>, |0> ...
+    before = uploads(lab_backend), uploads(lab_backend, "runs_total")
+    result = lab_backend.run(rabi_program(kit, "amp"), shots=20,
+                             parameter_binds={"amp": amps}).result(timeout=300)
+    assert uploads(lab_backend) - before[0] <= 1
+    assert uploads(lab_backend, "runs_total") - before[1] == 2
+    assert len(result.results) == 5000
+    bound = [result.results[k].header["metadata"]["parameter_binds"]["amp"] for k in
+             (0, 1, 4095, 4096, 4097, 4999)]
+    assert bound == pytest.approx([amps[k] for k in (0, 1, 4095, 4096, 4097, 4999)])
+    excited = np.array([p1(result.get_counts(k)) for k in range(5000)])
+    assert excited[0::2].mean() < 0.1 and excited[1::2].mean() > 0.9
 
 
 def test_the_host_and_the_controller_agree_on_full_scale(lab_backend) -> None:
