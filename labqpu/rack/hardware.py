@@ -108,20 +108,24 @@ def _digest(request: RunRequest, iq: np.ndarray, traces: np.ndarray | None) -> o
     return None
 
 
-def _upload(client: ControllerClient, arrays: dict[str, np.ndarray], meta: dict) -> str:
+def _upload(client: ControllerClient, arrays: dict[str, np.ndarray], meta: dict,
+            cancel: threading.Event) -> str:
     """Upload a program; an upload refused with ``QueueFull`` (the controller's validation
     queue is full, of another client's uploads perhaps) is sent again after a pause (5 ms,
-    doubling to 0.25 s) for at most :data:`UPLOAD_QUEUE_WAIT_S` s before the error stands."""
+    doubling to 0.25 s) for at most :data:`UPLOAD_QUEUE_WAIT_S` s before the error stands,
+    or until ``cancel`` is set (``JobCancelledError``)."""
     deadline = time.monotonic() + UPLOAD_QUEUE_WAIT_S
     pause = 0.005
     while True:
         try:
             return client.upload(arrays, meta)
         except InstrumentCommandError as exc:
-            if exc.remote_type != ERR_QUEUE_FULL or time.monotonic() + pause > deadline:
+            left = deadline - time.monotonic()
+            if exc.remote_type != ERR_QUEUE_FULL or left <= 0:
                 raise
         log.info("%s: upload queue full; uploading again in %.3f s", client.endpoint, pause)
-        time.sleep(pause)
+        if cancel.wait(min(pause, left)):
+            raise JobCancelledError("cancelled before it finished")
         pause = min(2 * pause, 0.25)
 
 
@@ -242,7 +246,7 @@ class RackConnection:
                         "announce synchronised runs (no 'sync' capability in its hello)",
                         instrument=part.controller, command="hello")
         wanted = settings.wanted(program)
-        before, started = self._read_and_start(program, parts, request, wanted)
+        before, started = self._read_and_start(program, parts, request, wanted, cancel)
         return self._finish(program, parts, request, cancel, wanted, before, started)
 
     def _finish(self, program: PulseProgram, parts: list[ControllerPart], request: RunRequest,
@@ -315,8 +319,8 @@ class RackConnection:
         return provenance
 
     def _read_and_start(self, program: PulseProgram, parts: list[ControllerPart],
-                        request: RunRequest, wanted: dict[tuple, tuple]
-                        ) -> tuple[list[dict], list[tuple]]:
+                        request: RunRequest, wanted: dict[tuple, tuple],
+                        cancel: threading.Event) -> tuple[list[dict], list[tuple]]:
         """Read back the settings ``program`` relies on (``wanted``: ``settings.wanted``) and
         start its run; returns the readback and the started runs ((client, run id, sync
         group, results or None) per part, the leader last: ``_start_parts``).
@@ -333,7 +337,7 @@ class RackConnection:
             started: list[tuple] = []
             try:
                 with settings.reading(self, program) as in_place:
-                    started = self._start_parts(parts, request, request.key)
+                    started = self._start_parts(parts, request, request.key, cancel)
                     before = in_place()
             except BaseException:
                 self._confirmed.clear()
@@ -359,10 +363,10 @@ class RackConnection:
             self._confirmed.clear()
             raise
         self._confirmed.update(wanted)
-        return before, self._start_parts(parts, request, key)
+        return before, self._start_parts(parts, request, key, cancel)
 
-    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str
-                     ) -> list[tuple]:
+    def _start_parts(self, parts: list[ControllerPart], request: RunRequest, key: str,
+                     cancel: threading.Event) -> list[tuple]:
         """Start every part's run under request key ``key``, the followers armed first and the
         leader last; returns (client, run id, sync group, its results or None) per part in
         that order. A program on one controller whose ``hello`` states ``run_wait`` gets the
@@ -383,7 +387,7 @@ class RackConnection:
                 # The controller stops the run at the job's limit by itself, so a run whose
                 # abort is lost (the transport failed) cannot hold the controller beyond it.
                 run_id, ended = self._start(part.controller, part.program, request, params,
-                                            key, self._part_hold_s(parts, request))
+                                            key, cancel, self._part_hold_s(parts, request))
                 started.append((client, run_id, group, ended))
         except BaseException:
             for client, run_id, *_ in started:  # armed followers would wait for their limit
@@ -415,7 +419,7 @@ class RackConnection:
         return min(self.controller(name).max_hold_s, limit)
 
     def _start(self, name: str, program: PulseProgram, request: RunRequest, params: dict,
-               key: str, hold_s: float = 0.0
+               key: str, cancel: threading.Event, hold_s: float = 0.0
                ) -> tuple[str, tuple[dict, dict[str, np.ndarray]] | None]:
         """Queue a run of ``program`` on controller ``name``; returns the run id and, with
         ``hold_s`` > 0, its (result, arrays) if it ended within ``hold_s`` (s, the reply held,
@@ -452,7 +456,7 @@ class RackConnection:
                 del held[digest]
                 log.info("%s no longer holds program %s: uploading it again", name, program_id)
         arrays, meta = program.to_wire()
-        program_id = _upload(client, arrays, meta)
+        program_id = _upload(client, arrays, meta, cancel)
         if stable:
             held[digest] = program_id
             while len(held) > HELD_PROGRAMS:

@@ -10,6 +10,7 @@ real embedded simulator behind ZeroMQ.
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 
@@ -287,3 +288,58 @@ def test_a_neighbours_upload_flood_does_not_fail_a_job(backend) -> None:
         thread.join(5)
         neighbour.close(linger=0)
         context.term()
+
+
+class _SlowToValidate:
+    """An executor whose validation of a program with ``{"slow": true}`` meta takes until
+    ``release`` is set: one such upload keeps a one-place validation queue full."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def capabilities(self) -> dict:
+        return {"sample_rate_hz": 1e9}
+
+    def load(self, arrays: dict, meta: dict) -> None:
+        if meta.get("slow"):
+            self.release.wait(10)
+
+    def execute(self, arrays, meta, shots, params, cancel) -> dict:
+        return {}
+
+
+def test_an_upload_retried_on_queue_full_gives_up_in_time_or_on_cancel(monkeypatch) -> None:
+    """The retry of a refused upload ends with the controller's ``QueueFull`` after
+    ``UPLOAD_QUEUE_WAIT_S``, and at once (``JobCancelledError``) when the job is cancelled."""
+    from labqpu.drivers.protocol import ERR_QUEUE_FULL
+    from labqpu.errors import JobCancelledError
+    from labqpu.firmware_sim.controller_server import ControllerServer
+    from labqpu.rack import hardware
+
+    monkeypatch.setattr(hardware, "UPLOAD_QUEUE_WAIT_S", 0.5)
+    executor = _SlowToValidate()
+    program = {"a": np.zeros(4)}
+    with ControllerServer(executor, max_pending_uploads=1) as server, \
+            ControllerClient(server.endpoint, timeout_s=5.0) as neighbour, \
+            ControllerClient(server.endpoint, timeout_s=5.0) as client:
+        blocker = threading.Thread(target=neighbour.upload, args=(program, {"slow": True}))
+        blocker.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not server._pending_uploads and time.monotonic() < deadline:
+                time.sleep(0.01)
+            start = time.monotonic()
+            with pytest.raises(InstrumentCommandError) as info:
+                hardware._upload(client, program, {}, threading.Event())
+            assert info.value.remote_type == ERR_QUEUE_FULL
+            assert 0.4 < time.monotonic() - start < 1.5
+            cancel = threading.Event()
+            threading.Timer(0.2, cancel.set).start()
+            start = time.monotonic()
+            with pytest.raises(JobCancelledError):
+                hardware._upload(client, program, {}, cancel)
+            assert time.monotonic() - start < 0.45
+        finally:
+            executor.release.set()
+            blocker.join(10)
+        assert hardware._upload(client, program, {}, threading.Event())  # room again
