@@ -87,8 +87,7 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
         return LabQpuError(
             f"cannot run {qc.name!r} on {backend.name}: calibration store "
             f"{backend.config.store_path} holds no snapshot with a calibrated qubit; measure "
-            f"one with `labqpu calibrate --bootstrap {backend.provider.cli_options} --design "
-            "DESIGN.toml`")
+            f"one with `{backend.provider.command('calibrate --bootstrap --design DESIGN.toml')}`")
     if qc.num_qubits > backend.num_qubits:
         return LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
                            f"{backend.name}, which has {backend.num_qubits} qubits")
@@ -186,7 +185,8 @@ def _run(args: argparse.Namespace) -> int:
         verb = "is" if len(shared) == 1 else "are"
         print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; "
               "options after the script's path go to the script, so if it takes them: "
-              f"labqpu run {args.script} {example}", file=sys.stderr)
+              f"labqpu run {' '.join([args.script, *args.script_args, example])}",
+              file=sys.stderr)
         return 2
     sys.argv = [str(script), *args.script_args]
     runpy.run_path(str(script), run_name="__main__")
@@ -574,8 +574,9 @@ def _report_outdated_gate_errors(backend) -> None:
     if due:
         shown = "; ".join(due[:6]) + (f"; and {len(due) - 6} more" if len(due) > 6 else "")
         print(f"gate errors out of date ({len(due)}): {shown}. The Target's error figures "
-              "(and the layouts they steer) describe the old pulses: `labqpu calibrate rb` "
-              "measures them again (`--rb`: every gate).")
+              f"(and the layouts they steer) describe the old pulses: "
+              f"`{backend.provider.command('calibrate rb')}` measures them again (`--rb`: "
+              "every gate).")
 
 
 def _rb_settings(args: argparse.Namespace):

@@ -45,6 +45,16 @@ def test_demo_options_with_a_script_are_refused(tmp_path, options, named):
     assert "Traceback" not in proc.stderr
 
 
+def test_the_hint_for_options_before_a_script_keeps_those_after_it(tmp_path):
+    """``run --simulator bell.py --config lab-sim.toml`` suggested ``run bell.py --simulator``,
+    dropping the script's own ``--config``."""
+    script = tmp_path / "script.py"
+    script.write_text("raise SystemExit('the script must not run')\n")
+    proc = labqpu(tmp_path, "run", "--simulator", str(script), "--config", "lab-sim.toml")
+    assert proc.returncode == 2, proc.stderr
+    assert f"labqpu run {script} --config lab-sim.toml --simulator" in proc.stderr
+
+
 def test_options_after_the_script_go_to_the_script(tmp_path):
     script = tmp_path / "script.py"
     script.write_text("import sys\nprint(sys.argv[1:])\n")
@@ -715,11 +725,11 @@ def test_a_port_0_wiring_file_with_an_empty_store_is_bootstrapped_from_the_cli(t
     wiring = _port_0_wiring(tmp_path, seeded=False)
     status = labqpu(tmp_path, "status", "--config", str(wiring), "--simulator")
     assert status.returncode == 0, status.stderr
-    advised = f"labqpu calibrate --bootstrap --config {wiring} --simulator --design DESIGN.toml"
+    advised = f"labqpu calibrate --bootstrap --design DESIGN.toml --config {wiring} --simulator"
     assert advised in status.stderr, status.stderr
     design = REPO / "labqpu" / "data" / "lab3_design.toml"
-    boot = labqpu(tmp_path, *advised.split()[1:-2], "--design", str(design), "--no-rb",
-                  "--shots", "100", timeout=300)
+    boot = labqpu(tmp_path, *advised.replace("DESIGN.toml", str(design)).split()[1:],
+                  "--no-rb", "--shots", "100", timeout=300)
     assert boot.returncode == 0, boot.stderr
     assert "holds no snapshot" not in boot.stderr + boot.stdout
     assert "committed calibration snapshot 1" in boot.stdout

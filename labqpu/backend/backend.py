@@ -252,9 +252,9 @@ class LabBackend(BackendV2):
                 target = self._build_target(snapshot, self._pulse_gates)
                 EMPTY_STORE_LOG.warning(
                     "backend %s: calibration store %s holds no snapshot, so the Target has no "
-                    "gate and transpile() fails for every circuit; measure one with `labqpu "
-                    "calibrate --bootstrap %s --design DESIGN.toml`", self.name,
-                    self.config.store_path, self.provider.cli_options)
+                    "gate and transpile() fails for every circuit; measure one with `%s`",
+                    self.name, self.config.store_path,
+                    self.provider.command("calibrate --bootstrap --design DESIGN.toml"))
             else:
                 snapshot, target, problem = newest_buildable(
                     self.store, latest, lambda s: self._build_target(s, self._pulse_gates))
@@ -268,9 +268,8 @@ class LabBackend(BackendV2):
                     log.warning("backend %s: every qubit is left out of the Target of "
                                 "calibration snapshot %s (the warnings above, and "
                                 "backend.target.marks, say why), so transpile() and run() "
-                                "fail for every circuit; recalibrate: `labqpu calibrate "
-                                "--all %s`", self.name, snapshot.snapshot_id,
-                                self.provider.cli_options)
+                                "fail for every circuit; recalibrate: `%s`", self.name,
+                                snapshot.snapshot_id, self.provider.command("calibrate --all"))
             self._target = target
             self._snapshot = snapshot
 
@@ -537,8 +536,9 @@ class LabBackend(BackendV2):
                     raise InvalidRunInputError(
                         f"circuit {circuit.name!r}: {name!r}{where} is not in the Target of "
                         f"{self.name} (calibration snapshot {target.snapshot_id}): "
-                        f"{'; '.join(left_out)}; recalibrate (`labqpu calibrate --all`) or "
-                        "transpile the circuit onto other qubits")
+                        f"{'; '.join(left_out)}; recalibrate "
+                        f"(`{self.provider.command('calibrate --all')}`) or transpile the "
+                        "circuit onto other qubits")
                 if name in target.operation_names and qargs:
                     placed = sorted(target.qargs_for_operation_name(name) or ())
                     raise InvalidRunInputError(
@@ -691,8 +691,8 @@ class LabBackend(BackendV2):
         if not snapshot.qubits and any(isinstance(i, QuantumCircuit) for i in items):
             raise InvalidRunInputError(
                 f"calibration store {self.config.store_path} holds no snapshot with a "
-                f"calibrated qubit, so {self.name} has no gate: measure one with `labqpu "
-                f"calibrate --bootstrap --config {self.config.path} --design DESIGN.toml` (or "
+                f"calibrated qubit, so {self.name} has no gate: measure one with "
+                f"`{self.provider.command('calibrate --bootstrap --design DESIGN.toml')}` (or "
                 "import a snapshot); nothing was sent")
         programs = []
         circuits: list[QuantumCircuit] = []  # consecutive circuits, compiled together

@@ -175,8 +175,9 @@ class LabJob(JobV1):
     @property
     def uploads(self) -> int:
         """How many programs this job uploads: fewer than :attr:`programs` when consecutive
-        programs differing only in numbers run as one controller-bound sweep."""
-        return len(self._runs)
+        programs differing only in numbers run as one controller-bound sweep (a sweep run in
+        slices is one upload)."""
+        return len({id(run.program) for run in self._runs})
 
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
         opts = self._options
@@ -235,7 +236,7 @@ class LabJob(JobV1):
                     **result["header"]["metadata"],
                     "parameter_binds": dict(zip(run.program.param_names, run.rows[k],
                                                 strict=True)),
-                    "sweep_point": k}
+                    "sweep_point": run.first_point + k}
             elif run.rows is not None:  # merged: this circuit's own program, bound
                 result["header"]["reproducibility"]["point_program_hash"] = \
                     member.content_hash

@@ -54,13 +54,15 @@ class Run:
     ``program`` is what is uploaded; ``rows`` its ``param_sets`` (None: one plain run);
     ``members`` the program whose header, classical bits and discriminators each point's result
     carries (one per point); ``explicit``: the rows came from the ``parameter_binds`` option,
-    so each result says which values it ran at.
+    so each result says which values it ran at; ``first_point``: the index of the run's first
+    point in that sweep (a sweep longer than the controller binds runs in slices).
     """
 
     program: PulseProgram
     rows: Rows | None
     members: tuple[PulseProgram, ...]
     explicit: bool = False
+    first_point: int = 0
 
     @property
     def points(self) -> int:
@@ -98,7 +100,8 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
                          caps.get("max_total_shots"), shots)
             for i in range(0, len(rows), size):
                 chunk = rows[i:i + size]
-                runs.append(Run(program, chunk, (program,) * len(chunk), explicit=True))
+                runs.append(Run(program, chunk, (program,) * len(chunk), explicit=True,
+                                first_point=i))
         elif upload is None:
             flush()
             runs.append(Run(program, None, (program,)))
@@ -148,16 +151,13 @@ def points_per_run(caps: object, shots: int) -> int:
     capabilities hold ``caps`` (its ``param_sets``): 1 when it cannot bind every field."""
     if not isinstance(caps, dict) or not {"play_amp_ref", *BINDABLE} <= set(caps.get("binds", ())):
         return 1
-    size = int(caps.get("max_sets", 1))
-    total = caps.get("max_total_shots")
-    if isinstance(total, int | float) and math.isfinite(total):
-        size = min(size, int(total // max(shots, 1)))
-    return size
+    return _sweep_size(caps, shots, 1)
 
 
 def _sweep_size(caps: dict, shots: int, points: int) -> int:
-    """Points per run of a controller-bound sweep of ``points`` points (its ``param_sets``
-    ``caps``: at most ``max_sets`` points and ``max_total_shots`` shots per run)."""
+    """Points of ``shots`` shots per run on a controller whose ``param_sets`` are ``caps``:
+    at most ``max_sets`` (``points`` when it states none) and ``max_total_shots`` / shots,
+    at least 1."""
     size = int(caps.get("max_sets", points))
     total = caps.get("max_total_shots")
     if isinstance(total, int | float) and math.isfinite(total):

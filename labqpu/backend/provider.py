@@ -188,8 +188,8 @@ class LabProvider:
                 f"simulator fills in: start it with LabProvider({str(config or path)!r}, "
                 "simulator=True) (on the command line: --simulator), or give the real "
                 "addresses", path=path)
-        #: The ``labqpu`` command-line options that open this rack as this provider does,
-        #: for messages that suggest a command ("" for the default device).
+        #: The ``labqpu`` command-line options that open this rack as this provider does
+        #: ("" for the default device); :meth:`command` puts them in a suggested command.
         self.cli_options = ("" if config is None else f"--config {shlex.quote(str(config))}"
                             + (" --simulator" if start_sim and not builtin else ""))
         self._closers: list = []
@@ -215,6 +215,11 @@ class LabProvider:
             raise
         self._finalizer = weakref.finalize(self, _close_all, self._closers)
         self._lock = threading.Lock()
+
+    def command(self, words: str) -> str:
+        """The ``labqpu`` command ``words`` (e.g. ``"calibrate --all"``) for this rack, with
+        the options that open it as this provider does (:attr:`cli_options`)."""
+        return " ".join(["labqpu", words, *([self.cli_options] if self.cli_options else [])])
 
     def backends(self, name: str | None = None, filters: Callable[[LabBackend], bool] | None = None,
                  **kwargs) -> list[LabBackend]:

@@ -264,7 +264,9 @@ class ScpiInstrument:
         if isinstance(exc, UnicodeDecodeError):
             return ProtocolError(f"reply is not ASCII: {exc}", instrument=self.resource,
                                  command=command)
-        return InstrumentError(f"connection failed: {exc}", instrument=self.resource,
+        hint = (" (the instrument reset the connection: it may already serve as many clients "
+                "as it takes)" if isinstance(exc, ConnectionResetError) else "")
+        return InstrumentError(f"connection failed: {exc}{hint}", instrument=self.resource,
                                command=command)
 
     def _open_session(self) -> pyvisa.resources.MessageBasedResource:

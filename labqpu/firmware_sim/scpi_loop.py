@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: Out of file descriptors: accepting a client fails while it stays in the backlog.
 _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+#: How long a listener is not watched when no descriptor could be freed to shed its client (s).
+PAUSE_S = 0.1
 
 
 class Throttled:
@@ -34,7 +36,8 @@ class Throttled:
     are counted into the next (a client opening connections in a loop must not flood the
     log)."""
 
-    def __init__(self, interval_s: float = 1.0) -> None:
+    def __init__(self, log: logging.Logger, interval_s: float = 1.0) -> None:
+        self.log = log
         self.interval_s = interval_s
         self._last = -float("inf")
         self._held = 0
@@ -45,7 +48,8 @@ class Throttled:
             self._held += 1
             return
         held, self._held, self._last = self._held, 0, now
-        logger.warning(message + (f" ({held} more like it held back)" if held else ""), *args)
+        self.log.warning(message + (f" ({held} more like it held back)" if held else ""),
+                         *args)
 
 
 #: What the loop's thread calls with its selector and its connections (socket -> connection).
@@ -91,7 +95,9 @@ class ScpiLoop:
         self._thread: threading.Thread | None = None
         self._wakeup: socket.socket | None = None
         self._stopped = False
-        self._no_descriptors = Throttled()
+        self._no_descriptors = Throttled(logger)
+        #: Listeners not watched for now (loop thread only): socket -> (its data, until when).
+        self._paused: dict[socket.socket, tuple[_Listening, float]] = {}
 
     @property
     def alive(self) -> bool:
@@ -119,7 +125,8 @@ class ScpiLoop:
         instruments on the loop go on. A stopped loop has closed them already."""
 
         def remove(selector: selectors.BaseSelector, connections: dict) -> None:
-            selector.unregister(listener)
+            if self._paused.pop(listener, None) is None:
+                selector.unregister(listener)
             listener.close()
             for connection in [c for c in connections.values() if c.server is server]:
                 server._drop(selector, connections, connection)
@@ -204,7 +211,9 @@ class ScpiLoop:
         reserve = os.open(os.devnull, os.O_RDONLY)
         try:
             while True:
-                for key, events in selector.select():
+                due = min((until for _, until in self._paused.values()), default=None)
+                timeout = None if due is None else max(0.0, due - time.monotonic())
+                for key, events in selector.select(timeout):
                     if selector.get_map().get(key.fd) is not key:
                         continue  # closed by an earlier event or task of this batch
                     if key.fileobj is wake_reader:
@@ -216,12 +225,16 @@ class ScpiLoop:
                         except OSError as exc:
                             if exc.errno not in _NO_DESCRIPTORS:
                                 raise
-                            reserve = self._shed(key.fileobj, key.data.server, reserve)
+                            reserve = self._shed(selector, key, reserve)
                         except Exception:  # one failed accept costs that client only
                             logger.exception("%r: accept failed", key.data.server)
                     else:
                         self._serve_connection(selector, connections, key.data, events)
+                self._resume(selector)
         finally:
+            for listener in self._paused:
+                listener.close()
+            self._paused.clear()
             if reserve >= 0:
                 os.close(reserve)
             for connection in list(connections.values()):
@@ -232,20 +245,37 @@ class ScpiLoop:
             selector.close()
             logger.info("%s stopped", self.name)
 
-    def _shed(self, listener: socket.socket, server: Served, reserve: int) -> int:
-        """Out of descriptors: close the reserve, accept the waiting client and close it (it
-        sees its connection closed), take the reserve again; returns it (-1: none left)."""
+    def _shed(self, selector: selectors.BaseSelector, key: selectors.SelectorKey,
+              reserve: int) -> int:
+        """Out of descriptors: give up the reserve to accept the waiting client and close it
+        (it sees its connection closed), then take the reserve again; returns it (-1: none
+        could be had). Without a reserve to give up, the listener is not watched for
+        :data:`PAUSE_S` (a listener left readable would spin the loop)."""
+        listener, server = key.fileobj, key.data.server
+        shed = False
         if reserve >= 0:
             os.close(reserve)
-        with contextlib.suppress(OSError):
-            listener.accept()[0].close()
-        try:
-            reserve = os.open(os.devnull, os.O_RDONLY)
-        except OSError:
             reserve = -1
-        self._no_descriptors.warn("%r: out of file descriptors; closed a new connection",
-                                  server)
+            with contextlib.suppress(OSError):
+                listener.accept()[0].close()
+                shed = True
+        with contextlib.suppress(OSError):
+            reserve = os.open(os.devnull, os.O_RDONLY)
+        if not shed:
+            selector.unregister(listener)
+            self._paused[listener] = (key.data, time.monotonic() + PAUSE_S)
+        self._no_descriptors.warn("%r: out of file descriptors; %s", server,
+                                  "closed a new connection" if shed
+                                  else f"not accepting for {PAUSE_S} s")
         return reserve
+
+    def _resume(self, selector: selectors.BaseSelector) -> None:
+        """Watch again the listeners whose pause is over."""
+        now = time.monotonic()
+        for listener, (data, until) in list(self._paused.items()):
+            if until <= now:
+                del self._paused[listener]
+                selector.register(listener, selectors.EVENT_READ, data)
 
     def _carry_out_tasks(self, selector: selectors.BaseSelector, connections: dict,
                          wake_reader: socket.socket) -> bool:

@@ -22,6 +22,7 @@ import math
 import re
 import selectors
 import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -38,8 +39,11 @@ logger = logging.getLogger(__name__)
 _MAX_LINE_BYTES = 64 * 1024
 _MAX_PENDING_REPLY_BYTES = 1024 * 1024
 _ERROR_QUEUE_LENGTH = 10
-#: Clients one simulated instrument serves at once (``ScpiServer(max_connections=...)``).
-MAX_CONNECTIONS = 32
+#: Clients one simulated instrument serves at once (``ScpiServer(max_connections=...)``):
+#: enough for every process of a lab, few enough that one client cannot use up the
+#: simulator's file descriptors where their limit is in the thousands (where it is 1024, the
+#: loop's reserve descriptor, ``scpi_loop``, answers a flood).
+MAX_CONNECTIONS = 256
 _FIRMWARE_VERSION = "1.0"
 _NO_ERROR = '0,"No error"'
 
@@ -538,7 +542,7 @@ class ScpiServer:
         self._stopping = threading.Event()
         self.max_connections = max_connections
         self._open = 0  # connections accepted and not dropped (the loop's thread only)
-        self._refusals = Throttled()
+        self._refusals = Throttled(logger)
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self._port}" if self._port is not None else "not started"
@@ -690,8 +694,11 @@ class ScpiServer:
             self._refusals.warn("%r: accept failed: %s", self, exc)
             return
         if self._open >= self.max_connections:
+            # Reset, not closed: the client's next read fails at once (a closed socket left
+            # pyvisa-py waiting for its timeout).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
-            self._refusals.warn("%r: closed a connection from %s: %d clients are connected "
+            self._refusals.warn("%r: refused a connection from %s: %d clients are connected "
                                 "(limit %d)", self, address[0], self._open, self.max_connections)
             return
         self._open += 1

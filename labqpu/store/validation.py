@@ -23,7 +23,7 @@ from labqpu.store.parameter import Parameter
 SECTIONS = ("qubits", "pairs", "gates")
 _DOCUMENT_KEYS = frozenset({"device", "notes", *SECTIONS})
 _ENTRY_KEYS = ("value", "timestamp", "experiment")
-#: Largest magnitude of an integer calibration value (a signed 64-bit integer).
+#: Largest integer calibration value (the values are signed 64-bit integers).
 MAX_INT = 2**63 - 1
 _INDEX = r"(?:0|[1-9][0-9]*)"
 _INDEX_RE = re.compile(_INDEX)
@@ -110,10 +110,10 @@ def _json_value(value: Any, path: str, subject: str, parameter: str) -> Any:
         return value
     if isinstance(value, numbers.Integral):
         number = int(value)
-        if not -MAX_INT <= number <= MAX_INT:
+        if not -MAX_INT - 1 <= number <= MAX_INT:
             raise InvalidSnapshotError(
                 f"{path} is an integer of {number.bit_length()} bits; calibration integers "
-                "must fit in 64 bits",
+                "must fit in a signed 64-bit integer",
                 subject=subject,
                 parameter=parameter,
             )

@@ -432,13 +432,15 @@ def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch, caplog) -> None
                     r.getMessage()]
         assert len(warnings) == 1 and "transpile() fails for every circuit" in warnings[0]
         # the command that works for this file: it needs the embedded simulator (port 0)
-        assert (f"labqpu calibrate --bootstrap --config {wiring} --simulator --design "
-                "DESIGN.toml") in warnings[0], warnings[0]
+        assert (f"labqpu calibrate --bootstrap --design DESIGN.toml --config {wiring} "
+                "--simulator") in warnings[0], warnings[0]
         qc = QuantumCircuit(1, 1)
         qc.x(0)
         qc.measure(0, 0)
         with pytest.raises(InvalidRunInputError, match=r"holds no snapshot with a calibrated "
-                                                       r"qubit.*labqpu calibrate --bootstrap"):
+                                                       r"qubit.*`labqpu calibrate --bootstrap "
+                                                       r"--design DESIGN.toml --config .* "
+                                                       r"--simulator`"):
             backend.run(qc)
 
 
@@ -463,7 +465,7 @@ def test_a_target_without_a_usable_qubit_says_so(tmp_path, monkeypatch, caplog) 
         with pytest.raises(InvalidRunInputError, match=r"'x' on qubits \(0,\) is not in the "
                            r"Target of lab5 \(calibration snapshot 1\): qubit 0 stale "
                            r"frequency_hz \(.* h > 0.001 h\): qubit 0 left out of the Target; "
-                           r"recalibrate"):
+                           r"recalibrate \(`labqpu calibrate --all --config .* --simulator`\)"):
             backend.run(qc)
 
 

@@ -171,9 +171,12 @@ def test_builder_validates_normalises_and_copies() -> None:
     with pytest.raises(InvalidSnapshotError, match=r"pair 3-4, parameter 'cz_amplitude'.*inf"):
         builder.set_pair((4, 3), "cz_amplitude", [0.1, float("inf")], "cz")
     with pytest.raises(InvalidSnapshotError, match=r"qubit 0, parameter 'foo'.*integer of "
-                                                   r"16610 bits; .* must fit in 64 bits"):
+                                                   r"16610 bits; .* must fit in a signed "
+                                                   r"64-bit integer"):
         builder.set_qubit(0, "foo", 10**5000, "manual")  # was a bare ValueError at commit
-    builder.set_qubit(0, "foo", -(2**63 - 1), "manual").remove_qubit(0, "foo")  # fits
+    with pytest.raises(InvalidSnapshotError, match=r"an integer of 64 bits"):
+        builder.set_qubit(0, "foo", 2**63, "manual")
+    builder.set_qubit(0, "foo", -(2**63), "manual").remove_qubit(0, "foo")  # fits
     with pytest.raises(InvalidSnapshotError, match=r"couples qubit 2 to itself"):
         builder.set_pair((2, 2), "cz_amplitude", 0.4, "cz")
     with pytest.raises(InvalidSnapshotError, match=r"qubit index -3 is negative"):
