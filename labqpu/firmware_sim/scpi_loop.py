@@ -222,12 +222,11 @@ class ScpiLoop:
                     elif isinstance(key.data, _Listening):
                         try:
                             key.data.server._accept(selector, key.fileobj, connections)
-                        except OSError as exc:
-                            if exc.errno not in _NO_DESCRIPTORS:
-                                raise
-                            reserve = self._shed(selector, key, reserve)
-                        except Exception:  # one failed accept costs that client only
-                            logger.exception("%r: accept failed", key.data.server)
+                        except Exception as exc:  # one failed accept costs that client only
+                            if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
+                                reserve = self._shed(selector, key, reserve)
+                            else:
+                                logger.exception("%r: accept failed", key.data.server)
                     else:
                         self._serve_connection(selector, connections, key.data, events)
                 self._resume(selector)

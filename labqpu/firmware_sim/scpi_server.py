@@ -495,8 +495,8 @@ class ScpiServer:
         port: TCP port; 0 picks a free one (read :attr:`port` after :meth:`start`).
         channels: number of output channels (current source only).
         max_connections: most clients connected at once; a client beyond it is accepted and
-            its connection closed at once (with a throttled warning), as an instrument's
-            LAN interface refuses sockets beyond its own limit.
+            its connection reset at once (with a throttled warning), as an instrument's LAN
+            interface refuses sockets beyond its own limit.
         **state: initial settings and limits passed to :class:`SignalGeneratorState` or
             :class:`CurrentSourceState`.
 
