@@ -211,8 +211,10 @@ class ScpiLoop:
         reserve = os.open(os.devnull, os.O_RDONLY)
         try:
             while True:
-                due = min((until for _, until in self._paused.values()), default=None)
-                timeout = None if due is None else max(0.0, due - time.monotonic())
+                timeout = None
+                if self._paused:  # out of descriptors lately: wake to watch them again
+                    due = min(until for _, until in self._paused.values())
+                    timeout = max(0.0, due - time.monotonic())
                 for key, events in selector.select(timeout):
                     if selector.get_map().get(key.fd) is not key:
                         continue  # closed by an earlier event or task of this batch
@@ -229,7 +231,8 @@ class ScpiLoop:
                                 logger.exception("%r: accept failed", key.data.server)
                     else:
                         self._serve_connection(selector, connections, key.data, events)
-                self._resume(selector)
+                if self._paused:
+                    self._resume(selector)
         finally:
             for listener in self._paused:
                 listener.close()

@@ -41,6 +41,14 @@ def controller_status(backend) -> dict:
         return client.status()
 
 
+def x_measure() -> QuantumCircuit:
+    """x and measure on one qubit, not transpiled."""
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    return qc
+
+
 @pytest.mark.parametrize("edge", [(0, 1), (1, 2), (2, 3), (3, 4)])
 def test_bell_state_on_every_edge(lab_backend, edge) -> None:
     """P(00) + P(11) >= 0.90 at 2000 shots on each calibrated edge."""
@@ -434,14 +442,11 @@ def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch, caplog) -> None
         # the command that works for this file: it needs the embedded simulator (port 0)
         assert (f"labqpu calibrate --bootstrap --design DESIGN.toml --config {wiring} "
                 "--simulator") in warnings[0], warnings[0]
-        qc = QuantumCircuit(1, 1)
-        qc.x(0)
-        qc.measure(0, 0)
         with pytest.raises(InvalidRunInputError, match=r"holds no snapshot with a calibrated "
                                                        r"qubit.*`labqpu calibrate --bootstrap "
                                                        r"--design DESIGN.toml --config .* "
                                                        r"--simulator`"):
-            backend.run(qc)
+            backend.run(x_measure())
 
 
 def test_a_target_without_a_usable_qubit_says_so(tmp_path, monkeypatch, caplog) -> None:
@@ -459,14 +464,11 @@ def test_a_target_without_a_usable_qubit_says_so(tmp_path, monkeypatch, caplog) 
         warnings = [r.getMessage() for r in caplog.records if "every qubit" in r.getMessage()]
         assert len(warnings) == 1, warnings
         assert f"`labqpu calibrate --all --config {wiring} --simulator`" in warnings[0]
-        qc = QuantumCircuit(1, 1)
-        qc.x(0)
-        qc.measure(0, 0)
         with pytest.raises(InvalidRunInputError, match=r"'x' on qubits \(0,\) is not in the "
                            r"Target of lab5 \(calibration snapshot 1\): qubit 0 stale "
                            r"frequency_hz \(.* h > 0.001 h\): qubit 0 left out of the Target; "
                            r"recalibrate \(`labqpu calibrate --all --config .* --simulator`\)"):
-            backend.run(qc)
+            backend.run(x_measure())
 
 
 @pytest.mark.parametrize("shots", [0, -5, 10**7, 2.5, "100"])

@@ -835,13 +835,8 @@ def test_connections_beyond_the_limit_are_closed_and_the_others_served() -> None
                 _ = refused.identity
             assert time.monotonic() - start < 1.0
             clients.pop().sock.close()
-            deadline = time.monotonic() + 5
-            while True:  # the closed client's place frees once the server sees it go
-                data = _connect_and_ask(server.port)
-                if data or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert data.startswith(b"labqpu simulator"), data
+            # the closed client's place frees once the server sees it go
+            assert _served_again(server.port).startswith(b"labqpu simulator")
         finally:
             for raw in clients:
                 raw.sock.close()
@@ -897,19 +892,22 @@ def test_an_instrument_out_of_descriptors_neither_spins_nor_floods_its_log(
         for sock in flood:
             sock.close()
         flood.clear()
-        deadline = time.monotonic() + 10
-        while True:
-            data = _connect_and_ask(port)
-            if data or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert data.startswith(b"labqpu simulator"), data
+        assert _served_again(port).startswith(b"labqpu simulator")
     finally:
         for sock in flood:
             sock.close()
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
+
+
+def _served_again(port: int, within_s: float = 10.0) -> bytes:
+    """The first answer to ``*IDN?`` on a new connection to ``port``, trying every 0.05 s
+    for at most ``within_s`` seconds (b"" if none came)."""
+    deadline = time.monotonic() + within_s
+    while not (data := _connect_and_ask(port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return data
 
 
 def _connect_and_ask(port: int) -> bytes:
