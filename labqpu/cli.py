@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import runpy
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -180,12 +181,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if shared:
         # The script builds its own LabProvider: these would be silently ignored.
-        example = " ".join(opt if opt == "--simulator" else f"{opt} {getattr(args, opt[2:])}"
+        example = " ".join(opt if opt == "--simulator"
+                           else f"{opt} {shlex.quote(str(getattr(args, opt[2:])))}"
                            for opt in shared)
         verb = "is" if len(shared) == 1 else "are"
         print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; "
               "options after the script's path go to the script, so if it takes them: "
-              f"labqpu run {' '.join([args.script, *args.script_args, example])}",
+              f"labqpu run {shlex.join([args.script, *args.script_args])} {example}",
               file=sys.stderr)
         return 2
     sys.argv = [str(script), *args.script_args]

@@ -176,7 +176,8 @@ class LabJob(JobV1):
     def uploads(self) -> int:
         """How many programs this job uploads: fewer than :attr:`programs` when consecutive
         programs differing only in numbers run as one controller-bound sweep (a sweep run in
-        slices is one upload)."""
+        slices counts once: a controller that keeps programs by content is sent it once, one
+        that does not gets it before each slice)."""
         return len({id(run.program) for run in self._runs})
 
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:

@@ -34,6 +34,22 @@ def _parent_alive(pid: int) -> bool:
     return os.getppid() == pid
 
 
+def _raise_descriptor_limit() -> None:
+    """Raise the process's soft file-descriptor limit to its hard limit (often 1024 against
+    524288): the simulated instruments share the descriptors out between their clients
+    (``scpi_server.client_budget``), half of them kept for the controllers."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger(__name__).info("file-descriptor limit stays %s: %s", soft, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="labqpu sim", description=__doc__)
@@ -55,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # The physics works on 3x3 to 243x243 matrices, where BLAS threads only contend (4-5x
     # slower jobs with one OpenBLAS thread per core on 2 cores).
     threadpool_limits(limits=1, user_api="blas")
+    _raise_descriptor_limit()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -116,3 +133,4 @@ def exit_now(code: int) -> NoReturn:
 
 if __name__ == "__main__":
     exit_now(main())
+

@@ -17,7 +17,7 @@ from labqpu.firmware_sim.executor import SimulatedController
 from labqpu.firmware_sim.faults import FaultPlan, FaultyExecutor
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings
 from labqpu.firmware_sim.scpi_loop import ScpiLoop
-from labqpu.firmware_sim.scpi_server import ScpiServer
+from labqpu.firmware_sim.scpi_server import ScpiServer, client_budget
 from labqpu.firmware_sim.sync import DEFAULT_ARM_TIMEOUT_S, SharedDevice, SyncHub
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ class SimulatedRack:
             raise ValueError(f"wiring has no cabling for qubit(s) {missing}")
         #: One thread serves every instrument, as one host query wakes them together.
         self.scpi_loop = ScpiLoop(f"scpi-servers-{self.rack.device_name}")
+        clients = client_budget(len(self.rack.instruments))
         self.instruments: dict[str, ScpiServer] = {
             spec.name: ScpiServer(spec.kind, name=spec.name, host=spec.host, port=spec.port,
-                                  channels=spec.channels, loop=self.scpi_loop, **spec.limits)
+                                  channels=spec.channels, loop=self.scpi_loop,
+                                  max_connections=clients, **spec.limits)
             for spec in self.rack.instruments
         }
         for ctrl in self.rack.controllers:

@@ -96,6 +96,8 @@ class ScpiLoop:
         self._wakeup: socket.socket | None = None
         self._stopped = False
         self._no_descriptors = Throttled(logger)
+        #: The descriptor kept to shed a client when out of descriptors (-1: none; loop thread).
+        self._reserve = -1
         #: Listeners not watched for now (loop thread only): socket -> (its data, until when).
         self._paused: dict[socket.socket, tuple[_Listening, float]] = {}
 
@@ -208,7 +210,7 @@ class ScpiLoop:
         connections: dict[socket.socket, Any] = {}
         # A descriptor kept in reserve: out of descriptors, it is given up to accept and close
         # the client waiting (a listener left readable would spin this loop).
-        reserve = os.open(os.devnull, os.O_RDONLY)
+        self._reserve = os.open(os.devnull, os.O_RDONLY)
         try:
             while True:
                 timeout = None
@@ -226,7 +228,7 @@ class ScpiLoop:
                             key.data.server._accept(selector, key.fileobj, connections)
                         except Exception as exc:  # one failed accept costs that client only
                             if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
-                                reserve = self._shed(selector, key, reserve)
+                                self._shed(selector, key)
                             else:
                                 logger.exception("%r: accept failed", key.data.server)
                     else:
@@ -237,8 +239,8 @@ class ScpiLoop:
             for listener in self._paused:
                 listener.close()
             self._paused.clear()
-            if reserve >= 0:
-                os.close(reserve)
+            if self._reserve >= 0:
+                os.close(self._reserve)
             for connection in list(connections.values()):
                 connection.server._drop(selector, connections, connection)
             for key in list(selector.get_map().values()):
@@ -247,37 +249,42 @@ class ScpiLoop:
             selector.close()
             logger.info("%s stopped", self.name)
 
-    def _shed(self, selector: selectors.BaseSelector, key: selectors.SelectorKey,
-              reserve: int) -> int:
+    def _shed(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
         """Out of descriptors: give up the reserve to accept the waiting client and close it
-        (it sees its connection closed), then take the reserve again; returns it (-1: none
-        could be had). Without a reserve to give up, the listener is not watched for
-        :data:`PAUSE_S` (a listener left readable would spin the loop)."""
+        (it sees its connection closed), then take the reserve again. Without a reserve to
+        give up (another thread took the descriptor), the listener is not watched for
+        :data:`PAUSE_S` (a listener left readable would spin the loop); the reserve is taken
+        again when it is watched again."""
         listener, server = key.fileobj, key.data.server
         shed = False
-        if reserve >= 0:
-            os.close(reserve)
-            reserve = -1
+        if self._reserve >= 0:
+            os.close(self._reserve)
+            self._reserve = -1
             with contextlib.suppress(OSError):
                 listener.accept()[0].close()
                 shed = True
-        with contextlib.suppress(OSError):
-            reserve = os.open(os.devnull, os.O_RDONLY)
+        self._take_reserve()
         if not shed:
             selector.unregister(listener)
             self._paused[listener] = (key.data, time.monotonic() + PAUSE_S)
         self._no_descriptors.warn("%r: out of file descriptors; %s", server,
                                   "closed a new connection" if shed
                                   else f"not accepting for {PAUSE_S} s")
-        return reserve
+
+    def _take_reserve(self) -> None:
+        """Hold a reserve descriptor again if there is none and one can be had."""
+        if self._reserve < 0:
+            with contextlib.suppress(OSError):
+                self._reserve = os.open(os.devnull, os.O_RDONLY)
 
     def _resume(self, selector: selectors.BaseSelector) -> None:
-        """Watch again the listeners whose pause is over."""
+        """Watch again the listeners whose pause is over (and take a reserve again)."""
         now = time.monotonic()
         for listener, (data, until) in list(self._paused.items()):
             if until <= now:
                 del self._paused[listener]
                 selector.register(listener, selectors.EVENT_READ, data)
+        self._take_reserve()
 
     def _carry_out_tasks(self, selector: selectors.BaseSelector, connections: dict,
                          wake_reader: socket.socket) -> bool:

@@ -39,10 +39,8 @@ logger = logging.getLogger(__name__)
 _MAX_LINE_BYTES = 64 * 1024
 _MAX_PENDING_REPLY_BYTES = 1024 * 1024
 _ERROR_QUEUE_LENGTH = 10
-#: Clients one simulated instrument serves at once (``ScpiServer(max_connections=...)``):
-#: enough for every process of a lab, few enough that one client cannot use up the
-#: simulator's file descriptors where their limit is in the thousands (where it is 1024, the
-#: loop's reserve descriptor, ``scpi_loop``, answers a flood).
+#: Clients one simulated instrument serves at most (``ScpiServer(max_connections=...)``;
+#: a simulated rack gives each fewer when its descriptors are few, :func:`client_budget`).
 MAX_CONNECTIONS = 256
 _FIRMWARE_VERSION = "1.0"
 _NO_ERROR = '0,"No error"'
@@ -483,6 +481,20 @@ class _Connection:
     pending: bytearray = field(default_factory=bytearray)
     discarding: bool = False
     watching_write: bool = False
+
+
+def client_budget(instruments: int) -> int:
+    """Clients each of ``instruments`` simulated instruments in one process may serve: at most
+    :data:`MAX_CONNECTIONS`, and together at most half the process's file descriptors (its
+    soft ``RLIMIT_NOFILE``), so that no neighbour's connections leave the controllers none."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no descriptor limit to share out
+        return MAX_CONNECTIONS
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, soft // 2 // max(instruments, 1)))
 
 
 class ScpiServer:

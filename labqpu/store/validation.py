@@ -112,8 +112,8 @@ def _json_value(value: Any, path: str, subject: str, parameter: str) -> Any:
         number = int(value)
         if not -MAX_INT - 1 <= number <= MAX_INT:
             raise InvalidSnapshotError(
-                f"{path} is an integer of {number.bit_length()} bits; calibration integers "
-                "must fit in a signed 64-bit integer",
+                f"{path} is an integer of {number.bit_length()} bits, outside the signed "
+                "64-bit range (-2**63 to 2**63 - 1) of calibration integers",
                 subject=subject,
                 parameter=parameter,
             )

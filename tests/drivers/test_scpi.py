@@ -851,14 +851,19 @@ hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
 if sys.argv[1] == "reserve_lost":
     # Another thread of the process takes the descriptor the loop gives up (a race the
-    # loop loses now and then), made certain: the loop's reserve cannot be had again.
+    # loop loses now and then), made certain: the loop's first try to take its reserve
+    # again fails.
     import errno, types
     from labqpu.firmware_sim import scpi_loop
+    tries = []
 
-    def lost(*args):
-        raise OSError(errno.EMFILE, "Too many open files")
+    def lost_once(*args):
+        tries.append(args)
+        if len(tries) == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return os.open(*args)
 
-    scpi_loop.os = types.SimpleNamespace(open=lost, close=os.close, devnull=os.devnull,
+    scpi_loop.os = types.SimpleNamespace(open=lost_once, close=os.close, devnull=os.devnull,
                                          O_RDONLY=os.O_RDONLY)
 print(server.port, flush=True)
 time.sleep(60)
@@ -872,8 +877,9 @@ def test_an_instrument_out_of_descriptors_neither_spins_nor_floods_its_log(
     """Out of file descriptors, a listener whose client cannot be accepted stays readable:
     the loop spun at one full core and wrote ~12 MB/s of warnings. Now it closes each such
     client with a descriptor kept in reserve, or, when the reserve could not be had again
-    (another thread of the process took it), stops watching the listener for a while; it
-    warns at most once a second; once the flood is gone, clients are served again."""
+    (another thread of the process took it), stops watching the listener for a while and
+    takes the reserve again; it warns at most once a second; once the flood is gone, clients
+    are served again, and a second flood is shed, none of its clients left hanging."""
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-c", _OUT_OF_DESCRIPTORS, other_thread],
@@ -893,12 +899,37 @@ def test_an_instrument_out_of_descriptors_neither_spins_nor_floods_its_log(
             sock.close()
         flood.clear()
         assert _served_again(port).startswith(b"labqpu simulator")
+        outcomes = _flood_outcomes(port, 20)
+        assert outcomes["hung"] == 0 and outcomes["closed"] > 0, outcomes
     finally:
         for sock in flood:
             sock.close()
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
+
+
+def _flood_outcomes(port: int, n: int) -> dict[str, int]:
+    """Open ``n`` connections at once, ask ``*IDN?`` on each: how many were served, closed
+    (or reset) and left hanging (no answer within 1.5 s)."""
+    socks = []
+    for _ in range(n):
+        with contextlib.suppress(OSError):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=1.5))
+    outcomes = {"served": 0, "closed": n - len(socks), "hung": 0}
+    try:
+        for sock in socks:
+            try:
+                sock.sendall(b"*IDN?\n")
+                outcomes["served" if sock.recv(4096) else "closed"] += 1
+            except (ConnectionResetError, BrokenPipeError):
+                outcomes["closed"] += 1
+            except TimeoutError:
+                outcomes["hung"] += 1
+    finally:
+        for sock in socks:
+            sock.close()
+    return outcomes
 
 
 def _served_again(port: int, within_s: float = 10.0) -> bytes:
@@ -926,3 +957,41 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_BUDGET = """
+import resource
+from labqpu.firmware_sim import __main__ as sim_main
+from labqpu.firmware_sim.rack import SimulatedRack
+from labqpu.firmware_sim.scpi_server import client_budget
+from labqpu.rack.config import builtin_config_path
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+rack = SimulatedRack(builtin_config_path("lab5"))
+print(client_budget(4), client_budget(8), sorted({i.max_connections for i in
+                                                  rack.instruments.values()}))
+sim_main._raise_descriptor_limit()
+print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptor limits")
+def test_the_instruments_share_half_the_descriptors_out_between_their_clients() -> None:
+    """256 clients for each of lab5's four instruments filled a process limit of 1024, and then
+    the controller took no client and its I/O thread spun. The instruments of a rack now take
+    at most half the process's descriptors together, and the simulator process raises its soft
+    limit to the hard one first."""
+    if resource_limits()[1] <= 1024:
+        pytest.skip("the hard descriptor limit is 1024 or less here")
+    proc = subprocess.run([sys.executable, "-c", _BUDGET], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    budget, raised = proc.stdout.strip().splitlines()
+    assert budget == "128 64 [128]", proc.stdout
+    assert raised == "True", proc.stdout
+
+
+def resource_limits() -> tuple[int, int]:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -171,8 +171,8 @@ def test_builder_validates_normalises_and_copies() -> None:
     with pytest.raises(InvalidSnapshotError, match=r"pair 3-4, parameter 'cz_amplitude'.*inf"):
         builder.set_pair((4, 3), "cz_amplitude", [0.1, float("inf")], "cz")
     with pytest.raises(InvalidSnapshotError, match=r"qubit 0, parameter 'foo'.*integer of "
-                                                   r"16610 bits; .* must fit in a signed "
-                                                   r"64-bit integer"):
+                                                   r"16610 bits, outside the signed 64-bit "
+                                                   r"range"):
         builder.set_qubit(0, "foo", 10**5000, "manual")  # was a bare ValueError at commit
     with pytest.raises(InvalidSnapshotError, match=r"an integer of 64 bits"):
         builder.set_qubit(0, "foo", 2**63, "manual")
