@@ -34,7 +34,7 @@ from labqpu.backend.sweeps import (
     circuit_points,
     param_sets_for,
 )
-from labqpu.backend.target import LabTarget, build_target
+from labqpu.backend.target import LEFT_OUT, LabTarget, build_target
 from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import (
     BackendPropertyError,
@@ -762,5 +762,5 @@ def _measurable(target: LabTarget) -> bool:
 
 def _why_left_out(subject: str, marks: tuple[str, ...]) -> str:
     """``subject`` and the mark that left it out of the Target (else its first mark)."""
-    whole = [m for m in marks if m.endswith(f": {subject} left out of the Target")]
+    whole = [m for m in marks if m.endswith(f": {subject} {LEFT_OUT}")]
     return f"{subject} {(whole or list(marks))[0]}"

@@ -64,6 +64,10 @@ def age_limits(config: LabConfig, *, defaults: bool) -> dict[str, float]:
     return wiring_age_limits(config.raw, defaults=defaults)
 
 
+#: How a mark says that its subject (or a value of it) is not in the Target.
+LEFT_OUT = "left out of the Target"
+
+
 class LabTarget(Target):
     """A ``Target`` that remembers the calibration snapshot it was built from, and which
     qubits and edges that snapshot marks.
@@ -124,7 +128,7 @@ class _Fresh:
             where = what or subject
             log.warning("calibration snapshot %s: %s left out of the Target: stale %s",
                         self.snapshot.snapshot_id, where, ", ".join(old))
-            mark = f"stale {', '.join(old)}: {where} left out of the Target"
+            mark = f"stale {', '.join(old)}: {where} {LEFT_OUT}"
             if mark not in self.marks.setdefault(subject, []):
                 self.marks[subject].append(mark)
         return bool(old)

@@ -160,7 +160,6 @@ class ControllerServer:
         self._executor = executor
         self._max_programs = max_programs
         self._max_program_bytes = max_program_bytes
-        self._program_bytes = 0
         self._max_runs = max_runs
         self._max_queued = max_queued_per_session
         self._max_pending_uploads = max_pending_uploads
@@ -499,14 +498,11 @@ class ControllerServer:
                                 ) from exc
         with self._lock:
             self._uploads_total += 1
-            program = Program(request.arrays, meta)
-            self._programs[program_id] = program
-            self._program_bytes += program.nbytes
+            self._programs[program_id] = Program(request.arrays, meta)
             while len(self._programs) > 1 and (
                     len(self._programs) > self._max_programs
-                    or self._program_bytes > self._max_program_bytes):
-                evicted, old = self._programs.popitem(last=False)
-                self._program_bytes -= old.nbytes
+                    or sum(p.nbytes for p in self._programs.values()) > self._max_program_bytes):
+                evicted, _ = self._programs.popitem(last=False)
                 logger.debug("%s: evicted program %s", self.name, evicted)
         return {"program_id": program_id}, None
 

@@ -50,12 +50,19 @@ QUBIT_DURATIONS = ("pulse_duration_s", "readout_duration_s", "reset_duration_s")
 PAIR_DURATIONS = ("cz_duration_s",)
 
 
-def _on_grid(value: float | None, fs: float, subject: str, parameter: str) -> None:
-    if value is not None and grid_samples(value, fs) is None:
-        raise InvalidSnapshotError(
-            f"{value!r} s is {value * fs!r} samples at the controllers' {fs:g} Hz, not a whole "
-            f"number (nearest: {round(value * fs) / fs!r} s)", subject=subject,
-            parameter=parameter)
+def _durations_on_grid(params: Mapping[str, Any], names: tuple[str, ...],
+                       kept: Mapping[str, Any] | None, section: str, key: str, fs: float,
+                       subject: str) -> None:
+    """Each duration of ``names`` in ``params`` (s) a whole number of samples at ``fs`` (Hz),
+    unless the parent document ``kept`` holds it unchanged."""
+    for name in names:
+        value = _value(params, name)
+        if value is not None and not unchanged(kept, section, key, params, name) \
+                and grid_samples(value, fs) is None:
+            raise InvalidSnapshotError(
+                f"{value!r} s is {value * fs!r} samples at the controllers' {fs:g} Hz, not a "
+                f"whole number (nearest: {round(value * fs) / fs!r} s)", subject=subject,
+                parameter=name)
 
 
 def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
@@ -72,10 +79,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
     pairs = document.get("pairs")
     for key, params in (pairs.items() if isinstance(pairs, Mapping) else ()):
         if isinstance(params, Mapping):
-            for name in PAIR_DURATIONS:
-                value = _value(params, name)
-                if value is not None and not unchanged(kept, "pairs", key, params, name):
-                    _on_grid(value, fs, f"pair {key}", name)
+            _durations_on_grid(params, PAIR_DURATIONS, kept, "pairs", key, fs, f"pair {key}")
     qubits = document.get("qubits")
     if not isinstance(qubits, Mapping):
         return
@@ -86,10 +90,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         q = int(key)
         wiring = config.qubits[q]
         subject = f"qubit {q}"
-        for name in QUBIT_DURATIONS:
-            value = _value(params, name)
-            if value is not None and not unchanged(kept, "qubits", key, params, name):
-                _on_grid(value, fs, subject, name)
+        _durations_on_grid(params, QUBIT_DURATIONS, kept, "qubits", key, fs, subject)
         for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
                                     ("readout", wiring.readout_lo, wiring.readout)):
             lo = config.instrument(lo_name)

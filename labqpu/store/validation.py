@@ -23,8 +23,6 @@ from labqpu.store.parameter import Parameter
 SECTIONS = ("qubits", "pairs", "gates")
 _DOCUMENT_KEYS = frozenset({"device", "notes", *SECTIONS})
 _ENTRY_KEYS = ("value", "timestamp", "experiment")
-#: Largest integer calibration value (the values are signed 64-bit integers).
-MAX_INT = 2**63 - 1
 _INDEX = r"(?:0|[1-9][0-9]*)"
 _INDEX_RE = re.compile(_INDEX)
 _PAIR_RE = re.compile(rf"({_INDEX})-({_INDEX})")
@@ -110,7 +108,7 @@ def _json_value(value: Any, path: str, subject: str, parameter: str) -> Any:
         return value
     if isinstance(value, numbers.Integral):
         number = int(value)
-        if not -MAX_INT - 1 <= number <= MAX_INT:
+        if not -MAX_ID - 1 <= number <= MAX_ID:  # SQLite's integers, as ids
             raise InvalidSnapshotError(
                 f"{path} is an integer of {number.bit_length()} bits, outside the signed "
                 "64-bit range (-2**63 to 2**63 - 1) of calibration integers",
