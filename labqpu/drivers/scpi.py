@@ -7,10 +7,12 @@
 Every instrument is addressed by a VISA resource string such as
 ``TCPIP0::127.0.0.1::5025::SOCKET``. Each query is bounded by ``timeout_s``; after a timeout or
 a broken connection the session is closed and reopened on the next call, so a reply that
-arrives late can never be read as the answer to a later query. After every setting command
-the driver reads the instrument's error queue (``SYST:ERR?``), so a refused command raises
-:class:`~labqpu.errors.InstrumentCommandError` instead of passing silently. Values
-outside the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and
+arrives late can never be read as the answer to a later query. A session whose instrument
+closed the connection while idle is reopened before the next message; a connection closed
+instead of a reply fails that call at once (pyvisa-py TCPIP SOCKET sessions). After every
+setting command the driver reads the instrument's error queue (``SYST:ERR?``), so a refused
+command raises :class:`~labqpu.errors.InstrumentCommandError` instead of passing silently.
+Values outside the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and
 nothing is sent.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import select
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -45,6 +49,77 @@ _ERROR_QUERY = "SYST:ERR?"
 _CLEAR_STATUS = "*CLS"
 #: Upper bound on ``SYST:ERR?`` reads in one check, in case an instrument never reports empty.
 _MAX_ERROR_QUEUE_READS = 100
+#: The peer has shut its side (Linux); elsewhere an end of stream is found by peeking.
+_PEER_SHUT = getattr(select, "POLLRDHUP", 0)
+
+
+class _SocketWatch:
+    """The socket under a pyvisa-py TCPIP SOCKET session, watched by labqpu.
+
+    pyvisa-py reads an end of stream as "no data yet" and polls it until its timeout, a core
+    busy all the while: an instrument that closed the connection (its restart, its own idle
+    timeout) would cost every next transaction its whole timeout. So before a message is sent
+    the connection is checked (closed, or bytes waiting that nobody asked for: the session is
+    reopened), and a reply is waited for here, where an end of stream ends the wait at once.
+    Other backends and resources are not watched (:meth:`of` returns None).
+    """
+
+    def __init__(self, sock: socket.socket, backend_session: object) -> None:
+        self._sock = sock
+        self._backend_session = backend_session
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN | _PEER_SHUT)
+
+    @classmethod
+    def of(cls, session: pyvisa.resources.MessageBasedResource) -> _SocketWatch | None:
+        """The watch of ``session``'s socket, or None when it has none that labqpu can see."""
+        sessions = getattr(session.visalib, "sessions", None)
+        backend_session = sessions.get(session.session) if isinstance(sessions, dict) else None
+        sock = getattr(backend_session, "interface", None)
+        if not isinstance(sock, socket.socket) or not hasattr(select, "poll"):
+            return None
+        return cls(sock, backend_session)
+
+    def idle_problem(self) -> str | None:
+        """Why the session should not carry a new message, or None when it can."""
+        if getattr(self._backend_session, "_pending_buffer", None):
+            return "a reply nobody asked for was waiting"
+        if not self._poll.poll(0):
+            return None
+        try:
+            ended = self._ended()
+        except OSError as exc:
+            return f"the connection had broken ({exc})"
+        return ("the instrument had closed the connection" if ended
+                else "bytes nobody asked for were waiting")
+
+    def wait_reply(self, timeout_s: float) -> str | None:
+        """Wait up to ``timeout_s`` for a reply's first bytes; None when they came, else
+        "timeout" or "closed" (the instrument closed the connection without a byte more).
+
+        Raises:
+            OSError: the connection broke (reset by the instrument).
+        """
+        if getattr(self._backend_session, "_pending_buffer", None):
+            return None
+        events = self._poll.poll(max(1, math.ceil(timeout_s * 1000)))
+        if not events:
+            return "timeout"
+        if _PEER_SHUT and not events[0][1] & (_PEER_SHUT | select.POLLHUP | select.POLLERR):
+            return None
+        return "closed" if self._ended() else None
+
+    def _ended(self) -> bool:
+        """True when the stream has ended with no byte left to read.
+
+        Raises:
+            OSError: the connection broke (the peek takes the socket's error: it is raised
+                here, or nobody would see it).
+        """
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
 
 
 class ScpiInstrument:
@@ -81,6 +156,7 @@ class ScpiInstrument:
         )
         self._lock = threading.Lock()
         self._session: pyvisa.resources.MessageBasedResource | None = None
+        self._watch: _SocketWatch | None = None
         self._closed = False
         try:
             with self._lock:
@@ -245,11 +321,32 @@ class ScpiInstrument:
         session = self._open_session()
         logger.debug("%s <- %r", self.resource, message)
         try:
-            reply = session.query(message).strip()
+            session.write(message)
         except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
             raise self._failed(exc, command) from exc
+        reply = self._read_reply(session, command)
         logger.debug("%s -> %r", self.resource, reply)
         return reply
+
+    def _read_reply(self, session: pyvisa.resources.MessageBasedResource, command: str
+                    ) -> str:
+        """Read the reply to ``command``, sent on ``session``; the caller holds the lock."""
+        if self._watch is not None:
+            try:
+                outcome = self._watch.wait_reply(self.timeout_s)
+            except OSError as exc:
+                raise self._failed(exc, command) from exc
+            if outcome is not None:
+                self._drop_session()
+                if outcome == "timeout":
+                    raise InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
+                                                 instrument=self.resource, command=command)
+                raise InstrumentError("the instrument closed the connection instead of "
+                                      "replying", instrument=self.resource, command=command)
+        try:
+            return session.read().strip()
+        except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
+            raise self._failed(exc, command) from exc
 
     def _failed(self, exc: Exception, command: str) -> InstrumentError:
         """Close the session after ``exc`` (a reply may still be on its way) and return the
@@ -274,7 +371,11 @@ class ScpiInstrument:
         if self._closed:
             raise InstrumentError("instrument is closed", instrument=self.resource)
         if self._session is not None:
-            return self._session
+            problem = self._watch.idle_problem() if self._watch is not None else None
+            if problem is None:
+                return self._session
+            logger.info("%s: %s; opening a new session", self.resource, problem)
+            self._drop_session()
         timeout_ms = max(1, round(self.timeout_s * 1000))
         try:
             session = self._resource_manager.open_resource(self.resource, open_timeout=timeout_ms)
@@ -293,12 +394,12 @@ class ScpiInstrument:
         except BaseException:
             session.close()
             raise
-        self._session = session
+        self._session, self._watch = session, _SocketWatch.of(session)
         return session
 
     def _drop_session(self) -> None:
         """Close the session (if any); the next transaction reopens it. Caller holds the lock."""
-        session, self._session = self._session, None
+        session, self._session, self._watch = self._session, None, None
         if session is None:
             return
         try:
@@ -573,10 +674,7 @@ def queries_out(queries: Sequence[tuple[ScpiInstrument, str]]
         def replies() -> list[str]:
             out = []
             for current, command in queries:
-                try:
-                    reply = current._session.read().strip()
-                except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
-                    raise current._failed(exc, command) from exc
+                reply = current._read_reply(current._session, command)
                 logger.debug("%s -> %r (%r)", current.resource, reply, command)
                 out.append(reply)
                 sent.remove(current)

@@ -37,11 +37,17 @@ SLACK_S = 0.5
 
 
 class _ScriptedInstrument:
-    """A raw TCP peer answering known commands (optionally late) and ignoring the rest."""
+    """A raw TCP peer answering known commands (optionally late) and ignoring the rest; it
+    closes the connection on a command of ``hang_up_on`` and, after a command of ``then``,
+    sends a line nobody asked for (``{command: (after_s, line)}``)."""
 
-    def __init__(self, replies: Mapping[str, str], delays_s: Mapping[str, float] | None = None):
+    def __init__(self, replies: Mapping[str, str], delays_s: Mapping[str, float] | None = None,
+                 hang_up_on: frozenset[str] = frozenset(),
+                 then: Mapping[str, tuple[float, str]] | None = None):
         self._replies = dict(replies)
         self._delays_s = dict(delays_s or {})
+        self._hang_up_on = hang_up_on
+        self._then = dict(then or {})
         #: ("in" | "out", command, time.monotonic()) per command received and reply sent.
         self.log: list[tuple[str, str, float]] = []
         self._stop = threading.Event()
@@ -86,13 +92,18 @@ class _ScriptedInstrument:
                     line, buffer = buffer.split(b"\n", 1)
                     command = line.decode().strip()
                     self.log.append(("in", command, time.monotonic()))
+                    if command in self._hang_up_on:
+                        return
                     if command not in self._replies:
                         continue
                     if self._stop.wait(self._delays_s.get(command, 0.0)):
                         return
                     self.log.append(("out", command, time.monotonic()))
+                    after_s, extra = self._then.get(command, (0.0, ""))
                     try:
                         conn.sendall(self._replies[command].encode("latin-1") + b"\n")
+                        if extra and not self._stop.wait(after_s):
+                            conn.sendall(extra.encode("latin-1") + b"\n")
                     except OSError:
                         return
 
@@ -372,7 +383,7 @@ def test_query_timeout_then_no_stale_reply() -> None:
             assert time.monotonic() - start < TIMEOUT_S + SLACK_S
             assert info.value.command == "SLOW?"
             assert info.value.instrument == peer.resource
-            assert isinstance(info.value.__cause__, pyvisa.errors.VisaIOError)
+            assert f"no reply within {TIMEOUT_S} s" in str(info.value)
             assert sg.query("FAST?") == "fast"
             assert sg.query("FAST?") == "fast"
     finally:
@@ -559,6 +570,71 @@ def test_visa_disconnect_is_an_error_then_the_session_reopens() -> None:
             assert _opened(second.resource) == [second.resource]
             sg.frequency_hz = 5.5e9
             assert second.state.snapshot()["frequency_hz"] == 5.5e9
+
+
+def test_an_instrument_restarted_between_calls_is_reconnected_at_once() -> None:
+    """An instrument that closed the connection while idle (its restart, its own idle
+    timeout) cost the next call its whole timeout (pyvisa-py reads an ended stream as "no
+    data yet"), then an error; now the driver sees the closed connection before sending and
+    opens a new session: the call is answered, by the restarted instrument."""
+    first = ScpiServer("signal_generator", name="lo-restarted")
+    first.start()
+    port = first.port
+    with SignalGenerator(first.resource, timeout_s=5.0) as sg:
+        sg.frequency_hz = 5.5e9
+        first.stop()
+        with ScpiServer("signal_generator", name="lo-restarted", port=port) as second:
+            start = time.monotonic()
+            assert sg.frequency_hz == 1e9  # the restarted instrument's factory setting
+            assert query_each([(sg, sg.STATE_QUERY)]) == ["1000000000.0;-30.0;0"]
+            sg.frequency_hz = 6e9
+            assert time.monotonic() - start < 1.0
+            assert second.state.snapshot()["frequency_hz"] == 6e9
+        start = time.monotonic()  # stopped for good: an error at once, naming it
+        with pytest.raises(InstrumentError, match=re.escape(first.resource)):
+            sg.frequency_hz  # noqa: B018 - a query
+        assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("via", ["query", "query_each"])
+def test_an_instrument_closing_the_connection_instead_of_replying_fails_at_once(via) -> None:
+    """The connection closed by the instrument after a command, with no reply: the call
+    fails within milliseconds (not its 5 s timeout) saying so, and the next call is
+    answered on a new session."""
+    peer = _ScriptedInstrument({"*IDN?": "scripted", "FAST?": "fast"},
+                               hang_up_on=frozenset({"BYE?"}))
+    try:
+        with SignalGenerator(peer.resource, timeout_s=5.0) as sg:
+            start = time.monotonic()
+            with pytest.raises(InstrumentError, match="closed the connection instead of "
+                                                      "replying") as info:
+                if via == "query":
+                    sg.query("BYE?")
+                else:
+                    query_each([(sg, "BYE?")])
+            assert time.monotonic() - start < 1.0
+            assert info.value.command == "BYE?"
+            assert info.value.instrument == peer.resource
+            assert sg.query("FAST?") == "fast"
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("extra_after_s", [0.0, 0.1])
+def test_a_line_nobody_asked_for_never_answers_a_later_query(extra_after_s) -> None:
+    """An instrument that sends a second line for one query (at once, or a little later):
+    that line was read as the answer to the next query. Now the session holding it is
+    closed before the next query, which a new session asks."""
+    peer = _ScriptedInstrument({"*IDN?": "scripted", "TWICE?": "first", "FAST?": "fast"},
+                               then={"TWICE?": (extra_after_s, "second")})
+    try:
+        with SignalGenerator(peer.resource, timeout_s=TIMEOUT_S) as sg:
+            assert sg.query("TWICE?") == "first"
+            time.sleep(extra_after_s + 0.1)
+            assert sg.query("FAST?") == "fast"
+            assert query_each([(sg, "FAST?")]) == ["fast"]
+    finally:
+        peer.close()
 
 
 def test_visa_write_interrupted_halfway_is_never_executed(sg: SignalGenerator,

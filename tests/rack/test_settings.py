@@ -213,12 +213,14 @@ def _ask(host: str, port: str, line: str) -> str:
 
 
 @pytest.mark.parametrize("held", [True, False])
+@pytest.mark.parametrize("lo", ["hangs_up", "stopped"])
 def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, monkeypatch,
-                                                                    held) -> None:
-    """The LO source goes away between two jobs. The second job's read-back, sent with its
-    run request, gets no reply: the job raises an error naming the instrument, and the run it
-    had started is aborted (the controller is asked, once, for that run) and the controller
-    ends idle. A run whose reply was held to its end has nothing left to abort."""
+                                                                    held, lo) -> None:
+    """The LO source hangs up on the second job's read-back, sent with its run request: the
+    job raises an error naming the instrument, and the run it had started is aborted (the
+    controller is asked, once, for that run) and the controller ends idle. A run whose reply
+    was held to its end has nothing left to abort. An LO source stopped between the jobs is
+    found before anything is sent: the job fails naming it, and no run starts."""
     from labqpu.drivers.controller import ControllerClient
     from labqpu.errors import InstrumentError
     from labqpu.rack.hardware import RunRequest
@@ -240,15 +242,20 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, mo
             request = RunRequest(shots=100, seed=1, rep_delay_s=100e-6, timeout_s=60, key="a")
             connection.execute(program, request, threading.Event())  # every setting confirmed
             name = sorted(program.lo_settings)[0]
-            simulated.instruments[name].stop()
+            server = simulated.instruments[name]
+            if lo == "stopped":
+                server.stop()
+            else:  # reads the next line, then closes the connection without a reply
+                monkeypatch.setattr(server, "_receive", lambda _selector, _connection: False)
             with pytest.raises(InstrumentError) as info:
                 connection.execute(program, RunRequest(shots=100, seed=2, rep_delay_s=100e-6,
                                                        timeout_s=60, key="b"),
                                    threading.Event())
-            assert info.value.instrument == simulated.instruments[name].resource
-            assert len(aborted) == (0 if held else 1)
+            assert info.value.instrument == server.resource
+            started = lo == "hangs_up"
+            assert len(aborted) == (1 if started and not held else 0)
             client = connection.controller("ctrl0")
-            assert client.status()["runs_total"] == 2
+            assert client.status()["runs_total"] == (2 if started else 1)
             deadline = time.monotonic() + 5.0
             while client.status()["state"] != "idle" and time.monotonic() < deadline:
                 time.sleep(0.02)
