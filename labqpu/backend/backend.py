@@ -237,7 +237,9 @@ class LabBackend(BackendV2):
         opts.set_validator("trace_decimation", (1, 1 << 20))
         return opts
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> int | None:
+        """Take the store's newest snapshot (its Target built, or the newest that builds one);
+        returns the newest snapshot's id (None: the store is empty)."""
         if self._queue.closed:
             raise LabQpuError(f"backend {self.name}: its provider was closed; open a new "
                               "LabProvider")
@@ -245,7 +247,7 @@ class LabBackend(BackendV2):
             latest = self.store.latest_id()
             current = self._snapshot.snapshot_id if self._snapshot else None
             if self._target is not None and latest in (current, self._rejected_snapshot):
-                return
+                return latest
             if latest is None:
                 snapshot = Snapshot.from_document({"device": self.config.device_name,
                                                    "qubits": {}, "pairs": {}, "gates": {}})
@@ -272,6 +274,7 @@ class LabBackend(BackendV2):
                                 snapshot.snapshot_id, self.provider.command("calibrate --all"))
             self._target = target
             self._snapshot = snapshot
+            return latest
 
     def _build_target(self, snapshot: Snapshot, pulse_gates: dict) -> LabTarget:
         return build_target(snapshot, self.config, self.channels.timing,
@@ -355,10 +358,10 @@ class LabBackend(BackendV2):
         """The store's newest snapshot when it cannot build a Target (the backend then uses the
         newest one that can, :attr:`snapshot`), else None: a calibration derived from
         :attr:`snapshot` commits on top of it, replacing it."""
-        self._refresh()
+        latest = self._refresh()
         with self._lock:
             rejected = self._rejected_snapshot
-        return rejected if rejected is not None and rejected == self.store.latest_id() else None
+        return rejected if rejected is not None and rejected == latest else None
 
     @property
     def target(self) -> LabTarget:
