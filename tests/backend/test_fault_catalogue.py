@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
@@ -269,6 +270,38 @@ def test_a_program_that_never_finishes_is_stopped_by_its_time_limit(backend, fau
     assert "2.0 s" in message and ("aborted" in message or "time limit" in message)
     assert controller_status(backend)["state"] == "idle"
     assert_right(backend, qubit=4)
+
+
+@pytest.mark.parametrize("jump_s", [3600.0, -3600.0])
+def test_wall_clock_jumps_fire_no_timeout_and_change_no_result(backend, mocker, caplog,
+                                                               jump_s) -> None:
+    """The host's wall clock steps back and forth by an hour, every millisecond, while jobs
+    run (an NTP step, made with pytest-mock: a clock cannot be jumped on loopback). Every
+    wait of labqpu's reads the monotonic clock, so no timeout fires early (a request would be
+    sent again, with a warning) or late (a wait would not end), and every job is right."""
+    assert_right(backend)
+    caplog.set_level(logging.WARNING, logger="labqpu")
+    real = time.time
+    offset = [0.0]
+    mocker.patch("time.time", side_effect=lambda: real() + offset[0])
+    stop = threading.Event()
+
+    def jumping() -> None:
+        while not stop.wait(0.001):
+            offset[0] = jump_s - offset[0]
+
+    jumper = threading.Thread(target=jumping)
+    jumper.start()
+    try:
+        for qubit in (0, 1, 2, 0, 3, 4) * 3:
+            start = time.monotonic()
+            assert_right(backend, qubit, flip=qubit != 3)
+            assert time.monotonic() - start < REPLY_TIMEOUT_S
+    finally:
+        stop.set()
+        jumper.join(5.0)
+    assert time.time.call_count > 0  # pyvisa-py's reads ask it
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_cancel_racing_completion_gives_exactly_one_final_state(backend) -> None:
