@@ -7,13 +7,13 @@
 Every instrument is addressed by a VISA resource string such as
 ``TCPIP0::127.0.0.1::5025::SOCKET``. Each query is bounded by ``timeout_s``; after a timeout or
 a broken connection the session is closed and reopened on the next call, so a reply that
-arrives late can never be read as the answer to a later query. A session whose instrument
-closed the connection while idle is reopened before the next message; a connection closed
-instead of a reply fails that call at once (pyvisa-py TCPIP SOCKET sessions). After every
-setting command the driver reads the instrument's error queue (``SYST:ERR?``), so a refused
-command raises :class:`~labqpu.errors.InstrumentCommandError` instead of passing silently.
-Values outside the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and
-nothing is sent.
+arrives late can never be read as the answer to a later query. On pyvisa-py TCPIP SOCKET
+sessions the reply lines are read here (:class:`_SocketLink`): a session whose instrument
+closed the connection while idle is reopened before the next message, and a connection closed
+instead of a reply fails that call at once. After every setting command the driver reads
+the instrument's error queue (``SYST:ERR?``), so a refused command raises
+:class:`~labqpu.errors.InstrumentCommandError` instead of passing silently. Values outside
+the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and nothing is sent.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import math
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Self
@@ -33,6 +34,7 @@ import pyvisa
 import pyvisa.constants
 import pyvisa.errors
 import pyvisa.resources
+from pyvisa_py.tcpip import TCPIPSocketSession
 
 from labqpu.errors import (
     InstrumentCommandError,
@@ -49,77 +51,90 @@ _ERROR_QUERY = "SYST:ERR?"
 _CLEAR_STATUS = "*CLS"
 #: Upper bound on ``SYST:ERR?`` reads in one check, in case an instrument never reports empty.
 _MAX_ERROR_QUEUE_READS = 100
-#: The peer has shut its side (Linux); elsewhere an end of stream is found by peeking.
-_PEER_SHUT = getattr(select, "POLLRDHUP", 0)
+#: Longest reply line the drivers read (bytes); an instrument sending more without a line end
+#: is a protocol error, not memory taken until the timeout.
+_MAX_REPLY_BYTES = 1 << 20
 
 
-class _SocketWatch:
-    """The socket under a pyvisa-py TCPIP SOCKET session, watched by labqpu.
+class _SocketLink:
+    """The socket under a pyvisa-py TCPIP SOCKET session, whose reply lines labqpu reads.
 
-    pyvisa-py reads an end of stream as "no data yet" and polls it until its timeout, a core
-    busy all the while: an instrument that closed the connection (its restart, its own idle
-    timeout) would cost every next transaction its whole timeout. So before a message is sent
-    the connection is checked (closed, or bytes waiting that nobody asked for: the session is
-    reopened), and a reply is waited for here, where an end of stream ends the wait at once.
-    Other backends and resources are not watched (:meth:`of` returns None).
+    pyvisa-py's read takes an ended stream for "no data yet" and polls it until its timeout, a
+    core busy all the while, and a reply that starts late gets a timeout anew: an instrument
+    that closed the connection (its restart, its own idle timeout) cost every next transaction
+    its whole timeout, and a trickling reply twice that. Here a reply line is read with one
+    deadline, and an ended stream ends the wait at once; before a message is sent the
+    connection is checked (closed, or bytes waiting that nobody asked for: the session is
+    reopened). Messages are still written, and sessions opened and closed, by pyvisa. Other
+    backends, resources and platforms without ``select.poll`` are not linked (:meth:`of`
+    returns None) and keep pyvisa's read.
     """
 
-    def __init__(self, sock: socket.socket, backend_session: object) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._backend_session = backend_session
         self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN | _PEER_SHUT)
+        self._poll.register(sock, select.POLLIN)
+        #: Bytes that came after a reply's line end: a line nobody asked for.
+        self._extra = b""
 
     @classmethod
-    def of(cls, session: pyvisa.resources.MessageBasedResource) -> _SocketWatch | None:
-        """The watch of ``session``'s socket, or None when it has none that labqpu can see."""
+    def of(cls, session: pyvisa.resources.MessageBasedResource) -> _SocketLink | None:
+        """The link of ``session``'s socket, or None when labqpu leaves it to pyvisa."""
         sessions = getattr(session.visalib, "sessions", None)
         backend_session = sessions.get(session.session) if isinstance(sessions, dict) else None
-        sock = getattr(backend_session, "interface", None)
-        if not isinstance(sock, socket.socket) or not hasattr(select, "poll"):
+        # exactly this class: a subclass (Prologix adapters) has a reply asked for in its read
+        if type(backend_session) is not TCPIPSocketSession or not hasattr(select, "poll"):
             return None
-        return cls(sock, backend_session)
+        sock = getattr(backend_session, "interface", None)
+        return cls(sock) if isinstance(sock, socket.socket) else None
 
     def idle_problem(self) -> str | None:
         """Why the session should not carry a new message, or None when it can."""
-        if getattr(self._backend_session, "_pending_buffer", None):
-            return "a reply nobody asked for was waiting"
+        if self._extra:
+            return "a line nobody asked for was waiting"
         if not self._poll.poll(0):
             return None
         try:
-            ended = self._ended()
+            ended = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return None
         except OSError as exc:
             return f"the connection had broken ({exc})"
         return ("the instrument had closed the connection" if ended
                 else "bytes nobody asked for were waiting")
 
-    def wait_reply(self, timeout_s: float) -> str | None:
-        """Wait up to ``timeout_s`` for a reply's first bytes; None when they came, else
-        "timeout" or "closed" (the instrument closed the connection without a byte more).
+    def read_line(self, timeout_s: float) -> bytes:
+        """The next reply line, without its line end, within ``timeout_s`` in all.
 
         Raises:
-            OSError: the connection broke (reset by the instrument).
+            TimeoutError: no whole line within ``timeout_s``.
+            EOFError: the instrument closed the connection before a whole line.
+            ValueError: a line longer than :data:`_MAX_REPLY_BYTES`.
+            OSError: the connection broke.
         """
-        if getattr(self._backend_session, "_pending_buffer", None):
-            return None
-        events = self._poll.poll(max(1, math.ceil(timeout_s * 1000)))
-        if not events:
-            return "timeout"
-        if _PEER_SHUT and not events[0][1] & (_PEER_SHUT | select.POLLHUP | select.POLLERR):
-            return None
-        return "closed" if self._ended() else None
+        deadline = time.monotonic() + timeout_s
+        line = bytearray()
+        while True:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not self._poll.poll(min(left_ms, _MAX_POLL_MS)):
+                if time.monotonic() < deadline:
+                    continue  # a wait longer than one poll takes
+                raise TimeoutError
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            line += chunk
+            end = line.find(b"\n")
+            if end >= 0:
+                self._extra = bytes(line[end + 1:])
+                return bytes(line[:end])
+            if len(line) > _MAX_REPLY_BYTES:
+                raise ValueError(f"reply longer than {_MAX_REPLY_BYTES} bytes without a "
+                                 "line end")
 
-    def _ended(self) -> bool:
-        """True when the stream has ended with no byte left to read.
 
-        Raises:
-            OSError: the connection broke (the peek takes the socket's error: it is raised
-                here, or nobody would see it).
-        """
-        try:
-            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
+#: Longest single wait of ``poll`` (ms; it takes a C int): a longer timeout waits in turns.
+_MAX_POLL_MS = 3_600_000
 
 
 class ScpiInstrument:
@@ -156,7 +171,7 @@ class ScpiInstrument:
         )
         self._lock = threading.Lock()
         self._session: pyvisa.resources.MessageBasedResource | None = None
-        self._watch: _SocketWatch | None = None
+        self._link: _SocketLink | None = None
         self._closed = False
         try:
             with self._lock:
@@ -331,22 +346,26 @@ class ScpiInstrument:
     def _read_reply(self, session: pyvisa.resources.MessageBasedResource, command: str
                     ) -> str:
         """Read the reply to ``command``, sent on ``session``; the caller holds the lock."""
-        if self._watch is not None:
+        if self._link is None:
             try:
-                outcome = self._watch.wait_reply(self.timeout_s)
-            except OSError as exc:
+                return session.read().strip()
+            except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
                 raise self._failed(exc, command) from exc
-            if outcome is not None:
-                self._drop_session()
-                if outcome == "timeout":
-                    raise InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
-                                                 instrument=self.resource, command=command)
-                raise InstrumentError("the instrument closed the connection instead of "
-                                      "replying", instrument=self.resource, command=command)
         try:
-            return session.read().strip()
-        except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
+            return self._link.read_line(self.timeout_s).decode("ascii").strip()
+        except TimeoutError:
+            self._drop_session()
+            raise InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
+                                         instrument=self.resource, command=command) from None
+        except EOFError:
+            self._drop_session()
+            raise InstrumentError("the instrument closed the connection instead of replying",
+                                  instrument=self.resource, command=command) from None
+        except (OSError, UnicodeDecodeError) as exc:
             raise self._failed(exc, command) from exc
+        except ValueError as exc:  # a line too long
+            self._drop_session()
+            raise ProtocolError(str(exc), instrument=self.resource, command=command) from exc
 
     def _failed(self, exc: Exception, command: str) -> InstrumentError:
         """Close the session after ``exc`` (a reply may still be on its way) and return the
@@ -371,7 +390,7 @@ class ScpiInstrument:
         if self._closed:
             raise InstrumentError("instrument is closed", instrument=self.resource)
         if self._session is not None:
-            problem = self._watch.idle_problem() if self._watch is not None else None
+            problem = self._link.idle_problem() if self._link is not None else None
             if problem is None:
                 return self._session
             logger.info("%s: %s; opening a new session", self.resource, problem)
@@ -394,12 +413,12 @@ class ScpiInstrument:
         except BaseException:
             session.close()
             raise
-        self._session, self._watch = session, _SocketWatch.of(session)
+        self._session, self._link = session, _SocketLink.of(session)
         return session
 
     def _drop_session(self) -> None:
         """Close the session (if any); the next transaction reopens it. Caller holds the lock."""
-        session, self._session, self._watch = self._session, None, None
+        session, self._session, self._link = self._session, None, None
         if session is None:
             return
         try:
