@@ -54,6 +54,8 @@ _MAX_ERROR_QUEUE_READS = 100
 #: Longest reply line the drivers read (bytes); an instrument sending more without a line end
 #: is a protocol error, not memory taken until the timeout.
 _MAX_REPLY_BYTES = 1 << 20
+#: Longest single wait of ``poll`` (ms; it takes a C int): a longer timeout waits in turns.
+_MAX_POLL_MS = 3_600_000
 
 
 class _SocketLink:
@@ -131,10 +133,6 @@ class _SocketLink:
             if len(line) > _MAX_REPLY_BYTES:
                 raise ValueError(f"reply longer than {_MAX_REPLY_BYTES} bytes without a "
                                  "line end")
-
-
-#: Longest single wait of ``poll`` (ms; it takes a C int): a longer timeout waits in turns.
-_MAX_POLL_MS = 3_600_000
 
 
 class ScpiInstrument:
