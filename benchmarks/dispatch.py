@@ -22,11 +22,11 @@ Its time is compared with what it cannot avoid, measured in the same run:
 The simulator's run alone is taken as a job takes it (``ControllerClient.run_held``), so the
 two runs are the same work.
 
-The difference is labqpu's dispatch overhead: compile, validation, the job thread, pyvisa's and
-the protocol's encoding, IQ -> counts. What the settings read-backs (issue "Hardening": before
-and after every run) cost a job is measured in the same run, jobs with them alternating with
-jobs whose read-backs a patch of ``labqpu.rack.settings`` skips (``read_backs_skipped``; a
-measurement only, labqpu has no such mode). Usage::
+The difference is labqpu's dispatch overhead: compile, validation, the job thread, the SCPI
+drivers' and the protocol's encoding, IQ -> counts. What the settings read-backs (issue
+"Hardening": before and after every run) cost a job is measured in the same run, jobs with
+them alternating with jobs whose read-backs a patch of ``labqpu.rack.settings`` skips
+(``read_backs_skipped``; a measurement only, labqpu has no such mode). Usage::
 
     python benchmarks/dispatch.py                  # 400 jobs
     python benchmarks/dispatch.py --quick          # 100 jobs
@@ -134,8 +134,9 @@ def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
 
 def scpi_transaction_costs(resource: str, calls: int) -> tuple[float, float]:
     """Median seconds of one state query (``FREQ?;POW?;OUTP?``) to the simulated LO source at
-    ``resource``: through a pyvisa-py session, as the drivers send it, and as a line on a raw
-    TCP socket to the same instrument, alternately."""
+    ``resource``: through labqpu's driver (written by pyvisa-py, its reply read by the driver
+    from the session's socket), and as a line on a raw TCP socket to the same instrument,
+    alternately."""
     from labqpu.drivers.scpi import SignalGenerator
 
     host, port = resource.split("::")[1:3]
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
          f"ZeroMQ requests {dur(zmq_s)} (simulator run and raw round trips "
          f"{dur(t_exec + (zmq_trips + 0.5 * min(fetches, 1)) * zmq_rtt)}; the rest is the "
          "controller's request handling and the protocol's encoding), SCPI exchanges "
-         f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is pyvisa, the "
+         f"{dur(scpi_s)} (raw {dur(counts['scpi'] * tcp_rtt)}; the rest is the driver, the "
          "instruments' parsing and the queries after the first), host code "
          f"{dur(spent / jobs - zmq_s - scpi_s)} (validation, compile, the job thread, "
          "reading the read-back that travelled with the run request, merging and counting the "
@@ -379,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
          "measurement only, labqpu always reads back); overhead without them "
          f"{dur(without - t_exec - zmq_trips * zmq_rtt)}")
     info(f"one state query to the simulated LO source {lo.name}: {dur(visa_query)} through "
-         f"pyvisa-py, {dur(raw_query)} as a line on a raw TCP socket (same instrument, "
-         f"alternately): pyvisa-py's own cost is {dur(visa_query - raw_query)} per "
-         f"transaction, {dur(asked * (visa_query - raw_query))} for the {asked} the job asks")
+         f"labqpu's driver (pyvisa-py writes it), {dur(raw_query)} as a line on a raw TCP "
+         f"socket (same instrument, alternately): the driver's own cost is "
+         f"{dur(visa_query - raw_query)} per transaction, "
+         f"{dur(asked * (visa_query - raw_query))} for the {asked} the job asks")
     info(f"job time min {dur(min(job_s))}, max {dur(max(job_s))}; last counts {counts_out}")
     print(f"load average at end {tm.load_average()}")
     return 0
