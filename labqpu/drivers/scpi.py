@@ -351,19 +351,8 @@ class ScpiInstrument:
                 raise self._failed(exc, command) from exc
         try:
             return self._link.read_line(self.timeout_s).decode("ascii").strip()
-        except TimeoutError:
-            self._drop_session()
-            raise InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
-                                         instrument=self.resource, command=command) from None
-        except EOFError:
-            self._drop_session()
-            raise InstrumentError("the instrument closed the connection instead of replying",
-                                  instrument=self.resource, command=command) from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, EOFError, ValueError) as exc:  # ValueError: too long, not ASCII
             raise self._failed(exc, command) from exc
-        except ValueError as exc:  # a line too long
-            self._drop_session()
-            raise ProtocolError(str(exc), instrument=self.resource, command=command) from exc
 
     def _failed(self, exc: Exception, command: str) -> InstrumentError:
         """Close the session after ``exc`` (a reply may still be on its way) and return the
@@ -375,9 +364,17 @@ class ScpiInstrument:
                                               instrument=self.resource, command=command)
             return InstrumentError(f"VISA I/O error: {exc}", instrument=self.resource,
                                    command=command)
+        if isinstance(exc, TimeoutError):  # from the driver's own read (_SocketLink)
+            return InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
+                                          instrument=self.resource, command=command)
+        if isinstance(exc, EOFError):
+            return InstrumentError("the instrument closed the connection instead of replying",
+                                   instrument=self.resource, command=command)
         if isinstance(exc, UnicodeDecodeError):
             return ProtocolError(f"reply is not ASCII: {exc}", instrument=self.resource,
                                  command=command)
+        if isinstance(exc, ValueError):
+            return ProtocolError(str(exc), instrument=self.resource, command=command)
         hint = (" (the instrument reset the connection: it may already serve as many clients "
                 "as it takes)" if isinstance(exc, ConnectionResetError) else "")
         return InstrumentError(f"connection failed: {exc}{hint}", instrument=self.resource,
