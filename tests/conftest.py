@@ -21,6 +21,16 @@ def config():
 
 
 @pytest.fixture(scope="session")
+def shared_bias_config(config):
+    """The shipped lab5 wiring with qubit 1's flux bias moved onto qubit 0's channel."""
+    from dataclasses import replace
+
+    qubits = dict(config.qubits)
+    qubits[1] = replace(qubits[1], flux_bias=qubits[0].flux_bias)
+    return replace(config, qubits=qubits)
+
+
+@pytest.fixture(scope="session")
 def channels(config):
     """The shipped lab5 wiring as the pulse compiler sees it."""
     return config.channels

@@ -156,7 +156,8 @@ class Kit:
             p = self.work.qubits[q]
             b.set_lo(w.drive_lo, p["drive_lo_frequency_hz"], dev["drive_lo_power_dbm"])
             b.set_lo(w.readout_lo, dev["readout_lo_frequency_hz"], dev["readout_lo_power_dbm"])
-        for q, p in self.work.qubits.items():
+        # the qubits measured last: a flux-bias channel they share with others carries theirs
+        for q, p in sorted(self.work.qubits.items(), key=lambda item: item[0] in qubits):
             if "flux_bias_a" in p:
                 b.flux_bias_a[self.config.qubits[q].flux_bias] = p["flux_bias_a"]
         return b

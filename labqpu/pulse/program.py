@@ -601,6 +601,14 @@ class ProgramBuilder:
                              f"and {setting}")
         self.lo_settings[name] = setting
 
+    def set_flux_bias(self, channel: tuple[str, int], current_a: float) -> None:
+        """Require flux-bias ``channel`` (current source, channel) at ``current_a`` (A)."""
+        current_a = float(current_a)
+        if self.flux_bias_a.get(channel, current_a) != current_a:
+            raise ValueError(f"flux-bias channel {channel[0]}:{channel[1]} is asked for two "
+                             f"currents: {self.flux_bias_a[channel]!r} A and {current_a!r} A")
+        self.flux_bias_a[channel] = current_a
+
     def build(self, *, duration_samples: int | None = None, num_clbits: int = 0,
               header: dict | None = None, snapshot_id: int | None = None) -> PulseProgram:
         """The finished program; plays sorted by (port, start)."""

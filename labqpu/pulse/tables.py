@@ -444,7 +444,13 @@ class Tables:
                 wiring = channels.qubits[q]
                 p = snapshot.qubits.get(q, {})
                 if has_all(p, DRIVE_PARAMETERS):
-                    b.flux_bias_a[wiring.flux_bias] = float(p["flux_bias_a"].value)
+                    try:
+                        b.set_flux_bias(wiring.flux_bias, p["flux_bias_a"].value)
+                    except ValueError as exc:
+                        raise CompilationError(
+                            f"qubit {q}: snapshot {snapshot.snapshot_id} asks for two currents "
+                            f"on a shared flux-bias channel: {exc}", circuit=circuit.name,
+                            qubits=(q,), instruction="flux_bias_a") from exc
                 wanted = []
                 if q in used and has_all(p, DRIVE_PARAMETERS):
                     wanted.append((wiring.drive_lo, "drive_lo_frequency_hz",

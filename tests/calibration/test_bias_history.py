@@ -9,6 +9,8 @@ found its single-qubit phase 0.3 rad off, and the watch recalibrated a CZ that w
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from labqpu.calibration.checks import check_cz
 from labqpu.calibration.design import default_design_path, load_design
 from labqpu.calibration.experiments import Kit
@@ -36,3 +38,17 @@ def test_a_cz_check_does_not_depend_on_a_neighbours_leftover_bias(quiet_lab_back
         source.set_current_a(channel, 0.0)
     result = check_cz(kit, (1, 2), 2000, 0.15)
     assert result.passed, result
+
+
+def test_an_experiment_plays_at_its_own_qubits_bias_on_a_shared_channel(shared_bias_config,
+                                                                        snapshot) -> None:
+    """Qubits 0 and 1 on one flux-bias channel: an experiment on either sets the channel to
+    that qubit's calibrated current (the last qubit's won, so qubit 0 was measured at qubit 1's
+    bias)."""
+    backend = SimpleNamespace(config=shared_bias_config, channels=shared_bias_config.channels)
+    work = working_from_snapshot(snapshot, load_design(default_design_path("lab5")))
+    currents = {q: work.qubits[q]["flux_bias_a"] for q in (0, 1)}
+    assert currents[0] != currents[1]
+    for q in (0, 1):
+        program = Kit(backend, work).builder([q]).build(num_clbits=1)
+        assert program.flux_bias_a[shared_bias_config.qubits[0].flux_bias] == currents[q]

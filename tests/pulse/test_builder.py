@@ -326,3 +326,16 @@ def test_rabi_sweep_runs_on_the_simulator(lab_backend) -> None:
     p1 = [result.get_counts(i).get("1", 0) / 400 for i in range(2)]
     assert p1[0] < 0.15
     assert p1[1] > 0.8
+
+
+def test_two_currents_asked_of_one_flux_bias_channel_are_refused(shared_bias_config,
+                                                                  snapshot) -> None:
+    """A pulse program sets every calibrated flux bias, as a circuit does: two qubits of one
+    channel asking different currents are refused, naming the qubit and the channel."""
+    b = PulseBuilder(shared_bias_config.channels, snapshot, name="t")
+    b.play(Constant(duration_samples=8, amp=0.1), drive(3))
+    with pytest.raises(PulseError, match="qubit 1: snapshot 1 asks for incompatible settings "
+                                         "of a shared source: flux-bias channel flux_bias:1 is "
+                                         "asked for two currents") as info:
+        b.build()
+    assert info.value.parameter == "flux_bias_a"

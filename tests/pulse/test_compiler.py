@@ -324,6 +324,39 @@ def test_a_stored_value_no_waveform_has_is_refused_at_compile_naming_it(
         compile_circuit(qc, bad, channels)
 
 
+@pytest.mark.parametrize("qubit", [0, 3])
+def test_two_currents_asked_of_one_flux_bias_channel_are_refused_naming_them(
+        shared_bias_config, snapshot, qubit) -> None:
+    """Two qubits wired to one flux-bias channel with different calibrated currents: the
+    channel was set to the last qubit's current, and the other qubit played at a wrong flux,
+    its counts wrong without an error (an x on qubit 0 gave '1' 3 times in 1000). Refused like a
+    shared LO asked for two settings, whichever qubits the circuit uses: the channel carries
+    one current for the whole device."""
+    channels = shared_bias_config.channels
+    qc = QuantumCircuit(5, 1)
+    qc.x(qubit)
+    qc.measure(qubit, 0)
+    with pytest.raises(CompilationError, match=r"qubit 1: snapshot 1 asks for two currents on a "
+                                               r"shared flux-bias channel: flux-bias channel "
+                                               r"flux_bias:1 is asked for two currents"):
+        compile_circuit(qc, snapshot, channels)
+
+
+def test_one_current_asked_of_a_shared_flux_bias_channel_compiles(shared_bias_config,
+                                                                 snapshot) -> None:
+    """Qubits sharing a flux-bias channel whose calibration asks the same current compile."""
+    document = SnapshotBuilder.from_snapshot(snapshot).build_document()
+    document["qubits"]["1"]["flux_bias_a"]["value"] = document["qubits"]["0"]["flux_bias_a"][
+        "value"]
+    same = Snapshot.from_document(document, snapshot_id=99)
+    qc = QuantumCircuit(5, 1)
+    qc.x(1)
+    qc.measure(1, 0)
+    program = compile_circuit(qc, same, shared_bias_config.channels)
+    assert program.flux_bias_a[shared_bias_config.qubits[0].flux_bias] == \
+        same.qubits[0]["flux_bias_a"].value
+
+
 @pytest.mark.parametrize("h", [+1, -1])
 def test_cz_phase_corrections_on_both_qubits(store, snapshot, channels, export, h):
     snapshot = with_handedness(store, snapshot, {0: h, 1: h})
