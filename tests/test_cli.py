@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,33 @@ def test_demo_on_a_store_without_drive_gates_says_what_to_run(tmp_path):
     assert message.startswith("labqpu: cannot run the 2-qubit circuit 'bell' on lab5: "
                               "calibration snapshot 1 in "), message
     assert "gives gates on qubits none" in message and "labqpu calibrate --all" in message
+
+
+def test_a_demo_whose_bell_pair_stays_in_00_fails_saying_so(tmp_path):
+    """The demo's P(00) + P(11) alone scores a pair that never leaves 00 as healthy (a
+    review's shared flux-bias wiring gave 0.978 from {'00': 1955, ...}). With every qubit's
+    pi/2 pulse calibrated to almost nothing, the demo prints both parts and exits 1, saying
+    what to run."""
+    from importlib import resources
+
+    from labqpu.store import CalibrationStore
+
+    document = json.loads((resources.files("labqpu") / "data" / "lab5_calibration.json")
+                          .read_text())["document"]
+    for params in document["qubits"].values():
+        params["pi2_amplitude"]["value"] = 1e-3
+    store = CalibrationStore(tmp_path / "lab5" / "calibration.sqlite")
+    try:
+        store.import_json(document)
+    finally:
+        store.close()
+    proc = labqpu(tmp_path, "run", "--demo", "--seed", "1", timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("P(00) + P(11) = "))
+    total, p00, p11 = (float(x) for x in re.findall(r"\d\.\d{3}", line)[:3])
+    assert total > 0.9 and p00 > 0.9 and p11 < 0.05, line
+    assert "a Bell pair gives 00 and 11 about equally often" in proc.stderr
+    assert "labqpu calibrate --all" in proc.stderr
 
 
 def test_demo_with_zero_shots_is_a_one_line_error(tmp_path):
