@@ -316,6 +316,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"labqpu calibrate: --no-rb with the node {RB_NODE!r}: give one of them",
               file=sys.stderr)
         return 2
+    try:
+        _rb_settings(args)
+    except ValueError as exc:  # "<setting>: why"
+        setting, _, why = str(exc).partition(": ")
+        option = {"lengths_1q": "--rb-lengths-1q", "lengths_2q": "--rb-lengths-2q",
+                  "seeds": "--rb-seeds"}.get(setting, setting)
+        print(f"labqpu calibrate: {option}: {why}", file=sys.stderr)
+        return 2
     if rb_options and not (runs_rb or rb_step):
         print(f"labqpu calibrate: {', '.join(rb_options)} set randomized benchmarking, which "
               "this command does not run; add --rb (or use --all or the node rb, --bootstrap "

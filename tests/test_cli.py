@@ -484,6 +484,10 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["--watch", "--interval", "-1"], "--interval must be a number of seconds >= 0"),
     (["--all", "--rb-every", "2"], "--rb-every needs --watch"),
     (["--watch", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
+    # settings no benchmark can fit: a usage error, not an RB failure recorded on the qubit
+    (["--rb", "--qubits", "1", "--rb-lengths-1q", "1", "50"],
+     "--rb-lengths-1q: RB needs at least 3 distinct sequence lengths"),
+    (["--rb", "--rb-lengths-2q", "5", "5", "5"], "--rb-lengths-2q: RB needs at least 3"),
 ])
 def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message):
     """RB options without an RB run are a one-line error, before any simulator starts."""

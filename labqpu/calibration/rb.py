@@ -403,6 +403,30 @@ class RBSettings:
     #: be raised (None: no bound).
     max_round_qubits: int | None = 6
 
+    def __post_init__(self) -> None:
+        """Refuse settings no benchmark can fit, before any sequence runs.
+
+        Raises:
+            ValueError: fewer than :data:`MIN_RB_LENGTHS` distinct positive lengths, or
+                ``seeds`` or ``shots`` below 1, naming the setting.
+        """
+        for name in ("lengths_1q", "lengths_2q"):
+            lengths = getattr(self, name)
+            if any(not isinstance(m, int) or m < 1 for m in lengths) or \
+                    len(set(lengths)) < MIN_RB_LENGTHS:
+                raise ValueError(f"{name}: RB needs at least {MIN_RB_LENGTHS} distinct sequence "
+                                 f"lengths of at least 1 Clifford to fit its decay, got "
+                                 f"{list(lengths)}")
+        for name in ("seeds", "shots"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive integer, got "
+                                 f"{getattr(self, name)!r}")
+
+
+#: Fewest distinct sequence lengths a benchmark takes: the decay's amplitude, rate and (with
+#: the asymptote from the readout, as :func:`benchmark_gates` fixes it) nothing more to fit.
+MIN_RB_LENGTHS = 3
+
 
 def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                     settings: RBSettings = RBSettings(), seed: int | None = None,

@@ -257,3 +257,19 @@ def test_gate_errors_measured_before_their_pulses_are_reported_out_of_date(snaps
     bare = outdated_gate_errors(Snapshot.from_document(document), limits, now)
     assert "sx:0 (never measured)" in bare and "cz:3-4 (never measured)" in bare
     assert not any(a.startswith("sy:") for a in bare)  # sy only where the snapshot has it
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"lengths_1q": (1, 50)}, "lengths_1q: RB needs at least 3 distinct"),
+    ({"lengths_2q": (1, 1, 10, 10)}, "lengths_2q: RB needs at least 3 distinct"),
+    ({"lengths_1q": (0, 50, 100)}, "lengths_1q: RB needs at least 3 distinct sequence lengths "
+                                   "of at least 1 Clifford"),
+    ({"seeds": 0}, "seeds: must be a positive integer, got 0"),
+    ({"shots": 2.5}, "shots: must be a positive integer, got 2.5"),
+])
+def test_settings_no_benchmark_can_fit_are_refused_naming_them(settings, words) -> None:
+    """Settings whose decay cannot be fitted are refused when made, before a sequence runs:
+    the benchmark of each qubit failed instead, and that failure was committed as the
+    qubit's mark."""
+    with pytest.raises(ValueError, match=words):
+        RBSettings(**settings)
