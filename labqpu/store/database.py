@@ -112,6 +112,27 @@ _SPARE_PREFIX = ".labqpu-store-"
 _HOST = socket.gethostname().replace("-", "_")
 
 
+#: The first bytes of every SQLite database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _not_a_database(path: Path) -> str | None:
+    """What the file at ``path`` is when it exists but holds no SQLite database header (an
+    empty file, or a few bytes: SQLite opens those as a new database), else None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except (FileNotFoundError, IsADirectoryError):
+        return None  # SQLite's own error names a directory
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if not head:
+        return "an empty file (0 bytes)"
+    if head != _SQLITE_HEADER:
+        return f"a {path.stat().st_size}-byte file without SQLite's header"
+    return None
+
+
 def _remove_orphaned_spares(directory: Path) -> None:
     """Remove the temporary files of store creations in ``directory`` (``CalibrationStore.
     _create``) made on this host by a process that no longer runs (one killed while it made a
@@ -207,12 +228,14 @@ class CalibrationStore:
         _remove_orphaned_spares(Path(os.path.realpath(self._path)).parent)
         if not self._path.exists():
             self._create()
-        if self._path.is_file() and self._path.stat().st_size == 0:
-            # SQLite would take a 0-byte file for a new database, and the provider would then
-            # seed it with the factory snapshot: the history it once held would be lost.
+        problem = _not_a_database(self._path)
+        if problem:
+            # SQLite would take an empty file (or one of a few bytes) for a new database, and
+            # the provider would then seed it with the factory snapshot: the history it once
+            # held would be lost.
             raise CalibrationError(
-                f"calibration store {self._path} is an empty file (0 bytes), not a calibration "
-                "store; restore it from a backup, or delete it to start a new store")
+                f"calibration store {self._path} is {problem}, not a calibration store; "
+                "restore it from a backup, or delete it to start a new store")
         try:
             self._file_id = self._identity()
             self._initialise()

@@ -3,6 +3,7 @@ written. An empty or foreign store file is an error, never silently replaced."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
@@ -69,12 +70,18 @@ def test_unknown_parameters_are_kept_with_json_checks_only(writable) -> None:
     assert snapshot.qubit_value(0, "my_experiment_score") == "good"
 
 
-def test_empty_store_file_is_an_error_not_a_reseed(tmp_path) -> None:
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "is an empty file (0 bytes)"),
+    # SQLite opens a file this short as a new database: it was seeded with the factory snapshot
+    (b"\n", "is a 1-byte file without SQLite's header"),
+    (b"SQLite format", "is a 13-byte file without SQLite's header"),
+])
+def test_empty_store_file_is_an_error_not_a_reseed(tmp_path, content, words) -> None:
     path = tmp_path / "calibration.sqlite"
-    path.touch()
-    with pytest.raises(CalibrationError, match="empty file"):
+    path.write_bytes(content)
+    with pytest.raises(CalibrationError, match=re.escape(words)):
         CalibrationStore(path)
-    assert path.stat().st_size == 0
+    assert path.read_bytes() == content
 
 
 def test_foreign_sqlite_file_is_not_taken_over(tmp_path) -> None:
