@@ -87,7 +87,7 @@ def store_command(args: argparse.Namespace) -> int:
             for info in infos:
                 parent = "-" if info.parent_id is None else info.parent_id
                 print(f"{info.snapshot_id:>5}  {info.created}  parent {parent:>5}  "
-                      f"{info.notes}")
+                      + (info.notes if info.problem is None else f"CORRUPT: {info.problem}"))
         else:
             subjects = {"qubit": args.qubit, "pair": args.pair,
                         "gate": None if args.gate is None else _gate_key(store, args.gate)}

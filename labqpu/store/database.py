@@ -74,6 +74,8 @@ class SnapshotInfo:
     parent_id: int | None
     content_hash: str
     notes: str
+    #: Why the snapshot's document cannot be read (it is corrupt), or None.
+    problem: str | None = None
 
 
 log = logging.getLogger(__name__)
@@ -633,7 +635,8 @@ class CalibrationStore:
         return self._snapshot(rows[0])
 
     def history(self, limit: int = 50) -> list[SnapshotInfo]:
-        """The newest ``limit`` complete snapshots, newest first."""
+        """The newest ``limit`` complete snapshots, newest first; a corrupt one is listed with
+        its :attr:`~SnapshotInfo.problem` (the list is where a rollback target is chosen)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         rows = self._query(
@@ -641,9 +644,16 @@ class CalibrationStore:
             "ORDER BY id DESC LIMIT ?",
             (min(limit, MAX_ID),),
         )
-        return [SnapshotInfo(snapshot_id, device, created, parent_id, content_hash,
-                             self._document(snapshot_id, document, content_hash).get("notes", ""))
-                for device, snapshot_id, created, parent_id, content_hash, document in rows]
+        infos = []
+        for device, snapshot_id, created, parent_id, content_hash, document in rows:
+            try:
+                notes, problem = self._document(snapshot_id, document,
+                                                content_hash).get("notes", ""), None
+            except CorruptSnapshotError as exc:
+                notes, problem = "", str(exc)
+            infos.append(SnapshotInfo(snapshot_id, device, created, parent_id, content_hash,
+                                      notes, problem))
+        return infos
 
     def diff(self, a_id: int, b_id: int) -> dict[str, Any]:
         """Parameters added, removed and changed from snapshot ``a_id`` to ``b_id``
@@ -685,8 +695,13 @@ class CalibrationStore:
                            "ORDER BY id")
         records: dict[tuple, ParameterRecord] = {}
         names: set[str] = set()
+        corrupt = []
         for snapshot_id, _, _, content_hash, document in rows:
-            subjects = self._document(snapshot_id, document, content_hash)[section]
+            try:
+                subjects = self._document(snapshot_id, document, content_hash)[section]
+            except CorruptSnapshotError:
+                corrupt.append(snapshot_id)
+                continue
             names.update(n for params in subjects.values() for n in params)
             entry = subjects.get(key, {}).get(name)
             if entry is None:
@@ -700,6 +715,10 @@ class CalibrationStore:
                 f"no snapshot holds a {section[:-1]} parameter {name!r}"
                 f"{did_you_mean(name, names, cutoff=0.5)} "
                 f"({section[:-1]} parameters: {', '.join(sorted(names))})")
+        if corrupt:
+            log.warning("calibration store %s: snapshots %s are corrupt and left out of the "
+                        "history of %r (`labqpu calibrate history` lists them)", self._path,
+                        corrupt, name)
         out = [r for r in records.values()
                if cutoff is None or datetime.fromisoformat(r.timestamp) >= cutoff]
         return sorted(out, key=lambda r: (r.timestamp, r.snapshot_id), reverse=True)

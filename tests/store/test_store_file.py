@@ -8,6 +8,7 @@ import errno
 import json
 import multiprocessing
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -119,21 +120,29 @@ def test_a_replaced_store_file_refuses_the_commit(tmp_path: Path) -> None:
     assert row_count(path) == 1
 
 
-def test_history_names_a_corrupt_snapshot(tmp_path: Path) -> None:
-    """A stored document that is not JSON, or no longer matches its hash, is an error naming
-    the snapshot in ``history`` and ``parameter_history``, as in ``latest``."""
+def test_history_names_a_corrupt_snapshot(tmp_path: Path, caplog) -> None:
+    """A stored document that is not JSON, or no longer matches its hash: ``history`` lists
+    the snapshot with the problem (it raised, so the list a rollback target is chosen from
+    could not be had), ``parameter_history`` leaves it out with a warning naming it, and
+    reading the snapshot itself is an error naming it."""
     with CalibrationStore(tmp_path / "calibration.sqlite") as store:
         first = store.commit(lab5_document())
-        store.commit(lab5_document(frequency_hz=5.03e9))
+        second = store.commit(lab5_document(frequency_hz=5.03e9))
         for damage in ('{"device": "lab5", "qub', json.dumps(lab5_document(frequency_hz=6e9))):
             with closing(sqlite3.connect(store.path)) as conn, conn:
                 conn.execute("UPDATE snapshots SET document = ? WHERE id = ?",
                              (damage, first.snapshot_id))
-            for read in (store.history,
-                         lambda: store.parameter_history("frequency_hz", qubit=0)):
-                with pytest.raises(CalibrationError,
-                                   match=f"snapshot {first.snapshot_id} in .* is corrupt"):
-                    read()
+            listed = {info.snapshot_id: info for info in store.history()}
+            assert listed[second.snapshot_id].problem is None
+            assert re.fullmatch(f"snapshot {first.snapshot_id} in .* is corrupt: .*",
+                                listed[first.snapshot_id].problem)
+            caplog.clear()
+            records = store.parameter_history("frequency_hz", qubit=0)
+            assert [r.value for r in records] == [5.03e9]
+            assert f"snapshots [{first.snapshot_id}] are corrupt" in caplog.text
+            with pytest.raises(CalibrationError,
+                               match=f"snapshot {first.snapshot_id} in .* is corrupt"):
+                store.get(first.snapshot_id)
 
 
 def test_a_store_is_made_in_place_where_hard_links_are_not_supported(
