@@ -464,6 +464,10 @@ def _watch_problem(args: argparse.Namespace) -> str | None:
         return f"--interval must be a number of seconds >= 0, got {args.interval}"
     if args.rounds is not None and args.rounds < 1:
         return f"--rounds must be at least 1, got {args.rounds}"
+    if args.clock == "device" and args.rounds is None:
+        return ("--clock device passes each interval in milliseconds of simulation, so rounds "
+                "follow each other at once, each committing snapshots and records: give "
+                "--rounds N with it (until Ctrl-C, the watch waits on the wall clock)")
     return None
 
 
@@ -472,7 +476,9 @@ def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
     interrupted or ``--rounds`` are done."""
     from labqpu.calibration.watch import DEFAULT_INTERVAL_S, watch
 
-    clock = args.clock or ("device" if provider.simulator is not None else "wall")
+    # the device clock runs a bounded watch (a simulated day in a minute), never an endless one
+    clock = args.clock or ("device" if provider.simulator is not None and args.rounds
+                           else "wall")
     interval = DEFAULT_INTERVAL_S if args.interval is None else args.interval
     t0 = time.perf_counter()
 
@@ -725,8 +731,9 @@ def main(argv: list[str] | None = None) -> int:
                           "(--rb-lengths-1q/2q and --rb-seeds apply)")
     cal.add_argument("--clock", choices=("wall", "device"), default=None,
                      help="--watch: let the interval pass as wall time (sleep) or as idle "
-                          "shots on the device (default: device on the embedded simulator, "
-                          "where a simulated hour then passes at once; wall otherwise)")
+                          "shots on the device (default: device on the embedded simulator "
+                          "with --rounds, where a simulated hour then passes at once; wall "
+                          "otherwise)")
     cal.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
     cal.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
     cal.add_argument("--design", help="design values (default: the device's shipped file)")

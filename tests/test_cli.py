@@ -481,6 +481,8 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path):
     (["--watch", "--force"], "it takes no --force"),
     (["--watch", "--bootstrap"], "it takes no --bootstrap"),
     (["--watch", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--watch", "--clock", "device"], "--clock device passes each interval in milliseconds "
+                                       "of simulation, so rounds follow each other at once"),
     (["--watch", "--interval", "-1"], "--interval must be a number of seconds >= 0"),
     (["--all", "--rb-every", "2"], "--rb-every needs --watch"),
     (["--watch", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
@@ -517,6 +519,35 @@ def test_calibrate_watch_runs_rounds_on_the_device_clock_and_logs_them(tmp_path)
     assert "gate_errors" not in log[0] and set(log[1]["gate_errors"]) == {"sx:0", "sy:0", "x:0"}
     assert {s["node"] for r in log for s in r["steps"]} >= {"t1", "readout", "rabi"}
     assert "cz" not in {s["node"] for r in log for s in r["steps"]}
+
+
+def test_an_endless_watch_on_the_simulator_waits_on_the_wall_clock(tmp_path):
+    """`labqpu calibrate --watch` (until Ctrl-C, as docs/calibration.md's first example runs
+    it) on the embedded simulator used the device clock, where an hour passes in
+    milliseconds: rounds back to back at a core, each committing snapshots (47 rounds in 42 s).
+    Without --rounds the watch waits on the wall clock; Ctrl-C stops it."""
+    seed_fresh_store(tmp_path)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "labqpu.cli", "calibrate", "--watch", "t1", "--qubits", "0"],
+        cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = watch.stdout.readline()
+        assert "a round every 3600 s on the wall clock, until interrupted" in first, first
+        deadline = time.monotonic() + 120
+        log = tmp_path / "lab5" / "watch.jsonl"
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first round runs at once
+        time.sleep(2.0)  # a device clock would have run many more rounds by now
+        assert len(log.read_text().splitlines()) == 1
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+        assert "watch stopped" in out
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
 
 
 def test_status_shows_where_each_qubit_is_wired(tmp_path):
