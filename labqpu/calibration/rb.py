@@ -42,6 +42,7 @@ from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import FitError
 from labqpu.store import CZ_PARAMETERS
 from labqpu.store.builder import SnapshotBuilder
+from labqpu.store.merge import commit_onto_newest
 from labqpu.store.staleness import age_h
 
 #: Native gates that play one drive pulse (rz plays nothing).
@@ -507,8 +508,8 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
     ``parent_id`` (default: ``measured``'s; the store's unusable newest snapshot when the
     backend measured on an older one, ``LabBackend.unusable_snapshot_id``): onto ``builder``
     (default: a copy of ``measured``) when the caller has more to commit with them. Returns
-    ``(snapshot, record paths)``; ``StaleSnapshotError`` when another writer committed
-    meanwhile."""
+    ``(snapshot, record paths)``; when another writer committed meanwhile, the gate errors go
+    on top of its snapshot, and ``StaleSnapshotError`` when it changed one of them too."""
     say = progress or (lambda msg: None)
     builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
@@ -526,9 +527,8 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
         gates = sorted(outcome.errors)
         say(f"{', '.join(gates)}: error {outcome.errors[gates[0]]:.2e} (EPC "
             f"{outcome.fit.epc:.2e} +- {outcome.fit.epc_stderr:.1e}); plot {png}")
-    snapshot = backend.store.commit(
-        builder.build_document(), expect_parent=True,
-        parent_id=measured.snapshot_id if parent_id is None else parent_id)
+    snapshot = commit_onto_newest(backend.store, builder.build_document(), measured,
+                                  parent_id=parent_id)
     return snapshot, paths
 
 

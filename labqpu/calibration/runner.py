@@ -15,8 +15,9 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 
 Everything runs on a working copy of the newest snapshot (:func:`working_from_snapshot`);
 :func:`run_graph` commits the values measured in the run as one new snapshot whose parent is
-the one it started from (``expect_parent=True``: a snapshot committed meanwhile by someone
-else makes the commit fail instead of being silently overwritten). Its rb step then
+the one it started from; when someone else committed meanwhile, its values go on top of that
+snapshot (:func:`~labqpu.store.merge.commit_onto_newest`), and a parameter both changed makes
+the commit fail instead of being silently overwritten. Its rb step then
 benchmarks the gate errors the run left out of date and commits them as a second snapshot on
 the first (:func:`run_graph`). :func:`bootstrap` runs every
 node, forced, from the design values and returns the document.
@@ -51,6 +52,7 @@ from labqpu.calibration.rb import (
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import CalibrationError, FitError, LabQpuError
 from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
+from labqpu.store.merge import commit_onto_newest
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
 
 log = logging.getLogger(__name__)
@@ -449,9 +451,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
                 else:
                     builder.set_pair(subject, name, kit.work.pairs[subject][name],
                                      kit.work.records[(subject, name)], timestamp=stamp)
-            report.snapshot = backend.store.commit(builder.build_document(),
-                                                   parent_id=base_id,
-                                                   expect_parent=True)
+            report.snapshot = commit_onto_newest(backend.store, builder.build_document(),
+                                                 parent, parent_id=base_id)
             report.committed.append(report.snapshot)
     finally:  # a refused commit leaves the records of what was measured too
         report.records = save_records(
@@ -566,7 +567,7 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     the failed steps (node ``rb``, :func:`record_failures`) are committed as one snapshot whose
     parent is the one measured. Returns (the snapshot committed, None when nothing changed;
     the outcomes; {"qubit 2" / "edge 1-2": why} of the failures). ``StaleSnapshotError`` when
-    another writer committed meanwhile."""
+    another writer committed meanwhile: this commit of failure records is not merged."""
     measured = backend.snapshot
     base_id = backend.unusable_snapshot_id or measured.snapshot_id
     failed: dict[tuple[int, ...], str] = {}

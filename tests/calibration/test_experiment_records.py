@@ -59,11 +59,14 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
             assert again[name] == pytest.approx(value, rel=1e-6), record.kind
 
 
-def test_a_run_whose_commit_is_refused_still_leaves_its_records(tmp_path, monkeypatch):
-    """Another writer commits while a graph run measures (a second store session on the same
-    file, as another process would): the run's own commit is refused as stale, and the
-    records of what it measured are written all the same (they were lost once: the records
-    were saved after the commit)."""
+@pytest.mark.parametrize("rival_qubit", [2, 0])
+def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path, monkeypatch,
+                                                                       rival_qubit):
+    """Another writer commits while a graph run measures qubit 2's T1 (a second store session
+    on the same file, as another process would). Its T1 of qubit 0: the run's values go on
+    top of its snapshot, both kept (the run's commit was refused, its work lost). Its T1 of
+    qubit 2 too: the run's commit is refused naming the parameter, and the records of what it
+    measured are written all the same (they were lost once: saved after the commit)."""
     from labqpu.calibration.runner import LineReporter
     from labqpu.errors import StaleSnapshotError
     from labqpu.store import CalibrationStore, SnapshotBuilder
@@ -79,12 +82,25 @@ def test_a_run_whose_commit_is_refused_still_leaves_its_records(tmp_path, monkey
             if not committed:
                 with CalibrationStore(store_path) as other:
                     builder = SnapshotBuilder.from_snapshot(other.latest())
+                    builder.set_qubit(rival_qubit, "t1_s", 33e-6, "another writer")
                     builder.notes = "another writer"
                     committed.append(other.commit(builder.build_document()))
 
-        with pytest.raises(StaleSnapshotError, match="another calibration committed first"):
-            run_graph(backend, ["t1"], qubits=[2], force=True, rb=False,
-                      reporter=LineReporter(another_writer))
+        def run():
+            return run_graph(backend, ["t1"], qubits=[2], force=True, rb=False,
+                             reporter=LineReporter(another_writer))
+
+        if rival_qubit == 2:
+            with pytest.raises(StaleSnapshotError, match="changed qubit 2 t1_s, which this "
+                                                         "calibration measured too"):
+                run()
+        else:
+            report = run()
+            newest = backend.store.latest()
+            assert newest.snapshot_id == report.snapshot.snapshot_id
+            assert newest.parent_id == committed[0].snapshot_id
+            assert newest.qubit_value(0, "t1_s") == 33e-6
+            assert newest.qubits[2]["t1_s"].experiment.startswith("t1-q2-")
         assert committed
         kinds = {load_record(p).kind for p in experiments.glob("*.json")}
         assert "t1" in kinds, kinds

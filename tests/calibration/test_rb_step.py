@@ -107,9 +107,10 @@ def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkeypatch):
-    """Another writer commits while the rb step benchmarks: its own commit is refused
-    (StaleSnapshotError), the step reports every subject failed with that reason, and
-    run_graph still returns its report; the other writer's snapshot stays the newest."""
+    """Another writer commits a gate error the rb step is benchmarking: the step's own
+    commit is refused (StaleSnapshotError: the writer changed a parameter it measured too),
+    the step reports every subject failed with that reason, and run_graph still returns its
+    report; the other writer's snapshot stays the newest."""
     use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
@@ -119,6 +120,7 @@ def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkey
         def with_a_rival(*args, **kwargs):
             out = benchmark(*args, **kwargs)
             rival = SnapshotBuilder.from_snapshot(backend.snapshot)
+            rival.set_gate("sx:1", "error", 1e-3, "another writer")
             rival.notes = "another writer"
             backend.store.commit(rival.build_document())
             return out
