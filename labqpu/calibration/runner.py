@@ -132,7 +132,11 @@ class RunReport:
                 lines.append(f"  {o.node:<{node_w}}{o.subject:<{subject_w}}{o.reason}")
         if self.committed:
             ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
-            lines.append(f"committed snapshot {ids} (parent {self.parent_id})")
+            first = self.committed[0].parent_id
+            lines.append(f"committed snapshot {ids} (parent {first}"
+                         + ("" if first == self.parent_id else
+                            f": another calibration committed it while this one measured on "
+                            f"snapshot {self.parent_id}") + ")")
         else:
             lines.append(f"nothing committed; snapshot {self.parent_id} stays the newest")
         return "\n".join(lines)

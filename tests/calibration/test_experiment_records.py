@@ -101,6 +101,9 @@ def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path
             assert newest.parent_id == committed[0].snapshot_id
             assert newest.qubit_value(0, "t1_s") == 33e-6
             assert newest.qubits[2]["t1_s"].experiment.startswith("t1-q2-")
+            assert (f"committed snapshot {newest.snapshot_id} (parent "
+                    f"{committed[0].snapshot_id}: another calibration committed it while this "
+                    f"one measured on snapshot {committed[0].parent_id})") in report.table()
         assert committed
         kinds = {load_record(p).kind for p in experiments.glob("*.json")}
         assert "t1" in kinds, kinds
