@@ -51,23 +51,26 @@ def _figure(text_in: float):
     return fig, ax, height
 
 
-def _x_ticks(ax, raw: dict) -> None:
+def _x_ticks(ax, raw: dict) -> bool:
     """The x axis's ticks: the record's category labels (wrapped), or at most ``X_BINS``
-    intervals, in engineering units for seconds (:data:`ENGINEERING_MIN_SPAN`)."""
+    intervals, in engineering units for seconds (:data:`ENGINEERING_MIN_SPAN`); True when the
+    ticks carry the unit (``25 µs``)."""
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
     if "x_ticks" in raw:
         ax.set_xticks(raw["x"], [textwrap.fill(str(t), TICK_LABEL_CHARS)
                                  for t in raw["x_ticks"]])
-        return
+        return False
     ax.xaxis.set_major_locator(MaxNLocator(nbins=X_BINS, steps=[1, 2, 2.5, 5, 10]))
     xs = np.array([v for x, _ in _series(raw) for v in x if v is not None], dtype=float)
     xs = xs[np.isfinite(xs)]
     if not raw.get("x_label", "").endswith(" (s)") or xs.size < 2:
-        return
+        return False
     top = float(np.abs(xs).max())
     if top > 0 and float(np.ptp(xs)) >= ENGINEERING_MIN_SPAN * top:
         ax.xaxis.set_major_formatter(EngFormatter(unit="s"))
+        return True
+    return False
 
 
 def _series(raw: dict) -> list[tuple[list, list]]:
@@ -150,8 +153,8 @@ def plot_sweep(record: ExperimentRecord):
     fig.text(0.15 / WIDTH_IN, (text_in - 0.1) / height, "\n".join(lines), ha="left",
              va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)
-    _x_ticks(ax, raw)
-    ax.set_xlabel(raw.get("x_label", ""))
+    label = raw.get("x_label", "")
+    ax.set_xlabel(label.removesuffix(" (s)") if _x_ticks(ax, raw) else label)
     ax.set_ylabel(raw.get("y_label", ""))
     ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",
                  fontsize=10)

@@ -104,6 +104,8 @@ def test_an_axis_in_seconds_reads_in_engineering_units(case, expected):
     FigureCanvasAgg(fig).draw()
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert ticks and all(t.endswith(expected) for t in ticks if not t.startswith("0 ")), ticks
+    # the ticks carry the unit: the label does not say "(s)" beside "25 µs"
+    assert fig.axes[0].get_xlabel() == CASES[case].raw["x_label"].removesuffix(" (s)")
 
 
 @pytest.mark.parametrize("case", ["a count that ends in (s)", "qubit frequency, 40 MHz span"])
@@ -112,6 +114,7 @@ def test_other_axes_keep_plain_numbers(case):
     FigureCanvasAgg(fig).draw()
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert ticks and not any(t.endswith("s") or "Hz" in t for t in ticks), ticks
+    assert fig.axes[0].get_xlabel() == CASES[case].raw["x_label"]
 
 
 def test_a_record_is_written_as_a_png(tmp_path):
