@@ -6,7 +6,7 @@ documentation's figures).
     python examples/calibration_plots.py [DIRECTORY]
 
 It works in a temporary LABQPU_HOME, so your own calibration store is not touched. Takes
-about 70 s on 2 cores (2026-11-30, load ~1).
+about 40 s on 2 cores (2026-12-05, load ~1).
 """
 
 from __future__ import annotations
