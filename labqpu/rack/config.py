@@ -564,9 +564,13 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     _known_keys(cal, CALIBRATION_KEYS, calibration)
     try:
         parse_age_limits(cal.get("max_age_h", {}), defaults=False)
-    except ValueError as exc:
-        detail = str(exc).removeprefix("lab configuration ").removeprefix("[calibration] ")
-        raise calibration.error(f" {detail}", "max_age_h") from exc
+    except ValueError as exc:  # "lab configuration [calibration(.max_age_h)] ..."
+        detail = str(exc).removeprefix("lab configuration ")
+        if detail.startswith("[calibration.max_age_h] "):
+            detail = detail.removeprefix("[calibration.max_age_h] ")
+            ages = top.at("calibration.max_age_h", "[calibration.max_age_h]")
+            raise ages.error(f" {detail}", detail.partition(":")[0]) from exc
+        raise calibration.error(f" {detail.removeprefix('[calibration] ')}", "max_age_h") from exc
     store = _string(cal, "store", calibration, default="", nonempty=False)
     seed_snapshot = _string(cal, "seed_snapshot", calibration, default="", nonempty=False)
     if store:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime
 
+from labqpu.errors import did_you_mean
 from labqpu.store.parameter import Parameter
 from labqpu.store.requirements import CZ_PARAMETERS
 
@@ -50,8 +51,9 @@ def parse_age_limits(table: object, *, defaults: bool) -> dict[str, float]:
     limits = dict(DEFAULT_MAX_AGE_H) if defaults else {}
     for kind, hours in table.items():
         if kind not in DEFAULT_MAX_AGE_H:
-            raise ValueError(f"lab configuration [calibration.max_age_h] {kind}: unknown kind "
-                             f"(known: {', '.join(DEFAULT_MAX_AGE_H)})")
+            raise ValueError(f"lab configuration [calibration.max_age_h] {kind}: unknown kind"
+                             f"{did_you_mean(kind, DEFAULT_MAX_AGE_H)} (known: "
+                             f"{', '.join(DEFAULT_MAX_AGE_H)})")
         if (isinstance(hours, bool) or not isinstance(hours, int | float)
                 or not math.isfinite(hours) or hours <= 0):
             raise ValueError(f"lab configuration [calibration.max_age_h] {kind}: must be a "

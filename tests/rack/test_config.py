@@ -239,7 +239,10 @@ BAD = {
         r"lab.toml \[calibration\] max_age_h must be a table of hours per kind"),
     "a negative age limit": (
         _set("calibration", "max_age_h", {"frequency": -1}),
-        r"\[calibration\.max_age_h\] frequency: must be a positive number of hours"),
+        r"lab.toml \[calibration\.max_age_h\] frequency: must be a positive number of hours"),
+    "a misspelt age limit kind": (
+        _set("calibration", "max_age_h", {"freq": 3}),
+        r"lab.toml \[calibration\.max_age_h\] freq: unknown kind; did you mean 'frequency'\?"),
 }
 
 
