@@ -576,7 +576,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     if store:
         store_path = Path(store)
         if not store_path.is_absolute() and path is not None:
-            store_path = path.parent / store_path
+            store_path = path.absolute().parent / store_path
     else:
         store_path = labqpu_home() / name / "calibration.sqlite"
     return LabConfig(

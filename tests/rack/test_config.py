@@ -334,6 +334,10 @@ def test_relative_store_resolves_against_file_folder(tmp_path, monkeypatch, ship
     text = shipped_text.replace('store = ""', 'store = "state/cal.sqlite"')
     cfg = load_config(write(folder, text))
     assert cfg.store_path == folder / "state" / "cal.sqlite"
+    # a wiring file named relative to the working directory: the store's path is still whole
+    # (`labqpu status` printed "state/cal.sqlite", and a later chdir would move the store)
+    monkeypatch.chdir(folder)
+    assert load_config(Path("lab.toml")).store_path == folder / "state" / "cal.sqlite"
 
 
 def test_absolute_store_kept(tmp_path, shipped_text):
