@@ -53,7 +53,13 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
     from qiskit.transpiler.exceptions import TranspilerError
 
     from labqpu import LabProvider
+    from labqpu.errors import LabQpuError
+    from labqpu.rack.config import load_config, resolve_config_path
 
+    wiring = load_config(resolve_config_path(config)[0])
+    if qc.num_qubits > wiring.num_qubits:  # before a simulator is started for nothing
+        raise LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
+                          f"{wiring.device_name}, which has {wiring.num_qubits} qubits")
     t0 = time.perf_counter()
     with LabProvider(config, simulator=simulator or None) as provider:
         backend = provider.backend()
@@ -89,9 +95,6 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
             f"cannot run {qc.name!r} on {backend.name}: calibration store "
             f"{backend.config.store_path} holds no snapshot with a calibrated qubit; measure "
             f"one with `{backend.provider.command('calibrate --bootstrap --design DESIGN.toml')}`")
-    if qc.num_qubits > backend.num_qubits:
-        return LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
-                           f"{backend.name}, which has {backend.num_qubits} qubits")
     return LabQpuError(
         f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on {backend.name}: "
         f"calibration snapshot {target.snapshot_id} in {backend.config.store_path} gives "
@@ -189,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"labqpu run: {problem}", file=sys.stderr)
             return 2
         _, note, _ = _run_circuit(circuit, opts.config, opts.shots, opts.seed,
-                               simulator=opts.simulator)
+                                  simulator=opts.simulator)
         print(f"({note})")
         return 0
     if shared:

@@ -629,6 +629,7 @@ def test_arguments_checked_against_the_device_are_one_line(tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "simulator pid" not in proc.stdout  # refused before a simulator was started
 
 
 def test_a_home_that_is_a_file_is_a_one_line_error(tmp_path):
