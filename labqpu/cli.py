@@ -104,13 +104,16 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
 
 
 def _demo(config: str | None, shots: int, seed: int | None, simulator: bool) -> int:
-    """Run the Bell demo; 1 when its two outcomes are not about as frequent as each other (a
-    pair left in 00, say, scores well on P(00) + P(11) alone)."""
+    """Run the Bell demo; 1 when it shows no Bell pair: P(00) + P(11) under
+    :data:`BELL_FLOOR`, or 00 and 11 not about as frequent as each other (a pair left in 00
+    scores well on P(00) + P(11) alone). Under :data:`BELL_VERDICT_SHOTS` shots, no verdict."""
     counts, note, command = _run_circuit(_bell(), config, shots, seed, simulator=simulator)
     p00, p11 = (counts.get(k, 0) / sum(counts.values()) for k in ("00", "11"))
     print(f"P(00) + P(11) = {p00 + p11:.3f} = {p00:.3f} + {p11:.3f}   ({note})")
-    if min(p00, p11) < BELL_BALANCE * (p00 + p11):
-        print(f"labqpu: a Bell pair gives 00 and 11 about equally often; this one gave "
+    if shots < BELL_VERDICT_SHOTS:
+        return 0
+    if p00 + p11 < BELL_FLOOR or min(p00, p11) < BELL_BALANCE * (p00 + p11):
+        print(f"labqpu: a Bell pair gives 00 and 11, about equally often; this one gave "
               f"{p00:.3f} and {p11:.3f}: its gates are not doing their work; see "
               f"`{command('status')}`, and recalibrate: `{command('calibrate --all')}`",
               file=sys.stderr)
@@ -118,9 +121,14 @@ def _demo(config: str | None, shots: int, seed: int | None, simulator: bool) -> 
     return 0
 
 
+#: Least P(00) + P(11) of a working Bell pair (a healthy device gives 0.95-0.98; a uniform
+#: spread of outcomes gives 0.5).
+BELL_FLOOR = 0.75
 #: Least share of P(00) + P(11) each of the two may have in a working Bell pair (a healthy
 #: device gives ~0.5 each; 0.3 lies ~17 standard deviations below it at 2000 shots, 4 at 100).
 BELL_BALANCE = 0.3
+#: Fewest shots the demo judges the pair on (below, chance alone fails a perfect pair often).
+BELL_VERDICT_SHOTS = 100
 
 
 SIMULATOR_HELP = ("start the embedded simulator of the --config file (a file whose ports are "
@@ -467,10 +475,14 @@ def _watch_problem(args: argparse.Namespace) -> str | None:
         return f"--interval must be a number of seconds >= 0, got {args.interval}"
     if args.rounds is not None and args.rounds < 1:
         return f"--rounds must be at least 1, got {args.rounds}"
-    if args.clock == "device" and args.rounds is None:
-        return ("--clock device passes each interval in milliseconds of simulation, so rounds "
-                "follow each other at once, each committing snapshots and records: give "
-                "--rounds N with it (until Ctrl-C, the watch waits on the wall clock)")
+    from labqpu.rack.config import resolve_config_path
+
+    simulated = args.simulator or resolve_config_path(args.config)[1]  # a built-in device
+    if args.clock == "device" and args.rounds is None and simulated:
+        return ("--clock device on the embedded simulator passes each interval in "
+                "milliseconds, so rounds follow each other at once, each committing snapshots "
+                "and records: give --rounds N with it (until Ctrl-C, the watch waits on the "
+                "wall clock)")
     return None
 
 

@@ -27,6 +27,7 @@ asymptote B rather than in alpha.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -413,15 +414,20 @@ class RBSettings:
         """
         for name in ("lengths_1q", "lengths_2q"):
             lengths = getattr(self, name)
-            if any(not isinstance(m, int) or m < 1 for m in lengths) or \
+            if any(not _whole(m) or m < 1 for m in lengths) or \
                     len(set(lengths)) < MIN_RB_LENGTHS:
                 raise ValueError(f"{name}: RB needs at least {MIN_RB_LENGTHS} distinct sequence "
                                  f"lengths of at least 1 Clifford to fit its decay, got "
                                  f"{list(lengths)}")
         for name in ("seeds", "shots"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not _whole(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be a positive integer, got "
                                  f"{getattr(self, name)!r}")
+
+
+def _whole(value: object) -> bool:
+    """True for an integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 #: Fewest distinct sequence lengths a benchmark takes: the decay's amplitude, rate and (with

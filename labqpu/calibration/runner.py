@@ -94,6 +94,9 @@ class RunReport:
     snapshot: Snapshot | None = None
     records: list[Path] = field(default_factory=list)
     committed: list[Snapshot] = field(default_factory=list)
+    #: The snapshot the run's commit goes onto: ``parent_id``, or the store's unusable newest
+    #: snapshot that it replaces (``LabBackend.unusable_snapshot_id``).
+    base_id: int | None = None
 
     def with_status(self, status: str) -> list[Outcome]:
         """The outcomes with ``status``."""
@@ -134,7 +137,7 @@ class RunReport:
             ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
             first = self.committed[0].parent_id
             lines.append(f"committed snapshot {ids} (parent {first}"
-                         + ("" if first == self.parent_id else
+                         + ("" if first in (self.parent_id, self.base_id) else
                             f": another calibration committed it while this one measured on "
                             f"snapshot {self.parent_id}") + ")")
         else:
@@ -436,7 +439,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     now = now or datetime.now(UTC)
     outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                     reporter=reporter)
-    report = RunReport(outcomes, parent.snapshot_id)
+    report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
     measured = [c for o in outcomes for c in o.changes]
     builder = SnapshotBuilder.from_snapshot(parent)
     marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
@@ -570,8 +573,9 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     whose decay does not fit costs only itself. The gate errors that fitted and the record of
     the failed steps (node ``rb``, :func:`record_failures`) are committed as one snapshot whose
     parent is the one measured. Returns (the snapshot committed, None when nothing changed;
-    the outcomes; {"qubit 2" / "edge 1-2": why} of the failures). ``StaleSnapshotError`` when
-    another writer committed meanwhile: this commit of failure records is not merged."""
+    the outcomes; {"qubit 2" / "edge 1-2": why} of the failures). When another writer
+    committed meanwhile it goes on top of that writer's snapshot
+    (:func:`~labqpu.store.merge.commit_onto_newest`)."""
     measured = backend.snapshot
     base_id = backend.unusable_snapshot_id or measured.snapshot_id
     failed: dict[tuple[int, ...], str] = {}
@@ -588,8 +592,8 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
                                         parent_id=base_id)
     elif marked:
         builder.notes = f"randomized benchmarking: failed steps of {', '.join(marked)} recorded"
-        snapshot = backend.store.commit(builder.build_document(),
-                                        parent_id=base_id, expect_parent=True)
+        snapshot = commit_onto_newest(backend.store, builder.build_document(), measured,
+                                      parent_id=base_id)
     else:
         snapshot = None
     return snapshot, outcomes, {describe(s): reason for s, reason in why.items()}
@@ -604,8 +608,7 @@ def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: l
         return
     builder.notes = f"calibration runner: failed steps of {', '.join(marked)} recorded"
     try:
-        committed = backend.store.commit(builder.build_document(),
-                                         parent_id=snapshot.snapshot_id, expect_parent=True)
+        committed = commit_onto_newest(backend.store, builder.build_document(), snapshot)
     except CalibrationError as exc:
         reporter.note(f"the failed steps of {', '.join(marked)} were not recorded: {exc}")
         return

@@ -449,7 +449,9 @@ class Tables:
                     except ValueError as exc:
                         raise CompilationError(
                             f"qubit {q}: snapshot {snapshot.snapshot_id} asks for two currents "
-                            f"on a shared flux-bias channel: {exc}", circuit=circuit.name,
+                            f"on a shared flux-bias channel: {exc}; it carries one: commit one "
+                            "flux_bias_a for its qubits, or wire each qubit to a channel of "
+                            "its own (docs/wiring.md)", circuit=circuit.name,
                             qubits=(q,), instruction="flux_bias_a") from exc
                 wanted = []
                 if q in used and has_all(p, DRIVE_PARAMETERS):

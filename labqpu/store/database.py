@@ -124,10 +124,8 @@ def _not_a_database(path: Path) -> str | None:
     try:
         with open(path, "rb") as file:
             head = file.read(len(_SQLITE_HEADER))
-    except (FileNotFoundError, IsADirectoryError):
-        return None  # SQLite's own error names a directory
-    except OSError as exc:
-        return f"unreadable ({exc})"
+    except OSError:
+        return None  # missing, a directory, not readable: SQLite's own error says which
     if not head:
         return "an empty file (0 bytes)"
     if head != _SQLITE_HEADER:
@@ -710,15 +708,15 @@ class CalibrationStore:
             if identity not in records:
                 records[identity] = ParameterRecord(snapshot_id, entry["value"],
                                                     entry["timestamp"], entry["experiment"])
+        if corrupt:
+            log.warning("calibration store %s: snapshots %s are corrupt and left out of the "
+                        "history of %r (`labqpu calibrate history` lists them)", self._path,
+                        corrupt, name)
         if names and name not in names:
             raise CalibrationMissingError(
                 f"no snapshot holds a {section[:-1]} parameter {name!r}"
                 f"{did_you_mean(name, names, cutoff=0.5)} "
                 f"({section[:-1]} parameters: {', '.join(sorted(names))})")
-        if corrupt:
-            log.warning("calibration store %s: snapshots %s are corrupt and left out of the "
-                        "history of %r (`labqpu calibrate history` lists them)", self._path,
-                        corrupt, name)
         out = [r for r in records.values()
                if cutoff is None or datetime.fromisoformat(r.timestamp) >= cutoff]
         return sorted(out, key=lambda r: (r.timestamp, r.snapshot_id), reverse=True)

@@ -4,20 +4,26 @@ Two calibrations run at once on one store (two people, or a watch and a script),
 the newest snapshot of its start. The first commits; the second found a newer snapshot than
 the one it started from and was refused (``StaleSnapshotError``), its measurements lost.
 :func:`commit_onto_newest` puts the parameters the second one changed onto the newest
-snapshot instead, as long as the other writer did not change any of them too: a three-way
-merge, per parameter (section, key, name), with the snapshot both started from as the base.
+snapshot instead, when the two touched different qubits.
+
+Per qubit, not per parameter: a value is measured with the others of its qubit in place (a
+frequency at a flux bias, a gate error with the pulse amplitudes, a cz with both qubits'
+pulses), so a value of one writer beside another writer's change on the same qubit would
+describe neither device. A parameter counts for every qubit its subject names (a pair's two,
+a gate's qubits). A flux bias moves every qubit through the device's DC flux crosstalk: a
+change of one by either writer refuses the merge.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from labqpu.errors import StaleSnapshotError
+from labqpu.errors import InvalidSnapshotError, StaleSnapshotError
 from labqpu.store.snapshot import Snapshot
-from labqpu.store.validation import SECTIONS, canonical_json
+from labqpu.store.validation import SECTIONS, canonical_json, parse_gate, parse_pair
 
 if TYPE_CHECKING:
     from labqpu.store.database import CalibrationStore
@@ -27,34 +33,45 @@ log = logging.getLogger(__name__)
 #: Times a commit is put onto a newer snapshot before it gives up (each try needs yet another
 #: writer to commit in between).
 MERGE_ATTEMPTS = 5
+#: Parameters whose change moves every qubit of the device.
+DEVICE_WIDE = frozenset({"flux_bias_a"})
+
+
+def changes(base: Mapping[str, Any], other: Mapping[str, Any]
+            ) -> Iterator[tuple[str, str, str]]:
+    """(section, key, name) of every parameter set, changed or removed from ``base`` to
+    ``other``."""
+    for section in SECTIONS:
+        for key in base[section].keys() | other[section].keys():
+            was, now = base[section].get(key, {}), other[section].get(key, {})
+            for name in sorted(was.keys() | now.keys()):
+                if (canonical_json(was[name]) if name in was else None) != \
+                        (canonical_json(now[name]) if name in now else None):
+                    yield section, key, name
 
 
 def merge_documents(base: Mapping[str, Any], ours: Mapping[str, Any],
                     theirs: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``theirs`` with the parameters ``ours`` changed from ``base`` (set, changed or removed),
-    and the parameters both changed differently (``"qubit 0 t1_s"``), which keep ``theirs``'s
-    entry. The notes are ``ours``'s."""
+    """``theirs`` with the parameters ``ours`` changed from ``base`` (set, changed or
+    removed), and what refuses it: each change of ``theirs`` on a qubit ``ours`` changed too
+    (``"qubit 0 pi_amplitude"``), or of a device-wide parameter (:data:`DEVICE_WIDE`) by
+    either. The notes are ``ours``'s."""
+    mine = list(changes(base, ours))
+    other = [c for c in changes(base, theirs)  # a change both made alike is no clash
+             if canonical_json(_entry(ours, c)) != canonical_json(_entry(theirs, c))]
+    touched = {q for c in mine for q in _qubits(c)}
+    wide = any(name in DEVICE_WIDE for _, _, name in mine)
+    clashes = [_named(c) for c in other
+               if wide or c[2] in DEVICE_WIDE or touched & _qubits(c)]
     merged = copy.deepcopy(dict(theirs))
-    clashes = []
-    for section in SECTIONS:
-        for key in base[section].keys() | ours[section].keys():
-            was, now = base[section].get(key, {}), ours[section].get(key, {})
-            other = theirs[section].get(key, {})
-            for name in sorted(was.keys() | now.keys()):
-                before, mine, theirs_ = (canonical_json(d[name]) if name in d else None
-                                         for d in (was, now, other))
-                if mine in (before, theirs_):
-                    continue  # not changed here, or changed alike there
-                if theirs_ != before:
-                    clashes.append(f"{section[:-1]} {key} {name}")
-                    continue
-                params = merged[section].setdefault(key, {})
-                if name in now:
-                    params[name] = copy.deepcopy(now[name])
-                else:
-                    params.pop(name, None)
-                if not params:
-                    del merged[section][key]
+    for section, key, name in mine:
+        params = merged[section].setdefault(key, {})
+        if name in ours[section].get(key, {}):
+            params[name] = copy.deepcopy(ours[section][key][name])
+        else:
+            params.pop(name, None)
+        if not params:
+            del merged[section][key]
     merged["notes"] = ours.get("notes", "")
     return merged, clashes
 
@@ -63,18 +80,27 @@ def commit_onto_newest(store: CalibrationStore, document: Mapping[str, Any], bas
                        *, parent_id: int | None = None) -> Snapshot:
     """Commit ``document``, made from snapshot ``base``, as the child of ``parent_id`` (default:
     ``base``). When another writer committed since, what ``document`` changed from ``base``
-    goes onto the newest snapshot instead (:func:`merge_documents`), unless ``parent_id`` is
-    not ``base`` (the document then replaces that snapshot: no merge).
+    goes onto the newest snapshot instead (:func:`merge_documents`; its notes say so), unless
+    ``parent_id`` is not ``base`` (the document then replaces that snapshot: no merge).
 
     Raises:
-        StaleSnapshotError: a parameter changed here was also changed by the other writer
-            (named; nothing was written), or writers kept committing in between.
-        InvalidSnapshotError: as :meth:`CalibrationStore.commit` (the merged document too).
+        StaleSnapshotError: the other writer changed a qubit this document changes too, or a
+            flux bias (named; nothing was written), the merged document is refused by the
+            store's checks, or writers kept committing in between.
+        InvalidSnapshotError: as :meth:`CalibrationStore.commit`, for ``document`` itself.
     """
-    parent = base.snapshot_id if parent_id is None else parent_id
+    parent, merged_onto = (base.snapshot_id if parent_id is None else parent_id), None
+    notes = document.get("notes", "")
     for _ in range(MERGE_ATTEMPTS):
         try:
             return store.commit(document, parent_id=parent, expect_parent=True)
+        except InvalidSnapshotError as exc:
+            if merged_onto is None:
+                raise
+            raise StaleSnapshotError(
+                f"this calibration's values on top of snapshot {merged_onto}, committed while "
+                f"it measured, are refused: {exc}; nothing was written: run it again on the "
+                "newest snapshot") from exc
         except StaleSnapshotError as exc:
             if parent != base.snapshot_id:
                 raise
@@ -83,15 +109,38 @@ def commit_onto_newest(store: CalibrationStore, document: Mapping[str, Any], bas
                                               newest.to_document())
             if clashes:
                 raise StaleSnapshotError(
-                    f"{exc}: snapshot {newest.snapshot_id} changed "
-                    f"{_listed(clashes)}, which this calibration measured too; nothing was "
-                    "written: run it again on the newest snapshot") from exc
+                    f"{exc}: snapshot {newest.snapshot_id} changed {_listed(clashes)}, beside "
+                    "what this calibration measured; nothing was written: run it again on "
+                    "the newest snapshot") from exc
             log.info("calibration store %s: snapshot %s was committed since snapshot %s; "
-                     "this calibration's values go on top of it (no parameter changed by "
-                     "both)", store.path, newest.snapshot_id, base.snapshot_id)
-            document, base, parent = merged, newest, newest.snapshot_id
+                     "this calibration's values go on top of it (other qubits)", store.path,
+                     newest.snapshot_id, base.snapshot_id)
+            merged["notes"] = (f"{notes} (on top of snapshot {newest.snapshot_id}, committed "
+                               f"while it measured)")
+            document, base = merged, newest
+            parent = merged_onto = newest.snapshot_id
     raise StaleSnapshotError(f"calibration store {store.path}: other writers committed "
                              f"{MERGE_ATTEMPTS} times while this calibration was committed")
+
+
+def _entry(document: Mapping[str, Any], change: tuple[str, str, str]) -> Any:
+    section, key, name = change
+    return document[section].get(key, {}).get(name)
+
+
+def _qubits(change: tuple[str, str, str]) -> set[int]:
+    """The qubits a parameter's subject names."""
+    section, key, _ = change
+    if section == "qubits":
+        return {int(key)}
+    if section == "pairs":
+        return set(parse_pair(key))
+    return set(parse_gate(key)[1])
+
+
+def _named(change: tuple[str, str, str]) -> str:
+    section, key, name = change
+    return f"{section[:-1]} {key} {name}"
 
 
 def _listed(clashes: list[str], most: int = 5) -> str:

@@ -411,6 +411,7 @@ def test_a_calibration_on_a_backend_past_an_unusable_snapshot_commits_on_top_of_
         assert backend.unusable_snapshot_id == unusable
         report = run_graph(backend, ["t1"], qubits=[1], force=True, rb=False, shots=100)
         assert report.snapshot is not None and report.snapshot.parent_id == unusable
+        assert f"(parent {unusable})" in report.table()  # replaced, not raced
         assert backend.snapshot.snapshot_id == report.snapshot.snapshot_id
         assert backend.unusable_snapshot_id is None
         assert backend.snapshot.qubits[2]["t1_s"].value == good.qubits[2]["t1_s"].value

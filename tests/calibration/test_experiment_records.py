@@ -91,8 +91,8 @@ def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path
                              reporter=LineReporter(another_writer))
 
         if rival_qubit == 2:
-            with pytest.raises(StaleSnapshotError, match="changed qubit 2 t1_s, which this "
-                                                         "calibration measured too"):
+            with pytest.raises(StaleSnapshotError, match="changed qubit 2 t1_s, beside what "
+                                                         "this calibration measured"):
                 run()
         else:
             report = run()

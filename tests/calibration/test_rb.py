@@ -273,3 +273,10 @@ def test_settings_no_benchmark_can_fit_are_refused_naming_them(settings, words) 
     qubit's mark."""
     with pytest.raises(ValueError, match=words):
         RBSettings(**settings)
+
+
+def test_settings_take_numpy_integers_and_refuse_booleans() -> None:
+    lengths = tuple(np.array([1, 50, 150, 300]))
+    assert RBSettings(lengths_1q=lengths, seeds=np.int64(2)).lengths_1q == lengths
+    with pytest.raises(ValueError, match="lengths_2q: RB needs at least 3"):
+        RBSettings(lengths_2q=(True, 10, 30))

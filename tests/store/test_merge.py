@@ -41,16 +41,66 @@ def test_disjoint_changes_both_land_on_the_newest(store) -> None:
     merged = commit_onto_newest(store, ours, base)
     assert merged.parent_id == theirs.snapshot_id
     assert merged.qubit_value(0, "t1_s") == 33e-6 and merged.qubit_value(2, "t1_s") == 31e-6
-    assert "t2_echo_s" not in merged.qubits[3] and merged.notes == "ours"
+    assert "t2_echo_s" not in merged.qubits[3]
+    assert merged.notes == (f"ours (on top of snapshot {theirs.snapshot_id}, committed while it "
+                            "measured)")
     assert merged.qubits[1] == base.qubits[1]
 
 
-def test_a_parameter_both_changed_is_refused_naming_it_and_nothing_is_written(store) -> None:
+@pytest.mark.parametrize(("theirs_change", "named"), [
+    ({(2, "t1_s"): 33e-6}, "qubit 2 t1_s"),  # the same parameter
+    # another of the same qubit: ours was measured with the old pulse in place
+    ({(2, "pi_amplitude"): 0.3}, "qubit 2 pi_amplitude"),
+    # a flux bias anywhere: every qubit moves through the DC crosstalk
+    ({(4, "flux_bias_a"): 1e-4}, "qubit 4 flux_bias_a"),
+])
+def test_a_change_on_a_qubit_this_one_changed_refuses_naming_it_and_writes_nothing(
+        store, theirs_change, named) -> None:
     base = store.latest()
     ours = _changed(store, base, {(2, "t1_s"): 31e-6, (0, "t1_s"): 30e-6}, "ours")
-    theirs = store.commit(_changed(store, base, {(2, "t1_s"): 33e-6}, "theirs"))
-    with pytest.raises(StaleSnapshotError, match=f"snapshot {theirs.snapshot_id} changed qubit "
-                                                 "2 t1_s, which this calibration measured too"):
+    theirs = store.commit(_changed(store, base, theirs_change, "theirs"))
+    with pytest.raises(StaleSnapshotError, match=f"snapshot {theirs.snapshot_id} changed "
+                                                 f"{named}, beside what this calibration "
+                                                 "measured; nothing was written"):
+        commit_onto_newest(store, ours, base)
+    assert store.latest_id() == theirs.snapshot_id
+
+
+def test_gate_errors_beside_a_new_pulse_of_their_qubit_are_refused(store) -> None:
+    """RB measured sx:0 with the old pulses while another writer set qubit 0's pi amplitude:
+    the gate error would pass for the new pulse's."""
+    base = store.latest()
+    builder = SnapshotBuilder.from_snapshot(base)
+    builder.set_gate("sx:0", "error", 2e-4, "rb")
+    theirs = store.commit(_changed(store, base, {(0, "pi_amplitude"): 0.3}, "theirs"))
+    with pytest.raises(StaleSnapshotError, match="changed qubit 0 pi_amplitude"):
+        commit_onto_newest(store, builder.build_document(), base)
+    assert store.latest_id() == theirs.snapshot_id
+
+
+def test_a_merged_document_the_store_refuses_is_a_stale_error_naming_the_merge(
+        store, monkeypatch) -> None:
+    """Should a store check tie two qubits' values together, the merged document could fail
+    it though each writer's passed: that is refused as the race it is, not as this
+    calibration's invalid value."""
+    from labqpu.errors import InvalidSnapshotError
+    from labqpu.store import database
+
+    base = store.latest()
+    ours = _changed(store, base, {(2, "t1_s"): 31e-6}, "ours")
+    theirs = store.commit(_changed(store, base, {(0, "t1_s"): 33e-6}, "theirs"))
+    check = database.check_physics
+
+    def tying(document, *args, **kwargs):
+        if document["qubits"]["0"]["t1_s"]["value"] == 33e-6 and \
+                document["qubits"]["2"]["t1_s"]["value"] == 31e-6:
+            raise InvalidSnapshotError("qubits 0 and 2 disagree")
+        return check(document, *args, **kwargs)
+
+    monkeypatch.setattr(database, "check_physics", tying)
+    with pytest.raises(StaleSnapshotError, match=f"on top of snapshot {theirs.snapshot_id}, "
+                                                 "committed while it measured, are refused: "
+                                                 "qubits 0 and 2 disagree"):
         commit_onto_newest(store, ours, base)
     assert store.latest_id() == theirs.snapshot_id
 
@@ -81,7 +131,9 @@ def test_merge_documents_keeps_theirs_where_only_they_changed() -> None:
     theirs = {"qubits": {"0": {"a": entry, "b": {**entry, "value": 3.0}}}, "pairs": {},
               "gates": {}, "notes": "t"}
     merged, clashes = merge_documents(base, ours, theirs)
-    assert clashes == []
+    assert clashes == ["qubit 0 b"]  # the same qubit: refused, though the merge is made
     assert merged == {"qubits": {"0": {"a": {**entry, "value": 2.0},
                                        "b": {**entry, "value": 3.0}}},
                       "pairs": {}, "gates": {"sx:0": {"error": entry}}, "notes": "o"}
+    theirs["qubits"] = {"0": base["qubits"]["0"], "1": {"c": entry}}
+    assert merge_documents(base, ours, theirs)[1] == []

@@ -143,6 +143,10 @@ def test_history_names_a_corrupt_snapshot(tmp_path: Path, caplog) -> None:
             with pytest.raises(CalibrationError,
                                match=f"snapshot {first.snapshot_id} in .* is corrupt"):
                 store.get(first.snapshot_id)
+            caplog.clear()  # a name only the corrupt snapshot could hold: missing, and why
+            with pytest.raises(CalibrationError, match="no snapshot holds"):
+                store.parameter_history("only_in_the_corrupt_one", qubit=0)
+            assert f"snapshots [{first.snapshot_id}] are corrupt" in caplog.text
 
 
 def test_a_store_is_made_in_place_where_hard_links_are_not_supported(
