@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import runpy
 import shlex
@@ -32,6 +31,7 @@ from typing import NoReturn
 
 from labqpu.cli_draw import draw_command, load_circuit, unbound_problem
 from labqpu.cli_store import STORE_COMMANDS, store_command
+from labqpu.cli_watch import watch_command, watch_problem
 
 
 def _bell():
@@ -289,7 +289,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.shots is None:
         args.shots = CALIBRATION_SHOTS
     nodes = args.nodes or None
-    problem = _watch_problem(args)
+    problem = watch_problem(args)
     if problem:
         print(f"labqpu calibrate: {problem}", file=sys.stderr)
         return 2
@@ -384,7 +384,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
 
         if args.watch:
-            return _watch(provider, backend, nodes, args)
+            return watch_command(provider, backend, nodes, args,
+                                 _rb_settings(args) if args.rb_every else None)
         snapshot = None
         if args.bootstrap:
             records = experiments_directory(backend.config.store_path)
@@ -451,72 +452,6 @@ def _export(args: argparse.Namespace, backend, snapshot) -> None:
         Path(args.export).write_text(
             json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
         print(f"exported snapshot {snapshot.snapshot_id} to {args.export}")
-
-
-def _watch_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the watch options, or None."""
-    if not args.watch:
-        given = [flag for flag, value in (("--interval", args.interval),
-                                          ("--rounds", args.rounds), ("--clock", args.clock),
-                                          ("--rb-every", args.rb_every))
-                 if value is not None]
-        if given:
-            return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --watch"
-        return None
-    clash = [flag for flag, value in (("--bootstrap", args.bootstrap), ("--rb", args.rb),
-                                      ("--no-rb", args.no_rb), ("--force", args.force),
-                                      ("--export", args.export),
-                                      ("node rb", "rb" in (args.nodes or ())))
-             if value]
-    if clash:
-        return (f"--watch checks and recalibrates what drifted, round after round; it takes "
-                f"no {', '.join(clash)} (--rb-every N benchmarks the gates every N rounds)")
-    if args.interval is not None and not 0 <= args.interval < math.inf:
-        return f"--interval must be a number of seconds >= 0, got {args.interval}"
-    if args.rounds is not None and args.rounds < 1:
-        return f"--rounds must be at least 1, got {args.rounds}"
-    from labqpu.rack.config import resolve_config_path
-
-    simulated = args.simulator or resolve_config_path(args.config)[1]  # a built-in device
-    if args.clock == "device" and args.rounds is None and simulated:
-        return ("--clock device on the embedded simulator passes each interval in "
-                "milliseconds, so rounds follow each other at once, each committing snapshots "
-                "and records: give --rounds N with it (until Ctrl-C, the watch waits on the "
-                "wall clock)")
-    return None
-
-
-def _watch(provider, backend, nodes, args: argparse.Namespace) -> int:
-    """``calibrate --watch``: rounds of checks and recalibration, one line each, until
-    interrupted or ``--rounds`` are done."""
-    from labqpu.calibration.watch import DEFAULT_INTERVAL_S, watch
-
-    # the device clock runs a bounded watch (a simulated day in a minute), never an endless one
-    clock = args.clock or ("device" if provider.simulator is not None and args.rounds
-                           else "wall")
-    interval = DEFAULT_INTERVAL_S if args.interval is None else args.interval
-    t0 = time.perf_counter()
-
-    def say(line: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f} s] {line}", flush=True)
-
-    print(f"watching {backend.name}: a round every {interval:g} s on the {clock} clock"
-          + (f", randomized benchmarking every {args.rb_every} round(s)" if args.rb_every
-             else "")
-          + (f", {args.rounds} round(s)" if args.rounds else ", until interrupted (Ctrl-C)"),
-          flush=True)
-    try:
-        report = watch(backend, nodes, interval_s=interval, rounds=args.rounds,
-                       qubits=args.qubits, shots=args.shots, clock=clock, say=say,
-                       rb_every=args.rb_every,
-                       rb_settings=_rb_settings(args) if args.rb_every else None)
-    except KeyboardInterrupt:
-        print("watch stopped", flush=True)
-        return 0
-    print(f"log of every round: {report.log_path}")
-    last = report.rounds[-1] if report.rounds else None
-    failed = last is not None and (last.error is not None or not last.report.ok)
-    return 1 if failed else 0
 
 
 def _run_graph(backend, nodes, args: argparse.Namespace, progress, rb_step: bool):
