@@ -515,7 +515,8 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
     backend measured on an older one, ``LabBackend.unusable_snapshot_id``): onto ``builder``
     (default: a copy of ``measured``) when the caller has more to commit with them. Returns
     ``(snapshot, record paths)``; when another writer committed meanwhile, the gate errors go
-    on top of its snapshot, and ``StaleSnapshotError`` when it changed one of them too."""
+    on top of its snapshot (``StaleSnapshotError`` when it changed something on their qubits
+    or a flux bias: :func:`~labqpu.store.merge.commit_onto_newest`)."""
     say = progress or (lambda msg: None)
     builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"

@@ -16,8 +16,9 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 Everything runs on a working copy of the newest snapshot (:func:`working_from_snapshot`);
 :func:`run_graph` commits the values measured in the run as one new snapshot whose parent is
 the one it started from; when someone else committed meanwhile, its values go on top of that
-snapshot (:func:`~labqpu.store.merge.commit_onto_newest`), and a parameter both changed makes
-the commit fail instead of being silently overwritten. Its rb step then
+snapshot if the other writer changed nothing on the same qubits and no flux bias
+(:func:`~labqpu.store.merge.commit_onto_newest`); otherwise the commit fails instead of
+silently overwriting or mixing them. Its rb step then
 benchmarks the gate errors the run left out of date and commits them as a second snapshot on
 the first (:func:`run_graph`). :func:`bootstrap` runs every
 node, forced, from the design values and returns the document.
