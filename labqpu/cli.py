@@ -184,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if script.suffix == ".qasm":
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
-        qasm = argparse.ArgumentParser(prog=f"labqpu run {script}")
+        qasm = _Parser(prog=f"labqpu run {script}")
         qasm.add_argument("--config", default=args.config)
         qasm.add_argument("--shots", type=int, default=shots)
         qasm.add_argument("--seed", type=int, default=args.seed)
@@ -601,13 +601,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are the command's one-line form (``labqpu run:
+    argument --shots: invalid int value: '1e3' (labqpu run --help)``), exit code 2; its
+    subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} ({self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labqpu`` command; returns the exit code."""
     from labqpu.rack.builtin import BUILTIN_DEVICES
 
     devices = ", ".join(f"{d} (default)" if d == "lab5" else d for d in BUILTIN_DEVICES)
-    parser = argparse.ArgumentParser(prog="labqpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="labqpu", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
                         help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)

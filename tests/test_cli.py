@@ -637,6 +637,22 @@ def test_arguments_checked_against_the_device_are_one_line(tmp_path):
     assert "simulator pid" not in proc.stdout  # refused before a simulator was started
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--demo", "--shots", "1e3"],
+     "labqpu run: argument --shots: invalid int value: '1e3' (labqpu run --help)"),
+    (["calibrate", "--qubits", "x"],
+     "labqpu calibrate: argument --qubits: must be qubit numbers (whole numbers >= 0), got "
+     "'x' (labqpu calibrate --help)"),
+    ([], "labqpu: the following arguments are required: command (labqpu --help)"),
+])
+def test_a_usage_error_is_one_line(tmp_path, args, message):
+    """A mistyped option is the README's one-line error (argparse printed its usage block and
+    "labqpu run: error: ..."), exit code 2, nothing started."""
+    proc = labqpu(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [message]
+
+
 def test_a_home_that_is_a_file_is_a_one_line_error(tmp_path):
     home = tmp_path / "home"
     home.write_text("not a directory")
