@@ -667,23 +667,32 @@ class PulseBuilder:
     def _settings(self, b: ProgramBuilder, drive_qubits: Iterable[int],
                   readout_qubits: Iterable[int]) -> None:
         """LO settings of the used channels and every calibrated flux bias, from the snapshot."""
-        asked = [(q, "drive_lo_frequency_hz", b.set_lo, self.channels.qubits[q].drive_lo,
-                  self._cal(q, "drive_lo_frequency_hz"), self._cal(q, "drive_lo_power_dbm"))
-                 for q in sorted(drive_qubits)]
-        asked += [(q, "readout_lo_frequency_hz", b.set_lo, self.channels.qubits[q].readout_lo,
-                   self._cal(q, "readout_lo_frequency_hz"),
-                   self._cal(q, "readout_lo_power_dbm")) for q in sorted(readout_qubits)]
-        asked += [(q, "flux_bias_a", b.set_flux_bias, wiring.flux_bias,
-                   self.snapshot.qubits[q]["flux_bias_a"].value)
-                  for q, wiring in self.channels.qubits.items()
-                  if has_all(self.snapshot.qubits.get(q, {}), DRIVE_PARAMETERS)]
-        for q, parameter, require, source, *values in asked:
-            try:
-                require(source, *values)
-            except ValueError as exc:  # two qubits of one LO or bias channel asking otherwise
-                raise PulseError(f"qubit {q}: snapshot {self.snapshot.snapshot_id} asks for "
-                                 f"incompatible settings of a shared source: {exc}",
-                                 qubits=(q,), parameter=parameter) from exc
+        for q in sorted(drive_qubits):
+            frequency, power = (self._cal(q, "drive_lo_frequency_hz"),
+                                self._cal(q, "drive_lo_power_dbm"))
+            with self._one_source(q, "drive_lo_frequency_hz"):
+                b.set_lo(self.channels.qubits[q].drive_lo, frequency, power)
+        for q in sorted(readout_qubits):
+            frequency, power = (self._cal(q, "readout_lo_frequency_hz"),
+                                self._cal(q, "readout_lo_power_dbm"))
+            with self._one_source(q, "readout_lo_frequency_hz"):
+                b.set_lo(self.channels.qubits[q].readout_lo, frequency, power)
+        for q, wiring in self.channels.qubits.items():
+            p = self.snapshot.qubits.get(q, {})
+            if has_all(p, DRIVE_PARAMETERS):
+                with self._one_source(q, "flux_bias_a"):
+                    b.set_flux_bias(wiring.flux_bias, p["flux_bias_a"].value)
+
+    @contextlib.contextmanager
+    def _one_source(self, q: int, parameter: str) -> Iterator[None]:
+        """Setting a source (an LO, a flux-bias channel) that another qubit of this program
+        asked otherwise is a PulseError naming qubit ``q`` and ``parameter``."""
+        try:
+            yield
+        except ValueError as exc:
+            raise PulseError(f"qubit {q}: snapshot {self.snapshot.snapshot_id} asks for "
+                             f"incompatible settings of a shared source: {exc}", qubits=(q,),
+                             parameter=parameter) from exc
 
 
 # ------------------------------------------------------------------------ module-level API

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from labqpu.errors import InvalidSnapshotError, StaleSnapshotError
-from labqpu.store.snapshot import Snapshot
-from labqpu.store.validation import SECTIONS, canonical_json, parse_gate, parse_pair
+from labqpu.store.snapshot import Snapshot, document_changes
+from labqpu.store.validation import canonical_json, parse_gate, parse_pair
 
 if TYPE_CHECKING:
     from labqpu.store.database import CalibrationStore
@@ -37,27 +37,14 @@ MERGE_ATTEMPTS = 5
 DEVICE_WIDE = frozenset({"flux_bias_a"})
 
 
-def changes(base: Mapping[str, Any], other: Mapping[str, Any]
-            ) -> Iterator[tuple[str, str, str]]:
-    """(section, key, name) of every parameter set, changed or removed from ``base`` to
-    ``other``."""
-    for section in SECTIONS:
-        for key in base[section].keys() | other[section].keys():
-            was, now = base[section].get(key, {}), other[section].get(key, {})
-            for name in sorted(was.keys() | now.keys()):
-                if (canonical_json(was[name]) if name in was else None) != \
-                        (canonical_json(now[name]) if name in now else None):
-                    yield section, key, name
-
-
 def merge_documents(base: Mapping[str, Any], ours: Mapping[str, Any],
                     theirs: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``theirs`` with the parameters ``ours`` changed from ``base`` (set, changed or
     removed), and what refuses it: each change of ``theirs`` on a qubit ``ours`` changed too
     (``"qubit 0 pi_amplitude"``), or of a device-wide parameter (:data:`DEVICE_WIDE`) by
     either. The notes are ``ours``'s."""
-    mine = list(changes(base, ours))
-    other = [c for c in changes(base, theirs)  # a change both made alike is no clash
+    mine = list(document_changes(base, ours))
+    other = [c for c in document_changes(base, theirs)  # alike in both: no clash
              if canonical_json(_entry(ours, c)) != canonical_json(_entry(theirs, c))]
     touched = {q for c in mine for q in _qubits(c)}
     wide = any(name in DEVICE_WIDE for _, _, name in mine)

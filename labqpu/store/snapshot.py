@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -240,6 +240,24 @@ def _natural_order(section: str, key: str) -> tuple[Any, ...]:
     return (name, qubits)
 
 
+def document_changes(old: Mapping[str, Any], new: Mapping[str, Any]
+                     ) -> Iterator[tuple[str, str, str]]:
+    """(section, key, name) of every parameter added, removed or changed from document ``old``
+    to ``new`` (value, timestamp or experiment), ordered qubits, pairs, gates, then by key and
+    name."""
+    for section in SECTIONS:
+        old_section, new_section = old[section], new[section]
+        keys = sorted(
+            old_section.keys() | new_section.keys(), key=lambda k: _natural_order(section, k)
+        )
+        for key in keys:
+            old_params, new_params = old_section.get(key, {}), new_section.get(key, {})
+            for name in sorted(old_params.keys() | new_params.keys()):
+                if name not in old_params or name not in new_params or \
+                        canonical_json(old_params[name]) != canonical_json(new_params[name]):
+                    yield section, key, name
+
+
 def diff_snapshots(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     """What changed from snapshot ``a`` to snapshot ``b``, as JSON-ready data::
 
@@ -261,21 +279,13 @@ def diff_snapshots(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         "removed": [],
         "changed": [],
     }
-    for section in SECTIONS:
-        old_section, new_section = old_doc[section], new_doc[section]
-        keys = sorted(
-            old_section.keys() | new_section.keys(), key=lambda k: _natural_order(section, k)
-        )
-        for key in keys:
-            old_params, new_params = old_section.get(key, {}), new_section.get(key, {})
-            for name in sorted(old_params.keys() | new_params.keys()):
-                item = {"section": section, "key": key, "name": name}
-                if name not in old_params:
-                    result["added"].append({**item, "new": new_params[name]})
-                elif name not in new_params:
-                    result["removed"].append({**item, "old": old_params[name]})
-                elif canonical_json(old_params[name]) != canonical_json(new_params[name]):
-                    result["changed"].append(
-                        {**item, "old": old_params[name], "new": new_params[name]}
-                    )
+    for section, key, name in document_changes(old_doc, new_doc):
+        old_params, new_params = old_doc[section].get(key, {}), new_doc[section].get(key, {})
+        item = {"section": section, "key": key, "name": name}
+        if name not in old_params:
+            result["added"].append({**item, "new": new_params[name]})
+        elif name not in new_params:
+            result["removed"].append({**item, "old": old_params[name]})
+        else:
+            result["changed"].append({**item, "old": old_params[name], "new": new_params[name]})
     return result
