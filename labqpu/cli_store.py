@@ -120,9 +120,10 @@ def _gate_key(store, gate: str) -> str:
     (``cz:2-1``) is the edge's key (``cz:1-2``) when the newest snapshot holds only that."""
     name, _, qubits = gate.partition(":")
     parts = qubits.split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or store.latest_id() is None:
+        return gate
     newest = store.latest()
-    if newest is None or gate in newest.gates or len(parts) != 2 \
-            or not all(p.isdigit() for p in parts):
+    if gate in newest.gates:
         return gate
     turned = f"{name}:{parts[1]}-{parts[0]}"
     return turned if turned in newest.gates else gate
