@@ -134,9 +134,9 @@ def raw_round_trips(zport: int, tport: int, calls: int) -> tuple[float, float]:
 
 def scpi_transaction_costs(resource: str, calls: int) -> tuple[float, float]:
     """Median seconds of one state query (``FREQ?;POW?;OUTP?``) to the simulated LO source at
-    ``resource``: through labqpu's driver (written by pyvisa-py, its reply read by the driver
-    from the session's socket), and as a line on a raw TCP socket to the same instrument,
-    alternately."""
+    ``resource``: through labqpu's driver (which writes the query to its pyvisa-py session's
+    socket and reads the reply from it), and as a line on a raw TCP socket to the same
+    instrument, alternately."""
     from labqpu.drivers.scpi import SignalGenerator
 
     host, port = resource.split("::")[1:3]
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
          "measurement only, labqpu always reads back); overhead without them "
          f"{dur(without - t_exec - zmq_trips * zmq_rtt)}")
     info(f"one state query to the simulated LO source {lo.name}: {dur(visa_query)} through "
-         f"labqpu's driver (pyvisa-py writes it), {dur(raw_query)} as a line on a raw TCP "
+         f"labqpu's driver, {dur(raw_query)} as a line on a raw TCP "
          f"socket (same instrument, alternately): the driver's own cost is "
          f"{dur(visa_query - raw_query)} per transaction, "
          f"{dur(asked * (visa_query - raw_query))} for the {asked} the job asks")

@@ -8,11 +8,12 @@ Every instrument is addressed by a VISA resource string such as
 ``TCPIP0::127.0.0.1::5025::SOCKET``. Each query is bounded by ``timeout_s``; after a timeout or
 a broken connection the session is closed and reopened on the next call, so a reply that
 arrives late can never be read as the answer to a later query. On pyvisa-py TCPIP SOCKET
-sessions the reply lines are read here (:class:`_SocketLink`): a session whose instrument
-closed the connection while idle is reopened before the next message, and a connection closed
-instead of a reply fails that call at once. After every setting command the driver reads
-the instrument's error queue (``SYST:ERR?``), so a refused command raises
-:class:`~labqpu.errors.InstrumentCommandError` instead of passing silently. Values outside
+sessions the messages are written and the reply lines read here (:class:`_SocketLink`), each
+within ``timeout_s``: a session whose instrument closed the connection while idle is reopened
+before the next message, and a connection closed instead of a reply fails that call at once.
+After every setting command the driver reads the instrument's error queue (``SYST:ERR?``), so
+a refused command raises :class:`~labqpu.errors.InstrumentCommandError` instead of passing
+silently. Values outside
 the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and nothing is sent.
 """
 
@@ -64,18 +65,21 @@ class _SocketLink:
     pyvisa-py's read takes an ended stream for "no data yet" and polls it until its timeout, a
     core busy all the while, and a reply that starts late gets a timeout anew: an instrument
     that closed the connection (its restart, its own idle timeout) cost every next transaction
-    its whole timeout, and a trickling reply twice that. Here a reply line is read with one
-    deadline, and an ended stream ends the wait at once; before a message is sent the
-    connection is checked (closed, or bytes waiting that nobody asked for: the session is
-    reopened). Messages are still written, and sessions opened and closed, by pyvisa. Other
-    backends, resources and platforms without ``select.poll`` are not linked (:meth:`of`
-    returns None) and keep pyvisa's read.
+    its whole timeout, and a trickling reply twice that. Its write waits without a bound for
+    the socket to take the message: an instrument that stopped reading held the caller
+    forever. Here a message is sent and a reply line read with one deadline each, and an
+    ended stream ends the wait at once; before a message is sent the connection is checked
+    (closed, or bytes waiting that nobody asked for: the session is reopened). Sessions are
+    still opened and closed by pyvisa. Other backends, resources and platforms without
+    ``select.poll`` are not linked (:meth:`of` returns None) and keep pyvisa's write and read.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
+        self._readable = select.poll()
+        self._readable.register(sock, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
         #: Bytes that came after a reply's line end: a line nobody asked for.
         self._extra = b""
 
@@ -94,7 +98,7 @@ class _SocketLink:
         """Why the session should not carry a new message, or None when it can."""
         if self._extra:
             return "a line nobody asked for was waiting"
-        if not self._poll.poll(0):
+        if not self._readable.poll(0):
             return None
         try:
             ended = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
@@ -104,6 +108,35 @@ class _SocketLink:
             return f"the connection had broken ({exc})"
         return ("the instrument had closed the connection" if ended
                 else "bytes nobody asked for were waiting")
+
+    def send(self, message: str, timeout_s: float) -> None:
+        """Send ``message`` and its line end within ``timeout_s`` in all.
+
+        Raises:
+            TimeoutError: the instrument did not take the whole message within ``timeout_s``.
+            OSError: the connection broke.
+        """
+        data = memoryview((message + _TERMINATION).encode("ascii"))
+        deadline = time.monotonic() + timeout_s
+        while data:
+            try:
+                data = data[self._sock.send(data, socket.MSG_DONTWAIT):]
+                continue
+            except BlockingIOError:
+                pass
+            if not self._wait(self._writable, deadline):
+                raise TimeoutError("the instrument did not take the message")
+
+    @staticmethod
+    def _wait(poll: select.poll, deadline: float) -> bool:
+        """Wait until ``poll`` reports the socket ready (or broken, or ended); False when
+        ``deadline`` (``time.monotonic``) passed first."""
+        while True:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms > 0 and poll.poll(min(left_ms, _MAX_POLL_MS)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def read_line(self, timeout_s: float) -> bytes:
         """The next reply line, without its line end, within ``timeout_s`` in all.
@@ -117,11 +150,8 @@ class _SocketLink:
         deadline = time.monotonic() + timeout_s
         line = bytearray()
         while True:
-            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not self._poll.poll(min(left_ms, _MAX_POLL_MS)):
-                if time.monotonic() < deadline:
-                    continue  # a wait longer than one poll takes
-                raise TimeoutError
+            if not self._wait(self._readable, deadline):
+                raise TimeoutError("no reply")
             chunk = self._sock.recv(65536)
             if not chunk:
                 raise EOFError
@@ -212,7 +242,7 @@ class ScpiInstrument:
             InstrumentCommandError: the instrument reported an error for the command.
             InstrumentTimeoutError: the error queue could not be read within the timeout.
         """
-        self._check_single_line(command)
+        self._check_command(command)
         with self._lock:
             first_entry = self._transact(
                 f"{_CLEAR_STATUS}{_TERMINATION}{command}{_TERMINATION}{_ERROR_QUERY}", command)
@@ -225,14 +255,18 @@ class ScpiInstrument:
             InstrumentTimeoutError: no reply within ``timeout_s``.
             ProtocolError: ``command`` holds a line break (nothing is sent).
         """
-        self._check_single_line(command)
+        self._check_command(command)
         with self._lock:
             return self._transact(command)
 
-    def _check_single_line(self, command: str) -> None:
-        """Refuse a command with a line break: its extra replies would answer later queries."""
+    def _check_command(self, command: str) -> None:
+        """Refuse a command with a line break (its extra replies would answer later queries)
+        or a character outside ASCII (SCPI's character set), before anything is sent."""
         if "\n" in command or "\r" in command:
             raise ProtocolError("a command must be one line; send one command per call",
+                                instrument=self.resource, command=command)
+        if not command.isascii():
+            raise ProtocolError("a command must be ASCII (SCPI's character set)",
                                 instrument=self.resource, command=command)
 
     def idn(self) -> str:
@@ -333,13 +367,21 @@ class ScpiInstrument:
         command = command or message
         session = self._open_session()
         logger.debug("%s <- %r", self.resource, message)
-        try:
-            session.write(message)
-        except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
-            raise self._failed(exc, command) from exc
+        self._send(session, message, command)
         reply = self._read_reply(session, command)
         logger.debug("%s -> %r", self.resource, reply)
         return reply
+
+    def _send(self, session: pyvisa.resources.MessageBasedResource, message: str,
+              command: str) -> None:
+        """Send ``message`` (for ``command``) on ``session``; the caller holds the lock."""
+        try:
+            if self._link is None:
+                session.write(message)
+            else:
+                self._link.send(message, self.timeout_s)
+        except (pyvisa.errors.VisaIOError, OSError) as exc:
+            raise self._failed(exc, command) from exc
 
     def _read_reply(self, session: pyvisa.resources.MessageBasedResource, command: str
                     ) -> str:
@@ -364,8 +406,8 @@ class ScpiInstrument:
                                               instrument=self.resource, command=command)
             return InstrumentError(f"VISA I/O error: {exc}", instrument=self.resource,
                                    command=command)
-        if isinstance(exc, TimeoutError):  # from the driver's own read (_SocketLink)
-            return InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
+        if isinstance(exc, TimeoutError):  # from the driver's own write or read (_SocketLink)
+            return InstrumentTimeoutError(f"{exc} within {self.timeout_s} s",
                                           instrument=self.resource, command=command)
         if isinstance(exc, EOFError):
             return InstrumentError("the instrument closed the connection instead of replying",
@@ -679,7 +721,7 @@ def queries_out(queries: Sequence[tuple[ScpiInstrument, str]]
     if len({id(i) for i in instruments}) != len(instruments):
         raise ValueError("queries_out takes one query per instrument")
     for instrument, command in queries:
-        instrument._check_single_line(command)
+        instrument._check_command(command)
     with contextlib.ExitStack() as locks:
         for instrument in sorted(instruments, key=id):
             locks.enter_context(instrument._lock)
@@ -699,10 +741,7 @@ def queries_out(queries: Sequence[tuple[ScpiInstrument, str]]
                 session = current._open_session()
                 logger.debug("%s <- %r", current.resource, command)
                 sent.append(current)
-                try:
-                    session.write(command)
-                except (pyvisa.errors.VisaIOError, OSError, UnicodeDecodeError) as exc:
-                    raise current._failed(exc, command) from exc
+                current._send(session, command, command)
             yield replies
         finally:
             for instrument in sent:  # failed or left early: a late reply would answer a

@@ -41,17 +41,20 @@ class _ScriptedInstrument:
     closes the connection on a command of ``hang_up_on`` and, after a command of ``then``,
     sends a line nobody asked for (``{command: (after_s, line)}``). A command of ``parts``
     is answered in pieces, ``(after_s, data)`` each, and ``None`` for data closes the
-    connection's sending side."""
+    connection's sending side. After answering a command of ``deaf_after`` it reads nothing
+    more from that connection."""
 
     def __init__(self, replies: Mapping[str, str], delays_s: Mapping[str, float] | None = None,
                  hang_up_on: frozenset[str] = frozenset(),
                  then: Mapping[str, tuple[float, str]] | None = None,
-                 parts: Mapping[str, list[tuple[float, bytes | None]]] | None = None):
+                 parts: Mapping[str, list[tuple[float, bytes | None]]] | None = None,
+                 deaf_after: frozenset[str] = frozenset()):
         self._replies = dict(replies)
         self._delays_s = dict(delays_s or {})
         self._hang_up_on = hang_up_on
         self._then = dict(then or {})
         self._parts = dict(parts or {})
+        self._deaf_after = deaf_after
         #: ("in" | "out", command, time.monotonic()) per command received and reply sent.
         self.log: list[tuple[str, str, float]] = []
         self._stop = threading.Event()
@@ -116,6 +119,9 @@ class _ScriptedInstrument:
                         if extra and not self._stop.wait(after_s):
                             conn.sendall(extra.encode("latin-1") + b"\n")
                     except OSError:
+                        return
+                    if command in self._deaf_after:
+                        self._stop.wait()
                         return
 
 
@@ -195,6 +201,55 @@ def test_query_each_refuses_before_sending() -> None:
                 query_each([(other, "A?"), (sg, "FREQ?\nPOW?")])
             assert [c for kind, c, _ in peer.log if kind == "in"] == ["*IDN?"]
             assert other.query("A?") == "a"
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("via", ["query", "query_each"])
+def test_a_command_outside_ascii_is_refused_before_sending(via) -> None:
+    """A character outside ASCII (SCPI's character set): a protocol error naming the command,
+    nothing sent (pyvisa's encoder raised a bare UnicodeEncodeError)."""
+    peer = _ScriptedInstrument({"*IDN?": "scripted", "A?": "a"})
+    try:
+        with SignalGenerator(peer.resource, timeout_s=TIMEOUT_S) as sg:
+            with pytest.raises(ProtocolError, match="must be ASCII") as info:
+                sg.query("A? 5 µs") if via == "query" else query_each([(sg, "A? 5 µs")])
+            assert info.value.command == "A? 5 µs"
+            assert [c for kind, c, _ in peer.log if kind == "in"] == ["*IDN?"]
+            assert sg.query("A?") == "a"
+    finally:
+        peer.close()
+
+
+@NEEDS_POLL
+@pytest.mark.parametrize("via", ["query", "query_each"])
+def test_an_instrument_that_stopped_reading_fails_the_write_within_timeout_s(via) -> None:
+    """An instrument that stopped reading its input (hung firmware): a message larger than
+    the connection's buffers fails within ``timeout_s``, saying so (pyvisa-py's write waited
+    for the socket without a bound: the call never returned); the session is closed."""
+    peer = _ScriptedInstrument({"*IDN?": "scripted"}, deaf_after=frozenset({"*IDN?"}))
+    outcome: list[BaseException | None] = []
+    big = "SOUR:LIST:FREQ " + ",".join(["5e9"] * 4_000_000)  # 16 MB: more than any buffer
+
+    def call() -> None:
+        try:
+            sg.query(big) if via == "query" else query_each([(sg, big)])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        sg = SignalGenerator(peer.resource, timeout_s=1.0)
+        start = time.monotonic()
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(1.0 + 5 * SLACK_S)
+        assert not worker.is_alive(), "the write never returned"
+        assert time.monotonic() - start < 1.0 + SLACK_S
+        assert isinstance(outcome[0], InstrumentTimeoutError)
+        assert "did not take the message within 1.0 s" in str(outcome[0])
+        assert _opened(peer.resource) == []
+        sg.close()
     finally:
         peer.close()
 
