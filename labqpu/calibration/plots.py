@@ -29,6 +29,10 @@ LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 1.0, 0.45, 0.4, 0.75
 #: Height of the data axes and of one line of the values' text under a sweep (inches).
 AXES_IN = 3.4
 LINE_IN = 0.16
+#: A sweep's legend sits under the axes, above its values' text, in this many columns (inside
+#: the axes, "best" still covered data that fill them, a Ramsey fringe's); height of one row.
+LEGEND_COLUMNS = 2
+LEGEND_ROW_IN = 0.17
 #: Most intervals between x ticks; characters per line of a category label on the x axis.
 X_BINS = 6
 TICK_LABEL_CHARS = 12
@@ -136,29 +140,36 @@ def _value_lines(record: ExperimentRecord) -> list[str]:
 def plot_sweep(record: ExperimentRecord):
     """Figure of a sweep record (every graph experiment): each data series (dots), the fitted
     curves (lines), the chosen value (solid vertical line) and the old one (dashed), and the
-    values with their standard errors against the old ones."""
+    values with their standard errors against the old ones; the legend is under the axes,
+    where it covers no data."""
     raw = record.raw
     lines = _value_lines(record)
-    text_in = 0.25 + LINE_IN * len(lines)
+    marks = raw.get("marks", {})
+    entries = (len(raw.get("series", {})) + len(raw.get("curves", {}))
+               + ("old" in marks) + ("chosen" in marks))
+    legend_in = LEGEND_ROW_IN * math.ceil(entries / LEGEND_COLUMNS)
+    text_in = 0.25 + legend_in + LINE_IN * len(lines)
     fig, ax, height = _figure(text_in)
     for i, (label, (x, y)) in enumerate(zip(raw.get("series", {}), _series(raw), strict=True)):
         ax.plot(x, y, "o", ms=3.5, color=f"C{i}", label=label)
     for i, (label, curve) in enumerate(raw.get("curves", {}).items()):
         ax.plot(curve["x"], curve["y"], "-", lw=1.3, color=f"C{i + 5}", label=f"fit: {label}")
-    marks = raw.get("marks", {})
     if "old" in marks:
         ax.axvline(marks["old"], color="0.45", ls="--", lw=1, label="old value")
     if "chosen" in marks:
         ax.axvline(marks["chosen"], color="k", lw=1, label="chosen")
-    fig.text(0.15 / WIDTH_IN, (text_in - 0.1) / height, "\n".join(lines), ha="left",
-             va="top", fontsize=8, family="monospace")
+    if entries:
+        fig.legend(loc="upper left", bbox_to_anchor=(0.1 / WIDTH_IN, (text_in - 0.05) / height),
+                   ncols=LEGEND_COLUMNS, fontsize=7, frameon=False, borderaxespad=0.0,
+                   borderpad=0.0, handlelength=1.5, columnspacing=1.5)
+    fig.text(0.15 / WIDTH_IN, (text_in - 0.15 - legend_in) / height, "\n".join(lines),
+             ha="left", va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)
     label = raw.get("x_label", "")
     ax.set_xlabel(label.removesuffix(" (s)") if _x_ticks(ax, raw) else label)
     ax.set_ylabel(raw.get("y_label", ""))
     ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",
                  fontsize=10)
-    ax.legend(loc="best", fontsize=7)
     return fig
 
 

@@ -121,3 +121,20 @@ def test_a_record_is_written_as_a_png(tmp_path):
     path = save_plot(_record("pi pulses repeated", np.arange(21.0)), tmp_path)
     assert path == tmp_path / "t1-q2-20261204T000000Z.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_sweeps_legend_lies_between_its_axes_and_its_values(case):
+    """The legend sits under the axes (inside them, "best" still covered data that fill the
+    axes, a Ramsey fringe's), and the values' text under the legend."""
+    fig = plot_sweep(CASES[case])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert not fig.axes[0].get_legend()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert [t.get_text() for t in legend.get_texts()] == ["P(1)", "fit: fit", "old value",
+                                                          "chosen"]
+    assert box.y1 < fig.axes[0].get_tightbbox(renderer).y0
+    assert max(t.get_window_extent(renderer).y1 for t in fig.texts) < box.y0
