@@ -48,6 +48,11 @@ MAX_PROGRAM_SAMPLES = 2_000_000
 MAX_WAVEFORMS = 65_536
 MAX_PLAYS = 1_000_000
 MAX_SHOTS = 1_000_000
+#: Longest repetition delay between shots (s). A run advances the device's simulated time by
+#: shots x (program duration + delay), against which it drifts: bounded, a run advances it by
+#: at most ~12 simulated days (without a bound, one run could make it infinite, and every
+#: later run of every client failed).
+MAX_REP_DELAY_S = 1.0
 FULL_SCALE = 1.0 + 1e-6
 #: Time from the end of an acquisition window until a play may depend on its result (s):
 #: demodulation, discrimination and the decision on the sequencer.
@@ -126,6 +131,7 @@ class SimulatedController:
             "max_waveforms": MAX_WAVEFORMS,
             "max_plays": MAX_PLAYS,
             "max_shots": MAX_SHOTS,
+            "max_rep_delay_s": MAX_REP_DELAY_S,
             "amplitude_full_scale": 1.0,
             "param_sets": {"max_sets": MAX_PARAM_SETS, "max_total_shots": MAX_SHOTS,
                            "binds": ["play_amp_ref", *BINDABLE]},
@@ -530,8 +536,9 @@ class SimulatedController:
         rep_delay = params.get("rep_delay_s")
         if rep_delay is not None and (isinstance(rep_delay, bool)
                                       or not isinstance(rep_delay, int | float)
-                                      or not 0 <= rep_delay < math.inf):
-            raise ValueError(f"rep_delay_s must be a number >= 0 s, got {rep_delay!r}")
+                                      or not 0 <= rep_delay <= MAX_REP_DELAY_S):
+            raise ValueError(f"rep_delay_s must be a number of seconds in 0..{MAX_REP_DELAY_S}, "
+                             f"got {rep_delay!r}")
         traces, decimation = SimulatedController._trace_params(params)
         seed = params.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)

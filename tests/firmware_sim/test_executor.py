@@ -15,6 +15,7 @@ import pytest
 from qiskit import QuantumCircuit
 
 from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InstrumentCommandError
 from labqpu.firmware_sim import executor as executor_module
 from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.pulse.compiler import compile_circuit
@@ -94,3 +95,25 @@ def test_a_program_over_the_byte_cap_is_parsed_every_time(
     monkeypatch.setattr(executor_module, "PARSED_PROGRAM_BYTES", 1024)
     _, held = _three_runs(_program())
     assert held == 0
+
+
+@pytest.mark.parametrize("rep_delay_s", [1e308, 1.5])
+def test_a_rep_delay_beyond_the_limit_fails_that_run_only(rep_delay_s: float) -> None:
+    """A neighbour's run asking a repetition delay beyond ``max_rep_delay_s`` (1 s) fails
+    naming it, and the device's simulated time does not move: 1e308 s made it infinite, and
+    every later run of every client failed ("cannot convert float NaN to integer")."""
+    arrays, meta = _program().to_wire()
+    with SimulatedRack(default_config_path(), seed=5) as rack, \
+            ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as neighbour, \
+            ControllerClient(rack.controller.endpoint, timeout_s=BOUND_S) as user:
+        assert neighbour.hello()["capabilities"]["max_rep_delay_s"] == 1.0
+        program_id = neighbour.upload(arrays, meta)
+        before = rack.executor.sim_time_s
+        run_id = neighbour.run(program_id, SHOTS, params={"rep_delay_s": rep_delay_s})
+        with pytest.raises(InstrumentCommandError, match=r"rep_delay_s must be a number of "
+                                                         r"seconds in 0\.\.1\.0"):
+            neighbour.wait(run_id, timeout_s=BOUND_S)
+        assert rack.executor.sim_time_s == before
+        run_id = user.run(user.upload(arrays, meta), SHOTS, params={"rep_delay_s": 1.0})
+        assert user.wait(run_id, timeout_s=BOUND_S)[1]["iq"].shape == (SHOTS, 3)
+        assert 0 < rack.executor.sim_time_s - before < SHOTS * 1.01
