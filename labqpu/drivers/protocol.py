@@ -130,6 +130,10 @@ MAX_FRAME_BYTES = 256 << 20
 MAX_JSON_DEPTH = 32
 """Deepest nesting of objects and arrays accepted in a header."""
 
+MAX_KEY_CHARS = 128
+"""Longest idempotency key accepted (characters): a controller remembers keys for a while, so
+their size bounds its memory (the host sends 32-character keys)."""
+
 _MAX_NDIM = 32
 
 _ALLOWED_TYPES = (
@@ -265,6 +269,12 @@ def _encode(header: dict[str, Any], arrays: Mapping[str, Any] | None, *,
     return frames
 
 
+def _check_key_length(key: str | None) -> None:
+    if key is not None and len(key) > MAX_KEY_CHARS:
+        raise ProtocolError(f"idempotency key of {len(key)} characters; at most "
+                            f"{MAX_KEY_CHARS}")
+
+
 def encode_request(
     op: str,
     params: Mapping[str, Any] | None,
@@ -294,6 +304,7 @@ def encode_request(
         raise ProtocolError(f"op must be a non-empty string, got {op!r}")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"idempotency key must be a string or None, got {key!r}")
+    _check_key_length(key)
     if session is not None and not isinstance(session, str):
         raise ProtocolError(f"session must be a string or None, got {session!r}")
     request_id = uuid.uuid4().hex
@@ -491,6 +502,7 @@ def decode_request(frames: Sequence[Frame]) -> Request:
     key = header.get("key")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"header field 'key' must be a string or null, got {key!r}")
+    _check_key_length(key)
     session = header.get("session")
     if session is not None and not isinstance(session, str):
         raise ProtocolError(f"header field 'session' must be a string or null, got {session!r}")

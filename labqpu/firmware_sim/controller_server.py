@@ -53,6 +53,7 @@ from labqpu.drivers.protocol import (
     MAX_FRAMES,
     MAX_HEADER_BYTES,
     MAX_JSON_DEPTH,
+    MAX_KEY_CHARS,
     OP_ABORT,
     OP_FETCH,
     OP_HELLO,
@@ -103,8 +104,15 @@ logger = logging.getLogger(__name__)
 _POLL_INTERVAL_MS = 50
 #: How long an idempotency key is remembered after its run was accepted (s).
 KEY_RETENTION_S = 3600.0
+#: Most idempotency keys remembered (all sessions): beyond it the oldest is forgotten early.
+#: A client retries within seconds; 65 536 newer keyed runs take minutes even to a neighbour
+#: flooding the controller with 1-shot runs, while unbounded, such a flood took gigabytes.
+MAX_KEYS = 65_536
 #: A session unused this long is forgotten when the next one opens (s).
 SESSION_IDLE_S = 24 * 3600.0
+#: Most sessions held: beyond it ``hello`` forgets the least recently used one (a client
+#: waiting for a run uses its session several times a second).
+MAX_SESSIONS = 4096
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -458,11 +466,13 @@ class ControllerServer:
                                               f"{identity!r}")
         with self._lock:
             now = time.monotonic()
-            while self._sessions and next(iter(self._sessions.values())) < now - SESSION_IDLE_S:
+            self._sessions.pop(session, None)  # held again below, as the most recent
+            while self._sessions and (
+                    len(self._sessions) >= MAX_SESSIONS
+                    or next(iter(self._sessions.values())) < now - SESSION_IDLE_S):
                 stale, _ = self._sessions.popitem(last=False)
                 self._identities.pop(stale, None)
             self._sessions[session] = now
-            self._sessions.move_to_end(session)
             self._identities[session] = identity
         return {
             "session": session,
@@ -477,7 +487,9 @@ class ControllerServer:
                        "max_programs": self._max_programs,
                        "max_program_bytes": self._max_program_bytes, "max_runs": self._max_runs,
                        "max_queued_per_session": self._max_queued,
-                       "key_retention_s": KEY_RETENTION_S, "session_idle_s": SESSION_IDLE_S},
+                       "max_key_chars": MAX_KEY_CHARS, "max_keys": MAX_KEYS,
+                       "key_retention_s": KEY_RETENTION_S, "max_sessions": MAX_SESSIONS,
+                       "session_idle_s": SESSION_IDLE_S},
         }, None
 
     def _upload(self, request: Request) -> tuple[dict, None]:
@@ -559,6 +571,8 @@ class ControllerServer:
             self._runs[run.run_id] = run
             if key is not None:
                 self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
+                if len(self._keys) > MAX_KEYS:
+                    self._keys.popitem(last=False)
         self._accepted.append((session, run.run_id))
         return {"run_id": run.run_id, "state": QUEUED}, None
 

@@ -6,6 +6,7 @@ arrays); the transport, the protocol and both ends are the production code.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -954,6 +955,63 @@ def test_a_key_is_bound_to_its_session_and_its_request(
         neighbour.wait(other, timeout_s=BOUND_S)
     client.wait(run_id, timeout_s=BOUND_S)
     assert executor.executions == 2
+
+
+def test_remembered_keys_and_sessions_are_bounded(
+    server: ControllerServer, client: ControllerClient, executor: SumExecutor,
+    context: zmq.Context, monkeypatch
+) -> None:
+    """A neighbour flooding the controller with keyed runs (512 KiB keys: 2.9 GB in 20 s) or
+    with hellos cannot take its memory: a key is at most 128 characters (stated in ``hello``),
+    the oldest of more than ``max_keys`` keys is forgotten early, and the least recently used
+    of more than ``max_sessions`` sessions is forgotten when another opens."""
+    import labqpu.firmware_sim.controller_server as controller_server
+
+    limits = client.hello()["limits"]
+    assert (limits["max_key_chars"], limits["max_keys"], limits["max_sessions"]) == \
+        (128, 65_536, 4096)
+    long_key = "k" * 129
+    with pytest.raises(ProtocolError, match="idempotency key of 129 characters; at most 128"):
+        encode_request(OP_RUN, {"program_id": "p", "shots": 1}, key=long_key)
+    request_id, frames = encode_request(OP_RUN, {"program_id": "p", "shots": 1},
+                                        session=client.hello()["session"])
+    header = json.loads(bytes(frames[0]))
+    header["key"] = long_key
+    reply = _raw_request(context, server.endpoint, [json.dumps(header).encode(), *frames[1:]])
+    assert (reply.id, reply.ok, reply.error["type"]) == (request_id, False, ERR_PROTOCOL)
+    assert "idempotency key of 129 characters" in reply.error["message"]
+
+    monkeypatch.setattr(controller_server, "MAX_KEYS", 3)
+    program_id = client.upload(_program(), {})
+    first = [client.run(program_id, shots=2, key=f"job:{i}") for i in range(4)]
+    for run_id in first:
+        client.wait(run_id, timeout_s=BOUND_S)
+    assert executor.executions == 4
+    assert [client.run(program_id, shots=2, key=f"job:{i}") for i in (1, 2, 3)] == first[1:]
+    again = client.run(program_id, shots=2, key="job:0")  # forgotten: a new run
+    assert again not in first
+    client.wait(again, timeout_s=BOUND_S)
+    assert executor.executions == 5
+
+    monkeypatch.setattr(controller_server, "MAX_SESSIONS", 3)
+
+    def hello(session: str | None = None) -> str:
+        request_id, frames = encode_request(OP_HELLO, {}, session=session)
+        reply = _raw_request(context, server.endpoint, frames)
+        assert (reply.id, reply.ok) == (request_id, True)
+        return reply.result["session"]
+
+    def known(session: str) -> bool:
+        _, frames = encode_request(OP_FETCH, {"run_id": "none"}, session=session)
+        return _raw_request(context, server.endpoint, frames).error["type"] != \
+            ERR_UNKNOWN_SESSION
+
+    sessions = [hello() for _ in range(3)]
+    assert hello(sessions[0]) == sessions[0]  # hello again keeps it, now the most recent
+    newest = hello()
+    assert [known(s) for s in sessions] == [True, False, True]
+    assert known(newest)
+    assert len(server._sessions) == 3
 
 
 def test_a_session_cannot_fill_the_queue(executor: SumExecutor) -> None:
