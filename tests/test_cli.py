@@ -298,6 +298,23 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
     assert proc.returncode == 141, err
 
 
+def test_history_of_a_gate_given_the_other_way_round_when_the_newest_snapshot_is_corrupt(
+        tmp_path, export) -> None:
+    """``history --gate cz:2-1`` turns the gate round from the newest snapshot it can read: with
+    the newest corrupt it printed only that snapshot's error (``history --param`` of a qubit
+    warned and went on)."""
+    import sqlite3
+    from contextlib import closing
+
+    _seeded_home(tmp_path, export)
+    with closing(sqlite3.connect(tmp_path / "lab5" / "calibration.sqlite")) as conn, conn:
+        conn.execute("UPDATE snapshots SET document = '{\"qub' WHERE id = 2")
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "error", "--gate", "cz:2-1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("error of gate cz:1-2: 1 measurement(s)"), proc.stdout
+    assert "snapshots [2] are corrupt" in proc.stderr
+
+
 def test_calibrate_history_diff_and_rollback(tmp_path, export):
     _seeded_home(tmp_path, export)
     proc = labqpu(tmp_path, "calibrate", "history")
@@ -801,6 +818,37 @@ def test_a_port_0_wiring_file_needs_and_takes_simulator(tmp_path) -> None:
     status = labqpu(tmp_path, "status", "--config", str(wiring), "--simulator")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["device"] == "lab3"
+
+
+def test_the_wiring_files_design_is_read_by_every_calibration_and_the_watch_takes_design(
+        tmp_path) -> None:
+    """A rack whose design values do not ship with labqpu names them once, in its wiring file
+    (``[calibration] design``, relative to it); every calibration reads them there. Before,
+    each command needed ``--design`` again, and ``--watch`` dropped the ``--design`` it was
+    given. (A design with a misspelt field shows which file each command read.)"""
+    from labqpu.rack.config import load_config
+
+    wiring = _port_0_wiring(tmp_path, seeded=True)
+    wiring.write_text(wiring.read_text().replace(
+        'seed_snapshot = "lab3_calibration.json"',
+        'seed_snapshot = "lab3_calibration.json"\ndesign = "chip/design.toml"', 1))
+    (tmp_path / "chip").mkdir()
+    design = tmp_path / "chip" / "design.toml"
+    lab3 = (REPO / "labqpu" / "data" / "lab3_design.toml").read_text()
+    design.write_text(lab3.replace("readout_amplitude", "readout_amplitud"))
+    assert load_config(wiring).design_path == design
+    node = labqpu(tmp_path, "calibrate", "rabi", "--qubits", "1", "--force", "--config",
+                  str(wiring), "--simulator")
+    assert node.returncode != 0
+    assert f"design file {design}, [device]: unknown field 'readout_amplitud'" in node.stderr, \
+        node.stderr
+    other = tmp_path / "other_design.toml"
+    other.write_text(lab3.replace("pulse_sigma_s", "pulse_sigma"))
+    watch = labqpu(tmp_path, "calibrate", "--watch", "--rounds", "1", "--interval", "0",
+                   "rabi", "--qubits", "1", "--config", str(wiring), "--simulator",
+                   "--design", str(other))
+    assert f"design file {other}, [device]" in watch.stdout + watch.stderr, \
+        watch.stdout + watch.stderr
 
 
 @pytest.mark.slow

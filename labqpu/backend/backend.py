@@ -72,6 +72,7 @@ MAX_JOB_CIRCUITS = 10_000
 #: Run options whose type is checked before the range validators see them.
 _OPTION_TYPES = {
     "shots": (numbers.Integral, "an integer"),
+    "meas_level": (numbers.Integral, "0, 1 or 2"),
     "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1"),
     "rep_delay": (numbers.Real, "a finite number of seconds"),
     "timeout": (numbers.Real, "a finite number of seconds"),
@@ -519,6 +520,10 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"circuit {circuit.name!r} uses {circuit.num_qubits} qubits; {self.name} has "
                 f"{target.num_qubits}")
+        phase = circuit.global_phase
+        if isinstance(phase, numbers.Real) and not math.isfinite(phase):
+            raise InvalidRunInputError(f"circuit {circuit.name!r}: global_phase {phase} must be "
+                                       "finite; nothing was sent")
         self._check_instructions(circuit, circuit, list(range(circuit.num_qubits)), target)
 
     def _check_instructions(self, circuit: QuantumCircuit, body: QuantumCircuit,

@@ -22,6 +22,7 @@ numbers the controller binds (``labqpu.backend.merge``).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -94,7 +95,7 @@ def _value_columns(bind: object, names: Sequence[str], where: str, what: str = "
             raise InvalidRunInputError(f"{where}: the {what} has no parameter {name!r}; it "
                                        f"has {list(names) or 'none'}", option="parameter_binds")
         try:
-            column = np.array([float(v) for v in values])
+            column = np.array([_number(v) for v in values])
         except (TypeError, ValueError) as exc:
             raise InvalidRunInputError(f"{where}: {name!r} must be a sequence of numbers "
                                        f"({exc})", option="parameter_binds") from exc
@@ -107,6 +108,14 @@ def _value_columns(bind: object, names: Sequence[str], where: str, what: str = "
         raise InvalidRunInputError(f"{where}: every parameter needs as many values; got "
                                    f"{points}", option="parameter_binds")
     return columns, points[0]
+
+
+def _number(value: object) -> float:
+    """``value`` as a float when it is a real number (not a bool or a string, which ``float``
+    would take), else ``TypeError``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
 
 
 def _points(bind: object, names: Sequence[str], where: str, max_points: int,
@@ -164,8 +173,13 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     where = f"parameter_binds of circuit {circuit.name!r}"
     by_name = {p.name: p for p in circuit.parameters}
     circuits = []
-    for point in _points(bind, sorted(by_name), where, max_points, "circuit"):
-        bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
+    for k, point in enumerate(_points(bind, sorted(by_name), where, max_points, "circuit")):
+        try:
+            bound = circuit.assign_parameters({by_name[name]: v for name, v in point.items()})
+        except ZeroDivisionError as exc:  # Qiskit's error for a non-finite bound expression
+            raise InvalidRunInputError(f"{where}: point {k} ({point}) makes an expression of "
+                                       f"the circuit non-finite ({exc})",
+                                       option="parameter_binds") from exc
         bound.metadata = {**(circuit.metadata or {}), "parameter_binds": point}
         circuits.append(bound)
     return circuits

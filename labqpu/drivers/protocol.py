@@ -453,9 +453,10 @@ def _decode_arrays(descriptors: Any, frames: Sequence[Frame]) -> dict[str, np.nd
         if (
             not isinstance(shape, list)
             or len(shape) > _MAX_NDIM
-            or not all(type(n) is int and n >= 0 for n in shape)
+            or not all(type(n) is int and 0 <= n <= MAX_FRAME_BYTES for n in shape)
         ):
-            raise ProtocolError(f"array {name!r}: shape {shape!r} is not a list of sizes >= 0")
+            raise ProtocolError(f"array {name!r}: shape {shape!r} is not a list of sizes in "
+                                f"0..{MAX_FRAME_BYTES}")
         dtype = np.dtype(dtype_str)
         buffer = memoryview(frame)
         expected = math.prod(shape) * dtype.itemsize

@@ -85,7 +85,7 @@ from labqpu.pulse.shapes import (
     whole_samples,
 )
 from labqpu.pulse.tables import grid_samples
-from labqpu.store import DRIVE_PARAMETERS, Snapshot, has_all
+from labqpu.store import Snapshot
 
 #: Rise and fall of the calibrated readout pulse of ``measure`` (s), as in the compiler.
 READOUT_RISE_S = 20e-9
@@ -666,7 +666,8 @@ class PulseBuilder:
 
     def _settings(self, b: ProgramBuilder, drive_qubits: Iterable[int],
                   readout_qubits: Iterable[int]) -> None:
-        """LO settings of the used channels and every calibrated flux bias, from the snapshot."""
+        """LO settings of the used channels and every flux bias the snapshot holds (flux
+        crosstalk carries each channel's current to other qubits)."""
         for q in sorted(drive_qubits):
             frequency, power = (self._cal(q, "drive_lo_frequency_hz"),
                                 self._cal(q, "drive_lo_power_dbm"))
@@ -679,7 +680,7 @@ class PulseBuilder:
                 b.set_lo(self.channels.qubits[q].readout_lo, frequency, power)
         for q, wiring in self.channels.qubits.items():
             p = self.snapshot.qubits.get(q, {})
-            if has_all(p, DRIVE_PARAMETERS):
+            if "flux_bias_a" in p:
                 with self._one_source(q, "flux_bias_a"):
                     b.set_flux_bias(wiring.flux_bias, p["flux_bias_a"].value)
 

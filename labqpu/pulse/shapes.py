@@ -109,6 +109,13 @@ def require_number(value: Value, what: str) -> float:
     return real_number(value, what, what)
 
 
+#: Longest waveform synthesised (samples): 8.4 ms at 1 GS/s, beyond any pulse a snapshot may
+#: hold (``labqpu.store.physics.MAX_PULSE_S``) and any controller's program; a longer one (a
+#: store holding a value from before that check, a pulse-builder shape) is refused before its
+#: samples are allocated.
+MAX_WAVEFORM_SAMPLES = 1 << 23
+
+
 def whole_samples(value: Value, what: str, minimum: int = 0) -> int:
     """``value`` as a whole number of samples >= ``minimum``, else ``PulseError``."""
     number = require_number(value, what)
@@ -207,6 +214,10 @@ class Shape:
         """The envelope at unit amplitude, one complex value per sample (``dtype``)."""
         for name in ("duration_samples", *self.ENVELOPE):
             require_number(getattr(self, name), f"{self.kind} {name}")
+        if self.duration_samples > MAX_WAVEFORM_SAMPLES:
+            raise PulseError(f"{self.kind}: a {self.duration_samples}-sample pulse is longer "
+                             f"than the {MAX_WAVEFORM_SAMPLES} samples a waveform may take",
+                             parameter="duration_samples")
         return self._synthesize(dtype)
 
     def samples(self) -> np.ndarray:

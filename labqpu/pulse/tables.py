@@ -27,6 +27,7 @@ from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.kernels import EFFECT_FIELDS, flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder, pack_waveforms
+from labqpu.pulse.shapes import MAX_WAVEFORM_SAMPLES
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.store import DRIVE_PARAMETERS, READOUT_PARAMETERS, Snapshot, has_all
 
@@ -167,11 +168,6 @@ _TABLES_LOCK = threading.Lock()
 #: as the one before skips the lock and the snapshot's hash (a job's circuits, a sweep).
 _LAST: tuple = (None, None, None)
 
-
-#: Longest waveform the compiler synthesises (samples): 8.4 ms at 1 GS/s, beyond any pulse a
-#: snapshot may hold (``labqpu.store.physics.MAX_PULSE_S``); a longer one (a store holding a
-#: value from before that check) is refused before its samples are allocated.
-MAX_WAVEFORM_SAMPLES = 1 << 23
 
 
 def synthesize(key: tuple) -> np.ndarray:
@@ -443,7 +439,7 @@ class Tables:
             for q in range(channels.num_qubits):
                 wiring = channels.qubits[q]
                 p = snapshot.qubits.get(q, {})
-                if has_all(p, DRIVE_PARAMETERS):
+                if "flux_bias_a" in p:  # every bias the snapshot holds: they all reach qubits
                     try:
                         b.set_flux_bias(wiring.flux_bias, p["flux_bias_a"].value)
                     except ValueError as exc:

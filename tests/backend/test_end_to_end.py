@@ -210,6 +210,33 @@ def test_non_finite_angles_are_rejected_before_sending(lab_backend, angle) -> No
     assert "non-finite parameter" in message and "rz" in message
 
 
+def test_a_non_finite_global_phase_is_rejected_before_sending(lab_backend) -> None:
+    qc = QuantumCircuit(1, 1, global_phase=float("nan"))
+    qc.sx(0)
+    qc.measure(0, 0)
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(qc))
+    assert "global_phase nan must be finite" in message
+
+
+@pytest.mark.parametrize(("circuit", "values", "expected"), [
+    ("plain", ["0.5"], "'0.5' is not a number"),  # float() took the string
+    ("plain", [True], "True is not a number"),  # and the bool
+    ("overflowing", [1.0], "point 0 ({'th': 1.0}) makes an expression of the circuit "
+                           "non-finite"),  # a bare ZeroDivisionError from Qiskit
+])
+def test_parameter_binds_that_are_not_numbers_are_rejected_before_sending(
+        lab_backend, circuit, values, expected) -> None:
+    th = Parameter("th")
+    qc = QuantumCircuit(1, 1)
+    qc.sx(0)
+    qc.rz(th if circuit == "plain" else th * 1e308 * 10, 0)
+    qc.sx(0)
+    qc.measure(0, 0)
+    message = _nothing_sent(lab_backend,
+                            lambda: lab_backend.run(qc, parameter_binds={th: values}))
+    assert expected in message
+
+
 def test_a_delay_beyond_the_controllers_memory_is_rejected_before_sending(lab_backend) -> None:
     qc = QuantumCircuit(1, 1)
     qc.delay(1.0, 0, unit="s")
@@ -486,8 +513,9 @@ def test_unknown_option_is_rejected(lab_backend) -> None:
 
 def test_bad_option_values_are_rejected(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
-    assert "meas_level" in _nothing_sent(lab_backend,
-                                         lambda: lab_backend.run(native, meas_level=3))
+    for level in (3, True, 2.0):  # True ran at level 1 (IQ points), as bool is an int
+        assert "meas_level" in _nothing_sent(
+            lab_backend, lambda level=level: lab_backend.run(native, meas_level=level))
     for seed in (-1, 2**63, 2**70):
         assert "seed_simulator" in _nothing_sent(
             lab_backend, lambda seed=seed: lab_backend.run(native, seed_simulator=seed))

@@ -121,12 +121,22 @@ def test_deeply_nested_header_is_refused_and_the_controller_lives(rack, dealer,
 
 
 def test_nan_and_huge_declared_sizes_are_typed_errors(rack, dealer) -> None:
-    for text in ('{"v": 1, "op": "run", "id": "n", "params": {"shots": NaN}}',
-                 '{"v": 1, "op": "upload", "id": "h", "params": {}, "arrays": '
-                 '[{"name": "a", "dtype": "<c8", "shape": [4611686018427387904, 8]}]}'):
-        dealer.send_multipart([text.encode(), b"\0" * 8])
+    """Each gets a ``ProtocolError`` reply with its request id. An empty array declared with an
+    axis beyond numpy's (``[0, 10**30]``) got an ``InternalError`` without the id."""
+    upload = ('{{"v": 3, "op": "upload", "id": "{id}", "params": {{}}, "arrays": '
+              '[{{"name": "a", "dtype": "<c8", "shape": {shape}}}]}}')
+    for request_id, text, data in [
+            ("n", '{"v": 3, "op": "run", "id": "n", "params": {"shots": NaN}}', b"\0" * 8),
+            ("h", upload.format(id="h", shape="[4611686018427387904, 8]"), b"\0" * 8),
+            ("z30", upload.format(id="z30", shape=f"[0, {10 ** 30}]"), b""),
+            ("z63", upload.format(id="z63", shape=f"[0, {2 ** 63}]"), b""),
+            ("z62", upload.format(id="z62", shape=f"[0, {2 ** 62}, {2 ** 62}]"), b"")]:
+        dealer.send_multipart([text.encode(), data])
         assert dealer.poll(int(BOUND_S * 1000), zmq.POLLIN)
-        assert not decode_reply(dealer.recv_multipart()).ok
+        reply = decode_reply(dealer.recv_multipart())
+        assert (reply.ok, reply.error["type"]) == (False, "ProtocolError"), reply.error
+        if request_id != "n":  # NaN: the header is not JSON, its id cannot be read
+            assert reply.id == request_id
     still_serves(rack)
 
 

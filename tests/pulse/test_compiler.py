@@ -24,6 +24,7 @@ from qiskit.circuit import Parameter
 
 from labqpu.backend.gates import SYGate
 from labqpu.errors import BackendPropertyError, CompilationError
+from labqpu.pulse import Constant, PulseBuilder, drive
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.store import Snapshot, SnapshotBuilder
@@ -522,6 +523,22 @@ def test_lo_settings_and_flux_bias_from_snapshot(snapshot, channels, export):
     assert ro.power_dbm == rq(export, 1, "readout_lo_power_dbm")
     assert prog.flux_bias_a == {("flux_bias", q + 1): rq(export, q, "flux_bias_a")
                                 for q in range(5)}
+
+
+def test_a_qubits_bias_is_set_whatever_else_it_lacks(store, snapshot, channels, export):
+    """A qubit the snapshot cannot drive (no pi amplitude) still has its flux bias set (and
+    so read back): its channel's current reaches the used qubit through flux crosstalk. It was
+    left unset and unchecked, and a neighbour moving it gave wrong counts with no error."""
+    lacking = derived(store, snapshot, lambda b: b.remove_qubit(1, "pi_amplitude"))
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    prog = compile_circuit(qc, lacking, channels)
+    assert prog.flux_bias_a == {("flux_bias", q + 1): rq(export, q, "flux_bias_a")
+                                for q in range(5)}
+    b = PulseBuilder(channels, lacking, name="t")
+    b.play(Constant(duration_samples=8, amp=0.1), drive(0))
+    assert b.build().flux_bias_a == prog.flux_bias_a
 
 
 def test_conflicting_shared_lo_is_an_error(store, snapshot, channels):
