@@ -371,7 +371,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         from labqpu.rack.limits import check_against_wiring
 
         config = load_config(resolve_config_path(args.config)[0])
-        design = load_design(args.design, device=config.device_name,
+        design = load_design(args.design or config.design_path, device=config.device_name,
                              num_qubits=config.channels.num_qubits,
                              check=lambda document: check_against_wiring(document, config))
     with _empty_store_warning(quiet=args.bootstrap):
@@ -695,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
                           "otherwise)")
     cal.add_argument("--config", help=f"lab.toml, or a built-in device: {devices}")
     cal.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
-    cal.add_argument("--design", help="design values (default: the device's shipped file)")
+    cal.add_argument("--design", help="design values (default: the wiring file's "
+                     "[calibration] design, else the device's shipped file)")
     cal.add_argument("--shots", type=int, default=None,
                      help=f"shots per point (default {CALIBRATION_SHOTS})")
     cal.add_argument("--export", help="also write the snapshot as JSON to this file")

@@ -62,8 +62,8 @@ def watch_command(provider, backend, nodes, args: argparse.Namespace, rb_setting
     try:
         report = watch(backend, nodes, interval_s=interval, rounds=args.rounds,
                        qubits=args.qubits, shots=args.shots, clock=clock, say=say,
-                       rb_every=args.rb_every,
-                       rb_settings=rb_settings)
+                       rb_every=args.rb_every, rb_settings=rb_settings,
+                       design=args.design)
     except KeyboardInterrupt:
         print("watch stopped", flush=True)
         return 0

@@ -86,9 +86,10 @@ def load_design(path: str | Path | None = None, *, device: str | None = None,
         path = default_design_path(device)
         if not path.is_file():
             raise CalibrationError(
-                f"no design values ship with labqpu for device {device!r}: give the chip's "
-                "design values with --design FILE (design=FILE in Python), a TOML file laid "
-                "out as labqpu/data/lab5_design.toml (docs/calibration.md, 'Design values')")
+                f"no design values ship with labqpu for device {device!r}: name the chip's "
+                "design values in the wiring file ([calibration] design = \"FILE\"), or give "
+                "them with --design FILE (design=FILE in Python): a TOML file laid out as "
+                "labqpu/data/lab5_design.toml (docs/calibration.md, 'Design values')")
     path = Path(path)
     try:
         with path.open("rb") as f:

@@ -376,10 +376,10 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     false or nothing changed). ``force`` recalibrates the named nodes (all, when ``nodes`` is
     None) without checking them. Age limits are the wiring file's over the defaults
     (:func:`labqpu.store.staleness.wiring_age_limits`), judged at ``now`` (default: the current
-    time). ``design`` (default: the device's shipped design values) supplies what a snapshot
-    does not hold. Every experiment that ran leaves its record and plot in
-    ``record_directory`` (default: ``experiments/`` beside the calibration store), whether
-    or not the run commits.
+    time). ``design`` (default: the wiring file's ``[calibration] design``, else the device's
+    shipped design values) supplies what a snapshot does not hold. Every experiment that ran
+    leaves its record and plot in ``record_directory`` (default: ``experiments/`` beside the
+    calibration store), whether or not the run commits.
 
     The ``rb`` step (:data:`labqpu.calibration.graph.RB_NODE`) runs when ``nodes`` is None or
     names it and ``commit`` is true, unless ``rb`` is False (True: always, and then it needs
@@ -432,7 +432,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
             f"none of {backend.name}'s edges ({edges}): give both qubits of an edge, e.g. "
             "--qubits 0 1; nothing was run")
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
-    design_work = load_design(design, device=backend.name,
+    design_work = load_design(design or backend.config.design_path, device=backend.name,
                               num_qubits=backend.config.num_qubits)
     kit = Kit(backend, working_from_snapshot(parent, design_work))
     initial = dict(kit.work.measured_at)

@@ -211,8 +211,8 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
           clock: str = "wall", say: Callable[[str], None] | None = None,
           after_round: Callable[[WatchRound], None] | None = None,
           stop: threading.Event | None = None, log_path: str | Path | None = None,
-          rb_every: int | None = None, rb_settings: RBSettings | None = None
-          ) -> WatchReport:
+          rb_every: int | None = None, rb_settings: RBSettings | None = None,
+          design: str | Path | None = None) -> WatchReport:
     """Keep ``backend``'s device calibrated: a round of :func:`run_graph` (``nodes``, default
     all, on ``qubits``, default all; ``shots`` per point), then ``interval_s`` (s) on
     ``clock`` (``"wall"`` or ``"device"``, see the module), for ``rounds`` rounds (None: until
@@ -223,7 +223,7 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     DEBUG. ``after_round`` is called with each round, after it is logged and before the wait.
     With ``rb_every`` N, rounds N, 2N, ... whose graph ran end with randomized benchmarking
     (``rb_settings``, default :class:`RBSettings`) of the watched qubits and their edges.
-    Returns the :class:`WatchReport`.
+    ``design`` is :func:`run_graph`'s. Returns the :class:`WatchReport`.
 
     Raises ``ValueError`` for a bad interval, round count, clock or ``rb_every`` (before
     anything runs)."""
@@ -255,7 +255,7 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         try:
             try:
                 result = run_graph(backend, nodes, qubits=qubits, shots=shots,
-                                   reporter=LineReporter(log.debug), rb=False)
+                                   design=design, reporter=LineReporter(log.debug), rb=False)
                 this = WatchRound(index, started, elapsed, result)
             except ROUND_ERRORS as exc:
                 log.exception("watch round %d failed", index)

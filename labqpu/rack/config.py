@@ -77,6 +77,10 @@ class LabConfig:
     qubits: dict[int, QubitChannels]
     store_path: Path
     seed_snapshot: str | None
+    #: The chip's design values (``[calibration] design``, relative to the wiring file), which
+    #: calibration reads for what a snapshot does not hold; None: the ones shipped for the
+    #: device (``--design`` overrides either).
+    design_path: Path | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @cached_property
@@ -221,7 +225,7 @@ def _table(value: object, where: _Where, what: str = "a table", key: str = "") -
 #: (``labqpu.firmware_sim.device``); the backend never reads it.
 TOP_KEYS = ("device", "calibration", "simulator", "controllers", "instruments", "qubits")
 DEVICE_KEYS = ("name", "num_qubits", "coupling_map")
-CALIBRATION_KEYS = ("store", "seed_snapshot", "max_age_h")
+CALIBRATION_KEYS = ("store", "seed_snapshot", "design", "max_age_h")
 CONTROLLER_KEYS = ("name", "endpoint", "sample_rate_hz", "outputs", "inputs", "timeout_s",
                    "reply_spin_s")
 #: Largest reply timeout of a controller or instrument (s): above it a value in ms is likely,
@@ -573,14 +577,22 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         raise calibration.error(f" {detail.removeprefix('[calibration] ')}", "max_age_h") from exc
     store = _string(cal, "store", calibration, default="", nonempty=False)
     seed_snapshot = _string(cal, "seed_snapshot", calibration, default="", nonempty=False)
+    design = _string(cal, "design", calibration, default="", nonempty=False)
     if store:
-        store_path = Path(store)
-        if not store_path.is_absolute() and path is not None:
-            store_path = path.absolute().parent / store_path
+        store_path = _beside(Path(store), path)
     else:
         store_path = labqpu_home() / name / "calibration.sqlite"
     return LabConfig(
         path=path, device_name=name, num_qubits=n, coupling_map=cmap,
         controllers=tuple(controllers), instruments=tuple(instruments), qubits=qubits,
-        store_path=store_path, seed_snapshot=seed_snapshot or None, raw=doc,
+        store_path=store_path, seed_snapshot=seed_snapshot or None,
+        design_path=_beside(Path(design), path) if design else None, raw=doc,
     )
+
+
+def _beside(file: Path, wiring: Path | None) -> Path:
+    """``file`` (from a wiring file's ``[calibration]``) whole: a relative one is taken from
+    the wiring file's directory."""
+    file = file.expanduser()
+    return wiring.absolute().parent / file if not file.is_absolute() and wiring is not None \
+        else file

@@ -88,8 +88,9 @@ def test_the_cli_checks_a_design_against_the_racks_limits(
 
 def test_a_device_without_shipped_design_values_says_how_to_give_them() -> None:
     with pytest.raises(CalibrationError, match=r"no design values ship with labqpu for device "
-                                               r"'fridge2': give the chip's design values "
-                                               r"with --design FILE"):
+                                               r"'fridge2': name the chip's design values in "
+                                               r"the wiring file \(\[calibration\] design = "
+                                               r"\"FILE\"\), or give them with --design FILE"):
         load_design(device="fridge2", num_qubits=4)
     with pytest.raises(CalibrationError, match=r"design file /nonexistent.toml does not exist"):
         load_design("/nonexistent.toml", device="lab3", num_qubits=3)
