@@ -99,7 +99,8 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
         f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on {backend.name}: "
         f"calibration snapshot {target.snapshot_id} in {backend.config.store_path} gives "
         f"gates on qubits {drive or 'none'} and cz on edges {edges or 'none'}; run "
-        f"`labqpu calibrate --all` (or --bootstrap) to measure the rest (transpiler: "
+        f"`{backend.provider.command('calibrate --all')}` (or --bootstrap) to measure the rest "
+        "(transpiler: "
         f"{getattr(exc, 'message', exc)})")
 
 

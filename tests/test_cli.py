@@ -88,12 +88,16 @@ def test_demo_on_a_store_without_drive_gates_says_what_to_run(tmp_path):
         store.import_json(document)
     finally:
         store.close()
-    proc = labqpu(tmp_path, "run", "--demo", timeout=120)
+    wiring = tmp_path / "lab.toml"  # a wiring file of the user's: the command names it
+    wiring.write_text((resources.files("labqpu") / "data" / "lab5.toml").read_text())
+    proc = labqpu(tmp_path, "run", "--demo", "--config", str(wiring), "--simulator",
+                  timeout=120)
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("labqpu: cannot run the 2-qubit circuit 'bell' on lab5: "
                               "calibration snapshot 1 in "), message
-    assert "gives gates on qubits none" in message and "labqpu calibrate --all" in message
+    assert "gives gates on qubits none" in message
+    assert f"`labqpu calibrate --all --config {wiring} --simulator`" in message, message
 
 
 @pytest.mark.parametrize(("section", "name", "check"), [
