@@ -406,10 +406,17 @@ def fit_peak(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> tuple[float
     return fit.params["f0"], abs(fit.params["width"])
 
 
+#: Least R² of a peak's Lorentzian fit: a clean resonator or qubit line fits with 0.94-0.998;
+#: two peaks (a line that moved during the sweep) fitted as one gave 0.27 and a centre between
+#: them, which was committed.
+MIN_PEAK_R_SQUARED = 0.8
+
+
 def fit_peak_curve(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> CurveFit:
     """Lorentzian fit (``f0``, half ``width`` in Hz, ``amp``, ``offset``) of the single peak in
-    ``signal``; FitError if none stands out of the noise (peak < 8 x the point-to-point noise)
-    or the centre leaves the sweep."""
+    ``signal``; FitError if none stands out of the noise (peak < 8 x the point-to-point noise),
+    the Lorentzian fits it poorly (R² below :data:`MIN_PEAK_R_SQUARED`) or the centre leaves
+    the sweep."""
     base = np.median(signal)
     noise = np.std(np.diff(signal)) / np.sqrt(2) + 1e-15
     k = int(np.argmax(signal))
@@ -423,6 +430,10 @@ def fit_peak_curve(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> Curve
                          ("f0", "width", "amp", "offset"))
     except RuntimeError as exc:
         raise FitError(f"Lorentzian fit failed: {exc}", subject=what) from exc
+    if fit.r_squared < MIN_PEAK_R_SQUARED:
+        raise FitError(f"the peak between {freqs_hz[0]:.6g} and {freqs_hz[-1]:.6g} Hz is not "
+                       f"one Lorentzian (R² {fit.r_squared:.2f} < {MIN_PEAK_R_SQUARED}): two "
+                       "peaks, or a line that moved during the sweep", subject=what)
     if not freqs_hz.min() <= fit.params["f0"] <= freqs_hz.max():
         raise FitError(f"fitted peak {fit.params['f0']:.6g} Hz lies outside the sweep",
                        subject=what)

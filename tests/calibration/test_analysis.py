@@ -39,6 +39,17 @@ def test_fit_peak_refuses_pure_noise() -> None:
         fit_peak(f, RNG.normal(0, 1, f.size), "qubit 3 spectroscopy")
 
 
+def test_fit_peak_refuses_two_peaks_fitted_as_one() -> None:
+    """Two lines 2.2 MHz apart (the resonator moved during the sweep) fitted as one Lorentzian
+    gave a centre between them, which was committed; it is a FitError naming the fit."""
+    f = np.linspace(7.036e9, 7.048e9, 61)
+    signal = 0.05 + sum(0.25 / (1 + ((f - c) / 0.5e6) ** 2) for c in (7.0411e9, 7.0433e9))
+    with pytest.raises(FitError, match=r"qubit 0 resonator spectroscopy: the peak between "
+                                       r"7.036e\+09 and 7.048e\+09 Hz is not one Lorentzian "
+                                       r"\(R² 0\.\d\d < 0.8\)"):
+        fit_peak(f, signal + RNG.normal(0, 0.003, f.size), "qubit 0 resonator spectroscopy")
+
+
 def test_fit_rabi_returns_half_the_period() -> None:
     amps = np.linspace(0, 0.9, 46)
     signal = 0.4 * np.cos(np.pi * amps / 0.447) + 0.1 + RNG.normal(0, 0.01, amps.size)
