@@ -107,3 +107,28 @@ def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path
         assert committed
         kinds = {load_record(p).kind for p in experiments.glob("*.json")}
         assert "t1" in kinds, kinds
+
+
+def test_an_interrupted_run_keeps_the_records_of_what_finished(tmp_path, monkeypatch):
+    """Ctrl-C during a run: nothing is committed, but the experiments that finished leave
+    their records and plots (they were lost: the records were written only at the end)."""
+    from labqpu.calibration.runner import LineReporter
+
+    class Interrupting(LineReporter):
+        def done(self, outcome) -> None:
+            super().done(outcome)
+            if outcome.node == "rabi":
+                raise KeyboardInterrupt
+
+    use_fresh_home(monkeypatch, tmp_path)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        before = backend.store.latest_id()
+        with pytest.raises(KeyboardInterrupt):
+            run_graph(backend, ["resonator_spectroscopy", "rabi"], qubits=[1], force=True,
+                      shots=100, reporter=Interrupting())
+        assert backend.store.latest_id() == before
+        directory = backend.config.store_path.parent / "experiments"
+        kinds = sorted(load_record(p).kind for p in directory.glob("*.json"))
+        assert kinds == ["rabi", "resonator_spectroscopy"]
+        assert len(list(directory.glob("*.png"))) == 2
