@@ -726,7 +726,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="resolution of the image (dots per inch, 10-1200, default 130)")
     draw.set_defaults(func=draw_command)
 
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's words: its own --help, and the option meant
+        from labqpu.errors import did_you_mean
+
+        command = sub.choices[args.command]
+        known = [o for a in command._actions for o in a.option_strings]
+        word = unknown[0].partition("=")[0]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}"
+                      + (did_you_mean(word, known) if word.startswith("-") else ""))
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # User errors (bad configuration, option or circuit, unreachable instrument, missing

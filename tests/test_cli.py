@@ -286,6 +286,20 @@ def test_calibrate_words_that_are_no_qubit_or_id_are_named_plainly(tmp_path, arg
     assert "put node names before" not in proc.stderr
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["calibrate", "--watch", "--intervall", "5"],
+     "labqpu calibrate: unrecognized arguments: --intervall; did you mean '--interval'? "
+     "(labqpu calibrate --help)"),
+    (["status", "--foo"], "labqpu status: unrecognized arguments: --foo (labqpu status --help)"),
+])
+def test_an_unknown_option_is_named_with_its_commands_help(tmp_path, args, expected) -> None:
+    """It pointed at ``labqpu --help`` (the top parser reported it), without a hint."""
+    proc = labqpu(tmp_path, *args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == expected, proc.stderr
+    assert not (tmp_path / "lab5").exists()
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
     """``labqpu calibrate history | head -0``: the reader has gone before the history is
     printed. The command ends without a traceback, with the exit code of a process ended by

@@ -43,6 +43,7 @@ from labqpu.errors import (
     InvalidRunInputError,
     LabQpuError,
     PulseError,
+    did_you_mean,
 )
 from labqpu.pulse.batch import compile_circuits
 from labqpu.pulse.builder import PulseBuilder
@@ -420,7 +421,9 @@ class LabBackend(BackendV2):
         unknown = sorted(set(fields) - set(self.options.__dict__))
         if unknown:
             raise InvalidRunInputError(
-                f"unknown {what}(s) {unknown}; known: {sorted(self.options.__dict__)}",
+                f"unknown {what}(s) {unknown}"
+                f"{did_you_mean(unknown[0], self.options.__dict__)}; known: "
+                f"{sorted(self.options.__dict__)}",
                 option=unknown[0])
         given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
         _check_option_types({k: v for k, v in given.items() if v is not None})

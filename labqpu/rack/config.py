@@ -527,8 +527,9 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
                 raise w.error(f" {role}: unknown controller {ctrl!r}", role)
             limit = ctrl_by_name[ctrl].inputs if role == "acquire" else ctrl_by_name[ctrl].outputs
             if port >= limit:
-                raise w.error(f" {role}: port {port} does not exist on {ctrl} (it has {limit})",
-                              role)
+                kind = "inputs" if role == "acquire" else "outputs"
+                raise w.error(f" {role}: port {port} does not exist on {ctrl} (its {limit} "
+                              f"{kind} are ports 0-{limit - 1})", role)
             ports[role] = (ctrl, port)
         for role, kind in (("drive_lo", "signal_generator"), ("readout_lo", "signal_generator")):
             src = _string(q, role, w)

@@ -507,8 +507,8 @@ def test_shots_out_of_range_are_rejected(lab_backend, shots) -> None:
 
 def test_unknown_option_is_rejected(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
-    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, shotz=10))
-    assert "shotz" in message
+    message = _nothing_sent(lab_backend, lambda: lab_backend.run(native, shot=10))
+    assert "unknown run option(s) ['shot']; did you mean 'shots'?; known: [" in message
 
 
 def test_bad_option_values_are_rejected(lab_backend) -> None:

@@ -170,7 +170,7 @@ BAD = {
         r"\[qubits\.1\] drive: unknown controller 'ctrlX'"),
     "output port beyond the controller": (
         _set("qubits", "2", "flux", "ctrl0:15"),
-        r"\[qubits\.2\] flux: port 15 does not exist on ctrl0"),
+        r"\[qubits\.2\] flux: port 15 does not exist on ctrl0 \(its 15 outputs are ports 0-14\)"),
     "acquire port beyond the inputs": (
         _set("qubits", "0", "acquire", "ctrl0:5"),
         r"\[qubits\.0\] acquire: port 5 does not exist on ctrl0"),
