@@ -23,8 +23,10 @@ def watch_problem(args: argparse.Namespace) -> str | None:
                                       ("node rb", "rb" in (args.nodes or ())))
              if value]
     if clash:
+        about_rb = {"--rb", "--no-rb", "node rb"} & set(clash)
         return (f"--watch checks and recalibrates what drifted, round after round; it takes "
-                f"no {', '.join(clash)} (--rb-every N benchmarks the gates every N rounds)")
+                f"no {', '.join(clash)}"
+                + (" (--rb-every N benchmarks the gates every N rounds)" if about_rb else ""))
     if args.interval is not None and not 0 <= args.interval < math.inf:
         return f"--interval must be a number of seconds >= 0, got {args.interval}"
     if args.rounds is not None and args.rounds < 1:
