@@ -726,11 +726,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="resolution of the image (dots per inch, 10-1200, default 130)")
     draw.set_defaults(func=draw_command)
 
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # the subcommand's words: its own --help, and the option meant
+    words = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(words)
+    if unknown:  # named by the parser they were given to, with the option meant
         from labqpu.errors import did_you_mean
 
-        command = sub.choices[args.command]
+        before = words.index(unknown[0]) < words.index(args.command)
+        command = parser if before else sub.choices[args.command]
         known = [o for a in command._actions for o in a.option_strings]
         word = unknown[0].partition("=")[0]
         command.error(f"unrecognized arguments: {' '.join(unknown)}"

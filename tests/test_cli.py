@@ -291,6 +291,8 @@ def test_calibrate_words_that_are_no_qubit_or_id_are_named_plainly(tmp_path, arg
      "labqpu calibrate: unrecognized arguments: --intervall; did you mean '--interval'? "
      "(labqpu calibrate --help)"),
     (["status", "--foo"], "labqpu status: unrecognized arguments: --foo (labqpu status --help)"),
+    (["--log-levl=INFO", "status"], "labqpu: unrecognized arguments: --log-levl=INFO; did "
+                                     "you mean '--log-level'? (labqpu --help)"),
 ])
 def test_an_unknown_option_is_named_with_its_commands_help(tmp_path, args, expected) -> None:
     """It pointed at ``labqpu --help`` (the top parser reported it), without a hint."""

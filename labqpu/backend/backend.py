@@ -73,7 +73,7 @@ MAX_JOB_CIRCUITS = 10_000
 #: Run options whose type is checked before the range validators see them.
 _OPTION_TYPES = {
     "shots": (numbers.Integral, "an integer"),
-    "meas_level": (numbers.Integral, "0, 1 or 2"),
+    "meas_level": (numbers.Real, "0, 1 or 2"),
     "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1"),
     "rep_delay": (numbers.Real, "a finite number of seconds"),
     "timeout": (numbers.Real, "a finite number of seconds"),
@@ -507,6 +507,7 @@ class LabBackend(BackendV2):
         opts = self._checked_options(kwargs, "run option", none_keeps_default=True)
         out = dict(opts.__dict__)
         out["shots"] = int(out["shots"])
+        out["meas_level"] = int(out["meas_level"])
         if out["rep_delay"] is not None:
             out["rep_delay"] = float(out["rep_delay"])
         if out["trace_decimation"] is not None:

@@ -22,7 +22,6 @@ numbers the controller binds (``labqpu.backend.merge``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -111,9 +110,10 @@ def _value_columns(bind: object, names: Sequence[str], where: str, what: str = "
 
 
 def _number(value: object) -> float:
-    """``value`` as a float when it is a real number (not a bool or a string, which ``float``
-    would take), else ``TypeError``."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+    """``value`` as a float (numbers, numpy scalars and 0-d arrays, ``Decimal`` ...), but not
+    a string or a bool, which ``float`` would take too (``TypeError``)."""
+    if isinstance(value, str | bytes | bool | np.bool_) or (
+            isinstance(value, np.ndarray) and value.dtype.kind not in "iuf"):
         raise TypeError(f"{value!r} is not a number")
     return float(value)
 

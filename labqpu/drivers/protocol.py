@@ -132,7 +132,7 @@ MAX_JSON_DEPTH = 32
 
 MAX_KEY_CHARS = 128
 """Longest idempotency key accepted (characters): a controller remembers keys for a while, so
-their size bounds its memory (the host sends 32-character keys)."""
+their size bounds its memory (the host's keys are a job id and a run index, ~40)."""
 
 _MAX_NDIM = 32
 
@@ -469,7 +469,10 @@ def _decode_arrays(descriptors: Any, frames: Sequence[Frame]) -> dict[str, np.nd
         if crc is not None and (type(crc) is not int or zlib.crc32(buffer.cast("B")) != crc):
             raise ProtocolError(f"array {name!r}: its bytes do not match its crc32 {crc!r} "
                                 "(damaged in transit)")
-        array = np.frombuffer(buffer.cast("B"), dtype=dtype).reshape(shape)
+        try:
+            array = np.frombuffer(buffer.cast("B"), dtype=dtype).reshape(shape)
+        except ValueError as exc:  # an empty array whose axes numpy cannot hold together
+            raise ProtocolError(f"array {name!r}: shape {shape!r}: {exc}") from exc
         if not array.flags.aligned:
             array = array.copy()
         arrays[name] = array

@@ -110,8 +110,8 @@ KEY_RETENTION_S = 3600.0
 MAX_KEYS = 65_536
 #: A session unused this long is forgotten when the next one opens (s).
 SESSION_IDLE_S = 24 * 3600.0
-#: Most sessions held: beyond it ``hello`` forgets the least recently used one (a client
-#: waiting for a run uses its session several times a second).
+#: Most sessions held: beyond it ``hello`` forgets the least recently used one that has no run
+#: queued or running.
 MAX_SESSIONS = 4096
 
 try:
@@ -467,11 +467,11 @@ class ControllerServer:
         with self._lock:
             now = time.monotonic()
             self._sessions.pop(session, None)  # held again below, as the most recent
-            while self._sessions and (
-                    len(self._sessions) >= MAX_SESSIONS
-                    or next(iter(self._sessions.values())) < now - SESSION_IDLE_S):
+            while self._sessions and next(iter(self._sessions.values())) < now - SESSION_IDLE_S:
                 stale, _ = self._sessions.popitem(last=False)
                 self._identities.pop(stale, None)
+            if len(self._sessions) >= MAX_SESSIONS:
+                self._forget_sessions(len(self._sessions) - MAX_SESSIONS + 1)
             self._sessions[session] = now
             self._identities[session] = identity
         return {
@@ -491,6 +491,15 @@ class ControllerServer:
                        "key_retention_s": KEY_RETENTION_S, "max_sessions": MAX_SESSIONS,
                        "session_idle_s": SESSION_IDLE_S},
         }, None
+
+    def _forget_sessions(self, count: int) -> None:
+        """Forget the ``count`` least recently used sessions that have no run queued or
+        running (a client between its ``run`` and its ``fetch`` keeps its session, whatever
+        a neighbour's hellos); call with the lock held."""
+        busy = {run.session for run in self._runs.values() if run.state in ACTIVE}
+        for stale in [s for s in self._sessions if s not in busy][:count]:
+            del self._sessions[stale]
+            self._identities.pop(stale, None)
 
     def _upload(self, request: Request) -> tuple[dict, None]:
         meta = request.params.get("meta", {})

@@ -84,7 +84,7 @@ from labqpu.pulse.shapes import (
     require_number,
     whole_samples,
 )
-from labqpu.pulse.tables import grid_samples
+from labqpu.pulse.tables import flux_biases, grid_samples
 from labqpu.store import Snapshot
 
 #: Rise and fall of the calibrated readout pulse of ``measure`` (s), as in the compiler.
@@ -666,8 +666,8 @@ class PulseBuilder:
 
     def _settings(self, b: ProgramBuilder, drive_qubits: Iterable[int],
                   readout_qubits: Iterable[int]) -> None:
-        """LO settings of the used channels and every flux bias the snapshot holds (flux
-        crosstalk carries each channel's current to other qubits)."""
+        """LO settings of the used channels and the flux biases of
+        :func:`~labqpu.pulse.tables.flux_biases`."""
         for q in sorted(drive_qubits):
             frequency, power = (self._cal(q, "drive_lo_frequency_hz"),
                                 self._cal(q, "drive_lo_power_dbm"))
@@ -678,11 +678,9 @@ class PulseBuilder:
                                 self._cal(q, "readout_lo_power_dbm"))
             with self._one_source(q, "readout_lo_frequency_hz"):
                 b.set_lo(self.channels.qubits[q].readout_lo, frequency, power)
-        for q, wiring in self.channels.qubits.items():
-            p = self.snapshot.qubits.get(q, {})
-            if "flux_bias_a" in p:
-                with self._one_source(q, "flux_bias_a"):
-                    b.set_flux_bias(wiring.flux_bias, p["flux_bias_a"].value)
+        for q, channel, current in flux_biases(self.snapshot, self.channels):
+            with self._one_source(q, "flux_bias_a"):
+                b.set_flux_bias(channel, current)
 
     @contextlib.contextmanager
     def _one_source(self, q: int, parameter: str) -> Iterator[None]:

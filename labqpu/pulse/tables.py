@@ -436,19 +436,19 @@ class Tables:
         if entry is None:
             snapshot, cal, channels = self.snapshot, self.cal, self.channels
             b = ProgramBuilder(channels.controllers[0], self.fs, rack=channels.layout)
+            for q, channel, current in flux_biases(snapshot, channels):
+                try:
+                    b.set_flux_bias(channel, current)
+                except ValueError as exc:
+                    raise CompilationError(
+                        f"qubit {q}: snapshot {snapshot.snapshot_id} asks for two currents "
+                        f"on a shared flux-bias channel: {exc}; it carries one: commit one "
+                        "flux_bias_a for its qubits, or wire each qubit to a channel of "
+                        "its own (docs/wiring.md)", circuit=circuit.name,
+                        qubits=(q,), instruction="flux_bias_a") from exc
             for q in range(channels.num_qubits):
                 wiring = channels.qubits[q]
                 p = snapshot.qubits.get(q, {})
-                if "flux_bias_a" in p:  # every bias the snapshot holds: they all reach qubits
-                    try:
-                        b.set_flux_bias(wiring.flux_bias, p["flux_bias_a"].value)
-                    except ValueError as exc:
-                        raise CompilationError(
-                            f"qubit {q}: snapshot {snapshot.snapshot_id} asks for two currents "
-                            f"on a shared flux-bias channel: {exc}; it carries one: commit one "
-                            "flux_bias_a for its qubits, or wire each qubit to a channel of "
-                            "its own (docs/wiring.md)", circuit=circuit.name,
-                            qubits=(q,), instruction="flux_bias_a") from exc
                 wanted = []
                 if q in used and has_all(p, DRIVE_PARAMETERS):
                     wanted.append((wiring.drive_lo, "drive_lo_frequency_hz",
@@ -468,6 +468,23 @@ class Tables:
             entry = (lo_settings, flux_bias_a)
             self.settings[(used, measured)] = entry
         return entry
+
+
+def flux_biases(snapshot: Snapshot, channels: ChannelMap
+                ) -> list[tuple[int, tuple[str, int], float]]:
+    """(qubit, flux-bias channel, current in A) of every bias a program sets and reads back:
+    each drivable qubit's (all of ``DRIVE_PARAMETERS``), then that of each other qubit whose
+    snapshot holds one, on a channel no drivable qubit uses (its current reaches the used
+    qubits through flux crosstalk; on a shared channel, the drivable qubits' current is what
+    the channel carries)."""
+    drivable, others = [], []
+    for q, wiring in channels.qubits.items():
+        p = snapshot.qubits.get(q, {})
+        if "flux_bias_a" in p:
+            (drivable if has_all(p, DRIVE_PARAMETERS) else others).append(
+                (q, wiring.flux_bias, p["flux_bias_a"].value))
+    claimed = {channel for _, channel, _ in drivable}
+    return drivable + [entry for entry in others if entry[1] not in claimed]
 
 
 def tables_for(snapshot: Snapshot, channels: ChannelMap) -> Tables:

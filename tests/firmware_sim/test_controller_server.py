@@ -1012,6 +1012,14 @@ def test_remembered_keys_and_sessions_are_bounded(
     assert [known(s) for s in sessions] == [True, False, True]
     assert known(newest)
     assert len(server._sessions) == 3
+    # a session between its run and its fetch is never forgotten, however many hellos come
+    with ControllerClient(server.endpoint, timeout_s=BOUND_S) as waiting:
+        run_id = waiting.run(waiting.upload(_program(), {}), shots=2,
+                             params={"sleep_s": 0.5})
+        for _ in range(10):
+            hello()
+        assert "sum" in waiting.wait(run_id, timeout_s=BOUND_S)[1]
+    assert len(server._sessions) == 3
 
 
 def test_a_session_cannot_fill_the_queue(executor: SumExecutor) -> None:

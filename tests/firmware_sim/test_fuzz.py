@@ -130,7 +130,9 @@ def test_nan_and_huge_declared_sizes_are_typed_errors(rack, dealer) -> None:
             ("h", upload.format(id="h", shape="[4611686018427387904, 8]"), b"\0" * 8),
             ("z30", upload.format(id="z30", shape=f"[0, {10 ** 30}]"), b""),
             ("z63", upload.format(id="z63", shape=f"[0, {2 ** 63}]"), b""),
-            ("z62", upload.format(id="z62", shape=f"[0, {2 ** 62}, {2 ** 62}]"), b"")]:
+            ("z62", upload.format(id="z62", shape=f"[0, {2 ** 62}, {2 ** 62}]"), b""),
+            ("z28", upload.format(id="z28", shape=f"[0, {2 ** 28}, {2 ** 28}, {2 ** 28}]"),
+             b"")]:
         dealer.send_multipart([text.encode(), data])
         assert dealer.poll(int(BOUND_S * 1000), zmq.POLLIN)
         reply = decode_reply(dealer.recv_multipart())

@@ -343,6 +343,30 @@ def test_two_currents_asked_of_one_flux_bias_channel_are_refused_naming_them(
         compile_circuit(qc, snapshot, channels)
 
 
+def test_a_shared_channel_carries_the_drivable_qubits_current(shared_bias_config,
+                                                              snapshot) -> None:
+    """Qubits 0 and 1 share a channel and qubit 1 cannot be driven (no pi amplitude) with a
+    current of its own: the channel carries qubit 0's, and a circuit on qubit 0 compiles (a
+    first version of setting every bias refused it)."""
+    document = SnapshotBuilder.from_snapshot(snapshot).build_document()
+    del document["qubits"]["1"]["pi_amplitude"]
+    lacking = Snapshot.from_document(document, snapshot_id=98)
+    qc = QuantumCircuit(5, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    for program in (compile_circuit(qc, lacking, shared_bias_config.channels),
+                    _builder_program(shared_bias_config.channels, lacking)):
+        assert program.flux_bias_a[shared_bias_config.qubits[0].flux_bias] == \
+            lacking.qubits[0]["flux_bias_a"].value
+        assert len(program.flux_bias_a) == 4  # five qubits, one channel shared
+
+
+def _builder_program(channels, snapshot):
+    b = PulseBuilder(channels, snapshot, name="t")
+    b.play(Constant(duration_samples=8, amp=0.1), drive(0))
+    return b.build()
+
+
 def test_one_current_asked_of_a_shared_flux_bias_channel_compiles(shared_bias_config,
                                                                  snapshot) -> None:
     """Qubits sharing a flux-bias channel whose calibration asks the same current compile."""
@@ -536,9 +560,7 @@ def test_a_qubits_bias_is_set_whatever_else_it_lacks(store, snapshot, channels, 
     prog = compile_circuit(qc, lacking, channels)
     assert prog.flux_bias_a == {("flux_bias", q + 1): rq(export, q, "flux_bias_a")
                                 for q in range(5)}
-    b = PulseBuilder(channels, lacking, name="t")
-    b.play(Constant(duration_samples=8, amp=0.1), drive(0))
-    assert b.build().flux_bias_a == prog.flux_bias_a
+    assert _builder_program(channels, lacking).flux_bias_a == prog.flux_bias_a
 
 
 def test_conflicting_shared_lo_is_an_error(store, snapshot, channels):
