@@ -13,8 +13,8 @@ within ``timeout_s``: a session whose instrument closed the connection while idl
 before the next message, and a connection closed instead of a reply fails that call at once.
 After every setting command the driver reads the instrument's error queue (``SYST:ERR?``), so
 a refused command raises :class:`~labqpu.errors.InstrumentCommandError` instead of passing
-silently. Values outside
-the driver's limits raise :class:`~labqpu.errors.InstrumentLimitError` and nothing is sent.
+silently. Values outside the driver's limits raise
+:class:`~labqpu.errors.InstrumentLimitError` and nothing is sent.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class ScpiInstrument:
 
         Raises:
             InstrumentTimeoutError: no reply within ``timeout_s``.
-            ProtocolError: ``command`` holds a line break (nothing is sent).
+            ProtocolError: ``command`` holds a line break or is not ASCII (nothing is sent).
         """
         self._check_command(command)
         with self._lock:
