@@ -169,7 +169,6 @@ _TABLES_LOCK = threading.Lock()
 _LAST: tuple = (None, None, None)
 
 
-
 def synthesize(key: tuple) -> np.ndarray:
     """The samples (complex64) of the waveform with shape key ``key``, freshly synthesised:
     ``("drag", samples, sigma, beta)``, ``("flat_top", samples, rise)`` (samples units), or
