@@ -162,8 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     shared = [f"--{name}" for name in ("config", "shots", "seed")
               if getattr(args, name) is not None] + ["--simulator"] * args.simulator
     if args.demo and args.script:
-        print(f"labqpu run: give either a script or --demo, not both (got {args.script})",
-              file=sys.stderr)
+        print(f"labqpu run: give either a file (an OpenQASM file or a Python script) or "
+              f"--demo, not both (got {args.script})", file=sys.stderr)
         return 2
     shots = DEMO_SHOTS if args.shots is None else args.shots
     problem = _shots_and_seed_problem(shots, args.seed)

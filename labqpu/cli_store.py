@@ -27,13 +27,6 @@ def store_command(args: argparse.Namespace) -> int:
 
     action, *rest = args.nodes
     wanted = STORE_COMMANDS[action]
-    if len(rest) != len(wanted) or not all(r.isdigit() for r in rest):
-        usage = " ".join([action, *wanted])
-        what = " (snapshot ids are whole numbers)" if wanted else " (no further words)"
-        print(f"labqpu calibrate {action}: usage: labqpu calibrate {usage}{what}, got "
-              f"{' '.join(rest) or 'nothing'}", file=sys.stderr)
-        return 2
-    ids = [int(r) for r in rest]
     foreign = [flag for flag, given in (
         ("--all", args.all), ("--qubits", args.qubits), ("--force", args.force),
         ("--bootstrap", args.bootstrap), ("--rb", args.rb), ("--no-rb", args.no_rb),
@@ -49,6 +42,13 @@ def store_command(args: argparse.Namespace) -> int:
         print(f"labqpu calibrate {action}: {', '.join(foreign)}: not for {action}, which works "
               f"on whole snapshots of the store{takes}", file=sys.stderr)
         return 2
+    if len(rest) != len(wanted) or not all(r.isdigit() for r in rest):
+        usage = " ".join([action, *wanted])
+        what = " (snapshot ids are whole numbers)" if wanted else " (no further words)"
+        print(f"labqpu calibrate {action}: usage: labqpu calibrate {usage}{what}, got "
+              f"{' '.join(rest) or 'nothing'}", file=sys.stderr)
+        return 2
+    ids = [int(r) for r in rest]
     selectors = [f"--{name}" for name in ("qubit", "pair", "gate", "since")
                  if getattr(args, name) is not None]
     if selectors and (action != "history" or args.param is None):

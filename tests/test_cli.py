@@ -277,6 +277,9 @@ def test_a_node_name_after_the_qubit_list_gets_a_hint(tmp_path) -> None:
                                  "got '-1'"),
     (["history", "extra"], "labqpu calibrate history: usage: labqpu calibrate history (no "
                            "further words), got extra"),
+    # --qubits took the words: it was called a missing id ("got nothing")
+    (["rollback", "--qubits", "2", "3"], "labqpu calibrate rollback: --qubits: not for "
+                                         "rollback, which works on whole snapshots"),
 ])
 def test_calibrate_words_that_are_no_qubit_or_id_are_named_plainly(tmp_path, args,
                                                                   expected) -> None:
