@@ -9,7 +9,11 @@ rack cannot play, from its wiring file:
   controller's intermediate frequency is below Nyquist;
 - each duration the compiler turns into samples (a gate's pulse, a readout, a reset, a CZ) a
   whole number of samples at the controllers' sample rate (a 20.5 ns pulse at 1 GS/s could be
-  committed, and then no Target could be built from the store's newest snapshot).
+  committed, and then no Target could be built from the store's newest snapshot);
+- the qubits of one signal generator asking it for one frequency and one power (a qubit's
+  readout LO moved alone was committed, and then every circuit measuring it and another
+  qubit of that LO was refused at ``run()``). Flux biases are not held to this: the graph
+  finds each qubit's own current, and a shared channel is refused where a program needs it.
 
 :func:`wiring_limits` makes the check a validator of ``CalibrationStore``, which runs it on every
 commit and import after the physical checks: a refused value raises ``InvalidSnapshotError``
@@ -83,6 +87,8 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
     qubits = document.get("qubits")
     if not isinstance(qubits, Mapping):
         return
+    #: (signal generator, "frequency"/"power") -> [(qubit, parameter, value, changed)]
+    asked: dict[tuple[str, str], list[tuple[int, str, float, bool]]] = {}
     for key, params in qubits.items():
         if not isinstance(params, Mapping) or not str(key).isdigit() \
                 or int(key) not in config.qubits:
@@ -94,6 +100,12 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
                                     ("readout", wiring.readout_lo, wiring.readout)):
             lo = config.instrument(lo_name)
+            for quantity in ("frequency", "power"):
+                name = f"{role}_lo_{quantity}_{'hz' if quantity == 'frequency' else 'dbm'}"
+                value = _value(params, name)
+                if value is not None:
+                    asked.setdefault((lo_name, quantity), []).append(
+                        (q, name, value, not unchanged(kept, "qubits", key, params, name)))
             lo_hz = _value(params, f"{role}_lo_frequency_hz")
             _inside(lo_hz, *lo.frequency_range_hz, subject, f"{role}_lo_frequency_hz",
                     f"the frequency range (Hz) of signal generator {lo.name!r}")
@@ -111,6 +123,26 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         _inside(_value(params, "flux_bias_a"), -source.max_current_a, source.max_current_a,
                 subject, "flux_bias_a", f"the output limit (A) of current source "
                 f"{source.name!r} channel {wiring.flux_bias[1]}")
+    for (lo_name, quantity), wanted in asked.items():
+        _one_setting(lo_name, quantity, wanted)
+
+
+def _one_setting(lo_name: str, quantity: str,
+                 wanted: list[tuple[int, str, float, bool]]) -> None:
+    """Refuse qubits asking signal generator ``lo_name`` for different ``quantity`` values
+    (``wanted``: qubit, parameter, value, changed since the parent), when one of them changed
+    (a disagreement a parent holds already does not lock the store)."""
+    values = {value for _, _, value, _ in wanted}
+    changed = [w for w in wanted if w[3]]
+    if len(values) < 2 or not changed:
+        return
+    q, name, value, _ = changed[0]
+    other = next(w for w in wanted if w[2] != value)
+    unit = "Hz" if quantity == "frequency" else "dBm"
+    raise InvalidSnapshotError(
+        f"{value!r} {unit}, while qubit {other[0]} asks the same signal generator {lo_name!r} "
+        f"for {other[2]!r} {unit} ({other[1]}): one LO has one {quantity}; commit one value "
+        "for its qubits", subject=f"qubit {q}", parameter=name)
 
 
 def wiring_limits(config: LabConfig) -> Callable[[Mapping[str, Any]], None]:

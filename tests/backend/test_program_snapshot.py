@@ -30,13 +30,16 @@ def _x_and_measure(backend):
 
 
 def _commit_swapped_readout(backend) -> int:
-    """Commit a snapshot whose qubit 0 has its drive LO 20 MHz higher and its discriminator's
-    centres swapped: counts read with it from an old program come out inverted."""
+    """Commit a snapshot whose qubit 0 has its drive LO 20 MHz higher (with the qubits that
+    share it) and its discriminator's centres swapped: counts read with it from an old program
+    come out inverted."""
     snapshot = backend.snapshot
     disc = snapshot.qubits[0]["discriminator"].value
     builder = SnapshotBuilder.from_snapshot(snapshot)
-    builder.set_qubit(0, "drive_lo_frequency_hz",
-                      snapshot.qubits[0]["drive_lo_frequency_hz"].value + 20e6, "manual")
+    lo = backend.config.qubits[0].drive_lo
+    for q in [q for q, wiring in backend.config.qubits.items() if wiring.drive_lo == lo]:
+        builder.set_qubit(q, "drive_lo_frequency_hz",
+                          snapshot.qubits[q]["drive_lo_frequency_hz"].value + 20e6, "manual")
     builder.set_qubit(0, "discriminator", {**disc, "centers": disc["centers"][::-1]}, "manual")
     return backend.store.commit(builder.build_document()).snapshot_id
 

@@ -94,6 +94,34 @@ def test_an_off_grid_duration_a_store_holds_already_does_not_lock_it(tmp_path) -
         assert info.value.parameter == "pulse_duration_s"
 
 
+@pytest.mark.parametrize(("name", "value", "unit", "other"), [
+    ("readout_lo_frequency_hz", 7.201e9, "Hz", 1), ("readout_lo_power_dbm", 9.0, "dBm", 1),
+    ("drive_lo_frequency_hz", 5.52e9, "Hz", 2)])
+def test_one_signal_generator_is_asked_for_one_setting(tmp_path, name, value, unit,
+                                                       other) -> None:
+    """Qubit 0's LO setting moved alone on a signal generator it shares (lab5: one readout LO
+    for all, one drive LO for qubits 0 and 2) is refused, naming both qubits; the store took
+    it, and then every circuit measuring qubit 0 and another qubit was refused at run().
+    A disagreement the parent holds already does not lock the store."""
+    config = load_config(builtin_config_path("lab5"))
+    document = copy.deepcopy(shipped_export("lab5")["document"])
+    moved = _with(document, 0, name, value)
+    path = tmp_path / "s.sqlite"
+    with CalibrationStore(path, validators=(wiring_limits(config),)) as store:
+        store.commit(document)
+        with pytest.raises(InvalidSnapshotError, match=rf"{value!r} {unit}, while qubit "
+                                                       rf"{other} asks the same signal "
+                                                       r"generator") as info:
+            store.commit(moved)
+        assert (info.value.subject, info.value.parameter) == ("qubit 0", name)
+        assert "one LO has one" in str(info.value)
+        assert store.latest_id() == 1
+    with CalibrationStore(path) as unchecked:
+        unchecked.commit(moved)
+    with CalibrationStore(path, validators=(wiring_limits(config),)) as store:
+        assert store.commit(_with(moved, 1, "t1_s", 61e-6)).qubits[1]["t1_s"].value == 61e-6
+
+
 def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo(
         tmp_path) -> None:
     """A wiring file that gives the readout LO a 7.1 GHz ceiling: the store refuses the shipped
