@@ -14,6 +14,13 @@ after the pulse against after an equally long wait. A pulse that takes the fluxe
 transition through the spectator's 0-1 moves |1 1> towards |2 0>: on lab5's edge 1-2 qubit 3
 loses ~15-24 % of its excitation that way. The record keeps the loss per spectator
 (``spectator_loss``, the largest); above :data:`SPECTATOR_LOSS_NOTED` the run says so.
+
+And the phase a spectator in superposition picks up per pulse, conditioned on the fluxed
+qubit (the spectator's Ramsey phase with the fluxed qubit in |1> against |0>, as the CZ
+calibration measures the partner's): the pulse also brings the fluxed qubit's levels near the
+spectator's, a ZZ while it lasts (~0.6 rad on qubit 1 per cz on lab5's edge 2-3). The record
+keeps it per spectator (``spectator_phase_rad``, the largest |phase|); above
+:data:`SPECTATOR_PHASE_NOTED` the run says so.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from labqpu.calibration.experiments import Kit
 
 #: A spectator excitation lost to the CZ's flux pulse above which the run says so.
 SPECTATOR_LOSS_NOTED = 0.05
+#: A spectator phase (rad) per pulse, conditioned on the fluxed qubit, above which the run
+#: says so (0.2 rad costs a spectator in superposition ~1 % per cz).
+SPECTATOR_PHASE_NOTED = 0.2
 
 
 def spectators_of(pair: tuple[int, int], coupling_map) -> list[int]:
@@ -76,6 +86,10 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
         contrast[label] = phases[f"{other}|1"][1]
     losses = {str(s): spectator_loss(kit, flux_q, other, s, duration, rise, p["cz_amplitude"],
                                      shots) for s in spectators}
+    spectator_phases = {}
+    for s in spectators:  # the spectator's Ramsey phase, the fluxed qubit in |1> against |0>
+        ramsey = _cz_phases(kit, flux_q, s, duration, rise, p["cz_amplitude"], shots)
+        spectator_phases[str(s)] = wrap(ramsey[f"{s}|1"][0] - ramsey[f"{s}|0"][0])
     shifts = {s: wrap(conditional[s] - conditional["none"]) for s in conditional if s != "none"}
     spread = max((abs(v) for v in shifts.values()), default=0.0)
     # 2 P(1) - 1 after X90 and after Y90 each has a standard error of at most 1 / sqrt(shots),
@@ -89,18 +103,29 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
         {"cz_spectator_spread_rad": (spread, err),
          **{f"shift_with_{s}_excited_rad": (v, err) for s, v in shifts.items()},
          **({"spectator_loss": (max(losses.values()), loss_err)} if losses else {}),
-         **{f"loss_of_{s}": (v, loss_err) for s, v in losses.items()}},
+         **{f"loss_of_{s}": (v, loss_err) for s, v in losses.items()},
+         **({"spectator_phase_rad": (max(abs(v) for v in spectator_phases.values()), err)}
+            if spectator_phases else {}),
+         **{f"phase_of_{s}_rad": (v, err) for s, v in spectator_phases.items()}},
         {"x": list(range(len(labels))), "x_label": "spectator in |1>",
          "x_ticks": ["none" if s == "none" else f"qubit {s}" for s in labels],
          "y_label": "conditional phase - pi (rad)",
          "series": {"conditional phase - pi": [wrap(conditional[s] - np.pi) for s in labels]},
          "conditional_phase_rad": [conditional[s] for s in labels],
          "partner_contrast": [contrast[s] for s in labels], "spectators": spectators,
-         "spectator_loss": [losses[str(s)] for s in spectators]},
+         "spectator_loss": [losses[str(s)] for s in spectators],
+         "spectator_phase_rad": [spectator_phases[str(s)] for s in spectators]},
         settings={"shots": shots, "flux_qubit": flux_q})
     kit.work.set_pair(pair, "cz_spectator_spread_rad", float(spread), rid)
+    if progress is None:
+        return
     for s, loss in losses.items():
-        if loss > SPECTATOR_LOSS_NOTED and progress is not None:
+        if loss > SPECTATOR_LOSS_NOTED:
             progress(f"  cz {pair}: its flux pulse on qubit {flux_q} takes {loss:.0%} of "
                      f"qubit {s}'s excitation (qubits {flux_q} and {s} in |1>): a circuit "
                      f"that leaves qubit {s} excited across this cz loses it")
+        if abs(spectator_phases[s]) > SPECTATOR_PHASE_NOTED:
+            progress(f"  cz {pair}: qubit {s} in superposition picks up "
+                     f"{spectator_phases[s]:+.2f} rad per pulse when qubit {flux_q} is in "
+                     f"|1> (a conditional phase on a spectator: keep it out of superposition "
+                     "across this cz, e.g. scheduling_method='asap' or a barrier)")
