@@ -38,6 +38,9 @@ SPECTATOR_LOSS_NOTED = 0.05
 #: A spectator phase (rad) per pulse, conditioned on the fluxed qubit, above which the run
 #: says so (0.2 rad costs a spectator in superposition ~1 % per cz).
 SPECTATOR_PHASE_NOTED = 0.2
+#: What a spectator needs for its own loss and phase to be measured (it is driven and read);
+#: one without them (a qubit whose readout failed, say) is left out and named in the record.
+SPECTATOR_NEEDS = ("pi_amplitude", "pi2_amplitude", "assignment_matrix")
 
 
 def spectators_of(pair: tuple[int, int], coupling_map) -> list[int]:
@@ -84,10 +87,11 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
                             excited)
         conditional[label] = wrap(phases[f"{other}|1"][0] - phases[f"{other}|0"][0])
         contrast[label] = phases[f"{other}|1"][1]
+    readable = [s for s in spectators if all(n in kit.work.qubits[s] for n in SPECTATOR_NEEDS)]
     losses = {str(s): spectator_loss(kit, flux_q, other, s, duration, rise, p["cz_amplitude"],
-                                     shots) for s in spectators}
+                                     shots) for s in readable}
     spectator_phases = {}
-    for s in spectators:  # the spectator's Ramsey phase, the fluxed qubit in |1> against |0>
+    for s in readable:  # the spectator's Ramsey phase, the fluxed qubit in |1> against |0>
         ramsey = _cz_phases(kit, flux_q, s, duration, rise, p["cz_amplitude"], shots)
         spectator_phases[str(s)] = wrap(ramsey[f"{s}|1"][0] - ramsey[f"{s}|0"][0])
     shifts = {s: wrap(conditional[s] - conditional["none"]) for s in conditional if s != "none"}
@@ -113,8 +117,9 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
          "series": {"conditional phase - pi": [wrap(conditional[s] - np.pi) for s in labels]},
          "conditional_phase_rad": [conditional[s] for s in labels],
          "partner_contrast": [contrast[s] for s in labels], "spectators": spectators,
-         "spectator_loss": [losses[str(s)] for s in spectators],
-         "spectator_phase_rad": [spectator_phases[str(s)] for s in spectators]},
+         "measured_spectators": readable,
+         "spectator_loss": [losses[str(s)] for s in readable],
+         "spectator_phase_rad": [spectator_phases[str(s)] for s in readable]},
         settings={"shots": shots, "flux_qubit": flux_q})
     kit.work.set_pair(pair, "cz_spectator_spread_rad", float(spread), rid)
     if progress is None:

@@ -12,9 +12,11 @@ from qiskit import QuantumCircuit, transpile
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
+from labqpu.calibration.design import default_design_path, load_design
+from labqpu.calibration.experiments import Kit
 from labqpu.calibration.records import load_record
-from labqpu.calibration.runner import LineReporter
-from labqpu.calibration.spectators import SPECTATOR_LOSS_NOTED, spectators_of
+from labqpu.calibration.runner import LineReporter, working_from_snapshot
+from labqpu.calibration.spectators import SPECTATOR_LOSS_NOTED, cz_spectators, spectators_of
 from labqpu.testing import use_fresh_home
 
 pytestmark = pytest.mark.slow
@@ -74,3 +76,18 @@ def test_spectator_spread_predicts_bell_with_a_neighbour_excited(tmp_path, monke
         # resonance the cz uses, so leakage adds to it (measured drop on 1-2: ~0.24).
         assert spread[(1, 2)] > 0.3 and drop[(1, 2)] > 0.04, (spread, drop)
         assert spread[(0, 1)] < 0.15 and drop[(0, 1)] < 0.02, (spread, drop)
+
+
+def test_a_spectator_without_a_readout_is_left_out_not_the_node(quiet_lab_backend) -> None:
+    """The node reads each spectator for its loss and phase: one without an assignment matrix
+    (its readout calibration failed) is left out and named, and the conditional phases with
+    it excited are still measured (the node failed on it)."""
+    backend = quiet_lab_backend
+    kit = Kit(backend, working_from_snapshot(backend.snapshot,
+                                             load_design(default_design_path(backend.name))))
+    del kit.work.qubits[3]["assignment_matrix"]
+    cz_spectators(kit, (1, 2), 200)
+    (record,) = [r for r in kit.records if r.kind == "cz_spectators"]
+    assert record.raw["spectators"] == [0, 3] and record.raw["measured_spectators"] == [0]
+    assert "shift_with_3_excited_rad" in record.values and "loss_of_3" not in record.values
+    assert "loss_of_0" in record.values and "phase_of_0_rad" in record.values
