@@ -120,12 +120,17 @@ def _gate_key(store, gate: str) -> str:
     (``cz:2-1``) is the edge's key (``cz:1-2``) when the newest snapshot holds only that."""
     name, _, qubits = gate.partition(":")
     parts = qubits.split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or store.latest_id() is None:
         return gate
-    readable = [info.snapshot_id for info in store.history() if info.problem is None]
-    if not readable:
-        return gate
-    newest = store.get(readable[0])  # the newest may be corrupt: parameter_history skips it
+    from labqpu.errors import CorruptSnapshotError
+
+    try:
+        newest = store.latest()
+    except CorruptSnapshotError:  # the newest readable one: parameter_history skips it
+        readable = [info.snapshot_id for info in store.history() if info.problem is None]
+        if not readable:
+            return gate
+        newest = store.get(readable[0])
     if gate in newest.gates:
         return gate
     turned = f"{name}:{parts[1]}-{parts[0]}"

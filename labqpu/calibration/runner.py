@@ -26,11 +26,10 @@ node, forced, from the design values and returns the document.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -440,14 +439,13 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
     directory = record_directory or experiments_directory(backend.config.store_path)
-    with _records_kept_if_interrupted(kit, directory):
+    try:  # an interrupted run, or a refused commit, leaves the records of what was measured
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
-    report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
-    measured = [c for o in outcomes for c in o.changes]
-    builder = SnapshotBuilder.from_snapshot(parent)
-    marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
-    try:
+        report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
+        measured = [c for o in outcomes for c in o.changes]
+        builder = SnapshotBuilder.from_snapshot(parent)
+        marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
         if commit and (measured or marked):
             names = sorted({o.node for o in outcomes if o.status == "calibrated"})
             notes = [f"{', '.join(names)} recalibrated"] if names else []
@@ -465,8 +463,9 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
             report.snapshot = commit_onto_newest(backend.store, builder.build_document(),
                                                  parent, parent_id=base_id)
             report.committed.append(report.snapshot)
-    finally:  # a refused commit leaves the records of what was measured too
-        report.records = save_records(kit.records, directory)
+    finally:
+        saved = save_records(kit.records, directory)
+    report.records = saved
     if with_rb:
         _benchmark_outdated(backend, report, chosen, forced=rb_forced, limits=limits, now=now,
                             settings=rb_settings or RBSettings(),
@@ -669,19 +668,6 @@ def _subject(qubits: Sequence[int]) -> Subject:
     return qubits[0] if len(qubits) == 1 else (min(qubits), max(qubits))
 
 
-@contextlib.contextmanager
-def _records_kept_if_interrupted(kit: Kit, directory: str | Path | None) -> Iterator[None]:
-    """Save the records of the experiments that finished when the block is interrupted
-    (Ctrl-C) or fails, then let it go on up: nothing is committed, but what was measured is
-    kept (``directory`` None: no records are kept)."""
-    try:
-        yield
-    except BaseException:
-        if directory is not None and kit.records:
-            save_records(kit.records, directory)
-        raise
-
-
 def bootstrap(backend, design: Working, *, shots: int = 400,
               progress: Callable[[str], None] = log.info,
               record_directory: str | Path | None = None) -> dict:
@@ -699,11 +685,12 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
         if "drive_lo_frequency_hz" not in design.qubits[q]:
             choose_drive_lo(kit, q)
     steps = plan(None, qubits, backend.config.coupling_map, _available_nodes(backend))
-    with _records_kept_if_interrupted(kit, record_directory):
+    try:  # records also of what finished before an interrupt (Ctrl-C)
         outcomes = walk(kit, steps, shots=shots, forced={n.name for n in NODES},
                         reporter=LineReporter(progress))
-    if record_directory is not None:
-        save_records(kit.records, record_directory)
+    finally:
+        if record_directory is not None:
+            save_records(kit.records, record_directory)
     bad = [o for o in outcomes if o.status in ("failed", "blocked")]
     if bad:
         raise FitError("bootstrap: " + "; ".join(f"{o.node} on {o.subject}: {o.reason}"
