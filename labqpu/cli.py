@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from labqpu.cli_draw import draw_command, load_circuit, unbound_problem
+from labqpu.cli_draw import draw_command, is_circuit_script, load_circuit_file, unbound_problem
 from labqpu.cli_store import STORE_COMMANDS, store_command
 from labqpu.cli_watch import watch_command, watch_problem
 
@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"labqpu run: give a Python script or an OpenQASM file (.qasm); {script} looks "
               f"like a wiring file: labqpu run --demo --config {script}", file=sys.stderr)
         return 2
-    if script.suffix == ".qasm":
+    if script.suffix == ".qasm" or (script.suffix == ".py" and is_circuit_script(script)):
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
         qasm = _Parser(prog=f"labqpu run {script}")
         qasm.add_argument("--config", default=args.config)
@@ -195,7 +195,11 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"labqpu: {problem}", file=sys.stderr)
             return 2
-        circuit = load_circuit(script)
+        try:
+            circuit = load_circuit_file(script, "run")
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
         problem = unbound_problem(circuit)
         if problem:
             print(f"labqpu run: {problem}", file=sys.stderr)
@@ -210,8 +214,9 @@ def _run(args: argparse.Namespace) -> int:
                            else f"{opt} {shlex.quote(str(getattr(args, opt[2:])))}"
                            for opt in shared)
         verb = "is" if len(shared) == 1 else "are"
-        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and OpenQASM files; "
-              "options after the script's path go to the script, so if it takes them: "
+        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and circuit files "
+              "(this script imports labqpu or defines no `circuit` or `qc`); options after "
+              "the script's path go to the script, so if it takes them: "
               f"labqpu run {shlex.join([args.script, *args.script_args])} {example}",
               file=sys.stderr)
         return 2
@@ -624,18 +629,19 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the demo, an OpenQASM file or a script")
     run.add_argument("script", nargs="?",
-                     help="OpenQASM 2/3 file (.qasm: transpiled for the device, counts "
-                          "printed) or Python script to run")
+                     help="circuit file (transpiled for the device, counts printed): "
+                          "OpenQASM 2/3 (.qasm), or a .py that assigns `circuit` or `qc` and "
+                          "imports no labqpu module; or a Python script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
-    run.add_argument("--config", help="with --demo or a .qasm file: lab.toml, or a built-in "
+    run.add_argument("--config", help="with --demo or a circuit file: lab.toml, or a built-in "
                      f"device on the embedded simulator: {devices}. A script takes "
                      "its own options after its path")
     run.add_argument("--simulator", action="store_true", help=SIMULATOR_HELP)
     run.add_argument("--shots", type=int, default=None,
-                     help=f"with --demo or a .qasm file: shots (default {DEMO_SHOTS})")
+                     help=f"with --demo or a circuit file: shots (default {DEMO_SHOTS})")
     run.add_argument("--seed", type=int, default=None,
-                     help="with --demo or a .qasm file: simulator seed (default: fresh)")
+                     help="with --demo or a circuit file: simulator seed (default: fresh)")
     run.set_defaults(func=_run)
 
     sim = sub.add_parser("sim", help="run the firmware simulator in the foreground")

@@ -1,12 +1,15 @@
 """``labqpu draw`` and the circuit files the ``labqpu`` command reads (:mod:`labqpu.cli`).
 
-A circuit file is an OpenQASM 2 or 3 file, or (for ``draw``) a Python file that defines a
-``QuantumCircuit`` named ``circuit`` or ``qc``.
+A circuit file is an OpenQASM 2 or 3 file, or a Python file that defines a ``QuantumCircuit``
+named ``circuit`` or ``qc``. ``labqpu run`` takes a Python file as a circuit file when it
+assigns ``circuit`` or ``qc`` at its top level and imports no labqpu module
+(:func:`is_circuit_script`); any other Python file is a script it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import math
@@ -56,9 +59,38 @@ def load_circuit(path: Path):
     return circuit
 
 
-def _load_circuit(path: Path):
-    """The circuit a .py file defines (as ``circuit`` or ``qc``) or a .qasm file holds; one
-    left with Qiskit's generated name (``circuit-57``) is named after the file."""
+#: The names under which a Python circuit file defines its circuit, in the order looked for.
+CIRCUIT_NAMES = ("circuit", "qc")
+
+
+def is_circuit_script(path: Path) -> bool:
+    """True for a Python file that ``labqpu run`` takes as a circuit file: it assigns one of
+    :data:`CIRCUIT_NAMES` at its top level and imports no labqpu module anywhere (a script
+    that imports labqpu runs its own jobs). False for a file that does not parse: running it
+    reports the syntax error."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                   else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        if any(m == "labqpu" or m.startswith("labqpu.") for m in modules):
+            return False
+    for node in tree.body:
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign | ast.AugAssign)
+                   else [])
+        if any(isinstance(t, ast.Name) and t.id in CIRCUIT_NAMES for t in targets):
+            return True
+    return False
+
+
+def load_circuit_file(path: Path, command: str):
+    """The circuit a .py file defines (as ``circuit`` or ``qc``; its ``__main__`` block does
+    not run) or a .qasm file holds; one left with Qiskit's generated name (``circuit-57``) is
+    named after the file. ``ValueError`` (its message starts ``labqpu <command>:``) for a
+    file of another kind, a script that fails (where, in one line) or one without a circuit."""
     from qiskit import QuantumCircuit
 
     if not path.is_file():
@@ -66,21 +98,22 @@ def _load_circuit(path: Path):
     if path.suffix == ".qasm":
         return load_circuit(path)
     if path.suffix != ".py":
-        raise ValueError(f"labqpu draw: give a .py or .qasm file, got {path}")
+        raise ValueError(f"labqpu {command}: give a .py or .qasm file, got {path}")
     try:
-        namespace = runpy.run_path(str(path), run_name="labqpu_draw")
+        namespace = runpy.run_path(str(path), run_name=f"labqpu_{command}")
     except Exception as exc:  # the user's script failed: say where, in one line
         lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
                  if Path(f.filename) == path]
         where = f"{path}, line {lines[-1]}" if lines else str(path)
-        raise ValueError(f"labqpu draw: {where}: {type(exc).__name__}: {exc}") from exc
-    for name in ("circuit", "qc"):
+        raise ValueError(f"labqpu {command}: {where}: {type(exc).__name__}: {exc}") from exc
+    for name in CIRCUIT_NAMES:
         circuit = namespace.get(name)
         if isinstance(circuit, QuantumCircuit):
             if re.fullmatch(rf"{QuantumCircuit.prefix}-\d+", circuit.name):
                 circuit.name = path.stem
             return circuit
-    raise ValueError(f"labqpu draw: {path} defines no QuantumCircuit named `circuit` or `qc`")
+    raise ValueError(f"labqpu {command}: {path} defines no QuantumCircuit named `circuit` or "
+                     "`qc`")
 
 
 #: The resolutions ``labqpu draw --dpi`` takes (an 11-inch figure at 1200 dpi is 13 200 pixels
@@ -122,7 +155,7 @@ def draw_command(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
 
     try:
-        circuit = _load_circuit(Path(args.file))
+        circuit = load_circuit_file(Path(args.file), "draw")
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2

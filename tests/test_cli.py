@@ -220,6 +220,50 @@ def test_openqasm_files_run(tmp_path, text, good):
     assert sum(counts.get(k, 0) for k in good) >= 0.7 * 500, counts
 
 
+BELL_PY = ("from qiskit import QuantumCircuit\n"
+           "qc = QuantumCircuit(2, 2)\nqc.h(0)\nqc.cx(0, 1)\nqc.measure([0, 1], [0, 1])\n")
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path, where):
+    """``labqpu run bell.py`` of a file that builds ``qc`` and imports no labqpu module ran it
+    as a script, which printed nothing and ran nothing on the rack."""
+    (tmp_path / "bell.py").write_text(
+        BELL_PY + "if __name__ == '__main__':\n    raise SystemExit('run as a script')\n")
+    options = ["--shots", "300", "--seed", "5"]
+    args = ["bell.py", *options] if where == "after" else [*options, "bell.py"]
+    proc = labqpu(tmp_path, "run", *args, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "run as a script" not in proc.stderr
+    counts_line = next(line for line in proc.stdout.splitlines() if line.startswith("counts"))
+    assert counts_line.startswith("counts (300 shots): ")
+    counts = eval(counts_line.split(": ", 1)[1])  # a dict literal printed by the command
+    assert sum(counts.values()) == 300
+    assert counts.get("00", 0) + counts.get("11", 0) >= 0.8 * 300, counts
+
+
+def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
+    """A script that imports labqpu runs its own jobs: it runs as written, with the options
+    after its path, even when it names a circuit ``qc``."""
+    (tmp_path / "mine.py").write_text(
+        "import sys\nimport labqpu.errors\n" + BELL_PY + "print('script', sys.argv[1:])\n")
+    proc = labqpu(tmp_path, "run", "mine.py", "--shots", "7")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "script ['--shots', '7']"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("from qiskit import QuantumCircuit\nqc = 5\n",
+     "labqpu run: circ.py defines no QuantumCircuit named `circuit` or `qc`"),
+    ("qc = 1 / 0\n", "labqpu run: circ.py, line 1: ZeroDivisionError: division by zero"),
+])
+def test_a_bad_python_circuit_file_is_one_line(tmp_path, text, message):
+    (tmp_path / "circ.py").write_text(text)
+    proc = labqpu(tmp_path, "run", "circ.py")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message
+
+
 def test_a_circuit_that_measures_nothing_says_so(tmp_path):
     path = tmp_path / "circuit.qasm"
     path.write_text('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0];\n')
@@ -453,7 +497,7 @@ def test_help_starts_without_qiskit(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "lab5 (default), lab10, lab3" in proc.stdout
+    assert "lab5 (default), lab10, lab3" in " ".join(proc.stdout.split())  # help wraps
     assert proc.stdout.splitlines()[-1] == "[]"
 
 

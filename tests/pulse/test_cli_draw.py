@@ -184,3 +184,23 @@ def test_a_circuit_the_command_line_cannot_play_is_named_plainly(
     done = labqpu(tmp_path, command, "circuit.qasm")
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("text", "circuit_file"), [
+    ("from qiskit import QuantumCircuit\nqc = QuantumCircuit(1)\n", True),
+    ("circuit: object = None\n", True),
+    ("import os, labqpu.testing\nqc = 1\n", False),
+    ("def f():\n    from labqpu import LabProvider\nqc = 1\n", False),
+    ("from labqpu.backend import backend\ncircuit = 1\n", False),
+    ("import labqpu_extra\nqc = 1\n", True),  # another package whose name starts alike
+    ("if __name__ == '__main__':\n    qc = 1\n", False),  # not at the top level
+    ("from qiskit import QuantumCircuit\nother = QuantumCircuit(1)\n", False),
+    ("qc = (\n", False),  # does not parse: running it reports the syntax error
+])
+def test_which_python_files_run_takes_as_circuit_files(tmp_path: Path, text: str,
+                                                         circuit_file: bool) -> None:
+    from labqpu.cli_draw import is_circuit_script
+
+    path = tmp_path / "file.py"
+    path.write_text(text)
+    assert is_circuit_script(path) is circuit_file
