@@ -45,7 +45,10 @@ def watch_problem(args: argparse.Namespace) -> str | None:
 def watch_command(provider, backend, nodes, args: argparse.Namespace, rb_settings) -> int:
     """``calibrate --watch``: rounds of checks and recalibration, one line each, until
     interrupted or ``--rounds`` are done; ``rb_settings`` for ``--rb-every``."""
+    from labqpu.calibration.runner import graph_steps
     from labqpu.calibration.watch import DEFAULT_INTERVAL_S, watch
+
+    graph_steps(backend, nodes, args.qubits)  # a selection with nothing to run: no header
 
     # the device clock runs a bounded watch (a simulated day in a minute), never an endless one
     clock = args.clock or ("device" if provider.simulator is not None and args.rounds

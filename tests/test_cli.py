@@ -612,6 +612,18 @@ def test_calibrate_watch_runs_rounds_on_the_device_clock_and_logs_them(tmp_path)
     assert "cz" not in {s["node"] for r in log for s in r["steps"]}
 
 
+def test_a_watch_with_nothing_to_run_says_so_without_its_header(tmp_path):
+    """`--watch cz --qubits 0` printed "watching lab5: a round every ..." and then the graph's
+    error: the selection is checked before the header, as a graph run checks it."""
+    seed_fresh_store(tmp_path)
+    proc = labqpu(tmp_path, "calibrate", "--watch", "cz", "--qubits", "0", "--rounds", "1")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("labqpu: cz calibrate(s) edges, and qubits [0] hold none of "
+                                  "lab5's edges"), proc.stderr
+    assert not (tmp_path / "lab5" / "watch.jsonl").exists()
+
+
 def test_an_endless_watch_on_the_simulator_waits_on_the_wall_clock(tmp_path):
     """`labqpu calibrate --watch` (until Ctrl-C, as docs/calibration.md's first example runs
     it) on the embedded simulator used the device clock, where an hour passes in

@@ -364,6 +364,47 @@ def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> 
     return paths
 
 
+def graph_steps(backend, nodes: Sequence[str] | None = None, qubits: Sequence[int] | None = None
+                ) -> tuple[list[int], list[tuple[Node, Subject]]]:
+    """The qubits chosen (``qubits``, default all) and the graph's steps (node, qubit or edge)
+    that :func:`run_graph` would walk for ``nodes`` (default all; the ``rb`` step is not one of
+    them), without running anything.
+
+    Raises:
+        ValueError: a qubit is not on the device.
+        CalibrationError: a node needs feed-forward that no controller states, or a named
+            node has nothing to calibrate among ``qubits`` (an edge node without an edge).
+    """
+    n_qubits = backend.config.num_qubits
+    chosen = list(range(n_qubits)) if qubits is None else list(qubits)
+    unknown = [q for q in chosen if not 0 <= q < n_qubits]
+    if unknown:
+        raise ValueError(f"qubit {unknown[0]} is not on device {backend.name} "
+                         f"(qubits 0-{n_qubits - 1})")
+    available = _available_nodes(backend)
+    missing = sorted((set(nodes or ()) & {n.name for n in NODES})
+                     - {n.name for n in available})
+    if missing:
+        controllers = ", ".join(c.name for c in backend.config.controllers)
+        raise CalibrationError(f"{', '.join(missing)} needs feed-forward, and no controller of "
+                               f"{backend.name} ({controllers}) states a feed-forward latency "
+                               "in its capabilities; reset stays passive there")
+    if nodes is not None:
+        nodes = [name for name in nodes if name != RB_NODE]
+    steps = plan(nodes, chosen, backend.config.coupling_map, available)
+    idle = [name for name in nodes or () if not any(n.name == name for n, _ in steps)]
+    if idle and not chosen:
+        raise CalibrationError(f"{', '.join(idle)}: no qubit chosen; nothing was run")
+    if idle:
+        edges = ", ".join(f"{a}-{b}" for a, b in sorted({(min(e), max(e)) for e in
+                                                          backend.config.coupling_map}))
+        raise CalibrationError(
+            f"{', '.join(idle)} calibrate(s) edges, and qubits {sorted(set(chosen))} hold "
+            f"none of {backend.name}'s edges ({edges}): give both qubits of an edge, e.g. "
+            "--qubits 0 1; nothing was run")
+    return chosen, steps
+
+
 def run_graph(backend, nodes: Sequence[str] | None = None, *,
               qubits: Sequence[int] | None = None, force: bool = False, shots: int = 400,
               design: str | Path | None = None, now: datetime | None = None,
@@ -399,20 +440,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     parent = backend.snapshot
     # on top of the newest snapshot when the backend could not use it (replacing it)
     base_id = backend.unusable_snapshot_id or parent.snapshot_id
-    n_qubits = backend.config.num_qubits
-    chosen = range(n_qubits) if qubits is None else list(qubits)
-    unknown = [q for q in chosen if not 0 <= q < n_qubits]
-    if unknown:
-        raise ValueError(f"qubit {unknown[0]} is not on device {backend.name} "
-                         f"(qubits 0-{n_qubits - 1})")
-    available = _available_nodes(backend)
-    missing = sorted((set(nodes or ()) & {n.name for n in NODES})
-                     - {n.name for n in available})
-    if missing:
-        controllers = ", ".join(c.name for c in backend.config.controllers)
-        raise CalibrationError(f"{', '.join(missing)} needs feed-forward, and no controller of "
-                               f"{backend.name} ({controllers}) states a feed-forward latency "
-                               "in its capabilities; reset stays passive there")
+    chosen, steps = graph_steps(backend, nodes, qubits)
     with_rb = rb if rb is not None else commit and (nodes is None or RB_NODE in nodes)
     if with_rb and not commit:
         raise ValueError("the rb step commits the gate errors it measures: give commit=True or "
@@ -420,17 +448,6 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     rb_forced = force and (nodes is None or RB_NODE in nodes)
     if nodes is not None:
         nodes = [name for name in nodes if name != RB_NODE]
-    steps = plan(nodes, chosen, backend.config.coupling_map, available)
-    idle = [name for name in nodes or () if not any(n.name == name for n, _ in steps)]
-    if idle and not list(chosen):
-        raise CalibrationError(f"{', '.join(idle)}: no qubit chosen; nothing was run")
-    if idle:
-        edges = ", ".join(f"{a}-{b}" for a, b in sorted({(min(e), max(e)) for e in
-                                                          backend.config.coupling_map}))
-        raise CalibrationError(
-            f"{', '.join(idle)} calibrate(s) edges, and qubits {sorted(set(chosen))} hold "
-            f"none of {backend.name}'s edges ({edges}): give both qubits of an edge, e.g. "
-            "--qubits 0 1; nothing was run")
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
     design_work = load_design(design or backend.config.design_path, device=backend.name,
                               num_qubits=backend.config.num_qubits)
