@@ -56,7 +56,8 @@ class RBData:
 
     ``lengths`` (Cliffords per sequence) and ``survival`` (P(all measured qubits back in 0),
     shape (len(lengths), seeds)); ``pulses_per_clifford`` and ``cz_per_clifford`` are averages
-    over the transpiled sequences (pulses counted per qubit); ``experiment`` is the run's id.
+    over the transpiled sequences (pulses counted per qubit); ``experiment`` is the run's id
+    (shared by the groups benchmarked together), :attr:`record_id` this benchmark's.
     """
 
     qubits: tuple[int, ...]
@@ -67,6 +68,12 @@ class RBData:
     shots: int
     experiment: str
     measured_at: str
+
+    @property
+    def record_id(self) -> str:
+        """The id of this benchmark's record (``rb-<time>-q1``, ``rb-<time>-q0-1``): its
+        JSON and PNG file names, and the experiment the gate errors it measured name."""
+        return f"{self.experiment}-q{'-'.join(str(q) for q in self.qubits)}"
 
 
 @dataclass(frozen=True)
@@ -352,10 +359,10 @@ def _outdated(snapshot, limits: dict[str, float], now: datetime) -> list[tuple[s
 
 
 def rb_update(builder: SnapshotBuilder, outcome: RBOutcome) -> None:
-    """Write ``outcome``'s gate errors into ``builder``, with the run's experiment id and the
-    time of the measurement."""
+    """Write ``outcome``'s gate errors into ``builder``, with the benchmark's record id and
+    the time of the measurement."""
     for gate, value in outcome.errors.items():
-        builder.set_gate(gate, "error", float(value), outcome.data.experiment,
+        builder.set_gate(gate, "error", float(value), outcome.data.record_id,
                          timestamp=outcome.data.measured_at)
 
 
@@ -550,9 +557,8 @@ def rb_record(outcome: RBOutcome, old_errors: dict[str, float | None]) -> Experi
         values[f"{gate}.error"] = [error, error * scale]
     subject = (f"qubit {d.qubits[0]}" if len(d.qubits) == 1
                else f"edge ({d.qubits[0]}, {d.qubits[1]})")
-    tag = "-".join(str(q) for q in d.qubits)
     return ExperimentRecord(
-        experiment=f"{d.experiment}-q{tag}", kind=f"rb_{len(d.qubits)}q", subject=subject,
+        experiment=d.record_id, kind=f"rb_{len(d.qubits)}q", subject=subject,
         measured_at=d.measured_at, values=values,
         old_values={f"{gate}.error": old_errors.get(gate) for gate in outcome.errors},
         fit={"reduced_chi2": f.reduced_chi2, "amplitude": f.amplitude, "baseline": f.baseline},

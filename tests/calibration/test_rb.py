@@ -188,7 +188,10 @@ def test_rb_gate_errors_reach_the_target(quiet_lab_provider, quiet_lab_backend):
     committed = lab_backend.store.commit(builder.build_document(),
                                          parent_id=measured.snapshot_id, expect_parent=True)
     try:
-        assert committed.gates["sx:2"]["error"].experiment.startswith("rb-")
+        # the gate error names its benchmark's record (rb-<time>-q2.json and .png)
+        assert committed.gates["sx:2"]["error"].experiment == next(
+            rb_record(o, {}).experiment for o in outcomes if o.data.qubits == (2,))
+        assert committed.gates["cz:0-1"]["error"].experiment.endswith("-q0-1")
         target = lab_provider.backend("lab5").target
         assert target["sx"][(2,)].error == pytest.approx(errors["sx:2"])
         assert target["cz"][(1, 0)].error == pytest.approx(errors["cz:0-1"])
@@ -206,6 +209,7 @@ def test_a_record_keeps_what_the_fit_needs_and_plots(tmp_path):
     outcome = RBOutcome(data, fit, errors_per_gate(data, fit))
     record = rb_record(outcome, {"sx:2": 7e-4})
     path = record.save(tmp_path)
+    assert path.name == "rb-20261129T000000-q2.json" == f"{data.record_id}.json"
     again = load_record(path)
     assert again == record
     assert again.old_values["sx:2.error"] == 7e-4 and again.old_values["x:2.error"] is None
