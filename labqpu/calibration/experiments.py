@@ -198,9 +198,12 @@ class Kit:
 
     def readout(self, b: ProgramBuilder, q: int, start: int, clbit: int,
                 frequency_hz: float | None = None,
-                discriminator: tuple[complex, float] | None = None) -> int:
+                discriminator: tuple[complex, float] | None = None,
+                amplitude_scale: float = 1.0) -> int:
         """Readout pulse and acquisition on ``q`` into ``clbit`` (-1: none, a result only
-        feed-forward reads, with ``discriminator``); returns the sample after it."""
+        feed-forward reads, with ``discriminator``), at ``frequency_hz`` (default the readout
+        frequency) and ``amplitude_scale`` times the readout amplitude; returns the sample
+        after it."""
         dev = self.work.device
         dur = self.timing.pad(self.samples(  # as the compiler does
             self.work.qubits[q].get("readout_duration_s", dev["readout_duration_s"])))
@@ -209,7 +212,7 @@ class Kit:
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
         if_hz = f - dev["readout_lo_frequency_hz"]
         amp = self.work.qubits[q].get("readout_amplitude", dev["readout_amplitude"])
-        b.play(self._output(q, "readout"), start, wid, amp, 0.0, if_hz)
+        b.play(self._output(q, "readout"), start, wid, amp * amplitude_scale, 0.0, if_hz)
         b.acquire(self._input(q, "acquire"), start, dur, if_hz, q, clbit, discriminator)
         return start + dur
 
