@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the demo, an OpenQASM file or a script")
+    run = sub.add_parser("run", help="run the demo, a circuit file or a script")
     run.add_argument("script", nargs="?",
                      help="circuit file (transpiled for the device, counts printed): "
                           "OpenQASM 2/3 (.qasm), or a .py that assigns `circuit` or `qc` and "

@@ -47,8 +47,8 @@ DRIVE_LO_BELOW_HZ = 100e6
 #: Resonator spectroscopy's readout amplitude, as a fraction of the readout amplitude (a
 #: quarter of the photons). At the full amplitude the peak of lab5's qubits 2 and 4 had a notch
 #: at its centre (measurement-induced transitions, which grow as a high power of the photon
-#: number), and their fits landed 70-100 kHz from the resonance (R^2 0.99 and 0.91); at half
-#: it, within 10 kHz (R^2 0.995-0.996).
+#: number), and their fits landed 70-94 kHz from the resonance (R^2 0.987 and 0.914); at half
+#: it, all five qubits' within 1-25 kHz (R^2 0.993-0.997).
 SPECTROSCOPY_AMPLITUDE_SCALE = 0.5
 
 Progress = Callable[[str], None]
