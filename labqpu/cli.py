@@ -29,7 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from labqpu.cli_draw import draw_command, is_circuit_script, load_circuit_file, unbound_problem
+from labqpu.cli_draw import (
+    as_run_from_the_command_line,
+    draw_command,
+    is_circuit_script,
+    load_circuit_file,
+    unbound_problem,
+)
 from labqpu.cli_store import STORE_COMMANDS, store_command
 from labqpu.cli_watch import watch_command, watch_problem
 
@@ -183,9 +189,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"labqpu run: give a Python script or an OpenQASM file (.qasm); {script} looks "
               f"like a wiring file: labqpu run --demo --config {script}", file=sys.stderr)
         return 2
-    if script.suffix == ".qasm" or (script.suffix == ".py" and is_circuit_script(script)):
+    suffix = script.suffix.lower()
+    try:
+        circuit_file = suffix == ".qasm" or (suffix == ".py" and is_circuit_script(script))
+    except ValueError as exc:  # a .py that does not parse
+        print(str(exc), file=sys.stderr)
+        return 2
+    if circuit_file:
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
-        qasm = _Parser(prog=f"labqpu run {script}")
+        qasm = _Parser(prog=f"labqpu run {script}", note=None if suffix == ".qasm" else (
+            f"{script} is read as a circuit file (it defines `circuit` or `qc`, imports no "
+            "labqpu module and reads no command-line arguments), which takes these options "
+            "only"))
         qasm.add_argument("--config", default=args.config)
         qasm.add_argument("--shots", type=int, default=shots)
         qasm.add_argument("--seed", type=int, default=args.seed)
@@ -215,13 +230,14 @@ def _run(args: argparse.Namespace) -> int:
                            for opt in shared)
         verb = "is" if len(shared) == 1 else "are"
         print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and circuit files "
-              "(this script imports labqpu or defines no `circuit` or `qc`); options after "
+              "(this script imports labqpu, reads command-line arguments or defines no "
+              "`circuit` or `qc` outside functions and its __main__ block); options after "
               "the script's path go to the script, so if it takes them: "
               f"labqpu run {shlex.join([args.script, *args.script_args])} {example}",
               file=sys.stderr)
         return 2
-    sys.argv = [str(script), *args.script_args]
-    runpy.run_path(str(script), run_name="__main__")
+    with as_run_from_the_command_line(script, [str(script), *args.script_args]):
+        runpy.run_path(str(script), run_name="__main__")
     return 0
 
 
@@ -610,10 +626,15 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are the command's one-line form (``labqpu run:
     argument --shots: invalid int value: '1e3' (labqpu run --help)``), exit code 2; its
-    subcommands' parsers are of this class too."""
+    subcommands' parsers are of this class too. ``note`` (optional) follows the message."""
+
+    def __init__(self, *args, note: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.note = note
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} ({self.prog} --help)\n")
+        note = f"; {self.note}" if self.note else ""
+        self.exit(2, f"{self.prog}: {message}{note} ({self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -630,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the demo, a circuit file or a script")
     run.add_argument("script", nargs="?",
                      help="circuit file (transpiled for the device, counts printed): "
-                          "OpenQASM 2/3 (.qasm), or a .py that assigns `circuit` or `qc` and "
-                          "imports no labqpu module; or a Python script to run")
+                          "OpenQASM 2/3 (.qasm), or a .py that defines `circuit` or `qc`, "
+                          "imports no labqpu module and reads no command-line arguments; or "
+                          "a Python script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
     run.add_argument("--config", help="with --demo or a circuit file: lab.toml, or a built-in "

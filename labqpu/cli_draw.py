@@ -2,8 +2,9 @@
 
 A circuit file is an OpenQASM 2 or 3 file, or a Python file that defines a ``QuantumCircuit``
 named ``circuit`` or ``qc``. ``labqpu run`` takes a Python file as a circuit file when it
-assigns ``circuit`` or ``qc`` at its top level and imports no labqpu module
-(:func:`is_circuit_script`); any other Python file is a script it runs.
+defines ``circuit`` or ``qc`` outside functions and its ``__main__`` block, imports no labqpu
+module and reads no command-line arguments (:func:`is_circuit_script`); any other Python file
+is a script it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import runpy
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -63,49 +65,118 @@ def load_circuit(path: Path):
 CIRCUIT_NAMES = ("circuit", "qc")
 
 
-def is_circuit_script(path: Path) -> bool:
-    """True for a Python file that ``labqpu run`` takes as a circuit file: it assigns one of
-    :data:`CIRCUIT_NAMES` at its top level and imports no labqpu module anywhere (a script
-    that imports labqpu runs its own jobs). False for a file that does not parse: running it
-    reports the syntax error."""
+def _is_main_guard(node: ast.AST) -> bool:
+    """True for ``if __name__ == "__main__":``."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def _module_level(tree: ast.Module) -> list[ast.AST]:
+    """Every node the module runs when it is imported: not inside a function, class or lambda
+    body, nor in its ``if __name__ == "__main__":`` block."""
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if _is_main_guard(node):
+            todo.extend(node.orelse)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+                            | ast.Lambda):
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _parsed(path: Path, command: str) -> ast.Module:
+    """``path``'s syntax tree; ``ValueError`` (one line, ``labqpu <command>: ...``) for a file
+    that does not parse."""
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError):
-        return False
+        return ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        raise ValueError(f"labqpu {command}: {path}, line {exc.lineno}: SyntaxError: "
+                         f"{exc.msg}") from exc
+    except ValueError as exc:  # null bytes
+        raise ValueError(f"labqpu {command}: {path}: not Python source: {exc}") from exc
+
+
+def is_circuit_script(path: Path) -> bool:
+    """True for a Python file that ``labqpu run`` takes as a circuit file: what it runs when
+    imported defines one of :data:`CIRCUIT_NAMES` (an assignment, a ``for`` or ``with``
+    target, an import ``as``), and it has no ``import`` of a labqpu module, reads no
+    command-line arguments (``sys.argv``, ``argparse``) anywhere and does not define them in
+    its ``if __name__ == "__main__":`` block: such a file is a script, which runs its own jobs
+    or takes options of its own.
+
+    Raises:
+        ValueError: the file does not parse (one line naming the line and the error).
+    """
+    tree = _parsed(path, "run")
     for node in ast.walk(tree):
         modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-        if any(m == "labqpu" or m.startswith("labqpu.") for m in modules):
+        if any(m.split(".")[0] in ("labqpu", "argparse") for m in modules):
             return False
-    for node in tree.body:
-        targets = (node.targets if isinstance(node, ast.Assign)
-                   else [node.target] if isinstance(node, ast.AnnAssign | ast.AugAssign)
-                   else [])
-        if any(isinstance(t, ast.Name) and t.id in CIRCUIT_NAMES for t in targets):
+        if isinstance(node, ast.ImportFrom) and node.module == "sys" \
+                and any(alias.name == "argv" for alias in node.names):
+            return False
+        if isinstance(node, ast.Attribute) and node.attr == "argv" \
+                and isinstance(node.value, ast.Name) and node.value.id == "sys":
+            return False
+    for guard in filter(_is_main_guard, tree.body):  # a script that builds it there
+        if any(isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+               and node.id in CIRCUIT_NAMES for part in guard.body for node in ast.walk(part)):
+            return False
+    for node in _module_level(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) \
+                and node.id in CIRCUIT_NAMES:
+            return True
+        if isinstance(node, ast.Import | ast.ImportFrom) and any(
+                (alias.asname or alias.name) in CIRCUIT_NAMES for alias in node.names):
             return True
     return False
 
 
+@contextlib.contextmanager
+def as_run_from_the_command_line(path: Path, argv: list[str]) -> Iterator[None]:
+    """Inside, ``sys.argv`` is ``argv`` and the file's directory is first on ``sys.path``, as
+    ``python FILE ARGS`` has them; both are put back on exit."""
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = argv
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+
+
 def load_circuit_file(path: Path, command: str):
     """The circuit a .py file defines (as ``circuit`` or ``qc``; its ``__main__`` block does
-    not run) or a .qasm file holds; one left with Qiskit's generated name (``circuit-57``) is
-    named after the file. ``ValueError`` (its message starts ``labqpu <command>:``) for a
-    file of another kind, a script that fails (where, in one line) or one without a circuit."""
+    not run, its ``sys.argv`` is its path alone) or a .qasm file holds; one left with Qiskit's
+    generated name (``circuit-57``) is named after the file. ``ValueError`` (one line, starting
+    ``labqpu <command>:``) for a file of another kind, one that fails or exits (where) or one
+    without a circuit."""
     from qiskit import QuantumCircuit
 
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".qasm":
+    if path.suffix.lower() == ".qasm":
         return load_circuit(path)
-    if path.suffix != ".py":
+    if path.suffix.lower() != ".py":
         raise ValueError(f"labqpu {command}: give a .py or .qasm file, got {path}")
+    _parsed(path, command)
     try:
-        namespace = runpy.run_path(str(path), run_name=f"labqpu_{command}")
-    except Exception as exc:  # the user's script failed: say where, in one line
+        with as_run_from_the_command_line(path, [str(path)]):
+            namespace = runpy.run_path(str(path), run_name=f"labqpu_{command}")
+    except (Exception, SystemExit) as exc:  # the user's file failed: say where, in one line
         lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
                  if Path(f.filename) == path]
         where = f"{path}, line {lines[-1]}" if lines else str(path)
-        raise ValueError(f"labqpu {command}: {where}: {type(exc).__name__}: {exc}") from exc
+        what = (f"it exited (code {exc.code}) while it was read for its circuit"
+                if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}")
+        raise ValueError(" ".join(f"labqpu {command}: {where}: {what}".split())) from exc
     for name in CIRCUIT_NAMES:
         circuit = namespace.get(name)
         if isinstance(circuit, QuantumCircuit):
@@ -113,7 +184,7 @@ def load_circuit_file(path: Path, command: str):
                 circuit.name = path.stem
             return circuit
     raise ValueError(f"labqpu {command}: {path} defines no QuantumCircuit named `circuit` or "
-                     "`qc`")
+                     "`qc` (its `if __name__ == \"__main__\":` block does not run)")
 
 
 #: The resolutions ``labqpu draw --dpi`` takes (an 11-inch figure at 1200 dpi is 13 200 pixels

@@ -224,14 +224,15 @@ BELL_PY = ("from qiskit import QuantumCircuit\n"
            "qc = QuantumCircuit(2, 2)\nqc.h(0)\nqc.cx(0, 1)\nqc.measure([0, 1], [0, 1])\n")
 
 
-@pytest.mark.parametrize("where", ["after", "before"])
-def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path, where):
+@pytest.mark.parametrize(("name", "where"), [("bell.py", "after"), ("BELL.PY", "before")])
+def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path, name, where):
     """``labqpu run bell.py`` of a file that builds ``qc`` and imports no labqpu module ran it
-    as a script, which printed nothing and ran nothing on the rack."""
-    (tmp_path / "bell.py").write_text(
+    as a script, which printed nothing and ran nothing on the rack. Options go before or after
+    its path; its suffix is read whatever its case."""
+    (tmp_path / name).write_text(
         BELL_PY + "if __name__ == '__main__':\n    raise SystemExit('run as a script')\n")
     options = ["--shots", "300", "--seed", "5"]
-    args = ["bell.py", *options] if where == "after" else [*options, "bell.py"]
+    args = [name, *options] if where == "after" else [*options, name]
     proc = labqpu(tmp_path, "run", *args, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "run as a script" not in proc.stderr
@@ -254,14 +255,41 @@ def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("from qiskit import QuantumCircuit\nqc = 5\n",
-     "labqpu run: circ.py defines no QuantumCircuit named `circuit` or `qc`"),
+     "labqpu run: circ.py defines no QuantumCircuit named `circuit` or `qc` (its `if __name__ "
+     "== \"__main__\":` block does not run)"),
     ("qc = 1 / 0\n", "labqpu run: circ.py, line 1: ZeroDivisionError: division by zero"),
+    ("qc = 1\nraise RuntimeError('first\\nsecond')\n",
+     "labqpu run: circ.py, line 2: RuntimeError: first second"),
+    ("import sys\nqc = 1\nsys.exit(3)\n",  # sys.exit, not sys.argv: a circuit file still
+     "labqpu run: circ.py, line 3: it exited (code 3) while it was read for its circuit"),
+    ("qc = QuantumCircuit(2\n", "labqpu run: circ.py, line 1: SyntaxError: '(' was never closed"),
 ])
 def test_a_bad_python_circuit_file_is_one_line(tmp_path, text, message):
     (tmp_path / "circ.py").write_text(text)
     proc = labqpu(tmp_path, "run", "circ.py")
     assert proc.returncode == 2
     assert proc.stderr.strip() == message
+
+
+def test_a_circuit_file_given_options_it_does_not_take_says_what_it_was_read_as(tmp_path):
+    (tmp_path / "bell.py").write_text(BELL_PY)
+    proc = labqpu(tmp_path, "run", "bell.py", "3")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("labqpu run bell.py: unrecognized arguments: 3; bell.py is "
+                                  "read as a circuit file (it defines `circuit` or `qc`"), \
+        proc.stderr
+
+
+def test_a_script_imports_the_modules_beside_it(tmp_path):
+    """As ``python FILE`` does: the script's directory is first on ``sys.path`` (a helper
+    beside a script, or a circuit file, was a ModuleNotFoundError from another directory)."""
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "helpers.py").write_text("WORD = 'beside'\n")
+    (tmp_path / "lab" / "mine.py").write_text(
+        "import sys\nfrom helpers import WORD\nprint(WORD, sys.argv[1:])\n")
+    proc = labqpu(tmp_path, "run", "lab/mine.py", "-x")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "beside ['-x']"
 
 
 def test_a_circuit_that_measures_nothing_says_so(tmp_path):

@@ -189,13 +189,26 @@ def test_a_circuit_the_command_line_cannot_play_is_named_plainly(
 @pytest.mark.parametrize(("text", "circuit_file"), [
     ("from qiskit import QuantumCircuit\nqc = QuantumCircuit(1)\n", True),
     ("circuit: object = None\n", True),
+    ("qc, other = 1, 2\n", True),
+    ("if True:\n    qc = 1\n", True),
+    ("for qc in [1]:\n    pass\n", True),
+    ("with open(__file__) as circuit:\n    pass\n", True),
+    ("from bell import qc\n", True),
+    ("import bell as circuit\n", True),
+    ("print(qc := 1)\n", True),
+    ("if __name__ == '__main__':\n    pass\nelse:\n    qc = 1\n", True),
     ("import os, labqpu.testing\nqc = 1\n", False),
     ("def f():\n    from labqpu import LabProvider\nqc = 1\n", False),
     ("from labqpu.backend import backend\ncircuit = 1\n", False),
     ("import labqpu_extra\nqc = 1\n", True),  # another package whose name starts alike
-    ("if __name__ == '__main__':\n    qc = 1\n", False),  # not at the top level
+    ("import sys\nqc = int(sys.argv[1])\n", False),  # a script that takes arguments
+    ("from sys import argv\nqc = 1\n", False),
+    ("import argparse\nqc = 1\n", False),
+    ("def f():\n    qc = 1\n", False),  # not where the module runs on import
+    ("class C:\n    qc = 1\n", False),
+    ("if __name__ == '__main__':\n    qc = 1\n", False),
+    ("qc = None\nif __name__ == '__main__':\n    qc = 1\n", False),  # built in its main
     ("from qiskit import QuantumCircuit\nother = QuantumCircuit(1)\n", False),
-    ("qc = (\n", False),  # does not parse: running it reports the syntax error
 ])
 def test_which_python_files_run_takes_as_circuit_files(tmp_path: Path, text: str,
                                                          circuit_file: bool) -> None:
@@ -204,3 +217,12 @@ def test_which_python_files_run_takes_as_circuit_files(tmp_path: Path, text: str
     path = tmp_path / "file.py"
     path.write_text(text)
     assert is_circuit_script(path) is circuit_file
+
+
+def test_a_python_file_that_does_not_parse_is_one_line(tmp_path: Path) -> None:
+    from labqpu.cli_draw import is_circuit_script
+
+    path = tmp_path / "file.py"
+    path.write_text("x = 1\nqc = (\n")
+    with pytest.raises(ValueError, match=r"^labqpu run: .*file\.py, line 2: SyntaxError: "):
+        is_circuit_script(path)
