@@ -103,7 +103,9 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
          "series": {"qubit in |0>": np.abs(iq)}, "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
-        chosen="readout_frequency_hz", settings={"shots": shots})
+        chosen="readout_frequency_hz",
+        settings={"shots": shots,
+                  "amplitude": kit.readout_amplitude(q) * SPECTROSCOPY_AMPLITUDE_SCALE})
     kit.work.set(q, "readout_frequency_hz", f0, rid)
     kit.work.set(q, "resonator_hz", f0, rid)
 

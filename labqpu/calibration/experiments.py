@@ -196,6 +196,12 @@ class Kit:
         b.play(self._output(q, "flux"), start, wid, amplitude)
         return start + played
 
+    def readout_amplitude(self, q: int) -> float:
+        """Qubit ``q``'s readout amplitude (fraction of full scale): its calibrated one, else
+        the device's design value."""
+        return self.work.qubits[q].get("readout_amplitude",
+                                       self.work.device["readout_amplitude"])
+
     def readout(self, b: ProgramBuilder, q: int, start: int, clbit: int,
                 frequency_hz: float | None = None,
                 discriminator: tuple[complex, float] | None = None,
@@ -211,8 +217,8 @@ class Kit:
         wid = b.waves.add(("flat", dur, rise), lambda: flat_top(dur, rise))
         f = self.work.qubits[q]["readout_frequency_hz"] if frequency_hz is None else frequency_hz
         if_hz = f - dev["readout_lo_frequency_hz"]
-        amp = self.work.qubits[q].get("readout_amplitude", dev["readout_amplitude"])
-        b.play(self._output(q, "readout"), start, wid, amp * amplitude_scale, 0.0, if_hz)
+        b.play(self._output(q, "readout"), start, wid, self.readout_amplitude(q) * amplitude_scale,
+               0.0, if_hz)
         b.acquire(self._input(q, "acquire"), start, dur, if_hz, q, clbit, discriminator)
         return start + dur
 

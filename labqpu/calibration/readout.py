@@ -181,7 +181,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     optimum through."""
     work = kit.work.qubits[q]
     old_f = work["readout_frequency_hz"]
-    old_amp = work.get("readout_amplitude", kit.work.device["readout_amplitude"])
+    old_amp = kit.readout_amplitude(q)
     measured = (q, "resonator_hz") in kit.work.records
     freqs = (work["resonator_hz"] if measured else old_f) + READOUT_DETUNINGS_HZ
     fidelity = fidelity_map(kit, q, freqs, READOUT_AMPLITUDES, shots * 2)

@@ -10,6 +10,7 @@ import pytest
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
+from labqpu.calibration.bootstrap import SPECTROSCOPY_AMPLITUDE_SCALE
 from labqpu.calibration.records import load_record
 from labqpu.calibration.refits import refit
 from labqpu.testing import use_fresh_home
@@ -27,6 +28,7 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
     use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
+        amplitude = backend.snapshot.qubits[2]["readout_amplitude"].value
         report = run_graph(backend, qubits=[2], force=True, shots=400)
         assert report.ok, report.table()
         records = {p: load_record(p) for p in report.records}
@@ -48,6 +50,11 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
         linked = {snapshot.qubits[2][param].experiment for param in
                   ("pi_amplitude", "t1_s", "frequency_hz", "readout_assignment_fidelity")}
         assert linked <= set(by_id), linked
+        # the rb step's gate errors name their benchmark's record too (they named its run)
+        assert backend.snapshot.gates["sx:2"]["error"].experiment in by_id
+        spectroscopy = next(r for r in records.values() if r.kind == "resonator_spectroscopy")
+        assert spectroscopy.settings["amplitude"] == pytest.approx(
+            SPECTROSCOPY_AMPLITUDE_SCALE * amplitude)
         for record in records.values():
             if record.kind not in FITTED:
                 continue
