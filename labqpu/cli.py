@@ -198,9 +198,9 @@ def _run(args: argparse.Namespace) -> int:
     if circuit_file:
         # Options may also follow the file's path: labqpu run bell.qasm --shots 500.
         qasm = _Parser(prog=f"labqpu run {script}", note=None if suffix == ".qasm" else (
-            f"{script} is read as a circuit file (it defines `circuit` or `qc`, imports no "
-            "labqpu module and reads no command-line arguments), which takes these options "
-            "only"))
+            f"{script} is read as a circuit file (it imports only qiskit, numpy and number "
+            "modules, has no __main__ block and defines `circuit` or `qc`), which takes these "
+            "options only"))
         qasm.add_argument("--config", default=args.config)
         qasm.add_argument("--shots", type=int, default=shots)
         qasm.add_argument("--seed", type=int, default=args.seed)
@@ -229,10 +229,10 @@ def _run(args: argparse.Namespace) -> int:
                            else f"{opt} {shlex.quote(str(getattr(args, opt[2:])))}"
                            for opt in shared)
         verb = "is" if len(shared) == 1 else "are"
-        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and circuit files "
-              "(this script imports labqpu, reads command-line arguments or defines no "
-              "`circuit` or `qc` outside functions and its __main__ block); options after "
-              "the script's path go to the script, so if it takes them: "
+        print(f"labqpu run: {'/'.join(shared)} {verb} only for --demo and circuit files, "
+              f"and {args.script} runs as a script (what a circuit file is: labqpu run "
+              "--help); options after the script's path go to the script, so if it takes "
+              "them: "
               f"labqpu run {shlex.join([args.script, *args.script_args])} {example}",
               file=sys.stderr)
         return 2
@@ -651,9 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the demo, a circuit file or a script")
     run.add_argument("script", nargs="?",
                      help="circuit file (transpiled for the device, counts printed): "
-                          "OpenQASM 2/3 (.qasm), or a .py that defines `circuit` or `qc`, "
-                          "imports no labqpu module and reads no command-line arguments; or "
-                          "a Python script to run")
+                          "OpenQASM 2/3 (.qasm), or a .py that imports only qiskit, numpy and "
+                          "the standard library's number modules (math, cmath, fractions, "
+                          "decimal, random, itertools, functools, operator, collections, "
+                          "dataclasses, enum, typing), has no `if __name__` block and defines "
+                          "`circuit` or `qc` outside functions; any other file runs as a "
+                          "Python script")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     run.add_argument("--demo", action="store_true", help="run a Bell circuit and print counts")
     run.add_argument("--config", help="with --demo or a circuit file: lab.toml, or a built-in "

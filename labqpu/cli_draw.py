@@ -2,9 +2,9 @@
 
 A circuit file is an OpenQASM 2 or 3 file, or a Python file that defines a ``QuantumCircuit``
 named ``circuit`` or ``qc``. ``labqpu run`` takes a Python file as a circuit file when it
-defines ``circuit`` or ``qc`` outside functions and its ``__main__`` block, imports no labqpu
-module and reads no command-line arguments (:func:`is_circuit_script`); any other Python file
-is a script it runs.
+imports only Qiskit, numpy and the standard library's number modules, has no ``__main__``
+block and defines ``circuit`` or ``qc`` in its own scope (:func:`is_circuit_script`); it runs
+any other file as a script.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import ast
 import contextlib
 import io
 import math
+
+# runpy.run_path imports pkgutil when it runs a file: imported first, a pkgutil.py in the
+# file's folder (first on sys.path then) cannot stand in for it.
+import pkgutil  # noqa: F401
 import re
 import runpy
 import sys
@@ -65,77 +69,72 @@ def load_circuit(path: Path):
 CIRCUIT_NAMES = ("circuit", "qc")
 
 
-def _is_main_guard(node: ast.AST) -> bool:
-    """True for ``if __name__ == "__main__":``."""
-    test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__" and len(test.comparators) == 1
-            and isinstance(test.comparators[0], ast.Constant)
-            and test.comparators[0].value == "__main__")
+#: The modules (top-level names) a Python file may import and still be a circuit file for
+#: ``labqpu run``: Qiskit, numpy and the standard library's number and collection modules. A
+#: file that imports anything else (labqpu, a lab's own package wrapping it, a helper beside
+#: it, an option parser) may run jobs or take options of its own: it runs as a script.
+CIRCUIT_FILE_MODULES = frozenset({
+    "__future__", "qiskit", "numpy", "math", "cmath", "fractions", "decimal", "random",
+    "itertools", "functools", "operator", "collections", "dataclasses", "enum", "typing"})
+#: Names whose use makes a file a script: a ``__main__`` block, imports and code made at run
+#: time.
+_SCRIPT_NAMES = frozenset({"__name__", "__import__", "exec", "eval", "compile"})
 
 
 def _module_level(tree: ast.Module) -> list[ast.AST]:
-    """Every node the module runs when it is imported: not inside a function, class or lambda
-    body, nor in its ``if __name__ == "__main__":`` block."""
+    """Every node of the module's own scope: not inside a function, class or lambda body or a
+    comprehension (whose names are theirs), nor an annotation without a value (it binds
+    nothing)."""
     out, todo = [], list(tree.body)
     while todo:
         node = todo.pop()
         out.append(node)
-        if _is_main_guard(node):
-            todo.extend(node.orelse)
-        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-                            | ast.Lambda):
+        if isinstance(node, ast.AnnAssign) and node.value is None:
+            continue
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+                          | ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp
+                          | ast.GeneratorExp):
             todo.extend(ast.iter_child_nodes(node))
     return out
 
 
 def _parsed(path: Path, command: str) -> ast.Module:
-    """``path``'s syntax tree; ``ValueError`` (one line, ``labqpu <command>: ...``) for a file
-    that does not parse."""
+    """``path``'s syntax tree, compiled once to find what the parser lets through (a
+    ``return`` outside a function); ``ValueError`` (one line, ``labqpu <command>: ...``) for a
+    file that does not compile."""
     try:
-        return ast.parse(path.read_bytes(), filename=str(path))
+        source = path.read_bytes()
+        tree = ast.parse(source, filename=str(path))
+        compile(tree, str(path), "exec")
     except SyntaxError as exc:
-        raise ValueError(f"labqpu {command}: {path}, line {exc.lineno}: SyntaxError: "
-                         f"{exc.msg}") from exc
-    except ValueError as exc:  # null bytes
+        where = f"{path}" if exc.lineno is None else f"{path}, line {exc.lineno}"
+        raise ValueError(f"labqpu {command}: {where}: SyntaxError: {exc.msg}") from exc
+    except ValueError as exc:
         raise ValueError(f"labqpu {command}: {path}: not Python source: {exc}") from exc
+    return tree
 
 
 def is_circuit_script(path: Path) -> bool:
-    """True for a Python file that ``labqpu run`` takes as a circuit file: what it runs when
-    imported defines one of :data:`CIRCUIT_NAMES` (an assignment, a ``for`` or ``with``
-    target, an import ``as``), and it has no ``import`` of a labqpu module, reads no
-    command-line arguments (``sys.argv``, ``argparse``) anywhere and does not define them in
-    its ``if __name__ == "__main__":`` block: such a file is a script, which runs its own jobs
-    or takes options of its own.
+    """True for a Python file that ``labqpu run`` takes as a circuit file: it imports only
+    :data:`CIRCUIT_FILE_MODULES`, uses none of ``__name__`` (no ``__main__`` block),
+    ``__import__``, ``exec``, ``eval`` and ``compile``, and its own scope (not a function's or
+    class's) binds one of :data:`CIRCUIT_NAMES` (an assignment, a ``for`` or ``with`` target).
+    Any other file is a script.
 
     Raises:
-        ValueError: the file does not parse (one line naming the line and the error).
+        ValueError: the file does not compile (one line naming the line and the error).
     """
     tree = _parsed(path, "run")
     for node in ast.walk(tree):
         modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                   else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-        if any(m.split(".")[0] in ("labqpu", "argparse") for m in modules):
+                   else [node.module or "."] if isinstance(node, ast.ImportFrom) else [])
+        if any(m.split(".")[0] not in CIRCUIT_FILE_MODULES for m in modules) \
+                or (isinstance(node, ast.ImportFrom) and node.level):
             return False
-        if isinstance(node, ast.ImportFrom) and node.module == "sys" \
-                and any(alias.name == "argv" for alias in node.names):
+        if isinstance(node, ast.Name) and node.id in _SCRIPT_NAMES:
             return False
-        if isinstance(node, ast.Attribute) and node.attr == "argv" \
-                and isinstance(node.value, ast.Name) and node.value.id == "sys":
-            return False
-    for guard in filter(_is_main_guard, tree.body):  # a script that builds it there
-        if any(isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
-               and node.id in CIRCUIT_NAMES for part in guard.body for node in ast.walk(part)):
-            return False
-    for node in _module_level(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) \
-                and node.id in CIRCUIT_NAMES:
-            return True
-        if isinstance(node, ast.Import | ast.ImportFrom) and any(
-                (alias.asname or alias.name) in CIRCUIT_NAMES for alias in node.names):
-            return True
-    return False
+    return any(isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+               and node.id in CIRCUIT_NAMES for node in _module_level(tree))
 
 
 @contextlib.contextmanager
@@ -183,8 +182,9 @@ def load_circuit_file(path: Path, command: str):
             if re.fullmatch(rf"{QuantumCircuit.prefix}-\d+", circuit.name):
                 circuit.name = path.stem
             return circuit
+    unrun = " (its `if __name__ == \"__main__\":` block does not run)" if command == "draw" else ""
     raise ValueError(f"labqpu {command}: {path} defines no QuantumCircuit named `circuit` or "
-                     "`qc` (its `if __name__ == \"__main__\":` block does not run)")
+                     f"`qc`{unrun}")
 
 
 #: The resolutions ``labqpu draw --dpi`` takes (an 11-inch figure at 1200 dpi is 13 200 pixels

@@ -229,13 +229,11 @@ def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path, name, where
     """``labqpu run bell.py`` of a file that builds ``qc`` and imports no labqpu module ran it
     as a script, which printed nothing and ran nothing on the rack. Options go before or after
     its path; its suffix is read whatever its case."""
-    (tmp_path / name).write_text(
-        BELL_PY + "if __name__ == '__main__':\n    raise SystemExit('run as a script')\n")
+    (tmp_path / name).write_text(BELL_PY)
     options = ["--shots", "300", "--seed", "5"]
     args = [name, *options] if where == "after" else [*options, name]
     proc = labqpu(tmp_path, "run", *args, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    assert "run as a script" not in proc.stderr
     counts_line = next(line for line in proc.stdout.splitlines() if line.startswith("counts"))
     assert counts_line.startswith("counts (300 shots): ")
     counts = eval(counts_line.split(": ", 1)[1])  # a dict literal printed by the command
@@ -255,14 +253,16 @@ def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("from qiskit import QuantumCircuit\nqc = 5\n",
-     "labqpu run: circ.py defines no QuantumCircuit named `circuit` or `qc` (its `if __name__ "
-     "== \"__main__\":` block does not run)"),
+     "labqpu run: circ.py defines no QuantumCircuit named `circuit` or `qc`"),
     ("qc = 1 / 0\n", "labqpu run: circ.py, line 1: ZeroDivisionError: division by zero"),
     ("qc = 1\nraise RuntimeError('first\\nsecond')\n",
      "labqpu run: circ.py, line 2: RuntimeError: first second"),
-    ("import sys\nqc = 1\nsys.exit(3)\n",  # sys.exit, not sys.argv: a circuit file still
-     "labqpu run: circ.py, line 3: it exited (code 3) while it was read for its circuit"),
+    ("qc = 1\nraise SystemExit(3)\n",
+     "labqpu run: circ.py, line 2: it exited (code 3) while it was read for its circuit"),
+    # does not parse, or does not compile: one line too, script or circuit file
     ("qc = QuantumCircuit(2\n", "labqpu run: circ.py, line 1: SyntaxError: '(' was never closed"),
+    ("import labqpu\nreturn 1\n",
+     "labqpu run: circ.py, line 2: SyntaxError: 'return' outside function"),
 ])
 def test_a_bad_python_circuit_file_is_one_line(tmp_path, text, message):
     (tmp_path / "circ.py").write_text(text)
@@ -276,8 +276,7 @@ def test_a_circuit_file_given_options_it_does_not_take_says_what_it_was_read_as(
     proc = labqpu(tmp_path, "run", "bell.py", "3")
     assert proc.returncode == 2
     assert proc.stderr.startswith("labqpu run bell.py: unrecognized arguments: 3; bell.py is "
-                                  "read as a circuit file (it defines `circuit` or `qc`"), \
-        proc.stderr
+                                  "read as a circuit file (it imports only qiskit"), proc.stderr
 
 
 def test_a_script_imports_the_modules_beside_it(tmp_path):
@@ -285,6 +284,8 @@ def test_a_script_imports_the_modules_beside_it(tmp_path):
     beside a script, or a circuit file, was a ModuleNotFoundError from another directory)."""
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "helpers.py").write_text("WORD = 'beside'\n")
+    # not what runpy imports once the folder leads sys.path
+    (tmp_path / "lab" / "pkgutil.py").write_text("raise ImportError('the folder pkgutil')\n")
     (tmp_path / "lab" / "mine.py").write_text(
         "import sys\nfrom helpers import WORD\nprint(WORD, sys.argv[1:])\n")
     proc = labqpu(tmp_path, "run", "lab/mine.py", "-x")

@@ -47,8 +47,8 @@ class SimulatorProcess:
         self._log = tempfile.TemporaryFile(prefix="labqpu-sim-")  # noqa: SIM115
         #: ``failure()`` is asked from the hardware worker while ``stop()`` may close the log.
         self._log_lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "labqpu.firmware_sim", str(lab_toml),
+        self.process = subprocess.Popen(  # -P: a numpy.py in the cwd does not stand in
+            [sys.executable, "-P", "-m", "labqpu.firmware_sim", str(lab_toml),
              "--parent-pid", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
         )

@@ -98,6 +98,18 @@ def test_close_stops_the_simulator(lab_home) -> None:
     provider.close()
 
 
+def test_the_simulator_starts_from_a_folder_holding_modules_it_imports(lab_home, tmp_path,
+                                                                      monkeypatch) -> None:
+    """A lab user's folder with a ``numpy.py`` or ``zmq.py`` in it: the embedded simulator,
+    started with the folder as its working directory, imported those instead of its own
+    (``python -m`` puts the working directory first on ``sys.path``) and exited at once."""
+    for name in ("numpy", "zmq", "json"):
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the folder\'s {name}.py')\n")
+    monkeypatch.chdir(tmp_path)
+    with LabProvider() as provider:
+        assert provider.backend().hardware_status(timeout_s=30)["controllers"]
+
+
 def test_a_closed_provider_hands_out_nothing(lab_home) -> None:
     provider = LabProvider()
     provider.close()

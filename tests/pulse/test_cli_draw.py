@@ -188,26 +188,34 @@ def test_a_circuit_the_command_line_cannot_play_is_named_plainly(
 
 @pytest.mark.parametrize(("text", "circuit_file"), [
     ("from qiskit import QuantumCircuit\nqc = QuantumCircuit(1)\n", True),
+    ("import numpy as np\nfrom math import pi\nfrom qiskit.circuit.library import QFT\n"
+     "circuit = QFT(3)\n", True),
     ("circuit: object = None\n", True),
     ("qc, other = 1, 2\n", True),
     ("if True:\n    qc = 1\n", True),
     ("for qc in [1]:\n    pass\n", True),
-    ("with open(__file__) as circuit:\n    pass\n", True),
-    ("from bell import qc\n", True),
-    ("import bell as circuit\n", True),
+    ("with open('x') as circuit:\n    pass\n", True),
     ("print(qc := 1)\n", True),
-    ("if __name__ == '__main__':\n    pass\nelse:\n    qc = 1\n", True),
+    # a script: it may run jobs of its own (through labqpu, a lab's package wrapping it, a
+    # helper beside it) or take options of its own
     ("import os, labqpu.testing\nqc = 1\n", False),
     ("def f():\n    from labqpu import LabProvider\nqc = 1\n", False),
-    ("from labqpu.backend import backend\ncircuit = 1\n", False),
-    ("import labqpu_extra\nqc = 1\n", True),  # another package whose name starts alike
-    ("import sys\nqc = int(sys.argv[1])\n", False),  # a script that takes arguments
-    ("from sys import argv\nqc = 1\n", False),
-    ("import argparse\nqc = 1\n", False),
-    ("def f():\n    qc = 1\n", False),  # not where the module runs on import
+    ("import rack\nqc = 1\n", False),
+    ("from . import helpers\nqc = 1\n", False),
+    ("import labqpu_extra\nqc = 1\n", False),
+    ("import sys\nqc = int(sys.argv[1])\n", False),
+    ("import click\nqc = 1\n", False),
+    ("import optparse\nqc = 1\n", False),
+    ("qc = __import__('argparse')\n", False),
+    ("qc = 1\nexec('import labqpu')\n", False),
+    ("qc = None\nif __name__ == '__main__':\n    qc = 1\n", False),
+    ("qc = 1\nif '__main__' == __name__:\n    print(qc)\n", False),
+    # nothing in its own scope binds qc or circuit
+    ("def f():\n    qc = 1\n", False),
     ("class C:\n    qc = 1\n", False),
-    ("if __name__ == '__main__':\n    qc = 1\n", False),
-    ("qc = None\nif __name__ == '__main__':\n    qc = 1\n", False),  # built in its main
+    ("res = [qc for qc in [1]]\n", False),
+    ("from qiskit import circuit\n", False),
+    ("qc: object\n", False),
     ("from qiskit import QuantumCircuit\nother = QuantumCircuit(1)\n", False),
 ])
 def test_which_python_files_run_takes_as_circuit_files(tmp_path: Path, text: str,
@@ -225,4 +233,7 @@ def test_a_python_file_that_does_not_parse_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "file.py"
     path.write_text("x = 1\nqc = (\n")
     with pytest.raises(ValueError, match=r"^labqpu run: .*file\.py, line 2: SyntaxError: "):
+        is_circuit_script(path)
+    path.write_bytes(b"qc = 1\0\n")
+    with pytest.raises(ValueError, match=r"^labqpu run: \S*file\.py: SyntaxError: .*null"):
         is_circuit_script(path)
