@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     suffix = script.suffix.lower()
     try:
         circuit_file = suffix == ".qasm" or (suffix == ".py" and is_circuit_script(script))
-    except ValueError as exc:  # a .py that does not parse
+    except ValueError as exc:  # a .py that does not compile
         print(str(exc), file=sys.stderr)
         return 2
     if circuit_file:

@@ -446,8 +446,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         raise ValueError("the rb step commits the gate errors it measures: give commit=True or "
                          "rb=False")
     rb_forced = force and (nodes is None or RB_NODE in nodes)
-    if nodes is not None:
-        nodes = [name for name in nodes if name != RB_NODE]
+    # the graph's steps leave rb out (graph_steps), so naming it among the forced is harmless
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
     design_work = load_design(design or backend.config.design_path, device=backend.name,
                               num_qubits=backend.config.num_qubits)
