@@ -197,6 +197,8 @@ class LabBackend(BackendV2):
         self._pulse_gates: dict[str, dict[tuple[int, ...], PulseGate]] = {}
         #: Programs of circuits run before, for circuits run again (``labqpu.backend.compiled``).
         self._compiled = CompiledPrograms()
+        #: The default options as last checked (``_check_defaults``).
+        self._defaults_checked: list | None = None
         self._capabilities: dict[str, dict] = queue.capabilities(timeout_s=30.0)
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
@@ -441,7 +443,8 @@ class LabBackend(BackendV2):
             try:
                 opts.update_options(**{name: value})
             except (ValueError, TypeError) as exc:
-                raise InvalidRunInputError(f"invalid {what}: {exc}", option=name) from exc
+                raise InvalidRunInputError(f"invalid {what}: {exc} (got {value!r})",
+                                           option=name) from exc
         return opts
 
     def get_translation_stage_plugin(self) -> str:
@@ -501,9 +504,25 @@ class LabBackend(BackendV2):
             "the hardware queue of its provider. Pickle backend.target (or the results) "
             f"instead; to run from another process, {there}")
 
+    def _check_defaults(self) -> None:
+        """Check the default options once after each change: ``backend.options`` (Qiskit's
+        ``Options``) can be changed without :meth:`set_options`'s checks."""
+        values = self._options.__dict__
+        state = [(k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()]
+        if state == self._defaults_checked:
+            return
+        try:
+            self._checked_options(dict(values), "option", none_keeps_default=False)
+        except InvalidRunInputError as exc:
+            raise InvalidRunInputError(
+                f"backend.options: {exc}; change defaults with backend.set_options(...), "
+                "which checks them; nothing was sent", option=exc.option) from exc
+        self._defaults_checked = state
+
     def _run_options(self, kwargs: dict) -> dict:
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
         type-checked, then range-checked by the same validators as ``set_options``."""
+        self._check_defaults()
         opts = self._checked_options(kwargs, "run option", none_keeps_default=True)
         out = dict(opts.__dict__)
         out["shots"] = int(out["shots"])

@@ -247,6 +247,7 @@ class LabJob(JobV1):
         return Result.from_dict({
             "backend_name": backend.name, "backend_version": backend.backend_version,
             "job_id": self.job_id(), "qobj_id": self.job_id(), "success": True,
+            "status": "COMPLETED",
             "date": dt.datetime.now(dt.UTC).isoformat(), "results": experiments,
             "header": {"backend_name": backend.name,
                        "calibration_snapshot_id": self._snapshot.snapshot_id,

@@ -63,6 +63,7 @@ from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
 from labqpu.pulse.echo import echo_colours, echo_segments
 from labqpu.pulse.gates import RESERVED_NAMES
+from labqpu.pulse.timing import padding_delays
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
 PULSE_GATES = frozenset({"sx", "sy", "x", "cz"})
@@ -417,18 +418,18 @@ class CompilerALAP(ALAPScheduleAnalysis):
 
     Qiskit's ALAP ends every measurement at the end of the circuit, so readouts of different
     durations start at different times. The compiler (``pulse.compiler``) starts every final
-    measurement at the same sample, the end of the gates, and drops a delay after which its
-    qubit does nothing more. Where the two differ, an echo that Qiskit pads beside one qubit's
-    early readout would play while that qubit still waits in superposition for its own gates,
-    and turn its static ZZ into a phase error (a Bell state on lab3, whose readouts last 1-2 us,
-    fell to 0.70). This pass computes the compiler's times: ALAP of everything but the final
-    measurements and trailing delays from the end of the gates, the final measurements at
-    that end, a trailing delay after its qubit's last instruction. A circuit the compiler
-    schedules itself (a measurement followed on its qubit by anything but delays and barriers,
-    or a ``reset``), and one with a barrier after a measurement of one of its qubits (the
-    compiler holds that qubit's gates before the barrier, which Qiskit's padding would put
-    after it), keep Qiskit's ALAP. Either way a qubit's run of single-qubit ops between a
-    two-qubit gate and its measurement then starts right after what precedes it
+    measurement at the same sample, the end of the gates, and drops a delay after which nothing
+    on its qubit matters (``pulse.timing.padding_delays``). Where the two differ, an echo that
+    Qiskit pads beside one qubit's early readout would play while that qubit still waits in
+    superposition for its own gates, and turn its static ZZ into a phase error (a Bell state on
+    lab3, whose readouts last 1-2 us, fell to 0.70). This pass computes the compiler's times:
+    ALAP of everything but the final measurements and trailing delays from the end of the gates,
+    the final measurements at that end, a trailing delay after its qubit's last instruction. A
+    circuit the compiler schedules itself (a measurement followed on its qubit by anything but
+    delays and barriers, or a ``reset``), and one with a barrier after a measurement of one of
+    its qubits (the compiler holds that qubit's gates before the barrier, which Qiskit's padding
+    would put after it), keep Qiskit's ALAP. Either way a qubit's run of single-qubit ops
+    between a two-qubit gate and its measurement then starts right after what precedes it
     (:func:`early_runs`), as the compiler plays it under ``"auto"``.
     """
 
@@ -451,8 +452,7 @@ class CompilerALAP(ALAPScheduleAnalysis):
         """Overwrite Qiskit's ALAP times of ``nodes`` (topological order) with the compiler's,
         unless the compiler schedules the circuit itself (class docstring)."""
         measured: set = set()
-        last: dict = {}  # qubit -> index in ``nodes`` of its last instruction (not a delay)
-        for i, node in enumerate(nodes):
+        for node in nodes:
             if node.name == "reset":
                 return
             if node.name == "barrier" and measured.intersection(node.qargs):
@@ -463,10 +463,9 @@ class CompilerALAP(ALAPScheduleAnalysis):
                 return  # mid-circuit measurement: the compiler's dynamic path
             if node.name == "measure":
                 measured.update(node.qargs)
-            for q in node.qargs:
-                last[q] = i
-        trailing = {i for i, node in enumerate(nodes) if node.name == "delay"
-                    and all(last.get(q, -1) < i for q in node.qargs)}
+        trailing = padding_delays([node.qargs for node in nodes],
+                                  {i for i, node in enumerate(nodes) if node.name == "delay"},
+                                  {i for i, node in enumerate(nodes) if node.name == "barrier"})
         avail: dict = {}
         from_end: dict = {}
         for i in range(len(nodes) - 1, -1, -1):

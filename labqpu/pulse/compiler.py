@@ -19,8 +19,10 @@
   shifts, measured as such by the calibration (its analysis pulses are play phases), so they
   do not depend on the handedness.
 * ``measure``: a readout pulse and an acquisition window over the same samples.
-* ``delay`` plays nothing; a delay after which its qubit does nothing more (a scheduler's
-  padding) is dropped, so it cannot hold back the readout.
+* ``delay`` plays nothing; a delay after which nothing on its qubit matters (a scheduler's
+  padding: ``timing.padding_delays``) is dropped, so it cannot hold back the readout. A delay
+  before a barrier that synchronises its qubit with one that plays or measures later holds
+  that qubit back, as a barrier does in Qiskit.
 * ``reset`` is active by default (``reset_method="active"``, given feed-forward): measure,
   then an x pulse when the result is 1 (``dynamic.lower_dynamic``), for the calibrated number
   of rounds. Passive (``"passive"``, or without feed-forward): the qubit is left idle for the
@@ -57,6 +59,7 @@ from labqpu.pulse.tables import (
     unbound_error,
     waveform,
 )
+from labqpu.pulse.timing import padding_delays
 from labqpu.store import Snapshot
 
 SCHEDULING_METHODS = ("auto", "alap", "asap")
@@ -161,28 +164,15 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
             hit = known[key] = (duration, tables.effect(name, qubits, duration, circuit))
         effect[i] = hit[1]
     columns = (effect, duration_of, param_of, clbit_of)
-    # The qubits that play or measure; a delay after which its qubit does nothing more is a
-    # scheduler's padding: it plays nothing and would only hold back the readout. A delay
-    # before a measurement is kept.
-    if delays:
-        is_delay, is_barrier = set(delays), set(barriers)
-        used: set[int] = set()
-        padding = set()
-        for i in range(len(op_qubits) - 1, -1, -1):  # backwards: ``used`` holds what comes later
-            if i in is_delay:
-                if used.isdisjoint(op_qubits[i]):
-                    padding.add(i)
-            elif i not in is_barrier:
-                used.update(op_qubits[i])
-        if padding:
-            columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
-            op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]
-    elif barriers:
-        is_barrier = set(barriers)
-        used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
-                                       if i not in is_barrier))
-    else:
-        used = set(chain.from_iterable(op_qubits))
+    # The qubits that play or measure; the delays that are a scheduler's padding are dropped
+    # (``padding_delays``). A delay before a measurement is kept.
+    is_delay, is_barrier = set(delays), set(barriers)
+    used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
+                                   if i not in is_delay and i not in is_barrier))
+    padding = padding_delays(op_qubits, is_delay, is_barrier) if delays else ()
+    if padding:
+        columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
+        op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]
     qptr = [0]
     qptr.extend(accumulate(map(len, op_qubits)))
     qflat = list(chain.from_iterable(op_qubits))

@@ -65,6 +65,7 @@ from labqpu.pulse.tables import (
     samples_of,
     unbound_error,
 )
+from labqpu.pulse.timing import padding_delays
 
 #: Instructions a branch of ``if_else`` may hold.
 _BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier", "if_else"})
@@ -162,6 +163,7 @@ class _Reader:
         self.waited: dict[tuple[int, ...], int] = {}
         self.n_acq = 0
         self.delays: list[int] = []
+        self.barriers: set[int] = set()
         self.last_used: dict[int, int] = {}
         self.block_ids: dict[tuple[int, int, int], int] = {}
         self.leaf_cache: dict[tuple, list[int]] = {}  # leaves() by path and acquisitions
@@ -211,7 +213,7 @@ class _Reader:
             name = inst.operation.name
             qubits = tuple(self.qindex[q] for q in inst.qubits)
             if name == "barrier":
-                self.add((0, 0, 0.0, -1), qubits)
+                self.barriers.add(self.add((0, 0, 0.0, -1), qubits))
             elif name == "measure":
                 self.measure(qubits[0], self.cindex[inst.clbits[0]])
             elif name == "reset" and self.active_reset and self.latency is not None and \
@@ -487,9 +489,7 @@ class _Reader:
                 if i in self.mid:
                     out.discriminated.setdefault(acquisition, False)
                 acquisition += 1
-        # a delay after which its qubit does nothing more is a scheduler's padding
-        padding = {i for i in self.delays
-                   if all(self.last_used.get(q, -1) < i for q in out.resources[i])}
+        padding = padding_delays(out.resources, set(self.delays), self.barriers)
         out.delays = [i for i in self.delays if i not in padding]
         if padding:
             out = with_rows(out, [i for i in range(len(out.rows)) if i not in padding])

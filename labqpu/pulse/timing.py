@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,3 +133,26 @@ class TimingConstraints:
                     f"{where}: {kind} {i} ({port_word} {int(ports[i])}, start "
                     f"{int(starts[i])}, {int(samples[i])} samples) {what}",
                     instruction="play" if kind == "play" else "acquire")
+
+
+def padding_delays(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
+                   barriers: Collection[int]) -> set[int]:
+    """The delays (indices into ``op_qubits``, each op's qubits in program order) that are a
+    scheduler's padding: nothing after them on their qubits matters, so they play nothing and
+    would only hold back the readout. What comes later matters to a qubit that plays or
+    measures later (any op but a delay or barrier), and to every qubit of a later barrier one
+    of whose qubits it matters to: the barrier synchronises them, so a delay on an idle qubit
+    between two barriers holds the other qubits back (Qiskit's barrier semantics)."""
+    later: set = set()
+    out = set()
+    for i in range(len(op_qubits) - 1, -1, -1):
+        qubits = op_qubits[i]
+        if i in delays:
+            if later.isdisjoint(qubits):
+                out.add(i)
+        elif i in barriers:
+            if not later.isdisjoint(qubits):
+                later.update(qubits)
+        else:
+            later.update(qubits)
+    return out

@@ -718,6 +718,32 @@ def test_set_options_and_run_share_the_checks(lab_backend, option, value) -> Non
                                                                          **{option: value}))
 
 
+@pytest.mark.parametrize(("change", "option"), [
+    (lambda o: o.update_options(shots=2.5), "shots"),  # the range validator alone took it
+    (lambda o: setattr(o, "shots", 10**9), "shots"),
+    (lambda o: setattr(o, "shots", None), "shots"),
+    (lambda o: setattr(o, "job_tags", "abc"), "job_tags"),  # was split into ['a', 'b', 'c']
+    (lambda o: setattr(o, "seed_simulator", -5), "seed_simulator"),
+])
+def test_defaults_changed_past_set_options_are_checked_before_a_run(lab_backend, change,
+                                                                     option) -> None:
+    """A review's case: ``backend.options`` is Qiskit's public ``Options``; a default changed
+    on it directly (not through ``set_options``) reached the run unchecked and was coerced
+    (2.5 shots ran as 2). ``run()`` checks the defaults it starts from, names the option and
+    sends nothing; a valid default changed that way is used."""
+    native = transpile(bell(), lab_backend)
+    before = dict(lab_backend.options.__dict__)
+    try:
+        change(lab_backend.options)
+        message = _nothing_sent(lab_backend, lambda: lab_backend.run(native))
+        assert "backend.options" in message and option in message, message
+        lab_backend.set_options(**before)
+        lab_backend.options.shots = 7
+        assert lab_backend.run(native).result(timeout=60).results[0].shots == 7
+    finally:
+        lab_backend.set_options(**before)
+
+
 def test_pulse_program_is_checked_against_the_rack(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
     program = lab_backend.run(native, shots=10, sync=True).programs[0]

@@ -638,3 +638,42 @@ def test_a_non_finite_angle_is_refused_at_transpile_before_it_is_optimised_away(
     with pytest.raises(TranspilerError,
                        match=r"rx inside the body of an if_else has the parameter inf"):
         transpile(flow, lab_backend, optimization_level=level)
+
+
+def test_a_delay_between_barriers_on_an_idle_qubit_makes_the_others_wait(lab_backend) -> None:
+    """A review's case: x(0), barrier, a 20 us delay on qubit 1 (which does nothing else),
+    barrier, measure(0). The barriers make qubit 0 wait out the delay before its readout. The
+    scheduling stage moved the delay after the second barrier and the compiler dropped it as
+    padding, so the readout came 20 us early (P(1) 0.98 against ~0.61). At Qiskit's defaults
+    the readout now starts 20 us after the x (the default stage decouples qubit 0 while it
+    waits, which halves its decay: its echo holds it in |0> for half the wait); without
+    decoupling P(1) falls by exp(-20 us / T1) against the circuit without the delay."""
+    def circuit(wait_us: float) -> QuantumCircuit:
+        qc = QuantumCircuit(2, 1)
+        qc.x(0)
+        qc.barrier()
+        if wait_us:
+            qc.delay(wait_us, 1, unit="us")
+        qc.barrier()
+        qc.measure(0, 0)
+        return qc
+
+    fs = lab_backend.config.channels.sample_rate_hz
+    for method in (None, "labqpu_nodd"):
+        p1 = {}
+        for wait_us in (0, 20):
+            native = transpile(circuit(wait_us), lab_backend, scheduling_method=method)
+            qubit = native.layout.final_index_layout()[0]
+            program = lab_backend.compile(native)
+            drive = lab_backend.config.channels.qubits[qubit].drive[1]
+            first = min(int(t) for p, t in zip(program.play_port, program.play_start,
+                                               strict=True) if int(p) == drive)
+            assert int(program.acq_start[0]) - first >= round(wait_us * 1e-6 * fs), method
+            counts = lab_backend.run(native, shots=4000, seed_simulator=2).result().get_counts()
+            p1[wait_us] = counts.get("1", 0) / 4000
+        t1 = lab_backend.qubit_properties(qubit).t1
+        if method is None:
+            assert p1[20] < p1[0] - 0.1, p1
+        else:
+            expected = p1[0] * np.exp(-20e-6 / t1)
+            assert abs(p1[20] - expected) < 0.05, (p1, expected, t1)

@@ -27,6 +27,7 @@ from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse import Constant, PulseBuilder, drive
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
+from labqpu.pulse.timing import padding_delays
 from labqpu.store import Snapshot, SnapshotBuilder
 
 FS = 1.0e9
@@ -715,6 +716,46 @@ def test_padding_delays_do_not_hold_back_the_readout(snapshot, channels):
     qc.delay(1000, 0, unit="dt")  # after the measurement: padding too
     prog = compile_circuit(qc, snapshot, channels, scheduling_method="asap")
     assert prog.acq_start.tolist() == [40]
+
+
+@pytest.mark.parametrize("mid_circuit", [False, True])
+def test_a_delay_between_barriers_holds_back_the_qubits_they_synchronise(snapshot, channels,
+                                                                          mid_circuit):
+    """A review's case: x(0), a 20 us delay on idle qubit 1 between two barriers over both,
+    then measure(0). The second barrier synchronises qubit 0 with the end of that delay, so
+    qubit 0 waits 20 us before its readout (Qiskit's barrier semantics); the delay was taken
+    for padding, since qubit 1 does nothing after it, and the readout came 20 us early. The
+    same through the dynamic path (a mid-circuit measurement on qubit 2 first). A delay on a
+    qubit outside the barriers is still padding."""
+    qc = QuantumCircuit(3, 2)
+    if mid_circuit:
+        qc.measure(2, 1)
+        qc.x(2)
+    qc.x(0)
+    qc.barrier(0, 1)
+    qc.delay(20000, 1, unit="dt")
+    qc.barrier(0, 1)
+    qc.delay(50000, 2, unit="dt")
+    qc.measure(0, 0)
+    prog = compile_circuit(qc, snapshot, channels)
+    (readout,) = [int(t) for t, c in zip(prog.acq_start, prog.acq_clbit, strict=True) if c == 0]
+    x0 = min(starts(prog, 0))
+    assert readout == x0 + 40 + 20000
+    assert prog.duration_samples < readout + 5000
+
+
+def test_padding_delays_follow_barriers_to_the_qubits_that_act_later():
+    """``padding_delays``: a delay is padding unless a later op on its qubit plays or
+    measures, or a later barrier ties its qubit to one that does, through chains of
+    barriers."""
+    # x(0), delay(1), barrier(0, 1), delay(1), barrier(0, 1), measure(0)
+    ops = [(0,), (1,), (0, 1), (1,), (0, 1), (0,)]
+    assert padding_delays(ops, {1, 3}, {2, 4}) == set()
+    assert padding_delays(ops, {1, 3, 5}, {2, 4}) == {1, 3, 5}  # a delay, not a measure, last
+    assert padding_delays([(0,), (1,), (1,), (0,)], {1, 2}, set()) == {1, 2}  # no barriers
+    # delay(1), barrier(1, 2), delay(2), barrier(2, 0), measure(0), delay(3)
+    chain = [(1,), (1, 2), (2,), (2, 0), (0,), (3,)]
+    assert padding_delays(chain, {0, 2, 5}, {1, 3}) == {5}
 
 
 def test_a_delay_before_a_measurement_is_kept(snapshot, channels):
