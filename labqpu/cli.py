@@ -30,13 +30,20 @@ from pathlib import Path
 from typing import NoReturn
 
 from labqpu.cli_draw import (
+    CIRCUIT_NAMES,
     as_run_from_the_command_line,
     draw_command,
     is_circuit_script,
     load_circuit_file,
+    script_reason,
     unbound_problem,
 )
-from labqpu.cli_store import STORE_COMMANDS, store_command
+from labqpu.cli_store import (
+    STORE_COMMANDS,
+    export_snapshot,
+    file_options_problem,
+    store_command,
+)
 from labqpu.cli_watch import watch_command, watch_problem
 
 
@@ -237,8 +244,28 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     with as_run_from_the_command_line(script, [str(script), *args.script_args]):
-        runpy.run_path(str(script), run_name="__main__")
+        namespace = runpy.run_path(str(script), run_name="__main__")
+    _note_an_unrun_circuit(script, namespace)
     return 0
+
+
+def _note_an_unrun_circuit(script: Path, namespace: dict) -> None:
+    """After a script that never opened labqpu's provider (nothing ran on the device), say so
+    on stderr when it defines a circuit as a circuit file does: the user likely meant it to
+    be one (``labqpu draw`` takes it)."""
+    if "labqpu.backend.provider" in sys.modules or "qiskit" not in sys.modules:
+        return
+    from qiskit import QuantumCircuit
+
+    name = next((n for n in CIRCUIT_NAMES if isinstance(namespace.get(n), QuantumCircuit)),
+                None)
+    if name is None or script.suffix.lower() != ".py":
+        return
+    why = script_reason(script) or "it is not read as a circuit file"
+    print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
+          f"defines `{name}`, but {why}; move the rest to the file that runs it, or run "
+          "the circuit from the script with a LabProvider (labqpu run --help)",
+          file=sys.stderr)
 
 
 def _sim(args: argparse.Namespace) -> NoReturn:
@@ -383,7 +410,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"labqpu calibrate: --qubits {' '.join(map(str, off))}: {config.device_name} "
                   f"has qubits 0-{n - 1}", file=sys.stderr)
             return 2
-    problem = _file_options_problem(args)
+    problem = file_options_problem(args)
     if problem:
         print(f"labqpu calibrate: {problem}", file=sys.stderr)
         return 2
@@ -428,10 +455,9 @@ def _calibrate(args: argparse.Namespace) -> int:
                                                         args.qubits)
             snapshot = measured or backend.snapshot
             if not fitted:
-                _export(args, backend, snapshot)
+                export_snapshot(args, backend, snapshot)
                 return 1
-        _export(args, backend, snapshot)
-    return 0
+        return 0 if export_snapshot(args, backend, snapshot) else 1
 
 
 @contextlib.contextmanager
@@ -447,33 +473,6 @@ def _empty_store_warning(*, quiet: bool) -> Iterator[None]:
         yield
     finally:
         EMPTY_STORE_LOG.setLevel(level)
-
-
-def _file_options_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with ``--export`` and ``--design`` before anything starts, or None: the
-    export's directory must exist and the design file must be there. Both paths are taken
-    with ``~`` expanded (a shell leaves ``--export=~/x.json`` as it is), here and where used."""
-    if args.export:
-        args.export = str(Path(args.export).expanduser())
-        if Path(args.export).is_dir():
-            return f"--export {args.export}: is a directory; give a file name"
-        folder = Path(args.export).resolve().parent
-        if not folder.is_dir():
-            return f"--export {args.export}: directory {folder} does not exist"
-    if args.design:
-        args.design = str(Path(args.design).expanduser())
-        if not Path(args.design).is_file():
-            return f"--design {args.design}: no such file"
-    return None
-
-
-def _export(args: argparse.Namespace, backend, snapshot) -> None:
-    """Write ``snapshot`` (the one committed, or the newest when nothing was) to
-    ``--export``'s file, when given, and say which one it was."""
-    if args.export and snapshot is not None:
-        Path(args.export).write_text(
-            json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n")
-        print(f"exported snapshot {snapshot.snapshot_id} to {args.export}")
 
 
 def _run_graph(backend, nodes, args: argparse.Namespace, progress, rb_step: bool):

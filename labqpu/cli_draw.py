@@ -125,16 +125,31 @@ def is_circuit_script(path: Path) -> bool:
         ValueError: the file does not compile (one line naming the line and the error).
     """
     tree = _parsed(path, "run")
+    return _script_reason(tree) is None and any(
+        isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+        and node.id in CIRCUIT_NAMES for node in _module_level(tree))
+
+
+def script_reason(path: Path) -> str | None:
+    """Why ``path`` (a .py that compiles) is not a circuit file though it may define one
+    (``"it imports time"``), or None when its imports and names allow one."""
+    return _script_reason(_parsed(path, "run"))
+
+
+def _script_reason(tree: ast.Module) -> str | None:
     for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            return "it imports from its own package (a relative import)"
         modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                    else [node.module or "."] if isinstance(node, ast.ImportFrom) else [])
-        if any(m.split(".")[0] not in CIRCUIT_FILE_MODULES for m in modules) \
-                or (isinstance(node, ast.ImportFrom) and node.level):
-            return False
+        other = [m for m in modules if m.split(".")[0] not in CIRCUIT_FILE_MODULES]
+        if other:
+            return (f"it imports {other[0]} (a circuit file imports only qiskit, numpy and "
+                    "the standard library's number modules)")
         if isinstance(node, ast.Name) and node.id in _SCRIPT_NAMES:
-            return False
-    return any(isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
-               and node.id in CIRCUIT_NAMES for node in _module_level(tree))
+            return (f"it uses {node.id} (a circuit file has no __main__ block and no "
+                    "__import__, exec, eval or compile)")
+    return None
 
 
 @contextlib.contextmanager

@@ -1,13 +1,17 @@
 """``labqpu calibrate history|diff|rollback``: the calibration store alone, no instrument
-touched."""
+touched; and ``--export``, a snapshot written to a file."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 
-__all__ = ["HISTORY_ROWS", "STORE_COMMANDS", "store_command"]
+__all__ = ["HISTORY_ROWS", "STORE_COMMANDS", "export_snapshot", "file_options_problem",
+           "store_command"]
 
 #: Rows ``history`` prints unless ``--limit`` says otherwise.
 HISTORY_ROWS = 50
@@ -117,21 +121,99 @@ def store_command(args: argparse.Namespace) -> int:
 
 def _gate_key(store, gate: str) -> str:
     """``gate`` as the store names it: a two-qubit gate given the other way round
-    (``cz:2-1``) is the edge's key (``cz:1-2``) when the newest snapshot holds only that."""
+    (``cz:2-1``) is the edge's key (``cz:1-2``) when the newest readable snapshot that holds
+    the gate either way holds only that one."""
     name, _, qubits = gate.partition(":")
     parts = qubits.split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or store.latest_id() is None:
-        return gate
-    from labqpu.errors import CorruptSnapshotError
-
-    try:
-        newest = store.latest()
-    except CorruptSnapshotError:  # the newest readable one: parameter_history skips it
-        readable = [info.snapshot_id for info in store.history() if info.problem is None]
-        if not readable:
-            return gate
-        newest = store.get(readable[0])
-    if gate in newest.gates:
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
         return gate
     turned = f"{name}:{parts[1]}-{parts[0]}"
-    return turned if turned in newest.gates else gate
+    for info in store.history():  # newest first; the newest often holds every gate
+        if info.problem is not None:
+            continue
+        gates = store.get(info.snapshot_id).gates
+        if gate in gates or turned in gates:
+            return gate if gate in gates else turned
+    return gate
+
+
+#: The first bytes of every SQLite database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def file_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--export`` and ``--design`` before anything starts, or None: the
+    export's directory must exist, and it must not be the calibration store (or its journal
+    files) or any other SQLite database, which the export would overwrite; the design file
+    must be there. Both paths are taken with ``~`` expanded (a shell leaves
+    ``--export=~/x.json`` as it is), here and where used."""
+    if args.export:
+        from labqpu.rack.config import load_config, resolve_config_path
+
+        args.export = str(Path(args.export).expanduser())
+        export = Path(args.export)
+        if export.is_dir():
+            return f"--export {args.export}: is a directory; give a file name"
+        folder = export.resolve().parent
+        if not folder.is_dir():
+            return f"--export {args.export}: directory {folder} does not exist"
+        store = load_config(resolve_config_path(args.config)[0]).store_path.resolve()
+        if export.resolve() in [store, *(Path(f"{store}{end}") for end in
+                                         ("-wal", "-shm", "-journal"))]:
+            return f"--export {args.export}: is the calibration store; give another file"
+        try:
+            with export.open("rb") as existing:
+                if existing.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+                    return (f"--export {args.export}: is an SQLite database (a calibration "
+                            "store?), which the export would overwrite; give another file")
+        except OSError:
+            pass  # none there yet, or unreadable: writing it says what is wrong
+    if args.design:
+        args.design = str(Path(args.design).expanduser())
+        if not Path(args.design).is_file():
+            return f"--design {args.design}: no such file"
+    return None
+
+
+def export_snapshot(args: argparse.Namespace, backend, snapshot) -> bool:
+    """Write ``snapshot`` (the one committed, or the newest when nothing was) to ``--export``'s
+    file, when given, whole or not at all (a file beside it, then renamed), and say which one
+    it was. False, with one line on stderr, when the file cannot be written: the snapshot
+    stays committed in the store."""
+    if not args.export or snapshot is None:
+        return True
+    text = json.dumps(backend.store.export_json(snapshot.snapshot_id), indent=1) + "\n"
+    target = Path(args.export)
+    try:
+        if target.exists() and not target.is_file():  # a device or a pipe: write it there
+            target.write_text(text)
+        else:
+            _replace(target, text)
+    except OSError as exc:
+        print(f"labqpu calibrate: cannot write --export {args.export}: "
+              f"{exc.strerror or exc}; snapshot {snapshot.snapshot_id} is committed in "
+              f"{backend.config.store_path} all the same", file=sys.stderr)
+        return False
+    print(f"exported snapshot {snapshot.snapshot_id} to {args.export}")
+    return True
+
+
+def _replace(target: Path, text: str) -> None:
+    """Write ``text`` to a file beside ``target`` (with the mode a plain write would give),
+    then rename it onto ``target``; straight to ``target`` where its folder takes no new file
+    (``/proc``, say)."""
+    try:
+        out = tempfile.NamedTemporaryFile("w", dir=target.resolve().parent,  # noqa: SIM115
+                                          prefix=f".{target.name}.", delete=False)
+    except OSError:
+        target.write_text(text)
+        return
+    try:
+        with out:
+            out.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(out.name, 0o666 & ~mask)
+        os.replace(out.name, target)
+    finally:
+        Path(out.name).unlink(missing_ok=True)

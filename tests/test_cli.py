@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,6 +249,22 @@ def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
     assert proc.stdout.strip() == "script ['--shots', '7']"
 
 
+def test_a_script_that_defines_a_circuit_and_runs_nothing_says_so(tmp_path):
+    """A review's case: a circuit file with one import beyond the allow-list (``time``) runs
+    as a script, which ran nothing and printed nothing (exit 0), while ``labqpu draw`` took
+    it. It still runs as the script it is, and says on stderr that nothing ran and why."""
+    (tmp_path / "timed.py").write_text("import time\n" + BELL_PY)
+    proc = labqpu(tmp_path, "run", "timed.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("labqpu run: timed.py ran as a script, which ran nothing on "
+                                  "the device: it defines `qc`, but it imports time (a "
+                                  "circuit file imports only qiskit"), proc.stderr
+    (tmp_path / "plain.py").write_text("import time\nprint('no circuit here')\n")
+    proc = labqpu(tmp_path, "run", "plain.py")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "no circuit here\n", "")
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("from qiskit import QuantumCircuit\nqc = 5\n",
      "labqpu run: circ.py defines no QuantumCircuit named `circuit` or `qc`"),
@@ -406,6 +423,25 @@ def test_history_of_a_gate_given_the_other_way_round_when_the_newest_snapshot_is
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("error of gate cz:1-2: 1 measurement(s)"), proc.stdout
     assert "snapshots [2] are corrupt" in proc.stderr
+
+
+def test_history_of_a_gate_given_the_other_way_round_after_a_snapshot_without_gates(
+        tmp_path, export) -> None:
+    """A review's case: after ``--bootstrap --no-rb`` the newest snapshot holds no gate
+    errors, and ``history --gate cz:2-1`` said "snapshot 3 has no gate cz:2-1 (gates: )" while
+    ``--gate cz:1-2`` and ``--pair 2-1`` worked: the gate is turned round from the newest
+    snapshot that holds it either way."""
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+
+    _seeded_home(tmp_path, export)
+    with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
+        builder = SnapshotBuilder.from_snapshot(store.latest())
+        for gate in list(store.latest().gates):
+            builder.remove_gate(gate)
+        store.commit(builder.build_document())
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "error", "--gate", "cz:2-1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("error of gate cz:1-2: 1 measurement(s)"), proc.stdout
 
 
 def test_calibrate_history_diff_and_rollback(tmp_path, export):
@@ -814,6 +850,43 @@ def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
         Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
 
 
+def test_ctrl_c_in_a_terminal_during_a_job_is_one_line(tmp_path):
+    """A review's case: Ctrl-C in a terminal reaches the whole foreground process group, so the
+    embedded simulator stopped at once, and the provider's abort of the running job then
+    logged "could not abort run ...: the firmware simulator exited". The simulator leaves
+    SIGINT to the process that started it: the abort goes through, one line is printed, and
+    the simulator is stopped all the same."""
+    script = tmp_path / "long.py"
+    script.write_text(
+        "from qiskit import QuantumCircuit, transpile\nfrom labqpu import LabProvider\n"
+        "qc = QuantumCircuit(2, 2)\nqc.h(0)\nqc.cx(0, 1)\nqc.measure([0, 1], [0, 1])\n"
+        "with LabProvider('lab10') as provider:\n"
+        "    backend = provider.backend()\n"
+        "    job = backend.run([transpile(qc, backend)] * 10, shots=100000)\n"
+        "    print(provider.simulator.pid, flush=True)\n"
+        "    job.result(timeout=300)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "run", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
+                            start_new_session=True)  # its own group, as a terminal's job
+    try:
+        simulator = int(proc.stdout.readline())
+        time.sleep(0.5)  # the job is running (it takes several seconds)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["labqpu: interrupted"], stderr
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{simulator}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{simulator}").exists() or \
+        Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
+
+
 @pytest.mark.parametrize(("content", "named"), [
     ('{"bad json', "cannot be read as JSON"),
     ('{"format": "labqpu-snapshot-0"}', "is not a calibration snapshot this store takes"),
@@ -844,6 +917,33 @@ def test_calibrate_file_options_are_checked_before_anything_starts(tmp_path, arg
     assert proc.stderr.strip() == f"labqpu calibrate: {message}"
     assert time.monotonic() - start < 20  # no simulator started, no calibration run
     assert not (tmp_path / "lab5").exists()
+
+
+def test_calibrate_export_refuses_a_store_and_reports_a_failed_write_in_one_line(tmp_path):
+    """A review's cases: ``--export`` onto the calibration store overwrote it with JSON (every
+    snapshot lost), and a write that failed (a full disk) was a traceback after the commit.
+    Both stores are refused before anything starts; a failed write is one line that says the
+    snapshot stays committed."""
+    seed_fresh_store(tmp_path)
+    store = tmp_path / "lab5" / "calibration.sqlite"
+    shutil.copy(store, tmp_path / "copy.sqlite")
+    for target, message in ((store, "is the calibration store; give another file"),
+                            (tmp_path / "copy.sqlite", "is an SQLite database (a calibration "
+                             "store?), which the export would overwrite; give another file")):
+        proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                      str(target))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"labqpu calibrate: --export {target}: {message}"
+        assert target.read_bytes().startswith(b"SQLite format 3")
+    if Path("/dev/full").exists():
+        proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                      "/dev/full", timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == (
+            "labqpu calibrate: cannot write --export /dev/full: No space left on device; "
+            f"snapshot 1 is committed in {store} all the same"), proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path):

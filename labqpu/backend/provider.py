@@ -156,6 +156,20 @@ def seed_store(store: CalibrationStore, config: LabConfig) -> None:
                 "calibration commits one", config.seed_snapshot, [str(c) for c in candidates])
 
 
+def _check_store_device(store: CalibrationStore, config: LabConfig) -> None:
+    """Refuse a store that holds another device's calibrations (a store path copied from
+    another rack's wiring file): its snapshots would drive this device's pulses."""
+    if store.latest_id() is None or store.latest_id(config.device_name) is not None:
+        return
+    raise BackendConfigurationError(
+        f"calibration store {config.store_path} ([calibration] store of "
+        f"{config.path or 'the wiring'}) holds calibrations of device "
+        f"{store.latest().device!r}, but the wiring file describes device "
+        f"{config.device_name!r} ([device] name): point [calibration] store at a store of "
+        f"{config.device_name!r} or at a new file", path=config.path or "",
+        field="calibration.store")
+
+
 def _close_all(resources_: list) -> None:
     while resources_:
         item = resources_.pop()
@@ -204,6 +218,7 @@ class LabProvider:
                                           validators=(wiring_limits(self.config),))
             self._closers.append(self.store.close)
             seed_store(self.store, self.config)
+            _check_store_device(self.store, self.config)
             health = self.simulator.failure if self.simulator else None
             self._queue = LocalHardwareQueue(RackConnection(self.config, peer_failure=health),
                                              health=health)

@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     threadpool_limits(limits=1, user_api="blas")
     _raise_descriptor_limit()
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A terminal's Ctrl-C reaches its whole foreground process group: the provider that
+    # started this simulator (--parent-pid) handles it, aborts its runs and then stops it (or
+    # this exits once the parent is gone); stopping first failed those aborts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.parent_pid is not None
+                  else lambda *_: stop.set())
     try:
         faults = (FaultPlan() if args.fault_control or fault_control_enabled(args.lab_toml)
                   else None)

@@ -77,8 +77,14 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
     A duration that the parent document ``kept`` holds unchanged is not checked again.
 
     Raises:
-        InvalidSnapshotError: naming the qubit, the parameter, the instrument and its range.
+        InvalidSnapshotError: naming the qubit, the parameter, the instrument and its range;
+            or the document is another device's.
     """
+    device = document.get("device")  # None: a design file's values, of no device yet
+    if device is not None and device != config.device_name:
+        raise InvalidSnapshotError(
+            f"the snapshot is for device {device!r}, but {config.path or 'the wiring file'} "
+            f"describes device {config.device_name!r} ([device] name)")
     fs = config.controllers[0].sample_rate_hz  # the same for every controller (lab.toml)
     pairs = document.get("pairs")
     for key, params in (pairs.items() if isinstance(pairs, Mapping) else ()):

@@ -188,6 +188,34 @@ def test_missing_wiring_file_names_it(tmp_path) -> None:
         LabProvider(tmp_path / "nothere.toml")
 
 
+def test_another_devices_snapshot_or_store_is_refused_naming_the_file(tmp_path, lab_home):
+    """A review's case: a lab5 wiring file whose seed snapshot (or store) was lab10's ran lab5
+    on lab10's calibration (Bell 0.56), then a calibration failed with a KeyError. The seed is
+    refused, naming it and both devices, and so is a store of another device; nothing is
+    written to the store."""
+    from labqpu.store import CalibrationStore
+
+    shipped = REPO / "labqpu" / "data"
+    text = default_config_path().read_text()
+    (tmp_path / "seeded.toml").write_text(text.replace(
+        'seed_snapshot = "lab5_calibration.json"',
+        f'seed_snapshot = "{shipped / "lab10_calibration.json"}"').replace(
+        'store = ""', 'store = "seeded.sqlite"'))
+    with pytest.raises(BackendConfigurationError,
+                       match=r"lab10_calibration\.json.*is for device 'lab10', but .*"
+                             r"seeded\.toml describes device 'lab5'"):
+        LabProvider(tmp_path / "seeded.toml", simulator=True)
+    with CalibrationStore(tmp_path / "seeded.sqlite") as store:
+        assert store.latest_id() is None
+        store.import_json(json.loads((shipped / "lab10_calibration.json").read_text()))
+    (tmp_path / "other.toml").write_text(text.replace('store = ""',
+                                                      'store = "seeded.sqlite"'))
+    with pytest.raises(BackendConfigurationError,
+                       match=r"seeded\.sqlite \(\[calibration\] store of .*other\.toml\) "
+                             r"holds calibrations of device 'lab10'"):
+        LabProvider(tmp_path / "other.toml", simulator=True)
+
+
 def test_cli_demo_prints_counts(tmp_path) -> None:
     env = {**os.environ, "LABQPU_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "labqpu.cli", "run", "--demo", "--shots", "1000"],
