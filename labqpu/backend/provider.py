@@ -28,7 +28,7 @@ from labqpu.errors import (
 )
 from labqpu.rack.config import LabConfig, load_config, resolve_config_path
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
-from labqpu.rack.limits import wiring_limits
+from labqpu.rack.limits import check_against_wiring, wiring_limits
 from labqpu.store import CalibrationStore
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,23 @@ def _check_store_device(store: CalibrationStore, config: LabConfig) -> None:
         field="calibration.store")
 
 
+def _warn_outside_the_wiring(backend: LabBackend) -> None:
+    """Warn when the snapshot the backend starts on asks what the wiring file's instruments
+    cannot be set to (limits narrowed since it was committed; commits are checked): the jobs
+    that need it would fail at the instrument."""
+    snapshot = backend.snapshot
+    if snapshot is None:
+        return
+    try:
+        check_against_wiring(snapshot.to_document(), backend.config)
+    except InvalidSnapshotError as exc:
+        log.warning("backend %s: calibration snapshot %s is outside the limits of %s "
+                    "(narrowed since it was committed): %s; jobs that need it fail until a "
+                    "calibration (or a rollback) commits a snapshot within them", backend.name,
+                    snapshot.snapshot_id, backend.config.path or "the wiring file",
+                    getattr(exc, "message", None) or exc)
+
+
 def _close_all(resources_: list) -> None:
     while resources_:
         item = resources_.pop()
@@ -225,6 +242,7 @@ class LabProvider:
             self._closers.append(self._queue.close)
             self._backends = {self.config.device_name: LabBackend(self, self.config, self.store,
                                                                   self._queue)}
+            _warn_outside_the_wiring(self._backends[self.config.device_name])
         except BaseException:
             _close_all(self._closers)
             raise

@@ -91,8 +91,12 @@ def load_record(path: str | Path) -> ExperimentRecord:
 
 
 def experiments_directory(store_path: str | Path) -> Path:
-    """Where the records of the calibration store at ``store_path`` go."""
-    return Path(store_path).parent / "experiments"
+    """Where the records of the calibration store at ``store_path`` go: ``experiments``
+    beside the default store (``calibration.sqlite``), ``<name>_experiments`` beside any other
+    (``lab_b.sqlite``: ``lab_b_experiments``), so that stores in one folder keep their own."""
+    path = Path(store_path)
+    return path.parent / ("experiments" if path.name == "calibration.sqlite"
+                          else f"{path.stem}_experiments")
 
 
 #: The largest standard error a value may have and still be used: ``(absolute, relative)``

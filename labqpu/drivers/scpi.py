@@ -173,6 +173,8 @@ class ScpiInstrument:
         timeout_s: bound on connecting and on every reply, in seconds.
         resource_manager: pyvisa resource manager to open the session with; by default the
             pyvisa-py one (``pyvisa.ResourceManager("@py")``). It is shared, never closed here.
+        name: the instrument's name in the wiring file (``lo_drive_a``), which errors give
+            with the resource.
 
     The constructor opens the session and reads ``*IDN?`` (kept as :attr:`identity`), so an
     unreachable or silent instrument fails here; on any failure the session is closed
@@ -189,10 +191,13 @@ class ScpiInstrument:
         *,
         timeout_s: float = 2.0,
         resource_manager: pyvisa.ResourceManager | None = None,
+        name: str = "",
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
         self.resource = resource
+        #: How errors name the instrument: its wiring name and resource, or the resource.
+        self.label = f"{name} ({resource})" if name else resource
         self.timeout_s = float(timeout_s)
         self._resource_manager = (
             resource_manager if resource_manager is not None else pyvisa.ResourceManager("@py")
@@ -264,10 +269,10 @@ class ScpiInstrument:
         or a character outside ASCII (SCPI's character set), before anything is sent."""
         if "\n" in command or "\r" in command:
             raise ProtocolError("a command must be one line; send one command per call",
-                                instrument=self.resource, command=command)
+                                instrument=self.label, command=command)
         if not command.isascii():
             raise ProtocolError("a command must be ASCII (SCPI's character set)",
-                                instrument=self.resource, command=command)
+                                instrument=self.label, command=command)
 
     def idn(self) -> str:
         """Return the instrument's ``*IDN?`` string (manufacturer, model, serial, firmware)."""
@@ -297,7 +302,7 @@ class ScpiInstrument:
             return float(reply)
         except ValueError as exc:
             raise ProtocolError(
-                f"expected a number, got {reply!r}", instrument=self.resource, command=command
+                f"expected a number, got {reply!r}", instrument=self.label, command=command
             ) from exc
 
     def _boolean(self, reply: str, command: str) -> bool:
@@ -307,7 +312,7 @@ class ScpiInstrument:
         if word in ("0", "OFF"):
             return False
         raise ProtocolError(
-            f"expected a boolean, got {reply!r}", instrument=self.resource, command=command
+            f"expected a boolean, got {reply!r}", instrument=self.label, command=command
         )
 
     def _check_limit(self, quantity: str, value: float, low: float, high: float) -> float:
@@ -317,7 +322,7 @@ class ScpiInstrument:
         if not (math.isfinite(number) and low <= number <= high):
             raise InstrumentLimitError(
                 f"{quantity}={number!r} is outside the allowed range [{low!r}, {high!r}]",
-                instrument=self.resource,
+                instrument=self.label,
             )
         return number
 
@@ -329,7 +334,7 @@ class ScpiInstrument:
             errors.append(parsed)
             if len(errors) == _MAX_ERROR_QUEUE_READS:
                 logger.warning(
-                    "%s: error queue not empty after %d reads", self.resource, len(errors)
+                    "%s: error queue not empty after %d reads", self.label, len(errors)
                 )
                 break
             entry = self._transact(_ERROR_QUERY)
@@ -337,7 +342,7 @@ class ScpiInstrument:
             text = "; ".join(f"{code},{message!r}" for code, message in errors)
             raise InstrumentCommandError(
                 f"instrument reported {text}",
-                instrument=self.resource,
+                instrument=self.label,
                 command=command,
                 remote_type=str(errors[0][0]),
             )
@@ -349,7 +354,7 @@ class ScpiInstrument:
         except ValueError as exc:
             raise ProtocolError(
                 f"malformed error queue entry {reply!r}",
-                instrument=self.resource,
+                instrument=self.label,
                 command=_ERROR_QUERY,
             ) from exc
         message = message.strip()
@@ -403,46 +408,46 @@ class ScpiInstrument:
         if isinstance(exc, pyvisa.errors.VisaIOError):
             if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
                 return InstrumentTimeoutError(f"no reply within {self.timeout_s} s",
-                                              instrument=self.resource, command=command)
-            return InstrumentError(f"VISA I/O error: {exc}", instrument=self.resource,
+                                              instrument=self.label, command=command)
+            return InstrumentError(f"VISA I/O error: {exc}", instrument=self.label,
                                    command=command)
         if isinstance(exc, TimeoutError):  # from the driver's own write or read (_SocketLink)
             return InstrumentTimeoutError(f"{exc} within {self.timeout_s} s",
-                                          instrument=self.resource, command=command)
+                                          instrument=self.label, command=command)
         if isinstance(exc, EOFError):
             return InstrumentError("the instrument closed the connection instead of replying",
-                                   instrument=self.resource, command=command)
+                                   instrument=self.label, command=command)
         if isinstance(exc, UnicodeDecodeError):
-            return ProtocolError(f"reply is not ASCII: {exc}", instrument=self.resource,
+            return ProtocolError(f"reply is not ASCII: {exc}", instrument=self.label,
                                  command=command)
         if isinstance(exc, ValueError):
-            return ProtocolError(str(exc), instrument=self.resource, command=command)
+            return ProtocolError(str(exc), instrument=self.label, command=command)
         hint = (" (the instrument reset the connection: it may already serve as many clients "
                 "as it takes)" if isinstance(exc, ConnectionResetError) else "")
-        return InstrumentError(f"connection failed: {exc}{hint}", instrument=self.resource,
+        return InstrumentError(f"connection failed: {exc}{hint}", instrument=self.label,
                                command=command)
 
     def _open_session(self) -> pyvisa.resources.MessageBasedResource:
         """Return the open session, opening it if needed; the caller holds the lock."""
         if self._closed:
-            raise InstrumentError("instrument is closed", instrument=self.resource)
+            raise InstrumentError("instrument is closed", instrument=self.label)
         if self._session is not None:
             problem = self._link.idle_problem() if self._link is not None else None
             if problem is None:
                 return self._session
-            logger.info("%s: %s; opening a new session", self.resource, problem)
+            logger.info("%s: %s; opening a new session", self.label, problem)
             self._drop_session()
         timeout_ms = max(1, round(self.timeout_s * 1000))
         try:
             session = self._resource_manager.open_resource(self.resource, open_timeout=timeout_ms)
         # pyvisa-py reports a failed connect as a bare Exception; it is re-raised with context.
         except Exception as exc:
-            raise InstrumentError(f"cannot open resource: {exc}", instrument=self.resource) from exc
+            raise InstrumentError(f"cannot open resource: {exc}", instrument=self.label) from exc
         try:
             if not isinstance(session, pyvisa.resources.MessageBasedResource):
                 raise InstrumentError(
                     f"{type(session).__name__} is not a message-based resource",
-                    instrument=self.resource,
+                    instrument=self.label,
                 )
             session.timeout = timeout_ms
             session.read_termination = _TERMINATION
@@ -461,7 +466,7 @@ class ScpiInstrument:
         try:
             session.close()
         except (pyvisa.errors.Error, OSError) as exc:
-            logger.warning("%s: error while closing the session: %s", self.resource, exc)
+            logger.warning("%s: error while closing the session: %s", self.label, exc)
 
 
 #: Default CW frequency range (Hz) and output power range (dBm) of a :class:`SignalGenerator`
@@ -484,6 +489,7 @@ class SignalGenerator(ScpiInstrument):
         resource_manager: pyvisa resource manager (default: pyvisa-py).
         min_frequency_hz, max_frequency_hz: allowed CW frequency range, in Hz.
         min_power_dbm, max_power_dbm: allowed output power range, in dBm.
+        name: the instrument's name in the wiring file (for errors).
     """
 
     def __init__(
@@ -496,6 +502,7 @@ class SignalGenerator(ScpiInstrument):
         max_frequency_hz: float = DEFAULT_FREQUENCY_RANGE_HZ[1],
         min_power_dbm: float = DEFAULT_POWER_RANGE_DBM[0],
         max_power_dbm: float = DEFAULT_POWER_RANGE_DBM[1],
+        name: str = "",
     ) -> None:
         if not min_frequency_hz < max_frequency_hz:
             raise ValueError("min_frequency_hz must be below max_frequency_hz")
@@ -503,7 +510,8 @@ class SignalGenerator(ScpiInstrument):
             raise ValueError("min_power_dbm must be below max_power_dbm")
         self.frequency_range_hz = (float(min_frequency_hz), float(max_frequency_hz))
         self.power_range_dbm = (float(min_power_dbm), float(max_power_dbm))
-        super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager)
+        super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager,
+                         name=name)
 
     @property
     def frequency_hz(self) -> float:
@@ -546,7 +554,7 @@ class SignalGenerator(ScpiInstrument):
         parts = reply.split(";")
         if len(parts) != 3:
             raise ProtocolError(f"expected three replies, got {parts!r}",
-                                instrument=self.resource, command=command)
+                                instrument=self.label, command=command)
         return (self._number(parts[0], command), self._number(parts[1], command),
                 self._boolean(parts[2], command))
 
@@ -580,6 +588,7 @@ class CurrentSource(ScpiInstrument):
         max_current_a: allowed output current magnitude, in A (the range is symmetric).
         timeout_s: bound on every reply, in seconds.
         resource_manager: pyvisa resource manager (default: pyvisa-py).
+        name: the instrument's name in the wiring file (for errors).
     """
 
     def __init__(
@@ -590,6 +599,7 @@ class CurrentSource(ScpiInstrument):
         max_current_a: float = DEFAULT_MAX_CURRENT_A,
         timeout_s: float = 2.0,
         resource_manager: pyvisa.ResourceManager | None = None,
+        name: str = "",
     ) -> None:
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive integer, got {channels!r}")
@@ -598,7 +608,8 @@ class CurrentSource(ScpiInstrument):
         self.channels = channels
         self.max_current_a = float(max_current_a)
         self._states_queries: dict[tuple[int, ...], str] = {}
-        super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager)
+        super().__init__(resource, timeout_s=timeout_s, resource_manager=resource_manager,
+                         name=name)
 
     def set_current_a(self, channel: int, current_a: float) -> None:
         """Put ``channel`` in current mode and set its output current, in A."""
@@ -619,7 +630,7 @@ class CurrentSource(ScpiInstrument):
         parts = self.query(command).split(";")
         if len(parts) != 2:
             raise ProtocolError(f"expected two replies, got {parts!r}",
-                                instrument=self.resource, command=command)
+                                instrument=self.label, command=command)
         return self._number(parts[0], command), self._boolean(parts[1], command)
 
     def states(self, channels: Sequence[int]) -> dict[int, tuple[float, bool]]:
@@ -654,7 +665,7 @@ class CurrentSource(ScpiInstrument):
         parts = reply.split(";")
         if len(parts) != 2 * len(chs):
             raise ProtocolError(f"expected {2 * len(chs)} replies, got {parts!r}",
-                                instrument=self.resource, command=command)
+                                instrument=self.label, command=command)
         return {ch: (self._number(parts[2 * i], command), self._boolean(parts[2 * i + 1], command))
                 for i, ch in enumerate(chs)}
 
@@ -674,7 +685,7 @@ class CurrentSource(ScpiInstrument):
         ):
             raise InstrumentLimitError(
                 f"channel {channel!r} is outside the allowed range [1, {self.channels}]",
-                instrument=self.resource,
+                instrument=self.label,
             )
         return int(channel)
 

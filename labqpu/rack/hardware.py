@@ -189,7 +189,8 @@ class RackConnection:
                 spec.resource, timeout_s=spec.timeout_s,
                 min_frequency_hz=spec.frequency_range_hz[0],
                 max_frequency_hz=spec.frequency_range_hz[1],
-                min_power_dbm=spec.power_range_dbm[0], max_power_dbm=spec.power_range_dbm[1])
+                min_power_dbm=spec.power_range_dbm[0], max_power_dbm=spec.power_range_dbm[1],
+                name=name)
         return self._los[name]
 
     def current_source(self, name: str) -> CurrentSource:
@@ -198,7 +199,7 @@ class RackConnection:
             spec = self.config.instrument(name)
             self._currents[name] = CurrentSource(spec.resource, channels=spec.channels,
                                                  max_current_a=spec.max_current_a,
-                                                 timeout_s=spec.timeout_s)
+                                                 timeout_s=spec.timeout_s, name=name)
         return self._currents[name]
 
     def describe(self) -> dict:

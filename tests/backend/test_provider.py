@@ -517,3 +517,31 @@ def test_a_read_error_of_the_store_does_not_mark_the_newest_snapshot_unusable(
         assert failed == [newest]
         assert backend.snapshot.snapshot_id == newest
         assert backend.unusable_snapshot_id is None
+
+
+def test_a_snapshot_outside_narrowed_limits_is_named_at_start_and_by_the_failing_job(
+        tmp_path, lab_home, caplog) -> None:
+    """A review's case: limits narrowed in the wiring file after the snapshot was committed
+    (``max_frequency_hz = 5e9`` on lo_drive_a, which the snapshot sets to 5.721 GHz). The
+    provider says so at start, naming the snapshot, the qubit, the parameter and the
+    instrument, and the job that needs it fails naming the instrument (it named only a
+    simulator port)."""
+    text = default_config_path().read_text().replace('store = ""', 'store = "lim.sqlite"')
+    (tmp_path / "wide.toml").write_text(text)
+    (tmp_path / "narrow.toml").write_text(text.replace(
+        'name = "lo_drive_a"\nkind = "signal_generator"\n',
+        'name = "lo_drive_a"\nkind = "signal_generator"\nmax_frequency_hz = 5.0e9\n'))
+    with LabProvider(tmp_path / "wide.toml", simulator=True):
+        pass  # seeds the store within the wide limits
+    with caplog.at_level("WARNING", logger="labqpu.backend.provider"), \
+            LabProvider(tmp_path / "narrow.toml", simulator=True) as provider:
+        assert any("calibration snapshot 1 is outside the limits of" in r.getMessage()
+                   and "qubit 0, parameter 'drive_lo_frequency_hz'" in r.getMessage()
+                   and "'lo_drive_a'" in r.getMessage() for r in caplog.records), caplog.text
+        backend = provider.backend()
+        qc = QuantumCircuit(1, 1)
+        qc.x(0)
+        qc.measure(0, 0)
+        job = backend.run(transpile(qc, backend, initial_layout=[0]), shots=10)
+        with pytest.raises(Exception, match=r"lo_drive_a \(TCPIP0::127\.0\.0\.1::\d+::SOCKET\)"):
+            job.result(timeout=60)

@@ -5,6 +5,7 @@ redone from the record alone."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,13 @@ def test_an_interrupted_run_keeps_the_records_of_what_finished(tmp_path, monkeyp
         kinds = sorted(load_record(p).kind for p in directory.glob("*.json"))
         assert kinds == ["rabi", "resonator_spectroscopy"]
         assert len(list(directory.glob("*.png"))) == 2
+
+
+def test_stores_in_one_folder_keep_their_own_records() -> None:
+    """A review's case: two wiring files with stores ``state/a.sqlite`` and ``state/b.sqlite``
+    wrote their records into one ``state/experiments``; the default store keeps its folder."""
+    from labqpu.calibration.records import experiments_directory
+
+    assert experiments_directory("/h/lab5/calibration.sqlite") == Path("/h/lab5/experiments")
+    assert experiments_directory("state/a.sqlite") == Path("state/a_experiments")
+    assert experiments_directory("state/b.sqlite") != experiments_directory("state/a.sqlite")

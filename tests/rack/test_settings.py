@@ -251,7 +251,7 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, mo
                 connection.execute(program, RunRequest(shots=100, seed=2, rep_delay_s=100e-6,
                                                        timeout_s=60, key="b"),
                                    threading.Event())
-            assert info.value.instrument == server.resource
+            assert info.value.instrument == f"{name} ({server.resource})"
             started = lo == "hangs_up"
             assert len(aborted) == (1 if started and not held else 0)
             client = connection.controller("ctrl0")
