@@ -416,13 +416,15 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     design = None
     if args.bootstrap:  # the design values are checked before anything starts
+        from labqpu.calibration.design import design_field
         from labqpu.rack.config import load_config, resolve_config_path
         from labqpu.rack.limits import check_against_wiring
 
         config = load_config(resolve_config_path(args.config)[0])
         design = load_design(args.design or config.design_path, device=config.device_name,
                              num_qubits=config.channels.num_qubits,
-                             check=lambda document: check_against_wiring(document, config))
+                             check=lambda document: check_against_wiring(document, config),
+                             named_by="" if args.design else design_field(config))
     with _empty_store_warning(quiet=args.bootstrap):
         provider = LabProvider(args.config, simulator=args.simulator or None)
     with provider:

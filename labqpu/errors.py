@@ -241,6 +241,8 @@ class HardwareUnavailableError(InstrumentError):
 def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     """``"; did you mean 'x'?"`` naming the known word nearest to a misspelt ``word``, or ""
     when none is close (``difflib``'s ratio below ``cutoff``): the tail of an error message."""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
+    known = list(known)
+    same = [k for k in known if k.lower() == word.lower()]  # ``drive_LO``: ``drive_lo``
+    close = same or difflib.get_close_matches(word, known, n=1, cutoff=cutoff)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -96,3 +96,13 @@ def test_qiskit_1_names_are_importable_from_labqpu_and_raised(tmp_path) -> None:
     with pytest.raises(labqpu.BackendPropertyError, match="qubit 0, parameter 't2_s'") as info:
         snapshot.qubit_value(0, "t2_s")
     assert (info.value.subject, info.value.parameter) == ("qubit 0", "t2_s")
+
+
+def test_did_you_mean_prefers_the_same_word_in_another_case() -> None:
+    """A review's case: ``labqpu calibrate drive_LO`` was told "did you mean 'drive'?"."""
+    from labqpu.errors import did_you_mean
+
+    nodes = ["drive", "drive_lo", "drive_handedness", "rabi"]
+    assert did_you_mean("drive_LO", nodes) == "; did you mean 'drive_lo'?"
+    assert did_you_mean("rabbi", nodes) == "; did you mean 'rabi'?"
+    assert did_you_mean("zzz", nodes) == ""

@@ -488,7 +488,8 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
                            ("contrast", contrast)):
             scan[key].append(value)
         crossings += found
-        progress(f"  cz {pair}: {duration} samples scanned, {len(crossings)} crossings of pi")
+        progress(f"  cz {pair}: {duration} samples scanned, {len(crossings)} crossing"
+                 f"{'' if len(crossings) == 1 else 's'} of pi")
     if not crossings:
         raise FitError("CZ: no amplitude gives a conditional phase of pi",
                        subject=f"edge {pair}")

@@ -66,14 +66,24 @@ def default_design_path(device: str) -> Path:
     return Path(str(resources.files("labqpu") / "data" / f"{device}_design.toml"))
 
 
+def design_field(config) -> str:
+    """Where a wiring file names its design values, for errors: ``"[calibration] design of
+    lab.toml"`` (empty when the file names none: the shipped values are used)."""
+    return ("" if config.design_path is None
+            else f"[calibration] design of {config.path or 'the wiring file'}")
+
+
 def load_design(path: str | Path | None = None, *, device: str | None = None,
                 num_qubits: int | None = None,
-                check: Callable[[Mapping[str, Any]], None] | None = None) -> Working:
+                check: Callable[[Mapping[str, Any]], None] | None = None,
+                named_by: str = "") -> Working:
     """The design values in ``path`` (None: those shipped for ``device``) as the starting
     ``Working`` set, checked against ``device`` (its name) and its ``num_qubits`` when given,
     and by ``check`` (e.g. the rack's limits, ``labqpu.rack.limits.check_against_wiring``,
     which the CLI passes), given the values a bootstrap commits for every qubit as a snapshot
     document: its ``[device]`` pulse and readout values and each qubit's presets.
+    ``named_by`` says where ``path`` was named (``"[calibration] design of lab.toml"``), for
+    the errors of a file that is missing or unreadable.
 
     Raises:
         CalibrationError: the file is missing (for a device without shipped design values:
@@ -91,13 +101,14 @@ def load_design(path: str | Path | None = None, *, device: str | None = None,
                 "them with --design FILE (design=FILE in Python): a TOML file laid out as "
                 "labqpu/data/lab5_design.toml (docs/calibration.md, 'Design values')")
     path = Path(path)
+    named = f" ({named_by})" if named_by else ""
     try:
         with path.open("rb") as f:
             document = tomllib.load(f)
     except FileNotFoundError:
-        raise CalibrationError(f"design file {path} does not exist") from None
+        raise CalibrationError(f"design file {path}{named} does not exist") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"design file {path} cannot be read: {exc}") from exc
+        raise CalibrationError(f"design file {path}{named} cannot be read: {exc}") from exc
     where = f"design file {path}"
     unknown = sorted(set(document) - {"device", "qubit"})
     if unknown:

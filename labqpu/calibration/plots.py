@@ -128,8 +128,9 @@ def _value_lines(record: ExperimentRecord) -> list[str]:
         text = f"{name} = {value:.6g}" if isinstance(value, int | float) else f"{name} = {value}"
         if isinstance(err, int | float) and math.isfinite(err):
             text += f" ± {err:.2g}"
-        if isinstance(old, int | float):
-            text += f" (was {old:.6g})"
+        if isinstance(old, int | float):  # the change too: 6 digits hide a 5 kHz step
+            change = value - old if isinstance(value, int | float) else None
+            text += f" (was {old:.6g}" + (f", {change:+.2g})" if change else ")")
         lines.append(text)
     for name in ("r_squared", "rms_residual"):
         if isinstance(record.fit.get(name), int | float):

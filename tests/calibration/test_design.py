@@ -105,3 +105,20 @@ def test_the_cli_refuses_a_bad_design_before_starting_the_simulator(
                  "--no-rb"]) == 2
     assert "unknown field 'readout_amplitud'" in capsys.readouterr().err
     assert not (tmp_path / "home").exists()  # no store opened, no simulator started
+
+
+def test_a_missing_design_file_says_where_it_was_named(tmp_path: Path) -> None:
+    """A review's case: a wiring file's ``[calibration] design`` naming a missing file gave
+    "design file X does not exist", naming neither the wiring file nor its field."""
+    from labqpu.calibration.design import design_field
+    from labqpu.rack.config import default_config_path, load_config
+
+    text = default_config_path().read_text().replace(
+        'seed_snapshot = "lab5_calibration.json"',
+        'seed_snapshot = "lab5_calibration.json"\ndesign = "nodesign.toml"')
+    (tmp_path / "lab.toml").write_text(text)
+    config = load_config(tmp_path / "lab.toml")
+    with pytest.raises(CalibrationError, match=r"design file .*nodesign\.toml \(\[calibration\] "
+                                               r"design of .*lab\.toml\) does not exist"):
+        load_design(config.design_path, named_by=design_field(config))
+    assert design_field(load_config(default_config_path())) == ""

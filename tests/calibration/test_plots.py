@@ -4,6 +4,7 @@ other, and an axis in seconds reads in engineering units."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -138,3 +139,17 @@ def test_a_sweeps_legend_lies_between_its_axes_and_its_values(case):
                                                           "chosen"]
     assert box.y1 < fig.axes[0].get_tightbbox(renderer).y0
     assert max(t.get_window_extent(renderer).y1 for t in fig.texts) < box.y0
+
+
+def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
+    """A review's case: a Ramsey step of 5 kHz read "frequency_hz = 5.04702e+09 ... (was
+    5.04702e+09)"; the line now gives the change too."""
+    from labqpu.calibration.plots import _value_lines
+
+    record = dataclasses.replace(
+        _record("delay (s)", np.linspace(0, 1e-5, 20)),
+        values={"frequency_hz": [5.047025e9, 2.0e3], "t1_s": [5.08e-5, 1e-6]},
+        old_values={"frequency_hz": 5.04702e9, "t1_s": 5.08e-5})
+    lines = _value_lines(record)
+    assert lines[0] == "frequency_hz = 5.04702e+09 ± 2e+03 (was 5.04702e+09, +5e+03)", lines
+    assert lines[1] == "t1_s = 5.08e-05 ± 1e-06 (was 5.08e-05)", lines
