@@ -35,7 +35,7 @@ from labqpu.calibration.experiments import (
     vertex_stderr,
     zero_crossing,
 )
-from labqpu.calibration.leakage import candidate_leakage, readable, spectator_losses
+from labqpu.calibration.leakage import candidate_leakage
 
 log = logging.getLogger(__name__)
 
@@ -438,9 +438,6 @@ CZ_FINALISTS = 3
 CZ_CONTRAST_SLACK = 0.05
 #: Half-width (full scale) of the amplitudes around the chosen crossing that fix its amplitude.
 CZ_FINAL_SPAN = 0.002
-#: Shots per program (in units of the run's shots) of the finalists' spectator losses: at 400
-#: x 10 a loss has a standard error of ~0.01.
-CZ_SPECTATOR_SHOTS = 10
 #: Half-width (full scale) of the amplitudes around the calibrated CZ that a refinement tries.
 CZ_REFINE_SPAN = 0.004
 #: Shots per program of the 9-amplitude line that fixes a CZ's amplitude, in units of the
@@ -452,18 +449,14 @@ CZ_LINE_SHOTS = 4
 
 def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     """CZ on ``pair``: flux pulse on the higher-frequency qubit; scan amplitude x duration for a
-    conditional phase of pi. Each crossing's loss is measured: its leakage out of |11>
-    (``labqpu.calibration.leakage``) plus the largest share of a spectator's excitation it
-    takes (the fluxed qubit's other neighbours, :func:`~labqpu.calibration.leakage.
-    spectator_losses`: the pulse can take the fluxed qubit's 1-2 transition through a
-    neighbour's 0-1, and how much moves depends on the duration). Of the crossings within
-    :data:`CZ_CONTRAST_SLACK` of the best partner contrast (what leakage and decoherence leave
-    of the Ramsey fringe) the :data:`CZ_FINALISTS` that lose least (with the crossings at the
-    durations next to them, :data:`CZ_NEIGHBOUR_SPAN`) are measured again, contrast with 4x
-    the shots, leakage with 40x and spectator loss with :data:`CZ_SPECTATOR_SHOTS` x; the one
-    that loses least is kept (unless its contrast is more than the slack below another
-    finalist's). Then the amplitude is refined by a line through the conditional phase around
-    pi, and the phase corrections recorded."""
+    conditional phase of pi; each crossing's leakage (``labqpu.calibration.leakage``) is
+    measured, and of the crossings within :data:`CZ_CONTRAST_SLACK` of the best partner
+    contrast (what leakage and decoherence leave of the Ramsey fringe) the
+    :data:`CZ_FINALISTS` that leak least (with the crossings at the durations next to them,
+    :data:`CZ_NEIGHBOUR_SPAN`) are measured again, contrast with 4x the shots and leakage with
+    40x; the one that leaks least is kept (unless its contrast is more than the
+    slack below another finalist's). Then the amplitude is refined by a line through the
+    conditional phase around pi, and the phase corrections recorded."""
     a, b = pair
     fa, fb = (kit.work.qubits[q]["frequency_hz"] for q in pair)
     flux_q, other = (a, b) if fa > fb else (b, a)
@@ -474,14 +467,10 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     phi = np.arccos(min(1.0, ratio)) / np.pi
     amp0 = phi / kit.work.device["flux_line_phi0_per_amplitude"]
     rise = 5.0
-    neighbours = sorted({q for e in kit.config.coupling_map if flux_q in e for q in e}
-                        - {flux_q, other})
-    spectators = readable(kit, neighbours)
     crossings = []
     amps = amp0 + np.linspace(-0.03, 0.03, 25)
     scan = {"durations_samples": [], "amplitudes": amps, "conditional_phase_rad": [],
-            "contrast": [], "neighbours": [], "spectators": spectators,
-            "spectators_not_measured": [q for q in neighbours if q not in spectators]}
+            "contrast": [], "neighbours": []}
     for duration in CZ_DURATIONS_SAMPLES:
         cond, contrast, found = _crossings_of_pi(kit, flux_q, other, duration, rise, amps, shots)
         for key, value in (("durations_samples", duration), ("conditional_phase_rad", cond),
@@ -493,26 +482,16 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     if not crossings:
         raise FitError("CZ: no amplitude gives a conditional phase of pi",
                        subject=f"edge {pair}")
-
-    def losses(candidates: list[tuple[int, float]], leak_shots: int, spectator_shots: int
-               ) -> list[tuple[float, float]]:
-        """(leakage, largest spectator loss) of each (duration, amplitude)."""
-        leaks = candidate_leakage(kit, flux_q, other, rise, candidates, leak_shots)
-        lost = (spectator_losses(kit, flux_q, other, spectators, rise, candidates,
-                                 spectator_shots) if spectators else [{}] * len(candidates))
-        return [(leak, max(by_qubit.values(), default=0.0))
-                for (leak, _), by_qubit in zip(leaks, lost, strict=True)]
-
-    # Losses first: every crossing's in one job each; of those whose contrast is within
-    # CZ_CONTRAST_SLACK of the best, the CZ_FINALISTS that lose least are measured again (the
-    # scan's contrasts have a standard error of ~0.03, the screen's leakage ~0.007 and
-    # spectator loss ~0.02), and the one that loses least is kept unless its contrast falls
-    # CZ_CONTRAST_SLACK below another's. Before that, the durations next to the crossings
-    # that lose least join the candidates.
-    screen = losses([(d, x) for _, d, x in crossings], shots * 4, shots * 4)
+    # Leakage first: every crossing's leakage in one job; of those whose contrast is within
+    # CZ_CONTRAST_SLACK of the best, the CZ_FINALISTS that leak least are measured again (the
+    # scan's contrasts have a standard error of ~0.03, the leakage screen ~0.007), and the one
+    # that leaks least is kept unless its contrast falls CZ_CONTRAST_SLACK below another's.
+    # Before that, the durations next to the least-leaking crossings join the candidates.
+    screen = [leak for leak, _ in candidate_leakage(
+        kit, flux_q, other, rise, [(d, x) for _, d, x in crossings], shots * 4)]
     scanned = set(CZ_DURATIONS_SAMPLES)
     added = []
-    for _, d, x in _eligible(crossings, [sum(lost) for lost in screen])[:CZ_FINALISTS]:
+    for _, d, x in _eligible(crossings, screen)[:CZ_FINALISTS]:
         for near in (d - 1, d + 1):
             if near in scanned or near <= 2 * rise:
                 continue
@@ -523,20 +502,19 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
             added += found
     if added:
         crossings += added
-        screen += losses([(d, x) for _, d, x in added], shots * 4, shots * 4)
-        progress(f"  cz {pair}: {len(added)} crossings next to the least losing")
-    scan["crossings"] = [[c, d, x, leak, lost] for (c, d, x), (leak, lost)
-                         in zip(crossings, screen, strict=True)]
-    finalists = [(d, x) for _, d, x in
-                 _eligible(crossings, [sum(lost) for lost in screen])[:CZ_FINALISTS]]
+        screen += [leak for leak, _ in candidate_leakage(
+            kit, flux_q, other, rise, [(d, x) for _, d, x in added], shots * 4)]
+        progress(f"  cz {pair}: {len(added)} crossings next to the least leaking")
+    scan["crossings"] = [[c, d, x, leak] for (c, d, x), leak in zip(crossings, screen,
+                                                                     strict=True)]
+    finalists = [(d, x) for _, d, x in _eligible(crossings, screen)[:CZ_FINALISTS]]
+    leakage = candidate_leakage(kit, flux_q, other, rise, finalists, shots * 40)
     remeasured = [(_cz_phases(kit, flux_q, other, d, rise, x, shots * 4)[f"{other}|1"][1],
-                   leak, lost, d, x) for (d, x), (leak, lost) in
-                  zip(finalists, losses(finalists, shots * 40, shots * CZ_SPECTATOR_SHOTS),
-                      strict=True)]
-    scan["finalists"] = [list(r) for r in remeasured]
+                   leak, d, x) for (d, x), (leak, _) in zip(finalists, leakage, strict=True)]
+    scan["finalists"] = [[c, leak, d, x] for c, leak, d, x in remeasured]
     top = max(c for c, *_ in remeasured)
-    *_, duration, amp = min((r for r in remeasured if r[0] >= top - CZ_CONTRAST_SLACK),
-                            key=lambda r: r[1] + r[2])
+    contrast, _, duration, amp = min((r for r in remeasured if r[0] >= top - CZ_CONTRAST_SLACK),
+                                     key=lambda r: r[1])
     _finish_cz(kit, pair, flux_q, other, duration, rise, amp, shots, scan,
                span=CZ_FINAL_SPAN, within=False)
 

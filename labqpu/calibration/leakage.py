@@ -19,7 +19,6 @@ estimates; the whole curve, and its largest value
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -41,58 +40,6 @@ def _program(kit: Kit, flux_q: int, other: int, repeats: int, duration: int, ris
              else kit.flux(b, flux_q, t, duration, rise, amplitude))
     kit.readout(b, other, t, 0)
     return b.build(num_clbits=1)
-
-
-#: What a spectator needs for its loss to be measured (it is driven and read); one without
-#: them (a qubit whose readout failed, say) is left out.
-SPECTATOR_NEEDS = ("pi_amplitude", "pi2_amplitude", "assignment_matrix")
-
-
-def readable(kit: Kit, qubits: Iterable[int]) -> list[int]:
-    """Those of ``qubits`` whose loss can be measured (they hold :data:`SPECTATOR_NEEDS`)."""
-    return [q for q in qubits if all(n in kit.work.qubits.get(q, {}) for n in SPECTATOR_NEEDS)]
-
-
-def _spectator_program(kit: Kit, flux_q: int, other: int, spectator: int,
-                       partner_excited: bool, duration: int, rise: float,
-                       amplitude: float | None):
-    """``spectator`` and ``flux_q`` in |1>, ``other`` in |1> or |0>, the flux pulse
-    (``amplitude``; None: a wait as long), ``spectator`` read into clbit 0."""
-    qubits = kit.work.qubits
-    b = kit.builder([flux_q, other, spectator])
-    kit.drive(b, spectator, 0, qubits[spectator]["pi_amplitude"])
-    kit.drive(b, other, 0, qubits[other]["pi_amplitude"] if partner_excited else 0.0)
-    t = kit.drive(b, flux_q, 0, qubits[flux_q]["pi_amplitude"])
-    t = (t + kit.timing.pad(duration) if amplitude is None
-         else kit.flux(b, flux_q, t, duration, rise, amplitude))
-    kit.readout(b, spectator, t, 0)
-    return b.build(num_clbits=1)
-
-
-def spectator_losses(kit: Kit, flux_q: int, other: int, spectators: Sequence[int],
-                     rise: float, candidates: Sequence[tuple[int, float]], shots: int
-                     ) -> list[dict[int, float]]:
-    """The share of each of ``spectators``' excitation that each flux pulse ``(duration in
-    samples, amplitude)`` of ``candidates`` on ``flux_q`` takes away, all in one job.
-
-    With the spectator and ``flux_q`` in |1>, a pulse that takes the fluxed qubit's 1-2
-    transition through the spectator's 0-1 moves |1 1> towards |2 0>. The loss is the
-    spectator's readout-corrected P(1) after a wait as long as the pulse minus after the
-    pulse, the larger of the two with the partner ``other`` in |0> and in |1>. Passing the
-    crossing down and up again, the two passages interfere, so the loss swings with the
-    pulse's duration (on lab5's edge 1-2, from ~0 to ~35 % of qubit 3's excitation over 10
-    samples)."""
-    rows = [{s: [((duration, amplitude, s, e), (duration, None, s, e)) for e in (False, True)]
-             for s in spectators} for duration, amplitude in candidates]
-    # keys: (duration, amplitude or None for the wait, spectator, partner excited); the
-    # pulses of one duration share their waits
-    keys = [key for row in rows for pairs in row.values() for pair in pairs for key in pair]
-    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
-    progs = [_spectator_program(kit, flux_q, other, s, e, duration, rise, amplitude)
-             for duration, amplitude, s, e in index]
-    p1 = kit.corrected_p1(progs, shots, clip=False)[:, 0]
-    return [{s: float(max(p1[index[wait]] - p1[index[pulse]] for pulse, wait in pairs))
-             for s, pairs in row.items()} for row in rows]
 
 
 def _partner(pair: tuple[int, int], flux_q: int) -> int:

@@ -12,10 +12,8 @@ It also measures what the flux pulse does to each spectator's own excitation: wi
 spectator and the fluxed qubit in |1> (the partner in |0> and in |1>), the spectator's P(1)
 after the pulse against after an equally long wait. A pulse that takes the fluxed qubit's 1-2
 transition through the spectator's 0-1 moves |1 1> towards |2 0>: on lab5's edge 1-2 qubit 3
-loses ~15-24 % of its excitation that way with the pulse that leaks least, which the cz node
-no longer chooses for that reason (:func:`labqpu.calibration.bootstrap.cz`). The record keeps
-the loss per spectator (``spectator_loss``, the largest); above :data:`SPECTATOR_LOSS_NOTED`
-the run says so.
+loses ~15-24 % of its excitation that way. The record keeps the loss per spectator
+(``spectator_loss``, the largest); above :data:`SPECTATOR_LOSS_NOTED` the run says so.
 
 And the phase a spectator in superposition picks up per pulse, conditioned on the fluxed
 qubit (the spectator's Ramsey phase with the fluxed qubit in |1> against |0>, as the CZ
@@ -34,24 +32,48 @@ import numpy as np
 from labqpu.calibration.bootstrap import _cz_phases
 from labqpu.calibration.checks import wrap
 from labqpu.calibration.experiments import Kit
-from labqpu.calibration.leakage import readable, spectator_losses
 
 #: A spectator excitation lost to the CZ's flux pulse above which the run says so.
 SPECTATOR_LOSS_NOTED = 0.05
 #: A spectator phase (rad) per pulse, conditioned on the fluxed qubit, above which the run
 #: says so (0.2 rad costs a spectator in superposition ~1 % per cz).
 SPECTATOR_PHASE_NOTED = 0.2
+#: What a spectator needs for its own loss and phase to be measured (it is driven and read);
+#: one without them (a qubit whose readout failed, say) is left out and named in the record.
+SPECTATOR_NEEDS = ("pi_amplitude", "pi2_amplitude", "assignment_matrix")
+
+
 def spectators_of(pair: tuple[int, int], coupling_map) -> list[int]:
     """The qubits coupled to either qubit of ``pair``, other than the pair's own."""
     return sorted({q for e in coupling_map for q in e if set(e) & set(pair)} - set(pair))
+
+
+def spectator_loss(kit: Kit, flux_q: int, other: int, spectator: int, duration: int,
+                   rise: float, amp: float, shots: int) -> float:
+    """The share of ``spectator``'s excitation the CZ's flux pulse (on ``flux_q``; ``duration``
+    samples, ``rise``, ``amp``) takes away: readout-corrected P(1) of the spectator after an
+    equally long wait minus after the pulse, with the spectator and ``flux_q`` in |1> and
+    ``other`` in |0> or |1> (the larger of the two)."""
+    progs = []
+    for partner in (0, 1):
+        for pulse_amp in (0.0, amp):
+            b = kit.builder([flux_q, other, spectator])
+            kit.drive(b, spectator, 0, kit.work.qubits[spectator]["pi_amplitude"])
+            kit.drive(b, other, 0, kit.work.qubits[other]["pi_amplitude"] if partner else 0.0)
+            t = kit.drive(b, flux_q, 0, kit.work.qubits[flux_q]["pi_amplitude"])
+            t = kit.flux(b, flux_q, t, duration, rise, pulse_amp)
+            kit.readout(b, spectator, t, 0)
+            progs.append(b.build(num_clbits=1))
+    p1 = kit.corrected_p1(progs, shots)[:, 0]
+    return float(max(p1[0] - p1[1], p1[2] - p1[3]))
 
 
 def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
                   progress: Callable[[str], None] | None = None) -> None:
     """Conditional phase (rad) of edge ``pair``'s calibrated CZ with each spectator in |1>,
     against all in |0>; sets ``cz_spectator_spread_rad`` (the largest |shift|). The record also
-    holds each spectator's loss (:func:`labqpu.calibration.leakage.spectator_losses`);
-    ``progress`` is told of one above :data:`SPECTATOR_LOSS_NOTED`."""
+    holds each spectator's :func:`spectator_loss`; ``progress`` is told of one above
+    :data:`SPECTATOR_LOSS_NOTED`."""
     lo, hi = pair
     p = kit.work.pairs[pair]
     flux_q = p["cz_flux_qubit"]
@@ -65,12 +87,11 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
                             excited)
         conditional[label] = wrap(phases[f"{other}|1"][0] - phases[f"{other}|0"][0])
         contrast[label] = phases[f"{other}|1"][1]
-    measured = readable(kit, spectators)
-    (by_qubit,) = spectator_losses(kit, flux_q, other, measured, rise,
-                                   [(duration, p["cz_amplitude"])], shots)
-    losses = {str(s): loss for s, loss in by_qubit.items()}
+    readable = [s for s in spectators if all(n in kit.work.qubits[s] for n in SPECTATOR_NEEDS)]
+    losses = {str(s): spectator_loss(kit, flux_q, other, s, duration, rise, p["cz_amplitude"],
+                                     shots) for s in readable}
     spectator_phases = {}
-    for s in measured:  # the spectator's Ramsey phase, the fluxed qubit in |1> against |0>
+    for s in readable:  # the spectator's Ramsey phase, the fluxed qubit in |1> against |0>
         ramsey = _cz_phases(kit, flux_q, s, duration, rise, p["cz_amplitude"], shots)
         spectator_phases[str(s)] = wrap(ramsey[f"{s}|1"][0] - ramsey[f"{s}|0"][0])
     shifts = {s: wrap(conditional[s] - conditional["none"]) for s in conditional if s != "none"}
@@ -96,9 +117,9 @@ def cz_spectators(kit: Kit, pair: tuple[int, int], shots: int,
          "series": {"conditional phase - pi": [wrap(conditional[s] - np.pi) for s in labels]},
          "conditional_phase_rad": [conditional[s] for s in labels],
          "partner_contrast": [contrast[s] for s in labels], "spectators": spectators,
-         "measured_spectators": measured,
-         "spectator_loss": [losses[str(s)] for s in measured],
-         "spectator_phase_rad": [spectator_phases[str(s)] for s in measured]},
+         "measured_spectators": readable,
+         "spectator_loss": [losses[str(s)] for s in readable],
+         "spectator_phase_rad": [spectator_phases[str(s)] for s in readable]},
         settings={"shots": shots, "flux_qubit": flux_q})
     kit.work.set_pair(pair, "cz_spectator_spread_rad", float(spread), rid)
     if progress is None:
