@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -199,11 +200,12 @@ def export_snapshot(args: argparse.Namespace, backend, snapshot) -> bool:
 
 
 def _replace(target: Path, text: str) -> None:
-    """Write ``text`` to a file beside ``target`` (with the mode a plain write would give),
-    then rename it onto ``target``; straight to ``target`` where its folder takes no new file
-    (``/proc``, say)."""
+    """Write ``text`` to a file beside ``target`` (through a symbolic link: beside what it
+    points to), with the mode of the file it replaces (or that a plain write would give), then
+    rename it onto it; straight to ``target`` where its folder takes no new file (``/proc``)."""
+    target = target.resolve()
     try:
-        out = tempfile.NamedTemporaryFile("w", dir=target.resolve().parent,  # noqa: SIM115
+        out = tempfile.NamedTemporaryFile("w", dir=target.parent,  # noqa: SIM115
                                           prefix=f".{target.name}.", delete=False)
     except OSError:
         target.write_text(text)
@@ -211,9 +213,13 @@ def _replace(target: Path, text: str) -> None:
     try:
         with out:
             out.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(out.name, 0o666 & ~mask)
+        try:
+            mode = stat.S_IMODE(target.stat().st_mode)
+        except FileNotFoundError:
+            mask = os.umask(0)
+            os.umask(mask)
+            mode = 0o666 & ~mask
+        os.chmod(out.name, mode)
         os.replace(out.name, target)
     finally:
         Path(out.name).unlink(missing_ok=True)

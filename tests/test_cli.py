@@ -944,6 +944,16 @@ def test_calibrate_export_refuses_a_store_and_reports_a_failed_write_in_one_line
             f"snapshot 1 is committed in {store} all the same"), proc.stderr
     proc = labqpu(tmp_path, "calibrate", "history")
     assert proc.returncode == 0, proc.stderr
+    # written through a symbolic link, keeping the mode of the file it replaces
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "real.json").chmod(0o600)
+    (tmp_path / "link.json").symlink_to("real.json")
+    proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                  "link.json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "real.json").read_text())["document"]["device"] == "lab5"
+    assert (tmp_path / "real.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path):

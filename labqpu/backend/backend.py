@@ -197,8 +197,7 @@ class LabBackend(BackendV2):
         self._pulse_gates: dict[str, dict[tuple[int, ...], PulseGate]] = {}
         #: Programs of circuits run before, for circuits run again (``labqpu.backend.compiled``).
         self._compiled = CompiledPrograms()
-        #: The default options as last checked (``_check_defaults``).
-        self._defaults_checked: list | None = None
+        self._defaults_checked: list | None = None  # the defaults as last checked
         self._capabilities: dict[str, dict] = queue.capabilities(timeout_s=30.0)
         self._max_program_samples: dict[str, int] = {
             name: int(caps["max_program_samples"])
@@ -504,25 +503,30 @@ class LabBackend(BackendV2):
             "the hardware queue of its provider. Pickle backend.target (or the results) "
             f"instead; to run from another process, {there}")
 
-    def _check_defaults(self) -> None:
-        """Check the default options once after each change: ``backend.options`` (Qiskit's
-        ``Options``) can be changed without :meth:`set_options`'s checks."""
+    def _check_defaults(self, given: dict) -> None:
+        """Check the default options (Qiskit's ``Options`` can be changed past
+        :meth:`set_options`) once after each change, those the run gives (``given``) aside."""
         values = self._options.__dict__
-        state = [(k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()]
-        if state == self._defaults_checked:
+        if (state := [(k, tuple(v) if isinstance(v, list) else v)
+                      for k, v in values.items()]) == self._defaults_checked:
             return
         try:
             self._checked_options(dict(values), "option", none_keeps_default=False)
-        except InvalidRunInputError as exc:
-            raise InvalidRunInputError(
-                f"backend.options: {exc}; change defaults with backend.set_options(...), "
-                "which checks them; nothing was sent", option=exc.option) from exc
+        except InvalidRunInputError:
+            try:  # a bad default that this run overrides is no matter (till the next run)
+                self._checked_options({k: v for k, v in values.items() if given.get(k) is None},
+                                      "option", none_keeps_default=False)
+            except InvalidRunInputError as exc:
+                raise InvalidRunInputError(
+                    f"backend.options: {exc}; change defaults with backend.set_options(...), "
+                    "which checks them; nothing was sent", option=exc.option) from exc
+            return
         self._defaults_checked = state
 
     def _run_options(self, kwargs: dict) -> dict:
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
         type-checked, then range-checked by the same validators as ``set_options``."""
-        self._check_defaults()
+        self._check_defaults(kwargs)
         opts = self._checked_options(kwargs, "run option", none_keeps_default=True)
         out = dict(opts.__dict__)
         out["shots"] = int(out["shots"])

@@ -1,7 +1,8 @@
 """Experiment records: what a calibration experiment measured, kept so the fit can be redone.
 
-Every experiment run leaves, next to the calibration store
-(``<store directory>/experiments/``), two files named by its experiment id:
+Every experiment run leaves, next to the calibration store (:func:`experiments_directory`:
+``experiments/``, or ``<name>_experiments/`` beside a store not named ``calibration.sqlite``),
+two files named by its experiment id:
 
 * ``<id>.json``, an :class:`ExperimentRecord`:
   - what was measured (``kind``, ``subject``);

@@ -419,8 +419,9 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     (:func:`labqpu.store.staleness.wiring_age_limits`), judged at ``now`` (default: the current
     time). ``design`` (default: the wiring file's ``[calibration] design``, else the device's
     shipped design values) supplies what a snapshot does not hold. Every experiment that ran
-    leaves its record and plot in ``record_directory`` (default: ``experiments/`` beside the
-    calibration store), whether or not the run commits.
+    leaves its record and plot in ``record_directory`` (default: the calibration store's,
+    :func:`~labqpu.calibration.records.experiments_directory`), whether or not the run
+    commits.
 
     The ``rb`` step (:data:`labqpu.calibration.graph.RB_NODE`) runs when ``nodes`` is None or
     names it and ``commit`` is true, unless ``rb`` is False (True: always, and then it needs
@@ -429,7 +430,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     date (:func:`labqpu.calibration.rb.outdated_subjects`; all of them when forced), except
     those whose graph steps failed or were blocked, and commits the gate errors that fitted as
     a second snapshot; a qubit or edge whose benchmark failed is reported failed (an edge
-    whose qubit failed, too). Records go to the store's ``experiments/``.
+    whose qubit failed, too). Records go to the store's records directory.
 
     Returns the :class:`RunReport`; its ``table()`` is the summary. A single node name or
     qubit number stands for a list of one."""

@@ -70,7 +70,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     """Read a plain circuit once: per op its effect row, duration, first parameter, clbit and
     qubits (as columns for ``layout_kernel``), and the qubits used and measured. Returns None
     for a dynamic circuit (an instruction in ``dynamic_names``, or one after a measurement of
-    its qubit), which ``dynamic.lower_dynamic`` reads instead.
+    its qubit, or a wait there that is not padding), which ``dynamic.lower_dynamic`` reads
+    instead.
 
     A gate met again on the same qubits in this circuit is not looked up again: its qubit
     indices, duration and effect come from ``seen``; only its parameters are read.
@@ -97,6 +98,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     op_qubits: list[tuple] = []
     pending: list[tuple] = []  # (row, name, qubits) whose effect is not known yet
     measured: set[int] = set()
+    first_read: dict[int, int] = {}  # qubit -> row of its first measurement
     qubit_of = qindex.__getitem__
     delays: list[int] = []  # rows of delays, checked for trailing padding at the end
     barriers: list[int] = []
@@ -147,6 +149,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         clbit = -1
         if name == "measure":
             measured.update(qubits)
+            first_read.setdefault(qubits[0], len(effect))
             clbit = cindex[inst.clbits[0]]
         if eid is None:
             pending.append((len(effect), name, qubits))
@@ -170,6 +173,9 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
                                    if i not in is_delay and i not in is_barrier))
     padding = padding_delays(op_qubits, is_delay, is_barrier) if delays else ()
+    if first_read and any(first_read.get(q, i) < i for i in is_delay - set(padding)
+                          for q in op_qubits[i]):
+        return None  # a wait after a readout that holds others back: mid-circuit
     if padding:
         columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
         op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]

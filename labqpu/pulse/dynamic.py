@@ -474,6 +474,12 @@ class _Reader:
     def finish(self) -> Lowered:
         out = self.out
         tables = self.tables
+        padding = padding_delays(out.resources, set(self.delays), self.barriers)
+        for i in set(self.delays) - padding:  # a wait after a readout that holds others back
+            for q in out.resources[i]:         # comes after it: that readout is mid-circuit
+                row = self.pending_measure.get(q)
+                if row is not None and row < i:
+                    self.mid.add(row)
         for i, (eid, duration, param, c) in enumerate(out.rows):
             if eid != -1:
                 continue
@@ -489,7 +495,6 @@ class _Reader:
                 if i in self.mid:
                     out.discriminated.setdefault(acquisition, False)
                 acquisition += 1
-        padding = padding_delays(out.resources, set(self.delays), self.barriers)
         out.delays = [i for i in self.delays if i not in padding]
         if padding:
             out = with_rows(out, [i for i in range(len(out.rows)) if i not in padding])

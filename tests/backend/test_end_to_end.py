@@ -744,6 +744,19 @@ def test_defaults_changed_past_set_options_are_checked_before_a_run(lab_backend,
         lab_backend.set_options(**before)
 
 
+def test_a_bad_default_that_the_run_overrides_is_no_matter(lab_backend) -> None:
+    """``backend.options.shots = 0``, then ``run(native, shots=100)`` runs 100 shots (a review
+    found it refused); ``run(native)`` is refused, naming shots."""
+    native = transpile(bell(), lab_backend)
+    before = dict(lab_backend.options.__dict__)
+    try:
+        lab_backend.options.shots = 0
+        assert lab_backend.run(native, shots=100).result(timeout=60).results[0].shots == 100
+        assert "shots" in _nothing_sent(lab_backend, lambda: lab_backend.run(native))
+    finally:
+        lab_backend.set_options(**before)
+
+
 def test_pulse_program_is_checked_against_the_rack(lab_backend) -> None:
     native = transpile(bell(), lab_backend)
     program = lab_backend.run(native, shots=10, sync=True).programs[0]

@@ -773,8 +773,9 @@ def test_the_busy_wait_polls_without_blocking_until_the_reply_comes(
     delayed_controller: str, monkeypatch
 ) -> None:
     """With ``spin_s`` > 0 the client polls without blocking (timeout 0) until the reply comes:
-    a reply 5 ms into a 50 ms busy wait is seen by such a poll, after several that found
-    nothing. With ``spin_s`` = 0 the client only blocks."""
+    a reply 5 ms into a 50 ms busy wait is seen by such a poll, after others that found
+    nothing (a loaded machine may run only a few in 5 ms). With ``spin_s`` = 0 the client
+    only blocks."""
     polls: list[tuple[int, int, int]] = []  # (socket id, timeout ms, events) of every poll
     real_poll = zmq.Socket.poll
 
@@ -794,7 +795,7 @@ def test_the_busy_wait_polls_without_blocking_until_the_reply_comes(
             seen = [(timeout, events) for sid, timeout, events in polls if sid == mine]
         if spin_s:
             hit = next(i for i, (_, events) in enumerate(seen) if events)
-            assert hit >= 3  # several polls found nothing first
+            assert hit >= 1  # polls found nothing first (how many: the machine's load)
             assert all(timeout == 0 for timeout, _ in seen[:hit + 1])  # none of them blocked
         else:
             assert seen and all(timeout != 0 for timeout, _ in seen)

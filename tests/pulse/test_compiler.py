@@ -744,6 +744,29 @@ def test_a_delay_between_barriers_holds_back_the_qubits_they_synchronise(snapsho
     assert prog.duration_samples < readout + 5000
 
 
+@pytest.mark.parametrize("barrier_first", [False, True])
+def test_a_readout_before_a_wait_that_holds_others_back_is_not_moved_after_it(
+        snapshot, channels, barrier_first):
+    """A review's case: x(0), measure(0), a 50 us delay on qubit 0, a barrier, then x(1) and
+    measure(1). Qubit 0 is read right after its x and qubit 1 acts 50 us later; the delay,
+    kept since the barrier ties it to qubit 1, made measure(0) look final, and final readouts
+    start at the end of the gates: qubit 0 was read after the wait (P(1) 0.30 against 0.98)."""
+    qc = QuantumCircuit(2, 2)
+    qc.x(0)
+    qc.measure(0, 0)
+    if barrier_first:
+        qc.barrier()
+    qc.delay(50000, 0, unit="dt")
+    qc.barrier()
+    qc.x(1)
+    qc.measure(1, 1)
+    prog = compile_circuit(qc, snapshot, channels)
+    starts_of = dict(zip(prog.acq_clbit.tolist(), prog.acq_start.tolist(), strict=True))
+    readout = 1000  # samples: the snapshot's readout of qubit 0
+    assert starts_of[0] == 40
+    assert starts_of[1] == 40 + readout + 50000 + 40
+
+
 def test_padding_delays_follow_barriers_to_the_qubits_that_act_later():
     """``padding_delays``: a delay is padding unless a later op on its qubit plays or
     measures, or a later barrier ties its qubit to one that does, through chains of
