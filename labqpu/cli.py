@@ -253,13 +253,14 @@ def _note_an_unrun_circuit(script: Path, namespace: dict) -> None:
     """After a script that never opened labqpu's provider (nothing ran on the device), say so
     on stderr when it defines a circuit as a circuit file does: the user likely meant it to
     be one (``labqpu draw`` takes it)."""
-    if "labqpu.backend.provider" in sys.modules or "qiskit" not in sys.modules:
+    if "labqpu.backend.provider" in sys.modules or "qiskit" not in sys.modules \
+            or script.suffix.lower() != ".py":
         return
     from qiskit import QuantumCircuit
 
     name = next((n for n in CIRCUIT_NAMES if isinstance(namespace.get(n), QuantumCircuit)),
                 None)
-    if name is None or script.suffix.lower() != ".py":
+    if name is None:
         return
     why = script_reason(script) or "it is not read as a circuit file"
     print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
@@ -424,7 +425,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         design = load_design(args.design or config.design_path, device=config.device_name,
                              num_qubits=config.channels.num_qubits,
                              check=lambda document: check_against_wiring(document, config),
-                             named_by="" if args.design else design_field(config))
+                             named_by="" if args.design
+                             else design_field(config.path, config.design_path))
     with _empty_store_warning(quiet=args.bootstrap):
         provider = LabProvider(args.config, simulator=args.simulator or None)
     with provider:

@@ -26,7 +26,7 @@ from labqpu.errors import CalibrationError
 from labqpu.store.physics import QUBIT_CHECKS
 
 __all__ = ["DEVICE_FIELDS", "QUBIT_FIELDS", "SHARED_FIELDS", "default_design_path",
-           "load_design"]
+           "design_field", "load_design"]
 
 Check = Callable[[Any], str | None]
 
@@ -66,11 +66,11 @@ def default_design_path(device: str) -> Path:
     return Path(str(resources.files("labqpu") / "data" / f"{device}_design.toml"))
 
 
-def design_field(config) -> str:
-    """Where a wiring file names its design values, for errors: ``"[calibration] design of
-    lab.toml"`` (empty when the file names none: the shipped values are used)."""
-    return ("" if config.design_path is None
-            else f"[calibration] design of {config.path or 'the wiring file'}")
+def design_field(wiring: Path | None, design: Path | None) -> str:
+    """Where a wiring file (``wiring``) names its design values (``design``, its
+    ``[calibration] design``), for errors: ``"[calibration] design of lab.toml"``; empty when
+    it names none (the shipped values are used)."""
+    return "" if design is None else f"[calibration] design of {wiring or 'the wiring file'}"
 
 
 def load_design(path: str | Path | None = None, *, device: str | None = None,

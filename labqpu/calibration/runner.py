@@ -451,7 +451,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
     design_work = load_design(design or backend.config.design_path, device=backend.name,
                               num_qubits=backend.config.num_qubits,
-                              named_by="" if design else design_field(backend.config))
+                              named_by="" if design else design_field(backend.config.path,
+                                                                     backend.config.design_path))
     kit = Kit(backend, working_from_snapshot(parent, design_work))
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)

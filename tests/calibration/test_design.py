@@ -120,5 +120,6 @@ def test_a_missing_design_file_says_where_it_was_named(tmp_path: Path) -> None:
     config = load_config(tmp_path / "lab.toml")
     with pytest.raises(CalibrationError, match=r"design file .*nodesign\.toml \(\[calibration\] "
                                                r"design of .*lab\.toml\) does not exist"):
-        load_design(config.design_path, named_by=design_field(config))
-    assert design_field(load_config(default_config_path())) == ""
+        load_design(config.design_path, named_by=design_field(config.path, config.design_path))
+    shipped = load_config(default_config_path())
+    assert design_field(shipped.path, shipped.design_path) == ""
