@@ -180,14 +180,18 @@ class LabJob(JobV1):
         that does not gets it before each slice)."""
         return len({id(run.program) for run in self._runs})
 
+    def _run_seed(self, i: int) -> int | None:
+        """The simulator seed of the job's run ``i``: ``seed_simulator`` + i (None without)."""
+        seed = self._options["seed_simulator"]
+        return None if seed is None else (seed + i) % SEED_LIMIT
+
     def _work(self) -> list[tuple[PulseProgram, RunRequest]]:
         opts = self._options
-        seed = opts["seed_simulator"]
         # The worker counts a one-point run while its read-back travels; memory, IQ lists and
         # a sweep's many points are built by result(), so they do not hold up the next job.
         counts_only = opts["meas_level"] == 2 and not opts["memory"]
         return [(run.program, RunRequest(
-            shots=opts["shots"], seed=None if seed is None else (seed + i) % SEED_LIMIT,
+            shots=opts["shots"], seed=self._run_seed(i),
             rep_delay_s=opts["rep_delay"],
             # ``timeout`` is per program: a merged run of k programs gets k times it.
             timeout_s=min(opts["timeout"] * (1 if run.explicit else run.points),
@@ -224,6 +228,7 @@ class LabJob(JobV1):
         backend = self.backend()
         shots = opts["shots"]
         experiments = []
+        index = {id(run): i for i, run in enumerate(self._runs)}
         for run, record, k, member, iq in self._experiments(records):
             result = experiment_result(
                 member, iq, shots=shots,
@@ -232,6 +237,9 @@ class LabJob(JobV1):
                 provenance=record.provenance, traces=record.traces,
                 trace_decimation=record.trace_decimation,
                 data=None if record.digest is None else record.digest[k])
+            seed = self._run_seed(index[id(run)])
+            if seed is not None:
+                result["seed_simulator"] = seed
             if run.explicit:
                 result["header"]["metadata"] = {
                     **result["header"]["metadata"],

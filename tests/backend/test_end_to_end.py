@@ -529,6 +529,11 @@ def test_the_largest_seed_runs_and_the_next_circuit_wraps_to_zero(quiet_lab_back
                                  seed_simulator=2**63 - 1).result()
     zero = quiet_lab_backend.run(native, shots=200, memory=True, seed_simulator=0).result()
     assert pair.get_memory(1) == zero.get_memory(0)
+    # each experiment says the seed it drew with (a review: the result did not say)
+    assert [r.seed_simulator for r in pair.results] == [2**63 - 1, 0]
+    assert zero.results[0].seed_simulator == 0 and zero.status == "COMPLETED"
+    unseeded = quiet_lab_backend.run(native, shots=10).result().results[0]
+    assert getattr(unseeded, "seed_simulator", None) is None
 
 
 def test_a_circuit_without_classical_bits_has_no_outcomes(lab_backend) -> None:
