@@ -59,7 +59,7 @@ from labqpu.pulse.tables import (
     unbound_error,
     waveform,
 )
-from labqpu.pulse.timing import padding_delays
+from labqpu.pulse.timing import padding_delays, readouts_before_waits
 from labqpu.store import Snapshot
 
 SCHEDULING_METHODS = ("auto", "alap", "asap")
@@ -98,7 +98,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     op_qubits: list[tuple] = []
     pending: list[tuple] = []  # (row, name, qubits) whose effect is not known yet
     measured: set[int] = set()
-    first_read: dict[int, int] = {}  # qubit -> row of its first measurement
+    reads: dict[int, int] = {}  # row of each measurement -> its qubit
     qubit_of = qindex.__getitem__
     delays: list[int] = []  # rows of delays, checked for trailing padding at the end
     barriers: list[int] = []
@@ -149,7 +149,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
         clbit = -1
         if name == "measure":
             measured.update(qubits)
-            first_read.setdefault(qubits[0], len(effect))
+            reads[len(effect)] = qubits[0]
             clbit = cindex[inst.clbits[0]]
         if eid is None:
             pending.append((len(effect), name, qubits))
@@ -173,9 +173,9 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
                                    if i not in is_delay and i not in is_barrier))
     padding = padding_delays(op_qubits, is_delay, is_barrier) if delays else ()
-    if first_read and any(first_read.get(q, i) < i for i in is_delay - set(padding)
-                          for q in op_qubits[i]):
-        return None  # a wait after a readout that holds others back: mid-circuit
+    if reads and len(padding) < len(is_delay) and readouts_before_waits(
+            op_qubits, is_delay, is_barrier, padding, reads):
+        return None  # a readout before a wait that holds others back: mid-circuit
     if padding:
         columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
         op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]

@@ -65,7 +65,7 @@ from labqpu.pulse.tables import (
     samples_of,
     unbound_error,
 )
-from labqpu.pulse.timing import padding_delays
+from labqpu.pulse.timing import padding_delays, readouts_before_waits
 
 #: Instructions a branch of ``if_else`` may hold.
 _BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier", "if_else"})
@@ -474,12 +474,11 @@ class _Reader:
     def finish(self) -> Lowered:
         out = self.out
         tables = self.tables
-        padding = padding_delays(out.resources, set(self.delays), self.barriers)
-        for i in set(self.delays) - padding:  # a wait after a readout that holds others back
-            for q in out.resources[i]:         # comes after it: that readout is mid-circuit
-                row = self.pending_measure.get(q)
-                if row is not None and row < i:
-                    self.mid.add(row)
+        delays = set(self.delays)
+        padding = padding_delays(out.resources, delays, self.barriers)
+        self.mid |= readouts_before_waits(  # a final readout before a wait that holds others
+            out.resources, delays, self.barriers, padding,  # back plays before it
+            {row: q for q, row in self.pending_measure.items()})
         for i, (eid, duration, param, c) in enumerate(out.rows):
             if eid != -1:
                 continue

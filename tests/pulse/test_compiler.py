@@ -27,7 +27,7 @@ from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse import Constant, PulseBuilder, drive
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
-from labqpu.pulse.timing import padding_delays
+from labqpu.pulse.timing import padding_delays, readouts_before_waits
 from labqpu.store import Snapshot, SnapshotBuilder
 
 FS = 1.0e9
@@ -765,6 +765,43 @@ def test_a_readout_before_a_wait_that_holds_others_back_is_not_moved_after_it(
     readout = 1000  # samples: the snapshot's readout of qubit 0
     assert starts_of[0] == 40
     assert starts_of[1] == 40 + readout + 50000 + 40
+
+
+@pytest.mark.parametrize("mid_circuit", [False, True])
+def test_a_readout_tied_by_a_barrier_to_a_wait_elsewhere_plays_before_the_wait(
+        snapshot, channels, mid_circuit):
+    """A review's case: x(0), measure(0), barrier(0, 1), an 8 us delay on qubit 1,
+    barrier(1, 2), x(2), measure(2). Qubit 0 is read right after its x; the wait, kept since
+    the barriers tie it to qubit 2, runs after that readout (the barrier(0, 1)) and before
+    qubit 2's x. measure(0) was played with the final readouts, after the wait (P(1) 0.80)."""
+    qc = QuantumCircuit(4, 2)
+    if mid_circuit:
+        qc.measure(3, 1)
+        qc.x(3)
+    qc.x(0)
+    qc.measure(0, 0)
+    qc.barrier(0, 1)
+    qc.delay(8000, 1, unit="dt")
+    qc.barrier(1, 2)
+    qc.x(2)
+    qc.measure(2, 1)
+    prog = compile_circuit(qc, snapshot, channels)
+    readouts = [(int(c), int(t)) for c, t in zip(prog.acq_clbit, prog.acq_start, strict=True)]
+    x0 = min(starts(prog, 0))
+    (read0,) = [t for c, t in readouts if c == 0]
+    assert read0 == x0 + 40
+    assert max(t for _, t in readouts) >= read0 + 1000 + 8000 + 40
+
+
+def test_readouts_before_waits_follow_barriers_back_to_the_readouts():
+    """``readouts_before_waits``: a kept wait after a readout on its qubit, or on a qubit a
+    barrier between them ties to the readout's, makes that readout play before it."""
+    # x(0), m(0), barrier(0, 1), delay(1), barrier(1, 2), x(2), m(2)
+    ops = [(0,), (0,), (0, 1), (1,), (1, 2), (2,), (2,)]
+    reads = {1: 0, 6: 2}
+    assert readouts_before_waits(ops, {3}, {2, 4}, set(), reads) == {1}
+    assert readouts_before_waits(ops, {3}, {2, 4}, {3}, reads) == set()  # padding: no wait
+    assert readouts_before_waits(ops, {3}, {4}, set(), reads) == set()  # no barrier(0, 1)
 
 
 def test_padding_delays_follow_barriers_to_the_qubits_that_act_later():
