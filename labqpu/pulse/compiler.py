@@ -22,7 +22,8 @@
 * ``delay`` plays nothing; a delay after which nothing on its qubit matters (a scheduler's
   padding: ``timing.padding_delays``) is dropped, so it cannot hold back the readout. A delay
   before a barrier that synchronises its qubit with one that plays or measures later holds
-  that qubit back, as a barrier does in Qiskit.
+  that qubit back, as a barrier does in Qiskit, and a readout before such a wait (on its
+  qubit, or tied to it by a barrier) plays before it (``timing.readouts_before_waits``).
 * ``reset`` is active by default (``reset_method="active"``, given feed-forward): measure,
   then an x pulse when the result is 1 (``dynamic.lower_dynamic``), for the calibrated number
   of rounds. Passive (``"passive"``, or without feed-forward): the qubit is left idle for the
