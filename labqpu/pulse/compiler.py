@@ -23,7 +23,8 @@
   padding: ``timing.padding_delays``) is dropped, so it cannot hold back the readout. A delay
   before a barrier that synchronises its qubit with one that plays or measures later holds
   that qubit back, as a barrier does in Qiskit, and a readout before such a wait (on its
-  qubit, or tied to it by a barrier) plays before it (``timing.readouts_before_waits``).
+  qubit, or tied to it by barriers and two-qubit gates) plays before it
+  (``timing.readouts_before_waits``).
 * ``reset`` is active by default (``reset_method="active"``, given feed-forward): measure,
   then an x pulse when the result is 1 (``dynamic.lower_dynamic``), for the calibrated number
   of rounds. Passive (``"passive"``, or without feed-forward): the qubit is left idle for the
@@ -175,7 +176,7 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
                                    if i not in is_delay and i not in is_barrier))
     padding = padding_delays(op_qubits, is_delay, is_barrier) if delays else ()
     if reads and len(padding) < len(is_delay) and readouts_before_waits(
-            op_qubits, is_delay, is_barrier, padding, reads):
+            op_qubits, is_delay, padding, reads):
         return None  # a readout before a wait that holds others back: mid-circuit
     if padding:
         columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)

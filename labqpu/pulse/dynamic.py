@@ -477,7 +477,7 @@ class _Reader:
         delays = set(self.delays)
         padding = padding_delays(out.resources, delays, self.barriers)
         self.mid |= readouts_before_waits(  # a final readout before a wait that holds others
-            out.resources, delays, self.barriers, padding,  # back plays before it
+            out.resources, delays, padding,  # back plays before it
             {row: q for q, row in self.pending_measure.items()})
         for i, (eid, duration, param, c) in enumerate(out.rows):
             if eid != -1:

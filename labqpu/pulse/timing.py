@@ -159,12 +159,12 @@ def padding_delays(op_qubits: Sequence[Collection[Hashable]], delays: Collection
 
 
 def readouts_before_waits(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
-                          barriers: Collection[int], padding: Collection[int],
-                          reads: Mapping[int, Hashable]) -> set[int]:
+                          padding: Collection[int], reads: Mapping[int, Hashable]) -> set[int]:
     """The readouts (``reads``: row -> its qubit) that a kept delay (of ``delays``, not in
-    ``padding``) comes after on their qubit, or on a qubit that a barrier between the two
-    ties to theirs (through chains of barriers): such a readout plays where it stands, before
-    the wait (mid-circuit), not with the final readouts at the end of the gates."""
+    ``padding``) comes after on their qubit, or on a qubit that the ops between the two tie
+    to theirs (barriers and two-qubit gates, through chains of them): such a readout plays
+    where it stands, before the wait (mid-circuit), not with the final readouts at the end of
+    the gates."""
     waiting: set = set()
     out = set()
     for i in range(len(op_qubits) - 1, -1, -1):
@@ -172,9 +172,9 @@ def readouts_before_waits(op_qubits: Sequence[Collection[Hashable]], delays: Col
         if i in delays:
             if i not in padding:
                 waiting.update(qubits)
-        elif i in barriers:
-            if not waiting.isdisjoint(qubits):
-                waiting.update(qubits)
-        elif i in reads and reads[i] in waiting:
-            out.add(i)
+        elif i in reads:
+            if reads[i] in waiting:
+                out.add(i)
+        elif len(qubits) > 1 and not waiting.isdisjoint(qubits):
+            waiting.update(qubits)
     return out

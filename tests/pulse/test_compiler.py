@@ -793,15 +793,40 @@ def test_a_readout_tied_by_a_barrier_to_a_wait_elsewhere_plays_before_the_wait(
     assert max(t for _, t in readouts) >= read0 + 1000 + 8000 + 40
 
 
+def test_a_readout_tied_to_a_wait_through_a_cz_plays_before_the_wait(snapshot, channels):
+    """A review's case: x(0), measure(0), barrier(0, 1), cz(1, 2), a 3 us delay on qubit 2,
+    x(2), measure(2). The barrier puts the cz, and so the wait after it on qubit 2, after
+    qubit 0's readout; the readout was played with the final ones, after the wait (also
+    before this session's changes)."""
+    qc = QuantumCircuit(3, 2)
+    qc.x(0)
+    qc.measure(0, 0)
+    qc.barrier(0, 1)
+    qc.cz(1, 2)
+    qc.delay(3000, 2, unit="dt")
+    qc.x(2)
+    qc.measure(2, 1)
+    prog = compile_circuit(qc, snapshot, channels)
+    starts_of = dict(zip(prog.acq_clbit.tolist(), prog.acq_start.tolist(), strict=True))
+    assert starts_of[0] == min(starts(prog, 0)) + 40
+    assert starts_of[1] >= starts_of[0] + 1000 + 3000
+
+
 def test_readouts_before_waits_follow_barriers_back_to_the_readouts():
-    """``readouts_before_waits``: a kept wait after a readout on its qubit, or on a qubit a
-    barrier between them ties to the readout's, makes that readout play before it."""
+    """``readouts_before_waits``: a kept wait after a readout on its qubit, or on a qubit that
+    barriers and two-qubit gates between them tie to the readout's, makes that readout play
+    before it."""
     # x(0), m(0), barrier(0, 1), delay(1), barrier(1, 2), x(2), m(2)
     ops = [(0,), (0,), (0, 1), (1,), (1, 2), (2,), (2,)]
     reads = {1: 0, 6: 2}
-    assert readouts_before_waits(ops, {3}, {2, 4}, set(), reads) == {1}
-    assert readouts_before_waits(ops, {3}, {2, 4}, {3}, reads) == set()  # padding: no wait
-    assert readouts_before_waits(ops, {3}, {4}, set(), reads) == set()  # no barrier(0, 1)
+    assert readouts_before_waits(ops, {3}, set(), reads) == {1}
+    assert readouts_before_waits(ops, {3}, {3}, reads) == set()  # padding: no wait
+    # without barrier(0, 1) nothing ties the wait to qubit 0's readout
+    assert readouts_before_waits([(0,), (0,), (1,), (1, 2), (2,), (2,)], {2}, set(),
+                                 {1: 0, 5: 2}) == set()
+    # a review's case: x(0), m(0), barrier(0, 1), cz(1, 2), delay(2), x(2), m(2)
+    assert readouts_before_waits([(0,), (0,), (0, 1), (1, 2), (2,), (2,), (2,)], {4}, set(),
+                                 {1: 0, 6: 2}) == {1}
 
 
 def test_padding_delays_follow_barriers_to_the_qubits_that_act_later():
