@@ -322,7 +322,7 @@ def _wiring(channels) -> dict[str, dict[str, str]]:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
-    from labqpu.calibration.design import load_design
+    from labqpu.calibration.design import load_wiring_design
     from labqpu.calibration.graph import RB_NODE
     from labqpu.calibration.records import experiments_directory
     from labqpu.calibration.runner import bootstrap
@@ -401,32 +401,31 @@ def _calibrate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"labqpu: {exc}", file=sys.stderr)
             return 2
-    if args.qubits:
+    config = None  # the wiring file, read once for the checks below that need it
+    if args.qubits or args.export or args.bootstrap:
         from labqpu.rack.config import load_config, resolve_config_path
 
         config = load_config(resolve_config_path(args.config)[0])
+    if args.qubits:
         n = config.channels.num_qubits
         off = [q for q in args.qubits if not 0 <= q < n]
         if off:
             print(f"labqpu calibrate: --qubits {' '.join(map(str, off))}: {config.device_name} "
                   f"has qubits 0-{n - 1}", file=sys.stderr)
             return 2
-    problem = file_options_problem(args)
+    problem = file_options_problem(args, config)
     if problem:
         print(f"labqpu calibrate: {problem}", file=sys.stderr)
         return 2
     design = None
     if args.bootstrap:  # the design values are checked before anything starts
-        from labqpu.calibration.design import design_field
-        from labqpu.rack.config import load_config, resolve_config_path
         from labqpu.rack.limits import check_against_wiring
 
-        config = load_config(resolve_config_path(args.config)[0])
-        design = load_design(args.design or config.design_path, device=config.device_name,
-                             num_qubits=config.channels.num_qubits,
-                             check=lambda document: check_against_wiring(document, config),
-                             named_by="" if args.design
-                             else design_field(config.path, config.design_path))
+        design = load_wiring_design(args.design, config.path, config.design_path,
+                                    device=config.device_name,
+                                    num_qubits=config.channels.num_qubits,
+                                    check=lambda document: check_against_wiring(document,
+                                                                                config))
     with _empty_store_warning(quiet=args.bootstrap):
         provider = LabProvider(args.config, simulator=args.simulator or None)
     with provider:

@@ -10,6 +10,10 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labqpu.rack.config import LabConfig
 
 __all__ = ["HISTORY_ROWS", "STORE_COMMANDS", "export_snapshot", "file_options_problem",
            "store_command"]
@@ -142,15 +146,14 @@ def _gate_key(store, gate: str) -> str:
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def file_options_problem(args: argparse.Namespace) -> str | None:
+def file_options_problem(args: argparse.Namespace, config: LabConfig | None) -> str | None:
     """What is wrong with ``--export`` and ``--design`` before anything starts, or None: the
-    export's directory must exist, and it must not be the calibration store (or its journal
-    files) or any other SQLite database, which the export would overwrite; the design file
-    must be there. Both paths are taken with ``~`` expanded (a shell leaves
-    ``--export=~/x.json`` as it is), here and where used."""
+    export's directory must exist, and it must not be the calibration store of ``config``
+    (the wiring file, read when ``--export`` is given; or its journal files) or any other
+    SQLite database, which the export would overwrite; the design file must be there. Both
+    paths are taken with ``~`` expanded (a shell leaves ``--export=~/x.json`` as it is),
+    here and where used."""
     if args.export:
-        from labqpu.rack.config import load_config, resolve_config_path
-
         args.export = str(Path(args.export).expanduser())
         export = Path(args.export)
         if export.is_dir():
@@ -158,7 +161,7 @@ def file_options_problem(args: argparse.Namespace) -> str | None:
         folder = export.resolve().parent
         if not folder.is_dir():
             return f"--export {args.export}: directory {folder} does not exist"
-        store = load_config(resolve_config_path(args.config)[0]).store_path.resolve()
+        store = config.store_path.resolve()
         if export.resolve() in [store, *(Path(f"{store}{end}") for end in
                                          ("-wal", "-shm", "-journal"))]:
             return f"--export {args.export}: is the calibration store; give another file"

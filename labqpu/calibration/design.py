@@ -26,7 +26,7 @@ from labqpu.errors import CalibrationError
 from labqpu.store.physics import QUBIT_CHECKS
 
 __all__ = ["DEVICE_FIELDS", "QUBIT_FIELDS", "SHARED_FIELDS", "default_design_path",
-           "design_field", "load_design"]
+           "load_design", "load_wiring_design"]
 
 Check = Callable[[Any], str | None]
 
@@ -66,11 +66,18 @@ def default_design_path(device: str) -> Path:
     return Path(str(resources.files("labqpu") / "data" / f"{device}_design.toml"))
 
 
-def design_field(wiring: Path | None, design: Path | None) -> str:
-    """Where a wiring file (``wiring``) names its design values (``design``, its
-    ``[calibration] design``), for errors: ``"[calibration] design of lab.toml"``; empty when
-    it names none (the shipped values are used)."""
-    return "" if design is None else f"[calibration] design of {wiring or 'the wiring file'}"
+def load_wiring_design(design: str | Path | None, wiring: Path | None,
+                       wiring_design: Path | None, *, device: str,
+                       num_qubits: int | None = None,
+                       check: Callable[[Mapping[str, Any]], None] | None = None) -> Working:
+    """The design values a bootstrap starts from (:func:`load_design`): ``design`` when given
+    (``--design``), else the wiring file's ``[calibration] design`` (``wiring_design``; a
+    missing or unreadable file is named with that field of ``wiring``), else those shipped
+    for ``device``."""
+    named_by = ("" if design or wiring_design is None
+                else f"[calibration] design of {wiring or 'the wiring file'}")
+    return load_design(design or wiring_design, device=device, num_qubits=num_qubits,
+                       check=check, named_by=named_by)
 
 
 def load_design(path: str | Path | None = None, *, device: str | None = None,

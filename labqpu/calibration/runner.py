@@ -39,7 +39,7 @@ from qiskit.providers import JobError
 
 from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
-from labqpu.calibration.design import SHARED_FIELDS, design_field, load_design
+from labqpu.calibration.design import SHARED_FIELDS, load_wiring_design
 from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
 from labqpu.calibration.plots import save_plot
@@ -449,10 +449,9 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     rb_forced = force and (nodes is None or RB_NODE in nodes)
     # the graph's steps leave rb out (graph_steps), so naming it among the forced is harmless
     forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
-    design_work = load_design(design or backend.config.design_path, device=backend.name,
-                              num_qubits=backend.config.num_qubits,
-                              named_by="" if design else design_field(backend.config.path,
-                                                                     backend.config.design_path))
+    design_work = load_wiring_design(design, backend.config.path, backend.config.design_path,
+                                     device=backend.name,
+                                     num_qubits=backend.config.num_qubits)
     kit = Kit(backend, working_from_snapshot(parent, design_work))
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)

@@ -110,7 +110,7 @@ def test_the_cli_refuses_a_bad_design_before_starting_the_simulator(
 def test_a_missing_design_file_says_where_it_was_named(tmp_path: Path) -> None:
     """A review's case: a wiring file's ``[calibration] design`` naming a missing file gave
     "design file X does not exist", naming neither the wiring file nor its field."""
-    from labqpu.calibration.design import design_field
+    from labqpu.calibration.design import load_wiring_design
     from labqpu.rack.config import default_config_path, load_config
 
     text = default_config_path().read_text().replace(
@@ -120,6 +120,6 @@ def test_a_missing_design_file_says_where_it_was_named(tmp_path: Path) -> None:
     config = load_config(tmp_path / "lab.toml")
     with pytest.raises(CalibrationError, match=r"design file .*nodesign\.toml \(\[calibration\] "
                                                r"design of .*lab\.toml\) does not exist"):
-        load_design(config.design_path, named_by=design_field(config.path, config.design_path))
-    shipped = load_config(default_config_path())
-    assert design_field(shipped.path, shipped.design_path) == ""
+        load_wiring_design(None, config.path, config.design_path, device="lab5")
+    shipped = load_config(default_config_path())  # names no design: the shipped values
+    assert load_wiring_design(None, shipped.path, shipped.design_path, device="lab5").qubits
