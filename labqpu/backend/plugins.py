@@ -63,7 +63,7 @@ from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
 from labqpu.pulse.echo import echo_colours, echo_segments
 from labqpu.pulse.gates import RESERVED_NAMES
-from labqpu.pulse.timing import padding_delays
+from labqpu.pulse.timing import held_readouts, padding_delays
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
 PULSE_GATES = frozenset({"sx", "sy", "x", "cz"})
@@ -426,9 +426,9 @@ class CompilerALAP(ALAPScheduleAnalysis):
     ALAP of everything but the final measurements and trailing delays from the end of the gates,
     the final measurements at that end, a trailing delay after its qubit's last instruction. A
     circuit the compiler schedules itself (a measurement followed on its qubit by anything but
-    delays and barriers, or a ``reset``), and one with a barrier after a measurement of one of
-    its qubits (the compiler holds that qubit's gates before the barrier, which Qiskit's padding
-    would put after it), keep Qiskit's ALAP. Either way a qubit's run of single-qubit ops
+    delays and barriers, a readout that a barrier puts before later ops:
+    ``pulse.timing.held_readouts``, or a ``reset``) keeps Qiskit's ALAP, which the compiler then
+    plays as timed. Either way a qubit's run of single-qubit ops
     between a two-qubit gate and its measurement then starts right after what precedes it
     (:func:`early_runs`), as the compiler plays it under ``"auto"``.
     """
@@ -455,17 +455,19 @@ class CompilerALAP(ALAPScheduleAnalysis):
         for node in nodes:
             if node.name == "reset":
                 return
-            if node.name == "barrier" and measured.intersection(node.qargs):
-                return  # it would hold gates before the readout it follows in time
             if node.name in ("delay", "barrier"):
                 continue
             if measured.intersection(node.qargs):
                 return  # mid-circuit measurement: the compiler's dynamic path
             if node.name == "measure":
                 measured.update(node.qargs)
-        trailing = padding_delays([node.qargs for node in nodes],
-                                  {i for i, node in enumerate(nodes) if node.name == "delay"},
-                                  {i for i, node in enumerate(nodes) if node.name == "barrier"})
+        op_qubits = [node.qargs for node in nodes]
+        delays = {i for i, node in enumerate(nodes) if node.name == "delay"}
+        barriers = {i for i, node in enumerate(nodes) if node.name == "barrier"}
+        reads = {i: node.qargs[0] for i, node in enumerate(nodes) if node.name == "measure"}
+        if barriers and held_readouts(op_qubits, delays, barriers, reads):
+            return  # a readout a barrier puts before later ops: the dynamic path
+        trailing = padding_delays(op_qubits, delays, barriers)
         avail: dict = {}
         from_end: dict = {}
         for i in range(len(nodes) - 1, -1, -1):

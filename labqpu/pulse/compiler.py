@@ -22,9 +22,11 @@
 * ``delay`` plays nothing; a delay after which nothing on its qubit matters (a scheduler's
   padding: ``timing.padding_delays``) is dropped, so it cannot hold back the readout. A delay
   before a barrier that synchronises its qubit with one that plays or measures later holds
-  that qubit back, as a barrier does in Qiskit, and a readout before such a wait (on its
-  qubit, or tied to it by barriers and two-qubit gates) plays before it
-  (``timing.readouts_before_waits``).
+  that qubit back, as a barrier does in Qiskit.
+* Final readouts start together at the end of the gates, except a readout that a barrier
+  puts before later ops (``measure(0); barrier(0, 1); x(1)``, or a wait such a barrier keeps):
+  it plays where it stands, mid-circuit, and what the barrier holds plays after it
+  (``timing.held_readouts``).
 * ``reset`` is active by default (``reset_method="active"``, given feed-forward): measure,
   then an x pulse when the result is 1 (``dynamic.lower_dynamic``), for the calibrated number
   of rounds. Passive (``"passive"``, or without feed-forward): the qubit is left idle for the
@@ -61,7 +63,7 @@ from labqpu.pulse.tables import (
     unbound_error,
     waveform,
 )
-from labqpu.pulse.timing import padding_delays, readouts_before_waits
+from labqpu.pulse.timing import held_readouts, padding_delays
 from labqpu.store import Snapshot
 
 SCHEDULING_METHODS = ("auto", "alap", "asap")
@@ -72,8 +74,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     """Read a plain circuit once: per op its effect row, duration, first parameter, clbit and
     qubits (as columns for ``layout_kernel``), and the qubits used and measured. Returns None
     for a dynamic circuit (an instruction in ``dynamic_names``, or one after a measurement of
-    its qubit, or a wait there that is not padding), which ``dynamic.lower_dynamic`` reads
-    instead.
+    its qubit, or a readout that a barrier puts before later ops), which
+    ``dynamic.lower_dynamic`` reads instead.
 
     A gate met again on the same qubits in this circuit is not looked up again: its qubit
     indices, duration and effect come from ``seen``; only its parameters are read.
@@ -175,9 +177,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
                                    if i not in is_delay and i not in is_barrier))
     padding = padding_delays(op_qubits, is_delay, is_barrier) if delays else ()
-    if reads and len(padding) < len(is_delay) and readouts_before_waits(
-            op_qubits, is_delay, padding, reads):
-        return None  # a readout before a wait that holds others back: mid-circuit
+    if reads and barriers and held_readouts(op_qubits, is_delay, is_barrier, reads):
+        return None  # a readout that a barrier puts before later ops: mid-circuit
     if padding:
         columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
         op_qubits = [qs for i, qs in enumerate(op_qubits) if i not in padding]

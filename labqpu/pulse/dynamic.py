@@ -65,7 +65,7 @@ from labqpu.pulse.tables import (
     samples_of,
     unbound_error,
 )
-from labqpu.pulse.timing import padding_delays, readouts_before_waits
+from labqpu.pulse.timing import held_readouts, padding_delays
 
 #: Instructions a branch of ``if_else`` may hold.
 _BRANCH_OPS = frozenset({"rz", "sx", "sy", "x", "cz", "delay", "barrier", "if_else"})
@@ -476,8 +476,8 @@ class _Reader:
         tables = self.tables
         delays = set(self.delays)
         padding = padding_delays(out.resources, delays, self.barriers)
-        self.mid |= readouts_before_waits(  # a final readout before a wait that holds others
-            out.resources, delays, padding,  # back plays before it
+        self.mid |= held_readouts(  # a final readout that a barrier puts before later ops
+            out.resources, delays, self.barriers,
             {row: q for q, row in self.pending_measure.items()})
         for i, (eid, duration, param, c) in enumerate(out.rows):
             if eid != -1:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,46 +135,41 @@ class TimingConstraints:
                     instruction="play" if kind == "play" else "acquire")
 
 
+def _later(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
+           barriers: Collection[int]) -> Iterator[tuple[int, set]]:
+    """Each op that is not a barrier (indices into ``op_qubits``, last first) with the qubits
+    that something after it matters to: a later op on them that plays or measures (not a
+    delay, not a barrier), or a later barrier that ties them to such a qubit, through chains
+    of barriers (Qiskit's barrier semantics). The set is the scan's own: read it before the
+    next step."""
+    later: set = set()
+    for i in range(len(op_qubits) - 1, -1, -1):
+        qubits = op_qubits[i]
+        if i in barriers:
+            if not later.isdisjoint(qubits):
+                later.update(qubits)
+            continue
+        yield i, later
+        if i not in delays:
+            later.update(qubits)
+
+
 def padding_delays(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
                    barriers: Collection[int]) -> set[int]:
     """The delays (indices into ``op_qubits``, each op's qubits in program order) that are a
-    scheduler's padding: nothing after them on their qubits matters, so they play nothing and
-    would only hold back the readout. What comes later matters to a qubit that plays or
-    measures later (any op but a delay or barrier), and to every qubit of a later barrier one
-    of whose qubits it matters to: the barrier synchronises them, so a delay on an idle qubit
-    between two barriers holds the other qubits back (Qiskit's barrier semantics)."""
-    later: set = set()
-    out = set()
-    for i in range(len(op_qubits) - 1, -1, -1):
-        qubits = op_qubits[i]
-        if i in delays:
-            if later.isdisjoint(qubits):
-                out.add(i)
-        elif i in barriers:
-            if not later.isdisjoint(qubits):
-                later.update(qubits)
-        else:
-            later.update(qubits)
-    return out
+    scheduler's padding: nothing after them on their qubits matters (``_later``), so they play
+    nothing and would only hold back the readout. A delay on an idle qubit between two
+    barriers holds the other qubits back, so it is not padding."""
+    return {i for i, later in _later(op_qubits, delays, barriers)
+            if i in delays and later.isdisjoint(op_qubits[i])}
 
 
-def readouts_before_waits(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
-                          padding: Collection[int], reads: Mapping[int, Hashable]) -> set[int]:
-    """The readouts (``reads``: row -> its qubit) that a kept delay (of ``delays``, not in
-    ``padding``) comes after on their qubit, or on a qubit that the ops between the two tie
-    to theirs (barriers and two-qubit gates, through chains of them): such a readout plays
-    where it stands, before the wait (mid-circuit), not with the final readouts at the end of
-    the gates."""
-    waiting: set = set()
-    out = set()
-    for i in range(len(op_qubits) - 1, -1, -1):
-        qubits = op_qubits[i]
-        if i in delays:
-            if i not in padding:
-                waiting.update(qubits)
-        elif i in reads:
-            if reads[i] in waiting:
-                out.add(i)
-        elif len(qubits) > 1 and not waiting.isdisjoint(qubits):
-            waiting.update(qubits)
-    return out
+def held_readouts(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
+                  barriers: Collection[int], reads: Mapping[int, Hashable]) -> set[int]:
+    """The readouts (``reads``: row -> its qubit) that something later must follow: an op on
+    their qubit, or on a qubit that a later barrier ties to it (through chains of barriers and
+    of the ops between them), as in ``measure(0); barrier(0, 1); x(1)`` or a wait that such a
+    barrier keeps. Such a readout plays where it stands (mid-circuit), not with the final
+    readouts at the end of the gates, which would play ``x(1)`` during qubit 0's readout."""
+    return {i for i, later in _later(op_qubits, delays, barriers)
+            if i in reads and reads[i] in later}

@@ -121,3 +121,34 @@ def test_a_bell_pair_measured_mid_circuit_stays_correlated(lab3, pair) -> None:
     counts = lab3.run(transpile(qc, lab3, initial_layout=list(pair)),
                       shots=4000).result().get_counts()
     assert (counts.get("00", 0) + counts.get("11", 0)) / 4000 > 0.9, counts
+
+
+@pytest.mark.parametrize("level", [None, 0, 3])
+def test_a_barrier_after_a_readout_holds_what_follows_it(lab3, level) -> None:
+    """``measure(0); barrier; x(1); measure(1)`` at Qiskit's levels: qubit 0 is read first and
+    qubit 1's x plays once that readout has ended, as the barrier says, where the scheduling
+    stage timed it (qubit 0's readout was played with the final ones, at the end of the
+    gates, so the x played before it)."""
+    qc = QuantumCircuit(2, 2)
+    qc.measure(0, 0)
+    qc.barrier()
+    qc.x(1)
+    qc.measure(1, 1)
+    native = transpile(qc, lab3, seed_transpiler=1,
+                       **({} if level is None else {"optimization_level": level}))
+    program = lab3.compile(native)
+    first, second = native.layout.initial_index_layout()[:2]
+    read = dict(zip(program.acq_qubit.tolist(), program.acq_start.tolist(), strict=True))
+    drive = lab3.channels.qubits[second].drive[1]
+    (x_start,) = program.play_start[program.play_port == drive].tolist()
+    readout = round(lab3.target["measure"][(first,)].duration / lab3.dt)
+    x = round(lab3.target["x"][(second,)].duration / lab3.dt)
+    assert read[first] == 0
+    assert x_start >= readout
+    assert read[second] == x_start + x
+    if native.op_start_times is not None:  # the scheduling stage's times are the played ones
+        timed = {(i.name, native.find_bit(i.qubits[0]).index): t
+                 for i, t in zip(native.data, native.op_start_times, strict=True)
+                 if i.name in ("measure", "x")}
+        assert timed == {("measure", first): 0, ("x", second): x_start,
+                         ("measure", second): read[second]}

@@ -27,7 +27,7 @@ from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse import Constant, PulseBuilder, drive
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
-from labqpu.pulse.timing import padding_delays, readouts_before_waits
+from labqpu.pulse.timing import held_readouts, padding_delays
 from labqpu.store import Snapshot, SnapshotBuilder
 
 FS = 1.0e9
@@ -812,21 +812,24 @@ def test_a_readout_tied_to_a_wait_through_a_cz_plays_before_the_wait(snapshot, c
     assert starts_of[1] >= starts_of[0] + 1000 + 3000
 
 
-def test_readouts_before_waits_follow_barriers_back_to_the_readouts():
-    """``readouts_before_waits``: a kept wait after a readout on its qubit, or on a qubit that
-    barriers and two-qubit gates between them tie to the readout's, makes that readout play
-    before it."""
+def test_held_readouts_follow_barriers_to_what_plays_later():
+    """``held_readouts``: a readout is held where it stands when a later barrier ties its
+    qubit, through chains of barriers and the ops between them, to a qubit that plays or
+    measures after it; a barrier with nothing after it, or ops on other qubits without a
+    barrier, hold nothing."""
     # x(0), m(0), barrier(0, 1), delay(1), barrier(1, 2), x(2), m(2)
     ops = [(0,), (0,), (0, 1), (1,), (1, 2), (2,), (2,)]
     reads = {1: 0, 6: 2}
-    assert readouts_before_waits(ops, {3}, set(), reads) == {1}
-    assert readouts_before_waits(ops, {3}, {3}, reads) == set()  # padding: no wait
-    # without barrier(0, 1) nothing ties the wait to qubit 0's readout
-    assert readouts_before_waits([(0,), (0,), (1,), (1, 2), (2,), (2,)], {2}, set(),
-                                 {1: 0, 5: 2}) == set()
-    # a review's case: x(0), m(0), barrier(0, 1), cz(1, 2), delay(2), x(2), m(2)
-    assert readouts_before_waits([(0,), (0,), (0, 1), (1, 2), (2,), (2,), (2,)], {4}, set(),
-                                 {1: 0, 6: 2}) == {1}
+    assert held_readouts(ops, {3}, {2, 4}, reads) == {1}
+    assert held_readouts(ops[:4], {3}, {2}, {1: 0}) == set()  # only a delay after: padding
+    # without barrier(0, 1) nothing ties qubit 0's readout to what qubit 2 does
+    assert held_readouts([(0,), (0,), (1,), (1, 2), (2,), (2,)], {2}, {3}, {1: 0, 5: 2}) == set()
+    # x(0), m(0), barrier(0, 1), cz(1, 2), x(2), m(2): through the cz
+    assert held_readouts([(0,), (0,), (0, 1), (1, 2), (2,), (2,)], set(), {2},
+                         {1: 0, 5: 2}) == {1}
+    # m(0), barrier(0, 1), m(1): readouts in turn; m(0), m(1), barrier(0, 1): together
+    assert held_readouts([(0,), (0, 1), (1,)], set(), {1}, {0: 0, 2: 1}) == {0}
+    assert held_readouts([(0,), (1,), (0, 1)], set(), {2}, {0: 0, 1: 1}) == set()
 
 
 def test_padding_delays_follow_barriers_to_the_qubits_that_act_later():
