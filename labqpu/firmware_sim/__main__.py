@@ -37,7 +37,7 @@ def _parent_alive(pid: int) -> bool:
 def _raise_descriptor_limit() -> None:
     """Raise the process's soft file-descriptor limit to its hard limit (often 1024 against
     524288): the simulated instruments share the descriptors out between their clients
-    (``scpi_server.client_budget``), half of them kept for the controllers."""
+    (``scpi_loop.client_budget``), half of them kept for the controllers."""
     try:
         import resource
     except ImportError:  # not POSIX

@@ -16,8 +16,8 @@ from labqpu.firmware_sim.device import Rack, load_device, load_rack
 from labqpu.firmware_sim.executor import SimulatedController
 from labqpu.firmware_sim.faults import FaultPlan, FaultyExecutor
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings
-from labqpu.firmware_sim.scpi_loop import ScpiLoop
-from labqpu.firmware_sim.scpi_server import ScpiServer, client_budget
+from labqpu.firmware_sim.scpi_loop import ScpiLoop, client_budget
+from labqpu.firmware_sim.scpi_server import ScpiServer
 from labqpu.firmware_sim.sync import DEFAULT_ARM_TIMEOUT_S, SharedDevice, SyncHub
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ import os
 import queue
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ class Throttled:
                          *args)
 
 
+#: Clients one simulated instrument serves at most (``ScpiServer(max_connections=...)``;
+#: a simulated rack gives each fewer when its descriptors are few, :func:`client_budget`).
+MAX_CONNECTIONS = 256
+#: A client that has sent nothing for this long (s) gives its place to a new one when the
+#: instrument serves :data:`MAX_CONNECTIONS` (``ScpiServer(idle_s=...)``).
+IDLE_S = 30.0
+
 #: What the loop's thread calls with its selector and its connections (socket -> connection).
 Task = Callable[[selectors.BaseSelector, dict], None]
 
@@ -69,6 +77,43 @@ class Served(Protocol):
 
     def _drop(self, selector: selectors.BaseSelector, connections: dict, connection: Any
               ) -> None: ...
+
+
+@dataclass
+class Connection:
+    """A client of an instrument on the loop: its socket, the bytes it sent that no line
+    ended yet, the reply bytes it has not taken yet."""
+
+    sock: socket.socket
+    peer: str
+    server: Served
+    received: bytearray = field(default_factory=bytearray)
+    pending: bytearray = field(default_factory=bytearray)
+    discarding: bool = False
+    watching_write: bool = False
+    #: When the client last sent something (``time.monotonic``, s).
+    last_active: float = field(default_factory=time.monotonic)
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make closing ``sock`` a reset, not an orderly close: the client's next read fails at
+    once (a closed socket left pyvisa-py waiting for its timeout)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def client_budget(instruments: int) -> int:
+    """Clients each of ``instruments`` simulated instruments in one process may serve: at most
+    :data:`MAX_CONNECTIONS`, and together at most half the process's file descriptors (its
+    soft ``RLIMIT_NOFILE``), so that no neighbour's connections leave the controllers none."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no descriptor limit to share out
+        return MAX_CONNECTIONS
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, soft // 2 // max(instruments, 1)))
 
 
 @dataclass(frozen=True)

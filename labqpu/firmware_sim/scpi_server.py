@@ -22,8 +22,8 @@ import math
 import re
 import selectors
 import socket
-import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,16 +32,20 @@ from types import TracebackType
 from typing import Literal, Self
 
 from labqpu.errors import InstrumentLimitError
-from labqpu.firmware_sim.scpi_loop import ScpiLoop, Throttled
+from labqpu.firmware_sim.scpi_loop import (
+    IDLE_S,
+    MAX_CONNECTIONS,
+    Connection,
+    ScpiLoop,
+    Throttled,
+    reset_on_close,
+)
 
 logger = logging.getLogger(__name__)
 
 _MAX_LINE_BYTES = 64 * 1024
 _MAX_PENDING_REPLY_BYTES = 1024 * 1024
 _ERROR_QUEUE_LENGTH = 10
-#: Clients one simulated instrument serves at most (``ScpiServer(max_connections=...)``;
-#: a simulated rack gives each fewer when its descriptors are few, :func:`client_budget`).
-MAX_CONNECTIONS = 256
 _FIRMWARE_VERSION = "1.0"
 _NO_ERROR = '0,"No error"'
 
@@ -472,31 +476,6 @@ _WHITESPACE = re.compile(r"\s+")
 # --- server -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Connection:
-    sock: socket.socket
-    peer: str
-    server: ScpiServer
-    received: bytearray = field(default_factory=bytearray)
-    pending: bytearray = field(default_factory=bytearray)
-    discarding: bool = False
-    watching_write: bool = False
-
-
-def client_budget(instruments: int) -> int:
-    """Clients each of ``instruments`` simulated instruments in one process may serve: at most
-    :data:`MAX_CONNECTIONS`, and together at most half the process's file descriptors (its
-    soft ``RLIMIT_NOFILE``), so that no neighbour's connections leave the controllers none."""
-    try:
-        import resource
-    except ImportError:  # not POSIX: no descriptor limit to share out
-        return MAX_CONNECTIONS
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(4, min(MAX_CONNECTIONS, soft // 2 // max(instruments, 1)))
-
-
 class ScpiServer:
     """A simulated SCPI instrument on a TCP socket (``\\n``-terminated lines, raw socket).
 
@@ -508,7 +487,11 @@ class ScpiServer:
         channels: number of output channels (current source only).
         max_connections: most clients connected at once; a client beyond it is accepted and
             its connection reset at once (with a throttled warning), as an instrument's LAN
-            interface refuses sockets beyond its own limit.
+            interface refuses sockets beyond its own limit, unless a client has sent nothing
+            for ``idle_s``: the longest idle one is then reset and the new one served (a
+            neighbour's leaked sessions do not shut the rack out; labqpu's driver opens a new
+            session when it finds its idle one closed).
+        idle_s: seconds without a line after which a client may lose its place (s).
         **state: initial settings and limits passed to :class:`SignalGeneratorState` or
             :class:`CurrentSourceState`.
 
@@ -527,6 +510,7 @@ class ScpiServer:
         channels: int = 5,
         loop: ScpiLoop | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        idle_s: float = IDLE_S,
         **state: object,
     ) -> None:
         if model not in _MODELS:
@@ -553,6 +537,7 @@ class ScpiServer:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self.max_connections = max_connections
+        self.idle_s = idle_s
         self._open = 0  # connections accepted and not dropped (the loop's thread only)
         self._refusals = Throttled(logger)
 
@@ -694,7 +679,7 @@ class ScpiServer:
         self,
         selector: selectors.BaseSelector,
         listener: socket.socket,
-        connections: dict[socket.socket, _Connection],
+        connections: dict[socket.socket, Connection],
     ) -> None:
         try:
             sock, address = listener.accept()
@@ -705,10 +690,8 @@ class ScpiServer:
                 raise  # the loop sheds the client with its reserve descriptor
             self._refusals.warn("%r: accept failed: %s", self, exc)
             return
-        if self._open >= self.max_connections:
-            # Reset, not closed: the client's next read fails at once (a closed socket left
-            # pyvisa-py waiting for its timeout).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if self._open >= self.max_connections and not self._shed_idle(selector, connections):
+            reset_on_close(sock)
             sock.close()
             self._refusals.warn("%r: refused a connection from %s: %d clients are connected "
                                 "(limit %d)", self, address[0], self._open, self.max_connections)
@@ -716,12 +699,27 @@ class ScpiServer:
         self._open += 1
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection = _Connection(sock, f"{address[0]}:{address[1]}", self)
+        connection = Connection(sock, f"{address[0]}:{address[1]}", self)
         connections[sock] = connection
         selector.register(sock, selectors.EVENT_READ, connection)
         logger.debug("%r: connection from %s", self, connection.peer)
 
-    def _receive(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+    def _shed_idle(self, selector: selectors.BaseSelector,
+                   connections: dict[socket.socket, Connection]) -> bool:
+        """Reset this instrument's longest idle client if it has sent nothing for
+        ``idle_s``; True when a place was freed so."""
+        mine = [c for c in connections.values() if c.server is self]
+        oldest = min(mine, key=lambda c: c.last_active, default=None)
+        if oldest is None or time.monotonic() - oldest.last_active < self.idle_s:
+            return False
+        logger.info("%r: %d clients are connected (limit %d): closing %s, idle for %.0f s, "
+                    "for a new client", self, self._open, self.max_connections, oldest.peer,
+                    time.monotonic() - oldest.last_active)
+        reset_on_close(oldest.sock)
+        self._drop(selector, connections, oldest)
+        return True
+
+    def _receive(self, selector: selectors.BaseSelector, connection: Connection) -> bool:
         """Read and execute complete lines; False when the connection is finished."""
         try:
             data = connection.sock.recv(4096)
@@ -732,6 +730,7 @@ class ScpiServer:
             return False
         if not data:
             return False
+        connection.last_active = time.monotonic()
         connection.received.extend(data)
         while (end := connection.received.find(b"\n")) >= 0:
             raw = bytes(connection.received[:end])
@@ -752,7 +751,7 @@ class ScpiServer:
             return False
         return self._flush(selector, connection)
 
-    def _flush(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+    def _flush(self, selector: selectors.BaseSelector, connection: Connection) -> bool:
         """Send pending replies; watch for writability while some remain."""
         if connection.pending:
             try:
@@ -773,8 +772,8 @@ class ScpiServer:
     def _drop(
         self,
         selector: selectors.BaseSelector,
-        connections: dict[socket.socket, _Connection],
-        connection: _Connection,
+        connections: dict[socket.socket, Connection],
+        connection: Connection,
     ) -> None:
         if connections.pop(connection.sock, None) is not None:
             self._open -= 1

@@ -652,6 +652,34 @@ def test_connections_beyond_the_limit_are_closed_and_the_others_served() -> None
                 raw.sock.close()
 
 
+def test_a_client_idle_for_idle_s_gives_its_place_to_a_new_one() -> None:
+    """A neighbour holding every connection of an instrument shut everyone else out until
+    it let go (leaked sessions of crashed scripts do so for ever). When the instrument is full,
+    the client that has sent nothing for the longest, if for at least ``idle_s``, is reset and
+    the new client served; a client that keeps talking keeps its place, and labqpu's driver,
+    its idle session closed so, opens a new one at its next query."""
+    with ScpiServer("signal_generator", name="lo-idle", max_connections=2, idle_s=0.5) as server:
+        driver = SignalGenerator(server.resource, timeout_s=TIMEOUT_S)
+        talking = _RawClient(server)
+        try:
+            assert driver.identity.startswith("labqpu simulator")
+            assert talking.ask("*IDN?").startswith("labqpu simulator")
+            assert _connect_and_ask(server.port) == b""  # full, nobody idle long enough
+            time.sleep(0.6)
+            assert talking.ask("OUTP?") in ("0", "1")  # it keeps talking
+            newcomer = _RawClient(server)
+            try:
+                assert newcomer.ask("*IDN?").startswith("labqpu simulator")
+                assert talking.ask("OUTP?") in ("0", "1")
+                time.sleep(0.6)  # the newcomer idles now; the driver was the one reset
+                assert driver.state()[2] in (True, False)  # on a new session
+            finally:
+                newcomer.sock.close()
+        finally:
+            talking.sock.close()
+            driver.close()
+
+
 _OUT_OF_DESCRIPTORS = """
 import os, resource, sys, time
 from labqpu.firmware_sim.scpi_server import ScpiServer
@@ -773,7 +801,7 @@ _BUDGET = """
 import resource
 from labqpu.firmware_sim import __main__ as sim_main
 from labqpu.firmware_sim.rack import SimulatedRack
-from labqpu.firmware_sim.scpi_server import client_budget
+from labqpu.firmware_sim.scpi_loop import client_budget
 from labqpu.rack.config import builtin_config_path
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
