@@ -89,8 +89,10 @@ from labqpu.firmware_sim.runs import (
     Executor,
     FairQueue,
     KeyRecord,
+    NoRoomForProgramError,
     Program,
     ProgramRefusedError,
+    Programs,
     Run,
     program_id_of,
     request_digest,
@@ -129,9 +131,11 @@ class ControllerServer:
         port: TCP port; 0 binds a random free port (see ``endpoint`` after ``start``).
         name: server name reported by ``hello``.
         max_programs: programs kept; the least recently uploaded or run are evicted beyond it.
-        max_program_bytes: bytes of program arrays kept (waveforms, plays ...); the least
-            recently uploaded or run are evicted beyond it (never the newest upload). A
-            client that runs an evicted program gets ``UnknownProgram`` and uploads it again.
+        max_program_bytes: bytes of program arrays kept (waveforms, plays ...), those of
+            the programs that queued and running runs hold included; the least recently
+            uploaded or run are evicted beyond it (never the newest upload). A client that
+            runs an evicted program gets ``UnknownProgram`` and uploads it again; an upload
+            that queued runs' programs leave no room gets ``QueueFull``.
         max_runs: finished runs whose results are kept; older ones are forgotten.
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
@@ -166,8 +170,6 @@ class ControllerServer:
         self.port = port
         self.endpoint = ""
         self._executor = executor
-        self._max_programs = max_programs
-        self._max_program_bytes = max_program_bytes
         self._max_runs = max_runs
         self._max_queued = max_queued_per_session
         self._max_pending_uploads = max_pending_uploads
@@ -180,7 +182,7 @@ class ControllerServer:
         self._delayed: list[tuple[float, Frame, list[Frame]]] = []
         self._validator_thread: threading.Thread | None = None
         self._running: Run | None = None
-        self._programs: OrderedDict[str, Program] = OrderedDict()
+        self._programs = Programs(max_programs, max_program_bytes)
         self._uploads_total = 0
         self._runs_total = 0
         self._runs: dict[str, Run] = {}
@@ -484,8 +486,8 @@ class ControllerServer:
                              "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
                        "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
-                       "max_programs": self._max_programs,
-                       "max_program_bytes": self._max_program_bytes, "max_runs": self._max_runs,
+                       "max_programs": self._programs.max_programs,
+                       "max_program_bytes": self._programs.max_bytes, "max_runs": self._max_runs,
                        "max_queued_per_session": self._max_queued,
                        "max_key_chars": MAX_KEY_CHARS, "max_keys": MAX_KEYS,
                        "key_retention_s": KEY_RETENTION_S, "max_sessions": MAX_SESSIONS,
@@ -509,8 +511,7 @@ class ControllerServer:
             array.flags.writeable = False
         program_id = program_id_of(request.arrays, meta)
         with self._lock:
-            if program_id in self._programs:
-                self._programs.move_to_end(program_id)
+            if self._programs.use(program_id) is not None:
                 return {"program_id": program_id}, None
         try:
             self._executor.load(request.arrays, meta)
@@ -518,13 +519,16 @@ class ControllerServer:
             raise RequestError(getattr(exc, "error_type", ERR_INVALID_PROGRAM), str(exc)
                                 ) from exc
         with self._lock:
+            in_use = [r.program for r in self._runs.values()
+                      if r.state in ACTIVE and r.program is not None]
+            try:
+                evicted = self._programs.add(program_id, Program(request.arrays, meta), in_use)
+            except NoRoomForProgramError as exc:
+                raise RequestError(ERR_QUEUE_FULL, f"upload: {exc}; upload it again once runs "
+                                   "have finished") from exc
             self._uploads_total += 1
-            self._programs[program_id] = Program(request.arrays, meta)
-            while len(self._programs) > 1 and (
-                    len(self._programs) > self._max_programs
-                    or sum(p.nbytes for p in self._programs.values()) > self._max_program_bytes):
-                evicted, _ = self._programs.popitem(last=False)
-                logger.debug("%s: evicted program %s", self.name, evicted)
+        for old in evicted:
+            logger.debug("%s: evicted program %s", self.name, old)
         return {"program_id": program_id}, None
 
     def _run(self, request: Request) -> tuple[dict, None]:
@@ -552,11 +556,10 @@ class ControllerServer:
                 logger.info("%s: repeated key %s returns run %s", self.name, key,
                             previous_key.run_id)
                 return {"run_id": previous.run_id, "state": previous.state}, None
-            program = self._programs.get(checked.program_id)
+            program = self._programs.use(checked.program_id)  # a program in use goes last
             if program is None:
                 raise RequestError(ERR_UNKNOWN_PROGRAM,
                                    f"no program {checked.program_id!r} loaded")
-            self._programs.move_to_end(checked.program_id)  # a program in use is evicted last
             if self._stopping.is_set():
                 raise RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
             pending = sum(1 for r in self._runs.values()
@@ -784,6 +787,7 @@ class ControllerServer:
         """Record a final state and forget the oldest finished runs; lock held."""
         run.state = state
         run.finished_at = time.monotonic()
+        run.program = None  # its results are kept, its program is not
         self._finished.append(run.run_id)
         while len(self._finished) > self._max_runs:
             del self._runs[self._finished.popleft()]

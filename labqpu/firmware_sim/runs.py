@@ -7,14 +7,15 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 __all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "Executor", "FairQueue",
-           "KeyRecord", "Program", "ProgramRefusedError", "Run", "program_id_of",
-           "request_digest"]
+           "KeyRecord", "NoRoomForProgramError", "Program", "ProgramRefusedError", "Programs",
+           "Run", "program_id_of", "request_digest"]
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -45,7 +46,7 @@ class Run:
 
     run_id: str
     key: str | None
-    program: Program
+    program: Program | None  # None once finished
     shots: int
     params: dict[str, Any]
     accepted_at: float
@@ -139,6 +140,57 @@ class ProgramRefusedError(ValueError):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
+
+
+class NoRoomForProgramError(Exception):
+    """An upload that the programs of queued and running runs leave no room (bytes)."""
+
+
+class Programs:
+    """The programs a controller holds by id, least recently uploaded or run first, at most
+    ``max_programs`` of them holding at most ``max_bytes`` (s. ``ControllerServer``). Not
+    thread-safe: the server's lock guards it."""
+
+    def __init__(self, max_programs: int, max_bytes: int) -> None:
+        self.max_programs = max_programs
+        self.max_bytes = max_bytes
+        self._held: OrderedDict[str, Program] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def use(self, program_id: str) -> Program | None:
+        """The program ``program_id`` (None: not held), now the most recently used."""
+        program = self._held.get(program_id)
+        if program is not None:
+            self._held.move_to_end(program_id)
+        return program
+
+    def add(self, program_id: str, program: Program, in_use: Iterable[Program]) -> list[str]:
+        """Hold ``program`` and evict the least recently used beyond the bounds, counting into
+        the bytes the programs ``in_use`` (those of queued and running runs, whose memory
+        evicting them does not free); returns the evicted ids. Alone it is kept whatever its
+        size.
+
+        Raises:
+            NoRoomForProgramError: the programs in use leave it no room; nothing was changed.
+        """
+        pinned = {id(p): p.nbytes for p in in_use}
+        if pinned and sum((pinned | {id(program): program.nbytes}).values()) > self.max_bytes:
+            raise NoRoomForProgramError(
+                f"the programs of queued and running runs hold {sum(pinned.values())} bytes; "
+                f"with this one ({program.nbytes} bytes) that passes the limit of "
+                f"{self.max_bytes} bytes")
+        self._held[program_id] = program
+        total = sum((pinned | {id(p): p.nbytes for p in self._held.values()}).values())
+        evicted = []
+        while len(self._held) > 1 and (len(self._held) > self.max_programs
+                                       or total > self.max_bytes):
+            old_id, old = self._held.popitem(last=False)
+            if id(old) not in pinned:
+                total -= old.nbytes
+            evicted.append(old_id)
+        return evicted
 
 
 class FairQueue:

@@ -338,6 +338,36 @@ def test_program_memory_is_bounded(executor: SumExecutor) -> None:
         ctrl.run(huge, shots=1)
 
 
+def test_queued_runs_count_their_programs_into_the_memory_bound(executor: SumExecutor) -> None:
+    """A run kept its program however many newer uploads evicted it, and a finished run's
+    record kept it too: a client queueing runs of ever new programs behind a long one made
+    the controller hold every one of them (up to 256 queued runs of ~130 MB each). Now the
+    programs of queued and running runs count into ``max_program_bytes``: an upload they leave
+    no room is refused with ``QueueFull``, evicting nothing, and is taken again once they have
+    finished, while a finished run's results outlive its program."""
+    size = _program(1000)["a"].nbytes * 2
+    with (
+        ControllerServer(executor, max_program_bytes=int(2.5 * size)) as srv,
+        ControllerClient(srv.endpoint, timeout_s=0.5) as ctrl,
+    ):
+        first, second = (ctrl.upload(_program(1000 + n), {}) for n in range(2))
+        blocking = ctrl.run(first, shots=1, params={"sleep_s": 30.0})
+        queued = ctrl.run(second, shots=1)
+        with pytest.raises(InstrumentCommandError) as info:
+            ctrl.upload(_program(1002), {})
+        assert info.value.remote_type == ERR_QUEUE_FULL
+        assert "queued and running runs hold" in str(info.value)
+        assert ctrl.status()["programs"] == 2  # nothing evicted for the refused upload
+        ctrl.abort(blocking)
+        state, _ = ctrl.wait(queued, timeout_s=BOUND_S)
+        assert state["state"] == "done"
+        third = ctrl.upload(_program(1002), {})  # the runs have ended: room again
+        assert ctrl.fetch(queued)[0] == "done"
+        ctrl.upload(_program(1003), {})
+        assert ctrl.status()["programs"] == 2
+        assert ctrl.wait(ctrl.run(third, shots=1), timeout_s=BOUND_S)[0]["state"] == "done"
+
+
 def test_finished_runs_are_bounded(executor: SumExecutor) -> None:
     with (
         ControllerServer(executor, max_runs=2) as srv,
