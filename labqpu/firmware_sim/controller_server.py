@@ -519,8 +519,8 @@ class ControllerServer:
             raise RequestError(getattr(exc, "error_type", ERR_INVALID_PROGRAM), str(exc)
                                 ) from exc
         with self._lock:
-            in_use = [r.program for r in self._runs.values()
-                      if r.state in ACTIVE and r.program is not None]
+            in_use = {r.program_id: r.program for r in self._runs.values()
+                      if r.state in ACTIVE and r.program is not None}
             try:
                 evicted = self._programs.add(program_id, Program(request.arrays, meta), in_use)
             except NoRoomForProgramError as exc:
@@ -574,6 +574,7 @@ class ControllerServer:
                 run_id=uuid.uuid4().hex,
                 key=key,
                 program=program,
+                program_id=checked.program_id,
                 shots=checked.shots,
                 params=checked.params,
                 accepted_at=now,

@@ -7,7 +7,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ class Run:
     run_id: str
     key: str | None
     program: Program | None  # None once finished
+    program_id: str
     shots: int
     params: dict[str, Any]
     accepted_at: float
@@ -166,16 +167,19 @@ class Programs:
             self._held.move_to_end(program_id)
         return program
 
-    def add(self, program_id: str, program: Program, in_use: Iterable[Program]) -> list[str]:
+    def add(self, program_id: str, program: Program, in_use: Mapping[str, Program]
+            ) -> list[str]:
         """Hold ``program`` and evict the least recently used beyond the bounds, counting into
-        the bytes the programs ``in_use`` (those of queued and running runs, whose memory
-        evicting them does not free); returns the evicted ids. Alone it is kept whatever its
-        size.
+        the bytes the programs ``in_use`` (id -> program of queued and running runs, whose
+        memory evicting them does not free, so they are evicted for the count only); returns
+        the evicted ids. A program in use by this id is held again as it is, taking no more
+        memory. Alone it is kept whatever its size.
 
         Raises:
             NoRoomForProgramError: the programs in use leave it no room; nothing was changed.
         """
-        pinned = {id(p): p.nbytes for p in in_use}
+        program = in_use.get(program_id, program)
+        pinned = {id(p): p.nbytes for p in in_use.values()}
         if pinned and sum((pinned | {id(program): program.nbytes}).values()) > self.max_bytes:
             raise NoRoomForProgramError(
                 f"the programs of queued and running runs hold {sum(pinned.values())} bytes; "
@@ -184,9 +188,14 @@ class Programs:
         self._held[program_id] = program
         total = sum((pinned | {id(p): p.nbytes for p in self._held.values()}).values())
         evicted = []
-        while len(self._held) > 1 and (len(self._held) > self.max_programs
-                                       or total > self.max_bytes):
-            old_id, old = self._held.popitem(last=False)
+        while len(self._held) > 1:
+            if len(self._held) > self.max_programs:
+                old_id = next(iter(self._held))
+            elif total > self.max_bytes:  # the oldest whose eviction frees memory
+                old_id = next(k for k, p in self._held.items() if id(p) not in pinned)
+            else:
+                break
+            old = self._held.pop(old_id)
             if id(old) not in pinned:
                 total -= old.nbytes
             evicted.append(old_id)

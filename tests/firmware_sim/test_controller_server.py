@@ -368,6 +368,37 @@ def test_queued_runs_count_their_programs_into_the_memory_bound(executor: SumExe
         assert ctrl.wait(ctrl.run(third, shots=1), timeout_s=BOUND_S)[0]["state"] == "done"
 
 
+def test_a_running_runs_program_is_held_again_and_not_evicted_for_bytes(
+        executor: SumExecutor) -> None:
+    """A review's cases: evicting the program of a running run for bytes freed nothing and
+    pushed out a program whose eviction would have been enough; uploading again a program a
+    running run holds was counted twice and refused. Now eviction for bytes skips the programs
+    of queued and running runs, and such a program uploaded again is held again as it is."""
+    size = _program(1000)["a"].nbytes * 2
+    with (
+        ControllerServer(executor, max_programs=3, max_program_bytes=int(2.2 * size)) as srv,
+        ControllerClient(srv.endpoint, timeout_s=0.5) as ctrl,
+    ):
+        running = ctrl.upload(_program(1000), {})
+        blocking = ctrl.run(running, shots=1, params={"sleep_s": 30.0})
+        small = ctrl.upload(_program(500), {})
+        ctrl.upload(_program(1001), {})  # over the bytes: the small one goes, not the running
+        with pytest.raises(InstrumentCommandError) as info:
+            ctrl.run(small, shots=1)
+        assert info.value.remote_type == ERR_UNKNOWN_PROGRAM
+        queued = ctrl.run(running, shots=1)
+        for n in range(3):  # over the count: the least recently used goes, the running too
+            ctrl.upload(_program(10 + n), {})
+        with pytest.raises(InstrumentCommandError) as info:
+            ctrl.run(running, shots=1)
+        assert info.value.remote_type == ERR_UNKNOWN_PROGRAM
+        assert ctrl.upload(_program(1000), {}) == running  # held again, not counted twice
+        again = ctrl.run(running, shots=1)
+        ctrl.abort(blocking)
+        for run_id in (queued, again):
+            assert ctrl.wait(run_id, timeout_s=BOUND_S)[0]["state"] == "done"
+
+
 def test_finished_runs_are_bounded(executor: SumExecutor) -> None:
     with (
         ControllerServer(executor, max_runs=2) as srv,
