@@ -476,6 +476,17 @@ _WHITESPACE = re.compile(r"\s+")
 # --- server -----------------------------------------------------------------------------------
 
 
+def _has_input(sock: socket.socket) -> bool:
+    """Whether bytes (or the end of the stream) wait unread on non-blocking ``sock``."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False  # a failed connection: nothing waiting to be lost
+    return True
+
+
 class ScpiServer:
     """A simulated SCPI instrument on a TCP socket (``\\n``-terminated lines, raw socket).
 
@@ -706,18 +717,23 @@ class ScpiServer:
 
     def _shed_idle(self, selector: selectors.BaseSelector,
                    connections: dict[socket.socket, Connection]) -> bool:
-        """Reset this instrument's longest idle client if it has sent nothing for
-        ``idle_s``; True when a place was freed so."""
-        mine = [c for c in connections.values() if c.server is self]
-        oldest = min(mine, key=lambda c: c.last_active, default=None)
-        if oldest is None or time.monotonic() - oldest.last_active < self.idle_s:
-            return False
-        logger.info("%r: %d clients are connected (limit %d): closing %s, idle for %.0f s, "
-                    "for a new client", self, self._open, self.max_connections, oldest.peer,
-                    time.monotonic() - oldest.last_active)
-        reset_on_close(oldest.sock)
-        self._drop(selector, connections, oldest)
-        return True
+        """Reset this instrument's longest idle client if it has sent nothing for ``idle_s``
+        and has nothing waiting (a line not yet read, a reply not yet taken); True when a
+        place was freed so."""
+        now = time.monotonic()
+        for client in sorted((c for c in connections.values() if c.server is self),
+                             key=lambda c: c.last_active):
+            if now - client.last_active < self.idle_s:
+                return False
+            if client.received or client.pending or _has_input(client.sock):
+                continue
+            logger.info("%r: %d clients are connected (limit %d): closing %s, idle for %.0f "
+                        "s, for a new client", self, self._open, self.max_connections,
+                        client.peer, now - client.last_active)
+            reset_on_close(client.sock)
+            self._drop(selector, connections, client)
+            return True
+        return False
 
     def _receive(self, selector: selectors.BaseSelector, connection: Connection) -> bool:
         """Read and execute complete lines; False when the connection is finished."""

@@ -680,6 +680,34 @@ def test_a_client_idle_for_idle_s_gives_its_place_to_a_new_one() -> None:
             driver.close()
 
 
+def test_a_client_whose_line_waits_unread_is_not_the_one_reset() -> None:
+    """A review's race: the instruments' loop busy (as a rack's shared loop is), an idle
+    client sends a query while a new client connects; the loop takes the new client first and
+    reset the idle one with its query unread (``Connection reset by peer``). A client with
+    input waiting keeps its place."""
+    with (ScpiServer("signal_generator", name="lo-race", max_connections=1, idle_s=0.2)
+          as server, SignalGenerator(server.resource, timeout_s=TIMEOUT_S) as driver):
+        assert driver.identity.startswith("labqpu simulator")
+        time.sleep(0.3)
+        held = threading.Event()
+
+        def hold(*_: object) -> None:
+            held.set()
+            time.sleep(0.3)
+
+        busy = threading.Thread(target=server._loop._run, args=(hold, 2.0),
+                                kwargs={"start": False})
+        busy.start()
+        assert held.wait(2.0)
+        newcomer = socket.create_connection((server.host, server.port), timeout=2.0)
+        try:
+            time.sleep(0.02)
+            assert driver.frequency_hz > 0
+        finally:
+            busy.join()
+            newcomer.close()
+
+
 _OUT_OF_DESCRIPTORS = """
 import os, resource, sys, time
 from labqpu.firmware_sim.scpi_server import ScpiServer
