@@ -63,7 +63,7 @@ from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
 from labqpu.pulse.echo import echo_colours, echo_segments
 from labqpu.pulse.gates import RESERVED_NAMES
-from labqpu.pulse.timing import held_readouts, padding_delays
+from labqpu.pulse.timing import held_readouts, last_that_matter, padding_delays
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
 PULSE_GATES = frozenset({"sx", "sy", "x", "cz"})
@@ -486,8 +486,9 @@ class CompilerALAP(ALAPScheduleAnalysis):
                 start[node] = gates_end
             elif i in trailing:
                 start[node] = max((free.get(q, 0) for q in node.qargs), default=0)
-            else:
-                start[node] = gates_end - from_end[node] - duration[node]
+            else:  # a barrier after final readouts waits for them
+                start[node] = max([gates_end - from_end[node] - duration[node],
+                                   *(free.get(q, 0) for q in node.qargs)])
             for q in node.qargs:
                 free[q] = start[node] + duration[node]
 
@@ -544,8 +545,10 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     window during which a coupled neighbour plays a two-qubit gate: an echo there would flip a
     spectator of the cz while its flux pulse plays (its conditional phase depends on that
     level); the parts before and after are decoupled on their own. Nor is a window after the
-    qubit's last instruction or after its measurement: the compiler plays nothing there (an
-    echo after a readout would make it a mid-circuit measurement).
+    qubit's last instruction (barriers and delays aside: a barrier that ends the circuit does not
+    make one) or after its measurement: the compiler plays nothing there (an echo after a
+    readout would make it a mid-circuit measurement, and one before a closing barrier held the
+    other qubits' final readouts back until it ended).
     """
 
     def run(self, dag: DAGCircuit) -> DAGCircuit:
@@ -587,6 +590,15 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         for qubit in dag.qubits:
             if qubit not in self._first_gate:
                 self._free[qubit] = [(-math.inf, math.inf)]
+        # After a qubit's last instruction that matters (not a delay, nor a barrier that ties
+        # it to nothing played later) the compiler plays nothing on it: no echo there, even
+        # before a barrier that ends the circuit.
+        nodes = list(dag.topological_op_nodes())
+        last = last_that_matter([node.qargs for node in nodes],
+                                {i for i, node in enumerate(nodes) if node.op.name == "delay"},
+                                {i for i, node in enumerate(nodes) if node.op.name == "barrier"})
+        self._last_start = {q: starts[nodes[i]] for q, i in last.items()
+                            if starts is not None and nodes[i] in starts}
         in_registers = {bit for creg in dag.cregs.values() for bit in creg}
         self._clbits = list(dag.clbits)
         self._loose = [bit for bit in self._clbits if bit not in in_registers]
@@ -619,7 +631,8 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
                 for a in dag.qubits}
 
     def _pad(self, dag, qubit, t_start, t_end, next_node, prev_node) -> None:
-        if isinstance(next_node, DAGOutNode) or getattr(prev_node, "name", None) == "measure":
+        if isinstance(next_node, DAGOutNode) or getattr(prev_node, "name", None) == "measure" \
+                or t_start >= self._last_start.get(qubit, -math.inf):
             self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
             return
         for d0, d1 in self._free.get(qubit, ()):

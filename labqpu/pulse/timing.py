@@ -137,21 +137,33 @@ class TimingConstraints:
 
 def _later(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
            barriers: Collection[int]) -> Iterator[tuple[int, set]]:
-    """Each op that is not a barrier (indices into ``op_qubits``, last first) with the qubits
-    that something after it matters to: a later op on them that plays or measures (not a
-    delay, not a barrier), or a later barrier that ties them to such a qubit, through chains
-    of barriers (Qiskit's barrier semantics). The set is the scan's own: read it before the
-    next step."""
+    """Each op (indices into ``op_qubits``, last first) with the qubits that something after it
+    matters to: a later op on them that plays or measures (not a delay, not a barrier), or a
+    later barrier that ties them to such a qubit, through chains of barriers (Qiskit's barrier
+    semantics). The set is the scan's own: read it before the next step."""
     later: set = set()
     for i in range(len(op_qubits) - 1, -1, -1):
         qubits = op_qubits[i]
+        yield i, later
         if i in barriers:
             if not later.isdisjoint(qubits):
                 later.update(qubits)
-            continue
-        yield i, later
-        if i not in delays:
+        elif i not in delays:
             later.update(qubits)
+
+
+def last_that_matter(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],
+                     barriers: Collection[int]) -> dict[Hashable, int]:
+    """Each qubit's last op that matters (its index into ``op_qubits``): one that plays or
+    measures, or a barrier that ties the qubit to such an op after it. After it the qubit only
+    idles (a delay there is padding, ``padding_delays``)."""
+    out: dict[Hashable, int] = {}
+    for i, later in _later(op_qubits, delays, barriers):
+        qubits = op_qubits[i]
+        if i not in delays and (i not in barriers or not later.isdisjoint(qubits)):
+            for q in qubits:
+                out.setdefault(q, i)
+    return out
 
 
 def padding_delays(op_qubits: Sequence[Collection[Hashable]], delays: Collection[int],

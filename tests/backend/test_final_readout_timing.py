@@ -152,3 +152,33 @@ def test_a_barrier_after_a_readout_holds_what_follows_it(lab3, level) -> None:
                  if i.name in ("measure", "x")}
         assert timed == {("measure", first): 0, ("x", second): x_start,
                          ("measure", second): read[second]}
+
+
+def test_a_barrier_after_the_final_readouts_is_timed_after_them(lab3) -> None:
+    """A review's case: a Bell pair, its readouts, then a barrier. The scheduling stage timed
+    the barrier at the start of the readouts and Qiskit padded each qubit with a delay from
+    there, over its own readout (``qubit_stop_time`` read the readouts' start). Each qubit's
+    instructions now follow one another in time, and the barrier comes when the readouts end."""
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    qc.barrier()
+    native = transpile(qc, lab3, initial_layout=[0, 1])
+    busy_until: dict[int, int] = defaultdict(int)
+    readouts_end = 0
+    for inst, t in zip(native.data, native.op_start_times, strict=True):
+        qubits = [native.find_bit(q).index for q in inst.qubits]
+        if inst.name == "barrier":
+            duration = 0
+        elif inst.name == "delay":
+            duration = inst.operation.duration
+        else:
+            duration = round(lab3.target[inst.name][tuple(qubits)].duration / lab3.dt)
+        for q in qubits:
+            assert t >= busy_until[q], (inst.name, qubits, t, dict(busy_until))
+            busy_until[q] = t + duration
+        if inst.name == "measure":
+            readouts_end = max(readouts_end, t + duration)
+        if inst.name == "barrier":
+            assert t == readouts_end

@@ -597,6 +597,34 @@ def test_classical_bits_of_no_register_are_padded_in_their_order(lab_backend) ->
         transpile(first_loose, lab_backend)
 
 
+def test_a_closing_barrier_changes_nothing_that_plays(lab_backend) -> None:
+    """A review's circuit: a cz, a mid-circuit readout of qubit 2, sx on qubit 1, a barrier over
+    all, measure(0), then a barrier that ends the circuit. Qubit 1's idle window before that
+    barrier (its instructions are over) was filled with echo pulses, which the compiler plays,
+    so qubit 0's final readout waited for them (1000 -> 1895 samples). With or without the
+    closing barrier, the same pulses and readouts now play."""
+    played = []
+    for closing in (False, True):
+        qc = QuantumCircuit(3, 2)
+        qc.x(1)
+        qc.x(1)
+        qc.cz(0, 1)
+        qc.measure(2, 0)
+        qc.barrier(0, 2)
+        qc.sx(1)
+        qc.barrier()
+        qc.measure(0, 1)
+        if closing:
+            qc.barrier()
+        program = lab_backend.compile(transpile(qc, lab_backend, initial_layout=[0, 1, 2],
+                                                seed_transpiler=1))
+        played.append((sorted(zip(program.play_start.tolist(), program.play_port.tolist(),
+                                  strict=True)),
+                       sorted(zip(program.acq_start.tolist(), program.acq_qubit.tolist(),
+                                  strict=True))))
+    assert played[0] == played[1]
+
+
 @pytest.mark.parametrize("loose_first", [False, True])
 def test_a_bit_of_no_register_beside_a_register_loses_no_shot(lab_backend, loose_first) -> None:
     """A register and a classical bit of no register: the header named the register alone,

@@ -27,7 +27,7 @@ from labqpu.errors import BackendPropertyError, CompilationError
 from labqpu.pulse import Constant, PulseBuilder, drive
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.pulse.kernels import flat_top, gaussian_drag
-from labqpu.pulse.timing import held_readouts, padding_delays
+from labqpu.pulse.timing import held_readouts, last_that_matter, padding_delays
 from labqpu.store import Snapshot, SnapshotBuilder
 
 FS = 1.0e9
@@ -830,6 +830,15 @@ def test_held_readouts_follow_barriers_to_what_plays_later():
     # m(0), barrier(0, 1), m(1): readouts in turn; m(0), m(1), barrier(0, 1): together
     assert held_readouts([(0,), (0, 1), (1,)], set(), {1}, {0: 0, 2: 1}) == {0}
     assert held_readouts([(0,), (1,), (0, 1)], set(), {2}, {0: 0, 1: 1}) == set()
+
+
+def test_last_that_matter_skips_delays_and_barriers_that_tie_to_nothing_later():
+    """``last_that_matter``: a qubit's last op that plays or measures, or a barrier that ties
+    it to one after it; a closing barrier and a trailing delay do not count."""
+    # x(1), measure(0), barrier(0, 1), x(1), measure(0)... then delay(1), barrier(0, 1)
+    ops = [(1,), (0,), (0, 1), (1,), (1,), (0, 1)]
+    assert last_that_matter(ops, {4}, {2, 5}) == {1: 3, 0: 2}
+    assert last_that_matter([(0,), (0, 1)], set(), {1}) == {0: 0}
 
 
 def test_padding_delays_follow_barriers_to_the_qubits_that_act_later():
