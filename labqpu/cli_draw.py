@@ -136,6 +136,19 @@ def script_reason(path: Path) -> str | None:
     return _script_reason(_parsed(path, "run"))
 
 
+def _main_guarded(tree: ast.Module) -> bool:
+    """Whether the file's own scope has an ``if __name__ == "__main__":`` block."""
+    for node in tree.body:
+        test = node.test if isinstance(node, ast.If) else None
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 \
+                and isinstance(test.ops[0], ast.Eq):
+            sides = [test.left, *test.comparators]
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in sides) and any(
+                    isinstance(n, ast.Constant) and n.value == "__main__" for n in sides):
+                return True
+    return False
+
+
 def _script_reason(tree: ast.Module) -> str | None:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
@@ -171,7 +184,12 @@ def load_circuit_file(path: Path, command: str):
     not run, its ``sys.argv`` is its path alone) or a .qasm file holds; one left with Qiskit's
     generated name (``circuit-57``) is named after the file. ``ValueError`` (one line, starting
     ``labqpu <command>:``) for a file of another kind, one that fails or exits (where) or one
-    without a circuit."""
+    without a circuit.
+
+    ``labqpu run`` reads only circuit files this way (:func:`is_circuit_script`). Any other
+    ``command`` (``draw``) also reads a script whose work is in an ``if __name__ ==
+    "__main__":`` block, and refuses one without: reading it would run all of it, its jobs
+    (on the rack) and its files included."""
     from qiskit import QuantumCircuit
 
     if not path.is_file():
@@ -180,7 +198,13 @@ def load_circuit_file(path: Path, command: str):
         return load_circuit(path)
     if path.suffix.lower() != ".py":
         raise ValueError(f"labqpu {command}: give a .py or .qasm file, got {path}")
-    _parsed(path, command)
+    tree = _parsed(path, command)
+    reason = _script_reason(tree)
+    if reason is not None and not _main_guarded(tree):
+        raise ValueError(
+            f"labqpu {command}: {path} is a script: {reason}, and it has no `if __name__ == "
+            f"\"__main__\":` block, so reading its circuit would run all of it, jobs and "
+            "files included. Put that work in such a block, or the circuit in a file of its own")
     try:
         with as_run_from_the_command_line(path, [str(path)]):
             namespace = runpy.run_path(str(path), run_name=f"labqpu_{command}")

@@ -70,6 +70,28 @@ def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: s
     assert "Traceback" not in done.stderr
 
 
+def test_draw_runs_no_script_without_a_main_block(tmp_path: Path) -> None:
+    """A newcomer's case: ``labqpu draw`` of a script that builds ``qc`` and then runs it (or
+    writes a file) ran all of it: a job on the rack, a file written, before the drawing. A
+    script whose work is in an ``if __name__ == "__main__":`` block is drawn without it; one
+    without such a block is refused, nothing run."""
+    pytest.importorskip("matplotlib")
+    body = ("import pathlib\nfrom qiskit import QuantumCircuit\nqc = QuantumCircuit(1, 1)\n"
+            "qc.x(0)\nqc.measure(0, 0)\n")
+    (tmp_path / "side.py").write_text(body + "pathlib.Path('ran.txt').write_text('x')\n")
+    done = labqpu(tmp_path, "draw", "side.py")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "side.py is a script: it imports pathlib" in done.stderr
+    assert "no `if __name__ == \"__main__\":` block" in done.stderr
+    assert not (tmp_path / "ran.txt").exists() and not (tmp_path / "side.png").exists()
+    (tmp_path / "guarded.py").write_text(
+        body + "if __name__ == '__main__':\n    pathlib.Path('ran.txt').write_text('x')\n")
+    done = labqpu(tmp_path, "draw", "guarded.py")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "guarded.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "ran.txt").exists()
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (["--dpi", "0"], "--dpi 0: give a resolution from 10 to 1200"),
     (["--dpi", "100000"], "--dpi 100000: give a resolution from 10 to 1200"),
