@@ -28,12 +28,7 @@ from labqpu.backend.program_checks import (
 )
 from labqpu.backend.results import discriminator_centres
 from labqpu.backend.snapshots import newest_buildable
-from labqpu.backend.sweeps import (
-    binds_per_item,
-    builder_points,
-    circuit_points,
-    param_sets_for,
-)
+from labqpu.backend.sweeps import expand_sweeps, param_sets_for
 from labqpu.backend.target import LEFT_OUT, LabTarget, build_target
 from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import (
@@ -83,38 +78,6 @@ _OPTION_TYPES = {
 #: (residual excitation exp(-10) ~ 5e-5), or REP_DELAY_UNCALIBRATED_S without any T1.
 REP_DELAY_T1_FACTOR = 10.0
 REP_DELAY_UNCALIBRATED_S = 500e-6
-
-
-def _expand_sweeps(items: list, binds: object) -> tuple[list, list]:
-    """``run()``'s items with each ``PulseBuilder``, and each circuit given a mapping in
-    ``parameter_binds``, replaced by the points of its sweep
-    (:func:`labqpu.backend.sweeps.builder_points`, :func:`~labqpu.backend.sweeps.circuit_points`),
-    and ``parameter_binds`` as one entry per remaining item (None for the sweeps' points)."""
-    out_items: list = []
-    out_binds: list = []
-    for item, bind in zip(items, binds_per_item(binds, len(items)), strict=True):
-        if isinstance(item, PulseBuilder):
-            if bind is None and not item.parameters:
-                out_items.append(item.build())  # nothing to bind: what build() gives
-                out_binds.append(None)
-                continue
-            if bind is None:
-                names = sorted(p.name for p in item.parameters)
-                raise InvalidRunInputError(
-                    f"pulse program {item.name!r} is a PulseBuilder with parameter(s) "
-                    f"{', '.join(names)}: sweep them with parameter_binds={{parameter: "
-                    "values}, or call its assign_parameters(...) first",
-                    option="parameter_binds")
-            points = builder_points(item, bind, max_points=MAX_JOB_CIRCUITS)
-        elif isinstance(item, QuantumCircuit) and bind is not None:
-            points = circuit_points(item, bind, max_points=MAX_JOB_CIRCUITS)
-        else:
-            out_items.append(item)
-            out_binds.append(bind)
-            continue
-        out_items.extend(points)
-        out_binds.extend([None] * len(points))
-    return out_items, out_binds
 
 
 def _refused_circuit(circuits: list[QuantumCircuit], exc: CircuitError) -> InvalidRunInputError:
@@ -470,6 +433,9 @@ class LabBackend(BackendV2):
         ``ValueError`` unless ``timeout_s`` is None or a number >= 0."""
         return self._queue.describe(wait_bound(timeout_s, "timeout_s"))
 
+    def __repr__(self) -> str:
+        return f"<LabBackend {self.name!r}: {self.num_qubits} qubits, {self.config.path}>"
+
     def __copy__(self) -> LabBackend:
         """A shallow copy: shares options, hardware queue, store and Target."""
         new = object.__new__(type(self))
@@ -716,7 +682,7 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError("run() needs at least one circuit or program")
         binds = options.pop("parameter_binds", None)
         if binds is not None or any(isinstance(item, PulseBuilder) for item in items):
-            items, binds = _expand_sweeps(items, binds)
+            items, binds = expand_sweeps(items, binds, max_points=MAX_JOB_CIRCUITS)
         if len(items) > MAX_JOB_CIRCUITS:
             raise InvalidRunInputError(
                 f"{len(items)} circuits in one job; {self.name} takes at most "

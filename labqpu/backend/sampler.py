@@ -44,9 +44,15 @@ def _mthree() -> Any:
     try:
         import mthree
     except ImportError as exc:
-        raise ImportError("labqpu.Sampler mitigates readout with mthree, which is not "
-                          "installed: pip install 'labqpu[mitigation]' (in a clone: "
-                          "pip install -e '.[mitigation]'), or pass mitigate=False") from exc
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "mthree":
+            raise ImportError("labqpu.Sampler mitigates readout with mthree, which is not "
+                              "installed: pip install 'labqpu[mitigation]' (in a clone: "
+                              "pip install -e '.[mitigation]'), or pass mitigate=False"
+                              ) from exc
+        raise ImportError(f"labqpu.Sampler mitigates readout with mthree, which is installed "
+                          f"but failed to import: {type(exc).__name__}: {exc} (a file of "
+                          "yours shadowing a module it needs?); or pass mitigate=False"
+                          ) from exc
     return mthree
 
 

@@ -185,6 +185,38 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
     return circuits
 
 
+def expand_sweeps(items: list, binds: object, *, max_points: int) -> tuple[list, list]:
+    """``run()``'s items with each ``PulseBuilder``, and each circuit given a mapping in
+    ``parameter_binds``, replaced by the points of its sweep
+    (:func:`builder_points`, :func:`circuit_points`, at most ``max_points`` each), and
+    ``parameter_binds`` as one entry per remaining item (None for the sweeps' points)."""
+    out_items: list = []
+    out_binds: list = []
+    for item, bind in zip(items, binds_per_item(binds, len(items)), strict=True):
+        if isinstance(item, PulseBuilder):
+            if bind is None and not item.parameters:
+                out_items.append(item.build())  # nothing to bind: what build() gives
+                out_binds.append(None)
+                continue
+            if bind is None:
+                names = sorted(p.name for p in item.parameters)
+                raise InvalidRunInputError(
+                    f"pulse program {item.name!r} is a PulseBuilder with parameter(s) "
+                    f"{', '.join(names)}: sweep them with parameter_binds={{parameter: "
+                    "values}, or call its assign_parameters(...) first",
+                    option="parameter_binds")
+            points = builder_points(item, bind, max_points=max_points)
+        elif isinstance(item, QuantumCircuit) and bind is not None:
+            points = circuit_points(item, bind, max_points=max_points)
+        else:
+            out_items.append(item)
+            out_binds.append(bind)
+            continue
+        out_items.extend(points)
+        out_binds.extend([None] * len(points))
+    return out_items, out_binds
+
+
 def _check_values(program: PulseProgram, rows: np.ndarray, where: str, index: int,
                   count: int) -> None:
     """Every parameter has a value at every point: a program's table holds NaN for a parameter

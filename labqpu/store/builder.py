@@ -54,8 +54,11 @@ class SnapshotBuilder:
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> SnapshotBuilder:
-        """A builder holding a copy of everything in ``snapshot`` (which stays unchanged)."""
-        builder = cls(snapshot.device, notes=snapshot.notes)
+        """A builder holding a copy of everything in ``snapshot`` (which stays unchanged) but
+        its notes, which describe that snapshot's change: the new one's say "edited from
+        snapshot N" until set (``builder.notes``)."""
+        notes = f"edited from snapshot {snapshot.snapshot_id}" if snapshot.snapshot_id else ""
+        builder = cls(snapshot.device, notes=notes)
         builder.parent_id = snapshot.snapshot_id or None  # 0: never committed
         document = snapshot.to_document()
         builder._qubits = {int(key): params for key, params in document["qubits"].items()}

@@ -61,6 +61,12 @@ def test_bell_state_on_every_edge(lab_backend, edge) -> None:
     assert (counts.get("00", 0) + counts.get("11", 0)) / SHOTS >= 0.90, counts
 
 
+def test_a_backend_says_which_device_and_wiring_it_is(lab_backend) -> None:
+    """Its repr was Python's default (``<labqpu.backend.backend.LabBackend object at 0x..>``)."""
+    assert repr(lab_backend) == (f"<LabBackend 'lab5': 5 qubits, "
+                                 f"{lab_backend.config.path}>")
+
+
 def test_bell_state_is_coherent(lab_backend) -> None:
     """Undoing the Bell preparation returns |00>: the correlations are entanglement, not a
     classical mixture of 00 and 11 (which would give 25 % each here)."""

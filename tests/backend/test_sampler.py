@@ -128,3 +128,18 @@ def test_without_mthree_the_sampler_says_which_extra_to_install(lab_backend,
         Sampler(lab_backend).run([native])
     result = Sampler(lab_backend, mitigate=False).run([native], shots=50).result()[0]
     assert result.data.meas.num_shots == 50
+
+
+def test_an_mthree_that_fails_to_import_is_not_called_missing(lab_backend, monkeypatch,
+                                                              tmp_path) -> None:
+    """A newcomer's case: a ``six.py`` of theirs shadowed a module mthree needs, and the
+    sampler said mthree was not installed; the cause showed only in the chained traceback."""
+    (tmp_path / "mthree").mkdir()
+    (tmp_path / "mthree" / "__init__.py").write_text(
+        "raise ImportError(\"cannot import name 'moves' from 'six'\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mthree", raising=False)
+    native = transpile(ghz3(), lab_backend, seed_transpiler=5)
+    with pytest.raises(ImportError, match=r"mthree, which is installed but failed to import: "
+                                          r"ImportError: cannot import name 'moves' from 'six'"):
+        Sampler(lab_backend).run([native])

@@ -230,6 +230,21 @@ def test_history_is_newest_first_and_chains_parents(store: CalibrationStore) -> 
     ]
 
 
+def test_an_edited_snapshot_does_not_take_its_parents_notes(store: CalibrationStore) -> None:
+    """A newcomer's case: a snapshot edited by hand after a rollback read "rollback to snapshot
+    1 ..." in the history, its parent's description, and a rollback to it chained that text
+    on. The builder's notes say where the edit came from until they are set."""
+    from labqpu.store import SnapshotBuilder
+
+    parent = store.commit(lab5_document(notes="rollback to snapshot 1"))
+    edited = SnapshotBuilder.from_snapshot(parent).set_qubit(
+        0, "t1_s", 45e-6, "t1").commit(store)
+    assert edited.notes == f"edited from snapshot {parent.snapshot_id}"
+    builder = SnapshotBuilder.from_snapshot(edited).set_qubit(0, "t1_s", 46e-6, "t1")
+    builder.notes = "T1 by hand"
+    assert builder.commit(store).notes == "T1 by hand"
+
+
 def test_diff_lists_added_removed_and_changed_parameters(store: CalibrationStore) -> None:
     before = store.commit(lab5_document())
     builder = SnapshotBuilder.from_snapshot(before)
