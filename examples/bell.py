@@ -4,13 +4,12 @@
     labqpu run examples/bell.py --config lab.toml
     labqpu run examples/bell.py --config lab-sim.toml --simulator   # its embedded simulator
     labqpu draw examples/bell.py                # the pulse program it plays (no job runs)
+
+labqpu and argparse are imported in ``main``: what runs when the file is read for its circuit
+(``labqpu draw``) imports only Qiskit.
 """
 
-import argparse
-
 from qiskit import QuantumCircuit, transpile
-
-from labqpu import LabProvider
 
 qc = QuantumCircuit(2, 2)
 qc.h(0)
@@ -19,6 +18,10 @@ qc.measure([0, 1], [0, 1])
 
 
 def main() -> None:
+    import argparse
+
+    from labqpu import LabProvider
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", help="lab.toml of the rack (default: embedded simulator)")
     parser.add_argument("--simulator", action="store_true",

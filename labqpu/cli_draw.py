@@ -22,7 +22,7 @@ import re
 import runpy
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -136,21 +136,40 @@ def script_reason(path: Path) -> str | None:
     return _script_reason(_parsed(path, "run"))
 
 
-def _main_guarded(tree: ast.Module) -> bool:
-    """Whether the file's own scope has an ``if __name__ == "__main__":`` block."""
-    for node in tree.body:
-        test = node.test if isinstance(node, ast.If) else None
-        if isinstance(test, ast.Compare) and len(test.ops) == 1 \
-                and isinstance(test.ops[0], ast.Eq):
-            sides = [test.left, *test.comparators]
-            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in sides) and any(
-                    isinstance(n, ast.Constant) and n.value == "__main__" for n in sides):
-                return True
-    return False
+def _is_main_test(test: ast.expr) -> bool:
+    """Whether an ``if`` with this test runs only as ``__main__``: ``__name__ == "__main__"``
+    (either way round), alone or as a term of an ``and``."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return any(_is_main_test(term) for term in test.values)
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, *test.comparators]
+    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in sides) and any(
+        isinstance(n, ast.Constant) and n.value == "__main__" for n in sides)
 
 
-def _script_reason(tree: ast.Module) -> str | None:
-    for node in ast.walk(tree):
+def _run_when_read(tree: ast.Module) -> list[ast.AST]:
+    """The nodes that run when the file is read as a module (``runpy`` under another name):
+    all but the bodies of its ``if __name__ == "__main__":`` blocks (their ``else`` runs) and
+    of its functions (their decorators and defaults run)."""
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and _is_main_test(node.test):
+            todo.extend(node.orelse)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            todo.extend(d for d in (*node.args.defaults, *node.args.kw_defaults) if d)
+            todo.extend(getattr(node, "decorator_list", ()))
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _script_reason(tree: ast.Module, nodes: Iterable[ast.AST] | None = None) -> str | None:
+    """Why the file (``nodes`` of it: all by default) is not a circuit file, or None."""
+    for node in ast.walk(tree) if nodes is None else nodes:
         if isinstance(node, ast.ImportFrom) and node.level:
             return "it imports from its own package (a relative import)"
         modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
@@ -187,9 +206,9 @@ def load_circuit_file(path: Path, command: str):
     without a circuit.
 
     ``labqpu run`` reads only circuit files this way (:func:`is_circuit_script`). Any other
-    ``command`` (``draw``) also reads a script whose work is in an ``if __name__ ==
-    "__main__":`` block, and refuses one without: reading it would run all of it, its jobs
-    (on the rack) and its files included."""
+    ``command`` (``draw``) also reads a script whose imports and work outside function
+    bodies are in an ``if __name__ == "__main__":`` block (:func:`_run_when_read`), and
+    refuses any other: reading it could run its jobs (on the rack) and write its files."""
     from qiskit import QuantumCircuit
 
     if not path.is_file():
@@ -199,12 +218,13 @@ def load_circuit_file(path: Path, command: str):
     if path.suffix.lower() != ".py":
         raise ValueError(f"labqpu {command}: give a .py or .qasm file, got {path}")
     tree = _parsed(path, command)
-    reason = _script_reason(tree)
-    if reason is not None and not _main_guarded(tree):
+    reason = _script_reason(tree, _run_when_read(tree))
+    if reason is not None:
         raise ValueError(
-            f"labqpu {command}: {path} is a script: {reason}, and it has no `if __name__ == "
-            f"\"__main__\":` block, so reading its circuit would run all of it, jobs and "
-            "files included. Put that work in such a block, or the circuit in a file of its own")
+            f"labqpu {command}: {path} is a script, and what runs when it is read for its "
+            f"circuit (all but its `if __name__ == \"__main__\":` block and function bodies) "
+            f"{reason.removeprefix('it ')}: reading it could run jobs or write files. Put that "
+            "work and those imports in such a block, or the circuit in a file of its own")
     try:
         with as_run_from_the_command_line(path, [str(path)]):
             namespace = runpy.run_path(str(path), run_name=f"labqpu_{command}")

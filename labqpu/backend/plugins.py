@@ -427,8 +427,10 @@ class CompilerALAP(ALAPScheduleAnalysis):
     the final measurements at that end, a trailing delay after its qubit's last instruction. A
     circuit the compiler schedules itself (a measurement followed on its qubit by anything but
     delays and barriers, a readout that a barrier puts before later ops:
-    ``pulse.timing.held_readouts``, or a ``reset``) keeps Qiskit's ALAP, which the compiler then
-    plays as timed. Either way a qubit's run of single-qubit ops
+    ``pulse.timing.held_readouts``, or a ``reset``) keeps Qiskit's ALAP: the compiler plays its
+    gates and mid-circuit readouts as timed, but starts its final readouts together when the
+    gates end, which Qiskit's times of them need not say (readouts that differ in duration, an
+    active reset longer than the Target's ``reset``). Either way a qubit's run of single-qubit ops
     between a two-qubit gate and its measurement then starts right after what precedes it
     (:func:`early_runs`), as the compiler plays it under ``"auto"``.
     """

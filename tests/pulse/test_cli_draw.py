@@ -70,22 +70,40 @@ def test_draw_refuses_files_without_a_circuit(tmp_path: Path, name: str, text: s
     assert "Traceback" not in done.stderr
 
 
-def test_draw_runs_no_script_without_a_main_block(tmp_path: Path) -> None:
+GUARDED_WORK = [
+    # the work outside the guard, before it, in its else branch, in a class body
+    "pathlib.Path('ran.txt').write_text('x')\nif __name__ == '__main__':\n    pass\n",
+    "if __name__ == '__main__':\n    pass\nelse:\n    pathlib.Path('ran.txt').write_text('x')\n",
+    "class K:\n    pathlib.Path('ran.txt').write_text('x')\nif __name__ == '__main__':\n    pass\n",
+]
+
+
+@pytest.mark.parametrize("tail", ["pathlib.Path('ran.txt').write_text('x')\n", *GUARDED_WORK])
+def test_draw_runs_no_script_whose_work_is_outside_a_main_block(tmp_path: Path,
+                                                                 tail: str) -> None:
     """A newcomer's case: ``labqpu draw`` of a script that builds ``qc`` and then runs it (or
-    writes a file) ran all of it: a job on the rack, a file written, before the drawing. A
-    script whose work is in an ``if __name__ == "__main__":`` block is drawn without it; one
-    without such a block is refused, nothing run."""
-    pytest.importorskip("matplotlib")
+    writes a file) ran all of it: a job on the rack, a file written, before the drawing; and
+    a review's: a ``__main__`` block anywhere let the rest of the file run. What runs when the
+    file is read (all but the block and function bodies) may import only what a circuit file
+    does; otherwise draw refuses, running nothing."""
     body = ("import pathlib\nfrom qiskit import QuantumCircuit\nqc = QuantumCircuit(1, 1)\n"
             "qc.x(0)\nqc.measure(0, 0)\n")
-    (tmp_path / "side.py").write_text(body + "pathlib.Path('ran.txt').write_text('x')\n")
+    (tmp_path / "side.py").write_text(body + tail)
     done = labqpu(tmp_path, "draw", "side.py")
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "side.py is a script: it imports pathlib" in done.stderr
-    assert "no `if __name__ == \"__main__\":` block" in done.stderr
+    assert "side.py is a script" in done.stderr and "imports pathlib" in done.stderr
     assert not (tmp_path / "ran.txt").exists() and not (tmp_path / "side.png").exists()
+
+
+def test_draw_reads_a_script_whose_work_is_in_a_main_block(tmp_path: Path) -> None:
+    """Imports and work in the ``__main__`` block (or a function it calls) do not run when
+    draw reads the circuit; a guard with ``and`` counts too."""
+    pytest.importorskip("matplotlib")
     (tmp_path / "guarded.py").write_text(
-        body + "if __name__ == '__main__':\n    pathlib.Path('ran.txt').write_text('x')\n")
+        "from qiskit import QuantumCircuit\nqc = QuantumCircuit(1, 1)\nqc.x(0)\n"
+        "qc.measure(0, 0)\n\n\ndef main(path='ran.txt'):\n    import pathlib\n"
+        "    pathlib.Path(path).write_text('x')\n\n\n"
+        "if __name__ == '__main__' and qc is not None:\n    import sys\n    main()\n")
     done = labqpu(tmp_path, "draw", "guarded.py")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "guarded.png").read_bytes()[:8] == PNG
