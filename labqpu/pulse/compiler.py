@@ -177,7 +177,8 @@ def _lower(circuit: QuantumCircuit, tables: Tables, dynamic_names: frozenset[str
     used = set(chain.from_iterable(qs for i, qs in enumerate(op_qubits)
                                    if i not in is_delay and i not in is_barrier))
     padding = padding_delays(op_qubits, is_delay, is_barrier) if delays else ()
-    if reads and barriers and held_readouts(op_qubits, is_delay, is_barrier, reads):
+    if reads and barriers and barriers[-1] > min(reads) and held_readouts(
+            op_qubits, is_delay, is_barrier, reads):
         return None  # a readout that a barrier puts before later ops: mid-circuit
     if padding:
         columns = tuple([v for i, v in enumerate(c) if i not in padding] for c in columns)
