@@ -22,7 +22,7 @@ import re
 import runpy
 import sys
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -81,21 +81,29 @@ CIRCUIT_FILE_MODULES = frozenset({
 _SCRIPT_NAMES = frozenset({"__name__", "__import__", "exec", "eval", "compile"})
 
 
-def _module_level(tree: ast.Module) -> list[ast.AST]:
-    """Every node of the module's own scope: not inside a function, class or lambda body or a
-    comprehension (whose names are theirs), nor an annotation without a value (it binds
-    nothing)."""
+def _walk(tree: ast.Module, children: Callable[[ast.AST], Iterable[ast.AST]]
+          ) -> list[ast.AST]:
+    """The module's statements and, through ``children`` (the nodes to visit under each),
+    what lies under them."""
     out, todo = [], list(tree.body)
     while todo:
         node = todo.pop()
         out.append(node)
-        if isinstance(node, ast.AnnAssign) and node.value is None:
-            continue
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-                          | ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp
-                          | ast.GeneratorExp):
-            todo.extend(ast.iter_child_nodes(node))
+        todo.extend(children(node))
     return out
+
+
+#: Nodes whose bodies have a scope of their own (the names bound there are theirs).
+_OWN_SCOPE = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
+              ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _module_level(tree: ast.Module) -> list[ast.AST]:
+    """Every node of the module's own scope: not inside a function, class or lambda body or a
+    comprehension (whose names are theirs), nor an annotation without a value (it binds
+    nothing)."""
+    return _walk(tree, lambda node: () if isinstance(node, _OWN_SCOPE) or (
+        isinstance(node, ast.AnnAssign) and node.value is None) else ast.iter_child_nodes(node))
 
 
 def _parsed(path: Path, command: str) -> ast.Module:
@@ -153,18 +161,15 @@ def _run_when_read(tree: ast.Module) -> list[ast.AST]:
     """The nodes that run when the file is read as a module (``runpy`` under another name):
     all but the bodies of its ``if __name__ == "__main__":`` blocks (their ``else`` runs) and
     of its functions (their decorators and defaults run)."""
-    out, todo = [], list(tree.body)
-    while todo:
-        node = todo.pop()
-        out.append(node)
+    def children(node: ast.AST) -> Iterable[ast.AST]:
         if isinstance(node, ast.If) and _is_main_test(node.test):
-            todo.extend(node.orelse)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            todo.extend(d for d in (*node.args.defaults, *node.args.kw_defaults) if d)
-            todo.extend(getattr(node, "decorator_list", ()))
-        else:
-            todo.extend(ast.iter_child_nodes(node))
-    return out
+            return node.orelse
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return [d for d in (*node.args.defaults, *node.args.kw_defaults,
+                                *getattr(node, "decorator_list", ())) if d]
+        return ast.iter_child_nodes(node)
+
+    return _walk(tree, children)
 
 
 def _script_reason(tree: ast.Module, nodes: Iterable[ast.AST] | None = None) -> str | None:

@@ -434,7 +434,8 @@ class LabBackend(BackendV2):
         return self._queue.describe(wait_bound(timeout_s, "timeout_s"))
 
     def __repr__(self) -> str:
-        return f"<LabBackend {self.name!r}: {self.num_qubits} qubits, {self.config.path}>"
+        return (f"<LabBackend {self.name!r}: {self.num_qubits} qubits, "
+                f"{self.config.path or 'wiring given in Python'}>")
 
     def __copy__(self) -> LabBackend:
         """A shallow copy: shares options, hardware queue, store and Target."""
