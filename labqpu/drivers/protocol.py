@@ -62,6 +62,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_MESSAGE_BYTES",
     "OPS",
     "OP_ABORT",
     "OP_FETCH",
@@ -124,8 +125,11 @@ MAX_FRAMES = 64
 """Most frames in one message: the header and at most 63 arrays."""
 
 MAX_FRAME_BYTES = 256 << 20
-"""Largest frame accepted, in bytes. A controller also sets it as the ZeroMQ socket's
-``MAXMSGSIZE``, so a larger frame disconnects its sender instead of being buffered."""
+"""Largest frame accepted, in bytes."""
+
+MAX_MESSAGE_BYTES = 512 << 20
+"""Most bytes in one message, all its frames together. A controller counts frames and bytes as
+they arrive and refuses a message as soon as it goes over a cap, holding none of the rest."""
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of objects and arrays accepted in a header."""

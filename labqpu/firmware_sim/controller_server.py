@@ -1,9 +1,10 @@
-"""``ControllerServer``: the simulator's controller, served over a real ZeroMQ ROUTER socket.
+"""``ControllerServer``: the simulator's controller, served over real ZeroMQ as a ROUTER.
 
 The server speaks ``labqpu.drivers.protocol`` exactly as controller firmware would and
 delegates the physics to an ``Executor``. Three threads:
 
-* the serving thread owns the ROUTER socket (and the server's ZeroMQ context): it
+* the serving thread owns the socket (a ``STREAM`` socket on which ``zmtp.ZmtpServer`` reads
+  ZMTP itself, so that a whole message is bounded) and the server's ZeroMQ context: it
   decodes each request, answers it at once and never blocks on a run;
 * the worker thread executes queued runs one at a time, in FIFO order, and records their
   outcome in a lock-protected table that the serving thread reads.
@@ -54,6 +55,7 @@ from labqpu.drivers.protocol import (
     MAX_HEADER_BYTES,
     MAX_JSON_DEPTH,
     MAX_KEY_CHARS,
+    MAX_MESSAGE_BYTES,
     OP_ABORT,
     OP_FETCH,
     OP_HELLO,
@@ -97,6 +99,7 @@ from labqpu.firmware_sim.runs import (
     program_id_of,
     request_digest,
 )
+from labqpu.firmware_sim.zmtp import Inbound, MessageLimits, ZmtpServer
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
@@ -115,6 +118,13 @@ SESSION_IDLE_S = 24 * 3600.0
 #: Most sessions held: beyond it ``hello`` forgets the least recently used one that has no run
 #: queued or running.
 MAX_SESSIONS = 4096
+#: Most bytes of unfinished messages held for all clients together: a message that would go
+#: beyond is refused with ``QueueFull`` (two clients sending messages of ``MAX_MESSAGE_BYTES``
+#: at once still fit).
+MAX_INBOUND_BYTES = 2 * MAX_MESSAGE_BYTES
+MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_frame_bytes=MAX_FRAME_BYTES,
+                               max_message_bytes=MAX_MESSAGE_BYTES,
+                               max_inbound_bytes=MAX_INBOUND_BYTES)
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -123,7 +133,7 @@ except importlib.metadata.PackageNotFoundError:
 
 
 class ControllerServer:
-    """A controller on a ROUTER socket at ``tcp://host:port``, backed by an ``Executor``.
+    """A controller at ``tcp://host:port`` (a ROUTER to its clients), backed by an ``Executor``.
 
     Args:
         executor: the simulated device that validates and executes programs.
@@ -226,7 +236,7 @@ class ControllerServer:
         self.stop()
 
     def start(self) -> None:
-        """Bind the ROUTER socket and start the serving and worker threads.
+        """Bind the socket and start the serving, worker and validator threads.
 
         Raises:
             RuntimeError: the server was started before.
@@ -235,10 +245,9 @@ class ControllerServer:
         if self._serve_thread is not None:
             raise RuntimeError(f"{self!r} was already started")
         context = zmq.Context()
-        socket = context.socket(zmq.ROUTER)
+        # ZMTP read here (zmtp.ZmtpServer), not by libzmq, so that a whole message is bounded.
+        socket = context.socket(zmq.STREAM)
         socket.setsockopt(zmq.LINGER, 0)
-        # A frame over the limit disconnects its sender inside libzmq; it is never buffered.
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         try:
             if self.port == 0:
                 self.port = socket.bind_to_random_port(f"tcp://{self.host}")
@@ -312,6 +321,7 @@ class ControllerServer:
         return all(thread is not None and thread.is_alive() for thread in threads)
 
     def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
+        wire = ZmtpServer(socket, MESSAGE_LIMITS)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
@@ -322,29 +332,17 @@ class ControllerServer:
                     while wake.poll(0):
                         wake.recv()
                 if socket in events:
-                    frames = socket.recv_multipart(copy=False)
-                    try:
-                        op, reply = self._handle(frames[1:], frames[0])
-                    except Exception as exc:  # _handle should not raise; the loop outlives it
-                        logger.exception("%s: request handling failed", self.name)
-                        op = ""
-                        reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
-                    if reply is not None:
-                        self._deliver(socket, frames[0], op, reply)
-                    # Started after its reply has left: a worker that starts simulating first
-                    # holds the GIL while the client waits for its run id.
-                    for session, run_id in self._accepted:
-                        self._queue.put(session, run_id)
-                    self._accepted.clear()
+                    for message in wire.receive():
+                        self._serve_one(wire, message)
                 self._expire_runs()
                 for identity, op, reply in self._due_fetches():
-                    self._deliver(socket, identity, op, reply)
+                    self._deliver(wire, identity, op, reply)
                 with self._lock:
                     validated, self._validated = self._validated, []
                 for identity, reply in validated:
-                    self._deliver(socket, identity, OP_UPLOAD, reply)
+                    self._deliver(wire, identity, OP_UPLOAD, reply)
                 for identity, reply in self._due_delayed():
-                    self._send(socket, identity, reply)
+                    wire.send(identity, reply)
         except BaseException:
             logger.critical("%s: serving thread died", self.name, exc_info=True)
             raise
@@ -353,24 +351,40 @@ class ControllerServer:
             wake.close(linger=0)
             context.term()
 
-    def _send(self, socket: zmq.Socket, identity: Frame, reply: list[Frame]) -> None:
+    def _serve_one(self, wire: ZmtpServer, message: Inbound) -> None:
+        """Answer one message: a refused one with its error, a request through ``_handle``."""
+        if message.refusal is not None:
+            request_id = salvage_request_id(message.frames[0]) if message.frames else ""
+            logger.warning("%s: refused a message: %s", self.name, message.refusal)
+            wire.send(message.peer, encode_error(
+                request_id, ERR_QUEUE_FULL if message.busy else ERR_PROTOCOL, message.refusal))
+            return
         try:
-            socket.send_multipart([identity, *reply], copy=False)
-        except zmq.ZMQError as exc:
-            logger.warning("%s: could not send a reply: %s", self.name, exc)
+            op, reply = self._handle(message.frames, message.peer)
+        except Exception as exc:  # _handle should not raise; the loop outlives it
+            logger.exception("%s: request handling failed", self.name)
+            op = ""
+            reply = encode_error("", ERR_INTERNAL, f"{type(exc).__name__}: {exc}")
+        if reply is not None:
+            self._deliver(wire, message.peer, op, reply)
+        # Started after its reply has left: a worker that starts simulating first holds the
+        # GIL while the client waits for its run id.
+        for session, run_id in self._accepted:
+            self._queue.put(session, run_id)
+        self._accepted.clear()
 
-    def _deliver(self, socket: zmq.Socket, identity: Frame, op: str, reply: list[Frame]) -> None:
+    def _deliver(self, wire: ZmtpServer, identity: bytes, op: str, reply: list[Frame]) -> None:
         """Send a reply to ``op``, unless an armed fault drops, delays, corrupts or holds it."""
         fault = None if self._faults is None else self._faults.take(REPLY_FAULTS, op)
         if fault is None:
-            self._send(socket, identity, reply)
+            wire.send(identity, reply)
         elif fault.kind == "delay":
             self._delayed.append((time.monotonic() + fault.delay_s, identity, reply))
         elif fault.kind == "corrupt":
-            self._send(socket, identity, corrupt(reply, fault.mode))
+            wire.send(identity, corrupt(reply, fault.mode))
         elif fault.kind == "hang":  # a wedged controller: nobody is answered meanwhile
             self._stopping.wait(fault.duration_s)
-            self._send(socket, identity, reply)
+            wire.send(identity, reply)
         # "drop": the reply is never sent
 
     def _due_delayed(self) -> list[tuple[Frame, list[Frame]]]:
@@ -485,7 +499,9 @@ class ControllerServer:
             "capabilities": {**self._executor.capabilities(),
                              "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
-                       "max_frame_bytes": MAX_FRAME_BYTES, "max_json_depth": MAX_JSON_DEPTH,
+                       "max_frame_bytes": MAX_FRAME_BYTES,
+                       "max_message_bytes": MAX_MESSAGE_BYTES,
+                       "max_inbound_bytes": MAX_INBOUND_BYTES, "max_json_depth": MAX_JSON_DEPTH,
                        "max_programs": self._programs.max_programs,
                        "max_program_bytes": self._programs.max_bytes, "max_runs": self._max_runs,
                        "max_queued_per_session": self._max_queued,

@@ -143,11 +143,30 @@ def test_nan_and_huge_declared_sizes_are_typed_errors(rack, dealer) -> None:
 
 
 def test_too_many_frames_is_a_typed_error(rack, dealer) -> None:
-    frames = [encode_request("status", {})[1][0], *([b"x"] * 100)]
-    dealer.send_multipart(frames)
+    request_id, request = encode_request("status", {})
+    dealer.send_multipart([request[0], *([b"x"] * 100)])
     assert dealer.poll(int(BOUND_S * 1000), zmq.POLLIN)
     reply = decode_reply(dealer.recv_multipart())
-    assert not reply.ok and "frames exceeds" in reply.error["message"]
+    assert (reply.ok, reply.error["type"], reply.id) == (False, "ProtocolError", request_id)
+    assert "exceeds 64 frames" in reply.error["message"]
+    still_serves(rack)
+
+
+ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\0") + bytes(32)
+ZMTP_READY = b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER"
+
+
+@FUZZ
+@given(prefix=st.sampled_from([b"", ZMTP_GREETING[:11], ZMTP_GREETING,
+                               ZMTP_GREETING + ZMTP_READY]),
+       data=st.binary(max_size=400))
+def test_random_bytes_on_the_wire_never_take_the_controller_down(rack, prefix, data) -> None:
+    """The controller reads ZMTP itself (to bound whole messages): whatever bytes a raw TCP
+    client sends, before, in or after the greeting and the handshake, the controller lives
+    and serves a valid client."""
+    host, port = rack.controller.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=BOUND_S) as raw:
+        raw.sendall(prefix + data)
     still_serves(rack)
 
 

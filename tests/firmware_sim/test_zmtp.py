@@ -1,0 +1,253 @@
+"""The controller's own ZMTP reader: whole messages from real ZeroMQ DEALER clients, bounded
+while they arrive, and connections that break the framing closed alone."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from labqpu.firmware_sim.zmtp import GREETING_BYTES, MessageLimits, ZmtpServer
+
+BOUND_S = 5.0
+MIB = 1 << 20
+LIMITS = MessageLimits(max_frames=8, max_frame_bytes=MIB, max_message_bytes=2 * MIB,
+                       max_inbound_bytes=3 * MIB)
+GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\0") + bytes(32)
+
+
+def command(body: bytes) -> bytes:
+    return bytes((0x04, len(body))) + body
+
+
+def ready(socket_type: bytes) -> bytes:
+    return command(b"\x05READY\x0bSocket-Type" + struct.pack(">I", len(socket_type))
+                   + socket_type)
+
+
+READY = ready(b"DEALER")
+
+
+class EchoServer:
+    """A ZmtpServer on a thread of its own that sends every message back; a refused one is
+    answered ``[b"refused", reason, b"busy" or b"over"]``."""
+
+    def __init__(self, limits: MessageLimits) -> None:
+        self.context = zmq.Context()
+        sock = self.context.socket(zmq.STREAM)
+        sock.setsockopt(zmq.LINGER, 0)
+        self.port = sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.wire = ZmtpServer(sock, limits)
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self.wire.socket.poll(20, zmq.POLLIN):
+                    continue
+                for message in self.wire.receive():
+                    if message.refusal is None:
+                        self.wire.send(message.peer, message.frames)
+                    else:
+                        self.wire.send(message.peer, [b"refused", message.refusal.encode(),
+                                                      b"busy" if message.busy else b"over"])
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+        finally:
+            self.wire.socket.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(BOUND_S)
+        assert not self._thread.is_alive()
+        self.context.term()
+        assert not self.errors
+
+
+@pytest.fixture
+def server() -> Iterator[EchoServer]:
+    echo = EchoServer(LIMITS)
+    yield echo
+    echo.close()
+
+
+class Clients:
+    """DEALER sockets of one test, all closed at its end."""
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.sockets: list[zmq.Socket] = []
+
+    def dealer(self, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        self.sockets.append(sock)
+        return sock
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    made = Clients()
+    yield made
+    for sock in made.sockets:
+        sock.close(linger=0)
+    made.context.term()
+
+
+def ask(sock: zmq.Socket, frames: list) -> list[bytes]:
+    sock.send_multipart(frames, copy=False)
+    assert sock.poll(int(BOUND_S * 1000), zmq.POLLIN), "no reply"
+    return sock.recv_multipart()
+
+
+def test_messages_arrive_whole_and_replies_reach_their_client(server, clients) -> None:
+    """Frames of every header form (short, long, empty, beyond one 8 KiB read, beyond the
+    size sent inline) come back byte for byte, to the client that sent them."""
+    a, b = clients.dealer(server.endpoint), clients.dealer(server.endpoint)
+    sizes = [0, 1, 255, 256, 8193, 70_000, MIB - 1000]
+    frames = [bytes((i * 7 + n) % 251 for n in range(size)) for i, size in enumerate(sizes)]
+    assert ask(a, frames) == frames
+    assert ask(b, [b"b"]) == [b"b"]
+    a.send_multipart([b"a1"])
+    b.send_multipart([b"b1"])
+    a.send_multipart([b"a2", b"x" * 300])
+    for sock, expected in ((a, [[b"a1"], [b"a2", b"x" * 300]]), (b, [[b"b1"]])):
+        for message in expected:
+            assert sock.poll(int(BOUND_S * 1000), zmq.POLLIN)
+            assert sock.recv_multipart() == message
+
+
+def test_a_message_over_a_limit_is_refused_and_the_connection_serves_the_next(
+        server, clients) -> None:
+    sock = clients.dealer(server.endpoint)
+    for frames, reason in [
+            ([b"head", *([b"x"] * 8)], b"message exceeds 8 frames"),
+            ([b"head", bytes(MIB + 1)], b"frame 1 of 1048577 bytes exceeds 1048576 bytes"),
+            ([b"head", bytes(MIB), bytes(MIB)], b"message exceeds 2097152 bytes")]:
+        refused, why, kind = ask(sock, frames)
+        assert (refused, kind) == (b"refused", b"over")
+        assert why.startswith(reason), why
+        assert ask(sock, [b"next", bytes(1000)]) == [b"next", bytes(1000)]
+
+
+def test_a_refused_message_is_not_held_while_it_arrives(clients) -> None:
+    """50 MiB sent as one message under a 2 MiB cap: what the reader allocates stays near the
+    cap (libzmq alone buffers a whole message before the application sees any frame)."""
+    server = EchoServer(MessageLimits(max_frames=1000, max_frame_bytes=MIB,
+                                      max_message_bytes=2 * MIB, max_inbound_bytes=3 * MIB))
+    block = bytes(256 << 10)
+    tracemalloc.start()
+    try:
+        sock = clients.dealer(server.endpoint)
+        refused, why, _ = ask(sock, [b"head", *([block] * 200)])
+        peak = tracemalloc.get_traced_memory()[1]
+        assert (refused, why[:30]) == (b"refused", b"message exceeds 2097152 bytes ")
+        assert ask(sock, [b"ok"]) == [b"ok"]
+    finally:
+        tracemalloc.stop()
+        server.close()
+    assert peak < 4 * MIB, f"{peak / MIB:.1f} MiB held for a message refused at 2 MiB"
+
+
+def test_other_clients_unfinished_messages_make_a_message_wait(server, clients) -> None:
+    """The bytes of all unfinished messages are bounded too: a message that would go beyond
+    is refused as busy, and goes through once the others have arrived. (A libzmq client sends
+    a message only once it is whole, so the slow sender here writes ZMTP by hand.)"""
+    b = clients.dealer(server.endpoint)
+    half = bytes(MIB)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as slow:
+        part = bytes(768 << 10)  # 1.5 MiB held unfinished; b's 2 MiB would make 3.5 > 3
+        long_more = b"\x03" + struct.pack(">Q", len(part))
+        slow.sendall(GREETING + READY + long_more + part + long_more + part)
+        deadline = time.monotonic() + BOUND_S
+        while len(reply := ask(b, [half, half])) == 2:  # echoed: slow's frames not read yet
+            assert time.monotonic() < deadline, "b's message was never refused"
+        refused, why, kind = reply
+        assert (refused, kind) == (b"refused", b"busy"), why
+        assert b"send again later" in why
+        slow.sendall(b"\x00\x03end")
+        received = b""
+        while not received.endswith(b"\x00\x03end"):
+            try:
+                chunk = slow.recv(1 << 16)
+            except TimeoutError:
+                raise AssertionError(f"slow's echo stopped after {len(received)} bytes: "
+                                     f"{received[-40:]!r}") from None
+            assert chunk, f"slow closed after {len(received)} bytes: {received[-40:]!r}"
+            received += chunk
+    assert [len(f) for f in ask(b, [half, half])] == [MIB, MIB]
+
+
+def closed_by_server(data: bytes, endpoint_port: int) -> bool:
+    """Send ``data`` on a raw TCP connection; True when the server then closes it."""
+    with socket.create_connection(("127.0.0.1", endpoint_port), timeout=BOUND_S) as raw:
+        greeting = b""
+        while len(greeting) < GREETING_BYTES:
+            chunk = raw.recv(GREETING_BYTES - len(greeting))
+            assert chunk, "closed before greeting"
+            greeting += chunk
+        assert greeting[:1] == b"\xff" and greeting[9:11] == b"\x7f\x03"
+        raw.sendall(data)
+        try:
+            while chunk := raw.recv(4096):
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="http"),
+    pytest.param(GREETING[:10] + b"\x02\x00" + bytes(52), id="zmtp2"),
+    pytest.param(GREETING[:12] + b"PLAIN".ljust(20, b"\0") + bytes(32), id="plain-mechanism"),
+    pytest.param(GREETING + b"\x01\x03abc", id="message-before-ready"),
+    pytest.param(GREETING + ready(b"PUB"), id="pub-socket"),
+    pytest.param(GREETING + READY + b"\x08\x01x", id="reserved-flags"),
+    pytest.param(GREETING + READY + b"\x06" + struct.pack(">Q", 1 << 40), id="huge-command"),
+])
+def test_a_connection_that_breaks_zmtp_is_closed_and_others_are_served(
+        server, clients, data) -> None:
+    assert closed_by_server(data, server.port)
+    assert ask(clients.dealer(server.endpoint), [b"still"]) == [b"still"]
+    assert server.wire.connections == 1
+
+
+def test_a_raw_client_speaking_zmtp_is_served(server) -> None:
+    """The reader follows RFC 23, not only libzmq: a hand-written client's message (greeting
+    and READY in pieces, one long frame header) is answered."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as raw:
+        for piece in (GREETING[:5], GREETING[5:40], GREETING[40:], READY[:9], READY[9:],
+                      b"\x01\x02hi", b"\x02" + struct.pack(">Q", 3), b"you"):
+            raw.sendall(piece)
+        received = b""
+        while not received.endswith(b"\x00\x03you"):
+            chunk = raw.recv(4096)
+            assert chunk
+            received += chunk
+    assert received[GREETING_BYTES:].endswith(b"\x01\x02hi\x00\x03you")
+
+
+def test_connections_leave_nothing_behind(server, clients) -> None:
+    """Clients that come and go, well-behaved or closed for breaking ZMTP, leave no state in
+    the reader (a neighbour connecting in a loop must not grow the controller)."""
+    for index in range(30):
+        sock = clients.dealer(server.endpoint)
+        assert ask(sock, [b"%d" % index]) == [b"%d" % index]
+        sock.close(linger=0)
+        assert closed_by_server(b"GET / HTTP/1.1\r\n\r\n", server.port)
+    deadline = time.monotonic() + BOUND_S
+    while server.wire.connections:
+        assert time.monotonic() < deadline, f"{server.wire.connections} connections kept"
+        time.sleep(0.01)
