@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -36,26 +37,41 @@ log = logging.getLogger(__name__)
 #: Bound on the simulator's start-up (s): first start compiles its numba kernels.
 SIMULATOR_START_TIMEOUT_S = 180.0
 SIMULATOR_STOP_TIMEOUT_S = 10.0
+#: An embedded simulator that exited is started again for the next job, at most this many
+#: times within ``RESTART_WINDOW_S`` (s); one that keeps exiting is left down.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 600.0
 
 
 class SimulatorProcess:
-    """The firmware simulator running as a child process, stopped by :meth:`stop`."""
+    """The firmware simulator running as a child process, stopped by :meth:`stop`; one that
+    exited is started again on the same endpoints by :meth:`revive`."""
 
     def __init__(self, lab_toml: Path, *, timeout_s: float = SIMULATOR_START_TIMEOUT_S) -> None:
+        self._lab_toml = lab_toml
+        #: ``failure()`` is asked from the hardware worker while ``stop()`` may close the log.
+        self._log_lock = threading.Lock()
+        #: Starting, reviving and stopping the process, from the worker and from ``close()``.
+        self._lock = threading.RLock()
+        self._stopped = False
+        self._restarts: deque[float] = deque()
+        with self._lock:
+            self._start({}, timeout_s)
+
+    def _start(self, ports: dict[str, int], timeout_s: float) -> None:
         # Its stderr goes to an unlinked temporary file and its endpoints come back on its
         # stdout, so nothing is left on disk however this process ends (even by SIGKILL).
         self._log = tempfile.TemporaryFile(prefix="labqpu-sim-")  # noqa: SIM115
-        #: ``failure()`` is asked from the hardware worker while ``stop()`` may close the log.
-        self._log_lock = threading.Lock()
         self.process = subprocess.Popen(  # -P: a numpy.py in the cwd does not stand in
-            [sys.executable, "-P", "-m", "labqpu.firmware_sim", str(lab_toml),
-             "--parent-pid", str(os.getpid())],
+            [sys.executable, "-P", "-m", "labqpu.firmware_sim", str(self._lab_toml),
+             "--parent-pid", str(os.getpid()),
+             *(["--ports", json.dumps(ports)] if ports else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
         )
         try:
             self.endpoints = self._wait_for(timeout_s)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
 
     def failure(self) -> str | None:
@@ -65,6 +81,37 @@ class SimulatorProcess:
             return None
         return (f"the firmware simulator (pid {self.process.pid}) exited with code {code}: "
                 f"{self._stderr() or 'no message'}")
+
+    def revive(self, reason: str) -> str | None:
+        """Start the simulator again after it exited (``reason``: :meth:`failure`'s words),
+        listening where its clients know it; None once it serves again, else ``reason`` and
+        why it was not started. At most :data:`MAX_RESTARTS` times within
+        :data:`RESTART_WINDOW_S`: a simulator that keeps exiting is left down."""
+        with self._lock:
+            if self._stopped:
+                return reason
+            if self.process.poll() is None:
+                return None
+            now = time.monotonic()
+            while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+                self._restarts.popleft()
+            if len(self._restarts) >= MAX_RESTARTS:
+                return (f"{reason} (it exited {MAX_RESTARTS + 1} times within "
+                        f"{RESTART_WINDOW_S:.0f} s, so it was not started again; open a new "
+                        "provider)")
+            self._restarts.append(now)
+            known = self.endpoints
+            self._close_streams()
+            try:
+                self._start(_ports_of(known), SIMULATOR_START_TIMEOUT_S)
+            except HardwareUnavailableError as exc:
+                return f"{reason} (starting it again failed: {exc})"
+            if self.endpoints != known:  # cannot happen: it binds the ports it is given
+                self.stop()
+                return f"{reason} (started again, it announced {self.endpoints}, not {known})"
+            log.warning("%s; started it again (pid %d; restart %d within %.0f s)", reason,
+                        self.process.pid, len(self._restarts), RESTART_WINDOW_S)
+        return None
 
     @property
     def pid(self) -> int:
@@ -108,7 +155,13 @@ class SimulatorProcess:
             return self._log.read().decode(errors="replace")[-2000:].strip()
 
     def stop(self) -> None:
-        """Terminate the simulator and wait for it (kill after a bound); idempotent."""
+        """Terminate the simulator and wait for it (kill after a bound); idempotent. A stopped
+        simulator is not revived."""
+        with self._lock:
+            self._stopped = True
+            self._terminate()
+
+    def _terminate(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -116,10 +169,25 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=SIMULATOR_STOP_TIMEOUT_S)
+        self._close_streams()
+
+    def _close_streams(self) -> None:
         with self._log_lock:
             for stream in (self.process.stdout, self._log):
                 if stream is not None and not stream.closed:
                     stream.close()
+
+
+def _ports_of(endpoints: dict[str, str]) -> dict[str, int]:
+    """The TCP port of each endpoint the simulator announced (``tcp://host:port`` or a VISA
+    ``TCPIP0::host::port::SOCKET`` resource)."""
+    ports = {}
+    for name, endpoint in endpoints.items():
+        if endpoint.startswith("tcp://"):
+            ports[name] = int(endpoint.rsplit(":", 1)[1])
+        else:
+            ports[name] = int(endpoint.split("::")[2])
+    return ports
 
 
 def seed_store(store: CalibrationStore, config: LabConfig) -> None:
@@ -237,8 +305,9 @@ class LabProvider:
             seed_store(self.store, self.config)
             _check_store_device(self.store, self.config)
             health = self.simulator.failure if self.simulator else None
-            self._queue = LocalHardwareQueue(RackConnection(self.config, peer_failure=health),
-                                             health=health)
+            self._queue = LocalHardwareQueue(
+                RackConnection(self.config, peer_failure=health), health=health,
+                recover=self.simulator.revive if self.simulator else None)
             self._closers.append(self._queue.close)
             self._backends = {self.config.device_name: LabBackend(self, self.config, self.store,
                                                                   self._queue)}

@@ -50,6 +50,20 @@ def _raise_descriptor_limit() -> None:
             logging.getLogger(__name__).info("file-descriptor limit stays %s: %s", soft, exc)
 
 
+def _ports(text: str) -> dict[str, int]:
+    """``--ports``: a JSON object of names and TCP ports."""
+    try:
+        ports = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(ports, dict) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 65535
+            for p in ports.values()):
+        raise argparse.ArgumentTypeError(
+            f"want an object of names and ports 0..65535, got {text!r}")
+    return ports
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="labqpu sim", description=__doc__)
@@ -58,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     parser.add_argument("--device", help="simulator device file or name (overrides lab.toml)")
     parser.add_argument("--seed", type=int, help="simulator seed (overrides lab.toml)")
+    parser.add_argument("--ports", type=_ports, default={}, metavar="JSON",
+                        help='ports to listen on instead of the wiring\'s, by controller or '
+                             'instrument name (and "fault_control"), e.g. \'{"ctrl0": 5555}\' '
+                             "(a restart takes the ports its clients know)")
     parser.add_argument("--no-noise", action="store_true",
                         help="switch the device file's flux noise, quasi-static noise and "
                              "drift off (overrides [simulator] noise of lab.toml)")
@@ -82,12 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         faults = (FaultPlan() if args.fault_control or fault_control_enabled(args.lab_toml)
                   else None)
+        ports = dict(args.ports)
+        control_port = ports.pop("fault_control", 0)
         rack = SimulatedRack(args.lab_toml, device=args.device, seed=args.seed,
-                             noise=False if args.no_noise else None, faults=faults)
+                             noise=False if args.no_noise else None, faults=faults,
+                             ports=ports)
     except (OSError, ValueError, KeyError) as exc:
         print(f"labqpu sim: {exc}", file=sys.stderr)
         return 2
-    control = None if faults is None else FaultControlServer(faults)
+    control = None if faults is None else FaultControlServer(faults, control_port)
     try:
         rack.start()
         if control is not None:

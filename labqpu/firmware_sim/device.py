@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 
 from labqpu.errors import did_you_mean
@@ -257,6 +257,22 @@ class Rack:
     #: followers to arm (s; ``sync`` module); None: the simulator's default.
     simulator_arm_timeout_s: float | None = None
 
+
+    def with_ports(self, ports: dict[str, int]) -> Rack:
+        """A copy whose controllers and instruments named in ``ports`` listen on those ports
+        (a restarted simulator takes the ports its clients know); ``ValueError`` for a name
+        the wiring does not have."""
+        names = {c.name for c in self.controllers} | {i.name for i in self.instruments}
+        unknown = sorted(set(ports) - names)
+        if unknown:
+            raise ValueError(f"ports for {unknown}: the wiring has no such controller or "
+                             f"instrument (it has {sorted(names)})")
+        return replace(
+            self,
+            controllers=tuple(replace(c, port=ports.get(c.name, c.port))
+                              for c in self.controllers),
+            instruments=tuple(replace(i, port=ports.get(i.name, i.port))
+                              for i in self.instruments))
 
 def _split_port(value: str, what: str) -> tuple[str, int]:
     name, sep, port = value.partition(":")

@@ -293,8 +293,9 @@ class FaultControlServer:
     ``{"cmd": "list"}``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
     """
 
-    def __init__(self, plan: FaultPlan) -> None:
+    def __init__(self, plan: FaultPlan, port: int = 0) -> None:
         self.plan = plan
+        self.port = port
         self.endpoint = ""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -308,13 +309,22 @@ class FaultControlServer:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Bind a random loopback port and serve in a daemon thread."""
+        """Bind the loopback port (a random one for port 0) and serve in a daemon thread;
+        ``zmq.ZMQError`` when it cannot be bound."""
         context = zmq.Context()
         socket = context.socket(zmq.REP)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, 1 << 16)
-        port = socket.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
+        try:
+            if self.port:
+                socket.bind(f"tcp://127.0.0.1:{self.port}")
+            else:
+                self.port = socket.bind_to_random_port("tcp://127.0.0.1")
+        except zmq.ZMQError:
+            socket.close(linger=0)
+            context.term()
+            raise
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._serve, args=(context, socket),
                                         name="fault-control", daemon=True)
         self._thread.start()

@@ -38,6 +38,7 @@ class SimulatedRack:
         arm_timeout_s: how long a synchronised run's leader waits for its followers to arm
             (s; overrides ``[simulator] sync_arm_timeout_s``, default
             ``sync.DEFAULT_ARM_TIMEOUT_S``).
+        ports: ports to listen on instead of the wiring's, by controller or instrument name.
 
     ``controllers`` and ``executors`` hold each controller's server and simulated firmware
     by name; ``controller`` and ``executor`` are the first controller's.
@@ -45,8 +46,9 @@ class SimulatedRack:
 
     def __init__(self, lab_toml: str | Path, *, device: str | None = None,
                  seed: int | None = None, noise: bool | None = None,
-                 faults: FaultPlan | None = None, arm_timeout_s: float | None = None) -> None:
-        self.rack: Rack = load_rack(lab_toml)
+                 faults: FaultPlan | None = None, arm_timeout_s: float | None = None,
+                 ports: dict[str, int] | None = None) -> None:
+        self.rack: Rack = load_rack(lab_toml).with_ports(ports or {})
         self.device = load_device(device or self.rack.simulator_device,
                                   noise=self.rack.simulator_noise if noise is None else noise)
         if self.device.name != self.rack.device_name:

@@ -564,15 +564,20 @@ class LocalHardwareQueue:
 
     ``health`` (optional) returns why the rack is unusable (e.g. "the simulator exited"), or
     None; it is asked before each job and when a job fails on the hardware, so the user reads
-    the cause rather than a string of timeouts. The worker is a daemon so that interpreter exit
-    does not run abandoned jobs to completion; ``close()`` (also called at exit by the
-    provider) cancels them and waits at most for the program on the controller.
+    the cause rather than a string of timeouts. ``recover`` (optional) is given that reason
+    before a job and brings the rack back (the embedded simulator started again), returning
+    None, or returns why it could not; the job then opens every session afresh. The worker
+    is a daemon so that interpreter exit does not run abandoned jobs to completion;
+    ``close()`` (also called at exit by the provider) cancels them and waits at most for the
+    program on the controller.
     """
 
     def __init__(self, rack: RackConnection,
-                 health: Callable[[], str | None] | None = None) -> None:
+                 health: Callable[[], str | None] | None = None,
+                 recover: Callable[[str], str | None] | None = None) -> None:
         self.rack = rack
         self._health = health or (lambda: None)
+        self._recover = recover or (lambda reason: reason)
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, tuple[Future, threading.Event]] = {}
         self._lock = threading.Lock()
@@ -633,9 +638,7 @@ class LocalHardwareQueue:
         for program, request in work:
             if cancel.is_set():
                 raise JobCancelledError("cancelled before it finished")
-            reason = self._health()
-            if reason:
-                raise HardwareUnavailableError(reason)
+            self._check_usable()
             try:
                 out.append(self.rack.execute(program, request, cancel))
             except InstrumentError as exc:
@@ -649,6 +652,16 @@ class LocalHardwareQueue:
                     raise HardwareUnavailableError(f"{reason} ({exc})") from exc
                 raise
         return out
+
+    def _check_usable(self) -> None:
+        """``HardwareUnavailableError`` when the rack is down and cannot be brought back."""
+        reason = self._health()
+        if not reason:
+            return
+        reason = self._recover(reason)
+        if reason:
+            raise HardwareUnavailableError(reason)
+        self.rack.close()  # sessions with what went down: the next request opens new ones
 
     def _forget(self, job_id: str, future: Future) -> None:
         with self._lock:
@@ -680,9 +693,7 @@ class LocalHardwareQueue:
 
     def _ask(self, question: Callable[[], object], timeout_s: float | None, command: str):
         def asked(_cancel: threading.Event) -> object:
-            reason = self._health()  # what was said before may no longer be true
-            if reason:
-                raise HardwareUnavailableError(reason)
+            self._check_usable()  # what was said before may no longer be true
             return question()
 
         future = self._enqueue(asked)

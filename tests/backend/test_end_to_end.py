@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import logging
 import math
 import time
 
@@ -697,7 +698,10 @@ def test_provider_closed_is_a_clear_error(lab_home) -> None:
         backend.run(native)
 
 
-def test_simulator_death_is_named_in_the_job_error(lab_home) -> None:
+def test_a_dead_embedded_simulator_is_started_again_for_the_next_job(lab_home,
+                                                                     caplog) -> None:
+    """The provider's own simulator killed between jobs: the next job starts it again on the
+    same endpoints (a warning names the exit) and runs right."""
     import os
     import signal
 
@@ -707,10 +711,37 @@ def test_simulator_death_is_named_in_the_job_error(lab_home) -> None:
         backend = provider.backend()
         native = transpile(bell(), backend)
         assert backend.run(native, shots=10).result(timeout=60).success
+        pid, endpoints = provider.simulator.pid, dict(provider.simulator.endpoints)
+        os.kill(pid, signal.SIGKILL)
+        provider.simulator.process.wait(timeout=10)
+        with caplog.at_level(logging.WARNING, logger="labqpu.backend.provider"):
+            counts = backend.run(native, shots=400).result(timeout=120).get_counts()
+        assert counts.get("00", 0) + counts.get("11", 0) > 360, counts
+        assert provider.simulator.pid != pid
+        assert provider.simulator.endpoints == endpoints
+        assert f"(pid {pid}) exited with code -9" in caplog.text
+        assert "started it again" in caplog.text
+        assert backend.hardware_status(timeout_s=30)
+
+
+def test_a_simulator_that_keeps_exiting_is_left_down_and_named(lab_home, monkeypatch) -> None:
+    import os
+    import signal
+
+    from labqpu import LabProvider
+    from labqpu.backend import provider as provider_module
+
+    monkeypatch.setattr(provider_module, "MAX_RESTARTS", 1)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        native = transpile(bell(), backend)
+        os.kill(provider.simulator.pid, signal.SIGKILL)
+        provider.simulator.process.wait(timeout=10)
+        assert backend.run(native, shots=10).result(timeout=120).success  # started again
         os.kill(provider.simulator.pid, signal.SIGKILL)
         provider.simulator.process.wait(timeout=10)
         job = backend.run(native, shots=10)
-        with pytest.raises(JobError, match=r"firmware simulator .* exited"):
+        with pytest.raises(JobError, match=r"firmware simulator .* exited .*2 times within"):
             job.result(timeout=60)
         with pytest.raises(HardwareUnavailableError, match=r"firmware simulator .* exited"):
             backend.hardware_status(timeout_s=30)  # not what it said while it was alive
