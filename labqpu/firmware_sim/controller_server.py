@@ -122,9 +122,13 @@ MAX_SESSIONS = 4096
 #: beyond is refused with ``QueueFull`` (two clients sending messages of ``MAX_MESSAGE_BYTES``
 #: at once still fit).
 MAX_INBOUND_BYTES = 2 * MAX_MESSAGE_BYTES
-MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_frame_bytes=MAX_FRAME_BYTES,
+#: Longest a client may take to send one message (s); then its connection is closed, and what
+#: it sent of the message freed (512 MiB take ~4 s on a 1 Gb/s link).
+MAX_MESSAGE_S = 60.0
+MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_header_bytes=MAX_HEADER_BYTES,
+                               max_frame_bytes=MAX_FRAME_BYTES,
                                max_message_bytes=MAX_MESSAGE_BYTES,
-                               max_inbound_bytes=MAX_INBOUND_BYTES)
+                               max_inbound_bytes=MAX_INBOUND_BYTES, max_message_s=MAX_MESSAGE_S)
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -201,6 +205,7 @@ class ControllerServer:
         self._sessions: OrderedDict[str, float] = OrderedDict()
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
         self._held: list[tuple[Frame, str, Run, float, str]] = []
+        self._serve_died = False
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue = FairQueue()
@@ -309,6 +314,9 @@ class ControllerServer:
                 thread.join(timeout_s)
                 if thread.is_alive():
                     logger.error("%s: thread %s did not stop within %s s", self, thread, timeout_s)
+        threads = (self._serve_thread, self._worker_thread, self._validator_thread)
+        if self._serve_died and not any(t is not None and t.is_alive() for t in threads):
+            self._context.term()  # the dead serving thread left it: the others' sockets are shut
         logger.info("%s stopped", self.name)
 
     # -- serving thread ---------------------------------------------------------------
@@ -318,7 +326,8 @@ class ControllerServer:
         """True while the serving, worker and validator threads run (False before start and
         after stop)."""
         threads = (self._serve_thread, self._worker_thread, self._validator_thread)
-        return all(thread is not None and thread.is_alive() for thread in threads)
+        return not self._serve_died and all(thread is not None and thread.is_alive()
+                                            for thread in threads)
 
     def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
         wire = ZmtpServer(socket, MESSAGE_LIMITS)
@@ -334,6 +343,7 @@ class ControllerServer:
                 if socket in events:
                     for message in wire.receive():
                         self._serve_one(wire, message)
+                wire.expire()
                 self._expire_runs()
                 for identity, op, reply in self._due_fetches():
                     self._deliver(wire, identity, op, reply)
@@ -344,12 +354,14 @@ class ControllerServer:
                 for identity, reply in self._due_delayed():
                     wire.send(identity, reply)
         except BaseException:
+            self._serve_died = True  # not serving from now, whatever the teardown waits for
             logger.critical("%s: serving thread died", self.name, exc_info=True)
             raise
         finally:
             socket.close(linger=0)
             wake.close(linger=0)
-            context.term()
+            if not self._serve_died:  # term() would wait for the other threads' sockets
+                context.term()
 
     def _serve_one(self, wire: ZmtpServer, message: Inbound) -> None:
         """Answer one message: a refused one with its error, a request through ``_handle``."""
@@ -501,7 +513,8 @@ class ControllerServer:
             "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
                        "max_frame_bytes": MAX_FRAME_BYTES,
                        "max_message_bytes": MAX_MESSAGE_BYTES,
-                       "max_inbound_bytes": MAX_INBOUND_BYTES, "max_json_depth": MAX_JSON_DEPTH,
+                       "max_inbound_bytes": MAX_INBOUND_BYTES, "max_message_s": MAX_MESSAGE_S,
+                       "max_json_depth": MAX_JSON_DEPTH,
                        "max_programs": self._programs.max_programs,
                        "max_program_bytes": self._programs.max_bytes, "max_runs": self._max_runs,
                        "max_queued_per_session": self._max_queued,

@@ -1260,3 +1260,25 @@ def test_other_clients_are_served_while_a_fetch_is_held(server: ControllerServer
             assert other.status()["state"] == "busy"  # answered within 0.2 s
     finally:
         holder.join(BOUND_S)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_serving_thread_that_dies_is_reported_at_once(executor, monkeypatch,
+                                                        context) -> None:
+    """``serving`` turns False as the serving thread dies, so the simulator's watch exits the
+    process (code 70). Its teardown waited in ``context.term()`` for the worker's sockets,
+    the thread never ended, and the process went on answering nothing."""
+    from labqpu.firmware_sim import zmtp
+
+    def broken(self):
+        raise RuntimeError("a bug in reading")
+
+    monkeypatch.setattr(zmtp.ZmtpServer, "receive", broken)
+    with ControllerServer(executor, name="sim0") as server:
+        assert server.serving
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(server.endpoint)
+        socket.send(b"{}")
+        _wait_until(lambda: not server.serving, timeout_s=2.0)
+        socket.close(linger=0)

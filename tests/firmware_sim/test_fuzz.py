@@ -170,6 +170,21 @@ def test_random_bytes_on_the_wire_never_take_the_controller_down(rack, prefix, d
     still_serves(rack)
 
 
+def test_a_ping_with_a_long_context_leaves_the_controller_serving(rack) -> None:
+    """A heartbeat PING carrying a 300-byte context (RFC 37 allows 16) once raised out of the
+    controller's reader and ended its serving thread."""
+    host, port = rack.controller.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    ping = b"\x04PING\x00\x0a" + b"C" * 300
+    with socket.create_connection((host, int(port)), timeout=BOUND_S) as raw:
+        raw.sendall(ZMTP_GREETING + ZMTP_READY + b"\x06" + len(ping).to_bytes(8, "big") + ping)
+        received = b""
+        while b"PONG" + b"C" * 16 not in received:
+            chunk = raw.recv(4096)
+            assert chunk, "the controller closed the connection"
+            received += chunk
+    still_serves(rack)
+
+
 # --------------------------------------------------------------------------- SCPI
 
 

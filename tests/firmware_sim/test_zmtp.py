@@ -3,6 +3,8 @@ while they arrive, and connections that break the framing closed alone."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import socket
 import struct
 import threading
@@ -13,17 +15,20 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
+from labqpu.firmware_sim.controller_server import MESSAGE_LIMITS
 from labqpu.firmware_sim.zmtp import GREETING_BYTES, MessageLimits, ZmtpServer
 
 BOUND_S = 5.0
 MIB = 1 << 20
-LIMITS = MessageLimits(max_frames=8, max_frame_bytes=MIB, max_message_bytes=2 * MIB,
-                       max_inbound_bytes=3 * MIB)
+LIMITS = MessageLimits(max_frames=8, max_header_bytes=1 << 16, max_frame_bytes=MIB,
+                       max_message_bytes=2 * MIB, max_inbound_bytes=3 * MIB, max_message_s=1.0)
 GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\0") + bytes(32)
 
 
 def command(body: bytes) -> bytes:
-    return bytes((0x04, len(body))) + body
+    if len(body) < 256:
+        return bytes((0x04, len(body))) + body
+    return b"\x06" + struct.pack(">Q", len(body)) + body
 
 
 def ready(socket_type: bytes) -> bytes:
@@ -38,10 +43,13 @@ class EchoServer:
     """A ZmtpServer on a thread of its own that sends every message back; a refused one is
     answered ``[b"refused", reason, b"busy" or b"over"]``."""
 
-    def __init__(self, limits: MessageLimits) -> None:
+    def __init__(self, limits: MessageLimits, send_queue: int = 1000,
+                 send_buffer: int = -1) -> None:
         self.context = zmq.Context()
         sock = self.context.socket(zmq.STREAM)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, send_queue)
+        sock.setsockopt(zmq.SNDBUF, send_buffer)
         self.port = sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.wire = ZmtpServer(sock, limits)
@@ -54,7 +62,9 @@ class EchoServer:
         try:
             while not self._stop.is_set():
                 if not self.wire.socket.poll(20, zmq.POLLIN):
+                    self.wire.expire()
                     continue
+                self.wire.expire()
                 for message in self.wire.receive():
                     if message.refusal is None:
                         self.wire.send(message.peer, message.frames)
@@ -145,8 +155,7 @@ def test_a_message_over_a_limit_is_refused_and_the_connection_serves_the_next(
 def test_a_refused_message_is_not_held_while_it_arrives(clients) -> None:
     """50 MiB sent as one message under a 2 MiB cap: what the reader allocates stays near the
     cap (libzmq alone buffers a whole message before the application sees any frame)."""
-    server = EchoServer(MessageLimits(max_frames=1000, max_frame_bytes=MIB,
-                                      max_message_bytes=2 * MIB, max_inbound_bytes=3 * MIB))
+    server = EchoServer(dataclasses.replace(LIMITS, max_frames=1000))
     block = bytes(256 << 10)
     tracemalloc.start()
     try:
@@ -170,9 +179,9 @@ def test_other_clients_unfinished_messages_make_a_message_wait(server, clients) 
     with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as slow:
         part = bytes(768 << 10)  # 1.5 MiB held unfinished; b's 2 MiB would make 3.5 > 3
         long_more = b"\x03" + struct.pack(">Q", len(part))
-        slow.sendall(GREETING + READY + long_more + part + long_more + part)
+        slow.sendall(GREETING + READY + b"\x01\x04head" + long_more + part + long_more + part)
         deadline = time.monotonic() + BOUND_S
-        while len(reply := ask(b, [half, half])) == 2:  # echoed: slow's frames not read yet
+        while len(reply := ask(b, [b"h", half, bytes(MIB - 16)])) == 3 and reply[0] == b"h":
             assert time.monotonic() < deadline, "b's message was never refused"
         refused, why, kind = reply
         assert (refused, kind) == (b"refused", b"busy"), why
@@ -187,7 +196,7 @@ def test_other_clients_unfinished_messages_make_a_message_wait(server, clients) 
                                      f"{received[-40:]!r}") from None
             assert chunk, f"slow closed after {len(received)} bytes: {received[-40:]!r}"
             received += chunk
-    assert [len(f) for f in ask(b, [half, half])] == [MIB, MIB]
+    assert [len(f) for f in ask(b, [b"h", half, bytes(MIB - 16)])] == [1, MIB, MIB - 16]
 
 
 def closed_by_server(data: bytes, endpoint_port: int) -> bool:
@@ -216,6 +225,11 @@ def closed_by_server(data: bytes, endpoint_port: int) -> bool:
     pytest.param(GREETING + ready(b"PUB"), id="pub-socket"),
     pytest.param(GREETING + READY + b"\x08\x01x", id="reserved-flags"),
     pytest.param(GREETING + READY + b"\x06" + struct.pack(">Q", 1 << 40), id="huge-command"),
+    pytest.param(GREETING + READY + READY, id="second-ready"),
+    pytest.param(GREETING + command(b"\x05READY\x0bSocket-Type" + struct.pack(">I", 1000)
+                                    + b"DEALER"), id="ready-property-past-its-end"),
+    pytest.param(GREETING + READY + b"\x01\x01a" + command(b"\x04PING\x00\x0a"),
+                 id="command-inside-a-message"),
 ])
 def test_a_connection_that_breaks_zmtp_is_closed_and_others_are_served(
         server, clients, data) -> None:
@@ -251,3 +265,116 @@ def test_connections_leave_nothing_behind(server, clients) -> None:
     while server.wire.connections:
         assert time.monotonic() < deadline, f"{server.wire.connections} connections kept"
         time.sleep(0.01)
+
+
+def read_until(raw: socket.socket, ending: bytes) -> bytes:
+    received = b""
+    while not received.endswith(ending):
+        chunk = raw.recv(1 << 16)
+        assert chunk, f"closed after {received[-40:]!r}"
+        received += chunk
+    return received
+
+
+def test_a_ping_with_a_long_context_gets_a_pong_and_the_server_lives(server) -> None:
+    """A PING's context is at most 16 bytes (RFC 37); one of 300 made the PONG's one-byte
+    size overflow, and the exception ended the controller's serving thread."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as raw:
+        raw.sendall(GREETING + READY + command(b"\x04PING\x00\x0a" + b"C" * 300)
+                    + b"\x00\x02ok")
+        received = read_until(raw, b"\x00\x02ok")
+    assert command(b"\x04PONG" + b"C" * 16) + b"\x00\x02ok" in received
+    assert not server.errors
+
+
+def test_a_heartbeating_client_stays_connected(server, clients) -> None:
+    sock = clients.dealer(server.endpoint)
+    for option, value in ((zmq.HEARTBEAT_IVL, 50), (zmq.HEARTBEAT_TIMEOUT, 150),
+                          (zmq.HEARTBEAT_TTL, 300)):
+        sock.setsockopt(option, value)
+    sock.disconnect(server.endpoint)
+    sock.connect(server.endpoint)
+    assert ask(sock, [b"a"]) == [b"a"]
+    time.sleep(0.6)  # a dozen PINGs: without PONGs libzmq drops the connection after 150 ms
+    assert ask(sock, [b"b"]) == [b"b"]
+    assert server.wire.connections == 1
+
+
+def test_memory_is_taken_as_bytes_arrive_not_as_sizes_are_declared(clients) -> None:
+    """Four connections declaring frames of the largest size and sending nothing took the
+    simulator 1 GiB at once and made every other client "busy" (the controller's limits)."""
+    server = EchoServer(MESSAGE_LIMITS)
+    raws = [socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S)
+            for _ in range(4)]
+    tracemalloc.start()
+    try:
+        for raw in raws:
+            raw.sendall(GREETING + READY + b"\x01\x01h\x03"
+                        + struct.pack(">Q", MESSAGE_LIMITS.max_frame_bytes))
+        big = [b"h", bytes(MIB)]
+        assert ask(clients.dealer(server.endpoint), big) == big
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        for raw in raws:
+            raw.close()
+        server.close()
+    assert peak < 16 * MIB, f"{peak / MIB:.1f} MiB"
+
+
+def test_a_message_left_unfinished_closes_its_connection_and_frees_its_bytes(server,
+                                                                             clients) -> None:
+    b = clients.dealer(server.endpoint)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as slow:
+        slow.sendall(GREETING + READY + b"\x01\x01h\x03" + struct.pack(">Q", MIB)
+                     + bytes(MIB - 1))  # one byte short, and then nothing
+        start = time.monotonic()
+        try:
+            while slow.recv(1 << 16):
+                pass
+        except TimeoutError:
+            raise AssertionError("the unfinished message's connection was never closed") from None
+        assert time.monotonic() - start < LIMITS.max_message_s + 1.0
+    assert [len(f) for f in ask(b, [b"h", bytes(MIB), bytes(MIB - 10)])] == [1, MIB, MIB - 10]
+
+
+def test_a_refusal_is_answered_before_the_message_ends(server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as raw:
+        raw.sendall(GREETING + READY + b"\x01\x04head\x03" + struct.pack(">Q", 2**64 - 1))
+        received = read_until(raw, b"\x00\x04over")
+    assert b"frame 1 of 18446744073709551615 bytes exceeds" in received
+
+
+def test_a_client_that_reads_no_replies_is_closed_for_real() -> None:
+    """Its replies fill libzmq's queue to it; the close that followed found no room and was
+    lost, so the connection stayed open and answered nothing. (Here a queue of 4 replies and
+    64 KiB socket buffers, so that a few replies fill them.)"""
+    server = EchoServer(LIMITS, send_queue=4, send_buffer=1 << 16)
+    raw = socket.socket()
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        raw.settimeout(BOUND_S)
+        raw.connect(("127.0.0.1", server.port))
+        request = b"\x01\x01h\x02" + struct.pack(">Q", 256 << 10) + bytes(256 << 10)
+
+        def send() -> None:  # 10 MiB of replies asked for, none read for a while
+            with contextlib.suppress(OSError):  # the server may close before all is sent
+                raw.sendall(GREETING + READY + request * 40)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        time.sleep(0.5)
+        total = 0
+        try:
+            while chunk := raw.recv(1 << 16):  # ends once the close has gone out
+                total += len(chunk)
+        except ConnectionResetError:  # closed with some of our requests unread there
+            pass
+        except TimeoutError:
+            raise AssertionError(f"no end of the connection after {total} bytes") from None
+        assert total < 40 * ((256 << 10) + 12)  # it was closed: not every reply came
+        assert server.wire.connections == 0
+        sender.join(BOUND_S)
+    finally:
+        raw.close()
+        server.close()
