@@ -41,6 +41,9 @@ SIMULATOR_STOP_TIMEOUT_S = 10.0
 #: times within ``RESTART_WINDOW_S`` (s); one that keeps exiting is left down.
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
+#: After a start that failed (its port taken, say), the next try waits this long (s); failed
+#: starts do not count against ``MAX_RESTARTS``.
+RETRY_START_AFTER_S = 5.0
 
 
 class SimulatorProcess:
@@ -55,6 +58,8 @@ class SimulatorProcess:
         self._lock = threading.RLock()
         self._stopped = False
         self._restarts: deque[float] = deque()
+        #: After a start that failed: why it went down first, the whole story, and when.
+        self._down: tuple[str, str, float] | None = None
         with self._lock:
             self._start({}, timeout_s)
 
@@ -79,6 +84,8 @@ class SimulatorProcess:
         code = self.process.poll()
         if code is None:
             return None
+        if self._down is not None:
+            return self._down[1]
         return (f"the firmware simulator (pid {self.process.pid}) exited with code {code}: "
                 f"{self._stderr() or 'no message'}")
 
@@ -86,30 +93,37 @@ class SimulatorProcess:
         """Start the simulator again after it exited (``reason``: :meth:`failure`'s words),
         listening where its clients know it; None once it serves again, else ``reason`` and
         why it was not started. At most :data:`MAX_RESTARTS` times within
-        :data:`RESTART_WINDOW_S`: a simulator that keeps exiting is left down."""
+        :data:`RESTART_WINDOW_S`: a simulator that keeps exiting is left down. A start that
+        fails is tried again after :data:`RETRY_START_AFTER_S`, not sooner."""
         with self._lock:
             if self._stopped:
                 return reason
             if self.process.poll() is None:
                 return None
             now = time.monotonic()
+            if self._down is not None and now - self._down[2] < RETRY_START_AFTER_S:
+                return self._down[1]
             while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
                 self._restarts.popleft()
             if len(self._restarts) >= MAX_RESTARTS:
                 return (f"{reason} (it exited {MAX_RESTARTS + 1} times within "
                         f"{RESTART_WINDOW_S:.0f} s, so it was not started again; open a new "
                         "provider)")
-            self._restarts.append(now)
+            cause = self._down[0] if self._down is not None else reason
             known = self.endpoints
             self._close_streams()
             try:
                 self._start(_ports_of(known), SIMULATOR_START_TIMEOUT_S)
             except HardwareUnavailableError as exc:
-                return f"{reason} (starting it again failed: {exc})"
+                self._down = (cause, f"{cause} (starting it again failed: {exc}; tried again "
+                                     f"{RETRY_START_AFTER_S:.0f} s later)", time.monotonic())
+                return self._down[1]
+            self._down = None
+            self._restarts.append(now)
             if self.endpoints != known:  # cannot happen: it binds the ports it is given
                 self.stop()
                 return f"{reason} (started again, it announced {self.endpoints}, not {known})"
-            log.warning("%s; started it again (pid %d; restart %d within %.0f s)", reason,
+            log.warning("%s; started it again (pid %d; restart %d within %.0f s)", cause,
                         self.process.pid, len(self._restarts), RESTART_WINDOW_S)
         return None
 

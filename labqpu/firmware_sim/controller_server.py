@@ -50,12 +50,6 @@ from labqpu.drivers.protocol import (
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
     ERR_UNKNOWN_SESSION,
-    MAX_FRAME_BYTES,
-    MAX_FRAMES,
-    MAX_HEADER_BYTES,
-    MAX_JSON_DEPTH,
-    MAX_KEY_CHARS,
-    MAX_MESSAGE_BYTES,
     OP_ABORT,
     OP_FETCH,
     OP_HELLO,
@@ -99,7 +93,16 @@ from labqpu.firmware_sim.runs import (
     program_id_of,
     request_digest,
 )
-from labqpu.firmware_sim.zmtp import Inbound, MessageLimits, ZmtpServer
+from labqpu.firmware_sim.server_limits import (
+    KEY_RETENTION_S,
+    MAX_KEYS,
+    MAX_PENDING_UPLOAD_BYTES,
+    MAX_SESSIONS,
+    MESSAGE_LIMITS,
+    SESSION_IDLE_S,
+    stated_limits,
+)
+from labqpu.firmware_sim.zmtp import Inbound, ZmtpServer
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
@@ -107,28 +110,6 @@ logger = logging.getLogger(__name__)
 
 
 _POLL_INTERVAL_MS = 50
-#: How long an idempotency key is remembered after its run was accepted (s).
-KEY_RETENTION_S = 3600.0
-#: Most idempotency keys remembered (all sessions): beyond it the oldest is forgotten early.
-#: A client retries within seconds; 65 536 newer keyed runs take minutes even to a neighbour
-#: flooding the controller with 1-shot runs, while unbounded, such a flood took gigabytes.
-MAX_KEYS = 65_536
-#: A session unused this long is forgotten when the next one opens (s).
-SESSION_IDLE_S = 24 * 3600.0
-#: Most sessions held: beyond it ``hello`` forgets the least recently used one that has no run
-#: queued or running.
-MAX_SESSIONS = 4096
-#: Most bytes of unfinished messages held for all clients together: a message that would go
-#: beyond is refused with ``QueueFull`` (two clients sending messages of ``MAX_MESSAGE_BYTES``
-#: at once still fit).
-MAX_INBOUND_BYTES = 2 * MAX_MESSAGE_BYTES
-#: Longest a client may take to send one message (s); then its connection is closed, and what
-#: it sent of the message freed (512 MiB take ~4 s on a 1 Gb/s link).
-MAX_MESSAGE_S = 60.0
-MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_header_bytes=MAX_HEADER_BYTES,
-                               max_frame_bytes=MAX_FRAME_BYTES,
-                               max_message_bytes=MAX_MESSAGE_BYTES,
-                               max_inbound_bytes=MAX_INBOUND_BYTES, max_message_s=MAX_MESSAGE_S)
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -155,6 +136,8 @@ class ControllerServer:
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
         max_pending_uploads: most uploads waiting for validation; beyond it ``upload`` is
             refused with ``QueueFull``.
+        max_pending_upload_bytes: most bytes of uploads waiting for validation; beyond them
+            ``upload`` is refused with ``QueueFull``.
         authenticator: who a ``hello`` comes from (default: everyone, identity = session).
         faults: armed faults to fire on replies (tests only; None in normal use).
 
@@ -174,6 +157,7 @@ class ControllerServer:
         max_runs: int = 64,
         max_queued_per_session: int = 256,
         max_pending_uploads: int = 16,
+        max_pending_upload_bytes: int = MAX_PENDING_UPLOAD_BYTES,
         authenticator: Authenticator | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
@@ -187,11 +171,14 @@ class ControllerServer:
         self._max_runs = max_runs
         self._max_queued = max_queued_per_session
         self._max_pending_uploads = max_pending_uploads
+        self._max_pending_upload_bytes = max_pending_upload_bytes
         self._authenticator: Authenticator = authenticator or LocalAuthenticator()
         self._faults = faults
         self._identities: dict[str, str] = {}
-        self._uploads: queue.SimpleQueue[tuple[Frame, Request] | None] = queue.SimpleQueue()
+        self._uploads: queue.SimpleQueue[tuple[Frame, Request, int] | None] = (
+            queue.SimpleQueue())
         self._pending_uploads = 0
+        self._pending_upload_bytes = 0
         self._validated: list[tuple[Frame, list[Frame]]] = []
         self._delayed: list[tuple[float, Frame, list[Frame]]] = []
         self._validator_thread: threading.Thread | None = None
@@ -449,15 +436,20 @@ class ControllerServer:
                 request.id, ERR_UNKNOWN_OP, f"unknown op {request.op!r}; known ops: {known}"
             )
         if request.op == OP_UPLOAD:
+            size = sum(array.nbytes for array in request.arrays.values())
             with self._lock:
-                busy = self._pending_uploads >= self._max_pending_uploads
+                busy = (self._pending_uploads >= self._max_pending_uploads
+                        or self._pending_upload_bytes + size > self._max_pending_upload_bytes)
                 if not busy:
                     self._pending_uploads += 1
+                    self._pending_upload_bytes += size
             if busy:
                 return request.op, encode_error(
                     request.id, ERR_QUEUE_FULL,
-                    f"{self._max_pending_uploads} uploads are waiting for validation; retry")
-            self._uploads.put((identity, request))
+                    f"{self._pending_uploads} uploads ({self._pending_upload_bytes} bytes) are "
+                    f"waiting for validation (at most {self._max_pending_uploads}, "
+                    f"{self._max_pending_upload_bytes} bytes); retry")
+            self._uploads.put((identity, request, size))
             return request.op, None
         return request.op, self._reply_to(request, identity)
 
@@ -510,17 +502,11 @@ class ControllerServer:
             "firmware": _FIRMWARE,
             "capabilities": {**self._executor.capabilities(),
                              "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
-            "limits": {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
-                       "max_frame_bytes": MAX_FRAME_BYTES,
-                       "max_message_bytes": MAX_MESSAGE_BYTES,
-                       "max_inbound_bytes": MAX_INBOUND_BYTES, "max_message_s": MAX_MESSAGE_S,
-                       "max_json_depth": MAX_JSON_DEPTH,
-                       "max_programs": self._programs.max_programs,
-                       "max_program_bytes": self._programs.max_bytes, "max_runs": self._max_runs,
-                       "max_queued_per_session": self._max_queued,
-                       "max_key_chars": MAX_KEY_CHARS, "max_keys": MAX_KEYS,
-                       "key_retention_s": KEY_RETENTION_S, "max_sessions": MAX_SESSIONS,
-                       "session_idle_s": SESSION_IDLE_S},
+            "limits": stated_limits(
+                max_programs=self._programs.max_programs,
+                max_program_bytes=self._programs.max_bytes, max_runs=self._max_runs,
+                max_queued_per_session=self._max_queued,
+                max_pending_upload_bytes=self._max_pending_upload_bytes),
         }, None
 
     def _forget_sessions(self, count: int) -> None:
@@ -730,10 +716,11 @@ class ControllerServer:
         ended.connect(self._wake_endpoint)
         try:
             while (item := self._uploads.get()) is not None:
-                identity, request = item
+                identity, request, size = item
                 reply = self._reply_to(request, identity)
                 with self._lock:
                     self._pending_uploads -= 1
+                    self._pending_upload_bytes -= size
                     if reply is not None:
                         self._validated.append((identity, reply))
                 if not _wake(ended):

@@ -72,15 +72,17 @@ class MessageLimits:
 
     Attributes:
         max_frames: most frames in one message.
-        max_header_bytes: largest first frame (bytes); it is read whatever the other
-            connections hold, so that a refusal can name the request it answers.
+        max_header_bytes: largest first frame (bytes); also the bytes of every message not
+            counted against ``max_inbound_bytes``, so that a header and small arrays get in
+            whatever other connections hold (and a refusal can name its request).
         max_frame_bytes: largest frame (bytes).
         max_message_bytes: most bytes in one message, all frames together.
         max_inbound_bytes: most bytes of unfinished messages of all connections together
-            (first frames aside); a message whose bytes would go beyond is refused as
-            ``busy``.
+            (each message's first ``max_header_bytes`` aside); a message whose bytes would go
+            beyond is refused as ``busy``.
         max_message_s: longest a message may stay unfinished (s); then its connection is
             closed.
+        max_connections: most clients connected at once; one beyond is closed at once.
     """
 
     max_frames: int
@@ -89,6 +91,7 @@ class MessageLimits:
     max_message_bytes: int
     max_inbound_bytes: int
     max_message_s: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -170,17 +173,23 @@ class ZmtpServer:
             if not data:  # a connection opened or closed (one closed here is not reported)
                 if peer is not None:
                     self._forget(peer_id)
-                elif peer_id not in self._closing and self._write(peer_id, _GREETING + _READY):
+                elif peer_id in self._closing:
+                    pass
+                elif len(self._peers) >= self.limits.max_connections:
+                    self._warn(f"closed a new client connection: {len(self._peers)} clients "
+                               f"are connected (at most {self.limits.max_connections})")
+                    self._write(peer_id, b"", gone_ok=True)
+                elif self._write(peer_id, _GREETING + _READY):
                     self._peers[peer_id] = _Peer()
                 continue
             if peer is None:  # data after we closed it
                 continue
-            if peer.remaining > len(data):  # inside a long frame: most chunks of an upload
-                self._fill(peer, memoryview(data), 0)
-                if peer.refusal is not None and not peer.answered:
-                    out.append(Inbound(peer_id, *self._answer(peer)))
-                continue
             try:
+                if peer.remaining > len(data):  # inside a long frame: most chunks of an upload
+                    self._fill(peer, memoryview(data), 0)
+                    if peer.refusal is not None and not peer.answered:
+                        out.append(Inbound(peer_id, *self._answer(peer)))
+                    continue
                 out.extend(Inbound(peer_id, *rest) for rest in self._feed(peer_id, peer, data))
             except _FramingError as exc:
                 self._warn(f"closed a client connection that broke ZMTP: {exc}")
@@ -237,7 +246,7 @@ class ZmtpServer:
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return False
-        self._inbound_bytes -= _counted(peer)
+        self._inbound_bytes -= self._counted(peer)
         return True
 
     def _write(self, peer_id: bytes, data: bytes, *, gone_ok: bool = False) -> bool:
@@ -361,7 +370,9 @@ class ZmtpServer:
         take = min(peer.remaining, len(view) - pos)
         peer.remaining -= take
         if peer.body is not None:
-            if peer.frames and self._inbound_bytes + take > self.limits.max_inbound_bytes:
+            counted = self._counted(peer)
+            more = max(0, peer.message_bytes + take - self.limits.max_header_bytes) - counted
+            if more and self._inbound_bytes + more > self.limits.max_inbound_bytes:
                 self._refuse(peer, f"the controller holds {self._inbound_bytes} bytes of "
                                    f"unfinished messages (at most "
                                    f"{self.limits.max_inbound_bytes}); send again later",
@@ -369,15 +380,19 @@ class ZmtpServer:
             else:
                 peer.body += view[pos:pos + take]
                 peer.message_bytes += take
-                if peer.frames:  # the first frame (the header) is not counted
-                    self._inbound_bytes += take
+                self._inbound_bytes += more
         return pos + take
+
+    def _counted(self, peer: _Peer) -> int:
+        """The bytes of ``peer``'s unfinished message counted against the inbound budget: all
+        but its first ``max_header_bytes``."""
+        return max(0, peer.message_bytes - self.limits.max_header_bytes)
 
     def _refuse(self, peer: _Peer, why: str, *, busy: bool = False) -> None:
         """Refuse the message being read: keep its first frame if whole (for its request
         id), give back the bytes of the others, drop the rest as it arrives."""
         peer.refusal, peer.busy, peer.body = why, busy, None
-        self._inbound_bytes -= _counted(peer)
+        self._inbound_bytes -= self._counted(peer)
         del peer.frames[1:]
         peer.message_bytes = len(peer.frames[0]) if peer.frames else 0
 
@@ -393,18 +408,12 @@ class ZmtpServer:
         if peer.more:
             return
         frames, refusal, busy = peer.frames, peer.refusal, peer.busy
-        self._inbound_bytes -= _counted(peer)
+        self._inbound_bytes -= self._counted(peer)
         peer.frames, peer.message_bytes, peer.refusal = [], 0, None
         peer.busy = peer.answered = False
         peer.started = None
         if refusal is None:
             yield frames, None, busy
-
-
-def _counted(peer: _Peer) -> int:
-    """The bytes of ``peer``'s unfinished message counted against the inbound budget: all but
-    its first frame's."""
-    return peer.message_bytes - len(peer.frames[0]) if peer.frames else 0
 
 
 def _header(data: bytes, pos: int) -> tuple[int, int, int] | None:

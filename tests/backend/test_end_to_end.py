@@ -934,3 +934,35 @@ def test_of_two_bad_circuits_the_first_is_reported(lab_backend) -> None:
     second.measure(0, 0)
     message = _nothing_sent(lab_backend, lambda: lab_backend.run([first, second]))
     assert "circuit 'first'" in message and "unbound" in message
+
+
+def test_a_failed_restart_is_named_and_does_not_use_up_the_restarts(lab_home,
+                                                                      monkeypatch) -> None:
+    """The controller's port taken when the simulator is started again: the job names the
+    exit and the failed start; once the port is free, a later job starts it (a failed start
+    is not one of the MAX_RESTARTS, here 1)."""
+    import os
+    import signal
+    import socket
+
+    from labqpu import LabProvider
+    from labqpu.backend import provider as provider_module
+
+    monkeypatch.setattr(provider_module, "MAX_RESTARTS", 1)
+    monkeypatch.setattr(provider_module, "RETRY_START_AFTER_S", 0.2)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        native = transpile(bell(), backend)
+        pid = provider.simulator.pid
+        port = int(provider.simulator.endpoints["ctrl0"].rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        provider.simulator.process.wait(timeout=10)
+        with socket.create_server(("127.0.0.1", port)):
+            job = backend.run(native, shots=10)
+            with pytest.raises(JobError) as info:
+                job.result(timeout=120)
+        message = str(info.value)
+        assert f"(pid {pid}) exited with code -9" in message, message
+        assert "starting it again failed" in message and "Address" in message, message
+        time.sleep(0.3)
+        assert backend.run(native, shots=10).result(timeout=120).success

@@ -1282,3 +1282,36 @@ def test_a_serving_thread_that_dies_is_reported_at_once(executor, monkeypatch,
         socket.send(b"{}")
         _wait_until(lambda: not server.serving, timeout_s=2.0)
         socket.close(linger=0)
+
+
+def test_uploads_waiting_for_validation_are_bounded_in_bytes(context) -> None:
+    """At most ``max_pending_upload_bytes`` of uploads wait for validation: a whole message is
+    bounded while it arrives, and the finished ones waiting (16 of up to 512 MiB) were not."""
+    release = threading.Event()
+
+    class SlowToValidate(SumExecutor):
+        def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+            release.wait(BOUND_S)
+            super().load(arrays, meta)
+
+    with ControllerServer(SlowToValidate(), name="sim0",
+                          max_pending_upload_bytes=5 * _program(100_000)["a"].nbytes) as server:
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(server.endpoint)
+        ids = []
+        for k in range(3):  # 1.6 MB each: the first two wait, the third would pass the bound
+            program = _program(100_000)
+            program["a"][0] = k
+            request_id, frames = encode_request(OP_UPLOAD, {"meta": {}}, program)
+            ids.append(request_id)
+            socket.send_multipart(frames, copy=False)
+        assert socket.poll(int(BOUND_S * 1000), zmq.POLLIN)
+        refused = decode_reply(socket.recv_multipart())
+        assert (refused.id, refused.ok, refused.error["type"]) == (ids[2], False, "QueueFull")
+        assert "bytes) are waiting for validation" in refused.error["message"]
+        release.set()
+        for _ in range(2):
+            assert socket.poll(int(BOUND_S * 1000), zmq.POLLIN)
+            assert decode_reply(socket.recv_multipart()).ok
+        socket.close(linger=0)
