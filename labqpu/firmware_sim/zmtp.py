@@ -173,8 +173,8 @@ class ZmtpServer:
             if not data:  # a connection opened or closed (one closed here is not reported)
                 if peer is not None:
                     self._forget(peer_id)
-                elif peer_id in self._closing:
-                    pass
+                elif peer_id in self._closing:  # the client went before the close could
+                    self._closing.discard(peer_id)
                 elif len(self._peers) >= self.limits.max_connections:
                     self._warn(f"closed a new client connection: {len(self._peers)} clients "
                                f"are connected (at most {self.limits.max_connections})")
