@@ -257,7 +257,6 @@ class Rack:
     #: followers to arm (s; ``sync`` module); None: the simulator's default.
     simulator_arm_timeout_s: float | None = None
 
-
     def with_ports(self, ports: dict[str, int]) -> Rack:
         """A copy whose controllers and instruments named in ``ports`` listen on those ports
         (a restarted simulator takes the ports its clients know); ``ValueError`` for a name
@@ -273,6 +272,7 @@ class Rack:
                               for c in self.controllers),
             instruments=tuple(replace(i, port=ports.get(i.name, i.port))
                               for i in self.instruments))
+
 
 def _split_port(value: str, what: str) -> tuple[str, int]:
     name, sep, port = value.partition(":")

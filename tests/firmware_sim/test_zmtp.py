@@ -62,11 +62,9 @@ class EchoServer:
     def _serve(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self.wire.socket.poll(20, zmq.POLLIN):
-                    self.wire.expire()
-                    continue
-                self.wire.expire()
-                for message in self.wire.receive():
+                readable = self.wire.socket.poll(20, zmq.POLLIN)
+                self.wire.expire()  # as the controller's loop: on every turn
+                for message in self.wire.receive() if readable else ():
                     if message.refusal is None:
                         self.wire.send(message.peer, message.frames)
                     else:
