@@ -27,7 +27,7 @@ from labqpu.errors import (
     HardwareUnavailableError,
     InvalidSnapshotError,
 )
-from labqpu.rack.config import LabConfig, load_config, resolve_config_path
+from labqpu.rack.config import LabConfig, load_config, resolve_config_path, tcp_port
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 from labqpu.rack.limits import check_against_wiring, wiring_limits
 from labqpu.store import CalibrationStore
@@ -60,8 +60,7 @@ class SimulatorProcess:
         self._restarts: deque[float] = deque()
         #: After a start that failed: why it went down first, the whole story, and when.
         self._down: tuple[str, str, float] | None = None
-        with self._lock:
-            self._start({}, timeout_s)
+        self._start({}, timeout_s)
 
     def _start(self, ports: dict[str, int], timeout_s: float) -> None:
         # Its stderr goes to an unlinked temporary file and its endpoints come back on its
@@ -113,7 +112,9 @@ class SimulatorProcess:
             known = self.endpoints
             self._close_streams()
             try:
-                self._start(_ports_of(known), SIMULATOR_START_TIMEOUT_S)
+                ports = {name: port for name, address in known.items()
+                         if (port := tcp_port(address)) is not None}
+                self._start(ports, SIMULATOR_START_TIMEOUT_S)
             except HardwareUnavailableError as exc:
                 self._down = (cause, f"{cause} (starting it again failed: {exc}; tried again "
                                      f"{RETRY_START_AFTER_S:.0f} s later)", time.monotonic())
@@ -190,18 +191,6 @@ class SimulatorProcess:
             for stream in (self.process.stdout, self._log):
                 if stream is not None and not stream.closed:
                     stream.close()
-
-
-def _ports_of(endpoints: dict[str, str]) -> dict[str, int]:
-    """The TCP port of each endpoint the simulator announced (``tcp://host:port`` or a VISA
-    ``TCPIP0::host::port::SOCKET`` resource)."""
-    ports = {}
-    for name, endpoint in endpoints.items():
-        if endpoint.startswith("tcp://"):
-            ports[name] = int(endpoint.rsplit(":", 1)[1])
-        else:
-            ports[name] = int(endpoint.split("::")[2])
-    return ports
 
 
 def seed_store(store: CalibrationStore, config: LabConfig) -> None:

@@ -296,13 +296,12 @@ class ControllerServer:
         self._abandon(dropped)
         self._queue.close()
         self._uploads.put(None)
-        for thread in (self._serve_thread, self._worker_thread, self._validator_thread):
+        for thread in self._threads:
             if thread is not None:
                 thread.join(timeout_s)
                 if thread.is_alive():
                     logger.error("%s: thread %s did not stop within %s s", self, thread, timeout_s)
-        threads = (self._serve_thread, self._worker_thread, self._validator_thread)
-        if self._serve_died and not any(t is not None and t.is_alive() for t in threads):
+        if self._serve_died and not any(t is not None and t.is_alive() for t in self._threads):
             self._context.term()  # the dead serving thread left it: the others' sockets are shut
         logger.info("%s stopped", self.name)
 
@@ -311,10 +310,13 @@ class ControllerServer:
     @property
     def serving(self) -> bool:
         """True while the serving, worker and validator threads run (False before start and
-        after stop)."""
-        threads = (self._serve_thread, self._worker_thread, self._validator_thread)
+        after stop, and from the moment the serving thread dies)."""
         return not self._serve_died and all(thread is not None and thread.is_alive()
-                                            for thread in threads)
+                                            for thread in self._threads)
+
+    @property
+    def _threads(self) -> tuple[threading.Thread | None, ...]:
+        return self._serve_thread, self._worker_thread, self._validator_thread
 
     def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
         wire = ZmtpServer(socket, MESSAGE_LIMITS)

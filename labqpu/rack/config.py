@@ -110,11 +110,9 @@ class LabConfig:
         """Controllers and TCP instruments whose address has port 0 ("any free port"): only an
         embedded simulator gives them real ports (``with_endpoints``)."""
         out = [f"controller {c.name} ({c.endpoint})" for c in self.controllers
-               if c.endpoint.startswith("tcp://") and c.endpoint.rsplit(":", 1)[-1] == "0"]
+               if tcp_port(c.endpoint) == 0]
         out.extend(f"instrument {i.name} ({i.resource})" for i in self.instruments
-                   if i.resource.upper().startswith("TCPIP")
-                   and i.resource.upper().endswith("::SOCKET")
-                   and i.resource.split("::")[2] == "0")
+                   if tcp_port(i.resource) == 0)
         return out
 
     def with_endpoints(self, endpoints: dict[str, str]) -> LabConfig:
@@ -124,6 +122,20 @@ class LabConfig:
         insts = tuple(replace(i, resource=endpoints.get(i.name, i.resource))
                       for i in self.instruments)
         return replace(self, controllers=ctrls, instruments=insts)
+
+
+def tcp_port(address: str) -> int | None:
+    """The TCP port of a controller endpoint (``tcp://host:port``) or of a VISA
+    ``TCPIP[n]::host::port::SOCKET`` resource; None for any other address."""
+    if address.startswith("tcp://"):
+        port = address.rsplit(":", 1)[-1]
+    else:
+        parts = address.split("::")
+        if (len(parts) != 4 or not parts[0].upper().startswith("TCPIP")
+                or parts[3].upper() != "SOCKET"):
+            return None
+        port = parts[2]
+    return int(port) if port.isdigit() else None
 
 
 def labqpu_home() -> Path:
