@@ -1,14 +1,14 @@
-"""``ControllerServer``: the simulator's controller, served over real ZeroMQ as a ROUTER.
+"""``ControllerServer``: the simulator's controller, a ZeroMQ ROUTER to its clients.
 
 The server speaks ``labqpu.drivers.protocol`` exactly as controller firmware would and
 delegates the physics to an ``Executor``. Three threads:
 
-* the serving thread owns the socket (a ``STREAM`` socket on which ``zmtp.ZmtpServer`` reads
-  ZMTP itself, so that a whole message is bounded) and the server's ZeroMQ context: it
-  decodes each request, answers it at once and never blocks on a run;
-* the worker thread executes queued runs one at a time, in FIFO order, and records their
-  outcome in a lock-protected table that the serving thread reads.
-
+* the serving thread reads the connections (``zmtp.ZmtpServer`` speaks ZMTP on them itself,
+  so that a whole message is bounded): it decodes each request, answers it at once and never
+  blocks on a run;
+* the worker thread executes queued runs one at a time, in FIFO order, records their
+  outcome in a lock-protected table that the serving thread reads, and answers the requests
+  held for a run as it ends;
 * the validator thread checks uploaded programs (hash, ``Executor.load``), so a large
   upload never keeps other clients' requests waiting.
 
@@ -33,8 +33,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
-
-import zmq
 
 from labqpu.drivers.protocol import (
     ERR_BAD_PARAMS,
@@ -102,14 +100,14 @@ from labqpu.firmware_sim.server_limits import (
     SESSION_IDLE_S,
     stated_limits,
 )
-from labqpu.firmware_sim.zmtp import Inbound, ZmtpServer
+from labqpu.firmware_sim.zmtp import Inbound, ZmtpServer, listen
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
 logger = logging.getLogger(__name__)
 
 
-_POLL_INTERVAL_MS = 50
+_POLL_INTERVAL_S = 0.05
 
 try:
     _FIRMWARE = f"labqpu-sim {importlib.metadata.version('labqpu')}"
@@ -192,7 +190,7 @@ class ControllerServer:
         self._sessions: OrderedDict[str, float] = OrderedDict()
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
         self._held: list[tuple[Frame, str, Run, float, str]] = []
-        self._serve_died = False
+        self._wire: ZmtpServer | None = None  # made by start()
         self._finished: deque[str] = deque()
         self._lock = threading.Lock()
         self._queue = FairQueue()
@@ -228,40 +226,22 @@ class ControllerServer:
         self.stop()
 
     def start(self) -> None:
-        """Bind the socket and start the serving, worker and validator threads.
+        """Bind the port and start the serving, worker and validator threads.
 
         Raises:
             RuntimeError: the server was started before.
-            zmq.ZMQError: the address cannot be bound (e.g. the port is in use).
+            OSError: the address cannot be bound (e.g. the port is in use).
         """
         if self._serve_thread is not None:
             raise RuntimeError(f"{self!r} was already started")
-        context = zmq.Context()
-        # ZMTP read here (zmtp.ZmtpServer), not by libzmq, so that a whole message is bounded.
-        socket = context.socket(zmq.STREAM)
-        socket.setsockopt(zmq.LINGER, 0)
-        try:
-            if self.port == 0:
-                self.port = socket.bind_to_random_port(f"tcp://{self.host}")
-            else:
-                socket.bind(f"tcp://{self.host}:{self.port}")
-        except zmq.ZMQError:
-            socket.close(linger=0)
-            context.term()
-            raise
+        wire = ZmtpServer(listen(self.host, self.port), MESSAGE_LIMITS)
+        self.port = wire.port
         connect_host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
         self.endpoint = f"tcp://{connect_host}:{self.port}"
         self._started_at = time.monotonic()
-        # The worker says "a run ended" on this inproc pair, so held fetches are answered at
-        # once instead of on the next poll tick.
-        wake = context.socket(zmq.PULL)
-        wake.setsockopt(zmq.LINGER, 0)
-        self._wake_endpoint = f"inproc://{self.name}-{id(self)}-ended"
-        wake.bind(self._wake_endpoint)
-        self._context = context
+        self._wire = wire
         self._serve_thread = threading.Thread(
-            target=self._serve, args=(context, socket, wake), name=f"{self.name}-serve",
-            daemon=True
+            target=self._serve, args=(wire,), name=f"{self.name}-serve", daemon=True
         )
         self._worker_thread = threading.Thread(
             target=self._work, name=f"{self.name}-worker", daemon=True
@@ -277,8 +257,8 @@ class ControllerServer:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop serving: abort active runs, join both threads, release the port.
 
-        Idempotent. The serving thread closes its socket (linger 0) and terminates its
-        context on the way out, so once this returns the port can be bound again.
+        Idempotent. The serving thread closes its sockets on the way out, so once this
+        returns the port can be bound again.
 
         Args:
             timeout_s: bound on the wait for each thread to finish, in seconds.
@@ -286,6 +266,7 @@ class ControllerServer:
         if self._serve_thread is None or self._stopping.is_set():
             return
         self._stopping.set()
+        self._wire.wake()
         with self._lock:
             dropped = [run for run in self._runs.values() if run.state == QUEUED]
             for run in list(self._runs.values()):
@@ -301,8 +282,6 @@ class ControllerServer:
                 thread.join(timeout_s)
                 if thread.is_alive():
                     logger.error("%s: thread %s did not stop within %s s", self, thread, timeout_s)
-        if self._serve_died and not any(t is not None and t.is_alive() for t in self._threads):
-            self._context.term()  # the dead serving thread left it: the others' sockets are shut
         logger.info("%s stopped", self.name)
 
     # -- serving thread ---------------------------------------------------------------
@@ -310,28 +289,18 @@ class ControllerServer:
     @property
     def serving(self) -> bool:
         """True while the serving, worker and validator threads run (False before start and
-        after stop, and from the moment the serving thread dies)."""
-        return not self._serve_died and all(thread is not None and thread.is_alive()
-                                            for thread in self._threads)
+        after stop, and once the serving thread dies)."""
+        return all(thread is not None and thread.is_alive() for thread in self._threads)
 
     @property
     def _threads(self) -> tuple[threading.Thread | None, ...]:
         return self._serve_thread, self._worker_thread, self._validator_thread
 
-    def _serve(self, context: zmq.Context, socket: zmq.Socket, wake: zmq.Socket) -> None:
-        wire = ZmtpServer(socket, MESSAGE_LIMITS)
-        poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
+    def _serve(self, wire: ZmtpServer) -> None:
         try:
             while not self._stopping.is_set():
-                events = dict(poller.poll(self._poll_timeout_ms()))
-                if wake in events:
-                    while wake.poll(0):
-                        wake.recv()
-                if socket in events:
-                    for message in wire.receive():
-                        self._serve_one(wire, message)
+                for message in wire.receive(self._poll_timeout_s()):
+                    self._serve_one(wire, message)
                 wire.expire()
                 self._expire_runs()
                 for identity, op, reply in self._due_fetches():
@@ -343,14 +312,10 @@ class ControllerServer:
                 for identity, reply in self._due_delayed():
                     wire.send(identity, reply)
         except BaseException:
-            self._serve_died = True  # not serving from now, whatever the teardown waits for
             logger.critical("%s: serving thread died", self.name, exc_info=True)
             raise
         finally:
-            socket.close(linger=0)
-            wake.close(linger=0)
-            if not self._serve_died:  # term() would wait for the other threads' sockets
-                context.term()
+            wire.shutdown()
 
     def _serve_one(self, wire: ZmtpServer, message: Inbound) -> None:
         """Answer one message: a refused one with its error, a request through ``_handle``."""
@@ -395,15 +360,15 @@ class ControllerServer:
         self._delayed = [item for item in self._delayed if item[0] > now]
         return due
 
-    def _poll_timeout_ms(self) -> int:
+    def _poll_timeout_s(self) -> float:
         """Until the next held fetch's or delayed reply's time, at most one poll interval
-        (ms)."""
+        (s)."""
         with self._lock:
             deadlines = [held[3] for held in self._held]
         deadlines += [at for at, _, _ in self._delayed]
         if not deadlines:
-            return _POLL_INTERVAL_MS
-        return max(0, min(_POLL_INTERVAL_MS, round((min(deadlines) - time.monotonic()) * 1000)))
+            return _POLL_INTERVAL_S
+        return max(0.0, min(_POLL_INTERVAL_S, min(deadlines) - time.monotonic()))
 
     def _due_fetches(self) -> list[tuple[Frame, str, list[Frame]]]:
         """(identity, op, reply) of held replies (``fetch``, or ``run`` with ``wait_s``) whose
@@ -713,46 +678,44 @@ class ControllerServer:
 
     def _validate(self) -> None:
         """Answer uploads, one at a time, off the serving thread; wake it for each reply."""
-        ended = self._context.socket(zmq.PUSH)
-        ended.setsockopt(zmq.LINGER, 0)
-        ended.connect(self._wake_endpoint)
-        try:
-            while (item := self._uploads.get()) is not None:
-                identity, request, size = item
-                reply = self._reply_to(request, identity)
-                with self._lock:
-                    self._pending_uploads -= 1
-                    self._pending_upload_bytes -= size
-                    if reply is not None:
-                        self._validated.append((identity, reply))
-                if not _wake(ended):
-                    return
-        finally:
-            ended.close(linger=0)
+        while (item := self._uploads.get()) is not None:
+            identity, request, size = item
+            reply = self._reply_to(request, identity)
+            with self._lock:
+                self._pending_uploads -= 1
+                self._pending_upload_bytes -= size
+                if reply is not None:
+                    self._validated.append((identity, reply))
+            self._wire.wake()
 
     # -- worker thread ----------------------------------------------------------------
 
     def _work(self) -> None:
-        ended = self._context.socket(zmq.PUSH)
-        ended.setsockopt(zmq.LINGER, 0)
-        ended.connect(self._wake_endpoint)
-        try:
-            while True:
-                run_id = self._queue.get()
-                if run_id is None:
-                    return
-                with self._lock:
-                    run = self._runs.get(run_id)
-                    if run is None or run.state != QUEUED:
-                        continue
-                    run.state = RUNNING
-                    run.started_at = time.monotonic()
-                    self._running = run
-                self._execute(run)
-                if not _wake(ended):
-                    return
-        finally:
-            ended.close(linger=0)
+        while (run_id := self._queue.get()) is not None:
+            with self._lock:
+                run = self._runs.get(run_id)
+                if run is None or run.state != QUEUED:
+                    continue
+                run.state = RUNNING
+                run.started_at = time.monotonic()
+                self._running = run
+            self._execute(run)
+            if self._faults is None:
+                self._answer_held(run)
+            else:  # the serving thread answers, so that faults act on these replies too
+                self._wire.wake()
+
+    def _answer_held(self, run: Run) -> None:
+        """Answer the requests held for ``run`` (``run`` with ``wait_s``, ``fetch``) as it
+        ends, from this thread: waking the serving thread to do it took a thread hand-off."""
+        with self._lock:
+            held = [item for item in self._held if item[2] is run]
+            if not held:
+                return
+            self._held = [item for item in self._held if item[2] is not run]
+            result, arrays = self._fetch_result(run)
+        for identity, request_id, _, _, _ in held:
+            self._wire.send(identity, encode_reply(request_id, result, arrays))
 
     def _execute(self, run: Run) -> None:
         program = run.program
@@ -811,13 +774,3 @@ class ControllerServer:
         while len(self._finished) > self._max_runs:
             del self._runs[self._finished.popleft()]
 
-
-def _wake(ended: zmq.Socket) -> bool:
-    """Wake the serving loop; False once the server stops (its context is terminating)."""
-    try:
-        ended.send(b"", zmq.NOBLOCK)
-    except zmq.Again:  # the serving loop is awake already
-        pass
-    except zmq.ContextTerminated:
-        return False
-    return True

@@ -1,33 +1,39 @@
-"""ZMTP 3 read by the simulated controller itself, so that a whole message is bounded.
+"""ZMTP 3 served by the simulated controller itself, so that a whole message is bounded.
 
 libzmq bounds each frame of a message (``MAXMSGSIZE``) but buffers a multipart message in full
 before the application sees any of it, whatever its number of frames: one client could make
-the controller hold as much memory as it sent in one message. The controller therefore serves
-on a ZeroMQ ``STREAM`` socket (libzmq keeps the TCP connections; at most ``RCVHWM`` chunks of
-8 KiB wait unread per connection, then TCP pushes back) and speaks ZMTP 3.0 itself (RFC 23,
-NULL security, as a ``ROUTER``), counting frames and bytes as they arrive. Clients are plain
-ZeroMQ ``DEALER`` sockets; nothing changes for them.
+the controller hold as much memory as it sent in one message. The controller therefore keeps
+its TCP connections itself (:class:`ZmtpServer`: one ``selectors`` loop on the serving thread,
+non-blocking sockets; what a client does not read waits in a bounded outbox, and TCP pushes
+back on what the controller has not read) and speaks ZMTP 3.0 (RFC 23, NULL security, as a
+``ROUTER``), counting frames and bytes as they arrive. Clients are plain ZeroMQ ``DEALER``
+sockets; nothing changes for them. Without libzmq's I/O thread between the socket and the
+serving thread, a request and its reply each take one thread hand-off fewer.
 
 A message is refused (:class:`Inbound` with ``refusal``) as soon as a frame header declares
 more than a cap allows, or its bytes, as they arrive, would take the unfinished messages of all
 connections beyond theirs; the rest of it is read and dropped, and the connection stays usable
 for the next message. Memory is taken as bytes arrive, not as sizes are declared. A message
-left unfinished for ``max_message_s`` has its connection closed (:meth:`ZmtpServer.expire`).
-A connection that breaks the framing (not ZMTP 3, a mechanism other than NULL, an
-incompatible socket type, a malformed or second ``READY``, reserved flag bits, an oversized
-or ``ERROR`` command, a command inside a message) is closed; nothing a connection sends raises
-out of :meth:`ZmtpServer.receive`. Used by one thread only (the controller's serving thread).
+left unfinished, or replies left untaken, for ``max_message_s`` close the connection
+(:meth:`ZmtpServer.expire`). A connection that breaks the framing (not ZMTP 3, a mechanism
+other than NULL, an incompatible socket type, a malformed or second ``READY``, reserved flag
+bits, an oversized or ``ERROR`` command, a command inside a message) is closed; nothing a
+connection sends raises out of :meth:`ZmtpServer.receive`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import selectors
+import socket
 import struct
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-import zmq
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +43,27 @@ GREETING_BYTES = 64
 MAX_COMMAND_BYTES = 4096
 """Largest command frame (``READY``, ``PING``) taken; a larger one closes the connection."""
 
-CHUNKS_PER_RECEIVE = 64
-"""Most chunks (of at most 8 KiB, libzmq's read size) one :meth:`ZmtpServer.receive` takes,
-so that a large upload holds the serving loop for well under a millisecond at a time."""
+RECEIVE_BYTES = 1 << 20
+"""Most bytes one :meth:`ZmtpServer.receive` reads from one connection, so that a large upload
+holds the serving loop for well under a millisecond at a time."""
+
+ACCEPTS_PER_RECEIVE = 64
+"""Most new connections one :meth:`ZmtpServer.receive` takes."""
+
+MAX_UNSENT_BYTES = 1 << 30
+"""Most bytes of replies waiting for one connection to take them; beyond, it is closed."""
 
 EXPIRE_EVERY_S = 0.2
-"""How often :meth:`ZmtpServer.expire` looks for stale messages and pending closes (s)."""
+"""How often :meth:`ZmtpServer.expire` looks for stale messages and untaken replies (s)."""
 
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 _MAX_PING_CONTEXT = 16  # RFC 37: a PING's context is 0..16 bytes, echoed in the PONG
 _PEER_TYPES = frozenset({b"REQ", b"DEALER", b"ROUTER"})  # what a ROUTER talks to
 _WARN_EVERY_S = 1.0
+_MAX_PARTS_PER_SEND = 256  # buffers in one sendmsg (Linux takes up to 1024)
+_MAX_UNSENT_PARTS = 100_000  # buffers waiting for one connection (small replies are joined)
+_JOIN_BELOW = 1 << 16  # a message this small is copied into one buffer
+_LISTENER, _WAKE = object(), object()  # selector keys' data besides peer ids
 
 
 def _frame_header(flags: int, size: int) -> bytes:
@@ -119,9 +135,14 @@ class _FramingError(Exception):
 
 class _Peer:
     __slots__ = ("answered", "body", "busy", "frames", "greeted", "message_bytes", "more",
-                 "pending", "ready", "refusal", "remaining", "started")
+                 "outbox", "pending", "ready", "refusal", "remaining", "sent_at", "sock",
+                 "started", "unsent")
 
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.outbox: deque[bytes | memoryview] = deque()  # what waits for room, in order
+        self.unsent = 0  # bytes in the outbox
+        self.sent_at = 0.0  # when the outbox last moved (monotonic s)
         self.pending = b""  # bytes of a greeting, frame header or command not yet whole
         self.greeted = self.ready = False
         self.frames: list[memoryview] = []
@@ -136,129 +157,231 @@ class _Peer:
 
 
 class ZmtpServer:
-    """ZMTP 3 over a bound ``STREAM`` socket: whole messages in, whole messages out.
+    """ZMTP 3 on a listening TCP socket: whole messages in, whole messages out.
+
+    One thread (the controller's serving thread) calls :meth:`receive`, which waits (up to a
+    timeout) for connections, input, room to send and :meth:`wake`, then reads, and
+    :meth:`expire` and :meth:`shutdown`; any thread may call :meth:`send`, :meth:`close` and
+    :meth:`wake` (a lock keeps each message whole and in order on its connection).
 
     Args:
-        socket: a ZeroMQ ``STREAM`` socket, bound (connect and disconnect notifications on,
-            libzmq's default).
+        listener: a listening TCP socket (:func:`listen`); closed by :meth:`shutdown`.
         limits: the bounds on messages.
+        max_unsent_bytes: most bytes of replies that may wait for a connection to take them;
+            a connection that lets more pile up (it does not read) is closed.
     """
 
-    def __init__(self, socket: zmq.Socket, limits: MessageLimits) -> None:
-        self.socket = socket
+    def __init__(self, listener: socket.socket, limits: MessageLimits, *,
+                 max_unsent_bytes: int = MAX_UNSENT_BYTES) -> None:
         self.limits = limits
+        self.max_unsent_bytes = max_unsent_bytes
+        self._listener = listener
+        self._listener.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
+        self._waker, self._wakeup = socket.socketpair()
+        for end in (self._waker, self._wakeup):
+            end.setblocking(False)
+        self._selector.register(self._wakeup, selectors.EVENT_READ, _WAKE)
         self._peers: dict[bytes, _Peer] = {}
-        self._closing: set[bytes] = set()  # closed here; the close waits for room to be sent
+        self._ids = itertools.count(1)
+        self._accepting_again = 0.0  # after a failed accept (no descriptors left), monotonic s
         self._inbound_bytes = 0
         self._warned_at = 0.0
         self._next_expiry = 0.0
+        self._lock = threading.RLock()  # the connections' state, for every call but waiting
+
+    @property
+    def port(self) -> int:
+        """The TCP port listened on."""
+        return self._listener.getsockname()[1]
 
     @property
     def connections(self) -> int:
         """Clients connected now."""
         return len(self._peers)
 
-    def receive(self) -> list[Inbound]:
-        """The messages that came whole (or were refused) since the last call, reading what
-        the socket holds (at most :data:`CHUNKS_PER_RECEIVE` chunks) without blocking. New
-        connections are greeted, and connections that break the framing are closed, on the
-        way. Never raises for what a client sent."""
+    def wake(self) -> None:
+        """Make a :meth:`receive` that waits return at once (any thread; a no-op once
+        :meth:`shutdown` ran)."""
+        with contextlib.suppress(OSError):  # full: awake already; closed: shut down
+            self._waker.send(b"\0")
+
+    def receive(self, timeout_s: float = 0.0) -> list[Inbound]:
+        """The messages that came whole (or were refused), waiting up to ``timeout_s`` (s) for
+        anything to happen. Reads at most :data:`RECEIVE_BYTES` from each connection with
+        input; greets new connections, sends what waited for room and closes connections
+        that broke the framing on the way. Never raises for what a client sent."""
+        ready = self._selector.select(timeout_s)
         out: list[Inbound] = []
-        for _ in range(CHUNKS_PER_RECEIVE):
-            try:
-                peer_id, data = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            peer = self._peers.get(peer_id)
-            if not data:  # a connection opened or closed (one closed here is not reported)
-                if peer is not None:
-                    self._forget(peer_id)
-                elif peer_id in self._closing:  # the client went before the close could
-                    self._closing.discard(peer_id)
-                elif len(self._peers) >= self.limits.max_connections:
-                    self._warn(f"closed a new client connection: {len(self._peers)} clients "
-                               f"are connected (at most {self.limits.max_connections})")
-                    self._write(peer_id, b"", gone_ok=True)
-                elif self._write(peer_id, _GREETING + _READY):
-                    self._peers[peer_id] = _Peer()
-                continue
-            if peer is None:  # data after we closed it
-                continue
-            try:
-                if peer.remaining > len(data):  # inside a long frame: most chunks of an upload
-                    self._fill(peer, memoryview(data), 0)
-                    if peer.refusal is not None and not peer.answered:
-                        out.append(Inbound(peer_id, *self._answer(peer)))
-                    continue
-                out.extend(Inbound(peer_id, *rest) for rest in self._feed(peer_id, peer, data))
-            except _FramingError as exc:
-                self._warn(f"closed a client connection that broke ZMTP: {exc}")
-                self.close(peer_id)
-            except Exception:  # a bug here must not end the controller: that client only
-                logger.exception("closed a client connection whose input could not be read")
-                self.close(peer_id)
+        with self._lock:
+            for key, events in ready:
+                if key.data is _LISTENER:
+                    self._accept()
+                elif key.data is _WAKE:
+                    with contextlib.suppress(OSError):
+                        self._wakeup.recv(4096)
+                elif (peer := self._peers.get(key.data)) is not None:  # not closed meanwhile
+                    if events & selectors.EVENT_WRITE and not self._flush(key.data, peer):
+                        continue
+                    if events & selectors.EVENT_READ:
+                        out += self._read(key.data, peer)
         return out
 
     def expire(self) -> None:
-        """Close the connections whose message has stayed unfinished for longer than
-        ``max_message_s``, and send the closes that found no room before (at most every
+        """Close the connections whose message has stayed unfinished, or whose replies have
+        waited to be taken, for longer than ``max_message_s`` (looked at most every
         :data:`EXPIRE_EVERY_S`)."""
         now = time.monotonic()
         if now < self._next_expiry:
             return
         self._next_expiry = now + EXPIRE_EVERY_S
-        stale = [peer_id for peer_id, peer in self._peers.items()
-                 if peer.started is not None
-                 and now - peer.started > self.limits.max_message_s]
-        for peer_id in stale:
-            self._warn(f"closed a client connection whose message stayed unfinished for "
-                       f"{self.limits.max_message_s} s")
-            self.close(peer_id)
-        for peer_id in list(self._closing):
-            if self._write(peer_id, b"", gone_ok=True):
-                self._closing.discard(peer_id)
+        limit = self.limits.max_message_s
+        with self._lock:
+            if self._accepting_again and now >= self._accepting_again:
+                self._accepting_again = 0.0
+                self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
+            for peer_id, peer in list(self._peers.items()):
+                if peer.started is not None and now - peer.started > limit:
+                    self._warn(f"closed a client connection whose message stayed unfinished "
+                               f"for {limit} s")
+                    self.close(peer_id)
+                elif peer.outbox and now - peer.sent_at > limit:
+                    self._warn(f"closed a client connection that took none of its replies "
+                               f"for {limit} s")
+                    self.close(peer_id)
 
-    def send(self, peer_id: bytes, frames: Sequence[bytes | bytearray | memoryview | zmq.Frame]
-             ) -> bool:
-        """Send one message to a connection, whole or not at all; False (and the connection
-        closed) when it is gone or does not take it (libzmq's send queue to it full)."""
-        if peer_id not in self._peers:  # gone: a ROUTER drops such a reply too
-            return False
+    def send(self, peer_id: bytes, frames: Sequence[bytes | bytearray | memoryview]) -> bool:
+        """Send one message to a connection, whole (what the socket does not take at once
+        waits, in order, for room); False (and the connection closed) when it is gone or
+        has more than ``max_unsent_bytes`` waiting."""
         last = len(frames) - 1
         parts: list[bytes | memoryview] = []
         for index, frame in enumerate(frames):
             view = memoryview(frame).cast("B")
             parts += [_frame_header(_MORE if index < last else 0, len(view)), view]
-        if self._write(peer_id, b"".join(parts)):
-            return True
-        self._warn("closed a client connection that took no more replies (gone, or not "
-                   "reading them)")
-        self.close(peer_id)
-        return False
+        with self._lock:
+            peer = self._peers.get(peer_id)
+            if peer is None:  # gone: a ROUTER drops such a reply too
+                return False
+            if self._write(peer_id, peer, parts):
+                return True
+            self._warn("closed a client connection that took no more replies (gone, or not "
+                       "reading them)")
+            self.close(peer_id)
+            return False
 
     def close(self, peer_id: bytes) -> None:
         """Close a connection (a no-op for one already gone); the client's DEALER connects
         again by itself."""
-        if self._forget(peer_id) and not self._write(peer_id, b"", gone_ok=True):
-            self._closing.add(peer_id)
+        with self._lock:
+            peer = self._peers.pop(peer_id, None)
+            if peer is None:
+                return
+            self._inbound_bytes -= self._counted(peer)
+            self._selector.unregister(peer.sock)
+            peer.sock.close()
 
-    def _forget(self, peer_id: bytes) -> bool:
-        peer = self._peers.pop(peer_id, None)
-        if peer is None:
-            return False
-        self._inbound_bytes -= self._counted(peer)
-        return True
+    def shutdown(self) -> None:
+        """Close every connection, the listening socket and the wake-up pair."""
+        with self._lock:
+            for peer_id in list(self._peers):
+                self.close(peer_id)
+            self._selector.close()
+            for sock in (self._listener, self._waker, self._wakeup):
+                sock.close()
 
-    def _write(self, peer_id: bytes, data: bytes, *, gone_ok: bool = False) -> bool:
-        """Queue ``data`` for a connection; False when its queue is full (or, unless
-        ``gone_ok``, when it is gone)."""
+    # -- connections --------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_RECEIVE):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # no descriptors left: stop listening for a while
+                self._warn(f"cannot accept a client connection: {exc}")
+                self._selector.unregister(self._listener)
+                self._accepting_again = time.monotonic() + EXPIRE_EVERY_S
+                return
+            if len(self._peers) >= self.limits.max_connections:
+                self._warn(f"closed a new client connection: {len(self._peers)} clients "
+                           f"are connected (at most {self.limits.max_connections})")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer_id = next(self._ids).to_bytes(8, "big")
+            peer = self._peers[peer_id] = _Peer(sock)
+            self._selector.register(sock, selectors.EVENT_READ, peer_id)
+            if not self._write(peer_id, peer, [_GREETING + _READY]):
+                self.close(peer_id)
+
+    def _read(self, peer_id: bytes, peer: _Peer) -> list[Inbound]:
         try:
-            self.socket.send(peer_id, zmq.SNDMORE | zmq.NOBLOCK)
-            self.socket.send(data, zmq.NOBLOCK, copy=len(data) < (1 << 16))
-        except zmq.Again:
+            data = peer.sock.recv(RECEIVE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:  # reset by the client
+            data = b""
+        if not data:  # the client went
+            self.close(peer_id)
+            return []
+        try:
+            if peer.remaining > len(data):  # inside a long frame: most reads of an upload
+                self._fill(peer, memoryview(data), 0)
+                if peer.refusal is not None and not peer.answered:
+                    return [Inbound(peer_id, *self._answer(peer))]
+                return []
+            return [Inbound(peer_id, *rest) for rest in self._feed(peer_id, peer, data)]
+        except _FramingError as exc:
+            self._warn(f"closed a client connection that broke ZMTP: {exc}")
+        except Exception:  # a bug here must not end the controller: that client only
+            logger.exception("closed a client connection whose input could not be read")
+        self.close(peer_id)
+        return []
+
+    def _write(self, peer_id: bytes, peer: _Peer, parts: list[bytes | memoryview]) -> bool:
+        """Send ``parts`` after what waits already; False when the connection is gone or
+        more than ``max_unsent_bytes`` would wait."""
+        if not peer.outbox:
+            try:
+                sent = _send(peer.sock, parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return False
+            parts = _after(parts, sent)
+            if not parts:
+                return True
+            peer.sent_at = time.monotonic()
+            self._selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                  peer_id)
+        size = sum(len(part) for part in parts)
+        peer.outbox.extend([b"".join(parts)] if len(parts) > 1 and size < _JOIN_BELOW
+                           else parts)
+        peer.unsent += size
+        return peer.unsent <= self.max_unsent_bytes and len(peer.outbox) <= _MAX_UNSENT_PARTS
+
+    def _flush(self, peer_id: bytes, peer: _Peer) -> bool:
+        """Send what waits for room; False (and the connection closed) when it is gone."""
+        batch = list(itertools.islice(peer.outbox, _MAX_PARTS_PER_SEND))
+        try:
+            sent = _send(peer.sock, batch)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            self.close(peer_id)
             return False
-        except zmq.ZMQError:  # EHOSTUNREACH: the connection is gone
-            return gone_ok
+        peer.unsent -= sent
+        peer.sent_at = time.monotonic()
+        rest = _after(batch, sent)
+        for _ in batch:
+            peer.outbox.popleft()
+        peer.outbox.extendleft(reversed(rest))
+        if not peer.outbox:
+            self._selector.modify(peer.sock, selectors.EVENT_READ, peer_id)
         return True
 
     def _warn(self, message: str) -> None:
@@ -266,6 +389,7 @@ class ZmtpServer:
         if now - self._warned_at >= _WARN_EVERY_S:
             self._warned_at = now
             logger.warning(message)
+
 
     # -- reading ------------------------------------------------------------------------
 
@@ -344,7 +468,8 @@ class ZmtpServer:
             raise _FramingError(f"the client sent ERROR {body[1 + name_size:]!r}")
         elif name == b"PING":  # a client with a heartbeat (ZMTP 3.1): PONG with its context
             context = body[1 + name_size + 2:1 + name_size + 2 + _MAX_PING_CONTEXT]
-            self._write(peer_id, _command(b"PONG", context))
+            if not self._write(peer_id, peer, [_command(b"PONG", context)]):
+                raise _FramingError("heartbeats while taking none of the replies")
 
     def _frame_start(self, peer: _Peer, size: int, more: bool) -> None:
         limits = self.limits
@@ -449,3 +574,39 @@ def _properties(data: bytes) -> dict[bytes, bytes]:
         out[name] = data[pos + 4:pos + 4 + value_size]
         pos += 4 + value_size
     return out
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host`` (``*`` for every interface) and ``port`` (0: a free
+    one); ``OSError`` when the address cannot be bound."""
+    host = "0.0.0.0" if host == "*" else host
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _send(sock: socket.socket, parts: list[bytes | memoryview]) -> int:
+    """Bytes of ``parts`` the socket took (non-blocking), in one system call."""
+    if len(parts) == 1:
+        return sock.send(parts[0])
+    if sum(len(part) for part in parts) < _JOIN_BELOW:
+        return sock.send(b"".join(parts))
+    return sock.sendmsg(parts[:_MAX_PARTS_PER_SEND])
+
+
+def _after(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
+    """What of ``parts`` is left once their first ``sent`` bytes went."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            head = memoryview(part)[sent:] if sent else part
+            return [head, *parts[index + 1:]]
+        sent -= len(part)
+    return []

@@ -151,7 +151,7 @@ def _server_on_port(executor: SumExecutor, port: int) -> ControllerServer:
         try:
             server.start()
             return server
-        except zmq.ZMQError:
+        except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)

@@ -16,7 +16,13 @@ import pytest
 import zmq
 
 from labqpu.firmware_sim.server_limits import MESSAGE_LIMITS
-from labqpu.firmware_sim.zmtp import GREETING_BYTES, MessageLimits, ZmtpServer
+from labqpu.firmware_sim.zmtp import (
+    GREETING_BYTES,
+    MAX_UNSENT_BYTES,
+    MessageLimits,
+    ZmtpServer,
+    listen,
+)
 
 BOUND_S = 5.0
 MIB = 1 << 20
@@ -44,17 +50,14 @@ class EchoServer:
     """A ZmtpServer on a thread of its own that sends every message back; a refused one is
     answered ``[b"refused", reason, b"busy" or b"over"]``."""
 
-    def __init__(self, limits: MessageLimits, send_queue: int = 1000,
-                 send_buffer: int = -1) -> None:
-        self.context = zmq.Context()
-        sock = self.context.socket(zmq.STREAM)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, send_queue)
-        sock.setsockopt(zmq.SNDBUF, send_buffer)
-        self.port = sock.bind_to_random_port("tcp://127.0.0.1")
+    def __init__(self, limits: MessageLimits, max_unsent_bytes: int = MAX_UNSENT_BYTES
+                 ) -> None:
+        self.wire = ZmtpServer(listen("127.0.0.1", 0), limits,
+                               max_unsent_bytes=max_unsent_bytes)
+        self.port = self.wire.port
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        self.wire = ZmtpServer(sock, limits)
         self.errors: list[BaseException] = []
+        self.peers: list[bytes] = []  # the connections messages came from, in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -62,9 +65,10 @@ class EchoServer:
     def _serve(self) -> None:
         try:
             while not self._stop.is_set():
-                readable = self.wire.socket.poll(20, zmq.POLLIN)
+                messages = self.wire.receive(0.02)
                 self.wire.expire()  # as the controller's loop: on every turn
-                for message in self.wire.receive() if readable else ():
+                for message in messages:
+                    self.peers.append(message.peer)
                     if message.refusal is None:
                         self.wire.send(message.peer, message.frames)
                     else:
@@ -74,13 +78,12 @@ class EchoServer:
             self.errors.append(exc)
             raise
         finally:
-            self.wire.socket.close(linger=0)
+            self.wire.shutdown()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(BOUND_S)
         assert not self._thread.is_alive()
-        self.context.term()
         assert not self.errors
 
 
@@ -347,10 +350,10 @@ def test_a_refusal_is_answered_before_the_message_ends(server) -> None:
 
 
 def test_a_client_that_reads_no_replies_is_closed_for_real() -> None:
-    """Its replies fill libzmq's queue to it; the close that followed found no room and was
-    lost, so the connection stayed open and answered nothing. (Here a queue of 4 replies and
-    64 KiB socket buffers, so that a few replies fill them.)"""
-    server = EchoServer(LIMITS, send_queue=4, send_buffer=1 << 16)
+    """Its replies pile up unsent until more than ``max_unsent_bytes`` wait, then its
+    connection is closed (on a ``STREAM`` socket that close found no room and was lost, so
+    the connection stayed open and answered nothing). Here 1 MiB may wait: four replies."""
+    server = EchoServer(LIMITS, max_unsent_bytes=MIB)
     raw = socket.socket()
     try:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
@@ -389,3 +392,62 @@ def test_connections_beyond_the_limit_are_closed_and_the_others_served(server, c
         assert extra.recv(GREETING_BYTES) == b"", "a client beyond the limit was served"
     assert all(ask(sock, [b"still"]) == [b"still"] for sock in socks)
     assert server.wire.connections == LIMITS.max_connections
+
+
+def test_replies_sent_from_other_threads_arrive_whole_and_in_order(server, clients) -> None:
+    """The controller's worker sends a held run's reply itself while the serving thread
+    answers other requests of the same client: messages big enough to wait for room must
+    neither interleave nor change order (here three threads besides the serving one; without
+    the lock this failed in about one run of six, the collision being a matter of timing)."""
+    sock = clients.context.socket(zmq.DEALER)
+    clients.sockets.append(sock)
+    sock.setsockopt(zmq.RCVBUF, 1 << 15)  # small buffers: most sends leave bytes to wait
+    sock.connect(server.endpoint)
+    assert ask(sock, [b"hello"]) == [b"hello"]
+    peer = server.peers[-1]
+    body, count, kinds = bytes(100_000), 300, [b"a", b"b", b"c"]
+
+    def from_thread(kind: bytes) -> None:
+        for index in range(count):
+            assert server.wire.send(peer, [kind, index.to_bytes(4, "big"), body])
+
+    senders = [threading.Thread(target=from_thread, args=(kind,), daemon=True)
+               for kind in kinds]
+    for sender in senders:
+        sender.start()
+    for index in range(count):
+        sock.send_multipart([b"e", index.to_bytes(4, "big"), body])
+    got: dict[bytes, list[int]] = {kind: [] for kind in [*kinds, b"e"]}
+    for _ in range(4 * count):
+        assert sock.poll(int(BOUND_S * 1000), zmq.POLLIN), f"{got} so far"
+        kind, index, rest = sock.recv_multipart()
+        assert rest == body
+        got[kind].append(int.from_bytes(index, "big"))
+    for sender in senders:
+        sender.join(BOUND_S)
+    assert got == {kind: list(range(count)) for kind in got}
+
+
+def test_replies_left_untaken_close_the_connection(server) -> None:
+    """A client that asks for replies and takes none is closed ``max_message_s`` after its
+    replies stopped moving (well under ``max_unsent_bytes`` here), freeing what waits."""
+    request = b"\x01\x01h\x02" + struct.pack(">Q", 768 << 10) + bytes(768 << 10)
+    raw = socket.socket()
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        raw.settimeout(BOUND_S)
+        raw.connect(("127.0.0.1", server.port))
+        raw.sendall(GREETING + READY + request * 24)  # 18 MiB of replies asked for
+        time.sleep(LIMITS.max_message_s + 0.5)
+        total = 0
+        try:
+            while chunk := raw.recv(1 << 16):
+                total += len(chunk)
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            raise AssertionError(f"still open after {total} bytes") from None
+        assert total < 24 * len(request)
+        assert server.wire.connections == 0
+    finally:
+        raw.close()
