@@ -255,7 +255,7 @@ class ControllerServer:
         logger.info("%s serving on %s", self.name, self.endpoint)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop serving: abort active runs, join both threads, release the port.
+        """Stop serving: abort active runs, join the threads, release the port.
 
         Idempotent. The serving thread closes its sockets on the way out, so once this
         returns the port can be bound again.

@@ -578,18 +578,21 @@ def _properties(data: bytes) -> dict[bytes, bytes]:
 
 def listen(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host`` (``*`` for every interface) and ``port`` (0: a free
-    one); ``OSError`` when the address cannot be bound."""
+    one); ``OSError`` naming the address when it cannot be bound."""
     host = "0.0.0.0" if host == "*" else host
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    sock = None
     try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(128)
-    except BaseException:
-        sock.close()
-        raise
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise OSError(exc.errno, f"cannot listen on tcp://{host}:{port}: "
+                                 f"{exc.strerror or exc}") from exc
     return sock
 
 

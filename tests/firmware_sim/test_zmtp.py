@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -451,3 +454,58 @@ def test_replies_left_untaken_close_the_connection(server) -> None:
         assert server.wire.connections == 0
     finally:
         raw.close()
+
+
+_OUT_OF_DESCRIPTORS = """
+import os, resource, sys
+from labqpu.firmware_sim.server_limits import MESSAGE_LIMITS
+from labqpu.firmware_sim.zmtp import ZmtpServer, listen
+wire = ZmtpServer(listen("127.0.0.1", 0), MESSAGE_LIMITS)
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 2, hard))
+print(wire.port, flush=True)
+while True:
+    for message in wire.receive(0.05):
+        wire.send(message.peer, message.frames)
+    wire.expire()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
+def test_a_controller_out_of_descriptors_neither_spins_nor_drops_waiting_clients(
+        tmp_path, clients) -> None:
+    """A listener whose client cannot be accepted stays readable: the loop would spin. Out
+    of descriptors, the reader stops listening for a while; the clients wait in the
+    backlog and are served once descriptors are free again."""
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", _OUT_OF_DESCRIPTORS],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        endpoint = f"tcp://127.0.0.1:{int(proc.stdout.readline())}"
+        first = [clients.dealer(endpoint) for _ in range(2)]
+        assert [ask(sock, [b"%d" % i]) for i, sock in enumerate(first)] == [[b"0"], [b"1"]]
+        waiting = [clients.dealer(endpoint) for _ in range(6)]
+        for sock in waiting:
+            sock.send_multipart([b"waiting"])
+        time.sleep(0.3)
+        before = _cpu_s(proc.pid)
+        time.sleep(1.0)
+        assert _cpu_s(proc.pid) - before < 0.3, "the reader's loop spins"
+        assert not all(sock.poll(0, zmq.POLLIN) for sock in waiting), "descriptors to spare"
+        for sock in first:
+            sock.close(linger=0)
+        for sock in waiting:
+            assert sock.poll(int(BOUND_S * 1000), zmq.POLLIN), "a waiting client was dropped"
+            assert sock.recv_multipart() == [b"waiting"]
+            sock.close(linger=0)  # frees its descriptor for the next
+    finally:
+        proc.kill()
+        proc.wait(BOUND_S)
+        proc.stdout.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (s)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
