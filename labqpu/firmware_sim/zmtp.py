@@ -13,12 +13,13 @@ serving thread, a request and its reply each take one thread hand-off fewer.
 A message is refused (:class:`Inbound` with ``refusal``) as soon as a frame header declares
 more than a cap allows, or its bytes, as they arrive, would take the unfinished messages of all
 connections beyond theirs; the rest of it is read and dropped, and the connection stays usable
-for the next message. Memory is taken as bytes arrive, not as sizes are declared. A message
-left unfinished, or replies left untaken, for ``max_message_s`` close the connection
-(:meth:`ZmtpServer.expire`). A connection that breaks the framing (not ZMTP 3, a mechanism
-other than NULL, an incompatible socket type, a malformed or second ``READY``, reserved flag
-bits, an oversized or ``ERROR`` command, a command inside a message) is closed; nothing a
-connection sends raises out of :meth:`ZmtpServer.receive`.
+for the next message. Memory is taken as bytes arrive, not as sizes are declared. A
+handshake, frame header or message left unfinished, or replies left untaken, for
+``max_message_s`` close the connection (:meth:`ZmtpServer.expire`); the replies waiting for
+all connections together are bounded too. A connection that breaks the framing (not ZMTP 3,
+a mechanism other than NULL, an incompatible socket type, a malformed or second ``READY``,
+reserved flag bits, an oversized or ``ERROR`` command, a command inside a message) is closed;
+nothing a connection sends raises out of :meth:`ZmtpServer.receive`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ ACCEPTS_PER_RECEIVE = 64
 """Most new connections one :meth:`ZmtpServer.receive` takes."""
 
 MAX_UNSENT_BYTES = 1 << 30
-"""Most bytes of replies waiting for one connection to take them; beyond, it is closed."""
+"""Most bytes of replies waiting for the connections to take them, all together; beyond, the
+connections holding the most are closed (each waiting part counted with :data:`PART_COST`)."""
+
+PART_COST = 64
+"""Bytes each waiting part of a reply is counted with beyond its own, for its bookkeeping."""
 
 EXPIRE_EVERY_S = 0.2
 """How often :meth:`ZmtpServer.expire` looks for stale messages and untaken replies (s)."""
@@ -61,7 +66,6 @@ _MAX_PING_CONTEXT = 16  # RFC 37: a PING's context is 0..16 bytes, echoed in the
 _PEER_TYPES = frozenset({b"REQ", b"DEALER", b"ROUTER"})  # what a ROUTER talks to
 _WARN_EVERY_S = 1.0
 _MAX_PARTS_PER_SEND = 256  # buffers in one sendmsg (Linux takes up to 1024)
-_MAX_UNSENT_PARTS = 100_000  # buffers waiting for one connection (small replies are joined)
 _JOIN_BELOW = 1 << 16  # a message this small is copied into one buffer
 _LISTENER, _WAKE = object(), object()  # selector keys' data besides peer ids
 
@@ -135,13 +139,13 @@ class _FramingError(Exception):
 
 class _Peer:
     __slots__ = ("answered", "body", "busy", "frames", "greeted", "message_bytes", "more",
-                 "outbox", "pending", "ready", "refusal", "remaining", "sent_at", "sock",
-                 "started", "unsent")
+                 "outbox", "owed_since", "pending", "ready", "refusal", "remaining", "sent_at",
+                 "sock", "started", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.outbox: deque[bytes | memoryview] = deque()  # what waits for room, in order
-        self.unsent = 0  # bytes in the outbox
+        self.unsent = 0  # bytes in the outbox, PART_COST each part included
         self.sent_at = 0.0  # when the outbox last moved (monotonic s)
         self.pending = b""  # bytes of a greeting, frame header or command not yet whole
         self.greeted = self.ready = False
@@ -154,6 +158,8 @@ class _Peer:
         self.remaining = 0  # bytes of the current frame still to come
         self.more = False
         self.started: float | None = None  # when the unfinished message's first frame began
+        #: Since when the client owes the rest of its handshake, a command or a frame header.
+        self.owed_since: float | None = time.monotonic()
 
 
 class ZmtpServer:
@@ -167,8 +173,9 @@ class ZmtpServer:
     Args:
         listener: a listening TCP socket (:func:`listen`); closed by :meth:`shutdown`.
         limits: the bounds on messages.
-        max_unsent_bytes: most bytes of replies that may wait for a connection to take them;
-            a connection that lets more pile up (it does not read) is closed.
+        max_unsent_bytes: most bytes of replies that may wait for the connections to take
+            them, all together; beyond, the connections holding the most (not reading) are
+            closed.
     """
 
     def __init__(self, listener: socket.socket, limits: MessageLimits, *,
@@ -187,6 +194,7 @@ class ZmtpServer:
         self._ids = itertools.count(1)
         self._accepting_again = 0.0  # after a failed accept (no descriptors left), monotonic s
         self._inbound_bytes = 0
+        self._unsent_bytes = 0
         self._warned_at = 0.0
         self._next_expiry = 0.0
         self._lock = threading.RLock()  # the connections' state, for every call but waiting
@@ -246,6 +254,10 @@ class ZmtpServer:
                     self._warn(f"closed a client connection whose message stayed unfinished "
                                f"for {limit} s")
                     self.close(peer_id)
+                elif peer.owed_since is not None and now - peer.owed_since > limit:
+                    self._warn(f"closed a client connection that left its handshake or a "
+                               f"frame header unfinished for {limit} s")
+                    self.close(peer_id)
                 elif peer.outbox and now - peer.sent_at > limit:
                     self._warn(f"closed a client connection that took none of its replies "
                                f"for {limit} s")
@@ -254,7 +266,7 @@ class ZmtpServer:
     def send(self, peer_id: bytes, frames: Sequence[bytes | bytearray | memoryview]) -> bool:
         """Send one message to a connection, whole (what the socket does not take at once
         waits, in order, for room); False (and the connection closed) when it is gone or
-        has more than ``max_unsent_bytes`` waiting."""
+        the one holding the most of more than ``max_unsent_bytes`` waiting."""
         last = len(frames) - 1
         parts: list[bytes | memoryview] = []
         for index, frame in enumerate(frames):
@@ -264,12 +276,7 @@ class ZmtpServer:
             peer = self._peers.get(peer_id)
             if peer is None:  # gone: a ROUTER drops such a reply too
                 return False
-            if self._write(peer_id, peer, parts):
-                return True
-            self._warn("closed a client connection that took no more replies (gone, or not "
-                       "reading them)")
-            self.close(peer_id)
-            return False
+            return self._write(peer_id, peer, parts)
 
     def close(self, peer_id: bytes) -> None:
         """Close a connection (a no-op for one already gone); the client's DEALER connects
@@ -279,6 +286,7 @@ class ZmtpServer:
             if peer is None:
                 return
             self._inbound_bytes -= self._counted(peer)
+            self._unsent_bytes -= peer.unsent
             self._selector.unregister(peer.sock)
             peer.sock.close()
 
@@ -315,8 +323,7 @@ class ZmtpServer:
             peer_id = next(self._ids).to_bytes(8, "big")
             peer = self._peers[peer_id] = _Peer(sock)
             self._selector.register(sock, selectors.EVENT_READ, peer_id)
-            if not self._write(peer_id, peer, [_GREETING + _READY]):
-                self.close(peer_id)
+            self._write(peer_id, peer, [_GREETING + _READY])
 
     def _read(self, peer_id: bytes, peer: _Peer) -> list[Inbound]:
         try:
@@ -343,14 +350,15 @@ class ZmtpServer:
         return []
 
     def _write(self, peer_id: bytes, peer: _Peer, parts: list[bytes | memoryview]) -> bool:
-        """Send ``parts`` after what waits already; False when the connection is gone or
-        more than ``max_unsent_bytes`` would wait."""
+        """Send ``parts`` after what waits already; False when the connection is gone, or
+        closed (the one holding the most) for more than ``max_unsent_bytes`` waiting."""
         if not peer.outbox:
             try:
                 sent = _send(peer.sock, parts)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
+                self.close(peer_id)
                 return False
             parts = _after(parts, sent)
             if not parts:
@@ -358,11 +366,17 @@ class ZmtpServer:
             peer.sent_at = time.monotonic()
             self._selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
                                   peer_id)
-        size = sum(len(part) for part in parts)
-        peer.outbox.extend([b"".join(parts)] if len(parts) > 1 and size < _JOIN_BELOW
-                           else parts)
-        peer.unsent += size
-        return peer.unsent <= self.max_unsent_bytes and len(peer.outbox) <= _MAX_UNSENT_PARTS
+        if len(parts) > 1 and sum(len(part) for part in parts) < _JOIN_BELOW:
+            parts = [b"".join(parts)]
+        peer.outbox.extend(parts)
+        self._count_unsent(peer, _cost(parts))
+        while self._unsent_bytes > self.max_unsent_bytes:
+            most = max(self._peers, key=lambda held: self._peers[held].unsent)
+            self._warn(f"closed a client connection holding {self._peers[most].unsent} bytes "
+                       f"of replies it has not taken ({self._unsent_bytes} wait in all, at "
+                       f"most {self.max_unsent_bytes})")
+            self.close(most)
+        return peer_id in self._peers
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> bool:
         """Send what waits for room; False (and the connection closed) when it is gone."""
@@ -374,15 +388,19 @@ class ZmtpServer:
         except OSError:
             self.close(peer_id)
             return False
-        peer.unsent -= sent
         peer.sent_at = time.monotonic()
         rest = _after(batch, sent)
         for _ in batch:
             peer.outbox.popleft()
         peer.outbox.extendleft(reversed(rest))
+        self._count_unsent(peer, _cost(rest) - _cost(batch))
         if not peer.outbox:
             self._selector.modify(peer.sock, selectors.EVENT_READ, peer_id)
         return True
+
+    def _count_unsent(self, peer: _Peer, change: int) -> None:
+        peer.unsent += change
+        self._unsent_bytes += change
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()
@@ -398,6 +416,8 @@ class ZmtpServer:
         """(frames, refusal, busy) of each message ``data`` completes or that is refused."""
         if peer.pending:
             data, peer.pending = peer.pending + data, b""
+        elif peer.ready:
+            peer.owed_since = None
         view = memoryview(data)
         pos, end = 0, len(data)
         while pos < end:
@@ -410,14 +430,14 @@ class ZmtpServer:
                 continue
             if not peer.greeted:
                 if not self._greeting(data[pos:pos + GREETING_BYTES]):
-                    peer.pending = data[pos:]
+                    self._owe(peer, data[pos:])
                     return
                 pos += GREETING_BYTES
                 peer.greeted = True
                 continue
             header = _header(data, pos)
             if header is None:
-                peer.pending = data[pos:]
+                self._owe(peer, data[pos:])
                 return
             flags, size, start = header
             if flags & _COMMAND or not peer.ready:
@@ -427,7 +447,7 @@ class ZmtpServer:
                 if peer.started is not None:
                     raise _FramingError("a command inside a message")
                 if start + size > end:
-                    peer.pending = data[pos:]
+                    self._owe(peer, data[pos:])
                     return
                 self._command(peer_id, peer, data[start:start + size])
                 pos = start + size
@@ -438,6 +458,15 @@ class ZmtpServer:
                 yield self._answer(peer)
             if not peer.remaining:
                 yield from self._frame_done(peer)
+        if peer.ready:
+            peer.owed_since = None
+
+    @staticmethod
+    def _owe(peer: _Peer, rest: bytes) -> None:
+        """Keep the start of a greeting, command or frame header until the rest comes."""
+        peer.pending = rest
+        if peer.owed_since is None:
+            peer.owed_since = time.monotonic()
 
     def _greeting(self, greeting: bytes) -> bool:
         """True when ``greeting`` is a whole, acceptable greeting; False when more is needed."""
@@ -577,13 +606,13 @@ def _properties(data: bytes) -> dict[bytes, bytes]:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host`` (``*`` for every interface) and ``port`` (0: a free
-    one); ``OSError`` naming the address when it cannot be bound."""
+    """A TCP socket listening on ``host`` (an IPv4 address or name; ``*`` for every interface)
+    and ``port`` (0: a free one); ``OSError`` naming the address when it cannot be bound."""
     host = "0.0.0.0" if host == "*" else host
     sock = None
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(  # IPv4, as libzmq by default
+            host, port, socket.AF_INET, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -603,6 +632,11 @@ def _send(sock: socket.socket, parts: list[bytes | memoryview]) -> int:
     if sum(len(part) for part in parts) < _JOIN_BELOW:
         return sock.send(b"".join(parts))
     return sock.sendmsg(parts[:_MAX_PARTS_PER_SEND])
+
+
+def _cost(parts: list[bytes | memoryview]) -> int:
+    """What ``parts`` count for in the replies waiting (bytes)."""
+    return sum(len(part) for part in parts) + PART_COST * len(parts)
 
 
 def _after(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:

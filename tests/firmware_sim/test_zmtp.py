@@ -509,3 +509,88 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("sent", [
+    pytest.param(b"", id="nothing"),
+    pytest.param(GREETING[:20], id="half-a-greeting"),
+    pytest.param(GREETING, id="greeting-without-ready"),
+    pytest.param(GREETING + READY[:5], id="half-a-ready"),
+    pytest.param(GREETING + READY + b"\x02\x00\x00", id="half-a-frame-header"),
+])
+def test_a_handshake_or_header_left_unfinished_closes_its_connection(server, clients,
+                                                                      sent) -> None:
+    """Connections stalled before a message began held a connection slot and a descriptor
+    for ever: a neighbour could fill ``max_connections`` without finishing a handshake."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as stalled:
+        stalled.sendall(sent)
+        start = time.monotonic()
+        try:
+            while stalled.recv(1 << 16):
+                pass
+        except TimeoutError:
+            raise AssertionError("the stalled connection was never closed") from None
+        assert time.monotonic() - start < LIMITS.max_message_s + 1.0
+    assert ask(clients.dealer(server.endpoint), [b"next"]) == [b"next"]
+
+
+def test_the_connections_holding_the_most_untaken_replies_are_closed_first() -> None:
+    """``max_unsent_bytes`` bounds the replies waiting for all connections together (each
+    connection could hold it alone, 1024 of them): beyond it, the one holding the most is
+    closed, and only as many as it takes. Here two clients ask 20 MiB each under a 24 MiB
+    bound (each alone under it) and a third 1 MiB; none reads until all is asked."""
+    server = EchoServer(dataclasses.replace(LIMITS, max_message_s=30.0),
+                        max_unsent_bytes=24 * MIB)
+    request = b"\x01\x01h\x02" + struct.pack(">Q", 256 << 10) + bytes(256 << 10)
+    small, *bigs = raws = [socket.socket() for _ in range(3)]
+    try:
+        for raw in raws:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            raw.settimeout(BOUND_S)
+            raw.connect(("127.0.0.1", server.port))
+        small.sendall(GREETING + READY + request * 4)
+        for big in bigs:
+            with contextlib.suppress(OSError):  # closed before all of it is sent
+                big.sendall(GREETING + READY + request * 80)
+        deadline = time.monotonic() + BOUND_S
+        while server.wire.connections > 2:
+            assert time.monotonic() < deadline, "no connection was closed"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert server.wire.connections == 2, "more connections were closed than needed"
+        replies = [_replies_until_closed(raw, request) for raw in raws]
+        assert replies in ([4, 80, None], [4, None, 80]), replies
+    finally:
+        for raw in raws:
+            raw.close()
+        server.close()
+
+
+def _replies_until_closed(raw: socket.socket, request: bytes) -> int | None:
+    """How many echoes of ``request`` ``raw`` receives, all of them, or None when the
+    connection ends before its echoes do (the server closed it)."""
+    received = b""
+    raw.settimeout(0.5)
+    while True:
+        try:
+            chunk = raw.recv(1 << 20)
+        except ConnectionResetError:
+            return None
+        except TimeoutError:  # nothing more comes: all that was asked came, or not
+            return received.count(request[:12]) if received.endswith(request) else -1
+        if not chunk:
+            return None
+        received += chunk
+
+
+def test_the_controller_listens_on_ipv4_as_libzmq_does() -> None:
+    """Where ``localhost`` names ``::1`` first, listening there left the advertised endpoint
+    unreachable for a DEALER (IPv6 off, libzmq's default); an IPv6 address is refused,
+    naming it, as libzmq refused it."""
+    sock = listen("localhost", 0)
+    try:
+        assert sock.family == socket.AF_INET
+    finally:
+        sock.close()
+    with pytest.raises(OSError, match=r"cannot listen on tcp://::1:0"):
+        listen("::1", 0)
