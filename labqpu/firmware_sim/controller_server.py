@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -132,8 +132,9 @@ class ControllerServer:
         max_runs: finished runs whose results are kept; older ones are forgotten.
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
-        max_pending_uploads: most uploads waiting for validation; beyond it ``upload`` is
-            refused with ``QueueFull``.
+        max_pending_uploads: most uploads waiting for validation, a quarter of them (at
+            least one) from one client connection; beyond, ``upload`` is refused with
+            ``QueueFull``, so that one client's flood leaves room for the others.
         max_pending_upload_bytes: most bytes of uploads waiting for validation; beyond them
             ``upload`` is refused with ``QueueFull``.
         authenticator: who a ``hello`` comes from (default: everyone, identity = session).
@@ -177,6 +178,7 @@ class ControllerServer:
             queue.SimpleQueue())
         self._pending_uploads = 0
         self._pending_upload_bytes = 0
+        self._pending_by_client: Counter[Frame] = Counter()
         self._validated: list[tuple[Frame, list[Frame]]] = []
         self._delayed: list[tuple[float, Frame, list[Frame]]] = []
         self._validator_thread: threading.Thread | None = None
@@ -404,21 +406,30 @@ class ControllerServer:
             )
         if request.op == OP_UPLOAD:
             size = sum(array.nbytes for array in request.arrays.values())
-            with self._lock:
-                busy = (self._pending_uploads >= self._max_pending_uploads
-                        or self._pending_upload_bytes + size > self._max_pending_upload_bytes)
-                if not busy:
-                    self._pending_uploads += 1
-                    self._pending_upload_bytes += size
-            if busy:
-                return request.op, encode_error(
-                    request.id, ERR_QUEUE_FULL,
-                    f"{self._pending_uploads} uploads ({self._pending_upload_bytes} bytes) are "
-                    f"waiting for validation (at most {self._max_pending_uploads}, "
-                    f"{self._max_pending_upload_bytes} bytes); retry")
+            refusal = self._admit_upload(identity, size)
+            if refusal is not None:
+                return request.op, encode_error(request.id, ERR_QUEUE_FULL, refusal)
             self._uploads.put((identity, request, size))
             return request.op, None
         return request.op, self._reply_to(request, identity)
+
+    def _admit_upload(self, identity: Frame, size: int) -> str | None:
+        """Take a place in the validation queue for an upload of ``size`` bytes from the
+        connection ``identity``; None, or why there is none."""
+        share = max(1, self._max_pending_uploads // 4)
+        with self._lock:
+            if self._pending_by_client[identity] >= share:
+                return (f"{share} uploads of this client are waiting for validation (at most "
+                        f"a quarter of the {self._max_pending_uploads} places); retry")
+            if (self._pending_uploads >= self._max_pending_uploads
+                    or self._pending_upload_bytes + size > self._max_pending_upload_bytes):
+                return (f"{self._pending_uploads} uploads ({self._pending_upload_bytes} bytes) "
+                        f"are waiting for validation (at most {self._max_pending_uploads}, "
+                        f"{self._max_pending_upload_bytes} bytes); retry")
+            self._pending_uploads += 1
+            self._pending_upload_bytes += size
+            self._pending_by_client[identity] += 1
+        return None
 
     def _reply_to(self, request: Request, identity: Frame) -> list[Frame] | None:
         """Run a decoded request's handler; every failure becomes a typed error reply."""
@@ -684,6 +695,9 @@ class ControllerServer:
             with self._lock:
                 self._pending_uploads -= 1
                 self._pending_upload_bytes -= size
+                self._pending_by_client[identity] -= 1
+                if not self._pending_by_client[identity]:
+                    del self._pending_by_client[identity]
                 if reply is not None:
                     self._validated.append((identity, reply))
             self._wire.wake()

@@ -52,11 +52,17 @@ ACCEPTS_PER_RECEIVE = 64
 """Most new connections one :meth:`ZmtpServer.receive` takes."""
 
 MAX_UNSENT_BYTES = 1 << 30
-"""Most bytes of replies waiting for the connections to take them, all together; beyond, the
-connections holding the most are closed (each waiting part counted with :data:`PART_COST`)."""
+"""Most bytes that replies waiting for the connections keep in memory, all together (a part
+counts the whole buffer it is a view of, and :data:`PART_COST` more). Beyond it, requests
+are not read from connections with replies waiting, and those whose replies have not moved
+for :data:`STALLED_S` are closed, the ones holding the most first, as few as it takes."""
 
 PART_COST = 64
 """Bytes each waiting part of a reply is counted with beyond its own, for its bookkeeping."""
+
+STALLED_S = 1.0
+"""How long replies must have waited without moving for their connection to be closed when
+the replies waiting are over :data:`MAX_UNSENT_BYTES` (s)."""
 
 EXPIRE_EVERY_S = 0.2
 """How often :meth:`ZmtpServer.expire` looks for stale messages and untaken replies (s)."""
@@ -138,7 +144,8 @@ class _FramingError(Exception):
 
 
 class _Peer:
-    __slots__ = ("answered", "body", "busy", "frames", "greeted", "message_bytes", "more",
+    __slots__ = ("answered", "body", "busy", "events", "frames", "greeted", "message_bytes",
+                 "more",
                  "outbox", "owed_since", "pending", "ready", "refusal", "remaining", "sent_at",
                  "sock", "started", "unsent")
 
@@ -147,6 +154,7 @@ class _Peer:
         self.outbox: deque[bytes | memoryview] = deque()  # what waits for room, in order
         self.unsent = 0  # bytes in the outbox, PART_COST each part included
         self.sent_at = 0.0  # when the outbox last moved (monotonic s)
+        self.events = selectors.EVENT_READ  # what the selector watches for
         self.pending = b""  # bytes of a greeting, frame header or command not yet whole
         self.greeted = self.ready = False
         self.frames: list[memoryview] = []
@@ -173,9 +181,8 @@ class ZmtpServer:
     Args:
         listener: a listening TCP socket (:func:`listen`); closed by :meth:`shutdown`.
         limits: the bounds on messages.
-        max_unsent_bytes: most bytes of replies that may wait for the connections to take
-            them, all together; beyond, the connections holding the most (not reading) are
-            closed.
+        max_unsent_bytes: most bytes the replies waiting for the connections keep in
+            memory, all together (:data:`MAX_UNSENT_BYTES`).
     """
 
     def __init__(self, listener: socket.socket, limits: MessageLimits, *,
@@ -195,6 +202,7 @@ class ZmtpServer:
         self._accepting_again = 0.0  # after a failed accept (no descriptors left), monotonic s
         self._inbound_bytes = 0
         self._unsent_bytes = 0
+        self._over = False  # more than max_unsent_bytes wait: requests wait too
         self._warned_at = 0.0
         self._next_expiry = 0.0
         self._lock = threading.RLock()  # the connections' state, for every call but waiting
@@ -262,11 +270,20 @@ class ZmtpServer:
                     self._warn(f"closed a client connection that took none of its replies "
                                f"for {limit} s")
                     self.close(peer_id)
+            stalled = sorted((peer for peer in self._peers.items()
+                              if peer[1].outbox and now - peer[1].sent_at >= STALLED_S),
+                             key=lambda peer: -peer[1].unsent)
+            for peer_id, peer in stalled if self._over else ():
+                self._warn(f"closed a client connection holding {peer.unsent} bytes of "
+                           f"replies it has not taken for {STALLED_S} s ({self._unsent_bytes} "
+                           f"wait in all, at most {self.max_unsent_bytes})")
+                self.close(peer_id)
+                if not self._over:
+                    break
 
     def send(self, peer_id: bytes, frames: Sequence[bytes | bytearray | memoryview]) -> bool:
         """Send one message to a connection, whole (what the socket does not take at once
-        waits, in order, for room); False (and the connection closed) when it is gone or
-        the one holding the most of more than ``max_unsent_bytes`` waiting."""
+        waits, in order, for room); False when it is gone."""
         last = len(frames) - 1
         parts: list[bytes | memoryview] = []
         for index, frame in enumerate(frames):
@@ -286,8 +303,8 @@ class ZmtpServer:
             if peer is None:
                 return
             self._inbound_bytes -= self._counted(peer)
-            self._unsent_bytes -= peer.unsent
             self._selector.unregister(peer.sock)
+            self._count_unsent(peer_id, peer, -peer.unsent)
             peer.sock.close()
 
     def shutdown(self) -> None:
@@ -350,8 +367,8 @@ class ZmtpServer:
         return []
 
     def _write(self, peer_id: bytes, peer: _Peer, parts: list[bytes | memoryview]) -> bool:
-        """Send ``parts`` after what waits already; False when the connection is gone, or
-        closed (the one holding the most) for more than ``max_unsent_bytes`` waiting."""
+        """Send ``parts`` after what waits already; False (and the connection closed) when
+        it is gone."""
         if not peer.outbox:
             try:
                 sent = _send(peer.sock, parts)
@@ -364,19 +381,11 @@ class ZmtpServer:
             if not parts:
                 return True
             peer.sent_at = time.monotonic()
-            self._selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                  peer_id)
         if len(parts) > 1 and sum(len(part) for part in parts) < _JOIN_BELOW:
             parts = [b"".join(parts)]
         peer.outbox.extend(parts)
-        self._count_unsent(peer, _cost(parts))
-        while self._unsent_bytes > self.max_unsent_bytes:
-            most = max(self._peers, key=lambda held: self._peers[held].unsent)
-            self._warn(f"closed a client connection holding {self._peers[most].unsent} bytes "
-                       f"of replies it has not taken ({self._unsent_bytes} wait in all, at "
-                       f"most {self.max_unsent_bytes})")
-            self.close(most)
-        return peer_id in self._peers
+        self._count_unsent(peer_id, peer, _cost(parts))
+        return True
 
     def _flush(self, peer_id: bytes, peer: _Peer) -> bool:
         """Send what waits for room; False (and the connection closed) when it is gone."""
@@ -393,14 +402,31 @@ class ZmtpServer:
         for _ in batch:
             peer.outbox.popleft()
         peer.outbox.extendleft(reversed(rest))
-        self._count_unsent(peer, _cost(rest) - _cost(batch))
-        if not peer.outbox:
-            self._selector.modify(peer.sock, selectors.EVENT_READ, peer_id)
+        self._count_unsent(peer_id, peer, _cost(rest) - _cost(batch))
         return True
 
-    def _count_unsent(self, peer: _Peer, change: int) -> None:
+    def _count_unsent(self, peer_id: bytes, peer: _Peer, change: int) -> None:
+        """Count ``change`` bytes more waiting for ``peer``, and watch its socket (and, when
+        the total crosses ``max_unsent_bytes``, every socket with replies waiting) for what
+        it should: room to send while replies wait; requests unless replies wait and the
+        total is over the bound."""
         peer.unsent += change
         self._unsent_bytes += change
+        over = self._unsent_bytes > self.max_unsent_bytes
+        if over != self._over:
+            self._over = over
+            for other_id, other in self._peers.items():
+                if other.outbox:
+                    self._watch(other_id, other)
+        if peer_id in self._peers:
+            self._watch(peer_id, peer)
+
+    def _watch(self, peer_id: bytes, peer: _Peer) -> None:
+        events = ((0 if self._over and peer.outbox else selectors.EVENT_READ)
+                  | (selectors.EVENT_WRITE if peer.outbox else 0))
+        if events != peer.events:
+            peer.events = events
+            self._selector.modify(peer.sock, events, peer_id)
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()
@@ -430,14 +456,14 @@ class ZmtpServer:
                 continue
             if not peer.greeted:
                 if not self._greeting(data[pos:pos + GREETING_BYTES]):
-                    self._owe(peer, data[pos:])
+                    self._owe(peer, data[pos:], progressed=pos > 0)
                     return
                 pos += GREETING_BYTES
                 peer.greeted = True
                 continue
             header = _header(data, pos)
             if header is None:
-                self._owe(peer, data[pos:])
+                self._owe(peer, data[pos:], progressed=pos > 0)
                 return
             flags, size, start = header
             if flags & _COMMAND or not peer.ready:
@@ -447,7 +473,7 @@ class ZmtpServer:
                 if peer.started is not None:
                     raise _FramingError("a command inside a message")
                 if start + size > end:
-                    self._owe(peer, data[pos:])
+                    self._owe(peer, data[pos:], progressed=pos > 0)
                     return
                 self._command(peer_id, peer, data[start:start + size])
                 pos = start + size
@@ -462,10 +488,12 @@ class ZmtpServer:
             peer.owed_since = None
 
     @staticmethod
-    def _owe(peer: _Peer, rest: bytes) -> None:
-        """Keep the start of a greeting, command or frame header until the rest comes."""
+    def _owe(peer: _Peer, rest: bytes, *, progressed: bool) -> None:
+        """Keep the start of a greeting, command or frame header until the rest comes; it is
+        owed from now if the connection had nothing owed or, past its handshake, finished
+        something owed before (``progressed``)."""
         peer.pending = rest
-        if peer.owed_since is None:
+        if peer.owed_since is None or (peer.ready and progressed):
             peer.owed_since = time.monotonic()
 
     def _greeting(self, greeting: bytes) -> bool:
@@ -635,8 +663,18 @@ def _send(sock: socket.socket, parts: list[bytes | memoryview]) -> int:
 
 
 def _cost(parts: list[bytes | memoryview]) -> int:
-    """What ``parts`` count for in the replies waiting (bytes)."""
-    return sum(len(part) for part in parts) + PART_COST * len(parts)
+    """What ``parts`` keep in memory while they wait (bytes): a view the whole buffer it
+    views (a reply's tail keeps all of it), and :data:`PART_COST` each."""
+    return sum(_held(part) for part in parts) + PART_COST * len(parts)
+
+
+def _held(part: bytes | memoryview) -> int:
+    if isinstance(part, memoryview) and part.obj is not None:
+        try:
+            return memoryview(part.obj).nbytes
+        except (TypeError, ValueError):  # an exporter memoryview cannot read again
+            pass
+    return len(part)
 
 
 def _after(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:

@@ -1315,3 +1315,43 @@ def test_uploads_waiting_for_validation_are_bounded_in_bytes(context) -> None:
             assert socket.poll(int(BOUND_S * 1000), zmq.POLLIN)
             assert decode_reply(socket.recv_multipart()).ok
         socket.close(linger=0)
+
+
+def test_one_clients_upload_flood_leaves_places_for_the_others(context) -> None:
+    """A client connection holds at most a quarter of the validation queue's places: a
+    neighbour sending uploads without waiting for replies filled all of them, and a user's
+    upload got ``QueueFull`` for as long as the flood went on (its retries lost the race for
+    each freed place)."""
+    release = threading.Event()
+
+    class SlowToValidate(SumExecutor):
+        def load(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+            release.wait(BOUND_S)
+            super().load(arrays, meta)
+
+    with ControllerServer(SlowToValidate(), name="sim0", max_pending_uploads=8) as server:
+        flood = context.socket(zmq.DEALER)
+        flood.setsockopt(zmq.LINGER, 0)
+        flood.connect(server.endpoint)
+        ids = []
+        for k in range(5):
+            program = _program(1000)
+            program["a"][0] = k
+            request_id, frames = encode_request(OP_UPLOAD, {"meta": {}}, program)
+            ids.append(request_id)
+            flood.send_multipart(frames, copy=False)
+        refused = []
+        for _ in range(3):
+            assert flood.poll(int(BOUND_S * 1000), zmq.POLLIN)
+            refused.append(decode_reply(flood.recv_multipart()))
+        assert [(r.id, r.error["type"]) for r in refused] == [(i, "QueueFull") for i in ids[2:]]
+        assert "2 uploads of this client are waiting" in refused[0].error["message"]
+        with ControllerClient(server.endpoint, timeout_s=BOUND_S) as user:
+            waiter = threading.Timer(0.3, release.set)
+            waiter.start()
+            assert user.upload(_program(7), {})  # taken, answered once validated
+            waiter.join()
+        for _ in range(2):
+            assert flood.poll(int(BOUND_S * 1000), zmq.POLLIN)
+            assert decode_reply(flood.recv_multipart()).ok
+        flood.close(linger=0)

@@ -22,6 +22,7 @@ from labqpu.firmware_sim.server_limits import MESSAGE_LIMITS
 from labqpu.firmware_sim.zmtp import (
     GREETING_BYTES,
     MAX_UNSENT_BYTES,
+    STALLED_S,
     MessageLimits,
     ZmtpServer,
     listen,
@@ -353,10 +354,11 @@ def test_a_refusal_is_answered_before_the_message_ends(server) -> None:
 
 
 def test_a_client_that_reads_no_replies_is_closed_for_real() -> None:
-    """Its replies pile up unsent until more than ``max_unsent_bytes`` wait, then its
-    connection is closed (on a ``STREAM`` socket that close found no room and was lost, so
-    the connection stayed open and answered nothing). Here 1 MiB may wait: four replies."""
-    server = EchoServer(LIMITS, max_unsent_bytes=MIB)
+    """Its replies pile up unsent beyond ``max_unsent_bytes``, and once they have not moved
+    for ``STALLED_S`` its connection is closed (on a ``STREAM`` socket that close found no
+    room and was lost, so the connection stayed open and answered nothing). Here 1 MiB may
+    wait: four replies."""
+    server = EchoServer(dataclasses.replace(LIMITS, max_message_s=30.0), max_unsent_bytes=MIB)
     raw = socket.socket()
     try:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
@@ -370,7 +372,7 @@ def test_a_client_that_reads_no_replies_is_closed_for_real() -> None:
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        time.sleep(0.5)
+        time.sleep(STALLED_S + 0.5)
         total = 0
         try:
             while chunk := raw.recv(1 << 16):  # ends once the close has gone out
@@ -534,43 +536,76 @@ def test_a_handshake_or_header_left_unfinished_closes_its_connection(server, cli
     assert ask(clients.dealer(server.endpoint), [b"next"]) == [b"next"]
 
 
-def test_the_connections_holding_the_most_untaken_replies_are_closed_first() -> None:
+def test_over_the_bound_a_client_not_taking_its_replies_is_closed_and_readers_are_not(
+        ) -> None:
     """``max_unsent_bytes`` bounds the replies waiting for all connections together (each
-    connection could hold it alone, 1024 of them): beyond it, the one holding the most is
-    closed, and only as many as it takes. Here two clients ask 20 MiB each under a 24 MiB
-    bound (each alone under it) and a third 1 MiB; none reads until all is asked."""
+    connection could hold it alone, 1024 of them). Over it, a connection whose replies have
+    not moved for ``STALLED_S`` is closed, the one holding the most first, as few as it
+    takes; one that reads is not (closing the largest closed healthy clients fetching large
+    results at once). Here, under a 24 MiB bound, one client asks 20 MiB and reads as it
+    comes, another asks 40 MiB and reads nothing, a third asks 1 MiB and reads it at the
+    end."""
     server = EchoServer(dataclasses.replace(LIMITS, max_message_s=30.0),
                         max_unsent_bytes=24 * MIB)
     request = b"\x01\x01h\x02" + struct.pack(">Q", 256 << 10) + bytes(256 << 10)
-    small, *bigs = raws = [socket.socket() for _ in range(3)]
+    small, reader, idle = raws = [socket.socket() for _ in range(3)]
+    got: list[int | None] = []
     try:
         for raw in raws:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
             raw.settimeout(BOUND_S)
             raw.connect(("127.0.0.1", server.port))
         small.sendall(GREETING + READY + request * 4)
-        for big in bigs:
-            with contextlib.suppress(OSError):  # closed before all of it is sent
-                big.sendall(GREETING + READY + request * 80)
-        deadline = time.monotonic() + BOUND_S
-        while server.wire.connections > 2:
-            assert time.monotonic() < deadline, "no connection was closed"
-            time.sleep(0.01)
-        time.sleep(0.2)
-        assert server.wire.connections == 2, "more connections were closed than needed"
-        replies = [_replies_until_closed(raw, request) for raw in raws]
-        assert replies in ([4, 80, None], [4, None, 80]), replies
+        reading = threading.Thread(target=lambda: got.append(
+            _replies_until_closed(reader, request, quiet_s=STALLED_S + 1.0)), daemon=True)
+        reading.start()
+        reader.sendall(GREETING + READY + request * 80)
+        idle.settimeout(STALLED_S)
+        with contextlib.suppress(OSError):  # its requests wait, then it is closed
+            idle.sendall(GREETING + READY + request * 160)
+        reading.join(2 * BOUND_S)
+        assert got == [80]
+        assert _replies_until_closed(idle, request) is None
+        assert _replies_until_closed(small, request) == 4
+        assert server.wire.connections == 2
     finally:
         for raw in raws:
             raw.close()
         server.close()
 
 
-def _replies_until_closed(raw: socket.socket, request: bytes) -> int | None:
-    """How many echoes of ``request`` ``raw`` receives, all of them, or None when the
-    connection ends before its echoes do (the server closed it)."""
+def test_over_the_bound_requests_wait_while_their_clients_replies_do() -> None:
+    """Over ``max_unsent_bytes``, the requests of a connection with replies waiting are not
+    read (as TCP pushes back on a sender): a client asking 50 MiB of replies and reading
+    none made the reader queue all of them before anything could close it."""
+    server = EchoServer(dataclasses.replace(LIMITS, max_message_s=30.0),
+                        max_unsent_bytes=4 * MIB)
+    request = b"\x01\x01h\x02" + struct.pack(">Q", 256 << 10) + bytes(256 << 10)
+    raw = socket.socket()
+    tracemalloc.start()
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        raw.settimeout(0.5)
+        raw.connect(("127.0.0.1", server.port))
+        with contextlib.suppress(OSError):  # TCP pushes back; the server closes it later
+            raw.sendall(GREETING + READY)
+            for _ in range(200):
+                raw.sendall(request)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        raw.close()
+        server.close()
+    assert peak < 16 * MIB, f"{peak / MIB:.1f} MiB held for 50 MiB of replies asked"
+
+
+def _replies_until_closed(raw: socket.socket, request: bytes, quiet_s: float = 0.5
+                          ) -> int | None:
+    """How many echoes of ``request`` ``raw`` receives until nothing more comes for
+    ``quiet_s``, or None when the connection ends before its echoes do (the server closed
+    it)."""
     received = b""
-    raw.settimeout(0.5)
+    raw.settimeout(quiet_s)
     while True:
         try:
             chunk = raw.recv(1 << 20)
@@ -594,3 +629,16 @@ def test_the_controller_listens_on_ipv4_as_libzmq_does() -> None:
         sock.close()
     with pytest.raises(OSError, match=r"cannot listen on tcp://::1:0"):
         listen("::1", 0)
+
+
+def test_whole_requests_split_inside_the_next_header_keep_the_connection(server) -> None:
+    """A client sending a whole message every 0.3 s, each read ending inside the next frame
+    header, was closed after ``max_message_s``: what it owed was timed from the first
+    header it left unfinished, not from the last."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as raw:
+        raw.sendall(GREETING + READY + b"\x00")
+        for _ in range(7):  # 2.1 s, over the 1 s of max_message_s
+            time.sleep(0.3)
+            raw.sendall(b"\x02ok\x00")
+        received = read_until(raw, b"\x00\x02ok" * 7)
+    assert received.count(b"\x00\x02ok") == 7
