@@ -245,9 +245,10 @@ class ZmtpServer:
         return out
 
     def expire(self) -> None:
-        """Close the connections whose message has stayed unfinished, or whose replies have
-        waited to be taken, for longer than ``max_message_s`` (looked at most every
-        :data:`EXPIRE_EVERY_S`)."""
+        """Close the connections whose handshake, frame header or message has stayed
+        unfinished, or whose replies have not been taken, for longer than ``max_message_s``,
+        and, over ``max_unsent_bytes``, those whose replies have not moved for
+        :data:`STALLED_S` (looked at most every :data:`EXPIRE_EVERY_S`)."""
         now = time.monotonic()
         if now < self._next_expiry:
             return
@@ -270,16 +271,8 @@ class ZmtpServer:
                     self._warn(f"closed a client connection that took none of its replies "
                                f"for {limit} s")
                     self.close(peer_id)
-            stalled = sorted((peer for peer in self._peers.items()
-                              if peer[1].outbox and now - peer[1].sent_at >= STALLED_S),
-                             key=lambda peer: -peer[1].unsent)
-            for peer_id, peer in stalled if self._over else ():
-                self._warn(f"closed a client connection holding {peer.unsent} bytes of "
-                           f"replies it has not taken for {STALLED_S} s ({self._unsent_bytes} "
-                           f"wait in all, at most {self.max_unsent_bytes})")
-                self.close(peer_id)
-                if not self._over:
-                    break
+            if self._over:
+                self._close_stalled(now)
 
     def send(self, peer_id: bytes, frames: Sequence[bytes | bytearray | memoryview]) -> bool:
         """Send one message to a connection, whole (what the socket does not take at once
@@ -317,6 +310,19 @@ class ZmtpServer:
                 sock.close()
 
     # -- connections --------------------------------------------------------------------
+
+    def _close_stalled(self, now: float) -> None:
+        """Close the connections whose replies have not moved for :data:`STALLED_S`, those
+        holding the most first, until the replies waiting are within ``max_unsent_bytes``."""
+        stalled = [(peer.unsent, peer_id) for peer_id, peer in self._peers.items()
+                   if peer.outbox and now - peer.sent_at >= STALLED_S]
+        for unsent, peer_id in sorted(stalled, reverse=True):
+            if not self._over:
+                return
+            self._warn(f"closed a client connection holding {unsent} bytes of replies it has "
+                       f"not taken for {STALLED_S} s ({self._unsent_bytes} wait in all, at "
+                       f"most {self.max_unsent_bytes})")
+            self.close(peer_id)
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_RECEIVE):
