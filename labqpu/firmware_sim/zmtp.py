@@ -654,8 +654,10 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         if sock is not None:
             sock.close()
-        raise OSError(exc.errno, f"cannot listen on tcp://{host}:{port}: "
-                                 f"{exc.strerror or exc}") from exc
+        why = exc.strerror or str(exc)
+        if isinstance(exc, socket.gaierror):
+            why += " (the controller listens on an IPv4 address or host name)"
+        raise OSError(exc.errno, f"cannot listen on tcp://{host}:{port}: {why}") from exc
     return sock
 
 
