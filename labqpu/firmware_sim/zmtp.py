@@ -440,7 +440,6 @@ class ZmtpServer:
             self._warned_at = now
             logger.warning(message)
 
-
     # -- reading ------------------------------------------------------------------------
 
     def _feed(self, peer_id: bytes, peer: _Peer, data: bytes
