@@ -216,12 +216,14 @@ def closed_by_server(data: bytes, endpoint_port: int) -> bool:
             assert chunk, "closed before greeting"
             greeting += chunk
         assert greeting[:1] == b"\xff" and greeting[9:11] == b"\x7f\x03"
-        raw.sendall(data)
         try:
+            raw.sendall(data)
             while chunk := raw.recv(4096):
                 pass
         except TimeoutError:
             return False
+        except (ConnectionResetError, BrokenPipeError):  # closed with some of data unread
+            pass
         return True
 
 
@@ -267,12 +269,12 @@ def test_connections_leave_nothing_behind(server, clients) -> None:
     for index in range(30):
         sock = clients.dealer(server.endpoint)
         assert ask(sock, [b"%d" % index]) == [b"%d" % index]
-        sock.close(linger=0)
+        sock.close(linger=0)  # libzmq closes it in its own thread, a moment later
         assert closed_by_server(b"GET / HTTP/1.1\r\n\r\n", server.port)
-    deadline = time.monotonic() + BOUND_S
-    while server.wire.connections:
-        assert time.monotonic() < deadline, f"{server.wire.connections} connections kept"
-        time.sleep(0.01)
+        deadline = time.monotonic() + BOUND_S  # (the limit here is 8 connections)
+        while server.wire.connections:
+            assert time.monotonic() < deadline, f"{server.wire.connections} connections kept"
+            time.sleep(0.01)
 
 
 def seconds_until_closed(raw: socket.socket) -> float:
