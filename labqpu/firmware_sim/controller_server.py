@@ -376,12 +376,20 @@ class ControllerServer:
         """(identity, op, reply) of held replies (``fetch``, or ``run`` with ``wait_s``) whose
         run ended or whose wait expired."""
         now = time.monotonic()
+        stopping = self._stopping.is_set()
+        return self._take_held(lambda run, deadline: run.state not in ACTIVE
+                               or deadline <= now or stopping)
+
+    def _take_held(self, due: Callable[[Run, float], bool]
+                   ) -> list[tuple[Frame, str, list[Frame]]]:
+        """(identity, op, reply) of the held replies for which ``due(run, deadline)``, taken
+        off the held list and answered with their run's state (any thread)."""
         out = []
         with self._lock:
             keep = []
             for held in self._held:
                 identity, request_id, run, deadline, op = held
-                if run.state in ACTIVE and deadline > now and not self._stopping.is_set():
+                if not due(run, deadline):
                     keep.append(held)
                     continue
                 result, arrays = self._fetch_result(run)
@@ -722,14 +730,8 @@ class ControllerServer:
     def _answer_held(self, run: Run) -> None:
         """Answer the requests held for ``run`` (``run`` with ``wait_s``, ``fetch``) as it
         ends, from this thread: waking the serving thread to do it took a thread hand-off."""
-        with self._lock:
-            held = [item for item in self._held if item[2] is run]
-            if not held:
-                return
-            self._held = [item for item in self._held if item[2] is not run]
-            result, arrays = self._fetch_result(run)
-        for identity, request_id, _, _, _ in held:
-            self._wire.send(identity, encode_reply(request_id, result, arrays))
+        for identity, _, reply in self._take_held(lambda held, _deadline: held is run):
+            self._wire.send(identity, reply)
 
     def _execute(self, run: Run) -> None:
         program = run.program

@@ -144,8 +144,7 @@ class _FramingError(Exception):
 
 
 class _Peer:
-    __slots__ = ("answered", "body", "busy", "events", "frames", "greeted", "message_bytes",
-                 "more",
+    __slots__ = ("answered", "body", "busy", "frames", "greeted", "message_bytes", "more",
                  "outbox", "owed_since", "pending", "ready", "refusal", "remaining", "sent_at",
                  "sock", "started", "unsent")
 
@@ -154,7 +153,6 @@ class _Peer:
         self.outbox: deque[bytes | memoryview] = deque()  # what waits for room, in order
         self.unsent = 0  # bytes in the outbox, PART_COST each part included
         self.sent_at = 0.0  # when the outbox last moved (monotonic s)
-        self.events = selectors.EVENT_READ  # what the selector watches for
         self.pending = b""  # bytes of a greeting, frame header or command not yet whole
         self.greeted = self.ready = False
         self.frames: list[memoryview] = []
@@ -202,10 +200,15 @@ class ZmtpServer:
         self._accepting_again = 0.0  # after a failed accept (no descriptors left), monotonic s
         self._inbound_bytes = 0
         self._unsent_bytes = 0
-        self._over = False  # more than max_unsent_bytes wait: requests wait too
         self._warned_at = 0.0
         self._next_expiry = 0.0
         self._lock = threading.RLock()  # the connections' state, for every call but waiting
+
+    @property
+    def _over(self) -> bool:
+        """More than ``max_unsent_bytes`` wait: requests of connections with replies waiting
+        wait too."""
+        return self._unsent_bytes > self.max_unsent_bytes
 
     @property
     def port(self) -> int:
@@ -416,11 +419,10 @@ class ZmtpServer:
         the total crosses ``max_unsent_bytes``, every socket with replies waiting) for what
         it should: room to send while replies wait; requests unless replies wait and the
         total is over the bound."""
+        was_over = self._over
         peer.unsent += change
         self._unsent_bytes += change
-        over = self._unsent_bytes > self.max_unsent_bytes
-        if over != self._over:
-            self._over = over
+        if self._over != was_over:
             for other_id, other in self._peers.items():
                 if other.outbox:
                     self._watch(other_id, other)
@@ -430,8 +432,7 @@ class ZmtpServer:
     def _watch(self, peer_id: bytes, peer: _Peer) -> None:
         events = ((0 if self._over and peer.outbox else selectors.EVENT_READ)
                   | (selectors.EVENT_WRITE if peer.outbox else 0))
-        if events != peer.events:
-            peer.events = events
+        if events != self._selector.get_key(peer.sock).events:
             self._selector.modify(peer.sock, events, peer_id)
 
     def _warn(self, message: str) -> None:
@@ -640,7 +641,8 @@ def _properties(data: bytes) -> dict[bytes, bytes]:
 
 def listen(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host`` (an IPv4 address or name; ``*`` for every interface)
-    and ``port`` (0: a free one); ``OSError`` naming the address when it cannot be bound."""
+    and ``port`` (0: a free one); ``OSError`` naming the address when it cannot be bound.
+    (Not ``socket.create_server``: its bind error drops which lookup failed.)"""
     host = "0.0.0.0" if host == "*" else host
     sock = None
     try:
