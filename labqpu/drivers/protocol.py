@@ -407,6 +407,10 @@ def _check_depth(text: str) -> None:
 
 def _load_header(frame: Frame) -> dict[str, Any]:
     view = memoryview(frame)
+    if not view.nbytes:
+        raise ProtocolError("frame 0 is empty: the header must be the first frame, with no "
+                            "empty delimiter frame before it (a DEALER sends none; "
+                            "docs/protocol.md §1)")
     if view.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES} bytes")
     text = _bytes_to_text(view)

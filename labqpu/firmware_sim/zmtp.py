@@ -7,7 +7,10 @@ its TCP connections itself (:class:`ZmtpServer`: one ``selectors`` loop on the s
 non-blocking sockets; what a client does not read waits in a bounded outbox, and TCP pushes
 back on what the controller has not read) and speaks ZMTP 3.0 (RFC 23, NULL security, as a
 ``ROUTER``), counting frames and bytes as they arrive. Clients are plain ZeroMQ ``DEALER``
-sockets; nothing changes for them. Without libzmq's I/O thread between the socket and the
+sockets; nothing changes for them. A ``REQ`` socket works too: the empty delimiter frame that
+starts each of its messages is taken off (the controller sees the same frames as from a
+``DEALER``), and one is put before each reply to it, as a ``ROUTER``'s owner echoes a ``REQ``
+envelope. Without libzmq's I/O thread between the socket and the
 serving thread, a request and its reply each take one thread hand-off fewer.
 
 A message is refused (:class:`Inbound` with ``refusal``) as soon as a frame header declares
@@ -18,7 +21,8 @@ handshake, frame header or message left unfinished, or replies left untaken, for
 ``max_message_s`` close the connection (:meth:`ZmtpServer.expire`); the replies waiting for
 all connections together are bounded too. A connection that breaks the framing (not ZMTP 3,
 a mechanism other than NULL, an incompatible socket type, a malformed or second ``READY``,
-reserved flag bits, an oversized or ``ERROR`` command, a command inside a message) is closed;
+reserved flag bits, an oversized or ``ERROR`` command, a command inside a message, a ``REQ``
+message without its delimiter) is closed;
 nothing a connection sends raises out of :meth:`ZmtpServer.receive`.
 """
 
@@ -79,6 +83,7 @@ _WARN_EVERY_S = 1.0
 _MAX_PARTS_PER_SEND = 256  # buffers in one sendmsg (Linux takes up to 1024)
 _JOIN_BELOW = 1 << 16  # a message this small is copied into one buffer
 _LISTENER, _WAKE = object(), object()  # selector keys' data besides peer ids
+_DELIMITER = bytes((_MORE, 0))  # the empty frame that starts a REQ socket's messages
 
 
 def _frame_header(flags: int, size: int) -> bytes:
@@ -149,9 +154,9 @@ class _FramingError(Exception):
 
 
 class _Peer:
-    __slots__ = ("answered", "body", "busy", "frames", "greeted", "message_bytes", "more",
-                 "outbox", "owed_since", "pending", "ready", "refusal", "remaining", "sent_at",
-                 "sock", "started", "unsent")
+    __slots__ = ("answered", "body", "busy", "delimited", "envelope", "frames", "greeted",
+                 "message_bytes", "more", "outbox", "owed_since", "pending", "ready", "refusal",
+                 "remaining", "sent_at", "sock", "started", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -160,6 +165,8 @@ class _Peer:
         self.sent_at = 0.0  # when the outbox last moved (monotonic s)
         self.pending = b""  # bytes of a greeting, frame header or command not yet whole
         self.greeted = self.ready = False
+        self.envelope = False  # a REQ socket: its messages start with an empty delimiter
+        self.delimited = False  # the current message's delimiter was read
         self.frames: list[memoryview] = []
         self.message_bytes = 0  # frame bytes held, counted against the inbound budget
         self.refusal: str | None = None
@@ -294,7 +301,7 @@ class ZmtpServer:
             peer = self._peers.get(peer_id)
             if peer is None:  # gone: a ROUTER drops such a reply too
                 return False
-            return self._write(peer_id, peer, parts)
+            return self._write(peer_id, peer, [_DELIMITER, *parts] if peer.envelope else parts)
 
     def close(self, peer_id: bytes) -> None:
         """Close a connection (a no-op for one already gone); the client's DEALER connects
@@ -491,6 +498,12 @@ class ZmtpServer:
                 pos = start + size
                 continue
             pos = start
+            if peer.envelope and not peer.delimited:
+                if size or not flags & _MORE:
+                    raise _FramingError("a REQ message that does not start with an empty "
+                                        "delimiter frame")
+                peer.delimited, peer.started = True, time.monotonic()
+                continue
             self._frame_start(peer, size, bool(flags & _MORE))
             if peer.refusal is not None and not peer.answered:
                 yield self._answer(peer)
@@ -531,6 +544,7 @@ class ZmtpServer:
                 raise _FramingError(f"a {socket_type!r} socket (a ROUTER talks to "
                                     "REQ, DEALER and ROUTER sockets)")
             peer.ready = True
+            peer.envelope = socket_type == b"REQ"
         elif not peer.ready:
             raise _FramingError(f"a {name!r} command before READY")
         elif name == b"ERROR":
@@ -601,6 +615,7 @@ class ZmtpServer:
             peer.body = None
         if peer.more:
             return
+        peer.delimited = False
         frames, refusal, busy = peer.frames, peer.refusal, peer.busy
         self._inbound_bytes -= self._counted(peer)
         peer.frames, peer.message_bytes, peer.refusal = [], 0, None

@@ -724,6 +724,29 @@ def test_malformed_message_gets_an_error_reply_and_the_loop_survives(
     assert client.status()["state"] == "idle"
 
 
+def test_a_req_client_is_answered_and_a_dealers_delimiter_is_named(
+    server: ControllerServer, context: zmq.Context
+) -> None:
+    """A lab member's own pyzmq REQ socket (the usual first client) gets its replies, a
+    malformed request's error too, instead of waiting for a reply it cannot take; a DEALER
+    that sends a REQ's empty delimiter frame is told what it did."""
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(server.endpoint)
+    request_id, frames = encode_request("status", {})
+    for sent, check in ((frames, lambda r: r.ok and r.id == request_id
+                         and r.result["state"] == "idle"),
+                        ([b"not json"], lambda r: r.error["type"] == ERR_PROTOCOL),
+                        (frames, lambda r: r.ok)):
+        req.send_multipart(sent, copy=False)
+        assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), "no reply to the REQ socket"
+        assert check(decode_reply(req.recv_multipart(copy=False)))
+    req.close(linger=0)
+    reply = _raw_request(context, server.endpoint, [b"", *frames])
+    assert not reply.ok and reply.error["type"] == ERR_PROTOCOL
+    assert "empty delimiter" in reply.error["message"]
+
+
 def test_handler_failure_becomes_internal_error(
     client: ControllerClient, executor: SumExecutor
 ) -> None:
@@ -1263,25 +1286,23 @@ def test_other_clients_are_served_while_a_fetch_is_held(server: ControllerServer
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_serving_thread_that_dies_is_reported_at_once(executor, monkeypatch,
-                                                        context) -> None:
+def test_a_serving_thread_that_dies_is_reported_at_once(executor, monkeypatch) -> None:
     """``serving`` turns False as the serving thread dies, so the simulator's watch exits the
     process (code 70). Its teardown waited in ``context.term()`` for the worker's sockets,
     the thread never ended, and the process went on answering nothing."""
     from labqpu.firmware_sim import zmtp
 
-    def broken(self):
+    read = threading.Event()
+
+    def broken(self, timeout_s=0.0):
+        read.wait(BOUND_S)  # until the test has seen the server serving
         raise RuntimeError("a bug in reading")
 
     monkeypatch.setattr(zmtp.ZmtpServer, "receive", broken)
     with ControllerServer(executor, name="sim0") as server:
         assert server.serving
-        socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(server.endpoint)
-        socket.send(b"{}")
+        read.set()
         _wait_until(lambda: not server.serving, timeout_s=2.0)
-        socket.close(linger=0)
 
 
 def test_uploads_waiting_for_validation_are_bounded_in_bytes(context) -> None:

@@ -240,12 +240,31 @@ def closed_by_server(data: bytes, endpoint_port: int) -> bool:
                                     + b"DEALER"), id="ready-property-past-its-end"),
     pytest.param(GREETING + READY + b"\x01\x01a" + command(b"\x04PING\x00\x0a"),
                  id="command-inside-a-message"),
+
+    pytest.param(GREETING + ready(b"REQ") + b"\x00\x02hi", id="req-without-delimiter"),
 ])
 def test_a_connection_that_breaks_zmtp_is_closed_and_others_are_served(
         server, clients, data) -> None:
     assert closed_by_server(data, server.port)
     assert ask(clients.dealer(server.endpoint), [b"still"]) == [b"still"]
     assert server.wire.connections == 1
+
+
+def test_a_req_socket_is_answered_through_its_envelope(server, clients) -> None:
+    """A REQ socket's empty delimiter frame is taken off (the server sees the frames a DEALER
+    would send) and put back before the reply, which the REQ therefore takes; DEALERs on the
+    same server are unaffected."""
+    req = clients.context.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(server.endpoint)
+    clients.sockets.append(req)
+    dealer = clients.dealer(server.endpoint)
+    for frames in ([b"one"], [b"head", bytes(70_000), b""], [b""]):
+        assert ask(req, frames) == frames
+        assert ask(dealer, [b"d", *frames]) == [b"d", *frames]
+    refused, why, kind = ask(req, [b"head", *([b"x"] * 8)])
+    assert (refused, kind) == (b"refused", b"over") and why.startswith(b"message exceeds 8")
+    assert ask(req, [b"after"]) == [b"after"]
 
 
 def test_a_raw_client_speaking_zmtp_is_served(server) -> None:
