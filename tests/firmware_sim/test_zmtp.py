@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
+from labqpu.firmware_sim import zmtp
 from labqpu.firmware_sim.server_limits import MESSAGE_LIMITS
 from labqpu.firmware_sim.zmtp import (
     GREETING_BYTES,
@@ -425,38 +426,48 @@ def test_connections_beyond_the_limit_are_closed_and_the_others_served(server, c
     assert server.wire.connections == LIMITS.max_connections
 
 
-def test_replies_sent_from_other_threads_arrive_whole_and_in_order(server, clients) -> None:
+def test_replies_sent_from_other_threads_arrive_whole_and_in_order(server, clients,
+                                                                   monkeypatch) -> None:
     """The controller's worker sends a held run's reply itself while the serving thread
-    answers other requests of the same client: messages big enough to wait for room must
-    neither interleave nor change order (here three threads besides the serving one; without
-    the lock this failed in about one run of six, the collision being a matter of timing)."""
-    sock = clients.context.socket(zmq.DEALER)
-    clients.sockets.append(sock)
-    sock.setsockopt(zmq.RCVBUF, 1 << 15)  # small buffers: most sends leave bytes to wait
-    sock.connect(server.endpoint)
+    answers other requests of the same client: messages must neither interleave nor change
+    order. Here three threads send at once, round after round, and every send first gives the
+    other threads time and then takes only part of what it is given (a socket whose buffer
+    fills, at the worst moment): without the lock, messages interleave (four runs of four
+    failed without it; a test that relied on timing alone failed one run in six)."""
+    real_send = zmtp._send
+
+    def slow_partial_send(sock: socket.socket, parts: list) -> int:
+        time.sleep(0.002)
+        data = b"".join(bytes(part) for part in parts)
+        return real_send(sock, [data[:max(1, len(data) // 2)]])
+
+    monkeypatch.setattr(zmtp, "_send", slow_partial_send)
+    sock = clients.dealer(server.endpoint)
     assert ask(sock, [b"hello"]) == [b"hello"]
     peer = server.peers[-1]
-    body, count, kinds = bytes(100_000), 300, [b"a", b"b", b"c"]
+    body, rounds, kinds = bytes(3000), 5, [b"a", b"b", b"c"]
+    start = threading.Barrier(len(kinds) + 1, timeout=BOUND_S)
 
     def from_thread(kind: bytes) -> None:
-        for index in range(count):
+        for index in range(rounds):
+            start.wait()
             assert server.wire.send(peer, [kind, index.to_bytes(4, "big"), body])
 
     senders = [threading.Thread(target=from_thread, args=(kind,), daemon=True)
                for kind in kinds]
     for sender in senders:
         sender.start()
-    for index in range(count):
-        sock.send_multipart([b"e", index.to_bytes(4, "big"), body])
-    got: dict[bytes, list[int]] = {kind: [] for kind in [*kinds, b"e"]}
-    for _ in range(4 * count):
-        assert sock.poll(int(BOUND_S * 1000), zmq.POLLIN), f"{got} so far"
-        kind, index, rest = sock.recv_multipart()
-        assert rest == body
-        got[kind].append(int.from_bytes(index, "big"))
+    got: dict[bytes, list[int]] = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        start.wait()  # the replies of the round before have all arrived: nothing waits
+        for _ in kinds:
+            assert sock.poll(int(BOUND_S * 1000), zmq.POLLIN), f"{got} so far"
+            kind, index, rest = sock.recv_multipart()
+            assert rest == body
+            got[kind].append(int.from_bytes(index, "big"))
     for sender in senders:
         sender.join(BOUND_S)
-    assert got == {kind: list(range(count)) for kind in got}
+    assert got == {kind: list(range(rounds)) for kind in got}
 
 
 def test_replies_left_untaken_close_the_connection(server) -> None:
@@ -486,6 +497,7 @@ def test_replies_left_untaken_close_the_connection(server) -> None:
 
 _OUT_OF_DESCRIPTORS = """
 import os, resource, sys
+from labqpu.firmware_sim import zmtp
 from labqpu.firmware_sim.server_limits import MESSAGE_LIMITS
 from labqpu.firmware_sim.zmtp import ZmtpServer, listen
 wire = ZmtpServer(listen("127.0.0.1", 0), MESSAGE_LIMITS)
