@@ -409,8 +409,8 @@ def _load_header(frame: Frame) -> dict[str, Any]:
     view = memoryview(frame)
     if not view.nbytes:
         raise ProtocolError("frame 0 is empty: the header must be the first frame, with no "
-                            "empty delimiter frame before it (a DEALER sends none; "
-                            "docs/protocol.md §1)")
+                            "empty delimiter frame before it (docs/protocol.md §1: a DEALER "
+                            "sends none, a REQ socket adds its own)")
     if view.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES} bytes")
     text = _bytes_to_text(view)

@@ -100,7 +100,7 @@ from labqpu.firmware_sim.server_limits import (
     SESSION_IDLE_S,
     stated_limits,
 )
-from labqpu.firmware_sim.zmtp import Inbound, ZmtpServer, listen
+from labqpu.firmware_sim.zmtp import Inbound, ZmtpServer, connection_of, listen
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
 
@@ -422,11 +422,13 @@ class ControllerServer:
         return request.op, self._reply_to(request, identity)
 
     def _admit_upload(self, identity: Frame, size: int) -> str | None:
-        """Take a place in the validation queue for an upload of ``size`` bytes from the
-        connection ``identity``; None, or why there is none."""
+        """Take a place in the validation queue for an upload of ``size`` bytes from
+        ``identity`` (whose connection holds at most a quarter of the places); None, or why
+        there is none."""
         share = max(1, self._max_pending_uploads // 4)
+        client = connection_of(identity)
         with self._lock:
-            if self._pending_by_client[identity] >= share:
+            if self._pending_by_client[client] >= share:
                 return (f"{share} uploads of this client are waiting for validation (at most "
                         f"a quarter of the {self._max_pending_uploads} places); retry")
             if (self._pending_uploads >= self._max_pending_uploads
@@ -436,7 +438,7 @@ class ControllerServer:
                         f"{self._max_pending_upload_bytes} bytes); retry")
             self._pending_uploads += 1
             self._pending_upload_bytes += size
-            self._pending_by_client[identity] += 1
+            self._pending_by_client[client] += 1
         return None
 
     def _reply_to(self, request: Request, identity: Frame) -> list[Frame] | None:
@@ -703,9 +705,10 @@ class ControllerServer:
             with self._lock:
                 self._pending_uploads -= 1
                 self._pending_upload_bytes -= size
-                self._pending_by_client[identity] -= 1
-                if not self._pending_by_client[identity]:
-                    del self._pending_by_client[identity]
+                client = connection_of(identity)
+                self._pending_by_client[client] -= 1
+                if not self._pending_by_client[client]:
+                    del self._pending_by_client[client]
                 if reply is not None:
                     self._validated.append((identity, reply))
             self._wire.wake()

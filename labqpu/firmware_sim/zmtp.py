@@ -7,10 +7,11 @@ its TCP connections itself (:class:`ZmtpServer`: one ``selectors`` loop on the s
 non-blocking sockets; what a client does not read waits in a bounded outbox, and TCP pushes
 back on what the controller has not read) and speaks ZMTP 3.0 (RFC 23, NULL security, as a
 ``ROUTER``), counting frames and bytes as they arrive. Clients are plain ZeroMQ ``DEALER``
-sockets; nothing changes for them. A ``REQ`` socket works too: the empty delimiter frame that
-starts each of its messages is taken off (the controller sees the same frames as from a
-``DEALER``), and one is put before each reply to it, as a ``ROUTER``'s owner echoes a ``REQ``
-envelope. Without libzmq's I/O thread between the socket and the
+sockets; nothing changes for them. A ``REQ`` socket works too: the envelope that starts each
+of its messages (its frames up to an empty delimiter frame; libzmq's ``REQ_CORRELATE`` puts a
+request id before the delimiter) is taken off, so the controller sees the same frames as from
+a ``DEALER``, and goes back before the reply to that message, as a ``ROUTER``'s owner echoes
+it: :attr:`Inbound.peer` carries it. Without libzmq's I/O thread between the socket and the
 serving thread, a request and its reply each take one thread hand-off fewer.
 
 A message is refused (:class:`Inbound` with ``refusal``) as soon as a frame header declares
@@ -22,7 +23,7 @@ handshake, frame header or message left unfinished, or replies left untaken, for
 all connections together are bounded too. A connection that breaks the framing (not ZMTP 3,
 a mechanism other than NULL, an incompatible socket type, a malformed or second ``READY``,
 reserved flag bits, an oversized or ``ERROR`` command, a command inside a message, a ``REQ``
-message without its delimiter) is closed;
+message without its envelope) is closed;
 nothing a connection sends raises out of :meth:`ZmtpServer.receive`.
 """
 
@@ -83,7 +84,8 @@ _WARN_EVERY_S = 1.0
 _MAX_PARTS_PER_SEND = 256  # buffers in one sendmsg (Linux takes up to 1024)
 _JOIN_BELOW = 1 << 16  # a message this small is copied into one buffer
 _LISTENER, _WAKE = object(), object()  # selector keys' data besides peer ids
-_DELIMITER = bytes((_MORE, 0))  # the empty frame that starts a REQ socket's messages
+_ID_BYTES = 8  # a connection's id; a REQ's address is its id and its envelope's bytes
+_MAX_ENVELOPE_BYTES = 256  # a REQ's envelope as sent (libzmq's: 2 bytes, 8 with a request id)
 
 
 def _frame_header(flags: int, size: int) -> bytes:
@@ -135,7 +137,8 @@ class Inbound:
     """One message read from a client.
 
     Attributes:
-        peer: the connection's routing id (give it to :meth:`ZmtpServer.send`).
+        peer: where the reply goes (give it to :meth:`ZmtpServer.send`): the connection's
+            id, and for a ``REQ`` socket the message's envelope too.
         frames: the message's frames (read-only); for a refused message, its first frame if
             it came whole before the refusal (to read a request id from), else none.
         refusal: None, or why the message was refused (a sentence naming the limit).
@@ -156,7 +159,7 @@ class _FramingError(Exception):
 class _Peer:
     __slots__ = ("answered", "body", "busy", "delimited", "envelope", "frames", "greeted",
                  "message_bytes", "more", "outbox", "owed_since", "pending", "ready", "refusal",
-                 "remaining", "sent_at", "sock", "started", "unsent")
+                 "remaining", "req", "sent_at", "sock", "started", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -165,8 +168,9 @@ class _Peer:
         self.sent_at = 0.0  # when the outbox last moved (monotonic s)
         self.pending = b""  # bytes of a greeting, frame header or command not yet whole
         self.greeted = self.ready = False
-        self.envelope = False  # a REQ socket: its messages start with an empty delimiter
-        self.delimited = False  # the current message's delimiter was read
+        self.req = False  # a REQ socket: its messages start with an envelope
+        self.envelope = b""  # the current message's envelope as it came (frame headers too)
+        self.delimited = False  # the current message's envelope ended (its empty frame came)
         self.frames: list[memoryview] = []
         self.message_bytes = 0  # frame bytes held, counted against the inbound budget
         self.refusal: str | None = None
@@ -289,23 +293,25 @@ class ZmtpServer:
             if self._over:
                 self._close_stalled(now)
 
-    def send(self, peer_id: bytes, frames: Sequence[bytes | bytearray | memoryview]) -> bool:
-        """Send one message to a connection, whole (what the socket does not take at once
-        waits, in order, for room); False when it is gone."""
+    def send(self, address: bytes, frames: Sequence[bytes | bytearray | memoryview]) -> bool:
+        """Send one message to ``address`` (:attr:`Inbound.peer`), whole (what the socket does
+        not take at once waits, in order, for room); False when the connection is gone."""
         last = len(frames) - 1
         parts: list[bytes | memoryview] = []
         for index, frame in enumerate(frames):
             view = memoryview(frame).cast("B")
             parts += [_frame_header(_MORE if index < last else 0, len(view)), view]
+        peer_id, envelope = connection_of(address), address[_ID_BYTES:]
         with self._lock:
             peer = self._peers.get(peer_id)
             if peer is None:  # gone: a ROUTER drops such a reply too
                 return False
-            return self._write(peer_id, peer, [_DELIMITER, *parts] if peer.envelope else parts)
+            return self._write(peer_id, peer, [envelope, *parts] if envelope else parts)
 
-    def close(self, peer_id: bytes) -> None:
-        """Close a connection (a no-op for one already gone); the client's DEALER connects
-        again by itself."""
+    def close(self, address: bytes) -> None:
+        """Close the connection of ``address`` (a connection id or :attr:`Inbound.peer`; a
+        no-op for one already gone); the client's DEALER connects again by itself."""
+        peer_id = connection_of(address)
         with self._lock:
             peer = self._peers.pop(peer_id, None)
             if peer is None:
@@ -358,7 +364,7 @@ class ZmtpServer:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer_id = next(self._ids).to_bytes(8, "big")
+            peer_id = next(self._ids).to_bytes(_ID_BYTES, "big")
             peer = self._peers[peer_id] = _Peer(sock)
             self._selector.register(sock, selectors.EVENT_READ, peer_id)
             self._write(peer_id, peer, [_GREETING + _READY])
@@ -378,9 +384,9 @@ class ZmtpServer:
             if peer.remaining > len(data):  # inside a long frame: most reads of an upload
                 self._fill(peer, memoryview(data), 0)
                 if peer.refusal is not None and not peer.answered:
-                    return [Inbound(peer_id, *self._answer(peer))]
+                    return [self._answer(peer_id, peer)]
                 return []
-            return [Inbound(peer_id, *rest) for rest in self._feed(peer_id, peer, data)]
+            return list(self._feed(peer_id, peer, data))
         except _FramingError as exc:
             self._warn(f"closed a client connection that broke ZMTP: {exc}")
         except Exception:  # a bug here must not end the controller: that client only
@@ -456,9 +462,8 @@ class ZmtpServer:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _feed(self, peer_id: bytes, peer: _Peer, data: bytes
-              ) -> Iterator[tuple[list[memoryview], str | None, bool]]:
-        """(frames, refusal, busy) of each message ``data`` completes or that is refused."""
+    def _feed(self, peer_id: bytes, peer: _Peer, data: bytes) -> Iterator[Inbound]:
+        """Each message ``data`` completes or that is refused."""
         if peer.pending:
             data, peer.pending = peer.pending + data, b""
         elif peer.ready:
@@ -469,9 +474,9 @@ class ZmtpServer:
             if peer.remaining:
                 pos = self._fill(peer, view, pos)
                 if peer.refusal is not None and not peer.answered:
-                    yield self._answer(peer)
+                    yield self._answer(peer_id, peer)
                 if not peer.remaining:
-                    yield from self._frame_done(peer)
+                    yield from self._frame_done(peer_id, peer)
                 continue
             if not peer.greeted:
                 if not self._greeting(data[pos:pos + GREETING_BYTES]):
@@ -497,18 +502,27 @@ class ZmtpServer:
                 self._command(peer_id, peer, data[start:start + size])
                 pos = start + size
                 continue
-            pos = start
-            if peer.envelope and not peer.delimited:
-                if size or not flags & _MORE:
-                    raise _FramingError("a REQ message that does not start with an empty "
-                                        "delimiter frame")
-                peer.delimited, peer.started = True, time.monotonic()
+            if peer.req and not peer.delimited:
+                if not flags & _MORE or len(peer.envelope) + start + size - pos \
+                        > _MAX_ENVELOPE_BYTES:
+                    raise _FramingError("a REQ message that does not start with an envelope "
+                                        f"(frames of at most {_MAX_ENVELOPE_BYTES} bytes in "
+                                        "all, up to an empty delimiter frame)")
+                if start + size > end:
+                    self._owe(peer, data[pos:], progressed=pos > 0)
+                    return
+                peer.envelope += data[pos:start + size]
+                peer.delimited = not size
+                if peer.started is None:
+                    peer.started = time.monotonic()
+                pos = start + size
                 continue
+            pos = start
             self._frame_start(peer, size, bool(flags & _MORE))
             if peer.refusal is not None and not peer.answered:
-                yield self._answer(peer)
+                yield self._answer(peer_id, peer)
             if not peer.remaining:
-                yield from self._frame_done(peer)
+                yield from self._frame_done(peer_id, peer)
         if peer.ready:
             peer.owed_since = None
 
@@ -544,7 +558,7 @@ class ZmtpServer:
                 raise _FramingError(f"a {socket_type!r} socket (a ROUTER talks to "
                                     "REQ, DEALER and ROUTER sockets)")
             peer.ready = True
-            peer.envelope = socket_type == b"REQ"
+            peer.req = socket_type == b"REQ"
         elif not peer.ready:
             raise _FramingError(f"a {name!r} command before READY")
         elif name == b"ERROR":
@@ -604,25 +618,31 @@ class ZmtpServer:
         del peer.frames[1:]
         peer.message_bytes = len(peer.frames[0]) if peer.frames else 0
 
-    def _answer(self, peer: _Peer) -> tuple[list[memoryview], str | None, bool]:
+    def _answer(self, peer_id: bytes, peer: _Peer) -> Inbound:
         peer.answered = True
-        return peer.frames[:1], peer.refusal, peer.busy
+        return Inbound(peer_id + peer.envelope, peer.frames[:1], peer.refusal, peer.busy)
 
-    def _frame_done(self, peer: _Peer
-                    ) -> Iterator[tuple[list[memoryview], str | None, bool]]:
+    def _frame_done(self, peer_id: bytes, peer: _Peer) -> Iterator[Inbound]:
         if peer.body is not None:  # read-only, as libzmq's frames are
             peer.frames.append(memoryview(peer.body).toreadonly())
             peer.body = None
         if peer.more:
             return
-        peer.delimited = False
+        address = peer_id + peer.envelope
+        peer.envelope, peer.delimited = b"", False
         frames, refusal, busy = peer.frames, peer.refusal, peer.busy
         self._inbound_bytes -= self._counted(peer)
         peer.frames, peer.message_bytes, peer.refusal = [], 0, None
         peer.busy = peer.answered = False
         peer.started = None
         if refusal is None:
-            yield frames, None, busy
+            yield Inbound(address, frames, None, busy)
+
+
+def connection_of(address: bytes) -> bytes:
+    """The connection an :attr:`Inbound.peer` came on (the same for every message of a
+    ``REQ``, whose address also carries each message's envelope)."""
+    return address[:_ID_BYTES]
 
 
 def _header(data: bytes, pos: int) -> tuple[int, int, int] | None:

@@ -280,6 +280,8 @@ def test_protocol_error_messages_are_clear() -> None:
         decode_request(
             _with_header(_good_request(), arrays=[{"name": "a", "dtype": "|O", "shape": [2]}])
         )
+    with pytest.raises(ProtocolError, match=r"frame 0 is empty.*no empty delimiter frame"):
+        decode_request([b"", *_good_request()])  # a DEALER sending a REQ's delimiter
 
 
 @pytest.mark.parametrize(

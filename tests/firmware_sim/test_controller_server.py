@@ -727,21 +727,38 @@ def test_malformed_message_gets_an_error_reply_and_the_loop_survives(
 def test_a_req_client_is_answered_and_a_dealers_delimiter_is_named(
     server: ControllerServer, context: zmq.Context
 ) -> None:
-    """A lab member's own pyzmq REQ socket (the usual first client) gets its replies, a
-    malformed request's error too, instead of waiting for a reply it cannot take; a DEALER
-    that sends a REQ's empty delimiter frame is told what it did."""
+    """A lab member's own pyzmq REQ socket (the usual first client; here with libzmq's
+    REQ_CORRELATE, whose envelope holds a request id) gets its replies, a malformed request's
+    error and a run's reply held by the worker to the run's end too, instead of waiting for
+    replies it cannot take; a DEALER that sends a REQ's empty delimiter frame is told what it
+    did."""
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
+    req.setsockopt(zmq.REQ_CORRELATE, 1)  # the envelope also holds a request id
+    req.setsockopt(zmq.REQ_RELAXED, 1)
     req.connect(server.endpoint)
-    request_id, frames = encode_request("status", {})
-    for sent, check in ((frames, lambda r: r.ok and r.id == request_id
-                         and r.result["state"] == "idle"),
-                        ([b"not json"], lambda r: r.error["type"] == ERR_PROTOCOL),
-                        (frames, lambda r: r.ok)):
-        req.send_multipart(sent, copy=False)
-        assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), "no reply to the REQ socket"
-        assert check(decode_reply(req.recv_multipart(copy=False)))
+
+    def ask(op: str, params: dict, arrays: dict | None = None) -> Reply:
+        _, frames = encode_request(op, params, arrays)
+        req.send_multipart(frames, copy=False)
+        assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), f"no reply to the REQ's {op}"
+        return decode_reply(req.recv_multipart(copy=False))
+
+    assert ask("status", {}).result["state"] == "idle"
+    req.send_multipart([b"not json"])
+    assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), "no reply to a malformed request"
+    assert decode_reply(req.recv_multipart()).error["type"] == ERR_PROTOCOL
+    session = ask("hello", {}).result["session"]
+    program_id = ask("upload", {"meta": {}}, _program()).result["program_id"]  # the validator
+    _, frames = encode_request("run", {"program_id": program_id, "shots": 3, "params": {},
+                                       "wait_s": 0.2}, session=session)
+    req.send_multipart(frames, copy=False)  # the reply held to the run's end: from the worker
+    assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), "no held reply to the REQ's run"
+    ran = decode_reply(req.recv_multipart(copy=False))
+    assert ran.result["state"] == "done"
+    np.testing.assert_allclose(ran.arrays["sum"], _program()["a"] + _program()["b"])
     req.close(linger=0)
+    _, frames = encode_request("status", {})
     reply = _raw_request(context, server.endpoint, [b"", *frames])
     assert not reply.ok and reply.error["type"] == ERR_PROTOCOL
     assert "empty delimiter" in reply.error["message"]

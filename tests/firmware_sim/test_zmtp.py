@@ -241,8 +241,13 @@ def closed_by_server(data: bytes, endpoint_port: int) -> bool:
                                     + b"DEALER"), id="ready-property-past-its-end"),
     pytest.param(GREETING + READY + b"\x01\x01a" + command(b"\x04PING\x00\x0a"),
                  id="command-inside-a-message"),
-
-    pytest.param(GREETING + ready(b"REQ") + b"\x00\x02hi", id="req-without-delimiter"),
+    pytest.param(GREETING + ready(b"REQ") + b"\x00\x02hi", id="req-without-envelope"),
+    pytest.param(GREETING + ready(b"REQ") + b"\x00\x00\x00\x02hi",
+                 id="req-delimiter-without-more"),
+    pytest.param(GREETING + ready(b"REQ") + b"\x01\x04abcd\x00\x02hi",
+                 id="req-envelope-without-delimiter"),
+    pytest.param(GREETING + ready(b"REQ") + b"\x01\xff" + bytes(255) + b"\x01\x00\x00\x01x",
+                 id="req-envelope-too-long"),
 ])
 def test_a_connection_that_breaks_zmtp_is_closed_and_others_are_served(
         server, clients, data) -> None:
@@ -255,17 +260,32 @@ def test_a_req_socket_is_answered_through_its_envelope(server, clients) -> None:
     """A REQ socket's empty delimiter frame is taken off (the server sees the frames a DEALER
     would send) and put back before the reply, which the REQ therefore takes; DEALERs on the
     same server are unaffected."""
-    req = clients.context.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.connect(server.endpoint)
-    clients.sockets.append(req)
+    plain, correlated = (clients.context.socket(zmq.REQ) for _ in range(2))
+    correlated.setsockopt(zmq.REQ_CORRELATE, 1)  # its envelope: a request id, the delimiter
+    correlated.setsockopt(zmq.REQ_RELAXED, 1)
     dealer = clients.dealer(server.endpoint)
-    for frames in ([b"one"], [b"head", bytes(70_000), b""], [b""]):
-        assert ask(req, frames) == frames
-        assert ask(dealer, [b"d", *frames]) == [b"d", *frames]
-    refused, why, kind = ask(req, [b"head", *([b"x"] * 8)])
-    assert (refused, kind) == (b"refused", b"over") and why.startswith(b"message exceeds 8")
-    assert ask(req, [b"after"]) == [b"after"]
+    for req in (plain, correlated):
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(server.endpoint)
+        clients.sockets.append(req)
+        for frames in ([b"one"], [b"head", bytes(70_000), b""], [b""]):
+            assert ask(req, frames) == frames
+            assert ask(dealer, [b"d", *frames]) == [b"d", *frames]
+        refused, why, kind = ask(req, [b"head", *([b"x"] * 8)])
+        assert (refused, kind) == (b"refused", b"over") and why.startswith(b"message exceeds 8")
+        assert ask(req, [b"after"]) == [b"after"]
+
+
+def test_each_reply_to_a_req_carries_the_envelope_of_its_own_request(server) -> None:
+    """Pipelined messages of a REQ peer (libzmq's REQ_RELAXED with REQ_CORRELATE sends a new
+    request before the last reply came) get their replies each behind its own envelope, so the
+    socket can tell a stale reply from the one it waits for."""
+    requests = [b"\x01\x04id-" + bytes([n]) + b"\x01\x00\x00\x03m-" + bytes([n])
+                for n in range(3)]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as raw:
+        raw.sendall(GREETING + ready(b"REQ") + b"".join(requests))
+        received = read_until(raw, requests[-1])
+    assert received[GREETING_BYTES:].endswith(b"".join(requests))
 
 
 def test_a_raw_client_speaking_zmtp_is_served(server) -> None:
@@ -557,6 +577,7 @@ def _cpu_s(pid: int) -> float:
     pytest.param(GREETING, id="greeting-without-ready"),
     pytest.param(GREETING + READY[:5], id="half-a-ready"),
     pytest.param(GREETING + READY + b"\x02\x00\x00", id="half-a-frame-header"),
+    pytest.param(GREETING + ready(b"REQ") + b"\x01\x00", id="a-req-envelope-only"),
 ])
 def test_a_handshake_or_header_left_unfinished_closes_its_connection(server, clients,
                                                                       sent) -> None:
