@@ -257,9 +257,10 @@ def test_a_connection_that_breaks_zmtp_is_closed_and_others_are_served(
 
 
 def test_a_req_socket_is_answered_through_its_envelope(server, clients) -> None:
-    """A REQ socket's empty delimiter frame is taken off (the server sees the frames a DEALER
-    would send) and put back before the reply, which the REQ therefore takes; DEALERs on the
-    same server are unaffected."""
+    """A REQ socket's envelope (its empty delimiter frame, and with REQ_CORRELATE a request id
+    before it) is taken off, so the server sees the frames a DEALER would send, and put back
+    before the reply, which the REQ therefore takes; DEALERs on the same server are
+    unaffected."""
     plain, correlated = (clients.context.socket(zmq.REQ) for _ in range(2))
     correlated.setsockopt(zmq.REQ_CORRELATE, 1)  # its envelope: a request id, the delimiter
     correlated.setsockopt(zmq.REQ_RELAXED, 1)
@@ -517,7 +518,6 @@ def test_replies_left_untaken_close_the_connection(server) -> None:
 
 _OUT_OF_DESCRIPTORS = """
 import os, resource, sys
-from labqpu.firmware_sim import zmtp
 from labqpu.firmware_sim.server_limits import MESSAGE_LIMITS
 from labqpu.firmware_sim.zmtp import ZmtpServer, listen
 wire = ZmtpServer(listen("127.0.0.1", 0), MESSAGE_LIMITS)
