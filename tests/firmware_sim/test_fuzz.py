@@ -154,16 +154,19 @@ def test_too_many_frames_is_a_typed_error(rack, dealer) -> None:
 
 ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\0") + bytes(32)
 ZMTP_READY = b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER"
+ZMTP_READY_REQ = b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REQ"
 
 
 @FUZZ
 @given(prefix=st.sampled_from([b"", ZMTP_GREETING[:11], ZMTP_GREETING,
-                               ZMTP_GREETING + ZMTP_READY]),
+                               ZMTP_GREETING + ZMTP_READY, ZMTP_GREETING + ZMTP_READY_REQ,
+                               ZMTP_GREETING + ZMTP_READY_REQ + b"\x01\x00"]),
        data=st.binary(max_size=400))
 def test_random_bytes_on_the_wire_never_take_the_controller_down(rack, prefix, data) -> None:
     """The controller reads ZMTP itself (to bound whole messages): whatever bytes a raw TCP
-    client sends, before, in or after the greeting and the handshake, the controller lives
-    and serves a valid client."""
+    client sends, before, in or after the greeting and the handshake (a DEALER's or a REQ's,
+    whose messages start with an envelope), the controller lives and serves a valid
+    client."""
     host, port = rack.controller.endpoint.removeprefix("tcp://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=BOUND_S) as raw:
         raw.sendall(prefix + data)
