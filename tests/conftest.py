@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 
 import numpy as np
@@ -75,3 +76,16 @@ def three_level_ladders(k: int) -> list[np.ndarray]:
 def ladders():
     """:func:`three_level_ladders`, for the exact references written in the tests."""
     return three_level_ladders
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (s), from Linux's ``/proc``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="session")
+def cpu_s():
+    """:func:`process_cpu_s`, for the tests that check a server's loop does not spin."""
+    return process_cpu_s

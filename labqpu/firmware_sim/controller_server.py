@@ -176,8 +176,8 @@ class ControllerServer:
         self._identities: dict[str, str] = {}
         self._uploads: queue.SimpleQueue[tuple[Frame, Request, int] | None] = (
             queue.SimpleQueue())
-        self._pending_uploads = 0
         self._pending_upload_bytes = 0
+        #: Uploads waiting for validation, by client connection (``zmtp.connection_of``).
         self._pending_by_client: Counter[Frame] = Counter()
         self._validated: list[tuple[Frame, list[Frame]]] = []
         self._delayed: list[tuple[float, Frame, list[Frame]]] = []
@@ -421,6 +421,11 @@ class ControllerServer:
             return request.op, None
         return request.op, self._reply_to(request, identity)
 
+    @property
+    def _pending_uploads(self) -> int:
+        """Uploads waiting for validation, of all clients."""
+        return self._pending_by_client.total()
+
     def _admit_upload(self, identity: Frame, size: int) -> str | None:
         """Take a place in the validation queue for an upload of ``size`` bytes from
         ``identity`` (whose connection holds at most a quarter of the places); None, or why
@@ -436,7 +441,6 @@ class ControllerServer:
                 return (f"{self._pending_uploads} uploads ({self._pending_upload_bytes} bytes) "
                         f"are waiting for validation (at most {self._max_pending_uploads}, "
                         f"{self._max_pending_upload_bytes} bytes); retry")
-            self._pending_uploads += 1
             self._pending_upload_bytes += size
             self._pending_by_client[client] += 1
         return None
@@ -703,7 +707,6 @@ class ControllerServer:
             identity, request, size = item
             reply = self._reply_to(request, identity)
             with self._lock:
-                self._pending_uploads -= 1
                 self._pending_upload_bytes -= size
                 client = connection_of(identity)
                 self._pending_by_client[client] -= 1

@@ -23,8 +23,8 @@ handshake, frame header or message left unfinished, or replies left untaken, for
 all connections together are bounded too. A connection that breaks the framing (not ZMTP 3,
 a mechanism other than NULL, an incompatible socket type, a malformed or second ``READY``,
 reserved flag bits, an oversized or ``ERROR`` command, a command inside a message, a ``REQ``
-message without its envelope) is closed;
-nothing a connection sends raises out of :meth:`ZmtpServer.receive`.
+message without its envelope) is closed; nothing a connection sends raises out of
+:meth:`ZmtpServer.receive`.
 """
 
 from __future__ import annotations

@@ -739,7 +739,7 @@ time.sleep(60)
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
 @pytest.mark.parametrize("other_thread", ["quiet", "reserve_lost"])
 def test_an_instrument_out_of_descriptors_neither_spins_nor_floods_its_log(
-        tmp_path, other_thread) -> None:
+        tmp_path, other_thread, cpu_s) -> None:
     """Out of file descriptors, a listener whose client cannot be accepted stays readable:
     the loop spun at one full core and wrote ~12 MB/s of warnings. Now it closes each such
     client with a descriptor kept in reserve, or, when the reserve could not be had again
@@ -757,9 +757,9 @@ def test_an_instrument_out_of_descriptors_neither_spins_nor_floods_its_log(
             with contextlib.suppress(OSError):
                 flood.append(socket.create_connection(("127.0.0.1", port), timeout=2.0))
         time.sleep(0.3)
-        before = _cpu_s(proc.pid)
+        before = cpu_s(proc.pid)
         time.sleep(1.0)
-        assert _cpu_s(proc.pid) - before < 0.3, "the instrument's loop spins"
+        assert cpu_s(proc.pid) - before < 0.3, "the instrument's loop spins"
         assert log.stat().st_size < 20_000, log.read_text()[:500]
         for sock in flood:
             sock.close()
@@ -817,12 +817,6 @@ def _connect_and_ask(port: int) -> bytes:
     except (ConnectionResetError, BrokenPipeError):
         return b""
 
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (s)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _BUDGET = """

@@ -738,23 +738,20 @@ def test_a_req_client_is_answered_and_a_dealers_delimiter_is_named(
     req.setsockopt(zmq.REQ_RELAXED, 1)
     req.connect(server.endpoint)
 
-    def ask(op: str, params: dict, arrays: dict | None = None) -> Reply:
-        _, frames = encode_request(op, params, arrays)
+    def exchange(frames: list) -> Reply:
         req.send_multipart(frames, copy=False)
-        assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), f"no reply to the REQ's {op}"
+        assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), f"no reply to the REQ's {frames[0]!r}"
         return decode_reply(req.recv_multipart(copy=False))
 
+    def ask(op: str, params: dict, arrays: dict | None = None, **header) -> Reply:
+        return exchange(encode_request(op, params, arrays, **header)[1])
+
     assert ask("status", {}).result["state"] == "idle"
-    req.send_multipart([b"not json"])
-    assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), "no reply to a malformed request"
-    assert decode_reply(req.recv_multipart()).error["type"] == ERR_PROTOCOL
+    assert exchange([b"not json"]).error["type"] == ERR_PROTOCOL
     session = ask("hello", {}).result["session"]
     program_id = ask("upload", {"meta": {}}, _program()).result["program_id"]  # the validator
-    _, frames = encode_request("run", {"program_id": program_id, "shots": 3, "params": {},
-                                       "wait_s": 0.2}, session=session)
-    req.send_multipart(frames, copy=False)  # the reply held to the run's end: from the worker
-    assert req.poll(int(BOUND_S * 1000), zmq.POLLIN), "no held reply to the REQ's run"
-    ran = decode_reply(req.recv_multipart(copy=False))
+    ran = ask("run", {"program_id": program_id, "shots": 3, "params": {}, "wait_s": 0.2},
+              session=session)  # the reply held to the run's end: sent by the worker
     assert ran.result["state"] == "done"
     np.testing.assert_allclose(ran.arrays["sum"], _program()["a"] + _program()["b"])
     req.close(linger=0)

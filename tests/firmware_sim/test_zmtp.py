@@ -533,7 +533,7 @@ while True:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
 def test_a_controller_out_of_descriptors_neither_spins_nor_drops_waiting_clients(
-        tmp_path, clients) -> None:
+        tmp_path, clients, cpu_s) -> None:
     """A listener whose client cannot be accepted stays readable: the loop would spin. Out
     of descriptors, the reader stops listening for a while; the clients wait in the
     backlog and are served once descriptors are free again."""
@@ -548,9 +548,9 @@ def test_a_controller_out_of_descriptors_neither_spins_nor_drops_waiting_clients
         for sock in waiting:
             sock.send_multipart([b"waiting"])
         time.sleep(0.3)
-        before = _cpu_s(proc.pid)
+        before = cpu_s(proc.pid)
         time.sleep(1.0)
-        assert _cpu_s(proc.pid) - before < 0.3, "the reader's loop spins"
+        assert cpu_s(proc.pid) - before < 0.3, "the reader's loop spins"
         assert not all(sock.poll(0, zmq.POLLIN) for sock in waiting), "descriptors to spare"
         for sock in first:
             sock.close(linger=0)
@@ -563,12 +563,6 @@ def test_a_controller_out_of_descriptors_neither_spins_nor_drops_waiting_clients
         proc.wait(BOUND_S)
         proc.stdout.close()
 
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (s)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("sent", [
