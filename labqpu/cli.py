@@ -96,13 +96,20 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
 
 
 def _uncalibrated(backend, qc, exc: Exception) -> Exception:
-    """The error for a circuit the transpiler cannot lay on the calibrated part of the device:
-    which qubits and edges the snapshot gives gates, and what to run."""
+    """The error for a circuit the transpiler refused: when the snapshot leaves some of the
+    device's qubits or edges out of the Target, which ones it gives gates and what to run;
+    on a Target of the whole device, the transpiler's reason alone (a NaN angle is not a
+    calibration's fault)."""
     from labqpu.errors import LabQpuError
 
     target = backend.target
     drive = sorted(q for (q,) in target.qargs_for_operation_name("sx") or ())
     edges = sorted(target.qargs_for_operation_name("cz") or ()) if "cz" in target else []
+    device_edges = {tuple(sorted(edge)) for edge in backend.config.coupling_map}
+    if (drive == list(range(backend.num_qubits))
+            and device_edges <= {tuple(sorted(edge)) for edge in edges}):
+        return LabQpuError(f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on "
+                           f"{backend.name}: {getattr(exc, 'message', exc)}")
     if not backend.snapshot.qubits:
         return LabQpuError(
             f"cannot run {qc.name!r} on {backend.name}: calibration store "

@@ -239,6 +239,22 @@ def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path):
     assert counts.get("00", 0) + counts.get("11", 0) >= 0.8 * 300, counts
 
 
+def test_a_circuit_the_transpiler_refuses_on_a_calibrated_device_is_not_blamed_on_calibration(
+        tmp_path):
+    """A NaN angle was reported as "snapshot 1 gives gates on qubits [0, 1, 2, 3, 4] ...; run
+    `labqpu calibrate --all`" on a device whose every qubit and edge is calibrated."""
+    (tmp_path / "nan.py").write_text("import math\nfrom qiskit import QuantumCircuit\n"
+                                     "qc = QuantumCircuit(1, 1)\nqc.rx(math.nan, 0)\n"
+                                     "qc.measure(0, 0)\n")
+    proc = labqpu(tmp_path, "run", "nan.py", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("labqpu: cannot run the 1-qubit circuit 'nan' on lab5: rx on "
+                              "device qubit "), message
+    assert message.endswith("has the parameter nan: gate parameters must be finite numbers")
+    assert "calibrat" not in message
+
+
 def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
     """A script that imports labqpu runs its own jobs: it runs as written, with the options
     after its path, even when it names a circuit ``qc``."""

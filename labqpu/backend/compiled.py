@@ -9,15 +9,17 @@ not part of the program's content hash). The key reads the circuit exactly: each
 instruction's name, its parameters to the bit, a delay's unit, its qubit and classical-bit
 indices, and the scheduling stage's op start times when a stage timed it. Circuits with
 control flow, unbound parameters or parameters that are not numbers are compiled every time:
-their programs depend on more than this key reads. Jobs of more than :data:`MAX_CIRCUITS`
-circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per shape) and circuits of more
-than :data:`MAX_INSTRUCTIONS` instructions (whose key costs about what compiling them does)
-neither read nor fill it, and after :data:`MISS_STREAK` jobs in a row that found nothing in
-it, the next :data:`SKIP_JOBS` jobs do not read it.
+their programs depend on more than this key reads; so is a circuit with a non-finite global
+phase, which no program comes from (``run()`` refuses it as it compiles it). Jobs of more
+than :data:`MAX_CIRCUITS` circuits (sweeps, which ``labqpu.pulse.batch`` compiles once per
+shape) and circuits of more than :data:`MAX_INSTRUCTIONS` instructions (whose key costs about
+what compiling them does) neither read nor fill it, and after :data:`MISS_STREAK` jobs in a
+row that found nothing in it, the next :data:`SKIP_JOBS` jobs do not read it.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -43,7 +45,11 @@ SKIP_JOBS = 112
 
 def circuit_key(circuit: QuantumCircuit) -> tuple | None:
     """What the compiler reads of ``circuit``, exactly, as a hashable key; None for a circuit
-    the cache does not hold (control flow, unbound or non-numeric parameters)."""
+    the cache does not hold (control flow, unbound or non-numeric parameters, a non-finite
+    global phase: the key leaves the phase out, and ``run()``'s check refuses it)."""
+    phase = circuit.global_phase
+    if isinstance(phase, float) and not math.isfinite(phase):
+        return None
     qubits = {q: i for i, q in enumerate(circuit.qubits)}
     clbits = {c: i for i, c in enumerate(circuit.clbits)}
     rows = []

@@ -174,11 +174,13 @@ class LabJob(JobV1):
 
     @property
     def uploads(self) -> int:
-        """How many programs this job uploads: fewer than :attr:`programs` when consecutive
-        programs differing only in numbers run as one controller-bound sweep (a sweep run in
-        slices counts once: a controller that keeps programs by content is sent it once, one
-        that does not gets it before each slice)."""
-        return len({id(run.program) for run in self._runs})
+        """How many distinct programs (by content) this job runs, each uploaded once to a
+        controller that keeps programs by content: fewer than :attr:`programs` when
+        consecutive programs differing only in numbers run as one controller-bound sweep (a
+        sweep run in slices counts once; a controller that does not keep programs gets it
+        before each slice) or when programs are the same. A program the controller still holds
+        from an earlier job is not sent again, so the wire may carry fewer."""
+        return len({run.program.content_hash for run in self._runs})
 
     def _run_seed(self, i: int) -> int | None:
         """The simulator seed of the job's run ``i``: ``seed_simulator`` + i (None without)."""

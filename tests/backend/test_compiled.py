@@ -223,3 +223,18 @@ def test_a_circuit_the_compiler_refuses_is_refused_again(lab_backend) -> None:
     for _ in range(2):
         with pytest.raises(InvalidRunInputError, match="'h'"):
             lab_backend.run(qc, shots=10)
+
+
+@pytest.mark.parametrize("phase", [float("nan"), float("inf")])
+def test_a_non_finite_global_phase_is_refused_after_the_same_circuit_ran(lab_backend,
+                                                                         phase) -> None:
+    from labqpu.errors import InvalidRunInputError
+
+    qc = _native(lab_backend)
+    lab_backend.run(qc, shots=10).result(timeout=60)
+    bad = qc.copy()
+    bad.global_phase = phase  # the key leaves the phase out: the check must still run
+    assert circuit_key(bad) is None
+    with pytest.raises(InvalidRunInputError, match="global_phase nan must be finite"):
+        lab_backend.run(bad, shots=10)
+    assert lab_backend._compiled.hits == 0

@@ -124,6 +124,18 @@ def test_different_circuits_do_not_merge_and_keep_their_order(lab_backend) -> No
     assert pops[0] > pops[1] > pops[3] and pops[2] > 0.8, pops  # sx, 1 us, sx is an x
 
 
+def test_the_same_circuit_run_several_times_in_a_job_is_one_upload(lab_backend) -> None:
+    """Programs that are all the same run one by one (nothing to bind), from one upload:
+    ``job.uploads`` counted each (5 for one program sent once)."""
+    circuits = transpile([t1_circuit(8.0)] * 4, lab_backend, initial_layout=[Q])
+    uploads, runs = counters(lab_backend)
+    job = lab_backend.run(circuits, shots=100)
+    job.result(timeout=60)
+    after = counters(lab_backend)
+    assert job.uploads == 1 and len(job.programs) == 4
+    assert after[1] - runs == 4 and after[0] - uploads <= 1
+
+
 def test_a_controller_that_binds_less_gets_the_circuits_one_by_one(lab_backend,
                                                                    monkeypatch) -> None:
     """A firmware whose ``param_sets.binds`` lacks a field (here an older one that binds
