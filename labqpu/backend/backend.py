@@ -576,17 +576,38 @@ class LabBackend(BackendV2):
 
         Raises:
             InvalidRunInputError: the programs come from several snapshots, or from one this
-                backend's store does not hold.
+                backend's store does not hold (another store's snapshot of the same id
+                included: the programs record its content hash).
         """
-        built = {p.snapshot_id for p in programs if p.snapshot_id is not None}
-        if not built or built == {current.snapshot_id}:
-            return current
-        if len(built) > 1:
+        built = {(p.snapshot_id, p.snapshot_hash) for p in programs if p.snapshot_id is not None}
+        ids = {snapshot_id for snapshot_id, _ in built}
+        if len(ids) > 1:
             raise InvalidRunInputError(
                 f"the programs of one job must come from one calibration snapshot; these were "
-                f"built from snapshots {sorted(built)} (the newest is {current.snapshot_id}): "
+                f"built from snapshots {sorted(ids)} (the newest is {current.snapshot_id}): "
                 "run them as separate jobs, or build them again; nothing was sent")
-        (snapshot_id,) = built
+        if not ids:
+            return current
+        (snapshot_id,) = ids
+        snapshot = self._held_snapshot(snapshot_id, current)
+        other = sorted(h for _, h in built if h is not None and h != snapshot.content_hash)
+        if other:
+            raise InvalidRunInputError(
+                f"a program was built from a calibration snapshot {snapshot_id} (content "
+                f"{other[0][:12]}) that is not snapshot {snapshot_id} of "
+                f"{self.config.store_path} (content {snapshot.content_hash[:12]}): it was built "
+                "on another store, or this one was made anew; build it again on this backend; "
+                "nothing was sent")
+        return snapshot
+
+    def _held_snapshot(self, snapshot_id: int, current: Snapshot) -> Snapshot:
+        """Snapshot ``snapshot_id`` of this backend's store (``current`` when it is that one).
+
+        Raises:
+            InvalidRunInputError: the store does not hold it.
+        """
+        if snapshot_id == current.snapshot_id:
+            return current
         older = self._older_snapshot  # a script running old programs again: read once
         if older is not None and older.snapshot_id == snapshot_id:
             return older

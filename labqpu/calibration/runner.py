@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -371,12 +372,19 @@ def graph_steps(backend, nodes: Sequence[str] | None = None, qubits: Sequence[in
     them), without running anything.
 
     Raises:
-        ValueError: a qubit is not on the device.
+        ValueError: a qubit is not a qubit number of the device, or ``nodes`` is empty.
         CalibrationError: a node needs feed-forward that no controller states, or a named
             node has nothing to calibrate among ``qubits`` (an edge node without an edge).
     """
     n_qubits = backend.config.num_qubits
-    chosen = list(range(n_qubits)) if qubits is None else list(qubits)
+    if nodes is not None and not list(nodes):
+        raise ValueError("nodes is empty: name the nodes to check, or give None for all")
+    chosen = list(range(n_qubits)) if qubits is None else \
+        [] if isinstance(qubits, str) else list(qubits)
+    if isinstance(qubits, str) or any(isinstance(q, bool) or not isinstance(q, numbers.Integral)
+                                      for q in chosen):
+        raise ValueError(f"qubits must be qubit numbers (int), got {qubits!r}")
+    chosen = [int(q) for q in chosen]
     unknown = [q for q in chosen if not 0 <= q < n_qubits]
     if unknown:
         raise ValueError(f"qubit {unknown[0]} is not on device {backend.name} "
@@ -441,6 +449,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     parent = backend.snapshot
     # on top of the newest snapshot when the backend could not use it (replacing it)
     base_id = backend.unusable_snapshot_id or parent.snapshot_id
+    if rb is False and nodes is not None and RB_NODE in nodes:
+        raise ValueError(f"nodes names {RB_NODE!r} and rb=False leaves it out: drop one")
     chosen, steps = graph_steps(backend, nodes, qubits)
     with_rb = rb if rb is not None else commit and (nodes is None or RB_NODE in nodes)
     if with_rb and not commit:

@@ -93,10 +93,12 @@ ALIGNMENTS = ("left", "right", "sequential")
 
 
 def _real_or_parameter(value: Value, what: str) -> None:
-    """``PulseError`` naming ``what`` unless ``value`` is a real number or a Qiskit
-    ``Parameter`` (expression): a string such as ``"40"`` is not read as a number."""
-    if not isinstance(value, ParameterExpression):
-        require_number(value, what)
+    """``PulseError`` naming ``what`` unless ``value`` is a finite real number or a Qiskit
+    ``Parameter`` (expression): a string such as ``"40"`` is not read as a number, and a NaN
+    phase is refused here, where it was written, not at ``run()``."""
+    if not isinstance(value, ParameterExpression) and not math.isfinite(
+            require_number(value, what)):
+        raise PulseError(f"{what} must be finite, got {value!r}", parameter=what)
 
 
 # ------------------------------------------------------------------------ instructions
@@ -614,7 +616,7 @@ class PulseBuilder:
             header={"name": self.name, "creg_sizes": [["c", num_clbits]] if num_clbits else [],
                     "memory_slots": num_clbits,
                     "metadata": {"parameters": dict(sorted(values.items()))}},
-            snapshot_id=self.snapshot.snapshot_id)
+            snapshot_id=self.snapshot.snapshot_id, snapshot_hash=self.snapshot.content_hash)
 
     def _discriminator(self, qubit: int) -> tuple[complex, float]:
         """(axis, threshold) of the linear discriminator equivalent to the snapshot's

@@ -446,7 +446,8 @@ def _compile_read(circuit: QuantumCircuit, lowered: tuple | None, snapshot: Snap
         acq_qubit=a_qubit, acq_clbit=a_clbit,
         lo_settings=dict(lo_settings), flux_bias_a=dict(flux_bias_a),
         num_clbits=circuit.num_clbits, header=program_header(circuit),
-        snapshot_id=snapshot.snapshot_id, rack=channels.layout, **feedforward,
+        snapshot_id=snapshot.snapshot_id, snapshot_hash=snapshot.content_hash,
+        rack=channels.layout, **feedforward,
     )
 
 

@@ -126,6 +126,9 @@ class PulseProgram:
     num_clbits: int = 0
     header: dict = field(default_factory=dict)
     snapshot_id: int | None = None
+    #: The content hash of snapshot ``snapshot_id``, which tells it from another store's
+    #: snapshot of the same id (None: not recorded, a program stored by an older labqpu).
+    snapshot_hash: str | None = None
     play_block: np.ndarray | None = None
     block_acq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     block_value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -344,7 +347,8 @@ class PulseProgram:
             "lo_settings": {k: [v.frequency_hz, v.power_dbm] for k, v in self.lo_settings.items()},
             "flux_bias_a": [[s, c, v] for (s, c), v in self.flux_bias_a.items()],
             "num_clbits": self.num_clbits, "header": self.header,
-            "snapshot_id": self.snapshot_id, "arrays": arrays,
+            "snapshot_id": self.snapshot_id, "snapshot_hash": self.snapshot_hash,
+            "arrays": arrays,
             "rack": [list(r) for r in self.rack], "binds": [list(b) for b in self.binds],
         }
         try:
@@ -410,7 +414,7 @@ class PulseProgram:
                 lo_settings={k: LoSetting(f, p) for k, (f, p) in meta["lo_settings"].items()},
                 flux_bias_a={(s, c): v for s, c, v in meta["flux_bias_a"]},
                 num_clbits=meta["num_clbits"], header=meta["header"],
-                snapshot_id=meta["snapshot_id"],
+                snapshot_id=meta["snapshot_id"], snapshot_hash=meta.get("snapshot_hash"),
                 rack=tuple(tuple(r) for r in meta.get("rack", ())),
                 binds=tuple(tuple(b) for b in meta.get("binds", ())), **values)
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
@@ -445,7 +449,7 @@ def _frozen_empty(dtype: type) -> np.ndarray:
 #: (``lo_settings``, ``flux_bias_a``, ``header``) have no shared default: the caller gives them.
 _ASSEMBLE_DEFAULTS = {
     "param_names": (), "param_values": _frozen_empty(np.float64), "num_clbits": 0,
-    "snapshot_id": None,
+    "snapshot_id": None, "snapshot_hash": None,
     "block_acq": _frozen_empty(np.int32), "block_value": _frozen_empty(np.int32),
     "block_parent": None, "shift_port": _frozen_empty(np.int32),
     "shift_start": _frozen_empty(np.int64),
@@ -610,7 +614,8 @@ class ProgramBuilder:
         self.flux_bias_a[channel] = current_a
 
     def build(self, *, duration_samples: int | None = None, num_clbits: int = 0,
-              header: dict | None = None, snapshot_id: int | None = None) -> PulseProgram:
+              header: dict | None = None, snapshot_id: int | None = None,
+              snapshot_hash: str | None = None) -> PulseProgram:
         """The finished program; plays sorted by (port, start)."""
         plays = sorted(self._plays, key=lambda r: (r[0], r[1]))
         cols = list(zip(*plays, strict=True)) if plays else [()] * 8
@@ -634,5 +639,5 @@ class ProgramBuilder:
             param_names=tuple(self._params), param_values=np.array(list(self._params.values())),
             lo_settings=dict(self.lo_settings), flux_bias_a=dict(self.flux_bias_a),
             num_clbits=num_clbits, header=dict(header or {}), snapshot_id=snapshot_id,
-            rack=self.rack,
+            snapshot_hash=snapshot_hash, rack=self.rack,
         )

@@ -43,6 +43,10 @@ Value = float | int | ParameterExpression
 Bindings = Mapping[Parameter | str, float]
 
 
+#: What ``float()`` reads but labqpu does not take as a number: text and truth values.
+NOT_NUMBERS = (str, bytes, bool, np.bool_)
+
+
 def bind_value(value: Value, bindings: Bindings, what: str) -> Value:
     """``value`` with the parameters of ``bindings`` substituted; a float once fully bound.
 
@@ -57,6 +61,8 @@ def bind_value(value: Value, bindings: Bindings, what: str) -> Value:
         if v is None:
             continue
         try:
+            if isinstance(v, NOT_NUMBERS):  # float() would read "0.3" and True
+                raise TypeError(type(v).__name__)
             v = float(v)
         except (TypeError, ValueError) as exc:
             raise PulseError(f"{what}: parameter {p.name!r} is bound to {v!r}, not a real number",
@@ -90,7 +96,7 @@ def real_number(value: object, what: str, parameter: str) -> float:
     scalars, 0-d arrays, ``Decimal``); else ``PulseError`` naming ``what`` and ``parameter``:
     a string such as ``"40"``, a bool, None, a complex number or an array of several values is
     not read as one."""
-    if not isinstance(value, str | bytes | bool | np.bool_) and value is not None:
+    if not isinstance(value, NOT_NUMBERS) and value is not None:
         try:
             return float(value)
         except (TypeError, ValueError):

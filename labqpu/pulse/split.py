@@ -103,7 +103,7 @@ def _part(program: PulseProgram, name: str, out0: int, outputs: int, in0: int, i
         param_names=program.param_names, param_values=program.param_values,
         lo_settings=dict(program.lo_settings), flux_bias_a=dict(program.flux_bias_a),
         num_clbits=program.num_clbits, header=dict(program.header),
-        snapshot_id=program.snapshot_id)
+        snapshot_id=program.snapshot_id, snapshot_hash=program.snapshot_hash)
     return ControllerPart(name, part, acqs)
 
 

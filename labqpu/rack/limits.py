@@ -30,6 +30,7 @@ from labqpu.errors import InvalidSnapshotError
 from labqpu.pulse.tables import grid_samples
 from labqpu.rack.config import LabConfig
 from labqpu.store.physics import unchanged
+from labqpu.store.validation import parse_gate, parse_pair, qubit_index
 
 
 def _value(params: Mapping[str, Any], name: str) -> float | None:
@@ -85,6 +86,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         raise InvalidSnapshotError(
             f"the snapshot is for device {device!r}, but {config.path or 'the wiring file'} "
             f"describes device {config.device_name!r} ([device] name)")
+    _on_the_device(document, config)
     fs = config.controllers[0].sample_rate_hz  # the same for every controller (lab.toml)
     pairs = document.get("pairs")
     for key, params in (pairs.items() if isinstance(pairs, Mapping) else ()):
@@ -131,6 +133,31 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
                 f"{source.name!r} channel {wiring.flux_bias[1]}")
     for (lo_name, quantity), wanted in asked.items():
         _one_setting(lo_name, quantity, wanted)
+
+
+def _on_the_device(document: Mapping[str, Any], config: LabConfig) -> None:
+    """Refuse a qubit, pair or gate of ``document`` that is not on the device: a qubit number
+    past its qubits, a pair that is not an edge of its coupling map, a gate on either."""
+    wiring = config.path or "the wiring file"
+    edges = {tuple(sorted(edge)) for edge in config.coupling_map}
+    for section, qubits_of, subject in (
+            ("qubits", lambda key: (qubit_index(key),), "qubit {}"),
+            ("pairs", parse_pair, "pair {}"),
+            ("gates", lambda key: parse_gate(key)[1], "gate '{}'")):
+        entries = document.get(section)
+        for key in (entries if isinstance(entries, Mapping) else ()):
+            qubits = qubits_of(key)
+            off = [q for q in qubits if q >= config.num_qubits]
+            if off:
+                raise InvalidSnapshotError(
+                    f"qubit {off[0]} is not on device {config.device_name}, which has qubits "
+                    f"0-{config.num_qubits - 1} ({wiring}, [device] num_qubits)",
+                    subject=subject.format(key))
+            if len(qubits) == 2 and tuple(sorted(qubits)) not in edges:
+                raise InvalidSnapshotError(
+                    f"{min(qubits)}-{max(qubits)} is not an edge of device "
+                    f"{config.device_name} ({wiring}, [device] coupling_map)",
+                    subject=subject.format(key))
 
 
 def _one_setting(lo_name: str, quantity: str,

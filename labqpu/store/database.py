@@ -622,6 +622,10 @@ class CalibrationStore:
         Raises:
             CalibrationMissingError: there is none.
         """
+        if not isinstance(snapshot_id, int) or isinstance(snapshot_id, bool):
+            raise CalibrationMissingError(
+                f"calibration store {self._path} has no snapshot {snapshot_id!r}: snapshot ids "
+                f"are whole numbers (int), not {type(snapshot_id).__name__}")
         rows = self._query(
             f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND complete = 1",
             (snapshot_id,),

@@ -10,8 +10,9 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 
 from labqpu import LabProvider, pulse
+from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError, PulseError
-from labqpu.pulse.program import MAX_CLBITS
+from labqpu.pulse.program import MAX_CLBITS, PulseProgram
 from labqpu.store import SnapshotBuilder
 
 
@@ -20,6 +21,11 @@ def backend(tmp_path, monkeypatch):
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     with LabProvider() as provider:
         yield provider.backend()
+
+
+def _runs_total(backend) -> int:
+    with ControllerClient(backend.config.controllers[0].endpoint, timeout_s=5.0) as client:
+        return int(client.status()["runs_total"])
 
 
 def _x_and_measure(backend):
@@ -91,3 +97,33 @@ def test_a_classical_bit_beyond_the_bound_is_refused_by_the_builder(backend, clb
     with pytest.raises(PulseError, match=rf"clbit must be an int in 0..{MAX_CLBITS - 1}"), \
             pulse.build(backend):
         pulse.measure(0, clbit=clbit)
+
+
+def test_a_program_of_another_stores_snapshot_of_the_same_id_is_refused(tmp_path,
+                                                                        monkeypatch) -> None:
+    """A review saved a program built on store A's snapshot 2 (its centres swapped) and ran it
+    on store B, whose snapshot 2 is another: it ran, read with B's centres (counts inverted)
+    and named "snapshot 2". Programs record the snapshot's content hash."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path / "a"))
+    with LabProvider() as provider:
+        a = provider.backend()
+        _commit_swapped_readout(a)
+        saved = _x_and_measure(a).to_bytes()
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path / "b"))
+    with LabProvider() as provider:
+        b = provider.backend()
+        builder = SnapshotBuilder.from_snapshot(b.snapshot)
+        builder.set_qubit(1, "t1_s", 0.9 * b.snapshot.qubits[1]["t1_s"].value, "manual")
+        b.store.commit(builder.build_document())
+        program = PulseProgram.from_bytes(saved)
+        assert program.snapshot_id == b.snapshot.snapshot_id == 2
+        assert program.snapshot_hash != b.snapshot.content_hash
+        runs = _runs_total(b)
+        with pytest.raises(InvalidRunInputError, match=r"built from a calibration snapshot 2 "
+                                                       r"\(content [0-9a-f]{12}\) that is not "
+                                                       r"snapshot 2 of .*build it again"):
+            b.run(program, shots=10)
+        assert _runs_total(b) == runs
+        own = _x_and_measure(b)
+        assert PulseProgram.from_bytes(own.to_bytes()).snapshot_hash == b.snapshot.content_hash
+        assert sum(b.run(own, shots=10).result(timeout=60).get_counts().values()) == 10

@@ -15,7 +15,7 @@ from labqpu.backend.target import build_target
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Working
 from labqpu.calibration.graph import NODES, Node, plan
-from labqpu.calibration.runner import walk
+from labqpu.calibration.runner import run_graph, walk
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
 
@@ -143,6 +143,23 @@ def test_plan_adds_prerequisites_in_order_and_edges_within_the_qubits():
     with pytest.raises(ValueError, match="no calibration node 'ramsy'"):
         plan(["ramsy"], [0], [])
     assert {n.name for n in NODES} >= {"rabi", "ramsey", "drag", "readout", "t1", "cz"}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"nodes": ["ramsey"], "qubits": "2"}, r"qubits must be qubit numbers \(int\), got '2'"),
+    ({"nodes": ["ramsey"], "qubits": [2.0]}, r"got \[2\.0\]"),
+    ({"nodes": ["ramsey"], "qubits": [True]}, r"got \[True\]"),
+    ({"nodes": []}, "nodes is empty"),
+    ({"nodes": ["rb"], "rb": False}, "nodes names 'rb' and rb=False leaves it out"),
+])
+def test_run_graph_refuses_what_it_cannot_take_before_running_anything(lab_backend, options,
+                                                                        message):
+    """``qubits="2"`` was a bare TypeError from a comparison, ``nodes=["rb"], rb=False`` and
+    ``nodes=[]`` ran nothing and reported nothing wrong."""
+    newest = lab_backend.store.latest_id()
+    with pytest.raises(ValueError, match=message):
+        run_graph(lab_backend, **options)
+    assert lab_backend.store.latest_id() == newest
 
 
 def _aged(snapshot: Snapshot, qubit: int, hours: float) -> Snapshot:

@@ -193,9 +193,12 @@ def test_a_qubit_the_device_lacks_and_a_nan_frequency_are_named_as_such(b) -> No
     frequency was "beyond the Nyquist frequency"; each is now said as it is."""
     with pytest.raises(PulseError, match=r"qubit 9: lab5 has qubits 0\.\.4"):
         b.measure(9, 0)
-    b.set_frequency(math.nan, drive(0))
+    with pytest.raises(PulseError, match=r"set_frequency on drive\(0\) must be finite, got nan"):
+        b.set_frequency(math.nan, drive(0))
+    b.set_frequency(1e308, drive(0))  # finite alone, not once shifted
+    b.shift_frequency(1e308, drive(0))
     b.play(Constant(duration_samples=16, amp=0.1), drive(0))
-    with pytest.raises(PulseError, match=r"frequency nan Hz must be a finite number"):
+    with pytest.raises(PulseError, match=r"frequency inf Hz must be a finite number"):
         b.assign_parameters({})
 
 
@@ -239,6 +242,18 @@ def test_non_finite_values_are_errors_naming_the_parameter(b, bad: float) -> Non
         b.assign_parameters({phase: bad})
 
 
+@pytest.mark.parametrize("bad", [True, np.True_, "0.3", b"0.3"])
+def test_a_bound_value_that_is_text_or_a_truth_value_is_refused(b, bad) -> None:
+    """``float()`` read them: ``{amp: True}`` played at full scale, ``{amp: "0.3"}`` at 0.3,
+    where every other entry point refuses them."""
+    amp = Parameter("amp")
+    b.play(Constant(duration_samples=8, amp=amp), drive(0))
+    with pytest.raises(PulseError, match=r"constant amp: parameter 'amp' is bound to .*, not a "
+                                         r"real number"):
+        b.assign_parameters({amp: bad})
+    assert b.assign_parameters({amp: np.float32(0.25)}).play_amp.tolist() == [0.25]
+
+
 @pytest.mark.parametrize(("call", "what"), [
     (lambda b: b.delay("40", drive(0)), "delay on drive(0)"),
     (lambda b: b.delay(True, drive(0)), "delay on drive(0)"),
@@ -262,6 +277,20 @@ def test_a_value_that_is_not_a_number_is_refused_where_it_is_given(b, call, what
     b.shift_phase(np.float32(0.5), drive(0))
     b.play(Constant(duration_samples=8, amp=0.1), drive(0))
     assert b.build().play_start.tolist() == [16]
+
+
+@pytest.mark.parametrize("call", [
+    lambda b: b.shift_phase(float("nan"), drive(0)),
+    lambda b: b.set_phase(np.float64("inf"), drive(0)),
+    lambda b: b.set_frequency(float("-inf"), drive(0)),
+    lambda b: b.delay(float("inf"), drive(0)),
+    lambda b: b.acquire(float("nan"), 0, 0),
+])
+def test_a_non_finite_value_is_refused_where_it_is_given(b, call) -> None:
+    """A literal NaN phase got past build() into ``play_phase_rad`` (``run()`` refused it
+    later); a NaN amplitude was refused where the shape was made."""
+    with pytest.raises(PulseError, match=r"on (drive\(0\)|qubit 0) must be finite, got"):
+        call(b)
 
 
 def test_duration_off_the_sample_grid_is_an_error(b) -> None:

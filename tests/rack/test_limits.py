@@ -16,7 +16,7 @@ from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.rack.config import builtin_config_path, default_config_path, load_config
 from labqpu.rack.hardware import RackConnection
 from labqpu.rack.limits import check_against_wiring, wiring_limits
-from labqpu.store import CalibrationStore
+from labqpu.store import CalibrationStore, SnapshotBuilder
 from labqpu.testing import shipped_export
 
 
@@ -50,6 +50,29 @@ def test_a_value_the_rack_cannot_play_is_refused_and_nothing_is_written(
         store.commit(document)
     assert info.value.subject == f"qubit {qubit}" and info.value.parameter == name
     assert named in str(info.value), str(info.value)
+    assert store.latest_id() == before
+
+
+@pytest.mark.parametrize(("edit", "subject", "named"), [
+    (lambda b: b.set_qubit(9, "t1_s", 4e-5, "manual"), "qubit 9",
+     "qubit 9 is not on device lab5, which has qubits 0-4"),
+    (lambda b: b.set_pair((0, 3), "cz_amplitude", 0.3, "manual"), "pair 0-3",
+     "0-3 is not an edge of device lab5"),
+    (lambda b: b.set_gate("sx:9", "error", 1e-3, "manual"), "gate 'sx:9'",
+     "qubit 9 is not on device lab5"),
+    (lambda b: b.set_gate("cz:1-4", "error", 1e-2, "manual"), "gate 'cz:1-4'",
+     "1-4 is not an edge of device lab5"),
+])
+def test_a_qubit_edge_or_gate_the_device_lacks_is_refused_and_nothing_is_written(
+        lab_backend, edit, subject, named) -> None:
+    """A review committed qubit 9, pair 0-3 and gate sx:9 to lab5's store, unremarked."""
+    store = lab_backend.store
+    before = store.latest_id()
+    builder = SnapshotBuilder.from_snapshot(lab_backend.snapshot)
+    edit(builder)
+    with pytest.raises(InvalidSnapshotError) as info:
+        builder.commit(store)
+    assert info.value.subject == subject and named in str(info.value), str(info.value)
     assert store.latest_id() == before
 
 

@@ -414,6 +414,15 @@ def test_missing_parameters_name_the_qubit_or_pair(store: CalibrationStore) -> N
         store.latest("lab7")
     with pytest.raises(CalibrationMissingError, match="no snapshot 42"):
         store.get(42)
+    for wrong, kind in (("1", "str"), (1.0, "float"), (True, "bool")):
+        # "has no snapshot 1" while snapshot 1 exists: the type is the problem
+        with pytest.raises(CalibrationMissingError, match=rf"no snapshot {wrong!r}: snapshot "
+                                                          rf"ids are whole numbers \(int\), "
+                                                          rf"not {kind}"):
+            store.get(wrong)
+        with pytest.raises(CalibrationMissingError, match=f"not {kind}"):
+            store.rollback(wrong)
+    assert store.latest_id() == snapshot.snapshot_id
 
 
 # --------------------------------------------------------------------------- crashes, threads
