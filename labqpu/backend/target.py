@@ -73,7 +73,8 @@ class LabTarget(Target):
     qubits and edges that snapshot marks.
 
     ``marks`` maps a subject (``"qubit 2"``, ``"edge 1-2"``) to why it is marked: values
-    older than the lab's age limits (the subject, or the values, are then left out), or
+    older than the lab's age limits (the subject, or the values, are then left out), drive
+    values the snapshot lacks (the qubit's drive gates are left out), or
     calibration steps that failed and have not passed since (the subject keeps its last good
     values). A subject that is not marked is absent.
     """
@@ -254,6 +255,9 @@ def build_target(snapshot: Snapshot, config: LabConfig,
         log.warning("calibration snapshot %s: qubits %s have no drive gates in the Target: "
                     "missing %s; run `labqpu calibrate --all` (or --bootstrap) to measure them",
                     snapshot.snapshot_id, sorted(partial), ", ".join(missing))
+        for q, names in partial.items():
+            fresh.marks.setdefault(f"qubit {q}", []).append(
+                f"missing {', '.join(names)}: qubit {q}'s drive gates {LEFT_OUT}")
     one_q = {
         "sx": (SXGate(), driven, None),
         "sy": (SYGate(), driven, "sx"),

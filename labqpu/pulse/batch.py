@@ -243,9 +243,9 @@ BATCH_OP_ROWS = 1 << 18
 #: Fields every point of a sweep takes from its first program as they are (frozen arrays and
 #: plain values): the waveform table, the controller and the rack layout, the snapshot.
 _SHARED = ("controller", "sample_rate_hz", "wave_offset", "wave_data", "num_clbits",
-           "snapshot_id", "rack", "acq_disc_axis", "acq_disc_threshold", "block_acq",
-           "block_value", "block_parent", "shift_port", "shift_start", "shift_phase_rad",
-           "shift_block")
+           "snapshot_id", "snapshot_hash", "rack", "acq_disc_axis", "acq_disc_threshold",
+           "block_acq", "block_value", "block_parent", "shift_port", "shift_start",
+           "shift_phase_rad", "shift_block")
 
 
 def _shape(circuit: QuantumCircuit) -> tuple:

@@ -300,7 +300,12 @@ class PulseBuilder:
     @classmethod
     def for_backend(cls, backend, name: str = "pulse_program") -> PulseBuilder:
         """A builder on ``backend``'s wiring, current calibration snapshot and its controller's
-        feed-forward latency."""
+        feed-forward latency; ``PulseError`` for anything that is not a backend (a device
+        name: take ``LabProvider().backend(name)``)."""
+        if not all(hasattr(backend, attr) for attr in
+                   ("channels", "snapshot", "feedforward_latency_samples")):
+            raise PulseError(f"a pulse builder needs a labqpu backend (LabProvider().backend()), "
+                             f"got {backend!r} ({type(backend).__name__})", parameter="backend")
         channels = backend.channels
         return cls(channels, backend.snapshot, name,
                    feedforward_latency_samples=backend.feedforward_latency_samples)
@@ -526,13 +531,22 @@ class PulseBuilder:
             raise PulseError(f"program {self.name!r}: {', '.join(both)} is both bound and "
                              "swept; bind it or sweep it", parameter=both[0])
         if strict:
-            known = {p.name for p in self.parameters}
+            mine = self.parameters
+            known = {p.name for p in mine}
             unknown = sorted(str(getattr(k, "name", k)) for k in bindings
                              if str(getattr(k, "name", k)) not in known)
             if unknown:
                 raise PulseError(f"program {self.name!r} has no parameter(s) "
                                  f"{', '.join(unknown)}; it has {sorted(known) or 'none'}",
                                  parameter=unknown[0])
+            others = sorted(k.name for k in bindings
+                            if isinstance(k, Parameter) and k not in mine)
+            if others:
+                raise PulseError(f"program {self.name!r}: the Parameter {others[0]!r} given is "
+                                 "another Parameter of that name than the program's (Qiskit "
+                                 "tells Parameters apart, not by name): bind the program's own "
+                                 f"(.parameters) or bind by the name {others[0]!r}",
+                                 parameter=others[0])
         root = _bind_node(self._root, bindings)
         left = sorted(p.name for p in _parameters_of(root) if p.name not in swept)
         if left:

@@ -153,9 +153,12 @@ def test_a_qubit_without_drive_gates_is_named_with_what_it_lacks(store, snapshot
     instead of leaving the user with the transpiler's message about the coupling map."""
     snap = derived(store, snapshot, lambda b: b.remove_qubit(3, "drive_handedness"))
     with caplog.at_level("WARNING", logger="labqpu.backend.target"):
-        build_target(snap, config)
+        target = build_target(snap, config)
     assert "qubits [3] have no drive gates" in caplog.text
     assert "missing drive_handedness" in caplog.text
+    # and marked, as docs/calibration.md says of every qubit the Target leaves out
+    assert target.marks == {"qubit 3": ("missing drive_handedness: qubit 3's drive gates left "
+                                        "out of the Target",)}
 
 
 @pytest.mark.parametrize("name", ["drag_beta", "flux_bias_a", "drive_lo_frequency_hz",

@@ -57,6 +57,7 @@ def same_programs(batched: list, single: list) -> None:
     for k, (a, b) in enumerate(zip(batched, single, strict=True)):
         assert a.content_hash == b.content_hash, k
         assert a.header == b.header, k
+        assert (a.snapshot_id, a.snapshot_hash) == (b.snapshot_id, b.snapshot_hash), k
         # built without the constructor's checks: the checked constructor agrees
         assert dataclasses.replace(a).content_hash == a.content_hash, k
 

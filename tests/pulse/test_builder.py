@@ -242,6 +242,28 @@ def test_non_finite_values_are_errors_naming_the_parameter(b, bad: float) -> Non
         b.assign_parameters({phase: bad})
 
 
+def test_another_parameter_of_the_same_name_is_refused_not_ignored(b) -> None:
+    """Binding ``Parameter("amp")`` made anew was ignored (Qiskit tells Parameters apart by
+    identity), and the error then said amp was left unbound."""
+    amp = Parameter("amp")
+    b.play(Constant(duration_samples=8, amp=amp), drive(0))
+    with pytest.raises(PulseError, match=r"the Parameter 'amp' given is another Parameter of "
+                                         r"that name than the program's"):
+        b.assign_parameters({Parameter("amp"): 0.2})
+    assert b.assign_parameters({"amp": 0.2}).play_amp.tolist() == [0.2]
+    assert b.assign_parameters({amp: 0.3}).play_amp.tolist() == [0.3]
+
+
+@pytest.mark.parametrize("not_a_backend", ["lab5", 5, object()])
+def test_a_builder_on_something_that_is_not_a_backend_says_so(not_a_backend) -> None:
+    """``pulse.build("lab5")`` was an AttributeError ('str' object has no attribute
+    'channels')."""
+    with pytest.raises(PulseError, match=r"a pulse builder needs a labqpu backend "
+                                         r"\(LabProvider\(\)\.backend\(\)\), got "), \
+            pulse.build(not_a_backend):
+        pass
+
+
 @pytest.mark.parametrize("bad", [True, np.True_, "0.3", b"0.3"])
 def test_a_bound_value_that_is_text_or_a_truth_value_is_refused(b, bad) -> None:
     """``float()`` read them: ``{amp: True}`` played at full scale, ``{amp: "0.3"}`` at 0.3,
