@@ -281,7 +281,7 @@ def _sim(args: argparse.Namespace) -> NoReturn:
     exit code (``exit_now``: no interpreter teardown), also when ``main`` is called in-process."""
     from labqpu.firmware_sim.__main__ import exit_now
     from labqpu.firmware_sim.__main__ import main as sim_main
-    from labqpu.rack.config import resolve_config_path
+    from labqpu.rack.config import load_config, resolve_config_path
 
     path = resolve_config_path(args.lab_toml)[0]
     if not path.is_file():
@@ -289,6 +289,7 @@ def _sim(args: argparse.Namespace) -> NoReturn:
 
         raise FileNotFoundError(f"no such wiring file: {path} (and not a built-in device: "
                                 f"{', '.join(BUILTIN_DEVICES)})")
+    load_config(path)  # the checks (and messages) of every other command, before a port opens
     argv = [str(path)]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]

@@ -158,6 +158,20 @@ def test_sim_with_missing_wiring_file(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_sim_checks_the_wiring_file_as_every_command_does(tmp_path):
+    """``labqpu sim`` of a file the backend refuses started the simulator anyway, which then
+    died with a traceback (an LO given ``max_current_a``) or listened elsewhere than the file
+    said (a port past 65535)."""
+    text = (REPO / "labqpu" / "data" / "lab5.toml").read_text()
+    marker = 'name = "lo_drive_a"\nkind = "signal_generator"\n'
+    (tmp_path / "lab.toml").write_text(text.replace(marker, marker + "max_current_a = 0.001\n"))
+    proc = labqpu(tmp_path, "sim", "lab.toml")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "labqpu: lab.toml [[instruments]] lo_drive_a: max_current_a is a limit of a "
+        "current_source, not of a signal_generator"]
+
+
 def test_demo_with_missing_config_is_a_one_line_error(tmp_path):
     proc = labqpu(tmp_path, "run", "--demo", "--config", str(tmp_path / "nope.toml"))
     assert proc.returncode == 2

@@ -235,9 +235,12 @@ class InstrumentSpec:
     limits: dict[str, float] = field(default_factory=dict)
 
 
-#: The limit keys of an ``[[instruments]]`` table the simulated instruments take.
-INSTRUMENT_LIMIT_KEYS = ("min_frequency_hz", "max_frequency_hz", "min_power_dbm",
-                         "max_power_dbm", "max_current_a")
+#: The limit keys of an ``[[instruments]]`` table each kind of simulated instrument takes.
+INSTRUMENT_LIMIT_KEYS = {
+    "signal_generator": ("min_frequency_hz", "max_frequency_hz", "min_power_dbm",
+                         "max_power_dbm"),
+    "current_source": ("max_current_a",),
+}
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,16 @@ def _host_port_from_tcp(endpoint: str) -> tuple[str, int]:
     if not endpoint.startswith("tcp://"):
         raise ValueError(f"wiring: controller endpoint must be tcp://host:port, got {endpoint!r}")
     host, _, port = endpoint[len("tcp://"):].rpartition(":")
-    return host, int(port)
+    return host, _port(port, endpoint)
+
+
+def _port(text: str, address: str) -> int:
+    """The TCP port of ``address``: 0 (any free port) to 65535 (getaddrinfo wraps a larger
+    number: 93071 became 27535)."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"wiring: {address!r} has port {port}; TCP ports are 0-65535")
+    return port
 
 
 def _host_port_from_visa(resource: str) -> tuple[str, int]:
@@ -294,7 +306,7 @@ def _host_port_from_visa(resource: str) -> tuple[str, int]:
         raise ValueError(
             f"wiring: the simulator serves TCPIP::host::port::SOCKET resources, got {resource!r}"
         )
-    return parts[1], int(parts[2])
+    return parts[1], _port(parts[2], resource)
 
 
 def load_rack(path: str | Path) -> Rack:
@@ -367,9 +379,14 @@ def _rack(path: Path, doc: dict) -> Rack:
                 or not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"{path}: instrument {i['name']}: channels must be an integer "
                              f"1..{MAX_CHANNELS}, got {channels!r}")
-        instruments.append(InstrumentSpec(
-            i["name"], i["kind"], host, port, channels,
-            {key: float(i[key]) for key in INSTRUMENT_LIMIT_KEYS if key in i}))
+        own = INSTRUMENT_LIMIT_KEYS.get(i["kind"], ())
+        other = [key for keys in INSTRUMENT_LIMIT_KEYS.values() for key in keys
+                 if key in i and key not in own]
+        if other:
+            raise ValueError(f"{path}: instrument {i['name']}: {other[0]} is no limit of a "
+                             f"{i['kind']} (it takes {', '.join(own) or 'none'})")
+        instruments.append(InstrumentSpec(i["name"], i["kind"], host, port, channels,
+                                          {key: float(i[key]) for key in own if key in i}))
     cabling = {}
     for key, q in doc.get("qubits", {}).items():
         missing = [k for k in (*_PORT_ROLES, "drive_lo", "readout_lo", "flux_bias") if k not in q]

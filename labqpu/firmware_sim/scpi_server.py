@@ -152,36 +152,41 @@ class SignalGeneratorState(_ChannelState):
     """Settings of a simulated microwave LO source.
 
     Args:
-        frequency_hz: initial CW frequency, in Hz.
-        power_dbm: initial output power, in dBm.
+        frequency_hz: initial CW frequency, in Hz (None: the factory setting).
+        power_dbm: initial output power, in dBm (None: the factory setting).
         output_on: initial RF output state.
         min_frequency_hz, max_frequency_hz: accepted frequency range, in Hz.
         min_power_dbm, max_power_dbm: accepted power range, in dBm.
 
-    ``*RST`` restores 1 GHz, -30 dBm, output off.
+    The factory setting (at power-on and ``*RST``) is 1 GHz, -30 dBm, output off, each moved to
+    the nearest edge of a range that leaves it out (a wiring file's 4-8 GHz source powers on at
+    4 GHz): an instrument starts inside its own limits.
     """
 
     def __init__(
         self,
         *,
-        frequency_hz: float = 1e9,
-        power_dbm: float = -30.0,
+        frequency_hz: float | None = None,
+        power_dbm: float | None = None,
         output_on: bool = False,
         min_frequency_hz: float = 1e6,
         max_frequency_hz: float = 12.75e9,
         min_power_dbm: float = -120.0,
         max_power_dbm: float = 25.0,
     ) -> None:
+        factory = {"frequency_hz": min(max(1e9, min_frequency_hz), max_frequency_hz),
+                   "power_dbm": min(max(-30.0, min_power_dbm), max_power_dbm)}
         super().__init__(
             1,
-            {"frequency_hz": 1e9, "power_dbm": -30.0, "output_on": False},
+            {**factory, "output_on": False},
             {
                 "frequency_hz": (min_frequency_hz, max_frequency_hz),
                 "power_dbm": (min_power_dbm, max_power_dbm),
             },
         )
-        self.set("frequency_hz", float(frequency_hz))
-        self.set("power_dbm", float(power_dbm))
+        self.set("frequency_hz", float(factory["frequency_hz"] if frequency_hz is None
+                                       else frequency_hz))
+        self.set("power_dbm", float(factory["power_dbm"] if power_dbm is None else power_dbm))
         self.set("output_on", bool(output_on))
 
     def snapshot(self) -> dict[str, float | bool]:

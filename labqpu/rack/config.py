@@ -304,6 +304,39 @@ def _check_endpoint(endpoint: str, where: _Where) -> None:
             f"got {endpoint!r}", "endpoint")
 
 
+def _address(text: str) -> tuple[str, ...] | None:
+    """What an endpoint or VISA resource connects to, to tell two apart: (host, port) for TCP
+    (``tcp://h:p``, ``TCPIP0::h::p::SOCKET``), the whole string in capitals otherwise; None
+    for port 0 (each gets a free port of its own)."""
+    if text.startswith("tcp://"):
+        host, _, port = text[len("tcp://"):].rpartition(":")
+    else:
+        parts = text.split("::")
+        if not (len(parts) == 4 and parts[0].upper().startswith("TCPIP")
+                and parts[3].upper() == "SOCKET"):
+            return (text.upper(),)
+        host, port = parts[1], parts[2]
+    return None if int(port) == 0 else (host.lower(), port)
+
+
+def _one_box_each(controllers: list[ControllerConfig], instruments: list[InstrumentConfig],
+                  top: _Where) -> None:
+    """Refuse two controllers or instruments at one address: the driver would set one box
+    for both, and the read-back check the box it set (a copy-pasted resource left qubit 1's
+    drive LO unset, its x pulses doing nothing, with no error)."""
+    seen: dict[tuple[str, ...], str] = {}
+    for item, address in ([(c, c.endpoint) for c in controllers]
+                          + [(i, i.resource) for i in instruments]):
+        key = _address(address)
+        if key is None:
+            continue
+        if key in seen:
+            raise top.error(f": {seen[key]} and {item.name} are both at {address!r}; each "
+                            "controller and instrument needs an address of its own",
+                            "instruments")
+        seen[key] = item.name
+
+
 def _check_resource(resource: str, where: _Where) -> None:
     """A VISA resource string.
 
@@ -386,8 +419,8 @@ LIMIT_KEYS = {"signal_generator": ("min_frequency_hz", "max_frequency_hz", "min_
 
 
 def _range(table: dict, low_key: str, high_key: str, default: tuple[float, float],
-           where: _Where) -> tuple[float, float]:
-    low = _number(table, low_key, where, float, default=default[0])
+           where: _Where, minimum: float | None = None) -> tuple[float, float]:
+    low = _number(table, low_key, where, float, default=default[0], minimum=minimum)
     high = _number(table, high_key, where, float, default=default[1])
     if not low < high:
         raise where.error(f": {low_key} ({low!r}) must be below {high_key} ({high!r})", low_key)
@@ -405,7 +438,7 @@ def _instrument_limits(table: dict, kind: str, where: _Where) -> dict:
         return {"max_current_a": _number(table, "max_current_a", where, float, minimum=0.0,
                                          default=DEFAULT_MAX_CURRENT_A)}
     return {"frequency_range_hz": _range(table, "min_frequency_hz", "max_frequency_hz",
-                                         DEFAULT_FREQUENCY_RANGE_HZ, where),
+                                         DEFAULT_FREQUENCY_RANGE_HZ, where, minimum=0.0),
             "power_range_dbm": _range(table, "min_power_dbm", "max_power_dbm",
                                       DEFAULT_POWER_RANGE_DBM, where)}
 
@@ -520,6 +553,7 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     if twice:
         raise top.error(f": controller and instrument names must be unique; {twice} appear "
                         "more than once", "instruments")
+    _one_box_each(controllers, instruments, top)
     ctrl_by_name = {c.name: c for c in controllers}
     inst_by_name = {i.name: i for i in instruments}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -114,6 +115,8 @@ def test_errors_carry_file_and_field(tmp_path, doc):
      "instruments[3].max_frequency_hz"),
     (lambda d: d["instruments"][1].update(min_frequency_hz=8e9, max_frequency_hz=6e9),
      "instruments[1].min_frequency_hz"),
+    (lambda d: d["instruments"][1].update(min_frequency_hz=-5e9),
+     "instruments[1].min_frequency_hz"),  # a frequency range below 0 Hz
     (lambda d: d["instruments"][2].update(max_power_dbm="20"), "instruments[2].max_power_dbm"),
     (lambda d: d["instruments"][3].update(max_current_a=0.0), "instruments[3].max_current_a"),
 ])
@@ -258,6 +261,35 @@ def test_bad_input_names_the_fault(doc, case):
     edit, pattern = BAD[case]
     edit(doc)
     with pytest.raises(BackendConfigurationError, match=pattern):
+        parse_config(doc, Path("/racks/lab.toml"))
+
+
+@pytest.mark.parametrize(("first", "second", "clash"), [
+    ("TCPIP0::10.0.0.5::5025::SOCKET", "TCPIP0::10.0.0.5::5025::SOCKET", True),
+    ("TCPIP0::10.0.0.5::5025::SOCKET", "tcpip::10.0.0.5::5025::socket", True),
+    ("GPIB0::12::INSTR", "gpib0::12::instr", True),
+    ("TCPIP0::10.0.0.5::5025::SOCKET", "TCPIP0::10.0.0.5::5026::SOCKET", False),
+    ("TCPIP0::127.0.0.1::0::SOCKET", "TCPIP0::127.0.0.1::0::SOCKET", False),  # free ports
+])
+def test_two_instruments_at_one_address_are_refused(doc, first, second, clash):
+    """A copy-pasted resource put lo_drive_b on lo_drive_a's box: qubit 1's x pulses did
+    nothing (its LO never set) and no job failed, the read-back checking the box it set."""
+    doc["instruments"][0]["resource"] = first
+    doc["instruments"][1]["resource"] = second
+    if not clash:
+        parse_config(doc, Path("/racks/lab.toml"))
+        return
+    with pytest.raises(BackendConfigurationError, match=r"/racks/lab.toml: lo_drive_a and "
+                                                        r"lo_drive_b are both at .*; each "
+                                                        r"controller and instrument needs an "
+                                                        r"address of its own"):
+        parse_config(doc, Path("/racks/lab.toml"))
+
+
+def test_a_controller_and_an_instrument_at_one_address_are_refused(doc):
+    doc["controllers"][0]["endpoint"] = "tcp://10.0.0.7:5555"
+    doc["instruments"][2]["resource"] = "TCPIP0::10.0.0.7::5555::SOCKET"
+    with pytest.raises(BackendConfigurationError, match=r"ctrl0 and lo_readout are both at"):
         parse_config(doc, Path("/racks/lab.toml"))
 
 
@@ -505,7 +537,8 @@ def test_unassigned_addresses_name_each_port_0(shipped_text, tmp_path):
                                 'endpoint = "tcp://127.0.0.1:5555"')
     only_instruments = load_config(write(tmp_path, text)).unassigned_addresses()
     assert only_instruments and all(a.startswith("instrument ") for a in only_instruments)
-    real = text.replace("::0::SOCKET", "::5025::SOCKET")
+    ports = iter(range(5025, 5100))
+    real = re.sub("::0::SOCKET", lambda _: f"::{next(ports)}::SOCKET", text)
     assert load_config(write(tmp_path, real)).unassigned_addresses() == []
 
 
@@ -605,3 +638,27 @@ def test_a_directory_given_as_the_wiring_file_says_so(tmp_path):
     with pytest.raises(BackendConfigurationError, match=f"{tmp_path} is a directory; give the "
                                                         "wiring file"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('endpoint = "tcp://127.0.0.1:0"', 'endpoint = "tcp://127.0.0.1:93071"',
+     r"'tcp://127\.0\.0\.1:93071' has port 93071; TCP ports are 0-65535"),
+    ('resource = "TCPIP0::127.0.0.1::0::SOCKET"', 'resource = "TCPIP0::127.0.0.1::99999::SOCKET"',
+     r"has port 99999; TCP ports are 0-65535"),
+    ('name = "lo_drive_a"\nkind = "signal_generator"\n',
+     'name = "lo_drive_a"\nkind = "signal_generator"\nmax_current_a = 0.001\n',
+     r"instrument lo_drive_a: max_current_a is no limit of a signal_generator \(it takes "
+     r"min_frequency_hz, "),
+])
+def test_the_simulator_refuses_a_port_past_65535_and_a_limit_of_the_other_kind(
+        tmp_path, shipped_text, old, new, message):
+    """A controller at port 93071 listened at 27535 (getaddrinfo wraps the number); an
+    instrument at 99999, or an LO given ``max_current_a``, ended the simulator with a
+    traceback (OverflowError, TypeError) instead of a line naming the file."""
+    from labqpu.firmware_sim.device import load_rack
+
+    assert old in shipped_text
+    path = write(tmp_path, shipped_text.replace(old, new, 1), "bad.toml")
+    with pytest.raises(ValueError, match=r"bad\.toml: .*" + message):
+        load_rack(path)
+

@@ -187,6 +187,30 @@ def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo
         assert float(frequency) == 7.0e9
 
 
+def test_a_range_that_leaves_out_the_factory_setting_powers_on_at_its_edge(tmp_path) -> None:
+    """A 4-8 GHz drive LO with a -10 dBm floor: the simulator would not start ("frequency_hz
+    =1000000000.0 is outside [4e9, 8e9]": its power-on 1 GHz, -30 dBm was checked against the
+    file's range). It now powers on, and returns after ``*RST``, at the range's nearest edge."""
+    text = default_config_path().read_text()
+    marker = 'name = "lo_drive_a"\nkind = "signal_generator"\n'
+    assert marker in text
+    path = tmp_path / "lab.toml"
+    path.write_text(text.replace(marker, marker + "min_frequency_hz = 4e9\n"
+                                 "max_frequency_hz = 8e9\nmin_power_dbm = -10.0\n"))
+    with SimulatedRack(path, seed=1) as simulated:
+        server = simulated.instruments["lo_drive_a"]
+        with socket.create_connection((server.host, server.port), timeout=5) as conn:
+            conn.sendall(b"FREQ?;POW?\n*RST\nFREQ?;POW?\nSYST:ERR?\n")
+            replies = b""
+            while replies.count(b"\n") < 3:
+                chunk = conn.recv(200)
+                assert chunk, replies
+                replies += chunk
+        powered_on, after_reset, error = replies.decode().splitlines()[:3]
+        assert [float(v) for v in powered_on.split(";")] == [4e9, -10.0]
+        assert after_reset == powered_on and error.startswith("0,"), (after_reset, error)
+
+
 def test_a_rollback_restores_an_off_grid_duration_the_store_held(tmp_path) -> None:
     """Rolling back to a snapshot the store holds from before the grid rule restores it as it
     was (the rule refused the rollback: it checked the restored values against the newest
