@@ -997,19 +997,20 @@ def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path)
     assert json.loads((tmp_path / "e.json").read_text())["document"]["device"] == "lab5"
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda text: "[device\nname = 1\n" + text, "not valid TOML"),
-    (lambda text: text.replace('name = "lab5"', 'label = "lab5"', 1),
-     "[device] name must be a non-empty string"),
-    (lambda text: text.replace("[simulator]", '[simulator]\nseed = "x"', 1),
+@pytest.mark.parametrize(("edit", "prefix", "message"), [
+    (lambda text: "[device\nname = 1\n" + text, "labqpu:", "not valid TOML"),
+    (lambda text: text.replace('name = "lab5"', 'label = "lab5"', 1), "labqpu:",
+     "[device]: unknown key 'label'"),
+    (lambda text: text.replace("[simulator]", '[simulator]\nseed = "x"', 1), "labqpu sim:",
      "[simulator] seed must be an integer >= 0"),
-    (lambda text: text.replace("channels = 5", "channels = 300000000000", 1),
-     "channels must be an integer 1..64"),
+    (lambda text: text.replace("channels = 5", "channels = 300000000000", 1), "labqpu:",
+     "channels must be <= 64"),
 ])
-def test_sim_wiring_errors_name_the_file(tmp_path, edit, message):
-    """``labqpu sim`` reads the wiring itself: its errors name the file and the key, in one
-    line (they were a bare KeyError, a TOML message without the file, or a simulator that
-    grew without bound building 3e11 channels)."""
+def test_sim_wiring_errors_name_the_file(tmp_path, edit, prefix, message):
+    """``labqpu sim`` checks the wiring as every command does (``labqpu:``), then reads its
+    ``[simulator]`` part itself (``labqpu sim:``): either way the error names the file and
+    the key, in one line (they were a bare KeyError, a TOML message without the file, or a
+    simulator that grew without bound building 3e11 channels)."""
     text = (REPO / "labqpu" / "data" / "lab5.toml").read_text()
     assert "[simulator]" in text and "channels = 5" in text
     wiring = tmp_path / "lab.toml"
@@ -1017,7 +1018,7 @@ def test_sim_wiring_errors_name_the_file(tmp_path, edit, message):
     proc = labqpu(tmp_path, "sim", str(wiring))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"labqpu sim: {wiring}"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{prefix} {wiring}"), proc.stderr
     assert message in lines[0], proc.stderr
 
 
