@@ -402,6 +402,10 @@ class PulseProgram:
             if len(body) != end:  # a trailer cut short or damaged, or bytes added
                 raise PulseError(f"stored PulseProgram is damaged: {len(body) - end} byte(s) "
                                  "after its arrays", parameter="checksum")
+            snapshot_hash = meta.get("snapshot_hash")
+            if not (snapshot_hash is None or isinstance(snapshot_hash, str)):
+                raise PulseError(f"stored PulseProgram: snapshot_hash must be text, got "
+                                 f"{snapshot_hash!r}", parameter="snapshot_hash")
             optional = {NESTED_FIELD, *(FEEDFORWARD_FIELDS if version == 1 else ())}
             missing = sorted(set(_DTYPES) - set(values) - optional)
             if missing:
@@ -414,7 +418,7 @@ class PulseProgram:
                 lo_settings={k: LoSetting(f, p) for k, (f, p) in meta["lo_settings"].items()},
                 flux_bias_a={(s, c): v for s, c, v in meta["flux_bias_a"]},
                 num_clbits=meta["num_clbits"], header=meta["header"],
-                snapshot_id=meta["snapshot_id"], snapshot_hash=meta.get("snapshot_hash"),
+                snapshot_id=meta["snapshot_id"], snapshot_hash=snapshot_hash,
                 rack=tuple(tuple(r) for r in meta.get("rack", ())),
                 binds=tuple(tuple(b) for b in meta.get("binds", ())), **values)
         except (KeyError, TypeError, ValueError, RecursionError) as exc:

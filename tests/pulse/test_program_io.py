@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -42,7 +43,8 @@ def assert_identical(a: PulseProgram, b: PulseProgram) -> None:
     assert a == b
     assert a.content_hash == b.content_hash
     for name in ("controller", "sample_rate_hz", "duration_samples", "param_names",
-                 "lo_settings", "flux_bias_a", "num_clbits", "header", "snapshot_id", "binds"):
+                 "lo_settings", "flux_bias_a", "num_clbits", "header", "snapshot_id",
+                 "snapshot_hash", "binds"):
         assert getattr(a, name) == getattr(b, name), name
     for name in ("play_port", "play_start", "play_wave", "play_amp", "play_amp_ref",
                  "play_phase_rad", "play_freq_hz", "wave_offset", "wave_data", "acq_port",
@@ -57,6 +59,15 @@ def test_compiled_program_round_trips_through_bytes(snapshot, channels) -> None:
     data = program.to_bytes()
     assert data[:4] == b"LQPP" and b"pickle" not in data
     assert_identical(PulseProgram.from_bytes(data), program)
+
+
+def test_the_snapshot_hash_round_trips_and_must_be_text(snapshot, channels) -> None:
+    program = compile_circuit(bell(), snapshot, channels)
+    assert program.snapshot_hash == snapshot.content_hash
+    unrecorded = dataclasses.replace(program, snapshot_hash=None)  # as an older labqpu stored
+    assert PulseProgram.from_bytes(unrecorded.to_bytes()).snapshot_hash is None
+    with pytest.raises(PulseError, match="snapshot_hash must be text, got 5"):
+        PulseProgram.from_bytes(dataclasses.replace(program, snapshot_hash=5).to_bytes())
 
 
 def test_builder_program_with_parameter_table_round_trips(snapshot, channels) -> None:

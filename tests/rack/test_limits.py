@@ -145,6 +145,19 @@ def test_one_signal_generator_is_asked_for_one_setting(tmp_path, name, value, un
         assert store.commit(_with(moved, 1, "t1_s", 61e-6)).qubits[1]["t1_s"].value == 61e-6
 
 
+def _raw_replies(server, lines: bytes, count: int) -> list[str]:
+    """The first ``count`` reply lines of a simulated instrument to ``lines``, sent on a raw
+    TCP socket (no driver in between)."""
+    with socket.create_connection((server.host, server.port), timeout=5) as conn:
+        conn.sendall(lines)
+        replies = b""
+        while replies.count(b"\n") < count:
+            chunk = conn.recv(200)
+            assert chunk, replies
+            replies += chunk
+    return replies.decode().splitlines()[:count]
+
+
 def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo(
         tmp_path) -> None:
     """A wiring file that gives the readout LO a 7.1 GHz ceiling: the store refuses the shipped
@@ -175,14 +188,7 @@ def test_a_narrower_wiring_range_binds_the_store_the_driver_and_the_simulated_lo
             assert lo.frequency_hz == 7.0e9
         finally:
             connection.close()
-        with socket.create_connection((server.host, server.port), timeout=5) as conn:
-            conn.sendall(b"FREQ 7.2e9\nSYST:ERR?\nFREQ?\n")
-            replies = b""
-            while replies.count(b"\n") < 2:
-                chunk = conn.recv(200)
-                assert chunk, replies
-                replies += chunk
-        error, frequency = replies.decode().splitlines()[:2]
+        error, frequency = _raw_replies(server, b"FREQ 7.2e9\nSYST:ERR?\nFREQ?\n", 2)
         assert not error.startswith("0,"), error
         assert float(frequency) == 7.0e9
 
@@ -199,14 +205,8 @@ def test_a_range_that_leaves_out_the_factory_setting_powers_on_at_its_edge(tmp_p
                                  "max_frequency_hz = 8e9\nmin_power_dbm = -10.0\n"))
     with SimulatedRack(path, seed=1) as simulated:
         server = simulated.instruments["lo_drive_a"]
-        with socket.create_connection((server.host, server.port), timeout=5) as conn:
-            conn.sendall(b"FREQ?;POW?\n*RST\nFREQ?;POW?\nSYST:ERR?\n")
-            replies = b""
-            while replies.count(b"\n") < 3:
-                chunk = conn.recv(200)
-                assert chunk, replies
-                replies += chunk
-        powered_on, after_reset, error = replies.decode().splitlines()[:3]
+        powered_on, after_reset, error = _raw_replies(
+            server, b"FREQ?;POW?\n*RST\nFREQ?;POW?\nSYST:ERR?\n", 3)
         assert [float(v) for v in powered_on.split(";")] == [4e9, -10.0]
         assert after_reset == powered_on and error.startswith("0,"), (after_reset, error)
 
