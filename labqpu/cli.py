@@ -35,8 +35,8 @@ from labqpu.cli_draw import (
     draw_command,
     is_circuit_script,
     load_circuit_file,
+    parameter_problem,
     script_reason,
-    unbound_problem,
 )
 from labqpu.cli_store import (
     STORE_COMMANDS,
@@ -229,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        problem = unbound_problem(circuit)
+        problem = parameter_problem(circuit)
         if problem:
             print(f"labqpu run: {problem}", file=sys.stderr)
             return 2

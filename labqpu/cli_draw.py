@@ -270,16 +270,27 @@ def _draw_option_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def unbound_problem(circuit) -> str | None:
+def parameter_problem(circuit) -> str | None:
     """Why the command line cannot run or draw ``circuit``: parameters it leaves unbound (an
-    OpenQASM ``input``), which it has no way to give values to; None when all are bound."""
-    if not circuit.parameters:
-        return None
-    names = ", ".join(sorted(p.name for p in circuit.parameters))
-    return (f"circuit {circuit.name!r} has unbound parameter(s) {names}, and the command line "
-            "gives them no values: write values into the file in their place (an OpenQASM "
-            "input gets none from here), or run the circuit from Python with "
-            "backend.run(circuit, parameter_binds=[{...}])")
+    OpenQASM ``input``), which it has no way to give values to, or a NaN or infinite one
+    (Qiskit's own passes failed on it with a bare "NoConvergence" in a two-qubit circuit,
+    before labqpu's check, which names the gate); None when there is neither."""
+    if circuit.parameters:
+        names = ", ".join(sorted(p.name for p in circuit.parameters))
+        return (f"circuit {circuit.name!r} has unbound parameter(s) {names}, and the command "
+                "line gives them no values: write values into the file in their place (an "
+                "OpenQASM input gets none from here), or run the circuit from Python with "
+                "backend.run(circuit, parameter_binds=[{...}])")
+    from qiskit.converters import circuit_to_dag
+    from qiskit.transpiler.exceptions import TranspilerError
+
+    from labqpu.backend.plugins import FiniteParameters
+
+    try:
+        FiniteParameters(qubits="qubit").run(circuit_to_dag(circuit))
+    except TranspilerError as exc:
+        return f"circuit {circuit.name!r}: {exc.message}"
+    return None
 
 
 def draw_command(args: argparse.Namespace) -> int:
@@ -294,7 +305,7 @@ def draw_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    problem = unbound_problem(circuit)
+    problem = parameter_problem(circuit)
     if problem:
         print(f"labqpu draw: {problem}", file=sys.stderr)
         return 2

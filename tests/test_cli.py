@@ -255,18 +255,36 @@ def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path):
 
 def test_a_circuit_the_transpiler_refuses_on_a_calibrated_device_is_not_blamed_on_calibration(
         tmp_path):
-    """A NaN angle was reported as "snapshot 1 gives gates on qubits [0, 1, 2, 3, 4] ...; run
-    `labqpu calibrate --all`" on a device whose every qubit and edge is calibrated."""
-    (tmp_path / "nan.py").write_text("import math\nfrom qiskit import QuantumCircuit\n"
-                                     "qc = QuantumCircuit(1, 1)\nqc.rx(math.nan, 0)\n"
-                                     "qc.measure(0, 0)\n")
-    proc = labqpu(tmp_path, "run", "nan.py", timeout=120)
+    """A gate the transpiler cannot synthesize was reported as "snapshot 1 gives gates on
+    qubits [0, 1, 2, 3, 4] ...; run `labqpu calibrate --all`" on a device whose every qubit
+    and edge is calibrated."""
+    (tmp_path / "opaque.py").write_text("from qiskit import QuantumCircuit\n"
+                                        "from qiskit.circuit import Gate\n"
+                                        "qc = QuantumCircuit(1, 1)\n"
+                                        "qc.append(Gate('mystery', 1, []), [0])\n"
+                                        "qc.measure(0, 0)\n")
+    proc = labqpu(tmp_path, "run", "opaque.py", timeout=120)
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("labqpu: cannot run the 1-qubit circuit 'nan' on lab5: rx on "
-                              "device qubit "), message
-    assert message.endswith("has the parameter nan: gate parameters must be finite numbers")
-    assert "calibrat" not in message
+    assert message.startswith("labqpu: cannot run the 1-qubit circuit 'opaque' on lab5: "), \
+        message
+    assert "mystery" in message and "calibrat" not in message, message
+
+
+@pytest.mark.parametrize("command", ["run", "draw"])
+def test_a_nan_angle_is_named_before_a_simulator_starts(tmp_path, command):
+    """In a two-qubit circuit Qiskit's own passes failed on it first: "labqpu: NoConvergence";
+    in a one-qubit one the message named the device qubit the layout chose, after starting
+    the simulator, and blamed calibration."""
+    (tmp_path / "nan.py").write_text("import math\nfrom qiskit import QuantumCircuit\n"
+                                     "qc = QuantumCircuit(2, 2)\nqc.h(0)\nqc.cx(0, 1)\n"
+                                     "qc.rx(math.nan, 1)\nqc.measure([0, 1], [0, 1])\n")
+    proc = labqpu(tmp_path, command, "nan.py")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"labqpu {command}: circuit 'nan': rx on qubit 1 has the parameter nan: gate "
+        "parameters must be finite numbers"]
+    assert "simulator pid" not in proc.stdout
 
 
 def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):

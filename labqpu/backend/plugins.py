@@ -350,7 +350,13 @@ class FiniteParameters(AnalysisPass):
     """Refuse a gate whose parameter is NaN or infinite (``TranspilerError`` naming the gate,
     its qubits and the value), before any pass can merge it into a finite gate: Qiskit's
     single-qubit optimisation turns h, rz(nan), h into an x, so the circuit would otherwise run
-    as something it does not say. Unbound parameters pass; control-flow bodies are checked."""
+    as something it does not say. Unbound parameters pass; control-flow bodies are checked.
+    ``qubits`` names the qubits in the message: the device's (after layout, in the translation
+    stage) or, before a layout, the circuit's (``"qubit"``)."""
+
+    def __init__(self, qubits: str = "device qubit") -> None:
+        super().__init__()
+        self.qubits = qubits
 
     def run(self, dag: DAGCircuit, inside: str = "") -> None:
         """Raise on the first non-finite parameter of ``dag`` (in its control flow too)."""
@@ -359,7 +365,7 @@ class FiniteParameters(AnalysisPass):
                 if isinstance(value, (int, float, complex)) and not cmath.isfinite(value):
                     qubits = [dag.find_bit(q).index for q in node.qargs]
                     where = (f"inside the body of an {inside}" if inside else
-                             f"on device qubit{'s' if len(qubits) > 1 else ''} "
+                             f"on {self.qubits}{'s' if len(qubits) > 1 else ''} "
                              f"{', '.join(map(str, qubits))}")
                     raise TranspilerError(f"{node.op.name} {where} has the parameter {value}: "
                                           "gate parameters must be finite numbers")

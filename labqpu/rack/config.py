@@ -306,17 +306,21 @@ def _check_endpoint(endpoint: str, where: _Where) -> None:
 
 def _address(text: str) -> tuple[str, ...] | None:
     """What an endpoint or VISA resource connects to, to tell two apart: (host, port) for TCP
-    (``tcp://h:p``, ``TCPIP0::h::p::SOCKET``), the whole string in capitals otherwise; None
-    for port 0 (each gets a free port of its own)."""
+    (``tcp://h:p``, ``TCPIP0::h::p::SOCKET``); an ``ipc://`` path or a serial device path
+    (``ASRL/dev/ttyUSB0::INSTR``) as written, since paths tell case apart; another VISA
+    resource in capitals, as VISA reads it; None for port 0 (each gets a free port of its
+    own)."""
     if text.startswith("tcp://"):
         host, _, port = text[len("tcp://"):].rpartition(":")
     else:
         parts = text.split("::")
+        if text.startswith("ipc://") or text.upper().startswith("ASRL/"):
+            return (text,)
         if not (len(parts) == 4 and parts[0].upper().startswith("TCPIP")
                 and parts[3].upper() == "SOCKET"):
             return (text.upper(),)
         host, port = parts[1], parts[2]
-    return None if int(port) == 0 else (host.lower(), port)
+    return None if int(port) == 0 else (host.lower(), str(int(port)))
 
 
 def _one_box_each(controllers: list[ControllerConfig], instruments: list[InstrumentConfig],

@@ -86,7 +86,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         raise InvalidSnapshotError(
             f"the snapshot is for device {device!r}, but {config.path or 'the wiring file'} "
             f"describes device {config.device_name!r} ([device] name)")
-    _on_the_device(document, config)
+    _on_the_device(document, config, kept)
     fs = config.controllers[0].sample_rate_hz  # the same for every controller (lab.toml)
     pairs = document.get("pairs")
     for key, params in (pairs.items() if isinstance(pairs, Mapping) else ()):
@@ -135,9 +135,13 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         _one_setting(lo_name, quantity, wanted)
 
 
-def _on_the_device(document: Mapping[str, Any], config: LabConfig) -> None:
+def _on_the_device(document: Mapping[str, Any], config: LabConfig,
+                   kept: Mapping[str, Any] | None) -> None:
     """Refuse a qubit, pair or gate of ``document`` that is not on the device: a qubit number
-    past its qubits, a pair that is not an edge of its coupling map, a gate on either."""
+    past its qubits, a pair that is not an edge of its coupling map, a gate on either. One
+    that ``kept`` (the parent document) holds with the same values is not refused: a wiring
+    file narrowed since (a dead coupler taken out) must not lock its store out of every later
+    commit and rollback."""
     wiring = config.path or "the wiring file"
     edges = {tuple(sorted(edge)) for edge in config.coupling_map}
     for section, qubits_of, subject in (
@@ -145,7 +149,10 @@ def _on_the_device(document: Mapping[str, Any], config: LabConfig) -> None:
             ("pairs", parse_pair, "pair {}"),
             ("gates", lambda key: parse_gate(key)[1], "gate '{}'")):
         entries = document.get(section)
+        before = (kept or {}).get(section, {})
         for key in (entries if isinstance(entries, Mapping) else ()):
+            if before.get(key) == entries[key]:
+                continue
             qubits = qubits_of(key)
             off = [q for q in qubits if q >= config.num_qubits]
             if off:

@@ -286,6 +286,18 @@ def test_two_instruments_at_one_address_are_refused(doc, first, second, clash):
         parse_config(doc, Path("/racks/lab.toml"))
 
 
+def test_ipc_paths_that_differ_in_case_are_two_addresses(doc):
+    """Paths tell case apart: two controllers at ipc:///tmp/ctrl and ipc:///tmp/CTRL were
+    refused as one address."""
+    doc["controllers"].append({**doc["controllers"][0], "name": "ctrl1"})
+    doc["controllers"][0]["endpoint"] = "ipc:///tmp/labqpu/ctrl"
+    doc["controllers"][1]["endpoint"] = "ipc:///tmp/labqpu/CTRL"
+    parse_config(doc, Path("/racks/lab.toml"))
+    doc["controllers"][1]["endpoint"] = "ipc:///tmp/labqpu/ctrl"
+    with pytest.raises(BackendConfigurationError, match="ctrl0 and ctrl1 are both at"):
+        parse_config(doc, Path("/racks/lab.toml"))
+
+
 def test_a_controller_and_an_instrument_at_one_address_are_refused(doc):
     doc["controllers"][0]["endpoint"] = "tcp://10.0.0.7:5555"
     doc["instruments"][2]["resource"] = "TCPIP0::10.0.0.7::5555::SOCKET"

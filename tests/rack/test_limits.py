@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from dataclasses import replace
 
 import pytest
 
@@ -143,6 +144,30 @@ def test_one_signal_generator_is_asked_for_one_setting(tmp_path, name, value, un
         unchecked.commit(moved)
     with CalibrationStore(path, validators=(wiring_limits(config),)) as store:
         assert store.commit(_with(moved, 1, "t1_s", 61e-6)).qubits[1]["t1_s"].value == 61e-6
+
+
+def test_a_wiring_narrowed_since_does_not_lock_the_store(tmp_path) -> None:
+    """A dead coupler (3-4) taken out of the coupling map: the store's snapshot still holds
+    pair 3-4, and every later commit carries it forward; a review found each of them, and
+    every rollback, refused. What the parent holds unchanged is not checked again; a pair 3-4
+    with new values still is."""
+    config = load_config(default_config_path())
+    narrowed = replace(config, coupling_map=tuple(e for e in config.coupling_map
+                                                  if sorted(e) != [3, 4]))
+    path = tmp_path / "s.sqlite"
+    with CalibrationStore(path, validators=(wiring_limits(config),)) as store:
+        store.import_json(shipped_export())
+    with CalibrationStore(path, validators=(wiring_limits(narrowed),)) as store:
+        latest = store.latest()
+        assert (3, 4) in latest.pairs
+        t1 = latest.qubits[0]["t1_s"].value
+        SnapshotBuilder.from_snapshot(latest).set_qubit(0, "t1_s", 0.9 * t1, "manual") \
+            .commit(store)
+        assert store.rollback(latest.snapshot_id).snapshot_id == latest.snapshot_id + 2
+        moved = SnapshotBuilder.from_snapshot(store.latest())
+        moved.set_pair((3, 4), "cz_amplitude", 0.31, "manual")
+        with pytest.raises(InvalidSnapshotError, match="3-4 is not an edge of device lab5"):
+            moved.commit(store)
 
 
 def _raw_replies(server, lines: bytes, count: int) -> list[str]:
