@@ -20,6 +20,11 @@ class Budget:
     rounds: int = 3  # interleaved rounds of labqpu and an out-of-process reference
 
 
+def summary(doc: str) -> str:
+    """The first paragraph of a benchmark's docstring, on one line: its ``--help`` text."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 FULL = Budget(repeats=7, min_repeat_s=0.1, rounds=3)
 QUICK = Budget(repeats=3, min_repeat_s=0.02, rounds=1)
 

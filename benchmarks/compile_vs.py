@@ -387,7 +387,7 @@ def scaling(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict],
 
 
 def main(argv: list[str] | None = None, out: list[dict] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="1 round, smaller batches")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--refs", default="legacy,quantify",

@@ -266,7 +266,7 @@ def read_back_cost(job: Callable[[int], object], calls: int) -> tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="100 jobs instead of 400")
     parser.add_argument("--reply-spin", type=float, metavar="S",
                         help="the controller's reply_spin_s for this run (s; default 0.002, which "

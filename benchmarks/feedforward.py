@@ -58,7 +58,7 @@ def _top(counts: dict[str, int]) -> list[tuple[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="100 shots only")
     args = parser.parse_args(argv)
     shot_counts = [100] if args.quick else [100, 1000]

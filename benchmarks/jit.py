@@ -19,12 +19,15 @@ The difference of the two wall times is what compiling costs; nothing here asser
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _timing import summary
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,6 +79,7 @@ def _child(cache_dir: str) -> tuple[float, list[tuple[float, str]]]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=summary(__doc__)).parse_args()
     print(f"labqpu kernel compile time, {time.strftime('%Y-%m-%dT%H:%M:%S')}, "
           f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="labqpu-numba-") as cache:

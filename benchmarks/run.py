@@ -535,7 +535,7 @@ def _blas_threads() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats, one interleaved round, smaller batches")
     parser.add_argument("--only", default="",

@@ -60,7 +60,18 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import FULL, QUICK, Budget, Line, dur, fmt, info, interleaved, seconds_per_call
+from _timing import (
+    FULL,
+    QUICK,
+    Budget,
+    Line,
+    dur,
+    fmt,
+    info,
+    interleaved,
+    seconds_per_call,
+    summary,
+)
 from run import (
     _calibrated,
     _check,
@@ -484,7 +495,7 @@ def bench_overlap(budget: Budget) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="3 repeats per figure")
     parser.add_argument("--only",
                         choices=["circuit", "scaling", "pulse", "sequence", "overlap"],

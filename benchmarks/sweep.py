@@ -67,7 +67,7 @@ def t1_scan(backend, offset_dt: int, points: int = T1_POINTS) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="2 repetitions instead of 5")
     args = parser.parse_args()
     os.environ.setdefault("LABQPU_HOME", tempfile.mkdtemp(prefix="labqpu-bench-"))

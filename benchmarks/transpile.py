@@ -35,7 +35,7 @@ from _timing import Line, dur, emit, info
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else 5

@@ -531,7 +531,7 @@ class _BarReporter:
 def _pair(text: str) -> tuple[int, int]:
     """An argparse type: an edge written A-B (whole numbers)."""
     a, dash, b = text.partition("-")
-    if not (dash and a.isdigit() and b.isdigit()):
+    if not (dash and a.isascii() and b.isascii() and a.isdigit() and b.isdigit()):
         raise argparse.ArgumentTypeError(f"must be an edge written A-B, e.g. 1-2, got {text!r}")
     return int(a), int(b)
 

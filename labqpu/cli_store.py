@@ -51,7 +51,7 @@ def store_command(args: argparse.Namespace) -> int:
         print(f"labqpu calibrate {action}: {', '.join(foreign)}: not for {action}, which works "
               f"on whole snapshots of the store{takes}", file=sys.stderr)
         return 2
-    if len(rest) != len(wanted) or not all(r.isdigit() for r in rest):
+    if len(rest) != len(wanted) or not all(r.isascii() and r.isdigit() for r in rest):
         usage = " ".join([action, *wanted])
         what = " (snapshot ids are whole numbers)" if wanted else " (no further words)"
         print(f"labqpu calibrate {action}: usage: labqpu calibrate {usage}{what}, got "
@@ -130,7 +130,7 @@ def _gate_key(store, gate: str) -> str:
     the gate either way holds only that one."""
     name, _, qubits = gate.partition(":")
     parts = qubits.split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         return gate
     turned = f"{name}:{parts[1]}-{parts[0]}"
     for info in store.history():  # newest first; the newest often holds every gate

@@ -567,6 +567,8 @@ def test_history_options_with_graph_nodes_are_refused(tmp_path, args, expected) 
     (["diff", "1", "2", "--limit", "3"], "--limit: not for diff"),
     (["rollback", "1", "--shots", "400"], "--shots: not for rollback"),  # the defaults, given
     (["diff", "1", "2", "--limit", "50"], "--limit: not for diff"),
+    (["rollback", "\u00b2"], "snapshot ids are whole numbers"),  # isdigit(); int(): traceback
+    (["diff", "1", "\u0663"], "snapshot ids are whole numbers"),  # an Arabic-Indic 3
 ])
 def test_calibrate_store_commands_refuse_what_they_cannot_take_in_one_line(
         tmp_path, export, args, expected) -> None:

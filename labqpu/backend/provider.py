@@ -243,8 +243,9 @@ def _check_store_device(store: CalibrationStore, config: LabConfig) -> None:
 
 def _warn_outside_the_wiring(backend: LabBackend) -> None:
     """Warn when the snapshot the backend starts on asks what the wiring file's instruments
-    cannot be set to (limits narrowed since it was committed; commits are checked): the jobs
-    that need it would fail at the instrument."""
+    cannot be set to (limits narrowed since it was committed, or a commit through a store
+    opened without the wiring's checks): jobs fail at the instrument (a job sets every
+    qubit's flux bias, so any job fails on a flux bias out of range)."""
     snapshot = backend.snapshot
     if snapshot is None:
         return
@@ -252,7 +253,8 @@ def _warn_outside_the_wiring(backend: LabBackend) -> None:
         check_against_wiring(snapshot.to_document(), backend.config)
     except InvalidSnapshotError as exc:
         log.warning("backend %s: calibration snapshot %s is outside the limits of %s "
-                    "(narrowed since it was committed): %s; jobs that need it fail until a "
+                    "(narrowed since it was committed, or committed through a store opened "
+                    "without them): %s; jobs that set that instrument fail until a "
                     "calibration (or a rollback) commits a snapshot within them", backend.name,
                     snapshot.snapshot_id, backend.config.path or "the wiring file",
                     getattr(exc, "message", None) or exc)
