@@ -27,7 +27,7 @@ from labqpu.backend.program_checks import (
     one_controller_hint,
 )
 from labqpu.backend.results import discriminator_centres
-from labqpu.backend.snapshots import newest_buildable
+from labqpu.backend.snapshots import newest_buildable, within_limits
 from labqpu.backend.sweeps import expand_sweeps, param_sets_for
 from labqpu.backend.target import LEFT_OUT, LabTarget, build_target
 from labqpu.drivers.protocol import SEED_LIMIT
@@ -225,7 +225,8 @@ class LabBackend(BackendV2):
                     self.provider.command("calibrate --bootstrap --design DESIGN.toml"))
             else:
                 snapshot, target, problem = newest_buildable(
-                    self.store, latest, lambda s: self._build_target(s, self._pulse_gates))
+                    self.store, latest, lambda s: self._build_target(s, self._pulse_gates),
+                    within_limits(self.config))
                 if problem is not None:
                     self._rejected_snapshot = latest
                     log.warning("backend %s: calibration snapshot %s cannot build a Target "

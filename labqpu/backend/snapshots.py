@@ -11,11 +11,14 @@ from labqpu.errors import (
     CalibrationError,
     CalibrationMissingError,
     CorruptSnapshotError,
+    InvalidSnapshotError,
     LabQpuError,
 )
+from labqpu.rack.config import LabConfig
+from labqpu.rack.limits import check_against_wiring
 from labqpu.store import CalibrationStore, Snapshot
 
-__all__ = ["BUILD_ERRORS", "MAX_FALLBACK_SNAPSHOTS", "newest_buildable"]
+__all__ = ["BUILD_ERRORS", "MAX_FALLBACK_SNAPSHOTS", "newest_buildable", "within_limits"]
 
 T = TypeVar("T")
 
@@ -25,11 +28,15 @@ BUILD_ERRORS = (LabQpuError, ValueError, TypeError, KeyError)
 MAX_FALLBACK_SNAPSHOTS = 50
 
 
-def newest_buildable(store: CalibrationStore, latest: int, build: Callable[[Snapshot], T]
+def newest_buildable(store: CalibrationStore, latest: int, build: Callable[[Snapshot], T],
+                     fits: Callable[[Snapshot], bool] = lambda snapshot: True
                      ) -> tuple[Snapshot, T, Exception | None]:
     """Snapshot ``latest`` of ``store`` and what ``build`` makes of it, with None; or, if
     ``build`` raises one of :data:`BUILD_ERRORS` on it, the newest earlier snapshot that
-    ``build`` succeeds on, its build, and the error of ``latest``.
+    ``build`` succeeds on and that ``fits`` (the rack's limits), else the newest that
+    ``build`` succeeds on, its build, and the error of ``latest``. (A fallback onto a snapshot
+    the rack cannot set its instruments to would fail every job: a review's store held one
+    between the broken newest and a good one.)
 
     Raises:
         CalibrationError: neither ``latest`` nor any of the :data:`MAX_FALLBACK_SNAPSHOTS`
@@ -45,17 +52,36 @@ def newest_buildable(store: CalibrationStore, latest: int, build: Callable[[Snap
             return snapshot, build(snapshot), None
         except BUILD_ERRORS as exc:
             problem = exc
+    unfit: tuple[Snapshot, T] | None = None
     for snapshot_id in range(latest - 1, max(0, latest - 1 - MAX_FALLBACK_SNAPSHOTS), -1):
         try:  # ids a failed write left incomplete, and corrupt ones, are passed over
             older = store.get(snapshot_id)
         except (CalibrationMissingError, CorruptSnapshotError):
             continue
         try:
-            return older, build(older), problem
+            built = build(older)
         except BUILD_ERRORS:
             continue
+        if fits(older):
+            return older, built, problem
+        unfit = unfit or (older, built)
+    if unfit is not None:
+        return (*unfit, problem)
     message = getattr(problem, "message", None) or str(problem)
     raise CalibrationError(
         f"calibration snapshot {latest} of store {store.path} cannot build a Target ({message}), "
         f"nor can the snapshots before it: commit a corrected snapshot, or roll back to one "
         "(labqpu calibrate history lists them; labqpu calibrate rollback ID)") from problem
+
+
+def within_limits(config: LabConfig) -> Callable[[Snapshot], bool]:
+    """Whether the rack of ``config`` can set its instruments to what a snapshot asks (the
+    wiring file's limits: ``labqpu.rack.limits``), for :func:`newest_buildable`'s ``fits``."""
+    def fits(snapshot: Snapshot) -> bool:
+        try:
+            check_against_wiring(snapshot.to_document(), config)
+        except InvalidSnapshotError:
+            return False
+        return True
+
+    return fits

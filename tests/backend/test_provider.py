@@ -390,6 +390,35 @@ def _insert_unchecked(path, document: dict, parent: int) -> None:
     conn.close()
 
 
+def test_a_fallback_passes_over_a_snapshot_the_rack_cannot_set(tmp_path, monkeypatch,
+                                                                caplog) -> None:
+    """A review's store: snapshot 2 asks qubit 2's flux bias for 20 mA (the source gives 10),
+    snapshot 3 cannot build a Target (a 20.5 ns pulse), both committed without the wiring's
+    checks. The provider fell back onto snapshot 2, and every job then failed at the current
+    source; it now starts on snapshot 1, the newest that builds and fits the rack."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        first = backend.snapshot
+        path = backend.config.store_path
+    loud = first.to_document()
+    loud["qubits"]["2"]["flux_bias_a"]["value"] = 0.02
+    _insert_unchecked(path, loud, first.snapshot_id)
+    off_grid = first.to_document()
+    off_grid["qubits"]["1"]["pulse_duration_s"]["value"] = 20.5e-9
+    _insert_unchecked(path, off_grid, first.snapshot_id + 1)
+    with caplog.at_level("WARNING"), LabProvider() as provider:
+        backend = provider.backend()
+        assert backend.target.snapshot_id == first.snapshot_id
+        assert not [r for r in caplog.records if "outside the limits" in r.getMessage()]
+        qc = QuantumCircuit(1, 1)
+        qc.x(0)
+        qc.measure(0, 0)
+        counts = backend.run(transpile(qc, backend, initial_layout=[3]), shots=100).result(
+            timeout=60).get_counts()
+        assert counts.get("1", 0) > 80, counts
+
+
 def test_a_new_provider_starts_on_the_newest_snapshot_that_builds_a_target(
         tmp_path, monkeypatch, caplog) -> None:
     """A provider opened on a store whose newest snapshot cannot build a Target starts on the
