@@ -18,6 +18,8 @@ from qiskit.providers import QiskitBackendNotFoundError
 from labqpu import BackendConfigurationError, LabProvider
 from labqpu.errors import CalibrationError, HardwareUnavailableError
 from labqpu.rack.config import default_config_path
+from labqpu.store import CalibrationStore
+from labqpu.testing import seed_fresh_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -397,10 +399,9 @@ def test_a_fallback_passes_over_a_snapshot_the_rack_cannot_set(tmp_path, monkeyp
     checks. The provider fell back onto snapshot 2, and every job then failed at the current
     source; it now starts on snapshot 1, the newest that builds and fits the rack."""
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
-    with LabProvider() as provider:
-        backend = provider.backend()
-        first = backend.snapshot
-        path = backend.config.store_path
+    path = seed_fresh_store(tmp_path)
+    with CalibrationStore(path) as store:
+        first = store.latest()
     loud = first.to_document()
     loud["qubits"]["2"]["flux_bias_a"]["value"] = 0.02
     _insert_unchecked(path, loud, first.snapshot_id)
