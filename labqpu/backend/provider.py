@@ -92,7 +92,8 @@ class SimulatorProcess:
         """Start the simulator again after it exited (``reason``: :meth:`failure`'s words),
         listening where its clients know it; None once it serves again, else ``reason`` and
         why it was not started. At most :data:`MAX_RESTARTS` times within
-        :data:`RESTART_WINDOW_S`: a simulator that keeps exiting is left down. A start that
+        :data:`RESTART_WINDOW_S`: a simulator that keeps exiting is left down until the first
+        of those restarts is that old (the message says how long). A start that
         fails is tried again after :data:`RETRY_START_AFTER_S`, not sooner."""
         with self._lock:
             if self._stopped:
@@ -105,9 +106,11 @@ class SimulatorProcess:
             while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
                 self._restarts.popleft()
             if len(self._restarts) >= MAX_RESTARTS:
+                wait_s = RESTART_WINDOW_S - (now - self._restarts[0])
                 return (f"{reason} (it exited {MAX_RESTARTS + 1} times within "
-                        f"{RESTART_WINDOW_S:.0f} s, so it was not started again; open a new "
-                        "provider)")
+                        f"{RESTART_WINDOW_S:.0f} s, so it is not started again for another "
+                        f"{wait_s:.0f} s, when the first of those exits is "
+                        f"{RESTART_WINDOW_S:.0f} s old; or open a new provider)")
             cause = self._down[0] if self._down is not None else reason
             known = self.endpoints
             self._close_streams()
