@@ -124,18 +124,24 @@ class LabConfig:
         return replace(self, controllers=ctrls, instruments=insts)
 
 
+def _tcp_host_port(address: str) -> tuple[str, str] | None:
+    """(host, port as written) of a controller endpoint (``tcp://host:port``) or of a VISA
+    ``TCPIP[n]::host::port::SOCKET`` resource; None for any other address."""
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        return host, port
+    parts = address.split("::")
+    if (len(parts) != 4 or not parts[0].upper().startswith("TCPIP")
+            or parts[3].upper() != "SOCKET"):
+        return None
+    return parts[1], parts[2]
+
+
 def tcp_port(address: str) -> int | None:
     """The TCP port of a controller endpoint (``tcp://host:port``) or of a VISA
     ``TCPIP[n]::host::port::SOCKET`` resource; None for any other address."""
-    if address.startswith("tcp://"):
-        port = address.rsplit(":", 1)[-1]
-    else:
-        parts = address.split("::")
-        if (len(parts) != 4 or not parts[0].upper().startswith("TCPIP")
-                or parts[3].upper() != "SOCKET"):
-            return None
-        port = parts[2]
-    return int(port) if port.isdigit() else None
+    tcp = _tcp_host_port(address)
+    return int(tcp[1]) if tcp is not None and tcp[1].isdigit() else None
 
 
 def labqpu_home() -> Path:
@@ -310,17 +316,12 @@ def _address(text: str) -> tuple[str, ...] | None:
     (``ASRL/dev/ttyUSB0::INSTR``) as written, since paths tell case apart; another VISA
     resource in capitals, as VISA reads it; None for port 0 (each gets a free port of its
     own)."""
-    if text.startswith("tcp://"):
-        host, _, port = text[len("tcp://"):].rpartition(":")
-    else:
-        parts = text.split("::")
-        if text.startswith("ipc://") or text.upper().startswith("ASRL/"):
-            return (text,)
-        if not (len(parts) == 4 and parts[0].upper().startswith("TCPIP")
-                and parts[3].upper() == "SOCKET"):
-            return (text.upper(),)
-        host, port = parts[1], parts[2]
-    return None if int(port) == 0 else (host.lower(), str(int(port)))
+    tcp = _tcp_host_port(text)
+    if tcp is None:
+        return (text,) if text.startswith("ipc://") or text.upper().startswith("ASRL/") \
+            else (text.upper(),)
+    port = int(tcp[1])  # checked as digits by _check_endpoint / _check_resource
+    return None if port == 0 else (tcp[0].lower(), str(port))
 
 
 def _one_box_each(controllers: list[ControllerConfig], instruments: list[InstrumentConfig],
