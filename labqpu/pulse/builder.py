@@ -55,8 +55,6 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field, fields
-from typing import Any
 
 import numpy as np
 from qiskit.circuit import Parameter, ParameterExpression
@@ -80,11 +78,23 @@ from labqpu.pulse.shapes import (
     FlatTop,
     Shape,
     Value,
-    bind_value,
     require_number,
-    whole_samples,
 )
 from labqpu.pulse.tables import flux_biases, grid_samples
+from labqpu.pulse.tree import (
+    AcquireNode,
+    BarrierNode,
+    Block,
+    Cond,
+    DelayNode,
+    FrameNode,
+    PlayNode,
+    bind_node,
+    leaf_duration,
+    parameters_of,
+    schedule,
+    swept_elsewhere,
+)
 from labqpu.store import Snapshot
 
 #: Rise and fall of the calibrated readout pulse of ``measure`` (s), as in the compiler.
@@ -99,176 +109,6 @@ def _real_or_parameter(value: Value, what: str) -> None:
     if not isinstance(value, ParameterExpression) and not math.isfinite(
             require_number(value, what)):
         raise PulseError(f"{what} must be finite, got {value!r}", parameter=what)
-
-
-# ------------------------------------------------------------------------ instructions
-
-
-#: A leaf's condition: the (acquisition ident, value) tests of its enclosing ``if_result``
-#: blocks, outermost first, or None.
-_Cond = tuple[tuple[int, int], ...] | None
-
-
-@dataclass
-class _Play:
-    channel: Channel
-    shape: Shape
-    cond: _Cond = None
-
-
-@dataclass
-class _Delay:
-    channel: Channel
-    duration: Value
-
-
-@dataclass
-class _Frame:
-    channel: Channel
-    op: str  # shift_phase, set_phase, shift_frequency, set_frequency
-    value: Value
-    cond: _Cond = None
-
-
-@dataclass
-class _Acquire:
-    qubit: int
-    duration: Value
-    clbit: int
-    ident: int = -1
-
-
-@dataclass
-class _Barrier:
-    channels: tuple[Channel, ...]  # () = every channel of the enclosing block
-
-
-@dataclass
-class _Block:
-    alignment: str
-    children: list = field(default_factory=list)
-
-
-def _channels_of(node) -> set[Channel]:
-    if isinstance(node, _Block):
-        out: set[Channel] = set()
-        for child in node.children:
-            out |= _channels_of(child)
-        return out
-    if isinstance(node, _Acquire):
-        return {acquire_channel(node.qubit)}
-    if isinstance(node, _Barrier):
-        return set(node.channels)
-    return {node.channel}
-
-
-# ------------------------------------------------------------------------ binding
-
-
-def _bind_node(node, bindings: Bindings):
-    """A copy of ``node`` with ``bindings`` substituted in every value."""
-    if isinstance(node, _Block):
-        return _Block(node.alignment, [_bind_node(c, bindings) for c in node.children])
-    if isinstance(node, _Play):
-        return _Play(node.channel, node.shape.assign_parameters(bindings), node.cond)
-    if isinstance(node, _Delay):
-        return _Delay(node.channel, bind_value(node.duration, bindings, f"delay on {node.channel}"))
-    if isinstance(node, _Frame):
-        return _Frame(node.channel, node.op,
-                      bind_value(node.value, bindings, f"{node.op} on {node.channel}"), node.cond)
-    if isinstance(node, _Acquire):
-        return _Acquire(node.qubit, bind_value(node.duration, bindings,
-                                               f"acquire on qubit {node.qubit}"), node.clbit,
-                        node.ident)
-    return node
-
-
-def _parameters_of(node) -> set[Parameter]:
-    if isinstance(node, _Block):
-        out: set[Parameter] = set()
-        for child in node.children:
-            out |= _parameters_of(child)
-        return out
-    if isinstance(node, _Play):
-        return set(node.shape.parameters)
-    value = getattr(node, "value", getattr(node, "duration", None))
-    return set(value.parameters) if isinstance(value, ParameterExpression) else set()
-
-
-def _swept_elsewhere(node, swept: set[str]) -> set[str]:
-    """The swept parameter names that ``node`` uses other than as a play's whole amplitude."""
-    if isinstance(node, _Block):
-        return set().union(*(_swept_elsewhere(c, swept) for c in node.children))
-    if isinstance(node, _Play):
-        used: set[str] = set()
-        for f in fields(node.shape):
-            value = getattr(node.shape, f.name)
-            if isinstance(value, ParameterExpression) and not (
-                    f.name == "amp" and isinstance(value, Parameter)):
-                used |= {p.name for p in value.parameters}
-        return used & swept
-    return {p.name for p in _parameters_of(node)} & swept
-
-
-# ------------------------------------------------------------------------ scheduling
-
-
-def _duration(node) -> int:
-    """Duration (samples) of a bound leaf instruction."""
-    if isinstance(node, _Play):
-        return int(node.shape.duration_samples)
-    if isinstance(node, _Delay):
-        return whole_samples(node.duration, f"delay on {node.channel}")
-    if isinstance(node, _Acquire):
-        return whole_samples(node.duration, f"acquire on qubit {node.qubit}", minimum=1)
-    return 0
-
-
-def _schedule(block: _Block) -> tuple[int, list[tuple[int, Any]]]:
-    """(duration, [(start, leaf)]) of a bound block, starts relative to the block's start.
-
-    Leaves keep the order in which they were written; among events at the same sample that
-    order decides (a phase shift written before a play at the same time applies to it).
-    """
-    placed: list[tuple[int, Any, int]] = []  # (start, leaf, order in the block)
-    ends: dict[Channel, int] = {}
-    every = _channels_of(block)
-    units = []
-    for child in block.children:
-        if isinstance(child, _Block):
-            duration, inner = _schedule(child)
-            units.append((child, _channels_of(child), duration, inner))
-        else:
-            chans = set(every) if isinstance(child, _Barrier) and not child.channels \
-                else _channels_of(child)
-            units.append((child, chans, _duration(child), [(0, child)]))
-    order = list(enumerate(units))
-    if block.alignment == "right":
-        order.reverse()
-    cursor = 0
-    for index, (_node, chans, duration, inner) in order:
-        if block.alignment == "sequential":
-            start = cursor
-        else:
-            start = max((ends.get(c, 0) for c in chans), default=0)
-        for c in chans:
-            ends[c] = start + duration
-        cursor = max(cursor, start + duration)
-        for offset, leaf in inner:
-            placed.append((start, (offset, leaf), index))
-    total = max([cursor, *ends.values()])
-    out = []
-    for start, (offset, leaf), index in placed:
-        if block.alignment == "right":
-            # ``start`` counted from the end: the unit occupies [total - start - d, total - start)
-            unit_duration = units[index][2]
-            begin = total - start - unit_duration
-        else:
-            begin = start
-        out.append((begin + offset, leaf, index))
-    # Stable order: by the unit's place in the block, then its own inner order.
-    out.sort(key=lambda r: r[2])
-    return total, [(t, leaf) for t, leaf, _ in out]
 
 
 # ------------------------------------------------------------------------ the builder
@@ -292,9 +132,9 @@ class PulseBuilder:
         #: Samples from an acquisition's end until a play may depend on its result (the
         #: controller's ``feedforward.latency_samples``); None: no feed-forward.
         self.feedforward_latency_samples = feedforward_latency_samples
-        self._root = _Block("left")
+        self._root = Block("left")
         self._stack = [self._root]
-        self._cond: _Cond = None
+        self._cond: Cond = None
         self._acquisitions = 0
 
     @classmethod
@@ -334,14 +174,14 @@ class PulseBuilder:
         """Play ``shape`` on an output ``channel`` (drive, flux or readout)."""
         if not isinstance(shape, Shape):
             raise PulseError(f"play needs a pulse shape, got {shape!r}", parameter="shape")
-        self._add(_Play(self._check_channel(channel, ("drive", "flux", "readout")), shape,
+        self._add(PlayNode(self._check_channel(channel, ("drive", "flux", "readout")), shape,
                         self._cond))
 
     def delay(self, duration_samples: Value, channel: Channel) -> None:
         """Keep ``channel`` idle for ``duration_samples`` (samples, whole, >= 0)."""
         channel = self._check_channel(channel, CHANNEL_KINDS)
         _real_or_parameter(duration_samples, f"delay on {channel}")
-        self._add(_Delay(channel, duration_samples))
+        self._add(DelayNode(channel, duration_samples))
 
     def shift_phase(self, phase_rad: Value, channel: Channel) -> None:
         """Add ``phase_rad`` (rad) to the frame of ``channel`` from here on."""
@@ -366,7 +206,7 @@ class PulseBuilder:
                              "conditional", parameter="op")
         channel = self._check_channel(channel, ("drive", "flux", "readout"))
         _real_or_parameter(value, f"{op} on {channel}")
-        self._add(_Frame(channel, op, value, self._cond))
+        self._add(FrameNode(channel, op, value, self._cond))
 
     def acquire(self, duration_samples: Value, qubit: int | Channel, clbit: int
                 ) -> AcquisitionRef:
@@ -386,7 +226,7 @@ class PulseBuilder:
                              "cannot be conditional", qubits=(channel.qubit,),
                              parameter="acquire")
         self._acquisitions += 1
-        node = _Acquire(channel.qubit, duration_samples, int(clbit), self._acquisitions)
+        node = AcquireNode(channel.qubit, duration_samples, int(clbit), self._acquisitions)
         self._add(node)
         return AcquisitionRef(node.qubit, node.clbit, node.ident, id(self))
 
@@ -450,11 +290,11 @@ class PulseBuilder:
         any of them starts after everything before on all of them."""
         for c in channels:
             self._check_channel(c, CHANNEL_KINDS)
-        self._add(_Barrier(tuple(channels)))
+        self._add(BarrierNode(tuple(channels)))
 
     @contextlib.contextmanager
     def _align(self, alignment: str) -> Iterator[None]:
-        block = _Block(alignment)
+        block = Block(alignment)
         self._add(block)
         self._stack.append(block)
         try:
@@ -503,7 +343,7 @@ class PulseBuilder:
     @property
     def parameters(self) -> frozenset[Parameter]:
         """Every unbound parameter of the instructions so far."""
-        return frozenset(_parameters_of(self._root))
+        return frozenset(parameters_of(self._root))
 
     def assign_parameters(self, bindings: Bindings | None = None, *, strict: bool = True,
                           sweep: Iterable[Parameter | str] = ()) -> PulseProgram:
@@ -547,12 +387,12 @@ class PulseBuilder:
                                  "tells Parameters apart, not by name): bind the program's own "
                                  f"(.parameters) or bind by the name {others[0]!r}",
                                  parameter=others[0])
-        root = _bind_node(self._root, bindings)
-        left = sorted(p.name for p in _parameters_of(root) if p.name not in swept)
+        root = bind_node(self._root, bindings)
+        left = sorted(p.name for p in parameters_of(root) if p.name not in swept)
         if left:
             raise PulseError(f"program {self.name!r}: parameter(s) {', '.join(left)} left "
                              "unbound; give them to assign_parameters()", parameter=left[0])
-        misused = sorted(_swept_elsewhere(root, swept))
+        misused = sorted(swept_elsewhere(root, swept))
         if misused:
             raise PulseError(f"program {self.name!r}: {', '.join(misused)} cannot be swept on "
                              "the controller: only a play's amplitude can (bind the others "
@@ -564,9 +404,9 @@ class PulseBuilder:
         """The program of a builder without parameters (``assign_parameters({})``)."""
         return self.assign_parameters({})
 
-    def _emit(self, root: _Block, values: Mapping[str, float],
+    def _emit(self, root: Block, values: Mapping[str, float],
               swept: frozenset[str] | set[str] = frozenset()) -> PulseProgram:
-        total, leaves = _schedule(root)
+        total, leaves = schedule(root)
         fs = self.sample_rate_hz
         b = ProgramBuilder(self.channels.controllers[0], fs, rack=self.channels.layout)
         frames: dict[Channel, list[float]] = {}  # channel -> [frequency, phase, continuity]
@@ -591,7 +431,7 @@ class PulseBuilder:
         acq_index: dict[int, int] = {}
         for _, (start, leaf) in events:
             cond = getattr(leaf, "cond", None)
-            if cond is not None and isinstance(leaf, _Frame):
+            if cond is not None and isinstance(leaf, FrameNode):
                 port = self.channels.output(getattr(self.channels.qubits[leaf.channel.qubit],
                                                        leaf.channel.kind))
                 with blocks(cond):
@@ -603,23 +443,23 @@ class PulseBuilder:
                 if leaf.channel.kind in ("drive", "readout"):
                     (drive_qubits if leaf.channel.kind == "drive" else readout_qubits).add(
                         leaf.channel.qubit)
-            elif isinstance(leaf, _Frame):
+            elif isinstance(leaf, FrameNode):
                 advance_frame(frame(leaf.channel), leaf.op,
                               require_number(leaf.value, f"{leaf.op} on {leaf.channel}"),
                               start, fs)
-            elif isinstance(leaf, _Play):
+            elif isinstance(leaf, PlayNode):
                 self._emit_play(b, leaf, start, frame(leaf.channel), swept)
                 if leaf.channel.kind == "drive":
                     drive_qubits.add(leaf.channel.qubit)
                 elif leaf.channel.kind == "readout":
                     readout_qubits.add(leaf.channel.qubit)
-            elif isinstance(leaf, _Acquire):
+            elif isinstance(leaf, AcquireNode):
                 q = leaf.qubit
                 freq = frame(readout(q))[0]
                 self._check_nyquist(freq, f"acquire on qubit {q}", q)
                 acq_index[leaf.ident] = b.acquire(
                     self.channels.input(self.channels.qubits[q].acquire), start,
-                    _duration(leaf), freq, q,
+                    leaf_duration(leaf), freq, q,
                     leaf.clbit, self._discriminator(q) if leaf.ident in read else None)
                 readout_qubits.add(q)
                 clbits.append(leaf.clbit)
@@ -658,7 +498,7 @@ class PulseBuilder:
                              f"frequency {self.sample_rate_hz / 2} Hz", qubits=(qubit,),
                              parameter="frequency_hz")
 
-    def _emit_play(self, b: ProgramBuilder, leaf: _Play, start: int, f: list[float],
+    def _emit_play(self, b: ProgramBuilder, leaf: PlayNode, start: int, f: list[float],
                    swept: frozenset[str] | set[str]) -> None:
         shape, channel = leaf.shape, leaf.channel
         q = channel.qubit

@@ -46,20 +46,19 @@ from qiskit.circuit import Instruction, Parameter, ParameterExpression
 from qiskit.circuit.library import get_standard_gate_name_mapping
 
 from labqpu.errors import CompilationError, PulseError
-from labqpu.pulse.builder import (
-    Channel,
-    PulseBuilder,
-    _Acquire,
-    _Barrier,
-    _bind_node,
-    _Delay,
-    _Frame,
-    _Play,
-    _schedule,
-)
+from labqpu.pulse.builder import Channel, PulseBuilder
 from labqpu.pulse.frames import advance_frame, frame_frequency_hz
 from labqpu.pulse.tables import Tables, effect_row
 from labqpu.pulse.timing import TimingConstraints
+from labqpu.pulse.tree import (
+    AcquireNode,
+    BarrierNode,
+    DelayNode,
+    FrameNode,
+    PlayNode,
+    bind_node,
+    schedule,
+)
 
 #: Names a pulse gate may not take: Qiskit's standard gates (the transpiler knows their
 #: matrices) and every instruction labqpu's Target or compiler gives a meaning.
@@ -140,9 +139,9 @@ def define_pulse_gate(name: str, definition: PulseBuilder, qubits: Sequence[int]
                          "instruction; choose another", parameter="name")
     qubits = _qubits(name, qubits, definition)
     params = _parameters(name, definition, parameters)
-    root = _bind_node(definition._root, {})  # a private copy of the instructions
+    root = bind_node(definition._root, {})  # a private copy of the instructions
     try:
-        total, leaves = _schedule(root)
+        total, leaves = schedule(root)
     except (PulseError, TypeError) as exc:  # a TypeError: Qiskit's, of an unbound expression
         why = exc if isinstance(exc, PulseError) else "its parameters: " + ", ".join(
             sorted(p.name for p in definition.parameters))
@@ -151,7 +150,7 @@ def define_pulse_gate(name: str, definition: PulseBuilder, qubits: Sequence[int]
                          "one duration per gate)", parameter="duration_samples") from exc
     timing = timing or definition.channels.timing
     order = sorted(range(len(leaves)), key=lambda i: (leaves[i][0], i))
-    leaves = tuple(leaves[i] for i in order if not isinstance(leaves[i][1], _Barrier))
+    leaves = tuple(leaves[i] for i in order if not isinstance(leaves[i][1], BarrierNode))
     for start, leaf in leaves:
         _check_leaf(name, qubits, start, leaf, timing)
     return PulseGate(name, qubits, params, timing.pad(max(total, 1)),
@@ -191,7 +190,7 @@ def _parameters(name: str, definition: PulseBuilder,
 def _check_leaf(name: str, qubits: tuple[int, ...], start: int, leaf,
                 timing: TimingConstraints) -> None:
     where = f"pulse gate {name!r} on qubits {list(qubits)}"
-    if isinstance(leaf, _Acquire):
+    if isinstance(leaf, AcquireNode):
         raise PulseError(f"{where}: acquisitions and measure cannot be part of a gate; measure "
                          "with the circuit's measure", parameter="acquire")
     channel = leaf.channel
@@ -202,10 +201,10 @@ def _check_leaf(name: str, qubits: tuple[int, ...], start: int, leaf,
         raise PulseError(f"{where}: plays on {channel}, a channel of another qubit; a gate may "
                          f"use only the channels of its qubits {list(qubits)}",
                          qubits=(channel.qubit,), parameter="channel")
-    if isinstance(leaf, _Frame) and leaf.op == "set_phase" and channel.kind == "drive":
+    if isinstance(leaf, FrameNode) and leaf.op == "set_phase" and channel.kind == "drive":
         raise PulseError(f"{where}: set_phase on {channel}: the drive frame carries the "
                          "circuit's virtual Z; use shift_phase", parameter="set_phase")
-    if isinstance(leaf, _Play):
+    if isinstance(leaf, PlayNode):
         length = int(leaf.shape.duration_samples)
         if start % timing.pulse_alignment or length % timing.granularity \
                 or length < timing.min_length:
@@ -255,11 +254,11 @@ def lower(gate: PulseGate, values: Sequence[float], tables: Tables, circuit_name
 
     for start, leaf in gate.leaves:
         try:
-            bound = _bind_node(leaf, bindings)
-            if isinstance(bound, _Delay):
+            bound = bind_node(leaf, bindings)
+            if isinstance(bound, DelayNode):
                 continue
             f = frame(bound.channel)
-            if isinstance(bound, _Frame):
+            if isinstance(bound, FrameNode):
                 value = float(bound.value)
                 if bound.op == "shift_phase" and bound.channel.kind == "drive":
                     members.append(Member(effect_row(shift_qubit_a=bound.channel.qubit,
