@@ -805,10 +805,10 @@ def test_an_unknown_device_name_lists_the_built_in_ones(tmp_path):
 
 
 def test_the_cli_shot_limit_is_the_backends():
-    from labqpu import cli
+    from labqpu import cli_options
     from labqpu.backend.backend import MAX_SHOTS
 
-    assert cli.MAX_SHOTS == MAX_SHOTS
+    assert cli_options.MAX_SHOTS == MAX_SHOTS
 
 
 @pytest.mark.parametrize(("args", "message"), [
