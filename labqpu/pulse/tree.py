@@ -31,6 +31,8 @@ Cond = tuple[tuple[int, int], ...] | None
 
 @dataclass
 class PlayNode:
+    """A pulse ``shape`` played on an output ``channel``; ``cond``: its ``if_result`` tests."""
+
     channel: Channel
     shape: Shape
     cond: Cond = None
@@ -38,12 +40,16 @@ class PlayNode:
 
 @dataclass
 class DelayNode:
+    """Nothing on ``channel`` for ``duration`` samples."""
+
     channel: Channel
     duration: Value
 
 
 @dataclass
 class FrameNode:
+    """A frame change on ``channel``: ``value`` in rad (phases) or Hz (frequencies)."""
+
     channel: Channel
     op: str  # shift_phase, set_phase, shift_frequency, set_frequency
     value: Value
@@ -52,24 +58,33 @@ class FrameNode:
 
 @dataclass
 class AcquireNode:
+    """An acquisition of ``qubit`` for ``duration`` samples into ``clbit``; ``ident``: its
+    number in its builder (from 1), which the ``if_result`` blocks that test it name."""
+
     qubit: int
     duration: Value
     clbit: int
-    ident: int = -1
+    ident: int
 
 
 @dataclass
 class BarrierNode:
+    """Lines up ``channels`` (all of the enclosing block's when empty)."""
+
     channels: tuple[Channel, ...]  # () = every channel of the enclosing block
 
 
 @dataclass
 class Block:
+    """An alignment block (``left``, ``right`` or ``sequential``) and its children in the
+    order written."""
+
     alignment: str
     children: list = field(default_factory=list)
 
 
 def channels_of(node) -> set[Channel]:
+    """The channels ``node`` (a leaf or a block, with everything in it) occupies."""
     if isinstance(node, Block):
         out: set[Channel] = set()
         for child in node.children:
@@ -96,15 +111,17 @@ def bind_node(node, bindings: Bindings):
                          bind_value(node.duration, bindings, f"delay on {node.channel}"))
     if isinstance(node, FrameNode):
         return FrameNode(node.channel, node.op,
-                      bind_value(node.value, bindings, f"{node.op} on {node.channel}"), node.cond)
+                         bind_value(node.value, bindings, f"{node.op} on {node.channel}"),
+                         node.cond)
     if isinstance(node, AcquireNode):
         return AcquireNode(node.qubit, bind_value(node.duration, bindings,
-                                               f"acquire on qubit {node.qubit}"), node.clbit,
-                        node.ident)
+                                                  f"acquire on qubit {node.qubit}"),
+                           node.clbit, node.ident)
     return node
 
 
 def parameters_of(node) -> set[Parameter]:
+    """The unbound Qiskit parameters in ``node`` (a leaf or a block, with everything in it)."""
     if isinstance(node, Block):
         out: set[Parameter] = set()
         for child in node.children:
