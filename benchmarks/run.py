@@ -203,9 +203,9 @@ def bench_synthesis(budget: Budget, out: list[dict]) -> None:
 
     # The compiler does not call the kernels for a waveform it has seen: compiler.waveform
     # returns the cached read-only array of that shape key. Not synthesis; reported apart.
-    key = ("drag", 40, sigma, beta)
-    _check(np.array_equal(compiler.waveform(key), gaussian_drag(40, sigma, beta)), "cache")
-    t_hit = seconds_per_call(lambda: compiler.waveform(key), budget)
+    key, what = ("drag", 40, sigma, beta), "the benchmark's 40-sample DRAG"
+    _check(np.array_equal(compiler.waveform(key, what), gaussian_drag(40, sigma, beta)), "cache")
+    t_hit = seconds_per_call(lambda: compiler.waveform(key, what), budget)
     t_ref = seconds_per_call(lambda: gaussian_drag_numpy(40, sigma, beta), budget)
     emit([throughput_line("waveform cache hit, 40-sample DRAG (NOT synthesis) vs numpy", 40,
                           "samples", t_hit, t_ref, "compiler's shape-keyed cache, effective",

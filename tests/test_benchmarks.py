@@ -1,0 +1,33 @@
+"""The benchmark runner (``benchmarks/run.py``) runs against the code as it is.
+
+docs/performance.md and the README send users to ``python benchmarks/run.py``; a change of a
+labqpu API it calls (``labqpu.pulse.tables.waveform`` took a second argument) once made it
+fail in every mode. Its quick sections that need no reference environment run here; their
+timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("synthesis", "discrimination", "propagation")
+
+
+@pytest.mark.slow
+def test_the_benchmark_runner_runs_its_quick_sections(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only",
+         ",".join(SECTIONS), "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "| speed-up " in line]
+    assert any(line.startswith("waveform cache hit") for line in lines), proc.stdout
+    assert len(lines) >= len(SECTIONS)
+    assert out.stat().st_size > 0
