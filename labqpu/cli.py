@@ -32,6 +32,7 @@ from labqpu.cli_draw import (
     CIRCUIT_NAMES,
     as_run_from_the_command_line,
     draw_command,
+    imports_labqpu,
     is_circuit_script,
     load_circuit_file,
     parameter_problem,
@@ -107,7 +108,7 @@ def _uncalibrated(backend, qc, exc: Exception) -> Exception:
         return LabQpuError(
             f"cannot run {qc.name!r} on {backend.name}: calibration store "
             f"{backend.config.store_path} holds no snapshot with a calibrated qubit; measure "
-            f"one with `{backend.provider.command('calibrate --bootstrap --design DESIGN.toml')}`")
+            f"one with `{backend.provider.command('calibrate --bootstrap')}`")
     return LabQpuError(
         f"cannot run the {qc.num_qubits}-qubit circuit {qc.name!r} on {backend.name}: "
         f"calibration snapshot {target.snapshot_id} in {backend.config.store_path} gives "
@@ -220,30 +221,64 @@ def _run(args: argparse.Namespace) -> int:
               f"labqpu run {shlex.join([args.script, *args.script_args])} {example}",
               file=sys.stderr)
         return 2
-    with as_run_from_the_command_line(script, [str(script), *args.script_args]):
-        namespace = runpy.run_path(str(script), run_name="__main__")
-    _note_an_unrun_circuit(script, namespace)
-    return 0
+    # by name: importing the backend would import the provider, which _noted_an_unrun_circuit
+    # takes as the script's doing
+    backend_log = logging.getLogger("labqpu.backend.backend")
+    warnings = _Kept(logging.WARNING)
+    backend_log.addHandler(warnings)
+    try:
+        with as_run_from_the_command_line(script, [str(script), *args.script_args]):
+            namespace = runpy.run_path(str(script), run_name="__main__")
+    except Exception as exc:
+        from qiskit.transpiler.exceptions import TranspilerError
+
+        if isinstance(exc, TranspilerError):
+            from labqpu.backend.backend import NO_GATES
+            from labqpu.errors import LabQpuError
+
+            causes = [r.getMessage() for r in warnings.records if getattr(r, NO_GATES, False)]
+            if causes:  # Qiskit's message names neither the store nor the Target
+                raise LabQpuError(f"transpile() failed: {getattr(exc, 'message', exc)}; "
+                                  f"{causes[-1]}") from exc
+        raise
+    finally:
+        backend_log.removeHandler(warnings)
+    # a file that defines a circuit and imports no labqpu module was meant as a circuit file:
+    # that nothing ran fails the command (a CI step expecting counts fails too)
+    noted = _noted_an_unrun_circuit(script, namespace)
+    return 1 if noted and not imports_labqpu(script) else 0
 
 
-def _note_an_unrun_circuit(script: Path, namespace: dict) -> None:
+class _Kept(logging.Handler):
+    """A log handler that keeps the records it is given (``records``)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _noted_an_unrun_circuit(script: Path, namespace: dict) -> bool:
     """After a script that never opened labqpu's provider (nothing ran on the device), say so
-    on stderr when it defines a circuit as a circuit file does: the user likely meant it to
-    be one (``labqpu draw`` takes it)."""
+    on stderr when it defines a circuit as a circuit file does (the user likely meant it to
+    be one: ``labqpu draw`` takes it); True when it did."""
     if "labqpu.backend.provider" in sys.modules or "qiskit" not in sys.modules \
             or script.suffix.lower() != ".py":
-        return
+        return False
     from qiskit import QuantumCircuit
 
     name = next((n for n in CIRCUIT_NAMES if isinstance(namespace.get(n), QuantumCircuit)),
                 None)
     if name is None:
-        return
+        return False
     why = script_reason(script) or "it is not read as a circuit file"
     print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
           f"defines `{name}`, but {why}; move the rest to the file that runs it, or run "
           "the circuit from the script with a LabProvider (labqpu run --help)",
           file=sys.stderr)
+    return True
 
 
 def _sim(args: argparse.Namespace) -> NoReturn:

@@ -144,6 +144,17 @@ def script_reason(path: Path) -> str | None:
     return _script_reason(_parsed(path, "run"))
 
 
+def imports_labqpu(path: Path) -> bool:
+    """Whether ``path`` (a .py that compiles) imports a labqpu module anywhere: a script that
+    works with labqpu itself, not a circuit file that missed the rules."""
+    return any(
+        name.split(".")[0] == "labqpu"
+        for node in ast.walk(_parsed(path, "run"))
+        for name in ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                     and not node.level else []))
+
+
 def _is_main_test(test: ast.expr) -> bool:
     """Whether an ``if`` with this test runs only as ``__main__``: ``__name__ == "__main__"``
     (either way round), alone or as a term of an ``and``."""

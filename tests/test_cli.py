@@ -289,7 +289,8 @@ def test_a_nan_angle_is_named_before_a_simulator_starts(tmp_path, command):
 
 def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
     """A script that imports labqpu runs its own jobs: it runs as written, with the options
-    after its path, even when it names a circuit ``qc``."""
+    after its path, even when it names a circuit ``qc`` (and exits 0 when it ran none: it
+    works with labqpu itself; the note on stderr says nothing ran)."""
     (tmp_path / "mine.py").write_text(
         "import sys\nimport labqpu.errors\n" + BELL_PY + "print('script', sys.argv[1:])\n")
     proc = labqpu(tmp_path, "run", "mine.py", "--shots", "7")
@@ -300,10 +301,11 @@ def test_a_python_file_that_imports_labqpu_runs_as_a_script(tmp_path):
 def test_a_script_that_defines_a_circuit_and_runs_nothing_says_so(tmp_path):
     """A review's case: a circuit file with one import beyond the allow-list (``time``) runs
     as a script, which ran nothing and printed nothing (exit 0), while ``labqpu draw`` took
-    it. It still runs as the script it is, and says on stderr that nothing ran and why."""
+    it. It still runs as the script it is, says on stderr that nothing ran and why, and exits
+    1 (a CI step that expected counts fails)."""
     (tmp_path / "timed.py").write_text("import time\n" + BELL_PY)
     proc = labqpu(tmp_path, "run", "timed.py")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.startswith("labqpu run: timed.py ran as a script, which ran nothing on "
                                   "the device: it defines `qc`, but it imports time (a "
@@ -1119,18 +1121,37 @@ def test_the_wiring_files_design_is_read_by_every_calibration_and_the_watch_take
         watch.stdout + watch.stderr
 
 
+def test_a_script_on_an_empty_store_says_why_transpile_failed(tmp_path) -> None:
+    """A review's case: a script that transpiles for a backend whose store is empty failed with
+    Qiskit's own words only ("A connected component of the DAGCircuit is too large ..."),
+    which name neither the store nor what to do; the error now carries the backend's warning,
+    with the command that fills the store."""
+    wiring = _port_0_wiring(tmp_path, seeded=False)
+    (tmp_path / "mine.py").write_text(
+        "from qiskit import transpile\nfrom labqpu import LabProvider\n" + BELL_PY
+        + f"with LabProvider({str(wiring)!r}, simulator=True) as provider:\n"
+        "    backend = provider.backend()\n"
+        "    backend.run(transpile(qc, backend)).result()\n")
+    proc = labqpu(tmp_path, "run", "mine.py", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("labqpu: transpile() failed: "), last
+    assert "holds no snapshot" in last, last
+    assert f"`labqpu calibrate --bootstrap --config {wiring} --simulator`" in last, last
+
+
 @pytest.mark.slow
 def test_a_port_0_wiring_file_with_an_empty_store_is_bootstrapped_from_the_cli(tmp_path) -> None:
-    """The empty store's warning names the command that works for the file (with --simulator);
-    that command bootstraps without repeating the advice to run it; then circuits run."""
+    """The empty store's warning names the command that works for the file (with --simulator),
+    pasted as it is (the device's shipped design values: no --design); that command
+    bootstraps without repeating the advice to run it; then circuits run."""
     wiring = _port_0_wiring(tmp_path, seeded=False)
     status = labqpu(tmp_path, "status", "--config", str(wiring), "--simulator")
     assert status.returncode == 0, status.stderr
-    advised = f"labqpu calibrate --bootstrap --design DESIGN.toml --config {wiring} --simulator"
+    advised = f"labqpu calibrate --bootstrap --config {wiring} --simulator`"
     assert advised in status.stderr, status.stderr
-    design = REPO / "labqpu" / "data" / "lab3_design.toml"
-    boot = labqpu(tmp_path, *advised.replace("DESIGN.toml", str(design)).split()[1:],
-                  "--no-rb", "--shots", "100", timeout=300)
+    boot = labqpu(tmp_path, *advised.rstrip("`").split()[1:], "--no-rb", "--shots", "100",
+                  timeout=300)
     assert boot.returncode == 0, boot.stderr
     assert "holds no snapshot" not in boot.stderr + boot.stdout
     assert "committed calibration snapshot 1" in boot.stdout

@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 #: The warning that the calibration store holds no snapshot (``labqpu calibrate --bootstrap``,
 #: which commits the first one, turns it off).
 EMPTY_STORE_LOG = logging.getLogger(f"{__name__}.empty_store")
+#: The attribute (True) of the log records that warn of a Target with no gate to transpile to
+#: (an empty store; every qubit left out): ``labqpu run`` of a script adds the warning to the
+#: transpiler's error, which names neither.
+NO_GATES = "labqpu_no_gates"
 
 #: Marks the end of ``run()``'s items (so that the circuits before it are compiled).
 _END = object()
@@ -222,7 +226,7 @@ class LabBackend(BackendV2):
                     "backend %s: calibration store %s holds no snapshot, so the Target has no "
                     "gate and transpile() fails for every circuit; measure one with `%s`",
                     self.name, self.config.store_path,
-                    self.provider.command("calibrate --bootstrap --design DESIGN.toml"))
+                    self.provider.command("calibrate --bootstrap"), extra={NO_GATES: True})
             else:
                 snapshot, target, problem = newest_buildable(
                     self.store, latest, lambda s: self._build_target(s, self._pulse_gates),
@@ -238,7 +242,8 @@ class LabBackend(BackendV2):
                                 "calibration snapshot %s (the warnings above, and "
                                 "backend.target.marks, say why), so transpile() and run() "
                                 "fail for every circuit; recalibrate: `%s`", self.name,
-                                snapshot.snapshot_id, self.provider.command("calibrate --all"))
+                                snapshot.snapshot_id, self.provider.command("calibrate --all"),
+                                extra={NO_GATES: True})
             self._target = target
             self._snapshot = snapshot
             return latest
@@ -716,7 +721,7 @@ class LabBackend(BackendV2):
             raise InvalidRunInputError(
                 f"calibration store {self.config.store_path} holds no snapshot with a "
                 f"calibrated qubit, so {self.name} has no gate: measure one with "
-                f"`{self.provider.command('calibrate --bootstrap --design DESIGN.toml')}` (or "
+                f"`{self.provider.command('calibrate --bootstrap')}` (or "
                 "import a snapshot); nothing was sent")
         programs = []
         circuits: list[QuantumCircuit] = []  # consecutive circuits, compiled together

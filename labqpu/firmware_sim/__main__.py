@@ -66,7 +66,8 @@ def _ports(text: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="labqpu sim", description=__doc__)
+    # the module's own usage (``labqpu sim`` checks its options before it calls this)
+    parser = argparse.ArgumentParser(prog="python -m labqpu.firmware_sim", description=__doc__)
     parser.add_argument("lab_toml", help="wiring file (lab.toml)")
     parser.add_argument("--announce", help="write the endpoints as JSON to this file")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")

@@ -474,12 +474,11 @@ def test_an_empty_store_says_to_bootstrap(tmp_path, monkeypatch, caplog) -> None
                     r.getMessage()]
         assert len(warnings) == 1 and "transpile() fails for every circuit" in warnings[0]
         # the command that works for this file: it needs the embedded simulator (port 0)
-        assert (f"labqpu calibrate --bootstrap --design DESIGN.toml --config {wiring} "
-                "--simulator") in warnings[0], warnings[0]
+        assert f"`labqpu calibrate --bootstrap --config {wiring} --simulator`" in warnings[0], \
+            warnings[0]
         with pytest.raises(InvalidRunInputError, match=r"holds no snapshot with a calibrated "
                                                        r"qubit.*`labqpu calibrate --bootstrap "
-                                                       r"--design DESIGN.toml --config .* "
-                                                       r"--simulator`"):
+                                                       r"--config .* --simulator`"):
             backend.run(x_measure())
 
 
