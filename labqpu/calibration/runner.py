@@ -10,8 +10,12 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 * a node that ``measures`` another node's calibration (the CZ whose leakage it reads) holds
   values measured before that node's: **calibrate**;
 * otherwise, run the node's check (if it has one): passed -> **fresh**, failed -> calibrate;
-* a calibration that raises ``FitError`` is **failed**: the working values it touched are
-  restored, so it changes nothing, and it is reported.
+* a calibration that raises ``FitError``, or whose programs the backend refuses before sending
+  them (:data:`STEP_ERRORS`: a value in the store that makes a pulse exceed full scale or a
+  scan outlast the controller's limit), is **failed**: the working values it touched are
+  restored, so it changes nothing, and it is reported; the run goes on with the steps that do
+  not depend on it. A check that raises one of them has failed. A job or an instrument that
+  fails (``JobError``, ``InstrumentError``) ends the run: the rack, not a value, is at fault.
 
 Everything runs on a working copy of the newest snapshot (:func:`working_from_snapshot`);
 :func:`run_graph` commits the values measured in the run as one new snapshot whose parent is
@@ -52,7 +56,13 @@ from labqpu.calibration.rb import (
     outdated_subjects,
 )
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
-from labqpu.errors import CalibrationError, FitError, LabQpuError
+from labqpu.errors import (
+    CalibrationError,
+    CompilationError,
+    FitError,
+    InvalidRunInputError,
+    LabQpuError,
+)
 from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
 from labqpu.store.merge import commit_onto_newest
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
@@ -317,8 +327,8 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                 try:
                     check = n.check(kit, subject, shots)
                     reason = None if check.passed else f"check failed: {check}"
-                except FitError as exc:
-                    reason = f"check failed: {exc}"
+                except STEP_ERRORS as exc:
+                    reason = f"check failed: {_why(exc)}"
             if reason is None:
                 outcome = Outcome(n.name, label, "fresh",
                                   f"check passed: {check}" if check else "fresh", check)
@@ -345,15 +355,28 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
             n.refine(kit, subject, shots, reporter.note)
             return Outcome(n.name, label, "calibrated", f"{reason}; refined", check,
                            _changes(kit.work, before))
-        except FitError as exc:
+        except STEP_ERRORS as exc:
             _restore(kit.work, before)
-            reporter.note(f"  {n.name} on {label}: refinement failed ({exc}); calibrating")
+            reporter.note(f"  {n.name} on {label}: refinement failed ({_why(exc)}); "
+                          "calibrating")
     try:
         n.calibrate(kit, subject, shots, reporter.note)
-    except FitError as exc:
+    except STEP_ERRORS as exc:
         _restore(kit.work, before)
-        return Outcome(n.name, label, "failed", f"{reason}; calibration failed: {exc}", check)
+        return Outcome(n.name, label, "failed", f"{reason}; calibration failed: {_why(exc)}",
+                       check)
     return Outcome(n.name, label, "calibrated", reason, check, _changes(kit.work, before))
+
+
+#: What fails one step, not the run: a fit that does not converge, and programs the backend
+#: refuses before anything is sent (a stored value that makes a pulse exceed full scale or a
+#: scan outlast the controller).
+STEP_ERRORS = (FitError, InvalidRunInputError, CompilationError)
+
+
+def _why(exc: Exception) -> str:
+    """A step's failure as its report says it: a fit's own words, else the error's type too."""
+    return str(exc) if isinstance(exc, FitError) else f"{type(exc).__name__}: {exc}"
 
 
 def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:

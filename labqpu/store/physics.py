@@ -37,6 +37,10 @@ Check = Callable[[Any], str | None]
 #: coherence of any qubit; a typo such as 0.1 s for 100 ns would otherwise compile into
 #: gigabytes of waveform before the controller's length limit refused it.
 MAX_PULSE_S = 1e-3
+#: Longest T1, T2* or echo T2 a snapshot may hold (s): ten times the best transmons' ~1 ms; a
+#: value in the wrong unit (55 for 55 us) would otherwise set the default repetition delay of
+#: every job to its 1 s cap and make every T1 scan outlast the controller.
+MAX_COHERENCE_S = 10e-3
 #: Most rounds of an active reset (measure, then x when 1) a snapshot may ask for.
 MAX_STORED_RESET_ROUNDS = 100
 
@@ -65,6 +69,11 @@ def _finite(value: Any) -> str | None:
 def _pulse_time(value: Any) -> str | None:
     return None if _number(value) and 0 < value <= MAX_PULSE_S else \
         f"must be a pulse length in (0, {MAX_PULSE_S}] s"
+
+
+def _coherence_time(value: Any) -> str | None:
+    return None if _number(value) and 0 < value <= MAX_COHERENCE_S else \
+        f"must be a finite number in (0, {MAX_COHERENCE_S}] s (a coherence time)"
 
 
 def _edge_time(value: Any) -> str | None:
@@ -133,8 +142,8 @@ QUBIT_CHECKS: dict[str, Check] = {
     "drag_beta": _finite, "flux_bias_a": _finite, "drive_handedness": _sign,
     "pulse_duration_s": _pulse_time, "pulse_sigma_s": _pulse_time,
     "readout_duration_s": _pulse_time,
-    "reset_duration_s": _non_negative, "t1_s": _positive, "t2_s": _positive,
-    "t2_echo_s": _positive, "readout_assignment_fidelity": _unit_interval,
+    "reset_duration_s": _non_negative, "t1_s": _coherence_time, "t2_s": _coherence_time,
+    "t2_echo_s": _coherence_time, "readout_assignment_fidelity": _unit_interval,
     "assignment_matrix": _assignment_matrix, "discriminator": _discriminator,
     "reset_rounds": _rounds, CALIBRATION_FAILED: _failures,
 }

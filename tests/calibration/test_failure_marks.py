@@ -165,3 +165,38 @@ def test_run_graph_takes_one_node_name_and_one_qubit(tmp_path) -> None:
                            commit=False)
     assert ("drive_lo", "qubit 0") in [(o.node, o.subject) for o in report.outcomes]
     assert {o.subject for o in report.outcomes} == {"qubit 0"}
+
+
+@pytest.mark.parametrize(("name", "value", "node", "status"), [
+    ("t1_s", 5e-3, "t1", "calibrated"),  # the T1 scan outlasts the controller
+    ("drag_beta", 50.0, "rabi", "failed"),  # its pulses exceed the DAC's full scale
+])
+def test_a_stored_value_whose_programs_the_backend_refuses_fails_a_check_not_the_run(
+        tmp_path, name, value, node, status) -> None:
+    """A review's cases: a T1 stored in the wrong unit, a DRAG beta 100x too large. The
+    backend refuses the node's programs before sending them (``InvalidRunInputError``), which
+    ended the whole run, watch mode included, throwing away the steps already measured. Now
+    the check fails, saying why, and the node is calibrated: the T1 scan starts from the
+    design values and measures T1 again; the Rabi scan plays the stored beta and fails too,
+    leaving the values as they were. The run goes on and reports."""
+    store = seed_fresh_store(tmp_path / "home")
+    lab = tmp_path / "lab.toml"
+    lab.write_text(default_config_path().read_text().replace(
+        'store = ""', f'store = "{store}"', 1))
+    with LabProvider(str(lab), simulator=True) as provider:
+        backend = provider.backend()
+        SnapshotBuilder.from_snapshot(backend.store.latest()).set_qubit(
+            1, name, value, "typo").commit(backend.store)
+        report = run_graph(backend, [node], qubits=[1], rb=False, commit=False)
+    outcomes = {(o.node, o.subject): o for o in report.outcomes}
+    step = outcomes[(node, "qubit 1")]
+    assert step.status == status, step
+    assert step.reason.startswith("check failed: InvalidRunInputError: "), step.reason
+    assert "nothing was sent" in step.reason
+    if status == "failed":
+        assert "; calibration failed: InvalidRunInputError: " in step.reason
+        assert not report.ok
+    else:
+        [change] = [c for c in step.changes if c.name == name]
+        assert change.old == value and 20e-6 < change.new < 100e-6, change
+    assert all(o.status != "failed" for key, o in outcomes.items() if key[0] != node)

@@ -20,11 +20,16 @@ def writable(tmp_path, snapshot):
 
 
 @pytest.mark.parametrize(("section", "key", "name", "value", "words"), [
-    ("qubit", 2, "t1_s", -5e-5, "> 0"),
+    ("qubit", 2, "t1_s", -5e-5, "(0, 0.01] s"),
     ("qubit", 2, "t1_s", "50 us", "finite number"),
     ("qubit", 2, "t1_s", True, "finite number"),
-    ("qubit", 2, "t2_s", 1.0, "exceeds 2 T1"),
-    ("qubit", 2, "t2_echo_s", 1.0, "exceeds 2 T1"),
+    ("qubit", 2, "t2_s", 1e-3, "exceeds 2 T1"),
+    ("qubit", 2, "t2_echo_s", 1e-3, "exceeds 2 T1"),
+    # a review's case: T1 in the wrong unit (55 for 55 us) set every job's default repetition
+    # delay to its 1 s cap; the calibration runner's T1 scan then outlasted the controller
+    ("qubit", 2, "t1_s", 55.0, "(0, 0.01] s (a coherence time)"),
+    ("qubit", 2, "t2_s", 0.02, "(0, 0.01] s (a coherence time)"),
+    ("qubit", 2, "t2_echo_s", 0.02, "(0, 0.01] s (a coherence time)"),
     ("qubit", 1, "readout_assignment_fidelity", 1.5, "[0, 1]"),
     ("qubit", 1, "frequency_hz", 0.0, "> 0"),
     ("qubit", 1, "pi_amplitude", 1.2, "full scale"),
