@@ -120,11 +120,15 @@ class RunReport:
         return not (self.with_status("failed") or self.with_status("blocked"))
 
     def table(self) -> str:
-        """The summary: every value measured (old -> new; "measured again, unchanged" when
-        the new value shows as the old), then what was fresh, failed or blocked."""
+        """The summary: every value measured (old -> new; "measured again, unchanged" when the
+        new value equals the old; a new value that differs where the table's digits do not
+        show it says so), then what was fresh, failed or blocked."""
         # each row names the qubit or pair whose value changed: a step on one qubit may change
         # another's (a shared drive LO moves every qubit it drives)
-        changes = [(o.node, c.subject, c.name, _show(c.old), _show(c.new))
+        changes = [(o.node, c.subject, c.name, _show(c.old),
+                    "(measured again, unchanged)" if c.new == c.old
+                    else _show(c.new) + " (changed beyond the digits shown)"
+                    if _show(c.new) == _show(c.old) else _show(c.new))
                    for o in self.with_status("calibrated") for c in o.changes]
         listed = [o for o in self.outcomes if o.status in _LISTED_STATUSES]
         node_w = max([len("node"), *(len(o.node) for o in listed)]) + 2
@@ -135,9 +139,8 @@ class RunReport:
         lines = [f"{'node':<{node_w}}{'subject':<{subject_w}}{'parameter':<{name_w}}"
                  f"{'old':>{old_w}}  ->  new"]
         for node, subject, name, old, new in changes:
-            shown = new if new != old else "(measured again, unchanged)"
             lines.append(f"{node:<{node_w}}{subject:<{subject_w}}{name:<{name_w}}"
-                         f"{old:>{old_w}}  ->  {shown}")
+                         f"{old:>{old_w}}  ->  {new}")
         for status in _LISTED_STATUSES:
             chosen = self.with_status(status)
             if not chosen:

@@ -296,6 +296,24 @@ def test_the_summary_table_says_when_a_value_came_out_the_same():
     assert rows[1].endswith("2e-08  ->  2.4e-08"), report.table()
 
 
+def test_the_summary_table_does_not_call_a_changed_value_unchanged():
+    """A review's case: discriminator centres that moved (0.1676 -> 0.1725) showed as
+    "(measured again, unchanged)", the table comparing its shortened texts, not the values."""
+    from labqpu.calibration.runner import Change, Outcome, RunReport
+
+    old = {"centers": [[0.1676, -0.1465], [0.01, 0.02]]}
+    new = {"centers": [[0.1725, -0.1508], [0.01, 0.02]]}
+    report = RunReport([
+        Outcome("readout", "qubit 0", "calibrated", "aged",
+                changes=[Change("qubit 0", "discriminator", old, new),
+                         Change("qubit 0", "frequency_hz", 5.0e9, 5.0e9 + 1e-3)]),
+    ], parent_id=7)
+    rows = report.table().splitlines()[1:3]
+    assert "unchanged" not in report.table(), report.table()
+    assert all(row.endswith(" (changed beyond the digits shown)") for row in rows), \
+        report.table()
+
+
 def test_a_check_of_a_value_without_unit_has_no_stray_space():
     from labqpu.calibration.checks import CheckResult
 
