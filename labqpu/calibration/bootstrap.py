@@ -236,6 +236,13 @@ def _ramsey_fringe(kit: Kit, q: int, shots: int, detuning_hz: float,
     return signal, fit_damped_cosine_curve(delays_s, signal, f"qubit {q} Ramsey")
 
 
+#: Delays (s) of the Ramsey fringe that the frequency check and calibration read on a second
+#: grid, 64 ns apart: fringes sampled every 100 ns fold a frequency error of any multiple of
+#: 10 MHz onto no error at all (a qubit 10 MHz off passed the check, and the calibration kept
+#: it); on 64 ns (15.625 MHz) too, no error within +-60 MHz but 0 folds onto both.
+SECOND_GRID_DELAYS_S = np.arange(63) * 64e-9
+
+
 def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
                       delays_s: np.ndarray) -> tuple[float, float]:
     """Frequency (Hz) and decay time (s) of one Ramsey fringe (:func:`_ramsey_fringe`)."""
@@ -246,7 +253,9 @@ def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
 def ramsey(kit: Kit, q: int, shots: int) -> None:
     """Qubit frequency (Hz) and T2* (s) from two Ramsey fringes with opposite detunings; the
     measured drive handedness says which sign the frequency error has, and a third fringe at
-    the new frequency must come back at the set detuning."""
+    the new frequency must come back at the set detuning, and so must a fourth on a second
+    grid (:data:`SECOND_GRID_DELAYS_S`), which the first three cannot tell from an error of a
+    multiple of 10 MHz: the calibration then fails, naming the spectroscopy that finds it."""
     delays = kit.on_grid(np.linspace(0, 6e-6, 61))
     d = 1.5e6
     plus, fit_plus = _ramsey_fringe(kit, q, shots, +d, delays)
@@ -270,6 +279,15 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
         raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
                        f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
                        subject=f"qubit {q}")
+    folded = _ramsey_frequency(kit, q, shots, -d, kit.on_grid(SECOND_GRID_DELAYS_S))[0]
+    if abs(folded - d) > 0.1 * d:
+        kit.work.qubits[q]["frequency_hz"] = f_now
+        raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
+                       f"fringe sampled every 64 ns runs at {folded:.4g} Hz, not at the set "
+                       f"{d:.4g} Hz: the qubit is off by more than Ramsey fringes sampled every "
+                       "100 ns tell apart (an error of a multiple of 10 MHz folds onto none); "
+                       "the sweet_spot node finds its frequency by spectroscopy",
+                       subject=f"qubit {q}")
     f_err = fit.stderr["f"]  # what is left: the third fringe's offset from the set detuning
     rid = kit.record(
         "ramsey", q, {"frequency_hz": (f_now + delta, f_err)},
@@ -278,7 +296,8 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
          "series": {f"+{d / 1e6:g} MHz": plus, f"-{d / 1e6:g} MHz": minus,
                     f"+{d / 1e6:g} MHz at the new frequency": third}},
         fit={**fit.quality(), "fringe_plus_hz": f_plus, "fringe_minus_hz": f_minus,
-             "fringe_check_hz": check, "short_window_decay_s": t2},
+             "fringe_check_hz": check, "fringe_second_grid_hz": folded,
+             "short_window_decay_s": t2},
         curves={"damped cosine at the new frequency": fit.sampled(delays)},
         old={"frequency_hz": f_now}, settings={"shots": shots, "detuning_hz": d})
     kit.work.set(q, "frequency_hz", f_now + delta, rid)

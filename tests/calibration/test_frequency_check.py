@@ -2,7 +2,9 @@
 
 One fringe at a detuning d runs at |s + d| for a frequency error s (in the drive's sense), so
 an error of s = -2d gives back exactly d: a check on one fringe passes a qubit that is 3 MHz off.
-The check reads the fringes at +d and at -d; only a right frequency gives d in both.
+The check reads the fringes at +d and at -d; only a right frequency gives d in both. And one
+sampling grid folds an error of a multiple of its rate (10 MHz for 100 ns) onto none: the -d
+fringe is sampled on a second grid (64 ns).
 """
 
 from __future__ import annotations
@@ -41,3 +43,34 @@ def test_a_frequency_error_that_aliases_one_fringe_is_found(tmp_path, monkeypatc
         assert ramsey.status == "calibrated" and "check failed" in ramsey.reason, ramsey.reason
         f = backend.snapshot.qubits[q]["frequency_hz"].value
         assert abs(f - params["frequency_hz"].value) < 50e3, (f, params["frequency_hz"].value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("error_hz", [10e6, -10e6])
+def test_an_error_of_a_multiple_of_the_fringes_sampling_rate_is_found(tmp_path, monkeypatch,
+                                                                       error_hz):
+    """A review's case: qubit 3's frequency 10 MHz off. Fringes sampled every 100 ns fold an
+    error of any multiple of 10 MHz onto none: the check passed, and a forced ramsey
+    "recalibrated" to the same wrong value, while Bell pairs on the qubit fell to 0.56. Now
+    the check (its -d fringe on a 64 ns grid) fails, the calibration fails naming the
+    spectroscopy that finds the frequency, and that node, forced, puts it right."""
+    use_fresh_home(monkeypatch, tmp_path)
+    q = 3
+    with LabProvider() as provider:
+        backend = provider.backend()
+        right = backend.snapshot.qubits[q]["frequency_hz"]
+        builder = SnapshotBuilder.from_snapshot(backend.snapshot)
+        builder.set_qubit(q, "frequency_hz", right.value + error_hz, "test", right.timestamp)
+        backend.store.commit(builder.build_document())
+
+        report = run_graph(backend, ["ramsey"], qubits=[q], rb=False)
+        (ramsey,) = [o for o in report.outcomes if o.node == "ramsey"]
+        assert ramsey.status == "failed", ramsey
+        assert ramsey.reason.startswith("check failed: measured "), ramsey.reason
+        assert "the sweet_spot node finds its frequency by spectroscopy" in ramsey.reason
+        assert backend.snapshot.qubits[q]["frequency_hz"].value == right.value + error_hz
+
+        report = run_graph(backend, ["sweet_spot", "ramsey"], qubits=[q], force=True, rb=False)
+        assert report.ok, report.table()
+        f = backend.snapshot.qubits[q]["frequency_hz"].value
+        assert abs(f - right.value) < 50e3, (f, right.value)
