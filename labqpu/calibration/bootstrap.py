@@ -328,9 +328,11 @@ def ramsey_t2(kit: Kit, q: int, shots: int) -> None:
     kit.work.set(q, "t2_s", t2, rid)
 
 
-def drag(kit: Kit, q: int, shots: int) -> None:
-    """DRAG beta (samples): where X180.Y90 and Y180.X90 give the same signal."""
-    betas = np.linspace(-1.5, 1.5, 21)
+def drag_difference(kit: Kit, q: int, shots: int, betas: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """X180.Y90 - Y180.X90 (projected IQ, a.u.) at each DRAG beta (samples) of ``betas``, and
+    both sequences' signals (``2 len(betas)``: X180.Y90's first). The difference crosses zero
+    at the beta that cancels the pulses' phase error."""
     pi, pi2 = kit.work.qubits[q]["pi_amplitude"], kit.work.qubits[q]["pi2_amplitude"]
     signals = []
     for first, second in (((pi, 0.0), (pi2, np.pi / 2)), ((pi, np.pi / 2), (pi2, 0.0))):
@@ -339,7 +341,13 @@ def drag(kit: Kit, q: int, shots: int) -> None:
             return kit.drive(b, q, end, second[0], second[1], beta=beta)
         signals.append(kit.run_iq(sweep(kit, q, betas, body), shots)[:, 0])
     both = project(np.concatenate(signals))
-    diff = both[:len(betas)] - both[len(betas):]
+    return both[:len(betas)] - both[len(betas):], both
+
+
+def drag(kit: Kit, q: int, shots: int) -> None:
+    """DRAG beta (samples): where X180.Y90 and Y180.X90 give the same signal."""
+    betas = np.linspace(-1.5, 1.5, 21)
+    diff, both = drag_difference(kit, q, shots, betas)
     beta, err, line = zero_crossing(betas, diff, f"qubit {q} DRAG beta")
     rid = kit.record(
         "drag", q, {"drag_beta": (beta, err)},

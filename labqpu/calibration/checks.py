@@ -33,8 +33,16 @@ from labqpu.calibration.bootstrap import (
     _cz_phases,
     _prepared_readouts,
     _ramsey_frequency,
+    drag_difference,
 )
-from labqpu.calibration.experiments import Kit, assignment, fit_curve, project, sweep
+from labqpu.calibration.experiments import (
+    Kit,
+    assignment,
+    fit_curve,
+    project,
+    sweep,
+    zero_crossing,
+)
 from labqpu.errors import FitError
 
 
@@ -140,6 +148,21 @@ def check_pi_amplitude(kit: Kit, q: int, shots: int, tolerance: float) -> CheckR
     measured = measure_pi_amplitude(kit, q, shots)
     return _judge(measured, kit.work.qubits[q]["pi_amplitude"], tolerance, "full scale",
                   relative=True)
+
+
+#: The DRAG check's betas either side of the calibrated one (samples).
+DRAG_CHECK_SPAN = 0.5
+
+
+def check_drag_beta(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:
+    """The calibrated DRAG beta (samples) against where X180.Y90 - Y180.X90 crosses zero,
+    measured at it and :data:`DRAG_CHECK_SPAN` either side (FitError when the crossing lies
+    outside those three: a beta far off)."""
+    beta = kit.work.qubits[q]["drag_beta"]
+    betas = beta + DRAG_CHECK_SPAN * np.array([-1.0, 0.0, 1.0])
+    diff, _ = drag_difference(kit, q, shots, betas)
+    measured = zero_crossing(betas, diff, f"qubit {q} DRAG beta")[0]
+    return _judge(measured, beta, tolerance, "samples")
 
 
 def check_frequency(kit: Kit, q: int, shots: int, tolerance_hz: float,

@@ -49,6 +49,7 @@ from labqpu.calibration.bootstrap import (
 from labqpu.calibration.checks import (
     CheckResult,
     check_cz,
+    check_drag_beta,
     check_drive_lo,
     check_frequency,
     check_pi_amplitude,
@@ -122,6 +123,15 @@ def _drag_and_amplitude(kit: Kit, q: int, shots: int, progress: Progress) -> Non
     rabi(kit, q, shots)
 
 
+def _check_drag(kit: Kit, q: int, shots: int) -> CheckResult:
+    """The pi amplitude after DRAG (relative), then the DRAG beta (samples): a beta far off
+    leaves the pi amplitude right and turns every pulse's axis."""
+    amplitude = check_pi_amplitude(kit, q, shots * AMPLITUDE_CHECK_SHOTS, TOLERANCES["drag"])
+    if not amplitude.passed:
+        return amplitude
+    return check_drag_beta(kit, q, shots * CHECK_SHOTS, TOLERANCES["drag_beta"])
+
+
 def _check_fine_amplitude(kit: Kit, q: int, shots: int) -> CheckResult:
     """The larger relative rotation error of the pi and pi/2 pulses, against zero."""
     error = worst_relative_error(kit, q, shots * FINE_SHOTS)
@@ -129,11 +139,11 @@ def _check_fine_amplitude(kit: Kit, q: int, shots: int) -> CheckResult:
                        TOLERANCES["fine_amplitude"], "(relative rotation error)")
 
 
-#: Tolerances of the checks: pi amplitude (relative) after Rabi and after DRAG, rotation
-#: error of the pi and pi/2 pulses (relative), frequency (Hz), readout fidelity drop,
-#: T1 (relative), CZ phases (rad).
-TOLERANCES = {"rabi": 0.05, "drag": 0.01, "fine_amplitude": 0.002, "ramsey": 30e3,
-              "readout": 0.03, "t1": 0.2, "cz": 0.1}
+#: Tolerances of the checks: pi amplitude (relative) after Rabi and after DRAG, DRAG beta
+#: (samples), rotation error of the pi and pi/2 pulses (relative), frequency (Hz), readout
+#: fidelity drop, T1 (relative), CZ phases (rad).
+TOLERANCES = {"rabi": 0.05, "drag": 0.01, "drag_beta": 0.2, "fine_amplitude": 0.002,
+              "ramsey": 30e3, "readout": 0.03, "t1": 0.2, "cz": 0.1}
 #: Shots of a check, in units of the run's shots.
 CHECK_SHOTS = 5
 #: Shots of the pi-amplitude checks, in units of the run's shots (their tolerance is tight).
@@ -164,9 +174,7 @@ NODES: tuple[Node, ...] = (
          lambda kit, q, shots: check_frequency(kit, q, shots * CHECK_SHOTS,
                                                TOLERANCES["ramsey"])),
     Node("drag", "qubit", ("ramsey",), ("drag_beta", "pi_amplitude", "pi2_amplitude"),
-         _drag_and_amplitude,
-         lambda kit, q, shots: check_pi_amplitude(kit, q, shots * AMPLITUDE_CHECK_SHOTS,
-                                                  TOLERANCES["drag"])),
+         _drag_and_amplitude, _check_drag),
     Node("fine_amplitude", "qubit", ("drag",), ("pi_amplitude", "pi2_amplitude"),
          lambda kit, q, shots, _: fine_amplitude(kit, q, shots * FINE_SHOTS),
          _check_fine_amplitude),
