@@ -207,28 +207,54 @@ def calibrate_command(args: argparse.Namespace) -> int:
             return watch_command(provider, backend, nodes, args,
                                  _rb_settings(args) if args.rb_every else None)
         snapshot = None
-        if args.bootstrap:
-            records = experiments_directory(backend.config.store_path)
-            document = bootstrap(backend, design, shots=args.shots,
-                                 progress=progress, record_directory=records)
-            snapshot = backend.store.commit(document)
-            print(f"committed calibration snapshot {snapshot.snapshot_id} to "
-                  f"{backend.config.store_path}; experiment records and plots in {records}")
-        elif args.all or nodes:
-            report = _run_graph(backend, nodes, args, progress, rb_step)
-            snapshot = report.snapshot or backend.snapshot  # nothing committed: the newest
-            if not report.ok:
-                return 1
-            if not (runs_rb or rb_step):
-                _report_outdated_gate_errors(backend)
-        if runs_rb:
-            measured, fitted = _randomized_benchmarking(backend, progress, _rb_settings(args),
-                                                        args.qubits)
-            snapshot = measured or backend.snapshot
-            if not fitted:
-                export_snapshot(args, backend, snapshot)
-                return 1
+        with what_an_interrupt_left(backend):
+            if args.bootstrap:
+                records = experiments_directory(backend.config.store_path)
+                document = bootstrap(backend, design, shots=args.shots,
+                                     progress=progress, record_directory=records)
+                snapshot = backend.store.commit(document)
+                print(f"committed calibration snapshot {snapshot.snapshot_id} to "
+                      f"{backend.config.store_path}; experiment records and plots in {records}")
+            elif args.all or nodes:
+                report = _run_graph(backend, nodes, args, progress, rb_step)
+                snapshot = report.snapshot or backend.snapshot  # nothing committed: the newest
+                if not report.ok:
+                    return 1
+                if not (runs_rb or rb_step):
+                    _report_outdated_gate_errors(backend)
+            if runs_rb:
+                measured, fitted = _randomized_benchmarking(backend, progress,
+                                                            _rb_settings(args), args.qubits)
+                snapshot = measured or backend.snapshot
+                if not fitted:
+                    export_snapshot(args, backend, snapshot)
+                    return 1
         return 0 if export_snapshot(args, backend, snapshot) else 1
+
+
+@contextlib.contextmanager
+def what_an_interrupt_left(backend) -> Iterator[None]:
+    """On Ctrl-C inside, say on stderr what the calibration store holds (a run interrupted
+    after it committed its graph's values, during randomized benchmarking, said only
+    "interrupted"), then let the interrupt go on."""
+    from labqpu.calibration.records import experiments_directory
+
+    before = backend.store.latest_id()
+    try:
+        yield
+    except KeyboardInterrupt:
+        newest = backend.store.latest_id()
+        records = experiments_directory(backend.config.store_path)
+        if newest == before:
+            what = f"nothing was committed (the store's newest snapshot is still {before})"
+        else:
+            what = (f"the store's newest snapshot is {newest} (it was {before}): what was "
+                    "committed before the interrupt stays "
+                    f"(`{backend.provider.command('calibrate history')}`)")
+        print(f"labqpu calibrate: interrupted; {what}; the experiment records made so far are "
+              f"in {records}; the same command again starts from the newest snapshot",
+              file=sys.stderr, flush=True)
+        raise
 
 
 @contextlib.contextmanager

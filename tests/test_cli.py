@@ -1160,3 +1160,31 @@ def test_a_port_0_wiring_file_with_an_empty_store_is_bootstrapped_from_the_cli(t
     assert demo.returncode == 0, demo.stderr
     good = float(demo.stdout.split("P(00) + P(11) = ")[1].split()[0])
     assert good > 0.9, demo.stdout
+
+
+def test_an_interrupted_calibration_says_what_the_store_holds(tmp_path, monkeypatch, capsys):
+    """A review's case: Ctrl-C during the rb step of `labqpu calibrate --all`, after the graph
+    had committed its snapshot, printed only "labqpu: interrupted". The command now says what
+    the store holds, and whether anything was committed, before the interrupt goes on."""
+    from labqpu import LabProvider
+    from labqpu.cli_calibrate import what_an_interrupt_left
+    from labqpu.store import SnapshotBuilder
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    seed_fresh_store(tmp_path)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        before = backend.store.latest_id()
+        with pytest.raises(KeyboardInterrupt), what_an_interrupt_left(backend):
+            raise KeyboardInterrupt
+        assert capsys.readouterr().err.startswith(
+            f"labqpu calibrate: interrupted; nothing was committed (the store's newest snapshot "
+            f"is still {before}); the experiment records made so far are in ")
+        with pytest.raises(KeyboardInterrupt), what_an_interrupt_left(backend):
+            SnapshotBuilder.from_snapshot(backend.store.latest()).set_qubit(
+                0, "t1_s", 45e-6, "t1").commit(backend.store)
+            raise KeyboardInterrupt
+        err = capsys.readouterr().err
+        assert err.startswith(f"labqpu calibrate: interrupted; the store's newest snapshot is "
+                              f"{before + 1} (it was {before}): what was committed before the "
+                              "interrupt stays (`labqpu calibrate history`)"), err
