@@ -328,9 +328,9 @@ def _qubit(text: str) -> int:
     try:
         return non_negative_int(text)
     except argparse.ArgumentTypeError:
-        from labqpu.calibration.graph import NODES
+        from labqpu.calibration.graph import graph_nodes
 
-        if text in {n.name for n in NODES} | {"rb"} | set(STORE_COMMANDS):
+        if text in {n.name for n in graph_nodes()} | {"rb"} | set(STORE_COMMANDS):
             raise argparse.ArgumentTypeError(
                 f"must be qubit numbers, got {text!r}; put node names before --qubits "
                 f"(labqpu calibrate {text} --qubits ...) or end the list with --") from None

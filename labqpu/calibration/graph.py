@@ -23,14 +23,16 @@ from, older than the ``gate_error`` age limit, or never measured). It runs on th
 graph committed, since its sequences are compiled with the calibrated gates
 (:func:`labqpu.calibration.runner.run_graph`); it is not a :class:`Node`.
 
-To add an experiment, write its acquisition and analysis (and a check, if a cheap one exists),
-then add a ``Node`` to :data:`NODES` after its prerequisites.
+A lab adds its own experiments without editing labqpu: :func:`register_node` in a script, or
+an entry point of the group :data:`NODE_ENTRY_POINTS` in its own package, which ``labqpu
+calibrate`` and every run then find (:func:`graph_nodes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Literal
 
 from labqpu.calibration.bootstrap import (
@@ -63,6 +65,7 @@ from labqpu.calibration.leakage import cz_leakage
 from labqpu.calibration.readout import readout
 from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
+from labqpu.errors import CalibrationError
 from labqpu.store import CZ_PARAMETERS
 
 Subject = int | tuple[int, int]
@@ -212,8 +215,83 @@ NODES: tuple[Node, ...] = (
 RB_NODE = "rb"
 
 
-def node(name: str, nodes: Sequence[Node] = NODES) -> Node:
-    """The node called ``name``; ``ValueError`` naming the known ones otherwise."""
+#: The entry-point group through which an installed package adds calibration nodes: each entry
+#: point names a :class:`Node` or a sequence of them, e.g. in the lab's ``pyproject.toml``::
+#:
+#:     [project.entry-points."labqpu.calibration_nodes"]
+#:     quick_t1 = "mylab.calibration:QUICK_T1"
+NODE_ENTRY_POINTS = "labqpu.calibration_nodes"
+_registered: list[Node] = []
+_installed: list[tuple[Node, ...]] = []  # one entry once the entry points were read
+
+
+def graph_nodes() -> tuple[Node, ...]:
+    """The calibration graph: labqpu's :data:`NODES`, then the nodes of installed packages
+    (:data:`NODE_ENTRY_POINTS`, by entry-point name), then those :func:`register_node` added
+    in this process, in that order.
+
+    Raises:
+        CalibrationError: an entry point cannot be loaded or names something that is not a
+            node the graph can take (named, with the entry point and why).
+    """
+    if not _installed:
+        found: list[Node] = []
+        for point in sorted(entry_points(group=NODE_ENTRY_POINTS), key=lambda p: p.name):
+            where = f"calibration node entry point {point.name} = {point.value!r}"
+            try:
+                loaded = point.load()
+            except Exception as exc:  # a lab's package: any failure of its import
+                raise CalibrationError(f"{where}: cannot be loaded: {type(exc).__name__}: "
+                                       f"{exc}") from exc
+            for n in tuple(loaded) if isinstance(loaded, list | tuple) else (loaded,):
+                problem = _node_problem(n, (*NODES, *found))
+                if problem:
+                    raise CalibrationError(f"{where}: {problem}")
+                found.append(n)
+        _installed.append(tuple(found))
+    return (*NODES, *_installed[0], *_registered)
+
+
+def register_node(n: Node) -> None:
+    """Add ``n``, a lab's own experiment, to the calibration graph of this process, after
+    every node it has (so its prerequisites must be among them): ``run_graph``, the watch and
+    the bootstrap then run it like labqpu's own.
+
+    Raises:
+        ValueError: ``n`` is not a :class:`Node`, its name is taken, its scope is not
+            ``"qubit"`` or ``"edge"``, or it requires or measures a node the graph lacks;
+            nothing is added.
+    """
+    problem = _node_problem(n, graph_nodes())
+    if problem:
+        raise ValueError(f"register_node: {problem}")
+    _registered.append(n)
+
+
+def _node_problem(n: object, before: Sequence[Node]) -> str | None:
+    """Why the graph ``before`` cannot take ``n`` after its nodes, or None."""
+    if not isinstance(n, Node):
+        return f"{n!r} is not a labqpu.calibration.graph.Node"
+    names = {m.name for m in before}
+    if not isinstance(n.name, str) or not n.name.isidentifier():
+        return f"node name {n.name!r}: must be a word such as t1_quick"
+    if n.name in names or n.name == RB_NODE:
+        return f"node {n.name!r}: the graph has a node of that name"
+    if n.scope not in ("qubit", "edge"):
+        return f"node {n.name!r}: scope must be 'qubit' or 'edge', got {n.scope!r}"
+    unknown = [m for m in (*n.requires, *n.measures) if m not in names]
+    if unknown:
+        return (f"node {n.name!r} requires or measures {unknown[0]!r}, which the graph does "
+                "not have before it")
+    if not callable(n.calibrate) or not (n.check is None or callable(n.check)):
+        return f"node {n.name!r}: calibrate (and check, if given) must be callables"
+    return None
+
+
+def node(name: str, nodes: Sequence[Node] | None = None) -> Node:
+    """The node called ``name`` (among ``nodes``, default :func:`graph_nodes`); ``ValueError``
+    naming the known ones otherwise."""
+    nodes = graph_nodes() if nodes is None else nodes
     for n in nodes:
         if n.name == name:
             return n
@@ -225,11 +303,12 @@ def node(name: str, nodes: Sequence[Node] = NODES) -> Node:
 
 
 def plan(names: Iterable[str] | None, qubits: Iterable[int],
-         edges: Iterable[tuple[int, int]], nodes: Sequence[Node] = NODES
+         edges: Iterable[tuple[int, int]], nodes: Sequence[Node] | None = None
          ) -> list[tuple[Node, Subject]]:
-    """The steps to run, in dependency order: the nodes ``names`` (default: all) with every
-    prerequisite, on ``qubits`` and on the ``edges`` (normalised low-high) whose two qubits
-    are both among them."""
+    """The steps to run, in dependency order: the nodes ``names`` (default: all of ``nodes``,
+    default :func:`graph_nodes`) with every prerequisite, on ``qubits`` and on the ``edges``
+    (normalised low-high) whose two qubits are both among them."""
+    nodes = graph_nodes() if nodes is None else nodes
     wanted = {n.name for n in nodes} if names is None else {node(n, nodes).name for n in names}
     closure = set()
     pending = list(wanted)

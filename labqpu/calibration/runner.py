@@ -46,7 +46,7 @@ from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.design import SHARED_FIELDS, load_wiring_design
 from labqpu.calibration.experiments import Kit, Working
-from labqpu.calibration.graph import NODES, RB_NODE, Node, Subject, describe, plan
+from labqpu.calibration.graph import RB_NODE, Node, Subject, describe, graph_nodes, plan
 from labqpu.calibration.plots import save_plot
 from labqpu.calibration.rb import (
     RBOutcome,
@@ -228,8 +228,8 @@ def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
 def _available_nodes(backend) -> tuple[Node, ...]:
     """The graph's nodes this rack can run: those that need feed-forward only with it."""
     if backend.feedforward_latency_samples is not None:
-        return NODES
-    return tuple(n for n in NODES if not n.needs_feedforward)
+        return graph_nodes()
+    return tuple(n for n in graph_nodes() if not n.needs_feedforward)
 
 
 def _values(work: Working, subject: Subject) -> dict[str, Any]:
@@ -416,7 +416,7 @@ def graph_steps(backend, nodes: Sequence[str] | None = None, qubits: Sequence[in
         raise ValueError(f"qubit {unknown[0]} is not on device {backend.name} "
                          f"(qubits 0-{n_qubits - 1})")
     available = _available_nodes(backend)
-    missing = sorted((set(nodes or ()) & {n.name for n in NODES})
+    missing = sorted((set(nodes or ()) & {n.name for n in graph_nodes()})
                      - {n.name for n in available})
     if missing:
         controllers = ", ".join(c.name for c in backend.config.controllers)
@@ -484,7 +484,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
                          "rb=False")
     rb_forced = force and (nodes is None or RB_NODE in nodes)
     # the graph's steps leave rb out (graph_steps), so naming it among the forced is harmless
-    forced = ({n.name for n in NODES} if nodes is None else set(nodes)) if force else set()
+    forced = ({n.name for n in graph_nodes()} if nodes is None else set(nodes)) if force \
+        else set()
     design_work = load_wiring_design(design, backend.config.path, backend.config.design_path,
                                      device=backend.name,
                                      num_qubits=backend.config.num_qubits)
@@ -740,7 +741,7 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
             choose_drive_lo(kit, q)
     steps = plan(None, qubits, backend.config.coupling_map, _available_nodes(backend))
     try:  # records also of what finished before an interrupt (Ctrl-C)
-        outcomes = walk(kit, steps, shots=shots, forced={n.name for n in NODES},
+        outcomes = walk(kit, steps, shots=shots, forced={n.name for n in graph_nodes()},
                         reporter=LineReporter(progress))
     finally:
         if record_directory is not None:

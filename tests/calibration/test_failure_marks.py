@@ -13,7 +13,7 @@ import pytest
 
 from labqpu import LabProvider
 from labqpu.backend.target import build_target
-from labqpu.calibration import runner
+from labqpu.calibration import graph
 from labqpu.calibration.runner import Outcome, record_failures, run_graph
 from labqpu.errors import FitError, InvalidSnapshotError
 from labqpu.rack.config import default_config_path
@@ -116,7 +116,7 @@ def test_the_runner_records_a_failed_step_in_the_store_and_clears_it_when_it_pas
     lab = tmp_path / "lab.toml"
     lab.write_text(default_config_path().read_text().replace(
         'store = ""', f'store = "{store}"', 1))
-    nodes = runner.NODES
+    nodes = graph.NODES
     real = {n.name: n for n in nodes}["drive_lo"]
 
     def measure_then_fail(kit, q, shots, progress):
@@ -128,7 +128,7 @@ def test_the_runner_records_a_failed_step_in_the_store_and_clears_it_when_it_pas
     with LabProvider(str(lab), simulator=True) as provider:
         backend = provider.backend()
         before = backend.snapshot
-        monkeypatch.setattr(runner, "NODES", failing)
+        monkeypatch.setattr(graph, "NODES", failing)
         report = run_graph(backend, ["drive_lo"], qubits=[0], force=True, rb=False)
         assert not report.ok
         [committed] = report.committed
@@ -145,7 +145,7 @@ def test_the_runner_records_a_failed_step_in_the_store_and_clears_it_when_it_pas
         again = run_graph(backend, ["drive_lo"], qubits=[0], force=True, rb=False)
         assert not again.ok and again.committed == []  # already recorded
 
-        monkeypatch.setattr(runner, "NODES", nodes)
+        monkeypatch.setattr(graph, "NODES", nodes)
         passed = run_graph(backend, ["drive_lo"], qubits=[0], force=True, rb=False)
         assert passed.ok
         assert CALIBRATION_FAILED not in passed.snapshot.qubits[0]

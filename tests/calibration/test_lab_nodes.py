@@ -1,0 +1,148 @@
+"""A lab's own calibration step joins the graph without editing labqpu: ``register_node`` in
+a script, or an entry point of ``labqpu.calibration_nodes`` in the lab's package, which
+``labqpu calibrate`` finds. A review's case: "Add a Node to NODES" meant editing the installed
+package, and patching ``graph.NODES`` from a script failed ("no calibration node 't1_quick'")
+because the runner had read it already.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labqpu import LabProvider
+from labqpu.calibration import graph, run_graph
+from labqpu.calibration.graph import Node, register_node
+from labqpu.testing import seed_fresh_store, use_fresh_home
+
+#: A quick T1 (nine delays) that stores its own parameter, with a check: what a lab writes.
+QUICK_T1 = textwrap.dedent('''
+    import numpy as np
+
+    from labqpu.calibration.checks import CheckResult
+    from labqpu.calibration.experiments import fit_exponential_curve, sweep
+    from labqpu.calibration.graph import Node
+
+
+    def _decay(kit, q, shots, delays):
+        pi = kit.work.qubits[q]["pi_amplitude"]
+        programs = sweep(kit, q, delays,
+                         lambda b, tau: kit.drive(b, q, 0, pi) + kit.samples(tau))
+        return kit.corrected_p1(programs, shots)[:, 0]
+
+
+    def calibrate(kit, q, shots, progress):
+        delays = kit.on_grid(np.linspace(0, 120e-6, 9))
+        fit = fit_exponential_curve(delays, _decay(kit, q, shots, delays), f"qubit {q}")
+        rid = kit.record("quick_t1", q, {"quick_t1_s": (fit.params["tau"], fit.stderr["tau"])},
+                         {"x": delays, "x_label": "delay (s)", "y_label": "P(1)",
+                          "series": {"P(1)": _decay(kit, q, shots, delays)}},
+                         fit=fit.quality(), chosen="quick_t1_s", settings={"shots": shots})
+        kit.work.set(q, "quick_t1_s", float(fit.params["tau"]), rid)
+
+
+    def check(kit, q, shots):
+        stored = kit.work.qubits[q]["quick_t1_s"]
+        p = _decay(kit, q, shots, kit.on_grid(np.array([0.0, stored])))
+        implied = stored / np.log(p[0] / max(p[1], 1e-6))
+        return CheckResult(bool(abs(implied / stored - 1) <= 0.3), float(implied), stored,
+                           0.3, "s")
+
+
+    QUICK_T1 = Node("quick_t1", "qubit", ("readout",), ("quick_t1_s",), calibrate, check)
+''')
+
+
+def _quick_t1(tmp_path: Path) -> Node:
+    (tmp_path / "mylab_nodes.py").write_text(QUICK_T1)
+    namespace: dict = {}
+    exec(compile(QUICK_T1, str(tmp_path / "mylab_nodes.py"), "exec"), namespace)
+    return namespace["QUICK_T1"]
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The graph's registered nodes, empty for one test and put back after it."""
+    monkeypatch.setattr(graph, "_registered", [])
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"name": "rabi"}, "node 'rabi': the graph has a node of that name"),
+    ({"name": "rb"}, "node 'rb': the graph has a node of that name"),
+    ({"name": "quick t1"}, "node name 'quick t1': must be a word"),
+    ({"scope": "pair"}, "scope must be 'qubit' or 'edge', got 'pair'"),
+    ({"requires": ("readuot",)}, "requires or measures 'readuot', which the graph does not"),
+])
+def test_a_node_the_graph_cannot_take_is_refused_and_nothing_is_added(
+        tmp_path, own_registry, change, words) -> None:
+    import dataclasses
+
+    before = graph.graph_nodes()
+    with pytest.raises(ValueError, match="register_node: ") as info:
+        register_node(dataclasses.replace(_quick_t1(tmp_path), **change))
+    assert words in str(info.value), str(info.value)
+    assert graph.graph_nodes() == before
+    with pytest.raises(ValueError, match=r"is not a labqpu\.calibration\.graph\.Node"):
+        register_node("quick_t1")
+
+
+def test_a_registered_node_runs_and_commits_like_labqpus_own(tmp_path, monkeypatch,
+                                                             own_registry) -> None:
+    use_fresh_home(monkeypatch, tmp_path)
+    register_node(_quick_t1(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        first = run_graph(backend, ["quick_t1"], qubits=[1], rb=False)
+        (step,) = [o for o in first.outcomes if o.node == "quick_t1"]
+        assert step.status == "calibrated", first.table()
+        t1 = backend.snapshot.qubits[1]["t1_s"].value
+        quick = backend.snapshot.qubits[1]["quick_t1_s"].value
+        assert 0.7 * t1 < quick < 1.3 * t1, (quick, t1)
+        second = run_graph(backend, ["quick_t1"], qubits=[1], rb=False)
+        (step,) = [o for o in second.outcomes if o.node == "quick_t1"]
+        assert step.status == "fresh" and step.reason.startswith("check passed"), \
+            second.table()
+
+
+def _installed(tmp_path: Path, value: str) -> dict[str, str]:
+    """A package installed on PYTHONPATH whose entry point ``quick_t1`` names ``value``."""
+    _quick_t1(tmp_path)
+    info = tmp_path / "mylab_nodes-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab-nodes\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[labqpu.calibration_nodes]\nquick_t1 = {value}\n")
+    home = tmp_path / "home"
+    seed_fresh_store(home)
+    return {"PYTHONPATH": str(tmp_path), "LABQPU_HOME": str(home)}
+
+
+def _labqpu(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "labqpu.cli", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_labqpu_calibrate_runs_a_node_an_installed_package_adds(tmp_path) -> None:
+    env = _installed(tmp_path, "mylab_nodes:QUICK_T1")
+    proc = _labqpu(env, "calibrate", "quick_t1", "--qubits", "2", "--no-rb")
+    assert proc.returncode == 0, proc.stderr
+    assert "quick_t1 qubit 2: calibrated" in proc.stdout, proc.stdout
+    history = _labqpu(env, "calibrate", "history", "--param", "quick_t1_s", "--qubit", "2")
+    assert history.returncode == 0, history.stderr
+    assert "quick_t1" in history.stdout, history.stdout
+
+
+def test_an_entry_point_that_cannot_be_loaded_is_named(tmp_path) -> None:
+    env = _installed(tmp_path, "mylab_nodes:QUICK_T2")
+    proc = _labqpu(env, "calibrate", "quick_t1", "--qubits", "2", "--no-rb")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "labqpu: calibration node entry point quick_t1 = 'mylab_nodes:QUICK_T2': cannot be "
+        "loaded: AttributeError: module 'mylab_nodes' has no attribute 'QUICK_T2'"), proc.stderr
