@@ -168,6 +168,18 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
+def _noted(conn: sqlite3.Connection, snapshot_id: int | None) -> str:
+    """`` ("<its notes>")`` of a snapshot, for a message naming it; empty when it has none or
+    its document cannot be read."""
+    row = None if snapshot_id is None else conn.execute(
+        "SELECT document FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    try:
+        notes = json.loads(row[0]).get("notes") if row else None
+    except (ValueError, AttributeError):
+        return ""
+    return f" ({notes!r})" if isinstance(notes, str) and notes else ""
+
+
 def _calibration(snapshot: Snapshot) -> dict[str, Any]:
     """A snapshot's document without its notes: what a rollback restores."""
     document = snapshot.to_document()
@@ -513,8 +525,9 @@ class CalibrationStore:
             if expect_parent and newest != parent_id:
                 raise StaleSnapshotError(
                     f"expected snapshot {parent_id} to be the newest in {self._path}, but "
-                    f"snapshot {newest} is: another calibration committed first; re-read the "
-                    "latest snapshot and redo the update"
+                    f"snapshot {newest}{_noted(conn, newest)} is: another writer committed "
+                    "first; re-read the latest snapshot and redo the update (from "
+                    "the command line: run the command again)"
                 )
             if (
                 parent_id is not None
@@ -747,8 +760,12 @@ class CalibrationStore:
             if current is not None and _calibration(current) == _calibration(snapshot):
                 return current
         document = snapshot.to_document()
+        # a rollback to a rollback names that one's first clause only: notes do not nest
+        earlier = document.get("notes", "")
+        if earlier.startswith("rollback to snapshot "):
+            earlier = earlier.partition("; ")[0]
         document["notes"] = (f"rollback to snapshot {snapshot_id} (newest was {newest})"
-                             + (f"; {document['notes']}" if document.get("notes") else ""))
+                             + (f"; {earlier}" if earlier else ""))
         # what the store holds is restored as it is: rules added since it was committed do
         # not refuse the values it holds (as a commit leaves its parent's values alone)
         return self._commit(document, None, False, snapshot_id)

@@ -118,7 +118,8 @@ def test_a_document_replacing_another_snapshot_is_not_merged(store) -> None:
     base = store.latest()
     unusable = store.commit(_changed(store, base, {(0, "t1_s"): 33e-6}, "unusable"))
     store.commit(_changed(store, base, {(1, "t1_s"): 34e-6}, "meanwhile"))
-    with pytest.raises(StaleSnapshotError, match="another calibration committed first"):
+    with pytest.raises(StaleSnapshotError, match=r"but snapshot \d+ \('meanwhile'\) is: another "
+                                                 r"writer committed first"):
         commit_onto_newest(store, _changed(store, base, {(2, "t1_s"): 31e-6}, "ours"), base,
                            parent_id=unusable.snapshot_id)
 

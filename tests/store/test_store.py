@@ -354,7 +354,8 @@ def test_expect_parent_detects_a_concurrent_commit(store: CalibrationStore) -> N
         lab5_document(notes="run B"), parent_id=base.snapshot_id, expect_parent=True
     )
     assert winner.parent_id == base.snapshot_id
-    with pytest.raises(StaleSnapshotError, match=f"snapshot {winner.snapshot_id} is"):
+    with pytest.raises(StaleSnapshotError,
+                       match=rf"snapshot {winner.snapshot_id} \('run B'\) is: another writer"):
         store.commit(lab5_document(notes="run A"), parent_id=base.snapshot_id, expect_parent=True)
     with pytest.raises(StaleSnapshotError):
         store.commit(lab5_document(notes="run C"), expect_parent=True)
@@ -764,3 +765,22 @@ def test_rollback_commits_the_old_content_and_keeps_the_history(tmp_path) -> Non
         assert [info.snapshot_id for info in store.history()] == [3, 2, 1]
         with pytest.raises(CalibrationMissingError, match="no snapshot 9"):
             store.rollback(9)
+
+
+def test_rollbacks_of_rollbacks_do_not_nest_their_notes(tmp_path) -> None:
+    """A review's case: each rollback quoted the whole notes of the one it restored, 481
+    characters after six; a rollback to a rollback now names that one's first clause only."""
+    with CalibrationStore(tmp_path / "r.sqlite") as store:
+        builder = SnapshotBuilder("lab5").set_qubit(0, "t1_s", 50e-6, "t1", timestamp=T0)
+        builder.notes = "bootstrap"
+        store.commit(builder.build_document())
+        for i in range(6):
+            builder.set_qubit(0, "t1_s", (21 + i) * 1e-6, "t1", timestamp=T1)
+            store.commit(builder.build_document())
+            back = store.rollback(store.latest_id() - 1)
+        restored = back.snapshot_id - 2  # the rollback before the last commit
+        assert back.notes == (f"rollback to snapshot {restored} (newest was "
+                              f"{back.snapshot_id - 1}); "
+                              f"{store.get(restored).notes.partition('; ')[0]}"), back.notes
+        assert back.notes.count("rollback to snapshot") == 2
+
