@@ -83,6 +83,23 @@ def _series(raw: dict) -> list[tuple[list, list]]:
             for data in raw.get("series", {}).values()]
 
 
+#: How far beyond the data's x span (as a share of it) a mark is still drawn: an old value far
+#: off (a T1 typed as 55 s over a 200 us scan) would squash every point into one edge.
+MARK_REACH = 0.5
+
+
+def _within_reach(value: float, raw: dict) -> bool:
+    """Whether ``value`` lies within :data:`MARK_REACH` of the data's x span (the text under
+    the axes names it either way)."""
+    xs = np.concatenate([np.ravel(np.asarray(x, dtype=float)) for x, _ in _series(raw)]
+                        or [np.empty(0)])
+    if xs.size == 0:
+        return True
+    low, high = float(xs.min()), float(xs.max())
+    reach = MARK_REACH * (high - low)
+    return low - reach <= value <= high + reach
+
+
 def plot_rb(record: ExperimentRecord):
     """Figure of an RB record: survival of every sequence (dots), the mean per length with its
     standard error, the fitted decay, and the gate errors measured against the old ones."""
@@ -140,12 +157,13 @@ def _value_lines(record: ExperimentRecord) -> list[str]:
 
 def plot_sweep(record: ExperimentRecord):
     """Figure of a sweep record (every graph experiment): each data series (dots), the fitted
-    curves (lines), the chosen value (solid vertical line) and the old one (dashed), and the
-    values with their standard errors against the old ones; the legend is under the axes,
-    where it covers no data."""
+    curves (lines), the chosen value (solid vertical line) and the old one (dashed, unless it
+    lies far beyond the data: :func:`_within_reach`), and the values with their standard
+    errors against the old ones; the legend is under the axes, where it covers no data."""
     raw = record.raw
     lines = _value_lines(record)
-    marks = raw.get("marks", {})
+    marks = {k: v for k, v in raw.get("marks", {}).items()
+             if k != "old" or _within_reach(v, raw)}
     entries = (len(raw.get("series", {})) + len(raw.get("curves", {}))
                + ("old" in marks) + ("chosen" in marks))
     legend_in = LEGEND_ROW_IN * math.ceil(entries / LEGEND_COLUMNS)

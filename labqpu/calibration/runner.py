@@ -334,7 +334,9 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                     reason = f"check failed: {_why(exc)}"
             if reason is None:
                 outcome = Outcome(n.name, label, "fresh",
-                                  f"check passed: {check}" if check else "fresh", check)
+                                  f"check passed: {check}" if check
+                                  else "values within their age limits; the node has no check",
+                                  check)
             else:
                 outcome = _calibrate(kit, n, subject, shots, reason, check, reporter,
                                      refine=checked)

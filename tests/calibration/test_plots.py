@@ -153,3 +153,20 @@ def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
     lines = _value_lines(record)
     assert lines[0] == "frequency_hz = 5.04702e+09 ± 2e+03 (was 5.04702e+09, +5e+03)", lines
     assert lines[1] == "t1_s = 5.08e-05 ± 1e-06 (was 5.08e-05)", lines
+
+
+def test_an_old_value_far_beyond_the_data_does_not_squash_the_axis() -> None:
+    """A review's case: after a T1 typed as 55 s, the T1 plot drew the old value's line at
+    55 s, and all the data (0-200 us) sat in one pixel column at 0. A mark far beyond the
+    data is left off (the text under the axes still names the old value); one near it stays."""
+    x = np.linspace(0, 200e-6, 21)
+    far = _record("delay (s)", x)
+    far.raw["marks"]["old"] = 55.0
+    fig = plot_sweep(far)
+    ax = fig.axes[0]
+    assert ax.get_xlim()[1] < 1e-3, ax.get_xlim()
+    assert "old value" not in [t.get_text() for t in fig.legends[0].get_texts()]
+    near = _record("delay (s)", x)
+    near.raw["marks"]["old"] = 250e-6
+    ax = plot_sweep(near).axes[0]
+    assert ax.get_xlim()[1] >= 250e-6, ax.get_xlim()
