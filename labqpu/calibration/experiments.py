@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from labqpu.backend.backend import MAX_SHOTS
 from labqpu.calibration.records import ExperimentRecord, uncertainty_problem
 from labqpu.errors import FitError
 from labqpu.pulse.compiler import READOUT_RISE_S
@@ -224,16 +225,33 @@ class Kit:
 
     def run_iq(self, programs: list[PulseProgram], shots: int, *,
                single: bool = False) -> np.ndarray:
-        """Run ``programs`` (split into jobs of at most ``max_circuits``) and return IQ:
-        (n_programs, n_clbits) averaged, or (n_programs, shots, n_clbits) single-shot."""
+        """Run ``programs`` (split into jobs of at most ``max_circuits``, and of at most the
+        backend's shots per job: :meth:`_in_parts`) and return IQ: (n_programs, n_clbits)
+        averaged, or (n_programs, shots, n_clbits) single-shot."""
         out = []
         step = self.backend.max_circuits
         for i in range(0, len(programs), step):
             chunk = programs[i:i + step]
-            job = self.backend.run(chunk, shots=shots, meas_level=1,
-                                   meas_return="single" if single else "avg")
-            out.extend(job.memory_arrays())
+            out.extend(self._in_parts(shots, single, lambda n, chunk=chunk: np.array(
+                self.backend.run(chunk, shots=n, meas_level=1,
+                                 meas_return="single" if single else "avg").memory_arrays())))
         return np.array(out)
+
+    def _in_parts(self, shots: int, single: bool, run: Callable[[int], np.ndarray]
+                  ) -> np.ndarray:
+        """``run(n)`` (IQ of every program for ``n`` shots) in jobs of at most the backend's
+        shots per job (:data:`~labqpu.backend.backend.MAX_SHOTS`) that add up to ``shots``:
+        averages weighted by their shots, single shots one after another. A check asks its
+        run's shots times a factor (20 for the pi amplitude), so ``--shots 6000`` asks 120 000
+        of one program, which one job cannot take."""
+        jobs = -(-shots // MAX_SHOTS)
+        parts = [shots // jobs + (k < shots % jobs) for k in range(jobs)]
+        arrays = [run(n) for n in parts]
+        if len(arrays) == 1:
+            return arrays[0]
+        if single:
+            return np.concatenate(arrays, axis=1)
+        return sum(a * n for a, n in zip(arrays, parts, strict=True)) / shots
 
     def run_sweep(self, program: PulseProgram, binds: dict[str, Sequence[float]], shots: int,
                   *, single: bool = False) -> np.ndarray:
@@ -254,9 +272,9 @@ class Kit:
                     values[names.index(name)] = column[k]
                 programs.append(replace(program, param_values=values))
             return self.run_iq(programs, shots, single=single)
-        job = self.backend.run(program, shots=shots, meas_level=1,
-                               meas_return="single" if single else "avg", parameter_binds=binds)
-        return np.array(job.memory_arrays())
+        return self._in_parts(shots, single, lambda n: np.array(self.backend.run(
+            program, shots=n, meas_level=1, meas_return="single" if single else "avg",
+            parameter_binds=binds).memory_arrays()))
 
     def run_bits(self, programs: list[PulseProgram], shots: int,
                  centres: dict[int, tuple[complex, complex]]) -> np.ndarray:

@@ -335,8 +335,10 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
             if reason is None:
                 outcome = Outcome(n.name, label, "fresh",
                                   f"check passed: {check}" if check
-                                  else "values within their age limits; the node has no check",
-                                  check)
+                                  else "values within their age limits; the node has no check"
+                                  if n.watches else
+                                  "the node watches no value and has no check (--force "
+                                  "measures it again)", check)
             else:
                 outcome = _calibrate(kit, n, subject, shots, reason, check, reporter,
                                      refine=checked)

@@ -200,3 +200,40 @@ def test_a_stored_value_whose_programs_the_backend_refuses_fails_a_check_not_the
         [change] = [c for c in step.changes if c.name == name]
         assert change.old == value and 20e-6 < change.new < 100e-6, change
     assert all(o.status != "failed" for key, o in outcomes.items() if key[0] != node)
+
+
+def test_shots_a_check_multiplies_past_a_jobs_limit_run_as_several_jobs(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A review's case: `labqpu calibrate rabi --shots 6000` made the Rabi check ask 20 x 6000
+    = 120 000 shots of one job, which the backend refuses; the check "failed" on that and the
+    node was calibrated again. The kit now runs such shots as several jobs (averages weighted
+    by their shots, single shots one after another), and the check passes."""
+    from labqpu.calibration import experiments
+    from labqpu.calibration.bootstrap import _prepared_readouts
+    from labqpu.calibration.design import default_design_path, load_design
+    from labqpu.calibration.experiments import Kit
+    from labqpu.calibration.runner import working_from_snapshot
+
+    seed_fresh_store(tmp_path)
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        report = run_graph(backend, ["rabi"], qubits=[0], shots=6000, rb=False, commit=False)
+        (rabi,) = [o for o in report.outcomes if o.node == "rabi"]
+        assert rabi.status == "fresh" and rabi.reason.startswith("check passed"), rabi.reason
+
+        kit = Kit(backend, working_from_snapshot(backend.snapshot,
+                                                 load_design(default_design_path("lab5"))))
+        programs = _prepared_readouts(kit, 0, kit.work.qubits[0]["pi_amplitude"], None)
+        sizes = []
+        run = backend.run
+        monkeypatch.setattr(backend, "run",
+                            lambda *a, **k: sizes.append(k["shots"]) or run(*a, **k))
+        monkeypatch.setattr(experiments, "MAX_SHOTS", 100)
+        single = kit.run_iq(programs, 250, single=True)
+        assert sizes == [84, 83, 83] and single.shape == (2, 250, 1)
+        averaged = kit.run_iq(programs, 250)
+        assert averaged.shape == (2, 1)
+        # |0> and |1> read apart as in one job
+        assert abs(averaged[0, 0] - averaged[1, 0]) > 0.5 * abs(
+            single[0, :, 0].mean() - single[1, :, 0].mean())
