@@ -238,23 +238,30 @@ def what_an_interrupt_left(backend) -> Iterator[None]:
     after it committed its graph's values, during randomized benchmarking, said only
     "interrupted"), then let the interrupt go on."""
     from labqpu.calibration.records import experiments_directory
+    from labqpu.errors import LabQpuError
 
     before = backend.store.latest_id()
     try:
         yield
     except KeyboardInterrupt:
-        newest = backend.store.latest_id()
-        records = experiments_directory(backend.config.store_path)
-        if newest == before:
-            what = f"nothing was committed (the store's newest snapshot is still {before})"
-        else:
-            what = (f"the store's newest snapshot is {newest} (it was {before}): what was "
-                    "committed before the interrupt stays "
-                    f"(`{backend.provider.command('calibrate history')}`)")
+        try:
+            what = _what_was_committed(backend, before)
+        except LabQpuError as exc:  # the interrupt goes on whatever the store says
+            what = f"the calibration store could not be read ({exc})"
         print(f"labqpu calibrate: interrupted; {what}; the experiment records made so far are "
-              f"in {records}; the same command again starts from the newest snapshot",
-              file=sys.stderr, flush=True)
+              f"in {experiments_directory(backend.config.store_path)}; the same command again "
+              "starts from the newest snapshot", file=sys.stderr, flush=True)
         raise
+
+
+def _what_was_committed(backend, before: int | None) -> str:
+    """Whether the store's newest snapshot is still ``before`` (None: empty), in words."""
+    newest = backend.store.latest_id()
+    if newest == before:
+        return "nothing was committed " + (f"(the store's newest snapshot is still {before})"
+                                           if before is not None else "(the store is empty)")
+    return (f"the store's newest snapshot is {newest} (it was {before}): what was committed "
+            f"before the interrupt stays (`{backend.provider.command('calibrate history')}`)")
 
 
 @contextlib.contextmanager
@@ -328,9 +335,14 @@ def _qubit(text: str) -> int:
     try:
         return non_negative_int(text)
     except argparse.ArgumentTypeError:
-        from labqpu.calibration.graph import graph_nodes
+        from labqpu.calibration.graph import NODES, graph_nodes
+        from labqpu.errors import CalibrationError
 
-        if text in {n.name for n in graph_nodes()} | {"rb"} | set(STORE_COMMANDS):
+        try:
+            nodes = graph_nodes()
+        except CalibrationError:  # a lab's broken package: said when a node is looked up
+            nodes = NODES
+        if text in {n.name for n in nodes} | {"rb"} | set(STORE_COMMANDS):
             raise argparse.ArgumentTypeError(
                 f"must be qubit numbers, got {text!r}; put node names before --qubits "
                 f"(labqpu calibrate {text} --qubits ...) or end the list with --") from None

@@ -1188,3 +1188,15 @@ def test_an_interrupted_calibration_says_what_the_store_holds(tmp_path, monkeypa
         assert err.startswith(f"labqpu calibrate: interrupted; the store's newest snapshot is "
                               f"{before + 1} (it was {before}): what was committed before the "
                               "interrupt stays (`labqpu calibrate history`)"), err
+        # a store that cannot be read then (a review's case: its error replaced the interrupt)
+        from labqpu.errors import CalibrationError
+
+        def locked(*_args):
+            raise CalibrationError("reading calibration store x failed: database is locked")
+
+        with pytest.raises(KeyboardInterrupt), what_an_interrupt_left(backend):
+            monkeypatch.setattr(backend.store, "latest_id", locked)
+            raise KeyboardInterrupt
+        assert capsys.readouterr().err.startswith(
+            "labqpu calibrate: interrupted; the calibration store could not be read (reading "
+            "calibration store x failed: database is locked)")

@@ -236,11 +236,20 @@ def _ramsey_fringe(kit: Kit, q: int, shots: int, detuning_hz: float,
     return signal, fit_damped_cosine_curve(delays_s, signal, f"qubit {q} Ramsey")
 
 
-#: Delays (s) of the Ramsey fringe that the frequency check and calibration read on a second
-#: grid, 64 ns apart: fringes sampled every 100 ns fold a frequency error of any multiple of
-#: 10 MHz onto no error at all (a qubit 10 MHz off passed the check, and the calibration kept
-#: it); on 64 ns (15.625 MHz) too, no error within +-60 MHz but 0 folds onto both.
-SECOND_GRID_DELAYS_S = np.arange(63) * 64e-9
+#: The Ramsey fringes' sampling steps (s): fringes sampled every 100 ns fold a frequency error
+#: of any multiple of 10 MHz onto no error at all (a qubit 10 MHz off passed the check, and the
+#: calibration kept it), so the frequency check and calibration read one fringe every 64 ns
+#: too (15.625 MHz): on a 1 ns timing grid, no error within +-60 MHz but 0 folds onto both (a
+#: coarser grid moves both steps to its nearest multiples, kept apart: ``Kit.uniform_delays``).
+RAMSEY_STEP_S = 100e-9
+SECOND_GRID_STEP_S = 64e-9
+
+
+def ramsey_grids(kit: Kit, first: int, second: int) -> tuple[np.ndarray, np.ndarray]:
+    """Delays (s) of ``first`` points :data:`RAMSEY_STEP_S` apart and of ``second`` points
+    :data:`SECOND_GRID_STEP_S` apart, each a whole number of timing-grid steps."""
+    one = kit.uniform_delays(RAMSEY_STEP_S, first)
+    return one, kit.uniform_delays(SECOND_GRID_STEP_S, second, unlike=float(one[1]))
 
 
 def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
@@ -254,9 +263,9 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     """Qubit frequency (Hz) and T2* (s) from two Ramsey fringes with opposite detunings; the
     measured drive handedness says which sign the frequency error has, and a third fringe at
     the new frequency must come back at the set detuning, and so must a fourth on a second
-    grid (:data:`SECOND_GRID_DELAYS_S`), which the first three cannot tell from an error of a
+    grid (:func:`ramsey_grids`), which the first three cannot tell from an error of a
     multiple of 10 MHz: the calibration then fails, naming the spectroscopy that finds it."""
-    delays = kit.on_grid(np.linspace(0, 6e-6, 61))
+    delays, second_grid = ramsey_grids(kit, 61, 94)  # 6 us each
     d = 1.5e6
     plus, fit_plus = _ramsey_fringe(kit, q, shots, +d, delays)
     minus, fit_minus = _ramsey_fringe(kit, q, shots, -d, delays)
@@ -279,14 +288,16 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
         raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
                        f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
                        subject=f"qubit {q}")
-    folded = _ramsey_frequency(kit, q, shots, -d, kit.on_grid(SECOND_GRID_DELAYS_S))[0]
+    folded = _ramsey_frequency(kit, q, shots, -d, second_grid)[0]
     if abs(folded - d) > 0.1 * d:
         kit.work.qubits[q]["frequency_hz"] = f_now
+        step_ns, rate_mhz = delays[1] * 1e9, 1e-6 / delays[1]
         raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
-                       f"fringe sampled every 64 ns runs at {folded:.4g} Hz, not at the set "
-                       f"{d:.4g} Hz: the qubit is off by more than Ramsey fringes sampled every "
-                       "100 ns tell apart (an error of a multiple of 10 MHz folds onto none); "
-                       "the sweet_spot node finds its frequency by spectroscopy",
+                       f"fringe sampled every {second_grid[1] * 1e9:.4g} ns runs at "
+                       f"{folded:.4g} Hz, not at the set {d:.4g} Hz: the qubit is off by more "
+                       f"than Ramsey fringes sampled every {step_ns:.4g} ns tell apart (an "
+                       f"error of a multiple of {rate_mhz:.4g} MHz folds onto none); the "
+                       "sweet_spot node finds its frequency by spectroscopy",
                        subject=f"qubit {q}")
     f_err = fit.stderr["f"]  # what is left: the third fringe's offset from the set detuning
     rid = kit.record(

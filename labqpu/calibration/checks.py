@@ -29,11 +29,11 @@ import numpy as np
 
 from labqpu.calibration.bootstrap import (
     DRIVE_IF_BAND_HZ,
-    SECOND_GRID_DELAYS_S,
     _cz_phases,
     _prepared_readouts,
     _ramsey_frequency,
     drag_difference,
+    ramsey_grids,
 )
 from labqpu.calibration.experiments import (
     Kit,
@@ -168,16 +168,15 @@ def check_drag_beta(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResu
 def check_frequency(kit: Kit, q: int, shots: int, tolerance_hz: float,
                     detuning_hz: float = 1.5e6) -> CheckResult:
     """Ramsey fringes at +``detuning_hz`` (sampled every 100 ns) and at -``detuning_hz``
-    (every 64 ns: :data:`~labqpu.calibration.bootstrap.SECOND_GRID_DELAYS_S`): both run at
+    (every 64 ns: :func:`~labqpu.calibration.bootstrap.ramsey_grids`): both run at
     the detuning only when the calibrated frequency is right (Hz); the result is the one
     farther from it. One fringe is not enough: for a frequency error s (in the drive's sense)
     it runs at |s + d|, which an error of s = -2d folds back onto d exactly (a qubit 3 MHz off
     would pass), and so does one grid: fringes sampled every 100 ns fold an error of any
     multiple of 10 MHz onto none. On the two grids, no error within +-60 MHz but 0 gives d
     in both."""
-    fringes = [_ramsey_frequency(kit, q, shots, sign * detuning_hz, kit.on_grid(delays))[0]
-               for sign, delays in ((1, np.linspace(0, 4e-6, 41)),
-                                    (-1, SECOND_GRID_DELAYS_S))]
+    fringes = [_ramsey_frequency(kit, q, shots, sign * detuning_hz, delays)[0]
+               for sign, delays in zip((1, -1), ramsey_grids(kit, 41, 63), strict=True)]
     worst = max(fringes, key=lambda f: abs(f - detuning_hz))
     return _judge(worst, detuning_hz, tolerance_hz, "Hz")
 

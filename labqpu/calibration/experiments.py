@@ -130,6 +130,18 @@ class Kit:
         may hold (``labqpu.rack.limits``; a no-op at 1 GS/s for whole nanoseconds)."""
         return np.round(np.asarray(seconds, dtype=float) * self.fs) / self.fs
 
+    def uniform_delays(self, step_s: float, count: int, *, unlike: float | None = None
+                       ) -> np.ndarray:
+        """``count`` delays (s) from 0, a whole number of timing-grid steps apart, the nearest
+        to ``step_s`` (at least one step; another than ``unlike`` when given, so that two
+        sampling rates stay apart on a coarse grid). Rounding each delay of a linspace onto
+        the grid would space them unevenly, which a Fourier analysis takes for a frequency."""
+        grid = self.timing.grid / self.fs
+        steps = max(1, round(step_s / grid))
+        if unlike is not None and math.isclose(steps * grid, unlike):
+            steps += 1
+        return np.arange(count) * (steps * grid)
+
     def on_grid(self, seconds: np.ndarray) -> np.ndarray:
         """Sweep times (s) moved to the nearest whole number of timing-grid steps, so that the
         waits played are the times the analysis fits."""

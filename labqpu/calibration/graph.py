@@ -221,8 +221,12 @@ RB_NODE = "rb"
 #:     [project.entry-points."labqpu.calibration_nodes"]
 #:     quick_t1 = "mylab.calibration:QUICK_T1"
 NODE_ENTRY_POINTS = "labqpu.calibration_nodes"
+#: Names a node may not take: the graph's rb step and the store commands of ``labqpu
+#: calibrate`` (``labqpu.cli_store.STORE_COMMANDS``), which the command reads first.
+RESERVED_NAMES = (RB_NODE, "history", "diff", "rollback")
 _registered: list[Node] = []
-_installed: list[tuple[Node, ...]] = []  # one entry once the entry points were read
+#: The installed nodes once the entry points were read, or why they could not be.
+_installed: list[tuple[Node, ...] | CalibrationError] = []
 
 
 def graph_nodes() -> tuple[Node, ...]:
@@ -235,21 +239,39 @@ def graph_nodes() -> tuple[Node, ...]:
             node the graph can take (named, with the entry point and why).
     """
     if not _installed:
-        found: list[Node] = []
-        for point in sorted(entry_points(group=NODE_ENTRY_POINTS), key=lambda p: p.name):
-            where = f"calibration node entry point {point.name} = {point.value!r}"
-            try:
-                loaded = point.load()
-            except Exception as exc:  # a lab's package: any failure of its import
-                raise CalibrationError(f"{where}: cannot be loaded: {type(exc).__name__}: "
-                                       f"{exc}") from exc
-            for n in tuple(loaded) if isinstance(loaded, list | tuple) else (loaded,):
-                problem = _node_problem(n, (*NODES, *found))
-                if problem:
-                    raise CalibrationError(f"{where}: {problem}")
-                found.append(n)
-        _installed.append(tuple(found))
+        try:
+            _installed.append(_load_installed())
+        except CalibrationError as exc:  # kept: the packages are not imported again
+            _installed.append(exc)
+    if isinstance(_installed[0], CalibrationError):
+        raise _installed[0]
     return (*NODES, *_installed[0], *_registered)
+
+
+def _load_installed() -> tuple[Node, ...]:
+    """The nodes of the :data:`NODE_ENTRY_POINTS` entry points, each after the nodes it
+    requires (another package's too), else in the order of the entry points' names."""
+    pending: list[tuple[str, object]] = []
+    for point in sorted(entry_points(group=NODE_ENTRY_POINTS), key=lambda p: p.name):
+        where = f"calibration node entry point {point.name} = {point.value!r}"
+        try:
+            loaded = point.load()
+        except Exception as exc:  # a lab's package: any failure of its import
+            raise CalibrationError(f"{where}: cannot be loaded: {type(exc).__name__}: "
+                                   f"{exc}") from exc
+        pending += [(where, n) for n in (loaded if isinstance(loaded, list | tuple)
+                                         else (loaded,))]
+    found: list[Node] = []
+    while pending:
+        ready = [(where, n) for where, n in pending
+                 if _node_problem(n, (*NODES, *found)) is None]
+        if not ready:  # the first that cannot join, and why
+            where, n = pending[0]
+            raise CalibrationError(f"{where}: {_node_problem(n, (*NODES, *found))}")
+        where, n = ready[0]
+        found.append(n)
+        pending.remove((where, n))
+    return tuple(found)
 
 
 def register_node(n: Node) -> None:
@@ -258,9 +280,10 @@ def register_node(n: Node) -> None:
     the bootstrap then run it like labqpu's own.
 
     Raises:
-        ValueError: ``n`` is not a :class:`Node`, its name is taken, its scope is not
-            ``"qubit"`` or ``"edge"``, or it requires or measures a node the graph lacks;
-            nothing is added.
+        ValueError: ``n`` is not a :class:`Node` the graph can take (:func:`_node_problem`:
+            its name taken or reserved, its scope, its fields' types, a prerequisite the graph
+            lacks or of the wrong scope); nothing is added.
+        CalibrationError: an installed package's nodes cannot be read (:func:`graph_nodes`).
     """
     problem = _node_problem(n, graph_nodes())
     if problem:
@@ -269,22 +292,38 @@ def register_node(n: Node) -> None:
 
 
 def _node_problem(n: object, before: Sequence[Node]) -> str | None:
-    """Why the graph ``before`` cannot take ``n`` after its nodes, or None."""
+    """Why the graph ``before`` cannot take ``n`` after its nodes, or None: its name must be
+    a new word, not :data:`RESERVED_NAMES`; its scope ``"qubit"`` or ``"edge"``; ``requires``,
+    ``watches`` and ``measures`` tuples of names; its prerequisites nodes of ``before`` (a
+    qubit node's, qubit nodes: it runs on one qubit); what it measures among them, with
+    values it watches (their age is compared with theirs); ``calibrate`` callable, ``check``
+    and ``refine`` callable or None."""
     if not isinstance(n, Node):
         return f"{n!r} is not a labqpu.calibration.graph.Node"
-    names = {m.name for m in before}
     if not isinstance(n.name, str) or not n.name.isidentifier():
         return f"node name {n.name!r}: must be a word such as t1_quick"
-    if n.name in names or n.name == RB_NODE:
-        return f"node {n.name!r}: the graph has a node of that name"
+    scopes = {m.name: m.scope for m in before}
+    if n.name in scopes or n.name in RESERVED_NAMES:
+        return f"node {n.name!r}: the graph has a node or command of that name"
+    where = f"node {n.name!r}"
     if n.scope not in ("qubit", "edge"):
-        return f"node {n.name!r}: scope must be 'qubit' or 'edge', got {n.scope!r}"
-    unknown = [m for m in (*n.requires, *n.measures) if m not in names]
+        return f"{where}: scope must be 'qubit' or 'edge', got {n.scope!r}"
+    for field in ("requires", "watches", "measures"):
+        names = getattr(n, field)
+        if not (isinstance(names, tuple) and all(isinstance(x, str) for x in names)):
+            return f"{where}: {field} must be a tuple of names, got {names!r}"
+    unknown = [m for m in n.requires if m not in scopes]
     if unknown:
-        return (f"node {n.name!r} requires or measures {unknown[0]!r}, which the graph does "
-                "not have before it")
-    if not callable(n.calibrate) or not (n.check is None or callable(n.check)):
-        return f"node {n.name!r}: calibrate (and check, if given) must be callables"
+        return f"{where} requires {unknown[0]!r}, which the graph does not have before it"
+    if n.scope == "qubit" and any(scopes[m] == "edge" for m in n.requires):
+        return f"{where}: a qubit node cannot require an edge node"
+    if any(m not in n.requires for m in n.measures):
+        return f"{where}: measures must name nodes it requires, got {n.measures!r}"
+    if n.measures and not n.watches:
+        return f"{where}: measures other nodes, so it must watch values (their ages compare)"
+    if not callable(n.calibrate) or not all(f is None or callable(f)
+                                            for f in (n.check, n.refine)):
+        return f"{where}: calibrate (and check and refine, if given) must be callables"
     return None
 
 

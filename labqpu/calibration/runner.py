@@ -46,7 +46,15 @@ from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.design import SHARED_FIELDS, load_wiring_design
 from labqpu.calibration.experiments import Kit, Working
-from labqpu.calibration.graph import RB_NODE, Node, Subject, describe, graph_nodes, plan
+from labqpu.calibration.graph import (
+    NODES,
+    RB_NODE,
+    Node,
+    Subject,
+    describe,
+    graph_nodes,
+    plan,
+)
 from labqpu.calibration.plots import save_plot
 from labqpu.calibration.rb import (
     RBOutcome,
@@ -226,10 +234,16 @@ def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
 
 
 def _available_nodes(backend) -> tuple[Node, ...]:
-    """The graph's nodes this rack can run: those that need feed-forward only with it."""
+    """The graph's nodes this rack can run: those that need feed-forward only with it, and
+    only with their prerequisites (a lab's node may build on ``active_reset``)."""
     if backend.feedforward_latency_samples is not None:
         return graph_nodes()
-    return tuple(n for n in graph_nodes() if not n.needs_feedforward)
+    kept: list[Node] = []
+    for n in graph_nodes():  # prerequisites first
+        names = {m.name for m in kept}
+        if not n.needs_feedforward and all(m in names for m in n.requires):
+            kept.append(n)
+    return tuple(kept)
 
 
 def _values(work: Working, subject: Subject) -> dict[str, Any]:
@@ -330,8 +344,8 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                 try:
                     check = n.check(kit, subject, shots)
                     reason = None if check.passed else f"check failed: {check}"
-                except STEP_ERRORS as exc:
-                    reason = f"check failed: {_why(exc)}"
+                except _step_errors(n) as exc:
+                    reason = f"check failed: {_why(exc, n)}"
             if reason is None:
                 outcome = Outcome(n.name, label, "fresh",
                                   f"check passed: {check}" if check
@@ -362,16 +376,16 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
             n.refine(kit, subject, shots, reporter.note)
             return Outcome(n.name, label, "calibrated", f"{reason}; refined", check,
                            _changes(kit.work, before))
-        except STEP_ERRORS as exc:
+        except _step_errors(n) as exc:
             _restore(kit.work, before)
-            reporter.note(f"  {n.name} on {label}: refinement failed ({_why(exc)}); "
+            reporter.note(f"  {n.name} on {label}: refinement failed ({_why(exc, n)}); "
                           "calibrating")
     try:
         n.calibrate(kit, subject, shots, reporter.note)
-    except STEP_ERRORS as exc:
+    except _step_errors(n) as exc:
         _restore(kit.work, before)
-        return Outcome(n.name, label, "failed", f"{reason}; calibration failed: {_why(exc)}",
-                       check)
+        return Outcome(n.name, label, "failed",
+                       f"{reason}; calibration failed: {_why(exc, n)}", check)
     return Outcome(n.name, label, "calibrated", reason, check, _changes(kit.work, before))
 
 
@@ -381,9 +395,21 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
 STEP_ERRORS = (FitError, InvalidRunInputError, CompilationError)
 
 
-def _why(exc: Exception) -> str:
-    """A step's failure as its report says it: a fit's own words, else the error's type too."""
-    return str(exc) if isinstance(exc, FitError) else f"{type(exc).__name__}: {exc}"
+def _step_errors(n: Node) -> tuple[type[Exception], ...]:
+    """What fails a step of ``n``: :data:`STEP_ERRORS` for labqpu's own nodes; any error for
+    a lab's (:func:`~labqpu.calibration.graph.register_node`), whose bug must not end a
+    watch: its traceback is logged."""
+    return STEP_ERRORS if n in NODES else (Exception,)
+
+
+def _why(exc: Exception, n: Node) -> str:
+    """A step's failure as its report says it: a fit's own words, else the error's type too
+    (a lab node's unexpected error is logged with its traceback)."""
+    if isinstance(exc, FitError):
+        return str(exc)
+    if not isinstance(exc, STEP_ERRORS):
+        log.error("calibration node %s raised", n.name, exc_info=exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:

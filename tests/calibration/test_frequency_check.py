@@ -9,10 +9,12 @@ fringe is sampled on a second grid (64 ns).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
+from labqpu.calibration.experiments import Kit
 from labqpu.store import SnapshotBuilder
 from labqpu.testing import use_fresh_home
 
@@ -74,3 +76,22 @@ def test_an_error_of_a_multiple_of_the_fringes_sampling_rate_is_found(tmp_path, 
         assert report.ok, report.table()
         f = backend.snapshot.qubits[q]["frequency_hz"].value
         assert abs(f - right.value) < 50e3, (f, right.value)
+
+
+@pytest.mark.parametrize(("grid", "first_ns", "second_ns"), [
+    (1, 100, 64), (16, 96, 64), (48, 96, 48), (100, 100, 200), (128, 128, 256)])
+def test_the_two_ramsey_grids_are_even_and_apart_on_any_timing_grid(grid, first_ns,
+                                                                    second_ns) -> None:
+    """A review's case: each delay of a linspace rounded onto a coarse timing grid spaced the
+    fringe's samples unevenly (the analysis assumes one step), and on a grid of 100 or 128
+    samples the 64 ns grid became the 100/128 ns one, losing what it is there for."""
+    from types import SimpleNamespace
+
+    from labqpu.calibration.bootstrap import ramsey_grids
+
+    kit = SimpleNamespace(timing=SimpleNamespace(grid=grid), fs=1e9)
+    kit.uniform_delays = lambda *a, **k: Kit.uniform_delays(kit, *a, **k)
+    first, second = ramsey_grids(kit, 41, 63)
+    assert len(first) == 41 and len(second) == 63
+    for delays, step_ns in ((first, first_ns), (second, second_ns)):
+        assert np.allclose(np.diff(delays), step_ns * 1e-9), np.diff(delays)[:3]

@@ -71,11 +71,21 @@ def own_registry(monkeypatch):
 
 
 @pytest.mark.parametrize(("change", "words"), [
-    ({"name": "rabi"}, "node 'rabi': the graph has a node of that name"),
-    ({"name": "rb"}, "node 'rb': the graph has a node of that name"),
+    ({"name": "rabi"}, "node 'rabi': the graph has a node or command of that name"),
+    ({"name": "rb"}, "node 'rb': the graph has a node or command of that name"),
+    # a store command: `labqpu calibrate history` would never reach the node
+    ({"name": "history"}, "node 'history': the graph has a node or command of that name"),
     ({"name": "quick t1"}, "node name 'quick t1': must be a word"),
     ({"scope": "pair"}, "scope must be 'qubit' or 'edge', got 'pair'"),
-    ({"requires": ("readuot",)}, "requires or measures 'readuot', which the graph does not"),
+    ({"requires": ("readuot",)}, "requires 'readuot', which the graph does not have before it"),
+    # the review's cases: a string iterated letter by letter, a qubit node after an edge node
+    # (its prerequisite never exists), measures without watches (the run raised ValueError)
+    ({"requires": "readout"}, "requires must be a tuple of names, got 'readout'"),
+    ({"watches": "quick_t1_s"}, "watches must be a tuple of names, got 'quick_t1_s'"),
+    ({"requires": ("cz",)}, "a qubit node cannot require an edge node"),
+    ({"measures": ("readout",), "watches": ()}, "measures other nodes, so it must watch"),
+    ({"measures": ("t1",)}, "measures must name nodes it requires, got ('t1',)"),
+    ({"refine": 42}, "calibrate (and check and refine, if given) must be callables"),
 ])
 def test_a_node_the_graph_cannot_take_is_refused_and_nothing_is_added(
         tmp_path, own_registry, change, words) -> None:
