@@ -342,6 +342,12 @@ class LabBackend(BackendV2):
         return self._target
 
     @property
+    def max_shots(self) -> int:
+        """Shots per circuit that one job takes (:data:`MAX_SHOTS`; ``configuration()`` says
+        it too)."""
+        return MAX_SHOTS
+
+    @property
     def max_circuits(self) -> int:
         """Circuits per batch. ``run()`` takes up to ``MAX_JOB_CIRCUITS`` (10 000) and splits a
         longer list into batches of at most this many (a merged sweep is one run, never split),

@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from labqpu.backend.backend import MAX_SHOTS
 from labqpu.calibration.records import ExperimentRecord, uncertainty_problem
 from labqpu.errors import FitError
 from labqpu.pulse.compiler import READOUT_RISE_S
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
 from labqpu.pulse.split import split_program
+from labqpu.store.physics import PAIR_CHECKS, QUBIT_CHECKS
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,32 @@ class Working:
     measured_at: dict[tuple, str] = field(default_factory=dict)
 
     def set(self, q: int, name: str, value, experiment: str) -> None:
-        """Record qubit ``q``'s ``name`` as measured by ``experiment``, now."""
+        """Record qubit ``q``'s ``name`` as measured by ``experiment``, now; ``FitError``
+        (the step fails) for a value the store would refuse (a T1 fitted beyond 10 ms), which
+        would otherwise fail the whole run's commit."""
+        _storable(QUBIT_CHECKS, f"qubit {q}", name, value)
         self.qubits[q][name] = value
         self.records[(q, name)] = experiment
         self.measured_at[(q, name)] = datetime.now(UTC).isoformat()
 
     def set_pair(self, pair: tuple[int, int], name: str, value, experiment: str) -> None:
-        """Record edge ``pair``'s ``name`` as measured by ``experiment``, now."""
+        """Record edge ``pair``'s ``name`` as measured by ``experiment``, now (``FitError``
+        as :meth:`set`)."""
+        _storable(PAIR_CHECKS, f"pair {pair[0]}-{pair[1]}", name, value)
         self.pairs.setdefault(pair, {})[name] = value
         self.records[(pair, name)] = experiment
         self.measured_at[(pair, name)] = datetime.now(UTC).isoformat()
+
+
+def _storable(checks: dict, subject: str, name: str, value) -> None:
+    """``FitError`` naming ``subject`` and ``name`` when the store's rule for ``name``
+    (:mod:`labqpu.store.physics`) refuses ``value``."""
+    check = checks.get(name)
+    plain = value.item() if isinstance(value, np.generic) else value
+    problem = check(plain) if check is not None else None
+    if problem:
+        raise FitError(f"{name} {problem}, got {plain!r}: the calibration store would refuse "
+                       "it", subject=subject)
 
 
 class Kit:
@@ -252,11 +268,11 @@ class Kit:
     def _in_parts(self, shots: int, single: bool, run: Callable[[int], np.ndarray]
                   ) -> np.ndarray:
         """``run(n)`` (IQ of every program for ``n`` shots) in jobs of at most the backend's
-        shots per job (:data:`~labqpu.backend.backend.MAX_SHOTS`) that add up to ``shots``:
+        shots per job (``backend.max_shots``) that add up to ``shots``:
         averages weighted by their shots, single shots one after another. A check asks its
         run's shots times a factor (20 for the pi amplitude), so ``--shots 6000`` asks 120 000
         of one program, which one job cannot take."""
-        jobs = -(-shots // MAX_SHOTS)
+        jobs = -(-shots // self.backend.max_shots)
         parts = [shots // jobs + (k < shots % jobs) for k in range(jobs)]
         arrays = [run(n) for n in parts]
         if len(arrays) == 1:

@@ -208,7 +208,6 @@ def test_shots_a_check_multiplies_past_a_jobs_limit_run_as_several_jobs(tmp_path
     = 120 000 shots of one job, which the backend refuses; the check "failed" on that and the
     node was calibrated again. The kit now runs such shots as several jobs (averages weighted
     by their shots, single shots one after another), and the check passes."""
-    from labqpu.calibration import experiments
     from labqpu.calibration.bootstrap import _prepared_readouts
     from labqpu.calibration.design import default_design_path, load_design
     from labqpu.calibration.experiments import Kit
@@ -229,7 +228,7 @@ def test_shots_a_check_multiplies_past_a_jobs_limit_run_as_several_jobs(tmp_path
         run = backend.run
         monkeypatch.setattr(backend, "run",
                             lambda *a, **k: sizes.append(k["shots"]) or run(*a, **k))
-        monkeypatch.setattr(experiments, "MAX_SHOTS", 100)
+        monkeypatch.setattr(type(backend), "max_shots", 100)
         single = kit.run_iq(programs, 250, single=True)
         assert sizes == [84, 83, 83] and single.shape == (2, 250, 1)
         averaged = kit.run_iq(programs, 250)
@@ -237,3 +236,21 @@ def test_shots_a_check_multiplies_past_a_jobs_limit_run_as_several_jobs(tmp_path
         # |0> and |1> read apart as in one job
         assert abs(averaged[0, 0] - averaged[1, 0]) > 0.5 * abs(
             single[0, :, 0].mean() - single[1, :, 0].mean())
+
+
+def test_a_fitted_value_the_store_would_refuse_fails_its_step() -> None:
+    """A review's risk: a T1 fitted beyond the store's 10 ms would have failed the whole run's
+    commit; the working set refuses it where it is set, as a FitError of that step, naming
+    the qubit (or pair) and the parameter, and keeps the value it had."""
+    import numpy as np
+
+    from labqpu.calibration.experiments import Working
+
+    work = Working({}, {2: {"t1_s": 40e-6}}, {(1, 2): {}})
+    with pytest.raises(FitError, match=r"t1_s must be a finite number in \(0, 0\.01\] s") as info:
+        work.set(2, "t1_s", np.float64(55.0), "t1-q2")
+    assert info.value.subject == "qubit 2" and work.qubits[2]["t1_s"] == 40e-6
+    with pytest.raises(FitError, match=r"cz_leakage .* the calibration store would refuse it"):
+        work.set_pair((1, 2), "cz_leakage", 1.5, "cz_leakage-q1-2")
+    work.set(2, "t1_s", 41e-6, "t1-q2")
+    assert work.qubits[2]["t1_s"] == 41e-6

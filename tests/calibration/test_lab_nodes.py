@@ -118,16 +118,17 @@ def test_a_registered_node_runs_and_commits_like_labqpus_own(tmp_path, monkeypat
             second.table()
 
 
-def _installed(tmp_path: Path, value: str) -> dict[str, str]:
-    """A package installed on PYTHONPATH whose entry point ``quick_t1`` names ``value``."""
+def _installed(tmp_path: Path, value: str, package: str = "mylab_nodes",
+               name: str = "quick_t1") -> dict[str, str]:
+    """A package installed on PYTHONPATH whose entry point ``name`` names ``value``."""
     _quick_t1(tmp_path)
-    info = tmp_path / "mylab_nodes-0.1.dist-info"
+    info = tmp_path / f"{package}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab-nodes\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        f"[labqpu.calibration_nodes]\nquick_t1 = {value}\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[labqpu.calibration_nodes]\n{name} = {value}\n")
     home = tmp_path / "home"
-    seed_fresh_store(home)
+    if not home.exists():
+        seed_fresh_store(home)
     return {"PYTHONPATH": str(tmp_path), "LABQPU_HOME": str(home)}
 
 
@@ -156,3 +157,71 @@ def test_an_entry_point_that_cannot_be_loaded_is_named(tmp_path) -> None:
     assert proc.stderr.strip() == (
         "labqpu: calibration node entry point quick_t1 = 'mylab_nodes:QUICK_T2': cannot be "
         "loaded: AttributeError: module 'mylab_nodes' has no attribute 'QUICK_T2'"), proc.stderr
+
+
+def test_installed_nodes_follow_their_prerequisites_across_packages(tmp_path) -> None:
+    """A review's case: a second package whose node requires the first package's, its entry
+    point's name sorting first, was refused ("requires 'quick_t1', which the graph does not
+    have before it"): entry points were read in name order."""
+    _installed(tmp_path, "mylab_nodes:QUICK_T1")
+    (tmp_path / "mylab_more.py").write_text(
+        "import dataclasses\nfrom mylab_nodes import QUICK_T1\n"
+        "AFTER = dataclasses.replace(QUICK_T1, name='after_t1', requires=('quick_t1',))\n")
+    env = _installed(tmp_path, "mylab_more:AFTER", package="mylab_more", name="a_more")
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from labqpu.calibration.graph import graph_nodes; "
+         "print([n.name for n in graph_nodes()][-2:])"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['quick_t1', 'after_t1']"
+
+
+def test_a_broken_package_does_not_break_reading_the_qubits_option(tmp_path) -> None:
+    """A review's case: `--qubits 1 x` ran the option's check, which read the graph and let a
+    broken package's error out as a traceback."""
+    env = _installed(tmp_path, "mylab_nodes:QUICK_T2")
+    proc = _labqpu(env, "calibrate", "rabi", "--qubits", "1", "x")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "argument --qubits: must be qubit numbers" in proc.stderr, proc.stderr
+
+
+def test_a_rack_without_feed_forward_leaves_out_what_builds_on_it(own_registry) -> None:
+    """A review's case: a lab node requiring active_reset (which needs feed-forward) made
+    plan() raise on such a rack, for --all, the watch and the bootstrap alike."""
+    from types import SimpleNamespace
+
+    from labqpu.calibration.runner import _available_nodes
+
+    dummy = graph.node("t1")
+    register_node(Node("reset_tuneup", "qubit", ("active_reset",), (), dummy.calibrate))
+    rack = SimpleNamespace(feedforward_latency_samples=None)
+    names = [n.name for n in _available_nodes(rack)]
+    assert "active_reset" not in names and "reset_tuneup" not in names and "t1" in names
+    assert graph.plan(None, [0], [], _available_nodes(rack))
+
+
+def test_a_lab_nodes_unexpected_error_fails_its_step_not_the_run(tmp_path, monkeypatch,
+                                                                own_registry, caplog) -> None:
+    """A review's case: a lab node whose calibration raised ValueError ended the whole run
+    with a traceback (only FitError failed a step). A lab's node failing in any way fails its
+    step, with the traceback logged; labqpu's own nodes keep failing only on FitError and
+    refused programs."""
+    def lab_bug(kit, q, shots, progress):
+        raise ValueError("lab bug")
+
+    use_fresh_home(monkeypatch, tmp_path)
+    register_node(Node("buggy", "qubit", ("drive_lo",), (), lab_bug))
+    with LabProvider() as provider, caplog.at_level("ERROR", "labqpu.calibration.runner"):
+        report = run_graph(provider.backend(), ["buggy"], qubits=[0], force=True, rb=False,
+                           commit=False)
+    (step,) = [o for o in report.outcomes if o.node == "buggy"]
+    assert step.status == "failed" and step.reason.endswith("ValueError: lab bug"), step
+    assert "calibration node buggy raised" in caplog.text and "lab_bug" in caplog.text
+
+
+def test_the_reserved_names_are_the_commands_labqpu_calibrate_reads_first() -> None:
+    from labqpu.cli_store import STORE_COMMANDS
+
+    assert set(STORE_COMMANDS) | {graph.RB_NODE} == set(graph.RESERVED_NAMES)
