@@ -41,7 +41,7 @@ def _set(name, value):
 
 
 def _fail(kit, q, shots, progress):
-    kit.work.set(q, "frequency_hz", -1.0, "test")  # touched, then the fit fails
+    kit.work.set(q, "frequency_hz", 4.9e9, "test")  # touched, then the fit fails
     raise FitError("no peak", subject=f"qubit {q}")
 
 
