@@ -288,7 +288,8 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
         raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
                        f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
                        subject=f"qubit {q}")
-    folded = _ramsey_frequency(kit, q, shots, -d, second_grid)[0]
+    folded_signal, folded_fit = _ramsey_fringe(kit, q, shots, -d, second_grid)
+    folded = abs(folded_fit.params["f"])
     if abs(folded - d) > 0.1 * d:
         kit.work.qubits[q]["frequency_hz"] = f_now
         step_ns, rate_mhz = delays[1] * 1e9, 1e-6 / delays[1]
@@ -305,7 +306,9 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
         {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
          "y_label": "projected IQ (a.u.)",
          "series": {f"+{d / 1e6:g} MHz": plus, f"-{d / 1e6:g} MHz": minus,
-                    f"+{d / 1e6:g} MHz at the new frequency": third}},
+                    f"+{d / 1e6:g} MHz at the new frequency": third,
+                    f"-{d / 1e6:g} MHz at the new frequency, every "
+                    f"{second_grid[1] * 1e9:.3g} ns": {"x": second_grid, "y": folded_signal}}},
         fit={**fit.quality(), "fringe_plus_hz": f_plus, "fringe_minus_hz": f_minus,
              "fringe_check_hz": check, "fringe_second_grid_hz": folded,
              "short_window_decay_s": t2},
