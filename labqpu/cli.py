@@ -224,7 +224,10 @@ def _run(args: argparse.Namespace) -> int:
     # by name: importing the backend would import the provider, which _noted_an_unrun_circuit
     # takes as the script's doing
     backend_log = logging.getLogger("labqpu.backend.backend")
-    warnings = _Kept(logging.WARNING)
+    from logging.handlers import BufferingHandler
+
+    warnings = BufferingHandler(capacity=1 << 20)  # keeps the records it is given
+    warnings.setLevel(logging.WARNING)
     backend_log.addHandler(warnings)
     try:
         with as_run_from_the_command_line(script, [str(script), *args.script_args]):
@@ -236,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
             from labqpu.backend.backend import NO_GATES
             from labqpu.errors import LabQpuError
 
-            causes = [r.getMessage() for r in warnings.records if getattr(r, NO_GATES, False)]
+            causes = [r.getMessage() for r in warnings.buffer if getattr(r, NO_GATES, False)]
             if causes:  # Qiskit's message names neither the store nor the Target
                 raise LabQpuError(f"transpile() failed: {getattr(exc, 'message', exc)}; "
                                   f"{causes[-1]}") from exc
@@ -247,17 +250,6 @@ def _run(args: argparse.Namespace) -> int:
     # that nothing ran fails the command (a CI step expecting counts fails too)
     noted = _noted_an_unrun_circuit(script, namespace)
     return 1 if noted and not imports_labqpu(script) else 0
-
-
-class _Kept(logging.Handler):
-    """A log handler that keeps the records it is given (``records``)."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def _noted_an_unrun_circuit(script: Path, namespace: dict) -> bool:
