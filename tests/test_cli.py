@@ -21,6 +21,13 @@ from labqpu.testing import seed_fresh_store
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _sigint_as_a_terminal_leaves_it() -> None:
+    """In a child about to be interrupted: SIGINT's default action, which makes Python raise
+    KeyboardInterrupt. A suite started in the background by a non-interactive shell (``pytest
+    &`` in a script) ignores SIGINT, and its children would inherit that and never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def labqpu(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "labqpu.cli", *args],
@@ -747,7 +754,8 @@ def test_an_endless_watch_on_the_simulator_waits_on_the_wall_clock(tmp_path):
     watch = subprocess.Popen(
         [sys.executable, "-m", "labqpu.cli", "calibrate", "--watch", "t1", "--qubits", "0"],
         cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_a_terminal_leaves_it)
     try:
         first = watch.stdout.readline()
         assert "a round every 3600 s on the wall clock, until interrupted" in first, first
@@ -884,7 +892,8 @@ def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
                       "    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "run", str(script)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)})
+                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
+                            preexec_fn=_sigint_as_a_terminal_leaves_it)
     try:
         simulator = int(proc.stdout.readline())
         proc.send_signal(signal.SIGINT)
@@ -920,6 +929,7 @@ def test_ctrl_c_in_a_terminal_during_a_job_is_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "run", str(script)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
+                            preexec_fn=_sigint_as_a_terminal_leaves_it,
                             start_new_session=True)  # its own group, as a terminal's job
     try:
         simulator = int(proc.stdout.readline())
