@@ -16,7 +16,9 @@ which the runner treats as a failed check.
   fidelity must not fall more than the tolerance below the calibrated one;
 * CZ: the conditional phase and both single-qubit phases at the calibrated pulse must be pi
   and zero (after the corrections) within the tolerance (rad);
-* drive LO: no measurement; every IF of the group must lie in the controllers' usable band.
+* drive LO: no measurement; every IF of the group must lie in the controllers' usable band;
+* resonator: |0> read with no pulse; the shots' median must lie near the calibrated |0>
+  centre (tolerance: a fraction of the distance between the two centres).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from labqpu.calibration.bootstrap import (
 from labqpu.calibration.experiments import (
     Kit,
     assignment,
+    complex_median,
     fit_curve,
     project,
     sweep,
@@ -195,6 +198,24 @@ def check_t1(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:
     iq = kit.run_iq(progs, shots)[:, 0]
     measured = t1_from_decay(wait, iq[0], iq[1], iq[2], f"qubit {q}")
     return _judge(measured, t1_s, tolerance, "s", relative=True)
+
+
+def check_resonator(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:
+    """Qubit ``q`` read in |0> (no pulse) at the calibrated readout: how far the median of the
+    single shots lies from the calibrated discriminator's |0> centre, in distances between its
+    two centres. It needs no drive, so it runs before every drive node: a readout tone off the
+    resonator fails here, not as a Rabi fit that finds no contrast. On lab5's five qubits as
+    calibrated 0.003-0.02; with the readout 0.5 MHz off 0.10-0.30, 1 MHz off 0.19-0.66, 20
+    MHz off 0.71-0.83 (2000 shots)."""
+    if "discriminator" not in kit.work.qubits[q]:
+        raise FitError(f"qubit {q} has no calibrated discriminator to read |0> against")
+    c0, c1 = kit.centres()[q]
+    b = kit.builder([q])
+    kit.readout(b, q, 0, 0)
+    iq = kit.run_iq([b.build(num_clbits=1)], shots, single=True)[0, :, 0]
+    off = abs(complex_median(iq) - c0) / abs(c1 - c0)
+    return CheckResult(bool(off <= tolerance), float(off), 0.0, tolerance,
+                       "|0>-|1> distances from its centre", what="|0> reads")
 
 
 def check_readout(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:

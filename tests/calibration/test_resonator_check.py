@@ -1,0 +1,59 @@
+"""The resonator_spectroscopy node's check: |0> read with no pulse, against the calibrated
+|0> centre.
+
+A review's case: with qubit 0's readout frequency 20 MHz off, `labqpu calibrate --all` reported
+"rabi failed" (a fit with no contrast) and blocked every later node; the readout, the cause, is
+only checked after the drive nodes. The check needs no drive, so the graph's first node finds
+it, measures the resonator again, and the run goes on to recalibrate the readout.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from labqpu import LabProvider
+from labqpu.calibration import run_graph
+from labqpu.calibration.graph import TOLERANCES
+from labqpu.store import SnapshotBuilder
+from labqpu.testing import use_fresh_home
+
+
+@pytest.mark.parametrize("device", ["lab5", "lab3"])
+def test_the_calibrated_readout_passes_the_resonator_check(tmp_path, monkeypatch,
+                                                           device) -> None:
+    use_fresh_home(monkeypatch, tmp_path)
+    with LabProvider(device) as provider:
+        backend = provider.backend()
+        report = run_graph(backend, ["resonator_spectroscopy"], rb=False, commit=False)
+        qubits = backend.num_qubits
+    steps = [o for o in report.outcomes if o.node == "resonator_spectroscopy"]
+    assert len(steps) == qubits
+    for step in steps:
+        assert step.status == "fresh", report.table()
+        # 0.003-0.02 on lab5 (checks.check_resonator): far inside the tolerance
+        assert step.check.measured < TOLERANCES["resonator"] / 3, report.table()
+
+
+def test_a_readout_tone_off_the_resonator_is_found_before_any_drive_node(tmp_path,
+                                                                        monkeypatch) -> None:
+    use_fresh_home(monkeypatch, tmp_path)
+    q = 0
+    with LabProvider() as provider:
+        backend = provider.backend()
+        right = backend.snapshot.qubits[q]["readout_frequency_hz"]
+        builder = SnapshotBuilder.from_snapshot(backend.snapshot)
+        builder.set_qubit(q, "readout_frequency_hz", right.value + 20e6, "test", right.timestamp)
+        backend.store.commit(builder.build_document())
+
+        report = run_graph(backend, qubits=[q], rb=False)
+
+        assert report.ok, report.table()
+        steps = {o.node: o for o in report.outcomes}
+        spectroscopy = steps["resonator_spectroscopy"]
+        assert spectroscopy.status == "calibrated", report.table()
+        assert spectroscopy.reason.startswith("check failed: |0> reads "), spectroscopy.reason
+        assert steps["rabi"].status == "fresh", report.table()
+        assert steps["readout"].status == "calibrated", report.table()
+        now = backend.snapshot.qubits[q]
+        assert abs(now["readout_frequency_hz"].value - right.value) < 3e6, report.table()
+        assert now["readout_assignment_fidelity"].value > 0.95, report.table()
