@@ -8,8 +8,9 @@ thread and from scripts without a display. The axes sit at fixed margins (inches
 under a layout engine: constrained layout drew each figure twice and was ~35 % of a plot's
 time, in a calibration run that writes one plot per experiment. So that tick labels fit the
 margins, the y axis switches to a power-of-ten multiplier outside 1e-3..1e4, the x axis has at
-most ~7 ticks, and long category labels wrap. An x axis in seconds (a label ending in " (s)")
-that spans more than 1 % of its largest value ticks in engineering units (25 µs, 1.5 µs).
+most ~7 ticks, and long category labels wrap. An axis in seconds, hertz or amperes (a label
+ending in " (s)", " (Hz)" or " (A)") ticks in engineering units (25 µs, 7.0375 GHz, -40 µA)
+whenever those tick labels stay distinct; the label then drops its unit.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ LEGEND_ROW_IN = 0.17
 #: Most intervals between x ticks; characters per line of a category label on the x axis.
 X_BINS = 6
 TICK_LABEL_CHARS = 12
-#: Smallest span of an x axis in seconds, relative to its largest value, that ticks in
-#: engineering units (a narrower one, e.g. 7.1155 s to 7.1156 s, keeps an offset instead).
-ENGINEERING_MIN_SPAN = 0.01
+#: Units of an axis (its label's last words) whose ticks may be in engineering units.
+ENGINEERING_UNITS = {" (s)": "s", " (Hz)": "Hz", " (A)": "A"}
 
 
 def _figure(text_in: float):
@@ -57,24 +57,34 @@ def _figure(text_in: float):
 
 def _x_ticks(ax, raw: dict) -> bool:
     """The x axis's ticks: the record's category labels (wrapped), or at most ``X_BINS``
-    intervals, in engineering units for seconds (:data:`ENGINEERING_MIN_SPAN`); True when the
-    ticks carry the unit (``25 µs``)."""
-    from matplotlib.ticker import EngFormatter, MaxNLocator
+    intervals, in engineering units where :func:`_engineering` puts them; True when the ticks
+    carry the unit (``25 µs``)."""
+    from matplotlib.ticker import MaxNLocator
 
     if "x_ticks" in raw:
         ax.set_xticks(raw["x"], [textwrap.fill(str(t), TICK_LABEL_CHARS)
                                  for t in raw["x_ticks"]])
         return False
     ax.xaxis.set_major_locator(MaxNLocator(nbins=X_BINS, steps=[1, 2, 2.5, 5, 10]))
-    xs = np.array([v for x, _ in _series(raw) for v in x if v is not None], dtype=float)
-    xs = xs[np.isfinite(xs)]
-    if not raw.get("x_label", "").endswith(" (s)") or xs.size < 2:
+    return _engineering(ax.xaxis, raw.get("x_label", ""))
+
+
+def _engineering(axis, label: str) -> bool:
+    """Tick ``axis`` in engineering units when ``label`` ends in one of
+    :data:`ENGINEERING_UNITS` and its ticks' labels in them are distinct (ticks 0.1 us apart at
+    7.1155 s are not, and keep matplotlib's offset); True when it does."""
+    from matplotlib.ticker import EngFormatter
+
+    unit = next((u for suffix, u in ENGINEERING_UNITS.items() if label.endswith(suffix)), None)
+    if unit is None:
         return False
-    top = float(np.abs(xs).max())
-    if top > 0 and float(np.ptp(xs)) >= ENGINEERING_MIN_SPAN * top:
-        ax.xaxis.set_major_formatter(EngFormatter(unit="s"))
-        return True
-    return False
+    low, high = axis.get_view_interval()
+    ticks = [t for t in axis.get_major_locator().tick_values(low, high) if low <= t <= high]
+    formatter = EngFormatter(unit=unit)
+    if len(ticks) < 2 or len({formatter.format_eng(t) for t in ticks}) < len(ticks):
+        return False
+    axis.set_major_formatter(formatter)
+    return True
 
 
 def _series(raw: dict) -> list[tuple[list, list]]:
@@ -185,8 +195,9 @@ def plot_sweep(record: ExperimentRecord):
              ha="left", va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)
     label = raw.get("x_label", "")
-    ax.set_xlabel(label.removesuffix(" (s)") if _x_ticks(ax, raw) else label)
-    ax.set_ylabel(raw.get("y_label", ""))
+    ax.set_xlabel(label.rsplit(" (", 1)[0] if _x_ticks(ax, raw) else label)
+    label = raw.get("y_label", "")
+    ax.set_ylabel(label.rsplit(" (", 1)[0] if _engineering(ax.yaxis, label) else label)
     ax.set_title(f"{record.kind.replace('_', ' ')}, {record.subject} — {record.measured_at[:19]}",
                  fontsize=10)
     return fig

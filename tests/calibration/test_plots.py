@@ -1,6 +1,6 @@
 """The PNG of an experiment record: with the axes at fixed margins (no layout engine moves
 them), every text lies inside the figure, tick labels are distinct and do not run into each
-other, and an axis in seconds reads in engineering units."""
+other, and an axis in seconds, hertz or amperes reads in engineering units."""
 
 from __future__ import annotations
 
@@ -58,6 +58,13 @@ CASES = {
                                             np.linspace(5.8650e9, 5.9050e9, 41)),
     "readout frequency, 20 kHz span": _record("readout frequency (Hz)",
                                               np.linspace(7.1155e9, 7.11552e9, 11)),
+    "readout frequency, 12 MHz span": _record("readout frequency (Hz)",
+                                              np.linspace(7.034e9, 7.046e9, 61)),
+    "flux bias, +-60 uA": _record("flux bias current (A)", np.linspace(-6e-5, 6e-5, 25)),
+    "sweet spot, GHz against uA": _record("flux bias current (A)",
+                                          np.linspace(-2.5e-4, 2.5e-4, 5),
+                                          y=[5.041e9, 5.047e9, 5.040e9, 5.021e9, 4.989e9],
+                                          y_label="0-1 frequency from spectroscopy (Hz)"),
     "long category labels": _record("spectator in |1>", [0.0, 1.0, 2.0, 3.0],
                                     x_ticks=["none", "qubit 0 (spectator)", "qubit 3",
                                              "qubit 8 (spectator)"]),
@@ -96,20 +103,35 @@ def test_every_text_is_inside_the_figure_and_tick_labels_are_apart(make):
         assert text_top < ax.get_tightbbox(renderer).y0
 
 
-@pytest.mark.parametrize(("case", "expected"), [
-    ("seconds to 200 µs, 12 value lines", "µs"),
-    ("seconds to 175 µs", "µs"),
+@pytest.mark.parametrize(("case", "expected", "unit"), [
+    ("seconds to 200 µs, 12 value lines", "µs", " (s)"),
+    ("seconds to 175 µs", "µs", " (s)"),
+    # a review's case: frequencies read 7.0350 under a "1e9" multiplier, currents in A
+    ("qubit frequency, 40 MHz span", "GHz", " (Hz)"),
+    ("readout frequency, 12 MHz span", "GHz", " (Hz)"),
+    ("flux bias, +-60 uA", "µA", " (A)"),
+    ("sweet spot, GHz against uA", "A", " (A)"),
 ])
-def test_an_axis_in_seconds_reads_in_engineering_units(case, expected):
+def test_an_axis_in_seconds_hertz_or_amperes_reads_in_engineering_units(case, expected, unit):
     fig = plot_sweep(CASES[case])
     FigureCanvasAgg(fig).draw()
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert ticks and all(t.endswith(expected) for t in ticks if not t.startswith("0 ")), ticks
+    assert not fig.axes[0].xaxis.get_offset_text().get_text(), ticks
     # the ticks carry the unit: the label does not say "(s)" beside "25 µs"
-    assert fig.axes[0].get_xlabel() == CASES[case].raw["x_label"].removesuffix(" (s)")
+    assert fig.axes[0].get_xlabel() == CASES[case].raw["x_label"].removesuffix(unit)
 
 
-@pytest.mark.parametrize("case", ["a count that ends in (s)", "qubit frequency, 40 MHz span"])
+def test_a_y_axis_in_hertz_reads_in_engineering_units():
+    fig = plot_sweep(CASES["sweet spot, GHz against uA"])
+    FigureCanvasAgg(fig).draw()
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert ticks and all(t.endswith(" GHz") for t in ticks), ticks
+    assert not fig.axes[0].yaxis.get_offset_text().get_text(), ticks
+    assert fig.axes[0].get_ylabel() == "0-1 frequency from spectroscopy"
+
+
+@pytest.mark.parametrize("case", ["a count that ends in (s)", "readout frequency, 20 kHz span"])
 def test_other_axes_keep_plain_numbers(case):
     fig = plot_sweep(CASES[case])
     FigureCanvasAgg(fig).draw()
