@@ -215,7 +215,7 @@ def check_resonator(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResu
     iq = kit.run_iq([b.build(num_clbits=1)], shots, single=True)[0, :, 0]
     off = abs(complex_median(iq) - c0) / abs(c1 - c0)
     return CheckResult(bool(off <= tolerance), float(off), 0.0, tolerance,
-                       "|0>-|1> distances from its centre", what="|0> reads")
+                       "x the |0>-|1> distance from its calibrated centre", what="|0> read at")
 
 
 def check_readout(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult:

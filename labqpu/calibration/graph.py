@@ -44,7 +44,6 @@ from labqpu.calibration.bootstrap import (
     rabi,
     ramsey,
     refine_cz,
-    resonator_spectroscopy,
     sweet_spot,
     t1,
 )
@@ -63,7 +62,7 @@ from labqpu.calibration.coherence import hahn_echo, static_zz
 from labqpu.calibration.experiments import Kit
 from labqpu.calibration.fine import fine_amplitude, worst_relative_error
 from labqpu.calibration.leakage import cz_leakage
-from labqpu.calibration.readout import readout
+from labqpu.calibration.readout import readout, resonator_and_discriminator
 from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
 from labqpu.errors import CalibrationError
@@ -161,8 +160,8 @@ LEAKAGE_SHOTS = 100
 
 #: The calibration graph, prerequisites first.
 NODES: tuple[Node, ...] = (
-    Node("resonator_spectroscopy", "qubit", (), (),
-         lambda kit, q, shots, _: resonator_spectroscopy(kit, q, shots),
+    Node("resonator_spectroscopy", "qubit", (), ("resonator_hz",),
+         lambda kit, q, shots, _: resonator_and_discriminator(kit, q, shots),
          lambda kit, q, shots: check_resonator(kit, q, shots * CHECK_SHOTS,
                                                TOLERANCES["resonator"])),
     Node("sweet_spot", "qubit", ("resonator_spectroscopy",), ("flux_bias_a",),
@@ -185,12 +184,15 @@ NODES: tuple[Node, ...] = (
     Node("fine_amplitude", "qubit", ("drag",), ("pi_amplitude", "pi2_amplitude"),
          lambda kit, q, shots, _: fine_amplitude(kit, q, shots * FINE_SHOTS),
          _check_fine_amplitude),
-    Node("readout", "qubit", ("fine_amplitude",),
+    # after the resonator node moved the readout frequency (its check failed), the readout's
+    # point is searched again: the centres it measured there read, but need not read best
+    Node("readout", "qubit", ("fine_amplitude", "resonator_spectroscopy"),
          ("readout_frequency_hz", "readout_amplitude", "readout_duration_s", "discriminator",
           "assignment_matrix", "readout_assignment_fidelity"),
          lambda kit, q, shots, _: readout(kit, q, shots),
          lambda kit, q, shots: check_readout(kit, q, shots * CHECK_SHOTS,
-                                             TOLERANCES["readout"])),
+                                             TOLERANCES["readout"]),
+         measures=("resonator_spectroscopy",)),
     Node("active_reset", "qubit", ("readout",), ("reset_rounds",),
          lambda kit, q, shots, progress: active_reset(kit, q, shots * CHECK_SHOTS, progress),
          measures=("readout",), needs_feedforward=True),

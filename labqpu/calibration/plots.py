@@ -9,8 +9,9 @@ under a layout engine: constrained layout drew each figure twice and was ~35 % o
 time, in a calibration run that writes one plot per experiment. So that tick labels fit the
 margins, the y axis switches to a power-of-ten multiplier outside 1e-3..1e4, the x axis has at
 most ~7 ticks, and long category labels wrap. An axis in seconds, hertz or amperes (a label
-ending in " (s)", " (Hz)" or " (A)") ticks in engineering units (25 µs, 7.0375 GHz, -40 µA)
-whenever those tick labels stay distinct; the label then drops its unit.
+ending in " (s)", " (Hz)" or " (A)") ticks in engineering units, one prefix per axis (25.0 µs,
+7.0375 GHz, -40 µA), when at most four decimals give every tick exactly; the label then drops
+its unit.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ LEGEND_ROW_IN = 0.17
 #: Most intervals between x ticks; characters per line of a category label on the x axis.
 X_BINS = 6
 TICK_LABEL_CHARS = 12
-#: Units of an axis (its label's last words) whose ticks may be in engineering units.
+#: Units of an axis (its label's last words) whose ticks may be in engineering units, the
+#: SI prefixes they may take (by power of ten), and the most decimals their labels may have.
 ENGINEERING_UNITS = {" (s)": "s", " (Hz)": "Hz", " (A)": "A"}
+SI_PREFIXES = {-12: "p", -9: "n", -6: "µ", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T"}
+ENGINEERING_DECIMALS = 4
 
 
 def _figure(text_in: float):
@@ -71,19 +75,32 @@ def _x_ticks(ax, raw: dict) -> bool:
 
 def _engineering(axis, label: str) -> bool:
     """Tick ``axis`` in engineering units when ``label`` ends in one of
-    :data:`ENGINEERING_UNITS` and its ticks' labels in them are distinct (ticks 0.1 us apart at
-    7.1155 s are not, and keep matplotlib's offset); True when it does."""
-    from matplotlib.ticker import EngFormatter
+    :data:`ENGINEERING_UNITS`: one SI prefix for the whole axis (its largest tick's) and as
+    many decimals as the ticks need to read exactly, at most :data:`ENGINEERING_DECIMALS`
+    (ticks 0.1 us apart at 7.1155 s would need more, and keep matplotlib's offset); True when
+    it does."""
+    from matplotlib.ticker import FuncFormatter
 
     unit = next((u for suffix, u in ENGINEERING_UNITS.items() if label.endswith(suffix)), None)
     if unit is None:
         return False
     low, high = axis.get_view_interval()
-    ticks = [t for t in axis.get_major_locator().tick_values(low, high) if low <= t <= high]
-    formatter = EngFormatter(unit=unit)
-    if len(ticks) < 2 or len({formatter.format_eng(t) for t in ticks}) < len(ticks):
+    ticks = np.array([t for t in axis.get_major_locator().tick_values(low, high)
+                      if low <= t <= high])
+    if ticks.size < 2:
         return False
-    axis.set_major_formatter(formatter)
+    top = float(np.abs(ticks).max())
+    exponent = min(max(3 * math.floor(math.log10(top) / 3), min(SI_PREFIXES)),
+                   max(SI_PREFIXES))
+    scaled = ticks / 10.0 ** exponent
+    exact = 1e-6 * float(np.diff(scaled).min())
+    decimals = next((d for d in range(ENGINEERING_DECIMALS + 1)
+                     if np.all(np.abs(np.round(scaled, d) - scaled) <= exact)), None)
+    if decimals is None:
+        return False
+    suffix = f" {SI_PREFIXES[exponent]}{unit}"
+    axis.set_major_formatter(FuncFormatter(
+        lambda value, _: f"{value / 10.0 ** exponent + 0.0:.{decimals}f}{suffix}"))
     return True
 
 

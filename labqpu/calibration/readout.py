@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from labqpu.calibration.bootstrap import _prepared_readouts
+from labqpu.calibration.bootstrap import _prepared_readouts, resonator_spectroscopy
 from labqpu.calibration.experiments import FitError, Kit, assignment, complex_median
 
 #: Readout detunings the calibration sweeps (Hz), from the measured resonator frequency (or,
@@ -65,7 +65,8 @@ __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
            "READOUT_DURATION_SLACK", "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK",
            "READOUT_LINE_SLACK", "READOUT_ROUNDS",
            "assignment_fidelity_of", "choose_readout_duration", "choose_readout_point",
-           "duration_scan", "fidelity_map", "readout"]
+           "discriminate", "duration_scan", "fidelity_map", "readout",
+           "resonator_and_discriminator"]
 
 
 def assignment_fidelity_of(iq0: np.ndarray, iq1: np.ndarray) -> float:
@@ -256,32 +257,79 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         curves={"smoothed": {"x": READOUT_AMPLITUDES, "y": line_smooth}},
         chosen="readout_amplitude", old={"readout_amplitude": old_amp}, settings=settings)
     work["readout_amplitude"] = amp
-    iq = kit.run_iq(_prepared_readouts(kit, q, work["pi_amplitude"], None), shots * 4,
-                    single=True)[:, :, 0]
-    c0, c1 = complex_median(iq[0]), complex_median(iq[1])
-    p1_given0, p1_given1, fid = assignment(iq[0], iq[1], c0, c1)
-    matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
-    n = iq.shape[1]
+    shots_raw, values, centres = _single_shots(kit, q, shots * 4)
     rid = kit.record(
         "readout", q,
-        {"readout_frequency_hz": (best_f, float(freqs[1] - freqs[0]) / 2),
-         "readout_assignment_fidelity": (
-             fid, float(np.sqrt((p1_given0 * (1 - p1_given0)
-                                 + p1_given1 * (1 - p1_given1)) / n) / 2)),
-         "p1_given_0": (float(p1_given0), float(np.sqrt(p1_given0 * (1 - p1_given0) / n))),
-         "p1_given_1": (float(p1_given1), float(np.sqrt(p1_given1 * (1 - p1_given1) / n)))},
+        {"readout_frequency_hz": (best_f, float(freqs[1] - freqs[0]) / 2), **values},
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "assignment fidelity",
          "series": {f"at amplitude {READOUT_AMPLITUDES[i_a]:.3f}, window "
                     f"{old_duration * 1e6:.2f} us": fidelity[:, i_a]}, **sweep_raw,
-         "shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
-         "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]},
+         **shots_raw},
         curves={"smoothed": {"x": freqs, "y": smooth[:, i_a]}},
         chosen="readout_frequency_hz", old={"readout_frequency_hz": old_f},
         settings={**settings, "shots": shots * 4})
     kit.work.set(q, "readout_amplitude", amp, amp_id)
     kit.work.set(q, "readout_duration_s", duration, duration_id)
     kit.work.set(q, "readout_frequency_hz", best_f, rid)
+    _set_discriminator(kit, q, centres, values, rid)
+
+
+def _single_shots(kit: Kit, q: int, shots: int) -> tuple[dict, dict, tuple[complex, complex]]:
+    """``shots`` single shots of |0> and of |1> (the calibrated pi pulse) at the working
+    readout settings: their raw data for a record (the shots and the centres), the assignment
+    values with their standard errors, and the centres (medians)."""
+    iq = kit.run_iq(_prepared_readouts(kit, q, kit.work.qubits[q]["pi_amplitude"], None), shots,
+                    single=True)[:, :, 0]
+    c0, c1 = complex_median(iq[0]), complex_median(iq[1])
+    p1_given0, p1_given1, fid = assignment(iq[0], iq[1], c0, c1)
+    n = iq.shape[1]
+    values = {
+        "readout_assignment_fidelity": (
+            fid, float(np.sqrt((p1_given0 * (1 - p1_given0)
+                                + p1_given1 * (1 - p1_given1)) / n) / 2)),
+        "p1_given_0": (float(p1_given0), float(np.sqrt(p1_given0 * (1 - p1_given0) / n))),
+        "p1_given_1": (float(p1_given1), float(np.sqrt(p1_given1 * (1 - p1_given1) / n)))}
+    raw = {"shots_0": [iq[0].real, iq[0].imag], "shots_1": [iq[1].real, iq[1].imag],
+           "centers": [[c0.real, c0.imag], [c1.real, c1.imag]]}
+    return raw, values, (c0, c1)
+
+
+def _set_discriminator(kit: Kit, q: int, centres: tuple[complex, complex], values: dict,
+                       rid: str) -> None:
+    """Store the discriminator's centres, the assignment matrix and the fidelity of
+    :func:`_single_shots` in the working set, as measured by record ``rid``."""
+    c0, c1 = centres
+    p1_given0, p1_given1 = values["p1_given_0"][0], values["p1_given_1"][0]
+    matrix = [[1 - p1_given0, p1_given0], [1 - p1_given1, p1_given1]]
     kit.work.set(q, "discriminator", {"centers": [[float(c0.real), float(c0.imag)],
                                                   [float(c1.real), float(c1.imag)]]}, rid)
     kit.work.set(q, "assignment_matrix", [[float(v) for v in row] for row in matrix], rid)
-    kit.work.set(q, "readout_assignment_fidelity", fid, rid)
+    kit.work.set(q, "readout_assignment_fidelity", values["readout_assignment_fidelity"][0],
+                 rid)
+
+
+def discriminate(kit: Kit, q: int, shots: int) -> None:
+    """The discriminator's centres, the assignment matrix and the fidelity measured again at
+    the working readout settings (``shots`` single shots per state), recorded as kind
+    ``discriminator``."""
+    raw, values, centres = _single_shots(kit, q, shots)
+    p1 = [values["p1_given_0"][0], values["p1_given_1"][0]]
+    rid = kit.record(
+        "discriminator", q, values,
+        {"x": [0.0, 1.0], "x_ticks": ["|0>", "|1>"],
+         "x_label": "state prepared", "y_label": "P(read 1) with the new centres",
+         "series": {"P(read 1)": p1}, **raw},
+        settings={"shots": shots})
+    _set_discriminator(kit, q, centres, values, rid)
+
+
+def resonator_and_discriminator(kit: Kit, q: int, shots: int) -> None:
+    """The graph's ``resonator_spectroscopy`` node: :func:`resonator_spectroscopy`, which moves
+    the readout frequency to the resonator's peak; for a qubit read with a discriminator
+    already, then :func:`discriminate` at that frequency (4x ``shots`` per state), so that the
+    store never holds a readout frequency with centres measured at another (a run that ends
+    before the readout node, or without it, read |0> as 1 on that qubit). The readout node
+    later chooses its frequency, amplitude and window again, when its check fails."""
+    resonator_spectroscopy(kit, q, shots)
+    if "discriminator" in kit.work.qubits[q]:
+        discriminate(kit, q, shots * 4)

@@ -45,21 +45,25 @@ def _fine(record: ExperimentRecord) -> dict[str, float]:
     return {name: fit.corrected(amplitude, record.raw["theta_rad"])}
 
 
-def _readout(record: ExperimentRecord) -> dict[str, float]:
+def _assignment(record: ExperimentRecord) -> dict[str, float]:
     raw = record.raw
     (i0, q0), (i1, q1) = raw["centers"]
     c0, c1 = complex(i0, q0), complex(i1, q1)
     shots = [np.asarray(raw[k][0]) + 1j * np.asarray(raw[k][1]) for k in ("shots_0", "shots_1")]
     p1_given0, p1_given1, fidelity = assignment(*shots, c0, c1)
+    return {"readout_assignment_fidelity": fidelity, "p1_given_0": p1_given0,
+            "p1_given_1": p1_given1}
+
+
+def _readout(record: ExperimentRecord) -> dict[str, float]:
+    raw = record.raw
     if "fidelity_map" in raw:
         i_f, _, _ = choose_readout_point(np.asarray(raw["fidelity_map"]), record.subject)
         frequency = float(raw["frequencies_hz"][i_f])
     else:  # a record of the frequency-only readout (before 2026-11-30): best SNR
         x, snr = _series(record)
         frequency = float(x[int(np.argmax(snr))])
-    return {"readout_frequency_hz": frequency,
-            "readout_assignment_fidelity": fidelity,
-            "p1_given_0": p1_given0, "p1_given_1": p1_given1}
+    return {"readout_frequency_hz": frequency, **_assignment(record)}
 
 
 def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:
@@ -103,6 +107,7 @@ _REFITS = {
     "fine_amplitude_pi": _fine,
     "fine_amplitude_pi2": _fine,
     "readout": _readout,
+    "discriminator": _assignment,
     "readout_amplitude": _readout_amplitude,
     "readout_duration": lambda r: {"readout_duration_s": float(r.raw["durations_s"][
         choose_readout_duration(np.asarray(r.raw["fidelity"]), r.subject)[0]])},

@@ -22,7 +22,9 @@ FITTED = {"resonator_spectroscopy": "readout_frequency_hz", "sweet_spot": "flux_
           "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey_t2": "t2_s",
           "drag": "drag_beta", "fine_amplitude_pi": "pi_amplitude",
           "fine_amplitude_pi2": "pi2_amplitude", "t1": "t1_s", "hahn_echo": "t2_echo_s",
-          "readout_amplitude": "readout_amplitude", "readout_duration": "readout_duration_s"}
+          "readout_amplitude": "readout_amplitude", "readout_duration": "readout_duration_s",
+          # resonator_spectroscopy measures the centres again where it moved the readout
+          "discriminator": "readout_assignment_fidelity"}
 
 
 def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypatch):
@@ -138,8 +140,8 @@ def test_an_interrupted_run_keeps_the_records_of_what_finished(tmp_path, monkeyp
         assert backend.store.latest_id() == before
         directory = backend.config.store_path.parent / "experiments"
         kinds = sorted(load_record(p).kind for p in directory.glob("*.json"))
-        assert kinds == ["rabi", "resonator_spectroscopy"]
-        assert len(list(directory.glob("*.png"))) == 2
+        assert kinds == ["discriminator", "rabi", "resonator_spectroscopy"]
+        assert len(list(directory.glob("*.png"))) == 3
 
 
 def test_stores_in_one_folder_keep_their_own_records() -> None:

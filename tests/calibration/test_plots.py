@@ -61,6 +61,12 @@ CASES = {
     "readout frequency, 12 MHz span": _record("readout frequency (Hz)",
                                               np.linspace(7.034e9, 7.046e9, 61)),
     "flux bias, +-60 uA": _record("flux bias current (A)", np.linspace(-6e-5, 6e-5, 25)),
+    # a review's cases: EngFormatter's six digits read 100.0005 uA as 100.001 uA, and put
+    # 7.115475 GHz as 7.11547
+    "flux bias, 1 nA span at 100 uA": _record("flux bias current (A)",
+                                              np.linspace(99.9995e-6, 100.0005e-6, 11)),
+    "readout frequency, 125 kHz span": _record("readout frequency (Hz)",
+                                               np.linspace(7.11545e9, 7.115575e9, 11)),
     "sweet spot, GHz against uA": _record("flux bias current (A)",
                                           np.linspace(-2.5e-4, 2.5e-4, 5),
                                           y=[5.041e9, 5.047e9, 5.040e9, 5.021e9, 4.989e9],
@@ -122,6 +128,30 @@ def test_an_axis_in_seconds_hertz_or_amperes_reads_in_engineering_units(case, ex
     assert fig.axes[0].get_xlabel() == CASES[case].raw["x_label"].removesuffix(unit)
 
 
+PREFIX = {"n": 1e-9, "µ": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_engineering_tick_labels_read_back_as_their_ticks(case):
+    fig = plot_sweep(CASES[case])
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_xticklabels() if t.get_text()
+             and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    labels = [t.get_text() for t in ticks]
+    if not all(label.endswith(("s", "Hz", "A")) for label in labels):
+        return  # plain numbers, an offset, or categories
+    step = min(np.diff(sorted(t.get_position()[0] for t in ticks)))
+    prefixes = set()
+    for tick, label in zip(ticks, labels, strict=True):
+        number, unit = label.split()
+        prefix = unit[:-1] if unit.endswith(("s", "A")) else unit[:-2]
+        prefixes.add(prefix)
+        assert abs(float(number) * PREFIX[prefix] - tick.get_position()[0]) < 1e-6 * step, labels
+    assert len(prefixes) == 1, labels
+    assert len({len(label.split()[0].partition(".")[2]) for label in labels}) == 1, labels
+
+
 def test_a_y_axis_in_hertz_reads_in_engineering_units():
     fig = plot_sweep(CASES["sweet spot, GHz against uA"])
     FigureCanvasAgg(fig).draw()
@@ -131,7 +161,8 @@ def test_a_y_axis_in_hertz_reads_in_engineering_units():
     assert fig.axes[0].get_ylabel() == "0-1 frequency from spectroscopy"
 
 
-@pytest.mark.parametrize("case", ["a count that ends in (s)", "readout frequency, 20 kHz span"])
+@pytest.mark.parametrize("case", ["a count that ends in (s)", "readout frequency, 20 kHz span",
+                                  "readout frequency, 125 kHz span"])
 def test_other_axes_keep_plain_numbers(case):
     fig = plot_sweep(CASES[case])
     FigureCanvasAgg(fig).draw()
