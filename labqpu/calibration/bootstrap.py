@@ -82,26 +82,59 @@ def choose_drive_lo(kit: Kit, q: int) -> None:
         kit.work.set(p, "drive_lo_frequency_hz", lo, "lo_plan")
 
 
-def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
-    """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>, kept
-    also as the measured ``resonator_hz``, around which the readout node searches. Measured
-    at :data:`SPECTROSCOPY_AMPLITUDE_SCALE` of the readout amplitude: on resonance the
-    readout's photons excite the qubit, which moves the resonator and notches the peak."""
-    centre = kit.work.qubits[q]["resonator_hz"]
-    freqs = centre + np.linspace(-6e6, 6e6, 61)
+#: Half-span of resonator spectroscopy around the stored resonator (Hz; 61 points), and of the
+#: coarse search (1 MHz steps) it falls back on when the peak is not inside that span.
+RESONATOR_SPAN_HZ = 6e6
+RESONATOR_SEARCH_HZ = 30e6
+
+
+def _resonator_scan(kit: Kit, q: int, shots: int, freqs: np.ndarray) -> np.ndarray:
+    """IQ of qubit ``q``'s readout in |0> at each frequency of ``freqs`` (Hz), at
+    :data:`SPECTROSCOPY_AMPLITUDE_SCALE` of the readout amplitude."""
     progs = []
     for f in freqs:
         b = kit.builder([q])
         kit.readout(b, q, 0, 0, frequency_hz=f, amplitude_scale=SPECTROSCOPY_AMPLITUDE_SCALE)
         progs.append(b.build(num_clbits=1))
-    iq = kit.run_iq(progs, shots)[:, 0]
-    fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
+    return kit.run_iq(progs, shots)[:, 0]
+
+
+def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
+    """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>, kept
+    also as the measured ``resonator_hz``, around which the readout node searches. Measured
+    at :data:`SPECTROSCOPY_AMPLITUDE_SCALE` of the readout amplitude: on resonance the
+    readout's photons excite the qubit, which moves the resonator and notches the peak. The
+    scan spans :data:`RESONATOR_SPAN_HZ` either side of the stored ``resonator_hz``; when its
+    peak is not inside, a coarse search over :data:`RESONATOR_SEARCH_HZ` either side finds the
+    largest response and the scan runs again there (both are in the record)."""
+    stored = kit.work.qubits[q]["resonator_hz"]
+    span = np.linspace(-RESONATOR_SPAN_HZ, RESONATOR_SPAN_HZ, 61)
+    freqs = stored + span
+    iq = _resonator_scan(kit, q, shots, freqs)
+    series = {}
+    try:
+        fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
+    except FitError as exc:
+        coarse = stored + np.arange(-RESONATOR_SEARCH_HZ, RESONATOR_SEARCH_HZ + 1.0, 1e6)
+        response = np.abs(_resonator_scan(kit, q, shots, coarse))
+        series = {f"around the stored {stored:.6g} Hz": {"x": freqs, "y": np.abs(iq)},
+                  f"search, +-{RESONATOR_SEARCH_HZ / 1e6:g} MHz": {"x": coarse, "y": response}}
+        freqs = float(coarse[int(np.argmax(response))]) + span
+        iq = _resonator_scan(kit, q, shots, freqs)
+        try:
+            fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
+        except FitError as again:
+            first, second = (str(e).removeprefix(f"{e.subject}: ") for e in (exc, again))
+            raise FitError(f"no resonator peak within {RESONATOR_SPAN_HZ / 1e6:g} MHz of the "
+                           f"stored resonator_hz {stored:.6g} Hz ({first}), nor around the "
+                           f"largest response within {RESONATOR_SEARCH_HZ / 1e6:g} MHz "
+                           f"({second})", subject=f"qubit {q} resonator spectroscopy") from again
     f0 = fit.params["f0"]
     rid = kit.record(
         "resonator_spectroscopy", q, {"readout_frequency_hz": (f0, fit.stderr["f0"]),
                                       "resonator_hz": (f0, fit.stderr["f0"])},
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
-         "series": {"qubit in |0>": np.abs(iq)}, "iq": [iq.real, iq.imag]},
+         "series": {"qubit in |0>": np.abs(iq), **series}, "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
         chosen="readout_frequency_hz",
         settings={"shots": shots,

@@ -14,8 +14,19 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.graph import TOLERANCES
+from labqpu.calibration.records import load_record
 from labqpu.store import SnapshotBuilder
 from labqpu.testing import use_fresh_home
+
+
+def _move_readout(backend, q: int, by_hz: float):
+    """Commit qubit ``q``'s readout frequency moved by ``by_hz`` (its timestamp kept, so only
+    a check can find it); returns the right one."""
+    right = backend.snapshot.qubits[q]["readout_frequency_hz"]
+    builder = SnapshotBuilder.from_snapshot(backend.snapshot)
+    builder.set_qubit(q, "readout_frequency_hz", right.value + by_hz, "test", right.timestamp)
+    backend.store.commit(builder.build_document())
+    return right
 
 
 @pytest.mark.parametrize("device", ["lab5", "lab3"])
@@ -40,10 +51,7 @@ def test_a_readout_tone_off_the_resonator_is_found_before_any_drive_node(tmp_pat
     q = 0
     with LabProvider() as provider:
         backend = provider.backend()
-        right = backend.snapshot.qubits[q]["readout_frequency_hz"]
-        builder = SnapshotBuilder.from_snapshot(backend.snapshot)
-        builder.set_qubit(q, "readout_frequency_hz", right.value + 20e6, "test", right.timestamp)
-        backend.store.commit(builder.build_document())
+        right = _move_readout(backend, q, 20e6)
 
         report = run_graph(backend, qubits=[q], rb=False)
 
@@ -82,10 +90,7 @@ def test_a_run_that_stops_before_the_readout_node_leaves_a_readout_that_reads(
     q = 0
     with LabProvider() as provider:
         backend = provider.backend()
-        right = backend.snapshot.qubits[q]["readout_frequency_hz"]
-        builder = SnapshotBuilder.from_snapshot(backend.snapshot)
-        builder.set_qubit(q, "readout_frequency_hz", right.value + 1e6, "test", right.timestamp)
-        backend.store.commit(builder.build_document())
+        _move_readout(backend, q, 1e6)
 
         report = run_graph(backend, ["rabi"], qubits=[q], rb=False)
 
@@ -101,3 +106,29 @@ def test_a_run_that_stops_before_the_readout_node_leaves_a_readout_that_reads(
         assert now["readout_assignment_fidelity"].value > 0.85, report.table()
         assert _reads(backend, q, flip=False) > 0.8
         assert _reads(backend, q, flip=True) > 0.8
+
+
+def test_a_resonator_further_off_than_the_scan_is_searched_for(tmp_path, monkeypatch) -> None:
+    """A review's case: with the stored resonator_hz 10 MHz off as well (the scan spans +-6
+    MHz), the resonator node failed ("fitted peak ... lies outside the sweep") and blocked
+    every later node of the qubit. A coarse search over +-30 MHz now finds the peak first."""
+    use_fresh_home(monkeypatch, tmp_path)
+    q = 0
+    with LabProvider() as provider:
+        backend = provider.backend()
+        right = _move_readout(backend, q, 20e6)
+        builder = SnapshotBuilder.from_snapshot(backend.snapshot)
+        builder.set_qubit(q, "resonator_hz", right.value + 10e6, "test", right.timestamp)
+        backend.store.commit(builder.build_document())
+
+        report = run_graph(backend, qubits=[q], rb=False)
+
+        assert report.ok, report.table()
+        spectroscopy = next(o for o in report.outcomes if o.node == "resonator_spectroscopy")
+        assert spectroscopy.status == "calibrated", report.table()
+        record = load_record(next(p for p in report.records
+                                  if p.name.startswith("resonator_spectroscopy")))
+        assert any(label.startswith("search") for label in record.raw["series"]), record.raw
+        now = backend.snapshot.qubits[q]
+        assert abs(now["readout_frequency_hz"].value - right.value) < 3e6, report.table()
+        assert now["readout_assignment_fidelity"].value > 0.95, report.table()
