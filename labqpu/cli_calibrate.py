@@ -335,14 +335,14 @@ def _qubit(text: str) -> int:
     try:
         return non_negative_int(text)
     except argparse.ArgumentTypeError:
-        from labqpu.calibration.graph import NODES, graph_nodes
+        from labqpu.calibration.graph import NODES, RESERVED_NAMES, graph_nodes
         from labqpu.errors import CalibrationError
 
         try:
             nodes = graph_nodes()
         except CalibrationError:  # a lab's broken package: said when a node is looked up
             nodes = NODES
-        if text in {n.name for n in nodes} | {"rb"} | set(STORE_COMMANDS):
+        if text in {n.name for n in nodes} | set(RESERVED_NAMES):  # rb and the store commands
             raise argparse.ArgumentTypeError(
                 f"must be qubit numbers, got {text!r}; put node names before --qubits "
                 f"(labqpu calibrate {text} --qubits ...) or end the list with --") from None
