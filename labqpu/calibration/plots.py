@@ -165,20 +165,71 @@ def plot_rb(record: ExperimentRecord):
     return fig
 
 
-def _value_lines(record: ExperimentRecord) -> list[str]:
-    lines = []
-    for name, (value, err) in record.values.items():
-        old = record.old_values.get(name)
-        text = f"{name} = {value:.6g}" if isinstance(value, int | float) else f"{name} = {value}"
-        if isinstance(err, int | float) and math.isfinite(err):
-            text += f" ± {err:.2g}"
+#: A value's unit, from the end of its name (``t1_s``, ``resonator_hz``, ``flux_bias_a``): the
+#: lines under a sweep give such values in engineering units (7.204352 GHz, 49.73 µA).
+VALUE_UNITS = {"_s": "s", "_hz": "Hz", "_a": "A"}
+#: Significant digits of a value without a standard error, and the most any value is given.
+VALUE_DIGITS, MAX_VALUE_DIGITS = 6, 10
+
+
+def _prefixed(value: float, unit: str, digits: int, sign: bool = False) -> str:
+    """``value`` rounded to ``digits`` significant digits, with the SI prefix of its own size
+    and ``unit`` (``digits=7``: 7.204352 GHz); a leading ``+`` with ``sign``."""
+    plus = "+" if sign else ""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:{plus}g} {unit}"
+    value = float(f"{value:.{digits - 1}e}")
+    magnitude = math.floor(math.log10(abs(value)))
+    exponent = min(max(3 * math.floor(magnitude / 3), min(SI_PREFIXES)), max(SI_PREFIXES))
+    decimals = max(0, digits - 1 - (magnitude - exponent))
+    return f"{value / 10.0 ** exponent:{plus}.{decimals}f} {SI_PREFIXES[exponent]}{unit}"
+
+
+def _digits(value: float, err) -> int:
+    """Significant digits of ``value`` that reach its standard error's second digit
+    (:data:`VALUE_DIGITS` without one)."""
+    if not (isinstance(err, int | float) and math.isfinite(err) and err > 0 and value):
+        return VALUE_DIGITS
+    places = math.floor(math.log10(abs(value))) - math.floor(math.log10(err)) + 2
+    return min(max(places, 2), MAX_VALUE_DIGITS)
+
+
+def _value_line(name: str, value, err, old) -> str:
+    """One line of a value: ``name = value ± err (was old, change)``, in engineering units
+    when the name ends in one of :data:`VALUE_UNITS`."""
+    if not isinstance(value, int | float):
+        return f"{name} = {value}"
+    unit = next((u for suffix, u in VALUE_UNITS.items() if name.endswith(suffix)), None)
+    has_err = isinstance(err, int | float) and math.isfinite(err)
+    if unit is None:
+        text = f"{name} = {value:.6g}" + (f" ± {err:.2g}" if has_err else "")
         if isinstance(old, int | float):  # the change too: 6 digits hide a 5 kHz step
-            change = value - old if isinstance(value, int | float) else None
-            text += f" (was {old:.6g}" + (f", {change:+.2g})" if change else ")")
-        lines.append(text)
-    for name in ("r_squared", "rms_residual"):
-        if isinstance(record.fit.get(name), int | float):
-            lines.append(f"{name} {record.fit[name]:.3g}")
+            text += f" (was {old:.6g}" + (f", {value - old:+.2g})" if value != old else ")")
+        return text
+    digits = _digits(value, err)
+    text = f"{name} = {_prefixed(value, unit, digits)}"
+    if has_err:
+        text += f" ± {_prefixed(err, unit, 2)}"
+    if isinstance(old, int | float):
+        text += f" (was {_prefixed(old, unit, digits)}" + (
+            f", {_prefixed(value - old, unit, 2, sign=True)})" if value != old else ")")
+    return text
+
+
+def _value_lines(record: ExperimentRecord) -> list[str]:
+    """The text under a sweep: each value with its standard error, the old value and the
+    change, then the fit's r² and rms residual (in the y axis's unit)."""
+    lines = [_value_line(name, value, err, record.old_values.get(name))
+             for name, (value, err) in record.values.items()]
+    if isinstance(record.fit.get("r_squared"), int | float):
+        lines.append(f"r_squared {record.fit['r_squared']:.3g}")
+    residual = record.fit.get("rms_residual")
+    if isinstance(residual, int | float):
+        label = record.raw.get("y_label", "")
+        unit = next((u for suffix, u in ENGINEERING_UNITS.items() if label.endswith(suffix)),
+                    None)
+        lines.append(f"rms_residual {_prefixed(residual, unit, 3)}" if unit
+                     else f"rms_residual {residual:.3g}")
     return lines
 
 

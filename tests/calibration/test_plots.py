@@ -196,7 +196,8 @@ def test_a_sweeps_legend_lies_between_its_axes_and_its_values(case):
 
 def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
     """A review's case: a Ramsey step of 5 kHz read "frequency_hz = 5.04702e+09 ... (was
-    5.04702e+09)"; the line now gives the change too."""
+    5.04702e+09)"; the line now gives the value to its error's second digit, the old value as
+    finely, and the change."""
     from labqpu.calibration.plots import _value_lines
 
     record = dataclasses.replace(
@@ -204,8 +205,37 @@ def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
         values={"frequency_hz": [5.047025e9, 2.0e3], "t1_s": [5.08e-5, 1e-6]},
         old_values={"frequency_hz": 5.04702e9, "t1_s": 5.08e-5})
     lines = _value_lines(record)
-    assert lines[0] == "frequency_hz = 5.04702e+09 ± 2e+03 (was 5.04702e+09, +5e+03)", lines
-    assert lines[1] == "t1_s = 5.08e-05 ± 1e-06 (was 5.08e-05)", lines
+    assert lines[0] == "frequency_hz = 5.0470250 GHz ± 2.0 kHz (was 5.0470200 GHz, +5.0 kHz)"
+    assert lines[1] == "t1_s = 50.8 µs ± 1.0 µs (was 50.8 µs)", lines
+
+
+@pytest.mark.parametrize(("name", "value", "err", "old", "line"), [
+    # a review's case: the resonator's line read "resonator_hz = 7.20435e+09 ± 2.4e+04 (was
+    # 7.2e+09, +4.3e+06)", the flux bias's "flux_bias_a = 4.97342e-05 ± 2.5e-08 ..."
+    ("resonator_hz", 7.2043521e9, 2.4e4, 7.2e9,
+     "resonator_hz = 7.204352 GHz ± 24 kHz (was 7.200000 GHz, +4.4 MHz)"),
+    ("flux_bias_a", 4.97342e-5, 2.5e-8, 5.10119e-5,
+     "flux_bias_a = 49.734 µA ± 25 nA (was 51.012 µA, -1.3 µA)"),
+    ("readout_duration_s", 1.0e-6, 1e-7, 1.2e-6,
+     "readout_duration_s = 1.00 µs ± 100 ns (was 1.20 µs, -200 ns)"),
+    ("zz_hz", -1.2e4, 3e2, None, "zz_hz = -12.00 kHz ± 300 Hz"),
+    ("t1_s", 5.08e-5, float("nan"), 55.0, "t1_s = 50.8000 µs (was 55.0000 s, -55 s)"),
+    ("pi_amplitude", 0.41234, 1e-3, 0.4, "pi_amplitude = 0.41234 ± 0.001 (was 0.4, +0.012)"),
+    ("drive_handedness", "lower", None, None, "drive_handedness = lower"),
+])
+def test_a_value_with_a_unit_reads_in_engineering_units(name, value, err, old, line) -> None:
+    from labqpu.calibration.plots import _value_line
+
+    assert _value_line(name, value, err, old) == line
+
+
+def test_the_rms_residual_is_in_the_y_axis_unit() -> None:
+    from labqpu.calibration.plots import _value_lines
+
+    record = _record("flux bias current (A)", np.linspace(-2.5e-4, 2.5e-4, 5),
+                     y_label="0-1 frequency from spectroscopy (Hz)")
+    record = dataclasses.replace(record, fit={"r_squared": 1.0, "rms_residual": 5.59e3})
+    assert _value_lines(record)[-2:] == ["r_squared 1", "rms_residual 5.59 kHz"]
 
 
 def test_an_old_value_far_beyond_the_data_does_not_squash_the_axis() -> None:
