@@ -168,13 +168,16 @@ def plot_rb(record: ExperimentRecord):
 #: A value's unit, from the end of its name (``t1_s``, ``resonator_hz``, ``flux_bias_a``): the
 #: lines under a sweep give such values in engineering units (7.204352 GHz, 49.73 µA).
 VALUE_UNITS = {"_s": "s", "_hz": "Hz", "_a": "A"}
-#: Significant digits of a value without a standard error, and the most any value is given.
+#: Significant digits of a value without a standard error (trailing zeros dropped), and the
+#: most any value is given.
 VALUE_DIGITS, MAX_VALUE_DIGITS = 6, 10
 
 
-def _prefixed(value: float, unit: str, digits: int, sign: bool = False) -> str:
+def _prefixed(value: float, unit: str, digits: int, sign: bool = False,
+              trim: bool = False) -> str:
     """``value`` rounded to ``digits`` significant digits, with the SI prefix of its own size
-    and ``unit`` (``digits=7``: 7.204352 GHz); a leading ``+`` with ``sign``."""
+    and ``unit`` (``digits=7``: 7.204352 GHz); a leading ``+`` with ``sign``; without the
+    trailing zeros with ``trim`` (35 ns, not 35.0000 ns)."""
     plus = "+" if sign else ""
     if value == 0 or not math.isfinite(value):
         return f"{value:{plus}g} {unit}"
@@ -182,14 +185,17 @@ def _prefixed(value: float, unit: str, digits: int, sign: bool = False) -> str:
     magnitude = math.floor(math.log10(abs(value)))
     exponent = min(max(3 * math.floor(magnitude / 3), min(SI_PREFIXES)), max(SI_PREFIXES))
     decimals = max(0, digits - 1 - (magnitude - exponent))
-    return f"{value / 10.0 ** exponent:{plus}.{decimals}f} {SI_PREFIXES[exponent]}{unit}"
+    number = f"{value / 10.0 ** exponent:{plus}.{decimals}f}"
+    if trim and "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return f"{number} {SI_PREFIXES[exponent]}{unit}"
 
 
-def _digits(value: float, err) -> int:
-    """Significant digits of ``value`` that reach its standard error's second digit
-    (:data:`VALUE_DIGITS` without one)."""
+def _digits(value: float, err) -> int | None:
+    """Significant digits of ``value`` that reach its standard error's second digit; None
+    without a usable error."""
     if not (isinstance(err, int | float) and math.isfinite(err) and err > 0 and value):
-        return VALUE_DIGITS
+        return None
     places = math.floor(math.log10(abs(value))) - math.floor(math.log10(err)) + 2
     return min(max(places, 2), MAX_VALUE_DIGITS)
 
@@ -207,11 +213,13 @@ def _value_line(name: str, value, err, old) -> str:
             text += f" (was {old:.6g}" + (f", {value - old:+.2g})" if value != old else ")")
         return text
     digits = _digits(value, err)
-    text = f"{name} = {_prefixed(value, unit, digits)}"
+    trim = digits is None
+    digits = digits or VALUE_DIGITS
+    text = f"{name} = {_prefixed(value, unit, digits, trim=trim)}"
     if has_err:
         text += f" ± {_prefixed(err, unit, 2)}"
     if isinstance(old, int | float):
-        text += f" (was {_prefixed(old, unit, digits)}" + (
+        text += f" (was {_prefixed(old, unit, digits, trim=trim)}" + (
             f", {_prefixed(value - old, unit, 2, sign=True)})" if value != old else ")")
     return text
 

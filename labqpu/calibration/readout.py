@@ -252,7 +252,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         {"readout_amplitude": (amp, float(READOUT_AMPLITUDES[1] - READOUT_AMPLITUDES[0]) / 2)},
         {"x": READOUT_AMPLITUDES, "x_label": "readout amplitude (full scale)",
          "y_label": "assignment fidelity",
-         "series": {f"at {best_f / 1e9:.5f} GHz, window {duration * 1e6:.2f} us": line},
+         "series": {f"at {best_f / 1e9:.5f} GHz, window {duration * 1e6:.2f} µs": line},
          **sweep_raw},
         curves={"smoothed": {"x": READOUT_AMPLITUDES, "y": line_smooth}},
         chosen="readout_amplitude", old={"readout_amplitude": old_amp}, settings=settings)
@@ -263,7 +263,7 @@ def readout(kit: Kit, q: int, shots: int) -> None:
         {"readout_frequency_hz": (best_f, float(freqs[1] - freqs[0]) / 2), **values},
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "assignment fidelity",
          "series": {f"at amplitude {READOUT_AMPLITUDES[i_a]:.3f}, window "
-                    f"{old_duration * 1e6:.2f} us": fidelity[:, i_a]}, **sweep_raw,
+                    f"{old_duration * 1e6:.2f} µs": fidelity[:, i_a]}, **sweep_raw,
          **shots_raw},
         curves={"smoothed": {"x": freqs, "y": smooth[:, i_a]}},
         chosen="readout_frequency_hz", old={"readout_frequency_hz": old_f},

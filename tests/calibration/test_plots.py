@@ -219,7 +219,8 @@ def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
     ("readout_duration_s", 1.0e-6, 1e-7, 1.2e-6,
      "readout_duration_s = 1.00 µs ± 100 ns (was 1.20 µs, -200 ns)"),
     ("zz_hz", -1.2e4, 3e2, None, "zz_hz = -12.00 kHz ± 300 Hz"),
-    ("t1_s", 5.08e-5, float("nan"), 55.0, "t1_s = 50.8000 µs (was 55.0000 s, -55 s)"),
+    ("t1_s", 5.08e-5, float("nan"), 55.0, "t1_s = 50.8 µs (was 55 s, -55 s)"),
+    ("cz_duration_s", 3.5e-8, float("nan"), 3.5e-8, "cz_duration_s = 35 ns (was 35 ns)"),
     ("pi_amplitude", 0.41234, 1e-3, 0.4, "pi_amplitude = 0.41234 ± 0.001 (was 0.4, +0.012)"),
     ("drive_handedness", "lower", None, None, "drive_handedness = lower"),
 ])
