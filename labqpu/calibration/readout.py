@@ -26,6 +26,8 @@ the assignment matrix and the fidelity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
@@ -35,6 +37,12 @@ from labqpu.calibration.experiments import FitError, Kit, assignment, complex_me
 #: Readout detunings the calibration sweeps (Hz), from the measured resonator frequency (or,
 #: without one, from the current readout frequency).
 READOUT_DETUNINGS_HZ = np.linspace(-3e6, 3e6, 13)
+#: Detunings added beyond an edge of the readout map (in the map's step) when the chosen
+#: frequency lies on that edge, and how many times at most: far below the resonator a stronger
+#: tone reads as well, so the ridge of good points can run past the map, and a choice on the
+#: edge says nothing of what lies beyond it. Two extensions reach 5 MHz past an edge.
+READOUT_EXTENSION_POINTS = 5
+READOUT_EXTENSIONS = 2
 #: Readout amplitudes the calibration sweeps (full scale).
 READOUT_AMPLITUDES = np.linspace(0.2, 1.0, 13)
 #: How far below the best smoothed assignment fidelity the chosen point may be.
@@ -62,9 +70,10 @@ READOUT_LINE_SHOTS = 4
 READOUT_LINE_SLACK = READOUT_FIDELITY_SLACK / READOUT_LINE_SHOTS ** 0.5
 
 __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
-           "READOUT_DURATION_SLACK", "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK",
-           "READOUT_LINE_SLACK", "READOUT_ROUNDS",
-           "assignment_fidelity_of", "choose_readout_duration", "choose_readout_point",
+           "READOUT_DURATION_SLACK", "READOUT_EXTENSIONS", "READOUT_EXTENSION_POINTS",
+           "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK", "READOUT_LINE_SLACK",
+           "READOUT_ROUNDS", "assignment_fidelity_of", "bracketed_readout_point",
+           "choose_readout_duration", "choose_readout_point",
            "discriminate", "duration_scan", "fidelity_map", "readout",
            "resonator_and_discriminator"]
 
@@ -165,11 +174,38 @@ def choose_readout_point(fidelity: np.ndarray, what: str,
     return i_freq, i_amp, smooth
 
 
+def bracketed_readout_point(freqs: np.ndarray, fidelity: np.ndarray,
+                            measure: Callable[[np.ndarray], np.ndarray], what: str
+                            ) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray, int]:
+    """:func:`choose_readout_point` on a fidelity map over ``freqs`` (Hz, ascending, evenly
+    spaced; rows of ``fidelity``), extended while the chosen frequency lies on an edge of the
+    map: :data:`READOUT_EXTENSION_POINTS` more frequencies beyond that edge, their rows from
+    ``measure(frequencies)``, at most :data:`READOUT_EXTENSIONS` times. Returns the
+    frequencies and the map as extended, the (frequency, amplitude) indices chosen on it, the
+    smoothed map and the number of extensions."""
+    freqs, fidelity = np.asarray(freqs, dtype=float), np.asarray(fidelity, dtype=float)
+    i_f, i_a, smooth = choose_readout_point(fidelity, what)
+    extensions = 0
+    while extensions < READOUT_EXTENSIONS and i_f in (0, freqs.size - 1):
+        step = float(freqs[1] - freqs[0])
+        ahead = step * np.arange(1, READOUT_EXTENSION_POINTS + 1)
+        if i_f == 0:
+            more = freqs[0] - ahead[::-1]
+            freqs, fidelity = np.concatenate([more, freqs]), np.vstack([measure(more), fidelity])
+        else:
+            more = freqs[-1] + ahead
+            freqs, fidelity = np.concatenate([freqs, more]), np.vstack([fidelity, measure(more)])
+        extensions += 1
+        i_f, i_a, smooth = choose_readout_point(fidelity, what)
+    return freqs, fidelity, i_f, i_a, smooth, extensions
+
+
 def readout(kit: Kit, q: int, shots: int) -> None:
     """Readout frequency and amplitude (:func:`choose_readout_point` on a
     :func:`fidelity_map` with ``2 shots`` per state and point, centred on the resonator that
     resonator spectroscopy measured, so that recalibrations in a row cannot walk the frequency
-    away from it; on the current readout frequency when no measured resonator is known), then
+    away from it; on the current readout frequency when no measured resonator is known;
+    extended past an edge the choice lies on: :func:`bracketed_readout_point`), then
     in turn the window at that amplitude (:func:`choose_readout_duration` on a
     :func:`duration_scan`, as many shots) and the amplitude again on a line at the chosen
     frequency and window (:data:`READOUT_LINE_SHOTS` times the shots, decided within
@@ -185,13 +221,15 @@ def readout(kit: Kit, q: int, shots: int) -> None:
     old_amp = kit.readout_amplitude(q)
     measured = (q, "resonator_hz") in kit.work.records
     freqs = (work["resonator_hz"] if measured else old_f) + READOUT_DETUNINGS_HZ
-    fidelity = fidelity_map(kit, q, freqs, READOUT_AMPLITUDES, shots * 2)
-    i_f, i_a, smooth = choose_readout_point(fidelity, f"qubit {q} readout")
+    freqs, fidelity, i_f, i_a, smooth, extensions = bracketed_readout_point(
+        freqs, fidelity_map(kit, q, freqs, READOUT_AMPLITUDES, shots * 2),
+        lambda more: fidelity_map(kit, q, more, READOUT_AMPLITUDES, shots * 2),
+        f"qubit {q} readout")
     best_f, amp = float(freqs[i_f]), float(READOUT_AMPLITUDES[i_a])
     sweep_raw = {"frequencies_hz": freqs, "amplitudes": READOUT_AMPLITUDES,
                  "fidelity_map": fidelity}
     settings = {"shots_per_state_and_point": shots * 2, "slack": READOUT_FIDELITY_SLACK,
-                "smoothing_points": READOUT_SMOOTHING}
+                "smoothing_points": READOUT_SMOOTHING, "map_extensions": extensions}
     work["readout_amplitude"] = amp
     work["readout_frequency_hz"] = best_f
     old_duration = work.get("readout_duration_s", kit.work.device["readout_duration_s"])

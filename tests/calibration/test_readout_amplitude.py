@@ -19,9 +19,12 @@ from labqpu.calibration.experiments import Kit
 from labqpu.calibration.readout import (
     READOUT_AMPLITUDES,
     READOUT_DURATION_SLACK,
+    READOUT_EXTENSION_POINTS,
+    READOUT_EXTENSIONS,
     READOUT_FIDELITY_SLACK,
     READOUT_LINE_SLACK,
     READOUT_ROUNDS,
+    bracketed_readout_point,
     choose_line_amplitude,
     choose_readout_duration,
     choose_readout_point,
@@ -273,3 +276,49 @@ def test_resonator_spectroscopy_finds_the_resonance_without_exciting_the_qubit(
         record = kit.records[-1]
         assert abs(work.qubits[q]["resonator_hz"] - truth) < 80e3, (q, record.values)
         assert record.fit["r_squared"] > 0.98, (q, record.fit)
+
+
+def test_a_choice_on_the_edge_of_the_map_extends_it_until_the_choice_is_inside() -> None:
+    """A review's case: the readout map (+-3 MHz about the resonator) twice chose its lowest
+    frequency, whose ridge of good points runs on below it. A choice on an edge measures the
+    map further on that side, until the choice lies inside (here near the ridge's best, 4.5
+    MHz below the centre) or the extensions are used up."""
+    amps = np.linspace(0.2, 1.0, 13)
+    measured = []
+
+    def fidelity_at(freqs: np.ndarray) -> np.ndarray:
+        detuning = (np.asarray(freqs)[:, None] - 7.0e9) / 1e6 + 4.5  # best at -4.5 MHz
+        onset = 0.5 + 0.02 * np.abs(detuning)
+        rising = 0.99 - 0.3 * np.exp(-(amps[None, :] - 0.2) / 0.08) - 0.01 * detuning ** 2
+        return 0.6 + (rising - 0.6) / (1 + np.exp((amps[None, :] - onset) / 0.03))
+
+    def measure(freqs: np.ndarray) -> np.ndarray:
+        measured.append(np.asarray(freqs))
+        return fidelity_at(freqs)
+
+    freqs0 = 7.0e9 + np.linspace(-3e6, 3e6, 13)
+    assert choose_readout_point(fidelity_at(freqs0), "q")[0] == 0  # on the edge before
+    freqs, fidelity, i_f, i_a, _, extensions = bracketed_readout_point(
+        freqs0, fidelity_at(freqs0), measure, "qubit 0 readout")
+    assert extensions == 1 and len(measured) == 1
+    np.testing.assert_allclose(measured[0], 7.0e9 + np.arange(-5.5e6, -3e6, 0.5e6))
+    np.testing.assert_allclose(np.diff(freqs), 0.5e6)
+    assert freqs[0] == pytest.approx(7.0e9 - 5.5e6) and freqs[-1] == freqs0[-1]
+    np.testing.assert_array_equal(fidelity, fidelity_at(freqs))
+    assert 0 < i_f < freqs.size - 1 and abs(freqs[i_f] - (7.0e9 - 4.5e6)) <= 1e6
+    assert (i_f, i_a) == choose_readout_point(fidelity, "q")[:2]  # what a refit decides
+    # a ridge that rises on and on below the map stops after READOUT_EXTENSIONS, on its edge
+    def endless(freqs: np.ndarray) -> np.ndarray:
+        detuning = (np.asarray(freqs)[:, None] - 7.0e9) / 1e6
+        rising = 0.97 - 0.3 * np.exp(-(amps[None, :] - 0.2) / 0.08) - 0.002 * detuning
+        return 0.6 + (rising - 0.6) / (1 + np.exp((amps[None, :] - 0.6) / 0.03))
+
+    freqs, _, i_f, _, _, extensions = bracketed_readout_point(
+        freqs0, endless(freqs0), endless, "qubit 0 readout")
+    assert extensions == READOUT_EXTENSIONS and i_f == 0
+    assert freqs.size == 13 + READOUT_EXTENSIONS * READOUT_EXTENSION_POINTS
+    # a choice inside measures nothing more
+    count = len(measured)
+    centred = 7.0e9 - 4.5e6 + np.linspace(-3e6, 3e6, 13)
+    assert bracketed_readout_point(centred, fidelity_at(centred), measure, "q")[5] == 0
+    assert len(measured) == count
