@@ -99,15 +99,20 @@ def _resonator_scan(kit: Kit, q: int, shots: int, freqs: np.ndarray) -> np.ndarr
     return kit.run_iq(progs, shots)[:, 0]
 
 
-def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
-    """Readout frequency (Hz): transmission peak of the resonator with the qubit in |0>, kept
-    also as the measured ``resonator_hz``, around which the readout node searches. Measured
-    at :data:`SPECTROSCOPY_AMPLITUDE_SCALE` of the readout amplitude: on resonance the
-    readout's photons excite the qubit, which moves the resonator and notches the peak. The
-    scan spans :data:`RESONATOR_SPAN_HZ` either side of the stored ``resonator_hz``; when its
-    peak is not inside, a coarse search over :data:`RESONATOR_SEARCH_HZ` either side finds the
-    largest response and the scan runs again there (both are in the record)."""
-    stored = kit.work.qubits[q]["resonator_hz"]
+def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
+                           keep_readout_within_hz: float = 0.0) -> None:
+    """Resonator frequency (Hz): transmission peak of the resonator with the qubit in |0>,
+    kept as the measured ``resonator_hz``, around which the readout node searches; the readout
+    frequency moves to it unless it lies within ``keep_readout_within_hz`` of it (a frequency
+    the readout node chose off the peak reads better than the peak). Measured at
+    :data:`SPECTROSCOPY_AMPLITUDE_SCALE` of the readout amplitude: on resonance the readout's
+    photons excite the qubit, which moves the resonator and notches the peak. The scan spans
+    :data:`RESONATOR_SPAN_HZ` either side of the stored ``resonator_hz``; when its peak is not
+    inside, a coarse search over :data:`RESONATOR_SEARCH_HZ` either side finds the largest
+    response and the scan runs again there (both are in the record). The record gives the old
+    ``resonator_hz`` only when it was measured (the design's estimate is no old value)."""
+    work = kit.work.qubits[q]
+    stored = work["resonator_hz"]
     span = np.linspace(-RESONATOR_SPAN_HZ, RESONATOR_SPAN_HZ, 61)
     freqs = stored + span
     iq = _resonator_scan(kit, q, shots, freqs)
@@ -130,16 +135,22 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int) -> None:
                            f"largest response within {RESONATOR_SEARCH_HZ / 1e6:g} MHz "
                            f"({second})", subject=f"qubit {q} resonator spectroscopy") from again
     f0 = fit.params["f0"]
+    moves = abs(work["readout_frequency_hz"] - f0) > keep_readout_within_hz
+    values = {"resonator_hz": (f0, fit.stderr["f0"])}
+    if moves:
+        values["readout_frequency_hz"] = values["resonator_hz"]
+    measured = (q, "resonator_hz") in kit.work.records
     rid = kit.record(
-        "resonator_spectroscopy", q, {"readout_frequency_hz": (f0, fit.stderr["f0"]),
-                                      "resonator_hz": (f0, fit.stderr["f0"])},
+        "resonator_spectroscopy", q, values,
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
          "series": {"qubit in |0>": np.abs(iq), **series}, "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
-        chosen="readout_frequency_hz",
+        chosen="resonator_hz", old=None if measured else {"resonator_hz": None},
         settings={"shots": shots,
-                  "amplitude": kit.readout_amplitude(q) * SPECTROSCOPY_AMPLITUDE_SCALE})
-    kit.work.set(q, "readout_frequency_hz", f0, rid)
+                  "amplitude": kit.readout_amplitude(q) * SPECTROSCOPY_AMPLITUDE_SCALE,
+                  "readout_kept_within_hz": keep_readout_within_hz})
+    if moves:
+        kit.work.set(q, "readout_frequency_hz", f0, rid)
     kit.work.set(q, "resonator_hz", f0, rid)
 
 

@@ -35,8 +35,9 @@ from labqpu.calibration.bootstrap import _prepared_readouts, resonator_spectrosc
 from labqpu.calibration.experiments import FitError, Kit, assignment, complex_median
 
 #: Readout detunings the calibration sweeps (Hz), from the measured resonator frequency (or,
-#: without one, from the current readout frequency).
+#: without one, from the current readout frequency), and how far they reach either side.
 READOUT_DETUNINGS_HZ = np.linspace(-3e6, 3e6, 13)
+READOUT_SPAN_HZ = float(np.abs(READOUT_DETUNINGS_HZ).max())
 #: Detunings added beyond an edge of the readout map (in the map's step) when the chosen
 #: frequency lies on that edge, and how many times at most: far below the resonator a stronger
 #: tone reads as well, so the ridge of good points can run past the map, and a choice on the
@@ -72,7 +73,7 @@ READOUT_LINE_SLACK = READOUT_FIDELITY_SLACK / READOUT_LINE_SHOTS ** 0.5
 __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
            "READOUT_DURATION_SLACK", "READOUT_EXTENSIONS", "READOUT_EXTENSION_POINTS",
            "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK", "READOUT_LINE_SLACK",
-           "READOUT_ROUNDS", "assignment_fidelity_of", "bracketed_readout_point",
+           "READOUT_ROUNDS", "READOUT_SPAN_HZ", "assignment_fidelity_of", "bracketed_readout_point",
            "choose_readout_duration", "choose_readout_point",
            "discriminate", "duration_scan", "fidelity_map", "readout",
            "resonator_and_discriminator"]
@@ -362,12 +363,17 @@ def discriminate(kit: Kit, q: int, shots: int) -> None:
 
 
 def resonator_and_discriminator(kit: Kit, q: int, shots: int) -> None:
-    """The graph's ``resonator_spectroscopy`` node: :func:`resonator_spectroscopy`, which moves
-    the readout frequency to the resonator's peak; for a qubit read with a discriminator
-    already, then :func:`discriminate` at that frequency (4x ``shots`` per state), so that the
-    store never holds a readout frequency with centres measured at another (a run that ends
-    before the readout node, or without it, read |0> as 1 on that qubit). The readout node
-    later chooses its frequency, amplitude and window again, when its check fails."""
-    resonator_spectroscopy(kit, q, shots)
-    if "discriminator" in kit.work.qubits[q]:
+    """The graph's ``resonator_spectroscopy`` node: :func:`resonator_spectroscopy`; on a
+    qubit read with a discriminator already, the readout frequency stays where the readout
+    node chose it when that lies within the readout map's span of the new peak (a review's
+    case: moved onto the peak, lab5's assignment fidelities fell from 0.98 to 0.75-0.93), else
+    it moves to the peak; then :func:`discriminate` at that frequency (4x ``shots`` per state),
+    so that the store never holds a readout frequency with centres measured at another (a run
+    that ends before the readout node, or without it, read |0> as 1 on that qubit). The
+    readout node later chooses its frequency, amplitude and window again, when its check fails
+    or the resonator was measured after them."""
+    calibrated = "discriminator" in kit.work.qubits[q]
+    resonator_spectroscopy(kit, q, shots, keep_readout_within_hz=READOUT_SPAN_HZ
+                           if calibrated else 0.0)
+    if calibrated:
         discriminate(kit, q, shots * 4)

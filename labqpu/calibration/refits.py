@@ -94,7 +94,7 @@ def _static_zz(record: ExperimentRecord) -> dict[str, float]:
 
 _REFITS = {
     "resonator_spectroscopy": lambda r: dict.fromkeys(
-        ("readout_frequency_hz", "resonator_hz"),
+        [k for k in ("readout_frequency_hz", "resonator_hz") if k in r.values],
         fit_peak_curve(*_series(r), r.subject).params["f0"]),
     "qubit_spectroscopy": lambda r: {"frequency_hz": fit_peak_curve(
         *_series(r), r.subject).params["f0"]},

@@ -108,6 +108,36 @@ def test_a_run_that_stops_before_the_readout_node_leaves_a_readout_that_reads(
         assert _reads(backend, q, flip=True) > 0.8
 
 
+def test_a_forced_resonator_spectroscopy_keeps_the_readout_the_readout_node_chose(
+        tmp_path, monkeypatch) -> None:
+    """A review's case: `labqpu calibrate resonator_spectroscopy --force` (as docs/calibration.md
+    advised, to measure resonator_hz) moved every calibrated readout onto the resonator's peak:
+    qubit 2's assignment fidelity 0.985 -> 0.754, Bell 0.97 -> 0.75 on its edges, exit code 0.
+    A readout frequency within the readout map's span of the new peak now stays; the
+    resonator is measured and the centres again."""
+    use_fresh_home(monkeypatch, tmp_path)
+    q = 2
+    with LabProvider() as provider:
+        backend = provider.backend()
+        before = backend.snapshot.qubits[q]
+
+        report = run_graph(backend, ["resonator_spectroscopy"], qubits=[q], force=True,
+                           rb=False)
+
+        assert report.ok, report.table()
+        now = backend.snapshot.qubits[q]
+        assert now["readout_frequency_hz"].value == before["readout_frequency_hz"].value
+        assert now["resonator_hz"].experiment.startswith("resonator_spectroscopy-q2-")
+        assert 0 < abs(now["resonator_hz"].value - now["readout_frequency_hz"].value) <= 3e6
+        assert now["discriminator"].experiment.startswith("discriminator-q2-")
+        assert now["readout_assignment_fidelity"].value > 0.95, report.table()
+        assert _reads(backend, q, flip=False) > 0.95
+        record = load_record(next(p for p in report.records
+                                  if p.name.startswith("resonator_spectroscopy")))
+        assert set(record.values) == {"resonator_hz"}  # the readout did not move
+        assert record.old_values == {"resonator_hz": None}  # the design's guess is no old value
+
+
 def test_a_resonator_further_off_than_the_scan_is_searched_for(tmp_path, monkeypatch) -> None:
     """A review's case: with the stored resonator_hz 10 MHz off as well (the scan spans +-6
     MHz), the resonator node failed ("fitted peak ... lies outside the sweep") and blocked
