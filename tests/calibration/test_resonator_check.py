@@ -85,7 +85,8 @@ def test_a_run_that_stops_before_the_readout_node_leaves_a_readout_that_reads(
     """A review's case: with the readout 1 MHz off, `labqpu calibrate rabi` moved the readout
     frequency to the resonator's peak (the resonator's check failed) and committed it under
     centres measured at the old frequency: |0> then read as 1 (Bell 0.49). The node now
-    measures the centres again at the frequency it sets."""
+    measures the centres again at the frequency it leaves (here the one found off: it lies
+    within the readout map's span of the peak)."""
     use_fresh_home(monkeypatch, tmp_path)
     q = 0
     with LabProvider() as provider:
@@ -100,9 +101,8 @@ def test_a_run_that_stops_before_the_readout_node_leaves_a_readout_that_reads(
         assert "readout" not in steps
         now = backend.snapshot.qubits[q]
         assert now["discriminator"].experiment.startswith("discriminator-q0-"), report.table()
-        # read at the resonator's peak, where the calibrated tone excites |0> a little
-        # (assignment 0.89-0.90; the readout node's search, not run here, finds 0.98): before,
-        # |0> read as 0 in 2 % of the shots
+        # read 1 MHz off the readout node's choice (its search, not run here, finds 0.98):
+        # before, |0> read as 0 in 2 % of the shots
         assert now["readout_assignment_fidelity"].value > 0.85, report.table()
         assert _reads(backend, q, flip=False) > 0.8
         assert _reads(backend, q, flip=True) > 0.8
