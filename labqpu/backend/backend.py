@@ -23,6 +23,7 @@ from labqpu.backend.program_checks import (
     check_length,
     check_nested,
     check_program,
+    check_results,
     check_traces,
     one_controller_hint,
 )
@@ -757,6 +758,7 @@ class LabBackend(BackendV2):
                 hint = one_controller_hint(exc, self.channels)
                 raise InvalidRunInputError(f"{exc}{hint}; nothing was sent") from exc
             check_nested(parts[-1], self._capabilities)
+            check_results(program, parts[-1], opts["shots"], self._capabilities)
         if opts["rep_delay"] is None:
             opts["rep_delay"] = default_rep_delay_s(snapshot)
         if opts["meas_level"] == 0:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from labqpu.backend.program_checks import result_point_limit
 from labqpu.pulse.program import BINDABLE, PulseProgram
 from labqpu.pulse.split import ControllerPart
 
@@ -92,11 +93,13 @@ def plan_runs(programs: Sequence[PulseProgram], explicit: Sequence[Rows | None],
         if rows is not None:
             flush()
             caps = capabilities(split[0].controller).get("param_sets")
-            size = _sweep_size(caps, shots, len(rows))
+            size = min(_sweep_size(caps, shots, len(rows)),
+                       _within_frame(capabilities(split[0].controller), shots, program))
             if len(rows) > size:
                 log.info("a sweep of %d points runs as %d runs of at most %d (controller %s: "
-                         "param_sets.max_sets %s, max_total_shots %s at %d shots)", len(rows),
-                         -(-len(rows) // size), size, split[0].controller, caps.get("max_sets"),
+                         "param_sets.max_sets %s, max_total_shots %s at %d shots, or the IQ "
+                         "results of one reply)", len(rows), -(-len(rows) // size), size,
+                         split[0].controller, caps.get("max_sets"),
                          caps.get("max_total_shots"), shots)
             for i in range(0, len(rows), size):
                 chunk = rows[i:i + size]
@@ -154,6 +157,13 @@ def points_per_run(caps: object, shots: int) -> int:
     return _sweep_size(caps, shots, 1)
 
 
+def _within_frame(controller_caps: dict, shots: int, program: PulseProgram) -> int:
+    """Most points of ``shots`` shots of ``program`` whose IQ results one run returns
+    (:func:`~labqpu.backend.program_checks.result_point_limit`), at least 1."""
+    per_point = shots * int(program.acq_port.shape[0])
+    return max(1, result_point_limit(controller_caps) // max(per_point, 1))
+
+
 def _sweep_size(caps: dict, shots: int, points: int) -> int:
     """Points of ``shots`` shots per run on a controller whose ``param_sets`` are ``caps``:
     at most ``max_sets`` (``points`` when it states none) and ``max_total_shots`` / shots,
@@ -171,12 +181,14 @@ def _merged(group: list[tuple[PulseProgram, PulseProgram]], shots: int,
     controller allows."""
     controller = group[0][0].controller
     caps = capabilities(controller).get("param_sets")
-    size = points_per_run(caps, shots)
+    size = min(points_per_run(caps, shots),
+               _within_frame(capabilities(controller), shots, group[0][0]))
     if size < 2 or len(group) < 2:
         return [Run(p, None, (p,)) for _, p in group]
     if len(group) > size:
         log.info("%d circuits of one structure merge into %d uploads of at most %d points "
-                 "(controller %s: param_sets.max_sets %s, max_total_shots %s at %d shots)",
+                 "(controller %s: param_sets.max_sets %s, max_total_shots %s at %d shots, or "
+                 "the IQ results of one reply)",
                  len(group), -(-len(group) // size), size, controller, caps.get("max_sets"),
                  caps.get("max_total_shots"), shots)
     runs = []

@@ -11,6 +11,7 @@ import numpy as np
 
 from labqpu.backend.sweeps import DAC_FULL_SCALE
 from labqpu.backend.target import digitizing_controllers
+from labqpu.drivers.protocol import MAX_FRAME_BYTES
 from labqpu.errors import (
     BackendConfigurationError,
     CompilationError,
@@ -21,8 +22,11 @@ from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.program import MAX_CLBITS, PulseProgram
 from labqpu.rack.config import LabConfig
 
-__all__ = ["check_length", "check_nested", "check_program", "check_traces",
-           "one_controller_hint"]
+__all__ = ["check_length", "check_nested", "check_program", "check_results", "check_traces",
+           "one_controller_hint", "result_point_limit"]
+
+#: Bytes of one IQ result (complex64): a run's IQ travels as one reply frame.
+IQ_BYTES = 8
 
 
 def _non_finite(program: PulseProgram) -> str | None:
@@ -172,6 +176,32 @@ def check_length(program: PulseProgram, config: LabConfig, capabilities: Mapping
             raise InvalidRunInputError(
                 f"{where} needs {used} {what}; controller {program.controller} takes at "
                 f"most {int(feedforward[key])} (feedforward.{key}); nothing was sent")
+
+
+def result_point_limit(capabilities: Mapping) -> int:
+    """Most IQ results (shots x acquisitions, all points of a merged run together) one run
+    on a controller with these ``hello`` capabilities may return: what one reply frame this
+    client takes holds, and the controller's own ``max_result_points`` when it states one."""
+    limit = MAX_FRAME_BYTES // IQ_BYTES
+    stated = capabilities.get("max_result_points")
+    return min(limit, int(stated)) if isinstance(stated, int) and stated > 0 else limit
+
+
+def check_results(program: PulseProgram, parts: list, shots: int,
+                  capabilities: Mapping[str, dict]) -> None:
+    """Each controller's part of ``program`` returns ``shots`` x its acquisitions IQ results,
+    which must fit :func:`result_point_limit`: else the run would play to its end and its
+    results could not be received. Raises ``InvalidRunInputError``."""
+    for part in parts:
+        acquisitions = int(part.program.acq_port.shape[0])
+        limit = result_point_limit(capabilities.get(part.controller, {}))
+        if shots * acquisitions > limit:
+            raise InvalidRunInputError(
+                f"program {program.display_name!r}: {shots} shots x {acquisitions} "
+                f"acquisitions on controller {part.controller} are {shots * acquisitions} IQ "
+                f"results ({shots * acquisitions * IQ_BYTES} bytes), beyond the {limit} one run "
+                f"returns in one reply frame: at most {limit // acquisitions} shots; nothing "
+                "was sent", option="shots")
 
 
 def one_controller_hint(exc: PulseError, channels: ChannelMap) -> str:

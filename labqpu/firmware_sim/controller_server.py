@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -78,10 +78,12 @@ from labqpu.firmware_sim.runs import (
     ACTIVE,
     DONE,
     ERROR,
+    MAX_RESULT_BYTES,
     QUEUED,
     RUNNING,
     Executor,
     FairQueue,
+    FinishedRuns,
     KeyRecord,
     NoRoomForProgramError,
     Program,
@@ -130,6 +132,8 @@ class ControllerServer:
             runs an evicted program gets ``UnknownProgram`` and uploads it again; an upload
             that queued runs' programs leave no room gets ``QueueFull``.
         max_runs: finished runs whose results are kept; older ones are forgotten.
+        max_result_bytes: bytes of finished runs' results kept; beyond them the oldest run of
+            the session whose results hold the most is forgotten (``FinishedRuns``).
         max_queued_per_session: most runs one session may have queued or running; a ``run``
             beyond it is refused with ``QueueFull``, so no client can fill the queue.
         max_pending_uploads: most uploads waiting for validation, a quarter of them (at
@@ -154,6 +158,7 @@ class ControllerServer:
         max_programs: int = 64,
         max_program_bytes: int = 256 * 1024 * 1024,
         max_runs: int = 64,
+        max_result_bytes: int = MAX_RESULT_BYTES,
         max_queued_per_session: int = 256,
         max_pending_uploads: int = 16,
         max_pending_upload_bytes: int = MAX_PENDING_UPLOAD_BYTES,
@@ -167,7 +172,6 @@ class ControllerServer:
         self.port = port
         self.endpoint = ""
         self._executor = executor
-        self._max_runs = max_runs
         self._max_queued = max_queued_per_session
         self._max_pending_uploads = max_pending_uploads
         self._max_pending_upload_bytes = max_pending_upload_bytes
@@ -193,7 +197,7 @@ class ControllerServer:
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
         self._held: list[tuple[Frame, str, Run, float, str]] = []
         self._wire: ZmtpServer | None = None  # made by start()
-        self._finished: deque[str] = deque()
+        self._finished = FinishedRuns(max_runs, max_result_bytes)
         self._lock = threading.Lock()
         self._queue = FairQueue()
         #: Runs accepted by the request being answered; the serving thread hands them to the
@@ -496,7 +500,8 @@ class ControllerServer:
                              "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
             "limits": stated_limits(
                 max_programs=self._programs.max_programs,
-                max_program_bytes=self._programs.max_bytes, max_runs=self._max_runs,
+                max_program_bytes=self._programs.max_bytes, max_runs=self._finished.max_runs,
+                max_result_bytes=self._finished.max_bytes,
                 max_queued_per_session=self._max_queued,
                 max_pending_upload_bytes=self._max_pending_upload_bytes),
         }, None
@@ -603,7 +608,9 @@ class ControllerServer:
         run_id = param(request.params, "run_id", str, op=request.op)
         run = self._runs.get(run_id)
         if run is None:
-            raise RequestError(ERR_UNKNOWN_RUN, f"no run {run_id!r} (unknown or forgotten)")
+            raise RequestError(ERR_UNKNOWN_RUN, f"no run {run_id!r}: unknown, or forgotten (the "
+                               f"controller keeps {self._finished.max_runs} finished runs, "
+                               f"{self._finished.max_bytes} bytes of results)")
         if run.session != session:
             raise RequestError(ERR_FORBIDDEN, f"run {run_id} belongs to another session")
         return run
@@ -792,7 +799,6 @@ class ControllerServer:
         run.state = state
         run.finished_at = time.monotonic()
         run.program = None  # its results are kept, its program is not
-        self._finished.append(run.run_id)
-        while len(self._finished) > self._max_runs:
-            del self._runs[self._finished.popleft()]
+        for run_id in self._finished.add(run):
+            del self._runs[run_id]
 

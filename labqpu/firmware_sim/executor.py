@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, SEED_LIMIT
+from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, MAX_FRAME_BYTES, SEED_LIMIT
 from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
@@ -48,6 +48,10 @@ MAX_PROGRAM_SAMPLES = 2_000_000
 MAX_WAVEFORMS = 65_536
 MAX_PLAYS = 1_000_000
 MAX_SHOTS = 1_000_000
+#: Most IQ results one run returns (rows x acquisitions, a sweep's points included): its IQ
+#: (complex64) travels as one reply frame, which holds at most ``MAX_FRAME_BYTES``. A run
+#: beyond it is refused before it plays (it played for minutes, then its reply was refused).
+MAX_RESULT_POINTS = MAX_FRAME_BYTES // np.dtype(np.complex64).itemsize
 #: Longest repetition delay between shots (s). A run advances the device's simulated time by
 #: shots x (program duration + delay), against which it drifts: bounded, a run advances it by
 #: at most ~12 simulated days (without a bound, one run could make it infinite, and every
@@ -131,6 +135,7 @@ class SimulatedController:
             "max_waveforms": MAX_WAVEFORMS,
             "max_plays": MAX_PLAYS,
             "max_shots": MAX_SHOTS,
+            "max_result_points": MAX_RESULT_POINTS,
             "max_rep_delay_s": MAX_REP_DELAY_S,
             "amplitude_full_scale": 1.0,
             "param_sets": {"max_sets": MAX_PARAM_SETS, "max_total_shots": MAX_SHOTS,
@@ -422,6 +427,7 @@ class SimulatedController:
             rep_delay, traces, decimation, seed = self._run_params(shots, params)
             rng = None if sync is not None and sync.role == FOLLOWER else self.shared.rng(seed)
             prog, ff = self._held(arrays, meta)
+            _check_results(shots, prog.acq_port.shape[0])
         except ValueError as exc:
             if sync is not None:  # its group would wait for it in vain
                 self.hub.withdraw(sync, self.spec.name, f"failed: {exc}")
@@ -468,6 +474,7 @@ class SimulatedController:
             raise ValueError("param_sets cannot be combined with traces")
         sets = parse_param_sets(params["param_sets"], arrays["param_values"].shape[0], shots,
                                 MAX_SHOTS)
+        _check_results(len(sets) * shots, arrays["acq_port"].shape[0])
         points = []
         for k, row in enumerate(sets):
             try:
@@ -558,3 +565,14 @@ class SimulatedController:
             raise ValueError(f"trace_decimation must be an int in 1..{MAX_TRACE_DECIMATION}, "
                              f"got {decimation!r}")
         return traces, decimation
+
+
+def _check_results(rows: int, acquisitions: int) -> None:
+    """``ValueError`` when ``rows`` x ``acquisitions`` IQ results exceed
+    :data:`MAX_RESULT_POINTS` (one reply frame)."""
+    if rows * acquisitions > MAX_RESULT_POINTS:
+        raise ValueError(
+            f"the results of {rows} shots x {acquisitions} acquisitions take "
+            f"{rows * acquisitions * 8} bytes of IQ, beyond the {MAX_FRAME_BYTES} bytes one reply "
+            f"frame holds: at most {MAX_RESULT_POINTS // acquisitions} shots of this program (all "
+            "points of a sweep together)")

@@ -6,16 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "QUEUED", "RUNNING", "Executor", "FairQueue",
-           "KeyRecord", "NoRoomForProgramError", "Program", "ProgramRefusedError", "Programs",
-           "Run", "program_id_of", "request_digest"]
+__all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "MAX_RESULT_BYTES", "QUEUED", "RUNNING",
+           "Executor", "FairQueue", "FinishedRuns", "KeyRecord", "NoRoomForProgramError",
+           "Program", "ProgramRefusedError", "Programs", "Run", "program_id_of",
+           "request_digest"]
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -23,6 +24,11 @@ DONE = "done"
 ERROR = "error"
 ABORTED = "aborted"
 ACTIVE = (QUEUED, RUNNING)
+#: Most bytes of finished runs' results a controller keeps for their clients to fetch (all
+#: sessions). One run's results fit a reply frame (its IQ at most 256 MiB, its bits an eighth
+#: of that), so at least three of the largest fit; unbounded, a client that ran such runs and
+#: never fetched them grew the simulator by ~300 MB a run, up to 64 of them.
+MAX_RESULT_BYTES = 1 << 30
 
 
 @dataclass
@@ -200,6 +206,44 @@ class Programs:
                 total -= old.nbytes
             evicted.append(old_id)
         return evicted
+
+
+class FinishedRuns:
+    """The finished runs a controller keeps, oldest first: at most ``max_runs``, whose results
+    hold at most ``max_bytes`` together. Beyond the count the oldest is forgotten; beyond the
+    bytes, the oldest of the session whose kept results hold the most (a client that leaves
+    large results unfetched loses its own first, not its neighbours'). The newest is kept
+    whatever its size. Not thread-safe: the server's lock guards it."""
+
+    def __init__(self, max_runs: int, max_bytes: int) -> None:
+        self.max_runs = max_runs
+        self.max_bytes = max_bytes
+        #: Run id -> (session, bytes of its results), oldest first.
+        self._kept: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.nbytes = 0
+
+    def add(self, run: Run) -> list[str]:
+        """Keep the finished ``run``; returns the ids of the runs forgotten to make room."""
+        size = sum(array.nbytes for array in run.results.values())
+        self._kept[run.run_id] = (run.session, size)
+        self.nbytes += size
+        forgotten = []
+        while len(self._kept) > self.max_runs or (self.nbytes > self.max_bytes
+                                                  and len(self._kept) > 1):
+            run_id = (next(iter(self._kept)) if len(self._kept) > self.max_runs
+                      else self._largest_holders_oldest())
+            self.nbytes -= self._kept.pop(run_id)[1]
+            forgotten.append(run_id)
+        return forgotten
+
+    def _largest_holders_oldest(self) -> str:
+        """The oldest run, but the newest, of the session whose kept results hold the most."""
+        older = list(self._kept.items())[:-1]
+        held: Counter[str] = Counter()
+        for session, size in (kept for _, kept in older):
+            held[session] += size
+        top = max(held, key=held.__getitem__)
+        return next(run_id for run_id, (session, _) in older if session == top)
 
 
 class FairQueue:

@@ -46,7 +46,8 @@ MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_header_bytes=MAX_HEADE
 
 
 def stated_limits(*, max_programs: int, max_program_bytes: int, max_runs: int,
-                  max_queued_per_session: int, max_pending_upload_bytes: int) -> dict:
+                  max_result_bytes: int, max_queued_per_session: int,
+                  max_pending_upload_bytes: int) -> dict:
     """``hello``'s ``limits``: these bounds, the protocol's, and a server's own (bytes,
     seconds, counts)."""
     return {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
@@ -56,6 +57,7 @@ def stated_limits(*, max_programs: int, max_program_bytes: int, max_runs: int,
             "max_pending_upload_bytes": max_pending_upload_bytes,
             "max_json_depth": MAX_JSON_DEPTH, "max_programs": max_programs,
             "max_program_bytes": max_program_bytes, "max_runs": max_runs,
+            "max_result_bytes": max_result_bytes,
             "max_queued_per_session": max_queued_per_session, "max_key_chars": MAX_KEY_CHARS,
             "max_keys": MAX_KEYS, "key_retention_s": KEY_RETENTION_S,
             "max_sessions": MAX_SESSIONS, "session_idle_s": SESSION_IDLE_S}
