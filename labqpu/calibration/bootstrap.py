@@ -327,37 +327,42 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     kit.work.qubits[q]["frequency_hz"] = f_now + delta
     third, fit = _ramsey_fringe(kit, q, shots, d, delays)
     check, t2 = abs(fit.params["f"]), abs(fit.params["tau"])
-    if abs(check - d) > 0.1 * d:
+    series = {f"+{d / 1e6:g} MHz": plus, f"-{d / 1e6:g} MHz": minus,
+              f"+{d / 1e6:g} MHz at the new frequency": third}
+    quality = {**fit.quality(), "fringe_plus_hz": f_plus, "fringe_minus_hz": f_minus,
+               "fringe_check_hz": check, "short_window_decay_s": t2}
+
+    def record(rejected: str | None = None) -> str:
+        """The record of the fringes measured so far, the working frequency put back (the
+        caller sets the new one); with ``rejected``, kept and refused (``FitError``)."""
         kit.work.qubits[q]["frequency_hz"] = f_now
-        raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
-                       f"fringe runs at {check:.4g} Hz, not at the set {d:.4g} Hz",
-                       subject=f"qubit {q}")
+        # the third fringe's offset from the set detuning is what is left of the error
+        return kit.record(
+            "ramsey", q, {"frequency_hz": (f_now + delta, fit.stderr["f"])},
+            {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
+             "y_label": "projected IQ (a.u.)", "series": series},
+            fit=quality, curves={"damped cosine at the new frequency": fit.sampled(delays)},
+            old={"frequency_hz": f_now}, settings={"shots": shots, "detuning_hz": d},
+            rejected=rejected)
+
+    if abs(check - d) > 0.1 * d:
+        record(f"at the corrected frequency {f_now + delta:.10g} Hz the fringe runs at "
+               f"{check:.4g} Hz, not at the set {d:.4g} Hz")
     folded_signal, folded_fit = _ramsey_fringe(kit, q, shots, -d, second_grid)
     folded = abs(folded_fit.params["f"])
+    series[f"-{d / 1e6:g} MHz at the new frequency, every {second_grid[1] * 1e9:.3g} ns"] = \
+        {"x": second_grid, "y": folded_signal}
+    quality["fringe_second_grid_hz"] = folded
     if abs(folded - d) > 0.1 * d:
-        kit.work.qubits[q]["frequency_hz"] = f_now
         step_ns, rate_mhz = delays[1] * 1e9, 1e-6 / delays[1]
-        raise FitError(f"Ramsey: at the corrected frequency {f_now + delta:.10g} Hz the "
-                       f"fringe sampled every {second_grid[1] * 1e9:.4g} ns runs at "
-                       f"{folded:.4g} Hz, not at the set {d:.4g} Hz: the qubit is off by more "
-                       f"than Ramsey fringes sampled every {step_ns:.4g} ns tell apart (an "
-                       f"error of a multiple of {rate_mhz:.4g} MHz folds onto none); the "
-                       "sweet_spot node finds its frequency by spectroscopy",
-                       subject=f"qubit {q}")
-    f_err = fit.stderr["f"]  # what is left: the third fringe's offset from the set detuning
-    rid = kit.record(
-        "ramsey", q, {"frequency_hz": (f_now + delta, f_err)},
-        {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
-         "y_label": "projected IQ (a.u.)",
-         "series": {f"+{d / 1e6:g} MHz": plus, f"-{d / 1e6:g} MHz": minus,
-                    f"+{d / 1e6:g} MHz at the new frequency": third,
-                    f"-{d / 1e6:g} MHz at the new frequency, every "
-                    f"{second_grid[1] * 1e9:.3g} ns": {"x": second_grid, "y": folded_signal}}},
-        fit={**fit.quality(), "fringe_plus_hz": f_plus, "fringe_minus_hz": f_minus,
-             "fringe_check_hz": check, "fringe_second_grid_hz": folded,
-             "short_window_decay_s": t2},
-        curves={"damped cosine at the new frequency": fit.sampled(delays)},
-        old={"frequency_hz": f_now}, settings={"shots": shots, "detuning_hz": d})
+        record(f"at the corrected frequency {f_now + delta:.10g} Hz the fringe sampled every "
+               f"{second_grid[1] * 1e9:.4g} ns runs at {folded:.4g} Hz, not at the set "
+               f"{d:.4g} Hz: the qubit is off by more than Ramsey fringes sampled every "
+               f"{step_ns:.4g} ns tell apart (an error of a multiple of {rate_mhz:.4g} MHz "
+               "folds onto none); the sweet_spot node finds its frequency by spectroscopy: "
+               "run it forced (labqpu calibrate sweet_spot --force, or run_graph(..., "
+               "force=True)), as its values within their age limits leave it be")
+    rid = record()
     kit.work.set(q, "frequency_hz", f_now + delta, rid)
     ramsey_t2(kit, q, shots)
 

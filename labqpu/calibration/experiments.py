@@ -87,7 +87,8 @@ class Kit:
     def record(self, kind: str, subject: int | tuple[int, int], values: dict[str, tuple],
                raw: dict, *, fit: dict[str, float] | None = None,
                curves: dict[str, dict] | None = None, chosen: str | None = None,
-               old: dict | None = None, settings: dict | None = None) -> str:
+               old: dict | None = None, settings: dict | None = None,
+               rejected: str | None = None) -> str:
         """Keep the record of one experiment on ``subject`` (a qubit or an edge) and return its
         id (``<kind>-q<subject>-<UTC time>``), which the experiment then gives to the values it
         sets, so that the snapshot names the record each value came from.
@@ -100,9 +101,10 @@ class Kit:
         curves to draw. ``chosen`` names the parameter swept on the x axis: its new and old
         values are marked on the plot.
 
-        A value whose standard error exceeds its limit (:func:`uncertainty_problem`) is kept
-        in the record, with the reason under ``settings["rejected"]``, and then refused: the
-        experiment raises ``FitError`` before it updates anything."""
+        A value whose standard error exceeds its limit (:func:`uncertainty_problem`), or one
+        the experiment's own test refused (``rejected``: why), is kept in the record, with the
+        reason under ``settings["rejected"]``, and then refused: this raises ``FitError``
+        before the experiment updates anything, and the record and its plot show the data."""
         now = datetime.now(UTC)
         tag = (f"q{subject}" if isinstance(subject, int)
                else f"q{subject[0]}-{subject[1]}")
@@ -117,7 +119,7 @@ class Kit:
                 marks["old"] = old[chosen]
         label = (f"qubit {subject}" if isinstance(subject, int)
                  else f"edge ({subject[0]}, {subject[1]})")
-        rejected = uncertainty_problem(kind, values)
+        rejected = rejected or uncertainty_problem(kind, values)
         self.records.append(ExperimentRecord(
             experiment=experiment, kind=kind, subject=label, measured_at=now.isoformat(),
             values={k: [json_ready(v), json_ready(e)] for k, (v, e) in values.items()},

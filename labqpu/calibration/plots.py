@@ -35,6 +35,8 @@ LINE_IN = 0.16
 #: the axes, "best" still covered data that fill them, a Ramsey fringe's); height of one row.
 LEGEND_COLUMNS = 2
 LEGEND_ROW_IN = 0.17
+#: Characters per line of the reason a rejected record gives, above its values.
+REJECTED_CHARS = 84
 #: Most intervals between x ticks; characters per line of a category label on the x axis.
 X_BINS = 6
 TICK_LABEL_CHARS = 12
@@ -245,9 +247,12 @@ def plot_sweep(record: ExperimentRecord):
     """Figure of a sweep record (every graph experiment): each data series (dots), the fitted
     curves (lines), the chosen value (solid vertical line) and the old one (dashed, unless it
     lies far beyond the data: :func:`_within_reach`), and the values with their standard
-    errors against the old ones; the legend is under the axes, where it covers no data."""
+    errors against the old ones, under why the record was rejected when it was; the legend is
+    under the axes, where it covers no data."""
     raw = record.raw
-    lines = _value_lines(record)
+    rejected = record.settings.get("rejected")
+    lines = ([*textwrap.wrap(f"REJECTED, nothing updated: {rejected}", REJECTED_CHARS)]
+             if rejected else []) + _value_lines(record)
     marks = {k: v for k, v in raw.get("marks", {}).items()
              if k != "old" or _within_reach(v, raw)}
     entries = (len(raw.get("series", {})) + len(raw.get("curves", {}))

@@ -15,6 +15,7 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.experiments import Kit
+from labqpu.calibration.records import load_record
 from labqpu.store import SnapshotBuilder
 from labqpu.testing import use_fresh_home
 
@@ -69,8 +70,15 @@ def test_an_error_of_a_multiple_of_the_fringes_sampling_rate_is_found(tmp_path, 
         (ramsey,) = [o for o in report.outcomes if o.node == "ramsey"]
         assert ramsey.status == "failed", ramsey
         assert ramsey.reason.startswith("check failed: measured "), ramsey.reason
-        assert "the sweet_spot node finds its frequency by spectroscopy" in ramsey.reason
+        assert "the sweet_spot node finds its frequency by spectroscopy: run it forced " \
+            "(labqpu calibrate sweet_spot --force" in ramsey.reason
         assert backend.snapshot.qubits[q]["frequency_hz"].value == right.value + error_hz
+        # the failed calibration leaves its record and plot, marked rejected (a review's
+        # case: nothing of the fringes that failed was kept)
+        (path,) = [p for p in report.records if p.name.startswith(f"ramsey-q{q}-")]
+        record = load_record(path)
+        assert "not at the set" in record.settings["rejected"]
+        assert len(record.raw["series"]) == 4 and path.with_suffix(".png").exists()
 
         report = run_graph(backend, ["sweet_spot", "ramsey"], qubits=[q], force=True, rb=False)
         assert report.ok, report.table()

@@ -15,6 +15,12 @@ from labqpu.calibration.plots import plot_rb, plot_sweep, save_plot
 from labqpu.calibration.records import ExperimentRecord
 
 LONG_Y = "X180.Y90 - Y180.X90, projected IQ (a.u.)"
+REJECTED = ("at the corrected frequency 5151664991 Hz the fringe sampled every 64 ns runs at "
+            "4.126e+06 Hz, not at the set 1.5e+06 Hz: the qubit is off by more than Ramsey "
+            "fringes sampled every 100 ns tell apart (an error of a multiple of 10 MHz folds "
+            "onto none); the sweet_spot node finds its frequency by spectroscopy: run it "
+            "forced (labqpu calibrate sweet_spot --force, or run_graph(..., force=True)), as "
+            "its values within their age limits leave it be")
 
 
 def _record(x_label: str, x, y=None, lines: int = 1, x_ticks=None,
@@ -75,6 +81,10 @@ CASES = {
                                     x_ticks=["none", "qubit 0 (spectator)", "qubit 3",
                                              "qubit 8 (spectator)"]),
     "a count that ends in (s)": _record("sequence(s)", np.arange(0, 2000, 100.0)),
+    # a review's case: a refused calibration left no record; its plot now says why
+    "rejected, with a long reason": dataclasses.replace(
+        _record("delay between the pi/2 pulses (s)", np.linspace(0, 6e-6, 61)),
+        settings={"rejected": REJECTED}),
 }
 
 
@@ -254,3 +264,12 @@ def test_an_old_value_far_beyond_the_data_does_not_squash_the_axis() -> None:
     near.raw["marks"]["old"] = 250e-6
     ax = plot_sweep(near).axes[0]
     assert ax.get_xlim()[1] >= 250e-6, ax.get_xlim()
+
+
+def test_a_rejected_record_says_why_above_its_values() -> None:
+    fig = plot_sweep(CASES["rejected, with a long reason"])
+    (text,) = fig.texts
+    lines = text.get_text().splitlines()
+    assert lines[0].startswith("REJECTED, nothing updated: at the corrected frequency")
+    assert " ".join(lines).count("leave it be") == 1
+    assert lines[-3].startswith("t1_s = ")  # then the values, r² and the rms residual
