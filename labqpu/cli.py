@@ -437,8 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe fails here, inside the handler below
         return code
-    except KeyboardInterrupt:  # Ctrl-C: the providers' exits have stopped what they started
-        print("labqpu: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: the providers' exits have stopped what
+        # they started; a command that said what the interrupt left marked it ``said``
+        if not getattr(interrupt, "said", False):
+            print("labqpu: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `labqpu calibrate history | head`: the reader has gone. The
         # command stops at that write (a command that writes as it works stops there too);

@@ -236,14 +236,16 @@ def calibrate_command(args: argparse.Namespace) -> int:
 def what_an_interrupt_left(backend) -> Iterator[None]:
     """On Ctrl-C inside, say on stderr what the calibration store holds (a run interrupted
     after it committed its graph's values, during randomized benchmarking, said only
-    "interrupted"), then let the interrupt go on."""
+    "interrupted"), then let the interrupt go on, marked as said (``labqpu.cli.main`` then
+    adds no second line)."""
     from labqpu.calibration.records import experiments_directory
     from labqpu.errors import LabQpuError
 
     before = backend.store.latest_id()
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        interrupt.said = True
         try:
             what = _what_was_committed(backend, before)
         except LabQpuError as exc:  # the interrupt goes on whatever the store says

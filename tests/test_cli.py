@@ -1210,3 +1210,29 @@ def test_an_interrupted_calibration_says_what_the_store_holds(tmp_path, monkeypa
         assert capsys.readouterr().err.startswith(
             "labqpu calibrate: interrupted; the calibration store could not be read (reading "
             "calibration store x failed: database is locked)")
+
+
+def test_ctrl_c_during_calibrate_is_one_line_saying_what_the_store_holds(tmp_path):
+    """A review's case: Ctrl-C during `labqpu calibrate` printed the line saying what the store
+    holds and then "labqpu: interrupted" as well."""
+    seed_fresh_store(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labqpu.cli", "calibrate", "--all", "--qubits", "0", "--force",
+         "--no-rb"],
+        cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_a_terminal_leaves_it)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("lab5/experiments/*.json")) \
+                and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the first of its ~20 experiments is written: it is under way
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("labqpu calibrate: interrupted; "), stderr
