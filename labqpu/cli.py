@@ -38,7 +38,12 @@ from labqpu.cli_draw import (
     parameter_problem,
     script_reason,
 )
-from labqpu.cli_options import SIMULATOR_HELP, non_negative_int, shots_and_seed_problem
+from labqpu.cli_options import (
+    SIMULATOR_HELP,
+    non_negative_int,
+    not_a_file,
+    shots_and_seed_problem,
+)
 
 
 def _bell():
@@ -168,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     script = Path(args.script)
     if not script.is_file():
-        print(f"labqpu: no such file: {script}", file=sys.stderr)
+        print(f"labqpu: {not_a_file(script)}", file=sys.stderr)
         return 2
     if script.suffix.lower() == ".toml":  # anything else may be a Python script
         print(f"labqpu run: give a Python script or an OpenQASM file (.qasm); {script} looks "

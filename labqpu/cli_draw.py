@@ -25,6 +25,8 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from labqpu.cli_options import not_a_file
+
 
 def load_circuit(path: Path):
     """The circuit of an OpenQASM 2 or 3 file (the version line decides); a file that does not
@@ -228,7 +230,7 @@ def load_circuit_file(path: Path, command: str):
     from qiskit import QuantumCircuit
 
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(not_a_file(path))
     if path.suffix.lower() == ".qasm":
         return load_circuit(path)
     if path.suffix.lower() != ".py":

@@ -7,6 +7,7 @@ light.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 SIMULATOR_HELP = ("start the embedded simulator of the --config file (a file whose ports are "
                   "0 needs it; a built-in device always runs on it)")
@@ -15,6 +16,11 @@ SIMULATOR_HELP = ("start the embedded simulator of the --config file (a file who
 #: ``tests/test_cli.py`` checks against this copy; the command does not import the backend
 #: to say it).
 MAX_SHOTS = 100_000
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read: a directory, or missing."""
+    return f"{path} is a directory, not a file" if path.is_dir() else f"no such file: {path}"
 
 
 def shots_and_seed_problem(shots: int, seed: int | None) -> str | None:

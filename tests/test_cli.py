@@ -158,6 +158,16 @@ def test_missing_script(tmp_path, name):
     assert proc.stderr.strip().splitlines() == [f"labqpu: no such file: {name}"]
 
 
+def test_a_directory_given_as_the_script_is_named_so(tmp_path):
+    """A review's case: `labqpu run /tmp` said "no such file: /tmp"."""
+    (tmp_path / "circuits").mkdir()
+    for args in (["run", "circuits"], ["draw", "circuits"]):
+        proc = labqpu(tmp_path, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "labqpu: circuits is a directory, not a file"], proc.stderr
+
+
 def test_sim_with_missing_wiring_file(tmp_path):
     proc = labqpu(tmp_path, "sim", "/nonexistent.toml")
     assert proc.returncode == 2
