@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     shots = DEMO_SHOTS if args.shots is None else args.shots
     problem = shots_and_seed_problem(shots, args.seed)
     if problem:
-        print(f"labqpu: {problem}", file=sys.stderr)
+        print(f"labqpu run: {problem}", file=sys.stderr)
         return 2
     if args.demo:
         return _demo(args.config, shots, args.seed, args.simulator)
@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         opts = qasm.parse_args(args.script_args)
         problem = shots_and_seed_problem(opts.shots, opts.seed)
         if problem:
-            print(f"labqpu: {problem}", file=sys.stderr)
+            print(f"labqpu run: {problem}", file=sys.stderr)
             return 2
         try:
             circuit = load_circuit_file(script, "run")

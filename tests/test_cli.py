@@ -750,8 +750,8 @@ def test_a_watch_with_nothing_to_run_says_so_without_its_header(tmp_path):
     proc = labqpu(tmp_path, "calibrate", "--watch", "cz", "--qubits", "0", "--rounds", "1")
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr.startswith("labqpu: cz calibrate(s) edges, and qubits [0] hold none of "
-                                  "lab5's edges"), proc.stderr
+    assert proc.stderr.startswith("labqpu: the node cz calibrates edges, and qubits [0] hold "
+                                  "none of lab5's edges"), proc.stderr
     assert not (tmp_path / "lab5" / "watch.jsonl").exists()
 
 
@@ -802,12 +802,12 @@ def test_status_shows_where_each_qubit_is_wired(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--shots", "0"], "labqpu: --shots must be a whole number from 1 to 100000, got 0"),
+    (["--shots", "0"], "labqpu run: --shots must be a whole number from 1 to 100000, got 0"),
     (["--shots", "200000"],
-     "labqpu: --shots must be a whole number from 1 to 100000, got 200000"),
-    (["--seed", "-1"], "labqpu: --seed must be a whole number from 0 to 2**63 - 1, got -1"),
+     "labqpu run: --shots must be a whole number from 1 to 100000, got 200000"),
+    (["--seed", "-1"], "labqpu run: --seed must be a whole number from 0 to 2**63 - 1, got -1"),
     (["--seed", str(2**63)],
-     f"labqpu: --seed must be a whole number from 0 to 2**63 - 1, got {2**63}"),
+     f"labqpu run: --seed must be a whole number from 0 to 2**63 - 1, got {2**63}"),
 ])
 def test_demo_refuses_bad_shots_and_seeds_before_starting_anything(tmp_path, args, message):
     proc = labqpu(tmp_path, "run", "--demo", *args, timeout=30)
@@ -1069,7 +1069,7 @@ def test_calibrating_an_edge_node_on_qubits_without_an_edge_is_refused(tmp_path)
     said nothing and exited 0 (committing what the prerequisites changed)."""
     proc = labqpu(tmp_path, "calibrate", "cz", "--qubits", "0", "2")
     assert proc.returncode == 2, proc.stderr
-    assert ("cz calibrate(s) edges, and qubits [0, 2] hold none of lab5's edges (0-1, 1-2, "
+    assert ("the node cz calibrates edges, and qubits [0, 2] hold none of lab5's edges (0-1, 1-2, "
             "2-3, 3-4): give both qubits of an edge") in proc.stderr
     history = labqpu(tmp_path, "calibrate", "history")
     assert [line.split()[0] for line in history.stdout.splitlines()] == ["1"]  # no commit

@@ -463,7 +463,9 @@ def graph_steps(backend, nodes: Sequence[str] | None = None, qubits: Sequence[in
         edges = ", ".join(f"{a}-{b}" for a, b in sorted({(min(e), max(e)) for e in
                                                           backend.config.coupling_map}))
         raise CalibrationError(
-            f"{', '.join(idle)} calibrate(s) edges, and qubits {sorted(set(chosen))} hold "
+            (f"the node {idle[0]} calibrates" if len(idle) == 1 else
+             f"the nodes {', '.join(idle)} calibrate")
+            + f" edges, and qubits {sorted(set(chosen))} hold "
             f"none of {backend.name}'s edges ({edges}): give both qubits of an edge, e.g. "
             "--qubits 0 1; nothing was run")
     return chosen, steps
