@@ -231,7 +231,8 @@ def check_readout(kit: Kit, q: int, shots: int, tolerance: float) -> CheckResult
 
 def check_cz(kit: Kit, pair: tuple[int, int], shots: int, tolerance_rad: float) -> CheckResult:
     """Conditional phase and both corrected single-qubit phases of the calibrated CZ; the
-    result's ``measured`` is the largest deviation (rad) from pi and from zero."""
+    result's ``measured`` is the largest deviation (rad) from pi and from zero, and its
+    ``what`` says which it is."""
     lo, hi = pair
     p = kit.work.pairs[pair]
     flux_q = p["cz_flux_qubit"]
@@ -240,10 +241,14 @@ def check_cz(kit: Kit, pair: tuple[int, int], shots: int, tolerance_rad: float) 
     phases = _cz_phases(kit, flux_q, other, duration, p["cz_rise_s"] * kit.fs,
                         p["cz_amplitude"], shots)
     conditional = phases[f"{other}|1"][0] - phases[f"{other}|0"][0]
-    deviations = [wrap(conditional - np.pi),
-                  wrap(phases[f"{lo}|0"][0] + p["cz_phase_a_rad"]),
-                  wrap(phases[f"{hi}|0"][0] + p["cz_phase_b_rad"])]
-    return _judge(max(abs(d) for d in deviations), 0.0, tolerance_rad, "rad")
+    deviations = {"conditional phase - pi": wrap(conditional - np.pi),
+                  f"qubit {lo}'s corrected phase": wrap(phases[f"{lo}|0"][0]
+                                                        + p["cz_phase_a_rad"]),
+                  f"qubit {hi}'s corrected phase": wrap(phases[f"{hi}|0"][0]
+                                                        + p["cz_phase_b_rad"])}
+    name = max(deviations, key=lambda k: abs(deviations[k]))
+    return _judge(abs(deviations[name]), 0.0, tolerance_rad, "rad",
+                  what=f"largest deviation, {name}:")
 
 
 def check_drive_lo(kit: Kit, q: int) -> CheckResult:

@@ -4,6 +4,8 @@ far off for that gets the whole scan. Either way the node's own check passes aft
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,10 @@ def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch, e
         assert report.ok, report.table()
         (step,) = [o for o in report.outcomes if o.node == "cz"]
         assert step.status == "calibrated" and "check failed" in step.reason, step
+        # which of the three phases is furthest off (a review's case: the number alone did
+        # not match the plot's conditional phase)
+        assert re.search(r"check failed: largest deviation, (conditional phase - pi|qubit "
+                         r"[12]'s corrected phase): [0-9.]+ rad", step.reason), step.reason
         record = cz_record(report)
         assert "refined_from" in record.raw["scan"]
         refined = report.snapshot.pairs[EDGE]
