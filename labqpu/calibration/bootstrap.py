@@ -383,7 +383,8 @@ def ramsey_t2(kit: Kit, q: int, shots: int) -> None:
     rid = kit.record(
         "ramsey_t2", q, {"t2_s": (t2, fit.stderr["tau"])},
         {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
-         "y_label": "projected IQ (a.u.)", "series": {f"{detuning / 1e3:.3g} kHz": signal}},
+         "y_label": "projected IQ (a.u.)",
+         "series": {f"detuning {detuning / 1e3:.3g} kHz (the analysis pulse's phase)": signal}},
         fit={**fit.quality(), "fringe_hz": abs(fit.params["f"])},
         curves={"damped cosine": fit.sampled(delays)},
         chosen="t2_s",
