@@ -248,7 +248,8 @@ def plot_sweep(record: ExperimentRecord):
     curves (lines), the chosen value (solid vertical line) and the old one (dashed, unless it
     lies far beyond the data: :func:`_within_reach`), and the values with their standard
     errors against the old ones, under why the record was rejected when it was; the legend is
-    under the axes, where it covers no data."""
+    under the axes, where it covers no data. A record's ``raw["y_range"]`` (low, high) is
+    shown whole (a probability's 0..1)."""
     raw = record.raw
     rejected = record.settings.get("rejected")
     lines = ([*textwrap.wrap(f"REJECTED, nothing updated: {rejected}", REJECTED_CHARS)]
@@ -275,6 +276,9 @@ def plot_sweep(record: ExperimentRecord):
     fig.text(0.15 / WIDTH_IN, (text_in - 0.15 - legend_in) / height, "\n".join(lines),
              ha="left", va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)
+    if "y_range" in raw:  # a probability's whole range, padded as the margins pad the data
+        low, high = raw["y_range"]
+        ax.set_ylim(low - 0.04 * (high - low), high + 0.04 * (high - low))
     label = raw.get("x_label", "")
     ax.set_xlabel(label.rsplit(" (", 1)[0] if _x_ticks(ax, raw) else label)
     label = raw.get("y_label", "")

@@ -357,7 +357,7 @@ def discriminate(kit: Kit, q: int, shots: int) -> None:
         "discriminator", q, values,
         {"x": [0.0, 1.0], "x_ticks": ["|0>", "|1>"],
          "x_label": "state prepared", "y_label": "P(read 1) with the new centres",
-         "series": {"P(read 1)": p1}, **raw},
+         "y_range": [0.0, 1.0], "series": {"P(read 1)": p1}, **raw},
         settings={"shots": shots})
     _set_discriminator(kit, q, centres, values, rid)
 
