@@ -278,7 +278,8 @@ def test_a_rejected_record_says_why_above_its_values() -> None:
 def test_a_probability_is_shown_on_its_whole_range() -> None:
     """A review's case: the discriminator's P(read 1) of 0.18 and 0.91 sat on an axis from
     0.1, so 0.18 looked far from 0; a record that states ``y_range`` shows all of it."""
-    record = _record("state prepared", [0.0, 1.0], y=[0.18, 0.91], y_label="P(read 1)")
+    record = _record("state prepared", [0.0, 0.5, 1.0], y=[0.18, 0.5, 0.91],
+                     y_label="P(read 1)")
     record.raw["y_range"] = [0.0, 1.0]
     low, high = plot_sweep(record).axes[0].get_ylim()
     assert low < 0.0 < 1.0 < high and high - low < 1.1
