@@ -260,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
 def _noted_an_unrun_circuit(script: Path, namespace: dict) -> bool:
     """After a script that never opened labqpu's provider (nothing ran on the device), say so
     on stderr when it defines a circuit as a circuit file does (the user likely meant it to
-    be one: ``labqpu draw`` takes it); True when it did."""
+    be one: ``labqpu draw`` takes it), or a circuit under another name; True when it did."""
     if "labqpu.backend.provider" in sys.modules or "qiskit" not in sys.modules \
             or script.suffix.lower() != ".py":
         return False
@@ -269,7 +269,14 @@ def _noted_an_unrun_circuit(script: Path, namespace: dict) -> bool:
     name = next((n for n in CIRCUIT_NAMES if isinstance(namespace.get(n), QuantumCircuit)),
                 None)
     if name is None:
-        return False
+        others = [f"`{n}`" for n, value in namespace.items()
+                  if isinstance(value, QuantumCircuit) and not n.startswith("_")]
+        if others:  # a review's case: a circuit file whose circuit is named `bell`
+            print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
+                  f"defines {', '.join(others)}, and the circuit of a circuit file is named "
+                  f"{' or '.join(f'`{n}`' for n in CIRCUIT_NAMES)} (labqpu run --help)",
+                  file=sys.stderr)
+        return bool(others)
     why = script_reason(script) or "it is not read as a circuit file"
     print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
           f"defines `{name}`, but {why}; move the rest to the file that runs it, or run "

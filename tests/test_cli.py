@@ -270,6 +270,19 @@ def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path):
     assert counts.get("00", 0) + counts.get("11", 0) >= 0.8 * 300, counts
 
 
+def test_a_python_file_whose_circuit_has_another_name_says_what_it_is_named(tmp_path):
+    """A review's case: a file that builds `bell` (not `circuit` or `qc`) ran as a script,
+    printed nothing, ran nothing on the device and exited 0."""
+    (tmp_path / "bell.py").write_text(BELL_PY.replace("qc", "bell"))
+    proc = labqpu(tmp_path, "run", "bell.py", timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "labqpu run: bell.py ran as a script, which ran nothing on the device: it defines "
+        "`bell`, and the circuit of a circuit file is named `circuit` or `qc` (labqpu run "
+        "--help)"], proc.stderr
+    assert "simulator pid" not in proc.stdout
+
+
 def test_a_circuit_the_transpiler_refuses_on_a_calibrated_device_is_not_blamed_on_calibration(
         tmp_path):
     """A gate the transpiler cannot synthesize was reported as "snapshot 1 gives gates on
