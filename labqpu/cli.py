@@ -260,7 +260,8 @@ def _run(args: argparse.Namespace) -> int:
 def _noted_an_unrun_circuit(script: Path, namespace: dict) -> bool:
     """After a script that never opened labqpu's provider (nothing ran on the device), say so
     on stderr when it defines a circuit as a circuit file does (the user likely meant it to
-    be one: ``labqpu draw`` takes it), or a circuit under another name; True when it did."""
+    be one: ``labqpu draw`` takes it); True when it did. A file that would be a circuit file
+    but for its circuit's name gets a note too, and False."""
     if "labqpu.backend.provider" in sys.modules or "qiskit" not in sys.modules \
             or script.suffix.lower() != ".py":
         return False
@@ -271,12 +272,14 @@ def _noted_an_unrun_circuit(script: Path, namespace: dict) -> bool:
     if name is None:
         others = [f"`{n}`" for n, value in namespace.items()
                   if isinstance(value, QuantumCircuit) and not n.startswith("_")]
-        if others:  # a review's case: a circuit file whose circuit is named `bell`
-            print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
-                  f"defines {', '.join(others)}, and the circuit of a circuit file is named "
+        if others and script_reason(script) is None:  # a review's case: a circuit file
+            # whose circuit is named `bell` ran silently; a note, not a failure (the script
+            # may have run its circuits elsewhere)
+            print(f"labqpu run: {script} ran as a script and ran nothing on the device; it "
+                  f"defines {', '.join(others)}: the circuit of a circuit file is named "
                   f"{' or '.join(f'`{n}`' for n in CIRCUIT_NAMES)} (labqpu run --help)",
                   file=sys.stderr)
-        return bool(others)
+        return False
     why = script_reason(script) or "it is not read as a circuit file"
     print(f"labqpu run: {script} ran as a script, which ran nothing on the device: it "
           f"defines `{name}`, but {why}; move the rest to the file that runs it, or run "

@@ -135,7 +135,8 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
                            f"largest response within {RESONATOR_SEARCH_HZ / 1e6:g} MHz "
                            f"({second})", subject=f"qubit {q} resonator spectroscopy") from again
     f0 = fit.params["f0"]
-    moves = abs(work["readout_frequency_hz"] - f0) > keep_readout_within_hz
+    current = work.get("readout_frequency_hz")  # a bootstrap's design may hold none
+    moves = current is None or abs(current - f0) > keep_readout_within_hz
     values = {"resonator_hz": (f0, fit.stderr["f0"])}
     if moves:
         values["readout_frequency_hz"] = values["resonator_hz"]

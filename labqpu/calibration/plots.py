@@ -196,10 +196,17 @@ def _prefixed(value: float, unit: str, digits: int, sign: bool = False,
 def _digits(value: float, err) -> int | None:
     """Significant digits of ``value`` that reach its standard error's second digit; None
     without a usable error."""
-    if not (isinstance(err, int | float) and math.isfinite(err) and err > 0 and value):
+    if not (isinstance(err, int | float) and math.isfinite(err) and err > 0
+            and math.isfinite(value) and value):
         return None
     places = math.floor(math.log10(abs(value))) - math.floor(math.log10(err)) + 2
     return min(max(places, 2), MAX_VALUE_DIGITS)
+
+
+def _moved(value: float, old: float) -> bool:
+    """Whether a value moved from ``old`` by a change worth printing (finite, not zero)."""
+    change = value - old
+    return math.isfinite(change) and change != 0
 
 
 def _value_line(name: str, value, err, old) -> str:
@@ -212,7 +219,8 @@ def _value_line(name: str, value, err, old) -> str:
     if unit is None:
         text = f"{name} = {value:.6g}" + (f" ± {err:.2g}" if has_err else "")
         if isinstance(old, int | float):  # the change too: 6 digits hide a 5 kHz step
-            text += f" (was {old:.6g}" + (f", {value - old:+.2g})" if value != old else ")")
+            text += f" (was {old:.6g}" + (f", {value - old:+.2g})" if _moved(value, old)
+                                          else ")")
         return text
     digits = _digits(value, err)
     trim = digits is None
@@ -222,7 +230,7 @@ def _value_line(name: str, value, err, old) -> str:
         text += f" ± {_prefixed(err, unit, 2)}"
     if isinstance(old, int | float):
         text += f" (was {_prefixed(old, unit, digits, trim=trim)}" + (
-            f", {_prefixed(value - old, unit, 2, sign=True)})" if value != old else ")")
+            f", {_prefixed(value - old, unit, 2, sign=True)})" if _moved(value, old) else ")")
     return text
 
 

@@ -44,6 +44,11 @@ READOUT_SPAN_HZ = float(np.abs(READOUT_DETUNINGS_HZ).max())
 #: edge says nothing of what lies beyond it. Two extensions reach 5 MHz past an edge.
 READOUT_EXTENSION_POINTS = 5
 READOUT_EXTENSIONS = 2
+#: How far from the resonator the readout node may choose (Hz): its map's span and the
+#: extensions' reach. A calibrated readout frequency this close to a newly measured resonator
+#: stays (:func:`resonator_and_discriminator`).
+READOUT_REACH_HZ = READOUT_SPAN_HZ + READOUT_EXTENSIONS * READOUT_EXTENSION_POINTS * float(
+    READOUT_DETUNINGS_HZ[1] - READOUT_DETUNINGS_HZ[0])
 #: Readout amplitudes the calibration sweeps (full scale).
 READOUT_AMPLITUDES = np.linspace(0.2, 1.0, 13)
 #: How far below the best smoothed assignment fidelity the chosen point may be.
@@ -73,8 +78,8 @@ READOUT_LINE_SLACK = READOUT_FIDELITY_SLACK / READOUT_LINE_SHOTS ** 0.5
 __all__ = ["READOUT_AMPLITUDES", "READOUT_DETUNINGS_HZ", "READOUT_DURATIONS_S",
            "READOUT_DURATION_SLACK", "READOUT_EXTENSIONS", "READOUT_EXTENSION_POINTS",
            "READOUT_FIDELITY_FLOOR", "READOUT_FIDELITY_SLACK", "READOUT_LINE_SLACK",
-           "READOUT_ROUNDS", "READOUT_SPAN_HZ", "assignment_fidelity_of", "bracketed_readout_point",
-           "choose_readout_duration", "choose_readout_point",
+           "READOUT_REACH_HZ", "READOUT_ROUNDS", "READOUT_SPAN_HZ", "assignment_fidelity_of",
+           "bracketed_readout_point", "choose_readout_duration", "choose_readout_point",
            "discriminate", "duration_scan", "fidelity_map", "readout",
            "resonator_and_discriminator"]
 
@@ -365,15 +370,15 @@ def discriminate(kit: Kit, q: int, shots: int) -> None:
 def resonator_and_discriminator(kit: Kit, q: int, shots: int) -> None:
     """The graph's ``resonator_spectroscopy`` node: :func:`resonator_spectroscopy`; on a
     qubit read with a discriminator already, the readout frequency stays where the readout
-    node chose it when that lies within the readout map's span of the new peak (a review's
-    case: moved onto the peak, lab5's assignment fidelities fell from 0.98 to 0.75-0.93), else
-    it moves to the peak; then :func:`discriminate` at that frequency (4x ``shots`` per state),
-    so that the store never holds a readout frequency with centres measured at another (a run
-    that ends before the readout node, or without it, read |0> as 1 on that qubit). The
-    readout node later chooses its frequency, amplitude and window again, when its check fails
-    or the resonator was measured after them."""
+    node chose it when it lies within that node's reach (:data:`READOUT_REACH_HZ`) of the new
+    peak (a review's case: moved onto the peak, lab5's assignment fidelities fell from 0.98
+    to 0.75-0.93), else it moves to the peak; then :func:`discriminate` at that frequency
+    (4x ``shots`` per state), so that the store never holds a readout frequency with centres
+    measured at another (a run that ends before the readout node, or without it, read |0> as
+    1 on that qubit). The readout node later chooses its frequency, amplitude and window
+    again, when its check fails or the resonator was measured after them."""
     calibrated = "discriminator" in kit.work.qubits[q]
-    resonator_spectroscopy(kit, q, shots, keep_readout_within_hz=READOUT_SPAN_HZ
+    resonator_spectroscopy(kit, q, shots, keep_readout_within_hz=READOUT_REACH_HZ
                            if calibrated else 0.0)
     if calibrated:
         discriminate(kit, q, shots * 4)

@@ -237,12 +237,13 @@ class FinishedRuns:
         return forgotten
 
     def _largest_holders_oldest(self) -> str:
-        """The oldest run, but the newest, of the session whose kept results hold the most."""
-        older = list(self._kept.items())[:-1]
+        """The oldest run, but the newest, of the session whose kept results (the newest run's
+        included) hold the most among the sessions with such a run."""
         held: Counter[str] = Counter()
-        for session, size in (kept for _, kept in older):
+        for session, size in self._kept.values():
             held[session] += size
-        top = max(held, key=held.__getitem__)
+        older = list(self._kept.items())[:-1]
+        top = max({session for _, (session, _) in older}, key=held.__getitem__)
         return next(run_id for run_id, (session, _) in older if session == top)
 
 

@@ -233,6 +233,10 @@ def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
     ("cz_duration_s", 3.5e-8, float("nan"), 3.5e-8, "cz_duration_s = 35 ns (was 35 ns)"),
     ("pi_amplitude", 0.41234, 1e-3, 0.4, "pi_amplitude = 0.41234 ± 0.001 (was 0.4, +0.012)"),
     ("drive_handedness", "lower", None, None, "drive_handedness = lower"),
+    # a review's case: a NaN value with a finite error raised inside the run's record saving
+    ("resonator_hz", float("nan"), 2e4, 7.2e9, "resonator_hz = nan Hz ± 20 kHz (was 7.2 GHz)"),
+    ("resonator_hz", float("inf"), 2e4, None, "resonator_hz = inf Hz ± 20 kHz"),
+    ("pi_amplitude", float("nan"), 1e-3, 0.4, "pi_amplitude = nan ± 0.001 (was 0.4)"),
 ])
 def test_a_value_with_a_unit_reads_in_engineering_units(name, value, err, old, line) -> None:
     from labqpu.calibration.plots import _value_line

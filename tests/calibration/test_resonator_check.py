@@ -137,6 +137,17 @@ def test_a_forced_resonator_spectroscopy_keeps_the_readout_the_readout_node_chos
         assert set(record.values) == {"resonator_hz"}  # the readout did not move
         assert record.old_values == {"resonator_hz": None}  # the design's guess is no old value
 
+        # a readout the readout node could have chosen past its map's edge stays too (a
+        # review's case: 4.5 MHz below the peak went back onto it, fidelity 0.863)
+        far = now["resonator_hz"].value - 4.5e6
+        builder = SnapshotBuilder.from_snapshot(backend.snapshot)
+        builder.set_qubit(q, "readout_frequency_hz", far, "test")
+        backend.store.commit(builder.build_document())
+        report = run_graph(backend, ["resonator_spectroscopy"], qubits=[q], force=True,
+                           rb=False)
+        assert report.ok, report.table()
+        assert backend.snapshot.qubits[q]["readout_frequency_hz"].value == far
+
 
 def test_a_resonator_further_off_than_the_scan_is_searched_for(tmp_path, monkeypatch) -> None:
     """A review's case: with the stored resonator_hz 10 MHz off as well (the scan spans +-6

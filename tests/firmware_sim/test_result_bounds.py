@@ -99,6 +99,17 @@ def test_the_count_bound_forgets_the_oldest_and_the_newest_is_kept_whatever_its_
     assert kept.nbytes == 4000
 
 
+def test_the_byte_bound_weighs_each_session_with_its_newest_run() -> None:
+    """A review's case: the session tally left out the newest run, so the user (400 + 96 B)
+    lost a run to a neighbour whose newest run made it hold more (304 + 304 B)."""
+    kept = FinishedRuns(max_runs=64, max_bytes=1000)
+    for run_id, session, points in (("u1", "user", 50), ("u2", "user", 12),
+                                    ("n1", "neighbour", 38)):
+        assert kept.add(_run(run_id, session, points)) == []
+    assert kept.add(_run("n2", "neighbour", 38)) == ["n1"]
+    assert kept.nbytes == 400 + 96 + 304
+
+
 def _many_readouts(rounds: int) -> QuantumCircuit:
     qc = QuantumCircuit(5, 5 * rounds)
     for r in range(rounds):
