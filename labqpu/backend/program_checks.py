@@ -11,7 +11,7 @@ import numpy as np
 
 from labqpu.backend.sweeps import DAC_FULL_SCALE
 from labqpu.backend.target import digitizing_controllers
-from labqpu.drivers.protocol import MAX_FRAME_BYTES
+from labqpu.drivers.protocol import IQ_BYTES, MAX_IQ_PER_FRAME
 from labqpu.errors import (
     BackendConfigurationError,
     CompilationError,
@@ -24,9 +24,6 @@ from labqpu.rack.config import LabConfig
 
 __all__ = ["check_length", "check_nested", "check_program", "check_results", "check_traces",
            "one_controller_hint", "result_point_limit"]
-
-#: Bytes of one IQ result (complex64): a run's IQ travels as one reply frame.
-IQ_BYTES = 8
 
 
 def _non_finite(program: PulseProgram) -> str | None:
@@ -182,9 +179,9 @@ def result_point_limit(capabilities: Mapping) -> int:
     """Most IQ results (shots x acquisitions, all points of a merged run together) one run
     on a controller with these ``hello`` capabilities may return: what one reply frame this
     client takes holds, and the controller's own ``max_result_points`` when it states one."""
-    limit = MAX_FRAME_BYTES // IQ_BYTES
     stated = capabilities.get("max_result_points")
-    return min(limit, int(stated)) if isinstance(stated, int) and stated > 0 else limit
+    return min(MAX_IQ_PER_FRAME, int(stated)) if isinstance(stated, int) and stated > 0 \
+        else MAX_IQ_PER_FRAME
 
 
 def check_results(program: PulseProgram, parts: list, shots: int,

@@ -58,9 +58,11 @@ __all__ = [
     "ERR_UNKNOWN_PROGRAM",
     "ERR_UNKNOWN_RUN",
     "ERR_UNKNOWN_SESSION",
+    "IQ_BYTES",
     "MAX_FRAMES",
     "MAX_FRAME_BYTES",
     "MAX_HEADER_BYTES",
+    "MAX_IQ_PER_FRAME",
     "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
     "OPS",
@@ -126,6 +128,13 @@ MAX_FRAMES = 64
 
 MAX_FRAME_BYTES = 256 << 20
 """Largest frame accepted, in bytes."""
+
+IQ_BYTES = 8
+"""Bytes of one IQ result (complex64, ``<c8``): a run's IQ travels as one frame."""
+
+MAX_IQ_PER_FRAME = MAX_FRAME_BYTES // IQ_BYTES
+"""Most IQ results one frame carries: shots x acquisitions of one run, all points of a sweep
+together."""
 
 MAX_MESSAGE_BYTES = 512 << 20
 """Most bytes in one message, all its frames together. A controller counts frames and bytes as

@@ -18,7 +18,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from labqpu.drivers.protocol import ERR_FEEDFORWARD_LATENCY, MAX_FRAME_BYTES, SEED_LIMIT
+from labqpu.drivers.protocol import (
+    ERR_FEEDFORWARD_LATENCY,
+    IQ_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_IQ_PER_FRAME,
+    SEED_LIMIT,
+)
 from labqpu.firmware_sim.device import ControllerSpec
 from labqpu.firmware_sim.feedforward import FeedForward, run_with_feedforward
 from labqpu.firmware_sim.physics import PhysicsEngine, Settings, WireProgram
@@ -49,9 +55,9 @@ MAX_WAVEFORMS = 65_536
 MAX_PLAYS = 1_000_000
 MAX_SHOTS = 1_000_000
 #: Most IQ results one run returns (rows x acquisitions, a sweep's points included): its IQ
-#: (complex64) travels as one reply frame, which holds at most ``MAX_FRAME_BYTES``. A run
-#: beyond it is refused before it plays (it played for minutes, then its reply was refused).
-MAX_RESULT_POINTS = MAX_FRAME_BYTES // np.dtype(np.complex64).itemsize
+#: travels as one reply frame. A run beyond it is refused before it plays (it played for
+#: minutes, then its reply was refused).
+MAX_RESULT_POINTS = MAX_IQ_PER_FRAME
 #: Longest repetition delay between shots (s). A run advances the device's simulated time by
 #: shots x (program duration + delay), against which it drifts: bounded, a run advances it by
 #: at most ~12 simulated days (without a bound, one run could make it infinite, and every
@@ -573,6 +579,6 @@ def _check_results(rows: int, acquisitions: int) -> None:
     if rows * acquisitions > MAX_RESULT_POINTS:
         raise ValueError(
             f"the results of {rows} shots x {acquisitions} acquisitions take "
-            f"{rows * acquisitions * 8} bytes of IQ, beyond the {MAX_FRAME_BYTES} bytes one reply "
-            f"frame holds: at most {MAX_RESULT_POINTS // acquisitions} shots of this program (all "
-            "points of a sweep together)")
+            f"{rows * acquisitions * IQ_BYTES} bytes of IQ, beyond the {MAX_FRAME_BYTES} bytes "
+            f"one reply frame holds: at most {MAX_RESULT_POINTS // acquisitions} shots of this "
+            "program (all points of a sweep together)")
