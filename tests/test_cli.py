@@ -146,7 +146,7 @@ def test_demo_with_zero_shots_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("labqpu: ")
+    assert lines[0].startswith("labqpu run: ")  # the command's option, as the README says
     assert "shots" in lines[0]
 
 
