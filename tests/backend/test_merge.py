@@ -154,25 +154,34 @@ def test_a_controller_that_binds_less_gets_the_circuits_one_by_one(lab_backend,
     assert job.uploads == 5 and counters(lab_backend)[1] - runs == 5
 
 
-def test_a_sweep_longer_than_the_controllers_sets_is_cut_and_logged_first(
-        lab_backend, monkeypatch, caplog) -> None:
-    """With ``max_sets`` 3, seven T1 circuits merge into uploads of 3, 3 and 1 points; the cut
-    is logged before the first upload, and every point comes back in order."""
-    caps = {name: dict(c) for name, c in lab_backend._capabilities.items()}
-    for c in caps.values():
-        c["param_sets"] = {**c["param_sets"], "max_sets": 3}
+@pytest.mark.parametrize(("limit", "count", "logged", "uploads"), [
+    # max_sets 3: seven T1 circuits merge into uploads of 3, 3 and 1 points
+    ({"param_sets": {"max_sets": 3}}, 7,
+     ("7 circuits of one structure merge into 3 uploads of at most 3 points", "max_sets 3"), 3),
+    # a review's case: IQ results beyond one reply frame were played and then refused; with
+    # max_result_points 250, circuits of 100 shots and one acquisition merge two to a run
+    ({"max_result_points": 250}, 5,
+     ("5 circuits of one structure merge into 3 uploads of at most 2 points",
+      "the IQ results of one reply"), 3),
+])
+def test_a_sweep_longer_than_a_controller_takes_is_cut_and_logged_first(
+        lab_backend, monkeypatch, caplog, limit, count, logged, uploads) -> None:
+    """Merged T1 circuits are cut into as many uploads as the controller's limits need; the
+    cut is logged before the first upload, and every point comes back in order."""
+    caps = {name: {**c, **{k: {**c[k], **v} if isinstance(v, dict) else v
+                           for k, v in limit.items()}}
+            for name, c in lab_backend._capabilities.items()}
     monkeypatch.setattr(lab_backend, "_capabilities", caps)
-    circuits = transpile([t1_circuit(4.0 * k) for k in range(7)], lab_backend,
+    circuits = transpile([t1_circuit(4.0 * k) for k in range(count)], lab_backend,
                          initial_layout=[Q])
-    uploads, runs = counters(lab_backend)
+    before_uploads, runs = counters(lab_backend)
     with caplog.at_level("INFO", logger="labqpu.backend.merge"):
         job = lab_backend.run(circuits, shots=100)
-        logged = [r.getMessage() for r in caplog.records if r.name == "labqpu.backend.merge"]
-    assert logged and "7 circuits of one structure merge into 3 uploads of at most 3 " \
-        "points" in logged[0] and "max_sets 3" in logged[0]
+        messages = [r.getMessage() for r in caplog.records if r.name == "labqpu.backend.merge"]
+    assert messages and all(text in messages[0] for text in logged), messages
     result = job.result(timeout=60)
-    assert job.uploads == 3 and counters(lab_backend)[1] - runs == 3
-    assert counters(lab_backend)[0] - uploads <= 3
+    assert job.uploads == uploads and counters(lab_backend)[1] - runs == uploads
+    assert counters(lab_backend)[0] - before_uploads <= uploads
     assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
 
 
@@ -307,23 +316,3 @@ def test_an_explicit_sweep_of_binds_needs_a_controller_that_binds_them(lab_backe
         lab_backend.run(bound, shots=10, parameter_binds={"acq": [float(bound.acq_start[0])]})
     assert counters(lab_backend) == before
 
-
-def test_merged_points_are_cut_to_the_iq_one_reply_carries(lab_backend, monkeypatch,
-                                                           caplog) -> None:
-    """A review's case: IQ results beyond one reply frame were played and then refused.
-    With the controller stating ``max_result_points`` 250, T1 circuits of 100 shots and one
-    acquisition merge two to a run; every point comes back in order."""
-    caps = {name: {**c, "max_result_points": 250} for name, c in
-            lab_backend._capabilities.items()}
-    monkeypatch.setattr(lab_backend, "_capabilities", caps)
-    circuits = transpile([t1_circuit(4.0 * k) for k in range(5)], lab_backend,
-                         initial_layout=[Q])
-    _, runs = counters(lab_backend)
-    with caplog.at_level("INFO", logger="labqpu.backend.merge"):
-        job = lab_backend.run(circuits, shots=100)
-    logged = [r.getMessage() for r in caplog.records if r.name == "labqpu.backend.merge"]
-    assert logged and "5 circuits of one structure merge into 3 uploads of at most 2 " \
-        "points" in logged[0] and "the IQ results of one reply" in logged[0]
-    result = job.result(timeout=60)
-    assert job.uploads == 3 and counters(lab_backend)[1] - runs == 3
-    assert [r.header["name"] for r in result.results] == [c.name for c in circuits]
