@@ -47,6 +47,18 @@ SI_PREFIXES = {-12: "p", -9: "n", -6: "µ", -3: "m", 0: "", 3: "k", 6: "M", 9: "
 ENGINEERING_DECIMALS = 4
 
 
+def _unit(text: str, units: dict[str, str]) -> str | None:
+    """The unit of ``units`` whose key ``text`` ends with (an axis label's " (Hz)", a value
+    name's "_hz"), or None."""
+    return next((unit for suffix, unit in units.items() if text.endswith(suffix)), None)
+
+
+def _si_exponent(magnitude: int) -> int:
+    """The power of ten of the SI prefix for a number of ``magnitude`` (its floor log10):
+    a multiple of 3 within :data:`SI_PREFIXES`."""
+    return min(max(3 * math.floor(magnitude / 3), min(SI_PREFIXES)), max(SI_PREFIXES))
+
+
 def _figure(text_in: float):
     """A figure with data axes at the fixed margins and ``text_in`` inches below them; the
     y tick labels use a power-of-ten multiplier outside 1e-3..1e4 (they must fit the left
@@ -83,7 +95,7 @@ def _engineering(axis, label: str) -> bool:
     it does."""
     from matplotlib.ticker import FuncFormatter
 
-    unit = next((u for suffix, u in ENGINEERING_UNITS.items() if label.endswith(suffix)), None)
+    unit = _unit(label, ENGINEERING_UNITS)
     if unit is None:
         return False
     low, high = axis.get_view_interval()
@@ -91,9 +103,7 @@ def _engineering(axis, label: str) -> bool:
                       if low <= t <= high])
     if ticks.size < 2:
         return False
-    top = float(np.abs(ticks).max())
-    exponent = min(max(3 * math.floor(math.log10(top) / 3), min(SI_PREFIXES)),
-                   max(SI_PREFIXES))
+    exponent = _si_exponent(math.floor(math.log10(float(np.abs(ticks).max()))))
     scaled = ticks / 10.0 ** exponent
     exact = 1e-6 * float(np.diff(scaled).min())
     decimals = next((d for d in range(ENGINEERING_DECIMALS + 1)
@@ -185,7 +195,7 @@ def _prefixed(value: float, unit: str, digits: int, sign: bool = False,
         return f"{value:{plus}g} {unit}"
     value = float(f"{value:.{digits - 1}e}")
     magnitude = math.floor(math.log10(abs(value)))
-    exponent = min(max(3 * math.floor(magnitude / 3), min(SI_PREFIXES)), max(SI_PREFIXES))
+    exponent = _si_exponent(magnitude)
     decimals = max(0, digits - 1 - (magnitude - exponent))
     number = f"{value / 10.0 ** exponent:{plus}.{decimals}f}"
     if trim and "." in number:
@@ -214,7 +224,7 @@ def _value_line(name: str, value, err, old) -> str:
     when the name ends in one of :data:`VALUE_UNITS`."""
     if not isinstance(value, int | float):
         return f"{name} = {value}"
-    unit = next((u for suffix, u in VALUE_UNITS.items() if name.endswith(suffix)), None)
+    unit = _unit(name, VALUE_UNITS)
     has_err = isinstance(err, int | float) and math.isfinite(err)
     if unit is None:
         text = f"{name} = {value:.6g}" + (f" ± {err:.2g}" if has_err else "")
@@ -243,9 +253,7 @@ def _value_lines(record: ExperimentRecord) -> list[str]:
         lines.append(f"r_squared {record.fit['r_squared']:.3g}")
     residual = record.fit.get("rms_residual")
     if isinstance(residual, int | float):
-        label = record.raw.get("y_label", "")
-        unit = next((u for suffix, u in ENGINEERING_UNITS.items() if label.endswith(suffix)),
-                    None)
+        unit = _unit(record.raw.get("y_label", ""), ENGINEERING_UNITS)
         lines.append(f"rms_residual {_prefixed(residual, unit, 3)}" if unit
                      else f"rms_residual {residual:.3g}")
     return lines

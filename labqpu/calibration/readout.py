@@ -193,14 +193,12 @@ def bracketed_readout_point(freqs: np.ndarray, fidelity: np.ndarray,
     i_f, i_a, smooth = choose_readout_point(fidelity, what)
     extensions = 0
     while extensions < READOUT_EXTENSIONS and i_f in (0, freqs.size - 1):
-        step = float(freqs[1] - freqs[0])
-        ahead = step * np.arange(1, READOUT_EXTENSION_POINTS + 1)
-        if i_f == 0:
-            more = freqs[0] - ahead[::-1]
-            freqs, fidelity = np.concatenate([more, freqs]), np.vstack([measure(more), fidelity])
-        else:
-            more = freqs[-1] + ahead
-            freqs, fidelity = np.concatenate([freqs, more]), np.vstack([fidelity, measure(more)])
+        below = i_f == 0
+        ahead = float(freqs[1] - freqs[0]) * np.arange(1, READOUT_EXTENSION_POINTS + 1)
+        more = freqs[0] - ahead[::-1] if below else freqs[-1] + ahead
+        rows = measure(more)
+        freqs = np.concatenate([more, freqs] if below else [freqs, more])
+        fidelity = np.vstack([rows, fidelity] if below else [fidelity, rows])
         extensions += 1
         i_f, i_a, smooth = choose_readout_point(fidelity, what)
     return freqs, fidelity, i_f, i_a, smooth, extensions
