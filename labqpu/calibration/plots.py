@@ -139,15 +139,25 @@ def _within_reach(value: float, raw: dict) -> bool:
     return low - reach <= value <= high + reach
 
 
+def _legend_below(fig, text_in: float, height: float) -> None:
+    """The figure's legend at the top of the ``text_in`` inches under its axes (of a figure
+    ``height`` inches high), in ``LEGEND_COLUMNS`` columns."""
+    fig.legend(loc="upper left", bbox_to_anchor=(0.1 / WIDTH_IN, (text_in - 0.05) / height),
+               ncols=LEGEND_COLUMNS, fontsize=7, frameon=False, borderaxespad=0.0,
+               borderpad=0.0, handlelength=1.5, columnspacing=1.5)
+
+
 def plot_rb(record: ExperimentRecord):
     """Figure of an RB record: survival of every sequence (dots), the mean per length with its
-    standard error, the fitted decay, and the gate errors measured against the old ones."""
+    standard error, the fitted decay, and the gate errors measured against the old ones; the
+    legend is under the axes (inside, it covered the baseline)."""
     raw = record.raw
     lengths = np.asarray(raw["lengths"], dtype=float)
     survival = np.asarray(raw["survival"], dtype=float)
     fit = record.fit
     alpha = record.values["alpha"][0]
-    fig, ax, _ = _figure(0.0)
+    legend_in = LEGEND_ROW_IN * 2  # four entries
+    fig, ax, height = _figure(0.25 + legend_in)
     for j in range(survival.shape[1]):
         ax.plot(lengths, survival[:, j], ".", color="0.65", ms=4,
                 label="each sequence" if j == 0 else None)
@@ -173,7 +183,7 @@ def plot_rb(record: ExperimentRecord):
     ax.set_ylim(min(fit["baseline"], float(survival.min())) - 0.05, 1.02)
     ax.set_title(f"randomized benchmarking, {record.subject} — {record.experiment}",
                  fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
+    _legend_below(fig, 0.25 + legend_in, height)
     return fig
 
 
@@ -188,19 +198,28 @@ VALUE_DIGITS, MAX_VALUE_DIGITS = 6, 10
 def _prefixed(value: float, unit: str, digits: int, sign: bool = False,
               trim: bool = False) -> str:
     """``value`` rounded to ``digits`` significant digits, with the SI prefix of its own size
-    and ``unit`` (``digits=7``: 7.204352 GHz); a leading ``+`` with ``sign``; without the
-    trailing zeros with ``trim`` (35 ns, not 35.0000 ns)."""
+    and ``unit`` (``digits=7``: 7.204352 GHz), or in powers of ten beyond the prefixes (a T1
+    typed as 1e30 s: 1e+30 s); a leading ``+`` with ``sign``; without the trailing zeros with
+    ``trim`` (35 ns, not 35.0000 ns)."""
     plus = "+" if sign else ""
     if value == 0 or not math.isfinite(value):
         return f"{value:{plus}g} {unit}"
     value = float(f"{value:.{digits - 1}e}")
     magnitude = math.floor(math.log10(abs(value)))
     exponent = _si_exponent(magnitude)
-    decimals = max(0, digits - 1 - (magnitude - exponent))
-    number = f"{value / 10.0 ** exponent:{plus}.{decimals}f}"
-    if trim and "." in number:
-        number = number.rstrip("0").rstrip(".")
-    return f"{number} {SI_PREFIXES[exponent]}{unit}"
+    if not 0 <= magnitude - exponent < 3:
+        mantissa, power = f"{value:{plus}.{digits - 1}e}".split("e")
+        number, prefix = f"{_trimmed(mantissa) if trim else mantissa}e{power}", ""
+    else:
+        decimals = digits - 1 - (magnitude - exponent)
+        number = f"{value / 10.0 ** exponent:{plus}.{max(0, decimals)}f}"
+        number, prefix = _trimmed(number) if trim else number, SI_PREFIXES[exponent]
+    return f"{number} {prefix}{unit}"
+
+
+def _trimmed(number: str) -> str:
+    """``number`` without the zeros that end its decimals (35.0000: 35)."""
+    return number.rstrip("0").rstrip(".") if "." in number else number
 
 
 def _digits(value: float, err) -> int | None:
@@ -286,9 +305,7 @@ def plot_sweep(record: ExperimentRecord):
     if "chosen" in marks:
         ax.axvline(marks["chosen"], color="k", lw=1, label="chosen")
     if entries:
-        fig.legend(loc="upper left", bbox_to_anchor=(0.1 / WIDTH_IN, (text_in - 0.05) / height),
-                   ncols=LEGEND_COLUMNS, fontsize=7, frameon=False, borderaxespad=0.0,
-                   borderpad=0.0, handlelength=1.5, columnspacing=1.5)
+        _legend_below(fig, text_in, height)
     fig.text(0.15 / WIDTH_IN, (text_in - 0.15 - legend_in) / height, "\n".join(lines),
              ha="left", va="top", fontsize=8, family="monospace")
     ax.margins(x=0.04, y=0.12)

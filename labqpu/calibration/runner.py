@@ -297,18 +297,18 @@ def _restore(work: Working, state: tuple) -> None:
 
 
 def _changes(work: Working, before: tuple) -> list[Change]:
-    """Values measured since ``before`` (a :func:`_state`), old -> new."""
+    """Values measured since ``before`` (a :func:`_state`), old -> new; a value that was not
+    measured before (a design's estimate, such as the resonator frequency a bootstrap starts
+    from) has no old value."""
     qubits, pairs, _, stamps = before
     out = []
     for key, stamp in work.measured_at.items():
         if stamps.get(key) == stamp:
             continue
         subject, name = key
-        if isinstance(subject, int):
-            old, new = qubits.get(subject, {}).get(name), work.qubits[subject][name]
-        else:
-            old, new = pairs.get(subject, {}).get(name), work.pairs[subject][name]
-        out.append(Change(describe(subject), name, old, new))
+        values, held = (work.qubits, qubits) if isinstance(subject, int) else (work.pairs, pairs)
+        old = held.get(subject, {}).get(name) if key in stamps else None
+        out.append(Change(describe(subject), name, old, values[subject][name]))
     return sorted(out, key=lambda c: (c.subject, c.name))
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from labqpu.errors import CalibrationMissingError
+from labqpu.errors import CalibrationMissingError, did_you_mean
+from labqpu.store.physics import GATE_CHECKS, PAIR_CHECKS, QUBIT_CHECKS
 from labqpu.store.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -81,7 +83,8 @@ class SnapshotBuilder:
     ) -> SnapshotBuilder:
         """Set parameter ``name`` of ``qubit`` (value in the unit the name states)."""
         index = qubit_index(qubit)
-        _set_entry(self._qubits, index, f"qubit {index}", name, value, experiment, timestamp)
+        _set_entry(self._qubits, index, f"qubit {index}", name, value, experiment, timestamp,
+                   QUBIT_CHECKS)
         return self
 
     def set_pair(
@@ -94,7 +97,8 @@ class SnapshotBuilder:
     ) -> SnapshotBuilder:
         """Set parameter ``name`` of ``pair``; the pair is stored as ``(low, high)``."""
         key = parse_pair(pair)
-        _set_entry(self._pairs, key, f"pair {pair_key(key)}", name, value, experiment, timestamp)
+        _set_entry(self._pairs, key, f"pair {pair_key(key)}", name, value, experiment, timestamp,
+                   PAIR_CHECKS)
         return self
 
     def set_gate(
@@ -107,7 +111,8 @@ class SnapshotBuilder:
     ) -> SnapshotBuilder:
         """Set parameter ``name`` (``error``, ``duration_s``) of ``gate`` (``"sx:0"``)."""
         key = parse_gate(gate)
-        _set_entry(self._gates, key, f"gate {gate!r}", name, value, experiment, timestamp)
+        _set_entry(self._gates, key, f"gate {gate!r}", name, value, experiment, timestamp,
+                   GATE_CHECKS)
         return self
 
     def remove_qubit(self, qubit: int, name: str | None = None) -> SnapshotBuilder:
@@ -198,14 +203,31 @@ def _set_entry(
     value: Any,
     experiment: str,
     timestamp: str | datetime | None,
+    known: Mapping[str, object],
 ) -> None:
     check_name(name, subject)
+    _warn_if_misspelt(name, subject, known)
     entry = {
         "value": value,
         "timestamp": utc_now() if timestamp is None else timestamp,
         "experiment": experiment,
     }
     section.setdefault(key, {})[name] = check_entry(entry, subject, name)
+
+
+def _warn_if_misspelt(name: str, subject: str, known: Mapping[str, object]) -> None:
+    """A ``UserWarning`` for a name labqpu does not read that looks like one it does: without
+    its unit (``t1`` for ``t1_s``), in other case, or a letter or two off. A lab's own names
+    (``flux_period_a``) are stored as they are, without a word."""
+    if name in known:
+        return
+    with_unit = [k for k in known if k.startswith(name + "_")]
+    hint = (f"; did you mean {with_unit[0]!r}?" if len(with_unit) == 1
+            else did_you_mean(name, known, cutoff=0.88))
+    if hint:
+        warnings.warn(f"{subject}: {name!r} is not a parameter labqpu knows{hint} It is stored "
+                      "as the lab's own parameter, which labqpu does not use.", UserWarning,
+                      stacklevel=4)
 
 
 def _remove_entry(

@@ -296,6 +296,21 @@ def test_the_summary_table_says_when_a_value_came_out_the_same():
     assert rows[1].endswith("2e-08  ->  2.4e-08"), report.table()
 
 
+def test_the_summary_table_gives_no_old_value_for_a_design_estimate():
+    """A review's case: a bootstrap's summary showed the design's resonator estimate as the old
+    resonator_hz, as if it had been measured; a value measured before shows as old."""
+    from labqpu.calibration.experiments import Working
+    from labqpu.calibration.runner import _changes, _state
+
+    work = Working(device={}, qubits={0: {"resonator_hz": 7.2e9, "t1_s": 4e-5}},
+                   measured_at={(0, "t1_s"): "2026-12-01T00:00:00+00:00"})
+    before = _state(work)
+    work.set(0, "resonator_hz", 7.2043e9, "resonator_spectroscopy")
+    work.set(0, "t1_s", 5e-5, "t1")
+    changes = {c.name: (c.old, c.new) for c in _changes(work, before)}
+    assert changes == {"resonator_hz": (None, 7.2043e9), "t1_s": (4e-5, 5e-5)}, changes
+
+
 def test_the_summary_table_does_not_call_a_changed_value_unchanged():
     """A review's case: discriminator centres that moved (0.1676 -> 0.1725) showed as
     "(measured again, unchanged)", the table comparing its shortened texts, not the values."""

@@ -117,6 +117,10 @@ def test_every_text_is_inside_the_figure_and_tick_labels_are_apart(make):
     if fig.texts:  # a sweep's values: below the axis, its labels and ticks
         text_top = max(t.get_window_extent(renderer).y1 for t in fig.texts)
         assert text_top < ax.get_tightbbox(renderer).y0
+    # the legend covers no data: under the axes (an RB plot's covered its baseline)
+    assert ax.get_legend() is None
+    for legend in fig.legends:
+        assert legend.get_window_extent(renderer).y1 < ax.get_tightbbox(renderer).y0
 
 
 @pytest.mark.parametrize(("case", "expected", "unit"), [
@@ -237,6 +241,10 @@ def test_a_value_line_gives_the_change_that_six_digits_would_hide() -> None:
     ("resonator_hz", float("nan"), 2e4, 7.2e9, "resonator_hz = nan Hz ± 20 kHz (was 7.2 GHz)"),
     ("resonator_hz", float("inf"), 2e4, None, "resonator_hz = inf Hz ± 20 kHz"),
     ("pi_amplitude", float("nan"), 1e-3, 0.4, "pi_amplitude = nan ± 0.001 (was 0.4)"),
+    # a review's case: values beyond the SI prefixes read "1000000000000000000 Ts"
+    ("t1_s", 1e30, float("nan"), 4e-5, "t1_s = 1e+30 s (was 40 µs, +1.0e+30 s)"),
+    ("resonator_hz", 2.5e-15, 1e-16, None, "resonator_hz = 2.50e-15 Hz ± 1.0e-16 Hz"),
+    ("resonator_hz", 4.5e14, 2e12, None, "resonator_hz = 450.0 THz ± 2.0 THz"),
 ])
 def test_a_value_with_a_unit_reads_in_engineering_units(name, value, err, old, line) -> None:
     from labqpu.calibration.plots import _value_line

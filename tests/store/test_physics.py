@@ -70,9 +70,26 @@ def test_unphysical_values_are_refused_and_nothing_is_written(writable, section,
 
 def test_unknown_parameters_are_kept_with_json_checks_only(writable) -> None:
     builder = SnapshotBuilder.from_snapshot(writable.latest())
-    builder.set_qubit(0, "my_experiment_score", "good", "mine")
+    builder.set_qubit(0, "my_experiment_score", "good", "mine")  # no warning: the suite errs
     snapshot = writable.commit(builder.build_document())
     assert snapshot.qubit_value(0, "my_experiment_score") == "good"
+
+
+@pytest.mark.parametrize(("setter", "subject", "name", "meant"), [
+    ("set_qubit", 2, "t1", "t1_s"),  # a review's case: stored silently, the Target kept 40 µs
+    ("set_qubit", 2, "T1_s", "t1_s"),
+    ("set_qubit", 2, "frequncy_hz", "frequency_hz"),
+    ("set_pair", (0, 1), "cz_amplitud", "cz_amplitude"),
+    ("set_gate", "sx:0", "duration", "duration_s"),
+])
+def test_a_misspelt_parameter_is_stored_with_a_warning_naming_the_known_one(
+        writable, setter, subject, name, meant) -> None:
+    builder = SnapshotBuilder.from_snapshot(writable.latest())
+    with pytest.warns(UserWarning, match=rf"{name!r} is not a parameter labqpu knows; did you "
+                                         rf"mean {meant!r}\?") as caught:
+        getattr(builder, setter)(subject, name, 1e-8, "by hand")
+    assert caught[0].filename == __file__  # points at the caller's line
+    writable.commit(builder.build_document())
 
 
 @pytest.mark.parametrize(("content", "words"), [
