@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from labqpu.cli_options import (
     SIMULATOR_HELP,
@@ -210,9 +211,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
         with what_an_interrupt_left(backend):
             if args.bootstrap:
                 records = experiments_directory(backend.config.store_path)
+                start = backend.store.latest_id()
                 document = bootstrap(backend, design, shots=args.shots,
                                      progress=progress, record_directory=records)
-                snapshot = backend.store.commit(document)
+                snapshot = commit_bootstrap(backend.store, document, start, records)
                 print(f"committed calibration snapshot {snapshot.snapshot_id} to "
                       f"{backend.config.store_path}; experiment records and plots in {records}")
             elif args.all or nodes:
@@ -230,6 +232,34 @@ def calibrate_command(args: argparse.Namespace) -> int:
                     export_snapshot(args, backend, snapshot)
                     return 1
         return 0 if export_snapshot(args, backend, snapshot) else 1
+
+
+def commit_bootstrap(store, document: dict, start: int | None, records: Path):
+    """Commit a bootstrap's ``document`` as the child of snapshot ``start``, the newest when
+    it started (None: the store was empty). A snapshot another writer committed meanwhile is
+    not undone: the document goes to ``records/bootstrap-<time>.json`` instead and the error
+    says so (a review's case: a colleague's commit during a bootstrap vanished under a
+    snapshot that named it as its parent).
+
+    Raises:
+        StaleSnapshotError: another writer committed since ``start``; nothing was written to
+            the store.
+    """
+    from labqpu.errors import StaleSnapshotError
+    from labqpu.store.validation import canonical_json
+
+    try:
+        return store.commit(document, parent_id=start, expect_parent=True)
+    except StaleSnapshotError as exc:
+        path = records / f"bootstrap-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(canonical_json(document) + "\n")
+        raise StaleSnapshotError(
+            f"calibration store {store.path}: snapshot {store.latest_id()} was committed while "
+            f"the bootstrap measured (it started on snapshot {start}); the bootstrap's values "
+            f"were not committed over it and are in {path}: run the bootstrap again, or "
+            "commit them anyway from Python with "
+            "`store.commit(json.loads(Path(file).read_text()))`") from exc
 
 
 @contextlib.contextmanager
