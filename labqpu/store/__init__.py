@@ -20,10 +20,10 @@ normalised to ``"low-high"``; parameters that refer to "the first/second qubit o
 (``cz_phase_0_rad``) refer to that normalised order. Gate keys are ``"name:q"`` or
 ``"name:q0-q1"`` in the gate's own (directed) qubit order.
 
-:class:`CalibrationStore` keeps every version in SQLite (WAL journal, one ``BEGIN IMMEDIATE``
-transaction per write), so a writer that dies mid-commit leaves nothing visible and readers
-always get the newest complete snapshot. :class:`SnapshotBuilder` assembles a document
-parameter by parameter; :func:`export_backend_properties` and
+:class:`CalibrationStore` keeps every version in SQLite (rollback journal, one
+``BEGIN IMMEDIATE`` transaction per write), so a writer that dies mid-commit leaves nothing
+visible and readers always get the newest complete snapshot. :class:`SnapshotBuilder`
+assembles a document parameter by parameter; :func:`export_backend_properties` and
 :func:`document_from_backend_properties` translate to and from the Qiskit BackendProperties
 JSON layout.
 

@@ -95,11 +95,10 @@ _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
 
 
 def _new_store_file(path: Path) -> None:
-    """Write the calibration schema into the SQLite file ``path``, in WAL mode from the start
-    (openers then need not switch it, which takes a lock)."""
+    """Write the calibration schema into the SQLite file ``path`` (with a rollback journal,
+    SQLite's default: :class:`CalibrationStore` says why)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("BEGIN IMMEDIATE")
         _create_schema(conn)
         conn.execute("COMMIT")
@@ -190,9 +189,13 @@ def _calibration(snapshot: Snapshot) -> dict[str, Any]:
 class CalibrationStore:
     """Every calibration snapshot of one device, kept in one SQLite file.
 
-    The file is in WAL mode with ``synchronous=FULL``; each commit is one ``BEGIN IMMEDIATE``
-    transaction, so a writer that crashes leaves nothing visible, concurrent writers (threads
-    or processes) queue for at most ``timeout_s`` seconds, and readers never wait for writers.
+    The file has a rollback journal (not WAL) and ``synchronous=FULL``; each commit is one
+    ``BEGIN IMMEDIATE`` transaction, so a writer that crashes leaves nothing visible, and
+    concurrent writers (threads or processes) and readers queue for at most ``timeout_s``
+    seconds (a reader waits only while a commit writes, milliseconds). Between commits the file
+    holds the whole store: a copy is a whole backup, and a file copied or moved into its place
+    is read as it is (docs/reliability.md: why not WAL). A file an older labqpu left in WAL
+    mode is switched when a store opens it while no other connection has it open.
     Readers only ever see complete snapshots (``complete = 1``). The first committed snapshot
     fixes the store's device.
 
@@ -319,11 +322,12 @@ class CalibrationStore:
                 "open; nothing was written: open the store again")
 
     def _initialise(self) -> None:
-        """Switch the file to WAL; create the schema if it has none (the only time opening a
-        store takes the write lock); check the schema version."""
+        """Switch a WAL file to a rollback journal (when no other connection has it open);
+        create the schema if it has none (the only time opening a store takes the write
+        lock); check the schema version."""
         conn = self._connection()
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._leave_wal(conn)
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
             ).fetchone()
@@ -344,6 +348,17 @@ class CalibrationStore:
                 f"calibration store {self._path} has schema version {version}; "
                 f"this labqpu reads version {SCHEMA_VERSION}"
             )
+
+    def _leave_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file from WAL to a rollback journal; SQLite refuses at once while
+        another connection has it open (then it stays in WAL until a store opens it alone)."""
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            log.info("calibration store %s stays in WAL mode while other connections have it "
+                     "open", self._path)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -402,8 +417,10 @@ class CalibrationStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` write transaction, rolled back on any exception, committed
-        only if the store's path still names the file opened."""
+        only if the store's path still names the file opened (checked first as well: SQLite
+        refuses to write a moved file as "readonly", which would not say what happened)."""
         conn = self._connection()
+        self._check_same_file()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

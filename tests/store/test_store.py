@@ -690,12 +690,13 @@ def test_backend_properties_import_inverts_export(store: CalibrationStore) -> No
 # --------------------------------------------------------------------------- the file itself
 
 
-def test_store_file_is_created_in_wal_mode_with_a_schema_version(tmp_path: Path) -> None:
+def test_store_file_is_created_with_a_rollback_journal_and_a_schema_version(
+        tmp_path: Path) -> None:
     path = tmp_path / "not" / "yet" / "there.db"
     with CalibrationStore(path) as created:
         created.commit(lab5_document())
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
         conn.execute("UPDATE schema_version SET version = 2")
         conn.commit()

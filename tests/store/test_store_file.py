@@ -120,6 +120,77 @@ def test_a_replaced_store_file_refuses_the_commit(tmp_path: Path) -> None:
     assert row_count(path) == 1
 
 
+def _backup(path: Path, commits: int) -> None:
+    """A store at ``path`` holding ``commits`` snapshots, the newest noted "backup"."""
+    with CalibrationStore(path) as backup:
+        for i in range(commits):
+            backup.commit(lab5_document(notes="backup" if i == commits - 1 else f"old {i}"))
+
+
+@pytest.mark.parametrize("how", ["copied over it", "moved into place"])
+def test_a_backup_put_in_place_of_an_open_store_is_read_as_it_is(tmp_path: Path,
+                                                                 how: str) -> None:
+    """A review's case: with the store in WAL mode, the commits of a store still open lived in
+    its ``-wal`` file, which SQLite applied to the backup put at the path: the next opener saw
+    the old history, and the backup's file was overwritten with it when the store closed."""
+    path, backup = tmp_path / "calibration.sqlite", tmp_path / "backup.sqlite"
+    _backup(backup, 3)
+    with CalibrationStore(path) as store:
+        for i in range(5):
+            store.commit(lab5_document(notes=f"open {i}"))
+        if how == "copied over it":
+            path.write_bytes(backup.read_bytes())  # the same file, new content
+        else:
+            backup.replace(path)
+        with CalibrationStore(path) as opened:
+            assert opened.latest().notes == "backup"
+    assert row_count(path) == 3
+    with CalibrationStore(path) as reopened:
+        assert reopened.latest().notes == "backup"
+
+
+def test_a_backup_restored_after_a_writer_was_killed_is_read_as_it_is(tmp_path: Path) -> None:
+    """A review's case: a writer SIGKILLed after its commits left them in the ``-wal`` file
+    (WAL mode), and a backup copied into place then opened with that history instead of its
+    own."""
+    path, backup = tmp_path / "calibration.sqlite", tmp_path / "backup.sqlite"
+    _backup(backup, 3)
+    writer = (
+        "import os, signal, sys\n"
+        "from labqpu.store import CalibrationStore\n"
+        "from labqpu.testing import shipped_export\n"
+        "store = CalibrationStore(sys.argv[1])\n"
+        "for i in range(5):\n"
+        "    document = shipped_export('lab5')['document']\n"
+        "    document['notes'] = f'killed {i}'\n"
+        "    store.commit(document)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", writer, str(path)], timeout=60)
+    assert proc.returncode == -9
+    path.write_bytes(backup.read_bytes())
+    with CalibrationStore(path) as restored:
+        assert restored.latest().notes == "backup"
+    assert row_count(path) == 3
+
+
+def test_a_store_left_in_wal_mode_is_switched_when_opened_alone(tmp_path: Path) -> None:
+    """A file an older labqpu left in WAL mode: a store opening it beside another connection
+    works in WAL mode; one opening it alone switches it to a rollback journal."""
+    path = tmp_path / "calibration.sqlite"
+    _backup(path, 2)
+    with closing(sqlite3.connect(path)) as older:
+        assert older.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+        older.execute("SELECT count(*) FROM snapshots").fetchone()
+        with CalibrationStore(path) as beside:
+            beside.commit(lab5_document(notes="beside"))
+        assert older.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with CalibrationStore(path) as alone:
+        assert alone.latest().notes == "beside"
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert not Path(f"{path}-wal").exists()
+
+
 def test_history_names_a_corrupt_snapshot(tmp_path: Path, caplog) -> None:
     """A stored document that is not JSON, or no longer matches its hash: ``history`` lists
     the snapshot with the problem (it raised, so the list a rollback target is chosen from
