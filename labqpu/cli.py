@@ -130,7 +130,9 @@ def _demo(config: str | None, shots: int, seed: int | None, simulator: bool) -> 
     counts, note, command = _run_circuit(_bell(), config, shots, seed, simulator=simulator)
     p00, p11 = (counts.get(k, 0) / sum(counts.values()) for k in ("00", "11"))
     print(f"P(00) + P(11) = {p00 + p11:.3f} = {p00:.3f} + {p11:.3f}   ({note})")
-    if shots < BELL_VERDICT_SHOTS:
+    if shots < BELL_VERDICT_SHOTS:  # said: a dead device passed a 50-shot smoke check
+        print(f"labqpu run: not judged whether this is a Bell pair: that takes "
+              f"{BELL_VERDICT_SHOTS} shots or more", file=sys.stderr)
         return 0
     if p00 + p11 < BELL_FLOOR or min(p00, p11) < BELL_BALANCE * (p00 + p11):
         print(f"labqpu: a Bell pair gives 00 and 11, about equally often; this one gave "
@@ -356,9 +358,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are the command's one-line form (``labqpu run:
     argument --shots: invalid int value: '1e3' (labqpu run --help)``), exit code 2; its
-    subcommands' parsers are of this class too. ``note`` (optional) follows the message."""
+    subcommands' parsers are of this class too. ``note`` (optional) follows the message. An
+    option's prefix is not taken for the option (``labqpu calibrate --b`` began a bootstrap):
+    it is unrecognized, with the option meant named."""
 
     def __init__(self, *args, note: str | None = None, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.note = note
 
