@@ -13,7 +13,7 @@ SIMULATOR_HELP = ("start the embedded simulator of the --config file (a file who
                   "0 needs it; a built-in device always runs on it)")
 
 #: The backend's limit on shots per circuit (``labqpu.backend.backend.MAX_SHOTS``, which
-#: ``tests/test_cli.py`` checks against this copy; the command does not import the backend
+#: ``tests/cli/test_cli_run.py`` checks against this copy; the command does not import the backend
 #: to say it).
 MAX_SHOTS = 100_000
 

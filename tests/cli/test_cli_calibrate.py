@@ -1,0 +1,430 @@
+"""The ``labqpu calibrate`` commands: the graph and the watch, and the store's history, diff,
+rollback and export; options they would ignore are refused, and user errors are one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from labqpu.testing import seed_fresh_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+#: A measurement time later than any in the shipped snapshot.
+LATER = "2099-01-01T00:00:00+00:00"
+
+
+def _seeded_home(tmp_path: Path, export: dict) -> None:
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+
+    with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
+        first = store.import_json(export)
+        builder = SnapshotBuilder.from_snapshot(first)
+        builder.set_qubit(2, "t1_s", 20e-6, "t1", timestamp=LATER)
+        store.commit(builder.build_document())
+
+
+def test_a_node_name_after_the_qubit_list_gets_a_hint(tmp_path, labqpu) -> None:
+    """``labqpu calibrate --qubits 2 ramsey``: --qubits takes every word after it, so argparse
+    read ``ramsey`` as a qubit; the error says how to write it instead (nothing runs)."""
+    proc = labqpu(tmp_path, "calibrate", "--qubits", "2", "ramsey")
+    assert proc.returncode == 2
+    assert ("argument --qubits: must be qubit numbers, got 'ramsey'; put node names before "
+            "--qubits (labqpu calibrate ramsey --qubits ...) or end the list with --"
+            ) in proc.stderr, proc.stderr
+    assert not (tmp_path / "lab5").exists()  # no store was opened
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["rabi", "--qubits", "-1"], "argument --qubits: must be qubit numbers (whole numbers >= 0), "
+                                 "got '-1'"),
+    (["history", "extra"], "labqpu calibrate history: usage: labqpu calibrate history (no "
+                           "further words), got extra"),
+    # --qubits took the words: it was called a missing id ("got nothing")
+    (["rollback", "--qubits", "2", "3"], "labqpu calibrate rollback: --qubits: not for "
+                                         "rollback, which works on whole snapshots"),
+])
+def test_calibrate_words_that_are_no_qubit_or_id_are_named_plainly(tmp_path, args,
+                                                                  expected, labqpu) -> None:
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2
+    assert expected in proc.stderr, proc.stderr
+    assert "put node names before" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["calibrate", "--watch", "--intervall", "5"],
+     "labqpu calibrate: unrecognized arguments: --intervall; did you mean '--interval'? "
+     "(labqpu calibrate --help)"),
+    (["status", "--foo"], "labqpu status: unrecognized arguments: --foo (labqpu status --help)"),
+    (["--log-levl=INFO", "status"], "labqpu: unrecognized arguments: --log-levl=INFO; did "
+                                     "you mean '--log-level'? (labqpu --help)"),
+])
+def test_an_unknown_option_is_named_with_its_commands_help(
+    tmp_path, args, expected, labqpu
+) -> None:
+    """It pointed at ``labqpu --help`` (the top parser reported it), without a hint."""
+    proc = labqpu(tmp_path, *args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == expected, proc.stderr
+    assert not (tmp_path / "lab5").exists()
+
+
+def test_history_of_a_gate_given_the_other_way_round_when_the_newest_snapshot_is_corrupt(
+        tmp_path, export, labqpu) -> None:
+    """``history --gate cz:2-1`` turns the gate round from the newest snapshot it can read: with
+    the newest corrupt it printed only that snapshot's error (``history --param`` of a qubit
+    warned and went on)."""
+    import sqlite3
+    from contextlib import closing
+
+    _seeded_home(tmp_path, export)
+    with closing(sqlite3.connect(tmp_path / "lab5" / "calibration.sqlite")) as conn, conn:
+        conn.execute("UPDATE snapshots SET document = '{\"qub' WHERE id = 2")
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "error", "--gate", "cz:2-1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("error of gate cz:1-2: 1 measurement(s)"), proc.stdout
+    assert "snapshots [2] are corrupt" in proc.stderr
+
+
+def test_history_of_a_gate_given_the_other_way_round_after_a_snapshot_without_gates(
+        tmp_path, export, labqpu) -> None:
+    """A review's case: after ``--bootstrap --no-rb`` the newest snapshot holds no gate
+    errors, and ``history --gate cz:2-1`` said "snapshot 3 has no gate cz:2-1 (gates: )" while
+    ``--gate cz:1-2`` and ``--pair 2-1`` worked: the gate is turned round from the newest
+    snapshot that holds it either way."""
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+
+    _seeded_home(tmp_path, export)
+    with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
+        builder = SnapshotBuilder.from_snapshot(store.latest())
+        for gate in list(store.latest().gates):
+            builder.remove_gate(gate)
+        store.commit(builder.build_document())
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "error", "--gate", "cz:2-1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("error of gate cz:1-2: 1 measurement(s)"), proc.stdout
+
+
+def test_calibrate_history_diff_and_rollback(tmp_path, export, labqpu):
+    _seeded_home(tmp_path, export)
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["2", "1"]
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1_s", "--qubit", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 measurement(s)" in proc.stdout
+    assert proc.stdout.splitlines()[1].startswith(f"{LATER}  snapshot     2")
+    # an edge and its gate either way round (--pair 2-1 worked, --gate cz:2-1 was refused)
+    for selector in (["--pair", "2-1"], ["--gate", "cz:2-1"]):
+        param = "cz_amplitude" if selector[0] == "--pair" else "error"
+        proc = labqpu(tmp_path, "calibrate", "history", "--param", param, *selector)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"{param} of "
+                                      + ("edge 1-2" if param == "cz_amplitude" else "gate cz:1-2")
+                                      + ": 1 measurement(s)"), proc.stdout
+    proc = labqpu(tmp_path, "calibrate", "diff", "1", "2")
+    changed = json.loads(proc.stdout)["changed"]
+    assert [(c["key"], c["name"]) for c in changed] == [("2", "t1_s")]
+    proc = labqpu(tmp_path, "calibrate", "rollback", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "committed snapshot 3" in proc.stdout
+    proc = labqpu(tmp_path, "calibrate", "diff", "1", "3")
+    assert json.loads(proc.stdout)["changed"] == []
+    for again in ("3", "1"):  # the newest already, or the calibration it already holds
+        proc = labqpu(tmp_path, "calibrate", "rollback", again)
+        assert proc.returncode == 0, proc.stderr
+        assert (f"the newest snapshot, 3, already holds the calibration of snapshot {again}; "
+                "nothing committed") in proc.stdout
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["3", "2", "1"]
+
+
+def test_calibrate_store_commands_report_user_errors_in_one_line(tmp_path, export, labqpu):
+    _seeded_home(tmp_path, export)
+    for args in (["rollback", "9"], ["history", "--param", "t1_s"], ["diff", "1", "7"],
+                 ["history", "--qubit", "2"], ["rollback", "1", "--since", "2026-01-01"]):
+        proc = labqpu(tmp_path, "calibrate", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "history", "--qubit", "2")  # was ignored silently
+    assert "--qubit select(s) one parameter's history: use them with history --param" \
+        in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["ramsey", "--force", "--qubit", "2"],
+     "--qubit: only for `labqpu calibrate history` (for the qubits to calibrate: --qubits)"),
+    (["ramsey", "--pair", "0-1"], "--pair: only for `labqpu calibrate history`"),
+    (["--all", "--param", "t1_s", "--limit", "3"],
+     "--param, --limit: only for `labqpu calibrate history`"),
+])
+def test_history_options_with_graph_nodes_are_refused(tmp_path, args, expected, labqpu) -> None:
+    """``calibrate ramsey --force --qubit 2`` (a typo of --qubits) recalibrated and committed
+    every qubit: the history-only options were ignored with node names."""
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert proc.stderr.strip() == f"labqpu calibrate: {expected}", proc.stderr
+    history = labqpu(tmp_path, "calibrate", "history")
+    assert [line.split()[0] for line in history.stdout.splitlines()] == ["1"]  # no commit
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["rollback", "99999999999999999999"], "has no snapshot 99999999999999999999"),
+    (["diff", "99999999999999999999", "1"], "has no snapshot 99999999999999999999"),
+    (["history", "--param", "t1_s", "--qubit", "0", "--since", "0001-01-01T00:00:00+01:00"],
+     "timestamp 0001-01-01T00:00:00+01:00 is out of range"),
+    (["rollback", "1", "--qubits", "3"], "--qubits: not for rollback, which works on whole "
+                                         "snapshots of the store"),
+    (["history", "--shots", "10", "--interval", "5"], "--interval, --shots: not for history"),
+    (["diff", "1", "2", "--limit", "3"], "--limit: not for diff"),
+    (["rollback", "1", "--shots", "400"], "--shots: not for rollback"),  # the defaults, given
+    (["diff", "1", "2", "--limit", "50"], "--limit: not for diff"),
+    (["rollback", "\u00b2"], "snapshot ids are whole numbers"),  # isdigit(); int(): traceback
+    (["diff", "1", "\u0663"], "snapshot ids are whole numbers"),  # an Arabic-Indic 3
+])
+def test_calibrate_store_commands_refuse_what_they_cannot_take_in_one_line(
+        tmp_path, export, args, expected, labqpu) -> None:
+    """Ids beyond any store's range and out-of-range times were tracebacks
+    (``OverflowError``); options of the calibration graph were ignored (``rollback 1 --qubits
+    3`` rolled back every qubit)."""
+    _seeded_home(tmp_path, export)
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "history", "--limit", "99999999999999999999")
+    assert proc.returncode == 0 and proc.stdout.split()[0] == "2", proc.stderr
+
+
+def test_calibrate_history_of_a_misspelt_parameter_names_the_close_one(tmp_path, export, labqpu):
+    _seeded_home(tmp_path, export)
+    proc = labqpu(tmp_path, "calibrate", "history", "--param", "t1", "--qubit", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert "no snapshot holds a qubit parameter 't1'; did you mean 't1_s'?" in proc.stderr
+
+
+def test_store_commands_on_a_fresh_home_start_from_the_seed(tmp_path, labqpu):
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["1"]
+    for args, message in (
+            (["t1_s", "--qubit", "9"], "snapshot 1 has no qubit 9 (qubits: 0, 1, 2, 3, 4)"),
+            (["zz_hz", "--pair", "1-3"], "snapshot 1 has no pair 1-3 (pairs: 0-1, 1-2,")):
+        proc = labqpu(tmp_path, "calibrate", "history", "--param", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr
+
+
+def test_calibrate_without_a_task_names_the_choices(tmp_path, labqpu):
+    proc = labqpu(tmp_path, "calibrate")
+    assert proc.returncode == 2
+    assert "--watch, --bootstrap or --rb" in proc.stderr
+
+
+def test_calibrate_runs_the_graph_and_prints_the_summary(tmp_path, labqpu):
+    seed_fresh_store(tmp_path)
+    proc = labqpu(tmp_path, "calibrate", "t1", "--qubits", "0", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "t1 qubit 0:" in out  # a plain line per step: stdout is not a terminal
+    assert "\r" not in out  # and no progress bar
+    summary = out[out.index("node "):]
+    assert "t1" in summary and ("committed snapshot 2 (parent 1)" in summary
+                                or "nothing committed; snapshot 1" in summary)
+    assert "cz" not in summary  # t1 needs no CZ
+
+
+def test_calibrate_names_gate_errors_measured_before_their_pulses(tmp_path, export, labqpu):
+    """A snapshot whose qubit 2 has a pi amplitude newer than its gate errors (as after a
+    recalibration without RB): after a graph run, the command names sx:2, sy:2 and x:2 as out
+    of date and says which command measures them again. Qubit 0, which the run checks, is
+    named exactly when the run changed one of its pulse values; qubits 1, 3 and 4 never."""
+    from labqpu.store import CalibrationStore, SnapshotBuilder
+    from labqpu.testing import restamped
+
+    with CalibrationStore(tmp_path / "lab5" / "calibration.sqlite") as store:
+        first = store.import_json(restamped(export))
+        builder = SnapshotBuilder.from_snapshot(first)
+        builder.set_qubit(2, "pi_amplitude", first.qubits[2]["pi_amplitude"].value,
+                          "fine_amplitude-test", timestamp=datetime.now(UTC).isoformat())
+        store.commit(builder.build_document())
+    proc = labqpu(tmp_path, "calibrate", "t1", "--qubits", "0", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("gate errors out of date"))
+    assert "sx:2 (measured before pi_amplitude)" in line and "x:2 (" in line, line
+    assert "`labqpu calibrate rb`" in line, line
+    assert not any(f"sx:{q}" in line or f"x:{q} " in line for q in (1, 3, 4)), line
+    pulses_of_0 = ("frequency_hz", "pi_amplitude", "pi2_amplitude", "drag_beta")
+    changed_0 = any(row.split()[1:4] == ["qubit", "0", name] and "->" in row
+                    for row in proc.stdout.splitlines() for name in pulses_of_0)
+    assert ("sx:0" in line) == changed_0, proc.stdout
+
+
+def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path, labqpu):
+    proc = labqpu(tmp_path, "calibrate", "ramsy")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("labqpu: no calibration node 'ramsy' (known: ")
+    proc = labqpu(tmp_path, "calibrate", "--all", "ramsey")
+    assert proc.returncode == 2 and "not both" in proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "diff", "1")
+    assert proc.returncode == 2 and "usage: labqpu calibrate diff A B" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--all", "--no-rb", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
+    (["t1", "--rb-lengths-1q", "1", "50", "100"], "--rb-lengths-1q set randomized"),
+    (["--bootstrap", "--no-rb", "--rb-lengths-2q", "1", "5", "10"], "--rb-lengths-2q set"),
+    (["--rb", "--no-rb"], "--rb and --no-rb contradict each other"),
+    (["t1", "--rb", "--no-rb"], "--rb and --no-rb contradict each other"),
+    (["rb", "--no-rb"], "--no-rb with the node 'rb'"),
+    (["--watch", "rb"], "it takes no node rb"),
+    (["--watch", "t1", "--no-rb"], "it takes no --no-rb"),
+    (["--all", "--shots", "0"], "--shots must be a whole number from 1 to 100000, got 0"),
+    (["--all", "--interval", "60"], "--interval needs --watch"),
+    (["--watch", "--force"], "it takes no --force\n"),  # no --rb-every note: not about RB
+    (["--watch", "--no-rb"], "it takes no --no-rb (--rb-every N benchmarks the gates every N"),
+    (["--watch", "--bootstrap"], "it takes no --bootstrap"),
+    (["--watch", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--watch", "--clock", "device"], "--clock device on the embedded simulator passes "
+                                       "each interval in milliseconds, so rounds follow"),
+    (["--watch", "--interval", "-1"], "--interval must be a number of seconds >= 0"),
+    (["--all", "--rb-every", "2"], "--rb-every needs --watch"),
+    (["--watch", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
+    # settings no benchmark can fit: a usage error, not an RB failure recorded on the qubit
+    (["--rb", "--qubits", "1", "--rb-lengths-1q", "1", "50"],
+     "--rb-lengths-1q: RB needs at least 3 distinct sequence lengths"),
+    (["--rb", "--rb-lengths-2q", "5", "5", "5"], "--rb-lengths-2q: RB needs at least 3"),
+])
+def test_calibrate_refuses_rb_options_it_would_ignore(tmp_path, args, message, labqpu):
+    """RB options without an RB run are a one-line error, before any simulator starts."""
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr.replace(" (labqpu calibrate --help)", "")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.glob("**/*.sqlite"))  # no store was opened
+
+
+def test_calibrate_watch_runs_rounds_on_the_device_clock_and_logs_them(tmp_path, labqpu):
+    """On the embedded simulator the interval passes as idle shots on the device: two rounds
+    an hour apart take seconds, each is one line of output and one line of the JSON log;
+    with ``--rb-every 2`` the second ends with RB of the watched qubit."""
+    seed_fresh_store(tmp_path)
+    proc = labqpu(tmp_path, "calibrate", "--watch", "t1", "--qubits", "0", "--rounds", "2",
+                  "--rb-every", "2", "--rb-lengths-1q", "1", "40", "120", "300",
+                  "--rb-seeds", "2", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert ("a round every 3600 s on the device clock, randomized benchmarking every 2 "
+            "round(s), 2 round(s)") in lines[0]
+    assert "RB: 3 gate errors" in proc.stdout
+    assert "round 1 at +0.00 h:" in proc.stdout and "round 2 at +1.00 h:" in proc.stdout
+    log = [json.loads(line) for line in (tmp_path / "lab5" / "watch.jsonl").read_text()
+           .splitlines()]
+    assert [(r["round"], r["clock_s"]) for r in log] == [(1, 0.0), (2, 3600.0)]
+    assert "gate_errors" not in log[0] and set(log[1]["gate_errors"]) == {"sx:0", "sy:0", "x:0"}
+    assert {s["node"] for r in log for s in r["steps"]} >= {"t1", "readout", "rabi"}
+    assert "cz" not in {s["node"] for r in log for s in r["steps"]}
+
+
+def test_a_watch_with_nothing_to_run_says_so_without_its_header(tmp_path, labqpu):
+    """`--watch cz --qubits 0` printed "watching lab5: a round every ..." and then the graph's
+    error: the selection is checked before the header, as a graph run checks it."""
+    seed_fresh_store(tmp_path)
+    proc = labqpu(tmp_path, "calibrate", "--watch", "cz", "--qubits", "0", "--rounds", "1")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("labqpu: the node cz calibrates edges, and qubits [0] hold "
+                                  "none of lab5's edges"), proc.stderr
+    assert not (tmp_path / "lab5" / "watch.jsonl").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--export", "/nonexistent-dir/x.json"],
+     "--export /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
+    (["--design", "nonexistent.toml"], "--design nonexistent.toml: no such file"),
+    (["--export", "."], "--export .: is a directory; give a file name"),
+])
+def test_calibrate_file_options_are_checked_before_anything_starts(tmp_path, args, message, labqpu):
+    start = time.monotonic()
+    proc = labqpu(tmp_path, "calibrate", "ramsey", "--qubits", "2", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"labqpu calibrate: {message}"
+    assert time.monotonic() - start < 20  # no simulator started, no calibration run
+    assert not (tmp_path / "lab5").exists()
+
+
+def test_calibrate_export_refuses_a_store_and_reports_a_failed_write_in_one_line(tmp_path, labqpu):
+    """A review's cases: ``--export`` onto the calibration store overwrote it with JSON (every
+    snapshot lost), and a write that failed (a full disk) was a traceback after the commit.
+    Both stores are refused before anything starts; a failed write is one line that says the
+    snapshot stays committed."""
+    seed_fresh_store(tmp_path)
+    store = tmp_path / "lab5" / "calibration.sqlite"
+    shutil.copy(store, tmp_path / "copy.sqlite")
+    for target, message in ((store, "is the calibration store; give another file"),
+                            (tmp_path / "copy.sqlite", "is an SQLite database (a calibration "
+                             "store?), which the export would overwrite; give another file")):
+        proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                      str(target))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"labqpu calibrate: --export {target}: {message}"
+        assert target.read_bytes().startswith(b"SQLite format 3")
+    if Path("/dev/full").exists():
+        proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                      "/dev/full", timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == (
+            "labqpu calibrate: cannot write --export /dev/full: No space left on device; "
+            f"snapshot 1 is committed in {store} all the same"), proc.stderr
+    proc = labqpu(tmp_path, "calibrate", "history")
+    assert proc.returncode == 0, proc.stderr
+    # written through a symbolic link, keeping the mode of the file it replaces
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "real.json").chmod(0o600)
+    (tmp_path / "link.json").symlink_to("real.json")
+    proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                  "link.json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "real.json").read_text())["document"]["device"] == "lab5"
+    assert (tmp_path / "real.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path, labqpu):
+    """A run that commits nothing still writes --export's file: the newest snapshot, named."""
+    seed_fresh_store(tmp_path)  # measured an hour ago: every step is fresh
+    proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
+                  "e.json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing committed; snapshot 1 stays the newest" in proc.stdout
+    assert "exported snapshot 1 to e.json" in proc.stdout
+    assert json.loads((tmp_path / "e.json").read_text())["document"]["device"] == "lab5"
+
+
+def test_calibrating_an_edge_node_on_qubits_without_an_edge_is_refused(tmp_path, labqpu) -> None:
+    """``labqpu calibrate cz --qubits 0 2`` ran cz's prerequisites on both qubits, no cz at all,
+    said nothing and exited 0 (committing what the prerequisites changed)."""
+    proc = labqpu(tmp_path, "calibrate", "cz", "--qubits", "0", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert ("the node cz calibrates edges, and qubits [0, 2] hold none of lab5's edges (0-1, 1-2, "
+            "2-3, 3-4): give both qubits of an edge") in proc.stderr
+    history = labqpu(tmp_path, "calibrate", "history")
+    assert [line.split()[0] for line in history.stdout.splitlines()] == ["1"]  # no commit
+
+
+def test_history_of_an_empty_store_says_so(tmp_path, labqpu) -> None:
+    """A rack of its own whose store holds nothing yet: history printed nothing at all."""
+    text = (REPO / "labqpu" / "data" / "lab5.toml").read_text()
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(text.replace('seed_snapshot = "lab5_calibration.json"',
+                                   'seed_snapshot = ""', 1))
+    proc = labqpu(tmp_path, "calibrate", "history", "--config", str(wiring))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("holds no snapshot yet"), proc.stdout
