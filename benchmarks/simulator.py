@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import platform
 import statistics
@@ -501,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["circuit", "scaling", "pulse", "sequence", "overlap"],
                         default=None)
     args = parser.parse_args(argv)
+    if args.only != "pulse" and importlib.util.find_spec("qiskit_aer") is None:
+        print("benchmarks/simulator.py: its reference, qiskit-aer, is not installed: "
+              "pip install -e \".[bench]\" (only --only pulse runs without it)", file=sys.stderr)
+        return 2
     budget = QUICK if args.quick else FULL
     print(f"labqpu simulator benchmarks ({'quick' if args.quick else 'full'}), "
           f"{dt.datetime.now().isoformat(timespec='seconds')}")

@@ -6,14 +6,14 @@ documentation's figures).
     python examples/calibration_plots.py [DIRECTORY]
 
 It works in a temporary LABQPU_HOME, so your own calibration store is not touched. Takes
-about 40 s on 2 cores (2026-12-05, load ~1).
+about 40-60 s on 2 cores (2026-12-05/06, load ~1).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -40,4 +40,8 @@ def main(directory: str = "calibration_plots") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
+    parser.add_argument("directory", nargs="?", default="calibration_plots",
+                        help="where the plots go (default: calibration_plots)")
+    main(parser.parse_args().directory)
