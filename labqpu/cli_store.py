@@ -142,8 +142,6 @@ def _gate_key(store, gate: str) -> str:
     return gate
 
 
-#: The first bytes of every SQLite database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def file_options_problem(args: argparse.Namespace, config: LabConfig | None) -> str | None:
@@ -165,9 +163,11 @@ def file_options_problem(args: argparse.Namespace, config: LabConfig | None) -> 
         if export.resolve() in [store, *(Path(f"{store}{end}") for end in
                                          ("-wal", "-shm", "-journal"))]:
             return f"--export {args.export}: is the calibration store; give another file"
+        from labqpu.store.files import SQLITE_HEADER
+
         try:
             with export.open("rb") as existing:
-                if existing.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+                if existing.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
                     return (f"--export {args.export}: is an SQLite database (a calibration "
                             "store?), which the export would overwrite; give another file")
         except OSError:

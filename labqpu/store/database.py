@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import sqlite3
 import threading
 import urllib.parse
@@ -25,6 +24,15 @@ from labqpu.errors import (
     StaleSnapshotError,
     did_you_mean,
 )
+from labqpu.store.files import (
+    HOST,
+    SCHEMA_VERSION,
+    SPARE_PREFIX,
+    create_schema,
+    new_store_file,
+    not_a_database,
+    remove_orphaned_spares,
+)
 from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.snapshot import Snapshot, diff_snapshots
@@ -39,9 +47,6 @@ from labqpu.store.validation import (
     sha256_hex,
     utc_now,
 )
-
-SCHEMA_VERSION = 1
-"""Version of the SQLite schema this module reads and writes."""
 
 EXPORT_FORMAT = "labqpu.calibration.snapshot/1"
 """Value of the ``format`` field of :meth:`CalibrationStore.export_json` documents."""
@@ -80,92 +85,7 @@ class SnapshotInfo:
 
 log = logging.getLogger(__name__)
 
-_SNAPSHOTS_TABLE = """
-CREATE TABLE snapshots (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL,
-    created TEXT NOT NULL,
-    parent_id INTEGER REFERENCES snapshots (id),
-    content_hash TEXT NOT NULL,
-    document TEXT NOT NULL,
-    complete INTEGER NOT NULL DEFAULT 0 CHECK (complete IN (0, 1))
-)
-"""
 _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
-
-
-def _new_store_file(path: Path) -> None:
-    """Write the calibration schema into the SQLite file ``path`` (with a rollback journal,
-    SQLite's default: :class:`CalibrationStore` says why)."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        _create_schema(conn)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-
-
-#: A store creation's temporary file: ``{prefix}{host}-{pid}-{random}.tmp`` (and SQLite's
-#: ``-wal`` and ``-shm`` beside it), named so that an orphan can be told from a file another
-#: process is making now without comparing clocks.
-_SPARE_PREFIX = ".labqpu-store-"
-_HOST = socket.gethostname().replace("-", "_")
-
-
-#: The first bytes of every SQLite database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def _not_a_database(path: Path) -> str | None:
-    """What the file at ``path`` is when it exists but holds no SQLite database header (an
-    empty file, or a few bytes: SQLite opens those as a new database), else None."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(len(_SQLITE_HEADER))
-    except OSError:
-        return None  # missing, a directory, not readable: SQLite's own error says which
-    if not head:
-        return "an empty file (0 bytes)"
-    if head != _SQLITE_HEADER:
-        return f"a {path.stat().st_size}-byte file without SQLite's header"
-    return None
-
-
-def _remove_orphaned_spares(directory: Path) -> None:
-    """Remove the temporary files of store creations in ``directory`` (``CalibrationStore.
-    _create``) made on this host by a process that no longer runs (one killed while it made a
-    store); those of other hosts (a shared file system) and of running processes are kept."""
-    with suppress(OSError):
-        for entry in os.scandir(directory):
-            name = entry.name
-            if not name.startswith(_SPARE_PREFIX) or ".tmp" not in name:
-                continue
-            parts = name[len(_SPARE_PREFIX):].split(".tmp", 1)[0].split("-")
-            if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit() \
-                    and not _running(int(parts[1])):
-                with suppress(OSError):
-                    os.unlink(entry.path)
-
-
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it runs, as another user
-        pass
-    return True
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    """The calibration schema, inside the caller's write transaction (unless it is there)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    if conn.execute("SELECT 1 FROM schema_version").fetchone() is None:
-        conn.execute(_SNAPSHOTS_TABLE)
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-
 
 def _noted(conn: sqlite3.Connection, snapshot_id: int | None) -> str:
     """`` ("<its notes>")`` of a snapshot, for a message naming it; empty when it has none or
@@ -240,10 +160,10 @@ class CalibrationStore:
         except OSError as exc:
             raise CalibrationError(f"cannot create the directory of calibration store "
                                    f"{self._path}: {exc}") from exc
-        _remove_orphaned_spares(Path(os.path.realpath(self._path)).parent)
+        remove_orphaned_spares(Path(os.path.realpath(self._path)).parent)
         if not self._path.exists():
             self._create()
-        problem = _not_a_database(self._path)
+        problem = not_a_database(self._path)
         if problem:
             # SQLite would take an empty file (or one of a few bytes) for a new database, and
             # the provider would then seed it with the factory snapshot: the history it once
@@ -289,16 +209,16 @@ class CalibrationStore:
         used); the temporary file is removed either way."""
         # a dangling symlink's target is where the store goes, as SQLite would put it
         place = Path(os.path.realpath(self._path))
-        spare = place.with_name(f"{_SPARE_PREFIX}{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+        spare = place.with_name(f"{SPARE_PREFIX}{HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
         try:
-            _new_store_file(spare)
+            new_store_file(spare)
             try:
                 os.link(spare, place)
             except FileExistsError:
                 pass  # another process made it first: that store is used
             except OSError:  # no hard links on this file system: made in place
                 log.debug("cannot link %s into place; the store is made in place", spare)
-                _new_store_file(place)
+                new_store_file(place)
         except (OSError, sqlite3.Error) as exc:
             raise CalibrationError(f"cannot create calibration store {self._path}: {exc}") from exc
         finally:
@@ -341,7 +261,7 @@ class CalibrationStore:
                     f"{sorted(name for (name,) in others)} but no calibration schema; it is not "
                     "a calibration store")
             with self._transaction() as conn:
-                _create_schema(conn)
+                create_schema(conn)
         (version,) = self._query("SELECT max(version) FROM schema_version")[0]
         if version != SCHEMA_VERSION:
             raise CalibrationError(

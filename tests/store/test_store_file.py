@@ -270,21 +270,21 @@ def test_a_store_creations_leftovers_from_a_killed_process_are_removed_on_open(t
     those of a process of this host that no longer runs; it keeps those of a running process
     (it may be making its store now), those of another host (a shared file system) and every
     other file."""
-    from labqpu.store.database import _HOST, _SPARE_PREFIX
+    from labqpu.store.files import HOST, SPARE_PREFIX
 
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True, timeout=60)
     dead = int(ended.stdout)
-    orphans = [tmp_path / f"{_SPARE_PREFIX}{_HOST}-{dead}-0a1b2c3d4e5f.tmp{tail}"
+    orphans = [tmp_path / f"{SPARE_PREFIX}{HOST}-{dead}-0a1b2c3d4e5f.tmp{tail}"
                for tail in ("", "-wal", "-shm")]
-    kept = [tmp_path / f"{_SPARE_PREFIX}{_HOST}-{os.getpid()}-ffffffffffff.tmp",
-            tmp_path / f"{_SPARE_PREFIX}other_host-{dead}-123456abcdef.tmp",
-            tmp_path / "notes.tmp", tmp_path / f"{_SPARE_PREFIX}readme.txt"]
+    kept = [tmp_path / f"{SPARE_PREFIX}{HOST}-{os.getpid()}-ffffffffffff.tmp",
+            tmp_path / f"{SPARE_PREFIX}other_host-{dead}-123456abcdef.tmp",
+            tmp_path / "notes.tmp", tmp_path / f"{SPARE_PREFIX}readme.txt"]
     for path in [*orphans, *kept]:
         path.write_bytes(b"x")
     with CalibrationStore(tmp_path / "calibration.sqlite") as store:
         assert store.latest_id() is None
     assert not any(path.exists() for path in orphans)
     assert all(path.exists() for path in kept)
-    spares = {p for p in tmp_path.iterdir() if p.name.startswith(_SPARE_PREFIX)}
+    spares = {p for p in tmp_path.iterdir() if p.name.startswith(SPARE_PREFIX)}
     assert spares == {kept[0], kept[1], kept[3]}  # this open's own temporary file went too
