@@ -199,6 +199,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         provider = LabProvider(args.config, simulator=args.simulator or None)
     with provider:
         backend = provider.backend()
+        backend.store.check_writable()  # before minutes of measurements, not at their commit
         t0 = time.perf_counter()
 
         def progress(msg: str) -> None:

@@ -514,6 +514,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     if with_rb and not commit:
         raise ValueError("the rb step commits the gate errors it measures: give commit=True or "
                          "rb=False")
+    if commit:
+        backend.store.check_writable()  # before the measurements, not at their commit
     rb_forced = force and (nodes is None or RB_NODE in nodes)
     # the graph's steps leave rb out (graph_steps), so naming it among the forced is harmless
     forced = ({n.name for n in graph_nodes()} if nodes is None else set(nodes)) if force \

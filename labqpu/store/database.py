@@ -360,6 +360,22 @@ class CalibrationStore:
                 ) from exc
             raise
 
+    def check_writable(self) -> None:
+        """Raise ``CalibrationError`` naming the file when a commit could not be written to it
+        (a read-only or immutable file), before a calibration spends its time measuring (a
+        review's run measured for minutes, then failed at its commit). Writes nothing."""
+        conn = self._connection()
+        self._check_same_file()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE schema_version SET version = version WHERE 0")
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise CalibrationError(f"calibration store {self._path} cannot be written: {exc}; "
+                                   "a calibration could not commit what it measures") from exc
+
     def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._connection().execute(sql, parameters).fetchall()

@@ -428,3 +428,42 @@ def test_history_of_an_empty_store_says_so(tmp_path, labqpu) -> None:
     proc = labqpu(tmp_path, "calibrate", "history", "--config", str(wiring))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("holds no snapshot yet"), proc.stdout
+
+
+def _unwritable(path: Path) -> list[str] | None:
+    """Make ``path`` unwritable even for root (``chattr +i``), else by its mode when not
+    root; the command that undoes it, or None when neither can be done here."""
+    import os
+    import subprocess
+
+    if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(path)],
+                                                  capture_output=True).returncode == 0:
+        return ["chattr", "-i", str(path)]
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return ["chmod", "644", str(path)]
+    return None
+
+
+def test_a_calibration_on_a_store_it_cannot_write_fails_before_it_measures(
+        tmp_path, export, monkeypatch, capsys) -> None:
+    """A review's case: on an immutable store a calibration measured everything, then failed
+    at its commit."""
+    import subprocess
+
+    from labqpu.cli import main
+
+    _seeded_home(tmp_path, export)
+    store = tmp_path / "lab5" / "calibration.sqlite"
+    undo = _unwritable(store)
+    if undo is None:
+        pytest.skip("no way to make a file unwritable for root here")
+    try:
+        before = store.read_bytes()
+        monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+        assert main(["calibrate", "t1", "--qubits", "0", "--force", "--no-rb"]) == 2
+        assert f"calibration store {store} cannot be written" in capsys.readouterr().err
+        assert store.read_bytes() == before
+        assert not (tmp_path / "lab5" / "experiments").exists()  # nothing measured
+    finally:
+        subprocess.run(undo, check=True)
