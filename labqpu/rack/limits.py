@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from labqpu.errors import InvalidSnapshotError
+from labqpu.pulse.kernels import sigma_problem
 from labqpu.pulse.tables import grid_samples
 from labqpu.rack.config import LabConfig
 from labqpu.store.physics import unchanged
@@ -70,6 +71,22 @@ def _durations_on_grid(params: Mapping[str, Any], names: tuple[str, ...],
                 parameter=name)
 
 
+def _sigma_shapes_the_pulse(params: Mapping[str, Any], kept: Mapping[str, Any] | None,
+                            key: str, fs: float, subject: str) -> None:
+    """A qubit's ``pulse_sigma_s`` one the compiler can shape its ``pulse_duration_s`` with at
+    ``fs`` (Hz) (a review's case: a sigma of 1 ms on a 40 ns pulse was committed, and every
+    job on the qubit then failed at ``run()``)."""
+    sigma, duration = _value(params, "pulse_sigma_s"), _value(params, "pulse_duration_s")
+    if sigma is None or duration is None \
+            or unchanged(kept, "qubits", key, params, "pulse_sigma_s", "pulse_duration_s"):
+        return
+    problem = sigma_problem(sigma * fs, duration * fs)
+    if problem:
+        raise InvalidSnapshotError(f"{problem}: {sigma!r} s on a pulse_duration_s of "
+                                   f"{duration!r} s at the controllers' {fs:g} Hz",
+                                   subject=subject, parameter="pulse_sigma_s")
+
+
 def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
                          kept: Mapping[str, Any] | None = None) -> None:
     """Refuse a snapshot document (the layout of ``labqpu.store``) whose values this rack's
@@ -105,6 +122,7 @@ def check_against_wiring(document: Mapping[str, Any], config: LabConfig,
         wiring = config.qubits[q]
         subject = f"qubit {q}"
         _durations_on_grid(params, QUBIT_DURATIONS, kept, "qubits", key, fs, subject)
+        _sigma_shapes_the_pulse(params, kept, key, fs, subject)
         for role, lo_name, port in (("drive", wiring.drive_lo, wiring.drive),
                                     ("readout", wiring.readout_lo, wiring.readout)):
             lo = config.instrument(lo_name)

@@ -112,7 +112,24 @@ def _discriminator(value: Any) -> str | None:
         return 'must be {"centers": [[I0, Q0], [I1, Q1]]} with finite numbers'
     if centers[0] == centers[1]:
         return "must have two distinct centres: with one point for |0> and |1> no shot is told"
+    (i0, q0), (i1, q1) = centers
+    if max(map(abs, (i0, q0, i1, q1))) > MAX_IQ:
+        return (f"must have centres within +-{MAX_IQ:g} (IQ results travel as complex64; "
+                "beyond, their difference overflows and every shot reads 0)")
+    apart, size = math.hypot(i1 - i0, q1 - q0), max(math.hypot(i0, q0), math.hypot(i1, q1))
+    if apart < max(IQ_RESOLUTION * size, MIN_IQ_APART):
+        return (f"must have centres apart by more than complex64 IQ results resolve "
+                f"({IQ_RESOLUTION:g} of their size, and {MIN_IQ_APART:g}): these are "
+                f"{apart:.3g} apart")
     return None
+
+
+#: What IQ results (complex64: float32 parts) can carry: the largest centre coordinate whose
+#: differences stay finite, the relative resolution, and the smallest separation of normal
+#: float32 numbers.
+MAX_IQ = 1e30
+IQ_RESOLUTION = 1e-6
+MIN_IQ_APART = 1e-30
 
 
 def _rounds(value: Any) -> str | None:
@@ -204,6 +221,14 @@ def check_physics(document: Mapping[str, Any], kept: Mapping[str, Any] | None = 
                     raise InvalidSnapshotError(
                         f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can "
                         "reach", subject=f"qubit {key}", parameter=name)
+    for key, params in document.get("gates", {}).items():
+        name, _, qubits = key.partition(":")
+        a, _, b = qubits.partition("-")
+        if name == "cz" and a.isdigit() and b.isdigit() and int(a) > int(b) \
+                and not unchanged(kept, "gates", key, params, *params):
+            raise InvalidSnapshotError(
+                f"cz acts alike on both of its qubits: its key is 'cz:{b}-{a}', which the "
+                "Target reads (this one it would not)", subject=f"gate {key!r}")
     for key, params in document.get("pairs", {}).items():
         if "cz_rise_s" in params and "cz_duration_s" in params \
                 and not unchanged(kept, "pairs", key, params, "cz_rise_s", "cz_duration_s"):

@@ -39,6 +39,8 @@ def _with(document: dict, qubit: int, name: str, value: float) -> dict:
     (0, "readout_lo_power_dbm", 30.0, "power range (dBm) of signal generator 'lo_readout'"),
     (3, "frequency_hz", 6.3e9, "the band ctrl0 can reach from drive_lo_frequency_hz"),
     (4, "readout_frequency_hz", 6.6e9, "the band ctrl0 can reach from readout_lo_frequency_hz"),
+    # a review's case: committed, then every job on qubit 0 failed at run()
+    (0, "pulse_sigma_s", 1e-3, "Gaussian sigma must be 0.001..14142.1 samples"),
 ])
 def test_a_value_the_rack_cannot_play_is_refused_and_nothing_is_written(
         lab_backend, qubit, name, value, named) -> None:

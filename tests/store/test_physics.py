@@ -55,6 +55,11 @@ def writable(tmp_path, snapshot):
     ("qubit", 1, "discriminator", {"centers": [[0, 0], [0, 0]]}, "two distinct centres"),
     ("qubit", 1, "reset_rounds", 10 ** 9, "1..100"),
     ("gate", "sx:0", "error", -0.01, "[0, 1]"),
+    # a review's cases: centres whose difference overflows, or that complex64 cannot tell
+    # apart, read every shot as 0 without an error
+    ("qubit", 0, "discriminator", {"centers": [[1e308, 0], [-1e308, 0]]}, "complex64; beyond"),
+    ("qubit", 0, "discriminator", {"centers": [[0, 0], [1e-300, 0]]}, "1e-300 apart"),
+    ("qubit", 0, "discriminator", {"centers": [[0.2, 0.1], [0.2, 0.1 + 1e-9]]}, "1e-09 apart"),
 ])
 def test_unphysical_values_are_refused_and_nothing_is_written(writable, section, key, name,
                                                               value, words) -> None:
@@ -65,6 +70,18 @@ def test_unphysical_values_are_refused_and_nothing_is_written(writable, section,
             ")", r"\)").replace("[", r"\[").replace("]", r"\]")) as info:
         writable.commit(builder.build_document())
     assert info.value.parameter == name
+    assert writable.latest_id() == latest
+
+
+def test_a_cz_key_in_descending_order_is_refused_naming_the_one_the_target_reads(
+        writable) -> None:
+    """A review's case: ``cz:1-0`` was stored beside ``cz:0-1``, which the Target reads: a lab
+    steering the layout away from a bad coupler changed nothing."""
+    latest = writable.latest_id()
+    builder = SnapshotBuilder.from_snapshot(writable.latest()).set_gate("cz:1-0", "error", 0.9,
+                                                                        "by hand")
+    with pytest.raises(InvalidSnapshotError, match=r"gate 'cz:1-0'.*its key is 'cz:0-1'"):
+        writable.commit(builder.build_document())
     assert writable.latest_id() == latest
 
 
