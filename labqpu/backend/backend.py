@@ -23,9 +23,13 @@ from labqpu.backend.program_checks import (
     check_length,
     check_nested,
     check_program,
+    check_rep_delay,
     check_results,
     check_traces,
+    default_rep_delay_s,
     one_controller_hint,
+    port_qubits,
+    touched_qubits,
 )
 from labqpu.backend.results import discriminator_centres
 from labqpu.backend.snapshots import newest_buildable, within_limits
@@ -79,10 +83,6 @@ _OPTION_TYPES = {
     "timeout": (numbers.Real, "a finite number of seconds"),
     "trace_decimation": (numbers.Integral, "a whole number of samples"),
 }
-#: ``rep_delay`` when the run does not give one: this many times the longest calibrated T1
-#: (residual excitation exp(-10) ~ 5e-5), or REP_DELAY_UNCALIBRATED_S without any T1.
-REP_DELAY_T1_FACTOR = 10.0
-REP_DELAY_UNCALIBRATED_S = 500e-6
 
 
 def _refused_circuit(circuits: list[QuantumCircuit], exc: CircuitError) -> InvalidRunInputError:
@@ -106,13 +106,6 @@ def _read_all(circuit: QuantumCircuit) -> None:
     for inst in circuit.data:
         for block in getattr(inst.operation, "blocks", ()):
             _read_all(block)
-
-
-def default_rep_delay_s(snapshot: Snapshot) -> float:
-    """The repetition delay (s) of runs that do not set ``rep_delay``: REP_DELAY_T1_FACTOR x
-    the longest ``t1_s`` in ``snapshot`` (at most 1 s), REP_DELAY_UNCALIBRATED_S without one."""
-    t1 = [params["t1_s"].value for params in snapshot.qubits.values() if "t1_s" in params]
-    return min(1.0, REP_DELAY_T1_FACTOR * max(t1)) if t1 else REP_DELAY_UNCALIBRATED_S
 
 
 def _check_option_types(options: dict) -> None:
@@ -186,6 +179,7 @@ class LabBackend(BackendV2):
         #: What the pulse compiler needs of the rack: the wiring's channels and the
         #: controllers' timing constraints (from their ``hello``).
         self.channels: ChannelMap = replace(config.channels, timing=timing)
+        self._port_qubits = port_qubits(self.channels)
         self._refresh()
 
     @classmethod
@@ -685,7 +679,8 @@ class LabBackend(BackendV2):
         Everything is checked and compiled before anything is sent: a bad circuit or option
         raises ``InvalidRunInputError`` naming the problem, and no job is created. Options:
         ``shots`` (1..100000), ``memory``, ``meas_level`` (0: raw traces, 1: IQ, 2: counts),
-        ``meas_return``, ``rep_delay`` (s; None: :func:`default_rep_delay_s` of the snapshot),
+        ``meas_return``, ``rep_delay`` (s; None: :func:`default_rep_delay_s` of the qubits
+        the circuits use; shots x rep_delay beyond ``timeout`` is refused),
         ``trace_decimation`` (samples per trace point with meas_level 0; None: the
         controller's default), ``seed_simulator``, ``scheduling_method`` ("auto": ALAP, with
         a qubit's gates between a two-qubit gate and its measurement early in a circuit with
@@ -760,7 +755,9 @@ class LabBackend(BackendV2):
             check_nested(parts[-1], self._capabilities)
             check_results(program, parts[-1], opts["shots"], self._capabilities)
         if opts["rep_delay"] is None:
-            opts["rep_delay"] = default_rep_delay_s(snapshot)
+            opts["rep_delay"] = default_rep_delay_s(snapshot, touched_qubits(programs,
+                                                                             self._port_qubits))
+        check_rep_delay(opts)
         if opts["meas_level"] == 0:
             opts["trace_decimation"] = check_traces(programs, opts, self._capabilities)
         if opts["meas_level"] == 1:

@@ -21,9 +21,11 @@ from labqpu.errors import (
 from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.program import MAX_CLBITS, PulseProgram
 from labqpu.rack.config import LabConfig
+from labqpu.store import Snapshot
 
-__all__ = ["check_length", "check_nested", "check_program", "check_results", "check_traces",
-           "one_controller_hint", "result_point_limit"]
+__all__ = ["check_length", "check_nested", "check_program", "check_rep_delay", "check_results",
+           "check_traces", "default_rep_delay_s", "one_controller_hint", "port_qubits",
+           "result_point_limit", "touched_qubits"]
 
 
 def _non_finite(program: PulseProgram) -> str | None:
@@ -268,3 +270,53 @@ def check_traces(programs: list[PulseProgram], opts: dict, capabilities: Mapping
             f"meas_level=0: the controllers' default trace decimations differ "
             f"({sorted(decimations)}); set trace_decimation", option="trace_decimation")
     return decimations.pop()
+
+
+#: ``rep_delay`` when the run does not give one: this many times the longest calibrated T1 of
+#: the qubits the circuits use (residual excitation exp(-10) ~ 5e-5), at most
+#: MAX_DEFAULT_REP_DELAY_S; REP_DELAY_UNCALIBRATED_S without any T1.
+REP_DELAY_T1_FACTOR = 10.0
+REP_DELAY_UNCALIBRATED_S = 500e-6
+MAX_DEFAULT_REP_DELAY_S = 1.0
+
+
+def port_qubits(channels: ChannelMap) -> dict[int, int]:
+    """``{rack output port: qubit}`` of every qubit's drive, flux and readout output."""
+    return {channels.output(address): q for q, qubit in channels.qubits.items()
+            for address in (qubit.drive, qubit.flux, qubit.readout)}
+
+
+def touched_qubits(programs: list[PulseProgram], ports: Mapping[int, int]) -> set[int]:
+    """The qubits ``programs`` drive, flux or measure (``ports``: :func:`port_qubits`)."""
+    out = {int(q) for program in programs for q in program.acq_qubit}
+    out.update(ports[p] for program in programs for p in np.unique(program.play_port).tolist()
+               if p in ports)
+    return out
+
+
+def default_rep_delay_s(snapshot: Snapshot, qubits: set[int] | None = None) -> float:
+    """The repetition delay (s) of runs that do not set ``rep_delay``: REP_DELAY_T1_FACTOR x
+    the longest ``t1_s`` of ``qubits`` in ``snapshot`` (default, or when none of them has
+    one: of every qubit; a review's case: one idle qubit's T1 of 8 ms set every Bell job's
+    delay to 80 ms), at most MAX_DEFAULT_REP_DELAY_S; REP_DELAY_UNCALIBRATED_S without any."""
+    def longest(chosen) -> list[float]:
+        return [snapshot.qubits[q]["t1_s"].value for q in chosen
+                if "t1_s" in snapshot.qubits.get(q, {})]
+
+    t1 = (qubits and longest(qubits)) or longest(snapshot.qubits)
+    return min(MAX_DEFAULT_REP_DELAY_S, REP_DELAY_T1_FACTOR * max(t1)) if t1 \
+        else REP_DELAY_UNCALIBRATED_S
+
+
+def check_rep_delay(opts: Mapping) -> None:
+    """Refuse a job whose shots alone, each followed by the repetition delay, outlast the
+    time limit of a run (``timeout``, s): the controller would stop every run of it."""
+    least_s = opts["shots"] * opts["rep_delay"]
+    if least_s > opts["timeout"]:
+        raise InvalidRunInputError(
+            f"{opts['shots']} shots with a repetition delay of {opts['rep_delay']:.6g} s take "
+            f"at least {least_s:.6g} s, beyond the run option timeout of {opts['timeout']:g} s "
+            "that bounds each run: run fewer shots, a shorter rep_delay or a longer timeout "
+            "(the default delay is 10 T1 of the qubits the circuits use); nothing was sent",
+            option="rep_delay")
+

@@ -11,7 +11,7 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.providers import JobError
 
-from labqpu.backend.backend import REP_DELAY_T1_FACTOR, default_rep_delay_s
+from labqpu.backend.program_checks import REP_DELAY_T1_FACTOR, default_rep_delay_s
 from labqpu.drivers.controller import ControllerClient
 from labqpu.errors import InvalidRunInputError
 
@@ -173,3 +173,47 @@ def test_default_rep_delay_is_ten_calibrated_t1(snapshot) -> None:
     t1 = max(p["t1_s"].value for p in snapshot.qubits.values())
     assert REP_DELAY_T1_FACTOR == 10.0
     assert default_rep_delay_s(snapshot) == pytest.approx(10 * t1)
+
+
+def test_the_default_rep_delay_follows_the_qubits_a_job_uses(snapshot) -> None:
+    """A review's case: one idle qubit's T1 of 8 ms set every job's delay to 80 ms."""
+    from labqpu.store import Snapshot, SnapshotBuilder
+
+    long = SnapshotBuilder.from_snapshot(snapshot).set_qubit(4, "t1_s", 8e-3, "t1").build_document()
+    long = Snapshot.from_document(long)
+    t1 = {q: p["t1_s"].value for q, p in long.qubits.items()}
+    assert default_rep_delay_s(long, {0, 1}) == pytest.approx(10 * max(t1[0], t1[1]))
+    assert default_rep_delay_s(long, {3, 4}) == pytest.approx(10 * 8e-3)
+    assert default_rep_delay_s(long) == pytest.approx(10 * 8e-3)  # no qubits given: all
+    assert default_rep_delay_s(long, {42}) == pytest.approx(10 * 8e-3)  # none with a T1
+
+
+def test_shots_that_outlast_the_timeout_at_the_default_delay_are_refused(tmp_path,
+                                                                        monkeypatch) -> None:
+    """With qubit 4's T1 at 8 ms, a Bell pair on qubits 0 and 1 runs at its own qubits'
+    delay, and 4000 shots on qubit 4 (80 ms each: 320 s) are refused before anything is sent
+    rather than stopped by the controller's 300 s limit."""
+    from labqpu import LabProvider
+    from labqpu.store import SnapshotBuilder
+    from labqpu.testing import seed_fresh_store
+
+    seed_fresh_store(tmp_path)
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        SnapshotBuilder.from_snapshot(backend.store.latest()).set_qubit(
+            4, "t1_s", 8e-3, "t1").commit(backend.store)
+        bell = QuantumCircuit(2, 2)
+        bell.h(0)
+        bell.cx(0, 1)
+        bell.measure([0, 1], [0, 1])
+        counts = backend.run(transpile(bell, backend, initial_layout=[0, 1]),
+                             shots=4000).result(timeout=120).get_counts()
+        assert counts.get("00", 0) + counts.get("11", 0) > 3600, counts
+        lone = QuantumCircuit(1, 1)
+        lone.x(0)
+        lone.measure(0, 0)
+        with pytest.raises(InvalidRunInputError, match=r"4000 shots with a repetition delay of "
+                                                       r"0\.08 s take at least 320 s") as info:
+            backend.run(transpile(lone, backend, initial_layout=[4]), shots=4000)
+        assert info.value.option == "rep_delay"
