@@ -4,17 +4,64 @@ Python file that only defines a circuit. A test that uses one takes the fixture 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 
+def _in_process(home: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """``labqpu ARGS`` run by ``labqpu.cli.main`` in this process as the command runs in a
+    new one, in ``home`` (its working directory and ``LABQPU_HOME``): its exit code, stdout
+    and stderr, warnings shown every time and the root logger's output on stderr. The
+    environment, working directory, root logger and warning filters are put back after."""
+    from labqpu.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    before = os.environ.get("LABQPU_HOME"), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ["LABQPU_HOME"] = str(home)
+    os.chdir(home)
+    root.handlers[:] = []  # main's logging.basicConfig then logs to the stderr caught here
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
+            warnings.simplefilter("always")
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's errors and --help
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+        os.chdir(before[1])
+        if before[0] is None:
+            del os.environ["LABQPU_HOME"]
+        else:
+            os.environ["LABQPU_HOME"] = before[0]
+    return subprocess.CompletedProcess(["labqpu", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def labqpu():
-    def labqpu(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``labqpu(home, *args, timeout=60)``: the command's ``CompletedProcess``. A command that
+    runs a Python file (a script, or a circuit file, which is executed) or the simulator
+    (``labqpu sim``, which ends its process) runs in a new process, as does every command with
+    ``process=True``; the others run in this one (``labqpu.cli.main``
+    as the command calls it), which spares each the ~2-4 s of a new interpreter importing
+    Qiskit and the transpiler plugins the test environment installs."""
+    def labqpu(tmp_path: Path, *args: str, timeout: float = 60,
+               process: bool = False) -> subprocess.CompletedProcess:
+        if not process and "sim" not in args[:3] and not any(a.endswith(".py") for a in args):
+            return _in_process(tmp_path, args)
         return subprocess.run(
             [sys.executable, "-m", "labqpu.cli", *args],
             capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
