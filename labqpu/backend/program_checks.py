@@ -317,6 +317,7 @@ def check_rep_delay(opts: Mapping) -> None:
             f"{opts['shots']} shots with a repetition delay of {opts['rep_delay']:.6g} s take "
             f"at least {least_s:.6g} s, beyond the run option timeout of {opts['timeout']:g} s "
             "that bounds each run: run fewer shots, a shorter rep_delay or a longer timeout "
-            "(the default delay is 10 T1 of the qubits the circuits use); nothing was sent",
+            f"(the default delay is {REP_DELAY_T1_FACTOR:g} T1 of the qubits the circuits use); "
+            "nothing was sent",
             option="rep_delay")
 
