@@ -216,13 +216,14 @@ def _set_entry(
 
 
 def _warn_if_misspelt(name: str, subject: str, known: Mapping[str, object]) -> None:
-    """A ``UserWarning`` for a name labqpu does not read that looks like one it does: without
-    its unit (``t1`` for ``t1_s``), in other case, or a letter or two off. A lab's own names
+    """A ``UserWarning`` for a name labqpu does not read that looks like one it does: the
+    start of one or of a few (``t1`` for ``t1_s``, ``pi_amp``, ``t2`` for ``t2_s`` or
+    ``t2_echo_s``), in other case, or a letter or two off. A lab's own names
     (``flux_period_a``) are stored as they are, without a word."""
     if name in known:
         return
-    with_unit = [k for k in known if k.startswith(name + "_")]
-    hint = (f"; did you mean {with_unit[0]!r}?" if len(with_unit) == 1
+    started = sorted(k for k in known if k.startswith(name))
+    hint = (f"; did you mean {' or '.join(map(repr, started))}?" if 0 < len(started) <= 3
             else did_you_mean(name, known, cutoff=0.88))
     if hint:
         warnings.warn(f"{subject}: {name!r} is not a parameter labqpu knows{hint} It is stored "

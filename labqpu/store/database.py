@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +32,7 @@ from labqpu.store.files import (
     create_schema,
     new_store_file,
     not_a_database,
+    remove_companions,
     remove_orphaned_spares,
 )
 from labqpu.store.physics import check_physics
@@ -86,6 +88,8 @@ class SnapshotInfo:
 log = logging.getLogger(__name__)
 
 _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
+#: Store files left in WAL mode that this process has warned of.
+_STAYING_WAL: set[Path] = set()
 
 def _noted(conn: sqlite3.Connection, snapshot_id: int | None) -> str:
     """`` ("<its notes>")`` of a snapshot, for a message naming it; empty when it has none or
@@ -212,6 +216,7 @@ class CalibrationStore:
         spare = place.with_name(f"{SPARE_PREFIX}{HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
         try:
             new_store_file(spare)
+            remove_companions(place)  # a deleted store's journal would be applied to this one
             try:
                 os.link(spare, place)
             except FileExistsError:
@@ -222,9 +227,9 @@ class CalibrationStore:
         except (OSError, sqlite3.Error) as exc:
             raise CalibrationError(f"cannot create calibration store {self._path}: {exc}") from exc
         finally:
-            for leftover in (spare, Path(f"{spare}-wal"), Path(f"{spare}-shm")):
-                with suppress(OSError):
-                    leftover.unlink(missing_ok=True)
+            with suppress(OSError):
+                spare.unlink(missing_ok=True)
+            remove_companions(spare)
 
     def _identity(self) -> tuple[int, int]:
         """(device, inode) of the store file now."""
@@ -270,15 +275,18 @@ class CalibrationStore:
             )
 
     def _leave_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch the file from WAL to a rollback journal; SQLite refuses at once while
-        another connection has it open (then it stays in WAL until a store opens it alone)."""
+        """Switch the file from WAL to a rollback journal. SQLite refuses while another
+        connection has it open, or when the file cannot be written (a store others only
+        read): it then stays in WAL, which is said once per process."""
         try:
             conn.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
-                raise
-            log.info("calibration store %s stays in WAL mode while other connections have it "
-                     "open", self._path)
+            if self._path not in _STAYING_WAL:
+                _STAYING_WAL.add(self._path)
+                log.warning(
+                    "calibration store %s stays in WAL mode (%s): until a store opens it while "
+                    "no other process has it open, its newest commits may be in %s-wal, so copy "
+                    "the two files together", self._path, exc, self._path.name)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -362,8 +370,9 @@ class CalibrationStore:
 
     def check_writable(self) -> None:
         """Raise ``CalibrationError`` naming the file when a commit could not be written to it
-        (a read-only or immutable file), before a calibration spends its time measuring (a
-        review's run measured for minutes, then failed at its commit). Writes nothing."""
+        (a read-only or immutable file, or directory), before a calibration spends its time
+        measuring (a review's run measured for minutes, then failed at its commit). Writes
+        nothing."""
         conn = self._connection()
         self._check_same_file()
         try:
@@ -375,6 +384,12 @@ class CalibrationStore:
         except sqlite3.Error as exc:
             raise CalibrationError(f"calibration store {self._path} cannot be written: {exc}; "
                                    "a calibration could not commit what it measures") from exc
+        try:  # a commit writes its journal beside the file
+            tempfile.TemporaryFile(dir=self._path.parent).close()
+        except OSError as exc:
+            raise CalibrationError(f"calibration store {self._path}: its directory cannot be "
+                                   f"written ({exc}), where each commit writes its journal; a "
+                                   "calibration could not commit what it measures") from exc
 
     def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
         try:

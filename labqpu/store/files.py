@@ -37,8 +37,8 @@ def new_store_file(path: Path) -> None:
 
 
 #: A store creation's temporary file: ``{prefix}{host}-{pid}-{random}.tmp`` (and SQLite's
-#: ``-wal`` and ``-shm`` beside it), named so that an orphan can be told from a file another
-#: process is making now without comparing clocks.
+#: journal beside it), named so that an orphan can be told from a file another process is
+#: making now without comparing clocks.
 SPARE_PREFIX = ".labqpu-store-"
 HOST = socket.gethostname().replace("-", "_")
 
@@ -60,6 +60,20 @@ def not_a_database(path: Path) -> str | None:
     if head != SQLITE_HEADER:
         return f"a {path.stat().st_size}-byte file without SQLite's header"
     return None
+
+
+#: The files SQLite keeps beside a database: its rollback journal, and a WAL-mode file's log
+#: and shared memory.
+COMPANIONS = ("-journal", "-wal", "-shm")
+
+
+def remove_companions(path: Path) -> None:
+    """Remove the files SQLite left beside ``path`` (:data:`COMPANIONS`): before a new store
+    file is put there, they belong to a file that is gone, and SQLite would apply them to the
+    new one (a writer killed in the middle of a commit leaves its journal)."""
+    for tail in COMPANIONS:
+        with suppress(OSError):
+            Path(f"{path}{tail}").unlink(missing_ok=True)
 
 
 def remove_orphaned_spares(directory: Path) -> None:

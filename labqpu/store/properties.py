@@ -200,7 +200,13 @@ def document_from_backend_properties(
         if not isinstance(gate, Mapping):
             raise InvalidSnapshotError(f"BackendProperties gate {gate!r} is not an object")
         gate_qubits = _bp_items(gate.get("qubits"), "gate 'qubits'")
-        key = gate_key(str(gate.get("gate")), tuple(qubit_index(q) for q in gate_qubits))
+        name, indices = str(gate.get("gate")), tuple(qubit_index(q) for q in gate_qubits)
+        if name == "cz":  # one gate, which IBM's properties list in both directions
+            if tuple(sorted(indices)) != indices and gate_key(name, tuple(sorted(indices))) \
+                    in gates:
+                continue
+            indices = tuple(sorted(indices))
+        key = gate_key(name, indices)
         found = (
             _bp_entry(entry, gate_fields, f"gate {key!r}", experiment)
             for entry in _bp_items(gate.get("parameters", []), f"parameters of gate {key!r}")

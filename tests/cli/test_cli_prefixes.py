@@ -1,5 +1,5 @@
-"""The command line takes no option by a prefix of its name, and says when the demo's counts
-were too few to judge."""
+"""Review cases of the command line: it takes no option by a prefix of its name, says when
+the demo's counts were too few to judge, and does not lose a Ctrl-C to a destructor."""
 
 from __future__ import annotations
 
@@ -31,3 +31,29 @@ def test_a_demo_of_too_few_shots_to_judge_says_so(capsys, tmp_path, monkeypatch)
     assert main(["run", "--demo", "--shots", "50", "--seed", "3"]) == 0
     err = capsys.readouterr().err
     assert "not judged whether this is a Bell pair: that takes 100 shots or more" in err, err
+
+
+def test_a_ctrl_c_that_lands_in_a_destructor_is_delivered_again() -> None:
+    """A test run's case: Ctrl-C landed while a ZeroMQ frame was freed; a destructor drops
+    exceptions, so the calibration went on and exited 0. The hook ``main`` installs delivers
+    the interrupt again once the destructor is done."""
+    import sys
+    import time
+
+    from labqpu.cli import _interrupt_again
+
+    class Dropped:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = _interrupt_again(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Dropped()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        sys.unraisablehook = hook
+

@@ -96,6 +96,7 @@ def test_unknown_parameters_are_kept_with_json_checks_only(writable) -> None:
     ("set_qubit", 2, "t1", "t1_s"),  # a review's case: stored silently, the Target kept 40 µs
     ("set_qubit", 2, "T1_s", "t1_s"),
     ("set_qubit", 2, "frequncy_hz", "frequency_hz"),
+    ("set_qubit", 2, "pi_amp", "pi_amplitude"),
     ("set_pair", (0, 1), "cz_amplitud", "cz_amplitude"),
     ("set_gate", "sx:0", "duration", "duration_s"),
 ])

@@ -661,6 +661,24 @@ def test_backend_properties_export_uses_qiskit_units_and_omits_absent_values(
     assert export_backend_properties(bare)["gates"] == []
 
 
+def test_backend_properties_listing_cz_in_both_directions_import_as_one_gate(
+        store: CalibrationStore) -> None:
+    """A review's case: IBM's properties list each cz in both directions; the store refuses
+    the key ``cz:1-0`` (the Target reads ``cz:0-1``), so such an import was refused."""
+    import copy
+
+    properties = export_backend_properties(store.commit(lab5_document()))
+    cz = next(g for g in properties["gates"] if g["gate"] == "cz")
+    turned = {**copy.deepcopy(cz), "qubits": cz["qubits"][::-1]}
+    for gates in ([*properties["gates"], turned],
+                  [turned if g is cz else g for g in properties["gates"]]):
+        imported = store.import_backend_properties({**properties, "gates": gates})
+        key = f"cz:{min(cz['qubits'])}-{max(cz['qubits'])}"
+        assert key in imported.gates and not any(
+            k.startswith("cz:") and int(k[3:].split("-")[0]) > int(k.split("-")[1])
+            for k in imported.gates), sorted(imported.gates)
+
+
 def test_backend_properties_import_inverts_export(store: CalibrationStore) -> None:
     snapshot = store.commit(lab5_document())
     properties = export_backend_properties(snapshot)

@@ -173,6 +173,34 @@ def test_a_backup_restored_after_a_writer_was_killed_is_read_as_it_is(tmp_path: 
     assert row_count(path) == 3
 
 
+#: A writer stopped in the middle of a commit: its pages spill into the file (a cache of one
+#: page), so its journal is hot, then it is SIGKILLed.
+KILLED_MID_COMMIT = (
+    "import os, signal, sqlite3, sys\n"
+    "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "conn.execute('PRAGMA cache_size=1')\n"
+    "conn.execute('BEGIN IMMEDIATE')\n"
+    "conn.execute(\"UPDATE snapshots SET document = document || ' '\")\n"
+    "os.kill(os.getpid(), signal.SIGKILL)\n")
+
+
+def test_a_new_store_where_a_killed_writers_journal_lies_is_whole(tmp_path: Path) -> None:
+    """A review's case: a store deleted to start a new one, beside the journal of a writer
+    killed in the middle of a commit: SQLite rolled that journal into the new file, which was
+    then malformed. A new store file removes what SQLite left beside its path."""
+    path = tmp_path / "calibration.sqlite"
+    _backup(path, 3)
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_COMMIT, str(path)], timeout=60)
+    assert proc.returncode == -9 and Path(f"{path}-journal").stat().st_size > 0
+    path.unlink()
+    with CalibrationStore(path) as fresh:
+        assert fresh.latest_id() is None
+        fresh.commit(lab5_document(notes="new"))
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert row_count(path) == 1
+
+
 def test_a_store_left_in_wal_mode_is_switched_when_opened_alone(tmp_path: Path) -> None:
     """A file an older labqpu left in WAL mode: a store opening it beside another connection
     works in WAL mode; one opening it alone switches it to a rollback journal."""
