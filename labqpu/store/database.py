@@ -91,6 +91,7 @@ _SNAPSHOT_COLUMNS = "id, created, parent_id, content_hash, document"
 #: Store files left in WAL mode that this process has warned of.
 _STAYING_WAL: set[Path] = set()
 
+
 def _noted(conn: sqlite3.Connection, snapshot_id: int | None) -> str:
     """`` ("<its notes>")`` of a snapshot, for a message naming it; empty when it has none or
     its document cannot be read."""
@@ -213,10 +214,12 @@ class CalibrationStore:
         used); the temporary file is removed either way."""
         # a dangling symlink's target is where the store goes, as SQLite would put it
         place = Path(os.path.realpath(self._path))
+        if not place.exists():  # a deleted store's journal would be applied to the new one (at
+            # once, before another process that makes the store too can have begun writing it)
+            remove_companions(place)
         spare = place.with_name(f"{SPARE_PREFIX}{HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
         try:
             new_store_file(spare)
-            remove_companions(place)  # a deleted store's journal would be applied to this one
             try:
                 os.link(spare, place)
             except FileExistsError:
