@@ -159,12 +159,11 @@ def file_options_problem(args: argparse.Namespace, config: LabConfig | None) -> 
         folder = export.resolve().parent
         if not folder.is_dir():
             return f"--export {args.export}: directory {folder} does not exist"
-        store = config.store_path.resolve()
-        if export.resolve() in [store, *(Path(f"{store}{end}") for end in
-                                         ("-wal", "-shm", "-journal"))]:
-            return f"--export {args.export}: is the calibration store; give another file"
-        from labqpu.store.files import SQLITE_HEADER
+        from labqpu.store.files import COMPANIONS, SQLITE_HEADER
 
+        store = config.store_path.resolve()
+        if export.resolve() in [store, *(Path(f"{store}{end}") for end in COMPANIONS)]:
+            return f"--export {args.export}: is the calibration store; give another file"
         try:
             with export.open("rb") as existing:
                 if existing.read(len(SQLITE_HEADER)) == SQLITE_HEADER:

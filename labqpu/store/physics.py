@@ -30,6 +30,7 @@ from typing import Any
 
 from labqpu.errors import InvalidSnapshotError
 from labqpu.store.requirements import CALIBRATION_FAILED
+from labqpu.store.validation import gate_key, parse_gate
 
 Check = Callable[[Any], str | None]
 
@@ -222,13 +223,13 @@ def check_physics(document: Mapping[str, Any], kept: Mapping[str, Any] | None = 
                         f"T2 = {t2:.4g} s exceeds 2 T1 = {2 * t1:.4g} s, which no qubit can "
                         "reach", subject=f"qubit {key}", parameter=name)
     for key, params in document.get("gates", {}).items():
-        name, _, qubits = key.partition(":")
-        a, _, b = qubits.partition("-")
-        if name == "cz" and a.isdigit() and b.isdigit() and int(a) > int(b) \
+        name, qubits = parse_gate(key)
+        if name == "cz" and qubits != tuple(sorted(qubits)) \
                 and not unchanged(kept, "gates", key, params, *params):
             raise InvalidSnapshotError(
-                f"cz acts alike on both of its qubits: its key is 'cz:{b}-{a}', which the "
-                "Target reads (this one it would not)", subject=f"gate {key!r}")
+                f"cz acts alike on both of its qubits: its key is "
+                f"{gate_key(name, tuple(sorted(qubits)))!r}, which the Target reads (this one "
+                "it would not)", subject=f"gate {key!r}")
     for key, params in document.get("pairs", {}).items():
         if "cz_rise_s" in params and "cz_duration_s" in params \
                 and not unchanged(kept, "pairs", key, params, "cz_rise_s", "cz_duration_s"):
