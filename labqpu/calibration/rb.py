@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qiskit import QuantumCircuit, transpile
@@ -43,8 +45,11 @@ from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import FitError
 from labqpu.store import CZ_PARAMETERS
 from labqpu.store.builder import SnapshotBuilder
-from labqpu.store.merge import commit_onto_newest
+from labqpu.store.merge import commit_apart_onto_newest
 from labqpu.store.staleness import age_h
+
+if TYPE_CHECKING:
+    from labqpu.store.snapshot import Snapshot
 
 #: Native gates that play one drive pulse (rz plays nothing).
 ONE_QUBIT_PULSES = ("sx", "sy", "x")
@@ -515,15 +520,19 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
 
 def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress=None, *,
                       builder: SnapshotBuilder | None = None,
-                      parent_id: int | None = None) -> tuple:
+                      parent_id: int | None = None
+                      ) -> tuple[Snapshot | None, list[Path], dict[int, str]]:
     """Write each benchmark's record and plot next to the store and commit the gate errors of
     ``outcomes`` (measured on snapshot ``measured``) as a new snapshot whose parent is
     ``parent_id`` (default: ``measured``'s; the store's unusable newest snapshot when the
     backend measured on an older one, ``LabBackend.unusable_snapshot_id``): onto ``builder``
-    (default: a copy of ``measured``) when the caller has more to commit with them. Returns
-    ``(snapshot, record paths)``; when another writer committed meanwhile, the gate errors go
-    on top of its snapshot (``StaleSnapshotError`` when it changed something on their qubits
-    or a flux bias: :func:`~labqpu.store.merge.commit_onto_newest`)."""
+    (default: a copy of ``measured``) when the caller has more to commit with them.
+
+    When another writer committed meanwhile, the gate errors go on top of its snapshot; those
+    of a qubit it changed (and of that qubit's edges) are left out
+    (:func:`~labqpu.store.merge.commit_apart_onto_newest`; ``StaleSnapshotError`` when it
+    changed a flux bias). Returns the snapshot (None when everything was left out), the
+    record paths, and {qubit: why} of the qubits left out."""
     say = progress or (lambda msg: None)
     builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
@@ -541,9 +550,9 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
         gates = sorted(outcome.errors)
         say(f"{', '.join(gates)}: error {outcome.errors[gates[0]]:.2e} (EPC "
             f"{outcome.fit.epc:.2e} +- {outcome.fit.epc_stderr:.1e}); plot {png}")
-    snapshot = commit_onto_newest(backend.store, builder.build_document(), measured,
-                                  parent_id=parent_id)
-    return snapshot, paths
+    snapshot, left_out = commit_apart_onto_newest(backend.store, builder.build_document(),
+                                                  measured, parent_id=parent_id)
+    return snapshot, paths, left_out
 
 
 def rb_record(outcome: RBOutcome, old_errors: dict[str, float | None]) -> ExperimentRecord:

@@ -20,9 +20,10 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 Everything runs on a working copy of the newest snapshot (:func:`working_from_snapshot`);
 :func:`run_graph` commits the values measured in the run as one new snapshot whose parent is
 the one it started from; when someone else committed meanwhile, its values go on top of that
-snapshot if the other writer changed nothing on the same qubits and no flux bias
-(:func:`~labqpu.store.merge.commit_onto_newest`); otherwise the commit fails instead of
-silently overwriting or mixing them. Its rb step then
+snapshot, except those of the qubits the other writer changed, which are left out and
+reported failed (:func:`~labqpu.store.merge.commit_apart_onto_newest`); a flux bias changed
+by either, or a drive LO plan of this run beside the other's change, fails the commit instead
+of silently overwriting or mixing them. Its rb step then
 benchmarks the gate errors the run left out of date and commits them as a second snapshot on
 the first (:func:`run_graph`). :func:`bootstrap` runs every
 node, forced, from the design values and returns the document.
@@ -72,7 +73,7 @@ from labqpu.errors import (
     LabQpuError,
 )
 from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
-from labqpu.store.merge import commit_onto_newest
+from labqpu.store.merge import commit_apart_onto_newest, commit_onto_newest
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
 
 log = logging.getLogger(__name__)
@@ -549,9 +550,10 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
                 else:
                     builder.set_pair(subject, name, kit.work.pairs[subject][name],
                                      kit.work.records[(subject, name)], timestamp=stamp)
-            report.snapshot = commit_onto_newest(backend.store, builder.build_document(),
-                                                 parent, parent_id=base_id)
-            report.committed.append(report.snapshot)
+            report.snapshot, left_out = commit_apart_onto_newest(
+                backend.store, builder.build_document(), parent, parent_id=base_id)
+            report.committed += [report.snapshot] if report.snapshot else []
+            _mark_left_out(report, {describe(s): s for _, s in steps}, left_out)
     finally:
         saved = save_records(kit.records, directory)
     report.records = saved
@@ -640,19 +642,49 @@ def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subjec
         return
     builder, marked = _rb_failures(report, snapshot, subjects)
     try:
-        committed, paths = commit_benchmarks(backend, snapshot, outcomes, reporter.note,
-                                             builder=builder)
+        committed, paths, left_out = commit_benchmarks(backend, snapshot, outcomes,
+                                                       reporter.note, builder=builder)
     except CalibrationError as exc:  # another writer committed meanwhile
         lost = f"{type(exc).__name__}: {exc}"
         report.outcomes = [replace(o, status="failed", reason=f"{o.reason}; {lost}", changes=[])
                            if o.node == RB_NODE and o.status == "calibrated" else o
                            for o in report.outcomes]
         return
+    _mark_left_out(report, {describe(s): s for s in subjects}, left_out, node=RB_NODE)
+    report.records.extend(paths)
+    if committed is None:
+        return
     if marked:
         reporter.note(f"failed steps of {', '.join(marked)} recorded")
     report.snapshot = committed
     report.committed.append(committed)
-    report.records.extend(paths)
+
+
+def _mark_left_out(report: RunReport, by_label: dict[str, Subject], left_out: dict[int, str],
+                   node: str | None = None) -> None:
+    """Report as failed each calibrated outcome (of ``node``, when given) whose subject, or a
+    subject of whose changes, names a qubit the commit left out (``commit_apart_onto_newest``).
+    """
+    for i, o in enumerate(report.outcomes):
+        if o.status != "calibrated" or node not in (None, o.node):
+            continue
+        labels = [o.subject, *(c.subject for c in o.changes)]
+        why = _left_out([q for label in labels if label in by_label
+                         for q in _qubits_of(by_label[label])], left_out)
+        if why:
+            report.outcomes[i] = replace(o, status="failed", reason=f"{o.reason}; {why}",
+                                         changes=[])
+
+
+def _qubits_of(subject: Subject) -> tuple[int, ...]:
+    return (subject,) if isinstance(subject, int) else tuple(subject)
+
+
+def _left_out(qubits: Iterable[int], left_out: dict[int, str]) -> str:
+    """Why a commit left ``qubits``' values out (``commit_apart_onto_newest``), or ""."""
+    why = [left_out[q] for q in sorted(set(qubits)) if q in left_out]
+    return (f"measured, not committed: {'; '.join(why)} while this measured; run it again"
+            if why else "")
 
 
 def benchmark_and_record(backend, *, settings: RBSettings | None = None,
@@ -664,9 +696,10 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     whose decay does not fit costs only itself. The gate errors that fitted and the record of
     the failed steps (node ``rb``, :func:`record_failures`) are committed as one snapshot whose
     parent is the one measured. Returns (the snapshot committed, None when nothing changed;
-    the outcomes; {"qubit 2" / "edge 1-2": why} of the failures). When another writer
-    committed meanwhile it goes on top of that writer's snapshot
-    (:func:`~labqpu.store.merge.commit_onto_newest`)."""
+    the outcomes committed; {"qubit 2" / "edge 1-2": why} of the failures). When another
+    writer committed meanwhile it goes on top of that writer's snapshot, without the gate
+    errors of the qubits that writer changed and of their edges, which count as failures
+    (:func:`~labqpu.store.merge.commit_apart_onto_newest`)."""
     measured = backend.snapshot
     base_id = backend.unusable_snapshot_id or measured.snapshot_id
     failed: dict[tuple[int, ...], str] = {}
@@ -679,8 +712,12 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     builder = SnapshotBuilder.from_snapshot(measured)
     marked = record_failures(builder, measured, steps, [*fitted, *why])
     if outcomes:
-        snapshot, _ = commit_benchmarks(backend, measured, outcomes, progress, builder=builder,
-                                        parent_id=base_id)
+        snapshot, _, left_out = commit_benchmarks(backend, measured, outcomes, progress,
+                                                  builder=builder, parent_id=base_id)
+        lost = {s: _left_out(_qubits_of(s), left_out) for s in fitted
+                if set(_qubits_of(s)) & left_out.keys()}
+        why.update(lost)
+        outcomes = [o for o in outcomes if _subject(o.data.qubits) not in lost]
     elif marked:
         builder.notes = f"randomized benchmarking: failed steps of {', '.join(marked)} recorded"
         snapshot = commit_onto_newest(backend.store, builder.build_document(), measured,

@@ -12,6 +12,11 @@ pulses), so a value of one writer beside another writer's change on the same qub
 describe neither device. A parameter counts for every qubit its subject names (a pair's two,
 a gate's qubits). A flux bias moves every qubit through the device's DC flux crosstalk: a
 change of one by either writer refuses the merge.
+
+:func:`commit_apart_onto_newest` goes further for a calibration whose qubits were measured
+apart (randomized benchmarking): a clash costs only the qubits it is on. Its values there are
+left out (the other writer's stay), the rest is committed, and the caller is told which qubits
+were left out and why.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ log = logging.getLogger(__name__)
 MERGE_ATTEMPTS = 5
 #: Parameters whose change moves every qubit of the device.
 DEVICE_WIDE = frozenset({"flux_bias_a"})
+#: Parameters one step sets on several qubits at once (every qubit an LO drives): a
+#: calibration that changed one is not split by qubit (:func:`commit_apart_onto_newest`).
+LINKED = frozenset({"drive_lo_frequency_hz"})
+
+Change = tuple[str, str, str]
 
 
 def merge_documents(base: Mapping[str, Any], ours: Mapping[str, Any],
@@ -43,13 +53,34 @@ def merge_documents(base: Mapping[str, Any], ours: Mapping[str, Any],
     removed), and what refuses it: each change of ``theirs`` on a qubit ``ours`` changed too
     (``"qubit 0 pi_amplitude"``), or of a device-wide parameter (:data:`DEVICE_WIDE`) by
     either. The notes are ``ours``'s."""
+    mine, other = _changes(base, ours, theirs)
+    return _applied(mine, ours, theirs), [_named(c) for c in _clashes(mine, other)]
+
+
+def _changes(base: Mapping[str, Any], ours: Mapping[str, Any], theirs: Mapping[str, Any]
+             ) -> tuple[list[Change], list[Change]]:
+    """What ``ours`` changed from ``base``, and what ``theirs`` changed otherwise than ours."""
     mine = list(document_changes(base, ours))
     other = [c for c in document_changes(base, theirs)  # alike in both: no clash
              if canonical_json(_entry(ours, c)) != canonical_json(_entry(theirs, c))]
-    touched = {q for c in mine for q in _qubits(c)}
+    return mine, other
+
+
+def _clashes(mine: list[Change], other: list[Change]) -> list[Change]:
+    """The changes of ``other`` on a qubit ``mine`` changes, or all of them when either
+    changes a device-wide parameter."""
+    touched = _touched(mine)
     wide = any(name in DEVICE_WIDE for _, _, name in mine)
-    clashes = [_named(c) for c in other
-               if wide or c[2] in DEVICE_WIDE or touched & _qubits(c)]
+    return [c for c in other if wide or c[2] in DEVICE_WIDE or touched & _qubits(c)]
+
+
+def _touched(changes: list[Change]) -> set[int]:
+    return {q for c in changes for q in _qubits(c)}
+
+
+def _applied(mine: list[Change], ours: Mapping[str, Any], theirs: Mapping[str, Any]
+             ) -> dict[str, Any]:
+    """``theirs`` with the changes ``mine`` as ``ours`` holds them; the notes ``ours``'s."""
     merged = copy.deepcopy(dict(theirs))
     for section, key, name in mine:
         params = merged[section].setdefault(key, {})
@@ -60,7 +91,7 @@ def merge_documents(base: Mapping[str, Any], ours: Mapping[str, Any],
         if not params:
             del merged[section][key]
     merged["notes"] = ours.get("notes", "")
-    return merged, clashes
+    return merged
 
 
 def commit_onto_newest(store: CalibrationStore, document: Mapping[str, Any], base: Snapshot,
@@ -76,11 +107,39 @@ def commit_onto_newest(store: CalibrationStore, document: Mapping[str, Any], bas
             store's checks, or writers kept committing in between.
         InvalidSnapshotError: as :meth:`CalibrationStore.commit`, for ``document`` itself.
     """
+    snapshot, _ = _commit(store, document, base, parent_id, apart=False)
+    assert snapshot is not None  # only a commit apart leaves everything out
+    return snapshot
+
+
+def commit_apart_onto_newest(store: CalibrationStore, document: Mapping[str, Any],
+                             base: Snapshot, *, parent_id: int | None = None
+                             ) -> tuple[Snapshot | None, dict[int, str]]:
+    """:func:`commit_onto_newest` for a calibration whose qubits were measured apart (gate
+    errors by randomized benchmarking): when the other writer changed some of the qubits this
+    document changes, this document's values on those qubits (and on the gates and pairs that
+    name them) are left out, the other writer's kept, and the rest goes on top (its notes name
+    what was left out). A flux bias changed by either writer, or a parameter one step sets on
+    several qubits (:data:`LINKED`) changed by this document, still refuses it all.
+
+    Returns:
+        The snapshot committed (None when nothing was left to commit) and, for each qubit
+        left out, why (``"snapshot 9 changed qubit 0 pi_amplitude"``).
+
+    Raises:
+        StaleSnapshotError, InvalidSnapshotError: as :func:`commit_onto_newest`.
+    """
+    return _commit(store, document, base, parent_id, apart=True)
+
+
+def _commit(store: CalibrationStore, document: Mapping[str, Any], base: Snapshot,
+            parent_id: int | None, *, apart: bool) -> tuple[Snapshot | None, dict[int, str]]:
     parent, merged_onto = (base.snapshot_id if parent_id is None else parent_id), None
     notes = document.get("notes", "")
+    left_out: dict[int, str] = {}
     for _ in range(MERGE_ATTEMPTS):
         try:
-            return store.commit(document, parent_id=parent, expect_parent=True)
+            return store.commit(document, parent_id=parent, expect_parent=True), left_out
         except InvalidSnapshotError as exc:
             if merged_onto is None:
                 raise
@@ -92,19 +151,35 @@ def commit_onto_newest(store: CalibrationStore, document: Mapping[str, Any], bas
             if parent != base.snapshot_id:
                 raise
             newest = store.latest(base.device)
-            merged, clashes = merge_documents(base.to_document(), document,
-                                              newest.to_document())
+            theirs = newest.to_document()
+            mine, other = _changes(base.to_document(), document, theirs)
+            clashes = _clashes(mine, other)
+            if clashes and apart and not any(
+                    name in DEVICE_WIDE | LINKED for _, _, name in mine) and not any(
+                    name in DEVICE_WIDE for _, _, name in clashes):
+                split = _touched(clashes) & _touched(mine)
+                left_out.update({q: f"snapshot {newest.snapshot_id} changed "
+                                    + _listed([_named(c) for c in clashes if q in _qubits(c)])
+                                 for q in sorted(split)})
+                mine = [c for c in mine if not _qubits(c) & split]
+                clashes = []
+                if not mine:
+                    return None, left_out
             if clashes:
                 raise StaleSnapshotError(
-                    f"{exc}: snapshot {newest.snapshot_id} changed {_listed(clashes)}, beside "
-                    "what this calibration measured; nothing was written: run it again on "
-                    "the newest snapshot") from exc
+                    f"{exc}: snapshot {newest.snapshot_id} changed "
+                    f"{_listed([_named(c) for c in clashes])}, beside what this calibration "
+                    "measured; nothing was written: run it again on the newest snapshot"
+                ) from exc
             log.info("calibration store %s: snapshot %s was committed since snapshot %s; "
                      "this calibration's values go on top of it (other qubits)", store.path,
                      newest.snapshot_id, base.snapshot_id)
-            merged["notes"] = (f"{notes} (on top of snapshot {newest.snapshot_id}, committed "
-                               f"while it measured)")
-            document, base = merged, newest
+            document = _applied(mine, document, theirs)
+            document["notes"] = (f"{notes} (on top of snapshot {newest.snapshot_id}, committed "
+                                 f"while it measured"
+                                 + "".join(f"; qubit {q} left out: {why}"
+                                           for q, why in left_out.items()) + ")")
+            base = newest
             parent = merged_onto = newest.snapshot_id
     raise StaleSnapshotError(f"calibration store {store.path}: other writers committed "
                              f"{MERGE_ATTEMPTS} times while this calibration was committed")

@@ -69,18 +69,21 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
             assert again[name] == pytest.approx(value, rel=1e-6), record.kind
 
 
-@pytest.mark.parametrize("rival_qubit", [2, 0])
-def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path, monkeypatch,
-                                                                       rival_qubit):
+@pytest.mark.parametrize("rival", [(0, "t1_s"), (2, "t1_s"), (4, "flux_bias_a")])
+def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_left_out(tmp_path, monkeypatch,
+                                                                       rival):
     """Another writer commits while a graph run measures qubit 2's T1 (a second store session
     on the same file, as another process would). Its T1 of qubit 0: the run's values go on
     top of its snapshot, both kept (the run's commit was refused, its work lost). Its T1 of
-    qubit 2 too: the run's commit is refused naming the parameter, and the records of what it
-    measured are written all the same (they were lost once: saved after the commit)."""
+    qubit 2 too: the run's T1 is left out, the step reported failed naming the parameter, and
+    nothing is committed. Its flux bias of qubit 4 (every qubit moves): the commit is refused.
+    Either way the records of what the run measured are written (they were lost once: saved
+    after the commit)."""
     from labqpu.calibration.runner import LineReporter
     from labqpu.errors import StaleSnapshotError
     from labqpu.store import CalibrationStore, SnapshotBuilder
 
+    rival_qubit, name = rival
     use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
@@ -92,7 +95,9 @@ def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path
             if not committed:
                 with CalibrationStore(store_path) as other:
                     builder = SnapshotBuilder.from_snapshot(other.latest())
-                    builder.set_qubit(rival_qubit, "t1_s", 33e-6, "another writer")
+                    value = other.latest().qubit_value(rival_qubit, name)
+                    builder.set_qubit(rival_qubit, name, value * 1.1 if name == "t1_s"
+                                      else value + 1e-6, "another writer")
                     builder.notes = "another writer"
                     committed.append(other.commit(builder.build_document()))
 
@@ -100,16 +105,25 @@ def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_refused(tmp_path
             return run_graph(backend, ["t1"], qubits=[2], force=True, rb=False,
                              reporter=LineReporter(another_writer))
 
-        if rival_qubit == 2:
-            with pytest.raises(StaleSnapshotError, match="changed qubit 2 t1_s, beside what "
-                                                         "this calibration measured"):
+        if name == "flux_bias_a":
+            with pytest.raises(StaleSnapshotError, match="changed qubit 4 flux_bias_a, beside "
+                                                         "what this calibration measured"):
                 run()
+        elif rival_qubit == 2:
+            report = run()
+            step = next(o for o in report.outcomes if o.node == "t1")
+            assert step.status == "failed" and step.reason.endswith(
+                f"measured, not committed: snapshot {committed[0].snapshot_id} changed qubit 2 "
+                "t1_s while this measured; run it again")
+            assert report.committed == [] and report.snapshot is None
+            assert backend.store.latest_id() == committed[0].snapshot_id
+            assert "nothing committed" in report.table()
         else:
             report = run()
             newest = backend.store.latest()
             assert newest.snapshot_id == report.snapshot.snapshot_id
             assert newest.parent_id == committed[0].snapshot_id
-            assert newest.qubit_value(0, "t1_s") == 33e-6
+            assert newest.qubits[0]["t1_s"] == committed[0].qubits[0]["t1_s"]
             assert newest.qubits[2]["t1_s"].experiment.startswith("t1-q2-")
             assert (f"committed snapshot {newest.snapshot_id} (parent "
                     f"{committed[0].snapshot_id}: another calibration committed it while this "

@@ -12,7 +12,7 @@ from labqpu.calibration import runner
 from labqpu.calibration.rb import RBSettings, outdated_subjects
 from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import run_graph
-from labqpu.store import CALIBRATION_FAILED, SnapshotBuilder
+from labqpu.store import CALIBRATION_FAILED, CalibrationStore, SnapshotBuilder
 from labqpu.testing import use_fresh_home
 
 #: Shorter sequences than the defaults: the step's logic, not the figures, is under test.
@@ -105,32 +105,71 @@ def test_a_benchmark_that_fails_costs_only_its_own_subject(tmp_path, monkeypatch
         assert CALIBRATION_FAILED not in final.qubits[1]
 
 
+def _rival_commits(monkeypatch, backend, qubit: int, name: str, value: float) -> list:
+    """While the next benchmark measures, another writer (a watch, a colleague) sets ``name``
+    of ``qubit``; returns the list its snapshot is appended to."""
+    benchmark, committed = runner.benchmark_gates, []
+    path = backend.config.store_path
+
+    def with_a_rival(*args, **kwargs):
+        out = benchmark(*args, **kwargs)
+        with CalibrationStore(path) as store:  # a session of its own, as another process
+            rival = SnapshotBuilder.from_snapshot(store.latest())
+            rival.set_qubit(qubit, name, value, "another writer")
+            rival.notes = "another writer"
+            committed.append(store.commit(rival.build_document()))
+        return out
+
+    monkeypatch.setattr(runner, "benchmark_gates", with_a_rival)
+    return committed
+
+
+@pytest.mark.slow
+def test_gate_errors_of_a_qubit_another_writer_changed_are_left_out_the_rest_committed(
+        tmp_path, monkeypatch):
+    """Another writer sets qubit 1's pi amplitude while the rb step benchmarks qubit 1 and edge
+    3-4 (the review's case: a watch recalibrating a qubit during ``labqpu calibrate rb``):
+    edge 3-4's cz error goes on top of that writer's snapshot; qubit 1's gate errors, measured
+    with the old pulse, are left out and reported failed with the reason (they were all
+    refused, edge 3-4's too)."""
+    use_fresh_home(monkeypatch, tmp_path)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        start, now = _outdate_qubit_1_and_edge_3_4(backend)
+        rival = _rival_commits(monkeypatch, backend, 1, "pi_amplitude", 0.31)
+        report = run_graph(backend, ["rb"], rb_settings=QUICK, now=now)
+        steps = {o.subject: o for o in report.outcomes}
+        assert steps["edge 3-4"].status == "calibrated"
+        assert steps["qubit 1"].status == "failed" and steps["qubit 1"].changes == []
+        assert steps["qubit 1"].reason.endswith(
+            f"measured, not committed: snapshot {rival[0].snapshot_id} changed qubit 1 "
+            "pi_amplitude while this measured; run it again")
+        final = backend.store.latest()
+        assert report.committed == [final] and final.parent_id == rival[0].snapshot_id
+        assert final.gates["cz:3-4"]["error"] != start.gates["cz:3-4"]["error"]
+        assert final.gates["sx:1"]["error"] == start.gates["sx:1"]["error"]
+        assert final.qubit_value(1, "pi_amplitude") == 0.31
+        assert "failed (1):" in report.table()
+
+
 @pytest.mark.slow
 def test_a_commit_lost_to_another_writer_is_reported_not_raised(tmp_path, monkeypatch):
-    """Another writer commits a gate error the rb step is benchmarking: the step's own
-    commit is refused (StaleSnapshotError: the writer changed a parameter it measured too),
-    the step reports every subject failed with that reason, and run_graph still returns its
-    report; the other writer's snapshot stays the newest."""
+    """Another writer sets a flux bias while the rb step benchmarks: every qubit moves, so the
+    step's commit is refused (StaleSnapshotError), the step reports every subject failed with
+    that reason, and run_graph still returns its report; the other writer's snapshot stays
+    the newest."""
     use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
         backend = provider.backend()
         _, now = _outdate_qubit_1_and_edge_3_4(backend)
-        benchmark = runner.benchmark_gates
-
-        def with_a_rival(*args, **kwargs):
-            out = benchmark(*args, **kwargs)
-            rival = SnapshotBuilder.from_snapshot(backend.snapshot)
-            rival.set_gate("sx:1", "error", 1e-3, "another writer")
-            rival.notes = "another writer"
-            backend.store.commit(rival.build_document())
-            return out
-
-        monkeypatch.setattr(runner, "benchmark_gates", with_a_rival)
+        flux = backend.snapshot.qubit_value(0, "flux_bias_a")
+        _rival_commits(monkeypatch, backend, 0, "flux_bias_a", flux + 1e-6)
         report = run_graph(backend, ["rb"], rb_settings=QUICK, now=now)
         failed = {o.subject: o.reason for o in report.with_status("failed")}
         assert set(failed) == {"qubit 1", "edge 3-4"}
-        assert all("StaleSnapshotError" in reason for reason in failed.values()), failed
-        assert report.committed == [] and backend.snapshot.notes == "another writer"
+        assert all("StaleSnapshotError" in reason and "flux_bias_a" in reason
+                   for reason in failed.values()), failed
+        assert report.committed == [] and backend.store.latest().notes == "another writer"
 
 
 def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, monkeypatch,
@@ -157,3 +196,30 @@ def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, 
     assert after.gates["cz:3-4"]["error"] == start.gates["cz:3-4"]["error"]
     assert list(after.pairs[(3, 4)][CALIBRATION_FAILED].value) == ["rb"]
     assert CALIBRATION_FAILED not in after.qubits[3]
+
+
+def test_calibrate_rb_leaves_out_a_qubit_another_writer_changed(tmp_path, monkeypatch, capsys):
+    """``labqpu calibrate --rb --qubits 3 4`` while another writer sets qubit 3's T1: qubit 4's
+    gate errors are committed on top of that writer's snapshot, qubit 3's and edge 3-4's are
+    not, stderr says why for each, and the exit code is 1."""
+    use_fresh_home(monkeypatch, tmp_path)
+    argv = ["calibrate", "--rb", "--qubits", "3", "4", "--rb-lengths-1q", "1", "40", "120",
+            "300", "--rb-lengths-2q", "1", "8", "24", "48", "--rb-seeds", "3"]
+    with LabProvider() as provider:
+        backend = provider.backend()
+        start = backend.snapshot
+        rival = _rival_commits(monkeypatch, backend, 3, "t1_s", 33e-6)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    why = (f"measured, not committed: snapshot {rival[0].snapshot_id} changed qubit 3 t1_s "
+           "while this measured; run it again")
+    assert f"randomized benchmarking of qubit 3 failed: {why}" in err
+    assert f"randomized benchmarking of edge 3-4 failed: {why}" in err
+    assert "qubit 4 failed" not in err
+    with LabProvider() as provider:
+        after = provider.backend().snapshot
+    assert after.parent_id == rival[0].snapshot_id
+    assert after.gates["x:4"]["error"] != start.gates["x:4"]["error"]
+    for gate in ("sx:3", "cz:3-4"):
+        assert after.gates[gate]["error"] == start.gates[gate]["error"], gate
+    assert after.qubit_value(3, "t1_s") == 33e-6

@@ -1,4 +1,5 @@
-"""A calibration committed after another writer's: its changes go on top, per parameter."""
+"""A calibration committed after another writer's: its changes go on top, per parameter; a
+calibration measured qubit by qubit loses only the qubits the other writer changed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from labqpu.errors import StaleSnapshotError
 from labqpu.store import CalibrationStore, SnapshotBuilder
-from labqpu.store.merge import commit_onto_newest, merge_documents
+from labqpu.store.merge import commit_apart_onto_newest, commit_onto_newest, merge_documents
 
 
 @pytest.fixture
@@ -138,3 +139,63 @@ def test_merge_documents_keeps_theirs_where_only_they_changed() -> None:
                       "pairs": {}, "gates": {"sx:0": {"error": entry}}, "notes": "o"}
     theirs["qubits"] = {"0": base["qubits"]["0"], "1": {"c": entry}}
     assert merge_documents(base, ours, theirs)[1] == []
+
+
+def _gate_errors(base, errors, notes="rb"):
+    """``base``'s document with the gate errors ``errors`` ({gate: error})."""
+    builder = SnapshotBuilder.from_snapshot(base)
+    for gate, error in errors.items():
+        builder.set_gate(gate, "error", error, notes)
+    builder.notes = notes
+    return builder.build_document()
+
+
+def test_a_commit_apart_leaves_out_only_the_qubits_the_other_writer_changed(store) -> None:
+    """Gate errors of qubits 0 and 2 and of edge 0-1 measured while another writer set qubit 0's
+    pi amplitude: qubit 2's error goes on top of that writer's snapshot; qubit 0's and edge
+    0-1's (measured with the old pulse) are left out, the writer's pulse and the old errors
+    kept, and the return value and the notes say why."""
+    base = store.latest()
+    ours = _gate_errors(base, {"sx:0": 2e-4, "sx:2": 3e-4, "cz:0-1": 9e-3})
+    theirs = store.commit(_changed(store, base, {(0, "pi_amplitude"): 0.3}, "theirs"))
+    merged, left_out = commit_apart_onto_newest(store, ours, base)
+    assert left_out == {0: f"snapshot {theirs.snapshot_id} changed qubit 0 pi_amplitude"}
+    assert merged.parent_id == theirs.snapshot_id and store.latest_id() == merged.snapshot_id
+    assert merged.gates["sx:2"]["error"].value == 3e-4
+    assert merged.gates["sx:0"]["error"] == base.gates["sx:0"]["error"]
+    assert merged.gates["cz:0-1"]["error"] == base.gates["cz:0-1"]["error"]
+    assert merged.qubit_value(0, "pi_amplitude") == 0.3
+    assert merged.notes == (f"rb (on top of snapshot {theirs.snapshot_id}, committed while it "
+                            f"measured; qubit 0 left out: snapshot {theirs.snapshot_id} changed "
+                            "qubit 0 pi_amplitude)")
+
+
+def test_a_commit_apart_with_nothing_left_writes_nothing(store) -> None:
+    base = store.latest()
+    ours = _gate_errors(base, {"sx:1": 2e-4, "cz:1-2": 9e-3})
+    theirs = store.commit(_changed(store, base, {(1, "t1_s"): 33e-6, (2, "t1_s"): 34e-6},
+                                   "theirs"))
+    snapshot, left_out = commit_apart_onto_newest(store, ours, base)
+    assert snapshot is None and sorted(left_out) == [1, 2]
+    assert store.latest_id() == theirs.snapshot_id
+
+
+@pytest.mark.parametrize(("ours_change", "theirs_change", "named"), [
+    # a flux bias by the other writer moves every qubit: nothing of ours describes the device
+    ({}, {(4, "flux_bias_a"): 1e-4}, "qubit 4 flux_bias_a"),
+    # a drive LO set on the qubits it drives by one step: not split by qubit
+    ({(1, "drive_lo_frequency_hz"): 4.9e9, (2, "drive_lo_frequency_hz"): 4.9e9},
+     {(2, "t1_s"): 34e-6}, "qubit 2 t1_s"),
+])
+def test_a_commit_apart_still_refuses_what_moves_several_qubits(store, ours_change,
+                                                               theirs_change, named) -> None:
+    base = store.latest()
+    builder = SnapshotBuilder.from_snapshot(base)
+    builder.set_gate("sx:3", "error", 2e-4, "rb")
+    for (q, name), value in ours_change.items():
+        builder.set_qubit(q, name, value, "ours")
+    theirs = store.commit(_changed(store, base, theirs_change, "theirs"))
+    with pytest.raises(StaleSnapshotError, match=f"changed {named}, beside what this "
+                                                 "calibration measured; nothing was written"):
+        commit_apart_onto_newest(store, builder.build_document(), base)
+    assert store.latest_id() == theirs.snapshot_id
