@@ -30,6 +30,7 @@ from labqpu.errors import (
 from labqpu.rack.config import LabConfig, load_config, resolve_config_path, tcp_port
 from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 from labqpu.rack.limits import check_against_wiring, wiring_limits
+from labqpu.rack.lock import RackLock, rack_lock_path
 from labqpu.store import CalibrationStore
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,10 @@ class LabProvider:
             seed_store(self.store, self.config)
             _check_store_device(self.store, self.config)
             health = self.simulator.failure if self.simulator else None
+            # a rack others can reach is shared with their jobs; the embedded simulator is not
+            lock = None if self.simulator else RackLock(rack_lock_path(self.config))
             self._queue = LocalHardwareQueue(
-                RackConnection(self.config, peer_failure=health), health=health,
+                RackConnection(self.config, peer_failure=health, lock=lock), health=health,
                 recover=self.simulator.revive if self.simulator else None)
             self._closers.append(self._queue.close)
             self._backends = {self.config.device_name: LabBackend(self, self.config, self.store,

@@ -7,6 +7,7 @@ later stand behind the same interface without ``LabJob`` changing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -39,6 +40,7 @@ from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import ControllerPart, split_program
 from labqpu.rack import settings
 from labqpu.rack.config import LabConfig
+from labqpu.rack.lock import RackLock
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +137,20 @@ class RackConnection:
 
     ``peer_failure`` (optional) says why the controllers can no longer answer (the embedded
     simulator's process exited), or None; the controller clients ask it while they wait for a
-    reply, so a job on a dead simulator fails at once (``ControllerClient``).
+    reply, so a job on a dead simulator fails at once (``ControllerClient``). ``lock``
+    (optional) is held from each run's settings to its read-back after the run, so that
+    another labqpu process's job on the same rack does not change them in between
+    (``labqpu.rack.lock``).
 
     Not thread-safe by itself: exactly one worker (the hardware queue) uses it.
     """
 
     def __init__(self, config: LabConfig,
-                 peer_failure: Callable[[], str | None] | None = None) -> None:
+                 peer_failure: Callable[[], str | None] | None = None,
+                 lock: RackLock | None = None) -> None:
         self.config = config
         self._peer_failure = peer_failure
+        self._lock = lock
         self._los: dict[str, SignalGenerator] = {}
         self._currents: dict[str, CurrentSource] = {}
         self._controllers: dict[str, ControllerClient] = {}
@@ -247,8 +254,12 @@ class RackConnection:
                         "announce synchronised runs (no 'sync' capability in its hello)",
                         instrument=part.controller, command="hello")
         wanted = settings.wanted(program)
-        before, started = self._read_and_start(program, parts, request, wanted, cancel)
-        return self._finish(program, parts, request, cancel, wanted, before, started)
+        with (self._lock.held(request.timeout_s, cancel) if self._lock
+              else contextlib.nullcontext(False)) as others_set:
+            if others_set:  # another process's job set the rack since this one's last
+                self._confirmed.clear()
+            before, started = self._read_and_start(program, parts, request, wanted, cancel)
+            return self._finish(program, parts, request, cancel, wanted, before, started)
 
     def _finish(self, program: PulseProgram, parts: list[ControllerPart], request: RunRequest,
                 cancel: threading.Event, wanted: dict[tuple, tuple], before: list[dict],
@@ -358,6 +369,8 @@ class RackConnection:
             key = f"{request.key}/again"
         else:
             key = request.key
+        if self._lock:
+            self._lock.mark_set()
         try:
             before = self.apply_settings(program)
         except BaseException:
@@ -516,6 +529,8 @@ class RackConnection:
         backend library) and stays open for other providers."""
         self._held.clear()
         self._confirmed.clear()
+        if self._lock:
+            self._lock.close()
         for group in (self._controllers, self._los, self._currents):
             while group:
                 name, session = group.popitem()

@@ -1,0 +1,177 @@
+"""Two labqpu processes on one rack: a job's settings, run and read-back are not interleaved
+with another process's job (``labqpu.rack.lock``), so neither fails the other's read-back."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from qiskit import QuantumCircuit
+
+from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InstrumentCommandError, InstrumentTimeoutError, JobCancelledError
+from labqpu.firmware_sim.rack import SimulatedRack
+from labqpu.pulse.compiler import compile_circuit
+from labqpu.rack.config import default_config_path, load_config
+from labqpu.rack.hardware import RackConnection, RunRequest
+from labqpu.rack.lock import RackLock, rack_lock_path
+from labqpu.store import CalibrationStore, SnapshotBuilder
+
+
+def test_a_held_lock_keeps_another_holder_out_until_its_release(tmp_path) -> None:
+    """Two locks on one file (two processes' open files, as far as ``flock`` is concerned):
+    the second waits while the first holds, fails after its timeout naming the holder's
+    process, stops waiting when cancelled, and gets in once the first lets go."""
+    path = tmp_path / "rack.lock"
+    first, second = RackLock(path), RackLock(path)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with first.held(1.0):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(InstrumentTimeoutError, match=rf"another labqpu process \(pid "
+                                                         rf"{os.getpid()} lock \w+ since "), \
+                second.held(0.2):
+            pass
+        assert 0.2 <= time.monotonic() - t0 < 2.0
+        cancel = threading.Event()
+        threading.Timer(0.1, cancel.set).start()
+        with pytest.raises(JobCancelledError), second.held(30.0, cancel):
+            pass
+        threading.Timer(0.1, release.set).start()
+        t0 = time.monotonic()
+        with second.held(5.0):
+            assert 0.05 < time.monotonic() - t0 < 4.0
+    finally:
+        release.set()
+        holder.join(10)
+        first.close()
+        second.close()
+
+
+def test_a_hold_learns_that_another_holder_set_instruments(tmp_path) -> None:
+    path = tmp_path / "rack.lock"
+    ours, theirs = RackLock(path), RackLock(path)
+    try:
+        with ours.held(1.0) as others_set:
+            assert not others_set  # a new file
+            ours.mark_set()
+        with ours.held(1.0) as others_set:
+            assert not others_set  # its own setting
+        with theirs.held(1.0) as others_set:
+            assert others_set  # ours set them since theirs last held (never)
+            theirs.mark_set()
+        with ours.held(1.0) as others_set:
+            assert others_set
+        with ours.held(1.0) as others_set:
+            assert not others_set
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_lock_file_names_the_rack_and_every_user_can_open_it(tmp_path, config) -> None:
+    path = rack_lock_path(config, tmp_path)
+    assert path == rack_lock_path(config, tmp_path)  # the same rack, the same file
+    other = config.with_endpoints({**{c.name: "tcp://127.0.0.1:1" for c in config.controllers}})
+    assert rack_lock_path(other, tmp_path) != path
+    lock = RackLock(path)
+    old = os.umask(0o077)
+    try:
+        with lock.held(1.0):
+            pass
+    finally:
+        os.umask(old)
+        lock.close()
+    assert path.stat().st_mode & 0o777 == 0o666
+
+
+def test_a_lock_file_that_cannot_be_opened_runs_without_it_saying_so(tmp_path, caplog) -> None:
+    lock = RackLock(tmp_path / "missing-folder" / "rack.lock")
+    with caplog.at_level("WARNING", logger="labqpu.rack.lock"):
+        for _ in range(2):
+            with lock.held(1.0) as others_set:
+                assert not others_set
+    assert sum("cannot open the rack's lock file" in r.getMessage()
+               for r in caplog.records) == 1
+
+
+@pytest.fixture(scope="module")
+def simulated() -> Iterator[SimulatedRack]:
+    with SimulatedRack(default_config_path(), seed=8) as rack:
+        yield rack
+
+
+def _program_at_flux(snapshot, channels, tmp_path, shift_a: float):
+    """x + measure on qubit 0, compiled from ``snapshot`` with qubit 0's flux bias moved by
+    ``shift_a`` (A), as another user's snapshot (or a flux calibration's sweep) has it."""
+    builder = SnapshotBuilder.from_snapshot(snapshot)
+    builder.set_qubit(0, "flux_bias_a", snapshot.qubit_value(0, "flux_bias_a") + shift_a,
+                      "another user's snapshot")
+    with CalibrationStore(tmp_path / f"store-{shift_a}.sqlite") as store:
+        moved = store.commit(builder.build_document())
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    return compile_circuit(qc, moved, channels)
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_two_processes_jobs_at_different_flux_biases_do_not_fail_each_other(
+        simulated, snapshot, channels, tmp_path, locked) -> None:
+    """Two rack connections (each with its own lock file descriptor, as two processes on one
+    host have) run jobs in a loop whose programs want qubit 0's flux bias 20 µA apart, as a
+    flux calibration beside another user's jobs does. With the rack lock, no job fails: each
+    finds the other's setting before its run, sets its own and reads it back before the other
+    can change it again. Without it (the case this prevents), jobs fail a read-back: the one
+    after the run ("changed during the run"), or the one after setting the bias."""
+    config = load_config(default_config_path()).with_endpoints(simulated.endpoints())
+    path = rack_lock_path(config, tmp_path)
+    programs = [_program_at_flux(snapshot, channels, tmp_path, shift) for shift in (0, 2e-5)]
+    failures: list[str] = []
+    done = [0, 0]
+    order: list[int] = []
+
+    def loop(i: int) -> None:
+        connection = RackConnection(config, lock=RackLock(path) if locked else None)
+        try:
+            for n in range(25):
+                request = RunRequest(shots=20, seed=n, rep_delay_s=50e-6, timeout_s=30,
+                                     key=f"{i}-{n}")
+                try:
+                    connection.execute(programs[i], request, threading.Event())
+                    done[i] += 1
+                    order.append(i)
+                except InstrumentCommandError as exc:  # a read-back found the other's
+                    failures.append(str(exc))
+        finally:
+            connection.close()
+
+    with ControllerClient(config.controllers[0].endpoint) as client:
+        runs = client.status()["runs_total"]
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        started = client.status()["runs_total"] - runs
+    if locked:
+        assert failures == [] and done == [25, 25]
+        # they take turns: neither keeps the rack while the other waits
+        assert 10 <= order[:25].count(1) <= 15, order
+        # a job after the other's set its bias before its run: none started on the other's
+        assert started == 50
+    else:
+        assert failures and all("flux bias flux_bias channel 1 " in f for f in failures), \
+            failures
