@@ -73,7 +73,7 @@ from labqpu.errors import (
     LabQpuError,
 )
 from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
-from labqpu.store.merge import commit_apart_onto_newest, commit_onto_newest
+from labqpu.store.merge import commit_apart_onto_newest
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,9 @@ class RunReport:
     #: The snapshot the run's commit goes onto: ``parent_id``, or the store's unusable newest
     #: snapshot that it replaces (``LabBackend.unusable_snapshot_id``).
     base_id: int | None = None
+    #: {qubit: why} of the qubits whose values a commit left out: another writer changed
+    #: them while the run measured (``commit_apart_onto_newest``).
+    left_out: dict[int, str] = field(default_factory=dict)
 
     def with_status(self, status: str) -> list[Outcome]:
         """The outcomes with ``status``."""
@@ -164,6 +167,9 @@ class RunReport:
                          + ("" if first in (self.parent_id, self.base_id) else
                             f": another calibration committed it while this one measured on "
                             f"snapshot {self.parent_id}") + ")")
+        elif self.left_out:
+            lines.append("nothing committed: everything measured was left out ("
+                         + "; ".join(dict.fromkeys(self.left_out.values())) + ")")
         else:
             lines.append(f"nothing committed; snapshot {self.parent_id} stays the newest")
         return "\n".join(lines)
@@ -662,18 +668,24 @@ def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subjec
 
 def _mark_left_out(report: RunReport, by_label: dict[str, Subject], left_out: dict[int, str],
                    node: str | None = None) -> None:
-    """Report as failed each calibrated outcome (of ``node``, when given) whose subject, or a
-    subject of whose changes, names a qubit the commit left out (``commit_apart_onto_newest``).
-    """
+    """Keep ``left_out`` in ``report`` and say it in the outcomes (of ``node``, when given)
+    whose subject, or a subject of whose changes, names a qubit the commit left out
+    (``commit_apart_onto_newest``): a calibrated one failed (its values not committed), a
+    failed one not recorded."""
+    report.left_out.update(left_out)
     for i, o in enumerate(report.outcomes):
-        if o.status != "calibrated" or node not in (None, o.node):
+        if o.status not in ("calibrated", "failed") or node not in (None, o.node):
             continue
         labels = [o.subject, *(c.subject for c in o.changes)]
         why = _left_out([q for label in labels if label in by_label
                          for q in _qubits_of(by_label[label])], left_out)
-        if why:
-            report.outcomes[i] = replace(o, status="failed", reason=f"{o.reason}; {why}",
-                                         changes=[])
+        if not why:
+            continue
+        if o.status == "failed":
+            report.outcomes[i] = replace(o, reason=f"{o.reason}; the failure {why}")
+        else:
+            report.outcomes[i] = replace(o, status="failed", changes=[],
+                                         reason=f"{o.reason}; measured, {why}")
 
 
 def _qubits_of(subject: Subject) -> tuple[int, ...]:
@@ -681,9 +693,10 @@ def _qubits_of(subject: Subject) -> tuple[int, ...]:
 
 
 def _left_out(qubits: Iterable[int], left_out: dict[int, str]) -> str:
-    """Why a commit left ``qubits``' values out (``commit_apart_onto_newest``), or ""."""
+    """Why a commit left ``qubits``' values out (``commit_apart_onto_newest``), as "not
+    committed: ...", or ""."""
     why = [left_out[q] for q in sorted(set(qubits)) if q in left_out]
-    return (f"measured, not committed: {'; '.join(why)} while this measured; run it again"
+    return (f"not committed: {'; '.join(dict.fromkeys(why))} while this measured; run it again"
             if why else "")
 
 
@@ -714,16 +727,17 @@ def benchmark_and_record(backend, *, settings: RBSettings | None = None,
     if outcomes:
         snapshot, _, left_out = commit_benchmarks(backend, measured, outcomes, progress,
                                                   builder=builder, parent_id=base_id)
-        lost = {s: _left_out(_qubits_of(s), left_out) for s in fitted
-                if set(_qubits_of(s)) & left_out.keys()}
-        why.update(lost)
-        outcomes = [o for o in outcomes if _subject(o.data.qubits) not in lost]
     elif marked:
         builder.notes = f"randomized benchmarking: failed steps of {', '.join(marked)} recorded"
-        snapshot = commit_onto_newest(backend.store, builder.build_document(), measured,
-                                      parent_id=base_id)
+        snapshot, left_out = commit_apart_onto_newest(backend.store, builder.build_document(),
+                                                      measured, parent_id=base_id)
     else:
-        snapshot = None
+        snapshot, left_out = None, {}
+    for s in [*fitted, *why]:
+        lost = _left_out(_qubits_of(s), left_out)
+        if lost:
+            why[s] = f"{why[s]}; the failure {lost}" if s in why else f"measured, {lost}"
+    outcomes = [o for o in outcomes if _subject(o.data.qubits) not in why]
     return snapshot, outcomes, {describe(s): reason for s, reason in why.items()}
 
 
@@ -736,12 +750,15 @@ def _commit_failures(backend, report: RunReport, snapshot: Snapshot, subjects: l
         return
     builder.notes = f"calibration runner: failed steps of {', '.join(marked)} recorded"
     try:
-        committed = commit_onto_newest(backend.store, builder.build_document(), snapshot)
+        committed, left_out = commit_apart_onto_newest(backend.store, builder.build_document(),
+                                                       snapshot)
     except CalibrationError as exc:
         reporter.note(f"the failed steps of {', '.join(marked)} were not recorded: {exc}")
         return
-    report.snapshot = committed
-    report.committed.append(committed)
+    _mark_left_out(report, {describe(s): s for s in subjects}, left_out, node=RB_NODE)
+    if committed is not None:
+        report.snapshot = committed
+        report.committed.append(committed)
 
 
 def _rb_failures(report: RunReport, snapshot: Snapshot, subjects: list[Subject]

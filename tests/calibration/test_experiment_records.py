@@ -117,7 +117,8 @@ def test_a_commit_after_another_writers_goes_on_top_of_it_or_is_left_out(tmp_pat
                 "t1_s while this measured; run it again")
             assert report.committed == [] and report.snapshot is None
             assert backend.store.latest_id() == committed[0].snapshot_id
-            assert "nothing committed" in report.table()
+            assert ("nothing committed: everything measured was left out (snapshot "
+                    f"{committed[0].snapshot_id} changed qubit 2 t1_s)") in report.table()
         else:
             report = run()
             newest = backend.store.latest()

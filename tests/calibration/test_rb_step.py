@@ -144,6 +144,8 @@ def test_gate_errors_of_a_qubit_another_writer_changed_are_left_out_the_rest_com
         assert steps["qubit 1"].reason.endswith(
             f"measured, not committed: snapshot {rival[0].snapshot_id} changed qubit 1 "
             "pi_amplitude while this measured; run it again")
+        assert report.left_out == {1: f"snapshot {rival[0].snapshot_id} changed qubit 1 "
+                                      "pi_amplitude"}
         final = backend.store.latest()
         assert report.committed == [final] and final.parent_id == rival[0].snapshot_id
         assert final.gates["cz:3-4"]["error"] != start.gates["cz:3-4"]["error"]
@@ -198,10 +200,12 @@ def test_calibrate_rb_records_a_failed_benchmark_and_commits_the_rest(tmp_path, 
     assert CALIBRATION_FAILED not in after.qubits[3]
 
 
-def test_calibrate_rb_leaves_out_a_qubit_another_writer_changed(tmp_path, monkeypatch, capsys):
-    """``labqpu calibrate --rb --qubits 3 4`` while another writer sets qubit 3's T1: qubit 4's
-    gate errors are committed on top of that writer's snapshot, qubit 3's and edge 3-4's are
-    not, stderr says why for each, and the exit code is 1."""
+def test_calibrate_rb_leaves_out_a_qubit_another_writer_changed(tmp_path, monkeypatch, capsys,
+                                                               edge_decays_do_not_fit):
+    """``labqpu calibrate --rb --qubits 3 4`` while another writer sets qubit 3's T1, edge
+    3-4's decay made not to fit: qubit 4's gate errors are committed on top of that writer's
+    snapshot; qubit 3's are not, nor is edge 3-4's failure record, and stderr says so for
+    each; the exit code is 1."""
     use_fresh_home(monkeypatch, tmp_path)
     argv = ["calibrate", "--rb", "--qubits", "3", "4", "--rb-lengths-1q", "1", "40", "120",
             "300", "--rb-lengths-2q", "1", "8", "24", "48", "--rb-seeds", "3"]
@@ -211,10 +215,11 @@ def test_calibrate_rb_leaves_out_a_qubit_another_writer_changed(tmp_path, monkey
         rival = _rival_commits(monkeypatch, backend, 3, "t1_s", 33e-6)
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
-    why = (f"measured, not committed: snapshot {rival[0].snapshot_id} changed qubit 3 t1_s "
-           "while this measured; run it again")
-    assert f"randomized benchmarking of qubit 3 failed: {why}" in err
-    assert f"randomized benchmarking of edge 3-4 failed: {why}" in err
+    why = (f"not committed: snapshot {rival[0].snapshot_id} changed qubit 3 t1_s while this "
+           "measured; run it again")
+    assert f"randomized benchmarking of qubit 3 failed: measured, {why}" in err
+    assert "randomized benchmarking of edge 3-4 failed: " in err
+    assert f"made to fail by the test); the failure {why}" in err
     assert "qubit 4 failed" not in err
     with LabProvider() as provider:
         after = provider.backend().snapshot
@@ -223,3 +228,4 @@ def test_calibrate_rb_leaves_out_a_qubit_another_writer_changed(tmp_path, monkey
     for gate in ("sx:3", "cz:3-4"):
         assert after.gates[gate]["error"] == start.gates[gate]["error"], gate
     assert after.qubit_value(3, "t1_s") == 33e-6
+    assert CALIBRATION_FAILED not in after.pairs[(3, 4)]
