@@ -30,6 +30,8 @@
         ├── InstrumentLimitError     (also ValueError) a value is outside the instrument's limits;
         │                            nothing was sent
         ├── ProtocolError            a malformed or incompatible message on the wire
+        ├── RackBusyError            another labqpu process of this host held the rack
+        │                            throughout a job's wait for it
         └── HardwareUnavailableError the rack takes no work: its queue is closed or the
                                      simulator process is gone
 
@@ -224,6 +226,11 @@ class InstrumentSettingChangedError(InstrumentCommandError):
 class AuthenticationError(InstrumentCommandError):
     """A controller refused this client's ``hello``: its authenticator did not accept the
     credentials. No session was opened."""
+
+
+class RackBusyError(InstrumentError):
+    """Another labqpu process of this host held the rack throughout the time a job waits for
+    it (``labqpu.rack.lock``): nothing was sent. The message names that process."""
 
 
 class InstrumentLimitError(InstrumentError, ValueError):

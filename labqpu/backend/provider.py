@@ -289,7 +289,8 @@ class LabProvider:
         path, builtin = resolve_config_path(config)
         self.config = load_config(path)
         start_sim = builtin if simulator is None else simulator
-        unassigned = [] if start_sim else self.config.unassigned_addresses()
+        picked = self.config.unassigned_addresses()  # ports a simulator started here picks
+        unassigned = [] if start_sim else picked
         if unassigned:
             raise BackendConfigurationError(
                 f"{path}: {', '.join(unassigned)} listen on port 0, which only the embedded "
@@ -314,8 +315,11 @@ class LabProvider:
             seed_store(self.store, self.config)
             _check_store_device(self.store, self.config)
             health = self.simulator.failure if self.simulator else None
-            # a rack others can reach is shared with their jobs; the embedded simulator is not
-            lock = None if self.simulator else RackLock(rack_lock_path(self.config))
+            # a rack others can reach is shared with their jobs: not a simulator started here
+            # on ports it picked (others do not know them)
+            private = self.simulator is not None and len(picked) == (
+                len(self.config.controllers) + len(self.config.instruments))
+            lock = None if private else RackLock(rack_lock_path(self.config))
             self._queue = LocalHardwareQueue(
                 RackConnection(self.config, peer_failure=health, lock=lock), health=health,
                 recover=self.simulator.revive if self.simulator else None)

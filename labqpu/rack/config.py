@@ -137,6 +137,13 @@ def _tcp_host_port(address: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+def tcp_host(address: str) -> str | None:
+    """The host of a controller endpoint (``tcp://host:port``) or of a VISA
+    ``TCPIP[n]::host::port::SOCKET`` resource; None for any other address."""
+    tcp = _tcp_host_port(address)
+    return None if tcp is None else tcp[0]
+
+
 def tcp_port(address: str) -> int | None:
     """The TCP port of a controller endpoint (``tcp://host:port``) or of a VISA
     ``TCPIP[n]::host::port::SOCKET`` resource; None for any other address."""

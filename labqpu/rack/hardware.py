@@ -35,6 +35,7 @@ from labqpu.errors import (
     InstrumentTimeoutError,
     JobCancelledError,
     ProtocolError,
+    RackBusyError,
 )
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import ControllerPart, split_program
@@ -657,7 +658,7 @@ class LocalHardwareQueue:
             try:
                 out.append(self.rack.execute(program, request, cancel))
             except InstrumentError as exc:
-                if not isinstance(exc, InstrumentCommandError):
+                if not isinstance(exc, InstrumentCommandError | RackBusyError):
                     # A timeout or a broken transport may leave a session half-used (a late
                     # reply on its way, a peer that restarted): the next job opens every
                     # session afresh.

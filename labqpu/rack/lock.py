@@ -8,9 +8,11 @@ are discarded"), and a flux calibration failed every time beside a client runnin
 :class:`RackLock` is an exclusive ``flock`` on a file named after the rack's controllers and
 instruments (the same rack, the same file, in the temporary directory), held from a job's
 settings to its read-back after the run; the next process's job waits for it, within its
-run's time limit. A rack the provider started itself (the embedded simulator) is nobody
-else's and takes no lock. Processes on other hosts, or with another temporary directory
-(``TMPDIR``), are not held back.
+run's time limit. A rack the provider started itself on ports it picked (the embedded
+simulator) is nobody else's and takes no lock. Not held back: processes on other hosts, with
+another temporary directory (``TMPDIR``), or whose wiring names other instruments for the
+same rack. The lock files stay in the temporary directory (two per rack, 116 bytes at most):
+removing one another process may hold would break the lock.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
+import stat
 import tempfile
 import threading
 import time
@@ -28,16 +32,22 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from labqpu.errors import InstrumentTimeoutError, JobCancelledError
-from labqpu.rack.config import LabConfig
+from labqpu.errors import JobCancelledError, RackBusyError
+from labqpu.rack.config import LabConfig, tcp_host
 
 log = logging.getLogger(__name__)
 
-#: First and longest pause (s) between two tries of a lock another process holds.
+#: First pause (s) between two tries of a lock another process holds; the pauses grow to
+#: :data:`SHORT_WAIT_PAUSE_S`, and after :data:`LONG_WAIT_S` of waiting to
+#: :data:`LONG_WAIT_PAUSE_S` (a waiter's CPU).
 FIRST_PAUSE_S = 0.0002
-LONGEST_PAUSE_S = 0.001
-#: How long (s) a process that held the rack last lets a waiting process in first.
+SHORT_WAIT_PAUSE_S = 0.001
+LONG_WAIT_S = 1.0
+LONG_WAIT_PAUSE_S = 0.01
+#: How long (s) a process that held the rack last lets a waiting process in first; after a
+#: turn nobody took (a stopped waiter), it gives none for :data:`NO_TURNS_S`.
 TURN_S = 0.05
+NO_TURNS_S = 1.0
 #: Bytes of the holder's line (who and since when) at the start of the lock file; after it,
 #: the count of holds that set instruments (:meth:`RackLock.mark_set`), as decimal digits.
 HOLDER_BYTES = 96
@@ -46,11 +56,25 @@ COUNT_BYTES = 20
 
 def rack_lock_path(config: LabConfig, directory: str | Path | None = None) -> Path:
     """The lock file of the rack ``config`` wires (in ``directory``, default the temporary
-    directory): named after its controllers' endpoints and instruments' resources."""
-    names = sorted([c.endpoint for c in config.controllers]
-                   + [i.resource for i in config.instruments])
+    directory): named after its controllers' endpoints and instruments' resources, their host
+    names resolved (``localhost`` and ``127.0.0.1`` are one rack)."""
+    names = sorted([_resolved(c.endpoint) for c in config.controllers]
+                   + [_resolved(i.resource) for i in config.instruments])
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:20]
     return Path(directory or tempfile.gettempdir()) / f"labqpu-rack-{digest}.lock"
+
+
+def _resolved(address: str) -> str:
+    """``address`` (a controller endpoint or a VISA TCP resource) with its host name as the
+    address it resolves to (itself when it does not resolve)."""
+    host = tcp_host(address)
+    if not host:
+        return address
+    try:
+        ip = socket.getaddrinfo(host, None)[0][4][0]
+    except (OSError, UnicodeError):
+        return address
+    return address.replace(host, str(ip), 1)
 
 
 class RackLock:
@@ -58,18 +82,22 @@ class RackLock:
     taken in turns: a process waiting for it holds a shared ``flock`` on ``path.queue`` while
     it waits, and the process that held the rack last lets it in before taking the rack again
     (for at most :data:`TURN_S`), so a process running jobs back to back does not keep another
-    out. Its files are opened on first use and closed by :meth:`close`. Not thread-safe by
-    itself: the rack's one worker holds it."""
+    out. Its files are opened on first use and closed by :meth:`close`. The rack's one worker
+    holds it; :meth:`close` from another thread during a hold closes them when it ends."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.queue_path = self.path.with_name(self.path.name + ".queue")
         self._fds: tuple[int, int] | None = None
         self._unusable = False
+        self._guard = threading.Lock()  # held through a hold
+        self._closing = False  # close() came during a hold: close the files at its end
         #: The count of holds that set instruments, as this lock last read or wrote it.
         self._count = 0
         #: Who holds the rack, as the lock file says while this lock holds it.
         self._me = f"pid {os.getpid()} lock {uuid.uuid4().hex[:8]}"
+        #: Until when (monotonic s) this lock gives no turns: its last one was not taken.
+        self._no_turns_until = 0.0
 
     @contextlib.contextmanager
     def held(self, timeout_s: float, cancel: threading.Event | None = None) -> Iterator[bool]:
@@ -78,61 +106,90 @@ class RackLock:
         the settings this process last found in place may have changed.
 
         Raises:
-            InstrumentTimeoutError: another process held it throughout ``timeout_s`` (named,
-                with its process id).
+            RackBusyError: another process held it throughout ``timeout_s`` (named, with its
+                process id and whether it is stopped).
             JobCancelledError: ``cancel`` was set while waiting.
         """
-        fds = self._open()
-        if fds is None:  # warned once: the read-backs still catch a neighbour's change
-            yield False
-            return
-        fd, queue = fds
-        wait = _Wait(self, fd, timeout_s, cancel)
-        if self._holder(fd).startswith(self._me + " "):
-            self._let_a_waiter_in(fd, queue, wait)
-        self._take(fd, queue, wait)
-        try:
-            line = f"{self._me} since {datetime.now(UTC).isoformat(timespec='seconds')}"
-            os.pwrite(fd, line.encode().ljust(HOLDER_BYTES), 0)
-            count = _count(os.pread(fd, COUNT_BYTES, HOLDER_BYTES))
-            others_set, self._count = count != self._count, count
-            yield others_set
-        finally:
-            if self._fds == fds:  # not closed meanwhile (closing released it)
+        with self._guard:
+            fds = self._open()
+            if fds is not None and _holder(fds[0]).startswith(self._me + " "):
+                self._let_a_waiter_in(*fds)
+            fd = None if fds is None else self._take(*fds, _Wait(self, timeout_s, cancel))
+            if fd is None:  # warned once: the read-backs still catch a neighbour's change
+                yield False
+                return
+            try:
+                line = f"{self._me} since {datetime.now(UTC).isoformat(timespec='seconds')}"
+                os.pwrite(fd, line.encode().ljust(HOLDER_BYTES), 0)
+                count = _count(os.pread(fd, COUNT_BYTES, HOLDER_BYTES))
+                others_set, self._count = count != self._count, count
+                yield others_set
+            finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+                if self._closing:
+                    self._close_files()
 
-    def _let_a_waiter_in(self, fd: int, queue: int, wait: _Wait) -> None:
+    def _let_a_waiter_in(self, fd: int, queue: int) -> None:
         """This lock held the rack last: while another process waits for it (and for at most
         :data:`TURN_S`), wait until one of them has taken it."""
-        end = time.monotonic() + TURN_S
-        while time.monotonic() < end and self._holder(fd).startswith(self._me + " "):
+        now = time.monotonic()
+        if now < self._no_turns_until:
+            return
+        end, pause_s = now + TURN_S, FIRST_PAUSE_S
+        while _holder(fd).startswith(self._me + " "):
             try:
                 fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                wait.pause()  # a process waits (its shared lock on the queue file)
+            except BlockingIOError:  # a process waits (its shared lock on the queue file)
+                if time.monotonic() >= end:
+                    self._no_turns_until = time.monotonic() + NO_TURNS_S
+                    return
+                time.sleep(pause_s)
+                pause_s = min(1.5 * pause_s, SHORT_WAIT_PAUSE_S)
                 continue
             fcntl.flock(queue, fcntl.LOCK_UN)
             return  # nobody waits
 
-    def _take(self, fd: int, queue: int, wait: _Wait) -> None:
+    def _take(self, fd: int, queue: int, wait: _Wait) -> int | None:
         """Take the lock, waiting in the queue (a shared lock on its file) while another
-        process holds it."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        fcntl.flock(queue, fcntl.LOCK_SH)  # waits only while a holder looks for waiters
+        process holds it; returns the lock file's descriptor. A lock file removed or replaced
+        meanwhile is opened again (None when it then cannot be: warned)."""
+        queued = False
         try:
             while True:
-                wait.pause()
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
                 except BlockingIOError:
                     pass
+                else:
+                    if self._same_file(fd):
+                        return fd
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # held on a removed file: open the new one
+                    queued = False  # the queue file's descriptor is closed with it
+                    self._close_files()
+                    fds = self._open()
+                    if fds is None:
+                        return None
+                    fd, queue = fds
+                    continue
+                if not queued:
+                    try:
+                        fcntl.flock(queue, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        queued = True
+                    except BlockingIOError:  # a holder is looking for waiters: try again
+                        pass
+                wait.pause(fd)
         finally:
-            fcntl.flock(queue, fcntl.LOCK_UN)
+            if queued:
+                fcntl.flock(queue, fcntl.LOCK_UN)
+
+    def _same_file(self, fd: int) -> bool:
+        """True while ``path`` is the file open as ``fd`` (not removed or replaced)."""
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
     def mark_set(self) -> None:
         """Say, while holding the lock, that this hold sets instruments: the other processes'
@@ -144,9 +201,10 @@ class RackLock:
 
     def _open(self) -> tuple[int, int] | None:
         """The descriptors of the lock file and of its queue file, or None (with a warning,
-        once) when they cannot be opened."""
+        once) when they cannot be opened or are not regular files."""
         if self._fds is None and not self._unusable:
             opened: list[int] = []
+            path = self.path
             try:
                 for path in (self.path, self.queue_path):
                     opened.append(_open_shared(path))
@@ -155,20 +213,24 @@ class RackLock:
                 for fd in opened:
                     os.close(fd)
                 self._unusable = True
-                log.warning("cannot open the rack's lock file %s (%s): jobs run without it, "
-                            "so another labqpu process's job can change a setting during a "
-                            "run, which then fails its read-back", path, exc)
+                log.warning("cannot use the rack's lock file %s (%s): jobs run without it, so "
+                            "another labqpu process's job can change a setting during a run, "
+                            "which then fails its read-back", path, exc)
         return self._fds
 
-    def _holder(self, fd: int) -> str:
-        """The holder's line ("pid 1234 lock 0a1b2c3d since ..."), as far as the file says."""
-        try:
-            return os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
-        except OSError:
-            return ""
-
     def close(self) -> None:
-        """Close the lock's files (releasing the lock if held). Idempotent."""
+        """Close the lock's files (idempotent); while a hold is in progress (another thread),
+        they are closed when it ends."""
+        if self._guard.acquire(blocking=False):
+            try:
+                self._close_files()
+            finally:
+                self._guard.release()
+        else:
+            self._closing = True
+
+    def _close_files(self) -> None:
+        self._closing = False
         if self._fds is not None:
             fds, self._fds = self._fds, None
             for fd in fds:
@@ -176,49 +238,78 @@ class RackLock:
 
 
 class _Wait:
-    """The pauses of one wait for the lock: growing from :data:`FIRST_PAUSE_S` to
-    :data:`LONGEST_PAUSE_S`, within ``timeout_s``, ended by ``cancel``."""
+    """The pauses of one wait for the lock (growing, see :data:`FIRST_PAUSE_S`), within
+    ``timeout_s``, ended by ``cancel``."""
 
-    def __init__(self, lock: RackLock, fd: int, timeout_s: float,
+    def __init__(self, lock: RackLock, timeout_s: float,
                  cancel: threading.Event | None) -> None:
-        self.lock, self.fd, self.timeout_s, self.cancel = lock, fd, timeout_s, cancel
-        self.deadline = time.monotonic() + timeout_s
+        self.lock, self.timeout_s, self.cancel = lock, timeout_s, cancel
+        self.start = time.monotonic()
         self.pause_s = FIRST_PAUSE_S
 
-    def pause(self) -> None:
-        """Wait the next pause.
+    def pause(self, fd: int) -> None:
+        """Wait the next pause (``fd``: the lock file, which names its holder).
 
         Raises:
-            InstrumentTimeoutError: the wait has lasted ``timeout_s``.
+            RackBusyError: the wait has lasted ``timeout_s``.
             JobCancelledError: ``cancel`` is set.
         """
-        left_s = self.deadline - time.monotonic()
+        waited_s = time.monotonic() - self.start
+        left_s = self.timeout_s - waited_s
         if left_s <= 0:
-            raise InstrumentTimeoutError(
-                f"another labqpu process ({self.lock._holder(self.fd) or 'unknown'}) used "
-                f"the rack throughout the {self.timeout_s:g} s this job waits for its run; "
-                f"lock file {self.lock.path}", instrument=str(self.lock.path),
-                command="rack lock")
+            raise RackBusyError(
+                f"the rack is in use by another labqpu process ({_described(_holder(fd))}); "
+                f"this job waited its whole time limit ({self.timeout_s:g} s) and sent "
+                "nothing", instrument=f"rack lock {self.lock.path}", command="rack lock")
         if self.cancel is None:
             time.sleep(min(self.pause_s, left_s))
         elif self.cancel.wait(min(self.pause_s, left_s)):
             raise JobCancelledError("cancelled while another labqpu process used the rack")
-        self.pause_s = min(1.5 * self.pause_s, LONGEST_PAUSE_S)
+        longest = SHORT_WAIT_PAUSE_S if waited_s < LONG_WAIT_S else LONG_WAIT_PAUSE_S
+        self.pause_s = min(1.5 * self.pause_s, longest)
+
+
+def _holder(fd: int) -> str:
+    """The holder's line ("pid 1234 lock 0a1b2c3d since ..."), as far as the file says."""
+    try:
+        return os.pread(fd, HOLDER_BYTES, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _described(holder: str) -> str:
+    """The holder's line, and what to do when its process is stopped (Ctrl-Z, SIGSTOP)."""
+    words = holder.split()
+    if len(words) < 2 or words[0] != "pid" or not words[1].isdigit():
+        return holder or "unknown"
+    try:
+        with open(f"/proc/{words[1]}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return holder
+    if state in ("T", "t"):
+        return (f"{holder}, stopped: resume it with `kill -CONT {words[1]}` (or `fg` in its "
+                "shell), or end it")
+    return holder
 
 
 def _open_shared(path: Path) -> int:
-    """``path`` opened for reading and writing: without ``O_CREAT`` when it exists (a file of
+    """``path`` opened for reading and writing, never through a symbolic link and only as a
+    regular file (``OSError`` otherwise): without ``O_CREAT`` when it exists (a file of
     another user in a sticky directory cannot be opened with it under Linux's
     ``protected_regular``), else created readable and writable by every user."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(path, os.O_RDWR)
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        pass
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:  # another process created it in between
-        return os.open(path, os.O_RDWR)
-    os.fchmod(fd, 0o666)  # whatever the umask: every user's jobs take it
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # whatever the umask: every user's jobs take it
+        except FileExistsError:  # another process created it in between
+            fd = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
     return fd
 
 

@@ -3,7 +3,12 @@ with another process's job (``labqpu.rack.lock``), so neither fails the other's 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +17,7 @@ import pytest
 from qiskit import QuantumCircuit
 
 from labqpu.drivers.controller import ControllerClient
-from labqpu.errors import InstrumentCommandError, InstrumentTimeoutError, JobCancelledError
+from labqpu.errors import InstrumentCommandError, JobCancelledError, RackBusyError
 from labqpu.firmware_sim.rack import SimulatedRack
 from labqpu.pulse.compiler import compile_circuit
 from labqpu.rack.config import default_config_path, load_config
@@ -39,8 +44,9 @@ def test_a_held_lock_keeps_another_holder_out_until_its_release(tmp_path) -> Non
     try:
         assert holding.wait(10)
         t0 = time.monotonic()
-        with pytest.raises(InstrumentTimeoutError, match=rf"another labqpu process \(pid "
-                                                         rf"{os.getpid()} lock \w+ since "), \
+        with pytest.raises(RackBusyError, match=rf"in use by another labqpu process \(pid "
+                                                rf"{os.getpid()} lock \w+ since .*waited its "
+                                                r"whole time limit \(0.2 s\)"), \
                 second.held(0.2):
             pass
         assert 0.2 <= time.monotonic() - t0 < 2.0
@@ -81,9 +87,11 @@ def test_a_hold_learns_that_another_holder_set_instruments(tmp_path) -> None:
 
 
 def test_the_lock_file_names_the_rack_and_every_user_can_open_it(tmp_path, config) -> None:
-    path = rack_lock_path(config, tmp_path)
-    assert path == rack_lock_path(config, tmp_path)  # the same rack, the same file
-    other = config.with_endpoints({**{c.name: "tcp://127.0.0.1:1" for c in config.controllers}})
+    fixed = config.with_endpoints({c.name: "tcp://127.0.0.1:47000" for c in config.controllers})
+    path = rack_lock_path(fixed, tmp_path)
+    named = config.with_endpoints({c.name: "tcp://localhost:47000" for c in config.controllers})
+    assert rack_lock_path(named, tmp_path) == path  # the same rack, the same file
+    other = config.with_endpoints({c.name: "tcp://127.0.0.1:47001" for c in config.controllers})
     assert rack_lock_path(other, tmp_path) != path
     lock = RackLock(path)
     old = os.umask(0o077)
@@ -96,14 +104,135 @@ def test_the_lock_file_names_the_rack_and_every_user_can_open_it(tmp_path, confi
     assert path.stat().st_mode & 0o777 == 0o666
 
 
-def test_a_lock_file_that_cannot_be_opened_runs_without_it_saying_so(tmp_path, caplog) -> None:
-    lock = RackLock(tmp_path / "missing-folder" / "rack.lock")
+@pytest.mark.parametrize("kind", ["missing folder", "symbolic link", "folder"])
+def test_a_lock_file_that_cannot_be_used_runs_without_it_saying_so(tmp_path, caplog,
+                                                                    kind) -> None:
+    """A lock path in a missing folder, a folder, or a symbolic link (another user's, to a
+    file of yours: it was followed and the file overwritten): warned about once, jobs run
+    without the lock, and nothing is written through the link."""
+    path = tmp_path / "rack.lock"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    if kind == "missing folder":
+        path = tmp_path / "missing-folder" / "rack.lock"
+    elif kind == "symbolic link":
+        path.symlink_to(victim)
+    else:
+        path.mkdir()
+    lock = RackLock(path)
     with caplog.at_level("WARNING", logger="labqpu.rack.lock"):
         for _ in range(2):
             with lock.held(1.0) as others_set:
                 assert not others_set
-    assert sum("cannot open the rack's lock file" in r.getMessage()
+    lock.close()
+    assert sum("cannot use the rack's lock file" in r.getMessage()
                for r in caplog.records) == 1
+    assert victim.read_text() == "keep me"
+
+
+def test_a_lock_file_removed_is_opened_again_at_the_next_hold(tmp_path) -> None:
+    """Someone removes the lock file (a temporary-file cleaner): the next process creates a
+    new one, and a process that had the old one open takes the new one at its next hold, so
+    the two exclude each other again."""
+    path = tmp_path / "rack.lock"
+    first, second = RackLock(path), RackLock(path)
+    holding, release = threading.Event(), threading.Event()
+    with first.held(1.0):
+        pass
+    path.unlink()
+
+    def hold() -> None:
+        with second.held(1.0):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(RackBusyError), first.held(0.2):
+            pass
+    finally:
+        release.set()
+        holder.join(10)
+        first.close()
+        second.close()
+
+
+def test_a_stopped_holder_is_named_as_stopped(tmp_path) -> None:
+    """Another process holds the rack and is stopped (Ctrl-Z): the job that waited its time
+    limit says so, and how to resume it."""
+    path = tmp_path / "rack.lock"
+    code = ("import sys, time\nfrom labqpu.rack.lock import RackLock\n"
+            f"with RackLock({str(path)!r}).held(5.0):\n"
+            "    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    lock = RackLock(path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)
+        with pytest.raises(RackBusyError, match=rf"pid {holder.pid} lock \w+ since \S+, stopped: "
+                                                rf"resume it with `kill -CONT {holder.pid}`"), \
+                lock.held(0.3):
+            pass
+    finally:
+        lock.close()
+        holder.kill()
+        holder.wait(10)
+        holder.stdout.close()
+
+
+def test_a_waiter_that_never_takes_its_turn_costs_one_turn(tmp_path) -> None:
+    """A process waiting for the rack stops (its shared lock on the queue file stays): the
+    holder gives it one turn (at most 50 ms), then takes the rack without waiting for it; 20
+    holds took 1 s when each waited its turn."""
+    path = tmp_path / "rack.lock"
+    lock = RackLock(path)
+    with lock.held(1.0):
+        pass
+    stopped_waiter = os.open(lock.queue_path, os.O_RDWR)
+    try:
+        fcntl.flock(stopped_waiter, fcntl.LOCK_SH)
+        t0 = time.monotonic()
+        for _ in range(20):
+            with lock.held(1.0):
+                pass
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        os.close(stopped_waiter)
+        lock.close()
+
+
+def test_an_embedded_simulator_on_fixed_ports_is_locked_one_on_picked_ports_is_not(
+        tmp_path, monkeypatch) -> None:
+    """A simulator a provider starts on the ports its wiring names can be reached by other
+    processes (they know the ports), so its jobs take the rack lock; one on ports it picked
+    (the default device) cannot, and takes none."""
+    import socket
+    import tempfile
+
+    from labqpu import LabProvider
+    from labqpu.testing import use_fresh_home
+
+    use_fresh_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ports = []
+    for _ in range(5):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    free = iter(ports)
+    text = re.sub(r"127\.0\.0\.1(:|::)0\b", lambda m: f"127.0.0.1{m[1]}{next(free)}",
+                  default_config_path().read_text())
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(text)
+    qc = QuantumCircuit(1, 1)
+    qc.measure(0, 0)
+    for config, locked in ((None, False), (wiring, True)):
+        with LabProvider(config, simulator=True) as provider:
+            backend = provider.backend()
+            backend.run(qc, shots=10).result(timeout=60)
+            assert rack_lock_path(provider.config).exists() == locked
 
 
 @pytest.fixture(scope="module")
