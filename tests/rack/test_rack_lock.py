@@ -3,6 +3,7 @@ with another process's job (``labqpu.rack.lock``), so neither fails the other's 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -26,16 +27,14 @@ from labqpu.rack.lock import RackLock, rack_lock_path
 from labqpu.store import CalibrationStore, SnapshotBuilder
 
 
-def test_a_held_lock_keeps_another_holder_out_until_its_release(tmp_path) -> None:
-    """Two locks on one file (two processes' open files, as far as ``flock`` is concerned):
-    the second waits while the first holds, fails after its timeout naming the holder's
-    process, stops waiting when cancelled, and gets in once the first lets go."""
-    path = tmp_path / "rack.lock"
-    first, second = RackLock(path), RackLock(path)
+@contextlib.contextmanager
+def _held_by_a_thread(lock: RackLock) -> Iterator[threading.Event]:
+    """``lock`` held by a thread of its own inside, until the event yielded is set (or the
+    block ends)."""
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with first.held(1.0):
+        with lock.held(1.0):
             holding.set()
             release.wait(10)
 
@@ -43,24 +42,36 @@ def test_a_held_lock_keeps_another_holder_out_until_its_release(tmp_path) -> Non
     holder.start()
     try:
         assert holding.wait(10)
-        t0 = time.monotonic()
-        with pytest.raises(RackBusyError, match=rf"in use by another labqpu process \(pid "
-                                                rf"{os.getpid()} lock \w+ since .*waited its "
-                                                r"whole time limit \(0.2 s\)"), \
-                second.held(0.2):
-            pass
-        assert 0.2 <= time.monotonic() - t0 < 2.0
-        cancel = threading.Event()
-        threading.Timer(0.1, cancel.set).start()
-        with pytest.raises(JobCancelledError), second.held(30.0, cancel):
-            pass
-        threading.Timer(0.1, release.set).start()
-        t0 = time.monotonic()
-        with second.held(5.0):
-            assert 0.05 < time.monotonic() - t0 < 4.0
+        yield release
     finally:
         release.set()
         holder.join(10)
+
+
+def test_a_held_lock_keeps_another_holder_out_until_its_release(tmp_path) -> None:
+    """Two locks on one file (two processes' open files, as far as ``flock`` is concerned):
+    the second waits while the first holds, fails after its timeout naming the holder's
+    process, stops waiting when cancelled, and gets in once the first lets go."""
+    path = tmp_path / "rack.lock"
+    first, second = RackLock(path), RackLock(path)
+    try:
+        with _held_by_a_thread(first) as release:
+            t0 = time.monotonic()
+            with pytest.raises(RackBusyError, match=rf"in use by another labqpu process \(pid "
+                                                    rf"{os.getpid()} lock \w+ since .*waited its "
+                                                    r"whole time limit \(0.2 s\)"), \
+                    second.held(0.2):
+                pass
+            assert 0.2 <= time.monotonic() - t0 < 2.0
+            cancel = threading.Event()
+            threading.Timer(0.1, cancel.set).start()
+            with pytest.raises(JobCancelledError), second.held(30.0, cancel):
+                pass
+            threading.Timer(0.1, release.set).start()
+            t0 = time.monotonic()
+            with second.held(5.0):
+                assert 0.05 < time.monotonic() - t0 < 4.0
+    finally:
         first.close()
         second.close()
 
@@ -136,25 +147,13 @@ def test_a_lock_file_removed_is_opened_again_at_the_next_hold(tmp_path) -> None:
     the two exclude each other again."""
     path = tmp_path / "rack.lock"
     first, second = RackLock(path), RackLock(path)
-    holding, release = threading.Event(), threading.Event()
     with first.held(1.0):
         pass
     path.unlink()
-
-    def hold() -> None:
-        with second.held(1.0):
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
     try:
-        assert holding.wait(10)
-        with pytest.raises(RackBusyError), first.held(0.2):
+        with _held_by_a_thread(second), pytest.raises(RackBusyError), first.held(0.2):
             pass
     finally:
-        release.set()
-        holder.join(10)
         first.close()
         second.close()
 
