@@ -55,6 +55,7 @@ from labqpu.errors import (
     InstrumentCommandError,
     InstrumentError,
     InstrumentTimeoutError,
+    JobCancelledError,
     ProtocolError,
 )
 
@@ -69,6 +70,11 @@ _WAIT_MAX_BACKOFF_S = 0.02
 _HOLD_S = 0.25
 #: How often a client with ``peer_failure`` asks it while it waits for a reply (s).
 _PEER_CHECK_S = 0.1
+#: How often a wait for a reply that a cancel may end looks at it (s).
+_CANCEL_CHECK_S = 0.05
+#: How long (s) the abort of a cancelled run waits for the controller, once: a controller that
+#: answered no fetch meanwhile is not waited for again (it stops the run at its time limit).
+_CANCEL_ABORT_S = 1.0
 #: How long (s) the client polls for a reply without sleeping before it blocks (``spin_s``).
 DEFAULT_SPIN_S = 0.002
 #: The longest ``spin_s`` a client takes (s): beyond it a busy wait costs more than it saves.
@@ -313,12 +319,14 @@ class ControllerClient:
             request_params["time_limit_s"] = float(time_limit_s)
         return self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
 
-    def fetch(self, run_id: str, *,
-              wait_s: float = 0.0) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    def fetch(self, run_id: str, *, wait_s: float = 0.0, cancel: threading.Event | None = None
+              ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         """Ask for a run's state and, once done, its results.
 
         With ``wait_s`` > 0 (s, at most 1) the controller holds its reply until the run ends
         or ``wait_s`` passes, so a waiting client hears of the end at once, without polling.
+        ``cancel`` set while the reply is awaited ends the wait (``JobCancelledError``; a
+        late reply is discarded).
 
         Returns:
             (state, result, arrays): state is ``queued``, ``running``, ``done``, ``error``
@@ -329,7 +337,7 @@ class ControllerClient:
         params: dict[str, Any] = {"run_id": run_id}
         if wait_s > 0:
             params["wait_s"] = float(wait_s)
-        reply = self._request(OP_FETCH, params)
+        reply = self._request(OP_FETCH, params, cancel=cancel)
         state = self._result_str(reply, "state", OP_FETCH)
         return state, reply.result, reply.arrays
 
@@ -369,7 +377,10 @@ class ControllerClient:
             hold_s = min(max(deadline - time.monotonic(), 0.0), self.max_hold_s)
             asked = time.monotonic()
             try:
-                state, result, arrays = self.fetch(run_id, wait_s=hold_s)
+                state, result, arrays = self.fetch(run_id, wait_s=hold_s, cancel=cancel)
+            except JobCancelledError as exc:  # the controller had not answered the fetch
+                outcome = self.abort_quietly(run_id, timeout_s=_CANCEL_ABORT_S)
+                raise JobCancelledError(f"{exc}; {outcome}") from exc
             except HardwareUnavailableError:
                 raise  # the controller is gone (peer_failure): no run plays there to abort
             except InstrumentError as exc:
@@ -424,11 +435,13 @@ class ControllerClient:
             )
         return False
 
-    def abort_quietly(self, run_id: str) -> str:
+    def abort_quietly(self, run_id: str, *, timeout_s: float | None = None) -> str:
         """Best-effort abort of a run we stop waiting for, so it does not keep playing; returns
-        what happened (for the error the caller raises) and never raises ``InstrumentError``."""
+        what happened (for the error the caller raises) and never raises ``InstrumentError``.
+        With ``timeout_s`` (s) the controller is asked once and waited for that long, instead
+        of ``retries + 1`` times ``timeout_s`` of the client."""
         try:
-            state = self.abort(run_id)
+            state = self.abort(run_id, timeout_s=timeout_s)
         except InstrumentError as exc:
             logger.warning("%s: could not abort run %s: %s", self.endpoint, run_id, exc)
             return f"the abort of run {run_id} could not be confirmed ({exc}): it may still play"
@@ -437,14 +450,16 @@ class ControllerClient:
                     "running (it stops, and its results are discarded)")
         return f"run {run_id} aborted (controller reports {state!r})"
 
-    def abort(self, run_id: str) -> str:
-        """Abort a run: a queued run never starts, a running one is asked to stop.
+    def abort(self, run_id: str, *, timeout_s: float | None = None) -> str:
+        """Abort a run: a queued run never starts, a running one is asked to stop. With
+        ``timeout_s`` (s) the request is sent once and waited for that long (default: the
+        client's ``timeout_s``, ``retries`` more times).
 
         Returns:
             the run's state after the request (``aborted``, or ``running`` while the
             controller winds it down, or its final state if it had already finished).
         """
-        reply = self._request(OP_ABORT, {"run_id": run_id})
+        reply = self._request(OP_ABORT, {"run_id": run_id}, timeout_s=timeout_s)
         return self._result_str(reply, "state", OP_ABORT)
 
     def status(self) -> dict[str, Any]:
@@ -488,22 +503,26 @@ class ControllerClient:
         params: Mapping[str, Any],
         arrays: Mapping[str, np.ndarray] | None = None,
         key: str | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        timeout_s: float | None = None,
     ) -> Reply:
         """Send one request, Lazy Pirate style, and return its successful reply.
 
         Ops on runs carry this client's session, opened by ``hello`` on first need. If the
         controller no longer knows the session (it restarted), a new one is opened and the
-        request is sent once more.
+        request is sent once more. ``cancel`` and ``timeout_s``: as :meth:`_send`.
         """
+        bounds = {"cancel": cancel, "timeout_s": timeout_s}
         if op == OP_HELLO:
-            return self._send(op, params, arrays, key, self._session)
+            return self._send(op, params, arrays, key, self._session, **bounds)
         if op not in SESSION_OPS:
-            return self._send(op, params, arrays, key, None)
+            return self._send(op, params, arrays, key, None, **bounds)
         with self._session_lock:
             if self._session is None:
                 self.hello()
         try:
-            return self._send(op, params, arrays, key, self._session)
+            return self._send(op, params, arrays, key, self._session, **bounds)
         except InstrumentCommandError as exc:
             if exc.remote_type != ERR_UNKNOWN_SESSION:
                 raise
@@ -512,34 +531,41 @@ class ControllerClient:
             with self._session_lock:
                 self._session = None
                 self.hello()
-            return self._send(op, params, arrays, key, self._session)
+            return self._send(op, params, arrays, key, self._session, **bounds)
 
     def _send(self, op: str, params: Mapping[str, Any],
               arrays: Mapping[str, np.ndarray] | None, key: str | None,
-              session: str | None) -> Reply:
+              session: str | None, *, cancel: threading.Event | None = None,
+              timeout_s: float | None = None) -> Reply:
+        """Send the request and wait for its reply, ``retries`` more times after a timeout of
+        ``timeout_s``; with ``timeout_s`` given (s), once. ``cancel`` set while waiting raises
+        ``JobCancelledError`` (the reply, should it come, is discarded as a stale one)."""
         request_id, frames = encode_request(op, params, arrays, key=key, session=session)
+        attempts = self.retries + 1 if timeout_s is None else 1
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         with self._lock:
             if self._closed:
                 raise InstrumentError("client is closed", instrument=self.endpoint, command=op)
             reply = None
-            for attempt in range(self.retries + 1):
+            for attempt in range(attempts):
                 if self._socket is None:
                     self._socket = self._open_socket()
-                reply = self._attempt(self._socket, request_id, frames, op)
+                reply = self._attempt(self._socket, request_id, frames, op, timeout_s, cancel)
                 if reply is not None:
                     break
                 logger.warning(
                     "%s: no reply to %s within %.3g s (attempt %d of %d); reconnecting",
                     self.endpoint,
                     op,
-                    self.timeout_s,
+                    timeout_s,
                     attempt + 1,
-                    self.retries + 1,
+                    attempts,
                 )
                 self._drop_socket()
             if reply is None:
                 raise InstrumentTimeoutError(
-                    f"no reply after {self.retries + 1} attempts of {self.timeout_s} s",
+                    f"no reply after {attempts} attempt{'s' if attempts > 1 else ''} of "
+                    f"{timeout_s} s",
                     instrument=self.endpoint,
                     command=op,
                 )
@@ -556,21 +582,23 @@ class ControllerClient:
         return reply
 
     def _attempt(
-        self, socket: zmq.Socket, request_id: str, frames: list[Frame], op: str
+        self, socket: zmq.Socket, request_id: str, frames: list[Frame], op: str,
+        timeout_s: float, cancel: threading.Event | None,
     ) -> Reply | None:
-        """Send once and wait up to ``timeout_s`` for the matching reply (polling without
+        """Send once and wait up to ``timeout_s`` (s) for the matching reply (polling without
         sleeping for the first ``spin_s``); None on timeout.
 
         Raises:
             HardwareUnavailableError: ``peer_failure`` said the controller is gone.
+            JobCancelledError: ``cancel`` was set while waiting.
         """
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
             socket.send_multipart(frames, copy=False)
         except zmq.Again:
             self._check_peer(op)
             return None
-        spin_end = time.perf_counter() + min(self.spin_s, self.timeout_s)
+        spin_end = time.perf_counter() + min(self.spin_s, timeout_s)
         while time.perf_counter() < spin_end and not socket.poll(0, zmq.POLLIN):
             _yield_cpu()  # a thread woken onto this CPU (the reply's sender) runs first
         while True:
@@ -580,8 +608,13 @@ class ControllerClient:
                 return None
             slice_ms = remaining_ms if self._peer_failure is None \
                 else min(remaining_ms, _PEER_CHECK_S * 1000)
+            if cancel is not None:
+                slice_ms = min(slice_ms, _CANCEL_CHECK_S * 1000)
             if not socket.poll(max(1, round(slice_ms)), zmq.POLLIN):
                 self._check_peer(op)
+                if cancel is not None and cancel.is_set():
+                    raise JobCancelledError(f"cancelled while {self.endpoint} had not answered "
+                                            f"{op}")
                 continue
             received = socket.recv_multipart(copy=False)
             try:

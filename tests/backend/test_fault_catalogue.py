@@ -138,6 +138,35 @@ def test_controller_hung_mid_job_errors_within_bound_and_the_next_job_runs(backe
     assert_right(backend, qubit=1)
 
 
+def test_a_job_cancelled_while_its_controller_hangs_ends_cancelled_at_once(backend, faults,
+                                                                             monkeypatch,
+                                                                             caplog) -> None:
+    """The controller stops answering while a job waits for its run's results (a frozen
+    process): ``cancel()`` ends the job CANCELLED within ~1 s (the wait for the fetch is
+    broken off; the abort is asked once, for 1 s, and its fate logged), where it stayed
+    RUNNING through the fetch's and the abort's retries (6 s here, 30 s at the default 5 s
+    timeout); the next job runs once the controller answers again."""
+    _results_come_with("fetch", monkeypatch)
+    assert_right(backend)
+    faults.arm("hang", "fetch", duration_s=4 * REPLY_TIMEOUT_S)
+    job = backend.run(native(backend, 1), shots=SHOTS)
+    deadline = time.monotonic() + 5
+    while job.status() is not JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the fetch is sent and not answered
+    with caplog.at_level("WARNING", logger="labqpu.drivers.controller"):
+        t0 = time.monotonic()
+        assert job.cancel()
+        while job.status() is JobStatus.RUNNING and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        took_s = time.monotonic() - t0
+    assert job.status() is JobStatus.CANCELLED
+    assert took_s < 0.5 + REPLY_TIMEOUT_S, took_s
+    assert any("could not abort run" in r.getMessage() for r in caplog.records)
+    time.sleep(4 * REPLY_TIMEOUT_S)  # the controller answers again
+    assert_right(backend, qubit=1)
+
+
 def test_controller_killed_mid_job_errors_within_bound_and_the_next_job_runs(lab_home,
                                                                              tmp_path) -> None:
     """The controller process dies during a run (fault ``crash``); the job fails within the
