@@ -87,7 +87,8 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
             raise _uncalibrated(backend, qc, exc) from exc
         print(f"transpiled: {dict(native.count_ops())}")
         job = backend.run(native, shots=shots, seed_simulator=seed)
-        counts = job.result(timeout=120).get_counts()
+        # the job ends by itself: a wait for a shared rack and its run, each within its limit
+        counts = job.result(timeout=2 * backend.options.timeout + 60).get_counts()
         elapsed = time.perf_counter() - started
     print(f"counts ({shots} shots): {dict(sorted(counts.items()))}"
           + ("" if qc.num_clbits else " (the circuit measures nothing into classical bits)"))

@@ -38,8 +38,8 @@ from labqpu.rack.config import LabConfig, tcp_host
 log = logging.getLogger(__name__)
 
 #: First pause (s) between two tries of a lock another process holds; the pauses grow to
-#: :data:`SHORT_WAIT_PAUSE_S`, and after :data:`LONG_WAIT_S` of waiting to
-#: :data:`LONG_WAIT_PAUSE_S` (a waiter's CPU).
+#: :data:`SHORT_WAIT_PAUSE_S`, and after :data:`LONG_WAIT_S` of waiting (when the wait is
+#: logged, naming the holder) to :data:`LONG_WAIT_PAUSE_S` (a waiter's CPU).
 FIRST_PAUSE_S = 0.0002
 SHORT_WAIT_PAUSE_S = 0.001
 LONG_WAIT_S = 1.0
@@ -246,6 +246,7 @@ class _Wait:
         self.lock, self.timeout_s, self.cancel = lock, timeout_s, cancel
         self.start = time.monotonic()
         self.pause_s = FIRST_PAUSE_S
+        self.said = False
 
     def pause(self, fd: int) -> None:
         """Wait the next pause (``fd``: the lock file, which names its holder).
@@ -265,6 +266,11 @@ class _Wait:
             time.sleep(min(self.pause_s, left_s))
         elif self.cancel.wait(min(self.pause_s, left_s)):
             raise JobCancelledError("cancelled while another labqpu process used the rack")
+        if waited_s >= LONG_WAIT_S and not self.said:
+            self.said = True
+            log.warning("waiting for the rack: it is in use by another labqpu process (%s); "
+                        "this job waits up to its time limit (%g s) for it (lock file %s)",
+                        _described(_holder(fd)), self.timeout_s, self.lock.path)
         longest = SHORT_WAIT_PAUSE_S if waited_s < LONG_WAIT_S else LONG_WAIT_PAUSE_S
         self.pause_s = min(1.5 * self.pause_s, longest)
 

@@ -158,9 +158,10 @@ def test_a_lock_file_removed_is_opened_again_at_the_next_hold(tmp_path) -> None:
         second.close()
 
 
-def test_a_stopped_holder_is_named_as_stopped(tmp_path) -> None:
-    """Another process holds the rack and is stopped (Ctrl-Z): the job that waited its time
-    limit says so, and how to resume it."""
+def test_a_stopped_holder_is_named_as_stopped(tmp_path, caplog) -> None:
+    """Another process holds the rack and is stopped (Ctrl-Z): a job waiting for it says so
+    after a second (a warning: on the command line, a line on stderr), and the job that waited
+    its time limit too, with how to resume it."""
     path = tmp_path / "rack.lock"
     code = ("import sys, time\nfrom labqpu.rack.lock import RackLock\n"
             f"with RackLock({str(path)!r}).held(5.0):\n"
@@ -170,10 +171,16 @@ def test_a_stopped_holder_is_named_as_stopped(tmp_path) -> None:
     try:
         assert holder.stdout.readline().strip() == "held"
         os.kill(holder.pid, signal.SIGSTOP)
-        with pytest.raises(RackBusyError, match=rf"pid {holder.pid} lock \w+ since \S+, stopped: "
-                                                rf"resume it with `kill -CONT {holder.pid}`"), \
-                lock.held(0.3):
+        with caplog.at_level("WARNING", logger="labqpu.rack.lock"), \
+                pytest.raises(RackBusyError, match=rf"pid {holder.pid} lock \w+ since \S+, "
+                                                   rf"stopped: resume it with `kill -CONT "
+                                                   rf"{holder.pid}`"), \
+                lock.held(1.3):
             pass
+        (said,) = [r.getMessage() for r in caplog.records]
+        assert said.startswith(f"waiting for the rack: it is in use by another labqpu process "
+                               f"(pid {holder.pid} lock ")
+        assert "this job waits up to its time limit (1.3 s)" in said
     finally:
         lock.close()
         holder.kill()
