@@ -487,11 +487,21 @@ def _interrupt_again(hook: Callable) -> Callable:
     import threading
 
     def deliver(unraisable) -> None:
-        if issubclass(unraisable.exc_type, KeyboardInterrupt):  # from another thread: handled
-            # by the main thread once the hook and the destructor are done
-            threading.Timer(0.001, _thread.interrupt_main).start()
-        else:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
             hook(unraisable)
+            return
+        # From another thread, once this hook has returned: an interrupt that reaches the
+        # main thread inside the hook is dropped again (a 1 ms timer fired while a loaded
+        # main thread was still starting it: seen in a test run).
+        returned = threading.Event()
+
+        def later() -> None:
+            returned.wait(1.0)
+            time.sleep(0.001)  # the few instructions from setting the event to returning
+            _thread.interrupt_main()
+
+        threading.Thread(target=later, name="labqpu-interrupt-again", daemon=True).start()
+        returned.set()
 
     return deliver
 

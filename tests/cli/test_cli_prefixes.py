@@ -49,11 +49,12 @@ def test_a_ctrl_c_that_lands_in_a_destructor_is_delivered_again() -> None:
     hook = sys.unraisablehook
     sys.unraisablehook = _interrupt_again(hook)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            Dropped()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
+        for _ in range(50):  # a delivery that raced the hook was lost in 18 of 200 under load
+            with pytest.raises(KeyboardInterrupt):
+                Dropped()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    time.sleep(0.001)
     finally:
         sys.unraisablehook = hook
 
