@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from importlib import resources
 
 import numpy as np
@@ -13,6 +14,24 @@ from labqpu.rack.config import default_config_path, load_config
 from labqpu.store import CalibrationStore
 
 pytest_plugins = ["labqpu.testing"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_of_the_test_run(tmp_path_factory):
+    """The temporary directory of the tests' processes (``TMPDIR``, inherited by the
+    simulators and commands they start): a folder of the test run, which pytest's own
+    clean-up removes. A shared rack's lock files stay in the temporary directory by design
+    (``labqpu.rack.lock``); the tests' racks on fixed ports left theirs in the machine's."""
+    folder = tmp_path_factory.mktemp("tmpdir")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None
+    yield folder
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
