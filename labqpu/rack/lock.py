@@ -112,7 +112,7 @@ class RackLock:
         """
         with self._guard:
             fds = self._open()
-            if fds is not None and _holder(fds[0]).startswith(self._me + " "):
+            if fds is not None:
                 self._let_a_waiter_in(*fds)
             fd = None if fds is None else self._take(*fds, _Wait(self, timeout_s, cancel))
             if fd is None:  # warned once: the read-backs still catch a neighbour's change
@@ -130,8 +130,8 @@ class RackLock:
                     self._close_files()
 
     def _let_a_waiter_in(self, fd: int, queue: int) -> None:
-        """This lock held the rack last: while another process waits for it (and for at most
-        :data:`TURN_S`), wait until one of them has taken it."""
+        """When this lock held the rack last: while another process waits for it (and for at
+        most :data:`TURN_S`), wait until one of them has taken it."""
         now = time.monotonic()
         if now < self._no_turns_until:
             return
