@@ -30,10 +30,12 @@ from labqpu.store.files import (
     SCHEMA_VERSION,
     SPARE_PREFIX,
     create_schema,
+    journal_of_another_file,
     new_store_file,
     not_a_database,
     remove_companions,
     remove_orphaned_spares,
+    set_aside_journal_of_another_file,
 )
 from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
@@ -176,6 +178,7 @@ class CalibrationStore:
             raise CalibrationError(
                 f"calibration store {self._path} is {problem}, not a calibration store; "
                 "restore it from a backup, or delete it to start a new store")
+        self._set_aside_journal_of_another_file()
         try:
             self._file_id = self._identity()
             self._initialise()
@@ -233,6 +236,25 @@ class CalibrationStore:
             with suppress(OSError):
                 spare.unlink(missing_ok=True)
             remove_companions(spare)
+
+    def _set_aside_journal_of_another_file(self) -> None:
+        """Move away the journal of an earlier file at this path before SQLite rolls it into
+        this one (:func:`~labqpu.store.files.set_aside_journal_of_another_file`)."""
+        place = Path(os.path.realpath(self._path))  # SQLite keeps a link's journal at its target
+        try:
+            aside = set_aside_journal_of_another_file(place)
+        except OSError as exc:
+            raise CalibrationError(
+                f"calibration store {self._path}: the rollback journal {place}-journal beside "
+                f"it is of an earlier file at this path ({journal_of_another_file(place)}: its "
+                "writer was killed in the middle of a commit, and the file replaced since), and "
+                f"it cannot be moved away ({exc}); SQLite would roll it into this file: move it "
+                "away, then open the store again") from exc
+        if aside:
+            log.warning("calibration store %s: the rollback journal beside it was of an earlier "
+                        "file at this path (%s: its writer was killed in the middle of a commit, "
+                        "and the file replaced since, as when a backup is restored); it was moved "
+                        "to %s, and the store is read as it is", self._path, aside[1], aside[0])
 
     def _identity(self) -> tuple[int, int]:
         """(device, inode) of the store file now."""
