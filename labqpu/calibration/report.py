@@ -68,9 +68,10 @@ class RunReport:
         return not (self.with_status("failed") or self.with_status("blocked"))
 
     def table(self) -> str:
-        """The summary: every value measured (old -> new; "measured again, unchanged" when the
-        new value equals the old; a new value that differs where the table's digits do not
-        show it says so), then what was fresh, failed or blocked."""
+        """The summary: every value measured, under a header (none when nothing was measured;
+        old -> new; "measured again, unchanged" when the new value equals the old; a new value
+        that differs where the table's digits do not show it says so), then what was fresh,
+        failed or blocked."""
         # each row names the qubit or pair whose value changed: a step on one qubit may change
         # another's (a shared drive LO moves every qubit it drives)
         changes = [(o.node, c.subject, c.name, _show(c.old),
@@ -85,7 +86,7 @@ class RunReport:
         name_w = max([len("parameter"), *(len(c[2]) for c in changes)]) + 2
         old_w = max([len("old"), *(len(c[3]) for c in changes)])
         lines = [f"{'node':<{node_w}}{'subject':<{subject_w}}{'parameter':<{name_w}}"
-                 f"{'old':>{old_w}}  ->  new"]
+                 f"{'old':>{old_w}}  ->  new"] if changes else []
         for node, subject, name, old, new in changes:
             lines.append(f"{node:<{node_w}}{subject:<{subject_w}}{name:<{name_w}}"
                          f"{old:>{old_w}}  ->  {new}")

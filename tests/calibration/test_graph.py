@@ -15,6 +15,7 @@ from labqpu.backend.target import build_target
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Working
 from labqpu.calibration.graph import NODES, Node, plan
+from labqpu.calibration.report import Change, Outcome, RunReport
 from labqpu.calibration.runner import run_graph, walk
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
@@ -197,8 +198,6 @@ def test_target_leaves_out_a_qubit_with_a_stale_frequency(snapshot, config, capl
 def test_the_summary_table_names_the_qubit_whose_value_changed():
     """A step on qubit 1 moves the drive LO it shares with qubit 3: the row of qubit 3's value
     names qubit 3 (it named the step's qubit 1), so a user sees which qubits a run changed."""
-    from labqpu.calibration.runner import Change, Outcome, RunReport
-
     report = RunReport([
         Outcome("drive_lo", "qubit 1", "calibrated", "aged",
                 changes=[Change("qubit 1", "drive_lo_frequency_hz", 4.947e9, 4.948e9),
@@ -210,8 +209,6 @@ def test_the_summary_table_names_the_qubit_whose_value_changed():
 
 
 def test_the_summary_table_keeps_its_columns_whatever_the_names():
-    from labqpu.calibration.runner import Change, Outcome, RunReport
-
     report = RunReport([
         Outcome("resonator_spectroscopy", "qubit 10", "calibrated", "check failed",
                 changes=[Change("qubit 10", "readout_assignment_fidelity", 0.91, 0.987654321),
@@ -231,6 +228,16 @@ def test_the_summary_table_keeps_its_columns_whatever_the_names():
     listed = [line for line in lines if line.startswith("  ")]
     assert len({line.index(line.split()[1]) for line in listed}) == 1, report.table()
     assert lines[-1] == "nothing committed; snapshot 7 stays the newest"
+
+
+def test_the_summary_of_a_run_that_measured_nothing_has_no_empty_table():
+    """Every step fresh: the summary lists them and says nothing was committed, without the
+    value table's header over no rows."""
+    report = RunReport([Outcome("t1", "qubit 0", "fresh", "within 2 sigma"),
+                        Outcome("ramsey", "qubit 0", "fresh", "within 2 sigma")], parent_id=3)
+    assert report.table().splitlines() == [
+        "fresh (2):", "  t1      qubit 0  within 2 sigma", "  ramsey  qubit 0  within 2 sigma",
+        "nothing committed; snapshot 3 stays the newest"]
 
 
 def test_a_drive_lo_that_cannot_reach_its_qubits_is_refused_naming_them():
@@ -284,8 +291,6 @@ def test_the_drive_lo_check_says_it_measured_nothing():
 def test_the_summary_table_says_when_a_value_came_out_the_same():
     """A value measured again and found the same (drive_handedness -1 -> -1) read as a change;
     calibration.md says every value changed is listed."""
-    from labqpu.calibration.runner import Change, Outcome, RunReport
-
     report = RunReport([
         Outcome("drive_handedness", "qubit 0", "calibrated", "aged",
                 changes=[Change("qubit 0", "drive_handedness", -1, -1),
@@ -314,8 +319,6 @@ def test_the_summary_table_gives_no_old_value_for_a_design_estimate():
 def test_the_summary_table_does_not_call_a_changed_value_unchanged():
     """A review's case: discriminator centres that moved (0.1676 -> 0.1725) showed as
     "(measured again, unchanged)", the table comparing its shortened texts, not the values."""
-    from labqpu.calibration.runner import Change, Outcome, RunReport
-
     old = {"centers": [[0.1676, -0.1465], [0.01, 0.02]]}
     new = {"centers": [[0.1725, -0.1508], [0.01, 0.02]]}
     report = RunReport([
