@@ -148,6 +148,8 @@ class ControllerClient:
         self._closed = False
         self._session: str | None = None
         self._session_lock = threading.RLock()
+        #: Whether the controller's ``hello`` states ``abort_by_key``.
+        self._aborts_by_key = False
 
     def __repr__(self) -> str:
         return (f"ControllerClient({self.endpoint!r}, timeout_s={self.timeout_s}, "
@@ -215,6 +217,9 @@ class ControllerClient:
             raise ProtocolError("hello reply carries no session", instrument=self.endpoint,
                                 command=OP_HELLO)
         self._session = session
+        capabilities = result.get("capabilities")
+        self._aborts_by_key = isinstance(capabilities, dict) \
+            and capabilities.get("abort_by_key") is True
         return result
 
     def upload(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
@@ -242,6 +247,7 @@ class ControllerClient:
         params: Mapping[str, Any] | None = None,
         key: str | None = None,
         time_limit_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> str:
         """Queue a run of an uploaded program; returns without waiting for it.
 
@@ -253,6 +259,7 @@ class ControllerClient:
                 key again returns the first run's id. Defaults to a fresh uuid.
             time_limit_s: the controller stops the run once it has played this long (s) and
                 reports it failed (``TimeLimitExceeded``), even if this client is gone.
+            cancel: set while the reply is awaited, it ends the wait.
 
         Returns:
             the run id.
@@ -260,8 +267,12 @@ class ControllerClient:
         Raises:
             ValueError: ``shots`` < 1; nothing is sent.
             InstrumentCommandError: unknown program or refused parameters.
+            JobCancelledError, InstrumentTimeoutError: ``cancel`` was set, or no reply came;
+                the run the controller may have accepted is aborted by its key where the
+                controller's ``hello`` states ``abort_by_key`` (:meth:`_abort_unanswered`),
+                and the message says what came of it.
         """
-        reply = self._send_run(program_id, shots, params, key, time_limit_s, {})
+        reply = self._send_run(program_id, shots, params, key, time_limit_s, {}, cancel)
         return self._result_str(reply, "run_id", OP_RUN)
 
     @property
@@ -279,6 +290,7 @@ class ControllerClient:
         params: Mapping[str, Any] | None = None,
         key: str | None = None,
         time_limit_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> tuple[str, tuple[dict[str, Any], dict[str, np.ndarray]] | None]:
         """:meth:`run`, with the reply held by the controller until the run ends or ``wait_s``
         passes (s, at most :attr:`max_hold_s`, and within the ``run_wait.max_wait_s`` the
@@ -295,11 +307,12 @@ class ControllerClient:
                 sent.
             InstrumentCommandError: unknown program or refused parameters; the run failed
                 or was aborted.
+            JobCancelledError, InstrumentTimeoutError: as :meth:`run`.
         """
         if not 0 < wait_s <= self.max_hold_s:
             raise ValueError(f"wait_s must be in (0, {self.max_hold_s}] s, got {wait_s!r}")
         reply = self._send_run(program_id, shots, params, key, time_limit_s,
-                               {"wait_s": float(wait_s)})
+                               {"wait_s": float(wait_s)}, cancel)
         run_id = self._result_str(reply, "run_id", OP_RUN)
         state = self._result_str(reply, "state", OP_RUN)
         if self._ended(run_id, state, reply.result):
@@ -307,9 +320,12 @@ class ControllerClient:
         return run_id, None
 
     def _send_run(self, program_id: str, shots: int, params: Mapping[str, Any] | None,
-                  key: str | None, time_limit_s: float | None, extra: dict[str, Any]) -> Reply:
+                  key: str | None, time_limit_s: float | None, extra: dict[str, Any],
+                  cancel: threading.Event | None) -> Reply:
         """Send a ``run`` request (``extra``: further request parameters) and return its reply;
-        ``ValueError`` for ``shots`` < 1, before anything is sent."""
+        ``ValueError`` for ``shots`` < 1, before anything is sent. A reply that does not come
+        (a cancel, a timeout) leaves a run the controller may have accepted, whose id is not
+        known: it is aborted by its key (:meth:`_abort_unanswered`)."""
         shots = operator.index(shots)
         if shots < 1:
             raise ValueError(f"shots must be >= 1, got {shots}")
@@ -317,7 +333,40 @@ class ControllerClient:
                                           "params": dict(params or {}), **extra}
         if time_limit_s is not None:
             request_params["time_limit_s"] = float(time_limit_s)
-        return self._request(OP_RUN, request_params, key=key or uuid.uuid4().hex)
+        key = key or uuid.uuid4().hex
+        try:
+            return self._request(OP_RUN, request_params, key=key, cancel=cancel)
+        except JobCancelledError as exc:
+            raise JobCancelledError(f"{exc}; {self._abort_unanswered(key)}") from exc
+        except InstrumentTimeoutError as exc:
+            raise InstrumentTimeoutError(f"{exc.detail}; {self._abort_unanswered(key)}",
+                                         instrument=exc.instrument, command=exc.command
+                                         ) from exc
+
+    def _abort_unanswered(self, key: str) -> str:
+        """Abort the run of a ``run`` request sent under ``key`` whose reply never came,
+        asking the controller once for :data:`_CANCEL_ABORT_S` (it had not answered the run);
+        returns what came of it and never raises ``InstrumentError``. After a cancel the abort
+        goes on the connection the run request went on, so a frozen controller reads it after
+        that request once it reads again; after a timeout that connection was replaced, and a
+        frozen controller does not take a new one until it reads again (then the run stops at
+        its time limit). A controller that states
+        ``abort_by_key`` stops the run it accepted under the key, or, when the request has not
+        reached it yet, refuses it when it comes (docs/protocol.md, ``abort``)."""
+        if self._session is None:  # no session, so no run request was sent
+            return "no run was started"
+        if not self._aborts_by_key:
+            return ("its run id never came and the controller aborts no run by its key: a run "
+                    "it accepted stops at its time limit")
+        try:
+            reply = self._request(OP_ABORT, {"key": key}, timeout_s=_CANCEL_ABORT_S)
+        except InstrumentError as exc:
+            logger.warning("%s: could not abort the run sent under key %s: %s", self.endpoint,
+                           key, exc)
+            return (f"the abort of the run sent under key {key} could not be confirmed ({exc}): "
+                    "a run the controller accepted stops at its time limit")
+        return f"the run sent under key {key} aborted (controller reports " \
+               f"{reply.result.get('state')!r})"
 
     def fetch(self, run_id: str, *, wait_s: float = 0.0, cancel: threading.Event | None = None
               ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:

@@ -43,6 +43,7 @@ from labqpu.errors import ProtocolError
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "ERR_ABORTED",
     "ERR_BAD_PARAMS",
     "ERR_FEEDFORWARD_LATENCY",
     "ERR_FORBIDDEN",
@@ -108,6 +109,7 @@ ERR_FEEDFORWARD_LATENCY = "FeedForwardLatency"
 ERR_UNKNOWN_PROGRAM = "UnknownProgram"  # run of a program id the controller does not hold
 ERR_UNKNOWN_RUN = "UnknownRun"  # fetch/abort of a run id the controller does not hold
 ERR_RUN_EXPIRED = "RunExpired"  # idempotency key seen before; its run's record is gone
+ERR_ABORTED = "Aborted"  # run under an idempotency key aborted before the run came
 ERR_INTERNAL = "InternalError"  # the controller failed while handling the request
 ERR_UNKNOWN_SESSION = "UnknownSession"  # no session, or one the controller does not hold
 ERR_FORBIDDEN = "Forbidden"  # the run belongs to another session

@@ -29,12 +29,13 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from labqpu.drivers.protocol import (
+    ERR_ABORTED,
     ERR_BAD_PARAMS,
     ERR_FORBIDDEN,
     ERR_INTERNAL,
@@ -48,6 +49,7 @@ from labqpu.drivers.protocol import (
     ERR_UNKNOWN_PROGRAM,
     ERR_UNKNOWN_RUN,
     ERR_UNKNOWN_SESSION,
+    MAX_KEY_CHARS,
     OP_ABORT,
     OP_FETCH,
     OP_HELLO,
@@ -94,14 +96,11 @@ from labqpu.firmware_sim.runs import (
     request_digest,
 )
 from labqpu.firmware_sim.server_limits import (
-    KEY_RETENTION_S,
-    MAX_KEYS,
     MAX_PENDING_UPLOAD_BYTES,
-    MAX_SESSIONS,
     MESSAGE_LIMITS,
-    SESSION_IDLE_S,
     stated_limits,
 )
+from labqpu.firmware_sim.sessions import Sessions
 from labqpu.firmware_sim.zmtp import Inbound, ZmtpServer, connection_of, listen
 
 __all__ = ["ControllerServer", "Executor", "ProgramRefusedError", "program_id_of"]
@@ -177,7 +176,6 @@ class ControllerServer:
         self._max_pending_upload_bytes = max_pending_upload_bytes
         self._authenticator: Authenticator = authenticator or LocalAuthenticator()
         self._faults = faults
-        self._identities: dict[str, str] = {}
         self._uploads: queue.SimpleQueue[tuple[Frame, Request, int] | None] = (
             queue.SimpleQueue())
         self._pending_upload_bytes = 0
@@ -191,9 +189,7 @@ class ControllerServer:
         self._uploads_total = 0
         self._runs_total = 0
         self._runs: dict[str, Run] = {}
-        self._keys: OrderedDict[tuple[str, str], KeyRecord] = OrderedDict()
-        #: Session -> when last used (monotonic s), least recently used first.
-        self._sessions: OrderedDict[str, float] = OrderedDict()
+        self._sessions = Sessions()
         #: Held replies: (identity, request id, run, deadline, op: ``fetch`` or ``run``).
         self._held: list[tuple[Frame, str, Run, float, str]] = []
         self._wire: ZmtpServer | None = None  # made by start()
@@ -481,15 +477,8 @@ class ControllerServer:
             raise RequestError(ERR_INTERNAL, f"the authenticator returned no identity: "
                                               f"{identity!r}")
         with self._lock:
-            now = time.monotonic()
-            self._sessions.pop(session, None)  # held again below, as the most recent
-            while self._sessions and next(iter(self._sessions.values())) < now - SESSION_IDLE_S:
-                stale, _ = self._sessions.popitem(last=False)
-                self._identities.pop(stale, None)
-            if len(self._sessions) >= MAX_SESSIONS:
-                self._forget_sessions(len(self._sessions) - MAX_SESSIONS + 1)
-            self._sessions[session] = now
-            self._identities[session] = identity
+            self._sessions.open(session, identity, busy=lambda: {
+                run.session for run in self._runs.values() if run.state in ACTIVE})
         return {
             "session": session,
             "identity": identity,
@@ -497,7 +486,8 @@ class ControllerServer:
             "server": self.name,
             "firmware": _FIRMWARE,
             "capabilities": {**self._executor.capabilities(),
-                             "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S}},
+                             "run_wait": {"max_wait_s": MAX_FETCH_WAIT_S},
+                             "abort_by_key": True},
             "limits": stated_limits(
                 max_programs=self._programs.max_programs,
                 max_program_bytes=self._programs.max_bytes, max_runs=self._finished.max_runs,
@@ -505,15 +495,6 @@ class ControllerServer:
                 max_queued_per_session=self._max_queued,
                 max_pending_upload_bytes=self._max_pending_upload_bytes),
         }, None
-
-    def _forget_sessions(self, count: int) -> None:
-        """Forget the ``count`` least recently used sessions that have no run queued or
-        running (a client between its ``run`` and its ``fetch`` keeps its session, whatever
-        a neighbour's hellos); call with the lock held."""
-        busy = {run.session for run in self._runs.values() if run.state in ACTIVE}
-        for stale in [s for s in self._sessions if s not in busy][:count]:
-            del self._sessions[stale]
-            self._identities.pop(stale, None)
 
     def _upload(self, request: Request) -> tuple[dict, None]:
         meta = request.params.get("meta", {})
@@ -550,10 +531,11 @@ class ControllerServer:
         with self._lock:
             session = self._session_of(request)
             now = time.monotonic()
-            while self._keys and next(iter(self._keys.values())).seen_at < now - KEY_RETENTION_S:
-                self._keys.popitem(last=False)
-            previous_key = None if key is None else self._keys.get((session, key))
+            previous_key = None if key is None else self._sessions.key(session, key)
             if previous_key is not None:
+                if previous_key.run_id is None:
+                    raise RequestError(ERR_ABORTED, f"idempotency key {key!r} was aborted "
+                                       "before this run request came; nothing runs")
                 if previous_key.content != content:
                     raise RequestError(
                         ERR_BAD_PARAMS,
@@ -595,9 +577,7 @@ class ControllerServer:
             )
             self._runs[run.run_id] = run
             if key is not None:
-                self._keys[(session, key)] = KeyRecord(run.run_id, content, now)
-                if len(self._keys) > MAX_KEYS:
-                    self._keys.popitem(last=False)
+                self._sessions.bind(session, key, KeyRecord(run.run_id, content, now))
         self._accepted.append((session, run.run_id))
         return {"run_id": run.run_id, "state": QUEUED}, None
 
@@ -617,14 +597,12 @@ class ControllerServer:
 
     def _session_of(self, request: Request) -> str:
         """The request's session, which ``hello`` must have opened; call with the lock held."""
-        if request.session is None or request.session not in self._sessions:
+        if not self._sessions.use(request.session):
             raise RequestError(
                 ERR_UNKNOWN_SESSION,
                 f"{request.op} needs a session: send hello first"
                 + ("" if request.session is None else
                    f" (session {request.session[:8]}... is not one of {self.name}'s)"))
-        self._sessions[request.session] = time.monotonic()
-        self._sessions.move_to_end(request.session)
         return request.session
 
     def _fetch(self, request: Request) -> tuple[dict, dict | None]:
@@ -676,7 +654,12 @@ class ControllerServer:
 
     def _abort(self, request: Request) -> tuple[dict, None]:
         with self._lock:
-            run = self._lookup(request)
+            if "key" in request.params:
+                run = self._run_of_key(request)
+                if run is None:
+                    return {"run_id": None, "state": ABORTED}, None
+            else:
+                run = self._lookup(request)
             queued = run.state == QUEUED
             if run.state in ACTIVE:
                 run.cancel.set()
@@ -684,6 +667,20 @@ class ControllerServer:
                 self._finish(run, ABORTED)
         self._abandon([run] if queued else [])
         return {"run_id": run.run_id, "state": run.state}, None
+
+    def _run_of_key(self, request: Request) -> Run | None:
+        """The run the request's session sent under the idempotency key ``key`` (an abort by
+        key: the host never got that run's reply), or None (``Sessions.run_to_abort``)."""
+        session = self._session_of(request)
+        key = param(request.params, "key", str, op=request.op)
+        if len(key) > MAX_KEY_CHARS:
+            raise RequestError(ERR_BAD_PARAMS, f"abort: key of {len(key)} characters; at most "
+                               f"{MAX_KEY_CHARS}")
+        run_id = self._sessions.run_to_abort(session, key)
+        if run_id is not None and run_id not in self._runs:
+            raise RequestError(ERR_UNKNOWN_RUN, f"key {key!r} ran as {run_id}, whose record "
+                               "is gone")
+        return None if run_id is None else self._runs[run_id]
 
     def _abandon(self, runs: list[Run]) -> None:
         """Tell the executor (``abandon(params)``, if it has one) of runs aborted before they

@@ -256,8 +256,12 @@ class FaultyExecutor:
         self._inner.load(arrays, meta)
 
     def abandon(self, params: dict) -> None:
-        """Tell the wrapped device of a run aborted before it started."""
-        self._inner.abandon(params)
+        """Tell the wrapped device of a run aborted before it started, if it has such a hook
+        (as ``ControllerServer`` asks it: an executor without one had every abort of a queued
+        run answered ``InternalError``)."""
+        hook = getattr(self._inner, "abandon", None)
+        if hook is not None:
+            hook(params)
 
     def execute(self, arrays: dict[str, np.ndarray], meta: dict, shots: int, params: dict,
                 cancel: threading.Event) -> dict[str, np.ndarray]:

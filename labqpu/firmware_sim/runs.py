@@ -76,10 +76,11 @@ class Run:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """What an idempotency key ran: the run, a digest of the request, when (monotonic s)."""
+    """What an idempotency key ran: the run, a digest of the request, when (monotonic s); no
+    run and no digest for a key aborted before a run came under it."""
 
-    run_id: str
-    content: str
+    run_id: str | None
+    content: str | None
     seen_at: float
 
 

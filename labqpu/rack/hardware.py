@@ -451,10 +451,10 @@ class RackConnection:
 
         def run(program_id: str) -> tuple[str, tuple[dict, dict[str, np.ndarray]] | None]:
             if hold_s > 0:
-                return client.run_held(program_id, request.shots, wait_s=hold_s,
-                                       params=params, key=key, time_limit_s=request.timeout_s)
+                return client.run_held(program_id, request.shots, wait_s=hold_s, params=params,
+                                       key=key, time_limit_s=request.timeout_s, cancel=cancel)
             return client.run(program_id, request.shots, params=params, key=key,
-                              time_limit_s=request.timeout_s), None
+                              time_limit_s=request.timeout_s, cancel=cancel), None
 
         held = self._held.setdefault(name, OrderedDict())
         digest = program.content_hash

@@ -29,6 +29,7 @@ from qiskit.providers import JobError, JobStatus
 from labqpu import LabProvider
 from labqpu.backend.backend import LabBackend
 from labqpu.drivers.controller import ControllerClient
+from labqpu.errors import InstrumentTimeoutError
 from labqpu.firmware_sim.faults import EXIT_CRASH, FaultControl
 from labqpu.rack.config import default_config_path
 from labqpu.rack.hardware import RackConnection
@@ -165,6 +166,41 @@ def test_a_job_cancelled_while_its_controller_hangs_ends_cancelled_at_once(backe
     assert any("could not abort run" in r.getMessage() for r in caplog.records)
     time.sleep(4 * REPLY_TIMEOUT_S)  # the controller answers again
     assert_right(backend, qubit=1)
+
+
+def test_a_job_cancelled_before_its_run_was_answered_ends_cancelled_and_its_run_stops(
+        backend, faults, caplog) -> None:
+    """The controller freezes before it answers a job's ``run`` request: ``cancel()`` ends
+    the job CANCELLED within ~1 s (before, the run request's three attempts: 3 s here, 15 s
+    at the default 5 s timeout), and the run the controller takes once it reads again, which
+    would play to the job's time limit (a stall), is stopped by the abort the job sent
+    under the request's key."""
+    assert_right(backend)
+    faults.arm("stall", "start")
+    faults.arm("hang", "run", duration_s=4 * REPLY_TIMEOUT_S)
+    job = backend.run(native(backend, 1), shots=SHOTS)
+    deadline = time.monotonic() + 5
+    while job.status() is not JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the run request is sent and not answered
+    with caplog.at_level("WARNING", logger="labqpu.drivers.controller"):
+        t0 = time.monotonic()
+        assert job.cancel()
+        while job.status() is JobStatus.RUNNING and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        took_s = time.monotonic() - t0
+    assert job.status() is JobStatus.CANCELLED
+    assert took_s < 0.5 + REPLY_TIMEOUT_S, took_s
+    assert any("could not abort the run sent under key" in r.getMessage()
+               for r in caplog.records)
+    deadline = time.monotonic() + 4 * REPLY_TIMEOUT_S + 5
+    status: dict = {}
+    while status.get("state") != "idle":
+        assert time.monotonic() < deadline, status
+        with contextlib.suppress(InstrumentTimeoutError):
+            status = controller_status(backend)
+    faults.disarm()  # the stall, if the run was aborted before it started
+    assert_right(backend, qubit=2)
 
 
 def test_controller_killed_mid_job_errors_within_bound_and_the_next_job_runs(lab_home,

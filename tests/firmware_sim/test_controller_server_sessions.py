@@ -17,11 +17,13 @@ import zmq
 
 from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import (
+    ERR_ABORTED,
     ERR_BAD_PARAMS,
     ERR_FORBIDDEN,
     ERR_PROTOCOL,
     ERR_QUEUE_FULL,
     ERR_UNKNOWN_SESSION,
+    OP_ABORT,
     OP_FETCH,
     OP_HELLO,
     OP_RUN,
@@ -69,9 +71,9 @@ def test_a_session_idle_past_its_limit_is_forgotten_when_another_opens(
     """Sessions are kept in the order they were last used and the idle ones dropped from the
     front when a hello opens another (a review's 100 000 hellos made each hello scan them all:
     3.6 ms instead of 1.1 ms); one used since stays."""
-    import labqpu.firmware_sim.controller_server as controller_server
+    import labqpu.firmware_sim.sessions as sessions
 
-    monkeypatch.setattr(controller_server, "SESSION_IDLE_S", 1.0)
+    monkeypatch.setattr(sessions, "SESSION_IDLE_S", 1.0)
 
     def hello() -> str:
         request_id, frames = encode_request(OP_HELLO, {})
@@ -124,7 +126,7 @@ def test_remembered_keys_and_sessions_are_bounded(
     with hellos cannot take its memory: a key is at most 128 characters (stated in ``hello``),
     the oldest of more than ``max_keys`` keys is forgotten early, and the least recently used
     of more than ``max_sessions`` sessions is forgotten when another opens."""
-    import labqpu.firmware_sim.controller_server as controller_server
+    import labqpu.firmware_sim.sessions as sessions
 
     limits = client.hello()["limits"]
     assert (limits["max_key_chars"], limits["max_keys"], limits["max_sessions"]) == \
@@ -140,7 +142,7 @@ def test_remembered_keys_and_sessions_are_bounded(
     assert (reply.id, reply.ok, reply.error["type"]) == (request_id, False, ERR_PROTOCOL)
     assert "idempotency key of 129 characters" in reply.error["message"]
 
-    monkeypatch.setattr(controller_server, "MAX_KEYS", 3)
+    monkeypatch.setattr(sessions, "MAX_KEYS", 3)
     program_id = client.upload(_program(), {})
     first = [client.run(program_id, shots=2, key=f"job:{i}") for i in range(4)]
     for run_id in first:
@@ -152,7 +154,7 @@ def test_remembered_keys_and_sessions_are_bounded(
     client.wait(again, timeout_s=BOUND_S)
     assert executor.executions == 5
 
-    monkeypatch.setattr(controller_server, "MAX_SESSIONS", 3)
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 3)
 
     def hello(session: str | None = None) -> str:
         request_id, frames = encode_request(OP_HELLO, {}, session=session)
@@ -179,6 +181,52 @@ def test_remembered_keys_and_sessions_are_bounded(
             hello()
         assert "sum" in waiting.wait(run_id, timeout_s=BOUND_S)[1]
     assert len(server._sessions) == 3
+
+
+def test_a_run_is_aborted_by_its_key_whether_it_came_or_not(
+    server: ControllerServer, client: ControllerClient, executor, context: zmq.Context,
+    _program, _raw_request
+) -> None:
+    """A host whose ``run`` reply never came (a cancel, a timeout) knows only the request's
+    key: ``abort`` by key stops the run the session sent under it, and a key aborted before
+    its run came makes that run refused (``Aborted``) when it comes, never played; the same
+    key in another session is another run."""
+    assert client.hello()["capabilities"]["abort_by_key"] is True
+    session = client.hello()["session"]
+
+    def abort(params: dict) -> dict:
+        request_id, frames = encode_request(OP_ABORT, params, session=session)
+        reply = _raw_request(context, server.endpoint, frames)
+        assert reply.id == request_id
+        return reply.result if reply.ok else reply.error
+
+    program_id = client.upload(_program(), {})
+    playing = client.run(program_id, shots=1, params={"sleep_s": 30.0}, key="job-1:0")
+    assert executor.started.wait(BOUND_S)
+    assert abort({"key": "job-1:0"}) == {"run_id": playing, "state": "running"}
+    with pytest.raises(InstrumentCommandError, match="was aborted"):
+        client.wait(playing, timeout_s=BOUND_S)
+    queued_behind = client.run(program_id, shots=1, params={"sleep_s": 0.5})
+    waiting = client.run(program_id, shots=1, key="job-2:0")
+    assert abort({"key": "job-2:0"}) == {"run_id": waiting, "state": "aborted"}
+
+    assert abort({"key": "job-3:0"}) == {"run_id": None, "state": "aborted"}
+    assert abort({"key": "job-3:0"}) == {"run_id": None, "state": "aborted"}
+    with pytest.raises(InstrumentCommandError, match="was aborted before this run request "
+                       "came; nothing runs") as info:
+        client.run(program_id, shots=1, key="job-3:0")
+    assert info.value.remote_type == ERR_ABORTED
+    with ControllerClient(server.endpoint, timeout_s=BOUND_S) as neighbour:
+        other = neighbour.run(neighbour.upload(_program(), {}), shots=1, key="job-3:0")
+        neighbour.wait(other, timeout_s=BOUND_S)
+    client.wait(queued_behind, timeout_s=BOUND_S)
+    assert executor.executions == 3  # the run stopped, the one behind it, the neighbour's
+    assert client.status()["runs_total"] == 4
+
+    for params, problem in (({"key": 7}, "parameter 'key' must be str"),
+                            ({"key": "k" * 129}, "key of 129 characters; at most 128")):
+        error = abort(params)
+        assert error["type"] == ERR_BAD_PARAMS and problem in error["message"], error
 
 
 def test_a_session_cannot_fill_the_queue(executor, _program) -> None:

@@ -7,6 +7,7 @@ the real loopback control socket, as a test of the simulator process would arm t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from labqpu.drivers.protocol import ERR_TIME_LIMIT, ERR_UNAUTHENTICATED
 from labqpu.errors import (
     AuthenticationError,
     InstrumentTimeoutError,
+    JobCancelledError,
     ProtocolError,
 )
 from labqpu.firmware_sim.auth import AuthenticationRefused
@@ -235,6 +237,56 @@ def test_a_run_its_client_abandons_is_stopped_at_its_time_limit(rack: Rack,
     assert (state, result["error_type"]) == ("error", ERR_TIME_LIMIT)
     assert "time limit of 0.5 s" in result["error"]
     assert _sum_of_one_run(client)[1] == 3.0
+
+
+def _idle_after_one_run(rack: Rack, client: ControllerClient) -> None:
+    """Wait until the controller has accepted one run and is idle (asking while it hangs);
+    with a ``stall`` armed at the run's start that means the run was aborted, before or after
+    it started. Then the next run plays."""
+    deadline = time.monotonic() + BOUND_S
+    status: dict = {}
+    while status.get("runs_total", 0) < 1 or status["state"] != "idle":
+        assert time.monotonic() < deadline, status
+        with contextlib.suppress(InstrumentTimeoutError):
+            status = client.status()
+    assert status["runs_total"] == 1
+    rack.control.disarm()  # the stall, if the run was aborted before it started
+    assert _sum_of_one_run(client)[1] == 3.0
+
+
+def test_a_run_cancelled_before_its_reply_came_is_aborted_by_its_key(
+        rack: Rack, client: ControllerClient) -> None:
+    """The controller hangs before it answers a ``run`` (a frozen process) and the host is
+    cancelled: it knows no run id, so it aborts by the request's key on the run's connection,
+    once, for 1 s (unanswered here, which it says); when the controller reads again it takes
+    the run, then the abort, and the run, which would never end on its own (a stall), ends.
+    Before, the cancel waited out the run request's retries and the run played on."""
+    program_id = client.upload(_program(), {})
+    rack.control.arm("stall", "start")
+    rack.control.arm("hang", "run", duration_s=2.5)
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(JobCancelledError,
+                       match=r"the abort of the run sent under key .* could not be confirmed"):
+        client.run(program_id, 1, cancel=cancel)
+    assert time.monotonic() - start < 0.2 + 1.0 + 0.5
+    _idle_after_one_run(rack, client)
+
+
+def test_a_run_whose_replies_were_lost_is_aborted_by_its_key(rack: Rack,
+                                                             client: ControllerClient) -> None:
+    """The controller accepts a run and its replies are lost (both attempts): the request
+    fails on its timeout, and the run it started is aborted by the request's key, which the
+    error says."""
+    program_id = client.upload(_program(), {})
+    rack.control.arm("stall", "start")
+    rack.control.arm("drop", "run", count=2)
+    with pytest.raises(InstrumentTimeoutError,
+                       match=r"no reply after 2 attempts .*; the run sent under key \w+ "
+                             r"aborted \(controller reports '(running|aborted)'\)"):
+        client.run(program_id, 1)
+    _idle_after_one_run(rack, client)
 
 
 def test_crash_and_lo_change_fire_at_their_run_point(rack: Rack,
