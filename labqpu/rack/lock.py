@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labqpu.errors import JobCancelledError, RackBusyError
-from labqpu.rack.config import LabConfig, tcp_host
+from labqpu.rack.config import LabConfig, tcp_host, tcp_port
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +56,36 @@ COUNT_BYTES = 20
 
 def rack_lock_path(config: LabConfig, directory: str | Path | None = None) -> Path:
     """The lock file of the rack ``config`` wires (in ``directory``, default the temporary
-    directory): named after its controllers' endpoints and instruments' resources, their host
-    names resolved (``localhost`` and ``127.0.0.1`` are one rack)."""
-    names = sorted([_resolved(c.endpoint) for c in config.controllers]
-                   + [_resolved(i.resource) for i in config.instruments])
+    directory): named after its controllers' endpoints and instruments' resources, each
+    spelled one way (:func:`_canonical`: ``localhost`` and ``127.0.0.1``, ``TCPIP::`` and
+    ``tcpip0::`` are one rack)."""
+    names = sorted(_canonical(address) for address in
+                   [*(c.endpoint for c in config.controllers),
+                    *(i.resource for i in config.instruments)])
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:20]
     return Path(directory or tempfile.gettempdir()) / f"labqpu-rack-{digest}.lock"
 
 
-def _resolved(address: str) -> str:
-    """``address`` (a controller endpoint or a VISA TCP resource) with its host name as the
-    address it resolves to (itself when it does not resolve)."""
-    host = tcp_host(address)
-    if not host:
-        return address
-    try:
-        ip = socket.getaddrinfo(host, None)[0][4][0]
-    except (OSError, UnicodeError):
-        return address
-    return address.replace(host, str(ip), 1)
+def _canonical(address: str) -> str:
+    """One spelling of a controller endpoint or a VISA resource: ``tcp:<IP address>:<port>``
+    for a TCP endpoint or ``TCPIP[n]::host::port::SOCKET`` resource (its host name resolved,
+    an IPv4 address first; whatever the case, board number or zeros before the port), else the
+    address, a VISA resource's upper-cased (VISA reads them without regard to case)."""
+    host, port = tcp_host(address), tcp_port(address)
+    if host is not None and port is not None:
+        return f"tcp:{_ip(host)}:{port}"
+    return address if "://" in address else address.upper()
+
+
+def _ip(host: str) -> str:
+    """The address ``host`` resolves to, an IPv4 one if it has one (``localhost`` may resolve
+    to ``::1`` first); the host, lower-cased, when it does not resolve."""
+    for family in (socket.AF_INET, socket.AF_UNSPEC):
+        try:
+            return str(socket.getaddrinfo(host.strip("[]"), None, family)[0][4][0])
+        except (OSError, UnicodeError):
+            continue
+    return host.lower()
 
 
 class RackLock:

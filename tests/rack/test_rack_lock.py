@@ -104,6 +104,17 @@ def test_the_lock_file_names_the_rack_and_every_user_can_open_it(tmp_path, confi
     assert rack_lock_path(named, tmp_path) == path  # the same rack, the same file
     other = config.with_endpoints({c.name: "tcp://127.0.0.1:47001" for c in config.controllers})
     assert rack_lock_path(other, tmp_path) != path
+    # A review's case: one wiring with ``TCPIP0::``, another with ``TCPIP::`` took two locks
+    # (6-16 of 30 jobs each failed verification beside the other's flux bias)
+    spellings = [(f"TCPIP0::127.0.0.1::{47100 + n}::SOCKET",
+                  f"tcpip::LOCALHOST::0{47100 + n}::socket") for n in range(len(fixed.instruments))]
+    first, second = ({i.name: spelled[k] for i, spelled in zip(fixed.instruments, spellings,
+                                                              strict=True)} for k in (0, 1))
+    assert rack_lock_path(fixed.with_endpoints(first), tmp_path) \
+        == rack_lock_path(fixed.with_endpoints(second), tmp_path)
+    moved = {**first, fixed.instruments[0].name: "TCPIP0::127.0.0.1::47099::SOCKET"}
+    assert rack_lock_path(fixed.with_endpoints(moved), tmp_path) \
+        != rack_lock_path(fixed.with_endpoints(first), tmp_path)
     lock = RackLock(path)
     old = os.umask(0o077)
     try:
