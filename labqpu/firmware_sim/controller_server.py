@@ -477,8 +477,8 @@ class ControllerServer:
             raise RequestError(ERR_INTERNAL, f"the authenticator returned no identity: "
                                               f"{identity!r}")
         with self._lock:
-            self._sessions.open(session, identity, busy=lambda: {
-                run.session for run in self._runs.values() if run.state in ACTIVE})
+            self._sessions.open(session, identity,
+                                busy=lambda: {run.session for run in self._runs.values()})
         return {
             "session": session,
             "identity": identity,

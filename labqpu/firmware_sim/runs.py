@@ -211,10 +211,12 @@ class Programs:
 
 class FinishedRuns:
     """The finished runs a controller keeps, oldest first: at most ``max_runs``, whose results
-    hold at most ``max_bytes`` together. Beyond the count the oldest is forgotten; beyond the
-    bytes, the oldest of the session whose kept results hold the most (a client that leaves
-    large results unfetched loses its own first, not its neighbours'). The newest is kept
-    whatever its size. Not thread-safe: the server's lock guards it."""
+    hold at most ``max_bytes`` together. Beyond either bound the oldest run of the session that
+    holds the most (runs, or bytes of results) is forgotten: a client that leaves many or large
+    results unfetched loses its own first, not its neighbours' (a review's neighbour running
+    thousands of 1-shot runs pushed out a user's finished run while the user's fetch was
+    retried, when the count forgot the oldest run of anyone). The newest is kept whatever its
+    size. Not thread-safe: the server's lock guards it."""
 
     def __init__(self, max_runs: int, max_bytes: int) -> None:
         self.max_runs = max_runs
@@ -231,20 +233,20 @@ class FinishedRuns:
         forgotten = []
         while len(self._kept) > self.max_runs or (self.nbytes > self.max_bytes
                                                   and len(self._kept) > 1):
-            run_id = (next(iter(self._kept)) if len(self._kept) > self.max_runs
-                      else self._largest_holders_oldest())
+            run_id = self._largest_holders_oldest(by_bytes=len(self._kept) <= self.max_runs)
             self.nbytes -= self._kept.pop(run_id)[1]
             forgotten.append(run_id)
         return forgotten
 
-    def _largest_holders_oldest(self) -> str:
-        """The oldest run, but the newest, of the session whose kept results (the newest run's
-        included) hold the most among the sessions with such a run."""
+    def _largest_holders_oldest(self, *, by_bytes: bool) -> str:
+        """The oldest run, but the newest, of the session whose kept runs (the newest
+        included) are the most, or whose results hold the most bytes, among the sessions with
+        such a run; of sessions that hold as much, the one with the oldest run."""
         held: Counter[str] = Counter()
         for session, size in self._kept.values():
-            held[session] += size
+            held[session] += size if by_bytes else 1
         older = list(self._kept.items())[:-1]
-        top = max({session for _, (session, _) in older}, key=held.__getitem__)
+        top = max(dict.fromkeys(session for _, (session, _) in older), key=held.__getitem__)
         return next(run_id for run_id, (session, _) in older if session == top)
 
 

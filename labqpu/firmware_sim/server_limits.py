@@ -22,8 +22,8 @@ KEY_RETENTION_S = 3600.0
 MAX_KEYS = 65_536
 #: A session unused this long is forgotten when the next one opens (s).
 SESSION_IDLE_S = 24 * 3600.0
-#: Most sessions held: beyond it ``hello`` forgets the least recently used one that has no run
-#: queued or running.
+#: Most sessions held: beyond it ``hello`` forgets the least recently used one that holds no
+#: run (queued, running, or finished and kept: a lost reply's retry must find its run).
 MAX_SESSIONS = 4096
 #: Most bytes of unfinished messages held for all clients together: a message that would go
 #: beyond is refused with ``QueueFull`` (two clients sending messages of ``MAX_MESSAGE_BYTES``

@@ -2,7 +2,7 @@
 runs (docs/protocol.md, sections 3 and 7).
 
 A session unused for ``SESSION_IDLE_S`` is forgotten when the next one opens, and beyond
-``MAX_SESSIONS`` the least recently used one without a run queued or running. A key is
+``MAX_SESSIONS`` the least recently used one holding no run. A key is
 remembered for ``KEY_RETENTION_S`` after it was bound, the oldest forgotten early beyond
 ``MAX_KEYS``. Not thread-safe: the controller's lock guards it.
 """
@@ -44,9 +44,10 @@ class Sessions:
     def open(self, session: str, identity: str, busy: Callable[[], Container[str]]) -> None:
         """Hold ``session`` (new, or held again) as the most recently used, from ``identity``.
         First the sessions idle for ``SESSION_IDLE_S`` are forgotten, then, to stay within
-        ``MAX_SESSIONS``, the least recently used ones not in ``busy()`` (those with a run
-        queued or running: a client between its ``run`` and its ``fetch`` keeps its session,
-        whatever a neighbour's hellos)."""
+        ``MAX_SESSIONS``, the least recently used ones not in ``busy()`` (those with a run the
+        controller holds, queued, running or finished: a client between its ``run`` and its
+        ``fetch`` keeps its session, whatever a neighbour's hellos, and so does one whose
+        ``run`` or ``fetch`` reply was lost, whose retry must find the run in its session)."""
         now = time.monotonic()
         self._used.pop(session, None)
         while self._used and next(iter(self._used.values())) < now - SESSION_IDLE_S:

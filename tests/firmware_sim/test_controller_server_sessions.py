@@ -154,7 +154,8 @@ def test_remembered_keys_and_sessions_are_bounded(
     client.wait(again, timeout_s=BOUND_S)
     assert executor.executions == 5
 
-    monkeypatch.setattr(sessions, "MAX_SESSIONS", 3)
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 4)  # one held by ``client``, whose runs
+    # the controller keeps
 
     def hello(session: str | None = None) -> str:
         request_id, frames = encode_request(OP_HELLO, {}, session=session)
@@ -172,7 +173,7 @@ def test_remembered_keys_and_sessions_are_bounded(
     newest = hello()
     assert [known(s) for s in sessions] == [True, False, True]
     assert known(newest)
-    assert len(server._sessions) == 3
+    assert len(server._sessions) == 4
     # a session between its run and its fetch is never forgotten, however many hellos come
     with ControllerClient(server.endpoint, timeout_s=BOUND_S) as waiting:
         run_id = waiting.run(waiting.upload(_program(), {}), shots=2,
@@ -180,7 +181,19 @@ def test_remembered_keys_and_sessions_are_bounded(
         for _ in range(10):
             hello()
         assert "sum" in waiting.wait(run_id, timeout_s=BOUND_S)[1]
-    assert len(server._sessions) == 3
+    assert len(server._sessions) == 4
+    # nor one whose run finished, kept (a review's case: a lost reply's retry found its
+    # session gone, so a retried run played twice and a retried fetch was refused)
+    with ControllerClient(server.endpoint, timeout_s=BOUND_S) as lost:
+        program_id = lost.upload(_program(), {})
+        run_id = lost.run(program_id, shots=2, key="job-9:0")
+        while lost.status()["state"] != "idle":
+            time.sleep(0.01)
+        for _ in range(10):
+            hello()
+        executions = executor.executions
+        assert lost.run(program_id, shots=2, key="job-9:0") == run_id  # the same run
+        assert lost.fetch(run_id)[0] == "done" and executor.executions == executions
 
 
 def test_a_run_is_aborted_by_its_key_whether_it_came_or_not(

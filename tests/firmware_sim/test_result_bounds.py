@@ -91,12 +91,22 @@ def _run(run_id: str, session: str, points: int) -> Run:
     return run
 
 
-def test_the_count_bound_forgets_the_oldest_and_the_newest_is_kept_whatever_its_size() -> None:
+def test_the_count_bound_forgets_the_largest_holders_oldest_and_keeps_the_newest() -> None:
     kept = FinishedRuns(max_runs=2, max_bytes=1000)
     assert kept.add(_run("a", "s", 10)) == [] and kept.add(_run("b", "t", 10)) == []
-    assert kept.add(_run("c", "t", 10)) == ["a"]  # the count: the oldest, whoever's
-    assert kept.add(_run("d", "s", 500)) == ["b", "c"]  # 4000 bytes: alone, kept
+    assert kept.add(_run("c", "t", 10)) == ["b"]  # the count: the oldest of t, which holds 2
+    assert kept.add(_run("d", "s", 500)) == ["a", "c"]  # 4000 bytes: alone, kept
     assert kept.nbytes == 4000
+
+
+def test_a_neighbours_many_runs_do_not_push_out_a_users_finished_run() -> None:
+    """A review's case: while a user's fetch was retried (its reply lost), a neighbour's
+    thousands of 1-shot runs pushed the user's finished run out of the 64 kept, and the
+    retry failed "unknown, or forgotten"; the neighbour now loses its own oldest runs."""
+    kept = FinishedRuns(max_runs=4, max_bytes=10**6)
+    assert kept.add(_run("user", "u", 10)) == []
+    forgotten = [run_id for n in range(100) for run_id in kept.add(_run(f"n{n}", "n", 1))]
+    assert forgotten == [f"n{n}" for n in range(97)]  # never the user's
 
 
 def test_the_byte_bound_weighs_each_session_with_its_newest_run() -> None:
