@@ -120,7 +120,8 @@ def _check_option_types(options: dict) -> None:
         if kind is None:
             continue
         if isinstance(value, bool) or not isinstance(value, kind[0]) or (
-                isinstance(value, numbers.Real) and not math.isfinite(value)) or (
+                isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+                and not math.isfinite(value)) or (
                 name == "seed_simulator" and not 0 <= value < SEED_LIMIT):
             raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
                                        option=name)

@@ -368,6 +368,12 @@ def test_bad_option_values_are_rejected(lab_backend, bell) -> None:
     for seed in (-1, 2**63, 2**70):
         assert "seed_simulator" in _nothing_sent(
             lab_backend, lambda seed=seed: lab_backend.run(native, seed_simulator=seed))
+    # an integer beyond any float raised a bare OverflowError (a review's case)
+    for option in ("shots", "rep_delay", "timeout", "trace_decimation", "seed_simulator"):
+        assert option in _nothing_sent(
+            lab_backend, lambda option=option: lab_backend.run(native, **{option: 10**400}))
+        with pytest.raises(InvalidRunInputError, match=option):
+            lab_backend.set_options(**{option: 10**400})
 
 
 def test_rejections_name_the_option(lab_backend, bell) -> None:

@@ -346,6 +346,62 @@ def test_a_killed_client_leaves_no_simulator_and_no_files(tmp_path) -> None:
     assert leftovers == []
 
 
+def test_a_provider_dropped_without_close_stops_its_simulator_when_collected(
+        tmp_path, monkeypatch) -> None:
+    """A review's case: a notebook cell that made a provider, ran a job and dropped it kept
+    one simulator (~235 MB) per run, for the hardware worker held its last job, which held
+    the backend and the provider. Once collected, the provider stops its simulator."""
+    import gc
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    provider = LabProvider()
+    simulator_pid = provider.simulator.pid
+    backend = provider.backend()
+    assert backend.run(transpile(qc, backend), shots=20).result().get_counts()
+    del provider, backend
+    gc.collect()
+    assert _wait_dead(simulator_pid), "the simulator outlived its dropped provider"
+
+
+def _run_in_forked_child(backend, circuit, pipe) -> None:
+    try:
+        backend.run(circuit, shots=20).result(timeout=20)
+        pipe.send("the job ran")
+    except Exception as exc:  # the child reports what it met
+        pipe.send(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_provider_used_in_a_forked_child_says_so_at_once(lab_backend) -> None:
+    """A review's case: a job submitted in a child forked from the provider's process
+    (``multiprocessing`` with ``fork``) stayed QUEUED forever, the hardware worker thread not
+    being there; ``run()`` there now refuses at once, saying what to do. The parent's
+    provider goes on working."""
+    import multiprocessing
+
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_run_in_forked_child, args=(lab_backend, native, theirs))
+    child.start()
+    try:
+        assert ours.poll(60), "the child did not answer"
+        message = ours.recv()
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=30)
+    assert message.startswith("HardwareUnavailableError: this provider was opened in process")
+    assert "open a LabProvider in the child" in message
+    assert lab_backend.run(native, shots=20).result(timeout=60).get_counts()
+
+
 def test_a_snapshot_that_cannot_build_a_target_leaves_the_last_good_one(tmp_path, monkeypatch,
                                                                        caplog) -> None:
     """A value committed before validation existed (a string T1, written straight into the
