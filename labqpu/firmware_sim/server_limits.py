@@ -35,6 +35,9 @@ MAX_MESSAGE_S = 60.0
 #: Most clients connected at once (a new one beyond is closed at once): with the first 1 MiB of
 #: each message not counted in ``MAX_INBOUND_BYTES``, it bounds what small messages may hold.
 MAX_CONNECTIONS = 1024
+#: A client that has sent nothing for this long (s) gives its place to a new one when
+#: ``MAX_CONNECTIONS`` are connected (``MessageLimits.connection_idle_s``).
+CONNECTION_IDLE_S = 30.0
 #: Most bytes of uploads waiting for validation (all clients); beyond them ``upload`` is refused
 #: with ``QueueFull``.
 MAX_PENDING_UPLOAD_BYTES = MAX_INBOUND_BYTES
@@ -42,7 +45,8 @@ MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_header_bytes=MAX_HEADE
                                max_frame_bytes=MAX_FRAME_BYTES,
                                max_message_bytes=MAX_MESSAGE_BYTES,
                                max_inbound_bytes=MAX_INBOUND_BYTES, max_message_s=MAX_MESSAGE_S,
-                               max_connections=MAX_CONNECTIONS)
+                               max_connections=MAX_CONNECTIONS,
+                               connection_idle_s=CONNECTION_IDLE_S)
 
 
 def stated_limits(*, max_programs: int, max_program_bytes: int, max_runs: int,
@@ -53,7 +57,7 @@ def stated_limits(*, max_programs: int, max_program_bytes: int, max_runs: int,
     return {"max_header_bytes": MAX_HEADER_BYTES, "max_frames": MAX_FRAMES,
             "max_frame_bytes": MAX_FRAME_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
             "max_inbound_bytes": MAX_INBOUND_BYTES, "max_message_s": MAX_MESSAGE_S,
-            "max_connections": MAX_CONNECTIONS,
+            "max_connections": MAX_CONNECTIONS, "connection_idle_s": CONNECTION_IDLE_S,
             "max_pending_upload_bytes": max_pending_upload_bytes,
             "max_json_depth": MAX_JSON_DEPTH, "max_programs": max_programs,
             "max_program_bytes": max_program_bytes, "max_runs": max_runs,

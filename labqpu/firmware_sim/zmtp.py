@@ -120,7 +120,12 @@ class MessageLimits:
             beyond is refused as ``busy``.
         max_message_s: longest a message may stay unfinished (s); then its connection is
             closed.
-        max_connections: most clients connected at once; one beyond is closed at once.
+        max_connections: most clients connected at once; one beyond is closed at once, unless
+            a client has sent nothing for ``connection_idle_s`` and has nothing waiting (a
+            message unfinished, a reply untaken, input unread): the longest idle such one is
+            closed instead (its DEALER connects again by itself when it next sends).
+        connection_idle_s: how long (s) a client must have sent nothing to give its place to
+            a new one.
     """
 
     max_frames: int
@@ -130,6 +135,7 @@ class MessageLimits:
     max_inbound_bytes: int
     max_message_s: float
     max_connections: int
+    connection_idle_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -158,8 +164,8 @@ class _FramingError(Exception):
 
 class _Peer:
     __slots__ = ("answered", "body", "busy", "delimited", "envelope", "frames", "greeted",
-                 "message_bytes", "more", "outbox", "owed_since", "pending", "ready", "refusal",
-                 "remaining", "req", "sent_at", "sock", "started", "unsent")
+                 "last_active", "message_bytes", "more", "outbox", "owed_since", "pending",
+                 "ready", "refusal", "remaining", "req", "sent_at", "sock", "started", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -182,6 +188,7 @@ class _Peer:
         self.started: float | None = None  # when the unfinished message's first frame began
         #: Since when the client owes the rest of its handshake, a command or a frame header.
         self.owed_since: float | None = time.monotonic()
+        self.last_active = self.owed_since  # when the client last sent anything (monotonic s)
 
 
 class ZmtpServer:
@@ -356,9 +363,10 @@ class ZmtpServer:
                 self._selector.unregister(self._listener)
                 self._accepting_again = time.monotonic() + EXPIRE_EVERY_S
                 return
-            if len(self._peers) >= self.limits.max_connections:
+            if len(self._peers) >= self.limits.max_connections and not self._shed_idle():
                 self._warn(f"closed a new client connection: {len(self._peers)} clients "
-                           f"are connected (at most {self.limits.max_connections})")
+                           f"are connected (at most {self.limits.max_connections}), none "
+                           f"idle for {self.limits.connection_idle_s} s")
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -368,6 +376,26 @@ class ZmtpServer:
             peer = self._peers[peer_id] = _Peer(sock)
             self._selector.register(sock, selectors.EVENT_READ, peer_id)
             self._write(peer_id, peer, [_GREETING + _READY])
+
+    def _shed_idle(self) -> bool:
+        """Close the connection that has sent nothing for the longest, if for at least
+        ``connection_idle_s``, skipping those with anything waiting (a message or handshake
+        unfinished, a reply untaken, input not read yet), so that a neighbour's idle or leaked
+        connections do not shut everyone else out (a review's 1024 idle DEALERs did); True
+        when one was closed."""
+        now = time.monotonic()
+        for peer_id, peer in sorted(self._peers.items(), key=lambda item: item[1].last_active):
+            if now - peer.last_active < self.limits.connection_idle_s:
+                return False
+            if peer.started is not None or peer.owed_since is not None or peer.outbox \
+                    or _has_input(peer.sock):
+                continue
+            self._warn(f"closed a client connection idle for {now - peer.last_active:.0f} s: "
+                       f"{len(self._peers)} clients are connected (at most "
+                       f"{self.limits.max_connections}) and another came")
+            self.close(peer_id)
+            return True
+        return False
 
     def _read(self, peer_id: bytes, peer: _Peer) -> list[Inbound]:
         try:
@@ -380,6 +408,7 @@ class ZmtpServer:
         if not data:  # the client went
             self.close(peer_id)
             return []
+        peer.last_active = time.monotonic()
         try:
             if peer.remaining > len(data):  # inside a long frame: most reads of an upload
                 self._fill(peer, memoryview(data), 0)
@@ -643,6 +672,18 @@ def connection_of(address: bytes) -> bytes:
     """The connection an :attr:`Inbound.peer` came on (the same for every message of a
     ``REQ``, whose address also carries each message's envelope)."""
     return address[:_ID_BYTES]
+
+
+def _has_input(sock: socket.socket) -> bool:
+    """Whether ``sock`` has bytes waiting to be read (its client's end, or an error, counts:
+    the next read handles it)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def _header(data: bytes, pos: int) -> tuple[int, int, int] | None:

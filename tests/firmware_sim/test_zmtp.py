@@ -447,6 +447,58 @@ def test_connections_beyond_the_limit_are_closed_and_the_others_served(server, c
     assert server.wire.connections == LIMITS.max_connections
 
 
+def _echoing(raw: socket.socket, body: bytes) -> None:
+    """Send one single-frame message on a raw ZMTP connection and read its echo."""
+    raw.sendall(bytes((0, len(body))) + body)
+    received = b""
+    while not received.endswith(body):
+        chunk = raw.recv(4096)
+        assert chunk, "closed"
+        received += chunk
+
+
+def _open(raw: socket.socket) -> bool:
+    """Whether the server still keeps ``raw`` (no end of stream within 0.2 s)."""
+    raw.settimeout(0.2)
+    try:
+        return raw.recv(1 << 16) != b""
+    except TimeoutError:
+        return True
+    finally:
+        raw.settimeout(BOUND_S)
+
+
+def test_a_client_idle_for_connection_idle_s_gives_its_place_to_a_new_one() -> None:
+    """A review's case: a neighbour's 1024 idle DEALERs shut every other client out of the
+    controller for as long as they stayed. With ``max_connections`` connected, a new client
+    now takes the place of the one that has sent nothing for the longest, if for
+    ``connection_idle_s``; one that talked since keeps its place, and so does one whose
+    message is unfinished, however long ago it began."""
+    limits = dataclasses.replace(LIMITS, max_message_s=30.0, connection_idle_s=1.0)
+    server = EchoServer(limits)
+    raws = [socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S)
+            for _ in range(limits.max_connections)]
+    try:
+        for index, raw in enumerate(raws):
+            raw.sendall(GREETING + READY)
+            _echoing(raw, b"%d" % index)
+        raws[0].sendall(b"\x00\x64" + bytes(10))  # 10 bytes of a 100-byte frame
+        time.sleep(0.6)
+        _echoing(raws[1], b"awake")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as early:
+            assert early.recv(GREETING_BYTES) == b"", "served before anyone was idle for 1 s"
+        time.sleep(0.6)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=BOUND_S) as new:
+            new.sendall(GREETING + READY)
+            _echoing(new, b"in")
+            assert [_open(raw) for raw in raws[:4]] == [True, True, False, True]
+            assert server.wire.connections == limits.max_connections
+    finally:
+        for raw in raws:
+            raw.close()
+        server.close()
+
+
 def test_replies_sent_from_other_threads_arrive_whole_and_in_order(server, clients,
                                                                    monkeypatch) -> None:
     """The controller's worker sends a held run's reply itself while the serving thread
