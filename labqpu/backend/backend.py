@@ -17,6 +17,7 @@ from qiskit.providers import BackendV2, Options
 
 from labqpu.backend.compiled import CompiledPrograms
 from labqpu.backend.configuration import BackendConfiguration
+from labqpu.backend.input_checks import check_option_types, refused_circuit
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob, wait_bound
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.program_checks import (
@@ -35,9 +36,9 @@ from labqpu.backend.results import discriminator_centres
 from labqpu.backend.snapshots import newest_buildable, within_limits
 from labqpu.backend.sweeps import expand_sweeps, param_sets_for
 from labqpu.backend.target import LEFT_OUT, LabTarget, build_target
-from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import (
     BackendPropertyError,
+    CalibrationError,
     CalibrationMissingError,
     CompilationError,
     InvalidRunInputError,
@@ -74,58 +75,10 @@ MAX_SHOTS = 100_000
 MAX_CIRCUITS = 300
 #: Most circuits one ``run()`` takes (the compiled programs are held until the job ends).
 MAX_JOB_CIRCUITS = 10_000
-#: Run options whose type is checked before the range validators see them.
-_OPTION_TYPES = {
-    "shots": (numbers.Integral, "an integer"),
-    "meas_level": (numbers.Real, "0, 1 or 2"),
-    "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1"),
-    "rep_delay": (numbers.Real, "a finite number of seconds"),
-    "timeout": (numbers.Real, "a finite number of seconds"),
-    "trace_decimation": (numbers.Integral, "a whole number of samples"),
-}
-
-
-def _refused_circuit(circuits: list[QuantumCircuit], exc: CircuitError) -> InvalidRunInputError:
-    """The error for a ``CircuitError`` Qiskit raised on reading an instruction of one of
-    ``circuits`` (a delay bound to a negative or fractional duration, say): it names the
-    circuit and, for a point of a sweep, its ``parameter_binds``."""
-    for circuit in circuits:
-        try:
-            _read_all(circuit)
-        except CircuitError:
-            point = (circuit.metadata or {}).get("parameter_binds")
-            at = f" at parameter_binds {point}" if point is not None else ""
-            return InvalidRunInputError(f"circuit {circuit.name!r}{at}: "
-                                        f"{exc.message.rstrip('.')}; nothing was sent",
-                                        option="parameter_binds" if at else None)
-    return InvalidRunInputError(f"{exc.message.rstrip('.')}; nothing was sent")
-
-
-def _read_all(circuit: QuantumCircuit) -> None:
-    """Read every instruction of ``circuit``, control-flow bodies included."""
-    for inst in circuit.data:
-        for block in getattr(inst.operation, "blocks", ()):
-            _read_all(block)
-
-
-def _check_option_types(options: dict) -> None:
-    """Type (and finiteness) checks that must precede the range validators."""
-    tags = options.get("job_tags")
-    if tags is not None and (isinstance(tags, str) or not isinstance(tags, Sequence)
-                             or not all(isinstance(tag, str) for tag in tags)):
-        raise InvalidRunInputError(f"run option job_tags must be a list of strings, got "
-                                   f"{tags!r}", option="job_tags")
-    for name, value in options.items():
-        kind = _OPTION_TYPES.get(name)
-        if kind is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, kind[0]) or (
-                isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
-                and not math.isfinite(value)) or (
-                name == "seed_simulator" and not 0 <= value < SEED_LIMIT):
-            raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
-                                       option=name)
-
+#: The longest (s) a backend that has a Target waits for a writer holding the calibration
+#: store before it goes on with the snapshot it last read (and, until it reads the store
+#: again, does not wait: a transpile asks for the Target many times).
+STORE_POLL_WAIT_S = 0.5
 
 #: Instructions that never need a Target entry: they only order or label the circuit.
 _DIRECTIVES = ("barrier",)
@@ -152,6 +105,7 @@ class LabBackend(BackendV2):
         self._snapshot: Snapshot | None = None
         self._target: LabTarget | None = None
         self._rejected_snapshot: int | None = None
+        self._store_unreadable = False  # said once, until the store is read again
         #: The last snapshot, older than the newest, that a job's programs were built from.
         self._older_snapshot: Snapshot | None = None
         #: Pulse gates by name, then device qubits; replaced (never changed) on every change,
@@ -210,8 +164,20 @@ class LabBackend(BackendV2):
             raise LabQpuError(f"backend {self.name}: its provider was closed; open a new "
                               "LabProvider")
         with self._lock:
-            latest = self.store.latest_id()
             current = self._snapshot.snapshot_id if self._snapshot else None
+            try:
+                latest = self.store.latest_id(wait_s=None if self._target is None else 0.0
+                                              if self._store_unreadable else STORE_POLL_WAIT_S)
+            except CalibrationError as exc:
+                if self._target is None:
+                    raise
+                if not self._store_unreadable:
+                    log.warning("backend %s: calibration store %s cannot be read now (%s); jobs "
+                                "use snapshot %s, the last read, until it can", self.name,
+                                self.config.store_path, exc, current)
+                self._store_unreadable = True
+                return current
+            self._store_unreadable = False
             if self._target is not None and latest in (current, self._rejected_snapshot):
                 return latest
             if latest is None:
@@ -398,7 +364,7 @@ class LabBackend(BackendV2):
                 f"{sorted(self.options.__dict__)}",
                 option=unknown[0])
         given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
-        _check_option_types({k: v for k, v in given.items() if v is not None})
+        check_option_types({k: v for k, v in given.items() if v is not None})
         opts = copy.copy(self.options)  # own fields and validators; values are replaced,
         # never mutated (job_tags, the one list, is copied by _run_options)
         for name, value in given.items():
@@ -734,7 +700,7 @@ class LabBackend(BackendV2):
                     programs.extend(self._compile(circuits, snapshot, target, pulse_gates,
                                                   opts))
                 except CircuitError as exc:  # Qiskit checks bound values when it reads them
-                    raise _refused_circuit(circuits, exc) from exc
+                    raise refused_circuit(circuits, exc) from exc
                 circuits = []
             if isinstance(item, QuantumCircuit):
                 circuits.append(item)

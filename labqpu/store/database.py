@@ -30,7 +30,6 @@ from labqpu.store.files import (
     SCHEMA_VERSION,
     SPARE_PREFIX,
     create_schema,
-    journal_of_another_file,
     new_store_file,
     not_a_database,
     remove_companions,
@@ -178,7 +177,7 @@ class CalibrationStore:
             raise CalibrationError(
                 f"calibration store {self._path} is {problem}, not a calibration store; "
                 "restore it from a backup, or delete it to start a new store")
-        self._set_aside_journal_of_another_file()
+        set_aside_journal_of_another_file(self._path)
         try:
             self._file_id = self._identity()
             self._initialise()
@@ -236,25 +235,6 @@ class CalibrationStore:
             with suppress(OSError):
                 spare.unlink(missing_ok=True)
             remove_companions(spare)
-
-    def _set_aside_journal_of_another_file(self) -> None:
-        """Move away the journal of an earlier file at this path before SQLite rolls it into
-        this one (:func:`~labqpu.store.files.set_aside_journal_of_another_file`)."""
-        place = Path(os.path.realpath(self._path))  # SQLite keeps a link's journal at its target
-        try:
-            aside = set_aside_journal_of_another_file(place)
-        except OSError as exc:
-            raise CalibrationError(
-                f"calibration store {self._path}: the rollback journal {place}-journal beside "
-                f"it is of an earlier file at this path ({journal_of_another_file(place)}: its "
-                "writer was killed in the middle of a commit, and the file replaced since), and "
-                f"it cannot be moved away ({exc}); SQLite would roll it into this file: move it "
-                "away, then open the store again") from exc
-        if aside:
-            log.warning("calibration store %s: the rollback journal beside it was of an earlier "
-                        "file at this path (%s: its writer was killed in the middle of a commit, "
-                        "and the file replaced since, as when a backup is restored); it was moved "
-                        "to %s, and the store is read as it is", self._path, aside[1], aside[0])
 
     def _identity(self) -> tuple[int, int]:
         """(device, inode) of the store file now."""
@@ -613,13 +593,22 @@ class CalibrationStore:
             )
         return self._snapshot(rows[0])
 
-    def latest_id(self, device: str | None = None) -> int | None:
-        """Id of the newest complete snapshot, or ``None``: one cheap query, for polling."""
+    def latest_id(self, device: str | None = None, *, wait_s: float | None = None
+                  ) -> int | None:
+        """Id of the newest complete snapshot, or ``None``: one cheap query, for polling.
+        ``wait_s``: the longest (s) it waits for a writer that holds the file (default the
+        store's ``timeout_s``); then ``CalibrationError``."""
         clause, parameters = self._device_clause(device)
-        rows = self._query(
-            f"SELECT id FROM snapshots WHERE complete = 1{clause} ORDER BY id DESC LIMIT 1",
-            parameters,
-        )
+        sql = f"SELECT id FROM snapshots WHERE complete = 1{clause} ORDER BY id DESC LIMIT 1"
+        if wait_s is None:
+            rows = self._query(sql, parameters)
+        else:
+            conn = self._connection()
+            conn.execute(f"PRAGMA busy_timeout = {round(wait_s * 1000)}")
+            try:
+                rows = self._query(sql, parameters)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {round(self._timeout_s * 1000)}")
         return rows[0][0] if rows else None
 
     def get(self, snapshot_id: int) -> Snapshot:

@@ -1,7 +1,9 @@
-"""The calibration store's file: its schema, how a new one is made whole, and what is not one."""
+"""The calibration store's file: its schema, how a new one is made whole, what is not one, and a
+rollback journal that is not its own."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -9,6 +11,10 @@ import struct
 import time
 from contextlib import suppress
 from pathlib import Path
+
+from labqpu.errors import CalibrationError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 """Version of the SQLite schema this module reads and writes."""
@@ -148,36 +154,47 @@ def journal_of_another_file(path: Path) -> str | None:
             f"at commit {now}")
 
 
-def set_aside_journal_of_another_file(path: Path) -> tuple[Path, str] | None:
-    """Move a rollback journal that :func:`journal_of_another_file` finds beside ``path``, and
-    finds again :data:`JOURNAL_SETTLE_S` later unchanged, to ``{path}-journal.{UTC time}.stale``
-    (kept, where SQLite does not look): SQLite would roll the pages of the file it came from
-    into this one, which then opens as a silent mix of the two (a restored backup with the
-    crashed store's rows). Returns (where it went, why), or None when nothing was moved.
+def set_aside_journal_of_another_file(store: Path) -> None:
+    """Move a rollback journal beside the store file ``store`` that :func:`journal_of_another_file`
+    finds, and finds again :data:`JOURNAL_SETTLE_S` later unchanged, to
+    ``{file}-journal.{UTC time}.stale`` (kept, where SQLite does not look), with a warning:
+    SQLite would roll the pages of the file it came from into this one, which then opens as a
+    silent mix of the two (a restored backup with the crashed store's rows).
 
     Raises:
-        OSError: the journal could not be moved (its directory cannot be written).
+        CalibrationError: the journal could not be moved (its directory cannot be written).
     """
-    journal = Path(f"{path}-journal")
-    if journal_of_another_file(path) is None:
-        return None
+    place = Path(os.path.realpath(store))  # SQLite keeps a link's journal at its target
+    journal = Path(f"{place}-journal")
+    if journal_of_another_file(place) is None:
+        return
     try:
         before = journal.stat()
         time.sleep(JOURNAL_SETTLE_S)
-        why = journal_of_another_file(path)
+        why = journal_of_another_file(place)
         after = journal.stat()
     except FileNotFoundError:
-        return None
+        return
     if why is None or (before.st_ino, before.st_size, before.st_mtime_ns) != (
             after.st_ino, after.st_size, after.st_mtime_ns):
-        return None
+        return
     aside = journal.with_name(f"{journal.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
                               ".stale")
     try:
         os.rename(journal, aside)
     except FileNotFoundError:  # another process opening the store moved it first
-        return None
-    return aside, why
+        return
+    except OSError as exc:
+        raise CalibrationError(
+            f"calibration store {store}: the rollback journal {journal} beside it is of an "
+            f"earlier file at this path ({why}: its writer was killed in the middle of a "
+            f"commit, and the file replaced since), and it cannot be moved away ({exc}); "
+            "SQLite would roll it into this file: move it away, then open the store "
+            "again") from exc
+    log.warning("calibration store %s: the rollback journal beside it was of an earlier file at "
+                "this path (%s: its writer was killed in the middle of a commit, and the file "
+                "replaced since, as when a backup is restored); it was moved to %s, and the "
+                "store is read as it is", store, why, aside)
 
 
 def remove_orphaned_spares(directory: Path) -> None:

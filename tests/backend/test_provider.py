@@ -402,6 +402,47 @@ def test_a_provider_used_in_a_forked_child_says_so_at_once(lab_backend) -> None:
     assert lab_backend.run(native, shots=20).result(timeout=60).get_counts()
 
 
+def test_a_store_held_by_another_process_leaves_the_last_target_in_use(tmp_path, monkeypatch,
+                                                                        caplog) -> None:
+    """A review's case: another process holding the store (``BEGIN EXCLUSIVE`` in a sqlite3
+    shell) made every ``run()``, ``transpile()`` and ``backend.target`` wait 10 s, then fail
+    "database is locked", though the backend had a good Target. It now waits at most 0.5 s
+    once, warns once, and goes on with the snapshot it last read; once the store can be read,
+    a snapshot committed meanwhile is taken in."""
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        first = backend.target.snapshot_id
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('BEGIN EXCLUSIVE')\nprint('held', flush=True)\nsys.stdin.read()\n",
+             str(provider.config.store_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "held\n"
+            with caplog.at_level("WARNING", logger="labqpu.backend.backend"):
+                start = time.monotonic()
+                native = transpile(qc, backend)
+                counts = backend.run(native, shots=50).result(timeout=60).get_counts()
+                took_s = time.monotonic() - start
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+            holder.stdout.close()
+        assert counts.get("1", 0) > 40 and took_s < 5, (counts, took_s)
+        said = [r.getMessage() for r in caplog.records if "cannot be read now" in r.getMessage()]
+        assert len(said) == 1 and f"jobs use snapshot {first}" in said[0]
+        document = backend.snapshot.to_document()
+        document["notes"] = "committed once the store is free"
+        provider.store.commit(document, parent_id=first)
+        assert backend.target.snapshot_id != first
+
+
 def test_a_snapshot_that_cannot_build_a_target_leaves_the_last_good_one(tmp_path, monkeypatch,
                                                                        caplog) -> None:
     """A value committed before validation existed (a string T1, written straight into the

@@ -1,0 +1,69 @@
+"""Checks of what a user hands ``run()``, before anything is compiled: the options' types
+(before Qiskit's range validators see them: a bool is no integer, an integer beyond any float
+is no error of its own), and which circuit a ``CircuitError`` Qiskit raised came from."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+from qiskit import QuantumCircuit
+from qiskit.circuit.exceptions import CircuitError
+
+from labqpu.drivers.protocol import SEED_LIMIT
+from labqpu.errors import InvalidRunInputError
+
+__all__ = ["OPTION_TYPES", "check_option_types", "refused_circuit"]
+
+#: Run options whose type is checked before the range validators see them.
+OPTION_TYPES = {
+    "shots": (numbers.Integral, "an integer"),
+    "meas_level": (numbers.Real, "0, 1 or 2"),
+    "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1"),
+    "rep_delay": (numbers.Real, "a finite number of seconds"),
+    "timeout": (numbers.Real, "a finite number of seconds"),
+    "trace_decimation": (numbers.Integral, "a whole number of samples"),
+}
+
+
+def refused_circuit(circuits: list[QuantumCircuit], exc: CircuitError) -> InvalidRunInputError:
+    """The error for a ``CircuitError`` Qiskit raised on reading an instruction of one of
+    ``circuits`` (a delay bound to a negative or fractional duration, say): it names the
+    circuit and, for a point of a sweep, its ``parameter_binds``."""
+    for circuit in circuits:
+        try:
+            _read_all(circuit)
+        except CircuitError:
+            point = (circuit.metadata or {}).get("parameter_binds")
+            at = f" at parameter_binds {point}" if point is not None else ""
+            return InvalidRunInputError(f"circuit {circuit.name!r}{at}: "
+                                        f"{exc.message.rstrip('.')}; nothing was sent",
+                                        option="parameter_binds" if at else None)
+    return InvalidRunInputError(f"{exc.message.rstrip('.')}; nothing was sent")
+
+
+def _read_all(circuit: QuantumCircuit) -> None:
+    """Read every instruction of ``circuit``, control-flow bodies included."""
+    for inst in circuit.data:
+        for block in getattr(inst.operation, "blocks", ()):
+            _read_all(block)
+
+
+def check_option_types(options: dict) -> None:
+    """Type (and finiteness) checks that must precede the range validators."""
+    tags = options.get("job_tags")
+    if tags is not None and (isinstance(tags, str) or not isinstance(tags, Sequence)
+                             or not all(isinstance(tag, str) for tag in tags)):
+        raise InvalidRunInputError(f"run option job_tags must be a list of strings, got "
+                                   f"{tags!r}", option="job_tags")
+    for name, value in options.items():
+        kind = OPTION_TYPES.get(name)
+        if kind is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind[0]) or (
+                isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+                and not math.isfinite(value)) or (
+                name == "seed_simulator" and not 0 <= value < SEED_LIMIT):
+            raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
+                                       option=name)
