@@ -190,6 +190,8 @@ class Request:
         arrays: named arrays, views on the received frames (no copy).
         session: the session ``hello`` opened, or None; runs belong to the session that
             started them.
+        header_bytes: the size of its JSON header frame (bytes): what its parameters take
+            to hold, near enough.
     """
 
     op: str
@@ -198,6 +200,7 @@ class Request:
     params: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     session: str | None = None
+    header_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -532,7 +535,7 @@ def decode_request(frames: Sequence[Frame]) -> Request:
     params = _field(header, "params", dict)
     arrays = _decode_arrays(header.get("arrays"), frames[1:])
     return Request(op=op, id=request_id, key=key, params=params, arrays=arrays,
-                   session=session)
+                   session=session, header_bytes=len(frames[0]))
 
 
 def decode_reply(frames: Sequence[Frame]) -> Reply:

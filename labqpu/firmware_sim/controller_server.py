@@ -93,10 +93,12 @@ from labqpu.firmware_sim.runs import (
     Programs,
     Run,
     program_id_of,
+    queue_refusal,
     request_digest,
 )
 from labqpu.firmware_sim.server_limits import (
     MAX_PENDING_UPLOAD_BYTES,
+    MAX_QUEUED_REQUEST_BYTES,
     MESSAGE_LIMITS,
     stated_limits,
 )
@@ -556,13 +558,11 @@ class ControllerServer:
                                    f"no program {checked.program_id!r} loaded")
             if self._stopping.is_set():
                 raise RequestError(ERR_INTERNAL, f"{self.name} is shutting down")
-            pending = sum(1 for r in self._runs.values()
-                          if r.session == session and r.state in ACTIVE)
-            if pending >= self._max_queued:
-                raise RequestError(
-                    ERR_QUEUE_FULL,
-                    f"this session already has {pending} runs queued or running (limit "
-                    f"{self._max_queued}); wait for some to finish")
+            refusal = queue_refusal(self._runs.values(), session, request.header_bytes,
+                                    max_queued=self._max_queued,
+                                    max_bytes=MAX_QUEUED_REQUEST_BYTES)
+            if refusal:
+                raise RequestError(ERR_QUEUE_FULL, refusal)
             self._runs_total += 1
             run = Run(
                 run_id=uuid.uuid4().hex,
@@ -574,6 +574,7 @@ class ControllerServer:
                 accepted_at=now,
                 session=session,
                 time_limit_s=checked.time_limit_s,
+                request_bytes=request.header_bytes,
             )
             self._runs[run.run_id] = run
             if key is not None:

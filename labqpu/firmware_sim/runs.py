@@ -7,7 +7,7 @@ import hashlib
 import json
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["ABORTED", "ACTIVE", "DONE", "ERROR", "MAX_RESULT_BYTES", "QUEUED", "RUNNING",
            "Executor", "FairQueue", "FinishedRuns", "KeyRecord", "NoRoomForProgramError",
            "Program", "ProgramRefusedError", "Programs", "Run", "program_id_of",
-           "request_digest"]
+           "queue_refusal", "request_digest"]
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -67,11 +67,38 @@ class Run:
     time_limit_s: float | None = None
     started_at: float | None = None
     expired: bool = False
+    #: Bytes of the run's request header: what its parameters take to hold, near enough.
+    request_bytes: int = 0
 
     def elapsed_s(self, now: float) -> float:
         """Seconds since the run was accepted, frozen once it finished."""
         end = now if self.finished_at is None else self.finished_at
         return end - self.accepted_at
+
+
+def queue_refusal(runs: Iterable[Run], session: str, request_bytes: int, *, max_queued: int,
+                  max_bytes: int) -> str | None:
+    """Why a run of ``session`` whose request holds ``request_bytes`` may not join ``runs``
+    (those queued or running count): the session has ``max_queued`` of them, or their
+    requests would hold more than ``max_bytes`` of parameters together, or one session more
+    than a quarter of that (a review's client queued 256 runs of 900 kB parameters per session,
+    ~230 MB each, unbounded); None when it may."""
+    count = mine = held = 0
+    for run in runs:
+        if run.state in ACTIVE:
+            held += run.request_bytes
+            if run.session == session:
+                count += 1
+                mine += run.request_bytes
+    if count >= max_queued:
+        return (f"this session already has {count} runs queued or running (limit "
+                f"{max_queued}); wait for some to finish")
+    if held + request_bytes > max_bytes or mine + request_bytes > max_bytes // 4:
+        return (f"the runs queued or running would hold {held + request_bytes} bytes of "
+                f"parameters, {mine + request_bytes} of them this session's (at most "
+                f"{max_bytes}, and a quarter of that for one session); wait for some to "
+                "finish")
+    return None
 
 
 @dataclass(frozen=True)

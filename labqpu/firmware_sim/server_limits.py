@@ -41,6 +41,10 @@ CONNECTION_IDLE_S = 30.0
 #: Most bytes of uploads waiting for validation (all clients); beyond them ``upload`` is refused
 #: with ``QueueFull``.
 MAX_PENDING_UPLOAD_BYTES = MAX_INBOUND_BYTES
+#: Most bytes of request headers (the parameters they carry) the runs queued or running hold,
+#: all sessions together, one session at most a quarter of them; beyond, ``run`` is refused
+#: with ``QueueFull``. A controller-bound sweep's largest table (4096 points) takes ~0.7 MB.
+MAX_QUEUED_REQUEST_BYTES = 128 * 1024 * 1024
 MESSAGE_LIMITS = MessageLimits(max_frames=MAX_FRAMES, max_header_bytes=MAX_HEADER_BYTES,
                                max_frame_bytes=MAX_FRAME_BYTES,
                                max_message_bytes=MAX_MESSAGE_BYTES,
@@ -58,6 +62,7 @@ def stated_limits(*, max_programs: int, max_program_bytes: int, max_runs: int,
             "max_frame_bytes": MAX_FRAME_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
             "max_inbound_bytes": MAX_INBOUND_BYTES, "max_message_s": MAX_MESSAGE_S,
             "max_connections": MAX_CONNECTIONS, "connection_idle_s": CONNECTION_IDLE_S,
+            "max_queued_request_bytes": MAX_QUEUED_REQUEST_BYTES,
             "max_pending_upload_bytes": max_pending_upload_bytes,
             "max_json_depth": MAX_JSON_DEPTH, "max_programs": max_programs,
             "max_program_bytes": max_program_bytes, "max_runs": max_runs,

@@ -242,6 +242,32 @@ def test_a_run_is_aborted_by_its_key_whether_it_came_or_not(
         assert error["type"] == ERR_BAD_PARAMS and problem in error["message"], error
 
 
+def test_the_parameters_of_queued_runs_are_bounded(executor, _program, monkeypatch) -> None:
+    """A review's case: runs queued with 900 kB of parameters each (256 per session, sessions
+    free to open) grew the simulator by ~230 MB a session. The request bytes of queued and
+    running runs are bounded, all sessions together and a quarter of that for one, with a
+    ``QueueFull`` that says so; a neighbour's run still gets in, and room comes back."""
+    import labqpu.firmware_sim.controller_server as controller_server
+
+    monkeypatch.setattr(controller_server, "MAX_QUEUED_REQUEST_BYTES", 40_000)
+    junk = {"note": "x" * 4_000}
+    with (ControllerServer(executor) as srv,
+          ControllerClient(srv.endpoint, timeout_s=BOUND_S) as greedy,
+          ControllerClient(srv.endpoint, timeout_s=BOUND_S) as polite):
+        assert greedy.hello()["limits"]["max_queued_request_bytes"] == 128 * 1024 * 1024
+        program_id = greedy.upload(_program(), {})
+        runs = [greedy.run(program_id, shots=1, params={"sleep_s": 0.5, **junk})]
+        runs.append(greedy.run(program_id, shots=1, params=junk))
+        with pytest.raises(InstrumentCommandError, match="bytes of parameters") as info:
+            greedy.run(program_id, shots=1, params=junk)
+        assert info.value.remote_type == ERR_QUEUE_FULL
+        other = polite.run(program_id, shots=1)
+        for run_id in runs:
+            greedy.wait(run_id, timeout_s=BOUND_S)
+        polite.wait(other, timeout_s=BOUND_S)
+        greedy.wait(greedy.run(program_id, shots=1, params=junk), timeout_s=BOUND_S)
+
+
 def test_a_session_cannot_fill_the_queue(executor, _program) -> None:
     with (ControllerServer(executor, max_queued_per_session=3) as srv,
           ControllerClient(srv.endpoint, timeout_s=BOUND_S) as greedy,
