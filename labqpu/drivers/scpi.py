@@ -442,7 +442,12 @@ class ScpiInstrument:
             session = self._resource_manager.open_resource(self.resource, open_timeout=timeout_ms)
         # pyvisa-py reports a failed connect as a bare Exception; it is re-raised with context.
         except Exception as exc:
-            raise InstrumentError(f"cannot open resource: {exc}", instrument=self.label) from exc
+            hint = ("; this process has more than 1023 files or sockets open, and pyvisa-py "
+                    "waits on a TCPIP SOCKET session's connection with select(), which cannot "
+                    "take a descriptor beyond 1023: close files, or open the provider before "
+                    "the many others") if "out of range in select" in str(exc) else ""
+            raise InstrumentError(f"cannot open resource: {exc}{hint}",
+                                  instrument=self.label) from exc
         try:
             if not isinstance(session, pyvisa.resources.MessageBasedResource):
                 raise InstrumentError(

@@ -453,3 +453,39 @@ def test_a_line_nobody_asked_for_never_answers_a_later_query(extra_after_s) -> N
             assert query_each([(sg, "FAST?")]) == ["fast"]
     finally:
         peer.close()
+
+
+#: A process with more than 1023 descriptors open opens an instrument (``argv[1]``).
+_MANY_FILES_OPEN = """
+import os, resource, sys
+from labqpu.drivers.scpi import SignalGenerator
+from labqpu.errors import InstrumentError
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+try:
+    with SignalGenerator(sys.argv[1], timeout_s=2.0) as sg:
+        print(sg.query("*IDN?"))
+except InstrumentError as exc:
+    print(exc)
+"""
+
+
+def test_an_instrument_opened_beyond_1023_descriptors_says_why_it_cannot_be(tmp_path) -> None:
+    """A review's case: a process with more than ~1020 files open could not reach its
+    instruments: pyvisa-py waits on a TCPIP SOCKET connection with select(), which takes no
+    descriptor beyond 1023, and the error said only "filedescriptor out of range in
+    select()". It now says why, and what to do."""
+    import resource
+    import subprocess
+    import sys
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1200:
+        pytest.skip("this machine's hard limit on open files is below 1200")
+    with ScpiServer("signal_generator", name="lo-fds") as server:
+        out = subprocess.run([sys.executable, "-c", _MANY_FILES_OPEN, server.resource],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "out of range in select()" in out.stdout, out.stdout
+    assert "more than 1023 files or sockets open" in out.stdout
+    assert "close files, or open the provider before the many others" in out.stdout
