@@ -34,8 +34,8 @@ from labqpu.store.files import (
     not_a_database,
     remove_companions,
     remove_orphaned_spares,
-    set_aside_journal_of_another_file,
 )
+from labqpu.store.journal import set_aside_journal_of_another_file
 from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
 from labqpu.store.snapshot import Snapshot, diff_snapshots
@@ -177,7 +177,9 @@ class CalibrationStore:
             raise CalibrationError(
                 f"calibration store {self._path} is {problem}, not a calibration store; "
                 "restore it from a backup, or delete it to start a new store")
-        set_aside_journal_of_another_file(self._path)
+        self._place = Path(os.path.realpath(self._path))  # where SQLite keeps the journal
+        self._journal = f"{self._place}-journal"
+        self._check_journal()
         try:
             self._file_id = self._identity()
             self._initialise()
@@ -236,6 +238,13 @@ class CalibrationStore:
                 spare.unlink(missing_ok=True)
             remove_companions(spare)
 
+    def _check_journal(self) -> None:
+        """Before SQLite reads the file: move aside a rollback journal beside it that is not
+        its own (``labqpu.store.journal``), which SQLite would play into it; also for a store
+        already open, whose file a restored backup replaced in place (~1 us without one)."""
+        if os.path.exists(self._journal):
+            set_aside_journal_of_another_file(self._path, self._place)
+
     def _identity(self) -> tuple[int, int]:
         """(device, inode) of the store file now."""
         try:
@@ -255,7 +264,7 @@ class CalibrationStore:
         """Switch a WAL file to a rollback journal (when no other connection has it open);
         create the schema if it has none (the only time opening a store takes the write
         lock); check the schema version."""
-        conn = self._connection()
+        conn = self._waiting()
         try:
             self._leave_wal(conn)
             exists = conn.execute(
@@ -334,7 +343,17 @@ class CalibrationStore:
             conn = self._open()
             alive.append((threading.current_thread(), conn))
             self._connections = alive
-        local.conn, local.pid = conn, pid
+        local.conn, local.pid, local.wait_s = conn, pid, self._timeout_s
+        return conn
+
+    def _waiting(self, wait_s: float | None = None) -> sqlite3.Connection:
+        """This thread's connection, set to wait at most ``wait_s`` (s; None: the store's
+        ``timeout_s``) for a writer holding the file (a pragma only when that changes)."""
+        conn = self._connection()
+        wait_s = self._timeout_s if wait_s is None else wait_s
+        if self._local.wait_s != wait_s:
+            conn.execute(f"PRAGMA busy_timeout = {round(wait_s * 1000)}")
+            self._local.wait_s = wait_s
         return conn
 
     def _set_aside_after_fork(self) -> None:
@@ -352,8 +371,9 @@ class CalibrationStore:
         """One ``BEGIN IMMEDIATE`` write transaction, rolled back on any exception, committed
         only if the store's path still names the file opened (checked first as well: SQLite
         refuses to write a moved file as "readonly", which would not say what happened)."""
-        conn = self._connection()
+        conn = self._waiting()
         self._check_same_file()
+        self._check_journal()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -378,7 +398,7 @@ class CalibrationStore:
         (a read-only or immutable file, or directory), before a calibration spends its time
         measuring (a review's run measured for minutes, then failed at its commit). Writes
         nothing."""
-        conn = self._connection()
+        conn = self._waiting()
         self._check_same_file()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -396,9 +416,11 @@ class CalibrationStore:
                                    f"written ({exc}), where each commit writes its journal; a "
                                    "calibration could not commit what it measures") from exc
 
-    def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+    def _query(self, sql: str, parameters: tuple[Any, ...] = (), *,
+               wait_s: float | None = None) -> list[Any]:
+        self._check_journal()
         try:
-            return self._connection().execute(sql, parameters).fetchall()
+            return self._waiting(wait_s).execute(sql, parameters).fetchall()
         except sqlite3.Error as exc:
             raise CalibrationError(f"reading calibration store {self._path} failed: {exc}") from exc
 
@@ -599,16 +621,9 @@ class CalibrationStore:
         ``wait_s``: the longest (s) it waits for a writer that holds the file (default the
         store's ``timeout_s``); then ``CalibrationError``."""
         clause, parameters = self._device_clause(device)
-        sql = f"SELECT id FROM snapshots WHERE complete = 1{clause} ORDER BY id DESC LIMIT 1"
-        if wait_s is None:
-            rows = self._query(sql, parameters)
-        else:
-            conn = self._connection()
-            conn.execute(f"PRAGMA busy_timeout = {round(wait_s * 1000)}")
-            try:
-                rows = self._query(sql, parameters)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {round(self._timeout_s * 1000)}")
+        rows = self._query(
+            f"SELECT id FROM snapshots WHERE complete = 1{clause} ORDER BY id DESC LIMIT 1",
+            parameters, wait_s=wait_s)
         return rows[0][0] if rows else None
 
     def get(self, snapshot_id: int) -> Snapshot:

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from labqpu.errors import CalibrationError
 from labqpu.store import CalibrationStore
-from labqpu.store.files import JOURNAL_MAGIC, journal_page_one
+from labqpu.store.files import new_store_file
+from labqpu.store.journal import JOURNAL_MAGIC, read_journal
 from labqpu.testing import shipped_export
 
 OPENERS = 6
@@ -177,18 +178,25 @@ def test_a_backup_restored_after_a_writer_was_killed_is_read_as_it_is(tmp_path: 
 
 
 #: A writer stopped in the middle of a commit: its pages spill into the file (a cache of one
-#: page), so its journal is hot, then it is SIGKILLed.
+#: page), so its journal is hot, then it is SIGKILLed. ``argv[2]``: its change to every
+#: document (one that grows them journals page 1; one of the same length may not).
 KILLED_MID_COMMIT = (
     "import os, signal, sqlite3, sys\n"
     "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
     "conn.execute('PRAGMA cache_size=1')\n"
     "conn.execute('BEGIN IMMEDIATE')\n"
-    "conn.execute(\"UPDATE snapshots SET document = document || ' '\")\n"
+    "conn.execute(sys.argv[2])\n"
     "os.kill(os.getpid(), signal.SIGKILL)\n")
+GROWN = "UPDATE snapshots SET document = document || ' '"
+SAME_LENGTH = "UPDATE snapshots SET document = replace(document, 'e', 'E')"
+#: A first snapshot into a new store file.
+FIRST = ("INSERT INTO snapshots (device, created, content_hash, document) "
+         "VALUES ('lab5', 'now', 'h', printf('%.*c', 200000, 'x'))")
 
 
-def _killed_mid_commit(path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_COMMIT, str(path)], timeout=60)
+def _killed_mid_commit(path: Path, change: str = GROWN) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_COMMIT, str(path), change],
+                          timeout=60)
     assert proc.returncode == -9 and Path(f"{path}-journal").stat().st_size > 0
 
 
@@ -222,27 +230,103 @@ def test_a_killed_writers_journal_is_played_back_into_its_own_file(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.sqlite"]
 
 
-@pytest.mark.parametrize("commits", [3, 8])
+def _restored(path: Path, backup: Path) -> None:
+    """``backup`` is read as it is at ``path``, whole, and the dead writer's journal kept
+    aside."""
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert path.read_bytes() == backup.read_bytes()
+    (aside,) = path.parent.glob("calibration.sqlite-journal.*.stale")
+    assert not Path(f"{path}-journal").exists() and aside.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("commits", "change"), [(3, GROWN), (8, GROWN), (3, SAME_LENGTH)])
 def test_a_backup_restored_after_a_writer_was_killed_mid_commit_is_read_as_it_is(
-        tmp_path: Path, commits: int, caplog) -> None:
+        tmp_path: Path, commits: int, change: str, caplog) -> None:
     """A backup (older or newer) copied over a store whose writer was killed in the middle of
     a commit: SQLite rolled the dead writer's journal into the backup, which then opened as a
-    mix of the two files with no error (5 snapshots from a backup of 3, 5 of 8). The journal is
-    moved aside, kept, and named."""
+    mix of the two files with no error (5 snapshots from a backup of 3, 5 of 8), or malformed
+    (a journal without page 1, a review's case). The journal is moved aside, kept, named."""
     path, backup = tmp_path / "calibration.sqlite", tmp_path / "backup.sqlite"
     _backup(backup, commits)
     _backup(path, 5)
-    _killed_mid_commit(path)
+    _killed_mid_commit(path, change)
+    assert (read_journal(Path(f"{path}-journal"))[1] is None) == (change == SAME_LENGTH)
     path.write_bytes(backup.read_bytes())
     with CalibrationStore(path) as restored:
         assert restored.latest().notes == "backup"
         assert restored.latest_id() == commits
-    assert row_count(path) == commits
-    with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    (aside,) = tmp_path.glob("calibration.sqlite-journal.*.stale")
-    assert not Path(f"{path}-journal").exists() and aside.stat().st_size > 0
-    assert str(aside) in caplog.text and "of an earlier file at this path" in caplog.text
+    _restored(path, backup)
+    assert "of an earlier file at this path" in caplog.text
+
+
+def test_a_backup_restored_under_an_open_store_is_read_as_it_is(tmp_path: Path) -> None:
+    """A review's case: the check ran only when a store opened, so a store already open (a
+    running provider's) read a backup copied over its file through the dead writer's journal:
+    5 snapshots from a backup of 3."""
+    path, backup = tmp_path / "calibration.sqlite", tmp_path / "backup.sqlite"
+    _backup(backup, 3)
+    _backup(path, 5)
+    with CalibrationStore(path) as store:
+        assert store.latest_id() == 5
+        _killed_mid_commit(path)
+        path.write_bytes(backup.read_bytes())  # the same inode: the store cannot tell
+        assert store.latest_id() == 3
+        assert [s.notes for s in store.history()] == ["backup", "old 1", "old 0"]
+    _restored(path, backup)
+
+
+def test_a_copy_by_sqlites_backup_api_is_not_taken_for_the_journals_file(tmp_path: Path
+                                                                         ) -> None:
+    """A review's case: SQLite's backup API (``.backup``, ``VACUUM INTO``) makes files at
+    change counter 1, as is a new store's file during its first commit; a writer killed then
+    left a journal that began at 1, which the counter alone took for the backup's own. The
+    header saved with page 1 (the file's size among it) tells them apart."""
+    path, source, backup = (tmp_path / name for name in
+                            ("calibration.sqlite", "source.sqlite", "backup.sqlite"))
+    _backup(source, 5)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(backup)) as dst:
+        src.backup(dst)
+    new_store_file(path)
+    assert _counter(path) == _counter(backup) == 1
+    _killed_mid_commit(path, FIRST)
+    path.write_bytes(backup.read_bytes())
+    with CalibrationStore(path) as restored:
+        assert restored.latest_id() == 5
+    _restored(path, backup)
+
+
+def _counter(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[24:28], "big")
+
+
+def test_a_journal_moved_by_another_opener_is_never_a_live_writers(tmp_path: Path,
+                                                                   mocker) -> None:
+    """A review's case: another opener moved the stale journal first, and a writer made a
+    new one at the path before this opener's move: the move took the live writer's journal
+    (which a crash then could not play back). The file moved is checked to be the one judged,
+    and put back otherwise."""
+    path, backup = tmp_path / "calibration.sqlite", tmp_path / "backup.sqlite"
+    _backup(backup, 3)
+    _backup(path, 5)
+    _killed_mid_commit(path)
+    path.write_bytes(backup.read_bytes())
+    journal = Path(f"{path}-journal")
+    rename, calls = os.rename, []
+
+    def others_first(source, target):  # the other opener's move, then a live writer's journal
+        if not calls:
+            rename(journal, tmp_path / "moved-by-another-opener")
+            journal.write_bytes(b"a live writer's journal")
+        calls.append((source, target))
+        rename(source, target)
+
+    mocker.patch("labqpu.store.journal.os.rename", side_effect=others_first)
+    with CalibrationStore(path):
+        mocker.stopall()
+    assert len(calls) == 2 and calls[1] == calls[0][::-1]  # moved, then put back
+    assert not list(tmp_path.glob("calibration.sqlite-journal.*.stale"))
+    assert (tmp_path / "moved-by-another-opener").stat().st_size > 1000  # the dead writer's
 
 
 def test_a_journal_of_another_file_that_cannot_be_moved_is_an_error(tmp_path: Path,
@@ -256,7 +340,7 @@ def test_a_journal_of_another_file_that_cannot_be_moved_is_an_error(tmp_path: Pa
     _killed_mid_commit(path)
     path.write_bytes(backup.read_bytes())
     journal = Path(f"{path}-journal").read_bytes()
-    mocker.patch("labqpu.store.files.os.rename", side_effect=PermissionError(13, "denied"))
+    mocker.patch("labqpu.store.journal.os.rename", side_effect=PermissionError(13, "denied"))
     with pytest.raises(CalibrationError, match=r"rollback journal .*calibration\.sqlite-journal"
                        r" beside it is of an earlier file .* cannot be moved away"):
         CalibrationStore(path)
@@ -269,11 +353,11 @@ def test_a_journal_of_another_file_that_cannot_be_moved_is_an_error(tmp_path: Pa
        body=st.binary(max_size=6000))
 def test_a_damaged_journal_is_read_without_error(tmp_path_factory, header, body) -> None:
     """Any journal with SQLite's magic, whatever its counts, sizes and records, is read to an
-    answer (page 1's header, or none) without an error or a read past its end."""
+    answer (its file's size and page 1's header, or none) without an error."""
     journal = tmp_path_factory.mktemp("journal") / "calibration.sqlite-journal"
     journal.write_bytes(JOURNAL_MAGIC + b"".join(n.to_bytes(4, "big") for n in header) + body)
-    head = journal_page_one(journal)
-    assert head is None or len(head) == 100
+    read = read_journal(journal)
+    assert read is None or (read[0] >= 0 and (read[1] is None or len(read[1]) == 100))
 
 
 def test_a_store_left_in_wal_mode_is_switched_when_opened_alone(tmp_path: Path) -> None:
