@@ -62,8 +62,17 @@ def check_option_types(options: dict) -> None:
         if kind is None:
             continue
         if isinstance(value, bool) or not isinstance(value, kind[0]) or (
-                isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
-                and not math.isfinite(value)) or (
+                isinstance(value, numbers.Real) and not _finite(value)) or (
                 name == "seed_simulator" and not 0 <= value < SEED_LIMIT):
             raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
                                        option=name)
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is finite; one beyond any float (``10**400``, a ``Fraction``) is, and
+    the range validators then refuse it naming its option (``math.isfinite`` raised a bare
+    ``OverflowError``)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return True

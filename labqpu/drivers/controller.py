@@ -186,7 +186,7 @@ class ControllerClient:
 
     # -- operations -----------------------------------------------------------------
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, *, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Greet the controller and check that it speaks ``PROTOCOL_VERSION``.
 
         The first ``hello`` opens this client's session; later ones keep it (the controller
@@ -198,12 +198,14 @@ class ControllerClient:
             ``firmware``, ``capabilities`` (channels, sample_rate_hz, ...) and ``identity``
             (who the controller's authenticator says this client is).
 
+        ``cancel`` set while the reply is awaited ends the wait (``JobCancelledError``).
+
         Raises:
             ProtocolError: the controller does not speak this protocol version.
             AuthenticationError: the controller refused the credentials; no session opened.
         """
         params = {} if self._credentials is None else {"credentials": self._credentials}
-        result = self._request(OP_HELLO, params).result
+        result = self._request(OP_HELLO, params, cancel=cancel).result
         versions = result.get("protocol_versions")
         if not isinstance(versions, list) or PROTOCOL_VERSION not in versions:
             raise ProtocolError(
@@ -569,7 +571,7 @@ class ControllerClient:
             return self._send(op, params, arrays, key, None, **bounds)
         with self._session_lock:
             if self._session is None:
-                self.hello()
+                self.hello(cancel=cancel)
         try:
             return self._send(op, params, arrays, key, self._session, **bounds)
         except InstrumentCommandError as exc:
@@ -579,7 +581,7 @@ class ControllerClient:
                            "new one", self.endpoint)
             with self._session_lock:
                 self._session = None
-                self.hello()
+                self.hello(cancel=cancel)
             return self._send(op, params, arrays, key, self._session, **bounds)
 
     def _send(self, op: str, params: Mapping[str, Any],
@@ -620,6 +622,13 @@ class ControllerClient:
                 )
         if not reply.ok:
             error = reply.error or {}
+            if op == OP_RUN and attempt > 0 and error.get("type") == ERR_UNKNOWN_SESSION:
+                raise InstrumentError(  # not a refusal that _request answers with a new hello
+                    "the controller no longer knows this client's session, and an earlier "
+                    "attempt of this run request, whose reply was lost, may have started the "
+                    "run in it: it is not sent again in a new session, where it could play a "
+                    "second time (such a run stops at its time limit)",
+                    instrument=self.endpoint, command=op)
             kind = (AuthenticationError if error.get("type") == ERR_UNAUTHENTICATED
                     else InstrumentCommandError)
             raise kind(

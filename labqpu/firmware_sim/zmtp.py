@@ -123,7 +123,8 @@ class MessageLimits:
         max_connections: most clients connected at once; one beyond is closed at once, unless
             a client has sent nothing for ``connection_idle_s`` and has nothing waiting (a
             message unfinished, a reply untaken, input unread): the longest idle such one is
-            closed instead (its DEALER connects again by itself when it next sends).
+            closed instead (a DEALER connects again by itself, ~0.1 s later, which may close
+            the next idle one: a full server cycles through its idle clients).
         connection_idle_s: how long (s) a client must have sent nothing to give its place to
             a new one.
     """

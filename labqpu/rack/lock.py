@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pyvisa import rname
+
 from labqpu.errors import JobCancelledError, RackBusyError
 from labqpu.rack.config import LabConfig, tcp_host, tcp_port
 
@@ -69,12 +71,24 @@ def rack_lock_path(config: LabConfig, directory: str | Path | None = None) -> Pa
 def _canonical(address: str) -> str:
     """One spelling of a controller endpoint or a VISA resource: ``tcp:<IP address>:<port>``
     for a TCP endpoint or ``TCPIP[n]::host::port::SOCKET`` resource (its host name resolved,
-    an IPv4 address first; whatever the case, board number or zeros before the port), else the
-    address, a VISA resource's upper-cased (VISA reads them without regard to case)."""
+    an IPv4 address first; whatever the case, board number or zeros before the port); any
+    other VISA resource as pyvisa writes it out in full, whatever its case (VISA reads
+    resource names without regard to it) and defaults (``GPIB::12::INSTR`` is
+    ``GPIB0::12::INSTR``, ``TCPIP::host::INSTR`` is ``TCPIP0::<IP address>::inst0::INSTR``);
+    other endpoints as they are."""
     host, port = tcp_host(address), tcp_port(address)
     if host is not None and port is not None:
         return f"tcp:{_ip(host)}:{port}"
-    return address if "://" in address else address.upper()
+    if "://" in address:
+        return address
+    try:
+        parsed = rname.parse_resource_name(address.upper())
+    except rname.InvalidResourceName:
+        return address.upper()
+    if isinstance(parsed, rname.TCPIPInstr):
+        return (f"TCPIP0::{_ip(parsed.host_address)}::{parsed.lan_device_name.lower()}"
+                "::INSTR")
+    return str(parsed)
 
 
 def _ip(host: str) -> str:

@@ -21,6 +21,8 @@ from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import ERR_TIME_LIMIT, ERR_UNAUTHENTICATED
 from labqpu.errors import (
     AuthenticationError,
+    InstrumentCommandError,
+    InstrumentError,
     InstrumentTimeoutError,
     JobCancelledError,
     ProtocolError,
@@ -239,6 +241,35 @@ def test_a_run_its_client_abandons_is_stopped_at_its_time_limit(rack: Rack,
     assert _sum_of_one_run(client)[1] == 3.0
 
 
+def test_a_run_retried_after_its_session_was_forgotten_is_not_played_twice(
+        rack: Rack, client: ControllerClient) -> None:
+    """A review's case: the reply to a run is lost, and the controller forgets the client's
+    session before the retry comes (a neighbour's flood of hellos): the retry got
+    ``UnknownSession``, the client opened a new session and sent the run again, where its
+    key was unknown, so it played twice. Now the request fails saying why, and it played
+    once."""
+    program_id = client.upload(_program(), {})
+    session = client.hello()["session"]
+    rack.control.arm("drop", "run")
+    forgotten = threading.Event()
+
+    def forget_once_played() -> None:
+        deadline = time.monotonic() + BOUND_S
+        while rack.executor.executions < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with rack.server._lock:
+            rack.server._sessions._forget(session)
+        forgotten.set()
+
+    threading.Thread(target=forget_once_played, daemon=True).start()
+    with pytest.raises(InstrumentError, match="may have started the run in it: it is not "
+                       "sent again in a new session") as info:
+        client.run(program_id, 1)
+    assert forgotten.is_set() and not isinstance(info.value, InstrumentCommandError)
+    assert rack.executor.executions == 1
+    assert _sum_of_one_run(client)[1] == 3.0  # the next run plays, in a new session
+
+
 def _idle_after_one_run(rack: Rack, client: ControllerClient) -> None:
     """Wait until the controller has accepted one run and is idle (asking while it hangs);
     with a ``stall`` armed at the run's start that means the run was aborted, before or after
@@ -272,6 +303,21 @@ def test_a_run_cancelled_before_its_reply_came_is_aborted_by_its_key(
         client.run(program_id, 1, cancel=cancel)
     assert time.monotonic() - start < 0.2 + 1.0 + 0.5
     _idle_after_one_run(rack, client)
+
+
+def test_a_run_cancelled_while_its_first_hello_waits_ends_at_once(rack: Rack) -> None:
+    """A review's case: a client's first ``run`` opens its session with ``hello``, which the
+    cancel did not reach: 15 s on a frozen controller, ending in a timeout of ``hello``."""
+    with ControllerClient(rack.server.endpoint, timeout_s=TIMEOUT_S, retries=1) as fresh:
+        program_id = fresh.upload(_program(), {})  # an upload needs no session
+        rack.control.arm("hang", "hello", duration_s=2.0)
+        cancel = threading.Event()
+        threading.Timer(0.2, cancel.set).start()
+        start = time.monotonic()
+        with pytest.raises(JobCancelledError, match="no run was started"):
+            fresh.run(program_id, 1, cancel=cancel)
+        assert time.monotonic() - start < 0.2 + 0.5
+    assert rack.executor.executions == 0
 
 
 def test_a_run_whose_replies_were_lost_is_aborted_by_its_key(rack: Rack,

@@ -115,6 +115,12 @@ def test_the_lock_file_names_the_rack_and_every_user_can_open_it(tmp_path, confi
     moved = {**first, fixed.instruments[0].name: "TCPIP0::127.0.0.1::47099::SOCKET"}
     assert rack_lock_path(fixed.with_endpoints(moved), tmp_path) \
         != rack_lock_path(fixed.with_endpoints(first), tmp_path)
+    # and VISA's other resources, with their defaults (a second review's case)
+    for one, other in (("TCPIP::localhost::INSTR", "tcpip0::127.0.0.1::INST0::instr"),
+                       ("GPIB::12::INSTR", "gpib0::12::instr")):
+        name = fixed.instruments[0].name
+        assert rack_lock_path(fixed.with_endpoints({**first, name: one}), tmp_path) \
+            == rack_lock_path(fixed.with_endpoints({**first, name: other}), tmp_path)
     lock = RackLock(path)
     old = os.umask(0o077)
     try:
