@@ -636,11 +636,11 @@ def test_a_read_error_of_the_store_does_not_mark_the_newest_snapshot_unusable(
         query = CalibrationStore._query
         failed: list[int] = []
 
-        def locked_once(self, sql, parameters=()):
+        def locked_once(self, sql, parameters=(), **options):
             if "WHERE id = ?" in sql and parameters == (newest,) and not failed:
                 failed.append(newest)
                 raise CalibrationError("calibration store: database is locked")
-            return query(self, sql, parameters)
+            return query(self, sql, parameters, **options)
 
         monkeypatch.setattr(CalibrationStore, "_query", locked_once)
         with pytest.raises(CalibrationError, match="database is locked"):
