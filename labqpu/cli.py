@@ -21,7 +21,9 @@ import logging
 import os
 import runpy
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -456,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     # not pay for importing Qiskit.
     hook = sys.unraisablehook
     sys.unraisablehook = _interrupt_again(hook)
+    # SIGTERM (`kill`, `timeout`, systemd) ends a command as Ctrl-C does: what it committed
+    # is said and logged (a review's watch stopped so left a committed round out of its log)
+    terminate = (signal.signal(signal.SIGTERM, _terminated)
+                 if threading.current_thread() is threading.main_thread() else None)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe fails here, inside the handler below
@@ -463,8 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # Ctrl-C: the providers' exits have stopped what
         # they started; a command that said what the interrupt left marked it ``said``
         if not getattr(interrupt, "said", False):
-            print("labqpu: interrupted", file=sys.stderr)
-        return 130
+            print(f"labqpu: {interrupt.args[0] if interrupt.args else 'interrupted'}",
+                  file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
     except BrokenPipeError:  # `labqpu calibrate history | head`: the reader has gone. The
         # command stops at that write (a command that writes as it works stops there too);
         # the rest of stdout goes nowhere (it would fail again at exit), and the code is that
@@ -477,6 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         sys.unraisablehook = hook
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a command ends as on Ctrl-C."""
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated("terminated (SIGTERM)")
 
 
 def _interrupt_again(hook: Callable) -> Callable:

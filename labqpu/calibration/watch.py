@@ -45,7 +45,7 @@ from qiskit.providers import JobError
 from labqpu.calibration.experiments import json_ready
 from labqpu.calibration.rb import RBSettings
 from labqpu.calibration.runner import LineReporter, RunReport, benchmark_and_record, run_graph
-from labqpu.errors import FitError, InstrumentError, StaleSnapshotError
+from labqpu.errors import CalibrationError, InstrumentError
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,10 @@ IDLE_MARGIN_S = 120.0
 #: The log of every round, beside the calibration store.
 LOG_NAME = "watch.jsonl"
 #: What a round may fail with and the watch survive: a fit, a job (or its timeout), an
-#: instrument, a commit that lost a race with another writer of the store, the OS.
-ROUND_ERRORS = (FitError, JobError, InstrumentError, StaleSnapshotError, OSError)
+#: instrument, the calibration store (a commit that lost a race with another writer, a store
+#: another process holds: a review's watch exited when a colleague's sqlite3 shell held it
+#: for 15 s), the OS.
+ROUND_ERRORS = (CalibrationError, JobError, InstrumentError, OSError)
 
 
 @dataclass
@@ -250,10 +252,11 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         index += 1
         started = datetime.now(UTC)
         elapsed = device_s if clock == "device" else time.monotonic() - begun
-        parent = backend.store.latest_id()
+        parent: int | None = None
         this = None
         try:
             try:
+                parent = backend.store.latest_id()
                 result = run_graph(backend, nodes, qubits=qubits, shots=shots,
                                    design=design, reporter=LineReporter(log.debug), rb=False)
                 this = WatchRound(index, started, elapsed, result)
@@ -265,7 +268,10 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         except KeyboardInterrupt:
             # A round interrupted after it committed (its graph, or its benchmarks) is logged
             # too: every snapshot the watch wrote has its round in the log.
-            newest = backend.store.latest_id()
+            try:
+                newest: int | str | None = backend.store.latest_id()
+            except CalibrationError:
+                newest = "unknown (the store could not be read)"
             note = (f"interrupted; the store's newest snapshot is {newest} (it was {parent} "
                     "when the round began)")
             if this is not None:

@@ -12,7 +12,7 @@ from labqpu import LabProvider
 from labqpu.calibration import watch as watch_module
 from labqpu.calibration.rb import RBSettings
 from labqpu.calibration.watch import watch
-from labqpu.errors import FitError
+from labqpu.errors import CalibrationError, FitError
 from labqpu.rack.config import default_config_path
 from labqpu.store import SnapshotBuilder
 
@@ -52,6 +52,29 @@ def test_a_failed_round_is_logged_and_the_next_one_runs(quiet_lab_backend, tmp_p
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["round"], r["error"] is None) for r in lines] == [(1, False), (2, True)]
     assert lines[1]["steps"] and lines[1]["steps"][0]["node"] == "resonator_spectroscopy"
+
+
+def test_a_round_that_cannot_read_the_store_is_logged_and_the_next_one_runs(
+        quiet_lab_backend, tmp_path, monkeypatch) -> None:
+    """A review's case: another process held the store (a sqlite3 shell, a backup) when a
+    round began, and the overnight watch exited ("database is locked") instead of logging the
+    round and trying again at the next."""
+    real = quiet_lab_backend.store.latest_id
+    calls = []
+
+    def locked_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise CalibrationError("reading calibration store x failed: database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quiet_lab_backend.store, "latest_id", locked_once)
+    said: list[str] = []
+    report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=2, qubits=[0],
+                   clock="device", say=said.append, log_path=tmp_path / "watch.jsonl")
+    assert [r.report is None for r in report.rounds] == [True, False]
+    assert "failed: CalibrationError: reading calibration store x failed: database is locked" \
+        in said[0]
 
 
 def test_a_round_interrupted_after_its_commit_is_logged(quiet_lab_backend, tmp_path,

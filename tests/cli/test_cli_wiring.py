@@ -200,6 +200,36 @@ def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
         Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
+    """A review's case: `kill`, `timeout` or systemd stopped a watch or a calibration with no
+    word, a committed round left out of the watch's log. SIGTERM now ends a command as Ctrl-C
+    does (what it committed said and logged, the simulator stopped), with the exit code of a
+    process ended by SIGTERM."""
+    script = tmp_path / "wait.py"
+    script.write_text("import time\nfrom labqpu import LabProvider\n"
+                      "with LabProvider() as provider:\n"
+                      "    print(provider.simulator.pid, flush=True)\n"
+                      "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "run", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)})
+    try:
+        simulator = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["labqpu: terminated (SIGTERM)"]
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{simulator}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{simulator}").exists() or \
+        Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
+
+
 def test_ctrl_c_in_a_terminal_during_a_job_is_one_line(tmp_path):
     """A review's case: Ctrl-C in a terminal reaches the whole foreground process group, so the
     embedded simulator stopped at once, and the provider's abort of the running job then
