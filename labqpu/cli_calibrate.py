@@ -37,8 +37,9 @@ def calibrate_parser(sub, devices: str) -> None:
                           "t1, cz ...); or a store command: history, diff A B, rollback ID")
     cal.add_argument("--all", action="store_true", help="every node of the graph, then its "
                      "rb step: randomized benchmarking of the gate errors left out of date")
-    cal.add_argument("--qubits", type=_qubit, nargs="+", help="only these qubits (and the "
-                     "edges between them); default all")
+    cal.add_argument("--qubits", type=_qubit, nargs="+", action="extend",
+                     help="only these qubits (and the edges between them); default all; "
+                     "given twice, both lists")
     cal.add_argument("--force", action="store_true", help="recalibrate the named nodes (with "
                      "--all: every node, and the rb step benchmarks every gate) without "
                      "checking them first")

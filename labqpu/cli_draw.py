@@ -14,6 +14,7 @@ import ast
 import contextlib
 import io
 import math
+import os
 
 # runpy.run_path imports pkgutil when it runs a file: imported first, a pkgutil.py in the
 # file's folder (first on sys.path then) cannot stand in for it.
@@ -322,8 +323,11 @@ def draw_command(args: argparse.Namespace) -> int:
     if problem:
         print(f"labqpu draw: {problem}", file=sys.stderr)
         return 2
-    out = Path(args.output or Path(args.file).with_suffix(".png").name)
-    if not out.suffix:  # matplotlib writes PNG and adds the suffix
+    name = Path(args.file).with_suffix(".png").name
+    out = Path(args.output or name)
+    if args.output and (out.is_dir() or args.output.endswith(os.sep)):
+        out = out / name  # into the directory, named after the circuit's file (it was DIR.png)
+    elif not out.suffix:  # matplotlib writes PNG and adds the suffix
         out = out.with_name(out.name + ".png")
     problem = _draw_option_problem(args)
     if problem:

@@ -147,8 +147,9 @@ def _gate_key(store, gate: str) -> str:
 def file_options_problem(args: argparse.Namespace, config: LabConfig | None) -> str | None:
     """What is wrong with ``--export`` and ``--design`` before anything starts, or None: the
     export's directory must exist, and it must not be the calibration store of ``config``
-    (the wiring file, read when ``--export`` is given; or its journal files) or any other
-    SQLite database, which the export would overwrite; the design file must be there. Both
+    (the wiring file, read when ``--export`` is given; or its journal files), any other
+    SQLite database, or the file given to ``--config`` or ``--design``, which the export would
+    overwrite; the design file must be there. Both
     paths are taken with ``~`` expanded (a shell leaves ``--export=~/x.json`` as it is),
     here and where used."""
     if args.export:
@@ -164,6 +165,11 @@ def file_options_problem(args: argparse.Namespace, config: LabConfig | None) -> 
         store = config.store_path.resolve()
         if export.resolve() in [store, *(Path(f"{store}{end}") for end in COMPANIONS)]:
             return f"--export {args.export}: is the calibration store; give another file"
+        for option, given in (("--config", getattr(args, "config", None)),
+                              ("--design", args.design)):
+            if given and export.resolve() == Path(given).expanduser().resolve():
+                return (f"--export {args.export}: is the file given to {option}, which the "
+                        "export would overwrite; give another file")
         try:
             with export.open("rb") as existing:
                 if existing.read(len(SQLITE_HEADER)) == SQLITE_HEADER:

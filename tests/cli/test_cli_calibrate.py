@@ -4,6 +4,7 @@ rollback and export; options they would ignore are refused, and user errors are 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from labqpu.rack.config import default_config_path
 from labqpu.testing import seed_fresh_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -376,6 +378,20 @@ def test_calibrate_export_refuses_a_store_and_reports_a_failed_write_in_one_line
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == f"labqpu calibrate: --export {target}: {message}"
         assert target.read_bytes().startswith(b"SQLite format 3")
+    # nor the wiring or design file the command reads (a review's case: lab.toml became JSON)
+    wiring = tmp_path / "lab.toml"
+    wiring.write_text(default_config_path().read_text())
+    design = tmp_path / "design.json"
+    design.write_text("{}")
+    for option, path in (("--config", wiring), ("--design", design)):
+        before = path.read_bytes()
+        proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", option,
+                      str(path), "--export", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"labqpu calibrate: --export {path}: is the file given "
+                                       f"to {option}, which the export would overwrite; give "
+                                       "another file"), proc.stderr
+        assert path.read_bytes() == before
     if Path("/dev/full").exists():
         proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--export",
                       "/dev/full", timeout=300)
@@ -406,6 +422,17 @@ def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path,
     assert "nothing committed; snapshot 1 stays the newest" in proc.stdout
     assert "exported snapshot 1 to e.json" in proc.stdout
     assert json.loads((tmp_path / "e.json").read_text())["document"]["device"] == "lab5"
+
+
+def test_qubits_given_twice_are_both_calibrated(tmp_path, labqpu) -> None:
+    """A review's case: ``--qubits 2 --qubits 3`` calibrated qubit 3 only (argparse kept the
+    last list), and said nothing."""
+    seed_fresh_store(tmp_path)  # measured an hour ago: every step is fresh
+    proc = labqpu(tmp_path, "calibrate", "drive_handedness", "--qubits", "2", "--qubits", "3",
+                  timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert all(re.search(rf"\n  drive_handedness +qubit {q} ", proc.stdout) for q in (2, 3)), \
+        proc.stdout
 
 
 def test_calibrating_an_edge_node_on_qubits_without_an_edge_is_refused(tmp_path, labqpu) -> None:

@@ -41,6 +41,13 @@ def test_draw_py_and_qasm(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "ghz.png").read_bytes()[:8] == PNG
     assert "3 acquisitions" in done.stdout
+    # into a directory (a review's case: ``-o plots/`` wrote ``plots.png`` beside it)
+    (tmp_path / "plots").mkdir()
+    for given in ("plots", "plots/"):
+        done = labqpu(tmp_path, "draw", "bell.py", "-o", given)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "plots" / "bell.png").read_bytes()[:8] == PNG
+        assert not (tmp_path / "plots.png").exists()
 
 
 @pytest.mark.parametrize(("name", "shown"), [("", "bell on lab5"), ("epr", "epr on lab5")])
