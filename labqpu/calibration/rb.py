@@ -215,6 +215,11 @@ def rb_baseline(assignment_matrices: Sequence[Sequence[Sequence[float]]]) -> flo
     return float(b)
 
 
+#: The largest standard error of a fitted error per Clifford, as a fraction of it, that RB
+#: commits: sequences too short to decay (or too few shots) give a larger one.
+MAX_EPC_RELATIVE_STDERR = 0.5
+
+
 def fit_rb(lengths: np.ndarray, survival: np.ndarray, num_qubits: int,
            baseline: float | None = None) -> RBFit:
     """Fit P(m) = A alpha^m + B to the mean survival over seeds at each length ``m``.
@@ -224,8 +229,10 @@ def fit_rb(lengths: np.ndarray, survival: np.ndarray, num_qubits: int,
     themselves. With ``None`` B is fitted too. Pure: no side effects. The uncertainty of each
     mean is the standard error over seeds (at least a binomial floor of 0.005), so
     ``reduced_chi2`` near 1 means the model fits. Raises ``FitError`` if the decay cannot be
-    fitted or alpha is not in (0, 1], and if fewer distinct lengths than the fit's parameters
-    plus one are given (the decay would be a guess, not a measurement).
+    fitted or alpha is not in (0, 1], if the error per Clifford's standard error is over
+    :data:`MAX_EPC_RELATIVE_STDERR` of it (sequences too short to decay, too few shots), and
+    if fewer distinct lengths than the
+    fit's parameters plus one are given (the decay would be a guess, not a measurement).
     """
     lengths = np.asarray(lengths, dtype=float)
     needed = 3 if baseline is not None else 4
@@ -266,9 +273,15 @@ def fit_rb(lengths: np.ndarray, survival: np.ndarray, num_qubits: int,
     resid = (mean - model(lengths, *popt)) / sem
     dof = max(len(lengths) - len(popt), 1)
     scale = (d - 1) / d
+    epc, epc_stderr = scale * (1.0 - alpha), scale * float(err[1])
+    if not epc_stderr < MAX_EPC_RELATIVE_STDERR * epc:
+        # a review's case: sequences of 1-3 Cliffords, the decay pinned at alpha = 1, put an
+        # error of ~1e-16 +- 5e-3 into the Target
+        raise FitError(f"randomized benchmarking: sequences of at most {int(lengths.max())} "
+                       f"Cliffords do not decay enough to measure the error (EPC {epc:.3g} "
+                       f"+- {epc_stderr:.3g}); run longer sequences")
     return RBFit(alpha=alpha, alpha_stderr=float(err[1]), amplitude=a, baseline=b,
-                 epc=scale * (1.0 - alpha), epc_stderr=scale * float(err[1]),
-                 reduced_chi2=float(np.sum(resid ** 2) / dof))
+                 epc=epc, epc_stderr=epc_stderr, reduced_chi2=float(np.sum(resid ** 2) / dof))
 
 
 def errors_per_gate(data: RBData, fit: RBFit,

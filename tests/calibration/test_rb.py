@@ -71,6 +71,18 @@ def test_fit_refuses_data_that_is_not_a_decay():
         fit_rb(np.array([1, 10, 100]), np.full((3, 4), np.nan), 1, baseline=0.5)
 
 
+def test_sequences_too_short_to_decay_are_a_fit_error_not_a_gate_error():
+    """A review's case: ``--rb-lengths-1q 1 2 3`` (the decay of a 1e-3 error unmeasurable in
+    three Cliffords) fitted alpha = 1 and committed a gate error of ~1e-16 +- 5e-3. An error
+    per Clifford whose standard error is over half of it is refused."""
+    lengths = np.array([1, 2, 3])
+    for seed in (1, 3):  # alpha pinned at 1, and an EPC of 0.0048 +- 0.0037
+        survival = synthetic(0.998, 0.47, 0.505, lengths, seeds=1, shots=1000, seed=seed)
+        with pytest.raises(FitError, match="sequences of at most 3 Cliffords do not decay "
+                           "enough to measure the error"):
+            fit_rb(lengths, survival, 1, baseline=0.505)
+
+
 def test_baseline_is_the_readout_of_a_depolarised_register():
     m0 = [[0.98, 0.02], [0.03, 0.97]]
     m1 = [[0.96, 0.04], [0.05, 0.95]]
