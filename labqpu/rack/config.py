@@ -152,9 +152,11 @@ def tcp_port(address: str) -> int | None:
 
 
 def labqpu_home() -> Path:
-    """Where labqpu keeps per-device state: ``$LABQPU_HOME`` or, when it is unset or empty,
-    ``~/.labqpu``; ``BackendConfigurationError`` when it exists and is not a directory."""
-    home = Path(os.environ.get("LABQPU_HOME") or Path.home() / ".labqpu")
+    """Where labqpu keeps per-device state: ``$LABQPU_HOME`` (a ``~`` in it expanded: a
+    quoted ``'~/labqpu'`` made a new store under each working directory) or, when it is unset
+    or empty, ``~/.labqpu``; ``BackendConfigurationError`` when it exists and is not a
+    directory."""
+    home = Path(os.environ.get("LABQPU_HOME") or Path.home() / ".labqpu").expanduser()
     if home.exists() and not home.is_dir():
         raise BackendConfigurationError(
             f"LABQPU_HOME={home} is not a directory (labqpu keeps each device's calibration "

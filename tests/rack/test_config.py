@@ -364,6 +364,16 @@ def test_an_empty_labqpu_home_means_the_default(tmp_path, monkeypatch, shipped_t
     assert cfg.store_path == tmp_path / "user" / ".labqpu" / "lab5" / "calibration.sqlite"
 
 
+def test_a_tilde_in_labqpu_home_is_the_users_home(tmp_path, monkeypatch, shipped_text):
+    """A review's case: ``LABQPU_HOME='~/labqpu'`` (quoted, so the shell left ``~``) made a
+    new store under each working directory, the calibrations seeming lost."""
+    monkeypatch.setenv("LABQPU_HOME", "~/labqpu")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path, shipped_text))
+    assert cfg.store_path == tmp_path / "user" / "labqpu" / "lab5" / "calibration.sqlite"
+
+
 def test_default_store_path_uses_device_name(tmp_path, monkeypatch, doc):
     monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
     doc["device"]["name"] = "rack_b"
