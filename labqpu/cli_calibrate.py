@@ -94,7 +94,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
     from labqpu.calibration.design import load_wiring_design
     from labqpu.calibration.graph import RB_NODE
-    from labqpu.calibration.records import experiments_directory
+    from labqpu.calibration.records import check_records_directory, experiments_directory
     from labqpu.calibration.runner import bootstrap
 
     if args.nodes and args.nodes[0] in STORE_COMMANDS:
@@ -201,6 +201,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     with provider:
         backend = provider.backend()
         backend.store.check_writable()  # before minutes of measurements, not at their commit
+        check_records_directory(experiments_directory(backend.config.store_path))
         t0 = time.perf_counter()
 
         def progress(msg: str) -> None:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labqpu.errors import CalibrationError
 
 #: Format version of the JSON record.
 RECORD_FORMAT = 1
@@ -98,6 +101,21 @@ def experiments_directory(store_path: str | Path) -> Path:
     path = Path(store_path)
     return path.parent / ("experiments" if path.name == "calibration.sqlite"
                           else f"{path.stem}_experiments")
+
+
+def check_records_directory(directory: str | Path) -> None:
+    """Raise ``CalibrationError`` naming ``directory`` when the experiment records could not be
+    written there (a file in its place, a directory that cannot be written), before a run
+    measures for minutes and commits, only to fail on its records (a review's case: the
+    snapshot was committed, then a traceback, and the records it names never written).
+    Makes the directory if it is missing; writes nothing else."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise CalibrationError(f"the experiment records cannot be written to {path} ({exc}); "
+                               "a calibration could not keep what it measures") from exc
 
 
 #: The largest standard error a value may have and still be used: ``(absolute, relative)``

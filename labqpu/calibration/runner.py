@@ -64,7 +64,11 @@ from labqpu.calibration.rb import (
     commit_benchmarks,
     outdated_subjects,
 )
-from labqpu.calibration.records import ExperimentRecord, experiments_directory
+from labqpu.calibration.records import (
+    ExperimentRecord,
+    check_records_directory,
+    experiments_directory,
+)
 from labqpu.calibration.report import (
     Change,
     Outcome,
@@ -420,8 +424,10 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     if with_rb and not commit:
         raise ValueError("the rb step commits the gate errors it measures: give commit=True or "
                          "rb=False")
+    directory = record_directory or experiments_directory(backend.config.store_path)
     if commit:
         backend.store.check_writable()  # before the measurements, not at their commit
+        check_records_directory(directory)
     rb_forced = force and (nodes is None or RB_NODE in nodes)
     # the graph's steps leave rb out (graph_steps), so naming it among the forced is harmless
     forced = ({n.name for n in graph_nodes()} if nodes is None else set(nodes)) if force \
@@ -433,7 +439,6 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
-    directory = record_directory or experiments_directory(backend.config.store_path)
     try:  # an interrupted run, or a refused commit, leaves the records of what was measured
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
@@ -444,7 +449,7 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         if commit and (measured or marked):
             names = sorted({o.node for o in outcomes if o.status == "calibrated"})
             notes = [f"{', '.join(names)} recalibrated"] if names else []
-            notes += [f"failed steps of {', '.join(marked)} recorded"] if marked else []
+            notes += [f"record of failed steps of {', '.join(marked)} updated"] if marked else []
             builder.notes = f"calibration runner: {'; '.join(notes)}"
             for (subject, name), stamp in kit.work.measured_at.items():
                 if initial.get((subject, name)) == stamp:
@@ -560,7 +565,7 @@ def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subjec
     if committed is None:
         return
     if marked:
-        reporter.note(f"failed steps of {', '.join(marked)} recorded")
+        reporter.note(f"record of failed steps of {', '.join(marked)} updated")
     report.snapshot = committed
     report.committed.append(committed)
 

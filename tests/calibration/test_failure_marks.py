@@ -133,7 +133,7 @@ def test_the_runner_records_a_failed_step_in_the_store_and_clears_it_when_it_pas
         assert not report.ok
         [committed] = report.committed
         assert committed.parent_id == before.snapshot_id
-        assert "failed steps of qubit 0 recorded" in committed.notes
+        assert "record of failed steps of qubit 0 updated" in committed.notes
         marked = committed.qubits[0]
         assert list(marked[CALIBRATION_FAILED].value) == ["drive_lo"]
         assert "the LO plan does not fit" in marked[CALIBRATION_FAILED].value["drive_lo"]

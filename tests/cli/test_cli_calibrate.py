@@ -424,6 +424,23 @@ def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path,
     assert json.loads((tmp_path / "e.json").read_text())["document"]["device"] == "lab5"
 
 
+def test_records_that_cannot_be_written_are_refused_before_anything_is_measured(
+        tmp_path, labqpu) -> None:
+    """A review's case: with a file where the experiment records go, a calibration measured,
+    committed its snapshot, then died in a traceback, its records (which the snapshot names)
+    never written. It is now refused first, naming the place, and nothing is committed."""
+    seed_fresh_store(tmp_path)
+    (tmp_path / "lab5" / "experiments").write_text("not a directory")
+    proc = labqpu(tmp_path, "calibrate", "rabi", "--qubits", "1", "--force", timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"labqpu: the experiment records cannot be written to "
+                                  f"{tmp_path / 'lab5' / 'experiments'} ("), proc.stderr
+    assert "Traceback" not in proc.stderr
+    history = labqpu(tmp_path, "calibrate", "history")
+    assert history.returncode == 0 and len(history.stdout.strip().splitlines()) == 1, \
+        history.stdout  # snapshot 1 alone
+
+
 def test_qubits_given_twice_are_both_calibrated(tmp_path, labqpu) -> None:
     """A review's case: ``--qubits 2 --qubits 3`` calibrated qubit 3 only (argparse kept the
     last list), and said nothing."""
