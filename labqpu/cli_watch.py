@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 
@@ -27,10 +26,16 @@ def watch_problem(args: argparse.Namespace) -> str | None:
         return (f"--watch checks and recalibrates what drifted, round after round; it takes "
                 f"no {', '.join(clash)}"
                 + (" (--rb-every N benchmarks the gates every N rounds)" if about_rb else ""))
-    if args.interval is not None and not 0 <= args.interval < math.inf:
-        return f"--interval must be a number of seconds >= 0, got {args.interval}"
+    from labqpu.calibration.watch import MAX_INTERVAL_S
+
+    if args.interval is not None and not 0 <= args.interval <= MAX_INTERVAL_S:
+        return (f"--interval must be a number of seconds from 0 to {MAX_INTERVAL_S:.0f} (30 "
+                f"days), got {args.interval}")
     if args.rounds is not None and args.rounds < 1:
         return f"--rounds must be at least 1, got {args.rounds}"
+    if args.interval == 0 and args.rounds is None:
+        return ("--interval 0 runs rounds back to back, each committing snapshots and records "
+                "until Ctrl-C: give --rounds N with it")
     from labqpu.rack.config import resolve_config_path
 
     simulated = args.simulator or resolve_config_path(args.config)[1]  # a built-in device

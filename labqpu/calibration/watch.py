@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 CLOCKS = ("wall", "device")
 #: Time between rounds when none is given (s).
 DEFAULT_INTERVAL_S = 3600.0
+#: The longest time between rounds (s): 30 days (a longer wait overflowed the wall clock's
+#: timer after the first round, and on the device clock idled for ever).
+MAX_INTERVAL_S = 30 * 24 * 3600.0
 #: Repetition delay of the idle shots that pass time on the device clock (s); the backend's
 #: largest ``rep_delay``.
 IDLE_REP_DELAY_S = 1.0
@@ -229,9 +232,9 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
 
     Raises ``ValueError`` for a bad interval, round count, clock or ``rb_every`` (before
     anything runs)."""
-    if not math.isfinite(interval_s) or interval_s < 0:
-        raise ValueError(f"watch interval must be a finite number of seconds >= 0, got "
-                         f"{interval_s!r}")
+    if not 0 <= interval_s <= MAX_INTERVAL_S:  # also NaN
+        raise ValueError(f"watch interval must be a number of seconds from 0 to "
+                         f"{MAX_INTERVAL_S:.0f} (30 days), got {interval_s!r}")
     if rounds is not None and rounds < 1:
         raise ValueError(f"watch rounds must be at least 1, got {rounds}")
     if clock not in CLOCKS:

@@ -296,7 +296,12 @@ def test_calibrate_refuses_an_unknown_node_and_mixed_selections(tmp_path, labqpu
     (["--watch", "--rounds", "0"], "--rounds must be at least 1, got 0"),
     (["--watch", "--clock", "device"], "--clock device on the embedded simulator passes "
                                        "each interval in milliseconds, so rounds follow"),
-    (["--watch", "--interval", "-1"], "--interval must be a number of seconds >= 0"),
+    (["--watch", "--interval", "-1"], "--interval must be a number of seconds from 0 to "
+                                      "2592000 (30 days), got -1.0"),
+    # a review's cases: a wait beyond the wall clock's timer (a traceback after round 1), and
+    # rounds back to back for ever
+    (["--watch", "--interval", "1e10"], "--interval must be a number of seconds from 0 to"),
+    (["--watch", "--interval", "0"], "--interval 0 runs rounds back to back"),
     (["--all", "--rb-every", "2"], "--rb-every needs --watch"),
     (["--watch", "--rb-seeds", "3"], "--rb-seeds set randomized benchmarking"),
     # settings no benchmark can fit: a usage error, not an RB failure recorded on the qubit
