@@ -53,8 +53,9 @@ def load_circuit(path: Path):
     try:
         with contextlib.redirect_stderr(parser_output):
             if version is not None and version.startswith("2"):
-                circuit = qiskit.qasm2.loads(
-                    text, custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+                circuit = qiskit.qasm2.loads(  # an include beside the file, then here
+                    text, include_path=(path.resolve().parent, "."),
+                    custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
             else:
                 circuit = qiskit.qasm3.loads(text)
     except (QiskitError, QASM3ParsingError, AttributeError, ValueError, TypeError) as exc:

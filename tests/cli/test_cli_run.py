@@ -186,6 +186,22 @@ def test_openqasm_files_run(tmp_path, text, good, labqpu):
     assert sum(counts.get(k, 0) for k in good) >= 0.7 * 500, counts
 
 
+def test_an_openqasm_2_include_is_found_beside_its_file(tmp_path, labqpu):
+    """A review's case: ``include "mygates.inc";`` was looked up in the working directory,
+    not beside the file that includes it, and the error named ``<input>``."""
+    (tmp_path / "circuits").mkdir()
+    (tmp_path / "circuits" / "mygates.inc").write_text("gate bell a, b { h a; cx a, b; }\n")
+    (tmp_path / "circuits" / "bell.qasm").write_text(
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\ninclude "mygates.inc";\nqreg q[2];\n'
+        "creg c[2];\nbell q[0], q[1];\nmeasure q -> c;\n")
+    proc = labqpu(tmp_path, "run", "circuits/bell.qasm", "--shots", "200", "--seed", "3",
+                  timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    counts = eval(next(line for line in proc.stdout.splitlines()
+                       if line.startswith("counts")).split(": ", 1)[1])
+    assert counts.get("00", 0) + counts.get("11", 0) >= 0.8 * 200, counts
+
+
 def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path, labqpu, BELL_PY):
     """``labqpu run bell.py`` of a file that builds ``qc`` and imports no labqpu module ran it
     as a script, which printed nothing and ran nothing on the rack. Options go before or after
