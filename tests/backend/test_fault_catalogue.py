@@ -139,6 +139,25 @@ def test_controller_hung_mid_job_errors_within_bound_and_the_next_job_runs(backe
     assert_right(backend, qubit=1)
 
 
+def _cancelled_at_once(backend: LabBackend, caplog) -> None:
+    """Run a job; once it has sent the request its controller leaves unanswered, cancel it:
+    it ends CANCELLED within the reply timeout and a half second (WARNINGs of the controller
+    client in ``caplog``)."""
+    job = backend.run(native(backend, 1), shots=SHOTS)
+    deadline = time.monotonic() + 5
+    while job.status() is not JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the request is sent and not answered
+    with caplog.at_level("WARNING", logger="labqpu.drivers.controller"):
+        t0 = time.monotonic()
+        assert job.cancel()
+        while job.status() is JobStatus.RUNNING and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        took_s = time.monotonic() - t0
+    assert job.status() is JobStatus.CANCELLED
+    assert took_s < 0.5 + REPLY_TIMEOUT_S, took_s
+
+
 def test_a_job_cancelled_while_its_controller_hangs_ends_cancelled_at_once(backend, faults,
                                                                              monkeypatch,
                                                                              caplog) -> None:
@@ -150,19 +169,7 @@ def test_a_job_cancelled_while_its_controller_hangs_ends_cancelled_at_once(backe
     _results_come_with("fetch", monkeypatch)
     assert_right(backend)
     faults.arm("hang", "fetch", duration_s=4 * REPLY_TIMEOUT_S)
-    job = backend.run(native(backend, 1), shots=SHOTS)
-    deadline = time.monotonic() + 5
-    while job.status() is not JobStatus.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # the fetch is sent and not answered
-    with caplog.at_level("WARNING", logger="labqpu.drivers.controller"):
-        t0 = time.monotonic()
-        assert job.cancel()
-        while job.status() is JobStatus.RUNNING and time.monotonic() - t0 < 10:
-            time.sleep(0.01)
-        took_s = time.monotonic() - t0
-    assert job.status() is JobStatus.CANCELLED
-    assert took_s < 0.5 + REPLY_TIMEOUT_S, took_s
+    _cancelled_at_once(backend, caplog)
     assert any("could not abort run" in r.getMessage() for r in caplog.records)
     time.sleep(4 * REPLY_TIMEOUT_S)  # the controller answers again
     assert_right(backend, qubit=1)
@@ -178,19 +185,7 @@ def test_a_job_cancelled_before_its_run_was_answered_ends_cancelled_and_its_run_
     assert_right(backend)
     faults.arm("stall", "start")
     faults.arm("hang", "run", duration_s=4 * REPLY_TIMEOUT_S)
-    job = backend.run(native(backend, 1), shots=SHOTS)
-    deadline = time.monotonic() + 5
-    while job.status() is not JobStatus.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # the run request is sent and not answered
-    with caplog.at_level("WARNING", logger="labqpu.drivers.controller"):
-        t0 = time.monotonic()
-        assert job.cancel()
-        while job.status() is JobStatus.RUNNING and time.monotonic() - t0 < 10:
-            time.sleep(0.01)
-        took_s = time.monotonic() - t0
-    assert job.status() is JobStatus.CANCELLED
-    assert took_s < 0.5 + REPLY_TIMEOUT_S, took_s
+    _cancelled_at_once(backend, caplog)
     assert any("could not abort the run sent under key" in r.getMessage()
                for r in caplog.records)
     deadline = time.monotonic() + 4 * REPLY_TIMEOUT_S + 5

@@ -173,7 +173,13 @@ def test_a_home_that_is_a_file_is_a_one_line_error(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
+@pytest.mark.parametrize(("sent", "code", "said"), [
+    (signal.SIGINT, 130, "labqpu: interrupted"),
+    # a review's case: `kill`, `timeout` or systemd stopped a watch or a calibration with no
+    # word, a committed round left out of the watch's log: SIGTERM ends a command as Ctrl-C
+    # does, with the exit code of a process ended by SIGTERM
+    (signal.SIGTERM, 143, "labqpu: terminated (SIGTERM)")])
+def test_an_interrupt_is_one_line_and_stops_the_simulator(tmp_path, sent, code, said):
     script = tmp_path / "wait.py"
     script.write_text("import time\nfrom labqpu import LabProvider\n"
                       "with LabProvider() as provider:\n"
@@ -185,44 +191,14 @@ def test_ctrl_c_is_one_line_and_stops_the_simulator(tmp_path):
                             preexec_fn=_sigint_as_a_terminal_leaves_it)
     try:
         simulator = int(proc.stdout.readline())
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sent)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines() == ["labqpu: interrupted"]
-    deadline = time.monotonic() + 15
-    while Path(f"/proc/{simulator}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{simulator}").exists() or \
-        Path(f"/proc/{simulator}/stat").read_text().split()[2] == "Z"
-
-
-def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
-    """A review's case: `kill`, `timeout` or systemd stopped a watch or a calibration with no
-    word, a committed round left out of the watch's log. SIGTERM now ends a command as Ctrl-C
-    does (what it committed said and logged, the simulator stopped), with the exit code of a
-    process ended by SIGTERM."""
-    script = tmp_path / "wait.py"
-    script.write_text("import time\nfrom labqpu import LabProvider\n"
-                      "with LabProvider() as provider:\n"
-                      "    print(provider.simulator.pid, flush=True)\n"
-                      "    time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "labqpu.cli", "run", str(script)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)})
-    try:
-        simulator = int(proc.stdout.readline())
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 143, stderr
-    assert stderr.strip().splitlines() == ["labqpu: terminated (SIGTERM)"]
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines() == [said]
     deadline = time.monotonic() + 15
     while Path(f"/proc/{simulator}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
