@@ -242,6 +242,14 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with as_run_from_the_command_line(script, [str(script), *args.script_args]):
             namespace = runpy.run_path(str(script), run_name="__main__")
+    except SyntaxError as exc:
+        if exc.filename != str(script):  # the script's own import: its traceback says where
+            raise
+        qasm = "OPENQASM" in script.read_text(errors="replace").split(";", 1)[0]
+        print(f"labqpu run: {script} is not valid Python (line {exc.lineno}: {exc.msg})"
+              + ("; an OpenQASM file is read as one when its name ends in .qasm" if qasm
+                 else ""), file=sys.stderr)
+        return 2
     except Exception as exc:
         from qiskit.transpiler.exceptions import TranspilerError
 

@@ -202,6 +202,27 @@ def test_an_openqasm_2_include_is_found_beside_its_file(tmp_path, labqpu):
     assert counts.get("00", 0) + counts.get("11", 0) >= 0.8 * 200, counts
 
 
+def test_openqasm_under_another_suffix_is_one_line_saying_so(tmp_path, labqpu):
+    """A review's case: an OpenQASM file named ``.txt`` ran as a Python script and ended in a
+    SyntaxError traceback."""
+    (tmp_path / "bell.txt").write_text(QASM2_BELL)
+    proc = labqpu(tmp_path, "run", "bell.txt")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "labqpu run: bell.txt is not valid Python (line 1: invalid syntax); an OpenQASM file "
+        "is read as one when its name ends in .qasm"), proc.stderr
+
+
+def test_a_circuit_file_defining_both_names_says_which_it_runs(tmp_path, labqpu, BELL_PY):
+    """A review's case: a file that defines both ``circuit`` and ``qc`` ran ``circuit``
+    without a word."""
+    (tmp_path / "both.py").write_text(BELL_PY + "circuit = qc.copy()\n")
+    proc = labqpu(tmp_path, "run", "both.py", "--shots", "100", "--seed", "2", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "labqpu run: both.py defines both `circuit` and `qc`: using `circuit`" in \
+        proc.stderr, proc.stderr
+
+
 def test_a_python_file_that_only_defines_a_circuit_runs_it(tmp_path, labqpu, BELL_PY):
     """``labqpu run bell.py`` of a file that builds ``qc`` and imports no labqpu module ran it
     as a script, which printed nothing and ran nothing on the rack. Options go before or after
