@@ -102,6 +102,16 @@ def reset_on_close(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
+def has_input(sock: socket.socket) -> bool:
+    """Whether bytes (or the end of the stream) wait unread on non-blocking ``sock`` (a failed
+    connection has nothing waiting to be lost)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except OSError:  # nothing yet (BlockingIOError), or a failed connection
+        return False
+    return True
+
+
 def client_budget(instruments: int) -> int:
     """Clients each of ``instruments`` simulated instruments in one process may serve: at most
     :data:`MAX_CONNECTIONS`, and together at most half the process's file descriptors (its

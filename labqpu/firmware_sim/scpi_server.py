@@ -38,6 +38,7 @@ from labqpu.firmware_sim.scpi_loop import (
     Connection,
     ScpiLoop,
     Throttled,
+    has_input,
     reset_on_close,
 )
 
@@ -343,17 +344,6 @@ _WHITESPACE = re.compile(r"\s+")
 # --- server -----------------------------------------------------------------------------------
 
 
-def _has_input(sock: socket.socket) -> bool:
-    """Whether bytes (or the end of the stream) wait unread on non-blocking ``sock``."""
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return False  # a failed connection: nothing waiting to be lost
-    return True
-
-
 class ScpiServer:
     """A simulated SCPI instrument on a TCP socket (``\\n``-terminated lines, raw socket).
 
@@ -592,7 +582,7 @@ class ScpiServer:
                              key=lambda c: c.last_active):
             if now - client.last_active < self.idle_s:
                 return False
-            if client.received or client.pending or _has_input(client.sock):
+            if client.received or client.pending or has_input(client.sock):
                 continue
             logger.info("%r: %d clients are connected (limit %d): closing %s, idle for %.0f "
                         "s, for a new client", self, self._open, self.max_connections,

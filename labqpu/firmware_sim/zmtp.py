@@ -41,6 +41,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from labqpu.firmware_sim.scpi_loop import has_input
+
 logger = logging.getLogger(__name__)
 
 GREETING_BYTES = 64
@@ -389,7 +391,7 @@ class ZmtpServer:
             if now - peer.last_active < self.limits.connection_idle_s:
                 return False
             if peer.started is not None or peer.owed_since is not None or peer.outbox \
-                    or _has_input(peer.sock):
+                    or has_input(peer.sock):
                 continue
             self._warn(f"closed a client connection idle for {now - peer.last_active:.0f} s: "
                        f"{len(self._peers)} clients are connected (at most "
@@ -673,18 +675,6 @@ def connection_of(address: bytes) -> bytes:
     """The connection an :attr:`Inbound.peer` came on (the same for every message of a
     ``REQ``, whose address also carries each message's envelope)."""
     return address[:_ID_BYTES]
-
-
-def _has_input(sock: socket.socket) -> bool:
-    """Whether ``sock`` has bytes waiting to be read (its client's end, or an error, counts:
-    the next read handles it)."""
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        pass
-    return True
 
 
 def _header(data: bytes, pos: int) -> tuple[int, int, int] | None:
