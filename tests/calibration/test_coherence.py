@@ -5,9 +5,12 @@
   (``conftest.dressed_levels``). The 5 kHz cover the difference between the fringe frequency
   and the level splitting: the control's drive crosstalk and second-order terms of the
   Ramsey analysis.
-* The Ramsey T2* within 12 % of what the same exponential fit gives on the analytic envelope
-  of the device file's noise (Markovian T2 and quasi-static sigma) over the same window
-  (measured 1-9 %; qiskit-experiments' T2Ramsey reads 20.0-20.7 us on qubit 1, this 19.3).
+* The Ramsey T2* within 3 standard errors of its fit + 3 % of what the same exponential fit
+  gives on the analytic envelope of the device file's noise (Markovian T2 and quasi-static
+  sigma) over the same window; qiskit-experiments' T2Ramsey reads 20.0-20.7 us on qubit 1,
+  this 19.3. Measured over 25 runs (qubits 1-3, expected 20.0 / 17.3 / 21.1 us): means
+  19.8 / 17.1 / 21.0 us (the 3 % cover that 1 % bias), spread 0.7 / 0.6 / 0.6 us, the fits'
+  standard errors 0.8-1.3 us. A flat 12 % (2.4 us on qubit 1) failed one CI run at 22.6 us.
 * The echo T2 within 20 % of the device file's T2 (the sweet-spot T2 the simulator's
   Markovian dephasing is built from; a Hahn echo refocuses its quasi-static noise), and no
   longer than 2 T1 (+10 %). Measured 2-8 % short on average with a standard error of 1-2 us
@@ -67,11 +70,14 @@ def test_static_zz_matches_exact_diagonalisation_and_echo_beats_ramsey(
             assert abs(value - zeta) < 3 * stderr + 5e3, (a, b, value, stderr, zeta)
         sigma = truth["noise"]["frequency_noise_hz"]
         for q in (1, 2, 3):
-            t2_star = snap.qubits[q]["t2_s"].value
-            window = load_record(records[snap.qubits[q]["t2_s"].experiment]).settings["window_s"]
-            expected = fitted_decay(truth["qubit"][q]["t2_s"], sigma, window)
-            print(f"qubit {q}: T2* {t2_star * 1e6:.1f} us, expected {expected * 1e6:.1f} us")
-            assert abs(t2_star / expected - 1) < 0.12, (q, t2_star, expected)
+            rec = load_record(records[snap.qubits[q]["t2_s"].experiment])
+            t2_star, stderr = rec.values["t2_s"]
+            assert t2_star == pytest.approx(snap.qubits[q]["t2_s"].value)
+            expected = fitted_decay(truth["qubit"][q]["t2_s"], sigma, rec.settings["window_s"])
+            print(f"qubit {q}: T2* {t2_star * 1e6:.1f} +- {stderr * 1e6:.1f} us, "
+                  f"expected {expected * 1e6:.1f} us")
+            assert abs(t2_star - expected) < 3 * stderr + 0.03 * expected, (q, t2_star, stderr,
+                                                                             expected)
         device = {q["index"]: q for q in truth["qubit"]}
         for q in (1, 2, 3):
             t2e = snap.qubits[q]["t2_echo_s"].value
