@@ -150,10 +150,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     try:
         _rb_settings(args)
     except ValueError as exc:  # "<setting>: why"
-        setting, _, why = str(exc).partition(": ")
-        option = {"lengths_1q": "--rb-lengths-1q", "lengths_2q": "--rb-lengths-2q",
-                  "seeds": "--rb-seeds"}.get(setting, setting)
-        print(f"labqpu calibrate: {option}: {why}", file=sys.stderr)
+        print(f"labqpu calibrate: {_rb_option(exc)}", file=sys.stderr)
         return 2
     if rb_options and not (runs_rb or rb_step):
         print(f"labqpu calibrate: {', '.join(rb_options)} set randomized benchmarking, which "
@@ -202,6 +199,15 @@ def calibrate_command(args: argparse.Namespace) -> int:
         backend = provider.backend()
         backend.store.check_writable()  # before minutes of measurements, not at their commit
         check_records_directory(experiments_directory(backend.config.store_path))
+        if (runs_rb or rb_step) and not args.bootstrap:  # a bootstrap has no pulses yet
+            from labqpu.calibration.rb import check_rb_lengths
+            from labqpu.errors import CalibrationError
+
+            try:
+                check_rb_lengths(backend, _rb_settings(args), qubits=args.qubits)
+            except CalibrationError as exc:  # "<setting>: why"
+                print(f"labqpu calibrate: {_rb_option(exc)}", file=sys.stderr)
+                return 2
         t0 = time.perf_counter()
 
         def progress(msg: str) -> None:
@@ -410,6 +416,14 @@ def _rb_settings(args: argparse.Namespace):
     return RBSettings(lengths_1q=tuple(args.rb_lengths_1q or defaults.lengths_1q),
                       lengths_2q=tuple(args.rb_lengths_2q or defaults.lengths_2q),
                       seeds=args.rb_seeds or defaults.seeds)
+
+
+def _rb_option(exc: Exception) -> str:
+    """An RB settings error "<setting>: why" as "<option>: why"."""
+    setting, _, why = str(exc).partition(": ")
+    option = {"lengths_1q": "--rb-lengths-1q", "lengths_2q": "--rb-lengths-2q",
+              "seeds": "--rb-seeds"}.get(setting, setting)
+    return f"{option}: {why}"
 
 
 def _randomized_benchmarking(backend, progress, rb_settings, qubits=None):

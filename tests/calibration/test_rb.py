@@ -4,11 +4,12 @@ limit of the device file, through the store into the Target."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-from qiskit import QuantumCircuit
+from qiskit import QuantumCircuit, transpile
 from qiskit.quantum_info import Clifford, Operator, random_clifford
 
 from labqpu.calibration import rb as rb_module
@@ -20,6 +21,7 @@ from labqpu.calibration.rb import (
     RBSettings,
     _sequence,
     benchmark_gates,
+    check_rb_lengths,
     errors_per_gate,
     fit_rb,
     independent_sets,
@@ -31,7 +33,7 @@ from labqpu.calibration.rb import (
     refit,
 )
 from labqpu.calibration.records import load_record
-from labqpu.errors import FitError
+from labqpu.errors import CalibrationError, FitError
 from labqpu.firmware_sim.device import load_device
 from labqpu.store import Snapshot, SnapshotBuilder
 
@@ -298,3 +300,40 @@ def test_settings_take_numpy_integers_and_refuse_booleans() -> None:
     assert RBSettings(lengths_1q=lengths, seeds=np.int64(2)).lengths_1q == lengths
     with pytest.raises(ValueError, match="lengths_2q: RB needs at least 3"):
         RBSettings(lengths_2q=(True, 10, 30))
+
+
+def _sequence_program(backend, group: tuple[int, ...], length: int, seed: int):
+    """The program of one RB sequence as :func:`benchmark_gates` builds it (``length`` random
+    Cliffords and their inverse on ``group``, measured), compiled."""
+    seq, _ = _sequence(len(group), length, np.random.default_rng(seed))
+    qc = QuantumCircuit(backend.num_qubits, len(group))
+    qc.compose(seq, qubits=list(group), inplace=True)
+    qc.barrier()
+    qc.measure(list(group), range(len(group)))
+    return backend.compile(transpile(qc, backend, initial_layout=list(range(backend.num_qubits))))
+
+
+@pytest.mark.parametrize(("settings", "group", "words"), [
+    (RBSettings(lengths_1q=(1, 50, 100_000)), (1,), "lengths_1q: sequences of 100000 Cliffords: "
+                                                    "one on qubit 1 lasts about"),
+    (RBSettings(lengths_2q=(1, 10, 30_000)), (1, 2), "lengths_2q: sequences of 30000 Cliffords: "
+                                                     "one on edge 1-2 lasts about"),
+])
+def test_lengths_the_controller_cannot_play_are_refused_before_any_sequence(
+        lab_backend, settings, group, words) -> None:
+    """A review's case: 1-qubit lengths of 100 000 Cliffords built and transpiled sequences
+    for 40 s (1 GB) before ``run()`` refused a program longer than the controller plays,
+    naming no setting. The longest fitting length the error states lies within 2 % of the
+    one a real sequence's program gives (its duration per Clifford, extrapolated): 1-qubit
+    estimates take the mean of all 24 Cliffords, 2-qubit ones of 960 random ones."""
+    qubits = list(group)
+    with pytest.raises(CalibrationError, match=words) as refused:
+        benchmark_gates(lab_backend, qubits=qubits, settings=settings)
+    limit = lab_backend.controller_capabilities("ctrl0")["max_program_samples"]
+    assert f"controller ctrl0 plays at most {limit} samples" in str(refused.value)
+    stated = int(re.search(r"give lengths up to about (\d+) Cliffords", str(refused.value))[1])
+    short, long = (_sequence_program(lab_backend, group, m, seed=5) for m in (0, 2000))
+    per_clifford = (long.duration_samples - short.duration_samples) / 2001
+    fitting = (limit - short.duration_samples) / per_clifford - 1
+    assert abs(stated / fitting - 1) < 0.02, (stated, fitting)
+    check_rb_lengths(lab_backend, RBSettings(), qubits=qubits)  # the defaults fit

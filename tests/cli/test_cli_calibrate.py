@@ -516,3 +516,32 @@ def test_a_calibration_on_a_store_it_cannot_write_fails_before_it_measures(
         assert not (tmp_path / "lab5" / "experiments").exists()  # nothing measured
     finally:
         subprocess.run(undo, check=True)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rb", "--rb-lengths-1q", "1", "50", "100000"],
+     "labqpu calibrate: --rb-lengths-1q: sequences of 100000 Cliffords: one on qubit 0 lasts "
+     "about"),
+    (["rb", "--qubits", "1", "2", "--rb-lengths-2q", "1", "10", "30000"],
+     "labqpu calibrate: --rb-lengths-2q: sequences of 30000 Cliffords: one on edge 1-2 lasts "
+     "about"),
+])
+def test_rb_lengths_longer_than_the_controller_plays_are_refused_before_measuring(
+        tmp_path, args, message, labqpu):
+    """A review's case: such lengths were found at ``run()``, after 40 s of building
+    sequences, in an error that named no option. Now one line names the option, the qubit or
+    edge, the controller's limit and the longest length about fitting; nothing was measured
+    or committed."""
+    from labqpu.store import CalibrationStore
+
+    store = seed_fresh_store(tmp_path)
+    with CalibrationStore(store) as s:
+        before = s.latest_id()
+    proc = labqpu(tmp_path, "calibrate", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(message), proc.stderr
+    assert "(2000 us, its max_program_samples): give lengths up to about" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    with CalibrationStore(store) as s:
+        assert s.latest_id() == before
+    assert not list((tmp_path / "lab5").glob("experiments/*"))
