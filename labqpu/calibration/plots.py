@@ -147,17 +147,33 @@ def _legend_below(fig, text_in: float, height: float) -> None:
                borderpad=0.0, handlelength=1.5, columnspacing=1.5)
 
 
+def _lines_below(fig, lines: list[str], top_in: float, height: float) -> None:
+    """``lines`` of values in the figure's text under its axes, from ``top_in`` inches above
+    the bottom (under the legend) of a figure ``height`` inches high."""
+    fig.text(0.15 / WIDTH_IN, (top_in - 0.15) / height, "\n".join(lines), ha="left", va="top",
+             fontsize=8, family="monospace")
+
+
 def plot_rb(record: ExperimentRecord):
     """Figure of an RB record: survival of every sequence (dots), the mean per length with its
     standard error, the fitted decay, and the gate errors measured against the old ones; the
-    legend is under the axes (inside, it covered the baseline)."""
+    legend and the values are under the axes (inside, the legend covered the baseline and the
+    values' box the points of a slow decay)."""
     raw = record.raw
     lengths = np.asarray(raw["lengths"], dtype=float)
     survival = np.asarray(raw["survival"], dtype=float)
     fit = record.fit
     alpha = record.values["alpha"][0]
+    epc, epc_err = record.values["epc"]
+    lines = [f"EPC = {epc:.2e} ± {epc_err:.1e}   χ²ᵣ = {fit['reduced_chi2']:.2f}"]
+    for key, (value, _) in record.values.items():
+        if key.endswith(".error") and not key.startswith(("sy:", "x:")):
+            old = record.old_values.get(key)
+            was = "none" if old is None else f"{old:.2e}"
+            lines.append(f"{key.removesuffix('.error')} error {value:.2e} (was {was})")
     legend_in = LEGEND_ROW_IN * 2  # four entries
-    fig, ax, height = _figure(0.25 + legend_in)
+    text_in = 0.25 + legend_in + LINE_IN * len(lines)
+    fig, ax, height = _figure(text_in)
     for j in range(survival.shape[1]):
         ax.plot(lengths, survival[:, j], ".", color="0.65", ms=4,
                 label="each sequence" if j == 0 else None)
@@ -169,21 +185,13 @@ def plot_rb(record: ExperimentRecord):
     ax.plot(m, fit["amplitude"] * alpha ** m + fit["baseline"], color="C1",
             label=f"fit A alpha^m + B, alpha = {alpha:.5f}")
     ax.axhline(fit["baseline"], color="0.4", ls=":", lw=1, label="B (readout of a mixed state)")
-    epc, epc_err = record.values["epc"]
-    lines = [f"EPC = {epc:.2e} ± {epc_err:.1e}   χ²ᵣ = {fit['reduced_chi2']:.2f}"]
-    for key, (value, _) in record.values.items():
-        if key.endswith(".error") and not key.startswith(("sy:", "x:")):
-            old = record.old_values.get(key)
-            was = "none" if old is None else f"{old:.2e}"
-            lines.append(f"{key.removesuffix('.error')} error {value:.2e} (was {was})")
-    ax.text(0.98, 0.97, "\n".join(lines), transform=ax.transAxes, ha="right", va="top",
-            fontsize=9, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
     ax.set_xlabel("Cliffords per sequence")
     ax.set_ylabel("P(return to |0…0⟩)")
     ax.set_ylim(min(fit["baseline"], float(survival.min())) - 0.05, 1.02)
     ax.set_title(f"randomized benchmarking, {record.subject} — {record.experiment}",
                  fontsize=10)
-    _legend_below(fig, 0.25 + legend_in, height)
+    _legend_below(fig, text_in, height)
+    _lines_below(fig, lines, text_in - legend_in, height)
     return fig
 
 
@@ -306,8 +314,7 @@ def plot_sweep(record: ExperimentRecord):
         ax.axvline(marks["chosen"], color="k", lw=1, label="chosen")
     if entries:
         _legend_below(fig, text_in, height)
-    fig.text(0.15 / WIDTH_IN, (text_in - 0.15 - legend_in) / height, "\n".join(lines),
-             ha="left", va="top", fontsize=8, family="monospace")
+    _lines_below(fig, lines, text_in - legend_in, height)
     ax.margins(x=0.04, y=0.12)
     if "y_range" in raw:  # a probability's whole range, padded as the margins pad the data
         low, high = raw["y_range"]

@@ -42,9 +42,10 @@ def _record(x_label: str, x, y=None, lines: int = 1, x_ticks=None,
         fit={"r_squared": 0.997, "rms_residual": 0.0159}, raw=raw)
 
 
-def _rb_record() -> ExperimentRecord:
+def _rb_record(survival: list | None = None) -> ExperimentRecord:
     lengths = [1, 40, 120, 300]
-    survival = [[0.99, 0.995, 0.992], [0.97, 0.965, 0.975], [0.91, 0.9, 0.93], [0.82, 0.8, 0.85]]
+    survival = survival or [[0.99, 0.995, 0.992], [0.97, 0.965, 0.975], [0.91, 0.9, 0.93],
+                            [0.82, 0.8, 0.85]]
     return ExperimentRecord(
         experiment="rb-20261204T000000-q4", kind="rb_1q", subject="qubit 4",
         measured_at="2026-12-04T00:00:00Z",
@@ -90,7 +91,12 @@ CASES = {
 
 def _figures():
     return [pytest.param(lambda r=r: plot_sweep(r), id=k) for k, r in CASES.items()] + [
-        pytest.param(lambda: plot_rb(_rb_record()), id="rb")]
+        pytest.param(lambda: plot_rb(_rb_record()), id="rb"),
+        # a review's case: the values' box in the axes' upper right covered the points of a
+        # decay too slow to leave the top of the axes
+        pytest.param(lambda: plot_rb(_rb_record([[0.995, 0.99, 0.993], [0.99, 0.992, 0.988],
+                                                 [0.988, 0.99, 0.985], [0.985, 0.98, 0.99]])),
+                     id="rb, a slow decay")]
 
 
 @pytest.mark.parametrize("make", _figures())
@@ -114,9 +120,10 @@ def test_every_text_is_inside_the_figure_and_tick_labels_are_apart(make):
             boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.x0)
             for left, right in itertools.pairwise(boxes):
                 assert left.x1 < right.x0, labels
-    if fig.texts:  # a sweep's values: below the axis, its labels and ticks
-        text_top = max(t.get_window_extent(renderer).y1 for t in fig.texts)
-        assert text_top < ax.get_tightbbox(renderer).y0
+    # the values: below the axis, its labels and ticks, none inside the axes
+    text_top = max(t.get_window_extent(renderer).y1 for t in fig.texts)
+    assert text_top < ax.get_tightbbox(renderer).y0
+    assert not ax.texts
     # the legend covers no data: under the axes (an RB plot's covered its baseline)
     assert ax.get_legend() is None
     for legend in fig.legends:
