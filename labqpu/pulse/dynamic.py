@@ -35,10 +35,12 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
   ``if_else`` inside a branch combines its condition with the enclosing ones (all must take
   their branch) into one tree, so a bit is tested once on any chain and a branch the
   enclosing conditions rule out gets no block; every bit it reads was written before the
-  outermost ``if_else``, which waits the latency for all of them. Refused: an ``if_else``
-  on a bit no earlier measurement wrote, conditions the controller cannot decide
-  (``conditions``), measurements, resets and pulse gates inside a branch (acquisitions are
-  unconditional), and loops.
+  outermost ``if_else``, which waits the latency for all of them. A bit no earlier
+  measurement wrote holds 0, as classical bits start in OpenQASM and Qiskit: the condition
+  is taken with it 0, and one that reads no written bit is decided when compiling (its
+  branch plays unconditionally, or not at all, with no latency). Refused: conditions the
+  controller cannot decide (``conditions``), measurements, resets and pulse gates inside a
+  branch (acquisitions are unconditional), and loops.
 * **Active reset.** ``reset`` on a qubit that ``tables.active_reset_possible`` allows, with
   feed-forward: a mid-circuit measurement into no classical bit (clbit -1: its result is not
   reported), the latency, then an x pulse in the block (that acquisition, 1). Otherwise the
@@ -52,7 +54,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from qiskit.circuit import Clbit, ParameterExpression, QuantumCircuit
+from qiskit.circuit import ParameterExpression, QuantumCircuit
 
 from labqpu.errors import CompilationError
 from labqpu.pulse.conditions import MAX_CONDITION_BITS, ConditionError, truth_table
@@ -130,14 +132,6 @@ def with_rows(out: Lowered, order: Sequence[int | tuple[tuple, int]]) -> Lowered
     if not out.early:
         new.early = []
     return new
-
-
-def _bit_name(circuit: QuantumCircuit, bit: Clbit) -> str:
-    loc = circuit.find_bit(bit)
-    if loc.registers:
-        reg, i = loc.registers[0]
-        return f"{reg.name}[{i}] (clbit {loc.index})"
-    return f"clbit {loc.index}"
 
 
 class _Reader:
@@ -374,21 +368,23 @@ class _Reader:
 
     def condition(self, inst, qubits: tuple, cmap: dict) -> Condition:
         """The condition of an if_else as (clbits it reads, truth table;
-        ``conditions.truth_table``), each bit one an earlier measurement wrote (``cmap``: the
-        branch's classical bits as the circuit's); refuses what the controller's blocks cannot
+        ``conditions.truth_table``) over the bits an earlier measurement wrote (``cmap``: the
+        branch's classical bits as the circuit's): a bit none wrote holds 0, as every
+        classical bit starts (OpenQASM, Qiskit), so the table is taken where it is 0; with no
+        bit left the condition is decided here. Refuses what the controller's blocks cannot
         decide exactly."""
         try:
             bits, table = truth_table(inst.operation.condition)
         except ConditionError as exc:
             self.fail(f"if_else on qubits {qubits}: {exc}", qubits, "if_else")
-        clbits = []
-        for bit in bits:
-            bit = cmap.get(bit, bit)
-            c = self.cindex[bit]
-            if c not in self.writer:
-                self.fail(f"if_else on classical bit {_bit_name(self.circuit, bit)}, which no "
-                          "earlier measurement writes", qubits, "if_else")
-            clbits.append(c)
+        clbits, kept = [], []  # the written bits, and their places in ``bits``
+        for j, bit in enumerate(bits):
+            c = self.cindex[cmap.get(bit, bit)]
+            if c in self.writer:
+                clbits.append(c)
+                kept.append(j)
+        table = [table[sum(((k >> i) & 1) << j for i, j in enumerate(kept))]
+                 for k in range(2 ** len(kept))]
         return tuple(clbits), tuple(table)
 
     def if_else(self, inst, qubits: tuple) -> None:
@@ -406,10 +402,10 @@ class _Reader:
             self.mid.add(self.writer[c][1])
         bits = tuple(sorted(read))
         wait = self.waited.get(bits)
-        if wait is None:
+        if bits and wait is None:  # a condition decided when compiling waits for nothing
             self.waited[bits] = self.add((0, self.wait(), 0.0, -1),
                                          (*(self.nq + c for c in bits), reader))
-        else:
+        elif bits:
             self.out.resources[wait] = (*self.out.resources[wait], reader)
         container = self.add((0, length, 0.0, -1), (*qubits, reader))
         self.touch(qubits, container)
