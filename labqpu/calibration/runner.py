@@ -323,11 +323,20 @@ def _why(exc: Exception, n: Node) -> str:
 
 
 def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:
-    """Write each record's JSON and PNG into ``directory``; returns the JSON paths."""
+    """Write each record's JSON and PNG into ``directory``; returns the JSON paths.
+
+    Raises:
+        CalibrationError: a file could not be written (a full disk, a directory removed or
+            made read-only during the run), naming the record and the directory.
+    """
     paths = []
     for record in records:
-        paths.append(record.save(directory))
-        save_plot(record, directory)
+        try:
+            paths.append(record.save(directory))
+            save_plot(record, directory)
+        except OSError as exc:
+            raise CalibrationError(f"experiment record {record.experiment} could not be "
+                                   f"written to {directory} ({exc})") from exc
     return paths
 
 
@@ -439,10 +448,17 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
+    saving = False
     try:  # an interrupted run, or a refused commit, leaves the records of what was measured
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
         report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
+        # before the commit: a snapshot never names a record that could not be written
+        saving = True
+        try:
+            report.records = save_records(kit.records, directory)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{exc}; nothing was committed") from exc
         measured = [c for o in outcomes for c in o.changes]
         builder = SnapshotBuilder.from_snapshot(parent)
         marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
@@ -465,8 +481,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
             report.committed += [report.snapshot] if report.snapshot else []
             mark_left_out(report, {describe(s): s for _, s in steps}, left_out)
     finally:
-        saved = save_records(kit.records, directory)
-    report.records = saved
+        if not saving:
+            save_records(kit.records, directory)
     if with_rb:
         _benchmark_outdated(backend, report, chosen, forced=rb_forced, limits=limits, now=now,
                             settings=rb_settings or RBSettings(),

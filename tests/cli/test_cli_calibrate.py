@@ -3,6 +3,7 @@ rollback and export; options they would ignore are refused, and user errors are 
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -441,6 +442,30 @@ def test_records_that_cannot_be_written_are_refused_before_anything_is_measured(
     assert proc.stderr.startswith(f"labqpu: the experiment records cannot be written to "
                                   f"{tmp_path / 'lab5' / 'experiments'} ("), proc.stderr
     assert "Traceback" not in proc.stderr
+    history = labqpu(tmp_path, "calibrate", "history")
+    assert history.returncode == 0 and len(history.stdout.strip().splitlines()) == 1, \
+        history.stdout  # snapshot 1 alone
+
+
+def test_records_that_fail_to_write_during_a_run_leave_nothing_committed(
+        tmp_path, labqpu, monkeypatch) -> None:
+    """A review's case: a record write that failed after the check before the run (a disk
+    filling up meanwhile: patched here, a full disk cannot be made on this machine) came after
+    the commit, so the snapshot named records that were never written. Records are written
+    first; the failure is one line naming the record and the place, and nothing is
+    committed."""
+    from labqpu.calibration.records import ExperimentRecord
+
+    def full_disk(self, directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    seed_fresh_store(tmp_path)
+    monkeypatch.setattr(ExperimentRecord, "save", full_disk)
+    proc = labqpu(tmp_path, "calibrate", "rabi", "--qubits", "1", "--force", timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert re.match(rf"labqpu: experiment record rabi-\S+ could not be written to "
+                    rf"{re.escape(str(tmp_path / 'lab5' / 'experiments'))} \(\[Errno 28\] No "
+                    r"space left on device\); nothing was committed", proc.stderr), proc.stderr
     history = labqpu(tmp_path, "calibrate", "history")
     assert history.returncode == 0 and len(history.stdout.strip().splitlines()) == 1, \
         history.stdout  # snapshot 1 alone
