@@ -114,11 +114,6 @@ class Node:
         return [(name, s) for name in self.requires for s in (*subject, subject)]
 
 
-def describe(subject: Subject) -> str:
-    """``"qubit 2"`` or ``"edge 1-2"``."""
-    return f"qubit {subject}" if isinstance(subject, int) else f"edge {subject[0]}-{subject[1]}"
-
-
 def _drag_and_amplitude(kit: Kit, q: int, shots: int, progress: Progress) -> None:
     """Rabi, DRAG, Rabi: the DRAG pulse's beta, and its amplitudes to about 1 %."""
     rabi(kit, q, shots)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from labqpu.calibration.records import ExperimentRecord
+from labqpu.errors import CalibrationError
 
 #: Figure width and the margins around the data axes (inches): room for the rotated y label
 #: and its tick labels on the left, the title on top, the x label and ticks below.
@@ -336,3 +338,25 @@ def save_plot(record: ExperimentRecord, directory: str | Path) -> Path:
     figure = plot_rb(record) if record.kind.startswith("rb_") else plot_sweep(record)
     figure.savefig(path, dpi=110)
     return path
+
+
+def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:
+    """Write each record's JSON and PNG into ``directory``; returns the JSON paths. Callers
+    write the records of a calibration before they commit it, so that no snapshot names a
+    record that is not there.
+
+    Raises:
+        CalibrationError: a file could not be written (a full disk, a directory removed or
+            made read-only during the run), naming the record and the directory, and saying
+            that nothing was committed.
+    """
+    paths = []
+    for record in records:
+        try:
+            paths.append(record.save(directory))
+            save_plot(record, directory)
+        except OSError as exc:
+            raise CalibrationError(f"experiment record {record.experiment} could not be "
+                                   f"written to {directory} ({exc}); nothing was "
+                                   "committed") from exc
+    return paths

@@ -37,10 +37,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qiskit import QuantumCircuit, transpile
-from qiskit.quantum_info import Clifford, random_clifford
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from labqpu.calibration.plots import save_plot
+from labqpu.calibration.plots import save_records
+from labqpu.calibration.rb_sequences import (
+    CLOSE_PROBE_CLIFFORDS,
+    LENGTH_MARGIN,
+    ONE_QUBIT_PULSES,
+    QUICK_PROBE_CLIFFORDS,
+    independent_sets,
+    over_limits,
+    random_sequence,
+    rb_subjects,
+    sequence_cost,
+    sequence_cost_bound,
+)
 from labqpu.calibration.records import ExperimentRecord, experiments_directory
 from labqpu.errors import CalibrationError, FitError
 from labqpu.store import CZ_PARAMETERS
@@ -50,10 +61,6 @@ from labqpu.store.staleness import age_h
 
 if TYPE_CHECKING:
     from labqpu.store.snapshot import Snapshot
-
-#: Native gates that play one drive pulse (rz plays nothing).
-ONE_QUBIT_PULSES = ("sx", "sy", "x")
-
 
 @dataclass(frozen=True)
 class RBData:
@@ -95,50 +102,6 @@ class RBFit:
     reduced_chi2: float
 
 
-#: Most circuits and products of Cliffords kept by :func:`_sequence` (emptied when full).
-CLIFFORDS_KEPT = 4096
-_circuits: dict[bytes, QuantumCircuit] = {}
-_products: dict[tuple[bytes, bytes], Clifford] = {}
-
-
-def _sequence(width: int, length: int, rng: np.random.Generator
-              ) -> tuple[QuantumCircuit, int]:
-    """``length`` random Cliffords on ``width`` qubits and the inverse of their product.
-
-    Each Clifford's circuit is kept by tableau, and on one qubit (24 Cliffords) so is each
-    product of the running total with a Clifford: the kept circuits are appended, never
-    changed. Two qubits have 11 520 Cliffords, whose products rarely repeat."""
-    qc = QuantumCircuit(width)
-    total = Clifford(QuantumCircuit(width))
-    for _ in range(length):
-        c = random_clifford(width, seed=rng)
-        key = c.tableau.tobytes()
-        qc.compose(_clifford_circuit(c, key), inplace=True)
-        qc.barrier()
-        if width > 1:
-            total = total.compose(c)
-            continue
-        pair = (total.tableau.tobytes(), key)
-        product = _products.get(pair)
-        if product is None:
-            if len(_products) >= CLIFFORDS_KEPT:
-                _products.clear()
-            product = _products[pair] = total.compose(c)
-        total = product
-    qc.compose(total.adjoint().to_circuit(), inplace=True)
-    return qc, length + 1
-
-
-def _clifford_circuit(c: Clifford, key: bytes) -> QuantumCircuit:
-    """The circuit of Clifford ``c`` (``key``: its tableau's bytes), kept by tableau."""
-    circuit = _circuits.get(key)
-    if circuit is None:
-        if len(_circuits) >= CLIFFORDS_KEPT:
-            _circuits.clear()
-        circuit = _circuits[key] = c.to_circuit()
-    return circuit
-
-
 def acquire_rb(backend, groups: Sequence[Sequence[int]], lengths: Sequence[int], *,
                seeds: int = 6, shots: int = 400, seed: int | None = None,
                experiment: str | None = None) -> list[RBData]:
@@ -166,7 +129,7 @@ def acquire_rb(backend, groups: Sequence[Sequence[int]], lengths: Sequence[int],
         for _ in range(seeds):
             qc = QuantumCircuit(n, len(used))
             for g in groups:
-                seq, _ = _sequence(len(g), m, rng)
+                seq, _ = random_sequence(len(g), m, rng)
                 qc.compose(seq, qubits=list(g), inplace=True)
             qc.barrier()
             qc.measure(used, range(len(used)))
@@ -389,38 +352,6 @@ def rb_update(builder: SnapshotBuilder, outcome: RBOutcome) -> None:
                          timestamp=outcome.data.measured_at)
 
 
-def independent_sets(items: Sequence[tuple[int, ...]],
-                     coupling_map: Sequence[Sequence[int]],
-                     max_round_qubits: int | None = None) -> list[list[tuple[int, ...]]]:
-    """Split ``items`` (qubits as 1-tuples, or edges) into rounds that can run simultaneously:
-    within a round no two items share a qubit or are coupled by an edge of ``coupling_map``,
-    and (with ``max_round_qubits``) the round's qubits and their coupled neighbours number at
-    most that. Greedy, in the order given."""
-    coupled = {frozenset(e) for e in coupling_map}
-    neighbours: dict[int, set[int]] = {}
-    for a, b in coupling_map:
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
-
-    def clash(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-        return bool(set(a) & set(b)) or any(frozenset((p, q)) in coupled for p in a for q in b)
-
-    def reach(group: Sequence[tuple[int, ...]]) -> set[int]:
-        qubits = {q for item in group for q in item}
-        return qubits.union(*(neighbours.get(q, set()) for q in qubits))
-
-    rounds: list[list[tuple[int, ...]]] = []
-    for item in items:
-        for r in rounds:
-            if not any(clash(item, other) for other in r) and (
-                    max_round_qubits is None or len(reach([*r, item])) <= max_round_qubits):
-                r.append(item)
-                break
-        else:
-            rounds.append([item])
-    return rounds
-
-
 @dataclass(frozen=True)
 class RBSettings:
     """Sequence lengths (Cliffords), random sequences per length and shots per circuit."""
@@ -465,139 +396,39 @@ def _whole(value: object) -> bool:
 MIN_RB_LENGTHS = 3
 
 
-def _subjects(backend, qubits: Sequence[int] | None,
-              edges: Sequence[tuple[int, int]] | None
-              ) -> tuple[list[int], list[tuple[int, ...]]]:
-    """The qubits with sx in the Target (those of them in ``qubits`` when given) and
-    ``edges`` (default: every cz edge, within ``qubits`` when given)."""
-    target = backend.target
-    chosen = None if qubits is None else set(qubits)
-    qubits = sorted(q for (q,) in target.qargs_for_operation_name("sx")
-                    if chosen is None or q in chosen)
-    if edges is None:
-        edges = sorted({tuple(sorted(e)) for e in target.qargs_for_operation_name("cz")
-                        if chosen is None or set(e) <= chosen}
-                       if "cz" in target.operation_names else set())
-    return qubits, [tuple(e) for e in edges]
-
-
-#: Random Cliffords of the quick probe of :func:`check_rb_lengths`, and of its closer probe of
-#: a 2-qubit sequence whose quick estimate comes within half of a controller's limit (a
-#: 1-qubit probe then plays each of the 24 Cliffords once: their exact mean).
-QUICK_PROBE_CLIFFORDS = 48
-CLOSE_PROBE_CLIFFORDS = 960
-
-
-def _one_qubit_cliffords() -> list[Clifford]:
-    """The 24 single-qubit Cliffords (generated by h and s)."""
-    found = {Clifford(QuantumCircuit(1)).tableau.tobytes(): Clifford(QuantumCircuit(1))}
-    frontier = list(found.values())
-    while frontier:
-        grown = []
-        for c in frontier:
-            for gate in ("h", "s"):
-                step = QuantumCircuit(1)
-                getattr(step, gate)(0)
-                n = c.compose(Clifford(step))
-                if n.tableau.tobytes() not in found:
-                    found[n.tableau.tobytes()] = n
-                    grown.append(n)
-        frontier = grown
-    return list(found.values())
-
-
-def _program_cost(backend, group: tuple[int, ...], cliffords: Sequence[Clifford]
-                  ) -> tuple[int, int, str]:
-    """Duration (samples), pulse plays and controller of the program that plays
-    ``cliffords`` on ``group``, each fenced by a barrier as in an RB sequence, and measures."""
-    qc = QuantumCircuit(backend.num_qubits, len(group))
-    for c in cliffords:
-        qc.compose(_clifford_circuit(c, c.tableau.tobytes()), qubits=list(group), inplace=True)
-        qc.barrier(list(group))
-    qc.measure(list(group), range(len(group)))
-    program = backend.compile(transpile(qc, backend,
-                                        initial_layout=list(range(backend.num_qubits))))
-    return program.duration_samples, int(program.play_port.shape[0]), program.controller
-
-
-def _cost_per_clifford(backend, group: tuple[int, ...], close: bool
-                       ) -> tuple[float, float, float, float, str]:
-    """(samples at no Clifford, samples per Clifford, plays at none, plays per Clifford,
-    controller) of RB sequences on ``group``: from random Cliffords (a fixed seed), or with
-    ``close`` from :data:`CLOSE_PROBE_CLIFFORDS` of them (all 24 of a single qubit)."""
-    d0, p0, controller = _program_cost(backend, group, [])
-    rng = np.random.default_rng(0)
-    if close and len(group) == 1:
-        cliffords = _one_qubit_cliffords()
-    else:
-        count = CLOSE_PROBE_CLIFFORDS if close else QUICK_PROBE_CLIFFORDS
-        cliffords = [random_clifford(len(group), seed=rng) for _ in range(count)]
-    d1, p1, _ = _program_cost(backend, group, cliffords)
-    return d0, (d1 - d0) / len(cliffords), p0, (p1 - p0) / len(cliffords), controller
-
-
 def check_rb_lengths(backend, settings: RBSettings, *, qubits: Sequence[int] | None = None,
                      edges: Sequence[tuple[int, int]] | None = None) -> None:
-    """Refuse, before any sequence is built, lengths whose longest sequences the controller
-    cannot play: each round's program (as :func:`benchmark_gates` groups them) is estimated
-    per qubit or edge from probe programs of Cliffords fenced by barriers
-    (:func:`_cost_per_clifford`, extrapolated linearly to the length and its inverse), against
-    the controller's ``max_program_samples`` and ``max_plays`` (its ``hello``). ``qubits``
-    and ``edges`` as for :func:`benchmark_gates`. A 2-qubit estimate is a sample's (~1 %):
-    a length just below the bound can still fail at ``run()``, whose check is exact.
+    """Refuse lengths whose longest sequences a controller cannot play, before any is built:
+    each round's programs (as :func:`~labqpu.calibration.rb.benchmark_gates` groups them)
+    against the controller's ``max_program_samples`` (per qubit or edge) and ``max_plays``
+    (summed over a round), as its ``hello`` stated them (estimated as
+    :mod:`labqpu.calibration.rb_sequences` says). ``qubits`` and ``edges`` as for
+    ``benchmark_gates``. Within :data:`LENGTH_MARGIN` of a limit a length is refused,
+    though it may fit (``run()`` checks exactly, after the sequences are built).
 
     Raises:
-        CalibrationError: naming the setting (``lengths_1q``, ``lengths_2q``), the qubit or
-            edge, the estimate and the longest length about fitting.
+        CalibrationError: "<setting>: ..." naming the setting (``lengths_1q``,
+            ``lengths_2q``), the qubit or edge, the estimate, the limit and the longest
+            length about fitting.
     """
-    qubits, edges = _subjects(backend, qubits, edges)
+    qubits, edges = rb_subjects(backend, qubits, edges)
     coupling = [tuple(e) for e in backend.config.coupling_map]
     for name, lengths, items in (("lengths_1q", settings.lengths_1q, [(q,) for q in qubits]),
                                  ("lengths_2q", settings.lengths_2q, edges)):
         cliffords = max(lengths) + 1  # the inverse too
         for group in independent_sets(items, coupling, settings.max_round_qubits):
-            costs = {item: _cost_per_clifford(backend, item, close=False) for item in group}
-            if _over_limits(backend, costs, cliffords, 0.5):
-                costs = {item: _cost_per_clifford(backend, item, close=True) for item in group}
-                problems = _over_limits(backend, costs, cliffords, 1.0)
+            bounds = {item: sequence_cost_bound(backend, item) for item in group}
+            costs = None if None in bounds.values() else bounds
+            for count in (QUICK_PROBE_CLIFFORDS, CLOSE_PROBE_CLIFFORDS):
+                if costs is not None and not over_limits(backend, costs, cliffords, 0.5):
+                    break
+                costs = {item: sequence_cost(backend, item, count) for item in group}
+            else:
+                problems = over_limits(backend, costs, cliffords,
+                                        1 - LENGTH_MARGIN[len(group[0])])
                 if problems:
                     raise CalibrationError(f"{name}: sequences of {max(lengths)} Cliffords: "
                                            f"{problems[0]}")
-
-
-def _over_limits(backend, costs: dict[tuple[int, ...], tuple[float, float, float, float, str]],
-                 cliffords: int, fraction: float) -> list[str]:
-    """How RB sequences of ``cliffords`` Cliffords on a round's qubits or edges (``costs``:
-    :func:`_cost_per_clifford` of each) would exceed ``fraction`` of a controller's limit:
-    its duration per qubit or edge, its pulse plays summed over those on one controller. One
-    phrase per limit exceeded; none: []."""
-    found = []
-    plays: dict[str, list] = {}
-    for item, (d0, per_d, p0, per_p, controller) in costs.items():
-        limit = backend.controller_capabilities(controller).get("max_program_samples")
-        if limit and per_d > 0 and d0 + cliffords * per_d > fraction * limit:
-            us = 1e6 / backend.config.controller(controller).sample_rate_hz
-            found.append(f"one on {_label(item)} lasts about {(d0 + cliffords * per_d) * us:.0f}"
-                         f" us; controller {controller} plays at most {limit} samples "
-                         f"({limit * us:.0f} us, its max_program_samples): give lengths up to "
-                         f"about {int((limit - d0) / per_d) - 1} Cliffords")
-        total = plays.setdefault(controller, [0.0, 0.0, []])
-        total[0] += p0
-        total[1] += per_p
-        total[2].append(_label(item))
-    for controller, (p0, per_p, labels) in plays.items():
-        limit = backend.controller_capabilities(controller).get("max_plays")
-        if limit and per_p > 0 and p0 + cliffords * per_p > fraction * limit:
-            found.append(f"those on {', '.join(labels)} together play about "
-                         f"{p0 + cliffords * per_p:.0f} pulses; controller {controller} takes at "
-                         f"most {limit} (max_plays): give lengths up to about "
-                         f"{int((limit - p0) / per_p) - 1} Cliffords")
-    return found
-
-
-def _label(item: tuple[int, ...]) -> str:
-    """"qubit 1" or "edge 1-2"."""
-    return f"qubit {item[0]}" if len(item) == 1 else f"edge {item[0]}-{item[1]}"
 
 
 def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
@@ -614,7 +445,7 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
     such a qubit or edge is entered there with the reason instead, the others go on, and an
     edge with a failed qubit is not benchmarked (entered as failed too)."""
     snapshot = backend.snapshot
-    qubits, edges = _subjects(backend, qubits, edges)
+    qubits, edges = rb_subjects(backend, qubits, edges)
     coupling = [tuple(e) for e in backend.config.coupling_map]
     check_rb_lengths(backend, settings, qubits=qubits, edges=edges)
     matrices = {q: snapshot.qubits[q]["assignment_matrix"].value
@@ -642,7 +473,9 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                     failed[e] = f"the 1-qubit RB of qubit {bad[0]} failed"
             items = [e for e in items if e not in failed]
         for group in independent_sets(items, coupling, settings.max_round_qubits):
-            say(f"randomized benchmarking of {', '.join(map(_label, group))}")
+            say("randomized benchmarking of "
+                + ", ".join(f"qubit {g[0]}" if len(g) == 1 else f"edge {g[0]}-{g[1]}"
+                            for g in group))
             data = acquire_rb(backend, group, settings_lengths, seeds=settings.seeds,
                               shots=settings.shots,
                               seed=None if seed is None else seed + len(outcomes))
@@ -677,24 +510,26 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
     of a qubit it changed (and of that qubit's edges) are left out
     (:func:`~labqpu.store.merge.commit_apart_onto_newest`; ``StaleSnapshotError`` when it
     changed a flux bias). Returns the snapshot (None when everything was left out), the
-    record paths, and {qubit: why} of the qubits left out."""
+    record paths, and {qubit: why} of the qubits left out. The records are written first: one
+    that cannot be written is a ``CalibrationError`` and nothing is committed."""
     say = progress or (lambda msg: None)
     builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
-    directory = experiments_directory(backend.config.store_path)
-    paths = []
+    records = []
     for outcome in outcomes:
         old = {}
         for gate in outcome.errors:
             previous = measured.gates.get(gate, {}).get("error")
             old[gate] = None if previous is None else previous.value
-        record = rb_record(outcome, old)
-        paths.append(record.save(directory))
-        png = save_plot(record, directory)
+        records.append(rb_record(outcome, old))
+    # before the commit: a snapshot never names a record that could not be written
+    paths = save_records(records, experiments_directory(backend.config.store_path))
+    for outcome, path in zip(outcomes, paths, strict=True):
         rb_update(builder, outcome)
         gates = sorted(outcome.errors)
         say(f"{', '.join(gates)}: error {outcome.errors[gates[0]]:.2e} (EPC "
-            f"{outcome.fit.epc:.2e} +- {outcome.fit.epc_stderr:.1e}); plot {png}")
+            f"{outcome.fit.epc:.2e} +- {outcome.fit.epc_stderr:.1e}); plot "
+            f"{path.with_suffix('.png')}")
     snapshot, left_out = commit_apart_onto_newest(backend.store, builder.build_document(),
                                                   measured, parent_id=parent_id)
     return snapshot, paths, left_out

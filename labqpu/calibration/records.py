@@ -103,6 +103,13 @@ def experiments_directory(store_path: str | Path) -> Path:
                           else f"{path.stem}_experiments")
 
 
+def describe(subject: int | tuple[int, ...]) -> str:
+    """``"qubit 2"`` or ``"edge 1-2"`` (a qubit also as a 1-tuple)."""
+    if not isinstance(subject, int) and len(subject) == 1:
+        subject = subject[0]
+    return f"qubit {subject}" if isinstance(subject, int) else f"edge {subject[0]}-{subject[1]}"
+
+
 def check_records_directory(directory: str | Path) -> None:
     """Raise ``CalibrationError`` naming ``directory`` when the experiment records could not be
     written there (a file in its place, a directory that cannot be written), before a run

@@ -52,21 +52,22 @@ from labqpu.calibration.graph import (
     RB_NODE,
     Node,
     Subject,
-    describe,
     graph_nodes,
     plan,
 )
-from labqpu.calibration.plots import save_plot
+from labqpu.calibration.plots import save_records
 from labqpu.calibration.rb import (
     RBOutcome,
     RBSettings,
     benchmark_gates,
+    check_rb_lengths,
     commit_benchmarks,
     outdated_subjects,
 )
+from labqpu.calibration.rb_sequences import rb_subjects
 from labqpu.calibration.records import (
-    ExperimentRecord,
     check_records_directory,
+    describe,
     experiments_directory,
 )
 from labqpu.calibration.report import (
@@ -322,24 +323,6 @@ def _why(exc: Exception, n: Node) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:
-    """Write each record's JSON and PNG into ``directory``; returns the JSON paths.
-
-    Raises:
-        CalibrationError: a file could not be written (a full disk, a directory removed or
-            made read-only during the run), naming the record and the directory.
-    """
-    paths = []
-    for record in records:
-        try:
-            paths.append(record.save(directory))
-            save_plot(record, directory)
-        except OSError as exc:
-            raise CalibrationError(f"experiment record {record.experiment} could not be "
-                                   f"written to {directory} ({exc})") from exc
-    return paths
-
-
 def graph_steps(backend, nodes: Sequence[str] | None = None, qubits: Sequence[int] | None = None
                 ) -> tuple[list[int], list[tuple[Node, Subject]]]:
     """The qubits chosen (``qubits``, default all) and the graph's steps (node, qubit or edge)
@@ -437,6 +420,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     if commit:
         backend.store.check_writable()  # before the measurements, not at their commit
         check_records_directory(directory)
+    if with_rb:  # lengths no controller plays are a settings error, before any measurement
+        check_rb_lengths(backend, rb_settings or RBSettings(), qubits=chosen)
     rb_forced = force and (nodes is None or RB_NODE in nodes)
     # the graph's steps leave rb out (graph_steps), so naming it among the forced is harmless
     forced = ({n.name for n in graph_nodes()} if nodes is None else set(nodes)) if force \
@@ -448,41 +433,39 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
-    saving = False
-    try:  # an interrupted run, or a refused commit, leaves the records of what was measured
+    try:
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
-        report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
-        # before the commit: a snapshot never names a record that could not be written
-        saving = True
+    except BaseException:  # an interrupted or failed walk leaves the records of what it measured
         try:
-            report.records = save_records(kit.records, directory)
-        except CalibrationError as exc:
-            raise CalibrationError(f"{exc}; nothing was committed") from exc
-        measured = [c for o in outcomes for c in o.changes]
-        builder = SnapshotBuilder.from_snapshot(parent)
-        marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
-        if commit and (measured or marked):
-            names = sorted({o.node for o in outcomes if o.status == "calibrated"})
-            notes = [f"{', '.join(names)} recalibrated"] if names else []
-            notes += [f"record of failed steps of {', '.join(marked)} updated"] if marked else []
-            builder.notes = f"calibration runner: {'; '.join(notes)}"
-            for (subject, name), stamp in kit.work.measured_at.items():
-                if initial.get((subject, name)) == stamp:
-                    continue
-                if isinstance(subject, int):
-                    builder.set_qubit(subject, name, kit.work.qubits[subject][name],
-                                      kit.work.records[(subject, name)], timestamp=stamp)
-                else:
-                    builder.set_pair(subject, name, kit.work.pairs[subject][name],
-                                     kit.work.records[(subject, name)], timestamp=stamp)
-            report.snapshot, left_out = commit_apart_onto_newest(
-                backend.store, builder.build_document(), parent, parent_id=base_id)
-            report.committed += [report.snapshot] if report.snapshot else []
-            mark_left_out(report, {describe(s): s for _, s in steps}, left_out)
-    finally:
-        if not saving:
             save_records(kit.records, directory)
+        except CalibrationError as exc:  # what stopped the walk goes on
+            log.warning("%s", exc)
+        raise
+    report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
+    # before the commit: a snapshot never names a record that could not be written
+    report.records = save_records(kit.records, directory)
+    measured = [c for o in outcomes for c in o.changes]
+    builder = SnapshotBuilder.from_snapshot(parent)
+    marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
+    if commit and (measured or marked):
+        names = sorted({o.node for o in outcomes if o.status == "calibrated"})
+        notes = [f"{', '.join(names)} recalibrated"] if names else []
+        notes += [f"record of failed steps of {', '.join(marked)} updated"] if marked else []
+        builder.notes = f"calibration runner: {'; '.join(notes)}"
+        for (subject, name), stamp in kit.work.measured_at.items():
+            if initial.get((subject, name)) == stamp:
+                continue
+            if isinstance(subject, int):
+                builder.set_qubit(subject, name, kit.work.qubits[subject][name],
+                                  kit.work.records[(subject, name)], timestamp=stamp)
+            else:
+                builder.set_pair(subject, name, kit.work.pairs[subject][name],
+                                 kit.work.records[(subject, name)], timestamp=stamp)
+        report.snapshot, left_out = commit_apart_onto_newest(
+            backend.store, builder.build_document(), parent, parent_id=base_id)
+        report.committed += [report.snapshot] if report.snapshot else []
+        mark_left_out(report, {describe(s): s for _, s in steps}, left_out)
     if with_rb:
         _benchmark_outdated(backend, report, chosen, forced=rb_forced, limits=limits, now=now,
                             settings=rb_settings or RBSettings(),
@@ -496,13 +479,8 @@ def _benchmark_outdated(backend, report: RunReport, qubits: Sequence[int], *, fo
     """The ``rb`` step of :func:`run_graph`: benchmark what it must, commit, add the outcomes
     (one per qubit and edge; "fresh" for those whose gate errors still hold) to ``report``."""
     snapshot = backend.snapshot
-    target = backend.target
-    chosen = set(qubits)
-    subjects: list[Subject] = [q for (q,) in target.qargs_for_operation_name("sx")
-                               if q in chosen]
-    if "cz" in target.operation_names:
-        subjects += sorted({(min(e), max(e)) for e in target.qargs_for_operation_name("cz")
-                            if set(e) <= chosen})
+    one_q, edges = rb_subjects(backend, qubits, None)
+    subjects: list[Subject] = [*one_q, *edges]
     due = ({s: ["forced"] for s in subjects} if forced else
            {s: why for s, why in outdated_subjects(snapshot, limits, now).items()
             if s in subjects})

@@ -41,36 +41,38 @@ class ConditionError(ValueError):
     """A condition the controller cannot decide; the message says why."""
 
 
-def truth_table(condition: object) -> tuple[list[Clbit], list[bool]]:
+def truth_table(condition: object, zero: Callable[[Clbit], bool] | None = None
+                ) -> tuple[list[Clbit], list[bool]]:
     """(bits, table) of ``condition`` (an ``IfElseOp.condition``): the distinct classical bits
     it reads, in the order it reads them, and for every assignment k (bit j of k is the value
-    of ``bits[j]``) whether the condition holds. Raises ``ConditionError``."""
-    if isinstance(condition, tuple):
+    of ``bits[j]``) whether the condition holds. A bit for which ``zero`` is true (one no
+    measurement wrote) holds 0: it is not among ``bits`` nor counted against
+    :data:`MAX_CONDITION_BITS`. Raises ``ConditionError``."""
+    if isinstance(condition, tuple):  # the same as an expression
         target, value = condition
         if isinstance(target, Clbit):
-            return [target], [bool(k) == bool(value) for k in (0, 1)]
-        if isinstance(target, ClassicalRegister):
+            condition = expr.lift(target) if value else expr.logic_not(expr.lift(target))
+        elif isinstance(target, ClassicalRegister):
             value = int(value)
-            width = len(target)
-            if not 0 <= value < 2 ** width:
+            if not 0 <= value < 2 ** len(target):
                 raise ConditionError(f"register {target.name!r} == {value}: a register of "
-                                     f"{width} bit(s) holds 0..{2 ** width - 1}")
-            bits = list(dict.fromkeys(target))
-            if len(bits) > MAX_CONDITION_BITS:
-                raise _too_many(len(bits))
-            return bits, [k == value for k in range(2 ** len(bits))]
-        raise ConditionError(f"the condition {condition!r} compares neither a classical bit "
-                             "nor a register")
+                                     f"{len(target)} bit(s) holds 0..{2 ** len(target) - 1}")
+            condition = expr.equal(expr.lift(target), value)
+        else:
+            raise ConditionError(f"the condition {condition!r} compares neither a classical "
+                                 "bit nor a register")
     if not isinstance(condition, expr.Expr):
         raise ConditionError(f"the condition {condition!r} is neither a (bit or register, "
                              "value) pair nor a classical expression")
-    bits: list[Clbit] = []
-    evaluate = _compile(condition, bits)
+    read: list[Clbit] = []
+    evaluate = _compile(condition, read)
+    bits = [b for b in read if zero is None or not zero(b)]
     if len(bits) > MAX_CONDITION_BITS:
         raise _too_many(len(bits))
+    held = {b: 0 for b in read}
     table = []
     for k in range(2 ** len(bits)):
-        values = {bit: (k >> j) & 1 for j, bit in enumerate(bits)}
+        values = held | {bit: (k >> j) & 1 for j, bit in enumerate(bits)}
         table.append(bool(evaluate(values)))
     return _relevant(bits, table)
 

@@ -370,22 +370,17 @@ class _Reader:
         """The condition of an if_else as (clbits it reads, truth table;
         ``conditions.truth_table``) over the bits an earlier measurement wrote (``cmap``: the
         branch's classical bits as the circuit's): a bit none wrote holds 0, as every
-        classical bit starts (OpenQASM, Qiskit), so the table is taken where it is 0; with no
-        bit left the condition is decided here. Refuses what the controller's blocks cannot
-        decide exactly."""
+        classical bit starts (OpenQASM, Qiskit), so with no bit left the condition is decided
+        here. Refuses what the controller's blocks cannot decide exactly."""
+        def index(bit) -> int:
+            return self.cindex[cmap.get(bit, bit)]
+
         try:
-            bits, table = truth_table(inst.operation.condition)
+            bits, table = truth_table(inst.operation.condition,
+                                      zero=lambda bit: index(bit) not in self.writer)
         except ConditionError as exc:
             self.fail(f"if_else on qubits {qubits}: {exc}", qubits, "if_else")
-        clbits, kept = [], []  # the written bits, and their places in ``bits``
-        for j, bit in enumerate(bits):
-            c = self.cindex[cmap.get(bit, bit)]
-            if c in self.writer:
-                clbits.append(c)
-                kept.append(j)
-        table = [table[sum(((k >> i) & 1) << j for i, j in enumerate(kept))]
-                 for k in range(2 ** len(kept))]
-        return tuple(clbits), tuple(table)
+        return tuple(index(bit) for bit in bits), tuple(table)
 
     def if_else(self, inst, qubits: tuple) -> None:
         if self.latency is None:
@@ -426,6 +421,8 @@ class _Reader:
         members = []
         length = 0
         for body, holds in zip(inst.operation.blocks, (True, False), strict=False):
+            if not condition[0] and condition[1][0] != holds:
+                continue  # decided when compiling: a branch that never plays reads nothing
             inner = dict(zip(body.clbits, outer_clbits, strict=True))
             found, size = self.branch(body, outer_qubits, inner, start, (*path, (condition, holds)),
                                       read)

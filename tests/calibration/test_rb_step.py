@@ -12,6 +12,7 @@ from labqpu.calibration import runner
 from labqpu.calibration.rb import RBSettings, outdated_subjects
 from labqpu.calibration.records import load_record
 from labqpu.calibration.runner import run_graph
+from labqpu.errors import CalibrationError
 from labqpu.store import CALIBRATION_FAILED, CalibrationStore, SnapshotBuilder
 from labqpu.testing import use_fresh_home
 
@@ -229,3 +230,20 @@ def test_calibrate_rb_leaves_out_a_qubit_another_writer_changed(tmp_path, monkey
         assert after.gates[gate]["error"] == start.gates[gate]["error"], gate
     assert after.qubit_value(3, "t1_s") == 33e-6
     assert CALIBRATION_FAILED not in after.pairs[(3, 4)]
+
+
+def test_rb_lengths_no_controller_plays_are_refused_before_the_graph_measures(
+        tmp_path, monkeypatch):
+    """A review's case: ``run_graph(..., rb=True)`` with such lengths walked the graph,
+    committed it, then recorded the rb step of a healthy qubit as failed (a mark in the
+    store). Now the settings are refused first: nothing measured, committed or written."""
+    use_fresh_home(monkeypatch, tmp_path)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        before = backend.store.latest_id()
+        with pytest.raises(CalibrationError, match=r"^lengths_1q: sequences of 100000 "
+                                                   r"Cliffords: one on qubit 0 lasts about"):
+            run_graph(backend, ["rabi"], qubits=[0], rb=True, force=True,
+                      rb_settings=RBSettings(lengths_1q=(1, 50, 100_000)))
+        assert backend.store.latest_id() == before
+    assert not list(tmp_path.glob("lab5/experiments/*"))

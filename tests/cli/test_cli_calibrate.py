@@ -447,13 +447,17 @@ def test_records_that_cannot_be_written_are_refused_before_anything_is_measured(
         history.stdout  # snapshot 1 alone
 
 
+@pytest.mark.parametrize(("args", "kind"), [
+    (["rabi", "--qubits", "1", "--force"], "rabi"),
+    (["--rb", "--qubits", "1", "--rb-lengths-1q", "1", "40", "120", "--rb-seeds", "2"], "rb"),
+])
 def test_records_that_fail_to_write_during_a_run_leave_nothing_committed(
-        tmp_path, labqpu, monkeypatch) -> None:
+        tmp_path, labqpu, monkeypatch, args, kind) -> None:
     """A review's case: a record write that failed after the check before the run (a disk
     filling up meanwhile: patched here, a full disk cannot be made on this machine) came after
-    the commit, so the snapshot named records that were never written. Records are written
-    first; the failure is one line naming the record and the place, and nothing is
-    committed."""
+    the commit, so the snapshot named records that were never written; an RB record's was a
+    traceback. Records are written first; the failure is one line naming the record and the
+    place, and nothing is committed."""
     from labqpu.calibration.records import ExperimentRecord
 
     def full_disk(self, directory):
@@ -461,9 +465,9 @@ def test_records_that_fail_to_write_during_a_run_leave_nothing_committed(
 
     seed_fresh_store(tmp_path)
     monkeypatch.setattr(ExperimentRecord, "save", full_disk)
-    proc = labqpu(tmp_path, "calibrate", "rabi", "--qubits", "1", "--force", timeout=300)
+    proc = labqpu(tmp_path, "calibrate", *args, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert re.match(rf"labqpu: experiment record rabi-\S+ could not be written to "
+    assert re.match(rf"labqpu: experiment record {kind}-\S+ could not be written to "
                     rf"{re.escape(str(tmp_path / 'lab5' / 'experiments'))} \(\[Errno 28\] No "
                     r"space left on device\); nothing was committed", proc.stderr), proc.stderr
     history = labqpu(tmp_path, "calibrate", "history")
@@ -565,7 +569,9 @@ def test_rb_lengths_longer_than_the_controller_plays_are_refused_before_measurin
     proc = labqpu(tmp_path, "calibrate", *args)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(message), proc.stderr
-    assert "(2000 us, its max_program_samples): give lengths up to about" in proc.stderr
+    assert re.search(r"\(2000 us, its max_program_samples\), less the estimate's margin of "
+                     r"[15]%: give lengths up to about \d+ Cliffords$", proc.stderr.strip()), \
+        proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     with CalibrationStore(store) as s:
         assert s.latest_id() == before

@@ -159,11 +159,13 @@ def test_a_bit_no_measurement_wrote_reads_0(snapshot, channels):
     """A review's case: OpenQASM 2's ``if(c==1)`` on a register never measured was refused;
     classical bits start at 0 (OpenQASM, Qiskit, Aer). A condition on unwritten bits only is
     decided when compiling: its branch plays unconditionally or not at all, with no
-    feed-forward latency; on a register half measured, only the measured bit is tested."""
-    plain = QuantumCircuit(2, 2)
-    plain.x(1)
-    plain.measure([0, 1], [0, 1])
+    feed-forward latency (it compiles as the circuit with the branch's gates, or without
+    them); on a register half measured, only the measured bit is tested."""
     for value, played in ((0, True), (1, False)):
+        plain = QuantumCircuit(2, 2)
+        if played:
+            plain.x(1)
+        plain.measure([0, 1], [0, 1])
         qc = QuantumCircuit(2, 2)
         with qc.if_test((qc.clbits[1], value)):
             qc.x(1)
@@ -439,3 +441,25 @@ def test_if_elses_that_read_one_result_share_its_latency(snapshot, channels, met
     conditional = sorted(int(t) for t, b in zip(prog.play_start, prog.play_block, strict=True)
                          if b >= 0)
     assert conditional[0] >= ends[0] + LATENCY and conditional[1] >= ends[1] + LATENCY
+
+
+def test_a_branch_decided_never_to_play_adds_no_latency(snapshot, channels):
+    """A review's case: ``if (c2 == 1) { if (c0 == 1) x(1) }`` with c2 never measured waited
+    the feed-forward latency for c0 and held its readout mid-circuit, though the branch never
+    plays: it compiles as the circuit without it. A register of 16 bits with one measured is
+    tested on that bit (it was refused: over 12 bits)."""
+    plain = QuantumCircuit(2, 3)
+    plain.x(0)
+    plain.measure(0, 0)
+    nested = plain.copy()
+    with nested.if_test((nested.clbits[2], 1)), nested.if_test((nested.clbits[0], 1)):
+        nested.x(1)
+    assert compiled(nested, snapshot, channels).duration_samples == \
+        compiled(plain, snapshot, channels).duration_samples
+    wide = ClassicalRegister(16, "w")
+    qc = QuantumCircuit(QuantumRegister(2), wide)
+    qc.measure(0, wide[0])
+    with qc.if_test((wide, 1)):
+        qc.x(1)
+    program = compiled(qc, snapshot, channels)
+    assert program.block_acq.tolist() == [0] and program.block_value.tolist() == [1]
