@@ -167,3 +167,30 @@ def test_stores_in_one_folder_keep_their_own_records() -> None:
     assert experiments_directory("/h/lab5/calibration.sqlite") == Path("/h/lab5/experiments")
     assert experiments_directory("state/a.sqlite") == Path("state/a_experiments")
     assert experiments_directory("state/b.sqlite") != experiments_directory("state/a.sqlite")
+
+
+def test_a_record_that_fails_to_write_after_an_interrupt_does_not_replace_it(
+        tmp_path, monkeypatch, caplog):
+    """A review's case: a Ctrl-C during the graph's walk saves the records measured so far;
+    one failing to write (a full disk: patched here) raised its own error in place of the
+    interrupt. The interrupt goes on, the failure is a warning."""
+    from labqpu.calibration import runner
+    from labqpu.calibration.records import ExperimentRecord
+
+    record = ExperimentRecord(experiment="t1-q0-test", kind="t1", subject="qubit 0",
+                              measured_at="2026-12-07T00:00:00+00:00", values={},
+                              old_values={}, fit={}, raw={})
+
+    def interrupted(kit, *args, **kwargs):
+        kit.records.append(record)
+        raise KeyboardInterrupt
+
+    def full_disk(self, directory):
+        raise OSError(28, "No space left on device")
+
+    use_fresh_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(runner, "walk", interrupted)
+    monkeypatch.setattr(ExperimentRecord, "save", full_disk)
+    with LabProvider() as provider, pytest.raises(KeyboardInterrupt):
+        run_graph(provider.backend(), ["t1"], qubits=[0], force=True)
+    assert "experiment record t1-q0-test could not be written to" in caplog.text
