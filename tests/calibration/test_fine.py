@@ -72,13 +72,15 @@ def test_noise_alone_is_refused() -> None:
 
 
 def test_simulator_rotation_error_follows_the_amplitude(tmp_path, monkeypatch) -> None:
-    """On the simulator, a pi pulse made 1 % too strong reads as an over-rotation of 0.8-1.1 %
+    """On the simulator, a pi pulse made 1 % too strong reads as an over-rotation of 0.75-1.1 %
     (against the same measurement at the calibrated amplitude), and fine_amplitude brings it
     back to within 0.2 % of where the calibrated one measures. The reading is below 1 % because
     the fit holds the contrast at 1 (``labqpu.calibration.fine``): what decoherence takes over
     the 2 us sequence scales eps down. Measured on this private quiet rack, 2026-12-02: 0.866,
     0.904, 0.906, 0.909, 0.926, 0.961 % in six runs, and 0.839 % in one CI run, which the
-    earlier bound of 1 +- 0.15 % failed (so did 0.82 and 0.83 % on shared racks before). On a
+    earlier bound of 1 +- 0.15 % failed (so did 0.82 and 0.83 % on shared racks before); a
+    review's 44 runs: 0.914 % mean, 0.032 % sd (the fits' own standard error 0.033 %), so
+    the floor of 0.8 % was 3.6 sd down and is now 0.75 % (5.2 sd). On a
     simulator without drift and a store of its own: on the shared drifting one, qubit 2's
     detuning depends on how much simulated time the tests before it on the same worker used;
     the shared quiet one's store is committed to by other tests."""
@@ -101,7 +103,7 @@ def _rotation_error_follows_the_amplitude(lab_backend) -> None:
     work.qubits[q]["pi_amplitude"] = pi * 1.01
     off, _, _ = measure(kit, q, "pi", 2000, 48)
     shift = off.relative_error(np.pi) - base.relative_error(np.pi)
-    assert 0.008 <= shift <= 0.011, (base, off)
+    assert 0.0075 <= shift <= 0.011, (base, off)
     fine_amplitude(kit, q, 2000)
     exact = base.corrected(pi, np.pi)
     assert abs(work.qubits[q]["pi_amplitude"] / exact - 1) < 0.002

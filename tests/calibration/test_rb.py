@@ -177,14 +177,16 @@ def coherence_limit(t_s: float, t1_s: float, t2_s: float) -> float:
 @pytest.mark.slow
 def test_rb_gate_errors_reach_the_target(quiet_lab_provider, quiet_lab_backend):
     """1-qubit RB of every qubit and 2-qubit RB of edge (0, 1) on the simulator. The 1-qubit
-    errors lie between 0.6 and 2.5 times the coherence limit of a 40 ns pulse with the device
+    errors lie between 0.45 and 2.5 times the coherence limit of a 40 ns pulse with the device
     file's T1 and T2 (the simulated pulses are limited by decoherence, plus the static ZZ of
     neighbours); the cz error is positive and below 3 %. Committed, they appear in the
     Target. On the backend without drift: on the shared drifting one, T1 and T2 wander with
     the simulated time the tests before it on the same worker used, and one full-suite run
     read qubit 0's error as 0.77 of the device file's limit. The shots are not seeded: six
     repeats of these settings read 0.82-1.28 of the limit (about 1.05 +- 0.1), and a CI run
-    read 0.75 for qubit 0, so the floor is 0.6, four standard deviations down."""
+    read 0.75 for qubit 0; a review's ten on qubit 1 read 1.08 +- 0.147 (the RB fits' own
+    standard errors are ~5 %: the rest is the simulator's drift of T1), so the floor is
+    0.45, four of those standard deviations down (0.6 was 3.2)."""
     lab_provider, lab_backend = quiet_lab_provider, quiet_lab_backend
     settings = RBSettings(lengths_1q=(1, 100, 300, 600), lengths_2q=(1, 10, 30, 60), seeds=3,
                           shots=300)
@@ -193,7 +195,7 @@ def test_rb_gate_errors_reach_the_target(quiet_lab_provider, quiet_lab_backend):
     device = load_device("lab5")
     for q, truth in enumerate(device.qubits):
         limit = coherence_limit(40e-9, truth.t1_s, truth.t2_s)
-        assert 0.6 * limit < errors[f"sx:{q}"] < 2.5 * limit, (q, errors[f"sx:{q}"], limit)
+        assert 0.45 * limit < errors[f"sx:{q}"] < 2.5 * limit, (q, errors[f"sx:{q}"], limit)
         assert errors[f"x:{q}"] == errors[f"sy:{q}"] == errors[f"sx:{q}"]
     assert 5e-4 < errors["cz:0-1"] < 0.03, errors["cz:0-1"]
 
