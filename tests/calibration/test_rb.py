@@ -23,7 +23,6 @@ from labqpu.calibration.rb import (
     check_rb_lengths,
     errors_per_gate,
     fit_rb,
-    independent_sets,
     outdated_gate_errors,
     outdated_subjects,
     rb_baseline,
@@ -31,7 +30,7 @@ from labqpu.calibration.rb import (
     rb_update,
     refit,
 )
-from labqpu.calibration.rb_sequences import LENGTH_MARGIN, random_sequence
+from labqpu.calibration.rb_sequences import LENGTH_MARGIN, independent_sets, random_sequence
 from labqpu.calibration.records import load_record
 from labqpu.errors import CalibrationError, FitError
 from labqpu.firmware_sim.device import load_device
