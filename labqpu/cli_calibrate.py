@@ -201,11 +201,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
         check_records_directory(experiments_directory(backend.config.store_path))
         if runs_rb or rb_step:  # on the newest pulses (none in an empty store: no check)
             from labqpu.calibration.rb import check_rb_lengths
-            from labqpu.errors import CalibrationError
+            from labqpu.errors import CalibrationSettingsError
 
             try:
                 check_rb_lengths(backend, _rb_settings(args), qubits=args.qubits)
-            except CalibrationError as exc:  # "<setting>: why"
+            except CalibrationSettingsError as exc:
                 print(f"labqpu calibrate: {_rb_option(exc)}", file=sys.stderr)
                 return 2
         t0 = time.perf_counter()
@@ -433,14 +433,12 @@ def _randomized_benchmarking(backend, progress, rb_settings, qubits=None):
     and edges that failed as a new snapshot (its parent the one measured). Returns (the
     snapshot, or None when nothing was committed; whether every benchmark fitted)."""
     from labqpu.calibration.runner import benchmark_and_record
-    from labqpu.errors import CalibrationError
+    from labqpu.errors import CalibrationSettingsError
 
     try:
         snapshot, _, failed = benchmark_and_record(backend, settings=rb_settings,
                                                    progress=progress, qubits=qubits)
-    except CalibrationError as exc:  # lengths the bootstrap's new pulses make too long
-        if not str(exc).startswith(("lengths_1q: ", "lengths_2q: ")):
-            raise
+    except CalibrationSettingsError as exc:  # lengths the bootstrap's new pulses make too long
         print(f"labqpu calibrate: {_rb_option(exc)}; nothing was benchmarked", file=sys.stderr)
         return None, False
     for subject, reason in failed.items():

@@ -173,6 +173,16 @@ class StaleSnapshotError(CalibrationError):
     """A commit expected a parent snapshot that is no longer the newest one."""
 
 
+class CalibrationSettingsError(CalibrationError):
+    """Calibration settings no run on this device can use (randomized-benchmarking lengths
+    longer than a controller plays); ``setting`` names the settings field (``lengths_1q``)
+    and the message starts with it."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {message}")
+
+
 class CorruptSnapshotError(CalibrationError):
     """A stored snapshot's document no longer matches its content hash, or cannot be read."""
 

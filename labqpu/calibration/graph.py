@@ -63,6 +63,7 @@ from labqpu.calibration.experiments import Kit
 from labqpu.calibration.fine import fine_amplitude, worst_relative_error
 from labqpu.calibration.leakage import cz_leakage
 from labqpu.calibration.readout import readout, resonator_and_discriminator
+from labqpu.calibration.records import describe as describe  # its home before 2026-12-07
 from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
 from labqpu.errors import CalibrationError

@@ -340,15 +340,16 @@ def save_plot(record: ExperimentRecord, directory: str | Path) -> Path:
     return path
 
 
-def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> list[Path]:
+def save_records(records: Sequence[ExperimentRecord], directory: str | Path, *,
+                 then: str = "") -> list[Path]:
     """Write each record's JSON and PNG into ``directory``; returns the JSON paths. Callers
     write the records of a calibration before they commit it, so that no snapshot names a
     record that is not there.
 
     Raises:
         CalibrationError: a file could not be written (a full disk, a directory removed or
-            made read-only during the run), naming the record and the directory, and saying
-            that nothing was committed.
+            made read-only during the run), naming the record and the directory, followed by
+            ``then`` (what the caller did not do, "nothing was committed").
     """
     paths = []
     for record in records:
@@ -357,6 +358,6 @@ def save_records(records: Sequence[ExperimentRecord], directory: str | Path) -> 
             save_plot(record, directory)
         except OSError as exc:
             raise CalibrationError(f"experiment record {record.experiment} could not be "
-                                   f"written to {directory} ({exc}); nothing was "
-                                   "committed") from exc
+                                   f"written to {directory} ({exc})"
+                                   + (f"; {then}" if then else "")) from exc
     return paths

@@ -52,8 +52,8 @@ from labqpu.calibration.rb_sequences import (
     sequence_cost,
     sequence_cost_bound,
 )
-from labqpu.calibration.records import ExperimentRecord, experiments_directory
-from labqpu.errors import CalibrationError, FitError
+from labqpu.calibration.records import ExperimentRecord, describe, experiments_directory
+from labqpu.errors import CalibrationSettingsError, FitError
 from labqpu.store import CZ_PARAMETERS
 from labqpu.store.builder import SnapshotBuilder
 from labqpu.store.merge import commit_apart_onto_newest
@@ -407,9 +407,9 @@ def check_rb_lengths(backend, settings: RBSettings, *, qubits: Sequence[int] | N
     though it may fit (``run()`` checks exactly, after the sequences are built).
 
     Raises:
-        CalibrationError: "<setting>: ..." naming the setting (``lengths_1q``,
-            ``lengths_2q``), the qubit or edge, the estimate, the limit and the longest
-            length about fitting.
+        CalibrationSettingsError: its ``setting`` ``lengths_1q`` or ``lengths_2q``; the
+            message names the qubit or edge, the estimate, the limit and the longest length
+            about fitting.
     """
     qubits, edges = rb_subjects(backend, qubits, edges)
     coupling = [tuple(e) for e in backend.config.coupling_map]
@@ -419,16 +419,16 @@ def check_rb_lengths(backend, settings: RBSettings, *, qubits: Sequence[int] | N
         for group in independent_sets(items, coupling, settings.max_round_qubits):
             bounds = {item: sequence_cost_bound(backend, item) for item in group}
             costs = None if None in bounds.values() else bounds
-            for count in (QUICK_PROBE_CLIFFORDS, CLOSE_PROBE_CLIFFORDS):
+            width = len(group[0])  # a single qubit's probe is exact at once
+            for count in (QUICK_PROBE_CLIFFORDS, CLOSE_PROBE_CLIFFORDS)[2 - width:]:
                 if costs is not None and not over_limits(backend, costs, cliffords, 0.5):
                     break
                 costs = {item: sequence_cost(backend, item, count) for item in group}
             else:
-                problems = over_limits(backend, costs, cliffords,
-                                        1 - LENGTH_MARGIN[len(group[0])])
+                problems = over_limits(backend, costs, cliffords, 1 - LENGTH_MARGIN[width])
                 if problems:
-                    raise CalibrationError(f"{name}: sequences of {max(lengths)} Cliffords: "
-                                           f"{problems[0]}")
+                    raise CalibrationSettingsError(
+                        f"sequences of {max(lengths)} Cliffords: {problems[0]}", setting=name)
 
 
 def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
@@ -473,9 +473,7 @@ def benchmark_gates(backend, *, edges: Sequence[tuple[int, int]] | None = None,
                     failed[e] = f"the 1-qubit RB of qubit {bad[0]} failed"
             items = [e for e in items if e not in failed]
         for group in independent_sets(items, coupling, settings.max_round_qubits):
-            say("randomized benchmarking of "
-                + ", ".join(f"qubit {g[0]}" if len(g) == 1 else f"edge {g[0]}-{g[1]}"
-                            for g in group))
+            say(f"randomized benchmarking of {', '.join(map(describe, group))}")
             data = acquire_rb(backend, group, settings_lengths, seeds=settings.seeds,
                               shots=settings.shots,
                               seed=None if seed is None else seed + len(outcomes))
@@ -511,7 +509,7 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
     (:func:`~labqpu.store.merge.commit_apart_onto_newest`; ``StaleSnapshotError`` when it
     changed a flux bias). Returns the snapshot (None when everything was left out), the
     record paths, and {qubit: why} of the qubits left out. The records are written first: one
-    that cannot be written is a ``CalibrationError`` and nothing is committed."""
+    that cannot be written is a ``CalibrationError`` and the gate errors are not committed."""
     say = progress or (lambda msg: None)
     builder = builder or SnapshotBuilder.from_snapshot(measured)
     builder.notes = f"gate errors by randomized benchmarking of snapshot {measured.snapshot_id}"
@@ -523,7 +521,8 @@ def commit_benchmarks(backend, measured, outcomes: Sequence[RBOutcome], progress
             old[gate] = None if previous is None else previous.value
         records.append(rb_record(outcome, old))
     # before the commit: a snapshot never names a record that could not be written
-    paths = save_records(records, experiments_directory(backend.config.store_path))
+    paths = save_records(records, experiments_directory(backend.config.store_path),
+                         then="the gate errors were not committed")
     for outcome, path in zip(outcomes, paths, strict=True):
         rb_update(builder, outcome)
         gates = sorted(outcome.errors)

@@ -153,6 +153,8 @@ def sequence_cost_bound(backend, item: tuple[int, ...]) -> Cost | None:
     names = [n for n in ONE_QUBIT_PULSES if n in target.operation_names]
     needed = [(n, (q,)) for n in (*names, "measure") for q in item]
     if len(item) == 2:
+        if "cz" not in target.operation_names:
+            return None
         needed.append(("cz", item) if item in target["cz"] else ("cz", item[::-1]))
     durations = {}
     for name, qargs in needed:
@@ -223,7 +225,11 @@ def over_limits(backend, costs: dict[tuple[int, ...], Cost], cliffords: int,
     phrase per limit exceeded, with the longest length fitting within ``fraction``; none:
     []."""
     found = []
-    margin = f", less the estimate's margin of {1 - fraction:.0%}" if fraction < 1 else ""
+    def kept(limit: int, unit: str) -> str:
+        """What of ``limit`` the estimate keeps free, when it keeps a margin."""
+        return (f"; this estimate keeps {1 - fraction:.0%} of it free, {fraction * limit:.0f}"
+                f" {unit}" if fraction < 1 else "")
+
     plays: dict[str | None, list] = {}
     for item, (d0, per_d, p0, per_p, controller) in costs.items():
         names = [controller] if controller else [c.name for c in backend.config.controllers]
@@ -234,8 +240,8 @@ def over_limits(backend, costs: dict[tuple[int, ...], Cost], cliffords: int,
                 found.append(f"one on {describe(item)} lasts about "
                              f"{(d0 + cliffords * per_d) * us:.0f} us; controller {name} plays "
                              f"at most {limit} samples ({limit * us:.0f} us, its "
-                             f"max_program_samples){margin}: give lengths up to about "
-                             f"{int((fraction * limit - d0) / per_d) - 1} Cliffords")
+                             f"max_program_samples{kept(limit * us, 'us')}): give lengths up "
+                             f"to about {int((fraction * limit - d0) / per_d) - 1} Cliffords")
         total = plays.setdefault(controller, [0.0, 0.0, []])
         total[0] += p0
         total[1] += per_p
@@ -247,6 +253,7 @@ def over_limits(backend, costs: dict[tuple[int, ...], Cost], cliffords: int,
             if limit and per_p > 0 and p0 + cliffords * per_p > fraction * limit:
                 found.append(f"those on {', '.join(subjects)} together play about "
                              f"{p0 + cliffords * per_p:.0f} pulses; controller {name} takes "
-                             f"at most {limit} (max_plays){margin}: give lengths up to about "
-                             f"{int((fraction * limit - p0) / per_p) - 1} Cliffords")
+                             f"at most {limit} (max_plays{kept(limit, 'plays')}): give "
+                             f"lengths up to about {int((fraction * limit - p0) / per_p) - 1} "
+                             "Cliffords")
     return found

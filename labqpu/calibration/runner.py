@@ -31,11 +31,12 @@ node, forced, from the design values and returns the document.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import numbers
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +67,7 @@ from labqpu.calibration.rb import (
 )
 from labqpu.calibration.rb_sequences import rb_subjects
 from labqpu.calibration.records import (
+    ExperimentRecord,
     check_records_directory,
     describe,
     experiments_directory,
@@ -323,6 +325,23 @@ def _why(exc: Exception, n: Node) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@contextlib.contextmanager
+def _records_kept_if_stopped(records: list[ExperimentRecord],
+                             directory: str | Path | None) -> Iterator[None]:
+    """Inside, an exception (a Ctrl-C, a failed walk) first writes ``records`` to
+    ``directory`` (None: nowhere), what was measured until then; one that cannot be written
+    is a warning, and the exception goes on."""
+    try:
+        yield
+    except BaseException:
+        if directory is not None:
+            try:
+                save_records(records, directory)
+            except CalibrationError as exc:
+                log.warning("%s", exc)
+        raise
+
+
 def graph_steps(backend, nodes: Sequence[str] | None = None, qubits: Sequence[int] | None = None
                 ) -> tuple[list[int], list[tuple[Node, Subject]]]:
     """The qubits chosen (``qubits``, default all) and the graph's steps (node, qubit or edge)
@@ -433,18 +452,12 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
-    try:
+    with _records_kept_if_stopped(kit.records, directory):
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
-    except BaseException:  # an interrupted or failed walk leaves the records of what it measured
-        try:
-            save_records(kit.records, directory)
-        except CalibrationError as exc:  # what stopped the walk goes on
-            log.warning("%s", exc)
-        raise
     report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
     # before the commit: a snapshot never names a record that could not be written
-    report.records = save_records(kit.records, directory)
+    report.records = save_records(kit.records, directory, then="nothing was committed")
     measured = [c for o in outcomes for c in o.changes]
     builder = SnapshotBuilder.from_snapshot(parent)
     marked = record_failures(builder, parent, outcomes, [s for _, s in steps])
@@ -548,7 +561,7 @@ def _benchmark(backend, report: RunReport, snapshot: Snapshot, todo: dict[Subjec
     try:
         committed, paths, left_out = commit_benchmarks(backend, snapshot, outcomes,
                                                        reporter.note, builder=builder)
-    except CalibrationError as exc:  # another writer committed meanwhile
+    except CalibrationError as exc:  # another writer committed meanwhile, or a record not written
         lost = f"{type(exc).__name__}: {exc}"
         report.outcomes = [replace(o, status="failed", reason=f"{o.reason}; {lost}", changes=[])
                            if o.node == RB_NODE and o.status == "calibrated" else o
@@ -692,12 +705,11 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
         if "drive_lo_frequency_hz" not in design.qubits[q]:
             choose_drive_lo(kit, q)
     steps = plan(None, qubits, backend.config.coupling_map, _available_nodes(backend))
-    try:  # records also of what finished before an interrupt (Ctrl-C)
+    with _records_kept_if_stopped(kit.records, record_directory):
         outcomes = walk(kit, steps, shots=shots, forced={n.name for n in graph_nodes()},
                         reporter=LineReporter(progress))
-    finally:
-        if record_directory is not None:
-            save_records(kit.records, record_directory)
+    if record_directory is not None:
+        save_records(kit.records, record_directory, then="nothing was committed")
     bad = [o for o in outcomes if o.status in ("failed", "blocked")]
     if bad:
         raise FitError("bootstrap: " + "; ".join(f"{o.node} on {o.subject}: {o.reason}"

@@ -98,7 +98,7 @@ def test_a_misaligned_program_is_refused_by_the_backend_and_the_firmware(rack):
 def test_calibration_experiments_play_on_the_grid(rack):
     """The bootstrap's experiments run unchanged on the constrained controller: T1 (waits on
     the grid), Rabi, and the CZ phase measurement with a 34-sample flux pulse (zero-padded to
-    36, as the compiler plays it). T1 comes out within 3 standard errors of its fit + 5 % of
+    36, as the compiler plays it). T1 comes out within 4 standard errors of its fit + 5 % of
     the device file's 55 us."""
     from labqpu.calibration.bootstrap import _cz_phases, rabi, t1
     from labqpu.calibration.experiments import Kit, Working
@@ -114,9 +114,9 @@ def test_calibration_experiments_play_on_the_grid(rack):
     t1(kit, 1, 300)
     (value, stderr), = [r.values["t1_s"] for r in kit.records if "t1_s" in r.values]
     assert value == work.qubits[1]["t1_s"]
-    # within 3 of the fit's standard errors + 5 % (a flat 20 % was 3.8 sd up: a review's 15
-    # runs read 1.017 +- 0.049 of 55 us)
-    assert abs(value - 55e-6) < 3 * stderr + 0.05 * 55e-6, (value, stderr)
+    # within 4 of the fit's standard errors (~3.9 % each) + 5 %: ~21 %, 4 sd of a review's 15
+    # runs (1.017 +- 0.049 of 55 us), and looser where a fit is less sure
+    assert abs(value - 55e-6) < 4 * stderr + 0.05 * 55e-6, (value, stderr)
     rabi(kit, 1, 300)
     assert work.qubits[1]["pi_amplitude"] == pytest.approx(snap.qubits[1]["pi_amplitude"].value,
                                                            rel=0.05)

@@ -12,6 +12,7 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.bootstrap import SPECTROSCOPY_AMPLITUDE_SCALE
+from labqpu.calibration.design import default_design_path, load_design
 from labqpu.calibration.records import load_record
 from labqpu.calibration.refits import refit
 from labqpu.testing import use_fresh_home
@@ -171,9 +172,9 @@ def test_stores_in_one_folder_keep_their_own_records() -> None:
 
 def test_a_record_that_fails_to_write_after_an_interrupt_does_not_replace_it(
         tmp_path, monkeypatch, caplog):
-    """A review's case: a Ctrl-C during the graph's walk saves the records measured so far;
-    one failing to write (a full disk: patched here) raised its own error in place of the
-    interrupt. The interrupt goes on, the failure is a warning."""
+    """A review's case: a Ctrl-C during the graph's walk (or a bootstrap's) saves the records
+    measured so far; one failing to write (a full disk: patched here) raised its own error in
+    place of the interrupt. The interrupt goes on, the failure is a warning."""
     from labqpu.calibration import runner
     from labqpu.calibration.records import ExperimentRecord
 
@@ -191,6 +192,12 @@ def test_a_record_that_fails_to_write_after_an_interrupt_does_not_replace_it(
     use_fresh_home(monkeypatch, tmp_path)
     monkeypatch.setattr(runner, "walk", interrupted)
     monkeypatch.setattr(ExperimentRecord, "save", full_disk)
-    with LabProvider() as provider, pytest.raises(KeyboardInterrupt):
-        run_graph(provider.backend(), ["t1"], qubits=[0], force=True)
-    assert "experiment record t1-q0-test could not be written to" in caplog.text
+    design = load_design(default_design_path("lab5"))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        with pytest.raises(KeyboardInterrupt):
+            run_graph(backend, ["t1"], qubits=[0], force=True)
+        assert caplog.text.count("experiment record t1-q0-test could not be written to") == 1
+        with pytest.raises(KeyboardInterrupt):  # the bootstrap's walk, a review's case
+            runner.bootstrap(backend, design, record_directory=tmp_path / "records")
+        assert caplog.text.count("experiment record t1-q0-test could not be written to") == 2
