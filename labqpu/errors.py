@@ -15,6 +15,7 @@
     │   ├── CalibrationMissingError  (also KeyError) no such snapshot, or a parameter is absent
     │   │   └── BackendPropertyError a calibrated property of a qubit, pair or gate is absent
     │   ├── StaleSnapshotError       another writer committed since the snapshot a run started from
+    │   ├── CalibrationSettingsError settings no run on the device can use (setting: the field)
     │   ├── CorruptSnapshotError     a stored snapshot no longer matches its content hash
     │   ├── InvalidSnapshotError     (also ValueError) a document or value is malformed; nothing
     │   │                            was written

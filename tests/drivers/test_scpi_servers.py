@@ -293,9 +293,10 @@ def test_a_client_whose_line_waits_unread_is_not_the_one_reset() -> None:
     """A review's race: the instruments' loop busy (as a rack's shared loop is), an idle
     client sends a query while a new client connects; the loop takes the new client first and
     reset the idle one with its query unread (``Connection reset by peer``). A client with
-    input waiting keeps its place."""
+    input waiting keeps its place. The driver waits 2 s for its reply: the loop is held for
+    0.3 s after the query is sent (at its 0.3 s, a CI run timed out by a few ms)."""
     with (ScpiServer("signal_generator", name="lo-race", max_connections=1, idle_s=0.2)
-          as server, SignalGenerator(server.resource, timeout_s=TIMEOUT_S) as driver):
+          as server, SignalGenerator(server.resource, timeout_s=2.0) as driver):
         assert driver.identity.startswith("labqpu simulator")
         time.sleep(0.3)
         held = threading.Event()
