@@ -16,8 +16,9 @@ on three bits reads two), so no other bit needs a measurement or a block.
 
 Arithmetic (``add``, ``sub``, ``mul``, ``div``, ``negate``), floats, durations, stretches and
 standalone classical variables (``expr.Var`` that is not a bit or register) are refused: the
-controller reads measured bits and nothing else. A condition may read at most
-``MAX_CONDITION_BITS`` bits (its table has 2**n rows).
+controller reads measured bits and nothing else. A bit no measurement wrote holds 0 (as
+classical bits start): ``truth_table(condition, zero=...)`` leaves it out of the table. A
+condition may read at most ``MAX_CONDITION_BITS`` other bits (its table has 2**n rows).
 """
 
 from __future__ import annotations

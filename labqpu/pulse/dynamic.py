@@ -38,9 +38,10 @@ here, into the same op rows for ``kernels.layout_kernel`` plus what feed-forward
   outermost ``if_else``, which waits the latency for all of them. A bit no earlier
   measurement wrote holds 0, as classical bits start in OpenQASM and Qiskit: the condition
   is taken with it 0, and one that reads no written bit is decided when compiling (its
-  branch plays unconditionally, or not at all, with no latency). Refused: conditions the
-  controller cannot decide (``conditions``), measurements, resets and pulse gates inside a
-  branch (acquisitions are unconditional), and loops.
+  branch plays unconditionally, or not at all, with no latency; a branch that never plays
+  is not read). Refused: conditions the controller cannot decide (``conditions``),
+  measurements, resets and pulse gates inside a branch that may play (acquisitions are
+  unconditional), and loops.
 * **Active reset.** ``reset`` on a qubit that ``tables.active_reset_possible`` allows, with
   feed-forward: a mid-circuit measurement into no classical bit (clbit -1: its result is not
   reported), the latency, then an x pulse in the block (that acquisition, 1). Otherwise the
