@@ -327,18 +327,17 @@ def _why(exc: Exception, n: Node) -> str:
 
 @contextlib.contextmanager
 def _records_kept_if_stopped(records: list[ExperimentRecord],
-                             directory: str | Path | None) -> Iterator[None]:
+                             directory: str | Path) -> Iterator[None]:
     """Inside, an exception (a Ctrl-C, a failed walk) first writes ``records`` to
-    ``directory`` (None: nowhere), what was measured until then; one that cannot be written
-    is a warning, and the exception goes on."""
+    ``directory``, what was measured until then; one that cannot be written is a warning,
+    and the exception goes on."""
     try:
         yield
     except BaseException:
-        if directory is not None:
-            try:
-                save_records(records, directory)
-            except CalibrationError as exc:
-                log.warning("%s", exc)
+        try:
+            save_records(records, directory)
+        except CalibrationError as exc:
+            log.warning("%s", exc)
         raise
 
 
@@ -693,9 +692,13 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
               record_directory: str | Path | None = None) -> dict:
     """Run every node of the graph on ``backend``, forced, starting from ``design``; returns
     the snapshot document (not yet committed). Raises ``FitError`` naming every step that
-    failed or was blocked, so a failure leaves the store as it was. With
-    ``record_directory``, every experiment's record and plot are written there (also when a
-    step failed: they are what was measured)."""
+    failed or was blocked, so a failure leaves the store as it was. Every experiment's record
+    and plot are written to ``record_directory`` (default: the calibration store's,
+    :func:`~labqpu.calibration.records.experiments_directory`), checked before anything is
+    measured, also when a step failed (they are what was measured): the document names them
+    (a review's case: without a directory none were written)."""
+    directory = record_directory or experiments_directory(backend.config.store_path)
+    check_records_directory(directory)
     kit = Kit(backend, design)
     dev = design.device
     qubits = sorted(design.qubits)
@@ -705,11 +708,10 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
         if "drive_lo_frequency_hz" not in design.qubits[q]:
             choose_drive_lo(kit, q)
     steps = plan(None, qubits, backend.config.coupling_map, _available_nodes(backend))
-    with _records_kept_if_stopped(kit.records, record_directory):
+    with _records_kept_if_stopped(kit.records, directory):
         outcomes = walk(kit, steps, shots=shots, forced={n.name for n in graph_nodes()},
                         reporter=LineReporter(progress))
-    if record_directory is not None:
-        save_records(kit.records, record_directory, then="nothing was committed")
+    save_records(kit.records, directory, then="nothing was committed")
     bad = [o for o in outcomes if o.status in ("failed", "blocked")]
     if bad:
         raise FitError("bootstrap: " + "; ".join(f"{o.node} on {o.subject}: {o.reason}"

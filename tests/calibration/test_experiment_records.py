@@ -201,3 +201,29 @@ def test_a_record_that_fails_to_write_after_an_interrupt_does_not_replace_it(
         with pytest.raises(KeyboardInterrupt):  # the bootstrap's walk, a review's case
             runner.bootstrap(backend, design, record_directory=tmp_path / "records")
         assert caplog.text.count("experiment record t1-q0-test could not be written to") == 2
+
+
+def test_a_bootstrap_from_python_writes_its_records_beside_the_store(tmp_path, monkeypatch):
+    """A review's case: ``bootstrap(backend, design)`` without ``record_directory`` wrote no
+    records, though the document it returns names them. It writes them where ``run_graph``
+    does (the store's experiments directory), also when its walk is interrupted."""
+    from labqpu.calibration import runner
+    from labqpu.calibration.records import ExperimentRecord, experiments_directory
+
+    record = ExperimentRecord(experiment="rabi-q0-test", kind="rabi", subject="qubit 0",
+                              measured_at="2026-12-07T00:00:00+00:00", values={},
+                              old_values={}, fit={}, raw={})
+
+    def interrupted(kit, *args, **kwargs):
+        kit.records.append(record)
+        raise KeyboardInterrupt
+
+    use_fresh_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(runner, "walk", interrupted)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        with pytest.raises(KeyboardInterrupt):
+            runner.bootstrap(backend, load_design(default_design_path("lab5")))
+        directory = experiments_directory(backend.config.store_path)
+    assert load_record(directory / "rabi-q0-test.json").kind == "rabi"
+    assert (directory / "rabi-q0-test.png").exists()
