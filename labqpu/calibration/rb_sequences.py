@@ -224,16 +224,19 @@ def over_limits(backend, costs: dict[tuple[int, ...], Cost], cliffords: int,
     cost on none): the duration per qubit or edge, the plays summed over a controller. One
     phrase per limit exceeded, with the longest length fitting within ``fraction``; none:
     []."""
-    found = []
     def kept(limit: int, unit: str) -> str:
         """What of ``limit`` the estimate keeps free, when it keeps a margin."""
         return (f"; this estimate keeps {1 - fraction:.0%} of it free, {fraction * limit:.0f}"
                 f" {unit}" if fraction < 1 else "")
 
+    def controllers(controller: str | None) -> list[str]:
+        """The controller a cost is on; every one for a cost on none (a bound)."""
+        return [controller] if controller else [c.name for c in backend.config.controllers]
+
+    found = []
     plays: dict[str | None, list] = {}
     for item, (d0, per_d, p0, per_p, controller) in costs.items():
-        names = [controller] if controller else [c.name for c in backend.config.controllers]
-        for name in names:
+        for name in controllers(controller):
             limit = backend.controller_capabilities(name).get("max_program_samples")
             if limit and per_d > 0 and d0 + cliffords * per_d > fraction * limit:
                 us = 1e6 / backend.config.controller(name).sample_rate_hz
@@ -247,8 +250,7 @@ def over_limits(backend, costs: dict[tuple[int, ...], Cost], cliffords: int,
         total[1] += per_p
         total[2].append(describe(item))
     for controller, (p0, per_p, subjects) in plays.items():
-        names = [controller] if controller else [c.name for c in backend.config.controllers]
-        for name in names:
+        for name in controllers(controller):
             limit = backend.controller_capabilities(name).get("max_plays")
             if limit and per_p > 0 and p0 + cliffords * per_p > fraction * limit:
                 found.append(f"those on {', '.join(subjects)} together play about "

@@ -170,6 +170,22 @@ def test_stores_in_one_folder_keep_their_own_records() -> None:
     assert experiments_directory("state/b.sqlite") != experiments_directory("state/a.sqlite")
 
 
+def _interrupt_after_one_record(monkeypatch, experiment: str, kind: str) -> None:
+    """Make the runner's walk add one (empty) record ``experiment`` and raise a Ctrl-C."""
+    from labqpu.calibration import runner
+    from labqpu.calibration.records import ExperimentRecord
+
+    record = ExperimentRecord(experiment=experiment, kind=kind, subject="qubit 0",
+                              measured_at="2026-12-07T00:00:00+00:00", values={},
+                              old_values={}, fit={}, raw={})
+
+    def interrupted(kit, *args, **kwargs):
+        kit.records.append(record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "walk", interrupted)
+
+
 def test_a_record_that_fails_to_write_after_an_interrupt_does_not_replace_it(
         tmp_path, monkeypatch, caplog):
     """A review's case: a Ctrl-C during the graph's walk (or a bootstrap's) saves the records
@@ -178,19 +194,11 @@ def test_a_record_that_fails_to_write_after_an_interrupt_does_not_replace_it(
     from labqpu.calibration import runner
     from labqpu.calibration.records import ExperimentRecord
 
-    record = ExperimentRecord(experiment="t1-q0-test", kind="t1", subject="qubit 0",
-                              measured_at="2026-12-07T00:00:00+00:00", values={},
-                              old_values={}, fit={}, raw={})
-
-    def interrupted(kit, *args, **kwargs):
-        kit.records.append(record)
-        raise KeyboardInterrupt
-
     def full_disk(self, directory):
         raise OSError(28, "No space left on device")
 
     use_fresh_home(monkeypatch, tmp_path)
-    monkeypatch.setattr(runner, "walk", interrupted)
+    _interrupt_after_one_record(monkeypatch, "t1-q0-test", "t1")
     monkeypatch.setattr(ExperimentRecord, "save", full_disk)
     design = load_design(default_design_path("lab5"))
     with LabProvider() as provider:
@@ -208,18 +216,10 @@ def test_a_bootstrap_from_python_writes_its_records_beside_the_store(tmp_path, m
     records, though the document it returns names them. It writes them where ``run_graph``
     does (the store's experiments directory), also when its walk is interrupted."""
     from labqpu.calibration import runner
-    from labqpu.calibration.records import ExperimentRecord, experiments_directory
-
-    record = ExperimentRecord(experiment="rabi-q0-test", kind="rabi", subject="qubit 0",
-                              measured_at="2026-12-07T00:00:00+00:00", values={},
-                              old_values={}, fit={}, raw={})
-
-    def interrupted(kit, *args, **kwargs):
-        kit.records.append(record)
-        raise KeyboardInterrupt
+    from labqpu.calibration.records import experiments_directory
 
     use_fresh_home(monkeypatch, tmp_path)
-    monkeypatch.setattr(runner, "walk", interrupted)
+    _interrupt_after_one_record(monkeypatch, "rabi-q0-test", "rabi")
     with LabProvider() as provider:
         backend = provider.backend()
         with pytest.raises(KeyboardInterrupt):
