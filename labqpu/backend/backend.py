@@ -52,6 +52,7 @@ from labqpu.pulse.channels import ChannelMap
 from labqpu.pulse.compiler import RESET_METHODS, SCHEDULING_METHODS
 from labqpu.pulse.gates import PulseGate, define_pulse_gate
 from labqpu.pulse.program import PulseProgram
+from labqpu.pulse.shapes import brief, finite
 from labqpu.pulse.split import split_program
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import BUILTIN_DEVICES, LabConfig, builtin_config_path
@@ -534,10 +535,10 @@ class LabBackend(BackendV2):
                     self._check_instructions(circuit, block, list(qargs), target)
                 continue
             for param in inst.operation.params:
-                if isinstance(param, numbers.Real) and not math.isfinite(param):
+                if isinstance(param, numbers.Real) and not finite(param):
                     raise InvalidRunInputError(
                         f"circuit {circuit.name!r}: {name} on qubits {qargs} has the "
-                        f"non-finite parameter {param}; nothing was sent")
+                        f"non-finite parameter {brief(param)}; nothing was sent")
                 if name == "delay" and isinstance(param, numbers.Real) and param < 0:
                     raise InvalidRunInputError(
                         f"circuit {circuit.name!r}: delay on qubits {qargs} is negative "

@@ -63,6 +63,7 @@ from labqpu.backend.gates import SYGate
 from labqpu.errors import CompilationError
 from labqpu.pulse.echo import echo_colours, echo_segments
 from labqpu.pulse.gates import RESERVED_NAMES
+from labqpu.pulse.shapes import brief, finite
 from labqpu.pulse.timing import held_readouts, last_that_matter, padding_delays
 
 #: Native gates that play one physical pulse each (rz is a frame change and plays nothing).
@@ -362,13 +363,14 @@ class FiniteParameters(AnalysisPass):
         """Raise on the first non-finite parameter of ``dag`` (in its control flow too)."""
         for node in dag.op_nodes():
             for value in node.op.params:
-                if isinstance(value, (int, float, complex)) and not cmath.isfinite(value):
+                if isinstance(value, (int, float, complex)) and not finite(value):
                     qubits = [dag.find_bit(q).index for q in node.qargs]
                     where = (f"inside the body of an {inside}" if inside else
                              f"on {self.qubits}{'s' if len(qubits) > 1 else ''} "
                              f"{', '.join(map(str, qubits))}")
-                    raise TranspilerError(f"{node.op.name} {where} has the parameter {value}: "
-                                          "gate parameters must be finite numbers")
+                    raise TranspilerError(f"{node.op.name} {where} has the parameter "
+                                          f"{brief(value)}: gate parameters must be finite "
+                                          "numbers")
             for block in getattr(node.op, "blocks", ()):
                 self.run(circuit_to_dag(block), inside=inside or node.op.name)
 

@@ -31,7 +31,7 @@ from qiskit.circuit import QuantumCircuit
 from labqpu.errors import InvalidRunInputError, PulseError
 from labqpu.pulse.builder import PulseBuilder
 from labqpu.pulse.program import PulseProgram
-from labqpu.pulse.shapes import NOT_NUMBERS
+from labqpu.pulse.shapes import NOT_NUMBERS, brief
 from labqpu.pulse.split import split_program
 
 __all__ = ["binds_per_item", "builder_points", "circuit_points", "param_sets_for"]
@@ -112,11 +112,15 @@ def _value_columns(bind: object, names: Sequence[str], where: str, what: str = "
 
 def _number(value: object) -> float:
     """``value`` as a float (numbers, numpy scalars and 0-d arrays, ``Decimal`` ...), but not
-    a string or a bool, which ``float`` would take too (``TypeError``)."""
+    a string or a bool, which ``float`` would take too (``TypeError``), nor an integer beyond
+    any float (``ValueError``; ``float`` raised a bare ``OverflowError``)."""
     if isinstance(value, NOT_NUMBERS) or (
             isinstance(value, np.ndarray) and value.dtype.kind not in "iuf"):
         raise TypeError(f"{value!r} is not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{brief(value)} is beyond any float") from exc
 
 
 def _points(bind: object, names: Sequence[str], where: str, max_points: int,

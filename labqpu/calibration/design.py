@@ -32,7 +32,7 @@ Check = Callable[[Any], str | None]
 
 
 #: The store's own checks (``labqpu.store.physics``), by what they take.
-_finite: Check = QUBIT_CHECKS["anharmonicity_hz"]
+_finite: Check = QUBIT_CHECKS["drive_lo_power_dbm"]
 _positive: Check = QUBIT_CHECKS["frequency_hz"]
 _pulse: Check = QUBIT_CHECKS["pulse_duration_s"]
 
@@ -57,7 +57,8 @@ SHARED_FIELDS = ("drive_lo_power_dbm", "readout_lo_frequency_hz", "readout_lo_po
                  "readout_amplitude", "readout_duration_s", "pulse_duration_s", "pulse_sigma_s")
 #: The fields every ``[[qubit]]`` table holds besides its ``index``.
 QUBIT_FIELDS: dict[str, Check] = {
-    "frequency_hz": _positive, "anharmonicity_hz": _finite, "resonator_hz": _positive,
+    "frequency_hz": _positive, "anharmonicity_hz": QUBIT_CHECKS["anharmonicity_hz"],
+    "resonator_hz": _positive,
 }
 
 

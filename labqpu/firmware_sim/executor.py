@@ -71,7 +71,8 @@ FEEDFORWARD_LATENCY_S = 200e-9
 MAX_BLOCKS = 65_536
 MAX_SHIFTS = 65_536
 #: Parsed programs kept for later runs of the same upload (:meth:`SimulatedController._held`):
-#: at most this many, each of at most ``PARSED_PROGRAM_BYTES`` of arrays.
+#: at most this many, each of at most ``PARSED_PROGRAM_BYTES`` of arrays; the points of one
+#: sweep kept from their check to their turn hold at most ``PARSED_PROGRAM_BYTES`` together.
 PARSED_PROGRAMS_KEPT = 16
 PARSED_PROGRAM_BYTES = 4 * 1024 * 1024
 #: Raw traces (meas_level 0): samples averaged per point, when the run does not say, and the
@@ -285,10 +286,8 @@ class SimulatedController:
                 return kept[2]
         parsed = to_rack_ports(*self._parse(arrays, meta), self.spec.output_base,
                                self.spec.input_base)
-        held = [value for part in parsed for value in vars(part).values()
-                if isinstance(value, np.ndarray)]
-        if frozen and sum(value.nbytes for value in held) <= PARSED_PROGRAM_BYTES:
-            for value in held:  # shared by the later runs: nothing may write to them
+        if frozen and _nbytes(parsed) <= PARSED_PROGRAM_BYTES:
+            for value in _arrays(parsed):  # shared by the later runs: nothing may write to them
                 value.flags.writeable = False
             with self._parsed_lock:
                 self._parsed[id(arrays)] = (arrays, meta, parsed)
@@ -471,7 +470,10 @@ class SimulatedController:
                cancel: threading.Event) -> dict[str, np.ndarray]:
         """Run the program ``shots`` times at each row of the run parameter ``param_sets``
         (``sweeps`` module), point after point; the results are stacked in that order. Every
-        point is validated as a whole program before the first one runs."""
+        point is validated as a whole program before the first one runs. Parsed points are
+        kept for the run while they fit ``PARSED_PROGRAM_BYTES`` together; the others are
+        parsed again when their turn comes, so a sweep of large programs holds one at a time.
+        ``cancel`` (an abort, the run's time limit) is looked at before each point."""
         if sync is not None:
             self.hub.withdraw(sync, self.spec.name, "failed: param_sets cannot be combined "
                                                     "with sync")
@@ -481,19 +483,34 @@ class SimulatedController:
         sets = parse_param_sets(params["param_sets"], arrays["param_values"].shape[0], shots,
                                 MAX_SHOTS)
         _check_results(len(sets) * shots, arrays["acq_port"].shape[0])
-        points = []
+        kept: list[tuple[WireProgram, FeedForward] | None] = []
+        room = PARSED_PROGRAM_BYTES
         for k, row in enumerate(sets):
-            try:
-                points.append(to_rack_ports(*self._parse({**arrays, "param_values": row}, meta),
-                                            self.spec.output_base, self.spec.input_base))
-            except ProgramRefusedError as exc:
-                raise ProgramRefusedError(exc.error_type, f"param_sets row {k}: {exc}") from exc
-            except ValueError as exc:
-                raise ValueError(f"param_sets row {k}: {exc}") from exc
-        parts = [self._simulate(p, f, shots, rng, rep_delay, None, 1, cancel)
-                 for p, f in points]
+            if cancel.is_set():
+                raise RuntimeError(f"aborted while checking param_sets row {k}")
+            point = self._point(arrays, meta, k, row)
+            size = _nbytes(point)
+            kept.append(point if size <= room else None)
+            room -= size if size <= room else 0
+        parts = []
+        for k, row in enumerate(sets):
+            prog, ff = kept[k] or self._point(arrays, meta, k, row)
+            kept[k] = None
+            parts.append(self._simulate(prog, ff, shots, rng, rep_delay, None, 1, cancel))
         return {"iq": np.concatenate([p["iq"] for p in parts]),
                 "bits": np.concatenate([p["bits"] for p in parts])}
+
+    def _point(self, arrays: dict[str, np.ndarray], meta: dict, k: int, row: np.ndarray
+               ) -> tuple[WireProgram, FeedForward]:
+        """Row ``k`` of a sweep's ``param_sets`` (``row``) parsed as a whole program on rack
+        ports; an error names the row."""
+        try:
+            return to_rack_ports(*self._parse({**arrays, "param_values": row}, meta),
+                                 self.spec.output_base, self.spec.input_base)
+        except ProgramRefusedError as exc:
+            raise ProgramRefusedError(exc.error_type, f"param_sets row {k}: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"param_sets row {k}: {exc}") from exc
 
     def abandon(self, params: dict) -> None:
         """A run with run parameters ``params`` was aborted before it started: if it was part
@@ -582,3 +599,14 @@ def _check_results(rows: int, acquisitions: int) -> None:
             f"{rows * acquisitions * IQ_BYTES} bytes of IQ, beyond the {MAX_FRAME_BYTES} bytes "
             f"one reply frame holds: at most {MAX_RESULT_POINTS // acquisitions} shots of this "
             "program (all points of a sweep together)")
+
+
+def _arrays(parsed: tuple[WireProgram, FeedForward]) -> list[np.ndarray]:
+    """The arrays a parsed program holds."""
+    return [value for part in parsed for value in vars(part).values()
+            if isinstance(value, np.ndarray)]
+
+
+def _nbytes(parsed: tuple[WireProgram, FeedForward]) -> int:
+    """Bytes of the arrays a parsed program holds."""
+    return sum(value.nbytes for value in _arrays(parsed))

@@ -25,6 +25,7 @@ could be sent instead of samples; ``shape_from_dict`` reverses it. An unbound fi
 
 from __future__ import annotations
 
+import cmath
 import hashlib
 import math
 from collections.abc import Mapping
@@ -63,14 +64,14 @@ def bind_value(value: Value, bindings: Bindings, what: str) -> Value:
         try:
             if isinstance(v, NOT_NUMBERS):  # float() would read "0.3" and True
                 raise TypeError(type(v).__name__)
-            v = float(v)
+            number = float(v) if finite(v) else math.inf
         except (TypeError, ValueError) as exc:
             raise PulseError(f"{what}: parameter {p.name!r} is bound to {v!r}, not a real number",
                              parameter=p.name) from exc
-        if not math.isfinite(v):
-            raise PulseError(f"{what}: parameter {p.name!r} is bound to {v}; it must be finite",
-                             parameter=p.name)
-        found[p] = v
+        if not math.isfinite(number):
+            raise PulseError(f"{what}: parameter {p.name!r} is bound to {brief(v)}; it must be "
+                             "finite", parameter=p.name)
+        found[p] = number
     if not found:
         return value
     try:
@@ -101,8 +102,27 @@ def real_number(value: object, what: str, parameter: str) -> float:
             return float(value)
         except (TypeError, ValueError):
             pass
+        except OverflowError as exc:
+            raise PulseError(f"{what} must be finite, got {brief(value)}",
+                             parameter=parameter) from exc
     raise PulseError(f"{what} must be a real number or a Parameter, got {value!r}",
                      parameter=parameter)
+
+
+def finite(value: object) -> bool:
+    """Whether the number ``value`` (an int, a float, a complex, a numpy scalar ...) is finite
+    as a float; an integer beyond any float (``10**400``) is not (``math.isfinite`` raised a
+    bare ``OverflowError`` for it). ``TypeError`` for what is not a number."""
+    try:
+        return cmath.isfinite(value) if isinstance(value, complex) else math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def brief(value: object) -> str:
+    """``value`` for a message: an integer of hundreds of digits cut to its first ones."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
 
 
 def require_number(value: Value, what: str) -> float:

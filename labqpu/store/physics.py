@@ -6,8 +6,12 @@ knows:
 - times are positive seconds, and T2 (Ramsey and echo) ≤ 2·T1; a pulse (a gate's, a readout's,
   a CZ's flux pulse, their widths and edges) lasts at most :data:`MAX_PULSE_S`, and a CZ's two
   edges leave part of it flat;
-- frequencies are finite and positive (anharmonicities may be negative);
-- amplitudes are fractions of full scale, at most 1 in magnitude;
+- frequencies are finite and positive; an anharmonicity is within +-2 GHz (a transmon's is
+  about -0.1 to -0.4 GHz; a value in the wrong unit would otherwise reach the bootstrap's CZ);
+- amplitudes are fractions of full scale, at most 1 in magnitude; a gate's and a readout's are
+  not 0 (a pulse of amplitude 0 plays nothing: every x would run as an identity);
+- a passive reset waits more than 0 and at most :data:`MAX_RESET_S` (a wait of 0 left a qubit
+  in |1> where the circuit said reset);
 - a drive handedness is +1 or -1;
 - fidelities and errors lie in [0, 1];
 - an assignment matrix is 2 x 2 with rows that sum to 1;
@@ -42,6 +46,10 @@ MAX_PULSE_S = 1e-3
 #: value in the wrong unit (55 for 55 us) would otherwise set the default repetition delay of
 #: every job to its 1 s cap and make every T1 scan outlast the controller.
 MAX_COHERENCE_S = 10e-3
+#: Longest passive reset a snapshot may hold (s): ten of the longest T1 (it waits ~5 T1).
+MAX_RESET_S = 10 * MAX_COHERENCE_S
+#: Largest anharmonicity in magnitude a snapshot may hold (Hz).
+MAX_ANHARMONICITY_HZ = 2e9
 #: Most rounds of an active reset (measure, then x when 1) a snapshot may ask for.
 MAX_STORED_RESET_ROUNDS = 100
 
@@ -89,6 +97,22 @@ def _unit_interval(value: Any) -> str | None:
 def _full_scale(value: Any) -> str | None:
     return None if _number(value) and abs(value) <= 1 else \
         "must be a fraction of full scale, |value| <= 1"
+
+
+def _pulse_amplitude(value: Any) -> str | None:
+    return None if _number(value) and 0 < abs(value) <= 1 else \
+        "must be a fraction of full scale, 0 < |value| <= 1 (a pulse of amplitude 0 plays nothing)"
+
+
+def _reset_time(value: Any) -> str | None:
+    return None if _number(value) and 0 < value <= MAX_RESET_S else \
+        f"must be a passive reset's wait in (0, {MAX_RESET_S:g}] s (about 5 T1)"
+
+
+def _anharmonicity(value: Any) -> str | None:
+    return None if _number(value) and abs(value) <= MAX_ANHARMONICITY_HZ else \
+        (f"must be a finite number within +-{MAX_ANHARMONICITY_HZ:g} Hz (a transmon's is about "
+         "-0.1e9 to -0.4e9 Hz)")
 
 
 def _sign(value: Any) -> str | None:
@@ -154,13 +178,14 @@ def _failures(value: Any) -> str | None:
 QUBIT_CHECKS: dict[str, Check] = {
     "frequency_hz": _positive, "drive_lo_frequency_hz": _positive,
     "readout_frequency_hz": _positive, "readout_lo_frequency_hz": _positive,
-    "resonator_hz": _positive, "anharmonicity_hz": _finite,
+    "resonator_hz": _positive, "anharmonicity_hz": _anharmonicity,
     "drive_lo_power_dbm": _finite, "readout_lo_power_dbm": _finite,
-    "pi_amplitude": _full_scale, "pi2_amplitude": _full_scale, "readout_amplitude": _full_scale,
+    "pi_amplitude": _pulse_amplitude, "pi2_amplitude": _pulse_amplitude,
+    "readout_amplitude": _pulse_amplitude,
     "drag_beta": _finite, "flux_bias_a": _finite, "drive_handedness": _sign,
     "pulse_duration_s": _pulse_time, "pulse_sigma_s": _pulse_time,
     "readout_duration_s": _pulse_time,
-    "reset_duration_s": _non_negative, "t1_s": _coherence_time, "t2_s": _coherence_time,
+    "reset_duration_s": _reset_time, "t1_s": _coherence_time, "t2_s": _coherence_time,
     "t2_echo_s": _coherence_time, "readout_assignment_fidelity": _unit_interval,
     "assignment_matrix": _assignment_matrix, "discriminator": _discriminator,
     "reset_rounds": _rounds, CALIBRATION_FAILED: _failures,

@@ -51,8 +51,11 @@ def _nothing_sent(backend, action) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("angle", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("angle", [float("nan"), float("inf"), -float("inf"),
+                                   pytest.param(10**400, id="10**400")])
 def test_non_finite_angles_are_rejected_before_sending(lab_backend, angle) -> None:
+    """An integer beyond any float (10**400) is as non-finite (it raised a bare
+    ``OverflowError``)."""
     qc = QuantumCircuit(1, 1)
     qc.rz(angle, 0)
     qc.sx(0)
@@ -72,6 +75,8 @@ def test_a_non_finite_global_phase_is_rejected_before_sending(lab_backend) -> No
 @pytest.mark.parametrize(("circuit", "values", "expected"), [
     ("plain", ["0.5"], "'0.5' is not a number"),  # float() took the string
     ("plain", [True], "True is not a number"),  # and the bool
+    ("plain", [0.1, 10**400], "'th' must be a sequence of numbers (100000000000... (401 "
+                              "characters) is beyond any float)"),  # a bare OverflowError
     ("overflowing", [1.0], "point 0 ({'th': 1.0}) makes an expression of the circuit "
                            "non-finite"),  # a bare ZeroDivisionError from Qiskit
 ])

@@ -694,6 +694,14 @@ def test_a_non_finite_angle_is_refused_at_transpile_before_it_is_optimised_away(
     with pytest.raises(TranspilerError,
                        match=r"rx inside the body of an if_else has the parameter inf"):
         transpile(flow, lab_backend, optimization_level=level)
+    huge = QuantumCircuit(1, 1)  # beyond any float: it raised a bare OverflowError
+    huge.h(0)
+    huge.rz(-10**400, 0)
+    huge.h(0)
+    huge.measure(0, 0)
+    with pytest.raises(TranspilerError, match=r"rz on device qubit \d has the parameter "
+                                              r"-10000000000\.\.\. \(402 characters\)"):
+        transpile(huge, lab_backend, optimization_level=level)
 
 
 def test_a_delay_between_barriers_on_an_idle_qubit_makes_the_others_wait(lab_backend) -> None:

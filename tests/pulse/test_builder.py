@@ -307,10 +307,13 @@ def test_a_value_that_is_not_a_number_is_refused_where_it_is_given(b, call, what
     lambda b: b.set_frequency(float("-inf"), drive(0)),
     lambda b: b.delay(float("inf"), drive(0)),
     lambda b: b.acquire(float("nan"), 0, 0),
+    lambda b: b.shift_phase(10**400, drive(0)),
+    lambda b: b.delay(-10**400, drive(0)),
 ])
 def test_a_non_finite_value_is_refused_where_it_is_given(b, call) -> None:
     """A literal NaN phase got past build() into ``play_phase_rad`` (``run()`` refused it
-    later); a NaN amplitude was refused where the shape was made."""
+    later); a NaN amplitude was refused where the shape was made. An integer beyond any float
+    (10**400) raised a bare ``OverflowError``."""
     with pytest.raises(PulseError, match=r"on (drive\(0\)|qubit 0) must be finite, got"):
         call(b)
 

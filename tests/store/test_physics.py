@@ -33,6 +33,15 @@ def writable(tmp_path, snapshot):
     ("qubit", 1, "readout_assignment_fidelity", 1.5, "[0, 1]"),
     ("qubit", 1, "frequency_hz", 0.0, "> 0"),
     ("qubit", 1, "pi_amplitude", 1.2, "full scale"),
+    # a review's cases, committed before: a pi pulse and a readout of amplitude 0 (every x
+    # ran as an identity), a passive reset of 0 s (a qubit in |1> stayed there) or of 1000 s,
+    # an anharmonicity of 1 THz
+    ("qubit", 1, "pi_amplitude", 0, "0 < |value| <= 1"),
+    ("qubit", 1, "pi2_amplitude", 0.0, "0 < |value| <= 1"),
+    ("qubit", 1, "readout_amplitude", 0.0, "0 < |value| <= 1"),
+    ("qubit", 1, "reset_duration_s", 0.0, "(0, 0.1] s"),
+    ("qubit", 1, "reset_duration_s", 1000.0, "(0, 0.1] s"),
+    ("qubit", 1, "anharmonicity_hz", 1e12, "a finite number within"),
     ("qubit", 1, "assignment_matrix", [[0.9, 0.2], [0.1, 0.9]], "sum to 1"),
     ("qubit", 1, "assignment_matrix", [[1.0]], "P(0|0)"),
     ("qubit", 1, "discriminator", {"centers": [[0, 1]]}, "centers"),
