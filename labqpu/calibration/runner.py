@@ -89,7 +89,12 @@ from labqpu.errors import (
 )
 from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
 from labqpu.store.merge import commit_apart_onto_newest
-from labqpu.store.staleness import PARAMETER_KINDS, age_h, wiring_age_limits
+from labqpu.store.staleness import (
+    PARAMETER_KINDS,
+    age_h,
+    from_the_future,
+    wiring_age_limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +179,8 @@ def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, f
             return f"{name} missing"
         kind = PARAMETER_KINDS.get(name)
         stamp = work.measured_at.get((subject, name))
+        if stamp is not None and (ahead := from_the_future(stamp, now)) is not None:
+            return f"{name} {ahead}"
         if kind in limits and stamp is not None:
             age = age_h(stamp, now)
             if age > limits[kind]:

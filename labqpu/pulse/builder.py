@@ -136,6 +136,8 @@ class PulseBuilder:
         self._stack = [self._root]
         self._cond: Cond = None
         self._acquisitions = 0
+        #: The parameters of the instructions so far, by name (names are unique in a program).
+        self._parameters: dict[str, Parameter] = {}
 
     @classmethod
     def for_backend(cls, backend, name: str = "pulse_program") -> PulseBuilder:
@@ -168,6 +170,14 @@ class PulseBuilder:
         return channel
 
     def _add(self, node) -> None:
+        for parameter in parameters_of(node):
+            known = self._parameters.setdefault(parameter.name, parameter)
+            if known != parameter:
+                raise PulseError(
+                    f"program {self.name!r}: another Parameter named {parameter.name!r} is in "
+                    "it already; sweeps and pulse gates take values by name, so two would get "
+                    "the same one: use one Parameter, or give them different names",
+                    parameter=parameter.name)
         self._stack[-1].children.append(node)
 
     def play(self, shape: Shape, channel: Channel) -> None:
@@ -343,7 +353,7 @@ class PulseBuilder:
     @property
     def parameters(self) -> frozenset[Parameter]:
         """Every unbound parameter of the instructions so far."""
-        return frozenset(parameters_of(self._root))
+        return frozenset(self._parameters.values())
 
     def assign_parameters(self, bindings: Bindings | None = None, *, strict: bool = True,
                           sweep: Iterable[Parameter | str] = ()) -> PulseProgram:

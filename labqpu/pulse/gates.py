@@ -298,5 +298,14 @@ def lower(gate: PulseGate, values: Sequence[float], tables: Tables, circuit_name
             play_port=port, wave=-1 - waves[key], amp=amp, freq=f[0], length=envelope.shape[0],
             phase_qubit=channel.qubit if on_drive else -1, phase_offset=constant,
             phase_ramp=ramp), start, envelope.shape[0], channel))
+    for channel, f in frames.items():
+        # Calibrated gates after this one play at the frame's own frequency again: that return
+        # at the gate's end is phase-continuous too, and the phase the gate's frequency changes
+        # left turns the qubit's frame for the rest of the circuit, as in the builder (it was
+        # dropped: sx, a detuned wait of 2 pi delta D = pi, sx read 1, the builder's program 0).
+        carry = f[2] + 2.0 * math.pi * (f[0] - defaults[channel]) * gate.duration_samples / fs
+        if channel.kind == "drive" and carry:
+            members.append(Member(effect_row(shift_qubit_a=channel.qubit, shift_a=-carry),
+                                  gate.duration_samples, 0))
     return members, local_waves
 

@@ -163,9 +163,10 @@ def _dict_value(value: Value) -> Any:
     return value
 
 
-def _from_dict_value(value: Any) -> Value:
+def _from_dict_value(value: Any, parameters: Mapping[str, Parameter]) -> Value:
     if isinstance(value, dict):
-        return Parameter(value["parameter"])
+        name = value["parameter"]
+        return parameters[name] if name in parameters else Parameter(name)
     return value
 
 
@@ -426,15 +427,18 @@ SHAPES: dict[str, type[Shape]] = {cls.kind: cls for cls in (
     Gaussian, Drag, GaussianSquare, FlatTop, Cosine, Constant, Waveform)}
 
 
-def shape_from_dict(description: Mapping[str, Any]) -> Shape:
+def shape_from_dict(description: Mapping[str, Any], *,
+                    parameters: Mapping[str, Parameter] | None = None) -> Shape:
     """The shape ``description`` (from ``Shape.to_dict``) describes; ``{"parameter": name}``
-    becomes a new ``Parameter(name)``."""
+    becomes ``parameters[name]`` when given there, else a new ``Parameter(name)``. A builder
+    holds one Parameter of a name, so shapes that share one are read with the same
+    ``parameters`` (``{p.name: p for p in builder.parameters}``, say)."""
     data = dict(description)
     kind = data.pop("shape", None)
     if kind not in SHAPES:
         raise PulseError(f"unknown pulse shape {kind!r}; known: {sorted(SHAPES)}",
                          parameter="shape")
-    values = {k: _from_dict_value(v) for k, v in data.items()}
+    values = {k: _from_dict_value(v, parameters or {}) for k, v in data.items()}
     if kind == "waveform":
         samples = np.array(values.pop("samples_re")) + 1j * np.array(values.pop("samples_im"))
         return Waveform(samples, **values)

@@ -74,6 +74,22 @@ def age_h(timestamp: str, now: datetime) -> float:
     return (now - datetime.fromisoformat(timestamp)).total_seconds() / 3600.0
 
 
+#: How far a measurement's time may lie after ``now`` (hours): clocks of a lab's machines
+#: differ by seconds to minutes; a value stamped later than this was measured by a clock set
+#: wrong (or typed), and would never age.
+FUTURE_TOLERANCE_H = 1.0
+
+
+def from_the_future(timestamp: str, now: datetime) -> str | None:
+    """Why ``timestamp`` cannot be a past measurement's at ``now`` (it lies more than
+    :data:`FUTURE_TOLERANCE_H` after it), or None."""
+    ahead = -age_h(timestamp, now)
+    if ahead <= FUTURE_TOLERANCE_H:
+        return None
+    return (f"measured at {timestamp}, {ahead:.1f} h after this host's clock (a clock set "
+            "wrong?)")
+
+
 def stale_parameters(params: Mapping[str, Parameter], names: tuple[str, ...] | None,
                      limits: Mapping[str, float], now: datetime) -> list[str]:
     """Names among ``names`` (default: all of ``params``) present in ``params`` and older than

@@ -135,6 +135,43 @@ def test_a_rabi_of_pulse_gates_is_one_compilation_and_one_upload_with_the_physic
     assert np.max(np.abs(measured - ideal)) < 0.06, (measured, ideal)
 
 
+@pytest.mark.parametrize(("detuning_hz", "expected_p1"), [(2.5e6, 0.0), (1.25e6, 0.5)])
+def test_the_phase_a_detuned_pulse_gate_leaves_turns_the_circuits_later_gates(
+        lab_backend, detuning_hz, expected_p1) -> None:
+    """sx, a pulse gate that only waits 200 samples detuned by delta, sx: the wait leaves
+    the drive 2 pi delta D behind the qubit, and the second sx reads it as the builder's own
+    program of the same pulses does (a review's case: the gate's end dropped that phase, and
+    the circuit read 1 in 0.976 of shots at 2 pi delta D = pi, where the program read 0.013)."""
+    wait = 200
+    with pulse.build(lab_backend, name="detuned") as definition, pulse.align_sequential():
+        pulse.shift_frequency(detuning_hz, pulse.drive(Q))
+        pulse.delay(wait, pulse.drive(Q))
+        pulse.shift_frequency(-detuning_hz, pulse.drive(Q))
+    gate = lab_backend.add_pulse_gate("detuned", definition, qubits=[Q])
+    try:
+        qc = QuantumCircuit(1, 1)
+        qc.sx(0)
+        qc.append(gate(), [0])
+        qc.sx(0)
+        qc.measure(0, 0)
+        circuit = p1(lab_backend.run(transpile(qc, lab_backend, initial_layout=[Q]),
+                                     shots=SHOTS).result(timeout=60).get_counts())
+    finally:
+        lab_backend.remove_pulse_gate("detuned")
+    pi2 = lab_backend.snapshot.qubits[Q]["pi2_amplitude"].value
+    with pulse.build(lab_backend, name="program") as program, pulse.align_sequential():
+        pulse.play(pulse.calibrated_drag(Q, amp=pi2), pulse.drive(Q))
+        pulse.shift_frequency(detuning_hz, pulse.drive(Q))
+        pulse.delay(wait, pulse.drive(Q))
+        pulse.shift_frequency(-detuning_hz, pulse.drive(Q))
+        pulse.play(pulse.calibrated_drag(Q, amp=pi2), pulse.drive(Q))
+        pulse.measure(Q, 0)
+    reference = p1(lab_backend.run(program.build(), shots=SHOTS).result(timeout=60).get_counts())
+    sigma = math.sqrt(2 * 0.25 / SHOTS)
+    assert abs(reference - expected_p1) < 0.06, reference
+    assert abs(circuit - reference) < 4 * sigma + 0.01, (circuit, reference)
+
+
 def test_a_100_point_rabi_costs_one_compilation_and_one_upload(lab_backend, rabi,
                                                                 compiled) -> None:
     """The issue's figure: 100 Rabi circuits (amplitudes 0 to 2 pi amplitude) through

@@ -96,6 +96,29 @@ def test_old_values_are_recalibrated_without_a_check_and_force_skips_the_check()
     assert outcomes[0].status == "calibrated" and outcomes[0].reason == "forced"
 
 
+def test_a_value_measured_after_the_hosts_clock_is_recalibrated():
+    """A review's case: a snapshot stamped in 2999 (a clock set wrong where it was measured,
+    or a typo) was fresh for ever, so no watch round would measure it again. A stamp more
+    than an hour after the host's clock is recalibrated, saying why; one a few minutes ahead
+    (clocks of two machines) is fresh."""
+    checked = []
+
+    def check(kit, q, shots):
+        checked.append(q)
+        return CheckResult(True, 1.0, 1.0, 0.1, "")
+
+    nodes = (Node("freq", "qubit", (), ("frequency_hz",), _set("frequency_hz", 6e9), check),)
+    kit = SimpleNamespace(work=_work())
+    kit.work.measured_at[(0, "frequency_hz")] = "2999-01-01T00:00:00+00:00"
+    kit.work.measured_at[(1, "frequency_hz")] = (NOW + timedelta(minutes=5)).isoformat()
+    first, second = walk(kit, plan(None, [0, 1], [], nodes), shots=1, now=NOW, limits={})
+    assert first.status == "calibrated", first
+    assert first.reason.startswith("frequency_hz measured at 2999-01-01T00:00:00+00:00, "), first
+    assert "h after this host's clock" in first.reason
+    assert kit.work.qubits[0]["frequency_hz"] == 6e9
+    assert second.status == "fresh" and checked == [1], (second, checked)
+
+
 def test_a_node_that_measures_a_recalibrated_one_is_out_of_date():
     """cz_leakage-like: an edge node measuring the edge's gate is calibrated again when the
     gate was measured after it (in an earlier run or earlier in this one), and fresh

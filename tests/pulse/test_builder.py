@@ -333,6 +333,23 @@ def test_unknown_parameter_names_are_refused(b) -> None:
         b.assign_parameters({"amp": 0.2})
 
 
+def test_two_parameters_of_one_name_are_refused_where_the_second_is_given(b) -> None:
+    """A review's case: two ``Parameter("amp")`` on two qubits were one entry of a sweep's
+    table, and ``parameter_binds`` gave both plays the value of one (q0 read 0 where its pi
+    pulse was bound); a pulse gate's positional values went to either at random. Qiskit refuses
+    the same in a circuit; so does the builder, and nothing of the second is added."""
+    first, second = Parameter("amp"), Parameter("amp")
+    b.play(pulse.Constant(duration_samples=8, amp=first), drive(0))
+    b.play(pulse.Constant(duration_samples=8, amp=first), drive(1))  # the same one again
+    with pytest.raises(PulseError, match=r"another Parameter named 'amp' is in it already") \
+            as info:
+        b.shift_phase(second * 2, drive(1))
+    assert info.value.parameter == "amp"
+    assert b.parameters == {first}
+    program = b.assign_parameters({first: 0.25})
+    assert program.play_amp.tolist() == [0.25, 0.25]
+
+
 def test_over_full_scale_and_beyond_nyquist_are_refused(b) -> None:
     b.play(pulse.Drag(duration_samples=40, sigma_samples=10, beta_samples=30.0, amp=1.0),
            drive(0))

@@ -118,21 +118,29 @@ def test_a_frequency_change_is_phase_continuous_as_in_the_builder(builder, chann
     qc.append(tone(), [Q])
     qc.sx(Q)
     program = compile_circuit(qc, snapshot, channels, pulse_gates=registry(tone))
+    # The builder's program of the same: the change holds until the gate's end, where the
+    # frame goes back to its own frequency, phase-continuously; sx then plays the calibrated
+    # pulse with the phase the excursion left (a review found it dropped: sx read 0 where the
+    # builder's program read the phase).
     reference = builder("ref")
     reference.delay(wait, pulse.drive(Q))
     reference.play(shape, pulse.drive(Q))
     reference.shift_frequency(detuning, pulse.drive(Q))
     reference.play(shape, pulse.drive(Q))
+    reference.delay(tone.duration_samples - 2 * 48, pulse.drive(Q))  # to the gate's end
+    reference.shift_frequency(-detuning, pulse.drive(Q))
+    reference.play(reference.calibrated_drag(Q, amp=snapshot.qubits[Q]["pi2_amplitude"].value),
+                   pulse.drive(Q))
     expected = reference.build()
     port = channels.output(channels.qubits[Q].drive)
     plays = drive_plays(program, port)
-    same_plays(plays[:2], drive_plays(expected, port))
+    same_plays(plays, drive_plays(expected, port))
     f0 = snapshot.qubits[Q]["frequency_hz"].value - snapshot.qubits[Q][
         "drive_lo_frequency_hz"].value
     assert plays[1][3] == pytest.approx(f0 + detuning)
-    # The change holds until the gate's end: sx plays at the calibrated IF in the frame's phase.
-    assert plays[2][3] == f0 and plays[2][2] == 0.0
-    assert plays[2][0] == wait + tone.duration_samples
+    assert plays[2][3] == f0 and plays[2][0] == wait + tone.duration_samples
+    left = 2 * math.pi * detuning * (tone.duration_samples - 48) / channels.sample_rate_hz
+    assert abs(np.angle(np.exp(1j * (plays[2][2] - left)))) < 1e-9
 
 
 def test_values_bind_by_position_and_bad_values_are_refused(builder, channels,

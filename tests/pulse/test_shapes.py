@@ -158,6 +158,9 @@ def test_unbound_field_serialises_as_a_parameter_reference() -> None:
     assert d["duration_samples"] == {"parameter": "dur"}
     back = shape_from_dict(d)
     assert {p.name for p in back.parameters} == {"amp", "dur"}
+    assert amp not in back.parameters  # a new Parameter of that name
+    again = shape_from_dict(d, parameters={"amp": amp})
+    assert amp in again.parameters and {p.name for p in again.parameters} == {"amp", "dur"}
 
 
 def test_binding_by_parameter_or_name_gives_the_bound_shape() -> None:
