@@ -490,8 +490,11 @@ class SimulatedController:
                 raise RuntimeError(f"aborted while checking param_sets row {k}")
             point = self._point(arrays, meta, k, row)
             size = _nbytes(point)
-            kept.append(point if size <= room else None)
-            room -= size if size <= room else 0
+            if size <= room:
+                kept.append(point)
+                room -= size
+            else:
+                kept.append(None)
         parts = []
         for k, row in enumerate(sets):
             prog, ff = kept[k] or self._point(arrays, meta, k, row)

@@ -15,6 +15,7 @@ from labqpu.calibration.watch import watch
 from labqpu.errors import CalibrationError, FitError
 from labqpu.rack.config import default_config_path
 from labqpu.store import SnapshotBuilder
+from labqpu.testing import seed_fresh_store
 
 #: Short RB: enough for a decay that fits, in a few seconds.
 QUICK_RB = RBSettings(lengths_1q=(1, 40, 120, 300), lengths_2q=(1, 5, 15, 30), seeds=2,
@@ -22,9 +23,12 @@ QUICK_RB = RBSettings(lengths_1q=(1, 40, 120, 300), lengths_2q=(1, 5, 15, 30), s
 
 
 def private_lab(directory) -> str:
-    """A copy of the shipped wiring with its own calibration store in ``directory``."""
-    text = default_config_path().read_text().replace(
-        'store = ""', f'store = "{directory / "calibration.sqlite"}"', 1)
+    """A copy of the shipped wiring with its own calibration store in ``directory``, holding
+    the shipped snapshot as if measured an hour ago (``seed_fresh_store``): its own times
+    age, and from 2026-12-07 the sweet spot measured on 2026-11-30 was older than its 168 h
+    limit, so the round re-measured it, moving the bias under the cz the RB then measured."""
+    store = seed_fresh_store(directory)
+    text = default_config_path().read_text().replace('store = ""', f'store = "{store}"', 1)
     path = directory / "lab.toml"
     path.write_text(text)
     return str(path)
