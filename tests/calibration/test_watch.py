@@ -26,6 +26,8 @@ from qiskit import QuantumCircuit, transpile
 from labqpu import LabProvider
 from labqpu.calibration.watch import LOG_NAME, idle_on_device, watch
 from labqpu.rack.config import default_config_path
+from labqpu.store import CalibrationStore
+from labqpu.testing import restamped, shipped_export
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +54,11 @@ def drifting_device(directory: Path) -> Path:
 def wiring(directory: Path, name: str, device: Path, endpoints: dict[str, str] | None) -> Path:
     """lab5's wiring file with its own store, the drifting device and a seeded simulator; with
     ``endpoints``, every controller and instrument at the address another client's simulator
-    listens on."""
+    listens on. The store holds the shipped snapshot as if measured an hour ago: its own
+    times age (from 2026-12-07 every value was older than its limit, and the first round
+    recalibrated everything)."""
+    with CalibrationStore(directory / f"{name}.sqlite") as store:
+        store.import_json(restamped(shipped_export("lab5")))
     text = default_config_path().read_text()
     text = text.replace('store = ""', f'store = "{name}.sqlite"', 1)
     text = text.replace('device = "lab5"\n', f'device = "{device}"\nseed = 11\n', 1)
