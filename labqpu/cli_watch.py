@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -74,9 +75,15 @@ def watch_command(provider, backend, nodes, args: argparse.Namespace, rb_setting
                        qubits=args.qubits, shots=args.shots, clock=clock, say=say,
                        rb_every=args.rb_every, rb_settings=rb_settings,
                        design=args.design)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("watch stopped", flush=True)
-        return 0
+        if args.rounds is None:
+            return 0  # how a watch until Ctrl-C ends
+        # before its --rounds were done: 130 (143 on SIGTERM), so a script can tell
+        print(f"labqpu: the watch was interrupted before its {args.rounds} round(s) were done",
+              file=sys.stderr, flush=True)
+        interrupt.said = True
+        raise
     print(f"log of every round: {report.log_path}")
     last = report.rounds[-1] if report.rounds else None
     failed = last is not None and (last.error is not None or not last.report.ok)

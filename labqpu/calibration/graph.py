@@ -343,6 +343,17 @@ def node(name: str, nodes: Sequence[Node] | None = None) -> Node:
                      f"{', '.join([*(n.name for n in nodes), RB_NODE])})")
 
 
+def downstream(name: str, nodes: Sequence[Node]) -> list[Node]:
+    """The nodes of ``nodes`` (prerequisites first) built on node ``name``: those that require
+    it, directly or through other nodes."""
+    below, out = {name}, []
+    for n in nodes:
+        if any(r in below for r in n.requires):
+            below.add(n.name)
+            out.append(n)
+    return out
+
+
 def plan(names: Iterable[str] | None, qubits: Iterable[int],
          edges: Iterable[tuple[int, int]], nodes: Sequence[Node] | None = None
          ) -> list[tuple[Node, Subject]]:

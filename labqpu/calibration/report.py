@@ -5,13 +5,14 @@ while the run measured) is said in it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from labqpu.calibration.checks import CheckResult
-from labqpu.calibration.graph import Subject
+from labqpu.calibration.graph import Node, Subject, downstream
+from labqpu.calibration.records import describe
 from labqpu.store import Snapshot
 
 
@@ -57,6 +58,9 @@ class RunReport:
     #: {qubit: why} of the qubits whose values a commit left out: another writer changed
     #: them while the run measured (``commit_apart_onto_newest``).
     left_out: dict[int, str] = field(default_factory=dict)
+    #: Steps ("cz on edge 0-1") built on values the run changed that it did not run (a run
+    #: of some nodes, or of some qubits): nothing has checked them since (:func:`unchecked`).
+    unchecked: list[str] = field(default_factory=list)
 
     def with_status(self, status: str) -> list[Outcome]:
         """The outcomes with ``status``."""
@@ -97,6 +101,9 @@ class RunReport:
             lines.append(f"{status} ({len(chosen)}):")
             for o in chosen:
                 lines.append(f"  {o.node:<{node_w}}{o.subject:<{subject_w}}{o.reason}")
+        if self.unchecked:
+            lines.append(f"not run, and built on values this run changed ({len(self.unchecked)} "
+                         f"steps): {_grouped(self.unchecked)}; calibrate them to check them")
         if self.committed:
             ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
             first = self.committed[0].parent_id
@@ -114,6 +121,20 @@ class RunReport:
 
 #: The statuses the summary lists, in its order.
 _LISTED_STATUSES = ("calibrated", "fresh", "failed", "blocked")
+
+
+def _grouped(steps: Sequence[str]) -> str:
+    """``["rabi on qubit 0", "rabi on qubit 1", "cz on edge 0-1"]`` as "rabi on qubit 0, qubit
+    1; cz on edge 0-1": the nodes that share their subjects together, in order."""
+    subjects: dict[str, list[str]] = {}
+    for step in steps:
+        name, subject = step.split(" on ", 1)
+        subjects.setdefault(name, []).append(subject)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, where in subjects.items():
+        groups.setdefault(tuple(where), []).append(name)
+    return "; ".join(f"{', '.join(names)} on {', '.join(where)}"
+                     for where, names in groups.items())
 
 
 def _show(value: Any) -> str:
@@ -158,3 +179,25 @@ def left_out_reason(qubits: Iterable[int], left_out: dict[int, str]) -> str:
     why = [left_out[q] for q in sorted(set(qubits)) if q in left_out]
     return (f"not committed: {'; '.join(dict.fromkeys(why))} while this measured; run it again"
             if why else "")
+
+
+def unchecked(steps: Sequence[tuple[Node, Subject]], outcomes: Sequence[Outcome],
+              nodes: Sequence[Node], edges: Iterable[tuple[int, int]]) -> list[str]:
+    """The steps, as "node on subject", that ``nodes`` build on a step of ``steps`` whose
+    outcome (``outcomes``, in the same order) changed a value, on its qubits and on the
+    ``edges`` that hold one of them, and that ``steps`` do not hold: a sweet spot measured
+    again moves the bias under every pulse after it (a review's cz went from 3e-3 to 0.24
+    error after ``labqpu calibrate sweet_spot``, and nothing said so)."""
+    ran = set((n.name, s) for n, s in steps)
+    edges = sorted({(min(e), max(e)) for e in edges})
+    out: dict[str, None] = {}
+    for (n, subject), outcome in zip(steps, outcomes, strict=True):
+        if outcome.status != "calibrated" or all(c.new == c.old for c in outcome.changes):
+            continue
+        qubits = set(subject_qubits(subject))
+        for below in downstream(n.name, nodes):
+            subjects = (sorted(qubits) if below.scope == "qubit" else
+                        [e for e in edges if qubits & set(e)])
+            out.update((f"{below.name} on {describe(s)}", None) for s in subjects
+                       if (below.name, s) not in ran)
+    return list(out)

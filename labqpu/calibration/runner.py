@@ -79,6 +79,7 @@ from labqpu.calibration.report import (
     left_out_reason,
     mark_left_out,
     subject_qubits,
+    unchecked,
 )
 from labqpu.errors import (
     CalibrationError,
@@ -188,6 +189,20 @@ def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, f
     return _outdated_reason(work, node, subject, nodes)
 
 
+def _measured_again(node: Node, label: str, measured_by: dict[tuple[str, str], str]
+                    ) -> str | None:
+    """Why ``node``'s values on the subject ``label`` are to be measured again: an earlier step
+    of the walk, a coarser measurement of the graph, measured one of the values it watches
+    anew (the sweet spot's spectroscopy a Ramsey frequency, Rabi a DRAG step's amplitude), or
+    None. Before, the finer node saw a fresh value and its check passed it: a sweet spot
+    measured again left frequencies 20-40 kHz off, inside the Ramsey check's tolerance."""
+    for name in node.watches:
+        by = measured_by.get((label, name))
+        if by is not None and by != node.name:
+            return f"{name} measured again by {by} in this run"
+    return None
+
+
 def _outdated_reason(work: Working, node: Node, subject: Subject,
                      nodes: dict[str, Node]) -> str | None:
     """Why ``node``'s values on ``subject`` describe a calibration that has changed since (one
@@ -245,6 +260,8 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
     reporter = reporter or LineReporter()
     status: dict[tuple[str, Subject], str] = {}
     by_name = {n.name: n for n, _ in steps}
+    #: (subject label, parameter) -> the node that measured it anew in this walk
+    measured_by: dict[tuple[str, str], str] = {}
     outcomes = []
     reporter.start(len(steps))
     for n, subject in steps:
@@ -257,8 +274,9 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
         if bad:
             outcome = Outcome(n.name, label, "blocked", f"prerequisite {bad[0]} did not pass")
         else:
-            reason = "forced" if n.name in forced else _age_reason(kit.work, n, subject,
-                                                                     limits, now, by_name)
+            reason = "forced" if n.name in forced else (
+                _measured_again(n, label, measured_by)
+                or _age_reason(kit.work, n, subject, limits, now, by_name))
             checked = reason is None and n.check is not None
             if checked:
                 try:
@@ -278,6 +296,8 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                                      refine=checked)
         outcome.seconds = time.perf_counter() - t0
         status[(n.name, subject)] = outcome.status
+        measured_by.update({(c.subject, c.name): n.name for c in outcome.changes
+                            if outcome.status == "calibrated" and c.new != c.old})
         outcomes.append(outcome)
         reporter.done(outcome)
     reporter.close()
@@ -462,6 +482,8 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
     report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
+    report.unchecked = unchecked(steps, outcomes, _available_nodes(backend),
+                                 backend.config.coupling_map)
     # before the commit: a snapshot never names a record that could not be written
     report.records = save_records(kit.records, directory, then="nothing was committed")
     measured = [c for o in outcomes for c in o.changes]

@@ -104,6 +104,10 @@ class WatchRound:
                                      for o in bad)
         if self.report.snapshot is not None:
             text += f"; committed snapshot {self.report.snapshot.snapshot_id}"
+        if self.report.unchecked:
+            names = dict.fromkeys(step.split(" on ")[0] for step in self.report.unchecked)
+            text += (f"; not watched and built on its changes: {len(self.report.unchecked)} "
+                     f"steps of {', '.join(names)}")
         if self.gate_errors is not None:
             text += (f"; RB: {len(self.gate_errors)} gate errors (largest "
                      f"{max(self.gate_errors.values(), default=0.0):.2e}) in snapshot "
@@ -125,6 +129,7 @@ class WatchRound:
                              "changes": [{"name": c.name, "old": json_ready(c.old),
                                           "new": json_ready(c.new)} for c in o.changes]}
                             for o in self.report.outcomes]
+            out["unchecked"] = self.report.unchecked
         if self.gate_errors is not None:
             out["gate_errors"] = self.gate_errors
         if self.rb_snapshot is not None:

@@ -15,7 +15,7 @@ from labqpu.backend.target import build_target
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Working
 from labqpu.calibration.graph import NODES, Node, plan
-from labqpu.calibration.report import Change, Outcome, RunReport
+from labqpu.calibration.report import Change, Outcome, RunReport, unchecked
 from labqpu.calibration.runner import run_graph, walk
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
@@ -117,6 +117,59 @@ def test_a_value_measured_after_the_hosts_clock_is_recalibrated():
     assert "h after this host's clock" in first.reason
     assert kit.work.qubits[0]["frequency_hz"] == 6e9
     assert second.status == "fresh" and checked == [1], (second, checked)
+
+
+def test_a_value_a_coarser_node_measured_again_is_measured_again_by_the_finer_one():
+    """A review's case: the sweet spot's spectroscopy, measured again because it was old, wrote
+    its frequency over the Ramsey one; the Ramsey node found a fresh value whose check passed
+    (20-40 kHz off, inside the 30 kHz tolerance), so the snapshot kept the coarse one. Now a
+    node whose watched value an earlier step measured anew calibrates without its check."""
+    def never(kit, q, shots):
+        raise AssertionError("a value measured again upstream is not checked")
+
+    nodes = (
+        Node("coarse", "qubit", (), ("flux",), _set("frequency_hz", 5.00002e9)),
+        Node("fine", "qubit", ("coarse",), ("frequency_hz",), _set("frequency_hz", 5.0e9),
+             never),
+        Node("other", "qubit", ("fine",), ("pi_amplitude",), _set("pi_amplitude", 0.5),
+             _check({0: True})),
+    )
+    kit = SimpleNamespace(work=_work())
+    kit.work.set(0, "pi_amplitude", 0.5, "rabi")
+    kit.work.measured_at[(0, "pi_amplitude")] = (NOW - timedelta(hours=1)).isoformat()
+    outcomes = walk(kit, plan(None, [0], [], nodes), shots=1, now=NOW, forced={"coarse"})
+    got = {o.node: (o.status, o.reason) for o in outcomes}
+    assert got["fine"] == ("calibrated", "frequency_hz measured again by coarse in this run")
+    assert kit.work.qubits[0]["frequency_hz"] == 5.0e9
+    assert got["other"][0] == "fresh"  # it watches nothing the walk measured again
+
+
+def test_steps_built_on_what_a_run_changed_that_it_did_not_run_are_named():
+    """A review's case: ``labqpu calibrate sweet_spot --qubits 0 1`` moved both biases, and
+    the cz on edge 0-1, measured at the old ones, went from 3e-3 to 0.24 error with nothing
+    said. The report names every step built on a changed value that the run left out: on the
+    changed qubit, and on the edges that hold it (the device's, not only the run's)."""
+    nodes = (
+        Node("coarse", "qubit", (), (), _set("bias", 1.0)),
+        Node("fine", "qubit", ("coarse",), (), _set("frequency_hz", 5e9)),
+        Node("gate", "edge", ("fine",), (), _set("x", 1.0)),
+        Node("apart", "qubit", (), (), _set("y", 1.0)),
+    )
+    steps = plan(["coarse"], [0, 1], [(0, 1), (1, 2)], nodes)
+    kit = SimpleNamespace(work=_work())
+    outcomes = walk(kit, steps, shots=1, now=NOW, forced={"coarse"})
+    outcomes[1] = replace(outcomes[1], changes=[])  # qubit 1's measurement changed nothing
+    assert unchecked(steps, outcomes, nodes, [(1, 0), (1, 2)]) == [
+        "fine on qubit 0", "gate on edge 0-1"]
+    report = RunReport(outcomes, 1, unchecked=["fine on qubit 0", "apart on qubit 0",
+                                               "fine on qubit 1", "gate on edge 0-1"])
+    assert ("not run, and built on values this run changed (4 steps): fine on qubit 0, qubit "
+            "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them"
+            ) in report.table()
+    everything = plan(None, [0, 1], [(0, 1)], nodes)
+    outcomes = walk(SimpleNamespace(work=_work()), everything, shots=1, now=NOW,
+                    forced={n.name for n in nodes})
+    assert unchecked(everything, outcomes, nodes, [(0, 1)]) == []
 
 
 def test_a_node_that_measures_a_recalibrated_one_is_out_of_date():

@@ -122,6 +122,35 @@ def test_an_endless_watch_on_the_simulator_waits_on_the_wall_clock(tmp_path):
             watch.communicate()
 
 
+def test_a_watch_stopped_before_its_rounds_were_done_exits_130(tmp_path):
+    """A review's case: ``--rounds 5`` stopped by Ctrl-C after round 3 exited 0 like a
+    finished watch, so a script could not tell; a watch until Ctrl-C still ends with 0
+    (above)."""
+    seed_fresh_store(tmp_path)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "labqpu.cli", "calibrate", "--watch", "t1", "--qubits", "0",
+         "--rounds", "5", "--clock", "wall"],
+        cwd=tmp_path, env={**os.environ, "LABQPU_HOME": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_a_terminal_leaves_it)
+    try:
+        log = tmp_path / "lab5" / "watch.jsonl"
+        deadline = time.monotonic() + 120
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # round 1 runs at once, then the watch waits an hour
+        assert log.exists()
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 130, (out, err)
+        assert "watch stopped" in out
+        assert "the watch was interrupted before its 5 round(s) were done" in err
+        assert len(log.read_text().splitlines()) == 1
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+
+
 def test_status_shows_where_each_qubit_is_wired(tmp_path, labqpu):
     """On lab10, qubits 0-4 play on ctrl0 and 5-9 on ctrl1; each qubit names its LOs and its
     flux-bias channel, as the wiring file says."""
