@@ -184,20 +184,20 @@ def left_out_reason(qubits: Iterable[int], left_out: dict[int, str]) -> str:
 def unchecked(steps: Sequence[tuple[Node, Subject]], outcomes: Sequence[Outcome],
               nodes: Sequence[Node], edges: Iterable[tuple[int, int]]) -> list[str]:
     """The steps, as "node on subject", that ``nodes`` build on a step of ``steps`` whose
-    outcome (``outcomes``, in the same order) changed a value, on its qubits and on the
-    ``edges`` that hold one of them, and that ``steps`` do not hold: a sweet spot measured
-    again moves the bias under every pulse after it (a review's cz went from 3e-3 to 0.24
-    error after ``labqpu calibrate sweet_spot``, and nothing said so)."""
+    outcome (``outcomes``, in the same order) changed a value, on its qubit and on the
+    ``edges`` that hold it (an edge step's: on its edge), and that ``steps`` do not hold: a
+    sweet spot measured again moves the bias under every pulse after it (a review's cz went
+    from 3e-3 to 0.24 error after ``labqpu calibrate sweet_spot``, and nothing said so)."""
     ran = set((n.name, s) for n, s in steps)
     edges = sorted({(min(e), max(e)) for e in edges})
     out: dict[str, None] = {}
     for (n, subject), outcome in zip(steps, outcomes, strict=True):
         if outcome.status != "calibrated" or all(c.new == c.old for c in outcome.changes):
             continue
-        qubits = set(subject_qubits(subject))
+        # a qubit's change reaches the edges that hold it; an edge's only that edge's nodes
+        where = ({"qubit": [], "edge": [subject]} if isinstance(subject, tuple) else
+                 {"qubit": [subject], "edge": [e for e in edges if subject in e]})
         for below in downstream(n.name, nodes):
-            subjects = (sorted(qubits) if below.scope == "qubit" else
-                        [e for e in edges if qubits & set(e)])
-            out.update((f"{below.name} on {describe(s)}", None) for s in subjects
+            out.update((f"{below.name} on {describe(s)}", None) for s in where[below.scope]
                        if (below.name, s) not in ran)
     return list(out)

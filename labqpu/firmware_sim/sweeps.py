@@ -54,11 +54,20 @@ def parse_param_sets(value: object, n_params: int, shots: int, max_total_shots: 
             raise ValueError(f"param_sets row {k} must be a list of {n_params} numbers (one per "
                              f"param_values entry), got {row!r}"[:200])
         for j, x in enumerate(row):
-            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not _finite(x):
                 raise ValueError(f"param_sets row {k} entry {j} must be a finite number, "
-                                 f"got {x!r}")
+                                 f"got {str(x)[:40]}")
         rows[k] = row
     return rows
+
+
+def _finite(x: int | float) -> bool:
+    """Whether ``x`` is a finite float; an integer beyond any float is not (``math.isfinite``
+    raised a bare ``OverflowError`` for it)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def bind(arrays: dict[str, np.ndarray], meta: dict

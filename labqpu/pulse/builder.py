@@ -170,14 +170,16 @@ class PulseBuilder:
         return channel
 
     def _add(self, node) -> None:
-        for parameter in parameters_of(node):
-            known = self._parameters.setdefault(parameter.name, parameter)
-            if known != parameter:
+        new = parameters_of(node)
+        for parameter in sorted(new, key=lambda p: p.name):  # all checked before any is kept
+            known = self._parameters.get(parameter.name, parameter)
+            if known != parameter or sum(p.name == parameter.name for p in new) > 1:
                 raise PulseError(
                     f"program {self.name!r}: another Parameter named {parameter.name!r} is in "
                     "it already; sweeps and pulse gates take values by name, so two would get "
                     "the same one: use one Parameter, or give them different names",
                     parameter=parameter.name)
+        self._parameters.update((p.name, p) for p in new)
         self._stack[-1].children.append(node)
 
     def play(self, shape: Shape, channel: Channel) -> None:

@@ -129,20 +129,26 @@ def test_the_host_and_the_controller_agree_on_full_scale(lab_backend) -> None:
         lab_backend.run(program, shots=50, parameter_binds={"amp": [(1 + 1e-5) / peak]})
 
 
-def test_the_controller_refuses_a_row_of_the_wrong_length(lab_backend) -> None:
+@pytest.mark.parametrize(("rows", "words"), [
+    ([[0.1], [0.1, 0.2]], "param_sets row 1 must be a list of 1 numbers"),
+    # a raw client's integer beyond any float (a review's case: a bare OverflowError)
+    ([[0.1], [10**400]], "param_sets row 1 entry 0 must be a finite number, got 1000"),
+])
+def test_the_controller_refuses_a_bad_row(lab_backend, rows, words) -> None:
     """The firmware checks ``param_sets`` itself: a host that sends a bad table gets a failed
     run naming the row, and the controller goes on serving."""
     kit = kit_for(lab_backend)
     arrays, meta = rabi_program(kit, "amp").to_wire()
     with ControllerClient(lab_backend.config.controllers[0].endpoint, timeout_s=10.0) as client:
         program_id = client.upload(arrays, meta)
-        run_id = client.run(program_id, 10, params={"param_sets": [[0.1], [0.1, 0.2]]})
+        run_id = client.run(program_id, 10, params={"param_sets": rows})
         for _ in range(10):  # a held fetch answers at the run's end, or after 1 s
             state, info, _ = client.fetch(run_id, wait_s=1.0)
             if state not in ("queued", "running"):
                 break
         assert state == "error", (state, info)
-        assert "param_sets row 1 must be a list of 1 numbers" in info.get("error", ""), info
+        assert words in info.get("error", ""), info
+        assert info.get("error_type") != "OverflowError", info
         assert client.status()["state"] in ("idle", "busy")
 
 

@@ -166,6 +166,14 @@ def test_steps_built_on_what_a_run_changed_that_it_did_not_run_are_named():
     assert ("not run, and built on values this run changed (4 steps): fine on qubit 0, qubit "
             "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them"
             ) in report.table()
+    # an edge step's change reaches that edge's nodes only (a review's case: cz on 0-1 named
+    # cz_leakage on edge 1-2 too)
+    edge_nodes = (*nodes, Node("after", "edge", ("gate",), (), _set("z", 1.0)))
+    edge_steps = [(edge_nodes[2], (0, 1))]
+    edge_outcomes = [Outcome("gate", "edge 0-1", "calibrated", "forced",
+                             changes=[Change("edge 0-1", "x", 0.5, 1.0)])]
+    assert unchecked(edge_steps, edge_outcomes, edge_nodes, [(0, 1), (1, 2)]) == [
+        "after on edge 0-1"]
     everything = plan(None, [0, 1], [(0, 1)], nodes)
     outcomes = walk(SimpleNamespace(work=_work()), everything, shots=1, now=NOW,
                     forced={n.name for n in nodes})

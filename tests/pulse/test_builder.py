@@ -345,6 +345,13 @@ def test_two_parameters_of_one_name_are_refused_where_the_second_is_given(b) -> 
             as info:
         b.shift_phase(second * 2, drive(1))
     assert info.value.parameter == "amp"
+    for i in range(8):  # a review's case: the refused call's other Parameter was kept (when
+        # a set's order put it first)
+        with pytest.raises(PulseError, match="another Parameter named 'amp'"):
+            b.shift_phase(Parameter(f"other{i}") + second, drive(1))
+    with pytest.raises(PulseError, match="another Parameter named 'x'"):
+        b.play(pulse.Constant(duration_samples=8, amp=Parameter("x"), angle_rad=Parameter("x")),
+               drive(1))  # two new ones of one name
     assert b.parameters == {first}
     program = b.assign_parameters({first: 0.25})
     assert program.play_amp.tolist() == [0.25, 0.25]
