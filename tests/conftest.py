@@ -35,6 +35,17 @@ def temporary_files_of_the_test_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def peak_rss_bytes():
+    """``peak_rss_bytes(pid)``: the process's peak resident memory so far (``VmHWM``, bytes;
+    Linux's ``/proc``)."""
+    def peak_rss_bytes(pid: int) -> int:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    return peak_rss_bytes
+
+
+@pytest.fixture(scope="session")
 def config():
     """The shipped lab5 wiring."""
     return load_config(default_config_path())

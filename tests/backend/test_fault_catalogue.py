@@ -268,16 +268,9 @@ def test_retried_run_after_a_lost_reply_executes_at_most_once(backend, faults) -
     assert [f["kind"] for f in faults.fired()][-1] == "drop"
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
-def test_an_oversized_message_is_refused_without_the_simulator_holding_it(provider,
-                                                                           backend) -> None:
+def test_an_oversized_message_is_refused_without_the_simulator_holding_it(
+        provider, backend, peak_rss_bytes) -> None:
     """Malformed and oversized frames: a message of 2000 frames of 1 MiB. libzmq buffered a
     whole message before the controller could count its frames (150 of 4 MiB took the
     simulator from 193 to 810 MB); the controller now reads ZMTP itself and refuses the
@@ -286,7 +279,7 @@ def test_an_oversized_message_is_refused_without_the_simulator_holding_it(provid
 
     from labqpu.drivers.protocol import decode_reply, encode_request
 
-    peak_before = _peak_rss_bytes(provider.simulator.pid)
+    peak_before = peak_rss_bytes(provider.simulator.pid)
     request_id, frames = encode_request("status", {})
     block = bytes(1 << 20)
     with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
@@ -297,7 +290,7 @@ def test_an_oversized_message_is_refused_without_the_simulator_holding_it(provid
         reply = decode_reply(sock.recv_multipart())
     assert (reply.ok, reply.id, reply.error["type"]) == (False, request_id, "ProtocolError")
     assert "exceeds 64 frames" in reply.error["message"]
-    grown = _peak_rss_bytes(provider.simulator.pid) - peak_before
+    grown = peak_rss_bytes(provider.simulator.pid) - peak_before
     assert grown < 200 << 20, f"the simulator's peak memory grew by {grown >> 20} MiB"
     assert_right(backend)
 

@@ -640,15 +640,9 @@ def test_a_branch_drops_the_qubits_whose_levels_no_longer_matter(rack, snapshot,
     np.testing.assert_allclose(iq_drop, iq_keep, rtol=0, atol=1e-5)
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    """The process's peak resident memory (``VmHWM``, bytes)."""
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM"))
-    return int(line.split()[1]) * 1024
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
-def test_many_mid_circuit_measurements_in_a_long_program_keep_memory_bounded(lab_home) -> None:
+def test_many_mid_circuit_measurements_in_a_long_program_keep_memory_bounded(
+        lab_home, peak_rss_bytes) -> None:
     """Twelve measurements in a 2 ms program: each node of the branch tree rendered every port
     of the whole program and kept it while its children ran (0.47 GB per measurement; 16 of
     them failed at 7 GB, a raw program of 1000 acquisitions was OOM-killed). Now a node renders
@@ -665,7 +659,7 @@ def test_many_mid_circuit_measurements_in_a_long_program_keep_memory_bounded(lab
         native = transpile(qc, backend)
         result = backend.run(native, shots=100, seed_simulator=5, memory=True).result(
             timeout=120)
-        peak = _peak_rss_bytes(provider.simulator.pid)
+        peak = peak_rss_bytes(provider.simulator.pid)
     assert peak < 0.6e9, f"simulator peak RSS {peak / 1e9:.2f} GB"
     bits = per_shot_bits(result, 12)
     assert bits.mean() > 0.85, bits.mean(axis=0)

@@ -59,13 +59,6 @@ def _rows(points: int) -> list[list[float]]:
     return [[0.01 * (k % 50)] for k in range(points)]
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    """The process's peak resident memory (``VmHWM``, bytes)."""
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM"))
-    return int(line.split()[1]) * 1024
-
-
 @pytest.fixture(scope="module")
 def simulator(lab_home: str) -> Iterator[tuple[int, str]]:
     """A simulator process of its own: (its pid, ctrl0's endpoint)."""
@@ -83,9 +76,9 @@ def _final(client: ControllerClient, run_id: str) -> tuple[str, dict, float]:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
 def test_a_sweep_of_large_points_keeps_memory_bounded_and_stops_at_its_time_limit(
-        simulator) -> None:
+        simulator, peak_rss_bytes) -> None:
     pid, endpoint = simulator
-    before = _peak_rss_bytes(pid)
+    before = peak_rss_bytes(pid)
     with ControllerClient(endpoint, timeout_s=30.0) as client:
         program_id = client.upload(_program(PLAYS), _meta(PLAYS))
         started = time.monotonic()
@@ -94,7 +87,7 @@ def test_a_sweep_of_large_points_keeps_memory_bounded_and_stops_at_its_time_limi
         state, result, ended = _final(client, run_id)
         assert (state, result["error_type"]) == ("error", ERR_TIME_LIMIT), result
         assert ended - started < 1.0 + BOUND_S
-        grown = _peak_rss_bytes(pid) - before
+        grown = peak_rss_bytes(pid) - before
         assert grown < 0.5e9, f"the simulator grew by {grown / 1e9:.2f} GB"
         # the controller serves the next run
         small = client.upload(_program(10), _meta(10))
