@@ -58,9 +58,10 @@ class RunReport:
     #: {qubit: why} of the qubits whose values a commit left out: another writer changed
     #: them while the run measured (``commit_apart_onto_newest``).
     left_out: dict[int, str] = field(default_factory=dict)
-    #: Steps ("cz on edge 0-1") built on values the run changed that it did not run (a run
-    #: of some nodes, or of some qubits): nothing has checked them since (:func:`unchecked`).
-    unchecked: list[str] = field(default_factory=list)
+    #: Steps (node, subject: ``("cz", "edge 0-1")``) built on values the run changed that it
+    #: did not run (a run of some nodes, or of some qubits): nothing has checked them since
+    #: (:func:`unchecked`).
+    unchecked: list[tuple[str, str]] = field(default_factory=list)
 
     def with_status(self, status: str) -> list[Outcome]:
         """The outcomes with ``status``."""
@@ -123,12 +124,11 @@ class RunReport:
 _LISTED_STATUSES = ("calibrated", "fresh", "failed", "blocked")
 
 
-def _grouped(steps: Sequence[str]) -> str:
-    """``["rabi on qubit 0", "rabi on qubit 1", "cz on edge 0-1"]`` as "rabi on qubit 0, qubit
-    1; cz on edge 0-1": the nodes that share their subjects together, in order."""
+def _grouped(steps: Sequence[tuple[str, str]]) -> str:
+    """``[("rabi", "qubit 0"), ("rabi", "qubit 1"), ("cz", "edge 0-1")]`` as "rabi on qubit
+    0, qubit 1; cz on edge 0-1": the nodes that share their subjects together, in order."""
     subjects: dict[str, list[str]] = {}
-    for step in steps:
-        name, subject = step.split(" on ", 1)
+    for name, subject in steps:
         subjects.setdefault(name, []).append(subject)
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, where in subjects.items():
@@ -182,15 +182,16 @@ def left_out_reason(qubits: Iterable[int], left_out: dict[int, str]) -> str:
 
 
 def unchecked(steps: Sequence[tuple[Node, Subject]], outcomes: Sequence[Outcome],
-              nodes: Sequence[Node], edges: Iterable[tuple[int, int]]) -> list[str]:
-    """The steps, as "node on subject", that ``nodes`` build on a step of ``steps`` whose
+              nodes: Sequence[Node], edges: Iterable[tuple[int, int]]
+              ) -> list[tuple[str, str]]:
+    """The steps, as (node, subject label), that ``nodes`` build on a step of ``steps`` whose
     outcome (``outcomes``, in the same order) changed a value, on its qubit and on the
     ``edges`` that hold it (an edge step's: on its edge), and that ``steps`` do not hold: a
     sweet spot measured again moves the bias under every pulse after it (a review's cz went
     from 3e-3 to 0.24 error after ``labqpu calibrate sweet_spot``, and nothing said so)."""
     ran = set((n.name, s) for n, s in steps)
     edges = sorted({(min(e), max(e)) for e in edges})
-    out: dict[str, None] = {}
+    out: dict[tuple[str, str], None] = {}
     for (n, subject), outcome in zip(steps, outcomes, strict=True):
         if outcome.status != "calibrated" or all(c.new == c.old for c in outcome.changes):
             continue
@@ -198,6 +199,6 @@ def unchecked(steps: Sequence[tuple[Node, Subject]], outcomes: Sequence[Outcome]
         where = ({"qubit": [], "edge": [subject]} if isinstance(subject, tuple) else
                  {"qubit": [subject], "edge": [e for e in edges if subject in e]})
         for below in downstream(n.name, nodes):
-            out.update((f"{below.name} on {describe(s)}", None) for s in where[below.scope]
+            out.update(((below.name, describe(s)), None) for s in where[below.scope]
                        if (below.name, s) not in ran)
     return list(out)

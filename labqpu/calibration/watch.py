@@ -105,7 +105,7 @@ class WatchRound:
         if self.report.snapshot is not None:
             text += f"; committed snapshot {self.report.snapshot.snapshot_id}"
         if self.report.unchecked:
-            names = dict.fromkeys(step.split(" on ")[0] for step in self.report.unchecked)
+            names = dict.fromkeys(node for node, _ in self.report.unchecked)
             text += (f"; not watched and built on its changes: {len(self.report.unchecked)} "
                      f"steps of {', '.join(names)}")
         if self.gate_errors is not None:
@@ -129,7 +129,8 @@ class WatchRound:
                              "changes": [{"name": c.name, "old": json_ready(c.old),
                                           "new": json_ready(c.new)} for c in o.changes]}
                             for o in self.report.outcomes]
-            out["unchecked"] = self.report.unchecked
+            out["unchecked"] = [{"node": node, "subject": subject}
+                                for node, subject in self.report.unchecked]
         if self.gate_errors is not None:
             out["gate_errors"] = self.gate_errors
         if self.rb_snapshot is not None:

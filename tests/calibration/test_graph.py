@@ -160,9 +160,9 @@ def test_steps_built_on_what_a_run_changed_that_it_did_not_run_are_named():
     outcomes = walk(kit, steps, shots=1, now=NOW, forced={"coarse"})
     outcomes[1] = replace(outcomes[1], changes=[])  # qubit 1's measurement changed nothing
     assert unchecked(steps, outcomes, nodes, [(1, 0), (1, 2)]) == [
-        "fine on qubit 0", "gate on edge 0-1"]
-    report = RunReport(outcomes, 1, unchecked=["fine on qubit 0", "apart on qubit 0",
-                                               "fine on qubit 1", "gate on edge 0-1"])
+        ("fine", "qubit 0"), ("gate", "edge 0-1")]
+    report = RunReport(outcomes, 1, unchecked=[("fine", "qubit 0"), ("apart", "qubit 0"),
+                                               ("fine", "qubit 1"), ("gate", "edge 0-1")])
     assert ("not run, and built on values this run changed (4 steps): fine on qubit 0, qubit "
             "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them"
             ) in report.table()
@@ -173,7 +173,7 @@ def test_steps_built_on_what_a_run_changed_that_it_did_not_run_are_named():
     edge_outcomes = [Outcome("gate", "edge 0-1", "calibrated", "forced",
                              changes=[Change("edge 0-1", "x", 0.5, 1.0)])]
     assert unchecked(edge_steps, edge_outcomes, edge_nodes, [(0, 1), (1, 2)]) == [
-        "after on edge 0-1"]
+        ("after", "edge 0-1")]
     everything = plan(None, [0, 1], [(0, 1)], nodes)
     outcomes = walk(SimpleNamespace(work=_work()), everything, shots=1, now=NOW,
                     forced={n.name for n in nodes})

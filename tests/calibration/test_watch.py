@@ -113,3 +113,7 @@ def test_watch_keeps_bell_over_a_drifting_day_and_a_frozen_snapshot_does_not(tmp
     assert frozen_snapshot == 1  # the frozen client never saw a new snapshot
     log_lines = log_path.read_text().splitlines()
     assert [json.loads(line)["round"] for line in log_lines] == [1] * len(rounds)
+    # the frequencies each round measured reach the cz of edges 0-1 and 2-3, outside the watch
+    assert "not watched and built on its changes: 8 steps of cz, zz, cz_spectators, " \
+           "cz_leakage" in rounds[-1].summary(), rounds[-1].summary()
+    assert {"node": "cz", "subject": "edge 2-3"} in json.loads(log_lines[-1])["unchecked"]
