@@ -8,7 +8,7 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
 
-from labqpu import BackendPropertyError, LabProvider, Sampler
+from labqpu import BackendPropertyError, InvalidRunInputError, LabProvider, Sampler
 from labqpu.drivers.controller import ControllerClient
 from labqpu.store import SnapshotBuilder
 
@@ -95,6 +95,36 @@ def test_shots_that_are_not_positive_are_refused_as_qiskit_refuses_them(lab_back
     native = transpile(ghz3(), lab_backend, seed_transpiler=5)
     with pytest.raises(ValueError, match="shots must be positive"):
         Sampler(lab_backend, mitigate=False).run([native], shots=shots)
+
+
+def test_shots_beyond_the_backend_are_refused_by_run_not_by_result(lab_backend) -> None:
+    """A review's case: 100 001 shots were refused only by ``result()``, from the job."""
+    native = transpile(ghz3(), lab_backend, seed_transpiler=5)
+    sampler = Sampler(lab_backend, mitigate=False)
+    with pytest.raises(InvalidRunInputError, match=r"pub 0's shots is 100001.*at most 100000"):
+        sampler.run([native], shots=lab_backend.max_shots + 1)
+    with pytest.raises(InvalidRunInputError, match="pub 1's shots is 200000"):
+        sampler.run([native, (native, None, 200_000)])
+    with pytest.raises(InvalidRunInputError, match="default_shots is 1000000"):
+        Sampler(lab_backend, default_shots=10 ** 6)
+    with pytest.raises(ValueError, match="default_shots must be positive, got -1"):
+        Sampler(lab_backend, default_shots=-1)
+    with pytest.raises(TypeError, match="default_shots must be an integer"):
+        Sampler(lab_backend, default_shots=True)
+
+
+def test_a_register_left_unmitigated_is_not_reported_applied(lab_backend) -> None:
+    """A review's case: a register with an unmeasured bit was skipped, and the metadata
+    still said ``"applied": True``."""
+    qc = QuantumCircuit(3, 3)
+    qc.x(0)
+    qc.measure([0, 1], [0, 1])
+    native = transpile(qc, lab_backend, initial_layout=[0, 1, 2])
+    info = Sampler(lab_backend).run([native], shots=100).result()[0].metadata[
+        "readout_mitigation"]
+    assert info["applied"] is False
+    assert info["skipped"] == {"c": "bit 2 of 'c' is never measured"}
+    assert info["quasi_dists"] == {}
 
 
 def test_sampler_needs_a_lab_backend() -> None:
