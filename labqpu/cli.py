@@ -490,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         message = getattr(exc, "message", None) or str(exc)  # QiskitError's str() quotes it
         print(f"labqpu: {message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command was given that cannot be read or written
+        if exc.filename is None:
+            raise
+        print(f"labqpu: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     finally:
         sys.unraisablehook = hook
         if terminate is not None:

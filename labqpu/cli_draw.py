@@ -349,6 +349,10 @@ def draw_command(args: argparse.Namespace) -> int:
         print(f"labqpu draw: -o {out}: directory {out.resolve().parent} does not exist",
               file=sys.stderr)
         return 2
+    if not os.access(out.resolve().parent, os.W_OK):
+        print(f"labqpu draw: -o {out}: directory {out.resolve().parent} cannot be written "
+              "to", file=sys.stderr)
+        return 2
     if args.layout is not None and len(args.layout) != circuit.num_qubits:
         print(f"labqpu draw: --layout {' '.join(map(str, args.layout))}: give one physical "
               f"qubit for each of the circuit's {circuit.num_qubits} qubits", file=sys.stderr)

@@ -74,7 +74,7 @@ _PEER_CHECK_S = 0.1
 _CANCEL_CHECK_S = 0.05
 #: How long (s) the abort of a cancelled run waits for the controller, once: a controller that
 #: answered no fetch meanwhile is not waited for again (it stops the run at its time limit).
-_CANCEL_ABORT_S = 1.0
+CANCEL_ABORT_S = 1.0
 #: How long (s) the client polls for a reply without sleeping before it blocks (``spin_s``).
 DEFAULT_SPIN_S = 0.002
 #: The longest ``spin_s`` a client takes (s): beyond it a busy wait costs more than it saves.
@@ -103,6 +103,9 @@ class ControllerClient:
             of ``spin_s``), so that a request to a dead controller raises
             ``HardwareUnavailableError`` with that reason at once rather than
             ``InstrumentTimeoutError`` after its retries. None: not asked.
+        name: what errors and log lines call the controller, with its endpoint (``"ctrl1
+            (tcp://10.0.0.5:5555)"``; a rack names it as its lab file does); None: the
+            endpoint alone.
         spin_s: how long (s, 0 to ``MAX_SPIN_S``) the client polls for each reply without
             sleeping before it blocks on the socket, yielding the CPU between polls (so a
             thread woken onto this CPU, such as a simulator's on the same host, is not held
@@ -127,6 +130,7 @@ class ControllerClient:
         context: zmq.Context | None = None,
         credentials: Mapping[str, Any] | None = None,
         peer_failure: Callable[[], str | None] | None = None,
+        name: str | None = None,
         spin_s: float = DEFAULT_SPIN_S,
     ) -> None:
         if not timeout_s > 0:
@@ -136,6 +140,8 @@ class ControllerClient:
         if isinstance(spin_s, bool) or not 0 <= spin_s <= MAX_SPIN_S:  # also NaN
             raise ValueError(f"spin_s must be 0 to {MAX_SPIN_S} s, got {spin_s!r}")
         self.endpoint = endpoint
+        #: How errors and log lines name the controller (``name``, see above).
+        self.label = endpoint if name is None else f"{name} ({endpoint})"
         self.timeout_s = float(timeout_s)
         self.spin_s = float(spin_s)
         self.retries = int(retries)
@@ -211,12 +217,12 @@ class ControllerClient:
             raise ProtocolError(
                 f"controller speaks protocol versions {versions!r}, "
                 f"this client speaks {PROTOCOL_VERSION}",
-                instrument=self.endpoint,
+                instrument=self.label,
                 command=OP_HELLO,
             )
         session = result.get("session")
         if not isinstance(session, str) or not session:
-            raise ProtocolError("hello reply carries no session", instrument=self.endpoint,
+            raise ProtocolError("hello reply carries no session", instrument=self.label,
                                 command=OP_HELLO)
         self._session = session
         capabilities = result.get("capabilities")
@@ -347,7 +353,7 @@ class ControllerClient:
 
     def _abort_unanswered(self, key: str) -> str:
         """Abort the run of a ``run`` request sent under ``key`` whose reply never came,
-        asking the controller once for :data:`_CANCEL_ABORT_S` (it had not answered the run);
+        asking the controller once for :data:`CANCEL_ABORT_S` (it had not answered the run);
         returns what came of it and never raises ``InstrumentError``. After a cancel the abort
         goes on the connection the run request went on, so a frozen controller reads it after
         that request once it reads again; after a timeout that connection was replaced, and a
@@ -361,9 +367,9 @@ class ControllerClient:
             return ("its run id never came and the controller aborts no run by its key: a run "
                     "it accepted stops at its time limit")
         try:
-            reply = self._request(OP_ABORT, {"key": key}, timeout_s=_CANCEL_ABORT_S)
+            reply = self._request(OP_ABORT, {"key": key}, timeout_s=CANCEL_ABORT_S)
         except InstrumentError as exc:
-            logger.warning("%s: could not abort the run sent under key %s: %s", self.endpoint,
+            logger.warning("%s: could not abort the run sent under key %s: %s", self.label,
                            key, exc)
             return (f"the abort of the run sent under key {key} could not be confirmed ({exc}): "
                     "a run the controller accepted stops at its time limit")
@@ -430,7 +436,7 @@ class ControllerClient:
             try:
                 state, result, arrays = self.fetch(run_id, wait_s=hold_s, cancel=cancel)
             except JobCancelledError as exc:  # the controller had not answered the fetch
-                outcome = self.abort_quietly(run_id, timeout_s=_CANCEL_ABORT_S)
+                outcome = self.abort_quietly(run_id, timeout_s=CANCEL_ABORT_S)
                 raise JobCancelledError(f"{exc}; {outcome}") from exc
             except HardwareUnavailableError:
                 raise  # the controller is gone (peer_failure): no run plays there to abort
@@ -447,7 +453,7 @@ class ControllerClient:
                 outcome = self.abort_quietly(run_id)
                 raise InstrumentTimeoutError(
                     f"run {run_id} still {state} after {timeout_s} s; {outcome}",
-                    instrument=self.endpoint,
+                    instrument=self.label,
                     command=OP_FETCH,
                 )
             # A controller that held the fetch answered when the run ended or the hold expired;
@@ -473,14 +479,14 @@ class ControllerClient:
         if state == "error":
             raise InstrumentCommandError(
                 f"run {run_id} failed: {result.get('error', 'no message')}",
-                instrument=self.endpoint,
+                instrument=self.label,
                 command=OP_RUN,
                 remote_type=str(result.get("error_type", "")),
             )
         if state == "aborted":
             raise InstrumentCommandError(
                 f"run {run_id} was aborted",
-                instrument=self.endpoint,
+                instrument=self.label,
                 command=OP_RUN,
                 remote_type="aborted",
             )
@@ -494,7 +500,7 @@ class ControllerClient:
         try:
             state = self.abort(run_id, timeout_s=timeout_s)
         except InstrumentError as exc:
-            logger.warning("%s: could not abort run %s: %s", self.endpoint, run_id, exc)
+            logger.warning("%s: could not abort run %s: %s", self.label, run_id, exc)
             return f"the abort of run {run_id} could not be confirmed ({exc}): it may still play"
         if state == "running":  # docs/protocol.md, abort: asked to stop, it ends `aborted`
             return (f"run {run_id} aborted: the controller, asked to stop it, reports it still "
@@ -525,7 +531,7 @@ class ControllerClient:
         if not isinstance(value, str):
             raise ProtocolError(
                 f"reply lacks string field {name!r}: {reply.result!r}",
-                instrument=self.endpoint,
+                instrument=self.label,
                 command=op,
             )
         return value
@@ -539,7 +545,7 @@ class ControllerClient:
         except zmq.ZMQError as exc:
             socket.close(linger=0)
             raise InstrumentError(
-                f"cannot connect: {exc}", instrument=self.endpoint, command="connect"
+                f"cannot connect: {exc}", instrument=self.label, command="connect"
             ) from exc
         return socket
 
@@ -578,7 +584,7 @@ class ControllerClient:
             if exc.remote_type != ERR_UNKNOWN_SESSION:
                 raise
             logger.warning("%s: session unknown to the controller (restarted?); opening a "
-                           "new one", self.endpoint)
+                           "new one", self.label)
             with self._session_lock:
                 self._session = None
                 self.hello(cancel=cancel)
@@ -596,7 +602,7 @@ class ControllerClient:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         with self._lock:
             if self._closed:
-                raise InstrumentError("client is closed", instrument=self.endpoint, command=op)
+                raise InstrumentError("client is closed", instrument=self.label, command=op)
             reply = None
             for attempt in range(attempts):
                 if self._socket is None:
@@ -606,7 +612,7 @@ class ControllerClient:
                     break
                 logger.warning(
                     "%s: no reply to %s within %.3g s (attempt %d of %d); reconnecting",
-                    self.endpoint,
+                    self.label,
                     op,
                     timeout_s,
                     attempt + 1,
@@ -617,7 +623,7 @@ class ControllerClient:
                 raise InstrumentTimeoutError(
                     f"no reply after {attempts} attempt{'s' if attempts > 1 else ''} of "
                     f"{timeout_s} s",
-                    instrument=self.endpoint,
+                    instrument=self.label,
                     command=op,
                 )
         if not reply.ok:
@@ -628,12 +634,12 @@ class ControllerClient:
                     "attempt of this run request, whose reply was lost, may have started the "
                     "run in it: it is not sent again in a new session, where it could play a "
                     "second time (such a run stops at its time limit)",
-                    instrument=self.endpoint, command=op)
+                    instrument=self.label, command=op)
             kind = (AuthenticationError if error.get("type") == ERR_UNAUTHENTICATED
                     else InstrumentCommandError)
             raise kind(
                 error.get("message", ""),
-                instrument=self.endpoint,
+                instrument=self.label,
                 command=op,
                 remote_type=error.get("type", ""),
             )
@@ -671,20 +677,20 @@ class ControllerClient:
             if not socket.poll(max(1, round(slice_ms)), zmq.POLLIN):
                 self._check_peer(op)
                 if cancel is not None and cancel.is_set():
-                    raise JobCancelledError(f"cancelled while {self.endpoint} had not answered "
+                    raise JobCancelledError(f"cancelled while {self.label} had not answered "
                                             f"{op}")
                 continue
             received = socket.recv_multipart(copy=False)
             try:
                 reply = decode_reply(received)
             except ProtocolError as exc:
-                raise ProtocolError(str(exc), instrument=self.endpoint, command=op) from exc
+                raise ProtocolError(str(exc), instrument=self.label, command=op) from exc
             if reply.id == request_id:
                 return reply
-            logger.debug("%s: discarding reply to stale request %s", self.endpoint, reply.id)
+            logger.debug("%s: discarding reply to stale request %s", self.label, reply.id)
 
     def _check_peer(self, op: str) -> None:
         """Raise ``HardwareUnavailableError`` if ``peer_failure`` says the controller is gone."""
         reason = None if self._peer_failure is None else self._peer_failure()
         if reason:
-            raise HardwareUnavailableError(reason, instrument=self.endpoint, command=op)
+            raise HardwareUnavailableError(reason, instrument=self.label, command=op)

@@ -474,6 +474,9 @@ def load_config(path: str | Path) -> LabConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BackendConfigurationError(f"{path}: not valid TOML (UTF-8): {exc}",
                                         path=path) from exc
+    except OSError as exc:
+        raise BackendConfigurationError(f"lab configuration {path} cannot be read: "
+                                        f"{exc.strerror or exc}", path=path) from exc
     return parse_config(doc, path)
 
 

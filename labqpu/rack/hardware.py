@@ -26,7 +26,7 @@ import numpy as np
 import pyvisa
 import zmq
 
-from labqpu.drivers.controller import ControllerClient
+from labqpu.drivers.controller import CANCEL_ABORT_S, ControllerClient
 from labqpu.drivers.protocol import ERR_QUEUE_FULL, ERR_UNKNOWN_PROGRAM, PROTOCOL_VERSION
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 from labqpu.errors import (
@@ -35,6 +35,7 @@ from labqpu.errors import (
     InstrumentError,
     InstrumentTimeoutError,
     JobCancelledError,
+    LabQpuError,
     ProtocolError,
     RackBusyError,
 )
@@ -51,6 +52,31 @@ UPLOAD_QUEUE_WAIT_S = 10.0
 #: Program ids a connection remembers per controller, to run a program again without
 #: uploading it (the reference controller holds 64, docs/protocol.md).
 HELD_PROGRAMS = 64
+
+
+def _abort_runs(runs: list[tuple], cancel: threading.Event) -> list[str]:
+    """Abort ``runs`` ((client, run id, ...) each), the parts of a job's run that the job
+    leaves behind when another part failed or the job was cancelled; returns what each abort
+    did, named by controller. A cancelled job's controllers are asked once and waited for
+    ``CANCEL_ABORT_S`` (s) each (one that answers nothing stops the run at its time limit)."""
+    bound = CANCEL_ABORT_S if cancel.is_set() else None
+    return [f"{client.label}: {client.abort_quietly(run_id, timeout_s=bound)}"
+            for client, run_id, *_ in runs]
+
+
+def _tell(exc: BaseException, outcomes: list[str]) -> None:
+    """Add the ``outcomes`` of :func:`_abort_runs` to the message of ``exc`` (which the job's
+    error quotes), so that a run left playing (on another controller of a synchronised run)
+    is not only logged."""
+    if not outcomes:
+        return
+    text = "the job's runs: " + "; ".join(outcomes)
+    if isinstance(exc, LabQpuError):
+        exc.message = f"{exc.message}; {text}"
+        if isinstance(exc, InstrumentError):
+            exc.detail = f"{exc.detail}; {text}"
+    else:
+        exc.add_note(text)
 
 
 @dataclass(frozen=True)
@@ -165,15 +191,16 @@ class RackConnection:
         #: place; emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
         self._confirmed: dict[tuple, tuple] = {}
 
-    def controller(self, name: str) -> ControllerClient:
-        """The (connected, version-checked) client of controller ``name``."""
+    def controller(self, name: str, cancel: threading.Event | None = None) -> ControllerClient:
+        """The (connected, version-checked) client of controller ``name``; ``cancel`` set
+        while its first ``hello`` is awaited ends the wait (``JobCancelledError``)."""
         if name not in self._controllers:
             spec = self.config.controller(name)
             client = ControllerClient(spec.endpoint, timeout_s=spec.timeout_s,
-                                      peer_failure=self._peer_failure,
+                                      peer_failure=self._peer_failure, name=name,
                                       spin_s=spec.reply_spin_s)
             try:
-                hello = client.hello()
+                hello = client.hello(cancel=cancel)
                 if not isinstance(hello.get("capabilities"), dict):
                     raise ProtocolError("hello reply carries no capabilities",
                                         instrument=spec.endpoint, command="hello")
@@ -185,9 +212,10 @@ class RackConnection:
             self._controllers[name] = client
         return self._controllers[name]
 
-    def capabilities(self, name: str) -> dict:
-        """What controller ``name`` said about itself in ``hello``."""
-        self.controller(name)
+    def capabilities(self, name: str, cancel: threading.Event | None = None) -> dict:
+        """What controller ``name`` said about itself in ``hello`` (``cancel``: as
+        :meth:`controller`)."""
+        self.controller(name, cancel)
         return self._capabilities[name]
 
     def signal_generator(self, name: str) -> SignalGenerator:
@@ -211,12 +239,13 @@ class RackConnection:
                                                  timeout_s=spec.timeout_s, name=name)
         return self._currents[name]
 
-    def describe(self) -> dict:
-        """Controller capabilities (from ``hello``) and ``*IDN?`` of every VISA instrument."""
+    def describe(self, cancel: threading.Event | None = None) -> dict:
+        """Controller capabilities (from ``hello``) and ``*IDN?`` of every VISA instrument
+        (``cancel``: as :meth:`controller`)."""
         out: dict = {"controllers": {}, "instruments": {}}
         for ctrl in self.config.controllers:
             out["controllers"][ctrl.name] = {"endpoint": ctrl.endpoint,
-                                             "capabilities": self.capabilities(ctrl.name)}
+                                             "capabilities": self.capabilities(ctrl.name, cancel)}
         for inst in self.config.instruments:
             session = (self.signal_generator(inst.name) if inst.kind == "signal_generator"
                        else self.current_source(inst.name))
@@ -248,7 +277,7 @@ class RackConnection:
         parts = split_program(program)
         if len(parts) > 1:
             for part in parts:
-                caps = self.capabilities(part.controller)
+                caps = self.capabilities(part.controller, cancel)
                 if "sync" not in caps:
                     raise InstrumentCommandError(
                         f"program {program.header.get('name', '')!r} plays on controllers "
@@ -281,10 +310,9 @@ class RackConnection:
             for client, run_id, _, ended in order:
                 waited.append(ended or client.wait(run_id, timeout_s=request.timeout_s,
                                                    cancel=cancel, waited_s=held_s))
-        except BaseException:
+        except BaseException as exc:
             # The failed wait has aborted its own run; stop the others.
-            for client, run_id, *_ in order[len(waited) + 1:]:
-                client.abort_quietly(run_id)
+            _tell(exc, _abort_runs(order[len(waited) + 1:], cancel))
             raise
         waited = waited[:1] + waited[1:][::-1]  # back to the order of ``parts``
         ended = [result for result, _ in waited]
@@ -353,11 +381,9 @@ class RackConnection:
                 with settings.reading(self, program) as in_place:
                     started = self._start_parts(parts, request, request.key, cancel)
                     before = in_place()
-            except BaseException:
+            except BaseException as exc:
                 self._confirmed.clear()
-                for client, run_id, _, ended in started:
-                    if ended is None:
-                        client.abort_quietly(run_id)
+                _tell(exc, _abort_runs([run for run in started if run[3] is None], cancel))
                 raise
             if before is not None:
                 return before, started
@@ -393,7 +419,7 @@ class RackConnection:
         try:
             for i in [*range(1, len(parts)), 0]:  # followers armed first, the leader last
                 part = parts[i]
-                client = self.controller(part.controller)
+                client = self.controller(part.controller, cancel)
                 params = self._run_params(request)
                 if len(parts) > 1:
                     params["sync"] = (
@@ -405,9 +431,8 @@ class RackConnection:
                 run_id, ended = self._start(part.controller, part.program, request, params,
                                             key, cancel, self._part_hold_s(parts, request))
                 started.append((client, run_id, group, ended))
-        except BaseException:
-            for client, run_id, *_ in started:  # armed followers would wait for their limit
-                client.abort_quietly(run_id)
+        except BaseException as exc:  # armed followers would wait for their limit
+            _tell(exc, _abort_runs(started, cancel))
             raise
         return started
 
@@ -715,16 +740,20 @@ class LocalHardwareQueue:
 
     def capabilities(self, timeout_s: float) -> dict[str, dict]:
         """Each controller's ``hello`` capabilities, asked on the worker (in queue order)."""
-        return self._ask(lambda: {ctrl.name: self.rack.capabilities(ctrl.name)
-                                  for ctrl in self.rack.config.controllers},
+        return self._ask(lambda cancel: {ctrl.name: self.rack.capabilities(ctrl.name, cancel)
+                                         for ctrl in self.rack.config.controllers},
                          timeout_s, "hello")
 
-    def _ask(self, question: Callable[[], object], timeout_s: float | None, command: str):
-        def asked(_cancel: threading.Event) -> object:
+    def _ask(self, question: Callable[[threading.Event], object], timeout_s: float | None,
+             command: str):
+        """``question(cancel)`` asked on the worker; ``close()`` sets its ``cancel`` (a
+        controller's first ``hello`` waited for up to its retries while a Ctrl-C's cleanup
+        waited for the worker)."""
+        def asked(cancel: threading.Event) -> object:
             self._check_usable()  # what was said before may no longer be true
-            return question()
+            return question(cancel)
 
-        future = self._enqueue(asked)
+        future = self._enqueue(asked, f"{command}-{uuid.uuid4().hex}")
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeoutError as exc:

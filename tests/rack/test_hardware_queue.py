@@ -4,8 +4,10 @@ work, or asked and not answered (naming the addresses asked)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+import zmq
 
 from labqpu.errors import InstrumentTimeoutError
 from labqpu.rack.config import default_config_path, load_config
@@ -15,7 +17,7 @@ from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
 def test_a_status_that_times_out_says_why(monkeypatch) -> None:
     released = threading.Event()
     # An instrument that never answers, without waiting for a real socket's timeouts.
-    monkeypatch.setattr(RackConnection, "describe", lambda self: released.wait(30))
+    monkeypatch.setattr(RackConnection, "describe", lambda self, cancel=None: released.wait(30))
     queue = LocalHardwareQueue(RackConnection(load_config(default_config_path())))
     try:
         with pytest.raises(InstrumentTimeoutError, match=r"not answering \(asked: ctrl0 at "
@@ -26,3 +28,28 @@ def test_a_status_that_times_out_says_why(monkeypatch) -> None:
     finally:
         released.set()
         queue.close(timeout_s=10)
+
+
+def test_closing_while_a_controller_does_not_answer_hello_does_not_wait_for_its_retries(
+        ) -> None:
+    """A review's case: Ctrl-C during ``labqpu status`` on a rack whose controller answers
+    nothing exited 13 s later (the worker's ``hello`` went through its three attempts of 5 s
+    while the command's cleanup waited for the worker; 180 s at a 60 s timeout)."""
+    context = zmq.Context()
+    silent = context.socket(zmq.ROUTER)  # a controller that takes requests and never answers
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    config = load_config(default_config_path()).with_endpoints(
+        {"ctrl0": f"tcp://127.0.0.1:{port}"})
+    queue = LocalHardwareQueue(RackConnection(config))
+    try:
+        with pytest.raises(InstrumentTimeoutError, match="not answering"):
+            queue.capabilities(timeout_s=0.3)
+        t0 = time.monotonic()
+        queue.close(timeout_s=20)
+        took_s = time.monotonic() - t0
+        assert took_s < 2.0, took_s  # the hello's wait ends at the close (5 s x 3 before)
+        assert not queue._worker.is_alive()
+    finally:
+        queue.close(timeout_s=20)
+        silent.close(linger=0)
+        context.term()

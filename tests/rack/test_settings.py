@@ -228,9 +228,9 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, mo
     aborted: list[str] = []
     abort = ControllerClient.abort_quietly
 
-    def recording(self, run_id):
+    def recording(self, run_id, **bounds):
         aborted.append(run_id)
-        return abort(self, run_id)
+        return abort(self, run_id, **bounds)
 
     monkeypatch.setattr(ControllerClient, "abort_quietly", recording)
     if not held:
@@ -254,6 +254,9 @@ def test_a_read_back_that_fails_while_the_run_starts_aborts_that_run(program, mo
             assert info.value.instrument == f"{name} ({server.resource})"
             started = lo == "hangs_up"
             assert len(aborted) == (1 if started and not held else 0)
+            if aborted:  # the job's error says what became of its run
+                assert "the job's runs: ctrl0 (tcp://127.0.0.1:" in str(info.value)
+                assert f"run {aborted[0]} aborted" in str(info.value)
             client = connection.controller("ctrl0")
             assert client.status()["runs_total"] == (2 if started else 1)
             deadline = time.monotonic() + 5.0
