@@ -1,4 +1,4 @@
-"""The ``labqpu`` command.
+"""labqpu: run Qiskit circuits on your lab's quantum processor, calibrate it, simulate it.
 
     labqpu run --demo                  Bell circuit on the embedded simulator, counts printed
     labqpu run examples/bell.py        run a script (it uses LabProvider itself)
@@ -309,11 +309,6 @@ def _sim(args: argparse.Namespace) -> NoReturn:
     from labqpu.rack.config import load_config, resolve_config_path
 
     path = resolve_config_path(args.lab_toml)[0]
-    if not path.is_file():
-        from labqpu.rack.builtin import BUILTIN_DEVICES
-
-        raise FileNotFoundError(f"no such wiring file: {path} (and not a built-in device: "
-                                f"{', '.join(BUILTIN_DEVICES)})")
     load_config(path)  # the checks (and messages) of every other command, before a port opens
     argv = [str(path)]
     if args.seed is not None:
@@ -380,6 +375,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         note = f"; {self.note}" if self.note else ""
+        if "--log-level" in message and self.prog != "labqpu":  # an option of labqpu itself
+            note += (f"; --log-level goes before the command: labqpu --log-level LEVEL "
+                     f"{self.prog.removeprefix('labqpu ')} ...")
         self.exit(2, f"{self.prog}: {message}{note} ({self.prog} --help)\n")
 
 

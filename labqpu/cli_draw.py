@@ -62,11 +62,26 @@ def load_circuit(path: Path):
         # The OpenQASM 3 importer fails on some inputs (empty, comments only) with plain
         # Python errors: each is still a file that does not parse.
         reason = (getattr(exc, "message", None) or parser_output.getvalue() or str(exc)
-                  or "syntax error")
+                  or _syntax_error_at(exc))
         raise QiskitError(f"{path}: not a valid OpenQASM {version or 3} program: "
                           f"{' '.join(reason.split())}") from exc
     circuit.name = path.stem
     return circuit
+
+
+def _syntax_error_at(exc: BaseException) -> str:
+    """Where the OpenQASM 3 parser stopped, from the token its ANTLR error carries (its own
+    ``QASM3ParsingError`` has no message: a review's case said only "syntax error")."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        for held in (cause, *cause.args):
+            token = getattr(held, "offendingToken", None)
+            if token is not None and getattr(token, "line", None) is not None:
+                what = "end of file" if token.text == "<EOF>" else repr(token.text)
+                return (f"syntax error at line {token.line}, column {token.column + 1}: "
+                        f"unexpected {what}")
+        cause = cause.__cause__ or cause.__context__
+    return "syntax error"
 
 
 #: The names under which a Python circuit file defines its circuit, in the order looked for.

@@ -92,12 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     threadpool_limits(limits=1, user_api="blas")
     _raise_descriptor_limit()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopped_by: list[int] = []  # the signal that stopped a serving simulator
+
+    def stopping(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stopping)
     # A terminal's Ctrl-C reaches its whole foreground process group: the provider that
     # started this simulator (--parent-pid) handles it, aborts its runs and then stops it (or
     # this exits once the parent is gone); stopping first failed those aborts.
-    signal.signal(signal.SIGINT, signal.SIG_IGN if args.parent_pid is not None
-                  else lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.parent_pid is not None else stopping)
     try:
         faults = (FaultPlan() if args.fault_control or fault_control_enabled(args.lab_toml)
                   else None)
@@ -139,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         rack.stop()
         if control is not None:
             control.stop()
+    if stopped_by and args.parent_pid is None:  # a server's normal end: said, exit code 0
+        print(f"labqpu sim: stopped ({signal.Signals(stopped_by[0]).name})", file=sys.stderr,
+              flush=True)
     return 0
 
 

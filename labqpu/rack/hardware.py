@@ -200,7 +200,14 @@ class RackConnection:
                                       peer_failure=self._peer_failure, name=name,
                                       spin_s=spec.reply_spin_s)
             try:
-                hello = client.hello(cancel=cancel)
+                try:
+                    hello = client.hello(cancel=cancel)
+                except InstrumentTimeoutError as exc:
+                    raise InstrumentTimeoutError(
+                        f"{exc.detail}: is controller {name} on, and at this address?"
+                        + (f" (a simulated rack: `labqpu sim {self.config.path}` serves it)"
+                           if self.config.path else ""),
+                        instrument=exc.instrument, command=exc.command) from exc
                 if not isinstance(hello.get("capabilities"), dict):
                     raise ProtocolError("hello reply carries no capabilities",
                                         instrument=spec.endpoint, command="hello")

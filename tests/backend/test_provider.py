@@ -183,8 +183,12 @@ def test_wiring_file_and_labqpu_sim(tmp_path) -> None:
             sim.kill()
             sim.wait(timeout=15)
         sim.stdout.close()
+        err = sim.stderr.read()
         sim.stderr.close()
+    # a server's normal end, said (a review's case: it ended silently, and a Ctrl-C while it
+    # started gave 130)
     assert sim.returncode == 0
+    assert err.strip().splitlines()[-1] == "labqpu sim: stopped (SIGTERM)", err
 
 
 def test_missing_wiring_file_names_it(tmp_path) -> None:

@@ -202,6 +202,23 @@ def test_an_openqasm_2_include_is_found_beside_its_file(tmp_path, labqpu):
     assert counts.get("00", 0) + counts.get("11", 0) >= 0.8 * 200, counts
 
 
+@pytest.mark.parametrize(("text", "where"), [
+    (QASM3_GHZ.replace("h q[0];", "h q[0]"), "line 6, column 1: unexpected 'cx'"),
+    (QASM3_GHZ.replace("c = measure q;", "c = measure q"), "line 9, column 1: unexpected end of "
+                                                          "file"),
+    (QASM3_GHZ.replace("cx q[1], q[2];", "cx q[1] q[2];"), "line 7, column 9: unexpected 'q'"),
+])
+@pytest.mark.parametrize("command", ["run", "draw"])
+def test_an_openqasm_3_syntax_error_says_where(tmp_path, labqpu, text, where, command):
+    """A review's case: OpenQASM 3 syntax errors said "syntax error" and nothing more (the
+    OpenQASM 2 reader names the line)."""
+    (tmp_path / "ghz.qasm").write_text(text)
+    proc = labqpu(tmp_path, command, "ghz.qasm")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("labqpu: ghz.qasm: not a valid OpenQASM 3.0 program: "
+                                   f"syntax error at {where}"), proc.stderr
+
+
 def test_openqasm_under_another_suffix_is_one_line_saying_so(tmp_path, labqpu):
     """A review's case: an OpenQASM file named ``.txt`` ran as a Python script and ended in a
     SyntaxError traceback."""
@@ -422,6 +439,8 @@ def test_the_cli_shot_limit_is_the_backends():
     (["sim", "--seed", "-1"], "argument --seed: must be a whole number >= 0"),
     (["run", "lab.toml"], "looks like a wiring file: labqpu run --demo --config lab.toml"),
     (["draw", "bell.qasm", "-o", "bell.xyz"], "give an image file ending in one of"),
+    (["calibrate", "--all", "--log-level", "INFO"],
+     "--log-level goes before the command: labqpu --log-level LEVEL calibrate ..."),
 ])
 def test_mistyped_arguments_are_one_line_before_anything_starts(tmp_path, args, message, labqpu):
     (tmp_path / "lab.toml").write_text("[device]\n")

@@ -29,8 +29,17 @@ def _sigint_as_a_terminal_leaves_it() -> None:
 def test_sim_with_missing_wiring_file(tmp_path, labqpu):
     proc = labqpu(tmp_path, "sim", "/nonexistent.toml")
     assert proc.returncode == 2
-    assert "nonexistent.toml" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "labqpu: lab configuration file not found: /nonexistent.toml"]
+
+
+def test_sim_of_a_directory_says_so_as_every_command_does(tmp_path, labqpu):
+    """A review's case: `labqpu sim /tmp` said "no such wiring file: /tmp"."""
+    proc = labqpu(tmp_path, "sim", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"labqpu: lab configuration {tmp_path} is a directory; give the wiring file (lab.toml) "
+        "in it"]
 
 
 def test_sim_checks_the_wiring_file_as_every_command_does(tmp_path, labqpu):

@@ -53,3 +53,29 @@ def test_closing_while_a_controller_does_not_answer_hello_does_not_wait_for_its_
         queue.close(timeout_s=20)
         silent.close(linger=0)
         context.term()
+
+
+def test_a_controller_that_answers_no_hello_is_named_with_what_to_check() -> None:
+    """A review's case: "no reply after 3 attempts of 5.0 s (command 'hello')", with no word
+    of which controller, or of the simulator a wiring file on fixed ports needs running."""
+    from dataclasses import replace
+
+    context = zmq.Context()
+    silent = context.socket(zmq.ROUTER)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    config = load_config(default_config_path()).with_endpoints(
+        {"ctrl0": f"tcp://127.0.0.1:{port}"})
+    config = replace(config, controllers=(replace(config.controllers[0], timeout_s=0.1),))
+    rack = RackConnection(config)
+    try:
+        with pytest.raises(InstrumentTimeoutError) as info:
+            rack.controller("ctrl0")
+        assert info.value.instrument == f"ctrl0 (tcp://127.0.0.1:{port})"
+        assert str(info.value).startswith(
+            f"[ctrl0 (tcp://127.0.0.1:{port})] no reply after 3 attempts of 0.1 s: is "
+            f"controller ctrl0 on, and at this address? (a simulated rack: `labqpu sim "
+            f"{default_config_path()}` serves it) (command 'hello')"), str(info.value)
+    finally:
+        rack.close()
+        silent.close(linger=0)
+        context.term()
