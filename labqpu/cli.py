@@ -80,8 +80,8 @@ def _run_circuit(qc, config: str | None, shots: int, seed: int | None, *,
         started = time.perf_counter()
         print(f"backend {backend.name}: {backend.num_qubits} qubits, calibration snapshot "
               f"{backend.target.snapshot_id}"
-              + (f", simulator pid {provider.simulator.pid}" if provider.simulator else "")
-              + f" (up in {started - t0:.1f} s)")
+              + (f", simulator pid {provider.simulator.pid} (up in {started - t0:.1f} s)"
+                 if provider.simulator else ""))
         try:
             native = transpile(qc, backend, optimization_level=optimization_level,
                                seed_transpiler=1)

@@ -771,7 +771,9 @@ class LocalHardwareQueue:
                 asked = [f"{c.name} at {c.endpoint}" for c in config.controllers]
                 if command == "describe":
                     asked += [f"{i.name} at {i.resource}" for i in config.instruments]
-                why = f"a controller or instrument is not answering (asked: {', '.join(asked)})"
+                why = (f"a controller or instrument is not answering (asked: {', '.join(asked)})"
+                       + (f"; a simulated rack: is `labqpu sim {config.path}` running?"
+                          if config.path else ""))
             raise InstrumentTimeoutError(
                 f"the hardware did not answer {command} within {timeout_s} s: {why}",
                 command=command) from exc

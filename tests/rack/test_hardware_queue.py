@@ -20,9 +20,12 @@ def test_a_status_that_times_out_says_why(monkeypatch) -> None:
     monkeypatch.setattr(RackConnection, "describe", lambda self, cancel=None: released.wait(30))
     queue = LocalHardwareQueue(RackConnection(load_config(default_config_path())))
     try:
-        with pytest.raises(InstrumentTimeoutError, match=r"not answering \(asked: ctrl0 at "
-                                                         r"tcp://127.0.0.1:0, .*lo_drive_a at "):
+        asked = r"not answering \(asked: ctrl0 at tcp://127.0.0.1:0, .*lo_drive_a at "
+        with pytest.raises(InstrumentTimeoutError, match=asked) as info:
             queue.describe(timeout_s=0.3)
+        assert str(info.value).endswith(
+            f"; a simulated rack: is `labqpu sim {default_config_path()}` running? (command "
+            "'describe')"), str(info.value)
         with pytest.raises(InstrumentTimeoutError, match="still queued behind other jobs"):
             queue.describe(timeout_s=0.3)  # the first question still holds the worker
     finally:
