@@ -358,6 +358,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (QiskitError, FileNotFoundError)
 
 
+def _given(args: argparse.Namespace, filename: object) -> bool:
+    """Whether ``filename`` (an ``OSError``'s) is a path the command was given, or a file in
+    a directory it was given (``draw -o DIR``)."""
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    path = Path(filename).resolve()
+    given = {Path(value).resolve() for value in vars(args).values()
+             if isinstance(value, str) and value}
+    return path in given or path.parent in given
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -489,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"labqpu: {message}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file the command was given that cannot be read or written
-        if exc.filename is None:
+        if not _given(args, exc.filename):  # a script's own, or a bug: its traceback
             raise
         print(f"labqpu: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2

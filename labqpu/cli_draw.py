@@ -73,7 +73,9 @@ def _syntax_error_at(exc: BaseException) -> str:
     """Where the OpenQASM 3 parser stopped, from the token its ANTLR error carries (its own
     ``QASM3ParsingError`` has no message: a review's case said only "syntax error")."""
     cause: BaseException | None = exc
-    while cause is not None:
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
         for held in (cause, *cause.args):
             token = getattr(held, "offendingToken", None)
             if token is not None and getattr(token, "line", None) is not None:

@@ -24,7 +24,7 @@ from labqpu.backend.results import (
 from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
-from labqpu.rack.hardware import HardwareQueue, RunRecord, RunRequest
+from labqpu.rack.hardware import CANCELLED, HardwareQueue, RunRecord, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,9 @@ class LabJob(JobV1):
                 f"job {self.job_id()} did not finish within {timeout} s "
                 f"(status {self.status().name})") from exc
         except (concurrent.futures.CancelledError, JobCancelledError) as exc:
-            raise JobError(f"job {self.job_id()} was cancelled") from exc
+            said = str(exc)
+            raise JobError(f"job {self.job_id()} was cancelled"
+                           + (f" ({said})" if said and said != CANCELLED else "")) from exc
         except Exception as exc:  # the job boundary: every failure reaches the user as JobError
             where = "on the hardware" if isinstance(exc, InstrumentError) else "before it ran"
             raise JobError(f"job {self.job_id()} failed {where}: {exc}") from exc

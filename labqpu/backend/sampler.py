@@ -152,7 +152,7 @@ class Sampler(BaseSamplerV2):
         if shots > limit:
             raise InvalidRunInputError(f"Sampler: {name} is {shots}; backend "
                                        f"{self._backend.name} takes at most {limit} shots per "
-                                       "circuit; nothing was sent")
+                                       "circuit; nothing was sent", option="shots")
         return int(shots)
 
     def _check_matrices(self, mappings: list[dict[str, list[int | None]]],

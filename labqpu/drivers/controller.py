@@ -429,7 +429,7 @@ class ControllerClient:
         backoff_s = _WAIT_FIRST_BACKOFF_S
         while True:
             if cancel is not None and cancel.is_set():  # set while the run's reply was held
-                self.abort(run_id)
+                self.abort(run_id, timeout_s=CANCEL_ABORT_S)
                 cancel = None
             hold_s = min(max(deadline - time.monotonic(), 0.0), self.max_hold_s)
             asked = time.monotonic()
@@ -463,7 +463,7 @@ class ControllerClient:
             if cancel is None:
                 time.sleep(pause_s)
             elif cancel.is_set() or cancel.wait(pause_s):
-                self.abort(run_id)
+                self.abort(run_id, timeout_s=CANCEL_ABORT_S)
                 cancel = None
             backoff_s = min(1.5 * backoff_s, _WAIT_MAX_BACKOFF_S)
 

@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = rack.endpoints()
         if control is not None:
             endpoints["fault_control"] = control.endpoint
+        if stopped_by and args.parent_pid is None:  # interrupted while it started: as a command
+            print(f"labqpu sim: interrupted while starting "
+                  f"({signal.Signals(stopped_by[0]).name})", file=sys.stderr, flush=True)
+            return 128 + stopped_by[0]
         if args.announce:
             tmp = Path(args.announce + ".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": endpoints}))

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +47,9 @@ from labqpu.rack.lock import RackLock
 
 log = logging.getLogger(__name__)
 
+#: What a job cancelled before its work ended raises (``JobCancelledError``), when the work
+#: itself said nothing more (a cancelled synchronised run says what became of its parts).
+CANCELLED = "cancelled before it finished"
 #: How long an upload the controller refuses with ``QueueFull`` is retried (s).
 UPLOAD_QUEUE_WAIT_S = 10.0
 #: Program ids a connection remembers per controller, to run a program again without
@@ -59,8 +62,8 @@ def _abort_runs(runs: list[tuple], cancel: threading.Event) -> list[str]:
     leaves behind when another part failed or the job was cancelled; returns what each abort
     did, named by controller. A cancelled job's controllers are asked once and waited for
     ``CANCEL_ABORT_S`` (s) each (one that answers nothing stops the run at its time limit)."""
-    bound = CANCEL_ABORT_S if cancel.is_set() else None
-    return [f"{client.label}: {client.abort_quietly(run_id, timeout_s=bound)}"
+    return [f"{client.label}: "
+            f"{client.abort_quietly(run_id, timeout_s=CANCEL_ABORT_S if cancel.is_set() else None)}"
             for client, run_id, *_ in runs]
 
 
@@ -73,6 +76,7 @@ def _tell(exc: BaseException, outcomes: list[str]) -> None:
     text = "the job's runs: " + "; ".join(outcomes)
     if isinstance(exc, LabQpuError):
         exc.message = f"{exc.message}; {text}"
+        exc.args = (exc.message,)
         if isinstance(exc, InstrumentError):
             exc.detail = f"{exc.detail}; {text}"
     else:
@@ -155,7 +159,7 @@ def _upload(client: ControllerClient, arrays: dict[str, np.ndarray], meta: dict,
                 raise
         log.info("%s: upload queue full; uploading again in %.3f s", client.endpoint, pause)
         if cancel.wait(min(pause, left)):
-            raise JobCancelledError("cancelled before it finished")
+            raise JobCancelledError(CANCELLED)
         pause = min(2 * pause, 0.25)
 
 
@@ -205,12 +209,11 @@ class RackConnection:
                 except InstrumentTimeoutError as exc:
                     raise InstrumentTimeoutError(
                         f"{exc.detail}: is controller {name} on, and at this address?"
-                        + (f" (a simulated rack: `labqpu sim {self.config.path}` serves it)"
-                           if self.config.path else ""),
+                        + (f" ({self.simulator_hint()})" if self.simulator_hint() else ""),
                         instrument=exc.instrument, command=exc.command) from exc
                 if not isinstance(hello.get("capabilities"), dict):
                     raise ProtocolError("hello reply carries no capabilities",
-                                        instrument=spec.endpoint, command="hello")
+                                        instrument=client.label, command="hello")
                 self._capabilities[name] = hello["capabilities"]
                 self._hellos[name] = hello
             except BaseException:
@@ -218,6 +221,14 @@ class RackConnection:
                 raise
             self._controllers[name] = client
         return self._controllers[name]
+
+    def simulator_hint(self) -> str:
+        """For a rack from a wiring file that this process does not simulate itself: what
+        serves it when it is simulated (``labqpu sim FILE``), for a message about a controller
+        that does not answer; else "" (the embedded simulator, watched by ``peer_failure``)."""
+        if self.config.path is None or self._peer_failure is not None:
+            return ""
+        return f"a simulated rack: `labqpu sim {self.config.path}` serves it"
 
     def capabilities(self, name: str, cancel: threading.Event | None = None) -> dict:
         """What controller ``name`` said about itself in ``hello`` (``cancel``: as
@@ -290,7 +301,7 @@ class RackConnection:
                         f"program {program.header.get('name', '')!r} plays on controllers "
                         f"{[p.controller for p in parts]}, but {part.controller} does not "
                         "announce synchronised runs (no 'sync' capability in its hello)",
-                        instrument=part.controller, command="hello")
+                        instrument=self.controller(part.controller).label, command="hello")
         wanted = settings.wanted(program)
         with (self._lock.held(request.timeout_s, cancel) if self._lock
               else contextlib.nullcontext(False)) as others_set:
@@ -681,8 +692,10 @@ class LocalHardwareQueue:
         # work returned), a cancel after it finds no job and returns False.
         with self._lock:
             self._jobs = {k: v for k, v in self._jobs.items() if v[0] is not future}
-            if cancel.is_set():
-                outcome, failed = JobCancelledError("cancelled before it finished"), True
+            if cancel.is_set() and not (failed and isinstance(outcome, JobCancelledError)):
+                cancelled = JobCancelledError(CANCELLED)
+                cancelled.__cause__ = outcome if failed else None  # what the work said
+                outcome, failed = cancelled, True
         if failed:
             future.set_exception(outcome)
         else:
@@ -697,7 +710,7 @@ class LocalHardwareQueue:
         out = []
         for program, request in work:
             if cancel.is_set():
-                raise JobCancelledError("cancelled before it finished")
+                raise JobCancelledError(CANCELLED)
             self._check_usable()
             try:
                 out.append(self.rack.execute(program, request, cancel))
@@ -760,20 +773,25 @@ class LocalHardwareQueue:
             self._check_usable()  # what was said before may no longer be true
             return question(cancel)
 
-        future = self._enqueue(asked, f"{command}-{uuid.uuid4().hex}")
+        task = f"{command}-{uuid.uuid4().hex}"
+        future = self._enqueue(asked, task)
         try:
             return future.result(timeout=timeout_s)
+        except (CancelledError, JobCancelledError) as exc:
+            raise HardwareUnavailableError(f"the provider was closed while {command} waited "
+                                           "for the hardware", command=command) from exc
         except FutureTimeoutError as exc:
             if future.cancel():  # it never started: other work held the rack
                 why = "it was still queued behind other jobs"
             else:
+                self.cancel(task)  # the worker stops waiting too (a hello's retries)
                 config = self.rack.config
                 asked = [f"{c.name} at {c.endpoint}" for c in config.controllers]
                 if command == "describe":
                     asked += [f"{i.name} at {i.resource}" for i in config.instruments]
+                hint = self.rack.simulator_hint()
                 why = (f"a controller or instrument is not answering (asked: {', '.join(asked)})"
-                       + (f"; a simulated rack: is `labqpu sim {config.path}` running?"
-                          if config.path else ""))
+                       + (f"; {hint}" if hint else ""))
             raise InstrumentTimeoutError(
                 f"the hardware did not answer {command} within {timeout_s} s: {why}",
                 command=command) from exc

@@ -101,8 +101,10 @@ def test_shots_beyond_the_backend_are_refused_by_run_not_by_result(lab_backend) 
     """A review's case: 100 001 shots were refused only by ``result()``, from the job."""
     native = transpile(ghz3(), lab_backend, seed_transpiler=5)
     sampler = Sampler(lab_backend, mitigate=False)
-    with pytest.raises(InvalidRunInputError, match=r"pub 0's shots is 100001.*at most 100000"):
+    with pytest.raises(InvalidRunInputError, match=r"pub 0's shots is 100001.*at most 100000") \
+            as info:
         sampler.run([native], shots=lab_backend.max_shots + 1)
+    assert info.value.option == "shots"
     with pytest.raises(InvalidRunInputError, match="pub 1's shots is 200000"):
         sampler.run([native, (native, None, 200_000)])
     with pytest.raises(InvalidRunInputError, match="default_shots is 1000000"):

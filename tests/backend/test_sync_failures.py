@@ -20,6 +20,7 @@ from qiskit.providers import JobError, JobStatus
 
 from labqpu import LabProvider
 from labqpu.backend.backend import LabBackend
+from labqpu.drivers.controller import CANCEL_ABORT_S
 from labqpu.rack.config import default_config_path
 
 pytestmark = pytest.mark.slow
@@ -98,8 +99,13 @@ def test_a_cancelled_synchronised_job_aborts_each_part_within_its_bound(provider
             time.sleep(0.01)
         took_s = time.monotonic() - t0
         assert job.status() is JobStatus.CANCELLED
-        # one abort per controller, each asked once for 1 s (before: 1 s + 3 x 1 s)
-        assert took_s < 2 * REPLY_TIMEOUT_S + 1.0, took_s
+        with pytest.raises(JobError) as info:  # what became of each part is said
+            job.result(timeout=5)
+        message = str(info.value)
+        assert "was cancelled (cancelled while ctrl0 (tcp://127.0.0.1:" in message, message
+        assert "; the job's runs: ctrl1 (tcp://127.0.0.1:" in message, message
+        # one abort per controller, each asked once (before: 1 s + 3 x 1 s)
+        assert took_s < 2 * CANCEL_ABORT_S + 1.5, took_s
     finally:
         thaw_and_check(provider, backend)
 

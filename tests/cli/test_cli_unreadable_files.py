@@ -66,3 +66,13 @@ def test_a_drawing_into_a_directory_that_cannot_be_written_is_refused_first(
     assert proc.stderr.strip().splitlines() == [
         f"labqpu draw: -o locked/bell.png: directory {locked.resolve()} cannot be written to"]
     assert not started  # refused before a simulator starts
+
+
+def test_a_scripts_own_file_error_keeps_its_traceback(tmp_path, labqpu) -> None:
+    """A review's case: the one-line form of a file the command was given also caught what a
+    script run by ``labqpu run`` raised of its own (``open(".")``), hiding where."""
+    (tmp_path / "oops.py").write_text("import labqpu\nopen('.')\n")
+    proc = labqpu(tmp_path, "run", "oops.py")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "IsADirectoryError" in proc.stderr, proc.stderr
+    assert 'oops.py", line 2' in proc.stderr, proc.stderr

@@ -24,7 +24,7 @@ def test_a_status_that_times_out_says_why(monkeypatch) -> None:
         with pytest.raises(InstrumentTimeoutError, match=asked) as info:
             queue.describe(timeout_s=0.3)
         assert str(info.value).endswith(
-            f"; a simulated rack: is `labqpu sim {default_config_path()}` running? (command "
+            f"; a simulated rack: `labqpu sim {default_config_path()}` serves it (command "
             "'describe')"), str(info.value)
         with pytest.raises(InstrumentTimeoutError, match="still queued behind other jobs"):
             queue.describe(timeout_s=0.3)  # the first question still holds the worker
@@ -82,3 +82,31 @@ def test_a_controller_that_answers_no_hello_is_named_with_what_to_check() -> Non
         rack.close()
         silent.close(linger=0)
         context.term()
+
+
+def test_a_question_the_close_ends_says_so(monkeypatch) -> None:
+    """A review's case: ``close()`` left a ``describe()`` waiting in the queue with a bare
+    ``concurrent.futures.CancelledError`` and the one asked with "cancelled before it
+    finished"; both now say the provider was closed (``HardwareUnavailableError``)."""
+    from labqpu.errors import HardwareUnavailableError
+
+    monkeypatch.setattr(RackConnection, "describe",
+                        lambda self, cancel=None: cancel.wait(30) and {})
+    queue = LocalHardwareQueue(RackConnection(load_config(default_config_path())))
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            queue.describe(timeout_s=30)
+        except BaseException as exc:  # what each caller meets
+            errors.append(exc)
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for t in askers:
+        t.start()
+    time.sleep(0.3)  # one asked, one queued behind it
+    queue.close(timeout_s=10)
+    for t in askers:
+        t.join(timeout=10)
+    assert [type(e) for e in errors] == [HardwareUnavailableError] * 2, errors
+    assert all("the provider was closed while describe waited" in str(e) for e in errors)
