@@ -157,7 +157,7 @@ def _upload(client: ControllerClient, arrays: dict[str, np.ndarray], meta: dict,
             left = deadline - time.monotonic()
             if exc.remote_type != ERR_QUEUE_FULL or left <= 0:
                 raise
-        log.info("%s: upload queue full; uploading again in %.3f s", client.endpoint, pause)
+        log.info("%s: upload queue full; uploading again in %.3f s", client.label, pause)
         if cancel.wait(min(pause, left)):
             raise JobCancelledError(CANCELLED)
         pause = min(2 * pause, 0.25)
