@@ -106,6 +106,9 @@ class ControllerClient:
         name: what errors and log lines call the controller, with its endpoint (``"ctrl1
             (tcp://10.0.0.5:5555)"``; a rack names it as its lab file does); None: the
             endpoint alone.
+        session: a session of an earlier client to go on with (its first ``hello`` keeps it
+            while the controller knows it), so that the runs that client left stay this
+            one's to abort; None: a new session.
         spin_s: how long (s, 0 to ``MAX_SPIN_S``) the client polls for each reply without
             sleeping before it blocks on the socket, yielding the CPU between polls (so a
             thread woken onto this CPU, such as a simulator's on the same host, is not held
@@ -131,6 +134,7 @@ class ControllerClient:
         credentials: Mapping[str, Any] | None = None,
         peer_failure: Callable[[], str | None] | None = None,
         name: str | None = None,
+        session: str | None = None,
         spin_s: float = DEFAULT_SPIN_S,
     ) -> None:
         if not timeout_s > 0:
@@ -152,7 +156,11 @@ class ControllerClient:
         self._socket: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._session: str | None = None
+        self._session: str | None = session
+        #: Keys of ``run`` requests whose reply never came and whose abort by key was not
+        #: confirmed (a frozen controller takes neither until it reads again):
+        #: :meth:`abort_unconfirmed` asks again.
+        self.unconfirmed_keys: list[str] = []
         self._session_lock = threading.RLock()
         #: Whether the controller's ``hello`` states ``abort_by_key``.
         self._aborts_by_key = False
@@ -357,8 +365,9 @@ class ControllerClient:
         returns what came of it and never raises ``InstrumentError``. After a cancel the abort
         goes on the connection the run request went on, so a frozen controller reads it after
         that request once it reads again; after a timeout that connection was replaced, and a
-        frozen controller does not take a new one until it reads again (then the run stops at
-        its time limit). A controller that states
+        frozen controller does not take a new one until it reads again: the key is then kept
+        in ``unconfirmed_keys`` (:meth:`abort_unconfirmed`; the run stops at its time limit
+        in any case). A controller that states
         ``abort_by_key`` stops the run it accepted under the key, or, when the request has not
         reached it yet, refuses it when it comes (docs/protocol.md, ``abort``)."""
         if self._session is None:  # no session, so no run request was sent
@@ -371,10 +380,33 @@ class ControllerClient:
         except InstrumentError as exc:
             logger.warning("%s: could not abort the run sent under key %s: %s", self.label,
                            key, exc)
+            self.unconfirmed_keys.append(key)
             return (f"the abort of the run sent under key {key} could not be confirmed ({exc}): "
-                    "a run the controller accepted stops at its time limit")
+                    "it is asked again before this rack's next run on the controller, and a "
+                    "run the controller accepted stops at its time limit")
         return f"the run sent under key {key} aborted (controller reports " \
                f"{reply.result.get('state')!r})"
+
+    @property
+    def session(self) -> str | None:
+        """The session ``hello`` opened (None before the first)."""
+        return self._session
+
+    def abort_unconfirmed(self) -> None:
+        """Ask again for the aborts by key that were not confirmed (``unconfirmed_keys``),
+        once each for ``CANCEL_ABORT_S`` (s); those confirmed are forgotten, the others kept.
+        Logs what came of each; never raises ``InstrumentError``."""
+        for key in list(self.unconfirmed_keys):
+            try:
+                reply = self._request(OP_ABORT, {"key": key}, timeout_s=CANCEL_ABORT_S)
+            except InstrumentError as exc:
+                logger.warning("%s: the run sent under key %s: its abort is still not "
+                               "confirmed (%s)", self.label, key, exc)
+                continue
+            self.unconfirmed_keys.remove(key)
+            logger.warning("%s: the run sent under key %s, whose abort was not confirmed, is "
+                           "aborted now (controller reports %r)", self.label, key,
+                           reply.result.get("state"))
 
     def fetch(self, run_id: str, *, wait_s: float = 0.0, cancel: threading.Event | None = None
               ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:

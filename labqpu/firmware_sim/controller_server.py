@@ -345,7 +345,7 @@ class ControllerServer:
 
     def _deliver(self, wire: ZmtpServer, identity: bytes, op: str, reply: list[Frame]) -> None:
         """Send a reply to ``op``, unless an armed fault drops, delays, corrupts or holds it."""
-        fault = None if self._faults is None else self._faults.take(REPLY_FAULTS, op)
+        fault = None if self._faults is None else self._faults.take(REPLY_FAULTS, op, self.name)
         if fault is None:
             wire.send(identity, reply)
         elif fault.kind == "delay":

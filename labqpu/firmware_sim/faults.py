@@ -88,6 +88,8 @@ class Fault:
             on the stall (s).
         mode: ``corrupt``: ``"header"`` or ``"array"``.
         instrument, setting, value, channel: ``lo_change``: what changes, to what.
+        controller: the rack's controller it acts on (its name in the wiring file); "": the
+            first.
     """
 
     kind: str
@@ -101,6 +103,7 @@ class Fault:
     setting: str = "frequency_hz"
     value: float | bool = 0.0
     channel: int = 1
+    controller: str = ""
     seen: int = field(default=0, repr=False)
 
     @classmethod
@@ -173,10 +176,15 @@ class FaultPlan:
         self._lock = threading.Lock()
         self._armed: list[Fault] = []
         self._fired: list[dict[str, Any]] = []
+        #: The rack's controllers, the first first (set by the rack): where faults may act.
+        self.controllers: list[str] = []
 
     def arm(self, fault: Fault) -> None:
         """Add ``fault`` (checked) to the armed ones."""
         fault.check()
+        if fault.controller and fault.controller not in self.controllers:
+            raise ValueError(f"fault {fault.kind}: no controller {fault.controller!r} in this "
+                             f"rack (its controllers: {self.controllers})")
         with self._lock:
             self._armed.append(fault)
         log.warning("fault armed: %s", fault.describe())
@@ -197,12 +205,14 @@ class FaultPlan:
         with self._lock:
             return list(self._fired)
 
-    def take(self, kinds: frozenset[str], event: str) -> Fault | None:
+    def take(self, kinds: frozenset[str], event: str, controller: str = "") -> Fault | None:
         """The first armed fault of ``kinds`` that fires on ``event`` now, if any; a fault
         that has fired ``count`` times is disarmed."""
         with self._lock:
+            first = self.controllers[0] if self.controllers else None  # None: one controller
             for fault in self._armed:
-                if fault.kind not in kinds or fault.on not in (event, "*"):
+                if fault.kind not in kinds or fault.on not in (event, "*") or (
+                        first is not None and (fault.controller or first) != (controller or first)):
                     continue
                 fault.seen += 1
                 if fault.seen <= fault.after:
@@ -237,13 +247,15 @@ class FaultyExecutor:
         change_setting: ``(instrument, setting, value, channel)`` changes an instrument's
             setting as its front panel would (``lo_change``).
         crash: ends the process (``crash``); the default exits with ``EXIT_CRASH``.
+        name: the controller's name, which a fault's ``controller`` names.
     """
 
     def __init__(self, inner: Any, plan: FaultPlan,
                  change_setting: Callable[[str, str, float | bool, int], None],
-                 crash: Callable[[str], None] | None = None) -> None:
+                 crash: Callable[[str], None] | None = None, name: str = "") -> None:
         self._inner = inner
         self._plan = plan
+        self._name = name
         self._change_setting = change_setting
         self._crash = crash or _exit_now
 
@@ -272,7 +284,7 @@ class FaultyExecutor:
         return results
 
     def _fire(self, point: str, cancel: threading.Event) -> None:
-        fault = self._plan.take(RUN_FAULTS, point)
+        fault = self._plan.take(RUN_FAULTS, point, self._name)
         if fault is None:
             return
         if fault.kind == "crash":

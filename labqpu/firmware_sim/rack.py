@@ -33,8 +33,8 @@ class SimulatedRack:
             either, those runs draw fresh OS entropy.
         noise: False switches the device's flux noise, quasi-static noise and drift off
             (overrides ``[simulator] noise``, default true).
-        faults: faults to fire on cue (tests only, ``firmware_sim.faults``), on the wiring's
-            first controller; None in normal use.
+        faults: faults to fire on cue (tests only, ``firmware_sim.faults``), on the
+            controller each names (default: the wiring's first); None in normal use.
         arm_timeout_s: how long a synchronised run's leader waits for its followers to arm
             (s; overrides ``[simulator] sync_arm_timeout_s``, default
             ``sync.DEFAULT_ARM_TIMEOUT_S``).
@@ -75,19 +75,21 @@ class SimulatedRack:
         run_seed = seed if seed is not None else self.rack.simulator_seed
         self.shared = SharedDevice(PhysicsEngine(self.device, self.rack.cabling), run_seed)
         names = tuple(c.name for c in self.rack.controllers)
+        if faults is not None:
+            faults.controllers = list(names)
         self.hub = SyncHub(names, arm_timeout_s or self.rack.simulator_arm_timeout_s
                            or DEFAULT_ARM_TIMEOUT_S)
         self.executors: dict[str, SimulatedController] = {}
         self.controllers: dict[str, ControllerServer] = {}
-        for k, ctrl in enumerate(self.rack.controllers):
+        for ctrl in self.rack.controllers:
             executor = SimulatedController(ctrl, self.shared.engine, self.settings, None,
                                            shared=self.shared, hub=self.hub)
             self.executors[ctrl.name] = executor
-            plan = faults if k == 0 else None
             self.controllers[ctrl.name] = ControllerServer(
-                executor if plan is None else FaultyExecutor(executor, plan,
-                                                             self.change_setting),
-                host=ctrl.host, port=ctrl.port, name=ctrl.name, faults=plan)
+                executor if faults is None else FaultyExecutor(executor, faults,
+                                                               self.change_setting,
+                                                               name=ctrl.name),
+                host=ctrl.host, port=ctrl.port, name=ctrl.name, faults=faults)
         self.executor = self.executors[names[0]]
         self.controller = self.controllers[names[0]]
         self._started: list = []

@@ -26,7 +26,7 @@ import numpy as np
 import pyvisa
 import zmq
 
-from labqpu.drivers.controller import CANCEL_ABORT_S, ControllerClient
+from labqpu.drivers.controller import ControllerClient
 from labqpu.drivers.protocol import ERR_QUEUE_FULL, ERR_UNKNOWN_PROGRAM, PROTOCOL_VERSION
 from labqpu.drivers.scpi import CurrentSource, SignalGenerator
 from labqpu.errors import (
@@ -35,13 +35,13 @@ from labqpu.errors import (
     InstrumentError,
     InstrumentTimeoutError,
     JobCancelledError,
-    LabQpuError,
     ProtocolError,
     RackBusyError,
 )
 from labqpu.pulse.program import PulseProgram
 from labqpu.pulse.split import ControllerPart, split_program
 from labqpu.rack import settings
+from labqpu.rack.aborts import abort_runs, tell
 from labqpu.rack.config import LabConfig
 from labqpu.rack.lock import RackLock
 
@@ -55,32 +55,6 @@ UPLOAD_QUEUE_WAIT_S = 10.0
 #: Program ids a connection remembers per controller, to run a program again without
 #: uploading it (the reference controller holds 64, docs/protocol.md).
 HELD_PROGRAMS = 64
-
-
-def _abort_runs(runs: list[tuple], cancel: threading.Event) -> list[str]:
-    """Abort ``runs`` ((client, run id, ...) each), the parts of a job's run that the job
-    leaves behind when another part failed or the job was cancelled; returns what each abort
-    did, named by controller. A cancelled job's controllers are asked once and waited for
-    ``CANCEL_ABORT_S`` (s) each (one that answers nothing stops the run at its time limit)."""
-    return [f"{client.label}: "
-            f"{client.abort_quietly(run_id, timeout_s=CANCEL_ABORT_S if cancel.is_set() else None)}"
-            for client, run_id, *_ in runs]
-
-
-def _tell(exc: BaseException, outcomes: list[str]) -> None:
-    """Add the ``outcomes`` of :func:`_abort_runs` to the message of ``exc`` (which the job's
-    error quotes), so that a run left playing (on another controller of a synchronised run)
-    is not only logged."""
-    if not outcomes:
-        return
-    text = "the job's runs: " + "; ".join(outcomes)
-    if isinstance(exc, LabQpuError):
-        exc.message = f"{exc.message}; {text}"
-        exc.args = (exc.message,)
-        if isinstance(exc, InstrumentError):
-            exc.detail = f"{exc.detail}; {text}"
-    else:
-        exc.add_note(text)
 
 
 @dataclass(frozen=True)
@@ -194,15 +168,20 @@ class RackConnection:
         #: Every instrument setting (``settings.wanted``) as the last read-back found it in
         #: place; emptied when a read-back disagrees or fails (:meth:`_read_and_start`).
         self._confirmed: dict[tuple, tuple] = {}
+        #: Per controller, the session and keys of runs whose aborts were not confirmed when
+        #: its client was closed: the next client goes on in that session and aborts them.
+        self._unconfirmed: dict[str, tuple[str, list[str]]] = {}
 
     def controller(self, name: str, cancel: threading.Event | None = None) -> ControllerClient:
         """The (connected, version-checked) client of controller ``name``; ``cancel`` set
         while its first ``hello`` is awaited ends the wait (``JobCancelledError``)."""
         if name not in self._controllers:
             spec = self.config.controller(name)
+            session, keys = self._unconfirmed.pop(name, (None, []))
             client = ControllerClient(spec.endpoint, timeout_s=spec.timeout_s,
                                       peer_failure=self._peer_failure, name=name,
-                                      spin_s=spec.reply_spin_s)
+                                      session=session, spin_s=spec.reply_spin_s)
+            client.unconfirmed_keys.extend(keys)
             try:
                 try:
                     hello = client.hello(cancel=cancel)
@@ -217,9 +196,12 @@ class RackConnection:
                 self._capabilities[name] = hello["capabilities"]
                 self._hellos[name] = hello
             except BaseException:
+                if session is not None:
+                    self._unconfirmed[name] = (session, keys)
                 client.close()
                 raise
             self._controllers[name] = client
+            client.abort_unconfirmed()  # a frozen controller's run that arms once it thaws
         return self._controllers[name]
 
     def simulator_hint(self) -> str:
@@ -330,7 +312,7 @@ class RackConnection:
                                                    cancel=cancel, waited_s=held_s))
         except BaseException as exc:
             # The failed wait has aborted its own run; stop the others.
-            _tell(exc, _abort_runs(order[len(waited) + 1:], cancel))
+            tell(exc, abort_runs(order[len(waited) + 1:], cancel))
             raise
         waited = waited[:1] + waited[1:][::-1]  # back to the order of ``parts``
         ended = [result for result, _ in waited]
@@ -401,7 +383,7 @@ class RackConnection:
                     before = in_place()
             except BaseException as exc:
                 self._confirmed.clear()
-                _tell(exc, _abort_runs([run for run in started if run[3] is None], cancel))
+                tell(exc, abort_runs([run for run in started if run[3] is None], cancel))
                 raise
             if before is not None:
                 return before, started
@@ -450,7 +432,7 @@ class RackConnection:
                                             key, cancel, self._part_hold_s(parts, request))
                 started.append((client, run_id, group, ended))
         except BaseException as exc:  # armed followers would wait for their limit
-            _tell(exc, _abort_runs(started, cancel))
+            tell(exc, abort_runs(started, cancel))
             raise
         return started
 
@@ -574,6 +556,9 @@ class RackConnection:
         backend library) and stays open for other providers."""
         self._held.clear()
         self._confirmed.clear()
+        for name, client in self._controllers.items():
+            if client.unconfirmed_keys and client.session is not None:
+                self._unconfirmed[name] = (client.session, list(client.unconfirmed_keys))
         if self._lock:
             self._lock.close()
         for group in (self._controllers, self._los, self._currents):

@@ -21,6 +21,7 @@ from qiskit.providers import JobError, JobStatus
 from labqpu import LabProvider
 from labqpu.backend.backend import LabBackend
 from labqpu.drivers.controller import CANCEL_ABORT_S
+from labqpu.firmware_sim.faults import FaultControl
 from labqpu.rack.config import default_config_path
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def provider(lab_home, tmp_path_factory) -> Iterator[LabProvider]:
     text = text.replace('seed_snapshot = "lab10_calibration.json"',
                         f'seed_snapshot = "{data / "lab10_calibration.json"}"')
     lab = Path(tmp_path_factory.mktemp("lab10-fast-timeout")) / "lab.toml"
-    lab.write_text(text)
+    lab.write_text(text + "\n[simulator.faults]\ncontrol = true\n")
     with LabProvider(lab, simulator=True) as p:
         yield p
 
@@ -123,3 +124,26 @@ def test_a_failed_synchronised_job_says_what_became_of_every_part(provider, back
     assert message.count("may still play") == 2, message
     assert "[ctrl0 (tcp://127.0.0.1:" in message, message
     assert "; the job's runs: ctrl1 (tcp://127.0.0.1:" in message, message
+
+
+def test_a_follower_a_hung_controller_armed_late_is_aborted_before_the_next_job(
+        provider, backend) -> None:
+    """Found by this file's tests: ctrl1 hangs as it takes a rung's follower run, so the
+    request's retries and the abort by its key go on new connections it takes only once it
+    answers again; the first request's run then arms there and waits for a leader that never
+    comes, for the job's timeout (300 s by default), and every synchronised job on ctrl1
+    failed meanwhile (its leader waited 10 s for its follower). The next job's connection
+    goes on in the failed one's session and aborts that run by its key first."""
+    faults = FaultControl(provider.simulator.endpoints["fault_control"])
+    hang_s = 5 * REPLY_TIMEOUT_S  # past the run request's 3 attempts and its abort's one
+    try:
+        faults.arm("hang", "run", duration_s=hang_s, controller="ctrl1")
+        t0 = time.monotonic()
+        with pytest.raises(JobError, match="could not be confirmed") as info:
+            backend.run(rung_bell(backend), shots=400).result(timeout=60)
+        assert "[ctrl1 (tcp://127.0.0.1:" in str(info.value), str(info.value)
+        time.sleep(max(0.0, hang_s + 1.0 - (time.monotonic() - t0)))  # ctrl1 answers again
+        counts = backend.run(rung_bell(backend), shots=400).result(timeout=60).get_counts()
+        assert counts.get("00", 0) + counts.get("11", 0) > 0.85 * 400, counts
+    finally:
+        faults.disarm()

@@ -137,6 +137,7 @@ def test_faults_are_armed_for_an_op_and_a_count_then_disarm(rack: Rack,
     ({"kind": "lo_change", "on": "start"}, "name the instrument"),
     ({"kind": "lo_change", "on": "start", "instrument": "lo", "value": float("inf")}, "finite"),
     ({"kind": "drop", "on": "run", "colour": "red"}, "unknown field"),
+    ({"kind": "drop", "on": "run", "controller": "ctrl9"}, "no controller 'ctrl9'"),
 ])
 def test_a_meaningless_fault_is_refused_and_nothing_is_armed(rack: Rack, fault: dict,
                                                              message: str) -> None:
