@@ -481,9 +481,9 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     with _records_kept_if_stopped(kit.records, directory):
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
                         reporter=reporter)
-    report = RunReport(outcomes, parent.snapshot_id, base_id=base_id)
-    report.unchecked = unchecked(steps, outcomes, _available_nodes(backend),
-                                 backend.config.coupling_map)
+    report = RunReport(outcomes, parent.snapshot_id, base_id=base_id,
+                       unchecked=unchecked(steps, outcomes, _available_nodes(backend),
+                                           backend.config.coupling_map))
     # before the commit: a snapshot never names a record that could not be written
     report.records = save_records(kit.records, directory, then="nothing was committed")
     measured = [c for o in outcomes for c in o.changes]

@@ -376,7 +376,7 @@ class ControllerClient:
             return ("its run id never came and the controller aborts no run by its key: a run "
                     "it accepted stops at its time limit")
         try:
-            reply = self._request(OP_ABORT, {"key": key}, timeout_s=CANCEL_ABORT_S)
+            state = self._abort_by_key(key)
         except InstrumentError as exc:
             logger.warning("%s: could not abort the run sent under key %s: %s", self.label,
                            key, exc)
@@ -384,8 +384,12 @@ class ControllerClient:
             return (f"the abort of the run sent under key {key} could not be confirmed ({exc}): "
                     "it is asked again before this rack's next run on the controller, and a "
                     "run the controller accepted stops at its time limit")
-        return f"the run sent under key {key} aborted (controller reports " \
-               f"{reply.result.get('state')!r})"
+        return f"the run sent under key {key} aborted (controller reports {state!r})"
+
+    def _abort_by_key(self, key: str) -> object:
+        """Ask the controller once, for :data:`CANCEL_ABORT_S` (s), to abort the run sent under
+        ``key``; returns the state it reports (``InstrumentError`` when it does not answer)."""
+        return self._request(OP_ABORT, {"key": key}, timeout_s=CANCEL_ABORT_S).result.get("state")
 
     @property
     def session(self) -> str | None:
@@ -398,15 +402,14 @@ class ControllerClient:
         Logs what came of each; never raises ``InstrumentError``."""
         for key in list(self.unconfirmed_keys):
             try:
-                reply = self._request(OP_ABORT, {"key": key}, timeout_s=CANCEL_ABORT_S)
+                state = self._abort_by_key(key)
             except InstrumentError as exc:
                 logger.warning("%s: the run sent under key %s: its abort is still not "
                                "confirmed (%s)", self.label, key, exc)
                 continue
             self.unconfirmed_keys.remove(key)
             logger.warning("%s: the run sent under key %s, whose abort was not confirmed, is "
-                           "aborted now (controller reports %r)", self.label, key,
-                           reply.result.get("state"))
+                           "aborted now (controller reports %r)", self.label, key, state)
 
     def fetch(self, run_id: str, *, wait_s: float = 0.0, cancel: threading.Event | None = None
               ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:

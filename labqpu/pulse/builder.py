@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 
@@ -171,9 +172,10 @@ class PulseBuilder:
 
     def _add(self, node) -> None:
         new = parameters_of(node)
+        named = Counter(p.name for p in new)
         for parameter in sorted(new, key=lambda p: p.name):  # all checked before any is kept
             known = self._parameters.get(parameter.name, parameter)
-            if known != parameter or sum(p.name == parameter.name for p in new) > 1:
+            if known != parameter or named[parameter.name] > 1:
                 raise PulseError(
                     f"program {self.name!r}: another Parameter named {parameter.name!r} is in "
                     "it already; sweeps and pulse gates take values by name, so two would get "

@@ -186,9 +186,10 @@ class RackConnection:
                 try:
                     hello = client.hello(cancel=cancel)
                 except InstrumentTimeoutError as exc:
+                    hint = self.simulator_hint()
                     raise InstrumentTimeoutError(
                         f"{exc.detail}: is controller {name} on, and at this address?"
-                        + (f" ({self.simulator_hint()})" if self.simulator_hint() else ""),
+                        + (f" ({hint})" if hint else ""),
                         instrument=exc.instrument, command=exc.command) from exc
                 if not isinstance(hello.get("capabilities"), dict):
                     raise ProtocolError("hello reply carries no capabilities",
