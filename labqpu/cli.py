@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="labqpu", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
-                        help="logging level (default WARNING)")
+                        help="logging level of labqpu's messages and a script's own (default "
+                             "WARNING); other libraries show WARNING and above")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the demo, a circuit file or a script")
@@ -467,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         word = unknown[0].partition("=")[0]
         command.error(f"unrecognized arguments: {' '.join(unknown)}"
                       + (did_you_mean(word, known) if word.startswith("-") else ""))
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from labqpu.errors import log_to_stderr
+
+    log_to_stderr(args.log_level)
     # User errors (bad configuration, option or circuit, unreachable instrument, missing
     # file) are one line on stderr, not a traceback; anything else is a bug and keeps its.
     # The except clause is evaluated only when something is raised, so `labqpu sim` does

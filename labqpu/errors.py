@@ -49,6 +49,7 @@ This module is the ground floor of labqpu: it imports nothing of labqpu.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Iterable
 
 from qiskit.exceptions import QiskitError
@@ -264,3 +265,16 @@ def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     close = same or difflib.get_close_matches(word, known, n=1, cutoff=cutoff)
     return f"; did you mean {close[0]!r}?" if close else ""
 
+
+
+def log_to_stderr(level: str) -> None:
+    """Log labqpu's messages (and those of a script run as ``__main__``, which ``labqpu run
+    script.py`` is) at ``level`` (a ``logging`` level name) and every other library's at that
+    level or WARNING, whichever is higher, on stderr with time and logger name: what
+    ``--log-level`` of the ``labqpu`` command and of the simulator does (at INFO, Qiskit's
+    transpiler logs every pass of every transpile)."""
+    number = logging.getLevelName(level)
+    logging.basicConfig(level=max(number, logging.WARNING),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("labqpu", "__main__"):
+        logging.getLogger(name).setLevel(number)

@@ -22,6 +22,7 @@ from typing import NoReturn
 import zmq
 from threadpoolctl import threadpool_limits
 
+from labqpu.errors import log_to_stderr
 from labqpu.firmware_sim.faults import FaultControlServer, FaultPlan, fault_control_enabled
 from labqpu.firmware_sim.rack import SimulatedRack
 
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr(args.log_level)
     # The physics works on 3x3 to 243x243 matrices, where BLAS threads only contend (4-5x
     # slower jobs with one OpenBLAS thread per core on 2 cores).
     threadpool_limits(limits=1, user_api="blas")

@@ -186,6 +186,29 @@ def test_openqasm_files_run(tmp_path, text, good, labqpu):
     assert sum(counts.get(k, 0) for k in good) >= 0.7 * 500, counts
 
 
+def test_log_level_shows_labqpus_and_the_scripts_messages_not_every_librarys(tmp_path, labqpu):
+    """A review's case: ``--log-level INFO`` also set every library's level, and Qiskit's
+    transpiler logged each pass of every transpile (46 lines per circuit) among labqpu's."""
+    circuit = tmp_path / "bell.qasm"
+    circuit.write_text(QASM2_BELL)
+    proc = labqpu(tmp_path, "--log-level", "INFO", "run", str(circuit), "--shots", "100",
+                  timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    loggers = {line.split()[2] for line in proc.stderr.splitlines() if " INFO " in line}
+    assert "labqpu.drivers.scpi" in loggers, proc.stderr  # the instruments it opened
+    assert all(name.startswith("labqpu.") for name in loggers), loggers
+    script = tmp_path / "talks.py"
+    script.write_text("import logging\n"
+                      "logging.getLogger(__name__).info('the script says so')\n"
+                      "logging.getLogger('qiskit.transpiler').info('a library says so')\n"
+                      "logging.getLogger('qiskit.transpiler').warning('a library warns')\n")
+    proc = labqpu(tmp_path, "--log-level", "INFO", "run", str(script))
+    assert proc.returncode == 0, proc.stderr
+    assert "__main__ INFO the script says so" in proc.stderr
+    assert "a library says so" not in proc.stderr
+    assert "qiskit.transpiler WARNING a library warns" in proc.stderr
+
+
 def test_an_openqasm_2_include_is_found_beside_its_file(tmp_path, labqpu):
     """A review's case: ``include "mygates.inc";`` was looked up in the working directory,
     not beside the file that includes it, and the error named ``<input>``."""
