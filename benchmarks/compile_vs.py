@@ -301,7 +301,8 @@ def _reference_lines(what: str, ops: int, rounds: list[dict], flavours: list[tup
                  f"{key}", lab, [_median_sum(x, "schedule_s", "sample_unique_s") for x in legs],
                  lab_what, "qiskit.schedule() + get_waveform() once per distinct pulse")
     else:
-        print(f"{what} vs legacy Pulse: NOT MEASURED: {legacy}")
+        print(f"{what} vs legacy Pulse: "
+              + ("not requested (--refs)" if legacy is None else f"NOT MEASURED: {legacy}"))
     quantify = workers.get("quantify")
     if isinstance(quantify, Worker):
         for key, lab, lab_what in flavours:
@@ -313,7 +314,8 @@ def _reference_lines(what: str, ops: int, rounds: list[dict], flavours: list[tup
                  [_median_sum(x, "compile_s", "sample_all_s") for x in qs], lab_what,
                  f"compile + get_waveform() of all {qs[0]['pulses']} pulses")
     else:
-        print(f"{what} vs quantify-scheduler: NOT MEASURED: {quantify}")
+        print(f"{what} vs quantify-scheduler: "
+              + ("not requested (--refs)" if quantify is None else f"NOT MEASURED: {quantify}"))
 
 
 def batch(lab: Labqpu, workers: dict, budget: tm.Budget, out: list[dict], n_lab: int,

@@ -370,6 +370,7 @@ def bench_propagation(budget: Budget, out: list[dict]) -> None:
 
 def _job_phases(provider, backend, circuit, shots: int, jobs: int) -> dict[str, float]:
     """Median time of each step of a job, driven by hand through a second rack connection."""
+    from labqpu.backend.program_checks import default_rep_delay_s
     from labqpu.backend.results import experiment_result
     from labqpu.pulse.compiler import compile_circuit
     from labqpu.rack.hardware import RackConnection
@@ -400,7 +401,11 @@ def _job_phases(provider, backend, circuit, shots: int, jobs: int) -> dict[str, 
             timed("LO + flux-bias settings over VISA (apply_settings)",
                   lambda p=program: rack.apply_settings(p))
             pid = timed("upload", lambda c=client, p=program: c.upload(*p.to_wire()))
-            params = {"rep_delay_s": 100e-6, "seed": i}
+            # the job's own default (10 x the longest T1 of the qubits it plays on: the Bell
+            # pair's), not a shorter one: the simulator's time grows as the delay shrinks
+            params = {"rep_delay_s": default_rep_delay_s(snapshot, {int(q) for q in
+                                                                    program.acq_qubit}),
+                      "seed": i}
             run_id = client.run(pid, shots, params=params)
             timed("run + wait() (held fetches: answered when the run ends)",
                   lambda c=client, r=run_id: c.wait(r, timeout_s=120))
@@ -481,7 +486,9 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
 
     from qiskit_aer import AerSimulator
 
-    aer = AerSimulator()
+    # One thread, as the firmware simulator computes on one (its BLAS limited to one): Aer's
+    # default threads made its time swing between ~1.3 and 8-20 ms on a shared 2-core machine.
+    aer = AerSimulator(max_parallel_threads=1)
     # The same native circuit; Aer has no sy, so that one gate is given by its definition.
     abell = transpile(tbell, aer, optimization_level=0)
     _check(set(aer.run(abell, shots=shots, seed_simulator=1).result().get_counts())
@@ -494,8 +501,8 @@ def bench_end_to_end(budget: Budget, out: list[dict]) -> None:
                "get_counts(): compile, VISA settings, upload (the first job only: the "
                "controller holds the program), pulse-level simulation over ZeroMQ, IQ -> "
                "counts)",
-               f"{dur(t_aer)}/job (AerSimulator(), ideal, same transpiled circuit with sy "
-               "as ry, in process)",
+               f"{dur(t_aer)}/job (AerSimulator(max_parallel_threads=1), ideal, same transpiled "
+               "circuit with sy as ry, in process)",
                "different physics: Aer applies ideal gates; labqpu simulates the pulses on "
                "3-level transmons")], out)
     info(f"bare ZeroMQ round trip to the same controller (ControllerClient.status()): "

@@ -40,7 +40,10 @@ also shown with its default threads as context):
     python benchmarks/simulator.py --quick    # 3 repeats
     python benchmarks/simulator.py --quick --only scaling  # circuit|scaling|pulse|sequence|overlap
 
-Ratios are labqpu time / reference time (below 1: labqpu faster). Nothing here asserts on time.
+Each headline line prints ``speed-up`` = reference time / labqpu time (above 1: labqpu
+faster), as every benchmark does; the per-pair lines and the scaling table's ``ratio``
+column are labqpu time / reference time (above 1: labqpu slower), the way a slowdown
+against Aer reads. Nothing here asserts on time.
 """
 
 from __future__ import annotations

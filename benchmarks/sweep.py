@@ -70,7 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=tm.summary(__doc__))
     parser.add_argument("--quick", action="store_true", help="2 repetitions instead of 5")
     args = parser.parse_args()
-    os.environ.setdefault("LABQPU_HOME", tempfile.mkdtemp(prefix="labqpu-bench-"))
+    # a home of its own, removed after (the shipped snapshot, as every benchmark measures)
+    with tempfile.TemporaryDirectory(prefix="labqpu-bench-home-") as home:
+        os.environ["LABQPU_HOME"] = home
+        _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> None:
     from labqpu import LabProvider
     from labqpu.calibration.design import default_design_path, load_design
     from labqpu.calibration.experiments import Kit

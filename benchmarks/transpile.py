@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from labqpu import LabProvider
     from labqpu.backend import plugins
-    from labqpu.calibration.rb import _sequence
+    from labqpu.calibration.rb_sequences import random_sequence
 
     print(f"labqpu transpile benchmark, {rounds} rounds")
     print(f"{tm.machine()}, {os.cpu_count()} CPUs; load average at start {tm.load_average()}")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(6):
                     qc = QuantumCircuit(n, 3)
                     for q in (0, 2, 4):
-                        seq, _ = _sequence(1, length, rng)
+                        seq, _ = random_sequence(1, length, rng)
                         qc.compose(seq, qubits=[q], inplace=True)
                     qc.barrier()
                     qc.measure([0, 2, 4], range(3))

@@ -229,7 +229,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
             elif args.all or nodes:
                 report = _run_graph(backend, nodes, args, progress, rb_step)
                 snapshot = report.snapshot or backend.snapshot  # nothing committed: the newest
-                if not report.ok:
+                if not report.ok:  # what it committed (or the newest) is exported all the same
+                    export_snapshot(args, backend, snapshot)
                     return 1
                 if not (runs_rb or rb_step):
                     _report_outdated_gate_errors(backend)

@@ -4,6 +4,7 @@ touched; and ``--export``, a snapshot written to a file."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
@@ -30,6 +31,7 @@ def store_command(args: argparse.Namespace) -> int:
     """``labqpu calibrate history|diff A B|rollback ID``: the store alone, no instrument
     touched."""
     from labqpu.backend.provider import seed_store
+    from labqpu.errors import LabQpuError
     from labqpu.rack.config import load_config, resolve_config_path
     from labqpu.rack.limits import wiring_limits
     from labqpu.store import CalibrationStore
@@ -76,51 +78,77 @@ def store_command(args: argparse.Namespace) -> int:
             return 2
     limit = HISTORY_ROWS if args.limit is None else args.limit
     config = load_config(resolve_config_path(args.config)[0])
-    with CalibrationStore(config.store_path, validators=(wiring_limits(config),)) as store:
+    with contextlib.ExitStack() as stack:
+        path = Path(config.store_path)
+        if not path.exists():  # answered from the seed it would start from, nothing written
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="labqpu-store-"))) / path.name
+        store = stack.enter_context(CalibrationStore(path,
+                                                     validators=(wiring_limits(config),)))
         seed_store(store, config)  # as a provider would: the history starts at the seed
-        if action == "rollback":
-            newest = store.latest_id()
-            snapshot = store.rollback(ids[0])
-            if snapshot.snapshot_id == newest:
-                print(f"the newest snapshot, {newest}, already holds the calibration of "
-                      f"snapshot {ids[0]}; nothing committed ({config.store_path})")
-            else:
-                print(f"committed snapshot {snapshot.snapshot_id}: the calibration of "
-                      f"snapshot {ids[0]} is the newest again ({config.store_path})")
-        elif action == "diff":
-            print(json.dumps(store.diff(*ids), indent=1))
-        elif args.param is None:
-            infos = store.history(limit=limit)
-            if not infos:
-                print(f"calibration store {config.store_path} holds no snapshot yet")
-            for info in infos:
-                parent = "-" if info.parent_id is None else info.parent_id
-                print(f"{info.snapshot_id:>5}  {info.created}  parent {parent:>5}  "
-                      + (info.notes if info.problem is None else f"CORRUPT: {info.problem}"))
+        if path != Path(config.store_path):
+            print(f"labqpu calibrate {action}: calibration store {config.store_path} does not "
+                  "exist yet (the first command that uses the rack creates it"
+                  + (f" from {config.seed_snapshot}); answered from what it would start with"
+                     if config.seed_snapshot else ")")
+                  + ", nothing written", file=sys.stderr)
+        try:
+            return _on_store(store, args, action, ids, limit, config)
+        except LabQpuError as exc:
+            if path == Path(config.store_path):
+                raise
+            message = getattr(exc, "message", None) or str(exc)  # named as the user knows it
+            print(f"labqpu: {message.replace(str(store.path), str(config.store_path))}",
+                  file=sys.stderr)
+            return 2
+
+
+def _on_store(store, args: argparse.Namespace, action: str, ids: list[int], limit: int,
+              config: LabConfig) -> int:
+    """``action`` (history, diff, rollback) on the opened ``store``; the exit code."""
+    if action == "rollback":
+        newest = store.latest_id()
+        snapshot = store.rollback(ids[0])
+        if snapshot.snapshot_id == newest:
+            print(f"the newest snapshot, {newest}, already holds the calibration of "
+                  f"snapshot {ids[0]}; nothing committed ({config.store_path})")
         else:
-            subjects = {"qubit": args.qubit, "pair": args.pair,
-                        "gate": None if args.gate is None else _gate_key(store, args.gate)}
-            chosen = {k: v for k, v in subjects.items() if v is not None}
-            if len(chosen) != 1:
-                print("labqpu calibrate history: --param needs exactly one of --qubit, --pair, "
-                      "--gate", file=sys.stderr)
+            print(f"committed snapshot {snapshot.snapshot_id}: the calibration of "
+                  f"snapshot {ids[0]} is the newest again ({config.store_path})")
+    elif action == "diff":
+        print(json.dumps(store.diff(*ids), indent=1))
+    elif args.param is None:
+        infos = store.history(limit=limit)
+        if not infos:
+            print(f"calibration store {config.store_path} holds no snapshot yet")
+        for info in infos:
+            parent = "-" if info.parent_id is None else info.parent_id
+            print(f"{info.snapshot_id:>5}  {info.created}  parent {parent:>5}  "
+                  + (info.notes if info.problem is None else f"CORRUPT: {info.problem}"))
+    else:
+        subjects = {"qubit": args.qubit, "pair": args.pair,
+                    "gate": None if args.gate is None else _gate_key(store, args.gate)}
+        chosen = {k: v for k, v in subjects.items() if v is not None}
+        if len(chosen) != 1:
+            print("labqpu calibrate history: --param needs exactly one of --qubit, --pair, "
+                  "--gate", file=sys.stderr)
+            return 2
+        records = store.parameter_history(args.param, since=args.since, **chosen)
+        (kind, key), = chosen.items()
+        if not records:
+            newest = store.latest()
+            held = {"qubit": newest.qubits, "pair": newest.pairs, "gate": newest.gates}[kind]
+            if (tuple(sorted(key)) if kind == "pair" else key) not in held:
+                names = [f"{k[0]}-{k[1]}" if kind == "pair" else str(k) for k in sorted(held)]
+                print(f"labqpu calibrate history: snapshot {newest.snapshot_id} has no "
+                      f"{kind} {key if kind != 'pair' else '-'.join(map(str, key))} "
+                      f"({kind}s: {', '.join(names)})", file=sys.stderr)
                 return 2
-            records = store.parameter_history(args.param, since=args.since, **chosen)
-            (kind, key), = chosen.items()
-            if not records:
-                newest = store.latest()
-                held = {"qubit": newest.qubits, "pair": newest.pairs, "gate": newest.gates}[kind]
-                if (tuple(sorted(key)) if kind == "pair" else key) not in held:
-                    names = [f"{k[0]}-{k[1]}" if kind == "pair" else str(k) for k in sorted(held)]
-                    print(f"labqpu calibrate history: snapshot {newest.snapshot_id} has no "
-                          f"{kind} {key if kind != 'pair' else '-'.join(map(str, key))} "
-                          f"({kind}s: {', '.join(names)})", file=sys.stderr)
-                    return 2
-            shown = ("edge {}-{}".format(*sorted(key)) if kind == "pair" else f"{kind} {key}")
-            print(f"{args.param} of {shown}: {len(records)} measurement(s), newest first")
-            for record in records[:limit]:
-                print(f"{record.timestamp}  snapshot {record.snapshot_id:>5}  "
-                      f"{record.experiment:<24} {record.value!r}")
+        shown = ("edge {}-{}".format(*sorted(key)) if kind == "pair" else f"{kind} {key}")
+        print(f"{args.param} of {shown}: {len(records)} measurement(s), newest first")
+        for record in records[:limit]:
+            print(f"{record.timestamp}  snapshot {record.snapshot_id:>5}  "
+                  f"{record.experiment:<24} {record.value!r}")
     return 0
 
 

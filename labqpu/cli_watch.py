@@ -85,6 +85,8 @@ def watch_command(provider, backend, nodes, args: argparse.Namespace, rb_setting
         interrupt.said = True
         raise
     print(f"log of every round: {report.log_path}")
-    last = report.rounds[-1] if report.rounds else None
-    failed = last is not None and (last.error is not None or not last.report.ok)
+    failed = [r.index for r in report.rounds if r.error is not None or not r.report.ok]
+    if failed:  # a script running a bounded watch learns of any, not only the last round's
+        print(f"labqpu: round(s) {', '.join(map(str, failed))} of {len(report.rounds)} failed "
+              f"(what failed: {report.log_path})", file=sys.stderr)
     return 1 if failed else 0

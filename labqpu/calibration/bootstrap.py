@@ -107,12 +107,20 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     the readout node chose off the peak reads better than the peak). Measured at
     :data:`SPECTROSCOPY_AMPLITUDE_SCALE` of the readout amplitude: on resonance the readout's
     photons excite the qubit, which moves the resonator and notches the peak. The scan spans
-    :data:`RESONATOR_SPAN_HZ` either side of the stored ``resonator_hz``; when its peak is not
+    :data:`RESONATOR_SPAN_HZ` either side of the stored ``resonator_hz`` (of the readout
+    frequency, when no ``resonator_hz`` was measured yet); when its peak is not
     inside, a coarse search over :data:`RESONATOR_SEARCH_HZ` either side finds the largest
     response and the scan runs again there (both are in the record). The record gives the old
     ``resonator_hz`` only when it was measured (the design's estimate is no old value)."""
     work = kit.work.qubits[q]
-    stored = work["resonator_hz"]
+    measured = (q, "resonator_hz") in kit.work.records
+    # A resonator never measured has the design's estimate; a calibrated readout frequency
+    # lies within a few MHz of the peak (lab5's shipped snapshot: 1.7 MHz, the design 4.3 MHz
+    # off, its peak at the edge of the scan).
+    around, stored = (("stored resonator_hz", work["resonator_hz"])
+                      if measured or "readout_frequency_hz" not in work else
+                      ("readout frequency (no resonator_hz measured yet)",
+                       work["readout_frequency_hz"]))
     span = np.linspace(-RESONATOR_SPAN_HZ, RESONATOR_SPAN_HZ, 61)
     freqs = stored + span
     iq = _resonator_scan(kit, q, shots, freqs)
@@ -122,7 +130,8 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     except FitError as exc:
         coarse = stored + np.arange(-RESONATOR_SEARCH_HZ, RESONATOR_SEARCH_HZ + 1.0, 1e6)
         response = np.abs(_resonator_scan(kit, q, shots, coarse))
-        series = {f"around the stored {stored:.6g} Hz": {"x": freqs, "y": np.abs(iq)},
+        series = {f"around the {around.split(' (')[0]} {stored:.6g} Hz": {"x": freqs,
+                                                                       "y": np.abs(iq)},
                   f"search, +-{RESONATOR_SEARCH_HZ / 1e6:g} MHz": {"x": coarse, "y": response}}
         freqs = float(coarse[int(np.argmax(response))]) + span
         iq = _resonator_scan(kit, q, shots, freqs)
@@ -131,7 +140,7 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
         except FitError as again:
             first, second = (str(e).removeprefix(f"{e.subject}: ") for e in (exc, again))
             raise FitError(f"no resonator peak within {RESONATOR_SPAN_HZ / 1e6:g} MHz of the "
-                           f"stored resonator_hz {stored:.6g} Hz ({first}), nor around the "
+                           f"{around} {stored:.6g} Hz ({first}), nor around the "
                            f"largest response within {RESONATOR_SEARCH_HZ / 1e6:g} MHz "
                            f"({second})", subject=f"qubit {q} resonator spectroscopy") from again
     f0 = fit.params["f0"]
@@ -140,7 +149,6 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     values = {"resonator_hz": (f0, fit.stderr["f0"])}
     if moves:
         values["readout_frequency_hz"] = values["resonator_hz"]
-    measured = (q, "resonator_hz") in kit.work.records
     rid = kit.record(
         "resonator_spectroscopy", q, values,
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
@@ -361,8 +369,10 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
                f"{d:.4g} Hz: the qubit is off by more than Ramsey fringes sampled every "
                f"{step_ns:.4g} ns tell apart (an error of a multiple of {rate_mhz:.4g} MHz "
                "folds onto none); the sweet_spot node finds its frequency by spectroscopy: "
-               "run it forced (labqpu calibrate sweet_spot --force, or run_graph(..., "
-               "force=True)), as its values within their age limits leave it be")
+               f"run it forced (labqpu calibrate sweet_spot --qubits {q} --force, not within "
+               "a watch, which forces nothing; or run_graph(backend, 'sweet_spot', "
+               f"qubits=[{q}], force=True)), as its values within their age limits leave it "
+               "be")
     rid = record()
     kit.work.set(q, "frequency_hz", f_now + delta, rid)
     ramsey_t2(kit, q, shots)

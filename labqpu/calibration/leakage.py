@@ -117,7 +117,8 @@ def cz_leakage(kit: Kit, pair: tuple[int, int], shots: int) -> None:
         {"cz_leakage": (value, stderr), "largest_leaked_population": (float(leaked.max()), None)},
         {"x": repeats, "x_label": "CZs played in a row (both qubits prepared in |1>)",
          "y_label": "population out of |11>",
-         "series": {"leaked": leaked}, "p1_after_czs": p1[:count],
+         "series": {"leaked": leaked}, "marks": {"chosen": 1},  # the value is D(1)
+         "p1_after_czs": p1[:count],
          "p1_after_waits": p1[count:], "leakage_estimate": leakage},
         settings={"shots": shots, "flux_qubit": flux_q, "repeats": LEAKAGE_REPEATS})
     kit.work.set_pair(pair, "cz_leakage", value, rid)

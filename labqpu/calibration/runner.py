@@ -36,6 +36,7 @@ import copy
 import logging
 import numbers
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -205,21 +206,51 @@ def _measured_again(node: Node, label: str, measured_by: dict[tuple[str, str], s
 
 def _outdated_reason(work: Working, node: Node, subject: Subject,
                      nodes: dict[str, Node]) -> str | None:
-    """Why ``node``'s values on ``subject`` describe a calibration that has changed since (one
-    of the nodes it ``measures``, looked up in ``nodes`` by name, measured a value later than
-    the node's own), or None."""
+    """Why ``node``'s values on ``subject`` describe a calibration that has changed since, or
+    None: a value of a node it builds on (looked up in ``nodes`` by name) measured later than
+    the node's own oldest value. A node with a check compares with the nodes it ``measures``
+    (its check judges the rest); a node without one with every node it builds on, directly
+    or through others (:func:`_built_on`), by the values only those nodes and itself watch:
+    a sweet spot measured again moved the frequencies under a CZ leakage, ZZ or echo that,
+    having no check, stayed fresh (a review's case), while a pi amplitude that the drag and
+    fine-amplitude nodes refine after the drive handedness does not outdate it."""
     own = [work.measured_at.get((subject, name)) for name in node.watches]
-    if not node.measures or any(stamp is None for stamp in own):
+    if not own or any(stamp is None for stamp in own):
         return None
+    if node.check is None:
+        upstream = _built_on(node, subject, nodes)
+    elif node.measures:
+        upstream = [(name, s) for name, s in node.prerequisites(subject)
+                    if name in node.measures and name in nodes]
+    else:
+        return None
+    names = {name for name, _ in upstream} | {node.name}
+    shared = {watched for n in nodes.values() if n.name not in names for watched in n.watches}
     oldest = min(datetime.fromisoformat(stamp) for stamp in own)
-    for name, s in node.prerequisites(subject):
-        if name not in node.measures or name not in nodes:
-            continue
+    for name, s in upstream:
         for watched in nodes[name].watches:
             stamp = work.measured_at.get((s, watched))
-            if stamp is not None and datetime.fromisoformat(stamp) > oldest:
+            if watched not in shared and stamp is not None \
+                    and datetime.fromisoformat(stamp) > oldest:
                 return f"{watched} of {describe(s)} measured after {node.watches[0]}"
     return None
+
+
+def _built_on(node: Node, subject: Subject, nodes: dict[str, Node]
+              ) -> list[tuple[str, Subject]]:
+    """(node name, subject) of every step of ``nodes`` that ``node`` on ``subject`` builds on:
+    its prerequisites, theirs and so on (a qubit node's on its qubit; an edge node's on both
+    qubits and on the edge), nearest first."""
+    out: list[tuple[str, Subject]] = []
+    pending = deque(node.prerequisites(subject))
+    while pending:
+        name, s = pending.popleft()
+        up = nodes.get(name)
+        if up is None or (name, s) in out or (up.scope == "qubit") != isinstance(s, int):
+            continue
+        out.append((name, s))
+        pending.extend(up.prerequisites(s))
+    return out
 
 
 def _state(work: Working) -> tuple:
@@ -249,17 +280,20 @@ def _changes(work: Working, before: tuple) -> list[Change]:
 
 def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
          forced: Iterable[str] = (), limits: dict[str, float] | None = None,
-         now: datetime | None = None, reporter: LineReporter | None = None) -> list[Outcome]:
+         now: datetime | None = None, reporter: LineReporter | None = None,
+         graph: Sequence[Node] | None = None) -> list[Outcome]:
     """Run ``steps`` on ``kit.work`` as the module docstring says; returns their outcomes.
     ``forced`` names nodes calibrated without looking at age or check; ages are judged at
     ``now`` (default: the current time) against ``limits`` (hours per kind; none: age is not
-    judged)."""
+    judged). ``graph``: the whole graph the steps come from (default: the steps' nodes),
+    whose nodes' watched values say which values a node without a check builds on
+    (:func:`_outdated_reason`)."""
     forced = set(forced)
     limits = limits or {}
     now = now or datetime.now(UTC)
     reporter = reporter or LineReporter()
     status: dict[tuple[str, Subject], str] = {}
-    by_name = {n.name: n for n, _ in steps}
+    by_name = {n.name: n for n in (graph if graph is not None else (n for n, _ in steps))}
     #: (subject label, parameter) -> the node that measured it anew in this walk
     measured_by: dict[tuple[str, str], str] = {}
     outcomes = []
@@ -478,11 +512,12 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
+    available = _available_nodes(backend)
     with _records_kept_if_stopped(kit.records, directory):
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
-                        reporter=reporter)
+                        reporter=reporter, graph=available)
     report = RunReport(outcomes, parent.snapshot_id, base_id=base_id,
-                       unchecked=unchecked(steps, outcomes, _available_nodes(backend),
+                       unchecked=unchecked(steps, outcomes, available,
                                            backend.config.coupling_map))
     # before the commit: a snapshot never names a record that could not be written
     report.records = save_records(kit.records, directory, then="nothing was committed")

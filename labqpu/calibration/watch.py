@@ -171,11 +171,19 @@ def _benchmark(backend, this: WatchRound, qubits: Sequence[int] | None,
 
 def _log_round(report: WatchReport, this: WatchRound, path: Path,
                say: Callable[[str], None]) -> None:
-    """Keep ``this`` in the report, append its line to the log and say its summary."""
+    """Keep ``this`` in the report, append its line to the log and say its summary; a line
+    that cannot be written (the disk full, the file replaced) is said and logged, and the
+    watch goes on: the round's snapshot is committed already."""
     report.rounds.append(this)
-    with path.open("a") as f:
-        f.write(json.dumps(this.record(), default=str) + "\n")
     say(this.summary())
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(this.record(), default=str) + "\n")
+    except OSError as exc:
+        log.error("watch round %d: its line could not be written to %s: %s", this.index, path,
+                  exc)
+        say(f"round {this.index}: its line could not be written to the log {path}: "
+            f"{exc.strerror or exc}")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -236,8 +244,8 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     (``rb_settings``, default :class:`RBSettings`) of the watched qubits and their edges.
     ``design`` is :func:`run_graph`'s. Returns the :class:`WatchReport`.
 
-    Raises ``ValueError`` for a bad interval, round count, clock or ``rb_every`` (before
-    anything runs)."""
+    Raises ``ValueError`` for a bad interval, round count, clock or ``rb_every``, and
+    ``CalibrationError`` for a log that cannot be written (before anything runs)."""
     if not 0 <= interval_s <= MAX_INTERVAL_S:  # also NaN
         raise ValueError(f"watch interval must be a number of seconds from 0 to "
                          f"{MAX_INTERVAL_S:.0f} (30 days), got {interval_s!r}")
@@ -252,7 +260,15 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     say = say or log.info
     stop = stop or threading.Event()
     path = Path(log_path) if log_path else Path(backend.config.store_path).parent / LOG_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # before the first round, which may commit: each snapshot's round goes in the log
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        path.open("a").close()
+        if new:  # made by the check: the log appears with its first round, as before
+            path.unlink()
+    except OSError as exc:
+        raise CalibrationError(f"the watch log {path} cannot be written: "
+                               f"{exc.strerror or exc}; nothing was run") from exc
     report = WatchReport(log_path=path)
     device_s = 0.0
     begun = time.monotonic()

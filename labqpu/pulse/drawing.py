@@ -170,8 +170,9 @@ def draw_program(program: Any, *, channels: ChannelMap | None = None,
     axes[-1].set_xlim(lo * ns_per_sample, hi * ns_per_sample)
     name = program.header.get("name", "pulse program")
     snap = f", calibration snapshot {program.snapshot_id}" if program.snapshot_id else ""
-    fig.suptitle(title or f"{name}: {program.duration_samples} samples at {fs / 1e9:g} GS/s"
-                 f"{snap}", fontsize=10)
+    fig.suptitle((title or f"{name}: {program.duration_samples} samples at {fs / 1e9:g} GS/s"
+                  f"{snap}") + "\namplitude in units of the DAC's full scale; phases in rad",
+                 fontsize=10)
     fig.legend(handles=[Patch(color=_I_COLOUR, alpha=0.5, label="I"),
                         Patch(color=_Q_COLOUR, label="Q"),
                         Patch(color=_ACQ_COLOUR, alpha=0.35, label="acquisition"),
@@ -216,7 +217,7 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
         if prev_freq is not None and freq != prev_freq:
             notes.append(f"{freq / 1e6:+.2f} MHz")
         if prev_phase is not None and abs(_wrap(phase - prev_phase)) > 1e-9:
-            notes.append(f"φ {_wrap(phase):+.2f}")
+            notes.append(f"φ {_wrap(phase):+.2f} rad")
         if notes and lo <= start < hi:
             marks.append((start * ns_per_sample, ", ".join(notes)))
         prev_phase, prev_freq = phase, freq
@@ -226,7 +227,7 @@ def _draw_port(ax, program: Any, port: int, amps: np.ndarray, lo: int, hi: int,
             block = int(program.shift_block[j])
             cond = f" {_condition(program, block)}" if block >= 0 else ""
             marks.append((start * ns_per_sample,
-                          f"shift {float(program.shift_phase_rad[j]):+.2f}{cond}"))
+                          f"shift {float(program.shift_phase_rad[j]):+.2f} rad{cond}"))
     marks.sort()
     ax.fill_between(t_ns, signal.real, step="mid", color=_I_COLOUR, alpha=0.5, lw=0)
     ax.plot(t_ns, signal.real, color=_I_COLOUR, lw=0.7, drawstyle="steps-mid")

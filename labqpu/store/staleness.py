@@ -30,7 +30,7 @@ PARAMETER_KINDS: Mapping[str, str] = {
     "reset_duration_s": "coherence",
     "flux_bias_a": "flux",
     **{name: "cz" for name in CZ_PARAMETERS}, "cz_spectator_spread_rad": "cz",
-    "cz_leakage": "cz",
+    "cz_leakage": "cz", "zz_hz": "cz",
     "error": "gate_error",
 }
 

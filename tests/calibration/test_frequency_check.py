@@ -71,7 +71,8 @@ def test_an_error_of_a_multiple_of_the_fringes_sampling_rate_is_found(tmp_path, 
         assert ramsey.status == "failed", ramsey
         assert ramsey.reason.startswith("check failed: measured "), ramsey.reason
         assert "the sweet_spot node finds its frequency by spectroscopy: run it forced " \
-            "(labqpu calibrate sweet_spot --force" in ramsey.reason
+            f"(labqpu calibrate sweet_spot --qubits {q} --force, not within a watch" \
+            in ramsey.reason
         assert backend.snapshot.qubits[q]["frequency_hz"].value == right.value + error_hz
         # the failed calibration leaves its record and plot, marked rejected (a review's
         # case: nothing of the fringes that failed was kept)

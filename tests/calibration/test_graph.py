@@ -19,6 +19,7 @@ from labqpu.calibration.report import Change, Outcome, RunReport, unchecked
 from labqpu.calibration.runner import run_graph, walk
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
+from labqpu.store.staleness import PARAMETER_KINDS
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
@@ -211,6 +212,82 @@ def test_a_node_that_measures_a_recalibrated_one_is_out_of_date():
     kit = SimpleNamespace(work=work(gate_hours_ago=2, leak_hours_ago=1))
     outcomes = {o.node: o for o in walk(kit, steps, shots=1, now=now, forced={"gate"})}
     assert outcomes["gate"].status == "calibrated" and outcomes["leak"].status == "calibrated"
+
+
+def test_a_node_without_a_check_is_recalibrated_when_anything_it_builds_on_was_measured_after_it():
+    """A review's case: ``labqpu calibrate sweet_spot --force`` moved the biases; the next run
+    measured the frequencies again, the CZ's check passed (its values kept their stamps), and
+    the CZ leakage, two steps below the frequencies and with no check of its own, was fresh
+    ("values within their age limits"). A node without a check is now compared with every
+    node it builds on; a value that a finer node after it measures again (a pi amplitude the
+    DRAG step refines after the drive handedness) does not outdate it."""
+    nodes = (
+        Node("freq", "qubit", (), ("frequency_hz",), _set("frequency_hz", 5.1e9),
+             _check({0: True, 1: True})),
+        Node("amp", "qubit", ("freq",), ("pi_amplitude",), _set("pi_amplitude", 0.5),
+             _check({0: True, 1: True})),
+        Node("hand", "qubit", ("amp",), ("handedness",), _set("handedness", 1)),
+        Node("fine", "qubit", ("hand",), ("pi_amplitude",), _set("pi_amplitude", 0.51),
+             _check({0: True, 1: True})),
+        Node("gate", "edge", ("fine",), ("amplitude",), _set_pair("amplitude", 0.4),
+             lambda kit, pair, shots: CheckResult(True, 1.0, 1.0, 0.1, "")),
+        Node("leak", "edge", ("gate",), ("leakage",), _set_pair("leakage", 0.01)),
+    )
+    now = datetime.now(UTC)  # what a calibration in this walk stamps its values with
+
+    def work(**hours_ago: float) -> Working:
+        w = Working(device={}, qubits={q: {"frequency_hz": 5e9, "pi_amplitude": 0.5,
+                                           "handedness": 1} for q in (0, 1)},
+                    pairs={(0, 1): {"amplitude": 0.3, "leakage": 0.02}})
+        for key, name in (("freq", "frequency_hz"), ("amp", "pi_amplitude"),
+                          ("hand", "handedness")):
+            for q in (0, 1):
+                w.measured_at[(q, name)] = (now - timedelta(hours=hours_ago[key])).isoformat()
+        for key, name in (("gate", "amplitude"), ("leak", "leakage")):
+            w.measured_at[((0, 1), name)] = (now - timedelta(hours=hours_ago[key])).isoformat()
+        return w
+
+    steps = plan(None, [0, 1], [(0, 1)], nodes)
+    # the frequencies measured after the leakage (an earlier run): checked nodes pass,
+    # the leakage is measured again
+    kit = SimpleNamespace(work=work(freq=1, amp=6, hand=0.5, gate=5, leak=4))
+    got = {(o.node, o.subject): o for o in walk(kit, steps, shots=1, now=now)}
+    assert {got[(n, s)].status for n in ("freq", "amp", "hand", "fine", "gate")
+            for s in ("qubit 0", "qubit 1", "edge 0-1") if (n, s) in got} == {"fresh"}
+    leak = got[("leak", "edge 0-1")]
+    assert (leak.status, leak.reason) == ("calibrated",
+                                          "handedness of qubit 0 measured after leakage")
+    kit = SimpleNamespace(work=work(freq=1, amp=6, hand=3, gate=5, leak=4))
+    got = {(o.node, o.subject): o for o in walk(kit, steps, shots=1, now=now)}
+    hand = got[("hand", "qubit 1")]  # its prerequisite's prerequisite measured after it
+    assert (hand.status, hand.reason) == ("calibrated",
+                                          "frequency_hz of qubit 1 measured after handedness")
+    assert got[("leak", "edge 0-1")].status == "calibrated"
+    # everything measured in order: all fresh
+    kit = SimpleNamespace(work=work(freq=6, amp=5, hand=4, gate=2, leak=1))
+    assert {o.status for o in walk(kit, steps, shots=1, now=now)} == {"fresh"}
+    # the pi amplitude refined by ``fine`` after ``hand``: the handedness stays fresh
+    kit = SimpleNamespace(work=work(freq=6, amp=2, hand=4, gate=1.5, leak=1))
+    got = {(o.node, o.subject): o.status for o in walk(kit, steps, shots=1, now=now)}
+    assert got[("hand", "qubit 0")] == got[("hand", "qubit 1")] == "fresh", got
+    # within one run: the frequency forced, the leakage measured again after it
+    kit = SimpleNamespace(work=work(freq=6, amp=5, hand=4, gate=2, leak=1))
+    got = {(o.node, o.subject): o for o in walk(kit, steps, shots=1, now=now,
+                                                 forced={"freq"})}
+    assert got[("leak", "edge 0-1")].status == "calibrated", got[("leak", "edge 0-1")]
+    assert got[("gate", "edge 0-1")].status == "fresh"
+
+
+def test_every_value_a_node_without_a_check_watches_ages():
+    """A review's case: the ZZ had no parameter kind, so no age limit: a run recalibrated
+    everything else older than 24 h and said "zz fresh: values within their age limits" of
+    the shipped value. A node without a check is measured again only when its values age (or
+    what it builds on changes), so each of them has a kind; the drive handedness, a property
+    of the wiring, is the one that never ages."""
+    for n in NODES:
+        if n.check is None:
+            assert all(name in PARAMETER_KINDS for name in n.watches
+                       if name != "drive_handedness"), (n.name, n.watches)
 
 
 def _set_pair(name, value):

@@ -212,3 +212,39 @@ def test_bad_settings_are_refused_before_anything_runs(quiet_lab_backend, tmp_pa
     with pytest.raises(ValueError, match=message):
         watch(quiet_lab_backend, log_path=log, **options)
     assert not log.exists()
+
+
+def test_a_log_that_cannot_be_written_is_refused_first_and_a_line_lost_later_is_said(
+        quiet_lab_backend, tmp_path, monkeypatch) -> None:
+    """A review's cases: a directory where ``watch.jsonl`` goes gave a traceback after the
+    first round had run; a log that became unwritable later ended the watch, and the round it
+    could not log had committed a snapshot named nowhere. The log is now tried before
+    anything runs; a line that cannot be written later is said, and the watch goes on."""
+    log = tmp_path / "watch.jsonl"
+    log.mkdir()
+    runs = []
+    monkeypatch.setattr(watch_module, "run_graph", lambda *a, **k: runs.append(1))
+    with pytest.raises(CalibrationError, match=f"the watch log {log} cannot be written: Is a "
+                                               "directory; nothing was run"):
+        watch(quiet_lab_backend, ["drive_lo"], interval_s=0.0, rounds=1, qubits=[0],
+              log_path=log)
+    assert runs == []
+    monkeypatch.undo()
+    log.rmdir()
+    real_open, said, opened = type(log).open, [], []
+
+    def full_after_the_check(path, mode="r", *args, **kwargs):
+        if path == log and mode == "a":
+            opened.append(1)
+            if len(opened) > 1:  # the first open is the check
+                raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(type(log), "open", full_after_the_check)
+    report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=2, qubits=[0],
+                   clock="device", say=said.append, log_path=log)
+    assert len(report.rounds) == 2
+    assert said[0].startswith("round 1 at +0.00 h: ")
+    assert said[1] == (f"round 1: its line could not be written to the log {log}: No space "
+                       "left on device")
+    assert said[2].startswith("round 2 at ")

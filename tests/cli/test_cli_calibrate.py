@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from labqpu.rack.config import default_config_path
-from labqpu.testing import seed_fresh_store
+from labqpu.store import CalibrationStore
+from labqpu.testing import restamped, seed_fresh_store, shipped_export
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -430,6 +431,26 @@ def test_calibrate_export_without_a_commit_exports_the_newest_snapshot(tmp_path,
     assert json.loads((tmp_path / "e.json").read_text())["document"]["device"] == "lab5"
 
 
+def test_calibrate_export_after_a_failed_step_exports_what_the_run_committed(tmp_path, labqpu):
+    """A review's case: a run with a failed step exited 1 before the export, so --export
+    wrote nothing and said nothing, though the run had committed its record of the failure
+    (the --rb path exported all the same)."""
+    export = restamped(shipped_export("lab5"))
+    export["document"]["qubits"]["1"]["frequency_hz"]["value"] += 10e6  # ramsey cannot fit it
+    del export["content_hash"]  # the document altered on purpose
+    store = tmp_path / "lab5" / "calibration.sqlite"
+    store.parent.mkdir()
+    with CalibrationStore(store) as opened:
+        opened.import_json(export)
+    proc = labqpu(tmp_path, "calibrate", "ramsey", "--qubits", "1", "--export", "x.json",
+                  timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "ramsey" in proc.stdout and "failed" in proc.stdout, proc.stdout
+    assert "exported snapshot 2 to x.json" in proc.stdout, proc.stdout
+    written = json.loads((tmp_path / "x.json").read_text())
+    assert written["snapshot_id"] == 2 and "1" in written["document"]["qubits"]
+
+
 def test_records_that_cannot_be_written_are_refused_before_anything_is_measured(
         tmp_path, labqpu) -> None:
     """A review's case: with a file where the experiment records go, a calibration measured,
@@ -497,6 +518,33 @@ def test_calibrating_an_edge_node_on_qubits_without_an_edge_is_refused(tmp_path,
             "2-3, 3-4): give both qubits of an edge") in proc.stderr
     history = labqpu(tmp_path, "calibrate", "history")
     assert [line.split()[0] for line in history.stdout.splitlines()] == ["1"]  # no commit
+
+
+def test_store_commands_on_a_store_not_made_yet_write_nothing(tmp_path, labqpu) -> None:
+    """A review's case: ``rollback 99``, ``diff 1 99`` and a mistyped ``history --param``
+    on a fresh home were refused, yet each had created the store and seeded it (and a wiring
+    file whose store path was mistyped got a new, seeded store that looked like a shared one
+    reset). A store that does not exist is now answered from the seed it would start with,
+    said so, and nothing is written."""
+    home = tmp_path / "home"
+    home.mkdir()
+    store = home / "lab5" / "calibration.sqlite"
+    note = (f"calibration store {store} does not exist yet (the first command that uses the "
+            "rack creates it from lab5_calibration.json); answered from what it would start "
+            "with, nothing written")
+    for args, code, said in ((["rollback", "99"], 2, "has no snapshot 99"),
+                             (["diff", "1", "99"], 2, f"labqpu: calibration store {store} has "
+                              "no snapshot 99"),
+                             (["history", "--param", "t1_s", "--qubit", "9"], 2,
+                              "snapshot 1 has no qubit 9"),
+                             (["rollback", "1"], 0, "nothing committed"),
+                             (["history"], 0, "shipped with labqpu")):
+        proc = labqpu(home, "calibrate", *args)
+        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
+        assert note in proc.stderr, (args, proc.stderr)
+        assert said in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
+        assert "labqpu-store-" not in proc.stdout + proc.stderr  # the real path, not the copy's
+        assert list(home.iterdir()) == [], (args, list(home.rglob("*")))
 
 
 def test_history_of_an_empty_store_says_so(tmp_path, labqpu) -> None:
@@ -578,3 +626,28 @@ def test_rb_lengths_longer_than_the_controller_plays_are_refused_before_measurin
     with CalibrationStore(store) as s:
         assert s.latest_id() == before
     assert not list((tmp_path / "lab5").glob("experiments/*"))
+
+
+def test_a_bounded_watch_with_any_failed_round_exits_1(tmp_path, labqpu, monkeypatch) -> None:
+    """A review's case: the watch's exit code was its last round's, so a script running
+    ``--rounds N`` overnight saw 0 when an earlier round had failed and the last passed."""
+    from qiskit.providers import JobError
+
+    from labqpu.calibration import watch as watch_module
+
+    seed_fresh_store(tmp_path)
+    real, calls = watch_module.run_graph, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise JobError("the controller went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watch_module, "run_graph", flaky)
+    proc = labqpu(tmp_path, "calibrate", "--watch", "drive_lo", "--qubits", "0", "--rounds",
+                  "2", "--interval", "0", timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert len(calls) == 2
+    assert proc.stderr.strip().endswith(
+        f"round(s) 1 of 2 failed (what failed: {tmp_path / 'lab5' / 'watch.jsonl'})"), proc.stderr
