@@ -99,7 +99,8 @@ class Kit:
         data as plain lists (``x`` and ``series``, each series a list or
         ``{"x": ..., "y": ...}``, with ``x_label`` and ``y_label``); ``curves`` the fitted
         curves to draw. ``chosen`` names the parameter swept on the x axis: its new and old
-        values are marked on the plot.
+        values are marked on the plot (``raw["marks"]["chosen"]``: the x a value not swept is
+        read at, as the CZ leakage at one CZ).
 
         A value whose standard error exceeds its limit (:func:`uncertainty_problem`), or one
         the experiment's own test refused (``rejected``: why), is kept in the record, with the
@@ -112,7 +113,7 @@ class Kit:
         current = (self.work.qubits.get(subject, {}) if isinstance(subject, int)
                    else self.work.pairs.get(tuple(subject), {}))
         old = {name: json_ready((old or {}).get(name, current.get(name))) for name in values}
-        marks = {}
+        marks = dict(raw.get("marks", {}))  # an x the value is read at, not swept to
         if chosen is not None:
             marks["chosen"] = values[chosen][0]
             if old[chosen] is not None:
