@@ -80,7 +80,7 @@ def store_command(args: argparse.Namespace) -> int:
     config = load_config(resolve_config_path(args.config)[0])
     with contextlib.ExitStack() as stack:
         path = Path(config.store_path)
-        if not path.exists():  # answered from the seed it would start from, nothing written
+        if _not_made_yet(path):  # answered from the seed it would start from, nothing written
             path = Path(stack.enter_context(tempfile.TemporaryDirectory(
                 prefix="labqpu-store-"))) / path.name
         store = stack.enter_context(CalibrationStore(path,
@@ -101,6 +101,18 @@ def store_command(args: argparse.Namespace) -> int:
             print(f"labqpu: {message.replace(str(store.path), str(config.store_path))}",
                   file=sys.stderr)
             return 2
+
+
+def _not_made_yet(path: Path) -> bool:
+    """Whether no store is at ``path`` yet and one could be made there: nothing at the path
+    (not even a dangling link) and the nearest folder above it that exists is a folder (a
+    store path under a file is left for the store to refuse, naming it)."""
+    if os.path.lexists(path):
+        return False
+    above = path.absolute().parent
+    while not os.path.lexists(above):
+        above = above.parent
+    return above.is_dir()
 
 
 def _on_store(store, args: argparse.Namespace, action: str, ids: list[int], limit: int,

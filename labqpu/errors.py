@@ -267,14 +267,28 @@ def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
 
 
 
+class _OwnMessages(logging.Filter):
+    """Pass labqpu's records, a script's (its ``__main__`` logger and the root logger), and
+    every other library's from ``floor`` (a ``logging`` level) on."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return (record.levelno >= self.floor or name in ("root", "labqpu", "__main__")
+                or name.startswith(("labqpu.", "__main__.")))
+
+
 def log_to_stderr(level: str) -> None:
-    """Log labqpu's messages (and those of a script run as ``__main__``, which ``labqpu run
-    script.py`` is) at ``level`` (a ``logging`` level name) and every other library's at that
-    level or WARNING, whichever is higher, on stderr with time and logger name: what
+    """Log labqpu's messages and a script's own (``labqpu run script.py``: its ``__main__``
+    logger, and the root logger that ``logging.info`` uses) at ``level`` (a ``logging`` level
+    name), and every other library's at that level or WARNING, whichever is higher (a lab's
+    own package too: a script sets its level), on stderr with time and logger name: what
     ``--log-level`` of the ``labqpu`` command and of the simulator does (at INFO, Qiskit's
     transpiler logs every pass of every transpile)."""
     number = logging.getLevelName(level)
-    logging.basicConfig(level=max(number, logging.WARNING),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for name in ("labqpu", "__main__"):
-        logging.getLogger(name).setLevel(number)
+    logging.basicConfig(level=number, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OwnMessages(max(number, logging.WARNING)))

@@ -87,8 +87,11 @@ class Node:
         check: ``(kit, subject, shots)`` -> :class:`CheckResult`, or None when the node has
             no cheap check.
         measures: prerequisite nodes whose calibration this node measures (the CZ whose
-            leakage it reads, the readout a reset uses): its values are out of date, and it is
-            calibrated again, when one of theirs was measured after its own.
+            leakage it reads, the readout a reset uses, the sweet spot whose coarse frequency
+            the Ramsey node refines): its values are out of date, and it is calibrated again,
+            when one of theirs was measured after its own. A node without a check is also
+            out of date when a node without a check that it builds on (through any chain of
+            prerequisites) was measured after it (``labqpu.calibration.runner``).
         needs_feedforward: the node plays conditional pulses; a rack whose controllers state
             no feed-forward latency leaves it out.
         refine: ``(kit, subject, shots, progress)`` -> None, a cheaper calibration the runner
@@ -171,10 +174,13 @@ NODES: tuple[Node, ...] = (
                                                   TOLERANCES["rabi"])),
     Node("drive_handedness", "qubit", ("rabi",), ("drive_handedness",),
          lambda kit, q, shots, _: drive_handedness(kit, q, shots)),
-    Node("ramsey", "qubit", ("drive_handedness",), ("frequency_hz", "t2_s"),
+    # the sweet spot's spectroscopy sets the frequency coarsely (20-40 kHz off, inside the
+    # check's tolerance): a sweet spot measured after the Ramsey one is measured again
+    Node("ramsey", "qubit", ("drive_handedness", "sweet_spot"), ("frequency_hz", "t2_s"),
          lambda kit, q, shots, _: ramsey(kit, q, shots),
          lambda kit, q, shots: check_frequency(kit, q, shots * CHECK_SHOTS,
-                                               TOLERANCES["ramsey"])),
+                                               TOLERANCES["ramsey"]),
+         measures=("sweet_spot",)),
     Node("drag", "qubit", ("ramsey",), ("drag_beta", "pi_amplitude", "pi2_amplitude"),
          _drag_and_amplitude, _check_drag),
     Node("fine_amplitude", "qubit", ("drag",), ("pi_amplitude", "pi2_amplitude"),

@@ -207,22 +207,25 @@ def _measured_again(node: Node, label: str, measured_by: dict[tuple[str, str], s
 def _outdated_reason(work: Working, node: Node, subject: Subject,
                      nodes: dict[str, Node]) -> str | None:
     """Why ``node``'s values on ``subject`` describe a calibration that has changed since, or
-    None: a value of a node it builds on (looked up in ``nodes`` by name) measured later than
-    the node's own oldest value. A node with a check compares with the nodes it ``measures``
-    (its check judges the rest); a node without one with every node it builds on, directly
-    or through others (:func:`_built_on`), by the values only those nodes and itself watch:
-    a sweet spot measured again moved the frequencies under a CZ leakage, ZZ or echo that,
-    having no check, stayed fresh (a review's case), while a pi amplitude that the drag and
-    fine-amplitude nodes refine after the drive handedness does not outdate it."""
+    None: a value of a node it ``measures`` (looked up in ``nodes`` by name), or, for a node
+    without a check, of a node without a check that it builds on, directly or through others
+    (:func:`_built_on`), measured later than the node's own oldest value. Values the node
+    watches itself, or that a node outside that chain watches too, are not compared.
+
+    A check judges a node's values against the device as it is, so a checked node's change
+    (a Ramsey frequency corrected by 20 kHz) outdates nothing below it; a value no check
+    confirms (a sweet spot's bias, a drive handedness) is what everything without a check
+    below it was measured on: after ``labqpu calibrate sweet_spot --force``, the CZ leakage,
+    spectators and ZZ, the echo and the reset were reported fresh (a review's case)."""
     own = [work.measured_at.get((subject, name)) for name in node.watches]
     if not own or any(stamp is None for stamp in own):
         return None
+    upstream = [(name, s) for name, s in node.prerequisites(subject)
+                if name in node.measures and name in nodes]
     if node.check is None:
-        upstream = _built_on(node, subject, nodes)
-    elif node.measures:
-        upstream = [(name, s) for name, s in node.prerequisites(subject)
-                    if name in node.measures and name in nodes]
-    else:
+        upstream += [(name, s) for name, s in _built_on(node, subject, nodes)
+                     if nodes[name].check is None and (name, s) not in upstream]
+    if not upstream:
         return None
     names = {name for name, _ in upstream} | {node.name}
     shared = {watched for n in nodes.values() if n.name not in names for watched in n.watches}
@@ -230,8 +233,9 @@ def _outdated_reason(work: Working, node: Node, subject: Subject,
     for name, s in upstream:
         for watched in nodes[name].watches:
             stamp = work.measured_at.get((s, watched))
-            if watched not in shared and stamp is not None \
-                    and datetime.fromisoformat(stamp) > oldest:
+            if watched in shared or watched in node.watches or stamp is None:
+                continue
+            if datetime.fromisoformat(stamp) > oldest:
                 return f"{watched} of {describe(s)} measured after {node.watches[0]}"
     return None
 

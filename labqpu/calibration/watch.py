@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -262,13 +263,15 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
     path = Path(log_path) if log_path else Path(backend.config.store_path).parent / LOG_NAME
     try:  # before the first round, which may commit: each snapshot's round goes in the log
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
+        new = not os.path.lexists(path)  # a dangling link is written through, not replaced
         path.open("a").close()
         if new:  # made by the check: the log appears with its first round, as before
             path.unlink()
     except OSError as exc:
-        raise CalibrationError(f"the watch log {path} cannot be written: "
-                               f"{exc.strerror or exc}; nothing was run") from exc
+        why = (f"{path.parent} is not a directory" if isinstance(exc, FileExistsError)
+               else exc.strerror or exc)
+        raise CalibrationError(f"the watch log {path} cannot be written: {why}; nothing was "
+                               "run") from exc
     report = WatchReport(log_path=path)
     device_s = 0.0
     begun = time.monotonic()

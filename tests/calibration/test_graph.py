@@ -214,68 +214,65 @@ def test_a_node_that_measures_a_recalibrated_one_is_out_of_date():
     assert outcomes["gate"].status == "calibrated" and outcomes["leak"].status == "calibrated"
 
 
-def test_a_node_without_a_check_is_recalibrated_when_anything_it_builds_on_was_measured_after_it():
+def test_a_value_no_check_confirms_outdates_what_is_built_on_it_and_a_checked_change_does_not():
     """A review's case: ``labqpu calibrate sweet_spot --force`` moved the biases; the next run
-    measured the frequencies again, the CZ's check passed (its values kept their stamps), and
-    the CZ leakage, two steps below the frequencies and with no check of its own, was fresh
-    ("values within their age limits"). A node without a check is now compared with every
-    node it builds on; a value that a finer node after it measures again (a pi amplitude the
-    DRAG step refines after the drive handedness) does not outdate it."""
+    found the CZ's check passing and reported the CZ leakage, two steps below and with no
+    check of its own, fresh ("values within their age limits"), and the Ramsey frequency the
+    sweet spot's spectroscopy had set coarsely passed its check 17 kHz off. Now a node
+    without a check is measured again when a node without a check that it builds on (the
+    sweet spot) was measured after it, and the Ramsey node, which ``measures`` the sweet
+    spot, too; a change a check confirmed (a Ramsey frequency corrected by kHz, a second
+    review's case: every drift correction in a watch re-measured the CZ leakage) outdates
+    nothing below it."""
     nodes = (
-        Node("freq", "qubit", (), ("frequency_hz",), _set("frequency_hz", 5.1e9),
-             _check({0: True, 1: True})),
-        Node("amp", "qubit", ("freq",), ("pi_amplitude",), _set("pi_amplitude", 0.5),
-             _check({0: True, 1: True})),
-        Node("hand", "qubit", ("amp",), ("handedness",), _set("handedness", 1)),
+        Node("bias", "qubit", (), ("flux_bias_a",), _set("flux_bias_a", 1e-4)),
+        Node("freq", "qubit", ("bias",), ("frequency_hz",), _set("frequency_hz", 5.1e9),
+             _check({0: True, 1: True}), measures=("bias",)),
+        Node("hand", "qubit", ("freq",), ("handedness",), _set("handedness", 1)),
         Node("fine", "qubit", ("hand",), ("pi_amplitude",), _set("pi_amplitude", 0.51),
              _check({0: True, 1: True})),
         Node("gate", "edge", ("fine",), ("amplitude",), _set_pair("amplitude", 0.4),
              lambda kit, pair, shots: CheckResult(True, 1.0, 1.0, 0.1, "")),
-        Node("leak", "edge", ("gate",), ("leakage",), _set_pair("leakage", 0.01)),
+        Node("leak", "edge", ("gate",), ("leakage",), _set_pair("leakage", 0.01),
+             measures=("gate",)),
     )
     now = datetime.now(UTC)  # what a calibration in this walk stamps its values with
+    watched = {"bias": "flux_bias_a", "freq": "frequency_hz", "hand": "handedness",
+               "fine": "pi_amplitude", "gate": "amplitude", "leak": "leakage"}
 
-    def work(**hours_ago: float) -> Working:
-        w = Working(device={}, qubits={q: {"frequency_hz": 5e9, "pi_amplitude": 0.5,
-                                           "handedness": 1} for q in (0, 1)},
+    def walked(forced=(), **hours_ago: float) -> dict:
+        w = Working(device={}, qubits={q: {"flux_bias_a": 0.0, "frequency_hz": 5e9,
+                                           "handedness": 1, "pi_amplitude": 0.5}
+                                       for q in (0, 1)},
                     pairs={(0, 1): {"amplitude": 0.3, "leakage": 0.02}})
-        for key, name in (("freq", "frequency_hz"), ("amp", "pi_amplitude"),
-                          ("hand", "handedness")):
-            for q in (0, 1):
-                w.measured_at[(q, name)] = (now - timedelta(hours=hours_ago[key])).isoformat()
-        for key, name in (("gate", "amplitude"), ("leak", "leakage")):
-            w.measured_at[((0, 1), name)] = (now - timedelta(hours=hours_ago[key])).isoformat()
-        return w
+        for node, name in watched.items():
+            for s in ((0, 1),) if node in ("gate", "leak") else (0, 1):
+                w.measured_at[(s, name)] = (now - timedelta(hours=hours_ago[node])).isoformat()
+        outcomes = walk(SimpleNamespace(work=w), plan(None, [0, 1], [(0, 1)], nodes), shots=1,
+                        now=now, forced=forced)
+        return {(o.node, o.subject): o for o in outcomes}
 
-    steps = plan(None, [0, 1], [(0, 1)], nodes)
-    # the frequencies measured after the leakage (an earlier run): checked nodes pass,
-    # the leakage is measured again
-    kit = SimpleNamespace(work=work(freq=1, amp=6, hand=0.5, gate=5, leak=4))
-    got = {(o.node, o.subject): o for o in walk(kit, steps, shots=1, now=now)}
-    assert {got[(n, s)].status for n in ("freq", "amp", "hand", "fine", "gate")
-            for s in ("qubit 0", "qubit 1", "edge 0-1") if (n, s) in got} == {"fresh"}
-    leak = got[("leak", "edge 0-1")]
-    assert (leak.status, leak.reason) == ("calibrated",
-                                          "handedness of qubit 0 measured after leakage")
-    kit = SimpleNamespace(work=work(freq=1, amp=6, hand=3, gate=5, leak=4))
-    got = {(o.node, o.subject): o for o in walk(kit, steps, shots=1, now=now)}
-    hand = got[("hand", "qubit 1")]  # its prerequisite's prerequisite measured after it
+    in_order = {"bias": 6, "freq": 5, "hand": 4, "fine": 3, "gate": 2, "leak": 1}
+    assert {o.status for o in walked(**in_order).values()} == {"fresh"}
+    # the bias measured after everything else (an earlier run forced the sweet spot)
+    got = walked(**{**in_order, "bias": 0.5})
+    freq, hand, leak = (got[("freq", "qubit 0")], got[("hand", "qubit 1")],
+                        got[("leak", "edge 0-1")])
+    assert (freq.status, freq.reason) == ("calibrated",
+                                          "flux_bias_a of qubit 0 measured after frequency_hz")
     assert (hand.status, hand.reason) == ("calibrated",
-                                          "frequency_hz of qubit 1 measured after handedness")
-    assert got[("leak", "edge 0-1")].status == "calibrated"
-    # everything measured in order: all fresh
-    kit = SimpleNamespace(work=work(freq=6, amp=5, hand=4, gate=2, leak=1))
-    assert {o.status for o in walk(kit, steps, shots=1, now=now)} == {"fresh"}
-    # the pi amplitude refined by ``fine`` after ``hand``: the handedness stays fresh
-    kit = SimpleNamespace(work=work(freq=6, amp=2, hand=4, gate=1.5, leak=1))
-    got = {(o.node, o.subject): o.status for o in walk(kit, steps, shots=1, now=now)}
-    assert got[("hand", "qubit 0")] == got[("hand", "qubit 1")] == "fresh", got
-    # within one run: the frequency forced, the leakage measured again after it
-    kit = SimpleNamespace(work=work(freq=6, amp=5, hand=4, gate=2, leak=1))
-    got = {(o.node, o.subject): o for o in walk(kit, steps, shots=1, now=now,
-                                                 forced={"freq"})}
-    assert got[("leak", "edge 0-1")].status == "calibrated", got[("leak", "edge 0-1")]
+                                          "flux_bias_a of qubit 1 measured after handedness")
+    assert leak.status == "calibrated" and leak.reason.endswith("measured after leakage")
+    assert got[("fine", "qubit 0")].status == got[("gate", "edge 0-1")].status == "fresh"
+    # a checked value measured again after them (a frequency's drift corrected): all fresh
+    assert {o.status for o in walked(**{**in_order, "freq": 0.5, "fine": 0.5}).values()} \
+        == {"fresh"}
+    # within one run: the bias forced, what no check confirms below it measured again
+    got = walked(forced={"bias"}, **in_order)
+    assert {n: got[(n, "qubit 0")].status for n in ("bias", "freq", "hand", "fine")} == {
+        "bias": "calibrated", "freq": "calibrated", "hand": "calibrated", "fine": "fresh"}
     assert got[("gate", "edge 0-1")].status == "fresh"
+    assert got[("leak", "edge 0-1")].status == "calibrated"
 
 
 def test_every_value_a_node_without_a_check_watches_ages():

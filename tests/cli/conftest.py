@@ -26,13 +26,11 @@ def _in_process(home: Path, args: tuple[str, ...]) -> subprocess.CompletedProces
     new one, in ``home`` (its working directory and ``LABQPU_HOME``): its exit code, stdout
     and stderr, with a new interpreter's warning filters (not the suite's, which make
     warnings errors) and the root logger's output on stderr. The environment, working
-    directory, root logger, the levels ``--log-level`` sets and warning filters are put back
-    after."""
+    directory, root logger and warning filters are put back after."""
     from labqpu.cli import main
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    ours = {name: logging.getLogger(name).level for name in ("labqpu", "__main__")}
     before = os.environ.get("LABQPU_HOME"), os.getcwd()
     out, err = io.StringIO(), io.StringIO()
     os.environ["LABQPU_HOME"] = str(home)
@@ -56,8 +54,6 @@ def _in_process(home: Path, args: tuple[str, ...]) -> subprocess.CompletedProces
         for handler in root.handlers:
             handler.close()
         root.handlers[:], root.level = handlers, level
-        for name, was in ours.items():  # set by --log-level
-            logging.getLogger(name).setLevel(was)
         os.chdir(before[1])
         if before[0] is None:
             del os.environ["LABQPU_HOME"]

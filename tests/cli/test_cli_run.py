@@ -200,11 +200,13 @@ def test_log_level_shows_labqpus_and_the_scripts_messages_not_every_librarys(tmp
     script = tmp_path / "talks.py"
     script.write_text("import logging\n"
                       "logging.getLogger(__name__).info('the script says so')\n"
+                      "logging.info('and through the root logger')\n"
                       "logging.getLogger('qiskit.transpiler').info('a library says so')\n"
                       "logging.getLogger('qiskit.transpiler').warning('a library warns')\n")
     proc = labqpu(tmp_path, "--log-level", "INFO", "run", str(script))
     assert proc.returncode == 0, proc.stderr
     assert "__main__ INFO the script says so" in proc.stderr
+    assert "root INFO and through the root logger" in proc.stderr  # a review's case
     assert "a library says so" not in proc.stderr
     assert "qiskit.transpiler WARNING a library warns" in proc.stderr
 
