@@ -80,13 +80,14 @@ def store_command(args: argparse.Namespace) -> int:
     config = load_config(resolve_config_path(args.config)[0])
     with contextlib.ExitStack() as stack:
         path = Path(config.store_path)
-        if _not_made_yet(path):  # answered from the seed it would start from, nothing written
+        from_seed = _not_made_yet(path)  # answered from the seed it would start from
+        if from_seed:
             path = Path(stack.enter_context(tempfile.TemporaryDirectory(
                 prefix="labqpu-store-"))) / path.name
         store = stack.enter_context(CalibrationStore(path,
                                                      validators=(wiring_limits(config),)))
         seed_store(store, config)  # as a provider would: the history starts at the seed
-        if path != Path(config.store_path):
+        if from_seed:
             print(f"labqpu calibrate {action}: calibration store {config.store_path} does not "
                   "exist yet (the first command that uses the rack creates it"
                   + (f" from {config.seed_snapshot}); answered from what it would start with"
@@ -95,7 +96,7 @@ def store_command(args: argparse.Namespace) -> int:
         try:
             return _on_store(store, args, action, ids, limit, config)
         except LabQpuError as exc:
-            if path == Path(config.store_path):
+            if not from_seed:
                 raise
             message = getattr(exc, "message", None) or str(exc)  # named as the user knows it
             print(f"labqpu: {message.replace(str(store.path), str(config.store_path))}",

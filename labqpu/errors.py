@@ -266,7 +266,6 @@ def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-
 class _OwnMessages(logging.Filter):
     """Pass labqpu's records, a script's (its ``__main__`` logger and the root logger), and
     every other library's from ``floor`` (a ``logging`` level) on."""
