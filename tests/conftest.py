@@ -119,3 +119,23 @@ def process_cpu_s(pid: int) -> float:
 def cpu_s():
     """:func:`process_cpu_s`, for the tests that check a server's loop does not spin."""
     return process_cpu_s
+
+
+@pytest.fixture
+def first_watch_round_fails(monkeypatch) -> list:
+    """The watch's first round fails (its ``run_graph`` raises ``JobError`` "the controller
+    went away"), the next ones run; returns the list that counts the rounds begun."""
+    from qiskit.providers import JobError
+
+    from labqpu.calibration import watch as watch_module
+
+    real, calls = watch_module.run_graph, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise JobError("the controller went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watch_module, "run_graph", flaky)
+    return calls

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from qiskit.providers import JobError
 
 from labqpu import LabProvider
 from labqpu.calibration import watch as watch_module
@@ -35,17 +34,7 @@ def private_lab(directory) -> str:
 
 
 def test_a_failed_round_is_logged_and_the_next_one_runs(quiet_lab_backend, tmp_path,
-                                                        monkeypatch) -> None:
-    real = watch_module.run_graph
-    calls = []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise JobError("the controller went away")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(watch_module, "run_graph", flaky)
+                                                        first_watch_round_fails) -> None:
     said: list[str] = []
     log = tmp_path / "watch.jsonl"
     report = watch(quiet_lab_backend, ["drive_lo"], interval_s=60.0, rounds=2, qubits=[0],

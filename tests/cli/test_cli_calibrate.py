@@ -628,26 +628,14 @@ def test_rb_lengths_longer_than_the_controller_plays_are_refused_before_measurin
     assert not list((tmp_path / "lab5").glob("experiments/*"))
 
 
-def test_a_bounded_watch_with_any_failed_round_exits_1(tmp_path, labqpu, monkeypatch) -> None:
+def test_a_bounded_watch_with_any_failed_round_exits_1(tmp_path, labqpu,
+                                                       first_watch_round_fails) -> None:
     """A review's case: the watch's exit code was its last round's, so a script running
     ``--rounds N`` overnight saw 0 when an earlier round had failed and the last passed."""
-    from qiskit.providers import JobError
-
-    from labqpu.calibration import watch as watch_module
-
     seed_fresh_store(tmp_path)
-    real, calls = watch_module.run_graph, []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise JobError("the controller went away")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(watch_module, "run_graph", flaky)
     proc = labqpu(tmp_path, "calibrate", "--watch", "drive_lo", "--qubits", "0", "--rounds",
                   "2", "--interval", "0", timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert len(calls) == 2
+    assert len(first_watch_round_fails) == 2
     assert proc.stderr.strip().endswith(
         f"round(s) 1 of 2 failed (what failed: {tmp_path / 'lab5' / 'watch.jsonl'})"), proc.stderr
