@@ -89,4 +89,8 @@ def watch_command(provider, backend, nodes, args: argparse.Namespace, rb_setting
     if failed:  # a script running a bounded watch learns of any, not only the last round's
         print(f"labqpu: round(s) {', '.join(map(str, failed))} of {len(report.rounds)} failed "
               f"(what failed: {report.log_path})", file=sys.stderr)
-    return 1 if failed else 0
+    unlogged = [r.index for r in report.rounds if r.unlogged is not None]
+    if unlogged:  # their snapshots are committed, their lines lost: said above each
+        print(f"labqpu: round(s) {', '.join(map(str, unlogged))} of {len(report.rounds)} are "
+              f"not in the log {report.log_path} (it could not be written)", file=sys.stderr)
+    return 1 if failed or unlogged else 0

@@ -88,6 +88,8 @@ class WatchRound:
     #: records); None when it committed nothing.
     gate_errors: dict[str, float] | None = None
     rb_snapshot: int | None = None
+    #: Why the round's line is not in the log (it could not be written), or None.
+    unlogged: str | None = None
 
     def summary(self) -> str:
         """One line: what was fresh, what was recalibrated, what failed."""
@@ -181,10 +183,10 @@ def _log_round(report: WatchReport, this: WatchRound, path: Path,
         with path.open("a") as f:
             f.write(json.dumps(this.record(), default=str) + "\n")
     except OSError as exc:
-        log.error("watch round %d: its line could not be written to %s: %s", this.index, path,
-                  exc)
-        say(f"round {this.index}: its line could not be written to the log {path}: "
-            f"{exc.strerror or exc}")
+        this.unlogged = f"its line could not be written to the log {path}: " \
+                        f"{exc.strerror or exc}"
+        log.error("watch round %d: %s", this.index, this.unlogged)
+        say(f"round {this.index}: {this.unlogged}")
 
 
 def _error_text(exc: BaseException) -> str:

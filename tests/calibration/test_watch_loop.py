@@ -237,3 +237,4 @@ def test_a_log_that_cannot_be_written_is_refused_first_and_a_line_lost_later_is_
     assert said[1] == (f"round 1: its line could not be written to the log {log}: No space "
                        "left on device")
     assert said[2].startswith("round 2 at ")
+    assert [r.unlogged is not None for r in report.rounds] == [True, True]
