@@ -20,12 +20,13 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from labqpu.calibration.records import ExperimentRecord, uncertainty_problem
-from labqpu.errors import FitError
+from labqpu.errors import FitError, InvalidSnapshotError
 from labqpu.pulse.compiler import READOUT_RISE_S
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
 from labqpu.pulse.split import split_program
 from labqpu.store.physics import PAIR_CHECKS, QUBIT_CHECKS
+from labqpu.store.validation import json_value
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Working:
         """Record qubit ``q``'s ``name`` as measured by ``experiment``, now; ``FitError``
         (the step fails) for a value the store would refuse (a T1 fitted beyond 10 ms), which
         would otherwise fail the whole run's commit."""
-        _storable(QUBIT_CHECKS, f"qubit {q}", name, value)
+        value = _storable(QUBIT_CHECKS, f"qubit {q}", name, value)
         self.qubits[q][name] = value
         self.records[(q, name)] = experiment
         self.measured_at[(q, name)] = datetime.now(UTC).isoformat()
@@ -53,21 +54,29 @@ class Working:
     def set_pair(self, pair: tuple[int, int], name: str, value, experiment: str) -> None:
         """Record edge ``pair``'s ``name`` as measured by ``experiment``, now (``FitError``
         as :meth:`set`)."""
-        _storable(PAIR_CHECKS, f"pair {pair[0]}-{pair[1]}", name, value)
+        value = _storable(PAIR_CHECKS, f"pair {pair[0]}-{pair[1]}", name, value)
         self.pairs.setdefault(pair, {})[name] = value
         self.records[(pair, name)] = experiment
         self.measured_at[(pair, name)] = datetime.now(UTC).isoformat()
 
 
-def _storable(checks: dict, subject: str, name: str, value) -> None:
-    """``FitError`` naming ``subject`` and ``name`` when the store's rule for ``name``
-    (:mod:`labqpu.store.physics`) refuses ``value``."""
+def _storable(checks: dict, subject: str, name: str, value):
+    """``value`` as the working set keeps it (an array as a list); ``FitError`` naming
+    ``subject`` and ``name`` when the store would refuse it: by the rule for ``name``
+    (:mod:`labqpu.store.physics`), or, for any name (a lab node's too), as not plain, finite
+    JSON (a NaN failed the whole run's commit, an array the run itself: a review's cases)."""
     check = checks.get(name)
     plain = value.item() if isinstance(value, np.generic) else value
     problem = check(plain) if check is not None else None
     if problem:
         raise FitError(f"{name} {problem}, got {plain!r}: the calibration store would refuse "
                        "it", subject=subject)
+    try:
+        json_value(json_ready(plain), "", "")
+    except InvalidSnapshotError as exc:  # "value is nan; calibration values must be finite"
+        raise FitError(f"{name}: {exc.message}: the calibration store would refuse it",
+                       subject=subject) from exc
+    return plain.tolist() if isinstance(plain, np.ndarray) else plain
 
 
 class Kit:

@@ -104,7 +104,9 @@ class RunReport:
                 lines.append(f"  {o.node:<{node_w}}{o.subject:<{subject_w}}{o.reason}")
         if self.unchecked:
             lines.append(f"not run, and built on values this run changed ({len(self.unchecked)} "
-                         f"steps): {_grouped(self.unchecked)}; calibrate them to check them")
+                         f"steps): {_grouped(self.unchecked)}; calibrate them to check them "
+                         "(--force for those without a check, which a checked value's change "
+                         "leaves fresh)")
         if self.committed:
             ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
             first = self.committed[0].parent_id

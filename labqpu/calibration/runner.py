@@ -86,6 +86,7 @@ from labqpu.errors import (
     CalibrationError,
     CompilationError,
     FitError,
+    InstrumentError,
     InvalidRunInputError,
     LabQpuError,
 )
@@ -209,34 +210,36 @@ def _outdated_reason(work: Working, node: Node, subject: Subject,
     """Why ``node``'s values on ``subject`` describe a calibration that has changed since, or
     None: a value of a node it ``measures`` (looked up in ``nodes`` by name), or, for a node
     without a check, of a node without a check that it builds on, directly or through others
-    (:func:`_built_on`), measured later than the node's own oldest value. Values the node
-    watches itself, or that a node outside that chain watches too, are not compared.
+    (:func:`_built_on`), measured later than the node's own oldest value. The node's own
+    values are those it watches that no node it builds on watches (a node may watch a
+    prerequisite's value to age with it); a value the node's own calibration wrote (its
+    record) never outdates it.
 
     A check judges a node's values against the device as it is, so a checked node's change
     (a Ramsey frequency corrected by 20 kHz) outdates nothing below it; a value no check
     confirms (a sweet spot's bias, a drive handedness) is what everything without a check
     below it was measured on: after ``labqpu calibrate sweet_spot --force``, the CZ leakage,
     spectators and ZZ, the echo and the reset were reported fresh (a review's case)."""
-    own = [work.measured_at.get((subject, name)) for name in node.watches]
+    chain = _built_on(node, subject, nodes)
+    inherited = {name for up, _ in chain for name in nodes[up].watches}
+    names = [name for name in node.watches if name not in inherited] or list(node.watches)
+    own = [work.measured_at.get((subject, name)) for name in names]
     if not own or any(stamp is None for stamp in own):
         return None
     upstream = [(name, s) for name, s in node.prerequisites(subject)
                 if name in node.measures and name in nodes]
     if node.check is None:
-        upstream += [(name, s) for name, s in _built_on(node, subject, nodes)
+        upstream += [(name, s) for name, s in chain
                      if nodes[name].check is None and (name, s) not in upstream]
-    if not upstream:
-        return None
-    names = {name for name, _ in upstream} | {node.name}
-    shared = {watched for n in nodes.values() if n.name not in names for watched in n.watches}
+    mine = {work.records.get((subject, name)) for name in names} - {None}
     oldest = min(datetime.fromisoformat(stamp) for stamp in own)
     for name, s in upstream:
         for watched in nodes[name].watches:
             stamp = work.measured_at.get((s, watched))
-            if watched in shared or watched in node.watches or stamp is None:
+            if stamp is None or watched in names or work.records.get((s, watched)) in mine:
                 continue
             if datetime.fromisoformat(stamp) > oldest:
-                return f"{watched} of {describe(s)} measured after {node.watches[0]}"
+                return f"{watched} of {describe(s)} measured after {names[0]}"
     return None
 
 
@@ -321,6 +324,7 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                     check = n.check(kit, subject, shots)
                     reason = None if check.passed else f"check failed: {check}"
                 except _step_errors(n) as exc:
+                    _raise_rack_fault(exc)
                     reason = f"check failed: {_why(exc, n)}"
             if reason is None:
                 outcome = Outcome(n.name, label, "fresh",
@@ -355,15 +359,23 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
             return Outcome(n.name, label, "calibrated", f"{reason}; refined", check,
                            _changes(kit.work, before))
         except _step_errors(n) as exc:
+            _raise_rack_fault(exc)
             _restore(kit.work, before)
             reporter.note(f"  {n.name} on {label}: refinement failed ({_why(exc, n)}); "
                           "calibrating")
     try:
         n.calibrate(kit, subject, shots, reporter.note)
     except _step_errors(n) as exc:
+        _raise_rack_fault(exc)
         _restore(kit.work, before)
         return Outcome(n.name, label, "failed",
                        f"{reason}; calibration failed: {_why(exc, n)}", check)
+    unset = [name for name in n.watches if name not in _values(kit.work, subject)]
+    if unset:  # a lab node's calibrate that sets nothing would be "calibrated" every run
+        _restore(kit.work, before)
+        return Outcome(n.name, label, "failed",
+                       f"{reason}; calibration failed: it left {', '.join(unset)} unset, "
+                       "which the node watches", check)
     return Outcome(n.name, label, "calibrated", reason, check, _changes(kit.work, before))
 
 
@@ -378,6 +390,14 @@ def _step_errors(n: Node) -> tuple[type[Exception], ...]:
     a lab's (:func:`~labqpu.calibration.graph.register_node`), whose bug must not end a
     watch: its traceback is logged."""
     return STEP_ERRORS if n in NODES else (Exception,)
+
+
+def _raise_rack_fault(exc: Exception) -> None:
+    """Raise ``exc`` again when the rack, not a value, is at fault (a job or an instrument
+    that failed): it ends the run, also from a lab's node, whose other errors fail only its
+    step (:func:`_step_errors`)."""
+    if isinstance(exc, JobError | InstrumentError):
+        raise exc
 
 
 def _why(exc: Exception, n: Node) -> str:

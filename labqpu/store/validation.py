@@ -102,6 +102,13 @@ def check_name(name: object, subject: str) -> str:
     return name
 
 
+def json_value(value: Any, subject: str, parameter: str) -> Any:
+    """A calibration value as the store keeps it: plain, finite JSON data (tuples become
+    lists, numpy scalars numbers); ``InvalidSnapshotError`` naming ``subject`` and
+    ``parameter`` for anything else (NaN, infinity, an array, an object)."""
+    return _json_value(value, "value", subject, parameter)
+
+
 def _json_value(value: Any, path: str, subject: str, parameter: str) -> Any:
     """``value`` as plain, finite JSON data (tuples become lists, numpy scalars numbers)."""
     if value is None or isinstance(value, bool | str):

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from labqpu.backend.target import build_target
@@ -39,6 +40,13 @@ def _check(passes: dict[int, bool]):
 def _set(name, value):
     def calibrate(kit, q, shots, progress):
         kit.work.set(q, name, value, "test")
+    return calibrate
+
+
+def _both(*values):
+    def calibrate(kit, q, shots, progress):
+        for name, value in values:
+            kit.work.set(q, name, value, "test")
     return calibrate
 
 
@@ -129,7 +137,7 @@ def test_a_value_a_coarser_node_measured_again_is_measured_again_by_the_finer_on
         raise AssertionError("a value measured again upstream is not checked")
 
     nodes = (
-        Node("coarse", "qubit", (), ("flux",), _set("frequency_hz", 5.00002e9)),
+        Node("coarse", "qubit", (), ("flux",), _both(("flux", 1e-4), ("frequency_hz", 5.00002e9))),
         Node("fine", "qubit", ("coarse",), ("frequency_hz",), _set("frequency_hz", 5.0e9),
              never),
         Node("other", "qubit", ("fine",), ("pi_amplitude",), _set("pi_amplitude", 0.5),
@@ -165,7 +173,8 @@ def test_steps_built_on_what_a_run_changed_that_it_did_not_run_are_named():
     report = RunReport(outcomes, 1, unchecked=[("fine", "qubit 0"), ("apart", "qubit 0"),
                                                ("fine", "qubit 1"), ("gate", "edge 0-1")])
     assert ("not run, and built on values this run changed (4 steps): fine on qubit 0, qubit "
-            "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them"
+            "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them (--force for "
+            "those without a check, which a checked value's change leaves fresh)"
             ) in report.table()
     # an edge step's change reaches that edge's nodes only (a review's case: cz on 0-1 named
     # cz_leakage on edge 1-2 too)
@@ -273,6 +282,85 @@ def test_a_value_no_check_confirms_outdates_what_is_built_on_it_and_a_checked_ch
         "bias": "calibrated", "freq": "calibrated", "hand": "calibrated", "fine": "fresh"}
     assert got[("gate", "edge 0-1")].status == "fresh"
     assert got[("leak", "edge 0-1")].status == "calibrated"
+
+
+def test_a_labs_nodes_neither_switch_the_rule_off_nor_churn():
+    """A review of lab nodes against the rule above: a node that merely watched the bias
+    switched its link off for every node; a ``measures`` of a node whose values others watch
+    too did nothing; a node that re-set a value of a node it builds on, and one that watched a
+    checked prerequisite's value, were calibrated again on every run."""
+    passes = _check({0: True})
+    bias = Node("bias", "qubit", (), ("flux_bias_a",), _set("flux_bias_a", 1e-4))
+    echo = Node("echo", "qubit", ("bias",), ("t2e",), _set("t2e", 1e-5))
+    monitor = Node("monitor", "qubit", ("bias",), ("flux_bias_a",), _set("m", 1.0))
+    amp = Node("amp", "qubit", (), ("pi",), _set("pi", 0.5), passes)
+    fine = Node("fine", "qubit", ("amp",), ("pi",), _set("pi", 0.5), passes)
+    leak = Node("xleak", "qubit", ("fine",), ("xl",), _set("xl", 0.01), measures=("fine",))
+    hand = Node("hand", "qubit", ("bias",), ("handed",), _set("handed", 1))
+
+    def both(kit, q, shots, progress):
+        kit.work.set(q, "hv", 1.0, "hv")
+        kit.work.set(q, "handed", kit.work.qubits[q]["handed"], "hv")
+
+    hv = Node("hv", "qubit", ("hand",), ("hv",), both)
+    t1 = Node("t1", "qubit", ("hand",), ("t1_s",), _set("t1_s", 5e-5), passes)
+    ratio = Node("ratio", "qubit", ("t1",), ("t1_s", "ratio"), _set("ratio", 2.0))
+    now = datetime.now(UTC)
+
+    def work(**hours_ago: float) -> SimpleNamespace:
+        w = Working(device={}, qubits={0: {"flux_bias_a": 0.0, "t2e": 1e-5, "m": 1.0,
+                                           "pi": 0.5, "xl": 0.01, "handed": 1, "hv": 1.0,
+                                           "t1_s": 5e-5, "ratio": 2.0}})
+        for name, hours in hours_ago.items():
+            w.measured_at[(0, name)] = (now - timedelta(hours=hours)).isoformat()
+        return SimpleNamespace(work=w)
+
+    def walked(kit, nodes, forced=()) -> dict:
+        return {o.node: (o.status, o.reason) for o in walk(
+            kit, plan(None, [0], [], nodes), shots=1, now=datetime.now(UTC), forced=forced)}
+
+    got = walked(work(flux_bias_a=1, t2e=2), (bias, echo, monitor))
+    assert got["echo"] == ("calibrated", "flux_bias_a of qubit 0 measured after t2e")
+    got = walked(work(pi=1, xl=2), (amp, fine, leak))
+    assert got["xleak"] == ("calibrated", "pi of qubit 0 measured after xl")
+    for nodes, kit, forced in (
+            ((bias, hand, hv), work(flux_bias_a=5, handed=4, hv=3), {"hv"}),
+            ((bias, hand, t1, ratio), work(flux_bias_a=5, handed=1, t1_s=4, ratio=3), ())):
+        first = walked(kit, nodes, forced)
+        assert first[nodes[-1].name][0] == "calibrated", first
+        for _ in range(2):  # then fresh: its own writes and its prerequisite's value do not count
+            again = walked(kit, nodes)
+            assert {status for status, _ in again.values()} == {"fresh"}, again
+
+
+def test_a_labs_node_fails_its_step_for_a_value_the_store_refuses_or_none_and_a_job_ends_the_run():
+    """A review of lab nodes: a NaN failed the whole run's commit (every watch round), an
+    array the run itself, outside any step; a calibrate that set nothing was "calibrated"
+    every run; and a lab node's failed job failed only its step, where labqpu's own end the
+    run (the rack, not a value, is at fault)."""
+    from qiskit.providers import JobError
+
+    def raises(kit, q, shots, progress):
+        raise JobError("the controller went away")
+
+    nodes = (
+        Node("nan", "qubit", (), ("nan_val",), _set("nan_val", float("nan"))),
+        Node("arr", "qubit", (), ("kern",), _set("kern", np.array([1.0, 2.0]))),
+        Node("nothing", "qubit", (), ("nothing_val",), lambda kit, q, shots, progress: None),
+    )
+    kit = SimpleNamespace(work=Working(device={}, qubits={0: {}}))
+    got = {o.node: (o.status, o.reason) for o in walk(kit, plan(None, [0], [], nodes),
+                                                      shots=1, now=NOW)}
+    assert got["nan"] == ("failed", "nan_val missing; calibration failed: qubit 0: "
+                          "nan_val: value is nan; calibration values must be finite: the "
+                          "calibration store would refuse it"), got["nan"]
+    assert got["arr"][0] == "calibrated" and kit.work.qubits[0]["kern"] == [1.0, 2.0]
+    assert got["nothing"] == ("failed", "nothing_val missing; calibration failed: it left "
+                              "nothing_val unset, which the node watches")
+    assert "nan_val" not in kit.work.qubits[0] and "nothing_val" not in kit.work.qubits[0]
+    with pytest.raises(JobError, match="the controller went away"):
+        walk(kit, plan(None, [0], [], (Node("job", "qubit", (), ("j",), raises),)), shots=1,
+             now=NOW)
 
 
 def test_every_value_a_node_without_a_check_watches_ages():
