@@ -117,10 +117,9 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     # A resonator never measured has the design's estimate; a calibrated readout frequency
     # lies within a few MHz of the peak (lab5's shipped snapshot: 1.7 MHz, the design 4.3 MHz
     # off, its peak at the edge of the scan).
-    around, stored = (("stored resonator_hz", work["resonator_hz"])
-                      if measured or "readout_frequency_hz" not in work else
-                      ("readout frequency (no resonator_hz measured yet)",
-                       work["readout_frequency_hz"]))
+    on_readout = not measured and "readout_frequency_hz" in work
+    around = "readout frequency" if on_readout else "stored resonator_hz"
+    stored = work["readout_frequency_hz" if on_readout else "resonator_hz"]
     span = np.linspace(-RESONATOR_SPAN_HZ, RESONATOR_SPAN_HZ, 61)
     freqs = stored + span
     iq = _resonator_scan(kit, q, shots, freqs)
@@ -130,8 +129,7 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     except FitError as exc:
         coarse = stored + np.arange(-RESONATOR_SEARCH_HZ, RESONATOR_SEARCH_HZ + 1.0, 1e6)
         response = np.abs(_resonator_scan(kit, q, shots, coarse))
-        series = {f"around the {around.split(' (')[0]} {stored:.6g} Hz": {"x": freqs,
-                                                                       "y": np.abs(iq)},
+        series = {f"around the {around} {stored:.6g} Hz": {"x": freqs, "y": np.abs(iq)},
                   f"search, +-{RESONATOR_SEARCH_HZ / 1e6:g} MHz": {"x": coarse, "y": response}}
         freqs = float(coarse[int(np.argmax(response))]) + span
         iq = _resonator_scan(kit, q, shots, freqs)
@@ -140,7 +138,9 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
         except FitError as again:
             first, second = (str(e).removeprefix(f"{e.subject}: ") for e in (exc, again))
             raise FitError(f"no resonator peak within {RESONATOR_SPAN_HZ / 1e6:g} MHz of the "
-                           f"{around} {stored:.6g} Hz ({first}), nor around the "
+                           f"{around} {stored:.6g} Hz"
+                           + (" (no resonator_hz measured yet)" if on_readout else "")
+                           + f" ({first}), nor around the "
                            f"largest response within {RESONATOR_SEARCH_HZ / 1e6:g} MHz "
                            f"({second})", subject=f"qubit {q} resonator spectroscopy") from again
     f0 = fit.params["f0"]

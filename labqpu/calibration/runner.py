@@ -287,20 +287,17 @@ def _changes(work: Working, before: tuple) -> list[Change]:
 
 def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
          forced: Iterable[str] = (), limits: dict[str, float] | None = None,
-         now: datetime | None = None, reporter: LineReporter | None = None,
-         graph: Sequence[Node] | None = None) -> list[Outcome]:
+         now: datetime | None = None, reporter: LineReporter | None = None) -> list[Outcome]:
     """Run ``steps`` on ``kit.work`` as the module docstring says; returns their outcomes.
     ``forced`` names nodes calibrated without looking at age or check; ages are judged at
     ``now`` (default: the current time) against ``limits`` (hours per kind; none: age is not
-    judged). ``graph``: the whole graph the steps come from (default: the steps' nodes),
-    whose nodes' watched values say which values a node without a check builds on
-    (:func:`_outdated_reason`)."""
+    judged)."""
     forced = set(forced)
     limits = limits or {}
     now = now or datetime.now(UTC)
     reporter = reporter or LineReporter()
     status: dict[tuple[str, Subject], str] = {}
-    by_name = {n.name: n for n in (graph if graph is not None else (n for n, _ in steps))}
+    by_name = {n.name: n for n, _ in steps}  # a step's prerequisites are among them
     #: (subject label, parameter) -> the node that measured it anew in this walk
     measured_by: dict[tuple[str, str], str] = {}
     outcomes = []
@@ -536,12 +533,11 @@ def run_graph(backend, nodes: Sequence[str] | None = None, *,
     initial = dict(kit.work.measured_at)
     limits = wiring_age_limits(backend.config.raw, defaults=True)
     now = now or datetime.now(UTC)
-    available = _available_nodes(backend)
     with _records_kept_if_stopped(kit.records, directory):
         outcomes = walk(kit, steps, shots=shots, forced=forced, limits=limits, now=now,
-                        reporter=reporter, graph=available)
+                        reporter=reporter)
     report = RunReport(outcomes, parent.snapshot_id, base_id=base_id,
-                       unchecked=unchecked(steps, outcomes, available,
+                       unchecked=unchecked(steps, outcomes, _available_nodes(backend),
                                            backend.config.coupling_map))
     # before the commit: a snapshot never names a record that could not be written
     report.records = save_records(kit.records, directory, then="nothing was committed")
