@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         word = unknown[0].partition("=")[0]
         command.error(f"unrecognized arguments: {' '.join(unknown)}"
                       + (did_you_mean(word, known) if word.startswith("-") else ""))
-    from labqpu.errors import log_to_stderr
+    from labqpu.errors import interrupts_as_such, log_to_stderr
 
     log_to_stderr(args.log_level)
     # User errors (bad configuration, option or circuit, unreachable instrument, missing
@@ -482,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     terminate = (signal.signal(signal.SIGTERM, _terminated)
                  if threading.current_thread() is threading.main_thread() else None)
     try:
-        code = args.func(args)
+        with interrupts_as_such():
+            code = args.func(args)
         sys.stdout.flush()  # a closed pipe fails here, inside the handler below
         return code
     except KeyboardInterrupt as interrupt:  # Ctrl-C: the providers' exits have stopped what

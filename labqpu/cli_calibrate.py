@@ -279,11 +279,12 @@ def what_an_interrupt_left(backend) -> Iterator[None]:
     "interrupted"), then let the interrupt go on, marked as said (``labqpu.cli.main`` then
     adds no second line)."""
     from labqpu.calibration.records import experiments_directory
-    from labqpu.errors import LabQpuError
+    from labqpu.errors import LabQpuError, interrupts_as_such
 
     before = backend.store.latest_id()
     try:
-        yield
+        with interrupts_as_such():
+            yield
     except KeyboardInterrupt as interrupt:
         interrupt.said = True
         try:

@@ -48,9 +48,10 @@ This module is the ground floor of labqpu: it imports nothing of labqpu.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from qiskit.exceptions import QiskitError
 
@@ -264,6 +265,21 @@ def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     same = [k for k in known if k.lower() == word.lower()]  # ``drive_LO``: ``drive_lo``
     close = same or difflib.get_close_matches(word, known, n=1, cutoff=cutoff)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@contextlib.contextmanager
+def interrupts_as_such() -> Iterator[None]:
+    """Let a Ctrl-C (or SIGTERM) that landed while numba loaded or compiled a kernel go on as
+    the ``KeyboardInterrupt`` it is. Numba's dispatcher then returns with the interrupt set,
+    which Python reports as ``SystemError: CPUDispatcher(...) returned a result with an
+    exception set`` caused by it (a calibration interrupted in its first pulse shape exited 1
+    with a traceback). Other exceptions pass unchanged."""
+    try:
+        yield
+    except SystemError as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            raise exc.__cause__ from None
+        raise
 
 
 class _OwnMessages(logging.Filter):

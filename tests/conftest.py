@@ -139,3 +139,17 @@ def first_watch_round_fails(monkeypatch) -> list:
 
     monkeypatch.setattr(watch_module, "run_graph", flaky)
     return calls
+
+
+@pytest.fixture
+def numba_interrupt() -> SystemError:
+    """What numba's dispatcher raised when Ctrl-C landed while it loaded a cached kernel (a
+    calibration's first ``flat_top`` in a test run): a ``SystemError`` caused by the
+    ``KeyboardInterrupt``, as CPython reports a call that returned with an exception set."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as interrupt:
+        wrapped = SystemError("CPUDispatcher(<function flat_top>) returned a result with an "
+                              "exception set")
+        wrapped.__cause__ = interrupt
+        return wrapped

@@ -46,7 +46,7 @@ from qiskit.providers import JobError
 from labqpu.calibration.experiments import json_ready
 from labqpu.calibration.rb import RBSettings
 from labqpu.calibration.runner import LineReporter, RunReport, benchmark_and_record, run_graph
-from labqpu.errors import CalibrationError, InstrumentError
+from labqpu.errors import CalibrationError, InstrumentError, interrupts_as_such
 
 log = logging.getLogger(__name__)
 
@@ -285,16 +285,17 @@ def watch(backend, nodes: Sequence[str] | None = None, *, interval_s: float,
         parent: int | None = None
         this = None
         try:
-            try:
-                parent = backend.store.latest_id()
-                result = run_graph(backend, nodes, qubits=qubits, shots=shots,
-                                   design=design, reporter=LineReporter(log.debug), rb=False)
-                this = WatchRound(index, started, elapsed, result)
-            except ROUND_ERRORS as exc:
-                log.exception("watch round %d failed", index)
-                this = WatchRound(index, started, elapsed, None, _error_text(exc))
-            if rb_every is not None and index % rb_every == 0 and this.report is not None:
-                _benchmark(backend, this, qubits, rb_settings or RBSettings())
+            with interrupts_as_such():
+                try:
+                    parent = backend.store.latest_id()
+                    result = run_graph(backend, nodes, qubits=qubits, shots=shots,
+                                       design=design, reporter=LineReporter(log.debug), rb=False)
+                    this = WatchRound(index, started, elapsed, result)
+                except ROUND_ERRORS as exc:
+                    log.exception("watch round %d failed", index)
+                    this = WatchRound(index, started, elapsed, None, _error_text(exc))
+                if rb_every is not None and index % rb_every == 0 and this.report is not None:
+                    _benchmark(backend, this, qubits, rb_settings or RBSettings())
         except KeyboardInterrupt:
             # A round interrupted after it committed (its graph, or its benchmarks) is logged
             # too: every snapshot the watch wrote has its round in the log.

@@ -100,10 +100,12 @@ def test_a_round_interrupted_after_its_commit_is_logged(quiet_lab_backend, tmp_p
     assert said == [f"round 1 at +0.00 h: failed: {lines[0]['error']}"]
 
 
-def test_a_round_interrupted_while_benchmarking_keeps_its_steps(quiet_lab_backend, tmp_path,
-                                                                 monkeypatch) -> None:
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C during the round's randomized benchmarking
+@pytest.mark.parametrize("in_numba", [False, True])
+def test_a_round_interrupted_while_benchmarking_keeps_its_steps(
+        quiet_lab_backend, tmp_path, monkeypatch, numba_interrupt, in_numba) -> None:
+    """Also when the Ctrl-C landed while numba loaded a kernel, which wraps it."""
+    def interrupted(*args, **kwargs):  # Ctrl-C during the round's randomized benchmarking
+        raise numba_interrupt if in_numba else KeyboardInterrupt
 
     monkeypatch.setattr(watch_module, "_benchmark", interrupted)
     log = tmp_path / "watch.jsonl"

@@ -101,6 +101,15 @@ def test_help_starts_without_qiskit(tmp_path):
     assert proc.stdout.splitlines()[-1] == "[]"
 
 
+def _logged(log: Path) -> list[str]:
+    """The watch log's lines so far (the watch makes the log and removes it again, to try it
+    before its first round: the file alone is not a logged round)."""
+    try:
+        return log.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def test_an_endless_watch_on_the_simulator_waits_on_the_wall_clock(tmp_path):
     """`labqpu calibrate --watch` (until Ctrl-C, as docs/calibration.md's first example runs
     it) on the embedded simulator used the device clock, where an hour passes in
@@ -117,10 +126,10 @@ def test_an_endless_watch_on_the_simulator_waits_on_the_wall_clock(tmp_path):
         assert "a round every 3600 s on the wall clock, until interrupted" in first, first
         deadline = time.monotonic() + 120
         log = tmp_path / "lab5" / "watch.jsonl"
-        while not log.exists() and time.monotonic() < deadline:
+        while not _logged(log) and time.monotonic() < deadline:
             time.sleep(0.2)  # the first round runs at once
         time.sleep(2.0)  # a device clock would have run many more rounds by now
-        assert len(log.read_text().splitlines()) == 1
+        assert len(_logged(log)) == 1
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=60)
         assert watch.returncode == 0, err
@@ -145,9 +154,9 @@ def test_a_watch_stopped_before_its_rounds_were_done_exits_130(tmp_path):
     try:
         log = tmp_path / "lab5" / "watch.jsonl"
         deadline = time.monotonic() + 120
-        while not log.exists() and time.monotonic() < deadline:
+        while not _logged(log) and time.monotonic() < deadline:
             time.sleep(0.2)  # round 1 runs at once, then the watch waits an hour
-        assert log.exists()
+        assert _logged(log)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=60)
         assert watch.returncode == 130, (out, err)
@@ -460,6 +469,32 @@ def test_an_interrupted_calibration_says_what_the_store_holds(tmp_path, monkeypa
         assert capsys.readouterr().err.startswith(
             "labqpu calibrate: interrupted; the calibration store could not be read (reading "
             "calibration store x failed: database is locked)")
+
+
+def test_a_ctrl_c_numba_wrapped_is_said_as_an_interrupt(tmp_path, monkeypatch, capsys,
+                                                         numba_interrupt):
+    """A test run's case: Ctrl-C landed while numba loaded a cached kernel in a calibration's
+    first step, and the command exited 1 with numba's SystemError and its traceback instead
+    of 130 and the line saying what the store holds."""
+    from labqpu.cli import main
+
+    monkeypatch.setenv("LABQPU_HOME", str(tmp_path))
+    seed_fresh_store(tmp_path)
+    from labqpu.calibration import runner
+
+    def loading_a_kernel(*args, **kwargs):
+        raise numba_interrupt
+
+    monkeypatch.setattr(runner, "run_graph", loading_a_kernel)
+    assert main(["calibrate", "--all", "--qubits", "0", "--no-rb"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "labqpu calibrate: interrupted; nothing was committed"), err
+    script = tmp_path / "job.py"  # a script's own: the interrupt, one line
+    script.write_text("raise SystemError('returned a result with an exception set') from "
+                      "KeyboardInterrupt()\n")
+    assert main(["run", str(script)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["labqpu: interrupted"]
 
 
 def test_ctrl_c_during_calibrate_is_one_line_saying_what_the_store_holds(tmp_path):
