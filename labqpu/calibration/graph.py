@@ -66,8 +66,9 @@ from labqpu.calibration.readout import readout, resonator_and_discriminator
 from labqpu.calibration.records import describe as describe  # its home before 2026-12-07
 from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
-from labqpu.errors import CalibrationError
+from labqpu.errors import CalibrationError, did_you_mean
 from labqpu.store import CZ_PARAMETERS
+from labqpu.store.staleness import DEFAULT_MAX_AGE_H
 
 Subject = int | tuple[int, int]
 
@@ -97,6 +98,10 @@ class Node:
         refine: ``(kit, subject, shots, progress)`` -> None, a cheaper calibration the runner
             tries first when the node's check failed (not when it is forced, missing or too
             old); its ``FitError`` makes the runner run ``calibrate``.
+        kind: the age kind (``labqpu.store.staleness.DEFAULT_MAX_AGE_H``: ``"coherence"``,
+            ``"frequency"``, ...) of the values it watches that labqpu gives none, a lab's
+            own: they age with that kind's limit (the wiring file's, else the default). None:
+            they never age.
     """
 
     name: str
@@ -108,6 +113,7 @@ class Node:
     measures: tuple[str, ...] = ()
     needs_feedforward: bool = False
     refine: Callable[[Kit, Subject, int, Progress], None] | None = None
+    kind: str | None = None
 
     def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
         """(node name, subject) of each prerequisite of this node on ``subject``: on its qubit,
@@ -261,12 +267,15 @@ def _load_installed() -> tuple[Node, ...]:
     requires (another package's too), else in the order of the entry points' names."""
     pending: list[tuple[str, object]] = []
     for point in sorted(entry_points(group=NODE_ENTRY_POINTS), key=lambda p: p.name):
-        where = f"calibration node entry point {point.name} = {point.value!r}"
+        package = point.dist.name if point.dist else "<its package>"
+        where = (f"calibration node entry point {point.name} = {point.value!r} (installed by "
+                 f"{package}{f' {point.dist.version}' if point.dist else ''})")
         try:
             loaded = point.load()
         except Exception as exc:  # a lab's package: any failure of its import
-            raise CalibrationError(f"{where}: cannot be loaded: {type(exc).__name__}: "
-                                   f"{exc}") from exc
+            raise CalibrationError(
+                f"{where}: cannot be loaded: {type(exc).__name__}: {exc}; no calibration "
+                f"runs until it is mended or uninstalled (`pip uninstall {package}`)") from exc
         pending += [(where, n) for n in (loaded if isinstance(loaded, list | tuple)
                                          else (loaded,))]
     found: list[Node] = []
@@ -305,7 +314,7 @@ def _node_problem(n: object, before: Sequence[Node]) -> str | None:
     ``watches`` and ``measures`` tuples of names; its prerequisites nodes of ``before`` (a
     qubit node's, qubit nodes: it runs on one qubit); what it measures among them, with
     values it watches (their age is compared with theirs); ``calibrate`` callable, ``check``
-    and ``refine`` callable or None."""
+    and ``refine`` callable or None; ``kind`` an age kind or None."""
     if not isinstance(n, Node):
         return f"{n!r} is not a labqpu.calibration.graph.Node"
     if not isinstance(n.name, str) or not n.name.isidentifier():
@@ -332,6 +341,10 @@ def _node_problem(n: object, before: Sequence[Node]) -> str | None:
     if not callable(n.calibrate) or not all(f is None or callable(f)
                                             for f in (n.check, n.refine)):
         return f"{where}: calibrate (and check and refine, if given) must be callables"
+    if n.kind is not None and n.kind not in DEFAULT_MAX_AGE_H:
+        return (f"{where}: kind {n.kind!r} is not an age kind"
+                f"{did_you_mean(str(n.kind), DEFAULT_MAX_AGE_H)} (known: "
+                f"{', '.join(DEFAULT_MAX_AGE_H)})")
     return None
 
 

@@ -180,7 +180,7 @@ def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, f
     for name in node.watches:
         if name not in values:
             return f"{name} missing"
-        kind = PARAMETER_KINDS.get(name)
+        kind = PARAMETER_KINDS.get(name, node.kind)
         stamp = work.measured_at.get((subject, name))
         if stamp is not None and (ahead := from_the_future(stamp, now)) is not None:
             return f"{name} {ahead}"

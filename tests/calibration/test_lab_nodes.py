@@ -90,6 +90,7 @@ def own_registry(monkeypatch):
     ({"measures": ("readout",), "watches": ()}, "measures other nodes, so it must watch"),
     ({"measures": ("t1",)}, "measures must name nodes it requires, got ('t1',)"),
     ({"refine": 42}, "calibrate (and check and refine, if given) must be callables"),
+    ({"kind": "coherance"}, "kind 'coherance' is not an age kind; did you mean 'coherence'?"),
 ])
 def test_a_node_the_graph_cannot_take_is_refused_and_nothing_is_added(
         tmp_path, own_registry, change, words) -> None:
@@ -125,6 +126,32 @@ def test_a_registered_node_runs_and_commits_like_labqpus_own(tmp_path, monkeypat
         (step,) = [o for o in second.outcomes if o.node == "quick_t1"]
         assert step.status == "fresh" and step.reason.startswith("check passed"), \
             second.table()
+
+
+@pytest.mark.parametrize(("kind", "status"), [("coherence", "calibrated"), (None, "fresh")])
+def test_a_lab_nodes_values_age_with_the_kind_it_gives_them(tmp_path, monkeypatch,
+                                                            own_registry, kind, status) -> None:
+    """A lab's own value has no kind in labqpu: its node gives one, and the value ages with
+    that kind's limit (coherence: 12 h); without one it never ages (its check passes it)."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from labqpu.store import SnapshotBuilder
+
+    use_fresh_home(monkeypatch, tmp_path)
+    register_node(dataclasses.replace(_quick_t1(tmp_path), kind=kind))
+    with LabProvider() as provider:
+        backend = provider.backend()
+        run_graph(backend, ["quick_t1"], qubits=[1], rb=False)
+        value = backend.store.latest().qubits[1]["quick_t1_s"].value
+        measured = datetime.now(UTC) - timedelta(hours=13)  # the same value, 13 h ago
+        SnapshotBuilder.from_snapshot(backend.store.latest()).set_qubit(
+            1, "quick_t1_s", value, "quick_t1", timestamp=measured).commit(backend.store)
+        report = run_graph(backend, ["quick_t1"], qubits=[1], rb=False)
+    (step,) = [o for o in report.outcomes if o.node == "quick_t1"]
+    assert step.status == status, report.table()
+    if kind:
+        assert "quick_t1_s 13.0 h old > 12 h" in step.reason, report.table()
 
 
 def _installed(tmp_path: Path, value: str, package: str = "mylab_nodes",
@@ -164,8 +191,10 @@ def test_an_entry_point_that_cannot_be_loaded_is_named(tmp_path) -> None:
     proc = _labqpu(env, "calibrate", "quick_t1", "--qubits", "2", "--no-rb")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
-        "labqpu: calibration node entry point quick_t1 = 'mylab_nodes:QUICK_T2': cannot be "
-        "loaded: AttributeError: module 'mylab_nodes' has no attribute 'QUICK_T2'"), proc.stderr
+        "labqpu: calibration node entry point quick_t1 = 'mylab_nodes:QUICK_T2' (installed by "
+        "mylab_nodes 0.1): cannot be loaded: AttributeError: module 'mylab_nodes' has no "
+        "attribute 'QUICK_T2'; no calibration runs until it is mended or uninstalled (`pip "
+        "uninstall mylab_nodes`)"), proc.stderr
 
 
 def test_installed_nodes_follow_their_prerequisites_across_packages(tmp_path) -> None:
