@@ -263,6 +263,7 @@ class LabJob(JobV1):
                        "calibration_snapshot_id": self._snapshot.snapshot_id,
                        "job_tags": list(opts["job_tags"] or [])},
             "calibration_snapshot_id": self._snapshot.snapshot_id,
+            **_time_taken(records),
         })
 
     def _wait_records(self, timeout: float | None) -> list[RunRecord]:
@@ -357,3 +358,11 @@ class LabJob(JobV1):
         if batch is not None and batch.running():
             return JobStatus.RUNNING
         return JobStatus.QUEUED
+
+
+def _time_taken(records: list[RunRecord]) -> dict[str, float]:
+    """``{"time_taken": s}``, the controllers' time from accepting each run to its end, summed
+    over the job's runs (what qiskit-aer's ``Result.time_taken`` holds for its simulation);
+    empty when a controller did not say."""
+    elapsed = [r.provenance["controller"]["elapsed_s"] for r in records]
+    return {} if None in elapsed else {"time_taken": float(sum(elapsed))}

@@ -36,7 +36,7 @@ import cmath
 import math
 
 import numpy as np
-from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, Reset
+from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, ParameterExpression, Reset
 from qiskit.circuit.library import RZGate, SXGate, XGate
 from qiskit.converters import circuit_to_dag
 from qiskit.dagcircuit import DAGCircuit, DAGInNode, DAGOpNode, DAGOutNode
@@ -706,9 +706,22 @@ class LabSchedulingPlugin(PassManagerStagePlugin):
         flow = sorted(CONTROL_FLOW_OP_NAMES)
         return PassManager([
             *feedforward_placement(pass_manager_config),
-            ContainsInstruction(flow, recurse=False),
-            ConditionalController(passes, condition=lambda props: not any(
-                props[f"contains_{name}"] for name in flow))])
+            ContainsInstruction(flow, recurse=False), UnboundDelays(),
+            ConditionalController(passes, condition=lambda props: not props["unbound_delay"]
+                                  and not any(props[f"contains_{name}"] for name in flow))])
+
+
+class UnboundDelays(AnalysisPass):
+    """Sets ``unbound_delay`` when a delay's duration is a parameter (a T1 or Ramsey sweep's
+    ``delay(tau)``): such a circuit cannot be scheduled before its parameters are bound (Qiskit's
+    scheduling refuses it, "Parameterized duration ... is not bounded", which made every such
+    sweep fail to transpile), so the scheduling stage leaves it, with its delays in the units
+    they were written in, to the compiler, which times each bound circuit as it plays it."""
+
+    def run(self, dag: DAGCircuit) -> None:
+        """Set ``unbound_delay`` in the property set."""
+        self.property_set["unbound_delay"] = any(
+            isinstance(node.op.params[0], ParameterExpression) for node in dag.op_nodes(Delay))
 
 
 class LabPlainSchedulingPlugin(LabSchedulingPlugin):

@@ -124,12 +124,13 @@ class Sampler(BaseSamplerV2):
 
     def run(self, pubs: Iterable[SamplerPubLike], *,
             shots: int | None = None) -> PrimitiveJob[PrimitiveResult[SamplerPubResult]]:
-        """Run ``pubs``; every check (pub shapes, parameter bindings, assignment matrices of
-        the measured qubits) happens before anything is sent."""
+        """Run ``pubs``; every check (pub shapes, parameter bindings and their values: finite,
+        assignment matrices of the measured qubits) happens here, before anything is sent."""
         coerced = [SamplerPub.coerce(pub, self._default_shots if shots is None else shots)
                    for pub in pubs]
         for index, pub in enumerate(coerced):
             self._checked_shots(pub.shots, f"pub {index}'s shots")
+            _check_finite(pub, index)
         snapshot = self._backend.snapshot
         mappings = [measured_qubits(pub.circuit) for pub in coerced]
         if self._mitigate:
@@ -219,3 +220,17 @@ class Sampler(BaseSamplerV2):
             info["applied"] = True
         return SamplerPubResult(result.data, metadata={**result.metadata,
                                                        "readout_mitigation": info})
+
+
+def _check_finite(pub: SamplerPub, index: int) -> None:
+    """``InvalidRunInputError`` naming the pub, the parameter and the point when one of
+    ``pub``'s parameter values is NaN or infinite (Qiskit binds them in the job's thread and
+    raised ``ZeroDivisionError`` or ``RuntimeError`` from ``result()``)."""
+    for names, values in pub.parameter_values.data.items():
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            *point, column = bad[0]
+            raise InvalidRunInputError(
+                f"Sampler: pub {index}, parameter {names[column]!r}: value "
+                f"{values[tuple(bad[0])]} at point {tuple(int(i) for i in point)} is not "
+                "finite; nothing was sent", option="parameter_values")

@@ -170,7 +170,8 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
                    ) -> list[QuantumCircuit]:
     """The circuits of a sweep of a circuit's parameters (as qiskit-aer's ``parameter_binds``):
     ``bind`` maps each parameter of ``circuit`` (or its name) to its values, all of one
-    length; each point is the circuit with those values assigned and them in its
+    length; each point is the circuit with those values assigned, its name (a result's
+    ``get_counts(circuit)`` finds the first point, as qiskit-aer's) and them in its
     ``metadata["parameter_binds"]``. ``run()`` compiles the points (those that differ only in
     rz angles and delays once: ``labqpu.pulse.batch``) and sends consecutive points that
     differ only in rz angles, delays or pulse-gate numbers as one upload
@@ -185,6 +186,7 @@ def circuit_points(circuit: QuantumCircuit, bind: object, *, max_points: int
             raise InvalidRunInputError(f"{where}: point {k} ({point}) makes an expression of "
                                        f"the circuit non-finite ({exc})",
                                        option="parameter_binds") from exc
+        bound.name = circuit.name  # Qiskit's copy is renamed: results are found by the name
         bound.metadata = {**(circuit.metadata or {}), "parameter_binds": point}
         circuits.append(bound)
     return circuits

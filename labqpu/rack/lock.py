@@ -284,7 +284,7 @@ class _Wait:
         left_s = self.timeout_s - waited_s
         if left_s <= 0:
             raise RackBusyError(
-                f"the rack is in use by another labqpu process ({_described(_holder(fd))}); "
+                f"the rack is in use by {_described(_holder(fd))}; "
                 f"this job waited its whole time limit ({self.timeout_s:g} s) and sent "
                 "nothing", instrument=f"rack lock {self.lock.path}", command="rack lock")
         if self.cancel is None:
@@ -293,7 +293,7 @@ class _Wait:
             raise JobCancelledError("cancelled while another labqpu process used the rack")
         if waited_s >= LONG_WAIT_S and not self.said:
             self.said = True
-            log.warning("waiting for the rack: it is in use by another labqpu process (%s); "
+            log.warning("waiting for the rack: it is in use by %s; "
                         "this job waits up to its time limit (%g s) for it (lock file %s)",
                         _described(_holder(fd)), self.timeout_s, self.lock.path)
         longest = SHORT_WAIT_PAUSE_S if waited_s < LONG_WAIT_S else LONG_WAIT_PAUSE_S
@@ -309,19 +309,26 @@ def _holder(fd: int) -> str:
 
 
 def _described(holder: str) -> str:
-    """The holder's line, and what to do when its process is stopped (Ctrl-Z, SIGSTOP)."""
+    """Who holds the rack, by the holder's line: another labqpu process (and what to do when
+    it is stopped: Ctrl-Z, SIGSTOP), or, when the process the line names runs no more, a
+    program that locked the file without writing its line (a lab's maintenance script
+    running ``flock``: the line is the last labqpu holder's)."""
     words = holder.split()
     if len(words) < 2 or words[0] != "pid" or not words[1].isdigit():
-        return holder or "unknown"
+        return f"another labqpu process ({holder or 'unknown'})"
     try:
         with open(f"/proc/{words[1]}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return (f"a program other than labqpu (the lock file names the last labqpu holder, "
+                f"{holder}, a process that runs no more; `fuser` on the lock file names the "
+                "holder)")
     except (OSError, IndexError):
-        return holder
+        return f"another labqpu process ({holder})"
     if state in ("T", "t"):
-        return (f"{holder}, stopped: resume it with `kill -CONT {words[1]}` (or `fg` in its "
-                "shell), or end it")
-    return holder
+        return (f"another labqpu process ({holder}, stopped: resume it with `kill -CONT "
+                f"{words[1]}` (or `fg` in its shell), or end it)")
+    return f"another labqpu process ({holder})"
 
 
 def _open_shared(path: Path) -> int:

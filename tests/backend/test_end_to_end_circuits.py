@@ -422,6 +422,7 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend, bell) -> Non
     assert bundle["controller"]["protocol_version"] == PROTOCOL_VERSION
     assert bundle["controller"]["firmware"]
     assert 0 < bundle["controller"]["elapsed_s"] < waited  # the run, within the job
+    assert result.time_taken == bundle["controller"]["elapsed_s"]  # as qiskit-aer's has one
     los = {r["instrument"] for r in bundle["instruments_before"] if "frequency_hz" in r}
     assert los == set(program.lo_settings)
     assert all(r["identity"] for r in bundle["instruments_after"])

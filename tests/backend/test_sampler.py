@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -113,6 +114,28 @@ def test_shots_beyond_the_backend_are_refused_by_run_not_by_result(lab_backend) 
         Sampler(lab_backend, default_shots=-1)
     with pytest.raises(TypeError, match="default_shots must be an integer"):
         Sampler(lab_backend, default_shots=True)
+
+
+def test_a_value_that_is_not_finite_is_refused_by_run_naming_the_pub_and_parameter(
+        lab_backend) -> None:
+    """A review's case: NaN or infinity among a pub's values was refused only by
+    ``result()``, with Qiskit's ``ZeroDivisionError`` or ``RuntimeError`` from the job."""
+    import math
+
+    theta = Parameter("theta")
+    qc = QuantumCircuit(1, 1)
+    qc.rx(theta, 0)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    endpoint = lab_backend.config.controllers[0].endpoint
+    with ControllerClient(endpoint, timeout_s=2.0) as client:
+        before = client.status()["runs_total"]
+        for bad, words in ((math.inf, "parameter 'theta': value inf at point (1,)"),
+                           (math.nan, "parameter 'theta': value nan at point (1,)")):
+            with pytest.raises(InvalidRunInputError, match=re.escape(f"pub 1, {words}")):
+                Sampler(lab_backend).run([(native, [[0.0]]), (native, [[1.0], [bad]])],
+                                         shots=100)
+        assert client.status()["runs_total"] == before
 
 
 def test_a_register_left_unmitigated_is_not_reported_applied(lab_backend) -> None:

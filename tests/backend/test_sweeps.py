@@ -313,6 +313,11 @@ def test_a_circuit_sweeps_its_parameters_as_qiskit_aer_takes_them(lab_backend) -
         assert result.results[k].header["metadata"]["parameter_binds"] == pytest.approx(
             {"theta": thetas[k]})
         assert abs(p1(result.get_counts(k)) - (1 + math.cos(thetas[k])) / 2) < 0.1, k
+    # a review's case: the points were named 'phase_circuit-167', ..., so get_counts(circuit)
+    # found none; as qiskit-aer's, they keep the circuit's name and the name finds the first
+    assert [r.header["name"] for r in result.results] == ["phase_circuit"] * 8
+    with pytest.warns(UserWarning, match="multiple results"):
+        assert result.get_counts(native) == result.get_counts(0)
 
     dynamic = QuantumCircuit(2, 2, name="conditional_phase")
     dynamic.x(0)
@@ -383,3 +388,35 @@ def test_a_delay_bound_to_a_bad_duration_is_refused_naming_the_point(lab_backend
                                                    r"instruction must be positive. Found -8.0"):
         lab_backend.run(qc.assign_parameters({tau: -4}), shots=10)
     assert (uploads(lab_backend), uploads(lab_backend, "runs_total")) == before
+
+
+@pytest.mark.parametrize("unit", ["us", "dt"])
+def test_a_delay_sweep_transpiles_at_the_defaults_and_decays_with_t1(lab_backend, unit) -> None:
+    """A review's case: ``x; delay(tau); measure``, the way a T1 (or Ramsey) sweep is written,
+    did not transpile for the backend at all (Qiskit's scheduling refused the parameterised
+    duration). It transpiles at the defaults; bound through ``parameter_binds`` or Qiskit's
+    ``BackendSamplerV2``, P(1) falls as exp(-tau / T1) of the qubit the layout chose (within
+    0.08: the Target's T1 is a fit, shots 2000)."""
+    from qiskit import QuantumCircuit, transpile
+    from qiskit.circuit import Parameter
+    from qiskit.primitives import BackendSamplerV2
+
+    tau = Parameter("tau")
+    qc = QuantumCircuit(1, 1, name="t1_sweep")
+    qc.x(0)
+    qc.delay(tau, 0, unit=unit)
+    qc.measure(0, 0)
+    native = transpile(qc, lab_backend)
+    assert native.parameters == {tau}
+    (q,) = native.layout.final_index_layout()
+    t1 = lab_backend.target.qubit_properties[q].t1
+    waits_us = np.array([0.0, 10.0, 30.0])
+    values = waits_us if unit == "us" else np.round(waits_us * 1e-6 / lab_backend.dt)
+    result = lab_backend.run(native, shots=2000, seed_simulator=3,
+                             parameter_binds=[{tau: values}]).result()
+    sampled = BackendSamplerV2(backend=lab_backend, options={"seed_simulator": 3}).run(
+        [(native, values.reshape(-1, 1))], shots=2000).result()[0].data.c
+    for k, wait in enumerate(waits_us):
+        for counts in (result.get_counts(k), sampled.get_counts(k)):
+            start = p1(result.get_counts(0))
+            assert abs(p1(counts) - start * math.exp(-wait * 1e-6 / t1)) < 0.08, (k, counts)

@@ -205,6 +205,38 @@ def test_a_stopped_holder_is_named_as_stopped(tmp_path, caplog) -> None:
         holder.stdout.close()
 
 
+def test_a_holder_that_is_not_labqpu_is_not_named_by_the_last_labqpus_pid(tmp_path) -> None:
+    """A review's case: a lab's script holding the lock file with ``flock`` was reported as
+    the pid the last labqpu holder wrote in the file, a process long gone."""
+    path = tmp_path / "rack.lock"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    last = RackLock(path)
+    try:
+        with last.held(1.0):
+            pass
+    finally:
+        last.close()
+    text = path.read_text()
+    path.write_text(text.replace(text.split()[1], gone.stdout.strip(), 1))  # its last holder
+    code = (f"import fcntl, time\nf = open({str(path)!r}, 'rb')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n")
+    script = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    lock = RackLock(path)
+    try:
+        assert script.stdout.readline().strip() == "held"
+        with pytest.raises(RackBusyError, match=rf"in use by a program other than labqpu \(the "
+                                                rf"lock file names the last labqpu holder, pid "
+                                                rf"{gone.stdout.strip()} lock "), \
+                lock.held(0.3):
+            pass
+    finally:
+        lock.close()
+        script.kill()
+        script.wait(10)
+        script.stdout.close()
+
+
 def test_a_waiter_that_never_takes_its_turn_costs_one_turn(tmp_path) -> None:
     """A process waiting for the rack stops (its shared lock on the queue file stays): the
     holder gives it one turn (at most 50 ms), then takes the rack without waiting for it; 20
