@@ -92,7 +92,11 @@ def calibrate_parser(sub, devices: str) -> None:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from labqpu import LabProvider
-    from labqpu.calibration.design import load_wiring_design
+    from labqpu.calibration.design import (
+        check_bootstrap_plan,
+        default_design_path,
+        load_wiring_design,
+    )
     from labqpu.calibration.graph import RB_NODE
     from labqpu.calibration.records import check_records_directory, experiments_directory
     from labqpu.calibration.runner import bootstrap
@@ -193,6 +197,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
                                     num_qubits=config.channels.num_qubits,
                                     check=lambda document: check_against_wiring(document,
                                                                                 config))
+        named = args.design or config.design_path or default_design_path(config.device_name)
+        check_bootstrap_plan(design, config, f"design file {named}")
     with _empty_store_warning(quiet=args.bootstrap):
         provider = LabProvider(args.config, simulator=args.simulator or None)
     with provider:

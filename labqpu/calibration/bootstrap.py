@@ -14,7 +14,7 @@ them (``bootstrap`` there runs every node from the design values).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -39,8 +39,18 @@ from labqpu.calibration.leakage import candidate_leakage
 
 log = logging.getLogger(__name__)
 
-#: Drive IFs (Hz) the runner accepts without re-planning the LOs (``checks.check_drive_lo``).
-DRIVE_IF_BAND_HZ = (20e6, 450e6)
+#: Lowest drive IF (Hz) the runner accepts without re-planning the LOs
+#: (``checks.check_drive_lo``), and the highest as a fraction of the controller's sample rate
+#: (450 MHz at 1 GS/s: below its Nyquist frequency, with room for the pulse's bandwidth).
+DRIVE_IF_LOWEST_HZ = 20e6
+DRIVE_IF_HIGHEST_PER_FS = 0.45
+
+
+def drive_if_band_hz(fs: float) -> tuple[float, float]:
+    """The drive IFs (Hz) the calibration accepts on a controller of ``fs`` samples per
+    second."""
+    return DRIVE_IF_LOWEST_HZ, DRIVE_IF_HIGHEST_PER_FS * fs
+
 #: How far below the lowest qubit of its group a drive LO is set (Hz).
 DRIVE_LO_BELOW_HZ = 100e6
 
@@ -54,26 +64,33 @@ SPECTROSCOPY_AMPLITUDE_SCALE = 0.5
 Progress = Callable[[str], None]
 
 
+def drive_lo_hz(frequencies: Iterable[float]) -> float:
+    """The drive LO (Hz, to the MHz) of qubits at ``frequencies`` (Hz) that share it:
+    :data:`DRIVE_LO_BELOW_HZ` below the lowest, so every IF is positive."""
+    return round(min(frequencies) - DRIVE_LO_BELOW_HZ, -6)
+
+
 def choose_drive_lo(kit: Kit, q: int) -> None:
     """Drive LO of qubit ``q``'s group (Hz): :data:`DRIVE_LO_BELOW_HZ` below the group's lowest
     qubit, so every IF is positive; set on every qubit the LO serves.
 
     Raises ``FitError`` (the graph's failure of a step; nothing set) when a qubit of the group
-    would need a drive IF above :data:`DRIVE_IF_BAND_HZ` (the IFs the runner accepts, below the
-    Nyquist frequency of a 1 GS/s controller): one LO cannot drive qubits that far apart, and
-    the rack needs another drive LO for some of them.
+    would need a drive IF above :func:`drive_if_band_hz` (the IFs the runner accepts, below the
+    controller's Nyquist frequency): one LO cannot drive qubits that far apart, and the rack
+    needs another drive LO for some of them.
     """
     source = kit.config.qubits[q].drive_lo
     group = sorted(p for p in kit.work.qubits if kit.config.qubits[p].drive_lo == source)
     freqs = {p: kit.work.qubits[p]["frequency_hz"] for p in group}
-    lo = round(min(freqs.values()) - DRIVE_LO_BELOW_HZ, -6)
-    far = [p for p in group if freqs[p] - lo > DRIVE_IF_BAND_HZ[1]]
+    lo = drive_lo_hz(freqs.values())
+    highest = drive_if_band_hz(kit.fs)[1]
+    far = [p for p in group if freqs[p] - lo > highest]
     if far:
         raise FitError(
             f"qubits {group} share the drive LO {source!r}; set {DRIVE_LO_BELOW_HZ / 1e6:g} MHz "
             f"below the lowest of them ({lo / 1e9:.4f} GHz), it would drive "
             + ", ".join(f"qubit {p} at an IF of {(freqs[p] - lo) / 1e6:.0f} MHz" for p in far)
-            + f", above the {DRIVE_IF_BAND_HZ[1] / 1e6:.0f} MHz the calibration accepts (the "
+            + f", above the {highest / 1e6:.0f} MHz the calibration accepts (the "
             f"controller plays IFs only below half its sample rate, "
             f"{kit.fs / 2e6:.0f} MHz); wire those qubits to a drive LO of their own in "
             "lab.toml (drive_lo), as in docs/wiring.md", subject=f"qubit {q}",
@@ -523,13 +540,18 @@ def _cz_phase_scan(kit: Kit, flux_q: int, other: int, duration: int, rise: float
 
 #: The T2* fringe spans this many times the previous T2*.
 RAMSEY_T2_WINDOWS = 3.0
-#: Flat-top durations (samples) the CZ calibration scans first.
-CZ_DURATIONS_SAMPLES = range(28, 48, 2)
+#: Flat-top durations (s) the CZ calibration scans first, 28 to 46 ns (each rounded to the
+#: controller's samples: 28-46 at 1 GS/s). They were samples until 2026-12-07, and a rack at
+#: 2 GS/s scanned 14-23 ns, too short for a full |11> <-> |20> cycle: its CZs leaked 25-53 %.
+CZ_DURATIONS_S = tuple(float(ns) * 1e-9 for ns in range(28, 48, 2))
+#: Rise (and fall) of the CZ's flux pulse (s).
+CZ_RISE_S = 5e-9
 #: Leakage to |20> returns to ~0 only at particular durations (a full |11> <-> |20> cycle),
-#: and its minima are ~1 sample wide (lab5's edge 3-4, exact propagation: 1.6 %, 0.03 %,
-#: 1.3 % at 32, 33, 34 samples). So the durations next to the crossings that leak least are
-#: scanned too, over this half-width (full scale) around their amplitude, at
-#: CZ_NEIGHBOUR_POINTS amplitudes.
+#: and its minima are ~1 ns wide (lab5's edge 3-4, exact propagation: 1.6 %, 0.03 %,
+#: 1.3 % at 32, 33, 34 ns). So the durations CZ_NEIGHBOUR_S (at least a sample) either side
+#: of the crossings that leak least are scanned too, over this half-width (full scale) around
+#: their amplitude, at CZ_NEIGHBOUR_POINTS amplitudes.
+CZ_NEIGHBOUR_S = 1e-9
 CZ_NEIGHBOUR_SPAN = 0.008
 CZ_NEIGHBOUR_POINTS = 9
 #: Crossings of pi (duration, amplitude) whose contrast and leakage the CZ calibration
@@ -568,12 +590,14 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     ratio = ((f_target + ec) / (kit.work.qubits[flux_q]["frequency_hz"] + ec)) ** 2
     phi = np.arccos(min(1.0, ratio)) / np.pi
     amp0 = phi / kit.work.device["flux_line_phi0_per_amplitude"]
-    rise = 5.0
+    rise = float(round(CZ_RISE_S * kit.fs))
+    durations = sorted({round(d * kit.fs) for d in CZ_DURATIONS_S})
+    step = max(1, round(CZ_NEIGHBOUR_S * kit.fs))
     crossings = []
     amps = amp0 + np.linspace(-0.03, 0.03, 25)
     scan = {"durations_samples": [], "amplitudes": amps, "conditional_phase_rad": [],
             "contrast": [], "neighbours": []}
-    for duration in CZ_DURATIONS_SAMPLES:
+    for duration in durations:
         cond, contrast, found = _crossings_of_pi(kit, flux_q, other, duration, rise, amps, shots)
         for key, value in (("durations_samples", duration), ("conditional_phase_rad", cond),
                            ("contrast", contrast)):
@@ -591,10 +615,10 @@ def cz(kit: Kit, pair: tuple[int, int], shots: int, progress: Progress) -> None:
     # Before that, the durations next to the least-leaking crossings join the candidates.
     screen = [leak for leak, _ in candidate_leakage(
         kit, flux_q, other, rise, [(d, x) for _, d, x in crossings], shots * 4)]
-    scanned = set(CZ_DURATIONS_SAMPLES)
+    scanned = set(durations)
     added = []
     for _, d, x in _eligible(crossings, screen)[:CZ_FINALISTS]:
-        for near in (d - 1, d + 1):
+        for near in (d - step, d + step):
             if near in scanned or near <= 2 * rise:
                 continue
             scanned.add(near)

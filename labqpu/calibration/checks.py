@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from labqpu.calibration.bootstrap import (
-    DRIVE_IF_BAND_HZ,
     _cz_phases,
     _prepared_readouts,
     _ramsey_frequency,
     drag_difference,
+    drive_if_band_hz,
     ramsey_grids,
 )
 from labqpu.calibration.experiments import (
@@ -252,10 +252,11 @@ def check_cz(kit: Kit, pair: tuple[int, int], shots: int, tolerance_rad: float) 
 
 
 def check_drive_lo(kit: Kit, q: int) -> CheckResult:
-    """No measurement: qubit ``q``'s drive IF (Hz) must lie in :data:`DRIVE_IF_BAND_HZ`."""
+    """No measurement: qubit ``q``'s drive IF (Hz) must lie in the band of
+    :func:`~labqpu.calibration.bootstrap.drive_if_band_hz` at the controller's rate."""
     p = kit.work.qubits[q]
     if_hz = p["frequency_hz"] - p["drive_lo_frequency_hz"]
-    lo, hi = DRIVE_IF_BAND_HZ
+    lo, hi = drive_if_band_hz(kit.fs)
     middle = (lo + hi) / 2
     judged = _judge(if_hz, middle, (hi - lo) / 2, "Hz",
                     what="drive IF (no measurement: the calibrated frequency less the LO's)")

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labqpu.calibration.bootstrap import DRIVE_LO_BELOW_HZ, drive_lo_hz
 from labqpu.calibration.experiments import Working
 from labqpu.errors import CalibrationError
 from labqpu.store.physics import QUBIT_CHECKS
@@ -184,3 +185,39 @@ def _checked(table: Mapping[str, Any], required: Mapping[str, Check],
     if absent:
         raise CalibrationError(f"{where}: missing {', '.join(absent)}")
     return {k: v for k, v in table.items() if k != "name"}
+
+
+def check_bootstrap_plan(design: Working, config: Any, where: str) -> None:
+    """Refuse design values (from ``where``, a design file) whose bootstrap the rack of
+    ``config`` (the wiring file's ``LabConfig``, ``backend.config``) cannot play, before
+    anything is measured: a drive LO the plan would set
+    (:func:`drive_lo_hz` of the qubits it serves) outside its generator's frequency range,
+    or a sweet-spot search (``flux_bias_search_a``, A) beyond a current source's output
+    limit. Both failed minutes into a bootstrap, with the driver's refusal naming neither the
+    design file nor its field (a review's case: mA written as A)."""
+    groups: dict[str, list[int]] = {}
+    for q in sorted(design.qubits):
+        groups.setdefault(config.qubits[q].drive_lo, []).append(q)
+    for source, group in groups.items():
+        freqs = {q: design.qubits[q]["frequency_hz"] for q in group}
+        lo = drive_lo_hz(freqs.values())
+        low, high = config.instrument(source).frequency_range_hz
+        if not low <= lo <= high:
+            lowest = min(freqs, key=freqs.get)
+            raise CalibrationError(
+                f"{where}: the bootstrap would set drive LO {source!r} (qubits "
+                f"{', '.join(map(str, group))}) to {lo / 1e9:.4f} GHz, {DRIVE_LO_BELOW_HZ / 1e6:g}"
+                f" MHz below qubit {lowest}'s frequency_hz = {freqs[lowest]:.6g}, outside the "
+                f"generator's range {low:.6g}..{high:.6g} Hz ({config.path or 'the wiring file'}"
+                f", instrument {source!r}: min_frequency_hz, max_frequency_hz); nothing was "
+                "measured", parameter="frequency_hz")
+    search = design.device["flux_bias_search_a"]
+    for q in sorted(design.qubits):
+        current = config.instrument(config.qubits[q].flux_bias[0])
+        if search > current.max_current_a:
+            raise CalibrationError(
+                f"{where}, [device] flux_bias_search_a = {search!r}: the sweet-spot search "
+                f"spans +-{search:g} A, beyond the output limit of current source "
+                f"{current.name!r} that biases qubit {q}, {current.max_current_a:g} A "
+                f"({config.path or 'the wiring file'}, max_current_a; mA written as A?); "
+                "nothing was measured", parameter="flux_bias_search_a")

@@ -47,7 +47,7 @@ from qiskit.providers import JobError
 
 from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
-from labqpu.calibration.design import SHARED_FIELDS, load_wiring_design
+from labqpu.calibration.design import SHARED_FIELDS, check_bootstrap_plan, load_wiring_design
 from labqpu.calibration.experiments import Kit, Working
 from labqpu.calibration.graph import (
     NODES,
@@ -781,6 +781,7 @@ def bootstrap(backend, design: Working, *, shots: int = 400,
     :func:`~labqpu.calibration.records.experiments_directory`), checked before anything is
     measured, also when a step failed (they are what was measured): the document names them
     (a review's case: without a directory none were written)."""
+    check_bootstrap_plan(design, backend.config, "the design values")
     directory = record_directory or experiments_directory(backend.config.store_path)
     check_records_directory(directory)
     kit = Kit(backend, design)

@@ -389,6 +389,9 @@ def _rack(path: Path, doc: dict) -> Rack:
                                           {key: float(i[key]) for key in own if key in i}))
     cabling = {}
     for key, q in doc.get("qubits", {}).items():
+        if not (key.isascii() and key.isdigit()) or key != str(int(key)):
+            raise ValueError(f"{path}: [qubits.{key}]: a qubit index is a number without "
+                             "leading zeros")
         missing = [k for k in (*_PORT_ROLES, "drive_lo", "readout_lo", "flux_bias") if k not in q]
         if missing:
             raise ValueError(f"{path}: [qubits.{key}] has no {', '.join(missing)}")

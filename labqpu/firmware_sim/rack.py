@@ -49,11 +49,13 @@ class SimulatedRack:
                  faults: FaultPlan | None = None, arm_timeout_s: float | None = None,
                  ports: dict[str, int] | None = None) -> None:
         self.rack: Rack = load_rack(lab_toml).with_ports(ports or {})
-        self.device = load_device(device or self.rack.simulator_device,
+        named = device or self.rack.simulator_device
+        self.device = load_device(named,
                                   noise=self.rack.simulator_noise if noise is None else noise)
         if self.device.name != self.rack.device_name:
-            raise ValueError(f"device file is for {self.device.name!r}, wiring is for "
-                             f"{self.rack.device_name!r}")
+            raise ValueError(f"device file {named} is for device {self.device.name!r}, the "
+                             f"wiring file {lab_toml} for {self.rack.device_name!r} ([device] "
+                             "name of each)")
         missing = sorted(set(range(len(self.device.qubits))) - set(self.rack.cabling))
         if missing:
             raise ValueError(f"wiring has no cabling for qubit(s) {missing}")
@@ -68,8 +70,10 @@ class SimulatedRack:
         }
         for ctrl in self.rack.controllers:
             if ctrl.sample_rate_hz != self.device.sample_rate_hz:
-                raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz, "
-                                 f"device file says {self.device.sample_rate_hz} Hz")
+                raise ValueError(f"controller {ctrl.name} runs at {ctrl.sample_rate_hz} Hz "
+                                 f"(wiring file {lab_toml}, sample_rate_hz), the device file "
+                                 f"{named} says {self.device.sample_rate_hz} Hz ([device] "
+                                 "sample_rate_hz): they must agree")
         # Runs that carry no seed draw from this sequence: fresh OS entropy unless a seed is
         # configured, so an unseeded experiment repeated in a new session gives new data.
         run_seed = seed if seed is not None else self.rack.simulator_seed

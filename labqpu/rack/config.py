@@ -29,6 +29,9 @@ from labqpu.store.staleness import parse_age_limits
 
 ROLES = ("drive", "flux", "readout", "acquire")
 INSTRUMENT_KINDS = ("signal_generator", "current_source")
+#: The largest ``max_current_a`` (A) a current source may be given: flux-bias lines carry
+#: milliamperes, and a limit written in mA (``10`` for 10 mA) would have let 10 A through.
+MAX_CURRENT_LIMIT_A = 1.0
 
 
 @dataclass(frozen=True)
@@ -450,6 +453,7 @@ def _instrument_limits(table: dict, kind: str, where: _Where) -> dict:
                 raise where.error(f": {key} is a limit of a {other}, not of a {kind}", key)
     if kind == "current_source":
         return {"max_current_a": _number(table, "max_current_a", where, float, minimum=0.0,
+                                         maximum=MAX_CURRENT_LIMIT_A,
                                          default=DEFAULT_MAX_CURRENT_A)}
     return {"frequency_range_hz": _range(table, "min_frequency_hz", "max_frequency_hz",
                                          DEFAULT_FREQUENCY_RANGE_HZ, where, minimum=0.0),
@@ -581,6 +585,8 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
         w = top.at(f"qubits.{key}", f"[qubits.{key}]")
         if not (key.isascii() and key.isdigit()) or int(key) >= n:
             raise w.error(f": qubit index must be 0..{n - 1}")
+        if key != str(int(key)):  # [qubits.01] beside [qubits.1] silently replaced it
+            raise w.error(f": write the qubit index without leading zeros, [qubits.{int(key)}]")
         _table(q, w)
         _known_keys(q, QUBIT_KEYS, w)
         ports = {}
@@ -644,6 +650,9 @@ def _parse_config(doc: dict, path: Path | None) -> LabConfig:
     design = _string(cal, "design", calibration, default="", nonempty=False)
     if store:
         store_path = _beside(Path(store), path)
+        if store_path.is_dir():  # SQLite's own words: "unable to open database file"
+            raise calibration.error(f" store: {store_path} is a directory; a store is a file "
+                                    f"(e.g. {store_path / 'calibration.sqlite'})", "store")
     else:
         store_path = labqpu_home() / name / "calibration.sqlite"
     return LabConfig(

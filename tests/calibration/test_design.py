@@ -69,6 +69,15 @@ def test_a_bad_design_file_is_refused_naming_the_field(tmp_path: Path, text: str
     (LAB3.replace("index = 0\n", "index = 0\nflux_bias_a = 0.5\n", 1),
      r"qubit 0, parameter 'flux_bias_a': 0.5 is outside the output limit \(A\) of current "
      r"source 'flux_bias'"),
+    # a review's cases: both failed minutes in, naming neither file nor field (GHz and mA
+    # written where Hz and A are meant)
+    (LAB3.replace("frequency_hz = 5.555e9", "frequency_hz = 5.555", 1),
+     r"the bootstrap would set drive LO '\w+' \(qubits [0-9, ]+\) to -0.1000 GHz, 100 MHz "
+     r"below qubit 0's frequency_hz = 5.555, outside the generator's range .*lab3.toml, "
+     r"instrument '\w+': min_frequency_hz, max_frequency_hz\); nothing was measured"),
+    (LAB3.replace("flux_bias_search_a = 0.25e-3", "flux_bias_search_a = 0.25", 1),
+     r"\[device\] flux_bias_search_a = 0.25: the sweet-spot search spans \+-0.25 A, beyond "
+     r"the output limit of current source '\w+' that biases qubit 0, .*mA written as A\?"),
 ])
 def test_the_cli_checks_a_design_against_the_racks_limits(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,

@@ -510,6 +510,9 @@ def test_a_drive_lo_that_cannot_reach_its_qubits_is_refused_naming_them():
     assert [(o.subject, o.status) for o in outcomes] == [
         ("qubit 0", "failed"), ("qubit 1", "failed"), ("qubit 2", "calibrated")], outcomes
     assert "IF of 950 MHz" in outcomes[0].reason
+    kit.fs = 2.5e9  # below its Nyquist frequency, 1.25 GHz, a 950 MHz IF is played
+    choose_drive_lo(kit, 0)
+    assert work.qubits[1]["drive_lo_frequency_hz"] == 4.95e9
     del work.qubits[2]
     wiring[1] = SimpleNamespace(drive_lo="lo_b")
     choose_drive_lo(kit, 0)
@@ -520,10 +523,12 @@ def test_a_drive_lo_that_cannot_reach_its_qubits_is_refused_naming_them():
 def test_the_drive_lo_check_says_it_measured_nothing():
     """The drive_lo step's check computes the drive IF from calibrated values; its summary
     names that value, not a measurement."""
-    from labqpu.calibration.checks import DRIVE_IF_BAND_HZ, check_drive_lo
+    from labqpu.calibration.bootstrap import drive_if_band_hz
+    from labqpu.calibration.checks import check_drive_lo
 
-    lo, hi = DRIVE_IF_BAND_HZ
-    kit = SimpleNamespace(work=SimpleNamespace(qubits={
+    lo, hi = drive_if_band_hz(1e9)
+    assert (lo, hi) == (20e6, 450e6)
+    kit = SimpleNamespace(fs=1e9, work=SimpleNamespace(qubits={
         0: {"frequency_hz": 5.0e9, "drive_lo_frequency_hz": 5.0e9 - (lo + hi) / 2}}))
     result = check_drive_lo(kit, 0)
     assert result.passed

@@ -218,6 +218,9 @@ def test_wiring_gives_each_controller_its_rack_ports(two: SimulatedRack) -> None
      r"qubit 4 acquire is 'ctrl1:2', but controller ctrl1 has inputs 0\.\.1"),
     ('flux = "ctrl0:5"', 'flux = "ctrl0:9"',
      r"qubit 2 flux is 'ctrl0:9', but controller ctrl0 has outputs 0\.\.8"),
+    # a review's case: a second table for qubit 3 replaced the first without a word
+    ("[qubits.3]", "[qubits.03]",
+     r"\[qubits\.03\]: a qubit index is a number without leading zeros"),
 ])
 def test_wiring_errors_name_qubit_role_and_file(tmp_path: Path, old: str, new: str,
                                                 message: str) -> None:
@@ -238,6 +241,27 @@ def test_controllers_at_different_sample_rates_are_refused(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"controller ctrl1 runs at 2000000000.0 Hz, "
                                          r"controller ctrl0 at 1000000000.0 Hz"):
         load_rack(path)
+
+
+@pytest.mark.parametrize(("old", "new", "words"), [
+    ("sample_rate_hz = 1.0e9", "sample_rate_hz = 2.0e9",
+     r"controller ctrl0 runs at 2000000000.0 Hz \(wiring file {wiring}, sample_rate_hz\), the "
+     r"device file lab5 says 1000000000.0 Hz \(\[device\] sample_rate_hz\): they must agree"),
+    ('name = "lab5"', 'name = "lab-5"',
+     r"device file lab5 is for device 'lab5', the wiring file {wiring} for 'lab-5'"),
+])
+def test_a_device_file_at_odds_with_the_wiring_names_both_files(tmp_path: Path, old: str,
+                                                                new: str, words: str) -> None:
+    """A review's case: the simulator's refusal named neither file."""
+    from labqpu.firmware_sim.rack import SimulatedRack
+    from labqpu.rack.config import default_config_path
+
+    path = tmp_path / "lab.toml"
+    text = default_config_path().read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=words.format(wiring=re.escape(str(path)))):
+        SimulatedRack(path)
 
 
 def test_hello_states_the_sync_capability(clients) -> None:

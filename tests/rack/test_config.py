@@ -119,6 +119,12 @@ def test_errors_carry_file_and_field(tmp_path, doc):
      "instruments[1].min_frequency_hz"),  # a frequency range below 0 Hz
     (lambda d: d["instruments"][2].update(max_power_dbm="20"), "instruments[2].max_power_dbm"),
     (lambda d: d["instruments"][3].update(max_current_a=0.0), "instruments[3].max_current_a"),
+    # a review's case: SQLite's "unable to open database file" named neither file nor field
+    (lambda d: d["calibration"].update(store="/"), "calibration.store"),
+    # a review's case: [qubits.01] beside [qubits.1] replaced it without a word
+    (lambda d: d["qubits"].update({"01": d["qubits"]["1"]}), "qubits.01"),
+    # a review's case: 10 (mA meant) set the safety limit to 10 A
+    (lambda d: d["instruments"][3].update(max_current_a=10.0), "instruments[3].max_current_a"),
 ])
 def test_every_kind_of_error_names_its_field(doc, edit, field):
     edit(doc)
