@@ -277,9 +277,19 @@ def interrupts_as_such() -> Iterator[None]:
     try:
         yield
     except SystemError as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):
-            raise exc.__cause__ from None
-        raise
+        interrupt = wrapped_interrupt(exc)
+        if interrupt is None:
+            raise
+        raise interrupt from None
+
+
+def wrapped_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) inside ``exc`` when it is numba's ``SystemError`` caused by one
+    (:func:`interrupts_as_such`), else None: for code that catches ``Exception``, which would
+    take it for a failure and go on."""
+    if isinstance(exc, SystemError) and isinstance(exc.__cause__, KeyboardInterrupt):
+        return exc.__cause__
+    return None
 
 
 class _OwnMessages(logging.Filter):

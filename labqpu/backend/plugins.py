@@ -27,7 +27,9 @@ coupled to it. A circuit with control flow (``if_else``, ``reset`` is not contro
 this stage: Qiskit's scheduling passes cannot time a conditional block, and labqpu's pulse
 compiler schedules such circuits itself, honouring the controller's feed-forward latency
 (docs/transpilation.md, "Dynamic circuits"), and echoes their idle windows itself
-(``labqpu.pulse.echo.decouple``).
+(``labqpu.pulse.echo.decouple``). A static circuit with a delay whose duration is a parameter
+skips it too (:class:`UnboundDelays`): the compiler times each bound circuit, without an echo
+in its idle windows (bind before transpiling for one).
 """
 
 from __future__ import annotations

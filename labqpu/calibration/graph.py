@@ -148,10 +148,10 @@ def _check_fine_amplitude(kit: Kit, q: int, shots: int) -> CheckResult:
 
 
 #: Tolerances of the checks: |0> read off its centre (distances between the discriminator's
-#: centres), pi amplitude (relative) after Rabi and after DRAG, DRAG beta (samples), rotation
+#: centres), pi amplitude (relative) after Rabi and after DRAG, DRAG beta (s), rotation
 #: error of the pi and pi/2 pulses (relative), frequency (Hz), readout fidelity drop, T1
 #: (relative), CZ phases (rad).
-TOLERANCES = {"resonator": 0.25, "rabi": 0.05, "drag": 0.01, "drag_beta": 0.2,
+TOLERANCES = {"resonator": 0.25, "rabi": 0.05, "drag": 0.01, "drag_beta": 0.2e-9,
               "fine_amplitude": 0.002, "ramsey": 30e3, "readout": 0.03, "t1": 0.2, "cz": 0.1}
 #: Shots of a check, in units of the run's shots.
 CHECK_SHOTS = 5

@@ -89,6 +89,7 @@ from labqpu.errors import (
     InstrumentError,
     InvalidRunInputError,
     LabQpuError,
+    wrapped_interrupt,
 )
 from labqpu.store import CALIBRATION_FAILED, Snapshot, SnapshotBuilder
 from labqpu.store.merge import commit_apart_onto_newest
@@ -391,10 +392,13 @@ def _step_errors(n: Node) -> tuple[type[Exception], ...]:
 
 def _raise_rack_fault(exc: Exception) -> None:
     """Raise ``exc`` again when the rack, not a value, is at fault (a job or an instrument
-    that failed): it ends the run, also from a lab's node, whose other errors fail only its
-    step (:func:`_step_errors`)."""
+    that failed), and the Ctrl-C numba wrapped in it: they end the run, also from a lab's
+    node, whose other errors fail only its step (:func:`_step_errors`)."""
     if isinstance(exc, JobError | InstrumentError):
         raise exc
+    interrupt = wrapped_interrupt(exc)
+    if interrupt is not None:
+        raise interrupt from None
 
 
 def _why(exc: Exception, n: Node) -> str:

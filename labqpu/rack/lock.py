@@ -310,19 +310,20 @@ def _holder(fd: int) -> str:
 
 def _described(holder: str) -> str:
     """Who holds the rack, by the holder's line: another labqpu process (and what to do when
-    it is stopped: Ctrl-Z, SIGSTOP), or, when the process the line names runs no more, a
-    program that locked the file without writing its line (a lab's maintenance script
-    running ``flock``: the line is the last labqpu holder's)."""
+    it is stopped: Ctrl-Z, SIGSTOP), or, when the process the line names is not in /proc,
+    a program that locked the file without writing its line (a lab's maintenance script
+    running ``flock``: the line is the last labqpu holder's) or labqpu in another PID
+    namespace."""
     words = holder.split()
     if len(words) < 2 or words[0] != "pid" or not words[1].isdigit():
         return f"another labqpu process ({holder or 'unknown'})"
     try:
         with open(f"/proc/{words[1]}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return (f"a program other than labqpu (the lock file names the last labqpu holder, "
-                f"{holder}, a process that runs no more; `fuser` on the lock file names the "
-                "holder)")
+    except FileNotFoundError:  # gone, or in another PID namespace (a container)
+        return (f"another process: the lock file names {holder}, which this host's /proc "
+                "does not show, so the lock is held by a program other than labqpu (`fuser` "
+                "on the lock file names it) or by labqpu in another container")
     except (OSError, IndexError):
         return f"another labqpu process ({holder})"
     if state in ("T", "t"):

@@ -12,10 +12,12 @@ from labqpu.store.snapshot import Snapshot
 from labqpu.store.validation import gate_key, normalise_document, parse_gate, qubit_index
 
 # (snapshot name, BackendProperties name, BackendProperties unit, decimal exponent of that
-# unit in SI). readout_error is exported as 1 - readout_assignment_fidelity.
+# unit in SI). readout_error is exported as 1 - readout_assignment_fidelity. T2 is the
+# Hahn-echo T2, as IBM's properties and the Target's QubitProperties give it (the Ramsey T2*,
+# ``t2_s``, has no field there).
 _BP_QUBIT_FIELDS = (
     ("t1_s", "T1", "us", -6),
-    ("t2_s", "T2", "us", -6),
+    ("t2_echo_s", "T2", "us", -6),
     ("frequency_hz", "frequency", "GHz", 9),
     ("anharmonicity_hz", "anharmonicity", "GHz", 9),
     ("readout_assignment_fidelity", "readout_error", "", 0),
@@ -60,7 +62,8 @@ def export_backend_properties(
 ) -> dict[str, Any]:
     """``snapshot`` in the Qiskit BackendProperties JSON layout.
 
-    Qubit entries: T1 and T2 in µs (``"us"``, from ``t1_s``/``t2_s``), frequency and
+    Qubit entries: T1 and T2 in µs (``"us"``, from ``t1_s``/``t2_echo_s``: the Hahn-echo
+    T2, as IBM gives it), frequency and
     anharmonicity in GHz (from ``frequency_hz``/``anharmonicity_hz``), readout_error
     (1 - ``readout_assignment_fidelity``), readout_length in ns (``readout_duration_s``).
     Gate entries: ``gate_error`` (``error``) and ``gate_length`` in ns (``duration_s``) for

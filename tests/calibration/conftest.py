@@ -183,3 +183,30 @@ def edge_decays_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
         return fit(lengths, survival, num_qubits, *args, **kwargs)
 
     monkeypatch.setattr(rb, "fit_rb", fails_for_edges)
+
+
+@pytest.fixture
+def lab5_at_rate(tmp_path) -> Callable[[float], str]:
+    """``lab5_at_rate(rate_hz)``: the path of a wiring file for lab5 with its controllers, and
+    the simulator's device file, at ``rate_hz`` samples per second (docs/wiring.md allows any
+    rate), and a store of its own holding the shipped snapshot as if measured an hour ago."""
+    from labqpu.firmware_sim.device import DEVICES_DIR
+    from labqpu.rack.config import default_config_path
+    from labqpu.store import CalibrationStore
+    from labqpu.testing import restamped, shipped_export
+
+    def made(rate_hz: float) -> str:
+        store = tmp_path / "calibration.sqlite"
+        with CalibrationStore(store) as fresh:
+            fresh.import_json(restamped(shipped_export("lab5")))
+        device = tmp_path / "lab5_rate.toml"
+        device.write_text((DEVICES_DIR / "lab5.toml").read_text().replace(
+            "sample_rate_hz = 1.0e9", f"sample_rate_hz = {rate_hz!r}"))
+        wiring = tmp_path / "lab.toml"
+        wiring.write_text(default_config_path().read_text()
+                          .replace("sample_rate_hz = 1.0e9", f"sample_rate_hz = {rate_hz!r}")
+                          .replace('device = "lab5"', f'device = "{device}"')
+                          .replace('store = ""', f'store = "{store}"'))
+        return str(wiring)
+
+    return made

@@ -80,29 +80,13 @@ def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch, e
         assert [o.status for o in again.outcomes if o.node == "cz"] == ["fresh"]
 
 
-def test_a_rack_at_2_gs_per_s_scans_the_same_nanoseconds(tmp_path) -> None:
+def test_a_rack_at_2_gs_per_s_scans_the_same_nanoseconds(lab5_at_rate) -> None:
     """A review's case: the CZ scan's durations and rise were counted in samples, so a rack at
     2 GS/s (which docs/wiring.md allows) scanned 14-23 ns pulses, too short for a full
     |11> <-> |20> cycle, and its bootstrap committed CZs leaking 25-53 % without a word. On
     lab5 at 2 GS/s the scanned CZ of edge 3-4 lies in 28-46 ns, with a 5 ns rise, and leaks
     under 2 % (the shipped one at 1 GS/s: 0-1 %)."""
-    from labqpu.firmware_sim.device import DEVICES_DIR
-    from labqpu.rack.config import default_config_path
-    from labqpu.store import CalibrationStore
-    from labqpu.testing import restamped, shipped_export
-
-    store = tmp_path / "calibration.sqlite"
-    with CalibrationStore(store) as fresh:
-        fresh.import_json(restamped(shipped_export("lab5")))
-    device = tmp_path / "lab5_2gs.toml"
-    device.write_text((DEVICES_DIR / "lab5.toml").read_text().replace(
-        "sample_rate_hz = 1.0e9", "sample_rate_hz = 2.0e9"))
-    wiring = tmp_path / "lab.toml"
-    wiring.write_text(default_config_path().read_text()
-                      .replace("sample_rate_hz = 1.0e9", "sample_rate_hz = 2.0e9")
-                      .replace('device = "lab5"', f'device = "{device}"')
-                      .replace('store = ""', f'store = "{store}"'))
-    with LabProvider(str(wiring), simulator=True) as provider:
+    with LabProvider(lab5_at_rate(2.0e9), simulator=True) as provider:
         backend = provider.backend()
         assert backend.dt == 0.5e-9
         report = run_graph(backend, ["cz", "cz_leakage"], qubits=[3, 4], force=True, rb=False)

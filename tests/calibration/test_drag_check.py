@@ -53,3 +53,20 @@ def test_a_wrong_beta_fails_the_drag_check_and_is_calibrated_again(tmp_path, mon
         # back from 5 (or +0.5) to the shipped value: ten runs from 5 landed -0.14..+0.00 from
         # it, one CI run -0.206 (the shipped value is a measurement too)
         assert abs(now - right.value) < 0.3, (now, right.value)
+
+
+@pytest.mark.slow
+def test_a_rack_at_4_gs_per_s_finds_its_beta_in_the_same_nanoseconds(lab5_at_rate) -> None:
+    """A review's case: the DRAG scan spanned +-1.5 samples at any rate, and on a 4 GS/s rack
+    a beta of -1.56 samples (-0.39 ns) lay outside it: the bootstrap lost the qubit and
+    everything built on it. The scan spans +-1.5 ns and the check +-0.5 ns: at 4 GS/s qubit 0's
+    beta is found at -0.15..-0.5 ns, and its own check passes it."""
+    with LabProvider(lab5_at_rate(4.0e9), simulator=True) as provider:
+        backend = provider.backend()
+        report = run_graph(backend, ["drag"], qubits=[0], force=True, rb=False)
+        assert report.ok, report.table()
+        beta = report.snapshot.qubits[0]["drag_beta"].value
+        assert -0.5e-9 <= beta * backend.dt <= -0.15e-9, beta
+        again = run_graph(backend, ["drag"], qubits=[0], rb=False, commit=False)
+    (step,) = [o for o in again.outcomes if o.node == "drag"]
+    assert step.status == "fresh", again.table()

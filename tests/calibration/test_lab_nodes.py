@@ -259,6 +259,22 @@ def test_a_lab_nodes_unexpected_error_fails_its_step_not_the_run(tmp_path, monke
     assert "calibration node buggy raised" in caplog.text and "lab_bug" in caplog.text
 
 
+def test_a_ctrl_c_numba_wrapped_in_a_lab_node_stops_the_run(tmp_path, monkeypatch,
+                                                             own_registry,
+                                                             numba_interrupt) -> None:
+    """A review's case: a lab node's errors fail only its step, and the SystemError numba
+    makes of a Ctrl-C that lands while it loads a kernel is one (an Exception): the step
+    "failed" and the run (or a watch) went on. It stops the run as the interrupt."""
+    def loading_a_kernel(kit, q, shots, progress):
+        raise numba_interrupt
+
+    use_fresh_home(monkeypatch, tmp_path)
+    register_node(Node("kernel_user", "qubit", ("drive_lo",), (), loading_a_kernel))
+    with LabProvider() as provider, pytest.raises(KeyboardInterrupt):
+        run_graph(provider.backend(), ["kernel_user"], qubits=[0], force=True, rb=False,
+                  commit=False)
+
+
 def test_the_reserved_names_are_the_commands_labqpu_calibrate_reads_first() -> None:
     from labqpu.cli_store import STORE_COMMANDS
 

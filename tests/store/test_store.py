@@ -55,7 +55,7 @@ def lab5_document(frequency_hz: float = 5.0213e9, notes: str = "initial") -> dic
                 "frequency_hz": entry(frequency_hz, "ramsey"),
                 "anharmonicity_hz": entry(-2.1e8, "spectroscopy"),
                 "t1_s": entry(4.5e-5, "t1"),
-                "t2_s": entry(3.1e-5, "t2_echo", T1),
+                "t2_echo_s": entry(3.1e-5, "t2_echo", T1),
                 "readout_assignment_fidelity": entry(0.97, "readout"),
                 "readout_duration_s": entry(1.2e-6, "readout"),
                 "pi_amplitude": entry(0.4123456789012345, "rabi"),
@@ -120,7 +120,7 @@ def test_round_trip_keeps_every_value_exactly(store: CalibrationStore) -> None:
         assert snapshot.qubit_value(0, "readout_port") == "ro0"
         assert snapshot.qubit_value(0, "assignment_matrix") == [[0.98, 0.02], [0.04, 0.96]]
         assert snapshot.qubit_value(0, "discriminator") == {"centers": [[0.1, -0.2], [0.35, 0.4]]}
-        assert snapshot.qubits[0]["t2_s"].timestamp == T1
+        assert snapshot.qubits[0]["t2_echo_s"].timestamp == T1
         assert list(snapshot.pairs) == [(0, 1)]
         assert snapshot.pair_value((1, 0), "cz_phase_1_rad") == 2.5
         assert snapshot.gate_value("sx:0", "duration_s") == 3.2e-8
@@ -684,7 +684,7 @@ def test_backend_properties_import_inverts_export(store: CalibrationStore) -> No
     properties = export_backend_properties(snapshot)
     document = document_from_backend_properties(properties, experiment="ibm_import")
     assert document["qubits"]["0"]["frequency_hz"] == entry(5.0213e9, "ibm_import")
-    assert document["qubits"]["0"]["t2_s"] == entry(3.1e-5, "ibm_import", T1)
+    assert document["qubits"]["0"]["t2_echo_s"] == entry(3.1e-5, "ibm_import", T1)
     assert document["qubits"]["0"]["readout_duration_s"]["value"] == 1.2e-6
     assert document["qubits"]["0"]["readout_assignment_fidelity"]["value"] == 0.97
     assert "pi_amplitude" not in document["qubits"]["0"]
