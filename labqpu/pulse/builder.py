@@ -202,7 +202,10 @@ class PulseBuilder:
         self._frame(channel, "shift_phase", phase_rad)
 
     def set_phase(self, phase_rad: Value, channel: Channel) -> None:
-        """Set the phase of the frame of ``channel`` to ``phase_rad`` (rad) from here on."""
+        """Set the phase of the frame of ``channel`` to ``phase_rad`` (rad) from here on. The
+        phase a frequency change added to keep the carrier continuous (2 pi (f_old - f_new)
+        t, ``frames.advance_frame``) stays on top of it: after a frequency excursion and
+        back, a play's phase is ``phase_rad`` plus that, not ``phase_rad`` alone."""
         self._frame(channel, "set_phase", phase_rad)
 
     def shift_frequency(self, frequency_hz: Value, channel: Channel) -> None:
@@ -508,8 +511,11 @@ class PulseBuilder:
             raise PulseError(f"{what}: frequency {frequency_hz} Hz must be a finite number",
                              qubits=(qubit,), parameter="frequency_hz")
         if not abs(frequency_hz) <= self.sample_rate_hz / 2:
+            hint = ("; frame frequencies are IFs, relative to the channel's LO (the "
+                    "snapshot's drive_lo_frequency_hz or readout_lo_frequency_hz): for a tone "
+                    "at f Hz, set f minus the LO" if abs(frequency_hz) >= 1e9 else "")
             raise PulseError(f"{what}: frequency {frequency_hz} Hz is beyond the Nyquist "
-                             f"frequency {self.sample_rate_hz / 2} Hz", qubits=(qubit,),
+                             f"frequency {self.sample_rate_hz / 2} Hz{hint}", qubits=(qubit,),
                              parameter="frequency_hz")
 
     def _emit_play(self, b: ProgramBuilder, leaf: PlayNode, start: int, f: list[float],

@@ -202,6 +202,16 @@ def test_a_qubit_the_device_lacks_and_a_nan_frequency_are_named_as_such(b) -> No
         b.assign_parameters({})
 
 
+def test_an_absolute_frequency_is_said_to_be_one(b) -> None:
+    """A review's case: ``set_frequency(5.8e9, ...)``, the absolute frequency of qiskit.pulse,
+    was refused as beyond the Nyquist frequency without a word that frames hold IFs."""
+    b.set_frequency(5.8e9, drive(0))
+    b.play(Constant(duration_samples=16, amp=0.1), drive(0))
+    with pytest.raises(PulseError, match=r"beyond the Nyquist frequency 5\S+ Hz; frame "
+                                         r"frequencies are IFs, relative to the channel's LO"):
+        b.assign_parameters({})
+
+
 def test_parameters_bind_everywhere_and_the_binding_is_recorded(b) -> None:
     amp, phase, freq, dur, wait = (Parameter(n) for n in ("amp", "phase", "freq", "dur", "wait"))
     b.delay(wait, drive(0))
