@@ -28,8 +28,8 @@ this stage: Qiskit's scheduling passes cannot time a conditional block, and labq
 compiler schedules such circuits itself, honouring the controller's feed-forward latency
 (docs/transpilation.md, "Dynamic circuits"), and echoes their idle windows itself
 (``labqpu.pulse.echo.decouple``). A static circuit with a delay whose duration is a parameter
-skips it too (:class:`UnboundDelays`): the compiler times each bound circuit, without an echo
-in its idle windows (bind before transpiling for one).
+skips it too (:class:`UnboundDelays`): the compiler times each bound circuit and echoes its
+idle windows as a dynamic circuit's.
 """
 
 from __future__ import annotations
