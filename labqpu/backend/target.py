@@ -238,7 +238,7 @@ def build_target(snapshot: Snapshot, config: LabConfig,
         params = snapshot.qubits.get(q, {})
         # t2 is the Hahn-echo T2, as IBM's backends give it and qiskit-experiments' Tphi
         # (t2type="hahn", its default) reads it; until 2026-12-07 it was the Ramsey T2*
-        # (t2_s), 1.6-1.9x shorter on lab5, which a review's T2Hahn took for a disagreement
+        # (t2_s), 1.35-1.95x shorter on lab5, which a review's T2Hahn took for a disagreement
         qprops.append(QubitProperties(t1=fresh.value(params, "t1_s", f"qubit {q}"),
                                       t2=fresh.value(params, "t2_echo_s", f"qubit {q}"),
                                       frequency=_value(params, "frequency_hz")))
