@@ -365,7 +365,7 @@ class LabBackend(BackendV2):
                 f"{sorted(self.options.__dict__)}",
                 option=unknown[0])
         given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
-        check_option_types({k: v for k, v in given.items() if v is not None})
+        check_option_types({k: v for k, v in given.items() if v is not None}, what)
         opts = copy.copy(self.options)  # own fields and validators; values are replaced,
         # never mutated (job_tags, the one list, is copied by _run_options)
         for name, value in given.items():
@@ -752,7 +752,13 @@ class LabBackend(BackendV2):
                      batch_size=self.max_circuits)
         job.submit()
         if opts["sync"]:
-            job.result()
+            try:
+                job.result()
+            except KeyboardInterrupt as exc:  # the caller has no handle to cancel it with
+                job.cancel()
+                exc.add_note(f"labqpu: job {job.job_id()} was cancelled (run() with sync=True "
+                             "was interrupted)")
+                raise
         return job
 
 

@@ -50,12 +50,13 @@ def _read_all(circuit: QuantumCircuit) -> None:
             _read_all(block)
 
 
-def check_option_types(options: dict) -> None:
-    """Type (and finiteness) checks that must precede the range validators."""
+def check_option_types(options: dict, what: str = "run option") -> None:
+    """Type (and finiteness) checks that must precede the range validators; ``what`` names
+    the options in errors ("option" for ``set_options``, "run option" for ``run()``)."""
     tags = options.get("job_tags")
     if tags is not None and (isinstance(tags, str) or not isinstance(tags, Sequence)
                              or not all(isinstance(tag, str) for tag in tags)):
-        raise InvalidRunInputError(f"run option job_tags must be a list of strings, got "
+        raise InvalidRunInputError(f"{what} job_tags must be a list of strings, got "
                                    f"{tags!r}", option="job_tags")
     for name, value in options.items():
         kind = OPTION_TYPES.get(name)
@@ -64,7 +65,7 @@ def check_option_types(options: dict) -> None:
         if isinstance(value, bool) or not isinstance(value, kind[0]) or (
                 isinstance(value, numbers.Real) and not _finite(value)) or (
                 name == "seed_simulator" and not 0 <= value < SEED_LIMIT):
-            raise InvalidRunInputError(f"run option {name} must be {kind[1]}, got {value!r}",
+            raise InvalidRunInputError(f"{what} {name} must be {kind[1]}, got {value!r}",
                                        option=name)
 
 

@@ -8,6 +8,7 @@ import functools
 import logging
 import numbers
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -302,6 +303,29 @@ class LabJob(JobV1):
                 except (ValueError, KeyError) as exc:
                     raise self._unbuilt(exc) from exc
             return self._result
+
+    def wait_for_final_state(self, timeout: float | None = None, wait: float = 5,
+                             callback=None) -> None:
+        """Wait until the job is DONE, ERROR or CANCELLED, at most ``timeout`` seconds (None:
+        no bound), calling ``callback(job_id, status, job)`` first and then every ``wait``
+        seconds while it is not. Returns as soon as the job ends (Qiskit's ``JobV1`` version
+        checks every ``wait`` seconds, so it overshot ``timeout`` and a finished job by up to
+        5 s). Raises ``JobTimeoutError`` at the deadline; the job is not touched."""
+        bound, every = wait_bound(timeout), wait_bound(wait, "wait")
+        if every == 0:
+            raise ValueError("wait must be a number of seconds > 0, got 0")
+        if self._future is None:
+            raise JobError(f"job {self.job_id()} was never submitted")
+        deadline = None if bound is None else time.monotonic() + bound
+        while not self._future.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise JobTimeoutError(f"job {self.job_id()} did not finish within {timeout} s "
+                                      f"(status {self.status().name})")
+            if callback is not None:
+                callback(self.job_id(), self.status(), self)
+            steps = [x for x in (left, every if callback is not None else None) if x is not None]
+            concurrent.futures.wait([self._future], timeout=min(steps) if steps else None)
 
     def _unbuilt(self, exc: Exception) -> JobError:
         """The error of a job whose results cannot be built from what the controller returned."""

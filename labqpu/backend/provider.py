@@ -265,12 +265,20 @@ def _warn_outside_the_wiring(backend: LabBackend) -> None:
 
 
 def _close_all(resources_: list) -> None:
+    """Call every closer, last first. A Ctrl-C (or ``SystemExit``) in one of them does not
+    skip the rest: it is raised again once all have run, so that an interrupted ``close()``
+    still stops the simulator and closes the store."""
+    interrupted: BaseException | None = None
     while resources_:
         item = resources_.pop()
         try:
             item()
         except Exception:
             log.exception("shutting down labqpu provider")
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class LabProvider:

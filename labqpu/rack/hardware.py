@@ -790,7 +790,11 @@ class LocalHardwareQueue:
                 return
             self._closed = True
             entries = list(self._jobs.values())
+            pending = [job_id for job_id, (future, _) in self._jobs.items() if not future.done()]
             self._tasks.put(None)
+        if pending:
+            log.warning("closing the provider cancels %d job(s) still queued or running: %s",
+                        len(pending), ", ".join(pending))
         for future, cancel in entries:
             cancel.set()
             future.cancel()

@@ -12,6 +12,9 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -228,6 +231,59 @@ def test_sync_run_returns_a_finished_job(lab_backend, bell) -> None:
     native = transpile(bell(), lab_backend)
     job = lab_backend.run(native, shots=100, sync=True)
     assert job.status() is JobStatus.DONE
+
+
+def test_an_interrupted_sync_run_cancels_its_job(lab_backend, bell, monkeypatch) -> None:
+    """Ctrl-C while ``run(..., sync=True)`` waits leaves the caller no job to cancel (a review:
+    the orphan kept the rack 15 s and the next job waited behind it); the job is cancelled and
+    the interrupt says so. The jobs are watched through a spy on ``LabJob.submit``."""
+    from labqpu.backend.job import LabJob
+
+    native = transpile(bell(), lab_backend)
+    lab_backend.run(native, shots=10).result(timeout=60)
+    jobs, submit = [], LabJob.submit
+
+    def watched(job: LabJob) -> None:
+        jobs.append(job)
+        submit(job)
+
+    monkeypatch.setattr(LabJob, "submit", watched)
+    interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            lab_backend.run([native] * 100, shots=20000, sync=True)
+    finally:
+        interrupt.cancel()
+    (job,) = jobs
+    assert f"job {job.job_id()} was cancelled" in "".join(caught.value.__notes__)
+    job.wait_for_final_state(timeout=30)
+    assert job.status() is JobStatus.CANCELLED
+    assert lab_backend.run(native, shots=10).result(timeout=60).success
+
+
+def test_wait_for_final_state_returns_when_the_job_ends_and_keeps_its_timeout(lab_backend,
+                                                                              bell) -> None:
+    """Qiskit's ``JobV1.wait_for_final_state`` looks every ``wait`` (5) seconds: a review's
+    10 ms job took 5.0 s to wait for, and ``timeout=0.1`` raised after 5.0 s."""
+    native = transpile(bell(), lab_backend)
+    lab_backend.run(native, shots=10).result(timeout=60)
+    seen = []
+    job = lab_backend.run(native, shots=10)
+    t0 = time.monotonic()
+    job.wait_for_final_state(timeout=60, callback=lambda *a: seen.append(a[1]))
+    assert time.monotonic() - t0 < 4.0
+    assert job.status() is JobStatus.DONE
+    assert all(status in (JobStatus.QUEUED, JobStatus.RUNNING) for status in seen)
+    long = lab_backend.run([native] * 100, shots=20000)
+    t0 = time.monotonic()
+    with pytest.raises(JobTimeoutError, match="did not finish within 0.2 s"):
+        long.wait_for_final_state(timeout=0.2)
+    assert time.monotonic() - t0 < 4.0
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="wait must be"):
+            long.wait_for_final_state(wait=bad)
+    assert long.cancel()
 
 
 def test_instrument_error_reaches_the_user(lab_backend, bell) -> None:

@@ -18,6 +18,7 @@ from qiskit.providers import QiskitBackendNotFoundError
 from labqpu import BackendConfigurationError, LabProvider
 from labqpu.errors import CalibrationError, HardwareUnavailableError
 from labqpu.rack.config import default_config_path
+from labqpu.rack.hardware import LocalHardwareQueue
 from labqpu.store import CalibrationStore
 from labqpu.testing import seed_fresh_store
 
@@ -102,6 +103,27 @@ def test_close_stops_the_simulator(lab_home) -> None:
         assert pid in _children(os.getpid())
     assert _wait_dead(pid)
     provider.close()
+
+
+def test_a_ctrl_c_during_close_still_stops_the_simulator(lab_home, monkeypatch) -> None:
+    """Ctrl-C landing while ``close()`` waits for the hardware worker (a review: the simulator,
+    ~250 MB, outlived ``close()`` and a second ``close()`` did nothing) is raised after the
+    simulator is stopped and the store closed. The interrupt is raised by a patch of the
+    queue's ``close``, as a Ctrl-C at that moment cannot be made on cue."""
+    real_close = LocalHardwareQueue.close
+
+    def interrupted_close(self) -> None:
+        real_close(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalHardwareQueue, "close", interrupted_close)
+    provider = LabProvider()
+    pid = provider.simulator.pid
+    with pytest.raises(KeyboardInterrupt):
+        provider.close()
+    assert _wait_dead(pid), "the simulator outlived an interrupted close()"
+    with pytest.raises(CalibrationError):
+        provider.store.latest()
 
 
 def test_the_simulator_starts_from_a_folder_holding_modules_it_imports(lab_home, tmp_path,

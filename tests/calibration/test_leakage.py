@@ -29,6 +29,7 @@ import pytest
 
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
+from labqpu.calibration.bootstrap import CZ_FINALISTS, _eligible
 from labqpu.calibration.leakage import leakage_per_cz
 from labqpu.firmware_sim.device import load_device
 from labqpu.testing import use_fresh_home
@@ -53,6 +54,31 @@ def test_leakage_is_the_difference_after_one_cz_with_its_binomial_error() -> Non
     assert np.mean(estimates) == pytest.approx(0.012, abs=3 * np.std(estimates) / 20)
     assert np.mean(errors) == pytest.approx(np.std(estimates), rel=0.15)
 
+
+
+#: Lab5's edge 3-4 as its CZ scan sees it: (duration in ns, partner contrast, leakage of one CZ)
+#: of each crossing of pi, the means of three scans on 2026-12-07 (the 33 ns crossing's
+#: leakage by exact propagation).
+EDGE_34_CROSSINGS = [(33, 0.99, 0.0003), (32, 0.96, 0.016), (34, 0.975, 0.013),
+                     (35, 0.955, 0.05), (31, 0.95, 0.06), (36, 0.905, 0.12), (30, 0.92, 0.13),
+                     (37, 0.856, 0.2), (28, 0.815, 0.33), (38, 0.80, 0.31), (46, 0.81, 0.42),
+                     (46, 0.70, 0.39), (40, 0.69, 0.55), (42, 0.53, 0.74), (44, 0.45, 0.77),
+                     (44, 0.49, 0.70), (44, 0.18, 0.99)]
+
+
+def test_the_least_leaking_crossing_survives_the_scans_noise_into_the_finalists() -> None:
+    """The CZ scan's contrasts (standard error ~0.03 each) and leakage screen (~0.007) are
+    noisy; the crossing that leaks least must still be among the finalists that are measured
+    again, or the calibration commits a CZ that leaks 1-2 % (as one run in five did when the
+    screen kept crossings within 0.05 of the best contrast: about one scan in ten lost it)."""
+    rng = np.random.default_rng(11)
+    lost = 0
+    for _ in range(2000):
+        crossings = [(c + rng.normal(0, 0.03), d, 0.377) for d, c, _ in EDGE_34_CROSSINGS]
+        screen = [leak + rng.normal(0, 0.007) for *_, leak in EDGE_34_CROSSINGS]
+        finalists = [d for _, d, _ in _eligible(crossings, screen)[:CZ_FINALISTS]]
+        lost += 33 not in finalists
+    assert lost <= 4, lost
 
 @pytest.mark.slow
 def test_cz_leakage_matches_exact_propagation(tmp_path, monkeypatch, exact_cz) -> None:
