@@ -296,7 +296,8 @@ def _lower_dynamic(circuit: QuantumCircuit, tables: Tables, options: dict) -> Lo
     dynamic = lower_dynamic(circuit, tables,
                             latency_samples=options["feedforward_latency_samples"],
                             active_reset=_active_reset(options),
-                            pulse_gates=options["pulse_gates"] or {})
+                            pulse_gates=options["pulse_gates"] or {},
+                            branches_alap=options["scheduling_method"] != "asap")
     if options["scheduling_method"] == "auto" and not _timed(circuit):
         return decouple(dynamic, tables, circuit)
     return dynamic
