@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from qiskit.circuit import QuantumCircuit
+from qiskit.circuit import ControlFlowOp, QuantumCircuit
 from qiskit.circuit.exceptions import CircuitError
 from qiskit.providers import BackendV2, Options
 
@@ -499,6 +499,12 @@ class LabBackend(BackendV2):
                             physical: list[int], target: LabTarget) -> None:
         """Every instruction of ``body`` (``circuit`` itself, or a branch of one of its
         if_else, whose qubit i is ``physical[i]``) is in the Target with finite parameters."""
+        for inst in body.data:  # before any gate's error: transpiling cannot help these
+            if isinstance(inst.operation, ControlFlowOp) and inst.operation.name != "if_else":
+                raise InvalidRunInputError(
+                    f"circuit {circuit.name!r}: control flow {inst.operation.name!r} is not "
+                    "supported; labqpu runs if_else (if_test) only, so write a loop out "
+                    "(unrolled) and a switch as if_else's; nothing was sent")
         for inst in body.data:
             name = inst.operation.name
             if name in _DIRECTIVES:

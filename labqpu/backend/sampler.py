@@ -98,6 +98,10 @@ class Sampler(BaseSamplerV2):
     The quasi-probabilities are mthree's, corrected by matrices that are estimates: entries
     may be slightly negative and the largest may add up to a little more than 1 (a review
     measured P(00) + P(11) of 1.000-1.013 for Bell pairs on lab5's simulator, 10 000 shots).
+    Mitigation corrects how bits were read, not what a misread did: where a condition read a
+    bit (``if_test``), a misread steered the branch, and the later bits it changed are
+    measured truly (``x(0); measure c0; if c0: x(1); measure c1``: P(00) 0.026 raw and
+    mitigated alike).
 
     The job ``run`` returns is Qiskit's ``PrimitiveJob``, whose ``cancel()`` does not stop
     pubs already sent to the backend (``LabProvider.close()`` aborts them).

@@ -117,7 +117,12 @@ def duration_samples(inst, qubits: tuple[int, ...], cal: Calibration, fs: float,
                                    f"reset on {qubits}"))
     if name == "delay":
         value, unit = inst.operation.duration, inst.operation.unit
-        if unit == "expr" or isinstance(value, ParameterExpression):
+        if unit == "expr":
+            raise CompilationError(
+                f"circuit {circuit.name!r}: delay on qubits {qubits} lasts a stretch (or an "
+                "expression of one), which labqpu does not resolve; give it a fixed duration",
+                circuit=circuit.name, qubits=qubits, instruction="delay")
+        if isinstance(value, ParameterExpression):
             raise CompilationError(
                 f"circuit {circuit.name!r}: delay on qubits {qubits} has an unbound duration; "
                 "bind all parameters before run() or give their values with run(..., "

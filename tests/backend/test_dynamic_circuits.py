@@ -461,3 +461,36 @@ def test_more_blocks_than_the_controller_takes_is_refused_before_sending(lab_bac
     _refused_and_nothing_sent(lab_backend, native, r"needs \d+ conditional blocks; controller "
                                                    rf"{name} takes at most 2 "
                                                    r"\(feedforward.max_blocks\)")
+
+
+def test_loops_switches_and_stretches_are_refused_for_what_they_are(lab_backend) -> None:
+    """A review: a while_loop (with an h before it) was refused naming the h, or saying
+    "transpile the circuit", which then failed in Qiskit; a delay of a stretch was refused as
+    an unbound parameter that parameter_binds would fix. Nothing is sent for any of them."""
+    loop = QuantumCircuit(1, 1)
+    loop.h(0)
+    loop.measure(0, 0)
+    with loop.while_loop((loop.clbits[0], 1)):
+        loop.h(0)
+        loop.measure(0, 0)
+    _refused_and_nothing_sent(lab_backend, loop, "control flow 'while_loop' is not supported")
+    repeat = QuantumCircuit(1, 1)
+    with repeat.for_loop(range(3)):
+        repeat.x(0)
+    repeat.measure(0, 0)
+    _refused_and_nothing_sent(lab_backend, repeat, "control flow 'for_loop' is not supported")
+    switch = QuantumCircuit(1, 1)
+    switch.measure(0, 0)
+    with switch.switch(switch.clbits[0]) as case:
+        with case(1):
+            switch.x(0)
+    _refused_and_nothing_sent(lab_backend, switch, "control flow 'switch_case' is not supported")
+    stretched = QuantumCircuit(2, 2)
+    stretched.x(0)
+    stretched.measure(0, 0)
+    with stretched.if_test((stretched.clbits[0], 1)):
+        stretched.x(1)
+    stretched.delay(stretched.add_stretch("s"), 1)
+    stretched.measure(1, 1)
+    _refused_and_nothing_sent(lab_backend, transpile(stretched, lab_backend),
+                              "delay on qubits .* lasts a stretch")
