@@ -481,9 +481,8 @@ def test_loops_switches_and_stretches_are_refused_for_what_they_are(lab_backend)
     _refused_and_nothing_sent(lab_backend, repeat, "control flow 'for_loop' is not supported")
     switch = QuantumCircuit(1, 1)
     switch.measure(0, 0)
-    with switch.switch(switch.clbits[0]) as case:
-        with case(1):
-            switch.x(0)
+    with switch.switch(switch.clbits[0]) as case, case(1):
+        switch.x(0)
     _refused_and_nothing_sent(lab_backend, switch, "control flow 'switch_case' is not supported")
     stretched = QuantumCircuit(2, 2)
     stretched.x(0)

@@ -277,7 +277,7 @@ def test_wait_for_final_state_returns_when_the_job_ends_and_keeps_its_timeout(la
     assert all(status in (JobStatus.QUEUED, JobStatus.RUNNING) for status in seen)
     long = lab_backend.run([native] * 100, shots=20000)
     t0 = time.monotonic()
-    with pytest.raises(JobTimeoutError, match="did not finish within 0.2 s"):
+    with pytest.raises(JobTimeoutError, match=r"did not finish within 0\.2 s"):
         long.wait_for_final_state(timeout=0.2)
     assert time.monotonic() - t0 < 4.0
     for bad in (0, -1.0, float("nan")):
