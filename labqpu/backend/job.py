@@ -369,7 +369,8 @@ class LabJob(JobV1):
             return self._queue.cancel(self.job_id()) or not last
 
     def status(self) -> JobStatus:
-        """QUEUED, RUNNING, DONE, ERROR or CANCELLED."""
+        """QUEUED, RUNNING, DONE, ERROR or CANCELLED. A job waiting for another process to
+        release the rack (the rack lock) is QUEUED: it has sent nothing yet."""
         with self._state_lock:
             f, batch = self._future, self._current
         if f is None:
@@ -379,7 +380,7 @@ class LabJob(JobV1):
             if exc is None:
                 return JobStatus.DONE
             return JobStatus.CANCELLED if isinstance(exc, JobCancelledError) else JobStatus.ERROR
-        if batch is not None and batch.running():
+        if batch is not None and batch.running() and not self._queue.waiting_for_rack():
             return JobStatus.RUNNING
         return JobStatus.QUEUED
 

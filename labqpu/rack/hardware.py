@@ -444,6 +444,11 @@ class RackConnection:
             return 0.0
         return min(self._hold_s(parts[0].controller), request.timeout_s)
 
+    @property
+    def waiting_for_rack(self) -> bool:
+        """True while a job waits for the rack lock (another process's jobs use the rack)."""
+        return self._lock is not None and self._lock.waiting
+
     def _hold_s(self, name: str) -> float:
         """How long (s) controller ``name`` is asked to hold a run's reply: the client's
         ``max_hold_s``, within the ``run_wait.max_wait_s`` its ``hello`` states; 0 (no hold)
@@ -590,6 +595,11 @@ class HardwareQueue(Protocol):
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job, or ask a running one to abort; True if it will not complete."""
+        ...
+
+    def waiting_for_rack(self) -> bool:
+        """True while the job taken from the queue waits for another process to release the
+        rack (it has sent nothing yet)."""
         ...
 
     def describe(self, timeout_s: float | None) -> dict:
@@ -739,6 +749,10 @@ class LocalHardwareQueue:
             cancel.set()
         future.cancel()
         return True
+
+    def waiting_for_rack(self) -> bool:
+        """True while the worker's job waits for another process to release the rack."""
+        return self.rack.waiting_for_rack
 
     def describe(self, timeout_s: float | None) -> dict:
         """Ask every controller and instrument who it is, on the worker (in queue order)."""

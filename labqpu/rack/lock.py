@@ -123,6 +123,8 @@ class RackLock:
         self._me = f"pid {os.getpid()} lock {uuid.uuid4().hex[:8]}"
         #: Until when (monotonic s) this lock gives no turns: its last one was not taken.
         self._no_turns_until = 0.0
+        #: True while :meth:`held` waits for the lock (another process may hold the rack).
+        self.waiting = False
 
     @contextlib.contextmanager
     def held(self, timeout_s: float, cancel: threading.Event | None = None) -> Iterator[bool]:
@@ -139,7 +141,11 @@ class RackLock:
             fds = self._open()
             if fds is not None:
                 self._let_a_waiter_in(*fds)
-            fd = None if fds is None else self._take(*fds, _Wait(self, timeout_s, cancel))
+            self.waiting = True
+            try:
+                fd = None if fds is None else self._take(*fds, _Wait(self, timeout_s, cancel))
+            finally:
+                self.waiting = False
             if fd is None:  # warned once: the read-backs still catch a neighbour's change
                 yield False
                 return

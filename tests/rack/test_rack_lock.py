@@ -288,6 +288,24 @@ def test_an_embedded_simulator_on_fixed_ports_is_locked_one_on_picked_ports_is_n
             backend = provider.backend()
             backend.run(qc, shots=10).result(timeout=60)
             assert rack_lock_path(provider.config).exists() == locked
+    # While another process holds the rack, a job is QUEUED (a review: RUNNING, though it had
+    # sent nothing); it runs once the rack is released.
+    other = RackLock(rack_lock_path(load_config(wiring)))
+    try:
+        with LabProvider(wiring, simulator=True) as provider:
+            backend = provider.backend()
+            with _held_by_a_thread(other) as release:
+                job = backend.run(qc, shots=10)
+                seen = set()
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:
+                    seen.add(job.status().name)
+                    time.sleep(0.02)
+                assert seen == {"QUEUED"}, seen
+                release.set()
+                assert job.result(timeout=60).success
+    finally:
+        other.close()
 
 
 @pytest.fixture(scope="module")
