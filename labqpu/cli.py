@@ -400,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="labqpu", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
-                        help="logging level of labqpu's messages and a script's own (default "
-                             "WARNING); other libraries' below WARNING are not shown")
+                        help="logging level of labqpu's messages, a script's own and those "
+                             "of installed calibration-node packages (default WARNING); other "
+                             "libraries' below WARNING are not shown")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the demo, a circuit file or a script")

@@ -292,9 +292,22 @@ def wrapped_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+#: Top-level packages whose loggers ``--log-level`` treats as labqpu's own
+#: (:func:`log_as_own`).
+_OWN_PACKAGES = {"labqpu", "__main__"}
+
+
+def log_as_own(package: str) -> None:
+    """Log ``package`` (a top-level package name: a lab's calibration nodes, loaded from its
+    entry point) at ``--log-level`` as labqpu's own messages, not from WARNING on as other
+    libraries'."""
+    _OWN_PACKAGES.add(package)
+
+
 class _OwnMessages(logging.Filter):
-    """Pass labqpu's records, a script's (its ``__main__`` logger and the root logger), and
-    every other library's from ``floor`` (a ``logging`` level) on."""
+    """Pass labqpu's records, a script's (its ``__main__`` logger and the root logger), those
+    of the packages :func:`log_as_own` names, and every other library's from ``floor`` (a
+    ``logging`` level) on."""
 
     def __init__(self, floor: int) -> None:
         super().__init__()
@@ -302,15 +315,16 @@ class _OwnMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
-        return (record.levelno >= self.floor or name in ("root", "labqpu", "__main__")
-                or name.startswith(("labqpu.", "__main__.")))
+        return (record.levelno >= self.floor or name == "root"
+                or name.split(".", 1)[0] in _OWN_PACKAGES)
 
 
 def log_to_stderr(level: str) -> None:
     """Log labqpu's messages and a script's own (``labqpu run script.py``: its ``__main__``
     logger, and the root logger that ``logging.info`` uses) at ``level`` (a ``logging`` level
     name), and every other library's at that level or WARNING, whichever is higher (a lab's
-    own package too: a script sets its level), on stderr with time and logger name: what
+    own package too, but for its calibration nodes' package, :func:`log_as_own`: a script
+    sets its level), on stderr with time and logger name: what
     ``--log-level`` of the ``labqpu`` command and of the simulator does (at INFO, Qiskit's
     transpiler logs every pass of every transpile)."""
     number = logging.getLevelName(level)

@@ -66,7 +66,7 @@ from labqpu.calibration.readout import readout, resonator_and_discriminator
 from labqpu.calibration.records import describe as describe  # its home before 2026-12-07
 from labqpu.calibration.reset import active_reset
 from labqpu.calibration.spectators import cz_spectators
-from labqpu.errors import CalibrationError, did_you_mean
+from labqpu.errors import CalibrationError, did_you_mean, log_as_own
 from labqpu.store import CZ_PARAMETERS
 from labqpu.store.staleness import DEFAULT_MAX_AGE_H
 
@@ -276,6 +276,7 @@ def _load_installed() -> tuple[Node, ...]:
             raise CalibrationError(
                 f"{where}: cannot be loaded: {type(exc).__name__}: {exc}; no calibration "
                 f"runs until it is mended or uninstalled (`pip uninstall {package}`)") from exc
+        log_as_own(point.module.split(".", 1)[0])  # its logs at --log-level, as labqpu's
         pending += [(where, n) for n in (loaded if isinstance(loaded, list | tuple)
                                          else (loaded,))]
     found: list[Node] = []

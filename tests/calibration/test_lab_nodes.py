@@ -7,6 +7,7 @@ because the runner had read it already.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,8 @@ from labqpu.testing import seed_fresh_store, use_fresh_home
 
 #: A quick T1 (nine delays) that stores its own parameter, with a check: what a lab writes.
 QUICK_T1 = textwrap.dedent('''
+    import logging
+
     import numpy as np
 
     from labqpu.calibration.checks import CheckResult
@@ -44,6 +47,8 @@ QUICK_T1 = textwrap.dedent('''
                           "series": {"P(1)": _decay(kit, q, shots, delays)}},
                          fit=fit.quality(), chosen="quick_t1_s", settings={"shots": shots})
         kit.work.set(q, "quick_t1_s", float(fit.params["tau"]), rid)
+        logging.getLogger(__name__).info("quick T1 of qubit %d: %.1f us", q,
+                                         fit.params["tau"] * 1e6)
 
 
     def check(kit, q, shots):
@@ -177,10 +182,14 @@ def _labqpu(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_labqpu_calibrate_runs_a_node_an_installed_package_adds(tmp_path) -> None:
+    """... and ``--log-level INFO`` shows the package's own INFO messages, as labqpu's (other
+    libraries' are shown from WARNING on: a review found the lab's hidden too)."""
     env = _installed(tmp_path, "mylab_nodes:QUICK_T1")
-    proc = _labqpu(env, "calibrate", "quick_t1", "--qubits", "2", "--no-rb")
+    proc = _labqpu(env, "--log-level", "INFO", "calibrate", "quick_t1", "--qubits", "2",
+                   "--no-rb")
     assert proc.returncode == 0, proc.stderr
     assert "quick_t1 qubit 2: calibrated" in proc.stdout, proc.stdout
+    assert re.search(r"mylab_nodes INFO quick T1 of qubit 2: \d", proc.stderr), proc.stderr
     history = _labqpu(env, "calibrate", "history", "--param", "quick_t1_s", "--qubit", "2")
     assert history.returncode == 0, history.stderr
     assert "quick_t1" in history.stdout, history.stdout
