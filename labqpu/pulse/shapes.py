@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 from qiskit.circuit import Parameter, ParameterExpression
 
-from labqpu.errors import PulseError
+from labqpu.errors import PulseError, did_you_mean
 from labqpu.pulse import kernels
 
 #: A shape field: a number, or a Parameter (expression) still to be bound.
@@ -187,6 +187,18 @@ class Shape:
     duration_samples: Value
     amp: Value = 1.0
     angle_rad: Value = 0.0
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Shape:
+        """Refuse a keyword the shape does not take naming the ones it does (qiskit.pulse's
+        ``duration=`` and ``sigma=`` are ``duration_samples=`` and ``sigma_samples=`` here)."""
+        names = [f.name for f in fields(cls) if f.init]
+        for word in kwargs:
+            if word not in names:
+                unit = [n for n in names if n.startswith(f"{word}_")]
+                hint = (f"; did you mean {unit[0]!r}?" if unit else did_you_mean(word, names))
+                raise TypeError(f"{cls.__name__}() takes no keyword {word!r}{hint} (it takes "
+                                f"{', '.join(names)}; durations in samples)")
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         for f in fields(self):

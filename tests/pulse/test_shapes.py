@@ -223,3 +223,19 @@ def test_duration_bound_off_the_sample_grid_is_refused() -> None:
 def test_unknown_shape_in_a_description_is_refused() -> None:
     with pytest.raises(PulseError, match="unknown pulse shape 'sech'"):
         shape_from_dict({"shape": "sech", "duration_samples": 4})
+
+
+@pytest.mark.parametrize(("shape", "keywords", "hint"), [
+    (Gaussian, {"duration": 160, "amp": 0.2, "sigma": 40}, "'duration_samples'"),
+    (Drag, {"duration_samples": 160, "amp": 0.2, "sigma": 40, "beta": 1.0},
+     "'sigma_samples'"),
+    (GaussianSquare, {"duration_samples": 160, "sigma_samples": 20, "widht_samples": 80},
+     "'width_samples'"),
+])
+def test_a_keyword_a_shape_does_not_take_names_the_ones_it_does(shape, keywords, hint) -> None:
+    """qiskit.pulse's ``Gaussian(duration=..., amp=..., sigma=...)`` in labqpu: the error
+    names the keyword, the nearest one it takes and all of them (a review found Python's
+    bare "unexpected keyword argument" the only word)."""
+    with pytest.raises(TypeError, match=rf"takes no keyword .*did you mean {hint}\? \(it "
+                                        r"takes duration_samples, amp, angle_rad, "):
+        shape(**keywords)
