@@ -261,12 +261,12 @@ class CalibrationStore:
                 "open; nothing was written: open the store again")
 
     def _initialise(self) -> None:
-        """Switch a WAL file to a rollback journal (when no other connection has it open);
-        create the schema if it has none (the only time opening a store takes the write
-        lock); check the schema version."""
+        """Create the schema if the file has none (the only time opening a store takes the
+        write lock); check the schema version; then switch a WAL file to a rollback journal
+        (when no other connection has it open). A file refused (another program's database, a
+        schema version this labqpu does not read) is left as it was, journal mode included."""
         conn = self._waiting()
         try:
-            self._leave_wal(conn)
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
             ).fetchone()
@@ -283,10 +283,16 @@ class CalibrationStore:
                 create_schema(conn)
         (version,) = self._query("SELECT max(version) FROM schema_version")[0]
         if version != SCHEMA_VERSION:
+            advice = ("a newer labqpu wrote it: update labqpu to read it (in a clone: git pull, "
+                      "then pip install -e .)" if version > SCHEMA_VERSION else
+                      "this labqpu has no migration from it")
             raise CalibrationError(
-                f"calibration store {self._path} has schema version {version}; "
-                f"this labqpu reads version {SCHEMA_VERSION}"
-            )
+                f"calibration store {self._path} has schema version {version}; this labqpu "
+                f"reads version {SCHEMA_VERSION}; {advice}; the file is left as it was")
+        try:
+            self._leave_wal(conn)
+        except sqlite3.Error as exc:
+            raise CalibrationError(f"cannot open calibration store {self._path}: {exc}") from exc
 
     def _leave_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file from WAL to a rollback journal. SQLite refuses while another

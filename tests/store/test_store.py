@@ -718,8 +718,24 @@ def test_store_file_is_created_with_a_rollback_journal_and_a_schema_version(
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
         conn.execute("UPDATE schema_version SET version = 2")
         conn.commit()
-    with pytest.raises(CalibrationError, match="schema version 2"):
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    before = path.read_bytes()
+    with pytest.raises(CalibrationError, match=r"schema version 2.*a newer labqpu wrote it: "
+                                               r"update labqpu"):
         CalibrationStore(path)
+    # refused, and left as it was (a review: its journal mode was switched before the check)
+    assert path.read_bytes() == before
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE samples (x REAL)")
+        conn.commit()
+    with pytest.raises(CalibrationError, match="not a calibration store"):
+        CalibrationStore(other)
+    with closing(sqlite3.connect(other)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not an SQLite file" * 100)
