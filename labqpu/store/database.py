@@ -587,10 +587,18 @@ class CalibrationStore:
             if expected is not None and expected != draft.content_hash:
                 raise InvalidSnapshotError(
                     f"the export's document hashes to {draft.content_hash}, not the "
-                    f"{expected} it records: it was altered or corrupted"
+                    f"{expected} it records: it was altered or corrupted (an export edited on "
+                    "purpose imports once its \"content_hash\" field is deleted)"
                 )
-            return self.commit(draft.to_document(), **commit_options)
-        return self.commit(document, **commit_options)
+            document = draft.to_document()
+        try:
+            return self.commit(document, **commit_options)
+        except InvalidSnapshotError as exc:  # a value a rule refuses: say how to go on
+            exc.message += ("; to import it, correct that value in the file (and delete an "
+                            "export's \"content_hash\" field, which the edit no longer "
+                            "matches): an export an older labqpu wrote may hold a value that "
+                            "a rule added since refuses")
+            raise
 
     def import_backend_properties(
         self, properties: Mapping[str, Any], *, experiment: str = "backend_properties"

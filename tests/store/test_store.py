@@ -610,6 +610,18 @@ def test_json_export_round_trips_and_detects_tampering(store: CalibrationStore) 
     with pytest.raises(InvalidSnapshotError, match="unknown export format"):
         store.import_json({**exported, "format": "something/9"})
     assert row_count(store.path) == count
+    # An export holding a value a rule refuses (an older labqpu's, before the rule): the error
+    # names the value and how to go on; the export edited as it says imports (a review).
+    refused = copy.deepcopy(exported)
+    refused["document"]["qubits"]["0"]["t1_s"]["value"] = -1e-6
+    refused["content_hash"] = Snapshot(refused["document"]).content_hash
+    with pytest.raises(InvalidSnapshotError, match=r"qubit 0.*t1_s.*to import it, correct "
+                                                   r"that value in the file .*content_hash"):
+        store.import_json(refused)
+    assert row_count(store.path) == count
+    refused["document"]["qubits"]["0"]["t1_s"]["value"] = 31e-6
+    del refused["content_hash"]
+    assert store.import_json(refused).qubits[0]["t1_s"].value == 31e-6
 
 
 def test_backend_properties_export_uses_qiskit_units_and_omits_absent_values(
