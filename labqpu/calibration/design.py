@@ -176,8 +176,10 @@ def _checked(table: Mapping[str, Any], required: Mapping[str, Check],
     for key, value in table.items():
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise CalibrationError(f"{where}: unknown field {key!r}{hint}")
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise CalibrationError(
+                f"{where}: unknown field {key!r} ({hint}known: {', '.join(sorted(known))}; a "
+                "note goes in a TOML comment, after #)")
         problem = known[key](value)
         if problem:
             raise CalibrationError(f"{where}, {key} = {value!r}: {problem}")

@@ -401,10 +401,11 @@ def _require(table: dict, key: str, where: _Where) -> object:
 
 def _number(table: dict, key: str, where: _Where, kind: type, *,
             minimum: float | None = None, maximum: float | None = None,
-            default: object = None) -> int | float:
+            default: object = None, why: str = "") -> int | float:
     """``table[key]`` as ``kind`` (int or float), checked against ``minimum`` (exclusive for
     floats, inclusive for ints) and ``maximum`` (inclusive, for values whose unit is easily
-    mistaken); a missing key takes ``default`` when one is given."""
+    mistaken; ``why`` ends the error of a value above it); a missing key takes ``default``
+    when one is given."""
     value = table.get(key, default) if default is not None else _require(table, key, where)
     ok_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
@@ -416,7 +417,7 @@ def _number(table: dict, key: str, where: _Where, kind: type, *,
         bound = f">= {minimum}" if kind is int else f"> {minimum:g}"
         raise where.error(f": {key} must be {bound}, got {value!r}", key)
     if maximum is not None and value > maximum:
-        raise where.error(f": {key} must be <= {maximum:g}, got {value!r}", key)
+        raise where.error(f": {key} must be <= {maximum:g}, got {value!r}{why}", key)
     return kind(value)
 
 
@@ -454,7 +455,9 @@ def _instrument_limits(table: dict, kind: str, where: _Where) -> dict:
     if kind == "current_source":
         return {"max_current_a": _number(table, "max_current_a", where, float, minimum=0.0,
                                          maximum=MAX_CURRENT_LIMIT_A,
-                                         default=DEFAULT_MAX_CURRENT_A)}
+                                         default=DEFAULT_MAX_CURRENT_A,
+                                         why=" (in A: flux-bias lines carry milliamperes, "
+                                             "10 mA is 0.01)")}
     return {"frequency_range_hz": _range(table, "min_frequency_hz", "max_frequency_hz",
                                          DEFAULT_FREQUENCY_RANGE_HZ, where, minimum=0.0),
             "power_range_dbm": _range(table, "min_power_dbm", "max_power_dbm",

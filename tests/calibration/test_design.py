@@ -28,7 +28,10 @@ def _lab3_without_last_qubit() -> str:
 
 @pytest.mark.parametrize("text, message", [
     (LAB3.replace("readout_amplitude", "readout_amplitud"),
-     r"\[device\]: unknown field 'readout_amplitud' \(did you mean 'readout_amplitude'\?\)"),
+     r"\[device\]: unknown field 'readout_amplitud' \(did you mean 'readout_amplitude'\? "
+     r"known: .*readout_amplitude.*; a note goes in a TOML comment, after #\)"),
+    (LAB3.replace("[device]", "[device]\nfridge_temp_mk = 12.0"),
+     r"\[device\]: unknown field 'fridge_temp_mk' \(known: .*; a note goes in a TOML comment"),
     ("\n".join(line for line in LAB3.splitlines() if not line.startswith("pulse_sigma_s")),
      r"\[device\]: missing pulse_sigma_s"),
     (LAB3.replace("pulse_duration_s = ", 'pulse_duration_s = "40ns" #'),
@@ -46,7 +49,7 @@ def _lab3_without_last_qubit() -> str:
     (LAB3 + "\n[[qubit]]\nindex = 1\nfrequency_hz = 5e9\nanharmonicity_hz = -2.5e8\n"
             "resonator_hz = 7e9\n", r"two \[\[qubit\]\] tables have index 1"),
     (LAB3.replace("resonator_hz = ", "resonator_hz_typo = ", 1),
-     r"unknown field 'resonator_hz_typo' \(did you mean 'resonator_hz'\?\)"),
+     r"unknown field 'resonator_hz_typo' \(did you mean 'resonator_hz'\? known: "),
     ("x = [\n", r"cannot be read"),
     (LAB3 + "\n[pair]\nx = 1\n", r"unknown table or field 'pair' \(a design file holds "
                                   r"\[device\] and \[\[qubit\]\] tables\)"),

@@ -133,6 +133,14 @@ def test_every_kind_of_error_names_its_field(doc, edit, field):
     assert info.value.field == field, str(info.value)
 
 
+def test_a_current_limit_in_milliamperes_says_the_unit(doc) -> None:
+    doc["instruments"][3]["max_current_a"] = 10.0
+    with pytest.raises(BackendConfigurationError, match=r"max_current_a must be <= 1, got "
+                                                        r"10\.0 \(in A: flux-bias lines carry "
+                                                        r"milliamperes, 10 mA is 0\.01\)"):
+        parse_config(doc)
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(BackendConfigurationError, match=r"not found.*nope\.toml"):
