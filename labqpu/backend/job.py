@@ -280,7 +280,9 @@ class LabJob(JobV1):
                 f"(status {self.status().name})") from exc
         except (concurrent.futures.CancelledError, JobCancelledError) as exc:
             said = str(exc)
+            closed = self._queue.closed and not self._cancel_requested
             raise JobError(f"job {self.job_id()} was cancelled"
+                           + (" by closing its provider" if closed else "")
                            + (f" ({said})" if said and said != CANCELLED else "")) from exc
         except Exception as exc:  # the job boundary: every failure reaches the user as JobError
             where = "on the hardware" if isinstance(exc, InstrumentError) else "before it ran"

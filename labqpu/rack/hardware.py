@@ -806,9 +806,9 @@ class LocalHardwareQueue:
             entries = list(self._jobs.values())
             pending = [job_id for job_id, (future, _) in self._jobs.items() if not future.done()]
             self._tasks.put(None)
-        if pending:
-            log.warning("closing the provider cancels %d job(s) still queued or running: %s",
-                        len(pending), ", ".join(pending))
+        if pending:  # each job's error says so too (``LabJob``); a Ctrl-C closes this way
+            log.info("closing the provider cancels %d job(s) still queued or running: %s",
+                     len(pending), ", ".join(pending))
         for future, cancel in entries:
             cancel.set()
             future.cancel()

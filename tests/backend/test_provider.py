@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from qiskit import QuantumCircuit, transpile
-from qiskit.providers import QiskitBackendNotFoundError
+from qiskit.providers import JobError, QiskitBackendNotFoundError
 
 from labqpu import BackendConfigurationError, LabProvider
 from labqpu.errors import CalibrationError, HardwareUnavailableError
@@ -124,6 +124,24 @@ def test_a_ctrl_c_during_close_still_stops_the_simulator(lab_home, monkeypatch) 
     assert _wait_dead(pid), "the simulator outlived an interrupted close()"
     with pytest.raises(CalibrationError):
         provider.store.latest()
+
+
+def test_jobs_cancelled_by_close_say_so(lab_home) -> None:
+    """A review: jobs still queued or running when the provider closed read "cancelled before
+    it ran", or a controller's words, with nothing about the close."""
+    provider = LabProvider()
+    backend = provider.backend()
+    qc = QuantumCircuit(1, 1)
+    qc.x(0)
+    qc.measure(0, 0)
+    native = transpile(qc, backend)
+    backend.run(native, shots=10).result(timeout=60)
+    running = backend.run([native] * 50, shots=20000)
+    queued = backend.run(native, shots=10)
+    provider.close()
+    for job in (running, queued):
+        with pytest.raises(JobError, match="was cancelled by closing its provider"):
+            job.result(timeout=30)
 
 
 def test_the_simulator_starts_from_a_folder_holding_modules_it_imports(lab_home, tmp_path,
