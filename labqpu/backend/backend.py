@@ -761,9 +761,10 @@ class LabBackend(BackendV2):
             try:
                 job.result()
             except KeyboardInterrupt as exc:  # the caller has no handle to cancel it with
-                job.cancel()
-                exc.add_note(f"labqpu: job {job.job_id()} was cancelled (run() with sync=True "
-                             "was interrupted)")
+                said = ("was cancelled" if job.cancel() else
+                        f"was past cancelling (status {job.status().name})")
+                exc.add_note(f"labqpu: job {job.job_id()} {said}: run() with sync=True was "
+                             "interrupted")
                 raise
         return job
 

@@ -313,9 +313,10 @@ class LabJob(JobV1):
         seconds while it is not. Returns as soon as the job ends (Qiskit's ``JobV1`` version
         checks every ``wait`` seconds, so it overshot ``timeout`` and a finished job by up to
         5 s). Raises ``JobTimeoutError`` at the deadline; the job is not touched."""
-        bound, every = wait_bound(timeout), wait_bound(wait, "wait")
-        if every == 0:
-            raise ValueError("wait must be a number of seconds > 0, got 0")
+        bound = wait_bound(timeout)
+        if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not wait > 0:
+            raise ValueError(f"wait must be a number of seconds > 0, got {wait!r}")
+        every = wait_bound(wait, "wait")
         if self._future is None:
             raise JobError(f"job {self.job_id()} was never submitted")
         deadline = None if bound is None else time.monotonic() + bound

@@ -26,7 +26,9 @@ could be sent instead of samples; ``shape_from_dict`` reverses it. An unbound fi
 from __future__ import annotations
 
 import cmath
+import functools
 import hashlib
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -170,6 +172,16 @@ def _from_dict_value(value: Any, parameters: Mapping[str, Parameter]) -> Value:
     return value
 
 
+@functools.cache
+def _keywords(cls: type) -> tuple[str, ...] | None:
+    """The keywords ``cls(...)`` takes, from its ``__init__`` (the dataclass's, or a shape's
+    own, as ``Waveform``'s ``samples``); None when it takes any (``**kwargs``)."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return tuple(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Shape:
     """Base of the pulse shapes: a duration, an amplitude and an angle, plus the envelope
@@ -191,9 +203,9 @@ class Shape:
     def __new__(cls, *args: Any, **kwargs: Any) -> Shape:
         """Refuse a keyword the shape does not take naming the ones it does (qiskit.pulse's
         ``duration=`` and ``sigma=`` are ``duration_samples=`` and ``sigma_samples=`` here)."""
-        names = [f.name for f in fields(cls) if f.init]
+        names = _keywords(cls)
         for word in kwargs:
-            if word not in names:
+            if names is not None and word not in names:
                 unit = [n for n in names if n.startswith(f"{word}_")]
                 hint = (f"; did you mean {unit[0]!r}?" if unit else did_you_mean(word, names))
                 raise TypeError(f"{cls.__name__}() takes no keyword {word!r}{hint} (it takes "

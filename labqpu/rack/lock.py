@@ -138,11 +138,11 @@ class RackLock:
             JobCancelledError: ``cancel`` was set while waiting.
         """
         with self._guard:
-            fds = self._open()
-            if fds is not None:
-                self._let_a_waiter_in(*fds)
             self.waiting = True
             try:
+                fds = self._open()
+                if fds is not None:
+                    self._let_a_waiter_in(*fds)
                 fd = None if fds is None else self._take(*fds, _Wait(self, timeout_s, cancel))
             finally:
                 self.waiting = False

@@ -593,11 +593,13 @@ class CalibrationStore:
             document = draft.to_document()
         try:
             return self.commit(document, **commit_options)
-        except InvalidSnapshotError as exc:  # a value a rule refuses: say how to go on
-            exc.message += ("; to import it, correct that value in the file (and delete an "
-                            "export's \"content_hash\" field, which the edit no longer "
-                            "matches): an export an older labqpu wrote may hold a value that "
-                            "a rule added since refuses")
+        except InvalidSnapshotError as exc:
+            if getattr(exc, "parameter", ""):  # a value a rule refuses: say how to go on
+                exc.message += ("; to import it, correct that value in the file (and delete "
+                                "an export's \"content_hash\" field, which the edit no longer "
+                                "matches): an export an older labqpu wrote may hold a value "
+                                "that a rule added since refuses")
+                exc.args = (exc.message,)
             raise
 
     def import_backend_properties(

@@ -117,6 +117,9 @@ class _PastNoReturn:
     def cancel(self, job_id: str) -> bool:
         return False
 
+    def waiting_for_rack(self) -> bool:
+        return False
+
 
 @pytest.mark.parametrize("n_circuits", [2, 1])
 def test_a_cancel_that_said_true_ends_the_job_cancelled_even_if_its_batch_fails(

@@ -242,21 +242,23 @@ def test_an_interrupted_sync_run_cancels_its_job(lab_backend, bell, monkeypatch)
     native = transpile(bell(), lab_backend)
     lab_backend.run(native, shots=10).result(timeout=60)
     jobs, submit = [], LabJob.submit
+    interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
 
     def watched(job: LabJob) -> None:
         jobs.append(job)
         submit(job)
+        if len(jobs) == 1:
+            interrupt.start()  # the Ctrl-C lands while run() waits for the job
 
     monkeypatch.setattr(LabJob, "submit", watched)
-    interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    interrupt.start()
     try:
         with pytest.raises(KeyboardInterrupt) as caught:
             lab_backend.run([native] * 100, shots=20000, sync=True)
     finally:
         interrupt.cancel()
-    (job,) = jobs
-    assert f"job {job.job_id()} was cancelled" in "".join(caught.value.__notes__)
+    job = jobs[0]
+    assert f"job {job.job_id()} was cancelled: run() with sync=True was interrupted" in \
+        "".join(caught.value.__notes__)
     job.wait_for_final_state(timeout=30)
     assert job.status() is JobStatus.CANCELLED
     assert lab_backend.run(native, shots=10).result(timeout=60).success

@@ -153,7 +153,7 @@ def cz_reference(device, snapshot, pair: tuple[int, int], grid: int, *,
     dressed = {int(label): vectors[:, i] for i, label in enumerate(labels)}
     energy = {int(label): energies[i] for i, label in enumerate(labels)}
     start = sum(3 ** (k - 1 - chain.index(q)) for q in pair)
-    both_excited = np.array([dressed[s] for s in labels
+    both_excited = np.array([vector for s, vector in dressed.items()
                              if all(levels[chain.index(q), s] == 1 for q in pair)])
     psi = dressed[start].astype(complex)
     out = []

@@ -239,3 +239,13 @@ def test_a_keyword_a_shape_does_not_take_names_the_ones_it_does(shape, keywords,
     with pytest.raises(TypeError, match=rf"takes no keyword .*did you mean {hint}\? \(it "
                                         r"takes duration_samples, amp, angle_rad, "):
         shape(**keywords)
+
+
+def test_a_shape_with_its_own_init_takes_its_keywords() -> None:
+    """``Waveform(samples=...)`` (its documented form: its own ``__init__``) is taken, and its
+    misspelling named against it, not against the dataclass's fields (a code review found
+    the first keyword check refusing it)."""
+    assert Waveform(samples=[0.1, 0.2j], amp=0.5).duration_samples == 2
+    with pytest.raises(TypeError, match=r"takes no keyword 'sample'; did you mean 'samples'\? "
+                                        r"\(it takes samples, amp, angle_rad"):
+        Waveform(sample=[0.1])

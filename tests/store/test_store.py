@@ -618,6 +618,13 @@ def test_json_export_round_trips_and_detects_tampering(store: CalibrationStore) 
     with pytest.raises(InvalidSnapshotError, match=r"qubit 0.*t1_s.*to import it, correct "
                                                    r"that value in the file .*content_hash"):
         store.import_json(refused)
+    other = copy.deepcopy(refused)  # an error not about a value gets no such advice
+    other["document"]["qubits"]["0"]["t1_s"]["value"] = 31e-6
+    other["document"]["device"] = "lab10"
+    del other["content_hash"]
+    with pytest.raises(InvalidSnapshotError) as info:
+        store.import_json(other)
+    assert "lab10" in str(info.value) and "to import it" not in str(info.value), info.value
     assert row_count(store.path) == count
     refused["document"]["qubits"]["0"]["t1_s"]["value"] = 31e-6
     del refused["content_hash"]
