@@ -14,7 +14,8 @@ The graph (arrows point from a prerequisite to what needs it)::
 
     resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
         -> drag -> fine_amplitude -> readout -> t1 -> echo
-                         |                \\-> cz (edge: readout on both qubits) -> cz_spectators
+                         |     |          \\-> cz (edge: readout on both qubits) -> cz_spectators
+                         |     \\-> anharmonicity
                          \\-> zz (edge: fine_amplitude on both qubits)
 
 The graph ends with :data:`RB_NODE` (``rb``): randomized benchmarking of every qubit and edge
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Literal
 
+from labqpu.calibration.anharmonicity import anharmonicity
 from labqpu.calibration.bootstrap import (
     Progress,
     choose_drive_lo,
@@ -192,6 +194,10 @@ NODES: tuple[Node, ...] = (
     Node("fine_amplitude", "qubit", ("drag",), ("pi_amplitude", "pi2_amplitude"),
          lambda kit, q, shots, _: fine_amplitude(kit, q, shots * FINE_SHOTS),
          _check_fine_amplitude),
+    # before the CZ, whose scan starts from the anharmonicity; nothing is built from it, so a
+    # new value outdates nothing; a property of the junction, it never ages
+    Node("anharmonicity", "qubit", ("fine_amplitude",), ("anharmonicity_hz",),
+         lambda kit, q, shots, _: anharmonicity(kit, q, shots)),
     # after the resonator node moved the readout frequency (its check failed), the readout's
     # point is searched again: the centres it measured there read, but need not read best
     Node("readout", "qubit", ("fine_amplitude", "resonator_spectroscopy"),

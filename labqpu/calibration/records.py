@@ -138,6 +138,7 @@ UNCERTAINTY_LIMITS: dict[str, tuple[float, float]] = {
     "qubit_spectroscopy:frequency_hz": (1e6, 0.0),
     "resonator_spectroscopy:readout_frequency_hz": (1e6, 0.0),
     "resonator_hz": (1e6, 0.0),
+    "anharmonicity_hz": (1e6, 0.0),
     "pi_amplitude": (0.0, 0.05),
     "pi2_amplitude": (0.0, 0.05),
     "drag_beta": (0.5, 0.0),

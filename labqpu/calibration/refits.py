@@ -99,6 +99,8 @@ _REFITS = {
     "qubit_spectroscopy": lambda r: {"frequency_hz": fit_peak_curve(
         *_series(r), r.subject).params["f0"]},
     "sweet_spot": _sweet_spot,
+    "anharmonicity": lambda r: {"anharmonicity_hz": fit_peak_curve(
+        *_series(r), r.subject).params["f0"]},
     "rabi": lambda r: {"pi_amplitude": abs(fit_rabi_curve(
         *_series(r), r.subject).params["period"]) / 2},
     "ramsey_t2": lambda r: {"t2_s": abs(fit_damped_cosine_curve(

@@ -4,7 +4,9 @@ one snapshot.
 For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in dependency order:
 
 * a prerequisite failed or was blocked: the step is **blocked** (nothing run);
-* forced, a watched value missing, or older than its kind's age limit: **calibrate**;
+* forced, a watched value missing, or older than its kind's age limit: **calibrate**; so is a
+  node without a check whose watched value is still the design's (no check tells whether
+  the estimate holds: the shipped snapshots' anharmonicities);
 * a failed check: **refine** first where the node has a cheaper refinement (the CZ), then
   **calibrate** if that fails;
 * a node that ``measures`` another node's calibration (the CZ whose leakage it reads) holds
@@ -181,6 +183,8 @@ def _age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, f
     for name in node.watches:
         if name not in values:
             return f"{name} missing"
+        if node.check is None and work.records.get((subject, name)) == "design":
+            return f"{name} is the design's value, never measured"
         kind = PARAMETER_KINDS.get(name, node.kind)
         stamp = work.measured_at.get((subject, name))
         if stamp is not None and (ahead := from_the_future(stamp, now)) is not None:

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 FITTED = {"resonator_spectroscopy": "resonator_hz", "sweet_spot": "flux_bias_a",
           "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey_t2": "t2_s",
           "drag": "drag_beta", "fine_amplitude_pi": "pi_amplitude",
-          "fine_amplitude_pi2": "pi2_amplitude", "t1": "t1_s", "hahn_echo": "t2_echo_s",
+          "fine_amplitude_pi2": "pi2_amplitude", "anharmonicity": "anharmonicity_hz",
+          "t1": "t1_s", "hahn_echo": "t2_echo_s",
           "readout_amplitude": "readout_amplitude", "readout_duration": "readout_duration_s",
           # resonator_spectroscopy measures the centres again at the readout it leaves
           "discriminator": "readout_assignment_fidelity"}

@@ -141,11 +141,16 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, exact_lev
             f = final.qubits[q]["frequency_hz"].value
             pi = final.qubits[q]["pi_amplitude"].value
             best = optimum_pi_amplitude(backend, final, q)
+            alpha = final.qubits[q]["anharmonicity_hz"].value
+            alpha_true = (level(tuple(2 * (k == q) for k in range(n)))
+                          - level(tuple(int(k == q) for k in range(n))) - f_true[q])
             print(f"qubit {q}: f - f_true {(f - f_true[q]) / 1e3:+.1f} kHz; "
+                  f"anharmonicity - exact {(alpha - alpha_true) / 1e3:+.1f} kHz; "
                   f"T1 {t1 * 1e6:.1f} us (device {design[q]['t1_s'] * 1e6:.1f}), "
                   f"T2 echo {t2_echo * 1e6:.1f} us (device {design[q]['t2_s'] * 1e6:.1f}); "
                   f"pi amplitude {pi:.5f}, optimum {best:.5f}")
             assert abs(f - f_true[q]) < 50e3, (q, f, f_true[q])
+            assert abs(alpha - alpha_true) < 300e3, (q, alpha, alpha_true)  # design: 1.5-12.6 MHz
             assert abs(t1 / design[q]["t1_s"] - 1) < 0.15, (q, t1)
             assert abs(t2_echo / design[q]["t2_s"] - 1) < 0.15, (q, t2_echo)
             assert abs(pi / best - 1) < 0.005, (q, pi, best)

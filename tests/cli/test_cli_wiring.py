@@ -508,8 +508,8 @@ def test_ctrl_c_during_calibrate_is_one_line_saying_what_the_store_holds(tmp_pat
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=_sigint_as_a_terminal_leaves_it)
     try:
-        first = proc.stdout.readline()  # its first of twelve steps is done: it is under way
-        assert "[1/12] resonator_spectroscopy qubit 0: calibrated" in first, first
+        first = proc.stdout.readline()  # its first of thirteen steps is done: it is under way
+        assert "[1/13] resonator_spectroscopy qubit 0: calibrated" in first, first
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:

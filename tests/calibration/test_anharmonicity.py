@@ -1,0 +1,118 @@
+"""The anharmonicity node measures each transmon's 1-2 line: against the exact dressed levels
+of the simulator's device file, from the design's value, from a value far off, and refusing a
+drive the controller cannot play."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labqpu.calibration import anharmonicity as node
+from labqpu.calibration.design import default_design_path, load_design
+from labqpu.calibration.experiments import Kit
+from labqpu.calibration.refits import refit
+from labqpu.calibration.runner import working_from_snapshot
+from labqpu.errors import FitError
+
+SHOTS = 400
+
+
+def _kit(backend) -> Kit:
+    return Kit(backend, working_from_snapshot(backend.snapshot,
+                                              load_design(default_design_path(backend.name))))
+
+
+def _exact(kit: Kit, truth, exact_levels, q: int) -> float:
+    """The anharmonicity (Hz) of qubit ``q`` from the exact dressed levels: E(|2>) - 2 E(|1>)
+    + E(|0>), the other qubits in |0>, at the working flux biases."""
+    level = exact_levels(truth, {k: p["flux_bias_a"] for k, p in kit.work.qubits.items()})
+    n = len(kit.work.qubits)
+
+    def only(k: int) -> tuple:
+        return tuple(k if i == q else 0 for i in range(n))
+
+    return level(only(2)) - 2 * level(only(1)) + level(only(0))
+
+
+def test_every_qubits_anharmonicity_is_its_exact_1_2_line(quiet_lab_backend, truth,
+                                                          exact_levels) -> None:
+    """From the design's -250 MHz (1.5-12.6 MHz off on lab5), each qubit's measured value lies
+    within 4 standard errors + 20 kHz of the exact one (the 0-1 frequency it subtracts is the
+    snapshot's Ramsey value, within ~5 kHz of exact), and a refit of its record gives it
+    again."""
+    kit = _kit(quiet_lab_backend)
+    for q in sorted(kit.work.qubits):
+        design = kit.work.qubits[q]["anharmonicity_hz"]
+        node.anharmonicity(kit, q, SHOTS)
+        record = kit.records[-1]
+        measured, stderr = record.values["anharmonicity_hz"]
+        exact = _exact(kit, truth, exact_levels, q)
+        assert abs(measured - exact) <= 4 * stderr + 20e3, (q, measured, exact, stderr)
+        assert stderr < 150e3 and abs(design - exact) > 1e6, (q, stderr, design, exact)
+        assert kit.work.qubits[q]["anharmonicity_hz"] == measured
+        assert kit.work.records[(q, "anharmonicity_hz")] == record.experiment
+        assert refit(record)["anharmonicity_hz"] == pytest.approx(measured, rel=1e-6)
+
+
+def test_a_line_outside_the_scan_is_found_by_the_search(quiet_lab_backend, truth,
+                                                        exact_levels) -> None:
+    """A working value 60 MHz off (qubit 1's line, -262 MHz, outside a scan of -310 +- 30 MHz):
+    the coarse search finds the line, the scan runs again there, and the record keeps both."""
+    kit = _kit(quiet_lab_backend)
+    kit.work.qubits[1]["anharmonicity_hz"] = -322e6
+    node.anharmonicity(kit, 1, SHOTS)
+    record = kit.records[-1]
+    measured, stderr = record.values["anharmonicity_hz"]
+    assert abs(measured - _exact(kit, truth, exact_levels, 1)) <= 4 * stderr + 20e3
+    assert [k.split(",")[0] for k in record.raw["series"]] == [
+        "pi", "around -322 MHz", "search"]
+
+
+def test_a_drive_the_controller_cannot_play_is_refused_and_nothing_is_measured(
+        quiet_lab_backend) -> None:
+    """A working anharmonicity of -700 MHz puts the scan's drive ~600 MHz from qubit 0's drive
+    LO, beyond the 450 MHz a 1 GS/s controller plays: refused naming the qubit, the frequency
+    and the LO, before anything runs; the working value stays."""
+    kit = _kit(quiet_lab_backend)
+    kit.work.qubits[0]["anharmonicity_hz"] = -700e6
+    with pytest.raises(FitError, match=r"qubit 0 anharmonicity: a 1-2 drive at .* Hz lies .* "
+                                        r"MHz from the drive LO .* beyond the 450 MHz"):
+        node.anharmonicity(kit, 0, SHOTS)
+    assert kit.records == [] and kit.work.qubits[0]["anharmonicity_hz"] == -700e6
+
+
+def test_no_line_anywhere_is_a_fit_error_naming_both_scans(quiet_lab_backend) -> None:
+    """Without the pi pulses (pi amplitude 0: the qubit stays in |0>, no 1-2 line to see), the
+    scan and the search find nothing: a FitError naming the qubit and both, and the working
+    value stays."""
+    kit = _kit(quiet_lab_backend)
+    kit.work.qubits[3]["pi_amplitude"] = 0.0
+    before = kit.work.qubits[3]["anharmonicity_hz"]
+    with pytest.raises(FitError, match=r"qubit 3 anharmonicity: no 1-2 line within 30 MHz .* "
+                                        r"nor around the largest response within 150 MHz"):
+        node.anharmonicity(kit, 3, SHOTS)
+    assert kit.work.qubits[3]["anharmonicity_hz"] == before
+    assert np.isfinite(before)
+
+
+def test_a_design_value_is_measured_by_the_graph_then_fresh(tmp_path, monkeypatch) -> None:
+    """The shipped snapshot's anharmonicities are the design's -250 MHz, which no check can
+    confirm: `labqpu calibrate anharmonicity` (run_graph) measures them, saying why, and
+    commits them; the next run finds them fresh (they never age)."""
+    from labqpu import LabProvider
+    from labqpu.calibration import run_graph
+    from labqpu.testing import use_fresh_home
+
+    use_fresh_home(monkeypatch, tmp_path)
+    with LabProvider() as provider:
+        backend = provider.backend()
+        first = run_graph(backend, ["anharmonicity"], qubits=[2], shots=SHOTS, rb=False)
+        assert first.ok, first.table()
+        step = next(o for o in first.outcomes if o.node == "anharmonicity")
+        assert step.status == "calibrated", first.table()
+        assert "anharmonicity_hz is the design's value, never measured" in step.reason
+        value = backend.snapshot.qubits[2]["anharmonicity_hz"]
+        assert value.experiment.startswith("anharmonicity-q2-")
+        assert abs(value.value + 241.4e6) < 0.3e6  # exact: -241.445 MHz
+        again = run_graph(backend, ["anharmonicity"], qubits=[2], shots=SHOTS, rb=False)
+        assert next(o for o in again.outcomes if o.node == "anharmonicity").status == "fresh"
