@@ -85,6 +85,19 @@ STORE_POLL_WAIT_S = 0.5
 _DIRECTIVES = ("barrier",)
 
 
+def _plain(opts: Options) -> dict:
+    """Checked options as plain values of the types a run uses: whole numbers as ``int``
+    (``meas_level=2.0`` is 2, ``shots=numpy.int64(5)`` is 5), times as ``float``, the job
+    tags as a new list."""
+    out = dict(opts.__dict__)
+    for name, kind in (("shots", int), ("meas_level", int), ("rep_delay", float),
+                       ("trace_decimation", int), ("timeout", float),
+                       ("seed_simulator", int), ("job_tags", list)):
+        if out[name] is not None:
+            out[name] = kind(out[name])
+    return out
+
+
 class LabBackend(BackendV2):
     """A lab device as a Qiskit backend.
 
@@ -158,12 +171,16 @@ class LabBackend(BackendV2):
         opts.set_validator("trace_decimation", (1, 1 << 20))
         return opts
 
-    def _refresh(self) -> int | None:
-        """Take the store's newest snapshot (its Target built, or the newest that builds one);
-        returns the newest snapshot's id (None: the store is empty)."""
+    def _check_open(self) -> None:
+        """``LabQpuError`` once the provider was closed."""
         if self._queue.closed:
             raise LabQpuError(f"backend {self.name}: its provider was closed; open a new "
                               "LabProvider")
+
+    def _refresh(self) -> int | None:
+        """Take the store's newest snapshot (its Target built, or the newest that builds one);
+        returns the newest snapshot's id (None: the store is empty)."""
+        self._check_open()
         with self._lock:
             current = self._snapshot.snapshot_id if self._snapshot else None
             try:
@@ -347,10 +364,12 @@ class LabBackend(BackendV2):
             max_experiments=self.max_circuits)
 
     def set_options(self, **fields) -> None:
-        """Change default run options; the same type and range checks as ``run()`` apply."""
-        checked = self._checked_options(fields, "option", none_keeps_default=False)
+        """Change default run options; the same type and range checks as ``run()`` apply. A
+        backend whose provider was closed refuses (as ``run()`` does)."""
+        self._check_open()
+        checked = _plain(self._checked_options(fields, "option", none_keeps_default=False))
         for name in fields:  # checked already (None where the default is None, too)
-            setattr(self._options, name, getattr(checked, name))
+            setattr(self._options, name, checked[name])
 
     def _checked_options(self, fields: dict, what: str, *, none_keeps_default: bool) -> Options:
         """A copy of the options updated with ``fields``, after the name, type and range
@@ -469,20 +488,7 @@ class LabBackend(BackendV2):
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
         type-checked, then range-checked by the same validators as ``set_options``."""
         self._check_defaults(kwargs)
-        opts = self._checked_options(kwargs, "run option", none_keeps_default=True)
-        out = dict(opts.__dict__)
-        out["shots"] = int(out["shots"])
-        out["meas_level"] = int(out["meas_level"])
-        if out["rep_delay"] is not None:
-            out["rep_delay"] = float(out["rep_delay"])
-        if out["trace_decimation"] is not None:
-            out["trace_decimation"] = int(out["trace_decimation"])
-        out["timeout"] = float(out["timeout"])
-        if out["seed_simulator"] is not None:
-            out["seed_simulator"] = int(out["seed_simulator"])
-        if out["job_tags"] is not None:
-            out["job_tags"] = list(out["job_tags"])
-        return out
+        return _plain(self._checked_options(kwargs, "run option", none_keeps_default=True))
 
     def _check_circuit(self, circuit: QuantumCircuit, target: LabTarget) -> None:
         if circuit.num_qubits > target.num_qubits:

@@ -524,3 +524,19 @@ def test_of_two_bad_circuits_the_first_is_reported(lab_backend) -> None:
     second.measure(0, 0)
     message = _nothing_sent(lab_backend, lambda: lab_backend.run([first, second]))
     assert "circuit 'first'" in message and "unbound" in message
+
+
+def test_set_options_keeps_the_types_a_run_uses(lab_backend) -> None:
+    """``meas_level=2.0`` and a numpy integer of shots are kept as the ints a run uses (2.0 was
+    kept as a float until 2026-12-07); the defaults are put back after."""
+    before = {k: getattr(lab_backend.options, k) for k in ("meas_level", "shots", "job_tags")}
+    tags = ["a"]
+    try:
+        lab_backend.set_options(meas_level=2.0, shots=np.int64(300), job_tags=tags)
+        opts = lab_backend.options
+        assert type(opts.meas_level) is int and opts.meas_level == 2
+        assert type(opts.shots) is int and opts.shots == 300
+        tags.append("b")
+        assert opts.job_tags == ["a"]
+    finally:
+        lab_backend.set_options(**before)

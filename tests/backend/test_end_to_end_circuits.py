@@ -385,6 +385,9 @@ def test_provider_closed_is_a_clear_error(lab_home, bell) -> None:
     provider.close()
     with pytest.raises(LabQpuError, match="provider was closed"):
         backend.run(native)
+    with pytest.raises(LabQpuError, match="provider was closed"):  # accepted until 2026-12-07
+        backend.set_options(shots=100)
+    assert backend.options.shots == 1024
 
 
 def test_a_dead_embedded_simulator_is_started_again_for_the_next_job(lab_home,
