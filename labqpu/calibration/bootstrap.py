@@ -329,6 +329,21 @@ def _ramsey_frequency(kit: Kit, q: int, shots: int, detuning_hz: float,
     return abs(fit.params["f"]), abs(fit.params["tau"])
 
 
+def frequency_error(f_plus_hz: float, f_minus_hz: float, detuning_hz: float,
+                    handedness: int) -> float:
+    """How far (Hz) the qubit lies above the drive, from the fringe frequencies ``f_plus_hz``
+    and ``f_minus_hz`` (Hz) of two Ramsey fringes whose analysis pulse's phase advances by
+    +-2 pi ``detuning_hz`` per unit delay, and the drive ``handedness`` (+1 or -1). A drive
+    delta below the qubit precesses by -2 pi delta t; the analysis pulse's axis turns by
+    h 2 pi (+-d) t, so the fringes run at |delta + h d| (f_plus) and |delta - h d| (f_minus):
+    s = h delta solves |s + d| = f_plus and |s - d| = f_minus. Pure."""
+    d = detuning_hz
+    candidates = [(abs(abs(s + d) - f_plus_hz) + abs(abs(s - d) - f_minus_hz), s)
+                  for s in ((f_plus_hz + f_minus_hz) / 2, -(f_plus_hz + f_minus_hz) / 2,
+                            (f_minus_hz - f_plus_hz) / 2, (f_plus_hz - f_minus_hz) / 2)]
+    return handedness * min(candidates)[1]
+
+
 def ramsey(kit: Kit, q: int, shots: int) -> None:
     """Qubit frequency (Hz) and T2* (s) from two Ramsey fringes with opposite detunings; the
     measured drive handedness says which sign the frequency error has, and a third fringe at
@@ -340,15 +355,8 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
     plus, fit_plus = _ramsey_fringe(kit, q, shots, +d, delays)
     minus, fit_minus = _ramsey_fringe(kit, q, shots, -d, delays)
     f_plus, f_minus = abs(fit_plus.params["f"]), abs(fit_minus.params["f"])
-    # A drive delta below the qubit precesses by -2 pi delta t; the analysis pulse's axis
-    # turns by h 2 pi (+-d) t (h the drive handedness), so the fringes run at |delta + h d|
-    # (f_plus) and |delta - h d| (f_minus): s = h delta solves |s + d| = f_plus and
-    # |s - d| = f_minus.
-    candidates = [(abs(abs(s + d) - f_plus) + abs(abs(s - d) - f_minus), s)
-                  for s in ((f_plus + f_minus) / 2, -(f_plus + f_minus) / 2,
-                            (f_minus - f_plus) / 2, (f_plus - f_minus) / 2)]
-    _, s = min(candidates)
-    delta = kit.work.qubits[q]["drive_handedness"] * s
+    handedness = kit.work.qubits[q]["drive_handedness"]
+    delta = frequency_error(f_plus, f_minus, d, handedness)
     f_now = kit.work.qubits[q]["frequency_hz"]
     kit.work.qubits[q]["frequency_hz"] = f_now + delta
     third, fit = _ramsey_fringe(kit, q, shots, d, delays)
@@ -368,7 +376,8 @@ def ramsey(kit: Kit, q: int, shots: int) -> None:
             {"x": delays, "x_label": "delay between the pi/2 pulses (s)",
              "y_label": "projected IQ (a.u.)", "series": series},
             fit=quality, curves={"damped cosine at the new frequency": fit.sampled(delays)},
-            old={"frequency_hz": f_now}, settings={"shots": shots, "detuning_hz": d},
+            old={"frequency_hz": f_now},
+            settings={"shots": shots, "detuning_hz": d, "drive_handedness": handedness},
             rejected=rejected)
 
     if abs(check - d) > 0.1 * d:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from labqpu.calibration.bootstrap import frequency_error
 from labqpu.calibration.experiments import (
     assignment,
     fit_damped_cosine_curve,
@@ -81,6 +82,20 @@ def _readout_amplitude(record: ExperimentRecord) -> dict[str, float]:
     return {"readout_amplitude": float(raw["amplitudes"][i_a])}
 
 
+def _ramsey(record: ExperimentRecord) -> dict[str, float]:
+    """The frequency from the record's first two fringes (+d and -d), its handedness and the
+    frequency it started from; a record made before 2026-12-07 keeps no handedness."""
+    handedness = record.settings.get("drive_handedness")
+    if handedness is None:
+        raise ValueError(f"{record.experiment}: this Ramsey record keeps no drive handedness "
+                         "(recorded since 2026-12-07), without which its fringes give no sign")
+    plus, minus = (abs(fit_damped_cosine_curve(*_series(record, label), record.subject)
+                       .params["f"]) for label in list(record.raw["series"])[:2])
+    start = record.old_values["frequency_hz"]
+    return {"frequency_hz": start + frequency_error(plus, minus, record.settings["detuning_hz"],
+                                                    handedness)}
+
+
 def _sweet_spot(record: ExperimentRecord) -> dict[str, float]:
     c2, c1, _ = fit_parabola(*_series(record), record.subject).params.values()
     return {"flux_bias_a": -c1 / (2 * c2)}
@@ -99,6 +114,7 @@ _REFITS = {
     "qubit_spectroscopy": lambda r: {"frequency_hz": fit_peak_curve(
         *_series(r), r.subject).params["f0"]},
     "sweet_spot": _sweet_spot,
+    "ramsey": _ramsey,
     "anharmonicity": lambda r: {"anharmonicity_hz": fit_peak_curve(
         *_series(r), r.subject).params["f0"]},
     "rabi": lambda r: {"pi_amplitude": abs(fit_rabi_curve(

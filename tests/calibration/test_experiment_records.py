@@ -4,6 +4,7 @@ redone from the record alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 FITTED = {"resonator_spectroscopy": "resonator_hz", "sweet_spot": "flux_bias_a",
           "qubit_spectroscopy": "frequency_hz", "rabi": "pi_amplitude", "ramsey_t2": "t2_s",
+          "ramsey": "frequency_hz",
           "drag": "drag_beta", "fine_amplitude_pi": "pi_amplitude",
           "fine_amplitude_pi2": "pi2_amplitude", "anharmonicity": "anharmonicity_hz",
           "t1": "t1_s", "hahn_echo": "t2_echo_s",
@@ -38,7 +40,7 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
         assert report.ok, report.table()
         records = {p: load_record(p) for p in report.records}
         kinds = {r.kind for r in records.values()}
-        assert kinds == set(FITTED) | {"drive_handedness", "readout", "ramsey", "active_reset",
+        assert kinds == set(FITTED) | {"drive_handedness", "readout", "active_reset",
                                        "rb_1q"}  # the graph's rb step, forced with the rest
         store = backend.config.store_path
         assert {p.parent for p in records} == {store.parent / "experiments"}
@@ -69,6 +71,12 @@ def test_every_experiment_of_a_run_leaves_a_record_and_a_plot(tmp_path, monkeypa
             assert record.fit.get("r_squared", 1.0) > 0.8, record.kind
             again = refit(record)
             assert again[name] == pytest.approx(value, rel=1e-6), record.kind
+        ramsey = next(r for r in records.values() if r.kind == "ramsey")
+        assert abs(refit(ramsey)["frequency_hz"] - ramsey.values["frequency_hz"][0]) < 1.0
+        older = dataclasses.replace(ramsey, settings={k: v for k, v in ramsey.settings.items()
+                                                      if k != "drive_handedness"})
+        with pytest.raises(ValueError, match="keeps no drive handedness"):
+            refit(older)
 
 
 @pytest.mark.parametrize("rival", [(0, "t1_s"), (2, "t1_s"), (4, "flux_bias_a")])
