@@ -4,15 +4,17 @@ A pi pulse puts qubit q in |1>; a 200 ns flat drive at frequency f then drives 1
 f = f12; a second pi pulse returns what stayed in |1> to |0>, and the readout sees the
 population the drive moved to |2> (its IQ lies away from |0>'s). The signal is |IQ - median|
 over the scan, a Lorentzian in the detuning f - f01 whose centre is the anharmonicity
-alpha = f12 - f01 (Hz, negative for a transmon). The drive's amplitude makes it a pi pulse
-on 1-2 (whose matrix element is sqrt(2) times 0-1's) at the design's Rabi rate, so on
-resonance nearly all of |1> moves to |2>.
+alpha = f12 - f01 (Hz, negative for a transmon). The flat drive has the area of the
+calibrated pi pulse over sqrt(2) (the 1-2 matrix element is sqrt(2) times 0-1's), a pi pulse
+on 1-2, so on resonance nearly all of |1> moves to |2>.
 
 The scan spans :data:`SPAN_HZ` either side of the working anharmonicity (the design's
--250 MHz, or the last one measured); when its peak is not inside, a coarse search over
-:data:`SEARCH_HZ` either side finds the largest response and the scan runs again there. The
-0-1 frequency comes from the working set (Ramsey's, known to ~1 kHz), so the standard error is
-the peak's.
+-250 MHz, or the last one measured); when its peak is not inside, a search over every
+anharmonicity a transmon has (:data:`TRANSMON_HZ`) finds the largest response and the scan
+runs again there. Scan and search keep clear of the 0-1 line (the search's upper end is 50
+MHz below it) and within the drives the controller plays (0.45 x its sample rate either
+side of the drive LO). The 0-1 frequency comes from the working set (Ramsey's, known to
+~1 kHz), so the standard error is the peak's.
 """
 
 from __future__ import annotations
@@ -24,78 +26,93 @@ from labqpu.calibration.experiments import (
     FitError,
     Kit,
     complex_median,
-    fit_peak_curve,
+    fit_peak_searching,
+    square_rise,
     sweep,
 )
+from labqpu.pulse.kernels import flat_top, gaussian_drag
 
 #: How far (Hz) either side of the working anharmonicity the scan goes, and its step (Hz).
 SPAN_HZ = 30e6
 STEP_HZ = 1e6
-#: How far (Hz) either side the coarse search goes when the peak is not in the scan, and its
-#: step (Hz): the 200 ns pulse's line is ~4 MHz wide.
-SEARCH_HZ = 150e6
+#: The anharmonicities (Hz) the search covers when the line is not in the scan: a transmon's
+#: lie within (typically -100 to -350 MHz); the upper end keeps the 0-1 line (0 Hz, ~4 MHz
+#: wide for the 200 ns drive) out of the search.
+TRANSMON_HZ = (-400e6, -50e6)
+#: The search's step (Hz): the 200 ns drive's line is ~4 MHz wide.
 SEARCH_STEP_HZ = 2e6
 #: Length (s) of the 1-2 drive.
 DRIVE_S = 200e-9
 
 
-def _scan(kit: Kit, q: int, shots: int, detunings_hz: np.ndarray) -> np.ndarray:
-    """|IQ - median| of qubit ``q``'s readout after pi, a 1-2 drive at each of
-    ``detunings_hz`` (Hz from the 0-1 frequency), pi."""
+def _amplitude(kit: Kit, q: int) -> float:
+    """The flat 1-2 drive's amplitude (full scale): the calibrated pi pulse's area (its
+    in-phase part) spread over :data:`DRIVE_S`, over sqrt(2)."""
+    p, dev = kit.work.qubits[q], kit.work.device
+    pi = gaussian_drag(kit.samples(dev["pulse_duration_s"]), dev["pulse_sigma_s"] * kit.fs,
+                       p.get("drag_beta", 0.0))
+    dur = kit.samples(DRIVE_S)
+    flat = flat_top(dur, square_rise(dur))
+    return float(p["pi_amplitude"] * np.sum(pi.real) / np.sum(flat.real) / np.sqrt(2))
+
+
+def _playable(kit: Kit, q: int) -> tuple[float, float]:
+    """The detunings (Hz from the 0-1 frequency) the node may drive: a transmon's
+    anharmonicities (:data:`TRANSMON_HZ`) that the controller plays from the drive LO."""
     p = kit.work.qubits[q]
-    f01, pi = p["frequency_hz"], p["pi_amplitude"]
-    amplitude = 0.5 / (kit.work.device["rabi_hz_per_amplitude"] * DRIVE_S) / np.sqrt(2)
     high = drive_if_band_hz(kit.fs)[1]
-    outside = [d for d in detunings_hz if abs(f01 + d - p["drive_lo_frequency_hz"]) > high]
-    if outside:
-        raise FitError(f"a 1-2 drive at {f01 + outside[0]:.6g} Hz lies "
-                       f"{abs(f01 + outside[0] - p['drive_lo_frequency_hz']) / 1e6:.4g} MHz "
-                       f"from the drive LO {p['drive_lo_frequency_hz']:.6g} Hz, beyond the "
-                       f"{high / 1e6:g} MHz the controller's {kit.fs / 1e9:g} GS/s can play",
-                       subject=f"qubit {q} anharmonicity")
-
-    def body(b, detuning_hz):
-        end = kit.drive(b, q, 0, pi)
-        end = kit.square_drive(b, q, end, DRIVE_S, amplitude, f01 + detuning_hz)
-        return kit.drive(b, q, end, pi)
-
-    iq = kit.run_iq(sweep(kit, q, detunings_hz, body), shots)[:, 0]
-    return np.abs(iq - complex_median(iq))
+    offset = p["drive_lo_frequency_hz"] - p["frequency_hz"]  # the LO, as a detuning
+    return max(TRANSMON_HZ[0], offset - high), min(TRANSMON_HZ[1], offset + high)
 
 
 def anharmonicity(kit: Kit, q: int, shots: int) -> None:
     """Anharmonicity (Hz) of qubit ``q``: the 1-2 line's detuning from the 0-1 frequency
-    (module docstring). ``FitError`` when no line is found within :data:`SEARCH_HZ` of the
-    working value, or a drive frequency lies beyond what the controller plays."""
-    start = kit.work.qubits[q]["anharmonicity_hz"]
+    (module docstring). ``FitError`` when no line is found, or when the controller plays none
+    of a transmon's anharmonicities from the drive LO (before anything runs)."""
+    p = kit.work.qubits[q]
+    start, f01 = p["anharmonicity_hz"], p["frequency_hz"]
     what = f"qubit {q} anharmonicity"
+    low, high = _playable(kit, q)
+    if high - low < 2 * SPAN_HZ:
+        reach = drive_if_band_hz(kit.fs)[1]
+        lo = p["drive_lo_frequency_hz"]
+        raise FitError(f"the drive LO {lo:.6g} Hz reaches drives from "
+                       f"{(lo - f01 - reach) / 1e6:.4g} to {(lo - f01 + reach) / 1e6:.4g} MHz of "
+                       f"the 0-1 frequency (within {reach / 1e6:g} MHz of it at "
+                       f"{kit.fs / 1e9:g} GS/s), which leaves {max(high - low, 0) / 1e6:.4g} MHz "
+                       f"of a transmon's {TRANSMON_HZ[0] / 1e6:g} to {TRANSMON_HZ[1] / 1e6:g} MHz "
+                       f"to search (at least {2 * SPAN_HZ / 1e6:g})", subject=what)
+    amplitude, pi = _amplitude(kit, q), p["pi_amplitude"]
+
+    def measure(detunings_hz: np.ndarray) -> np.ndarray:
+        def body(b, detuning_hz):
+            end = kit.drive(b, q, 0, pi)
+            end = kit.square_drive(b, q, end, DRIVE_S, amplitude, f01 + detuning_hz)
+            return kit.drive(b, q, end, pi)
+
+        iq = kit.run_iq(sweep(kit, q, detunings_hz, body), shots)[:, 0]
+        return np.abs(iq - complex_median(iq))
+
+    def within(x: np.ndarray) -> np.ndarray:
+        return x[(x >= low) & (x <= high)]
+
     span = np.arange(-SPAN_HZ, SPAN_HZ + STEP_HZ / 2, STEP_HZ)
-    x = start + span
-    signal = _scan(kit, q, shots, x)
-    series: dict = {}
-    try:
-        fit = fit_peak_curve(x, signal, what)
-    except FitError as exc:
-        coarse = start + np.arange(-SEARCH_HZ, SEARCH_HZ + SEARCH_STEP_HZ / 2, SEARCH_STEP_HZ)
-        response = _scan(kit, q, shots, coarse)
-        series = {f"around {start / 1e6:.6g} MHz": {"x": x, "y": signal},
-                  f"search, +-{SEARCH_HZ / 1e6:g} MHz": {"x": coarse, "y": response}}
-        x = float(coarse[int(np.argmax(response))]) + span
-        signal = _scan(kit, q, shots, x)
-        try:
-            fit = fit_peak_curve(x, signal, what)
-        except FitError as again:
-            first, second = (str(e).removeprefix(f"{e.subject}: ") for e in (exc, again))
-            raise FitError(f"no 1-2 line within {SPAN_HZ / 1e6:g} MHz of an anharmonicity of "
-                           f"{start / 1e6:.6g} MHz ({first}), nor around the largest response "
-                           f"within {SEARCH_HZ / 1e6:g} MHz ({second})",
-                           subject=what) from again
-    alpha = fit.params["f0"]
+    scan = within(start + span)
+    x, signal, fit, series = fit_peak_searching(
+        measure, scan if len(scan) > len(span) // 2 else scan[:0],
+        np.arange(low, high + SEARCH_STEP_HZ / 2, SEARCH_STEP_HZ),
+        lambda peak: within(peak + span), what,
+        scan_label=f"around {start / 1e6:.6g} MHz",
+        search_label=f"search, {low / 1e6:.4g} to {high / 1e6:.4g} MHz",
+        not_found=f"no 1-2 line within {SPAN_HZ / 1e6:g} MHz of an anharmonicity of "
+                  f"{start / 1e6:.6g} MHz")
+    designed = kit.work.records.get((q, "anharmonicity_hz")) in (None, "design")
     rid = kit.record(
-        "anharmonicity", q, {"anharmonicity_hz": (alpha, fit.stderr["f0"])},
+        "anharmonicity", q, {"anharmonicity_hz": (fit.params["f0"], fit.stderr["f0"])},
         {"x": x, "x_label": "1-2 drive frequency - 0-1 frequency (Hz)",
          "y_label": "|IQ - median| (a.u.)", "series": {"pi, 1-2 drive, pi": signal, **series}},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(x)}, chosen="anharmonicity_hz",
-        settings={"shots": shots, "frequency_hz": kit.work.qubits[q]["frequency_hz"],
-                  "drive_s": DRIVE_S})
-    kit.work.set(q, "anharmonicity_hz", alpha, rid)
+        old={"anharmonicity_hz": None} if designed else None,
+        settings={"shots": shots, "frequency_hz": f01, "drive_s": DRIVE_S,
+                  "amplitude": amplitude, "started_from_hz": start})
+    kit.work.set(q, "anharmonicity_hz", fit.params["f0"], rid)

@@ -27,6 +27,7 @@ from labqpu.calibration.experiments import (
     fit_exponential_curve,
     fit_parabola,
     fit_peak_curve,
+    fit_peak_searching,
     fit_rabi_curve,
     handedness_from_fringes,
     phase_from_quadratures,
@@ -138,28 +139,21 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     around = "readout frequency" if on_readout else "stored resonator_hz"
     stored = work["readout_frequency_hz" if on_readout else "resonator_hz"]
     span = np.linspace(-RESONATOR_SPAN_HZ, RESONATOR_SPAN_HZ, 61)
-    freqs = stored + span
-    iq = _resonator_scan(kit, q, shots, freqs)
-    series = {}
-    try:
-        fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
-    except FitError as exc:
-        coarse = stored + np.arange(-RESONATOR_SEARCH_HZ, RESONATOR_SEARCH_HZ + 1.0, 1e6)
-        response = np.abs(_resonator_scan(kit, q, shots, coarse))
-        series = {f"around the {around} {stored:.6g} Hz": {"x": freqs, "y": np.abs(iq)},
-                  f"search, +-{RESONATOR_SEARCH_HZ / 1e6:g} MHz": {"x": coarse, "y": response}}
-        freqs = float(coarse[int(np.argmax(response))]) + span
-        iq = _resonator_scan(kit, q, shots, freqs)
-        try:
-            fit = fit_peak_curve(freqs, np.abs(iq), f"qubit {q} resonator spectroscopy")
-        except FitError as again:
-            first, second = (str(e).removeprefix(f"{e.subject}: ") for e in (exc, again))
-            raise FitError(f"no resonator peak within {RESONATOR_SPAN_HZ / 1e6:g} MHz of the "
-                           f"{around} {stored:.6g} Hz"
-                           + (" (no resonator_hz measured yet)" if on_readout else "")
-                           + f" ({first}), nor around the "
-                           f"largest response within {RESONATOR_SEARCH_HZ / 1e6:g} MHz "
-                           f"({second})", subject=f"qubit {q} resonator spectroscopy") from again
+    scans = []  # the IQ of each scan: the record keeps the last one's
+
+    def measure(freqs: np.ndarray) -> np.ndarray:
+        scans.append(_resonator_scan(kit, q, shots, freqs))
+        return np.abs(scans[-1])
+
+    freqs, signal, fit, series = fit_peak_searching(
+        measure, stored + span,
+        stored + np.arange(-RESONATOR_SEARCH_HZ, RESONATOR_SEARCH_HZ + 1.0, 1e6),
+        lambda peak: peak + span, f"qubit {q} resonator spectroscopy",
+        scan_label=f"around the {around} {stored:.6g} Hz",
+        search_label=f"search, +-{RESONATOR_SEARCH_HZ / 1e6:g} MHz",
+        not_found=f"no resonator peak within {RESONATOR_SPAN_HZ / 1e6:g} MHz of the {around} "
+                  f"{stored:.6g} Hz" + (" (no resonator_hz measured yet)" if on_readout else ""))
+    iq = scans[-1]
     f0 = fit.params["f0"]
     current = work.get("readout_frequency_hz")  # a bootstrap's design may hold none
     moves = current is None or abs(current - f0) > keep_readout_within_hz
@@ -169,7 +163,7 @@ def resonator_spectroscopy(kit: Kit, q: int, shots: int, *,
     rid = kit.record(
         "resonator_spectroscopy", q, values,
         {"x": freqs, "x_label": "readout frequency (Hz)", "y_label": "|IQ| (a.u.)",
-         "series": {"qubit in |0>": np.abs(iq), **series}, "iq": [iq.real, iq.imag]},
+         "series": {"qubit in |0>": signal, **series}, "iq": [iq.real, iq.imag]},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(freqs)},
         chosen="resonator_hz", old=None if measured else {"resonator_hz": None},
         settings={"shots": shots,

@@ -79,6 +79,11 @@ def _storable(checks: dict, subject: str, name: str, value):
     return plain.tolist() if isinstance(plain, np.ndarray) else plain
 
 
+def square_rise(samples: int) -> float:
+    """Rise (samples) of :meth:`Kit.square_drive`'s flat-top pulse of ``samples``."""
+    return min(10.0, (samples - 1) / 2)
+
+
 class Kit:
     """Builds programs for one backend from a ``Working`` parameter set."""
 
@@ -223,7 +228,7 @@ class Kit:
                      amplitude: float, frequency_hz: float) -> int:
         """Flat-top drive of ``duration_s`` at ``frequency_hz`` (spectroscopy)."""
         dur = self.samples(duration_s)
-        rise = min(10.0, (dur - 1) / 2)
+        rise = square_rise(dur)
         wid, played = self._wave(b, ("flat", dur, rise), dur, lambda: flat_top(dur, rise))
         b.play(self._output(q, "drive"), start, wid, amplitude, 0.0,
                frequency_hz - self.work.qubits[q]["drive_lo_frequency_hz"])
@@ -505,6 +510,37 @@ def fit_peak_curve(freqs_hz: np.ndarray, signal: np.ndarray, what: str) -> Curve
         raise FitError(f"fitted peak {fit.params['f0']:.6g} Hz lies outside the sweep",
                        subject=what)
     return fit
+
+
+def fit_peak_searching(measure: Callable[[np.ndarray], np.ndarray], scan: np.ndarray,
+                       search: np.ndarray, around: Callable[[float], np.ndarray], what: str, *,
+                       scan_label: str, search_label: str, not_found: str
+                       ) -> tuple[np.ndarray, np.ndarray, CurveFit, dict]:
+    """The peak (:func:`fit_peak_curve`) of ``measure(x)``, the signal at each x, over
+    ``scan``; when it has none (or ``scan`` is empty), ``measure`` over ``search`` finds the
+    largest response and the scan runs again over ``around(its x)``. Returns the last scan's
+    x, signal and fit, and the first scan and the search as record series (labelled
+    ``scan_label`` and ``search_label``; empty when no search ran). ``FitError`` when the
+    second scan finds no peak either: ``not_found`` with both reasons."""
+    series: dict = {}
+    first = "nothing to scan there"
+    if len(scan):
+        signal = measure(scan)
+        try:
+            return scan, signal, fit_peak_curve(scan, signal, what), series
+        except FitError as exc:
+            first = str(exc).removeprefix(f"{exc.subject}: ")
+        series[scan_label] = {"x": scan, "y": signal}
+    response = measure(search)
+    series[search_label] = {"x": search, "y": response}
+    x = around(float(search[int(np.argmax(response))]))
+    signal = measure(x)
+    try:
+        return x, signal, fit_peak_curve(x, signal, what), series
+    except FitError as again:
+        second = str(again).removeprefix(f"{again.subject}: ")
+        raise FitError(f"{not_found} ({first}), nor around the largest response of the "
+                       f"{search_label} ({second})", subject=what) from again
 
 
 def complex_median(z: np.ndarray) -> complex:

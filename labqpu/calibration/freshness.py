@@ -1,6 +1,6 @@
 """Whether a node's values are fresh: the reasons the runner calibrates a node whose check
 (if it has one) would otherwise decide (:mod:`labqpu.calibration.runner`, whose docstring
-lists them): a watched value missing, still the design's on a node without a check, stamped
+lists them): a watched value missing, still the design's estimate, stamped
 in the future, older than its kind's age limit, measured anew earlier in the same walk, or
 measured before a value it builds on or measures changed."""
 
@@ -30,8 +30,8 @@ def age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, fl
     for name in node.watches:
         if name not in values:
             return f"{name} missing"
-        if node.check is None and work.records.get((subject, name)) == "design":
-            return f"{name} is the design's value, never measured"
+        if name in node.design_estimates and work.records.get((subject, name)) == "design":
+            return f"{name} is the design's estimate, never measured"
         kind = PARAMETER_KINDS.get(name, node.kind)
         stamp = work.measured_at.get((subject, name))
         if stamp is not None and (ahead := from_the_future(stamp, now)) is not None:

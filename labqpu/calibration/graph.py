@@ -104,6 +104,13 @@ class Node:
             ``"frequency"``, ...) of the values it watches that labqpu gives none, a lab's
             own: they age with that kind's limit (the wiring file's, else the default). None:
             they never age.
+        starts_from: nodes whose values its calibration starts from without being built on
+            them (the CZ scan is centred by the anharmonicity): planned before it as
+            prerequisites are, and one that failed or was blocked blocks it, but a new value
+            of theirs outdates nothing of it.
+        design_estimates: values it watches (and measures) that are only estimates while they
+            come from the design (their ``experiment`` is ``"design"``): the runner then
+            calibrates the node, as for a missing value.
     """
 
     name: str
@@ -116,14 +123,25 @@ class Node:
     needs_feedforward: bool = False
     refine: Callable[[Kit, Subject, int, Progress], None] | None = None
     kind: str | None = None
+    starts_from: tuple[str, ...] = ()
+    design_estimates: tuple[str, ...] = ()
 
     def prerequisites(self, subject: Subject) -> list[tuple[str, Subject]]:
         """(node name, subject) of each prerequisite of this node on ``subject``: on its qubit,
         or, for an edge, on both of its qubits and on the edge itself (an edge node that
         needs another edge node)."""
-        if self.scope == "qubit":
-            return [(name, subject) for name in self.requires]
-        return [(name, s) for name in self.requires for s in (*subject, subject)]
+        return _on(self.scope, self.requires, subject)
+
+    def starting_points(self, subject: Subject) -> list[tuple[str, Subject]]:
+        """(node name, subject) of each node of ``starts_from`` on ``subject``, as
+        :meth:`prerequisites`."""
+        return _on(self.scope, self.starts_from, subject)
+
+
+def _on(scope: str, names: tuple[str, ...], subject: Subject) -> list[tuple[str, Subject]]:
+    if scope == "qubit":
+        return [(name, subject) for name in names]
+    return [(name, s) for name in names for s in (*subject, subject)]
 
 
 def _drag_and_amplitude(kit: Kit, q: int, shots: int, progress: Progress) -> None:
@@ -194,10 +212,11 @@ NODES: tuple[Node, ...] = (
     Node("fine_amplitude", "qubit", ("drag",), ("pi_amplitude", "pi2_amplitude"),
          lambda kit, q, shots, _: fine_amplitude(kit, q, shots * FINE_SHOTS),
          _check_fine_amplitude),
-    # before the CZ, whose scan starts from the anharmonicity; nothing is built from it, so a
-    # new value outdates nothing; a property of the junction, it never ages
+    # the CZ scan starts from it (starts_from), but no pulse is built from it, so a new value
+    # outdates nothing; a property of the junction, it never ages; the design's is a guess
     Node("anharmonicity", "qubit", ("fine_amplitude",), ("anharmonicity_hz",),
-         lambda kit, q, shots, _: anharmonicity(kit, q, shots)),
+         lambda kit, q, shots, _: anharmonicity(kit, q, shots),
+         design_estimates=("anharmonicity_hz",)),
     # after the resonator node moved the readout frequency (its check failed), the readout's
     # point is searched again: the centres it measured there read, but need not read best
     Node("readout", "qubit", ("fine_amplitude", "resonator_spectroscopy"),
@@ -216,7 +235,8 @@ NODES: tuple[Node, ...] = (
     Node("cz", "edge", ("readout",), CZ_PARAMETERS,
          lambda kit, pair, shots, progress: cz(kit, pair, shots, progress),
          lambda kit, pair, shots: check_cz(kit, pair, shots * CHECK_SHOTS, TOLERANCES["cz"]),
-         refine=lambda kit, pair, shots, _: refine_cz(kit, pair, shots)),
+         refine=lambda kit, pair, shots, _: refine_cz(kit, pair, shots),
+         starts_from=("anharmonicity",)),
     Node("echo", "qubit", ("t1",), ("t2_echo_s",),
          lambda kit, q, shots, _: hahn_echo(kit, q, shots * CHECK_SHOTS)),
     Node("zz", "edge", ("fine_amplitude",), ("zz_hz",),
@@ -332,15 +352,20 @@ def _node_problem(n: object, before: Sequence[Node]) -> str | None:
     where = f"node {n.name!r}"
     if n.scope not in ("qubit", "edge"):
         return f"{where}: scope must be 'qubit' or 'edge', got {n.scope!r}"
-    for field in ("requires", "watches", "measures"):
+    for field in ("requires", "watches", "measures", "starts_from", "design_estimates"):
         names = getattr(n, field)
         if not (isinstance(names, tuple) and all(isinstance(x, str) for x in names)):
             return f"{where}: {field} must be a tuple of names, got {names!r}"
-    unknown = [m for m in n.requires if m not in scopes]
-    if unknown:
-        return f"{where} requires {unknown[0]!r}, which the graph does not have before it"
-    if n.scope == "qubit" and any(scopes[m] == "edge" for m in n.requires):
-        return f"{where}: a qubit node cannot require an edge node"
+    for field, verb in (("requires", "require"), ("starts_from", "start from")):
+        names = getattr(n, field)
+        unknown = [m for m in names if m not in scopes]
+        if unknown:
+            return (f"{where} {field.replace('_', ' ')} {unknown[0]!r}, which the graph does "
+                    "not have before it")
+        if n.scope == "qubit" and any(scopes[m] == "edge" for m in names):
+            return f"{where}: a qubit node cannot {verb} an edge node"
+    if any(m not in n.watches for m in n.design_estimates):
+        return f"{where}: design_estimates must name values it watches, got {n.design_estimates!r}"
     if any(m not in n.requires for m in n.measures):
         return f"{where}: measures must name nodes it requires, got {n.measures!r}"
     if n.measures and not n.watches:
@@ -394,7 +419,8 @@ def plan(names: Iterable[str] | None, qubits: Iterable[int],
         name = pending.pop()
         if name not in closure:
             closure.add(name)
-            pending.extend(node(name, nodes).requires)
+            wanted_node = node(name, nodes)
+            pending.extend((*wanted_node.requires, *wanted_node.starts_from))
     qubits = sorted(set(qubits))
     edges = sorted({(min(e), max(e)) for e in edges if set(e) <= set(qubits)})
     steps: list[tuple[Node, Subject]] = []

@@ -5,8 +5,8 @@ For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in depen
 
 * a prerequisite failed or was blocked: the step is **blocked** (nothing run);
 * forced, a watched value missing, or older than its kind's age limit: **calibrate**; so is a
-  node without a check whose watched value is still the design's (no check tells whether
-  the estimate holds: the shipped snapshots' anharmonicities);
+  node whose watched value is still the design's where the node calls it an estimate
+  (``Node.design_estimates``: the shipped snapshots' anharmonicities);
 * a failed check: **refine** first where the node has a cheaper refinement (the CZ), then
   **calibrate** if that fails;
 * a node that ``measures`` another node's calibration (the CZ whose leakage it reads) holds
@@ -161,7 +161,7 @@ def _available_nodes(backend) -> tuple[Node, ...]:
     kept: list[Node] = []
     for n in graph_nodes():  # prerequisites first
         names = {m.name for m in kept}
-        if not n.needs_feedforward and all(m in names for m in n.requires):
+        if not n.needs_feedforward and all(m in names for m in (*n.requires, *n.starts_from)):
             kept.append(n)
     return tuple(kept)
 
@@ -212,11 +212,14 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
         label = describe(subject)
         reporter.step(n.name, label)
         t0 = time.perf_counter()
-        bad = [f"{name} on {describe(s)}" for name, s in n.prerequisites(subject)
+        bad = [f"prerequisite {name} on {describe(s)}" for name, s in n.prerequisites(subject)
                if status.get((name, s)) in ("failed", "blocked")]
+        bad += [f"{name} on {describe(s)}, which it starts from,"
+                for name, s in n.starting_points(subject)
+                if status.get((name, s)) in ("failed", "blocked")]
         check = None
         if bad:
-            outcome = Outcome(n.name, label, "blocked", f"prerequisite {bad[0]} did not pass")
+            outcome = Outcome(n.name, label, "blocked", f"{bad[0]} did not pass")
         else:
             reason = "forced" if n.name in forced else (
                 measured_again(n, label, measured_by)

@@ -4,7 +4,6 @@ drive the controller cannot play."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from labqpu.calibration import anharmonicity as node
@@ -68,17 +67,53 @@ def test_a_line_outside_the_scan_is_found_by_the_search(quiet_lab_backend, truth
         "pi", "around -322 MHz", "search"]
 
 
-def test_a_drive_the_controller_cannot_play_is_refused_and_nothing_is_measured(
-        quiet_lab_backend) -> None:
-    """A working anharmonicity of -700 MHz puts the scan's drive ~600 MHz from qubit 0's drive
-    LO, beyond the 450 MHz a 1 GS/s controller plays: refused naming the qubit, the frequency
-    and the LO, before anything runs; the working value stays."""
+@pytest.mark.parametrize("start", [0.0, 250e6, -700e6])
+def test_a_working_value_no_transmon_has_is_searched_past_and_the_0_1_line_is_not_taken(
+        quiet_lab_backend, truth, exact_levels, start) -> None:
+    """A review's case: from 0 (or within 150 MHz of it) the search covered the 0-1 line and
+    returned an anharmonicity of ~0 Hz. From 0, from a sign typo (+250 MHz) and from -700 MHz
+    the scan is left out (no transmon has those), the search covers -400 to -50 MHz only, and
+    qubit 2's line (-241 MHz) is found."""
     kit = _kit(quiet_lab_backend)
-    kit.work.qubits[0]["anharmonicity_hz"] = -700e6
-    with pytest.raises(FitError, match=r"qubit 0 anharmonicity: a 1-2 drive at .* Hz lies .* "
-                                        r"MHz from the drive LO .* beyond the 450 MHz"):
+    kit.work.qubits[2]["anharmonicity_hz"] = start
+    node.anharmonicity(kit, 2, SHOTS)
+    record = kit.records[-1]
+    measured, stderr = record.values["anharmonicity_hz"]
+    assert abs(measured - _exact(kit, truth, exact_levels, 2)) <= 4 * stderr + 20e3
+    assert [k.split(",")[0] for k in record.raw["series"]] == ["pi", "search"]
+
+
+def test_a_drive_lo_that_reaches_no_transmons_1_2_line_is_refused_before_anything_runs(
+        quiet_lab_backend) -> None:
+    """An LO 400 MHz above qubit 0 plays drives from -50 to +850 MHz of its 0-1 line at
+    1 GS/s (0.45 x the rate either side): none of a transmon's anharmonicities. Refused,
+    naming the qubit, the LO and the band, before any job; the working value stays."""
+    kit = _kit(quiet_lab_backend)
+    p = kit.work.qubits[0]
+    p["drive_lo_frequency_hz"] = p["frequency_hz"] + 400e6
+    with pytest.raises(FitError, match=r"qubit 0 anharmonicity: the drive LO .* Hz reaches "
+                                        r"drives from -50 to 850 MHz of the 0-1 frequency "
+                                        r"\(within 450 MHz of it at 1 GS/s\), which leaves 0 MHz"):
         node.anharmonicity(kit, 0, SHOTS)
-    assert kit.records == [] and kit.work.qubits[0]["anharmonicity_hz"] == -700e6
+    assert kit.records == [] and p["anharmonicity_hz"] == -250e6
+
+
+def test_a_search_beyond_the_band_is_clipped_to_it(quiet_lab_backend, truth,
+                                                    exact_levels) -> None:
+    """A review's case: at 0.6 GS/s the search was refused as a whole ("beyond the 270 MHz")
+    although qubit 1's line lay inside the band. The search is clipped to the drives the
+    controller plays, here from the LO -450 MHz (1 GS/s) moved so that only -330 to -50 MHz
+    of the 0-1 line is playable: the line (-262 MHz) is found from a start 80 MHz off."""
+    kit = _kit(quiet_lab_backend)
+    p = kit.work.qubits[1]
+    p["drive_lo_frequency_hz"] = p["frequency_hz"] + 120e6  # plays -330 .. +570 MHz
+    p["anharmonicity_hz"] = -180e6
+    node.anharmonicity(kit, 1, SHOTS)
+    record = kit.records[-1]
+    measured, stderr = record.values["anharmonicity_hz"]
+    assert abs(measured - _exact(kit, truth, exact_levels, 1)) <= 4 * stderr + 20e3
+    search = next(v for k, v in record.raw["series"].items() if k.startswith("search"))
+    assert min(search["x"]) >= -330e6 - 1 and max(search["x"]) <= -50e6 + 1
 
 
 def test_no_line_anywhere_is_a_fit_error_naming_both_scans(quiet_lab_backend) -> None:
@@ -89,10 +124,10 @@ def test_no_line_anywhere_is_a_fit_error_naming_both_scans(quiet_lab_backend) ->
     kit.work.qubits[3]["pi_amplitude"] = 0.0
     before = kit.work.qubits[3]["anharmonicity_hz"]
     with pytest.raises(FitError, match=r"qubit 3 anharmonicity: no 1-2 line within 30 MHz .* "
-                                        r"nor around the largest response within 150 MHz"):
+                                        r"nor around the largest response of the search, "
+                                        r"-400 to -50 MHz"):
         node.anharmonicity(kit, 3, SHOTS)
     assert kit.work.qubits[3]["anharmonicity_hz"] == before
-    assert np.isfinite(before)
 
 
 def test_a_design_value_is_measured_by_the_graph_then_fresh(tmp_path, monkeypatch) -> None:
@@ -110,7 +145,7 @@ def test_a_design_value_is_measured_by_the_graph_then_fresh(tmp_path, monkeypatc
         assert first.ok, first.table()
         step = next(o for o in first.outcomes if o.node == "anharmonicity")
         assert step.status == "calibrated", first.table()
-        assert "anharmonicity_hz is the design's value, never measured" in step.reason
+        assert "anharmonicity_hz is the design's estimate, never measured" in step.reason
         value = backend.snapshot.qubits[2]["anharmonicity_hz"]
         assert value.experiment.startswith("anharmonicity-q2-")
         assert abs(value.value + 241.4e6) < 0.3e6  # exact: -241.445 MHz

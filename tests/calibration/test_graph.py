@@ -15,7 +15,7 @@ import pytest
 from labqpu.backend.target import build_target
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Working
-from labqpu.calibration.graph import NODES, Node, plan
+from labqpu.calibration.graph import NODES, Node, plan, register_node
 from labqpu.calibration.report import Change, Outcome, RunReport, unchecked
 from labqpu.calibration.runner import run_graph, walk
 from labqpu.errors import FitError
@@ -88,6 +88,68 @@ def test_a_failed_edge_node_blocks_the_edge_nodes_that_need_it():
     got = {(o.node, o.subject): o.status for o in outcomes}
     assert got[("gate", "edge 0-1")] == "failed"
     assert got[("after", "edge 0-1")] == "blocked"
+
+
+def test_a_node_that_starts_from_another_is_planned_after_it_blocked_by_it_not_outdated():
+    """A review's case: the CZ scan is centred by the flux qubit's anharmonicity, which a CZ
+    with a wrong one (150 MHz off) scans past; the CZ ran after the anharmonicity had failed
+    and said only "no amplitude gives a conditional phase of pi", and `calibrate cz` did not
+    plan the anharmonicity. A node ``starts_from`` another: planned before it, blocked by its
+    failure, and a new value of it outdates nothing below (it is no prerequisite)."""
+    def fail(kit, q, shots, progress):
+        raise FitError("no line", subject=f"qubit {q}")
+
+    def nodes(alpha) -> tuple[Node, ...]:
+        return (Node("freq", "qubit", (), ("frequency_hz",), _set("frequency_hz", 5e9)),
+                Node("alpha", "qubit", ("freq",), ("alpha_hz",), alpha),
+                Node("gate", "edge", ("freq",), ("amplitude",), _set_pair("amplitude", 0.4),
+                     starts_from=("alpha",)),
+                Node("leak", "edge", ("gate",), ("leakage",), _set_pair("leakage", 0.01)))
+
+    assert [n.name for n, _ in plan(["gate"], [0, 1], [(0, 1)], nodes(fail))] == [
+        "freq", "freq", "alpha", "alpha", "gate"]
+    outcomes = walk(SimpleNamespace(work=_work()), plan(None, [0, 1], [(0, 1)], nodes(fail)),
+                    shots=1, now=NOW, forced={"freq", "alpha", "gate", "leak"})
+    got = {(o.node, o.subject): o for o in outcomes}
+    assert got[("gate", "edge 0-1")].status == "blocked"
+    assert got[("gate", "edge 0-1")].reason == ("alpha on qubit 0, which it starts from, did "
+                                                "not pass")
+    # a new anharmonicity (no check) outdates neither the gate nor what is built on it
+    now = datetime.now(UTC)
+    work = _work()
+    for q in (0, 1):
+        work.set(q, "alpha_hz", -2.5e8, "alpha-run")
+        work.measured_at[(q, "alpha_hz")] = now.isoformat()
+    work.pairs[(0, 1)] = {"amplitude": 0.3, "leakage": 0.02}
+    for name in ("amplitude", "leakage"):
+        work.measured_at[((0, 1), name)] = (now - timedelta(hours=1)).isoformat()
+    outcomes = walk(SimpleNamespace(work=work), plan(None, [0, 1], [(0, 1)],
+                                                     nodes(_set("alpha_hz", -2.4e8))),
+                    shots=1, now=now)
+    assert {(o.node, o.status) for o in outcomes if o.subject == "edge 0-1"} == {
+        ("gate", "fresh"), ("leak", "fresh")}
+
+
+def test_a_design_estimate_is_measured_and_another_design_value_is_not():
+    """A review's case: a rule that calibrated every node without a check whose watched value
+    came from the design re-ran a lab's node on every run, for a design value it watched and
+    never set (the pulse duration). Only a node's ``design_estimates`` are calibrated while
+    they are the design's."""
+    nodes = (Node("alpha", "qubit", (), ("alpha_hz",), _set("alpha_hz", -2.4e8),
+                  design_estimates=("alpha_hz",)),
+             Node("mine", "qubit", (), ("gain", "pulse_s"), _set("gain", 2.0)))
+    now = datetime.now(UTC)
+    work = Working(device={}, qubits={0: {}})
+    for name, value in (("alpha_hz", -2.5e8), ("pulse_s", 4e-8), ("gain", 1.0)):
+        work.set(0, name, value, "mine-run" if name == "gain" else "design")
+        work.measured_at[(0, name)] = now.isoformat()
+    outcomes = walk(SimpleNamespace(work=work), plan(None, [0], [], nodes), shots=1, now=now)
+    assert [(o.node, o.status, o.reason) for o in outcomes] == [
+        ("alpha", "calibrated", "alpha_hz is the design's estimate, never measured"),
+        ("mine", "fresh", "values within their age limits; the node has no check")]
+    with pytest.raises(ValueError, match="design_estimates must name values it watches"):
+        register_node(Node("bad", "qubit", (), ("x",), _set("x", 1.0),
+                           design_estimates=("y",)))
 
 
 def test_old_values_are_recalibrated_without_a_check_and_force_skips_the_check():
