@@ -85,17 +85,17 @@ STORE_POLL_WAIT_S = 0.5
 _DIRECTIVES = ("barrier",)
 
 
-def _plain(opts: Options) -> dict:
-    """Checked options as plain values of the types a run uses: whole numbers as ``int``
-    (``meas_level=2.0`` is 2, ``shots=numpy.int64(5)`` is 5), times as ``float``, the job
-    tags as a new list."""
-    out = dict(opts.__dict__)
-    for name, kind in (("shots", int), ("meas_level", int), ("rep_delay", float),
-                       ("trace_decimation", int), ("timeout", float),
-                       ("seed_simulator", int), ("job_tags", list)):
-        if out[name] is not None:
-            out[name] = kind(out[name])
-    return out
+#: The type a run uses for each option that is converted (``_plain``).
+_PLAIN_TYPES = {"shots": int, "meas_level": int, "rep_delay": float, "trace_decimation": int,
+                "timeout": float, "seed_simulator": int, "job_tags": list}
+
+
+def _plain(values: dict) -> dict:
+    """Checked option ``values`` (name -> value) as the types a run uses: whole numbers as
+    ``int`` (``meas_level=2.0`` is 2, ``shots=numpy.int64(5)`` is 5), times as ``float``,
+    the job tags as a new list; None stays None."""
+    return {name: value if value is None or name not in _PLAIN_TYPES
+            else _PLAIN_TYPES[name](value) for name, value in values.items()}
 
 
 class LabBackend(BackendV2):
@@ -367,9 +367,9 @@ class LabBackend(BackendV2):
         """Change default run options; the same type and range checks as ``run()`` apply. A
         backend whose provider was closed refuses (as ``run()`` does)."""
         self._check_open()
-        checked = _plain(self._checked_options(fields, "option", none_keeps_default=False))
-        for name in fields:  # checked already (None where the default is None, too)
-            setattr(self._options, name, checked[name])
+        checked = self._checked_options(fields, "option", none_keeps_default=False)
+        for name, value in _plain({name: getattr(checked, name) for name in fields}).items():
+            setattr(self._options, name, value)  # checked (None where the default is None)
 
     def _checked_options(self, fields: dict, what: str, *, none_keeps_default: bool) -> Options:
         """A copy of the options updated with ``fields``, after the name, type and range
@@ -386,7 +386,7 @@ class LabBackend(BackendV2):
         given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
         check_option_types({k: v for k, v in given.items() if v is not None}, what)
         opts = copy.copy(self.options)  # own fields and validators; values are replaced,
-        # never mutated (job_tags, the one list, is copied by _run_options)
+        # never mutated (job_tags, the one list, is copied by _plain)
         for name, value in given.items():
             if value is None:  # set_options: None is a value of an option that defaults to it
                 default = self._default_options().get(name)
@@ -488,7 +488,8 @@ class LabBackend(BackendV2):
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
         type-checked, then range-checked by the same validators as ``set_options``."""
         self._check_defaults(kwargs)
-        return _plain(self._checked_options(kwargs, "run option", none_keeps_default=True))
+        return _plain(dict(self._checked_options(kwargs, "run option",
+                                                 none_keeps_default=True).__dict__))
 
     def _check_circuit(self, circuit: QuantumCircuit, target: LabTarget) -> None:
         if circuit.num_qubits > target.num_qubits:

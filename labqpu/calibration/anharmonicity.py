@@ -27,10 +27,8 @@ from labqpu.calibration.experiments import (
     Kit,
     complex_median,
     fit_peak_searching,
-    square_rise,
     sweep,
 )
-from labqpu.pulse.kernels import flat_top, gaussian_drag
 
 #: How far (Hz) either side of the working anharmonicity the scan goes, and its step (Hz).
 SPAN_HZ = 30e6
@@ -45,24 +43,15 @@ SEARCH_STEP_HZ = 2e6
 DRIVE_S = 200e-9
 
 
-def _amplitude(kit: Kit, q: int) -> float:
-    """The flat 1-2 drive's amplitude (full scale): the calibrated pi pulse's area (its
-    in-phase part) spread over :data:`DRIVE_S`, over sqrt(2)."""
-    p, dev = kit.work.qubits[q], kit.work.device
-    pi = gaussian_drag(kit.samples(dev["pulse_duration_s"]), dev["pulse_sigma_s"] * kit.fs,
-                       p.get("drag_beta", 0.0))
-    dur = kit.samples(DRIVE_S)
-    flat = flat_top(dur, square_rise(dur))
-    return float(p["pi_amplitude"] * np.sum(pi.real) / np.sum(flat.real) / np.sqrt(2))
-
-
-def _playable(kit: Kit, q: int) -> tuple[float, float]:
-    """The detunings (Hz from the 0-1 frequency) the node may drive: a transmon's
-    anharmonicities (:data:`TRANSMON_HZ`) that the controller plays from the drive LO."""
+def _playable(kit: Kit, q: int) -> tuple[float, float, float, float]:
+    """The detunings (Hz from the 0-1 frequency) the node may drive, lowest and highest: a
+    transmon's anharmonicities (:data:`TRANSMON_HZ`) that the controller plays from the drive
+    LO; and those it plays at all, lowest and highest."""
     p = kit.work.qubits[q]
-    high = drive_if_band_hz(kit.fs)[1]
+    reach = drive_if_band_hz(kit.fs)[1]
     offset = p["drive_lo_frequency_hz"] - p["frequency_hz"]  # the LO, as a detuning
-    return max(TRANSMON_HZ[0], offset - high), min(TRANSMON_HZ[1], offset + high)
+    return (max(TRANSMON_HZ[0], offset - reach), min(TRANSMON_HZ[1], offset + reach),
+            offset - reach, offset + reach)
 
 
 def anharmonicity(kit: Kit, q: int, shots: int) -> None:
@@ -72,17 +61,17 @@ def anharmonicity(kit: Kit, q: int, shots: int) -> None:
     p = kit.work.qubits[q]
     start, f01 = p["anharmonicity_hz"], p["frequency_hz"]
     what = f"qubit {q} anharmonicity"
-    low, high = _playable(kit, q)
+    low, high, lowest, highest = _playable(kit, q)
     if high - low < 2 * SPAN_HZ:
-        reach = drive_if_band_hz(kit.fs)[1]
-        lo = p["drive_lo_frequency_hz"]
-        raise FitError(f"the drive LO {lo:.6g} Hz reaches drives from "
-                       f"{(lo - f01 - reach) / 1e6:.4g} to {(lo - f01 + reach) / 1e6:.4g} MHz of "
-                       f"the 0-1 frequency (within {reach / 1e6:g} MHz of it at "
-                       f"{kit.fs / 1e9:g} GS/s), which leaves {max(high - low, 0) / 1e6:.4g} MHz "
-                       f"of a transmon's {TRANSMON_HZ[0] / 1e6:g} to {TRANSMON_HZ[1] / 1e6:g} MHz "
-                       f"to search (at least {2 * SPAN_HZ / 1e6:g})", subject=what)
-    amplitude, pi = _amplitude(kit, q), p["pi_amplitude"]
+        raise FitError(f"the drive LO {p['drive_lo_frequency_hz']:.6g} Hz reaches drives from "
+                       f"{lowest / 1e6:.4g} to {highest / 1e6:.4g} MHz of the 0-1 frequency "
+                       f"(within {(highest - lowest) / 2e6:g} MHz of it at {kit.fs / 1e9:g} "
+                       f"GS/s), which leaves {max(high - low, 0) / 1e6:.4g} MHz of a "
+                       f"transmon's {TRANSMON_HZ[0] / 1e6:g} to {TRANSMON_HZ[1] / 1e6:g} MHz to "
+                       f"search (at least {2 * SPAN_HZ / 1e6:g})", subject=what)
+    # the flat drive's area is the pi pulse's over sqrt(2): a pi pulse on 1-2
+    amplitude = kit.pulse_area(q) / kit.square_area(DRIVE_S) / np.sqrt(2)
+    pi = p["pi_amplitude"]
 
     def measure(detunings_hz: np.ndarray) -> np.ndarray:
         def body(b, detuning_hz):
@@ -100,19 +89,18 @@ def anharmonicity(kit: Kit, q: int, shots: int) -> None:
     scan = within(start + span)
     x, signal, fit, series = fit_peak_searching(
         measure, scan if len(scan) > len(span) // 2 else scan[:0],
-        np.arange(low, high + SEARCH_STEP_HZ / 2, SEARCH_STEP_HZ),
+        within(np.arange(low, high + SEARCH_STEP_HZ / 2, SEARCH_STEP_HZ)),
         lambda peak: within(peak + span), what,
         scan_label=f"around {start / 1e6:.6g} MHz",
         search_label=f"search, {low / 1e6:.4g} to {high / 1e6:.4g} MHz",
         not_found=f"no 1-2 line within {SPAN_HZ / 1e6:g} MHz of an anharmonicity of "
                   f"{start / 1e6:.6g} MHz")
-    designed = kit.work.records.get((q, "anharmonicity_hz")) in (None, "design")
     rid = kit.record(
         "anharmonicity", q, {"anharmonicity_hz": (fit.params["f0"], fit.stderr["f0"])},
         {"x": x, "x_label": "1-2 drive frequency - 0-1 frequency (Hz)",
          "y_label": "|IQ - median| (a.u.)", "series": {"pi, 1-2 drive, pi": signal, **series}},
         fit=fit.quality(), curves={"Lorentzian": fit.sampled(x)}, chosen="anharmonicity_hz",
-        old={"anharmonicity_hz": None} if designed else None,
+        old={"anharmonicity_hz": None} if kit.work.from_design(q, "anharmonicity_hz") else None,
         settings={"shots": shots, "frequency_hz": f01, "drive_s": DRIVE_S,
                   "amplitude": amplitude, "started_from_hz": start})
     kit.work.set(q, "anharmonicity_hz", fit.params["f0"], rid)

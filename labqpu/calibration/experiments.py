@@ -59,6 +59,11 @@ class Working:
         self.records[(pair, name)] = experiment
         self.measured_at[(pair, name)] = datetime.now(UTC).isoformat()
 
+    def from_design(self, subject: int | tuple[int, int], name: str) -> bool:
+        """Whether ``subject``'s ``name`` is the design's value: stored as ``"design"``, or
+        filled in from the design file (no record)."""
+        return self.records.get((subject, name)) in (None, "design")
+
 
 def _storable(checks: dict, subject: str, name: str, value):
     """``value`` as the working set keeps it (an array as a list); ``FitError`` naming
@@ -214,8 +219,7 @@ class Kit:
         """DRAG pulse on ``q`` from ``start`` (``amplitude``: full scale, or the name of a
         parameter of ``b``); returns the sample after it."""
         p = self.work.qubits[q]
-        dur = self.samples(self.work.device["pulse_duration_s"])
-        sigma = self.work.device["pulse_sigma_s"] * self.fs
+        dur, sigma = self._drag_shape()
         beta = p.get("drag_beta", 0.0) if beta is None else beta
         wid, played = self._wave(b, ("drag", dur, sigma, beta), dur,
                                  lambda: gaussian_drag(dur, sigma, beta))
@@ -223,6 +227,24 @@ class Kit:
         b.play(self._output(q, "drive"), start, wid, amplitude, phase_rad,
                f - p["drive_lo_frequency_hz"])
         return start + played
+
+    def _drag_shape(self) -> tuple[int, float]:
+        """Length and sigma (samples) of the DRAG pulses :meth:`drive` plays."""
+        return (self.samples(self.work.device["pulse_duration_s"]),
+                self.work.device["pulse_sigma_s"] * self.fs)
+
+    def pulse_area(self, q: int) -> float:
+        """The in-phase area (full scale x samples) of qubit ``q``'s calibrated pi pulse, as
+        :meth:`drive` plays it (the DRAG part is in quadrature)."""
+        dur, sigma = self._drag_shape()
+        return float(self.work.qubits[q]["pi_amplitude"] * np.sum(gaussian_drag(dur, sigma,
+                                                                                 0.0).real))
+
+    def square_area(self, duration_s: float) -> float:
+        """The area (samples) of :meth:`square_drive`'s flat-top pulse of ``duration_s`` at
+        unit amplitude."""
+        dur = self.samples(duration_s)
+        return float(np.sum(flat_top(dur, square_rise(dur)).real))
 
     def square_drive(self, b: ProgramBuilder, q: int, start: int, duration_s: float,
                      amplitude: float, frequency_hz: float) -> int:
@@ -522,6 +544,8 @@ def fit_peak_searching(measure: Callable[[np.ndarray], np.ndarray], scan: np.nda
     x, signal and fit, and the first scan and the search as record series (labelled
     ``scan_label`` and ``search_label``; empty when no search ran). ``FitError`` when the
     second scan finds no peak either: ``not_found`` with both reasons."""
+    if not len(search):
+        raise FitError(f"{not_found}, and nothing to search", subject=what)
     series: dict = {}
     first = "nothing to scan there"
     if len(scan):

@@ -23,14 +23,15 @@ def values_of(work: Working, subject: Subject) -> dict[str, Any]:
 
 
 def age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, float],
-                now: datetime, nodes: dict[str, Node]) -> str | None:
-    """Why ``node``'s values on ``subject`` are not fresh (missing, too old, measured before
-    the calibration they measure changed), or None."""
+               now: datetime, nodes: dict[str, Node]) -> str | None:
+    """Why ``node``'s values on ``subject`` are not fresh (missing, still the design's
+    estimate, stamped in the future, too old, measured before the calibration they measure or
+    build on changed), or None."""
     values = values_of(work, subject)
     for name in node.watches:
         if name not in values:
             return f"{name} missing"
-        if name in node.design_estimates and work.records.get((subject, name)) == "design":
+        if name in node.design_estimates and work.from_design(subject, name):
             return f"{name} is the design's estimate, never measured"
         kind = PARAMETER_KINDS.get(name, node.kind)
         stamp = work.measured_at.get((subject, name))
@@ -44,7 +45,7 @@ def age_reason(work: Working, node: Node, subject: Subject, limits: dict[str, fl
 
 
 def measured_again(node: Node, label: str, measured_by: dict[tuple[str, str], str]
-                    ) -> str | None:
+                   ) -> str | None:
     """Why ``node``'s values on the subject ``label`` are to be measured again: an earlier step
     of the walk, a coarser measurement of the graph, measured one of the values it watches
     anew (the sweet spot's spectroscopy a Ramsey frequency, Rabi a DRAG step's amplitude), or
@@ -58,7 +59,7 @@ def measured_again(node: Node, label: str, measured_by: dict[tuple[str, str], st
 
 
 def outdated_reason(work: Working, node: Node, subject: Subject,
-                     nodes: dict[str, Node]) -> str | None:
+                    nodes: dict[str, Node]) -> str | None:
     """Why ``node``'s values on ``subject`` describe a calibration that has changed since, or
     None: a value of a node it ``measures`` (looked up in ``nodes`` by name), or, for a node
     without a check, of a node without a check that it builds on, directly or through others
@@ -96,7 +97,7 @@ def outdated_reason(work: Working, node: Node, subject: Subject,
 
 
 def built_on(node: Node, subject: Subject, nodes: dict[str, Node]
-              ) -> list[tuple[str, Subject]]:
+             ) -> list[tuple[str, Subject]]:
     """(node name, subject) of every step of ``nodes`` that ``node`` on ``subject`` builds on:
     its prerequisites, theirs and so on (a qubit node's on its qubit; an edge node's on both
     qubits and on the edge), nearest first."""

@@ -15,7 +15,7 @@ The graph (arrows point from a prerequisite to what needs it)::
     resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
         -> drag -> fine_amplitude -> readout -> t1 -> echo
                          |     |          \\-> cz (edge: readout on both qubits) -> cz_spectators
-                         |     \\-> anharmonicity
+                         |     \\-> anharmonicity  (the cz starts from it on both qubits)
                          \\-> zz (edge: fine_amplitude on both qubits)
 
 The graph ends with :data:`RB_NODE` (``rb``): randomized benchmarking of every qubit and edge
@@ -94,7 +94,7 @@ class Node:
             the Ramsey node refines): its values are out of date, and it is calibrated again,
             when one of theirs was measured after its own. A node without a check is also
             out of date when a node without a check that it builds on (through any chain of
-            prerequisites) was measured after it (``labqpu.calibration.runner``).
+            prerequisites) was measured after it (``labqpu.calibration.freshness``).
         needs_feedforward: the node plays conditional pulses; a rack whose controllers state
             no feed-forward latency leaves it out.
         refine: ``(kit, subject, shots, progress)`` -> None, a cheaper calibration the runner
@@ -108,7 +108,7 @@ class Node:
             them (the CZ scan is centred by the anharmonicity): planned before it as
             prerequisites are, and one that failed or was blocked blocks it, but a new value
             of theirs outdates nothing of it.
-        design_estimates: values it watches (and measures) that are only estimates while they
+        design_estimates: values it watches (and sets) that are only estimates while they
             come from the design (their ``experiment`` is ``"design"``): the runner then
             calibrates the node, as for a missing value.
     """
@@ -290,7 +290,8 @@ def graph_nodes() -> tuple[Node, ...]:
 
 def _load_installed() -> tuple[Node, ...]:
     """The nodes of the :data:`NODE_ENTRY_POINTS` entry points, each after the nodes it
-    requires (another package's too), else in the order of the entry points' names."""
+    requires or starts from (another package's too), else in the order of the entry points'
+    names."""
     pending: list[tuple[str, object]] = []
     for point in sorted(entry_points(group=NODE_ENTRY_POINTS), key=lambda p: p.name):
         package = point.dist.name if point.dist else "<its package>"
@@ -338,10 +339,12 @@ def register_node(n: Node) -> None:
 def _node_problem(n: object, before: Sequence[Node]) -> str | None:
     """Why the graph ``before`` cannot take ``n`` after its nodes, or None: its name must be
     a new word, not :data:`RESERVED_NAMES`; its scope ``"qubit"`` or ``"edge"``; ``requires``,
-    ``watches`` and ``measures`` tuples of names; its prerequisites nodes of ``before`` (a
-    qubit node's, qubit nodes: it runs on one qubit); what it measures among them, with
-    values it watches (their age is compared with theirs); ``calibrate`` callable, ``check``
-    and ``refine`` callable or None; ``kind`` an age kind or None."""
+    ``watches``, ``measures``, ``starts_from`` and ``design_estimates`` tuples of names; its
+    prerequisites and the nodes it starts from nodes of ``before`` (a qubit node's, qubit
+    nodes: it runs on one qubit); what it measures among its prerequisites, with values it
+    watches (their age is compared with theirs); its design estimates among the values it
+    watches; ``calibrate`` callable, ``check`` and ``refine`` callable or None; ``kind`` an
+    age kind or None."""
     if not isinstance(n, Node):
         return f"{n!r} is not a labqpu.calibration.graph.Node"
     if not isinstance(n.name, str) or not n.name.isidentifier():

@@ -3,7 +3,8 @@ one snapshot.
 
 For each step (node, subject) of :func:`labqpu.calibration.graph.plan`, in dependency order:
 
-* a prerequisite failed or was blocked: the step is **blocked** (nothing run);
+* a prerequisite failed or was blocked: the step is **blocked** (nothing run); so is its
+  calibration (not its check, nor its refinement) when a node it ``starts_from`` did;
 * forced, a watched value missing, or older than its kind's age limit: **calibrate**; so is a
   node whose watched value is still the design's where the node calls it an estimate
   (``Node.design_estimates``: the shipped snapshots' anharmonicities);
@@ -155,7 +156,8 @@ def working_from_snapshot(snapshot: Snapshot, design: Working) -> Working:
 
 def _available_nodes(backend) -> tuple[Node, ...]:
     """The graph's nodes this rack can run: those that need feed-forward only with it, and
-    only with their prerequisites (a lab's node may build on ``active_reset``)."""
+    only with their prerequisites and the nodes they start from (a lab's node may build on
+    ``active_reset``)."""
     if backend.feedforward_latency_samples is not None:
         return graph_nodes()
     kept: list[Node] = []
@@ -214,9 +216,11 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
         t0 = time.perf_counter()
         bad = [f"prerequisite {name} on {describe(s)}" for name, s in n.prerequisites(subject)
                if status.get((name, s)) in ("failed", "blocked")]
-        bad += [f"{name} on {describe(s)}, which it starts from,"
-                for name, s in n.starting_points(subject)
-                if status.get((name, s)) in ("failed", "blocked")]
+        # a node it starts from that failed stops only its calibration (not its check or
+        # refinement, which start from its own values)
+        no_start = [f"{name} on {describe(s)}, which its calibration starts from,"
+                    for name, s in n.starting_points(subject)
+                    if status.get((name, s)) in ("failed", "blocked")]
         check = None
         if bad:
             outcome = Outcome(n.name, label, "blocked", f"{bad[0]} did not pass")
@@ -241,7 +245,7 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
                                   "measures it again)", check)
             else:
                 outcome = _calibrate(kit, n, subject, shots, reason, check, reporter,
-                                     refine=checked)
+                                     refine=checked, no_start=no_start)
         outcome.seconds = time.perf_counter() - t0
         status[(n.name, subject)] = outcome.status
         measured_by.update({(c.subject, c.name): n.name for c in outcome.changes
@@ -254,9 +258,10 @@ def walk(kit: Kit, steps: Sequence[tuple[Node, Subject]], *, shots: int,
 
 def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
                check: CheckResult | None, reporter: LineReporter, *,
-               refine: bool = False) -> Outcome:
+               refine: bool = False, no_start: Sequence[str] = ()) -> Outcome:
     """Calibrate ``n`` on ``subject``; with ``refine`` (its check failed) the node's
-    refinement first, where it has one."""
+    refinement first, where it has one. ``no_start``: the nodes it starts from that failed
+    in this run (their description), which block the calibration, not the refinement."""
     before = _state(kit.work)
     label = describe(subject)
     if refine and n.refine is not None:
@@ -269,6 +274,9 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
             _restore(kit.work, before)
             reporter.note(f"  {n.name} on {label}: refinement failed ({_why(exc, n)}); "
                           "calibrating")
+    if no_start:
+        return Outcome(n.name, label, "blocked", f"{reason}; {no_start[0]} did not pass",
+                       check)
     try:
         n.calibrate(kit, subject, shots, reporter.note)
     except _step_errors(n) as exc:

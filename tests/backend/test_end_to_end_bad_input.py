@@ -529,7 +529,8 @@ def test_of_two_bad_circuits_the_first_is_reported(lab_backend) -> None:
 def test_set_options_keeps_the_types_a_run_uses(lab_backend) -> None:
     """``meas_level=2.0`` and a numpy integer of shots are kept as the ints a run uses (2.0 was
     kept as a float until 2026-12-07); the defaults are put back after."""
-    before = {k: getattr(lab_backend.options, k) for k in ("meas_level", "shots", "job_tags")}
+    before = {k: getattr(lab_backend.options, k)
+              for k in ("meas_level", "shots", "job_tags", "timeout")}
     tags = ["a"]
     try:
         lab_backend.set_options(meas_level=2.0, shots=np.int64(300), job_tags=tags)
@@ -538,5 +539,10 @@ def test_set_options_keeps_the_types_a_run_uses(lab_backend) -> None:
         assert type(opts.shots) is int and opts.shots == 300
         tags.append("b")
         assert opts.job_tags == ["a"]
+        # an option changed past set_options is left for run() to name (a review's case: it
+        # broke the next set_options of another option with a bare ValueError)
+        opts.timeout = "soon"
+        lab_backend.set_options(meas_level=1)
+        assert opts.meas_level == 1 and opts.timeout == "soon"
     finally:
         lab_backend.set_options(**before)

@@ -94,16 +94,17 @@ def test_a_node_that_starts_from_another_is_planned_after_it_blocked_by_it_not_o
     """A review's case: the CZ scan is centred by the flux qubit's anharmonicity, which a CZ
     with a wrong one (150 MHz off) scans past; the CZ ran after the anharmonicity had failed
     and said only "no amplitude gives a conditional phase of pi", and `calibrate cz` did not
-    plan the anharmonicity. A node ``starts_from`` another: planned before it, blocked by its
-    failure, and a new value of it outdates nothing below (it is no prerequisite)."""
+    plan the anharmonicity. A node ``starts_from`` another: planned before it, its calibration
+    (not its check: a second review's case) blocked by its failure, and a new value of it
+    outdates nothing below (it is no prerequisite)."""
     def fail(kit, q, shots, progress):
         raise FitError("no line", subject=f"qubit {q}")
 
-    def nodes(alpha) -> tuple[Node, ...]:
+    def nodes(alpha, gate_check=None) -> tuple[Node, ...]:
         return (Node("freq", "qubit", (), ("frequency_hz",), _set("frequency_hz", 5e9)),
                 Node("alpha", "qubit", ("freq",), ("alpha_hz",), alpha),
                 Node("gate", "edge", ("freq",), ("amplitude",), _set_pair("amplitude", 0.4),
-                     starts_from=("alpha",)),
+                     gate_check, starts_from=("alpha",)),
                 Node("leak", "edge", ("gate",), ("leakage",), _set_pair("leakage", 0.01)))
 
     assert [n.name for n, _ in plan(["gate"], [0, 1], [(0, 1)], nodes(fail))] == [
@@ -112,8 +113,19 @@ def test_a_node_that_starts_from_another_is_planned_after_it_blocked_by_it_not_o
                     shots=1, now=NOW, forced={"freq", "alpha", "gate", "leak"})
     got = {(o.node, o.subject): o for o in outcomes}
     assert got[("gate", "edge 0-1")].status == "blocked"
-    assert got[("gate", "edge 0-1")].reason == ("alpha on qubit 0, which it starts from, did "
-                                                "not pass")
+    assert got[("gate", "edge 0-1")].reason == ("forced; alpha on qubit 0, which its "
+                                                "calibration starts from, did not pass")
+    assert got[("leak", "edge 0-1")].status == "blocked"
+    # a gate whose check passes is fresh, whatever became of what its calibration starts from
+    work = _work()
+    work.pairs[(0, 1)] = {"amplitude": 0.3}
+    work.measured_at[((0, 1), "amplitude")] = NOW.isoformat()
+    passes = lambda kit, pair, shots: CheckResult(True, 1.0, 1.0, 0.1, "")  # noqa: E731
+    outcomes = walk(SimpleNamespace(work=work), plan(["gate"], [0, 1], [(0, 1)],
+                                                     nodes(fail, passes)),
+                    shots=1, now=NOW, forced={"alpha"})
+    assert [(o.node, o.status) for o in outcomes if o.subject == "edge 0-1"] == [
+        ("gate", "fresh")]
     # a new anharmonicity (no check) outdates neither the gate nor what is built on it
     now = datetime.now(UTC)
     work = _work()
@@ -123,9 +135,8 @@ def test_a_node_that_starts_from_another_is_planned_after_it_blocked_by_it_not_o
     work.pairs[(0, 1)] = {"amplitude": 0.3, "leakage": 0.02}
     for name in ("amplitude", "leakage"):
         work.measured_at[((0, 1), name)] = (now - timedelta(hours=1)).isoformat()
-    outcomes = walk(SimpleNamespace(work=work), plan(None, [0, 1], [(0, 1)],
-                                                     nodes(_set("alpha_hz", -2.4e8))),
-                    shots=1, now=now)
+    outcomes = walk(SimpleNamespace(work=work), plan(None, [0, 1], [(0, 1)], nodes(fail)),
+                    shots=1, now=now)  # alpha is fresh: it does not run
     assert {(o.node, o.status) for o in outcomes if o.subject == "edge 0-1"} == {
         ("gate", "fresh"), ("leak", "fresh")}
 

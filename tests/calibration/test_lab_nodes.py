@@ -96,6 +96,11 @@ def own_registry(monkeypatch):
     ({"measures": ("t1",)}, "measures must name nodes it requires, got ('t1',)"),
     ({"refine": 42}, "calibrate (and check and refine, if given) must be callables"),
     ({"kind": "coherance"}, "kind 'coherance' is not an age kind; did you mean 'coherence'?"),
+    ({"starts_from": ("anharmonicty",)},
+     "starts from 'anharmonicty', which the graph does not have before it"),
+    ({"starts_from": ("cz",)}, "a qubit node cannot start from an edge node"),
+    ({"starts_from": "rabi"}, "starts_from must be a tuple of names, got 'rabi'"),
+    ({"design_estimates": ("t1_s",)}, "design_estimates must name values it watches"),
 ])
 def test_a_node_the_graph_cannot_take_is_refused_and_nothing_is_added(
         tmp_path, own_registry, change, words) -> None:
