@@ -109,8 +109,8 @@ class Node:
             prerequisites are, and one that failed or was blocked blocks it, but a new value
             of theirs outdates nothing of it.
         design_estimates: values it watches (and sets) that are only estimates while they
-            come from the design (their ``experiment`` is ``"design"``): the runner then
-            calibrates the node, as for a missing value.
+            come from the design (stored with the experiment ``"design"``, or filled in from
+            the design file): the runner then calibrates the node, as for a missing value.
     """
 
     name: str
