@@ -14,7 +14,9 @@ The graph (arrows point from a prerequisite to what needs it)::
 
     resonator_spectroscopy -> sweet_spot -> drive_lo -> rabi -> drive_handedness -> ramsey
         -> drag -> fine_amplitude -> readout -> t1 -> echo
-                         |     |          \\-> cz (edge: readout on both qubits) -> cz_spectators
+                         |     |          \\-> active_reset
+                         |     |          \\-> cz (edge: readout on both qubits)
+                         |     |                 -> cz_spectators, cz_leakage
                          |     \\-> anharmonicity  (the cz starts from it on both qubits)
                          \\-> zz (edge: fine_amplitude on both qubits)
 
@@ -106,8 +108,8 @@ class Node:
             they never age.
         starts_from: nodes whose values its calibration starts from without being built on
             them (the CZ scan is centred by the anharmonicity): planned before it as
-            prerequisites are, and one that failed or was blocked blocks it, but a new value
-            of theirs outdates nothing of it.
+            prerequisites are, and one that failed or was blocked blocks its calibration (not
+            its check or refinement), but a new value of theirs outdates nothing of it.
         design_estimates: values it watches (and sets) that are only estimates while they
             come from the design (stored with the experiment ``"design"``, or filled in from
             the design file): the runner then calibrates the node, as for a missing value.

@@ -55,7 +55,7 @@ def test_every_qubits_anharmonicity_is_its_exact_1_2_line(quiet_lab_backend, tru
 
 def test_a_line_outside_the_scan_is_found_by_the_search(quiet_lab_backend, truth,
                                                         exact_levels) -> None:
-    """A working value 60 MHz off (qubit 1's line, -262 MHz, outside a scan of -310 +- 30 MHz):
+    """A working value 60 MHz off (qubit 1's line, -262 MHz, outside a scan of -322 +- 30 MHz):
     the coarse search finds the line, the scan runs again there, and the record keeps both."""
     kit = _kit(quiet_lab_backend)
     kit.work.qubits[1]["anharmonicity_hz"] = -322e6
