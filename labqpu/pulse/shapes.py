@@ -204,8 +204,8 @@ class Shape:
         """Refuse a keyword the shape does not take naming the ones it does (qiskit.pulse's
         ``duration=`` and ``sigma=`` are ``duration_samples=`` and ``sigma_samples=`` here)."""
         names = _keywords(cls)
-        for word in kwargs:
-            if names is not None and word not in names:
+        for word in kwargs if names is not None else ():
+            if word not in names:
                 unit = [n for n in names if n.startswith(f"{word}_")]
                 hint = (f"; did you mean {unit[0]!r}?" if unit else did_you_mean(word, names))
                 raise TypeError(f"{cls.__name__}() takes no keyword {word!r}{hint} (it takes "
