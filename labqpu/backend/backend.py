@@ -15,6 +15,7 @@ from qiskit.circuit import ControlFlowOp, QuantumCircuit
 from qiskit.circuit.exceptions import CircuitError
 from qiskit.providers import BackendV2, Options
 
+from labqpu import __version__
 from labqpu.backend.compiled import CompiledPrograms
 from labqpu.backend.configuration import BackendConfiguration
 from labqpu.backend.input_checks import check_option_types, refused_circuit
@@ -105,7 +106,7 @@ class LabBackend(BackendV2):
     newer snapshot appears; jobs already compiled keep the snapshot they were compiled with.
     """
 
-    backend_version = "0.1.0"
+    backend_version = __version__
 
     def __init__(self, provider, config: LabConfig, store: CalibrationStore,
                  queue: HardwareQueue) -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
+import platform
 
+import numpy as np
+import qiskit
+
+from labqpu import __version__
 from labqpu.errors import BackendPropertyError
 from labqpu.pulse.kernels import discriminate
 from labqpu.pulse.program import PulseProgram
+
+#: The software a result was made with (versions), in every result's reproducibility bundle.
+SOFTWARE = {"labqpu": __version__, "qiskit": qiskit.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
 
 #: Register values below this (or below the number of shots) are counted by a tally over every
 #: outcome (``np.bincount``) rather than by sorting the shots (``outcome_counts``).
@@ -128,7 +136,8 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     """One experiment's entry of ``Result.from_dict``.
 
     ``provenance`` (the rack's reproducibility bundle) goes into the experiment's header as
-    ``"reproducibility"``, together with the calibration snapshot id. With meas_level 0,
+    ``"reproducibility"``, together with the calibration snapshot id and the versions of the
+    software that made the result (:data:`SOFTWARE`). With meas_level 0,
     ``traces`` are the controller's (shots or 1, acquisitions, points) complex traces of
     ``trace_decimation`` samples per point: ``memory`` holds per shot (or averaged, with
     ``meas_return="avg"``) one list of [re, im] points per memory slot, as Qiskit's level-0
@@ -147,7 +156,8 @@ def experiment_result(program: PulseProgram, iq: np.ndarray, *, shots: int, meas
     header.setdefault("metadata", {})
     if provenance is not None:
         header["reproducibility"] = {**provenance,
-                                     "calibration_snapshot_id": snapshot.snapshot_id}
+                                     "calibration_snapshot_id": snapshot.snapshot_id,
+                                     "software": dict(SOFTWARE)}
     if meas_level == 0:
         header["trace"] = {"decimation": int(trace_decimation),
                            "point_duration_s": trace_decimation / program.sample_rate_hz}

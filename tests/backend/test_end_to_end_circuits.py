@@ -13,16 +13,19 @@ import hashlib
 import itertools
 import logging
 import os
+import platform
 import signal
 import threading
 import time
 
 import numpy as np
 import pytest
+import qiskit
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import ClassicalRegister, Parameter
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
+import labqpu
 from labqpu import LabProvider
 from labqpu.drivers.protocol import PROTOCOL_VERSION
 from labqpu.errors import HardwareUnavailableError
@@ -480,6 +483,10 @@ def test_every_result_carries_a_reproducibility_bundle(lab_backend, bell) -> Non
     assert bundle["waveform_hashes"] == [hashlib.sha256(program.waveform(i).tobytes())
                                          .hexdigest() for i in range(program.num_waveforms)]
     assert bundle["calibration_snapshot_id"] == lab_backend.snapshot.snapshot_id
+    assert bundle["software"] == {"labqpu": labqpu.__version__, "qiskit": qiskit.__version__,
+                                  "numpy": np.__version__,
+                                  "python": platform.python_version()}
+    assert result.backend_version == labqpu.__version__
     assert bundle["controller"]["protocol_version"] == PROTOCOL_VERSION
     assert bundle["controller"]["firmware"]
     assert 0 < bundle["controller"]["elapsed_s"] < waited  # the run, within the job
