@@ -57,7 +57,7 @@ from labqpu.pulse.shapes import brief, finite
 from labqpu.pulse.split import split_program
 from labqpu.pulse.timing import TimingConstraints
 from labqpu.rack.config import BUILTIN_DEVICES, LabConfig, builtin_config_path
-from labqpu.rack.hardware import HardwareQueue
+from labqpu.rack.hardware_queue import HardwareQueue
 from labqpu.store import CalibrationStore, Snapshot
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from labqpu.backend.results import (
 from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import InstrumentError, JobCancelledError
 from labqpu.pulse.program import PulseProgram
-from labqpu.rack.hardware import CANCELLED, HardwareQueue, RunRecord, RunRequest
+from labqpu.rack.hardware import CANCELLED, RunRecord, RunRequest
+from labqpu.rack.hardware_queue import HardwareQueue
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from labqpu.errors import (
     InvalidSnapshotError,
 )
 from labqpu.rack.config import LabConfig, load_config, resolve_config_path, tcp_port
-from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
+from labqpu.rack.hardware import RackConnection
+from labqpu.rack.hardware_queue import LocalHardwareQueue
 from labqpu.rack.limits import check_against_wiring, wiring_limits
 from labqpu.rack.lock import RackLock, rack_lock_path
 from labqpu.store import CalibrationStore

@@ -32,15 +32,10 @@ and its errors are the ``CalibrationError`` branch of that tree.
 """
 
 from labqpu.store.builder import SnapshotBuilder
-from labqpu.store.database import (
-    EXPORT_FORMAT,
-    SCHEMA_VERSION,
-    CalibrationStore,
-    ParameterRecord,
-    SnapshotInfo,
-)
+from labqpu.store.database import EXPORT_FORMAT, SCHEMA_VERSION, CalibrationStore
 from labqpu.store.parameter import MISSING, Parameter
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
+from labqpu.store.records import ParameterRecord, SnapshotInfo
 from labqpu.store.requirements import (
     CALIBRATION_FAILED,
     CZ_PARAMETERS,

@@ -12,7 +12,6 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from labqpu.store.files import (
 from labqpu.store.journal import set_aside_journal_of_another_file
 from labqpu.store.physics import check_physics
 from labqpu.store.properties import document_from_backend_properties, export_backend_properties
+from labqpu.store.records import ParameterRecord, SnapshotInfo
 from labqpu.store.snapshot import Snapshot, diff_snapshots
 from labqpu.store.validation import (
     MAX_ID,
@@ -53,37 +53,6 @@ from labqpu.store.validation import (
 
 EXPORT_FORMAT = "labqpu.calibration.snapshot/1"
 """Value of the ``format`` field of :meth:`CalibrationStore.export_json` documents."""
-
-
-@dataclass(frozen=True)
-class ParameterRecord:
-    """One measurement of one parameter, as :meth:`CalibrationStore.parameter_history` lists.
-
-    Attributes:
-        snapshot_id: the first snapshot that held this measurement.
-        value: the value, in the unit the parameter's name states.
-        timestamp: when it was measured, ISO-8601 UTC.
-        experiment: the experiment that measured it.
-    """
-
-    snapshot_id: int
-    value: Any
-    timestamp: str
-    experiment: str
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """Summary of one stored snapshot, as listed by :meth:`CalibrationStore.history`."""
-
-    snapshot_id: int
-    device: str
-    created: str
-    parent_id: int | None
-    content_hash: str
-    notes: str
-    #: Why the snapshot's document cannot be read (it is corrupt), or None.
-    problem: str | None = None
 
 
 log = logging.getLogger(__name__)

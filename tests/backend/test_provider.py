@@ -18,7 +18,7 @@ from qiskit.providers import JobError, QiskitBackendNotFoundError
 from labqpu import BackendConfigurationError, LabProvider
 from labqpu.errors import CalibrationError, HardwareUnavailableError
 from labqpu.rack.config import default_config_path
-from labqpu.rack.hardware import LocalHardwareQueue
+from labqpu.rack.hardware_queue import LocalHardwareQueue
 from labqpu.store import CalibrationStore
 from labqpu.testing import seed_fresh_store
 

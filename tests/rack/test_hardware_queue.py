@@ -11,7 +11,8 @@ import zmq
 
 from labqpu.errors import InstrumentTimeoutError
 from labqpu.rack.config import default_config_path, load_config
-from labqpu.rack.hardware import LocalHardwareQueue, RackConnection
+from labqpu.rack.hardware import RackConnection
+from labqpu.rack.hardware_queue import LocalHardwareQueue
 
 
 def test_a_status_that_times_out_says_why(monkeypatch) -> None:
