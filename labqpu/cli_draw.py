@@ -28,10 +28,64 @@ from pathlib import Path
 
 from labqpu.cli_options import not_a_file
 
+#: The most qubits, and the most classical bits, a circuit file may declare: Qiskit builds a
+#: file's registers whole before any device's size is checked (a review's six-line file
+#: declaring 10**9 qubits took the host's memory).
+MAX_FILE_BITS = 65_536
+
+_COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+#: OpenQASM 2 and 3 register declarations (``qreg q[5];``, ``qubit[5] q;``, ``bit[2] c;``):
+#: (kind, size) in groups 1 and 2 or 3 and 4.
+_REGISTERS = re.compile(r"\b(qreg|creg)\s+[A-Za-z_]\w*\s*\[([^\]]*)\]"
+                        r"|\b(qubit|bit)\s*\[([^\]]*)\]")
+#: OpenQASM 3 physical qubits (``$12``: Qiskit makes qubits 0 to 12).
+_PHYSICAL = re.compile(r"\$(\d+)")
+
+
+def _size(designator: str) -> int | None:
+    """A register's size as Qiskit's OpenQASM importers read it (integer literals, + - * /,
+    parentheses); None for anything else, which they refuse themselves."""
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            return -value(node.operand) if isinstance(node.op, ast.USub) else value(node.operand)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult
+                                                      | ast.Div):
+            a, b = value(node.left), value(node.right)
+            return (a + b if isinstance(node.op, ast.Add) else a - b
+                    if isinstance(node.op, ast.Sub) else a * b
+                    if isinstance(node.op, ast.Mult) else a // b if b else 0)
+        raise ValueError("not a constant integer")
+
+    try:
+        return value(ast.parse(designator.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def declared_bits(text: str) -> tuple[int, int]:
+    """(qubits, classical bits) the OpenQASM program ``text`` declares, read without building
+    them (comments left out)."""
+    qubits = clbits = 0
+    code = _COMMENTS.sub(" ", text)
+    for match in _REGISTERS.finditer(code):
+        kind, size = (match.group(1), match.group(2)) if match.group(1) \
+            else (match.group(3), match.group(4))
+        n = max(_size(size) or 0, 0)
+        if kind in ("qreg", "qubit"):
+            qubits += n
+        else:
+            clbits += n
+    for digits in _PHYSICAL.findall(code):  # a long digit string is beyond any limit
+        qubits = max(qubits, int(digits) + 1 if len(digits) < 12 else 10 ** 12)
+    return qubits, clbits
+
 
 def load_circuit(path: Path):
     """The circuit of an OpenQASM 2 or 3 file (the version line decides); a file that does not
-    parse raises ``QiskitError`` with the parser's message and the file name."""
+    parse, or declares more than :data:`MAX_FILE_BITS` qubits or classical bits, raises
+    ``QiskitError`` with the parser's message (or the count) and the file name."""
     import qiskit.qasm2
     import qiskit.qasm3
     from openqasm3.parser import QASM3ParsingError
@@ -41,6 +95,11 @@ def load_circuit(path: Path):
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise QiskitError(f"{path}: not a valid OpenQASM program: not UTF-8 text") from exc
+    for count, what in zip(declared_bits(text), ("qubits", "classical bits"), strict=True):
+        if count > MAX_FILE_BITS:
+            raise QiskitError(f"{path}: declares {count} {what}; labqpu reads circuit files "
+                              f"of at most {MAX_FILE_BITS} (a lab device has far fewer "
+                              "qubits)")
     version = next((words[1].rstrip(";") for words in map(str.split, text.splitlines())
                     if len(words) > 1 and words[0] == "OPENQASM"), None)
     code = [line for line in text.splitlines() if line.strip() and

@@ -18,7 +18,7 @@ from qiskit.providers import BackendV2, Options
 from labqpu import __version__
 from labqpu.backend.compiled import CompiledPrograms
 from labqpu.backend.configuration import BackendConfiguration
-from labqpu.backend.input_checks import check_option_types, refused_circuit
+from labqpu.backend.input_checks import check_option_types, plain_options, refused_circuit
 from labqpu.backend.job import MAX_TIMEOUT_S, LabJob, wait_bound
 from labqpu.backend.merge import plan_runs
 from labqpu.backend.program_checks import (
@@ -84,19 +84,6 @@ STORE_POLL_WAIT_S = 0.5
 
 #: Instructions that never need a Target entry: they only order or label the circuit.
 _DIRECTIVES = ("barrier",)
-
-
-#: The type a run uses for each option that is converted (``_plain``).
-_PLAIN_TYPES = {"shots": int, "meas_level": int, "rep_delay": float, "trace_decimation": int,
-                "timeout": float, "seed_simulator": int, "job_tags": list}
-
-
-def _plain(values: dict) -> dict:
-    """Checked option ``values`` (name -> value) as the types a run uses: whole numbers as
-    ``int`` (``meas_level=2.0`` is 2, ``shots=numpy.int64(5)`` is 5), times as ``float``,
-    the job tags as a new list; None stays None."""
-    return {name: value if value is None or name not in _PLAIN_TYPES
-            else _PLAIN_TYPES[name](value) for name, value in values.items()}
 
 
 class LabBackend(BackendV2):
@@ -369,7 +356,8 @@ class LabBackend(BackendV2):
         backend whose provider was closed refuses (as ``run()`` does)."""
         self._check_open()
         checked = self._checked_options(fields, "option", none_keeps_default=False)
-        for name, value in _plain({name: getattr(checked, name) for name in fields}).items():
+        plain = plain_options({name: getattr(checked, name) for name in fields})
+        for name, value in plain.items():
             setattr(self._options, name, value)  # checked (None where the default is None)
 
     def _checked_options(self, fields: dict, what: str, *, none_keeps_default: bool) -> Options:
@@ -387,7 +375,7 @@ class LabBackend(BackendV2):
         given = {k: v for k, v in fields.items() if v is not None or not none_keeps_default}
         check_option_types({k: v for k, v in given.items() if v is not None}, what)
         opts = copy.copy(self.options)  # own fields and validators; values are replaced,
-        # never mutated (job_tags, the one list, is copied by _plain)
+        # never mutated (job_tags, the one list, is copied by plain_options)
         for name, value in given.items():
             if value is None:  # set_options: None is a value of an option that defaults to it
                 default = self._default_options().get(name)
@@ -489,7 +477,7 @@ class LabBackend(BackendV2):
         """Options for one run: defaults updated with ``kwargs`` (None keeps the default),
         type-checked, then range-checked by the same validators as ``set_options``."""
         self._check_defaults(kwargs)
-        return _plain(dict(self._checked_options(kwargs, "run option",
+        return plain_options(dict(self._checked_options(kwargs, "run option",
                                                  none_keeps_default=True).__dict__))
 
     def _check_circuit(self, circuit: QuantumCircuit, target: LabTarget) -> None:
@@ -501,18 +489,14 @@ class LabBackend(BackendV2):
         if isinstance(phase, numbers.Real) and not math.isfinite(phase):
             raise InvalidRunInputError(f"circuit {circuit.name!r}: global_phase {phase} must be "
                                        "finite; nothing was sent")
+        _check_control_flow(circuit, circuit)  # before any gate's error: transpiling
+        # cannot help these
         self._check_instructions(circuit, circuit, list(range(circuit.num_qubits)), target)
 
     def _check_instructions(self, circuit: QuantumCircuit, body: QuantumCircuit,
                             physical: list[int], target: LabTarget) -> None:
         """Every instruction of ``body`` (``circuit`` itself, or a branch of one of its
         if_else, whose qubit i is ``physical[i]``) is in the Target with finite parameters."""
-        for inst in body.data:  # before any gate's error: transpiling cannot help these
-            if isinstance(inst.operation, ControlFlowOp) and inst.operation.name != "if_else":
-                raise InvalidRunInputError(
-                    f"circuit {circuit.name!r}: control flow {inst.operation.name!r} is not "
-                    "supported; labqpu runs if_else (if_test) only, so write a loop out "
-                    "(unrolled) and a switch as if_else's; nothing was sent")
         for inst in body.data:
             name = inst.operation.name
             if name in _DIRECTIVES:
@@ -775,6 +759,21 @@ class LabBackend(BackendV2):
                              "interrupted")
                 raise
         return job
+
+
+def _check_control_flow(circuit: QuantumCircuit, body: QuantumCircuit) -> None:
+    """``InvalidRunInputError`` for control flow other than if_else in ``body`` (``circuit``
+    itself, or a branch of one of its if_else, at any depth)."""
+    for inst in body.data:
+        if not isinstance(inst.operation, ControlFlowOp):
+            continue
+        if inst.operation.name != "if_else":
+            raise InvalidRunInputError(
+                f"circuit {circuit.name!r}: control flow {inst.operation.name!r} is not "
+                "supported; labqpu runs if_else (if_test) only, so write a loop out "
+                "(unrolled) and a switch as if_else's; nothing was sent")
+        for block in inst.operation.blocks:
+            _check_control_flow(circuit, block)
 
 
 def _measurable(target: LabTarget) -> bool:

@@ -14,17 +14,33 @@ from qiskit.circuit.exceptions import CircuitError
 from labqpu.drivers.protocol import SEED_LIMIT
 from labqpu.errors import InvalidRunInputError
 
-__all__ = ["OPTION_TYPES", "check_option_types", "refused_circuit"]
+__all__ = ["OPTION_TYPES", "check_option_types", "plain_options", "refused_circuit"]
 
-#: Run options whose type is checked before the range validators see them.
+#: Run options whose type is checked before the range validators see them: (the type a value
+#: must have, what the error says it must be, the type a run keeps it as).
 OPTION_TYPES = {
-    "shots": (numbers.Integral, "an integer"),
-    "meas_level": (numbers.Real, "0, 1 or 2"),
-    "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1"),
-    "rep_delay": (numbers.Real, "a finite number of seconds"),
-    "timeout": (numbers.Real, "a finite number of seconds"),
-    "trace_decimation": (numbers.Integral, "a whole number of samples"),
+    "shots": (numbers.Integral, "an integer", int),
+    "meas_level": (numbers.Real, "0, 1 or 2", int),
+    "seed_simulator": (numbers.Integral, "an integer in 0..2**63 - 1", int),
+    "rep_delay": (numbers.Real, "a finite number of seconds", float),
+    "timeout": (numbers.Real, "a finite number of seconds", float),
+    "trace_decimation": (numbers.Integral, "a whole number of samples", int),
 }
+
+
+def plain_options(values: dict) -> dict:
+    """Checked option ``values`` (name -> value) as the types a run uses
+    (:data:`OPTION_TYPES`): whole numbers as ``int`` (``meas_level=2.0`` is 2,
+    ``shots=numpy.int64(5)`` is 5), times as ``float``, the job tags as a new list; None stays
+    None."""
+    out = {}
+    for name, value in values.items():
+        if value is not None and name == "job_tags":
+            value = list(value)
+        elif value is not None and name in OPTION_TYPES:
+            value = OPTION_TYPES[name][2](value)
+        out[name] = value
+    return out
 
 
 def refused_circuit(circuits: list[QuantumCircuit], exc: CircuitError) -> InvalidRunInputError:

@@ -147,7 +147,9 @@ class LabJob(JobV1):
             if batch is not self._current or self._future.done():
                 return
             if batch.cancelled():
-                self._future.set_exception(JobCancelledError("cancelled before it ran"))
+                self._future.set_exception(JobCancelledError(
+                    f"cancelled after {self._done_batches} of {len(self._batches)} batches"
+                    if self._done_batches else "cancelled before it ran"))
                 return
             failure = batch.exception()
             if failure is not None:
@@ -172,6 +174,12 @@ class LabJob(JobV1):
                 try:
                     self._queue_batch()
                 except Exception as exc:  # the queue closed between batches
+                    if self._queue.closed:  # the provider was closed: the job is cancelled
+                        cancelled = JobCancelledError(
+                            f"cancelled after {self._done_batches} of {len(self._batches)} "
+                            "batches")
+                        cancelled.__cause__ = exc
+                        exc = cancelled
                     self._future.set_exception(exc)
 
     @property

@@ -273,7 +273,7 @@ def _calibrate(kit: Kit, n: Node, subject: Subject, shots: int, reason: str,
             _raise_rack_fault(exc)
             _restore(kit.work, before)
             reporter.note(f"  {n.name} on {label}: refinement failed ({_why(exc, n)}); "
-                          "calibrating")
+                          + ("calibration blocked" if no_start else "calibrating"))
     if no_start:
         return Outcome(n.name, label, "blocked", f"{reason}; {no_start[0]} did not pass",
                        check)

@@ -431,6 +431,16 @@ class Waveform(Shape):
     def _synthesize(self, dtype: type) -> np.ndarray:
         return self.samples_array.astype(dtype)
 
+    def assign_parameters(self, bindings: Bindings) -> Waveform:
+        """A copy with the parameters of ``amp`` and ``angle_rad`` in ``bindings`` (by
+        ``Parameter`` or name) substituted; the samples are kept."""
+        bound = {name: bind_value(value, bindings, f"{self.kind} {name}")
+                 if isinstance(value := getattr(self, name), ParameterExpression) else value
+                 for name in ("amp", "angle_rad")}
+        if all(bound[name] is getattr(self, name) for name in bound):
+            return self
+        return Waveform(self.samples_array, **bound)
+
     def envelope_key(self) -> tuple:
         return (self.kind, hashlib.sha256(self.samples_array.tobytes()).hexdigest())
 

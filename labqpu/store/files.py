@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import stat
 from contextlib import suppress
 from pathlib import Path
 
@@ -49,7 +50,16 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 def not_a_database(path: Path) -> str | None:
     """What the file at ``path`` is when it exists but holds no SQLite database header (an
-    empty file, or a few bytes: SQLite opens those as a new database), else None."""
+    empty file, or a few bytes: SQLite opens those as a new database) or is no regular file
+    (a named pipe, whose opening waits for a writer for ever, a device), else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # missing, or not reachable: SQLite's own error says which
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device file")
+        return kind
     try:
         with open(path, "rb") as file:
             head = file.read(len(SQLITE_HEADER))

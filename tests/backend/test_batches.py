@@ -15,7 +15,7 @@ from qiskit.providers import JobError, JobStatus
 
 import labqpu.backend.backend as backend_module
 from labqpu.drivers.controller import ControllerClient
-from labqpu.errors import InvalidRunInputError
+from labqpu.errors import HardwareUnavailableError, InvalidRunInputError
 
 
 def runs_total(backend) -> int:
@@ -138,3 +138,50 @@ def test_a_cancel_that_said_true_ends_the_job_cancelled_even_if_its_batch_fails(
     with pytest.raises(JobError, match="cancelled" if said else "simulated instrument refusal"):
         job.result(timeout=1)
     assert len(queue.batches) == 1  # nothing more was queued
+
+
+class _ClosingBetweenBatches(_PastNoReturn):
+    """A stand-in hardware queue closed (its provider closed) just as a job's first batch
+    ends: the next batch finds it closed, as the real queue says."""
+
+    def submit(self, job_id: str, work: list) -> Future:
+        if self.closed:
+            raise HardwareUnavailableError("the hardware queue is closed (the provider was "
+                                           "closed)")
+        return super().submit(job_id, work)
+
+
+class _Waiting(_PastNoReturn):
+    """A stand-in hardware queue whose batches wait in it until the test ends them (a close
+    cancels the one waiting)."""
+
+    def submit(self, job_id: str, work: list) -> Future:
+        batch: Future = Future()
+        self.batches.append(batch)
+        return batch
+
+
+def test_a_provider_closed_between_batches_cancels_the_job(lab_backend, monkeypatch) -> None:
+    """A review: a provider closed as one batch of a split job ended left the job ERROR,
+    "failed before it ran: the hardware queue is closed"; it ends CANCELLED by the close,
+    saying how many batches ran, and a cancel between batches says so too."""
+    monkeypatch.setattr(backend_module, "MAX_CIRCUITS", 1)
+    queue = _ClosingBetweenBatches()
+    monkeypatch.setattr(lab_backend, "_queue", queue)
+    job = lab_backend.run(flips(lab_backend, 2, "close"), shots=10)
+    queue.closed = True
+    queue.batches[0].set_result([])
+    assert job.status() is JobStatus.CANCELLED
+    with pytest.raises(JobError, match=r"cancelled by closing its provider \(cancelled after "
+                                       r"1 of 2 batches\)"):
+        job.result(timeout=1)
+    queue = _Waiting()
+    monkeypatch.setattr(lab_backend, "_queue", queue)
+    job = lab_backend.run(flips(lab_backend, 2, "later"), shots=10)
+    queue.batches[0].set_running_or_notify_cancel()
+    queue.batches[0].set_result([])
+    queue.closed = True
+    assert queue.batches[1].cancel()
+    with pytest.raises(JobError, match=r"cancelled by closing its provider \(cancelled after "
+                                       r"1 of 2 batches\)"):
+        job.result(timeout=1)

@@ -484,6 +484,13 @@ def test_loops_switches_and_stretches_are_refused_for_what_they_are(lab_backend)
     with switch.switch(switch.clbits[0]) as case, case(1):
         switch.x(0)
     _refused_and_nothing_sent(lab_backend, switch, "control flow 'switch_case' is not supported")
+    nested = QuantumCircuit(1, 1)  # a loop inside a branch, after a gate: the loop is named
+    nested.h(0)
+    nested.measure(0, 0)
+    with nested.if_test((nested.clbits[0], 1)), nested.while_loop((nested.clbits[0], 1)):
+        nested.h(0)
+        nested.measure(0, 0)
+    _refused_and_nothing_sent(lab_backend, nested, "control flow 'while_loop' is not supported")
     stretched = QuantumCircuit(2, 2)
     stretched.x(0)
     stretched.measure(0, 0)

@@ -17,7 +17,7 @@ from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.experiments import Working
 from labqpu.calibration.graph import NODES, Node, plan, register_node
 from labqpu.calibration.report import Change, Outcome, RunReport, unchecked
-from labqpu.calibration.runner import run_graph, walk
+from labqpu.calibration.runner import LineReporter, run_graph, walk
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS
@@ -126,6 +126,18 @@ def test_a_node_that_starts_from_another_is_planned_after_it_blocked_by_it_not_o
                     shots=1, now=NOW, forced={"alpha"})
     assert [(o.node, o.status) for o in outcomes if o.subject == "edge 0-1"] == [
         ("gate", "fresh")]
+    # a gate whose check and refinement fail is blocked, and its progress says so (a review:
+    # "refinement failed (...); calibrating", then "blocked")
+    fails = lambda kit, pair, shots: CheckResult(False, 1.0, 0.0, 0.1, "off")  # noqa: E731
+    gate = replace(nodes(fail, fails)[2], refine=lambda kit, pair, shots, _: fail(kit, 0, 1, _))
+    said: list[str] = []
+    outcomes = walk(SimpleNamespace(work=work), plan(["gate"], [0, 1], [(0, 1)],
+                                                     (*nodes(fail)[:2], gate)),
+                    shots=1, now=NOW, forced={"alpha"}, reporter=LineReporter(said.append))
+    assert [(o.node, o.status) for o in outcomes if o.subject == "edge 0-1"] == [
+        ("gate", "blocked")]
+    assert any("refinement failed (qubit 0: no line); calibration blocked" in line for line in said)
+    assert not any(line.endswith("calibrating") for line in said), said
     # a new anharmonicity (no check) outdates neither the gate nor what is built on it
     now = datetime.now(UTC)
     work = _work()

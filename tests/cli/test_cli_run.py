@@ -477,6 +477,34 @@ def test_mistyped_arguments_are_one_line_before_anything_starts(tmp_path, args, 
     assert not list(tmp_path.glob("**/*.sqlite"))  # no provider, no store, no simulator
 
 
+def test_a_file_declaring_a_huge_register_is_refused_before_it_is_built(tmp_path, labqpu):
+    """A review: six lines declaring 10**9 qubits took 23.6 GB (the host's OOM killer ended
+    it) before the device's size was checked; 10**7 took 7.4 GB and 37 s. The declarations
+    are counted first (comments left out), in OpenQASM 2 and 3, with constant arithmetic and
+    physical qubits."""
+    files = {
+        "q2.qasm": 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1000000000];\ncreg c[2];\n'
+                   "h q[0];\nmeasure q[0] -> c[0];\n",
+        "q3.qasm": "OPENQASM 3.0;\nqubit[1000 * 1000 * 1000] q;\nbit[2] c;\n",
+        "c3.qasm": "OPENQASM 3.0;\nqubit[2] q;\nbit[0x10000000] c;\n",
+        "p3.qasm": 'OPENQASM 3.0;\ninclude "stdgates.inc";\nx $100000000;\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        for command in ("run", "draw"):
+            proc = labqpu(tmp_path, command, name, timeout=60)
+            assert proc.returncode == 2, (name, command, proc.stderr)
+            assert re.search(r"declares \d+ (qubits|classical bits); labqpu reads circuit files "
+                             r"of at most 65536", proc.stderr), proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    commented = tmp_path / "commented.qasm"  # declarations in comments are not counted
+    commented.write_text('OPENQASM 3.0;\ninclude "stdgates.inc";\n// qubit[1000000000] r;\n'
+                         "/* qreg s[1000000000]; */\nqubit[2] q;\nbit[2] c;\nh q[0];\n"
+                         "cx q[0], q[1];\nc = measure q;\n")
+    proc = labqpu(tmp_path, "draw", "commented.qasm", "-o", "commented.png", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_arguments_checked_against_the_device_are_one_line(tmp_path, labqpu):
     six = tmp_path / "six.qasm"
     six.write_text('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[6];\ncreg c[6];\n'

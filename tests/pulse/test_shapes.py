@@ -174,6 +174,23 @@ def test_binding_by_parameter_or_name_gives_the_bound_shape() -> None:
     assert partial.parameters == {sigma}
 
 
+def test_a_waveform_binds_its_amplitude_and_angle_and_keeps_its_samples() -> None:
+    """A review: a Waveform with a parameterised amp could never be bound (its copy was made
+    with a keyword it does not take)."""
+    amp, angle = Parameter("amp"), Parameter("angle")
+    samples = np.linspace(0.1, 0.5, 40) * np.exp(0.3j)
+    shape = Waveform(samples=samples, amp=amp, angle_rad=2 * angle)
+    assert shape.parameters == {amp, angle}
+    bound = shape.assign_parameters({amp: 0.5, "angle": 0.25})
+    assert bound.is_bound and bound == Waveform(samples=samples, amp=0.5, angle_rad=0.5)
+    assert_allclose(bound.samples(), 0.5 * np.exp(0.5j) * samples)
+    partial = shape.assign_parameters({amp: 0.5})
+    assert partial.parameters == {angle} and partial.amp == 0.5
+    assert shape.assign_parameters({}) is shape
+    with pytest.raises(PulseError, match="amp"):
+        shape.assign_parameters({amp: 2.0, angle: 0.0})  # beyond full scale
+
+
 def test_unbound_parameter_is_named_when_sampling() -> None:
     shape = Gaussian(duration_samples=40, sigma_samples=Parameter("width"))
     with pytest.raises(PulseError, match="width") as info:

@@ -3,8 +3,10 @@ written. An empty or foreign store file is an error, never silently replaced."""
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import stat
 
 import pytest
 
@@ -131,6 +133,17 @@ def test_empty_store_file_is_an_error_not_a_reseed(tmp_path, content, words) -> 
     with pytest.raises(CalibrationError, match=re.escape(words)):
         CalibrationStore(path)
     assert path.read_bytes() == content
+
+
+def test_a_named_pipe_in_place_of_the_store_is_an_error_not_a_hang(tmp_path) -> None:
+    """A review: a FIFO where the store file should be made every command wait for ever (the
+    check of the file's first bytes opened it, which waits for a writer)."""
+    path = tmp_path / "calibration.sqlite"
+    os.mkfifo(path)
+    with pytest.raises(CalibrationError, match=re.escape(f"calibration store {path} is a "
+                                                         "named pipe (FIFO)")):
+        CalibrationStore(path)
+    assert stat.S_ISFIFO(path.stat().st_mode)
 
 
 def test_foreign_sqlite_file_is_not_taken_over(tmp_path) -> None:
