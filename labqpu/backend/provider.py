@@ -295,6 +295,10 @@ class LabProvider:
 
     def __init__(self, config: str | os.PathLike | None = None, *,
                  simulator: bool | None = None) -> None:
+        if simulator is not None and not isinstance(simulator, bool):
+            raise BackendConfigurationError(
+                f"simulator must be True, False or None (the default: a built-in device's "
+                f"simulator), got {simulator!r}")
         path, builtin = resolve_config_path(config)
         self.config = load_config(path)
         start_sim = builtin if simulator is None else simulator

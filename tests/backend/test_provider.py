@@ -156,6 +156,14 @@ def test_the_simulator_starts_from_a_folder_holding_modules_it_imports(lab_home,
         assert provider.backend().hardware_status(timeout_s=30)["controllers"]
 
 
+@pytest.mark.parametrize("simulator", ["yes", 1, "False"])
+def test_simulator_must_be_a_bool(lab_home, simulator) -> None:
+    """A review: any truthy value started a simulator ("False" too)."""
+    with pytest.raises(BackendConfigurationError, match=r"simulator must be True, False or "
+                                                        rf"None .*got {simulator!r}"):
+        LabProvider(simulator=simulator)
+
+
 def test_a_closed_provider_hands_out_nothing(lab_home) -> None:
     provider = LabProvider()
     provider.close()
