@@ -517,6 +517,16 @@ def _cz_phase_scan(kit: Kit, flux_q: int, other: int, duration: int, rise: float
     of them is one upload (``labqpu.backend.merge``). ``balanced``: analysis pulses at the four
     :data:`BALANCED_PHASES` (``shots`` each), else at 0 and pi/2 only (half the programs; a
     phase biased by any offset of P(1), good enough to locate crossings)."""
+    p1, labels = _cz_phase_p1(kit, flux_q, other, duration, rise, amps, shots, excited,
+                              balanced=balanced)
+    return cz_phases_from_p1(p1, labels, balanced=balanced)
+
+
+def _cz_phase_p1(kit: Kit, flux_q: int, other: int, duration: int, rise: float,
+                 amps: Sequence[float], shots: int, excited: tuple[int, ...] = (), *,
+                 balanced: bool = True) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The corrected P(1) of :func:`_cz_phase_scan`'s programs, (target, partner state) x
+    analysis phase x amplitude, and those (target, partner state) labels."""
     analysis = BALANCED_PHASES if balanced else BALANCED_PHASES[:2]
     progs = []
     labels = []
@@ -537,14 +547,32 @@ def _cz_phase_scan(kit: Kit, flux_q: int, other: int, duration: int, rise: float
                     progs.append(b.build(num_clbits=1))
             labels.append((target, partner_state))
     p1 = kit.corrected_p1(progs, shots)[:, 0].reshape(len(labels), len(analysis), len(amps))
+    return p1, labels
+
+
+def cz_phases_from_p1(p1: np.ndarray, labels: Sequence[Sequence[int]], *,
+                      balanced: bool = True) -> list[dict[str, tuple[float, float]]]:
+    """Per amplitude, ``"target|partner state"`` -> (phase (rad), contrast) from the P(1) of
+    :func:`_cz_phase_p1` ((target, partner state) x analysis phase x amplitude)."""
     # balanced: P(1) at 0 and pi/2 with the common offset removed, 1/2 + (P(a) - P(a + pi)) / 2
     quadratures = 0.5 + (p1[:, :2] - p1[:, 2:]) / 2 if balanced else p1
-    out: list[dict[str, tuple[float, float]]] = [{} for _ in amps]
+    out: list[dict[str, tuple[float, float]]] = [{} for _ in range(p1.shape[2])]
     for (target, state), (p_x, p_y) in zip(labels, quadratures, strict=True):
         phase, contrast = phase_from_quadratures(p_x, p_y)
-        for i in range(len(amps)):
+        for i in range(p1.shape[2]):
             out[i][f"{target}|{state}"] = (float(phase[i]), float(contrast[i]))
     return out
+
+
+def cz_corrections(final: dict[str, tuple[float, float]], pair: tuple[int, int],
+                   flux_q: int) -> tuple[float, float]:
+    """The phase corrections (rad) of ``pair``'s lower and higher qubit from the phases of the
+    calibrated CZ with the partner in |0> (:func:`cz_phases_from_p1`): each qubit's phase
+    undone."""
+    lo_q, hi_q = sorted(pair)
+    other = hi_q if flux_q == lo_q else lo_q
+    phase = {other: final[f"{other}|0"][0], flux_q: final[f"{flux_q}|0"][0]}
+    return -phase[lo_q], -phase[hi_q]
 
 
 #: The T2* fringe spans this many times the previous T2*.
@@ -719,22 +747,26 @@ def _finish_cz(kit: Kit, pair: tuple[int, int], flux_q: int, other: int, duratio
     cond = np.mod(cond, 2 * np.pi) - np.pi  # conditional phase - pi, in [-pi, pi)
     amp, amp_err, line = zero_crossing(amps, cond, f"edge {pair} CZ amplitude",
                                        within=within)
-    final = _cz_phases(kit, flux_q, other, duration, rise, amp, shots * 4)
+    final_p1, labels = _cz_phase_p1(kit, flux_q, other, duration, rise, [amp], shots * 4)
+    final = cz_phases_from_p1(final_p1, labels)[0]
     contrast = final[f"{other}|1"][1]
     if old_contrast is not None and contrast < old_contrast - CZ_CONTRAST_SLACK:
         raise FitError(f"partner contrast {contrast:.3f} is below the calibrated "
                        f"{old_contrast:.3f}", subject=f"edge {pair}")
     lo_q, hi_q = sorted(pair)
-    phase = {other: final[f"{other}|0"][0], flux_q: final[f"{flux_q}|0"][0]}
+    phase_a, phase_b = cz_corrections(final, pair, flux_q)
     exp = kit.record(
         "cz", (lo_q, hi_q),
         {"cz_amplitude": (amp, amp_err), "cz_duration_s": (duration / kit.fs, None),
-         "cz_phase_a_rad": (-phase[lo_q], None), "cz_phase_b_rad": (-phase[hi_q], None),
+         "cz_phase_a_rad": (phase_a, None), "cz_phase_b_rad": (phase_b, None),
          "cz_conditional_contrast": (contrast, None)},
         {"x": amps, "x_label": f"flux pulse amplitude on qubit {flux_q} (full scale)",
          "y_label": "conditional phase - pi (rad)",
          "series": {f"pulse of {duration / kit.fs * 1e9:g} ns ({duration} samples)": cond},
-         "scan": scan, "final": final},
+         "scan": scan, "final": final,
+         # the phase corrections' data: corrected P(1), (target, partner state) x analysis
+         # phase (BALANCED_PHASES), for refit()
+         "final_p1": final_p1[:, :, 0], "final_labels": labels},
         fit=line.quality(), curves={"line": line.sampled(amps)},
         chosen="cz_amplitude",
         settings={"shots": shots, "flux_qubit": flux_q, "rise_samples": rise})
@@ -742,7 +774,7 @@ def _finish_cz(kit: Kit, pair: tuple[int, int], flux_q: int, other: int, duratio
     kit.work.set_pair((lo_q, hi_q), "cz_amplitude", amp, exp)
     kit.work.set_pair((lo_q, hi_q), "cz_duration_s", duration / kit.fs, exp)
     kit.work.set_pair((lo_q, hi_q), "cz_rise_s", rise / kit.fs, exp)
-    kit.work.set_pair((lo_q, hi_q), "cz_phase_a_rad", -phase[lo_q], exp)
-    kit.work.set_pair((lo_q, hi_q), "cz_phase_b_rad", -phase[hi_q], exp)
+    kit.work.set_pair((lo_q, hi_q), "cz_phase_a_rad", phase_a, exp)
+    kit.work.set_pair((lo_q, hi_q), "cz_phase_b_rad", phase_b, exp)
     kit.work.set_pair((lo_q, hi_q), "cz_conditional_contrast", contrast, exp)
     return contrast

@@ -8,9 +8,11 @@ RB records have :func:`labqpu.calibration.rb.refit`.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from labqpu.calibration.bootstrap import frequency_error
+from labqpu.calibration.bootstrap import cz_corrections, cz_phases_from_p1, frequency_error
 from labqpu.calibration.experiments import (
     assignment,
     fit_damped_cosine_curve,
@@ -107,6 +109,19 @@ def _static_zz(record: ExperimentRecord) -> dict[str, float]:
     return {"zz_hz": record.settings["drive_handedness"] * (f1 - f0)}
 
 
+def _cz(record: ExperimentRecord) -> dict[str, float]:
+    """The amplitude of a conditional phase of pi and, for a record that keeps their data
+    (since 2026-12-08), the phase corrections."""
+    out = {"cz_amplitude": zero_crossing(*_series(record), record.subject, within=False)[0]}
+    if "final_p1" in record.raw:
+        p1 = np.asarray(record.raw["final_p1"], dtype=float)[:, :, None]
+        final = cz_phases_from_p1(p1, record.raw["final_labels"])[0]
+        pair = tuple(int(q) for q in re.findall(r"\d+", record.subject))  # "edge (1, 2)"
+        out["cz_phase_a_rad"], out["cz_phase_b_rad"] = cz_corrections(
+            final, pair, int(record.settings["flux_qubit"]))
+    return out
+
+
 _REFITS = {
     "resonator_spectroscopy": lambda r: dict.fromkeys(
         [k for k in ("readout_frequency_hz", "resonator_hz") if k in r.values],
@@ -133,7 +148,7 @@ _REFITS = {
     "hahn_echo": lambda r: {"t2_echo_s": fit_exponential_curve(
         *_series(r), r.subject).params["tau"]},
     "static_zz": _static_zz,
-    "cz": lambda r: {"cz_amplitude": zero_crossing(*_series(r), r.subject, within=False)[0]},
+    "cz": _cz,
 }
 
 

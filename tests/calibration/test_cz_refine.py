@@ -12,6 +12,7 @@ import pytest
 from labqpu import LabProvider
 from labqpu.calibration import run_graph
 from labqpu.calibration.records import load_record
+from labqpu.calibration.refits import refit
 from labqpu.firmware_sim.device import load_device
 from labqpu.store import SnapshotBuilder
 from labqpu.testing import use_fresh_home
@@ -37,6 +38,15 @@ def cz_record(report):
     return load_record(path)
 
 
+def assert_refits(record) -> None:
+    """The record's refit gives its amplitude and, from the data it keeps since 2026-12-08,
+    its phase corrections (before, those were "not there yet")."""
+    again = refit(record)
+    assert set(again) == {"cz_amplitude", "cz_phase_a_rad", "cz_phase_b_rad"}
+    for name, value in again.items():
+        assert value == pytest.approx(record.values[name][0], abs=1e-12), name
+
+
 def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch, exact_cz) -> None:
     use_fresh_home(monkeypatch, tmp_path)
     with LabProvider() as provider:
@@ -53,6 +63,7 @@ def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch, e
                          r"[12]'s corrected phase): [0-9.]+ rad", step.reason), step.reason
         record = cz_record(report)
         assert "refined_from" in record.raw["scan"]
+        assert_refits(record)
         refined = report.snapshot.pairs[EDGE]
         assert refined["cz_duration_s"].value == shipped["cz_duration_s"].value
         assert abs(refined["cz_amplitude"].value - shipped["cz_amplitude"].value) < 5e-4
@@ -76,6 +87,7 @@ def test_a_drifted_cz_is_refined_and_a_lost_one_scanned(tmp_path, monkeypatch, e
         assert report.ok, report.table()
         record = cz_record(report)
         assert "crossings" in record.raw["scan"] and "refined_from" not in record.raw["scan"]
+        assert_refits(record)
         again = run_graph(backend, ["cz"], qubits=list(EDGE))
         assert [o.status for o in again.outcomes if o.node == "cz"] == ["fresh"]
 
