@@ -5,6 +5,7 @@ while the run measured) is said in it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -105,8 +106,8 @@ class RunReport:
         if self.unchecked:
             lines.append(f"not run, and built on values this run changed ({len(self.unchecked)} "
                          f"steps): {_grouped(self.unchecked)}; calibrate them to check them "
-                         "(--force for those without a check, which a checked value's change "
-                         "leaves fresh)")
+                         f"(`{_command(self.unchecked)}`; --force for those without a check, "
+                         "which a checked value's change leaves fresh)")
         if self.committed:
             ids = ", then ".join(str(c.snapshot_id) for c in self.committed)
             first = self.committed[0].parent_id
@@ -137,6 +138,14 @@ def _grouped(steps: Sequence[tuple[str, str]]) -> str:
         groups.setdefault(tuple(where), []).append(name)
     return "; ".join(f"{', '.join(names)} on {', '.join(where)}"
                      for where, names in groups.items())
+
+
+def _command(steps: Sequence[tuple[str, str]]) -> str:
+    """The command that calibrates ``steps`` ((node, "qubit 2" or "edge 1-2")): their nodes,
+    in order, on the qubits of their subjects."""
+    names = dict.fromkeys(name for name, _ in steps)
+    qubits = sorted({int(q) for _, subject in steps for q in re.findall(r"\d+", subject)})
+    return f"labqpu calibrate {' '.join(names)} --qubits {' '.join(map(str, qubits))}"
 
 
 def _show(value: Any) -> str:

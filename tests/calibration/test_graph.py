@@ -258,8 +258,9 @@ def test_steps_built_on_what_a_run_changed_that_it_did_not_run_are_named():
     report = RunReport(outcomes, 1, unchecked=[("fine", "qubit 0"), ("apart", "qubit 0"),
                                                ("fine", "qubit 1"), ("gate", "edge 0-1")])
     assert ("not run, and built on values this run changed (4 steps): fine on qubit 0, qubit "
-            "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them (--force for "
-            "those without a check, which a checked value's change leaves fresh)"
+            "1; apart on qubit 0; gate on edge 0-1; calibrate them to check them (`labqpu "
+            "calibrate fine apart gate --qubits 0 1`; --force for those without a check, which "
+            "a checked value's change leaves fresh)"
             ) in report.table()
     # an edge step's change reaches that edge's nodes only (a review's case: cz on 0-1 named
     # cz_leakage on edge 1-2 too)
