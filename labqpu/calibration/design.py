@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from labqpu.calibration.bootstrap import DRIVE_LO_BELOW_HZ, drive_lo_hz
-from labqpu.calibration.experiments import Working
+from labqpu.calibration.working import Working
 from labqpu.errors import CalibrationError
 from labqpu.store.physics import QUBIT_CHECKS
 

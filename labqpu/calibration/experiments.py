@@ -13,76 +13,22 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from labqpu.calibration.records import ExperimentRecord, uncertainty_problem
-from labqpu.errors import FitError, InvalidSnapshotError
+from labqpu.calibration.working import Working, json_ready
+from labqpu.errors import FitError
 from labqpu.pulse.compiler import READOUT_RISE_S
 from labqpu.pulse.kernels import flat_top, gaussian_drag
 from labqpu.pulse.program import ProgramBuilder, PulseProgram
 from labqpu.pulse.split import split_program
-from labqpu.store.physics import PAIR_CHECKS, QUBIT_CHECKS
-from labqpu.store.validation import json_value
+from labqpu.store import Snapshot, SnapshotBuilder
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class Working:
-    """Parameters known so far, per qubit (``q[name]``) and device-wide (``device[name]``);
-    ``records`` remembers which experiment produced each value and ``measured_at`` when
-    (ISO-8601 UTC), so the snapshot carries the time of the measurement, not of the commit."""
-
-    device: dict[str, float]
-    qubits: dict[int, dict[str, float]]
-    pairs: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
-    records: dict[tuple, str] = field(default_factory=dict)
-    measured_at: dict[tuple, str] = field(default_factory=dict)
-
-    def set(self, q: int, name: str, value, experiment: str) -> None:
-        """Record qubit ``q``'s ``name`` as measured by ``experiment``, now; ``FitError``
-        (the step fails) for a value the store would refuse (a T1 fitted beyond 10 ms), which
-        would otherwise fail the whole run's commit."""
-        value = _storable(QUBIT_CHECKS, f"qubit {q}", name, value)
-        self.qubits[q][name] = value
-        self.records[(q, name)] = experiment
-        self.measured_at[(q, name)] = datetime.now(UTC).isoformat()
-
-    def set_pair(self, pair: tuple[int, int], name: str, value, experiment: str) -> None:
-        """Record edge ``pair``'s ``name`` as measured by ``experiment``, now (``FitError``
-        as :meth:`set`)."""
-        value = _storable(PAIR_CHECKS, f"pair {pair[0]}-{pair[1]}", name, value)
-        self.pairs.setdefault(pair, {})[name] = value
-        self.records[(pair, name)] = experiment
-        self.measured_at[(pair, name)] = datetime.now(UTC).isoformat()
-
-    def from_design(self, subject: int | tuple[int, int], name: str) -> bool:
-        """Whether ``subject``'s ``name`` is the design's value: stored as ``"design"``, or
-        filled in from the design file (no record)."""
-        return self.records.get((subject, name)) in (None, "design")
-
-
-def _storable(checks: dict, subject: str, name: str, value):
-    """``value`` as the working set keeps it (an array as a list); ``FitError`` naming
-    ``subject`` and ``name`` when the store would refuse it: by the rule for ``name``
-    (:mod:`labqpu.store.physics`), or, for any name (a lab node's too), as not plain, finite
-    JSON (a NaN failed the whole run's commit, an array the run itself: a review's cases)."""
-    check = checks.get(name)
-    plain = value.item() if isinstance(value, np.generic) else value
-    problem = check(plain) if check is not None else None
-    if problem:
-        raise FitError(f"{name} {problem}, got {plain!r}: the calibration store would refuse "
-                       "it", subject=subject)
-    try:
-        json_value(json_ready(plain), "", "")
-    except InvalidSnapshotError as exc:  # "value is nan; calibration values must be finite"
-        raise FitError(f"{name}: {exc.message}: the calibration store would refuse it",
-                       subject=subject) from exc
-    return plain.tolist() if isinstance(plain, np.ndarray) else plain
-
 
 def square_rise(samples: int) -> float:
     """Rise (samples) of :meth:`Kit.square_drive`'s flat-top pulse of ``samples``."""
@@ -102,6 +48,40 @@ class Kit:
         self.timing = backend.channels.timing
         #: Records of the experiments run with this kit, oldest first (:meth:`record`).
         self.records: list[ExperimentRecord] = []
+
+    @property
+    def channels(self):
+        """The backend's channel map (``labqpu.pulse.channels.ChannelMap``)."""
+        return self.backend.channels
+
+    @property
+    def feedforward_latency_samples(self) -> int | None:
+        """The backend's controller feed-forward latency (samples), or None."""
+        return self.backend.feedforward_latency_samples
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The backend's calibration snapshot with the working values of this run over it (what
+        its earlier steps measured), never committed (id 0): ``pulse.build(kit)`` builds a
+        node's programs on it, as ``pulse.build(backend)`` does on the committed snapshot.
+        Read anew on each access; run its programs with :meth:`run_iq`, :meth:`run_bits` or
+        :meth:`corrected_p1`, which discriminate with the working centres."""
+        base = self.backend.snapshot
+        builder = SnapshotBuilder.from_snapshot(base)
+        with warnings.catch_warnings():  # a lab's own names: the commit warns of them once
+            warnings.simplefilter("ignore", UserWarning)
+            for sections, setter, held in (
+                    (self.work.qubits, builder.set_qubit, base.qubits),
+                    (self.work.pairs, builder.set_pair, base.pairs)):
+                for subject, params in sections.items():
+                    for name, value in params.items():
+                        old = held.get(subject, {}).get(name)
+                        if old is not None and old.value == value:
+                            continue
+                        setter(subject, name, value,
+                               self.work.records.get((subject, name)) or "design",
+                               timestamp=self.work.measured_at.get((subject, name)))
+        return Snapshot.from_document(builder.build_document())
 
     def record(self, kind: str, subject: int | tuple[int, int], values: dict[str, tuple],
                raw: dict, *, fit: dict[str, float] | None = None,
@@ -382,19 +362,6 @@ class Kit:
         if clip:
             np.clip(out, 0, 1, out=out)
         return out
-
-
-def json_ready(value):
-    """``value`` with numpy arrays and scalars turned into lists and Python numbers (JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
 
 
 def assignment(iq0: np.ndarray, iq1: np.ndarray, c0: complex, c1: complex

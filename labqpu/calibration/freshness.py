@@ -10,9 +10,9 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
-from labqpu.calibration.experiments import Working
 from labqpu.calibration.graph import Node, Subject
 from labqpu.calibration.records import describe
+from labqpu.calibration.working import Working
 from labqpu.store.staleness import PARAMETER_KINDS, age_h, from_the_future
 
 

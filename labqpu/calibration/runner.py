@@ -49,7 +49,7 @@ from qiskit.providers import JobError
 from labqpu.calibration.bootstrap import choose_drive_lo
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.design import SHARED_FIELDS, check_bootstrap_plan, load_wiring_design
-from labqpu.calibration.experiments import Kit, Working
+from labqpu.calibration.experiments import Kit
 from labqpu.calibration.freshness import age_reason, measured_again, values_of
 from labqpu.calibration.graph import (
     NODES,
@@ -84,6 +84,7 @@ from labqpu.calibration.report import (
     subject_qubits,
     unchecked,
 )
+from labqpu.calibration.working import Working
 from labqpu.errors import (
     CalibrationError,
     CompilationError,

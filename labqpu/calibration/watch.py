@@ -43,9 +43,9 @@ from pathlib import Path
 from qiskit import QuantumCircuit
 from qiskit.providers import JobError
 
-from labqpu.calibration.experiments import json_ready
 from labqpu.calibration.rb import RBSettings
 from labqpu.calibration.runner import LineReporter, RunReport, benchmark_and_record, run_graph
+from labqpu.calibration.working import json_ready
 from labqpu.errors import CalibrationError, InstrumentError, interrupts_as_such
 
 log = logging.getLogger(__name__)

@@ -144,11 +144,13 @@ class PulseBuilder:
     def for_backend(cls, backend, name: str = "pulse_program") -> PulseBuilder:
         """A builder on ``backend``'s wiring, current calibration snapshot and its controller's
         feed-forward latency; ``PulseError`` for anything that is not a backend (a device
-        name: take ``LabProvider().backend(name)``)."""
+        name: take ``LabProvider().backend(name)``). A calibration node's ``Kit`` serves as
+        one: its snapshot holds the values its run has measured so far."""
         if not all(hasattr(backend, attr) for attr in
                    ("channels", "snapshot", "feedforward_latency_samples")):
-            raise PulseError(f"a pulse builder needs a labqpu backend (LabProvider().backend()), "
-                             f"got {backend!r} ({type(backend).__name__})", parameter="backend")
+            raise PulseError(f"a pulse builder needs a labqpu backend (LabProvider().backend()) "
+                             f"or, in a calibration node, its kit; got {backend!r} "
+                             f"({type(backend).__name__})", parameter="backend")
         channels = backend.channels
         return cls(channels, backend.snapshot, name,
                    feedforward_latency_samples=backend.feedforward_latency_samples)
@@ -487,7 +489,9 @@ class PulseBuilder:
             header={"name": self.name, "creg_sizes": [["c", num_clbits]] if num_clbits else [],
                     "memory_slots": num_clbits,
                     "metadata": {"parameters": dict(sorted(values.items()))}},
-            snapshot_id=self.snapshot.snapshot_id, snapshot_hash=self.snapshot.content_hash)
+            # a snapshot never committed (id 0: a calibration's working values) names none
+            snapshot_id=self.snapshot.snapshot_id or None,
+            snapshot_hash=self.snapshot.content_hash if self.snapshot.snapshot_id else None)
 
     def _discriminator(self, qubit: int) -> tuple[complex, float]:
         """(axis, threshold) of the linear discriminator equivalent to the snapshot's

@@ -101,7 +101,8 @@ def test_calibration_experiments_play_on_the_grid(rack):
     36, as the compiler plays it). T1 comes out within 4 standard errors of its fit + 5 % of
     the device file's 55 us."""
     from labqpu.calibration.bootstrap import _cz_phases, rabi, t1
-    from labqpu.calibration.experiments import Kit, Working
+    from labqpu.calibration.experiments import Kit
+    from labqpu.calibration.working import Working
 
     backend, _ = rack
     snap = backend.snapshot

@@ -128,7 +128,7 @@ def test_project_orders_points_along_their_line() -> None:
 def test_working_values_remember_when_they_were_measured() -> None:
     from datetime import datetime
 
-    from labqpu.calibration.experiments import Working
+    from labqpu.calibration.working import Working
 
     work = Working(device={}, qubits={0: {}})
     work.set(0, "t1_s", 5e-5, "t1")

@@ -244,7 +244,7 @@ def test_a_fitted_value_the_store_would_refuse_fails_its_step() -> None:
     the qubit (or pair) and the parameter, and keeps the value it had."""
     import numpy as np
 
-    from labqpu.calibration.experiments import Working
+    from labqpu.calibration.working import Working
 
     work = Working({}, {2: {"t1_s": 40e-6}}, {(1, 2): {}})
     with pytest.raises(FitError, match=r"t1_s must be a finite number in \(0, 0\.01\] s") as info:

@@ -14,10 +14,10 @@ import pytest
 
 from labqpu.backend.target import build_target
 from labqpu.calibration.checks import CheckResult
-from labqpu.calibration.experiments import Working
 from labqpu.calibration.graph import NODES, Node, plan, register_node
 from labqpu.calibration.report import Change, Outcome, RunReport, unchecked
 from labqpu.calibration.runner import LineReporter, run_graph, walk
+from labqpu.calibration.working import Working
 from labqpu.errors import FitError
 from labqpu.store import Snapshot, SnapshotBuilder
 from labqpu.store.staleness import PARAMETER_KINDS
@@ -642,8 +642,8 @@ def test_the_summary_table_says_when_a_value_came_out_the_same():
 def test_the_summary_table_gives_no_old_value_for_a_design_estimate():
     """A review's case: a bootstrap's summary showed the design's resonator estimate as the old
     resonator_hz, as if it had been measured; a value measured before shows as old."""
-    from labqpu.calibration.experiments import Working
     from labqpu.calibration.runner import _changes, _state
+    from labqpu.calibration.working import Working
 
     work = Working(device={}, qubits={0: {"resonator_hz": 7.2e9, "t1_s": 4e-5}},
                    measured_at={(0, "t1_s"): "2026-12-01T00:00:00+00:00"})

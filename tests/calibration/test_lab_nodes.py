@@ -293,3 +293,36 @@ def test_the_reserved_names_are_the_commands_labqpu_calibrate_reads_first() -> N
     from labqpu.cli_store import STORE_COMMANDS
 
     assert set(STORE_COMMANDS) | {graph.RB_NODE} == set(graph.RESERVED_NAMES)
+
+
+def test_a_lab_node_builds_on_its_runs_working_values(lab_backend) -> None:
+    """A review: a lab node that built its programs with ``pulse.build(kit.backend)`` played
+    the committed pi pulse after its run had recalibrated it (its check failed at P(1) 0.685).
+    ``pulse.build(kit)`` builds on the run's working values, over the committed snapshot."""
+    from labqpu import pulse
+    from labqpu.calibration.experiments import Kit
+    from labqpu.calibration.working import Working
+
+    committed = lab_backend.snapshot
+    work = Working(device={}, qubits={q: {n: p.value for n, p in params.items()}
+                                      for q, params in committed.qubits.items()},
+                   pairs={e: {n: p.value for n, p in params.items()}
+                          for e, params in committed.pairs.items()})
+    kit = Kit(lab_backend, work)
+    assert kit.snapshot.to_document()["qubits"] == committed.to_document()["qubits"]
+    pi = committed.qubits[1]["pi_amplitude"].value
+    work.set(1, "pi_amplitude", 0.5 * pi, "lab-rabi-q1")  # this run's value, not committed
+    view = kit.snapshot
+    assert view.snapshot_id == 0 and lab_backend.snapshot is committed
+    assert view.qubits[1]["pi_amplitude"].value == 0.5 * pi
+    assert view.qubits[1]["pi_amplitude"].experiment == "lab-rabi-q1"
+    assert view.qubits[2]["pi_amplitude"] == committed.qubits[2]["pi_amplitude"]
+    with pulse.build(kit) as builder:
+        drag = pulse.calibrated_drag(1)
+        pulse.play(drag, pulse.drive(1))
+        pulse.measure(1, 0)
+    assert drag.amp == 0.5 * pi
+    program = builder.build()
+    assert program.snapshot_id is None  # a snapshot never committed names none
+    p1 = kit.corrected_p1([program], 400)[0, 0]  # half a pi pulse: P(1) ~ 1/2
+    assert 0.3 < p1 < 0.7, p1

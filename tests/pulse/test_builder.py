@@ -269,7 +269,8 @@ def test_a_builder_on_something_that_is_not_a_backend_says_so(not_a_backend) -> 
     """``pulse.build("lab5")`` was an AttributeError ('str' object has no attribute
     'channels')."""
     with pytest.raises(PulseError, match=r"a pulse builder needs a labqpu backend "
-                                         r"\(LabProvider\(\)\.backend\(\)\), got "), \
+                                         r"\(LabProvider\(\)\.backend\(\)\) or, in a "
+                                         r"calibration node, its kit; got "), \
             pulse.build(not_a_backend):
         pass
 
