@@ -68,8 +68,9 @@ def bind_value(value: Value, bindings: Bindings, what: str) -> Value:
                 raise TypeError(type(v).__name__)
             number = float(v) if finite(v) else math.inf
         except (TypeError, ValueError) as exc:
-            raise PulseError(f"{what}: parameter {p.name!r} is bound to {v!r}, not a real number",
-                             parameter=p.name) from exc
+            shown = f"the expression {v}" if isinstance(v, ParameterExpression) else repr(v)
+            raise PulseError(f"{what}: parameter {p.name!r} is bound to {shown}, not a real "
+                             "number", parameter=p.name) from exc
         if not math.isfinite(number):
             raise PulseError(f"{what}: parameter {p.name!r} is bound to {brief(v)}; it must be "
                              "finite", parameter=p.name)

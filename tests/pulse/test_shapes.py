@@ -200,6 +200,14 @@ def test_unbound_parameter_is_named_when_sampling() -> None:
     assert isinstance(info.value, ValueError)
 
 
+def test_a_binding_to_an_expression_shows_the_expression() -> None:
+    """A review: the message showed ``<...ParameterExpression object at 0x...>``."""
+    amp, b = Parameter("amp"), Parameter("b")
+    with pytest.raises(PulseError, match=r"parameter 'amp' is bound to the expression 2\*b, "
+                                         r"not a real number"):
+        Constant(duration_samples=4, amp=amp).assign_parameters({amp: 2 * b})
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_binding_is_refused_naming_the_parameter(value: float) -> None:
     amp = Parameter("rabi_amp")
