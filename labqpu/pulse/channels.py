@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -75,6 +76,13 @@ class ChannelMap:
                              f"{len(self.controllers)} controllers")
         if not self.ports and len(self.controllers) != 1:
             raise ValueError("ChannelMap: a rack of several controllers needs their port counts")
+
+    def __reduce__(self) -> tuple:
+        """Pickled with its qubits as a plain dict (a read-only view of them cannot be), read
+        back as a read-only view: a pulse builder or a program's maker can go to another
+        process."""
+        return (_channel_map, (self.device_name, self.controllers, self.sample_rate_hz,
+                               dict(self.qubits), self.timing, self.ports))
 
     @property
     def num_qubits(self) -> int:
@@ -166,3 +174,10 @@ class AcquisitionRef:
     clbit: int
     ident: int
     owner: int
+
+
+def _channel_map(device_name: str, controllers: tuple[str, ...], sample_rate_hz: float,
+                 qubits: dict, timing: TimingConstraints, ports: tuple) -> ChannelMap:
+    """A pickled ``ChannelMap`` (``ChannelMap.__reduce__``)."""
+    return ChannelMap(device_name, controllers, sample_rate_hz, MappingProxyType(qubits),
+                      timing, ports)

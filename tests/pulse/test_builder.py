@@ -7,6 +7,7 @@ input q; 1 GS/s.
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import tracemalloc
 from decimal import Decimal
@@ -230,6 +231,21 @@ def test_parameters_bind_everywhere_and_the_binding_is_recorded(b) -> None:
     q = b.assign_parameters({amp: 0.1, phase: 0.0, freq: 0.0, dur: 8, wait: 0})
     assert plays(q, 0) == [(0, 8, 0.1, 0.0, 0.0)]
     assert p.content_hash != q.content_hash
+
+
+def test_a_parameterised_builder_goes_to_another_process_whole(b) -> None:
+    """A review: ``pickle.dumps(builder)`` raised "cannot pickle 'mappingproxy' object", so a
+    builder could not be handed to a worker process (multiprocessing, joblib)."""
+    amp = Parameter("amp")
+    b.play(Constant(duration_samples=32, amp=amp), drive(1))
+    b.acquire(64, 1, clbit=0)
+    again = pickle.loads(pickle.dumps(b))
+    assert again.channels == b.channels and again.snapshot == b.snapshot
+    assert dict(again.channels.qubits) == dict(b.channels.qubits)
+    with pytest.raises(TypeError):  # read-only, as the original's
+        again.channels.qubits[0] = None
+    assert again.assign_parameters({"amp": 0.25}).content_hash == \
+        b.assign_parameters({amp: 0.25}).content_hash
 
 
 def test_unbound_parameter_is_an_error_naming_it(b) -> None:
