@@ -34,11 +34,12 @@ idle windows as a dynamic circuit's.
 
 from __future__ import annotations
 
+import bisect
 import cmath
 import math
 
 import numpy as np
-from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, ParameterExpression, Reset
+from qiskit.circuit import CONTROL_FLOW_OP_NAMES, Delay, Gate, ParameterExpression
 from qiskit.circuit.library import RZGate, SXGate, XGate
 from qiskit.converters import circuit_to_dag
 from qiskit.dagcircuit import DAGCircuit, DAGInNode, DAGOpNode, DAGOutNode
@@ -550,10 +551,11 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
     circuit itself contains marks free evolution: an idle window on that qubit, or on a qubit
     coupled to it in the Target, that overlaps the delay in time is padded with a plain delay.
     An echo on a coupled neighbour would refocus the ZZ the waiting qubit feels, which is what
-    ``ZZRamsey`` (control idle while the target waits) measures. A qubit the circuit never uses
-    (nothing but delays and barriers on it) is not decoupled either: it stays in its ground
-    state, where an echo refocuses nothing (its neighbours feel no ZZ from |0>) and would only
-    add its pulses' errors, and touch a qubit the circuit left alone. Nor is the part of an idle
+    ``ZZRamsey`` (control idle while the target waits) measures. A qubit in a basis state is
+    not decoupled either (|0> before any gate that can make a superposition, so a qubit the
+    circuit never uses; a basis state after x, rz, cz, a measurement or a reset until such a
+    gate): an echo refocuses nothing there, adds its pulses' errors, makes a |0> relax, and
+    would touch a qubit the circuit left alone. Nor is the part of an idle
     window during which a coupled neighbour plays a two-qubit gate: an echo there would flip a
     spectator of the cz while its flux pulse plays (its conditional phase depends on that
     level); the parts before and after are decoupled on their own. Nor is a window after the
@@ -590,18 +592,25 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
         pairs = {tuple(qargs) for qargs in (self.target.qargs or ()) if len(qargs) == 2} \
             if self.target is not None else set()
         self._colours = echo_colours(pairs, len(dag.qubits))
-        # A qubit is in |0> until its first gate (not an rz, a measurement, a reset, a delay or
-        # a barrier): no echo before it, even after a barrier. A qubit without one (only
-        # measured, say) is never echoed.
-        self._first_gate: dict = {}
-        for node in dag.op_nodes():
-            if node.op.name in _KEEPS_GROUND or starts is None or node not in starts:
+        # A qubit is in a basis state (|0> at first, or after a measurement or a reset) until a
+        # gate that can make a superposition (not x, rz, cz, a delay or a barrier): no echo in
+        # a window after an operation that leaves it in one, as the compiler's echo
+        # (labqpu.pulse.echo): there an echo refocuses nothing, and an x makes |0> relax.
+        # Per qubit, (end, in a basis state after it) of its operations in circuit order (the
+        # padding sees the nodes of a new circuit, so a window is found by its start).
+        self._basis: dict = {q: ([], []) for q in dag.qubits}
+        basis = dict.fromkeys(dag.qubits, True)
+        for node in dag.topological_op_nodes():
+            if starts is None or node not in starts:
                 continue
+            end = starts[node] + self.get_duration(node, dag)
             for q in node.qargs:
-                self._first_gate[q] = min(self._first_gate.get(q, math.inf), starts[node])
-        for qubit in dag.qubits:
-            if qubit not in self._first_gate:
-                self._free[qubit] = [(-math.inf, math.inf)]
+                if node.op.name in ("measure", "reset"):
+                    basis[q] = True
+                elif node.op.name not in _KEEPS_BASIS:
+                    basis[q] = False
+                self._basis[q][0].append(end)
+                self._basis[q][1].append(basis[q])
         # After a qubit's last instruction that matters (not a delay, nor a barrier that ties
         # it to nothing played later) the compiler plays nothing on it: no echo there, even
         # before a barrier that ends the circuit.
@@ -632,6 +641,13 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
                     "after the registers, or transpile with scheduling_method='labqpu_nodd'")
         super()._apply_scheduled_op(dag, t_start, oper, qubits, clbits)
 
+    def _in_basis(self, qubit, t: int) -> bool:
+        """Whether ``qubit`` is in a basis state after its operations that end by ``t``
+        (|0> before any)."""
+        ends, basis = self._basis.get(qubit, ((), ()))
+        i = bisect.bisect_right(ends, t)
+        return True if i == 0 else basis[i - 1]
+
     def _neighbours(self, dag: DAGCircuit) -> dict:
         """Circuit qubits coupled to each circuit qubit by a two-qubit Target instruction."""
         target = self.target
@@ -653,22 +669,22 @@ class IdleDynamicalDecoupling(PadDynamicalDecoupling):
                 return
         lengths = self._dd_sequence_lengths.get(qubit)
         if not lengths or isinstance(prev_node, DAGInNode) \
-                or isinstance(getattr(prev_node, "op", None), Reset):
+                or self._in_basis(qubit, t_start):
             self._apply_scheduled_op(dag, t_start, Delay(t_end - t_start, dag._unit), qubit)
             return
-        first_gate = self._first_gate.get(qubit, math.inf)
         t = t_start
         for is_x, n in echo_segments(
                 t_start, t_end, self._busy.get(qubit, ()), lengths[0],
                 self._colours[dag.find_bit(qubit).index],
-                max(1, self.target.granularity if self.target else 1),
-                lambda _a, b: b > first_gate):
+                max(1, self.target.granularity if self.target else 1)):
             self._apply_scheduled_op(dag, t, XGate() if is_x else Delay(n, dag._unit), qubit)
             t += n
 
 
-#: Operations that leave a qubit in |0> there (before its first other gate, no echo).
-_KEEPS_GROUND = frozenset({"delay", "barrier", "measure", "rz", "reset"})
+#: Operations that leave a qubit in a basis state in one (no echo after them): labqpu's
+#: permutation and diagonal gates, and what plays nothing. A measurement and a reset put it in
+#: one.
+_KEEPS_BASIS = frozenset({"delay", "barrier", "rz", "x", "cz"})
 
 
 def dd_sequence() -> list[Gate]:
