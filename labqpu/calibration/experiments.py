@@ -64,8 +64,9 @@ class Kit:
         """The backend's calibration snapshot with the working values of this run over it (what
         its earlier steps measured), never committed (id 0): ``pulse.build(kit)`` builds a
         node's programs on it, as ``pulse.build(backend)`` does on the committed snapshot.
-        Read anew on each access; run its programs with :meth:`run_iq`, :meth:`run_bits` or
-        :meth:`corrected_p1`, which discriminate with the working centres."""
+        Read anew on each access; run its programs with :meth:`run_iq`, :meth:`corrected_p1`
+        or ``run_bits(programs, shots, kit.centres())``, which read them with this run's
+        readout centres."""
         base = self.backend.snapshot
         builder = SnapshotBuilder.from_snapshot(base)
         with warnings.catch_warnings():  # a lab's own names: the commit warns of them once
