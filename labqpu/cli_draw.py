@@ -36,8 +36,10 @@ MAX_FILE_BITS = 65_536
 _COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 #: OpenQASM 2 and 3 register declarations (``qreg q[5];``, ``qubit[5] q;``, ``bit[2] c;``):
 #: (kind, size) in groups 1 and 2 or 3 and 4.
-_REGISTERS = re.compile(r"\b(qreg|creg)\s+[A-Za-z_]\w*\s*\[([^\]]*)\]"
+_REGISTERS = re.compile(r"\b(qreg|creg)\s+[^\W\d]\w*\s*\[([^\]]*)\]"
                         r"|\b(qubit|bit)\s*\[([^\]]*)\]")
+#: Leading zeros of a decimal literal (``0100``), which OpenQASM reads and Python does not.
+_LEADING_ZEROS = re.compile(r"(?<![\w.])0+(?=\d)")
 #: OpenQASM 3 physical qubits (``$12``: Qiskit makes qubits 0 to 12).
 _PHYSICAL = re.compile(r"\$(\d+)")
 
@@ -59,7 +61,7 @@ def _size(designator: str) -> int | None:
         raise ValueError("not a constant integer")
 
     try:
-        return value(ast.parse(designator.strip(), mode="eval").body)
+        return value(ast.parse(_LEADING_ZEROS.sub("", designator.strip()), mode="eval").body)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 

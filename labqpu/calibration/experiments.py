@@ -66,7 +66,9 @@ class Kit:
         node's programs on it, as ``pulse.build(backend)`` does on the committed snapshot.
         Read anew on each access; run its programs with :meth:`run_iq`, :meth:`corrected_p1`
         or ``run_bits(programs, shots, kit.centres())``, which read them with this run's
-        readout centres."""
+        readout centres. Its programs name no snapshot (it was never committed): run through
+        the backend at ``meas_level=2`` they would be discriminated, and their results
+        named, with the committed snapshot."""
         base = self.backend.snapshot
         builder = SnapshotBuilder.from_snapshot(base)
         with warnings.catch_warnings():  # a lab's own names: the commit warns of them once

@@ -55,6 +55,9 @@ def _storable(checks: dict, subject: str, name: str, value):
     JSON (a NaN failed the whole run's commit, an array the run itself: a review's cases)."""
     check = checks.get(name)
     plain = value.item() if isinstance(value, np.generic) else value
+    if plain is None:  # JSON, but no value: the store refuses it (and the run's commit with it)
+        raise FitError(f"{name} is None: the calibration store would refuse it",
+                       subject=subject)
     problem = check(plain) if check is not None else None
     if problem:
         raise FitError(f"{name} {problem}, got {plain!r}: the calibration store would refuse "

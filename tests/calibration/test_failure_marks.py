@@ -254,3 +254,7 @@ def test_a_fitted_value_the_store_would_refuse_fails_its_step() -> None:
         work.set_pair((1, 2), "cz_leakage", 1.5, "cz_leakage-q1-2")
     work.set(2, "t1_s", 41e-6, "t1-q2")
     assert work.qubits[2]["t1_s"] == 41e-6
+    # a lab's value of None: the store refuses it too (a review: it broke Kit.snapshot)
+    with pytest.raises(FitError, match=r"lab_value is None: the calibration store would refuse"):
+        work.set(2, "lab_value", None, "lab-q2")
+    assert "lab_value" not in work.qubits[2]

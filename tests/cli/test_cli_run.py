@@ -488,9 +488,12 @@ def test_a_file_declaring_a_huge_register_is_refused_before_it_is_built(tmp_path
         "q3.qasm": "OPENQASM 3.0;\nqubit[1000 * 1000 * 1000] q;\nbit[2] c;\n",
         "c3.qasm": "OPENQASM 3.0;\nqubit[2] q;\nbit[0x10000000] c;\n",
         "p3.qasm": 'OPENQASM 3.0;\ninclude "stdgates.inc";\nx $100000000;\n',
+        # a review's ways around a first version: leading zeros, a name beyond ASCII
+        "z3.qasm": "OPENQASM 3.0;\nqubit[0100000] q;\n",
+        "u3.qasm": "OPENQASM 3.0;\nqreg \u00e9[100000];\n",
     }
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_text(text, encoding="utf-8")
         for command in ("run", "draw"):
             proc = labqpu(tmp_path, command, name, timeout=60)
             assert proc.returncode == 2, (name, command, proc.stderr)
