@@ -161,7 +161,11 @@ def test_runner_converges_from_a_wrong_snapshot(tmp_path, monkeypatch, exact_lev
             print(f"edge {pair}: CZ conditional phase {np.degrees(conditional):.2f} deg, "
                   f"leakage {leaked[1]:.4f} (exact propagation); Bell {fidelity:.4f}")
             assert abs(np.degrees(conditional) - 180.0) < 3.0, (pair, np.degrees(conditional))
-            assert leaked[1] < 0.01, (pair, leaked[1])
+            # the scan chooses among crossings by their measured leakage (40x shots, +-0.13 %
+            # each: docs/calibration.md), so the chosen pulse's exact leakage lies up to ~0.5 %
+            # above the best one's; edge 2-3's best leak 0.6-1.0 % (a CI run on 2026-12-08
+            # failed a 1 % bound at 1.01 %)
+            assert leaked[1] < 0.015, (pair, leaked[1])
             assert fidelity >= 0.95, (pair, fidelity)
         ghz = ghz3(backend)
         print(f"GHZ-3 at the default optimization level: {ghz:.4f}")
