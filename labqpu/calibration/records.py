@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,6 +109,12 @@ def describe(subject: int | tuple[int, ...]) -> str:
     if not isinstance(subject, int) and len(subject) == 1:
         subject = subject[0]
     return f"qubit {subject}" if isinstance(subject, int) else f"edge {subject[0]}-{subject[1]}"
+
+
+def qubits_in(label: str) -> tuple[int, ...]:
+    """The qubits a subject's label names: ``"qubit 2"`` (2,), ``"edge 1-2"`` (:func:`describe`)
+    and a record's ``"edge (1, 2)"`` (1, 2)."""
+    return tuple(int(q) for q in re.findall(r"\d+", label))
 
 
 def check_records_directory(directory: str | Path) -> None:

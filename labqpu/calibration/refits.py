@@ -8,8 +8,6 @@ RB records have :func:`labqpu.calibration.rb.refit`.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from labqpu.calibration.bootstrap import cz_corrections, cz_phases_from_p1, frequency_error
@@ -28,7 +26,7 @@ from labqpu.calibration.readout import (
     choose_readout_duration,
     choose_readout_point,
 )
-from labqpu.calibration.records import ExperimentRecord
+from labqpu.calibration.records import ExperimentRecord, qubits_in
 
 
 def _series(record: ExperimentRecord, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -116,9 +114,8 @@ def _cz(record: ExperimentRecord) -> dict[str, float]:
     if "final_p1" in record.raw:
         p1 = np.asarray(record.raw["final_p1"], dtype=float)[:, :, None]
         final = cz_phases_from_p1(p1, record.raw["final_labels"])[0]
-        pair = tuple(int(q) for q in re.findall(r"\d+", record.subject))  # "edge (1, 2)"
         out["cz_phase_a_rad"], out["cz_phase_b_rad"] = cz_corrections(
-            final, pair, int(record.settings["flux_qubit"]))
+            final, qubits_in(record.subject), int(record.settings["flux_qubit"]))
     return out
 
 

@@ -5,7 +5,6 @@ while the run measured) is said in it."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from labqpu.calibration.checks import CheckResult
 from labqpu.calibration.graph import Node, Subject, downstream
-from labqpu.calibration.records import describe
+from labqpu.calibration.records import describe, qubits_in
 from labqpu.store import Snapshot
 
 
@@ -144,7 +143,7 @@ def _command(steps: Sequence[tuple[str, str]]) -> str:
     """The command that calibrates ``steps`` ((node, "qubit 2" or "edge 1-2")): their nodes,
     in order, on the qubits of their subjects."""
     names = dict.fromkeys(name for name, _ in steps)
-    qubits = sorted({int(q) for _, subject in steps for q in re.findall(r"\d+", subject)})
+    qubits = sorted({q for _, subject in steps for q in qubits_in(subject)})
     return f"labqpu calibrate {' '.join(names)} --qubits {' '.join(map(str, qubits))}"
 
 
